@@ -1,0 +1,65 @@
+"""Helpers shared by the command modules: error reporting, store selection, output.
+
+``run_command`` is the single place that turns exceptions into exit codes:
+``KilnError`` (and any exception class with ``kiln_user_error = True``) → message, 1;
+``KeyboardInterrupt`` → 130; anything else → a one-line internal error, 70 (the
+traceback only with ``KILN_DEBUG=1``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+
+def default_home() -> Path:
+    """``KILN_HOME`` or ``~/.local/share/kiln``."""
+    env = os.environ.get("KILN_HOME")
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_DATA_HOME")
+    return Path(xdg) / "kiln" if xdg else Path.home() / ".local" / "share" / "kiln"
+
+
+def add_store_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--store",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="store root (default: $KILN_HOME or ~/.local/share/kiln)",
+    )
+
+
+def store_root(args: argparse.Namespace) -> Path:
+    return args.store if getattr(args, "store", None) else default_home()
+
+
+def is_user_error(e: BaseException) -> bool:
+    from kiln.store.errors import KilnError
+
+    return isinstance(e, KilnError) or getattr(type(e), "kiln_user_error", False)
+
+
+def run_command(fn: Callable[[list[str]], int], argv: list[str], debug: bool = False) -> int:
+    try:
+        return fn(argv) or 0
+    except KeyboardInterrupt:
+        print("kiln: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as e:  # noqa: BLE001 - this is the top-level reporter
+        if debug:
+            raise
+        if is_user_error(e):
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        if isinstance(e, OSError) and e.filename:
+            print(f"error: {e.strerror}: {e.filename}", file=sys.stderr)
+            return 1
+        print(f"kiln: internal error: {type(e).__name__}: {e} (rerun with KILN_DEBUG=1 for a traceback)", file=sys.stderr)
+        return 70

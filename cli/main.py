@@ -1,0 +1,80 @@
+"""Entry point of the ``kiln`` command.
+
+Theory of operation: ``kiln GROUP ...`` imports only the module that implements GROUP
+(table below) and hands it the remaining arguments. Nothing else is imported, so a
+no-op ``kiln build`` never pays for the parser or the HTTP stack. Each command module
+exposes ``main(argv: list[str]) -> int``.
+
+Errors derived from ``KilnError`` (and the lang package's errors) are printed as
+``error: <message>`` with exit status 1; usage errors exit 2 (argparse). No traceback
+reaches the user unless ``KILN_DEBUG=1``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+#: command name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "store": ("kiln.cmd_store", "inspect and maintain the local store"),
+    "key": ("kiln.cmd_key", "generate and show signing keys"),
+    "eval": ("kiln.cmd_eval", "evaluate a recipe file to derivations"),
+    "show-derivation": ("kiln.cmd_eval", "print a derivation"),
+    "path": ("kiln.cmd_eval", "print an output path without building"),
+    "graph": ("kiln.cmd_eval", "print the dependency graph"),
+    "prefetch": ("kiln.cmd_fetch", "download a URL and print the hash to pin"),
+    "mirror-sources": ("kiln.cmd_fetch", "copy every source a recipe set needs into a hashed mirror"),
+    "build": ("kiln.cmd_build", "build a package"),
+    "log": ("kiln.cmd_build", "show a build log"),
+    "run": ("kiln.cmd_run", "run a command of a built package"),
+    "shell": ("kiln.cmd_run", "open a shell with a built package"),
+    "lock": ("kiln.cmd_lock", "pin a Debian package closure into a lock file"),
+    "serve": ("kiln.cmd_registry", "serve a store or directory as a registry"),
+    "registry": ("kiln.cmd_registry", "registry administration (tokens)"),
+    "push": ("kiln.cmd_registry", "push closures to a registry"),
+    "copy": ("kiln.cmd_registry", "copy paths between stores and registries"),
+    "mirror": ("kiln.cmd_registry", "sync a mirror of a registry"),
+    "sbom": ("kiln.cmd_verify", "print an SBOM for a store path"),
+    "verify": ("kiln.cmd_verify", "verify a path against a policy"),
+    "rebuild": ("kiln.cmd_verify", "rebuild a path and attest reproducibility"),
+    "challenge": ("kiln.cmd_verify", "compare registries' paths with local builds"),
+    "report": ("kiln.cmd_verify", "reproducibility reports"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: kiln COMMAND [ARGS...]", "", "commands:"]
+    lines += [f"  {name:<16} {help_}" for name, (_, help_) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    if argv[0] == "--version":
+        from . import __version__
+
+        print(f"kiln {__version__}")
+        return 0
+    entry = COMMANDS.get(argv[0])
+    if entry is None:
+        import difflib
+
+        near = difflib.get_close_matches(argv[0], COMMANDS, n=1)
+        hint = f" (did you mean '{near[0]}'?)" if near else ""
+        print(f"kiln: unknown command '{argv[0]}'{hint}\n\n{usage()}", file=sys.stderr)
+        return 2
+    try:
+        module = importlib.import_module(entry[0])
+    except ModuleNotFoundError as e:
+        if e.name == entry[0]:
+            print(f"kiln: command '{argv[0]}' is not available in this build", file=sys.stderr)
+            return 2
+        raise
+    from .common import run_command
+
+    return run_command(module.main, argv, debug=os.environ.get("KILN_DEBUG") == "1")

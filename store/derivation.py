@@ -1,0 +1,313 @@
+"""Derivations: the build recipe the builder sees, in Nix's ATerm ``Derive(...)`` form.
+
+Theory of operation
+-------------------
+``lang`` evaluates a recipe into a ``Derivation`` whose output paths are still blank.
+``finalize`` then computes the *hash modulo* of the derivation (Nix
+``hashDerivationModulo``): the ATerm text with output paths and output env vars masked
+and every input derivation replaced by the hex of *its* hash modulo. Fixed-output
+inputs contribute ``sha256("fixed:out:<algo>:<hex>:<path>")`` instead, so changing a
+source's URL (but not its content hash) does not change dependents' output paths.
+Output paths come from that hash (``paths.make_output_path``); the filled-in ATerm is
+then stored as a text object ``<hash>-<name>.drv`` whose references are its input
+derivations and sources.
+
+Invariants
+----------
+- ``serialize`` is canonical: outputs, input derivations, sources and env are sorted,
+  so equal derivations give byte-equal text on every machine.
+- ``parse(serialize(d)) == d`` (up to the name, which lives in the store path).
+- No I/O: callers resolve input derivations through a callback.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+
+from .errors import FormatError
+from .hashes import Hash
+from .paths import DEFAULT_STORE_DIR, StorePath, make_fixed_output_path, make_output_path, make_text_path
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """One output. ``hash_algo``/``hash`` are set only for fixed outputs:
+    ``hash_algo`` is ``r:sha256`` (recursive/NAR) or ``sha256`` (flat file), ``hash`` is hex."""
+
+    path: str = ""
+    hash_algo: str = ""
+    hash: str = ""
+
+    @property
+    def is_fixed(self) -> bool:
+        return bool(self.hash)
+
+
+def _frozen_map(m: Mapping) -> tuple:
+    return tuple(sorted(m.items()))
+
+
+@dataclass(frozen=True, slots=True)
+class Derivation:
+    """A derivation. Mappings are kept as sorted tuples so the value is hashable and
+    canonical; use the ``*_map`` helpers to read them as dicts."""
+
+    name: str
+    outputs: tuple[tuple[str, Output], ...]
+    input_drvs: tuple[tuple[str, tuple[str, ...]], ...]
+    input_srcs: tuple[str, ...]
+    platform: str
+    builder: str
+    args: tuple[str, ...]
+    env: tuple[tuple[str, str], ...]
+    store_dir: str = field(default=DEFAULT_STORE_DIR, compare=True)
+
+    @classmethod
+    def make(
+        cls,
+        name: str,
+        *,
+        outputs: Mapping[str, Output],
+        input_drvs: Mapping[str, "tuple[str, ...] | list[str]"] = {},  # noqa: B006 - read-only
+        input_srcs=(),
+        platform: str = "x86_64-linux",
+        builder: str,
+        args=(),
+        env: Mapping[str, str] = {},  # noqa: B006 - read-only
+        store_dir: str = DEFAULT_STORE_DIR,
+    ) -> Derivation:
+        return cls(
+            name=name,
+            outputs=_frozen_map(outputs),
+            input_drvs=tuple(sorted((k, tuple(sorted(set(v)))) for k, v in input_drvs.items())),
+            input_srcs=tuple(sorted(set(input_srcs))),
+            platform=platform,
+            builder=builder,
+            args=tuple(args),
+            env=_frozen_map(env),
+            store_dir=store_dir,
+        )
+
+    @property
+    def outputs_map(self) -> dict[str, Output]:
+        return dict(self.outputs)
+
+    @property
+    def env_map(self) -> dict[str, str]:
+        return dict(self.env)
+
+    @property
+    def input_drvs_map(self) -> dict[str, tuple[str, ...]]:
+        return dict(self.input_drvs)
+
+    @property
+    def is_fixed_output(self) -> bool:
+        return len(self.outputs) == 1 and self.outputs[0][0] == "out" and self.outputs[0][1].is_fixed
+
+    def output_path(self, name: str = "out") -> str:
+        return self.outputs_map[name].path
+
+    def references(self) -> list[StorePath]:
+        """The store objects a ``.drv`` refers to: input derivations and sources."""
+        return sorted(StorePath.parse(p) for p in [*self.input_srcs, *(k for k, _ in self.input_drvs)])
+
+    def serialize(self, mask_outputs: bool = False, input_drvs: "tuple | None" = None) -> str:
+        """The ATerm text. ``mask_outputs`` blanks output paths and their env vars;
+        ``input_drvs`` overrides the input-derivation list (used for hashing modulo)."""
+        out_names = {k for k, _ in self.outputs}
+        parts = ["Derive(["]
+        parts.append(
+            ",".join(
+                f"({_q(k)},{_q('' if mask_outputs else o.path)},{_q(o.hash_algo)},{_q(o.hash)})"
+                for k, o in self.outputs
+            )
+        )
+        parts.append("],[")
+        drvs = self.input_drvs if input_drvs is None else input_drvs
+        parts.append(",".join(f"({_q(p)},{_list(outs)})" for p, outs in drvs))
+        parts.append("],")
+        parts.append(_list(self.input_srcs))
+        parts.append(f",{_q(self.platform)},{_q(self.builder)},{_list(self.args)},[")
+        parts.append(
+            ",".join(f"({_q(k)},{_q('' if mask_outputs and k in out_names else v)})" for k, v in self.env)
+        )
+        parts.append("])")
+        return "".join(parts)
+
+
+_ESC = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _q(s: str) -> str:
+    if any(c in _ESC for c in s):
+        s = "".join(_ESC.get(c, c) for c in s)
+    return f'"{s}"'
+
+
+def _list(items) -> str:
+    return "[" + ",".join(_q(i) for i in items) + "]"
+
+
+# ---------------------------------------------------------------------------- parsing
+
+
+class _Reader:
+    __slots__ = ("s", "i")
+
+    def __init__(self, s: str) -> None:
+        self.s, self.i = s, 0
+
+    def expect(self, lit: str) -> None:
+        if not self.s.startswith(lit, self.i):
+            found = self.s[self.i : self.i + 10] or "end of input"
+            raise FormatError(f"derivation: expected {lit!r} at offset {self.i}, found {found!r}")
+        self.i += len(lit)
+
+    def peek(self, lit: str) -> bool:
+        return self.s.startswith(lit, self.i)
+
+    def string(self) -> str:
+        self.expect('"')
+        out = []
+        s, i = self.s, self.i
+        while True:
+            if i >= len(s):
+                raise FormatError("derivation: unterminated string")
+            c = s[i]
+            if c == '"':
+                break
+            if c == "\\":
+                i += 1
+                if i >= len(s):
+                    raise FormatError("derivation: unterminated escape")
+                c = {"n": "\n", "r": "\r", "t": "\t"}.get(s[i], s[i])
+            out.append(c)
+            i += 1
+        self.i = i + 1
+        return "".join(out)
+
+    def seq(self, item: Callable[[], object], open_: str = "[", close: str = "]") -> list:
+        self.expect(open_)
+        items = []
+        if not self.peek(close):
+            items.append(item())
+            while self.peek(","):
+                self.i += 1
+                items.append(item())
+        self.expect(close)
+        return items
+
+
+def parse(text: str, name: str, store_dir: str = DEFAULT_STORE_DIR) -> Derivation:
+    """Parse ATerm ``text``. ``name`` is the derivation name (from its ``.drv`` path)."""
+    r = _Reader(text)
+    r.expect("Derive(")
+
+    def output():
+        r.expect("(")
+        k = r.string()
+        r.expect(",")
+        p = r.string()
+        r.expect(",")
+        a = r.string()
+        r.expect(",")
+        h = r.string()
+        r.expect(")")
+        return k, Output(p, a, h)
+
+    def strings():
+        return tuple(r.seq(r.string))
+
+    def input_drv():
+        r.expect("(")
+        p = r.string()
+        r.expect(",")
+        outs = strings()
+        r.expect(")")
+        return p, outs
+
+    def pair():
+        r.expect("(")
+        k = r.string()
+        r.expect(",")
+        v = r.string()
+        r.expect(")")
+        return k, v
+
+    outputs = r.seq(output)
+    r.expect(",")
+    drvs = r.seq(input_drv)
+    r.expect(",")
+    srcs = strings()
+    r.expect(",")
+    platform = r.string()
+    r.expect(",")
+    builder = r.string()
+    r.expect(",")
+    args = strings()
+    r.expect(",")
+    env = r.seq(pair)
+    r.expect(")")
+    if r.i != len(text):
+        raise FormatError(f"derivation: trailing data at offset {r.i}")
+    return Derivation(
+        name=name,
+        outputs=tuple(outputs),
+        input_drvs=tuple(drvs),
+        input_srcs=srcs,
+        platform=platform,
+        builder=builder,
+        args=args,
+        env=tuple(env),
+        store_dir=store_dir,
+    )
+
+
+# ---------------------------------------------------------------------------- hashing
+
+Resolver = Callable[[str], Derivation]
+
+
+def hash_modulo(drv: Derivation, resolve: Resolver, memo: dict[str, Hash], mask_outputs: bool = False) -> Hash:
+    """Nix ``hashDerivationModulo``. ``resolve`` maps an input ``.drv`` path to its
+    derivation; ``memo`` caches results per ``.drv`` path (keeps the cost linear)."""
+    if drv.is_fixed_output:
+        o = drv.outputs[0][1]
+        return Hash.sha256_of(f"fixed:out:{o.hash_algo}:{o.hash}:{o.path}".encode())
+    replaced: dict[str, tuple[str, ...]] = {}
+    for path, outs in drv.input_drvs:
+        h = memo.get(path)
+        if h is None:
+            h = hash_modulo(resolve(path), resolve, memo)
+            memo[path] = h
+        key = h.hex
+        replaced[key] = tuple(sorted(set(replaced.get(key, ())) | set(outs)))
+    text = drv.serialize(mask_outputs=mask_outputs, input_drvs=tuple(sorted(replaced.items())))
+    return Hash("sha256", hashlib.sha256(text.encode()).digest())
+
+
+def finalize(drv: Derivation, resolve: Resolver, memo: dict[str, Hash]) -> Derivation:
+    """Fill in output paths (and their env vars) of a derivation built with blank ones.
+
+    Fixed outputs get ``make_fixed_output_path``; others get the input-addressed path
+    from the hash modulo with outputs masked."""
+    if drv.is_fixed_output:
+        o = drv.outputs[0][1]
+        recursive = o.hash_algo.startswith("r:")
+        algo = o.hash_algo.removeprefix("r:")
+        path = str(make_fixed_output_path(drv.name, Hash(algo, bytes.fromhex(o.hash)), recursive, drv.store_dir))
+        outs = {"out": replace(o, path=path)}
+    else:
+        h = hash_modulo(drv, resolve, memo, mask_outputs=True)
+        outs = {k: replace(o, path=str(make_output_path(h, k, drv.name, drv.store_dir))) for k, o in drv.outputs}
+    env = drv.env_map
+    for k, o in outs.items():
+        env[k] = o.path
+    return replace(drv, outputs=_frozen_map(outs), env=_frozen_map(env))
+
+
+def drv_path(drv: Derivation) -> StorePath:
+    """The text-addressed store path of the ``.drv`` file."""
+    return make_text_path(f"{drv.name}.drv", drv.serialize().encode(), drv.references(), drv.store_dir)
