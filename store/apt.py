@@ -1,0 +1,326 @@
+"""Reading the machine's apt configuration and metadata: archive base URLs and package indexes.
+
+Theory of operation
+-------------------
+kiln never writes an archive host into the repository. The places a ``debian:<pool path>``
+source can be downloaded from are read *at run time* from the machine's own apt sources
+(``/etc/apt/sources.list.d/*.sources`` in deb822 form, and the one-line
+``/etc/apt/sources.list``), see ``archive_bases``.
+
+``kiln lock debian`` resolves a closure against the indexes apt has already downloaded
+(``/var/lib/apt/lists/*_Packages``, possibly compressed; apt's own ``apt-helper cat-file``
+is used for lz4, the standard library and ``zstandard`` for the rest). The index is scanned
+once with a cheap field scan; only the stanzas of packages that end up in the closure are
+parsed with python-debian's ``debian.deb822.Packages`` (relations, version constraints).
+
+Resolution rules (documented in docs/toolchain.md):
+
+- the candidate of a name is its highest version (dpkg ordering) of the wanted architecture
+  or ``all`` across all indexes, as apt picks with default pins;
+- ``Depends`` and ``Pre-Depends`` are followed; ``Recommends``/``Suggests`` are not;
+- for an alternative list ``a | b | c`` the dependency is satisfied if any alternative is
+  already chosen (by name or by ``Provides``); otherwise the first satisfiable alternative
+  is chosen: a real package whose candidate meets the version constraint, else a virtual
+  name provided by some candidate (the provider already chosen, else the first by name);
+- excluded names are never chosen; a dependency whose alternatives are all excluded is
+  dropped (and reported), one that cannot be satisfied at all is an error.
+
+The result is a sorted tuple of ``LockEntry`` values (the lock records).
+"""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import lzma
+import re
+import subprocess
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import FormatError, KilnError
+
+APT_LISTS = Path("/var/lib/apt/lists")
+APT_SOURCES_LIST = Path("/etc/apt/sources.list")
+APT_SOURCES_DIR = Path("/etc/apt/sources.list.d")
+
+
+class AptError(KilnError):
+    """The apt metadata is missing or cannot satisfy a request."""
+
+
+@dataclass(frozen=True, slots=True)
+class LockEntry:
+    """One pinned .deb: what ``kiln lock debian`` writes and ``debian_rootfs`` fetches."""
+
+    name: str
+    version: str
+    arch: str
+    sha256: str
+    filename: str
+    size: int
+
+
+# --- sources ---------------------------------------------------------------------------
+
+
+def _deb822_sources(path: Path) -> Iterator[tuple[list[str], list[str]]]:
+    """(types, uris) of each stanza of a ``.sources`` file."""
+    from debian.deb822 import Deb822
+
+    with open(path, encoding="utf-8") as f:
+        for para in Deb822.iter_paragraphs(f, use_apt_pkg=False):
+            if para.get("Enabled", "yes").strip().lower() == "no":
+                continue
+            yield para.get("Types", "").split(), para.get("URIs", "").split()
+
+
+def _one_line_sources(path: Path) -> Iterator[tuple[list[str], list[str]]]:
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        # "deb [opt=val ...] URI suite comp..." — options are bracketed
+        line = re.sub(r"\[[^\]]*\]", " ", line)
+        words = line.split()
+        if len(words) >= 2:
+            yield [words[0]], [words[1]]
+
+
+def archive_bases(
+    kind: str = "deb", sources_dir: Path = APT_SOURCES_DIR, sources_list: Path = APT_SOURCES_LIST
+) -> list[str]:
+    """Base URLs (no trailing slash) of the configured archives of type ``kind``, in
+    configuration order, without duplicates. Only http(s), file and ftp URIs are kept."""
+    found: list[str] = []
+    files: list[tuple[Path, bool]] = []
+    if sources_list.is_file():
+        files.append((sources_list, False))
+    if sources_dir.is_dir():
+        files += [(p, True) for p in sorted(sources_dir.glob("*.sources"))]
+        files += [(p, False) for p in sorted(sources_dir.glob("*.list"))]
+    for path, deb822 in files:
+        try:
+            entries = _deb822_sources(path) if deb822 else _one_line_sources(path)
+            for types, uris in entries:
+                if kind not in types:
+                    continue
+                for uri in uris:
+                    uri = uri.rstrip("/")
+                    if re.match(r"^(https?|ftp|file):", uri) and uri not in found:
+                        found.append(uri)
+        except (OSError, UnicodeDecodeError):
+            continue  # an unreadable sources file is apt's problem, not a lock-breaker
+    return found
+
+
+# --- indexes ---------------------------------------------------------------------------
+
+_INDEX_SUFFIXES = ("", ".lz4", ".gz", ".xz", ".bz2", ".zst")
+
+
+def index_files(lists_dir: Path = APT_LISTS) -> list[Path]:
+    """The binary ``Packages`` indexes apt has downloaded, sorted by file name."""
+    out = []
+    for p in sorted(lists_dir.glob("*_Packages*")):
+        suffix = p.name.split("_Packages", 1)[1]
+        if suffix in _INDEX_SUFFIXES and p.is_file():
+            out.append(p)
+    return out
+
+
+def read_index(path: Path) -> str:
+    """The text of one (possibly compressed) index file."""
+    name = path.name
+    if name.endswith(".lz4"):
+        # apt's own helper knows every compressor apt uses; no lz4 binding needed
+        proc = subprocess.run(["/usr/lib/apt/apt-helper", "cat-file", str(path)], capture_output=True)
+        if proc.returncode != 0:
+            raise AptError(f"cannot decompress {path}: {proc.stderr.decode(errors='replace').strip()}")
+        data = proc.stdout
+    elif name.endswith(".gz"):
+        data = gzip.decompress(path.read_bytes())
+    elif name.endswith(".xz"):
+        data = lzma.decompress(path.read_bytes())
+    elif name.endswith(".bz2"):
+        data = bz2.decompress(path.read_bytes())
+    elif name.endswith(".zst"):
+        import zstandard
+
+        with open(path, "rb") as f:
+            data = zstandard.ZstdDecompressor().stream_reader(f).read()
+    else:
+        data = path.read_bytes()
+    return data.decode("utf-8", errors="replace")
+
+
+_FIELD = {
+    k: re.compile(rf"^{k}:[ \t]*(.*)$", re.M) for k in ("Package", "Version", "Architecture", "Provides")
+}
+
+
+def _field(stanza: str, key: str) -> str:
+    m = _FIELD[key].search(stanza)
+    return m.group(1).strip() if m else ""
+
+
+class AptIndex:
+    """Candidates by name and providers of virtual names, for one architecture."""
+
+    def __init__(self, stanzas: Iterable[str], arch: str = "amd64") -> None:
+        from debian.debian_support import Version
+
+        self.arch = arch
+        self._raw: dict[str, tuple[Version, str]] = {}
+        for stanza in stanzas:
+            name = _field(stanza, "Package")
+            if not name or _field(stanza, "Architecture") not in (arch, "all"):
+                continue
+            version = Version(_field(stanza, "Version"))
+            best = self._raw.get(name)
+            if best is None or version > best[0]:
+                self._raw[name] = (version, stanza)
+        # virtual name -> candidate names providing it (from candidates only, as apt does)
+        self.providers: dict[str, list[str]] = {}
+        for name, (_, stanza) in sorted(self._raw.items()):
+            provides = _field(stanza, "Provides")
+            for item in provides.split(","):
+                virt = item.strip().split(" ", 1)[0].split("(", 1)[0].strip()
+                if virt:
+                    self.providers.setdefault(virt, []).append(name)
+        self._parsed: dict[str, object] = {}
+
+    @classmethod
+    def load(cls, lists_dir: Path = APT_LISTS, arch: str = "amd64") -> AptIndex:
+        files = index_files(lists_dir)
+        if not files:
+            raise AptError(f"no package indexes in {lists_dir} (run 'apt-get update' first)")
+        return cls((s for f in files for s in read_index(f).split("\n\n")), arch)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._raw
+
+    def package(self, name: str):
+        """The parsed candidate stanza (``debian.deb822.Packages``) of ``name``."""
+        from debian.deb822 import Packages
+
+        if name not in self._parsed:
+            self._parsed[name] = Packages(self._raw[name][1])
+        return self._parsed[name]
+
+    def version(self, name: str) -> str:
+        return str(self._raw[name][0])
+
+    def entry(self, name: str) -> LockEntry:
+        p = self.package(name)
+        missing = [k for k in ("SHA256", "Filename", "Size") if not p.get(k)]
+        if missing:
+            raise FormatError(f"index stanza of {name} lacks {', '.join(missing)}")
+        return LockEntry(
+            name=name,
+            version=p["Version"],
+            arch=p["Architecture"],
+            sha256=p["SHA256"],
+            filename=p["Filename"],
+            size=int(p["Size"]),
+        )
+
+
+# --- resolution ------------------------------------------------------------------------
+
+
+def _satisfies(version: str, rel: dict) -> bool:
+    from debian.debian_support import version_compare
+
+    constraint = rel.get("version")
+    if not constraint:
+        return True
+    op, want = constraint
+    c = version_compare(version, want)
+    return {"<<": c < 0, "<=": c <= 0, "=": c == 0, ">=": c >= 0, ">>": c > 0}[op]
+
+
+def resolve(
+    index: AptIndex, roots: list[str], exclude: Iterable[str] = (), warn=None
+) -> tuple[LockEntry, ...]:
+    """The closure of ``roots`` under Depends + Pre-Depends (rules in the module docstring),
+    sorted by name."""
+    warn = warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr))
+    excluded = set(exclude)
+    chosen: dict[str, None] = {}
+    provided: dict[str, str] = {}  # virtual name -> chosen provider
+    queue: list[str] = []
+
+    def choose(name: str) -> None:
+        if name in chosen:
+            return
+        chosen[name] = None
+        queue.append(name)
+        for rel in index.package(name).relations["provides"]:
+            for alt in rel:
+                provided.setdefault(alt["name"], name)
+
+    for root in roots:
+        if root in excluded:
+            raise AptError(f"package {root!r} is both requested and excluded")
+        if root not in index:
+            via = index.providers.get(root)
+            if not via:
+                raise AptError(f"no package named {root!r} in the apt indexes")
+            root = via[0]
+        choose(root)
+
+    while queue:
+        name = queue.pop(0)
+        pkg = index.package(name)
+        for field in ("pre-depends", "depends"):
+            for alts in pkg.relations[field]:
+                if any(a["name"] in chosen or a["name"] in provided for a in alts):
+                    continue
+                pick = _first_satisfiable(index, alts, excluded)
+                text = " | ".join(a["name"] for a in alts)
+                if pick is None:
+                    if all(a["name"] in excluded for a in alts):
+                        warn(f"{name}: dependency '{text}' dropped (excluded)")
+                        continue
+                    raise AptError(f"{name} {index.version(name)}: cannot satisfy dependency '{text}'")
+                choose(pick)
+    return tuple(index.entry(n) for n in sorted(chosen))
+
+
+def _first_satisfiable(index: AptIndex, alts: list[dict], excluded: set[str]) -> str | None:
+    for alt in alts:
+        name = alt["name"]
+        if name in excluded:
+            continue
+        if name in index and _satisfies(index.version(name), alt):
+            return name
+        if alt.get("version") is None:
+            for provider in index.providers.get(name, []):
+                if provider not in excluded:
+                    return provider
+    return None
+
+
+# --- lock file rendering ---------------------------------------------------------------
+
+
+def _q(s: str) -> str:
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$") + '"'
+
+
+def render_lock(entries: Iterable[LockEntry], header: str = "") -> str:
+    """The lock as a ``.recipe`` file binding ``debian_lock`` to a list of records.
+
+    This is the only place that knows the recipe syntax of the lock; keep it small."""
+    lines = [f"# {line}".rstrip() for line in header.splitlines()]
+    lines.append("debian_lock = [")
+    for e in entries:
+        lines.append(
+            f"  {{ name = {_q(e.name)}, version = {_q(e.version)}, arch = {_q(e.arch)}, "
+            f"sha256 = {_q(e.sha256)}, filename = {_q(e.filename)}, size = {e.size} }}"
+        )
+    lines.append("]")
+    return "\n".join(lines) + "\n"
