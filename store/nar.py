@@ -1,0 +1,224 @@
+"""NAR (Nix ARchive) serialisation: writing a filesystem tree as a NAR stream.
+
+Theory of operation
+-------------------
+A NAR is a sequence of *strings*: a little-endian u64 length, the bytes, then zero
+padding to a multiple of 8. The grammar (see docs/formats.md) is::
+
+    nar       = "nix-archive-1" node
+    node      = "(" "type" ( "regular" ["executable" ""] "contents" BYTES
+                           | "symlink" "target" STR
+                           | "directory" { "entry" "(" "name" STR "node" node ")" } ) ")"
+
+Invariants of the writer (identical to ``nix-store --dump``):
+
+- directory entries are sorted by the *bytes* of their names (``os.listdir`` on a bytes
+  path, so non-UTF-8 names round-trip and ``"B" < "a"``);
+- a regular file is ``executable`` iff its owner-execute bit is set; no other metadata
+  (times, owners, other mode bits, xattrs) is recorded;
+- devices, sockets and FIFOs cannot be represented: ``FormatError`` naming the file;
+- a file that shrinks while it is read raises ``FormatError`` rather than producing a
+  NAR whose declared length disagrees with its contents.
+
+``dump`` runs in constant memory: small files and headers are coalesced into buffers of
+about ``chunk_size`` bytes (few, large chunks keep per-chunk Python overhead out of the
+hash loop); big files are streamed ``chunk_size`` at a time.
+
+``hash_path`` runs ``dump`` in a reader thread and hashes in the calling thread; file
+reads and ``hashlib`` both release the GIL, so on two cores reading and hashing overlap.
+
+The reading side (``restore``, ``entries``, ``cat``, ``ls``) lives in ``nar_read`` and is
+re-exported here, so ``kiln.store.nar`` is the one module callers import.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import queue
+import stat
+import struct
+import threading
+from collections.abc import Iterator
+
+from .errors import FormatError
+from .hashes import Hash
+from .nar_read import NarEntry, NarPathError, cat, entries, ls, restore
+
+__all__ = [
+    "MAGIC",
+    "NarEntry",
+    "NarPathError",
+    "cat",
+    "dump",
+    "dump_bytes",
+    "entries",
+    "hash_path",
+    "ls",
+    "restore",
+]
+
+MAGIC = b"nix-archive-1"
+_PAD = b"\0" * 8
+_pack_u64 = struct.Struct("<Q").pack
+
+
+def _str(data: bytes) -> bytes:
+    """One NAR string: length, bytes, zero padding."""
+    return _pack_u64(len(data)) + data + _PAD[: -len(data) % 8]
+
+
+_OPEN = _str(b"(")
+_CLOSE = _str(b")")
+_HDR_ROOT = _str(MAGIC)
+_HDR_REGULAR = _OPEN + _str(b"type") + _str(b"regular")
+_HDR_EXEC = _str(b"executable") + _str(b"")
+_HDR_CONTENTS = _str(b"contents")
+_HDR_SYMLINK = _OPEN + _str(b"type") + _str(b"symlink") + _str(b"target")
+_HDR_DIR = _OPEN + _str(b"type") + _str(b"directory")
+_ENTRY = _str(b"entry") + _OPEN + _str(b"name")
+_NODE = _str(b"node")
+
+
+def _batches(root: bytes, chunk_size: int) -> Iterator[list[bytes]]:
+    """Yield the NAR of ``root`` as lists of pieces, each list totalling at least
+    ``chunk_size`` bytes (except the last). File contents are read straight into their
+    own pieces (no copying); headers are tiny pieces. Iterative (explicit stack) so
+    trees deeper than Python's recursion limit work."""
+    batch: list[bytes] = [_HDR_ROOT]
+    pending = len(_HDR_ROOT)
+    # Stack of pending work, processed LIFO: (True, path) = archive this node,
+    # (False, literal) = emit these bytes.
+    todo: list[tuple[bool, bytes]] = [(True, root)]
+    while todo:
+        is_node, item = todo.pop()
+        if not is_node:
+            batch.append(item)
+            pending += len(item)
+            continue
+        path = item
+        st = os.lstat(path)
+        mode = st.st_mode
+        if stat.S_ISREG(mode):
+            size = st.st_size
+            head = (
+                _HDR_REGULAR + (_HDR_EXEC if mode & stat.S_IXUSR else b"") + _HDR_CONTENTS + _pack_u64(size)
+            )
+            batch.append(head)
+            pending += len(head)
+            with open(path, "rb", buffering=0) as f:
+                left = size
+                while left:
+                    data = f.read(min(left, chunk_size))
+                    if not data:
+                        raise FormatError(
+                            f"{os.fsdecode(path)}: file shrank while being archived "
+                            f"(expected {size} bytes, got {size - left})"
+                        )
+                    batch.append(data)
+                    pending += len(data)
+                    left -= len(data)
+                    if pending >= chunk_size:
+                        yield batch
+                        batch, pending = [], 0
+            tail = _PAD[: -size % 8] + _CLOSE
+            batch.append(tail)
+            pending += len(tail)
+        elif stat.S_ISLNK(mode):
+            piece = _HDR_SYMLINK + _str(os.readlink(path)) + _CLOSE
+            batch.append(piece)
+            pending += len(piece)
+        elif stat.S_ISDIR(mode):
+            batch.append(_HDR_DIR)
+            pending += len(_HDR_DIR)
+            todo.append((False, _CLOSE))
+            # Push in reverse so the smallest name (as bytes, like Nix) comes first.
+            for name in sorted(os.listdir(path), reverse=True):
+                todo.append((False, _CLOSE))
+                todo.append((True, os.path.join(path, name)))
+                todo.append((False, _ENTRY + _str(name) + _NODE))
+        else:
+            raise FormatError(
+                f"{os.fsdecode(path)}: cannot archive a {_kind(mode)} (a NAR holds only files, symlinks, directories)"
+            )
+        if pending >= chunk_size:
+            yield batch
+            batch, pending = [], 0
+    if batch:
+        yield batch
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    if stat.S_ISFIFO(mode):
+        return "FIFO"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "device file"
+    return f"file of mode {oct(mode)}"
+
+
+def _walk(root: bytes, chunk_size: int) -> Iterator[bytes]:
+    for batch in _batches(root, chunk_size):
+        yield batch[0] if len(batch) == 1 else b"".join(batch)
+
+
+def dump(path: str | os.PathLike, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+    """Stream the NAR serialisation of ``path`` (not followed if it is a symlink).
+
+    Chunks are at most about ``chunk_size`` bytes (plus one header); memory use does
+    not depend on file sizes."""
+    if chunk_size < 1:
+        raise ValueError("chunk_size must be positive")
+    return _walk(os.fsencode(path), chunk_size)
+
+
+def dump_bytes(path: str | os.PathLike) -> bytes:
+    """The whole NAR of ``path`` as one ``bytes`` (for small trees and tests)."""
+    return b"".join(dump(path))
+
+
+_STOP = object()
+
+
+def hash_path(path: str | os.PathLike, chunk_size: int = 1 << 20) -> tuple[Hash, int]:
+    """SHA-256 NAR hash and NAR size of ``path``, as ``nix-hash --type sha256`` computes.
+
+    A reader thread produces NAR chunks while this thread hashes them (bounded queue,
+    so memory stays at a few chunks)."""
+    q: queue.Queue = queue.Queue(maxsize=4)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for chunk in _batches(os.fsencode(path), chunk_size):
+                while True:
+                    if stop.is_set():
+                        return
+                    try:
+                        q.put(chunk, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+            q.put(_STOP)
+        except BaseException as e:  # noqa: BLE001 - re-raised in the consumer
+            q.put(e)
+
+    t = threading.Thread(target=produce, name="nar-reader", daemon=True)
+    t.start()
+    h = hashlib.sha256()
+    size = 0
+    try:
+        while True:
+            item = q.get()
+            if item is _STOP:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            for piece in item:
+                h.update(piece)
+                size += len(piece)
+    finally:
+        stop.set()
+        t.join()
+    return Hash("sha256", h.digest()), size

@@ -1,0 +1,387 @@
+"""NAR reading: one validating streaming parser behind ``entries``, ``restore``, ``cat``, ``ls``.
+
+Theory of operation
+-------------------
+``_Input`` turns a binary file or an iterable of byte chunks into exact reads with a
+running byte ``offset``. ``_parse`` is a table-driven state machine over NAR strings
+(grammar in ``nar.py`` and docs/formats.md). It keeps an explicit stack of open
+directories (no recursion, so hostile depth cannot overflow Python's stack) and yields a
+``NarEntry`` per node in archive order. For a regular file the parser yields the entry
+*before* reading its contents: the consumer may read them from the same ``_Input``
+(``restore`` copies them to disk, ``cat`` collects them); whatever it leaves unread is
+skipped. The parser then checks the padding and carries on.
+
+Everything ``nix-store --restore`` rejects is rejected here too, with the byte offset
+and what was expected: bad magic, unknown or misplaced tags, entries out of order or
+duplicated, names that are empty, ``.``, ``..`` or contain ``/`` or NUL, empty
+symlink targets or targets containing NUL, non-zero padding, absurd lengths,
+truncated input and trailing data after the root node.
+
+``restore`` materialises into a fresh temporary sibling of ``dest`` and renames it into
+place only after the whole archive validated, so bad input leaves nothing at ``dest``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from .errors import FormatError, KilnError
+
+MAGIC = b"nix-archive-1"
+#: Longest tag, name or symlink target accepted (Linux PATH_MAX).
+MAX_TOKEN = 4096
+#: Longest file accepted; anything bigger is a corrupt length field, not a file.
+MAX_CONTENTS = 1 << 48
+_unpack_u64 = struct.Struct("<Q").unpack
+_READ = 1 << 20
+
+
+class NarPathError(KilnError):
+    """A path asked for inside a NAR (``cat``/``ls``) does not exist or has the wrong type."""
+
+
+@dataclass(frozen=True, slots=True)
+class NarEntry:
+    """One node of a NAR.
+
+    ``path`` is relative to the root, ``/``-separated, ``''`` for the root itself; names
+    are decoded with ``os.fsdecode`` so arbitrary bytes round-trip. ``size`` is the
+    contents length of a regular/executable file (0 otherwise) and ``contents_offset``
+    the byte offset of those contents in the NAR stream (seek there and read ``size``
+    bytes); ``target`` is set only for symlinks."""
+
+    path: str
+    type: str  # 'regular' | 'executable' | 'symlink' | 'directory'
+    size: int = 0
+    target: str | None = None
+    contents_offset: int | None = None
+
+    @property
+    def name(self) -> str:
+        return self.path.rpartition("/")[2]
+
+
+class _Input:
+    """Exact reads with offsets over a file object or an iterable of chunks."""
+
+    __slots__ = ("_pull", "_buf", "_pos", "offset")
+
+    def __init__(self, src: BinaryIO | Iterable[bytes]) -> None:
+        read = getattr(src, "read", None)
+        if read is not None:
+            self._pull: Callable[[], bytes] = lambda: read(_READ)
+        else:
+            it = iter(src)
+
+            def pull() -> bytes:
+                for chunk in it:
+                    if chunk:
+                        return bytes(chunk)
+                return b""
+
+            self._pull = pull
+        self._buf = b""
+        self._pos = 0
+        self.offset = 0
+
+    def _more(self) -> bool:
+        data = self._pull()
+        if not data:
+            return False
+        if self._pos < len(self._buf):
+            self._buf = self._buf[self._pos :] + data
+        else:
+            self._buf = data
+        self._pos = 0
+        return True
+
+    def read(self, n: int, what: str) -> bytes:
+        while len(self._buf) - self._pos < n:
+            if not self._more():
+                raise FormatError(
+                    f"NAR truncated at offset {self.offset + len(self._buf) - self._pos}: "
+                    f"expected {n} bytes of {what} starting at offset {self.offset}"
+                )
+        out = self._buf[self._pos : self._pos + n]
+        self._pos += n
+        self.offset += n
+        return out
+
+    def chunks(self, n: int, what: str) -> Iterator[bytes | memoryview]:
+        """Yield exactly ``n`` bytes in pieces without joining them."""
+        while n:
+            if self._pos >= len(self._buf) and not self._more():
+                raise FormatError(f"NAR truncated at offset {self.offset}: {n} more bytes of {what} expected")
+            take = min(n, len(self._buf) - self._pos)
+            piece = memoryview(self._buf)[self._pos : self._pos + take]
+            self._pos += take
+            self.offset += take
+            n -= take
+            yield piece
+
+    def at_eof(self) -> bool:
+        return self._pos >= len(self._buf) and not self._more()
+
+
+def _u64(inp: _Input, what: str) -> int:
+    return _unpack_u64(inp.read(8, f"length of {what}"))[0]
+
+
+def _padding(inp: _Input, n: int, what: str) -> None:
+    pad = -n % 8
+    if pad:
+        start = inp.offset
+        if inp.read(pad, f"padding of {what}").strip(b"\0"):
+            raise FormatError(f"NAR: non-zero padding after {what} at offset {start}")
+
+
+def _token(inp: _Input, what: str, limit: int = MAX_TOKEN) -> bytes:
+    start = inp.offset
+    n = _u64(inp, what)
+    if n > limit:
+        raise FormatError(f"NAR: {what} at offset {start} has absurd length {n} (max {limit})")
+    data = inp.read(n, what)
+    _padding(inp, n, what)
+    return data
+
+
+def _expect(inp: _Input, want: bytes, where: str) -> None:
+    start = inp.offset
+    got = _token(inp, f"{want.decode()!r} {where}", 64)
+    if got != want:
+        raise FormatError(f"NAR: expected {want.decode()!r} {where} at offset {start}, found {got[:40]!r}")
+
+
+def _bad_name(name: bytes) -> str | None:
+    if not name:
+        return "is empty"
+    if name in (b".", b".."):
+        return f"is {name.decode()!r}"
+    if b"/" in name:
+        return "contains '/'"
+    if b"\0" in name:
+        return "contains NUL"
+    return None
+
+
+def _join(parent: str, name: bytes) -> str:
+    n = os.fsdecode(name)
+    return f"{parent}/{n}" if parent else n
+
+
+# Node types: tag after "type" -> entry type.
+_TYPES = {b"regular": "regular", b"symlink": "symlink", b"directory": "directory"}
+
+
+def _parse(inp: _Input) -> Iterator[NarEntry]:
+    """Validate the NAR on ``inp``, yielding each node in order (see module docstring)."""
+    start = inp.offset
+    magic = _token(inp, "magic", 64)
+    if magic != MAGIC:
+        raise FormatError(
+            f"not a NAR: expected magic {MAGIC.decode()!r} at offset {start}, found {magic[:40]!r}"
+        )
+    # Each open directory: [path, previous entry name]. ``path`` is the node to parse
+    # next, or None when the next thing is the continuation of the top directory.
+    stack: list[list] = []
+    path: str | None = ""
+    while True:
+        if path is not None:
+            # ---- a node: "(" "type" TYPE ...
+            _expect(inp, b"(", f"opening node {path or '/'!r}")
+            _expect(inp, b"type", f"in node {path or '/'!r}")
+            at = inp.offset
+            tag = _token(inp, "node type", 64)
+            kind = _TYPES.get(tag)
+            if kind is None:
+                raise FormatError(
+                    f"NAR: unknown node type {tag[:40]!r} at offset {at} "
+                    f"(expected 'regular', 'symlink' or 'directory')"
+                )
+            if kind == "regular":
+                at = inp.offset
+                tag = _token(inp, "'executable' or 'contents'", 64)
+                if tag == b"executable":
+                    kind = "executable"
+                    at = inp.offset
+                    if _token(inp, "executable marker", 64) != b"":
+                        raise FormatError(f"NAR: expected '' after 'executable' at offset {at}")
+                    at = inp.offset
+                    tag = _token(inp, "'contents'", 64)
+                if tag != b"contents":
+                    raise FormatError(f"NAR: expected 'contents' at offset {at}, found {tag[:40]!r}")
+                at = inp.offset
+                size = _u64(inp, "contents")
+                if size > MAX_CONTENTS:
+                    raise FormatError(f"NAR: file {path!r} at offset {at} has absurd length {size}")
+                begin = inp.offset
+                yield NarEntry(path, kind, size, None, begin)
+                consumed = inp.offset - begin
+                if consumed < size:
+                    for _ in inp.chunks(size - consumed, f"contents of {path!r}"):
+                        pass
+                _padding(inp, size, f"contents of {path!r}")
+                _expect(inp, b")", f"closing {path!r}")
+            elif kind == "symlink":
+                _expect(inp, b"target", f"in symlink {path!r}")
+                at = inp.offset
+                target = _token(inp, "symlink target")
+                if not target or b"\0" in target:
+                    raise FormatError(
+                        f"NAR: symlink {path!r} at offset {at} has an empty target or one with NUL"
+                    )
+                yield NarEntry(path, kind, 0, os.fsdecode(target))
+                _expect(inp, b")", f"closing {path!r}")
+            else:
+                yield NarEntry(path, kind)
+                stack.append([path, None])
+                path = None
+                continue
+            if not stack:
+                break
+            _expect(inp, b")", "closing directory entry")
+            path = None
+        # ---- continuation of the directory on top of the stack
+        dir_path, prev = stack[-1]
+        at = inp.offset
+        tag = _token(inp, "'entry' or ')'", 64)
+        if tag == b"entry":
+            _expect(inp, b"(", "after 'entry'")
+            _expect(inp, b"name", "in directory entry")
+            at = inp.offset
+            name = _token(inp, "entry name")
+            why = _bad_name(name)
+            if why:
+                raise FormatError(
+                    f"NAR: entry name {name[:40]!r} in {dir_path or '/'!r} at offset {at} {why}"
+                )
+            if prev is not None and name <= prev:
+                rel = "duplicated" if name == prev else f"out of order (after {prev[:40]!r})"
+                raise FormatError(f"NAR: entry {name[:40]!r} in {dir_path or '/'!r} at offset {at} is {rel}")
+            stack[-1][1] = name
+            _expect(inp, b"node", "in directory entry")
+            path = _join(dir_path, name)
+        elif tag == b")":
+            stack.pop()
+            if not stack:
+                break
+            _expect(inp, b")", "closing directory entry")
+        else:
+            raise FormatError(f"NAR: expected 'entry' or ')' at offset {at}, found {tag[:40]!r}")
+    if not inp.at_eof():
+        raise FormatError(f"NAR: trailing data after the root node at offset {inp.offset}")
+
+
+def entries(src: BinaryIO | Iterable[bytes]) -> Iterator[NarEntry]:
+    """Validate ``src`` and yield every node in archive order (parents before children,
+    siblings sorted). The iterator raises ``FormatError`` where the input goes bad, so
+    a consumer has seen only a valid prefix."""
+    return _parse(_Input(src))
+
+
+def _split(subpath: str) -> str:
+    parts = [p for p in subpath.split("/") if p]
+    if any(p in (".", "..") for p in parts):
+        raise NarPathError(f"path {subpath!r} inside a NAR must not contain '.' or '..'")
+    return "/".join(parts)
+
+
+def cat(src: BinaryIO | Iterable[bytes], subpath: str) -> bytes:
+    """Contents of the regular file at ``subpath`` (the whole archive is validated)."""
+    want = _split(subpath)
+    inp = _Input(src)
+    found: NarEntry | None = None
+    data = b""
+    for e in _parse(inp):
+        if e.path == want:
+            found = e
+            if e.contents_offset is not None:
+                data = b"".join(bytes(c) for c in inp.chunks(e.size, f"contents of {e.path!r}"))
+    if found is None:
+        raise NarPathError(f"{subpath!r} does not exist in the NAR")
+    if found.type == "symlink":
+        raise NarPathError(f"{subpath!r} is a symlink to {found.target!r}, not a file")
+    if found.type == "directory":
+        raise NarPathError(f"{subpath!r} is a directory, not a file")
+    return data
+
+
+def ls(src: BinaryIO | Iterable[bytes], subpath: str = "", recursive: bool = False) -> list[NarEntry]:
+    """The entries under directory ``subpath`` (children only unless ``recursive``), or
+    ``[entry]`` when ``subpath`` is not a directory. The whole archive is validated."""
+    want = _split(subpath)
+    prefix = want + "/" if want else ""
+    found: NarEntry | None = None
+    out: list[NarEntry] = []
+    for e in entries(src):
+        if e.path == want:
+            found = e
+        elif e.path.startswith(prefix) and (recursive or "/" not in e.path[len(prefix) :]):
+            out.append(e)
+    if found is None:
+        raise NarPathError(f"{subpath!r} does not exist in the NAR")
+    return out if found.type == "directory" else [found]
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def restore(src: BinaryIO | Iterable[bytes], dest: str | os.PathLike, *, fsync: bool = False) -> None:
+    """Materialise the NAR read from ``src`` at ``dest``, which must not exist.
+
+    All-or-nothing: on any error (bad input, I/O) nothing is left at ``dest``. With
+    ``fsync`` every file and directory is synced before the final rename."""
+    dest_b = os.fsencode(os.path.abspath(dest))
+    if os.path.lexists(dest_b):
+        raise FileExistsError(17, "restore destination already exists", os.fsdecode(dest_b))
+    parent, base = os.path.split(dest_b)
+    tmp = tempfile.mkdtemp(prefix=b"." + base[:40] + b".restore-", dir=parent)
+    try:
+        root = os.path.join(tmp, b"root")
+        inp = _Input(src)
+        dirs: list[bytes] = []
+        for e in _parse(inp):
+            p = os.path.join(root, os.fsencode(e.path)) if e.path else root
+            if e.type == "directory":
+                os.mkdir(p)
+                dirs.append(p)
+            elif e.type == "symlink":
+                os.symlink(os.fsencode(e.target or ""), p)
+            else:
+                mode = 0o777 if e.type == "executable" else 0o666
+                fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+                try:
+                    for piece in inp.chunks(e.size, f"contents of {e.path!r}"):
+                        _write_all(fd, piece)
+                    if fsync:
+                        os.fsync(fd)
+                finally:
+                    os.close(fd)
+        if fsync:
+            for d in reversed(dirs):
+                _fsync_dir(d)
+        if os.path.lexists(dest_b):
+            raise FileExistsError(17, "restore destination appeared while restoring", os.fsdecode(dest_b))
+        os.rename(root, dest_b)
+        if fsync:
+            _fsync_dir(parent)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _fsync_dir(path: bytes) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
