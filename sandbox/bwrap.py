@@ -1,0 +1,220 @@
+"""``BwrapExecutor``: run a ``SandboxSpec`` under Debian's bubblewrap (``/usr/bin/bwrap``).
+
+Theory of operation. Each run is one ``bwrap`` process (its own session and process
+group) whose command line is derived from the spec by ``bwrap_argv``:
+
+* namespaces: ``--unshare-all`` (user, ipc, pid, net, uts, cgroup) with the user
+  namespace required, not "try"; ``--disable-userns`` so the build cannot create nested
+  user namespaces; ``--share-net`` only when ``spec.network`` (never for builds);
+* identity: ``--uid/--gid`` (1000), ``--hostname localhost``, ``--cap-drop ALL``,
+  generated ``/etc/passwd``, ``/etc/group``, ``/etc/hosts`` (written to a private temp
+  dir of this run, bound read-only; the host's ``/etc`` is never touched or shown);
+* filesystem: the root is a fresh tmpfs, remounted read-only once everything is in
+  place; rootfs dirs (``usr``, ``bin``, ``lib``...) read-only at the same names (a
+  top-level symlink such as Debian's ``bin -> usr/bin`` is reproduced as a symlink);
+  inputs read-only, outputs read-write, ``/build`` read-write and the cwd; fresh
+  ``/dev`` (null, zero, full, random, urandom, tty, pts, shm), ``/proc`` of the PID
+  namespace, and a private ``/tmp`` tmpfs;
+* environment: ``--clearenv`` then exactly ``build_env(spec)``; umask 022 set in the
+  child before exec (inherited through bwrap);
+* lifetime: ``--die-with-parent``, ``--new-session``; limits and killing in ``limits``.
+
+Availability: the constructor locates bwrap and runs one probe sandbox with the very
+flags builds use; any failure raises ``SandboxUnavailable`` with bwrap's own message.
+The probe result is cached per binary for the life of the process, so per-build cost
+is one ``Popen`` plus three tiny files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import posixpath
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from typing import BinaryIO
+
+from .errors import SandboxError, SandboxUnavailable
+from .executor import Executor, OutputCallback, Result
+from .limits import Limits, supervise
+from .spec import BUILD_TOP, HOMELESS, SandboxSpec, build_env
+
+#: Top-level rootfs entries mapped into the sandbox, in mount order.
+ROOTFS_DIRS = ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32")
+#: Debian's update-alternatives links live under /etc; a toolchain tree needs them.
+ROOTFS_ETC = ("etc/alternatives",)
+
+_probe_lock = threading.Lock()
+_probed: dict[str, str] = {}  # bwrap path -> version string, for probes that passed
+
+
+def _passwd(spec: SandboxSpec) -> str:
+    return (
+        "root:x:0:0:root:/:/noshell\n"
+        f"kiln:x:{spec.uid}:{spec.gid}:kiln build user:{HOMELESS}:/noshell\n"
+        "nobody:x:65534:65534:nobody:/:/noshell\n"
+    )
+
+
+def _group(spec: SandboxSpec) -> str:
+    return f"root:x:0:\nkiln:x:{spec.gid}:\nnogroup:x:65534:\n"
+
+
+_HOSTS = "127.0.0.1 localhost\n::1 localhost\n"
+
+
+def _common_flags(spec_network: bool, uid: int, gid: int, hostname: str) -> list[str]:
+    flags = ["--unshare-all", "--unshare-user", "--disable-userns"]
+    if spec_network:
+        flags.append("--share-net")
+    flags += ["--die-with-parent", "--new-session", "--cap-drop", "ALL"]
+    flags += ["--uid", str(uid), "--gid", str(gid), "--hostname", hostname]
+    return flags
+
+
+def bwrap_argv(bwrap: str, spec: SandboxSpec, private_dir: str) -> list[str]:
+    """The full bwrap command line for ``spec``; ``private_dir`` holds passwd/group/hosts."""
+    argv = [bwrap, *_common_flags(spec.network, spec.uid, spec.gid, spec.hostname), "--clearenv"]
+    for k, v in build_env(spec).items():
+        argv += ["--setenv", k, v]
+    if spec.rootfs is not None:
+        for name in ROOTFS_DIRS + ROOTFS_ETC:
+            host = os.path.join(spec.rootfs, name)
+            if os.path.islink(host):
+                argv += ["--symlink", os.readlink(host), "/" + name]
+            elif os.path.isdir(host):
+                argv += ["--ro-bind", host, "/" + name]
+    argv += ["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp", "--perms", "0755", "--dir", "/etc"]
+    for name in ("passwd", "group", "hosts"):
+        argv += ["--ro-bind", os.path.join(private_dir, name), "/etc/" + name]
+    argv += ["--bind", spec.build_dir, BUILD_TOP]
+    # bwrap would create missing parents of mount points mode 0700; make them 0755 so
+    # paths like /kiln/store are traversable by everyone, as on the host.
+    parents = {posixpath.dirname(d) for _, d in spec.ro_mounts + spec.rw_mounts}
+    for p in sorted({a for d in parents for a in _ancestors(d)}):
+        argv += ["--perms", "0755", "--dir", p]
+    for host, dest in spec.ro_mounts:
+        argv += ["--ro-bind", host, dest]
+    for host, dest in spec.rw_mounts:
+        argv += ["--bind", host, dest]
+    argv += ["--chdir", BUILD_TOP, "--remount-ro", "/", "--", *spec.argv]
+    return argv
+
+
+def _ancestors(d: str) -> list[str]:
+    """``/a/b/c`` -> ``[/a, /a/b, /a/b/c]`` (``/`` excluded)."""
+    parts = d.strip("/").split("/") if d != "/" else []
+    return ["/" + "/".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+def _check_host_paths(spec: SandboxSpec) -> None:
+    """Fail early, with a clear message, on host paths bwrap could not bind."""
+    if not os.path.isdir(spec.build_dir):
+        raise SandboxError(f"build directory {spec.build_dir} does not exist (expected a directory)")
+    if spec.rootfs is not None and not os.path.isdir(spec.rootfs):
+        raise SandboxError(f"toolchain rootfs {spec.rootfs} does not exist (expected a directory)")
+    for host, dest in spec.ro_mounts:
+        if not os.path.lexists(host):
+            raise SandboxError(f"input {host} (for {dest}) does not exist on the host")
+    for host, dest in spec.rw_mounts:
+        if not os.path.isdir(host):
+            raise SandboxError(f"output directory {host} (for {dest}) does not exist on the host")
+
+
+def probe(bwrap: str) -> str:
+    """Check that ``bwrap`` can create a build sandbox here; return its version.
+
+    Runs ``bwrap --version`` inside a sandbox made with the flags builds use (the host
+    root bound read-only only for the probe, so nothing else is needed). Raises
+    ``SandboxUnavailable`` with bwrap's message on failure. Cached per path.
+    """
+    with _probe_lock:
+        if bwrap in _probed:
+            return _probed[bwrap]
+        cmd = [bwrap, *_common_flags(False, 1000, 1000, "localhost"), "--ro-bind", "/", "/"]
+        cmd += ["--proc", "/proc", "--dev", "/dev", "--remount-ro", "/", "--", bwrap, "--version"]
+        try:
+            p = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=30, env={})
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise SandboxUnavailable(f"cannot run the bubblewrap sandbox {bwrap}: {e}") from e
+        out = p.stdout.decode(errors="replace").strip()
+        if p.returncode != 0 or not out.startswith("bubblewrap"):
+            msg = (p.stderr or p.stdout).decode(errors="replace").strip() or f"exit status {p.returncode}"
+            raise SandboxUnavailable(
+                f"the bubblewrap sandbox does not work on this machine ({bwrap}): {msg}\n"
+                "kiln builds only inside a sandbox (user, mount, pid, net namespaces); "
+                "enable unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1, "
+                "user.max_user_namespaces > 0) or run where they are allowed"
+            )
+        _probed[bwrap] = out
+        return out
+
+
+class BwrapExecutor(Executor):
+    """Runs builds under bubblewrap. See the module docstring.
+
+    ``bwrap`` is the binary to use (default: ``bwrap`` on PATH, else /usr/bin/bwrap);
+    ``tmp_dir`` where each run's private dir (passwd, group, hosts) is made (default:
+    the system temp dir). Raises ``SandboxUnavailable`` if bwrap is missing or broken.
+    """
+
+    def __init__(self, bwrap: str | os.PathLike[str] | None = None, *, tmp_dir: str | None = None) -> None:
+        if bwrap is None:
+            found = shutil.which("bwrap") or shutil.which("bwrap", path="/usr/bin:/bin")
+            if found is None:
+                raise SandboxUnavailable(
+                    "bubblewrap (bwrap) is not installed; kiln builds only inside its sandbox "
+                    "(Debian: apt-get install bubblewrap)"
+                )
+            bwrap = found
+        path = os.path.abspath(os.fspath(bwrap))
+        if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+            raise SandboxUnavailable(f"bubblewrap not found at {path} (expected an executable bwrap)")
+        self.bwrap = path
+        self.tmp_dir = tmp_dir
+        self.version = probe(path)
+
+    def run(self, spec: SandboxSpec, log: BinaryIO, *, on_output: OutputCallback | None = None) -> Result:
+        _check_host_paths(spec)
+        private = tempfile.mkdtemp(prefix="kiln-sandbox-", dir=self.tmp_dir)
+        names = []
+        try:
+            for name, text in (("passwd", _passwd(spec)), ("group", _group(spec)), ("hosts", _HOSTS)):
+                p = os.path.join(private, name)
+                with open(p, "w", encoding="utf-8") as f:
+                    f.write(text)
+                names.append(p)
+            argv = bwrap_argv(self.bwrap, spec, private)
+            limits = Limits(spec.timeout, spec.max_silent, spec.max_log_bytes)
+            start = time.monotonic()
+            try:
+                proc = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,  # own process group: killpg reaches bwrap
+                    umask=0o022,
+                    env={},
+                    bufsize=0,
+                )
+            except OSError as e:
+                raise SandboxUnavailable(f"cannot start the sandbox {self.bwrap}: {e}") from e
+            with proc:
+                outcome = supervise(proc, log, on_output, limits, start)
+            duration = time.monotonic() - start
+        finally:
+            for p in names:
+                with contextlib.suppress(OSError):
+                    os.unlink(p)
+            with contextlib.suppress(OSError):
+                os.rmdir(private)
+        rc = outcome.returncode
+        if outcome.breached is not None:
+            return Result(None, -rc if rc < 0 else None, outcome.breached, duration, outcome.log_bytes)  # type: ignore[arg-type]
+        if rc < 0:
+            return Result(None, -rc, "killed", duration, outcome.log_bytes)
+        return Result(rc, None, "ok" if rc == 0 else "failed", duration, outcome.log_bytes)
