@@ -61,5 +61,8 @@ def run_command(fn: Callable[[list[str]], int], argv: list[str], debug: bool = F
         if isinstance(e, OSError) and e.filename:
             print(f"error: {e.strerror}: {e.filename}", file=sys.stderr)
             return 1
-        print(f"kiln: internal error: {type(e).__name__}: {e} (rerun with KILN_DEBUG=1 for a traceback)", file=sys.stderr)
+        print(
+            f"kiln: internal error: {type(e).__name__}: {e} (rerun with KILN_DEBUG=1 for a traceback)",
+            file=sys.stderr,
+        )
         return 70

@@ -270,7 +270,9 @@ def parse(text: str, name: str, store_dir: str = DEFAULT_STORE_DIR) -> Derivatio
 Resolver = Callable[[str], Derivation]
 
 
-def hash_modulo(drv: Derivation, resolve: Resolver, memo: dict[str, Hash], mask_outputs: bool = False) -> Hash:
+def hash_modulo(
+    drv: Derivation, resolve: Resolver, memo: dict[str, Hash], mask_outputs: bool = False
+) -> Hash:
     """Nix ``hashDerivationModulo``. ``resolve`` maps an input ``.drv`` path to its
     derivation; ``memo`` caches results per ``.drv`` path (keeps the cost linear)."""
     if drv.is_fixed_output:
@@ -297,11 +299,15 @@ def finalize(drv: Derivation, resolve: Resolver, memo: dict[str, Hash]) -> Deriv
         o = drv.outputs[0][1]
         recursive = o.hash_algo.startswith("r:")
         algo = o.hash_algo.removeprefix("r:")
-        path = str(make_fixed_output_path(drv.name, Hash(algo, bytes.fromhex(o.hash)), recursive, drv.store_dir))
+        path = str(
+            make_fixed_output_path(drv.name, Hash(algo, bytes.fromhex(o.hash)), recursive, drv.store_dir)
+        )
         outs = {"out": replace(o, path=path)}
     else:
         h = hash_modulo(drv, resolve, memo, mask_outputs=True)
-        outs = {k: replace(o, path=str(make_output_path(h, k, drv.name, drv.store_dir))) for k, o in drv.outputs}
+        outs = {
+            k: replace(o, path=str(make_output_path(h, k, drv.name, drv.store_dir))) for k, o in drv.outputs
+        }
     env = drv.env_map
     for k, o in outs.items():
         env[k] = o.path

@@ -42,4 +42,6 @@ class PathInfo:
             raise FormatError(f"cannot make a fingerprint for {self.path}: narSize is {self.nar_size}")
         if self.nar_hash.algo != "sha256":
             raise FormatError(f"cannot make a fingerprint for {self.path}: NAR hash is not sha256")
-        return f"1;{self.path};{self.nar_hash.to_nix32()};{self.nar_size};{','.join(self.references)}".encode()
+        return (
+            f"1;{self.path};{self.nar_hash.to_nix32()};{self.nar_size};{','.join(self.references)}".encode()
+        )

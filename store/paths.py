@@ -117,7 +117,9 @@ def _type_with_refs(kind: str, references: "list[StorePath] | tuple[StorePath, .
 
 def make_text_path(name: str, text: bytes, references=(), store_dir: str = DEFAULT_STORE_DIR) -> StorePath:
     """Path of a text object (a ``.drv`` file): ``text:<refs>`` over sha256(text)."""
-    return make_store_path(_type_with_refs("text", list(references), False), Hash.sha256_of(text), name, store_dir)
+    return make_store_path(
+        _type_with_refs("text", list(references), False), Hash.sha256_of(text), name, store_dir
+    )
 
 
 def make_source_path(
@@ -144,4 +146,6 @@ def make_fixed_output_path(
 
 def make_output_path(drv_hash: Hash, output: str, name: str, store_dir: str = DEFAULT_STORE_DIR) -> StorePath:
     """Output path of an input-addressed derivation whose hash modulo is ``drv_hash``."""
-    return make_store_path(f"output:{output}", drv_hash, name if output == "out" else f"{name}-{output}", store_dir)
+    return make_store_path(
+        f"output:{output}", drv_hash, name if output == "out" else f"{name}-{output}", store_dir
+    )

@@ -1,0 +1,301 @@
+"""The build loop: realise derivations into valid store paths.
+
+Theory of operation
+-------------------
+1. ``load_graph`` parses the ``.drv`` closure; ``plan`` picks the derivations whose
+   outputs are not valid (inputs first). A substituter, when given, is asked for all
+   missing outputs in one batch and what it has is fetched before re-planning.
+2. A scheduler runs up to ``jobs`` derivations at once; a derivation starts when all
+   its input derivations are done. The first failure stops new work (running builds
+   finish) and is reported with the derivation and the tail of its log.
+3. Each derivation is built under a per-output lock (``locks.output_lock``), so two
+   ``kiln build`` processes on one graph build each derivation once: the second waits,
+   then sees the output valid and skips it.
+4. ``builtin:*`` builders (fetchers, the .deb unpacker) run in-process *outside* the
+   sandbox — the only step that touches the network, and its result is checked
+   against the fixed hash. Every other builder runs in the sandbox executor with only
+   the input closure mounted read-only at its logical paths and a scratch directory
+   as the writable store dir, from which the declared outputs are collected.
+5. Outputs are scanned for references (``refscan``), then handed to
+   ``LocalStore.register_built``, which canonicalises, archives and registers them
+   atomically. A crash anywhere before that leaves only a temp dir, never a valid path.
+
+``--check`` rebuilds an already valid derivation into a scratch dir and compares NAR
+hashes; a mismatch names the differing files (``checkdiff``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .buildlogs import LogStore
+from .buildplan import Graph, load_graph, plan
+from .derivation import Derivation
+from .errors import HashMismatch, KilnError, StoreError
+from .hashes import Hash
+from .paths import StorePath
+from .refscan import scan
+
+DEFAULT_LOG_LIMIT = 64 << 20
+
+
+class BuildError(KilnError):
+    """A derivation failed to build. ``drv_path`` names it; the message carries the log tail."""
+
+    def __init__(self, drv_path: str, message: str) -> None:
+        super().__init__(message)
+        self.drv_path = drv_path
+
+
+class NotDeterministic(KilnError):
+    """``--check`` or ``--rounds`` found a rebuild that differs from the registered output."""
+
+
+@dataclass(frozen=True, slots=True)
+class BuildOptions:
+    jobs: int = 1
+    cores: int = 0  # 0 = all cores
+    keep_failed: bool = False
+    check: bool = False
+    rounds: int = 1
+    timeout: float | None = None
+    max_silent: float | None = None
+    max_log_bytes: int = DEFAULT_LOG_LIMIT
+    print_logs: bool = False  # -L: stream build logs to stderr
+    mirrors: tuple[str, ...] = ()
+    progress: bool = field(default_factory=lambda: sys.stderr.isatty())
+
+
+@dataclass(frozen=True, slots=True)
+class BuildResult:
+    drv_path: str
+    outputs: dict[str, str]
+    built: bool  # False when already valid (or substituted)
+
+
+Substituter = Callable[[list[str]], set[str]]
+"""Given missing output paths, fetch what registries have; return the paths now valid."""
+
+
+class Builder:
+    """Realises derivations in ``store`` with ``executor`` (a ``kiln.sandbox`` executor).
+
+    ``hooks.after_build(drv_path, drv, outputs, started, finished)`` is called after each
+    successful build (used by the CLI for provenance)."""
+
+    def __init__(
+        self,
+        store,
+        executor,
+        options: BuildOptions = BuildOptions(),
+        substituter: Substituter | None = None,
+        after_build: Callable[..., None] | None = None,
+        say: Callable[[str], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.executor = executor
+        self.opts = options
+        self.substituter = substituter
+        self.after_build = after_build
+        self.say = say or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        self.logs = LogStore(Path(store.root) / "logs")
+        self._drvs: dict[str, Derivation] = {}
+
+    # ------------------------------------------------------------------ graph level
+
+    def _get_drv(self, drv_path: str) -> Derivation:
+        d = self._drvs.get(drv_path)
+        if d is None:
+            d = self.load([drv_path]).drvs[drv_path]
+        return d
+
+    def read_drv_text(self, drv_path: str) -> str:
+        if not self.store.is_valid(drv_path):
+            raise StoreError(f"derivation {drv_path} is not in the store (evaluate the recipe first)")
+        return self.store.real_path(drv_path).read_text()
+
+    def load(self, roots: Iterable[str]) -> Graph:
+        return load_graph(roots, self.read_drv_text, self.store.store_dir)
+
+    def realise(self, roots: list[str]) -> list[BuildResult]:
+        """Build (or substitute) everything needed for ``roots``; return their outputs."""
+        graph = self.load(roots)
+        self._drvs.update(graph.drvs)
+        with self.store.temp_root(
+            list(graph.drvs) + [o.path for d in graph.drvs.values() for _, o in d.outputs]
+        ):
+            todo = plan(graph, roots, self.store.is_valid)
+            if todo and self.substituter is not None:
+                missing = [
+                    o.path for p in todo for _, o in graph.drvs[p].outputs if not self.store.is_valid(o.path)
+                ]
+                self.substituter(missing)
+                todo = plan(graph, roots, self.store.is_valid)
+            if self.opts.check:
+                for r in roots:
+                    if r not in todo:
+                        self._check(r, graph.drvs[r])
+            built = set(self._run_all(graph, todo))
+            if self.opts.rounds > 1 and not self.opts.check:
+                for r in roots:
+                    for _ in range(self.opts.rounds - 1):
+                        self._check(r, graph.drvs[r])
+        return [BuildResult(r, {k: o.path for k, o in graph.drvs[r].outputs}, r in built) for r in roots]
+
+    def _run_all(self, graph: Graph, todo: list[str]) -> list[str]:
+        if not todo:
+            return []
+        pending = {p: {i for i in graph.inputs_of(p) if i in todo} for p in todo}
+        total, done_n = len(todo), 0
+        done: list[str] = []
+        failure: BaseException | None = None
+        with ThreadPoolExecutor(max_workers=max(1, self.opts.jobs)) as pool:
+            running: dict[Future, str] = {}
+            while pending or running:
+                if failure is None:
+                    for p in sorted(p for p, deps in pending.items() if not deps):
+                        if len(running) >= max(1, self.opts.jobs):
+                            break
+                        del pending[p]
+                        running[
+                            pool.submit(self.build_one, p, graph.drvs[p], (done_n + len(running) + 1, total))
+                        ] = p
+                if not running:
+                    break
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    p = running.pop(fut)
+                    try:
+                        fut.result()
+                    except BaseException as e:  # noqa: BLE001 - re-raised below, first failure wins
+                        failure = failure or e
+                        continue
+                    done_n += 1
+                    done.append(p)
+                    for deps in pending.values():
+                        deps.discard(p)
+        if failure is not None:
+            raise failure
+        return done
+
+    # ------------------------------------------------------------------ one derivation
+
+    def build_one(self, drv_path: str, drv: Derivation, position: tuple[int, int] = (1, 1)) -> None:
+        from .buildlocks import output_lock
+
+        outs = [o.path for _, o in drv.outputs]
+        with output_lock(self.store, outs):
+            if all(self.store.is_valid(p) for p in outs):
+                return  # another process built it while we waited
+            self.say(f"[{position[0]}/{position[1]}] building {drv_path}")
+            started = time.time()
+            with tempfile.TemporaryDirectory(prefix=f"build-{drv.name}-", dir=self._tmp_root()) as tmp:
+                produced = self._produce(drv_path, drv, Path(tmp))
+                for name, o in drv.outputs:
+                    tree, refs = produced[name]
+                    self.store.register_built(o.path, tree, refs, drv_path)
+            if self.after_build:
+                self.after_build(drv_path, drv, {k: o.path for k, o in drv.outputs}, started, time.time())
+
+    def _tmp_root(self) -> Path:
+        d = Path(self.store.root) / "tmp"
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def _produce(self, drv_path: str, drv: Derivation, tmp: Path) -> dict[str, tuple[Path, list[str]]]:
+        """Run the builder; return {output name: (produced tree, runtime references)}."""
+        if drv.builder.startswith("builtin:"):
+            from .builtins import run_builtin
+
+            out = tmp / "out"
+            run_builtin(self.store, drv, out, mirrors=list(self.opts.mirrors), progress=self.opts.progress)
+            return {"out": (out, [])}
+        return self._sandboxed(drv_path, drv, tmp)
+
+    def _sandboxed(self, drv_path: str, drv: Derivation, tmp: Path) -> dict[str, tuple[Path, list[str]]]:
+        from .sandboxrun import make_spec
+
+        spec, scratch_store, inputs = make_spec(self.store, drv, tmp, self.opts, self._get_drv)
+        log_path = tmp / "build.log"
+        echo = (lambda b: sys.stderr.buffer.write(b) and sys.stderr.flush()) if self.opts.print_logs else None
+        with open(log_path, "wb") as log:
+            result = self.executor.run(spec, log, on_output=echo)
+        self.logs.save(drv_path, log_path)
+        if result.reason != "ok":
+            kept = ""
+            if self.opts.keep_failed:
+                keep = Path(tempfile.mkdtemp(prefix=f"kiln-failed-{drv.name}-", dir=self._tmp_root()))
+                shutil.copytree(tmp, keep, symlinks=True, dirs_exist_ok=True)
+                kept = f"\nkept build directory: {keep}"
+            raise BuildError(
+                drv_path,
+                f"builder for {drv_path} failed: {result.describe()}{kept}\n"
+                f"last lines of the log (full log: kiln log {drv_path}):\n{_tail(log_path)}",
+            )
+        by_hash = {StorePath.parse(p).hash_part: p for p in inputs}
+        by_hash.update({StorePath.parse(o.path).hash_part: o.path for _, o in drv.outputs})
+        produced: dict[str, tuple[Path, list[str]]] = {}
+        for name, o in drv.outputs:
+            sp = StorePath.parse(o.path)
+            tree = scratch_store / sp.base
+            if not tree.exists() and not tree.is_symlink():
+                raise BuildError(
+                    drv_path,
+                    f"builder for {drv_path} succeeded but did not create output '{name}' ({o.path})",
+                )
+            res = scan(tree, by_hash, drv.store_dir)
+            if res.stray:
+                shown = "\n".join(f"  {f or '.'}: {drv.store_dir}/{h}-..." for f, h in res.stray[:10])
+                raise BuildError(
+                    drv_path,
+                    f"output {o.path} refers to store paths that are not among the derivation's inputs:\n{shown}",
+                )
+            produced[name] = (tree, sorted(by_hash[h] for h in res.found))
+        return produced
+
+    # ------------------------------------------------------------------ --check
+
+    def _check(self, drv_path: str, drv: Derivation) -> None:
+        from . import nar
+        from .checkdiff import describe_differences
+
+        self.say(f"checking {drv_path}")
+        with tempfile.TemporaryDirectory(prefix=f"check-{drv.name}-", dir=self._tmp_root()) as tmp:
+            produced = self._produce(drv_path, drv, Path(tmp))
+            for name, o in drv.outputs:
+                info = self.store.query(o.path)
+                if info is None:
+                    raise StoreError(f"cannot check {o.path}: it is not valid")
+                h, _ = nar.hash_path(produced[name][0])
+                if h != info.nar_hash:
+                    diff = describe_differences(self.store.real_path(o.path), produced[name][0])
+                    raise NotDeterministic(
+                        f"derivation {drv_path} may not be deterministic: output {o.path} differs\n"
+                        f"  registered NAR hash: {info.nar_hash}\n  rebuilt NAR hash:    {h}\n{diff}"
+                    )
+        self.say(f"{drv_path}: rebuild is bit-for-bit identical")
+
+
+def _tail(path: Path, lines: int = 25) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - 16384))
+            data = f.read().decode(errors="replace")
+    except OSError:
+        return "  (no log)"
+    return "\n".join("  " + line for line in data.splitlines()[-lines:]) or "  (empty log)"
+
+
+def check_fixed(h_expected: Hash, h_got: Hash, what: str) -> None:
+    if h_expected != h_got:
+        raise HashMismatch(what, str(h_expected), str(h_got))

@@ -1,0 +1,28 @@
+"""Per-output build locks: two builders of the same derivation build it once.
+
+``locks/<hash part>.build`` is held exclusively for the whole build of a derivation
+(one file per output, taken in sorted order so two processes cannot deadlock). It is a
+different file from the registration lock ``locks/<hash part>.lock`` that
+``LocalStore`` takes inside ``register_built``: flock locks on two descriptors conflict
+even within one process, so sharing the file would deadlock the builder on itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from .locks import FileLock
+from .paths import StorePath
+
+
+@contextlib.contextmanager
+def output_lock(store, paths: Iterable[str]) -> Iterator[None]:
+    """Hold the build locks of ``paths`` (logical store paths) for the ``with`` body."""
+    d = Path(store.root) / "locks"
+    d.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        for p in sorted(set(paths)):
+            stack.enter_context(FileLock(d / f"{StorePath.parse(p).hash_part}.build"))
+        yield

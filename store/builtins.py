@@ -1,0 +1,76 @@
+"""Builders that kiln runs itself, outside the sandbox (``builder = "builtin:<name>"``).
+
+Only fixed-output derivations may use the network, and every builtin's result is
+checked against the derivation's fixed hash before it can be registered:
+
+=================  ==========================================  =====================
+builder            does                                        output hash checked
+=================  ==========================================  =====================
+builtin:fetchurl   ``fetch.fetch_url`` (hashed mirrors first)  flat sha256 of file
+builtin:fetchgit   ``fetch.fetch_git`` (tree at ``rev``)        NAR sha256
+builtin:unpack-debs ``debunpack.unpack_debs`` of input .debs    (inputs are fixed)
+=================  ==========================================  =====================
+
+``unpack-debs`` is not a fixed-output derivation: its inputs are, and unpacking is a
+pure function of them, so its output is input-addressed like any build.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from .derivation import Derivation
+from .errors import HashMismatch, StoreError
+from .hashes import Hash
+
+
+def _expected(drv: Derivation) -> tuple[Hash, bool]:
+    o = drv.outputs_map["out"]
+    if not o.is_fixed:
+        raise StoreError(
+            f"builtin {drv.builder} needs a fixed-output derivation ({drv.name} has no output hash)"
+        )
+    recursive = o.hash_algo.startswith("r:")
+    return Hash(o.hash_algo.removeprefix("r:"), bytes.fromhex(o.hash)), recursive
+
+
+def _check_recursive(out: Path, expected: Hash, what: str) -> None:
+    from . import nar
+
+    got, _ = nar.hash_path(out)
+    if got != expected:
+        if out.is_dir() and not out.is_symlink():
+            shutil.rmtree(out)
+        else:
+            out.unlink(missing_ok=True)
+        raise HashMismatch(what, expected.to_nix32(), got.to_nix32())
+
+
+def run_builtin(store, drv: Derivation, out: Path, *, mirrors: list[str], progress: bool) -> None:
+    """Produce ``out`` for ``drv`` (a ``builtin:*`` derivation)."""
+    env = drv.env_map
+    name = drv.builder.removeprefix("builtin:")
+    if name == "fetchurl":
+        from .fetch import fetch_url
+
+        expected, recursive = _expected(drv)
+        urls = env.get("urls", "").split() or [env["url"]]
+        if recursive:
+            fetch_url(urls, None, out, mirrors=mirrors, progress=progress)
+            _check_recursive(out, expected, f"{drv.name} from {urls[0]}")
+        else:
+            fetch_url(urls, expected, out, mirrors=mirrors, progress=progress)
+    elif name == "fetchgit":
+        from .fetch import fetch_git
+
+        expected, _ = _expected(drv)
+        fetch_git(env["url"], env["rev"], out)
+        _check_recursive(out, expected, f"{drv.name} ({env['url']} at {env['rev']})")
+    elif name == "unpack-debs":
+        from .debunpack import unpack_debs
+
+        debs = [store.real_path(p) for p in env.get("debs", "").split()]
+        unpack_debs(debs, out)
+    else:
+        raise StoreError(f"unknown builtin builder {drv.builder!r} in {drv.name}")

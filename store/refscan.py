@@ -1,0 +1,87 @@
+"""Runtime reference scanning of a build output.
+
+Theory of operation (as Nix ``path-references.cc``): a store path's runtime dependencies
+are the store paths whose 32-character hash part occurs anywhere in its files or
+symlink targets. We scan each file's bytes in large chunks with one compiled regex for
+nix32 runs of length 32 that follow ``<storedir>/`` *or* stand alone, and keep those
+that are in the candidate set (the input closure plus the derivation's own outputs).
+
+In addition, every ``<storedir>/<hash>-`` occurrence whose hash is *not* a candidate is
+reported as a stray reference: the output refers to a store path the build was not
+given, which kiln treats as an error (the path could not be in the closure and would
+dangle on another machine).
+
+Chunks overlap by 31 + len(storedir) bytes so a hash split across a chunk boundary is
+still seen; matches are de-duplicated through sets, so overlap never double counts.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+_NIX32 = b"[0-9a-df-np-sv-z]"
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class ScanResult:
+    """``found``: candidate hash parts seen; ``stray``: (file, hash part) pairs of
+    store paths referenced under the store dir that are not candidates."""
+
+    found: frozenset[str]
+    stray: tuple[tuple[str, str], ...]
+
+
+def scan(root: Path, candidates: Iterable[str], store_dir: str) -> ScanResult:
+    """Scan the file or tree at ``root`` for hash parts in ``candidates``."""
+    cand = {c.encode() for c in candidates}
+    any_hash = re.compile(b"(?<!" + _NIX32 + b")" + _NIX32 + b"{32}(?!" + _NIX32 + b")")
+    prefixed = re.compile(re.escape(store_dir.encode() + b"/") + b"(" + _NIX32 + b"{32})-")
+    found: set[bytes] = set()
+    stray: dict[tuple[str, str], None] = {}
+    overlap = 32 + len(store_dir) + 1
+
+    def scan_bytes(data: bytes, rel: str) -> None:
+        for m in any_hash.finditer(data):
+            h = m.group(0)
+            if h in cand:
+                found.add(h)
+        for m in prefixed.finditer(data):
+            h = m.group(1)
+            if h not in cand:
+                stray[(rel, h.decode())] = None
+
+    def scan_file(p: Path, rel: str) -> None:
+        with open(p, "rb", buffering=0) as f:
+            tail = b""
+            while True:
+                chunk = f.read(_CHUNK)
+                if not chunk:
+                    break
+                data = tail + chunk
+                scan_bytes(data, rel)
+                tail = data[-overlap:]
+
+    if root.is_symlink() or not root.is_dir():
+        _scan_entry(root, "", scan_file, scan_bytes)
+    else:
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames.sort()
+            for name in [
+                *sorted(filenames),
+                *(d for d in dirnames if os.path.islink(os.path.join(dirpath, d))),
+            ]:
+                p = Path(dirpath, name)
+                _scan_entry(p, str(p.relative_to(root)), scan_file, scan_bytes)
+    return ScanResult(frozenset(h.decode() for h in found), tuple(stray))
+
+
+def _scan_entry(p: Path, rel: str, scan_file, scan_bytes) -> None:
+    if p.is_symlink():
+        scan_bytes(os.fsencode(os.readlink(p)), rel)
+    elif p.is_file():
+        scan_file(p, rel)

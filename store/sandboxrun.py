@@ -1,0 +1,76 @@
+"""Turning a derivation into a ``kiln.sandbox.SandboxSpec``.
+
+What the build sees (the sandbox executor adds the fixed environment, /dev, /proc,
+/tmp, passwd/group):
+
+- ``/build``: a fresh empty host directory, the working directory.
+- the logical store dir (e.g. ``/kiln/store``): a fresh *scratch* host directory,
+  writable, so the builder can create ``$out`` as a file or a directory exactly like
+  under Nix; only the declared outputs are collected from it afterwards.
+- on top of it, read-only, every path of the input closure at its logical path
+  (mount order: parent before children, which the executor guarantees by sorting).
+- the hermetic toolchain: the input whose derivation says ``kilnRootfs = "1"`` is
+  also laid out as ``/usr``, ``/bin``, ``/lib``, ``/lib64``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from .derivation import Derivation
+from .errors import StoreError
+
+
+def input_paths(drv: Derivation, get_drv: Callable[[str], Derivation]) -> list[str]:
+    """The store paths a derivation's build reads directly: requested outputs of its
+    input derivations and its input sources."""
+    paths = list(drv.input_srcs)
+    for p, outs in drv.input_drvs:
+        d = get_drv(p)
+        om = d.outputs_map
+        paths += [om[o].path for o in outs]
+    return paths
+
+
+def rootfs_of(drv: Derivation, get_drv: Callable[[str], Derivation]) -> str | None:
+    """The logical path of the toolchain input (env ``kilnRootfs=1``), if any."""
+    found = [
+        get_drv(p).outputs_map["out"].path
+        for p, _ in drv.input_drvs
+        if get_drv(p).env_map.get("kilnRootfs") == "1"
+    ]
+    if len(found) > 1:
+        raise StoreError(
+            f"derivation {drv.name} has {len(found)} toolchain (kilnRootfs) inputs; at most one is allowed"
+        )
+    return found[0] if found else None
+
+
+def make_spec(store, drv: Derivation, tmp: Path, opts, get_drv: Callable[[str], Derivation]):
+    """Return ``(spec, scratch_store_dir, input_closure)`` for building ``drv`` in ``tmp``."""
+    from kiln.sandbox.spec import SandboxSpec
+
+    build_dir = tmp / "build"
+    scratch = tmp / "store"
+    build_dir.mkdir()
+    scratch.mkdir()
+    closure = store.closure(input_paths(drv, get_drv))
+    missing = [p for p in closure if not store.is_valid(p)]
+    if missing:
+        raise StoreError(f"inputs of {drv.name} are not valid: {', '.join(missing[:5])}")
+    rootfs = rootfs_of(drv, get_drv)
+    spec = SandboxSpec(
+        argv=(drv.builder, *drv.args),
+        build_dir=str(build_dir),
+        env=drv.env_map,
+        rw_mounts=((str(scratch), drv.store_dir),),
+        ro_mounts=tuple((str(store.real_path(p)), p) for p in closure),
+        rootfs=str(store.real_path(rootfs)) if rootfs else None,
+        cores=opts.cores or os.cpu_count() or 1,
+        timeout=opts.timeout,
+        max_silent=opts.max_silent,
+        max_log_bytes=opts.max_log_bytes,
+    )
+    return spec, scratch, closure
