@@ -1,0 +1,383 @@
+"""Fixed-output fetching: hashed source mirrors first, then the URLs, verified while downloading.
+
+Theory of operation
+-------------------
+``fetch_url`` produces one file at ``dest`` whose sha256 is ``expected``, or raises and
+leaves nothing at ``dest``. Bytes are written to a temporary file next to ``dest`` while
+being hashed; the temporary is fsynced and renamed onto ``dest`` only after the digest
+matches. Sources are tried in this order:
+
+1. each *hashed source mirror* — a directory (or ``file://`` URL) or an ``http(s)`` URL
+   laid out as ``<mirror>/sha256/<hex>``; the explicit list first, then the
+   ``KILN_SOURCE_MIRRORS`` environment variable (space- or colon-separated; ``http://h:8080``
+   style ports are understood). A mirror miss is silent; a corrupt mirror entry is reported
+   as a warning and the next source is tried;
+2. each URL in order. ``debian:<pool path>`` is expanded to ``<base>/<pool path>`` for
+   every archive base the machine's apt sources name (read at run time, see
+   ``kiln.store.apt.archive_bases``), so no host name is ever written into a recipe.
+
+HTTP transfers use urllib (redirects followed by its redirect handler), a socket timeout
+(``timeout`` argument, ``KILN_FETCH_TIMEOUT``), and up to ``retries`` further attempts per
+URL after a dropped connection or timeout. A retry resumes with ``Range: bytes=N-`` when the
+server answers ``206`` with a matching ``Content-Range``; otherwise the partial file is
+discarded and the download starts over, so the hash always covers exactly the bytes kept.
+
+If every source fails, a content mismatch wins over transport errors: ``HashMismatch``
+(both hashes printed) is raised if any source delivered wrong bytes, else ``FetchError``
+listing what each source said.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterable
+from pathlib import Path
+
+from .errors import HashMismatch, KilnError
+from .hashes import Hash
+
+CHUNK = 1 << 16
+USER_AGENT = "kiln-fetch/0.1"
+
+
+class FetchError(KilnError):
+    """No source could deliver the file."""
+
+
+class _Mismatch(Exception):
+    def __init__(self, got: str) -> None:
+        self.got = got
+
+
+# --- mirrors ---------------------------------------------------------------------------
+
+
+def parse_mirror_list(text: str) -> list[str]:
+    """Split a ``KILN_SOURCE_MIRRORS`` value. Whitespace always separates; a colon
+    separates too, except inside ``scheme://host:port``."""
+    out: list[str] = []
+    for word in text.split():
+        pieces = word.split(":")
+        i = 0
+        while i < len(pieces):
+            piece = pieces[i]
+            if (
+                re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*", piece)
+                and i + 1 < len(pieces)
+                and pieces[i + 1].startswith("//")
+            ):
+                piece = f"{piece}:{pieces[i + 1]}"
+                i += 1
+                # a port: "//host" followed by "8080/..." (only if the authority has none yet)
+                if (
+                    i + 1 < len(pieces)
+                    and re.match(r"^\d+(/|$)", pieces[i + 1])
+                    and "/" not in piece[piece.index("//") + 2 :]
+                ):
+                    piece = f"{piece}:{pieces[i + 1]}"
+                    i += 1
+            if piece:
+                out.append(piece)
+            i += 1
+    return out
+
+
+def mirrors_from_env(explicit: Iterable[str] = ()) -> list[str]:
+    """The explicit mirrors, then those in ``KILN_SOURCE_MIRRORS``, without duplicates."""
+    seen: list[str] = []
+    for m in [*explicit, *parse_mirror_list(os.environ.get("KILN_SOURCE_MIRRORS", ""))]:
+        m = str(m).rstrip("/") or "/"
+        if m not in seen:
+            seen.append(m)
+    return seen
+
+
+def mirror_location(mirror: str, expected: Hash) -> str:
+    """Where ``expected`` lives in ``mirror`` (a path or a URL)."""
+    return f"{mirror.rstrip('/')}/{expected.algo}/{expected.hex}"
+
+
+# --- URL expansion ---------------------------------------------------------------------
+
+
+def expand_url(url: str) -> list[str]:
+    """Concrete URLs for one recipe URL (``debian:`` expands to every archive base)."""
+    if url.startswith("debian:"):
+        from .apt import archive_bases
+
+        pool = url[len("debian:") :].lstrip("/")
+        if not pool or ".." in pool.split("/"):
+            raise FetchError(f"bad debian: URL {url!r} (expected debian:pool/main/...)")
+        bases = archive_bases()
+        if not bases:
+            raise FetchError(
+                f"cannot resolve {url}: no 'deb' archive in /etc/apt/sources.list or /etc/apt/sources.list.d/*.sources"
+            )
+        return [f"{base}/{pool}" for base in bases]
+    return [url]
+
+
+# --- transfer --------------------------------------------------------------------------
+
+
+class _Progress:
+    """A one-line progress meter on stderr, only when stderr is a terminal."""
+
+    def __init__(self, enabled: bool, label: str) -> None:
+        self.enabled = enabled and sys.stderr.isatty()
+        self.label = label if len(label) <= 50 else "…" + label[-49:]
+        self.last = 0.0
+
+    def update(self, done: int, total: int | None) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if now - self.last < 0.1:
+            return
+        self.last = now
+        mib = done / 1048576
+        tail = (
+            f"{mib:.1f}/{total / 1048576:.1f} MiB {100 * done // max(total, 1)}%"
+            if total
+            else f"{mib:.1f} MiB"
+        )
+        sys.stderr.write(f"\r\x1b[Kfetching {self.label} {tail}")
+        sys.stderr.flush()
+
+    def done(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()
+
+
+class _Sink:
+    """The temporary file plus a running hash of exactly the bytes it holds."""
+
+    def __init__(self, f, algo: str, progress: _Progress) -> None:
+        self.f = f
+        self.algo = algo
+        self.progress = progress
+        self.reset()
+
+    def reset(self) -> None:
+        self.f.seek(0)
+        self.f.truncate()
+        self.h = hashlib.new(self.algo)
+        self.size = 0
+
+    def write(self, chunk: bytes, total: int | None = None) -> None:
+        self.f.write(chunk)
+        self.h.update(chunk)
+        self.size += len(chunk)
+        self.progress.update(self.size, total)
+
+    def digest(self) -> bytes:
+        return self.h.digest()
+
+
+def _copy_local(src: Path, sink: _Sink) -> None:
+    total = src.stat().st_size
+    with open(src, "rb") as f:
+        while chunk := f.read(CHUNK):
+            sink.write(chunk, total)
+
+
+_RETRY_STATUS = (408, 425, 429, 500, 502, 503, 504)
+
+
+def _http_get(url: str, sink: _Sink, timeout: float, retries: int) -> None:
+    """Download ``url`` into ``sink``. HTTP errors other than transient ones raise
+    ``urllib.error.HTTPError`` at once; transport errors are retried (resuming when the
+    server honours ``Range``) and raise ``OSError`` once ``retries`` are spent."""
+    import http.client
+
+    attempt = 0
+    while True:
+        headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
+        if sink.size:
+            headers["Range"] = f"bytes={sink.size}-"
+        req = urllib.request.Request(url, headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                if sink.size and not (
+                    resp.status == 206 and _range_start(resp.headers.get("Content-Range")) == sink.size
+                ):
+                    sink.reset()  # the server ignored or mangled the range: start over cleanly
+                length = resp.headers.get("Content-Length")
+                total = sink.size + int(length) if length and length.isdigit() else None
+                while chunk := resp.read(CHUNK):
+                    sink.write(chunk, total)
+                if total is not None and sink.size < total:
+                    raise ConnectionError(f"connection closed after {sink.size} of {total} bytes")
+                return
+        except urllib.error.HTTPError as e:
+            if e.code == 416 and sink.size:
+                sink.reset()  # range not satisfiable: our partial data is suspect
+            elif e.code not in _RETRY_STATUS or attempt >= retries:
+                raise
+            error: BaseException = e
+        except (OSError, http.client.HTTPException) as e:  # URLError, timeouts, resets, IncompleteRead
+            error = e
+        attempt += 1
+        if attempt > retries:
+            raise OSError(f"{_describe(error)} (gave up after {attempt} attempts)") from error
+        time.sleep(min(0.2 * 2 ** (attempt - 1), 3.0))
+
+
+def _range_start(content_range: str | None) -> int | None:
+    m = re.match(r"bytes (\d+)-", content_range or "")
+    return int(m.group(1)) if m else None
+
+
+def _describe(e: BaseException) -> str:
+    if isinstance(e, urllib.error.HTTPError):
+        return f"HTTP {e.code} {e.reason}"
+    if isinstance(e, urllib.error.URLError):
+        return str(e.reason)
+    if isinstance(e, TimeoutError):
+        return "timed out"
+    return str(e) or type(e).__name__
+
+
+def _transfer(source: str, sink: _Sink, timeout: float, retries: int) -> None:
+    """Fill ``sink`` from a path, ``file://`` URL or network URL."""
+    if source.startswith("file://"):
+        _copy_local(Path(urllib.request.url2pathname(urllib.parse.urlparse(source).path)), sink)
+    elif "://" not in source:
+        _copy_local(Path(source), sink)
+    elif source.startswith(("http://", "https://", "ftp://")):
+        _http_get(source, sink, timeout, retries)
+    else:
+        raise FetchError(f"unsupported URL scheme in {source!r} (use http, https, ftp, file or debian:)")
+
+
+# --- the entry point -------------------------------------------------------------------
+
+
+def fetch_url(
+    urls: list[str],
+    expected: Hash,
+    dest: Path,
+    *,
+    mirrors: list[str],
+    progress: bool,
+    timeout: float | None = None,
+    retries: int = 3,
+) -> None:
+    """Make ``dest`` a file whose ``expected.algo`` digest is ``expected``, from the first
+    source that delivers it (mirrors, then ``urls``). Raises ``HashMismatch`` if a source
+    delivered other bytes and none delivered the right ones, ``FetchError`` if nothing
+    could be downloaded; in both cases nothing is left at ``dest``."""
+    dest = Path(dest)
+    if timeout is None:
+        timeout = float(os.environ.get("KILN_FETCH_TIMEOUT", "30"))
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    failures: list[str] = []
+    mismatch: tuple[str, str] | None = None
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name[:60]}.", suffix=".part", dir=dest.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "w+b") as f:
+            for source, is_mirror in _sources(urls, expected, mirrors):
+                sink = _Sink(f, expected.algo, _Progress(progress, source))
+                try:
+                    if is_mirror and "://" not in source and not Path(source).is_file():
+                        continue  # a plain mirror miss
+                    _transfer(source, sink, timeout, retries)
+                except urllib.error.HTTPError as e:
+                    if not (is_mirror and e.code in (403, 404, 410)):
+                        failures.append(f"{source}: HTTP {e.code} {e.reason}")
+                    continue
+                except FileNotFoundError:
+                    if not is_mirror:
+                        failures.append(f"{source}: no such file")
+                    continue
+                except OSError as e:
+                    failures.append(f"{source}: {_describe(e)}")
+                    continue
+                finally:
+                    sink.progress.done()
+                got = Hash(expected.algo, sink.digest())
+                if got != expected:
+                    if is_mirror:
+                        print(
+                            f"warning: mirror entry {source} has hash {got.to_hex()}, ignoring it",
+                            file=sys.stderr,
+                        )
+                    else:
+                        mismatch = mismatch or (source, got.to_hex())
+                        failures.append(f"{source}: content has hash {got.to_hex()}")
+                    continue
+                f.flush()
+                os.fsync(f.fileno())
+                os.chmod(tmp, 0o644)
+                os.replace(tmp, dest)
+                _fsync_dir(dest.parent)
+                return
+    finally:
+        tmp.unlink(missing_ok=True)
+    if mismatch:
+        raise HashMismatch(mismatch[0], expected.to_hex(), mismatch[1])
+    if not failures:
+        raise FetchError(f"no source for {expected.to_hex()}: no URL given and no mirror has it")
+    raise FetchError(f"cannot fetch {dest.name} ({expected.to_hex()}):\n  " + "\n  ".join(failures))
+
+
+def _sources(urls: list[str], expected: Hash, mirrors: list[str]):
+    """(location, is_mirror) pairs in the order they are tried."""
+    for m in mirrors_from_env(mirrors):
+        loc = mirror_location(m, expected)
+        if loc.startswith("file://"):
+            loc = urllib.request.url2pathname(urllib.parse.urlparse(loc).path)
+        yield loc, True
+    for url in urls:
+        for concrete in expand_url(url):
+            yield concrete, False
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fetch_git(url: str, rev: str, dest: Path) -> None:
+    """Export the tree of ``rev`` from the git repository at ``url`` to ``dest`` (see
+    ``kiln.store.fetchgit``; imported lazily so plain fetches never load pygit2)."""
+    from .fetchgit import fetch_git as _fetch_git
+
+    _fetch_git(url, rev, dest)
+
+
+def copy_to_mirror(src: Path, mirror_dir: Path, algo: str = "sha256") -> Hash:
+    """Copy a file into a hashed mirror directory (atomically) and return its hash."""
+    h = hashlib.new(algo)
+    target_dir = Path(mirror_dir) / algo
+    target_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=".in.", dir=target_dir)
+    try:
+        with os.fdopen(fd, "wb") as out, open(src, "rb") as f:
+            while chunk := f.read(CHUNK):
+                out.write(chunk)
+                h.update(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+        digest = Hash(algo, h.digest())
+        os.chmod(tmp_name, 0o644)
+        os.replace(tmp_name, target_dir / digest.hex)
+        return digest
+    finally:
+        Path(tmp_name).unlink(missing_ok=True)
