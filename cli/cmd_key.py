@@ -1,0 +1,113 @@
+"""``kiln key``: generate signing keys and show public keys.
+
+- ``kiln key generate NAME [-o FILE] [--force]`` writes the secret key (Nix format,
+  ``NAME:base64``) to FILE, default ``$KILN_HOME/keys/NAME.sec``, created 0600
+  atomically, and the public key beside it (``.pub`` instead of ``.sec``, or FILE +
+  ``.pub``). It prints only the public key and the secret key's path: secret key
+  material never goes to stdout or stderr.
+- ``kiln key public [FILE|NAME]`` prints the public key of a secret or public key file,
+  or of key NAME under ``$KILN_HOME/keys``; with no argument, of the only key there.
+
+Keys are interchangeable with ``nix key generate-secret`` / ``convert-secret-to-public``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from kiln.store.errors import FormatError, KilnError
+from kiln.store.signing import (
+    PublicKey,
+    SecretKey,
+    load_public_key,
+    write_public_key,
+    write_secret_key,
+)
+
+from .common import default_home
+
+
+def keys_dir() -> Path:
+    return default_home() / "keys"
+
+
+def _pub_path(sec: Path) -> Path:
+    return sec.with_suffix(".pub") if sec.suffix == ".sec" else sec.with_name(sec.name + ".pub")
+
+
+def _generate(args: argparse.Namespace) -> int:
+    key = SecretKey.generate(args.name)
+    if args.output:
+        sec = Path(args.output)
+    else:
+        if "/" in args.name:
+            raise KilnError(f"key name {args.name!r} must not contain '/' (use -o FILE to choose the file)")
+        sec = keys_dir() / f"{args.name}.sec"
+    if not sec.parent.exists():
+        sec.parent.mkdir(parents=True, mode=0o700)
+    pub = _pub_path(sec)
+    if not args.force:
+        for p in (sec, pub):
+            if p.exists():
+                raise KilnError(f"{p} already exists; pass --force to replace it")
+    write_secret_key(sec, key, overwrite=args.force)
+    write_public_key(pub, key.public(), overwrite=True)
+    print(key.public().to_text())
+    print(f"secret key: {sec}")
+    return 0
+
+
+def _read_any(path: Path) -> PublicKey:
+    """Public key of a secret- or public-key file."""
+    try:
+        text = path.read_text(encoding="ascii").strip()
+    except UnicodeDecodeError:
+        raise FormatError(f"{path}: not a key file") from None
+    name, _, b64 = text.partition(":")
+    # 64 bytes -> 88 base64 chars (secret); 32 bytes -> 44 (public).
+    if len(b64) > 60:
+        try:
+            return SecretKey.parse(text).public()
+        except FormatError as e:
+            raise FormatError(f"{path}: {e}") from None
+    return load_public_key(path)
+
+
+def _public(args: argparse.Namespace) -> int:
+    arg = args.key
+    if arg is None:
+        d = keys_dir()
+        found = sorted(d.glob("*.sec")) if d.is_dir() else []
+        if len(found) != 1:
+            names = ", ".join(p.stem for p in found) or "none"
+            raise KilnError(f"name a key: {len(found)} keys in {d} ({names})")
+        path = found[0]
+    elif "/" in arg or os.path.exists(arg):
+        path = Path(arg)
+    else:
+        path = keys_dir() / f"{arg}.sec"
+        if not path.exists() and (keys_dir() / f"{arg}.pub").exists():
+            path = keys_dir() / f"{arg}.pub"
+    if not path.exists():
+        raise KilnError(f"no key file {path} (create one with 'kiln key generate NAME')")
+    print(_read_any(path).to_text())
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="kiln key", description="generate signing keys and show public keys")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    g = sub.add_parser("generate", help="generate an ed25519 signing key")
+    g.add_argument("name", metavar="NAME", help="key name (appears in every signature, e.g. cache.example-1)")
+    g.add_argument(
+        "-o", "--output", metavar="FILE", help="secret key file (default: $KILN_HOME/keys/NAME.sec)"
+    )
+    g.add_argument("--force", action="store_true", help="replace an existing key file")
+    g.set_defaults(fn=_generate)
+    pk = sub.add_parser("public", help="print the public key of a key file or named key")
+    pk.add_argument("key", nargs="?", metavar="FILE|NAME")
+    pk.set_defaults(fn=_public)
+    args = p.parse_args(argv[1:] if argv and argv[0] == "key" else argv)
+    return args.fn(args)
