@@ -1,0 +1,148 @@
+"""Attestations stored beside store paths in a local store.
+
+Layout: ``<root>/attestations/<hashpart>/<kind>.dsse.json``, one DSSE envelope per file
+(canonical JSON). ``kind`` names the attestation's role, not its predicate:
+
+- ``provenance``: the build's SLSA provenance (written by the build loop);
+- ``sbom``: a signed SBOM statement (``kiln sbom --attest``);
+- ``vsa-<keyid[:16]>``: one rebuilder's verification summary (``vsa_kind``), so several
+  independent rebuilders' verdicts coexist.
+
+Invariants
+----------
+- Writes are atomic (temp file in the same directory, fsync, rename, fsync dir): a
+  reader sees the old envelope or the new one, never a torn file.
+- ``write`` refuses an envelope whose payload is not an in-toto statement naming this
+  path (by base name) as a subject, so a misfiled attestation cannot be stored.
+- Nothing here decides trust: envelopes are stored and returned as-is; verification is
+  ``policy.verify_path``'s job.
+- The directory is keyed by hash part only, so it survives nothing but the path itself:
+  ``remove`` is for the garbage collector when the path goes.
+"""
+
+from __future__ import annotations
+
+import builtins
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .dsse import Envelope, keyid
+from .errors import FormatError, StoreError
+from .intoto import parse_statement
+from .paths import StorePath
+
+_KIND_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+SUFFIX = ".dsse.json"
+MEDIA_TYPES = {
+    "provenance": "application/vnd.in-toto.provenance+dsse",
+    "sbom": "application/vnd.in-toto.cyclonedx+dsse",
+    "vsa": "application/vnd.in-toto.vsa+dsse",
+}
+
+
+def check_kind(kind: str) -> str:
+    if not _KIND_RE.match(kind):
+        raise FormatError(f"attestation kind {kind!r} must match [a-z0-9][a-z0-9_-]* (at most 64 characters)")
+    return kind
+
+
+def vsa_kind(public_key: bytes) -> str:
+    """The kind under which a rebuilder holding ``public_key`` stores its VSA."""
+    return f"vsa-{keyid(public_key)[:16]}"
+
+
+def media_type(kind: str) -> str:
+    """The registry media type for an attestation kind."""
+    return MEDIA_TYPES.get(kind.split("-", 1)[0], "application/vnd.in-toto+dsse")
+
+
+def _parse(path: str | StorePath) -> StorePath:
+    return path if isinstance(path, StorePath) else StorePath.parse(str(path))
+
+
+def _dir(store: Any, path: str | StorePath) -> Path:
+    return Path(store.root) / "attestations" / _parse(path).hash_part
+
+
+def _fsync_dir(d: Path) -> None:
+    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write(store: Any, path: str | StorePath, kind: str, envelope: Envelope) -> Path:
+    """Store ``envelope`` as ``path``'s attestation of ``kind`` (replacing an older one);
+    return the file written. ``store`` is anything with a ``root`` (a ``LocalStore``)."""
+    sp = _parse(path)
+    check_kind(kind)
+    st = parse_statement(envelope.payload)
+    if not any(name == sp.base for name, _ in st.subjects):
+        names = ", ".join(repr(n) for n, _ in st.subjects)
+        raise StoreError(
+            f"attestation for {names} cannot be stored as {kind!r} of {sp}: subject does not name it"
+        )
+    if not envelope.signatures:
+        raise StoreError(f"refusing to store an unsigned {kind!r} attestation for {sp}")
+    d = _dir(store, sp)
+    d.mkdir(parents=True, exist_ok=True)
+    target = d / f"{kind}{SUFFIX}"
+    fd, tmp = tempfile.mkstemp(prefix=f".{kind}-", suffix=".tmp", dir=d)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(envelope.dumps().encode())
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    except BaseException:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(d)
+    return target
+
+
+def read(store: Any, path: str | StorePath, kind: str) -> Envelope | None:
+    """The stored envelope of ``kind`` for ``path``, or ``None`` when there is none.
+    A file that exists but does not parse raises ``FormatError`` naming it."""
+    f = _dir(store, path) / f"{check_kind(kind)}{SUFFIX}"
+    try:
+        data = f.read_bytes()
+    except FileNotFoundError:
+        return None
+    try:
+        return Envelope.loads(data)
+    except FormatError as e:
+        raise FormatError(f"{f}: {e}") from None
+
+
+def list(store: Any, path: str | StorePath) -> builtins.list[str]:  # noqa: A001 - the documented API name
+    """Kinds of the attestations stored for ``path``, sorted."""
+    d = _dir(store, path)
+    try:
+        names = os.listdir(d)
+    except FileNotFoundError:
+        return []
+    kinds = [n[: -len(SUFFIX)] for n in names if n.endswith(SUFFIX) and not n.startswith(".")]
+    return sorted(k for k in kinds if _KIND_RE.match(k))
+
+
+def read_all(store: Any, path: str | StorePath) -> dict[str, Envelope]:
+    """Every stored attestation of ``path`` by kind (for push/copy/mirror)."""
+    out = {}
+    for k in list(store, path):
+        env = read(store, path, k)
+        if env is not None:
+            out[k] = env
+    return out
+
+
+def remove(store: Any, path: str | StorePath) -> None:
+    """Delete all attestations of ``path`` (the GC calls this when the path goes)."""
+    shutil.rmtree(_dir(store, path), ignore_errors=True)

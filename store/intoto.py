@@ -1,0 +1,298 @@
+"""in-toto Statement v1 with the predicates kiln emits: SLSA Provenance v1 for builds, SLSA
+Verification Summary (VSA) v1 for rebuilders, and SBOMs (CycloneDX / SPDX).
+
+Theory of operation
+-------------------
+A statement binds a predicate to subjects by digest. kiln's subject for a store path is
+``{"name": "<hash>-<name>", "digest": {"sha256": <hex sha256 of the uncompressed NAR>}}``:
+the NAR hash survives recompression and mirroring, the zstd file hash does not.
+
+Statements are serialized canonically (sorted keys, compact separators, UTF-8) before
+they go into a DSSE envelope. Provenance carries wall-clock times and an invocation id,
+so it is *not* reproducible and lives beside the store path, never inside it; rebuilders
+compare subject digests, not provenance bytes.
+
+URIs (stable; documented in docs/security.md):
+
+- ``BUILD_TYPE`` ``https://kiln.dev/build-types/recipe/v1``: "a kiln recipe attribute
+  evaluated to a derivation and built in kiln's sandbox". externalParameters:
+  ``recipeFile``, ``attribute``, ``parameters`` (string map), ``recipeRepository``
+  (``{"commit", "dirty"}``); internalParameters: ``sandbox`` (settings map),
+  ``toolchain`` (store path).
+- ``BUILDER_LOCAL`` ``https://kiln.dev/builders/local/v1``: the local CLI, key held by the
+  user (SLSA Build L1). Other modes must use other builder ids.
+- ``VERIFIER_REBUILD`` ``https://kiln.dev/verifiers/rebuild/v1``: ``kiln rebuild``'s VSA;
+  ``verifiedLevels`` contains ``KILN_REPRODUCED`` when the rebuild matched.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from .errors import FormatError, KilnError
+
+STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
+PROVENANCE_TYPE = "https://slsa.dev/provenance/v1"
+VSA_TYPE = "https://slsa.dev/verification_summary/v1"
+CYCLONEDX_TYPE = "https://cyclonedx.org/bom"
+SPDX_TYPE = "https://spdx.dev/Document"
+BUILD_TYPE = "https://kiln.dev/build-types/recipe/v1"
+BUILDER_LOCAL = "https://kiln.dev/builders/local/v1"
+VERIFIER_REBUILD = "https://kiln.dev/verifiers/rebuild/v1"
+LEVEL_REPRODUCED = "KILN_REPRODUCED"
+
+_HEX = frozenset("0123456789abcdef")
+
+
+def canonical_json(obj: Any) -> bytes:
+    """The bytes kiln signs: sorted keys, no whitespace, UTF-8."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def rfc3339(t: datetime | int | float | str) -> str:
+    """A UTC timestamp ``YYYY-MM-DDThh:mm:ssZ`` (in-toto Timestamp). ``t`` is a datetime
+    (naive = UTC), a Unix time, or an already formatted string (re-validated)."""
+    if isinstance(t, str):
+        t = parse_time(t)
+    if isinstance(t, int | float):
+        t = datetime.fromtimestamp(t, UTC)
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=UTC)
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(text: str) -> datetime:
+    """Parse an RFC 3339 timestamp into an aware UTC datetime."""
+    try:
+        t = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    except (ValueError, AttributeError):
+        raise FormatError(
+            f"invalid timestamp {text!r} (expected RFC 3339, e.g. 2024-01-01T00:00:00Z)"
+        ) from None
+    if t.tzinfo is None:
+        raise FormatError(f"timestamp {text!r} has no time zone (expected a trailing Z)")
+    return t.astimezone(UTC)
+
+
+def _check_hex(h: str, what: str) -> str:
+    if len(h) != 64 or not set(h) <= _HEX:
+        raise FormatError(f"{what} must be 64 lowercase hex digits (sha256), got {h!r}")
+    return h
+
+
+def subject(name: str, nar_sha256_hex: str) -> dict[str, Any]:
+    return {"name": name, "digest": {"sha256": _check_hex(nar_sha256_hex, "subject digest")}}
+
+
+def statement(subjects: Iterable[dict[str, Any]], predicate_type: str, predicate: Mapping[str, Any]) -> dict:
+    """An in-toto Statement v1."""
+    subs = list(subjects)
+    if not subs or any("digest" not in s or not s["digest"] for s in subs):
+        raise FormatError("an in-toto statement needs at least one subject, each with a digest")
+    return {
+        "_type": STATEMENT_TYPE,
+        "subject": subs,
+        "predicateType": predicate_type,
+        "predicate": dict(predicate),
+    }
+
+
+def _descriptor(dep: Mapping[str, Any]) -> dict[str, Any]:
+    """Normalize one resolved dependency to a ResourceDescriptor.
+
+    Accepts ``name``/``uri``/``url``/``digest``; ``digest`` is a DigestSet dict or a
+    ``sha256:<hex>``/bare hex string. ``url`` becomes ``uri`` (or ``downloadLocation``
+    when ``uri`` is also given)."""
+    out: dict[str, Any] = {}
+    if dep.get("name"):
+        out["name"] = str(dep["name"])
+    if dep.get("uri"):
+        out["uri"] = str(dep["uri"])
+    if dep.get("url"):
+        out["downloadLocation" if "uri" in out else "uri"] = str(dep["url"])
+    d = dep.get("digest")
+    if isinstance(d, str):
+        algo, _, hexd = d.rpartition(":")
+        out["digest"] = {algo or "sha256": hexd.lower()}
+    elif isinstance(d, Mapping) and d:
+        out["digest"] = {str(k): str(v).lower() for k, v in d.items()}
+    if dep.get("annotations"):
+        out["annotations"] = dict(dep["annotations"])
+    if not ({"uri", "digest"} & out.keys()):
+        raise FormatError(f"resolved dependency {dict(dep)!r} needs a uri/url or a digest")
+    return out
+
+
+def provenance(
+    subject_name: str,
+    nar_sha256_hex: str,
+    *,
+    recipe_file: str,
+    attribute: str,
+    parameters: Mapping[str, str],
+    git_commit: str | None,
+    git_dirty: bool,
+    sandbox_settings: Mapping[str, Any],
+    toolchain_path: str | None,
+    resolved_dependencies: Iterable[Mapping[str, Any]],
+    builder_id: str = BUILDER_LOCAL,
+    builder_version: str,
+    invocation_id: str,
+    started_on: datetime | int | float | str,
+    finished_on: datetime | int | float | str,
+    byproducts: Iterable[Mapping[str, Any]] = (),
+) -> dict[str, Any]:
+    """An in-toto Statement with a SLSA Provenance v1 predicate for one store path.
+
+    ``subject_name`` is the path's base name ``<hash>-<name>``; ``nar_sha256_hex`` the hex
+    sha256 of its NAR. The recipe repository commit (if any) is also listed in
+    ``resolvedDependencies`` as a ``gitCommit`` digest, per SLSA's advice that digests of
+    what parameters point at go there. Dependencies are sorted for stable output."""
+    repo: dict[str, Any] = {"commit": git_commit, "dirty": bool(git_dirty)}
+    deps = [_descriptor(d) for d in resolved_dependencies]
+    if git_commit:
+        deps.append({"uri": f"git+file:{recipe_file}", "digest": {"gitCommit": git_commit}})
+    deps.sort(key=lambda d: (d.get("name", ""), d.get("uri", ""), json.dumps(d, sort_keys=True)))
+    internal: dict[str, Any] = {"sandbox": dict(sandbox_settings)}
+    if toolchain_path:
+        internal["toolchain"] = toolchain_path
+    run: dict[str, Any] = {
+        "builder": {"id": builder_id, "version": {"kiln": builder_version}},
+        "metadata": {
+            "invocationId": invocation_id,
+            "startedOn": rfc3339(started_on),
+            "finishedOn": rfc3339(finished_on),
+        },
+    }
+    bp = [_descriptor(b) for b in byproducts]
+    if bp:
+        run["byproducts"] = bp
+    predicate = {
+        "buildDefinition": {
+            "buildType": BUILD_TYPE,
+            "externalParameters": {
+                "recipeFile": recipe_file,
+                "attribute": attribute,
+                "parameters": {str(k): str(v) for k, v in sorted(parameters.items())},
+                "recipeRepository": repo,
+            },
+            "internalParameters": internal,
+            "resolvedDependencies": deps,
+        },
+        "runDetails": run,
+    }
+    return statement([subject(subject_name, nar_sha256_hex)], PROVENANCE_TYPE, predicate)
+
+
+def vsa(
+    subject_name: str,
+    nar_sha256_hex: str,
+    *,
+    verifier_id: str = VERIFIER_REBUILD,
+    verifier_version: str,
+    time_verified: datetime | int | float | str,
+    passed: bool,
+    resource_uri: str,
+    policy_uri: str = "https://kiln.dev/policies/rebuild/v1",
+    policy_digest: Mapping[str, str] | None = None,
+    input_attestations: Iterable[Mapping[str, Any]] = (),
+    derivation: str | None = None,
+    rebuilt_nar_sha256_hex: str | None = None,
+) -> dict[str, Any]:
+    """A SLSA VSA v1 from a rebuilder: "this subject's NAR was (or was not) reproduced".
+
+    ``verifiedLevels`` is ``["KILN_REPRODUCED"]`` when ``passed`` (an org-specific level, as
+    the VSA spec allows), else ``["FAILED"]``. ``kiln_rebuild`` (an extension field) names
+    the derivation and the digest the rebuild produced."""
+    policy: dict[str, Any] = {"uri": policy_uri}
+    if policy_digest:
+        policy["digest"] = dict(policy_digest)
+    predicate: dict[str, Any] = {
+        "verifier": {"id": verifier_id, "version": {"kiln": verifier_version}},
+        "timeVerified": rfc3339(time_verified),
+        "resourceUri": resource_uri,
+        "policy": policy,
+        "inputAttestations": [_descriptor(a) for a in input_attestations],
+        "verificationResult": "PASSED" if passed else "FAILED",
+        "verifiedLevels": [LEVEL_REPRODUCED] if passed else ["FAILED"],
+        "slsaVersion": "1.0",
+    }
+    ext: dict[str, Any] = {}
+    if derivation:
+        ext["derivation"] = derivation
+    if rebuilt_nar_sha256_hex:
+        ext["narSha256"] = _check_hex(rebuilt_nar_sha256_hex, "rebuilt NAR digest")
+    if ext:
+        predicate["kiln_rebuild"] = ext
+    return statement([subject(subject_name, nar_sha256_hex)], VSA_TYPE, predicate)
+
+
+# ---------------------------------------------------------------------------- reading
+
+
+@dataclass(frozen=True, slots=True)
+class Statement:
+    """A parsed statement. ``subjects`` are ``(name, digest set)`` pairs."""
+
+    subjects: tuple[tuple[str, dict[str, str]], ...]
+    predicate_type: str
+    predicate: dict[str, Any]
+
+    def matches(self, name: str, nar_sha256_hex: str) -> bool:
+        """True iff some subject has this sha256 digest and (when it names itself) this
+        name. Digest is what matters (in-toto matches by digest); the name check stops an
+        attestation for identical content under another path name being reused silently."""
+        return any(d.get("sha256") == nar_sha256_hex and n in ("", "_", name) for n, d in self.subjects)
+
+
+def parse_statement(payload: bytes) -> Statement:
+    """Parse and shape-check a Statement v1 payload; unknown fields are ignored."""
+    try:
+        d = json.loads(payload)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise FormatError(f"attestation payload is not JSON: {e}") from None
+    if not isinstance(d, dict) or d.get("_type") != STATEMENT_TYPE:
+        found = d.get("_type") if isinstance(d, dict) else type(d).__name__
+        raise FormatError(f"attestation payload is not an in-toto Statement v1 (_type {found!r})")
+    subs = d.get("subject")
+    if not isinstance(subs, list) or not subs:
+        raise FormatError("in-toto statement has no subject")
+    parsed = []
+    for s in subs:
+        if not isinstance(s, dict) or not isinstance(s.get("digest"), dict) or not s["digest"]:
+            raise FormatError("in-toto statement subject without a digest")
+        parsed.append((str(s.get("name", "")), {str(k): str(v).lower() for k, v in s["digest"].items()}))
+    pt = d.get("predicateType")
+    if not isinstance(pt, str) or not pt:
+        raise FormatError("in-toto statement has no predicateType")
+    pred = d.get("predicate") or {}
+    if not isinstance(pred, dict):
+        raise FormatError("in-toto statement predicate must be an object")
+    return Statement(tuple(parsed), pt, pred)
+
+
+def git_info(path: str | Path) -> tuple[str | None, bool]:
+    """``(commit, dirty)`` of the git repository containing ``path`` (a recipe file or dir).
+
+    ``commit`` is the HEAD commit hex (``None`` outside a repository or before the first
+    commit); ``dirty`` is true when tracked files differ from HEAD or untracked, unignored
+    files exist (an uncommitted recipe is exactly what must not pass as clean)."""
+    import pygit2
+
+    start = Path(path).resolve()
+    found = pygit2.discover_repository(str(start if start.is_dir() else start.parent))
+    if found is None:
+        return None, False
+    try:
+        repo = pygit2.Repository(found)
+    except pygit2.GitError as e:
+        raise KilnError(f"cannot open git repository {found}: {e}") from None
+    commit = None if repo.head_is_unborn else str(repo.head.target)
+    ignored = pygit2.enums.FileStatus.IGNORED if hasattr(pygit2, "enums") else pygit2.GIT_STATUS_IGNORED
+    dirty = any(flags != ignored for flags in repo.status().values())
+    return commit, dirty
