@@ -1,0 +1,279 @@
+"""``builtin:unpack-debs``: unpack pinned Debian packages into one root filesystem tree.
+
+Theory of operation
+-------------------
+A ``.deb`` is an ``ar`` archive holding ``debian-binary``, ``control.tar.*`` and
+``data.tar.*``. ``read_ar`` is a small strict reader of the common ``ar`` format (global
+header ``!<arch>\\n``, 60-byte member headers, data padded to even offsets; GNU ``/``
+name terminators accepted). The data member is streamed through ``tarfile`` (``r|`` mode,
+so nothing seeks) after decompression with ``zstandard``, ``lzma``, ``gzip`` or ``bz2``.
+No host dpkg is involved, and maintainer scripts are never run.
+
+Packages are unpacked in the order given (the lock order); a later package's file
+replaces an earlier one at the same path, as dpkg does with ``Replaces``. Each member is
+checked before anything is written:
+
+- absolute names and ``..`` components are refused (``FormatError``); parents are
+  resolved component by component, following symlinks already in the tree *inside* the
+  tree (absolute link targets are taken relative to the root), so no member can write
+  outside ``out``;
+- regular files get mode 0755 if any execute bit was set, else 0644 (setuid, setgid,
+  sticky and ownership are dropped: everything belongs to the caller); directories 0755;
+- symlinks are kept verbatim; hard links become copies of their target;
+- device nodes and fifos are skipped with a note (returned, and printed by the CLI).
+
+Finally ``add_links`` creates the links Debian's maintainer scripts and the alternatives
+system would have made (``LINKS``), each only if its target exists and the link does not.
+The result depends only on the .deb contents and their order, so its NAR hash is stable.
+"""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import lzma
+import os
+import shutil
+import stat
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO
+
+from .errors import FormatError
+
+#: (link path, target) — what maintainer scripts / update-alternatives create on a real
+#: Debian system. Targets are relative to the link's directory. First match wins per path.
+LINKS: tuple[tuple[str, str], ...] = (
+    ("bin/sh", "bash"),  # dash's package makes /bin/sh; we ship bash as the only shell
+    ("usr/bin/awk", "gawk"),  # alternatives: awk
+    ("usr/bin/awk", "mawk"),
+    ("usr/bin/nawk", "gawk"),
+    ("usr/bin/cc", "gcc"),  # alternatives: cc
+    ("usr/bin/c++", "g++"),  # alternatives: c++
+    ("usr/bin/c89", "c89-gcc"),  # alternatives: c89
+    ("usr/bin/c99", "c99-gcc"),  # alternatives: c99
+    ("usr/bin/cpp", "cpp-12"),  # only if the cpp package's own link is missing
+    ("usr/bin/which", "which.debianutils"),  # alternatives: which (debianutils >= 5.6)
+    ("usr/bin/pager", "more"),  # alternatives: pager
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ArMember:
+    name: str
+    offset: int
+    size: int
+
+
+def read_ar(f: BinaryIO) -> Iterator[ArMember]:
+    """The members of an ``ar`` archive (positions only; the caller seeks and reads)."""
+    if f.read(8) != b"!<arch>\n":
+        raise FormatError("not an ar archive (missing '!<arch>' header)")
+    pos = 8
+    while True:
+        f.seek(pos)
+        header = f.read(60)
+        if not header:
+            return
+        if len(header) != 60 or header[58:60] != b"`\n":
+            raise FormatError(f"corrupt ar member header at offset {pos}")
+        name = header[0:16].decode("ascii", "replace").rstrip()
+        if name.endswith("/") and name != "/":
+            name = name[:-1]
+        try:
+            size = int(header[48:58].decode("ascii").strip())
+        except ValueError:
+            raise FormatError(f"bad ar member size at offset {pos}") from None
+        yield ArMember(name, pos + 60, size)
+        pos += 60 + size + (size & 1)
+
+
+class _Window:
+    """A read-only view of ``size`` bytes of ``f`` starting at ``offset``."""
+
+    def __init__(self, f: BinaryIO, offset: int, size: int) -> None:
+        self.f, self.pos, self.end = f, offset, offset + size
+
+    def read(self, n: int = -1) -> bytes:
+        left = self.end - self.pos
+        n = left if n is None or n < 0 else min(n, left)
+        if n <= 0:
+            return b""
+        self.f.seek(self.pos)
+        data = self.f.read(n)
+        self.pos += len(data)
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+
+def _decompressor(name: str, raw: _Window):
+    if name == "data.tar":
+        return raw
+    if name == "data.tar.xz":
+        return lzma.LZMAFile(raw)
+    if name == "data.tar.gz":
+        return gzip.GzipFile(fileobj=raw)
+    if name == "data.tar.bz2":
+        return bz2.BZ2File(raw)
+    if name == "data.tar.zst":
+        import zstandard
+
+        return zstandard.ZstdDecompressor().stream_reader(raw)
+    raise FormatError(f"unsupported data member {name!r}")
+
+
+def _member_path(name: str, deb: Path) -> PurePosixPath | None:
+    """The relative path of a tar member, or None for the root itself."""
+    if name.startswith("/"):
+        raise FormatError(f"{deb.name}: refusing absolute member path {name!r}")
+    parts = [p for p in PurePosixPath(name).parts if p not in ("", ".")]
+    if ".." in parts:
+        raise FormatError(f"{deb.name}: refusing member path with '..': {name!r}")
+    return PurePosixPath(*parts) if parts else None
+
+
+def _resolve_parent(out: Path, rel: PurePosixPath, deb: Path) -> Path:
+    """The real directory (inside ``out``) that ``rel``'s parent names, following links
+    inside the tree; creates missing directories."""
+    root = out.resolve()
+    cur: list[str] = []
+    todo = list(rel.parent.parts)
+    hops = 0
+    while todo:
+        part = todo.pop(0)
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not cur:
+                raise FormatError(f"{deb.name}: path {str(rel)!r} escapes the root through a symlink")
+            cur.pop()
+            continue
+        here = root.joinpath(*cur, part)
+        if here.is_symlink():
+            hops += 1
+            if hops > 40:
+                raise FormatError(f"{deb.name}: too many symlinks resolving {str(rel)!r}")
+            target = os.readlink(here)
+            if target.startswith("/"):
+                cur = []
+            todo = [p for p in PurePosixPath(target).parts if p != "/"] + todo
+            continue
+        if not here.exists():
+            here.mkdir(mode=0o755)
+        elif not here.is_dir():
+            raise FormatError(f"{deb.name}: {str(rel)!r} needs {here.relative_to(root)} to be a directory")
+        cur.append(part)
+    return root.joinpath(*cur)
+
+
+def _clear(path: Path) -> None:
+    """Remove what is at ``path`` (a file or link; a directory only if the new member is
+    not one, which is a conflict the caller reports)."""
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.exists():
+        raise FormatError(f"cannot replace directory {path} with a non-directory")
+
+
+def unpack_deb(deb: Path, out: Path, notes: list[str]) -> None:
+    """Unpack the data of one .deb into ``out`` (rules in the module docstring)."""
+    with open(deb, "rb") as f:
+        members = list(read_ar(f))
+        if not members or members[0].name != "debian-binary":
+            raise FormatError(f"{deb.name}: not a Debian package (first ar member is not debian-binary)")
+        data = [m for m in members if m.name.startswith("data.tar")]
+        if len(data) != 1:
+            raise FormatError(f"{deb.name}: expected one data.tar member, found {len(data)}")
+        stream = _decompressor(data[0].name, _Window(f, data[0].offset, data[0].size))
+        try:
+            with tarfile.open(fileobj=stream, mode="r|") as tar:
+                for member in tar:
+                    _extract(tar, member, deb, out, notes)
+        except (tarfile.TarError, EOFError, lzma.LZMAError, OSError) as e:
+            if isinstance(e, FormatError):
+                raise
+            raise FormatError(f"{deb.name}: corrupt data archive: {e}") from None
+
+
+def _extract(tar: tarfile.TarFile, m: tarfile.TarInfo, deb: Path, out: Path, notes: list[str]) -> None:
+    rel = _member_path(m.name, deb)
+    if rel is None:
+        return
+    if m.ischr() or m.isblk() or m.isfifo():
+        notes.append(f"{deb.name}: skipped device/fifo {rel}")
+        return
+    parent = _resolve_parent(out, rel, deb)
+    target = parent / rel.name
+    if m.isdir():
+        if target.is_symlink():
+            return  # dpkg keeps an existing symlink where a package ships a directory
+        if target.exists() and not target.is_dir():
+            target.unlink()
+        target.mkdir(mode=0o755, exist_ok=True)
+        os.chmod(target, 0o755)
+    elif m.issym():
+        _clear(target)
+        os.symlink(m.linkname, target)
+    elif m.islnk():
+        src_rel = _member_path(m.linkname, deb)
+        if src_rel is None:
+            raise FormatError(f"{deb.name}: hard link {rel} points at the root")
+        src = _resolve_parent(out, src_rel, deb) / src_rel.name
+        if not src.is_file() or src.is_symlink():
+            raise FormatError(f"{deb.name}: hard link {rel} -> {m.linkname}: target not unpacked")
+        _clear(target)
+        shutil.copyfile(src, target)
+        os.chmod(target, stat.S_IMODE(src.stat().st_mode))
+    elif m.isreg():
+        _clear(target)
+        src = tar.extractfile(m)
+        assert src is not None
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+        os.chmod(target, 0o755 if m.mode & 0o111 else 0o644)
+    else:
+        notes.append(f"{deb.name}: skipped unsupported member type {m.type!r} {rel}")
+
+
+def add_links(out: Path) -> list[str]:
+    """Create the ``LINKS`` whose target exists and whose path is free; returns them as
+    ``path -> target`` strings."""
+    made: list[str] = []
+    for link, target in LINKS:
+        path = out / link
+        if path.is_symlink() or path.exists():
+            continue
+        if not (path.parent / target).exists():
+            continue
+        os.symlink(target, path)
+        made.append(f"{link} -> {target}")
+    return made
+
+
+def unpack_debs(debs: list[Path], out: Path) -> None:
+    """Unpack ``debs`` in order into the new directory ``out`` and add ``LINKS``.
+    ``out`` must not exist; on error it is removed again."""
+    unpack_debs_verbose(debs, out)
+
+
+def unpack_debs_verbose(debs: list[Path], out: Path) -> list[str]:
+    """Like ``unpack_debs`` but returns the notes (skipped members, links added)."""
+    out = Path(out)
+    if out.exists() or out.is_symlink():
+        raise FormatError(f"unpack target {out} already exists")
+    notes: list[str] = []
+    out.mkdir(mode=0o755, parents=False)
+    try:
+        for deb in debs:
+            unpack_deb(Path(deb), out, notes)
+        notes += [f"added link {s}" for s in add_links(out)]
+        os.chmod(out, 0o755)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    return notes
