@@ -110,6 +110,12 @@ def _ancestors(d: str) -> list[str]:
     return ["/" + "/".join(parts[: i + 1]) for i in range(len(parts))]
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 def _check_host_paths(spec: SandboxSpec) -> None:
     """Fail early, with a clear message, on host paths bwrap could not bind."""
     if not os.path.isdir(spec.build_dir):
@@ -188,11 +194,20 @@ class BwrapExecutor(Executor):
                     f.write(text)
                 names.append(p)
             argv = bwrap_argv(self.bwrap, spec, private)
+            # Arguments go through a memfd (``--args FD``): no ARG_MAX limit for large
+            # closures, and the sandbox's pid 1 (a fork of bwrap) shows no host paths in
+            # its /proc/1/cmdline.
+            argfd = os.memfd_create("kiln-bwrap-args", os.MFD_CLOEXEC)
+            # bwrap takes only options from the file; the command stays on the command line.
+            sep = argv.index("--")
+            _write_all(argfd, b"".join(os.fsencode(a) + b"\0" for a in argv[1:sep]))
+            os.lseek(argfd, 0, os.SEEK_SET)
             limits = Limits(spec.timeout, spec.max_silent, spec.max_log_bytes)
             start = time.monotonic()
             try:
                 proc = subprocess.Popen(
-                    argv,
+                    [self.bwrap, "--args", str(argfd), *argv[sep:]],
+                    pass_fds=(argfd,),
                     stdin=subprocess.DEVNULL,
                     stdout=subprocess.PIPE,
                     stderr=subprocess.STDOUT,
@@ -203,6 +218,8 @@ class BwrapExecutor(Executor):
                 )
             except OSError as e:
                 raise SandboxUnavailable(f"cannot start the sandbox {self.bwrap}: {e}") from e
+            finally:
+                os.close(argfd)
             with proc:
                 outcome = supervise(proc, log, on_output, limits, start)
             duration = time.monotonic() - start

@@ -1,0 +1,213 @@
+"""Isolation: each test makes a build try something it must not be able to do, checks the
+attempt failed *inside* the build for the expected reason (from the log), and where it
+can, checks from the host side that nothing got through."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from pathlib import Path
+
+import pytest
+
+STORE = "/kiln/store"
+
+
+def test_trivial_build_writes_its_output(sh, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    dest = f"{STORE}/aaaa-out"
+    r = sh('echo hello > "$out/x"; echo done', env={"out": dest}, rw_mounts=((str(out), dest),))
+    assert r.result.ok, r.log
+    assert r.result.exit_status == 0 and r.result.signal is None
+    assert r.log == "done\n"
+    assert (out / "x").read_text() == "hello\n"
+
+
+def test_failed_build_reports_exit_status_and_merged_log(sh) -> None:
+    r = sh("echo out; echo err >&2; exit 3")
+    assert r.result.reason == "failed" and r.result.exit_status == 3
+    assert "out\n" in r.log and "err\n" in r.log
+
+
+def test_no_tcp_to_host_loopback(sh) -> None:
+    srv = socket.create_server(("127.0.0.1", 0))
+    port = srv.getsockname()[1]
+    srv.settimeout(0.2)
+    try:
+        r = sh(
+            f"nc 127.0.0.1 {port} </dev/null; echo nc-rc=$?; "
+            f"wget -q -O- http://127.0.0.1:{port}/; echo wget-rc=$?; "
+            "nc 10.0.0.1 80 </dev/null; echo nc2-rc=$?; cat /proc/net/dev"
+        )
+        assert "nc-rc=1" in r.log and "wget-rc=1" in r.log and "nc2-rc=1" in r.log
+        assert "(127.0.0.1): Connection refused" in r.log  # the sandbox's own, empty, loopback
+        assert "Network is unreachable" in r.log  # no route anywhere else
+        interfaces = [ln.split(":")[0].strip() for ln in r.log.splitlines() if ":" in ln and "|" not in ln]
+        assert [i for i in interfaces if not i.startswith(("nc", "wget"))] == ["lo"]
+        with pytest.raises(TimeoutError):
+            srv.accept()  # nothing reached the host's server
+        with socket.create_connection(("127.0.0.1", port), timeout=2):
+            srv.accept()  # ...which does work from the host
+    finally:
+        srv.close()
+
+
+def test_no_name_resolution(sh) -> None:
+    dns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    dns.bind(("127.0.0.1", 0))
+    dns.settimeout(0.2)
+    port = dns.getsockname()[1]
+    try:
+        r = sh(
+            "test -e /etc/resolv.conf || echo no-resolv-conf; "
+            "wget -q -O- http://kiln-probe.test/; echo wget-rc=$?; "
+            f"nslookup kiln-probe.test 127.0.0.1:{port}; echo ns-rc=$?"
+        )
+        assert "no-resolv-conf" in r.log
+        assert "bad address 'kiln-probe.test'" in r.log and "wget-rc=1" in r.log
+        assert "Connection refused" in r.log and "ns-rc=1" in r.log
+        with pytest.raises(TimeoutError):
+            dns.recvfrom(512)  # the query never left the sandbox
+    finally:
+        dns.close()
+
+
+def test_cannot_read_etc_shadow_or_host_etc(sh) -> None:
+    assert os.path.exists("/etc/shadow")
+    r = sh("cat /etc/shadow; echo rc=$?; ls /etc")
+    assert "can't open '/etc/shadow': No such file or directory" in r.log and "rc=1" in r.log
+    assert r.log.splitlines()[-3:] == ["group", "hosts", "passwd"]  # generated, nothing else
+
+
+def test_cannot_read_host_home(sh) -> None:
+    home = os.path.expanduser("~")
+    assert os.path.isdir(home)
+    r = sh(f"ls {home}; echo rc=$?; ls /")
+    assert "No such file or directory" in r.log and "rc=1" in r.log
+    top = r.log.split("rc=1\n", 1)[1].split()
+    assert sorted(top) == ["bin", "build", "dev", "etc", "proc", "sbin", "tmp", "usr"]
+
+
+def test_cannot_see_store_paths_outside_the_closure(sh, tmp_path: Path) -> None:
+    inside = tmp_path / "store" / "aaaa-in"
+    outside = tmp_path / "store" / "bbbb-secret"
+    for d in (inside, outside):
+        d.mkdir(parents=True)
+        (d / "f").write_text(d.name)
+    r = sh(
+        f"cat {STORE}/aaaa-in/f; echo; cat {outside}/f; echo rc=$?; cat {STORE}/bbbb-secret/f; echo rc2=$?; ls {STORE}",
+        ro_mounts=((str(inside), f"{STORE}/aaaa-in"),),
+    )
+    assert r.log.startswith("aaaa-in\n")
+    assert "rc=1" in r.log and "rc2=1" in r.log and "bbbb-secret\n" not in r.log.replace("/bbbb-secret/f", "")
+    assert r.log.splitlines()[-1] == "aaaa-in"  # the store dir lists the closure only
+
+
+def test_cannot_write_inputs(sh, tmp_path: Path) -> None:
+    inp = tmp_path / "aaaa-in"
+    inp.mkdir()
+    (inp / "f").write_text("original")
+    dest = f"{STORE}/aaaa-in"
+    r = sh(
+        f"echo x > {dest}/f; echo w=$?; rm -f {dest}/f; echo rm=$?; chmod 777 {dest}/f; echo ch=$?; "
+        f"touch {dest}/new; echo t=$?",
+        ro_mounts=((str(inp), dest),),
+    )
+    for k in ("w", "rm", "ch", "t"):
+        assert f"{k}=1" in r.log
+    assert "Read-only file system" in r.log
+    assert (inp / "f").read_text() == "original" and sorted(os.listdir(inp)) == ["f"]
+    assert oct((inp / "f").stat().st_mode & 0o777) != oct(0o777)
+
+
+def test_cannot_write_outside_build_and_outputs(sh, build_dir: Path, tmp_path: Path) -> None:
+    marker = f"kiln-sbx-{uuid.uuid4().hex}"
+    targets = ["/x", "/etc/x", "/usr/x", "/bin/x", "/kiln", "/etc/passwd", "/homeless-shelter"]
+    script = "; ".join(f"touch {t} 2>&1 || mkdir {t} 2>&1 || echo denied:{t}" for t in targets)
+    script += f"; echo ok > /build/b; echo ok > /tmp/{marker} && echo tmp-ok"
+    r = sh(script)
+    for t in targets:
+        assert f"denied:{t}" in r.log
+    assert "Read-only file system" in r.log
+    assert (build_dir / "b").read_text() == "ok\n" and "tmp-ok" in r.log
+    assert not os.path.exists(f"/tmp/{marker}")  # /tmp is the sandbox's own tmpfs
+
+
+def test_sees_only_its_own_processes(sh, tmp_path: Path) -> None:
+    r = sh("for p in /proc/[0-9]*; do echo ${p#/proc/} $(tr '\\0' ' ' < $p/cmdline); done; ps")
+    pids = [int(ln.split()[0]) for ln in r.log.splitlines() if ln and ln.split()[0].isdigit()]
+    assert pids and max(pids) < 100 and 1 in pids
+    assert "python" not in r.log and "pytest" not in r.log
+    assert str(tmp_path) not in r.log  # pid 1's cmdline is "bwrap --args N": no host paths
+    # bwrap's reaper (pid 1), the shell, and the shell's children: nothing else
+    assert len({ln.split()[0] for ln in r.log.splitlines() if ln.split()[0].isdigit()}) <= 8
+
+
+def test_environment_is_exactly_the_expected_one(executor, rootfs, build_dir, monkeypatch) -> None:
+    import io
+
+    from kiln.sandbox import SandboxSpec
+
+    monkeypatch.setenv("KILN_LEAK_TEST", "secret")
+    spec = SandboxSpec(
+        argv=("/bin/env",),
+        build_dir=str(build_dir),
+        env={"FOO": "bar baz", "HOME": "/root"},
+        rootfs=str(rootfs),
+        cores=3,
+    )
+    buf = io.BytesIO()
+    res = executor.run(spec, buf)
+    assert res.ok
+    got = dict(ln.split("=", 1) for ln in buf.getvalue().decode().splitlines())
+    assert got == {
+        "FOO": "bar baz",
+        "HOME": "/homeless-shelter",  # fixed vars win over the spec's
+        "TZ": "UTC",
+        "LC_ALL": "C.UTF-8",
+        "SOURCE_DATE_EPOCH": "315532800",
+        "TMPDIR": "/build",
+        "TEMP": "/build",
+        "TMP": "/build",
+        "PWD": "/build",
+        "KILN_CORES": "3",
+        "KILN_BUILD_TOP": "/build",
+        "TERM": "dumb",
+    }
+
+
+def test_identity_hostname_umask_caps(sh) -> None:
+    old = os.umask(0o077)  # the parent's umask must not leak in
+    try:
+        r = sh(
+            "id -u; id -g; whoami; hostname; cat /proc/sys/kernel/hostname; umask; pwd; "
+            "grep CapEff /proc/self/status; test -e /homeless-shelter || echo no-home; "
+            "unshare -U true; echo userns-rc=$?"
+        )
+    finally:
+        os.umask(old)
+    lines = r.log.splitlines()
+    assert lines[:7] == ["1000", "1000", "kiln", "localhost", "localhost", "0022", "/build"]
+    assert lines[7].split() == ["CapEff:", "0000000000000000"]
+    assert "no-home" in r.log
+    assert "userns-rc=1" in r.log  # --disable-userns: no nested user namespaces
+
+
+def test_no_host_usr(sh) -> None:
+    r = sh("ls /usr; ls /usr/bin | wc -l; test -e /usr/bin/python3 || echo no-python; readlink /bin")
+    assert r.log.splitlines()[0] == "bin"
+    assert "no-python" in r.log and "usr/bin" in r.log
+
+
+def test_setuid_bit_is_inert_inside(sh, tmp_path: Path) -> None:
+    """A build may set a setuid bit on its output, but mounts are nosuid and the build has
+    no capabilities, so it gains nothing inside. (Stripping such bits from outputs is
+    the store's job when it registers them — see docs/sandbox.md.)"""
+    out = tmp_path / "out"
+    out.mkdir()
+    dest = f"{STORE}/aaaa-out"
+    r = sh(f"grep -E ' ({dest.replace('/', '.')}|/build) ' /proc/mounts", rw_mounts=((str(out), dest),))
+    mounts = r.log.splitlines()
+    assert len(mounts) == 2 and all("nosuid" in m.split()[3] for m in mounts)
