@@ -306,21 +306,44 @@ def _first_satisfiable(index: AptIndex, alts: list[dict], excluded: set[str]) ->
 
 # --- lock file rendering ---------------------------------------------------------------
 
+LOCK_FIELDS = ("name", "version", "arch", "sha256", "filename", "size")
+
 
 def _q(s: str) -> str:
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$") + '"'
 
 
 def render_lock(entries: Iterable[LockEntry], header: str = "") -> str:
-    """The lock as a ``.recipe`` file binding ``debian_lock`` to a list of records.
-
-    This is the only place that knows the recipe syntax of the lock; keep it small."""
+    """The lock as a ``.recipe`` file binding ``debian_lock`` to a list of records, one
+    record per line. This and ``parse_lock`` are the only places that know the syntax."""
     lines = [f"# {line}".rstrip() for line in header.splitlines()]
-    lines.append("debian_lock = [")
+    lines.append("let debian_lock = [")
     for e in entries:
         lines.append(
             f"  {{ name = {_q(e.name)}, version = {_q(e.version)}, arch = {_q(e.arch)}, "
-            f"sha256 = {_q(e.sha256)}, filename = {_q(e.filename)}, size = {e.size} }}"
+            f"sha256 = {_q(e.sha256)}, filename = {_q(e.filename)}, size = {e.size} }},"
         )
     lines.append("]")
     return "\n".join(lines) + "\n"
+
+
+_RECORD = re.compile(r"\{([^{}]*)\}")
+_PAIR = re.compile(r'([a-z0-9_]+)\s*[=:]\s*(?:"((?:[^"\\]|\\.)*)"|([0-9]+))')
+
+
+def parse_lock(text: str) -> tuple[LockEntry, ...]:
+    """Read back what ``render_lock`` writes (without the recipe evaluator, so shell
+    fixtures can use it). Comments are ignored; each ``{...}`` is one entry."""
+    text = re.sub(r"(?m)^\s*#.*$", "", text)
+    out = []
+    for m in _RECORD.finditer(text):
+        fields: dict[str, str] = {}
+        for key, s, n in _PAIR.findall(m.group(1)):
+            fields[key] = n or re.sub(r"\\(.)", r"\1", s)
+        missing = [k for k in LOCK_FIELDS if k not in fields]
+        if missing:
+            raise FormatError(f"lock record {m.group(0)[:80]!r} lacks {', '.join(missing)}")
+        out.append(LockEntry(**{k: (int(fields[k]) if k == "size" else fields[k]) for k in LOCK_FIELDS}))
+    if not out:
+        raise FormatError("no lock records found (expected 'let debian_lock = [ { name = ..., ... } ]')")
+    return tuple(out)
