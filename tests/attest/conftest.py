@@ -1,0 +1,98 @@
+"""Fixtures: a real LocalStore holding a small built graph, registered the way the build
+loop registers outputs (``.drv`` text paths + ``register_built``), without running builds.
+
+Graph::
+
+    hello-2.12  (drv: pname/version/license GPL-3.0-or-later, inputs: zlib, src)
+      runtime refs -> zlib-1.3.1 (drv: license Zlib)
+      build inputs -> hello-2.12.tar.gz (fixed output, urls=...)
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from kiln.store.derivation import Derivation, Output, drv_path, finalize
+from kiln.store.localstore import LocalStore
+
+SRC_URL = "https://ftp.example.org/gnu/hello/hello-2.12.tar.gz"
+
+
+@dataclass
+class Built:
+    store: LocalStore
+    hello: str
+    zlib: str
+    src: str
+    hello_drv: str
+
+
+def _register(store: LocalStore, drv: Derivation) -> str:
+    dp = drv_path(drv)
+    store.add_text(f"{drv.name}.drv", drv.serialize().encode(), [str(r) for r in drv.references()])
+    return str(dp)
+
+
+@pytest.fixture
+def built(tmp_path: Path) -> Built:
+    store = LocalStore.open(tmp_path / "store")
+    drvs: dict[str, Derivation] = {}
+
+    def resolve(p: str) -> Derivation:
+        return drvs[p]
+
+    memo: dict = {}
+    tarball = b"pretend this is hello-2.12.tar.gz\n"
+    src = finalize(
+        Derivation.make(
+            "hello-2.12.tar.gz",
+            outputs={"out": Output("", "sha256", hashlib.sha256(tarball).hexdigest())},
+            builder="builtin:fetchurl",
+            env={"urls": SRC_URL, "name": "hello-2.12.tar.gz"},
+        ),
+        resolve,
+        memo,
+    )
+    src_drv = _register(store, src)
+    drvs[src_drv] = src
+    zlib = finalize(
+        Derivation.make(
+            "zlib-1.3.1",
+            outputs={"out": Output()},
+            builder="/bin/sh",
+            env={"pname": "zlib", "version": "1.3.1", "license": "Zlib"},
+        ),
+        resolve,
+        memo,
+    )
+    zlib_drv = _register(store, zlib)
+    drvs[zlib_drv] = zlib
+    hello = finalize(
+        Derivation.make(
+            "hello-2.12",
+            outputs={"out": Output()},
+            input_drvs={src_drv: ["out"], zlib_drv: ["out"]},
+            builder="/bin/sh",
+            env={"pname": "hello", "version": "2.12", "license": "GPL-3.0-or-later"},
+        ),
+        resolve,
+        memo,
+    )
+    hello_drv = _register(store, hello)
+    drvs[hello_drv] = hello
+
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "src").write_bytes(tarball)
+    store.register_built(src.output_path(), work / "src", [], src_drv)
+    (work / "zlib").mkdir()
+    (work / "zlib" / "libz.so").write_bytes(b"\x7fELF zlib")
+    store.register_built(zlib.output_path(), work / "zlib", [], zlib_drv)
+    (work / "hello").mkdir()
+    (work / "hello" / "hello").write_text(f"#!/bin/sh\n# links {zlib.output_path()}\necho hello\n")
+    store.register_built(hello.output_path(), work / "hello", [zlib.output_path()], hello_drv)
+    yield Built(store, hello.output_path(), zlib.output_path(), src.output_path(), hello_drv)
+    store.close()
