@@ -46,17 +46,22 @@ from .errors import FormatError
 #: (link path, target) — what maintainer scripts / update-alternatives create on a real
 #: Debian system. Targets are relative to the link's directory. First match wins per path.
 LINKS: tuple[tuple[str, str], ...] = (
-    ("bin/sh", "bash"),  # dash's package makes /bin/sh; we ship bash as the only shell
-    ("usr/bin/awk", "gawk"),  # alternatives: awk
+    ("bin/sh", "bash"),  # dash's package ships /bin/sh; bash's postinst makes it if missing
+    ("usr/bin/awk", "gawk"),  # alternatives: awk (gawk postinst)
     ("usr/bin/awk", "mawk"),
-    ("usr/bin/nawk", "gawk"),
-    ("usr/bin/cc", "gcc"),  # alternatives: cc
-    ("usr/bin/c++", "g++"),  # alternatives: c++
-    ("usr/bin/c89", "c89-gcc"),  # alternatives: c89
-    ("usr/bin/c99", "c99-gcc"),  # alternatives: c99
+    ("usr/bin/nawk", "gawk"),  # slave of the awk alternative
+    ("usr/bin/cc", "gcc"),  # alternatives: cc (gcc postinst)
+    ("usr/bin/c89", "c89-gcc"),  # alternatives: c89 (gcc postinst)
+    ("usr/bin/c99", "c99-gcc"),  # alternatives: c99 (gcc postinst)
+    ("usr/bin/c++", "g++"),  # alternatives: c++ (g++ postinst)
     ("usr/bin/cpp", "cpp-12"),  # only if the cpp package's own link is missing
-    ("usr/bin/which", "which.debianutils"),  # alternatives: which (debianutils >= 5.6)
-    ("usr/bin/pager", "more"),  # alternatives: pager
+    ("lib/cpp", "../usr/bin/cpp"),  # alternatives: cpp (cpp postinst); old configure scripts probe it
+    ("usr/bin/touch", "../../bin/touch"),  # coreutils postinst (made relative so it works in any root)
+    ("usr/bin/which", "which.debianutils"),  # alternatives: which (debianutils postinst)
+    ("usr/sbin/rmt", "rmt-tar"),  # alternatives: rmt (tar postinst)
+    ("usr/bin/lzma", "xz"),  # alternatives: lzma and its slaves (xz-utils postinst)
+    ("usr/bin/unlzma", "unxz"),
+    *((f"usr/bin/lz{u}", f"xz{u}") for u in ("cat", "more", "less", "diff", "cmp", "grep", "egrep", "fgrep")),
 )
 
 
