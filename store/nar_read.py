@@ -23,8 +23,8 @@ place only after the whole archive validated, so bad input leaves nothing at ``d
 
 from __future__ import annotations
 
+import contextlib
 import os
-import shutil
 import struct
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
@@ -376,7 +376,33 @@ def restore(src: BinaryIO | Iterable[bytes], dest: str | os.PathLike, *, fsync: 
         if fsync:
             _fsync_dir(parent)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _rmtree(tmp)
+
+
+def _rmtree(top: bytes) -> None:
+    """Best-effort iterative ``rm -rf`` (``shutil.rmtree`` recurses, and a hostile NAR
+    can be deeper than Python's recursion limit)."""
+    stack = [top]
+    while stack:
+        d = stack[-1]
+        try:
+            names = os.listdir(d)
+        except OSError:
+            stack.pop()
+            continue
+        pushed = False
+        for n in names:
+            p = os.path.join(d, n)
+            if os.path.isdir(p) and not os.path.islink(p):
+                stack.append(p)
+                pushed = True
+            else:
+                with contextlib.suppress(OSError):
+                    os.unlink(p)
+        if not pushed:
+            stack.pop()
+            with contextlib.suppress(OSError):
+                os.rmdir(d)
 
 
 def _fsync_dir(path: bytes) -> None:
