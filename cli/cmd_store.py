@@ -1,0 +1,282 @@
+"""``kiln store``: inspect and maintain the local store.
+
+Subcommands: init, add, cat, ls, dump, restore, info, verify, gc, sign, add-root.
+Paths may be given as logical store paths (``/kiln/store/<hash>-<name>[/sub]``) or as
+real paths under the store root (or symlinks to either, like a ``result`` link).
+Exit status: 0 success, 1 error or (verify) problems found, 2 usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .common import add_store_arg, store_root
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="kiln store", description="inspect and maintain the local store")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    def cmd(name: str, help_: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_, description=help_)
+        add_store_arg(sp)
+        return sp
+
+    sp = cmd("init", "create a store")
+    sp.add_argument(
+        "--store-dir", default=None, metavar="DIR", help="logical store dir (default /kiln/store)"
+    )
+    sp = cmd("add", "add a file or directory as a content-addressed path; prints the path")
+    sp.add_argument("path", type=Path)
+    sp.add_argument("--name", default=None, help="name of the store path (default: the file name)")
+    sp = cmd("cat", "print a file inside a store path (read from its verified object)")
+    sp.add_argument("path")
+    sp.add_argument("subpath", nargs="?", default="")
+    sp = cmd("ls", "list a directory inside a store path")
+    sp.add_argument("path")
+    sp.add_argument("subpath", nargs="?", default="")
+    sp.add_argument("-R", "--recursive", action="store_true")
+    sp = cmd("dump", "write the NAR of a store path to stdout")
+    sp.add_argument("path")
+    sp = cmd("restore", "unpack a NAR from stdin into DIR (must not exist)")
+    sp.add_argument("dir", type=Path)
+    sp = cmd("info", "show what the store knows about a path")
+    sp.add_argument("path")
+    sp.add_argument("--json", action="store_true")
+    sp = cmd("verify", "re-hash every object and tree; exit 1 on problems")
+    sp.add_argument("--repair", action="store_true", help="re-materialise / rebuild / quarantine bad paths")
+    sp.add_argument(
+        "--trusted-key", action="append", default=[], metavar="PUB", help="public key file or text"
+    )
+    sp.add_argument("--sigs-needed", type=int, default=0, metavar="N")
+    sp.add_argument("--json", action="store_true")
+    sp = cmd("gc", "delete paths not reachable from a GC root")
+    sp.add_argument("--dry-run", action="store_true", help="only list what would be deleted")
+    sp = cmd("sign", "sign paths with a secret key")
+    sp.add_argument("--key", required=True, type=Path, metavar="FILE")
+    sp.add_argument("paths", nargs="*")
+    sp.add_argument("--all", action="store_true", help="sign every valid path")
+    sp = cmd("add-root", "make gcroots/NAME point at PATH")
+    sp.add_argument("name")
+    sp.add_argument("path")
+    return p
+
+
+def _open(args, create: bool = False):
+    from kiln.store.localstore import LocalStore
+
+    return LocalStore.open(store_root(args), create=create)
+
+
+def _path(store, arg: str) -> tuple[str, str]:
+    from kiln.store.errors import StoreError
+
+    path, sub = store.resolve(arg)
+    if not store.is_valid(path):
+        raise StoreError(f"path {path} is not valid in the store at {store.root}")
+    return path, sub
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
+        n /= 1024
+    return f"{n} B"
+
+
+def main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv[1:] if argv and argv[0] == "store" else argv)
+    return globals()["_cmd_" + args.cmd.replace("-", "_")](args)
+
+
+def _cmd_init(args) -> int:
+    from kiln.store.localstore import LocalStore
+
+    with LocalStore.open(store_root(args), store_dir=args.store_dir, create=True) as s:
+        print(f"store at {s.root} (store dir {s.store_dir})")
+    return 0
+
+
+def _cmd_add(args) -> int:
+    with _open(args, create=True) as s:
+        print(s.add_path(args.path, name=args.name).path)
+    return 0
+
+
+def _cmd_cat(args) -> int:
+    from kiln.store import nar
+
+    with _open(args) as s:
+        path, sub = _path(s, args.path)
+        data = nar.cat(s.nar(path), "/".join(x for x in (sub, args.subpath.strip("/")) if x))
+        sys.stdout.buffer.write(data)
+    return 0
+
+
+def _cmd_ls(args) -> int:
+    from kiln.store import nar
+
+    with _open(args) as s:
+        path, sub = _path(s, args.path)
+        subpath = "/".join(x for x in (sub, args.subpath.strip("/")) if x)
+        for e in nar.ls(s.nar(path), subpath, recursive=args.recursive):
+            extra = (
+                f" -> {e.target}" if e.type == "symlink" else (f" {e.size}" if e.type != "directory" else "")
+            )
+            print(f"{e.type:<10} {e.path or '.'}{extra}")
+    return 0
+
+
+def _cmd_dump(args) -> int:
+    with _open(args) as s:
+        path, sub = _path(s, args.path)
+        if sub:
+            from kiln.store.errors import StoreError
+
+            raise StoreError("dump takes a store path, not a path inside one")
+        out = sys.stdout.buffer
+        for chunk in s.nar(path):
+            out.write(chunk)
+        out.flush()
+    return 0
+
+
+def _cmd_restore(args) -> int:
+    from kiln.store import nar
+
+    nar.restore(sys.stdin.buffer, args.dir)
+    return 0
+
+
+def _cmd_info(args) -> int:
+    with _open(args) as s:
+        path, _ = _path(s, args.path)
+        info = s.query(path)
+        closure = s.closure([path])
+        closure_size = sum(s.query(p).nar_size for p in closure)
+        d = {
+            "path": info.path,
+            "narHash": info.nar_hash.to_nix32(),
+            "narSize": info.nar_size,
+            "fileHash": info.file_hash.to_nix32() if info.file_hash else None,
+            "fileSize": info.file_size,
+            "references": list(info.references),
+            "deriver": info.deriver,
+            "signatures": list(info.sigs),
+            "ca": info.ca,
+            "registrationTime": info.registration_time,
+            "closureSize": closure_size,
+            "closurePaths": len(closure),
+            "realPath": str(s.real_path(path)),
+            "object": str(s.object_path(path)),
+        }
+    if args.json:
+        print(json.dumps(d, indent=2))
+        return 0
+    print(f"path:          {d['path']}")
+    print(f"nar hash:      {d['narHash']}")
+    print(f"nar size:      {d['narSize']} ({_human(d['narSize'])})")
+    print(f"file size:     {d['fileSize']} ({_human(d['fileSize'] or 0)}, zstd)")
+    print(f"deriver:       {d['deriver'] or '-'}")
+    print(f"ca:            {d['ca'] or '-'}")
+    print(f"closure:       {d['closurePaths']} paths, {_human(closure_size)}")
+    print("references:" + ("" if d["references"] else "    -"))
+    for r in d["references"]:
+        print(f"  {r}")
+    print("signatures:" + ("" if d["signatures"] else "    -"))
+    for sig in d["signatures"]:
+        print(f"  {sig}")
+    return 0
+
+
+def _load_public(text: str):
+    from kiln.store.signing import PublicKey, load_public_key
+
+    p = Path(text)
+    return load_public_key(p) if p.exists() else PublicKey.parse(text)
+
+
+def _cmd_verify(args) -> int:
+    trusted = [_load_public(k) for k in args.trusted_key]
+    with _open(args) as s:
+        r = s.verify(repair=args.repair, trusted=trusted, sigs_needed=args.sigs_needed)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "checked": r.checked,
+                    "ok": r.ok,
+                    "problems": [
+                        {"path": p.path, "kind": p.kind, "detail": p.detail, "repaired": p.repaired}
+                        for p in r.problems
+                    ],
+                    "quarantined": list(r.quarantined),
+                    "strayTrees": list(r.stray_trees),
+                    "strayObjects": list(r.stray_objects),
+                },
+                indent=2,
+            )
+        )
+    else:
+        for p in r.problems:
+            print(f"{p.path}: {p.kind}: {p.detail}", file=sys.stderr)
+            if p.repaired:
+                print(f"  repaired: {p.repaired}", file=sys.stderr)
+        if r.stray_trees or r.stray_objects:
+            print(
+                f"note: {len(r.stray_trees)} unregistered tree(s) and {len(r.stray_objects)} unused object(s) "
+                "(removed by 'kiln store gc')",
+                file=sys.stderr,
+            )
+        bad = sum(1 for p in r.problems if not p.repaired)
+        print(
+            f"checked {r.checked} paths: {bad} problem(s)"
+            + (f", {len(r.problems) - bad} repaired" if args.repair else "")
+        )
+    return 0 if r.ok else 1
+
+
+def _cmd_gc(args) -> int:
+    with _open(args) as s:
+        r = s.gc(dry_run=args.dry_run)
+    verb = "would delete" if r.dry_run else "deleted"
+    for p in r.deleted:
+        print(p)
+    for p in r.stray_trees:
+        print(f"{p} (unregistered)")
+    print(
+        f"{verb} {len(r.deleted)} paths, {len(r.stray_trees)} unregistered trees, {r.objects_deleted} objects: "
+        f"{_human(r.bytes_freed)} ({r.bytes_freed} bytes); {len(r.roots)} roots",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _cmd_sign(args) -> int:
+    from kiln.store.errors import StoreError
+    from kiln.store.signing import load_secret_key, sign_info
+
+    key = load_secret_key(args.key)
+    with _open(args) as s:
+        if args.all:
+            paths = s.all_paths()
+        elif args.paths:
+            paths = [_path(s, p)[0] for p in args.paths]
+        else:
+            raise StoreError("give store paths to sign, or --all")
+        for p in paths:
+            s.add_signatures(p, [sign_info(s.query(p), key)])
+    print(f"signed {len(paths)} paths", file=sys.stderr)
+    return 0
+
+
+def _cmd_add_root(args) -> int:
+    with _open(args) as s:
+        path, _ = _path(s, args.path)
+        link = s.add_root(args.name, path)
+        print(f"{link} -> {path}")
+    return 0

@@ -1,0 +1,217 @@
+"""The store's SQLite metadata (``db.sqlite``): which paths are valid and what is known
+about them.
+
+Schema (version ``SCHEMA_VERSION``, kept in ``PRAGMA user_version``):
+
+- ``paths``: one row per valid path: ``path`` (full logical path), ``hash_part``,
+  ``nar_hash``/``file_hash`` (``sha256:<nix32>``), ``nar_size``, ``file_size``,
+  ``deriver``, ``registration_time``, ``ca``.
+- ``refs(referrer, reference)``: full logical paths; ``reference`` is indexed so GC and
+  ``referrers`` are cheap.
+- ``sigs(path, sig)``: ``keyname:base64`` signatures over the path's fingerprint.
+
+Invariants: a row exists only for a path whose object is durable and whose tree is in
+place (registration inserts the row last, in one transaction with its refs and sigs);
+every reference of a row is itself a row (or the path itself) unless a path was
+quarantined by ``verify --repair``. The database is in WAL mode with
+``synchronous=FULL``: a committed registration survives power loss.
+
+The schema is created with ``sqlite-utils`` (only when the file is new or old, so the
+import is not paid by every command); the hot paths use the plain ``sqlite3``
+connection, which keeps ``kiln store add`` fast.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from .errors import StoreError
+from .hashes import Hash
+from .pathinfo import PathInfo
+
+SCHEMA_VERSION = 1
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """Open (and create or migrate) the database at ``path``."""
+    conn = sqlite3.connect(path, timeout=60.0, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version != SCHEMA_VERSION:
+        _create_schema(conn, version)
+    return conn
+
+
+def _create_schema(conn: sqlite3.Connection, version: int) -> None:
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"store database has schema version {version}, this kiln understands up to {SCHEMA_VERSION}; "
+            "upgrade kiln"
+        )
+    import sqlite_utils  # slow import (~0.1 s), paid only when the schema changes
+
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        # re-check under the write lock: another process may have just created it
+        if conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
+            conn.execute("COMMIT")
+            return
+        db = sqlite_utils.Database(conn)
+        db["paths"].create(
+            {
+                "id": int,
+                "path": str,
+                "hash_part": str,
+                "nar_hash": str,
+                "nar_size": int,
+                "file_hash": str,
+                "file_size": int,
+                "deriver": str,
+                "registration_time": int,
+                "ca": str,
+            },
+            pk="id",
+            not_null={"path", "hash_part", "nar_hash", "nar_size", "file_hash", "file_size"},
+            if_not_exists=True,
+        )
+        db["paths"].create_index(["path"], unique=True, if_not_exists=True)
+        db["paths"].create_index(["hash_part"], unique=True, if_not_exists=True)
+        db["refs"].create(
+            {"referrer": str, "reference": str}, pk=("referrer", "reference"), if_not_exists=True
+        )
+        db["refs"].create_index(["reference"], if_not_exists=True)
+        db["sigs"].create({"path": str, "sig": str}, pk=("path", "sig"), if_not_exists=True)
+        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+_COLS = "path, nar_hash, nar_size, file_hash, file_size, deriver, registration_time, ca"
+
+
+def _info(conn: sqlite3.Connection, row: tuple) -> PathInfo:
+    path = row[0]
+    refs = tuple(r for (r,) in conn.execute("SELECT reference FROM refs WHERE referrer=?", (path,)))
+    sigs = tuple(sorted(s for (s,) in conn.execute("SELECT sig FROM sigs WHERE path=?", (path,))))
+    return PathInfo(
+        path=path,
+        nar_hash=Hash.parse(row[1]),
+        nar_size=row[2],
+        references=refs,
+        deriver=row[5],
+        sigs=sigs,
+        file_hash=Hash.parse(row[3]),
+        file_size=row[4],
+        ca=row[7],
+        registration_time=row[6] or 0,
+    )
+
+
+def query(conn: sqlite3.Connection, path: str) -> PathInfo | None:
+    row = conn.execute(f"SELECT {_COLS} FROM paths WHERE path=?", (path,)).fetchone()
+    return None if row is None else _info(conn, row)
+
+
+def query_by_hash_part(conn: sqlite3.Connection, hash_part: str) -> PathInfo | None:
+    row = conn.execute(f"SELECT {_COLS} FROM paths WHERE hash_part=?", (hash_part,)).fetchone()
+    return None if row is None else _info(conn, row)
+
+
+def is_valid(conn: sqlite3.Connection, path: str) -> bool:
+    return conn.execute("SELECT 1 FROM paths WHERE path=?", (path,)).fetchone() is not None
+
+
+def all_paths(conn: sqlite3.Connection) -> list[str]:
+    return [p for (p,) in conn.execute("SELECT path FROM paths ORDER BY path")]
+
+
+def all_infos(conn: sqlite3.Connection) -> list[PathInfo]:
+    return [_info(conn, r) for r in conn.execute(f"SELECT {_COLS} FROM paths ORDER BY path").fetchall()]
+
+
+def references_map(conn: sqlite3.Connection) -> dict[str, list[str]]:
+    """Every valid path -> its references (one query, for GC and closures)."""
+    out: dict[str, list[str]] = {p: [] for p in all_paths(conn)}
+    for a, b in conn.execute("SELECT referrer, reference FROM refs"):
+        out.setdefault(a, []).append(b)
+    return out
+
+
+def references(conn: sqlite3.Connection, path: str) -> list[str]:
+    return [r for (r,) in conn.execute("SELECT reference FROM refs WHERE referrer=?", (path,))]
+
+
+def referrers(conn: sqlite3.Connection, path: str) -> list[str]:
+    return [
+        r
+        for (r,) in conn.execute("SELECT referrer FROM refs WHERE reference=? AND referrer!=?", (path, path))
+    ]
+
+
+def file_hash_in_use(conn: sqlite3.Connection, file_hash: str) -> bool:
+    return conn.execute("SELECT 1 FROM paths WHERE file_hash=? LIMIT 1", (file_hash,)).fetchone() is not None
+
+
+def insert(conn: sqlite3.Connection, info: PathInfo, hash_part: str) -> None:
+    """Insert a row with its refs and sigs in one transaction. The caller has checked
+    that references are valid and holds the path lock."""
+    assert info.file_hash is not None and info.file_size is not None
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute(
+            f"INSERT INTO paths (hash_part, {_COLS}) VALUES (?,?,?,?,?,?,?,?,?)",
+            (
+                hash_part,
+                info.path,
+                info.nar_hash.to_nix32(),
+                info.nar_size,
+                info.file_hash.to_nix32(),
+                info.file_size,
+                info.deriver,
+                info.registration_time or int(time.time()),
+                info.ca,
+            ),
+        )
+        conn.executemany("INSERT INTO refs VALUES (?,?)", [(info.path, r) for r in info.references])
+        conn.executemany("INSERT OR IGNORE INTO sigs VALUES (?,?)", [(info.path, s) for s in info.sigs])
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def set_file(conn: sqlite3.Connection, path: str, file_hash: Hash, file_size: int) -> None:
+    """Point a path at a new object (``verify --repair`` rebuilt it)."""
+    conn.execute(
+        "UPDATE paths SET file_hash=?, file_size=? WHERE path=?", (file_hash.to_nix32(), file_size, path)
+    )
+
+
+def add_signatures(conn: sqlite3.Connection, path: str, sigs: Iterable[str]) -> None:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.executemany("INSERT OR IGNORE INTO sigs VALUES (?,?)", [(path, s) for s in sigs])
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def delete(conn: sqlite3.Connection, paths: Iterable[str]) -> None:
+    """Invalidate ``paths`` (rows, their refs and sigs) in one transaction."""
+    rows = [(p,) for p in paths]
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.executemany("DELETE FROM refs WHERE referrer=?", rows)
+        conn.executemany("DELETE FROM sigs WHERE path=?", rows)
+        conn.executemany("DELETE FROM paths WHERE path=?", rows)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise

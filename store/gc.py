@@ -1,0 +1,148 @@
+"""Garbage collection of the local store.
+
+Algorithm (all under the *exclusive* GC lock, so no registration is in flight:
+registrations hold the lock shared from their first temp file to their committed row):
+
+1. roots = every store path named by ``gcroots/`` (recursively: a symlink to a logical
+   or real store path or to a path inside one, a symlink to a symlink that ends in the
+   store - e.g. a ``result`` link - or a regular file holding a path) plus the temp
+   roots of live processes (``locks.live_temp_roots``; files of dead processes are
+   deleted);
+2. live = closure of the valid roots over the ``refs`` table;
+3. dead = valid paths not live. Their rows are deleted first, in one transaction (from
+   then on they are merely garbage files: a crash here is harmless), then their trees
+   (renamed into ``tmp/`` and removed);
+4. objects no remaining row uses are deleted (one object can back several paths with
+   identical NARs; it goes only when none of them is valid), as are unregistered trees
+   left by crashed registrations, everything in ``tmp/`` and the per-path lock files.
+
+``dry_run`` does steps 1-3's computation and reports what would go without deleting.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from . import db
+from .errors import StoreError
+from .hashes import Hash
+from .locks import FileLock, live_temp_roots
+from .trees import remove_tree, tree_size
+
+if TYPE_CHECKING:
+    from .localstore import LocalStore
+
+
+@dataclass(frozen=True, slots=True)
+class GcReport:
+    """What a collection deleted (or would delete, when ``dry_run``)."""
+
+    dry_run: bool
+    roots: tuple[str, ...]
+    deleted: tuple[str, ...]
+    stray_trees: tuple[str, ...]
+    objects_deleted: int
+    bytes_freed: int
+
+
+def find_roots(store: LocalStore) -> set[str]:
+    """Store paths named by ``gcroots/`` (see module docstring)."""
+    out: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(store.root / "gcroots"):
+        for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
+            p = os.path.join(dirpath, name)
+            cands: list[str] = []
+            if os.path.islink(p):
+                cands.append(os.path.join(dirpath, os.readlink(p)))
+                cands.append(os.path.realpath(p))
+            else:
+                try:
+                    with open(p, encoding="utf-8", errors="replace") as f:
+                        cands.append(f.read(8192).strip())
+                except OSError:
+                    continue
+            for c in cands:
+                try:
+                    out.add(store.resolve(c)[0])
+                    break
+                except (StoreError, ValueError):
+                    continue
+    return out
+
+
+def collect(store: LocalStore, dry_run: bool = False) -> GcReport:
+    with FileLock(store.gc_lock_path):
+        roots = find_roots(store) | live_temp_roots(store.root / "temproots")
+        refs = db.references_map(store.conn)
+        live: set[str] = set()
+        stack = [r for r in roots if r in refs]
+        while stack:
+            p = stack.pop()
+            if p in live:
+                continue
+            live.add(p)
+            stack.extend(r for r in refs.get(p, ()) if r in refs and r not in live)
+        dead = sorted(set(refs) - live)
+
+        valid_bases = {p.rsplit("/", 1)[1] for p in refs}
+        stray = sorted(e.name for e in os.scandir(store.real_store) if e.name not in valid_bases)
+        used_after = _used_objects(store, exclude=set(dead))
+        doomed_objects = [o for o in _objects(store) if o.name.split(".", 1)[0] not in used_after]
+
+        freed = sum(_size(store.real_path(p)) for p in dead)
+        freed += sum(_size(store.real_store / s) for s in stray)
+        freed += sum(o.stat().st_size for o in doomed_objects)
+        report = GcReport(
+            dry_run=dry_run,
+            roots=tuple(sorted(roots & set(refs))),
+            deleted=tuple(dead),
+            stray_trees=tuple(f"{store.store_dir}/{s}" for s in stray),
+            objects_deleted=len(doomed_objects),
+            bytes_freed=freed,
+        )
+        if dry_run:
+            return report
+
+        db.delete(store.conn, dead)  # invalidate first: files without rows are only garbage
+        trash = store.tmp / f"gc-{os.getpid()}-{secrets.token_hex(4)}"
+        trash.mkdir()
+        for base in [p.rsplit("/", 1)[1] for p in dead] + stray:
+            real = store.real_store / base
+            if os.path.lexists(real):
+                if real.is_dir() and not real.is_symlink():
+                    os.chmod(real, 0o755)  # renaming a directory needs write access to it
+                os.rename(real, trash / base)
+        for o in doomed_objects:
+            o.unlink(missing_ok=True)
+        for e in os.scandir(store.tmp):
+            remove_tree(Path(e.path))  # every writer is excluded: all of tmp/ is stale
+        for e in os.scandir(store.root / "locks"):
+            os.unlink(e.path)
+        return report
+
+
+def _objects(store: LocalStore) -> list[Path]:
+    out = []
+    for sub in os.scandir(store.objects):
+        if sub.is_dir(follow_symlinks=False):
+            out.extend(Path(e.path) for e in os.scandir(sub.path) if e.name.endswith(".nar.zst"))
+    return out
+
+
+def _used_objects(store: LocalStore, exclude: set[str]) -> set[str]:
+    used = set()
+    for path, fh in store.conn.execute("SELECT path, file_hash FROM paths"):
+        if path not in exclude:
+            used.add(Hash.parse(fh).hex)
+    return used
+
+
+def _size(p: Path) -> int:
+    try:
+        return tree_size(p)
+    except FileNotFoundError:
+        return 0

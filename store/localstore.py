@@ -1,0 +1,496 @@
+"""``LocalStore``: the on-disk store (objects, materialised trees, SQLite metadata).
+
+Layout under ``root`` (see docs/store.md)::
+
+    config.json            {"store_dir": "/kiln/store", "version": 1}
+    db.sqlite              valid paths, references, signatures (store.db)
+    objects/<aa>/<sha256 of file>.nar.zst
+    <store_dir minus "/">/<hash>-<name>   materialised read-only trees
+    gcroots/  temproots/<pid>  locks/  gc.lock  tmp/  quarantine/
+
+Registration protocol (every way a path becomes valid goes through ``_commit``):
+
+1. take the GC lock shared (held for the whole operation);
+2. stream the content once into ``tmp/<pid>-<rand>/``: the canonical tree and the
+   compressed object, hashing both (``objects.TreeIngest``/``NarSink``); fsync the object;
+3. take the path lock; if the path became valid meanwhile, drop our copy and return;
+4. add the path to this process's temp roots;
+5. rename the object into ``objects/`` and fsync its directory;
+6. remove any stale unregistered tree at the real path, rename ours there, seal it;
+7. insert the row (with refs and sigs) in one transaction: now the path is valid.
+
+A crash before 7 leaves at most unregistered files (GC removes them, verify ignores
+them); after 7 everything the row promises is in place. Readers re-verify digests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import BinaryIO
+
+from . import db, nar
+from .errors import HashMismatch, StoreError
+from .hashes import Hash
+from .locks import FileLock, TempRoots
+from .objects import (
+    CHUNK,
+    NarSink,
+    ObjectInfo,
+    PathFilter,
+    TreeIngest,
+    chunks_of,
+    decompress_verified,
+    fsync_dir,
+    ingest_stream,
+    object_rel_path,
+    publish_object,
+    read_object,
+)
+from .pathinfo import PathInfo
+from .paths import DEFAULT_STORE_DIR, StorePath, check_name, check_store_dir, make_source_path, make_text_path
+from .trees import canonicalise, remove_tree, seal_top
+
+CONFIG_VERSION = 1
+_SUBDIRS = ("objects", "gcroots", "temproots", "quarantine", "tmp", "locks")
+
+
+class LocalStore:
+    """A local store rooted at ``root`` whose logical store dir is ``store_dir``.
+
+    Thread-safety: one ``LocalStore`` per thread (it owns one SQLite connection);
+    several objects, threads and processes may share a root."""
+
+    def __init__(self, root: Path, store_dir: str) -> None:
+        self.root = root
+        self.store_dir = store_dir
+        self.real_store = root / store_dir.lstrip("/")
+        self.objects = root / "objects"
+        self.tmp = root / "tmp"
+        self.gc_lock_path = root / "gc.lock"
+        self.conn = db.connect(root / "db.sqlite")
+        self.temproots = TempRoots(root / "temproots", self.gc_lock_path)
+
+    # ------------------------------------------------------------------ opening
+
+    @classmethod
+    def open(cls, root: Path, store_dir: str | None = None, create: bool = True) -> LocalStore:
+        """Open the store at ``root``; create it (with ``store_dir``, default
+        ``/kiln/store``) if missing and ``create``. An existing store's dir must equal
+        ``store_dir`` when that is given."""
+        root = Path(os.path.abspath(root))
+        cfg = root / "config.json"
+        try:
+            data = json.loads(cfg.read_text())
+        except FileNotFoundError:
+            if not create:
+                raise StoreError(f"no kiln store at {root} (create one with 'kiln store init')") from None
+            data = _init_config(root, check_store_dir(store_dir or DEFAULT_STORE_DIR))
+        except (OSError, ValueError) as e:
+            raise StoreError(f"cannot read store config {cfg}: {e}") from None
+        found = data.get("store_dir")
+        if not isinstance(found, str):
+            raise StoreError(f"store config {cfg} has no 'store_dir'")
+        if store_dir is not None and store_dir != found:
+            raise StoreError(f"store at {root} uses store dir {found!r}, not {store_dir!r}")
+        for d in (*_SUBDIRS, found.lstrip("/")):
+            (root / d).mkdir(parents=True, exist_ok=True)
+        return cls(root, found)
+
+    def close(self) -> None:
+        """Drop this object's temp roots and close the database."""
+        self.temproots.close()
+        self.conn.close()
+
+    def __enter__(self) -> LocalStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ paths
+
+    def parse_path(self, path: str | StorePath) -> StorePath:
+        if isinstance(path, StorePath):
+            if path.store_dir != self.store_dir:
+                raise StoreError(f"path {path} is not in this store ({self.store_dir})")
+            return path
+        return StorePath.parse(path, self.store_dir)
+
+    def real_path(self, path: str | StorePath) -> Path:
+        """Where the tree of logical ``path`` (or a file inside it) lives on disk."""
+        if isinstance(path, str) and path.startswith(self.store_dir + "/"):
+            base, _, sub = path[len(self.store_dir) + 1 :].partition("/")
+            sp = StorePath.parse_base(base, self.store_dir)
+            return self.real_store / sp.base / sub if sub else self.real_store / sp.base
+        return self.real_store / self.parse_path(path).base
+
+    def resolve(self, arg: str) -> tuple[str, str]:
+        """Map a user-supplied path (logical, or real under the root, possibly with a
+        subpath, or a symlink to one) to ``(store path, subpath)``."""
+        for cand in (arg, os.path.abspath(arg)):
+            for prefix in (self.store_dir, str(self.real_store)):
+                if cand.startswith(prefix + "/"):
+                    base, _, sub = cand[len(prefix) + 1 :].partition("/")
+                    return str(StorePath.parse_base(base, self.store_dir)), sub.strip("/")
+        real = os.path.realpath(arg)
+        if real != arg and os.path.abspath(arg) != real:
+            return self.resolve(real)
+        raise StoreError(f"{arg!r} is not a path in the store {self.store_dir} (root {self.root})")
+
+    # ------------------------------------------------------------------ queries
+
+    def query(self, path: str) -> PathInfo | None:
+        return db.query(self.conn, str(path))
+
+    def is_valid(self, path: str) -> bool:
+        return db.is_valid(self.conn, str(path))
+
+    def query_by_hash_part(self, hash_part: str) -> PathInfo | None:
+        return db.query_by_hash_part(self.conn, hash_part)
+
+    def all_paths(self) -> list[str]:
+        return db.all_paths(self.conn)
+
+    def referrers(self, path: str) -> list[str]:
+        return db.referrers(self.conn, path)
+
+    def _info(self, path: str) -> PathInfo:
+        info = self.query(path)
+        if info is None:
+            raise StoreError(f"path {path} is not valid in the store at {self.root}")
+        return info
+
+    def object_path(self, path: str) -> Path:
+        """The ``.nar.zst`` object of valid ``path``."""
+        info = self._info(path)
+        assert info.file_hash is not None
+        return self.objects / object_rel_path(info.file_hash)
+
+    def nar(self, path: str) -> Iterator[bytes]:
+        """The NAR of ``path`` from its object; raises ``HashMismatch`` after the last
+        chunk if the object or the NAR does not match the database."""
+        info = self._info(path)
+        assert info.file_hash is not None and info.file_size is not None
+        return read_object(
+            self.objects / object_rel_path(info.file_hash),
+            path,
+            (info.file_hash, info.file_size),
+            (info.nar_hash, info.nar_size),
+        )
+
+    def closure(self, paths: Iterable[str]) -> list[str]:
+        """All paths reachable from ``paths`` via references, dependencies first
+        (deterministic: ties broken by path). Raises if a start path is invalid."""
+        order: list[str] = []
+        state: dict[str, int] = {}
+        for start in sorted(set(map(str, paths))):
+            if start in state:
+                continue
+            self._info(start)
+            stack: list[tuple[str, Iterator[str]]] = [(start, iter(sorted(db.references(self.conn, start))))]
+            state[start] = 1
+            while stack:
+                node, it = stack[-1]
+                nxt = next((r for r in it if r != node and r not in state), None)
+                if nxt is None:
+                    stack.pop()
+                    state[node] = 2
+                    order.append(node)
+                elif self.is_valid(nxt):
+                    state[nxt] = 1
+                    stack.append((nxt, iter(sorted(db.references(self.conn, nxt)))))
+                else:
+                    state[nxt] = 2  # dangling (quarantined) reference: verify reports it
+        return order
+
+    # ------------------------------------------------------------------ roots
+
+    def add_root(self, name: str, path: str) -> Path:
+        """Make ``gcroots/<name>`` a symlink to the tree of valid ``path`` (replacing an
+        existing root of that name atomically)."""
+        if not name or "/" in name or name.startswith("."):
+            raise StoreError(f"invalid GC root name {name!r} (no '/', not starting with '.')")
+        self._info(path)
+        link = self.root / "gcroots" / name
+        tmp = self.root / "gcroots" / f".{name}.{secrets.token_hex(4)}"
+        os.symlink(self.real_path(path), tmp)
+        os.rename(tmp, link)
+        return link
+
+    def temp_root(self, paths: Iterable[str]) -> contextlib.AbstractContextManager[None]:
+        """Context manager: keep ``paths`` (and their closures) alive while it is open."""
+        return self.temproots.hold([str(p) for p in paths])
+
+    # ------------------------------------------------------------------ adding
+
+    def add_path(self, src: Path, name: str | None = None, filter: PathFilter | None = None) -> PathInfo:
+        """Add a file or tree as a content-addressed source path (``nix-store --add``):
+        path = ``make_source_path(name, nar_hash)``; ``filter(path, kind)`` may skip
+        entries below ``src``."""
+        src = Path(src)
+        name = check_name(name or Path(os.path.abspath(src)).name)
+        with self._writing() as tmp:
+            tree = tmp / "tree"
+            oi = self._ingest(lambda sink: TreeIngest(sink, filter).run(src, tree), tmp)
+            sp = make_source_path(name, oi.nar_hash, store_dir=self.store_dir)
+            info = PathInfo(
+                str(sp),
+                oi.nar_hash,
+                oi.nar_size,
+                file_hash=oi.file_hash,
+                file_size=oi.file_size,
+                ca=f"fixed:r:sha256:{oi.nar_hash.nix32}",
+            )
+            return self._commit(info, tree, tmp)
+
+    def add_text(self, name: str, text: bytes, references: Iterable[str]) -> PathInfo:
+        """Add a text path (a ``.drv`` file): a non-executable file whose path is
+        ``make_text_path(name, text, references)``."""
+        refs = sorted(set(map(str, references)))
+        sp = make_text_path(name, text, [self.parse_path(r) for r in refs], self.store_dir)
+        existing = self.query(str(sp))
+        if existing is not None:
+            self.temproots.add([str(sp)])
+            return existing
+        with self._writing() as tmp:
+            tree = tmp / "tree"
+            fd = os.open(tree, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            with os.fdopen(fd, "wb") as f:
+                f.write(text)
+            oi = self._ingest(lambda sink: TreeIngest(sink).run(tree, canonicalise=True), tmp, threads=0)
+            info = PathInfo(
+                str(sp),
+                oi.nar_hash,
+                oi.nar_size,
+                references=tuple(refs),
+                file_hash=oi.file_hash,
+                file_size=oi.file_size,
+                ca=f"text:sha256:{Hash.sha256_of(text).nix32}",
+            )
+            return self._commit(info, tree, tmp)
+
+    def register_built(
+        self, path: str, tree: Path, references: Iterable[str], deriver: str | None
+    ) -> PathInfo:
+        """Register a finished build output ``tree`` (file or directory, on the same file
+        system as the store) as input-addressed ``path``. The tree is canonicalised in
+        place (setuid/setgid files, devices, sockets and fifos are rejected), archived,
+        and moved to ``real_path(path)``. If ``path`` is already valid the existing info is
+        returned and ``tree`` is left alone."""
+        sp = self.parse_path(path)
+        path = str(sp)
+        refs = tuple(sorted(set(map(str, references))))
+        with self._writing() as tmp, FileLock(self._path_lock(sp)):
+            existing = self.query(path)
+            if existing is not None:
+                self.temproots.add([path], locked=True)
+                return existing
+            oi = self._ingest(lambda sink: TreeIngest(sink).run(Path(tree), canonicalise=True), tmp)
+            info = PathInfo(
+                path, oi.nar_hash, oi.nar_size, refs, deriver, file_hash=oi.file_hash, file_size=oi.file_size
+            )
+            if os.lstat(tree).st_dev == os.stat(self.real_store).st_dev:
+                return self._commit(info, Path(tree), tmp, have_lock=True)
+            # build dir on another file system: materialise from the new object instead
+            copy = tmp / "tree"
+            assert info.file_hash is not None and info.file_size is not None
+            stream = read_object(
+                tmp / "object", path, (info.file_hash, info.file_size), (info.nar_hash, info.nar_size)
+            )
+            nar.restore(stream, copy)
+            canonicalise(copy)
+            return self._commit(info, copy, tmp, have_lock=True)
+
+    def import_nar(self, info: PathInfo, nar_src: BinaryIO | Iterable[bytes]) -> PathInfo:
+        """Add ``info.path`` from its uncompressed NAR (substitution). The NAR hash and
+        size are checked while streaming; on mismatch nothing is added."""
+        self._check_importable(info)
+        with self._writing() as tmp, FileLock(self._path_lock(self.parse_path(info.path))):
+            existing = self.query(info.path)
+            if existing is not None:
+                self.temproots.add([info.path], locked=True)
+                return existing
+            tree = tmp / "tree"
+
+            def run(sink: NarSink) -> None:
+                nar.restore(ingest_stream(chunks_of(nar_src), sink), tree)
+
+            oi = self._ingest(run, tmp)
+            _expect_nar(info, oi.nar_hash, oi.nar_size)
+            canonicalise(tree)
+            return self._commit(
+                replace(info, file_hash=oi.file_hash, file_size=oi.file_size), tree, tmp, True
+            )
+
+    def import_object(self, info: PathInfo, zst: BinaryIO) -> PathInfo:
+        """Add ``info.path`` from a compressed object (as served by a registry), keeping
+        the compressed bytes as the object. Checks ``info.file_hash``/``file_size`` (if
+        set) and the NAR hash and size."""
+        self._check_importable(info)
+        with self._writing() as tmp, FileLock(self._path_lock(self.parse_path(info.path))):
+            existing = self.query(info.path)
+            if existing is not None:
+                self.temproots.add([info.path], locked=True)
+                return existing
+            tree, obj = tmp / "tree", tmp / "object"
+            tee = _TeeReader(zst, os.open(obj, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+            try:
+                expect_file = None if info.file_hash is None else (info.file_hash, info.file_size or 0)
+                stream = decompress_verified(tee, info.path, expect_file, (info.nar_hash, info.nar_size))
+                nar.restore(stream, tree)
+                os.fsync(tee.fd)
+            finally:
+                os.close(tee.fd)
+            canonicalise(tree)
+            file_hash = Hash("sha256", tee.sha.digest())
+            return self._commit(replace(info, file_hash=file_hash, file_size=tee.size), tree, tmp, True)
+
+    def add_signatures(self, path: str, sigs: Iterable[str]) -> None:
+        self._info(path)
+        db.add_signatures(self.conn, path, sigs)
+
+    # ------------------------------------------------------------------ maintenance
+
+    def verify(self, repair: bool = False, trusted=None, sigs_needed: int = 0):
+        """Re-hash every object and tree; see ``store.verify``. Returns a VerifyReport."""
+        from .verify import verify
+
+        return verify(self, repair=repair, trusted=trusted, sigs_needed=sigs_needed)
+
+    def gc(self, dry_run: bool = False):
+        """Delete everything not reachable from a root; see ``store.gc``. Returns a GcReport."""
+        from .gc import collect
+
+        return collect(self, dry_run=dry_run)
+
+    # ------------------------------------------------------------------ internals
+
+    def _path_lock(self, sp: StorePath) -> Path:
+        return self.root / "locks" / f"{sp.hash_part}.lock"
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[Path]:
+        """Shared GC lock + a private temp dir, removed on exit."""
+        with FileLock(self.gc_lock_path, shared=True):
+            tmp = self.tmp / f"{os.getpid()}-{secrets.token_hex(6)}"
+            tmp.mkdir()
+            try:
+                yield tmp
+            finally:
+                remove_tree(tmp)
+
+    def _ingest(self, run, tmp: Path, threads: int | None = None) -> ObjectInfo:
+        fd = os.open(tmp / "object", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        sink = NarSink(fd) if threads is None else NarSink(fd, threads=threads)
+        try:
+            run(sink)
+        except BaseException:
+            sink.abort()
+            raise
+        return sink.finish()
+
+    def _check_importable(self, info: PathInfo) -> None:
+        self.parse_path(info.path)
+        if info.nar_size <= 0:
+            raise StoreError(f"cannot import {info.path}: NAR size is {info.nar_size}")
+        self._check_refs(info)
+
+    def _check_refs(self, info: PathInfo) -> None:
+        missing = [r for r in info.references if r != info.path and not self.is_valid(r)]
+        if missing:
+            raise StoreError(
+                f"cannot register {info.path}: its references are not valid in this store: "
+                + ", ".join(missing[:5])
+                + (f" (and {len(missing) - 5} more)" if len(missing) > 5 else "")
+            )
+
+    def _commit(self, info: PathInfo, tree: Path, tmp: Path, have_lock: bool = False) -> PathInfo:
+        """Steps 3-7 of the registration protocol (caller holds the shared GC lock)."""
+        sp = self.parse_path(info.path)
+        self._check_refs(info)
+        with contextlib.nullcontext() if have_lock else FileLock(self._path_lock(sp)):
+            existing = self.query(info.path)
+            self.temproots.add([info.path], locked=True)
+            if existing is not None:
+                return existing
+            assert info.file_hash is not None
+            publish_object(tmp / "object", self.objects, info.file_hash)
+            real = self.real_store / sp.base
+            if os.path.lexists(real):  # left by a crashed registration: not valid, replace it
+                stale = tmp / "stale"
+                if os.path.isdir(real) and not os.path.islink(real):
+                    os.chmod(real, 0o755)
+                os.rename(real, stale)
+            os.rename(tree, real)
+            seal_top(real)
+            info = replace(info, registration_time=int(time.time()))
+            db.insert(self.conn, info, sp.hash_part)
+            return info
+
+    def _materialise(self, info: PathInfo, dest: Path) -> None:
+        """Restore the tree of valid ``info`` from its object at ``dest`` (verified)."""
+        assert info.file_hash is not None and info.file_size is not None
+        stream = read_object(
+            self.objects / object_rel_path(info.file_hash),
+            info.path,
+            (info.file_hash, info.file_size),
+            (info.nar_hash, info.nar_size),
+        )
+        nar.restore(stream, dest)
+        canonicalise(dest)
+
+
+def _expect_nar(info: PathInfo, got: Hash, size: int) -> None:
+    if got.digest != info.nar_hash.digest or size != info.nar_size:
+        raise HashMismatch(
+            f"NAR of {info.path}",
+            f"{info.nar_hash.to_nix32()} ({info.nar_size} bytes)",
+            f"{got.to_nix32()} ({size} bytes)",
+        )
+
+
+class _TeeReader:
+    """A reader that copies and hashes what it reads (for ``import_object``)."""
+
+    def __init__(self, f: BinaryIO, fd: int) -> None:
+        import hashlib
+
+        self.f, self.fd, self.sha, self.size = f, fd, hashlib.sha256(), 0
+
+    def read(self, n: int = CHUNK) -> bytes:
+        data = self.f.read(n)
+        if data:
+            self.sha.update(data)
+            self.size += len(data)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self.fd, view) :]
+        return data
+
+
+def _init_config(root: Path, store_dir: str) -> dict:
+    """Create ``root`` and its ``config.json`` atomically (another process may race us:
+    ``link`` fails if the config appeared, and then that one wins)."""
+    root.mkdir(parents=True, exist_ok=True)
+    data = {"store_dir": store_dir, "version": CONFIG_VERSION}
+    tmp = root / f".config.json.{os.getpid()}.{secrets.token_hex(4)}"
+    with open(tmp, "w") as f:
+        json.dump(data, f)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    try:
+        os.link(tmp, root / "config.json")
+    except FileExistsError:
+        data = json.loads((root / "config.json").read_text())
+    finally:
+        os.unlink(tmp)
+    fsync_dir(root)
+    return data

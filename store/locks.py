@@ -1,0 +1,180 @@
+"""File locks and temporary GC roots of the local store.
+
+Theory of operation
+-------------------
+All locks are ``flock(2)`` locks on files under ``<root>/``. ``flock`` locks belong to an
+open file description, not to a process, so two ``LocalStore`` objects in one process (or
+two threads with their own descriptors) exclude each other exactly like two processes do,
+and the kernel drops every lock when its holder dies (also on ``kill -9``).
+
+- ``gc.lock``: registration holds it *shared* for the whole time it writes into the
+  store (temporary files, object, tree, database row, temp root); the garbage collector
+  holds it *exclusive* for its whole run. So GC never sees a half-registered path, and
+  everything in ``tmp/`` while GC holds the lock belongs to a dead or finished writer.
+- ``locks/<hash part>.lock``: held exclusive while one path is being registered, so two
+  processes adding the same path register it once (the second sees it valid and drops
+  its own copy). Taken after the GC lock (lock order: GC lock, then path lock).
+- ``temproots/<pid>``: the paths a live process wants kept (build inputs, paths it just
+  registered). The owner keeps the file open with an exclusive ``flock``; the collector
+  treats a file it *can* lock as stale (its owner is dead - immune to pid reuse) and
+  deletes it. Appends and rewrites happen under the shared GC lock and the collector
+  reads under the exclusive one, so it never reads a half-written line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from .errors import StoreError
+
+
+class FileLock:
+    """An ``flock`` on ``path`` (created if missing). Use as a context manager or call
+    ``acquire``/``release``. ``shared`` selects LOCK_SH instead of LOCK_EX."""
+
+    __slots__ = ("path", "shared", "fd", "depth")
+
+    def __init__(self, path: Path, shared: bool = False) -> None:
+        self.path = path
+        self.shared = shared
+        self.fd: int | None = None
+        self.depth = 0
+
+    def acquire(self, blocking: bool = True) -> bool:
+        """Take the lock; with ``blocking=False`` return False instead of waiting.
+        Re-entrant within one ``FileLock`` object."""
+        if self.fd is not None:
+            self.depth += 1
+            return True
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        op = (fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX) | (0 if blocking else fcntl.LOCK_NB)
+        try:
+            fcntl.flock(fd, op)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        except BaseException:
+            os.close(fd)
+            raise
+        self.fd, self.depth = fd, 1
+        return True
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        self.depth -= 1
+        if self.depth == 0:
+            os.close(self.fd)  # closing the last descriptor drops the flock
+            self.fd = None
+
+    def __enter__(self) -> FileLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+class TempRoots:
+    """This process's ``temproots/<pid>`` file. Paths are kept with a count so nested
+    ``hold`` calls for the same path work; ``permanent`` ones stay until ``close``."""
+
+    def __init__(self, dir_: Path, gc_lock: Path) -> None:
+        self.dir = dir_
+        self.gc_lock_path = gc_lock
+        self.counts: Counter[str] = Counter()
+        self.fd: int | None = None
+        self.pid = 0
+
+    def _open(self) -> int:
+        if self.fd is not None and self.pid == os.getpid():
+            return self.fd
+        # a fresh file per process (after fork the child must not write the parent's)
+        self.pid = os.getpid()
+        self.counts.clear()
+        path = self.dir / str(self.pid)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StoreError(
+                f"temp-roots file {path} is locked by another store object in this process"
+            ) from None
+        os.ftruncate(fd, 0)
+        self.fd = fd
+        return fd
+
+    def add(self, paths: Iterable[str], *, locked: bool = False) -> None:
+        """Add ``paths`` (appended to the file). ``locked`` says the caller already holds
+        the GC lock (shared); otherwise it is taken here."""
+        new = [p for p in paths]
+        if not new:
+            return
+        with contextlib.nullcontext() if locked else FileLock(self.gc_lock_path, shared=True):
+            fd = self._open()
+            fresh = [p for p in new if self.counts[p] == 0]
+            self.counts.update(new)
+            if fresh:
+                os.write(fd, "".join(p + "\n" for p in fresh).encode())
+
+    def remove(self, paths: Iterable[str]) -> None:
+        """Drop one count of each of ``paths``; rewrite the file if any went to zero."""
+        if self.fd is None or self.pid != os.getpid():
+            return
+        gone = False
+        for p in paths:
+            self.counts[p] -= 1
+            if self.counts[p] <= 0:
+                del self.counts[p]
+                gone = True
+        if gone:
+            with FileLock(self.gc_lock_path, shared=True):
+                data = "".join(p + "\n" for p in self.counts).encode()
+                os.ftruncate(self.fd, 0)
+                os.pwrite(self.fd, data, 0)
+
+    @contextlib.contextmanager
+    def hold(self, paths: Iterable[str]) -> Iterator[None]:
+        paths = list(paths)
+        self.add(paths)
+        try:
+            yield
+        finally:
+            self.remove(paths)
+
+    def close(self) -> None:
+        if self.fd is not None and self.pid == os.getpid():
+            with contextlib.suppress(OSError):
+                os.unlink(self.dir / str(self.pid))
+            os.close(self.fd)
+        self.fd = None
+        self.counts.clear()
+
+
+def live_temp_roots(dir_: Path) -> set[str]:
+    """Paths in the temp-roots files of live processes; deletes files of dead ones.
+    Call with the GC lock held exclusively."""
+    roots: set[str] = set()
+    for entry in os.scandir(dir_):
+        try:
+            fd = os.open(entry.path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                # owner alive: read its roots
+                with os.fdopen(os.dup(fd), "rb") as f:
+                    roots.update(line.decode() for line in f.read().splitlines() if line)
+            else:
+                os.unlink(entry.path)  # we got the lock: the owner is gone
+        finally:
+            os.close(fd)
+    return roots

@@ -1,0 +1,122 @@
+"""Materialised store trees: canonical metadata, checks and removal.
+
+A materialised tree is read-only and canonical: regular files 0444 (0555 when the
+owner-execute bit was set), directories 0555, symlinks as they are, every mtime 1, no
+setuid/setgid/sticky bits, nothing but files, directories and symlinks. The top
+directory is left writable while a tree is prepared in ``tmp/`` (renaming a directory
+to another parent needs write permission on it for ``..``) and made 0555 right after
+the rename into the store directory.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+from pathlib import Path
+
+from .objects import CANON_MTIME
+
+_MTIME = (CANON_MTIME, CANON_MTIME)
+
+
+def canonicalise(top: Path, keep_top_writable: bool = True) -> None:
+    """Give a freshly restored tree canonical modes and mtimes (bottom-up, so setting a
+    directory's mtime is not undone by changes to its entries)."""
+    t = os.fsencode(top)
+    st = os.lstat(t)
+    if stat.S_ISDIR(st.st_mode):
+        for dirpath, dirnames, filenames in os.walk(t, topdown=False):
+            for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
+                p = os.path.join(dirpath, name)
+                _canon_leaf(p, os.lstat(p))
+            for name in dirnames:
+                p = os.path.join(dirpath, name)
+                if not os.path.islink(p):
+                    os.chmod(p, 0o555)
+                    os.utime(p, _MTIME)
+        os.chmod(t, 0o755 if keep_top_writable else 0o555)
+        os.utime(t, _MTIME)
+    else:
+        _canon_leaf(t, st)
+
+
+def _canon_leaf(p: bytes, st: os.stat_result) -> None:
+    if stat.S_ISREG(st.st_mode):
+        os.chmod(p, 0o555 if st.st_mode & stat.S_IXUSR else 0o444)
+    os.utime(p, _MTIME, follow_symlinks=False)
+
+
+def seal_top(top: Path) -> None:
+    """Make the top directory of a tree read-only (after its final rename)."""
+    st = os.lstat(top)
+    if stat.S_ISDIR(st.st_mode):
+        os.chmod(top, 0o555)
+        os.utime(top, _MTIME)
+
+
+def metadata_problems(top: Path, limit: int = 5) -> list[str]:
+    """Deviations from canonical metadata (mode, mtime, file type), at most ``limit``."""
+    out: list[str] = []
+
+    def check(p: bytes, st: os.stat_result) -> None:
+        m = st.st_mode
+        rel = os.fsdecode(p[len(t) :]) or "/"
+        if stat.S_ISLNK(m):
+            ok_mode = True
+        elif stat.S_ISREG(m):
+            ok_mode = stat.S_IMODE(m) in (0o444, 0o555)
+        elif stat.S_ISDIR(m):
+            ok_mode = stat.S_IMODE(m) == 0o555
+        else:
+            out.append(f"{rel}: not a file, directory or symlink (mode {m:o})")
+            return
+        if not ok_mode:
+            out.append(f"{rel}: mode {stat.S_IMODE(m):04o} is not canonical")
+        if int(st.st_mtime) != CANON_MTIME:
+            out.append(f"{rel}: mtime {int(st.st_mtime)} is not {CANON_MTIME}")
+
+    t = os.fsencode(top)
+    check(t, os.lstat(t))
+    if os.path.isdir(t) and not os.path.islink(t):
+        for dirpath, dirnames, filenames in os.walk(t):
+            for name in dirnames + filenames:
+                if len(out) >= limit:
+                    return out
+                p = os.path.join(dirpath, name)
+                check(p, os.lstat(p))
+    return out[:limit]
+
+
+def remove_tree(p: Path) -> None:
+    """Delete a (read-only) tree or file; missing is fine."""
+    b = os.fsencode(p)
+    try:
+        st = os.lstat(b)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        os.unlink(b)
+        return
+    for dirpath, dirnames, _ in os.walk(b):
+        os.chmod(dirpath, 0o700)
+        for d in dirnames:
+            q = os.path.join(dirpath, d)
+            if not os.path.islink(q):
+                os.chmod(q, 0o700)
+    shutil.rmtree(b)
+
+
+def tree_size(p: Path) -> int:
+    """Bytes used by regular files under ``p`` (apparent size)."""
+    b = os.fsencode(p)
+    st = os.lstat(b)
+    if not stat.S_ISDIR(st.st_mode):
+        return st.st_size if stat.S_ISREG(st.st_mode) else 0
+    total = 0
+    for dirpath, _, filenames in os.walk(b):
+        for f in filenames:
+            s = os.lstat(os.path.join(dirpath, f))
+            if stat.S_ISREG(s.st_mode):
+                total += s.st_size
+    return total

@@ -1,0 +1,279 @@
+"""Verification and repair of the local store.
+
+For every valid path, ``verify`` checks (two paths at a time, one per core):
+
+- the object: decompresses it, re-hashing the compressed bytes and the NAR against the
+  row (``object-missing``, ``object-corrupt`` with expected and found digests);
+- the materialised tree: its NAR hash and size against the row (``tree-missing``,
+  ``tree-corrupt``) and its canonical metadata (``tree-metadata``: modes, mtimes);
+- content-address claims: a ``fixed:r:sha256`` path must be the source path of its NAR
+  hash, a ``text:sha256`` path the text path of its content (``ca-mismatch``);
+- references: each must be valid (``dangling-reference``; only quarantine makes these);
+- signatures, when ``sigs_needed`` > 0: at least that many valid signatures by the
+  ``trusted`` keys; content-addressed paths need none (their path proves their content).
+
+Repair (``repair=True``), per path, under the path lock:
+
+- object good, tree bad/missing: restore the tree from the object into ``tmp/`` and swap
+  it in (rename old out, new in);
+- object bad, tree good: re-archive the tree into a new object (the row's NAR hash proves
+  the tree right) and point the row at it;
+- both bad: *quarantine*: move what is left to ``quarantine/<base>-<time>/`` and delete
+  the row. Referrers keep their (now dangling) reference and are reported.
+
+The whole run holds the GC lock shared, so GC cannot delete things under our feet.
+Unregistered trees and objects (left by crashed writers, removed by GC) are listed as
+``stray_*`` but are not problems.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from . import db, nar
+from .errors import KilnError
+from .hashes import Hash
+from .locks import FileLock
+from .objects import NarSink, TreeIngest, object_rel_path, publish_object, read_object
+from .pathinfo import PathInfo
+from .paths import StorePath, make_source_path, make_store_path
+from .trees import canonicalise, metadata_problems, remove_tree, seal_top
+
+if TYPE_CHECKING:
+    from .localstore import LocalStore
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One finding. ``repaired`` says what repair did (empty if nothing)."""
+
+    path: str
+    kind: str
+    detail: str
+    repaired: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyReport:
+    checked: int
+    problems: tuple[Problem, ...]
+    quarantined: tuple[str, ...]
+    stray_trees: tuple[str, ...]
+    stray_objects: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        """True if nothing is (still) wrong."""
+        return all(p.repaired for p in self.problems)
+
+
+def _check_object(store: LocalStore, info: PathInfo) -> Problem | None:
+    assert info.file_hash is not None and info.file_size is not None
+    obj = store.objects / object_rel_path(info.file_hash)
+    if not obj.exists():
+        return Problem(info.path, "object-missing", f"{obj} does not exist")
+    try:
+        for _ in read_object(
+            obj, info.path, (info.file_hash, info.file_size), (info.nar_hash, info.nar_size)
+        ):
+            pass
+    except KilnError as e:
+        return Problem(info.path, "object-corrupt", f"{obj}: {e}")
+    return None
+
+
+def _check_tree(store: LocalStore, info: PathInfo) -> list[Problem]:
+    real = store.real_path(info.path)
+    if not os.path.lexists(real):
+        return [Problem(info.path, "tree-missing", f"{real} does not exist")]
+    try:
+        h, size = nar.hash_path(real)
+    except (KilnError, OSError) as e:
+        return [Problem(info.path, "tree-corrupt", f"{real}: cannot archive: {e}")]
+    if h.digest != info.nar_hash.digest or size != info.nar_size:
+        return [
+            Problem(
+                info.path,
+                "tree-corrupt",
+                f"NAR hash of {real}:\n  expected: {info.nar_hash.to_nix32()} ({info.nar_size} bytes)\n"
+                f"  got:      {h.to_nix32()} ({size} bytes)",
+            )
+        ]
+    meta = metadata_problems(real)
+    if meta:
+        return [Problem(info.path, "tree-metadata", "; ".join(meta))]
+    out = []
+    ca = _check_ca(info, real)
+    if ca:
+        out.append(Problem(info.path, "ca-mismatch", ca))
+    return out
+
+
+def _check_ca(info: PathInfo, real: Path) -> str:
+    if not info.ca:
+        return ""
+    sp = StorePath.parse(info.path)
+    if info.ca.startswith("fixed:r:sha256:"):
+        h = Hash.parse(info.ca.removeprefix("fixed:r:"))
+        if h.digest != info.nar_hash.digest:
+            return f"ca {info.ca} does not match the NAR hash {info.nar_hash.to_nix32()}"
+        want = make_source_path(
+            sp.name, h, [StorePath.parse(r) for r in info.references], store_dir=sp.store_dir
+        )
+    elif info.ca.startswith("text:sha256:"):
+        h = Hash.parse(info.ca.removeprefix("text:"))
+        got = Hash("sha256", hashlib.sha256(real.read_bytes()).digest()) if real.is_file() else None
+        if got is None or got.digest != h.digest:
+            return f"ca {info.ca}: the file's sha256 is {got.to_nix32() if got else '(not a file)'}"
+        want = make_store_path(":".join(["text", *info.references]), h, sp.name, sp.store_dir)
+    else:
+        return ""
+    return "" if str(want) == info.path else f"ca {info.ca} gives path {want}, not {info.path}"
+
+
+def _check_path(store: LocalStore, info: PathInfo) -> list[Problem]:
+    obj = _check_object(store, info)
+    return ([obj] if obj else []) + _check_tree(store, info)
+
+
+def verify(store: LocalStore, repair: bool = False, trusted=None, sigs_needed: int = 0) -> VerifyReport:
+    from .signing import valid_signers
+
+    problems: list[Problem] = []
+    quarantined: list[str] = []
+    with FileLock(store.gc_lock_path, shared=True):
+        infos = db.all_infos(store.conn)
+        valid = {i.path for i in infos}
+        with ThreadPoolExecutor(2) as pool:
+            # each worker only reads files; the database stays on this thread
+            results = list(pool.map(lambda i: _check_path(store, i), infos))
+        for info, found in zip(infos, results, strict=True):
+            for r in info.references:
+                if r != info.path and r not in valid:
+                    found.append(
+                        Problem(info.path, "dangling-reference", f"references {r}, which is not valid")
+                    )
+            if sigs_needed > 0 and not (info.ca and not any(p.kind == "ca-mismatch" for p in found)):
+                n = len(valid_signers(info, trusted or []))
+                if n < sigs_needed:
+                    found.append(
+                        Problem(
+                            info.path, "signatures", f"{n} valid trusted signature(s), {sigs_needed} needed"
+                        )
+                    )
+            if repair and any(p.kind.startswith(("object", "tree")) for p in found):
+                found, q = _repair(store, info, found)
+                if q:
+                    quarantined.append(info.path)
+            problems.extend(found)
+        valid_bases = {p.rsplit("/", 1)[1] for p in valid}
+        stray_trees = sorted(
+            f"{store.store_dir}/{e.name}" for e in os.scandir(store.real_store) if e.name not in valid_bases
+        )
+        used = {Hash.parse(fh).hex for (fh,) in store.conn.execute("SELECT file_hash FROM paths")}
+        stray_objects = sorted(
+            e.path
+            for sub in os.scandir(store.objects)
+            if sub.is_dir()
+            for e in os.scandir(sub.path)
+            if e.name.split(".", 1)[0] not in used
+        )
+    return VerifyReport(
+        len(infos), tuple(problems), tuple(quarantined), tuple(stray_trees), tuple(stray_objects)
+    )
+
+
+def _repair(store: LocalStore, info: PathInfo, found: list[Problem]) -> tuple[list[Problem], bool]:
+    sp = store.parse_path(info.path)
+    obj_bad = any(p.kind.startswith("object") for p in found)
+    tree_bad = any(p.kind.startswith("tree") for p in found)
+    tmp = store.tmp / f"{os.getpid()}-repair-{sp.hash_part}"
+    remove_tree(tmp)
+    tmp.mkdir()
+    try:
+        with FileLock(store.root / "locks" / f"{sp.hash_part}.lock"):
+            if obj_bad and not tree_bad:
+                msg = _rebuild_object(store, info, tmp)
+                return [replace(p, repaired=msg) if p.kind.startswith("object") else p for p in found], False
+            if tree_bad and not obj_bad:
+                _rematerialise(store, info, tmp)
+                msg = "re-materialised from the object"
+                return [replace(p, repaired=msg) if p.kind.startswith("tree") else p for p in found], False
+            where = _quarantine(store, info)
+            msg = f"quarantined to {where} and invalidated"
+            refs = store.referrers(info.path)
+            if refs:
+                msg += f"; referrers now incomplete: {', '.join(refs[:5])}"
+            return [
+                replace(p, repaired=msg) if p.kind.startswith(("object", "tree")) else p for p in found
+            ], True
+    finally:
+        remove_tree(tmp)
+
+
+def _rematerialise(store: LocalStore, info: PathInfo, tmp: Path) -> None:
+    new = tmp / "tree"
+    assert info.file_hash is not None and info.file_size is not None
+    stream = read_object(
+        store.objects / object_rel_path(info.file_hash),
+        info.path,
+        (info.file_hash, info.file_size),
+        (info.nar_hash, info.nar_size),
+    )
+    nar.restore(stream, new)
+    canonicalise(new)
+    real = store.real_path(info.path)
+    if os.path.lexists(real):
+        if real.is_dir() and not real.is_symlink():
+            os.chmod(real, 0o755)
+        os.rename(real, tmp / "old")
+    os.rename(new, real)
+    seal_top(real)
+
+
+def _rebuild_object(store: LocalStore, info: PathInfo, tmp: Path) -> str:
+    fd = os.open(tmp / "object", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    sink = NarSink(fd)
+    try:
+        TreeIngest(sink).run(store.real_path(info.path))
+    except BaseException:
+        sink.abort()
+        raise
+    oi = sink.finish()
+    if oi.nar_hash.digest != info.nar_hash.digest:  # the tree changed since we checked it
+        raise KilnError(f"cannot repair {info.path}: its tree changed while being re-archived")
+    old = store.objects / object_rel_path(info.file_hash) if info.file_hash else None
+    publish_object(tmp / "object", store.objects, oi.file_hash)
+    db.set_file(store.conn, info.path, oi.file_hash, oi.file_size)
+    if old is not None and old.name.split(".")[0] != oi.file_hash.hex:
+        assert info.file_hash is not None
+        if not db.file_hash_in_use(store.conn, info.file_hash.to_nix32()):
+            old.unlink(missing_ok=True)
+    return f"object rebuilt from the tree ({oi.file_hash.hex[:16]}...)"
+
+
+def _quarantine(store: LocalStore, info: PathInfo) -> Path:
+    sp = store.parse_path(info.path)
+    dest = store.root / "quarantine" / f"{sp.base}-{int(time.time())}"
+    dest.mkdir(parents=True, exist_ok=True)
+    db.delete(store.conn, [info.path])  # invalidate first
+    real = store.real_path(info.path)
+    if os.path.lexists(real):
+        if real.is_dir() and not real.is_symlink():
+            os.chmod(real, 0o755)
+        os.rename(real, dest / "tree")
+    if info.file_hash is not None:
+        obj = store.objects / object_rel_path(info.file_hash)
+        if obj.exists() and not db.file_hash_in_use(store.conn, info.file_hash.to_nix32()):
+            os.rename(obj, dest / obj.name)
+    (dest / "info.txt").write_text(
+        f"path: {info.path}\nnar_hash: {info.nar_hash.to_nix32()}\nnar_size: {info.nar_size}\n"
+        f"file_hash: {info.file_hash.to_nix32() if info.file_hash else ''}\nreferences: {' '.join(info.references)}\n"
+    )
+    return dest
