@@ -1,1 +1,233 @@
-"""kiln.lang"""
+"""kiln.lang: the recipe language (``.recipe`` files) and its evaluation to derivations.
+
+Public API (the build loop and the CLI use only this)::
+
+    ev = evaluate_file("recipes/hello.recipe", store_dir="/kiln/store",
+                       add_source=None, cache_dir=None)
+    ev.packages        # attr name -> Derivation (this file's own top-level packages and
+                       #   derivation-valued lets, default variants, source order)
+    ev.drv_paths       # attr name -> .drv store path
+    ev.drvs            # .drv path -> Derivation, the whole closure (fetches included)
+    ev.sources         # source store path -> absolute local origin (``path "./dir"``)
+    ev.files           # absolute path -> sha256 of every recipe file read
+    ev.select("zlib(static = true)")   # -> (.drv path, Derivation); names, variants,
+                                       #   imported names, any expression in file scope
+    ev.attr("zlib", static=True)       # -> Derivation
+
+``add_source(abs_path: Path, name: str) -> str`` is called for every ``path "..."``
+source and returns its logical store path (the CLI adds it to the local store).
+With ``cache_dir``, an unchanged evaluation is served from the cache (``kiln.lang.cache``)
+without importing the parser; ``ev.from_cache`` says so. Errors are ``RecipeError``s
+(``kiln.lang.errors``), all with ``kiln_user_error = True``.
+
+Derivations are not written to the store here; that is the caller's job
+(``LocalStore.add_text(name, drv.serialize(), drv.references())``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import threading
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from kiln.store.derivation import Derivation
+
+from . import cache as _cache
+from .errors import RecipeError
+
+__all__ = ["Evaluation", "RecipeError", "evaluate_file", "DEFAULT_STORE_DIR"]
+
+DEFAULT_STORE_DIR = "/kiln/store"
+AddSource = Callable[[Path, str], str]
+
+
+class Evaluation:
+    """The result of evaluating one entry file (see the module docstring)."""
+
+    def __init__(
+        self,
+        file: str,
+        display: str,
+        store_dir: str,
+        add_source: AddSource | None,
+        drv_paths: dict[str, str],
+        drvs: Mapping[str, Derivation],
+        sources: dict[str, str],
+        files: dict[str, str],
+        from_cache: bool,
+        live=None,
+    ) -> None:
+        self.file = file
+        self.display = display
+        self.store_dir = store_dir
+        self.drv_paths = drv_paths
+        self.drvs = drvs
+        self.sources = sources
+        self.files = files
+        self.from_cache = from_cache
+        self._add_source = add_source
+        self._live = live  # (Evaluator, Module) once evaluated in this process
+
+    @property
+    def packages(self) -> dict[str, Derivation]:
+        return {a: self.drvs[p] for a, p in self.drv_paths.items()}
+
+    def closure(self, drv_path: str) -> list[str]:
+        """``drv_path`` and every derivation it depends on, dependencies first."""
+        out: list[str] = []
+        seen: set[str] = set()
+        stack = [(drv_path, False)]
+        while stack:
+            p, done = stack.pop()
+            if done:
+                out.append(p)
+                continue
+            if p in seen:
+                continue
+            seen.add(p)
+            stack.append((p, True))
+            for dep, _ in reversed(self.drvs[p].input_drvs):
+                if dep not in seen:
+                    stack.append((dep, False))
+        return out
+
+    def _evaluator(self):
+        if self._live is None:
+            fresh = _evaluate(self.file, self.display, self.store_dir, self._add_source)
+            self._live = fresh._live
+            merged = dict(self.drvs)
+            merged.update(fresh.drvs)
+            self.drvs = merged
+        return self._live
+
+    def select(self, expr: str) -> tuple[str, Derivation]:
+        """The derivation an attribute expression denotes: a top-level name, a variant
+        ``name(param = value)`` or any expression in the file's scope."""
+        p = self.drv_paths.get(expr.strip())
+        if p is not None:
+            return p, self.drvs[p]
+        ev, mod = self._evaluator()
+        from .parser import parse_expr
+        from .values import DrvValue, type_name
+
+        node = parse_expr(expr, "<attribute>", self.file)
+
+        def run():
+            return ev.eval(node, mod.env)
+
+        v = _deep(run)
+        if not isinstance(v, DrvValue):
+            raise RecipeError(f"'{expr}' is {type_name(v)}, not a package")
+        if isinstance(self.drvs, dict):
+            self.drvs.update(ev.drvs)
+        return v.path, v.drv
+
+    def attr(self, name: str, **params) -> Derivation:
+        """The derivation of package ``name`` with ``params`` (Python values: str, int,
+        bool, list of str)."""
+        if not params:
+            return self.select(name)[1]
+        args = ", ".join(f"{k} = {_literal(v)}" for k, v in params.items())
+        return self.select(f"{name}({args})")[1]
+
+
+def _literal(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"').replace("${", "\\${") + '"'
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(_literal(x) for x in v) + "]"
+    raise TypeError(f"cannot pass {type(v).__name__} as a recipe parameter")
+
+
+def _deep(fn):
+    """Run ``fn`` on a thread with a large stack: long dependency chains recurse deeply."""
+    result: list = []
+    error: list = []
+
+    def target():
+        try:
+            result.append(fn())
+        except BaseException as e:  # noqa: BLE001 - re-raised in the caller
+            error.append(e)
+
+    old_limit = sys.getrecursionlimit()
+    old_size = threading.stack_size()
+    sys.setrecursionlimit(max(old_limit, 400_000))
+    threading.stack_size(512 * 1024 * 1024)
+    try:
+        t = threading.Thread(target=target, name="kiln-eval")
+        t.start()
+    finally:
+        threading.stack_size(old_size)
+    t.join()
+    sys.setrecursionlimit(old_limit)
+    if error:
+        raise error[0]
+    return result[0]
+
+
+def _evaluate(file: str, display: str, store_dir: str, add_source: AddSource | None) -> Evaluation:
+    from .evaluator import Evaluator, PackageFn, Thunk
+    from .values import DrvValue
+
+    ev = Evaluator(store_dir, add_source)
+
+    def run():
+        mod = ev.load(file, display)
+        attrs: dict[str, str] = {}
+        for name in mod.own:
+            b = mod.env.vars[name]
+            if isinstance(b, PackageFn):
+                if any(p.default is None for p in b.node.params):
+                    continue  # needs arguments: only reachable as name(...)
+                v = ev._instantiate(ev, b, {}, b.node)
+            else:
+                v = ev.force(b) if isinstance(b, Thunk) else b
+            if isinstance(v, DrvValue):
+                attrs[name] = v.path
+        return mod, attrs
+
+    mod, attrs = _deep(run)
+    return Evaluation(
+        file, display, store_dir, add_source, attrs, ev.drvs, ev.sources, ev.files, False, (ev, mod)
+    )
+
+
+def evaluate_file(
+    path: str | os.PathLike,
+    store_dir: str = DEFAULT_STORE_DIR,
+    add_source: AddSource | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> Evaluation:
+    """Evaluate the recipe file at ``path`` (see the module docstring)."""
+    display = os.fspath(path)
+    file = os.path.abspath(display)
+    if cache_dir is not None:
+        data = _cache.load(Path(cache_dir), file, store_dir)
+        if data is not None:
+            return Evaluation(
+                file,
+                display,
+                store_dir,
+                add_source,
+                dict(data["packages"]),
+                _cache.LazyDrvs(data["drvs"]),
+                {sp: o for sp, o, _ in data["sources"]},
+                dict(data["files"]),
+                True,
+            )
+    result = _evaluate(file, display, store_dir, add_source)
+    if cache_dir is not None:
+        # a cache that cannot be written only makes the next evaluation slower
+        with contextlib.suppress(OSError):
+            _cache.save(
+                Path(cache_dir), file, store_dir, result.files, result.sources, result.drv_paths, result.drvs
+            )
+    return result

@@ -1,0 +1,253 @@
+"""``kiln eval``, ``kiln show-derivation``, ``kiln path``, ``kiln graph``.
+
+All four evaluate a recipe file with ``kiln.lang.evaluate_file`` (served from the
+evaluation cache under ``<store root>/eval-cache`` when nothing changed; ``--no-cache``
+skips it) and print derivations; none of them builds anything. ``ATTR`` is a top-level
+name, a variant such as ``'zlib(static = true)'`` or any expression in the file's scope.
+Local ``path "..."`` sources are added to the local store (they have to be hashed anyway).
+The logical store dir is the store's own (its ``config.json``), else ``/kiln/store``,
+unless ``--store-dir`` says otherwise. ``kiln eval --write`` also writes the ``.drv``
+closure into the local store (what ``nix-instantiate`` does by default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .common import add_store_arg, store_root
+
+DEFAULT_STORE_DIR = "/kiln/store"
+
+
+def _parser(cmd: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"kiln {cmd}")
+    if cmd == "show-derivation":
+        p.description = "Print a derivation as JSON (like 'nix show-derivation')."
+        p.add_argument("file", metavar="FILE|DRVPATH", help="a recipe file, or a .drv path")
+        p.add_argument("attr", nargs="?", metavar="ATTR", help="package (with FILE)")
+        p.add_argument("--aterm", action="store_true", help="print the ATerm text instead")
+        p.add_argument("-r", "--recursive", action="store_true", help="include every input derivation")
+    else:
+        p.add_argument("file", metavar="FILE", help="a .recipe file")
+        p.add_argument("attr", nargs="?" if cmd == "eval" else None, metavar="ATTR")
+    if cmd == "eval":
+        p.description = "Evaluate a recipe file and print each package's .drv and output path."
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+        p.add_argument("--write", action="store_true", help="write the .drv files into the local store")
+    if cmd == "path":
+        p.description = "Print the output path of a package without building it."
+    if cmd == "graph":
+        p.description = "Print the dependency graph of a package (a tree, or DOT with --dot)."
+        p.add_argument("--dot", action="store_true", help="Graphviz DOT output")
+    add_store_arg(p)
+    p.add_argument(
+        "--store-dir", default=None, metavar="DIR", help="logical store dir (default: the store's)"
+    )
+    p.add_argument("--no-cache", action="store_true", help="do not read or write the evaluation cache")
+    return p
+
+
+def _store_dir(args: argparse.Namespace) -> str:
+    if args.store_dir:
+        return args.store_dir
+    try:
+        data = json.loads((store_root(args) / "config.json").read_text())
+        return str(data["store_dir"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return DEFAULT_STORE_DIR
+
+
+class _Sources:
+    """The ``add_source`` callback: adds local sources to the local store (opened lazily)."""
+
+    def __init__(self, root: Path, store_dir: str) -> None:
+        self.root = root
+        self.store_dir = store_dir
+        self.store = None
+
+    def _open(self):
+        if self.store is None:
+            try:
+                from kiln.store.localstore import LocalStore
+            except ImportError as e:
+                from kiln.store.errors import KilnError
+
+                raise KilnError(
+                    f"local path sources need the local store, which is unavailable here ({e})"
+                ) from None
+            self.store = LocalStore.open(self.root, self.store_dir)
+        return self.store
+
+    def __call__(self, src: Path, name: str) -> str:
+        from kiln.lang.sources import make_filter
+
+        return self._open().add_path(src, name, filter=make_filter(src)).path
+
+    def ensure(self, sources: dict[str, str]) -> None:
+        """After a cache hit: re-add any cached source that is no longer in the store."""
+        if not sources:
+            return
+        store = self._open()
+        for store_path, origin in sorted(sources.items()):
+            if store.query(store_path) is None:
+                self(Path(origin), store_path.rsplit("/", 1)[-1].split("-", 1)[1])
+
+
+def _evaluate(args: argparse.Namespace):
+    from kiln.lang import evaluate_file
+
+    root = store_root(args)
+    store_dir = _store_dir(args)
+    sources = _Sources(root, store_dir)
+    ev = evaluate_file(
+        args.file,
+        store_dir=store_dir,
+        add_source=sources,
+        cache_dir=None if args.no_cache else root / "eval-cache",
+    )
+    if ev.from_cache:
+        sources.ensure(ev.sources)
+    return ev, sources
+
+
+def _show_json(ev_drvs, paths: list[str]) -> dict:
+    out = {}
+    for p in paths:
+        d = ev_drvs[p]
+        outputs = {}
+        for k, o in d.outputs:
+            outputs[k] = {"path": o.path, **({"hashAlgo": o.hash_algo, "hash": o.hash} if o.hash else {})}
+        out[p] = {
+            "outputs": outputs,
+            "inputSrcs": list(d.input_srcs),
+            "inputDrvs": {k: list(v) for k, v in d.input_drvs},
+            "system": d.platform,
+            "builder": d.builder,
+            "args": list(d.args),
+            "env": dict(d.env),
+        }
+    return out
+
+
+def _cmd_eval(args) -> int:
+    ev, sources = _evaluate(args)
+    if args.attr:
+        p, d = ev.select(args.attr)
+        items = [(args.attr, p, d)]
+    else:
+        items = [(a, p, ev.drvs[p]) for a, p in ev.drv_paths.items()]
+    if args.write:
+        store = sources._open()
+        for _, p, _ in items:
+            for q in ev.closure(p):
+                d = ev.drvs[q]
+                store.add_text(f"{d.name}.drv", d.serialize().encode(), [str(r) for r in d.references()])
+    if args.json:
+        data = {a: {"name": d.name, "drvPath": p, "outPath": d.output_path("out")} for a, p, d in items}
+        print(json.dumps(data, indent=2, sort_keys=True))
+    else:
+        width = max((len(a) for a, _, _ in items), default=0)
+        for a, p, d in items:
+            print(f"{a:<{width}}  {p} -> {d.output_path('out')}")
+    return 0
+
+
+def _cmd_show(args) -> int:
+    if args.attr is None:
+        from kiln.store.derivation import parse
+        from kiln.store.errors import KilnError
+        from kiln.store.paths import StorePath
+
+        target = args.file
+        if Path(target).is_file():
+            text = Path(target).read_text()
+            name = Path(target).name.split("-", 1)[-1].removesuffix(".drv")
+            drvs = {target: parse(text, name, args.store_dir or DEFAULT_STORE_DIR)}
+        else:
+            from kiln.store.localstore import LocalStore
+
+            store = LocalStore.open(store_root(args), create=False)
+            sp = StorePath.parse(target, store.store_dir)
+            if not sp.name.endswith(".drv"):
+                raise KilnError(f"{target} is not a .drv path")
+            if store.query(str(sp)) is None:
+                raise KilnError(f"{target} is not in the store (write it with 'kiln eval --write FILE')")
+            text = store.real_path(str(sp)).read_text()
+            drvs = {str(sp): parse(text, sp.name.removesuffix(".drv"), store.store_dir)}
+        paths = list(drvs)
+    else:
+        ev, _ = _evaluate(args)
+        p, _ = ev.select(args.attr)
+        drvs = ev.drvs
+        paths = ev.closure(p)[::-1] if args.recursive else [p]
+    if args.aterm:
+        for p in paths:
+            sys.stdout.write(drvs[p].serialize() + "\n")
+    else:
+        print(json.dumps(_show_json(drvs, paths), indent=2, sort_keys=True))
+    return 0
+
+
+def _cmd_path(args) -> int:
+    ev, _ = _evaluate(args)
+    _, d = ev.select(args.attr)
+    print(d.output_path("out"))
+    return 0
+
+
+def _label(d) -> str:
+    return d.name
+
+
+def _cmd_graph(args) -> int:
+    ev, _ = _evaluate(args)
+    top, _ = ev.select(args.attr)
+    drvs = ev.drvs
+    if args.dot:
+        lines = ["digraph kiln {", "  rankdir=LR;", "  node [shape=box];"]
+        for p in ev.closure(top):
+            d = drvs[p]
+            style = ", style=dashed" if d.is_fixed_output else ""
+            lines.append(f'  "{p}" [label="{_label(d)}"{style}];')
+            for dep, _ in d.input_drvs:
+                lines.append(f'  "{p}" -> "{dep}";')
+            for src in d.input_srcs:
+                lines.append(f'  "{p}" -> "{src}";')
+                lines.append(f'  "{src}" [label="{src.rsplit("/", 1)[-1][33:]}", shape=folder];')
+        lines.append("}")
+        print("\n".join(lines))
+        return 0
+    seen: set[str] = set()
+    out: list[str] = []
+
+    def walk(p: str, prefix: str, last: bool, root: bool) -> None:
+        d = drvs[p]
+        branch = "" if root else ("└── " if last else "├── ")
+        again = p in seen
+        out.append(f"{prefix}{branch}{_label(d)}  {d.output_path('out')}{' (see above)' if again else ''}")
+        if again:
+            return
+        seen.add(p)
+        kids = [k for k, _ in d.input_drvs] + list(d.input_srcs)
+        child_prefix = prefix if root else prefix + ("    " if last else "│   ")
+        for i, k in enumerate(kids):
+            if k in drvs:
+                walk(k, child_prefix, i == len(kids) - 1, False)
+            else:
+                out.append(f"{child_prefix}{'└── ' if i == len(kids) - 1 else '├── '}{k} (source)")
+
+    walk(top, "", True, True)
+    print("\n".join(out))
+    return 0
+
+
+_COMMANDS = {"eval": _cmd_eval, "show-derivation": _cmd_show, "path": _cmd_path, "graph": _cmd_graph}
+
+
+def main(argv: list[str]) -> int:
+    cmd, rest = argv[0], argv[1:]
+    args = _parser(cmd).parse_args(rest)
+    return _COMMANDS[cmd](args)

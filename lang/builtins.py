@@ -1,0 +1,360 @@
+"""Builtin functions: sources (``fetchurl``, ``fetchgit``, ``path``), the Debian
+toolchain (``debian_rootfs``) and a few string/list helpers.
+
+Each builtin receives the evaluator, its ``Call`` node and the calling scope, and
+evaluates its own arguments (so errors can point at the argument at fault).
+
+Fixed-output derivations (see docs/recipe-language.md):
+
+- ``fetchurl``: builder ``builtin:fetchurl``, env ``url`` (the first), ``urls``
+  (space-joined), ``name``; output ``sha256`` (flat) with the hex hash.
+- ``fetchgit``: builder ``builtin:fetchgit``, env ``url``, ``rev``, ``name``; output
+  ``r:sha256`` (NAR hash of the tree at ``rev`` without ``.git``).
+- ``debian_rootfs``: one ``builtin:fetchurl`` FOD per lock entry (``url`` =
+  ``debian:<filename>``) and a ``builtin:unpack-debs`` derivation with env ``debs`` (the
+  .deb paths in lock order) and ``kilnRootfs = "1"``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from kiln.store.derivation import Derivation, Output
+from kiln.store.errors import FormatError
+from kiln.store.hashes import Hash
+
+from . import ast
+from .compile import add_drv, sanitize_name, split_context
+from .errors import BadValue, HashFormat, MissingField, RecipeTypeError, UnknownField, did_you_mean
+from .values import CStr, DrvValue, Record, SourceValue, type_name
+
+
+def _record_args(ev, node: ast.Call, env, required: tuple, optional: tuple) -> dict:
+    """Arguments of ``f { k = v }`` or ``f(k = v)`` as name → (value, node)."""
+    out: dict = {}
+    args = node.args
+    if len(args) == 1 and args[0][0] is None:
+        arg = args[0][1]
+        if isinstance(arg, ast.RecordExpr):
+            for f in arg.fields:
+                out[f.name] = (ev.eval(f.expr, env), f)
+        else:
+            v = ev.eval(arg, env)
+            if not isinstance(v, Record):
+                raise RecipeTypeError(f"{node.name} takes a record, found {type_name(v)}", arg.src, arg.pos)
+            out = {k: (x, arg) for k, x in v.items()}
+    else:
+        for name, arg in args:
+            if name is None:
+                raise RecipeTypeError(
+                    f"{node.name} takes named fields: {node.name} {{ field = value }}", arg.src, arg.pos
+                )
+            out[name] = (ev.eval(arg, env), arg)
+    allowed = (*required, *optional)
+    for k, (_, n) in out.items():
+        if k not in allowed:
+            raise UnknownField(
+                f"{node.name} has no field '{k}'{did_you_mean(k, allowed) or ' (fields: ' + ', '.join(allowed) + ')'}",
+                n.src,
+                n.pos,
+            )
+    for k in required:
+        if k not in out:
+            raise MissingField(f"{node.name} needs a '{k}' field", node.src, node.pos)
+    return out
+
+
+def _string(ev, value, node: ast.Node, what: str) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, CStr):
+        raise RecipeTypeError(
+            f"{what} must be a plain string, not one that refers to a package or source", node.src, node.pos
+        )
+    raise RecipeTypeError(f"{what} must be a string, found {type_name(value)}", node.src, node.pos)
+
+
+def _sha256(value, node: ast.Node, what: str) -> str:
+    text = _string(None, value, node, what)
+    try:
+        return Hash.parse(text, "sha256").hex
+    except FormatError as e:
+        raise HashFormat(
+            f"bad sha256 hash in {what}: {e} (write 64 hex digits, 52 nix-base32 characters or 'sha256-<base64>')",
+            node.src,
+            node.pos,
+        ) from None
+
+
+def _url_name(url: str, strip_git: bool = False) -> str:
+    base = url.split("?", 1)[0].split("#", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+    if strip_git and base.endswith(".git"):
+        base = base[:-4]
+    return sanitize_name(base)
+
+
+def _fod(
+    ev, name: str, builder: str, env: dict, algo: str, hex_hash: str, fields: dict, attr: str
+) -> DrvValue:
+    env = {**env, "name": name, "out": ""}
+    drv = Derivation.make(
+        name,
+        outputs={"out": Output("", algo, hex_hash)},
+        builder=builder,
+        env=env,
+        store_dir=ev.store_dir,
+    )
+    return add_drv(ev, drv, fields, attr)
+
+
+def fetchurl(ev, node: ast.Call, env) -> DrvValue:
+    a = _record_args(ev, node, env, ("sha256",), ("url", "urls", "name"))
+    urls: list[str] = []
+    if "url" in a:
+        urls.append(_string(ev, a["url"][0], a["url"][1], "fetchurl 'url'"))
+    if "urls" in a:
+        v, n = a["urls"]
+        if not isinstance(v, tuple) or not v:
+            raise RecipeTypeError(
+                f"fetchurl 'urls' must be a non-empty list of strings, found {type_name(v)}", n.src, n.pos
+            )
+        urls += [_string(ev, u, n, "each of fetchurl 'urls'") for u in v]
+    if not urls:
+        raise MissingField("fetchurl needs a 'url' (or 'urls') field", node.src, node.pos)
+    h = _sha256(a["sha256"][0], a["sha256"][1], "fetchurl 'sha256'")
+    name = _string(ev, a["name"][0], a["name"][1], "fetchurl 'name'") if "name" in a else _url_name(urls[0])
+    env_vars = {"url": urls[0], "urls": " ".join(urls)}
+    return _fod(
+        ev,
+        sanitize_name(name),
+        "builtin:fetchurl",
+        env_vars,
+        "sha256",
+        h,
+        {k: v for k, (v, _) in a.items()},
+        "fetchurl",
+    )
+
+
+def fetchgit(ev, node: ast.Call, env) -> DrvValue:
+    a = _record_args(ev, node, env, ("url", "rev", "sha256"), ("name",))
+    url = _string(ev, a["url"][0], a["url"][1], "fetchgit 'url'")
+    rev = _string(ev, a["rev"][0], a["rev"][1], "fetchgit 'rev'")
+    h = _sha256(a["sha256"][0], a["sha256"][1], "fetchgit 'sha256'")
+    name = _string(ev, a["name"][0], a["name"][1], "fetchgit 'name'") if "name" in a else _url_name(url, True)
+    return _fod(
+        ev,
+        sanitize_name(name),
+        "builtin:fetchgit",
+        {"url": url, "rev": rev},
+        "r:sha256",
+        h,
+        {k: v for k, (v, _) in a.items()},
+        "fetchgit",
+    )
+
+
+def path(ev, node: ast.Call, env) -> SourceValue:
+    if len(node.args) == 1 and node.args[0][0] is None and not isinstance(node.args[0][1], ast.RecordExpr):
+        arg = node.args[0][1]
+        a = {"path": (ev.eval(arg, env), arg)}
+    else:
+        a = _record_args(ev, node, env, ("path",), ("name",))
+    rel = _string(ev, a["path"][0], a["path"][1], "path")
+    n = a["path"][1]
+    base = os.path.dirname(node.src.path) if node.src.path else os.getcwd()
+    target = os.path.normpath(os.path.join(base, rel))
+    if not os.path.exists(target):
+        raise BadValue(f"path {rel!r} does not exist (looked for {target})", n.src, n.pos)
+    name = _string(ev, a["name"][0], a["name"][1], "path 'name'") if "name" in a else os.path.basename(target)
+    if ev.add_source is None:
+        raise BadValue(
+            "this evaluation cannot add local sources to a store (no add_source callback)", node.src, node.pos
+        )
+    store_path = ev.add_source(Path(target), sanitize_name(name))
+    ev.sources[store_path] = target
+    return SourceValue(store_path, target)
+
+
+_LOCK_FIELDS = ("name", "version", "arch", "sha256", "filename")
+
+
+def debian_rootfs(ev, node: ast.Call, env) -> DrvValue:
+    a = _record_args(ev, node, env, ("lock",), ("name",))
+    lock, lock_node = a["lock"]
+    if not isinstance(lock, tuple) or not lock:
+        raise RecipeTypeError(
+            f"debian_rootfs 'lock' must be a non-empty list of records, found {type_name(lock)}",
+            lock_node.src,
+            lock_node.pos,
+        )
+    debs: list[DrvValue] = []
+    for i, entry in enumerate(lock):
+        where = f"debian_rootfs lock entry {i + 1}"
+        if not isinstance(entry, Record):
+            raise RecipeTypeError(
+                f"{where} must be a record, found {type_name(entry)}", lock_node.src, lock_node.pos
+            )
+        for k in _LOCK_FIELDS:
+            if k not in entry:
+                raise MissingField(
+                    f"{where} has no '{k}' field (needs {', '.join(_LOCK_FIELDS)})",
+                    lock_node.src,
+                    lock_node.pos,
+                )
+        filename = _string(ev, entry["filename"], lock_node, f"{where} 'filename'")
+        h = _sha256(entry["sha256"], lock_node, f"{where} ({filename}) 'sha256'")
+        url = f"debian:{filename}"
+        debs.append(
+            _fod(
+                ev,
+                sanitize_name(filename),
+                "builtin:fetchurl",
+                {"url": url, "urls": url},
+                "sha256",
+                h,
+                dict(entry),
+                "deb",
+            )
+        )
+    name = _string(ev, a["name"][0], a["name"][1], "debian_rootfs 'name'") if "name" in a else "debian-rootfs"
+    input_drvs, _ = split_context({("d", d.path, "out") for d in debs})
+    env_vars = {"debs": " ".join(d.out for d in debs), "kilnRootfs": "1", "name": name, "out": ""}
+    drv = Derivation.make(
+        sanitize_name(name),
+        outputs={"out": Output()},
+        input_drvs=input_drvs,
+        builder="builtin:unpack-debs",
+        env=env_vars,
+        store_dir=ev.store_dir,
+    )
+    return add_drv(ev, drv, {"debs": tuple(debs)}, "debian_rootfs")
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def _positional(ev, node: ast.Call, env, types: tuple) -> list:
+    if any(name is not None for name, _ in node.args) or len(node.args) != len(types):
+        sig = ", ".join(t for t in types)
+        raise RecipeTypeError(
+            f"{node.name} takes {len(types)} argument(s): {node.name}({sig})", node.src, node.pos
+        )
+    out = []
+    for (_, arg), t in zip(node.args, types, strict=True):
+        v = ev.eval(arg, env)
+        ok = {
+            "string": isinstance(v, str | CStr),
+            "list": isinstance(v, tuple),
+            "boolean": isinstance(v, bool),
+            "any": True,
+        }[t]
+        if not ok:
+            raise RecipeTypeError(f"{node.name}: expected a {t}, found {type_name(v)}", arg.src, arg.pos)
+        out.append((v, arg))
+    return out
+
+
+def _text(v) -> tuple[str, frozenset]:
+    return (v.text, v.ctx) if isinstance(v, CStr) else (v, frozenset())
+
+
+def _mk(text: str, ctx: frozenset):
+    return CStr(text, ctx) if ctx else text
+
+
+def _str_fn(op):
+    def fn(ev, node, env):
+        ((s, _),) = _positional(ev, node, env, ("string",))
+        t, c = _text(s)
+        return _mk(op(t), c)
+
+    return fn
+
+
+def join(ev, node, env):
+    (sep, _), (items, n) = _positional(ev, node, env, ("string", "list"))
+    sep_t, ctx = _text(sep)
+    texts = []
+    for x in items:
+        t, c = ev.to_text(x, n, "in join")
+        texts.append(t)
+        if c:
+            ctx = ctx | c
+    return _mk(sep_t.join(texts), ctx)
+
+
+def split(ev, node, env):
+    (s, _), (sep, n) = _positional(ev, node, env, ("string", "string"))
+    t, c = _text(s)
+    if not _text(sep)[0]:
+        raise BadValue("split: the separator is empty", n.src, n.pos)
+    return tuple(_mk(p, c) for p in t.split(_text(sep)[0]))
+
+
+def replace(ev, node, env):
+    (s, _), (old, _), (new, _) = _positional(ev, node, env, ("string", "string", "string"))
+    t, c = _text(s)
+    nt, nc = _text(new)
+    return _mk(t.replace(_text(old)[0], nt), c | nc)
+
+
+def _pred(op):
+    def fn(ev, node, env):
+        (s, _), (x, _) = _positional(ev, node, env, ("string", "string"))
+        return op(_text(s)[0], _text(x)[0])
+
+    return fn
+
+
+def length(ev, node, env):
+    ((v, n),) = _positional(ev, node, env, ("any",))
+    if isinstance(v, tuple | Record | str):
+        return len(v)
+    if isinstance(v, CStr):
+        return len(v.text)
+    raise RecipeTypeError(f"length: expected a string, list or record, found {type_name(v)}", n.src, n.pos)
+
+
+def to_str(ev, node, env):
+    ((v, n),) = _positional(ev, node, env, ("any",))
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    t, c = ev.to_text(v, n, "in str")
+    return _mk(t, c or frozenset())
+
+
+def optional(ev, node, env):
+    (cond, _), (items, n) = _positional(ev, node, env, ("boolean", "any"))
+    items = items if isinstance(items, tuple) else (items,)
+    return items if cond else ()
+
+
+def elem(ev, node, env):
+    from .evaluator import _eq
+
+    (x, _), (items, _) = _positional(ev, node, env, ("any", "list"))
+    return any(_eq(x, y) for y in items)
+
+
+BUILTINS = {
+    "fetchurl": fetchurl,
+    "fetchgit": fetchgit,
+    "path": path,
+    "debian_rootfs": debian_rootfs,
+    "join": join,
+    "split": split,
+    "replace": replace,
+    "lower": _str_fn(str.lower),
+    "upper": _str_fn(str.upper),
+    "strip": _str_fn(str.strip),
+    "basename": _str_fn(lambda s: s.rstrip("/").rsplit("/", 1)[-1]),
+    "starts_with": _pred(str.startswith),
+    "ends_with": _pred(str.endswith),
+    "contains": _pred(lambda s, x: x in s),
+    "length": length,
+    "str": to_str,
+    "optional": optional,
+    "elem": elem,
+}

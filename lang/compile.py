@@ -1,0 +1,208 @@
+"""Turning packages and fetches into derivations.
+
+Contract with the build loop (see docs/recipe-language.md, "Derivations"):
+
+- A package becomes ``Derivation.make(name, builder="/bin/bash",
+  args=["-euo", "pipefail", "-c", <build>], env=...)`` then ``finalize``. ``name`` is the
+  ``name`` field, else ``<package>-<version>`` (or ``<package>`` without a version).
+- ``env`` holds every field as a string (lists space-joined, booleans ``"1"``/``""``,
+  numbers in decimal, packages as their ``out`` path, sources as their store path), plus
+  ``name``, ``out`` and ``PATH`` = ``<dep>/bin:...:/usr/bin:/bin`` over ``deps`` (unless a
+  ``PATH`` field is given).
+- Inputs are the union of the string contexts of all fields: every package or source
+  mentioned (in ``deps`` or interpolated anywhere) is an input.
+- Variants: a package is memoized per full parameter assignment (after defaults), so
+  ``zlib`` and ``zlib(static = false)`` are the same derivation.
+"""
+
+from __future__ import annotations
+
+import re
+
+from kiln.store.derivation import Derivation, Output, drv_path, finalize
+from kiln.store.errors import FormatError
+from kiln.store.paths import check_name
+
+from . import ast
+from .errors import BadValue, InfiniteRecursion, MissingField, RecipeTypeError, UnknownField, did_you_mean
+from .values import CStr, DrvValue, Record, SourceValue, canonical, type_name
+
+BASH_ARGS = ("-euo", "pipefail", "-c")
+BASE_PATH = "/usr/bin:/bin"
+_BAD_NAME_CHARS = re.compile(r"[^A-Za-z0-9+\-._?=]")
+
+
+def sanitize_name(s: str) -> str:
+    """A valid store path name from arbitrary text: bad characters become ``_``."""
+    s = _BAD_NAME_CHARS.sub("_", s).lstrip(".")[:211]
+    return s or "source"
+
+
+def add_drv(ev, drv: Derivation, fields: dict, attr: str) -> DrvValue:
+    """Finalize ``drv`` (output paths), record it in the evaluation, return its value."""
+    drv = finalize(drv, ev.resolve_drv, ev.memo)
+    path = str(drv_path(drv))
+    ev.drvs[path] = drv
+    return DrvValue(drv, path, fields, attr)
+
+
+def env_text(v, node: ast.Node, field: str, ctx: set) -> str:
+    """A field value as an environment string, collecting its context into ``ctx``."""
+    if isinstance(v, str):
+        return v
+    if isinstance(v, CStr):
+        ctx |= v.ctx
+        return v.text
+    if isinstance(v, bool):
+        return "1" if v else ""
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, DrvValue | SourceValue):
+        c = v.as_cstr()
+        ctx |= c.ctx
+        return c.text
+    if isinstance(v, tuple):
+        parts = []
+        for x in v:
+            if isinstance(x, tuple | Record):
+                raise RecipeTypeError(
+                    f"field '{field}' is a list containing {type_name(x)}; only strings, numbers, "
+                    "booleans and packages can be list elements of a field",
+                    node.src,
+                    node.pos,
+                )
+            parts.append(env_text(x, node, field, ctx))
+        return " ".join(parts)
+    raise RecipeTypeError(
+        f"field '{field}' is {type_name(v)}, which cannot become an environment variable "
+        "(use 'let' for values that are not)",
+        node.src,
+        node.pos,
+    )
+
+
+def instantiate(ev, fn, args: dict, call: ast.Node) -> DrvValue:
+    """The derivation of package ``fn`` with ``args`` (name → (value, node))."""
+    pkg: ast.Package = fn.node
+    params: dict = {}
+    known = {p.name for p in pkg.params}
+    for name, (_, node) in args.items():
+        if name not in known:
+            hint = did_you_mean(name, known) or (
+                f" (its parameters: {', '.join(sorted(known))})" if known else " (it has no parameters)"
+            )
+            raise UnknownField(f"package '{pkg.name}' has no parameter '{name}'{hint}", node.src, node.pos)
+    for p in pkg.params:
+        if p.name in args:
+            params[p.name] = args[p.name][0]
+        elif p.default is not None:
+            params[p.name] = ev.eval(p.default, fn.env)
+        else:
+            raise MissingField(
+                f"package '{pkg.name}' needs parameter '{p.name}': write {pkg.name}({p.name} = ...)",
+                call.src,
+                call.pos,
+            )
+    key = (id(fn), tuple(canonical(params[p.name]) for p in pkg.params))
+    done = ev.instances.get(key)
+    if isinstance(done, DrvValue):
+        return done
+    if done is not None:
+        chain = " → ".join([*(n for n, _ in ev.stack), pkg.name])
+        raise InfiniteRecursion(f"package '{pkg.name}' depends on itself: {chain}", call.src, call.pos)
+    ev.instances[key] = False
+    ev.stack.append((pkg.name, pkg))
+    try:
+        value = _compile(ev, fn, pkg, params)
+    except BaseException:
+        del ev.instances[key]
+        raise
+    finally:
+        ev.stack.pop()
+    ev.instances[key] = value
+    return value
+
+
+def _compile(ev, fn, pkg: ast.Package, params: dict) -> DrvValue:
+    from .evaluator import Env, Thunk
+
+    env = Env(dict(params), fn.env)
+    for b in (*pkg.lets, *pkg.fields):
+        env.vars[b.name] = Thunk(b.expr, env, b.name)
+    fields: dict = {}
+    by_name = {b.name: b for b in pkg.fields}
+    for b in pkg.fields:
+        if b.name == "out":
+            raise BadValue("'out' is set by kiln (the output path); choose another field name", b.src, b.pos)
+        fields[b.name] = ev.force(env.vars[b.name])
+    if "build" not in fields:
+        raise MissingField(
+            f"package '{pkg.name}' has no 'build' field (the shell script that builds it)", pkg.src, pkg.pos
+        )
+    ctx: set = set()
+    env_vars: dict[str, str] = {}
+    for name, v in fields.items():
+        env_vars[name] = env_text(v, by_name[name].expr, name, ctx)
+    if not isinstance(fields["build"], str | CStr):
+        b = by_name["build"]
+        raise RecipeTypeError(
+            f"field 'build' must be a string, found {type_name(fields['build'])}", b.expr.src, b.expr.pos
+        )
+    deps = fields.get("deps", ())
+    if not isinstance(deps, tuple):
+        b = by_name["deps"]
+        raise RecipeTypeError(f"field 'deps' must be a list, found {type_name(deps)}", b.expr.src, b.expr.pos)
+    bins = []
+    for i, d in enumerate(deps):
+        if not isinstance(d, DrvValue | SourceValue):
+            b = by_name["deps"]
+            node = (
+                b.expr.items[i]
+                if isinstance(b.expr, ast.ListExpr) and len(b.expr.items) == len(deps)
+                else b.expr
+            )
+            raise RecipeTypeError(
+                f"'deps' entries must be packages or sources, found {type_name(d)}", node.src, node.pos
+            )
+        bins.append(f"{d.out if isinstance(d, DrvValue) else d.path}/bin")
+    if "PATH" not in fields:
+        env_vars["PATH"] = ":".join([*bins, BASE_PATH])
+    if "name" in fields:
+        name = env_vars["name"]
+        node = by_name["name"].expr
+    else:
+        version = env_vars.get("version")
+        name = f"{pkg.name}-{version}" if version else pkg.name
+        node = by_name["version"].expr if version else pkg
+    try:
+        check_name(name)
+    except FormatError as e:
+        raise BadValue(
+            f"package name {name!r} cannot be a store path name: {e}", node.src, node.pos
+        ) from None
+    env_vars["name"] = name
+    env_vars["out"] = ""
+    input_drvs, input_srcs = split_context(ctx)
+    drv = Derivation.make(
+        name,
+        outputs={"out": Output()},
+        input_drvs=input_drvs,
+        input_srcs=input_srcs,
+        builder="/bin/bash",
+        args=(*BASH_ARGS, env_vars["build"]),
+        env=env_vars,
+        store_dir=ev.store_dir,
+    )
+    return add_drv(ev, drv, fields, pkg.name)
+
+
+def split_context(ctx: set) -> tuple[dict[str, list[str]], list[str]]:
+    """Context entries → (input derivations with outputs, input sources)."""
+    input_drvs: dict[str, list[str]] = {}
+    input_srcs: list[str] = []
+    for entry in sorted(ctx):
+        if entry[0] == "d":
+            input_drvs.setdefault(entry[1], []).append(entry[2])
+        else:
+            input_srcs.append(entry[1])
+    return input_drvs, input_srcs

@@ -1,0 +1,390 @@
+"""The evaluator: modules, scopes, lazy bindings and expressions.
+
+Theory of operation
+-------------------
+A file is parsed once per evaluation (``Evaluator.load``). Its top-level ``let``s and
+packages, plus every name its ``import``s define, form one scope (``Env``); a name may
+be defined once. Bindings are *thunks*, forced on first use, so order of definition does
+not matter; a binding reached again while it is being computed is reported as
+``InfiniteRecursion`` with the chain (there are no functions, so this is the only way
+to recurse). Package bodies are a scope of their own (params, fields and local ``let``s,
+mutually visible) over the module scope. A name that is a package evaluates to its
+default variant; ``name(k = v)`` to another variant (``compile.instantiate``).
+
+Everything is deterministic: scopes are dicts in source order, string contexts are
+sorted before they reach a derivation, and nothing reads the environment, clock or cwd.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from . import ast
+from .errors import (
+    ImportCycle,
+    ImportNotFound,
+    InfiniteRecursion,
+    RecipeError,
+    RecipeTypeError,
+    UnknownName,
+    did_you_mean,
+)
+from .parser import parse_module
+from .values import CStr, DrvValue, Record, SourceValue, type_name
+
+_RUNNING = object()
+_UNSET = object()
+
+
+class Thunk:
+    """A lazily evaluated binding."""
+
+    __slots__ = ("node", "env", "value", "name")
+
+    def __init__(self, node: ast.Node, env: Env, name: str) -> None:
+        self.node = node
+        self.env = env
+        self.value = _UNSET
+        self.name = name
+
+
+class Env:
+    __slots__ = ("vars", "parent")
+
+    def __init__(self, vars: dict, parent: Env | None) -> None:
+        self.vars = vars
+        self.parent = parent
+
+    def names(self) -> list[str]:
+        out: list[str] = []
+        e: Env | None = self
+        while e is not None:
+            out.extend(e.vars)
+            e = e.parent
+        return out
+
+
+class PackageFn:
+    """A ``package`` definition: callable with parameters, memoized per variant."""
+
+    __slots__ = ("node", "env")
+
+    def __init__(self, node: ast.Package, env: Env) -> None:
+        self.node = node
+        self.env = env
+
+
+class Builtin:
+    __slots__ = ("name", "fn")
+
+    def __init__(self, name: str, fn: Callable) -> None:
+        self.name = name
+        self.fn = fn
+
+
+class Module:
+    """A loaded file: its scope and the names it defines itself (in source order)."""
+
+    __slots__ = ("path", "ast", "env", "own")
+
+    def __init__(self, path: str, tree: ast.Module, env: Env, own: list[str]) -> None:
+        self.path = path
+        self.ast = tree
+        self.env = env
+        self.own = own
+
+
+AddSource = Callable[[Path, str], str]
+
+
+class Evaluator:
+    """One evaluation: shares modules, derivations and hash memo across all files."""
+
+    def __init__(self, store_dir: str, add_source: AddSource | None) -> None:
+        from . import builtins, compile
+
+        self.store_dir = store_dir
+        self.add_source = add_source
+        self.modules: dict[str, Module] = {}
+        self.loading: list[tuple[str, str, ast.Import | None]] = []
+        self.drvs: dict = {}  # drv path -> Derivation (the whole closure)
+        self.memo: dict = {}  # drv path -> hash modulo
+        self.sources: dict[str, str] = {}  # store path -> absolute origin
+        self.files: dict[str, str] = {}  # absolute path -> sha256 of its bytes (every file read)
+        self.instances: dict = {}
+        self.stack: list[tuple[str, ast.Node]] = []
+        self.builtins = Env({n: Builtin(n, f) for n, f in builtins.BUILTINS.items()}, None)
+        self._instantiate = compile.instantiate
+        self._dispatch = {
+            ast.Const: self._const,
+            ast.Str: self._str,
+            ast.Var: self._var,
+            ast.ListExpr: self._list,
+            ast.RecordExpr: self._record,
+            ast.Select: self._select,
+            ast.Call: self._call,
+            ast.If: self._if,
+            ast.BinOp: self._binop,
+            ast.UnOp: self._unop,
+        }
+
+    # ------------------------------------------------------------------ modules
+    def resolve_drv(self, path: str):
+        return self.drvs[path]
+
+    def load(self, path: str, display: str, via: ast.Import | None = None) -> Module:
+        """Load (once) the module at absolute ``path``, reported as ``display``."""
+        mod = self.modules.get(path)
+        if mod is not None:
+            return mod
+        for i, (p, _, _) in enumerate(self.loading):
+            if p == path:
+                chain = [d for _, d, _ in self.loading[i:]] + [display]
+                raise ImportCycle(
+                    "import cycle: " + " → ".join(chain), via.src if via else None, via.pos if via else None
+                )
+        try:
+            with open(path, "rb") as f:
+                raw = f.read()
+            text = raw.decode("utf-8")
+        except FileNotFoundError:
+            if via is None:
+                raise RecipeError(f"recipe file {display} does not exist") from None
+            raise ImportNotFound(f"imported file {display} does not exist", via.src, via.pos) from None
+        except (UnicodeDecodeError, IsADirectoryError) as e:
+            raise RecipeError(
+                f"cannot read recipe file {display}: {e}", via.src if via else None, via.pos if via else None
+            ) from None
+        self.files[path] = hashlib.sha256(raw).hexdigest()
+        tree = parse_module(text, display, path)
+        self.loading.append((path, display, via))
+        try:
+            env = Env({}, self.builtins)
+            own: list[str] = []
+            for b in tree.lets:
+                env.vars[b.name] = Thunk(b.expr, env, b.name)
+                own.append(b.name)
+            for p in tree.packages:
+                env.vars[p.name] = PackageFn(p, env)
+                own.append(p.name)
+            for imp in tree.imports:
+                rel = os.path.normpath(os.path.join(os.path.dirname(display), imp.path))
+                target = os.path.normpath(os.path.join(os.path.dirname(path), imp.path))
+                sub = self.load(target, rel, imp)
+                for name in sub.own:
+                    if name in env.vars:
+                        where = "defined in this file" if name in own else "imported by an earlier import"
+                        raise RecipeError(
+                            f"'{name}' from {rel} clashes with '{name}' {where}", imp.src, imp.pos
+                        )
+                    env.vars[name] = sub.env.vars[name]
+        finally:
+            self.loading.pop()
+        mod = Module(path, tree, env, own)
+        self.modules[path] = mod
+        return mod
+
+    # ------------------------------------------------------------------ forcing
+    def force(self, t: Thunk):
+        v = t.value
+        if v is _UNSET:
+            t.value = _RUNNING
+            self.stack.append((t.name, t.node))
+            try:
+                v = t.value = self.eval(t.node, t.env)
+            except BaseException:
+                t.value = _UNSET
+                raise
+            finally:
+                self.stack.pop()
+        elif v is _RUNNING:
+            names = [n for n, _ in self.stack]
+            start = max(i for i, n in enumerate(names) if n == t.name) if t.name in names else 0
+            chain = " → ".join([*names[start:], t.name])
+            raise InfiniteRecursion(f"'{t.name}' depends on itself: {chain}", t.node.src, t.node.pos)
+        return v
+
+    def lookup(self, env: Env, name: str, node: ast.Node):
+        e: Env | None = env
+        while e is not None:
+            v = e.vars.get(name, _UNSET)
+            if v is not _UNSET:
+                return self.force(v) if isinstance(v, Thunk) else v
+            e = e.parent
+        raise UnknownName(f"unknown name '{name}'{did_you_mean(name, env.names())}", node.src, node.pos)
+
+    # ------------------------------------------------------------------ expressions
+    def eval(self, node: ast.Node, env: Env):
+        return self._dispatch[type(node)](node, env)
+
+    def _const(self, node: ast.Const, env: Env):
+        return node.value
+
+    def _str(self, node: ast.Str, env: Env):
+        texts: list[str] = []
+        ctx: set = set()
+        for part in node.parts:
+            if isinstance(part, str):
+                texts.append(part)
+            else:
+                t, c = self.to_text(self.eval(part, env), part, "interpolated into a string")
+                texts.append(t)
+                if c:
+                    ctx |= c
+        text = "".join(texts)
+        return CStr(text, frozenset(ctx)) if ctx else text
+
+    def to_text(self, v, node: ast.Node, what: str) -> tuple[str, frozenset | None]:
+        """Coerce an interpolated value to text plus context."""
+        if isinstance(v, str):
+            return v, None
+        if isinstance(v, CStr):
+            return v.text, v.ctx
+        if isinstance(v, DrvValue | SourceValue):
+            c = v.as_cstr()
+            return c.text, c.ctx
+        if isinstance(v, int) and not isinstance(v, bool):
+            return str(v), None
+        raise RecipeTypeError(
+            f"expected a string, found {type_name(v)} ({what})"
+            + ('; use join(" ", ...) to make a string of a list' if isinstance(v, tuple) else ""),
+            node.src,
+            node.pos,
+        )
+
+    def _var(self, node: ast.Var, env: Env):
+        v = self.lookup(env, node.name, node)
+        if isinstance(v, PackageFn):
+            return self._instantiate(self, v, {}, node)
+        if isinstance(v, Builtin):
+            raise RecipeTypeError(f"builtin '{node.name}' must be called with arguments", node.src, node.pos)
+        return v
+
+    def _list(self, node: ast.ListExpr, env: Env):
+        return tuple(self.eval(x, env) for x in node.items)
+
+    def _record(self, node: ast.RecordExpr, env: Env):
+        return Record((f.name, self.eval(f.expr, env)) for f in node.fields)
+
+    def _select(self, node: ast.Select, env: Env):
+        v = self.eval(node.expr, env)
+        if isinstance(v, Record):
+            if node.name in v:
+                return v[node.name]
+            raise UnknownName(
+                f"record has no field '{node.name}'{did_you_mean(node.name, v)}", node.src, node.pos
+            )
+        if isinstance(v, DrvValue):
+            if node.name in ("out", "outPath"):
+                return v.as_cstr()
+            if node.name == "drvPath":
+                return v.path
+            if node.name in v.fields:
+                return v.fields[node.name]
+            known = [*v.fields, "out", "drvPath"]
+            raise UnknownName(
+                f"package '{v.attr}' has no field '{node.name}'{did_you_mean(node.name, known)}",
+                node.src,
+                node.pos,
+            )
+        raise RecipeTypeError(f"cannot select '.{node.name}' from {type_name(v)}", node.src, node.pos)
+
+    def _call(self, node: ast.Call, env: Env):
+        f = self.lookup(env, node.name, node)
+        if isinstance(f, PackageFn):
+            args = {}
+            for name, arg in node.args:
+                if name is None:
+                    raise RecipeTypeError(
+                        f"package '{node.name}' takes named parameters: {node.name}(name = value)",
+                        arg.src,
+                        arg.pos,
+                    )
+                args[name] = (self.eval(arg, env), arg)
+            return self._instantiate(self, f, args, node)
+        if isinstance(f, Builtin):
+            return f.fn(self, node, env)
+        raise RecipeTypeError(
+            f"'{node.name}' is {type_name(f)}, not a package or builtin; it cannot be called",
+            node.src,
+            node.pos,
+        )
+
+    def _if(self, node: ast.If, env: Env):
+        c = self.eval(node.cond, env)
+        if not isinstance(c, bool):
+            raise RecipeTypeError(f"'if' needs a boolean, found {type_name(c)}", node.cond.src, node.cond.pos)
+        return self.eval(node.then if c else node.else_, env)
+
+    def _binop(self, node: ast.BinOp, env: Env):
+        op = node.op
+        if op in ("&&", "||"):
+            left = self._bool(self.eval(node.left, env), node.left, op)
+            if (op == "&&") != left:
+                return left
+            return self._bool(self.eval(node.right, env), node.right, op)
+        a, b = self.eval(node.left, env), self.eval(node.right, env)
+        if op == "==":
+            return _eq(a, b)
+        if op == "!=":
+            return not _eq(a, b)
+        return self._add(a, b, node)
+
+    def _bool(self, v, node: ast.Node, op: str) -> bool:
+        if not isinstance(v, bool):
+            raise RecipeTypeError(f"'{op}' needs booleans, found {type_name(v)}", node.src, node.pos)
+        return v
+
+    def _add(self, a, b, node: ast.BinOp):
+        if isinstance(a, str | CStr | DrvValue | SourceValue) and isinstance(
+            b, str | CStr | DrvValue | SourceValue
+        ):
+            ta, ca = self.to_text(a, node.left, "in '+'")
+            tb, cb = self.to_text(b, node.right, "in '+'")
+            ctx = (ca or frozenset()) | (cb or frozenset())
+            return CStr(ta + tb, ctx) if ctx else ta + tb
+        if isinstance(a, tuple) and isinstance(b, tuple):
+            return a + b
+        if isinstance(a, int) and isinstance(b, int) and not isinstance(a, bool) and not isinstance(b, bool):
+            return a + b
+        if isinstance(a, Record) and isinstance(b, Record):
+            return Record({**a, **b})
+        raise RecipeTypeError(
+            f"cannot add {type_name(a)} and {type_name(b)}"
+            + (
+                ' (use "${...}" to put a number into a string)'
+                if isinstance(b, int) or isinstance(a, int)
+                else ""
+            ),
+            node.src,
+            node.pos,
+        )
+
+    def _unop(self, node: ast.UnOp, env: Env):
+        v = self.eval(node.expr, env)
+        if node.op == "!":
+            return not self._bool(v, node.expr, "!")
+        if isinstance(v, int) and not isinstance(v, bool):
+            return -v
+        raise RecipeTypeError(f"'-' needs a number, found {type_name(v)}", node.expr.src, node.expr.pos)
+
+
+def _eq(a, b) -> bool:
+    if isinstance(a, bool) != isinstance(b, bool):
+        return False
+    if isinstance(a, CStr) or isinstance(b, CStr):
+        ta = a.text if isinstance(a, CStr) else a
+        tb = b.text if isinstance(b, CStr) else b
+        return ta == tb
+    if isinstance(a, DrvValue) and isinstance(b, DrvValue):
+        return a.path == b.path
+    if isinstance(a, SourceValue) and isinstance(b, SourceValue):
+        return a.path == b.path
+    if isinstance(a, tuple) and isinstance(b, tuple):
+        return len(a) == len(b) and all(_eq(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, Record) and isinstance(b, Record):
+        return a.keys() == b.keys() and all(_eq(a[k], b[k]) for k in a)
+    return type(a) is type(b) and a == b

@@ -1,0 +1,319 @@
+"""Parsing recipe text into ``ast`` nodes with lark (LALR(1), contextual lexer).
+
+Theory of operation: the grammar lives in ``recipe.lark``. Lark builds the tree through
+an *inline* transformer (``_Builder``), so no intermediate lark ``Tree`` is ever made:
+each rule callback returns our own node straight away. The compiled parser is built
+once per process (lark caches the grammar analysis on disk, keyed by the grammar's
+hash, under the user cache dir).
+
+String tokens are lexed whole; ``strings`` splits them, and each ``${...}`` body is
+parsed by the same parser with the ``expr`` start symbol, with its node positions
+shifted to the right place in the file. A bare ``${name}`` skips the parser.
+
+Lark's exceptions never escape: they become ``RecipeSyntaxError`` with the position,
+the offending token and the expected tokens in words.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from lark import Lark, Token
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+
+from . import ast
+from .errors import DuplicateField, RecipeSyntaxError, SourceText
+from .strings import split_indented, split_plain
+
+_SIMPLE_VAR = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*\Z")
+_KEYWORDS = {"import", "let", "package", "if", "then", "else", "true", "false"}
+
+_WORDS = {
+    "NAME": "a name",
+    "NUMBER": "a number",
+    "STRING": "a string",
+    "IND_STRING": "an indented string",
+    "$END": "the end of the file",
+}
+_EXPR_START = {
+    "NAME",
+    "NUMBER",
+    "STRING",
+    "IND_STRING",
+    "LSQB",
+    "LBRACE",
+    "LPAR",
+    "TRUE",
+    "FALSE",
+    "IF",
+    "BANG",
+    "MINUS",
+}
+
+
+def _check_duplicates(fields, src: SourceText, what: str) -> None:
+    seen: dict[str, ast.Binding] = {}
+    for f in fields:
+        first = seen.get(f.name)
+        if first is not None:
+            line, _ = src.line_col(first.pos)
+            raise DuplicateField(f"duplicate {what} '{f.name}' (first defined on line {line})", src, f.pos)
+        seen[f.name] = f
+
+
+class _Builder:
+    """Inline transformer: lark calls these with the children of each reduced rule."""
+
+    def __init__(self) -> None:
+        self.src: SourceText = SourceText("<none>", "")
+        self.base = 0
+        self.parser: Lark | None = None
+
+    def _p(self, tok: Token) -> int:
+        return self.base + tok.start_pos
+
+    # -- top level
+    def start(self, items):
+        imports, lets, packages = [], [], []
+        for it in items:
+            if isinstance(it, ast.Import):
+                imports.append(it)
+            elif isinstance(it, ast.Package):
+                packages.append(it)
+            else:
+                lets.append(it)
+        _check_duplicates([*lets, *packages], self.src, "definition")
+        return ast.Module(self.src, imports, lets, packages)
+
+    def import_stmt(self, c):
+        s = self.string([c[1]])
+        if not isinstance(s, ast.Const):
+            raise RecipeSyntaxError("an import path cannot contain ${...}", self.src, self._p(c[1]))
+        return ast.Import(self.src, self._p(c[0]), s.value)
+
+    def let_stmt(self, c):
+        return ast.Let(self.src, self._p(c[1]), str(c[1]), c[2])
+
+    def package(self, c):
+        name = c[1]
+        params = c[2] if isinstance(c[2], tuple) else ()
+        body = [x for x in c[2:] if isinstance(x, ast.Binding)]
+        fields = tuple(b for b in body if not isinstance(b, ast.Let))
+        lets = tuple(b for b in body if isinstance(b, ast.Let))
+        _check_duplicates([*fields, *lets], self.src, "field")
+        return ast.Package(self.src, self._p(name), str(name), params, fields, lets)
+
+    def params(self, c):
+        ps = tuple(p for p in c if p is not None)
+        _check_duplicates(ps, self.src, "parameter")
+        return ps
+
+    def param(self, c):
+        return ast.Param(self.src, self._p(c[0]), str(c[0]), c[1] if len(c) > 1 else None)
+
+    def field(self, c):
+        return ast.Binding(self.src, self._p(c[0]), str(c[0]), c[1])
+
+    # -- expressions
+    def ifexpr(self, c):
+        return ast.If(self.src, self._p(c[0]), c[1], c[2], c[3])
+
+    def _bin(self, op, c):
+        left, right = c[0], c[-1]
+        return ast.BinOp(self.src, left.pos, op, left, right)
+
+    def or_(self, c):
+        return self._bin("||", c)
+
+    def and_(self, c):
+        return self._bin("&&", c)
+
+    def eq(self, c):
+        return self._bin("==", c)
+
+    def ne(self, c):
+        return self._bin("!=", c)
+
+    def add(self, c):
+        return ast.BinOp(self.src, self._p(c[1]), "+", c[0], c[2])
+
+    def not_(self, c):
+        return ast.UnOp(self.src, self._p(c[0]), "!", c[1])
+
+    def neg(self, c):
+        return ast.UnOp(self.src, self._p(c[0]), "-", c[1])
+
+    def select(self, c):
+        return ast.Select(self.src, self._p(c[1]), c[0], str(c[1]))
+
+    def call(self, c):
+        args = tuple(a for a in c[1:] if a is not None)
+        named = [ast.Binding(self.src, a[1].pos, a[0], a[1]) for a in args if a[0] is not None]
+        _check_duplicates(named, self.src, "argument")
+        return ast.Call(self.src, self._p(c[0]), str(c[0]), args)
+
+    def call_record(self, c):
+        return ast.Call(self.src, self._p(c[0]), str(c[0]), ((None, c[1]),))
+
+    call_string = call_record
+
+    def named_arg(self, c):
+        return (str(c[0]), c[1])
+
+    def pos_arg(self, c):
+        return (None, c[0])
+
+    def var(self, c):
+        return ast.Var(self.src, self._p(c[0]), str(c[0]))
+
+    def number(self, c):
+        return ast.Const(self.src, self._p(c[0]), int(c[0]))
+
+    def true(self, c):
+        return ast.Const(self.src, self._p(c[0]), True)
+
+    def false(self, c):
+        return ast.Const(self.src, self._p(c[0]), False)
+
+    def list(self, c):
+        return ast.ListExpr(self.src, self._p(c[0]), tuple(x for x in c[1:-1] if x is not None))
+
+    def record(self, c):
+        fields = tuple(c[1:-1])
+        _check_duplicates(fields, self.src, "field")
+        return ast.RecordExpr(self.src, self._p(c[0]), fields)
+
+    def string(self, c):
+        tok = c[0]
+        text = str(tok)
+        pos = self._p(tok)
+        pieces = split_plain(text) if tok.type == "STRING" else split_indented(text)
+        parts = []
+        for piece in pieces:
+            if isinstance(piece, str):
+                parts.append(piece)
+            else:
+                parts.append(self._interp(pos + piece[0], piece[1]))
+        if len(parts) == 1 and isinstance(parts[0], str):
+            return ast.Const(self.src, pos, parts[0])
+        if not parts:
+            return ast.Const(self.src, pos, "")
+        return ast.Str(self.src, pos, tuple(parts))
+
+    def _interp(self, pos: int, code: str) -> ast.Node:
+        m = _SIMPLE_VAR.match(code)
+        if m and m.group(1) not in _KEYWORDS:
+            return ast.Var(self.src, pos + m.start(1), m.group(1))
+        saved = self.base
+        self.base = pos
+        try:
+            return _parse(self.parser, code, self.src, "expr", pos)
+        finally:
+            self.base = saved
+
+
+_LARK: Lark | None = None
+_BUILDER = _Builder()
+
+
+def _lark() -> Lark:
+    global _LARK
+    if _LARK is None:
+        grammar = (Path(__file__).parent / "recipe.lark").read_text()
+        _LARK = Lark(
+            grammar,
+            parser="lalr",
+            start=["start", "expr"],
+            transformer=_BUILDER,
+            maybe_placeholders=True,
+            cache=True,
+        )
+        _BUILDER.parser = _LARK
+    return _LARK
+
+
+def _describe_expected(parser: Lark, names) -> str:
+    names = set(names)
+    words = []
+    if {"NAME", "NUMBER", "STRING", "LSQB"} <= names:
+        words.append("an expression")
+        names -= _EXPR_START
+    for n in sorted(names):
+        if n in _WORDS:
+            words.append(_WORDS[n])
+            continue
+        try:
+            pattern = parser.get_terminal(n).pattern
+        except KeyError:
+            words.append(n)
+            continue
+        words.append(f"'{pattern.value}'" if pattern.type == "str" else n.lower())
+    words = sorted(set(words), key=lambda w: (w[0] == "'", w))
+    if not words:
+        return ""
+    if len(words) == 1:
+        return words[0]
+    return ", ".join(words[:-1]) + " or " + words[-1]
+
+
+def _describe_token(tok: Token) -> str:
+    if tok.type == "$END":
+        return "the end of the file"
+    if tok.type == "NAME":
+        return f"name '{tok}'"
+    if tok.type in ("STRING", "IND_STRING"):
+        return "a string"
+    if tok.type == "NUMBER":
+        return f"number {tok}"
+    return f"'{tok}'"
+
+
+def _parse(parser: Lark, text: str, src: SourceText, start: str, base: int):
+    saved_src = _BUILDER.src
+    _BUILDER.src = src
+    try:
+        return parser.parse(text, start=start)
+    except UnexpectedInput as e:
+        raise _syntax_error(parser, e, src, base, len(text)) from None
+    finally:
+        _BUILDER.src = saved_src
+
+
+def _syntax_error(
+    parser: Lark, e: UnexpectedInput, src: SourceText, base: int, length: int
+) -> RecipeSyntaxError:
+    if isinstance(e, UnexpectedToken):
+        tok = e.token
+        pos = base + (tok.start_pos if tok.type != "$END" and tok.start_pos is not None else length)
+        expected = _describe_expected(parser, e.accepts or e.expected)
+        msg = f"unexpected {_describe_token(tok)}"
+        if tok.type == "NAME" and str(tok) in _KEYWORDS:
+            msg = f"unexpected keyword '{tok}'"
+        return RecipeSyntaxError(msg + (f"; expected {expected}" if expected else ""), src, pos)
+    if isinstance(e, UnexpectedCharacters):
+        pos = base + e.pos_in_stream
+        ch = src.text[pos] if pos < len(src.text) else ""
+        if ch in "\"'":
+            what = "an unterminated string" if ch == '"' else "an unterminated indented string ('' ... '')"
+            return RecipeSyntaxError(f"{what} (or a '${{' inside it that is never closed)", src, pos)
+        expected = _describe_expected(parser, e.allowed or ())
+        return RecipeSyntaxError(
+            f"unexpected character {ch!r}" + (f"; expected {expected}" if expected else ""), src, pos
+        )
+    if isinstance(e, UnexpectedEOF):
+        return RecipeSyntaxError("unexpected end of file", src, base + length)
+    return RecipeSyntaxError(str(e), src, base)
+
+
+def parse_module(text: str, name: str, path: str | None = None) -> ast.Module:
+    """Parse a whole recipe file; ``name`` is how errors refer to it, ``path`` its
+    absolute location (imports and ``path "..."`` are relative to its directory)."""
+    src = SourceText(name, text, path)
+    return _parse(_lark(), text, src, "start", 0)
+
+
+def parse_expr(text: str, name: str = "<expression>", path: str | None = None) -> ast.Node:
+    """Parse one expression (e.g. an attribute argument on the command line)."""
+    src = SourceText(name, text, path)
+    return _parse(_lark(), text, src, "expr", 0)

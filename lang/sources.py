@@ -1,0 +1,117 @@
+"""Which files of a local ``path "./dir"`` source go into the store.
+
+Rules (also in docs/recipe-language.md):
+
+- ``.git`` directories (and ``.git`` files, as in worktrees) are always skipped;
+- a ``.kilnignore`` file in the source's top directory lists patterns, one a line
+  (``#`` comments, blank lines ignored). A pattern with a ``/`` matches the path relative
+  to the top (``fnmatch``, ``*`` also crosses ``/``), otherwise the base name at any depth;
+  a trailing ``/`` matches directories only. The ``.kilnignore`` file itself is kept.
+
+``filtered_copy`` makes a temporary copy holding only the kept files (modes and symlinks
+preserved) so any NAR hasher sees exactly them; ``fingerprint`` summarises the kept
+files' metadata so the evaluation cache can tell when a source tree changed.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def _patterns(root: Path) -> list[tuple[str, bool]]:
+    f = root / ".kilnignore"
+    if not f.is_file():
+        return []
+    out = []
+    for line in f.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            out.append((line.rstrip("/"), line.endswith("/")))
+    return out
+
+
+def _ignored(rel: str, is_dir: bool, patterns: list[tuple[str, bool]]) -> bool:
+    base = rel.rsplit("/", 1)[-1]
+    if base == ".git":
+        return True
+    for pat, dir_only in patterns:
+        if dir_only and not is_dir:
+            continue
+        target = rel if "/" in pat else base
+        if fnmatch.fnmatchcase(target, pat.lstrip("/")):
+            return True
+    return False
+
+
+def kept(root: Path) -> Iterator[tuple[str, os.stat_result]]:
+    """``(relative path, lstat)`` of every kept entry under ``root``, sorted."""
+    patterns = _patterns(root)
+
+    def walk(d: Path, prefix: str) -> Iterator[tuple[str, os.stat_result]]:
+        for name in sorted(os.listdir(d)):
+            rel = f"{prefix}{name}"
+            st = os.lstat(d / name)
+            is_dir = os.path.isdir(d / name) and not os.path.islink(d / name)
+            if _ignored(rel, is_dir, patterns):
+                continue
+            yield rel, st
+            if is_dir:
+                yield from walk(d / name, rel + "/")
+
+    yield from walk(root, "")
+
+
+def needs_filtering(root: Path) -> bool:
+    """True when some entry under ``root`` would be left out."""
+    if not root.is_dir():
+        return False
+    if (root / ".kilnignore").is_file():
+        return True
+    return any(name == ".git" for _, dirs, files in os.walk(root) for name in (*dirs, *files))
+
+
+def filtered_copy(root: Path, tmp_parent: Path | None = None) -> Path:
+    """A temporary directory ``<tmp>/<basename>`` with only the kept entries of ``root``.
+    The caller removes ``path.parent`` when done."""
+    tmp = Path(tempfile.mkdtemp(prefix="kiln-src-", dir=tmp_parent))
+    dest = tmp / root.name
+    dest.mkdir()
+    for rel, _st in kept(root):
+        src, dst = root / rel, dest / rel
+        if os.path.islink(src):
+            os.symlink(os.readlink(src), dst)
+        elif os.path.isdir(src):
+            dst.mkdir()
+        else:
+            shutil.copy2(src, dst)
+    return dest
+
+
+def fingerprint(root: Path) -> str:
+    """Digest of the kept entries' names, types, modes, sizes and mtimes."""
+    h = hashlib.sha256()
+    if not root.is_dir():
+        st = os.lstat(root)
+        h.update(f"{st.st_mode}:{st.st_size}:{st.st_mtime_ns}".encode())
+        return h.hexdigest()
+    for rel, st in kept(root):
+        h.update(f"{rel}\0{st.st_mode}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def make_filter(root: Path):
+    """A ``LocalStore.add_path`` filter ``(abs path, kind) -> keep?`` with these rules."""
+    root_s = os.path.abspath(root)
+    patterns = _patterns(Path(root_s)) if os.path.isdir(root_s) else []
+
+    def keep(path: str, kind: str) -> bool:
+        rel = os.path.relpath(path, root_s).replace(os.sep, "/")
+        return not _ignored(rel, kind == "directory", patterns)
+
+    return keep
