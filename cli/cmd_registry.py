@@ -1,0 +1,279 @@
+"""``kiln serve``, ``kiln registry ...``, ``kiln push``, ``kiln copy``, ``kiln mirror sync``.
+
+cli/main.py routes each of those command names here with ``argv[0]`` = the name. This
+module only parses arguments and glues kiln.store to kiln.registry; the work is in
+kiln.registry (see docs/registry.md).
+
+Credentials: ``--token`` or ``$KILN_REGISTRY_TOKEN`` for pushes; trusted public keys
+with ``--trusted-key FILE`` (repeatable) or ``$KILN_TRUSTED_KEYS`` (space-separated
+``name:base64`` keys).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+from kiln.store.errors import KilnError
+from kiln.store.signing import PublicKey, load_public_key, load_secret_key
+
+from .common import add_store_arg, store_root
+
+
+def _trusted(args: argparse.Namespace) -> list[PublicKey]:
+    keys = [load_public_key(p) for p in args.trusted_key or []]
+    keys += [PublicKey.parse(t) for t in os.environ.get("KILN_TRUSTED_KEYS", "").split()]
+    return keys
+
+
+def _listen(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise KilnError(f"--listen expects HOST:PORT, got {text!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def cmd_serve(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="kiln serve", description="serve a kiln store or a registry directory over HTTP"
+    )
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--store", type=Path, metavar="DIR", help="serve this local kiln store (read-only)")
+    src.add_argument(
+        "--dir", type=Path, metavar="DIR", help="serve (and accept pushes into) this registry directory"
+    )
+    p.add_argument("--listen", default="127.0.0.1:5000", metavar="HOST:PORT")
+    p.add_argument("--store-dir", default=None, help="logical store dir for a new registry directory")
+    p.add_argument("--sign-key", type=Path, help="(--store) sign narinfos on the fly with this secret key")
+    p.add_argument(
+        "--trusted-key", type=Path, action="append", help="public key whose signatures admit pushed narinfos"
+    )
+    p.add_argument(
+        "--index-key", type=Path, help="secret key that signs the registry index (republished after pushes)"
+    )
+    p.add_argument("--workers", type=int, default=1, help="processes sharing the socket (default 1)")
+    p.add_argument("--max-body-size", type=int, default=8 << 30, help="largest accepted upload in bytes")
+    p.add_argument(
+        "--negative-ttl", type=int, default=10, help="seconds clients may cache a miss (default 10)"
+    )
+    p.add_argument("--private", action="store_true", help="require a token with the read scope for reads")
+    p.add_argument("--no-fsync", action="store_true", help="do not fsync uploads (benchmarks, tmpfs)")
+    args = p.parse_args(argv)
+    from kiln.registry import server
+
+    cfg = server.ServerConfig(
+        negative_ttl=args.negative_ttl,
+        max_body=args.max_body_size,
+        private=args.private,
+        trusted=_trusted(args),
+        index_key=load_secret_key(args.index_key) if args.index_key else None,
+    )
+    if args.index_key and cfg.index_key:
+        cfg.trusted.append(cfg.index_key.public())
+    sign_key = load_secret_key(args.sign_key) if args.sign_key else None
+    # Open once in the parent so configuration errors are reported before forking.
+    server.open_source(store=args.store, directory=args.dir, sign_key=sign_key, store_dir=args.store_dir)
+    host, port = _listen(args.listen)
+    sock = server.bind(host, port)
+
+    def make():  # noqa: ANN202 - each worker opens its own source (own DB connection)
+        src = server.open_source(
+            store=args.store,
+            directory=args.dir,
+            sign_key=sign_key,
+            store_dir=args.store_dir,
+            durable=not args.no_fsync,
+        )
+        return server.make_app(src, cfg)
+
+    def ready() -> None:
+        h, prt = sock.getsockname()[:2]
+        print(f"kiln serve: listening on http://{h}:{prt}", flush=True)
+
+    server.serve(make, sock, args.workers, ready)
+    return 0
+
+
+def cmd_registry(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="kiln registry", description="registry administration")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    init = sub.add_parser("init", help="create a registry directory")
+    init.add_argument("--dir", type=Path, required=True)
+    init.add_argument("--store-dir", default="/kiln/store")
+    tok = sub.add_parser("token", help="manage bearer tokens")
+    toks = tok.add_subparsers(dest="tcmd", required=True)
+    tc = toks.add_parser("create", help="create a token and print it once")
+    tc.add_argument("--scope", action="append", choices=["read", "write"], required=True)
+    tc.add_argument("--dir", type=Path, required=True)
+    tc.add_argument("--comment", default="")
+    tl = toks.add_parser("list", help="list token ids and scopes")
+    tl.add_argument("--dir", type=Path, required=True)
+    tr = toks.add_parser("revoke", help="revoke a token by id")
+    tr.add_argument("--dir", type=Path, required=True)
+    tr.add_argument("token_id")
+    pi = sub.add_parser("publish-index", help="sign and publish the registry index")
+    pi.add_argument("--dir", type=Path, required=True)
+    pi.add_argument("--key", type=Path, required=True)
+    rr = sub.add_parser("rotate-root", help="move the index to a new key (root v+1 signed by old and new)")
+    rr.add_argument("--dir", type=Path, required=True)
+    rr.add_argument("--old-key", type=Path, required=True)
+    rr.add_argument("--new-key", type=Path, required=True)
+    args = p.parse_args(argv)
+    from kiln.registry.backends import DirSource
+
+    if args.cmd == "init":
+        src = DirSource(args.dir, store_dir=args.store_dir)
+        print(f"registry at {src.storage.url} (StoreDir {src.store_dir})")
+        return 0
+    src = DirSource(args.dir)
+    if args.cmd == "token":
+        from kiln.registry.auth import TokenStore
+
+        ts = TokenStore(src.storage)
+        if args.tcmd == "create":
+            print(ts.create(args.scope, args.comment))
+        elif args.tcmd == "list":
+            for r in ts.records():
+                print(f"{r.token_id}\t{','.join(r.scopes)}\t{r.created}\t{r.comment}")
+        elif not ts.revoke(args.token_id):
+            raise KilnError(f"no token with id {args.token_id}")
+        return 0
+    from kiln.registry import publish
+
+    if args.cmd == "publish-index":
+        pub = publish.publish_index(src.storage, load_secret_key(args.key))
+        print(f"index version {pub.index_version}, timestamp version {pub.timestamp_version}")
+        return 0
+    v = publish.rotate_root(src.storage, load_secret_key(args.old_key), load_secret_key(args.new_key))
+    pub = publish.publish_index(src.storage, load_secret_key(args.new_key))
+    print(f"root version {v}; index version {pub.index_version}, timestamp version {pub.timestamp_version}")
+    return 0
+
+
+def _open_store(args: argparse.Namespace, store_dir: str | None = None):  # noqa: ANN202
+    from kiln.store.localstore import LocalStore
+
+    return LocalStore.open(store_root(args), store_dir=store_dir)
+
+
+def cmd_push(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="kiln push", description="push the closures of store paths to a registry"
+    )
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("--to", required=True, metavar="URL")
+    p.add_argument("--token", default=os.environ.get("KILN_REGISTRY_TOKEN"))
+    p.add_argument("--sign-key", type=Path, help="sign paths that lack this key's signature before pushing")
+    p.add_argument("-j", "--jobs", type=int, default=8)
+    add_store_arg(p)
+    args = p.parse_args(argv)
+    from kiln.registry.client import open_client
+    from kiln.registry.push import push
+
+    store = _open_store(args)
+    paths = [store.resolve(a)[0] for a in args.paths]
+    sk = load_secret_key(args.sign_key) if args.sign_key else None
+    rep = push(
+        store,
+        paths,
+        lambda: open_client(args.to, args.token, args.jobs, store.store_dir),
+        jobs=args.jobs,
+        sign_key=sk,
+    )
+    print(
+        f"pushed {rep.pushed} of {rep.closure} paths ({rep.nars_uploaded} NARs, {rep.bytes_uploaded} bytes)"
+        + (f"; {rep.index}" if rep.index else "")
+    )
+    return 0
+
+
+def cmd_copy(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="kiln copy", description="copy path closures between registries and stores"
+    )
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("--from", dest="src", required=True, metavar="URL|store")
+    p.add_argument("--to", dest="dst", required=True, metavar="URL|store")
+    p.add_argument("--token", default=os.environ.get("KILN_REGISTRY_TOKEN"))
+    p.add_argument("--trusted-key", type=Path, action="append")
+    p.add_argument("--sigs-needed", type=int, default=1)
+    p.add_argument("-j", "--jobs", type=int, default=16)
+    add_store_arg(p)
+    args = p.parse_args(argv)
+    from kiln.registry import copy as rcopy
+    from kiln.registry.client import open_client
+
+    if args.src == "store":
+        if args.dst == "store":
+            raise KilnError("--from store --to store: nothing to do")
+        return cmd_push(
+            [*args.paths, "--to", args.dst, "-j", str(args.jobs)]
+            + (["--token", args.token] if args.token else [])
+            + (["--store", str(args.store)] if args.store else [])
+        )
+    trusted = _trusted(args)
+    if args.dst == "store":
+        store = _open_store(args)
+        n = rcopy.to_store(args.src, store, args.paths, trusted, args.sigs_needed, args.jobs)
+        print(f"copied {n} paths into {store.root}")
+        return 0
+    n = asyncio.run(
+        rcopy.between(
+            args.src,
+            lambda: open_client(args.dst, args.token, args.jobs),
+            args.paths,
+            trusted,
+            args.sigs_needed,
+            args.jobs,
+        )
+    )
+    print(f"copied {n} paths to {args.dst}")
+    return 0
+
+
+def cmd_mirror(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="kiln mirror", description="mirror a registry")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("sync", help="sync DST (a directory) from SRC (a registry URL)")
+    s.add_argument("src", metavar="SRC")
+    s.add_argument("dst", type=Path, metavar="DST")
+    s.add_argument("--root", type=Path, help="pinned root metadata of SRC (required on the first sync)")
+    s.add_argument(
+        "--trusted-key", type=Path, action="append", help="also require narinfo signatures by these keys"
+    )
+    s.add_argument("-j", "--jobs", type=int, default=16)
+    args = p.parse_args(argv)
+    from kiln.registry.mirror import sync
+
+    dst = Path(str(args.dst).removeprefix("file://"))
+    rep = sync(
+        args.src,
+        dst,
+        root=args.root.read_bytes() if args.root else None,
+        trusted=_trusted(args),
+        jobs=args.jobs,
+    )
+    print(
+        f"mirror at index version {rep.index_version} (timestamp {rep.timestamp_version}): {rep.paths} paths, "
+        f"{rep.narinfos_fetched} narinfos and {rep.blobs_fetched} blobs ({rep.bytes_fetched} bytes) fetched"
+    )
+    return 0
+
+
+COMMANDS = {
+    "serve": cmd_serve,
+    "registry": cmd_registry,
+    "push": cmd_push,
+    "copy": cmd_copy,
+    "mirror": cmd_mirror,
+}
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in COMMANDS:
+        print(f"kiln: cmd_registry cannot handle {argv[:1]}", file=sys.stderr)
+        return 2
+    return COMMANDS[argv[0]](argv[1:])

@@ -1,0 +1,138 @@
+"""Bearer tokens with scopes, stored hashed in the registry's private state.
+
+A token is ``kiln_<id>_<secret>`` where ``id`` is 8 random hex characters (lets the
+server find the record without scanning) and ``secret`` 32 random bytes in urlsafe
+base64. The registry keeps only ``sha256(secret)`` in ``.kiln/tokens.json`` (mode
+0600), so reading that file does not reveal a usable token; the plaintext is printed
+once by ``kiln registry token create``. Because secrets carry 256 bits of entropy, a
+plain SHA-256 is enough (no password-stretching is needed) and comparison is
+constant-time.
+
+Scopes: ``read`` (needed only when the server runs with ``--private``) and ``write``
+(PUT of NARs, blobs and narinfos). ``write`` implies ``read``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import time
+from dataclasses import dataclass
+
+from kiln.store.errors import KilnError
+
+from .storage import Storage
+
+TOKENS_KEY = ".kiln/tokens.json"
+SCOPES = ("read", "write")
+
+
+class AuthError(KilnError):
+    """A token is malformed, unknown, or lacks a scope."""
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRecord:
+    """One stored token: never holds the secret, only its SHA-256."""
+
+    token_id: str
+    secret_sha256: str
+    scopes: tuple[str, ...]
+    created: int
+    comment: str = ""
+
+
+def _hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def _split(token: str) -> tuple[str, str]:
+    parts = token.strip().split("_", 2)
+    if len(parts) != 3 or parts[0] != "kiln" or len(parts[1]) != 8 or not parts[2]:
+        raise AuthError("malformed token (expected kiln_<id>_<secret>)")
+    return parts[1], parts[2]
+
+
+class TokenStore:
+    """Token records of one registry, read from and written to its storage."""
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+        self._records: dict[str, TokenRecord] = {}
+        self._mtime_size: int | None = None
+        self.reload()
+
+    def reload(self) -> None:
+        data = self.storage.read(TOKENS_KEY)
+        self._mtime_size = len(data) if data is not None else None
+        recs: dict[str, TokenRecord] = {}
+        if data:
+            try:
+                for r in json.loads(data)["tokens"]:
+                    recs[r["id"]] = TokenRecord(
+                        r["id"], r["sha256"], tuple(r["scopes"]), int(r["created"]), r.get("comment", "")
+                    )
+            except (ValueError, KeyError, TypeError) as e:
+                raise AuthError(f"token file {TOKENS_KEY} is corrupt: {e}") from None
+        self._records = recs
+
+    def create(self, scopes: list[str], comment: str = "") -> str:
+        """Make a token with ``scopes``, store its hash, return the plaintext (show once)."""
+        bad = [s for s in scopes if s not in SCOPES]
+        if bad or not scopes:
+            raise AuthError(f"unknown scope(s) {bad or scopes} (known: {', '.join(SCOPES)})")
+        if "write" in scopes and "read" not in scopes:
+            scopes = ["read", *scopes]
+        self.reload()
+        token_id = secrets.token_hex(4)
+        secret = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("=")
+        self._records[token_id] = TokenRecord(
+            token_id, _hash_secret(secret), tuple(sorted(set(scopes))), int(time.time()), comment
+        )
+        self._save()
+        return f"kiln_{token_id}_{secret}"
+
+    def revoke(self, token_id: str) -> bool:
+        self.reload()
+        if self._records.pop(token_id, None) is None:
+            return False
+        self._save()
+        return True
+
+    def records(self) -> list[TokenRecord]:
+        return list(self._records.values())
+
+    def _save(self) -> None:
+        body = {
+            "tokens": [
+                {"id": r.token_id, "sha256": r.secret_sha256, "scopes": list(r.scopes), "created": r.created}
+                | ({"comment": r.comment} if r.comment else {})
+                for r in self._records.values()
+            ]
+        }
+        self.storage.put_bytes(TOKENS_KEY, json.dumps(body, indent=1).encode())
+        path = self.storage.local_path(TOKENS_KEY)
+        if path is not None:
+            os.chmod(path, 0o600)
+
+    def check(self, authorization: str | None, scope: str) -> TokenRecord:
+        """Validate an ``Authorization`` header value for ``scope``; raise ``AuthError``."""
+        if not authorization:
+            raise AuthError("missing bearer token")
+        kind, _, token = authorization.partition(" ")
+        if kind.lower() != "bearer" or not token:
+            raise AuthError("expected 'Authorization: Bearer <token>'")
+        token_id, secret = _split(token)
+        rec = self._records.get(token_id)
+        if rec is None:
+            self.reload()  # a token created after the server started
+            rec = self._records.get(token_id)
+        if rec is None or not hmac.compare_digest(rec.secret_sha256, _hash_secret(secret)):
+            raise AuthError("unknown or revoked token")
+        if scope not in rec.scopes:
+            raise AuthError(f"token {token_id} lacks the '{scope}' scope (has: {', '.join(rec.scopes)})")
+        return rec

@@ -1,0 +1,211 @@
+"""What a server serves: a registry directory (``DirSource``) or a local kiln store
+(``StoreSource``).
+
+``DirSource`` wraps a ``Storage``. Published narinfos are immutable (conflicts are
+refused), so their bytes are cached in memory after the first read; misses are never
+cached (a push must become visible at once). Uploaded NARs are recorded with the digests
+computed while they streamed in (``.kiln/nars/<hex>``) so admitting a narinfo later does
+not re-read the NAR; a NAR that arrived some other way (a mirror, ``nix copy``) is
+re-hashed once on demand.
+
+``StoreSource`` renders narinfos from the store's database: ``URL`` is
+``nar/<nix32 FileHash>.nar.zst`` and the NAR bytes are the store's object file itself
+(the store keeps zstd objects named by the digest of the compressed file), so nothing is
+recompressed. With a signing key, missing signatures are added on the fly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+from pathlib import Path
+from typing import BinaryIO
+
+from kiln.store import narinfo as ni
+from kiln.store.errors import KilnError
+from kiln.store.hashes import Hash
+from kiln.store.objects import object_rel_path
+from kiln.store.signing import SecretKey, sign_info
+
+from . import layout
+from .storage import FileStorage, Storage, open_storage
+from .verify import Digests, NarVerifier
+
+CACHE_MAX = 200_000
+
+
+class Source:
+    """Read side shared by both sources."""
+
+    store_dir: str
+    storage: Storage
+
+    def cache_info(self) -> bytes:
+        raise NotImplementedError
+
+    def narinfo(self, hash_part: str) -> bytes | None:
+        raise NotImplementedError
+
+    def object_file(self, digest: Hash) -> Path | None:
+        raise NotImplementedError
+
+    def file(self, key: str) -> Path | None:
+        raise NotImplementedError
+
+
+def _digests_record(d: Digests) -> bytes:
+    return json.dumps(
+        {
+            "file_hash": d.file_hash.to_hex(),
+            "file_size": d.file_size,
+            "nar_hash": d.nar_hash.to_hex(),
+            "nar_size": d.nar_size,
+        }
+    ).encode()
+
+
+class DirSource(Source):
+    def __init__(
+        self, directory: Path | str, *, store_dir: str | None = None, durable: bool = True, priority: int = 40
+    ) -> None:
+        self.storage = open_storage(directory, durable=durable)
+        info = self.storage.read(layout.CACHE_INFO)
+        if info is None:
+            self.store_dir = store_dir or "/kiln/store"
+            self.storage.put_bytes(
+                layout.CACHE_INFO, layout.cache_info_text(self.store_dir, priority).encode()
+            )
+        else:
+            self.store_dir = layout.parse_cache_info(info.decode()).get("StoreDir", "")
+            if store_dir and store_dir != self.store_dir:
+                raise KilnError(f"registry {directory} has StoreDir {self.store_dir}, not {store_dir}")
+        self._info = self.storage.read(layout.CACHE_INFO) or b""
+        self._cache: dict[str, bytes] = {}
+        self._lock = threading.Lock()
+
+    def cache_info(self) -> bytes:
+        return self._info
+
+    def narinfo(self, hash_part: str) -> bytes | None:
+        body = self._cache.get(hash_part)
+        if body is None:
+            body = self.storage.read(layout.narinfo_key(hash_part))
+            if body is not None:
+                if len(self._cache) >= CACHE_MAX:
+                    self._cache.clear()
+                self._cache[hash_part] = body
+        return body
+
+    def object_file(self, digest: Hash) -> Path | None:
+        key = layout.blob_key(digest)
+        if isinstance(self.storage, FileStorage):
+            p = self.storage.local_path(key)
+            return p if p is not None and p.is_file() else None
+        return None
+
+    def file(self, key: str) -> Path | None:
+        p = self.storage.local_path(key)
+        return p if p is not None and p.is_file() else None
+
+    # -------------------------------------------------------- write side
+
+    def commit_object(self, tmp: BinaryIO, got: Digests) -> None:
+        """Publish a verified staged NAR under ``nar/`` and ``blobs/`` and record its digests."""
+        self.storage.put_bytes(f".kiln/nars/{got.file_hash.hex}", _digests_record(got))
+        self.storage.commit_staged(tmp, [layout.blob_key(got.file_hash), layout.nar_key(got.file_hash)])
+
+    def object_digests(self, file_hash: Hash) -> Digests | None:
+        rec = self.storage.read(f".kiln/nars/{file_hash.hex}")
+        if rec is not None:
+            d = json.loads(rec)
+            return Digests(
+                Hash.parse(d["file_hash"]), d["file_size"], Hash.parse(d["nar_hash"]), d["nar_size"]
+            )
+        f = self.storage.open(layout.nar_key(file_hash)) or self.storage.open(layout.blob_key(file_hash))
+        if f is None:
+            return None
+        ver = NarVerifier()
+        with f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                ver.update(chunk)
+        got = ver.finish()
+        if got.file_hash.digest == file_hash.digest:
+            self.storage.put_bytes(f".kiln/nars/{file_hash.hex}", _digests_record(got))
+        return got
+
+    def publish_narinfo(self, hash_part: str, info: ni.NarInfo, body: bytes) -> tuple[int, str]:
+        """Create-if-absent; identical → 200; same content with other signatures → merged;
+        different content → 409."""
+        key = layout.narinfo_key(hash_part)
+        with self._lock:
+            if self.storage.put_bytes(key, body, exclusive=True):
+                return 201, "published"
+            old_body = self.storage.read(key) or b""
+            if old_body == body:
+                return 200, "already published"
+            old = ni.parse(old_body.decode(), self.store_dir)
+            same = (old.path, old.nar_hash, old.nar_size, old.references, old.file_hash) == (
+                info.path,
+                info.nar_hash,
+                info.nar_size,
+                info.references,
+                info.file_hash,
+            )
+            if not same:
+                return (
+                    409,
+                    f"error: {info.path} is already published with different content (NarHash {old.nar_hash})",
+                )
+            sigs = tuple(dict.fromkeys(old.sigs + info.sigs))
+            if sigs == old.sigs:
+                return 200, "already published"
+            merged = dataclasses.replace(old, sigs=sigs)
+            self.storage.put_bytes(key, merged.render().encode())
+            self._cache.pop(hash_part, None)
+            return 200, "signatures merged"
+
+
+class StoreSource(Source):
+    def __init__(
+        self, root: Path, sign_key: SecretKey | None, store_dir: str | None = None, priority: int = 40
+    ) -> None:
+        from kiln.store.localstore import LocalStore
+
+        self.store = LocalStore.open(root, store_dir=store_dir)
+        self.store_dir = self.store.store_dir
+        self.sign_key = sign_key
+        self.storage = None  # type: ignore[assignment]  # read-only: nothing to write to
+        self._info = layout.cache_info_text(self.store_dir, priority).encode()
+        self._cache: dict[str, bytes] = {}
+        self._lock = threading.Lock()
+
+    def cache_info(self) -> bytes:
+        return self._info
+
+    def narinfo(self, hash_part: str) -> bytes | None:
+        body = self._cache.get(hash_part)
+        if body is not None:
+            return body
+        with self._lock:
+            info = self.store.query_by_hash_part(hash_part)
+            if info is None or info.file_hash is None:
+                return None
+            if self.sign_key is not None and not any(
+                s.startswith(self.sign_key.name + ":") for s in info.sigs
+            ):
+                info = dataclasses.replace(info, sigs=(*info.sigs, sign_info(info, self.sign_key)))
+        rendered = ni.NarInfo.from_pathinfo(info, layout.nar_key(info.file_hash), "zstd").render().encode()
+        if len(self._cache) >= CACHE_MAX:
+            self._cache.clear()
+        self._cache[hash_part] = rendered
+        return rendered
+
+    def object_file(self, digest: Hash) -> Path | None:
+        # The store names objects by the digest of the compressed file, exactly what
+        # nar/ and blobs/ URLs carry, so no lookup table is needed.
+        p = self.store.objects / object_rel_path(digest)
+        return p if p.is_file() else None
+
+    def file(self, key: str) -> Path | None:
+        return None

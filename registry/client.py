@@ -1,0 +1,304 @@
+"""Talking to a registry by URL: ``http(s)://host[:port][/prefix]`` or ``file:///dir``.
+
+Both clients expose the same async API so push, copy, substitution and mirror sync do
+not care where a registry lives:
+
+- ``cache_info()``; ``get(key)`` for small objects (None on 404);
+- ``narinfos(hash_parts)`` — batched: one ``POST /narinfo-batch`` per 2,000 hashes; a
+  server without that endpoint (nginx, a plain file server: 404/405) falls back to
+  parallel ``GET``s;
+- ``have_blobs(hashes)`` — which compressed NARs the registry already holds (batched);
+- ``download(key, write)`` streams a body to ``write(chunk)``; ``put_file`` /
+  ``put_bytes`` upload with the bearer token.
+
+Failures: a connection that cannot be made within ``CONNECT_TIMEOUT`` raises
+``Unreachable`` (substitution treats that as a miss for the run); an HTTP error answer
+raises ``RegistryError`` with the server's one-line reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import aiohttp
+from kiln.store.errors import KilnError
+from kiln.store.hashes import Hash
+
+from . import layout
+from .backends import DirSource
+
+CONNECT_TIMEOUT = 3.0
+BATCH = 2000
+CHUNK = 1 << 20
+
+
+class RegistryError(KilnError):
+    """A registry answered with an error."""
+
+    def __init__(self, msg: str, status: int = 0) -> None:
+        super().__init__(msg)
+        self.status = status
+
+
+class Unreachable(RegistryError):
+    """No connection could be made (refused, timed out, DNS)."""
+
+
+class Client:
+    url: str
+    store_dir: str = ""
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        pass
+
+    async def cache_info(self) -> dict[str, str]:
+        body = await self.get(layout.CACHE_INFO)
+        if body is None:
+            raise RegistryError(f"{self.url} is not a binary cache (no nix-cache-info)")
+        info = layout.parse_cache_info(body.decode())
+        self.store_dir = info.get("StoreDir", "")
+        return info
+
+    async def get(self, key: str) -> bytes | None:
+        raise NotImplementedError
+
+    async def narinfos(self, hash_parts: list[str]) -> dict[str, str]:
+        raise NotImplementedError
+
+    async def have_blobs(self, hashes: list[Hash]) -> set[str]:
+        raise NotImplementedError
+
+    async def download(self, key: str, write: Callable[[bytes], Any]) -> bool:
+        raise NotImplementedError
+
+    async def put_file(self, key: str, path: Path) -> None:
+        raise NotImplementedError
+
+    async def put_bytes(self, key: str, data: bytes) -> int:
+        raise NotImplementedError
+
+    async def publish_index(self) -> str | None:
+        return None
+
+
+class HttpClient(Client):
+    def __init__(self, url: str, token: str | None = None, jobs: int = 16) -> None:
+        self.url = url.rstrip("/")
+        self.token = token
+        self.jobs = jobs
+        self._session: aiohttp.ClientSession | None = None
+        self._batch_ok = True
+
+    def _sess(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self.jobs, force_close=False),
+                timeout=aiohttp.ClientTimeout(
+                    total=None, connect=CONNECT_TIMEOUT, sock_connect=CONNECT_TIMEOUT, sock_read=120
+                ),
+                headers=headers,
+                auto_decompress=False,
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def _request(self, method: str, key: str, **kw: Any) -> aiohttp.ClientResponse:
+        try:
+            return await self._sess().request(method, f"{self.url}/{key}", **kw)
+        except (
+            TimeoutError,
+            aiohttp.ClientConnectorError,
+            aiohttp.ServerTimeoutError,
+            aiohttp.ServerDisconnectedError,
+        ) as e:
+            raise Unreachable(f"registry {self.url} is unreachable: {e}") from None
+        except aiohttp.ClientError as e:
+            raise RegistryError(f"registry {self.url}: {e}") from None
+
+    @staticmethod
+    async def _fail(resp: aiohttp.ClientResponse, what: str) -> RegistryError:
+        text = (await resp.text(errors="replace"))[:500].strip()
+        return RegistryError(f"{what}: HTTP {resp.status}: {text}", resp.status)
+
+    async def get(self, key: str) -> bytes | None:
+        async with await self._request("GET", key) as resp:
+            if resp.status == 404 or resp.status == 403 and key.startswith("index/"):
+                return None
+            if resp.status != 200:
+                raise await self._fail(resp, f"GET {self.url}/{key}")
+            return await resp.read()
+
+    async def _batch(self, body: dict[str, list[str]]) -> dict[str, Any] | None:
+        async with await self._request("POST", "narinfo-batch", json=body) as resp:
+            if resp.status in (404, 405, 501):
+                return None
+            if resp.status != 200:
+                raise await self._fail(resp, f"POST {self.url}/narinfo-batch")
+            return await resp.json(content_type=None)
+
+    async def narinfos(self, hash_parts: list[str]) -> dict[str, str]:
+        out: dict[str, str] = {}
+        sem = asyncio.Semaphore(self.jobs)
+        for i in range(0, len(hash_parts), BATCH):
+            part = hash_parts[i : i + BATCH]
+            res = await self._batch({"hashes": part}) if self._batch_ok else None
+            if res is None:
+                self._batch_ok = False
+
+                async def one(h: str) -> None:
+                    async with sem:
+                        body = await self.get(layout.narinfo_key(h))
+                    if body is not None:
+                        out[h] = body.decode()
+
+                await asyncio.gather(*(one(h) for h in part))
+            else:
+                out.update(res.get("narinfos", {}))
+        return out
+
+    async def have_blobs(self, hashes: list[Hash]) -> set[str]:
+        have: set[str] = set()
+        sem = asyncio.Semaphore(self.jobs)
+        for i in range(0, len(hashes), BATCH):
+            part = hashes[i : i + BATCH]
+            res = await self._batch({"blobs": [h.to_hex() for h in part]}) if self._batch_ok else None
+            if res is None:
+                self._batch_ok = False
+
+                async def one(h: Hash) -> None:
+                    async with sem, await self._request("HEAD", layout.blob_key(h)) as resp:
+                        if resp.status == 200:
+                            have.add(h.to_hex())
+
+                await asyncio.gather(*(one(h) for h in part))
+            else:
+                have.update(res.get("blobs", []))
+        return have
+
+    async def download(self, key: str, write: Callable[[bytes], Any]) -> bool:
+        async with await self._request("GET", key) as resp:
+            if resp.status == 404:
+                return False
+            if resp.status != 200:
+                raise await self._fail(resp, f"GET {self.url}/{key}")
+            async for chunk in resp.content.iter_chunked(CHUNK):
+                write(chunk)
+        return True
+
+    async def put_file(self, key: str, path: Path) -> None:
+        size = path.stat().st_size
+
+        async def body() -> Any:
+            with open(path, "rb") as f:
+                while chunk := f.read(CHUNK):
+                    yield chunk
+
+        async with await self._request(
+            "PUT", key, data=body(), headers={"Content-Length": str(size)}
+        ) as resp:
+            if resp.status not in (200, 201):
+                raise await self._fail(resp, f"PUT {self.url}/{key}")
+
+    async def put_bytes(self, key: str, data: bytes) -> int:
+        async with await self._request("PUT", key, data=data) as resp:
+            if resp.status not in (200, 201):
+                raise await self._fail(resp, f"PUT {self.url}/{key}")
+            return resp.status
+
+    async def publish_index(self) -> str | None:
+        async with await self._request("POST", "publish-index") as resp:
+            if resp.status == 409:
+                return None
+            if resp.status != 200:
+                raise await self._fail(resp, f"POST {self.url}/publish-index")
+            return (await resp.text()).strip()
+
+
+class DirClient(Client):
+    """A registry directory on this machine, written directly (the caller is trusted
+    with the directory; digests are still recomputed on the way in)."""
+
+    def __init__(self, path: str, store_dir: str | None = None) -> None:
+        self.src = DirSource(path, store_dir=store_dir)
+        self.url = self.src.storage.url
+        self.store_dir = self.src.store_dir
+
+    async def get(self, key: str) -> bytes | None:
+        return self.src.storage.read(key)
+
+    async def narinfos(self, hash_parts: list[str]) -> dict[str, str]:
+        out = {}
+        for h in hash_parts:
+            body = self.src.narinfo(h)
+            if body is not None:
+                out[h] = body.decode()
+        return out
+
+    async def have_blobs(self, hashes: list[Hash]) -> set[str]:
+        return {h.to_hex() for h in hashes if self.src.object_file(h) is not None}
+
+    async def download(self, key: str, write: Callable[[bytes], Any]) -> bool:
+        f = self.src.storage.open(key)
+        if f is None:
+            return False
+        with f:
+            while chunk := f.read(CHUNK):
+                write(chunk)
+        return True
+
+    def put_object_sync(self, key: str, path: Path) -> None:
+        from .verify import NarVerifier
+
+        kind, arg = layout.parse_key(key)
+        digest = layout.file_hash_of_key(kind, arg)
+        if self.src.object_file(digest) is not None:
+            return
+        ver = NarVerifier()
+        with self.src.storage.staged() as (f, _), open(path, "rb") as src:
+            while chunk := src.read(CHUNK):
+                f.write(chunk)
+                ver.update(chunk)
+            got = ver.finish()
+            if got.file_hash.digest != digest.digest:
+                raise RegistryError(f"{path} does not hash to {key}")
+            self.src.commit_object(f, got)
+
+    async def put_file(self, key: str, path: Path) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self.put_object_sync, key, path)
+
+    async def put_bytes(self, key: str, data: bytes) -> int:
+        kind, arg = layout.parse_key(key)
+        if kind != "narinfo":
+            self.src.storage.put_bytes(key, data)
+            return 201
+        from kiln.store import narinfo as ni
+
+        info = ni.parse(data.decode(), self.store_dir)
+        status, msg = self.src.publish_narinfo(arg, info, data)
+        if status >= 400:
+            raise RegistryError(msg, status)
+        return status
+
+
+def open_client(url: str, token: str | None = None, jobs: int = 16, store_dir: str | None = None) -> Client:
+    p = urlparse(url)
+    if p.scheme in ("http", "https"):
+        return HttpClient(url, token, jobs)
+    if p.scheme in ("file", ""):
+        return DirClient(url, store_dir)
+    raise KilnError(f"unsupported registry URL {url!r} (expected http://, https:// or file:///dir)")

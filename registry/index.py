@@ -1,0 +1,369 @@
+"""Signed, versioned index of a registry's paths with TUF-style freshness (minimal subset).
+
+Why not python-tuf: its metadata would be fine, but its repository side is not stable
+API and its client wants to own the download loop and the local cache layout; the four
+checks we need (signature threshold per role, rollback, freeze, mix-and-match) plus
+root rotation are ~200 lines here with the store's ed25519 keys, so one key format
+serves narinfo signatures and the index.
+
+Metadata (canonical JSON: sorted keys, no whitespace, UTF-8) under ``index/``; each file is
+``{"signed": {...}, "signatures": [{"keyid", "sig"}]}``:
+
+- ``<v>.root.json`` / ``root.json``: keys and, per role (root, timestamp, snapshot,
+  index), the key ids and threshold. Root v+1 must be signed by a threshold of root v's
+  root keys *and* of its own (chained rotation); clients pin one root and walk forward.
+- ``<v>.index.json``: ``paths``: hash part → {path, narinfo sha256, file hash, file size}.
+- ``<v>.snapshot.json`` (+ ``snapshot.json``): version, expiry, and the sha256/length/
+  version of the index file it vouches for.
+- ``timestamp.json``: short expiry; the sha256/length/version of the snapshot.
+
+Client rules (``verify_*``): every file must carry a threshold of valid signatures from
+its role's keys in the trusted root; versions never go down relative to the last state
+the client saw (rollback); nothing may be past its expiry (freeze); a snapshot must hash
+to what the timestamp says and the index to what the snapshot says (mix-and-match).
+Publication order is index → snapshot → timestamp, each file atomic, so a reader that
+sees a timestamp can always fetch what it points to.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from kiln.store.errors import KilnError
+from kiln.store.signing import PublicKey, SecretKey
+
+ROLES = ("root", "timestamp", "snapshot", "index")
+ROOT_DAYS = 365
+INDEX_DAYS = 30
+TIMESTAMP_HOURS = 24
+
+
+class IndexError_(KilnError):  # noqa: N801 - avoid shadowing the builtin IndexError
+    """Index metadata failed verification."""
+
+
+class SignatureError(IndexError_):
+    pass
+
+
+class RollbackError(IndexError_):
+    pass
+
+
+class FreezeError(IndexError_):
+    pass
+
+
+class MixAndMatchError(IndexError_):
+    pass
+
+
+def canonical(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def key_id(pub: PublicKey) -> str:
+    return sha256_hex(pub.to_text().encode())
+
+
+def expiry(now: dt.datetime, *, days: float = 0, hours: float = 0) -> str:
+    return (now + dt.timedelta(days=days, hours=hours)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(microsecond=0)
+
+
+def sign_envelope(signed: dict[str, Any], keys: list[SecretKey]) -> bytes:
+    """Wrap ``signed`` with one signature per key over its canonical bytes."""
+    body = canonical(signed)
+    sigs = []
+    for k in keys:
+        sig = k.sign(body)
+        raw = sig.split(":", 1)[1] if ":" in sig else sig
+        sigs.append({"keyid": key_id(k.public()), "sig": raw})
+    return canonical({"signed": signed, "signatures": sigs}) + b"\n"
+
+
+def _load(data: bytes, what: str) -> tuple[dict[str, Any], list[dict[str, str]]]:
+    try:
+        env = json.loads(data)
+        signed, sigs = env["signed"], env["signatures"]
+        if not isinstance(signed, dict) or not isinstance(sigs, list):
+            raise TypeError("bad envelope")
+    except (ValueError, KeyError, TypeError) as e:
+        raise IndexError_(f"{what}: not a signed metadata file ({e})") from None
+    return signed, sigs
+
+
+def _check_sigs(
+    signed: dict[str, Any], sigs: list[dict[str, str]], root: dict[str, Any], role: str, what: str
+) -> None:
+    body = canonical(signed)
+    spec = root["roles"][role]
+    good: set[str] = set()
+    for s in sigs:
+        kid = s.get("keyid")
+        if kid not in spec["keyids"] or kid in good:
+            continue
+        pub = PublicKey.parse(root["keys"][kid]["public"])
+        try:
+            ok = pub.verify(body, f"{pub.name}:{s.get('sig', '')}")
+        except KilnError:
+            ok = False
+        if ok:
+            good.add(kid)
+    if len(good) < spec["threshold"]:
+        raise SignatureError(
+            f"{what}: {len(good)} valid signature(s) from the {role} role's keys, {spec['threshold']} required"
+        )
+
+
+def _check_fresh(signed: dict[str, Any], now: dt.datetime, what: str) -> None:
+    try:
+        exp = dt.datetime.strptime(signed["expires"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
+    except (KeyError, ValueError) as e:
+        raise IndexError_(f"{what}: bad or missing 'expires' ({e})") from None
+    if exp <= now:
+        raise FreezeError(
+            f"{what} expired at {signed['expires']} (now {now:%Y-%m-%dT%H:%M:%SZ}); the source may be frozen"
+        )
+
+
+def _check_type(signed: dict[str, Any], typ: str, what: str) -> int:
+    if signed.get("_type") != typ or not isinstance(signed.get("version"), int):
+        raise IndexError_(f"{what}: expected _type {typ!r} with an integer version")
+    return signed["version"]
+
+
+# ---------------------------------------------------------------- publisher side
+
+
+def make_root(
+    version: int, role_keys: dict[str, list[PublicKey]], now: dt.datetime, threshold: int = 1
+) -> dict[str, Any]:
+    keys = {key_id(k): {"keytype": "ed25519", "public": k.to_text()} for ks in role_keys.values() for k in ks}
+    roles = {r: {"keyids": sorted(key_id(k) for k in role_keys[r]), "threshold": threshold} for r in ROLES}
+    return {
+        "_type": "root",
+        "version": version,
+        "expires": expiry(now, days=ROOT_DAYS),
+        "keys": keys,
+        "roles": roles,
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """What ``build_metadata`` produced: files to write, in order (key, bytes)."""
+
+    files: list[tuple[str, bytes]]
+    index_version: int
+    timestamp_version: int
+
+
+def build_metadata(
+    paths: dict[str, dict[str, Any]],
+    store_dir: str,
+    key: SecretKey,
+    *,
+    prev_timestamp: dict[str, Any] | None,
+    prev_index_paths: dict[str, Any] | None,
+    now: dt.datetime | None = None,
+) -> Published:
+    """Metadata files for a new index generation. The index and snapshot get a new
+    version only when ``paths`` changed; the timestamp always does (freshness)."""
+    now = now or utcnow()
+    ts_v = (prev_timestamp["version"] + 1) if prev_timestamp else 1
+    files: list[tuple[str, bytes]] = []
+    if prev_timestamp and prev_index_paths == paths:
+        snap_meta = prev_timestamp["meta"]["snapshot.json"]
+        idx_v = snap_meta["version"]
+    else:
+        idx_v = (prev_timestamp["meta"]["snapshot.json"]["version"] + 1) if prev_timestamp else 1
+        index = {
+            "_type": "index",
+            "version": idx_v,
+            "expires": expiry(now, days=INDEX_DAYS),
+            "store_dir": store_dir,
+            "paths": paths,
+        }
+        ib = sign_envelope(index, [key])
+        snap = {
+            "_type": "snapshot",
+            "version": idx_v,
+            "expires": expiry(now, days=INDEX_DAYS),
+            "meta": {"index.json": {"version": idx_v, "sha256": sha256_hex(ib), "length": len(ib)}},
+        }
+        sb = sign_envelope(snap, [key])
+        files += [
+            (f"index/{idx_v}.index.json", ib),
+            (f"index/{idx_v}.snapshot.json", sb),
+            ("index/snapshot.json", sb),
+        ]
+        snap_meta = {"version": idx_v, "sha256": sha256_hex(sb), "length": len(sb)}
+    ts = {
+        "_type": "timestamp",
+        "version": ts_v,
+        "expires": expiry(now, hours=TIMESTAMP_HOURS),
+        "meta": {"snapshot.json": snap_meta},
+    }
+    files.append(("index/timestamp.json", sign_envelope(ts, [key])))
+    return Published(files, idx_v, ts_v)
+
+
+# ---------------------------------------------------------------- client side
+
+
+@dataclass(slots=True)
+class TrustState:
+    """What a client remembers between updates: the pinned/latest root and the highest
+    versions seen (rollback protection)."""
+
+    root: dict[str, Any]
+    root_bytes: bytes
+    timestamp_version: int = 0
+    snapshot_version: int = 0
+
+    def to_json(self) -> bytes:
+        return canonical(
+            {
+                "root": base64.b64encode(self.root_bytes).decode(),
+                "timestamp": self.timestamp_version,
+                "snapshot": self.snapshot_version,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, data: bytes) -> TrustState:
+        d = json.loads(data)
+        rb = base64.b64decode(d["root"])
+        return cls(_load(rb, "trusted root")[0], rb, int(d["timestamp"]), int(d["snapshot"]))
+
+    @classmethod
+    def pin(cls, root_bytes: bytes) -> TrustState:
+        """Trust ``root_bytes`` (obtained out of band); it must be self-signed."""
+        signed, sigs = _load(root_bytes, "root")
+        _check_type(signed, "root", "root")
+        _check_sigs(signed, sigs, signed, "root", "root")
+        return cls(signed, root_bytes)
+
+
+def verify_next_root(state: TrustState, data: bytes, now: dt.datetime) -> None:
+    """Accept root version N+1 signed by the current and by the new root keys."""
+    signed, sigs = _load(data, "new root")
+    v = _check_type(signed, "root", "new root")
+    if v != state.root["version"] + 1:
+        raise RollbackError(f"root: expected version {state.root['version'] + 1}, got {v}")
+    _check_sigs(signed, sigs, state.root, "root", f"root v{v} (by the old root keys)")
+    _check_sigs(signed, sigs, signed, "root", f"root v{v} (by its own keys)")
+    state.root, state.root_bytes = signed, data
+
+
+def verify_timestamp(state: TrustState, data: bytes, now: dt.datetime) -> dict[str, Any]:
+    signed, sigs = _load(data, "timestamp")
+    v = _check_type(signed, "timestamp", "timestamp")
+    _check_sigs(signed, sigs, state.root, "timestamp", "timestamp")
+    if v < state.timestamp_version:
+        raise RollbackError(
+            f"timestamp version {v} is older than the last seen {state.timestamp_version} (rollback)"
+        )
+    _check_fresh(signed, now, "timestamp")
+    snap_v = signed["meta"]["snapshot.json"]["version"]
+    if snap_v < state.snapshot_version:
+        raise RollbackError(
+            f"snapshot version {snap_v} is older than the last seen {state.snapshot_version} (rollback)"
+        )
+    _check_fresh(state.root, now, "root")
+    return signed
+
+
+def _check_link(data: bytes, meta: dict[str, Any], what: str) -> None:
+    if len(data) != meta["length"] or sha256_hex(data) != meta["sha256"]:
+        raise MixAndMatchError(
+            f"{what} does not match the hash/length its parent metadata lists (mix-and-match or tampering)"
+        )
+
+
+def verify_snapshot(
+    state: TrustState, timestamp: dict[str, Any], data: bytes, now: dt.datetime
+) -> dict[str, Any]:
+    meta = timestamp["meta"]["snapshot.json"]
+    _check_link(data, meta, "snapshot")
+    signed, sigs = _load(data, "snapshot")
+    v = _check_type(signed, "snapshot", "snapshot")
+    _check_sigs(signed, sigs, state.root, "snapshot", "snapshot")
+    if v != meta["version"]:
+        raise MixAndMatchError(f"snapshot version {v} but the timestamp lists {meta['version']}")
+    _check_fresh(signed, now, "snapshot")
+    return signed
+
+
+def verify_index(
+    state: TrustState, snapshot: dict[str, Any], data: bytes, now: dt.datetime
+) -> dict[str, Any]:
+    meta = snapshot["meta"]["index.json"]
+    _check_link(data, meta, "index")
+    signed, sigs = _load(data, "index")
+    v = _check_type(signed, "index", "index")
+    _check_sigs(signed, sigs, state.root, "index", "index")
+    if v != meta["version"]:
+        raise MixAndMatchError(f"index version {v} but the snapshot lists {meta['version']}")
+    _check_fresh(signed, now, "index")
+    return signed
+
+
+@dataclass(slots=True)
+class VerifiedIndex:
+    """The result of a full update: the index plus the exact bytes to republish."""
+
+    index: dict[str, Any]
+    timestamp: dict[str, Any]
+    files: list[tuple[str, bytes]] = field(default_factory=list)
+
+
+async def update(fetch: Any, state: TrustState, now: dt.datetime | None = None) -> VerifiedIndex:
+    """Walk the root chain, then timestamp → snapshot → index, verifying each step.
+    ``fetch`` is ``async (key) -> bytes | None``. On success ``state`` holds the new
+    root and versions (the caller persists it); on failure it raises and the caller
+    keeps its previous state."""
+    now = now or utcnow()
+    files: list[tuple[str, bytes]] = []
+    while True:
+        nxt = await fetch(f"index/{state.root['version'] + 1}.root.json")
+        if nxt is None:
+            break
+        verify_next_root(state, nxt, now)
+        files.append((f"index/{state.root['version']}.root.json", nxt))
+    if files:
+        files.append(("index/root.json", state.root_bytes))
+    tb = await fetch("index/timestamp.json")
+    if tb is None:
+        raise IndexError_("the source publishes no index (index/timestamp.json is missing)")
+    ts = verify_timestamp(state, tb, now)
+    snap_v = ts["meta"]["snapshot.json"]["version"]
+    sb = await fetch(f"index/{snap_v}.snapshot.json")
+    if sb is None:
+        raise MixAndMatchError(f"timestamp names snapshot version {snap_v}, which the source does not have")
+    snap = verify_snapshot(state, ts, sb, now)
+    ib = await fetch(f"index/{snap_v}.index.json")
+    if ib is None:
+        raise MixAndMatchError(f"snapshot names index version {snap_v}, which the source does not have")
+    idx = verify_index(state, snap, ib, now)
+    files += [
+        (f"index/{snap_v}.index.json", ib),
+        (f"index/{snap_v}.snapshot.json", sb),
+        ("index/snapshot.json", sb),
+    ]
+    files.append(("index/timestamp.json", tb))
+    state.timestamp_version, state.snapshot_version = ts["version"], snap_v
+    return VerifiedIndex(idx, ts, files)

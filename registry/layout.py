@@ -1,0 +1,94 @@
+"""Names inside a registry: the one place that knows how keys (relative paths) are spelled.
+
+A registry is a flat key space that is also a plain directory any static web server can
+serve read-only::
+
+    nix-cache-info                      StoreDir / WantMassQuery / Priority
+    <hashpart>.narinfo                  Nix narinfo text (Compression: zstd, URL: nar/..., Sig: ...)
+    nar/<nix32 filehash>.nar.zst        the zstd-compressed NAR
+    blobs/sha256:<hex filehash>         the same bytes (a hard link), addressed by digest
+    <hashpart>.att/...                  attestations (written by the provenance code)
+    index/root.json, index/<v>.root.json            signed root metadata (key rotation chain)
+    index/timestamp.json, index/<v>.snapshot.json   signed freshness metadata
+    index/<v>.index.json                             signed list of every published path
+    .kiln/...                           private server state (token hashes); never served
+
+Invariants: every key produced or accepted here matches one of the regular expressions
+below, so a key can never escape the registry directory (no ``..``, no absolute paths,
+no hidden files outside ``.kiln``), and a parsed key tells what kind of object it names.
+"""
+
+from __future__ import annotations
+
+import re
+
+from kiln.store.hashes import Hash
+
+CACHE_INFO = "nix-cache-info"
+PRIVATE_DIR = ".kiln"
+INDEX_DIR = "index"
+
+HASH_PART_RE = re.compile(r"^[0-9a-df-np-sv-z]{32}$")
+_NARINFO_RE = re.compile(r"^([0-9a-df-np-sv-z]{32})\.narinfo$")
+_NAR_RE = re.compile(r"^nar/([0-9a-df-np-sv-z]{52})\.nar\.zst$")
+_BLOB_RE = re.compile(r"^blobs/sha256:([0-9a-f]{64})$")
+_INDEX_RE = re.compile(r"^index/(root|timestamp|snapshot|[1-9][0-9]{0,9}\.(?:root|snapshot|index))\.json$")
+_ATT_RE = re.compile(r"^([0-9a-df-np-sv-z]{32})\.att/[A-Za-z0-9][A-Za-z0-9._+-]{0,200}$")
+
+
+def narinfo_key(hash_part: str) -> str:
+    return f"{hash_part}.narinfo"
+
+
+def nar_key(file_hash: Hash) -> str:
+    """``nar/<nix32>.nar.zst`` — the URL a narinfo advertises."""
+    return f"nar/{file_hash.nix32}.nar.zst"
+
+
+def blob_key(file_hash: Hash) -> str:
+    """``blobs/sha256:<hex>`` — the same bytes addressed the way OCI tools spell digests."""
+    return f"blobs/sha256:{file_hash.hex}"
+
+
+def is_hash_part(text: str) -> bool:
+    return bool(HASH_PART_RE.match(text))
+
+
+def parse_key(key: str) -> tuple[str, str]:
+    """Classify a public key. Returns ``(kind, arg)`` with kind one of ``cache-info``,
+    ``narinfo`` (arg: hash part), ``nar`` (arg: nix32 file hash), ``blob`` (arg: hex),
+    ``index`` (arg: file name), ``att`` (arg: hash part), or ``("", "")`` when the key
+    is not a registry object (callers answer 404 / 400)."""
+    if key == CACHE_INFO:
+        return "cache-info", ""
+    for kind, rx in (("narinfo", _NARINFO_RE), ("nar", _NAR_RE), ("blob", _BLOB_RE), ("att", _ATT_RE)):
+        m = rx.match(key)
+        if m:
+            return kind, m.group(1)
+    m = _INDEX_RE.match(key)
+    if m:
+        return "index", m.group(1) + ".json"
+    return "", ""
+
+
+def file_hash_of_key(kind: str, arg: str) -> Hash:
+    """The sha256 a ``nar`` or ``blob`` key promises its bytes hash to."""
+    if kind == "nar":
+        return Hash.parse(arg, "sha256")
+    if kind == "blob":
+        return Hash("sha256", bytes.fromhex(arg))
+    raise ValueError(f"{kind} keys carry no digest")
+
+
+def cache_info_text(store_dir: str, priority: int = 40, want_mass_query: bool = True) -> str:
+    """The ``nix-cache-info`` file body."""
+    return f"StoreDir: {store_dir}\nWantMassQuery: {int(want_mass_query)}\nPriority: {priority}\n"
+
+
+def parse_cache_info(text: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        k, sep, v = line.partition(":")
+        if sep:
+            out[k.strip()] = v.strip()
+    return out

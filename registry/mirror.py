@@ -1,0 +1,159 @@
+"""``kiln mirror sync SRC DST``: copy a registry without trusting the wire.
+
+Trust: the mirror pins the source's root metadata (``--root FILE`` on the first sync,
+then ``DST/.kiln/mirror-state.json``, which also remembers the highest timestamp and
+snapshot versions seen). Every sync runs the full ``index.update`` check (root chain,
+signatures, rollback, freeze, mix-and-match) before touching DST.
+
+Transfer: for each path in the verified index whose narinfo DST does not already hold
+byte-for-byte, the narinfo is fetched (batched) and must hash to the sha256 the signed
+index lists (and, with ``trusted`` keys, carry a valid signature); then the NAR blob, if
+DST lacks it, is streamed into a temp file while the compressed bytes and the NAR inside
+are hashed, and published under ``nar/`` and ``blobs/`` only if both match the narinfo.
+Blobs are fetched ``jobs`` at a time.
+
+Publication: only when every path succeeded are the narinfos written, then the
+metadata exactly as the source signed it (roots, index, snapshot, timestamp last), so
+DST is itself a verifiable registry and never shows a half-synced index. Any failure
+raises ``MirrorError`` naming the bad paths and leaves DST's narinfos and index as they
+were; verified blobs already fetched stay (content-addressed, invisible without a
+narinfo), which is what makes an interrupted sync resume. A sync with nothing new
+transfers no blobs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from kiln.store.errors import KilnError
+from kiln.store.signing import PublicKey
+
+from . import index as ix
+from . import layout
+from .backends import DirSource
+from .client import Client, open_client
+from .progress import Progress
+from .verify import NarVerifier, check_narinfo, expect
+
+STATE_KEY = ".kiln/mirror-state.json"
+
+
+class MirrorError(KilnError):
+    """A sync could not complete; the mirror kept its previous state."""
+
+
+@dataclass(frozen=True, slots=True)
+class SyncReport:
+    index_version: int
+    timestamp_version: int
+    paths: int
+    narinfos_fetched: int
+    blobs_fetched: int
+    bytes_fetched: int
+
+
+async def _fetch_blob(client: Client, dst: DirSource, info, sem: asyncio.Semaphore, prog: Progress) -> int:  # noqa: ANN001
+    async with sem:
+        ver = NarVerifier()
+        with dst.storage.staged() as (f, _):
+
+            def write(chunk: bytes) -> None:
+                if ver._size + len(chunk) > info.file_size:  # noqa: SLF001 - cheap early abort
+                    raise KilnError(f"{info.path}: source sends more than FileSize {info.file_size} bytes")
+                f.write(chunk)
+                ver.update(chunk)
+                prog.add(0, len(chunk))
+
+            if not await client.download(info.url, write):
+                raise KilnError(f"{info.path}: source has no {info.url}")
+            got = ver.finish()
+            expect(info.path, got, info.file_hash, info.file_size, info.nar_hash, info.nar_size)
+            dst.commit_object(f, got)
+        return got.file_size
+
+
+async def sync_async(
+    src_url: str,
+    dst_dir: Path,
+    *,
+    root: bytes | None = None,
+    trusted: list[PublicKey] | None = None,
+    jobs: int = 16,
+    progress: bool | None = None,
+) -> SyncReport:
+    async with open_client(src_url, jobs=jobs) as client:
+        info = await client.cache_info()
+        dst = DirSource(dst_dir, store_dir=info.get("StoreDir") or None)
+        prev = dst.storage.read(STATE_KEY)
+        if prev is not None:
+            state = ix.TrustState.from_json(prev)
+        elif root is not None:
+            state = ix.TrustState.pin(root)
+        else:
+            raise MirrorError(
+                f"first sync into {dst_dir}: pass the source's pinned root metadata with --root FILE"
+            )
+        vi = await ix.update(client.get, state)
+        paths: dict[str, dict] = vi.index["paths"]
+        todo = [h for h, e in paths.items() if _sha(dst.narinfo(h)) != e["narinfo_sha256"]]
+        texts = await client.narinfos(todo) if todo else {}
+        failed: dict[str, str] = {}
+        infos = {}
+        for h in todo:
+            e = paths[h]
+            text = texts.get(h)
+            if text is None:
+                failed[e["path"]] = "narinfo missing at the source"
+                continue
+            if hashlib.sha256(text.encode()).hexdigest() != e["narinfo_sha256"]:
+                failed[e["path"]] = "narinfo does not match the sha256 in the signed index (tampered?)"
+                continue
+            try:
+                infos[h] = check_narinfo(text, dst.store_dir, trusted or [], 1 if trusted else 0, h)
+            except KilnError as ex:
+                failed[e["path"]] = str(ex)
+        need = {}
+        for i in infos.values():
+            if dst.object_file(i.file_hash) is None:
+                need.setdefault(i.file_hash.hex, i)
+        prog = Progress("mirror", len(need), sum(i.file_size or 0 for i in need.values()), progress)
+        sem = asyncio.Semaphore(jobs)
+        results = await asyncio.gather(
+            *(_fetch_blob(client, dst, i, sem, prog) for i in need.values()), return_exceptions=True
+        )
+        prog.done()
+        fetched_bytes = 0
+        for i, r in zip(need.values(), results, strict=True):
+            if isinstance(r, BaseException):
+                if not isinstance(r, Exception):
+                    raise r
+                failed[i.path] = str(r)
+            else:
+                fetched_bytes += r
+        if failed:
+            lines = "\n".join(f"  {p}: {why}" for p, why in sorted(failed.items())[:20])
+            more = f"\n  ... and {len(failed) - 20} more" if len(failed) > 20 else ""
+            raise MirrorError(
+                f"mirror sync from {src_url} failed for {len(failed)} path(s); the mirror keeps its previous index:\n{lines}{more}"
+            )
+        for h in infos:
+            dst.storage.put_bytes(layout.narinfo_key(h), texts[h].encode())
+            dst._cache.pop(h, None)  # noqa: SLF001
+        for key, data in vi.files:
+            if dst.storage.read(key) != data:
+                dst.storage.put_bytes(key, data)
+        dst.storage.put_bytes(STATE_KEY, state.to_json())
+        return SyncReport(
+            vi.index["version"], vi.timestamp["version"], len(paths), len(infos), len(need), fetched_bytes
+        )
+
+
+def _sha(data: bytes | None) -> str | None:
+    return hashlib.sha256(data).hexdigest() if data is not None else None
+
+
+def sync(src_url: str, dst_dir: Path, **kw) -> SyncReport:  # noqa: ANN003
+    return asyncio.run(sync_async(src_url, dst_dir, **kw))

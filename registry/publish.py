@@ -1,0 +1,109 @@
+"""Publishing and rotating a registry's signed index (the writer side of ``index``).
+
+``publish_index`` lists every narinfo in the storage, builds the path table, and writes
+index → snapshot → timestamp atomically in that order (see ``index``). It is called by
+``kiln registry publish-index`` and by the server after a push when it holds an index
+key. ``init_root`` creates root v1 (all roles on one key); ``rotate_root`` writes root
+v+1 signed by the old and the new root keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from kiln.store.errors import KilnError
+from kiln.store.signing import PublicKey, SecretKey
+
+from . import index as ix
+from .layout import CACHE_INFO, parse_cache_info
+from .storage import Storage
+
+
+def narinfo_entry(text: bytes) -> tuple[str, dict[str, Any]]:
+    """(hash part, index entry) for one narinfo file (cheap line parse)."""
+    fields: dict[str, str] = {}
+    for line in text.decode().splitlines():
+        k, sep, v = line.partition(": ")
+        if sep and k not in fields:
+            fields[k] = v
+    path = fields["StorePath"]
+    hash_part = path.rsplit("/", 1)[1][:32]
+    return hash_part, {
+        "path": path,
+        "narinfo_sha256": hashlib.sha256(text).hexdigest(),
+        "file_hash": fields.get("FileHash", ""),
+        "file_size": int(fields.get("FileSize", "0")),
+        "url": fields.get("URL", ""),
+    }
+
+
+def collect_paths(storage: Storage) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for key in storage.list(""):
+        if key.endswith(".narinfo"):
+            data = storage.read(key)
+            if data:
+                h, entry = narinfo_entry(data)
+                out[h] = entry
+    return out
+
+
+def load_signed(storage: Storage, key: str) -> dict[str, Any] | None:
+    data = storage.read(key)
+    return json.loads(data)["signed"] if data else None
+
+
+def init_root(storage: Storage, key: SecretKey) -> dict[str, Any]:
+    """Create root v1 if there is none; return the current root."""
+    cur = load_signed(storage, "index/root.json")
+    if cur is not None:
+        return cur
+    pub = key.public()
+    root = ix.make_root(1, {r: [pub] for r in ix.ROLES}, ix.utcnow())
+    data = ix.sign_envelope(root, [key])
+    storage.put_bytes("index/1.root.json", data)
+    storage.put_bytes("index/root.json", data)
+    return root
+
+
+def rotate_root(storage: Storage, old_key: SecretKey, new_key: SecretKey) -> int:
+    """Root v+1 moving every role to ``new_key``; signed by old and new key. Returns v+1."""
+    cur = load_signed(storage, "index/root.json")
+    if cur is None:
+        raise KilnError("registry has no index root yet; run publish-index first")
+    if ix.key_id(old_key.public()) not in cur["roles"]["root"]["keyids"]:
+        raise KilnError(f"key {old_key.name} is not a root key of this registry")
+    v = cur["version"] + 1
+    root = ix.make_root(v, {r: [new_key.public()] for r in ix.ROLES}, ix.utcnow())
+    data = ix.sign_envelope(root, [old_key, new_key])
+    storage.put_bytes(f"index/{v}.root.json", data)
+    storage.put_bytes("index/root.json", data)
+    return v
+
+
+def publish_index(storage: Storage, key: SecretKey) -> ix.Published:
+    """Sign and publish a new index generation for everything the storage holds."""
+    root = init_root(storage, key)
+    kid = ix.key_id(key.public())
+    for role in ("timestamp", "snapshot", "index"):
+        if kid not in root["roles"][role]["keyids"]:
+            raise KilnError(f"key {key.name} is not a {role} key of this registry's root v{root['version']}")
+    info = storage.read(CACHE_INFO)
+    store_dir = parse_cache_info(info.decode()).get("StoreDir", "") if info else ""
+    prev_ts = load_signed(storage, "index/timestamp.json")
+    prev_paths = None
+    if prev_ts:
+        idx = load_signed(storage, f"index/{prev_ts['meta']['snapshot.json']['version']}.index.json")
+        prev_paths = idx["paths"] if idx else None
+    pub = ix.build_metadata(
+        collect_paths(storage), store_dir, key, prev_timestamp=prev_ts, prev_index_paths=prev_paths
+    )
+    for k, data in pub.files:
+        storage.put_bytes(k, data)
+    return pub
+
+
+def root_public_keys(root: dict[str, Any]) -> list[PublicKey]:
+    return [PublicKey.parse(k["public"]) for k in root["keys"].values()]

@@ -1,0 +1,395 @@
+"""The registry HTTP server (aiohttp).
+
+Why aiohttp: it is already a kiln dependency (the client uses it too, so one HTTP stack
+serves both sides), it is mature, streams request bodies (``request.content``) and
+serves files with ``sendfile(2)`` and Range support (``FileResponse``), and runs in one
+process per core without an ASGI layer in between. ``serve`` pre-forks ``workers``
+processes that share one listening socket.
+
+Read API (see docs/registry.md): ``GET /nix-cache-info``, ``GET|HEAD /<h>.narinfo``,
+``GET|HEAD /nar/<nix32>.nar.zst``, ``GET|HEAD /blobs/sha256:<hex>`` (ETag = digest,
+Range, immutable caching), ``GET /index/...``, ``POST /narinfo-batch``. Misses are 404
+with ``Cache-Control: max-age=<negative TTL>``.
+
+Write API (dir mode only, bearer token with the ``write`` scope): ``PUT`` of a NAR or
+blob streams into a temp file while hashing the compressed bytes and the NAR inside; the
+object appears (under both names) only if the digest equals its name. ``PUT`` of a
+narinfo is admitted only if it parses for this store dir, its FileHash names a NAR the
+registry has, the NAR digests recorded at upload match NarHash/NarSize, and a trusted
+key signed it; publication is create-if-absent, so a different narinfo for a published
+path is a 409. Every failure is a 4xx with a one-line reason; no handler lets an
+exception escape as a 500 for bad input.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import hdrs, web
+from kiln.store.errors import KilnError
+from kiln.store.hashes import Hash
+from kiln.store.signing import PublicKey, SecretKey
+
+from . import layout
+from .auth import AuthError, TokenStore
+from .backends import DirSource, Source, StoreSource
+from .verify import NarVerifier, check_narinfo, expect
+
+IMMUTABLE = "public, max-age=31536000, immutable"
+CHUNK = 1 << 20
+MAX_BATCH = 10_000
+
+
+@dataclass(slots=True)
+class ServerConfig:
+    """Knobs of one server. ``trusted`` keys admit uploaded narinfos."""
+
+    negative_ttl: int = 10
+    positive_ttl: int = 3600
+    max_body: int = 8 << 30
+    max_narinfo: int = 64 << 10
+    private: bool = False
+    trusted: list[PublicKey] = field(default_factory=list)
+    index_key: SecretKey | None = None
+
+
+def _text(status: int, msg: str, **headers: str) -> web.Response:
+    return web.Response(status=status, text=msg.rstrip("\n") + "\n", headers=headers)
+
+
+class _DigestFile(web.FileResponse):
+    """FileResponse whose ETag is the content digest (strong, stable across copies)."""
+
+    def __init__(self, path: Path, etag: str, **kw: Any) -> None:
+        super().__init__(path, chunk_size=CHUNK, **kw)
+        self._digest_etag = etag
+
+    @property
+    def etag(self) -> Any:  # type: ignore[override]
+        return web.FileResponse.etag.fget(self)  # type: ignore[attr-defined]
+
+    @etag.setter
+    def etag(self, value: Any) -> None:
+        web.FileResponse.etag.fset(self, self._digest_etag)  # type: ignore[attr-defined]
+
+
+class Registry:
+    """Request handling for one source (dir or store)."""
+
+    def __init__(self, source: Source, config: ServerConfig) -> None:
+        self.source = source
+        self.config = config
+        self.tokens: TokenStore | None = TokenStore(source.storage) if isinstance(source, DirSource) else None
+        self._miss_headers = {
+            "Cache-Control": f"public, max-age={config.negative_ttl}",
+            "X-Kiln-Negative-TTL": str(config.negative_ttl),
+        }
+        self._publish_lock = asyncio.Lock()
+
+    # ------------------------------------------------------------ dispatch
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        try:
+            return await self._dispatch(request)
+        except AuthError as e:
+            status = 403 if "lacks" in str(e) else 401
+            return _text(status, f"error: {e}", **({"WWW-Authenticate": "Bearer"} if status == 401 else {}))
+        except _HTTPError as e:
+            return _text(e.status, f"error: {e.msg}")
+        except KilnError as e:
+            return _text(400, f"error: {e}")
+        except (ConnectionResetError, asyncio.CancelledError):
+            raise
+
+    def _auth(self, request: web.Request, scope: str) -> None:
+        if self.tokens is None:
+            raise _HTTPError(405, "this server is read-only (serving a store)")
+        self.tokens.check(request.headers.get(hdrs.AUTHORIZATION), scope)
+
+    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+        key = request.path.lstrip("/")
+        method = request.method
+        if self.config.private and not (method == "GET" and key == layout.CACHE_INFO):
+            if self.tokens is None:
+                raise _HTTPError(500, "private mode needs a directory registry")
+            self.tokens.check(request.headers.get(hdrs.AUTHORIZATION), "read")
+        if method == "POST":
+            if key == "narinfo-batch":
+                return await self._batch(request)
+            if key == "publish-index":
+                return await self._publish_index(request)
+            raise _HTTPError(404, f"no such endpoint: POST /{key}")
+        kind, arg = layout.parse_key(key)
+        if not kind:
+            return _text(404, f"not found: /{key}", **self._miss_headers)
+        if method in ("GET", "HEAD"):
+            return await self._get(request, key, kind, arg)
+        if method == "PUT":
+            self._auth(request, "write")
+            return await self._put(request, key, kind, arg)
+        raise _HTTPError(405, f"method {method} not allowed on /{key}")
+
+    # ------------------------------------------------------------ reads
+
+    async def _get(self, request: web.Request, key: str, kind: str, arg: str) -> web.StreamResponse:
+        if kind == "cache-info":
+            return web.Response(body=self.source.cache_info(), content_type="text/x-nix-cache-info")
+        if kind == "narinfo":
+            body = self.source.narinfo(arg)
+            if body is None:
+                return _text(404, f"no narinfo for {arg}", **self._miss_headers)
+            return web.Response(
+                body=body,
+                content_type="text/x-nix-narinfo",
+                headers={"Cache-Control": f"public, max-age={self.config.positive_ttl}"},
+            )
+        if kind in ("nar", "blob"):
+            digest = layout.file_hash_of_key(kind, arg)
+            path = self.source.object_file(digest)
+            if path is None:
+                return _text(404, f"not found: /{key}", **self._miss_headers)
+            etag = f"sha256:{digest.hex}"
+            inm = request.headers.get(hdrs.IF_NONE_MATCH)
+            if inm and etag in inm:
+                return web.Response(status=304, headers={"ETag": f'"{etag}"', "Cache-Control": IMMUTABLE})
+            ctype = "application/zstd" if kind == "blob" else "application/x-nix-nar"
+            return _DigestFile(path, etag, headers={"Cache-Control": IMMUTABLE, "Content-Type": ctype})
+        path = self.source.file(key)
+        if path is None:
+            return _text(404, f"not found: /{key}", **self._miss_headers)
+        mutable = key in ("index/timestamp.json", "index/snapshot.json", "index/root.json")
+        cc = "no-cache" if mutable else IMMUTABLE
+        return web.FileResponse(
+            path,
+            headers={
+                "Cache-Control": cc,
+                "Content-Type": "application/json" if kind == "index" else "application/octet-stream",
+            },
+        )
+
+    async def _batch(self, request: web.Request) -> web.Response:
+        if (request.content_length or 0) > 4 << 20:
+            raise _HTTPError(413, "batch request over 4 MiB")
+        raw = await request.content.read(4 << 20)
+        try:
+            data = (
+                json.loads(raw) if raw.strip().startswith((b"{", b"[")) else {"hashes": raw.decode().split()}
+            )
+            if isinstance(data, list):
+                data = {"hashes": data}
+            hashes, blobs = data.get("hashes", []), data.get("blobs", [])
+            if not isinstance(hashes, list) or not isinstance(blobs, list):
+                raise ValueError("hashes and blobs must be lists")
+        except (ValueError, UnicodeDecodeError) as e:
+            raise _HTTPError(400, f"malformed batch request: {e}") from None
+        if len(hashes) + len(blobs) > MAX_BATCH:
+            raise _HTTPError(413, f"at most {MAX_BATCH} entries per batch")
+        found: dict[str, str] = {}
+        for h in hashes:
+            if isinstance(h, str) and layout.is_hash_part(h):
+                body = self.source.narinfo(h)
+                if body is not None:
+                    found[h] = body.decode()
+        have = []
+        for b in blobs:
+            try:
+                digest = Hash.parse(b, "sha256")
+            except (KilnError, TypeError, AttributeError):
+                continue
+            if self.source.object_file(digest) is not None:
+                have.append(b)
+        return web.json_response({"narinfos": found, "blobs": have}, headers={"Cache-Control": "no-store"})
+
+    # ------------------------------------------------------------ writes
+
+    def _check_length(self, request: web.Request, limit: int) -> None:
+        if request.content_length is not None and request.content_length > limit:
+            raise _HTTPError(413, f"body of {request.content_length} bytes exceeds the limit of {limit}")
+
+    async def _put(self, request: web.Request, key: str, kind: str, arg: str) -> web.Response:
+        src = self.source
+        assert isinstance(src, DirSource)
+        if kind in ("nar", "blob"):
+            self._check_length(request, self.config.max_body)
+            digest = layout.file_hash_of_key(kind, arg)
+            if src.object_file(digest) is not None:
+                await _drain(request, self.config.max_body)
+                return _text(200, "already present")
+            ver = NarVerifier()
+            total = 0
+            with src.storage.staged() as (f, _tmp):
+                async for chunk in request.content.iter_chunked(CHUNK):
+                    total += len(chunk)
+                    if total > self.config.max_body:
+                        raise _HTTPError(413, f"body exceeds the limit of {self.config.max_body} bytes")
+                    f.write(chunk)
+                    ver.update(chunk)
+                if request.content_length is not None and total != request.content_length:
+                    raise _HTTPError(400, "body shorter than Content-Length (connection dropped?)")
+                got = ver.finish()
+                if got.file_hash.digest != digest.digest:
+                    raise _HTTPError(
+                        400, f"uploaded bytes hash to sha256:{got.file_hash.hex}, not to the name /{key}"
+                    )
+                src.commit_object(f, got)
+            return _text(201, "stored")
+        if kind == "narinfo":
+            self._check_length(request, self.config.max_narinfo)
+            body = await request.content.read(self.config.max_narinfo + 1)
+            if len(body) > self.config.max_narinfo:
+                raise _HTTPError(413, f"narinfo over {self.config.max_narinfo} bytes")
+            try:
+                text = body.decode()
+            except UnicodeDecodeError:
+                raise _HTTPError(400, "narinfo is not UTF-8") from None
+            status, msg = await asyncio.get_running_loop().run_in_executor(
+                None, self._admit_narinfo, arg, text
+            )
+            return _text(status, msg)
+        raise _HTTPError(405, f"PUT is not allowed on /{key}")
+
+    def _admit_narinfo(self, hash_part: str, text: str) -> tuple[int, str]:
+        src = self.source
+        assert isinstance(src, DirSource)
+        try:
+            info = check_narinfo(text, src.store_dir, self.config.trusted, 1, hash_part)
+        except KilnError as e:
+            return (403 if type(e).__name__ == "UntrustedError" else 400), f"error: {e}"
+        got = src.object_digests(info.file_hash)
+        if got is None:
+            return 400, f"error: {info.path}: upload the NAR ({info.url}) before its narinfo"
+        try:
+            expect(info.path, got, info.file_hash, info.file_size, info.nar_hash, info.nar_size)
+        except KilnError as e:
+            return 400, f"error: {e}"
+        return src.publish_narinfo(hash_part, info, text.encode())
+
+    async def _publish_index(self, request: web.Request) -> web.Response:
+        self._auth(request, "write")
+        if self.config.index_key is None:
+            return _text(409, "error: this server has no index key (start it with --index-key)")
+        async with self._publish_lock:
+            from .publish import publish_index
+
+            pub = await asyncio.get_running_loop().run_in_executor(
+                None, publish_index, self.source.storage, self.config.index_key
+            )
+        return _text(200, f"index version {pub.index_version}, timestamp version {pub.timestamp_version}")
+
+
+class _HTTPError(Exception):
+    def __init__(self, status: int, msg: str) -> None:
+        super().__init__(msg)
+        self.status, self.msg = status, msg
+
+
+async def _drain(request: web.Request, limit: int) -> None:
+    total = 0
+    async for chunk in request.content.iter_chunked(CHUNK):
+        total += len(chunk)
+        if total > limit:
+            raise _HTTPError(413, "body too large")
+
+
+def make_app(source: Source, config: ServerConfig) -> web.Application:
+    reg = Registry(source, config)
+    app = web.Application(client_max_size=config.max_narinfo, handler_args={"max_field_size": 16384})
+    app.router.add_route("*", "/{tail:.*}", reg.handle)
+    app["registry"] = reg
+    return app
+
+
+def open_source(
+    *,
+    store: Path | None,
+    directory: Path | None,
+    sign_key: SecretKey | None,
+    store_dir: str | None,
+    durable: bool = True,
+) -> Source:
+    if (store is None) == (directory is None):
+        raise KilnError("give exactly one of --store DIR or --dir DIR")
+    if store is not None:
+        return StoreSource(store, sign_key, store_dir)
+    return DirSource(directory, store_dir=store_dir, durable=durable)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(fam, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(4096)
+    sock.setblocking(False)
+    return sock
+
+
+async def _run(
+    make: Callable[[], Awaitable[web.Application]] | Callable[[], web.Application], sock: socket.socket
+) -> None:
+    app = make()
+    if asyncio.iscoroutine(app):
+        app = await app
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.SockSite(runner, sock, shutdown_timeout=1.0)
+    await site.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await runner.cleanup()
+
+
+def serve(
+    make: Callable[[], web.Application],
+    sock: socket.socket,
+    workers: int = 1,
+    ready: Callable[[], None] | None = None,
+) -> None:
+    """Run the app on ``sock`` in ``workers`` processes until SIGTERM/SIGINT."""
+    if workers <= 1:
+        if ready:
+            ready()
+        asyncio.run(_run(make, sock))
+        return
+    pids = []
+    for _ in range(workers):
+        pid = os.fork()
+        if pid == 0:
+            try:
+                asyncio.run(_run(make, sock))
+            finally:
+                os._exit(0)
+        pids.append(pid)
+    if ready:
+        ready()
+
+    def _stop(signum: int, _frame: Any) -> None:
+        for p in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    for p in pids:
+        while True:
+            try:
+                os.waitpid(p, 0)
+                break
+            except ChildProcessError:
+                break
+            except InterruptedError:
+                continue
+    _ = time

@@ -1,0 +1,224 @@
+"""Storage backends for a registry: a flat key space of immutable objects.
+
+Keys are the relative names from ``layout`` (``abc.narinfo``, ``nar/x.nar.zst``, ...).
+A backend is chosen by URL with ``open_storage``: ``file:///abs/dir`` (or a bare path)
+gives ``FileStorage``; ``s3://`` is reserved for a later backend and is refused with a
+clear error today. The test-suite in tests/registry/test_storage.py runs against every
+backend listed in ``BACKENDS``.
+
+Contract every backend keeps:
+- Writes are atomic: ``writer(key)`` yields a file object whose bytes become visible
+  under ``key`` only when the ``with`` block exits cleanly; an exception or a crash
+  leaves no trace under ``key`` (FileStorage: temp file in ``.kiln/tmp``, fsync, rename).
+- ``publish(key, ...)`` with ``exclusive=True`` never replaces an existing object; it
+  reports whether it created the key, which is how the server detects conflicts (409)
+  without a lock: ``link(2)`` is an atomic create-if-absent.
+- Readers never see partial objects, and objects are never modified in place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+from urllib.parse import unquote, urlparse
+
+from kiln.store.errors import KilnError
+
+from .layout import PRIVATE_DIR
+
+
+class StorageError(KilnError):
+    """A backend could not be opened or an object could not be stored."""
+
+
+class Storage(ABC):
+    """Abstract key → bytes store. See the module docstring for the contract."""
+
+    url: str
+
+    @abstractmethod
+    def read(self, key: str) -> bytes | None:
+        """Whole object (for small ones: narinfo, metadata), or None if absent."""
+
+    @abstractmethod
+    def open(self, key: str) -> BinaryIO | None:
+        """A binary reader for streaming, or None if absent. Caller closes it."""
+
+    @abstractmethod
+    def size(self, key: str) -> int | None:
+        """Object size in bytes, or None if absent."""
+
+    def exists(self, key: str) -> bool:
+        return self.size(key) is not None
+
+    @abstractmethod
+    def writer(self, key: str, *, exclusive: bool = False) -> contextlib.AbstractContextManager[BinaryIO]:
+        """Context manager yielding a writable file; the object appears atomically on
+        clean exit. With ``exclusive`` an existing object is left alone and
+        ``FileExistsError`` is raised at exit."""
+
+    @abstractmethod
+    def staged(self) -> contextlib.AbstractContextManager[tuple[BinaryIO, Path | None]]:
+        """A temp file for data whose key is only known after it is written (blobs are
+        named by their digest). Pair with ``commit_staged``; discarded on exit."""
+
+    @abstractmethod
+    def commit_staged(self, tmp: BinaryIO, keys: list[str]) -> None:
+        """Publish a staged temp file under every key in ``keys`` (content-addressed,
+        so an existing key is kept as is)."""
+
+    def put_bytes(self, key: str, data: bytes, *, exclusive: bool = False) -> bool:
+        """Write ``data`` atomically. Returns False (and changes nothing) when
+        ``exclusive`` and the key exists."""
+        try:
+            with self.writer(key, exclusive=exclusive) as f:
+                f.write(data)
+        except FileExistsError:
+            return False
+        return True
+
+    @abstractmethod
+    def list(self, prefix: str = "") -> Iterator[str]:
+        """Keys under ``prefix`` (a directory such as ``nar/`` or ``""`` for the top level)."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove a key if present (used for private state and failed staging only)."""
+
+    def local_path(self, key: str) -> Path | None:
+        """Filesystem path of the object when the backend is local (lets the server use
+        sendfile); None for remote backends."""
+        return None
+
+
+class FileStorage(Storage):
+    """A directory on the local filesystem. ``durable`` fsyncs files before rename."""
+
+    def __init__(self, root: Path, *, durable: bool = True, create: bool = True) -> None:
+        self.root = Path(root).absolute()
+        self.url = f"file://{self.root}"
+        self.durable = durable
+        self._tmp = self.root / PRIVATE_DIR / "tmp"
+        if create:
+            for d in (self._tmp, self.root / "nar", self.root / "blobs", self.root / "index"):
+                d.mkdir(parents=True, exist_ok=True)
+        elif not self.root.is_dir():
+            raise StorageError(f"registry directory {self.root} does not exist")
+
+    def _path(self, key: str) -> Path:
+        if not key or key.startswith("/") or ".." in key.split("/"):
+            raise StorageError(f"invalid registry key {key!r}")
+        return self.root / key
+
+    def local_path(self, key: str) -> Path | None:
+        return self._path(key)
+
+    def read(self, key: str) -> bytes | None:
+        try:
+            with open(self._path(key), "rb") as f:
+                return f.read()
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            return None
+
+    def open(self, key: str) -> BinaryIO | None:
+        try:
+            return open(self._path(key), "rb")  # noqa: SIM115 - caller owns it
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            return None
+
+    def size(self, key: str) -> int | None:
+        try:
+            st = os.stat(self._path(key))
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return st.st_size
+
+    def _tempfile(self) -> BinaryIO:
+        self._tmp.mkdir(parents=True, exist_ok=True)
+        f = tempfile.NamedTemporaryFile(dir=self._tmp, prefix="up-", delete=False)  # noqa: SIM115
+        os.fchmod(f.fileno(), 0o644)  # published objects are world-readable (static servers)
+        return f
+
+    def _finish(self, f: BinaryIO) -> None:
+        f.flush()
+        if self.durable:
+            os.fsync(f.fileno())
+        f.close()
+
+    @contextlib.contextmanager
+    def writer(self, key: str, *, exclusive: bool = False) -> Iterator[BinaryIO]:
+        dest = self._path(key)
+        f = self._tempfile()
+        try:
+            yield f
+            self._finish(f)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if exclusive:
+                os.link(f.name, dest)  # atomic create-if-absent; FileExistsError otherwise
+            else:
+                os.replace(f.name, dest)
+        finally:
+            f.close()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f.name)
+
+    @contextlib.contextmanager
+    def staged(self) -> Iterator[tuple[BinaryIO, Path | None]]:
+        f = self._tempfile()
+        try:
+            yield f, Path(f.name)
+        finally:
+            f.close()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f.name)
+
+    def commit_staged(self, tmp: BinaryIO, keys: list[str]) -> None:
+        if not tmp.closed:
+            self._finish(tmp)
+        for key in keys:
+            dest = self._path(key)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp.name, dest)  # same bytes under every name; never clobber
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        base = self._path(prefix.rstrip("/")) if prefix else self.root
+        rel = prefix.rstrip("/") + "/" if prefix else ""
+        try:
+            with os.scandir(base) as it:
+                for e in it:
+                    if e.is_file() and not e.name.startswith("."):
+                        yield rel + e.name
+        except FileNotFoundError:
+            return
+
+    def delete(self, key: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._path(key))
+
+
+#: URL schemes with a backend. The parametrised storage tests run over each.
+BACKENDS = ("file",)
+
+
+def open_storage(url: str | Path, *, create: bool = True, durable: bool = True) -> Storage:
+    """Open the backend a URL names: ``file:///abs/dir`` or a plain directory path."""
+    text = str(url)
+    parsed = urlparse(text)
+    if parsed.scheme in ("", "file"):
+        path = unquote(parsed.path) if parsed.scheme else text
+        if parsed.scheme == "file" and parsed.netloc not in ("", "localhost"):
+            raise StorageError(f"file URL {text!r} names host {parsed.netloc!r}; use file:///absolute/path")
+        if not path:
+            raise StorageError(f"storage URL {text!r} has no path")
+        return FileStorage(Path(path), create=create, durable=durable)
+    if parsed.scheme == "s3":
+        raise StorageError(
+            f"storage URL {text!r}: the s3:// backend is not implemented yet (use file:///dir)"
+        )
+    raise StorageError(f"unsupported storage URL {text!r} (expected file:///dir)")

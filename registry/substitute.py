@@ -1,0 +1,196 @@
+"""Substitution: fetch store paths from registries instead of building them.
+
+``Substituter(registries=[(url, priority)], trusted=[PublicKey], sigs_needed=1)``:
+
+- ``query_many(paths)`` asks the registries in priority order (lower number first, as
+  in Nix) for the narinfos of ``paths`` — one batched request per registry for all the
+  paths still unresolved — and returns only narinfos that parse for the local store dir,
+  describe exactly the requested path, point at a zstd NAR, and carry signatures from
+  at least ``sigs_needed`` distinct trusted keys. Anything else is a miss (the reason is
+  kept in ``rejected``). A registry that cannot be reached within the connect timeout
+  is marked down for the lifetime of this object and skipped: a miss, never a failure.
+- ``fetch(store, info)`` downloads the NAR from the registry that answered, hashing the
+  compressed bytes while they arrive (abort as soon as the size is exceeded; mismatch
+  → ``HashMismatch``), then hands the file to ``store.import_object``, which checks the
+  file hash again and the NAR hash while restoring; nothing is registered on mismatch.
+- ``fetch_many(store, infos)`` does the same for many paths: downloads in parallel,
+  imports in dependency order on one thread (the store is used from one thread at a time).
+
+A Substituter owns an event loop; use it from one thread. ``close()`` when done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import hashlib
+import tempfile
+from typing import Any
+
+from kiln.store import narinfo as ni
+from kiln.store.errors import HashMismatch, KilnError
+from kiln.store.pathinfo import PathInfo
+from kiln.store.signing import PublicKey
+
+from .client import Client, Unreachable, open_client
+from .progress import Progress
+from .push import levels
+from .verify import check_narinfo
+
+
+class Substituter:
+    def __init__(
+        self,
+        registries: list[tuple[str, int]],
+        trusted: list[PublicKey],
+        sigs_needed: int = 1,
+        jobs: int = 16,
+        progress: bool | None = None,
+    ) -> None:
+        self.registries = sorted(registries, key=lambda r: r[1])
+        self.trusted = list(trusted)
+        self.sigs_needed = sigs_needed
+        self.jobs = jobs
+        self.progress = progress
+        self.down: dict[str, str] = {}
+        self.rejected: dict[str, str] = {}
+        self._source: dict[str, str] = {}
+        self._loop = asyncio.new_event_loop()
+        self._clients: dict[str, Client] = {}
+        self._importer = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+
+    def close(self) -> None:
+        async def _close() -> None:
+            for c in self._clients.values():
+                await c.close()
+
+        self._loop.run_until_complete(_close())
+        self._loop.close()
+        self._importer.shutdown()
+
+    def __enter__(self) -> Substituter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _client(self, url: str) -> Client:
+        c = self._clients.get(url)
+        if c is None:
+            c = self._clients[url] = open_client(url, jobs=self.jobs)
+        return c
+
+    # ------------------------------------------------------------ queries
+
+    async def _query(self, paths: list[str]) -> dict[str, ni.NarInfo]:
+        found: dict[str, ni.NarInfo] = {}
+        want = {p.rsplit("/", 1)[1][:32]: p for p in paths}
+        for url, _prio in self.registries:
+            if not want:
+                break
+            if url in self.down:
+                continue
+            client = self._client(url)
+            try:
+                if not client.store_dir:
+                    await client.cache_info()
+                texts = await client.narinfos(list(want))
+            except Unreachable as e:
+                self.down[url] = str(e)
+                continue
+            except KilnError as e:
+                self.down[url] = str(e)
+                continue
+            store_dir = want[next(iter(want))].rpartition("/")[0]
+            if client.store_dir != store_dir:
+                self.down[url] = f"registry store dir {client.store_dir!r} differs from {store_dir!r}"
+                continue
+            for h, text in texts.items():
+                p = want.get(h)
+                if p is None:
+                    continue
+                try:
+                    info = check_narinfo(text, store_dir, self.trusted, self.sigs_needed, h)
+                except KilnError as e:
+                    self.rejected[p] = f"{url}: {e}"
+                    continue
+                if info.path != p:
+                    self.rejected[p] = f"{url}: narinfo is for {info.path}"
+                    continue
+                found[p] = info
+                self._source[p] = url
+                del want[h]
+        return found
+
+    def query_many(self, paths: list[str]) -> dict[str, ni.NarInfo]:
+        """Trusted narinfos for those ``paths`` some registry has (see module docstring)."""
+        return self._loop.run_until_complete(self._query(list(paths)))
+
+    # ------------------------------------------------------------ fetching
+
+    async def _download(self, info: ni.NarInfo, sem: asyncio.Semaphore, prog: Progress) -> Any:
+        url = self._source.get(info.path)
+        if url is None:
+            raise KilnError(f"{info.path} was not obtained from query_many of this substituter")
+        f = tempfile.SpooledTemporaryFile(max_size=8 << 20)  # noqa: SIM115 - returned to the caller
+        sha = hashlib.sha256()
+        size = 0
+        limit = info.file_size or 0
+
+        def write(chunk: bytes) -> None:
+            nonlocal size
+            size += len(chunk)
+            if size > limit:
+                raise HashMismatch(f"download of {info.path}", f"{limit} bytes", f"more than {limit} bytes")
+            sha.update(chunk)
+            f.write(chunk)
+            prog.add(0, len(chunk))
+
+        try:
+            async with sem:
+                ok = await self._client(url).download(info.url, write)
+            if not ok:
+                raise KilnError(f"{url}/{info.url} is missing although the registry lists {info.path}")
+            if sha.digest() != info.file_hash.digest or size != limit:  # type: ignore[union-attr]
+                raise HashMismatch(
+                    f"download of {info.path} from {url}",
+                    info.file_hash.to_nix32(),
+                    f"sha256:{sha.hexdigest()} ({size} bytes)",
+                )  # type: ignore[union-attr]
+        except BaseException:
+            f.close()
+            raise
+        f.seek(0)
+        return f
+
+    def _import(self, store: Any, info: ni.NarInfo, f: Any) -> PathInfo:
+        with f:
+            return store.import_object(info.to_pathinfo(), f)
+
+    async def _fetch_many(self, store: Any, infos: list[ni.NarInfo]) -> list[PathInfo]:
+        sem = asyncio.Semaphore(self.jobs)
+        prog = Progress("fetch", len(infos), sum(i.file_size or 0 for i in infos), self.progress)
+        by_path = {i.path: i for i in infos}
+        tasks = {p: asyncio.ensure_future(self._download(i, sem, prog)) for p, i in by_path.items()}
+        loop = asyncio.get_running_loop()
+        out: list[PathInfo] = []
+        try:
+            for level in levels(by_path):  # type: ignore[arg-type]
+                for p in level:
+                    f = await tasks[p]
+                    out.append(await loop.run_in_executor(self._importer, self._import, store, by_path[p], f))
+                    prog.add(1)
+        finally:
+            for t in tasks.values():
+                t.cancel()
+            await asyncio.gather(*tasks.values(), return_exceptions=True)
+            prog.done()
+        return out
+
+    def fetch(self, store: Any, info: ni.NarInfo) -> PathInfo:
+        """Download, verify and register one path (its references must be valid)."""
+        return self.fetch_many(store, [info])[0]
+
+    def fetch_many(self, store: Any, infos: list[ni.NarInfo]) -> list[PathInfo]:
+        """Download in parallel, import dependencies first."""
+        return self._loop.run_until_complete(self._fetch_many(store, infos))

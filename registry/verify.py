@@ -1,0 +1,135 @@
+"""Streaming verification of compressed NARs and narinfo admission rules.
+
+``NarVerifier`` is fed the bytes of a ``.nar.zst`` file as they arrive (from an upload,
+a download or a mirror source). It hashes the compressed bytes and, through a zstd
+stream writer with a bounded output buffer, the decompressed NAR, so memory stays flat
+even for a decompression bomb, and nothing is read twice. ``finish`` returns the four
+digests/sizes; callers compare them with what the URL and the narinfo promise.
+
+``check_narinfo`` is the single admission rule used by the server (uploads), mirror sync
+and substitution: the narinfo must parse for the registry's store dir, point at
+``nar/<nix32 FileHash>.nar.zst`` with ``Compression: zstd``, and carry at least
+``sigs_needed`` valid signatures from distinct trusted keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import zstandard
+from kiln.store import narinfo as ni
+from kiln.store.errors import FormatError, HashMismatch, KilnError
+from kiln.store.hashes import Hash
+from kiln.store.signing import PublicKey, valid_signers
+
+from .layout import nar_key
+
+OUT_CHUNK = 1 << 20
+
+
+class _HashSink:
+    __slots__ = ("sha", "size", "limit")
+
+    def __init__(self, limit: int | None) -> None:
+        self.sha, self.size, self.limit = hashlib.sha256(), 0, limit
+
+    def write(self, data: bytes) -> int:
+        self.size += len(data)
+        if self.limit is not None and self.size > self.limit:
+            raise FormatError(f"decompressed NAR exceeds {self.limit} bytes")
+        self.sha.update(data)
+        return len(data)
+
+
+@dataclass(frozen=True, slots=True)
+class Digests:
+    file_hash: Hash
+    file_size: int
+    nar_hash: Hash
+    nar_size: int
+
+
+class NarVerifier:
+    """Incremental hasher of a ``.nar.zst`` stream and the NAR inside it."""
+
+    def __init__(self, max_nar_size: int | None = None) -> None:
+        self._file = hashlib.sha256()
+        self._size = 0
+        self._sink = _HashSink(max_nar_size)
+        self._dec = zstandard.ZstdDecompressor().stream_writer(
+            self._sink, write_size=OUT_CHUNK, write_return_read=True, closefd=False
+        )
+        self._bad: str | None = None
+
+    def update(self, chunk: bytes) -> None:
+        self._file.update(chunk)
+        self._size += len(chunk)
+        if self._bad is None:
+            try:
+                self._dec.write(chunk)
+            except zstandard.ZstdError as e:
+                self._bad = str(e)
+
+    def finish(self) -> Digests:
+        if self._bad is None:
+            try:
+                self._dec.flush()
+            except zstandard.ZstdError as e:
+                self._bad = str(e)
+        if self._bad is not None:
+            raise HashMismatch("compressed NAR", "a valid zstd stream", f"corrupt data ({self._bad})")
+        return Digests(
+            Hash("sha256", self._file.digest()),
+            self._size,
+            Hash("sha256", self._sink.sha.digest()),
+            self._sink.size,
+        )
+
+
+def expect(
+    what: str,
+    got: Digests,
+    file_hash: Hash | None,
+    file_size: int | None,
+    nar_hash: Hash | None,
+    nar_size: int | None,
+) -> None:
+    """Raise ``HashMismatch`` unless every given expectation holds."""
+    if file_hash is not None and got.file_hash.digest != file_hash.digest:
+        raise HashMismatch(f"compressed file of {what}", file_hash.to_nix32(), got.file_hash.to_nix32())
+    if file_size is not None and got.file_size != file_size:
+        raise HashMismatch(f"compressed file size of {what}", str(file_size), str(got.file_size))
+    if nar_hash is not None and got.nar_hash.digest != nar_hash.digest:
+        raise HashMismatch(f"NAR of {what}", nar_hash.to_nix32(), got.nar_hash.to_nix32())
+    if nar_size is not None and got.nar_size != nar_size:
+        raise HashMismatch(f"NAR size of {what}", str(nar_size), str(got.nar_size))
+
+
+class UntrustedError(KilnError):
+    """A narinfo lacks enough valid signatures from trusted keys."""
+
+
+def check_narinfo(
+    text: str, store_dir: str, trusted: list[PublicKey], sigs_needed: int = 1, hash_part: str | None = None
+) -> ni.NarInfo:
+    """Parse and admit a narinfo (see module docstring); raise a ``KilnError`` if not."""
+    info = ni.parse(text, store_dir)
+    base = info.path.rsplit("/", 1)[1]
+    if hash_part is not None and base[:32] != hash_part:
+        raise FormatError(f"narinfo for {hash_part} describes another path: {info.path}")
+    if info.compression != "zstd":
+        raise FormatError(f"{info.path}: Compression is {info.compression!r}; this registry stores zstd only")
+    if info.file_hash is None or info.file_size is None or info.file_hash.algo != "sha256":
+        raise FormatError(f"{info.path}: narinfo needs a sha256 FileHash and a FileSize")
+    if info.url != nar_key(info.file_hash):
+        raise FormatError(f"{info.path}: URL must be {nar_key(info.file_hash)}, found {info.url!r}")
+    if sigs_needed > 0:
+        good = valid_signers(info, trusted)
+        if len(good) < sigs_needed:
+            have = ", ".join(s.partition(":")[0] for s in info.sigs) or "none"
+            raise UntrustedError(
+                f"{info.path}: {len(good)} valid signature(s) from trusted keys, {sigs_needed} required "
+                f"(signatures by: {have}; trusted: {', '.join(k.name for k in trusted) or 'none'})"
+            )
+    return info
