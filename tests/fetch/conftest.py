@@ -1,0 +1,140 @@
+"""A real HTTP server on 127.0.0.1 with misbehaving routes, for fetcher tests.
+
+Routes (``server.url(route)``):
+
+- ``/file/<name>``       the bytes registered with ``server.add``; honours ``Range``
+- ``/redirect/<name>``   302 to ``/file/<name>``
+- ``/drop/<name>``       first request: full Content-Length, half the body, then the
+                         connection is closed; later requests behave like ``/file``
+- ``/drop-norange/<n>``  like ``/drop`` but ignores ``Range`` (answers 200 with everything)
+- ``/hang/<name>``       sends nothing for 5 s
+- ``/flaky/<name>``      first request 503, then like ``/file``
+- ``/mirror/...``        a hashed mirror: ``/mirror/sha256/<hex>`` of registered bytes
+
+Every request is logged as ``(method, path, range header)`` in ``server.log``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args) -> None:  # keep pytest output clean
+        pass
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        srv = self.server.owner
+        rng = self.headers.get("Range")
+        srv.log.append(("GET", self.path, rng))
+        parts = self.path.strip("/").split("/")
+        kind, name = parts[0], "/".join(parts[1:])
+        if kind == "mirror":
+            algo, hexd = (parts[1], parts[2]) if len(parts) == 3 else ("", "")
+            data = srv.by_hash.get(hexd) if algo == "sha256" else None
+            return self._send(data, rng, ranges=True)
+        data = srv.files.get(name)
+        if data is None:
+            return self._status(404)
+        first = srv.count(self.path) == 1
+        if kind == "file":
+            return self._send(data, rng, ranges=True)
+        if kind == "redirect":
+            self.send_response(302)
+            self.send_header("Location", f"/file/{name}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return None
+        if kind in ("drop", "drop-norange"):
+            if first:
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.send_header("Accept-Ranges", "bytes")
+                self.end_headers()
+                self.wfile.write(data[: len(data) // 2])
+                self.wfile.flush()
+                self.close_connection = True
+                return None
+            return self._send(data, rng, ranges=(kind == "drop"))
+        if kind == "hang":
+            time.sleep(5)
+            return self._status(500)
+        if kind == "flaky":
+            return self._status(503) if first else self._send(data, rng, ranges=True)
+        return self._status(404)
+
+    def _status(self, code: int) -> None:
+        self.send_response(code)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def _send(self, data: bytes | None, rng: str | None, ranges: bool) -> None:
+        if data is None:
+            return self._status(404)
+        start = 0
+        if ranges and rng and rng.startswith("bytes=") and rng.endswith("-"):
+            start = int(rng[6:-1])
+            if start >= len(data):
+                return self._status(416)
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        else:
+            self.send_response(200)
+        body = data[start:]
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+        return None
+
+
+class Server:
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        self.by_hash: dict[str, bytes] = {}
+        self.log: list[tuple[str, str, str | None]] = []
+        self._lock = threading.Lock()
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        self.httpd.daemon_threads = True
+        self.httpd.owner = self
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
+        self.thread.start()
+
+    def add(self, name: str, data: bytes, mirror: bool = False) -> str:
+        """Register ``data`` under ``name``; returns its sha256 hex."""
+        digest = hashlib.sha256(data).hexdigest()
+        self.files[name] = data
+        if mirror:
+            self.by_hash[digest] = data
+        return digest
+
+    def count(self, path: str) -> int:
+        with self._lock:
+            return sum(1 for _, p, _ in self.log if p == path)
+
+    def url(self, route: str) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_port}/{route.lstrip('/')}"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def server():
+    s = Server()
+    yield s
+    s.close()
+
+
+@pytest.fixture(autouse=True)
+def _no_env_mirrors(monkeypatch):
+    # the developer's own KILN_SOURCE_MIRRORS must not change what these tests see
+    monkeypatch.delenv("KILN_SOURCE_MIRRORS", raising=False)
+    monkeypatch.delenv("KILN_FETCH_TIMEOUT", raising=False)

@@ -1,0 +1,210 @@
+"""fetch_url against a real local HTTP server: success, mismatch, redirects, drops,
+timeouts, mirrors (directory and HTTP), file:// URLs."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from pathlib import Path
+
+import pytest
+from kiln.store.errors import HashMismatch
+from kiln.store.fetch import FetchError, expand_url, fetch_url, mirrors_from_env, parse_mirror_list
+from kiln.store.hashes import Hash
+
+DATA = bytes(range(256)) * 4000  # ~1 MB: several read chunks
+
+
+def h(data: bytes) -> Hash:
+    return Hash("sha256", hashlib.sha256(data).digest())
+
+
+def leftovers(d: Path) -> list[str]:
+    return sorted(p.name for p in d.iterdir() if p.name.startswith("."))
+
+
+def test_success(server, tmp_path):
+    server.add("a.tar", DATA)
+    dest = tmp_path / "out" / "a.tar"
+    fetch_url([server.url("file/a.tar")], h(DATA), dest, mirrors=[], progress=True)
+    assert dest.read_bytes() == DATA
+    assert (dest.stat().st_mode & 0o777) == 0o644
+    assert leftovers(dest.parent) == []
+
+
+def test_wrong_hash_prints_both_and_leaves_nothing(server, tmp_path):
+    server.add("a.tar", DATA)
+    wanted = h(b"something else")
+    dest = tmp_path / "a.tar"
+    with pytest.raises(HashMismatch) as e:
+        fetch_url([server.url("file/a.tar")], wanted, dest, mirrors=[], progress=False)
+    msg = str(e.value)
+    assert wanted.hex in msg and h(DATA).hex in msg
+    assert not dest.exists()
+    assert leftovers(tmp_path) == []
+
+
+def test_second_url_used_when_first_fails(server, tmp_path):
+    server.add("a", DATA)
+    dest = tmp_path / "a"
+    fetch_url([server.url("file/missing"), server.url("file/a")], h(DATA), dest, mirrors=[], progress=False)
+    assert dest.read_bytes() == DATA
+
+
+def test_redirect(server, tmp_path):
+    server.add("r", DATA)
+    dest = tmp_path / "r"
+    fetch_url([server.url("redirect/r")], h(DATA), dest, mirrors=[], progress=False)
+    assert dest.read_bytes() == DATA
+    assert [p for _, p, _ in server.log] == ["/redirect/r", "/file/r"]
+
+
+def test_dropped_connection_resumes_with_range(server, tmp_path):
+    server.add("d", DATA)
+    dest = tmp_path / "d"
+    fetch_url([server.url("drop/d")], h(DATA), dest, mirrors=[], progress=False)
+    assert dest.read_bytes() == DATA
+    ranges = [r for _, p, r in server.log if p == "/drop/d"]
+    assert ranges[0] is None and ranges[1] is not None and ranges[1].startswith("bytes=")
+
+
+def test_dropped_connection_without_range_support_restarts_cleanly(server, tmp_path):
+    server.add("d", DATA)
+    dest = tmp_path / "d"
+    fetch_url([server.url("drop-norange/d")], h(DATA), dest, mirrors=[], progress=False)
+    assert dest.read_bytes() == DATA
+    assert server.count("/drop-norange/d") == 2
+
+
+def test_transient_503_is_retried(server, tmp_path):
+    server.add("f", DATA)
+    dest = tmp_path / "f"
+    fetch_url([server.url("flaky/f")], h(DATA), dest, mirrors=[], progress=False)
+    assert dest.read_bytes() == DATA
+
+
+def test_timeout(server, tmp_path):
+    server.add("x", DATA)
+    dest = tmp_path / "x"
+    t0 = time.monotonic()
+    with pytest.raises(FetchError) as e:
+        fetch_url([server.url("hang/x")], h(DATA), dest, mirrors=[], progress=False, timeout=0.5, retries=1)
+    assert time.monotonic() - t0 < 4
+    assert "timed out" in str(e.value)
+    assert not dest.exists() and leftovers(tmp_path) == []
+
+
+def test_not_found_is_a_fetch_error(server, tmp_path):
+    with pytest.raises(FetchError) as e:
+        fetch_url([server.url("file/nope")], h(DATA), tmp_path / "n", mirrors=[], progress=False)
+    assert "404" in str(e.value)
+
+
+def test_directory_mirror_hit_makes_no_request(server, tmp_path):
+    server.add("m", DATA)
+    mirror = tmp_path / "mirror"
+    (mirror / "sha256").mkdir(parents=True)
+    (mirror / "sha256" / h(DATA).hex).write_bytes(DATA)
+    dest = tmp_path / "m"
+    fetch_url([server.url("file/m")], h(DATA), dest, mirrors=[str(mirror)], progress=False)
+    assert dest.read_bytes() == DATA
+    assert server.log == []
+    # the mirror entry is copied, not linked: the store may make dest read-only
+    assert os.stat(dest).st_ino != os.stat(mirror / "sha256" / h(DATA).hex).st_ino
+
+
+def test_env_mirror_and_file_url_mirror(server, tmp_path, monkeypatch):
+    server.add("m", DATA)
+    mirror = tmp_path / "mirror"
+    (mirror / "sha256").mkdir(parents=True)
+    (mirror / "sha256" / h(DATA).hex).write_bytes(DATA)
+    monkeypatch.setenv("KILN_SOURCE_MIRRORS", f"/nonexistent:file://{mirror}")
+    fetch_url([server.url("file/m")], h(DATA), tmp_path / "m", mirrors=[], progress=False)
+    assert server.log == []
+
+
+def test_http_mirror(server, tmp_path):
+    server.add("m", DATA, mirror=True)
+    dest = tmp_path / "m"
+    fetch_url(
+        ["http://127.0.0.1:9/unreachable"], h(DATA), dest, mirrors=[server.url("mirror")], progress=False
+    )
+    assert dest.read_bytes() == DATA
+    assert [p for _, p, _ in server.log] == [f"/mirror/sha256/{h(DATA).hex}"]
+
+
+def test_mirror_miss_falls_through_to_url(server, tmp_path):
+    server.add("m", DATA)
+    dest = tmp_path / "m"
+    fetch_url(
+        [server.url("file/m")],
+        h(DATA),
+        dest,
+        mirrors=[server.url("mirror"), str(tmp_path / "empty")],
+        progress=False,
+    )
+    assert dest.read_bytes() == DATA
+
+
+def test_corrupt_mirror_entry_is_skipped(server, tmp_path, capsys):
+    server.add("m", DATA)
+    mirror = tmp_path / "mirror"
+    (mirror / "sha256").mkdir(parents=True)
+    (mirror / "sha256" / h(DATA).hex).write_bytes(b"corrupt")
+    dest = tmp_path / "m"
+    fetch_url([server.url("file/m")], h(DATA), dest, mirrors=[str(mirror)], progress=False)
+    assert dest.read_bytes() == DATA
+    assert "ignoring" in capsys.readouterr().err
+
+
+def test_file_url(tmp_path):
+    src = tmp_path / "src.bin"
+    src.write_bytes(DATA)
+    dest = tmp_path / "dest.bin"
+    fetch_url([f"file://{src}"], h(DATA), dest, mirrors=[], progress=False)
+    assert dest.read_bytes() == DATA
+    with pytest.raises(HashMismatch):
+        fetch_url([f"file://{src}"], h(b"x"), tmp_path / "bad", mirrors=[], progress=False)
+    assert not (tmp_path / "bad").exists()
+
+
+def test_unpinned_fetch_skips_mirrors(server, tmp_path):
+    server.add("u", DATA)
+    dest = tmp_path / "u"
+    fetch_url([server.url("file/u")], None, dest, mirrors=[server.url("mirror")], progress=False)
+    assert dest.read_bytes() == DATA
+    assert [p for _, p, _ in server.log] == ["/file/u"]
+
+
+def test_unsupported_scheme(tmp_path):
+    with pytest.raises(FetchError, match="unsupported URL scheme"):
+        fetch_url(["gopher://x/y"], h(DATA), tmp_path / "g", mirrors=[], progress=False)
+
+
+def test_parse_mirror_list():
+    assert parse_mirror_list("/a:/b http://h:8080/m:https://x/y file:///c") == [
+        "/a",
+        "/b",
+        "http://h:8080/m",
+        "https://x/y",
+        "file:///c",
+    ]
+    assert parse_mirror_list("") == []
+
+
+def test_mirrors_from_env_order(monkeypatch):
+    monkeypatch.setenv("KILN_SOURCE_MIRRORS", "/e1 /x/")
+    assert mirrors_from_env(["/x", "/y"]) == ["/x", "/y", "/e1"]
+
+
+def test_debian_url_expands_against_machine_sources():
+    from kiln.store.apt import archive_bases
+
+    bases = archive_bases()
+    if not bases:
+        pytest.skip("no apt 'deb' sources on this machine")
+    urls = expand_url("debian:pool/main/h/hello/hello_2.10-3_amd64.deb")
+    assert urls == [f"{b}/pool/main/h/hello/hello_2.10-3_amd64.deb" for b in bases]
+    with pytest.raises(FetchError):
+        expand_url("debian:../etc/passwd")
