@@ -30,9 +30,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .dsse import Envelope, keyid
+from .dsse import Envelope, Signer, keyid
+from .dsse import sign as dsse_sign
 from .errors import FormatError, StoreError
-from .intoto import parse_statement
+from .intoto import canonical_json, parse_statement
 from .paths import StorePath
 
 _KIND_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
@@ -58,6 +59,12 @@ def vsa_kind(public_key: bytes) -> str:
 def media_type(kind: str) -> str:
     """The registry media type for an attestation kind."""
     return MEDIA_TYPES.get(kind.split("-", 1)[0], "application/vnd.in-toto+dsse")
+
+
+def sign(statement: dict[str, Any], signers: builtins.list[Signer]) -> Envelope:
+    """Wrap an in-toto statement (a dict from ``intoto``) in a DSSE envelope signed by
+    every signer (``dsse.Ed25519Signer(secret_key.key)`` or ``dsse.CommandSigner``)."""
+    return dsse_sign(canonical_json(statement), signers)
 
 
 def _parse(path: str | StorePath) -> StorePath:
