@@ -70,7 +70,7 @@ class Derivation:
         name: str,
         *,
         outputs: Mapping[str, Output],
-        input_drvs: Mapping[str, "tuple[str, ...] | list[str]"] = {},  # noqa: B006 - read-only
+        input_drvs: Mapping[str, tuple[str, ...] | list[str]] = {},  # noqa: B006 - read-only
         input_srcs=(),
         platform: str = "x86_64-linux",
         builder: str,
@@ -113,7 +113,7 @@ class Derivation:
         """The store objects a ``.drv`` refers to: input derivations and sources."""
         return sorted(StorePath.parse(p) for p in [*self.input_srcs, *(k for k, _ in self.input_drvs)])
 
-    def serialize(self, mask_outputs: bool = False, input_drvs: "tuple | None" = None) -> str:
+    def serialize(self, mask_outputs: bool = False, input_drvs: tuple | None = None) -> str:
         """The ATerm text. ``mask_outputs`` blanks output paths and their env vars;
         ``input_drvs`` overrides the input-derivation list (used for hashing modulo)."""
         out_names = {k for k, _ in self.outputs}

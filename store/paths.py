@@ -108,7 +108,7 @@ def make_store_path(type_: str, inner: Hash, name: str, store_dir: str = DEFAULT
     return StorePath(store_dir, nixbase32.encode(digest), name)
 
 
-def _type_with_refs(kind: str, references: "list[StorePath] | tuple[StorePath, ...]", self_ref: bool) -> str:
+def _type_with_refs(kind: str, references: list[StorePath] | tuple[StorePath, ...], self_ref: bool) -> str:
     parts = [kind, *sorted(str(r) for r in references)]
     if self_ref:
         parts.append("self")

@@ -1,0 +1,140 @@
+"""Glue between recipes, the store, the sandbox and registries for ``kiln build``.
+
+Steps of one ``kiln build FILE ATTR...``:
+
+1. ``evaluate``: the recipe file → ``.drv`` paths (``kiln.lang``, evaluation cache
+   under ``<home>/eval-cache``; a cache hit imports neither lark nor the evaluator).
+2. ``fast_path``: if every requested output is already valid, print and stop — no
+   ``.drv`` is written, the sandbox and HTTP stacks are never imported.
+3. ``write_drvs``: the ``.drv`` closure is added to the store (text paths, inputs first).
+4. ``Builder.realise`` (``kiln.store.build``) with the bubblewrap executor and, when
+   registries are configured, a substituter.
+5. After each build: sign the outputs (``Sig`` like Nix) and write signed SLSA
+   provenance beside them (``provenance``). Then a GC root per attribute, so
+   ``kiln run ATTR`` finds it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from kiln.store.errors import KilnError
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    attr: str
+    drv_path: str
+    outputs: dict[str, str]
+
+
+def add_source_fn(store):
+    """``add_source`` callback for ``kiln.lang``: local sources go into the store."""
+
+    def add(src: Path, name: str) -> str:
+        from kiln.lang.sources import make_filter
+
+        return store.add_path(src, name, filter=make_filter(src)).path
+
+    return add
+
+
+def evaluate(store, file: str, attrs: list[str], use_cache: bool = True):
+    """Evaluate ``file`` and return ``(evaluation, targets)`` for ``attrs`` (all the
+    file's packages when empty)."""
+    from kiln.lang import evaluate_file
+
+    if not os.path.exists(file):
+        raise KilnError(f"recipe file {file} does not exist")
+    ev = evaluate_file(
+        file,
+        store_dir=store.store_dir,
+        add_source=add_source_fn(store),
+        cache_dir=store.root / "eval-cache" if use_cache else None,
+    )
+    if ev.from_cache:
+        for sp, origin in sorted(ev.sources.items()):
+            if not store.is_valid(sp):
+                add_source_fn(store)(Path(origin), sp.split("-", 1)[1])
+    names = attrs or list(ev.drv_paths)
+    if not names:
+        raise KilnError(f"{file} defines no packages")
+    targets = []
+    for a in names:
+        p, d = ev.select(a)
+        targets.append(Target(a, p, {k: o.path for k, o in d.outputs}))
+    return ev, targets
+
+
+def write_drvs(store, ev, roots: list[str]) -> None:
+    """Add the ``.drv`` closure of ``roots`` to the store (dependencies first)."""
+    seen: set[str] = set()
+    for r in roots:
+        for p in ev.closure(r):
+            if p in seen:
+                continue
+            seen.add(p)
+            if store.is_valid(p):
+                continue
+            d = ev.drvs[p]
+            info = store.add_text(f"{d.name}.drv", d.serialize().encode(), [str(x) for x in d.references()])
+            if info.path != p:
+                raise KilnError(f"internal error: derivation {d.name} stored as {info.path}, expected {p}")
+
+
+def load_sign_key(store, key_file: str | None, create: bool):
+    """The key that signs builds: ``--sign-key``, ``$KILN_SIGN_KEY``, or the store's
+    ``keys/default.sec`` (generated on first use when ``create``)."""
+    from kiln.store import signing
+
+    path = key_file or os.environ.get("KILN_SIGN_KEY")
+    if path:
+        return signing.load_secret_key(path)
+    default = store.root / "keys" / "default.sec"
+    if default.exists():
+        return signing.load_secret_key(default)
+    if not create:
+        return None
+    default.parent.mkdir(parents=True, exist_ok=True)
+    key = signing.SecretKey.generate(f"kiln-{os.uname().nodename}-1")
+    signing.write_secret_key(default, key)
+    signing.write_public_key(default.with_suffix(".pub"), key.public())
+    print(f"generated signing key {default} (public key: {key.public().to_text()})", file=sys.stderr)
+    return key
+
+
+def make_substituter(urls: list[str], trusted_keys: list[str], sigs_needed: int):
+    """A ``Substituter`` callback for ``Builder`` (None when no registry is configured).
+
+    Each missing path is fetched with its whole closure; a path whose closure cannot be
+    completed from the registries, or that fails verification, stays missing (and will
+    be built), with a warning."""
+    if not urls:
+        return None
+    from kiln.registry.substitute import Substituter
+    from kiln.store.signing import PublicKey
+
+    keys = [PublicKey.parse(k if ":" in k else Path(k).read_text().strip()) for k in trusted_keys]
+    sub = Substituter([(u, i) for i, u in enumerate(urls)], keys, sigs_needed)
+
+    def substitute(store, missing: list[str]) -> set[str]:
+        infos = sub.query_many(missing)
+        wanted = dict(infos)
+        frontier = list(infos.values())
+        while frontier:
+            refs = {r for i in frontier for r in i.references if r not in wanted and not store.is_valid(r)}
+            more = sub.query_many(sorted(refs)) if refs else {}
+            wanted.update(more)
+            frontier = list(more.values())
+        complete = {p for p in wanted if all(r in wanted or store.is_valid(r) or r == p for r in wanted[p].references)}
+        try:
+            got = sub.fetch_many(store, [wanted[p] for p in sorted(complete)])
+        except KilnError as e:
+            print(f"warning: substitution failed, building instead: {e}", file=sys.stderr)
+            return set()
+        return {g.path for g in got}
+
+    return substitute

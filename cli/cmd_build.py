@@ -1,0 +1,139 @@
+"""``kiln build FILE [ATTR...]`` and ``kiln log PATH``.
+
+Build options mirror Nix's where Nix has one: ``--jobs/-j``, ``--cores``, ``-L``
+(print build logs), ``--keep-failed/-K``, ``--check``, ``--rounds N``, ``--timeout``,
+``--max-silent-time``. Registries to substitute from are given with ``--substituter
+URL`` (repeatable) plus ``--trusted-key`` (public key text or file); ``--no-substitute``
+turns them off. Outputs are printed on stdout, one per line; a GC root named after
+the attribute is created so ``kiln run ATTR`` finds the result.
+
+There is no option to build without the sandbox: if bubblewrap cannot run, the build
+is refused with the reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from .common import add_store_arg, store_root
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="kiln build", description="build packages from a recipe file")
+    add_store_arg(p)
+    p.add_argument("file", help="recipe file")
+    p.add_argument("attrs", nargs="*", help="packages to build, e.g. hello or 'zlib(static = true)' (default: all)")
+    p.add_argument("-j", "--jobs", type=int, default=1, help="derivations built in parallel (default 1)")
+    p.add_argument("--cores", type=int, default=0, help="KILN_CORES for each build (default: all cores)")
+    p.add_argument("-L", "--print-build-logs", action="store_true", help="stream build logs to stderr")
+    p.add_argument("-K", "--keep-failed", action="store_true", help="keep the build directory of a failed build")
+    p.add_argument("--check", action="store_true", help="rebuild and compare with the existing output")
+    p.add_argument("--rounds", type=int, default=1, help="build N times and compare (N >= 2 checks)")
+    p.add_argument("--timeout", type=float, default=None, help="wall-clock limit per build, seconds")
+    p.add_argument("--max-silent-time", type=float, default=None, help="limit on seconds without output")
+    p.add_argument("--substituter", action="append", default=[], metavar="URL", help="registry to fetch from")
+    p.add_argument("--trusted-key", action="append", default=[], metavar="KEY", help="trusted public key or file")
+    p.add_argument("--sigs-needed", type=int, default=1, help="distinct trusted signatures required (default 1)")
+    p.add_argument("--sign-key", metavar="FILE", help="secret key that signs outputs and provenance")
+    p.add_argument("--require-clean", action="store_true", help="refuse to build from a dirty recipe repository")
+    p.add_argument("--source-mirror", action="append", default=[], metavar="DIR|URL", help="hashed source mirror")
+    p.add_argument("--no-cache", action="store_true", help="do not use the evaluation cache")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    if argv[0] == "log":
+        return _log(argv[1:])
+    args = _parser().parse_args(argv[1:])
+    from kiln.store.localstore import LocalStore
+
+    from .buildglue import evaluate
+
+    store = LocalStore.open(store_root(args))
+    ev, targets = evaluate(store, args.file, args.attrs, use_cache=not args.no_cache)
+    if not args.check and args.rounds <= 1 and all(store.is_valid(p) for t in targets for p in t.outputs.values()):
+        _finish(store, targets)
+        return 0
+    return _build(store, ev, targets, args)
+
+
+def _build(store, ev, targets, args) -> int:
+    import functools
+
+    from kiln.sandbox.bwrap import BwrapExecutor
+    from kiln.store.build import Builder, BuildOptions
+    from kiln.store.intoto import git_info
+
+    from .buildglue import load_sign_key, make_substituter, write_drvs
+    from .buildprov import ProvenanceHook
+
+    commit, dirty = git_info(os.path.dirname(os.path.abspath(args.file)))
+    if args.require_clean and (commit is None or dirty):
+        from kiln.store.errors import KilnError
+
+        why = "is not in a git repository" if commit is None else "has uncommitted changes"
+        raise KilnError(f"--require-clean: the recipe repository of {args.file} {why}")
+    roots = [t.drv_path for t in targets]
+    write_drvs(store, ev, roots)
+    executor = BwrapExecutor()  # raises SandboxUnavailable (with the reason) if bwrap cannot run
+    cores = args.cores or os.cpu_count() or 1
+    key = load_sign_key(store, args.sign_key, create=True)
+    hook = ProvenanceHook(
+        store, key, os.path.relpath(args.file), {t.drv_path: t.attr for t in targets}, commit, dirty, cores
+    )
+    sub = make_substituter(args.substituter, args.trusted_key, args.sigs_needed)
+    opts = BuildOptions(
+        jobs=args.jobs,
+        cores=cores,
+        keep_failed=args.keep_failed,
+        check=args.check,
+        rounds=args.rounds,
+        timeout=args.timeout,
+        max_silent=args.max_silent_time,
+        print_logs=args.print_build_logs,
+        mirrors=tuple(args.source_mirror),
+    )
+    builder = Builder(
+        store, executor, opts, substituter=functools.partial(sub, store) if sub else None, after_build=hook
+    )
+    builder.realise(roots)
+    _finish(store, targets)
+    return 0
+
+
+def _finish(store, targets) -> None:
+    for t in targets:
+        for name, out in t.outputs.items():
+            root_name = t.attr if name == "out" else f"{t.attr}-{name}"
+            if all(c.isalnum() or c in "-_.+" for c in root_name):
+                store.add_root(root_name, out)
+            print(out)
+
+
+def _log(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="kiln log", description="print the build log of a derivation or output")
+    add_store_arg(p)
+    p.add_argument("path", help=".drv path, output path, or GC root name")
+    args = p.parse_args(argv)
+    import shutil
+
+    from kiln.store.buildlogs import LogStore
+    from kiln.store.errors import KilnError
+    from kiln.store.localstore import LocalStore
+
+    store = LocalStore.open(store_root(args), create=False)
+    path = args.path
+    if not path.startswith("/"):
+        from .cmd_run import resolve_package
+
+        path = resolve_package(store, path, None)
+    if not path.endswith(".drv"):
+        info = store.query(path)
+        if info is None or not info.deriver:
+            raise KilnError(f"{path} has no known deriver, so no build log")
+        path = info.deriver
+    with LogStore(store.root / "logs").open(path) as f:
+        shutil.copyfileobj(f, sys.stdout.buffer)
+    return 0

@@ -1,0 +1,74 @@
+"""``kiln run PKG -- CMD...`` and ``kiln shell PKG``: use a built package on the host.
+
+PKG is a store path, a GC-root name that ``kiln build`` created (the attribute name,
+e.g. ``hello``), or ``FILE:ATTR``/``-f FILE ATTR`` (evaluated and built first). The
+package's closure is mounted at its logical store path (``hostrun``); its ``bin`` is
+put first on PATH. Without a command, ``run`` runs ``bin/<name>`` of the package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+
+from .common import add_store_arg, store_root
+
+
+def _parser(prog: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"kiln {prog}")
+    add_store_arg(p)
+    p.add_argument("-f", "--file", help="recipe file to evaluate and build PKG from")
+    p.add_argument("package", help="store path, GC root name (from kiln build), or attribute with -f")
+    p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS... (default: bin/<name>)")
+    return p
+
+
+def resolve_package(store, spec: str, recipe_file: str | None) -> str:
+    """The store path PKG names (see module docstring)."""
+    from kiln.store.errors import KilnError
+
+    if recipe_file:
+        from .buildglue import build_attrs
+
+        return build_attrs(store, recipe_file, [spec])[0]
+    if spec.startswith("/"):
+        logical = store.to_logical(spec) if hasattr(store, "to_logical") else spec
+        if store.is_valid(logical):
+            return logical
+        raise KilnError(f"{spec} is not a valid path in the store at {store.root}")
+    root = store.root / "gcroots" / spec
+    if root.is_symlink() or root.exists():
+        target = os.readlink(root) if root.is_symlink() else root.read_text().strip()
+        if store.is_valid(target):
+            return target
+    raise KilnError(
+        f"no package named {spec!r}: build it first (kiln build FILE {spec}), or give a store path or -f FILE"
+    )
+
+
+def main(argv: list[str]) -> int:
+    from kiln.store.localstore import LocalStore
+    from kiln.store.paths import StorePath
+
+    from .hostrun import host_argv
+
+    cmd = argv[0]
+    args = _parser(cmd).parse_args(argv[1:])
+    store = LocalStore.open(store_root(args), create=False)
+    path = resolve_package(store, args.package, args.file)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        if cmd == "shell":
+            command = [os.environ.get("SHELL", "/bin/sh")]
+        else:
+            name = StorePath.parse(path).name
+            base = name.split("-")[0]
+            command = [f"{path}/bin/{base}"]
+    closure = store.closure([path])
+    wrapped, env = host_argv(store, closure, command, [f"{path}/bin"])
+    if cmd == "shell":
+        env["KILN_SHELL_PACKAGE"] = path
+    sys.stdout.flush()
+    return subprocess.call(wrapped, env=env)
