@@ -1,0 +1,82 @@
+"""Build small .deb files for tests: our own ar writer plus tarfile, every compression."""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import io
+import lzma
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import zstandard
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One data.tar member. kind: f (file), d (dir), l (symlink), h (hard link), c (char dev), p (fifo)."""
+
+    name: str
+    kind: str = "f"
+    data: bytes = b""
+    mode: int = 0o644
+    link: str = ""
+
+
+def ar(members: list[tuple[str, bytes]]) -> bytes:
+    out = [b"!<arch>\n"]
+    for name, data in members:
+        header = (
+            f"{name:<16}{0:<12}{0:<6}{0:<6}{100644:<8}{len(data):<10}".encode() + b"`\n"
+        )  # name mtime uid gid mode size magic
+        assert len(header) == 60
+        out += [header, data, b"\n" if len(data) % 2 else b""]
+    return b"".join(out)
+
+
+def tar(entries: list[Entry]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as t:
+        for e in entries:
+            info = tarfile.TarInfo(e.name)
+            info.mode = e.mode
+            info.uid = info.gid = 0
+            info.uname = info.gname = "root"
+            if e.kind == "f":
+                info.size = len(e.data)
+                t.addfile(info, io.BytesIO(e.data))
+                continue
+            info.type = {
+                "d": tarfile.DIRTYPE,
+                "l": tarfile.SYMTYPE,
+                "h": tarfile.LNKTYPE,
+                "c": tarfile.CHRTYPE,
+                "p": tarfile.FIFOTYPE,
+            }[e.kind]
+            info.linkname = e.link
+            t.addfile(info)
+    return buf.getvalue()
+
+
+COMPRESS = {
+    "": lambda b: b,
+    ".gz": lambda b: gzip.compress(b, mtime=0),
+    ".xz": lzma.compress,
+    ".bz2": bz2.compress,
+    ".zst": lambda b: zstandard.ZstdCompressor().compress(b),
+}
+
+
+def make_deb(path: Path, entries: list[Entry], compression: str = ".xz", name: str = "pkg") -> Path:
+    control = tar([Entry("./control", data=f"Package: {name}\nVersion: 1\nArchitecture: amd64\n".encode())])
+    path.write_bytes(
+        ar(
+            [
+                ("debian-binary", b"2.0\n"),
+                ("control.tar.gz", gzip.compress(control, mtime=0)),
+                (f"data.tar{compression}", COMPRESS[compression](tar(entries))),
+            ]
+        )
+    )
+    return path
