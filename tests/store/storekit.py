@@ -1,0 +1,30 @@
+"""Helpers for the local-store tests (imported by name: ``from storekit import ...``)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def make_tree(root: Path, files: dict[str, bytes | str]) -> Path:
+    """Create ``root`` with ``files``: name -> bytes (regular file), ``"->target"``
+    (symlink) or ``"x:"`` + text (executable)."""
+    root.mkdir(parents=True)
+    for name, content in files.items():
+        p = root / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, str) and content.startswith("->"):
+            os.symlink(content[2:], p)
+        elif isinstance(content, str) and content.startswith("x:"):
+            p.write_text(content[2:])
+            p.chmod(0o755)
+        else:
+            p.write_bytes(content if isinstance(content, bytes) else content.encode())
+    return root
+
+
+def run_py(code: str, *args: str, **kw) -> subprocess.Popen:
+    """Start ``python -c code args...`` (a real separate process)."""
+    return subprocess.Popen([sys.executable, "-c", code, *args], **kw)

@@ -1,0 +1,224 @@
+"""Adding paths: source paths, text paths, build outputs, imports; reading them back."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import socket
+import stat
+import subprocess
+
+import pytest
+from kiln.store import nar
+from kiln.store.errors import HashMismatch, KilnError, StoreError
+from kiln.store.localstore import LocalStore
+from kiln.store.pathinfo import PathInfo
+from kiln.store.paths import make_source_path, make_text_path
+from storekit import make_tree
+
+
+def _modes(real):
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(real):
+        for n in [*dirnames, *filenames, ""]:
+            p = os.path.join(dirpath, n) if n else dirpath
+            st = os.lstat(p)
+            out[os.path.relpath(p, real)] = (
+                stat.S_IMODE(st.st_mode),
+                int(st.st_mtime),
+                stat.S_ISLNK(st.st_mode),
+            )
+    return out
+
+
+def test_add_path_is_nix_source_path_and_canonical(store, sample):
+    info = store.add_path(sample)
+    nh, size = nar.hash_path(sample)
+    assert info.nar_hash == nh and info.nar_size == size
+    assert info.path == str(make_source_path("sample", nh, store_dir="/kiln/store"))
+    assert info.ca == f"fixed:r:sha256:{nh.nix32}"
+    real = store.real_path(info.path)
+    assert real == store.root / "kiln/store" / info.path.rsplit("/", 1)[1]
+    assert nar.dump_bytes(real) == nar.dump_bytes(sample)
+    for rel, (mode, mtime, link) in _modes(real).items():
+        assert mtime == 1, rel
+        if not link:
+            assert mode in (0o444, 0o555), (rel, oct(mode))
+    assert _modes(real)["bin/run"][0] == 0o555
+    assert _modes(real)["."][0] == 0o555
+    assert b"".join(store.nar(info.path)) == nar.dump_bytes(sample)
+    assert store.is_valid(info.path) and store.query(info.path) == info
+    assert store.query_by_hash_part(info.path.split("/")[-1][:32]).path == info.path
+    assert store.all_paths() == [info.path]
+    # the object is named by the sha256 of its bytes
+    obj = store.object_path(info.path)
+    import hashlib
+
+    assert obj.name == hashlib.sha256(obj.read_bytes()).hexdigest() + ".nar.zst"
+    assert obj.parent.name == obj.name[:2]
+
+
+def test_add_path_again_and_single_file(store, sample):
+    a = store.add_path(sample)
+    assert store.add_path(sample) == a
+    f = store.add_path(sample / "a.txt", name="greeting")
+    assert f.path.endswith("-greeting")
+    assert store.real_path(f.path).read_text() == "hello\n"
+    assert stat.S_IMODE(store.real_path(f.path).stat().st_mode) == 0o444
+
+
+@pytest.mark.nix
+def test_add_path_matches_nix_store_add(tmp_path, sample):
+    if not shutil.which("nix-store"):
+        pytest.skip("nix-store not installed")
+    s = LocalStore.open(tmp_path / "nixish", store_dir="/nix/store")
+    try:
+        ours = s.add_path(sample).path
+    finally:
+        s.close()
+    theirs = subprocess.run(["nix-store", "--add", str(sample)], capture_output=True, text=True, check=True)
+    assert ours == theirs.stdout.strip()
+
+
+def test_filter_and_setuid_stripped(store, tmp_path):
+    src = make_tree(tmp_path / "f", {"keep": "k", "skip.o": "s", "d/x": "x"})
+    os.chmod(src / "keep", 0o4755)
+    info = store.add_path(src, filter=lambda p, kind: not p.endswith(".o"))
+    real = store.real_path(info.path)
+    assert sorted(os.listdir(real)) == ["d", "keep"]
+    assert stat.S_IMODE(os.lstat(real / "keep").st_mode) == 0o555
+
+
+def test_rejects_fifo_and_socket(store, tmp_path):
+    src = make_tree(tmp_path / "s", {"a": "a"})
+    os.mkfifo(src / "pipe")
+    with pytest.raises(StoreError, match="fifo"):
+        store.add_path(src)
+    os.unlink(src / "pipe")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(src / "sock"))
+    try:
+        with pytest.raises(StoreError, match="socket"):
+            store.add_path(src)
+    finally:
+        sock.close()
+    assert store.all_paths() == []
+    assert os.listdir(store.tmp) == []
+    assert os.listdir(store.real_store) == []
+
+
+def test_add_text(store, sample):
+    src = store.add_path(sample)
+    text = b"Derive([])"
+    t = store.add_text("x.drv", text, [src.path])
+    assert t.path == str(make_text_path("x.drv", text, [store.parse_path(src.path)], "/kiln/store"))
+    assert t.references == (src.path,)
+    assert store.real_path(t.path).read_bytes() == text
+    assert store.add_text("x.drv", text, [src.path]) == t
+    with pytest.raises(StoreError, match="not valid"):
+        store.add_text("y.drv", b"y", ["/kiln/store/" + "0" * 32 + "-missing"])
+
+
+def test_register_built(store, sample, tmp_path):
+    dep = store.add_path(sample)
+    out = "/kiln/store/" + "1" * 32 + "-out"
+    tree = make_tree(tmp_path / "build" / "out", {"bin/tool": "x:#!/bin/sh\n", "share/doc": "doc"})
+    os.chmod(tree / "share", 0o777)
+    info = store.register_built(out, tree, [dep.path, out], "/kiln/store/" + "2" * 32 + "-out.drv")
+    assert not tree.exists()  # moved, not copied
+    real = store.real_path(out)
+    assert (real / "share/doc").read_text() == "doc"
+    assert stat.S_IMODE(os.lstat(real / "share").st_mode) == 0o555
+    assert info.references == tuple(sorted([dep.path, out]))
+    assert store.query(out).deriver.endswith("-out.drv")
+    assert store.closure([out]) == [dep.path, out]
+    assert store.verify().ok
+
+
+def test_register_built_rejects_setuid_and_missing_refs(store, tmp_path):
+    tree = make_tree(tmp_path / "o", {"su": "x"})
+    os.chmod(tree / "su", 0o4755)
+    out = "/kiln/store/" + "3" * 32 + "-o"
+    with pytest.raises(StoreError, match="setuid"):
+        store.register_built(out, tree, [], None)
+    assert not store.is_valid(out) and not store.real_path(out).exists()
+    os.chmod(tree / "su", 0o755)
+    with pytest.raises(StoreError, match="not valid"):
+        store.register_built(out, tree, ["/kiln/store/" + "4" * 32 + "-nope"], None)
+    assert not store.is_valid(out)
+
+
+def test_import_nar_and_object(store, sample, tmp_path):
+    a = store.add_path(sample)
+    other = LocalStore.open(tmp_path / "other")
+    try:
+        data = b"".join(store.nar(a.path))
+        got = other.import_nar(PathInfo(a.path, a.nar_hash, a.nar_size, ca=a.ca), io.BytesIO(data))
+        assert got.nar_hash == a.nar_hash
+        assert nar.dump_bytes(other.real_path(a.path)) == data
+        assert other.verify().ok
+        # from the compressed object, keeping its bytes
+        third = LocalStore.open(tmp_path / "third")
+        with open(store.object_path(a.path), "rb") as f:
+            t = third.import_object(a, f)
+        assert t.file_hash == a.file_hash
+        assert third.object_path(a.path).read_bytes() == store.object_path(a.path).read_bytes()
+        third.close()
+    finally:
+        other.close()
+
+
+def test_import_rejects_bad_hash_and_leaves_nothing(store, sample, tmp_path):
+    a = store.add_path(sample)
+    data = bytearray(b"".join(store.nar(a.path)))
+    i = data.find(b"hello")
+    data[i] ^= 1
+    other = LocalStore.open(tmp_path / "other")
+    try:
+        with pytest.raises(HashMismatch) as e:
+            other.import_nar(PathInfo(a.path, a.nar_hash, a.nar_size), io.BytesIO(bytes(data)))
+        assert a.nar_hash.to_nix32() in str(e.value)
+        with pytest.raises(KilnError):
+            other.import_nar(PathInfo(a.path, a.nar_hash, a.nar_size), [b"nix-archive-1 garbage"])
+        with open(store.object_path(a.path), "rb") as f:
+            bad = PathInfo(a.path, a.nar_hash, a.nar_size, file_hash=a.nar_hash, file_size=a.file_size)
+            with pytest.raises(HashMismatch, match="compressed file"):
+                other.import_object(bad, f)
+        assert not other.is_valid(a.path)
+        assert not other.real_path(a.path).exists()
+        assert os.listdir(other.tmp) == []
+    finally:
+        other.close()
+
+
+def test_reading_reverifies_object(store, sample):
+    a = store.add_path(sample)
+    obj = store.object_path(a.path)
+    os.chmod(obj, 0o644)
+    data = bytearray(obj.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    obj.write_bytes(bytes(data))
+    with pytest.raises(HashMismatch):
+        b"".join(store.nar(a.path))
+
+
+def test_resolve_and_real_path(store, sample):
+    a = store.add_path(sample)
+    real = store.real_path(a.path)
+    assert store.resolve(a.path) == (a.path, "")
+    assert store.resolve(a.path + "/bin/run") == (a.path, "bin/run")
+    assert store.resolve(str(real / "sub")) == (a.path, "sub")
+    assert store.real_path(a.path + "/a.txt") == real / "a.txt"
+    with pytest.raises(StoreError):
+        store.resolve("/etc/passwd")
+
+
+def test_store_dir_is_fixed_at_init(tmp_path):
+    s = LocalStore.open(tmp_path / "s", store_dir="/opt/st")
+    s.close()
+    assert LocalStore.open(tmp_path / "s").store_dir == "/opt/st"
+    with pytest.raises(StoreError, match="/opt/st"):
+        LocalStore.open(tmp_path / "s", store_dir="/kiln/store")
+    with pytest.raises(StoreError, match="no kiln store"):
+        LocalStore.open(tmp_path / "none", create=False)

@@ -1,0 +1,175 @@
+"""Garbage collection: roots, temp roots (live and dead processes), shared objects,
+dry runs, leftovers, and a collector racing a registering process."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from kiln.store.localstore import LocalStore
+from storekit import make_tree
+
+
+def _fresh_store(root):
+    return LocalStore.open(root)
+
+
+def test_gc_keeps_roots_and_closures(store, tmp_path):
+    dep = store.add_path(make_tree(tmp_path / "dep", {"lib": "l"}))
+    top = store.add_text("top.drv", b"top", [dep.path])
+    loose = store.add_path(make_tree(tmp_path / "loose", {"junk": "j" * 5000}))
+    store.add_root("top", top.path)
+    store.close()  # drop this process's temp roots: only gcroots/ count now
+    s = _fresh_store(store.root)
+    dry = s.gc(dry_run=True)
+    assert dry.deleted == (loose.path,) and dry.bytes_freed >= 5000
+    assert s.is_valid(loose.path) and s.real_path(loose.path).exists()
+    r = s.gc()
+    assert r.deleted == (loose.path,) and r.objects_deleted == 1
+    assert not s.is_valid(loose.path) and not s.real_path(loose.path).exists()
+    assert s.is_valid(top.path) and s.is_valid(dep.path)
+    assert s.verify().ok
+    # roots as files holding a path, and symlinks to a path inside a store path
+    os.unlink(s.root / "gcroots" / "top")
+    (s.root / "gcroots" / "file-root").write_text(dep.path + "\n")
+    r = s.gc()
+    assert r.deleted == (top.path,)
+    os.unlink(s.root / "gcroots" / "file-root")
+    os.symlink(s.real_path(dep.path) / "lib", s.root / "gcroots" / "inner")
+    assert s.gc().deleted == ()
+    s.close()
+
+
+def test_indirect_root_through_result_symlink(store, tmp_path):
+    a = store.add_path(make_tree(tmp_path / "a", {"x": "1"}))
+    result = tmp_path / "result"
+    os.symlink(store.real_path(a.path), result)
+    os.symlink(result, store.root / "gcroots" / "auto-1")
+    store.close()
+    s = _fresh_store(store.root)
+    assert s.gc().deleted == ()
+    os.unlink(result)  # dangling indirect root: no longer protects
+    assert s.gc().deleted == (a.path,)
+    s.close()
+
+
+def test_temp_roots_in_process_and_shared_objects(store, tmp_path):
+    tree = make_tree(tmp_path / "t", {"f": "same content"})
+    a = store.add_path(tree, name="one")
+    b = store.add_path(tree, name="two")
+    assert a.file_hash == b.file_hash  # identical NARs share one object
+    store.close()
+    s = _fresh_store(store.root)
+    with s.temp_root([a.path]):
+        r = s.gc()
+        assert r.deleted == (b.path,) and r.objects_deleted == 0  # a still uses the object
+        assert s.verify().ok
+    r = s.gc()
+    assert r.deleted == (a.path,) and r.objects_deleted == 1
+    assert list((s.root / "objects").rglob("*.nar.zst")) == []
+    s.close()
+
+
+HOLD = """
+import sys, time
+from pathlib import Path
+from kiln.store.localstore import LocalStore
+s = LocalStore.open(Path(sys.argv[1]))
+with s.temp_root([sys.argv[2]]):
+    print("held", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_temp_root_of_live_and_dead_process(store, tmp_path):
+    a = store.add_path(make_tree(tmp_path / "a", {"x": "1"}))
+    store.close()
+    p = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(store.root), a.path], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert p.stdout.readline().strip() == "held"
+        s = _fresh_store(store.root)
+        assert s.gc().deleted == ()
+    finally:
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+    assert (store.root / "temproots" / str(p.pid)).exists()  # left behind by kill -9
+    assert s.gc().deleted == (a.path,)
+    assert not (store.root / "temproots" / str(p.pid)).exists()
+    s.close()
+
+
+def test_gc_removes_leftovers(store, tmp_path):
+    a = store.add_path(make_tree(tmp_path / "a", {"x": "1"}))
+    # what a crashed writer leaves: an unregistered tree, an unused object, tmp junk
+    stray = store.real_store / ("5" * 32 + "-stray")
+    stray.mkdir()
+    (stray / "f").write_text("f")
+    os.chmod(stray, 0o555)
+    (store.objects / "ab").mkdir()
+    (store.objects / "ab" / ("ab" * 32 + ".nar.zst")).write_bytes(b"junk")
+    (store.tmp / "123-dead").mkdir()
+    v = store.verify()
+    assert v.ok and v.stray_trees == (f"/kiln/store/{stray.name}",) and len(v.stray_objects) == 1
+    store.add_root("a", a.path)
+    r = store.gc()
+    assert r.stray_trees == (f"/kiln/store/{stray.name}",) and r.objects_deleted == 1
+    assert not stray.exists() and os.listdir(store.tmp) == []
+    v = store.verify()
+    assert v.ok and v.stray_trees == () and v.stray_objects == ()
+
+
+WRITER = """
+import sys
+from pathlib import Path
+from kiln.store.localstore import LocalStore
+root, src, n = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
+s = LocalStore.open(root)
+for i in range(n):
+    (src / "counter").write_text(str(i))
+    info = s.add_path(src, name=f"p{i}")
+    print(info.path, flush=True)
+print("done", flush=True)
+import time; time.sleep(30)
+"""
+
+
+def test_gc_concurrent_with_registering_process(store, tmp_path):
+    """A process keeps registering paths while we collect: every path it has reported
+    (its temp roots, it is alive) must stay valid and intact after each collection."""
+    src = make_tree(tmp_path / "src", {"big": os.urandom(300_000), "counter": "0"})
+    store.close()
+    p = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(store.root), str(src), "40"], stdout=subprocess.PIPE
+    )
+    s = _fresh_store(store.root)
+    seen: list[str] = []
+    collections = 0
+    try:
+        os.set_blocking(p.stdout.fileno(), False)
+        buf = ""
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            with contextlib.suppress(BlockingIOError):
+                buf += os.read(p.stdout.fileno(), 65536).decode()
+            *lines, buf = buf.split("\n")
+            seen += [ln for ln in lines if ln.startswith("/")]
+            if "done" in lines:
+                break
+            s.gc()
+            collections += 1
+            for path in seen:
+                assert s.is_valid(path), path
+                assert s.real_path(path).exists(), path
+        assert len(seen) == 40 and collections > 3
+        assert s.verify().ok
+    finally:
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+    assert set(s.gc().deleted) == set(seen)  # writer dead: its temp roots are gone
+    s.close()
