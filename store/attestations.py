@@ -67,6 +67,41 @@ def sign(statement: dict[str, Any], signers: builtins.list[Signer]) -> Envelope:
     return dsse_sign(canonical_json(statement), signers)
 
 
+def load_signer(
+    key_file: str | os.PathLike | None = None,
+    *,
+    signer_cmd: str | None = None,
+    signer_public: str | os.PathLike | None = None,
+) -> Signer:
+    """The signer for attestations: a secret key file (Nix format ``name:base64``, which
+    must not be readable by group or others), or an external command (``signer_cmd``,
+    for KMS/HSM) together with its public key (``name:base64`` text or a ``.pub`` file)."""
+    from .dsse import CommandSigner, Ed25519Signer
+    from .errors import KilnError
+    from .signing import PublicKey, load_public_key, load_secret_key
+
+    if signer_cmd:
+        if key_file:
+            raise KilnError("give either a secret key file or a signer command, not both")
+        if not signer_public:
+            raise KilnError("a signer command needs its public key (name:base64 or a .pub file)")
+        text = os.fspath(signer_public)
+        try:
+            pub = PublicKey.parse(text)
+        except FormatError:
+            pub = load_public_key(text)
+        return CommandSigner(signer_cmd, pub.key)
+    if not key_file:
+        raise KilnError("no signing key: give a secret key file or a signer command")
+    mode = os.stat(key_file).st_mode
+    if mode & 0o077:
+        raise KilnError(
+            f"secret key file {os.fspath(key_file)} is accessible by group/others (mode {mode & 0o777:o}); "
+            f"run: chmod 600 {os.fspath(key_file)}"
+        )
+    return Ed25519Signer(load_secret_key(key_file).key)
+
+
 def _parse(path: str | StorePath) -> StorePath:
     return path if isinstance(path, StorePath) else StorePath.parse(str(path))
 

@@ -1,0 +1,112 @@
+"""``kiln sbom`` / ``kiln verify`` run as real subprocesses against a real store."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from kiln.store import attestations
+from kiln.store.signing import SecretKey, sign_info, write_secret_key
+
+
+def kiln(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "kiln", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=120,
+    )
+
+
+def test_verify_default_and_json(built) -> None:
+    root = str(built.store.root)
+    r = kiln("verify", built.hello, "--store", root)
+    assert r.returncode == 0, r.stderr
+    assert "pass content:" in r.stdout and "result: PASS" in r.stdout
+    r = kiln("verify", built.store.real_path(built.hello).name, "--store", root, "--json")
+    assert r.returncode == 0
+    assert json.loads(r.stdout)["ok"] is True
+
+
+def test_verify_policy_failure_and_usage(built, tmp_path: Path) -> None:
+    root = str(built.store.root)
+    key = SecretKey.generate("builder")
+    pol = tmp_path / "policy.toml"
+    pol.write_text(f'[keys]\nprovenance = ["{key.public()}"]\n[require]\nprovenance = true\n')
+    r = kiln("verify", built.hello, "--store", root, "--policy", str(pol))
+    assert r.returncode == 1
+    assert "FAIL provenance: required, but no provenance attestation" in r.stdout
+    assert "result: FAIL (1 check failed)" in r.stdout
+    pol.write_text("[require]\nsignatures = 'one'\n")
+    r = kiln("verify", built.hello, "--store", root, "--policy", str(pol))
+    assert r.returncode == 2 and "non-negative integer" in r.stderr
+    assert kiln("verify", "--store", root).returncode == 2
+    assert kiln("verify", "https://registry.invalid/x", "--store", root).returncode == 2
+    assert kiln("rebuild", built.hello).returncode == 2
+    r = kiln("verify", "/kiln/store/" + "0" * 32 + "-nope", "--store", root)
+    assert r.returncode == 1
+
+
+def test_sbom_formats(built) -> None:
+    root = str(built.store.root)
+    r = kiln("sbom", built.hello, "--store", root)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["specVersion"] == "1.6" and len(doc["components"]) == 1
+    assert kiln("sbom", built.hello, "--store", root).stdout == r.stdout  # deterministic
+    r = kiln("sbom", built.hello, "--store", root, "--format", "spdx", "--build")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["spdxVersion"] == "SPDX-2.3"
+
+
+def test_sbom_attest_and_verify(built, tmp_path: Path) -> None:
+    root = str(built.store.root)
+    key = SecretKey.generate("builder")
+    keyfile = tmp_path / "builder.sec"
+    write_secret_key(keyfile, key)
+    out = tmp_path / "bom.json"
+    r = kiln("sbom", built.hello, "--store", root, "--attest", "--key", str(keyfile), "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    assert json.loads(out.read_text())["bomFormat"] == "CycloneDX"
+    assert attestations.list(built.store, built.hello) == ["sbom"]
+    cache = SecretKey.generate("cache")
+    built.store.add_signatures(built.hello, [sign_info(built.store.query(built.hello), cache)])
+    pol = tmp_path / "policy.toml"
+    pol.write_text(
+        f'[keys]\nprovenance = ["{key.public()}"]\nsigning = ["{cache.public()}"]\n'
+        "[require]\nsbom = true\nsignatures = 1\n"
+    )
+    r = kiln("verify", built.hello, "--store", root, "--policy", str(pol))
+    assert r.returncode == 0, r.stdout
+    # A world-readable secret key is refused.
+    os.chmod(keyfile, 0o644)
+    r = kiln("sbom", built.hello, "--store", root, "--attest", "--key", str(keyfile))
+    assert r.returncode == 1 and "chmod 600" in r.stderr
+
+
+def test_sbom_attest_with_signer_command(built, tmp_path: Path) -> None:
+    """The external signer holds the key; kiln only sees the public key."""
+    key = SecretKey.generate("hsm")
+    secret = tmp_path / "hsm-only" / "k.sec"
+    secret.parent.mkdir()
+    write_secret_key(secret, key)
+    script = tmp_path / "signer.py"
+    script.write_text(
+        "import base64, sys\n"
+        "from kiln.store.signing import load_secret_key\n"
+        f"k = load_secret_key({str(secret)!r})\n"
+        "sys.stdout.write(k.sign(sys.stdin.buffer.read()).split(':', 1)[1])\n"
+    )
+    r = kiln(
+        "sbom", built.hello, "--store", str(built.store.root), "--attest",
+        "--signer-cmd", f"{sys.executable} {script}", "--signer-key", key.public().to_text(),
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    env = attestations.read(built.store, built.hello, "sbom")
+    from kiln.store import dsse
+
+    assert dsse.verify(env, {"hsm": key.public().key}).signed_by == ("hsm",)
