@@ -178,6 +178,7 @@ def build_metadata(
     *,
     prev_timestamp: dict[str, Any] | None,
     prev_index_paths: dict[str, Any] | None,
+    root_version: int = 1,
     now: dt.datetime | None = None,
 ) -> Published:
     """Metadata files for a new index generation. The index and snapshot get a new
@@ -185,7 +186,7 @@ def build_metadata(
     now = now or utcnow()
     ts_v = (prev_timestamp["version"] + 1) if prev_timestamp else 1
     files: list[tuple[str, bytes]] = []
-    if prev_timestamp and prev_index_paths == paths:
+    if prev_timestamp and prev_index_paths == paths and prev_timestamp.get("root_version", 1) == root_version:
         snap_meta = prev_timestamp["meta"]["snapshot.json"]
         idx_v = snap_meta["version"]
     else:
@@ -213,6 +214,7 @@ def build_metadata(
         snap_meta = {"version": idx_v, "sha256": sha256_hex(sb), "length": len(sb)}
     ts = {
         "_type": "timestamp",
+        "root_version": root_version,
         "version": ts_v,
         "expires": expiry(now, hours=TIMESTAMP_HOURS),
         "meta": {"snapshot.json": snap_meta},

@@ -1,0 +1,148 @@
+"""Helpers for registry tests: keys, small stores, real servers on 127.0.0.1 (``kiln serve``
+and Debian's nginx) started as subprocesses and stopped by pid, and a raw HTTP helper."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from urllib.parse import urlparse
+
+from kiln.store.localstore import LocalStore
+from kiln.store.signing import SecretKey, write_public_key, write_secret_key
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Keys:
+    def __init__(self, d: Path, name: str) -> None:
+        self.sk = SecretKey.generate(name)
+        self.pk = self.sk.public()
+        self.sk_file = d / f"{name}.sk"
+        self.pk_file = d / f"{name}.pk"
+        write_secret_key(self.sk_file, self.sk)
+        write_public_key(self.pk_file, self.pk)
+
+
+def make_store(root: Path, store_dir: str = "/kiln/store") -> LocalStore:
+    return LocalStore.open(root, store_dir=store_dir)
+
+
+def add_tree(store: LocalStore, tmp: Path, name: str, content: str) -> str:
+    src = tmp / "src" / name
+    src.mkdir(parents=True)
+    (src / "file").write_text(content)
+    return store.add_path(src, name).path
+
+
+def add_chain(store: LocalStore, tmp: Path, n: int, tag: str = "x") -> list[str]:
+    """``n`` paths where each references the previous one (a closure of depth n)."""
+    out: list[str] = []
+    for i in range(n):
+        refs = out[-1:]
+        text = f"{tag} {i} {' '.join(refs)}\n".encode()
+        out.append(store.add_text(f"{tag}-{i}.txt", text, refs).path)
+    return out
+
+
+class Server:
+    def __init__(self, proc: subprocess.Popen, url: str) -> None:
+        self.proc, self.url = proc, url
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+def start_kiln(args: list[str]) -> Server:
+    port = free_port()
+    cmd = [sys.executable, "-m", "kiln", "serve", *args, "--listen", f"127.0.0.1:{port}"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()  # type: ignore[union-attr]
+    if "listening" not in line:
+        proc.wait(5)
+        raise RuntimeError(f"kiln serve failed: {line} {proc.stderr.read()}")  # type: ignore[union-attr]
+    return Server(proc, f"http://127.0.0.1:{port}")
+
+
+NGINX_CONF = """
+worker_processes {workers};
+daemon off;
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_requests 100000;
+    client_body_temp_path {tmp}/body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    types {{ text/x-nix-narinfo narinfo; text/x-nix-cache-info nix-cache-info; }}
+    default_type application/octet-stream;
+    server {{
+        listen 127.0.0.1:{port};
+        root {root};
+        location ~ /\\. {{ deny all; }}
+        location ~ \\.narinfo$ {{ add_header Cache-Control "public, max-age=3600"; }}
+        location /nar/ {{ add_header Cache-Control "public, max-age=31536000, immutable"; }}
+        location /blobs/ {{ add_header Cache-Control "public, max-age=31536000, immutable"; }}
+    }}
+}}
+"""
+
+
+def start_nginx(root: Path, tmp: Path, workers: int = 1) -> Server:
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    port = free_port()
+    tmp.mkdir(parents=True, exist_ok=True)
+    conf = tmp / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(tmp=tmp, port=port, root=root, workers=workers))
+    proc = subprocess.Popen(
+        [nginx, "-c", str(conf), "-p", str(tmp), "-e", str(tmp / "error.log")],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            urllib.request.urlopen(url + "/nix-cache-info", timeout=1).read()
+            return Server(proc, url)
+        except OSError:
+            if proc.poll() is not None:
+                raise RuntimeError(f"nginx failed: {proc.stderr.read()}") from None  # type: ignore[union-attr]
+            time.sleep(0.05)
+    raise RuntimeError("nginx did not come up")
+
+
+def request(
+    url: str, method: str = "GET", body: bytes | None = None, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    u = urlparse(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+    try:
+        conn.request(method, u.path or "/", body=body, headers=headers or {})
+        resp = conn.getresponse()
+        data = resp.read()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, data
+    finally:
+        conn.close()

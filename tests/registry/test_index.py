@@ -1,0 +1,123 @@
+"""Signed index: publication, verification, rollback, freeze, mix-and-match, rotation."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+from pathlib import Path
+
+import pytest
+from kiln.registry import index as ix
+from kiln.registry.publish import publish_index, rotate_root
+from kiln.registry.storage import open_storage
+from kiln.store.signing import SecretKey
+
+
+def _fetcher(storage):
+    async def fetch(key: str) -> bytes | None:
+        return storage.read(key)
+
+    return fetch
+
+
+def _update(storage, state, now=None):
+    return asyncio.run(ix.update(_fetcher(storage), state, now))
+
+
+def _narinfo(storage, h: str) -> None:
+    storage.put_bytes(
+        f"{h}.narinfo",
+        f"StorePath: /kiln/store/{h}-x\nURL: nar/a.nar.zst\nCompression: zstd\nFileHash: sha256:00\nFileSize: 1\nNarHash: sha256:00\nNarSize: 1\nReferences: \n".encode(),
+    )
+
+
+H1, H2 = "0" * 32, "1" * 32
+
+
+@pytest.fixture
+def reg(tmp_path: Path):
+    s = open_storage(tmp_path / "reg")
+    s.put_bytes("nix-cache-info", b"StoreDir: /kiln/store\n")
+    return s
+
+
+def test_publish_and_verify(reg) -> None:
+    key = SecretKey.generate("idx-1")
+    _narinfo(reg, H1)
+    pub = publish_index(reg, key)
+    assert pub.index_version == 1
+    state = ix.TrustState.pin(reg.read("index/root.json"))
+    vi = _update(reg, state)
+    assert set(vi.index["paths"]) == {H1} and vi.index["store_dir"] == "/kiln/store"
+    # no change: timestamp moves, index does not
+    pub2 = publish_index(reg, key)
+    assert (pub2.index_version, pub2.timestamp_version) == (1, 2)
+    _narinfo(reg, H2)
+    assert publish_index(reg, key).index_version == 2
+    vi = _update(reg, state)
+    assert set(vi.index["paths"]) == {H1, H2} and state.timestamp_version == 3
+
+
+def test_rollback_rejected(reg) -> None:
+    key = SecretKey.generate("idx-1")
+    _narinfo(reg, H1)
+    publish_index(reg, key)
+    old_ts = reg.read("index/timestamp.json")
+    state = ix.TrustState.pin(reg.read("index/root.json"))
+    _narinfo(reg, H2)
+    publish_index(reg, key)
+    _update(reg, state)
+    reg.put_bytes("index/timestamp.json", old_ts)  # attacker replays the old timestamp
+    with pytest.raises(ix.RollbackError):
+        _update(reg, state)
+
+
+def test_freeze_rejected(reg) -> None:
+    key = SecretKey.generate("idx-1")
+    publish_index(reg, key)
+    state = ix.TrustState.pin(reg.read("index/root.json"))
+    later = ix.utcnow() + dt.timedelta(days=2)  # the 24 h timestamp has expired
+    with pytest.raises(ix.FreezeError):
+        _update(reg, state, later)
+
+
+def test_mix_and_match_rejected(reg) -> None:
+    key = SecretKey.generate("idx-1")
+    _narinfo(reg, H1)
+    publish_index(reg, key)
+    v1_index = reg.read("index/1.index.json")
+    _narinfo(reg, H2)
+    publish_index(reg, key)
+    reg.put_bytes("index/2.index.json", v1_index)  # serve an old index under the new name
+    state = ix.TrustState.pin(reg.read("index/root.json"))
+    with pytest.raises(ix.MixAndMatchError):
+        _update(reg, state)
+
+
+def test_bad_signature_rejected(reg) -> None:
+    key, evil = SecretKey.generate("idx-1"), SecretKey.generate("idx-1")  # same name, other key
+    publish_index(reg, key)
+    state = ix.TrustState.pin(reg.read("index/root.json"))
+    signed = json.loads(reg.read("index/timestamp.json"))["signed"]
+    signed["version"] += 5
+    reg.put_bytes("index/timestamp.json", ix.sign_envelope(signed, [evil]))
+    with pytest.raises(ix.SignatureError):
+        _update(reg, state)
+
+
+def test_root_rotation_chain(reg) -> None:
+    old, new = SecretKey.generate("idx-1"), SecretKey.generate("idx-2")
+    publish_index(reg, old)
+    state = ix.TrustState.pin(reg.read("index/root.json"))  # client pins root v1
+    _update(reg, state)
+    assert rotate_root(reg, old, new) == 2
+    publish_index(reg, new)
+    vi = _update(reg, state)
+    assert state.root["version"] == 2 and vi.files[0][0] == "index/2.root.json"
+    # a root v3 signed only by a stranger is refused
+    stranger = SecretKey.generate("idx-3")
+    root3 = ix.make_root(3, {r: [stranger.public()] for r in ix.ROLES}, ix.utcnow())
+    reg.put_bytes("index/3.root.json", ix.sign_envelope(root3, [stranger]))
+    with pytest.raises(ix.SignatureError):
+        _update(reg, state)

@@ -1,0 +1,229 @@
+"""``kiln serve --dir``: read API, write API, auth, and every refusal path, against a
+real server process on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import zstandard
+from kiln.registry import layout
+from kiln.registry.client import DirClient
+from kiln.store import narinfo as ni
+from kiln.store.hashes import Hash
+from kiln.store.pathinfo import PathInfo
+from kiln.store.signing import sign_info
+from regkit import add_tree, make_store, request
+
+
+def _setup(tmp: Path, keys, *extra: str):
+    """A store with one path, a registry dir with a write and a read token, a server."""
+    store = make_store(tmp / "store")
+    path = add_tree(store, tmp, "hello", "hello world\n" * 100)
+    info = store.query(path)
+    reg = tmp / "reg"
+    DirClient(str(reg), "/kiln/store")
+    from kiln.registry.auth import TokenStore
+    from kiln.registry.storage import open_storage
+
+    ts = TokenStore(open_storage(reg))
+    return store, path, info, reg, ts.create(["write"]), ts.create(["read"])
+
+
+def _narinfo_text(info: PathInfo, key) -> str:
+    signed = PathInfo(
+        **{
+            **{f: getattr(info, f) for f in PathInfo.__slots__ if f != "sigs"},
+            "sigs": (sign_info(info, key),),
+        }
+    )
+    return ni.NarInfo.from_pathinfo(signed, layout.nar_key(info.file_hash), "zstd").render()
+
+
+def _upload(url: str, store, path: str, info: PathInfo, key, token: str) -> tuple[int, int]:
+    auth = {"Authorization": f"Bearer {token}"}
+    body = store.object_path(path).read_bytes()
+    s1, _, _ = request(f"{url}/{layout.nar_key(info.file_hash)}", "PUT", body, auth)
+    s2, _, msg = request(
+        f"{url}/{layout.narinfo_key(path.split('/')[-1][:32])}",
+        "PUT",
+        _narinfo_text(info, key).encode(),
+        auth,
+    )
+    return s1, s2
+
+
+@pytest.fixture
+def setup(tmp_path: Path, keys, kiln_server):
+    store, path, info, reg, wtok, rtok = _setup(tmp_path, keys)
+    srv = kiln_server("--dir", str(reg), "--trusted-key", str(keys.pk_file), "--max-body-size", "1000000")
+    return store, path, info, reg, wtok, rtok, srv
+
+
+def test_read_api_and_headers(setup, keys) -> None:
+    store, path, info, reg, wtok, _rtok, srv = setup
+    assert _upload(srv.url, store, path, info, keys.sk, wtok) == (201, 201)
+    s, h, body = request(f"{srv.url}/nix-cache-info")
+    assert s == 200 and b"StoreDir: /kiln/store" in body and b"WantMassQuery: 1" in body
+    hp = path.split("/")[-1][:32]
+    s, h, body = request(f"{srv.url}/{hp}.narinfo")
+    assert s == 200 and h["content-type"].startswith("text/x-nix-narinfo")
+    parsed = ni.parse(body.decode(), "/kiln/store")
+    assert parsed.path == path and parsed.compression == "zstd" and parsed.sigs
+    blob = f"{srv.url}/{layout.blob_key(info.file_hash)}"
+    s, h, body = request(blob, "HEAD")
+    assert (
+        s == 200
+        and h["etag"] == f'"sha256:{info.file_hash.hex}"'
+        and int(h["content-length"]) == info.file_size
+    )
+    assert "immutable" in h["cache-control"] and h["accept-ranges"] == "bytes"
+    s, h, full = request(blob)
+    assert s == 200 and Hash.sha256_of(full) == info.file_hash
+    s, h, part = request(blob, headers={"Range": "bytes=10-19"})
+    assert s == 206 and part == full[10:20] and h["content-range"] == f"bytes 10-19/{len(full)}"
+    s, _, _ = request(blob, headers={"If-None-Match": h["etag"]})
+    assert s == 304
+    s, _, nar = request(f"{srv.url}/{layout.nar_key(info.file_hash)}")
+    assert nar == full
+    assert (
+        zstandard.ZstdDecompressor().decompressobj().decompress(nar)[:21]
+        == b"\x0d\0\0\0\0\0\0\0nix-archive-1"[:21]
+    )
+
+
+def test_miss_has_short_negative_ttl(setup) -> None:
+    srv = setup[-1]
+    s, h, _ = request(f"{srv.url}/{'0' * 32}.narinfo")
+    assert s == 404 and h["cache-control"] == "public, max-age=10" and h["x-kiln-negative-ttl"] == "10"
+    s, _, _ = request(f"{srv.url}/blobs/sha256:{'0' * 64}")
+    assert s == 404
+    s, _, _ = request(f"{srv.url}/../../etc/passwd")
+    assert s == 404
+    s, _, _ = request(f"{srv.url}/.kiln/tokens.json")
+    assert s == 404
+
+
+def test_batch(setup, keys) -> None:
+    store, path, info, reg, wtok, _rtok, srv = setup
+    _upload(srv.url, store, path, info, keys.sk, wtok)
+    hp = path.split("/")[-1][:32]
+    body = json.dumps(
+        {"hashes": [hp, "0" * 32, "junk"], "blobs": [info.file_hash.to_hex(), "sha256:" + "1" * 64]}
+    ).encode()
+    s, _, out = request(f"{srv.url}/narinfo-batch", "POST", body)
+    res = json.loads(out)
+    assert s == 200 and list(res["narinfos"]) == [hp] and res["blobs"] == [info.file_hash.to_hex()]
+    s, _, out = request(f"{srv.url}/narinfo-batch", "POST", f"{hp}\n{'0' * 32}\n".encode())
+    assert s == 200 and list(json.loads(out)["narinfos"]) == [hp]
+    s, _, _ = request(f"{srv.url}/narinfo-batch", "POST", b"{not json")
+    assert s == 400
+
+
+def test_token_scopes(setup, keys) -> None:
+    store, path, info, reg, wtok, rtok, srv = setup
+    key = f"{srv.url}/{layout.nar_key(info.file_hash)}"
+    body = store.object_path(path).read_bytes()
+    assert request(key, "PUT", body)[0] == 401
+    assert request(key, "PUT", body, {"Authorization": "Bearer kiln_deadbeef_nope"})[0] == 401
+    assert request(key, "PUT", body, {"Authorization": "Basic abc"})[0] == 401
+    assert request(key, "PUT", body, {"Authorization": f"Bearer {rtok}"})[0] == 403
+    assert request(key, "PUT", body, {"Authorization": f"Bearer {wtok}"})[0] == 201
+    stored = (reg / ".kiln" / "tokens.json").read_text()
+    assert wtok.split("_")[2] not in stored  # only hashes are kept
+
+
+def test_tampered_upload_refused(setup, keys) -> None:
+    store, path, info, reg, wtok, _rtok, srv = setup
+    auth = {"Authorization": f"Bearer {wtok}"}
+    body = bytearray(store.object_path(path).read_bytes())
+    body[-5] ^= 1
+    s, _, msg = request(f"{srv.url}/{layout.nar_key(info.file_hash)}", "PUT", bytes(body), auth)
+    assert s == 400 and b"hash" in msg
+    assert not (reg / layout.nar_key(info.file_hash)).exists() and not list((reg / "blobs").iterdir())
+    # narinfo before its NAR
+    s, _, msg = request(
+        f"{srv.url}/{path.split('/')[-1][:32]}.narinfo", "PUT", _narinfo_text(info, keys.sk).encode(), auth
+    )
+    assert s == 400 and b"upload the NAR" in msg
+
+
+def test_wrong_signature_and_wrong_narhash(setup, keys, other_keys) -> None:
+    store, path, info, reg, wtok, _rtok, srv = setup
+    auth = {"Authorization": f"Bearer {wtok}"}
+    hp = path.split("/")[-1][:32]
+    request(f"{srv.url}/{layout.nar_key(info.file_hash)}", "PUT", store.object_path(path).read_bytes(), auth)
+    s, _, msg = request(f"{srv.url}/{hp}.narinfo", "PUT", _narinfo_text(info, other_keys.sk).encode(), auth)
+    assert s == 403 and b"signature" in msg
+    unsigned = ni.NarInfo.from_pathinfo(info, layout.nar_key(info.file_hash), "zstd").render()
+    assert request(f"{srv.url}/{hp}.narinfo", "PUT", unsigned.encode(), auth)[0] == 403
+    # signed by a trusted key but lying about the NAR hash (cache poisoning attempt)
+    lie = PathInfo(
+        info.path, Hash.sha256_of(b"evil"), info.nar_size, file_hash=info.file_hash, file_size=info.file_size
+    )
+    s, _, msg = request(f"{srv.url}/{hp}.narinfo", "PUT", _narinfo_text(lie, keys.sk).encode(), auth)
+    assert s == 400 and b"mismatch" in msg
+    assert request(f"{srv.url}/{hp}.narinfo")[0] == 404
+    s, _, _ = request(f"{srv.url}/{hp}.narinfo", "PUT", b"StorePath: nonsense\n", auth)
+    assert s == 400
+    s, _, _ = request(f"{srv.url}/{'0' * 32}.narinfo", "PUT", _narinfo_text(info, keys.sk).encode(), auth)
+    assert s == 400  # narinfo uploaded under another path's hash
+
+
+def test_conflict_409_and_idempotent_republish(setup, keys, tmp_path) -> None:
+    store, path, info, reg, wtok, _rtok, srv = setup
+    assert _upload(srv.url, store, path, info, keys.sk, wtok) == (201, 201)
+    assert _upload(srv.url, store, path, info, keys.sk, wtok) == (200, 200)
+    # same store path, different content (a non-reproducible rebuild) → 409
+    other = make_store(tmp_path / "store2")
+    p2 = add_tree(other, tmp_path / "b", "hello", "different\n")
+    i2 = other.query(p2)
+    fake = PathInfo(path, i2.nar_hash, i2.nar_size, file_hash=i2.file_hash, file_size=i2.file_size)
+    auth = {"Authorization": f"Bearer {wtok}"}
+    request(f"{srv.url}/{layout.nar_key(i2.file_hash)}", "PUT", other.object_path(p2).read_bytes(), auth)
+    s, _, msg = request(
+        f"{srv.url}/{path.split('/')[-1][:32]}.narinfo", "PUT", _narinfo_text(fake, keys.sk).encode(), auth
+    )
+    assert s == 409 and b"already published" in msg
+
+
+def test_oversized_and_malformed(setup, keys) -> None:
+    store, path, info, reg, wtok, _rtok, srv = setup
+    auth = {"Authorization": f"Bearer {wtok}"}
+    big = b"\0" * 1_100_000
+    s, _, _ = request(f"{srv.url}/blobs/sha256:{Hash.sha256_of(big).hex}", "PUT", big, auth)
+    assert s == 413
+    s, _, _ = request(f"{srv.url}/{'0' * 32}.narinfo", "PUT", b"x" * 70000, auth)
+    assert s == 413
+    s, _, _ = request(f"{srv.url}/blobs/sha256:{Hash.sha256_of(b'abc').hex}", "PUT", b"abc", auth)
+    assert s == 400  # not a zstd stream: refused, nothing stored
+    s, _, _ = request(f"{srv.url}/nar/garbage.nar.zst", "PUT", b"abc", auth)
+    assert s == 404
+    s, _, _ = request(f"{srv.url}/nix-cache-info", "DELETE")
+    assert s == 405
+    s, _, _ = request(f"{srv.url}/nix-cache-info")
+    assert s == 200  # still alive
+    assert list((reg / ".kiln" / "tmp").iterdir()) == []
+
+
+def test_dropped_upload_leaves_nothing(setup, keys) -> None:
+    import socket
+
+    store, path, info, reg, wtok, _rtok, srv = setup
+    body = store.object_path(path).read_bytes()
+    port = int(srv.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(
+            f"PUT /{layout.nar_key(info.file_hash)} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {wtok}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body[: len(body) // 2]
+        )
+    import time
+
+    for _ in range(50):
+        if request(f"{srv.url}/nix-cache-info")[0] == 200 and not list((reg / ".kiln" / "tmp").iterdir()):
+            break
+        time.sleep(0.05)
+    assert not (reg / layout.nar_key(info.file_hash)).exists()
+    assert list((reg / ".kiln" / "tmp").iterdir()) == []
