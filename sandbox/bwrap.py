@@ -40,6 +40,7 @@ from typing import BinaryIO
 from .errors import SandboxError, SandboxUnavailable
 from .executor import Executor, OutputCallback, Result
 from .limits import Limits, supervise
+from .seccomp import no_setuid_filter
 from .spec import BUILD_TOP, HOMELESS, SandboxSpec, build_env
 
 #: Top-level rootfs entries mapped into the sandbox, in mount order.
@@ -75,9 +76,12 @@ def _common_flags(spec_network: bool, uid: int, gid: int, hostname: str) -> list
     return flags
 
 
-def bwrap_argv(bwrap: str, spec: SandboxSpec, private_dir: str) -> list[str]:
-    """The full bwrap command line for ``spec``; ``private_dir`` holds passwd/group/hosts."""
+def bwrap_argv(bwrap: str, spec: SandboxSpec, private_dir: str, seccomp_fd: int | None = None) -> list[str]:
+    """The full bwrap command line for ``spec``; ``private_dir`` holds passwd/group/hosts,
+    ``seccomp_fd`` (if given) is an fd bwrap inherits holding ``no_setuid_filter()``."""
     argv = [bwrap, *_common_flags(spec.network, spec.uid, spec.gid, spec.hostname), "--clearenv"]
+    if seccomp_fd is not None:
+        argv += ["--seccomp", str(seccomp_fd)]
     for k, v in build_env(spec).items():
         argv += ["--setenv", k, v]
     if spec.rootfs is not None:
@@ -96,10 +100,11 @@ def bwrap_argv(bwrap: str, spec: SandboxSpec, private_dir: str) -> list[str]:
     parents = {posixpath.dirname(d) for _, d in spec.ro_mounts + spec.rw_mounts}
     for p in sorted({a for d in parents for a in _ancestors(d)}):
         argv += ["--perms", "0755", "--dir", p]
-    for host, dest in spec.ro_mounts:
-        argv += ["--ro-bind", host, dest]
-    for host, dest in spec.rw_mounts:
-        argv += ["--bind", host, dest]
+    # Parents before children (sorted by depth, then path), so an input mounted inside a
+    # writable directory (e.g. store paths over a scratch store dir) stays visible.
+    mounts = [("--ro-bind", h, d) for h, d in spec.ro_mounts] + [("--bind", h, d) for h, d in spec.rw_mounts]
+    for flag, host, dest in sorted(mounts, key=lambda m: (m[2].count("/"), m[2])):
+        argv += [flag, host, dest]
     argv += ["--chdir", BUILD_TOP, "--remount-ro", "/", "--", *spec.argv]
     return argv
 
@@ -110,10 +115,19 @@ def _ancestors(d: str) -> list[str]:
     return ["/" + "/".join(parts[: i + 1]) for i in range(len(parts))]
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
+def _memfd(name: str, data: bytes) -> int:
+    """An anonymous in-memory file holding ``data``, positioned at 0 (close-on-exec;
+    ``pass_fds`` makes it inheritable in the child only)."""
+    fd = os.memfd_create(name, os.MFD_CLOEXEC)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.lseek(fd, 0, os.SEEK_SET)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _check_host_paths(spec: SandboxSpec) -> None:
@@ -140,12 +154,18 @@ def probe(bwrap: str) -> str:
     with _probe_lock:
         if bwrap in _probed:
             return _probed[bwrap]
-        cmd = [bwrap, *_common_flags(False, 1000, 1000, "localhost"), "--ro-bind", "/", "/"]
-        cmd += ["--proc", "/proc", "--dev", "/dev", "--remount-ro", "/", "--", bwrap, "--version"]
+        sfd = _memfd("kiln-seccomp", no_setuid_filter())
+        cmd = [bwrap, *_common_flags(False, 1000, 1000, "localhost"), "--seccomp", str(sfd)]
+        cmd += ["--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev", "--remount-ro", "/"]
+        cmd += ["--", bwrap, "--version"]
         try:
-            p = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=30, env={})
+            p = subprocess.run(
+                cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=30, env={}, pass_fds=(sfd,)
+            )
         except (OSError, subprocess.TimeoutExpired) as e:
             raise SandboxUnavailable(f"cannot run the bubblewrap sandbox {bwrap}: {e}") from e
+        finally:
+            os.close(sfd)
         out = p.stdout.decode(errors="replace").strip()
         if p.returncode != 0 or not out.startswith("bubblewrap"):
             msg = (p.stderr or p.stdout).decode(errors="replace").strip() or f"exit status {p.returncode}"
@@ -193,21 +213,23 @@ class BwrapExecutor(Executor):
                 with open(p, "w", encoding="utf-8") as f:
                     f.write(text)
                 names.append(p)
-            argv = bwrap_argv(self.bwrap, spec, private)
-            # Arguments go through a memfd (``--args FD``): no ARG_MAX limit for large
-            # closures, and the sandbox's pid 1 (a fork of bwrap) shows no host paths in
-            # its /proc/1/cmdline.
-            argfd = os.memfd_create("kiln-bwrap-args", os.MFD_CLOEXEC)
-            # bwrap takes only options from the file; the command stays on the command line.
+            sfd = _memfd("kiln-seccomp", no_setuid_filter())
+            argv = bwrap_argv(self.bwrap, spec, private, sfd)
+            # Options go through a memfd (``--args FD``; bwrap takes only options from it,
+            # the command stays on the command line): no ARG_MAX limit for large closures,
+            # and the sandbox's pid 1 (a fork of bwrap) shows no host paths in its cmdline.
             sep = argv.index("--")
-            _write_all(argfd, b"".join(os.fsencode(a) + b"\0" for a in argv[1:sep]))
-            os.lseek(argfd, 0, os.SEEK_SET)
+            try:
+                argfd = _memfd("kiln-bwrap-args", b"".join(os.fsencode(a) + b"\0" for a in argv[1:sep]))
+            except BaseException:
+                os.close(sfd)
+                raise
             limits = Limits(spec.timeout, spec.max_silent, spec.max_log_bytes)
             start = time.monotonic()
             try:
                 proc = subprocess.Popen(
                     [self.bwrap, "--args", str(argfd), *argv[sep:]],
-                    pass_fds=(argfd,),
+                    pass_fds=(argfd, sfd),
                     stdin=subprocess.DEVNULL,
                     stdout=subprocess.PIPE,
                     stderr=subprocess.STDOUT,
@@ -220,6 +242,7 @@ class BwrapExecutor(Executor):
                 raise SandboxUnavailable(f"cannot start the sandbox {self.bwrap}: {e}") from e
             finally:
                 os.close(argfd)
+                os.close(sfd)
             with proc:
                 outcome = supervise(proc, log, on_output, limits, start)
             duration = time.monotonic() - start
