@@ -1,0 +1,193 @@
+"""Lock resolution: synthetic indexes for the rules, the machine's apt lists for reality."""
+
+from __future__ import annotations
+
+import gzip
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from kiln.store import apt
+from kiln.store.apt import AptError, AptIndex, LockEntry, parse_lock, render_lock, resolve
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def stanza(name: str, version: str = "1.0", arch: str = "amd64", **fields: str) -> str:
+    lines = [f"Package: {name}", f"Version: {version}", f"Architecture: {arch}"]
+    lines += [f"{k.replace('_', '-')}: {v}" for k, v in fields.items()]
+    digest = f"{abs(hash((name, version))):064x}"[-64:]
+    lines += [
+        f"Filename: pool/main/{name[0]}/{name}/{name}_{version}_{arch}.deb",
+        "Size: 100",
+        f"SHA256: {digest}",
+    ]
+    return "\n".join(lines)
+
+
+INDEX = [
+    stanza("app", Depends="liba (>= 2), awk | mawk, mta", Pre_Depends="libc"),
+    stanza("liba", "1.0"),
+    stanza("liba", "2.5"),  # the higher version is the candidate
+    stanza("liba", "3.0", arch="arm64"),  # other architectures are ignored
+    stanza("libc", arch="amd64", Depends="libc-data"),
+    stanza("libc-data", arch="all"),
+    stanza("gawk", Provides="awk"),
+    stanza("mawk", Provides="awk"),
+    stanza("exim", Provides="mta", Depends="heavy"),
+    stanza("postfix", Provides="mta"),
+    stanza("heavy"),
+    stanza("broken", Depends="liba (>= 9)"),
+    stanza("needs-excluded", Depends="guile"),
+    stanza("guile"),
+]
+
+
+def names(entries) -> list[str]:
+    return [e.name for e in entries]
+
+
+def test_resolution_rules():
+    idx = AptIndex(INDEX)
+    got = resolve(idx, ["app"])
+    # awk -> first provider by name (gawk); mta -> exim (first by name) pulls heavy
+    assert names(got) == ["app", "exim", "gawk", "heavy", "liba", "libc", "libc-data"]
+    assert {e.name: e.version for e in got}["liba"] == "2.5"
+    assert {e.name: e.arch for e in got}["libc-data"] == "all"
+
+
+def test_already_chosen_alternative_satisfies():
+    got = resolve(AptIndex(INDEX), ["mawk", "postfix", "app"])
+    assert "gawk" not in names(got) and "exim" not in names(got)
+
+
+def test_exclude():
+    got = resolve(AptIndex(INDEX), ["app"], exclude=["exim", "gawk"])
+    assert "postfix" in names(got) and "mawk" in names(got)
+    warnings: list[str] = []
+    got = resolve(AptIndex(INDEX), ["needs-excluded"], exclude=["guile"], warn=warnings.append)
+    assert names(got) == ["needs-excluded"] and "guile" in warnings[0]
+
+
+def test_unsatisfiable_and_unknown():
+    with pytest.raises(AptError, match="cannot satisfy dependency 'liba'"):
+        resolve(AptIndex(INDEX), ["broken"])
+    with pytest.raises(AptError, match="no package named"):
+        resolve(AptIndex(INDEX), ["nonesuch"])
+    with pytest.raises(AptError, match="both requested and excluded"):
+        resolve(AptIndex(INDEX), ["app"], exclude=["app"])
+
+
+def test_render_parse_roundtrip():
+    entries = (
+        LockEntry("a", "1:2.0-1+b1", "amd64", "ab" * 32, "pool/main/a/a/a_2.0-1+b1_amd64.deb", 12),
+        LockEntry('we"ird$', "1", "all", "cd" * 32, "pool/x", 3),
+    )
+    text = render_lock(entries, "a header\nsecond line")
+    assert parse_lock(text) == entries
+    assert text.startswith("# a header\n# second line\nlet debian_lock = [\n")
+
+
+def test_rendered_lock_parses_as_a_recipe():
+    parser = pytest.importorskip("kiln.lang.parser")
+    text = render_lock([LockEntry("a", "1", "amd64", "ab" * 32, "pool/a.deb", 1)])
+    module = parser.parse_module(text, "lock.recipe")
+    assert [let.name for let in module.lets] == ["debian_lock"]
+
+
+def test_archive_bases_from_both_formats(tmp_path):
+    d = tmp_path / "sources.list.d"
+    d.mkdir()
+    (d / "a.sources").write_text(
+        "Types: deb deb-src\nURIs: http://archive.invalid/debian/\nSuites: x\nComponents: main\n\n"
+        "Types: deb-src\nURIs: http://src-only.invalid/debian\nSuites: x\n\n"
+        "Enabled: no\nTypes: deb\nURIs: http://disabled.invalid/\nSuites: x\n"
+    )
+    (tmp_path / "sources.list").write_text(
+        "# comment\ndeb [arch=amd64 signed-by=/k.gpg] http://one-line.invalid/debian x main\n"
+        "deb-src http://one-line-src.invalid/debian x main\n"
+    )
+    assert apt.archive_bases("deb", d, tmp_path / "sources.list") == [
+        "http://one-line.invalid/debian",
+        "http://archive.invalid/debian",
+    ]
+    assert apt.archive_bases("deb-src", d, tmp_path / "sources.list") == [
+        "http://one-line-src.invalid/debian",
+        "http://archive.invalid/debian",
+        "http://src-only.invalid/debian",
+    ]
+
+
+def test_compressed_index_files(tmp_path):
+    (tmp_path / "x_dists_y_main_binary-amd64_Packages.gz").write_bytes(
+        gzip.compress("\n\n".join(INDEX).encode())
+    )
+    (tmp_path / "x_dists_y_InRelease").write_text("not an index")
+    idx = AptIndex.load(tmp_path)
+    assert names(resolve(idx, ["libc"])) == ["libc", "libc-data"]
+    with pytest.raises(AptError, match="apt-get update"):
+        AptIndex.load(tmp_path / "empty")
+
+
+# --- the machine's own apt lists -------------------------------------------------------
+
+machine = pytest.mark.skipif(
+    not apt.index_files(), reason="no apt lists on this machine (run apt-get update)"
+)
+
+
+@pytest.fixture(scope="module")
+def machine_index():
+    return AptIndex.load()
+
+
+@machine
+def test_machine_closure_of_gcc(machine_index):
+    got = resolve(machine_index, ["gcc", "make"])
+    n = names(got)
+    assert n == sorted(n)
+    for want in ("gcc", "libc6", "binutils", "make"):  # libc6-dev is only Recommended
+        assert want in n
+    assert any(re.fullmatch(r"gcc-\d+", x) for x in n)
+    for e in got:
+        assert re.fullmatch(r"[0-9a-f]{64}", e.sha256) and e.filename.startswith("pool/") and e.size > 0
+
+
+@machine
+def test_cli_writes_lock(tmp_path):
+    out = tmp_path / "sub" / "lock.recipe"
+    proc = subprocess.run(
+        [sys.executable, "-m", "kiln", "lock", "debian", "bash", "--exclude", "base-files", "-o", str(out)],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    entries = parse_lock(out.read_text())
+    assert "bash" in names(entries) and "base-files" not in names(entries)
+    assert "--exclude base-files" in out.read_text()
+
+
+@machine
+def test_checked_in_toolchain_lock_is_well_formed():
+    entries = parse_lock((REPO / "recipes" / "toolchain.lock.recipe").read_text())
+    n = names(entries)
+    assert n == sorted(n) and len(n) == len(set(n))
+    for want in (
+        "gcc",
+        "g++",
+        "binutils",
+        "libc6-dev",
+        "make",
+        "bash",
+        "coreutils",
+        "sed",
+        "grep",
+        "gawk",
+        "perl",
+        "xz-utils",
+    ):
+        assert want in n
+    for banned in ("build-essential", "dpkg-dev", "make-guile", "guile-3.0-libs"):
+        assert banned not in n
