@@ -1,0 +1,119 @@
+"""Push a closure, pull it back (kiln copy / Substituter), and every way that must fail:
+tampered blob, wrong signature, unreachable registry; plus ``kiln serve --store``."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from regkit import add_chain, add_tree, free_port, make_store
+
+from kiln.registry import layout
+from kiln.registry.client import open_client
+from kiln.registry.copy import to_store
+from kiln.registry.push import push
+from kiln.registry.substitute import Substituter
+from kiln.store.errors import HashMismatch, KilnError
+
+
+def kiln(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    import os
+
+    return subprocess.run([sys.executable, "-m", "kiln", *args], capture_output=True, text=True, env={**os.environ, **(env or {})})
+
+
+@pytest.fixture
+def pushed(tmp_path: Path, keys, kiln_server):
+    """A store with a 5-path chain plus a leaf, pushed to a served registry dir."""
+    store = make_store(tmp_path / "store")
+    chain = add_chain(store, tmp_path, 5)
+    leaf = add_tree(store, tmp_path, "leaf", "leaf\n")
+    reg = tmp_path / "reg"
+    assert kiln("registry", "init", "--dir", str(reg)).returncode == 0
+    tok = kiln("registry", "token", "create", "--scope", "write", "--dir", str(reg)).stdout.strip()
+    srv = kiln_server("--dir", str(reg), "--trusted-key", str(keys.pk_file), "--index-key", str(keys.sk_file))
+    r = kiln("push", "--store", str(store.root), chain[-1], leaf, "--to", srv.url, "--token", tok, "--sign-key", str(keys.sk_file))
+    assert r.returncode == 0, r.stderr
+    assert "pushed 6 of 6 paths" in r.stdout and "index version 1" in r.stdout
+    return store, chain, leaf, reg, tok, srv
+
+
+def test_push_skips_what_registry_has(pushed, keys, kiln_server) -> None:
+    store, chain, leaf, reg, tok, srv = pushed
+    rep = push(store, [chain[-1]], lambda: open_client(srv.url, tok), sign_key=keys.sk)
+    assert (rep.closure, rep.pushed, rep.nars_uploaded) == (5, 0, 0)
+    # resume after an interruption that left NARs but no narinfos: only narinfos go up
+    for p in chain[2:]:
+        (reg / f"{p.split('/')[-1][:32]}.narinfo").unlink()
+    srv2 = kiln_server("--dir", str(reg), "--trusted-key", str(keys.pk_file))  # no narinfo cache yet
+    rep = push(store, [chain[-1]], lambda: open_client(srv2.url, tok))
+    assert (rep.pushed, rep.nars_uploaded) == (3, 0)
+
+
+def test_copy_roundtrip(pushed, keys, tmp_path) -> None:
+    _store, chain, leaf, _reg, _tok, srv = pushed
+    dest = tmp_path / "dest"
+    r = kiln("copy", "--store", str(dest), "--from", srv.url, "--to", "store", chain[-1], leaf, "--trusted-key", str(keys.pk_file))
+    assert r.returncode == 0, r.stderr
+    assert "copied 6 paths" in r.stdout
+    d = make_store(dest)
+    assert all(d.is_valid(p) for p in [*chain, leaf])
+    assert (d.real_path(leaf) / "file").read_text() == "leaf\n"
+    r = kiln("copy", "--store", str(dest), "--from", srv.url, "--to", "store", chain[-1], "--trusted-key", str(keys.pk_file))
+    assert "copied 0 paths" in r.stdout
+
+
+def test_registry_to_registry_copy(pushed, keys, tmp_path) -> None:
+    _store, chain, _leaf, _reg, _tok, srv = pushed
+    dst = tmp_path / "reg2"
+    r = kiln("copy", "--from", srv.url, "--to", f"file://{dst}", chain[-1], "--trusted-key", str(keys.pk_file))
+    assert r.returncode == 0, r.stderr
+    assert "copied 5 paths" in r.stdout and len(list(dst.glob("*.narinfo"))) == 5
+
+
+def test_wrong_key_rejected(pushed, other_keys, tmp_path) -> None:
+    _store, chain, _leaf, _reg, _tok, srv = pushed
+    r = kiln("copy", "--store", str(tmp_path / "d"), "--from", srv.url, "--to", "store", chain[0], "--trusted-key", str(other_keys.pk_file))
+    assert r.returncode == 1 and "signature" in r.stderr
+    r = kiln("copy", "--store", str(tmp_path / "d"), "--from", srv.url, "--to", "store", chain[0])
+    assert r.returncode == 1 and "0 valid signature" in r.stderr
+
+
+def test_tampered_blob_rejected(pushed, keys, tmp_path) -> None:
+    store, _chain, leaf, reg, _tok, srv = pushed
+    info = store.query(leaf)
+    blob = reg / layout.blob_key(info.file_hash)  # same inode as nar/...
+    data = bytearray(blob.read_bytes())
+    data[-3] ^= 0xFF
+    blob.write_bytes(bytes(data))
+    dest = make_store(tmp_path / "dest")
+    with pytest.raises(HashMismatch):
+        to_store(srv.url, dest, [leaf], [keys.pk])
+    assert not dest.is_valid(leaf)
+
+
+def test_substituter_priorities_and_unreachable(pushed, keys, tmp_path) -> None:
+    _store, chain, leaf, _reg, _tok, srv = pushed
+    dead = f"http://127.0.0.1:{free_port()}"
+    dest = make_store(tmp_path / "dest")
+    with Substituter([(srv.url, 50), (dead, 10)], [keys.pk]) as sub:
+        infos = sub.query_many([chain[0], "/kiln/store/" + "0" * 32 + "-missing"])
+        assert list(infos) == [chain[0]]
+        assert dead in sub.down  # a miss for this run, not a failure
+        got = sub.fetch(dest, infos[chain[0]])
+        assert got.path == chain[0] and dest.is_valid(chain[0])
+    with Substituter([(dead, 10)], [keys.pk]) as sub:
+        assert sub.query_many([leaf]) == {}
+
+
+def test_serve_store_directly(tmp_path: Path, keys, kiln_server) -> None:
+    store = make_store(tmp_path / "store")
+    chain = add_chain(store, tmp_path, 3)
+    srv = kiln_server("--store", str(store.root), "--sign-key", str(keys.sk_file))
+    dest = make_store(tmp_path / "dest")
+    assert to_store(srv.url, dest, [chain[-1]], [keys.pk]) == 3
+    unsigned = kiln_server("--store", str(store.root))
+    with pytest.raises(KilnError, match="signature"):
+        to_store(unsigned.url, make_store(tmp_path / "dest2"), [chain[-1]], [keys.pk])
