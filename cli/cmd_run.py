@@ -34,15 +34,15 @@ def resolve_package(store, spec: str, recipe_file: str | None) -> str:
 
         return build_attrs(store, recipe_file, [spec])[0]
     if spec.startswith("/"):
-        logical = store.to_logical(spec) if hasattr(store, "to_logical") else spec
-        if store.is_valid(logical):
-            return logical
+        path, sub = store.resolve(spec)
+        if store.is_valid(path) and not sub:
+            return path
         raise KilnError(f"{spec} is not a valid path in the store at {store.root}")
     root = store.root / "gcroots" / spec
-    if root.is_symlink() or root.exists():
-        target = os.readlink(root) if root.is_symlink() else root.read_text().strip()
-        if store.is_valid(target):
-            return target
+    if root.is_symlink():
+        path, _ = store.resolve(os.readlink(root))
+        if store.is_valid(path):
+            return path
     raise KilnError(
         f"no package named {spec!r}: build it first (kiln build FILE {spec}), or give a store path or -f FILE"
     )
