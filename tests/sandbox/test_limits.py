@@ -149,3 +149,19 @@ def test_builder_killed_by_signal_inside(sh) -> None:
     r = sh("kill -9 $$")
     assert r.result.reason == "failed" and r.result.exit_status == 128 + 9
     assert "signal 9" in r.result.describe()
+
+
+def test_timeout_applies_after_the_build_closed_its_output(sh) -> None:
+    r = sh("echo bye; exec >/dev/null 2>&1; sleep 1000", timeout=0.7)
+    assert r.result.reason == "timeout" and r.log == "bye\n"
+    assert 0.7 <= r.result.duration < 3
+
+
+def test_log_is_a_real_file(executor, rootfs, build_dir, tmp_path) -> None:
+    from kiln.sandbox import SandboxSpec
+
+    spec = SandboxSpec(argv=("/bin/sh", "-c", "seq 1 50000"), build_dir=str(build_dir), rootfs=str(rootfs))
+    with open(tmp_path / "log", "wb") as f:
+        r = executor.run(spec, f)
+    data = (tmp_path / "log").read_bytes()
+    assert r.ok and r.log_bytes == len(data) and data.splitlines()[-1] == b"50000"
