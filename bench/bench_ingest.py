@@ -1,0 +1,163 @@
+#!/usr/bin/env python3
+"""Ingest benchmark: ``kiln store add`` against Nix and the tar|zstd physical baseline,
+side by side in one run on the same tree, printing ratios against the targets.
+
+Usage: bench/bench_ingest.py [--reps 5] [--no-nix] [--no-big] [--big-gib 2]
+
+Tree: 2,000 files, 200 MiB from /work/shared/anchors/nix/gen_tree.py at
+/tmp/kilnbench/tree (generated if missing). Each rep runs after ``sync`` with a warm
+page cache for the source, as the Nix anchors do.
+
+- kiln: fresh store each rep (``kiln store init`` untimed - Nix's database exists
+  before ``nix-store --add`` too), then timed ``kiln store add`` as a subprocess.
+- nix-store --add: the path is deleted between reps (as a_ingest.sh does).
+- nix copy --to file://DIR?compression=zstd: fresh DIR each rep.
+- tar cf - | zstd -3 -T2 | sha256sum.
+- peak RSS of ``kiln store add`` on one big file (/usr/bin/time -f %M).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BENCH = Path("/tmp/kilnbench")
+TREE = BENCH / "tree"
+GEN = Path("/work/shared/anchors/nix/gen_tree.py")
+
+
+def sh(cmd: str, check: bool = True) -> str:
+    return subprocess.run(cmd, shell=True, check=check, capture_output=True, text=True).stdout
+
+
+def timed(cmd: str, pre: str | None, reps: int) -> list[float]:
+    out = []
+    for _ in range(reps):
+        if pre:
+            sh(pre)
+        sh("sync")
+        t = time.perf_counter()
+        r = subprocess.run(cmd, shell=True, capture_output=True, text=True)
+        dt = time.perf_counter() - t
+        if r.returncode != 0:
+            raise SystemExit(f"benchmark command failed ({r.returncode}): {cmd}\n{r.stderr}")
+        out.append(dt)
+    return out
+
+
+def tree_bytes(p: Path) -> int:
+    return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+
+
+def row(name: str, times: list[float], nbytes: int) -> float:
+    med = statistics.median(times)
+    print(
+        f"{name:<44} min {min(times):6.3f} s  median {med:6.3f} s  {nbytes / med / 2**20:7.1f} MiB/s"
+        f"   reps {' '.join(f'{t:.3f}' for t in times)}",
+        flush=True,
+    )
+    return med
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--no-nix", action="store_true")
+    ap.add_argument("--no-big", action="store_true")
+    ap.add_argument("--big-gib", type=float, default=2.0)
+    args = ap.parse_args()
+
+    if not TREE.exists():
+        BENCH.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, str(GEN), str(TREE), "2000", "200"], check=True)
+    nbytes = tree_bytes(TREE)
+    sh(f"cat {TREE}/*/* > /dev/null")
+    kiln = shutil.which("kiln") or "kiln"
+    store = BENCH / "kiln-store"
+    print(f"# tree {TREE}: {nbytes} bytes; {os.cpu_count()} cpus; reps {args.reps}")
+
+    res: dict[str, float] = {}
+    res["kiln"] = row(
+        "kiln store add (fresh store)",
+        timed(
+            f"{kiln} store add --store {store} {TREE}",
+            f"rm -rf {store} && {kiln} store init --store {store}",
+            args.reps,
+        ),
+        nbytes,
+    )
+    res["tar"] = row(
+        "tar cf - | zstd -3 -T2 | sha256sum",
+        timed(f"tar cf - -C {TREE} . | zstd -3 -T2 | sha256sum", None, args.reps),
+        nbytes,
+    )
+    if not args.no_nix and shutil.which("nix-store"):
+        it = BENCH / "ingest-tree"
+        if not it.exists():
+            sh(f"cp -al {TREE} {it}")
+        p = sh(f"nix-store --add {it}").strip()
+        res["nix-add"] = row(
+            "nix-store --add (fresh path)",
+            timed(f"test ! -e {p} && nix-store --add {it}", f"nix-store --delete {p}", args.reps),
+            nbytes,
+        )
+        sh(f"nix-store --add {it}")
+        cache = BENCH / "nixcache"
+        res["nix-copy"] = row(
+            "nix copy --to file://...?compression=zstd",
+            timed(f"nix --extra-experimental-features nix-command copy --to 'file://{cache}?compression=zstd' {p}", f"rm -rf {cache}", args.reps),
+            nbytes,
+        )
+        sh(f"rm -rf {cache}; nix-store --delete {p}", check=False)
+
+    print()
+    k = res["kiln"]
+    if "nix-add" in res:
+        r = k / res["nix-add"]
+        print(f"kiln / nix-store --add time        {r:5.2f}   (target <= 1.00) {'ok' if r <= 1 else 'MISSED'}")
+    if "nix-copy" in res:
+        r = k / res["nix-copy"]
+        print(f"kiln / nix copy zstd time          {r:5.2f}   (target <= 0.50) {'ok' if r <= 0.5 else 'MISSED'}")
+    r = res["tar"] / k
+    print(f"kiln / tar|zstd throughput         {r:5.2f}   (target >= 0.70) {'ok' if r >= 0.7 else 'MISSED'}")
+    obj = next((store / "objects").rglob("*.nar.zst"), None)
+    if obj is not None:
+        print(f"compressed object / tree bytes     {obj.stat().st_size / nbytes:5.3f}")
+
+    if not args.no_big:
+        big = BENCH / "bigfile"
+        size = int(args.big_gib * 2**30)
+        if not big.exists() or big.stat().st_size != size:
+            # semi-compressible: repeat a slice of the tree's files
+            seed = b"".join(f.read_bytes() for f in sorted(TREE.glob("d00/*")))[: 64 << 20]
+            with open(big, "wb") as f:
+                left = size
+                while left:
+                    n = min(left, len(seed))
+                    f.write(seed[:n])
+                    left -= n
+        sh(f"rm -rf {store} && {kiln} store init --store {store} && sync")
+        r = subprocess.run(
+            ["/usr/bin/time", "-f", "%M %e", kiln, "store", "add", "--store", str(store), str(big)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        rss_kib, secs = r.stderr.strip().splitlines()[-1].split()
+        rss = int(rss_kib) / 1024
+        print(
+            f"peak RSS adding one {args.big_gib:g} GiB file: {rss:.0f} MiB in {float(secs):.2f} s "
+            f"(target < 150 MiB) {'ok' if rss < 150 else 'MISSED'}"
+        )
+        sh(f"rm -rf {store}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
