@@ -4,8 +4,9 @@ Order of operations (so an interrupted push is always safe to resume and never l
 narinfo without its NAR or its references):
 
 1. compute the closure (dependencies first) and read every PathInfo from the store;
-2. ask the registry which of those narinfos it already has (one batched request) and,
-   for the rest, which NAR blobs it already has (a second batched request);
+2. ask the registry which of those narinfos it already has (one batched request) and
+   which NAR blobs it already has (a second batched request; a published narinfo whose
+   NAR went missing gets its NAR re-uploaded, which repairs the registry);
 3. upload the missing NARs in parallel (``jobs`` at a time), streamed from the store's
    object files (the store keeps exactly the zstd bytes a registry serves);
 4. upload the narinfos level by level — a path only after everything it references —
@@ -91,8 +92,10 @@ async def push_prepared(
             raise KilnError(f"{i.path} is not in the registry's store dir {sd!r}")
     have = await client.narinfos([i.path.rsplit("/", 1)[1][:32] for i in info_map.values()])
     missing = {p: i for p, i in info_map.items() if p.rsplit("/", 1)[1][:32] not in have}
-    blobs = await client.have_blobs([i.file_hash for i in missing.values()]) if missing else set()  # type: ignore[misc]
-    to_upload = [p for p, i in missing.items() if i.file_hash.to_hex() not in blobs]  # type: ignore[union-attr]
+    # Blobs are checked for the whole closure, not only for missing narinfos: a published
+    # narinfo whose NAR was lost (registry GC, disk trouble) gets its NAR back (repair).
+    blobs = await client.have_blobs([i.file_hash for i in info_map.values()])  # type: ignore[misc]
+    to_upload = [p for p, i in info_map.items() if i.file_hash.to_hex() not in blobs]  # type: ignore[union-attr]
     total = sum(info_map[p].file_size or 0 for p in to_upload)
     prog = Progress("push", len(missing), total, progress)
     sem = asyncio.Semaphore(jobs)
