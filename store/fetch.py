@@ -32,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import socket
 import sys
 import tempfile
 import time
@@ -225,6 +226,9 @@ def _http_get(url: str, sink: _Sink, timeout: float, retries: int) -> None:
                 raise
             error: BaseException = e
         except (OSError, http.client.HTTPException) as e:  # URLError, timeouts, resets, IncompleteRead
+            reason = getattr(e, "reason", None)
+            if isinstance(reason, ConnectionRefusedError | socket.gaierror):
+                raise OSError(_describe(e)) from e  # nobody listening / no such host: retrying will not help
             error = e
         attempt += 1
         if attempt > retries:

@@ -1,0 +1,164 @@
+"""``kiln prefetch`` and ``kiln mirror-sources``: pinning and mirroring fixed-output sources.
+
+``kiln prefetch URL`` downloads URL (``debian:`` URLs included) to a temporary directory
+and prints the sha256 to pin in a ``fetchurl``. ``--unpack`` unpacks a tar or zip archive
+(a single top-level directory is stripped, as Nix does) and prints the NAR hash of the
+tree instead; ``--git REV`` exports a git revision and prints the NAR hash a ``fetchgit``
+needs. ``--mirror DIR`` also copies the downloaded file into a hashed mirror.
+
+``kiln mirror-sources DIR FILE...`` evaluates each recipe file and puts the file of every
+flat ``builtin:fetchurl`` derivation in the closure into ``DIR/sha256/<hex>``, fetched
+through the normal fetcher (so other mirrors in ``KILN_SOURCE_MIRRORS`` are used first).
+Entries already present with the right hash are skipped. Recursive (NAR-hashed) sources
+— ``fetchgit`` and unpacked fetches — are listed as not mirrored: a flat mirror holds files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import sys
+import tarfile
+import tempfile
+import zipfile
+from pathlib import Path
+
+
+def _prefetch_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="kiln prefetch", description="download a URL and print the hash to pin")
+    p.add_argument(
+        "url", metavar="URL", help="http(s)/ftp/file URL, debian:<pool path>, or a git URL with --git"
+    )
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--unpack", action="store_true", help="print the NAR hash of the unpacked archive")
+    g.add_argument("--git", metavar="REV", help="export git revision REV and print its NAR hash")
+    p.add_argument("--format", choices=("hex", "nix32", "sri"), default="hex", help="hash form (default hex)")
+    p.add_argument("--mirror", type=Path, metavar="DIR", help="also copy the file into this hashed mirror")
+    return p
+
+
+def _mirror_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="kiln mirror-sources", description="copy every source a recipe set needs into a hashed mirror"
+    )
+    p.add_argument("dir", type=Path, metavar="DIR")
+    p.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    return p
+
+
+def _show(h, fmt: str) -> str:
+    return {"hex": h.hex, "nix32": h.nix32, "sri": h.sri}[fmt]
+
+
+def _unpack_archive(archive: Path, dest: Path) -> Path:
+    """Unpack a tar (any compression) or zip into ``dest``; return the tree to hash."""
+    dest.mkdir()
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as z:
+            for info in z.infolist():
+                name = Path(info.filename)
+                if name.is_absolute() or ".." in name.parts:
+                    from kiln.store.errors import FormatError
+
+                    raise FormatError(f"refusing zip member {info.filename!r}")
+            z.extractall(dest)
+    else:
+        with tarfile.open(archive) as t:
+            t.extractall(dest, filter="data")  # refuses absolute/.. paths and devices
+    entries = list(dest.iterdir())
+    return entries[0] if len(entries) == 1 and entries[0].is_dir() and not entries[0].is_symlink() else dest
+
+
+def prefetch(argv: list[str]) -> int:
+    args = _prefetch_parser().parse_args(argv)
+    from kiln.store import nar
+    from kiln.store.fetch import copy_to_mirror, fetch_git, fetch_url
+    from kiln.store.hashes import Hash
+
+    with tempfile.TemporaryDirectory(prefix="kiln-prefetch-") as tmp:
+        work = Path(tmp)
+        if args.git:
+            fetch_git(args.url, args.git, work / "tree")
+            h, _ = nar.hash_path(work / "tree")
+            print(_show(h, args.format))
+            return 0
+        name = args.url.rstrip("/").rsplit("/", 1)[-1].split("?", 1)[0] or "download"
+        dest = work / name
+        fetch_url([args.url], None, dest, mirrors=[], progress=True)
+        digest = hashlib.sha256()
+        with open(dest, "rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+        flat = Hash("sha256", digest.digest())
+        if args.mirror:
+            copy_to_mirror(dest, args.mirror)
+            print(f"mirrored as {args.mirror / 'sha256' / flat.hex}", file=sys.stderr)
+        if args.unpack:
+            h, _ = nar.hash_path(_unpack_archive(dest, work / "unpacked"))
+            print(f"file sha256 {flat.hex}; unpacked tree NAR hash:", file=sys.stderr)
+            print(_show(h, args.format))
+        else:
+            print(_show(flat, args.format))
+    return 0
+
+
+def mirror_sources(argv: list[str]) -> int:
+    args = _mirror_parser().parse_args(argv)
+    from kiln.lang import evaluate_file
+    from kiln.store.errors import KilnError
+    from kiln.store.fetch import fetch_url
+    from kiln.store.hashes import Hash
+
+    wanted: dict[str, tuple[list[str], str]] = {}  # hex -> (urls, name)
+    skipped: list[str] = []
+    for file in args.files:
+        ev = evaluate_file(file)
+        for drv in ev.drvs.values():
+            out = drv.outputs_map.get("out")
+            if not drv.builder.startswith("builtin:fetch") or out is None or not out.is_fixed:
+                continue
+            env = drv.env_map
+            if drv.builder != "builtin:fetchurl" or out.hash_algo != "sha256":
+                skipped.append(f"{drv.name} ({drv.builder}, {out.hash_algo})")
+                continue
+            urls = env.get("urls", "").split() or [env["url"]]
+            wanted.setdefault(out.hash, (urls, drv.name))
+    fetched = present = 0
+    errors: list[str] = []
+    for hexd, (urls, name) in sorted(wanted.items(), key=lambda kv: kv[1][1]):
+        target = args.dir / "sha256" / hexd
+        expected = Hash("sha256", bytes.fromhex(hexd))
+        if target.is_file() and _sha256_file(target) == hexd:
+            present += 1
+            continue
+        try:
+            fetch_url(urls, expected, target, mirrors=[], progress=True)
+            os.chmod(target, 0o644)
+            fetched += 1
+            print(f"{hexd}  {name}")
+        except KilnError as e:  # one failed source must not stop the others
+            errors.append(f"{name}: {e}")
+    for s in skipped:
+        print(f"not mirrored (not a flat file): {s}", file=sys.stderr)
+    for err in errors:
+        print(f"error: {err}", file=sys.stderr)
+    print(
+        f"{fetched} fetched, {present} already present, {len(errors)} failed, {len(skipped)} not mirrorable",
+        file=sys.stderr,
+    )
+    return 1 if errors else 0
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def main(argv: list[str]) -> int:
+    if argv and argv[0] == "mirror-sources":
+        return mirror_sources(argv[1:])
+    return prefetch(argv[1:] if argv and argv[0] == "prefetch" else argv)

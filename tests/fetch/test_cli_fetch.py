@@ -1,0 +1,89 @@
+"""``kiln prefetch`` and ``kiln mirror-sources`` end to end, against the local server."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import shutil
+import subprocess
+import tarfile
+
+import pytest
+from kiln.main import main
+from kiln.store import nar
+
+DATA = b"source tarball bytes\n" * 1000
+
+
+def tarball() -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as t:
+        for name, data, mode in [
+            ("pkg-1.0/README", b"hi\n", 0o644),
+            ("pkg-1.0/configure", b"#!/bin/sh\n", 0o755),
+        ]:
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), mode
+            t.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def test_prefetch_prints_sha256(server, capsys, tmp_path):
+    digest = server.add("a.tar.gz", DATA)
+    assert main(["prefetch", server.url("file/a.tar.gz"), "--mirror", str(tmp_path / "m")]) == 0
+    assert capsys.readouterr().out.strip() == digest
+    assert (tmp_path / "m" / "sha256" / digest).read_bytes() == DATA
+    assert main(["prefetch", "--format", "sri", server.url("file/a.tar.gz")]) == 0
+    assert capsys.readouterr().out.strip().startswith("sha256-")
+
+
+def test_prefetch_unpack_is_the_nar_hash_of_the_top_directory(server, capsys, tmp_path):
+    server.add("p.tar.gz", tarball())
+    assert main(["prefetch", "--unpack", server.url("file/p.tar.gz")]) == 0
+    got = capsys.readouterr().out.strip()
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    with tarfile.open(fileobj=io.BytesIO(tarball())) as t:
+        t.extractall(ref, filter="data")
+    assert got == nar.hash_path(ref / "pkg-1.0")[0].hex
+
+
+@pytest.mark.nix
+def test_prefetch_unpack_agrees_with_nix(server, capsys):
+    if not shutil.which("nix-prefetch-url"):
+        pytest.skip("nix-prefetch-url not installed")
+    server.add("p.tar.gz", tarball())
+    url = server.url("file/p.tar.gz")
+    assert main(["prefetch", "--unpack", "--format", "nix32", url]) == 0
+    ours = capsys.readouterr().out.strip()
+    theirs = subprocess.run(["nix-prefetch-url", "--unpack", url], capture_output=True, text=True, check=True)
+    assert ours == theirs.stdout.strip()
+
+
+def test_prefetch_failure_is_a_clean_error(server, capsys):
+    assert main(["prefetch", server.url("file/missing")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot fetch") and "404" in err and "Traceback" not in err
+
+
+def test_mirror_sources(server, capsys, tmp_path):
+    pytest.importorskip("kiln.lang")
+    a = server.add("a.tar.gz", DATA)
+    b = server.add("b.tar.gz", DATA + b"more")
+    recipe = tmp_path / "srcs.recipe"
+    recipe.write_text(
+        f'let a = fetchurl {{ url = "{server.url("file/a.tar.gz")}", sha256 = "{a}" }}\n'
+        f'let b = fetchurl {{ urls = ["{server.url("file/gone")}", "{server.url("redirect/b.tar.gz")}"], sha256 = "{b}" }}\n'
+        f'let g = fetchgit {{ url = "file:///nonexistent", rev = "{"0" * 40}", sha256 = "{"1" * 64}" }}\n'
+    )
+    mirror = tmp_path / "mirror"
+    assert main(["mirror-sources", str(mirror), str(recipe)]) == 0
+    out = capsys.readouterr()
+    assert sorted(p.name for p in (mirror / "sha256").iterdir()) == sorted([a, b])
+    assert hashlib.sha256((mirror / "sha256" / b).read_bytes()).hexdigest() == b
+    assert "not mirrored" in out.err and "fetchgit" in out.err
+    # a second run finds everything present and makes no request
+    before = len(server.log)
+    assert main(["mirror-sources", str(mirror), str(recipe)]) == 0
+    assert len(server.log) == before
+    assert "2 already present" in capsys.readouterr().err
