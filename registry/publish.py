@@ -98,7 +98,12 @@ def publish_index(storage: Storage, key: SecretKey) -> ix.Published:
         idx = load_signed(storage, f"index/{prev_ts['meta']['snapshot.json']['version']}.index.json")
         prev_paths = idx["paths"] if idx else None
     pub = ix.build_metadata(
-        collect_paths(storage), store_dir, key, prev_timestamp=prev_ts, prev_index_paths=prev_paths, root_version=root["version"]
+        collect_paths(storage),
+        store_dir,
+        key,
+        prev_timestamp=prev_ts,
+        prev_index_paths=prev_paths,
+        root_version=root["version"],
     )
     for k, data in pub.files:
         storage.put_bytes(k, data)

@@ -82,6 +82,7 @@ def start_kiln(args: list[str]) -> Server:
 
 
 NGINX_CONF = """
+{user}
 worker_processes {workers};
 daemon off;
 pid {tmp}/nginx.pid;
@@ -116,7 +117,9 @@ def start_nginx(root: Path, tmp: Path, workers: int = 1) -> Server:
     port = free_port()
     tmp.mkdir(parents=True, exist_ok=True)
     conf = tmp / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(tmp=tmp, port=port, root=root, workers=workers))
+    # as root, workers would drop to 'nobody' and could not read 0700 pytest temp dirs
+    user = "user root;" if os.geteuid() == 0 else ""
+    conf.write_text(NGINX_CONF.format(user=user, tmp=tmp, port=port, root=root, workers=workers))
     proc = subprocess.Popen(
         [nginx, "-c", str(conf), "-p", str(tmp), "-e", str(tmp / "error.log")],
         stderr=subprocess.PIPE,
@@ -146,3 +149,16 @@ def request(
         return resp.status, {k.lower(): v for k, v in resp.getheaders()}, data
     finally:
         conn.close()
+
+
+def add_built(store: LocalStore, tmp: Path, name: str, content: str, refs: tuple[str, ...] = ()) -> str:
+    """An input-addressed path (as a build would register it): needs a signature to be
+    trusted by Nix, unlike content-addressed ones."""
+    from kiln.store.hashes import Hash
+    from kiln.store.paths import make_output_path
+
+    path = str(make_output_path(Hash.sha256_of(f"{name}:{content}".encode()), "out", name, store.store_dir))
+    tree = tmp / "built" / name
+    tree.mkdir(parents=True)
+    (tree / "data").write_text(content + " ".join(refs))
+    return store.register_built(path, tree, refs, None).path

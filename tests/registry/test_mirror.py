@@ -97,7 +97,9 @@ def test_rollback_and_freeze_refused(source, keys, tmp_path) -> None:
     import datetime as dt
 
     prev = json.loads((dst / "index/timestamp.json").read_bytes())["signed"]
-    stale = dict(prev, version=prev["version"] + 1, expires=ix.expiry(ix.utcnow() - dt.timedelta(days=2), hours=1))
+    stale = dict(
+        prev, version=prev["version"] + 1, expires=ix.expiry(ix.utcnow() - dt.timedelta(days=2), hours=1)
+    )
     (reg / "index/timestamp.json").write_bytes(ix.sign_envelope(stale, [keys.sk]))
     with pytest.raises(ix.FreezeError):
         sync(url, dst)
@@ -112,7 +114,17 @@ def test_first_sync_needs_pinned_root(source, tmp_path) -> None:
 def test_cli(source, keys, tmp_path) -> None:
     _store, _paths, reg, url = source
     env = {**os.environ}
-    cmd = [sys.executable, "-m", "kiln", "mirror", "sync", url, str(tmp_path / "m"), "--root", str(reg / "index/root.json")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "kiln",
+        "mirror",
+        "sync",
+        url,
+        str(tmp_path / "m"),
+        "--root",
+        str(reg / "index/root.json"),
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr
     assert "4 paths, 4 narinfos and 4 blobs" in r.stdout

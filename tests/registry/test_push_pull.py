@@ -21,7 +21,12 @@ from kiln.store.errors import HashMismatch, KilnError
 def kiln(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     import os
 
-    return subprocess.run([sys.executable, "-m", "kiln", *args], capture_output=True, text=True, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "kiln", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
 
 
 @pytest.fixture
@@ -34,7 +39,19 @@ def pushed(tmp_path: Path, keys, kiln_server):
     assert kiln("registry", "init", "--dir", str(reg)).returncode == 0
     tok = kiln("registry", "token", "create", "--scope", "write", "--dir", str(reg)).stdout.strip()
     srv = kiln_server("--dir", str(reg), "--trusted-key", str(keys.pk_file), "--index-key", str(keys.sk_file))
-    r = kiln("push", "--store", str(store.root), chain[-1], leaf, "--to", srv.url, "--token", tok, "--sign-key", str(keys.sk_file))
+    r = kiln(
+        "push",
+        "--store",
+        str(store.root),
+        chain[-1],
+        leaf,
+        "--to",
+        srv.url,
+        "--token",
+        tok,
+        "--sign-key",
+        str(keys.sk_file),
+    )
     assert r.returncode == 0, r.stderr
     assert "pushed 6 of 6 paths" in r.stdout and "index version 1" in r.stdout
     return store, chain, leaf, reg, tok, srv
@@ -55,27 +72,63 @@ def test_push_skips_what_registry_has(pushed, keys, kiln_server) -> None:
 def test_copy_roundtrip(pushed, keys, tmp_path) -> None:
     _store, chain, leaf, _reg, _tok, srv = pushed
     dest = tmp_path / "dest"
-    r = kiln("copy", "--store", str(dest), "--from", srv.url, "--to", "store", chain[-1], leaf, "--trusted-key", str(keys.pk_file))
+    r = kiln(
+        "copy",
+        "--store",
+        str(dest),
+        "--from",
+        srv.url,
+        "--to",
+        "store",
+        chain[-1],
+        leaf,
+        "--trusted-key",
+        str(keys.pk_file),
+    )
     assert r.returncode == 0, r.stderr
     assert "copied 6 paths" in r.stdout
     d = make_store(dest)
     assert all(d.is_valid(p) for p in [*chain, leaf])
     assert (d.real_path(leaf) / "file").read_text() == "leaf\n"
-    r = kiln("copy", "--store", str(dest), "--from", srv.url, "--to", "store", chain[-1], "--trusted-key", str(keys.pk_file))
+    r = kiln(
+        "copy",
+        "--store",
+        str(dest),
+        "--from",
+        srv.url,
+        "--to",
+        "store",
+        chain[-1],
+        "--trusted-key",
+        str(keys.pk_file),
+    )
     assert "copied 0 paths" in r.stdout
 
 
 def test_registry_to_registry_copy(pushed, keys, tmp_path) -> None:
     _store, chain, _leaf, _reg, _tok, srv = pushed
     dst = tmp_path / "reg2"
-    r = kiln("copy", "--from", srv.url, "--to", f"file://{dst}", chain[-1], "--trusted-key", str(keys.pk_file))
+    r = kiln(
+        "copy", "--from", srv.url, "--to", f"file://{dst}", chain[-1], "--trusted-key", str(keys.pk_file)
+    )
     assert r.returncode == 0, r.stderr
     assert "copied 5 paths" in r.stdout and len(list(dst.glob("*.narinfo"))) == 5
 
 
 def test_wrong_key_rejected(pushed, other_keys, tmp_path) -> None:
     _store, chain, _leaf, _reg, _tok, srv = pushed
-    r = kiln("copy", "--store", str(tmp_path / "d"), "--from", srv.url, "--to", "store", chain[0], "--trusted-key", str(other_keys.pk_file))
+    r = kiln(
+        "copy",
+        "--store",
+        str(tmp_path / "d"),
+        "--from",
+        srv.url,
+        "--to",
+        "store",
+        chain[0],
+        "--trusted-key",
+        str(other_keys.pk_file),
+    )
     assert r.returncode == 1 and "signature" in r.stderr
     r = kiln("copy", "--store", str(tmp_path / "d"), "--from", srv.url, "--to", "store", chain[0])
     assert r.returncode == 1 and "0 valid signature" in r.stderr

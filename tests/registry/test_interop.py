@@ -1,0 +1,89 @@
+"""Interoperability with real Nix (Debian nix-bin) and a static web server (Debian nginx):
+
+- ``nix copy --from http://<kiln serve>`` fetches and verifies kiln-added paths (and
+  refuses them when the signing key is not trusted);
+- the same registry directory served by nginx works for ``nix copy`` and ``kiln copy``
+  (kiln falls back from ``POST /narinfo-batch`` to plain GETs).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from regkit import add_built, make_store
+
+from kiln.registry.client import open_client
+from kiln.registry.copy import to_store
+from kiln.registry.push import push
+
+HAVE_NIX = shutil.which("nix") is not None
+HAVE_NGINX = shutil.which("nginx") is not None or Path("/usr/sbin/nginx").exists()
+
+
+@pytest.fixture
+def nix_registry(tmp_path: Path, keys):
+    """A kiln store with store dir /nix/store holding a 2-path closure, pushed (signed)
+    into a registry directory."""
+    store = make_store(tmp_path / "kstore", "/nix/store")
+    dep = add_built(store, tmp_path, "kiln-interop-dep", f"dep {tmp_path}")
+    top = add_built(store, tmp_path, "kiln-interop-top", f"top {tmp_path}", (dep,))
+    reg = tmp_path / "reg"
+    push(store, [top], lambda: open_client(f"file://{reg}", store_dir="/nix/store"), sign_key=keys.sk)
+    return store, dep, top, reg
+
+
+def nix_copy(url: str, path: str, pub: str, dest: Path) -> subprocess.CompletedProcess:
+    cmd = [
+        "nix", "copy", "--extra-experimental-features", "nix-command",
+        "--option", "require-sigs", "true", "--option", "trusted-public-keys", pub,
+        "--option", "narinfo-cache-negative-ttl", "0",
+        "--from", f"{url}?trusted=0", "--to", f"local?root={dest}", path,
+    ]  # fmt: skip
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.nix
+@pytest.mark.skipif(not HAVE_NIX, reason="needs Debian nix-bin")
+def test_nix_copy_from_kiln_serve(nix_registry, keys, other_keys, kiln_server, tmp_path) -> None:
+    store, dep, top, reg = nix_registry
+    srv = kiln_server("--dir", str(reg))
+    bad = nix_copy(srv.url, top, other_keys.pk.to_text(), tmp_path / "nixbad")
+    assert bad.returncode != 0 and "signature" in bad.stderr
+    r = nix_copy(srv.url, top, keys.pk.to_text(), tmp_path / "nixroot")
+    assert r.returncode == 0, r.stderr
+    real = tmp_path / "nixroot" / top.lstrip("/")
+    assert (real / "data").read_text().startswith("top ")
+    q = subprocess.run(
+        ["nix-store", "--store", f"local?root={tmp_path / 'nixroot'}", "-qR", top],
+        capture_output=True,
+        text=True,
+    )
+    assert set(q.stdout.split()) == {top, dep}
+
+
+@pytest.mark.nix
+@pytest.mark.skipif(not HAVE_NIX, reason="needs Debian nix-bin")
+def test_nix_copy_from_kiln_serve_store(nix_registry, keys, kiln_server, tmp_path) -> None:
+    store, _dep, top, _reg = nix_registry
+    srv = kiln_server("--store", str(store.root), "--sign-key", str(keys.sk_file))
+    r = nix_copy(srv.url, top, keys.pk.to_text(), tmp_path / "nixroot")
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.skipif(not HAVE_NGINX, reason="needs Debian nginx")
+def test_same_directory_served_by_nginx(nix_registry, keys, nginx_server, tmp_path) -> None:
+    _store, dep, top, reg = nix_registry
+    srv = nginx_server(reg)
+    dest = make_store(tmp_path / "dest", "/nix/store")
+    assert to_store(srv.url, dest, [top], [keys.pk]) == 2
+    assert dest.is_valid(dep) and dest.is_valid(top)
+    import urllib.request
+
+    with pytest.raises(urllib.error.HTTPError):
+        urllib.request.urlopen(srv.url + "/.kiln/tokens.json")
+    if HAVE_NIX:
+        r = nix_copy(srv.url, top, keys.pk.to_text(), tmp_path / "nixroot")
+        assert r.returncode == 0, r.stderr
