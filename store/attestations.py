@@ -67,6 +67,52 @@ def sign(statement: dict[str, Any], signers: builtins.list[Signer]) -> Envelope:
     return dsse_sign(canonical_json(statement), signers)
 
 
+def record_provenance(store: Any, path: str, signers: builtins.list[Signer], **provenance_kw: Any) -> Path:
+    """Build loop entry point: make the SLSA provenance for valid ``path`` (subject = its
+    base name and recorded NAR sha256; ``provenance_kw`` are ``intoto.provenance``'s
+    keyword arguments), sign it with ``signers`` and store it as ``provenance``."""
+    from .intoto import provenance
+
+    info = store.query(str(path))
+    if info is None:
+        raise StoreError(f"cannot attest {path}: not a valid path in the store at {store.root}")
+    st = provenance(_parse(path).base, info.nar_hash.hex, **provenance_kw)
+    return write(store, path, "provenance", sign(st, signers))
+
+
+def build_dependencies(store: Any, drv_path: str) -> builtins.list[dict[str, Any]]:
+    """``resolvedDependencies`` for a build of ``drv_path``: the ``.drv`` itself (sha256 of
+    its text) and every store path the sandbox saw (the reference closure of the input
+    derivations' outputs and input sources) with its NAR sha256; fixed-output paths also
+    carry the URL they were fetched from (from their deriver's ``urls``/``url``)."""
+    from .derivation import parse as parse_drv
+    from .hashes import Hash
+
+    def load(p: str):
+        sp = _parse(p)
+        text = Path(store.real_path(p)).read_text(encoding="utf-8")
+        return text, parse_drv(text, sp.name.removesuffix(".drv"), sp.store_dir)
+
+    text, drv = load(drv_path)
+    inputs = set(drv.input_srcs)
+    for p, outs in drv.input_drvs:
+        inputs |= {load(p)[1].output_path(o) for o in outs}
+    deps: builtins.list[dict[str, Any]] = [
+        {"name": _parse(drv_path).base, "digest": {"sha256": Hash.sha256_of(text.encode()).hex}}
+    ]
+    for p in store.closure(sorted(inputs)):
+        info = store.query(p)
+        d: dict[str, Any] = {"name": _parse(p).base, "digest": {"sha256": info.nar_hash.hex}}
+        if info.deriver and store.is_valid(info.deriver):
+            env = load(info.deriver)[1]
+            if env.is_fixed_output:
+                urls = env.env_map.get("urls", "").split() or [env.env_map.get("url", "")]
+                if urls[0]:
+                    d["url"] = urls[0]
+        deps.append(d)
+    return deps
+
+
 def load_signer(
     key_file: str | os.PathLike | None = None,
     *,

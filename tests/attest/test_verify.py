@@ -314,3 +314,40 @@ def test_policy_key_files(tmp_path: Path, keys) -> None:
     pol = policy.load(tmp_path / "p.toml")
     assert pol.signing == (keys["cache"].public(),)
     assert pol.max_age == timedelta(days=14)
+
+
+def test_record_provenance_for_build(built, keys) -> None:
+    """What the build loop does after registering an output."""
+    SRC_URL = "https://ftp.example.org/gnu/hello/hello-2.12.tar.gz"  # as in conftest.py
+    deps = attestations.build_dependencies(built.store, built.hello_drv)
+    by_name = {d["name"]: d for d in deps}
+    for p in (built.hello_drv, built.zlib, built.src):
+        assert StorePath.parse(p).base in by_name
+    assert by_name[StorePath.parse(built.src).base]["url"] == SRC_URL
+    assert (
+        by_name[StorePath.parse(built.zlib).base]["digest"]["sha256"]
+        == built.store.query(built.zlib).nar_hash.hex
+    )
+    attestations.record_provenance(
+        built.store,
+        built.hello,
+        [_signer(keys["builder"])],
+        recipe_file="recipes/hello.recipe",
+        attribute="hello",
+        parameters={},
+        git_commit=None,
+        git_dirty=True,
+        sandbox_settings={"network": False},
+        toolchain_path=None,
+        resolved_dependencies=deps,
+        builder_version="0.1.0",
+        invocation_id="inv",
+        started_on=FINISHED,
+        finished_on=FINISHED,
+    )
+    pol = policy.parse(f'[keys]\nprovenance = ["{keys["builder"].public()}"]\n[require]\nprovenance = true\n')
+    r = policy.verify_path(built.store, built.hello, pol, now=NOW)
+    assert r.ok, r.lines()
+    st = intoto.parse_statement(attestations.read(built.store, built.hello, "provenance").payload)
+    uris = [d.get("uri") for d in st.predicate["buildDefinition"]["resolvedDependencies"]]
+    assert SRC_URL in uris
