@@ -156,31 +156,36 @@ def read_index(path: Path) -> str:
     return data.decode("utf-8", errors="replace")
 
 
-_FIELD = {
-    k: re.compile(rf"^{k}:[ \t]*(.*)$", re.M) for k in ("Package", "Version", "Architecture", "Provides")
-}
-
-
 def _field(stanza: str, key: str) -> str:
-    m = _FIELD[key].search(stanza)
-    return m.group(1).strip() if m else ""
+    """The one-line value of ``key`` in a raw stanza ("" if absent). Plain string search:
+    this runs for every stanza of a 50 MB index."""
+    if stanza.startswith(key + ":"):
+        i = len(key) + 1
+    else:
+        i = stanza.find("\n" + key + ":")
+        if i < 0:
+            return ""
+        i += len(key) + 2
+    j = stanza.find("\n", i)
+    return stanza[i : j if j >= 0 else len(stanza)].strip()
 
 
 class AptIndex:
     """Candidates by name and providers of virtual names, for one architecture."""
 
     def __init__(self, stanzas: Iterable[str], arch: str = "amd64") -> None:
-        from debian.debian_support import Version
+        from debian.debian_support import version_compare
 
         self.arch = arch
-        self._raw: dict[str, tuple[Version, str]] = {}
+        self._raw: dict[str, tuple[str, str]] = {}
         for stanza in stanzas:
+            stanza = stanza.strip("\n")
             name = _field(stanza, "Package")
             if not name or _field(stanza, "Architecture") not in (arch, "all"):
                 continue
-            version = Version(_field(stanza, "Version"))
+            version = _field(stanza, "Version")
             best = self._raw.get(name)
-            if best is None or version > best[0]:
+            if best is None or version_compare(version, best[0]) > 0:
                 self._raw[name] = (version, stanza)
         # virtual name -> candidate names providing it (from candidates only, as apt does)
         self.providers: dict[str, list[str]] = {}
@@ -211,7 +216,7 @@ class AptIndex:
         return self._parsed[name]
 
     def version(self, name: str) -> str:
-        return str(self._raw[name][0])
+        return self._raw[name][0]
 
     def entry(self, name: str) -> LockEntry:
         p = self.package(name)
