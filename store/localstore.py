@@ -75,7 +75,8 @@ class LocalStore:
         self.tmp = root / "tmp"
         self.gc_lock_path = root / "gc.lock"
         self.conn = db.connect(root / "db.sqlite")
-        self.temproots = TempRoots(root / "temproots", self.gc_lock_path)
+        self.temproots = TempRoots.get(root / "temproots", self.gc_lock_path)
+        self._registered: list[str] = []  # our permanent temp roots, dropped by close()
 
     # ------------------------------------------------------------------ opening
 
@@ -105,8 +106,13 @@ class LocalStore:
 
     def close(self) -> None:
         """Drop this object's temp roots and close the database."""
-        self.temproots.close()
+        if self.conn is None:
+            return
+        self.temproots.remove(self._registered)
+        self._registered.clear()
+        self.temproots.release()
         self.conn.close()
+        self.conn = None
 
     def __enter__(self) -> LocalStore:
         return self
@@ -257,7 +263,7 @@ class LocalStore:
         sp = make_text_path(name, text, [self.parse_path(r) for r in refs], self.store_dir)
         existing = self.query(str(sp))
         if existing is not None:
-            self.temproots.add([str(sp)])
+            self._keep(str(sp), locked=False)
             return existing
         with self._writing() as tmp:
             tree = tmp / "tree"
@@ -290,7 +296,7 @@ class LocalStore:
         with self._writing() as tmp, FileLock(self._path_lock(sp)):
             existing = self.query(path)
             if existing is not None:
-                self.temproots.add([path], locked=True)
+                self._keep(path)
                 return existing
             oi = self._ingest(lambda sink: TreeIngest(sink).run(Path(tree), canonicalise=True), tmp)
             info = PathInfo(
@@ -315,7 +321,7 @@ class LocalStore:
         with self._writing() as tmp, FileLock(self._path_lock(self.parse_path(info.path))):
             existing = self.query(info.path)
             if existing is not None:
-                self.temproots.add([info.path], locked=True)
+                self._keep(info.path)
                 return existing
             tree = tmp / "tree"
 
@@ -337,7 +343,7 @@ class LocalStore:
         with self._writing() as tmp, FileLock(self._path_lock(self.parse_path(info.path))):
             existing = self.query(info.path)
             if existing is not None:
-                self.temproots.add([info.path], locked=True)
+                self._keep(info.path)
                 return existing
             tree, obj = tmp / "tree", tmp / "object"
             tee = _TeeReader(zst, os.open(obj, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
@@ -371,6 +377,11 @@ class LocalStore:
         return collect(self, dry_run=dry_run)
 
     # ------------------------------------------------------------------ internals
+
+    def _keep(self, path: str, locked: bool = True) -> None:
+        """Make ``path`` a temp root of this object until ``close``."""
+        self.temproots.add([path], locked=locked)
+        self._registered.append(path)
 
     def _path_lock(self, sp: StorePath) -> Path:
         return self.root / "locks" / f"{sp.hash_part}.lock"
@@ -417,7 +428,7 @@ class LocalStore:
         self._check_refs(info)
         with contextlib.nullcontext() if have_lock else FileLock(self._path_lock(sp)):
             existing = self.query(info.path)
-            self.temproots.add([info.path], locked=True)
+            self._keep(info.path)
             if existing is not None:
                 return existing
             assert info.file_hash is not None

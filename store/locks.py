@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import threading
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -81,31 +82,44 @@ class FileLock:
 
 
 class TempRoots:
-    """This process's ``temproots/<pid>`` file. Paths are kept with a count so nested
-    ``hold`` calls for the same path work; ``permanent`` ones stay until ``close``."""
+    """This process's ``temproots/<pid>`` file, shared by every ``LocalStore`` of one root
+    in the process (get it with ``TempRoots.get``; a second ``flock`` on the same file from
+    the same process would conflict). Paths are counted so nested holders of one path
+    work; the file is rewritten when a count drops to zero."""
+
+    _shared: dict[tuple[str, int], TempRoots] = {}
+    _shared_lock = threading.Lock()
 
     def __init__(self, dir_: Path, gc_lock: Path) -> None:
         self.dir = dir_
         self.gc_lock_path = gc_lock
         self.counts: Counter[str] = Counter()
         self.fd: int | None = None
-        self.pid = 0
+        self.pid = os.getpid()
+        self.users = 0
+        self.mutex = threading.Lock()
+
+    @classmethod
+    def get(cls, dir_: Path, gc_lock: Path) -> TempRoots:
+        """The process-wide instance for ``dir_`` (one more user; ``release`` when done)."""
+        key = (str(dir_), os.getpid())
+        with cls._shared_lock:
+            tr = cls._shared.get(key)
+            if tr is None:
+                tr = cls._shared[key] = cls(dir_, gc_lock)
+            tr.users += 1
+            return tr
 
     def _open(self) -> int:
-        if self.fd is not None and self.pid == os.getpid():
+        if self.fd is not None:
             return self.fd
-        # a fresh file per process (after fork the child must not write the parent's)
-        self.pid = os.getpid()
-        self.counts.clear()
         path = self.dir / str(self.pid)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise StoreError(
-                f"temp-roots file {path} is locked by another store object in this process"
-            ) from None
+            raise StoreError(f"temp-roots file {path} is locked by someone else") from None
         os.ftruncate(fd, 0)
         self.fd = fd
         return fd
@@ -113,27 +127,29 @@ class TempRoots:
     def add(self, paths: Iterable[str], *, locked: bool = False) -> None:
         """Add ``paths`` (appended to the file). ``locked`` says the caller already holds
         the GC lock (shared); otherwise it is taken here."""
-        new = [p for p in paths]
+        new = list(paths)
         if not new:
             return
-        with contextlib.nullcontext() if locked else FileLock(self.gc_lock_path, shared=True):
+        with contextlib.nullcontext() if locked else FileLock(self.gc_lock_path, shared=True), self.mutex:
             fd = self._open()
-            fresh = [p for p in new if self.counts[p] == 0]
+            fresh = [p for p in dict.fromkeys(new) if self.counts[p] == 0]
             self.counts.update(new)
             if fresh:
                 os.write(fd, "".join(p + "\n" for p in fresh).encode())
 
     def remove(self, paths: Iterable[str]) -> None:
         """Drop one count of each of ``paths``; rewrite the file if any went to zero."""
-        if self.fd is None or self.pid != os.getpid():
-            return
-        gone = False
-        for p in paths:
-            self.counts[p] -= 1
-            if self.counts[p] <= 0:
-                del self.counts[p]
-                gone = True
-        if gone:
+        with self.mutex:
+            if self.fd is None:
+                return
+            gone = False
+            for p in paths:
+                self.counts[p] -= 1
+                if self.counts[p] <= 0:
+                    del self.counts[p]
+                    gone = True
+            if not gone:
+                return
             with FileLock(self.gc_lock_path, shared=True):
                 data = "".join(p + "\n" for p in self.counts).encode()
                 os.ftruncate(self.fd, 0)
@@ -148,7 +164,13 @@ class TempRoots:
         finally:
             self.remove(paths)
 
-    def close(self) -> None:
+    def release(self) -> None:
+        """One user fewer; the last one deletes the file."""
+        with self._shared_lock:
+            self.users -= 1
+            if self.users > 0:
+                return
+            self._shared.pop((str(self.dir), self.pid), None)
         if self.fd is not None and self.pid == os.getpid():
             with contextlib.suppress(OSError):
                 os.unlink(self.dir / str(self.pid))

@@ -173,3 +173,17 @@ def test_gc_concurrent_with_registering_process(store, tmp_path):
         p.wait()
     assert set(s.gc().deleted) == set(seen)  # writer dead: its temp roots are gone
     s.close()
+
+
+def test_two_store_objects_in_one_process_share_temp_roots(store, tmp_path):
+    other = LocalStore.open(store.root)
+    a = store.add_path(make_tree(tmp_path / "a", {"x": "1"}))
+    b = other.add_path(make_tree(tmp_path / "b", {"x": "2"}))
+    with other.temp_root([a.path]):
+        store.close()  # a stays: other holds it too
+        assert other.gc().deleted == ()
+    assert other.gc().deleted == (a.path,)  # b is still other's own temp root
+    other.close()
+    s = LocalStore.open(store.root)
+    assert s.gc().deleted == (b.path,)
+    s.close()
