@@ -30,10 +30,10 @@ import os
 import re
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from .derivation import Derivation
 from .derivation import parse as parse_drv
@@ -59,6 +59,7 @@ class Node:
     license: str | None = None
     deriver: str | None = None
     rev: str | None = None
+    purl: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +82,18 @@ def split_name(name: str) -> tuple[str, str]:
     name = name.removesuffix(".drv")
     m = re.search(r"-(?![A-Za-z])", name)
     return (name[: m.start()], name[m.end() :]) if m else (name, "")
+
+
+def deb_package(url: str) -> tuple[str, str, str] | None:
+    """``(name, version, purl)`` of a Debian ``.deb`` fetched from ``debian:<pool path>``
+    (the lock's ``filename``: ``<name>_<version>_<arch>.deb``, epoch as ``%3a``)."""
+    if not url.startswith("debian:") or not url.endswith(".deb"):
+        return None
+    parts = url.rsplit("/", 1)[-1].removesuffix(".deb").split("_")
+    if len(parts) != 3 or not all(parts):
+        return None
+    name, version, arch = parts[0], unquote(parts[1]), parts[2]
+    return name, version, f"pkg:deb/debian/{quote(name, safe='')}@{quote(version, safe='')}?arch={arch}"
 
 
 def source_date_epoch() -> int:
@@ -114,6 +127,13 @@ def _node_for(path: str, info: Any, drv: Derivation | None, deps, extra_urls=())
         urls, rev = _drv_urls(drv)
         lic = env.get("license") or env.get("meta.license") or None
     urls += [u for u in extra_urls if u not in urls]
+    deb = (
+        next((d for d in map(deb_package, urls) if d), None)
+        if drv is not None and drv.is_fixed_output
+        else None
+    )
+    if deb is not None:
+        name, version = deb[0], deb[1]
     return Node(
         path=path,
         name=name,
@@ -124,6 +144,7 @@ def _node_for(path: str, info: Any, drv: Derivation | None, deps, extra_urls=())
         license=lic,
         deriver=getattr(info, "deriver", None) or None,
         rev=rev,
+        purl=deb[2] if deb else None,
     )
 
 
@@ -209,7 +230,7 @@ def collect(store: Any, path: str, build: bool = False) -> Graph:
         extra = r.fixed_input_urls(drv) if drv else []
         n = _node_for(p, info, drv, deps, extra)
         if drv_path and n.deriver is None:
-            n = Node(n.path, n.name, n.version, n.nar_sha256, n.deps, n.urls, n.license, drv_path, n.rev)
+            n = replace(n, deriver=drv_path)
         found[p] = n
     return Graph(path, "build", tuple(found[k] for k in sorted(found)))
 
@@ -218,7 +239,10 @@ def collect(store: Any, path: str, build: bool = False) -> Graph:
 
 
 def purl(n: Node) -> str:
-    """``pkg:generic/<name>@<version>?checksum=sha256:<nar hex>`` (percent-encoded)."""
+    """The node's own purl (``pkg:deb/...`` for Debian packages) or
+    ``pkg:generic/<name>@<version>?checksum=sha256:<nar hex>`` (percent-encoded)."""
+    if n.purl:
+        return n.purl
     s = f"pkg:generic/{quote(n.name, safe='')}"
     if n.version:
         s += f"@{quote(n.version, safe='')}"
@@ -283,11 +307,23 @@ def _spdx_id(path: str) -> str:
     return "SPDXRef-" + re.sub(r"[^A-Za-z0-9.-]", "-", f"{sp.hash_part}-{sp.name}")
 
 
+_SPDX_URL = re.compile(r"^(https?|ftp|sftp)://[^\s]+$")
+
+
+def _download_location(n: Node) -> str:
+    """The first URL SPDX accepts as a download location (``debian:`` pool paths are
+    kiln's own scheme and are not), as ``git+<url>@<rev>`` for git sources."""
+    for u in n.urls:
+        if _SPDX_URL.match(u):
+            return f"git+{u}@{n.rev}" if n.rev else u
+    return "NOASSERTION"
+
+
 def _spdx_package(n: Node) -> dict[str, Any]:
     p: dict[str, Any] = {
         "name": n.name,
         "SPDXID": _spdx_id(n.path),
-        "downloadLocation": (f"git+{n.urls[0]}@{n.rev}" if n.rev else n.urls[0]) if n.urls else "NOASSERTION",
+        "downloadLocation": _download_location(n),
         "filesAnalyzed": False,
         "licenseConcluded": "NOASSERTION",
         "licenseDeclared": n.license if n.license and _SPDX_EXPR.match(n.license) else "NOASSERTION",
@@ -301,6 +337,8 @@ def _spdx_package(n: Node) -> dict[str, Any]:
         p["versionInfo"] = n.version
     if n.nar_sha256:
         p["checksums"] = [{"algorithm": "SHA256", "checksumValue": n.nar_sha256}]
+    if n.urls:
+        p["sourceInfo"] = "fetched from " + " ".join(n.urls)
     if n.license and p["licenseDeclared"] == "NOASSERTION":
         p["licenseComments"] = f"declared by the recipe as: {n.license}"
     return p

@@ -6,6 +6,7 @@ Graph::
     hello-2.12  (drv: pname/version/license GPL-3.0-or-later, inputs: zlib, src)
       runtime refs -> zlib-1.3.1 (drv: license Zlib)
       build inputs -> hello-2.12.tar.gz (fixed output, urls=...)
+    zlib-1.3.1 build input -> zlib1g_1.2.13.dfsg-1_amd64.deb (fixed output, debian: URL)
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from kiln.store.derivation import Derivation, Output, drv_path, finalize
 from kiln.store.localstore import LocalStore
 
 SRC_URL = "https://ftp.example.org/gnu/hello/hello-2.12.tar.gz"
+DEB_URL = "debian:pool/main/z/zlib/zlib1g_1.2.13.dfsg-1_amd64.deb"
 
 
 @dataclass
@@ -28,6 +30,7 @@ class Built:
     zlib: str
     src: str
     hello_drv: str
+    deb: str
 
 
 def _register(store: LocalStore, drv: Derivation) -> str:
@@ -58,10 +61,24 @@ def built(tmp_path: Path) -> Built:
     )
     src_drv = _register(store, src)
     drvs[src_drv] = src
+    debfile = b"!<arch>\npretend deb\n"
+    deb = finalize(
+        Derivation.make(
+            "zlib1g_1.2.13.dfsg-1_amd64.deb",
+            outputs={"out": Output("", "sha256", hashlib.sha256(debfile).hexdigest())},
+            builder="builtin:fetchurl",
+            env={"url": DEB_URL, "urls": DEB_URL},
+        ),
+        resolve,
+        memo,
+    )
+    deb_drv = _register(store, deb)
+    drvs[deb_drv] = deb
     zlib = finalize(
         Derivation.make(
             "zlib-1.3.1",
             outputs={"out": Output()},
+            input_drvs={deb_drv: ["out"]},
             builder="/bin/sh",
             env={"pname": "zlib", "version": "1.3.1", "license": "Zlib"},
         ),
@@ -88,11 +105,15 @@ def built(tmp_path: Path) -> Built:
     work.mkdir()
     (work / "src").write_bytes(tarball)
     store.register_built(src.output_path(), work / "src", [], src_drv)
+    (work / "deb").write_bytes(debfile)
+    store.register_built(deb.output_path(), work / "deb", [], deb_drv)
     (work / "zlib").mkdir()
     (work / "zlib" / "libz.so").write_bytes(b"\x7fELF zlib")
     store.register_built(zlib.output_path(), work / "zlib", [], zlib_drv)
     (work / "hello").mkdir()
     (work / "hello" / "hello").write_text(f"#!/bin/sh\n# links {zlib.output_path()}\necho hello\n")
     store.register_built(hello.output_path(), work / "hello", [zlib.output_path()], hello_drv)
-    yield Built(store, hello.output_path(), zlib.output_path(), src.output_path(), hello_drv)
+    yield Built(
+        store, hello.output_path(), zlib.output_path(), src.output_path(), hello_drv, deb.output_path()
+    )
     store.close()

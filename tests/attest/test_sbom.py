@@ -74,6 +74,10 @@ def test_build_closure(built, tmp_path: Path) -> None:
     assert {built.hello, built.zlib, built.src} <= paths
     assert set(g.node(built.hello).deps) == {built.zlib, built.src}
     assert g.node(built.src).urls == ("https://ftp.example.org/gnu/hello/hello-2.12.tar.gz",)
+    deb = g.node(built.deb)
+    assert (deb.name, deb.version) == ("zlib1g", "1.2.13.dfsg-1")
+    assert sbom.purl(deb) == "pkg:deb/debian/zlib1g@1.2.13.dfsg-1?arch=amd64"
+    assert g.node(built.zlib).deps == (built.deb,)
     doc = sbom.cyclonedx(g)
     assert _cdx_errors(doc) == []
     _refs_resolve(doc)
@@ -100,8 +104,40 @@ def test_validators_catch_breakage(built, tmp_path: Path) -> None:
     assert _spdx_errors(sdoc, tmp_path)
 
 
+def test_deb_package() -> None:
+    assert sbom.deb_package("debian:pool/main/g/gcc-12/gcc-12_12.2.0-14_amd64.deb") == (
+        "gcc-12",
+        "12.2.0-14",
+        "pkg:deb/debian/gcc-12@12.2.0-14?arch=amd64",
+    )
+    assert sbom.deb_package("https://example.org/x_1_amd64.deb") is None
+    assert sbom.deb_package("debian:pool/main/x/x.deb") is None
+
+
 def test_split_name() -> None:
     assert sbom.split_name("hello-2.12") == ("hello", "2.12")
     assert sbom.split_name("gcc-wrapper-13.2.0") == ("gcc-wrapper", "13.2.0")
     assert sbom.split_name("busybox") == ("busybox", "")
     assert sbom.split_name("hello-2.12.drv") == ("hello", "2.12")
+
+
+def test_git_source_and_free_text_licence(tmp_path: Path) -> None:
+    root = "/kiln/store/" + "1" * 32 + "-fw-image-1.0"
+    src = "/kiln/store/" + "2" * 32 + "-source"
+    nodes = {
+        root: sbom.Node(root, "fw-image", "1.0", "a" * 64, deps=(src,), license="Proprietary, see LICENSE"),
+        src: sbom.Node(src, "source", "", "b" * 64, urls=("https://git.example.org/fw.git",), rev="c" * 40),
+    }
+    g = sbom.graph_from_mapping(root, "build", nodes)
+    doc = sbom.cyclonedx(g, root_type="firmware", epoch=0)
+    assert _cdx_errors(doc) == []
+    assert doc["metadata"]["component"]["type"] == "firmware"
+    assert doc["metadata"]["component"]["licenses"] == [{"license": {"name": "Proprietary, see LICENSE"}}]
+    assert doc["components"][0]["externalReferences"][0]["type"] == "vcs"
+    sdoc = sbom.spdx(g, epoch=0)
+    assert _spdx_errors(sdoc, tmp_path) == []
+    pk = {p["name"]: p for p in sdoc["packages"]}
+    assert pk["source"]["downloadLocation"] == f"git+https://git.example.org/fw.git@{'c' * 40}"
+    assert pk["fw-image"]["licenseDeclared"] == "NOASSERTION"
+    with pytest.raises(FormatError, match="not in the graph"):
+        sbom.graph_from_mapping(root, "build", {root: nodes[root]})
