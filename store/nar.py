@@ -20,9 +20,10 @@ Invariants of the writer (identical to ``nix-store --dump``):
 - a file that shrinks while it is read raises ``FormatError`` rather than producing a
   NAR whose declared length disagrees with its contents.
 
-``dump`` runs in constant memory: small files and headers are coalesced into buffers of
-about ``chunk_size`` bytes (few, large chunks keep per-chunk Python overhead out of the
-hash loop); big files are streamed ``chunk_size`` at a time.
+``dump`` runs in constant memory: the walk produces batches of pieces (headers, file
+contents read ``chunk_size`` at a time) totalling about ``chunk_size`` bytes; ``dump``
+joins a batch into one chunk, ``hash_path`` feeds the pieces to the hash as they are, so
+file contents are never copied after the read.
 
 ``hash_path`` runs ``dump`` in a reader thread and hashes in the calling thread; file
 reads and ``hashlib`` both release the GIL, so on two cores reading and hashing overlap.
@@ -189,20 +190,24 @@ def hash_path(path: str | os.PathLike, chunk_size: int = 1 << 20) -> tuple[Hash,
     q: queue.Queue = queue.Queue(maxsize=4)
     stop = threading.Event()
 
+    def put(item: object) -> bool:
+        """Hand ``item`` to the hasher; False once the hasher has gone away."""
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def produce() -> None:
         try:
-            for chunk in _batches(os.fsencode(path), chunk_size):
-                while True:
-                    if stop.is_set():
-                        return
-                    try:
-                        q.put(chunk, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-            q.put(_STOP)
-        except BaseException as e:  # noqa: BLE001 - re-raised in the consumer
-            q.put(e)
+            for batch in _batches(os.fsencode(path), chunk_size):
+                if not put(batch):
+                    return
+            put(_STOP)
+        except BaseException as e:  # noqa: BLE001 - re-raised in the hashing thread
+            put(e)
 
     t = threading.Thread(target=produce, name="nar-reader", daemon=True)
     t.start()

@@ -3,9 +3,9 @@
 Theory of operation
 -------------------
 ``_Input`` turns a binary file or an iterable of byte chunks into exact reads with a
-running byte ``offset``. ``_parse`` is a table-driven state machine over NAR strings
-(grammar in ``nar.py`` and docs/formats.md). It keeps an explicit stack of open
-directories (no recursion, so hostile depth cannot overflow Python's stack) and yields a
+running byte ``offset``. ``_parse`` is a state machine over NAR strings (grammar in
+``nar.py`` and docs/formats.md) with two states, "at a node" and "inside the directory on
+top of the stack". It keeps an explicit stack of open directories (no recursion, so hostile depth cannot overflow Python's stack) and yields a
 ``NarEntry`` per node in archive order. For a regular file the parser yields the entry
 *before* reading its contents: the consumer may read them from the same ``_Input``
 (``restore`` copies them to disk, ``cat`` collects them); whatever it leaves unread is
