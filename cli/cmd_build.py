@@ -8,7 +8,7 @@ turns them off. Outputs are printed on stdout, one per line; a GC root named aft
 the attribute is created so ``kiln run ATTR`` finds the result.
 
 There is no option to build without the sandbox: if bubblewrap cannot run, the build
-is refused with the reason.
+is refused with the reason. ``KILN_BWRAP`` names the bwrap binary (default: on PATH).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from .common import add_store_arg, store_root
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kiln build", description="build packages from a recipe file")
     add_store_arg(p)
-    p.add_argument("file", help="recipe file")
+    p.add_argument("file", help="recipe file, or a .drv store path (then ATTRs are more .drv paths)")
     p.add_argument("attrs", nargs="*", help="packages to build, e.g. hello or 'zlib(static = true)' (default: all)")
     p.add_argument("-j", "--jobs", type=int, default=1, help="derivations built in parallel (default 1)")
     p.add_argument("--cores", type=int, default=0, help="KILN_CORES for each build (default: all cores)")
@@ -52,7 +52,10 @@ def main(argv: list[str]) -> int:
     from .buildglue import evaluate
 
     store = LocalStore.open(store_root(args))
-    ev, targets = evaluate(store, args.file, args.attrs, use_cache=not args.no_cache)
+    if args.file.startswith(store.store_dir + "/") and args.file.endswith(".drv"):
+        ev, targets = None, drv_targets(store, [args.file, *args.attrs])
+    else:
+        ev, targets = evaluate(store, args.file, args.attrs, use_cache=not args.no_cache)
     if not args.check and args.rounds <= 1 and all(store.is_valid(p) for t in targets for p in t.outputs.values()):
         _finish(store, targets)
         return 0
@@ -69,19 +72,22 @@ def _build(store, ev, targets, args) -> int:
     from .buildglue import load_sign_key, make_substituter, write_drvs
     from .buildprov import ProvenanceHook
 
-    commit, dirty = git_info(os.path.dirname(os.path.abspath(args.file)))
+    recipe = args.file if ev is not None else None
+    commit, dirty = git_info(os.path.dirname(os.path.abspath(recipe))) if recipe else (None, False)
     if args.require_clean and (commit is None or dirty):
         from kiln.store.errors import KilnError
 
         why = "is not in a git repository" if commit is None else "has uncommitted changes"
         raise KilnError(f"--require-clean: the recipe repository of {args.file} {why}")
     roots = [t.drv_path for t in targets]
-    write_drvs(store, ev, roots)
-    executor = BwrapExecutor()  # raises SandboxUnavailable (with the reason) if bwrap cannot run
+    if ev is not None:
+        write_drvs(store, ev, roots)
+    # raises SandboxUnavailable (with the reason) if bwrap is missing or cannot sandbox
+    executor = BwrapExecutor(os.environ.get("KILN_BWRAP") or None)
     cores = args.cores or os.cpu_count() or 1
     key = load_sign_key(store, args.sign_key, create=True)
     hook = ProvenanceHook(
-        store, key, os.path.relpath(args.file), {t.drv_path: t.attr for t in targets}, commit, dirty, cores
+        store, key, os.path.relpath(recipe) if recipe else "", {t.drv_path: t.attr for t in targets}, commit, dirty, cores
     )
     sub = make_substituter(args.substituter, args.trusted_key, args.sigs_needed)
     opts = BuildOptions(
@@ -101,6 +107,24 @@ def _build(store, ev, targets, args) -> int:
     builder.realise(roots)
     _finish(store, targets)
     return 0
+
+
+def drv_targets(store, drv_paths: list[str]):
+    """Targets for ``.drv`` paths given directly (like ``nix-store -r``)."""
+    from kiln.store.derivation import parse
+    from kiln.store.errors import KilnError
+    from kiln.store.paths import StorePath
+
+    from .buildglue import Target
+
+    out = []
+    for p in drv_paths:
+        sp = StorePath.parse(p, store.store_dir)
+        if not sp.name.endswith(".drv") or not store.is_valid(p):
+            raise KilnError(f"{p} is not a valid derivation in the store")
+        d = parse(store.real_path(p).read_text(), sp.name[:-4], store.store_dir)
+        out.append(Target(d.name, p, {k: o.path for k, o in d.outputs}))
+    return out
 
 
 def _finish(store, targets) -> None:

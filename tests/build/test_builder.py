@@ -1,0 +1,172 @@
+"""The build loop against real bubblewrap sandboxes and a real local store."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from kiln.sandbox.bwrap import BwrapExecutor
+from kiln.store.build import Builder, BuildError, BuildOptions, NotDeterministic
+
+pytestmark = [
+    pytest.mark.bwrap,
+    pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap not installed"),
+    pytest.mark.skipif(shutil.which("busybox") is None, reason="busybox-static not installed"),
+]
+
+
+def builder(store, **kw) -> Builder:
+    return Builder(store, BwrapExecutor(), BuildOptions(**kw), say=lambda m: None)
+
+
+def test_file_and_directory_outputs(store, graph):
+    f, fd = graph.drv("file-out", "echo hi > $out")
+    d, dd = graph.drv("dir-out", "mkdir -p $out/bin $dev; echo x > $out/bin/x; echo y > $dev/y", outputs=("out", "dev"))
+    builder(store).realise([f, d])
+    assert store.real_path(fd.output_path()).read_text() == "hi\n"
+    assert (store.real_path(dd.output_path()) / "bin" / "x").read_text() == "x\n"
+    assert (store.real_path(dd.output_path("dev")) / "y").read_text() == "y\n"
+    info = store.query(fd.output_path())
+    assert info.deriver == f and info.references == ()
+
+
+def test_runtime_references_found_and_only_those(store, graph):
+    a, ad = graph.drv("a", "echo a > $out")
+    b, bd = graph.drv("b", "echo a > $out")  # an input that is not referenced
+    c, cd = graph.drv("c", "mkdir $out; echo $in0 > $out/ref; cat $in1 > $out/copy", inputs=[a, b])
+    builder(store).realise([c])
+    assert store.query(cd.output_path()).references == (ad.output_path(),)
+    assert store.closure([cd.output_path()])[-1] == cd.output_path()
+
+
+def test_reference_outside_the_inputs_is_an_error(store, graph):
+    a, ad = graph.drv("a", "echo a > $out")
+    builder(store).realise([a])
+    stray = ad.output_path()
+    b, bd = graph.drv("b", f"echo {stray} > $out")  # mentions a path it was not given
+    with pytest.raises(BuildError, match="not among the derivation's inputs"):
+        builder(store).realise([b])
+    assert not store.is_valid(bd.output_path())
+
+
+def test_valid_outputs_are_skipped(store, graph):
+    a, _ = graph.drv("a", "echo a > $out")
+    b, _ = graph.drv("b", "cat $in0 > $out", inputs=[a])
+    first = builder(store).realise([b])
+    assert first[0].built
+    again = builder(store).realise([b])
+    assert not again[0].built
+
+
+def test_parallel_jobs_build_a_fan_in(store, graph):
+    leaves = [graph.drv(f"leaf{i}", f"sleep 0.3; echo {i} > $out")[0] for i in range(4)]
+    top, td = graph.drv("top", "cat $in0 $in1 $in2 $in3 > $out", inputs=leaves)
+    t0 = time.monotonic()
+    builder(store, jobs=4).realise([top])
+    assert time.monotonic() - t0 < 4 * 0.3 + 1.0
+    assert store.real_path(td.output_path()).read_text() == "0\n1\n2\n3\n"
+
+
+def test_failure_names_the_derivation_and_shows_the_log(store, graph):
+    a, _ = graph.drv("boom", "echo about to fail; echo on stderr >&2; exit 3")
+    with pytest.raises(BuildError) as e:
+        builder(store).realise([a])
+    msg = str(e.value)
+    assert a in msg and "exit status 3" in msg and "about to fail" in msg and "on stderr" in msg
+
+
+def test_keep_failed_keeps_the_build_dir(store, graph):
+    a, _ = graph.drv("keep", "echo partial > /build/left-behind; exit 1")
+    with pytest.raises(BuildError) as e:
+        builder(store, keep_failed=True).realise([a])
+    kept = str(e.value).split("kept build directory: ")[1].split("\n")[0]
+    assert open(os.path.join(kept, "build", "left-behind")).read() == "partial\n"
+
+
+def test_missing_output_is_an_error(store, graph):
+    a, _ = graph.drv("lazy", "true")
+    with pytest.raises(BuildError, match="did not create output"):
+        builder(store).realise([a])
+
+
+def test_setuid_output_is_rejected(store, graph):
+    # Either the sandbox refuses the chmod or registration rejects the file: never valid.
+    a, ad = graph.drv("suid", "mkdir $out; echo x > $out/f; chmod 4755 $out/f; chmod 2755 $out")
+    with pytest.raises(Exception, match="(?i)setuid|setgid|Operation not permitted"):
+        builder(store).realise([a])
+    assert not store.is_valid(ad.output_path())
+
+
+def test_check_passes_for_a_deterministic_build(store, graph):
+    a, _ = graph.drv("det", "mkdir $out; echo same > $out/f")
+    builder(store).realise([a])
+    builder(store, check=True).realise([a])
+
+
+def test_check_names_the_differing_file(store, graph):
+    a, _ = graph.drv("nondet", "mkdir $out; echo same > $out/stable; cat /proc/sys/kernel/random/uuid > $out/random")
+    builder(store).realise([a])
+    with pytest.raises(NotDeterministic) as e:
+        builder(store, check=True).realise([a])
+    assert "random: contents differ" in str(e.value) and "stable" not in str(e.value)
+
+
+def test_timeout_kills_the_build(store, graph):
+    a, _ = graph.drv("hang", "sleep 60")
+    t0 = time.monotonic()
+    with pytest.raises(BuildError, match="time limit"):
+        builder(store, timeout=1).realise([a])
+    assert time.monotonic() - t0 < 10
+
+
+def _kiln(store, *args, **kw):
+    env = dict(os.environ, KILN_HOME=str(store.root))
+    return subprocess.Popen(
+        [sys.executable, "-m", "kiln", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw
+    )
+
+
+def test_two_processes_build_each_derivation_once(store, graph):
+    a, ad = graph.drv("slow", "sleep 1.5; echo done > $out")
+    p1 = _kiln(store, "build", a)
+    time.sleep(0.3)
+    p2 = _kiln(store, "build", a)
+    outs = [p.communicate(timeout=60) for p in (p1, p2)]
+    assert [p.returncode for p in (p1, p2)] == [0, 0], outs
+    assert sum("building" in err for _, err in outs) == 1, outs
+    assert all(out.strip() == ad.output_path() for out, _ in outs)
+
+
+def test_kill_leaves_no_half_path_and_no_stray_process(store, graph):
+    a, ad = graph.drv("killed", "mkdir $out; echo partial > $out/f; exec sleep 300")
+    p = _kiln(store, "build", a, start_new_session=True)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not list((store.root / "tmp").glob("build-killed-*")):
+        time.sleep(0.05)
+    time.sleep(0.5)
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    time.sleep(0.5)
+    assert not store.is_valid(ad.output_path())
+    assert not store.real_path(ad.output_path()).exists()
+    leftovers = subprocess.run(["pgrep", "-f", "exec sleep 300"], capture_output=True, text=True).stdout
+    assert leftovers.strip() == ""
+    report = store.verify()
+    assert report.ok, report
+
+
+@pytest.mark.parametrize("bwrap", ["/nonexistent/bwrap", "/bin/false"])
+def test_build_refused_without_a_working_sandbox(store, graph, bwrap):
+    a, ad = graph.drv("x", "echo > $out")
+    env = dict(os.environ, KILN_HOME=str(store.root), KILN_BWRAP=bwrap)
+    r = subprocess.run([sys.executable, "-m", "kiln", "build", a], env=env, capture_output=True, text=True)
+    assert r.returncode == 1, r.stderr
+    assert ("sandbox" in r.stderr or "bubblewrap" in r.stderr) and bwrap in r.stderr
+    assert "Traceback" not in r.stderr
+    assert not store.is_valid(ad.output_path())
