@@ -5,9 +5,10 @@
   as an in-toto statement and stores it as PATH's ``sbom`` attestation, with ``--key FILE``
   or ``--signer-cmd CMD --signer-key PUB`` (the command reads the bytes to sign on stdin
   and prints a base64 ed25519 signature; for KMS/HSM keys).
-- ``kiln verify TARGET [--policy FILE] [--json]`` checks a local store path: content
-  against the recorded NAR hash, signatures, provenance, SBOM and rebuilder attestations
-  against the policy. One line per check. Exit status: 0 every check passed, 1 a check
+- ``kiln verify TARGET [--policy FILE] [--json] [--closure]`` checks a local store path
+  (``--closure``: every path of its runtime closure): content against the recorded NAR
+  hash, signatures, provenance, SBOM and rebuilder attestations against the policy. One
+  line per check. Exit status: 0 every check passed, 1 a check
   failed, 2 usage error (bad arguments, unreadable or invalid policy, no store).
 - ``kiln rebuild|challenge|report`` are not implemented yet: they say so and exit 2.
 """
@@ -115,18 +116,34 @@ def _verify(args: argparse.Namespace) -> int:
     store = _open_store(args)
     try:
         path = _resolve(store, args.target)
-        report = verify_path(store, path, policy)
+        paths = store.closure([path]) if args.closure and store.is_valid(path) else [path]
+        # The target first, then its dependencies.
+        paths = [path, *(p for p in paths if p != path)]
+        reports = [verify_path(store, p, policy) for p in paths]
     finally:
         store.close()
+    ok = all(r.ok for r in reports)
     if args.json:
-        print(json.dumps(report.to_dict(), indent=2, sort_keys=True))
-    else:
+        doc = (
+            reports[0].to_dict() if not args.closure else {"ok": ok, "paths": [r.to_dict() for r in reports]}
+        )
+        print(json.dumps(doc, indent=2, sort_keys=True))
+        return 0 if ok else 1
+    for report in reports:
         print(f"verifying {report.path} against {report.policy}")
         for line in report.lines():
             print(f"  {line}")
-        n = len(report.failures())
-        print("result: PASS" if report.ok else f"result: FAIL ({n} check{'s' if n != 1 else ''} failed)")
-    return 0 if report.ok else 1
+    if args.closure:
+        bad = sum(not r.ok for r in reports)
+        print(
+            f"result: PASS ({len(reports)} paths)"
+            if ok
+            else f"result: FAIL ({bad} of {len(reports)} paths failed)"
+        )
+    else:
+        n = len(reports[0].failures())
+        print("result: PASS" if ok else f"result: FAIL ({n} check{'s' if n != 1 else ''} failed)")
+    return 0 if ok else 1
 
 
 # ---------------------------------------------------------------------------- dispatch
@@ -168,6 +185,7 @@ def _parser(cmd: str) -> argparse.ArgumentParser:
         )
         p.add_argument("--policy", metavar="FILE", help="TOML policy (default: check content only)")
         p.add_argument("--json", action="store_true", help="machine-readable report")
+        p.add_argument("--closure", action="store_true", help="verify every path of the runtime closure")
         p.set_defaults(fn=_verify)
     add_store_arg(p)
     return p

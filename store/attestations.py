@@ -80,6 +80,37 @@ def record_provenance(store: Any, path: str, signers: builtins.list[Signer], **p
     return write(store, path, "provenance", sign(st, signers))
 
 
+def record_vsa(
+    store: Any,
+    path: str,
+    signer: Signer,
+    *,
+    passed: bool,
+    verifier_version: str,
+    time_verified: Any,
+    rebuilt_nar_sha256_hex: str | None = None,
+    derivation: str | None = None,
+) -> Path:
+    """Rebuilder entry point: sign a VSA saying whether rebuilding valid ``path`` gave its
+    recorded NAR hash, and store it under this rebuilder's kind (``vsa_kind``)."""
+    from .intoto import vsa
+
+    info = store.query(str(path))
+    if info is None:
+        raise StoreError(f"cannot attest {path}: not a valid path in the store at {store.root}")
+    st = vsa(
+        _parse(path).base,
+        info.nar_hash.hex,
+        verifier_version=verifier_version,
+        time_verified=time_verified,
+        passed=passed,
+        resource_uri=f"kiln:{path}",
+        derivation=derivation,
+        rebuilt_nar_sha256_hex=rebuilt_nar_sha256_hex,
+    )
+    return write(store, path, vsa_kind(signer.public_key), sign(st, [signer]))
+
+
 def build_dependencies(store: Any, drv_path: str) -> builtins.list[dict[str, Any]]:
     """``resolvedDependencies`` for a build of ``drv_path``: the ``.drv`` itself (sha256 of
     its text) and every store path the sandbox saw (the reference closure of the input

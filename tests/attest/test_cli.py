@@ -30,6 +30,24 @@ def test_verify_default_and_json(built) -> None:
     r = kiln("verify", built.store.real_path(built.hello).name, "--store", root, "--json")
     assert r.returncode == 0
     assert json.loads(r.stdout)["ok"] is True
+    r = kiln("verify", built.hello, "--store", root, "--closure")
+    assert r.returncode == 0 and "result: PASS (2 paths)" in r.stdout
+    assert r.stdout.index(built.hello) < r.stdout.index(built.zlib)
+
+
+def test_verify_closure_finds_tampered_dependency(built) -> None:
+    real = built.store.real_path(built.zlib)
+    os.chmod(real, 0o755)
+    os.chmod(real / "libz.so", 0o644)
+    (real / "libz.so").write_bytes(b"\x7fELF backdoored zlib")
+    root = str(built.store.root)
+    assert kiln("verify", built.hello, "--store", root).returncode == 0
+    r = kiln("verify", built.hello, "--store", root, "--closure", "--json")
+    assert r.returncode == 1
+    doc = json.loads(r.stdout)
+    bad = [p for p in doc["paths"] if not p["ok"]]
+    assert [p["path"] for p in bad] == [built.zlib]
+    assert [c["name"] for c in bad[0]["checks"] if not c["ok"]] == ["tree"]
 
 
 def test_verify_policy_failure_and_usage(built, tmp_path: Path) -> None:
