@@ -34,9 +34,9 @@ signature never counts (re-sign paths with the new key when rotating).
 Evaluation
 ----------
 ``verify_path(store, path, policy)`` returns a ``Report``: one ``Check`` per question, in
-a fixed order, each pass/fail with the reason. It is monotonic in the in-toto sense:
-removing an attestation or signature can only turn a pass into a fail, never the reverse
-(the one non-monotonic rule, "a compromised key's signature fails", only adds failures).
+a fixed order, each pass/fail with the reason. Requirements are monotonic in the in-toto
+sense (only valid evidence satisfies them, so stripping attestations never helps); two
+detectors fail on presence: an invalid attestation, and a compromised key's signature.
 DSSE envelopes are verified before their payload is believed; a payload's subject must
 name this path and carry its recorded NAR sha256.
 """
