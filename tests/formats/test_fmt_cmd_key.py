@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from fmtkit import nix
+
 from kiln.store.signing import SecretKey, load_public_key, load_secret_key
 
 

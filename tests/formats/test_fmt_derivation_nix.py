@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from fmtkit import NIX_OPTS, run
+
 from kiln.store import derivation as drvmod
 from kiln.store.derivation import Derivation, Output
 from kiln.store.hashes import Hash

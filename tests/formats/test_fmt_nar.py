@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from fmtkit import assert_nothing_left, nar, nar_dir, nar_file, nar_link, rmtree, s, tree_signature
+
 from kiln.store import nar as narmod
 from kiln.store.errors import FormatError
 from kiln.store.hashes import Hash

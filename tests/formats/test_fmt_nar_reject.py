@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from fmtkit import assert_nothing_left, nar, nar_dir, nar_file, nar_link, s
+
 from kiln.store import nar as narmod
 from kiln.store.errors import FormatError
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import zstandard
 from fmtkit import NIX_OPTS, nix, run
+
 from kiln.store import nar as narmod
 from kiln.store import narinfo
 from kiln.store.errors import FormatError

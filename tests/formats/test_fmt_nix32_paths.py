@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from fmtkit import nix, run
+
 from kiln.store import nar as narmod
 from kiln.store import nixbase32
 from kiln.store.errors import FormatError

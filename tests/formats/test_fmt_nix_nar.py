@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from fmtkit import nix, rmtree, run, tree_signature
+
 from kiln.store import nar as narmod
 from kiln.store.errors import FormatError
 from kiln.store.hashes import Hash

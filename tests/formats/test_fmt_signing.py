@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from fmtkit import NEW_CLI, NIX_OPTS, nix, run
+
 from kiln.store.errors import FormatError, KilnError
 from kiln.store.hashes import Hash
 from kiln.store.pathinfo import PathInfo
