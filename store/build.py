@@ -30,6 +30,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -100,7 +101,9 @@ class Builder:
         after_build: Callable[..., None] | None = None,
         say: Callable[[str], None] | None = None,
     ) -> None:
-        self.store = store
+        # A LocalStore owns one SQLite connection and one temp-roots file, which must not
+        # be used from several threads at once: worker threads share it through a lock.
+        self.store = _Serialized(store)
         self.executor = executor
         self.opts = options
         self.substituter = substituter
@@ -282,6 +285,27 @@ class Builder:
                         f"  registered NAR hash: {info.nar_hash}\n  rebuilt NAR hash:    {h}\n{diff}"
                     )
         self.say(f"{drv_path}: rebuild is bit-for-bit identical")
+
+
+class _Serialized:
+    """Proxy that runs every method call of the wrapped store under one lock (attributes
+    such as ``root`` and ``store_dir`` are read directly)."""
+
+    def __init__(self, inner) -> None:
+        self._inner = inner
+        self._lock = threading.RLock()
+
+    def __getattr__(self, name: str):
+        attr = getattr(self._inner, name)
+        if not callable(attr):
+            return attr
+        lock = self._lock
+
+        def call(*args, **kwargs):
+            with lock:
+                return attr(*args, **kwargs)
+
+        return call
 
 
 def _tail(path: Path, lines: int = 25) -> str:

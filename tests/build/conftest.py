@@ -21,7 +21,6 @@ BUSYBOX = shutil.which("busybox") or "/bin/busybox"
 APPLETS = ["sh", "cat", "echo", "mkdir", "chmod", "sleep", "cp", "ls", "rm", "touch", "head", "mknod", "true"]
 
 
-
 class Graph:
     """Makes and stores derivations whose builder is the store's static busybox."""
 
@@ -31,7 +30,9 @@ class Graph:
         self.memo: dict = {}
         self.drvs: dict[str, Derivation] = {}
 
-    def drv(self, name: str, script: str, inputs: list[str] = (), outputs=("out",), env=None) -> tuple[str, Derivation]:
+    def drv(
+        self, name: str, script: str, inputs: list[str] = (), outputs=("out",), env=None
+    ) -> tuple[str, Derivation]:
         """A derivation running ``sh -c script``; ``inputs`` are .drv paths (their ``out``)."""
         e = {"PATH": f"{self.bb}/bin", "name": name, **(env or {})}
         for i, p in enumerate(inputs):

@@ -27,7 +27,9 @@ def builder(store, **kw) -> Builder:
 
 def test_file_and_directory_outputs(store, graph):
     f, fd = graph.drv("file-out", "echo hi > $out")
-    d, dd = graph.drv("dir-out", "mkdir -p $out/bin $dev; echo x > $out/bin/x; echo y > $dev/y", outputs=("out", "dev"))
+    d, dd = graph.drv(
+        "dir-out", "mkdir -p $out/bin $dev; echo x > $out/bin/x; echo y > $dev/y", outputs=("out", "dev")
+    )
     builder(store).realise([f, d])
     assert store.real_path(fd.output_path()).read_text() == "hi\n"
     assert (store.real_path(dd.output_path()) / "bin" / "x").read_text() == "x\n"
@@ -86,7 +88,8 @@ def test_keep_failed_keeps_the_build_dir(store, graph):
     with pytest.raises(BuildError) as e:
         builder(store, keep_failed=True).realise([a])
     kept = str(e.value).split("kept build directory: ")[1].split("\n")[0]
-    assert open(os.path.join(kept, "build", "left-behind")).read() == "partial\n"
+    with open(os.path.join(kept, "build", "left-behind")) as f:
+        assert f.read() == "partial\n"
 
 
 def test_missing_output_is_an_error(store, graph):
@@ -110,7 +113,9 @@ def test_check_passes_for_a_deterministic_build(store, graph):
 
 
 def test_check_names_the_differing_file(store, graph):
-    a, _ = graph.drv("nondet", "mkdir $out; echo same > $out/stable; cat /proc/sys/kernel/random/uuid > $out/random")
+    a, _ = graph.drv(
+        "nondet", "mkdir $out; echo same > $out/stable; cat /proc/sys/kernel/random/uuid > $out/random"
+    )
     builder(store).realise([a])
     with pytest.raises(NotDeterministic) as e:
         builder(store, check=True).realise([a])
@@ -128,7 +133,12 @@ def test_timeout_kills_the_build(store, graph):
 def _kiln(store, *args, **kw):
     env = dict(os.environ, KILN_HOME=str(store.root))
     return subprocess.Popen(
-        [sys.executable, "-m", "kiln", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw
+        [sys.executable, "-m", "kiln", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
     )
 
 
