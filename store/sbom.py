@@ -190,11 +190,16 @@ def collect(store: Any, path: str, build: bool = False) -> Graph:
         raise StoreError(f"{path} is not a valid path in the store at {store.root}")
     if not build:
         nodes = []
-        for p in sorted(str(x) for x in store.closure([path])):
+        members = sorted(str(x) for x in store.closure([path]))
+        inside = set(members)
+        for p in members:
             info = r.info(p)
             drv = r.drv(info.deriver if info else None)
             extra = r.fixed_input_urls(drv) if drv else []
-            nodes.append(_node_for(p, info, drv, info.references if info else (), extra))
+            # A reference to a path that is no longer valid (quarantined by verify --repair)
+            # is left out rather than emitted as a dangling bom-ref.
+            refs = [x for x in (info.references if info else ()) if x in inside]
+            nodes.append(_node_for(p, info, drv, refs, extra))
         return Graph(path, "runtime", tuple(nodes))
     root_drv = r.drv(root_info.deriver)
     if root_drv is None:
