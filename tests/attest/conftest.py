@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
 from kiln.store.derivation import Derivation, Output, drv_path, finalize
 from kiln.store.localstore import LocalStore
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from kiln.store import dsse
 from kiln.store.errors import FormatError, KilnError
 

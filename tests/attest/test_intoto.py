@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from kiln.store import intoto
 from kiln.store.errors import FormatError
 

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from kiln.store import sbom
 from kiln.store.errors import FormatError
 

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+
 from kiln.store import attestations, dsse, intoto, policy, sbom
 from kiln.store.paths import StorePath
 from kiln.store.signing import SecretKey, sign_info
@@ -351,3 +352,28 @@ def test_record_provenance_for_build(built, keys) -> None:
     st = intoto.parse_statement(attestations.read(built.store, built.hello, "provenance").payload)
     uris = [d.get("uri") for d in st.predicate["buildDefinition"]["resolvedDependencies"]]
     assert SRC_URL in uris
+
+
+def test_build_hook_provenance_verifies(built, keys) -> None:
+    """What ``kiln build --sign-key`` writes (cli/buildprov.py) passes verify_path."""
+    from kiln.buildprov import ProvenanceHook
+    from kiln.store.derivation import parse as parse_drv
+
+    drv = parse_drv(built.store.real_path(built.hello_drv).read_text(), "hello-2.12")
+    hook = ProvenanceHook(
+        store=built.store,
+        key=keys["builder"],
+        recipe_file="recipes/hello.recipe",
+        attrs_by_drv={built.hello_drv: "hello"},
+        git_commit=None,
+        git_dirty=False,
+        cores=1,
+    )
+    hook(built.hello_drv, drv, {"out": built.hello}, FINISHED.timestamp() - 60, FINISHED.timestamp())
+    b = keys["builder"].public()
+    pol = policy.parse(
+        f'[keys]\nsigning = ["{b}"]\nprovenance = ["{b}"]\n[require]\nsignatures = 1\nprovenance = true\n'
+        f'builder_ids = ["{intoto.BUILDER_LOCAL}"]\nmax_age = "1d"\n'
+    )
+    r = policy.verify_path(built.store, built.hello, pol, now=NOW)
+    assert r.ok, r.lines()
