@@ -141,9 +141,16 @@ def _member_path(name: str, deb: Path) -> PurePosixPath | None:
     return PurePosixPath(*parts) if parts else None
 
 
-def _resolve_parent(out: Path, rel: PurePosixPath, deb: Path) -> Path:
+def _resolve_parent(out: Path, rel: PurePosixPath, deb: Path, cache: dict[PurePosixPath, Path]) -> Path:
     """The real directory (inside ``out``) that ``rel``'s parent names, following links
-    inside the tree; creates missing directories."""
+    inside the tree; creates missing directories.
+
+    ``cache`` maps already resolved parents to their directory. That stays true for the
+    whole unpack: a resolved path only runs through existing directories, and a directory
+    is never replaced by anything (``_clear`` refuses), so no later member can redirect it."""
+    hit = cache.get(rel.parent)
+    if hit is not None:
+        return hit
     root = out.resolve()
     cur: list[str] = []
     todo = list(rel.parent.parts)
@@ -172,7 +179,8 @@ def _resolve_parent(out: Path, rel: PurePosixPath, deb: Path) -> Path:
         elif not here.is_dir():
             raise FormatError(f"{deb.name}: {str(rel)!r} needs {here.relative_to(root)} to be a directory")
         cur.append(part)
-    return root.joinpath(*cur)
+    cache[rel.parent] = found = root.joinpath(*cur)
+    return found
 
 
 def _clear(path: Path) -> None:
@@ -184,8 +192,12 @@ def _clear(path: Path) -> None:
         raise FormatError(f"cannot replace directory {path} with a non-directory")
 
 
-def unpack_deb(deb: Path, out: Path, notes: list[str]) -> None:
-    """Unpack the data of one .deb into ``out`` (rules in the module docstring)."""
+def unpack_deb(
+    deb: Path, out: Path, notes: list[str], cache: dict[PurePosixPath, Path] | None = None
+) -> None:
+    """Unpack the data of one .deb into ``out`` (rules in the module docstring).
+    ``cache`` may be shared by the calls that fill one ``out`` (see ``_resolve_parent``)."""
+    cache = {} if cache is None else cache
     with open(deb, "rb") as f:
         members = list(read_ar(f))
         if not members or members[0].name != "debian-binary":
@@ -197,21 +209,23 @@ def unpack_deb(deb: Path, out: Path, notes: list[str]) -> None:
         try:
             with tarfile.open(fileobj=stream, mode="r|") as tar:
                 for member in tar:
-                    _extract(tar, member, deb, out, notes)
+                    _extract(tar, member, deb, out, notes, cache)
         except (tarfile.TarError, EOFError, lzma.LZMAError, OSError) as e:
             if isinstance(e, FormatError):
                 raise
             raise FormatError(f"{deb.name}: corrupt data archive: {e}") from None
 
 
-def _extract(tar: tarfile.TarFile, m: tarfile.TarInfo, deb: Path, out: Path, notes: list[str]) -> None:
+def _extract(
+    tar: tarfile.TarFile, m: tarfile.TarInfo, deb: Path, out: Path, notes: list[str], cache: dict
+) -> None:
     rel = _member_path(m.name, deb)
     if rel is None:
         return
     if m.ischr() or m.isblk() or m.isfifo():
         notes.append(f"{deb.name}: skipped device/fifo {rel}")
         return
-    parent = _resolve_parent(out, rel, deb)
+    parent = _resolve_parent(out, rel, deb, cache)
     target = parent / rel.name
     if m.isdir():
         if target.is_symlink():
@@ -227,7 +241,7 @@ def _extract(tar: tarfile.TarFile, m: tarfile.TarInfo, deb: Path, out: Path, not
         src_rel = _member_path(m.linkname, deb)
         if src_rel is None:
             raise FormatError(f"{deb.name}: hard link {rel} points at the root")
-        src = _resolve_parent(out, src_rel, deb) / src_rel.name
+        src = _resolve_parent(out, src_rel, deb, cache) / src_rel.name
         if not src.is_file() or src.is_symlink():
             raise FormatError(f"{deb.name}: hard link {rel} -> {m.linkname}: target not unpacked")
         _clear(target)
@@ -273,9 +287,10 @@ def unpack_debs_verbose(debs: list[Path], out: Path) -> list[str]:
         raise FormatError(f"unpack target {out} already exists")
     notes: list[str] = []
     out.mkdir(mode=0o755, parents=False)
+    cache: dict[PurePosixPath, Path] = {}
     try:
         for deb in debs:
-            unpack_deb(Path(deb), out, notes)
+            unpack_deb(Path(deb), out, notes, cache)
         notes += [f"added link {s}" for s in add_links(out)]
         os.chmod(out, 0o755)
     except BaseException:
