@@ -39,7 +39,7 @@ from typing import BinaryIO
 
 from .errors import SandboxError, SandboxUnavailable
 from .executor import Executor, OutputCallback, Result
-from .limits import Limits, supervise
+from .limits import Limits, kill_tree, supervise
 from .seccomp import no_setuid_filter
 from .spec import BUILD_TOP, HOMELESS, SandboxSpec, build_env
 
@@ -202,6 +202,17 @@ class BwrapExecutor(Executor):
         self.bwrap = path
         self.tmp_dir = tmp_dir
         self.version = probe(path)
+        self._live: set[subprocess.Popen[bytes]] = set()
+        self._live_lock = threading.Lock()
+
+    def cancel_all(self) -> None:
+        """Kill every build this executor is running (from any thread); each ``run``
+        then returns a Result with reason 'killed'. Safe to call from a signal handler's
+        thread while worker threads are inside ``run``."""
+        with self._live_lock:
+            live = list(self._live)
+        for proc in live:
+            kill_tree(proc)
 
     def run(self, spec: SandboxSpec, log: BinaryIO, *, on_output: OutputCallback | None = None) -> Result:
         _check_host_paths(spec)
@@ -243,8 +254,14 @@ class BwrapExecutor(Executor):
             finally:
                 os.close(argfd)
                 os.close(sfd)
-            with proc:
-                outcome = supervise(proc, log, on_output, limits, start)
+            with self._live_lock:
+                self._live.add(proc)
+            try:
+                with proc:
+                    outcome = supervise(proc, log, on_output, limits, start)
+            finally:
+                with self._live_lock:
+                    self._live.discard(proc)
             duration = time.monotonic() - start
         finally:
             for p in names:

@@ -11,6 +11,9 @@ later a Bazel Remote Execution API client. Contract every implementation keeps:
 * ``run`` returns only when nothing of the build is left running. If the caller is
   interrupted (``KeyboardInterrupt``) or ``on_output`` raises, the build is killed and
   the exception propagates;
+* ``cancel_all()`` (callable from any thread) kills every run in progress; those runs
+  return reason 'killed' — the build loop calls it when interrupted while builds run in
+  worker threads (KeyboardInterrupt is only delivered to the main thread);
 * a sandbox that cannot be set up raises ``SandboxUnavailable``/``SandboxError``; it is
   never replaced by an unsandboxed run.
 """
@@ -77,3 +80,8 @@ class Executor(abc.ABC):
     @abc.abstractmethod
     def run(self, spec: SandboxSpec, log: BinaryIO, *, on_output: OutputCallback | None = None) -> Result:
         """Run ``spec`` to completion (or until a limit), streaming its output to ``log``."""
+
+    @abc.abstractmethod
+    def cancel_all(self) -> None:
+        """Kill every run in progress (e.g. on Ctrl-C while worker threads run builds);
+        those ``run`` calls return with reason 'killed'."""

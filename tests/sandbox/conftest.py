@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
 from kiln.sandbox import BwrapExecutor, Result, SandboxSpec
 
 BUSYBOX = "/bin/busybox"

@@ -44,13 +44,15 @@ def watcher(marks: list[str], seen: dict[str, list[int]]):
     def on_output(chunk: bytes) -> None:
         buf.extend(chunk)
         if b"started" in buf and not seen:
-            deadline = time.monotonic() + 2.0
+            deadline = time.monotonic() + 5.0
+            found: dict[str, list[int]] = {}
             for m in marks:
                 while time.monotonic() < deadline:  # the sleepers may still be exec'ing
-                    if found := host_pids(m):
-                        seen[m] = found
+                    if pids := host_pids(m):
+                        found[m] = pids
                         break
                     time.sleep(0.005)
+            seen.update(found)  # all at once: other threads wait for a non-empty dict
 
     return on_output
 
@@ -68,7 +70,7 @@ def test_timeout_kills_whole_tree(sh) -> None:
     r = sh(script + "echo started; wait; sleep 1000", timeout=1.0, on_output=watcher(marks, seen))
     assert r.result.reason == "timeout" and not r.result.ok
     assert r.result.exit_status is None and r.result.signal == signal.SIGKILL
-    assert 1.0 <= r.result.duration < 3.0
+    assert 1.0 <= r.result.duration < 5.0
     assert_gone(seen, marks)
 
 
@@ -77,7 +79,7 @@ def test_silence_limit(sh) -> None:
     seen: dict[str, list[int]] = {}
     r = sh(script + "echo started; sleep 1000", max_silent=0.5, timeout=20, on_output=watcher(marks, seen))
     assert r.result.reason == "silent"
-    assert 0.5 <= r.result.duration < 2.5
+    assert 0.5 <= r.result.duration < 4.5
     assert r.log == "started\n"
     assert_gone(seen, marks)
 
@@ -154,7 +156,7 @@ def test_builder_killed_by_signal_inside(sh) -> None:
 def test_timeout_applies_after_the_build_closed_its_output(sh) -> None:
     r = sh("echo bye; exec >/dev/null 2>&1; sleep 1000", timeout=0.7)
     assert r.result.reason == "timeout" and r.log == "bye\n"
-    assert 0.7 <= r.result.duration < 3
+    assert 0.7 <= r.result.duration < 5
 
 
 def test_log_is_a_real_file(executor, rootfs, build_dir, tmp_path) -> None:
@@ -165,3 +167,28 @@ def test_log_is_a_real_file(executor, rootfs, build_dir, tmp_path) -> None:
         r = executor.run(spec, f)
     data = (tmp_path / "log").read_bytes()
     assert r.ok and r.log_bytes == len(data) and data.splitlines()[-1] == b"50000"
+
+
+def test_cancel_all_from_another_thread(executor, sh) -> None:
+    """Builds running in worker threads are killed by cancel_all() (what the build loop
+    does on Ctrl-C, which only the main thread receives)."""
+    import threading
+
+    script, marks = sleepers()
+    seen: dict[str, list[int]] = {}
+    results = []
+    t = threading.Thread(
+        target=lambda: results.append(
+            sh(script + "echo started; wait", timeout=30, on_output=watcher(marks, seen))
+        )
+    )
+    t.start()
+    deadline = time.monotonic() + 10
+    while not seen and time.monotonic() < deadline:
+        time.sleep(0.01)
+    executor.cancel_all()
+    t.join(10)
+    assert not t.is_alive()
+    (r,) = results
+    assert r.result.reason == "killed" and r.result.signal == signal.SIGKILL
+    assert_gone(seen, marks)
