@@ -153,6 +153,16 @@ def load_signer(
     """The signer for attestations: a secret key file (Nix format ``name:base64``, which
     must not be readable by group or others), or an external command (``signer_cmd``,
     for KMS/HSM) together with its public key (``name:base64`` text or a ``.pub`` file)."""
+    return load_named_signer(key_file, signer_cmd=signer_cmd, signer_public=signer_public)[1]
+
+
+def load_named_signer(
+    key_file: str | os.PathLike | None = None,
+    *,
+    signer_cmd: str | None = None,
+    signer_public: str | os.PathLike | None = None,
+) -> tuple[str, Signer]:
+    """``load_signer`` plus the key's name (needed for Nix-style path signatures)."""
     from .dsse import CommandSigner, Ed25519Signer
     from .errors import KilnError
     from .signing import PublicKey, load_public_key, load_secret_key
@@ -167,7 +177,7 @@ def load_signer(
             pub = PublicKey.parse(text)
         except FormatError:
             pub = load_public_key(text)
-        return CommandSigner(signer_cmd, pub.key)
+        return pub.name, CommandSigner(signer_cmd, pub.key)
     if not key_file:
         raise KilnError("no signing key: give a secret key file or a signer command")
     mode = os.stat(key_file).st_mode
@@ -176,7 +186,21 @@ def load_signer(
             f"secret key file {os.fspath(key_file)} is accessible by group/others (mode {mode & 0o777:o}); "
             f"run: chmod 600 {os.fspath(key_file)}"
         )
-    return Ed25519Signer(load_secret_key(key_file).key)
+    sk = load_secret_key(key_file)
+    return sk.name, Ed25519Signer(sk.key)
+
+
+def sign_path(store: Any, path: str, key_name: str, signer: Signer) -> str:
+    """Add a Nix-style signature ``<key_name>:<base64>`` over valid ``path``'s fingerprint,
+    made by ``signer`` (so path signing works with an external signer command too)."""
+    import base64
+
+    info = store.query(str(path))
+    if info is None:
+        raise StoreError(f"cannot sign {path}: not a valid path in the store at {store.root}")
+    sig = f"{key_name}:{base64.b64encode(signer.sign(info.fingerprint())).decode()}"
+    store.add_signatures(str(path), [sig])
+    return sig
 
 
 def _parse(path: str | StorePath) -> StorePath:

@@ -377,3 +377,25 @@ def test_build_hook_provenance_verifies(built, keys) -> None:
     )
     r = policy.verify_path(built.store, built.hello, pol, now=NOW)
     assert r.ok, r.lines()
+
+
+def test_sign_path_with_external_signer(built, keys, tmp_path: Path) -> None:
+    import sys
+
+    from kiln.store.signing import write_secret_key
+
+    secret = tmp_path / "hsm.sec"
+    write_secret_key(secret, keys["cache"])
+    script = tmp_path / "signer.py"
+    script.write_text(
+        "import sys\nfrom kiln.store.signing import load_secret_key\n"
+        f"k = load_secret_key({str(secret)!r})\n"
+        "sys.stdout.write(k.sign(sys.stdin.buffer.read()).split(':', 1)[1])\n"
+    )
+    name, signer = attestations.load_named_signer(
+        signer_cmd=f"{sys.executable} {script}", signer_public=keys["cache"].public().to_text()
+    )
+    sig = attestations.sign_path(built.store, built.hello, name, signer)
+    assert sig == sign_info(built.store.query(built.hello), keys["cache"])  # ed25519 is deterministic
+    pol = policy.parse(f'[keys]\nsigning = ["{keys["cache"].public()}"]\n[require]\nsignatures = 1\n')
+    assert policy.verify_path(built.store, built.hello, pol).ok
