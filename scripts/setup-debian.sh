@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Install what kiln and its tests need on a fresh Debian 12 machine (run as root, or
+# with sudo available). Idempotent. Used by scripts/test.sh, scripts/demo.sh and CI.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SUDO=""
+[ "$(id -u)" = 0 ] || SUDO="sudo"
+export DEBIAN_FRONTEND=noninteractive
+
+need=()
+for cmd in bwrap:bubblewrap nix-store:nix-bin zstd:zstd nginx:nginx-light wrk:wrk busybox:busybox-static \
+           git:git /usr/bin/time:time curl:curl; do
+  bin=${cmd%%:*} pkg=${cmd##*:}
+  command -v "$bin" >/dev/null 2>&1 || [ -x "$bin" ] || need+=("$pkg")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  echo "setup: installing ${need[*]}"
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+# apt indexes are read by `kiln lock debian` and name the Debian archive that
+# `debian:` source URLs resolve against.
+ls /var/lib/apt/lists/*_Packages >/dev/null 2>&1 || $SUDO apt-get update -qq
+
+# Debian's nix.conf says `sandbox = false`; the differential tests run Nix single-user as
+# root with its sandbox on and no substituters (as ../shared/anchors/nix/setup.sh does).
+if [ -w /etc/nix ] && ! grep -q '^experimental-features' /etc/nix/nix.conf 2>/dev/null; then
+  cat >/etc/nix/nix.conf <<'CONF'
+sandbox = true
+sandbox-fallback = false
+build-users-group = nixbld
+experimental-features = nix-command
+substituters =
+require-sigs = true
+max-jobs = auto
+cores = 1
+CONF
+fi
+
+PY=${PYTHON:-python3}
+if ! "$PY" -c 'import kiln.store, lark, nacl, zstandard, pytest' >/dev/null 2>&1 || [ "${KILN_REINSTALL:-}" = 1 ]; then
+  echo "setup: pip install -e '.[test]'"
+  "$PY" -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v 'Running pip as the' || true
+fi
