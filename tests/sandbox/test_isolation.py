@@ -282,3 +282,20 @@ def test_setuid_bit_is_inert_inside(sh, tmp_path: Path) -> None:
     r = sh(f"grep -E ' ({dest.replace('/', '.')}|/build) ' /proc/mounts", rw_mounts=((str(out), dest),))
     mounts = r.log.splitlines()
     assert len(mounts) == 2 and all("nosuid" in m.split()[3] for m in mounts)
+
+
+def test_inputs_over_a_writable_scratch_store(sh, tmp_path: Path) -> None:
+    """The store's layout: a writable scratch dir at the store dir, the read-only closure
+    bound on top (listed first here on purpose: the executor orders parents first)."""
+    scratch, inp = tmp_path / "scratch", tmp_path / "aaaa-in"
+    scratch.mkdir()
+    inp.mkdir()
+    (inp / "f").write_text("input")
+    r = sh(
+        f"cat {STORE}/aaaa-in/f; echo; echo x > {STORE}/aaaa-in/f; echo w=$?; mkdir {STORE}/bbbb-out && echo made > {STORE}/bbbb-out/o; echo o=$?",
+        ro_mounts=((str(inp), f"{STORE}/aaaa-in"),),
+        rw_mounts=((str(scratch), STORE),),
+    )
+    assert r.log.startswith("input\n") and "w=1" in r.log and "o=0" in r.log
+    assert (scratch / "bbbb-out" / "o").read_text() == "made\n"
+    assert (inp / "f").read_text() == "input"
