@@ -24,7 +24,7 @@ from kiln.store.derivation import Derivation, Output
 from kiln.store.errors import FormatError
 from kiln.store.hashes import Hash
 
-from . import ast
+from . import nodes as ast
 from .compile import add_drv, sanitize_name, split_context
 from .errors import BadValue, HashFormat, MissingField, RecipeTypeError, UnknownField, did_you_mean
 from .values import CStr, DrvValue, Record, SourceValue, type_name

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import re
 
-from kiln.store.derivation import Derivation, Output, drv_path, finalize
+from kiln.store.derivation import Derivation, Output
 from kiln.store.errors import FormatError
 from kiln.store.paths import check_name
 
-from . import ast
+from . import nodes as ast
+from .drvhash import finalize_fast
 from .errors import BadValue, InfiniteRecursion, MissingField, RecipeTypeError, UnknownField, did_you_mean
 from .values import CStr, DrvValue, Record, SourceValue, canonical, type_name
 
@@ -39,9 +40,10 @@ def sanitize_name(s: str) -> str:
 
 
 def add_drv(ev, drv: Derivation, fields: dict, attr: str) -> DrvValue:
-    """Finalize ``drv`` (output paths), record it in the evaluation, return its value."""
-    drv = finalize(drv, ev.resolve_drv, ev.memo)
-    path = str(drv_path(drv))
+    """Finalize ``drv`` (output paths), record it in the evaluation, return its value.
+    ``ev.memo`` gets its hash modulo, so dependents never re-serialize it."""
+    drv, path, modulo = finalize_fast(drv, ev.memo)
+    ev.memo[path] = modulo
     ev.drvs[path] = drv
     return DrvValue(drv, path, fields, attr)
 

@@ -22,7 +22,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from . import ast
+from . import nodes as ast
 from .errors import (
     ImportCycle,
     ImportNotFound,

@@ -15,16 +15,9 @@ interpolations, where ``offset`` is the position of ``code`` inside the token te
 
 from __future__ import annotations
 
+import re
+
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r"}
-
-
-class _Opaque:
-    """A character that indentation stripping must treat as content."""
-
-    __slots__ = ("value",)
-
-    def __init__(self, value: object) -> None:
-        self.value = value
 
 
 def _interp_end(text: str, i: int) -> int:
@@ -76,71 +69,55 @@ def split_plain(token: str) -> list:
     return out
 
 
+_IND_SPECIAL = re.compile(r"''(?:'|\$|\\.)|\$\{", re.S)
+_HOLE = "\uffff"  # stands for an escaped character or an interpolation while stripping
+
+
 def split_indented(token: str) -> list:
     """Pieces of a ``''...''`` token, with indentation stripped."""
-    chars: list = []
-    i, end = 2, len(token) - 2
-    while i < end:
-        c = token[i]
-        if c == "'" and token.startswith("''", i):
-            if token.startswith("'''", i):
-                chars.append(_Opaque("''"))
-                i += 3
-            elif token.startswith("''$", i):
-                chars.append(_Opaque("$"))
-                i += 3
-            elif token.startswith("''\\", i) and i + 3 < len(token):
-                nxt = token[i + 3]
-                chars.append(_Opaque(_ESCAPES.get(nxt, nxt)))
-                i += 4
-            else:  # cannot happen: the lexer ends the token here
-                chars.append(c)
-                i += 1
-        elif c == "$" and token.startswith("${", i):
-            close = _interp_end(token, i + 2)
-            chars.append(_Opaque((i + 2, token[i + 2 : close])))
-            i = close + 1
+    body = token[2:-2]
+    holes: list = []
+    chunks: list[str] = []
+    last = 0
+    for m in _IND_SPECIAL.finditer(body):
+        if m.start() < last:
+            continue
+        chunks.append(body[last : m.start()])
+        text = m.group()
+        if text == "${":
+            close = _interp_end(body, m.end())
+            holes.append((m.end() + 2, body[m.end() : close]))
+            last = close + 1
         else:
-            chars.append(c)
-            i += 1
-    lines: list[list] = [[]]
-    for c in chars:
-        if c == "\n":
-            lines.append([])
-        else:
-            lines[-1].append(c)
-
-    def blank(line: list) -> bool:
-        return all(c == " " for c in line)
-
-    if len(lines) > 1 and blank(lines[0]):
+            c = text[2:]
+            holes.append(c if c in ("$", "'") else _ESCAPES.get(c[1], c[1]))
+            if c == "'":
+                holes[-1] = "''"
+            last = m.end()
+        chunks.append(_HOLE)
+    chunks.append(body[last:])
+    lines = "".join(chunks).split("\n")
+    if len(lines) > 1 and not lines[0].strip(" "):
         lines.pop(0)
-    indents = []
-    for line in lines:
-        if not blank(line):
-            n = 0
-            while line[n] == " ":
-                n += 1
-            indents.append(n)
-    strip = min(indents, default=0)
-    if lines and blank(lines[-1]):
-        lines[-1] = []
+    strip = min((len(x) - len(x.lstrip(" ")) for x in lines if x.strip(" ")), default=0)
+    if lines and not lines[-1].strip(" "):
+        lines[-1] = ""
+    text = "\n".join(x[strip:] if x.strip(" ") else x[min(strip, len(x)) :] for x in lines)
+    if not holes:
+        return [text] if text else []
     out: list = []
-    buf: list[str] = []
-    for k, line in enumerate(lines):
-        if k:
-            buf.append("\n")
-        for c in line[strip:] if not blank(line) else line[min(strip, len(line)) :]:
-            if isinstance(c, _Opaque):
-                if isinstance(c.value, tuple):
-                    if buf:
-                        out.append("".join(buf))
-                        buf = []
-                    out.append(c.value)
-                else:
-                    buf.append(c.value)
+    buf = ""
+    for i, piece in enumerate(text.split(_HOLE)):
+        buf += piece
+        if i < len(holes):
+            h = holes[i]
+            if isinstance(h, tuple):
+                if buf:
+                    out.append(buf)
+                buf = ""
+                out.append(h)
             else:
-                buf.append(c)
+                buf += h
     if buf:
-        out.append("".join(buf))
+        out.append(buf)
     return out
