@@ -23,6 +23,7 @@ Invariants
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
@@ -140,9 +141,14 @@ class Derivation:
 _ESC = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
+_NEEDS_ESC = re.compile(r'["\\\n\r\t]')
+_ESC_TABLE = str.maketrans(_ESC)
+
+
 def _q(s: str) -> str:
-    if any(c in _ESC for c in s):
-        s = "".join(_ESC.get(c, c) for c in s)
+    # a regex scan and str.translate run in C: this is the hot loop of evaluation
+    if _NEEDS_ESC.search(s):
+        s = s.translate(_ESC_TABLE)
     return f'"{s}"'
 
 
