@@ -220,11 +220,11 @@ def _http_get(url: str, sink: _Sink, timeout: float, retries: int) -> None:
                     raise ConnectionError(f"connection closed after {sink.size} of {total} bytes")
                 return
         except urllib.error.HTTPError as e:
+            error: BaseException = e
             if e.code == 416 and sink.size:
                 sink.reset()  # range not satisfiable: our partial data is suspect
             elif e.code not in _RETRY_STATUS or attempt >= retries:
                 raise
-            error: BaseException = e
         except (OSError, http.client.HTTPException) as e:  # URLError, timeouts, resets, IncompleteRead
             reason = getattr(e, "reason", None)
             if isinstance(reason, ConnectionRefusedError | socket.gaierror):
@@ -233,6 +233,9 @@ def _http_get(url: str, sink: _Sink, timeout: float, retries: int) -> None:
         attempt += 1
         if attempt > retries:
             raise OSError(f"{_describe(error)} (gave up after {attempt} attempts)") from error
+        if sink.progress.enabled:
+            sink.progress.done()
+            print(f"{url}: {_describe(error)}; retrying ({attempt}/{retries})", file=sys.stderr)
         time.sleep(min(0.2 * 2 ** (attempt - 1), 3.0))
 
 
