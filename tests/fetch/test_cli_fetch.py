@@ -9,6 +9,7 @@ import subprocess
 import tarfile
 
 import pytest
+
 from kiln.main import main
 from kiln.store import nar
 

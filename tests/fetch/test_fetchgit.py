@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pygit2
 import pytest
+
 from kiln.store import nar
 from kiln.store.fetch import fetch_git
 from kiln.store.fetchgit import GitFetchError

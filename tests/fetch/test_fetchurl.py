@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from kiln.store.errors import HashMismatch
 from kiln.store.fetch import FetchError, expand_url, fetch_url, mirrors_from_env, parse_mirror_list
 from kiln.store.hashes import Hash

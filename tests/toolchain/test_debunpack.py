@@ -7,6 +7,7 @@ import stat
 from pathlib import Path
 
 import pytest
+
 from kiln.store import nar
 from kiln.store.debunpack import read_ar, unpack_debs, unpack_debs_verbose
 from kiln.store.errors import FormatError

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from kiln.store import apt
 from kiln.store.apt import AptError, AptIndex, LockEntry, parse_lock, render_lock, resolve
 

@@ -13,6 +13,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from kiln.store import nar
 from kiln.store.apt import parse_lock
 from kiln.store.debunpack import unpack_debs_verbose
