@@ -238,24 +238,25 @@ class BwrapExecutor(Executor):
             limits = Limits(spec.timeout, spec.max_silent, spec.max_log_bytes)
             start = time.monotonic()
             try:
-                proc = subprocess.Popen(
-                    [self.bwrap, "--args", str(argfd), *argv[sep:]],
-                    pass_fds=(argfd, sfd),
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,  # own process group: killpg reaches bwrap
-                    umask=0o022,
-                    env={},
-                    bufsize=0,
-                )
+                # Started under the lock so cancel_all() never misses a run that is starting.
+                with self._live_lock:
+                    proc = subprocess.Popen(
+                        [self.bwrap, "--args", str(argfd), *argv[sep:]],
+                        pass_fds=(argfd, sfd),
+                        stdin=subprocess.DEVNULL,
+                        stdout=subprocess.PIPE,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,  # own process group: killpg reaches bwrap
+                        umask=0o022,
+                        env={},
+                        bufsize=0,
+                    )
+                    self._live.add(proc)
             except OSError as e:
                 raise SandboxUnavailable(f"cannot start the sandbox {self.bwrap}: {e}") from e
             finally:
                 os.close(argfd)
                 os.close(sfd)
-            with self._live_lock:
-                self._live.add(proc)
             try:
                 with proc:
                     outcome = supervise(proc, log, on_output, limits, start)
