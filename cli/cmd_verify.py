@@ -5,8 +5,8 @@
   as an in-toto statement and stores it as PATH's ``sbom`` attestation, with ``--key FILE``
   or ``--signer-cmd CMD --signer-key PUB`` (the command reads the bytes to sign on stdin
   and prints a base64 ed25519 signature; for KMS/HSM keys).
-- ``kiln verify TARGET [--policy FILE] [--json] [--closure]`` checks a local store path
-  (``--closure``: every path of its runtime closure): content against the recorded NAR
+- ``kiln verify TARGET [--policy FILE] [--json] [--closure]`` checks a local store path,
+  named by path or by its NAR digest ``sha256:...`` (``--closure``: every path of its runtime closure): content against the recorded NAR
   hash, signatures, provenance, SBOM and rebuilder attestations against the policy. One
   line per check. Exit status: 0 every check passed, 1 a check
   failed, 2 usage error (bad arguments, unreadable or invalid policy, no store).
@@ -22,7 +22,8 @@ import sys
 from pathlib import Path
 
 from kiln.store import attestations, intoto, sbom
-from kiln.store.errors import KilnError, StoreError
+from kiln.store.errors import FormatError, KilnError, StoreError
+from kiln.store.hashes import Hash
 from kiln.store.localstore import LocalStore
 from kiln.store.paths import StorePath
 from kiln.store.policy import Policy, PolicyError, load, verify_path
@@ -44,8 +45,25 @@ class _Usage(Exception):
     """A usage error: printed, exit status 2."""
 
 
+def _by_digest(store: LocalStore, arg: str) -> str:
+    """The valid path whose NAR hash is ``arg`` (``sha256:<hex|nix32>`` or SRI)."""
+    try:
+        want = Hash.parse(arg)
+    except FormatError as e:
+        raise KilnError(f"{arg!r} is not a NAR digest: {e}") from None
+    found = [p for p in store.all_paths() if (i := store.query(p)) is not None and i.nar_hash == want]
+    if not found:
+        raise KilnError(f"no path in the store at {store.root} has NAR hash {want.to_hex()}")
+    if len(found) > 1:
+        raise KilnError(f"{len(found)} paths have NAR hash {want.to_hex()}: {', '.join(found)}; name one")
+    return found[0]
+
+
 def _resolve(store: LocalStore, arg: str) -> str:
-    """A store path from a logical or physical path, a base name or a hash part."""
+    """A store path from a logical or physical path, a base name, a hash part, or the
+    NAR digest of its content (``sha256:...``)."""
+    if arg.startswith(("sha256:", "sha256-")):
+        return _by_digest(store, arg)
     try:
         path, sub = store.resolve(arg)
     except (KilnError, ValueError):

@@ -30,6 +30,11 @@ def test_verify_default_and_json(built) -> None:
     r = kiln("verify", built.store.real_path(built.hello).name, "--store", root, "--json")
     assert r.returncode == 0
     assert json.loads(r.stdout)["ok"] is True
+    digest = built.store.query(built.hello).nar_hash
+    for form in (digest.to_hex(), digest.to_nix32(), digest.sri):
+        r = kiln("verify", form, "--store", root)
+        assert r.returncode == 0 and f"verifying {built.hello}" in r.stdout, r.stderr
+    assert kiln("verify", "sha256:" + "0" * 64, "--store", root).returncode == 1
     r = kiln("verify", built.hello, "--store", root, "--closure")
     assert r.returncode == 0 and "result: PASS (2 paths)" in r.stdout
     assert r.stdout.index(built.hello) < r.stdout.index(built.zlib)
