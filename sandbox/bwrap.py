@@ -7,8 +7,9 @@ group) whose command line is derived from the spec by ``bwrap_argv``:
   namespace required, not "try"; ``--disable-userns`` so the build cannot create nested
   user namespaces; ``--share-net`` only when ``spec.network`` (never for builds);
 * identity: ``--uid/--gid`` (1000), ``--hostname localhost``, ``--cap-drop ALL``,
-  generated ``/etc/passwd``, ``/etc/group``, ``/etc/hosts`` (written to a private temp
-  dir of this run, bound read-only; the host's ``/etc`` is never touched or shown);
+  generated ``/etc/passwd``, ``/etc/group``, ``/etc/hosts`` (passed in memfds and bound
+  read-only with ``--ro-bind-data``; the host's ``/etc`` is never touched or shown);
+* setuid/setgid file modes refused by a seccomp filter (``seccomp.py``);
 * filesystem: the root is a fresh tmpfs, remounted read-only once everything is in
   place; rootfs dirs (``usr``, ``bin``, ``lib``...) read-only at the same names (a
   top-level symlink such as Debian's ``bin -> usr/bin`` is reproduced as a symlink);
@@ -22,19 +23,18 @@ group) whose command line is derived from the spec by ``bwrap_argv``:
 Availability: the constructor locates bwrap and runs one probe sandbox with the very
 flags builds use; any failure raises ``SandboxUnavailable`` with bwrap's own message.
 The probe result is cached per binary for the life of the process, so per-build cost
-is one ``Popen`` plus three tiny files.
+is one ``Popen`` plus five memfds — no file is written to disk.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import posixpath
 import shutil
 import subprocess
-import tempfile
 import threading
 import time
+from collections.abc import Mapping
 from typing import BinaryIO
 
 from .errors import SandboxError, SandboxUnavailable
@@ -50,6 +50,11 @@ ROOTFS_ETC = ("etc/alternatives",)
 
 _probe_lock = threading.Lock()
 _probed: dict[str, str] = {}  # bwrap path -> version string, for probes that passed
+
+
+def etc_files(spec: SandboxSpec) -> dict[str, bytes]:
+    """The generated /etc files: the build user, groups, and localhost."""
+    return {"passwd": _passwd(spec).encode(), "group": _group(spec).encode(), "hosts": _HOSTS.encode()}
 
 
 def _passwd(spec: SandboxSpec) -> str:
@@ -76,9 +81,12 @@ def _common_flags(spec_network: bool, uid: int, gid: int, hostname: str) -> list
     return flags
 
 
-def bwrap_argv(bwrap: str, spec: SandboxSpec, private_dir: str, seccomp_fd: int | None = None) -> list[str]:
-    """The full bwrap command line for ``spec``; ``private_dir`` holds passwd/group/hosts,
-    ``seccomp_fd`` (if given) is an fd bwrap inherits holding ``no_setuid_filter()``."""
+def bwrap_argv(
+    bwrap: str, spec: SandboxSpec, etc_fds: Mapping[str, int], seccomp_fd: int | None = None
+) -> list[str]:
+    """The full bwrap command line for ``spec``. ``etc_fds`` maps ``passwd``, ``group``,
+    ``hosts`` to fds bwrap inherits holding their contents (``etc_files(spec)``);
+    ``seccomp_fd`` (if given) is an inherited fd holding ``no_setuid_filter()``."""
     argv = [bwrap, *_common_flags(spec.network, spec.uid, spec.gid, spec.hostname), "--clearenv"]
     if seccomp_fd is not None:
         argv += ["--seccomp", str(seccomp_fd)]
@@ -92,8 +100,8 @@ def bwrap_argv(bwrap: str, spec: SandboxSpec, private_dir: str, seccomp_fd: int 
             elif os.path.isdir(host):
                 argv += ["--ro-bind", host, "/" + name]
     argv += ["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp", "--perms", "0755", "--dir", "/etc"]
-    for name in ("passwd", "group", "hosts"):
-        argv += ["--ro-bind", os.path.join(private_dir, name), "/etc/" + name]
+    for name, fd in etc_fds.items():
+        argv += ["--perms", "0644", "--ro-bind-data", str(fd), "/etc/" + name]
     argv += ["--bind", spec.build_dir, BUILD_TOP]
     # bwrap would create missing parents of mount points mode 0700; make them 0755 so
     # paths like /kiln/store are traversable by everyone, as on the host.
@@ -182,12 +190,11 @@ def probe(bwrap: str) -> str:
 class BwrapExecutor(Executor):
     """Runs builds under bubblewrap. See the module docstring.
 
-    ``bwrap`` is the binary to use (default: ``bwrap`` on PATH, else /usr/bin/bwrap);
-    ``tmp_dir`` where each run's private dir (passwd, group, hosts) is made (default:
-    the system temp dir). Raises ``SandboxUnavailable`` if bwrap is missing or broken.
+    ``bwrap`` is the binary to use (default: ``bwrap`` on PATH, else /usr/bin/bwrap).
+    Raises ``SandboxUnavailable`` if bwrap is missing or broken.
     """
 
-    def __init__(self, bwrap: str | os.PathLike[str] | None = None, *, tmp_dir: str | None = None) -> None:
+    def __init__(self, bwrap: str | os.PathLike[str] | None = None) -> None:
         if bwrap is None:
             found = shutil.which("bwrap") or shutil.which("bwrap", path="/usr/bin:/bin")
             if found is None:
@@ -200,7 +207,6 @@ class BwrapExecutor(Executor):
         if not (os.path.isfile(path) and os.access(path, os.X_OK)):
             raise SandboxUnavailable(f"bubblewrap not found at {path} (expected an executable bwrap)")
         self.bwrap = path
-        self.tmp_dir = tmp_dir
         self.version = probe(path)
         self._live: set[subprocess.Popen[bytes]] = set()
         self._live_lock = threading.Lock()
@@ -216,60 +222,52 @@ class BwrapExecutor(Executor):
 
     def run(self, spec: SandboxSpec, log: BinaryIO, *, on_output: OutputCallback | None = None) -> Result:
         _check_host_paths(spec)
-        private = tempfile.mkdtemp(prefix="kiln-sandbox-", dir=self.tmp_dir)
-        names = []
+        # Everything bwrap reads besides the host paths comes from memfds: nothing is
+        # written to disk per build (a temp dir with three files cost ~1-4 ms of ext4
+        # metadata work under load, as much as the sandbox itself).
+        fds: list[int] = []
         try:
-            for name, text in (("passwd", _passwd(spec)), ("group", _group(spec)), ("hosts", _HOSTS)):
-                p = os.path.join(private, name)
-                with open(p, "w", encoding="utf-8") as f:
-                    f.write(text)
-                names.append(p)
-            sfd = _memfd("kiln-seccomp", no_setuid_filter())
-            argv = bwrap_argv(self.bwrap, spec, private, sfd)
-            # Options go through a memfd (``--args FD``; bwrap takes only options from it,
-            # the command stays on the command line): no ARG_MAX limit for large closures,
-            # and the sandbox's pid 1 (a fork of bwrap) shows no host paths in its cmdline.
+            seccomp_fd = _memfd("kiln-seccomp", no_setuid_filter())
+            fds.append(seccomp_fd)
+            etc_fds = {}
+            for name, data in etc_files(spec).items():
+                etc_fds[name] = _memfd("kiln-etc-" + name, data)
+                fds.append(etc_fds[name])
+            argv = bwrap_argv(self.bwrap, spec, etc_fds, seccomp_fd)
+            # Options go through a memfd too (``--args FD``; bwrap takes only options from
+            # it, the command stays on the command line): no ARG_MAX limit for large
+            # closures, and the sandbox's pid 1 (a fork of bwrap) shows no host paths.
             sep = argv.index("--")
-            try:
-                argfd = _memfd("kiln-bwrap-args", b"".join(os.fsencode(a) + b"\0" for a in argv[1:sep]))
-            except BaseException:
-                os.close(sfd)
-                raise
+            argfd = _memfd("kiln-bwrap-args", b"".join(os.fsencode(a) + b"\0" for a in argv[1:sep]))
+            fds.append(argfd)
             limits = Limits(spec.timeout, spec.max_silent, spec.max_log_bytes)
             start = time.monotonic()
-            try:
-                # Started under the lock so cancel_all() never misses a run that is starting.
-                with self._live_lock:
-                    proc = subprocess.Popen(
-                        [self.bwrap, "--args", str(argfd), *argv[sep:]],
-                        pass_fds=(argfd, sfd),
-                        stdin=subprocess.DEVNULL,
-                        stdout=subprocess.PIPE,
-                        stderr=subprocess.STDOUT,
-                        start_new_session=True,  # own process group: killpg reaches bwrap
-                        umask=0o022,
-                        env={},
-                        bufsize=0,
-                    )
-                    self._live.add(proc)
-            except OSError as e:
-                raise SandboxUnavailable(f"cannot start the sandbox {self.bwrap}: {e}") from e
-            finally:
-                os.close(argfd)
-                os.close(sfd)
-            try:
-                with proc:
-                    outcome = supervise(proc, log, on_output, limits, start)
-            finally:
-                with self._live_lock:
-                    self._live.discard(proc)
-            duration = time.monotonic() - start
+            # Started under the lock so cancel_all() never misses a run that is starting.
+            with self._live_lock:
+                proc = subprocess.Popen(
+                    [self.bwrap, "--args", str(argfd), *argv[sep:]],
+                    pass_fds=fds,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,  # own process group: killpg reaches bwrap
+                    umask=0o022,
+                    env={},
+                    bufsize=0,
+                )
+                self._live.add(proc)
+        except OSError as e:
+            raise SandboxUnavailable(f"cannot start the sandbox {self.bwrap}: {e}") from e
         finally:
-            for p in names:
-                with contextlib.suppress(OSError):
-                    os.unlink(p)
-            with contextlib.suppress(OSError):
-                os.rmdir(private)
+            for fd in fds:
+                os.close(fd)
+        try:
+            with proc:
+                outcome = supervise(proc, log, on_output, limits, start)
+        finally:
+            with self._live_lock:
+                self._live.discard(proc)
+        duration = time.monotonic() - start
         rc = outcome.returncode
         if outcome.breached is not None:
             return Result(None, -rc if rc < 0 else None, outcome.breached, duration, outcome.log_bytes)  # type: ignore[arg-type]

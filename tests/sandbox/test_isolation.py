@@ -79,6 +79,11 @@ def test_cannot_read_etc_shadow_or_host_etc(sh) -> None:
     r = sh("cat /etc/shadow; echo rc=$?; ls /etc")
     assert "can't open '/etc/shadow': No such file or directory" in r.log and "rc=1" in r.log
     assert r.log.splitlines()[-3:] == ["group", "hosts", "passwd"]  # generated, nothing else
+    r = sh("ls -l /etc/passwd; cat /etc/passwd /etc/group /etc/hosts; echo x >> /etc/passwd; echo w=$?")
+    assert r.log.startswith("-rw-r--r--")
+    assert "kiln:x:1000:1000:kiln build user:/homeless-shelter:/noshell\n" in r.log
+    assert "kiln:x:1000:\n" in r.log and "127.0.0.1 localhost\n" in r.log
+    assert "Read-only file system" in r.log and "w=1" in r.log
 
 
 def test_cannot_read_host_home(sh) -> None:

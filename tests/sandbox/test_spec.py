@@ -96,13 +96,14 @@ def test_argv_shape(tmp_path: Path) -> None:
         ro_mounts=(("/h/in", "/kiln/store/a-in"),),
         rw_mounts=(("/h/out", "/kiln/store/b-out"),),
     )
-    a = bwrap_argv("/usr/bin/bwrap", spec, "/p")
+    a = bwrap_argv("/usr/bin/bwrap", spec, {"passwd": 7, "group": 8, "hosts": 9}, 6)
     s = " ".join(a)
     for frag in (
         "--unshare-all --unshare-user --disable-userns --die-with-parent --new-session --cap-drop ALL",
         "--uid 1000 --gid 1000 --hostname localhost --clearenv",
         f"--ro-bind {root}/usr /usr --symlink usr/bin /bin",
-        "--ro-bind /p/passwd /etc/passwd",
+        "--clearenv --seccomp 6",
+        "--perms 0644 --ro-bind-data 7 /etc/passwd --perms 0644 --ro-bind-data 8 /etc/group",
         "--bind /b /build",
         "--perms 0755 --dir /kiln --perms 0755 --dir /kiln/store",
         "--ro-bind /h/in /kiln/store/a-in --bind /h/out /kiln/store/b-out",
