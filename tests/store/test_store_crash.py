@@ -10,9 +10,10 @@ import subprocess
 import sys
 import time
 
+from storekit import make_tree
+
 from kiln.store import nar
 from kiln.store.localstore import LocalStore
-from storekit import make_tree
 
 ADD = """
 import sys
@@ -119,3 +120,46 @@ def test_same_path_by_two_processes_registers_once(tmp_path):
         assert os.listdir(s.tmp) == []
     finally:
         s.close()
+
+
+GC = """
+import sys
+from pathlib import Path
+from kiln.store.localstore import LocalStore
+s = LocalStore.open(Path(sys.argv[1]))
+print("open", flush=True)
+s.gc()
+print("done", flush=True)
+"""
+
+
+def test_kill_9_during_gc_leaves_store_consistent(tmp_path):
+    root = tmp_path / "store"
+    rng = random.Random(3)
+    for rep in range(4):
+        s = LocalStore.open(root)
+        keep = s.add_path(make_tree(tmp_path / f"keep{rep}", {"k": rng.randbytes(1000)}))
+        dep = keep
+        for i in range(30):  # a chain of unrooted paths with some bulk
+            t = make_tree(tmp_path / f"r{rep}-{i}", {"f": rng.randbytes(rng.randint(1, 400_000))})
+            p = s.add_path(t)
+            dep = s.add_text(f"n{i}.drv", b"x" * i, [dep.path, p.path])
+        s.add_root(f"keep{rep}", keep.path)
+        s.close()
+        p = subprocess.Popen([sys.executable, "-c", GC, str(root)], stdout=subprocess.PIPE, text=True)
+        p.stdout.readline()
+        time.sleep(rng.uniform(0, 0.3))
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        s = LocalStore.open(root)
+        try:
+            r = s.verify()
+            assert r.ok, r.problems  # no valid path lost its tree, object or references
+            assert s.is_valid(keep.path)
+            s.gc()
+            assert s.all_paths() == sorted(
+                s.resolve(os.path.realpath(e.path))[0] for e in os.scandir(root / "gcroots")
+            )
+            assert s.verify().ok and s.verify().stray_objects == ()
+        finally:
+            s.close()
