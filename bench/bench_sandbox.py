@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -39,6 +40,12 @@ def make_rootfs(root: str) -> None:
     shutil.copy2(BUSYBOX, os.path.join(ubin, "busybox"))
     os.symlink("busybox", os.path.join(ubin, "sh"))
     os.symlink("usr/bin", os.path.join(root, "bin"))
+
+
+def _cpu() -> float:
+    """User+system seconds of this process and its reaped children."""
+    s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
 
 
 def main() -> int:
@@ -105,17 +112,21 @@ def main() -> int:
 
         ways: dict[str, Callable[[], None]] = {"plain": plain, "bare": bare, "shell": shell, "kiln": kiln}
         times: dict[str, list[float]] = {k: [] for k in ways}
+        cpu: dict[str, list[float]] = {k: [] for k in ways}
         for _ in range(a.r):
             for name, fn in ways.items():
-                t0 = time.perf_counter()
+                c0, t0 = _cpu(), time.perf_counter()
                 fn()
                 times[name].append((time.perf_counter() - t0) * 1000 / a.n)
+                cpu[name].append((_cpu() - c0) * 1000 / a.n)
             with open(os.path.join(out, "x")) as f:
                 assert f.read() == f"{a.n - 1}\n"
 
-    print(f"{ex.version}, {a.n} runs x {a.r} reps, ms/run (min / median)")
+    load = os.getloadavg()[0]
+    print(f"{ex.version}, {a.n} runs x {a.r} reps, load average {load:.1f} on {os.cpu_count()} CPUs")
+    print("         wall ms/run (min / median)   CPU ms/run (parent + children, min)")
     for name, ts in times.items():
-        print(f"  {name:<6} {min(ts):6.2f} / {statistics.median(ts):6.2f}")
+        print(f"  {name:<6} {min(ts):6.2f} / {statistics.median(ts):6.2f}            {min(cpu[name]):6.2f}")
     k, b, s = (statistics.median(times[x]) for x in ("kiln", "bare", "shell"))
     print(
         f"kiln overhead over bare bwrap (subprocess): {k - b:+.2f} ms/run, ratio {k / b:.2f}  (target <= +5 ms)"
