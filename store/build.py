@@ -266,25 +266,56 @@ class Builder:
 
     # ------------------------------------------------------------------ --check
 
-    def _check(self, drv_path: str, drv: Derivation) -> None:
+    def rebuild(self, drv_path: str) -> list[OutputComparison]:
+        """Build ``drv_path`` again into a scratch directory (its outputs must be valid)
+        and compare each output's NAR hash with the registered one. Nothing is
+        registered; the rebuilt trees are removed afterwards."""
         from . import nar
         from .checkdiff import describe_differences
 
-        self.say(f"checking {drv_path}")
+        drv = self._get_drv(drv_path) if drv_path in self._drvs else self.load([drv_path]).drvs[drv_path]
+        self._drvs.setdefault(drv_path, drv)
+        out: list[OutputComparison] = []
         with tempfile.TemporaryDirectory(prefix=f"check-{drv.name}-", dir=self._tmp_root()) as tmp:
             produced = self._produce(drv_path, drv, Path(tmp))
             for name, o in drv.outputs:
                 info = self.store.query(o.path)
                 if info is None:
-                    raise StoreError(f"cannot check {o.path}: it is not valid")
+                    raise StoreError(f"cannot check {o.path}: it is not valid (build it first)")
                 h, _ = nar.hash_path(produced[name][0])
-                if h != info.nar_hash:
-                    diff = describe_differences(self.store.real_path(o.path), produced[name][0])
-                    raise NotDeterministic(
-                        f"derivation {drv_path} may not be deterministic: output {o.path} differs\n"
-                        f"  registered NAR hash: {info.nar_hash}\n  rebuilt NAR hash:    {h}\n{diff}"
-                    )
+                diff = (
+                    ""
+                    if h == info.nar_hash
+                    else describe_differences(self.store.real_path(o.path), produced[name][0])
+                )
+                out.append(OutputComparison(name, o.path, info.nar_hash, h, diff))
+        return out
+
+    def _check(self, drv_path: str, drv: Derivation) -> None:
+        self.say(f"checking {drv_path}")
+        for c in self.rebuild(drv_path):
+            if not c.identical:
+                raise NotDeterministic(
+                    f"derivation {drv_path} may not be deterministic: output {c.path} differs\n"
+                    f"  registered NAR hash: {c.registered}\n  rebuilt NAR hash:    {c.rebuilt}\n{c.differences}"
+                )
         self.say(f"{drv_path}: rebuild is bit-for-bit identical")
+
+
+@dataclass(frozen=True, slots=True)
+class OutputComparison:
+    """One output of a rebuild: registered vs rebuilt NAR hash, and (when they differ)
+    a description of the differing files."""
+
+    output: str
+    path: str
+    registered: Hash
+    rebuilt: Hash
+    differences: str
+
+    @property
+    def identical(self) -> bool:
+        return self.registered == self.rebuilt
 
 
 class _Serialized:
