@@ -7,17 +7,18 @@ tree instead; ``--git REV`` exports a git revision and prints the NAR hash a ``f
 needs. ``--mirror DIR`` also copies the downloaded file into a hashed mirror.
 
 ``kiln mirror-sources DIR FILE...`` evaluates each recipe file and puts the file of every
-flat ``builtin:fetchurl`` derivation in the closure into ``DIR/sha256/<hex>``, fetched
-through the normal fetcher (so other mirrors in ``KILN_SOURCE_MIRRORS`` are used first).
-Entries already present with the right hash are skipped. Recursive (NAR-hashed) sources
-— ``fetchgit`` and unpacked fetches — are listed as not mirrored: a flat mirror holds files.
+``builtin:fetchurl`` / ``builtin:fetchgit`` derivation in the closure into
+``DIR/sha256/<hex>``, fetched through the normal fetcher (so other mirrors in
+``KILN_SOURCE_MIRRORS`` are used first). A NAR-hashed source (``fetchgit``, recursive
+fetchurl) is stored as its NAR serialisation, whose sha256 *is* the recursive hash, so the
+same flat layout serves both (``kiln.store.fetch.fetch_tree_from_mirror`` reads it back).
+Entries already present with the right hash are skipped.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
-import os
 import sys
 import tarfile
 import tempfile
@@ -107,10 +108,9 @@ def mirror_sources(argv: list[str]) -> int:
     args = _mirror_parser().parse_args(argv)
     from kiln.lang import evaluate_file
     from kiln.store.errors import KilnError
-    from kiln.store.fetch import fetch_url
     from kiln.store.hashes import Hash
 
-    wanted: dict[str, tuple[list[str], str]] = {}  # hex -> (urls, name)
+    wanted: dict[str, tuple[str, dict[str, str], str]] = {}  # hex -> (builder/mode, env, name)
     skipped: list[str] = []
     for file in args.files:
         ev = evaluate_file(file)
@@ -118,29 +118,26 @@ def mirror_sources(argv: list[str]) -> int:
             out = drv.outputs_map.get("out")
             if not drv.builder.startswith("builtin:fetch") or out is None or not out.is_fixed:
                 continue
-            env = drv.env_map
-            if drv.builder != "builtin:fetchurl" or out.hash_algo != "sha256":
+            kind = f"{drv.builder.removeprefix('builtin:')}:{out.hash_algo}"
+            if kind not in _MIRRORABLE:
                 skipped.append(f"{drv.name} ({drv.builder}, {out.hash_algo})")
                 continue
-            urls = env.get("urls", "").split() or [env["url"]]
-            wanted.setdefault(out.hash, (urls, drv.name))
+            wanted.setdefault(out.hash, (kind, drv.env_map, drv.name))
     fetched = present = 0
     errors: list[str] = []
-    for hexd, (urls, name) in sorted(wanted.items(), key=lambda kv: kv[1][1]):
+    for hexd, (kind, env, name) in sorted(wanted.items(), key=lambda kv: kv[1][2]):
         target = args.dir / "sha256" / hexd
-        expected = Hash("sha256", bytes.fromhex(hexd))
         if target.is_file() and _sha256_file(target) == hexd:
             present += 1
             continue
         try:
-            fetch_url(urls, expected, target, mirrors=[], progress=True)
-            os.chmod(target, 0o644)
+            _MIRRORABLE[kind](env, Hash("sha256", bytes.fromhex(hexd)), args.dir)
             fetched += 1
             print(f"{hexd}  {name}")
         except KilnError as e:  # one failed source must not stop the others
             errors.append(f"{name}: {e}")
     for s in skipped:
-        print(f"not mirrored (not a flat file): {s}", file=sys.stderr)
+        print(f"not mirrored: {s}", file=sys.stderr)
     for err in errors:
         print(f"error: {err}", file=sys.stderr)
     print(
@@ -148,6 +145,50 @@ def mirror_sources(argv: list[str]) -> int:
         file=sys.stderr,
     )
     return 1 if errors else 0
+
+
+def _urls(env: dict[str, str]) -> list[str]:
+    return env.get("urls", "").split() or [env["url"]]
+
+
+def _mirror_flat(env: dict[str, str], expected, mirror: Path) -> None:
+    from kiln.store.fetch import fetch_url
+
+    fetch_url(_urls(env), expected, mirror / "sha256" / expected.hex, mirrors=[], progress=True)
+
+
+def _mirror_tree(produce):
+    """A mirrorer for NAR-hashed sources: produce the tree in a temp dir, store its NAR."""
+
+    def run(env: dict[str, str], expected, mirror: Path) -> None:
+        from kiln.store.fetch import put_tree_in_mirror
+
+        with tempfile.TemporaryDirectory(prefix="kiln-mirror-") as tmp:
+            tree = Path(tmp) / "out"
+            produce(env, tree)
+            put_tree_in_mirror(tree, mirror, expected)
+
+    return run
+
+
+def _git_tree(env: dict[str, str], tree: Path) -> None:
+    from kiln.store.fetch import fetch_git
+
+    fetch_git(env["url"], env["rev"], tree)
+
+
+def _url_tree(env: dict[str, str], tree: Path) -> None:
+    from kiln.store.fetch import fetch_url
+
+    fetch_url(_urls(env), None, tree, mirrors=[], progress=True)
+
+
+#: "<builtin>:<hash algo>" -> how to put it in a mirror
+_MIRRORABLE = {
+    "fetchurl:sha256": _mirror_flat,
+    "fetchurl:r:sha256": _mirror_tree(_url_tree),
+    "fetchgit:r:sha256": _mirror_tree(_git_tree),
+}
 
 
 def _sha256_file(path: Path) -> str:

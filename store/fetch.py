@@ -366,12 +366,73 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def fetch_git(url: str, rev: str, dest: Path) -> None:
+def fetch_git(
+    url: str, rev: str, dest: Path, *, expected: Hash | None = None, mirrors: list[str] = ()
+) -> None:
     """Export the tree of ``rev`` from the git repository at ``url`` to ``dest`` (see
-    ``kiln.store.fetchgit``; imported lazily so plain fetches never load pygit2)."""
+    ``kiln.store.fetchgit``; imported lazily so plain fetches never load pygit2). With
+    ``expected`` (the NAR hash), a hashed mirror holding that NAR is tried first."""
+    if expected is not None and fetch_tree_from_mirror(expected, dest, mirrors=list(mirrors)):
+        return
     from .fetchgit import fetch_git as _fetch_git
 
     _fetch_git(url, rev, dest)
+
+
+# --- NAR-hashed trees in a flat mirror -------------------------------------------------
+#
+# A recursive (NAR) hash is the sha256 of the tree's NAR serialisation, so a mirror can
+# hold such a source as the NAR *file* under sha256/<hex>: fetching it is an ordinary
+# verified flat fetch, followed by a restore.
+
+
+def fetch_tree_from_mirror(expected: Hash, dest: Path, *, mirrors: list[str], progress: bool = False) -> bool:
+    """Restore the tree whose NAR hash is ``expected`` from a hashed mirror to ``dest``.
+    Returns False (and leaves nothing at ``dest``) if no mirror has it."""
+    from . import nar_read
+
+    if not mirrors_from_env(mirrors):
+        return False
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name[:60]}.", suffix=".nar", dir=dest.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        try:
+            fetch_url([], expected, tmp, mirrors=mirrors, progress=progress)
+        except FetchError:
+            return False
+        with open(tmp, "rb") as f:
+            nar_read.restore(f, dest)
+        return True
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def put_tree_in_mirror(tree: Path, mirror_dir: Path, expected: Hash) -> None:
+    """Store the NAR of ``tree`` in a hashed mirror directory under ``expected``; raises
+    ``HashMismatch`` (storing nothing) if the tree's NAR hash differs."""
+    from . import nar
+
+    target_dir = Path(mirror_dir) / expected.algo
+    target_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=".in.", suffix=".nar", dir=target_dir)
+    try:
+        h = hashlib.new(expected.algo)
+        with os.fdopen(fd, "wb") as out:
+            for chunk in nar.dump(tree):
+                out.write(chunk)
+                h.update(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+        got = Hash(expected.algo, h.digest())
+        if got != expected:
+            raise HashMismatch(str(tree), expected.to_hex(), got.to_hex())
+        os.chmod(tmp_name, 0o644)
+        os.replace(tmp_name, target_dir / expected.hex)
+    finally:
+        Path(tmp_name).unlink(missing_ok=True)
 
 
 def copy_to_mirror(src: Path, mirror_dir: Path, algo: str = "sha256") -> Hash:

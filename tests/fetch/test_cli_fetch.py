@@ -71,20 +71,39 @@ def test_mirror_sources(server, capsys, tmp_path):
     pytest.importorskip("kiln.lang")
     a = server.add("a.tar.gz", DATA)
     b = server.add("b.tar.gz", DATA + b"more")
+    repo, rev, tree_hash = git_repo(tmp_path)
     recipe = tmp_path / "srcs.recipe"
     recipe.write_text(
         f'let a = fetchurl {{ url = "{server.url("file/a.tar.gz")}", sha256 = "{a}" }}\n'
         f'let b = fetchurl {{ urls = ["{server.url("file/gone")}", "{server.url("redirect/b.tar.gz")}"], sha256 = "{b}" }}\n'
-        f'let g = fetchgit {{ url = "file:///nonexistent", rev = "{"0" * 40}", sha256 = "{"1" * 64}" }}\n'
+        f'let g = fetchgit {{ url = "file://{repo}", rev = "{rev}", sha256 = "{tree_hash}" }}\n'
+        f'let bad = fetchgit {{ url = "file:///nonexistent", rev = "{"0" * 40}", sha256 = "{"1" * 64}" }}\n'
     )
     mirror = tmp_path / "mirror"
-    assert main(["mirror-sources", str(mirror), str(recipe)]) == 0
+    assert main(["mirror-sources", str(mirror), str(recipe)]) == 1  # 'bad' cannot be fetched
     out = capsys.readouterr()
-    assert sorted(p.name for p in (mirror / "sha256").iterdir()) == sorted([a, b])
-    assert hashlib.sha256((mirror / "sha256" / b).read_bytes()).hexdigest() == b
-    assert "not mirrored" in out.err and "fetchgit" in out.err
+    assert sorted(p.name for p in (mirror / "sha256").iterdir()) == sorted([a, b, tree_hash])
+    for h in (a, b, tree_hash):
+        assert hashlib.sha256((mirror / "sha256" / h).read_bytes()).hexdigest() == h
+    assert "error: nonexistent: cannot fetch" in out.err and "3 fetched" in out.err
     # a second run finds everything present and makes no request
     before = len(server.log)
-    assert main(["mirror-sources", str(mirror), str(recipe)]) == 0
+    main(["mirror-sources", str(mirror), str(recipe)])
     assert len(server.log) == before
-    assert "2 already present" in capsys.readouterr().err
+    assert "3 already present" in capsys.readouterr().err
+
+
+def git_repo(tmp_path):
+    """A one-commit repository; returns (path, commit id, NAR hash hex of its tree)."""
+    import pygit2
+
+    from kiln.store.fetch import fetch_git
+
+    path = tmp_path / "gitrepo"
+    r = pygit2.init_repository(str(path))
+    tb = r.TreeBuilder()
+    tb.insert("file", r.create_blob(b"content\n"), pygit2.GIT_FILEMODE_BLOB)
+    sig = pygit2.Signature("t", "t@kiln.invalid", 1700000000, 0)
+    rev = str(r.create_commit("HEAD", sig, sig, "m", tb.write(), []))
+    fetch_git(str(path), rev, tmp_path / "gitref")
+    return path, rev, nar.hash_path(tmp_path / "gitref")[0].hex

@@ -119,3 +119,31 @@ def test_dest_must_not_exist(repo, tmp_path):
     (tmp_path / "x").mkdir()
     with pytest.raises(GitFetchError, match="already exists"):
         fetch_git(str(path), c1, tmp_path / "x")
+
+
+def test_mirrored_tree_is_used_before_the_url(repo, tmp_path):
+    from kiln.store.fetch import put_tree_in_mirror
+
+    path, c1, _ = repo
+    fetch_git(str(path), c1, tmp_path / "first")
+    expected = nar.hash_path(tmp_path / "first")[0]
+    mirror = tmp_path / "mirror"
+    put_tree_in_mirror(tmp_path / "first", mirror, expected)
+    # the NAR file's flat sha256 is the tree's NAR hash
+    assert (mirror / "sha256" / expected.hex).is_file()
+    # offline: the URL does not exist, the mirror has the tree
+    fetch_git("file:///nonexistent/repo", c1, tmp_path / "again", expected=expected, mirrors=[str(mirror)])
+    assert nar.hash_path(tmp_path / "again")[0] == expected
+    assert tree(tmp_path / "again") == tree(tmp_path / "first")
+
+
+def test_put_tree_in_mirror_refuses_wrong_hash(repo, tmp_path):
+    from kiln.store.errors import HashMismatch
+    from kiln.store.fetch import put_tree_in_mirror
+    from kiln.store.hashes import Hash
+
+    path, c1, _ = repo
+    fetch_git(str(path), c1, tmp_path / "t")
+    with pytest.raises(HashMismatch):
+        put_tree_in_mirror(tmp_path / "t", tmp_path / "m", Hash("sha256", b"\0" * 32))
+    assert list((tmp_path / "m" / "sha256").iterdir()) == []
