@@ -380,29 +380,52 @@ def restore(src: BinaryIO | Iterable[bytes], dest: str | os.PathLike, *, fsync: 
 
 
 def _rmtree(top: bytes) -> None:
-    """Best-effort iterative ``rm -rf`` (``shutil.rmtree`` recurses, and a hostile NAR
-    can be deeper than Python's recursion limit)."""
-    stack = [top]
-    while stack:
-        d = stack[-1]
-        try:
-            names = os.listdir(d)
-        except OSError:
-            stack.pop()
+    """Best-effort iterative ``rm -rf``. ``shutil.rmtree`` recurses (a hostile NAR can be
+    deeper than Python's recursion limit) and resolves whole paths (quadratic in depth);
+    this keeps one directory fd, works relative to it, and climbs back with ``..``.
+    Entries that cannot be removed are skipped, never retried forever."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(top, flags)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(top)
+        return
+    where: list[str] = []  # names from ``top`` down to the directory ``fd`` is
+    stuck: set[tuple[str, ...]] = set()
+    while True:
+        child = None
+        with contextlib.suppress(OSError), os.scandir(fd) as it:
+            for entry in it:
+                if not entry.is_dir(follow_symlinks=False):
+                    with contextlib.suppress(OSError):
+                        os.unlink(entry.name, dir_fd=fd)
+                elif (*where, entry.name) not in stuck:
+                    child = entry.name
+                    break
+        if child is not None:
+            try:
+                sub = os.open(child, flags, dir_fd=fd)
+            except OSError:
+                stuck.add((*where, child))
+                continue
+            os.close(fd)
+            fd = sub
+            where.append(child)
             continue
-        pushed = False
-        for n in names:
-            p = os.path.join(d, n)
-            if os.path.isdir(p) and not os.path.islink(p):
-                stack.append(p)
-                pushed = True
-            else:
-                with contextlib.suppress(OSError):
-                    os.unlink(p)
-        if not pushed:
-            stack.pop()
+        if not where:
+            os.close(fd)
             with contextlib.suppress(OSError):
-                os.rmdir(d)
+                os.rmdir(top)
+            return
+        parent = os.open("..", flags, dir_fd=fd)
+        os.close(fd)
+        fd = parent
+        name = where.pop()
+        try:
+            os.rmdir(name, dir_fd=fd)
+        except OSError:
+            stuck.add((*where, name))
 
 
 def _fsync_dir(path: bytes) -> None:

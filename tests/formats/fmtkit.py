@@ -75,29 +75,11 @@ def assert_nothing_left(dest: Path) -> None:
 
 
 def rmtree(top: str | os.PathLike) -> None:
-    """Iterative ``rm -rf`` (shutil's and pytest's recurse and choke on the deep tree)."""
-    stack = [os.fsencode(top)]
-    while stack:
-        d = stack[-1]
-        if not os.path.lexists(d):
-            stack.pop()
-            continue
-        if os.path.islink(d) or not os.path.isdir(d):
-            os.unlink(d)
-            stack.pop()
-            continue
-        subdirs = []
-        for n in os.listdir(d):
-            p = os.path.join(d, n)
-            if os.path.isdir(p) and not os.path.islink(p):
-                subdirs.append(p)
-            else:
-                os.unlink(p)
-        if subdirs:
-            stack += subdirs
-        else:
-            os.rmdir(d)
-            stack.pop()
+    """Iterative ``rm -rf`` (shutil's and pytest's recurse and choke on the deep tree);
+    the same fd-relative walk as restore's cleanup."""
+    from kiln.store.nar_read import _rmtree
+
+    _rmtree(os.fsencode(top))
 
 
 def tree_signature(root: Path) -> list[tuple]:
