@@ -22,6 +22,10 @@ URL after a dropped connection or timeout. A retry resumes with ``Range: bytes=N
 server answers ``206`` with a matching ``Content-Range``; otherwise the partial file is
 discarded and the download starts over, so the hash always covers exactly the bytes kept.
 
+NAR-hashed sources (``fetchgit``, recursive fetchurl) are mirrored as their NAR file
+under the same ``sha256/<hex>`` name, because the sha256 of a NAR *is* the recursive
+hash: ``fetch_tree_from_mirror`` / ``put_tree_in_mirror``.
+
 If every source fails, a content mismatch wins over transport errors: ``HashMismatch``
 (both hashes printed) is raised if any source delivered wrong bytes, else ``FetchError``
 listing what each source said.
