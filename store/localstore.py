@@ -36,17 +36,17 @@ from pathlib import Path
 from typing import BinaryIO
 
 from . import db, nar
-from .errors import HashMismatch, StoreError
+from .errors import StoreError
 from .hashes import Hash
+from .ingest import PathFilter, TreeIngest
 from .locks import FileLock, TempRoots
 from .objects import (
-    CHUNK,
     NarSink,
     ObjectInfo,
-    PathFilter,
-    TreeIngest,
+    TeeReader,
     chunks_of,
     decompress_verified,
+    expect_nar,
     fsync_dir,
     ingest_stream,
     object_rel_path,
@@ -329,7 +329,7 @@ class LocalStore:
                 nar.restore(ingest_stream(chunks_of(nar_src), sink), tree)
 
             oi = self._ingest(run, tmp)
-            _expect_nar(info, oi.nar_hash, oi.nar_size)
+            expect_nar(info, oi.nar_hash, oi.nar_size)
             canonicalise(tree)
             return self._commit(
                 replace(info, file_hash=oi.file_hash, file_size=oi.file_size), tree, tmp, True
@@ -346,7 +346,7 @@ class LocalStore:
                 self._keep(info.path)
                 return existing
             tree, obj = tmp / "tree", tmp / "object"
-            tee = _TeeReader(zst, os.open(obj, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+            tee = TeeReader(zst, os.open(obj, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
             try:
                 expect_file = None if info.file_hash is None else (info.file_hash, info.file_size or 0)
                 stream = decompress_verified(tee, info.path, expect_file, (info.nar_hash, info.nar_size))
@@ -456,34 +456,6 @@ class LocalStore:
         )
         nar.restore(stream, dest)
         canonicalise(dest)
-
-
-def _expect_nar(info: PathInfo, got: Hash, size: int) -> None:
-    if got.digest != info.nar_hash.digest or size != info.nar_size:
-        raise HashMismatch(
-            f"NAR of {info.path}",
-            f"{info.nar_hash.to_nix32()} ({info.nar_size} bytes)",
-            f"{got.to_nix32()} ({size} bytes)",
-        )
-
-
-class _TeeReader:
-    """A reader that copies and hashes what it reads (for ``import_object``)."""
-
-    def __init__(self, f: BinaryIO, fd: int) -> None:
-        import hashlib
-
-        self.f, self.fd, self.sha, self.size = f, fd, hashlib.sha256(), 0
-
-    def read(self, n: int = CHUNK) -> bytes:
-        data = self.f.read(n)
-        if data:
-            self.sha.update(data)
-            self.size += len(data)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(self.fd, view) :]
-        return data
 
 
 def _init_config(root: Path, store_dir: str) -> dict:

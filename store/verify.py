@@ -39,8 +39,9 @@ from typing import TYPE_CHECKING
 from . import db, nar
 from .errors import KilnError
 from .hashes import Hash
+from .ingest import TreeIngest
 from .locks import FileLock
-from .objects import NarSink, TreeIngest, object_rel_path, publish_object, read_object
+from .objects import NarSink, object_rel_path, publish_object, read_object
 from .pathinfo import PathInfo
 from .paths import StorePath, make_source_path, make_store_path
 from .trees import canonicalise, metadata_problems, remove_tree, seal_top
