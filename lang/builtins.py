@@ -37,8 +37,11 @@ def _record_args(ev, node: ast.Call, env, required: tuple, optional: tuple) -> d
     if len(args) == 1 and args[0][0] is None:
         arg = args[0][1]
         if isinstance(arg, ast.RecordExpr):
+            allowed = (*required, *optional)
             for f in arg.fields:
-                out[f.name] = (ev.eval(f.expr, env), f)
+                if f.name not in allowed:
+                    _unknown(node.name, f.name, allowed, f)
+                out[f.name] = (ev.eval(f.expr, env), f.expr)
         else:
             v = ev.eval(arg, env)
             if not isinstance(v, Record):
@@ -54,15 +57,16 @@ def _record_args(ev, node: ast.Call, env, required: tuple, optional: tuple) -> d
     allowed = (*required, *optional)
     for k, (_, n) in out.items():
         if k not in allowed:
-            raise UnknownField(
-                f"{node.name} has no field '{k}'{did_you_mean(k, allowed) or ' (fields: ' + ', '.join(allowed) + ')'}",
-                n.src,
-                n.pos,
-            )
+            _unknown(node.name, k, allowed, n)
     for k in required:
         if k not in out:
             raise MissingField(f"{node.name} needs a '{k}' field", node.src, node.pos)
     return out
+
+
+def _unknown(fn: str, name: str, allowed: tuple, node: ast.Node):
+    hint = did_you_mean(name, allowed) or f" (its fields: {', '.join(allowed)})"
+    raise UnknownField(f"{fn} has no field '{name}'{hint}", node.src, node.pos)
 
 
 def _string(ev, value, node: ast.Node, what: str) -> str:
@@ -80,11 +84,7 @@ def _sha256(value, node: ast.Node, what: str) -> str:
     try:
         return Hash.parse(text, "sha256").hex
     except FormatError as e:
-        raise HashFormat(
-            f"bad sha256 hash in {what}: {e} (write 64 hex digits, 52 nix-base32 characters or 'sha256-<base64>')",
-            node.src,
-            node.pos,
-        ) from None
+        raise HashFormat(f"bad hash in {what}: {e}", node.src, node.pos) from None
 
 
 def _url_name(url: str, strip_git: bool = False) -> str:
@@ -166,7 +166,9 @@ def path(ev, node: ast.Call, env) -> SourceValue:
     base = os.path.dirname(node.src.path) if node.src.path else os.getcwd()
     target = os.path.normpath(os.path.join(base, rel))
     if not os.path.exists(target):
-        raise BadValue(f"path {rel!r} does not exist (looked for {target})", n.src, n.pos)
+        raise BadValue(
+            f"path {rel!r} does not exist (paths are relative to the recipe's directory)", n.src, n.pos
+        )
     name = _string(ev, a["name"][0], a["name"][1], "path 'name'") if "name" in a else os.path.basename(target)
     if ev.add_source is None:
         raise BadValue(

@@ -293,7 +293,19 @@ class Evaluator:
         raise RecipeTypeError(f"cannot select '.{node.name}' from {type_name(v)}", node.src, node.pos)
 
     def _call(self, node: ast.Call, env: Env):
-        f = self.lookup(env, node.name, node)
+        # Only packages and builtins can be called, and no expression evaluates to one,
+        # so only those are considered: a field may share a builtin's or package's name
+        # (``zlib = zlib(static = true)``, ``upper = upper(x)``) without shadowing it.
+        f = _UNSET
+        e: Env | None = env
+        while e is not None:
+            v = e.vars.get(node.name, _UNSET)
+            if isinstance(v, PackageFn | Builtin):
+                f = v
+                break
+            e = e.parent
+        if f is _UNSET:
+            f = self.lookup(env, node.name, node)
         if isinstance(f, PackageFn):
             args = {}
             for name, arg in node.args:

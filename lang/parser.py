@@ -36,7 +36,7 @@ _WORDS = {
     "NUMBER": "a number",
     "STRING": "a string",
     "IND_STRING": "an indented string",
-    "$END": "the end of the file",
+    "$END": "end of file",
 }
 _EXPR_START = {
     "NAME",
@@ -320,11 +320,11 @@ def _describe_expected(parser: Lark, names) -> str:
 
 def _describe_token(tok: Token) -> str:
     if tok.type == "$END":
-        return "the end of the file"
+        return "end of file"
     if tok.type == "NAME":
         return f"name '{tok}'"
     if tok.type in ("STRING", "IND_STRING"):
-        return "a string"
+        return "string"
     if tok.type == "NUMBER":
         return f"number {tok}"
     return f"'{tok}'"

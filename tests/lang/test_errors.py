@@ -1,0 +1,89 @@
+"""One test per error kind: tests/data/lang/errors/<name>.recipe must fail with exactly
+the message in <name>.err (file:line:col, the source line, a caret, what was expected).
+Files starting with '_' are helpers imported by the others.
+Regenerate after an intended change with KILN_UPDATE_EXPECTED=1."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from lang_helpers import DATA, run_kiln
+
+from kiln.lang import RecipeError, evaluate_file
+from kiln.lang import errors as E
+
+ERRORS = sorted(p.stem for p in (DATA / "errors").glob("*.recipe") if not p.name.startswith("_"))
+
+KINDS = {
+    "syntax_": E.RecipeSyntaxError,
+    "unknown_name": E.UnknownName,
+    "unknown_package": E.UnknownName,
+    "unknown_param": E.UnknownField,
+    "unknown_fetch_field": E.UnknownField,
+    "type_": E.RecipeTypeError,
+    "missing_": E.MissingField,
+    "duplicate_": E.DuplicateField,
+    "import_cycle": E.ImportCycle,
+    "import_missing": E.ImportNotFound,
+    "hash_": E.HashFormat,
+    "recursion_": E.InfiniteRecursion,
+    "select_missing": E.UnknownName,
+    "rootfs_entry": E.MissingField,
+    "call_not_function": E.RecipeTypeError,
+}
+
+
+@pytest.mark.parametrize("name", ERRORS)
+def test_error(name: str, monkeypatch, hash_sources):
+    monkeypatch.chdir(DATA / "errors")
+    with pytest.raises(RecipeError) as info:
+        evaluate_file(f"{name}.recipe", add_source=hash_sources)
+    e = info.value
+    assert e.kiln_user_error
+    for prefix, cls in KINDS.items():
+        if name.startswith(prefix):
+            assert isinstance(e, cls), (name, type(e))
+    msg = str(e) + "\n"
+    expected_file = DATA / "errors" / f"{name}.err"
+    if os.environ.get("KILN_UPDATE_EXPECTED") == "1":
+        expected_file.write_text(msg)
+    assert msg == expected_file.read_text()
+    assert msg.split(":", 1)[0].endswith(".recipe")
+
+
+def test_every_error_has_expectations():
+    for name in ERRORS:
+        assert (DATA / "errors" / f"{name}.err").is_file(), name
+
+
+def test_error_message_shape(monkeypatch):
+    monkeypatch.chdir(DATA / "errors")
+    with pytest.raises(E.UnknownName) as info:
+        evaluate_file("unknown_name.recipe")
+    lines = str(info.value).splitlines()
+    assert lines[0] == "unknown_name.recipe:3:27: unknown name 'verison' (did you mean 'version'?)"
+    assert lines[1].endswith('build = "tar xf hello-${verison}.tar.gz"')
+    assert lines[2].index("^") == lines[1].index("verison")
+
+
+def test_syntax_error_says_what_was_expected(monkeypatch):
+    monkeypatch.chdir(DATA / "errors")
+    with pytest.raises(E.RecipeSyntaxError, match="expected '='"):
+        evaluate_file("syntax_missing_equals.recipe")
+
+
+def test_import_cycle_shows_chain(monkeypatch):
+    monkeypatch.chdir(DATA / "errors")
+    with pytest.raises(
+        E.ImportCycle, match="import_cycle_a.recipe → import_cycle_b.recipe → import_cycle_a.recipe"
+    ):
+        evaluate_file("import_cycle_a.recipe")
+
+
+def test_cli_prints_error_without_traceback(tmp_path):
+    r = run_kiln(["eval", "type_list_in_string.recipe"], cwd=DATA / "errors", home=tmp_path)
+    assert r.returncode == 1
+    assert "Traceback" not in r.stderr
+    assert r.stderr.startswith("error: type_list_in_string.recipe:4:33: expected a string, found a list")
+    assert "^" in r.stderr
