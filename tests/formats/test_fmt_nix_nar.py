@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -131,3 +132,12 @@ def test_nix32_matches_nix_hash_to_base32() -> None:
             out = run("nix-hash", "--type", algo, "--to-base32", h.hex).decode().strip()
             assert out == h.nix32
             assert run("nix-hash", "--type", algo, "--to-base16", out).decode().strip() == h.hex
+
+
+def test_restore_from_a_pipe(corpus: dict[str, Path], tmp_path: Path) -> None:
+    """``nix-store --dump | restore(stdin)``: short reads from a pipe are handled."""
+    code = "import sys; from kiln.store.nar import restore; restore(sys.stdin.buffer, sys.argv[1])"
+    dump = subprocess.Popen(["nix-store", "--dump", str(corpus["large"])], stdout=subprocess.PIPE)
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "out")], stdin=dump.stdout, check=True)
+    assert dump.wait() == 0
+    assert narmod.dump_bytes(tmp_path / "out") == run("nix-store", "--dump", corpus["large"])
