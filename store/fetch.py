@@ -292,7 +292,11 @@ def fetch_url(
     mirrors, which are keyed by flat hash, and accepts the first URL that downloads."""
     dest = Path(dest)
     if timeout is None:
-        timeout = float(os.environ.get("KILN_FETCH_TIMEOUT", "30"))
+        raw = os.environ.get("KILN_FETCH_TIMEOUT", "30")
+        try:
+            timeout = float(raw)
+        except ValueError:
+            raise FetchError(f"KILN_FETCH_TIMEOUT must be a number of seconds, found {raw!r}") from None
     dest.parent.mkdir(parents=True, exist_ok=True)
     algo = expected.algo if expected else "sha256"
     failures: list[str] = []
