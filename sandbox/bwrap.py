@@ -180,8 +180,10 @@ def probe(bwrap: str) -> str:
             raise SandboxUnavailable(
                 f"the bubblewrap sandbox does not work on this machine ({bwrap}): {msg}\n"
                 "kiln builds only inside a sandbox (user, mount, pid, net namespaces); "
-                "enable unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1, "
-                "user.max_user_namespaces > 0) or run where they are allowed"
+                "enable unprivileged user namespaces (sysctl user.max_user_namespaces > 0; "
+                "Debian < 11: kernel.unprivileged_userns_clone=1; Ubuntu >= 23.10: "
+                "kernel.apparmor_restrict_unprivileged_userns=0 or an AppArmor profile for bwrap; "
+                "in a container: allow unshare/mount, e.g. a seccomp profile permitting them)"
             )
         _probed[bwrap] = out
         return out

@@ -304,3 +304,26 @@ def test_inputs_over_a_writable_scratch_store(sh, tmp_path: Path) -> None:
     assert r.log.startswith("input\n") and "w=1" in r.log and "o=0" in r.log
     assert (scratch / "bbbb-out" / "o").read_text() == "made\n"
     assert (inp / "f").read_text() == "input"
+
+
+def test_network_flag_shares_the_host_network(sh) -> None:
+    """``network=True`` (reserved for fixed-output fetches) is the only way out."""
+    import threading
+
+    srv = socket.create_server(("127.0.0.1", 0))
+    srv.settimeout(10)
+    got: list[bytes] = []
+
+    def serve() -> None:
+        conn, _ = srv.accept()
+        with conn:
+            got.append(conn.recv(16))
+
+    t = threading.Thread(target=serve)
+    t.start()
+    try:
+        r = sh(f"echo hi | nc 127.0.0.1 {srv.getsockname()[1]}; echo rc=$?", network=True, timeout=20)
+        t.join(10)
+        assert got == [b"hi\n"] and "rc=0" in r.log
+    finally:
+        srv.close()
