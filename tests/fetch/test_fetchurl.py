@@ -209,3 +209,38 @@ def test_debian_url_expands_against_machine_sources():
     assert urls == [f"{b}/pool/main/h/hello/hello_2.10-3_amd64.deb" for b in bases]
     with pytest.raises(FetchError):
         expand_url("debian:../etc/passwd")
+
+
+def test_progress_only_on_a_terminal(server, tmp_path, monkeypatch, capsys):
+    import pty
+
+    server.add("p", DATA)
+    master, slave = pty.openpty()
+    term = os.fdopen(slave, "w")
+    monkeypatch.setattr("sys.stderr", term)
+    fetch_url([server.url("file/p")], h(DATA), tmp_path / "p", mirrors=[], progress=True)
+    term.flush()
+    shown = os.read(master, 65536).decode()
+    term.close()
+    os.close(master)
+    assert "fetching" in shown and "MiB" in shown
+    monkeypatch.undo()
+    fetch_url([server.url("file/p")], h(DATA), tmp_path / "q", mirrors=[], progress=True)
+    assert capsys.readouterr().err == ""  # not a terminal: silent
+
+
+@pytest.mark.slow
+def test_real_debian_url_from_the_lock(tmp_path):
+    """The one test that talks to the package registry: fetch the smallest pinned .deb
+    through its ``debian:`` URL (no mirror)."""
+    from kiln.store.apt import archive_bases, parse_lock
+
+    if not archive_bases():
+        pytest.skip("no apt sources on this machine")
+    lock = Path(__file__).resolve().parents[2] / "recipes" / "toolchain.lock.recipe"
+    e = min(parse_lock(lock.read_text()), key=lambda e: e.size)
+    dest = tmp_path / "x.deb"
+    fetch_url(
+        [f"debian:{e.filename}"], Hash("sha256", bytes.fromhex(e.sha256)), dest, mirrors=[], progress=False
+    )
+    assert dest.stat().st_size == e.size
