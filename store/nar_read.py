@@ -91,27 +91,34 @@ class _Input:
         self.offset = 0
 
     def _more(self) -> bool:
+        """Replace the (exhausted) buffer with the next chunk; False at end of input."""
         data = self._pull()
         if not data:
             return False
-        if self._pos < len(self._buf):
-            self._buf = self._buf[self._pos :] + data
-        else:
-            self._buf = data
-        self._pos = 0
+        self._buf, self._pos = data, 0
         return True
 
     def read(self, n: int, what: str) -> bytes:
-        while len(self._buf) - self._pos < n:
+        buf, pos = self._buf, self._pos
+        if len(buf) - pos >= n:
+            self._pos = pos + n
+            self.offset += n
+            return buf[pos : pos + n]
+        # Straddles chunks: gather only the bytes needed, never re-copy a whole chunk.
+        parts = [buf[pos:]]
+        got = len(buf) - pos
+        while got < n:
             if not self._more():
                 raise FormatError(
-                    f"NAR truncated at offset {self.offset + len(self._buf) - self._pos}: "
+                    f"NAR truncated at offset {self.offset + got}: "
                     f"expected {n} bytes of {what} starting at offset {self.offset}"
                 )
-        out = self._buf[self._pos : self._pos + n]
-        self._pos += n
+            take = min(n - got, len(self._buf))
+            parts.append(self._buf[:take])
+            self._pos = take
+            got += take
         self.offset += n
-        return out
+        return b"".join(parts)
 
     def chunks(self, n: int, what: str) -> Iterator[bytes | memoryview]:
         """Yield exactly ``n`` bytes in pieces without joining them."""
