@@ -22,21 +22,6 @@ fi
 # `debian:` source URLs resolve against.
 ls /var/lib/apt/lists/*_Packages >/dev/null 2>&1 || $SUDO apt-get update -qq
 
-# Debian's nix.conf says `sandbox = false`; the differential tests run Nix single-user as
-# root with its sandbox on and no substituters (as ../shared/anchors/nix/setup.sh does).
-if [ -w /etc/nix ] && ! grep -q '^experimental-features' /etc/nix/nix.conf 2>/dev/null; then
-  cat >/etc/nix/nix.conf <<'CONF'
-sandbox = true
-sandbox-fallback = false
-build-users-group = nixbld
-experimental-features = nix-command
-substituters =
-require-sigs = true
-max-jobs = auto
-cores = 1
-CONF
-fi
-
 PY=${PYTHON:-python3}
 if ! "$PY" -c 'import kiln.store, lark, nacl, zstandard, pytest' >/dev/null 2>&1 || [ "${KILN_REINSTALL:-}" = 1 ]; then
   echo "setup: pip install -e '.[test]'"

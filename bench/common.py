@@ -1,0 +1,85 @@
+"""Helpers shared by the benchmarks: timing subprocesses, medians, ratio tables.
+
+Benchmarks are scripts, not tests: each compares kiln with its anchor (Nix, bwrap,
+nginx, tar|zstd) side by side in one run on the same data and prints ratios. Every
+timed command runs in a fresh process, as a user would run it; kiln is invoked through
+its real console script next to the running interpreter (not a pyenv shim, which would
+add ~0.2 s of shell to every call), with byte-code compiled beforehand.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+KILN = str(Path(sys.executable).with_name("kiln"))
+NIX_CONFIG = "\n".join(
+    [
+        "sandbox = true",
+        "sandbox-fallback = false",
+        "build-users-group = nixbld",
+        "experimental-features = nix-command",
+        "substituters =",
+        "require-sigs = false",
+        "max-jobs = auto",
+        "cores = 1",
+    ]
+)
+
+
+def env(**extra: str) -> dict[str, str]:
+    e = dict(os.environ, NIX_CONFIG=NIX_CONFIG, **extra)
+    e.pop("PYTHONDONTWRITEBYTECODE", None)
+    return e
+
+
+def compile_kiln() -> None:
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "compileall",
+            "-q",
+            *(str(REPO / d) for d in ("cli", "store", "lang", "sandbox", "registry")),
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+
+
+def run(cmd: list[str] | str, environ: dict[str, str] | None = None, **kw) -> subprocess.CompletedProcess:
+    r = subprocess.run(
+        cmd, env=environ or env(), capture_output=True, text=True, shell=isinstance(cmd, str), **kw
+    )
+    if r.returncode != 0:
+        raise SystemExit(
+            f"benchmark command failed ({r.returncode}): {cmd}\n{r.stdout[-2000:]}\n{r.stderr[-4000:]}"
+        )
+    return r
+
+
+def timeit(fn: Callable[[], object], reps: int, pre: Callable[[], object] | None = None) -> list[float]:
+    """Wall-clock seconds of ``fn`` over ``reps`` runs; ``pre`` runs untimed before each."""
+    out = []
+    for _ in range(reps):
+        if pre:
+            pre()
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def med(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+def row(label: str, xs: list[float], per: int = 0) -> str:
+    extra = f"  {med(xs) * 1000 / per:8.2f} ms/item" if per else ""
+    return f"  {label:<58} median {med(xs):8.3f} s  min {min(xs):8.3f} s{extra}"
