@@ -156,6 +156,11 @@ class Builder:
     def _run_all(self, graph: Graph, todo: list[str]) -> list[str]:
         if not todo:
             return []
+        if self.opts.jobs <= 1:
+            # no threads: simpler tracebacks, and profilers see the builds
+            for i, p in enumerate(todo, 1):
+                self.build_one(p, graph.drvs[p], (i, len(todo)))
+            return list(todo)
         pending = {p: {i for i in graph.inputs_of(p) if i in todo} for p in todo}
         total, done_n = len(todo), 0
         done: list[str] = []
