@@ -21,10 +21,10 @@ HTTP transfers use urllib (redirects followed by its redirect handler), a socket
 URL after a dropped connection or timeout. A retry resumes with ``Range: bytes=N-`` when the
 server answers ``206`` with a matching ``Content-Range``; otherwise the partial file is
 discarded and the download starts over, so the hash always covers exactly the bytes kept.
+"Connection refused" and unknown hosts are not retried.
 
-NAR-hashed sources (``fetchgit``, recursive fetchurl) are mirrored as their NAR file
-under the same ``sha256/<hex>`` name, because the sha256 of a NAR *is* the recursive
-hash: ``fetch_tree_from_mirror`` / ``put_tree_in_mirror``.
+Mirror lists, layout and NAR-hashed trees in mirrors are in ``kiln.store.fetchmirror``;
+its public names are re-exported here.
 
 If every source fails, a content mismatch wins over transport errors: ``HashMismatch``
 (both hashes printed) is raised if any source delivered wrong bytes, else ``FetchError``
@@ -43,10 +43,17 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterable
 from pathlib import Path
 
 from .errors import HashMismatch, KilnError
+from .fetchmirror import (  # noqa: F401 - part of this module's API
+    copy_to_mirror,
+    fetch_tree_from_mirror,
+    mirror_location,
+    mirrors_from_env,
+    parse_mirror_list,
+    put_tree_in_mirror,
+)
 from .hashes import Hash
 
 CHUNK = 1 << 16
@@ -55,59 +62,6 @@ USER_AGENT = "kiln-fetch/0.1"
 
 class FetchError(KilnError):
     """No source could deliver the file."""
-
-
-class _Mismatch(Exception):
-    def __init__(self, got: str) -> None:
-        self.got = got
-
-
-# --- mirrors ---------------------------------------------------------------------------
-
-
-def parse_mirror_list(text: str) -> list[str]:
-    """Split a ``KILN_SOURCE_MIRRORS`` value. Whitespace always separates; a colon
-    separates too, except inside ``scheme://host:port``."""
-    out: list[str] = []
-    for word in text.split():
-        pieces = word.split(":")
-        i = 0
-        while i < len(pieces):
-            piece = pieces[i]
-            if (
-                re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*", piece)
-                and i + 1 < len(pieces)
-                and pieces[i + 1].startswith("//")
-            ):
-                piece = f"{piece}:{pieces[i + 1]}"
-                i += 1
-                # a port: "//host" followed by "8080/..." (only if the authority has none yet)
-                if (
-                    i + 1 < len(pieces)
-                    and re.match(r"^\d+(/|$)", pieces[i + 1])
-                    and "/" not in piece[piece.index("//") + 2 :]
-                ):
-                    piece = f"{piece}:{pieces[i + 1]}"
-                    i += 1
-            if piece:
-                out.append(piece)
-            i += 1
-    return out
-
-
-def mirrors_from_env(explicit: Iterable[str] = ()) -> list[str]:
-    """The explicit mirrors, then those in ``KILN_SOURCE_MIRRORS``, without duplicates."""
-    seen: list[str] = []
-    for m in [*explicit, *parse_mirror_list(os.environ.get("KILN_SOURCE_MIRRORS", ""))]:
-        m = str(m).rstrip("/") or "/"
-        if m not in seen:
-            seen.append(m)
-    return seen
-
-
-def mirror_location(mirror: str, expected: Hash) -> str:
-    """Where ``expected`` lives in ``mirror`` (a path or a URL)."""
-    return f"{mirror.rstrip('/')}/{expected.algo}/{expected.hex}"
 
 
 # --- URL expansion ---------------------------------------------------------------------
@@ -385,80 +339,3 @@ def fetch_git(
     from .fetchgit import fetch_git as _fetch_git
 
     _fetch_git(url, rev, dest)
-
-
-# --- NAR-hashed trees in a flat mirror -------------------------------------------------
-#
-# A recursive (NAR) hash is the sha256 of the tree's NAR serialisation, so a mirror can
-# hold such a source as the NAR *file* under sha256/<hex>: fetching it is an ordinary
-# verified flat fetch, followed by a restore.
-
-
-def fetch_tree_from_mirror(expected: Hash, dest: Path, *, mirrors: list[str], progress: bool = False) -> bool:
-    """Restore the tree whose NAR hash is ``expected`` from a hashed mirror to ``dest``.
-    Returns False (and leaves nothing at ``dest``) if no mirror has it."""
-    from . import nar_read
-
-    if not mirrors_from_env(mirrors):
-        return False
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name[:60]}.", suffix=".nar", dir=dest.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        try:
-            fetch_url([], expected, tmp, mirrors=mirrors, progress=progress)
-        except FetchError:
-            return False
-        with open(tmp, "rb") as f:
-            nar_read.restore(f, dest)
-        return True
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def put_tree_in_mirror(tree: Path, mirror_dir: Path, expected: Hash) -> None:
-    """Store the NAR of ``tree`` in a hashed mirror directory under ``expected``; raises
-    ``HashMismatch`` (storing nothing) if the tree's NAR hash differs."""
-    from . import nar
-
-    target_dir = Path(mirror_dir) / expected.algo
-    target_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=".in.", suffix=".nar", dir=target_dir)
-    try:
-        h = hashlib.new(expected.algo)
-        with os.fdopen(fd, "wb") as out:
-            for chunk in nar.dump(tree):
-                out.write(chunk)
-                h.update(chunk)
-            out.flush()
-            os.fsync(out.fileno())
-        got = Hash(expected.algo, h.digest())
-        if got != expected:
-            raise HashMismatch(str(tree), expected.to_hex(), got.to_hex())
-        os.chmod(tmp_name, 0o644)
-        os.replace(tmp_name, target_dir / expected.hex)
-    finally:
-        Path(tmp_name).unlink(missing_ok=True)
-
-
-def copy_to_mirror(src: Path, mirror_dir: Path, algo: str = "sha256") -> Hash:
-    """Copy a file into a hashed mirror directory (atomically) and return its hash."""
-    h = hashlib.new(algo)
-    target_dir = Path(mirror_dir) / algo
-    target_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=".in.", dir=target_dir)
-    try:
-        with os.fdopen(fd, "wb") as out, open(src, "rb") as f:
-            while chunk := f.read(CHUNK):
-                out.write(chunk)
-                h.update(chunk)
-            out.flush()
-            os.fsync(out.fileno())
-        digest = Hash(algo, h.digest())
-        os.chmod(tmp_name, 0o644)
-        os.replace(tmp_name, target_dir / digest.hex)
-        return digest
-    finally:
-        Path(tmp_name).unlink(missing_ok=True)

@@ -1,0 +1,143 @@
+"""Hashed source mirrors: where they come from, how they are laid out, trees inside them.
+
+A mirror is a directory, a ``file://`` URL or an ``http(s)`` URL holding files under
+``<mirror>/<algo>/<hex digest>`` (only ``sha256`` in practice). ``fetch_url`` tries the
+explicit mirrors, then those in ``KILN_SOURCE_MIRRORS``, before any URL.
+
+NAR-hashed sources (``fetchgit``, recursive fetchurl) live in the same flat layout: the
+file stored is the tree's NAR serialisation, and the sha256 of a NAR *is* the recursive
+hash, so fetching it is an ordinary verified flat fetch followed by a restore
+(``fetch_tree_from_mirror``); ``put_tree_in_mirror`` stores one after checking the hash.
+Writes into a mirror directory go through a temporary file and a rename, so a reader never
+sees a partial entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+from .errors import HashMismatch
+from .hashes import Hash
+
+CHUNK = 1 << 16
+
+
+def parse_mirror_list(text: str) -> list[str]:
+    """Split a ``KILN_SOURCE_MIRRORS`` value. Whitespace always separates; a colon
+    separates too, except inside ``scheme://host:port``."""
+    out: list[str] = []
+    for word in text.split():
+        pieces = word.split(":")
+        i = 0
+        while i < len(pieces):
+            piece = pieces[i]
+            if (
+                re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*", piece)
+                and i + 1 < len(pieces)
+                and pieces[i + 1].startswith("//")
+            ):
+                piece = f"{piece}:{pieces[i + 1]}"
+                i += 1
+                # a port: "//host" followed by "8080/..." (only if the authority has none yet)
+                if (
+                    i + 1 < len(pieces)
+                    and re.match(r"^\d+(/|$)", pieces[i + 1])
+                    and "/" not in piece[piece.index("//") + 2 :]
+                ):
+                    piece = f"{piece}:{pieces[i + 1]}"
+                    i += 1
+            if piece:
+                out.append(piece)
+            i += 1
+    return out
+
+
+def mirrors_from_env(explicit: Iterable[str] = ()) -> list[str]:
+    """The explicit mirrors, then those in ``KILN_SOURCE_MIRRORS``, without duplicates."""
+    seen: list[str] = []
+    for m in [*explicit, *parse_mirror_list(os.environ.get("KILN_SOURCE_MIRRORS", ""))]:
+        m = str(m).rstrip("/") or "/"
+        if m not in seen:
+            seen.append(m)
+    return seen
+
+
+def mirror_location(mirror: str, expected: Hash) -> str:
+    """Where ``expected`` lives in ``mirror`` (a path or a URL)."""
+    return f"{mirror.rstrip('/')}/{expected.algo}/{expected.hex}"
+
+
+def fetch_tree_from_mirror(expected: Hash, dest: Path, *, mirrors: list[str], progress: bool = False) -> bool:
+    """Restore the tree whose NAR hash is ``expected`` from a hashed mirror to ``dest``.
+    Returns False (and leaves nothing at ``dest``) if no mirror has it."""
+    from . import nar_read
+    from .fetch import FetchError, fetch_url
+
+    if not mirrors_from_env(mirrors):
+        return False
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name[:60]}.", suffix=".nar", dir=dest.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        try:
+            fetch_url([], expected, tmp, mirrors=mirrors, progress=progress)
+        except FetchError:
+            return False
+        with open(tmp, "rb") as f:
+            nar_read.restore(f, dest)
+        return True
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def put_tree_in_mirror(tree: Path, mirror_dir: Path, expected: Hash) -> None:
+    """Store the NAR of ``tree`` in a hashed mirror directory under ``expected``; raises
+    ``HashMismatch`` (storing nothing) if the tree's NAR hash differs."""
+    from . import nar
+
+    target_dir = Path(mirror_dir) / expected.algo
+    target_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=".in.", suffix=".nar", dir=target_dir)
+    try:
+        h = hashlib.new(expected.algo)
+        with os.fdopen(fd, "wb") as out:
+            for chunk in nar.dump(tree):
+                out.write(chunk)
+                h.update(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+        got = Hash(expected.algo, h.digest())
+        if got != expected:
+            raise HashMismatch(str(tree), expected.to_hex(), got.to_hex())
+        os.chmod(tmp_name, 0o644)
+        os.replace(tmp_name, target_dir / expected.hex)
+    finally:
+        Path(tmp_name).unlink(missing_ok=True)
+
+
+def copy_to_mirror(src: Path, mirror_dir: Path, algo: str = "sha256") -> Hash:
+    """Copy a file into a hashed mirror directory (atomically) and return its hash."""
+    h = hashlib.new(algo)
+    target_dir = Path(mirror_dir) / algo
+    target_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=".in.", dir=target_dir)
+    try:
+        with os.fdopen(fd, "wb") as out, open(src, "rb") as f:
+            while chunk := f.read(CHUNK):
+                out.write(chunk)
+                h.update(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+        digest = Hash(algo, h.digest())
+        os.chmod(tmp_name, 0o644)
+        os.replace(tmp_name, target_dir / digest.hex)
+        return digest
+    finally:
+        Path(tmp_name).unlink(missing_ok=True)
