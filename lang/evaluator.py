@@ -163,13 +163,12 @@ class Evaluator:
         self.loading.append((path, display, via))
         try:
             env = Env({}, self.builtins)
-            own: list[str] = []
             for b in tree.lets:
                 env.vars[b.name] = Thunk(b.expr, env, b.name)
-                own.append(b.name)
             for p in tree.packages:
                 env.vars[p.name] = PackageFn(p, env)
-                own.append(p.name)
+            # source order, lets and packages interleaved as written
+            own = [d.name for d in sorted([*tree.lets, *tree.packages], key=lambda d: d.pos)]
             for imp in tree.imports:
                 rel = os.path.normpath(os.path.join(os.path.dirname(display), imp.path))
                 target = os.path.normpath(os.path.join(os.path.dirname(path), imp.path))

@@ -1,0 +1,107 @@
+"""The evaluation cache: hits only for unchanged inputs, no parser on a hit, ≤ 10 % of
+a cold evaluation's time."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from lang_helpers import DATA
+
+from kiln.lang import evaluate_file
+
+
+def gen(n: int) -> str:
+    out = ['let s = "x"\n']
+    for i in range(n):
+        deps = ", ".join(f"p{d}" for d in sorted({i - 1, i // 2}) if i)
+        out.append(
+            f'package p{i} {{\n  version = "1.{i}"\n'
+            f'  src = fetchurl {{ url = "https://example.org/p{i}-${{version}}.tgz", '
+            f'sha256 = "{i:064x}" }}\n  deps = [{deps}]\n  build = "tar xf $src; echo ${{s}} > $out"\n}}\n'
+        )
+    return "".join(out)
+
+
+def test_hit_returns_the_same(features, tmp_path, hash_sources, monkeypatch):
+    monkeypatch.chdir(features)
+    cache = tmp_path / "cache"
+    cold = evaluate_file("source.recipe", add_source=hash_sources, cache_dir=cache)
+    warm = evaluate_file("source.recipe", add_source=hash_sources, cache_dir=cache)
+    assert not cold.from_cache and warm.from_cache
+    assert warm.drv_paths == cold.drv_paths
+    assert dict(warm.drvs) == dict(cold.drvs)
+    assert warm.sources == cold.sources
+    assert warm.packages == cold.packages
+    # a variant not in the cache falls back to a real evaluation
+    assert warm.select("local")[0] == cold.drv_paths["local"]
+
+
+def test_changes_invalidate(features, tmp_path, hash_sources, monkeypatch):
+    monkeypatch.chdir(features)
+    cache = tmp_path / "cache"
+    first = evaluate_file("import.recipe", cache_dir=cache)
+    lib = features / "lib" / "base.recipe"
+    lib.write_text(lib.read_text().replace('"0.9"', '"1.0"'))
+    second = evaluate_file("import.recipe", cache_dir=cache)
+    assert not second.from_cache and second.drv_paths != first.drv_paths
+    assert evaluate_file("import.recipe", cache_dir=cache).from_cache
+    # a local source's content
+    evaluate_file("source.recipe", add_source=hash_sources, cache_dir=cache)
+    assert evaluate_file("source.recipe", add_source=hash_sources, cache_dir=cache).from_cache
+    (features / "srcdir" / "main.c").write_text("int main(){return 1;}\n")
+    again = evaluate_file("source.recipe", add_source=hash_sources, cache_dir=cache)
+    assert not again.from_cache
+    # another store dir is another entry
+    assert not evaluate_file("import.recipe", store_dir="/other/store", cache_dir=cache).from_cache
+
+
+def test_corrupt_entry_is_a_miss(features, tmp_path, monkeypatch):
+    monkeypatch.chdir(features)
+    cache = tmp_path / "cache"
+    evaluate_file("values.recipe", cache_dir=cache)
+    for f in cache.iterdir():
+        f.write_bytes(b"garbage")
+    ev = evaluate_file("values.recipe", cache_dir=cache)
+    assert not ev.from_cache and "values" in ev.drv_paths
+
+
+def test_hit_does_not_import_the_parser(tmp_path):
+    (tmp_path / "set.recipe").write_text(gen(20))
+    code = (
+        "import sys; from kiln.lang import evaluate_file;"
+        f"ev = evaluate_file('set.recipe', cache_dir={str(tmp_path / 'c')!r});"
+        "print(ev.from_cache, 'lark' in sys.modules, 'kiln.lang.parser' in sys.modules)"
+    )
+    run = lambda: subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True
+    )  # noqa: E731
+    assert run().stdout.split() == ["False", "True", "True"]
+    assert run().stdout.split() == ["True", "False", "False"]
+
+
+def test_cached_is_at_most_a_tenth(tmp_path):
+    (tmp_path / "set.recipe").write_text(gen(600))
+    cache = tmp_path / "c"
+    t0 = time.process_time()
+    cold = evaluate_file(tmp_path / "set.recipe", cache_dir=cache)
+    t1 = time.process_time()
+    warm = evaluate_file(tmp_path / "set.recipe", cache_dir=cache)
+    t2 = time.process_time()
+    assert warm.from_cache and warm.drv_paths == cold.drv_paths
+    assert (t2 - t1) <= 0.10 * (t1 - t0), (t1 - t0, t2 - t1)
+
+
+def test_cache_file_is_replaced_atomically(tmp_path):
+    (tmp_path / "set.recipe").write_text(gen(3))
+    cache = tmp_path / "c"
+    evaluate_file(tmp_path / "set.recipe", cache_dir=cache)
+    names = os.listdir(cache)
+    assert len(names) == 1 and names[0].endswith(".eval")  # no temp files left behind
+
+
+def test_data_dir(tmp_path):
+    assert Path(DATA).is_dir()

@@ -1,0 +1,99 @@
+"""kiln eval / show-derivation / path / graph, run as the user runs them."""
+
+from __future__ import annotations
+
+import json
+
+from lang_helpers import run_kiln
+
+from kiln.lang import evaluate_file
+from kiln.store.derivation import parse
+
+
+def test_eval_text_and_json(features, tmp_path, monkeypatch):
+    monkeypatch.chdir(features)
+    ev = evaluate_file("variants.recipe")
+    r = run_kiln(["eval", "variants.recipe"], cwd=features, home=tmp_path)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert [ln.split()[0] for ln in lines] == ["lib", "app", "static_lib"]
+    assert lines[0].split()[1:] == [ev.drv_paths["lib"], "->", ev.packages["lib"].output_path()]
+    j = run_kiln(["eval", "variants.recipe", "--json"], cwd=features, home=tmp_path)
+    data = json.loads(j.stdout)
+    assert data["app"] == {
+        "name": "app",
+        "drvPath": ev.drv_paths["app"],
+        "outPath": ev.packages["app"].output_path(),
+    }
+    one = run_kiln(["eval", "variants.recipe", "lib(static = true)", "--json"], cwd=features, home=tmp_path)
+    assert json.loads(one.stdout)["lib(static = true)"]["drvPath"] == ev.drv_paths["static_lib"]
+
+
+def test_path(features, tmp_path, monkeypatch, hash_sources):
+    monkeypatch.chdir(features)
+    ev = evaluate_file("source.recipe", add_source=hash_sources)
+    r = run_kiln(["path", "source.recipe", "local"], cwd=features, home=tmp_path)
+    assert r.returncode == 0, r.stderr
+    # the CLI adds the source to the local store; the path is the one computed without it
+    assert r.stdout.strip() == ev.packages["local"].output_path()
+    assert (tmp_path / "kiln" / "store").is_dir() or any(tmp_path.iterdir())
+
+
+def test_show_derivation(features, tmp_path):
+    r = run_kiln(["show-derivation", "context.recipe", "user"], cwd=features, home=tmp_path)
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    ((path, d),) = data.items()
+    assert path.endswith("-user.drv")
+    assert d["builder"] == "/bin/bash" and d["args"][:3] == ["-euo", "pipefail", "-c"]
+    assert d["env"]["out"] == d["outputs"]["out"]["path"]
+    assert len(d["inputDrvs"]) == 2 and d["system"] == "x86_64-linux"
+    rec = run_kiln(["show-derivation", "-r", "context.recipe", "user"], cwd=features, home=tmp_path)
+    assert len(json.loads(rec.stdout)) == 3
+    fod = json.loads(run_kiln(["show-derivation", "fetch.recipe", "hex"], cwd=features, home=tmp_path).stdout)
+    ((_, f),) = fod.items()
+    assert f["outputs"]["out"]["hashAlgo"] == "sha256" and len(f["outputs"]["out"]["hash"]) == 64
+    aterm = run_kiln(["show-derivation", "--aterm", "context.recipe", "user"], cwd=features, home=tmp_path)
+    drv = parse(aterm.stdout.strip(), "user")
+    assert drv.env_map["name"] == "user"
+    (tmp_path / "x-user.drv").write_text(aterm.stdout.strip())
+    again = run_kiln(["show-derivation", str(tmp_path / "x-user.drv")], cwd=features, home=tmp_path)
+    assert list(json.loads(again.stdout).values()) == [d]
+
+
+def test_write_then_show_by_store_path(features, tmp_path):
+    w = run_kiln(["eval", "--write", "context.recipe", "user"], cwd=features, home=tmp_path)
+    assert w.returncode == 0, w.stderr
+    drv = w.stdout.split()[1]
+    r = run_kiln(["show-derivation", drv], cwd=features, home=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert list(json.loads(r.stdout)) == [drv]
+
+
+def test_graph(features, tmp_path):
+    r = run_kiln(["graph", "rootfs.recipe", "uses_toolchain"], cwd=features, home=tmp_path)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("uses_toolchain  /kiln/store/")
+    assert lines[1].startswith("└── toolchain  ")
+    assert any("bash_5.2.15-2+b13_amd64.deb" in ln for ln in lines[2:])
+    dot = run_kiln(["graph", "--dot", "rootfs.recipe", "uses_toolchain"], cwd=features, home=tmp_path)
+    assert dot.stdout.startswith("digraph kiln {") and dot.stdout.count("->") == 3
+    shared = run_kiln(["graph", "variants.recipe", "app"], cwd=features, home=tmp_path)
+    assert shared.returncode == 0
+
+
+def test_cli_cache_is_used(features, tmp_path):
+    a = run_kiln(["eval", "values.recipe"], cwd=features, home=tmp_path)
+    assert (tmp_path / "eval-cache").is_dir()
+    b = run_kiln(["eval", "values.recipe"], cwd=features, home=tmp_path)
+    assert a.stdout == b.stdout
+
+
+def test_usage_errors(features, tmp_path):
+    r = run_kiln(["path", "values.recipe", "nope"], cwd=features, home=tmp_path)
+    assert r.returncode == 1 and "unknown name 'nope'" in r.stderr and "Traceback" not in r.stderr
+    r = run_kiln(["path", "values.recipe", "rec"], cwd=features, home=tmp_path)
+    assert r.returncode == 1 and "is a record, not a package" in r.stderr
+    r = run_kiln(["eval", "missing.recipe"], cwd=features, home=tmp_path)
+    assert r.returncode == 1 and "does not exist" in r.stderr
