@@ -213,6 +213,22 @@ class BwrapExecutor(Executor):
         self._live: set[subprocess.Popen[bytes]] = set()
         self._live_lock = threading.Lock()
 
+    def isolation(self) -> dict[str, object]:
+        """The sandbox settings every build gets, for provenance (see module docstring)."""
+        return {
+            "executor": "bubblewrap",
+            "version": self.version.removeprefix("bubblewrap "),
+            "namespaces": ["user", "mount", "pid", "ipc", "uts", "net", "cgroup"],
+            "nestedUserNamespaces": False,
+            "capabilities": [],
+            "seccomp": "no-setuid-setgid",
+            "rootReadOnly": True,
+            "uid": 1000,
+            "gid": 1000,
+            "hostname": "localhost",
+            "umask": "022",
+        }
+
     def cancel_all(self) -> None:
         """Kill every build this executor is running (from any thread); each ``run``
         then returns a Result with reason 'killed'. Safe to call from a signal handler's

@@ -81,6 +81,10 @@ class Executor(abc.ABC):
     def run(self, spec: SandboxSpec, log: BinaryIO, *, on_output: OutputCallback | None = None) -> Result:
         """Run ``spec`` to completion (or until a limit), streaming its output to ``log``."""
 
+    def isolation(self) -> dict[str, object]:
+        """What this executor isolates, for provenance records (JSON-serialisable)."""
+        return {"executor": type(self).__name__}
+
     @abc.abstractmethod
     def cancel_all(self) -> None:
         """Kill every run in progress (e.g. on Ctrl-C while worker threads run builds);

@@ -112,3 +112,12 @@ def test_argv_shape(tmp_path: Path) -> None:
         assert frag in s, frag
     assert "--share-net" not in a
     assert "/lib64" not in a  # absent rootfs dirs are not mounted
+
+
+def test_isolation_settings_for_provenance(executor: BwrapExecutor) -> None:
+    import json
+
+    iso = executor.isolation()
+    assert iso["executor"] == "bubblewrap" and iso["version"] == executor.version.split()[1]
+    assert "net" in iso["namespaces"] and iso["seccomp"] == "no-setuid-setgid"
+    json.dumps(iso)
