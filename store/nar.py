@@ -28,23 +28,26 @@ file contents are never copied after the read.
 ``hash_path`` runs ``dump`` in a reader thread and hashes in the calling thread; file
 reads and ``hashlib`` both release the GIL, so on two cores reading and hashing overlap.
 
-The reading side (``restore``, ``entries``, ``cat``, ``ls``) lives in ``nar_read`` and is
-re-exported here, so ``kiln.store.nar`` is the one module callers import.
+The parser and ``restore`` live in ``nar_read`` and are re-exported here; the read-only
+queries over a NAR stream (``cat``, ``ls``, ``listing``) are at the end of this module.
+``kiln.store.nar`` is the one module callers import.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import queue
 import stat
 import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from typing import BinaryIO
 
-from .errors import FormatError
+from .errors import FormatError, KilnError
 from .hashes import Hash
-from .nar_read import NarEntry, NarPathError, cat, entries, ls, restore
+from .nar_read import NarEntry, _Input, _parse, entries, restore
 
 __all__ = [
     "MAGIC",
@@ -55,6 +58,8 @@ __all__ = [
     "dump_bytes",
     "entries",
     "hash_path",
+    "listing",
+    "listing_json",
     "ls",
     "restore",
 ]
@@ -177,6 +182,95 @@ def dump(path: str | os.PathLike, chunk_size: int = 1 << 20) -> Iterator[bytes]:
 def dump_bytes(path: str | os.PathLike) -> bytes:
     """The whole NAR of ``path`` as one ``bytes`` (for small trees and tests)."""
     return b"".join(dump(path))
+
+
+# ---------------------------------------------------------------------------- queries
+
+
+class NarPathError(KilnError):
+    """A path asked for inside a NAR (``cat``/``ls``) does not exist or has the wrong type."""
+
+
+def _split(subpath: str) -> str:
+    parts = [p for p in subpath.split("/") if p]
+    if any(p in (".", "..") for p in parts):
+        raise NarPathError(f"path {subpath!r} inside a NAR must not contain '.' or '..'")
+    return "/".join(parts)
+
+
+def cat(src: BinaryIO | Iterable[bytes], subpath: str) -> bytes:
+    """Contents of the regular file at ``subpath`` (the whole archive is validated)."""
+    want = _split(subpath)
+    inp = _Input(src)
+    found: NarEntry | None = None
+    data = b""
+    for e in _parse(inp):
+        if e.path == want:
+            found = e
+            if e.contents_offset is not None:
+                data = b"".join(bytes(c) for c in inp.chunks(e.size, f"contents of {e.path!r}"))
+    if found is None:
+        raise NarPathError(f"{subpath!r} does not exist in the NAR")
+    if found.type == "symlink":
+        raise NarPathError(f"{subpath!r} is a symlink to {found.target!r}, not a file")
+    if found.type == "directory":
+        raise NarPathError(f"{subpath!r} is a directory, not a file")
+    return data
+
+
+def ls(src: BinaryIO | Iterable[bytes], subpath: str = "", recursive: bool = False) -> list[NarEntry]:
+    """The entries under directory ``subpath`` (children only unless ``recursive``), or
+    ``[entry]`` when ``subpath`` is not a directory. The whole archive is validated."""
+    want = _split(subpath)
+    prefix = want + "/" if want else ""
+    found: NarEntry | None = None
+    out: list[NarEntry] = []
+    for e in entries(src):
+        if e.path == want:
+            found = e
+        elif e.path.startswith(prefix) and (recursive or "/" not in e.path[len(prefix) :]):
+            out.append(e)
+    if found is None:
+        raise NarPathError(f"{subpath!r} does not exist in the NAR")
+    return out if found.type == "directory" else [found]
+
+
+def listing(src: BinaryIO | Iterable[bytes]) -> dict:
+    """The NAR's tree as Nix's JSON listing (``nix nar ls --json -R``; the ``root`` of a
+    binary cache's ``<hash>.ls`` file): regular files carry ``size``, ``executable``
+    (only when true) and ``narOffset``, symlinks ``target``, directories ``entries``.
+    The whole archive is validated."""
+    root: dict | None = None
+    dirs: dict[str, dict] = {}
+    for e in entries(src):
+        if e.type == "directory":
+            node: dict = {"type": "directory", "entries": {}}
+            dirs[e.path] = node["entries"]
+        elif e.type == "symlink":
+            node = {"type": "symlink", "target": e.target}
+        else:
+            node = {"type": "regular", "size": e.size}
+            if e.type == "executable":
+                node["executable"] = True
+            node["narOffset"] = e.contents_offset
+        if e.path:
+            parent, _, name = e.path.rpartition("/")
+            dirs[parent][name] = node
+        else:
+            root = node
+    assert root is not None  # a valid NAR always has a root node
+    return root
+
+
+def listing_json(src: BinaryIO | Iterable[bytes]) -> bytes:
+    """The contents of a binary cache ``.ls`` file, byte-identical to what
+    ``nix copy --to 'file://...?write-nar-listing=true'`` writes: compact JSON, UTF-8
+    names unescaped, and names that are not UTF-8 written as their raw bytes, as Nix does."""
+    text = json.dumps({"version": 1, "root": listing(src)}, ensure_ascii=False, separators=(",", ":"))
+    return text.encode("utf-8", "surrogateescape")
+
+
+# ---------------------------------------------------------------------------- hashing
 
 
 _STOP = object()

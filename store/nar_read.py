@@ -1,7 +1,10 @@
-"""NAR reading: one validating streaming parser behind ``entries``, ``restore``, ``cat``, ``ls``.
+"""NAR reading: one validating streaming parser behind ``entries``, ``restore``, ``cat``, ``ls``, ``listing``.
 
 Theory of operation
 -------------------
+This module holds the parser and ``restore``; the read-only queries built on the same
+parser (``cat``, ``ls``, ``listing``) are in ``nar.py``.
+
 ``_Input`` turns a binary file or an iterable of byte chunks into exact reads with a
 running byte ``offset``. ``_parse`` is a state machine over NAR strings (grammar in
 ``nar.py`` and docs/formats.md) with two states, "at a node" and "inside the directory on
@@ -31,7 +34,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from .errors import FormatError, KilnError
+from .errors import FormatError
 
 MAGIC = b"nix-archive-1"
 #: Longest tag, name or symlink target accepted (Linux PATH_MAX).
@@ -40,10 +43,6 @@ MAX_TOKEN = 4096
 MAX_CONTENTS = 1 << 48
 _unpack_u64 = struct.Struct("<Q").unpack
 _READ = 1 << 20
-
-
-class NarPathError(KilnError):
-    """A path asked for inside a NAR (``cat``/``ls``) does not exist or has the wrong type."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,50 +289,6 @@ def entries(src: BinaryIO | Iterable[bytes]) -> Iterator[NarEntry]:
     siblings sorted). The iterator raises ``FormatError`` where the input goes bad, so
     a consumer has seen only a valid prefix."""
     return _parse(_Input(src))
-
-
-def _split(subpath: str) -> str:
-    parts = [p for p in subpath.split("/") if p]
-    if any(p in (".", "..") for p in parts):
-        raise NarPathError(f"path {subpath!r} inside a NAR must not contain '.' or '..'")
-    return "/".join(parts)
-
-
-def cat(src: BinaryIO | Iterable[bytes], subpath: str) -> bytes:
-    """Contents of the regular file at ``subpath`` (the whole archive is validated)."""
-    want = _split(subpath)
-    inp = _Input(src)
-    found: NarEntry | None = None
-    data = b""
-    for e in _parse(inp):
-        if e.path == want:
-            found = e
-            if e.contents_offset is not None:
-                data = b"".join(bytes(c) for c in inp.chunks(e.size, f"contents of {e.path!r}"))
-    if found is None:
-        raise NarPathError(f"{subpath!r} does not exist in the NAR")
-    if found.type == "symlink":
-        raise NarPathError(f"{subpath!r} is a symlink to {found.target!r}, not a file")
-    if found.type == "directory":
-        raise NarPathError(f"{subpath!r} is a directory, not a file")
-    return data
-
-
-def ls(src: BinaryIO | Iterable[bytes], subpath: str = "", recursive: bool = False) -> list[NarEntry]:
-    """The entries under directory ``subpath`` (children only unless ``recursive``), or
-    ``[entry]`` when ``subpath`` is not a directory. The whole archive is validated."""
-    want = _split(subpath)
-    prefix = want + "/" if want else ""
-    found: NarEntry | None = None
-    out: list[NarEntry] = []
-    for e in entries(src):
-        if e.path == want:
-            found = e
-        elif e.path.startswith(prefix) and (recursive or "/" not in e.path[len(prefix) :]):
-            out.append(e)
-    if found is None:
-        raise NarPathError(f"{subpath!r} does not exist in the NAR")
-    return out if found.type == "directory" else [found]
 
 
 def _write_all(fd: int, data: bytes | memoryview) -> None:

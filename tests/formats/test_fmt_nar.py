@@ -210,6 +210,40 @@ def test_cat_and_ls(corpus: dict[str, Path]) -> None:
     assert [e.path for e in narmod.ls([single])] == [""]
 
 
+def test_listing(tmp_path: Path) -> None:
+    data = (GOLDEN / "small.nar").read_bytes()
+    tree = narmod.listing([data])
+    es = {e.path: e for e in narmod.entries([data])}
+    assert tree["type"] == "directory" and list(tree["entries"]) == [
+        "empty",
+        "hello.txt",
+        "link",
+        "nothing",
+        "run",
+        "sub",
+    ]
+    assert tree["entries"]["run"] == {
+        "type": "regular",
+        "size": 17,
+        "executable": True,
+        "narOffset": es["run"].contents_offset,
+    }
+    assert tree["entries"]["hello.txt"] == {
+        "type": "regular",
+        "size": 6,
+        "narOffset": es["hello.txt"].contents_offset,
+    }
+    assert tree["entries"]["link"] == {"type": "symlink", "target": "hello.txt"}
+    assert tree["entries"]["nothing"] == {"type": "directory", "entries": {}}
+    assert list(tree["entries"]["sub"]["entries"]) == ["B", "a"]
+    assert narmod.listing_json([data]).startswith(
+        b'{"version":1,"root":{"type":"directory","entries":{"empty":'
+    )
+    assert narmod.listing([narmod.dump_bytes(make_small(tmp_path / "s") / "run")])["executable"] is True
+    with pytest.raises(FormatError, match="trailing data"):
+        narmod.listing([data + b"x"])
+
+
 def test_cat_validates_whole_archive(corpus: dict[str, Path]) -> None:
     data = narmod.dump_bytes(corpus["mixed"]) + b"junk"
     with pytest.raises(FormatError, match="trailing data"):

@@ -141,3 +141,14 @@ def test_restore_from_a_pipe(corpus: dict[str, Path], tmp_path: Path) -> None:
     subprocess.run([sys.executable, "-c", code, str(tmp_path / "out")], stdin=dump.stdout, check=True)
     assert dump.wait() == 0
     assert narmod.dump_bytes(tmp_path / "out") == run("nix-store", "--dump", corpus["large"])
+
+
+@pytest.mark.parametrize("name", ["mixed", "many-files", "exec-file", "root-symlink", "empty-dir"])
+def test_listing_matches_nix(corpus: dict[str, Path], tmp_path: Path, name: str) -> None:
+    """``listing_json`` equals the ``.ls`` file ``nix copy ...?write-nar-listing=true``
+    writes, byte for byte (narOffset included)."""
+    p = run("nix-store", "--add", corpus[name]).decode().strip()
+    nix("copy", "--to", f"file://{tmp_path}/c?compression=none&write-nar-listing=true", p)
+    want = (tmp_path / "c" / f"{Path(p).name[:32]}.ls").read_bytes()
+    got = narmod.listing_json([narmod.dump_bytes(corpus[name])])
+    assert got == want
