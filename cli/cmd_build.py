@@ -85,10 +85,19 @@ def _build(store, ev, targets, args) -> int:
     # raises SandboxUnavailable (with the reason) if bwrap is missing or cannot sandbox
     executor = BwrapExecutor(os.environ.get("KILN_BWRAP") or None)
     cores = args.cores or os.cpu_count() or 1
-    key = load_sign_key(store, args.sign_key, create=True)
-    hook = ProvenanceHook(
-        store, key, os.path.relpath(recipe) if recipe else "", {t.drv_path: t.attr for t in targets}, commit, dirty, cores
-    )
+    # --check only compares, so it does not need (or create) a signing key
+    key = load_sign_key(store, args.sign_key, create=not args.check)
+    hook = None
+    if key is not None:
+        hook = ProvenanceHook(
+            store,
+            key,
+            os.path.relpath(recipe) if recipe else "",
+            {t.drv_path: t.attr for t in targets},
+            commit,
+            dirty,
+            cores,
+        )
     sub = make_substituter(args.substituter, args.trusted_key, args.sigs_needed)
     opts = BuildOptions(
         jobs=args.jobs,
