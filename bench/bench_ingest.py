@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -36,18 +37,32 @@ def sh(cmd: str, check: bool = True) -> str:
     return subprocess.run(cmd, shell=True, check=check, capture_output=True, text=True).stdout
 
 
+CPU: dict[int, list[float]] = {}
+
+
+def _children_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
 def timed(cmd: str, pre: str | None, reps: int) -> list[float]:
-    out = []
+    """Wall times of ``reps`` runs; the CPU seconds (user+sys, all threads and child
+    processes) of each run are kept in ``CPU[id(result)]``."""
+    out: list[float] = []
+    cpu: list[float] = []
     for _ in range(reps):
         if pre:
             sh(pre)
         sh("sync")
+        c = _children_cpu()
         t = time.perf_counter()
         r = subprocess.run(cmd, shell=True, capture_output=True, text=True)
         dt = time.perf_counter() - t
+        cpu.append(_children_cpu() - c)
         if r.returncode != 0:
             raise SystemExit(f"benchmark command failed ({r.returncode}): {cmd}\n{r.stderr}")
         out.append(dt)
+    CPU[id(out)] = cpu
     return out
 
 
@@ -57,9 +72,10 @@ def tree_bytes(p: Path) -> int:
 
 def row(name: str, times: list[float], nbytes: int) -> float:
     med = statistics.median(times)
+    cpu = statistics.median(CPU.get(id(times), [0.0]))
     print(
-        f"{name:<44} min {min(times):6.3f} s  median {med:6.3f} s  {nbytes / med / 2**20:7.1f} MiB/s"
-        f"   reps {' '.join(f'{t:.3f}' for t in times)}",
+        f"{name:<42} min {min(times):6.3f} s  median {med:6.3f} s  {nbytes / med / 2**20:6.1f} MiB/s"
+        f"  cpu {cpu:5.2f} s   reps {' '.join(f'{t:.3f}' for t in times)}",
         flush=True,
     )
     return med
@@ -80,7 +96,9 @@ def main() -> int:
     sh(f"cat {TREE}/*/* > /dev/null")
     kiln = shutil.which("kiln") or "kiln"
     store = BENCH / "kiln-store"
-    print(f"# tree {TREE}: {nbytes} bytes; {os.cpu_count()} cpus; reps {args.reps}")
+    print(
+        f"# tree {TREE}: {nbytes} bytes; {os.cpu_count()} cpus; reps {args.reps}; load {os.getloadavg()[0]:.2f}"
+    )
 
     res: dict[str, float] = {}
     res["kiln"] = row(
@@ -111,19 +129,30 @@ def main() -> int:
         cache = BENCH / "nixcache"
         res["nix-copy"] = row(
             "nix copy --to file://...?compression=zstd",
-            timed(f"nix --extra-experimental-features nix-command copy --to 'file://{cache}?compression=zstd' {p}", f"rm -rf {cache}", args.reps),
+            timed(
+                f"nix --extra-experimental-features nix-command copy --to 'file://{cache}?compression=zstd' {p}",
+                f"rm -rf {cache}",
+                args.reps,
+            ),
             nbytes,
         )
         sh(f"rm -rf {cache}; nix-store --delete {p}", check=False)
 
+    print(
+        f"# load average at the end: {os.getloadavg()[0]:.2f} (figures are only comparable on an idle machine)"
+    )
     print()
     k = res["kiln"]
     if "nix-add" in res:
         r = k / res["nix-add"]
-        print(f"kiln / nix-store --add time        {r:5.2f}   (target <= 1.00) {'ok' if r <= 1 else 'MISSED'}")
+        print(
+            f"kiln / nix-store --add time        {r:5.2f}   (target <= 1.00) {'ok' if r <= 1 else 'MISSED'}"
+        )
     if "nix-copy" in res:
         r = k / res["nix-copy"]
-        print(f"kiln / nix copy zstd time          {r:5.2f}   (target <= 0.50) {'ok' if r <= 0.5 else 'MISSED'}")
+        print(
+            f"kiln / nix copy zstd time          {r:5.2f}   (target <= 0.50) {'ok' if r <= 0.5 else 'MISSED'}"
+        )
     r = res["tar"] / k
     print(f"kiln / tar|zstd throughput         {r:5.2f}   (target >= 0.70) {'ok' if r >= 0.7 else 'MISSED'}")
     obj = next((store / "objects").rglob("*.nar.zst"), None)

@@ -3,10 +3,10 @@
 
 ``DirSource`` wraps a ``Storage``. Published narinfos are immutable (conflicts are
 refused), so their bytes are cached in memory after the first read; misses are never
-cached (a push must become visible at once). Uploaded NARs are recorded with the digests
-computed while they streamed in (``.kiln/nars/<hex>``) so admitting a narinfo later does
-not re-read the NAR; a NAR that arrived some other way (a mirror, ``nix copy``) is
-re-hashed once on demand.
+cached (a push must become visible at once). The digests computed while a NAR streamed
+in are remembered (in memory; on disk in ``.kiln/nars/<hex>`` for large NARs) so
+admitting its narinfo does not re-read a large NAR; a small NAR, or one that arrived
+some other way (a mirror, ``nix copy``), is re-hashed on demand.
 
 ``StoreSource`` renders narinfos from the store's database: ``URL`` is
 ``nar/<nix32 FileHash>.nar.zst`` and the NAR bytes are the store's object file itself
@@ -33,6 +33,8 @@ from .storage import FileStorage, Storage, open_storage
 from .verify import Digests, NarVerifier
 
 CACHE_MAX = 200_000
+#: objects at least this large get an on-disk digest record (re-hashing them is costly)
+RECORD_MIN = 1 << 20
 
 
 class Source:
@@ -82,6 +84,7 @@ class DirSource(Source):
                 raise KilnError(f"registry {directory} has StoreDir {self.store_dir}, not {store_dir}")
         self._info = self.storage.read(layout.CACHE_INFO) or b""
         self._cache: dict[str, bytes] = {}
+        self._digests: dict[str, Digests] = {}
         self._lock = threading.Lock()
 
     def cache_info(self) -> bytes:
@@ -110,12 +113,24 @@ class DirSource(Source):
 
     # -------------------------------------------------------- write side
 
-    def commit_object(self, tmp: BinaryIO, got: Digests) -> None:
-        """Publish a verified staged NAR under ``nar/`` and ``blobs/`` and record its digests."""
-        self.storage.put_bytes(f".kiln/nars/{got.file_hash.hex}", _digests_record(got))
-        self.storage.commit_staged(tmp, [layout.blob_key(got.file_hash), layout.nar_key(got.file_hash)])
+    def commit_object(self, tmp: BinaryIO, got: Digests, durable: bool | None = None) -> None:
+        """Publish a verified staged NAR under ``nar/`` and ``blobs/`` and remember its
+        digests: in memory, and for large objects also in ``.kiln/nars/<hex>`` so
+        admitting the narinfo later (maybe in another worker) need not re-read it. The
+        record is a cache (recomputed if lost or torn), so it is never fsynced."""
+        if got.file_size >= RECORD_MIN:
+            self.storage.put_bytes(f".kiln/nars/{got.file_hash.hex}", _digests_record(got), durable=False)
+        self.storage.commit_staged(
+            tmp, [layout.blob_key(got.file_hash), layout.nar_key(got.file_hash)], durable
+        )
+        if len(self._digests) >= CACHE_MAX:
+            self._digests.clear()
+        self._digests[got.file_hash.hex] = got
 
     def object_digests(self, file_hash: Hash) -> Digests | None:
+        known = self._digests.get(file_hash.hex)
+        if known is not None:
+            return known
         rec = self.storage.read(f".kiln/nars/{file_hash.hex}")
         if rec is not None:
             d = json.loads(rec)
@@ -130,8 +145,8 @@ class DirSource(Source):
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 ver.update(chunk)
         got = ver.finish()
-        if got.file_hash.digest == file_hash.digest:
-            self.storage.put_bytes(f".kiln/nars/{file_hash.hex}", _digests_record(got))
+        if got.file_hash.digest == file_hash.digest and got.file_size >= RECORD_MIN:
+            self.storage.put_bytes(f".kiln/nars/{file_hash.hex}", _digests_record(got), durable=False)
         return got
 
     def publish_narinfo(self, hash_part: str, info: ni.NarInfo, body: bytes) -> tuple[int, str]:

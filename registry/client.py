@@ -25,6 +25,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 import aiohttp
+
 from kiln.store.errors import KilnError
 from kiln.store.hashes import Hash
 

@@ -71,7 +71,7 @@ async def _fetch_blob(client: Client, dst: DirSource, info, sem: asyncio.Semapho
                 raise KilnError(f"{info.path}: source has no {info.url}")
             got = ver.finish()
             expect(info.path, got, info.file_hash, info.file_size, info.nar_hash, info.nar_size)
-            dst.commit_object(f, got)
+            dst.commit_object(f, got, durable=False)  # one barrier for all blobs, below
         return got.file_size
 
 
@@ -139,12 +139,17 @@ async def sync_async(
             raise MirrorError(
                 f"mirror sync from {src_url} failed for {len(failed)} path(s); the mirror keeps its previous index:\n{lines}{more}"
             )
+        # Durability in three barriers instead of an fsync per file: blobs, then the
+        # narinfos that point at them, then the index that lists them.
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, dst.storage.barrier)
         for h in infos:
-            dst.storage.put_bytes(layout.narinfo_key(h), texts[h].encode())
+            dst.storage.put_bytes(layout.narinfo_key(h), texts[h].encode(), durable=False)
             dst._cache.pop(h, None)  # noqa: SLF001
+        await loop.run_in_executor(None, dst.storage.barrier)
         for key, data in vi.files:
             if dst.storage.read(key) != data:
-                dst.storage.put_bytes(key, data)
+                dst.storage.put_bytes(key, data, durable=key == "index/timestamp.json")
         dst.storage.put_bytes(STATE_KEY, state.to_json())
         return SyncReport(
             vi.index["version"], vi.timestamp["version"], len(paths), len(infos), len(need), fetched_bytes

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import hdrs, web
+
 from kiln.store.errors import KilnError
 from kiln.store.hashes import Hash
 from kiln.store.signing import PublicKey, SecretKey
@@ -241,7 +242,8 @@ class Registry:
                     raise _HTTPError(
                         400, f"uploaded bytes hash to sha256:{got.file_hash.hex}, not to the name /{key}"
                     )
-                src.commit_object(f, got)
+                # fsync and link on a worker thread: the event loop never waits on the disk
+                await asyncio.get_running_loop().run_in_executor(None, src.commit_object, f, got)
             return _text(201, "stored")
         if kind == "narinfo":
             self._check_length(request, self.config.max_narinfo)

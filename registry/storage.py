@@ -57,7 +57,9 @@ class Storage(ABC):
         return self.size(key) is not None
 
     @abstractmethod
-    def writer(self, key: str, *, exclusive: bool = False) -> contextlib.AbstractContextManager[BinaryIO]:
+    def writer(
+        self, key: str, *, exclusive: bool = False, durable: bool | None = None
+    ) -> contextlib.AbstractContextManager[BinaryIO]:
         """Context manager yielding a writable file; the object appears atomically on
         clean exit. With ``exclusive`` an existing object is left alone and
         ``FileExistsError`` is raised at exit."""
@@ -68,15 +70,18 @@ class Storage(ABC):
         named by their digest). Pair with ``commit_staged``; discarded on exit."""
 
     @abstractmethod
-    def commit_staged(self, tmp: BinaryIO, keys: list[str]) -> None:
+    def commit_staged(self, tmp: BinaryIO, keys: list[str], durable: bool | None = None) -> None:
         """Publish a staged temp file under every key in ``keys`` (content-addressed,
         so an existing key is kept as is)."""
 
-    def put_bytes(self, key: str, data: bytes, *, exclusive: bool = False) -> bool:
+    def put_bytes(
+        self, key: str, data: bytes, *, exclusive: bool = False, durable: bool | None = None
+    ) -> bool:
         """Write ``data`` atomically. Returns False (and changes nothing) when
-        ``exclusive`` and the key exists."""
+        ``exclusive`` and the key exists. ``durable=False`` skips the fsync (the caller
+        will call ``barrier()`` before depending on it)."""
         try:
-            with self.writer(key, exclusive=exclusive) as f:
+            with self.writer(key, exclusive=exclusive, durable=durable) as f:
                 f.write(data)
         except FileExistsError:
             return False
@@ -93,6 +98,12 @@ class Storage(ABC):
     def local_path(self, key: str) -> Path | None:
         """Filesystem path of the object when the backend is local (lets the server use
         sendfile); None for remote backends."""
+        return None
+
+    def barrier(self) -> None:
+        """Make every write done so far durable (bulk writers skip per-file fsync and
+        call this once before publishing what depends on those writes). Backends
+        whose writes are durable on return need not override it."""
         return None
 
 
@@ -144,24 +155,32 @@ class FileStorage(Storage):
         os.fchmod(f.fileno(), 0o644)  # published objects are world-readable (static servers)
         return f
 
-    def _finish(self, f: BinaryIO) -> None:
+    def _finish(self, f: BinaryIO, durable: bool | None) -> None:
         f.flush()
-        if self.durable:
+        if self.durable if durable is None else durable:
             os.fsync(f.fileno())
         f.close()
 
+    def barrier(self) -> None:
+        if not self.durable:
+            return
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            if _syncfs is not None:
+                _syncfs(fd)  # one flush for the whole file system
+            else:
+                os.sync()
+        finally:
+            os.close(fd)
+
     @contextlib.contextmanager
-    def writer(self, key: str, *, exclusive: bool = False) -> Iterator[BinaryIO]:
+    def writer(self, key: str, *, exclusive: bool = False, durable: bool | None = None) -> Iterator[BinaryIO]:
         dest = self._path(key)
         f = self._tempfile()
         try:
             yield f
-            self._finish(f)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            if exclusive:
-                os.link(f.name, dest)  # atomic create-if-absent; FileExistsError otherwise
-            else:
-                os.replace(f.name, dest)
+            self._finish(f, durable)
+            _place(f.name, dest, exclusive)  # link = atomic create-if-absent (FileExistsError)
         finally:
             f.close()
             with contextlib.suppress(FileNotFoundError):
@@ -177,14 +196,12 @@ class FileStorage(Storage):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(f.name)
 
-    def commit_staged(self, tmp: BinaryIO, keys: list[str]) -> None:
+    def commit_staged(self, tmp: BinaryIO, keys: list[str], durable: bool | None = None) -> None:
         if not tmp.closed:
-            self._finish(tmp)
+            self._finish(tmp, durable)
         for key in keys:
-            dest = self._path(key)
-            dest.parent.mkdir(parents=True, exist_ok=True)
             with contextlib.suppress(FileExistsError):
-                os.link(tmp.name, dest)  # same bytes under every name; never clobber
+                _place(tmp.name, self._path(key), True)  # same bytes under every name; never clobber
 
     def list(self, prefix: str = "") -> Iterator[str]:
         base = self._path(prefix.rstrip("/")) if prefix else self.root
@@ -201,6 +218,30 @@ class FileStorage(Storage):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._path(key))
 
+
+def _place(src: str, dest: Path, exclusive: bool) -> None:
+    """link (create-if-absent) or rename ``src`` to ``dest``, creating the parent
+    directory only when it is missing (no mkdir/stat on the hot path)."""
+    op = os.link if exclusive else os.replace
+    try:
+        op(src, dest)
+    except FileNotFoundError:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        op(src, dest)
+
+
+def _load_syncfs():  # noqa: ANN202
+    try:
+        import ctypes
+
+        fn = ctypes.CDLL(None, use_errno=True).syncfs
+        fn.argtypes = [ctypes.c_int]
+        return fn
+    except (OSError, AttributeError):
+        return None
+
+
+_syncfs = _load_syncfs()
 
 #: URL schemes with a backend. The parametrised storage tests run over each.
 BACKENDS = ("file",)

@@ -18,6 +18,7 @@ import hashlib
 from dataclasses import dataclass
 
 import zstandard
+
 from kiln.store import narinfo as ni
 from kiln.store.errors import FormatError, HashMismatch, KilnError
 from kiln.store.hashes import Hash

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from kiln.registry import index as ix
 from kiln.registry.publish import publish_index, rotate_root
 from kiln.registry.storage import open_storage

@@ -13,10 +13,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from regkit import add_built, make_store
+
 from kiln.registry.client import open_client
 from kiln.registry.copy import to_store
 from kiln.registry.push import push
-from regkit import add_built, make_store
 
 HAVE_NIX = shutil.which("nix") is not None
 HAVE_NGINX = shutil.which("nginx") is not None or Path("/usr/sbin/nginx").exists()

@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from regkit import add_chain, add_tree, make_store
+
 from kiln.registry import index as ix
 from kiln.registry import layout
 from kiln.registry.client import open_client
@@ -16,7 +18,6 @@ from kiln.registry.mirror import MirrorError, sync
 from kiln.registry.publish import publish_index
 from kiln.registry.push import push
 from kiln.registry.storage import open_storage
-from regkit import add_chain, add_tree, make_store
 
 
 @pytest.fixture

@@ -8,13 +8,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from regkit import add_chain, add_tree, free_port, make_store
+
 from kiln.registry import layout
 from kiln.registry.client import open_client
 from kiln.registry.copy import to_store
 from kiln.registry.push import push
 from kiln.registry.substitute import Substituter
 from kiln.store.errors import HashMismatch, KilnError
-from regkit import add_chain, add_tree, free_port, make_store
 
 
 def kiln(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
