@@ -33,13 +33,16 @@ import bz2
 import gzip
 import lzma
 import os
+import queue
 import shutil
 import stat
 import tarfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
+from zlib import error as zlib_error
 
 from .errors import FormatError
 
@@ -113,6 +116,67 @@ class _Window:
 
     def readable(self) -> bool:
         return True
+
+
+class _ReadAhead:
+    """Decompress on a helper thread while the caller parses tar and writes files: the
+    codecs release the GIL, so on two cores the two overlap. Bounded (``depth`` chunks in
+    flight); ``close`` stops the helper even if the caller gave up half-way."""
+
+    def __init__(self, src, chunk: int = 1 << 20, depth: int = 8) -> None:
+        self._q: queue.Queue = queue.Queue(depth)
+        self._stop = threading.Event()
+        self._buf = b""
+        self._pos = 0
+        self._eof = False
+        self._thread = threading.Thread(target=self._run, args=(src, chunk), daemon=True)
+        self._thread.start()
+
+    def _run(self, src, chunk: int) -> None:
+        try:
+            while not self._stop.is_set():
+                data = src.read(chunk)
+                self._put(data)
+                if not data:
+                    return
+        except BaseException as e:  # noqa: BLE001 - handed to the reading thread
+            self._put(e)
+
+    def _put(self, item) -> None:
+        while not self._stop.is_set():
+            try:
+                self._q.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def read(self, n: int = -1) -> bytes:
+        parts: list[bytes] = []
+        want = n if n is not None and n >= 0 else -1
+        while want != 0:
+            if self._pos >= len(self._buf):
+                if self._eof:
+                    break
+                item = self._q.get()
+                if isinstance(item, BaseException):
+                    raise item
+                if not item:
+                    self._eof = True
+                    break
+                self._buf, self._pos = item, 0
+            take = len(self._buf) - self._pos if want < 0 else min(want, len(self._buf) - self._pos)
+            parts.append(self._buf[self._pos : self._pos + take])
+            self._pos += take
+            if want > 0:
+                want -= take
+        return b"".join(parts)
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def _decompressor(name: str, raw: _Window):
@@ -205,15 +269,17 @@ def unpack_deb(
         data = [m for m in members if m.name.startswith("data.tar")]
         if len(data) != 1:
             raise FormatError(f"{deb.name}: expected one data.tar member, found {len(data)}")
-        stream = _decompressor(data[0].name, _Window(f, data[0].offset, data[0].size))
+        stream = _ReadAhead(_decompressor(data[0].name, _Window(f, data[0].offset, data[0].size)))
         try:
             with tarfile.open(fileobj=stream, mode="r|") as tar:
                 for member in tar:
                     _extract(tar, member, deb, out, notes, cache)
-        except (tarfile.TarError, EOFError, lzma.LZMAError, OSError) as e:
+        except (tarfile.TarError, EOFError, lzma.LZMAError, OSError, zlib_error) as e:
             if isinstance(e, FormatError):
                 raise
             raise FormatError(f"{deb.name}: corrupt data archive: {e}") from None
+        finally:
+            stream.close()
 
 
 def _extract(
