@@ -6,7 +6,8 @@ A ``.deb`` is an ``ar`` archive holding ``debian-binary``, ``control.tar.*`` and
 ``data.tar.*``. ``read_ar`` is a small strict reader of the common ``ar`` format (global
 header ``!<arch>\\n``, 60-byte member headers, data padded to even offsets; GNU ``/``
 name terminators accepted). The data member is streamed through ``tarfile`` (``r|`` mode,
-so nothing seeks) after decompression with ``zstandard``, ``lzma``, ``gzip`` or ``bz2``.
+so nothing seeks) after decompression with ``zstandard``, ``lzma``, ``gzip`` or ``bz2``,
+which runs on a bounded read-ahead thread so decompressing and writing overlap.
 No host dpkg is involved, and maintainer scripts are never run.
 
 Packages are unpacked in the order given (the lock order); a later package's file
