@@ -84,6 +84,8 @@ _HDR_SYMLINK = _OPEN + _str(b"type") + _str(b"symlink") + _str(b"target")
 _HDR_DIR = _OPEN + _str(b"type") + _str(b"directory")
 _ENTRY = _str(b"entry") + _OPEN + _str(b"name")
 _NODE = _str(b"node")
+# O_NONBLOCK: if a path turns into a FIFO between lstat and open, fail instead of hanging.
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 def _batches(root: bytes, chunk_size: int) -> Iterator[list[bytes]]:
@@ -106,13 +108,17 @@ def _batches(root: bytes, chunk_size: int) -> Iterator[list[bytes]]:
         st = os.lstat(path)
         mode = st.st_mode
         if stat.S_ISREG(mode):
-            size = st.st_size
-            head = (
-                _HDR_REGULAR + (_HDR_EXEC if mode & stat.S_IXUSR else b"") + _HDR_CONTENTS + _pack_u64(size)
-            )
-            batch.append(head)
-            pending += len(head)
-            with open(path, "rb", buffering=0) as f:
+            # Open without following symlinks and take size and mode from the open file,
+            # so a path swapped after lstat cannot make us archive something else.
+            fd = os.open(path, _OPEN_FLAGS)
+            with open(fd, "rb", buffering=0) as f:
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode):
+                    raise FormatError(f"{os.fsdecode(path)}: changed type while being archived")
+                size = st.st_size
+                head = _HDR_REGULAR + (_HDR_EXEC if st.st_mode & stat.S_IXUSR else b"") + _HDR_CONTENTS
+                batch.append(head + _pack_u64(size))
+                pending += len(head) + 8
                 left = size
                 while left:
                     data = f.read(min(left, chunk_size))
