@@ -13,10 +13,13 @@
   compressed bytes while they arrive (abort as soon as the size is exceeded; mismatch
   → ``HashMismatch``), then hands the file to ``store.import_object``, which checks the
   file hash again and the NAR hash while restoring; nothing is registered on mismatch.
-- ``fetch_many(store, infos)`` does the same for many paths: downloads in parallel,
-  imports in dependency order on one thread (the store is used from one thread at a time).
+- ``fetch_many(store, infos)`` does the same for many paths: downloads in parallel
+  (``jobs``), imports level by level in dependency order, each level on
+  ``import_jobs`` threads, each thread with its own ``LocalStore`` on the same root
+  (registration is fsync-bound, so parallel imports overlap their disk waits).
 
-A Substituter owns an event loop; use it from one thread. ``close()`` when done.
+A Substituter owns an event loop; use it from one thread. ``close()`` when done: the
+per-thread stores (and the temp roots that keep fetched paths alive) live until then.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import asyncio
 import concurrent.futures
 import hashlib
 import tempfile
+import threading
 from typing import Any
 
 from kiln.store import narinfo as ni
@@ -46,6 +50,7 @@ class Substituter:
         sigs_needed: int = 1,
         jobs: int = 16,
         progress: bool | None = None,
+        import_jobs: int = 8,
     ) -> None:
         self.registries = sorted(registries, key=lambda r: r[1])
         self.trusted = list(trusted)
@@ -57,7 +62,11 @@ class Substituter:
         self._source: dict[str, str] = {}
         self._loop = asyncio.new_event_loop()
         self._clients: dict[str, Client] = {}
-        self._importer = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+        self.import_jobs = max(1, import_jobs)
+        self._importer = concurrent.futures.ThreadPoolExecutor(max_workers=self.import_jobs)
+        self._local = threading.local()
+        self._stores: list[Any] = []
+        self._stores_lock = threading.Lock()
 
     def close(self) -> None:
         async def _close() -> None:
@@ -67,6 +76,9 @@ class Substituter:
         self._loop.run_until_complete(_close())
         self._loop.close()
         self._importer.shutdown()
+        for st in self._stores:
+            st.close()
+        self._stores.clear()
 
     def __enter__(self) -> Substituter:
         return self
@@ -163,9 +175,23 @@ class Substituter:
         f.seek(0)
         return f
 
+    def _thread_store(self, store: Any) -> Any:
+        """The store object this import thread uses: the caller's own when imports are
+        serial, else one ``LocalStore`` per thread on the same root (the store allows
+        several objects and threads per root, one object per thread)."""
+        if self.import_jobs == 1:
+            return store
+        st = getattr(self._local, "store", None)
+        if st is None or st.root != store.root:
+            st = type(store).open(store.root, store.store_dir)
+            self._local.store = st
+            with self._stores_lock:
+                self._stores.append(st)
+        return st
+
     def _import(self, store: Any, info: ni.NarInfo, f: Any) -> PathInfo:
         with f:
-            return store.import_object(info.to_pathinfo(), f)
+            return self._thread_store(store).import_object(info.to_pathinfo(), f)
 
     async def _fetch_many(self, store: Any, infos: list[ni.NarInfo]) -> list[PathInfo]:
         sem = asyncio.Semaphore(self.jobs)
@@ -174,12 +200,17 @@ class Substituter:
         tasks = {p: asyncio.ensure_future(self._download(i, sem, prog)) for p, i in by_path.items()}
         loop = asyncio.get_running_loop()
         out: list[PathInfo] = []
+
+        async def import_one(p: str) -> PathInfo:
+            f = await tasks[p]
+            got = await loop.run_in_executor(self._importer, self._import, store, by_path[p], f)
+            prog.add(1)
+            return got
+
         try:
+            # A level's paths only reference earlier levels, so they import in parallel.
             for level in levels(by_path):  # type: ignore[arg-type]
-                for p in level:
-                    f = await tasks[p]
-                    out.append(await loop.run_in_executor(self._importer, self._import, store, by_path[p], f))
-                    prog.add(1)
+                out += await asyncio.gather(*(import_one(p) for p in level))
         finally:
             for t in tasks.values():
                 t.cancel()
