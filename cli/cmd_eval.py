@@ -162,6 +162,8 @@ def _cmd_show(args) -> int:
         from kiln.store.paths import StorePath
 
         target = args.file
+        if target.endswith(".recipe"):
+            raise KilnError(f"which package of {target}? usage: kiln show-derivation FILE ATTR")
         if Path(target).is_file():
             text = Path(target).read_text()
             name = Path(target).name.split("-", 1)[-1].removesuffix(".drv")

@@ -160,14 +160,21 @@ def _deep(fn):
     old_limit = sys.getrecursionlimit()
     old_size = threading.stack_size()
     sys.setrecursionlimit(max(old_limit, 400_000))
-    threading.stack_size(512 * 1024 * 1024)
     try:
-        t = threading.Thread(target=target, name="kiln-eval")
-        t.start()
+        try:
+            threading.stack_size(512 * 1024 * 1024)
+            # daemon: Ctrl-C in the main thread must not wait for an evaluation to finish
+            t = threading.Thread(target=target, name="kiln-eval", daemon=True)
+            t.start()
+        except (RuntimeError, ValueError, MemoryError):
+            # no room for a big stack (ulimit -v): evaluate here, with the usual depth
+            sys.setrecursionlimit(old_limit)
+            return fn()
+        finally:
+            threading.stack_size(old_size)
+        t.join()
     finally:
-        threading.stack_size(old_size)
-    t.join()
-    sys.setrecursionlimit(old_limit)
+        sys.setrecursionlimit(old_limit)
     if error:
         raise error[0]
     return result[0]
