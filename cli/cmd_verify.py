@@ -1,4 +1,4 @@
-"""``kiln sbom`` and ``kiln verify`` (and the not-yet-available rebuilder commands).
+"""``kiln sbom``, ``kiln verify`` and the rebuilder commands.
 
 - ``kiln sbom PATH [--format cyclonedx|spdx] [--build] [-o FILE]`` prints a deterministic
   SBOM of PATH's runtime closure (``--build``: build closure). ``--attest`` also signs it
@@ -10,7 +10,18 @@
   hash, signatures, provenance, SBOM and rebuilder attestations against the policy. One
   line per check. Exit status: 0 every check passed, 1 a check
   failed, 2 usage error (bad arguments, unreadable or invalid policy, no store).
-- ``kiln rebuild|challenge|report`` are not implemented yet: they say so and exit 2.
+- ``kiln rebuild PATH [--key FILE | --signer-cmd CMD --signer-key PUB] [--json]`` rebuilds
+  PATH from its derivation in a fresh sandbox, compares NAR hashes and signs a SLSA VSA
+  (PASSED "reproduced" / FAILED) stored beside it (``rebuilders``). Exit 0 reproduced,
+  1 not reproduced (differing files printed), 2 usage error.
+- ``kiln challenge PATH... --registry URL [--registry URL...] [--rebuild] [--json]``
+  compares what registries serve with the local build (``challenge``). Exit 0 when no
+  two sources disagree, 1 otherwise.
+- ``kiln report reproducibility FILE... [--json]`` builds, rebuilds and reports every
+  package of recipe files. Exit 0 when all reproduce, 1 otherwise.
+
+PATH arguments are store paths (logical or physical), base names, hash parts, NAR
+digests ``sha256:...``, or GC root names (what ``kiln build`` creates per attribute).
 """
 
 from __future__ import annotations
@@ -59,14 +70,18 @@ def _by_digest(store: LocalStore, arg: str) -> str:
     return found[0]
 
 
-def _resolve(store: LocalStore, arg: str) -> str:
-    """A store path from a logical or physical path, a base name, a hash part, or the
-    NAR digest of its content (``sha256:...``)."""
+def resolve_target(store: LocalStore, arg: str) -> str:
+    """A store path from a logical or physical path, a base name, a hash part, the NAR
+    digest of its content (``sha256:...``), or a GC root name."""
     if arg.startswith(("sha256:", "sha256-")):
         return _by_digest(store, arg)
     try:
         path, sub = store.resolve(arg)
     except (KilnError, ValueError):
+        root = store.root / "gcroots" / arg
+        if "/" not in arg and root.is_symlink():
+            path, _ = store.resolve(os.readlink(root))
+            return path
         base = arg.rstrip("/").rsplit("/", 1)[-1]
         info = store.query_by_hash_part(base[:32]) if len(base) >= 32 else None
         if info is None or (len(base) > 32 and StorePath.parse(info.path).base != base):
@@ -83,7 +98,7 @@ def _resolve(store: LocalStore, arg: str) -> str:
 def _sbom(args: argparse.Namespace) -> int:
     store = _open_store(args)
     try:
-        path = _resolve(store, args.path)
+        path = resolve_target(store, args.path)
         if not store.is_valid(path):
             raise KilnError(f"{path} is not valid in the store at {store.root}")
         graph = sbom.collect(store, path, build=args.build)
@@ -133,7 +148,7 @@ def _verify(args: argparse.Namespace) -> int:
         raise _Usage(str(e)) from None
     store = _open_store(args)
     try:
-        path = _resolve(store, args.target)
+        path = resolve_target(store, args.target)
         paths = store.closure([path]) if args.closure and store.is_valid(path) else [path]
         # The target first, then its dependencies.
         paths = [path, *(p for p in paths if p != path)]
@@ -164,56 +179,245 @@ def _verify(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+# ---------------------------------------------------------------------------- rebuilders
+
+
+def _signer_args(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--key", metavar="FILE", help=f"secret key that signs {what} (mode 0600)")
+    p.add_argument(
+        "--signer-cmd", metavar="CMD", help="external signer (stdin: data; stdout: base64 ed25519 signature)"
+    )
+    p.add_argument(
+        "--signer-key", metavar="PUB", help="public key of --signer-cmd (name:base64 or a .pub file)"
+    )
+
+
+def _print_verdicts(verdicts, out=sys.stdout) -> None:
+    for v in verdicts:
+        if v.identical:
+            print(f"{v.path}: reproduced (NAR {v.registered})", file=out)
+        else:
+            print(f"{v.path}: NOT reproduced", file=out)
+            print(f"  registered NAR hash: {v.registered}\n  rebuilt NAR hash:    {v.rebuilt}", file=out)
+            print("  " + v.differences.replace("\n", "\n  "), file=out)
+        if v.vsa:
+            print(f"  signed {'PASSED' if v.identical else 'FAILED'} verification summary: {v.vsa}", file=out)
+
+
+def _rebuild(args: argparse.Namespace) -> int:
+    from kiln.store.dsse import keyid
+
+    from . import rebuilders
+
+    store = _open_store(args)
+    try:
+        path = resolve_target(store, args.path)
+        signer = rebuilders.load_rebuilder_signer(store, args.key, args.signer_cmd, args.signer_key)
+        if rebuilders.provenance_signed_by(store, path, signer.public_key):
+            print(
+                f"warning: key {keyid(signer.public_key)[:16]} also signed the provenance of {path}; "
+                "verifiers will not count its verdict as an independent rebuild (use --key)",
+                file=sys.stderr,
+            )
+        builder = rebuilders.make_builder(store, cores=args.cores, mirrors=tuple(args.source_mirror))
+        verdicts = rebuilders.rebuild_path(store, builder, path, signer)
+    finally:
+        store.close()
+    ok = all(v.identical for v in verdicts)
+    if args.json:
+        print(json.dumps({"ok": ok, "outputs": [v.to_dict() for v in verdicts]}, indent=2, sort_keys=True))
+    else:
+        _print_verdicts(verdicts)
+    return 0 if ok else 1
+
+
+def _challenge(args: argparse.Namespace) -> int:
+    from . import challenge, rebuilders
+
+    store = _open_store(args)
+    try:
+        locals_: dict[str, tuple[str, str]] = {}
+        builder = None
+        for arg in args.paths:
+            if arg.startswith(store.store_dir + "/") and not store.is_valid(arg.rstrip("/")):
+                path = str(StorePath.parse(arg.rstrip("/"), store.store_dir))  # remote-only path
+            else:
+                path = resolve_target(store, arg)
+            info = store.query(path)
+            if args.rebuild and info is not None:
+                builder = builder or rebuilders.make_builder(store, mirrors=tuple(args.source_mirror))
+                for v in rebuilders.rebuild_path(store, builder, path, None):
+                    if not v.identical:
+                        print(
+                            f"warning: the local rebuild of {v.path} differs from the local store",
+                            file=sys.stderr,
+                        )
+                    locals_[v.path] = (v.rebuilt, "rebuild")
+                    if v.path == path:
+                        break
+            elif args.rebuild:
+                raise KilnError(f"--rebuild: {path} is not valid here; build it first (kiln build)")
+            else:
+                locals_[path] = (f"sha256:{info.nar_hash.hex}", "store") if info else ("", "")
+        results = challenge.challenge(store.store_dir, {p: locals_[p] for p in locals_}, args.registry)
+    finally:
+        store.close()
+    bad = any(r.verdict == "inconsistent" for r in results)
+    if args.json:
+        doc = {"ok": not bad, "summary": challenge.summary(results), "paths": [r.to_dict() for r in results]}
+        print(json.dumps(doc, indent=2, sort_keys=True))
+    else:
+        print("\n".join(challenge.render(results)))
+    return 1 if bad else 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from . import rebuilders
+
+    store = LocalStore.open(store_root(args))
+    try:
+        signer = (
+            rebuilders.load_rebuilder_signer(store, args.key, args.signer_cmd, args.signer_key)
+            if args.key or args.signer_cmd
+            else None
+        )
+        results = rebuilders.reproducibility(
+            store, args.files, signer=signer, mirrors=tuple(args.source_mirror), cores=args.cores
+        )
+    finally:
+        store.close()
+    ok = all(r.reproduced for r in results)
+    if args.json:
+        doc = {"ok": ok, "summary": rebuilders.summary(results), "packages": [r.to_dict() for r in results]}
+        print(json.dumps(doc, indent=2, sort_keys=True))
+        return 0 if ok else 1
+    width = max((len(r.attr) for r in results), default=0)
+    for r in results:
+        answer = {"reproduced": "yes", "not reproduced": "NO", "build failed": "build failed"}[r.status]
+        print(f"{r.attr:<{width}}  reproducible: {answer}")
+        for v in r.outputs:
+            if not v.identical:
+                print(f"  {v.path}:\n    " + v.differences.replace("\n", "\n    "))
+        if r.error:
+            print(f"  {r.error}")
+    print(rebuilders.summary(results))
+    return 0 if ok else 1
+
+
 # ---------------------------------------------------------------------------- dispatch
 
 
-def _not_yet(name: str) -> int:
-    print(f"kiln {name}: not available yet", file=sys.stderr)
-    return EXIT_USAGE
-
-
-def _parser(cmd: str) -> argparse.ArgumentParser:
-    if cmd == "sbom":
-        p = argparse.ArgumentParser(prog="kiln sbom", description="print an SBOM for a store path")
-        p.add_argument("path", metavar="PATH", help="store path (logical, physical, base name or hash part)")
-        p.add_argument("--format", choices=("cyclonedx", "spdx"), default="cyclonedx")
-        p.add_argument("--build", action="store_true", help="the build closure (from the derivation) instead")
-        p.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
-        p.add_argument(
-            "--attest", action="store_true", help="also sign it and store it as the path's attestation"
-        )
-        p.add_argument("--key", metavar="FILE", help="secret key file for --attest (mode 0600)")
-        p.add_argument(
-            "--signer-cmd",
-            metavar="CMD",
-            help="external signer for --attest (stdin: data; stdout: base64 sig)",
-        )
-        p.add_argument(
-            "--signer-key", metavar="PUB", help="public key of --signer-cmd (name:base64 or a .pub file)"
-        )
-        p.set_defaults(fn=_sbom)
-    else:
-        p = argparse.ArgumentParser(
-            prog="kiln verify",
-            description="verify a store path against a policy",
-            epilog="exit status: 0 all checks passed, 1 a check failed, 2 usage error",
-        )
-        p.add_argument(
-            "target", metavar="TARGET", help="store path (logical, physical, base name or hash part)"
-        )
-        p.add_argument("--policy", metavar="FILE", help="TOML policy (default: check content only)")
-        p.add_argument("--json", action="store_true", help="machine-readable report")
-        p.add_argument("--closure", action="store_true", help="verify every path of the runtime closure")
-        p.set_defaults(fn=_verify)
-    add_store_arg(p)
+def _sbom_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="kiln sbom", description="print an SBOM for a store path")
+    p.add_argument("path", metavar="PATH", help="store path (logical, physical, base name or hash part)")
+    p.add_argument("--format", choices=("cyclonedx", "spdx"), default="cyclonedx")
+    p.add_argument("--build", action="store_true", help="the build closure (from the derivation) instead")
+    p.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
+    p.add_argument(
+        "--attest", action="store_true", help="also sign it and store it as the path's attestation"
+    )
+    _signer_args(p, "--attest")
+    p.set_defaults(fn=_sbom)
     return p
 
 
+def _verify_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="kiln verify",
+        description="verify a store path against a policy",
+        epilog="exit status: 0 all checks passed, 1 a check failed, 2 usage error",
+    )
+    p.add_argument("target", metavar="TARGET", help="store path (logical, physical, base name or hash part)")
+    p.add_argument("--policy", metavar="FILE", help="TOML policy (default: check content only)")
+    p.add_argument("--json", action="store_true", help="machine-readable report")
+    p.add_argument("--closure", action="store_true", help="verify every path of the runtime closure")
+    p.set_defaults(fn=_verify)
+    return p
+
+
+def _build_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cores", type=int, default=0, help="KILN_CORES for the builds (default: all cores)")
+    p.add_argument(
+        "--source-mirror", action="append", default=[], metavar="DIR|URL", help="hashed source mirror"
+    )
+
+
+def _rebuild_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="kiln rebuild",
+        description="rebuild a path from its derivation in a fresh sandbox and attest whether it reproduced",
+        epilog="exit status: 0 reproduced, 1 not reproduced (or an error), 2 usage error",
+    )
+    p.add_argument("path", metavar="PATH", help="store path, base name, hash part or GC root name")
+    _signer_args(p, "the verification summary (default: the store's build key)")
+    _build_args(p)
+    p.add_argument("--json", action="store_true", help="machine-readable result")
+    p.set_defaults(fn=_rebuild)
+    return p
+
+
+def _challenge_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="kiln challenge",
+        description="compare the NAR hashes registries serve with the local build",
+        epilog="exit status: 0 no disagreement, 1 some sources disagree (or an error), 2 usage error",
+    )
+    p.add_argument(
+        "paths", nargs="+", metavar="PATH", help="store paths (need not be valid here) or GC roots"
+    )
+    p.add_argument(
+        "--registry", action="append", required=True, metavar="URL", help="registry to ask (repeat)"
+    )
+    p.add_argument("--rebuild", action="store_true", help="rebuild each path locally first and use that hash")
+    p.add_argument(
+        "--source-mirror", action="append", default=[], metavar="DIR|URL", help="hashed source mirror"
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable result")
+    p.set_defaults(fn=_challenge)
+    return p
+
+
+def _report_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="kiln report reproducibility",
+        description="build, rebuild and report every package of recipe files",
+        epilog="exit status: 0 every package reproduced, 1 otherwise, 2 usage error",
+    )
+    p.add_argument("files", nargs="+", metavar="FILE", help="recipe files")
+    _signer_args(p, "a verification summary per output (default: none signed)")
+    _build_args(p)
+    p.add_argument("--json", action="store_true", help="machine-readable report")
+    p.set_defaults(fn=_report)
+    return p
+
+
+_PARSERS = {
+    "sbom": _sbom_parser,
+    "verify": _verify_parser,
+    "rebuild": _rebuild_parser,
+    "challenge": _challenge_parser,
+    "report": _report_parser,
+}
+
+
 def main(argv: list[str]) -> int:
-    cmd = argv[0] if argv else "verify"
-    if cmd in ("rebuild", "challenge", "report"):
-        return _not_yet(cmd)
-    args = _parser(cmd).parse_args(argv[1:] if argv and argv[0] in ("sbom", "verify") else argv)
+    cmd = argv[0] if argv and argv[0] in _PARSERS else "verify"
+    rest = argv[1:] if argv and argv[0] in _PARSERS else argv
+    if cmd == "report":
+        if not rest or rest[0] in ("-h", "--help"):
+            print(
+                "usage: kiln report reproducibility FILE... [--json]", file=sys.stdout if rest else sys.stderr
+            )
+            return 0 if rest else EXIT_USAGE
+        if rest[0] != "reproducibility":
+            print(f"kiln report: unknown report {rest[0]!r} (available: reproducibility)", file=sys.stderr)
+            return EXIT_USAGE
+        rest = rest[1:]
+    p = _PARSERS[cmd]()
+    add_store_arg(p)
+    args = p.parse_args(rest)
+    if getattr(args, "signer_cmd", None) and getattr(args, "key", None):
+        p.error("give either --key or --signer-cmd, not both")
     try:
         return args.fn(args)
     except _Usage as e:

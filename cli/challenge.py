@@ -1,0 +1,172 @@
+"""``kiln challenge PATH... --registry URL...``: do registries serve what we build?
+
+Theory of operation (after ``guix challenge``)
+----------------------------------------------
+For every path, the *local* NAR hash is the one registered in the local store (with
+``--rebuild``: the hash of a fresh local rebuild, see ``rebuilders``). Every registry is
+asked for the path's narinfo (one batched query per registry, through
+``kiln.registry.client``) and its ``NarHash`` is compared with the local hash:
+
+- ``agrees``: same NAR hash;
+- ``DIFFERS``: another NAR hash — the registry serves different bytes under this path
+  than this machine built (a non-reproducible build, or a tampered registry);
+- ``lacks``: no narinfo;
+- ``error``: unreachable, not a binary cache, another store dir, or a narinfo that does
+  not parse or describes another path.
+
+Without a local hash (the path is not valid here and ``--rebuild`` was not given) the
+registries are only compared with each other. A path is *consistent* when every hash
+seen (local and remote) is the same, *inconsistent* when two differ, *unknown* when no
+more than one source has it. Signatures are not checked: the question is which bytes
+are served, not whom to trust (``kiln verify`` and substitution answer that).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+from kiln.store.errors import KilnError
+from kiln.store.hashes import Hash
+from kiln.store.paths import StorePath
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What one registry said about one path. ``status``: agrees, DIFFERS, lacks, error,
+    or ``has`` (there was no local hash to compare with)."""
+
+    registry: str
+    status: str
+    nar_hash: str = ""
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class PathChallenge:
+    path: str
+    local: str  # sha256:<hex>, "" when unknown
+    local_source: str  # "store", "rebuild" or ""
+    answers: tuple[Answer, ...] = field(default=())
+
+    @property
+    def hashes(self) -> set[str]:
+        seen = {a.nar_hash for a in self.answers if a.nar_hash}
+        return seen | ({self.local} if self.local else set())
+
+    @property
+    def verdict(self) -> str:
+        if len(self.hashes) > 1:
+            return "inconsistent"
+        sources = (1 if self.local else 0) + sum(bool(a.nar_hash) for a in self.answers)
+        return "consistent" if sources > 1 else "unknown"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "local": self.local or None,
+            "localSource": self.local_source or None,
+            "verdict": self.verdict,
+            "registries": [
+                {
+                    "url": a.registry,
+                    "status": a.status.lower(),
+                    "narHash": a.nar_hash or None,
+                    "detail": a.detail,
+                }
+                for a in self.answers
+            ],
+        }
+
+
+def _hex(h: Hash) -> str:
+    return f"sha256:{h.hex}"
+
+
+async def _ask(url: str, store_dir: str, paths: list[str]) -> dict[str, tuple[str, str, str]]:
+    """``{path: (status, nar hash, detail)}`` from one registry (status has/lacks/error)."""
+    from kiln.registry.client import open_client
+    from kiln.store import narinfo as ni
+
+    by_hash = {StorePath.parse(p, store_dir).hash_part: p for p in paths}
+    try:
+        async with open_client(url) as client:
+            await client.cache_info()
+            if client.store_dir and client.store_dir != store_dir:
+                why = f"registry store dir {client.store_dir!r} differs from {store_dir!r}"
+                return {p: ("error", "", why) for p in paths}
+            texts = await client.narinfos(list(by_hash))
+    except KilnError as e:
+        return {p: ("error", "", str(e).splitlines()[0]) for p in paths}
+    out: dict[str, tuple[str, str, str]] = {}
+    for h, p in by_hash.items():
+        text = texts.get(h)
+        if text is None:
+            out[p] = ("lacks", "", "")
+            continue
+        try:
+            info = ni.parse(text, store_dir)
+        except KilnError as e:
+            out[p] = ("error", "", f"invalid narinfo: {str(e).splitlines()[0]}")
+            continue
+        if info.path != p:
+            out[p] = ("error", "", f"narinfo describes {info.path}")
+            continue
+        out[p] = ("has", _hex(info.nar_hash), "")
+    return out
+
+
+async def _ask_all(
+    urls: list[str], store_dir: str, paths: list[str]
+) -> list[dict[str, tuple[str, str, str]]]:
+    return list(await asyncio.gather(*(_ask(u, store_dir, paths) for u in urls)))
+
+
+def challenge(store_dir: str, locals_: dict[str, tuple[str, str]], urls: list[str]) -> list[PathChallenge]:
+    """Compare ``locals_`` (``{path: (local hash or "", source)}``, in order) with what
+    each registry in ``urls`` serves."""
+    paths = list(locals_)
+    per_registry = asyncio.run(_ask_all(urls, store_dir, paths))
+    out = []
+    for p in paths:
+        local, source = locals_[p]
+        answers = []
+        for url, got in zip(urls, per_registry, strict=True):
+            status, h, detail = got[p]
+            if status == "has" and local:
+                status = "agrees" if h == local else "DIFFERS"
+            answers.append(Answer(url, status, h, detail))
+        out.append(PathChallenge(p, local, source, tuple(answers)))
+    return out
+
+
+def render(results: list[PathChallenge]) -> list[str]:
+    """Human-readable lines: per path the local hash and each registry's answer, then a
+    summary."""
+    lines: list[str] = []
+    for r in results:
+        lines.append(f"{r.path}: {r.verdict}")
+        where = f" ({r.local_source})" if r.local_source else ""
+        lines.append(f"  local{where}: {r.local or '(not built here)'}")
+        for a in r.answers:
+            what = {"agrees": "agrees", "DIFFERS": "DIFFERS", "has": "serves"}.get(a.status)
+            if what:
+                lines.append(f"  {a.registry}: {a.nar_hash} {what}")
+            elif a.status == "lacks":
+                lines.append(f"  {a.registry}: does not have it")
+            else:
+                lines.append(f"  {a.registry}: error: {a.detail}")
+    lines.append(summary(results))
+    return lines
+
+
+def summary(results: list[PathChallenge]) -> str:
+    n = len(results)
+    c = sum(r.verdict == "consistent" for r in results)
+    i = sum(r.verdict == "inconsistent" for r in results)
+    u = n - c - i
+    return (
+        f"{n} store path{'s' if n != 1 else ''} challenged: {c} consistent, "
+        f"{i} inconsistent, {u} unknown (fewer than two sources)"
+    )

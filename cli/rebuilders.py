@@ -1,0 +1,264 @@
+"""Rebuilders: ``kiln rebuild PATH`` and ``kiln report reproducibility FILE...``.
+
+Theory of operation
+-------------------
+A rebuilder takes a valid store path, finds the derivation that produced it (the
+path's recorded deriver ``.drv``, which must be in the store), makes sure the
+derivation's inputs are valid (building missing ones), and runs the derivation again in
+a *fresh* sandbox through ``Builder.rebuild``: a new scratch store dir and build dir,
+nothing shared with the first build but the read-only input closure. Each output's NAR
+hash is compared with the registered one; nothing is registered and the rebuilt trees
+are deleted.
+
+The verdict is signed as a SLSA Verification Summary (``intoto.vsa``, PASSED with level
+``KILN_REPRODUCED`` on a match, FAILED otherwise) and stored beside every compared
+output as ``vsa-<keyid>`` (``attestations.record_vsa``), so it travels with the path
+like provenance and ``policy.verify_path`` can count independent rebuilders. A later
+verdict by the same key replaces the earlier one: the newest rebuild is what a key
+attests.
+
+Signing happens in this process after the sandbox has exited; the key file is never
+mounted into a build. A rebuilder key that also signed the path's provenance is stored
+but not counted as independent by verifiers (a warning says so).
+
+``report`` evaluates recipe files, builds each package if needed, rebuilds it once and
+prints a yes/no line per package plus the overall rate. It signs VSAs only when a key
+is given. Build failures are reported per package and do not stop the report.
+Fixed-output derivations (fetches) are left out: their output is pinned by hash, so a
+"rebuild" would only download the same bytes again.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from kiln.store.errors import KilnError, StoreError
+
+Say = Callable[[str], None]
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True, slots=True)
+class OutputVerdict:
+    """One output of one rebuild. Hashes are ``sha256:<hex>``; ``vsa`` is the file the
+    signed verdict was stored in (``None`` when nothing was signed)."""
+
+    path: str
+    output: str
+    drv_path: str
+    registered: str
+    rebuilt: str
+    identical: bool
+    differences: str
+    vsa: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "output": self.output,
+            "derivation": self.drv_path,
+            "registered": self.registered,
+            "rebuilt": self.rebuilt,
+            "reproduced": self.identical,
+            "differences": self.differences,
+            "vsa": self.vsa,
+        }
+
+
+def make_builder(store: Any, *, cores: int = 0, mirrors: tuple[str, ...] = (), say: Say | None = None):
+    """A ``Builder`` on ``store`` with the bubblewrap executor (``KILN_BWRAP`` names the
+    binary). Raises ``SandboxUnavailable`` with the reason if bwrap cannot sandbox."""
+    from kiln.sandbox.bwrap import BwrapExecutor
+    from kiln.store.build import Builder, BuildOptions
+
+    executor = BwrapExecutor(os.environ.get("KILN_BWRAP") or None)
+    opts = BuildOptions(cores=cores or os.cpu_count() or 1, mirrors=mirrors, progress=False)
+    return Builder(store, executor, opts, say=say or _stderr)
+
+
+def load_rebuilder_signer(
+    store: Any, key_file: str | None, signer_cmd: str | None, signer_public: str | None
+):
+    """The signer of VSAs: ``--key FILE``, ``--signer-cmd CMD --signer-key PUB``, or the
+    build key (``$KILN_SIGN_KEY`` or the store's ``keys/default.sec``, created if absent)."""
+    from kiln.store import attestations
+    from kiln.store.dsse import Ed25519Signer
+
+    from .buildglue import load_sign_key
+
+    if key_file or signer_cmd:
+        return attestations.load_named_signer(key_file, signer_cmd=signer_cmd, signer_public=signer_public)[1]
+    if signer_public:
+        raise KilnError("--signer-key is only meaningful with --signer-cmd")
+    key = load_sign_key(store, None, create=True)
+    return Ed25519Signer(key.key)
+
+
+def deriver_of(store: Any, path: str) -> str:
+    """The ``.drv`` that produced valid ``path``; it must be in the store."""
+    info = store.query(path)
+    if info is None:
+        raise StoreError(f"{path} is not valid in the store at {store.root}: build or fetch it first")
+    if not info.deriver:
+        raise KilnError(f"{path} has no recorded deriver (it was added, not built), so it cannot be rebuilt")
+    if not store.is_valid(info.deriver):
+        raise KilnError(
+            f"the deriver {info.deriver} of {path} is not in the store: evaluate its recipe first "
+            f"(kiln build FILE ATTR writes the .drv files)"
+        )
+    return info.deriver
+
+
+def ensure_inputs(builder: Any, drv_path: str) -> None:
+    """Build (or find valid) every input derivation of ``drv_path``, so the rebuild's
+    sandbox gets the same input closure as the original build."""
+    drv = builder.load([drv_path]).drvs[drv_path]
+    inputs = [p for p, _ in drv.input_drvs]
+    if inputs:
+        builder.realise(inputs)
+
+
+def provenance_signed_by(store: Any, path: str, public_key: bytes) -> bool:
+    """Whether ``path``'s stored provenance carries a valid signature by ``public_key``."""
+    from kiln.store import attestations, dsse
+
+    try:
+        env = attestations.read(store, path, "provenance")
+    except KilnError:
+        return False
+    return env is not None and bool(dsse.signers(env, {"k": public_key}))
+
+
+def rebuild_drv(
+    store: Any, builder: Any, drv_path: str, signer: Any | None, *, say: Say | None = None
+) -> list[OutputVerdict]:
+    """Rebuild ``drv_path`` (outputs valid) and compare; with ``signer``, sign and store a
+    VSA beside every output. Returns one verdict per output."""
+    from kiln import __version__
+    from kiln.store import attestations
+
+    say = say or _stderr
+    ensure_inputs(builder, drv_path)
+    say(f"rebuilding {drv_path} in a fresh sandbox")
+    comparisons = builder.rebuild(drv_path)
+    now = time.time()
+    out = []
+    for c in comparisons:
+        vsa = None
+        if signer is not None:
+            vsa = str(
+                attestations.record_vsa(
+                    store,
+                    c.path,
+                    signer,
+                    passed=c.identical,
+                    verifier_version=__version__,
+                    time_verified=now,
+                    rebuilt_nar_sha256_hex=c.rebuilt.hex,
+                    derivation=drv_path,
+                )
+            )
+        out.append(
+            OutputVerdict(
+                c.path,
+                c.output,
+                drv_path,
+                f"sha256:{c.registered.hex}",
+                f"sha256:{c.rebuilt.hex}",
+                c.identical,
+                c.differences,
+                vsa,
+            )
+        )
+    return out
+
+
+def rebuild_path(store: Any, builder: Any, path: str, signer: Any | None, say: Say | None = None):
+    """``rebuild_drv`` for the deriver of valid output ``path``."""
+    return rebuild_drv(store, builder, deriver_of(store, path), signer, say=say)
+
+
+# ---------------------------------------------------------------------------- report
+
+
+@dataclass(frozen=True, slots=True)
+class PackageResult:
+    """One package of a reproducibility report. ``status``: ``reproduced``,
+    ``not reproduced`` or ``build failed`` (``error`` says why)."""
+
+    file: str
+    attr: str
+    drv_path: str
+    outputs: tuple[OutputVerdict, ...]
+    error: str = ""
+
+    @property
+    def status(self) -> str:
+        if self.error:
+            return "build failed"
+        return "reproduced" if all(o.identical for o in self.outputs) else "not reproduced"
+
+    @property
+    def reproduced(self) -> bool:
+        return self.status == "reproduced"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "file": self.file,
+            "attribute": self.attr,
+            "derivation": self.drv_path,
+            "status": self.status,
+            "reproduced": self.reproduced,
+            "error": self.error,
+            "outputs": [o.to_dict() for o in self.outputs],
+        }
+
+
+def reproducibility(
+    store: Any,
+    files: list[str],
+    *,
+    signer: Any | None = None,
+    mirrors: tuple[str, ...] = (),
+    cores: int = 0,
+    say: Say | None = None,
+) -> list[PackageResult]:
+    """Evaluate ``files``; build every package they define (if not valid), rebuild it
+    once, and return a result per package, in file then definition order."""
+    from kiln.store.build import BuildError
+
+    from .buildglue import evaluate, write_drvs
+
+    say = say or _stderr
+    builder = make_builder(store, cores=cores, mirrors=mirrors, say=say)
+    results: list[PackageResult] = []
+    for f in files:
+        ev, targets = evaluate(store, f, [])
+        write_drvs(store, ev, [t.drv_path for t in targets])
+        for t in targets:
+            if ev.drvs[t.drv_path].is_fixed_output:
+                continue
+            try:
+                builder.realise([t.drv_path])
+                verdicts = rebuild_drv(store, builder, t.drv_path, signer, say=say)
+            except BuildError as e:
+                results.append(PackageResult(f, t.attr, t.drv_path, (), str(e).splitlines()[0]))
+                continue
+            results.append(PackageResult(f, t.attr, t.drv_path, tuple(verdicts)))
+    return results
+
+
+def summary(results: list[PackageResult]) -> str:
+    """``"3/4 packages reproducible (75%)"``."""
+    n = len(results)
+    ok = sum(r.reproduced for r in results)
+    pct = f"{100 * ok / n:.0f}%" if n else "n/a"
+    return f"{ok}/{n} package{'s' if n != 1 else ''} reproducible ({pct})"
