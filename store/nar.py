@@ -84,6 +84,7 @@ _HDR_SYMLINK = _OPEN + _str(b"type") + _str(b"symlink") + _str(b"target")
 _HDR_DIR = _OPEN + _str(b"type") + _str(b"directory")
 _ENTRY = _str(b"entry") + _OPEN + _str(b"name")
 _NODE = _str(b"node")
+_MIN_READ = 1 << 16
 # O_NONBLOCK: if a path turns into a FIFO between lstat and open, fail instead of hanging.
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
@@ -121,7 +122,13 @@ def _batches(root: bytes, chunk_size: int) -> Iterator[list[bytes]]:
                 pending += len(head) + 8
                 left = size
                 while left:
-                    data = f.read(min(left, chunk_size))
+                    room = chunk_size - pending
+                    if room < _MIN_READ and batch:
+                        # Flush rather than make a small read: keeps chunks near
+                        # chunk_size and reads large.
+                        yield batch
+                        batch, pending, room = [], 0, chunk_size
+                    data = f.read(min(left, room))
                     if not data:
                         raise FormatError(
                             f"{os.fsdecode(path)}: file shrank while being archived "
@@ -178,8 +185,9 @@ def _walk(root: bytes, chunk_size: int) -> Iterator[bytes]:
 def dump(path: str | os.PathLike, chunk_size: int = 1 << 20) -> Iterator[bytes]:
     """Stream the NAR serialisation of ``path`` (not followed if it is a symlink).
 
-    Chunks are at most about ``chunk_size`` bytes (plus one header); memory use does
-    not depend on file sizes."""
+    Chunks are at most ``chunk_size`` bytes plus a few headers (headers are never
+    split, so tiny ``chunk_size`` values are exceeded by them); memory use does not
+    depend on file sizes."""
     if chunk_size < 1:
         raise ValueError("chunk_size must be positive")
     return _walk(os.fsencode(path), chunk_size)

@@ -106,8 +106,8 @@ def test_dump_chunking_is_transparent(corpus: dict[str, Path], chunk_size: int) 
     assert b"".join(chunks) == want
     assert all(isinstance(c, bytes) for c in chunks)
     if chunk_size >= 4096:
-        # bounded memory: no chunk is much bigger than asked for
-        assert max(map(len, chunks)) <= chunk_size + 4096
+        # bounded memory: no chunk is much bigger than asked for (headers only)
+        assert max(map(len, chunks)) <= chunk_size + 512
 
 
 def test_hash_path_matches_sha256_of_dump(corpus: dict[str, Path]) -> None:
