@@ -10,12 +10,13 @@ import stat
 import subprocess
 
 import pytest
+from storekit import make_tree
+
 from kiln.store import nar
 from kiln.store.errors import HashMismatch, KilnError, StoreError
 from kiln.store.localstore import LocalStore
 from kiln.store.pathinfo import PathInfo
 from kiln.store.paths import make_source_path, make_text_path
-from storekit import make_tree
 
 
 def _modes(real):
@@ -222,3 +223,38 @@ def test_store_dir_is_fixed_at_init(tmp_path):
         LocalStore.open(tmp_path / "s", store_dir="/kiln/store")
     with pytest.raises(StoreError, match="no kiln store"):
         LocalStore.open(tmp_path / "none", create=False)
+
+
+def test_large_files_through_every_copy_path(store, tmp_path):
+    """Files above and below the mmap threshold and not multiples of the copy piece,
+    through the in-kernel copy and the plain read/write fallback: identical NARs."""
+    import random
+
+    from kiln.store import ingest
+
+    rng = random.Random(5)
+    src = make_tree(
+        tmp_path / "big",
+        {
+            "a": rng.randbytes(ingest.COPY_PIECE * 2 + 12345),
+            "b": rng.randbytes(ingest.MMAP_MIN - 1),
+            "c": rng.randbytes(ingest.MMAP_MIN + 1),
+            "e": b"",
+        },
+    )
+    want = nar.dump_bytes(src)
+    info = store.add_path(src)
+    assert b"".join(store.nar(info.path)) == want
+    assert nar.dump_bytes(store.real_path(info.path)) == want
+    # the read/write fallback (used when copy_file_range is refused) gives the same
+    from kiln.store.objects import NarSink
+
+    for kernel_copy in (True, False):
+        fd = os.open(tmp_path / f"obj{kernel_copy}", os.O_WRONLY | os.O_CREAT, 0o644)
+        sink = NarSink(fd)
+        ti = ingest.TreeIngest(sink)
+        ti.in_kernel_copy = kernel_copy
+        ti.run(src, tmp_path / f"copy{kernel_copy}")
+        oi = sink.finish()
+        assert (oi.nar_hash, oi.file_hash) == (info.nar_hash, info.file_hash)
+        assert nar.dump_bytes(tmp_path / f"copy{kernel_copy}") == want
