@@ -27,6 +27,7 @@ place only after the whole archive validated, so bad input leaves nothing at ``d
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import struct
 import tempfile
@@ -305,7 +306,7 @@ def restore(src: BinaryIO | Iterable[bytes], dest: str | os.PathLike, *, fsync: 
     ``fsync`` every file and directory is synced before the final rename."""
     dest_b = os.fsencode(os.path.abspath(dest))
     if os.path.lexists(dest_b):
-        raise FileExistsError(17, "restore destination already exists", os.fsdecode(dest_b))
+        raise FileExistsError(errno.EEXIST, "restore destination already exists", os.fsdecode(dest_b))
     parent, base = os.path.split(dest_b)
     tmp = tempfile.mkdtemp(prefix=b"." + base[:40] + b".restore-", dir=parent)
     try:
@@ -332,13 +333,32 @@ def restore(src: BinaryIO | Iterable[bytes], dest: str | os.PathLike, *, fsync: 
         if fsync:
             for d in reversed(dirs):
                 _fsync_dir(d)
-        if os.path.lexists(dest_b):
-            raise FileExistsError(17, "restore destination appeared while restoring", os.fsdecode(dest_b))
-        os.rename(root, dest_b)
+        _rename_noreplace(root, dest_b)
         if fsync:
             _fsync_dir(parent)
     finally:
         _rmtree(tmp)
+
+
+def _rename_noreplace(src: bytes, dst: bytes) -> None:
+    """``rename`` that fails with ``FileExistsError`` instead of replacing ``dst``
+    (``renameat2(RENAME_NOREPLACE)``; plain rename after a check where unavailable)."""
+    import ctypes  # only restore needs it
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    fn = getattr(libc, "renameat2", None)
+    if fn is not None:
+        at_fdcwd, rename_noreplace = -100, 1
+        if fn(at_fdcwd, src, at_fdcwd, dst, rename_noreplace) == 0:
+            return
+        err = ctypes.get_errno()
+        if err == errno.EEXIST:
+            raise FileExistsError(err, "restore destination appeared while restoring", os.fsdecode(dst))
+        if err not in (errno.ENOSYS, errno.EINVAL):
+            raise OSError(err, os.strerror(err), os.fsdecode(dst))
+    if os.path.lexists(dst):
+        raise FileExistsError(errno.EEXIST, "restore destination appeared while restoring", os.fsdecode(dst))
+    os.rename(src, dst)
 
 
 def _rmtree(top: bytes) -> None:

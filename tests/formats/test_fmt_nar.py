@@ -257,6 +257,23 @@ def test_restore_refuses_existing_dest(tmp_path: Path) -> None:
     assert list((tmp_path / "x").iterdir()) == []
 
 
+def test_restore_never_replaces_a_dest_that_appears_meanwhile(tmp_path: Path) -> None:
+    # Another process creates dest (an empty dir: plain rename() would replace it)
+    # while we are restoring; we must fail and leave its dest alone.
+    data = nar(nar_dir(("a", nar_file(b"1"))))
+    dest = tmp_path / "dest"
+
+    def racing():
+        yield data[:40]
+        dest.mkdir()
+        yield data[40:]
+
+    with pytest.raises(FileExistsError, match="appeared while restoring"):
+        narmod.restore(racing(), dest)
+    assert list(dest.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == ["dest"]  # temp dir cleaned up
+
+
 def test_restore_modes_and_fsync(tmp_path: Path) -> None:
     data = nar(nar_dir(("a", nar_file(b"1")), ("x", nar_file(b"2", executable=True)), ("z", nar_link("a"))))
     narmod.restore([data], tmp_path / "out", fsync=True)
