@@ -64,6 +64,37 @@ def main(argv: list[str]) -> int:
         + f" -o {args.output}\n"
         f"{len(entries)} packages, {sum(e.size for e in entries)} bytes of .deb files."
     )
+    old = _previous(args.output)
     write_atomic(args.output, apt.render_lock(entries, header))
     print(f"wrote {args.output}: {len(entries)} packages", file=sys.stderr)
+    if old is not None:
+        for line in lock_changes(old, entries):
+            print(f"  {line}", file=sys.stderr)
     return 0
+
+
+def _previous(path: Path):
+    """The entries of an existing lock at ``path`` (None if absent or unreadable)."""
+    from kiln.store import apt
+    from kiln.store.errors import KilnError
+
+    try:
+        return apt.parse_lock(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, KilnError):
+        return None
+
+
+def lock_changes(old, new) -> list[str]:
+    """Human-readable differences between two locks: added, removed, version changes."""
+    before = {e.name: e for e in old}
+    after = {e.name: e for e in new}
+    out = []
+    for name in sorted(before.keys() | after.keys()):
+        a, b = before.get(name), after.get(name)
+        if a is None:
+            out.append(f"+ {name} {b.version}")
+        elif b is None:
+            out.append(f"- {name} {a.version}")
+        elif a.sha256 != b.sha256:
+            out.append(f"~ {name} {a.version} -> {b.version}")
+    return out or ["(no package changed)"]

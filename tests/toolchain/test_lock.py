@@ -192,3 +192,14 @@ def test_checked_in_toolchain_lock_is_well_formed():
         assert want in n
     for banned in ("build-essential", "dpkg-dev", "make-guile", "guile-3.0-libs"):
         assert banned not in n
+
+
+def test_lock_changes_summary():
+    from kiln.cmd_lock import lock_changes
+
+    a = LockEntry("a", "1", "amd64", "aa" * 32, "pool/a1", 1)
+    a2 = LockEntry("a", "2", "amd64", "bb" * 32, "pool/a2", 1)
+    b = LockEntry("b", "1", "all", "cc" * 32, "pool/b", 1)
+    c = LockEntry("c", "1", "all", "dd" * 32, "pool/c", 1)
+    assert lock_changes([a, b], [a2, c]) == ["~ a 1 -> 2", "- b 1", "+ c 1"]
+    assert lock_changes([a], [a]) == ["(no package changed)"]
