@@ -73,15 +73,42 @@ class OutputVerdict:
         }
 
 
-def make_builder(store: Any, *, cores: int = 0, mirrors: tuple[str, ...] = (), say: Say | None = None):
+def make_builder(
+    store: Any,
+    *,
+    cores: int = 0,
+    mirrors: tuple[str, ...] = (),
+    say: Say | None = None,
+    recipe_file: str | None = None,
+    attrs_by_drv: dict[str, str] | None = None,
+):
     """A ``Builder`` on ``store`` with the bubblewrap executor (``KILN_BWRAP`` names the
-    binary). Raises ``SandboxUnavailable`` with the reason if bwrap cannot sandbox."""
+    binary). Raises ``SandboxUnavailable`` with the reason if bwrap cannot sandbox.
+
+    Whatever it builds for real (missing inputs, packages of a report) is signed and
+    gets provenance exactly as ``kiln build`` would (the store's build key, see
+    ``buildglue.load_sign_key``), so such paths are indistinguishable from built ones."""
     from kiln.sandbox.bwrap import BwrapExecutor
     from kiln.store.build import Builder, BuildOptions
+    from kiln.store.intoto import git_info
+
+    from .buildglue import load_sign_key
+    from .buildprov import ProvenanceHook
 
     executor = BwrapExecutor(os.environ.get("KILN_BWRAP") or None)
-    opts = BuildOptions(cores=cores or os.cpu_count() or 1, mirrors=mirrors, progress=False)
-    return Builder(store, executor, opts, say=say or _stderr)
+    cores = cores or os.cpu_count() or 1
+    commit, dirty = git_info(os.path.dirname(os.path.abspath(recipe_file))) if recipe_file else (None, False)
+    hook = ProvenanceHook(
+        store,
+        load_sign_key(store, None, create=True),
+        os.path.relpath(recipe_file) if recipe_file else "",
+        dict(attrs_by_drv or {}),
+        commit,
+        dirty,
+        cores,
+    )
+    opts = BuildOptions(cores=cores, mirrors=mirrors, progress=False)
+    return Builder(store, executor, opts, after_build=hook, say=say or _stderr)
 
 
 def load_rebuilder_signer(
@@ -147,7 +174,7 @@ def rebuild_drv(
 
     say = say or _stderr
     ensure_inputs(builder, drv_path)
-    say(f"rebuilding {drv_path} in a fresh sandbox")
+    say(f"rebuilding {drv_path}")
     comparisons = builder.rebuild(drv_path)
     now = time.time()
     out = []
@@ -238,11 +265,14 @@ def reproducibility(
     from .buildglue import evaluate, write_drvs
 
     say = say or _stderr
-    builder = make_builder(store, cores=cores, mirrors=mirrors, say=say)
     results: list[PackageResult] = []
     for f in files:
         ev, targets = evaluate(store, f, [])
         write_drvs(store, ev, [t.drv_path for t in targets])
+        attrs = {t.drv_path: t.attr for t in targets}
+        builder = make_builder(
+            store, cores=cores, mirrors=mirrors, say=say, recipe_file=f, attrs_by_drv=attrs
+        )
         for t in targets:
             if ev.drvs[t.drv_path].is_fixed_output:
                 continue

@@ -132,7 +132,7 @@ def test_rebuild_builds_missing_inputs_first(store, graph, kiln, rebuilder_keys)
     assert not store.is_valid(a_out) and store.is_valid(b_out) and store.is_valid(b)
     r = kiln("rebuild", b_out, "--key", str(rebuilder_keys.sk_file))
     assert f"{b_out}: reproduced" in r.stdout
-    assert store.is_valid(a_out)
+    assert store.is_valid(a_out) and "provenance" in attestations.list(store, a_out)
 
 
 @pytest.mark.parametrize("how", ["key", "signer-cmd"])
