@@ -24,6 +24,8 @@ are served, not whom to trust (``kiln verify`` and substitution answer that).
 from __future__ import annotations
 
 import asyncio
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -121,6 +123,42 @@ async def _ask_all(
     urls: list[str], store_dir: str, paths: list[str]
 ) -> list[dict[str, tuple[str, str, str]]]:
     return list(await asyncio.gather(*(_ask(u, store_dir, paths) for u in urls)))
+
+
+def local_hashes(
+    store: Any,
+    args: list[str],
+    *,
+    rebuild: bool = False,
+    mirrors: tuple[str, ...] = (),
+    resolve: Callable[[Any, str], str],
+) -> dict[str, tuple[str, str]]:
+    """``{path: (local hash or "", source)}`` for the PATH arguments, in order. A logical
+    store path not valid here is kept (registries may have it); other forms go through
+    ``resolve``. With ``rebuild`` each path is rebuilt (``rebuilders.rebuild_path``, no
+    VSA signed) and the rebuilt hash is the local one."""
+    from . import rebuilders
+
+    out: dict[str, tuple[str, str]] = {}
+    builder = None
+    for arg in args:
+        a = arg.rstrip("/")
+        if a.startswith(store.store_dir + "/") and "/" not in a[len(store.store_dir) + 1 :]:
+            path = str(StorePath.parse(a, store.store_dir))
+        else:
+            path = resolve(store, arg)
+        info = store.query(path)
+        if not rebuild:
+            out[path] = (_hex(info.nar_hash), "store") if info else ("", "")
+            continue
+        if info is None:
+            raise KilnError(f"--rebuild: {path} is not valid here; build it first (kiln build)")
+        builder = builder or rebuilders.make_builder(store, mirrors=mirrors)
+        (v,) = [v for v in rebuilders.rebuild_path(store, builder, path, None) if v.path == path]
+        if not v.identical:
+            print(f"warning: the local rebuild of {path} differs from the local store", file=sys.stderr)
+        out[path] = (v.rebuilt, "rebuild")
+    return out
 
 
 def challenge(store_dir: str, locals_: dict[str, tuple[str, str]], urls: list[str]) -> list[PathChallenge]:

@@ -232,34 +232,14 @@ def _rebuild(args: argparse.Namespace) -> int:
 
 
 def _challenge(args: argparse.Namespace) -> int:
-    from . import challenge, rebuilders
+    from . import challenge
 
     store = _open_store(args)
     try:
-        locals_: dict[str, tuple[str, str]] = {}
-        builder = None
-        for arg in args.paths:
-            if arg.startswith(store.store_dir + "/") and not store.is_valid(arg.rstrip("/")):
-                path = str(StorePath.parse(arg.rstrip("/"), store.store_dir))  # remote-only path
-            else:
-                path = resolve_target(store, arg)
-            info = store.query(path)
-            if args.rebuild and info is not None:
-                builder = builder or rebuilders.make_builder(store, mirrors=tuple(args.source_mirror))
-                for v in rebuilders.rebuild_path(store, builder, path, None):
-                    if not v.identical:
-                        print(
-                            f"warning: the local rebuild of {v.path} differs from the local store",
-                            file=sys.stderr,
-                        )
-                    locals_[v.path] = (v.rebuilt, "rebuild")
-                    if v.path == path:
-                        break
-            elif args.rebuild:
-                raise KilnError(f"--rebuild: {path} is not valid here; build it first (kiln build)")
-            else:
-                locals_[path] = (f"sha256:{info.nar_hash.hex}", "store") if info else ("", "")
-        results = challenge.challenge(store.store_dir, {p: locals_[p] for p in locals_}, args.registry)
+        locals_ = challenge.local_hashes(
+            store, args.paths, rebuild=args.rebuild, mirrors=tuple(args.source_mirror), resolve=resolve_target
+        )
+        results = challenge.challenge(store.store_dir, locals_, args.registry)
     finally:
         store.close()
     bad = any(r.verdict == "inconsistent" for r in results)

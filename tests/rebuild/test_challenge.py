@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import needs_bwrap
+from rbkit import needs_bwrap
 
 from kiln.store.localstore import LocalStore
 

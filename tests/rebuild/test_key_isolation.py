@@ -9,7 +9,7 @@ while a build that only probes for them succeeds and records that it saw nothing
 
 from __future__ import annotations
 
-from conftest import needs_bwrap
+from rbkit import needs_bwrap
 
 from kiln.store.build import Builder, BuildOptions
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import Keys, needs_bwrap
+from rbkit import Keys, needs_bwrap
 
 from kiln.store import attestations, intoto
 from kiln.store.policy import parse, verify_path

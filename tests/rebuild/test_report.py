@@ -14,7 +14,7 @@ import json
 import tarfile
 from pathlib import Path
 
-from conftest import BUSYBOX, needs_bwrap
+from rbkit import BUSYBOX, needs_bwrap
 
 from kiln.store import attestations
 
