@@ -16,9 +16,11 @@ recompressed. With a signing key, missing signatures are added on the fly.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -29,12 +31,25 @@ from kiln.store.objects import object_rel_path
 from kiln.store.signing import SecretKey, sign_info
 
 from . import layout
-from .storage import FileStorage, Storage, open_storage
-from .verify import Digests, NarVerifier
+from .storage import Durability, FileStorage, GroupSync, Storage, open_storage
+from .verify import Digests, NarVerifier, expect
 
 CACHE_MAX = 200_000
 #: objects at least this large get an on-disk digest record (re-hashing them is costly)
 RECORD_MIN = 1 << 20
+
+
+@dataclasses.dataclass(slots=True)
+class BatchEntry:
+    """One path of a batched upload: its narinfo bytes, a temp file for them, and the
+    staged NAR (closed temp file + digests computed while it streamed in), if sent."""
+
+    hash_part: str
+    narinfo: bytes
+    narinfo_file: BinaryIO | None = None
+    nar_file: BinaryIO | None = None
+    nar_digests: Digests | None = None
+    error: str | None = None
 
 
 class Source:
@@ -86,6 +101,8 @@ class DirSource(Source):
         self._cache: dict[str, bytes] = {}
         self._digests: dict[str, Digests] = {}
         self._lock = threading.Lock()
+        #: one file-system barrier shared by concurrent uploads (group commit)
+        self.group_sync = GroupSync(self.storage.barrier)
 
     def cache_info(self) -> bytes:
         return self._info
@@ -113,7 +130,7 @@ class DirSource(Source):
 
     # -------------------------------------------------------- write side
 
-    def commit_object(self, tmp: BinaryIO, got: Digests, durable: bool | None = None) -> None:
+    def commit_object(self, tmp: BinaryIO, got: Digests, durable: Durability = None) -> None:
         """Publish a verified staged NAR under ``nar/`` and ``blobs/`` and remember its
         digests: in memory, and for large objects also in ``.kiln/nars/<hex>`` so
         admitting the narinfo later (maybe in another worker) need not re-read it. The
@@ -149,13 +166,83 @@ class DirSource(Source):
             self.storage.put_bytes(f".kiln/nars/{file_hash.hex}", _digests_record(got), durable=False)
         return got
 
+    def commit_batch(
+        self, entries: list[BatchEntry], admit: Callable[[str, str], ni.NarInfo]
+    ) -> list[tuple[int, str]]:
+        """Publish many (narinfo, optional staged NAR) pairs with two file-system barriers
+        in total: NAR data → (barrier) → NAR links and narinfo data → (barrier) →
+        narinfo links. ``admit(hash_part, text)`` parses and checks signatures (raises
+        ``KilnError``). Each entry gets its own (status, message); one bad entry does not
+        stop the others."""
+        with contextlib.ExitStack() as stack:
+            return self._commit_batch(entries, admit, stack)
+
+    def _commit_batch(
+        self, entries: list[BatchEntry], admit: Callable[[str, str], ni.NarInfo], stack: contextlib.ExitStack
+    ) -> list[tuple[int, str]]:
+        results: list[tuple[int, str] | None] = [None] * len(entries)
+        infos: list[ni.NarInfo | None] = [None] * len(entries)
+        for n, e in enumerate(entries):
+            if e.error is not None:
+                results[n] = (400, f"error: {e.error}")
+                continue
+            try:
+                infos[n] = admit(e.hash_part, e.narinfo.decode())
+            except (KilnError, UnicodeDecodeError) as ex:
+                results[n] = (403 if type(ex).__name__ == "UntrustedError" else 400, f"error: {ex}")
+                continue
+            if e.nar_digests is not None and e.nar_digests.file_hash.digest != infos[n].file_hash.digest:  # type: ignore[union-attr]
+                results[n] = (400, f"error: {infos[n].path}: the NAR sent does not hash to its FileHash")  # type: ignore[union-attr]
+        # A NAR that verified and matches what its narinfo claims is kept even if the
+        # narinfo was refused (as with PUT /nar: content-addressed, invisible without one).
+        staged = [
+            (e, n)
+            for n, e in enumerate(entries)
+            if e.nar_file is not None
+            and e.nar_digests is not None
+            and (infos[n] is None or infos[n].file_hash.digest == e.nar_digests.file_hash.digest)  # type: ignore[union-attr]
+        ]
+        if staged:
+            self.group_sync()
+            for e, _n in staged:
+                self.commit_object(e.nar_file, e.nar_digests, durable=False)  # type: ignore[arg-type]
+        ready: list[int] = []
+        for n, e in enumerate(entries):
+            info = infos[n]
+            if results[n] is not None or info is None:
+                continue
+            got = self.object_digests(info.file_hash)  # type: ignore[arg-type]
+            if got is None:
+                results[n] = (400, f"error: {info.path}: upload the NAR ({info.url}) before its narinfo")
+                continue
+            try:
+                expect(info.path, got, info.file_hash, info.file_size, info.nar_hash, info.nar_size)
+            except KilnError as ex:
+                results[n] = (400, f"error: {ex}")
+                continue
+            f, _ = stack.enter_context(self.storage.staged())
+            f.write(e.narinfo)
+            f.close()  # flushed; made durable by the shared barrier below
+            e.narinfo_file = f
+            ready.append(n)
+        if ready:
+            self.group_sync()
+        for n in ready:
+            e, info = entries[n], infos[n]
+            if self.storage.link_staged(e.narinfo_file, layout.narinfo_key(e.hash_part)):  # type: ignore[arg-type]
+                results[n] = (201, "published")
+            else:  # exists: identical, mergeable or a conflict
+                results[n] = self.publish_narinfo(e.hash_part, info, e.narinfo)  # type: ignore[arg-type]
+        return [r if r is not None else (500, "error: not processed") for r in results]
+
     def publish_narinfo(self, hash_part: str, info: ni.NarInfo, body: bytes) -> tuple[int, str]:
         """Create-if-absent; identical → 200; same content with other signatures → merged;
         different content → 409."""
         key = layout.narinfo_key(hash_part)
+        # create-if-absent is atomic (link), so only the rare compare/merge needs the lock
+        if self.storage.put_bytes(key, body, exclusive=True, durable=self.group_sync):
+            return 201, "published"
         with self._lock:
-            if self.storage.put_bytes(key, body, exclusive=True):
-                return 201, "published"
             old_body = self.storage.read(key) or b""
             if old_body == body:
                 return 200, "already published"

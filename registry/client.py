@@ -91,6 +91,9 @@ class Client:
     async def publish_index(self) -> str | None:
         return None
 
+    async def upload_batch(self, frames: list[tuple[str, bytes, Path | None]]) -> list[dict[str, Any]] | None:
+        return None  # not supported: callers fall back to one PUT per object
+
 
 class HttpClient(Client):
     def __init__(self, url: str, token: str | None = None, jobs: int = 16) -> None:
@@ -220,6 +223,39 @@ class HttpClient(Client):
             if resp.status not in (200, 201):
                 raise await self._fail(resp, f"PUT {self.url}/{key}")
             return resp.status
+
+    async def upload_batch(self, frames: list[tuple[str, bytes, Path | None]]) -> list[dict[str, Any]] | None:
+        """Upload many (hash part, narinfo, optional NAR file) in one ``POST /upload-batch``.
+        Returns the per-path results, or None when the server has no such endpoint."""
+        sizes = [p.stat().st_size if p is not None else 0 for _, _, p in frames]
+        heads = [f"{len(text)} {z} {h}\n".encode() for (h, text, _), z in zip(frames, sizes, strict=True)]
+        total = sum(len(hd) + len(fr[1]) + z for hd, fr, z in zip(heads, frames, sizes, strict=True))
+
+        async def body() -> Any:
+            buf = bytearray()
+            for hd, (_, text, path) in zip(heads, frames, strict=True):
+                buf += hd
+                buf += text
+                if path is not None:
+                    with open(path, "rb") as f:
+                        while chunk := f.read(CHUNK):
+                            buf += chunk
+                            if len(buf) >= CHUNK:
+                                yield bytes(buf)
+                                buf.clear()
+                if len(buf) >= 1 << 16:
+                    yield bytes(buf)
+                    buf.clear()
+            if buf:
+                yield bytes(buf)
+
+        headers = {"Content-Length": str(total), "Content-Type": "application/x-kiln-upload-batch"}
+        async with await self._request("POST", "upload-batch", data=body(), headers=headers) as resp:
+            if resp.status in (404, 405):
+                return None
+            if resp.status != 200:
+                raise await self._fail(resp, f"POST {self.url}/upload-batch")
+            return (await resp.json(content_type=None))["results"]
 
     async def publish_index(self) -> str | None:
         async with await self._request("POST", "publish-index") as resp:

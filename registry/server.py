@@ -43,12 +43,13 @@ from kiln.store.signing import PublicKey, SecretKey
 
 from . import layout
 from .auth import AuthError, TokenStore
-from .backends import DirSource, Source, StoreSource
+from .backends import BatchEntry, DirSource, Source, StoreSource
 from .verify import NarVerifier, check_narinfo, expect
 
 IMMUTABLE = "public, max-age=31536000, immutable"
 CHUNK = 1 << 20
 MAX_BATCH = 10_000
+MAX_UPLOAD_BATCH = 2_000
 
 
 @dataclass(slots=True)
@@ -129,6 +130,8 @@ class Registry:
                 return await self._batch(request)
             if key == "publish-index":
                 return await self._publish_index(request)
+            if key == "upload-batch":
+                return await self._upload_batch(request)
             raise _HTTPError(404, f"no such endpoint: POST /{key}")
         kind, arg = layout.parse_key(key)
         if not kind:
@@ -243,7 +246,9 @@ class Registry:
                         400, f"uploaded bytes hash to sha256:{got.file_hash.hex}, not to the name /{key}"
                     )
                 # fsync and link on a worker thread: the event loop never waits on the disk
-                await asyncio.get_running_loop().run_in_executor(None, src.commit_object, f, got)
+                await asyncio.get_running_loop().run_in_executor(
+                    None, src.commit_object, f, got, src.group_sync
+                )
             return _text(201, "stored")
         if kind == "narinfo":
             self._check_length(request, self.config.max_narinfo)
@@ -275,6 +280,75 @@ class Registry:
         except KilnError as e:
             return 400, f"error: {e}"
         return src.publish_narinfo(hash_part, info, text.encode())
+
+    async def _upload_batch(self, request: web.Request) -> web.Response:
+        """``POST /upload-batch``: many paths in one request. Body: per path a line
+        ``<narinfo length> <nar length> <hash part>\n``, the narinfo bytes, then the
+        ``.nar.zst`` bytes (length 0 when the registry already has that NAR). Each NAR
+        is hashed while it streams in; then everything is admitted exactly as the
+        single-object PUTs would, with two shared barriers instead of 2 fsyncs per path.
+        Answer: ``{"results": [{"hash", "status", "message"}]}`` in request order."""
+        self._auth(request, "write")
+        src = self.source
+        assert isinstance(src, DirSource)
+        self._check_length(request, self.config.max_body)
+        entries: list[BatchEntry] = []
+        total = 0
+        with contextlib.ExitStack() as stack:
+            while True:
+                line = await request.content.readline()
+                if not line:
+                    break
+                parts = line.split()
+                if (
+                    len(parts) != 3
+                    or not line.endswith(b"\n")
+                    or not parts[0].isdigit()
+                    or not parts[1].isdigit()
+                ):
+                    raise _HTTPError(400, f"malformed batch frame header {line[:80]!r}")
+                nlen, zlen, h = int(parts[0]), int(parts[1]), parts[2].decode(errors="replace")
+                if not layout.is_hash_part(h):
+                    raise _HTTPError(400, f"invalid hash part {h[:40]!r} in batch frame")
+                if nlen > self.config.max_narinfo:
+                    raise _HTTPError(413, f"narinfo over {self.config.max_narinfo} bytes in batch frame")
+                total += nlen + zlen
+                if total > self.config.max_body:
+                    raise _HTTPError(413, f"batch exceeds the limit of {self.config.max_body} bytes")
+                if len(entries) >= MAX_UPLOAD_BATCH:
+                    raise _HTTPError(413, f"at most {MAX_UPLOAD_BATCH} paths per upload batch")
+                try:
+                    body = await request.content.readexactly(nlen)
+                except asyncio.IncompleteReadError:
+                    raise _HTTPError(400, "batch body truncated") from None
+                e = BatchEntry(h, body)
+                if zlen:
+                    f, _ = stack.enter_context(src.storage.staged())
+                    ver = NarVerifier()
+                    left = zlen
+                    while left:
+                        chunk = await request.content.read(min(CHUNK, left))
+                        if not chunk:
+                            raise _HTTPError(400, "batch body truncated")
+                        f.write(chunk)
+                        ver.update(chunk)
+                        left -= len(chunk)
+                    f.close()
+                    try:
+                        e.nar_digests, e.nar_file = ver.finish(), f
+                    except KilnError as ex:
+                        e.error = str(ex)
+                entries.append(e)
+
+            def admit(hash_part: str, text: str) -> Any:
+                return check_narinfo(text, src.store_dir, self.config.trusted, 1, hash_part)
+
+            results = await asyncio.get_running_loop().run_in_executor(None, src.commit_batch, entries, admit)
+        out = [
+            {"hash": e.hash_part, "status": st, "message": msg}
+            for e, (st, msg) in zip(entries, results, strict=True)
+        ]
+        return web.json_response({"results": out})
 
     async def _publish_index(self, request: web.Request) -> web.Response:
         self._auth(request, "write")

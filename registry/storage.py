@@ -21,8 +21,9 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import unquote, urlparse
@@ -30,6 +31,11 @@ from urllib.parse import unquote, urlparse
 from kiln.store.errors import KilnError
 
 from .layout import PRIVATE_DIR
+
+#: per-write durability: None = the storage default, False = no fsync (caller will call
+#: ``barrier()``), True = fsync, or a callable run after the data is written and before
+#: it becomes visible (a group barrier shared by concurrent writers).
+Durability = bool | Callable[[], None] | None
 
 
 class StorageError(KilnError):
@@ -58,7 +64,7 @@ class Storage(ABC):
 
     @abstractmethod
     def writer(
-        self, key: str, *, exclusive: bool = False, durable: bool | None = None
+        self, key: str, *, exclusive: bool = False, durable: Durability = None
     ) -> contextlib.AbstractContextManager[BinaryIO]:
         """Context manager yielding a writable file; the object appears atomically on
         clean exit. With ``exclusive`` an existing object is left alone and
@@ -70,12 +76,17 @@ class Storage(ABC):
         named by their digest). Pair with ``commit_staged``; discarded on exit."""
 
     @abstractmethod
-    def commit_staged(self, tmp: BinaryIO, keys: list[str], durable: bool | None = None) -> None:
+    def commit_staged(self, tmp: BinaryIO, keys: list[str], durable: Durability = None) -> None:
         """Publish a staged temp file under every key in ``keys`` (content-addressed,
         so an existing key is kept as is)."""
 
+    @abstractmethod
+    def link_staged(self, tmp: BinaryIO, key: str) -> bool:
+        """Publish a closed staged file under ``key`` only if absent; False if it exists.
+        (The caller made the bytes durable first, e.g. with one ``barrier()`` for many.)"""
+
     def put_bytes(
-        self, key: str, data: bytes, *, exclusive: bool = False, durable: bool | None = None
+        self, key: str, data: bytes, *, exclusive: bool = False, durable: Durability = None
     ) -> bool:
         """Write ``data`` atomically. Returns False (and changes nothing) when
         ``exclusive`` and the key exists. ``durable=False`` skips the fsync (the caller
@@ -155,8 +166,13 @@ class FileStorage(Storage):
         os.fchmod(f.fileno(), 0o644)  # published objects are world-readable (static servers)
         return f
 
-    def _finish(self, f: BinaryIO, durable: bool | None) -> None:
+    def _finish(self, f: BinaryIO, durable: Durability) -> None:
         f.flush()
+        if callable(durable):
+            f.close()
+            if self.durable:
+                durable()  # a shared barrier (GroupSync) instead of a private fsync
+            return
         if self.durable if durable is None else durable:
             os.fsync(f.fileno())
         f.close()
@@ -174,7 +190,7 @@ class FileStorage(Storage):
             os.close(fd)
 
     @contextlib.contextmanager
-    def writer(self, key: str, *, exclusive: bool = False, durable: bool | None = None) -> Iterator[BinaryIO]:
+    def writer(self, key: str, *, exclusive: bool = False, durable: Durability = None) -> Iterator[BinaryIO]:
         dest = self._path(key)
         f = self._tempfile()
         try:
@@ -196,12 +212,19 @@ class FileStorage(Storage):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(f.name)
 
-    def commit_staged(self, tmp: BinaryIO, keys: list[str], durable: bool | None = None) -> None:
+    def commit_staged(self, tmp: BinaryIO, keys: list[str], durable: Durability = None) -> None:
         if not tmp.closed:
             self._finish(tmp, durable)
         for key in keys:
             with contextlib.suppress(FileExistsError):
                 _place(tmp.name, self._path(key), True)  # same bytes under every name; never clobber
+
+    def link_staged(self, tmp: BinaryIO, key: str) -> bool:
+        try:
+            _place(tmp.name, self._path(key), True)
+        except FileExistsError:
+            return False
+        return True
 
     def list(self, prefix: str = "") -> Iterator[str]:
         base = self._path(prefix.rstrip("/")) if prefix else self.root
@@ -242,6 +265,39 @@ def _load_syncfs():  # noqa: ANN202
 
 
 _syncfs = _load_syncfs()
+
+
+class GroupSync:
+    """Group commit: many threads each need "my writes are durable" before they publish;
+    one ``barrier()`` serves every caller that arrived before it started. A caller waits
+    for a barrier that *started after* its call, so its writes are always covered."""
+
+    def __init__(self, barrier: Callable[[], None]) -> None:
+        self._barrier = barrier
+        self._cond = threading.Condition()
+        self._started = 0
+        self._done = 0
+        self._running = False
+
+    def __call__(self) -> None:
+        with self._cond:
+            target = self._started + 1
+            while self._done < target:
+                if self._running:
+                    self._cond.wait()
+                    continue
+                self._running = True
+                self._started += 1
+                mine = self._started
+                self._cond.release()
+                try:
+                    self._barrier()
+                finally:
+                    self._cond.acquire()
+                    self._running = False
+                    self._done = mine
+                    self._cond.notify_all()
+
 
 #: URL schemes with a backend. The parametrised storage tests run over each.
 BACKENDS = ("file",)

@@ -228,3 +228,38 @@ def test_dropped_upload_leaves_nothing(setup, keys) -> None:
         time.sleep(0.05)
     assert not (reg / layout.nar_key(info.file_hash)).exists()
     assert list((reg / ".kiln" / "tmp").iterdir()) == []
+
+
+def _frame(hp: str, text: bytes, nar: bytes = b"") -> bytes:
+    return f"{len(text)} {len(nar)} {hp}\n".encode() + text + nar
+
+
+def test_upload_batch(setup, keys, other_keys, tmp_path) -> None:
+    store, path, info, reg, wtok, rtok, srv = setup
+    auth = {"Authorization": f"Bearer {wtok}"}
+    hp = path.split("/")[-1][:32]
+    nar = store.object_path(path).read_bytes()
+    p2 = add_tree(store, tmp_path / "b", "two", "two\n")
+    i2 = store.query(p2)
+    hp2 = p2.split("/")[-1][:32]
+    bad = bytearray(store.object_path(p2).read_bytes())
+    bad[-4] ^= 1
+    body = _frame(hp, _narinfo_text(info, keys.sk).encode(), nar) + _frame(hp2, _narinfo_text(i2, keys.sk).encode(), bytes(bad))
+    assert request(f"{srv.url}/upload-batch", "POST", body, {"Authorization": f"Bearer {rtok}"})[0] == 403
+    s, _, out = request(f"{srv.url}/upload-batch", "POST", body, auth)
+    res = json.loads(out)["results"]
+    assert s == 200 and [r["status"] for r in res] == [201, 400]
+    assert request(f"{srv.url}/{hp}.narinfo")[0] == 200 and request(f"{srv.url}/{hp2}.narinfo")[0] == 404
+    assert not (reg / layout.blob_key(i2.file_hash)).exists()
+    # untrusted signature, NAR omitted because the registry has none → refused per entry
+    body = _frame(hp2, _narinfo_text(i2, other_keys.sk).encode(), store.object_path(p2).read_bytes())
+    res = json.loads(request(f"{srv.url}/upload-batch", "POST", body, auth)[2])["results"]
+    assert res[0]["status"] == 403
+    body = _frame(hp2, _narinfo_text(i2, keys.sk).encode())  # the NAR stayed (content-addressed)
+    res = json.loads(request(f"{srv.url}/upload-batch", "POST", body, auth)[2])["results"]
+    assert res[0]["status"] == 201
+    for junk in (b"garbage\n", b"10 0 notahash\n0123456789", b"5 0 " + hp.encode() + b"\nab"):
+        assert request(f"{srv.url}/upload-batch", "POST", junk, auth)[0] == 400
+    assert request(f"{srv.url}/upload-batch", "POST", f"10 2000000 {hp}\n".encode(), auth)[0] == 413
+    assert request(f"{srv.url}/nix-cache-info")[0] == 200
+    assert list((reg / ".kiln" / "tmp").iterdir()) == []
