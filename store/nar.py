@@ -178,8 +178,23 @@ def _kind(mode: int) -> str:
 
 
 def _walk(root: bytes, chunk_size: int) -> Iterator[bytes]:
+    """Chunks for ``dump``: large pieces (file reads) pass through uncopied; runs of
+    small pieces (headers, small files) are joined into one chunk."""
     for batch in _batches(root, chunk_size):
-        yield batch[0] if len(batch) == 1 else b"".join(batch)
+        if len(batch) == 1:
+            yield batch[0]
+            continue
+        small: list[bytes] = []
+        for piece in batch:
+            if len(piece) < _MIN_READ:
+                small.append(piece)
+                continue
+            if small:
+                yield b"".join(small)
+                small = []
+            yield piece
+        if small:
+            yield b"".join(small)
 
 
 def dump(path: str | os.PathLike, chunk_size: int = 1 << 20) -> Iterator[bytes]:
