@@ -244,7 +244,9 @@ def test_upload_batch(setup, keys, other_keys, tmp_path) -> None:
     hp2 = p2.split("/")[-1][:32]
     bad = bytearray(store.object_path(p2).read_bytes())
     bad[-4] ^= 1
-    body = _frame(hp, _narinfo_text(info, keys.sk).encode(), nar) + _frame(hp2, _narinfo_text(i2, keys.sk).encode(), bytes(bad))
+    body = _frame(hp, _narinfo_text(info, keys.sk).encode(), nar) + _frame(
+        hp2, _narinfo_text(i2, keys.sk).encode(), bytes(bad)
+    )
     assert request(f"{srv.url}/upload-batch", "POST", body, {"Authorization": f"Bearer {rtok}"})[0] == 403
     s, _, out = request(f"{srv.url}/upload-batch", "POST", body, auth)
     res = json.loads(out)["results"]
