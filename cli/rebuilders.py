@@ -267,7 +267,13 @@ def reproducibility(
     say = say or _stderr
     results: list[PackageResult] = []
     for f in files:
-        ev, targets = evaluate(store, f, [])
+        try:
+            ev, targets = evaluate(store, f, [])
+        except KilnError as e:
+            if str(e) != f"{f} defines no packages":
+                raise
+            say(f"{f}: no packages (skipped)")  # e.g. a lock file among recipes/*.recipe
+            continue
         write_drvs(store, ev, [t.drv_path for t in targets])
         attrs = {t.drv_path: t.attr for t in targets}
         builder = make_builder(
