@@ -33,7 +33,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from . import db, nar
 from .errors import StoreError
@@ -56,6 +56,11 @@ from .objects import (
 from .pathinfo import PathInfo
 from .paths import DEFAULT_STORE_DIR, StorePath, check_name, check_store_dir, make_source_path, make_text_path
 from .trees import canonicalise, remove_tree, seal_top
+
+if TYPE_CHECKING:
+    from .gc import GcReport
+    from .signing import PublicKey
+    from .verify import VerifyReport
 
 CONFIG_VERSION = 1
 _SUBDIRS = ("objects", "gcroots", "temproots", "quarantine", "tmp", "locks")
@@ -364,13 +369,15 @@ class LocalStore:
 
     # ------------------------------------------------------------------ maintenance
 
-    def verify(self, repair: bool = False, trusted=None, sigs_needed: int = 0):
+    def verify(
+        self, repair: bool = False, trusted: list[PublicKey] | None = None, sigs_needed: int = 0
+    ) -> VerifyReport:
         """Re-hash every object and tree; see ``store.verify``. Returns a VerifyReport."""
         from .verify import verify
 
         return verify(self, repair=repair, trusted=trusted, sigs_needed=sigs_needed)
 
-    def gc(self, dry_run: bool = False):
+    def gc(self, dry_run: bool = False) -> GcReport:
         """Delete everything not reachable from a root; see ``store.gc``. Returns a GcReport."""
         from .gc import collect
 
