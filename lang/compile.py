@@ -93,7 +93,8 @@ def instantiate(ev, fn, args: dict, call: ast.Node) -> DrvValue:
             hint = did_you_mean(name, known) or (
                 f" (its parameters: {', '.join(sorted(known))})" if known else " (it has no parameters)"
             )
-            raise UnknownField(f"package '{pkg.name}' has no parameter '{name}'{hint}", node.src, node.pos)
+            pos = call.name_pos.get(name, node.pos) if isinstance(call, ast.Call) else node.pos
+            raise UnknownField(f"package '{pkg.name}' has no parameter '{name}'{hint}", node.src, pos)
     for p in pkg.params:
         if p.name in args:
             params[p.name] = args[p.name][0]

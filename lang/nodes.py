@@ -93,12 +93,15 @@ class Call(Node):
     """``name(args)``, ``name { record }`` or ``name "string"``.
     ``args`` is a tuple of ``(arg_name or None, node)``."""
 
-    __slots__ = ("name", "args")
+    __slots__ = ("name", "args", "name_pos")
 
-    def __init__(self, src: SourceText, pos: int, name: str, args: tuple) -> None:
+    def __init__(
+        self, src: SourceText, pos: int, name: str, args: tuple, name_pos: dict | None = None
+    ) -> None:
         super().__init__(src, pos)
         self.name = name
         self.args = args
+        self.name_pos = name_pos or {}  # argument name -> position of the name
 
 
 class If(Node):

@@ -156,9 +156,11 @@ class _Builder:
 
     def call(self, c):
         args = tuple(a for a in c[1:] if a is not None)
-        named = [ast.Binding(self.src, a[1].pos, a[0], a[1]) for a in args if a[0] is not None]
+        named = [ast.Binding(self.src, a[2], a[0], a[1]) for a in args if a[0] is not None]
         _check_duplicates(named, self.src, "argument")
-        return ast.Call(self.src, self._p(c[0]), str(c[0]), args)
+        return ast.Call(
+            self.src, self._p(c[0]), str(c[0]), tuple(a[:2] for a in args), {b.name: b.pos for b in named}
+        )
 
     def call_record(self, c):
         return ast.Call(self.src, self._p(c[0]), str(c[0]), ((None, c[1]),))
@@ -167,10 +169,10 @@ class _Builder:
         return ast.Call(self.src, self._p(c[0]), str(c[0]), ((None, self.string([c[1]])),))
 
     def named_arg(self, c):
-        return (str(c[0]), c[1])
+        return (str(c[0]), c[1], self._p(c[0]))
 
     def pos_arg(self, c):
-        return (None, c[0])
+        return (None, c[0], c[0].pos)
 
     def var(self, c):
         return ast.Var(self.src, self._p(c[0]), str(c[0]))

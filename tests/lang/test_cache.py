@@ -76,9 +76,12 @@ def test_hit_does_not_import_the_parser(tmp_path):
         f"ev = evaluate_file('set.recipe', cache_dir={str(tmp_path / 'c')!r});"
         "print(ev.from_cache, 'lark' in sys.modules, 'kiln.lang.parser' in sys.modules)"
     )
-    run = lambda: subprocess.run(
-        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True
-    )  # noqa: E731
+
+    def run():
+        return subprocess.run(
+            [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True
+        )
+
     assert run().stdout.split() == ["False", "True", "True"]
     assert run().stdout.split() == ["True", "False", "False"]
 
