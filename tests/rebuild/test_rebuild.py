@@ -163,3 +163,15 @@ def test_key_or_external_signer(store, graph, kiln, rebuilder_keys, tmp_path, ho
             str(rebuilder_keys.pk_file),
         )
     assert verify_path(store, out, parse(_policy(rebuilder_keys))).ok
+
+
+def test_rebuild_with_a_rebuilder_key_never_makes_a_build_key(store, graph, kiln, rebuilder_keys):
+    # A rebuilder machine holds only its rebuilder key: nothing to build, no build key.
+    from kiln.sandbox.bwrap import BwrapExecutor
+    from kiln.store.build import Builder, BuildOptions
+
+    drv, out = graph.drv("keyless", "echo keyless > $out")
+    Builder(store, BwrapExecutor(), BuildOptions(progress=False), say=lambda m: None).realise([drv])
+    r = kiln("rebuild", out, "--key", str(rebuilder_keys.sk_file))
+    assert f"{out}: reproduced" in r.stdout and "generated signing key" not in r.stderr
+    assert not (store.root / "keys" / "default.sec").exists()
