@@ -100,7 +100,7 @@ class Registry:
 
     # ------------------------------------------------------------ dispatch
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         try:
             return await self._dispatch(request)
         except AuthError as e:
@@ -113,12 +113,12 @@ class Registry:
         except (ConnectionResetError, asyncio.CancelledError):
             raise
 
-    def _auth(self, request: web.Request, scope: str) -> None:
+    def _auth(self, request: web.BaseRequest, scope: str) -> None:
         if self.tokens is None:
             raise _HTTPError(405, "this server is read-only (serving a store)")
         self.tokens.check(request.headers.get(hdrs.AUTHORIZATION), scope)
 
-    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+    async def _dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
         key = request.path.lstrip("/")
         method = request.method
         if self.config.private and not (method == "GET" and key == layout.CACHE_INFO):
@@ -145,7 +145,7 @@ class Registry:
 
     # ------------------------------------------------------------ reads
 
-    async def _get(self, request: web.Request, key: str, kind: str, arg: str) -> web.StreamResponse:
+    async def _get(self, request: web.BaseRequest, key: str, kind: str, arg: str) -> web.StreamResponse:
         if kind == "cache-info":
             return web.Response(body=self.source.cache_info(), content_type="text/x-nix-cache-info")
         if kind == "narinfo":
@@ -181,7 +181,7 @@ class Registry:
             },
         )
 
-    async def _batch(self, request: web.Request) -> web.Response:
+    async def _batch(self, request: web.BaseRequest) -> web.Response:
         if (request.content_length or 0) > 4 << 20:
             raise _HTTPError(413, "batch request over 4 MiB")
         raw = await request.content.read(4 << 20)
@@ -216,11 +216,11 @@ class Registry:
 
     # ------------------------------------------------------------ writes
 
-    def _check_length(self, request: web.Request, limit: int) -> None:
+    def _check_length(self, request: web.BaseRequest, limit: int) -> None:
         if request.content_length is not None and request.content_length > limit:
             raise _HTTPError(413, f"body of {request.content_length} bytes exceeds the limit of {limit}")
 
-    async def _put(self, request: web.Request, key: str, kind: str, arg: str) -> web.Response:
+    async def _put(self, request: web.BaseRequest, key: str, kind: str, arg: str) -> web.Response:
         src = self.source
         assert isinstance(src, DirSource)
         if kind in ("nar", "blob"):
@@ -281,7 +281,7 @@ class Registry:
             return 400, f"error: {e}"
         return src.publish_narinfo(hash_part, info, text.encode())
 
-    async def _upload_batch(self, request: web.Request) -> web.Response:
+    async def _upload_batch(self, request: web.BaseRequest) -> web.Response:
         """``POST /upload-batch``: many paths in one request. Body: per path a line
         ``<narinfo length> <nar length> <hash part>\n``, the narinfo bytes, then the
         ``.nar.zst`` bytes (length 0 when the registry already has that NAR). Each NAR
@@ -350,7 +350,7 @@ class Registry:
         ]
         return web.json_response({"results": out})
 
-    async def _publish_index(self, request: web.Request) -> web.Response:
+    async def _publish_index(self, request: web.BaseRequest) -> web.Response:
         self._auth(request, "write")
         if self.config.index_key is None:
             return _text(409, "error: this server has no index key (start it with --index-key)")
@@ -369,7 +369,7 @@ class _HTTPError(Exception):
         self.status, self.msg = status, msg
 
 
-async def _drain(request: web.Request, limit: int) -> None:
+async def _drain(request: web.BaseRequest, limit: int) -> None:
     total = 0
     async for chunk in request.content.iter_chunked(CHUNK):
         total += len(chunk)
@@ -377,12 +377,12 @@ async def _drain(request: web.Request, limit: int) -> None:
             raise _HTTPError(413, "body too large")
 
 
-def make_app(source: Source, config: ServerConfig) -> web.Application:
+def make_app(source: Source, config: ServerConfig) -> web.Server:
+    """The low-level aiohttp server: one handler, no router or middleware layers (every
+    path is classified by ``layout.parse_key`` anyway), which is measurably faster for
+    small narinfo responses."""
     reg = Registry(source, config)
-    app = web.Application(client_max_size=config.max_narinfo, handler_args={"max_field_size": 16384})
-    app.router.add_route("*", "/{tail:.*}", reg.handle)
-    app["registry"] = reg
-    return app
+    return web.Server(reg.handle, access_log=None, max_field_size=16384)
 
 
 def open_source(
@@ -411,12 +411,12 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 async def _run(
-    make: Callable[[], Awaitable[web.Application]] | Callable[[], web.Application], sock: socket.socket
+    make: Callable[[], Awaitable[web.Server]] | Callable[[], web.Server], sock: socket.socket
 ) -> None:
     app = make()
     if asyncio.iscoroutine(app):
         app = await app
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = web.ServerRunner(app, handle_signals=False)
     await runner.setup()
     site = web.SockSite(runner, sock, shutdown_timeout=1.0)
     await site.start()
