@@ -4,6 +4,7 @@ mismatches that name the differing file and record a FAILED verdict."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 from rbkit import Keys, needs_bwrap
@@ -175,3 +176,12 @@ def test_rebuild_with_a_rebuilder_key_never_makes_a_build_key(store, graph, kiln
     r = kiln("rebuild", out, "--key", str(rebuilder_keys.sk_file))
     assert f"{out}: reproduced" in r.stdout and "generated signing key" not in r.stderr
     assert not (store.root / "keys" / "default.sec").exists()
+
+
+@pytest.mark.skipif(shutil.which("diffoscope") is None, reason="diffoscope not installed")
+def test_mismatch_runs_diffoscope_when_installed(store, graph, kiln, rebuilder_keys):
+    drv, out = graph.drv("scope", "mkdir $out; cat /proc/sys/kernel/random/uuid > $out/id")
+    kiln("build", drv)
+    r = kiln("rebuild", out, "--key", str(rebuilder_keys.sk_file), expect=1)
+    explained = r.stdout.split("diffoscope:", 1)[1]
+    assert "id" in explained and "@@" in explained  # a unified diff of the file that differs
