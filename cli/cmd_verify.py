@@ -192,7 +192,8 @@ def _signer_args(p: argparse.ArgumentParser, what: str) -> None:
     )
 
 
-def _print_verdicts(verdicts, out=sys.stdout) -> None:
+def _print_verdicts(verdicts, out=None) -> None:
+    out = out or sys.stdout
     for v in verdicts:
         if v.identical:
             print(f"{v.path}: reproduced (NAR {v.registered})", file=out)
@@ -216,7 +217,7 @@ def _rebuild(args: argparse.Namespace) -> int:
         if rebuilders.provenance_signed_by(store, path, signer.public_key):
             print(
                 f"warning: key {keyid(signer.public_key)[:16]} also signed the provenance of {path}; "
-                "verifiers will not count its verdict as an independent rebuild (use --key)",
+                "verifiers will not count its verdict as an independent rebuild (give a rebuilder key with --key)",
                 file=sys.stderr,
             )
         builder = rebuilders.make_builder(store, cores=args.cores, mirrors=tuple(args.source_mirror))
@@ -386,7 +387,9 @@ def main(argv: list[str]) -> int:
     if cmd == "report":
         if not rest or rest[0] in ("-h", "--help"):
             print(
-                "usage: kiln report reproducibility FILE... [--json]", file=sys.stdout if rest else sys.stderr
+                "usage: kiln report REPORT ...\nreports:\n  reproducibility FILE...  build, rebuild and "
+                "report every package of recipe files\n(kiln report reproducibility --help for its options)",
+                file=sys.stdout if rest else sys.stderr,
             )
             return 0 if rest else EXIT_USAGE
         if rest[0] != "reproducibility":
