@@ -10,6 +10,7 @@ the rename into the store directory.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import stat
@@ -120,3 +121,36 @@ def tree_size(p: Path) -> int:
             if stat.S_ISREG(s.st_mode):
                 total += s.st_size
     return total
+
+
+_renameat2 = None
+
+
+def swap_in(new: Path, dest: Path, old: Path) -> None:
+    """Put tree ``new`` at ``dest``; whatever was at ``dest`` ends up at ``old``.
+
+    Uses ``renameat2(RENAME_EXCHANGE)`` so ``dest`` is never missing, even if the process
+    dies in between; falls back to two renames where the kernel or libc lacks it."""
+    global _renameat2
+    if os.path.lexists(dest):
+        if stat.S_ISDIR(os.lstat(dest).st_mode):
+            os.chmod(dest, 0o755)  # moving a directory to another parent needs write access
+        if _renameat2 is None:
+            try:
+                import ctypes
+
+                _renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+            except (OSError, AttributeError):
+                _renameat2 = False
+        if _renameat2:
+            import ctypes
+
+            at_fdcwd, rename_exchange = -100, 2
+            if _renameat2(at_fdcwd, os.fsencode(new), at_fdcwd, os.fsencode(dest), rename_exchange) == 0:
+                os.rename(new, old)  # ``new`` now names the previous tree
+                return
+            err = ctypes.get_errno()
+            if err not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                raise OSError(err, os.strerror(err), str(dest))
+        os.rename(dest, old)
+    os.rename(new, dest)

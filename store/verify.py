@@ -44,7 +44,7 @@ from .locks import FileLock
 from .objects import NarSink, object_rel_path, publish_object, read_object
 from .pathinfo import PathInfo
 from .paths import StorePath, make_source_path, make_store_path
-from .trees import canonicalise, metadata_problems, remove_tree, seal_top
+from .trees import canonicalise, metadata_problems, remove_tree, seal_top, swap_in
 
 if TYPE_CHECKING:
     from .localstore import LocalStore
@@ -230,11 +230,7 @@ def _rematerialise(store: LocalStore, info: PathInfo, tmp: Path) -> None:
     nar.restore(stream, new)
     canonicalise(new)
     real = store.real_path(info.path)
-    if os.path.lexists(real):
-        if real.is_dir() and not real.is_symlink():
-            os.chmod(real, 0o755)
-        os.rename(real, tmp / "old")
-    os.rename(new, real)
+    swap_in(new, real, tmp / "old")  # atomic exchange: the valid path never lacks a tree
     seal_top(real)
 
 
