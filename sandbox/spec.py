@@ -8,8 +8,8 @@ Invariants (checked in ``__post_init__``, violations raise ``ValueError``):
 
 * ``argv`` is non-empty; ``argv[0]`` is the builder as seen *inside* the sandbox.
 * every sandbox-side path is absolute and normalised, none is ``/`` or lies under
-  ``/proc``, ``/dev`` or ``/build`` (those are the executor's), and no two mounts share a
-  destination.
+  ``/proc``, ``/dev``, ``/etc``, ``/tmp`` or ``/build`` (those are the executor's), and
+  no two mounts share a destination.
 * env names are non-empty, contain no ``=`` or NUL; values contain no NUL.
 * ``cores >= 1``; limits are ``None`` (unlimited) or positive.
 
@@ -33,7 +33,7 @@ HOMELESS = "/homeless-shelter"
 #: 1980-01-01T00:00:00Z; the earliest date zip can store, as in Nix and Debian.
 SOURCE_DATE_EPOCH = 315532800
 #: Sandbox paths the executor owns; mounts may not be placed on or under them.
-RESERVED = ("/proc", "/dev", BUILD_TOP)
+RESERVED = ("/proc", "/dev", "/etc", "/tmp", BUILD_TOP)
 
 _PathLike = str | os.PathLike[str]
 

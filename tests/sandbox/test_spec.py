@@ -47,6 +47,8 @@ def test_probe_reports_version(executor: BwrapExecutor) -> None:
         ({"ro_mounts": (("x", "/kiln/store/a"),)}, "host path"),
         ({"ro_mounts": (("/x", "/proc/foo"),)}, "reserved"),
         ({"rw_mounts": (("/x", "/build"),)}, "reserved"),
+        ({"ro_mounts": (("/x", "/etc"),)}, "reserved"),
+        ({"ro_mounts": (("/x", "/tmp/a"),)}, "reserved"),
         ({"rw_mounts": (("/x", "/"),)}, "root"),
         ({"ro_mounts": (("/x", "/a/../b"),)}, "normalised"),
         ({"ro_mounts": (("/x", "/a"),), "rw_mounts": (("/y", "/a"),)}, "twice"),
