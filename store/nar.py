@@ -308,8 +308,19 @@ _STOP = object()
 def hash_path(path: str | os.PathLike, chunk_size: int = 1 << 20) -> tuple[Hash, int]:
     """SHA-256 NAR hash and NAR size of ``path``, as ``nix-hash --type sha256`` computes.
 
-    A reader thread produces NAR chunks while this thread hashes them (bounded queue,
-    so memory stays at a few chunks)."""
+    The first batch is hashed inline: a batch smaller than ``chunk_size`` is the last
+    one, so small paths never pay for a thread. Beyond that a reader thread produces
+    batches while this thread hashes them (bounded queue: memory stays at a few chunks)."""
+    h = hashlib.sha256()
+    size = 0
+    gen = _batches(os.fsencode(path), chunk_size)
+    first = next(gen)
+    for piece in first:
+        h.update(piece)
+        size += len(piece)
+    if size < chunk_size:
+        return Hash("sha256", h.digest()), size
+
     q: queue.Queue = queue.Queue(maxsize=4)
     stop = threading.Event()
 
@@ -325,7 +336,7 @@ def hash_path(path: str | os.PathLike, chunk_size: int = 1 << 20) -> tuple[Hash,
 
     def produce() -> None:
         try:
-            for batch in _batches(os.fsencode(path), chunk_size):
+            for batch in gen:
                 if not put(batch):
                     return
             put(_STOP)
@@ -334,8 +345,6 @@ def hash_path(path: str | os.PathLike, chunk_size: int = 1 << 20) -> tuple[Hash,
 
     t = threading.Thread(target=produce, name="nar-reader", daemon=True)
     t.start()
-    h = hashlib.sha256()
-    size = 0
     try:
         while True:
             item = q.get()
