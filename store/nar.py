@@ -25,8 +25,10 @@ contents read ``chunk_size`` at a time) totalling about ``chunk_size`` bytes; ``
 joins a batch into one chunk, ``hash_path`` feeds the pieces to the hash as they are, so
 file contents are never copied after the read.
 
-``hash_path`` runs ``dump`` in a reader thread and hashes in the calling thread; file
-reads and ``hashlib`` both release the GIL, so on two cores reading and hashing overlap.
+``hash_path`` hashes the first batch inline (a path smaller than ``chunk_size`` never
+starts a thread); for bigger paths it continues the walk in a reader thread and hashes in
+the calling thread; file reads and ``hashlib`` both release the GIL, so on two cores
+reading and hashing overlap.
 
 The parser and ``restore`` live in ``nar_read`` and are re-exported here; the read-only
 queries over a NAR stream (``cat``, ``ls``, ``listing``) are at the end of this module.
