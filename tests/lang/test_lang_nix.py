@@ -89,3 +89,38 @@ def test_same_paths_as_nix(tmp_path):
     # fixed outputs: same path from name + hash; dependents: same hash modulo
     assert src_drv.output_path() == nix["src"]
     assert hello.output_path() == nix["hello"]
+
+
+STRING_CASES = [
+    "''\n  a\n  b\n''",
+    "''\n    a\n  b\n''",
+    "''  a\n   b''",
+    "''\n  a ''${x} '''q ''\\n\n''",
+    "''\n\n  a\n\n  b\n  ''",
+    "''\n  ${\"X\"}\n    y\n''",
+    "''a''",
+    '"a\\tb\\${c}"',
+    "''\n  a\n   \n  b\n''",
+    "''\n  a\n \n  b\n''",
+    "''\n\ta\n''",
+    "''\n  a\n  b''",
+    "''  \n  a\n''",
+    "''\n  a $out $ {x} ''$ ''\\t\n''",
+    '"${"a"}${"b"}"',
+    "''\n  x${\"\n\"}  y\n''",
+]
+
+
+@pytest.mark.parametrize("text", STRING_CASES)
+def test_strings_like_nix(text):
+    """Indented-string stripping and escapes give what Nix gives."""
+    from kiln.lang.evaluator import Evaluator
+    from kiln.lang.parser import parse_expr
+
+    ev = Evaluator("/nix/store", None)
+    mine = ev.eval(parse_expr(text), ev.builtins)
+    r = subprocess.run(
+        ["nix-instantiate", "--eval", "--json", "-E", text], capture_output=True, text=True, timeout=60
+    )
+    assert r.returncode == 0, r.stderr
+    assert mine == json.loads(r.stdout)
