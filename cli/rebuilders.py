@@ -173,11 +173,17 @@ def rebuild_drv(
     VSA beside every output. Returns one verdict per output."""
     from kiln import __version__
     from kiln.store import attestations
+    from kiln.store.sandboxrun import input_paths
 
     say = say or _stderr
-    ensure_inputs(builder, drv_path)
-    say(f"rebuilding {drv_path}")
-    comparisons = builder.rebuild(drv_path)
+    drv = builder.load([drv_path]).drvs[drv_path]
+    # Keep the derivation, its outputs and the sandbox's inputs alive against a
+    # concurrent GC for the whole rebuild (the .drv's own closure has no outputs in it).
+    inputs = input_paths(drv, lambda p: builder.load([p]).drvs[p])
+    with store.temp_root([drv_path, *(o.path for _, o in drv.outputs), *inputs]):
+        ensure_inputs(builder, drv_path)
+        say(f"rebuilding {drv_path}")
+        comparisons = builder.rebuild(drv_path)
     now = time.time()
     out = []
     for c in comparisons:
