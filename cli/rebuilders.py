@@ -12,8 +12,8 @@ are deleted.
 
 The verdict is signed as a SLSA Verification Summary (``intoto.vsa``, PASSED with level
 ``KILN_REPRODUCED`` on a match, FAILED otherwise) and stored beside every compared
-output as ``vsa-<keyid>`` (``attestations.record_vsa``), so it travels with the path
-like provenance and ``policy.verify_path`` can count independent rebuilders. A later
+output as ``vsa-<keyid>`` (``attestations.record_vsa``), stored and carried exactly
+like provenance, and ``policy.verify_path`` counts independent rebuilders. A later
 verdict by the same key replaces the earlier one: the newest rebuild is what a key
 attests.
 
