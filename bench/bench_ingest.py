@@ -104,46 +104,62 @@ def main() -> int:
         f"# tree {TREE}: {nbytes} bytes; {os.cpu_count()} cpus; reps {args.reps}; load {os.getloadavg()[0]:.2f}"
     )
 
-    res: dict[str, float] = {}
     # a fresh store per rep, each in a new directory; they are deleted only after the
     # series (see the module docstring: ext4 creates files slowly right after mass deletion)
     dirs = [BENCH / f"kiln-store-{i}" for i in range(args.reps)]
     sh("rm -rf " + " ".join(map(str, dirs)))
-    times: list[float] = []
-    cpu: list[float] = []
-    for d in dirs:
-        t = timed(f"{kiln} store add --store {d} {TREE}", f"{kiln} store init --store {d}", 1)
-        times += t
-        cpu += CPU[id(t)]
-    CPU[id(times)] = cpu
-    res["kiln"] = row("kiln store add (fresh store)", times, nbytes)
-    store = dirs[-1]
-    res["tar"] = row(
-        "tar cf - | zstd -3 -T2 | sha256sum",
-        timed(f"tar cf - -C {TREE} . | zstd -3 -T2 | sha256sum", None, args.reps),
-        nbytes,
-    )
+    # (key, label, command(rep), setup(rep) or None); one rep of each in turn, so a change
+    # in machine load hits every contender alike
+    contenders = [
+        (
+            "kiln",
+            "kiln store add (fresh store)",
+            lambda i: f"{kiln} store add --store {dirs[i]} {TREE}",
+            lambda i: f"{kiln} store init --store {dirs[i]}",
+        ),
+        (
+            "tar",
+            "tar cf - | zstd -3 -T2 | sha256sum",
+            lambda i: f"tar cf - -C {TREE} . | zstd -3 -T2 | sha256sum",
+            None,
+        ),
+    ]
+    cache = BENCH / "nixcache"
+    p = ""
     if not args.no_nix and shutil.which("nix-store"):
         it = BENCH / "ingest-tree"
         if not it.exists():
             sh(f"cp -al {TREE} {it}")
         p = sh(f"nix-store --add {it}").strip()
-        res["nix-add"] = row(
-            "nix-store --add (fresh path)",
-            timed(f"test ! -e {p} && nix-store --add {it}", f"nix-store --delete {p}", args.reps),
-            nbytes,
-        )
-        sh(f"nix-store --add {it}")
-        cache = BENCH / "nixcache"
-        res["nix-copy"] = row(
-            "nix copy --to file://...?compression=zstd",
-            timed(
-                f"nix --extra-experimental-features nix-command copy --to 'file://{cache}?compression=zstd' {p}",
-                f"rm -rf {cache}",
-                args.reps,
+        contenders += [
+            (
+                "nix-add",
+                "nix-store --add (fresh path)",
+                lambda i: f"test ! -e {p} && nix-store --add {it}",
+                lambda i: f"nix-store --delete {p}",
             ),
-            nbytes,
-        )
+            (
+                "nix-copy",
+                "nix copy --to file://...?compression=zstd",
+                lambda i: (
+                    f"nix --extra-experimental-features nix-command copy --to 'file://{cache}?compression=zstd' {p}"
+                ),
+                lambda i: f"rm -rf {cache}; nix-store --add {it}",
+            ),
+        ]
+    times: dict[str, list[float]] = {k: [] for k, *_ in contenders}
+    cpus: dict[str, list[float]] = {k: [] for k, *_ in contenders}
+    for i in range(args.reps):
+        for key, _, cmd, setup in contenders:
+            t = timed(cmd(i), setup(i) if setup else None, 1)
+            times[key] += t
+            cpus[key] += CPU[id(t)]
+    res: dict[str, float] = {}
+    for key, label, *_ in contenders:
+        CPU[id(times[key])] = cpus[key]
+        res[key] = row(label, times[key], nbytes)
+    store = dirs[-1]
+    if p:
         sh(f"rm -rf {cache}; nix-store --delete {p}", check=False)
 
     print(
