@@ -201,6 +201,7 @@ def cmd_copy(argv: list[str]) -> int:
     p.add_argument("--trusted-key", type=Path, action="append")
     p.add_argument("--sigs-needed", type=int, default=1)
     p.add_argument("-j", "--jobs", type=int, default=16)
+    p.add_argument("--store-dir", default=None, help="logical store dir when --to store creates a new store")
     add_store_arg(p)
     args = p.parse_args(argv)
     from kiln.registry import copy as rcopy
@@ -216,7 +217,7 @@ def cmd_copy(argv: list[str]) -> int:
         )
     trusted = _trusted(args)
     if args.dst == "store":
-        store = _open_store(args)
+        store = _open_store(args, args.store_dir)
         n = rcopy.to_store(args.src, store, args.paths, trusted, args.sigs_needed, args.jobs)
         print(f"copied {n} paths into {store.root}")
         return 0

@@ -128,3 +128,35 @@ def test_cli(source, keys, tmp_path) -> None:
     r = subprocess.run(cmd, capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr
     assert "4 paths, 4 narinfos and 4 blobs" in r.stdout
+
+
+def test_registry_admin_cli(tmp_path, keys) -> None:
+    from regkit import Keys
+
+    def kiln(*a: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "kiln", *a], capture_output=True, text=True)
+
+    reg = tmp_path / "reg"
+    assert kiln("registry", "init", "--dir", str(reg), "--store-dir", "/kiln/store").returncode == 0
+    tok = kiln("registry", "token", "create", "--scope", "read", "--dir", str(reg)).stdout.strip()
+    listed = kiln("registry", "token", "list", "--dir", str(reg)).stdout
+    tid = tok.split("_")[1]
+    assert tid in listed and "read" in listed
+    assert kiln("registry", "token", "revoke", "--dir", str(reg), tid).returncode == 0
+    assert kiln("registry", "token", "revoke", "--dir", str(reg), tid).returncode == 1
+    r = kiln("registry", "publish-index", "--dir", str(reg), "--key", str(keys.sk_file))
+    assert r.returncode == 0 and "index version 1" in r.stdout
+    new = Keys(tmp_path, "kiln-test-2")
+    r = kiln(
+        "registry",
+        "rotate-root",
+        "--dir",
+        str(reg),
+        "--old-key",
+        str(keys.sk_file),
+        "--new-key",
+        str(new.sk_file),
+    )
+    assert r.returncode == 0 and "root version 2" in r.stdout
+    r = kiln("registry", "publish-index", "--dir", str(reg), "--key", str(keys.sk_file))
+    assert r.returncode == 1 and "not a" in r.stderr  # the old key no longer signs
