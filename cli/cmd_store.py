@@ -18,6 +18,10 @@ from .common import add_store_arg, store_root
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kiln store", description="inspect and maintain the local store")
+    # also accepted before the subcommand (``kiln store --store DIR verify``)
+    p.add_argument(
+        "--store", dest="store_top", type=Path, default=None, metavar="DIR", help=argparse.SUPPRESS
+    )
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
     def cmd(name: str, help_: str) -> argparse.ArgumentParser:
@@ -90,6 +94,8 @@ def _human(n: int) -> str:
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv[1:] if argv and argv[0] == "store" else argv)
+    if args.store is None:
+        args.store = args.store_top
     return globals()["_cmd_" + args.cmd.replace("-", "_")](args)
 
 

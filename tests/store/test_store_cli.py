@@ -7,8 +7,9 @@ import os
 import subprocess
 import sys
 
-from kiln.store import nar
 from storekit import make_tree
+
+from kiln.store import nar
 
 
 def kiln(*args: str, stdin: bytes | None = None, check: bool = True) -> subprocess.CompletedProcess:
@@ -82,5 +83,6 @@ def test_cli_errors(tmp_path):
     assert r.returncode == 1 and b"not a path in the store" in r.stderr
     r = kiln("store", "add", "--store", st, str(tmp_path / "missing"), check=False)
     assert r.returncode == 1 and b"Traceback" not in r.stderr
+    assert b"checked 0 paths" in kiln("store", "--store", st, "verify").stdout  # --store before the verb
     r = kiln("store", "info", "--store", str(tmp_path / "nostore"), "/kiln/store/x", check=False)
     assert r.returncode == 1 and b"no kiln store" in r.stderr
