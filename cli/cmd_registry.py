@@ -62,6 +62,8 @@ def cmd_serve(argv: list[str]) -> int:
     p.add_argument("--private", action="store_true", help="require a token with the read scope for reads")
     p.add_argument("--no-fsync", action="store_true", help="do not fsync uploads (benchmarks, tmpfs)")
     args = p.parse_args(argv)
+    if args.private and args.store:
+        raise KilnError("--private needs --dir (tokens are kept in the registry directory)")
     from kiln.registry import server
 
     cfg = server.ServerConfig(

@@ -61,7 +61,7 @@ async def _fetch_blob(client: Client, dst: DirSource, info, sem: asyncio.Semapho
         with dst.storage.staged() as (f, _):
 
             def write(chunk: bytes) -> None:
-                if ver._size + len(chunk) > info.file_size:  # noqa: SLF001 - cheap early abort
+                if ver.size + len(chunk) > info.file_size:  # early abort: no unbounded download
                     raise KilnError(f"{info.path}: source sends more than FileSize {info.file_size} bytes")
                 f.write(chunk)
                 ver.update(chunk)

@@ -29,7 +29,6 @@ import json
 import os
 import signal
 import socket
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,7 +122,7 @@ class Registry:
         method = request.method
         if self.config.private and not (method == "GET" and key == layout.CACHE_INFO):
             if self.tokens is None:
-                raise _HTTPError(500, "private mode needs a directory registry")
+                raise _HTTPError(403, "private mode needs a directory registry (tokens live there)")
             self.tokens.check(request.headers.get(hdrs.AUTHORIZATION), "read")
         if method == "POST":
             if key == "narinfo-batch":
@@ -468,4 +467,3 @@ def serve(
                 break
             except InterruptedError:
                 continue
-    _ = time

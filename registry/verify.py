@@ -63,6 +63,11 @@ class NarVerifier:
         )
         self._bad: str | None = None
 
+    @property
+    def size(self) -> int:
+        """Compressed bytes seen so far."""
+        return self._size
+
     def update(self, chunk: bytes) -> None:
         self._file.update(chunk)
         self._size += len(chunk)

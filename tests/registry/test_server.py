@@ -265,3 +265,14 @@ def test_upload_batch(setup, keys, other_keys, tmp_path) -> None:
     assert request(f"{srv.url}/upload-batch", "POST", f"10 2000000 {hp}\n".encode(), auth)[0] == 413
     assert request(f"{srv.url}/nix-cache-info")[0] == 200
     assert list((reg / ".kiln" / "tmp").iterdir()) == []
+
+
+def test_private_registry_needs_read_token(tmp_path, keys, kiln_server) -> None:
+    store, path, info, reg, wtok, rtok = _setup(tmp_path, keys)
+    srv = kiln_server("--dir", str(reg), "--private", "--trusted-key", str(keys.pk_file))
+    hp = path.split("/")[-1][:32]
+    assert request(f"{srv.url}/nix-cache-info")[0] == 200  # discovery stays open
+    assert request(f"{srv.url}/{hp}.narinfo")[0] == 401
+    assert request(f"{srv.url}/{hp}.narinfo", headers={"Authorization": f"Bearer {rtok}"})[0] == 404
+    assert _upload(srv.url, store, path, info, keys.sk, wtok) == (201, 201)
+    assert request(f"{srv.url}/{hp}.narinfo", headers={"Authorization": f"Bearer {rtok}"})[0] == 200
