@@ -51,12 +51,14 @@ class Substituter:
         jobs: int = 16,
         progress: bool | None = None,
         import_jobs: int = 8,
+        tokens: dict[str, str] | None = None,
     ) -> None:
         self.registries = sorted(registries, key=lambda r: r[1])
         self.trusted = list(trusted)
         self.sigs_needed = sigs_needed
         self.jobs = jobs
         self.progress = progress
+        self.tokens = dict(tokens or {})  # url -> bearer token (for --private registries)
         self.down: dict[str, str] = {}
         self.rejected: dict[str, str] = {}
         self._source: dict[str, str] = {}
@@ -89,7 +91,7 @@ class Substituter:
     def _client(self, url: str) -> Client:
         c = self._clients.get(url)
         if c is None:
-            c = self._clients[url] = open_client(url, jobs=self.jobs)
+            c = self._clients[url] = open_client(url, self.tokens.get(url), jobs=self.jobs)
         return c
 
     # ------------------------------------------------------------ queries
