@@ -427,6 +427,17 @@ async def _run(
     await runner.cleanup()
 
 
+def _die_with_parent() -> None:
+    """Ask the kernel to SIGTERM this worker if the parent dies (even by SIGKILL), so a
+    killed ``kiln serve`` never leaves workers holding the port."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def serve(
     make: Callable[[], web.Application],
     sock: socket.socket,
@@ -443,6 +454,7 @@ def serve(
     for _ in range(workers):
         pid = os.fork()
         if pid == 0:
+            _die_with_parent()
             try:
                 asyncio.run(_run(make, sock))
             finally:
