@@ -96,10 +96,25 @@ class Registry:
             "X-Kiln-Negative-TTL": str(config.negative_ttl),
         }
         self._publish_lock = asyncio.Lock()
+        self._narinfo_headers = {
+            "Content-Type": "text/x-nix-narinfo",
+            "Cache-Control": f"public, max-age={config.positive_ttl}",
+        }
 
     # ------------------------------------------------------------ dispatch
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        # Hot path: a public GET of a narinfo that exists (what substituters do most).
+        path = request.path
+        if (
+            len(path) == 41
+            and request.method == "GET"
+            and not self.config.private
+            and path.endswith(".narinfo")
+        ):
+            body = self.source.narinfo(path[1:33]) if layout.is_hash_part(path[1:33]) else None
+            if body is not None:
+                return web.Response(body=body, headers=self._narinfo_headers)
         try:
             return await self._dispatch(request)
         except AuthError as e:
@@ -151,11 +166,7 @@ class Registry:
             body = self.source.narinfo(arg)
             if body is None:
                 return _text(404, f"no narinfo for {arg}", **self._miss_headers)
-            return web.Response(
-                body=body,
-                content_type="text/x-nix-narinfo",
-                headers={"Cache-Control": f"public, max-age={self.config.positive_ttl}"},
-            )
+            return web.Response(body=body, headers=self._narinfo_headers)
         if kind in ("nar", "blob"):
             digest = layout.file_hash_of_key(kind, arg)
             path = self.source.object_file(digest)
