@@ -236,7 +236,11 @@ class LocalStore:
         return link
 
     def temp_root(self, paths: Iterable[str]) -> contextlib.AbstractContextManager[None]:
-        """Context manager: keep ``paths`` (and their closures) alive while it is open."""
+        """Context manager: keep ``paths`` (and their closures) alive while it is open.
+
+        Entering waits for a running GC to finish; a path that GC deleted before the root
+        was registered stays deleted, so check ``is_valid`` *after* entering (as Nix does
+        after ``addTempRoot``)."""
         return self.temproots.hold([str(p) for p in paths])
 
     # ------------------------------------------------------------------ adding
