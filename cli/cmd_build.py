@@ -30,6 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-L", "--print-build-logs", action="store_true", help="stream build logs to stderr")
     p.add_argument("-K", "--keep-failed", action="store_true", help="keep the build directory of a failed build")
     p.add_argument("--check", action="store_true", help="rebuild and compare with the existing output")
+    p.add_argument("--vary", action="store_true", help="with --check: rebuild under varied conditions")
     p.add_argument("--rounds", type=int, default=1, help="build N times and compare (N >= 2 checks)")
     p.add_argument("--timeout", type=float, default=None, help="wall-clock limit per build, seconds")
     p.add_argument("--max-silent-time", type=float, default=None, help="limit on seconds without output")
@@ -47,6 +48,10 @@ def main(argv: list[str]) -> int:
     if argv[0] == "log":
         return _log(argv[1:])
     args = _parser().parse_args(argv[1:])
+    if args.vary and not args.check:
+        from kiln.store.errors import KilnError
+
+        raise KilnError("--vary goes with --check (it varies the conditions of the rebuild)")
     from kiln.store.localstore import LocalStore
 
     from .buildglue import evaluate
@@ -104,6 +109,7 @@ def _build(store, ev, targets, args) -> int:
         cores=cores,
         keep_failed=args.keep_failed,
         check=args.check,
+        vary=args.vary,
         rounds=args.rounds,
         timeout=args.timeout,
         max_silent=args.max_silent_time,

@@ -34,6 +34,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +45,7 @@ from .errors import HashMismatch, KilnError, StoreError
 from .hashes import Hash
 from .paths import StorePath
 from .refscan import scan
+from .vary import Variation
 
 DEFAULT_LOG_LIMIT = 64 << 20
 
@@ -71,6 +73,7 @@ class BuildOptions:
     max_silent: float | None = None
     max_log_bytes: int = DEFAULT_LOG_LIMIT
     print_logs: bool = False  # -L: stream build logs to stderr
+    vary: bool = False  # --check --vary: rebuild under varied conditions (store/vary.py)
     mirrors: tuple[str, ...] = ()
     progress: bool = field(default_factory=lambda: sys.stderr.isatty())
 
@@ -218,7 +221,9 @@ class Builder:
         d.mkdir(parents=True, exist_ok=True)
         return d
 
-    def _produce(self, drv_path: str, drv: Derivation, tmp: Path) -> dict[str, tuple[Path, list[str]]]:
+    def _produce(
+        self, drv_path: str, drv: Derivation, tmp: Path, vary: Variation | None = None
+    ) -> dict[str, tuple[Path, list[str]]]:
         """Run the builder; return {output name: (produced tree, runtime references)}."""
         if drv.builder.startswith("builtin:"):
             from .builtins import run_builtin
@@ -226,15 +231,23 @@ class Builder:
             out = tmp / "out"
             run_builtin(self.store, drv, out, mirrors=list(self.opts.mirrors), progress=self.opts.progress)
             return {"out": (out, [])}
-        return self._sandboxed(drv_path, drv, tmp)
+        return self._sandboxed(drv_path, drv, tmp, vary)
 
-    def _sandboxed(self, drv_path: str, drv: Derivation, tmp: Path) -> dict[str, tuple[Path, list[str]]]:
+    def _sandboxed(
+        self, drv_path: str, drv: Derivation, tmp: Path, vary: Variation | None = None
+    ) -> dict[str, tuple[Path, list[str]]]:
         from .sandboxrun import make_spec
+        from .vary import shuffled
 
-        spec, scratch_store, inputs = make_spec(self.store, drv, tmp, self.opts, self._get_drv)
+        spec, scratch_store, inputs = make_spec(self.store, drv, tmp, self.opts, self._get_drv, vary)
         log_path = tmp / "build.log"
         echo = (lambda b: sys.stderr.buffer.write(b) and sys.stderr.flush()) if self.opts.print_logs else None
-        with open(log_path, "wb") as log:
+        shuffle = (
+            shuffled([Path(spec.build_dir), scratch_store])
+            if vary and vary.shuffle_dirents
+            else nullcontext()
+        )
+        with open(log_path, "wb") as log, shuffle:
             result = self.executor.run(spec, log, on_output=echo)
         self.logs.save(drv_path, log_path)
         if result.reason != "ok":
@@ -271,18 +284,23 @@ class Builder:
 
     # ------------------------------------------------------------------ --check
 
-    def rebuild(self, drv_path: str) -> list[OutputComparison]:
+    def rebuild(self, drv_path: str, vary: Variation | None = None) -> list[OutputComparison]:
         """Build ``drv_path`` again into a scratch directory (its outputs must be valid)
         and compare each output's NAR hash with the registered one. Nothing is
-        registered; the rebuilt trees are removed afterwards."""
+        registered; the rebuilt trees are removed afterwards. ``vary`` changes the
+        conditions of the rebuild (``store/vary.py``)."""
         from . import nar
         from .checkdiff import describe_differences
 
         drv = self._get_drv(drv_path) if drv_path in self._drvs else self.load([drv_path]).drvs[drv_path]
         self._drvs.setdefault(drv_path, drv)
         out: list[OutputComparison] = []
-        with tempfile.TemporaryDirectory(prefix=f"check-{drv.name}-", dir=self._tmp_root()) as tmp:
-            produced = self._produce(drv_path, drv, Path(tmp))
+        parent = self._tmp_root()
+        if vary is not None and vary.tmp_parent is not None:
+            parent = vary.tmp_parent
+            parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=f"check-{drv.name}-", dir=parent) as tmp:
+            produced = self._produce(drv_path, drv, Path(tmp), vary)
             for name, o in drv.outputs:
                 info = self.store.query(o.path)
                 if info is None:
@@ -297,8 +315,20 @@ class Builder:
         return out
 
     def _check(self, drv_path: str, drv: Derivation) -> None:
-        self.say(f"checking {drv_path}")
-        for c in self.rebuild(drv_path):
+        vary = None
+        if self.opts.vary:
+            from .vary import standard
+
+            vary = standard(Path(self.store.root), self.opts.cores or os.cpu_count() or 1)
+            self.say(f"checking {drv_path} with varied conditions: {'; '.join(vary.describe())}")
+        else:
+            self.say(f"checking {drv_path}")
+        try:
+            comparisons = self.rebuild(drv_path, vary)
+        finally:
+            if vary is not None and vary.tmp_parent is not None:
+                shutil.rmtree(vary.tmp_parent.parents[2], ignore_errors=True)
+        for c in comparisons:
             if not c.identical:
                 raise NotDeterministic(
                     f"derivation {drv_path} may not be deterministic: output {c.path} differs\n"

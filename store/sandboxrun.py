@@ -48,8 +48,9 @@ def rootfs_of(drv: Derivation, get_drv: Callable[[str], Derivation]) -> str | No
     return found[0] if found else None
 
 
-def make_spec(store, drv: Derivation, tmp: Path, opts, get_drv: Callable[[str], Derivation]):
-    """Return ``(spec, scratch_store_dir, input_closure)`` for building ``drv`` in ``tmp``."""
+def make_spec(store, drv: Derivation, tmp: Path, opts, get_drv: Callable[[str], Derivation], vary=None):
+    """Return ``(spec, scratch_store_dir, input_closure)`` for building ``drv`` in ``tmp``
+    (``vary``, a ``vary.Variation``, overrides cores and umask for a varied rebuild)."""
     from kiln.sandbox.spec import SandboxSpec
 
     build_dir = tmp / "build"
@@ -68,7 +69,7 @@ def make_spec(store, drv: Derivation, tmp: Path, opts, get_drv: Callable[[str], 
         rw_mounts=((str(scratch), drv.store_dir),),
         ro_mounts=tuple((str(store.real_path(p)), p) for p in closure),
         rootfs=str(store.real_path(rootfs)) if rootfs else None,
-        cores=opts.cores or os.cpu_count() or 1,
+        cores=(vary.cores if vary and vary.cores else None) or opts.cores or os.cpu_count() or 1,
         timeout=opts.timeout,
         max_silent=opts.max_silent,
         max_log_bytes=opts.max_log_bytes,

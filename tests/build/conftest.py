@@ -18,7 +18,7 @@ from kiln.store.derivation import Derivation, Output, drv_path, finalize
 from kiln.store.localstore import LocalStore
 
 BUSYBOX = shutil.which("busybox") or "/bin/busybox"
-APPLETS = ["sh", "cat", "echo", "mkdir", "chmod", "sleep", "cp", "ls", "rm", "touch", "head", "mknod", "true"]
+APPLETS = ["sh", "cat", "echo", "mkdir", "chmod", "sleep", "cp", "ls", "rm", "touch", "head", "mknod", "true", "find"]
 
 
 class Graph:

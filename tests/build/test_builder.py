@@ -180,3 +180,27 @@ def test_build_refused_without_a_working_sandbox(store, graph, bwrap):
     assert ("sandbox" in r.stderr or "bubblewrap" in r.stderr) and bwrap in r.stderr
     assert "Traceback" not in r.stderr
     assert not store.is_valid(ad.output_path())
+
+
+def test_check_vary_passes_for_a_hermetic_build(store, graph):
+    a, _ = graph.drv("hermetic", "mkdir $out; echo same > $out/f; mkdir $out/d; touch $out/d/a $out/d/b")
+    builder(store).realise([a])
+    builder(store, check=True, vary=True).realise([a])
+
+
+def test_check_vary_catches_dependence_on_cores(store, graph):
+    a, _ = graph.drv("cores", "echo $KILN_CORES > $out")
+    builder(store, cores=4).realise([a])
+    builder(store, cores=4, check=True).realise([a])  # a plain rebuild does not see it
+    with pytest.raises(NotDeterministic, match="contents differ"):
+        builder(store, cores=4, check=True, vary=True).realise([a])
+
+
+@pytest.mark.skipif(shutil.which("disorderfs") is None, reason="disorderfs not installed")
+def test_check_vary_catches_dependence_on_directory_order(store, graph):
+    script = "mkdir /build/d; for i in 1 2 3 4 5 6 7 8 9; do touch /build/d/f$i; done; find /build/d > $out"
+    a, _ = graph.drv("order", script)
+    builder(store).realise([a])
+    builder(store, check=True).realise([a])  # same file system, same order: not seen
+    with pytest.raises(NotDeterministic, match="contents differ"):
+        builder(store, check=True, vary=True).realise([a])
