@@ -67,7 +67,15 @@ def describe_differences(a: Path, b: Path, limit: int = 50) -> str:
     if shutil.which("diffoscope"):
         try:
             r = subprocess.run(
-                ["diffoscope", "--no-progress", "--text", "-", str(a), str(b)],
+                [
+                    "diffoscope",
+                    "--no-progress",
+                    "--exclude-directory-metadata=recursive",
+                    "--text",
+                    "-",
+                    str(a),
+                    str(b),
+                ],
                 capture_output=True,
                 text=True,
                 timeout=300,

@@ -119,7 +119,8 @@ def test_check_names_the_differing_file(store, graph):
     builder(store).realise([a])
     with pytest.raises(NotDeterministic) as e:
         builder(store, check=True).realise([a])
-    assert "random: contents differ" in str(e.value) and "stable" not in str(e.value)
+    files = str(e.value).split("diffoscope:")[0]  # diffoscope's explanation follows when installed
+    assert "random: contents differ" in files and "stable" not in files
 
 
 def test_timeout_kills_the_build(store, graph):
