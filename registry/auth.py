@@ -63,12 +63,22 @@ class TokenStore:
     def __init__(self, storage: Storage) -> None:
         self.storage = storage
         self._records: dict[str, TokenRecord] = {}
-        self._mtime_size: int | None = None
+        self._stamp: tuple[int, int, int] | None = None
         self.reload()
 
+    def _current_stamp(self) -> tuple[int, int, int] | None:
+        path = self.storage.local_path(TOKENS_KEY)
+        if path is None:
+            return None
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return (0, 0, 0)
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
     def reload(self) -> None:
+        self._stamp = self._current_stamp()
         data = self.storage.read(TOKENS_KEY)
-        self._mtime_size = len(data) if data is not None else None
         recs: dict[str, TokenRecord] = {}
         if data:
             try:
@@ -127,10 +137,12 @@ class TokenStore:
         if kind.lower() != "bearer" or not token:
             raise AuthError("expected 'Authorization: Bearer <token>'")
         token_id, secret = _split(token)
+        # The token file is replaced atomically on every change, so one stat tells a
+        # running server about tokens created or revoked since it last looked.
+        stamp = self._current_stamp()
+        if stamp is None or stamp != self._stamp:
+            self.reload()
         rec = self._records.get(token_id)
-        if rec is None:
-            self.reload()  # a token created after the server started
-            rec = self._records.get(token_id)
         if rec is None or not hmac.compare_digest(rec.secret_sha256, _hash_secret(secret)):
             raise AuthError("unknown or revoked token")
         if scope not in rec.scopes:

@@ -276,3 +276,17 @@ def test_private_registry_needs_read_token(tmp_path, keys, kiln_server) -> None:
     assert request(f"{srv.url}/{hp}.narinfo", headers={"Authorization": f"Bearer {rtok}"})[0] == 404
     assert _upload(srv.url, store, path, info, keys.sk, wtok) == (201, 201)
     assert request(f"{srv.url}/{hp}.narinfo", headers={"Authorization": f"Bearer {rtok}"})[0] == 200
+
+
+def test_revoked_token_stops_working_without_restart(setup) -> None:
+    import subprocess
+    import sys
+
+    store, path, info, reg, wtok, _rtok, srv = setup
+    key = f"{srv.url}/{layout.nar_key(info.file_hash)}"
+    body = store.object_path(path).read_bytes()
+    tid = wtok.split("_")[1]
+    subprocess.run(
+        [sys.executable, "-m", "kiln", "registry", "token", "revoke", "--dir", str(reg), tid], check=True
+    )
+    assert request(key, "PUT", body, {"Authorization": f"Bearer {wtok}"})[0] == 401
