@@ -221,7 +221,7 @@ def _rebuild(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
         builder = rebuilders.make_builder(store, cores=args.cores, mirrors=tuple(args.source_mirror))
-        verdicts = rebuilders.rebuild_path(store, builder, path, signer)
+        verdicts = rebuilders.rebuild_path(store, builder, path, signer, vary=args.vary)
     finally:
         store.close()
     ok = all(v.identical for v in verdicts)
@@ -263,7 +263,12 @@ def _report(args: argparse.Namespace) -> int:
             else None
         )
         results = rebuilders.reproducibility(
-            store, args.files, signer=signer, mirrors=tuple(args.source_mirror), cores=args.cores
+            store,
+            args.files,
+            signer=signer,
+            mirrors=tuple(args.source_mirror),
+            cores=args.cores,
+            vary=args.vary,
         )
     finally:
         store.close()
@@ -317,6 +322,11 @@ def _verify_parser() -> argparse.ArgumentParser:
 
 
 def _build_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--vary",
+        action="store_true",
+        help="rebuild under varied host conditions (dirs, KILN_CORES, umask, directory order)",
+    )
     p.add_argument("--cores", type=int, default=0, help="KILN_CORES for the builds (default: all cores)")
     p.add_argument(
         "--source-mirror", action="append", default=[], metavar="DIR|URL", help="hashed source mirror"

@@ -31,10 +31,12 @@ Fixed-output derivations (fetches) are left out: their output is pinned by hash,
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from kiln.store.errors import KilnError, StoreError
@@ -167,10 +169,12 @@ def provenance_signed_by(store: Any, path: str, public_key: bytes) -> bool:
 
 
 def rebuild_drv(
-    store: Any, builder: Any, drv_path: str, signer: Any | None, *, say: Say | None = None
+    store: Any, builder: Any, drv_path: str, signer: Any | None, *, say: Say | None = None, vary: bool = False
 ) -> list[OutputVerdict]:
     """Rebuild ``drv_path`` (outputs valid) and compare; with ``signer``, sign and store a
-    VSA beside every output. Returns one verdict per output."""
+    VSA beside every output. Returns one verdict per output. ``vary``: rebuild under
+    deliberately varied conditions (``kiln.store.vary.standard``: other host dirs,
+    KILN_CORES, umask, shuffled directory order where disorderfs is installed)."""
     from kiln import __version__
     from kiln.store import attestations
     from kiln.store.sandboxrun import input_paths
@@ -182,8 +186,20 @@ def rebuild_drv(
     inputs = input_paths(drv, lambda p: builder.load([p]).drvs[p])
     with store.temp_root([drv_path, *(o.path for _, o in drv.outputs), *inputs]):
         ensure_inputs(builder, drv_path)
-        say(f"rebuilding {drv_path}")
-        comparisons = builder.rebuild(drv_path)
+        variation = None
+        if vary:
+            from kiln.store.vary import standard
+
+            variation = standard(Path(store.root), os.cpu_count() or 1)
+            say(f"rebuilding {drv_path} with varied conditions: {'; '.join(variation.describe())}")
+        else:
+            say(f"rebuilding {drv_path}")
+        try:
+            comparisons = builder.rebuild(drv_path, variation)
+        finally:
+            if variation is not None and variation.tmp_parent is not None:
+                # standard() nests the varied dir three levels under a fresh vary-* dir
+                shutil.rmtree(variation.tmp_parent.parents[2], ignore_errors=True)
     now = time.time()
     out = []
     for c in comparisons:
@@ -216,9 +232,11 @@ def rebuild_drv(
     return out
 
 
-def rebuild_path(store: Any, builder: Any, path: str, signer: Any | None, say: Say | None = None):
+def rebuild_path(
+    store: Any, builder: Any, path: str, signer: Any | None, say: Say | None = None, vary: bool = False
+) -> list[OutputVerdict]:
     """``rebuild_drv`` for the deriver of valid output ``path``."""
-    return rebuild_drv(store, builder, deriver_of(store, path), signer, say=say)
+    return rebuild_drv(store, builder, deriver_of(store, path), signer, say=say, vary=vary)
 
 
 # ---------------------------------------------------------------------------- report
@@ -265,6 +283,7 @@ def reproducibility(
     mirrors: tuple[str, ...] = (),
     cores: int = 0,
     say: Say | None = None,
+    vary: bool = False,
 ) -> list[PackageResult]:
     """Evaluate ``files``; build every package they define (if not valid), rebuild it
     once, and return a result per package, in file then definition order."""
@@ -292,7 +311,7 @@ def reproducibility(
                 continue
             try:
                 builder.realise([t.drv_path])
-                verdicts = rebuild_drv(store, builder, t.drv_path, signer, say=say)
+                verdicts = rebuild_drv(store, builder, t.drv_path, signer, say=say, vary=vary)
             except BuildError as e:
                 results.append(PackageResult(f, t.attr, t.drv_path, (), str(e).splitlines()[0]))
                 continue

@@ -185,3 +185,17 @@ def test_mismatch_runs_diffoscope_when_installed(store, graph, kiln, rebuilder_k
     r = kiln("rebuild", out, "--key", str(rebuilder_keys.sk_file), expect=1)
     explained = r.stdout.split("diffoscope:", 1)[1]
     assert "id" in explained and "@@" in explained  # a unified diff of the file that differs
+
+
+def test_vary_catches_what_a_plain_rebuild_misses(store, graph, kiln, rebuilder_keys):
+    drv, out = graph.drv("cores", "mkdir $out; echo $KILN_CORES > $out/cores; echo fixed > $out/keep")
+    kiln("build", drv)
+    kiln("rebuild", out, "--key", str(rebuilder_keys.sk_file))  # same conditions: identical
+    r = kiln("rebuild", out, "--key", str(rebuilder_keys.sk_file), "--vary", expect=1)
+    assert "varied conditions" in r.stderr and "KILN_CORES=" in r.stderr
+    assert "cores: contents differ" in r.stdout and "keep:" not in r.stdout.split("diffoscope:")[0]
+    assert _vsa(store, out, rebuilder_keys).predicate["verificationResult"] == "FAILED"
+    assert not list((store.root / "tmp").glob("vary-*"))  # the varied build dir is cleaned up
+    steady, steady_out = graph.drv("steady-vary", "mkdir $out; echo same > $out/f")
+    kiln("build", steady)
+    assert f"{steady_out}: reproduced" in kiln("rebuild", steady_out, "--vary").stdout
