@@ -227,3 +227,32 @@ class Substituter:
     def fetch_many(self, store: Any, infos: list[ni.NarInfo]) -> list[PathInfo]:
         """Download in parallel, import dependencies first."""
         return self._loop.run_until_complete(self._fetch_many(store, infos))
+
+
+def parse_registries(text: str, default_priority: int = 40) -> list[tuple[str, int]]:
+    """``"URL[?priority=N] ..."`` (whitespace-separated, Nix-style store parameters) →
+    ``[(url, priority)]``; unknown parameters are dropped from the URL."""
+    from urllib.parse import parse_qs, urlsplit, urlunsplit
+
+    out = []
+    for item in text.split():
+        parts = urlsplit(item)
+        q = parse_qs(parts.query)
+        prio = int(q["priority"][0]) if "priority" in q and q["priority"][0].isdigit() else default_priority
+        out.append((urlunsplit(parts._replace(query="")), prio))
+    return out
+
+
+def from_env(env: dict[str, str] | None = None, **kw: Any) -> Substituter | None:
+    """A Substituter configured like Nix's ``substituters``/``trusted-public-keys``:
+    ``KILN_SUBSTITUTERS`` (see ``parse_registries``), ``KILN_TRUSTED_KEYS``
+    (space-separated ``name:base64``), ``KILN_SIGS_NEEDED`` (default 1). None when no
+    substituter is configured. For the build loop's CLI glue."""
+    import os
+
+    env = dict(os.environ) if env is None else env
+    regs = parse_registries(env.get("KILN_SUBSTITUTERS", ""))
+    if not regs:
+        return None
+    trusted = [PublicKey.parse(t) for t in env.get("KILN_TRUSTED_KEYS", "").split()]
+    return Substituter(regs, trusted, int(env.get("KILN_SIGS_NEEDED", "1")), **kw)

@@ -170,3 +170,14 @@ def test_serve_store_directly(tmp_path: Path, keys, kiln_server) -> None:
     unsigned = kiln_server("--store", str(store.root))
     with pytest.raises(KilnError, match="signature"):
         to_store(unsigned.url, make_store(tmp_path / "dest2"), [chain[-1]], [keys.pk])
+
+
+def test_from_env(keys) -> None:
+    from kiln.registry.substitute import from_env, parse_registries
+
+    assert parse_registries("http://a:1?priority=10 file:///x") == [("http://a:1", 10), ("file:///x", 40)]
+    assert from_env({}) is None
+    with from_env(
+        {"KILN_SUBSTITUTERS": "http://127.0.0.1:9?priority=5", "KILN_TRUSTED_KEYS": keys.pk.to_text()}
+    ) as sub:
+        assert sub.registries == [("http://127.0.0.1:9", 5)] and sub.trusted == [keys.pk]
