@@ -13,6 +13,7 @@ closure into the local store (what ``nix-instantiate`` does by default).
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import sys
 from pathlib import Path
@@ -110,6 +111,9 @@ def _evaluate(args: argparse.Namespace):
     )
     if ev.from_cache:
         sources.ensure(ev.sources)
+    # The evaluation's objects live until exit: keep the cyclic GC from re-scanning them
+    # (a quarter of the run time for 10,000 packages). Fine in a short-lived command.
+    gc.freeze()
     return ev, sources
 
 
