@@ -199,3 +199,17 @@ def test_vary_catches_what_a_plain_rebuild_misses(store, graph, kiln, rebuilder_
     steady, steady_out = graph.drv("steady-vary", "mkdir $out; echo same > $out/f")
     kiln("build", steady)
     assert f"{steady_out}: reproduced" in kiln("rebuild", steady_out, "--vary").stdout
+
+
+def test_signer_argument_errors(store, graph, kiln, rebuilder_keys):
+    drv, out = graph.drv("args", "echo args > $out")
+    kiln("build", drv)
+    k = str(rebuilder_keys.sk_file)
+    r = kiln("rebuild", out, "--key", k, "--signer-cmd", "true", expect=2)
+    assert "not both" in r.stderr
+    r = kiln("rebuild", out, "--signer-key", str(rebuilder_keys.pk_file), expect=1)
+    assert "only meaningful with --signer-cmd" in r.stderr
+    rebuilder_keys.sk_file.chmod(0o644)
+    r = kiln("rebuild", out, "--key", k, expect=1)
+    assert "chmod 600" in r.stderr
+    assert attestations.list(store, out) == ["provenance"]  # nothing signed on any error
