@@ -38,7 +38,6 @@ queries over a NAR stream (``cat``, ``ls``, ``listing``) are at the end of this 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import queue
 import stat
@@ -297,6 +296,8 @@ def listing_json(src: BinaryIO | Iterable[bytes]) -> bytes:
     """The contents of a binary cache ``.ls`` file, byte-identical to what
     ``nix copy --to 'file://...?write-nar-listing=true'`` writes: compact JSON, UTF-8
     names unescaped, and names that are not UTF-8 written as their raw bytes, as Nix does."""
+    import json  # only listings need it
+
     text = json.dumps({"version": 1, "root": listing(src)}, ensure_ascii=False, separators=(",", ":"))
     return text.encode("utf-8", "surrogateescape")
 

@@ -30,7 +30,6 @@ import contextlib
 import errno
 import os
 import struct
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -308,7 +307,7 @@ def restore(src: BinaryIO | Iterable[bytes], dest: str | os.PathLike, *, fsync: 
     if os.path.lexists(dest_b):
         raise FileExistsError(errno.EEXIST, "restore destination already exists", os.fsdecode(dest_b))
     parent, base = os.path.split(dest_b)
-    tmp = tempfile.mkdtemp(prefix=b"." + base[:40] + b".restore-", dir=parent)
+    tmp = _mkdtemp(parent, b"." + base[:40] + b".restore-")
     try:
         root = os.path.join(tmp, b"root")
         inp = _Input(src)
@@ -338,6 +337,17 @@ def restore(src: BinaryIO | Iterable[bytes], dest: str | os.PathLike, *, fsync: 
             _fsync_dir(parent)
     finally:
         _rmtree(tmp)
+
+
+def _mkdtemp(parent: bytes, prefix: bytes) -> bytes:
+    """A fresh 0700 directory in ``parent`` (``tempfile.mkdtemp`` without its import cost)."""
+    while True:
+        path = os.path.join(parent, prefix + os.urandom(6).hex().encode())
+        try:
+            os.mkdir(path, 0o700)
+            return path
+        except FileExistsError:
+            continue
 
 
 def _rename_noreplace(src: bytes, dst: bytes) -> None:
