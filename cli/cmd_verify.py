@@ -192,19 +192,6 @@ def _signer_args(p: argparse.ArgumentParser, what: str) -> None:
     )
 
 
-def _print_verdicts(verdicts, out=None) -> None:
-    out = out or sys.stdout
-    for v in verdicts:
-        if v.identical:
-            print(f"{v.path}: reproduced (NAR {v.registered})", file=out)
-        else:
-            print(f"{v.path}: NOT reproduced", file=out)
-            print(f"  registered NAR hash: {v.registered}\n  rebuilt NAR hash:    {v.rebuilt}", file=out)
-            print("  " + v.differences.replace("\n", "\n  "), file=out)
-        if v.vsa:
-            print(f"  signed {'PASSED' if v.identical else 'FAILED'} verification summary: {v.vsa}", file=out)
-
-
 def _rebuild(args: argparse.Namespace) -> int:
     from kiln.store.dsse import keyid
 
@@ -228,7 +215,7 @@ def _rebuild(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"ok": ok, "outputs": [v.to_dict() for v in verdicts]}, indent=2, sort_keys=True))
     else:
-        _print_verdicts(verdicts)
+        print("\n".join(rebuilders.render_verdicts(verdicts)))
     return 0 if ok else 1
 
 
@@ -277,16 +264,7 @@ def _report(args: argparse.Namespace) -> int:
         doc = {"ok": ok, "summary": rebuilders.summary(results), "packages": [r.to_dict() for r in results]}
         print(json.dumps(doc, indent=2, sort_keys=True))
         return 0 if ok else 1
-    width = max((len(r.attr) for r in results), default=0)
-    for r in results:
-        answer = {"reproduced": "yes", "not reproduced": "NO", "build failed": "build failed"}[r.status]
-        print(f"{r.attr:<{width}}  reproducible: {answer}")
-        for v in r.outputs:
-            if not v.identical:
-                print(f"  {v.path}:\n    " + v.differences.replace("\n", "\n    "))
-        if r.error:
-            print(f"  {r.error}")
-    print(rebuilders.summary(results))
+    print("\n".join(rebuilders.render_report(results)))
     return 0 if ok else 1
 
 

@@ -239,6 +239,23 @@ def rebuild_path(
     return rebuild_drv(store, builder, deriver_of(store, path), signer, say=say, vary=vary)
 
 
+def render_verdicts(verdicts: list[OutputVerdict]) -> list[str]:
+    """Human-readable lines for ``kiln rebuild``: per output the verdict, and for a
+    mismatch both hashes and the differing files (with diffoscope's explanation)."""
+    lines = []
+    for v in verdicts:
+        if v.identical:
+            lines.append(f"{v.path}: reproduced (NAR {v.registered})")
+        else:
+            lines.append(f"{v.path}: NOT reproduced")
+            lines.append(f"  registered NAR hash: {v.registered}")
+            lines.append(f"  rebuilt NAR hash:    {v.rebuilt}")
+            lines += ["  " + line for line in v.differences.splitlines()]
+        if v.vsa:
+            lines.append(f"  signed {'PASSED' if v.identical else 'FAILED'} verification summary: {v.vsa}")
+    return lines
+
+
 # ---------------------------------------------------------------------------- report
 
 
@@ -317,6 +334,23 @@ def reproducibility(
                 continue
             results.append(PackageResult(f, t.attr, t.drv_path, tuple(verdicts)))
     return results
+
+
+def render_report(results: list[PackageResult]) -> list[str]:
+    """Human-readable lines for ``kiln report reproducibility``, ending with ``summary``."""
+    width = max((len(r.attr) for r in results), default=0)
+    lines = []
+    for r in results:
+        answer = {"reproduced": "yes", "not reproduced": "NO", "build failed": "build failed"}[r.status]
+        lines.append(f"{r.attr:<{width}}  reproducible: {answer}")
+        for v in r.outputs:
+            if not v.identical:
+                lines.append(f"  {v.path}:")
+                lines += ["    " + line for line in v.differences.splitlines()]
+        if r.error:
+            lines.append(f"  {r.error}")
+    lines.append(summary(results))
+    return lines
 
 
 def summary(results: list[PackageResult]) -> str:
