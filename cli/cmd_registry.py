@@ -64,7 +64,7 @@ def cmd_serve(argv: list[str]) -> int:
     args = p.parse_args(argv)
     if args.private and args.store:
         raise KilnError("--private needs --dir (tokens are kept in the registry directory)")
-    from kiln.registry import server
+    from kiln.registry import server, workers
 
     cfg = server.ServerConfig(
         negative_ttl=args.negative_ttl,
@@ -79,7 +79,7 @@ def cmd_serve(argv: list[str]) -> int:
     # Open once in the parent so configuration errors are reported before forking.
     server.open_source(store=args.store, directory=args.dir, sign_key=sign_key, store_dir=args.store_dir)
     host, port = _listen(args.listen)
-    sock = server.bind(host, port)
+    sock = workers.bind(host, port)
 
     def make():  # noqa: ANN202 - each worker opens its own source (own DB connection)
         src = server.open_source(
@@ -95,7 +95,7 @@ def cmd_serve(argv: list[str]) -> int:
         h, prt = sock.getsockname()[:2]
         print(f"kiln serve: listening on http://{h}:{prt}", flush=True)
 
-    server.serve(make, sock, args.workers, ready)
+    workers.serve(make, sock, args.workers, ready)
     return 0
 
 

@@ -26,10 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import signal
-import socket
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -408,85 +404,3 @@ def open_source(
     if store is not None:
         return StoreSource(store, sign_key, store_dir)
     return DirSource(directory, store_dir=store_dir, durable=durable)
-
-
-def bind(host: str, port: int) -> socket.socket:
-    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(fam, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(4096)
-    sock.setblocking(False)
-    return sock
-
-
-async def _run(
-    make: Callable[[], Awaitable[web.Server]] | Callable[[], web.Server], sock: socket.socket
-) -> None:
-    app = make()
-    if asyncio.iscoroutine(app):
-        app = await app
-    runner = web.ServerRunner(app, handle_signals=False)
-    await runner.setup()
-    site = web.SockSite(runner, sock, shutdown_timeout=1.0)
-    await site.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    await runner.cleanup()
-
-
-def _die_with_parent() -> None:
-    """Ask the kernel to SIGTERM this worker if the parent dies (even by SIGKILL), so a
-    killed ``kiln serve`` never leaves workers holding the port."""
-    try:
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
-def serve(
-    make: Callable[[], web.Application],
-    sock: socket.socket,
-    workers: int = 1,
-    ready: Callable[[], None] | None = None,
-) -> None:
-    """Run the app on ``sock`` in ``workers`` processes until SIGTERM/SIGINT."""
-    if workers <= 1:
-        if ready:
-            ready()
-        asyncio.run(_run(make, sock))
-        return
-    pids = []
-    for _ in range(workers):
-        pid = os.fork()
-        if pid == 0:
-            _die_with_parent()
-            try:
-                asyncio.run(_run(make, sock))
-            finally:
-                os._exit(0)
-        pids.append(pid)
-    if ready:
-        ready()
-
-    def _stop(signum: int, _frame: Any) -> None:
-        for p in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(p, signal.SIGTERM)
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
-    for p in pids:
-        while True:
-            try:
-                os.waitpid(p, 0)
-                break
-            except ChildProcessError:
-                break
-            except InterruptedError:
-                continue
