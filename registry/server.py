@@ -3,8 +3,9 @@
 Why aiohttp: it is already a kiln dependency (the client uses it too, so one HTTP stack
 serves both sides), it is mature, streams request bodies (``request.content``) and
 serves files with ``sendfile(2)`` and Range support (``FileResponse``), and runs in one
-process per core without an ASGI layer in between. ``serve`` pre-forks ``workers``
-processes that share one listening socket.
+process per core without an ASGI layer in between (``workers.serve`` pre-forks
+processes sharing one listening socket). ``make_app`` uses aiohttp's low-level
+``web.Server``: one handler, no router, since ``layout.parse_key`` classifies every path.
 
 Read API (see docs/registry.md): ``GET /nix-cache-info``, ``GET|HEAD /<h>.narinfo``,
 ``GET|HEAD /nar/<nix32>.nar.zst``, ``GET|HEAD /blobs/sha256:<hex>`` (ETag = digest,
