@@ -258,3 +258,25 @@ def test_large_files_through_every_copy_path(store, tmp_path):
         oi = sink.finish()
         assert (oi.nar_hash, oi.file_hash) == (info.nar_hash, info.file_hash)
         assert nar.dump_bytes(tmp_path / f"copy{kernel_copy}") == want
+
+
+def test_ingest_nar_equals_nar_dump_on_edge_cases(store, tmp_path):
+    """The one-pass walker must produce byte-for-byte what nar.dump produces."""
+    src = make_tree(
+        tmp_path / "edge", {"B": "upper", "a": "lower", "empty": b"", "dir/x": "1", "dangling": "->nowhere"}
+    )
+    (src / "emptydir").mkdir()
+    os.mkdir(src / b"\xff\xfename".decode("utf-8", "surrogateescape"))
+    (src / "gx").write_text("group-x only")
+    os.chmod(src / "gx", 0o654)
+    (src / "ux").write_text("owner-x only")
+    os.chmod(src / "ux", 0o744)
+    cases = [src, src / "a", src / "dangling", src / "emptydir", src / "empty"]
+    for i, c in enumerate(cases):
+        info = store.add_path(c, name=f"case{i}")
+        assert b"".join(store.nar(info.path)) == nar.dump_bytes(c), c
+        assert nar.dump_bytes(store.real_path(info.path)) == nar.dump_bytes(c), c
+    real = store.real_path(store.add_path(src, name="case0").path)
+    assert stat.S_IMODE(os.lstat(real / "gx").st_mode) == 0o444
+    assert stat.S_IMODE(os.lstat(real / "ux").st_mode) == 0o555
+    assert os.readlink(real / "dangling") == "nowhere"
