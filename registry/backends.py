@@ -118,10 +118,15 @@ class DirSource(Source):
         return body
 
     def object_file(self, digest: Hash) -> Path | None:
-        key = layout.blob_key(digest)
-        if isinstance(self.storage, FileStorage):
+        """The file holding the compressed NAR with this digest: ``blobs/`` first, then
+        ``nar/`` (directories written by ``nix copy --to file://...?compression=zstd``
+        have only the latter)."""
+        if not isinstance(self.storage, FileStorage):
+            return None
+        for key in (layout.blob_key(digest), layout.nar_key(digest)):
             p = self.storage.local_path(key)
-            return p if p is not None and p.is_file() else None
+            if p is not None and p.is_file():
+                return p
         return None
 
     def file(self, key: str) -> Path | None:

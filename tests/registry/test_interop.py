@@ -87,3 +87,26 @@ def test_same_directory_served_by_nginx(nix_registry, keys, nginx_server, tmp_pa
     if HAVE_NIX:
         r = nix_copy(srv.url, top, keys.pk.to_text(), tmp_path / "nixroot")
         assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.nix
+@pytest.mark.skipif(not HAVE_NIX, reason="needs Debian nix-bin")
+def test_kiln_reads_a_cache_written_by_nix(nix_registry, keys, kiln_server, tmp_path) -> None:
+    """Nix → kiln: a ``file://`` cache written by ``nix copy`` (zstd, signed by Nix with
+    a kiln-format key) is served by ``kiln serve --dir`` and fetched by kiln."""
+    _store, dep, top, reg = nix_registry
+    srv = kiln_server("--dir", str(reg))
+    nixroot = tmp_path / "nixroot"
+    assert nix_copy(srv.url, top, keys.pk.to_text(), nixroot).returncode == 0
+    cache = tmp_path / "nixcache"
+    cmd = [
+        "nix", "copy", "--extra-experimental-features", "nix-command", "--from", f"local?root={nixroot}",
+        "--to", f"file://{cache}?compression=zstd&secret-key={keys.sk_file}", top,
+    ]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert not (cache / "blobs").exists()  # only nar/: kiln serves that name too
+    srv2 = kiln_server("--dir", str(cache))
+    dest = make_store(tmp_path / "dest", "/nix/store")
+    assert to_store(srv2.url, dest, [top], [keys.pk]) == 2
+    assert (dest.real_path(top) / "data").read_text().startswith("top ")
