@@ -5,7 +5,7 @@ Usage: python bench/bench_nar.py [--reps N] [--tree DIR]
 
 Generates the anchor test tree (2,000 files, 200 MiB, /work/shared/anchors/nix/gen_tree.py)
 at /tmp/kilnbench/tree unless it exists, warms the page cache, then times each command
-``--reps`` times (default 5) as a fresh process (so kiln pays interpreter start-up, as a
+``--reps`` times (default 5; kiln and Nix alternate rep by rep) as a fresh process (so kiln pays interpreter start-up, as a
 ``kiln`` command would) and prints min / median and the kiln/Nix ratio of medians.
 The in-process time of ``hash_path`` is printed as well, to separate Python start-up
 from the hashing itself. Before timing it checks that kiln and Nix agree on the hash.
@@ -125,8 +125,10 @@ def main() -> int:
         f"{'what':<30} {'kiln min':>9} {'kiln med':>9} {'nix min':>9} {'nix med':>9} {'kiln/nix':>9}  nix command"
     )
     for label, kcmd, nlabel, ncmd, pre in rows:
-        k = timed(kcmd, r, pre)
-        n = timed(ncmd, r, pre)
+        k, n = [], []
+        for _ in range(r):  # interleaved rep by rep so load changes hit both alike
+            k += timed(kcmd, 1, pre)
+            n += timed(ncmd, 1, pre)
         km, nm = statistics.median(k), statistics.median(n)
         print(
             f"{label:<30} {min(k):>8.3f}s {km:>8.3f}s {min(n):>8.3f}s {nm:>8.3f}s {km / nm:>8.2f}x  {nlabel}"
