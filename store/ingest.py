@@ -125,7 +125,13 @@ class TreeIngest:
     def _regular(self, path: bytes, st: os.stat_result, dest: bytes | None) -> None:
         self._check_special_bits(path, st.st_mode)
         exe = bool(st.st_mode & stat.S_IXUSR)
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except PermissionError:
+            if not self.canon:
+                raise
+            os.chmod(path, stat.S_IMODE(st.st_mode) | stat.S_IRUSR)  # a build output we own
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         dfd = -1
         try:
             size = os.fstat(fd).st_size
