@@ -208,8 +208,8 @@ class TreeIngest:
         self._emit(_DIR)
         if dest is not None:
             os.mkdir(dest, 0o700)
-        elif self.canon and not st.st_mode & stat.S_IWUSR:
-            os.chmod(path, 0o755)  # we may need to fix children's modes
+        elif self.canon and st.st_mode & 0o700 != 0o700:
+            os.chmod(path, 0o755)  # we must list it and may need to fix children's modes
         for name in sorted(os.listdir(path)):
             child = path + b"/" + name
             cst = os.lstat(child)
