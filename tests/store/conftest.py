@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from kiln.store.localstore import LocalStore
 from storekit import make_tree
+
+from kiln.store.localstore import LocalStore
 
 
 @pytest.fixture

@@ -10,8 +10,9 @@ import subprocess
 import sys
 import time
 
-from kiln.store.localstore import LocalStore
 from storekit import make_tree
+
+from kiln.store.localstore import LocalStore
 
 
 def _fresh_store(root):

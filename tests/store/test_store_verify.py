@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 
 import pytest
+from storekit import make_tree
+
 from kiln.store import nar
 from kiln.store.signing import SecretKey, sign_info
-from storekit import make_tree
 
 
 def _corrupt_file(p, data=b"tampered\n"):
