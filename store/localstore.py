@@ -270,10 +270,11 @@ class LocalStore:
         ``make_text_path(name, text, references)``."""
         refs = sorted(set(map(str, references)))
         sp = make_text_path(name, text, [self.parse_path(r) for r in refs], self.store_dir)
-        existing = self.query(str(sp))
-        if existing is not None:
-            self._keep(str(sp), locked=False)
-            return existing
+        if self.is_valid(str(sp)):
+            self._keep(str(sp), locked=False)  # root first, then re-check: GC may have run
+            existing = self.query(str(sp))
+            if existing is not None:
+                return existing
         with self._writing() as tmp:
             tree = tmp / "tree"
             fd = os.open(tree, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
