@@ -14,7 +14,8 @@ registrations hold the lock shared from their first temp file to their committed
    (renamed into ``tmp/`` and removed);
 4. objects no remaining row uses are deleted (one object can back several paths with
    identical NARs; it goes only when none of them is valid), as are unregistered trees
-   left by crashed registrations, everything in ``tmp/`` and the per-path lock files.
+   left by crashed registrations, store writers' dirs in ``tmp/`` (not the build loop's)
+   and the per-path lock files.
 
 ``dry_run`` does steps 1-3's computation and reports what would go without deleting.
 """
@@ -22,6 +23,7 @@ registrations hold the lock shared from their first temp file to their committed
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +34,8 @@ from .errors import StoreError
 from .hashes import Hash
 from .locks import FileLock, live_temp_roots
 from .trees import remove_tree, tree_size
+
+_WRITER_TMP = re.compile(r"^(\d+-|gc-\d+-)")
 
 if TYPE_CHECKING:
     from .localstore import LocalStore
@@ -119,7 +123,11 @@ def collect(store: LocalStore, dry_run: bool = False) -> GcReport:
         for o in doomed_objects:
             o.unlink(missing_ok=True)
         for e in os.scandir(store.tmp):
-            remove_tree(Path(e.path))  # every writer is excluded: all of tmp/ is stale
+            # store writers' dirs (``<pid>-<hex>``, ``gc-...``) are stale: every writer is
+            # excluded now. Others (the build loop's ``build-*``, ``vary-*``) live longer
+            # than a lock and are their owners' business.
+            if _WRITER_TMP.match(e.name):
+                remove_tree(Path(e.path))
         for e in os.scandir(store.root / "locks"):
             os.unlink(e.path)
         return report

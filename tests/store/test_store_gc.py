@@ -188,3 +188,13 @@ def test_two_store_objects_in_one_process_share_temp_roots(store, tmp_path):
     s = LocalStore.open(store.root)
     assert s.gc().deleted == (b.path,)
     s.close()
+
+
+def test_gc_leaves_build_dirs_in_tmp(store, tmp_path):
+    """The build loop keeps its working dirs in tmp/ for a whole build, without the GC
+    lock: GC must not touch them (only store writers' own temp dirs)."""
+    (store.tmp / "build-hello-abc123").mkdir()
+    (store.tmp / "build-hello-abc123" / "src.c").write_text("int main;")
+    (store.tmp / "4242-deadbeef").mkdir()  # a crashed writer's
+    store.gc()
+    assert sorted(os.listdir(store.tmp)) == ["build-hello-abc123"]
