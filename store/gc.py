@@ -129,7 +129,10 @@ def collect(store: LocalStore, dry_run: bool = False) -> GcReport:
             if _WRITER_TMP.match(e.name):
                 remove_tree(Path(e.path))
         for e in os.scandir(store.root / "locks"):
-            os.unlink(e.path)
+            # registration locks are only taken under the GC lock (shared), so none is held
+            # now; other lock files there (the build loop's ``*.build``) may be held
+            if e.name.endswith(".lock"):
+                os.unlink(e.path)
         return report
 
 

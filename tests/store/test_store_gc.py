@@ -190,11 +190,14 @@ def test_two_store_objects_in_one_process_share_temp_roots(store, tmp_path):
     s.close()
 
 
-def test_gc_leaves_build_dirs_in_tmp(store, tmp_path):
+def test_gc_leaves_build_dirs_and_locks(store, tmp_path):
     """The build loop keeps its working dirs in tmp/ for a whole build, without the GC
     lock: GC must not touch them (only store writers' own temp dirs)."""
     (store.tmp / "build-hello-abc123").mkdir()
     (store.tmp / "build-hello-abc123" / "src.c").write_text("int main;")
     (store.tmp / "4242-deadbeef").mkdir()  # a crashed writer's
+    (store.root / "locks" / ("8" * 32 + ".build")).write_text("")  # the build loop's lock
+    (store.root / "locks" / ("8" * 32 + ".lock")).write_text("")
     store.gc()
     assert sorted(os.listdir(store.tmp)) == ["build-hello-abc123"]
+    assert os.listdir(store.root / "locks") == ["8" * 32 + ".build"]
