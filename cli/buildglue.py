@@ -106,19 +106,27 @@ def load_sign_key(store, key_file: str | None, create: bool):
     return key
 
 
-def make_substituter(urls: list[str], trusted_keys: list[str], sigs_needed: int):
-    """A ``Substituter`` callback for ``Builder`` (None when no registry is configured).
+def make_substituter(urls: list[str], trusted_keys: list[str], sigs_needed: int | None):
+    """A substitution callback for ``Builder`` (None when no registry is configured).
 
-    Each missing path is fetched with its whole closure; a path whose closure cannot be
-    completed from the registries, or that fails verification, stays missing (and will
-    be built), with a warning."""
-    if not urls:
+    Registries come from ``--substituter`` plus ``KILN_SUBSTITUTERS``; trusted keys from
+    ``--trusted-key`` (key text or a .pub file) plus ``KILN_TRUSTED_KEYS``; the threshold
+    from ``--sigs-needed`` or ``KILN_SIGS_NEEDED`` (default 1). Each missing path is
+    fetched with its whole closure; a path whose closure cannot be completed from the
+    registries, or that fails verification, stays missing (and is built), with a
+    warning. An unreachable registry is a miss, never a failure."""
+    env_urls = os.environ.get("KILN_SUBSTITUTERS", "")
+    if not urls and not env_urls.strip():
         return None
-    from kiln.registry.substitute import Substituter
+    from kiln.registry.substitute import Substituter, parse_registries
     from kiln.store.signing import PublicKey
 
-    keys = [PublicKey.parse(k if ":" in k else Path(k).read_text().strip()) for k in trusted_keys]
-    sub = Substituter([(u, i) for i, u in enumerate(urls)], keys, sigs_needed)
+    regs = [(u, i) for i, u in enumerate(urls)] + parse_registries(env_urls, default_priority=len(urls) + 40)
+    texts = [k if ":" in k and not os.path.exists(k) else Path(k).read_text().strip() for k in trusted_keys]
+    texts += os.environ.get("KILN_TRUSTED_KEYS", "").split()
+    keys = [PublicKey.parse(t) for t in texts]
+    needed = sigs_needed if sigs_needed is not None else int(os.environ.get("KILN_SIGS_NEEDED", "1"))
+    sub = Substituter(regs, keys, needed)
 
     def substitute(store, missing: list[str]) -> set[str]:
         infos = sub.query_many(missing)
@@ -129,7 +137,20 @@ def make_substituter(urls: list[str], trusted_keys: list[str], sigs_needed: int)
             more = sub.query_many(sorted(refs)) if refs else {}
             wanted.update(more)
             frontier = list(more.values())
-        complete = {p for p in wanted if all(r in wanted or store.is_valid(r) or r == p for r in wanted[p].references)}
+        # keep only paths whose whole closure is available (fixpoint: drop, re-check)
+        complete = set(wanted)
+        changed = True
+        while changed:
+            changed = False
+            for p in list(complete):
+                if not all(r == p or r in complete or store.is_valid(r) for r in wanted[p].references):
+                    complete.discard(p)
+                    changed = True
+        if complete != set(wanted):
+            print(
+                f"warning: {len(wanted) - len(complete)} path(s) lack part of their closure on the registries",
+                file=sys.stderr,
+            )
         try:
             got = sub.fetch_many(store, [wanted[p] for p in sorted(complete)])
         except KilnError as e:

@@ -24,22 +24,34 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kiln build", description="build packages from a recipe file")
     add_store_arg(p)
     p.add_argument("file", help="recipe file, or a .drv store path (then ATTRs are more .drv paths)")
-    p.add_argument("attrs", nargs="*", help="packages to build, e.g. hello or 'zlib(static = true)' (default: all)")
+    p.add_argument(
+        "attrs", nargs="*", help="packages to build, e.g. hello or 'zlib(static = true)' (default: all)"
+    )
     p.add_argument("-j", "--jobs", type=int, default=1, help="derivations built in parallel (default 1)")
     p.add_argument("--cores", type=int, default=0, help="KILN_CORES for each build (default: all cores)")
     p.add_argument("-L", "--print-build-logs", action="store_true", help="stream build logs to stderr")
-    p.add_argument("-K", "--keep-failed", action="store_true", help="keep the build directory of a failed build")
+    p.add_argument(
+        "-K", "--keep-failed", action="store_true", help="keep the build directory of a failed build"
+    )
     p.add_argument("--check", action="store_true", help="rebuild and compare with the existing output")
     p.add_argument("--vary", action="store_true", help="with --check: rebuild under varied conditions")
     p.add_argument("--rounds", type=int, default=1, help="build N times and compare (N >= 2 checks)")
     p.add_argument("--timeout", type=float, default=None, help="wall-clock limit per build, seconds")
     p.add_argument("--max-silent-time", type=float, default=None, help="limit on seconds without output")
     p.add_argument("--substituter", action="append", default=[], metavar="URL", help="registry to fetch from")
-    p.add_argument("--trusted-key", action="append", default=[], metavar="KEY", help="trusted public key or file")
-    p.add_argument("--sigs-needed", type=int, default=1, help="distinct trusted signatures required (default 1)")
+    p.add_argument(
+        "--trusted-key", action="append", default=[], metavar="KEY", help="trusted public key or file"
+    )
+    p.add_argument(
+        "--sigs-needed", type=int, default=None, help="distinct trusted signatures required (default 1)"
+    )
     p.add_argument("--sign-key", metavar="FILE", help="secret key that signs outputs and provenance")
-    p.add_argument("--require-clean", action="store_true", help="refuse to build from a dirty recipe repository")
-    p.add_argument("--source-mirror", action="append", default=[], metavar="DIR|URL", help="hashed source mirror")
+    p.add_argument(
+        "--require-clean", action="store_true", help="refuse to build from a dirty recipe repository"
+    )
+    p.add_argument(
+        "--source-mirror", action="append", default=[], metavar="DIR|URL", help="hashed source mirror"
+    )
     p.add_argument("--no-cache", action="store_true", help="do not use the evaluation cache")
     return p
 
@@ -61,7 +73,11 @@ def main(argv: list[str]) -> int:
         ev, targets = None, drv_targets(store, [args.file, *args.attrs])
     else:
         ev, targets = evaluate(store, args.file, args.attrs, use_cache=not args.no_cache)
-    if not args.check and args.rounds <= 1 and all(store.is_valid(p) for t in targets for p in t.outputs.values()):
+    if (
+        not args.check
+        and args.rounds <= 1
+        and all(store.is_valid(p) for t in targets for p in t.outputs.values())
+    ):
         _finish(store, targets)
         return 0
     return _build(store, ev, targets, args)

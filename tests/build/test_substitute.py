@@ -1,0 +1,133 @@
+"""kiln build substitutes from a real `kiln serve` on 127.0.0.1 instead of building,
+only with enough trusted signatures, and treats an unreachable registry as a miss."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from buildkit import APPLETS, BUSYBOX, Graph
+
+from kiln.sandbox.bwrap import BwrapExecutor
+from kiln.store.build import Builder, BuildOptions
+from kiln.store.localstore import LocalStore
+from kiln.store.signing import SecretKey, sign_info
+
+pytestmark = [
+    pytest.mark.bwrap,
+    pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap not installed"),
+    pytest.mark.skipif(shutil.which("busybox") is None, reason="busybox-static not installed"),
+]
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _store_with_busybox(root: Path, tmp: Path) -> tuple[LocalStore, str]:
+    store = LocalStore.open(root)
+    d = tmp / f"bb-{root.name}"
+    (d / "bin").mkdir(parents=True)
+    shutil.copy(BUSYBOX, d / "bin" / "busybox")
+    for a in APPLETS:
+        os.symlink("busybox", d / "bin" / a)
+    return store, store.add_path(d, "busybox-static").path
+
+
+@pytest.fixture
+def served(tmp_path):
+    """A builder store with a two-derivation chain built and signed, served over HTTP;
+    a second, empty store with the same derivations written into it."""
+    key = SecretKey.generate("builder-1")
+    a_store, bb = _store_with_busybox(tmp_path / "a", tmp_path)
+    ga = Graph(a_store, bb)
+    lib, _ = ga.drv("lib", "mkdir $out; echo lib > $out/data")
+    app, app_drv = ga.drv("app", "mkdir $out; echo $in0 > $out/uses", inputs=[lib])
+    Builder(a_store, BwrapExecutor(), BuildOptions(), say=lambda m: None).realise([app])
+    for p in a_store.closure([app_drv.output_path()]):
+        a_store.add_signatures(p, [sign_info(a_store.query(p), key)])
+    port = _port()
+    env = dict(os.environ, KILN_HOME=str(tmp_path / "a"))
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "kiln",
+            "serve",
+            "--store",
+            str(tmp_path / "a"),
+            "--listen",
+            f"127.0.0.1:{port}",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(200):
+        try:
+            urllib.request.urlopen(url + "/nix-cache-info", timeout=1).read()
+            break
+        except OSError:
+            time.sleep(0.05)
+    b_store, bb2 = _store_with_busybox(tmp_path / "b", tmp_path)
+    assert bb2 == bb
+    gb = Graph(b_store, bb)
+    gb.drv("lib", "mkdir $out; echo lib > $out/data")
+    app_b, _ = gb.drv("app", "mkdir $out; echo $in0 > $out/uses", inputs=[next(iter(gb.drvs))])
+    assert app_b == app
+    yield url, key, app, app_drv, b_store, tmp_path / "b"
+    proc.terminate()
+    proc.wait(timeout=10)
+    a_store.close()
+
+
+def _build(home: Path, drv: str, *extra: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, KILN_HOME=str(home))
+    return subprocess.run(
+        [sys.executable, "-m", "kiln", "build", drv, *extra],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_substitutes_signed_closure_instead_of_building(served):
+    url, key, app, app_drv, b_store, home = served
+    r = _build(home, app, "--substituter", url, "--trusted-key", key.public().to_text())
+    assert r.returncode == 0, r.stderr
+    assert "building" not in r.stderr
+    out = app_drv.output_path()
+    assert r.stdout.strip() == out
+    info = b_store.query(out)
+    assert info is not None and len(info.references) == 1 and info.sigs
+    assert b_store.verify().ok
+
+
+def test_untrusted_signature_means_build_locally(served):
+    url, _, app, app_drv, b_store, home = served
+    other = SecretKey.generate("someone-else").public().to_text()
+    r = _build(home, app, "--substituter", url, "--trusted-key", other)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("building") == 2
+    assert b_store.query(app_drv.output_path()).sigs != ()  # signed by the local build key instead
+
+
+def test_unreachable_registry_is_a_miss(served):
+    _, key, app, app_drv, b_store, home = served
+    dead = f"http://127.0.0.1:{_port()}"
+    t0 = time.monotonic()
+    r = _build(home, app, "--substituter", dead, "--trusted-key", key.public().to_text())
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("building") == 2
+    assert time.monotonic() - t0 < 30
