@@ -19,7 +19,10 @@ from __future__ import annotations
 import errno
 import mmap
 import os
+import queue
+import resource
 import stat
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -89,7 +92,24 @@ class TreeIngest:
         self.canon = canonicalise
         self.buf += _MAGIC
         s = os.fsencode(src)
-        self._node(s, os.lstat(s), None if dest is None else os.fsencode(dest), top=True)
+        st = os.lstat(s)
+        if dest is None:
+            self._node(s, st, None, top=True)
+            self._flush()
+            return
+        # copying: list the tree once up front (also rejects unstorable files before
+        # anything is created), then let a creator thread make the directories, files and
+        # symlinks in walk order while this thread copies and archives the contents;
+        # file creation is the costliest kernel work here and now overlaps the copying
+        self.plan = _Plan(self.filter)
+        d = os.fsencode(dest)
+        self.plan.build(s, st, d)
+        creator = _Creator(self.plan)
+        creator.start()
+        try:
+            self._node(s, st, d, top=True)
+        finally:
+            creator.stop()
         self._flush()
 
     def _node(self, path: bytes, st: os.stat_result, dest: bytes | None, top: bool = False) -> None:
@@ -99,14 +119,14 @@ class TreeIngest:
         elif stat.S_ISDIR(mode):
             self._directory(path, st, dest, top)
         elif stat.S_ISLNK(mode):
-            target = os.readlink(path)
-            self._emit(_SYMLINK + _nar_str(target) + _CLOSE)
             if dest is not None:
-                os.symlink(target, dest)
-            if dest is not None or self.canon:
-                os.utime(
-                    dest if dest is not None else path, (CANON_MTIME, CANON_MTIME), follow_symlinks=False
-                )
+                target = self.plan.targets[path]
+                self.plan.creator.take()  # created (with its mtime) by the creator
+            else:
+                target = os.readlink(path)
+                if self.canon:
+                    os.utime(path, (CANON_MTIME, CANON_MTIME), follow_symlinks=False)
+            self._emit(_SYMLINK + _nar_str(target) + _CLOSE)
         else:
             kind = _kind_name(mode)
             raise StoreError(
@@ -137,7 +157,7 @@ class TreeIngest:
             size = os.fstat(fd).st_size
             self._emit((_REGULAR + _EXEC if exe else _REGULAR) + _CONTENTS + size.to_bytes(8, "little"))
             if dest is not None:
-                dfd = os.open(dest, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+                dfd = self.plan.creator.take()
             if dfd >= 0 and self.in_kernel_copy:
                 self._copy_then_read(path, fd, dfd, size)
             else:
@@ -207,14 +227,14 @@ class TreeIngest:
         self._check_special_bits(path, st.st_mode)
         self._emit(_DIR)
         if dest is not None:
-            os.mkdir(dest, 0o700)
-        elif self.canon and st.st_mode & 0o700 != 0o700:
-            os.chmod(path, 0o755)  # we must list it and may need to fix children's modes
-        for name in sorted(os.listdir(path)):
+            self.plan.creator.take()  # the creator made the directory
+            kids = self.plan.children[path]
+        else:
+            if self.canon and st.st_mode & 0o700 != 0o700:
+                os.chmod(path, 0o755)  # we must list it and may need to fix children's modes
+            kids = _list(path, self.filter)
+        for name, cst in kids:
             child = path + b"/" + name
-            cst = os.lstat(child)
-            if self.filter is not None and not self.filter(os.fsdecode(child), _filter_kind(cst.st_mode)):
-                continue
             self._emit(_ENTRY + _nar_str(name) + _NODE)
             self._node(child, cst, None if dest is None else dest + b"/" + name)
             self._emit(_CLOSE)
@@ -224,6 +244,113 @@ class TreeIngest:
             if not top:
                 os.chmod(target, 0o555)
             os.utime(target, (CANON_MTIME, CANON_MTIME))
+
+
+def _list(path: bytes, filter: PathFilter | None) -> list[tuple[bytes, os.stat_result]]:
+    """Entries of directory ``path`` in NAR order (by name bytes), filtered."""
+    out = []
+    for name in sorted(os.listdir(path)):
+        child = path + b"/" + name
+        cst = os.lstat(child)
+        if filter is None or filter(os.fsdecode(child), _filter_kind(cst.st_mode)):
+            out.append((name, cst))
+    return out
+
+
+def _unstorable(path: bytes, mode: int) -> StoreError:
+    return StoreError(
+        f"{os.fsdecode(path)}: is a {_kind_name(mode)}; a store path may contain only regular files, "
+        "directories and symlinks"
+    )
+
+
+class _Plan:
+    """The source tree listed once, in walk (pre-)order: what to create where, the
+    filtered directory listings and the symlink targets. Both the creator and the
+    archiving walk follow it, so they agree even if the source changes meanwhile."""
+
+    def __init__(self, filter: PathFilter | None) -> None:
+        self.filter = filter
+        self.order: list[tuple[int, bytes, bytes]] = []  # (kind, source, dest)
+        self.children: dict[bytes, list[tuple[bytes, os.stat_result]]] = {}
+        self.targets: dict[bytes, bytes] = {}
+        self.creator: _Creator
+
+    def build(self, path: bytes, st: os.stat_result, dest: bytes) -> None:
+        mode = st.st_mode
+        if stat.S_ISREG(mode):
+            self.order.append((_REG, path, dest))
+        elif stat.S_ISLNK(mode):
+            self.targets[path] = os.readlink(path)
+            self.order.append((_LNK, path, dest))
+        elif stat.S_ISDIR(mode):
+            self.order.append((_DIRK, path, dest))
+            kids = self.children[path] = _list(path, self.filter)
+            for name, cst in kids:
+                self.build(path + b"/" + name, cst, dest + b"/" + name)
+        else:
+            raise _unstorable(path, mode)
+
+
+_REG, _DIRK, _LNK = 0, 1, 2
+LOOKAHEAD = 256  # files the creator may have open ahead of the copying walk
+
+
+class _Creator(threading.Thread):
+    """Creates the plan's directories, (empty) files and symlinks in order and hands the
+    walk one item per node through a bounded FIFO: an open descriptor for a file, None
+    otherwise, or the exception that stopped it."""
+
+    def __init__(self, plan: _Plan) -> None:
+        super().__init__(daemon=True)
+        self.plan = plan
+        plan.creator = self
+        # keep well inside the descriptor limit: lookahead descriptors are open at once
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        depth = LOOKAHEAD if soft == resource.RLIM_INFINITY else max(1, min(LOOKAHEAD, soft // 4))
+        self.q: queue.Queue = queue.Queue(depth)
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        try:
+            for kind, path, dest in self.plan.order:
+                if self.halt.is_set():
+                    return
+                if kind == _REG:
+                    item = os.open(dest, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+                elif kind == _DIRK:
+                    os.mkdir(dest, 0o700)
+                    item = None
+                else:
+                    os.symlink(self.plan.targets[path], dest)
+                    os.utime(dest, (CANON_MTIME, CANON_MTIME), follow_symlinks=False)
+                    item = None
+                self.q.put(item)
+        except BaseException as e:  # noqa: BLE001 - handed to the walk
+            self.q.put(e)
+
+    def take(self):
+        item = self.q.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def stop(self) -> None:
+        """Stop early (on error) and close whatever was created but not taken."""
+        self.halt.set()
+        while self.is_alive():
+            self._drain()  # unblocks a full queue; the thread then sees ``halt`` and ends
+            self.join(0.002)
+        self._drain()
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                item = self.q.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(item, int):
+                os.close(item)
 
 
 def _filter_kind(mode: int) -> str:

@@ -164,3 +164,38 @@ def test_kill_9_during_gc_leaves_store_consistent(tmp_path):
             assert s.verify().ok and s.verify().stray_objects == ()
         finally:
             s.close()
+
+
+LOWFD = """
+import resource, sys
+from pathlib import Path
+resource.setrlimit(resource.RLIMIT_NOFILE, (int(sys.argv[3]), int(sys.argv[3])))
+from kiln.store.localstore import LocalStore
+s = LocalStore.open(Path(sys.argv[1]))
+try:
+    print(s.add_path(Path(sys.argv[2])).path)
+except OSError as e:
+    print("error", e.errno)
+"""
+
+
+def test_add_under_a_low_descriptor_limit(tmp_path):
+    """Few descriptors: a modest limit still works (the creator's lookahead adapts); an
+    absurd one fails cleanly, leaving nothing behind."""
+    src = make_tree(tmp_path / "many", {f"d{i % 5}/f{i}": str(i) for i in range(400)})
+    root = tmp_path / "store"
+    LocalStore.open(root).close()
+    ok = subprocess.run(
+        [sys.executable, "-c", LOWFD, str(root), str(src), "64"], capture_output=True, text=True
+    )
+    assert ok.stdout.startswith("/kiln/store/"), ok.stderr
+    LocalStore.open(root).gc()
+    bad = subprocess.run(
+        [sys.executable, "-c", LOWFD, str(root), str(src), "12"], capture_output=True, text=True
+    )
+    assert bad.stdout.startswith("error"), (bad.stdout, bad.stderr)
+    s = LocalStore.open(root)
+    try:
+        assert s.all_paths() == [] and os.listdir(s.tmp) == [] and os.listdir(s.real_store) == []
+    finally:
+        s.close()
