@@ -15,7 +15,9 @@ Public API (the build loop and the CLI use only this)::
     ev.attr("zlib", static=True)       # -> Derivation
 
 ``add_source(abs_path: Path, name: str) -> str`` is called for every ``path "..."``
-source and returns its logical store path (the CLI adds it to the local store).
+source and returns its logical store path (the CLI adds it to the local store with
+``LocalStore.add_path(abs_path, name, filter=kiln.lang.sources.make_filter(abs_path))``).
+Without one, the paths are computed (``sources.hash_only``) but nothing is stored.
 With ``cache_dir``, an unchanged evaluation is served from the cache (``kiln.lang.cache``)
 without importing the parser; ``ev.from_cache`` says so. Errors are ``RecipeError``s
 (``kiln.lang.errors``), all with ``kiln_user_error = True``.

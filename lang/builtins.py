@@ -170,10 +170,6 @@ def path(ev, node: ast.Call, env) -> SourceValue:
             f"path {rel!r} does not exist (paths are relative to the recipe's directory)", n.src, n.pos
         )
     name = _string(ev, a["name"][0], a["name"][1], "path 'name'") if "name" in a else os.path.basename(target)
-    if ev.add_source is None:
-        raise BadValue(
-            "this evaluation cannot add local sources to a store (no add_source callback)", node.src, node.pos
-        )
     store_path = ev.add_source(Path(target), sanitize_name(name))
     ev.sources[store_path] = target
     return SourceValue(store_path, target)

@@ -107,6 +107,10 @@ class Evaluator:
         from . import builtins, compile
 
         self.store_dir = store_dir
+        if add_source is None:
+            from .sources import hash_only
+
+            add_source = hash_only(store_dir)
         self.add_source = add_source
         self.modules: dict[str, Module] = {}
         self.loading: list[tuple[str, str, ast.Import | None]] = []

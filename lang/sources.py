@@ -115,3 +115,22 @@ def make_filter(root: Path):
         return not _ignored(rel, kind == "directory", patterns)
 
     return keep
+
+
+def hash_only(store_dir: str):
+    """The default ``add_source``: the store path a source *would* get (NAR hash of the
+    kept files, ``make_source_path``), without adding it anywhere."""
+
+    def add(src: Path, name: str) -> str:
+        from kiln.store.nar import hash_path
+        from kiln.store.paths import make_source_path
+
+        copy = filtered_copy(src) if needs_filtering(src) else None
+        try:
+            h, _ = hash_path(copy if copy is not None else src)
+        finally:
+            if copy is not None:
+                shutil.rmtree(copy.parent)
+        return str(make_source_path(name, h, store_dir=store_dir))
+
+    return add

@@ -212,3 +212,10 @@ def test_repository_recipes_evaluate(recipe, hash_sources):
 
 def test_data_dir_exists():
     assert (DATA / "features").is_dir()
+
+
+def test_default_source_callback_only_hashes(features, monkeypatch, hash_sources):
+    monkeypatch.chdir(features)
+    default = evaluate_file("source.recipe")
+    explicit = evaluate_file("source.recipe", add_source=hash_sources)
+    assert default.drv_paths == explicit.drv_paths and default.sources == explicit.sources
