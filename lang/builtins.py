@@ -207,7 +207,7 @@ def debian_rootfs(ev, node: ast.Call, env) -> DrvValue:
         debs.append(
             _fod(
                 ev,
-                sanitize_name(filename),
+                sanitize_name(filename.rsplit("/", 1)[-1]),
                 "builtin:fetchurl",
                 {"url": url, "urls": url},
                 "sha256",
