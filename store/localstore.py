@@ -35,7 +35,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
-from . import db, nar
+from . import db
 from .errors import StoreError
 from .hashes import Hash
 from .ingest import PathFilter, TreeIngest
@@ -300,6 +300,8 @@ class LocalStore:
         place (setuid/setgid files, devices, sockets and fifos are rejected), archived,
         and moved to ``real_path(path)``. If ``path`` is already valid the existing info is
         returned and ``tree`` is left alone."""
+        from . import nar  # imported here: plain adds do not need the NAR reader
+
         sp = self.parse_path(path)
         path = str(sp)
         refs = tuple(sorted(set(map(str, references))))
@@ -327,6 +329,8 @@ class LocalStore:
     def import_nar(self, info: PathInfo, nar_src: BinaryIO | Iterable[bytes]) -> PathInfo:
         """Add ``info.path`` from its uncompressed NAR (substitution). The NAR hash and
         size are checked while streaming; on mismatch nothing is added."""
+        from . import nar  # imported here: plain adds do not need the NAR reader
+
         self._check_importable(info)
         with self._writing() as tmp, FileLock(self._path_lock(self.parse_path(info.path))):
             existing = self.query(info.path)
@@ -349,6 +353,8 @@ class LocalStore:
         """Add ``info.path`` from a compressed object (as served by a registry), keeping
         the compressed bytes as the object. Checks ``info.file_hash``/``file_size`` (if
         set) and the NAR hash and size."""
+        from . import nar  # imported here: plain adds do not need the NAR reader
+
         self._check_importable(info)
         with self._writing() as tmp, FileLock(self._path_lock(self.parse_path(info.path))):
             existing = self.query(info.path)
@@ -456,18 +462,6 @@ class LocalStore:
             info = replace(info, registration_time=int(time.time()))
             db.insert(self.conn, info, sp.hash_part)
             return info
-
-    def _materialise(self, info: PathInfo, dest: Path) -> None:
-        """Restore the tree of valid ``info`` from its object at ``dest`` (verified)."""
-        assert info.file_hash is not None and info.file_size is not None
-        stream = read_object(
-            self.objects / object_rel_path(info.file_hash),
-            info.path,
-            (info.file_hash, info.file_size),
-            (info.nar_hash, info.nar_size),
-        )
-        nar.restore(stream, dest)
-        canonicalise(dest)
 
 
 def _init_config(root: Path, store_dir: str) -> dict:
