@@ -16,8 +16,8 @@ group) whose command line is derived from the spec by ``bwrap_argv``:
   inputs read-only, outputs read-write, ``/build`` read-write and the cwd; fresh
   ``/dev`` (null, zero, full, random, urandom, tty, pts, shm), ``/proc`` of the PID
   namespace, and a private ``/tmp`` tmpfs;
-* environment: ``--clearenv`` then exactly ``build_env(spec)``; umask 022 set in the
-  child before exec (inherited through bwrap);
+* environment: ``--clearenv`` then exactly ``build_env(spec)``; ``spec.umask`` (022)
+  set in the child before exec (inherited through bwrap);
 * lifetime: ``--die-with-parent``, ``--new-session``; limits and killing in ``limits``.
 
 Availability: the constructor locates bwrap and runs one probe sandbox with the very
@@ -269,7 +269,7 @@ class BwrapExecutor(Executor):
                     stdout=subprocess.PIPE,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,  # own process group: killpg reaches bwrap
-                    umask=0o022,
+                    umask=spec.umask,  # inherited through bwrap by the builder
                     env={},
                     bufsize=0,
                 )

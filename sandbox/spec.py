@@ -70,7 +70,9 @@ class SandboxSpec:
     ``usr``, ``bin``, ``lib``, ``lib64``, ``lib32``, ``sbin`` (and ``etc/alternatives``)
     appear read-only at the same names; ``build_dir`` is bound read-write at ``/build``.
     ``timeout`` is wall-clock seconds, ``max_silent`` seconds without output,
-    ``max_log_bytes`` the log size cap; ``None`` means unlimited.
+    ``max_log_bytes`` the log size cap; ``None`` means unlimited. ``umask`` is 022 for
+    builds; ``kiln build --check --vary`` rebuilds with another one to expose builds
+    that depend on it.
     """
 
     argv: tuple[str, ...]
@@ -87,6 +89,7 @@ class SandboxSpec:
     uid: int = 1000
     gid: int = 1000
     hostname: str = "localhost"
+    umask: int = 0o022
 
     def __post_init__(self) -> None:
         put = object.__setattr__
@@ -126,6 +129,8 @@ class SandboxSpec:
             v = getattr(self, name)
             if v is not None and not v > 0:
                 raise ValueError(f"{name}: expected a positive number or None, found {v!r}")
+        if not isinstance(self.umask, int) or not 0 <= self.umask <= 0o777:
+            raise ValueError(f"umask: expected an integer in 0..0o777, found {self.umask!r}")
         if not self.hostname or "\0" in self.hostname:
             raise ValueError(f"hostname: invalid {self.hostname!r}")
 

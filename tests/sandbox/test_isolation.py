@@ -327,3 +327,11 @@ def test_network_flag_shares_the_host_network(sh) -> None:
         assert got == [b"hi\n"] and "rc=0" in r.log
     finally:
         srv.close()
+
+
+def test_umask_can_be_varied(sh, build_dir: Path) -> None:
+    """``--check --vary`` rebuilds with umask 077; files then come out 0600."""
+    r = sh("umask; echo x > f; mkdir d", umask=0o077)
+    assert r.log == "0077\n"
+    assert (build_dir / "f").stat().st_mode & 0o777 == 0o600
+    assert (build_dir / "d").stat().st_mode & 0o777 == 0o700

@@ -57,6 +57,7 @@ def test_probe_reports_version(executor: BwrapExecutor) -> None:
         ({"cores": 0}, "cores"),
         ({"timeout": 0}, "timeout"),
         ({"max_log_bytes": -1}, "max_log_bytes"),
+        ({"umask": 0o1000}, "umask"),
     ],
 )
 def test_spec_validation(kw: dict, msg: str) -> None:
