@@ -3,7 +3,10 @@ a canonical copy or canonicalising the tree in place on the way.
 
 Theory of operation
 -------------------
-``TreeIngest`` reads every source byte exactly once, in ~1 MiB chunks. Each chunk is
+``TreeIngest`` reads every source byte exactly once, in ~1 MiB chunks. When copying,
+the tree is first listed into a ``_Plan`` and a ``_Creator`` thread creates the copy's
+directories, files and symlinks ahead of the walk (file creation is the costliest kernel
+work of an ingest); the walk follows the same plan, so both agree on what exists. Each chunk is
 queued to the sink (hashing + compression threads, see ``objects``) and, when a
 destination is given, written to the canonical copy - so the materialised tree and the
 NAR are the same bytes even if the source changes underneath. Small files and headers
@@ -128,11 +131,7 @@ class TreeIngest:
                     os.utime(path, (CANON_MTIME, CANON_MTIME), follow_symlinks=False)
             self._emit(_SYMLINK + _nar_str(target) + _CLOSE)
         else:
-            kind = _kind_name(mode)
-            raise StoreError(
-                f"{os.fsdecode(path)}: is a {kind}; a store path may contain only regular files, "
-                "directories and symlinks"
-            )
+            raise _unstorable(path, mode)
 
     def _check_special_bits(self, path: bytes, mode: int) -> None:
         if self.canon and mode & (stat.S_ISUID | stat.S_ISGID):
