@@ -6,10 +6,11 @@ Theory of operation
 ``TreeIngest`` reads every source byte exactly once, in ~1 MiB chunks. When copying,
 the tree is first listed into a ``_Plan`` and a ``_Creator`` thread creates the copy's
 directories, files and symlinks ahead of the walk (file creation is the costliest kernel
-work of an ingest); the walk follows the same plan, so both agree on what exists. Each chunk is
-queued to the sink (hashing + compression threads, see ``objects``) and, when a
-destination is given, written to the canonical copy - so the materialised tree and the
-NAR are the same bytes even if the source changes underneath. Small files and headers
+work of an ingest); the walk follows the same plan, so both agree on what exists. Each
+file is copied into the canonical copy in the kernel (``copy_file_range``) and the NAR
+chunks are read back *from the copy* (``mmap``), so the materialised tree and the NAR are
+the same bytes even if the source changes underneath. Chunks are queued to the sink
+(hashing + compression threads, see ``objects``). Small files and headers
 are coalesced into ~1 MiB chunks to keep per-chunk overhead out of the pipeline.
 
 The NAR produced is byte-identical to ``nar.dump`` / ``nix-store --dump``: entries sorted
