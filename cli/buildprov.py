@@ -25,6 +25,7 @@ class ProvenanceHook:
     git_commit: str | None
     git_dirty: bool
     cores: int
+    isolation: dict  # the executor's description of its sandbox (Executor.isolation())
     invocation_id: str = ""
 
     def __post_init__(self) -> None:
@@ -47,13 +48,11 @@ class ProvenanceHook:
                     dep["annotations"] = {"url": env["url"]}
             deps.append(dep)
         toolchain = rootfs_of(drv, get) if not drv.builder.startswith("builtin:") else None
-        sandbox = {
-            "executor": "bubblewrap" if not drv.builder.startswith("builtin:") else "builtin",
-            "namespaces": ["user", "mount", "pid", "ipc", "uts", "net", "cgroup"],
-            "network": False,
-            "uid": 1000,
-            "cores": self.cores,
-        }
+        if drv.builder.startswith("builtin:"):
+            # fetchers and the .deb unpacker run in kiln itself, checked against fixed hashes
+            sandbox = {"executor": "builtin", "builder": drv.builder, "network": drv.is_fixed_output}
+        else:
+            sandbox = {**self.isolation, "network": False, "cores": self.cores}
         for name, out in outputs.items():
             info = store.query(out)
             store.add_signatures(out, [signing.sign_info(info, self.key)])

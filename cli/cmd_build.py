@@ -118,6 +118,7 @@ def _build(store, ev, targets, args) -> int:
             commit,
             dirty,
             cores,
+            executor.isolation(),
         )
     sub = make_substituter(args.substituter, args.trusted_key, args.sigs_needed)
     opts = BuildOptions(

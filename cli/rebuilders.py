@@ -108,7 +108,11 @@ def make_builder(
         if not hooks:
             key = load_sign_key(store, None, create=True)
             rel = os.path.relpath(recipe_file) if recipe_file else ""
-            hooks.append(ProvenanceHook(store, key, rel, dict(attrs_by_drv or {}), commit, dirty, cores))
+            hooks.append(
+                ProvenanceHook(
+                    store, key, rel, dict(attrs_by_drv or {}), commit, dirty, cores, executor.isolation()
+                )
+            )
         hooks[0](*args)
 
     opts = BuildOptions(cores=cores, mirrors=mirrors, progress=False)

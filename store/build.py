@@ -181,7 +181,12 @@ class Builder:
                         ] = p
                 if not running:
                     break
-                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                try:
+                    finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                except KeyboardInterrupt:
+                    # Ctrl-C reaches only this thread: stop the sandboxes of the workers
+                    self.executor.cancel_all()
+                    raise
                 for fut in finished:
                     p = running.pop(fut)
                     try:

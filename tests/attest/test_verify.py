@@ -368,6 +368,7 @@ def test_build_hook_provenance_verifies(built, keys) -> None:
         git_commit=None,
         git_dirty=False,
         cores=1,
+        isolation={"executor": "bubblewrap", "namespaces": ["user", "net"]},
     )
     hook(built.hello_drv, drv, {"out": built.hello}, FINISHED.timestamp() - 60, FINISHED.timestamp())
     b = keys["builder"].public()

@@ -205,3 +205,11 @@ def test_check_vary_catches_dependence_on_directory_order(store, graph):
     builder(store, check=True).realise([a])  # same file system, same order: not seen
     with pytest.raises(NotDeterministic, match="contents differ"):
         builder(store, check=True, vary=True).realise([a])
+
+
+def test_check_vary_catches_dependence_on_umask(store, graph):
+    a, _ = graph.drv("umask", "umask > $out")
+    builder(store).realise([a])
+    builder(store, check=True).realise([a])
+    with pytest.raises(NotDeterministic, match="contents differ"):
+        builder(store, check=True, vary=True).realise([a])
