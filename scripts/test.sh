@@ -6,6 +6,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup-debian.sh
 PY=${PYTHON:-python3}
+# A hashed source mirror with the toolchain's .debs and the sample packages' sources
+# (idempotent; a few seconds when it is already filled). The slow tests then build
+# from it; without it they fetch from the machine's Debian archive.
+export KILN_MIRROR=${KILN_MIRROR:-/var/cache/kiln-mirror}
+echo "== source mirror $KILN_MIRROR"
+"$PY" tests/fixtures/fill-mirror.py "$KILN_MIRROR" >/dev/null
+export KILN_SOURCE_MIRRORS=${KILN_SOURCE_MIRRORS:-$KILN_MIRROR}
 echo "== ruff"
 "$PY" -m ruff check .
 echo "== pytest"
