@@ -114,3 +114,21 @@ def test_provenance_is_written(kiln, built):
     hash_part = built["hello"].rsplit("/", 1)[1].split("-", 1)[0]
     env = json.loads((home / "attestations" / hash_part / "provenance.dsse.json").read_text())
     assert env["payloadType"] == "application/vnd.in-toto+json" and env["signatures"]
+
+
+def test_shell_puts_the_package_on_path(kiln, built):
+    env_shell = dict(kiln.env, SHELL="/bin/sh")
+    r = subprocess.run(
+        [sys.executable, "-m", "kiln", "shell", "hello"],
+        env=env_shell,
+        input="hello --greeting=shell\n",
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "shell\n"
+
+
+def test_build_log_is_kept(kiln, built):
+    r = kiln("log", "hello")
+    assert "checking for a BSD-compatible install" in r.stdout and "make" in r.stdout
