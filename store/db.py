@@ -14,7 +14,11 @@ Invariants: a row exists only for a path whose object is durable and whose tree 
 place (registration inserts the row last, in one transaction with its refs and sigs);
 every reference of a row is itself a row (or the path itself) unless a path was
 quarantined by ``verify --repair``. The database is in WAL mode with
-``synchronous=FULL``: a committed registration survives power loss.
+``synchronous=NORMAL`` (as Nix): a commit is durable against a process crash (``kill -9``)
+the moment it returns; after a power loss the last few commits may be rolled back, but
+the database stays consistent. Objects and trees are in place before their row is
+inserted, so a rolled-back row only leaves an unregistered path (GC removes it, verify
+ignores it), never a row without its object.
 
 The schema is created with ``sqlite-utils`` (only when the file is new or old, so the
 import is not paid by every command); the hot paths use the plain ``sqlite3``
@@ -39,7 +43,7 @@ def connect(path: Path) -> sqlite3.Connection:
     """Open (and create or migrate) the database at ``path``."""
     conn = sqlite3.connect(path, timeout=60.0, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA synchronous=NORMAL")
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     if version != SCHEMA_VERSION:
         _create_schema(conn, version)
