@@ -2,10 +2,12 @@
 
 For each output of a successful build: a Nix-style signature over the path's
 fingerprint is added to the store, and an in-toto Statement (SLSA Provenance v1) is
-signed as a DSSE envelope with the same key and stored beside the path
-(``kiln.store.attestations``). Timestamps go only into the attestation, never into the
-output or its path. The recipe repository's commit is recorded with pygit2; a dirty
-tree is recorded as dirty (``--require-clean`` refuses to build one, checked earlier).
+signed as a DSSE envelope by the same signer and stored beside the path
+(``kiln.store.attestations``). The signer is an in-process ed25519 key or an external
+command (KMS/HSM), so no secret key need be on the build machine. Timestamps go only
+into the attestation, never into the output or its path. The recipe repository's
+commit is recorded with pygit2; a dirty tree is recorded as dirty (``--require-clean``
+refuses to build one, checked earlier).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from kiln import __version__
 @dataclass
 class ProvenanceHook:
     store: object
-    key: object  # kiln.store.signing.SecretKey
+    key: object  # a kiln.store.signing.SecretKey, or (name, kiln.store.dsse Signer)
     recipe_file: str
     attrs_by_drv: dict[str, str]
     git_commit: str | None
@@ -30,35 +32,32 @@ class ProvenanceHook:
 
     def __post_init__(self) -> None:
         self.invocation_id = self.invocation_id or str(uuid.uuid4())
+        if isinstance(self.key, tuple):
+            self.key_name, self.signer = self.key
+        else:
+            from kiln.store.dsse import Ed25519Signer
+
+            self.key_name, self.signer = self.key.name, Ed25519Signer(self.key.key)
 
     def __call__(self, drv_path, drv, outputs: dict[str, str], started: float, finished: float) -> None:
-        from kiln.store import attestations, intoto, signing
-        from kiln.store.dsse import Ed25519Signer
-        from kiln.store.sandboxrun import input_paths, rootfs_of
+        from kiln.store import attestations
+        from kiln.store.sandboxrun import rootfs_of
 
         store = self.store
-        get = _drv_getter(store)
-        deps = []
-        for p in store.closure(input_paths(drv, get)):
-            info = store.query(p)
-            dep = {"uri": f"kiln:{p}", "name": p.rsplit("/", 1)[1], "digest": {"sha256": info.nar_hash.hex}}
-            if info.deriver and store.is_valid(info.deriver):
-                env = get(info.deriver).env_map
-                if env.get("url"):
-                    dep["annotations"] = {"url": env["url"]}
-            deps.append(dep)
-        toolchain = rootfs_of(drv, get) if not drv.builder.startswith("builtin:") else None
+        deps = attestations.build_dependencies(store, drv_path)
         if drv.builder.startswith("builtin:"):
             # fetchers and the .deb unpacker run in kiln itself, checked against fixed hashes
             sandbox = {"executor": "builtin", "builder": drv.builder, "network": drv.is_fixed_output}
+            toolchain = None
         else:
             sandbox = {**self.isolation, "network": False, "cores": self.cores}
+            toolchain = rootfs_of(drv, _drv_getter(store))
         for name, out in outputs.items():
-            info = store.query(out)
-            store.add_signatures(out, [signing.sign_info(info, self.key)])
-            stmt = intoto.provenance(
-                out.rsplit("/", 1)[1],
-                info.nar_hash.hex,
+            attestations.sign_path(store, out, self.key_name, self.signer)
+            attestations.record_provenance(
+                store,
+                out,
+                [self.signer],
                 recipe_file=self.recipe_file,
                 attribute=self.attrs_by_drv.get(drv_path, drv.name),
                 parameters={"output": name, "drv": drv_path},
@@ -72,8 +71,6 @@ class ProvenanceHook:
                 started_on=started,
                 finished_on=finished,
             )
-            env = attestations.sign(stmt, [Ed25519Signer(self.key.key)])
-            attestations.write(store, out, "provenance", env)
 
 
 def _drv_getter(store):

@@ -47,6 +47,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--sign-key", metavar="FILE", help="secret key that signs outputs and provenance")
     p.add_argument(
+        "--signer-cmd", metavar="CMD", help="external signer (KMS/HSM): bytes on stdin, base64 sig out"
+    )
+    p.add_argument(
+        "--signer-key", metavar="PUB", help="public key (name:base64 or .pub file) of --signer-cmd"
+    )
+    p.add_argument(
         "--require-clean", action="store_true", help="refuse to build from a dirty recipe repository"
     )
     p.add_argument(
@@ -106,8 +112,13 @@ def _build(store, ev, targets, args) -> int:
     # raises SandboxUnavailable (with the reason) if bwrap is missing or cannot sandbox
     executor = BwrapExecutor(os.environ.get("KILN_BWRAP") or None)
     cores = args.cores or os.cpu_count() or 1
-    # --check only compares, so it does not need (or create) a signing key
-    key = load_sign_key(store, args.sign_key, create=not args.check)
+    if args.signer_cmd:
+        from kiln.store.attestations import load_named_signer
+
+        key = load_named_signer(signer_cmd=args.signer_cmd, signer_public=args.signer_key)
+    else:
+        # --check only compares, so it does not need (or create) a signing key
+        key = load_sign_key(store, args.sign_key, create=not args.check)
     hook = None
     if key is not None:
         hook = ProvenanceHook(
