@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 from kiln.store.errors import FormatError, KilnError
@@ -96,6 +97,38 @@ def _public(args: argparse.Namespace) -> int:
     return 0
 
 
+def _key_file(arg: str) -> Path:
+    p = Path(arg)
+    if p.exists():
+        return p
+    named = keys_dir() / f"{arg}.sec"
+    if named.exists():
+        return named
+    raise KilnError(f"no key file {arg} and no key named {arg!r} in {keys_dir()}")
+
+
+def _rotate(args: argparse.Namespace) -> int:
+    from .keyrotate import rotate
+
+    new_file, new, count = rotate(default_home(), _key_file(args.key), args.resign)
+    print(new.public().to_text())
+    print(f"new key: {new_file} (public key beside it)", file=sys.stderr)
+    if args.resign:
+        print(f"re-signed {count} path(s) with {new.name}", file=sys.stderr)
+    return 0
+
+
+def _revoke(args: argparse.Namespace) -> int:
+    from .keyrotate import revoke
+
+    text = args.key
+    if ":" not in text or Path(text).exists() or (keys_dir() / f"{text}.sec").exists():
+        text = _read_any(_key_file(text) if not Path(text).exists() else Path(text)).to_text()
+    entry = revoke(Path(args.policy), text, not args.retired, args.reason, None)
+    print(entry.strip())
+    return 0
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="kiln key", description="generate signing keys and show public keys")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -109,5 +142,17 @@ def main(argv: list[str]) -> int:
     pk = sub.add_parser("public", help="print the public key of a key file or named key")
     pk.add_argument("key", nargs="?", metavar="FILE|NAME")
     pk.set_defaults(fn=_public)
+    r = sub.add_parser("rotate", help="make the successor of a key (name-1 -> name-2)")
+    r.add_argument("key", metavar="FILE|NAME", help="the current key")
+    r.add_argument("--resign", action="store_true", help="also sign every path the old key signed")
+    r.set_defaults(fn=_rotate)
+    rv = sub.add_parser("revoke", help="revoke a key in a verification policy file")
+    rv.add_argument(
+        "key", metavar="FILE|NAME|PUBKEY", help="key to revoke (public key text, key file or name)"
+    )
+    rv.add_argument("--policy", required=True, metavar="FILE", help="policy file to add the revocation to")
+    rv.add_argument("--retired", action="store_true", help="not compromised: earlier attestations stay valid")
+    rv.add_argument("--reason", default="", help="why (recorded in the policy)")
+    rv.set_defaults(fn=_revoke)
     args = p.parse_args(argv[1:] if argv and argv[0] == "key" else argv)
     return args.fn(args)

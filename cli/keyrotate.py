@@ -1,0 +1,92 @@
+"""``kiln key rotate`` and ``kiln key revoke``.
+
+Rotation follows Nix's naming convention (``name-1`` → ``name-2``): the new key is
+generated next to the old one, becomes the store's default build key if the old one
+was, and with ``--resign`` every valid path that carries a signature by the old key is
+signed by the new one as well (old signatures stay until the key is revoked, so
+verifiers can move over gradually).
+
+Revocation is a statement in a verification policy (``store/policy.py``): ``kiln key
+revoke`` appends a ``[[revoked]]`` entry with the time of revocation. A *compromised*
+key (the default) then fails everything it ever signed, whatever time it claims; a
+*retired* key still counts for attestations signed before the revocation. The policy is
+re-read after the change, so a malformed result is never left behind.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+from kiln.store.errors import KilnError
+
+
+def next_name(name: str) -> str:
+    """``cache-1`` → ``cache-2``; a name without a numeric suffix gets ``-2``."""
+    m = re.fullmatch(r"(.*)-(\d+)", name)
+    return f"{m.group(1)}-{int(m.group(2)) + 1}" if m else f"{name}-2"
+
+
+def rotate(home: Path, old_file: Path, resign: bool) -> tuple[Path, object, int]:
+    """Make the successor of the key in ``old_file``; return (new file, key, paths re-signed)."""
+    from kiln.store.localstore import LocalStore
+    from kiln.store.signing import SecretKey, load_secret_key, sign_info, write_public_key, write_secret_key
+
+    old = load_secret_key(old_file)
+    new = SecretKey.generate(next_name(old.name))
+    new_file = old_file.with_name(f"{new.name}.sec")
+    if new_file.exists():
+        raise KilnError(f"{new_file} exists already: rotate from the newest key")
+    write_secret_key(new_file, new)
+    write_public_key(new_file.with_suffix(".pub"), new.public())
+    default = home / "keys" / "default.sec"
+    if default.exists() and load_secret_key(default).key == old.key:
+        write_secret_key(default, new, overwrite=True)
+        write_public_key(default.with_suffix(".pub"), new.public(), overwrite=True)
+    count = 0
+    if resign and (home / "config.json").exists():
+        store = LocalStore.open(home, create=False)
+        try:
+            prefix = old.name + ":"
+            oldpub = old.public()
+            for p in store.all_paths():
+                info = store.query(p)
+                if info and any(
+                    s.startswith(prefix) and oldpub.verify(info.fingerprint(), s) for s in info.sigs
+                ):
+                    store.add_signatures(p, [sign_info(info, new)])
+                    count += 1
+        finally:
+            store.close()
+    return new_file, new, count
+
+
+def revoke(policy_file: Path, public_key: str, compromised: bool, reason: str, at: datetime | None) -> str:
+    """Append a ``[[revoked]]`` entry to ``policy_file`` (created if missing); return it."""
+    from kiln.store import policy
+
+    when = (at or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    entry = (
+        "\n[[revoked]]\n"
+        f'key = "{public_key}"\n'
+        f"revoked_at = {when}\n"
+        f"compromised = {'true' if compromised else 'false'}\n"
+        + (f'reason = "{_toml_escape(reason)}"\n' if reason else "")
+    )
+    old = policy_file.read_text() if policy_file.exists() else ""
+    text = old + ("" if old.endswith("\n") or not old else "\n") + entry
+    policy.parse(text)  # never write a policy that does not load
+    fd, tmp = tempfile.mkstemp(dir=policy_file.parent, prefix=f".{policy_file.name}.")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, policy_file)
+    return entry
+
+
+def _toml_escape(s: str) -> str:
+    return s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ")

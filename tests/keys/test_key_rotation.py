@@ -1,0 +1,65 @@
+"""kiln key rotate / revoke, checked through kiln verify with the resulting policy."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def kiln(home: Path, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, KILN_HOME=str(home))
+    return subprocess.run([sys.executable, "-m", "kiln", *args], env=env, capture_output=True, text=True)
+
+
+def _setup(tmp_path: Path):
+    home = tmp_path / "home"
+    assert kiln(home, "key", "generate", "rel-1").returncode == 0
+    assert kiln(home, "store", "init").returncode == 0
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_text("x")
+    path = kiln(home, "store", "add", str(src)).stdout.strip()
+    assert kiln(home, "store", "sign", "--key", str(home / "keys" / "rel-1.sec"), path).returncode == 0
+    return home, path
+
+
+def test_rotate_resigns_and_revoke_compromised_rejects_old_signatures(tmp_path):
+    home, path = _setup(tmp_path)
+    old_pub = kiln(home, "key", "public", "rel-1").stdout.strip()
+    r = kiln(home, "key", "rotate", "rel-1", "--resign")
+    assert r.returncode == 0, r.stderr
+    new_pub = r.stdout.strip()
+    assert new_pub.startswith("rel-2:") and (home / "keys" / "rel-2.sec").stat().st_mode & 0o777 == 0o600
+    sigs = kiln(home, "store", "info", path).stdout
+    assert "rel-1:" in sigs and "rel-2:" in sigs
+
+    policy = tmp_path / "policy.toml"
+    policy.write_text(f'[keys]\nsigning = ["{new_pub}", "{old_pub}"]\n[require]\nsignatures = 1\n')
+    assert kiln(home, "verify", path, "--policy", str(policy)).returncode == 0
+
+    r = kiln(home, "key", "revoke", "rel-1", "--policy", str(policy), "--reason", "laptop stolen")
+    assert r.returncode == 0, r.stderr
+    v = kiln(home, "verify", path, "--policy", str(policy))
+    assert v.returncode == 1 and "rel-1" in v.stdout and "compromised" in v.stdout
+
+
+def test_revoke_retired_keeps_paths_signed_by_the_successor(tmp_path):
+    home, path = _setup(tmp_path)
+    new_pub = kiln(home, "key", "rotate", "rel-1", "--resign").stdout.strip()
+    policy = tmp_path / "policy.toml"
+    policy.write_text(f'[keys]\nsigning = ["{new_pub}"]\n[require]\nsignatures = 1\n')
+    assert kiln(home, "key", "revoke", "rel-1", "--policy", str(policy), "--retired").returncode == 0
+    assert "compromised = false" in policy.read_text()
+    v = kiln(home, "verify", path, "--policy", str(policy))
+    assert v.returncode == 0, v.stdout
+
+
+def test_revoke_never_writes_a_broken_policy(tmp_path):
+    home, _ = _setup(tmp_path)
+    policy = tmp_path / "policy.toml"
+    policy.write_text("this is = = not toml\n")
+    r = kiln(home, "key", "revoke", "rel-1", "--policy", str(policy))
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert policy.read_text() == "this is = = not toml\n"
