@@ -114,6 +114,15 @@ def test_provenance_is_written(kiln, built):
     hash_part = built["hello"].rsplit("/", 1)[1].split("-", 1)[0]
     env = json.loads((home / "attestations" / hash_part / "provenance.dsse.json").read_text())
     assert env["payloadType"] == "application/vnd.in-toto+json" and env["signatures"]
+    import base64
+
+    st = json.loads(base64.b64decode(env["payload"]))
+    ext = st["predicate"]["buildDefinition"]["externalParameters"]
+    assert ext["attribute"] == "hello" and ext["recipeFile"].endswith("hello.recipe")
+    commit = ext["recipeRepository"]["commit"]
+    assert commit is None or len(commit) == 40  # None only outside a git checkout
+    internal = st["predicate"]["buildDefinition"]["internalParameters"]
+    assert internal["sandbox"]["network"] is False and "toolchain" in internal["toolchain"]
 
 
 def test_shell_puts_the_package_on_path(kiln, built):
