@@ -29,6 +29,14 @@ def _trusted(args: argparse.Namespace) -> list[PublicKey]:
     return keys
 
 
+def _policy(path: Path | None):  # noqa: ANN202 - a kiln.store.policy.Policy or None
+    if path is None:
+        return None
+    from kiln.store.policy import load
+
+    return load(path)
+
+
 def _listen(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit():
@@ -60,6 +68,13 @@ def cmd_serve(argv: list[str]) -> int:
         "--negative-ttl", type=int, default=10, help="seconds clients may cache a miss (default 10)"
     )
     p.add_argument("--private", action="store_true", help="require a token with the read scope for reads")
+    p.add_argument(
+        "--attester-key",
+        type=Path,
+        action="append",
+        help="public key whose DSSE signatures also admit pushed attestations (e.g. a rebuilder's)",
+    )
+    p.add_argument("--policy", type=Path, metavar="FILE", help="TOML policy that POST /verify applies")
     p.add_argument("--no-fsync", action="store_true", help="do not fsync uploads (benchmarks, tmpfs)")
     args = p.parse_args(argv)
     if args.private and args.store:
@@ -72,6 +87,8 @@ def cmd_serve(argv: list[str]) -> int:
         private=args.private,
         trusted=_trusted(args),
         index_key=load_secret_key(args.index_key) if args.index_key else None,
+        attesters=[load_public_key(k) for k in args.attester_key or []],
+        policy=_policy(args.policy),
     )
     if args.index_key and cfg.index_key:
         cfg.trusted.append(cfg.index_key.public())
@@ -186,8 +203,8 @@ def cmd_push(argv: list[str]) -> int:
         sign_key=sk,
     )
     print(
-        f"pushed {rep.pushed} of {rep.closure} paths ({rep.nars_uploaded} NARs, {rep.bytes_uploaded} bytes)"
-        + (f"; {rep.index}" if rep.index else "")
+        f"pushed {rep.pushed} of {rep.closure} paths ({rep.nars_uploaded} NARs, {rep.bytes_uploaded} bytes, "
+        f"{rep.attestations_uploaded} attestations)" + (f"; {rep.index}" if rep.index else "")
     )
     return 0
 
@@ -261,7 +278,8 @@ def cmd_mirror(argv: list[str]) -> int:
     )
     print(
         f"mirror at index version {rep.index_version} (timestamp {rep.timestamp_version}): {rep.paths} paths, "
-        f"{rep.narinfos_fetched} narinfos and {rep.blobs_fetched} blobs ({rep.bytes_fetched} bytes) fetched"
+        f"{rep.narinfos_fetched} narinfos and {rep.blobs_fetched} blobs ({rep.bytes_fetched} bytes) fetched, "
+        f"{rep.attestations_fetched} attestations"
     )
     return 0
 

@@ -10,6 +10,10 @@
   hash, signatures, provenance, SBOM and rebuilder attestations against the policy. One
   line per check. Exit status: 0 every check passed, 1 a check
   failed, 2 usage error (bad arguments, unreadable or invalid policy, no store).
+  A registry target, ``URL#PATH`` (PATH: store path, hash part or ``sha256:`` NAR digest)
+  or ``--registry URL PATH``, is fetched (narinfo, NAR checked against its digests,
+  closure, attestations) into a temporary store and checked the same way
+  (``kiln.registry.admission.verify_remote``); no local store is needed.
 - ``kiln rebuild PATH [--key FILE | --signer-cmd CMD --signer-key PUB] [--json]`` rebuilds
   PATH from its derivation in a fresh sandbox, compares NAR hashes and signs a SLSA VSA
   (PASSED "reproduced" / FAILED) stored beside it (``rebuilders``). Exit 0 reproduced,
@@ -139,22 +143,42 @@ def _write_atomic(target: Path, text: str) -> None:
 # ---------------------------------------------------------------------------- verify
 
 
+def _remote_target(args: argparse.Namespace) -> tuple[str, str] | None:
+    """``(registry URL, path or digest)`` for a registry target, else None."""
+    if args.registry:
+        return args.registry, args.target
+    if "://" not in args.target:
+        return None
+    url, sep, what = args.target.partition("#")
+    if not sep or not what:
+        raise _Usage(
+            f"{args.target}: name the path as URL#PATH (or URL#sha256:DIGEST, or --registry URL PATH)"
+        )
+    return url, what
+
+
 def _verify(args: argparse.Namespace) -> int:
-    if "://" in args.target:
-        raise _Usage(f"{args.target}: verifying a registry URL is not supported yet; fetch the path first")
     try:
         policy = load(args.policy) if args.policy else Policy()
     except PolicyError as e:
         raise _Usage(str(e)) from None
-    store = _open_store(args)
-    try:
-        path = resolve_target(store, args.target)
-        paths = store.closure([path]) if args.closure and store.is_valid(path) else [path]
-        # The target first, then its dependencies.
-        paths = [path, *(p for p in paths if p != path)]
-        reports = [verify_path(store, p, policy) for p in paths]
-    finally:
-        store.close()
+    remote = _remote_target(args)
+    if remote is not None:
+        if args.closure:
+            raise _Usage("--closure is not supported for registry targets")
+        from kiln.registry.admission import verify_remote
+
+        reports = [verify_remote(remote[0], remote[1], policy, token=args.token)]
+    else:
+        store = _open_store(args)
+        try:
+            path = resolve_target(store, args.target)
+            paths = store.closure([path]) if args.closure and store.is_valid(path) else [path]
+            # The target first, then its dependencies.
+            paths = [path, *(p for p in paths if p != path)]
+            reports = [verify_path(store, p, policy) for p in paths]
+        finally:
+            store.close()
     ok = all(r.ok for r in reports)
     if args.json:
         doc = (
@@ -291,7 +315,15 @@ def _verify_parser() -> argparse.ArgumentParser:
         description="verify a store path against a policy",
         epilog="exit status: 0 all checks passed, 1 a check failed, 2 usage error",
     )
-    p.add_argument("target", metavar="TARGET", help="store path (logical, physical, base name or hash part)")
+    p.add_argument(
+        "target",
+        metavar="TARGET",
+        help="store path (logical, physical, base name, hash part, sha256: digest) or URL#PATH of a registry",
+    )
+    p.add_argument("--registry", metavar="URL", help="verify TARGET as this registry serves it")
+    p.add_argument(
+        "--token", default=os.environ.get("KILN_REGISTRY_TOKEN"), help="bearer token (private registry)"
+    )
     p.add_argument("--policy", metavar="FILE", help="TOML policy (default: check content only)")
     p.add_argument("--json", action="store_true", help="machine-readable report")
     p.add_argument("--closure", action="store_true", help="verify every path of the runtime closure")

@@ -70,6 +70,18 @@ class Source:
     def file(self, key: str) -> Path | None:
         raise NotImplementedError
 
+    def att_file(self, hash_part: str, kind: str) -> Path | None:
+        """The file of a path's attestation of ``kind`` (``layout.att_key``), if any."""
+        raise NotImplementedError
+
+    def att_listing(self, hash_part: str) -> dict[str, str]:
+        """``{kind: sha256 hex}`` of a path's attestations ({} when none)."""
+        raise NotImplementedError
+
+    def narinfo_by_nar_hash(self, nar_sha256_hex: str) -> bytes | None:
+        """The narinfo of the path whose NarHash is this sha256 (hex), if one is served."""
+        raise NotImplementedError
+
 
 def _digests_record(d: Digests) -> bytes:
     return json.dumps(
@@ -101,6 +113,7 @@ class DirSource(Source):
         self._cache: dict[str, bytes] = {}
         self._digests: dict[str, Digests] = {}
         self._lock = threading.Lock()
+        self._by_nar: dict[str, str] = {}
         #: one file-system barrier shared by concurrent uploads (group commit)
         self.group_sync = GroupSync(self.storage.barrier)
 
@@ -132,6 +145,25 @@ class DirSource(Source):
     def file(self, key: str) -> Path | None:
         p = self.storage.local_path(key)
         return p if p is not None and p.is_file() else None
+
+    def att_file(self, hash_part: str, kind: str) -> Path | None:
+        return self.file(layout.att_key(hash_part, kind))
+
+    def att_listing(self, hash_part: str) -> dict[str, str]:
+        from .attest_transfer import listing
+
+        return listing(self.storage, hash_part)
+
+    def narinfo_by_nar_hash(self, nar_sha256_hex: str) -> bytes | None:
+        """Scans the narinfos (a lookup for deploy-time checks, not a hot path); the map
+        is kept and rebuilt only on a miss."""
+        for attempt in range(2):
+            h = self._by_nar.get(nar_sha256_hex)
+            if h is not None:
+                return self.narinfo(h)
+            if attempt == 0:
+                self._by_nar = _scan_nar_hashes(self.storage, self.store_dir)
+        return None
 
     # -------------------------------------------------------- write side
 
@@ -273,6 +305,22 @@ class DirSource(Source):
             return 200, "signatures merged"
 
 
+def _scan_nar_hashes(storage: Storage, store_dir: str) -> dict[str, str]:
+    """``{NarHash sha256 hex: hash part}`` over every narinfo in ``storage``."""
+    out: dict[str, str] = {}
+    for key in storage.list(""):
+        if not key.endswith(".narinfo"):
+            continue
+        data = storage.read(key)
+        try:
+            info = ni.parse(data.decode(), store_dir) if data else None
+        except (KilnError, UnicodeDecodeError):
+            continue
+        if info is not None:
+            out[info.nar_hash.hex] = key[:32]
+    return out
+
+
 class StoreSource(Source):
     def __init__(
         self, root: Path, sign_key: SecretKey | None, store_dir: str | None = None, priority: int = 40
@@ -316,3 +364,33 @@ class StoreSource(Source):
 
     def file(self, key: str) -> Path | None:
         return None
+
+    def att_file(self, hash_part: str, kind: str) -> Path | None:
+        p = Path(self.store.root) / "attestations" / hash_part / f"{kind}{layout.ATT_SUFFIX}"
+        return p if p.is_file() else None
+
+    def att_listing(self, hash_part: str) -> dict[str, str]:
+        import hashlib
+        import os
+
+        d = Path(self.store.root) / "attestations" / hash_part
+        try:
+            names = sorted(os.listdir(d))
+        except FileNotFoundError:
+            return {}
+        out = {}
+        for n in names:
+            if n.endswith(layout.ATT_SUFFIX) and not n.startswith("."):
+                with contextlib.suppress(FileNotFoundError):
+                    out[n[: -len(layout.ATT_SUFFIX)]] = hashlib.sha256((d / n).read_bytes()).hexdigest()
+        return out
+
+    def narinfo_by_nar_hash(self, nar_sha256_hex: str) -> bytes | None:
+        found = None
+        with self._lock:
+            for p in self.store.all_paths():
+                info = self.store.query(p)
+                if info is not None and info.nar_hash.hex == nar_sha256_hex:
+                    found = p.rsplit("/", 1)[1][:32]
+                    break
+        return self.narinfo(found) if found is not None else None

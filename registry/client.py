@@ -8,6 +8,10 @@ not care where a registry lives:
   server without that endpoint (nginx, a plain file server: 404/405) falls back to
   parallel ``GET``s;
 - ``have_blobs(hashes)`` — which compressed NARs the registry already holds (batched);
+- ``attestation_listings(hash_parts)`` — ``{hash part: {kind: sha256}}`` of attestations
+  (batched through ``narinfo-batch``; else one ``<h>.att/index.json`` GET per path);
+- ``narinfo_by_nar_hash(hex)`` — the narinfo whose NarHash is that sha256 (kiln servers
+  and directories only);
 - ``download(key, write)`` streams a body to ``write(chunk)``; ``put_file`` /
   ``put_bytes`` upload with the bearer token.
 
@@ -81,6 +85,23 @@ class Client:
 
     async def download(self, key: str, write: Callable[[bytes], Any]) -> bool:
         raise NotImplementedError
+
+    async def attestation_listings(self, hash_parts: list[str]) -> dict[str, dict[str, str]]:
+        out: dict[str, dict[str, str]] = {}
+        sem = asyncio.Semaphore(16)
+
+        async def one(h: str) -> None:
+            async with sem:
+                body = await self.get(layout.att_listing_key(h))
+            kinds = _parse_listing(body)
+            if kinds:
+                out[h] = kinds
+
+        await asyncio.gather(*(one(h) for h in hash_parts))
+        return out
+
+    async def narinfo_by_nar_hash(self, nar_sha256_hex: str) -> str | None:
+        raise RegistryError(f"{self.url} cannot look paths up by NAR hash; name the store path")
 
     async def put_file(self, key: str, path: Path) -> None:
         raise NotImplementedError
@@ -194,6 +215,23 @@ class HttpClient(Client):
                 have.update(res.get("blobs", []))
         return have
 
+    async def attestation_listings(self, hash_parts: list[str]) -> dict[str, dict[str, str]]:
+        out: dict[str, dict[str, str]] = {}
+        for i in range(0, len(hash_parts), BATCH):
+            part = hash_parts[i : i + BATCH]
+            res = await self._batch({"attestations": part}) if self._batch_ok else None
+            if res is None or "attestations" not in res:
+                out.update(await Client.attestation_listings(self, part))
+            else:
+                out.update({h: k for h, k in res["attestations"].items() if isinstance(k, dict) and k})
+        return out
+
+    async def narinfo_by_nar_hash(self, nar_sha256_hex: str) -> str | None:
+        res = await self._batch({"nar_hashes": [nar_sha256_hex]}) if self._batch_ok else None
+        if res is None or "by_nar_hash" not in res:
+            return await Client.narinfo_by_nar_hash(self, nar_sha256_hex)
+        return res["by_nar_hash"].get(nar_sha256_hex)
+
     async def download(self, key: str, write: Callable[[bytes], Any]) -> bool:
         async with await self._request("GET", key) as resp:
             if resp.status == 404:
@@ -298,6 +336,10 @@ class DirClient(Client):
                 write(chunk)
         return True
 
+    async def narinfo_by_nar_hash(self, nar_sha256_hex: str) -> str | None:
+        body = self.src.narinfo_by_nar_hash(nar_sha256_hex)
+        return body.decode() if body is not None else None
+
     def put_object_sync(self, key: str, path: Path) -> None:
         from .verify import NarVerifier
 
@@ -320,6 +362,16 @@ class DirClient(Client):
 
     async def put_bytes(self, key: str, data: bytes) -> int:
         kind, arg = layout.parse_key(key)
+        if kind == "att" and layout.att_kind_of_key(key):
+            from .attest_transfer import admit
+
+            # the caller owns the directory: subject and shape are checked, not the signer
+            status, msg = admit(
+                self.src.storage, self.store_dir, arg, layout.att_kind_of_key(key), data, None
+            )
+            if status >= 400:
+                raise RegistryError(msg, status)
+            return status
         if kind != "narinfo":
             self.src.storage.put_bytes(key, data)
             return 201
@@ -330,6 +382,22 @@ class DirClient(Client):
         if status >= 400:
             raise RegistryError(msg, status)
         return status
+
+
+def _parse_listing(body: bytes | None) -> dict[str, str]:
+    if not body:
+        return {}
+    import json
+
+    try:
+        kinds = json.loads(body).get("kinds", {})
+    except (ValueError, AttributeError):
+        return {}
+    return (
+        {k: v for k, v in kinds.items() if isinstance(k, str) and isinstance(v, str)}
+        if isinstance(kinds, dict)
+        else {}
+    )
 
 
 def open_client(url: str, token: str | None = None, jobs: int = 16, store_dir: str | None = None) -> Client:

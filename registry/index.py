@@ -12,7 +12,8 @@ Metadata (canonical JSON: sorted keys, no whitespace, UTF-8) under ``index/``; e
 - ``<v>.root.json`` / ``root.json``: keys and, per role (root, timestamp, snapshot,
   index), the key ids and threshold. Root v+1 must be signed by a threshold of root v's
   root keys *and* of its own (chained rotation); clients pin one root and walk forward.
-- ``<v>.index.json``: ``paths``: hash part → {path, narinfo sha256, file hash, file size}.
+- ``<v>.index.json``: ``paths``: hash part → {path, narinfo sha256, file hash, file size,
+  and, for paths with attestations, ``attestations``: kind → sha256 of the DSSE file}.
 - ``<v>.snapshot.json`` (+ ``snapshot.json``): version, expiry, and the sha256/length/
   version of the index file it vouches for.
 - ``timestamp.json``: short expiry; the sha256/length/version of the snapshot.

@@ -7,7 +7,9 @@ serve read-only::
     <hashpart>.narinfo                  Nix narinfo text (Compression: zstd, URL: nar/..., Sig: ...)
     nar/<nix32 filehash>.nar.zst        the zstd-compressed NAR
     blobs/sha256:<hex filehash>         the same bytes (a hard link), addressed by digest
-    <hashpart>.att/...                  attestations (written by the provenance code)
+    <hashpart>.att/<kind>.dsse.json     one DSSE attestation of the path (kind: provenance,
+                                        sbom, vsa-<keyid16>), see ``attest_transfer``
+    <hashpart>.att/index.json           listing {"kinds": {kind: sha256 of the file}}
     index/root.json, index/<v>.root.json            signed root metadata (key rotation chain)
     index/timestamp.json, index/<v>.snapshot.json   signed freshness metadata
     index/<v>.index.json                             signed list of every published path
@@ -33,7 +35,10 @@ _NARINFO_RE = re.compile(r"^([0-9a-df-np-sv-z]{32})\.narinfo$")
 _NAR_RE = re.compile(r"^nar/([0-9a-df-np-sv-z]{52})\.nar\.zst$")
 _BLOB_RE = re.compile(r"^blobs/sha256:([0-9a-f]{64})$")
 _INDEX_RE = re.compile(r"^index/(root|timestamp|snapshot|[1-9][0-9]{0,9}\.(?:root|snapshot|index))\.json$")
-_ATT_RE = re.compile(r"^([0-9a-df-np-sv-z]{32})\.att/[A-Za-z0-9][A-Za-z0-9._+-]{0,200}$")
+_ATT_RE = re.compile(r"^([0-9a-df-np-sv-z]{32})\.att/(?:[a-z0-9][a-z0-9_-]{0,63}\.dsse|index)\.json$")
+_ATT_DIR_RE = re.compile(r"^([0-9a-df-np-sv-z]{32})\.att/?$")
+ATT_SUFFIX = ".dsse.json"
+ATT_LISTING = "index.json"
 
 
 def narinfo_key(hash_part: str) -> str:
@@ -50,6 +55,22 @@ def blob_key(file_hash: Hash) -> str:
     return f"blobs/sha256:{file_hash.hex}"
 
 
+def att_key(hash_part: str, kind: str) -> str:
+    """``<hashpart>.att/<kind>.dsse.json`` — one attestation of a path."""
+    return f"{hash_part}.att/{kind}{ATT_SUFFIX}"
+
+
+def att_listing_key(hash_part: str) -> str:
+    """``<hashpart>.att/index.json`` — the kinds a path has, with each file's sha256."""
+    return f"{hash_part}.att/{ATT_LISTING}"
+
+
+def att_kind_of_key(key: str) -> str | None:
+    """The attestation kind an ``att`` key names, or None for the listing."""
+    name = key.rsplit("/", 1)[1]
+    return name[: -len(ATT_SUFFIX)] if name.endswith(ATT_SUFFIX) else None
+
+
 def is_hash_part(text: str) -> bool:
     return bool(HASH_PART_RE.match(text))
 
@@ -57,10 +78,14 @@ def is_hash_part(text: str) -> bool:
 def parse_key(key: str) -> tuple[str, str]:
     """Classify a public key. Returns ``(kind, arg)`` with kind one of ``cache-info``,
     ``narinfo`` (arg: hash part), ``nar`` (arg: nix32 file hash), ``blob`` (arg: hex),
-    ``index`` (arg: file name), ``att`` (arg: hash part), or ``("", "")`` when the key
-    is not a registry object (callers answer 404 / 400)."""
+    ``index`` (arg: file name), ``att`` (arg: hash part; an attestation file or the
+    listing), ``att-dir`` (arg: hash part; ``<h>.att/``, answered with the listing), or
+    ``("", "")`` when the key is not a registry object (callers answer 404 / 400)."""
     if key == CACHE_INFO:
         return "cache-info", ""
+    m = _ATT_DIR_RE.match(key)
+    if m:
+        return "att-dir", m.group(1)
     for kind, rx in (("narinfo", _NARINFO_RE), ("nar", _NAR_RE), ("blob", _BLOB_RE), ("att", _ATT_RE)):
         m = rx.match(key)
         if m:

@@ -12,8 +12,14 @@ DST lacks it, is streamed into a temp file while the compressed bytes and the NA
 are hashed, and published under ``nar/`` and ``blobs/`` only if both match the narinfo.
 Blobs are fetched ``jobs`` at a time.
 
+Attestations: the signed index lists, per path, the sha256 of each attestation file
+(``<h>.att/<kind>.dsse.json``). Every listed file DST lacks (or holds in another version)
+is fetched and must hash to that sha256 — so attestations are covered by the index
+signature, not by trusting their DSSE signers, which stays the verifier's policy — and
+its subject must name the path with the narinfo's NarHash.
+
 Publication: only when every path succeeded are the narinfos written, then the
-metadata exactly as the source signed it (roots, index, snapshot, timestamp last), so
+attestations (and their listings), then the metadata exactly as the source signed it (roots, index, snapshot, timestamp last), so
 DST is itself a verifiable registry and never shows a half-synced index. Any failure
 raises ``MirrorError`` naming the bad paths and leaves DST's narinfos and index as they
 were; verified blobs already fetched stay (content-addressed, invisible without a
@@ -28,11 +34,13 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from kiln.store import narinfo as ni
 from kiln.store.errors import KilnError
 from kiln.store.signing import PublicKey
 
 from . import index as ix
 from . import layout
+from .attest_transfer import check_envelope, listing, rebuild_listing
 from .backends import DirSource
 from .client import Client, open_client
 from .progress import Progress
@@ -53,6 +61,7 @@ class SyncReport:
     narinfos_fetched: int
     blobs_fetched: int
     bytes_fetched: int
+    attestations_fetched: int = 0
 
 
 async def _fetch_blob(client: Client, dst: DirSource, info, sem: asyncio.Semaphore, prog: Progress) -> int:  # noqa: ANN001
@@ -133,6 +142,7 @@ async def sync_async(
                 failed[i.path] = str(r)
             else:
                 fetched_bytes += r
+        atts = await _fetch_attestations(client, dst, paths, texts, failed, sem)
         if failed:
             lines = "\n".join(f"  {p}: {why}" for p, why in sorted(failed.items())[:20])
             more = f"\n  ... and {len(failed) - 20} more" if len(failed) > 20 else ""
@@ -146,14 +156,69 @@ async def sync_async(
         for h in infos:
             dst.storage.put_bytes(layout.narinfo_key(h), texts[h].encode(), durable=False)
             dst._cache.pop(h, None)  # noqa: SLF001
+        for h, kinds in atts.items():
+            for kind, data in kinds.items():
+                dst.storage.put_bytes(layout.att_key(h, kind), data, durable=False)
+            rebuild_listing(dst.storage, h)
         await loop.run_in_executor(None, dst.storage.barrier)
         for key, data in vi.files:
             if dst.storage.read(key) != data:
                 dst.storage.put_bytes(key, data, durable=key == "index/timestamp.json")
         dst.storage.put_bytes(STATE_KEY, state.to_json())
         return SyncReport(
-            vi.index["version"], vi.timestamp["version"], len(paths), len(infos), len(need), fetched_bytes
+            vi.index["version"],
+            vi.timestamp["version"],
+            len(paths),
+            len(infos),
+            len(need),
+            fetched_bytes,
+            sum(len(k) for k in atts.values()),
         )
+
+
+async def _fetch_attestations(
+    client: Client,
+    dst: DirSource,
+    paths: dict[str, dict],
+    texts: dict[str, str],
+    failed: dict[str, str],
+    sem: asyncio.Semaphore,
+) -> dict[str, dict[str, bytes]]:
+    """Fetch the attestation files the index lists and DST lacks; each must hash to the
+    index's sha256 and name its path with the narinfo's NarHash. Problems go to
+    ``failed``; returns ``{hash part: {kind: bytes}}`` to publish."""
+    out: dict[str, dict[str, bytes]] = {}
+
+    async def one(h: str, kind: str, want: str) -> None:
+        e = paths[h]
+        async with sem:
+            data = await client.get(layout.att_key(h, kind))
+        if data is None:
+            failed[e["path"]] = f"{kind} attestation listed in the index is missing at the source"
+            return
+        if hashlib.sha256(data).hexdigest() != want:
+            failed[e["path"]] = (
+                f"{kind} attestation does not match the sha256 in the signed index (tampered?)"
+            )
+            return
+        text = texts.get(h) or (dst.narinfo(h) or b"").decode()
+        try:
+            nar_hex = ni.parse(text, dst.store_dir).nar_hash.hex
+            check_envelope(data, kind, e["path"].rsplit("/", 1)[1], nar_hex, None)
+        except KilnError as ex:
+            failed[e["path"]] = str(ex)
+            return
+        out.setdefault(h, {})[kind] = data
+
+    jobs = []
+    for h, e in paths.items():
+        listed = e.get("attestations") or {}
+        if not isinstance(listed, dict) or not listed:
+            continue
+        have = listing(dst.storage, h)
+        jobs += [one(h, k, sha) for k, sha in sorted(listed.items()) if have.get(k) != sha]
+    await asyncio.gather(*jobs)
+    return out
 
 
 def _sha(data: bytes | None) -> str | None:

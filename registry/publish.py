@@ -3,7 +3,9 @@
 ``publish_index`` lists every narinfo in the storage, builds the path table, and writes
 index → snapshot → timestamp atomically in that order (see ``index``). It is called by
 ``kiln registry publish-index`` and by the server after a push when it holds an index
-key. ``init_root`` creates root v1 (all roles on one key); ``rotate_root`` writes root
+key. Each path's entry also lists its attestations (``attestations``: kind → sha256 of
+the file, from ``<h>.att/index.json``) when it has any, so the signed index covers them
+and a mirror can verify every attestation file it copies. ``init_root`` creates root v1 (all roles on one key); ``rotate_root`` writes root
 v+1 signed by the old and the new root keys.
 """
 
@@ -40,12 +42,17 @@ def narinfo_entry(text: bytes) -> tuple[str, dict[str, Any]]:
 
 
 def collect_paths(storage: Storage) -> dict[str, dict[str, Any]]:
+    from .attest_transfer import listing
+
     out: dict[str, dict[str, Any]] = {}
     for key in storage.list(""):
         if key.endswith(".narinfo"):
             data = storage.read(key)
             if data:
                 h, entry = narinfo_entry(data)
+                kinds = listing(storage, h)
+                if kinds:
+                    entry["attestations"] = kinds
                 out[h] = entry
     return out
 

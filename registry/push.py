@@ -14,7 +14,12 @@ narinfo without its NAR or its references):
    /upload-batch`` carries narinfo + NAR per path, a level split over ``jobs`` requests
    (the server needs two file-system barriers per request instead of two fsyncs per
    path); other servers (or ``file://``) get one write per object;
-5. ask the server to republish its signed index (if it holds an index key).
+5. upload the attestations (``<h>.att/<kind>.dsse.json``) of every closure path the
+   registry lacks or holds in another version (``attest_transfer.push_attestations``;
+   one batched listing request, then a PUT each) — after the narinfos, because the
+   registry admits an attestation only for a published path;
+6. ask the server to republish its signed index (if it holds an index key), which also
+   lists each path's attestation digests.
 
 A re-run skips everything already published (step 2), so resuming costs one round trip.
 """
@@ -43,6 +48,7 @@ class PushReport:
     nars_uploaded: int
     bytes_uploaded: int
     index: str | None
+    attestations_uploaded: int = 0
 
 
 def levels(infos: dict[str, PathInfo]) -> list[list[str]]:
@@ -94,7 +100,11 @@ def _check_results(results: list[dict]) -> None:
 
 
 async def push_prepared(
-    items: list[tuple[PathInfo, Path]], client: Client, jobs: int = 8, progress: bool | None = None
+    items: list[tuple[PathInfo, Path]],
+    client: Client,
+    jobs: int = 8,
+    progress: bool | None = None,
+    store=None,  # noqa: ANN001 - a LocalStore: when given, attestations travel too
 ) -> PushReport:
     info_map = {i.path: i for i, _ in items}
     obj = {i.path: f for i, f in items}
@@ -152,8 +162,13 @@ async def push_prepared(
         for level in lv:
             await asyncio.gather(*(up_info(p) for p in level))
     prog.done()
-    index = await client.publish_index() if missing else None
-    return PushReport(len(info_map), len(missing), len(to_upload), total, index)
+    atts = 0
+    if store is not None:
+        from .attest_transfer import push_attestations
+
+        atts = await push_attestations(client, store, list(info_map), jobs)
+    index = await client.publish_index() if missing or atts else None
+    return PushReport(len(info_map), len(missing), len(to_upload), total, index, atts)
 
 
 def _hp(path: str) -> str:
@@ -174,6 +189,6 @@ def push(
 
     async def run() -> PushReport:
         async with client_factory() as client:
-            return await push_prepared(items, client, jobs, progress)
+            return await push_prepared(items, client, jobs, progress, store)
 
     return asyncio.run(run())

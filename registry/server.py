@@ -9,8 +9,10 @@ processes sharing one listening socket). ``make_app`` uses aiohttp's low-level
 
 Read API (see docs/registry.md): ``GET /nix-cache-info``, ``GET|HEAD /<h>.narinfo``,
 ``GET|HEAD /nar/<nix32>.nar.zst``, ``GET|HEAD /blobs/sha256:<hex>`` (ETag = digest,
-Range, immutable caching), ``GET /index/...``, ``POST /narinfo-batch``. Misses are 404
-with ``Cache-Control: max-age=<negative TTL>``.
+Range, immutable caching), ``GET /index/...``, ``POST /narinfo-batch``, attestations
+``GET /<h>.att/<kind>.dsse.json`` and their listing ``GET /<h>.att/`` (= ``index.json``),
+and ``POST /verify`` (an AdmissionReview-shaped policy check, ``admission``). Misses
+are 404 with ``Cache-Control: max-age=<negative TTL>``.
 
 Write API (dir mode only, bearer token with the ``write`` scope): ``PUT`` of a NAR or
 blob streams into a temp file while hashing the compressed bytes and the NAR inside; the
@@ -18,7 +20,9 @@ object appears (under both names) only if the digest equals its name. ``PUT`` of
 narinfo is admitted only if it parses for this store dir, its FileHash names a NAR the
 registry has, the NAR digests recorded at upload match NarHash/NarSize, and a trusted
 key signed it; publication is create-if-absent, so a different narinfo for a published
-path is a 409. Every failure is a 4xx with a one-line reason; no handler lets an
+path is a 409. ``PUT`` of an attestation is admitted by ``attest_transfer.admit``
+(published narinfo, subject = that path and NarHash, signed by a trusted or attester
+key). Every failure is a 4xx with a one-line reason; no handler lets an
 exception escape as a 500 for bad input.
 """
 
@@ -59,6 +63,10 @@ class ServerConfig:
     private: bool = False
     trusted: list[PublicKey] = field(default_factory=list)
     index_key: SecretKey | None = None
+    #: extra keys whose DSSE signatures admit uploaded attestations (e.g. rebuilders)
+    attesters: list[PublicKey] = field(default_factory=list)
+    #: the policy ``POST /verify`` applies (None: the endpoint answers 409)
+    policy: Any = None
 
 
 def _text(status: int, msg: str, **headers: str) -> web.Response:
@@ -143,6 +151,8 @@ class Registry:
                 return await self._publish_index(request)
             if key == "upload-batch":
                 return await self._upload_batch(request)
+            if key == "verify":
+                return await self._verify(request)
             raise _HTTPError(404, f"no such endpoint: POST /{key}")
         kind, arg = layout.parse_key(key)
         if not kind:
@@ -164,6 +174,8 @@ class Registry:
             if body is None:
                 return _text(404, f"no narinfo for {arg}", **self._miss_headers)
             return web.Response(body=body, headers=self._narinfo_headers)
+        if kind in ("att", "att-dir"):
+            return self._get_att(key, kind, arg)
         if kind in ("nar", "blob"):
             digest = layout.file_hash_of_key(kind, arg)
             path = self.source.object_file(digest)
@@ -188,6 +200,42 @@ class Registry:
             },
         )
 
+    def _get_att(self, key: str, kind: str, hash_part: str) -> web.StreamResponse:
+        # Attestations can be replaced (a newer provenance) and listings grow: revalidate.
+        headers = {"Cache-Control": "no-cache"}
+        att_kind = layout.att_kind_of_key(key) if kind == "att" else None
+        if att_kind is None:
+            kinds = self.source.att_listing(hash_part)
+            if not kinds:
+                return _text(404, f"no attestations for {hash_part}", **self._miss_headers)
+            body = json.dumps({"kinds": kinds}, sort_keys=True, separators=(",", ":")) + "\n"
+            return web.Response(text=body, content_type="application/json", headers=headers)
+        path = self.source.att_file(hash_part, att_kind)
+        if path is None:
+            return _text(404, f"not found: /{key}", **self._miss_headers)
+        return web.FileResponse(
+            path, headers={**headers, "Content-Type": "application/vnd.dsse.envelope.v1+json"}
+        )
+
+    async def _verify(self, request: web.BaseRequest) -> web.Response:
+        """``POST /verify``: see ``admission``."""
+        from . import admission
+
+        if self.config.policy is None:
+            raise _HTTPError(409, "this server has no verification policy (start it with --policy FILE)")
+        self._check_length(request, admission.MAX_REVIEW)
+        raw = await request.content.read(admission.MAX_REVIEW + 1)
+        if len(raw) > admission.MAX_REVIEW:
+            raise _HTTPError(413, f"review over {admission.MAX_REVIEW} bytes")
+        try:
+            review = admission.parse_review(raw)
+        except KilnError as e:
+            raise _HTTPError(400, str(e)) from None
+        answer = await asyncio.get_running_loop().run_in_executor(
+            None, admission.answer, self.source, review, self.config.policy
+        )
+        return web.json_response(answer, headers={"Cache-Control": "no-store"})
+
     async def _batch(self, request: web.BaseRequest) -> web.Response:
         if (request.content_length or 0) > 4 << 20:
             raise _HTTPError(413, "batch request over 4 MiB")
@@ -199,11 +247,12 @@ class Registry:
             if isinstance(data, list):
                 data = {"hashes": data}
             hashes, blobs = data.get("hashes", []), data.get("blobs", [])
-            if not isinstance(hashes, list) or not isinstance(blobs, list):
-                raise ValueError("hashes and blobs must be lists")
-        except (ValueError, UnicodeDecodeError) as e:
+            atts, nar_hashes = data.get("attestations", []), data.get("nar_hashes", [])
+            if not all(isinstance(x, list) for x in (hashes, blobs, atts, nar_hashes)):
+                raise ValueError("hashes, blobs, attestations and nar_hashes must be lists")
+        except (ValueError, UnicodeDecodeError, AttributeError) as e:
             raise _HTTPError(400, f"malformed batch request: {e}") from None
-        if len(hashes) + len(blobs) > MAX_BATCH:
+        if len(hashes) + len(blobs) + len(atts) + 100 * len(nar_hashes) > MAX_BATCH:
             raise _HTTPError(413, f"at most {MAX_BATCH} entries per batch")
         found: dict[str, str] = {}
         for h in hashes:
@@ -219,7 +268,24 @@ class Registry:
                 continue
             if self.source.object_file(digest) is not None:
                 have.append(b)
-        return web.json_response({"narinfos": found, "blobs": have}, headers={"Cache-Control": "no-store"})
+        answer: dict[str, Any] = {"narinfos": found, "blobs": have}
+        if atts:
+            listings = {}
+            for h in atts:
+                if isinstance(h, str) and layout.is_hash_part(h):
+                    kinds = self.source.att_listing(h)
+                    if kinds:
+                        listings[h] = kinds
+            answer["attestations"] = listings
+        if nar_hashes:
+            by_nar = {}
+            for nh in nar_hashes:
+                if isinstance(nh, str) and len(nh) == 64:
+                    body = self.source.narinfo_by_nar_hash(nh.lower())
+                    if body is not None:
+                        by_nar[nh] = body.decode()
+            answer["by_nar_hash"] = by_nar
+        return web.json_response(answer, headers={"Cache-Control": "no-store"})
 
     # ------------------------------------------------------------ writes
 
@@ -268,6 +334,16 @@ class Registry:
                 raise _HTTPError(400, "narinfo is not UTF-8") from None
             status, msg = await asyncio.get_running_loop().run_in_executor(
                 None, self._admit_narinfo, arg, text
+            )
+            return _text(status, msg)
+        if kind == "att" and layout.att_kind_of_key(key):
+            from .attest_transfer import MAX_ATTESTATION, admit
+
+            self._check_length(request, MAX_ATTESTATION)
+            body = await request.content.read(MAX_ATTESTATION + 1)
+            keys = [*self.config.trusted, *self.config.attesters]
+            status, msg = await asyncio.get_running_loop().run_in_executor(
+                None, admit, src.storage, src.store_dir, arg, layout.att_kind_of_key(key), body, keys
             )
             return _text(status, msg)
         raise _HTTPError(405, f"PUT is not allowed on /{key}")

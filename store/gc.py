@@ -11,7 +11,8 @@ registrations hold the lock shared from their first temp file to their committed
 2. live = closure of the valid roots over the ``refs`` table;
 3. dead = valid paths not live. Their rows are deleted first, in one transaction (from
    then on they are merely garbage files: a crash here is harmless), then their trees
-   (renamed into ``tmp/`` and removed);
+   (renamed into ``tmp/`` and removed) and their attestations
+   (``attestations.remove``: they describe content that is gone);
 4. objects no remaining row uses are deleted (one object can back several paths with
    identical NARs; it goes only when none of them is valid), as are unregistered trees
    left by crashed registrations, store writers' dirs in ``tmp/`` (not the build loop's)
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import db
+from . import attestations, db
 from .errors import StoreError
 from .hashes import Hash
 from .locks import FileLock, live_temp_roots
@@ -120,6 +121,8 @@ def collect(store: LocalStore, dry_run: bool = False) -> GcReport:
                 if real.is_dir() and not real.is_symlink():
                     os.chmod(real, 0o755)  # renaming a directory needs write access to it
                 os.rename(real, trash / base)
+        for p in dead:
+            attestations.remove(store, p)
         for o in doomed_objects:
             o.unlink(missing_ok=True)
         for e in os.scandir(store.tmp):

@@ -1,0 +1,233 @@
+"""Policy verification of registry paths: ``POST /verify`` and ``kiln verify URL#PATH``.
+
+Both answer "does this artifact, as this registry serves it, pass the policy?" with the
+same checks as ``kiln verify`` on a local path (``policy.verify_path``). A registry
+directory is not a store, so the path's closure is first materialised in a fresh
+temporary store: narinfos are fetched (no signature required at this stage — the
+``signatures`` check judges them against the policy), every NAR is verified against its
+narinfo while it streams in and imported, and the path's attestations are copied with
+``attest_transfer.fetch_attestations``. A store-backed server checks its own store
+directly. Failures to fetch (no such path, a NAR that does not match its narinfo, a
+misfiled attestation) become failed checks, never exceptions, so a tampered artifact is
+*denied with the reason*.
+
+Webhook shape (a Kubernetes ``AdmissionReview``, ``admission.k8s.io/v1``)::
+
+    request : {"apiVersion": ..., "kind": "AdmissionReview",
+               "request": {"uid": "...", "artifact": "/kiln/store/<h>-name" | "<h>" | "sha256:<hex>"}}
+    response: {"apiVersion": ..., "kind": "AdmissionReview",
+               "response": {"uid": "...", "allowed": bool,
+                            "status": {"code": 200|403, "reason": "...", "message": "...",
+                                       "details": {"name": <path>, "causes": [
+                                           {"field": <check>, "reason": "pass|fail|skip",
+                                            "message": <detail>}, ...]}}}}
+
+``request.object.metadata.annotations["kiln.dev/artifact"]`` is accepted in place of
+``request.artifact`` (so a webhook configured on a real resource can carry it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kiln.store.errors import KilnError
+from kiln.store.hashes import Hash
+from kiln.store.policy import Check, Policy, Report, verify_path
+
+from .backends import DirSource, Source, StoreSource
+from .verify import NarVerifier, check_narinfo
+
+MAX_REVIEW = 64 << 10
+API_VERSION = "admission.k8s.io/v1"
+
+
+@dataclass(frozen=True, slots=True)
+class Review:
+    uid: str
+    artifact: str
+    api_version: str = API_VERSION
+
+
+def parse_review(raw: bytes) -> Review:
+    """Parse an AdmissionReview request; raise ``KilnError`` naming what is wrong."""
+    try:
+        doc = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise KilnError(f"review is not JSON: {e}") from None
+    req = doc.get("request") if isinstance(doc, dict) else None
+    if not isinstance(req, dict):
+        raise KilnError('expected an AdmissionReview: {"kind": "AdmissionReview", "request": {...}}')
+    uid = req.get("uid")
+    if not isinstance(uid, str) or not uid:
+        raise KilnError("request.uid must be a non-empty string")
+    art = req.get("artifact")
+    if art is None:
+        obj = req.get("object")
+        ann = obj.get("metadata", {}).get("annotations", {}) if isinstance(obj, dict) else {}
+        art = ann.get("kiln.dev/artifact") if isinstance(ann, dict) else None
+    if not isinstance(art, str) or not art.strip():
+        raise KilnError("request.artifact must name a store path, a hash part or a sha256: NAR digest")
+    api = doc.get("apiVersion") if isinstance(doc.get("apiVersion"), str) else API_VERSION
+    return Review(uid, art.strip(), api)
+
+
+def response(review: Review, report: Report) -> dict[str, Any]:
+    """The AdmissionReview answer for ``report``."""
+    fails = report.failures()
+    if report.ok:
+        msg = f"{report.path} passes {report.policy} ({len(report.checks)} checks)"
+    else:
+        msg = f"{report.path} denied: " + "; ".join(f"{c.name}: {c.detail}" for c in fails)
+    return {
+        "apiVersion": review.api_version,
+        "kind": "AdmissionReview",
+        "response": {
+            "uid": review.uid,
+            "allowed": report.ok,
+            "status": {
+                "code": 200 if report.ok else 403,
+                "reason": "" if report.ok else "Forbidden",
+                "message": msg,
+                "details": {
+                    "name": report.path,
+                    "causes": [
+                        {"field": c.name, "reason": c.status.lower(), "message": c.detail}
+                        for c in report.checks
+                    ],
+                },
+            },
+        },
+    }
+
+
+def _failed(target: str, policy: Policy, name: str, why: str) -> Report:
+    return Report(target, policy.source, (Check(name, False, why),))
+
+
+def answer(source: Source, review: Review, policy: Policy) -> dict[str, Any]:
+    """Run the policy for ``review.artifact`` against ``source``'s copy; never raises for a
+    bad artifact (it is denied with the reason)."""
+    if isinstance(source, StoreSource):
+        report = _verify_store(source, review.artifact, policy)
+    else:
+        assert isinstance(source, DirSource)
+        report = verify_remote(str(source.storage.url), review.artifact, policy)
+    return response(review, report)
+
+
+def _verify_store(source: StoreSource, target: str, policy: Policy) -> Report:
+    from kiln.store.localstore import LocalStore
+
+    store = LocalStore.open(source.store.root, create=False)  # this thread's own connection
+    try:
+        body = _lookup_sync(source, target)
+        if body is None:
+            return _failed(target, policy, "valid", f"{target} is not served by this registry")
+        path = check_narinfo(body.decode(), source.store_dir, [], 0).path
+        return verify_path(store, path, policy)
+    except KilnError as e:
+        return _failed(target, policy, "valid", str(e))
+    finally:
+        store.close()
+
+
+def _hash_part(target: str) -> str | None:
+    base = target.rstrip("/").rsplit("/", 1)[-1]
+    return base[:32] if len(base) >= 32 else None
+
+
+def _lookup_sync(source: Source, target: str) -> bytes | None:
+    if target.startswith(("sha256:", "sha256-")):
+        return source.narinfo_by_nar_hash(Hash.parse(target).hex)
+    h = _hash_part(target)
+    return source.narinfo(h) if h else None
+
+
+def verify_remote(
+    url: str, target: str, policy: Policy, *, token: str | None = None, tmp_dir: str | Path | None = None
+) -> Report:
+    """Verify ``target`` (store path, hash part or ``sha256:`` NAR digest) as served by the
+    registry at ``url`` against ``policy``, through a temporary store that is deleted
+    afterwards. Fetch failures are failed checks in the report."""
+    with tempfile.TemporaryDirectory(prefix="kiln-verify-", dir=tmp_dir) as d:
+        return asyncio.run(_verify_remote(url, target, policy, token, Path(d)))
+
+
+async def _verify_remote(url: str, target: str, policy: Policy, token: str | None, tmp: Path) -> Report:
+    from kiln.store.localstore import LocalStore
+
+    from .attest_transfer import fetch_attestations
+    from .client import open_client
+    from .push import levels
+
+    async with open_client(url, token) as client:
+        try:
+            info = await client.cache_info()
+            store_dir = info.get("StoreDir", "")
+            if target.startswith(("sha256:", "sha256-")):
+                text = await client.narinfo_by_nar_hash(Hash.parse(target).hex)
+            else:
+                h = _hash_part(target)
+                text = (await client.narinfos([h])).get(h) if h else None
+            if text is None:
+                return _failed(target, policy, "valid", f"{url} serves no path for {target}")
+            top = check_narinfo(text, store_dir, [], 0)
+        except KilnError as e:
+            return _failed(target, policy, "valid", f"cannot fetch {target} from {url}: {e}")
+        # closure by narinfo references, then import dependencies first
+        infos = {top.path: top}
+        frontier = [r for r in top.references if r != top.path]
+        try:
+            while frontier:
+                want = {r.rsplit("/", 1)[1][:32]: r for r in frontier if r not in infos}
+                got = await client.narinfos(list(want))
+                frontier = []
+                for h, p in want.items():
+                    if h not in got:
+                        raise KilnError(f"{url} serves {top.path} but not its reference {p}")
+                    i = check_narinfo(got[h], store_dir, [], 0, h)
+                    infos[i.path] = i
+                    frontier += [r for r in i.references if r not in infos]
+        except KilnError as e:
+            return _failed(top.path, policy, "valid", str(e))
+        store = LocalStore.open(tmp / "store", store_dir=store_dir)
+        try:
+            for level in levels({p: i.to_pathinfo() for p, i in infos.items()}):
+                for p in level:
+                    try:
+                        await _import(client, store, infos[p], tmp)
+                    except KilnError as e:
+                        return _failed(top.path, policy, "content", f"{p} as served does not verify: {e}")
+            try:
+                await fetch_attestations(client, store, [top.path])
+            except KilnError as e:
+                return _failed(top.path, policy, "attestations", str(e))
+            return verify_path(store, top.path, policy)
+        finally:
+            store.close()
+
+
+async def _import(client: Any, store: Any, info: Any, tmp: Path) -> None:
+    """Download one NAR, check it against its narinfo while it streams, import it."""
+    from .verify import expect
+
+    f = tmp / "nar.zst"
+    ver = NarVerifier()
+    with open(f, "wb") as out:
+
+        def write(chunk: bytes) -> None:
+            if ver.size + len(chunk) > (info.file_size or 0):
+                raise KilnError(f"{info.path}: more than FileSize {info.file_size} bytes served")
+            out.write(chunk)
+            ver.update(chunk)
+
+        if not await client.download(info.url, write):
+            raise KilnError(f"{info.url} is missing")
+    expect(info.path, ver.finish(), info.file_hash, info.file_size, info.nar_hash, info.nar_size)
+    with open(f, "rb") as src:
+        store.import_object(info.to_pathinfo(), src)

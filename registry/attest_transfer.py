@@ -1,0 +1,256 @@
+"""Attestations on the wire: registry admission, listings, push and fetch.
+
+A registry keeps a path's attestations beside its narinfo (see ``layout``)::
+
+    <hashpart>.att/<kind>.dsse.json   the DSSE envelope, byte-for-byte as uploaded
+    <hashpart>.att/index.json         {"kinds": {kind: sha256 hex of that file}}
+
+The listing is a plain file so a static web server can serve the layout read-only; it
+is rewritten (atomically, under ``.kiln/att.lock``) from the directory's contents after
+every accepted upload, so concurrent uploads by several server processes cannot lose an
+entry.
+
+Admission (``admit``, used by ``PUT`` on the server and by ``file://`` clients): the
+path's narinfo must be published; the envelope must parse, carry an in-toto statement
+whose subject names the path *and* the published NarHash, have a predicate type that
+fits its kind (``provenance`` → SLSA provenance, ``sbom`` → CycloneDX/SPDX, ``vsa-*`` →
+a VSA signed by the key whose keyid prefix the kind names), and — when the caller gives
+trusted keys — a valid DSSE signature by one of them. Anything else is a 4xx answer;
+nothing is written.
+
+Transfer: ``push_attestations`` uploads what the registry lacks (by comparing listings);
+``fetch_attestations`` downloads a registry's attestations for paths that are valid in a
+local store, checks each file against the listing's sha256 and its subject against the
+*local* ``PathInfo`` (so an attestation can never attach to other content), and stores
+it with ``attestations.write``. Neither decides trust in the signer: that is the
+verifier's policy (``kiln verify``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import hashlib
+import json
+import os
+from collections.abc import Iterable
+from typing import Any
+
+from kiln.store import attestations
+from kiln.store import narinfo as ni
+from kiln.store.dsse import DsseError, Envelope, keyid
+from kiln.store.dsse import verify as dsse_verify
+from kiln.store.errors import FormatError, KilnError
+from kiln.store.intoto import CYCLONEDX_TYPE, PROVENANCE_TYPE, SPDX_TYPE, VSA_TYPE, parse_statement
+from kiln.store.signing import PublicKey
+
+from . import layout
+from .storage import Storage
+
+MAX_ATTESTATION = 4 << 20
+LOCK_KEY = ".kiln/att.lock"
+_PREDICATES = {"provenance": (PROVENANCE_TYPE,), "sbom": (CYCLONEDX_TYPE, SPDX_TYPE), "vsa": (VSA_TYPE,)}
+
+
+class AttestationError(KilnError):
+    """An attestation was refused (malformed, wrong subject, untrusted signer)."""
+
+    def __init__(self, msg: str, status: int = 400) -> None:
+        super().__init__(msg)
+        self.status = status
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def check_envelope(
+    data: bytes, kind: str, base: str, nar_sha256_hex: str, trusted: list[PublicKey] | None
+) -> Envelope:
+    """Parse ``data`` as the ``kind`` attestation of the path with base name ``base`` and
+    NAR sha256 ``nar_sha256_hex``; with ``trusted`` (possibly empty) also require a valid
+    signature by one of those keys. Raise ``AttestationError`` saying why not."""
+    try:
+        attestations.check_kind(kind)
+        env = Envelope.loads(data)
+        st = parse_statement(env.payload)
+    except FormatError as e:
+        raise AttestationError(f"{kind} attestation of {base}: {e}") from None
+    if not st.matches(base, nar_sha256_hex):
+        subs = ", ".join(f"{n or '(unnamed)'} sha256:{d.get('sha256', '?')[:16]}..." for n, d in st.subjects)
+        raise AttestationError(
+            f"{kind} attestation does not name {base} with NAR sha256:{nar_sha256_hex} (its subjects: {subs})"
+        )
+    family = kind.split("-", 1)[0]
+    wanted = _PREDICATES.get(family)
+    if wanted is not None and st.predicate_type not in wanted:
+        raise AttestationError(f"{kind} attestation of {base} has predicate type {st.predicate_type!r}")
+    if not env.signatures:
+        raise AttestationError(f"{kind} attestation of {base} is unsigned", 403)
+    if trusted is not None:
+        keys = {k.name: k.key for k in trusted}
+        if family == "vsa" and kind.startswith("vsa-"):
+            keys = {n: k for n, k in keys.items() if keyid(k)[:16] == kind[4:]}
+        try:
+            dsse_verify(env, keys, 1, (env.payload_type,))
+        except DsseError as e:
+            raise AttestationError(
+                f"{kind} attestation of {base}: not signed by a trusted key ({e})", 403
+            ) from None
+    return env
+
+
+# ------------------------------------------------------------------ registry side
+
+
+def listing(storage: Storage, hash_part: str) -> dict[str, str]:
+    """``{kind: sha256}`` of a path's attestations in a registry directory ({} if none)."""
+    data = storage.read(layout.att_listing_key(hash_part))
+    if not data:
+        return {}
+    try:
+        kinds = json.loads(data).get("kinds", {})
+    except (ValueError, AttributeError):
+        return {}
+    return {k: v for k, v in kinds.items() if isinstance(k, str) and isinstance(v, str)}
+
+
+def rebuild_listing(storage: Storage, hash_part: str) -> dict[str, str]:
+    """Rewrite ``<h>.att/index.json`` from the directory's files (under a lock shared by
+    every server process, so a concurrent upload's entry is never lost)."""
+    lock = storage.local_path(LOCK_KEY)
+    fd = None
+    if lock is not None:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        kinds = {}
+        for key in storage.list(f"{hash_part}.att/"):
+            kind = layout.att_kind_of_key(key)
+            data = storage.read(key) if kind else None
+            if kind and data is not None:
+                kinds[kind] = sha256_hex(data)
+        body = json.dumps({"kinds": kinds}, sort_keys=True, separators=(",", ":")).encode() + b"\n"
+        storage.put_bytes(layout.att_listing_key(hash_part), body)
+        return kinds
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def admit(
+    storage: Storage, store_dir: str, hash_part: str, kind: str, data: bytes, trusted: list[PublicKey] | None
+) -> tuple[int, str]:
+    """Admit one uploaded attestation into a registry directory (see module docstring).
+    Returns ``(HTTP status, message)``; writes nothing unless the status is 2xx."""
+    if len(data) > MAX_ATTESTATION:
+        return 413, f"error: attestation over {MAX_ATTESTATION} bytes"
+    text = storage.read(layout.narinfo_key(hash_part))
+    if text is None:
+        return 409, f"error: no narinfo is published for {hash_part}; push the path before its attestations"
+    try:
+        info = ni.parse(text.decode(), store_dir)
+        check_envelope(data, kind, info.path.rsplit("/", 1)[1], info.nar_hash.hex, trusted)
+    except AttestationError as e:
+        return e.status, f"error: {e}"
+    except KilnError as e:
+        return 400, f"error: {e}"
+    key = layout.att_key(hash_part, kind)
+    if storage.read(key) == data:
+        return 200, "already published"
+    storage.put_bytes(key, data)
+    rebuild_listing(storage, hash_part)
+    return 201, "published"
+
+
+# ------------------------------------------------------------------ client side
+
+
+async def listings(client: Any, hash_parts: list[str]) -> dict[str, dict[str, str]]:
+    """``{hash part: {kind: sha256}}`` for paths with attestations at ``client``'s registry
+    (batched where the server supports it, else one listing GET per path)."""
+    return await client.attestation_listings(hash_parts)
+
+
+def _hp(path: str) -> str:
+    return path.rsplit("/", 1)[1][:32]
+
+
+def _local_files(store: Any, path: str) -> dict[str, bytes]:
+    out = {}
+    for kind, env in attestations.read_all(store, path).items():
+        out[kind] = env.dumps().encode()
+    return out
+
+
+async def push_attestations(client: Any, store: Any, paths: Iterable[str], jobs: int = 8) -> int:
+    """Upload every attestation of ``paths`` (valid in ``store``) that the registry lacks or
+    holds in another version; their narinfos must already be published. Returns the
+    number uploaded."""
+    local = {p: f for p in paths if (f := _local_files(store, p))}
+    if not local:
+        return 0
+    remote = await listings(client, [_hp(p) for p in local])
+    todo = [
+        (p, kind, data)
+        for p, files in local.items()
+        for kind, data in files.items()
+        if remote.get(_hp(p), {}).get(kind) != sha256_hex(data)
+    ]
+    sem = asyncio.Semaphore(jobs)
+
+    async def up(p: str, kind: str, data: bytes) -> None:
+        async with sem:
+            await client.put_bytes(layout.att_key(_hp(p), kind), data)
+
+    await asyncio.gather(*(up(*t) for t in todo))
+    return len(todo)
+
+
+async def fetch_attestations(client: Any, store: Any, paths: Iterable[str], jobs: int = 8) -> int:
+    """Download the registry's attestations of ``paths`` (each valid in ``store``) and
+    store those the local store lacks or holds in another version. Each file must hash
+    to its listing entry and its subject must be the local path's name and NAR hash;
+    a bad one raises ``AttestationError`` (after the good ones are stored). Returns the
+    number stored."""
+    infos = {p: i for p in paths if (i := store.query(p)) is not None}
+    if not infos:
+        return 0
+    remote = await listings(client, [_hp(p) for p in infos])
+    sem = asyncio.Semaphore(jobs)
+    errors: list[str] = []
+    stored = 0
+
+    async def one(p: str, kind: str, want: str) -> None:
+        nonlocal stored
+        try:
+            attestations.check_kind(kind)
+            cur = attestations.read(store, p, kind)
+        except FormatError:
+            cur = None
+        if cur is not None and sha256_hex(cur.dumps().encode()) == want:
+            return
+        async with sem:
+            data = await client.get(layout.att_key(_hp(p), kind))
+        if data is None:
+            errors.append(f"{p}: {kind} is listed but missing")
+            return
+        if sha256_hex(data) != want:
+            errors.append(f"{p}: {kind} does not hash to its listing entry")
+            return
+        try:
+            env = check_envelope(data, kind, p.rsplit("/", 1)[1], infos[p].nar_hash.hex, None)
+            attestations.write(store, p, kind, env)
+            stored += 1
+        except KilnError as e:
+            errors.append(str(e))
+
+    await asyncio.gather(
+        *(one(p, k, sha) for p in infos for k, sha in sorted(remote.get(_hp(p), {}).items()))
+    )
+    if errors:
+        raise AttestationError(
+            f"{len(errors)} attestation(s) from {client.url} refused:\n  " + "\n  ".join(errors[:20])
+        )
+    return stored
