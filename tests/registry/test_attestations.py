@@ -1,0 +1,269 @@
+"""Attestations at the registry: push carries them, the server admits only verified ones
+and serves them (also as a plain directory through nginx), mirror sync and
+``fetch_attestations`` copy them, ``POST /verify`` and ``kiln verify URL#PATH`` judge
+registry paths against a policy. Real ``kiln serve`` and nginx on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from regkit import add_built, make_store, request
+
+from kiln.registry.attest_transfer import fetch_attestations
+from kiln.registry.client import HttpClient
+from kiln.store import attestations, intoto
+from kiln.store.dsse import Ed25519Signer, Envelope
+from kiln.store.paths import StorePath
+
+
+def kiln(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "kiln", *args], capture_output=True, text=True, env=env)
+
+
+def provenance(store, path: str, sk) -> Envelope:  # noqa: ANN001
+    info = store.query(path)
+    now = time.time()
+    st = intoto.provenance(
+        StorePath.parse(path).base,
+        info.nar_hash.hex,
+        recipe_file="hello.recipe",
+        attribute="hello",
+        parameters={},
+        git_commit=None,
+        git_dirty=False,
+        sandbox_settings={"network": False},
+        toolchain_path=None,
+        resolved_dependencies=[],
+        builder_version="test",
+        invocation_id="inv-1",
+        started_on=now - 5,
+        finished_on=now,
+    )
+    return attestations.sign(st, [Ed25519Signer(sk.key)])
+
+
+class Setup:
+    """A store with ``dep`` <- ``app`` (app has a provenance attestation) and a registry
+    directory served by ``kiln serve`` that trusts ``keys``."""
+
+    def __init__(self, tmp: Path, keys, kiln_server, *extra: str) -> None:  # noqa: ANN001
+        self.tmp, self.keys = tmp, keys
+        self.store = make_store(tmp / "store")
+        self.dep = add_built(self.store, tmp, "dep", "dependency")
+        self.app = add_built(self.store, tmp, "app", "application", (self.dep,))
+        self.bare = add_built(self.store, tmp, "bare", "no provenance here")
+        attestations.write(self.store, self.app, "provenance", provenance(self.store, self.app, keys.sk))
+        self.reg = tmp / "reg"
+        assert kiln("registry", "init", "--dir", str(self.reg)).returncode == 0
+        r = kiln("registry", "token", "create", "--scope", "write", "--dir", str(self.reg))
+        self.token = r.stdout.strip()
+        self.server = kiln_server(
+            "--dir",
+            str(self.reg),
+            "--trusted-key",
+            str(keys.pk_file),
+            "--index-key",
+            str(keys.sk_file),
+            *extra,
+        )
+        self.url = self.server.url
+
+    def push(self, *paths: str) -> subprocess.CompletedProcess:
+        args = ["push", *paths, "--to", self.url, "--token", self.token, "--sign-key", str(self.keys.sk_file)]
+        r = kiln(*args, "--store", str(self.store.root))
+        assert r.returncode == 0, r.stderr
+        return r
+
+    def hp(self, path: str) -> str:
+        return path.rsplit("/", 1)[1][:32]
+
+    def put(self, path: str, kind: str, data: bytes, token: str | None = None) -> tuple[int, bytes]:
+        headers = {"Authorization": f"Bearer {token or self.token}"}
+        st, _, body = request(f"{self.url}/{self.hp(path)}.att/{kind}.dsse.json", "PUT", data, headers)
+        return st, body
+
+    def policy(self, *, provenance: bool = True) -> Path:
+        p = self.tmp / "policy.toml"
+        req = "provenance = true\n" if provenance else ""
+        p.write_text(
+            f'[keys]\nsigning = ["{self.keys.pk}"]\nprovenance = ["{self.keys.pk}"]\n'
+            f"[require]\nsignatures = 1\n{req}"
+        )
+        return p
+
+
+def test_push_carries_provenance_and_registry_serves_it(tmp_path, keys, kiln_server, nginx_server) -> None:
+    s = Setup(tmp_path, keys, kiln_server)
+    r = s.push(s.app)
+    assert "1 attestations" in r.stdout
+    local = (s.store.root / "attestations" / s.hp(s.app) / "provenance.dsse.json").read_bytes()
+    st, hdr, body = request(f"{s.url}/{s.hp(s.app)}.att/provenance.dsse.json")
+    assert st == 200 and body == local and hdr["cache-control"] == "no-cache"
+    st, _, body = request(f"{s.url}/{s.hp(s.app)}.att/")
+    assert st == 200 and list(json.loads(body)["kinds"]) == ["provenance"]
+    assert request(f"{s.url}/{s.hp(s.dep)}.att/")[0] == 404
+    # the signed index lists the attestation's digest
+    idx = json.loads((s.reg / "index" / "1.index.json").read_bytes())["signed"]["paths"]
+    assert set(idx[s.hp(s.app)]["attestations"]) == {"provenance"}
+    # the same directory through a static server
+    ng = nginx_server(s.reg)
+    st, _, body = request(f"{ng.url}/{s.hp(s.app)}.att/provenance.dsse.json")
+    assert st == 200 and body == local
+    st, _, body = request(f"{ng.url}/{s.hp(s.app)}.att/index.json")
+    assert st == 200 and "provenance" in json.loads(body)["kinds"]
+    # nothing new: the second push uploads no attestation
+    assert "0 attestations" in s.push(s.app).stdout
+
+
+def test_tampered_or_untrusted_attestation_upload_is_refused(tmp_path, keys, other_keys, kiln_server) -> None:
+    s = Setup(tmp_path, keys, kiln_server)
+    s.push(s.app, s.bare)
+    good = provenance(s.store, s.bare, keys.sk)
+    # signed by a key the server does not trust
+    st, body = s.put(s.bare, "provenance", provenance(s.store, s.bare, other_keys.sk).dumps().encode())
+    assert st == 403 and b"trusted" in body
+    # payload changed after signing
+    d = json.loads(good.dumps())
+    payload = json.loads(base64.b64decode(d["payload"]))
+    payload["predicate"]["runDetails"]["builder"]["id"] = "https://evil.example/builder"
+    d["payload"] = base64.b64encode(json.dumps(payload).encode()).decode()
+    st, body = s.put(s.bare, "provenance", json.dumps(d).encode())
+    assert st == 403, body
+    # validly signed, but for other content (subject is app's NAR hash)
+    st, body = s.put(s.bare, "provenance", provenance(s.store, s.app, keys.sk).dumps().encode())
+    assert st == 400 and b"does not name" in body
+    # wrong predicate for the kind, malformed JSON, no token, unknown path
+    assert s.put(s.bare, "sbom", good.dumps().encode())[0] == 400
+    assert s.put(s.bare, "provenance", b"{not json")[0] == 400
+    assert request(f"{s.url}/{s.hp(s.bare)}.att/provenance.dsse.json", "PUT", good.dumps().encode())[0] == 401
+    assert s.put("/kiln/store/" + "0" * 32 + "-nope", "provenance", good.dumps().encode())[0] == 409
+    assert request(f"{s.url}/{s.hp(s.bare)}.att/provenance.dsse.json")[0] == 404  # nothing stored
+    assert not list((s.reg / f"{s.hp(s.bare)}.att").glob("*.dsse.json"))
+    # the genuine one is admitted, and a re-upload is idempotent
+    assert s.put(s.bare, "provenance", good.dumps().encode())[0] == 201
+    assert s.put(s.bare, "provenance", good.dumps().encode())[0] == 200
+
+
+def test_mirror_sync_carries_attestations(tmp_path, keys, kiln_server) -> None:
+    s = Setup(tmp_path, keys, kiln_server)
+    s.push(s.app)
+    mirror = tmp_path / "mirror"
+    cmd = ["mirror", "sync", s.url, str(mirror), "--root", str(s.reg / "index" / "root.json")]
+    r = kiln(*cmd)
+    assert r.returncode == 0, r.stderr
+    assert "1 attestations" in r.stdout
+    src = (s.reg / f"{s.hp(s.app)}.att" / "provenance.dsse.json").read_bytes()
+    assert (mirror / f"{s.hp(s.app)}.att" / "provenance.dsse.json").read_bytes() == src
+    assert "provenance" in json.loads((mirror / f"{s.hp(s.app)}.att" / "index.json").read_bytes())["kinds"]
+    r = kiln(*cmd[:4])  # second sync: pinned state, nothing to transfer
+    assert r.returncode == 0, r.stderr
+    assert "0 narinfos and 0 blobs (0 bytes) fetched, 0 attestations" in r.stdout
+    # A source whose attestation file no longer matches its signed index fails loudly.
+    att = s.reg / f"{s.hp(s.app)}.att" / "provenance.dsse.json"
+    att.write_bytes(att.read_bytes().replace(b'"payload":"', b'"payload":"ey', 1))
+    r = kiln("mirror", "sync", s.url, str(tmp_path / "m2"), "--root", str(s.reg / "index" / "root.json"))
+    assert r.returncode != 0 and "signed index" in r.stderr
+    assert not (tmp_path / "m2" / f"{s.hp(s.app)}.att").exists()
+
+
+def test_fetch_attestations_into_a_store(tmp_path, keys, kiln_server) -> None:
+    s = Setup(tmp_path, keys, kiln_server)
+    s.push(s.app)
+    other = make_store(tmp_path / "other")
+    for p in (s.dep, s.app):
+        with open(s.store.object_path(p), "rb") as f:
+            other.import_object(s.store.query(p), f)
+
+    async def run() -> int:
+        async with HttpClient(s.url) as c:
+            return await fetch_attestations(c, other, [s.dep, s.app])
+
+    assert asyncio.run(run()) == 1
+    assert attestations.read_all(other, s.app) == attestations.read_all(s.store, s.app)
+    assert asyncio.run(run()) == 0  # already there
+
+
+def _review(url: str, artifact: str, uid: str = "u-1") -> tuple[int, dict]:
+    body = {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {"uid": uid, "artifact": artifact},
+    }
+    st, _, data = request(
+        f"{url}/verify", "POST", json.dumps(body).encode(), {"Content-Type": "application/json"}
+    )
+    return st, json.loads(data) if st == 200 else {"text": data.decode()}
+
+
+def test_post_verify_allows_good_and_denies_bad(tmp_path, keys, kiln_server) -> None:
+    pol = tmp_path / "pol.toml"  # read when the server starts
+    pol.write_text(
+        f'[keys]\nsigning = ["{keys.pk}"]\nprovenance = ["{keys.pk}"]\n[require]\nsignatures = 1\nprovenance = true\n'
+    )
+    s = Setup(tmp_path, keys, kiln_server, "--policy", str(pol))
+    s.push(s.app, s.bare)
+    st, doc = _review(s.url, s.app, "uid-good")
+    assert st == 200, doc
+    resp = doc["response"]
+    assert doc["kind"] == "AdmissionReview" and resp["uid"] == "uid-good" and resp["allowed"] is True
+    names = {c["field"]: c["reason"] for c in resp["status"]["details"]["causes"]}
+    assert names["provenance"] == "pass" and names["signatures"] == "pass" and names["content"] == "pass"
+    # by NAR digest too
+    st, doc = _review(s.url, "sha256:" + s.store.query(s.app).nar_hash.hex)
+    assert st == 200 and doc["response"]["allowed"] is True
+    # no provenance: denied, with the reason
+    st, doc = _review(s.url, s.bare)
+    assert st == 200 and doc["response"]["allowed"] is False
+    assert doc["response"]["status"]["code"] == 403 and "provenance" in doc["response"]["status"]["message"]
+    # a tampered NAR in the registry: denied on content
+    info = s.store.query(s.dep)
+    nar = s.reg / "nar" / f"{info.file_hash.nix32}.nar.zst"
+    data = bytearray(nar.read_bytes())
+    data[-8] ^= 0xFF
+    os.unlink(nar)  # hard-linked with blobs/: replace both names' target
+    nar.write_bytes(bytes(data))
+    st, doc = _review(s.url, s.app)
+    assert doc["response"]["allowed"] is False
+    assert "content" in doc["response"]["status"]["message"], doc
+    # unknown path, malformed review
+    st, doc = _review(s.url, "/kiln/store/" + "0" * 32 + "-nope")
+    assert st == 200 and doc["response"]["allowed"] is False
+    assert request(f"{s.url}/verify", "POST", b'{"request": {}}')[0] == 400
+
+
+def test_post_verify_needs_a_policy_and_works_on_a_store(tmp_path, keys, kiln_server) -> None:
+    s = Setup(tmp_path, keys, kiln_server)
+    assert request(f"{s.url}/verify", "POST", b"{}")[0] == 409
+    pol = s.policy()
+    srv = kiln_server("--store", str(s.store.root), "--sign-key", str(keys.sk_file), "--policy", str(pol))
+    # the store's path signatures are added on the fly only when served; sign them in the store
+    from kiln.store.signing import sign_info
+
+    for p in (s.dep, s.app, s.bare):
+        s.store.add_signatures(p, [sign_info(s.store.query(p), keys.sk)])
+    st, doc = _review(srv.url, s.app)
+    assert st == 200 and doc["response"]["allowed"] is True, doc
+    st, doc = _review(srv.url, s.bare)
+    assert doc["response"]["allowed"] is False and "provenance" in doc["response"]["status"]["message"]
+
+
+def test_kiln_verify_registry_target(tmp_path, keys, kiln_server) -> None:
+    s = Setup(tmp_path, keys, kiln_server)
+    s.push(s.app, s.bare)
+    pol = s.policy()
+    env = {**os.environ, "KILN_HOME": str(tmp_path / "nohome")}  # no local store needed
+    r = kiln("verify", f"{s.url}#{s.app}", "--policy", str(pol), env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "pass provenance" in r.stdout and "result: PASS" in r.stdout
+    r = kiln("verify", "--registry", s.url, s.hp(s.app), "--policy", str(pol), "--json", env=env)
+    assert r.returncode == 0 and json.loads(r.stdout)["ok"] is True
+    r = kiln("verify", f"{s.url}#{s.bare}", "--policy", str(pol), env=env)
+    assert r.returncode == 1 and "FAIL provenance" in r.stdout
+    assert kiln("verify", s.url, "--policy", str(pol), env=env).returncode == 2
