@@ -190,6 +190,40 @@ def insert(conn: sqlite3.Connection, info: PathInfo, hash_part: str) -> None:
         raise
 
 
+def insert_many(conn: sqlite3.Connection, rows: list[tuple[PathInfo, str]]) -> None:
+    """Insert ``(info, hash_part)`` rows with their refs and sigs in one transaction
+    (group commit for a batch import; same preconditions as ``insert``)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.executemany(
+            f"INSERT INTO paths (hash_part, {_COLS}) VALUES (?,?,?,?,?,?,?,?,?)",
+            [
+                (
+                    hash_part,
+                    info.path,
+                    info.nar_hash.to_nix32(),
+                    info.nar_size,
+                    info.file_hash.to_nix32(),  # type: ignore[union-attr]
+                    info.file_size,
+                    info.deriver,
+                    info.registration_time or int(time.time()),
+                    info.ca,
+                )
+                for info, hash_part in rows
+            ],
+        )
+        conn.executemany(
+            "INSERT INTO refs VALUES (?,?)", [(i.path, r) for i, _ in rows for r in i.references]
+        )
+        conn.executemany(
+            "INSERT OR IGNORE INTO sigs VALUES (?,?)", [(i.path, s) for i, _ in rows for s in i.sigs]
+        )
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
 def set_file(conn: sqlite3.Connection, path: str, file_hash: Hash, file_size: int) -> None:
     """Point a path at a new object (``verify --repair`` rebuilt it)."""
     conn.execute(

@@ -374,6 +374,19 @@ class LocalStore:
             file_hash = Hash("sha256", tee.sha.digest())
             return self._commit(replace(info, file_hash=file_hash, file_size=tee.size), tree, tmp, True)
 
+    def import_objects(self, items: Iterable[tuple[PathInfo, BinaryIO]]) -> list[PathInfo]:
+        """``import_object`` for many paths with group commit (see ``store.importbatch``):
+        ``items`` in dependency order (a path's references must be valid or come earlier),
+        each compressed object verified while it streams (file hash/size if set, NAR
+        hash/size always). Returns the infos in ``items`` order (already-valid paths: the
+        existing info). On a mismatch the paths before the bad one are registered, the
+        bad one and those after it are not, and the error is raised. ``items`` may be a
+        generator that blocks (e.g. on downloads): batches commit as they fill."""
+        from .importbatch import import_objects
+
+        with self._writing() as tmp:
+            return import_objects(self, items, tmp)
+
     def add_signatures(self, path: str, sigs: Iterable[str]) -> None:
         self._info(path)
         db.add_signatures(self.conn, path, sigs)
@@ -425,14 +438,16 @@ class LocalStore:
             raise
         return sink.finish()
 
-    def _check_importable(self, info: PathInfo) -> None:
+    def _check_importable(self, info: PathInfo, also_valid: set[str] | frozenset[str] = frozenset()) -> None:
         self.parse_path(info.path)
         if info.nar_size <= 0:
             raise StoreError(f"cannot import {info.path}: NAR size is {info.nar_size}")
-        self._check_refs(info)
+        self._check_refs(info, also_valid)
 
-    def _check_refs(self, info: PathInfo) -> None:
-        missing = [r for r in info.references if r != info.path and not self.is_valid(r)]
+    def _check_refs(self, info: PathInfo, also_valid: set[str] | frozenset[str] = frozenset()) -> None:
+        missing = [
+            r for r in info.references if r != info.path and r not in also_valid and not self.is_valid(r)
+        ]
         if missing:
             raise StoreError(
                 f"cannot register {info.path}: its references are not valid in this store: "

@@ -14,6 +14,7 @@ import errno
 import os
 import shutil
 import stat
+from collections.abc import Iterable
 from pathlib import Path
 
 from .objects import CANON_MTIME
@@ -154,3 +155,39 @@ def swap_in(new: Path, dest: Path, old: Path) -> None:
                 raise OSError(err, os.strerror(err), str(dest))
         os.rename(dest, old)
     os.rename(new, dest)
+
+
+def restore_canonical(chunks: Iterable[bytes], dest: Path) -> None:
+    """Materialise the NAR in ``chunks`` at ``dest`` (which must not exist, in a private
+    temp dir) directly in canonical form: files 0444/0555, directories 0555 except the
+    top (0755, see ``seal_top``), every mtime 1 — one pass, no separate
+    ``canonicalise`` walk. On error a partial tree may remain at ``dest``; the caller
+    owns the temp dir and removes it. The NAR is validated as it is read
+    (``FormatError``); iterating ``chunks`` to the end runs its own digest checks."""
+    from .nar_read import _Input, _parse  # the store's NAR parser, without restore's temp dir
+
+    top = os.fsencode(dest)
+    inp = _Input(chunks)
+    dirs: list[bytes] = []
+    for e in _parse(inp):
+        p = os.path.join(top, os.fsencode(e.path)) if e.path else top
+        if e.type == "directory":
+            os.mkdir(p, 0o755)
+            dirs.append(p)
+        elif e.type == "symlink":
+            os.symlink(os.fsencode(e.target or ""), p)
+            os.utime(p, _MTIME, follow_symlinks=False)
+        else:
+            fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            try:
+                for piece in inp.chunks(e.size, f"contents of {e.path!r}"):
+                    view = memoryview(piece)
+                    while view:
+                        view = view[os.write(fd, view) :]
+                os.fchmod(fd, 0o555 if e.type == "executable" else 0o444)  # explicit: umask-proof
+                os.utime(fd, _MTIME)
+            finally:
+                os.close(fd)
+    for d in reversed(dirs):  # children before parents, so their mtimes stick
+        os.chmod(d, 0o755 if d == top else 0o555)
+        os.utime(d, _MTIME)

@@ -1,0 +1,191 @@
+"""Batched import of compressed objects with group commit (``LocalStore.import_objects``).
+
+Registering paths one by one costs, per path, a temp dir, an object fsync, a directory
+fsync, a database commit and a lock file; for the thousands of tiny paths of a
+``kiln copy`` that is most of the time. A batch pays those once.
+
+Protocol for one batch of up to ``batch_size()`` paths; the caller holds ``gc.lock``
+shared for the whole call and gives a private temp dir:
+
+1. stage each path: tee the compressed bytes to ``<k>.obj`` while decompressing them,
+   restoring the tree canonically at ``<k>`` and hashing both; after the last byte the
+   file hash/size (if the info has them) and the NAR hash/size must match, else
+   ``HashMismatch`` and that path is not staged. Every reference must be valid already
+   or staged earlier in the same call (dependencies first). Nothing is fsynced here;
+2. take the path locks in sorted order (two batch importers cannot deadlock; single
+   registrations hold one lock at a time) and drop paths that became valid meanwhile;
+3. add the paths to this process's temp roots;
+4. link each object to its final name in ``objects/aa/`` *without replacing*: an
+   existing object of that name is kept if its bytes hash right (another path has the
+   same object, and it may already be some row's), replaced only if it does not (a
+   torn leftover of a crash). Rename trees into the store dir (a stale unregistered
+   tree left by a crash is moved away first) and seal their tops;
+5. ``syncfs`` on the store's file system: one journal commit makes every staged object,
+   its name and every tree durable (group commit instead of per-path fsyncs);
+6. insert every row (with refs and sigs) in one transaction; release the locks.
+
+A crash anywhere before 6 leaves only stray objects and unregistered trees (GC removes
+them, verify ignores them); a row is inserted only after its object is durable under
+its final name — the same guarantee as single registration (docs/store.md). Step 4
+never puts a not-yet-durable file in place of an object that hashes right, so a
+concurrent registration's row cannot end up naming our unsynced bytes. If staging a
+path fails, the paths staged before it are still committed, then the error is raised.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
+
+from . import db
+from .errors import HashMismatch, StoreError
+from .hashes import Hash
+from .locks import FileLock
+from .objects import TeeReader, decompress_verified, object_rel_path, read_object, sync_filesystem
+from .pathinfo import PathInfo
+from .trees import remove_tree, restore_canonical, seal_top
+
+if TYPE_CHECKING:
+    from .localstore import LocalStore
+
+#: Paths per group commit: enough to amortise a syncfs (tens of ms on a busy disk) and a
+#: commit, small enough that a failure or a crash redoes little.
+MAX_BATCH = 512
+
+
+def batch_size() -> int:
+    """Paths per batch: ``MAX_BATCH``, fewer under a low descriptor limit (each staged
+    path holds one lock descriptor during the commit)."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        return MAX_BATCH
+    return max(1, min(MAX_BATCH, (soft - 32) // 2))
+
+
+@dataclass(frozen=True, slots=True)
+class Staged:
+    """A verified path waiting in the temp dir: its info (with the object's digest), its
+    object file and its canonical tree."""
+
+    info: PathInfo
+    obj: Path
+    tree: Path
+
+
+def stage(store: LocalStore, info: PathInfo, zst: BinaryIO, tmp: Path, k: int) -> Staged:
+    """Step 1 for one path (see module docstring)."""
+    tree, obj = tmp / str(k), tmp / f"{k}.obj"
+    tee = TeeReader(zst, os.open(obj, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644))
+    try:
+        expect_file = None if info.file_hash is None else (info.file_hash, info.file_size or 0)
+        stream = decompress_verified(tee, info.path, expect_file, (info.nar_hash, info.nar_size))
+        restore_canonical(stream, tree)
+    finally:
+        os.close(tee.fd)
+    return Staged(replace(info, file_hash=Hash("sha256", tee.sha.digest()), file_size=tee.size), obj, tree)
+
+
+def place_object(obj: Path, final: Path, file_hash: Hash, file_size: int) -> None:
+    """Step 4 for one object: ``final`` gets ``obj``'s bytes unless it already holds a
+    correct copy (``link`` never replaces; a wrong existing file is replaced)."""
+    try:
+        os.link(obj, final)
+    except FileExistsError:
+        try:
+            for _ in read_object(final, str(final), (file_hash, file_size), None):
+                pass
+            return  # a correct copy is there already
+        except (HashMismatch, StoreError):
+            os.rename(obj, final)
+
+
+def commit(store: LocalStore, staged: list[Staged], tmp: Path) -> dict[str, PathInfo]:
+    """Steps 2-6 for ``staged`` (paths sorted or not; each path once). Returns the
+    registered (or meanwhile registered by someone else) info of every path."""
+    if not staged:
+        return {}
+    out: dict[str, PathInfo] = {}
+    with contextlib.ExitStack() as locks:
+        todo: list[Staged] = []
+        for s in sorted(staged, key=lambda s: s.info.path):
+            sp = store.parse_path(s.info.path)
+            locks.enter_context(FileLock(store._path_lock(sp)))
+            existing = store.query(s.info.path)
+            if existing is not None:
+                out[s.info.path] = existing
+            else:
+                todo.append(s)
+        store.temproots.add([s.info.path for s in staged], locked=True)
+        store._registered.extend(s.info.path for s in staged)
+        now = int(time.time())
+        rows: list[tuple[PathInfo, str]] = []
+        for s in todo:
+            assert s.info.file_hash is not None
+            final = store.objects / object_rel_path(s.info.file_hash)
+            final.parent.mkdir(exist_ok=True)  # made durable by the syncfs below
+            place_object(s.obj, final, s.info.file_hash, s.info.file_size or 0)
+            sp = store.parse_path(s.info.path)
+            real = store.real_store / sp.base
+            if os.path.lexists(real):  # left by a crashed registration: not valid, replace it
+                if os.path.isdir(real) and not os.path.islink(real):
+                    os.chmod(real, 0o755)
+                os.rename(real, tmp / f"stale-{sp.hash_part}")
+            os.rename(s.tree, real)
+            seal_top(real)
+            info = replace(s.info, registration_time=now)
+            rows.append((info, sp.hash_part))
+            out[info.path] = info
+        if rows:
+            sync_filesystem(store.objects)
+            db.insert_many(store.conn, rows)
+    return out
+
+
+def import_objects(
+    store: LocalStore, items: Iterable[tuple[PathInfo, BinaryIO]], tmp: Path
+) -> list[PathInfo]:
+    """The body of ``LocalStore.import_objects`` (caller holds the shared GC lock and
+    owns ``tmp``)."""
+    limit = batch_size()
+    results: list[PathInfo | str] = []  # an info, or the path whose batch is pending
+    done: dict[str, PathInfo] = {}
+    staged: list[Staged] = []
+    pending: set[str] = set()
+
+    def flush() -> None:
+        done.update(commit(store, staged, tmp))
+        for s in staged:
+            with contextlib.suppress(FileNotFoundError):
+                remove_tree(s.tree)  # only there if someone else registered the path
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(s.obj)
+        staged.clear()
+        pending.clear()
+
+    try:
+        for k, (info, zst) in enumerate(items):
+            store._check_importable(info, also_valid=pending)
+            if info.path in pending or info.path in done:
+                results.append(info.path)
+                continue
+            existing = store.query(info.path)
+            if existing is not None:
+                store._keep(info.path)
+                results.append(existing)
+                continue
+            staged.append(stage(store, info, zst, tmp, k))
+            pending.add(info.path)
+            results.append(info.path)
+            if len(staged) >= limit:
+                flush()
+    except Exception:
+        flush()  # what verified so far is registered; then report the failure
+        raise
+    flush()
+    return [done[r] if isinstance(r, str) else r for r in results]
