@@ -112,11 +112,14 @@ def _failed(target: str, policy: Policy, name: str, why: str) -> Report:
 def answer(source: Source, review: Review, policy: Policy) -> dict[str, Any]:
     """Run the policy for ``review.artifact`` against ``source``'s copy; never raises for a
     bad artifact (it is denied with the reason)."""
-    if isinstance(source, StoreSource):
-        report = _verify_store(source, review.artifact, policy)
-    else:
-        assert isinstance(source, DirSource)
-        report = verify_remote(str(source.storage.url), review.artifact, policy)
+    try:
+        if isinstance(source, StoreSource):
+            report = _verify_store(source, review.artifact, policy)
+        else:
+            assert isinstance(source, DirSource)
+            report = verify_remote(str(source.storage.url), review.artifact, policy)
+    except (KilnError, OSError) as e:  # e.g. no space for the temporary store: deny, say why
+        report = _failed(review.artifact, policy, "verify", f"verification could not run: {e}")
     return response(review, report)
 
 

@@ -254,3 +254,15 @@ async def fetch_attestations(client: Any, store: Any, paths: Iterable[str], jobs
             f"{len(errors)} attestation(s) from {client.url} refused:\n  " + "\n  ".join(errors[:20])
         )
     return stored
+
+
+def fetch_attestations_sync(url: str, store: Any, paths: Iterable[str], token: str | None = None) -> int:
+    """``fetch_attestations`` from the registry at ``url``, for synchronous callers (the
+    build loop after substitution). Same contract and errors."""
+    from .client import open_client
+
+    async def run() -> int:
+        async with open_client(url, token) as client:
+            return await fetch_attestations(client, store, list(paths))
+
+    return asyncio.run(run())

@@ -254,7 +254,7 @@ def test_post_verify_needs_a_policy_and_works_on_a_store(tmp_path, keys, kiln_se
     assert doc["response"]["allowed"] is False and "provenance" in doc["response"]["status"]["message"]
 
 
-def test_kiln_verify_registry_target(tmp_path, keys, kiln_server) -> None:
+def test_kiln_verify_registry_target(tmp_path, keys, kiln_server, nginx_server) -> None:
     s = Setup(tmp_path, keys, kiln_server)
     s.push(s.app, s.bare)
     pol = s.policy()
@@ -267,3 +267,9 @@ def test_kiln_verify_registry_target(tmp_path, keys, kiln_server) -> None:
     r = kiln("verify", f"{s.url}#{s.bare}", "--policy", str(pol), env=env)
     assert r.returncode == 1 and "FAIL provenance" in r.stdout
     assert kiln("verify", s.url, "--policy", str(pol), env=env).returncode == 2
+    # the same directory through nginx (no batch endpoint: per-path GETs, static listing)
+    ng = nginx_server(s.reg)
+    r = kiln("verify", f"{ng.url}#{s.app}", "--policy", str(pol), env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = kiln("verify", f"{ng.url}#sha256:{s.store.query(s.app).nar_hash.hex}", env=env)
+    assert r.returncode == 1 and "cannot look paths up by NAR hash" in r.stdout
