@@ -222,6 +222,25 @@ def test_post_verify_allows_good_and_denies_bad(tmp_path, keys, kiln_server) -> 
     st, doc = _review(s.url, s.bare)
     assert st == 200 and doc["response"]["allowed"] is False
     assert doc["response"]["status"]["code"] == 403 and "provenance" in doc["response"]["status"]["message"]
+    # a provenance altered in the registry directory (listing rewritten to match): denied
+    from kiln.registry.attest_transfer import rebuild_listing
+    from kiln.registry.storage import FileStorage
+
+    att = s.reg / f"{s.hp(s.app)}.att" / "provenance.dsse.json"
+    good = att.read_bytes()
+    d = json.loads(good)
+    payload = json.loads(base64.b64decode(d["payload"]))
+    payload["predicate"]["runDetails"]["builder"]["id"] = "https://evil.example/builder"
+    d["payload"] = base64.b64encode(json.dumps(payload).encode()).decode()
+    att.write_text(json.dumps(d))
+    rebuild_listing(FileStorage(s.reg), s.hp(s.app))
+    st, doc = _review(s.url, s.app)
+    assert doc["response"]["allowed"] is False
+    causes = {c["field"]: c for c in doc["response"]["status"]["details"]["causes"]}
+    assert causes["provenance"]["reason"] == "fail", causes
+    att.write_bytes(good)
+    rebuild_listing(FileStorage(s.reg), s.hp(s.app))
+    assert _review(s.url, s.app)[1]["response"]["allowed"] is True
     # a tampered NAR in the registry: denied on content
     info = s.store.query(s.dep)
     nar = s.reg / "nar" / f"{info.file_hash.nix32}.nar.zst"
@@ -250,6 +269,11 @@ def test_post_verify_needs_a_policy_and_works_on_a_store(tmp_path, keys, kiln_se
         s.store.add_signatures(p, [sign_info(s.store.query(p), keys.sk)])
     st, doc = _review(srv.url, s.app)
     assert st == 200 and doc["response"]["allowed"] is True, doc
+    # a store-backed server serves the store's attestations too
+    local = (s.store.root / "attestations" / s.hp(s.app) / "provenance.dsse.json").read_bytes()
+    assert request(f"{srv.url}/{s.hp(s.app)}.att/provenance.dsse.json")[2] == local
+    assert list(json.loads(request(f"{srv.url}/{s.hp(s.app)}.att/index.json")[2])["kinds"]) == ["provenance"]
+    assert request(f"{srv.url}/{s.hp(s.bare)}.att/")[0] == 404
     st, doc = _review(srv.url, s.bare)
     assert doc["response"]["allowed"] is False and "provenance" in doc["response"]["status"]["message"]
 
