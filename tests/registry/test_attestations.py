@@ -297,3 +297,23 @@ def test_kiln_verify_registry_target(tmp_path, keys, kiln_server, nginx_server) 
     assert r.returncode == 0, r.stdout + r.stderr
     r = kiln("verify", f"{ng.url}#sha256:{s.store.query(s.app).nar_hash.hex}", env=env)
     assert r.returncode == 1 and "cannot look paths up by NAR hash" in r.stdout
+
+
+def test_push_to_a_directory_url_carries_attestations(tmp_path, keys) -> None:
+    from kiln.registry.attest_transfer import fetch_attestations_sync
+    from kiln.registry.client import open_client
+    from kiln.registry.push import push
+
+    store = make_store(tmp_path / "store")
+    app = add_built(store, tmp_path, "app", "application")
+    attestations.write(store, app, "provenance", provenance(store, app, keys.sk))
+    url = f"file://{tmp_path / 'dirreg'}"
+    rep = push(store, [app], lambda: open_client(url, store_dir=store.store_dir), sign_key=keys.sk)
+    assert rep.attestations_uploaded == 1
+    hp = app.rsplit("/", 1)[1][:32]
+    assert (tmp_path / "dirreg" / f"{hp}.att" / "provenance.dsse.json").is_file()
+    other = make_store(tmp_path / "other")
+    with open(store.object_path(app), "rb") as f:
+        other.import_object(store.query(app), f)
+    assert fetch_attestations_sync(url, other, [app]) == 1
+    assert attestations.list(other, app) == ["provenance"]
