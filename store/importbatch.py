@@ -12,8 +12,9 @@ shared for the whole call and gives a private temp dir:
    file hash/size (if the info has them) and the NAR hash/size must match, else
    ``HashMismatch`` and that path is not staged. Every reference must be valid already
    or staged earlier in the same call (dependencies first). Nothing is fsynced here;
-2. take the path locks in sorted order (two batch importers cannot deadlock; single
-   registrations hold one lock at a time) and drop paths that became valid meanwhile;
+2. take the (striped) registration locks of the batch's paths, each once, in ascending
+   order (two batch importers cannot deadlock; single registrations hold one at a
+   time) and drop paths that became valid meanwhile;
 3. add the paths to this process's temp roots;
 4. link each object to its final name in ``objects/aa/`` *without replacing*: an
    existing object of that name is kept if its bytes hash right (another path has the
@@ -34,9 +35,12 @@ path fails, the paths staged before it are still committed, then the error is ra
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import io
 import os
 import resource
+import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -54,18 +58,22 @@ from .trees import remove_tree, restore_canonical, seal_top
 if TYPE_CHECKING:
     from .localstore import LocalStore
 
+#: Objects up to this size are staged in memory on ``STAGERS`` threads.
+SMALL = 1 << 20
+STAGERS = 2
+
 #: Paths per group commit: enough to amortise a syncfs (tens of ms on a busy disk) and a
 #: commit, small enough that a failure or a crash redoes little.
 MAX_BATCH = 512
 
 
 def batch_size() -> int:
-    """Paths per batch: ``MAX_BATCH``, fewer under a low descriptor limit (each staged
-    path holds one lock descriptor during the commit)."""
+    """Paths per batch: ``MAX_BATCH``, fewer under a very low descriptor limit (the
+    commit holds up to 32 lock descriptors; staging a path needs a few)."""
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     if soft == resource.RLIM_INFINITY:
         return MAX_BATCH
-    return max(1, min(MAX_BATCH, (soft - 32) // 2))
+    return MAX_BATCH if soft >= 64 else max(1, soft // 4)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,9 +121,9 @@ def commit(store: LocalStore, staged: list[Staged], tmp: Path) -> dict[str, Path
     out: dict[str, PathInfo] = {}
     with contextlib.ExitStack() as locks:
         todo: list[Staged] = []
-        for s in sorted(staged, key=lambda s: s.info.path):
-            sp = store.parse_path(s.info.path)
-            locks.enter_context(FileLock(store._path_lock(sp)))
+        for lock in sorted({store._path_lock(store.parse_path(s.info.path)) for s in staged}):
+            locks.enter_context(FileLock(lock))
+        for s in staged:
             existing = store.query(s.info.path)
             if existing is not None:
                 out[s.info.path] = existing
@@ -151,22 +159,39 @@ def import_objects(
     store: LocalStore, items: Iterable[tuple[PathInfo, BinaryIO]], tmp: Path
 ) -> list[PathInfo]:
     """The body of ``LocalStore.import_objects`` (caller holds the shared GC lock and
-    owns ``tmp``)."""
+    owns ``tmp``).
+
+    Small objects (``file_size`` known and at most ``SMALL``) are read into memory and
+    staged on ``STAGERS`` threads: most of staging a small path is creating two inodes,
+    kernel work that runs outside the GIL, so the threads keep both cores busy. Larger
+    ones are staged on the calling thread, streaming. The prefix rule still holds: if
+    staging a path fails, only the paths before it (in ``items`` order) are committed."""
     limit = batch_size()
     results: list[PathInfo | str] = []  # an info, or the path whose batch is pending
     done: dict[str, PathInfo] = {}
-    staged: list[Staged] = []
+    staged: list[concurrent.futures.Future[Staged] | Staged] = []
     pending: set[str] = set()
+    pool = concurrent.futures.ThreadPoolExecutor(STAGERS, thread_name_prefix="kiln-stage")
 
     def flush() -> None:
-        done.update(commit(store, staged, tmp))
-        for s in staged:
+        ok: list[Staged] = []
+        error: BaseException | None = None
+        for f in staged:
+            try:
+                ok.append(f.result() if isinstance(f, concurrent.futures.Future) else f)
+            except BaseException as e:  # noqa: BLE001 - re-raised below, after the prefix commits
+                error = e
+                break
+        done.update(commit(store, ok, tmp))
+        for st in ok:
             with contextlib.suppress(FileNotFoundError):
-                remove_tree(s.tree)  # only there if someone else registered the path
+                remove_tree(st.tree)  # only there if someone else registered the path
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(s.obj)
+                os.unlink(st.obj)
         staged.clear()
         pending.clear()
+        if error is not None:
+            raise error
 
     try:
         for k, (info, zst) in enumerate(items):
@@ -179,13 +204,23 @@ def import_objects(
                 store._keep(info.path)
                 results.append(existing)
                 continue
-            staged.append(stage(store, info, zst, tmp, k))
+            if info.file_size is not None and info.file_size <= SMALL:
+                data = zst.read(SMALL + 1)  # more than announced: the file check reports it
+                staged.append(pool.submit(stage, store, info, io.BytesIO(data), tmp, k))
+            else:
+                staged.append(stage(store, info, zst, tmp, k))
             pending.add(info.path)
             results.append(info.path)
             if len(staged) >= limit:
                 flush()
-    except Exception:
-        flush()  # what verified so far is registered; then report the failure
+    except BaseException:
+        with contextlib.suppress(BaseException):
+            # what verified so far is registered (not on Ctrl-C); then report the failure
+            pool.shutdown(wait=True, cancel_futures=True)
+            if not isinstance(sys.exc_info()[1], KeyboardInterrupt):
+                flush()
         raise
+    finally:
+        pool.shutdown(wait=True)
     flush()
     return [done[r] if isinstance(r, str) else r for r in results]

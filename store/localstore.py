@@ -39,7 +39,7 @@ from . import db
 from .errors import StoreError
 from .hashes import Hash
 from .ingest import PathFilter, TreeIngest
-from .locks import FileLock, TempRoots
+from .locks import FileLock, TempRoots, path_lock_file
 from .objects import (
     NarSink,
     ObjectInfo,
@@ -415,7 +415,7 @@ class LocalStore:
         self._registered.append(path)
 
     def _path_lock(self, sp: StorePath) -> Path:
-        return self.root / "locks" / f"{sp.hash_part}.lock"
+        return path_lock_file(self.root, sp.hash_part)
 
     @contextlib.contextmanager
     def _writing(self) -> Iterator[Path]:

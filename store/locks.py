@@ -11,9 +11,15 @@ and the kernel drops every lock when its holder dies (also on ``kill -9``).
   store (temporary files, object, tree, database row, temp root); the garbage collector
   holds it *exclusive* for its whole run. So GC never sees a half-registered path, and
   everything in ``tmp/`` while GC holds the lock belongs to a dead or finished writer.
-- ``locks/<hash part>.lock``: held exclusive while one path is being registered, so two
-  processes adding the same path register it once (the second sees it valid and drops
-  its own copy). Taken after the GC lock (lock order: GC lock, then path lock).
+- ``locks/reg-<c>.lock`` (``path_lock_file``): the registration lock of every path whose
+  hash part starts with ``c`` (32 stripes). Held exclusive while a path is being
+  registered, so two processes adding the same path register it once (the second sees it
+  valid and drops its own copy). Striped rather than one file per path so registering a
+  path does not create (and GC later delete) a lock file each time — on ext4 creating an
+  inode is one of the dearest steps of registering a small path. Unrelated paths in one
+  stripe merely wait for each other briefly. Taken after the GC lock (lock order: GC lock,
+  then stripe locks in ascending order; a holder never takes a second stripe except in
+  that order, see ``importbatch``).
 - ``temproots/<pid>``: the paths a live process wants kept (build inputs, paths it just
   registered). The owner keeps the file open with an exclusive ``flock``; the collector
   treats a file it *can* lock as stale (its owner is dead - immune to pid reuse) and
@@ -32,6 +38,11 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from .errors import StoreError
+
+
+def path_lock_file(root: Path, hash_part: str) -> Path:
+    """The registration (stripe) lock file for the path with ``hash_part``."""
+    return root / "locks" / f"reg-{hash_part[0]}.lock"
 
 
 class FileLock:

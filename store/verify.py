@@ -40,7 +40,7 @@ from . import db, nar
 from .errors import KilnError
 from .hashes import Hash
 from .ingest import TreeIngest
-from .locks import FileLock
+from .locks import FileLock, path_lock_file
 from .objects import NarSink, object_rel_path, publish_object, read_object
 from .pathinfo import PathInfo
 from .paths import StorePath, make_source_path, make_store_path
@@ -198,7 +198,7 @@ def _repair(store: LocalStore, info: PathInfo, found: list[Problem]) -> tuple[li
     remove_tree(tmp)
     tmp.mkdir()
     try:
-        with FileLock(store.root / "locks" / f"{sp.hash_part}.lock"):
+        with FileLock(path_lock_file(store.root, sp.hash_part)):
             if obj_bad and not tree_bad:
                 msg = _rebuild_object(store, info, tmp)
                 return [replace(p, repaired=msg) if p.kind.startswith("object") else p for p in found], False
