@@ -88,7 +88,7 @@ def check_envelope(
     if not env.signatures:
         raise AttestationError(f"{kind} attestation of {base} is unsigned", 403)
     if trusted is not None:
-        keys = {k.name: k.key for k in trusted}
+        keys = {f"{k.name}#{i}": k.key for i, k in enumerate(trusted)}  # names need not be unique
         if family == "vsa" and kind.startswith("vsa-"):
             keys = {n: k for n, k in keys.items() if keyid(k)[:16] == kind[4:]}
         try:
