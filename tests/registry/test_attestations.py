@@ -317,3 +317,27 @@ def test_push_to_a_directory_url_carries_attestations(tmp_path, keys) -> None:
         other.import_object(store.query(app), f)
     assert fetch_attestations_sync(url, other, [app]) == 1
     assert attestations.list(other, app) == ["provenance"]
+
+
+def test_rebuilder_vsa_admitted_with_attester_key(tmp_path, keys, other_keys, kiln_server) -> None:
+    s = Setup(tmp_path, keys, kiln_server, "--attester-key", str(other_keys.pk_file))
+    s.push(s.bare)
+    info = s.store.query(s.bare)
+
+    def vsa(sk) -> bytes:  # noqa: ANN001
+        st = intoto.vsa(
+            StorePath.parse(s.bare).base,
+            info.nar_hash.hex,
+            verifier_version="test",
+            time_verified=time.time(),
+            passed=True,
+            resource_uri=f"kiln:{s.bare}",
+        )
+        return attestations.sign(st, [Ed25519Signer(sk.key)]).dumps().encode()
+
+    kind = attestations.vsa_kind(other_keys.pk.key)
+    # a VSA filed under the rebuilder's kind must be signed by that rebuilder
+    assert s.put(s.bare, kind, vsa(keys.sk))[0] == 403
+    assert s.put(s.bare, kind, vsa(other_keys.sk))[0] == 201
+    st, _, body = request(f"{s.url}/{s.hp(s.bare)}.att/")
+    assert st == 200 and list(json.loads(body)["kinds"]) == [kind]
