@@ -27,9 +27,11 @@ connection, which keeps ``kiln store add`` fast.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from .errors import StoreError
@@ -39,9 +41,35 @@ from .pathinfo import PathInfo
 SCHEMA_VERSION = 1
 
 
+class Connection(sqlite3.Connection):
+    """A connection with a lock: write transactions hold it, so threads that share one
+    store object (against its contract, but cheaply survivable) cannot interleave
+    ``BEGIN``s on one connection."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.lock = threading.RLock()
+
+
+@contextlib.contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """``BEGIN IMMEDIATE`` … ``COMMIT`` (``ROLLBACK`` on any error) under the
+    connection's lock."""
+    with getattr(conn, "lock", None) or contextlib.nullcontext():
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+
 def connect(path: Path) -> sqlite3.Connection:
     """Open (and create or migrate) the database at ``path``."""
-    conn = sqlite3.connect(path, timeout=60.0, isolation_level=None, check_same_thread=False)
+    conn = sqlite3.connect(
+        path, timeout=60.0, isolation_level=None, check_same_thread=False, factory=Connection
+    )
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
     version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -166,8 +194,7 @@ def insert(conn: sqlite3.Connection, info: PathInfo, hash_part: str) -> None:
     """Insert a row with its refs and sigs in one transaction. The caller has checked
     that references are valid and holds the path lock."""
     assert info.file_hash is not None and info.file_size is not None
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with _transaction(conn):
         conn.execute(
             f"INSERT INTO paths (hash_part, {_COLS}) VALUES (?,?,?,?,?,?,?,?,?)",
             (
@@ -184,17 +211,12 @@ def insert(conn: sqlite3.Connection, info: PathInfo, hash_part: str) -> None:
         )
         conn.executemany("INSERT INTO refs VALUES (?,?)", [(info.path, r) for r in info.references])
         conn.executemany("INSERT OR IGNORE INTO sigs VALUES (?,?)", [(info.path, s) for s in info.sigs])
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
 
 
 def insert_many(conn: sqlite3.Connection, rows: list[tuple[PathInfo, str]]) -> None:
     """Insert ``(info, hash_part)`` rows with their refs and sigs in one transaction
     (group commit for a batch import; same preconditions as ``insert``)."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with _transaction(conn):
         conn.executemany(
             f"INSERT INTO paths (hash_part, {_COLS}) VALUES (?,?,?,?,?,?,?,?,?)",
             [
@@ -218,10 +240,6 @@ def insert_many(conn: sqlite3.Connection, rows: list[tuple[PathInfo, str]]) -> N
         conn.executemany(
             "INSERT OR IGNORE INTO sigs VALUES (?,?)", [(i.path, s) for i, _ in rows for s in i.sigs]
         )
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
 
 
 def set_file(conn: sqlite3.Connection, path: str, file_hash: Hash, file_size: int) -> None:
@@ -232,24 +250,14 @@ def set_file(conn: sqlite3.Connection, path: str, file_hash: Hash, file_size: in
 
 
 def add_signatures(conn: sqlite3.Connection, path: str, sigs: Iterable[str]) -> None:
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with _transaction(conn):
         conn.executemany("INSERT OR IGNORE INTO sigs VALUES (?,?)", [(path, s) for s in sigs])
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
 
 
 def delete(conn: sqlite3.Connection, paths: Iterable[str]) -> None:
     """Invalidate ``paths`` (rows, their refs and sigs) in one transaction."""
     rows = [(p,) for p in paths]
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with _transaction(conn):
         conn.executemany("DELETE FROM refs WHERE referrer=?", rows)
         conn.executemany("DELETE FROM sigs WHERE path=?", rows)
         conn.executemany("DELETE FROM paths WHERE path=?", rows)
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise

@@ -55,7 +55,7 @@ from .objects import (
 )
 from .pathinfo import PathInfo
 from .paths import DEFAULT_STORE_DIR, StorePath, check_name, check_store_dir, make_source_path, make_text_path
-from .trees import canonicalise, remove_tree, seal_top
+from .trees import remove_tree, restore_canonical, seal_top
 
 if TYPE_CHECKING:
     from .gc import GcReport
@@ -300,8 +300,6 @@ class LocalStore:
         place (setuid/setgid files, devices, sockets and fifos are rejected), archived,
         and moved to ``real_path(path)``. If ``path`` is already valid the existing info is
         returned and ``tree`` is left alone."""
-        from . import nar  # imported here: plain adds do not need the NAR reader
-
         sp = self.parse_path(path)
         path = str(sp)
         refs = tuple(sorted(set(map(str, references))))
@@ -322,15 +320,12 @@ class LocalStore:
             stream = read_object(
                 tmp / "object", path, (info.file_hash, info.file_size), (info.nar_hash, info.nar_size)
             )
-            nar.restore(stream, copy)
-            canonicalise(copy)
+            restore_canonical(stream, copy)
             return self._commit(info, copy, tmp, have_lock=True)
 
     def import_nar(self, info: PathInfo, nar_src: BinaryIO | Iterable[bytes]) -> PathInfo:
         """Add ``info.path`` from its uncompressed NAR (substitution). The NAR hash and
         size are checked while streaming; on mismatch nothing is added."""
-        from . import nar  # imported here: plain adds do not need the NAR reader
-
         self._check_importable(info)
         with self._writing() as tmp, FileLock(self._path_lock(self.parse_path(info.path))):
             existing = self.query(info.path)
@@ -340,11 +335,10 @@ class LocalStore:
             tree = tmp / "tree"
 
             def run(sink: NarSink) -> None:
-                nar.restore(ingest_stream(chunks_of(nar_src), sink), tree)
+                restore_canonical(ingest_stream(chunks_of(nar_src), sink), tree)
 
             oi = self._ingest(run, tmp)
             expect_nar(info, oi.nar_hash, oi.nar_size)
-            canonicalise(tree)
             return self._commit(
                 replace(info, file_hash=oi.file_hash, file_size=oi.file_size), tree, tmp, True
             )
@@ -353,8 +347,6 @@ class LocalStore:
         """Add ``info.path`` from a compressed object (as served by a registry), keeping
         the compressed bytes as the object. Checks ``info.file_hash``/``file_size`` (if
         set) and the NAR hash and size."""
-        from . import nar  # imported here: plain adds do not need the NAR reader
-
         self._check_importable(info)
         with self._writing() as tmp, FileLock(self._path_lock(self.parse_path(info.path))):
             existing = self.query(info.path)
@@ -366,11 +358,10 @@ class LocalStore:
             try:
                 expect_file = None if info.file_hash is None else (info.file_hash, info.file_size or 0)
                 stream = decompress_verified(tee, info.path, expect_file, (info.nar_hash, info.nar_size))
-                nar.restore(stream, tree)
+                restore_canonical(stream, tree)
                 os.fsync(tee.fd)
             finally:
                 os.close(tee.fd)
-            canonicalise(tree)
             file_hash = Hash("sha256", tee.sha.digest())
             return self._commit(replace(info, file_hash=file_hash, file_size=tee.size), tree, tmp, True)
 
@@ -385,7 +376,8 @@ class LocalStore:
         from .importbatch import import_objects
 
         with self._writing() as tmp:
-            return import_objects(self, items, tmp)
+            (tmp / "batch").mkdir()
+            return import_objects(self, items, tmp / "batch")
 
     def add_signatures(self, path: str, sigs: Iterable[str]) -> None:
         self._info(path)
@@ -418,17 +410,16 @@ class LocalStore:
         return path_lock_file(self.root, sp.hash_part)
 
     @contextlib.contextmanager
-    def _writing(self) -> Iterator[Path]:
-        """Shared GC lock + a private temp dir, removed on exit."""
+    def _writing(self) -> Iterator[_Scratch]:
+        """Shared GC lock + private temp names ``tmp/<pid>-<rand>.<what>``, removed on exit."""
         with FileLock(self.gc_lock_path, shared=True):
-            tmp = self.tmp / f"{os.getpid()}-{secrets.token_hex(6)}"
-            tmp.mkdir()
+            scratch = _Scratch(self.tmp / f"{os.getpid()}-{secrets.token_hex(6)}")
             try:
-                yield tmp
+                yield scratch
             finally:
-                remove_tree(tmp)
+                scratch.remove()
 
-    def _ingest(self, run, tmp: Path, threads: int | None = None) -> ObjectInfo:
+    def _ingest(self, run, tmp: _Scratch, threads: int | None = None) -> ObjectInfo:
         fd = os.open(tmp / "object", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         sink = NarSink(fd) if threads is None else NarSink(fd, threads=threads)
         try:
@@ -455,7 +446,7 @@ class LocalStore:
                 + (f" (and {len(missing) - 5} more)" if len(missing) > 5 else "")
             )
 
-    def _commit(self, info: PathInfo, tree: Path, tmp: Path, have_lock: bool = False) -> PathInfo:
+    def _commit(self, info: PathInfo, tree: Path, tmp: _Scratch, have_lock: bool = False) -> PathInfo:
         """Steps 3-7 of the registration protocol (caller holds the shared GC lock)."""
         sp = self.parse_path(info.path)
         self._check_refs(info)
@@ -477,6 +468,28 @@ class LocalStore:
             info = replace(info, registration_time=int(time.time()))
             db.insert(self.conn, info, sp.hash_part)
             return info
+
+
+class _Scratch:
+    """A writer's temp names: ``scratch / "object"`` is ``tmp/<pid>-<rand>.object``.
+    Plain names in ``tmp/`` rather than a temp directory: a directory costs a mkdir and
+    an rmdir (two inode operations) per registration. GC treats every ``<pid>-…`` entry
+    of ``tmp/`` as a writer's leftover, so these are cleaned up after a crash too."""
+
+    __slots__ = ("base", "used")
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.used: set[Path] = set()
+
+    def __truediv__(self, what: str) -> Path:
+        p = self.base.with_name(f"{self.base.name}.{what}")
+        self.used.add(p)
+        return p
+
+    def remove(self) -> None:
+        for p in self.used:
+            remove_tree(p)
 
 
 def _init_config(root: Path, store_dir: str) -> dict:

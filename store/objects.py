@@ -48,6 +48,8 @@ ZSTD_LEVEL = 1
 ZSTD_THREADS = 2
 CANON_MTIME = 1
 WRITEBACK_STEP = 16 << 20
+#: NARs up to this size are hashed and compressed on the caller's thread (see NarSink)
+INLINE_MAX = 256 << 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +100,13 @@ class _Worker(threading.Thread):
 class NarSink:
     """Consumes NAR bytes: hashes them and writes the compressed object to ``obj_fd``
     (an open temp file the sink takes ownership of). ``finish`` fsyncs the file and
-    returns the digests; ``abort`` stops the threads (the caller removes the file)."""
+    returns the digests; ``abort`` stops the threads (the caller removes the file).
+
+    Small NARs never start a thread: the first ``INLINE_MAX`` bytes are only collected;
+    if the NAR ends there, ``finish`` hashes and compresses them on the calling thread
+    with a single-threaded compressor (starting two Python threads and zstd's worker
+    pool costs more than compressing a few KiB). Past ``INLINE_MAX`` the threads start
+    and get the collected chunks first."""
 
     def __init__(self, obj_fd: int, level: int = ZSTD_LEVEL, threads: int = ZSTD_THREADS) -> None:
         self.nar_sha = hashlib.sha256()
@@ -107,11 +115,22 @@ class NarSink:
         self.file_size = 0
         self.synced = 0
         self.fd = obj_fd
-        self.cobj = zstandard.ZstdCompressor(level=level, threads=threads).compressobj()
+        self.level, self.threads = level, threads
+        self.held: list[bytes | bytearray] | None = []  # None once the threads run
+        self.cobj = None
+        self.hasher: _Worker | None = None
+        self.compressor: _Worker | None = None
+
+    def _start(self) -> None:
+        held, self.held = self.held or [], None
+        self.cobj = zstandard.ZstdCompressor(level=self.level, threads=self.threads).compressobj()
         self.hasher = _Worker(self.nar_sha.update)
         self.compressor = _Worker(self._compress)
         self.hasher.start()
         self.compressor.start()
+        for chunk in held:
+            self.hasher.q.put(chunk)
+            self.compressor.q.put(chunk)
 
     def _out(self, data: bytes) -> None:
         if data:
@@ -131,14 +150,29 @@ class NarSink:
         """Queue ``chunk``; it must not be mutated afterwards."""
         if chunk:
             self.nar_size += len(chunk)
+            if self.held is not None:
+                self.held.append(chunk)
+                if self.nar_size <= INLINE_MAX:
+                    return
+                self._start()
+                return
             self.hasher.q.put(chunk)
             self.compressor.q.put(chunk)
 
-    def finish(self) -> ObjectInfo:
-        self.hasher.join_checked()
-        self.compressor.join_checked()
-        self._out(self.cobj.flush())
-        os.fsync(self.fd)
+    def finish(self, sync: bool = True) -> ObjectInfo:
+        """Flush, fsync (unless ``sync`` is false: the caller makes the file durable
+        some other way before it is used) and close the object; return the digests."""
+        if self.held is not None:
+            data = b"".join(self.held)
+            self.held = None
+            self.nar_sha.update(data)
+            self._out(zstandard.ZstdCompressor(level=self.level).compress(data))
+        else:
+            self.hasher.join_checked()
+            self.compressor.join_checked()
+            self._out(self.cobj.flush())
+        if sync:
+            os.fsync(self.fd)
         os.close(self.fd)
         self.fd = -1
         return ObjectInfo(
@@ -150,7 +184,7 @@ class NarSink:
 
     def abort(self) -> None:
         for w in (self.hasher, self.compressor):
-            if w.is_alive():
+            if w is not None and w.is_alive():
                 w.error = w.error or StoreError("aborted")
                 w.q.put(None)
                 w.join()

@@ -191,7 +191,7 @@ def test_add_under_a_low_descriptor_limit(tmp_path):
     assert ok.stdout.startswith("/kiln/store/"), ok.stderr
     LocalStore.open(root).gc()
     bad = subprocess.run(
-        [sys.executable, "-c", LOWFD, str(root), str(src), "12"], capture_output=True, text=True
+        [sys.executable, "-c", LOWFD, str(root), str(src), "8"], capture_output=True, text=True
     )
     assert bad.stdout.startswith("error"), (bad.stdout, bad.stderr)
     s = LocalStore.open(root)
