@@ -4,7 +4,10 @@ Closure discovery walks narinfo ``References`` breadth-first, one batched narinf
 per level, skipping what the destination already has. Every narinfo must pass
 ``verify.check_narinfo`` (trusted signatures) before anything is transferred, and every
 NAR is verified while it streams (file hash, and the NAR hash — by the store on import,
-or by ``NarVerifier`` when relaying to another registry).
+or by ``NarVerifier`` when relaying to another registry). Into a store, the paths are
+registered by ``LocalStore.import_objects`` (group commit, see ``store.importbatch``) and
+then the registry's attestations of the copied and requested paths are fetched
+(``attest_transfer.fetch_attestations``: each checked against the local path's NAR hash).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from kiln.store.paths import StorePath
 from kiln.store.signing import PublicKey
 
 from . import layout
+from .attest_transfer import fetch_attestations
 from .client import Client, open_client
 from .push import levels
 from .substitute import Substituter
@@ -58,6 +62,8 @@ def to_store(
             frontier = sorted(r for r in refs if r not in wanted and not store.is_valid(r))
         if wanted:
             sub.fetch_many(store, list(wanted.values()))
+        # attestations (provenance, SBOMs, VSAs) travel with the paths, checked against them
+        sub.run(fetch_attestations(sub.client(src), store, sorted(set(wanted) | set(paths))))
         return len(wanted)
 
 

@@ -80,6 +80,14 @@ class Substituter:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def run(self, coro: Any) -> Any:
+        """Run ``coro`` on this substituter's event loop (with its open clients)."""
+        return self._loop.run_until_complete(coro)
+
+    def client(self, url: str) -> Client:
+        """The open client for registry ``url`` (with its token, if one was given)."""
+        return self._client(url)
+
     def _client(self, url: str) -> Client:
         c = self._clients.get(url)
         if c is None:
