@@ -8,12 +8,12 @@ Layout under ``root`` (see docs/store.md)::
     <store_dir minus "/">/<hash>-<name>   materialised read-only trees
     gcroots/  temproots/<pid>  locks/  gc.lock  tmp/  quarantine/
 
-Registration protocol (every way a path becomes valid goes through ``_commit``):
+Registration protocol of single paths (``_commit``; batches: ``importbatch``, same guarantees):
 
 1. take the GC lock shared (held for the whole operation);
-2. stream the content once into ``tmp/<pid>-<rand>/``: the canonical tree and the
-   compressed object, hashing both (``objects.TreeIngest``/``NarSink``); fsync the object;
-3. take the path lock; if the path became valid meanwhile, drop our copy and return;
+2. stream the content once into ``tmp/<pid>-<rand>.*`` (``_Scratch``): the canonical tree
+   and the compressed object, hashing both (``objects.TreeIngest``/``NarSink``); fsync the object;
+3. take the path's (striped) lock; if the path became valid meanwhile, drop our copy and return;
 4. add the path to this process's temp roots;
 5. rename the object into ``objects/`` and fsync its directory;
 6. remove any stale unregistered tree at the real path, rename ours there, seal it;
