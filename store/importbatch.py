@@ -121,7 +121,8 @@ def commit(store: LocalStore, staged: list[Staged], tmp: Path) -> dict[str, Path
     out: dict[str, PathInfo] = {}
     with contextlib.ExitStack() as locks:
         todo: list[Staged] = []
-        for lock in sorted({store._path_lock(store.parse_path(s.info.path)) for s in staged}):
+        sps = {s.info.path: store.parse_path(s.info.path) for s in staged}
+        for lock in sorted({store._path_lock(sp) for sp in sps.values()}):
             locks.enter_context(FileLock(lock))
         for s in staged:
             existing = store.query(s.info.path)
@@ -132,13 +133,16 @@ def commit(store: LocalStore, staged: list[Staged], tmp: Path) -> dict[str, Path
         store.temproots.add([s.info.path for s in staged], locked=True)
         store._registered.extend(s.info.path for s in staged)
         now = int(time.time())
+        have_dirs = set(os.listdir(store.objects))
         rows: list[tuple[PathInfo, str]] = []
         for s in todo:
             assert s.info.file_hash is not None
             final = store.objects / object_rel_path(s.info.file_hash)
-            final.parent.mkdir(exist_ok=True)  # made durable by the syncfs below
+            if final.parent.name not in have_dirs:
+                final.parent.mkdir(exist_ok=True)  # made durable by the syncfs below
+                have_dirs.add(final.parent.name)
             place_object(s.obj, final, s.info.file_hash, s.info.file_size or 0)
-            sp = store.parse_path(s.info.path)
+            sp = sps[s.info.path]
             real = store.real_store / sp.base
             if os.path.lexists(real):  # left by a crashed registration: not valid, replace it
                 if os.path.isdir(real) and not os.path.islink(real):
