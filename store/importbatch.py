@@ -176,6 +176,9 @@ def import_objects(
     staged: list[concurrent.futures.Future[Staged] | Staged] = []
     pending: set[str] = set()
     pool = concurrent.futures.ThreadPoolExecutor(STAGERS, thread_name_prefix="kiln-stage")
+    slots = [tmp / f"s{i}" for i in range(STAGERS)]
+    for d in slots:
+        d.mkdir()
 
     def flush() -> None:
         ok: list[Staged] = []
@@ -210,9 +213,11 @@ def import_objects(
                 continue
             if info.file_size is not None and info.file_size <= SMALL:
                 data = zst.read(SMALL + 1)  # more than announced: the file check reports it
-                staged.append(pool.submit(stage, store, info, io.BytesIO(data), tmp, k))
+                # one directory per slot: creating entries in one directory from two
+                # threads makes them spin on its inode lock instead of working in parallel
+                staged.append(pool.submit(stage, store, info, io.BytesIO(data), slots[k % STAGERS], k))
             else:
-                staged.append(stage(store, info, zst, tmp, k))
+                staged.append(stage(store, info, zst, slots[0], k))
             pending.add(info.path)
             results.append(info.path)
             if len(staged) >= limit:
