@@ -204,7 +204,8 @@ class LocalStore:
         for start in sorted(set(map(str, paths))):
             if start in state:
                 continue
-            self._info(start)
+            if not self.is_valid(start):
+                self._info(start)  # raises the usual "not valid" error
             stack: list[tuple[str, Iterator[str]]] = [(start, iter(sorted(db.references(self.conn, start))))]
             state[start] = 1
             while stack:
