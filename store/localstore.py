@@ -55,7 +55,7 @@ from .objects import (
 )
 from .pathinfo import PathInfo
 from .paths import DEFAULT_STORE_DIR, StorePath, check_name, check_store_dir, make_source_path, make_text_path
-from .trees import remove_tree, restore_canonical, seal_top
+from .trees import mark_topdir, remove_tree, restore_canonical, seal_top
 
 if TYPE_CHECKING:
     from .gc import GcReport
@@ -107,6 +107,7 @@ class LocalStore:
             raise StoreError(f"store at {root} uses store dir {found!r}, not {store_dir!r}")
         for d in (*_SUBDIRS, found.lstrip("/")):
             (root / d).mkdir(parents=True, exist_ok=True)
+        mark_topdir(root / "tmp")  # writers' temp trees land in uncluttered inode groups
         return cls(root, found)
 
     def close(self) -> None:

@@ -191,3 +191,36 @@ def restore_canonical(chunks: Iterable[bytes], dest: Path) -> None:
     for d in reversed(dirs):  # children before parents, so their mtimes stick
         os.chmod(d, 0o755 if d == top else 0o555)
         os.utime(d, _MTIME)
+
+
+_FS_IOC_GETFLAGS, _FS_IOC_SETFLAGS, _FS_TOPDIR_FL = 0x80086601, 0x40086602, 0x00020000
+
+
+def mark_topdir(d: Path) -> bool:
+    """Give directory ``d`` the ``T`` attribute (``chattr +T``, ``FS_TOPDIR_FL``) if it
+    lacks it: ext4's Orlov allocator then spreads ``d``'s subdirectories over block
+    groups with many free inodes instead of packing them next to ``d``. Why it matters
+    here: ext4 skips inodes freed in the last minutes when it allocates one, one buffer
+    lookup per skipped inode, so creating files in a group where thousands were just
+    deleted (every test, benchmark or GC run deletes thousands in ``tmp/``) costs up to
+    ~0.2 ms per file instead of ~0.03 ms. A hint only: returns False, changing nothing,
+    where the file system or the kernel does not support it."""
+    import array
+    import fcntl
+
+    try:
+        fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        buf = array.array("l", [0])
+        fcntl.ioctl(fd, _FS_IOC_GETFLAGS, buf, True)
+        if buf[0] & _FS_TOPDIR_FL:
+            return True
+        buf[0] |= _FS_TOPDIR_FL
+        fcntl.ioctl(fd, _FS_IOC_SETFLAGS, buf, True)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
