@@ -135,3 +135,22 @@ def test_batch_trees_are_canonical_under_a_strict_umask(store, tmp_path):
         assert other.verify().ok
     finally:
         other.close()
+
+
+def test_store_tmp_is_an_orlov_top_directory(store):
+    """``tmp/`` carries the ``T`` attribute where the file system supports it (a hint to
+    ext4's allocator; elsewhere ``mark_topdir`` reports False and changes nothing)."""
+    import array
+    import fcntl
+
+    from kiln.store.trees import _FS_IOC_GETFLAGS, _FS_TOPDIR_FL, mark_topdir
+
+    if not mark_topdir(store.tmp):
+        pytest.skip("file system without FS_TOPDIR_FL")
+    fd = os.open(store.tmp, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        buf = array.array("l", [0])
+        fcntl.ioctl(fd, _FS_IOC_GETFLAGS, buf, True)
+    finally:
+        os.close(fd)
+    assert buf[0] & _FS_TOPDIR_FL
