@@ -9,7 +9,7 @@ export DEBIAN_FRONTEND=noninteractive
 
 need=()
 for cmd in bwrap:bubblewrap nix-store:nix-bin zstd:zstd nginx:nginx-light wrk:wrk busybox:busybox-static \
-           git:git /usr/bin/time:time curl:curl disorderfs:disorderfs diffoscope:diffoscope-minimal; do
+           git:git /usr/bin/time:time curl:curl disorderfs:disorderfs diffoscope:diffoscope-minimal faketime:faketime; do
   bin=${cmd%%:*} pkg=${cmd##*:}
   command -v "$bin" >/dev/null 2>&1 || [ -x "$bin" ] || need+=("$pkg")
 done

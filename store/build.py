@@ -145,11 +145,11 @@ class Builder:
                 ]
                 self.substituter(missing)
                 todo = plan(graph, roots, self.store.is_valid)
-            if self.opts.check:
-                for r in roots:
-                    if r not in todo:
-                        self._check(r, graph.drvs[r])
             built = set(self._run_all(graph, todo))
+            if self.opts.check:
+                # a root built just now is checked too: --check always means "build it twice"
+                for r in roots:
+                    self._check(r, graph.drvs[r])
             if self.opts.rounds > 1 and not self.opts.check:
                 for r in roots:
                     for _ in range(self.opts.rounds - 1):

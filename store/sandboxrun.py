@@ -62,12 +62,19 @@ def make_spec(store, drv: Derivation, tmp: Path, opts, get_drv: Callable[[str], 
     if missing:
         raise StoreError(f"inputs of {drv.name} are not valid: {', '.join(missing[:5])}")
     rootfs = rootfs_of(drv, get_drv)
+    env = drv.env_map
+    ro = [(str(store.real_path(p)), p) for p in closure]
+    if vary is not None and vary.faketime:
+        from .vary import FAKETIME_IN_SANDBOX, faketime_env
+
+        env = {**env, **faketime_env()}
+        ro.append((vary.faketime, FAKETIME_IN_SANDBOX))
     spec = SandboxSpec(
         argv=(drv.builder, *drv.args),
         build_dir=str(build_dir),
-        env=drv.env_map,
+        env=env,
         rw_mounts=((str(scratch), drv.store_dir),),
-        ro_mounts=tuple((str(store.real_path(p)), p) for p in closure),
+        ro_mounts=tuple(ro),
         rootfs=str(store.real_path(rootfs)) if rootfs else None,
         cores=(vary.cores if vary and vary.cores else None) or opts.cores or os.cpu_count() or 1,
         umask=vary.umask if vary and vary.umask is not None else 0o022,

@@ -4,22 +4,22 @@ A hermetic build must not depend on anything outside its derivation. A plain reb
 on the same machine repeats most accidental inputs, so it misses non-determinism that
 shows up elsewhere. ``--vary`` changes, for the rebuild only:
 
-==========================  ===============================================  =========
+==========================  ===============================================  ============
 condition                   how                                              needs
-==========================  ===============================================  =========
+==========================  ===============================================  ============
 host build/store dirs       a different, deeper scratch directory            —
 ``KILN_CORES``              1 if the first build had more, else 2            —
 umask                       077 instead of 022                               —
 directory order             readdir order of /build and the output dir       disorderfs
                             shuffled by a disorderfs FUSE mount
-wall clock                  the rebuild runs at another time (later), which  —
-                            changes any embedded timestamp
-==========================  ===============================================  =========
+wall clock                  ten years ahead: the host's libfaketime is        libfaketime
+                            preloaded into the rebuild (``FAKETIME=+3650d``)
+==========================  ===============================================  ============
 
-The wall clock itself is not shifted: Linux time namespaces virtualise only the
-monotonic and boot clocks, not ``CLOCK_REALTIME``, and the hermetic toolchain has no
-libfaketime. So an embedded date is caught when it differs between the two runs
-(seconds apart), not years apart. ``describe`` says exactly which variations applied.
+Linux time namespaces cannot shift ``CLOCK_REALTIME``, hence libfaketime. It is a host
+library, so it is mounted only into the varied rebuild, never into a build whose output
+is registered, and it reaches only dynamically linked programs (a static binary reads
+the real clock). ``describe`` says exactly which variations applied.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ class Variation:
     umask: int | None = None
     tmp_parent: Path | None = None
     shuffle_dirents: bool = False
+    faketime: str | None = None  # host path of libfaketime.so.1 to preload, or None
 
     def describe(self) -> list[str]:
         out = []
@@ -56,8 +57,29 @@ class Variation:
             if self.shuffle_dirents
             else "directory order: not varied (disorderfs not installed)"
         )
-        out.append("wall clock: later run (not shifted)")
+        if self.faketime:
+            out.append(f"wall clock +{FAKETIME_OFFSET} (libfaketime)")
+        else:
+            out.append("wall clock: not shifted (libfaketime not installed)")
         return out
+
+
+FAKETIME_LIBS = (
+    "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+    "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
+)
+FAKETIME_OFFSET = "3650d"
+#: where the library appears inside the sandbox (not under a path the sandbox reserves)
+FAKETIME_IN_SANDBOX = "/kiln-vary/libfaketime.so.1"
+
+
+def faketime_env() -> dict[str, str]:
+    return {
+        "LD_PRELOAD": FAKETIME_IN_SANDBOX,
+        "FAKETIME": f"+{FAKETIME_OFFSET}",
+        "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+        "FAKETIME_NO_CACHE": "1",
+    }
 
 
 def standard(store_root: Path, cores: int) -> Variation:
@@ -68,6 +90,7 @@ def standard(store_root: Path, cores: int) -> Variation:
         umask=0o077,
         tmp_parent=parent,
         shuffle_dirents=shutil.which("disorderfs") is not None and os.path.exists("/dev/fuse"),
+        faketime=next((p for p in FAKETIME_LIBS if os.path.exists(p)), None),
     )
 
 

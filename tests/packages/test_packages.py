@@ -141,3 +141,23 @@ def test_shell_puts_the_package_on_path(kiln, built):
 def test_build_log_is_kept(kiln, built):
     r = kiln("log", "hello")
     assert "checking for a BSD-compatible install" in r.stdout and "make" in r.stdout
+
+
+def test_check_vary_hello_is_hermetic(kiln, built):
+    r = kiln("build", "--check", "--vary", str(RECIPES / "hello.recipe"), "hello")
+    assert "bit-for-bit identical" in r.stderr and "varied conditions" in r.stderr
+
+
+def test_check_vary_catches_the_wall_clock(kiln, built, tmp_path):
+    # a build that embeds the date: identical on a plain rebuild, caught when varied
+    recipe = tmp_path / "clock.recipe"
+    recipe.write_text(
+        f'import "{RECIPES / "toolchain.recipe"}"\n\npackage clock {{\n  deps = [toolchain]\n'
+        '  build = "date -u +%Y > $out"\n}\n'
+    )
+    kiln("build", str(recipe), "clock")
+    kiln("build", "--check", str(recipe), "clock")
+    r = kiln("build", "--check", "--vary", str(recipe), "clock", check=False)
+    if "libfaketime" not in r.stderr or "not shifted" in r.stderr:
+        pytest.skip("libfaketime not installed")
+    assert r.returncode == 1 and "may not be deterministic" in r.stderr
