@@ -156,6 +156,22 @@ def make_substituter(urls: list[str], trusted_keys: list[str], sigs_needed: int 
         except KilnError as e:
             print(f"warning: substitution failed, building instead: {e}", file=sys.stderr)
             return set()
-        return {g.path for g in got}
+        fetched = sorted(g.path for g in got)
+        if fetched:
+            _fetch_attestations(sub, regs, store, fetched)
+        return set(fetched)
 
     return substitute
+
+
+def _fetch_attestations(sub, regs: list[tuple[str, int]], store, paths: list[str]) -> None:
+    """Bring the registries' attestations (provenance, SBOM, VSAs) of substituted paths
+    along, each checked against the path's NAR hash. Attestations are evidence, not
+    content: a registry without them, or with a bad one, costs a warning, not the build."""
+    from kiln.registry.attest_transfer import fetch_attestations
+
+    for url, _ in sorted(regs, key=lambda r: r[1]):
+        try:
+            sub.run(fetch_attestations(sub.client(url), store, paths))
+        except KilnError as e:
+            print(f"warning: attestations from {url}: {e}", file=sys.stderr)

@@ -52,7 +52,32 @@ def served(tmp_path):
     ga = Graph(a_store, bb)
     lib, _ = ga.drv("lib", "mkdir $out; echo lib > $out/data")
     app, app_drv = ga.drv("app", "mkdir $out; echo $in0 > $out/uses", inputs=[lib])
-    Builder(a_store, BwrapExecutor(), BuildOptions(), say=lambda m: None).realise([app])
+    from kiln.store import attestations, intoto
+    from kiln.store.dsse import Ed25519Signer
+
+    def provenance(drv_path, drv, outputs, started, finished):
+        for out in outputs.values():
+            st = intoto.provenance(
+                out.rsplit("/", 1)[1],
+                a_store.query(out).nar_hash.hex,
+                recipe_file="t.recipe",
+                attribute="app",
+                parameters={},
+                git_commit=None,
+                git_dirty=False,
+                sandbox_settings={},
+                toolchain_path=None,
+                resolved_dependencies=[],
+                builder_version="test",
+                invocation_id="1",
+                started_on=started,
+                finished_on=finished,
+            )
+            attestations.write(a_store, out, "provenance", attestations.sign(st, [Ed25519Signer(key.key)]))
+
+    Builder(a_store, BwrapExecutor(), BuildOptions(), after_build=provenance, say=lambda m: None).realise(
+        [app]
+    )
     for p in a_store.closure([app_drv.output_path()]):
         a_store.add_signatures(p, [sign_info(a_store.query(p), key)])
     port = _port()
@@ -112,6 +137,10 @@ def test_substitutes_signed_closure_instead_of_building(served):
     info = b_store.query(out)
     assert info is not None and len(info.references) == 1 and info.sigs
     assert b_store.verify().ok
+    # the builder's provenance travelled with the path
+    from kiln.store import attestations
+
+    assert attestations.read(b_store, out, "provenance") is not None
 
 
 def test_untrusted_signature_means_build_locally(served):
