@@ -11,7 +11,7 @@ Layout under ``root`` (see docs/store.md)::
 Registration protocol of single paths (``_commit``; batches: ``importbatch``, same guarantees):
 
 1. take the GC lock shared (held for the whole operation);
-2. stream the content once into ``tmp/<pid>-<rand>.*`` (``_Scratch``): the canonical tree
+2. stream the content once into ``tmp/<pid>-<rand>/<rand>.*`` (``_Scratch``): the canonical tree
    and the compressed object, hashing both (``objects.TreeIngest``/``NarSink``); fsync the object;
 3. take the path's (striped) lock; if the path became valid meanwhile, drop our copy and return;
 4. add the path to this process's temp roots;
@@ -30,6 +30,7 @@ import json
 import os
 import secrets
 import time
+import weakref
 from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -82,6 +83,12 @@ class LocalStore:
         self.conn = db.connect(root / "db.sqlite")
         self.temproots = TempRoots.get(root / "temproots", self.gc_lock_path)
         self._registered: list[str] = []  # our permanent temp roots, dropped by close()
+        # this object's scratch directory: made on the first write (and again after a GC
+        # removed it), so a registration does not pay a mkdir + rmdir, and - ``tmp/``
+        # being an Orlov top directory - its temp files land in an uncluttered inode group
+        self._scratch_dir = self.tmp / f"{os.getpid()}-{secrets.token_hex(6)}"
+        # removed by close(), or at exit/collection for owners that never call close()
+        self._drop_scratch = weakref.finalize(self, _rmdir_quietly, self._scratch_dir)
 
     # ------------------------------------------------------------------ opening
 
@@ -117,6 +124,7 @@ class LocalStore:
         self.temproots.remove(self._registered)
         self._registered.clear()
         self.temproots.release()
+        self._drop_scratch()
         self.conn.close()
         self.conn = None
 
@@ -413,9 +421,13 @@ class LocalStore:
 
     @contextlib.contextmanager
     def _writing(self) -> Iterator[_Scratch]:
-        """Shared GC lock + private temp names ``tmp/<pid>-<rand>.<what>``, removed on exit."""
+        """Shared GC lock + private temp names ``tmp/<pid>-<rand>/<rand>.<what>`` (in this
+        object's scratch directory), removed on exit."""
         with FileLock(self.gc_lock_path, shared=True):
-            scratch = _Scratch(self.tmp / f"{os.getpid()}-{secrets.token_hex(6)}")
+            # GC (which excludes us now) deletes writers' scratch dirs: recreate if needed
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(self._scratch_dir, 0o700)
+            scratch = _Scratch(self._scratch_dir / secrets.token_hex(6))
             try:
                 yield scratch
             finally:
@@ -473,10 +485,11 @@ class LocalStore:
 
 
 class _Scratch:
-    """A writer's temp names: ``scratch / "object"`` is ``tmp/<pid>-<rand>.object``.
-    Plain names in ``tmp/`` rather than a temp directory: a directory costs a mkdir and
-    an rmdir (two inode operations) per registration. GC treats every ``<pid>-…`` entry
-    of ``tmp/`` as a writer's leftover, so these are cleaned up after a crash too."""
+    """A writer's temp names: ``scratch / "object"`` is ``<scratch dir>/<rand>.object``.
+    Plain names in the store object's long-lived scratch directory rather than a temp
+    directory per registration: that would cost a mkdir and an rmdir (two inode
+    operations) each time. GC treats every ``<pid>-…`` entry of ``tmp/`` as a writer's
+    leftover, so these are cleaned up after a crash too."""
 
     __slots__ = ("base", "used")
 
@@ -492,6 +505,13 @@ class _Scratch:
     def remove(self) -> None:
         for p in self.used:
             remove_tree(p)
+
+
+def _rmdir_quietly(d: Path) -> None:
+    """Remove a scratch directory that should be empty now; anything else (already gone,
+    still in use) is left for GC."""
+    with contextlib.suppress(OSError):
+        os.rmdir(d)
 
 
 def _init_config(root: Path, store_dir: str) -> dict:

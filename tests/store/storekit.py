@@ -28,3 +28,13 @@ def make_tree(root: Path, files: dict[str, bytes | str]) -> Path:
 def run_py(code: str, *args: str, **kw) -> subprocess.Popen:
     """Start ``python -c code args...`` (a real separate process)."""
     return subprocess.Popen([sys.executable, "-c", code, *args], **kw)
+
+
+def tmp_leftovers(store) -> list[str]:  # noqa: ANN001
+    """Entries of ``store.tmp`` other than empty directories (an open store keeps its
+    empty scratch directory until ``close``)."""
+    return [
+        e.name
+        for e in os.scandir(store.tmp)
+        if not (e.is_dir(follow_symlinks=False) and not os.listdir(e.path))
+    ]

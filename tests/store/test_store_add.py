@@ -10,7 +10,7 @@ import stat
 import subprocess
 
 import pytest
-from storekit import make_tree
+from storekit import make_tree, tmp_leftovers
 
 from kiln.store import nar
 from kiln.store.errors import HashMismatch, KilnError, StoreError
@@ -105,7 +105,7 @@ def test_rejects_fifo_and_socket(store, tmp_path):
     finally:
         sock.close()
     assert store.all_paths() == []
-    assert os.listdir(store.tmp) == []
+    assert tmp_leftovers(store) == []
     assert os.listdir(store.real_store) == []
 
 
@@ -188,7 +188,7 @@ def test_import_rejects_bad_hash_and_leaves_nothing(store, sample, tmp_path):
                 other.import_object(bad, f)
         assert not other.is_valid(a.path)
         assert not other.real_path(a.path).exists()
-        assert os.listdir(other.tmp) == []
+        assert tmp_leftovers(other) == []
     finally:
         other.close()
 

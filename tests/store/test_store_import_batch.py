@@ -6,7 +6,7 @@ import io
 import os
 
 import pytest
-from storekit import make_tree
+from storekit import make_tree, tmp_leftovers
 
 from kiln.store import importbatch
 from kiln.store.errors import HashMismatch, StoreError
@@ -46,12 +46,13 @@ def test_batch_imports_a_closure_identically(store, tmp_path):
         assert os.stat(other.real_path(infos[0].path) / "bin/x").st_mode & 0o777 == 0o555
         rep = other.verify()
         assert rep.ok and rep.stray_objects == ()
-        assert os.listdir(other.tmp) == []
+        assert tmp_leftovers(other) == []
         # again: everything valid already, same infos back, nothing written
         again = other.import_objects(_items(store, infos))
         assert [a.registration_time for a in again] == [g.registration_time for g in got]
     finally:
         other.close()
+    assert os.listdir(tmp_path / "other" / "tmp") == []  # close() removes the scratch dir
 
 
 def test_batch_commits_in_several_groups(store, tmp_path, monkeypatch):
@@ -78,7 +79,7 @@ def test_batch_mismatch_keeps_what_verified_before(store, tmp_path):
             other.import_objects(items)
         assert other.all_paths() == sorted(i.path for i in infos[:3])
         assert not other.real_path(infos[3].path).exists()
-        assert os.listdir(other.tmp) == []
+        assert tmp_leftovers(other) == []
         rep = other.verify()
         assert rep.ok and rep.stray_objects == ()
     finally:
