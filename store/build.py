@@ -219,7 +219,9 @@ class Builder:
                     tree, refs = produced[name]
                     self.store.register_built(o.path, tree, refs, drv_path)
             if self.after_build:
-                self.after_build(drv_path, drv, {k: o.path for k, o in drv.outputs}, started, time.time())
+                # the hook uses the store too: run it under the store lock the workers share
+                with self.store.exclusive():
+                    self.after_build(drv_path, drv, {k: o.path for k, o in drv.outputs}, started, time.time())
 
     def _tmp_root(self) -> Path:
         d = Path(self.store.root) / "tmp"
@@ -365,6 +367,10 @@ class _Serialized:
     def __init__(self, inner) -> None:
         self._inner = inner
         self._lock = threading.RLock()
+
+    def exclusive(self) -> threading.RLock:
+        """The lock itself, for code that uses the wrapped store directly."""
+        return self._lock
 
     def __getattr__(self, name: str):
         attr = getattr(self._inner, name)

@@ -15,6 +15,10 @@ from .errors import FormatError
 
 ALPHABET = "0123456789abcdfghijklmnpqrsvwxyz"
 _INDEX = {c: i for i, c in enumerate(ALPHABET)}
+# Characters outside the alphabet map to "w", which int(..., 32) rejects and we test for.
+_TO_BASE32 = {ord(c): "0123456789abcdefghijklmnopqrstuv"[i] for i, c in enumerate(ALPHABET)} | {
+    ord(c): "w" for c in "etou"
+}
 
 
 def encoded_len(nbytes: int) -> int:
@@ -38,12 +42,11 @@ def decode(text: str, nbytes: int | None = None) -> bytes:
         nbytes = len(text) * 5 // 8
     if len(text) != encoded_len(nbytes):
         raise FormatError(f"nix32 string {text!r} has length {len(text)}, expected {encoded_len(nbytes)}")
-    n = 0
-    for c in text:
-        i = _INDEX.get(c)
-        if i is None:
-            raise FormatError(f"invalid character {c!r} in nix32 string {text!r}")
-        n = (n << 5) | i
+    digits = text.translate(_TO_BASE32)  # nix32 digits -> Python's int(..., 32) digits
+    if not digits.isalnum() or not digits.isascii() or digits != digits.lower() or "w" in digits:
+        bad = next((c for c in text if c not in _INDEX), text[:1])
+        raise FormatError(f"invalid character {bad!r} in nix32 string {text!r}")
+    n = int(digits, 32) if digits else 0
     if n >> (nbytes * 8):
         raise FormatError(f"nix32 string {text!r} has non-zero padding bits")
     return n.to_bytes(nbytes, "little")
