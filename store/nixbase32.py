@@ -43,7 +43,7 @@ def decode(text: str, nbytes: int | None = None) -> bytes:
     if len(text) != encoded_len(nbytes):
         raise FormatError(f"nix32 string {text!r} has length {len(text)}, expected {encoded_len(nbytes)}")
     digits = text.translate(_TO_BASE32)  # nix32 digits -> Python's int(..., 32) digits
-    if not digits.isalnum() or not digits.isascii() or digits != digits.lower() or "w" in digits:
+    if digits and not digits.isalnum() or not digits.isascii() or digits != digits.lower() or "w" in digits:
         bad = next((c for c in text if c not in _INDEX), text[:1])
         raise FormatError(f"invalid character {bad!r} in nix32 string {text!r}")
     n = int(digits, 32) if digits else 0
