@@ -29,6 +29,7 @@ class ProvenanceHook:
     cores: int
     isolation: dict  # the executor's description of its sandbox (Executor.isolation())
     invocation_id: str = ""
+    get_drv: object = None  # path -> Derivation (the builder's parsed graph), optional
 
     def __post_init__(self) -> None:
         self.invocation_id = self.invocation_id or str(uuid.uuid4())
@@ -44,14 +45,15 @@ class ProvenanceHook:
         from kiln.store.sandboxrun import rootfs_of
 
         store = self.store
-        deps = attestations.build_dependencies(store, drv_path)
+        get = self.get_drv or _drv_getter(store)
+        deps = attestations.build_dependencies(store, drv_path, get)
         if drv.builder.startswith("builtin:"):
             # fetchers and the .deb unpacker run in kiln itself, checked against fixed hashes
             sandbox = {"executor": "builtin", "builder": drv.builder, "network": drv.is_fixed_output}
             toolchain = None
         else:
             sandbox = {**self.isolation, "network": False, "cores": self.cores}
-            toolchain = rootfs_of(drv, _drv_getter(store))
+            toolchain = rootfs_of(drv, get)
         for name, out in outputs.items():
             attestations.sign_path(store, out, self.key_name, self.signer)
             attestations.record_provenance(

@@ -147,6 +147,8 @@ def _build(store, ev, targets, args) -> int:
     builder = Builder(
         store, executor, opts, substituter=functools.partial(sub, store) if sub else None, after_build=hook
     )
+    if hook is not None:
+        hook.get_drv = builder.get_drv  # reuse the parsed derivation graph
     builder.realise(roots)
     _finish(store, targets)
     return 0

@@ -111,20 +111,25 @@ def record_vsa(
     return write(store, path, vsa_kind(signer.public_key), sign(st, [signer]))
 
 
-def build_dependencies(store: Any, drv_path: str) -> builtins.list[dict[str, Any]]:
+def build_dependencies(store: Any, drv_path: str, get_drv: Any = None) -> builtins.list[dict[str, Any]]:
     """``resolvedDependencies`` for a build of ``drv_path``: the ``.drv`` itself (sha256 of
     its text) and every store path the sandbox saw (the reference closure of the input
     derivations' outputs and input sources) with its NAR sha256; fixed-output paths also
-    carry the URL they were fetched from (from their deriver's ``urls``/``url``)."""
+    carry the URL they were fetched from (from their deriver's ``urls``/``url``).
+    ``get_drv(path) -> Derivation`` may supply already-parsed derivations (the build
+    loop has them); by default each ``.drv`` is read and parsed here."""
     from .derivation import parse as parse_drv
     from .hashes import Hash
 
-    def load(p: str):
+    def parse_file(p: str):
         sp = _parse(p)
         text = Path(store.real_path(p)).read_text(encoding="utf-8")
         return text, parse_drv(text, sp.name.removesuffix(".drv"), sp.store_dir)
 
-    text, drv = load(drv_path)
+    def load(p: str):
+        return (None, get_drv(p)) if get_drv is not None else parse_file(p)
+
+    text, drv = parse_file(drv_path)
     inputs = set(drv.input_srcs)
     for p, outs in drv.input_drvs:
         inputs |= {load(p)[1].output_path(o) for o in outs}

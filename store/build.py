@@ -117,6 +117,10 @@ class Builder:
 
     # ------------------------------------------------------------------ graph level
 
+    def get_drv(self, drv_path: str) -> Derivation:
+        """The parsed derivation at ``drv_path`` (from the loaded graph, else the store)."""
+        return self._get_drv(drv_path)
+
     def _get_drv(self, drv_path: str) -> Derivation:
         d = self._drvs.get(drv_path)
         if d is None:

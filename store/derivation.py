@@ -159,6 +159,12 @@ def _list(items) -> str:
 # ---------------------------------------------------------------------------- parsing
 
 
+# A quoted ATerm string (escapes kept): one regex match instead of a loop per character.
+_STRING = re.compile(r'"((?:[^"\\]|\\.)*)"', re.DOTALL)
+_UNESCAPE = re.compile(r"\\(.)", re.DOTALL)
+_UNESC = {"n": "\n", "r": "\r", "t": "\t"}
+
+
 class _Reader:
     __slots__ = ("s", "i")
 
@@ -175,24 +181,16 @@ class _Reader:
         return self.s.startswith(lit, self.i)
 
     def string(self) -> str:
-        self.expect('"')
-        out = []
-        s, i = self.s, self.i
-        while True:
-            if i >= len(s):
-                raise FormatError("derivation: unterminated string")
-            c = s[i]
-            if c == '"':
-                break
-            if c == "\\":
-                i += 1
-                if i >= len(s):
-                    raise FormatError("derivation: unterminated escape")
-                c = {"n": "\n", "r": "\r", "t": "\t"}.get(s[i], s[i])
-            out.append(c)
-            i += 1
-        self.i = i + 1
-        return "".join(out)
+        m = _STRING.match(self.s, self.i)
+        if m is None:
+            if self.s.startswith('"', self.i):
+                raise FormatError(f"derivation: unterminated string at offset {self.i}")
+            self.expect('"')
+        self.i = m.end()
+        body = m.group(1)
+        if "\\" in body:
+            body = _UNESCAPE.sub(lambda e: _UNESC.get(e.group(1), e.group(1)), body)
+        return body
 
     def seq(self, item: Callable[[], object], open_: str = "[", close: str = "]") -> list:
         self.expect(open_)
