@@ -16,6 +16,7 @@ recompressed. With a signing key, missing signatures are added on the fly.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import dataclasses
 import json
@@ -52,35 +53,38 @@ class BatchEntry:
     error: str | None = None
 
 
-class Source:
+class Source(abc.ABC):
     """Read side shared by both sources."""
 
     store_dir: str
     storage: Storage
 
-    def cache_info(self) -> bytes:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def cache_info(self) -> bytes: ...
 
-    def narinfo(self, hash_part: str) -> bytes | None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def narinfo(self, hash_part: str) -> bytes | None: ...
 
-    def object_file(self, digest: Hash) -> Path | None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def object_file(self, digest: Hash) -> Path | None: ...
 
-    def file(self, key: str) -> Path | None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def file(self, key: str) -> Path | None: ...
 
+    @abc.abstractmethod
     def att_file(self, hash_part: str, kind: str) -> Path | None:
         """The file of a path's attestation of ``kind`` (``layout.att_key``), if any."""
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def att_listing(self, hash_part: str) -> dict[str, str]:
         """``{kind: sha256 hex}`` of a path's attestations ({} when none)."""
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def narinfo_by_nar_hash(self, nar_sha256_hex: str) -> bytes | None:
         """The narinfo of the path whose NarHash is this sha256 (hex), if one is served."""
-        raise NotImplementedError
+        ...
 
 
 def _digests_record(d: Digests) -> bytes:

@@ -22,6 +22,7 @@ raises ``RegistryError`` with the server's one-line reason.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 from collections.abc import Callable
 from pathlib import Path
@@ -53,7 +54,7 @@ class Unreachable(RegistryError):
     """No connection could be made (refused, timed out, DNS)."""
 
 
-class Client:
+class Client(abc.ABC):
     url: str
     store_dir: str = ""
 
@@ -63,8 +64,8 @@ class Client:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def close(self) -> None:
-        pass
+    async def close(self) -> None:  # noqa: B027 - optional hook: the default holds nothing to release
+        """Release connections; clients without any keep this default."""
 
     async def cache_info(self) -> dict[str, str]:
         body = await self.get(layout.CACHE_INFO)
@@ -74,17 +75,17 @@ class Client:
         self.store_dir = info.get("StoreDir", "")
         return info
 
-    async def get(self, key: str) -> bytes | None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    async def get(self, key: str) -> bytes | None: ...
 
-    async def narinfos(self, hash_parts: list[str]) -> dict[str, str]:
-        raise NotImplementedError
+    @abc.abstractmethod
+    async def narinfos(self, hash_parts: list[str]) -> dict[str, str]: ...
 
-    async def have_blobs(self, hashes: list[Hash]) -> set[str]:
-        raise NotImplementedError
+    @abc.abstractmethod
+    async def have_blobs(self, hashes: list[Hash]) -> set[str]: ...
 
-    async def download(self, key: str, write: Callable[[bytes], Any]) -> bool:
-        raise NotImplementedError
+    @abc.abstractmethod
+    async def download(self, key: str, write: Callable[[bytes], Any]) -> bool: ...
 
     async def attestation_listings(self, hash_parts: list[str]) -> dict[str, dict[str, str]]:
         out: dict[str, dict[str, str]] = {}
@@ -103,11 +104,11 @@ class Client:
     async def narinfo_by_nar_hash(self, nar_sha256_hex: str) -> str | None:
         raise RegistryError(f"{self.url} cannot look paths up by NAR hash; name the store path")
 
-    async def put_file(self, key: str, path: Path) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    async def put_file(self, key: str, path: Path) -> None: ...
 
-    async def put_bytes(self, key: str, data: bytes) -> int:
-        raise NotImplementedError
+    @abc.abstractmethod
+    async def put_bytes(self, key: str, data: bytes) -> int: ...
 
     async def publish_index(self) -> str | None:
         return None
