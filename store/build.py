@@ -114,6 +114,8 @@ class Builder:
         self.say = say or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self.logs = LogStore(Path(store.root) / "logs")
         self._drvs: dict[str, Derivation] = {}
+        self._hook_pool: ThreadPoolExecutor | None = None
+        self._hook_futures: list[Future] = []
 
     # ------------------------------------------------------------------ graph level
 
@@ -149,7 +151,12 @@ class Builder:
                 ]
                 self.substituter(missing)
                 todo = plan(graph, roots, self.store.is_valid)
-            built = set(self._run_all(graph, todo))
+            try:
+                built = set(self._run_all(graph, todo))
+            except BaseException:
+                self._wait_hooks(raise_errors=False)  # the build's own error is the one to report
+                raise
+            self._wait_hooks()
             if self.opts.check:
                 # a root built just now is checked too: --check always means "build it twice"
                 for r in roots:
@@ -217,15 +224,40 @@ class Builder:
                 return  # another process built it while we waited
             self.say(f"[{position[0]}/{position[1]}] building {drv_path}")
             started = time.time()
-            with tempfile.TemporaryDirectory(prefix=f"build-{drv.name}-", dir=self._tmp_root()) as tmp:
-                produced = self._produce(drv_path, drv, Path(tmp))
+            tmp = Path(tempfile.mkdtemp(prefix=f"build-{drv.name}-", dir=self._tmp_root()))
+            try:
+                produced = self._produce(drv_path, drv, tmp, defer=True)
                 for name, o in drv.outputs:
                     tree, refs = produced[name]
                     self.store.register_built(o.path, tree, refs, drv_path)
+            finally:
+                # after the log is saved (same FIFO thread); GC leaves tmp/build-* alone
+                self._background(shutil.rmtree, tmp, True)
             if self.after_build:
-                # the hook uses the store too: run it under the store lock the workers share
-                with self.store.exclusive():
-                    self.after_build(drv_path, drv, {k: o.path for k, o in drv.outputs}, started, time.time())
+                # Signing and provenance run on their own thread, overlapping the next
+                # build's sandbox; realise() waits for them and re-raises their errors.
+                outputs = {k: o.path for k, o in drv.outputs}
+                self._background(self._run_hook, drv_path, drv, outputs, started, time.time())
+
+    def _background(self, fn: Callable[..., object], *args: object) -> None:
+        """Run ``fn(*args)`` on the single bookkeeping thread (FIFO); ``realise`` waits
+        for it and re-raises the first error."""
+        if self._hook_pool is None:
+            self._hook_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kiln-bookkeeping")
+        self._hook_futures.append(self._hook_pool.submit(fn, *args))
+
+    def _run_hook(
+        self, drv_path: str, drv: Derivation, outputs: dict[str, str], started: float, finished: float
+    ):
+        # the hook uses the store too: run it under the store lock the workers share
+        with self.store.exclusive():
+            self.after_build(drv_path, drv, outputs, started, finished)
+
+    def _wait_hooks(self, raise_errors: bool = True) -> None:
+        futures, self._hook_futures = self._hook_futures, []
+        errors = [e for f in futures if (e := f.exception()) is not None]
+        if errors and raise_errors:
+            raise errors[0]
 
     def _tmp_root(self) -> Path:
         d = Path(self.store.root) / "tmp"
@@ -233,7 +265,7 @@ class Builder:
         return d
 
     def _produce(
-        self, drv_path: str, drv: Derivation, tmp: Path, vary: Variation | None = None
+        self, drv_path: str, drv: Derivation, tmp: Path, vary: Variation | None = None, defer: bool = False
     ) -> dict[str, tuple[Path, list[str]]]:
         """Run the builder; return {output name: (produced tree, runtime references)}."""
         if drv.builder.startswith("builtin:"):
@@ -242,11 +274,13 @@ class Builder:
             out = tmp / "out"
             run_builtin(self.store, drv, out, mirrors=list(self.opts.mirrors), progress=self.opts.progress)
             return {"out": (out, [])}
-        return self._sandboxed(drv_path, drv, tmp, vary)
+        return self._sandboxed(drv_path, drv, tmp, vary, defer)
 
     def _sandboxed(
-        self, drv_path: str, drv: Derivation, tmp: Path, vary: Variation | None = None
+        self, drv_path: str, drv: Derivation, tmp: Path, vary: Variation | None = None, defer: bool = False
     ) -> dict[str, tuple[Path, list[str]]]:
+        """``defer``: save the log on the bookkeeping thread (the caller deletes ``tmp``
+        there too, after it); rebuilds save it synchronously."""
         from .sandboxrun import make_spec
         from .vary import shuffled
 
@@ -260,7 +294,10 @@ class Builder:
         )
         with open(log_path, "wb") as log, shuffle:
             result = self.executor.run(spec, log, on_output=echo)
-        self.logs.save(drv_path, log_path)
+        if defer:
+            self._background(self.logs.save, drv_path, log_path)
+        else:
+            self.logs.save(drv_path, log_path)
         if result.reason != "ok":
             kept = ""
             if self.opts.keep_failed:
