@@ -110,13 +110,23 @@ def make_builder(
             rel = os.path.relpath(recipe_file) if recipe_file else ""
             hooks.append(
                 ProvenanceHook(
-                    store, key, rel, dict(attrs_by_drv or {}), commit, dirty, cores, executor.isolation()
+                    store,
+                    key,
+                    rel,
+                    dict(attrs_by_drv or {}),
+                    commit,
+                    dirty,
+                    cores,
+                    executor.isolation(),
+                    get_drv=get_drv,
                 )
             )
         hooks[0](*args)
 
     opts = BuildOptions(cores=cores, mirrors=mirrors, progress=False)
-    return Builder(store, executor, opts, after_build=after_build, say=say or _stderr)
+    builder = Builder(store, executor, opts, after_build=after_build, say=say or _stderr)
+    get_drv = builder.get_drv  # the hook reuses the builder's parsed derivations
+    return builder
 
 
 def load_rebuilder_signer(

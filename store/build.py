@@ -41,7 +41,7 @@ from pathlib import Path
 from .buildlogs import LogStore
 from .buildplan import Graph, load_graph, plan
 from .derivation import Derivation
-from .errors import HashMismatch, KilnError, StoreError
+from .errors import KilnError, StoreError
 from .hashes import Hash
 from .paths import StorePath
 from .refscan import scan
@@ -120,13 +120,12 @@ class Builder:
     # ------------------------------------------------------------------ graph level
 
     def get_drv(self, drv_path: str) -> Derivation:
-        """The parsed derivation at ``drv_path`` (from the loaded graph, else the store)."""
-        return self._get_drv(drv_path)
-
-    def _get_drv(self, drv_path: str) -> Derivation:
+        """The parsed derivation at ``drv_path`` (from the loaded graph, else read from
+        the store and remembered)."""
         d = self._drvs.get(drv_path)
         if d is None:
-            d = self.load([drv_path]).drvs[drv_path]
+            self._drvs.update(self.load([drv_path]).drvs)
+            d = self._drvs[drv_path]
         return d
 
     def read_drv_text(self, drv_path: str) -> str:
@@ -284,7 +283,7 @@ class Builder:
         from .sandboxrun import make_spec
         from .vary import shuffled
 
-        spec, scratch_store, inputs = make_spec(self.store, drv, tmp, self.opts, self._get_drv, vary)
+        spec, scratch_store, inputs = make_spec(self.store, drv, tmp, self.opts, self.get_drv, vary)
         log_path = tmp / "build.log"
         echo = (lambda b: sys.stderr.buffer.write(b) and sys.stderr.flush()) if self.opts.print_logs else None
         shuffle = (
@@ -340,8 +339,7 @@ class Builder:
         from . import nar
         from .checkdiff import describe_differences
 
-        drv = self._get_drv(drv_path) if drv_path in self._drvs else self.load([drv_path]).drvs[drv_path]
-        self._drvs.setdefault(drv_path, drv)
+        drv = self.get_drv(drv_path)
         out: list[OutputComparison] = []
         parent = self._tmp_root()
         if vary is not None and vary.tmp_parent is not None:
@@ -436,8 +434,3 @@ def _tail(path: Path, lines: int = 25) -> str:
     except OSError:
         return "  (no log)"
     return "\n".join("  " + line for line in data.splitlines()[-lines:]) or "  (empty log)"
-
-
-def check_fixed(h_expected: Hash, h_got: Hash, what: str) -> None:
-    if h_expected != h_got:
-        raise HashMismatch(what, str(h_expected), str(h_got))
