@@ -4,18 +4,24 @@ Theory of operation. Each run is one ``bwrap`` process (its own session and proc
 group) whose command line is derived from the spec by ``bwrap_argv``:
 
 * namespaces: ``--unshare-all`` (user, ipc, pid, net, uts, cgroup) with the user
-  namespace required, not "try"; ``--disable-userns`` so the build cannot create nested
-  user namespaces; ``--share-net`` only when ``spec.network`` (never for builds);
+  namespace required, not "try"; ``--share-net`` only when ``spec.network`` (never for
+  builds); one user namespace only (see ``/dev`` below) and no nested ones: the
+  seccomp filter refuses CLONE_NEWUSER (bwrap's ``--disable-userns`` would need a
+  second namespace, ~1 ms per sandbox);
 * identity: ``--uid/--gid`` (1000), ``--hostname localhost``, ``--cap-drop ALL``,
   generated ``/etc/passwd``, ``/etc/group``, ``/etc/hosts`` (passed in memfds and bound
   read-only with ``--ro-bind-data``; the host's ``/etc`` is never touched or shown);
-* setuid/setgid file modes refused by a seccomp filter (``seccomp.py``);
+* setuid/setgid file modes and new user namespaces refused by a seccomp filter
+  (``seccomp.py``);
 * filesystem: the root is a fresh tmpfs, remounted read-only once everything is in
   place; rootfs dirs (``usr``, ``bin``, ``lib``...) read-only at the same names (a
   top-level symlink such as Debian's ``bin -> usr/bin`` is reproduced as a symlink);
-  inputs read-only, outputs read-write, ``/build`` read-write and the cwd; fresh
-  ``/dev`` (null, zero, full, random, urandom, tty, pts, shm), ``/proc`` of the PID
-  namespace, and a private ``/tmp`` tmpfs;
+  inputs read-only, outputs read-write, ``/build`` read-write and the cwd; a fresh
+  ``/dev`` tmpfs with the host's null, zero, full, random, urandom and tty bound in,
+  ``fd``/``stdin``/``stdout``/``stderr`` links and a ``shm`` tmpfs, but no ``pts``:
+  mounting a devpts needs uid 0 in the namespace, i.e. a second user namespace for the
+  build's uid 1000 (what ``--dev`` does), and builds need no terminals; ``/proc`` of
+  the PID namespace, and a private ``/tmp`` tmpfs;
 * environment: ``--clearenv`` then exactly ``build_env(spec)``; ``spec.umask`` (022)
   set in the child before exec (inherited through bwrap);
 * lifetime: ``--die-with-parent``, ``--new-session``; limits and killing in ``limits``.
@@ -40,13 +46,22 @@ from typing import BinaryIO
 from .errors import SandboxError, SandboxUnavailable
 from .executor import Executor, OutputCallback, Result
 from .limits import Limits, kill_tree, supervise
-from .seccomp import no_setuid_filter
+from .seccomp import build_filter
 from .spec import BUILD_TOP, HOMELESS, SandboxSpec, build_env
 
 #: Top-level rootfs entries mapped into the sandbox, in mount order.
 ROOTFS_DIRS = ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32")
 #: Debian's update-alternatives links live under /etc; a toolchain tree needs them.
 ROOTFS_ETC = ("etc/alternatives",)
+
+#: Host device nodes bound into the sandbox's /dev (what bwrap's --dev binds, minus pts).
+DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
+_DEV_LINKS = (
+    ("/proc/self/fd", "/dev/fd"),
+    ("/proc/self/fd/0", "/dev/stdin"),
+    ("/proc/self/fd/1", "/dev/stdout"),
+    ("/proc/self/fd/2", "/dev/stderr"),
+)
 
 _probe_lock = threading.Lock()
 _probed: dict[str, str] = {}  # bwrap path -> version string, for probes that passed
@@ -73,7 +88,7 @@ _HOSTS = "127.0.0.1 localhost\n::1 localhost\n"
 
 
 def _common_flags(spec_network: bool, uid: int, gid: int, hostname: str) -> list[str]:
-    flags = ["--unshare-all", "--unshare-user", "--disable-userns"]
+    flags = ["--unshare-all", "--unshare-user"]
     if spec_network:
         flags.append("--share-net")
     flags += ["--die-with-parent", "--new-session", "--cap-drop", "ALL"]
@@ -81,12 +96,22 @@ def _common_flags(spec_network: bool, uid: int, gid: int, hostname: str) -> list
     return flags
 
 
+def dev_flags() -> list[str]:
+    """The sandbox's /dev (see the module docstring)."""
+    flags = ["--perms", "0755", "--tmpfs", "/dev"]
+    for name in DEV_NODES:
+        flags += ["--dev-bind", "/dev/" + name, "/dev/" + name]
+    for target, link in _DEV_LINKS:
+        flags += ["--symlink", target, link]
+    return flags + ["--perms", "1777", "--tmpfs", "/dev/shm"]
+
+
 def bwrap_argv(
     bwrap: str, spec: SandboxSpec, etc_fds: Mapping[str, int], seccomp_fd: int | None = None
 ) -> list[str]:
     """The full bwrap command line for ``spec``. ``etc_fds`` maps ``passwd``, ``group``,
     ``hosts`` to fds bwrap inherits holding their contents (``etc_files(spec)``);
-    ``seccomp_fd`` (if given) is an inherited fd holding ``no_setuid_filter()``."""
+    ``seccomp_fd`` (if given) is an inherited fd holding ``build_filter()``."""
     argv = [bwrap, *_common_flags(spec.network, spec.uid, spec.gid, spec.hostname), "--clearenv"]
     if seccomp_fd is not None:
         argv += ["--seccomp", str(seccomp_fd)]
@@ -99,7 +124,7 @@ def bwrap_argv(
                 argv += ["--symlink", os.readlink(host), "/" + name]
             elif os.path.isdir(host):
                 argv += ["--ro-bind", host, "/" + name]
-    argv += ["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp", "--perms", "0755", "--dir", "/etc"]
+    argv += [*dev_flags(), "--proc", "/proc", "--tmpfs", "/tmp", "--perms", "0755", "--dir", "/etc"]
     for name, fd in etc_fds.items():
         argv += ["--perms", "0644", "--ro-bind-data", str(fd), "/etc/" + name]
     argv += ["--bind", spec.build_dir, BUILD_TOP]
@@ -162,9 +187,9 @@ def probe(bwrap: str) -> str:
     with _probe_lock:
         if bwrap in _probed:
             return _probed[bwrap]
-        sfd = _memfd("kiln-seccomp", no_setuid_filter())
+        sfd = _memfd("kiln-seccomp", build_filter())
         cmd = [bwrap, *_common_flags(False, 1000, 1000, "localhost"), "--seccomp", str(sfd)]
-        cmd += ["--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev", "--remount-ro", "/"]
+        cmd += ["--ro-bind", "/", "/", "--proc", "/proc", *dev_flags(), "--remount-ro", "/"]
         cmd += ["--", bwrap, "--version"]
         try:
             p = subprocess.run(
@@ -245,7 +270,7 @@ class BwrapExecutor(Executor):
         # metadata work under load, as much as the sandbox itself).
         fds: list[int] = []
         try:
-            seccomp_fd = _memfd("kiln-seccomp", no_setuid_filter())
+            seccomp_fd = _memfd("kiln-seccomp", build_filter())
             fds.append(seccomp_fd)
             etc_fds = {}
             for name, data in etc_files(spec).items():

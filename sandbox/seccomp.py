@@ -1,6 +1,7 @@
-"""A seccomp-BPF filter that stops builds from creating setuid/setgid files.
+"""A seccomp-BPF filter that stops builds from creating setuid/setgid files and from
+creating user namespaces.
 
-Why: when kiln runs as root, the sandbox's uid 1000 is mapped to host uid 0, so a file a
+Why setuid: when kiln runs as root, the sandbox's uid 1000 is mapped to host uid 0, so a file a
 build marks setuid in its output directory would be a setuid-root binary on the host
 until the store ingests (and canonicalises) it. Nix's sandbox blocks the same calls.
 
@@ -9,7 +10,14 @@ mode argument has S_ISUID or S_ISGID set: chmod, fchmod, fchmodat, fchmodat2, cr
 mknod, mknodat, and open/openat when O_CREAT or O_TMPFILE is set. ``openat2`` (mode in a
 struct the filter cannot read) fails with ENOSYS, which callers treat as "use openat".
 x32 syscalls are refused (ENOSYS) rather than audited twice. Everything else, and
-every other architecture, is allowed. (mkdir ignores S_ISGID in its mode argument, and
+every other architecture, is allowed.
+
+Why user namespaces: a nested user namespace would give the build capabilities over
+mounts of its own (and is kernel attack surface a build never needs). Flatpak's rule:
+``unshare`` and ``clone`` fail with EPERM when their flags argument has CLONE_NEWUSER,
+and ``clone3`` (flags in a struct the filter cannot read) fails with ENOSYS, which
+glibc and musl treat as "use clone". bwrap's ``--disable-userns`` does the same with a
+second user namespace, which costs about a millisecond per sandbox. (mkdir ignores S_ISGID in its mode argument, and
 a setgid parent directory cannot be made, so mkdir needs no rule.)
 
 Format: the raw ``struct sock_filter`` array bwrap's ``--seccomp FD`` expects (bwrap sets
@@ -43,11 +51,19 @@ _AUDIT_ARCH_I386 = 0x40000003
 _AUDIT_ARCH_AARCH64 = 0xC00000B7
 _X32_BIT = 0x40000000
 _SUID_SGID = 0o6000
+_CLONE_NEWUSER = 0x10000000
 _O_CREAT_OR_TMPFILE = 0o100 | 0o20000000  # same values on x86 and aarch64
 
 # (syscall nr, index of the mode argument, index of the flags argument or None)
 _Rule = tuple[int, int, int | None]
 _OPENAT2 = 437
+_CLONE3 = 435  # same number on every architecture here
+#: (syscall nr, index of the flags argument) of calls refused when they ask for CLONE_NEWUSER
+_NS_RULES: dict[int, list[tuple[int, int]]] = {
+    _AUDIT_ARCH_X86_64: [(272, 0), (56, 0)],  # unshare, clone
+    _AUDIT_ARCH_I386: [(310, 0), (120, 0)],
+    _AUDIT_ARCH_AARCH64: [(97, 0), (220, 0)],
+}
 _RULES: dict[int, list[_Rule]] = {
     _AUDIT_ARCH_X86_64: [
         (90, 1, None),  # chmod
@@ -105,7 +121,7 @@ class _Asm:
 
 
 @cache
-def no_setuid_filter() -> bytes:
+def build_filter() -> bytes:
     """The compiled filter (see module docstring); ``len // 8`` instructions."""
     a = _Asm()
     a.op(_LD_W_ABS, _ARCH)
@@ -118,6 +134,9 @@ def no_setuid_filter() -> bytes:
         if arch == _AUDIT_ARCH_X86_64:
             a.op(_JGE_K, _X32_BIT, "enosys", 0)
         a.op(_JEQ_K, _OPENAT2, "enosys", 0)
+        a.op(_JEQ_K, _CLONE3, "enosys", 0)
+        for nr, flags_arg in _NS_RULES[arch]:
+            a.op(_JEQ_K, nr, f"ns{flags_arg}", 0)
         for nr, mode, flags in rules:
             target = f"mode{mode}" if flags is None else f"flags{flags}mode{mode}"
             a.op(_JEQ_K, nr, target, 0)
@@ -130,6 +149,10 @@ def no_setuid_filter() -> bytes:
         a.label(f"mode{mode}")
         a.op(_LD_W_ABS, _arg(mode))
         a.op(_JSET_K, _SUID_SGID, "eperm", "allow")
+    for flags_arg in sorted({f for rules in _NS_RULES.values() for _, f in rules}):
+        a.label(f"ns{flags_arg}")
+        a.op(_LD_W_ABS, _arg(flags_arg))
+        a.op(_JSET_K, _CLONE_NEWUSER, "eperm", "allow")
     a.label("allow")
     a.op(_RET_K, _ALLOW)
     a.label("eperm")

@@ -197,7 +197,7 @@ def test_identity_hostname_umask_caps(sh) -> None:
     assert lines[:7] == ["1000", "1000", "kiln", "localhost", "localhost", "0022", "/build"]
     assert lines[7].split() == ["CapEff:", "0000000000000000"]
     assert "no-home" in r.log
-    assert "userns-rc=1" in r.log  # --disable-userns: no nested user namespaces
+    assert "userns-rc=1" in r.log  # seccomp: no nested user namespaces
 
 
 def test_no_host_usr(sh) -> None:
@@ -248,6 +248,19 @@ try_("mknod-suid", lambda: os.mknod("c", 0o4644 | 0o010000))
 libc = ctypes.CDLL(None, use_errno=True)
 r = libc.syscall(437, -100, b"b", None, 0)
 print("openat2", errno.errorcode[ctypes.get_errno()] if r < 0 else "ok")
+CLONE_NEWUSER, CLONE_NEWNS = 0x10000000, 0x00020000
+r = libc.unshare(CLONE_NEWUSER)
+print("unshare-user", errno.errorcode[ctypes.get_errno()] if r < 0 else "ok")
+r = libc.unshare(CLONE_NEWNS)  # allowed by the filter; no capabilities, so the kernel says no
+print("unshare-mount", errno.errorcode[ctypes.get_errno()] if r < 0 else "ok")
+r = libc.syscall(56, CLONE_NEWUSER | 17, None, None, None, None)  # clone(CLONE_NEWUSER|SIGCHLD)
+print("clone-user", errno.errorcode[ctypes.get_errno()] if r < 0 else "ok")
+r = libc.syscall(435, None, 0)
+print("clone3", errno.errorcode[ctypes.get_errno()] if r < 0 else "ok")
+pid = os.fork()  # glibc's fork: plain clone, allowed
+if pid == 0:
+    os._exit(7)
+print("fork", os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
 """
 
 
@@ -273,6 +286,11 @@ def test_seccomp_filter_syscall_by_syscall(executor, build_dir: Path) -> None:
         "fchmod-sgid": "EPERM",
         "mknod-suid": "EPERM",
         "openat2": "ENOSYS",
+        "unshare-user": "EPERM",
+        "unshare-mount": "EPERM",
+        "clone-user": "EPERM",
+        "clone3": "ENOSYS",
+        "fork": "7",
     }
     assert not any(p.stat().st_mode & 0o6000 for p in build_dir.iterdir())
 
@@ -335,3 +353,21 @@ def test_umask_can_be_varied(sh, build_dir: Path) -> None:
     assert r.log == "0077\n"
     assert (build_dir / "f").stat().st_mode & 0o777 == 0o600
     assert (build_dir / "d").stat().st_mode & 0o777 == 0o700
+
+
+def test_dev_has_the_usual_nodes_and_nothing_of_the_host(sh) -> None:
+    """A fresh /dev: the standard character devices work, the fd links resolve, /dev/shm
+    is writable; no host disks, no pts (docs/sandbox.md)."""
+    r = sh(
+        "ls /dev | sort | tr '\\n' ' '; echo; "
+        "head -c 4 /dev/zero | od -An -tx1; head -c 16 /dev/urandom | wc -c; "
+        "echo x > /dev/null && echo null-ok; echo y > /dev/full; echo full-rc=$?; "
+        "readlink /dev/fd; readlink /dev/stdin; echo s > /dev/shm/f && cat /dev/shm/f"
+    )
+    lines = r.log.splitlines()
+    assert lines[0].split() == sorted(
+        ["fd", "full", "null", "random", "shm", "stderr", "stdin", "stdout", "tty", "urandom", "zero"]
+    )
+    assert lines[1].split() == ["00"] * 4 and lines[2].strip() == "16"
+    assert "null-ok" in r.log and "full-rc=1" in r.log
+    assert "/proc/self/fd" in r.log and "/proc/self/fd/0" in r.log and lines[-1] == "s"

@@ -102,7 +102,8 @@ def test_argv_shape(tmp_path: Path) -> None:
     a = bwrap_argv("/usr/bin/bwrap", spec, {"passwd": 7, "group": 8, "hosts": 9}, 6)
     s = " ".join(a)
     for frag in (
-        "--unshare-all --unshare-user --disable-userns --die-with-parent --new-session --cap-drop ALL",
+        "--unshare-all --unshare-user --die-with-parent --new-session --cap-drop ALL",
+        "--perms 0755 --tmpfs /dev --dev-bind /dev/null /dev/null",
         "--uid 1000 --gid 1000 --hostname localhost --clearenv",
         f"--ro-bind {root}/usr /usr --symlink usr/bin /bin",
         "--clearenv --seccomp 6",
@@ -113,6 +114,7 @@ def test_argv_shape(tmp_path: Path) -> None:
         "--chdir /build --remount-ro / -- /bin/sh -c x",
     ):
         assert frag in s, frag
+    assert "--disable-userns" not in a and "--dev" not in a  # one user namespace (seccomp blocks more)
     assert "--share-net" not in a
     assert "/lib64" not in a  # absent rootfs dirs are not mounted
 
