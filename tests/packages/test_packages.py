@@ -30,12 +30,16 @@ class Kiln:
     def __init__(self, home: Path) -> None:
         self.env = dict(os.environ, KILN_HOME=str(home))
 
-    def __call__(self, *args: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess:
+    def __call__(
+        self, *args: str, check: bool = True, input: str | None = None
+    ) -> subprocess.CompletedProcess:
         r = subprocess.run(
             [sys.executable, "-m", "kiln", *args], env=self.env, capture_output=True, text=True, input=input
         )
         if check and r.returncode != 0:
-            raise AssertionError(f"kiln {' '.join(args)} failed ({r.returncode}):\n{r.stdout}\n{r.stderr[-4000:]}")
+            raise AssertionError(
+                f"kiln {' '.join(args)} failed ({r.returncode}):\n{r.stdout}\n{r.stderr[-4000:]}"
+            )
         return r
 
 
@@ -93,7 +97,9 @@ def test_pigz_refers_to_zlib_and_round_trips(kiln, built, tmp_path):
 
 def test_lua_runs_a_script(kiln, built, tmp_path):
     script = tmp_path / "fib.lua"
-    script.write_text("local function f(n) if n < 2 then return n end return f(n-1) + f(n-2) end print(f(20))\n")
+    script.write_text(
+        "local function f(n) if n < 2 then return n end return f(n-1) + f(n-2) end print(f(20))\n"
+    )
     r = kiln("run", "lua", "--", "lua", str(script))
     assert r.stdout == "6765\n"
 

@@ -13,12 +13,16 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PINNED = [line.split() for line in (ROOT / "tests/data/recipes/out-paths.txt").read_text().splitlines() if line]
+PINNED = [
+    line.split() for line in (ROOT / "tests/data/recipes/out-paths.txt").read_text().splitlines() if line
+]
 
 
 @pytest.mark.parametrize(("attr", "expected"), PINNED)
 def test_output_path_is_pinned(attr, expected, tmp_path):
-    env = dict(os.environ, KILN_HOME=str(tmp_path / "home"), PYTHONHASHSEED="12345", LC_ALL="C", TZ="Asia/Tokyo")
+    env = dict(
+        os.environ, KILN_HOME=str(tmp_path / "home"), PYTHONHASHSEED="12345", LC_ALL="C", TZ="Asia/Tokyo"
+    )
     r = subprocess.run(
         [sys.executable, "-m", "kiln", "path", str(ROOT / "recipes" / f"{attr}.recipe"), attr],
         env=env,
