@@ -16,9 +16,11 @@ Theory of operation
    against the fixed hash. Every other builder runs in the sandbox executor with only
    the input closure mounted read-only at its logical paths and a scratch directory
    as the writable store dir, from which the declared outputs are collected.
-5. Outputs are scanned for references (``refscan``), then handed to
-   ``LocalStore.register_built``, which canonicalises, archives and registers them
-   atomically. A crash anywhere before that leaves only a temp dir, never a valid path.
+5. Outputs are scanned for references (``refscan``), then staged (``stagedbuild``):
+   canonicalised, archived and moved to their real paths, where later builds can use
+   them; the bookkeeping thread makes them valid with one group commit per batch (the
+   fsyncs overlap the next sandbox). A crash before that commit leaves only temp dirs
+   and unregistered trees, never a valid path.
 
 ``--check`` rebuilds an already valid derivation into a scratch dir and compares NAR
 hashes; a mismatch names the differing files (``checkdiff``).
@@ -40,11 +42,13 @@ from pathlib import Path
 
 from .buildlogs import LogStore
 from .buildplan import Graph, load_graph, plan
+from .buildtmp import BuildDirs
 from .derivation import Derivation
 from .errors import KilnError, StoreError
 from .hashes import Hash
 from .paths import StorePath
 from .refscan import scan
+from .stagedbuild import Pending
 from .vary import Variation
 
 DEFAULT_LOG_LIMIT = 64 << 20
@@ -114,6 +118,9 @@ class Builder:
         self.say = say or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self.logs = LogStore(Path(store.root) / "logs")
         self._drvs: dict[str, Derivation] = {}
+        self._inner = store
+        self._pending = Pending()
+        self._dirs = BuildDirs(Path(store.root) / "tmp")
         self._hook_pool: ThreadPoolExecutor | None = None
         self._hook_futures: list[Future] = []
 
@@ -215,28 +222,63 @@ class Builder:
     # ------------------------------------------------------------------ one derivation
 
     def build_one(self, drv_path: str, drv: Derivation, position: tuple[int, int] = (1, 1)) -> None:
+        """Build one derivation and stage its outputs (``stagedbuild``): on return they
+        are usable as inputs; the bookkeeping thread makes them valid, then releases the
+        output locks (``realise`` waits for it)."""
+        from contextlib import ExitStack
+
         from .buildlocks import output_lock
+        from .stagedbuild import StagedOutput, stage
 
         outs = [o.path for _, o in drv.outputs]
-        with output_lock(self.store, outs):
+        locks = ExitStack()
+        handed = False
+        try:
+            locks.enter_context(output_lock(self.store, outs))
             if all(self.store.is_valid(p) for p in outs):
                 return  # another process built it while we waited
             self.say(f"[{position[0]}/{position[1]}] building {drv_path}")
             started = time.time()
-            tmp = Path(tempfile.mkdtemp(prefix=f"build-{drv.name}-", dir=self._tmp_root()))
+            tmp = self._dirs.take()
             try:
                 produced = self._produce(drv_path, drv, tmp, defer=True)
-                for name, o in drv.outputs:
-                    tree, refs = produced[name]
-                    self.store.register_built(o.path, tree, refs, drv_path)
+                staged: list[StagedOutput] = []
+                with self.store.exclusive():
+                    for name, o in drv.outputs:
+                        tree, refs = produced[name]
+                        s = stage(self._inner, o.path, tree, refs, drv_path, tmp / f"{name}.object")
+                        if isinstance(s, StagedOutput):
+                            staged.append(s)
+                self._pending.add(staged, locks)
+                handed = True
+                self._background(self._commit_pending)
             finally:
-                # after the log is saved (same FIFO thread); GC leaves tmp/build-* alone
+                # after the commit and the log (same FIFO thread); GC leaves tmp/build-* alone
                 self._background(shutil.rmtree, tmp, True)
+                if position[0] < position[1]:
+                    self._background(self._dirs.prepare)  # the next build's, while it runs
             if self.after_build:
                 # Signing and provenance run on their own thread, overlapping the next
                 # build's sandbox; realise() waits for them and re-raises their errors.
                 outputs = {k: o.path for k, o in drv.outputs}
                 self._background(self._run_hook, drv_path, drv, outputs, started, time.time())
+        finally:
+            if not handed:
+                locks.close()
+
+    def _commit_pending(self) -> None:
+        """Make every staged output valid (one group commit), then release their output
+        locks. Runs on the bookkeeping thread; a no-op if an earlier call took them all."""
+        from .stagedbuild import commit
+
+        batch = self._pending.take()
+        try:
+            staged = [s for items, _ in batch for s in items]
+            commit(self._inner, staged, self.store.exclusive())
+            self._pending.done(s.info.path for s in staged)
+        finally:
+            for _, locks in batch:
+                locks.close()
 
     def _background(self, fn: Callable[..., object], *args: object) -> None:
         """Run ``fn(*args)`` on the single bookkeeping thread (FIFO); ``realise`` waits
@@ -253,6 +295,8 @@ class Builder:
             self.after_build(drv_path, drv, outputs, started, finished)
 
     def _wait_hooks(self, raise_errors: bool = True) -> None:
+        if self._hook_futures:
+            self._background(self._dirs.discard)  # temp dirs prepared for builds not run
         futures, self._hook_futures = self._hook_futures, []
         errors = [e for f in futures if (e := f.exception()) is not None]
         if errors and raise_errors:
@@ -283,7 +327,9 @@ class Builder:
         from .sandboxrun import make_spec
         from .vary import shuffled
 
-        spec, scratch_store, inputs = make_spec(self.store, drv, tmp, self.opts, self.get_drv, vary)
+        spec, scratch_store, inputs = make_spec(
+            self.store, drv, tmp, self.opts, self.get_drv, vary, None if vary else self._pending
+        )
         log_path = tmp / "build.log"
         echo = (lambda b: sys.stderr.buffer.write(b) and sys.stderr.flush()) if self.opts.print_logs else None
         shuffle = (

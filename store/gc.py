@@ -15,7 +15,8 @@ registrations hold the lock shared from their first temp file to their committed
    (``attestations.remove``: they describe content that is gone);
 4. objects no remaining row uses are deleted (one object can back several paths with
    identical NARs; it goes only when none of them is valid), as are unregistered trees
-   left by crashed registrations, store writers' dirs in ``tmp/`` (not the build loop's)
+   left by crashed registrations (not those a live process roots: a build's staged
+   outputs, ``stagedbuild``), store writers' dirs in ``tmp/`` (not the build loop's)
    and the per-path lock files.
 
 ``dry_run`` does steps 1-3's computation and reports what would go without deleting.
@@ -94,7 +95,14 @@ def collect(store: LocalStore, dry_run: bool = False) -> GcReport:
         dead = sorted(set(refs) - live)
 
         valid_bases = {p.rsplit("/", 1)[1] for p in refs}
-        stray = sorted(e.name for e in os.scandir(store.real_store) if e.name not in valid_bases)
+        # an unregistered tree that a live process roots is being registered (a build's
+        # staged output, ``stagedbuild``): not garbage
+        rooted_bases = {p.rsplit("/", 1)[1] for p in roots}
+        stray = sorted(
+            e.name
+            for e in os.scandir(store.real_store)
+            if e.name not in valid_bases and e.name not in rooted_bases
+        )
         used_after = _used_objects(store, exclude=set(dead))
         doomed_objects = [o for o in _objects(store) if o.name.split(".", 1)[0] not in used_after]
 

@@ -48,17 +48,23 @@ def rootfs_of(drv: Derivation, get_drv: Callable[[str], Derivation]) -> str | No
     return found[0] if found else None
 
 
-def make_spec(store, drv: Derivation, tmp: Path, opts, get_drv: Callable[[str], Derivation], vary=None):
+def make_spec(
+    store, drv: Derivation, tmp: Path, opts, get_drv: Callable[[str], Derivation], vary=None, pending=None
+):
     """Return ``(spec, scratch_store_dir, input_closure)`` for building ``drv`` in ``tmp``
-    (``vary``, a ``vary.Variation``, overrides cores and umask for a varied rebuild)."""
+    (``vary``, a ``vary.Variation``, overrides cores and umask for a varied rebuild;
+    ``pending``, a ``stagedbuild.Pending``, holds this builder's staged outputs, which
+    count as valid inputs)."""
     from kiln.sandbox.spec import SandboxSpec
+
+    from .stagedbuild import closure as closure_of
 
     build_dir = tmp / "build"
     scratch = tmp / "store"
-    build_dir.mkdir()
-    scratch.mkdir()
-    closure = store.closure(input_paths(drv, get_drv))
-    missing = [p for p in closure if not store.is_valid(p)]
+    build_dir.mkdir(exist_ok=True)  # made ahead of time by buildtmp.BuildDirs, or now
+    scratch.mkdir(exist_ok=True)
+    closure = closure_of(store, input_paths(drv, get_drv), pending)
+    missing = [p for p in closure if not store.is_valid(p) and not (pending and pending.get(p))]
     if missing:
         raise StoreError(f"inputs of {drv.name} are not valid: {', '.join(missing[:5])}")
     rootfs = rootfs_of(drv, get_drv)
