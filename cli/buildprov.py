@@ -40,11 +40,15 @@ class ProvenanceHook:
 
             self.key_name, self.signer = self.key.name, Ed25519Signer(self.key.key)
 
-    def __call__(self, drv_path, drv, outputs: dict[str, str], started: float, finished: float) -> None:
+    def __call__(
+        self, drv_path, drv, outputs: dict[str, str], started: float, finished: float, store=None
+    ) -> None:
+        """``store``: the store object to use on the calling thread (the builder's
+        bookkeeping thread has its own); default ``self.store``."""
         from kiln.store import attestations
         from kiln.store.sandboxrun import rootfs_of
 
-        store = self.store
+        store = store or self.store
         get = self.get_drv or _drv_getter(store)
         deps = attestations.build_dependencies(store, drv_path, get)
         if drv.builder.startswith("builtin:"):

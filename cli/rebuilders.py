@@ -102,7 +102,7 @@ def make_builder(
     commit, dirty = git_info(os.path.dirname(os.path.abspath(recipe_file))) if recipe_file else (None, False)
     hooks: list[ProvenanceHook] = []
 
-    def after_build(*args: Any) -> None:
+    def after_build(*args: Any, **kw: Any) -> None:
         # The build key is loaded (or created) only when something is really built, so a
         # rebuild that needs no input builds never touches it. Builder runs one job here.
         if not hooks:
@@ -121,7 +121,7 @@ def make_builder(
                     get_drv=get_drv,
                 )
             )
-        hooks[0](*args)
+        hooks[0](*args, **kw)
 
     opts = BuildOptions(cores=cores, mirrors=mirrors, progress=False)
     builder = Builder(store, executor, opts, after_build=after_build, say=say or _stderr)

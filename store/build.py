@@ -96,8 +96,10 @@ Substituter = Callable[[list[str]], set[str]]
 class Builder:
     """Realises derivations in ``store`` with ``executor`` (a ``kiln.sandbox`` executor).
 
-    ``hooks.after_build(drv_path, drv, outputs, started, finished)`` is called after each
-    successful build (used by the CLI for provenance)."""
+    ``after_build(drv_path, drv, outputs, started, finished, store)`` is called after
+    each successful build (used by the CLI for provenance), once its outputs are valid,
+    on the bookkeeping thread; ``store`` is that thread's own store object (a second
+    SQLite connection), to be used instead of the builder's."""
 
     def __init__(
         self,
@@ -121,6 +123,7 @@ class Builder:
         self._inner = store
         self._pending = Pending()
         self._dirs = BuildDirs(Path(store.root) / "tmp")
+        self._bk = None  # the bookkeeping thread's own store object (_bookkeeping_store)
         self._hook_pool: ThreadPoolExecutor | None = None
         self._hook_futures: list[Future] = []
 
@@ -274,7 +277,7 @@ class Builder:
         batch = self._pending.take()
         try:
             staged = [s for items, _ in batch for s in items]
-            commit(self._inner, staged, self.store.exclusive())
+            commit(self._bookkeeping_store(), staged, nullcontext())
             self._pending.done(s.info.path for s in staged)
         finally:
             for _, locks in batch:
@@ -287,16 +290,30 @@ class Builder:
             self._hook_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kiln-bookkeeping")
         self._hook_futures.append(self._hook_pool.submit(fn, *args))
 
+    def _bookkeeping_store(self):
+        """The bookkeeping thread's own store object, opened on first use. With its own
+        SQLite connection, commits, signing and provenance (fsyncs included) never hold
+        the lock the build threads share ``self.store`` under, so the next build's
+        staging does not wait for them (SQLite's WAL lets both connections work)."""
+        if self._bk is None:
+            self._bk = type(self._inner).open(Path(self._inner.root))
+        return self._bk
+
+    def _close_bookkeeping_store(self) -> None:
+        if self._bk is not None:
+            self._bk.close()
+            self._bk = None
+
     def _run_hook(
         self, drv_path: str, drv: Derivation, outputs: dict[str, str], started: float, finished: float
     ):
-        # the hook uses the store too: run it under the store lock the workers share
-        with self.store.exclusive():
-            self.after_build(drv_path, drv, outputs, started, finished)
+        assert self.after_build is not None
+        self.after_build(drv_path, drv, outputs, started, finished, store=self._bookkeeping_store())
 
     def _wait_hooks(self, raise_errors: bool = True) -> None:
         if self._hook_futures:
             self._background(self._dirs.discard)  # temp dirs prepared for builds not run
+            self._background(self._close_bookkeeping_store)
         futures, self._hook_futures = self._hook_futures, []
         errors = [e for f in futures if (e := f.exception()) is not None]
         if errors and raise_errors:

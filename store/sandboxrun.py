@@ -64,7 +64,8 @@ def make_spec(
     build_dir.mkdir(exist_ok=True)  # made ahead of time by buildtmp.BuildDirs, or now
     scratch.mkdir(exist_ok=True)
     closure = closure_of(store, input_paths(drv, get_drv), pending)
-    missing = [p for p in closure if not store.is_valid(p) and not (pending and pending.get(p))]
+    # pending first: the committer inserts a row before it forgets the pending entry
+    missing = [p for p in closure if not ((pending and pending.get(p)) or store.is_valid(p))]
     if missing:
         raise StoreError(f"inputs of {drv.name} are not valid: {', '.join(missing[:5])}")
     rootfs = rootfs_of(drv, get_drv)

@@ -55,11 +55,11 @@ def served(tmp_path):
     from kiln.store import attestations, intoto
     from kiln.store.dsse import Ed25519Signer
 
-    def provenance(drv_path, drv, outputs, started, finished):
+    def provenance(drv_path, drv, outputs, started, finished, store):
         for out in outputs.values():
             st = intoto.provenance(
                 out.rsplit("/", 1)[1],
-                a_store.query(out).nar_hash.hex,
+                store.query(out).nar_hash.hex,
                 recipe_file="t.recipe",
                 attribute="app",
                 parameters={},
@@ -73,7 +73,7 @@ def served(tmp_path):
                 started_on=started,
                 finished_on=finished,
             )
-            attestations.write(a_store, out, "provenance", attestations.sign(st, [Ed25519Signer(key.key)]))
+            attestations.write(store, out, "provenance", attestations.sign(st, [Ed25519Signer(key.key)]))
 
     Builder(a_store, BwrapExecutor(), BuildOptions(), after_build=provenance, say=lambda m: None).realise(
         [app]
