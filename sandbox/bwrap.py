@@ -10,7 +10,8 @@ group) whose command line is derived from the spec by ``bwrap_argv``:
   second namespace, ~1 ms per sandbox);
 * identity: ``--uid/--gid`` (1000), ``--hostname localhost``, ``--cap-drop ALL``,
   generated ``/etc/passwd``, ``/etc/group``, ``/etc/hosts`` (passed in memfds and bound
-  read-only with ``--ro-bind-data``; the host's ``/etc`` is never touched or shown);
+  with ``--file`` onto the root tmpfs, read-only once it is remounted; the host's
+  ``/etc`` is never touched or shown);
 * setuid/setgid file modes and new user namespaces refused by a seccomp filter
   (``seccomp.py``);
 * filesystem: the root is a fresh tmpfs, remounted read-only once everything is in
@@ -18,7 +19,7 @@ group) whose command line is derived from the spec by ``bwrap_argv``:
   top-level symlink such as Debian's ``bin -> usr/bin`` is reproduced as a symlink);
   inputs read-only, outputs read-write, ``/build`` read-write and the cwd; a fresh
   ``/dev`` tmpfs with the host's null, zero, full, random, urandom and tty bound in,
-  ``fd``/``stdin``/``stdout``/``stderr`` links and a ``shm`` tmpfs, but no ``pts``:
+  ``fd``/``stdin``/``stdout``/``stderr`` links and a sticky ``shm`` dir, but no ``pts``:
   mounting a devpts needs uid 0 in the namespace, i.e. a second user namespace for the
   build's uid 1000 (what ``--dev`` does), and builds need no terminals; ``/proc`` of
   the PID namespace, and a private ``/tmp`` tmpfs;
@@ -103,7 +104,9 @@ def dev_flags() -> list[str]:
         flags += ["--dev-bind", "/dev/" + name, "/dev/" + name]
     for target, link in _DEV_LINKS:
         flags += ["--symlink", target, link]
-    return flags + ["--perms", "1777", "--tmpfs", "/dev/shm"]
+    # /dev/shm: a sticky dir on that tmpfs rather than a tmpfs of its own (each mount
+    # costs the sandbox setup time)
+    return flags + ["--perms", "1777", "--dir", "/dev/shm"]
 
 
 def bwrap_argv(
@@ -126,7 +129,9 @@ def bwrap_argv(
                 argv += ["--ro-bind", host, "/" + name]
     argv += [*dev_flags(), "--proc", "/proc", "--tmpfs", "/tmp", "--perms", "0755", "--dir", "/etc"]
     for name, fd in etc_fds.items():
-        argv += ["--perms", "0644", "--ro-bind-data", str(fd), "/etc/" + name]
+        # copied onto the root tmpfs (read-only with it after --remount-ro): no bind
+        # mount per file, as --ro-bind-data would make
+        argv += ["--perms", "0644", "--file", str(fd), "/etc/" + name]
     argv += ["--bind", spec.build_dir, BUILD_TOP]
     # bwrap would create missing parents of mount points mode 0700; make them 0755 so
     # paths like /kiln/store are traversable by everyone, as on the host.

@@ -107,7 +107,7 @@ def test_argv_shape(tmp_path: Path) -> None:
         "--uid 1000 --gid 1000 --hostname localhost --clearenv",
         f"--ro-bind {root}/usr /usr --symlink usr/bin /bin",
         "--clearenv --seccomp 6",
-        "--perms 0644 --ro-bind-data 7 /etc/passwd --perms 0644 --ro-bind-data 8 /etc/group",
+        "--perms 0644 --file 7 /etc/passwd --perms 0644 --file 8 /etc/group",
         "--bind /b /build",
         "--perms 0755 --dir /kiln --perms 0755 --dir /kiln/store",
         "--ro-bind /h/in /kiln/store/a-in --bind /h/out /kiln/store/b-out",
