@@ -179,6 +179,12 @@ class Builder:
     def _run_all(self, graph: Graph, todo: list[str]) -> list[str]:
         if not todo:
             return []
+        if len(todo) > 1:
+            from .buildlocks import prepare
+
+            self._background(
+                prepare, self._inner, [o.path for p in todo[1:] for _, o in graph.drvs[p].outputs]
+            )
         if self.opts.jobs <= 1:
             # no threads: simpler tracebacks, and profilers see the builds
             for i, p in enumerate(todo, 1):

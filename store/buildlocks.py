@@ -10,11 +10,26 @@ even within one process, so sharing the file would deadlock the builder on itsel
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from .locks import FileLock
 from .paths import StorePath
+
+
+def prepare(store, paths: Iterable[str]) -> None:
+    """Create the build-lock files of ``paths`` that do not exist yet, so that taking
+    them later only opens a file: creating an inode on a journal busy with another
+    thread's fsyncs can take a millisecond or more (the build loop calls this on its
+    bookkeeping thread for the derivations still to build)."""
+    d = Path(store.root) / "locks"
+    d.mkdir(parents=True, exist_ok=True)
+    for p in sorted(set(paths)):
+        fd = os.open(
+            d / f"{StorePath.parse(p).hash_part}.build", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644
+        )
+        os.close(fd)
 
 
 @contextlib.contextmanager
