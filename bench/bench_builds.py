@@ -5,8 +5,8 @@ Same work on both sides, as ../shared/anchors/nix/d_builds.sh: N derivations who
 builder is a static busybox in the store; a chain (each copies its predecessor and
 appends a line) and a fan-in (N leaves + one aggregator). Build only: the derivations
 are written to the store untimed (kiln: Derivation + add_text; Nix: nix-instantiate),
-then `kiln build <drv>` and `nix-store -r <drv>` are timed. A fresh salt per rep makes
-every derivation new. Also: the same N steps under a bare `bwrap --unshare-all` (the
+then `kiln build <drv>` and `nix-store -r <drv>` are timed, taking turns with the bare
+loop rep by rep. A fresh salt per rep makes every derivation new. Also: the same N steps under a bare `bwrap --unshare-all` (the
 per-build overhead floor), a no-op rebuild of an evaluated recipe (evaluation cache
 hit), and `--check` of one derivation versus building it.
 
@@ -24,7 +24,7 @@ import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import KILN, REPO, compile_kiln, env, med, row, run, timeit  # noqa: E402
+from common import KILN, REPO, compile_kiln, env, interleaved, med, row, run, timeit  # noqa: E402
 
 from kiln.store.derivation import Derivation, Output, drv_path, finalize  # noqa: E402
 from kiln.store.localstore import LocalStore  # noqa: E402
@@ -87,45 +87,6 @@ def main() -> int:
     results: dict[str, list[float]] = {}
     print(f"# builds: N={a.n}, reps={a.reps}, kiln store {home}")
 
-    for shape, jobs in (("chain", 1), ("fanin", 2)):
-        box: dict[str, str] = {}
-
-        def pre_k(shape=shape, box=box):
-            box["drv"] = kiln_graph(store, bb, a.n, shape, uuid.uuid4().hex)
-
-        results[f"kiln {shape}"] = timeit(
-            lambda box=box, jobs=jobs: run([KILN, "build", "-j", str(jobs), box["drv"]], e), a.reps, pre_k
-        )
-        print(row(f"kiln build {shape} N={a.n} -j{jobs} (build only)", results[f"kiln {shape}"], a.n))
-        if have_nix:
-
-            def pre_n(shape=shape, box=box):
-                box["ndrv"] = run(
-                    [
-                        "nix-instantiate",
-                        str(GRAPH_NIX),
-                        "--arg",
-                        "bbdir",
-                        str(bbdir),
-                        "--arg",
-                        "n",
-                        str(a.n),
-                        "--argstr",
-                        "shape",
-                        shape,
-                        "--argstr",
-                        "salt",
-                        uuid.uuid4().hex,
-                    ]
-                ).stdout.strip()
-
-            results[f"nix {shape}"] = timeit(
-                lambda box=box, jobs=jobs: run(["nix-store", "-r", box["ndrv"], "-j", str(jobs)]),
-                a.reps,
-                pre_n,
-            )
-            print(row(f"nix-store -r {shape} N={a.n} -j{jobs} sandbox=true", results[f"nix {shape}"], a.n))
-
     # bare bwrap floor: the chain's N steps (the first echoes, each later one runs
     # `busybox cat` of its predecessor and appends a line), each under a bare
     # bwrap --unshare-all, as in the anchor's d_builds.sh loop_bwrap_all.sh
@@ -141,8 +102,50 @@ def main() -> int:
         f"for i in $(seq 1 {a.n - 1}); do "
         f'{bw} /bb/busybox sh -c "/bb/busybox cat /w/$((i-1)) > /w/$i; echo $i >> /w/$i"; done\n'
     )
-    results["bwrap"] = timeit(lambda: run(["bash", str(loop)]), a.reps)
-    print(row(f"bare bwrap --unshare-all, the chain's {a.n} steps", results["bwrap"], a.n))
+
+    def nix_instantiate(shape: str, box: dict) -> None:
+        box["ndrv"] = run(
+            [
+                "nix-instantiate",
+                str(GRAPH_NIX),
+                "--arg",
+                "bbdir",
+                str(bbdir),
+                "--arg",
+                "n",
+                str(a.n),
+                "--argstr",
+                "shape",
+                shape,
+                "--argstr",
+                "salt",
+                uuid.uuid4().hex,
+            ]
+        ).stdout.strip()
+
+    # kiln, Nix and the bare loop take turns rep by rep (common.interleaved): this
+    # machine's speed drifts by tens of percent within minutes
+    cases: dict = {}
+    labels: dict[str, str] = {}
+    for shape, jobs in (("chain", 1), ("fanin", 2)):
+        box: dict[str, str] = {}
+        cases[f"kiln {shape}"] = (
+            lambda box=box, jobs=jobs: run([KILN, "build", "-j", str(jobs), box["drv"]], e),
+            lambda shape=shape, box=box: box.update(drv=kiln_graph(store, bb, a.n, shape, uuid.uuid4().hex)),
+        )
+        labels[f"kiln {shape}"] = f"kiln build {shape} N={a.n} -j{jobs} (build only)"
+        if have_nix:
+            cases[f"nix {shape}"] = (
+                lambda box=box, jobs=jobs: run(["nix-store", "-r", box["ndrv"], "-j", str(jobs)]),
+                lambda shape=shape, box=box: nix_instantiate(shape, box),
+            )
+            labels[f"nix {shape}"] = f"nix-store -r {shape} N={a.n} -j{jobs} sandbox=true"
+        if shape == "chain":
+            cases["bwrap"] = (lambda: run(["bash", str(loop)]), None)
+            labels["bwrap"] = f"bare bwrap --unshare-all, the chain's {a.n} steps"
+    results.update(interleaved(cases, a.reps))
+    for k, label in labels.items():
+        print(row(label, results[k], a.n))
 
     # no-op: recipe whose outputs are valid (evaluation cache hit); --check vs build of one drv
     one = kiln_graph(store, bb, 1, "chain", "noop")

@@ -76,6 +76,19 @@ def timeit(fn: Callable[[], object], reps: int, pre: Callable[[], object] | None
     return out
 
 
+def interleaved(
+    cases: dict[str, tuple[Callable[[], object], Callable[[], object] | None]], reps: int
+) -> dict[str, list[float]]:
+    """``timeit`` for several cases, rep by rep in turn (A B C, A B C, ...), so that a
+    machine whose speed drifts during the run affects every case alike. ``cases`` maps
+    a label to ``(fn, pre)``."""
+    out: dict[str, list[float]] = {k: [] for k in cases}
+    for _ in range(reps):
+        for k, (fn, pre) in cases.items():
+            out[k] += timeit(fn, 1, pre)
+    return out
+
+
 def med(xs: list[float]) -> float:
     return statistics.median(xs)
 

@@ -286,7 +286,7 @@ class BwrapExecutor(Executor):
             # it, the command stays on the command line): no ARG_MAX limit for large
             # closures, and the sandbox's pid 1 (a fork of bwrap) shows no host paths.
             sep = argv.index("--")
-            argfd = _memfd("kiln-bwrap-args", b"".join(os.fsencode(a) + b"\0" for a in argv[1:sep]))
+            argfd = _memfd("kiln-bwrap-args", os.fsencode("\0".join(argv[1:sep]) + "\0"))
             fds.append(argfd)
             limits = Limits(spec.timeout, spec.max_silent, spec.max_log_bytes)
             start = time.monotonic()
