@@ -214,10 +214,15 @@ async def fetch_attestations(client: Any, store: Any, paths: Iterable[str], jobs
     to its listing entry and its subject must be the local path's name and NAR hash;
     a bad one raises ``AttestationError`` (after the good ones are stored). Returns the
     number stored."""
-    infos = {p: i for p in paths if (i := store.query(p)) is not None}
+    paths = sorted(set(paths))
+    if not paths:
+        return 0
+    # the listings first (one batched request): most paths have none, and looking up
+    # thousands of local infos for nothing costs more than the request
+    remote = await listings(client, [_hp(p) for p in paths])
+    infos = {p: i for p in paths if remote.get(_hp(p)) and (i := store.query(p)) is not None}
     if not infos:
         return 0
-    remote = await listings(client, [_hp(p) for p in infos])
     sem = asyncio.Semaphore(jobs)
     errors: list[str] = []
     stored = 0

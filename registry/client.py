@@ -12,6 +12,8 @@ not care where a registry lives:
   (batched through ``narinfo-batch``; else one ``<h>.att/index.json`` GET per path);
 - ``narinfo_by_nar_hash(hex)`` — the narinfo whose NarHash is that sha256 (kiln servers
   and directories only);
+- ``blob_batch(hashes, got)`` — many small compressed objects in one ``POST
+  /blob-batch`` (kiln servers); False where unsupported;
 - ``download(key, write)`` streams a body to ``write(chunk)``; ``put_file`` /
   ``put_bytes`` upload with the bearer token.
 
@@ -87,6 +89,11 @@ class Client(abc.ABC):
     @abc.abstractmethod
     async def download(self, key: str, write: Callable[[bytes], Any]) -> bool: ...
 
+    async def blob_batch(self, hashes: list[Hash], got: Callable[[Hash, bytes | None], Any]) -> bool:
+        """Many small compressed objects at once (see ``HttpClient.blob_batch``); False
+        when this kind of registry has no batch transfer (download them one by one)."""
+        return False
+
     async def attestation_listings(self, hash_parts: list[str]) -> dict[str, dict[str, str]]:
         out: dict[str, dict[str, str]] = {}
         sem = asyncio.Semaphore(16)
@@ -124,6 +131,7 @@ class HttpClient(Client):
         self.jobs = jobs
         self._session: aiohttp.ClientSession | None = None
         self._batch_ok = True
+        self._blob_batch_ok = True
 
     def _sess(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -232,6 +240,37 @@ class HttpClient(Client):
         if res is None or "by_nar_hash" not in res:
             return await Client.narinfo_by_nar_hash(self, nar_sha256_hex)
         return res["by_nar_hash"].get(nar_sha256_hex)
+
+    async def blob_batch(self, hashes: list[Hash], got: Callable[[Hash, bytes | None], Any]) -> bool:
+        """Fetch whole compressed objects (small ones: each is held in memory) with one
+        ``POST /blob-batch``: ``got(digest, bytes)`` per object, ``got(digest, None)``
+        for one the registry lacks, in request order. The bytes are as received: the
+        caller checks them against the digest. Returns False, having fetched nothing,
+        if the server has no such endpoint (the caller then downloads one by one)."""
+        if not self._blob_batch_ok:
+            return False
+        want = {h.hex: h for h in hashes}
+        async with await self._request("POST", "blob-batch", json={"blobs": list(want)}) as resp:
+            if resp.status in (404, 405, 501):
+                self._blob_batch_ok = False
+                return False
+            if resp.status != 200:
+                raise await self._fail(resp, f"POST {self.url}/blob-batch")
+            for _ in range(len(want)):
+                line = await resp.content.readline()
+                hexd, _, size = line.decode("ascii", "replace").strip().partition(" ")
+                h = want.pop(hexd, None)
+                if h is None or not (size == "-" or size.isdigit()):
+                    raise RegistryError(f"POST {self.url}/blob-batch: unexpected entry {line[:100]!r}")
+                if size == "-":
+                    got(h, None)
+                    continue
+                try:
+                    data = await resp.content.readexactly(int(size))
+                except asyncio.IncompleteReadError:
+                    raise RegistryError(f"POST {self.url}/blob-batch: answer cut short in {hexd}") from None
+                got(h, data)
+        return True
 
     async def download(self, key: str, write: Callable[[bytes], Any]) -> bool:
         async with await self._request("GET", key) as resp:

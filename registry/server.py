@@ -9,7 +9,8 @@ processes sharing one listening socket). ``make_app`` uses aiohttp's low-level
 
 Read API (see docs/registry.md): ``GET /nix-cache-info``, ``GET|HEAD /<h>.narinfo``,
 ``GET|HEAD /nar/<nix32>.nar.zst``, ``GET|HEAD /blobs/sha256:<hex>`` (ETag = digest,
-Range, immutable caching), ``GET /index/...``, ``POST /narinfo-batch``, attestations
+Range, immutable caching), ``GET /index/...``, ``POST /narinfo-batch``, ``POST
+/blob-batch`` (many small objects in one response), attestations
 ``GET /<h>.att/<kind>.dsse.json`` and their listing ``GET /<h>.att/`` (= ``index.json``),
 and ``POST /verify`` (an AdmissionReview-shaped policy check, ``admission``). Misses
 are 404 with ``Cache-Control: max-age=<negative TTL>``.
@@ -31,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +51,9 @@ from .verify import NarVerifier, check_narinfo, expect
 IMMUTABLE = "public, max-age=31536000, immutable"
 CHUNK = 1 << 20
 MAX_BATCH = 10_000
+#: at most this many objects per ``POST /blob-batch`` (clients send small objects only)
+MAX_BLOB_BATCH = 4096
+BLOB_BATCH_TYPE = "application/x-kiln-blob-batch"
 MAX_UPLOAD_BATCH = 2_000
 
 
@@ -153,6 +158,8 @@ class Registry:
                 return await self._upload_batch(request)
             if key == "verify":
                 return await self._verify(request)
+            if key == "blob-batch":
+                return await self._blob_batch(request)
             raise _HTTPError(404, f"no such endpoint: POST /{key}")
         kind, arg = layout.parse_key(key)
         if not kind:
@@ -286,6 +293,49 @@ class Registry:
                         by_nar[nh] = body.decode()
             answer["by_nar_hash"] = by_nar
         return web.json_response(answer, headers={"Cache-Control": "no-store"})
+
+    async def _blob_batch(self, request: web.BaseRequest) -> web.StreamResponse:
+        """``POST /blob-batch``: many compressed objects in one response, so a client
+        copying thousands of small paths pays one round trip per batch instead of one
+        per path. Body ``{"blobs": ["<sha256 hex>" | "sha256:<hex>", ...]}``; the
+        answer, in request order, is for each object a line ``<hex> <size>\n``
+        followed by exactly ``size`` bytes, or ``<hex> -\n`` if this registry lacks it.
+        The client verifies every object's digest as for a single download."""
+        self._check_length(request, 1 << 20)
+        raw = await request.content.read((1 << 20) + 1)
+        try:
+            blobs = json.loads(raw).get("blobs")
+            if not isinstance(blobs, list) or not all(isinstance(b, str) for b in blobs):
+                raise ValueError("'blobs' must be a list of sha256 digests")
+            digests = [Hash.parse(b, "sha256") for b in blobs]
+        except (ValueError, UnicodeDecodeError, AttributeError, KilnError) as e:
+            raise _HTTPError(400, f"malformed blob batch request: {e}") from None
+        if len(digests) > MAX_BLOB_BATCH:
+            raise _HTTPError(413, f"at most {MAX_BLOB_BATCH} objects per blob batch")
+        resp = web.StreamResponse(headers={"Content-Type": BLOB_BATCH_TYPE, "Cache-Control": "no-store"})
+        await resp.prepare(request)
+        for d in digests:
+            path = self.source.object_file(d)
+            f = None
+            if path is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    f = open(path, "rb")  # noqa: SIM115 - closed below
+            if f is None:
+                await resp.write(f"{d.hex} -\n".encode())
+                continue
+            with f:
+                size = os.fstat(f.fileno()).st_size
+                # header and (small) body in one write; big ones in chunks
+                chunk = f.read(CHUNK)
+                await resp.write(f"{d.hex} {size}\n".encode() + chunk)
+                sent = len(chunk)
+                while sent < size and (chunk := f.read(min(CHUNK, size - sent))):
+                    await resp.write(chunk)
+                    sent += len(chunk)
+                if sent != size:  # the file changed under us: the framing is broken, stop
+                    raise ConnectionResetError(f"object {d.hex} shrank while being sent")
+        await resp.write_eof()
+        return resp
 
     # ------------------------------------------------------------ writes
 

@@ -13,8 +13,10 @@
   compressed bytes while they arrive (abort as soon as the size is exceeded; mismatch
   → ``HashMismatch``), then hands the file to ``store.import_object``, which checks the
   file hash again and the NAR hash while restoring; nothing is registered on mismatch.
-- ``fetch_many(store, infos)`` does the same for many paths: downloads in parallel
-  (``jobs``) while one importer thread feeds them, dependencies first, to
+- ``fetch_many(store, infos)`` does the same for many paths: small objects in batches
+  (``POST /blob-batch``: one round trip for up to 256 paths, in import order), big
+  ones one request each, ``jobs`` requests at a time, while one importer thread feeds
+  them, dependencies first, to
   ``store.import_objects`` (group commit: a few hundred paths share one ``syncfs`` and
   one database transaction instead of paying fsyncs and a commit each). The importer
   waits for each download in import order, so importing overlaps downloading.
@@ -28,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import hashlib
+import io
 import tempfile
 from typing import Any
 
@@ -40,6 +43,12 @@ from .client import Client, Unreachable, open_client
 from .progress import Progress
 from .push import levels
 from .verify import check_narinfo
+
+#: Objects up to this size are fetched in batches (``Client.blob_batch``) of up to
+#: ``BATCH_OBJECTS`` objects or ``BATCH_BYTES`` bytes; bigger ones one request each.
+BATCH_OBJECT_MAX = 1 << 20
+BATCH_OBJECTS = 256
+BATCH_BYTES = 16 << 20
 
 
 class Substituter:
@@ -177,17 +186,110 @@ class Substituter:
         f.seek(0)
         return f
 
+    def _check(self, info: ni.NarInfo, url: str, data: bytes) -> None:
+        if len(data) != info.file_size or hashlib.sha256(data).digest() != info.file_hash.digest:  # type: ignore[union-attr]
+            raise HashMismatch(
+                f"download of {info.path} from {url}",
+                info.file_hash.to_nix32(),  # type: ignore[union-attr]
+                f"sha256:{hashlib.sha256(data).hexdigest()} ({len(data)} bytes)",
+            )
+
+    async def _batch(
+        self,
+        url: str,
+        batch: list[ni.NarInfo],
+        results: dict[str, asyncio.Future],
+        sem: asyncio.Semaphore,
+        prog: Progress,
+    ) -> None:
+        """Fetch ``batch`` (small objects, all from ``url``) with one ``blob_batch``;
+        where the registry cannot, one download each. Resolves ``results[path]``."""
+        by_hex: dict[str, list[ni.NarInfo]] = {}
+        for i in batch:
+            by_hex.setdefault(i.file_hash.hex, []).append(i)  # type: ignore[union-attr]
+
+        def got(h: Any, data: bytes | None) -> None:
+            for info in by_hex.get(h.hex, []):
+                fut = results[info.path]
+                if fut.done():
+                    continue
+                if data is None:
+                    fut.set_exception(
+                        KilnError(f"{url} lacks the object of {info.path} although it lists the path")
+                    )
+                    continue
+                try:
+                    self._check(info, url, data)
+                except HashMismatch as e:
+                    fut.set_exception(e)
+                    continue
+                prog.add(0, len(data))
+                fut.set_result(io.BytesIO(data))
+
+        try:
+            async with sem:
+                ok = await self._client(url).blob_batch([by_hex[h][0].file_hash for h in by_hex], got)  # type: ignore[misc]
+        except BaseException as e:
+            for i in batch:
+                if not results[i.path].done():
+                    results[i.path].set_exception(e if isinstance(e, Exception) else KilnError(str(e)))
+            raise
+        if not ok:  # no batch endpoint here: one request per object, as for big ones
+            await asyncio.gather(*(self._one(i, results, sem, prog) for i in batch))
+            return
+        for i in batch:
+            if not results[i.path].done():
+                results[i.path].set_exception(KilnError(f"{url} did not send the object of {i.path}"))
+
+    async def _one(
+        self, info: ni.NarInfo, results: dict[str, asyncio.Future], sem: asyncio.Semaphore, prog: Progress
+    ) -> None:
+        fut = results[info.path]
+        try:
+            f = await self._download(info, sem, prog)
+        except Exception as e:  # noqa: BLE001 - handed to whoever waits for this path
+            if not fut.done():
+                fut.set_exception(e)
+            return
+        if fut.done():
+            f.close()
+        else:
+            fut.set_result(f)
+
     async def _fetch_many(self, store: Any, infos: list[ni.NarInfo]) -> list[PathInfo]:
         sem = asyncio.Semaphore(self.jobs)
         prog = Progress("fetch", len(infos), sum(i.file_size or 0 for i in infos), self.progress)
         by_path = {i.path: i for i in infos}
-        tasks = {p: asyncio.ensure_future(self._download(i, sem, prog)) for p, i in by_path.items()}
         loop = asyncio.get_running_loop()
         # A level's paths only reference earlier levels: this order is dependencies first.
         order = [p for level in levels(by_path) for p in level]  # type: ignore[arg-type]
+        results: dict[str, asyncio.Future] = {p: loop.create_future() for p in order}
+        for p in order:
+            if self._source.get(p) is None:
+                raise KilnError(f"{p} was not obtained from query_many of this substituter")
+        # Small objects travel in batches (one round trip for hundreds of paths, in
+        # import order so importing starts with the first answers); big ones alone.
+        runners: list[asyncio.Future] = []
+        batches: dict[str, list[ni.NarInfo]] = {}
+        sizes: dict[str, int] = {}
+        for p in order:
+            info, url = by_path[p], self._source[p]
+            size = info.file_size or 0
+            if info.file_hash is None or size > BATCH_OBJECT_MAX:
+                runners.append(asyncio.ensure_future(self._one(info, results, sem, prog)))
+                continue
+            batch = batches.setdefault(url, [])
+            batch.append(info)
+            sizes[url] = sizes.get(url, 0) + size
+            if len(batch) >= BATCH_OBJECTS or sizes[url] >= BATCH_BYTES:
+                runners.append(asyncio.ensure_future(self._batch(url, batch, results, sem, prog)))
+                batches[url], sizes[url] = [], 0
+        for url, batch in batches.items():
+            if batch:
+                runners.append(asyncio.ensure_future(self._batch(url, batch, results, sem, prog)))
 
         async def wait(p: str) -> Any:
-            return await tasks[p]
+            return await results[p]
 
         def items() -> Any:
             # runs on the importer thread; each download is awaited on the event loop
@@ -200,12 +302,14 @@ class Substituter:
         try:
             return await loop.run_in_executor(self._importer, store.import_objects, items())
         finally:
-            for t in tasks.values():
+            for t in runners:
                 t.cancel()
-            results = await asyncio.gather(*tasks.values(), return_exceptions=True)
-            for r in results:
-                if hasattr(r, "close"):
-                    r.close()  # downloads the importer never took (after a failure)
+            await asyncio.gather(*runners, return_exceptions=True)
+            for fut in results.values():
+                if fut.done() and not fut.cancelled() and fut.exception() is None:
+                    fut.result().close()  # downloads the importer never took (after a failure)
+                elif not fut.done():
+                    fut.cancel()
             prog.done()
 
     def fetch(self, store: Any, info: ni.NarInfo) -> PathInfo:

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import hashlib
 import io
 import os
 import resource
@@ -47,11 +48,21 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
+import zstandard
+
 from . import db
 from .errors import HashMismatch, StoreError
 from .hashes import Hash
 from .locks import FileLock
-from .objects import TeeReader, decompress_verified, object_rel_path, read_object, sync_filesystem
+from .objects import (
+    TeeReader,
+    check_digest,
+    decompress_verified,
+    object_rel_path,
+    read_object,
+    sync_filesystem,
+    write_all,
+)
 from .pathinfo import PathInfo
 from .trees import remove_tree, restore_canonical, seal_top
 
@@ -97,6 +108,39 @@ def stage(store: LocalStore, info: PathInfo, zst: BinaryIO, tmp: Path, k: int) -
     finally:
         os.close(tee.fd)
     return Staged(replace(info, file_hash=Hash("sha256", tee.sha.digest()), file_size=tee.size), obj, tree)
+
+
+#: NARs up to this size, with their object in memory, are checked and restored in one
+#: go (``stage_bytes``) instead of streaming.
+SMALL_NAR = 8 << 20
+
+
+def stage_bytes(store: LocalStore, info: PathInfo, data: bytes, tmp: Path, k: int) -> Staged:
+    """``stage`` for a small object held in memory (``len(data) <= SMALL`` and
+    ``info.nar_size <= SMALL_NAR``): every digest is checked before anything is
+    written, and the NAR is decompressed and hashed in one call each."""
+    what = info.path
+    file_hash = Hash("sha256", hashlib.sha256(data).digest())
+    if info.file_hash is not None:
+        check_digest(what, "compressed file", (info.file_hash, info.file_size or 0), file_hash, len(data))
+    try:
+        # bounded by the announced size: a small object must not inflate without limit
+        nar = zstandard.ZstdDecompressor().decompress(data, max_output_size=info.nar_size + 1)
+    except zstandard.ZstdError as e:
+        raise HashMismatch(
+            f"compressed NAR of {what}", "a valid zstd stream", f"corrupt data ({e})"
+        ) from None
+    check_digest(
+        what, "NAR", (info.nar_hash, info.nar_size), Hash("sha256", hashlib.sha256(nar).digest()), len(nar)
+    )
+    tree, obj = tmp / str(k), tmp / f"{k}.obj"
+    fd = os.open(obj, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        write_all(fd, data)
+    finally:
+        os.close(fd)
+    restore_canonical([nar], tree)
+    return Staged(replace(info, file_hash=file_hash, file_size=len(data)), obj, tree)
 
 
 def place_object(obj: Path, final: Path, file_hash: Hash, file_size: int) -> None:
@@ -215,7 +259,10 @@ def import_objects(
                 data = zst.read(SMALL + 1)  # more than announced: the file check reports it
                 # one directory per slot: creating entries in one directory from two
                 # threads makes them spin on its inode lock instead of working in parallel
-                staged.append(pool.submit(stage, store, info, io.BytesIO(data), slots[k % STAGERS], k))
+                if info.nar_size <= SMALL_NAR:
+                    staged.append(pool.submit(stage_bytes, store, info, data, slots[k % STAGERS], k))
+                else:
+                    staged.append(pool.submit(stage, store, info, io.BytesIO(data), slots[k % STAGERS], k))
             else:
                 staged.append(stage(store, info, zst, slots[0], k))
             pending.add(info.path)

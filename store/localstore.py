@@ -105,6 +105,13 @@ class LocalStore:
             if not create:
                 raise StoreError(f"no kiln store at {root} (create one with 'kiln store init')") from None
             data = _init_config(root, check_store_dir(store_dir or DEFAULT_STORE_DIR))
+            # all 256 object shards up front: a first copy of thousands of paths would
+            # otherwise create them on its way (a mkdir each, ~0.1-0.4 ms on ext4)
+            objects = root / "objects"
+            objects.mkdir(exist_ok=True)
+            for i in range(256):
+                (objects / f"{i:02x}").mkdir(exist_ok=True)
+            fsync_dir(objects)
         except (OSError, ValueError) as e:
             raise StoreError(f"cannot read store config {cfg}: {e}") from None
         found = data.get("store_dir")

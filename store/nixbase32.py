@@ -26,13 +26,20 @@ def encoded_len(nbytes: int) -> int:
     return (nbytes * 8 - 1) // 5 + 1 if nbytes else 0
 
 
+# Two digits at a time: (n & 1023) -> the pair of characters for those 10 bits.
+_PAIRS = [ALPHABET[i >> 5] + ALPHABET[i & 31] for i in range(1024)]
+
+
 def encode(data: bytes) -> str:
     """Encode ``data`` the way Nix's ``printHash32`` does."""
     n = int.from_bytes(data, "little")
+    length = encoded_len(len(data))
     out = []
-    for _ in range(encoded_len(len(data))):
+    for _ in range(length >> 1):
+        out.append(_PAIRS[n & 1023])
+        n >>= 10
+    if length & 1:
         out.append(ALPHABET[n & 31])
-        n >>= 5
     return "".join(reversed(out))
 
 

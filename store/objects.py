@@ -239,12 +239,13 @@ def decompress_verified(
             f"compressed NAR of {what}", "a valid zstd stream", f"corrupt data ({e})"
         ) from None
     if expect_file is not None:
-        _check(what, "compressed file", expect_file, Hash("sha256", reader.sha.digest()), reader.size)
+        check_digest(what, "compressed file", expect_file, Hash("sha256", reader.sha.digest()), reader.size)
     if expect_nar is not None:
-        _check(what, "NAR", expect_nar, Hash("sha256", nar_sha.digest()), nar_size)
+        check_digest(what, "NAR", expect_nar, Hash("sha256", nar_sha.digest()), nar_size)
 
 
-def _check(what: str, kind: str, expect: tuple[Hash, int], got: Hash, size: int) -> None:
+def check_digest(what: str, kind: str, expect: tuple[Hash, int], got: Hash, size: int) -> None:
+    """Raise ``HashMismatch`` unless ``got``/``size`` equal ``expect`` (``kind`` of ``what``)."""
     h, n = expect
     if got.digest != h.digest or size != n:
         raise HashMismatch(

@@ -112,7 +112,7 @@ def test_gc_removes_leftovers(store, tmp_path):
     stray.mkdir()
     (stray / "f").write_text("f")
     os.chmod(stray, 0o555)
-    (store.objects / "ab").mkdir()
+    (store.objects / "ab").mkdir(exist_ok=True)
     (store.objects / "ab" / ("ab" * 32 + ".nar.zst")).write_bytes(b"junk")
     (store.tmp / "123-dead").mkdir()
     v = store.verify()

@@ -155,3 +155,33 @@ def test_store_tmp_is_an_orlov_top_directory(store):
     finally:
         os.close(fd)
     assert buf[0] & _FS_TOPDIR_FL
+
+
+@pytest.mark.parametrize("how", ["nar-size", "nar-hash", "bomb", "not-zstd"])
+def test_small_objects_are_checked_before_anything_is_written(store, tmp_path, how):
+    """Small objects are staged from memory (``stage_bytes``): the file digest, the zstd
+    stream and the NAR digest and size are all checked first, and an object that
+    inflates past the announced NAR size is cut off there."""
+    import dataclasses
+
+    import zstandard
+
+    from kiln.store.hashes import Hash
+
+    (info,) = _closure(store, tmp_path, n=0)
+    data = store.object_path(info.path).read_bytes()
+    if how == "nar-size":
+        info = dataclasses.replace(info, nar_size=info.nar_size - 1)
+    elif how == "nar-hash":
+        info = dataclasses.replace(info, nar_hash=Hash.sha256_of(b"other"))
+    else:
+        data = zstandard.ZstdCompressor().compress(b"\0" * (64 << 20)) if how == "bomb" else b"x" * 100
+        info = dataclasses.replace(info, file_hash=Hash.sha256_of(data), file_size=len(data))
+    other = LocalStore.open(tmp_path / "other")
+    try:
+        with pytest.raises(HashMismatch):
+            other.import_objects([(info, io.BytesIO(data))])
+        assert other.all_paths() == [] and not other.real_path(info.path).exists()
+        assert tmp_leftovers(other) == []
+    finally:
+        other.close()
