@@ -139,23 +139,23 @@ def _show_json(ev_drvs, paths: list[str]) -> dict:
 def _cmd_eval(args) -> int:
     ev, sources = _evaluate(args)
     if args.attr:
-        p, d = ev.select(args.attr)
-        items = [(args.attr, p, d)]
+        p, _ = ev.select(args.attr)
+        items = [(args.attr, p)]
     else:
-        items = [(a, p, ev.drvs[p]) for a, p in ev.drv_paths.items()]
+        items = list(ev.drv_paths.items())
     if args.write:
         store = sources._open()
-        for _, p, _ in items:
+        for _, p in items:
             for q in ev.closure(p):
                 d = ev.drvs[q]
                 store.add_text(f"{d.name}.drv", d.serialize().encode(), [str(r) for r in d.references()])
+    # names and output paths come straight from the cache's tuples on a hit
     if args.json:
-        data = {a: {"name": d.name, "drvPath": p, "outPath": d.output_path("out")} for a, p, d in items}
+        data = {a: {"name": ev.name_of(p), "drvPath": p, "outPath": ev.out_path(p)} for a, p in items}
         print(json.dumps(data, indent=2, sort_keys=True))
     else:
-        width = max((len(a) for a, _, _ in items), default=0)
-        for a, p, d in items:
-            print(f"{a:<{width}}  {p} -> {d.output_path('out')}")
+        width = max((len(a) for a, _ in items), default=0)
+        sys.stdout.write("".join(f"{a:<{width}}  {p} -> {ev.out_path(p)}\n" for a, p in items))
     return 0
 
 

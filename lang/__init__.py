@@ -35,11 +35,13 @@ import sys
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
-
-from kiln.store.derivation import Derivation
+from typing import TYPE_CHECKING
 
 from . import cache as _cache
 from .errors import RecipeError
+
+if TYPE_CHECKING:  # not imported at run time: a cache hit needs no Derivation objects
+    from kiln.store.derivation import Derivation
 
 __all__ = ["Evaluation", "RecipeError", "evaluate_file", "DEFAULT_STORE_DIR"]
 
@@ -73,6 +75,19 @@ class Evaluation:
         self.from_cache = from_cache
         self._add_source = add_source
         self._live = live  # (Evaluator, Module) once evaluated in this process
+
+    def name_of(self, drv_path: str) -> str:
+        """The name of derivation ``drv_path`` (from the cache's tuples on a hit)."""
+        if isinstance(self.drvs, _cache.LazyDrvs):
+            return self.drvs.name_of(drv_path)
+        return self.drvs[drv_path].name
+
+    def out_path(self, drv_path: str, output: str = "out") -> str:
+        """The path of ``output`` of derivation ``drv_path`` (on a cache hit, without
+        building Derivation objects)."""
+        if isinstance(self.drvs, _cache.LazyDrvs):
+            return self.drvs.out_path(drv_path, output)
+        return self.drvs[drv_path].output_path(output)
 
     @property
     def packages(self) -> dict[str, Derivation]:
@@ -236,7 +251,7 @@ def evaluate_file(
                 store_dir,
                 add_source,
                 dict(data["packages"]),
-                _cache.LazyDrvs(data["drvs"]),
+                _cache.LazyDrvs(data["drvs"], data.get("index")),
                 {sp: o for sp, o, _ in data["sources"]},
                 dict(data["files"]),
                 True,

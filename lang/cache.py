@@ -5,10 +5,12 @@ Theory of operation
 An entry is named by ``sha256(format, kiln version, store dir, absolute entry path)``
 and holds (``marshal``-encoded, only builtin types): the sha256 of every file the
 evaluation read, a fingerprint of every local ``path`` source, the attribute → ``.drv``
-path table and every derivation of the closure as plain tuples. A hit requires every
-recorded file to hash to the same content and every source fingerprint to match; then
-nothing is parsed and lark is never imported. Derivations are rebuilt from tuples only
-when asked for (``LazyDrvs``).
+path table, the name and output path of each of those packages (``index``), and every
+derivation of the closure as plain tuples, marshalled once more on their own. A hit
+requires every recorded file to hash to the same content and every source fingerprint
+to match; then nothing is parsed and lark is never imported. The closure's tuples are
+decoded only when a derivation is asked for, and Derivations rebuilt from them one by
+one (``LazyDrvs``): listing the packages (``kiln eval``) touches neither.
 
 Writes go to a temp file in the cache dir, are fsynced and renamed into place, so a
 reader sees a whole entry or none; a corrupt or foreign entry is just a miss.
@@ -20,13 +22,14 @@ import contextlib
 import hashlib
 import marshal
 import os
-import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from kiln.store.derivation import Derivation, Output
+if TYPE_CHECKING:  # a cache hit must not pay for importing the derivation module
+    from kiln.store.derivation import Derivation
 
-FORMAT = 1
+FORMAT = 2
 
 
 def _version() -> str:
@@ -73,6 +76,8 @@ def drv_to_tuple(d: Derivation) -> tuple:
 
 
 def drv_from_tuple(t: tuple) -> Derivation:
+    from kiln.store.derivation import Derivation, Output
+
     name, outs, idrvs, isrcs, platform, builder, args, env, store_dir = t
     return Derivation(
         name,
@@ -88,11 +93,22 @@ def drv_from_tuple(t: tuple) -> Derivation:
 
 
 class LazyDrvs(Mapping):
-    """``drv path → Derivation`` built on first access from cached tuples."""
+    """``drv path → Derivation`` built on first access from cached tuples. ``blob`` is
+    the marshalled ``{drv path: tuple}`` table, decoded only when a derivation is asked
+    for; ``index`` maps the entry's own packages to ``(name, out path)``, enough for
+    listing them without decoding anything."""
 
-    def __init__(self, raw: dict) -> None:
-        self._raw = raw
+    def __init__(self, blob: bytes, index: dict[str, tuple[str, str]] | None = None) -> None:
+        self._blob = blob
+        self._table: dict | None = None
+        self._index = index or {}
         self._done: dict[str, Derivation] = {}
+
+    @property
+    def _raw(self) -> dict:
+        if self._table is None:
+            self._table = marshal.loads(self._blob)
+        return self._table
 
     def __getitem__(self, key: str) -> Derivation:
         d = self._done.get(key)
@@ -108,6 +124,21 @@ class LazyDrvs(Mapping):
 
     def __contains__(self, key: object) -> bool:
         return key in self._raw
+
+    def name_of(self, key: str) -> str:
+        """The derivation's name, without building the Derivation."""
+        hit = self._index.get(key)
+        return hit[0] if hit is not None else self._raw[key][0]
+
+    def out_path(self, key: str, output: str = "out") -> str:
+        """An output's path, without building the Derivation (KeyError if no such output)."""
+        hit = self._index.get(key)
+        if hit is not None and output == "out":
+            return hit[1]
+        for k, p, _a, _h in self._raw[key][1]:
+            if k == output:
+                return p
+        raise KeyError(output)
 
 
 def file_digest(path: str) -> str | None:
@@ -161,8 +192,16 @@ def save(
         "files": sorted(files.items()),
         "sources": [(sp, o, fingerprint(Path(o))) for sp, o in sorted(sources.items())],
         "packages": list(packages.items()),
-        "drvs": {k: drv_to_tuple(d) for k, d in drvs.items()},
+        # nested: a hit that only lists the packages never decodes the closure
+        "drvs": marshal.dumps({k: drv_to_tuple(d) for k, d in drvs.items()}),
+        "index": {
+            p: (drvs[p].name, drvs[p].output_path("out"))
+            for p in packages.values()
+            if "out" in drvs[p].outputs_map
+        },
     }
+    import tempfile
+
     blob = marshal.dumps(data)
     cache_dir.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=".tmp-")

@@ -122,6 +122,26 @@ def test_batch(setup, keys) -> None:
     assert s == 400
 
 
+def test_blob_batch(setup, keys) -> None:
+    """``POST /blob-batch``: present and absent objects framed in request order, the
+    bytes exactly the object's; bad requests are 400/413 before anything is sent."""
+    store, path, info, reg, wtok, _rtok, srv = setup
+    _upload(srv.url, store, path, info, keys.sk, wtok)
+    obj = store.object_path(path).read_bytes()
+    have, missing = info.file_hash.hex, "1" * 64
+    body = json.dumps({"blobs": [missing, "sha256:" + have, have]}).encode()
+    s, h, out = request(f"{srv.url}/blob-batch", "POST", body)
+    assert s == 200 and h["content-type"] == "application/x-kiln-blob-batch"
+    want = f"{missing} -\n".encode() + (f"{have} {len(obj)}\n".encode() + obj) * 2
+    assert out == want
+    s, _, out = request(f"{srv.url}/blob-batch", "POST", json.dumps({"blobs": []}).encode())
+    assert s == 200 and out == b""
+    for bad in (b"{not json", b'{"blobs": "x"}', b'{"blobs": ["sha256:zz"]}', b"[]"):
+        assert request(f"{srv.url}/blob-batch", "POST", bad)[0] == 400, bad
+    too_many = json.dumps({"blobs": [have] * 5000}).encode()
+    assert request(f"{srv.url}/blob-batch", "POST", too_many)[0] == 413
+
+
 def test_token_scopes(setup, keys) -> None:
     store, path, info, reg, wtok, rtok, srv = setup
     key = f"{srv.url}/{layout.nar_key(info.file_hash)}"
