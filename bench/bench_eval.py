@@ -12,6 +12,8 @@ median CPU time (user + sys of the child: steadier than wall time on a busy mach
 
 - ``kiln eval`` cold (no evaluation cache: a fresh ``--store`` root each rep);
 - ``kiln eval`` cached (the same files again);
+- ``python3 -c pass``: the interpreter's own start (site, ``.pth`` files), the floor
+  under any cached run;
 - ``nix-instantiate`` (writes the ``.drv`` files; a salt makes them new each rep);
 - ``nix-instantiate`` again (``.drv`` files already valid);
 - ``nix-instantiate --readonly-mode`` (hashes only, no store writes: what ``kiln eval``
@@ -134,8 +136,11 @@ def main() -> int:
 
             cold = [timed([*kiln, "eval", "set.recipe"], env, d, fresh_home) for _ in range(args.reps)]
             res["kiln eval (cold)"] = stats(cold)
-            cached = [timed([*kiln, "eval", "set.recipe"], env, d) for _ in range(args.reps)]
+            cached = [timed([*kiln, "eval", "set.recipe"], env, d) for _ in range(args.reps * 3)]
             res["kiln eval (cached)"] = stats(cached)
+            # the floor under any cached run: this interpreter starting (site, .pth files)
+            floor = [timed([sys.executable, "-c", "pass"], env, d) for _ in range(args.reps * 3)]
+            res["python3 -c pass (interpreter floor)"] = stats(floor)
             if have_nix:
                 salts = iter(range(10**6))
 
@@ -163,6 +168,11 @@ def main() -> int:
             cached, cached_cpu = res["kiln eval (cached)"][1], res["kiln eval (cached)"][2]
             print(
                 f"ratio kiln cached / kiln cold: wall {cached / kc:.3f}, cpu {cached_cpu / kcc:.3f}  (target <= 0.10)"
+            )
+            fl = res["python3 -c pass (interpreter floor)"][1]
+            print(
+                f"kiln's own work in a cached run: {(cached - fl) * 1000:.1f} ms over the interpreter floor "
+                f"of {fl * 1000:.1f} ms (floor alone / kiln cold = {fl / kc:.3f})"
             )
             for label in [k for k in res if k.startswith("nix")]:
                 print(
