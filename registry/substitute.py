@@ -198,7 +198,7 @@ class Substituter:
         self,
         url: str,
         batch: list[ni.NarInfo],
-        results: dict[str, asyncio.Future],
+        results: dict[str, concurrent.futures.Future],
         sem: asyncio.Semaphore,
         prog: Progress,
     ) -> None:
@@ -242,14 +242,22 @@ class Substituter:
                 results[i.path].set_exception(KilnError(f"{url} did not send the object of {i.path}"))
 
     async def _one(
-        self, info: ni.NarInfo, results: dict[str, asyncio.Future], sem: asyncio.Semaphore, prog: Progress
+        self,
+        info: ni.NarInfo,
+        results: dict[str, concurrent.futures.Future],
+        sem: asyncio.Semaphore,
+        prog: Progress,
     ) -> None:
         fut = results[info.path]
         try:
             f = await self._download(info, sem, prog)
-        except Exception as e:  # noqa: BLE001 - handed to whoever waits for this path
+        except BaseException as e:  # handed to whoever waits for this path
             if not fut.done():
-                fut.set_exception(e)
+                fut.set_exception(
+                    e if isinstance(e, Exception) else KilnError(f"download of {info.path} stopped")
+                )
+            if not isinstance(e, Exception):
+                raise
             return
         if fut.done():
             f.close()
@@ -263,7 +271,9 @@ class Substituter:
         loop = asyncio.get_running_loop()
         # A level's paths only reference earlier levels: this order is dependencies first.
         order = [p for level in levels(by_path) for p in level]  # type: ignore[arg-type]
-        results: dict[str, asyncio.Future] = {p: loop.create_future() for p in order}
+        # concurrent (not asyncio) futures: resolved on the event loop, waited for on the
+        # importer thread directly, without a coroutine hop per path
+        results: dict[str, concurrent.futures.Future] = {p: concurrent.futures.Future() for p in order}
         for p in order:
             if self._source.get(p) is None:
                 raise KilnError(f"{p} was not obtained from query_many of this substituter")
@@ -288,13 +298,10 @@ class Substituter:
             if batch:
                 runners.append(asyncio.ensure_future(self._batch(url, batch, results, sem, prog)))
 
-        async def wait(p: str) -> Any:
-            return await results[p]
-
         def items() -> Any:
-            # runs on the importer thread; each download is awaited on the event loop
+            # runs on the importer thread; each download is resolved by the event loop
             for p in order:
-                f = asyncio.run_coroutine_threadsafe(wait(p), loop).result()
+                f = results[p].result()
                 with f:
                     yield by_path[p].to_pathinfo(), f
                 prog.add(1)

@@ -284,6 +284,42 @@ def _parse(inp: _Input) -> Iterator[NarEntry]:
         raise FormatError(f"NAR: trailing data after the root node at offset {inp.offset}")
 
 
+def _s(b: bytes) -> bytes:
+    return len(b).to_bytes(8, "little") + b + b"\0" * (-len(b) % 8)
+
+
+_FILE_HEAD = _s(MAGIC) + _s(b"(") + _s(b"type") + _s(b"regular")
+_EXEC_MARK = _s(b"executable") + _s(b"")
+_CONTENTS = _s(b"contents")
+_CLOSE = _s(b")")
+
+
+def single_file(nar: bytes) -> tuple[bool, memoryview] | None:
+    """``(executable, contents)`` if ``nar`` is exactly the archive of one regular file
+    (the commonest small store path), else None — and then the general parser decides
+    whether it is valid. Never raises: a near miss (bad padding, trailing bytes, any
+    other shape) is simply not this case."""
+    view = memoryview(nar)
+    pos = len(_FILE_HEAD)
+    if view[:pos] != _FILE_HEAD:
+        return None
+    executable = view[pos : pos + len(_EXEC_MARK)] == _EXEC_MARK
+    if executable:
+        pos += len(_EXEC_MARK)
+    if view[pos : pos + len(_CONTENTS)] != _CONTENTS:
+        return None
+    pos += len(_CONTENTS)
+    if len(view) < pos + 8:
+        return None
+    size = int.from_bytes(view[pos : pos + 8], "little")
+    pos += 8
+    pad = -size % 8
+    end = pos + size + pad
+    if end + len(_CLOSE) != len(view) or view[end:] != _CLOSE or any(view[pos + size : end]):
+        return None
+    return executable, view[pos : pos + size]
+
+
 def entries(src: BinaryIO | Iterable[bytes]) -> Iterator[NarEntry]:
     """Validate ``src`` and yield every node in archive order (parents before children,
     siblings sorted). The iterator raises ``FormatError`` where the input goes bad, so

@@ -164,9 +164,22 @@ def restore_canonical(chunks: Iterable[bytes], dest: Path) -> None:
     ``canonicalise`` walk. On error a partial tree may remain at ``dest``; the caller
     owns the temp dir and removes it. The NAR is validated as it is read
     (``FormatError``); iterating ``chunks`` to the end runs its own digest checks."""
-    from .nar_read import _Input, _parse  # the store's NAR parser, without restore's temp dir
+    from .nar_read import _Input, _parse, single_file  # the store's NAR parser, without restore's temp dir
 
     top = os.fsencode(dest)
+    if isinstance(chunks, list) and len(chunks) == 1 and (one := single_file(chunks[0])) is not None:
+        # the whole NAR in memory and it is one regular file: no tokenizer needed
+        executable, contents = one
+        fd = os.open(top, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            view = contents
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fchmod(fd, 0o555 if executable else 0o444)
+            os.utime(fd, _MTIME)
+        finally:
+            os.close(fd)
+        return
     inp = _Input(chunks)
     dirs: list[bytes] = []
     for e in _parse(inp):
