@@ -25,6 +25,7 @@ means no deriver.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, fields
 
 from .errors import FormatError
@@ -93,7 +94,7 @@ def _int(value: str, what: str) -> int:
 
 def parse(text: str, store_dir: str) -> NarInfo:
     """Parse narinfo ``text`` whose paths live in ``store_dir`` (see module docstring)."""
-    seen: dict[str, str] = {}
+    seen: dict[str, object] = {}  # key -> the field's checked, parsed value
     sigs: list[str] = []
     for lineno, raw in enumerate(text.split("\n"), 1):
         if raw == "":
@@ -114,50 +115,50 @@ def parse(text: str, store_dir: str) -> NarInfo:
             continue  # unknown keys are ignored, like Nix does
         if key in seen:
             raise FormatError(f"narinfo line {lineno}: duplicate {key}")
-        seen[key] = value
         try:
-            _check(key, value, store_dir)
+            seen[key] = _check(key, value, store_dir)
         except FormatError as e:
             raise FormatError(f"narinfo line {lineno} ({raw[:80]!r}): {e}") from None
     missing = [k for k in _REQUIRED if k not in seen]
     if missing:
         raise FormatError(f"narinfo is missing required field(s): {', '.join(missing)}")
-    refs = tuple(str(StorePath.parse_base(b, store_dir)) for b in seen.get("References", "").split())
     deriver = seen.get("Deriver")
     return NarInfo(
-        path=seen["StorePath"],
-        nar_hash=Hash.parse(seen["NarHash"]),
-        nar_size=int(seen["NarSize"]),
-        references=refs,
-        deriver=str(StorePath.parse_base(deriver, store_dir))
-        if deriver and deriver != "unknown-deriver"
-        else None,
+        path=seen["StorePath"],  # type: ignore[arg-type]
+        nar_hash=seen["NarHash"],  # type: ignore[arg-type]
+        nar_size=seen["NarSize"],  # type: ignore[arg-type]
+        references=seen.get("References", ()),  # type: ignore[arg-type]
+        deriver=deriver if deriver != "unknown-deriver" else None,  # type: ignore[arg-type]
         sigs=tuple(sigs),
-        file_hash=Hash.parse(seen["FileHash"]) if "FileHash" in seen else None,
-        file_size=int(seen["FileSize"]) if "FileSize" in seen else None,
-        ca=seen.get("CA") or None,
-        url=seen["URL"],
-        compression=seen.get("Compression") or "bzip2",
+        file_hash=seen.get("FileHash"),  # type: ignore[arg-type]
+        file_size=seen.get("FileSize"),  # type: ignore[arg-type]
+        ca=seen.get("CA") or None,  # type: ignore[arg-type]
+        url=seen["URL"],  # type: ignore[arg-type]
+        compression=seen.get("Compression") or "bzip2",  # type: ignore[arg-type]
     )
 
 
-def _check(key: str, value: str, store_dir: str) -> None:
-    """Validate one known field (raises FormatError without the line context)."""
+_WHITESPACE = re.compile(r"\s")
+
+
+def _check(key: str, value: str, store_dir: str) -> object:
+    """Validate one known field and return its value as ``NarInfo`` holds it (raises
+    FormatError without the line context)."""
     if key == "StorePath":
-        StorePath.parse(value, store_dir)
-    elif key == "URL":
-        if not value or any(c.isspace() for c in value):
-            raise FormatError("URL must be non-empty without whitespace")
-    elif key in ("NarHash", "FileHash"):
+        return str(StorePath.parse(value, store_dir))
+    if key in ("URL", "Compression"):
+        if not value or _WHITESPACE.search(value):
+            what = "URL must be non-empty without whitespace" if key == "URL" else "Compression must be one word"
+            raise FormatError(what)
+        return value
+    if key in ("NarHash", "FileHash"):
         if ":" not in value and "-" not in value:
             raise FormatError(f"{key} needs an algorithm prefix like 'sha256:'")
-        Hash.parse(value)
-    elif key in ("NarSize", "FileSize"):
-        _int(value, key)
-    elif key == "References":
-        for b in value.split():
-            StorePath.parse_base(b, store_dir)
-    elif key == "Deriver" and value != "unknown-deriver":
-        StorePath.parse_base(value, store_dir)
-    elif key == "Compression" and (not value or any(c.isspace() for c in value)):
-        raise FormatError("Compression must be one word")
+        return Hash.parse(value)
+    if key in ("NarSize", "FileSize"):
+        return _int(value, key)
+    if key == "References":
+        return tuple(str(StorePath.parse_base(b, store_dir)) for b in value.split())
+    if key == "Deriver" and value != "unknown-deriver":
+        return str(StorePath.parse_base(value, store_dir))
+    return value

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import os
 import tempfile
 from collections.abc import Iterable
@@ -91,7 +92,7 @@ class PublicKey:
         if len(sig) != 64:
             return False
         try:
-            nacl.signing.VerifyKey(self.key).verify(data, sig)
+            _verify_key(self.key).verify(data, sig)
         except (nacl.exceptions.BadSignatureError, ValueError):
             return False
         return True
@@ -138,6 +139,12 @@ class SecretKey:
 def sign_info(info: PathInfo, key: SecretKey) -> str:
     """The signature of ``key`` over the path's fingerprint (what goes in a ``Sig:`` line)."""
     return key.sign(info.fingerprint())
+
+
+@functools.lru_cache(maxsize=64)
+def _verify_key(key: bytes) -> nacl.signing.VerifyKey:
+    """One VerifyKey per public key (checking thousands of narinfos reuses it)."""
+    return nacl.signing.VerifyKey(key)
 
 
 def valid_signers(info: PathInfo, trusted: Iterable[PublicKey]) -> set[str]:
