@@ -152,7 +152,7 @@ def main() -> int:
     ap.add_argument("--keep", type=Path, default=None)
     ap.add_argument("--skip", default="", help="comma-separated: http,copy")
     ap.add_argument("--no-fsync", action="store_true", help="run kiln serve with --no-fsync")
-    ap.add_argument("--copy-reps", type=int, default=3, help="rounds of the copy comparison")
+    ap.add_argument("--copy-reps", type=int, default=5, help="rounds of the copy comparison")
     args = ap.parse_args()
     base = Path(args.keep or tempfile.mkdtemp(prefix="kiln-bench-reg-"))
     base.mkdir(parents=True, exist_ok=True)
