@@ -15,7 +15,6 @@ short stable name used in test expectation files.
 from __future__ import annotations
 
 import bisect
-import difflib
 from collections.abc import Iterable
 
 from kiln.store.errors import KilnError
@@ -128,6 +127,8 @@ class BadValue(RecipeError):
 
 def did_you_mean(name: str, candidates: Iterable[str]) -> str:
     """`` (did you mean 'x'?)`` for the closest candidate, or ``""``."""
+    import difflib  # only for an error: a cached evaluation must not pay for it
+
     near = difflib.get_close_matches(name, sorted(set(candidates)), n=2, cutoff=0.6)
     if not near:
         return ""
