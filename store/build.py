@@ -237,7 +237,7 @@ class Builder:
         from contextlib import ExitStack
 
         from .buildlocks import output_lock
-        from .stagedbuild import StagedOutput, stage
+        from .stagedbuild import Placed, place
 
         outs = [o.path for _, o in drv.outputs]
         locks = ExitStack()
@@ -251,14 +251,14 @@ class Builder:
             tmp = self._dirs.take()
             try:
                 produced = self._produce(drv_path, drv, tmp, defer=True)
-                staged: list[StagedOutput] = []
+                placed: list[Placed] = []
                 with self.store.exclusive():
                     for name, o in drv.outputs:
                         tree, refs = produced[name]
-                        s = stage(self._inner, o.path, tree, refs, drv_path, tmp / f"{name}.object")
-                        if isinstance(s, StagedOutput):
-                            staged.append(s)
-                self._pending.add(staged, locks)
+                        r = place(self._inner, o.path, tree, refs, drv_path, tmp / f"{name}.object")
+                        if isinstance(r, Placed):
+                            placed.append(r)
+                self._pending.add(placed, locks)
                 handed = True
                 self._background(self._commit_pending)
             finally:
@@ -276,14 +276,18 @@ class Builder:
                 locks.close()
 
     def _commit_pending(self) -> None:
-        """Make every staged output valid (one group commit), then release their output
-        locks. Runs on the bookkeeping thread; a no-op if an earlier call took them all."""
-        from .stagedbuild import commit
+        """Archive every placed output and make them valid (one group commit), then
+        release their output locks. Runs on the bookkeeping thread; a no-op if an
+        earlier call took them all."""
+        from .stagedbuild import archive, commit
 
         batch = self._pending.take()
         try:
-            staged = [s for items, _ in batch for s in items]
-            commit(self._bookkeeping_store(), staged, nullcontext())
+            store = self._bookkeeping_store()
+            # archiving (NAR, hashes, zstd) happens here too: a big output is compressed
+            # while the next build already runs with it mounted
+            staged = [archive(store, p) for items, _ in batch for p in items]
+            commit(store, staged, nullcontext())
             self._pending.done(s.info.path for s in staged)
         finally:
             for _, locks in batch:

@@ -148,7 +148,9 @@ def _check(key: str, value: str, store_dir: str) -> object:
         return str(StorePath.parse(value, store_dir))
     if key in ("URL", "Compression"):
         if not value or _WHITESPACE.search(value):
-            what = "URL must be non-empty without whitespace" if key == "URL" else "Compression must be one word"
+            what = (
+                "URL must be non-empty without whitespace" if key == "URL" else "Compression must be one word"
+            )
             raise FormatError(what)
         return value
     if key in ("NarHash", "FileHash"):

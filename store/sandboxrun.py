@@ -65,7 +65,9 @@ def make_spec(
     scratch.mkdir(exist_ok=True)
     closure = closure_of(store, input_paths(drv, get_drv), pending)
     # pending first: the committer inserts a row before it forgets the pending entry
-    missing = [p for p in closure if not ((pending and pending.get(p)) or store.is_valid(p))]
+    missing = [
+        p for p in closure if not ((pending is not None and pending.get(p) is not None) or store.is_valid(p))
+    ]
     if missing:
         raise StoreError(f"inputs of {drv.name} are not valid: {', '.join(missing[:5])}")
     rootfs = rootfs_of(drv, get_drv)

@@ -5,17 +5,18 @@ Theory of operation
 ``LocalStore.register_built`` makes one path valid synchronously: archive, fsync the
 object, fsync its directory, commit the row. In a build loop that is 2-5 ms of waiting
 on the disk per derivation, as much as the sandbox itself. Here registration is split
-in two, so the next build's sandbox runs while the disk catches up:
+in two, so the next build's sandbox runs while the output is compressed and the disk
+catches up:
 
-``stage`` (the builder's thread, right after the sandbox exits; shared GC lock held):
+``place`` (the builder's thread, right after the sandbox exits; shared GC lock held):
 
-1. if the path is valid already, nothing to do;
-2. canonicalise and archive the tree into an object file in the build's own temp dir
-   (``tmp/build-*``, which GC leaves alone), hashing it — *no* fsync;
-3. under the path's registration lock: drop a stale unregistered tree (a crashed
-   writer's), rename ours to the real path and seal it; add the path to this process's
-   temp roots (GC keeps temp-rooted trees even without a row). Remember the tree's
-   identity (device, inode, ctime: inode numbers alone get reused).
+1. canonicalise the output in place (modes 0444/0555, mtime 1), refusing setuid/setgid
+   files, devices, sockets and fifos;
+2. under the path's registration lock: if the path is valid already, keep it; else
+   drop a stale unregistered tree (a crashed writer's), rename ours to the real path
+   and seal it; add the path to this process's temp roots (GC keeps temp-rooted trees
+   even without a row). Remember the tree's identity (device, inode, ctime: inode
+   numbers alone get reused).
 
 From here the tree is usable as an input of later builds (``Pending`` answers their
 closure queries) but the path is not valid: no row, so other processes see an
@@ -23,8 +24,13 @@ unregistered tree, which is exactly the state a crash between steps 6 and 7 of s
 registration leaves. The builder keeps holding the derivation's output lock, so no
 other ``kiln build`` builds it meanwhile.
 
+``archive`` (the bookkeeping thread): 3. serialise the placed tree (canonical and
+read-only, so reading it while a later build has it mounted is safe) into an object
+file in the build's own temp dir (``tmp/build-*``, which GC leaves alone), hashing the
+NAR and the compressed object — *no* fsync — and check the tree's identity again.
+
 ``commit`` (the bookkeeping thread, in FIFO order after the builds it covers; every
-staged output not yet committed goes in one batch):
+placed output not yet committed is archived and goes in one batch):
 
 4. fsync every object file of the batch (one journal commit covers them all), link it
    to its final name in ``objects/`` (content-addressed: an existing correct object is
@@ -58,47 +64,57 @@ from .ingest import TreeIngest
 from .locks import FileLock
 from .objects import NarSink, fsync_dir, object_rel_path
 from .pathinfo import PathInfo
-from .trees import seal_top
+from .trees import canonicalise_output, seal_top
+
+
+@dataclass(frozen=True, slots=True)
+class Placed:
+    """An output canonicalised and moved to its real path, not yet archived or valid:
+    its references and deriver, where its object file is to go (the build's temp dir)
+    and the identity of the placed tree (device, inode, ctime: inode numbers get reused)."""
+
+    path: str
+    references: tuple[str, ...]
+    deriver: str | None
+    obj: Path
+    identity: tuple[int, int, int]
 
 
 @dataclass(frozen=True, slots=True)
 class StagedOutput:
-    """An output placed at its real path but not yet valid: its info (digests, refs,
-    deriver), its not-yet-durable object file and the identity (inode, ctime) of the placed tree."""
+    """A placed output archived: its info (digests, refs, deriver), its not-yet-durable
+    object file and the identity of the placed tree."""
 
     info: PathInfo
     obj: Path
-    inode: tuple[int, int, int]  # st_dev, st_ino, st_ctime_ns: inode numbers get reused
+    inode: tuple[int, int, int]
 
 
-def stage(
+def _identity(p: Path) -> tuple[int, int, int] | None:
+    try:
+        st = os.lstat(p)
+    except FileNotFoundError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_ctime_ns)
+
+
+def place(
     store, path: str, tree: Path, references: Iterable[str], deriver: str | None, obj: Path
-) -> StagedOutput | PathInfo:
-    """Steps 1-3 for one output (``store`` is a LocalStore used from this thread only).
-    Returns the existing info if ``path`` is valid already (``tree`` is left alone), or
-    the staged output. ``obj`` is a new file name in the caller's build temp dir."""
+) -> Placed | PathInfo:
+    """Steps 1-2 for one output, on the build thread (``store`` used from this thread
+    only): canonicalise ``tree`` in place (refusing setuid/setgid files, devices,
+    sockets, fifos), then under the path's registration lock move it to the real path
+    and seal it. Returns the existing info if ``path`` is valid already (``tree`` is
+    left alone; a build dir on another file system is registered at once instead).
+    ``obj`` is a new file name in the caller's build temp dir for ``archive``."""
     sp = store.parse_path(path)
     path = str(sp)
     refs = tuple(sorted(set(map(str, references))))
     with FileLock(store.gc_lock_path, shared=True):
-        existing = store.query(path)
-        if existing is not None:
-            store._keep(path)
-            return existing
         if os.lstat(tree).st_dev != os.stat(store.real_store).st_dev:
             # build dir on another file system: no cheap rename, register the usual way
             return store.register_built(path, tree, refs, deriver)
-        fd = os.open(obj, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        sink = NarSink(fd)
-        try:
-            TreeIngest(sink).run(Path(tree), canonicalise=True)
-        except BaseException:
-            sink.abort()
-            raise
-        oi = sink.finish(sync=False)
-        info = PathInfo(
-            path, oi.nar_hash, oi.nar_size, refs, deriver, file_hash=oi.file_hash, file_size=oi.file_size
-        )
+        canonicalise_output(Path(tree))
         with FileLock(store._path_lock(sp)):
             existing = store.query(path)
             store._keep(path)
@@ -111,8 +127,48 @@ def stage(
                 os.rename(real, obj.with_name(obj.name + ".stale"))
             os.rename(tree, real)
             seal_top(real)
-            st = os.lstat(real)
-    return StagedOutput(info, obj, (st.st_dev, st.st_ino, st.st_ctime_ns))
+            ident = _identity(real)
+    assert ident is not None
+    return Placed(path, refs, deriver, obj, ident)
+
+
+def archive(store, placed: Placed) -> StagedOutput:
+    """Step 3, on the bookkeeping thread: archive the placed tree (canonical and
+    read-only, so reading it while later builds have it mounted is safe) into
+    ``placed.obj``, hashing the NAR and the compressed object; no fsync. Raises
+    ``StoreError`` if the tree was replaced meanwhile."""
+    real = store.real_store / store.parse_path(placed.path).base
+    fd = os.open(placed.obj, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    sink = NarSink(fd)
+    try:
+        TreeIngest(sink).run(real)
+    except BaseException:
+        sink.abort()
+        raise
+    oi = sink.finish(sync=False)
+    if _identity(real) != placed.identity:
+        raise StoreError(
+            f"cannot register {placed.path}: its tree was removed or replaced by another process "
+            "before it was registered (build it again)"
+        )
+    info = PathInfo(
+        placed.path,
+        oi.nar_hash,
+        oi.nar_size,
+        placed.references,
+        placed.deriver,
+        file_hash=oi.file_hash,
+        file_size=oi.file_size,
+    )
+    return StagedOutput(info, placed.obj, placed.identity)
+
+
+def stage(
+    store, path: str, tree: Path, references: Iterable[str], deriver: str | None, obj: Path
+) -> StagedOutput | PathInfo:
+    """``place`` then ``archive``, on one thread (the existing info if already valid)."""
+    placed = place(store, path, tree, references, deriver, obj)
+    return archive(store, placed) if isinstance(placed, Placed) else placed
 
 
 def commit(store, staged: list[StagedOutput], exclusive: contextlib.AbstractContextManager) -> list[PathInfo]:
@@ -174,23 +230,23 @@ def commit(store, staged: list[StagedOutput], exclusive: contextlib.AbstractCont
 
 
 class Pending:
-    """Outputs staged by this builder and not yet committed: ``path -> PathInfo``,
+    """Outputs placed by this builder and not yet committed: ``path -> references``,
     shared by the builder's threads (the build threads add, the committer removes)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._infos: dict[str, PathInfo] = {}
-        self._queue: list[tuple[StagedOutput, contextlib.ExitStack]] = []
+        self._refs: dict[str, tuple[str, ...]] = {}
+        self._queue: list[tuple[list[Placed], contextlib.ExitStack]] = []
 
-    def add(self, staged: list[StagedOutput], locks: contextlib.ExitStack) -> None:
-        """Queue ``staged`` (one derivation's outputs) with the locks to release once
+    def add(self, placed: list[Placed], locks: contextlib.ExitStack) -> None:
+        """Queue ``placed`` (one derivation's outputs) with the locks to release once
         they are committed."""
         with self._lock:
-            for s in staged:
-                self._infos[s.info.path] = s.info
-            self._queue.append((staged, locks))
+            for p in placed:
+                self._refs[p.path] = p.references
+            self._queue.append((placed, locks))
 
-    def take(self) -> list[tuple[list[StagedOutput], contextlib.ExitStack]]:
+    def take(self) -> list[tuple[list[Placed], contextlib.ExitStack]]:
         with self._lock:
             q, self._queue = self._queue, []
             return q
@@ -198,15 +254,16 @@ class Pending:
     def done(self, paths: Iterable[str]) -> None:
         with self._lock:
             for p in paths:
-                self._infos.pop(p, None)
+                self._refs.pop(p, None)
 
-    def get(self, path: str) -> PathInfo | None:
+    def get(self, path: str) -> tuple[str, ...] | None:
+        """The references of pending ``path``, or None if it is not pending."""
         with self._lock:
-            return self._infos.get(path)
+            return self._refs.get(path)
 
     def __bool__(self) -> bool:
         with self._lock:
-            return bool(self._infos)
+            return bool(self._refs)
 
 
 def closure(store, paths: Iterable[str], pending: Pending | None) -> list[str]:
@@ -222,11 +279,11 @@ def closure(store, paths: Iterable[str], pending: Pending | None) -> list[str]:
         if p in seen:
             continue
         seen.add(p)
-        info = pending.get(p)
-        if info is None:
+        refs = pending.get(p)
+        if refs is None:
             valid.append(p)
         else:
-            stack.extend(r for r in info.references if r not in seen)
+            stack.extend(r for r in refs if r not in seen)
     out = store.closure(valid) if valid else []
     have = set(out)
     return out + sorted(p for p in seen if p not in have)

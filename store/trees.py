@@ -43,6 +43,55 @@ def canonicalise(top: Path, keep_top_writable: bool = True) -> None:
         _canon_leaf(t, st)
 
 
+def canonicalise_output(top: Path) -> None:
+    """Make a finished build output canonical in place (as ``canonicalise``, top left
+    writable for ``seal_top``), refusing first what a store path may not hold:
+    setuid/setgid files or directories and anything but regular files, directories and
+    symlinks (``StoreError`` naming the path; the tree may then be half canonical, it
+    is the build's scratch). Directories the build left unreadable are opened up before
+    they are listed. Iterative: deep trees cannot overflow the stack."""
+    t = os.fsencode(top)
+    st = os.lstat(t)
+    _refuse(t, st)
+    if not stat.S_ISDIR(st.st_mode):
+        _canon_leaf(t, st)
+        return
+    os.chmod(t, 0o755)
+    stack: list[tuple[bytes, bool]] = [(t, False)]  # (dir, its entries done)
+    while stack:
+        d, done = stack.pop()
+        if done:
+            if d != t:
+                os.chmod(d, 0o555)
+            os.utime(d, _MTIME)
+            continue
+        stack.append((d, True))
+        for name in os.listdir(d):
+            p = d + b"/" + name
+            cst = os.lstat(p)
+            _refuse(p, cst)
+            if stat.S_ISDIR(cst.st_mode):
+                os.chmod(p, 0o755)
+                stack.append((p, False))
+            else:
+                _canon_leaf(p, cst)
+
+
+def _refuse(p: bytes, st: os.stat_result) -> None:
+    from .errors import StoreError
+    from .ingest import _unstorable
+
+    m = st.st_mode
+    if not (stat.S_ISREG(m) or stat.S_ISDIR(m) or stat.S_ISLNK(m)):
+        raise _unstorable(p, m)
+    if not stat.S_ISLNK(m) and m & (stat.S_ISUID | stat.S_ISGID):
+        bits = "setuid" if m & stat.S_ISUID else "setgid"
+        raise StoreError(
+            f"{os.fsdecode(p)}: has the {bits} bit (mode {stat.S_IMODE(m):04o}); "
+            "store paths may not contain setuid/setgid files"
+        )
+
+
 def _canon_leaf(p: bytes, st: os.stat_result) -> None:
     if stat.S_ISREG(st.st_mode):
         os.chmod(p, 0o555 if st.st_mode & stat.S_IXUSR else 0o444)

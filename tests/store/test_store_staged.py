@@ -18,7 +18,7 @@ from storekit import make_tree
 from kiln.store import nar, nixbase32
 from kiln.store.errors import StoreError
 from kiln.store.localstore import LocalStore
-from kiln.store.stagedbuild import Pending, StagedOutput, closure, commit, stage
+from kiln.store.stagedbuild import Pending, Placed, StagedOutput, archive, closure, commit, place, stage
 
 
 def _out(store: LocalStore, name: str) -> str:
@@ -71,7 +71,10 @@ def test_references_may_be_staged_earlier_in_the_batch(store, tmp_path):
     sa = stage(store, a, _built(tmp_path, "c", "c\n"), [], None, tmp_path / "c.object")
     sb = stage(store, b, _built(tmp_path, "d", a + "\n"), [a], None, tmp_path / "d.object")
     pending = Pending()
-    pending.add([sa, sb], contextlib.ExitStack())
+    pending.add(
+        [Placed(x.info.path, x.info.references, None, x.obj, x.inode) for x in (sa, sb)],
+        contextlib.ExitStack(),
+    )
     assert sorted(closure(store, [b], pending)) == sorted([a, b])
     infos = commit(store, [sa, sb], contextlib.nullcontext())
     assert [i.path for i in infos] == [a, b]
@@ -179,3 +182,50 @@ def test_concurrent_stage_and_commit_threads(store, tmp_path):
     assert not errors
     assert all(store.is_valid(p) for p in paths)
     assert store.closure([paths[-1]]) == paths
+
+
+def test_place_canonicalises_and_refuses_what_a_store_path_may_not_hold(store, tmp_path):
+    """``place`` makes the output canonical before anyone can mount it, and refuses
+    setuid files and fifos with the offending path; ``archive`` then reads it as is."""
+    import os
+    import stat
+
+    tree = _built(tmp_path, "p", "x\n")
+    (tree / "deep" / "er").mkdir(parents=True)
+    (tree / "deep" / "er" / "f").write_text("f")
+    (tree / "deep").chmod(0o700)
+    pl = place(store, _out(store, "p"), tree, [], None, tmp_path / "p.object")
+    assert isinstance(pl, Placed)
+    real = store.real_path(pl.path)
+    for p in [real, *real.rglob("*")]:
+        st = p.lstat()
+        assert st.st_mtime == 1, p
+        if p.is_dir() and p != real:
+            assert stat.S_IMODE(st.st_mode) == 0o555
+        elif p.is_file():
+            assert stat.S_IMODE(st.st_mode) in (0o444, 0o555)
+    s = archive(store, pl)
+    assert s.info.nar_hash == nar.hash_path(real)[0]
+    commit(store, [s], contextlib.nullcontext())
+    assert store.verify().ok
+
+    bad = _built(tmp_path, "q", "y\n")
+    (bad / "bin" / "x").chmod(0o4755)
+    with pytest.raises(StoreError, match="setuid"):
+        place(store, _out(store, "q"), bad, [], None, tmp_path / "q.object")
+    fifo = _built(tmp_path, "r", "z\n")
+    os.mkfifo(fifo / "pipe")
+    with pytest.raises(StoreError, match="fifo"):
+        place(store, _out(store, "r"), fifo, [], None, tmp_path / "r.object")
+    assert not store.real_path(_out(store, "q")).exists() and not store.real_path(_out(store, "r")).exists()
+
+
+def test_archive_notices_a_tree_replaced_after_placing(store, tmp_path):
+    path = _out(store, "s")
+    pl = place(store, path, _built(tmp_path, "s", "mine\n"), [], None, tmp_path / "s.object")
+    real = store.real_path(path)
+    real.chmod(0o755)
+    shutil.rmtree(real)
+    make_tree(real, {"f": "theirs\n"})
+    with pytest.raises(StoreError, match="removed or replaced"):
+        archive(store, pl)
