@@ -13,6 +13,6 @@ run() { local name=$1; shift; echo "== $name: $*"; "$PY" "$@" 2>&1 | tee "bench/
 run nar      bench/bench_nar.py
 run ingest   bench/bench_ingest.py
 run sandbox  bench/bench_sandbox.py
-run builds   bench/bench_builds.py --n 200 --reps 3
+run builds   bench/bench_builds.py --n 200 --reps 7
 run eval     bench/bench_eval.py
 run registry bench/bench_registry.py

@@ -16,11 +16,11 @@ Theory of operation
    against the fixed hash. Every other builder runs in the sandbox executor with only
    the input closure mounted read-only at its logical paths and a scratch directory
    as the writable store dir, from which the declared outputs are collected.
-5. Outputs are scanned for references (``refscan``), then staged (``stagedbuild``):
-   canonicalised, archived and moved to their real paths, where later builds can use
-   them; the bookkeeping thread makes them valid with one group commit per batch (the
-   fsyncs overlap the next sandbox). A crash before that commit leaves only temp dirs
-   and unregistered trees, never a valid path.
+5. Outputs are scanned for references (``refscan``), then placed (``stagedbuild``):
+   canonicalised and moved to their real paths, where later builds can use them; the
+   bookkeeping thread archives them (NAR, hashes, zstd) and makes them valid with one
+   group commit per batch, overlapping the next sandbox. A crash before that commit
+   leaves only temp dirs and unregistered trees, never a valid path.
 
 ``--check`` rebuilds an already valid derivation into a scratch dir and compares NAR
 hashes; a mismatch names the differing files (``checkdiff``).
@@ -231,7 +231,7 @@ class Builder:
     # ------------------------------------------------------------------ one derivation
 
     def build_one(self, drv_path: str, drv: Derivation, position: tuple[int, int] = (1, 1)) -> None:
-        """Build one derivation and stage its outputs (``stagedbuild``): on return they
+        """Build one derivation and place its outputs (``stagedbuild``): on return they
         are usable as inputs; the bookkeeping thread makes them valid, then releases the
         output locks (``realise`` waits for it)."""
         from contextlib import ExitStack
