@@ -17,7 +17,7 @@ registrations hold the lock shared from their first temp file to their committed
    identical NARs; it goes only when none of them is valid), as are unregistered trees
    left by crashed registrations (not those a live process roots: a build's staged
    outputs, ``stagedbuild``), store writers' dirs in ``tmp/`` (not the build loop's)
-   and the per-path lock files.
+   and the per-path lock files (a build lock only if nobody holds it).
 
 ``dry_run`` does steps 1-3's computation and reports what would go without deleting.
 """
@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 from . import attestations, db
 from .errors import StoreError
 from .hashes import Hash
-from .locks import FileLock, live_temp_roots
+from .locks import FileLock, live_temp_roots, remove_if_free
 from .trees import remove_tree, tree_size
 
 _WRITER_TMP = re.compile(r"^(\d+-|gc-\d+-)")
@@ -141,9 +141,11 @@ def collect(store: LocalStore, dry_run: bool = False) -> GcReport:
                 remove_tree(Path(e.path))
         for e in os.scandir(store.root / "locks"):
             # registration locks are only taken under the GC lock (shared), so none is held
-            # now; other lock files there (the build loop's ``*.build``) may be held
+            # now; the build loop's ``*.build`` locks go only when nobody holds them
             if e.name.endswith(".lock"):
                 os.unlink(e.path)
+            elif e.name.endswith(".build"):
+                remove_if_free(Path(e.path))
         return report
 
 

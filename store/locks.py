@@ -63,16 +63,22 @@ class FileLock:
         if self.fd is not None:
             self.depth += 1
             return True
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         op = (fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX) | (0 if blocking else fcntl.LOCK_NB)
-        try:
-            fcntl.flock(fd, op)
-        except BlockingIOError:
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                fcntl.flock(fd, op)
+            except BlockingIOError:
+                os.close(fd)
+                return False
+            except BaseException:
+                os.close(fd)
+                raise
+            if os.fstat(fd).st_nlink > 0:
+                break
+            # GC unlinked the file while we waited for it (``remove_if_free``): the
+            # lock we hold is on a deleted inode nobody else will open; take the new one
             os.close(fd)
-            return False
-        except BaseException:
-            os.close(fd)
-            raise
         self.fd, self.depth = fd, 1
         return True
 
@@ -90,6 +96,25 @@ class FileLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def remove_if_free(path: Path) -> bool:
+    """Delete lock file ``path`` if nobody holds it (True if deleted). Safe against a
+    process that opened it before and waits for it: ``FileLock.acquire`` notices the
+    file was unlinked once it gets the lock, and opens the path afresh."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        os.unlink(path)
+        return True
+    finally:
+        os.close(fd)
 
 
 class TempRoots:

@@ -190,14 +190,44 @@ def test_two_store_objects_in_one_process_share_temp_roots(store, tmp_path):
     s.close()
 
 
-def test_gc_leaves_build_dirs_and_locks(store, tmp_path):
+def test_gc_leaves_build_dirs_and_held_locks(store, tmp_path):
     """The build loop keeps its working dirs in tmp/ for a whole build, without the GC
-    lock: GC must not touch them (only store writers' own temp dirs)."""
+    lock: GC must not touch them (only store writers' own temp dirs), nor a build lock
+    someone holds."""
+    from kiln.store.locks import FileLock
+
     (store.tmp / "build-hello-abc123").mkdir()
     (store.tmp / "build-hello-abc123" / "src.c").write_text("int main;")
     (store.tmp / "4242-deadbeef").mkdir()  # a crashed writer's
-    (store.root / "locks" / ("8" * 32 + ".build")).write_text("")  # the build loop's lock
+    held = FileLock(store.root / "locks" / ("8" * 32 + ".build"))  # a running build's lock
+    held.acquire()
     (store.root / "locks" / ("8" * 32 + ".lock")).write_text("")
-    store.gc()
+    try:
+        store.gc()
+    finally:
+        held.release()
     assert sorted(os.listdir(store.tmp)) == ["build-hello-abc123"]
     assert os.listdir(store.root / "locks") == ["8" * 32 + ".build"]
+
+
+def test_gc_removes_build_locks_nobody_holds(store):
+    """Build-lock files do not pile up: GC deletes the free ones and keeps a held one;
+    taking a deleted lock again creates a fresh file."""
+    from kiln.store.locks import FileLock, remove_if_free
+
+    locks = store.root / "locks"
+    locks.mkdir(exist_ok=True)
+    free, held = locks / "aaaa.build", locks / "bbbb.build"
+    free.touch()
+    lock = FileLock(held)
+    lock.acquire()
+    try:
+        store.gc()
+        assert not free.exists() and held.exists()
+        assert remove_if_free(held) is False
+    finally:
+        lock.release()
+    assert remove_if_free(held) is True and not held.exists()
+    again = FileLock(held)
+    assert again.acquire(blocking=False) and held.exists()
+    again.release()
