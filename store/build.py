@@ -287,7 +287,7 @@ class Builder:
             # archiving (NAR, hashes, zstd) happens here too: a big output is compressed
             # while the next build already runs with it mounted
             staged = [archive(store, p) for items, _ in batch for p in items]
-            commit(store, staged, nullcontext())
+            commit(store, staged)
             self._pending.done(s.info.path for s in staged)
         finally:
             for _, locks in batch:

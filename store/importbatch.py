@@ -64,7 +64,7 @@ from .objects import (
     write_all,
 )
 from .pathinfo import PathInfo
-from .trees import remove_tree, restore_canonical, seal_top
+from .trees import move_into_place, remove_tree, restore_canonical
 
 if TYPE_CHECKING:
     from .localstore import LocalStore
@@ -187,13 +187,7 @@ def commit(store: LocalStore, staged: list[Staged], tmp: Path) -> dict[str, Path
                 have_dirs.add(final.parent.name)
             place_object(s.obj, final, s.info.file_hash, s.info.file_size or 0)
             sp = sps[s.info.path]
-            real = store.real_store / sp.base
-            if os.path.lexists(real):  # left by a crashed registration: not valid, replace it
-                if os.path.isdir(real) and not os.path.islink(real):
-                    os.chmod(real, 0o755)
-                os.rename(real, tmp / f"stale-{sp.hash_part}")
-            os.rename(s.tree, real)
-            seal_top(real)
+            move_into_place(s.tree, store.real_store / sp.base, tmp / f"stale-{sp.hash_part}")
             info = replace(s.info, registration_time=now)
             rows.append((info, sp.hash_part))
             out[info.path] = info

@@ -31,6 +31,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .errors import StoreError
+from .nar_read import ENTRY as _ENTRY
+from .nar_read import HDR_CONTENTS as _CONTENTS
+from .nar_read import HDR_DIR as _DIR
+from .nar_read import HDR_EXEC as _EXEC
+from .nar_read import HDR_REGULAR as _REGULAR
+from .nar_read import HDR_ROOT as _MAGIC
+from .nar_read import HDR_SYMLINK as _SYMLINK
+from .nar_read import NODE as _NODE
+from .nar_read import TOK_CLOSE as _CLOSE
+from .nar_read import nar_str as _nar_str
 from .objects import CANON_MTIME, CHUNK, NarSink, write_all
 
 COPY_PIECE = 4 << 20
@@ -38,20 +48,6 @@ MMAP_MIN = 256 << 10
 #: copy_file_range errors that mean "not possible here", not "I/O failed"
 _NO_CFR = {errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL, errno.EPERM, errno.EBADF}
 
-
-def _nar_str(b: bytes) -> bytes:
-    return len(b).to_bytes(8, "little") + b + b"\0" * (-len(b) % 8)
-
-
-_MAGIC = _nar_str(b"nix-archive-1")
-_OPEN, _CLOSE = _nar_str(b"("), _nar_str(b")")
-_REGULAR = _OPEN + _nar_str(b"type") + _nar_str(b"regular")
-_EXEC = _nar_str(b"executable") + _nar_str(b"")
-_CONTENTS = _nar_str(b"contents")
-_DIR = _OPEN + _nar_str(b"type") + _nar_str(b"directory")
-_ENTRY = _nar_str(b"entry") + _OPEN + _nar_str(b"name")
-_NODE = _nar_str(b"node")
-_SYMLINK = _OPEN + _nar_str(b"type") + _nar_str(b"symlink") + _nar_str(b"target")
 
 #: filter(path, kind) -> keep?; kind is "regular", "directory" or "symlink"
 PathFilter = Callable[[str, str], bool]

@@ -56,7 +56,7 @@ from .objects import (
 )
 from .pathinfo import PathInfo
 from .paths import DEFAULT_STORE_DIR, StorePath, check_name, check_store_dir, make_source_path, make_text_path
-from .trees import mark_topdir, remove_tree, restore_canonical, seal_top
+from .trees import mark_topdir, move_into_place, remove_tree, restore_canonical
 
 if TYPE_CHECKING:
     from .gc import GcReport
@@ -478,14 +478,7 @@ class LocalStore:
                 return existing
             assert info.file_hash is not None
             publish_object(tmp / "object", self.objects, info.file_hash)
-            real = self.real_store / sp.base
-            if os.path.lexists(real):  # left by a crashed registration: not valid, replace it
-                stale = tmp / "stale"
-                if os.path.isdir(real) and not os.path.islink(real):
-                    os.chmod(real, 0o755)
-                os.rename(real, stale)
-            os.rename(tree, real)
-            seal_top(real)
+            move_into_place(tree, self.real_store / sp.base, tmp / "stale")
             info = replace(info, registration_time=int(time.time()))
             db.insert(self.conn, info, sp.hash_part)
             return info

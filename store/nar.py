@@ -48,7 +48,17 @@ from typing import BinaryIO
 
 from .errors import FormatError, KilnError
 from .hashes import Hash
-from .nar_read import NarEntry, _Input, _parse, entries, restore
+from .nar_read import ENTRY as _ENTRY
+from .nar_read import HDR_CONTENTS as _HDR_CONTENTS
+from .nar_read import HDR_DIR as _HDR_DIR
+from .nar_read import HDR_EXEC as _HDR_EXEC
+from .nar_read import HDR_REGULAR as _HDR_REGULAR
+from .nar_read import HDR_ROOT as _HDR_ROOT
+from .nar_read import HDR_SYMLINK as _HDR_SYMLINK
+from .nar_read import MAGIC, NarEntry, _Input, _parse, entries, restore
+from .nar_read import NODE as _NODE
+from .nar_read import TOK_CLOSE as _CLOSE
+from .nar_read import nar_str as _str
 
 __all__ = [
     "MAGIC",
@@ -65,26 +75,8 @@ __all__ = [
     "restore",
 ]
 
-MAGIC = b"nix-archive-1"
 _PAD = b"\0" * 8
 _pack_u64 = struct.Struct("<Q").pack
-
-
-def _str(data: bytes) -> bytes:
-    """One NAR string: length, bytes, zero padding."""
-    return _pack_u64(len(data)) + data + _PAD[: -len(data) % 8]
-
-
-_OPEN = _str(b"(")
-_CLOSE = _str(b")")
-_HDR_ROOT = _str(MAGIC)
-_HDR_REGULAR = _OPEN + _str(b"type") + _str(b"regular")
-_HDR_EXEC = _str(b"executable") + _str(b"")
-_HDR_CONTENTS = _str(b"contents")
-_HDR_SYMLINK = _OPEN + _str(b"type") + _str(b"symlink") + _str(b"target")
-_HDR_DIR = _OPEN + _str(b"type") + _str(b"directory")
-_ENTRY = _str(b"entry") + _OPEN + _str(b"name")
-_NODE = _str(b"node")
 _MIN_READ = 1 << 16
 # O_NONBLOCK: if a path turns into a FIFO between lstat and open, fail instead of hanging.
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC

@@ -40,8 +40,26 @@ MAGIC = b"nix-archive-1"
 #: Longest tag, name or symlink target accepted (Linux PATH_MAX).
 MAX_TOKEN = 4096
 #: Longest file accepted; anything bigger is a corrupt length field, not a file.
-MAX_CONTENTS = 1 << 48
+MAXHDR_CONTENTS = 1 << 48
 _unpack_u64 = struct.Struct("<Q").unpack
+
+
+def nar_str(data: bytes) -> bytes:
+    """One NAR string: length (u64 little endian), bytes, zero padding to 8."""
+    return len(data).to_bytes(8, "little") + data + b"\0" * (-len(data) % 8)
+
+
+# The fixed token sequences of the format, shared with the writers (``nar``, ``ingest``).
+TOK_OPEN = nar_str(b"(")
+TOK_CLOSE = nar_str(b")")
+HDR_ROOT = nar_str(MAGIC)
+HDR_REGULAR = TOK_OPEN + nar_str(b"type") + nar_str(b"regular")
+HDR_EXEC = nar_str(b"executable") + nar_str(b"")
+HDR_CONTENTS = nar_str(b"contents")
+HDR_SYMLINK = TOK_OPEN + nar_str(b"type") + nar_str(b"symlink") + nar_str(b"target")
+HDR_DIR = TOK_OPEN + nar_str(b"type") + nar_str(b"directory")
+ENTRY = nar_str(b"entry") + TOK_OPEN + nar_str(b"name")
+NODE = nar_str(b"node")
 _READ = 1 << 20
 
 
@@ -224,7 +242,7 @@ def _parse(inp: _Input) -> Iterator[NarEntry]:
                     raise FormatError(f"NAR: expected 'contents' at offset {at}, found {tag[:40]!r}")
                 at = inp.offset
                 size = _u64(inp, "contents")
-                if size > MAX_CONTENTS:
+                if size > MAXHDR_CONTENTS:
                     raise FormatError(f"NAR: file {path!r} at offset {at} has absurd length {size}")
                 begin = inp.offset
                 yield NarEntry(path, kind, size, None, begin)
@@ -284,14 +302,7 @@ def _parse(inp: _Input) -> Iterator[NarEntry]:
         raise FormatError(f"NAR: trailing data after the root node at offset {inp.offset}")
 
 
-def _s(b: bytes) -> bytes:
-    return len(b).to_bytes(8, "little") + b + b"\0" * (-len(b) % 8)
-
-
-_FILE_HEAD = _s(MAGIC) + _s(b"(") + _s(b"type") + _s(b"regular")
-_EXEC_MARK = _s(b"executable") + _s(b"")
-_CONTENTS = _s(b"contents")
-_CLOSE = _s(b")")
+_FILE_HEAD = HDR_ROOT + HDR_REGULAR
 
 
 def single_file(nar: bytes) -> tuple[bool, memoryview] | None:
@@ -303,19 +314,19 @@ def single_file(nar: bytes) -> tuple[bool, memoryview] | None:
     pos = len(_FILE_HEAD)
     if view[:pos] != _FILE_HEAD:
         return None
-    executable = view[pos : pos + len(_EXEC_MARK)] == _EXEC_MARK
+    executable = view[pos : pos + len(HDR_EXEC)] == HDR_EXEC
     if executable:
-        pos += len(_EXEC_MARK)
-    if view[pos : pos + len(_CONTENTS)] != _CONTENTS:
+        pos += len(HDR_EXEC)
+    if view[pos : pos + len(HDR_CONTENTS)] != HDR_CONTENTS:
         return None
-    pos += len(_CONTENTS)
+    pos += len(HDR_CONTENTS)
     if len(view) < pos + 8:
         return None
     size = int.from_bytes(view[pos : pos + 8], "little")
     pos += 8
     pad = -size % 8
     end = pos + size + pad
-    if end + len(_CLOSE) != len(view) or view[end:] != _CLOSE or any(view[pos + size : end]):
+    if end + len(TOK_CLOSE) != len(view) or view[end:] != TOK_CLOSE or any(view[pos + size : end]):
         return None
     return executable, view[pos : pos + size]
 

@@ -64,7 +64,7 @@ from .ingest import TreeIngest
 from .locks import FileLock
 from .objects import NarSink, fsync_dir, object_rel_path
 from .pathinfo import PathInfo
-from .trees import canonicalise_output, seal_top
+from .trees import canonicalise_output, move_into_place
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +87,7 @@ class StagedOutput:
 
     info: PathInfo
     obj: Path
-    inode: tuple[int, int, int]
+    identity: tuple[int, int, int]
 
 
 def _identity(p: Path) -> tuple[int, int, int] | None:
@@ -121,12 +121,7 @@ def place(
             if existing is not None:
                 return existing
             real = store.real_store / sp.base
-            if os.path.lexists(real):  # left by a crashed registration: not valid, replace it
-                if os.path.isdir(real) and not os.path.islink(real):
-                    os.chmod(real, 0o755)
-                os.rename(real, obj.with_name(obj.name + ".stale"))
-            os.rename(tree, real)
-            seal_top(real)
+            move_into_place(Path(tree), real, obj.with_name(obj.name + ".stale"))
             ident = _identity(real)
     assert ident is not None
     return Placed(path, refs, deriver, obj, ident)
@@ -171,10 +166,9 @@ def stage(
     return archive(store, placed) if isinstance(placed, Placed) else placed
 
 
-def commit(store, staged: list[StagedOutput], exclusive: contextlib.AbstractContextManager) -> list[PathInfo]:
-    """Steps 4-5 for ``staged`` (in build order). ``store`` is the builder's LocalStore;
-    its database is used only inside ``exclusive`` (the lock the builder's threads share
-    it under). Returns the registered (or meanwhile registered by someone else) infos."""
+def commit(store, staged: list[StagedOutput]) -> list[PathInfo]:
+    """Steps 4-5 for ``staged`` (in build order), with ``store`` used from this thread
+    only. Returns the registered (or meanwhile registered by someone else) infos."""
     if not staged:
         return []
     with FileLock(store.gc_lock_path, shared=True):
@@ -197,7 +191,7 @@ def commit(store, staged: list[StagedOutput], exclusive: contextlib.AbstractCont
             fsync_dir(d)
         if new_dirs:
             fsync_dir(store.objects)
-        with exclusive, contextlib.ExitStack() as locks:
+        with contextlib.ExitStack() as locks:
             for lock in sorted({store._path_lock(store.parse_path(s.info.path)) for s in staged}):
                 locks.enter_context(FileLock(lock))
             out: list[PathInfo] = []
@@ -215,7 +209,7 @@ def commit(store, staged: list[StagedOutput], exclusive: contextlib.AbstractCont
                     st = os.lstat(store.real_store / sp.base)
                 except FileNotFoundError:
                     st = None
-                if st is None or (st.st_dev, st.st_ino, st.st_ctime_ns) != s.inode:
+                if st is None or (st.st_dev, st.st_ino, st.st_ctime_ns) != s.identity:
                     raise StoreError(
                         f"cannot register {s.info.path}: its tree was removed or replaced by another "
                         "process before it was registered (build it again)"

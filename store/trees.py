@@ -98,6 +98,19 @@ def _canon_leaf(p: bytes, st: os.stat_result) -> None:
     os.utime(p, _MTIME, follow_symlinks=False)
 
 
+def move_into_place(tree: Path, real: Path, aside: Path) -> None:
+    """Rename ``tree`` to ``real`` (its path in the store dir) and seal it. Whatever is
+    at ``real`` already is an unregistered leftover of a crashed registration (the
+    caller holds the path's registration lock and checked there is no row): it is moved
+    to ``aside`` first, for its owner's temp dir cleanup."""
+    if os.path.lexists(real):
+        if os.path.isdir(real) and not os.path.islink(real):
+            os.chmod(real, 0o755)  # renaming a directory needs write access to it
+        os.rename(real, aside)
+    os.rename(tree, real)
+    seal_top(real)
+
+
 def seal_top(top: Path) -> None:
     """Make the top directory of a tree read-only (after its final rename)."""
     st = os.lstat(top)

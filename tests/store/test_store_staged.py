@@ -44,7 +44,7 @@ def test_staged_output_is_in_place_but_not_valid_until_commit(store, tmp_path):
     assert not (store.objects / s.info.file_hash.hex[:2]).exists() or not any(
         (store.objects / s.info.file_hash.hex[:2]).iterdir()
     )
-    (info,) = commit(store, [s], contextlib.nullcontext())
+    (info,) = commit(store, [s])
     assert store.is_valid(path) and info.nar_hash == want
     assert store.query(path).deriver == "/kiln/store/x-a.drv"
     assert store.verify().ok
@@ -62,7 +62,7 @@ def test_gc_keeps_a_staged_tree_of_a_live_process(store, tmp_path):
     finally:
         other.close()
     assert not report.stray_trees and store.real_path(path).exists()
-    commit(store, [s], contextlib.nullcontext())
+    commit(store, [s])
     assert store.is_valid(path)
 
 
@@ -72,11 +72,11 @@ def test_references_may_be_staged_earlier_in_the_batch(store, tmp_path):
     sb = stage(store, b, _built(tmp_path, "d", a + "\n"), [a], None, tmp_path / "d.object")
     pending = Pending()
     pending.add(
-        [Placed(x.info.path, x.info.references, None, x.obj, x.inode) for x in (sa, sb)],
+        [Placed(x.info.path, x.info.references, None, x.obj, x.identity) for x in (sa, sb)],
         contextlib.ExitStack(),
     )
     assert sorted(closure(store, [b], pending)) == sorted([a, b])
-    infos = commit(store, [sa, sb], contextlib.nullcontext())
+    infos = commit(store, [sa, sb])
     assert [i.path for i in infos] == [a, b]
     assert store.closure([b]) == [a, b]
 
@@ -86,21 +86,26 @@ def test_commit_refuses_a_reference_that_is_not_valid(store, tmp_path):
     sa = stage(store, a, _built(tmp_path, "e", "e\n"), [], None, tmp_path / "e.object")
     sb = stage(store, b, _built(tmp_path, "f", "f\n"), [a], None, tmp_path / "f.object")
     with pytest.raises(StoreError, match="references are not valid"):
-        commit(store, [sb], contextlib.nullcontext())  # a was never committed
+        commit(store, [sb])  # a was never committed
     assert not store.is_valid(b)
-    commit(store, [sa, sb], contextlib.nullcontext())
+    commit(store, [sa, sb])
     assert store.is_valid(b)
+
+
+def _replace_tree(store, path: str) -> None:
+    """What another writer's crashed registration would leave at the real path."""
+    real = store.real_path(path)
+    real.chmod(0o755)
+    shutil.rmtree(real)
+    make_tree(real, {"f": "theirs\n"})
 
 
 def test_commit_detects_a_tree_replaced_by_another_writer(store, tmp_path):
     path = _out(store, "g")
     s = stage(store, path, _built(tmp_path, "g", "mine\n"), [], None, tmp_path / "g.object")
-    real = store.real_path(path)
-    real.chmod(0o755)
-    shutil.rmtree(real)
-    make_tree(real, {"f": "theirs\n"})
+    _replace_tree(store, path)
     with pytest.raises(StoreError, match="removed or replaced"):
-        commit(store, [s], contextlib.nullcontext())
+        commit(store, [s])
     assert not store.is_valid(path)
 
 
@@ -113,7 +118,7 @@ def test_a_path_registered_meanwhile_wins(store, tmp_path):
         theirs = other.register_built(path, _built(tmp_path, "h2", "second\n"), [], None)
     finally:
         other.close()
-    (info,) = commit(store, [s], contextlib.nullcontext())
+    (info,) = commit(store, [s])
     assert info.nar_hash == theirs.nar_hash
     assert (store.real_path(path) / "f").read_text() == "second\n"
     assert store.verify().ok
@@ -170,7 +175,7 @@ def test_concurrent_stage_and_commit_threads(store, tmp_path):
     def committer() -> None:
         mine = LocalStore.open(store.root)  # the store is used from one thread each here
         try:
-            commit(mine, staged, contextlib.nullcontext())
+            commit(mine, staged)
         except BaseException as e:  # noqa: BLE001
             errors.append(e)
         finally:
@@ -206,7 +211,7 @@ def test_place_canonicalises_and_refuses_what_a_store_path_may_not_hold(store, t
             assert stat.S_IMODE(st.st_mode) in (0o444, 0o555)
     s = archive(store, pl)
     assert s.info.nar_hash == nar.hash_path(real)[0]
-    commit(store, [s], contextlib.nullcontext())
+    commit(store, [s])
     assert store.verify().ok
 
     bad = _built(tmp_path, "q", "y\n")
@@ -223,9 +228,6 @@ def test_place_canonicalises_and_refuses_what_a_store_path_may_not_hold(store, t
 def test_archive_notices_a_tree_replaced_after_placing(store, tmp_path):
     path = _out(store, "s")
     pl = place(store, path, _built(tmp_path, "s", "mine\n"), [], None, tmp_path / "s.object")
-    real = store.real_path(path)
-    real.chmod(0o755)
-    shutil.rmtree(real)
-    make_tree(real, {"f": "theirs\n"})
+    _replace_tree(store, path)
     with pytest.raises(StoreError, match="removed or replaced"):
         archive(store, pl)
