@@ -230,10 +230,7 @@ class Registry:
 
         if self.config.policy is None:
             raise _HTTPError(409, "this server has no verification policy (start it with --policy FILE)")
-        self._check_length(request, admission.MAX_REVIEW)
-        raw = await request.content.read(admission.MAX_REVIEW + 1)
-        if len(raw) > admission.MAX_REVIEW:
-            raise _HTTPError(413, f"review over {admission.MAX_REVIEW} bytes")
+        raw = await _read_body(request, admission.MAX_REVIEW, "review")
         try:
             review = admission.parse_review(raw)
         except KilnError as e:
@@ -244,9 +241,7 @@ class Registry:
         return web.json_response(answer, headers={"Cache-Control": "no-store"})
 
     async def _batch(self, request: web.BaseRequest) -> web.Response:
-        if (request.content_length or 0) > 4 << 20:
-            raise _HTTPError(413, "batch request over 4 MiB")
-        raw = await request.content.read(4 << 20)
+        raw = await _read_body(request, 4 << 20, "batch request")
         try:
             data = (
                 json.loads(raw) if raw.strip().startswith((b"{", b"[")) else {"hashes": raw.decode().split()}
@@ -301,8 +296,7 @@ class Registry:
         answer, in request order, is for each object a line ``<hex> <size>\n``
         followed by exactly ``size`` bytes, or ``<hex> -\n`` if this registry lacks it.
         The client verifies every object's digest as for a single download."""
-        self._check_length(request, 1 << 20)
-        raw = await request.content.read((1 << 20) + 1)
+        raw = await _read_body(request, 1 << 20, "blob batch request")
         try:
             blobs = json.loads(raw).get("blobs")
             if not isinstance(blobs, list) or not all(isinstance(b, str) for b in blobs):
@@ -374,10 +368,7 @@ class Registry:
                 )
             return _text(201, "stored")
         if kind == "narinfo":
-            self._check_length(request, self.config.max_narinfo)
-            body = await request.content.read(self.config.max_narinfo + 1)
-            if len(body) > self.config.max_narinfo:
-                raise _HTTPError(413, f"narinfo over {self.config.max_narinfo} bytes")
+            body = await _read_body(request, self.config.max_narinfo, "narinfo")
             try:
                 text = body.decode()
             except UnicodeDecodeError:
@@ -389,8 +380,7 @@ class Registry:
         if kind == "att" and layout.att_kind_of_key(key):
             from .attest_transfer import MAX_ATTESTATION, admit
 
-            self._check_length(request, MAX_ATTESTATION)
-            body = await request.content.read(MAX_ATTESTATION + 1)
+            body = await _read_body(request, MAX_ATTESTATION, "attestation")
             keys = [*self.config.trusted, *self.config.attesters]
             status, msg = await asyncio.get_running_loop().run_in_executor(
                 None, admit, src.storage, src.store_dir, arg, layout.att_kind_of_key(key), body, keys
@@ -500,6 +490,22 @@ class _HTTPError(Exception):
     def __init__(self, status: int, msg: str) -> None:
         super().__init__(msg)
         self.status, self.msg = status, msg
+
+
+async def _read_body(request: web.BaseRequest, limit: int, what: str) -> bytes:
+    """The whole request body, or 413 if it is over ``limit`` bytes. (A single
+    ``content.read(n)`` returns whatever has arrived so far, not n bytes: a body
+    that comes in several TCP segments would be cut short and misparsed.)"""
+    if request.content_length is not None and request.content_length > limit:
+        raise _HTTPError(413, f"{what} of {request.content_length} bytes is over the limit of {limit}")
+    parts: list[bytes] = []
+    total = 0
+    while chunk := await request.content.read(min(CHUNK, limit + 1 - total)):
+        total += len(chunk)
+        if total > limit:
+            raise _HTTPError(413, f"{what} is over the limit of {limit} bytes")
+        parts.append(chunk)
+    return b"".join(parts)
 
 
 async def _drain(request: web.BaseRequest, limit: int) -> None:

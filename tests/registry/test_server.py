@@ -142,6 +142,47 @@ def test_blob_batch(setup, keys) -> None:
     assert request(f"{srv.url}/blob-batch", "POST", too_many)[0] == 413
 
 
+def _post_in_pieces(url: str, target: str, body: bytes, pieces: int) -> tuple[int, bytes]:
+    """POST ``body`` over a raw socket in ``pieces`` writes with pauses between, so the
+    server sees it arrive in several reads; returns (status, response body)."""
+    import socket
+    import time
+    from urllib.parse import urlsplit
+
+    u = urlsplit(url)
+    with socket.create_connection((u.hostname, u.port), timeout=30) as sock:
+        head = (
+            f"POST /{target} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        )
+        sock.sendall(head.encode())
+        step = -(-len(body) // pieces)
+        for i in range(0, len(body), step):
+            sock.sendall(body[i : i + step])
+            time.sleep(0.05)
+        answer = b""
+        while data := sock.recv(65536):
+            answer += data
+    status = int(answer.split(b" ", 2)[1])
+    return status, answer.split(b"\r\n\r\n", 1)[1]
+
+
+def test_body_arriving_in_pieces(setup, keys) -> None:
+    """A request body read in several pieces is read whole (a regression: one
+    ``content.read(n)`` returned only what had arrived and the JSON was misparsed)."""
+    store, path, info, reg, wtok, _rtok, srv = setup
+    _upload(srv.url, store, path, info, keys.sk, wtok)
+    have = info.file_hash.hex
+    body = json.dumps({"blobs": [have] * 3}).encode()
+    status, out = _post_in_pieces(srv.url, "blob-batch", body, 4)
+    assert status == 200 and out.count(f"{have} ".encode()) == 3
+    status, _ = _post_in_pieces(srv.url, "blob-batch", json.dumps({"blobs": [have] * 5000}).encode(), 5)
+    assert status == 413
+    status, out = _post_in_pieces(
+        srv.url, "narinfo-batch", json.dumps({"hashes": [path.split("/")[-1][:32]]}).encode(), 3
+    )
+    assert status == 200, out
+
+
 def test_token_scopes(setup, keys) -> None:
     store, path, info, reg, wtok, rtok, srv = setup
     key = f"{srv.url}/{layout.nar_key(info.file_hash)}"
