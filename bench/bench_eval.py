@@ -8,19 +8,24 @@ plain ``derivation {}`` calls, the sources ``derivation { outputHash... }`` with
 ``builder = "builtin:fetchurl"``, and returns the list of all packages.
 
 Timed, side by side, each a fresh process, min / median wall time of ``--reps`` and the
-median CPU time (user + sys of the child: steadier than wall time on a busy machine):
+median CPU time (user + sys of the child: steadier than wall time on a busy machine),
+for kiln run two ways: from this checkout with the running interpreter (``python -m
+kiln``: its site-packages, ``.pth`` hooks and editable-install finder included), and
+as ``pip install`` gives it to a user (``kiln`` console script of a fresh venv holding a
+regular, non-editable install of this checkout; skipped with ``--no-venv`` or when the
+venv cannot be made):
 
 - ``kiln eval`` cold (no evaluation cache: a fresh ``--store`` root each rep);
 - ``kiln eval`` cached (the same files again);
-- ``python3 -c pass``: the interpreter's own start (site, ``.pth`` files), the floor
-  under any cached run;
+- ``python -c pass`` with the same interpreter: its own start (site, ``.pth`` files),
+  the floor under any cached run;
 - ``nix-instantiate`` (writes the ``.drv`` files; a salt makes them new each rep);
 - ``nix-instantiate`` again (``.drv`` files already valid);
 - ``nix-instantiate --readonly-mode`` (hashes only, no store writes: what ``kiln eval``
   does, since kiln writes ``.drv`` files only when building or with ``--write``).
 
 Ratios printed: kiln cold / each Nix row, and kiln cached / kiln cold (target ≤ 0.10).
-Usage: ``python bench/bench_eval.py [--sizes 1000 10000] [--reps 3] [--no-nix]``.
+Usage: ``python bench/bench_eval.py [--sizes 1000 10000] [--reps 3] [--no-nix] [--no-venv]``.
 """
 
 from __future__ import annotations
@@ -112,16 +117,39 @@ def stats(runs: list[tuple[float, float]]) -> tuple[float, float, float]:
     return min(walls), statistics.median(walls), statistics.median(c for _, c in runs)
 
 
+def installed_kiln(work: Path) -> tuple[list[str], list[str]] | None:
+    """(kiln command, interpreter-floor command) for kiln as ``pip install`` gives it:
+    a fresh venv without system site-packages (so none of this environment's ``.pth``
+    hooks run) and a regular install of this checkout. None if pip fails (offline and
+    no local index), with the reason printed."""
+    venv = work / "venv"
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True)
+        subprocess.run(
+            [str(venv / "bin" / "pip"), "install", "--quiet", str(repo)], check=True, capture_output=True
+        )
+    except subprocess.CalledProcessError as e:
+        print(f"(no installed-kiln rows: {' '.join(e.cmd[:3])} failed: {e.stderr.decode()[-300:]})")
+        return None
+    finally:
+        shutil.rmtree(repo / "build", ignore_errors=True)  # setuptools' in-tree build dir
+    return [str(venv / "bin" / "kiln")], [str(venv / "bin" / "python"), "-c", "pass"]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--no-nix", action="store_true")
+    ap.add_argument("--no-venv", action="store_true", help="only run kiln from this checkout")
     args = ap.parse_args()
     have_nix = not args.no_nix and shutil.which("nix-instantiate") is not None
-    kiln = [sys.executable, "-m", "kiln"]
     work = Path(tempfile.mkdtemp(prefix="kiln-bench-eval-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("KILN_")}
+    setups = {"checkout": ([sys.executable, "-m", "kiln"], [sys.executable, "-c", "pass"])}
+    if not args.no_venv and (inst := installed_kiln(work)) is not None:
+        setups["installed"] = inst
     rows = []
     try:
         for n in args.sizes:
@@ -134,13 +162,14 @@ def main() -> int:
             def fresh_home(d=d, homes=homes):
                 env["KILN_HOME"] = str(d / f"home{next(homes)}")
 
-            cold = [timed([*kiln, "eval", "set.recipe"], env, d, fresh_home) for _ in range(args.reps)]
-            res["kiln eval (cold)"] = stats(cold)
-            cached = [timed([*kiln, "eval", "set.recipe"], env, d) for _ in range(args.reps * 3)]
-            res["kiln eval (cached)"] = stats(cached)
-            # the floor under any cached run: this interpreter starting (site, .pth files)
-            floor = [timed([sys.executable, "-c", "pass"], env, d) for _ in range(args.reps * 3)]
-            res["python3 -c pass (interpreter floor)"] = stats(floor)
+            for setup, (kiln, floor_cmd) in setups.items():
+                cold = [timed([*kiln, "eval", "set.recipe"], env, d, fresh_home) for _ in range(args.reps)]
+                res[f"kiln eval (cold, {setup})"] = stats(cold)
+                cached = [timed([*kiln, "eval", "set.recipe"], env, d) for _ in range(args.reps * 3)]
+                res[f"kiln eval (cached, {setup})"] = stats(cached)
+                # the floor under any cached run: this interpreter starting (site, .pth files)
+                floor = [timed(floor_cmd, env, d) for _ in range(args.reps * 3)]
+                res[f"python -c pass (floor, {setup})"] = stats(floor)
             if have_nix:
                 salts = iter(range(10**6))
 
@@ -164,16 +193,17 @@ def main() -> int:
                 print(
                     f"{label:<40} wall min {mn:7.3f}s  median {md:7.3f}s  cpu {cpu:7.3f}s  {md * 1000 / n:6.3f} ms/pkg"
                 )
-            kc, kcc = res["kiln eval (cold)"][1], res["kiln eval (cold)"][2]
-            cached, cached_cpu = res["kiln eval (cached)"][1], res["kiln eval (cached)"][2]
-            print(
-                f"ratio kiln cached / kiln cold: wall {cached / kc:.3f}, cpu {cached_cpu / kcc:.3f}  (target <= 0.10)"
-            )
-            fl = res["python3 -c pass (interpreter floor)"][1]
-            print(
-                f"kiln's own work in a cached run: {(cached - fl) * 1000:.1f} ms over the interpreter floor "
-                f"of {fl * 1000:.1f} ms (floor alone / kiln cold = {fl / kc:.3f})"
-            )
+            for setup in setups:
+                kc, kcc = res[f"kiln eval (cold, {setup})"][1:]
+                cached, cached_cpu = res[f"kiln eval (cached, {setup})"][1:]
+                fl = res[f"python -c pass (floor, {setup})"][1]
+                print(
+                    f"[{setup}] ratio kiln cached / kiln cold: wall {cached / kc:.3f}, cpu {cached_cpu / kcc:.3f}"
+                    f"  (target <= 0.10); kiln's own work in a cached run: {(cached - fl) * 1000:.1f} ms over "
+                    f"the interpreter floor of {fl * 1000:.1f} ms (floor alone / cold = {fl / kc:.3f})"
+                )
+            kc, kcc = res["kiln eval (cold, checkout)"][1:]
+            cached = res["kiln eval (cached, checkout)"][1]
             for label in [k for k in res if k.startswith("nix")]:
                 print(
                     f"ratio kiln cold / {label}: wall {kc / res[label][1]:.2f}, cpu {kcc / res[label][2]:.2f}"

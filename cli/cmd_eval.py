@@ -8,22 +8,33 @@ Local ``path "..."`` sources are added to the local store (they have to be hashe
 The logical store dir is the store's own (its ``config.json``), else ``/kiln/store``,
 unless ``--store-dir`` says otherwise. ``kiln eval --write`` also writes the ``.drv``
 closure into the local store (what ``nix-instantiate`` does by default).
+
+The everyday ``kiln eval FILE`` (one argument, no option) skips argparse: on an
+evaluation-cache hit, argparse and what it imports (re, gettext, locale, shutil) would
+be a quarter of the command's time. ``_plain_eval_args`` builds the same namespace the
+parser would (a test holds them equal). Nothing here imports pathlib or json until a
+path needs it, for the same reason.
 """
 
 from __future__ import annotations
 
-import argparse
 import gc
-import json
+import os
 import sys
-from pathlib import Path
 
-from .common import add_store_arg, store_root
+from .common import add_store_arg, default_home_dir
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing
+if TYPE_CHECKING:
+    import argparse
+    from pathlib import Path
 
 DEFAULT_STORE_DIR = "/kiln/store"
 
 
 def _parser(cmd: str) -> argparse.ArgumentParser:
+    import argparse
+
     p = argparse.ArgumentParser(prog=f"kiln {cmd}")
     if cmd == "show-derivation":
         p.description = "Print a derivation as JSON (like 'nix show-derivation')."
@@ -51,20 +62,40 @@ def _parser(cmd: str) -> argparse.ArgumentParser:
     return p
 
 
+def _plain_eval_args(file: str) -> argparse.Namespace:
+    """What ``_parser("eval").parse_args([file])`` returns, without argparse."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(  # type: ignore[return-value]
+        file=file, attr=None, json=False, write=False, store=None, store_dir=None, no_cache=False
+    )
+
+
+def _root(args: argparse.Namespace) -> str:
+    """The store root, as a string (``common.store_root`` without pathlib)."""
+    return os.fspath(args.store) if args.store else default_home_dir()
+
+
 def _store_dir(args: argparse.Namespace) -> str:
     if args.store_dir:
         return args.store_dir
     try:
-        data = json.loads((store_root(args) / "config.json").read_text())
-        return str(data["store_dir"])
-    except (OSError, ValueError, KeyError, TypeError):
+        with open(os.path.join(_root(args), "config.json"), "rb") as f:
+            text = f.read()
+    except OSError:
+        return DEFAULT_STORE_DIR
+    import json
+
+    try:
+        return str(json.loads(text)["store_dir"])
+    except (ValueError, KeyError, TypeError):
         return DEFAULT_STORE_DIR
 
 
 class _Sources:
     """The ``add_source`` callback: adds local sources to the local store (opened lazily)."""
 
-    def __init__(self, root: Path, store_dir: str) -> None:
+    def __init__(self, root: str, store_dir: str) -> None:
         self.root = root
         self.store_dir = store_dir
         self.store = None
@@ -79,7 +110,9 @@ class _Sources:
                 raise KilnError(
                     f"local path sources need the local store, which is unavailable here ({e})"
                 ) from None
-            self.store = LocalStore.open(self.root, self.store_dir)
+            from pathlib import Path
+
+            self.store = LocalStore.open(Path(self.root), self.store_dir)
         return self.store
 
     def __call__(self, src: Path, name: str) -> str:
@@ -94,20 +127,22 @@ class _Sources:
         store = self._open()
         for store_path, origin in sorted(sources.items()):
             if store.query(store_path) is None:
+                from pathlib import Path
+
                 self(Path(origin), store_path.rsplit("/", 1)[-1].split("-", 1)[1])
 
 
 def _evaluate(args: argparse.Namespace):
     from kiln.lang import evaluate_file
 
-    root = store_root(args)
+    root = _root(args)
     store_dir = _store_dir(args)
     sources = _Sources(root, store_dir)
     ev = evaluate_file(
         args.file,
         store_dir=store_dir,
         add_source=sources,
-        cache_dir=None if args.no_cache else root / "eval-cache",
+        cache_dir=None if args.no_cache else os.path.join(root, "eval-cache"),
     )
     if ev.from_cache:
         sources.ensure(ev.sources)
@@ -151,6 +186,8 @@ def _cmd_eval(args) -> int:
                 store.add_text(f"{d.name}.drv", d.serialize().encode(), [str(r) for r in d.references()])
     # names and output paths come straight from the cache's tuples on a hit
     if args.json:
+        import json
+
         data = {a: {"name": ev.name_of(p), "drvPath": p, "outPath": ev.out_path(p)} for a, p in items}
         print(json.dumps(data, indent=2, sort_keys=True))
     else:
@@ -160,6 +197,9 @@ def _cmd_eval(args) -> int:
 
 
 def _cmd_show(args) -> int:
+    import json
+    from pathlib import Path
+
     if args.attr is None:
         from kiln.store.derivation import parse
         from kiln.store.errors import KilnError
@@ -175,7 +215,7 @@ def _cmd_show(args) -> int:
         else:
             from kiln.store.localstore import LocalStore
 
-            store = LocalStore.open(store_root(args), create=False)
+            store = LocalStore.open(Path(_root(args)), create=False)
             sp = StorePath.parse(target, store.store_dir)
             if not sp.name.endswith(".drv"):
                 raise KilnError(f"{target} is not a .drv path")
@@ -255,5 +295,7 @@ _COMMANDS = {"eval": _cmd_eval, "show-derivation": _cmd_show, "path": _cmd_path,
 
 def main(argv: list[str]) -> int:
     cmd, rest = argv[0], argv[1:]
+    if cmd == "eval" and len(rest) == 1 and not rest[0].startswith("-"):
+        return _cmd_eval(_plain_eval_args(rest[0]))
     args = _parser(cmd).parse_args(rest)
     return _COMMANDS[cmd](args)

@@ -8,23 +8,39 @@ traceback only with ``KILN_DEBUG=1``).
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from collections.abc import Callable
-from pathlib import Path
+
+# No argparse or pathlib at import time: every command imports this module, and a
+# cached ``kiln eval FILE`` uses neither (see cmd_eval.main).
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing
+if TYPE_CHECKING:
+    import argparse
+    from pathlib import Path
+
+
+def default_home_dir() -> str:
+    """``KILN_HOME`` or ``~/.local/share/kiln`` (``$XDG_DATA_HOME/kiln`` if set)."""
+    env = os.environ.get("KILN_HOME")
+    if env:
+        return env
+    xdg = os.environ.get("XDG_DATA_HOME")
+    return (
+        os.path.join(xdg, "kiln") if xdg else os.path.join(os.path.expanduser("~"), ".local", "share", "kiln")
+    )
 
 
 def default_home() -> Path:
-    """``KILN_HOME`` or ``~/.local/share/kiln``."""
-    env = os.environ.get("KILN_HOME")
-    if env:
-        return Path(env)
-    xdg = os.environ.get("XDG_DATA_HOME")
-    return Path(xdg) / "kiln" if xdg else Path.home() / ".local" / "share" / "kiln"
+    """``default_home_dir()`` as a Path."""
+    from pathlib import Path
+
+    return Path(default_home_dir())
 
 
 def add_store_arg(p: argparse.ArgumentParser) -> None:
+    from pathlib import Path
+
     p.add_argument(
         "--store",
         type=Path,

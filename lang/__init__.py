@@ -28,25 +28,26 @@ Derivations are not written to the store here; that is the caller's job
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import os
 import sys
-import threading
 from collections.abc import Callable, Mapping
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 from . import cache as _cache
 from .errors import RecipeError
 
+# typing.TYPE_CHECKING without importing typing, and no pathlib or threading at import
+# time: a cache hit (see kiln.lang.cache) needs none of them
+TYPE_CHECKING = False
 if TYPE_CHECKING:  # not imported at run time: a cache hit needs no Derivation objects
+    from pathlib import Path
+
     from kiln.store.derivation import Derivation
 
 __all__ = ["Evaluation", "RecipeError", "evaluate_file", "DEFAULT_STORE_DIR"]
 
 DEFAULT_STORE_DIR = "/kiln/store"
-AddSource = Callable[[Path, str], str]
+AddSource = Callable[["Path", str], str]
 
 
 class Evaluation:
@@ -166,6 +167,8 @@ def _literal(v) -> str:
 
 def _deep(fn):
     """Run ``fn`` on a thread with a large stack: long dependency chains recurse deeply."""
+    import threading
+
     result: list = []
     error: list = []
 
@@ -243,7 +246,7 @@ def evaluate_file(
     display = os.fspath(path)
     file = os.path.abspath(display)
     if cache_dir is not None:
-        data = _cache.load(Path(cache_dir), file, store_dir)
+        data = _cache.load(cache_dir, file, store_dir)
         if data is not None:
             return Evaluation(
                 file,
@@ -259,8 +262,10 @@ def evaluate_file(
     result = _evaluate(file, display, store_dir, add_source)
     if cache_dir is not None:
         # a cache that cannot be written only makes the next evaluation slower
+        import contextlib
+
         with contextlib.suppress(OSError):
             _cache.save(
-                Path(cache_dir), file, store_dir, result.files, result.sources, result.drv_paths, result.drvs
+                cache_dir, file, store_dir, result.files, result.sources, result.drv_paths, result.drvs
             )
     return result

@@ -14,22 +14,44 @@ one (``LazyDrvs``): listing the packages (``kiln eval``) touches neither.
 
 Writes go to a temp file in the cache dir, are fsynced and renamed into place, so a
 reader sees a whole entry or none; a corrupt or foreign entry is just a miss.
+
+A hit is most of what a cached ``kiln eval`` does, and at 1,000 packages the whole
+command must stay under a tenth of an evaluation, so this module imports only ``os``,
+``marshal`` and ``collections.abc``: no ``pathlib``, ``typing`` or ``hashlib`` (whose
+import initialises OpenSSL, ~3 ms); paths are plain strings here.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import marshal
 import os
 from collections.abc import Iterator, Mapping
-from pathlib import Path
-from typing import TYPE_CHECKING
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing
 if TYPE_CHECKING:  # a cache hit must not pay for importing the derivation module
     from kiln.store.derivation import Derivation
 
 FORMAT = 2
+
+
+def _sha256(data: bytes) -> str:
+    """Hex sha256 of ``data`` from CPython's builtin implementation (``_sha2`` from 3.12,
+    ``_sha256`` before), the same function as ``hashlib.sha256`` without OpenSSL's
+    start-up; ``hashlib`` where neither exists."""
+    global _sha256_impl
+    if _sha256_impl is None:
+        try:
+            from _sha2 import sha256 as impl  # type: ignore[import-not-found]
+        except ImportError:
+            try:
+                from _sha256 import sha256 as impl  # type: ignore[import-not-found,no-redef]
+            except ImportError:
+                from hashlib import sha256 as impl  # type: ignore[assignment]
+        _sha256_impl = impl
+    return _sha256_impl(data).hexdigest()
+
+
+_sha256_impl = None
 
 
 def _version() -> str:
@@ -38,27 +60,27 @@ def _version() -> str:
     (about 20 stat calls: cheap next to reading the cache entry)."""
     from kiln import __version__
 
-    here = Path(__file__).parent
+    here = os.path.dirname(os.path.abspath(__file__))
+    store = os.path.join(os.path.dirname(here), "store")
+    try:
+        names = os.listdir(here)
+    except OSError:
+        names = []
+    files = [os.path.join(here, n) for n in names if n.endswith((".py", ".lark"))]
+    files += [os.path.join(store, "derivation.py"), os.path.join(store, "paths.py")]
     stamp = [__version__]
-    for f in sorted(
-        [
-            *here.glob("*.py"),
-            *here.glob("*.lark"),
-            here.parent / "store" / "derivation.py",
-            here.parent / "store" / "paths.py",
-        ]
-    ):
+    for f in sorted(files):
         try:
-            st = f.stat()
+            st = os.stat(f)
         except OSError:
             continue
-        stamp.append(f"{f.name}:{st.st_size}:{st.st_mtime_ns}")
+        stamp.append(f"{os.path.basename(f)}:{st.st_size}:{st.st_mtime_ns}")
     return "|".join(stamp)
 
 
-def entry_path(cache_dir: Path, entry: str, store_dir: str) -> Path:
-    key = hashlib.sha256(f"{FORMAT}\0{_version()}\0{store_dir}\0{entry}".encode()).hexdigest()
-    return cache_dir / f"{key[:40]}.eval"
+def entry_path(cache_dir: str | os.PathLike, entry: str, store_dir: str) -> str:
+    key = _sha256(f"{FORMAT}\0{_version()}\0{store_dir}\0{entry}".encode())
+    return os.path.join(cache_dir, f"{key[:40]}.eval")
 
 
 def drv_to_tuple(d: Derivation) -> tuple:
@@ -144,16 +166,17 @@ class LazyDrvs(Mapping):
 def file_digest(path: str) -> str | None:
     try:
         with open(path, "rb") as f:
-            return hashlib.sha256(f.read()).hexdigest()
+            return _sha256(f.read())
     except OSError:
         return None
 
 
-def load(cache_dir: Path, entry: str, store_dir: str) -> dict | None:
+def load(cache_dir: str | os.PathLike, entry: str, store_dir: str) -> dict | None:
     """The cached evaluation of ``entry`` if still valid, else ``None``."""
     p = entry_path(cache_dir, entry, store_dir)
     try:
-        data = marshal.loads(p.read_bytes())
+        with open(p, "rb") as f:
+            data = marshal.loads(f.read())
     except (OSError, EOFError, ValueError, TypeError):
         return None
     if not isinstance(data, dict) or data.get("format") != FORMAT or data.get("entry") != entry:
@@ -162,6 +185,8 @@ def load(cache_dir: Path, entry: str, store_dir: str) -> dict | None:
         if file_digest(path) != digest:
             return None
     if data["sources"]:
+        from pathlib import Path
+
         from .sources import fingerprint
 
         for _store_path, origin, fp in data["sources"]:
@@ -174,7 +199,7 @@ def load(cache_dir: Path, entry: str, store_dir: str) -> dict | None:
 
 
 def save(
-    cache_dir: Path,
+    cache_dir: str | os.PathLike,
     entry: str,
     store_dir: str,
     files: dict[str, str],
@@ -184,6 +209,10 @@ def save(
 ) -> None:
     """Record an evaluation. ``files``: path → sha256 of the bytes read; ``sources``:
     store path → origin."""
+    import contextlib
+    import tempfile
+    from pathlib import Path
+
     from .sources import fingerprint
 
     data = {
@@ -200,10 +229,8 @@ def save(
             if "out" in drvs[p].outputs_map
         },
     }
-    import tempfile
-
     blob = marshal.dumps(data)
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    os.makedirs(cache_dir, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=".tmp-")
     try:
         with os.fdopen(fd, "wb") as f:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 from lang_helpers import run_kiln
 
@@ -97,3 +98,42 @@ def test_usage_errors(features, tmp_path):
     assert r.returncode == 1 and "is a record, not a package" in r.stderr
     r = run_kiln(["eval", "missing.recipe"], cwd=features, home=tmp_path)
     assert r.returncode == 1 and "does not exist" in r.stderr
+
+
+def test_plain_eval_skips_argparse_with_the_same_arguments():
+    """``kiln eval FILE`` is parsed by hand (see cmd_eval.main): the namespace must be
+    exactly what argparse would have made."""
+    from kiln import cmd_eval
+
+    assert vars(cmd_eval._plain_eval_args("x.recipe")) == vars(
+        cmd_eval._parser("eval").parse_args(["x.recipe"])
+    )
+
+
+def test_cached_cli_eval_imports_little(features, tmp_path):
+    """A cached ``kiln eval FILE`` imports neither the parser nor argparse, pathlib,
+    typing, json, threading or hashlib (each costs milliseconds a hit does not need).
+    Only what kiln itself loads counts: site (.pth hooks, the editable-install finder)
+    may have imported some of them already."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; before = set(sys.modules); from kiln.main import main; main(['eval', 'values.recipe']);"
+        "heavy = ['lark', 'kiln.lang.parser', 'argparse', 'pathlib', 'typing', 'json', 'threading', 'hashlib'];"
+        "print('LOADED', *[m for m in heavy if m in sys.modules and m not in before], file=sys.stderr)"
+    )
+
+    def run() -> list[str]:
+        r = subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=features,
+            env={**os.environ, "KILN_HOME": str(tmp_path)},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return r.stderr.split("LOADED")[1].split()
+
+    assert "lark" in run()  # the first run evaluates
+    assert run() == []
