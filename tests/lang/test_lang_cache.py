@@ -108,3 +108,13 @@ def test_cache_file_is_replaced_atomically(tmp_path):
 
 def test_data_dir(tmp_path):
     assert Path(DATA).is_dir()
+
+
+def test_builtin_sha256_is_sha256():
+    """The cache hashes with CPython's builtin sha256 (no OpenSSL start-up): same digests."""
+    import hashlib
+
+    from kiln.lang import cache
+
+    for data in (b"", b"abc", bytes(range(256)) * 1000):
+        assert cache._sha256(data) == hashlib.sha256(data).hexdigest()
