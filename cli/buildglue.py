@@ -70,19 +70,14 @@ def evaluate(store, file: str, attrs: list[str], use_cache: bool = True):
 
 
 def write_drvs(store, ev, roots: list[str]) -> None:
-    """Add the ``.drv`` closure of ``roots`` to the store (dependencies first)."""
-    seen: set[str] = set()
-    for r in roots:
-        for p in ev.closure(r):
-            if p in seen:
-                continue
-            seen.add(p)
-            if store.is_valid(p):
-                continue
-            d = ev.drvs[p]
-            info = store.add_text(f"{d.name}.drv", d.serialize().encode(), [str(x) for x in d.references()])
-            if info.path != p:
-                raise KilnError(f"internal error: derivation {d.name} stored as {info.path}, expected {p}")
+    """Add the ``.drv`` closure of ``roots`` to the store (dependencies first, each once)."""
+    for p in ev.closure(*roots):
+        if store.is_valid(p):
+            continue
+        d = ev.drvs[p]
+        info = store.add_text(f"{d.name}.drv", d.serialize().encode(), [str(x) for x in d.references()])
+        if info.path != p:
+            raise KilnError(f"internal error: derivation {d.name} stored as {info.path}, expected {p}")
 
 
 def load_sign_key(store, key_file: str | None, create: bool):

@@ -179,11 +179,9 @@ def _cmd_eval(args) -> int:
     else:
         items = list(ev.drv_paths.items())
     if args.write:
-        store = sources._open()
-        for _, p in items:
-            for q in ev.closure(p):
-                d = ev.drvs[q]
-                store.add_text(f"{d.name}.drv", d.serialize().encode(), [str(r) for r in d.references()])
+        from .buildglue import write_drvs
+
+        write_drvs(sources._open(), ev, [p for _, p in items])
     # names and output paths come straight from the cache's tuples on a hit
     if args.json:
         import json

@@ -94,11 +94,12 @@ class Evaluation:
     def packages(self) -> dict[str, Derivation]:
         return {a: self.drvs[p] for a, p in self.drv_paths.items()}
 
-    def closure(self, drv_path: str) -> list[str]:
-        """``drv_path`` and every derivation it depends on, dependencies first."""
+    def closure(self, *drv_paths: str) -> list[str]:
+        """The ``drv_paths`` and every derivation they depend on, each once,
+        dependencies first (one walk for all of them: linear in the closure's size)."""
         out: list[str] = []
         seen: set[str] = set()
-        stack = [(drv_path, False)]
+        stack = [(p, False) for p in reversed(drv_paths)]
         while stack:
             p, done = stack.pop()
             if done:
