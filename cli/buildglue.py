@@ -70,14 +70,18 @@ def evaluate(store, file: str, attrs: list[str], use_cache: bool = True):
 
 
 def write_drvs(store, ev, roots: list[str]) -> None:
-    """Add the ``.drv`` closure of ``roots`` to the store (dependencies first, each once)."""
-    for p in ev.closure(*roots):
-        if store.is_valid(p):
-            continue
+    """Add the ``.drv`` closure of ``roots`` to the store (dependencies first, each once,
+    group-committed by ``LocalStore.add_texts``)."""
+    todo = [p for p in ev.closure(*roots) if not store.is_valid(p)]
+    texts = []
+    for p in todo:
         d = ev.drvs[p]
-        info = store.add_text(f"{d.name}.drv", d.serialize().encode(), [str(x) for x in d.references()])
+        texts.append((f"{d.name}.drv", d.serialize().encode(), [str(x) for x in d.references()]))
+    for p, info in zip(todo, store.add_texts(texts), strict=True):
         if info.path != p:
-            raise KilnError(f"internal error: derivation {d.name} stored as {info.path}, expected {p}")
+            raise KilnError(
+                f"internal error: derivation {ev.drvs[p].name} stored as {info.path}, expected {p}"
+            )
 
 
 def load_sign_key(store, key_file: str | None, create: bool):

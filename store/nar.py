@@ -206,6 +206,13 @@ def dump_bytes(path: str | os.PathLike) -> bytes:
     return b"".join(dump(path))
 
 
+def file_nar(contents: bytes, executable: bool = False) -> bytes:
+    """The NAR of a single regular file holding ``contents`` (no file needed: text
+    paths such as ``.drv`` files are archived straight from memory)."""
+    head = _HDR_ROOT + _HDR_REGULAR + (_HDR_EXEC if executable else b"") + _HDR_CONTENTS
+    return head + _str(contents) + _CLOSE
+
+
 # ---------------------------------------------------------------------------- queries
 
 

@@ -35,6 +35,18 @@ def test_agrees_with_the_parser(tmp_path: Path, size: int, executable: bool) -> 
         assert e.type == ("executable" if r[0] else "regular") and e.size == len(r[1])
 
 
+@pytest.mark.parametrize("size", [0, 1, 7, 8, 9, 100, 65537])
+@pytest.mark.parametrize("executable", [False, True])
+def test_file_nar_is_dump_of_the_file(tmp_path: Path, size: int, executable: bool) -> None:
+    """``nar.file_nar`` (a NAR made from bytes, no file) is byte-identical to dumping a
+    file with those contents."""
+    f = tmp_path / "f"
+    data = os.urandom(size)
+    f.write_bytes(data)
+    f.chmod(0o755 if executable else 0o644)
+    assert nar.file_nar(data, executable) == b"".join(nar.dump(f))
+
+
 def test_declines_other_shapes(tmp_path: Path) -> None:
     f = tmp_path / "f"
     f.write_bytes(b"hello")

@@ -159,14 +159,14 @@ def test_write_adds_each_drv_once(tmp_path):
 
     store = LocalStore.open(tmp_path / "home")
     added: list[str] = []
-    real_add_text = store.add_text
+    real_add_texts = store.add_texts
 
-    def counting_add_text(name, text, refs):
-        info = real_add_text(name, text, refs)
-        added.append(info.path)
-        return info
+    def counting_add_texts(items):
+        infos = real_add_texts(items)
+        added.extend(i.path for i in infos)
+        return infos
 
-    store.add_text = counting_add_text  # type: ignore[method-assign]
+    store.add_texts = counting_add_texts  # type: ignore[method-assign]
     write_drvs(store, ev, roots)
     assert added == order
     write_drvs(store, ev, roots)  # all valid now: nothing is added again

@@ -121,6 +121,37 @@ def test_add_text(store, sample):
         store.add_text("y.drv", b"y", ["/kiln/store/" + "0" * 32 + "-missing"])
 
 
+def test_add_texts_is_add_text_with_group_commit(store, sample, tmp_path):
+    """``add_texts`` registers exactly what ``add_text`` would (same paths, digests,
+    references, content address, bytes), references to earlier items included."""
+    from kiln.store.localstore import LocalStore
+
+    src = store.add_path(sample)
+    other = LocalStore.open(tmp_path / "other")
+    other.add_path(sample)
+    items, prev = [], [src.path]
+    for i in range(5):
+        text = f"Derive([{i}])".encode() * (i + 1)
+        items.append((f"t{i}.drv", text, prev))
+        prev = [str(make_text_path(f"t{i}.drv", text, [store.parse_path(r) for r in prev], "/kiln/store"))]
+    one_by_one = [store.add_text(*item) for item in items]
+    grouped = other.add_texts(items)
+    for a, b in zip(one_by_one, grouped, strict=True):
+        assert (a.path, a.nar_hash, a.nar_size, a.references, a.ca) == (
+            b.path,
+            b.nar_hash,
+            b.nar_size,
+            b.references,
+            b.ca,
+        )
+        assert other.real_path(b.path).read_bytes() == store.real_path(a.path).read_bytes()
+        assert other.is_valid(b.path)
+    assert [i.path for i in other.add_texts(items)] == [i.path for i in grouped]  # valid: kept
+    assert other.verify().ok
+    with pytest.raises(StoreError, match="not valid"):
+        other.add_texts([("y.drv", b"y", ["/kiln/store/" + "0" * 32 + "-missing"])])
+
+
 def test_register_built(store, sample, tmp_path):
     dep = store.add_path(sample)
     out = "/kiln/store/" + "1" * 32 + "-out"
