@@ -14,6 +14,7 @@ uses ``waiting_on`` directly.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -39,16 +40,17 @@ class Graph:
                 if i in want:
                     indeg[p] += 1
                     users[i].append(p)
-        ready = sorted(p for p, n in indeg.items() if n == 0)
+        # a heap, not a list sorted after each step: a fan-in of N leaves is O(N log N)
+        ready = [p for p, n in indeg.items() if n == 0]
+        heapq.heapify(ready)
         out: list[str] = []
         while ready:
-            p = ready.pop(0)
+            p = heapq.heappop(ready)
             out.append(p)
             for u in users[p]:
                 indeg[u] -= 1
                 if indeg[u] == 0:
-                    ready.append(u)
-            ready.sort()
+                    heapq.heappush(ready, u)
         if len(out) != len(want):
             raise StoreError("derivation graph has a cycle")
         return out
