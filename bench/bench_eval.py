@@ -17,6 +17,8 @@ venv cannot be made):
 
 - ``kiln eval`` cold (no evaluation cache: a fresh ``--store`` root each rep);
 - ``kiln eval`` cached (the same files again);
+- ``kiln eval --write`` cold (also writes every ``.drv`` into the local store: the
+  like-for-like row for a default ``nix-instantiate``; installed kiln only);
 - ``python -c pass`` with the same interpreter: its own start (site, ``.pth`` files),
   the floor under any cached run;
 - ``nix-instantiate`` (writes the ``.drv`` files; a salt makes them new each rep);
@@ -170,6 +172,13 @@ def main() -> int:
                 # the floor under any cached run: this interpreter starting (site, .pth files)
                 floor = [timed(floor_cmd, env, d) for _ in range(args.reps * 3)]
                 res[f"python -c pass (floor, {setup})"] = stats(floor)
+            write_kiln = setups.get("installed", setups["checkout"])[0]
+            res["kiln eval --write (cold)"] = stats(
+                [
+                    timed([*write_kiln, "eval", "--write", "set.recipe"], env, d, fresh_home)
+                    for _ in range(args.reps)
+                ]
+            )
             if have_nix:
                 salts = iter(range(10**6))
 
@@ -204,10 +213,12 @@ def main() -> int:
                 )
             kc, kcc = res["kiln eval (cold, checkout)"][1:]
             cached = res["kiln eval (cached, checkout)"][1]
+            kw = res["kiln eval --write (cold)"][1]
             for label in [k for k in res if k.startswith("nix")]:
                 print(
                     f"ratio kiln cold / {label}: wall {kc / res[label][1]:.2f}, cpu {kcc / res[label][2]:.2f}"
-                    f"  | kiln cached: wall {cached / res[label][1]:.2f}  (< 1 = kiln faster)"
+                    f"  | kiln cached: wall {cached / res[label][1]:.2f}"
+                    f"  | kiln --write: wall {kw / res[label][1]:.2f}  (< 1 = kiln faster)"
                 )
             rows.append((n, res))
     finally:
