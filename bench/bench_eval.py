@@ -126,6 +126,7 @@ def installed_kiln(work: Path) -> tuple[list[str], list[str]] | None:
     no local index), with the reason printed."""
     venv = work / "venv"
     repo = Path(__file__).resolve().parent.parent
+    had_build_dir = (repo / "build").exists()
     try:
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True)
         subprocess.run(
@@ -135,7 +136,8 @@ def installed_kiln(work: Path) -> tuple[list[str], list[str]] | None:
         print(f"(no installed-kiln rows: {' '.join(e.cmd[:3])} failed: {e.stderr.decode()[-300:]})")
         return None
     finally:
-        shutil.rmtree(repo / "build", ignore_errors=True)  # setuptools' in-tree build dir
+        if not had_build_dir:  # setuptools' in-tree build dir, made by this install
+            shutil.rmtree(repo / "build", ignore_errors=True)
     return [str(venv / "bin" / "kiln")], [str(venv / "bin" / "python"), "-c", "pass"]
 
 
@@ -172,8 +174,9 @@ def main() -> int:
                 # the floor under any cached run: this interpreter starting (site, .pth files)
                 floor = [timed(floor_cmd, env, d) for _ in range(args.reps * 3)]
                 res[f"python -c pass (floor, {setup})"] = stats(floor)
-            write_kiln = setups.get("installed", setups["checkout"])[0]
-            res["kiln eval --write (cold)"] = stats(
+            write_setup = "installed" if "installed" in setups else "checkout"
+            write_kiln = setups[write_setup][0]
+            res[f"kiln eval --write (cold, {write_setup})"] = stats(
                 [
                     timed([*write_kiln, "eval", "--write", "set.recipe"], env, d, fresh_home)
                     for _ in range(args.reps)
@@ -213,7 +216,7 @@ def main() -> int:
                 )
             kc, kcc = res["kiln eval (cold, checkout)"][1:]
             cached = res["kiln eval (cached, checkout)"][1]
-            kw = res["kiln eval --write (cold)"][1]
+            kw = res[f"kiln eval --write (cold, {write_setup})"][1]
             for label in [k for k in res if k.startswith("nix")]:
                 print(
                     f"ratio kiln cold / {label}: wall {kc / res[label][1]:.2f}, cpu {kcc / res[label][2]:.2f}"

@@ -72,7 +72,11 @@ def evaluate(store, file: str, attrs: list[str], use_cache: bool = True):
 def write_drvs(store, ev, roots: list[str]) -> None:
     """Add the ``.drv`` closure of ``roots`` to the store (dependencies first, each once,
     group-committed by ``LocalStore.add_texts``)."""
-    todo = [p for p in ev.closure(*roots) if not store.is_valid(p)]
+    closure = ev.closure(*roots)
+    # rooted first, then checked: a GC must not delete a valid .drv we skip (and a later
+    # one refers to) before the new ones are registered, nor before the build roots them
+    store.keep(closure)
+    todo = [p for p in closure if not store.is_valid(p)]
     texts = []
     for p in todo:
         d = ev.drvs[p]

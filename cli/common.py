@@ -26,9 +26,14 @@ def default_home_dir() -> str:
     if env:
         return env
     xdg = os.environ.get("XDG_DATA_HOME")
-    return (
-        os.path.join(xdg, "kiln") if xdg else os.path.join(os.path.expanduser("~"), ".local", "share", "kiln")
-    )
+    if xdg:
+        return os.path.join(xdg, "kiln")
+    home = os.path.expanduser("~")
+    if home.startswith("~"):  # no $HOME and no passwd entry: never fall back to ./~
+        from kiln.store.errors import KilnError
+
+        raise KilnError("cannot determine the home directory: set KILN_HOME or HOME, or pass --store")
+    return os.path.join(home, ".local", "share", "kiln")
 
 
 def default_home() -> Path:

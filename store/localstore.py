@@ -323,11 +323,12 @@ class LocalStore:
         from .nar import file_nar
 
         todo: list[tuple[PathInfo, BinaryIO]] = []
+        compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
         for name, text, references in items:
             refs = sorted(set(map(str, references)))
             sp = make_text_path(name, text, [self.parse_path(r) for r in refs], self.store_dir)
             nar = file_nar(text)
-            obj = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(nar)
+            obj = compressor.compress(nar)
             info = PathInfo(
                 str(sp),
                 Hash.sha256_of(nar),
@@ -453,6 +454,14 @@ class LocalStore:
         """Make ``path`` a temp root of this object until ``close``."""
         self.temproots.add([path], locked=locked)
         self._registered.append(path)
+
+    def keep(self, paths: Iterable[str]) -> None:
+        """Make ``paths`` temp roots of this store object until ``close`` (Nix's
+        ``addTempRoot``): a GC then keeps them and their closures. Waits for a running
+        GC; check ``is_valid`` *after* this call, as a path GC deleted before stays gone."""
+        paths = [str(p) for p in paths]
+        self.temproots.add(paths, locked=False)
+        self._registered.extend(paths)
 
     def _path_lock(self, sp: StorePath) -> Path:
         return path_lock_file(self.root, sp.hash_part)

@@ -175,3 +175,41 @@ def test_write_adds_each_drv_once(tmp_path):
     assert r.returncode == 0, r.stderr
     other = LocalStore.open(tmp_path / "home2")
     assert all(other.is_valid(p) for p in order)
+
+
+def test_write_drvs_roots_what_it_skips(tmp_path):
+    """Derivations already valid are temp-rooted by ``write_drvs`` before it checks them
+    (a GC in another process must not delete one it skipped and a new one refers to)."""
+    from test_lang_cache import gen
+
+    from kiln.buildglue import write_drvs
+    from kiln.store.localstore import LocalStore
+
+    (tmp_path / "set.recipe").write_text(gen(5))
+    ev = evaluate_file(tmp_path / "set.recipe")
+    roots = list(ev.drv_paths.values())
+    first = LocalStore.open(tmp_path / "home")
+    write_drvs(first, ev, roots)  # registers them all (temp roots of `first`)
+    second = LocalStore.open(tmp_path / "home")
+    write_drvs(second, ev, roots)  # all valid: nothing written, but rooted
+    first.close()
+    gc = LocalStore.open(tmp_path / "home")
+    assert gc.gc().deleted == ()
+    second.close()
+    assert set(gc.gc().deleted) == set(ev.closure(*roots))
+    gc.close()
+
+
+def test_no_home_directory_is_an_error(monkeypatch):
+    """Without KILN_HOME, XDG_DATA_HOME or a home directory, kiln says so instead of
+    using a directory named '~' under the current one."""
+    import pytest
+
+    from kiln.common import default_home_dir
+    from kiln.store.errors import KilnError
+
+    monkeypatch.delenv("KILN_HOME", raising=False)
+    monkeypatch.delenv("XDG_DATA_HOME", raising=False)
+    monkeypatch.setattr(os.path, "expanduser", lambda p: p)
+    with pytest.raises(KilnError, match="home directory"):
+        default_home_dir()

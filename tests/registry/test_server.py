@@ -183,6 +183,32 @@ def test_body_arriving_in_pieces(setup, keys) -> None:
     assert status == 200, out
 
 
+def test_chunked_body_over_the_limit(setup) -> None:
+    """A body without Content-Length (chunked) is cut off at the limit with 413, not
+    read to the end: ``_read_body`` counts as it reads."""
+    import socket
+    from urllib.parse import urlsplit
+
+    srv = setup[-1]
+    u = urlsplit(srv.url)
+    chunk = b"x" * 65536
+    with socket.create_connection((u.hostname, u.port), timeout=30) as sock:
+        sock.sendall(
+            b"POST /blob-batch HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+        )
+        try:
+            for _ in range(24):  # 1.5 MiB against a 1 MiB limit
+                sock.sendall(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
+            sock.sendall(b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server may answer and close before taking it all
+        answer = b""
+        while data := sock.recv(65536):
+            answer += data
+    assert answer.split(b" ", 2)[1] == b"413", answer[:200]
+    assert b"over the limit" in answer
+
+
 def test_token_scopes(setup, keys) -> None:
     store, path, info, reg, wtok, rtok, srv = setup
     key = f"{srv.url}/{layout.nar_key(info.file_hash)}"
