@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 import socket
@@ -35,6 +36,12 @@ async def _run(
     app = make()
     if asyncio.iscoroutine(app):
         app = await app
+    # Every request allocates a few dozen short-lived objects: with the default
+    # threshold (700) the cyclic GC runs every few requests and re-scans the long-lived
+    # ones (the app, the caches). Move those out of its sight and let it run less often
+    # (5-10 % more narinfo requests per second in A/B runs here).
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 100)
     runner = web.ServerRunner(app, handle_signals=False)
     await runner.setup()
     site = web.SockSite(runner, sock, shutdown_timeout=1.0)
