@@ -51,12 +51,16 @@ def _reference_order(graph: Graph) -> list[str]:
     return out
 
 
-def test_ready_order_of_a_subset_and_a_cycle(made):
-    store, g = made
+def _chain(store, g) -> tuple[str, str, str, Graph]:
+    """Derivations a <- b <- c and their loaded graph."""
     a = g.drv("a", "true")[0]
     b = g.drv("b", "true", [a])[0]
     c = g.drv("c", "true", [b])[0]
-    graph = _load(store, [c])
+    return a, b, c, _load(store, [c])
+
+
+def test_ready_order_of_a_subset_and_a_cycle(made):
+    a, b, c, graph = _chain(*made)
     assert graph.ready_order([c, b]) == [b, c]  # inputs outside the subset are ignored
     looped = Graph({**graph.drvs})
     da = looped.drvs[a]
@@ -66,11 +70,8 @@ def test_ready_order_of_a_subset_and_a_cycle(made):
 
 
 def test_plan_skips_what_is_valid_and_what_only_it_needs(made):
-    store, g = made
-    a = g.drv("a", "true")[0]
-    b = g.drv("b", "true", [a])[0]
-    c = g.drv("c", "true", [b])[0]
-    graph = _load(store, [c])
+    store, _ = made
+    a, b, c, graph = _chain(*made)
     assert plan(graph, [c], store.is_valid) == [a, b, c]
     b_out = graph.drvs[b].output_path("out")
     # b's output valid: c needs only b, so a is not built either
