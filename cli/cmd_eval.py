@@ -22,7 +22,7 @@ import gc
 import os
 import sys
 
-from .common import add_store_arg, default_home_dir
+from .common import add_store_arg, store_root_dir
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing
 if TYPE_CHECKING:
@@ -71,16 +71,11 @@ def _plain_eval_args(file: str) -> argparse.Namespace:
     )
 
 
-def _root(args: argparse.Namespace) -> str:
-    """The store root, as a string (``common.store_root`` without pathlib)."""
-    return os.fspath(args.store) if args.store else default_home_dir()
-
-
 def _store_dir(args: argparse.Namespace) -> str:
     if args.store_dir:
         return args.store_dir
     try:
-        with open(os.path.join(_root(args), "config.json"), "rb") as f:
+        with open(os.path.join(store_root_dir(args), "config.json"), "rb") as f:
             text = f.read()
     except OSError:
         return DEFAULT_STORE_DIR
@@ -124,18 +119,18 @@ class _Sources:
         """After a cache hit: re-add any cached source that is no longer in the store."""
         if not sources:
             return
+        from pathlib import Path
+
         store = self._open()
         for store_path, origin in sorted(sources.items()):
             if store.query(store_path) is None:
-                from pathlib import Path
-
                 self(Path(origin), store_path.rsplit("/", 1)[-1].split("-", 1)[1])
 
 
 def _evaluate(args: argparse.Namespace):
     from kiln.lang import evaluate_file
 
-    root = _root(args)
+    root = store_root_dir(args)
     store_dir = _store_dir(args)
     sources = _Sources(root, store_dir)
     ev = evaluate_file(
@@ -213,7 +208,7 @@ def _cmd_show(args) -> int:
         else:
             from kiln.store.localstore import LocalStore
 
-            store = LocalStore.open(Path(_root(args)), create=False)
+            store = LocalStore.open(Path(store_root_dir(args)), create=False)
             sp = StorePath.parse(target, store.store_dir)
             if not sp.name.endswith(".drv"):
                 raise KilnError(f"{target} is not a .drv path")

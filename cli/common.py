@@ -55,8 +55,17 @@ def add_store_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
+def store_root_dir(args: argparse.Namespace) -> str:
+    """``--store`` if given, else ``default_home_dir()`` (a string: no pathlib needed)."""
+    store = getattr(args, "store", None)
+    return os.fspath(store) if store else default_home_dir()
+
+
 def store_root(args: argparse.Namespace) -> Path:
-    return args.store if getattr(args, "store", None) else default_home()
+    """``store_root_dir(args)`` as a Path."""
+    from pathlib import Path
+
+    return Path(store_root_dir(args))
 
 
 def is_user_error(e: BaseException) -> bool:

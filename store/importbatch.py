@@ -54,6 +54,7 @@ from . import db
 from .errors import HashMismatch, StoreError
 from .hashes import Hash
 from .locks import FileLock
+from .nar_read import write_all
 from .objects import (
     TeeReader,
     check_digest,
@@ -61,7 +62,6 @@ from .objects import (
     object_rel_path,
     read_object,
     sync_filesystem,
-    write_all,
 )
 from .pathinfo import PathInfo
 from .trees import move_into_place, remove_tree, restore_canonical

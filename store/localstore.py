@@ -451,16 +451,15 @@ class LocalStore:
     # ------------------------------------------------------------------ internals
 
     def _keep(self, path: str, locked: bool = True) -> None:
-        """Make ``path`` a temp root of this object until ``close``."""
-        self.temproots.add([path], locked=locked)
-        self._registered.append(path)
+        """``keep([path])``; ``locked``: the caller holds the GC lock already."""
+        self.keep([path], locked=locked)
 
-    def keep(self, paths: Iterable[str]) -> None:
+    def keep(self, paths: Iterable[str], *, locked: bool = False) -> None:
         """Make ``paths`` temp roots of this store object until ``close`` (Nix's
         ``addTempRoot``): a GC then keeps them and their closures. Waits for a running
         GC; check ``is_valid`` *after* this call, as a path GC deleted before stays gone."""
         paths = [str(p) for p in paths]
-        self.temproots.add(paths, locked=False)
+        self.temproots.add(paths, locked=locked)
         self._registered.extend(paths)
 
     def _path_lock(self, sp: StorePath) -> Path:

@@ -40,7 +40,7 @@ MAGIC = b"nix-archive-1"
 #: Longest tag, name or symlink target accepted (Linux PATH_MAX).
 MAX_TOKEN = 4096
 #: Longest file accepted; anything bigger is a corrupt length field, not a file.
-MAXHDR_CONTENTS = 1 << 48
+MAX_CONTENTS = 1 << 48
 _unpack_u64 = struct.Struct("<Q").unpack
 
 
@@ -242,7 +242,7 @@ def _parse(inp: _Input) -> Iterator[NarEntry]:
                     raise FormatError(f"NAR: expected 'contents' at offset {at}, found {tag[:40]!r}")
                 at = inp.offset
                 size = _u64(inp, "contents")
-                if size > MAXHDR_CONTENTS:
+                if size > MAX_CONTENTS:
                     raise FormatError(f"NAR: file {path!r} at offset {at} has absurd length {size}")
                 begin = inp.offset
                 yield NarEntry(path, kind, size, None, begin)
@@ -338,7 +338,8 @@ def entries(src: BinaryIO | Iterable[bytes]) -> Iterator[NarEntry]:
     return _parse(_Input(src))
 
 
-def _write_all(fd: int, data: bytes | memoryview) -> None:
+def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
+    """Write all of ``data`` to ``fd`` (``os.write`` may write less than asked)."""
     view = memoryview(data)
     while view:
         n = os.write(fd, view)
@@ -371,7 +372,7 @@ def restore(src: BinaryIO | Iterable[bytes], dest: str | os.PathLike, *, fsync: 
                 fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
                 try:
                     for piece in inp.chunks(e.size, f"contents of {e.path!r}"):
-                        _write_all(fd, piece)
+                        write_all(fd, piece)
                     if fsync:
                         os.fsync(fd)
                 finally:

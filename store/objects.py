@@ -41,6 +41,7 @@ import zstandard
 
 from .errors import HashMismatch, StoreError
 from .hashes import Hash
+from .nar_read import write_all
 
 CHUNK = 1 << 20
 QUEUE_DEPTH = 8
@@ -191,13 +192,6 @@ class NarSink:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
-
-
-def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
 
 
 def chunks_of(src) -> Iterator[bytes]:

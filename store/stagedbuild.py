@@ -98,6 +98,15 @@ def _identity(p: Path) -> tuple[int, int, int] | None:
     return (st.st_dev, st.st_ino, st.st_ctime_ns)
 
 
+def _check_identity(real: Path, path: str, identity: tuple[int, int, int]) -> None:
+    """``StoreError`` unless ``real`` is still the tree placed for ``path``."""
+    if _identity(real) != identity:
+        raise StoreError(
+            f"cannot register {path}: its tree was removed or replaced by another process "
+            "before it was registered (build it again)"
+        )
+
+
 def place(
     store, path: str, tree: Path, references: Iterable[str], deriver: str | None, obj: Path
 ) -> Placed | PathInfo:
@@ -141,11 +150,7 @@ def archive(store, placed: Placed) -> StagedOutput:
         sink.abort()
         raise
     oi = sink.finish(sync=False)
-    if _identity(real) != placed.identity:
-        raise StoreError(
-            f"cannot register {placed.path}: its tree was removed or replaced by another process "
-            "before it was registered (build it again)"
-        )
+    _check_identity(real, placed.path, placed.identity)
     info = PathInfo(
         placed.path,
         oi.nar_hash,
@@ -205,15 +210,7 @@ def commit(store, staged: list[StagedOutput]) -> list[PathInfo]:
                     batch.add(s.info.path)
                     continue
                 sp = store.parse_path(s.info.path)
-                try:
-                    st = os.lstat(store.real_store / sp.base)
-                except FileNotFoundError:
-                    st = None
-                if st is None or (st.st_dev, st.st_ino, st.st_ctime_ns) != s.identity:
-                    raise StoreError(
-                        f"cannot register {s.info.path}: its tree was removed or replaced by another "
-                        "process before it was registered (build it again)"
-                    )
+                _check_identity(store.real_store / sp.base, s.info.path, s.identity)
                 store._check_refs(s.info, also_valid=batch)
                 info = replace(s.info, registration_time=now)
                 rows.append((info, sp.hash_part))

@@ -219,6 +219,21 @@ def swap_in(new: Path, dest: Path, old: Path) -> None:
     os.rename(new, dest)
 
 
+def _write_canonical_file(p: bytes, pieces: Iterable[bytes | memoryview], executable: bool) -> None:
+    """Create regular file ``p`` (it must not exist) from ``pieces``, mode 0555/0444 set
+    explicitly (umask-proof), mtime 1."""
+    from .nar_read import write_all
+
+    fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        for piece in pieces:
+            write_all(fd, piece)
+        os.fchmod(fd, 0o555 if executable else 0o444)
+        os.utime(fd, _MTIME)
+    finally:
+        os.close(fd)
+
+
 def restore_canonical(chunks: Iterable[bytes], dest: Path) -> None:
     """Materialise the NAR in ``chunks`` at ``dest`` (which must not exist, in a private
     temp dir) directly in canonical form: files 0444/0555, directories 0555 except the
@@ -232,15 +247,7 @@ def restore_canonical(chunks: Iterable[bytes], dest: Path) -> None:
     if isinstance(chunks, list) and len(chunks) == 1 and (one := single_file(chunks[0])) is not None:
         # the whole NAR in memory and it is one regular file: no tokenizer needed
         executable, contents = one
-        fd = os.open(top, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        try:
-            view = contents
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fchmod(fd, 0o555 if executable else 0o444)
-            os.utime(fd, _MTIME)
-        finally:
-            os.close(fd)
+        _write_canonical_file(top, [contents], executable)
         return
     inp = _Input(chunks)
     dirs: list[bytes] = []
@@ -253,16 +260,7 @@ def restore_canonical(chunks: Iterable[bytes], dest: Path) -> None:
             os.symlink(os.fsencode(e.target or ""), p)
             os.utime(p, _MTIME, follow_symlinks=False)
         else:
-            fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            try:
-                for piece in inp.chunks(e.size, f"contents of {e.path!r}"):
-                    view = memoryview(piece)
-                    while view:
-                        view = view[os.write(fd, view) :]
-                os.fchmod(fd, 0o555 if e.type == "executable" else 0o444)  # explicit: umask-proof
-                os.utime(fd, _MTIME)
-            finally:
-                os.close(fd)
+            _write_canonical_file(p, inp.chunks(e.size, f"contents of {e.path!r}"), e.type == "executable")
     for d in reversed(dirs):  # children before parents, so their mtimes stick
         os.chmod(d, 0o755 if d == top else 0o555)
         os.utime(d, _MTIME)
