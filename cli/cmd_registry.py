@@ -76,6 +76,11 @@ def cmd_serve(argv: list[str]) -> int:
     )
     p.add_argument("--policy", type=Path, metavar="FILE", help="TOML policy that POST /verify applies")
     p.add_argument("--no-fsync", action="store_true", help="do not fsync uploads (benchmarks, tmpfs)")
+    p.add_argument(
+        "--no-fast-path",
+        action="store_true",
+        help="send narinfo GETs through aiohttp too (for comparison; see docs/registry.md)",
+    )
     args = p.parse_args(argv)
     if args.private and args.store:
         raise KilnError("--private needs --dir (tokens are kept in the registry directory)")
@@ -89,6 +94,7 @@ def cmd_serve(argv: list[str]) -> int:
         index_key=load_secret_key(args.index_key) if args.index_key else None,
         attesters=[load_public_key(k) for k in args.attester_key or []],
         policy=_policy(args.policy),
+        fast_path=not args.no_fast_path,
     )
     if args.index_key and cfg.index_key:
         cfg.trusted.append(cfg.index_key.public())

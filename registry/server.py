@@ -43,7 +43,7 @@ from kiln.store.errors import KilnError
 from kiln.store.hashes import Hash
 from kiln.store.signing import PublicKey, SecretKey
 
-from . import layout
+from . import fastpath, layout
 from .auth import AuthError, TokenStore
 from .backends import BatchEntry, DirSource, Source, StoreSource
 from .verify import NarVerifier, check_narinfo, expect
@@ -72,6 +72,8 @@ class ServerConfig:
     attesters: list[PublicKey] = field(default_factory=list)
     #: the policy ``POST /verify`` applies (None: the endpoint answers 409)
     policy: Any = None
+    #: answer narinfo GETs in ``fastpath`` (False: every request goes through aiohttp)
+    fast_path: bool = True
 
 
 def _text(status: int, msg: str, **headers: str) -> web.Response:
@@ -106,9 +108,10 @@ class Registry:
             "X-Kiln-Negative-TTL": str(config.negative_ttl),
         }
         self._publish_lock = asyncio.Lock()
+        self.narinfo_cache_control = f"public, max-age={config.positive_ttl}"
         self._narinfo_headers = {
             "Content-Type": "text/x-nix-narinfo",
-            "Cache-Control": f"public, max-age={config.positive_ttl}",
+            "Cache-Control": self.narinfo_cache_control,
         }
 
     # ------------------------------------------------------------ dispatch
@@ -519,9 +522,17 @@ async def _drain(request: web.BaseRequest, limit: int) -> None:
 def make_app(source: Source, config: ServerConfig) -> web.Server:
     """The low-level aiohttp server: one handler, no router or middleware layers (every
     path is classified by ``layout.parse_key`` anyway), which is measurably faster for
-    small narinfo responses."""
+    small narinfo responses, plus ``fastpath`` for narinfo GETs."""
     reg = Registry(source, config)
-    return web.Server(reg.handle, access_log=None, max_field_size=16384)
+    # a public registry answers most narinfo GETs without aiohttp's per-request machinery
+    # (``fastpath``: same bytes on the wire, ~2x the requests per second)
+    return fastpath.make_server(
+        reg.handle,
+        lookup=None if config.private or not config.fast_path else source.narinfo,
+        cache_control=reg.narinfo_cache_control,
+        access_log=None,
+        max_field_size=16384,
+    )
 
 
 def open_source(

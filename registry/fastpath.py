@@ -1,0 +1,177 @@
+"""A fast path for the registry's hottest request: ``GET /<hash>.narinfo`` of a path
+that is served.
+
+Theory of operation
+-------------------
+aiohttp spends ~50 µs of Python on every request (parser callbacks, request and response
+objects, a task per request, header rendering) where the narinfo lookup itself takes a
+couple of µs, and substituters send one narinfo GET per path. ``FastHandler`` is
+aiohttp's own connection protocol (``web_protocol.RequestHandler``) with one method
+overridden: ``data_received`` answers a narinfo GET itself, writing a pre-rendered
+response to the transport, when and only when all of this holds:
+
+1. the connection is **idle**: aiohttp's request loop is waiting for a message, none is
+   queued, no request body is being read, the connection is not closing or upgraded,
+   and writing is not paused by flow control (responses stay in request order, and a
+   client that does not read its answers is throttled by aiohttp as before);
+2. the connection is **at a message boundary** (``_at_boundary``): aiohttp's parser holds
+   no partial message. True on a new connection; a read handed to aiohttp keeps it true
+   only if that read was itself exactly one complete body-less ``GET``/``HEAD`` request
+   (``_ANY``); any other read (a body, a request split over reads, pipelined requests)
+   turns the fast path off for the rest of the connection;
+3. the read is **exactly one request** in a strict grammar (``_NARINFO``): request line
+   ``GET /<32 nix-base32 chars>.narinfo HTTP/1.1``, header fields ``token ":" printable
+   ASCII``, none of Content-Length, Transfer-Encoding, Connection, Upgrade or Expect
+   (``_SPECIAL``), at most ``MAX_READ`` bytes and ``MAX_FIELDS`` fields (so aiohttp's own
+   size limits could not have refused it);
+4. the narinfo exists (a miss takes aiohttp's path and gets its negative-TTL headers).
+
+Anything else goes to aiohttp untouched. The answer has the status, header fields (Date
+aside) and body aiohttp would send; ``tests/registry/test_fastpath.py`` checks that
+differentially against a server without the fast path, and the cases above. Keep-alive
+bookkeeping (aiohttp closes idle connections after ``keepalive_timeout``) is updated as
+aiohttp's request loop would.
+
+The override relies on private attributes of aiohttp's ``RequestHandler``; ``supported()``
+checks they exist, and without them ``make_server`` returns a plain ``web.Server``.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+
+from aiohttp import web
+from aiohttp.http import SERVER_SOFTWARE
+from aiohttp.web_protocol import RequestHandler
+
+MAX_READ = 4096
+MAX_FIELDS = 64
+_FIELDS = rb"((?:[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t -~]*\r\n)*)\r\n"
+_NARINFO = re.compile(rb"GET /([0-9a-df-np-sv-z]{32})\.narinfo HTTP/1\.1\r\n" + _FIELDS)
+_ANY = re.compile(rb"(?:GET|HEAD) /[!-~]* HTTP/1\.1\r\n" + _FIELDS)
+_SPECIAL = re.compile(rb"(?:^|\n)(?:content-length|transfer-encoding|connection|upgrade|expect):", re.I)
+#: RequestHandler attributes the override reads or sets
+_NEEDED = (
+    "_waiter",
+    "_messages",
+    "_paused",
+    "_payload_parser",
+    "_upgraded",
+    "_close",
+    "_force_close",
+    "_keepalive",
+    "_keepalive_timeout",
+    "_keepalive_handle",
+    "_next_keepalive_close_time",
+    "_process_keepalive",
+    "_manager",
+    "_loop",
+    "transport",
+)
+
+#: hash part -> narinfo bytes, or None when not served
+Lookup = Callable[[str], "bytes | None"]
+
+
+def supported() -> bool:
+    """Whether this aiohttp's RequestHandler has what ``FastHandler`` relies on."""
+    return all(hasattr(RequestHandler, a) for a in _NEEDED)
+
+
+class _Date:
+    """The HTTP Date value, rendered at most once a second."""
+
+    __slots__ = ("second", "value")
+
+    def __init__(self) -> None:
+        self.second, self.value = -1, b""
+
+    def now(self) -> bytes:
+        t = int(time.time())
+        if t != self.second:
+            self.second = t
+            self.value = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(t)).encode()
+        return self.value
+
+
+class FastServer(web.Server):
+    """``web.Server`` whose connections use ``FastHandler``. ``lookup`` finds a
+    narinfo; ``cache_control`` is the value aiohttp's path sends with one."""
+
+    def __init__(self, handler, *, lookup: Lookup, cache_control: str, **kwargs) -> None:
+        super().__init__(handler, **kwargs)
+        self.fast_lookup = lookup
+        # the header fields aiohttp renders for the same response, in its order
+        self.fast_head = (
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/x-nix-narinfo\r\n"
+            b"Cache-Control: " + cache_control.encode() + b"\r\nContent-Length: %d\r\nDate: %s\r\n"
+            b"Server: " + SERVER_SOFTWARE.encode() + b"\r\n\r\n"
+        )
+        self.fast_date = _Date()
+        #: requests answered by the fast path (tests read it)
+        self.fast_answers = 0
+
+    def __call__(self) -> RequestHandler:
+        return FastHandler(self, loop=self._loop, **self._kwargs)
+
+
+class FastHandler(RequestHandler):
+    """aiohttp's connection protocol, answering qualifying narinfo GETs itself (see the
+    module docstring for when)."""
+
+    _at_boundary = True
+
+    def data_received(self, data: bytes) -> None:
+        if self._at_boundary:
+            if len(data) <= MAX_READ and self._idle():
+                m = _NARINFO.fullmatch(data)
+                if m is not None and self._answer(m):
+                    return
+            m = _ANY.fullmatch(data) if len(data) <= MAX_READ else None
+            if m is None or _SPECIAL.search(m.group(1)) or m.group(1).count(b"\n") > MAX_FIELDS:
+                self._at_boundary = False
+        super().data_received(data)
+
+    def _idle(self) -> bool:
+        w = self._waiter
+        return (
+            w is not None
+            and not w.done()
+            and not self._messages
+            and not self._paused
+            and self._payload_parser is None
+            and not self._upgraded
+            and not self._close
+            and not self._force_close
+        )
+
+    def _answer(self, m: re.Match) -> bool:
+        fields = m.group(2)
+        if _SPECIAL.search(fields) or fields.count(b"\n") > MAX_FIELDS:
+            return False
+        srv: FastServer = self._manager  # type: ignore[assignment]
+        body = srv.fast_lookup(m.group(1).decode("ascii"))
+        if body is None:
+            return False
+        self.transport.write(srv.fast_head % (len(body), srv.fast_date.now()) + body)
+        srv.requests_count += 1
+        srv.fast_answers += 1
+        # what aiohttp's request loop does after a keep-alive response
+        self._keepalive = True
+        if self._keepalive_timeout > 0:
+            loop = self._loop
+            close_time = loop.time() + self._keepalive_timeout
+            self._next_keepalive_close_time = close_time
+            if self._keepalive_handle is None:
+                self._keepalive_handle = loop.call_at(close_time, self._process_keepalive)
+        return True
+
+
+def make_server(handler, *, lookup: Lookup | None, cache_control: str, **kwargs) -> web.Server:
+    """A ``FastServer`` when ``lookup`` is given and this aiohttp is supported, else a
+    plain ``web.Server`` (same behaviour, slower narinfo GETs)."""
+    if lookup is None or not supported():
+        return web.Server(handler, **kwargs)
+    return FastServer(handler, lookup=lookup, cache_control=cache_control, **kwargs)
