@@ -129,7 +129,11 @@ def build_dependencies(store: Any, drv_path: str, get_drv: Any = None) -> builti
     def load(p: str):
         return (None, get_drv(p)) if get_drv is not None else parse_file(p)
 
-    text, drv = parse_file(drv_path)
+    if get_drv is not None:
+        # the build loop's parsed derivation; only the file's digest is needed here
+        text, drv = Path(store.real_path(drv_path)).read_text(encoding="utf-8"), get_drv(drv_path)
+    else:
+        text, drv = parse_file(drv_path)
     inputs = set(drv.input_srcs)
     for p, outs in drv.input_drvs:
         inputs |= {load(p)[1].output_path(o) for o in outs}

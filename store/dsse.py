@@ -32,7 +32,7 @@ import json
 import shlex
 import subprocess
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import nacl.exceptions
@@ -150,14 +150,13 @@ class Ed25519Signer:
     """An in-process signer from a 32-byte seed (or a 64-byte seed+public secret key)."""
 
     secret: bytes
+    # derived once: expanding the seed costs more than a signature of a small statement
+    _key: nacl.signing.SigningKey = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if len(self.secret) not in (32, 64):
             raise FormatError(f"ed25519 secret key must be 32 or 64 bytes, got {len(self.secret)}")
-
-    @property
-    def _key(self) -> nacl.signing.SigningKey:
-        return nacl.signing.SigningKey(self.secret[:32])
+        object.__setattr__(self, "_key", nacl.signing.SigningKey(self.secret[:32]))
 
     @property
     def public_key(self) -> bytes:
