@@ -21,10 +21,12 @@ response to the transport, when and only when all of this holds:
    turns the fast path off for the rest of the connection;
 3. the read is **exactly one request** in a strict grammar (``_NARINFO``): request line
    ``GET /<32 nix-base32 chars>.narinfo HTTP/1.1``, header fields ``token ":" printable
-   ASCII``, none of Content-Length, Transfer-Encoding, Connection, Upgrade or Expect
-   (``_SPECIAL``), at most ``MAX_READ`` bytes and ``MAX_FIELDS`` fields (so aiohttp's own
-   size limits could not have refused it);
-4. the narinfo exists (a miss takes aiohttp's path and gets its negative-TTL headers).
+   ASCII``, exactly one Host and otherwise only fields from ``_HARMLESS``, none repeated
+   (aiohttp answers a missing or repeated Host, or a repeated User-Agent, with a 400;
+   Connection, Proxy-Connection, Upgrade, Expect or a body change what it answers), at
+   most ``MAX_READ`` bytes (so aiohttp's own size limits could not have refused it);
+4. the narinfo exists (a miss takes aiohttp's path and gets its negative-TTL headers; so
+   does a lookup that raises, and aiohttp answers 500 as it would).
 
 Anything else goes to aiohttp untouched. The answer has the status, header fields (Date
 aside) and body aiohttp would send; ``tests/registry/test_fastpath.py`` checks that
@@ -41,6 +43,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
+from email.utils import formatdate
 
 from aiohttp import web
 from aiohttp.http import SERVER_SOFTWARE
@@ -51,7 +54,14 @@ MAX_FIELDS = 64
 _FIELDS = rb"((?:[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t -~]*\r\n)*)\r\n"
 _NARINFO = re.compile(rb"GET /([0-9a-df-np-sv-z]{32})\.narinfo HTTP/1\.1\r\n" + _FIELDS)
 _ANY = re.compile(rb"(?:GET|HEAD) /[!-~]* HTTP/1\.1\r\n" + _FIELDS)
+#: fields after which aiohttp's parser may not be at a message boundary (a body follows,
+#: or the connection changes protocol): such a read ends the fast path for the connection
 _SPECIAL = re.compile(rb"(?:^|\n)(?:content-length|transfer-encoding|connection|upgrade|expect):", re.I)
+_FIELD_NAME = re.compile(rb"(?:^|\n)([^:\r\n]+):")
+#: fields that do not change aiohttp's answer to a narinfo GET (besides the one Host)
+_HARMLESS = frozenset(
+    (b"user-agent", b"accept", b"accept-encoding", b"accept-language", b"cache-control", b"pragma")
+)
 #: RequestHandler attributes the override reads or sets
 _NEEDED = (
     "_waiter",
@@ -66,6 +76,7 @@ _NEEDED = (
     "_keepalive_handle",
     "_next_keepalive_close_time",
     "_process_keepalive",
+    "_request_count",
     "_manager",
     "_loop",
     "transport",
@@ -80,8 +91,20 @@ def supported() -> bool:
     return all(hasattr(RequestHandler, a) for a in _NEEDED)
 
 
+def _fields_ok(fields: bytes) -> bool:
+    """Exactly one Host, otherwise only ``_HARMLESS`` fields, none repeated."""
+    names = [n.lower() for n in _FIELD_NAME.findall(fields)]
+    return (
+        len(names) <= MAX_FIELDS
+        and names.count(b"host") == 1
+        and len(set(names)) == len(names)
+        and all(n == b"host" or n in _HARMLESS for n in names)
+    )
+
+
 class _Date:
-    """The HTTP Date value, rendered at most once a second."""
+    """The HTTP Date value, rendered at most once a second (English names whatever the
+    locale, as aiohttp does)."""
 
     __slots__ = ("second", "value")
 
@@ -92,7 +115,7 @@ class _Date:
         t = int(time.time())
         if t != self.second:
             self.second = t
-            self.value = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(t)).encode()
+            self.value = formatdate(t, usegmt=True).encode()
         return self.value
 
 
@@ -148,24 +171,26 @@ class FastHandler(RequestHandler):
         )
 
     def _answer(self, m: re.Match) -> bool:
-        fields = m.group(2)
-        if _SPECIAL.search(fields) or fields.count(b"\n") > MAX_FIELDS:
+        if not _fields_ok(m.group(2)):
             return False
         srv: FastServer = self._manager  # type: ignore[assignment]
-        body = srv.fast_lookup(m.group(1).decode("ascii"))
+        try:
+            body = srv.fast_lookup(m.group(1).decode("ascii"))
+        except Exception:  # noqa: BLE001 - aiohttp's path asks again and answers 500
+            return False
         if body is None:
             return False
         self.transport.write(srv.fast_head % (len(body), srv.fast_date.now()) + body)
         srv.requests_count += 1
         srv.fast_answers += 1
-        # what aiohttp's request loop does after a keep-alive response
+        self._request_count += 1
+        # what aiohttp's request loop (RequestHandler.start) does after a keep-alive response
         self._keepalive = True
-        if self._keepalive_timeout > 0:
-            loop = self._loop
-            close_time = loop.time() + self._keepalive_timeout
-            self._next_keepalive_close_time = close_time
-            if self._keepalive_handle is None:
-                self._keepalive_handle = loop.call_at(close_time, self._process_keepalive)
+        loop = self._loop
+        close_time = loop.time() + self._keepalive_timeout
+        self._next_keepalive_close_time = close_time
+        if self._keepalive_handle is None:
+            self._keepalive_handle = loop.call_at(close_time, self._process_keepalive)
         return True
 
 

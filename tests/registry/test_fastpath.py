@@ -40,15 +40,16 @@ def _read_response(f, head_only: bool = False) -> bytes:
 
 
 def _normalise(resp: bytes) -> tuple[bytes, list[bytes], bytes]:
-    """(status line, sorted header fields without Date, body)."""
+    """(status line, header fields in order without Date, body)."""
     head, _, body = resp.partition(b"\r\n\r\n")
     status, *fields = head.split(b"\r\n")
-    return status, sorted(f for f in fields if not f.lower().startswith(b"date:")), body
+    return status, [f for f in fields if not f.lower().startswith(b"date:")], body
 
 
-def _conversation(url: str, writes: list[bytes], answers: list[bool], pause: float = 0.0) -> list[bytes]:
+def _talk(url: str, writes: list[bytes], answers: list[bool], pause: float = 0.0) -> tuple[list[bytes], bool]:
     """Send ``writes`` on one connection (``pause`` seconds apart), then read one
-    response per entry of ``answers`` (True: the answer to a HEAD, no body)."""
+    response per entry of ``answers`` (True: the answer to a HEAD, no body); return
+    them and whether the server closed the connection afterwards."""
     u = urlsplit(url)
     with socket.create_connection((u.hostname, u.port), timeout=30) as s:
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -57,11 +58,21 @@ def _conversation(url: str, writes: list[bytes], answers: list[bool], pause: flo
             if pause:
                 time.sleep(pause)
         f = s.makefile("rb")
-        return [_read_response(f, head) for head in answers]
+        got = [_read_response(f, head) for head in answers]
+        s.settimeout(0.2)
+        try:
+            closed = f.read(1) == b""
+        except (TimeoutError, OSError):
+            closed = False
+        return got, closed
 
 
-def _get(target: str, *fields: str, method: str = "GET", version: str = "1.1") -> bytes:
-    lines = [f"{method} {target} HTTP/{version}", "Host: 127.0.0.1", *fields]
+def _conversation(url: str, writes: list[bytes], answers: list[bool], pause: float = 0.0) -> list[bytes]:
+    return _talk(url, writes, answers, pause)[0]
+
+
+def _get(target: str, *fields: str, method: str = "GET", version: str = "1.1", host: bool = True) -> bytes:
+    lines = [f"{method} {target} HTTP/{version}", *(["Host: 127.0.0.1"] if host else []), *fields]
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
@@ -96,11 +107,12 @@ def served(tmp_path_factory):
 
 
 def _both(served, writes: list[bytes], answers: list[bool], pause: float = 0.0) -> list[bytes]:
-    """The conversation with both servers; asserts they answered alike and returns
-    the fast server's responses."""
-    got = _conversation(served["fast"], writes, answers, pause)
-    want = _conversation(served["plain"], writes, answers, pause)
+    """The conversation with both servers; asserts they answered alike (and left the
+    connection open or closed alike) and returns the fast server's responses."""
+    got, got_closed = _talk(served["fast"], writes, answers, pause)
+    want, want_closed = _talk(served["plain"], writes, answers, pause)
     assert [_normalise(r) for r in got] == [_normalise(r) for r in want]
+    assert got_closed == want_closed, f"fast path closed: {got_closed}, aiohttp closed: {want_closed}"
     return got
 
 
@@ -117,6 +129,14 @@ def test_same_answers_one_request_per_connection(served) -> None:
         (_get(f"/{h.upper()}.narinfo"), False),
         (_get(f"/{h}.narinfo?x=1"), False),
         (_get("/nix-cache-info"), False),
+        # requests aiohttp refuses (400 and close) or answers differently
+        (_get(f"/{h}.narinfo", host=False), False),
+        (_get(f"/{h}.narinfo", "Host: other"), False),
+        (_get(f"/{h}.narinfo", "User-Agent: a", "User-Agent: b"), False),
+        (_get(f"/{h}.narinfo", "Sec-WebSocket-Key1: x"), False),
+        (_get(f"/{h}.narinfo", "Proxy-Connection: close"), False),
+        (_get(f"/{h}.narinfo", "Connection: keep-alive"), False),
+        (_get(f"/{h}.narinfo", "Expect: 100-continue"), False),
     ]
     for req, head in cases:
         (resp,) = _both(served, [req], [head])
@@ -166,6 +186,11 @@ def test_pipelined_and_split_requests(served) -> None:
     # a request split over two writes, then whole ones on the same connection
     got = _both(served, [one[:20], one[20:], two, one], [False] * 3, pause=0.05)
     assert all(r.startswith(b"HTTP/1.1 200 OK") for r in got)
+    # more pipelined requests than aiohttp queues at once (its reading pauses and resumes)
+    got = _both(served, [one * 40, two], [False] * 41, pause=0.05)
+    assert (
+        sum(r.startswith(b"HTTP/1.1 200 OK") for r in got) == 41 and b"/kiln/store/" + b.encode() in got[-1]
+    )
     # the second piece of a split request that looks like a whole narinfo GET is still
     # the end of the first request (a header value here)
     got = _both(served, [b"GET /nix-cache-info HTTP/1.1\r\nX-A: ", one], [False], pause=0.05)
@@ -218,12 +243,11 @@ def test_private_registry_never_answers_without_a_token(tmp_path: Path, keys, ki
     assert resp.startswith(b"HTTP/1.1 401"), resp[:100]
 
 
-def _in_process(store: Path):
-    """The app ``kiln serve --store`` makes, running in a thread; (url, server, stop)."""
+def _in_process(make):
+    """``make()`` (a ``web.Server``, made inside the loop) serving on 127.0.0.1 in a
+    thread; returns (url, server, stop)."""
     from kiln.registry import workers
-    from kiln.registry.server import ServerConfig, make_app, open_source
 
-    src = open_source(store=store, directory=None, sign_key=None, store_dir=None)
     sock = workers.bind("127.0.0.1", 0)
     loop = asyncio.new_event_loop()
     ready = threading.Event()
@@ -232,7 +256,7 @@ def _in_process(store: Path):
     async def main() -> None:
         from aiohttp import web
 
-        made.append(make_app(src, ServerConfig()))  # needs the running loop
+        made.append(make())  # aiohttp's Server needs the running loop
         runner = web.ServerRunner(made[0], handle_signals=False)
         await runner.setup()
         await web.SockSite(runner, sock).start()
@@ -256,7 +280,10 @@ def _in_process(store: Path):
 def test_fast_path_engages_only_when_it_may(served) -> None:
     assert fastpath.supported(), "this aiohttp lacks what fastpath relies on: it would be off"
     LocalStore.open(served["store"]).close()
-    url, app, stop = _in_process(served["store"])
+    from kiln.registry.server import ServerConfig, make_app, open_source
+
+    src = open_source(store=served["store"], directory=None, sign_key=None, store_dir=None)
+    url, app, stop = _in_process(lambda: make_app(src, ServerConfig()))
     try:
         assert isinstance(app, fastpath.FastServer)
         h = served["small"]
@@ -274,5 +301,27 @@ def test_fast_path_engages_only_when_it_may(served) -> None:
         assert answered_fast([one[:20], one[20:], one], 2) == 0  # a split request
         assert answered_fast([_get(f"/{h}.narinfo", "Connection: close")], 1) == 0
         assert answered_fast([_get(f"/{MISSING}.narinfo"), one], 2) == 1  # a miss is aiohttp's
+    finally:
+        stop()
+
+
+def test_lookup_that_raises_gets_aiohttps_answer(served) -> None:
+    """An error in the fast path's lookup is not a dropped connection: aiohttp's path
+    runs the handler, which answers as it does."""
+    from aiohttp import web
+
+    def broken(_hash: str) -> bytes:
+        raise OSError("disk on fire")
+
+    async def handler(_request: web.BaseRequest) -> web.Response:
+        return web.Response(status=500, text="handler ran\n")
+
+    url, app, stop = _in_process(
+        lambda: fastpath.make_server(handler, lookup=broken, cache_control="x", access_log=None)
+    )
+    try:
+        (resp,) = _conversation(url, [_get(f"/{served['small']}.narinfo")], [False])
+        assert resp.startswith(b"HTTP/1.1 500") and resp.endswith(b"handler ran\n")
+        assert app.fast_answers == 0
     finally:
         stop()
