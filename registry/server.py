@@ -15,9 +15,9 @@ Range, immutable caching), ``GET /index/...``, ``POST /narinfo-batch``, ``POST
 and ``POST /verify`` (an AdmissionReview-shaped policy check, ``admission``). Misses
 are 404 with ``Cache-Control: max-age=<negative TTL>``.
 
-Write API (dir mode only, bearer token with the ``write`` scope): ``PUT`` of a NAR or
-blob streams into a temp file while hashing the compressed bytes and the NAR inside; the
-object appears (under both names) only if the digest equals its name. ``PUT`` of a
+Write API (handlers in ``writeapi``; dir mode only, bearer token with the ``write``
+scope): ``PUT`` of a NAR or blob streams into a temp file while hashing the compressed
+bytes and the NAR inside; the object appears (under both names) only if the digest equals its name. ``PUT`` of a
 narinfo is admitted only if it parses for this store dir, its FileHash names a NAR the
 registry has, the NAR digests recorded at upload match NarHash/NarSize, and a trusted
 key signed it; publication is create-if-absent, so a different narinfo for a published
@@ -45,16 +45,15 @@ from kiln.store.signing import PublicKey, SecretKey
 
 from . import fastpath, layout
 from .auth import AuthError, TokenStore
-from .backends import BatchEntry, DirSource, Source, StoreSource
-from .verify import NarVerifier, check_narinfo, expect
+from .backends import DirSource, Source, StoreSource
+from .httpbits import CHUNK, HTTPError, plain, read_body
+from .writeapi import WriteAPI
 
 IMMUTABLE = "public, max-age=31536000, immutable"
-CHUNK = 1 << 20
 MAX_BATCH = 10_000
 #: at most this many objects per ``POST /blob-batch`` (clients send small objects only)
 MAX_BLOB_BATCH = 4096
 BLOB_BATCH_TYPE = "application/x-kiln-blob-batch"
-MAX_UPLOAD_BATCH = 2_000
 
 
 @dataclass(slots=True)
@@ -76,10 +75,6 @@ class ServerConfig:
     fast_path: bool = True
 
 
-def _text(status: int, msg: str, **headers: str) -> web.Response:
-    return web.Response(status=status, text=msg.rstrip("\n") + "\n", headers=headers)
-
-
 class _DigestFile(web.FileResponse):
     """FileResponse whose ETag is the content digest (strong, stable across copies)."""
 
@@ -96,7 +91,7 @@ class _DigestFile(web.FileResponse):
         web.FileResponse.etag.fset(self, self._digest_etag)  # type: ignore[attr-defined]
 
 
-class Registry:
+class Registry(WriteAPI):
     """Request handling for one source (dir or store)."""
 
     def __init__(self, source: Source, config: ServerConfig) -> None:
@@ -132,17 +127,17 @@ class Registry:
             return await self._dispatch(request)
         except AuthError as e:
             status = 403 if "lacks" in str(e) else 401
-            return _text(status, f"error: {e}", **({"WWW-Authenticate": "Bearer"} if status == 401 else {}))
-        except _HTTPError as e:
-            return _text(e.status, f"error: {e.msg}")
+            return plain(status, f"error: {e}", **({"WWW-Authenticate": "Bearer"} if status == 401 else {}))
+        except HTTPError as e:
+            return plain(e.status, f"error: {e.msg}")
         except KilnError as e:
-            return _text(400, f"error: {e}")
+            return plain(400, f"error: {e}")
         except (ConnectionResetError, asyncio.CancelledError):
             raise
 
     def _auth(self, request: web.BaseRequest, scope: str) -> None:
         if self.tokens is None:
-            raise _HTTPError(405, "this server is read-only (serving a store)")
+            raise HTTPError(405, "this server is read-only (serving a store)")
         self.tokens.check(request.headers.get(hdrs.AUTHORIZATION), scope)
 
     async def _dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
@@ -150,7 +145,7 @@ class Registry:
         method = request.method
         if self.config.private and not (method == "GET" and key == layout.CACHE_INFO):
             if self.tokens is None:
-                raise _HTTPError(403, "private mode needs a directory registry (tokens live there)")
+                raise HTTPError(403, "private mode needs a directory registry (tokens live there)")
             self.tokens.check(request.headers.get(hdrs.AUTHORIZATION), "read")
         if method == "POST":
             if key == "narinfo-batch":
@@ -163,16 +158,16 @@ class Registry:
                 return await self._verify(request)
             if key == "blob-batch":
                 return await self._blob_batch(request)
-            raise _HTTPError(404, f"no such endpoint: POST /{key}")
+            raise HTTPError(404, f"no such endpoint: POST /{key}")
         kind, arg = layout.parse_key(key)
         if not kind:
-            return _text(404, f"not found: /{key}", **self._miss_headers)
+            return plain(404, f"not found: /{key}", **self._miss_headers)
         if method in ("GET", "HEAD"):
             return await self._get(request, key, kind, arg)
         if method == "PUT":
             self._auth(request, "write")
             return await self._put(request, key, kind, arg)
-        raise _HTTPError(405, f"method {method} not allowed on /{key}")
+        raise HTTPError(405, f"method {method} not allowed on /{key}")
 
     # ------------------------------------------------------------ reads
 
@@ -182,7 +177,7 @@ class Registry:
         if kind == "narinfo":
             body = self.source.narinfo(arg)
             if body is None:
-                return _text(404, f"no narinfo for {arg}", **self._miss_headers)
+                return plain(404, f"no narinfo for {arg}", **self._miss_headers)
             return web.Response(body=body, headers=self._narinfo_headers)
         if kind in ("att", "att-dir"):
             return self._get_att(key, kind, arg)
@@ -190,7 +185,7 @@ class Registry:
             digest = layout.file_hash_of_key(kind, arg)
             path = self.source.object_file(digest)
             if path is None:
-                return _text(404, f"not found: /{key}", **self._miss_headers)
+                return plain(404, f"not found: /{key}", **self._miss_headers)
             etag = f"sha256:{digest.hex}"
             inm = request.headers.get(hdrs.IF_NONE_MATCH)
             if inm and etag in inm:
@@ -199,7 +194,7 @@ class Registry:
             return _DigestFile(path, etag, headers={"Cache-Control": IMMUTABLE, "Content-Type": ctype})
         path = self.source.file(key)
         if path is None:
-            return _text(404, f"not found: /{key}", **self._miss_headers)
+            return plain(404, f"not found: /{key}", **self._miss_headers)
         mutable = key in ("index/timestamp.json", "index/snapshot.json", "index/root.json")
         cc = "no-cache" if mutable else IMMUTABLE
         return web.FileResponse(
@@ -217,12 +212,12 @@ class Registry:
         if att_kind is None:
             kinds = self.source.att_listing(hash_part)
             if not kinds:
-                return _text(404, f"no attestations for {hash_part}", **self._miss_headers)
+                return plain(404, f"no attestations for {hash_part}", **self._miss_headers)
             body = json.dumps({"kinds": kinds}, sort_keys=True, separators=(",", ":")) + "\n"
             return web.Response(text=body, content_type="application/json", headers=headers)
         path = self.source.att_file(hash_part, att_kind)
         if path is None:
-            return _text(404, f"not found: /{key}", **self._miss_headers)
+            return plain(404, f"not found: /{key}", **self._miss_headers)
         return web.FileResponse(
             path, headers={**headers, "Content-Type": "application/vnd.dsse.envelope.v1+json"}
         )
@@ -232,19 +227,19 @@ class Registry:
         from . import admission
 
         if self.config.policy is None:
-            raise _HTTPError(409, "this server has no verification policy (start it with --policy FILE)")
-        raw = await _read_body(request, admission.MAX_REVIEW, "review")
+            raise HTTPError(409, "this server has no verification policy (start it with --policy FILE)")
+        raw = await read_body(request, admission.MAX_REVIEW, "review")
         try:
             review = admission.parse_review(raw)
         except KilnError as e:
-            raise _HTTPError(400, str(e)) from None
+            raise HTTPError(400, str(e)) from None
         answer = await asyncio.get_running_loop().run_in_executor(
             None, admission.answer, self.source, review, self.config.policy
         )
         return web.json_response(answer, headers={"Cache-Control": "no-store"})
 
     async def _batch(self, request: web.BaseRequest) -> web.Response:
-        raw = await _read_body(request, 4 << 20, "batch request")
+        raw = await read_body(request, 4 << 20, "batch request")
         try:
             data = (
                 json.loads(raw) if raw.strip().startswith((b"{", b"[")) else {"hashes": raw.decode().split()}
@@ -256,9 +251,9 @@ class Registry:
             if not all(isinstance(x, list) for x in (hashes, blobs, atts, nar_hashes)):
                 raise ValueError("hashes, blobs, attestations and nar_hashes must be lists")
         except (ValueError, UnicodeDecodeError, AttributeError) as e:
-            raise _HTTPError(400, f"malformed batch request: {e}") from None
+            raise HTTPError(400, f"malformed batch request: {e}") from None
         if len(hashes) + len(blobs) + len(atts) + 100 * len(nar_hashes) > MAX_BATCH:
-            raise _HTTPError(413, f"at most {MAX_BATCH} entries per batch")
+            raise HTTPError(413, f"at most {MAX_BATCH} entries per batch")
         found: dict[str, str] = {}
         for h in hashes:
             if isinstance(h, str) and layout.is_hash_part(h):
@@ -299,16 +294,16 @@ class Registry:
         answer, in request order, is for each object a line ``<hex> <size>\n``
         followed by exactly ``size`` bytes, or ``<hex> -\n`` if this registry lacks it.
         The client verifies every object's digest as for a single download."""
-        raw = await _read_body(request, 1 << 20, "blob batch request")
+        raw = await read_body(request, 1 << 20, "blob batch request")
         try:
             blobs = json.loads(raw).get("blobs")
             if not isinstance(blobs, list) or not all(isinstance(b, str) for b in blobs):
                 raise ValueError("'blobs' must be a list of sha256 digests")
             digests = [Hash.parse(b, "sha256") for b in blobs]
         except (ValueError, UnicodeDecodeError, AttributeError, KilnError) as e:
-            raise _HTTPError(400, f"malformed blob batch request: {e}") from None
+            raise HTTPError(400, f"malformed blob batch request: {e}") from None
         if len(digests) > MAX_BLOB_BATCH:
-            raise _HTTPError(413, f"at most {MAX_BLOB_BATCH} objects per blob batch")
+            raise HTTPError(413, f"at most {MAX_BLOB_BATCH} objects per blob batch")
         resp = web.StreamResponse(headers={"Content-Type": BLOB_BATCH_TYPE, "Cache-Control": "no-store"})
         await resp.prepare(request)
         for d in digests:
@@ -333,190 +328,6 @@ class Registry:
                     raise ConnectionResetError(f"object {d.hex} shrank while being sent")
         await resp.write_eof()
         return resp
-
-    # ------------------------------------------------------------ writes
-
-    def _check_length(self, request: web.BaseRequest, limit: int) -> None:
-        if request.content_length is not None and request.content_length > limit:
-            raise _HTTPError(413, f"body of {request.content_length} bytes exceeds the limit of {limit}")
-
-    async def _put(self, request: web.BaseRequest, key: str, kind: str, arg: str) -> web.Response:
-        src = self.source
-        assert isinstance(src, DirSource)
-        if kind in ("nar", "blob"):
-            self._check_length(request, self.config.max_body)
-            digest = layout.file_hash_of_key(kind, arg)
-            if src.object_file(digest) is not None:
-                await _drain(request, self.config.max_body)
-                return _text(200, "already present")
-            ver = NarVerifier()
-            total = 0
-            with src.storage.staged() as (f, _tmp):
-                async for chunk in request.content.iter_chunked(CHUNK):
-                    total += len(chunk)
-                    if total > self.config.max_body:
-                        raise _HTTPError(413, f"body exceeds the limit of {self.config.max_body} bytes")
-                    f.write(chunk)
-                    ver.update(chunk)
-                if request.content_length is not None and total != request.content_length:
-                    raise _HTTPError(400, "body shorter than Content-Length (connection dropped?)")
-                got = ver.finish()
-                if got.file_hash.digest != digest.digest:
-                    raise _HTTPError(
-                        400, f"uploaded bytes hash to sha256:{got.file_hash.hex}, not to the name /{key}"
-                    )
-                # fsync and link on a worker thread: the event loop never waits on the disk
-                await asyncio.get_running_loop().run_in_executor(
-                    None, src.commit_object, f, got, src.group_sync
-                )
-            return _text(201, "stored")
-        if kind == "narinfo":
-            body = await _read_body(request, self.config.max_narinfo, "narinfo")
-            try:
-                text = body.decode()
-            except UnicodeDecodeError:
-                raise _HTTPError(400, "narinfo is not UTF-8") from None
-            status, msg = await asyncio.get_running_loop().run_in_executor(
-                None, self._admit_narinfo, arg, text
-            )
-            return _text(status, msg)
-        if kind == "att" and layout.att_kind_of_key(key):
-            from .attest_transfer import MAX_ATTESTATION, admit
-
-            body = await _read_body(request, MAX_ATTESTATION, "attestation")
-            keys = [*self.config.trusted, *self.config.attesters]
-            status, msg = await asyncio.get_running_loop().run_in_executor(
-                None, admit, src.storage, src.store_dir, arg, layout.att_kind_of_key(key), body, keys
-            )
-            return _text(status, msg)
-        raise _HTTPError(405, f"PUT is not allowed on /{key}")
-
-    def _admit_narinfo(self, hash_part: str, text: str) -> tuple[int, str]:
-        src = self.source
-        assert isinstance(src, DirSource)
-        try:
-            info = check_narinfo(text, src.store_dir, self.config.trusted, 1, hash_part)
-        except KilnError as e:
-            return (403 if type(e).__name__ == "UntrustedError" else 400), f"error: {e}"
-        got = src.object_digests(info.file_hash)
-        if got is None:
-            return 400, f"error: {info.path}: upload the NAR ({info.url}) before its narinfo"
-        try:
-            expect(info.path, got, info.file_hash, info.file_size, info.nar_hash, info.nar_size)
-        except KilnError as e:
-            return 400, f"error: {e}"
-        return src.publish_narinfo(hash_part, info, text.encode())
-
-    async def _upload_batch(self, request: web.BaseRequest) -> web.Response:
-        """``POST /upload-batch``: many paths in one request. Body: per path a line
-        ``<narinfo length> <nar length> <hash part>\n``, the narinfo bytes, then the
-        ``.nar.zst`` bytes (length 0 when the registry already has that NAR). Each NAR
-        is hashed while it streams in; then everything is admitted exactly as the
-        single-object PUTs would, with two shared barriers instead of 2 fsyncs per path.
-        Answer: ``{"results": [{"hash", "status", "message"}]}`` in request order."""
-        self._auth(request, "write")
-        src = self.source
-        assert isinstance(src, DirSource)
-        self._check_length(request, self.config.max_body)
-        entries: list[BatchEntry] = []
-        total = 0
-        with contextlib.ExitStack() as stack:
-            while True:
-                line = await request.content.readline()
-                if not line:
-                    break
-                parts = line.split()
-                if (
-                    len(parts) != 3
-                    or not line.endswith(b"\n")
-                    or not parts[0].isdigit()
-                    or not parts[1].isdigit()
-                ):
-                    raise _HTTPError(400, f"malformed batch frame header {line[:80]!r}")
-                nlen, zlen, h = int(parts[0]), int(parts[1]), parts[2].decode(errors="replace")
-                if not layout.is_hash_part(h):
-                    raise _HTTPError(400, f"invalid hash part {h[:40]!r} in batch frame")
-                if nlen > self.config.max_narinfo:
-                    raise _HTTPError(413, f"narinfo over {self.config.max_narinfo} bytes in batch frame")
-                total += nlen + zlen
-                if total > self.config.max_body:
-                    raise _HTTPError(413, f"batch exceeds the limit of {self.config.max_body} bytes")
-                if len(entries) >= MAX_UPLOAD_BATCH:
-                    raise _HTTPError(413, f"at most {MAX_UPLOAD_BATCH} paths per upload batch")
-                try:
-                    body = await request.content.readexactly(nlen)
-                except asyncio.IncompleteReadError:
-                    raise _HTTPError(400, "batch body truncated") from None
-                e = BatchEntry(h, body)
-                if zlen:
-                    f, _ = stack.enter_context(src.storage.staged())
-                    ver = NarVerifier()
-                    left = zlen
-                    while left:
-                        chunk = await request.content.read(min(CHUNK, left))
-                        if not chunk:
-                            raise _HTTPError(400, "batch body truncated")
-                        f.write(chunk)
-                        ver.update(chunk)
-                        left -= len(chunk)
-                    f.close()
-                    try:
-                        e.nar_digests, e.nar_file = ver.finish(), f
-                    except KilnError as ex:
-                        e.error = str(ex)
-                entries.append(e)
-
-            def admit(hash_part: str, text: str) -> Any:
-                return check_narinfo(text, src.store_dir, self.config.trusted, 1, hash_part)
-
-            results = await asyncio.get_running_loop().run_in_executor(None, src.commit_batch, entries, admit)
-        out = [
-            {"hash": e.hash_part, "status": st, "message": msg}
-            for e, (st, msg) in zip(entries, results, strict=True)
-        ]
-        return web.json_response({"results": out})
-
-    async def _publish_index(self, request: web.BaseRequest) -> web.Response:
-        self._auth(request, "write")
-        if self.config.index_key is None:
-            return _text(409, "error: this server has no index key (start it with --index-key)")
-        async with self._publish_lock:
-            from .publish import publish_index
-
-            pub = await asyncio.get_running_loop().run_in_executor(
-                None, publish_index, self.source.storage, self.config.index_key
-            )
-        return _text(200, f"index version {pub.index_version}, timestamp version {pub.timestamp_version}")
-
-
-class _HTTPError(Exception):
-    def __init__(self, status: int, msg: str) -> None:
-        super().__init__(msg)
-        self.status, self.msg = status, msg
-
-
-async def _read_body(request: web.BaseRequest, limit: int, what: str) -> bytes:
-    """The whole request body, or 413 if it is over ``limit`` bytes. (A single
-    ``content.read(n)`` returns whatever has arrived so far, not n bytes: a body
-    that comes in several TCP segments would be cut short and misparsed.)"""
-    if request.content_length is not None and request.content_length > limit:
-        raise _HTTPError(413, f"{what} of {request.content_length} bytes is over the limit of {limit}")
-    parts: list[bytes] = []
-    total = 0
-    while chunk := await request.content.read(min(CHUNK, limit + 1 - total)):
-        total += len(chunk)
-        if total > limit:
-            raise _HTTPError(413, f"{what} is over the limit of {limit} bytes")
-        parts.append(chunk)
-    return b"".join(parts)
-
-
-async def _drain(request: web.BaseRequest, limit: int) -> None:
-    total = 0
-    async for chunk in request.content.iter_chunked(CHUNK):
-        total += len(chunk)
-        if total > limit:
-            raise _HTTPError(413, "body too large")
 
 
 def make_app(source: Source, config: ServerConfig) -> web.Server:

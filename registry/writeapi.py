@@ -1,0 +1,174 @@
+"""The registry's write API (directory registries only): ``PUT`` of NARs/blobs,
+narinfos and attestations, ``POST /upload-batch`` and ``POST /publish-index``. Mixed
+into ``server.Registry``; every upload is verified before anything is published (see
+the module docstring of ``server``)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+from aiohttp import web
+
+from kiln.store.errors import KilnError
+
+from . import layout
+from .backends import BatchEntry, DirSource
+from .httpbits import CHUNK, HTTPError, check_length, drain, plain, read_body
+from .verify import NarVerifier, check_narinfo, expect
+
+MAX_UPLOAD_BATCH = 2_000
+
+
+class WriteAPI:
+    """Write handlers; the class mixing this in provides ``source``, ``config``,
+    ``_auth(request, scope)`` and ``_publish_lock``."""
+
+    async def _put(self, request: web.BaseRequest, key: str, kind: str, arg: str) -> web.Response:
+        src = self.source
+        assert isinstance(src, DirSource)
+        if kind in ("nar", "blob"):
+            check_length(request, self.config.max_body)
+            digest = layout.file_hash_of_key(kind, arg)
+            if src.object_file(digest) is not None:
+                await drain(request, self.config.max_body)
+                return plain(200, "already present")
+            ver = NarVerifier()
+            total = 0
+            with src.storage.staged() as (f, _tmp):
+                async for chunk in request.content.iter_chunked(CHUNK):
+                    total += len(chunk)
+                    if total > self.config.max_body:
+                        raise HTTPError(413, f"body exceeds the limit of {self.config.max_body} bytes")
+                    f.write(chunk)
+                    ver.update(chunk)
+                if request.content_length is not None and total != request.content_length:
+                    raise HTTPError(400, "body shorter than Content-Length (connection dropped?)")
+                got = ver.finish()
+                if got.file_hash.digest != digest.digest:
+                    raise HTTPError(
+                        400, f"uploaded bytes hash to sha256:{got.file_hash.hex}, not to the name /{key}"
+                    )
+                # fsync and link on a worker thread: the event loop never waits on the disk
+                await asyncio.get_running_loop().run_in_executor(
+                    None, src.commit_object, f, got, src.group_sync
+                )
+            return plain(201, "stored")
+        if kind == "narinfo":
+            body = await read_body(request, self.config.max_narinfo, "narinfo")
+            try:
+                text = body.decode()
+            except UnicodeDecodeError:
+                raise HTTPError(400, "narinfo is not UTF-8") from None
+            status, msg = await asyncio.get_running_loop().run_in_executor(
+                None, self._admit_narinfo, arg, text
+            )
+            return plain(status, msg)
+        if kind == "att" and layout.att_kind_of_key(key):
+            from .attest_transfer import MAX_ATTESTATION, admit
+
+            body = await read_body(request, MAX_ATTESTATION, "attestation")
+            keys = [*self.config.trusted, *self.config.attesters]
+            status, msg = await asyncio.get_running_loop().run_in_executor(
+                None, admit, src.storage, src.store_dir, arg, layout.att_kind_of_key(key), body, keys
+            )
+            return plain(status, msg)
+        raise HTTPError(405, f"PUT is not allowed on /{key}")
+
+    def _admit_narinfo(self, hash_part: str, text: str) -> tuple[int, str]:
+        src = self.source
+        assert isinstance(src, DirSource)
+        try:
+            info = check_narinfo(text, src.store_dir, self.config.trusted, 1, hash_part)
+        except KilnError as e:
+            return (403 if type(e).__name__ == "UntrustedError" else 400), f"error: {e}"
+        got = src.object_digests(info.file_hash)
+        if got is None:
+            return 400, f"error: {info.path}: upload the NAR ({info.url}) before its narinfo"
+        try:
+            expect(info.path, got, info.file_hash, info.file_size, info.nar_hash, info.nar_size)
+        except KilnError as e:
+            return 400, f"error: {e}"
+        return src.publish_narinfo(hash_part, info, text.encode())
+
+    async def _upload_batch(self, request: web.BaseRequest) -> web.Response:
+        """``POST /upload-batch``: many paths in one request. Body: per path a line
+        ``<narinfo length> <nar length> <hash part>\n``, the narinfo bytes, then the
+        ``.nar.zst`` bytes (length 0 when the registry already has that NAR). Each NAR
+        is hashed while it streams in; then everything is admitted exactly as the
+        single-object PUTs would, with two shared barriers instead of 2 fsyncs per path.
+        Answer: ``{"results": [{"hash", "status", "message"}]}`` in request order."""
+        self._auth(request, "write")
+        src = self.source
+        assert isinstance(src, DirSource)
+        check_length(request, self.config.max_body)
+        entries: list[BatchEntry] = []
+        total = 0
+        with contextlib.ExitStack() as stack:
+            while True:
+                line = await request.content.readline()
+                if not line:
+                    break
+                parts = line.split()
+                if (
+                    len(parts) != 3
+                    or not line.endswith(b"\n")
+                    or not parts[0].isdigit()
+                    or not parts[1].isdigit()
+                ):
+                    raise HTTPError(400, f"malformed batch frame header {line[:80]!r}")
+                nlen, zlen, h = int(parts[0]), int(parts[1]), parts[2].decode(errors="replace")
+                if not layout.is_hash_part(h):
+                    raise HTTPError(400, f"invalid hash part {h[:40]!r} in batch frame")
+                if nlen > self.config.max_narinfo:
+                    raise HTTPError(413, f"narinfo over {self.config.max_narinfo} bytes in batch frame")
+                total += nlen + zlen
+                if total > self.config.max_body:
+                    raise HTTPError(413, f"batch exceeds the limit of {self.config.max_body} bytes")
+                if len(entries) >= MAX_UPLOAD_BATCH:
+                    raise HTTPError(413, f"at most {MAX_UPLOAD_BATCH} paths per upload batch")
+                try:
+                    body = await request.content.readexactly(nlen)
+                except asyncio.IncompleteReadError:
+                    raise HTTPError(400, "batch body truncated") from None
+                e = BatchEntry(h, body)
+                if zlen:
+                    f, _ = stack.enter_context(src.storage.staged())
+                    ver = NarVerifier()
+                    left = zlen
+                    while left:
+                        chunk = await request.content.read(min(CHUNK, left))
+                        if not chunk:
+                            raise HTTPError(400, "batch body truncated")
+                        f.write(chunk)
+                        ver.update(chunk)
+                        left -= len(chunk)
+                    f.close()
+                    try:
+                        e.nar_digests, e.nar_file = ver.finish(), f
+                    except KilnError as ex:
+                        e.error = str(ex)
+                entries.append(e)
+
+            def admit(hash_part: str, text: str) -> Any:
+                return check_narinfo(text, src.store_dir, self.config.trusted, 1, hash_part)
+
+            results = await asyncio.get_running_loop().run_in_executor(None, src.commit_batch, entries, admit)
+        out = [
+            {"hash": e.hash_part, "status": st, "message": msg}
+            for e, (st, msg) in zip(entries, results, strict=True)
+        ]
+        return web.json_response({"results": out})
+
+    async def _publish_index(self, request: web.BaseRequest) -> web.Response:
+        self._auth(request, "write")
+        if self.config.index_key is None:
+            return plain(409, "error: this server has no index key (start it with --index-key)")
+        async with self._publish_lock:
+            from .publish import publish_index
+
+            pub = await asyncio.get_running_loop().run_in_executor(
+                None, publish_index, self.source.storage, self.config.index_key
+            )
+        return plain(200, f"index version {pub.index_version}, timestamp version {pub.timestamp_version}")
