@@ -1,0 +1,305 @@
+"""Writing paths into a ``LocalStore``: ``add_path``/``add_text``/``add_texts``,
+``register_built`` and the ``import_*`` family, all through one registration protocol.
+
+Registration protocol of single paths (``Registering._commit``; batches: ``importbatch``, same guarantees):
+
+1. take the GC lock shared (held for the whole operation);
+2. stream the content once into ``tmp/<pid>-<rand>/<rand>.*`` (``_Scratch``): the canonical tree
+   and the compressed object, hashing both (``objects.TreeIngest``/``NarSink``); fsync the object;
+3. take the path's (striped) lock; if the path became valid meanwhile, drop our copy and return;
+4. add the path to this process's temp roots;
+5. rename the object into ``objects/`` and fsync its directory;
+6. remove any stale unregistered tree at the real path, rename ours there, seal it;
+7. insert the row (with refs and sigs) in one transaction: now the path is valid.
+
+A crash before 7 leaves at most unregistered files (GC removes them, verify ignores
+them); after 7 everything the row promises is in place. Readers re-verify digests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import BinaryIO
+
+from . import db
+from .errors import StoreError
+from .hashes import Hash
+from .ingest import PathFilter, TreeIngest
+from .locks import FileLock, path_lock_file
+from .objects import (
+    ZSTD_LEVEL,
+    NarSink,
+    ObjectInfo,
+    TeeReader,
+    chunks_of,
+    decompress_verified,
+    expect_nar,
+    ingest_stream,
+    publish_object,
+    read_object,
+)
+from .pathinfo import PathInfo
+from .paths import StorePath, check_name, make_source_path, make_text_path
+from .trees import move_into_place, remove_tree, restore_canonical
+
+
+class Registering:
+    """The write half of ``LocalStore`` (a mixin: it uses the store's ``root``,
+    ``store_dir``, ``real_store``, ``objects``, ``conn``, ``gc_lock_path``,
+    ``_scratch_dir``, ``query``/``is_valid``/``parse_path``/``_keep``)."""
+
+    def add_path(self, src: Path, name: str | None = None, filter: PathFilter | None = None) -> PathInfo:
+        """Add a file or tree as a content-addressed source path (``nix-store --add``):
+        path = ``make_source_path(name, nar_hash)``; ``filter(path, kind)`` may skip
+        entries below ``src``."""
+        src = Path(src)
+        name = check_name(name or Path(os.path.abspath(src)).name)
+        with self._writing() as tmp:
+            tree = tmp / "tree"
+            oi = self._ingest(lambda sink: TreeIngest(sink, filter).run(src, tree), tmp)
+            sp = make_source_path(name, oi.nar_hash, store_dir=self.store_dir)
+            info = PathInfo(
+                str(sp),
+                oi.nar_hash,
+                oi.nar_size,
+                file_hash=oi.file_hash,
+                file_size=oi.file_size,
+                ca=f"fixed:r:sha256:{oi.nar_hash.nix32}",
+            )
+            return self._commit(info, tree, tmp)
+
+    def add_text(self, name: str, text: bytes, references: Iterable[str]) -> PathInfo:
+        """Add a text path (a ``.drv`` file): a non-executable file whose path is
+        ``make_text_path(name, text, references)``."""
+        refs = sorted(set(map(str, references)))
+        sp = make_text_path(name, text, [self.parse_path(r) for r in refs], self.store_dir)
+        if self.is_valid(str(sp)):
+            self._keep(str(sp), locked=False)  # root first, then re-check: GC may have run
+            existing = self.query(str(sp))
+            if existing is not None:
+                return existing
+        with self._writing() as tmp:
+            tree = tmp / "tree"
+            fd = os.open(tree, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            with os.fdopen(fd, "wb") as f:
+                f.write(text)
+            oi = self._ingest(lambda sink: TreeIngest(sink).run(tree, canonicalise=True), tmp, threads=0)
+            info = PathInfo(
+                str(sp),
+                oi.nar_hash,
+                oi.nar_size,
+                references=tuple(refs),
+                file_hash=oi.file_hash,
+                file_size=oi.file_size,
+                ca=f"text:sha256:{Hash.sha256_of(text).nix32}",
+            )
+            return self._commit(info, tree, tmp)
+
+    def add_texts(self, items: Iterable[tuple[str, bytes, Iterable[str]]]) -> list[PathInfo]:
+        """``add_text`` for many ``(name, text, references)`` at once, in dependency
+        order (a text's references valid or earlier in ``items``), with group commit:
+        the NARs and objects are made in memory and registered by ``import_objects``
+        (one syncfs and one transaction per few hundred paths instead of an fsync and a
+        commit each). Returns the infos in ``items`` order."""
+        import io
+
+        import zstandard
+
+        from .nar import file_nar
+
+        todo: list[tuple[PathInfo, BinaryIO]] = []
+        compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+        for name, text, references in items:
+            refs = sorted(set(map(str, references)))
+            sp = make_text_path(name, text, [self.parse_path(r) for r in refs], self.store_dir)
+            nar = file_nar(text)
+            obj = compressor.compress(nar)
+            info = PathInfo(
+                str(sp),
+                Hash.sha256_of(nar),
+                len(nar),
+                references=tuple(refs),
+                file_hash=Hash.sha256_of(obj),
+                file_size=len(obj),
+                ca=f"text:sha256:{Hash.sha256_of(text).nix32}",
+            )
+            todo.append((info, io.BytesIO(obj)))
+        return self.import_objects(todo) if todo else []
+
+    def register_built(
+        self, path: str, tree: Path, references: Iterable[str], deriver: str | None
+    ) -> PathInfo:
+        """Register a finished build output ``tree`` (file or directory, on the same file
+        system as the store) as input-addressed ``path``. The tree is canonicalised in
+        place (setuid/setgid files, devices, sockets and fifos are rejected), archived,
+        and moved to ``real_path(path)``. If ``path`` is already valid the existing info is
+        returned and ``tree`` is left alone."""
+        sp = self.parse_path(path)
+        path = str(sp)
+        refs = tuple(sorted(set(map(str, references))))
+        with self._writing() as tmp, FileLock(self._path_lock(sp)):
+            existing = self.query(path)
+            if existing is not None:
+                self._keep(path)
+                return existing
+            oi = self._ingest(lambda sink: TreeIngest(sink).run(Path(tree), canonicalise=True), tmp)
+            info = PathInfo(
+                path, oi.nar_hash, oi.nar_size, refs, deriver, file_hash=oi.file_hash, file_size=oi.file_size
+            )
+            if os.lstat(tree).st_dev == os.stat(self.real_store).st_dev:
+                return self._commit(info, Path(tree), tmp, have_lock=True)
+            # build dir on another file system: materialise from the new object instead
+            copy = tmp / "tree"
+            assert info.file_hash is not None and info.file_size is not None
+            stream = read_object(
+                tmp / "object", path, (info.file_hash, info.file_size), (info.nar_hash, info.nar_size)
+            )
+            restore_canonical(stream, copy)
+            return self._commit(info, copy, tmp, have_lock=True)
+
+    def import_nar(self, info: PathInfo, nar_src: BinaryIO | Iterable[bytes]) -> PathInfo:
+        """Add ``info.path`` from its uncompressed NAR (substitution). The NAR hash and
+        size are checked while streaming; on mismatch nothing is added."""
+        self._check_importable(info)
+        with self._writing() as tmp, FileLock(self._path_lock(self.parse_path(info.path))):
+            existing = self.query(info.path)
+            if existing is not None:
+                self._keep(info.path)
+                return existing
+            tree = tmp / "tree"
+
+            def run(sink: NarSink) -> None:
+                restore_canonical(ingest_stream(chunks_of(nar_src), sink), tree)
+
+            oi = self._ingest(run, tmp)
+            expect_nar(info, oi.nar_hash, oi.nar_size)
+            return self._commit(
+                replace(info, file_hash=oi.file_hash, file_size=oi.file_size), tree, tmp, True
+            )
+
+    def import_object(self, info: PathInfo, zst: BinaryIO) -> PathInfo:
+        """Add ``info.path`` from a compressed object (as served by a registry), keeping
+        the compressed bytes as the object. Checks ``info.file_hash``/``file_size`` (if
+        set) and the NAR hash and size."""
+        self._check_importable(info)
+        with self._writing() as tmp, FileLock(self._path_lock(self.parse_path(info.path))):
+            existing = self.query(info.path)
+            if existing is not None:
+                self._keep(info.path)
+                return existing
+            tree, obj = tmp / "tree", tmp / "object"
+            tee = TeeReader(zst, os.open(obj, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+            try:
+                expect_file = None if info.file_hash is None else (info.file_hash, info.file_size or 0)
+                stream = decompress_verified(tee, info.path, expect_file, (info.nar_hash, info.nar_size))
+                restore_canonical(stream, tree)
+                os.fsync(tee.fd)
+            finally:
+                os.close(tee.fd)
+            file_hash = Hash("sha256", tee.sha.digest())
+            return self._commit(replace(info, file_hash=file_hash, file_size=tee.size), tree, tmp, True)
+
+    def import_objects(self, items: Iterable[tuple[PathInfo, BinaryIO]]) -> list[PathInfo]:
+        """``import_object`` for many paths with group commit (see ``store.importbatch``):
+        ``items`` in dependency order (a path's references must be valid or come earlier),
+        each compressed object verified while it streams (file hash/size if set, NAR
+        hash/size always). Returns the infos in ``items`` order (already-valid paths: the
+        existing info). On a mismatch the paths before the bad one are registered, the
+        bad one and those after it are not, and the error is raised. ``items`` may be a
+        generator that blocks (e.g. on downloads): batches commit as they fill."""
+        from .importbatch import import_objects
+
+        with self._writing() as tmp:
+            (tmp / "batch").mkdir()
+            return import_objects(self, items, tmp / "batch")
+
+    # ------------------------------------------------------------------ registration internals
+
+    def _path_lock(self, sp: StorePath) -> Path:
+        return path_lock_file(self.root, sp.hash_part)
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[_Scratch]:
+        """Shared GC lock + private temp names ``tmp/<pid>-<rand>/<rand>.<what>`` (in this
+        object's scratch directory), removed on exit."""
+        with FileLock(self.gc_lock_path, shared=True):
+            # GC (which excludes us now) deletes writers' scratch dirs: recreate if needed
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(self._scratch_dir, 0o700)
+            scratch = _Scratch(self._scratch_dir / secrets.token_hex(6))
+            try:
+                yield scratch
+            finally:
+                scratch.remove()
+
+    def _ingest(self, run, tmp: _Scratch, threads: int | None = None) -> ObjectInfo:
+        fd = os.open(tmp / "object", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        sink = NarSink(fd) if threads is None else NarSink(fd, threads=threads)
+        try:
+            run(sink)
+        except BaseException:
+            sink.abort()
+            raise
+        return sink.finish()
+
+    def _check_importable(self, info: PathInfo, also_valid: set[str] | frozenset[str] = frozenset()) -> None:
+        self.parse_path(info.path)
+        if info.nar_size <= 0:
+            raise StoreError(f"cannot import {info.path}: NAR size is {info.nar_size}")
+        self._check_refs(info, also_valid)
+
+    def _check_refs(self, info: PathInfo, also_valid: set[str] | frozenset[str] = frozenset()) -> None:
+        missing = [
+            r for r in info.references if r != info.path and r not in also_valid and not self.is_valid(r)
+        ]
+        if missing:
+            raise StoreError(
+                f"cannot register {info.path}: its references are not valid in this store: "
+                + ", ".join(missing[:5])
+                + (f" (and {len(missing) - 5} more)" if len(missing) > 5 else "")
+            )
+
+    def _commit(self, info: PathInfo, tree: Path, tmp: _Scratch, have_lock: bool = False) -> PathInfo:
+        """Steps 3-7 of the registration protocol (caller holds the shared GC lock)."""
+        sp = self.parse_path(info.path)
+        self._check_refs(info)
+        with contextlib.nullcontext() if have_lock else FileLock(self._path_lock(sp)):
+            existing = self.query(info.path)
+            self._keep(info.path)
+            if existing is not None:
+                return existing
+            assert info.file_hash is not None
+            publish_object(tmp / "object", self.objects, info.file_hash)
+            move_into_place(tree, self.real_store / sp.base, tmp / "stale")
+            info = replace(info, registration_time=int(time.time()))
+            db.insert(self.conn, info, sp.hash_part)
+            return info
+
+
+class _Scratch:
+    """A writer's temp names: ``scratch / "object"`` is ``<scratch dir>/<rand>.object``.
+    Plain names in the store object's long-lived scratch directory rather than a temp
+    directory per registration: that would cost a mkdir and an rmdir (two inode
+    operations) each time. GC treats every ``<pid>-…`` entry of ``tmp/`` as a writer's
+    leftover, so these are cleaned up after a crash too."""
+
+    __slots__ = ("base", "used")
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.used: set[Path] = set()
+
+    def __truediv__(self, what: str) -> Path:
+        p = self.base.with_name(f"{self.base.name}.{what}")
+        self.used.add(p)
+        return p
+
+    def remove(self) -> None:
+        for p in self.used:
+            remove_tree(p)
