@@ -1,0 +1,93 @@
+"""``kiln build --check`` / ``--rounds``: rebuild a valid derivation into a scratch
+directory and compare NAR hashes with the registered output; a mismatch names the
+differing files (``checkdiff``) and raises ``NotDeterministic``. Nothing is
+registered by a rebuild."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .derivation import Derivation
+from .errors import KilnError, StoreError
+from .hashes import Hash
+from .vary import Variation
+
+
+class NotDeterministic(KilnError):
+    """``--check`` or ``--rounds`` found a rebuild that differs from the registered output."""
+
+
+@dataclass(frozen=True, slots=True)
+class OutputComparison:
+    """One output of a rebuild: registered vs rebuilt NAR hash, and (when they differ)
+    a description of the differing files."""
+
+    output: str
+    path: str
+    registered: Hash
+    rebuilt: Hash
+    differences: str
+
+    @property
+    def identical(self) -> bool:
+        return self.registered == self.rebuilt
+
+
+class Checking:
+    """The rebuild half of ``build.Builder`` (a mixin: it uses the builder's ``store``,
+    ``opts``, ``say``, ``get_drv``, ``_produce`` and ``_tmp_root``)."""
+
+    def rebuild(self, drv_path: str, vary: Variation | None = None) -> list[OutputComparison]:
+        """Build ``drv_path`` again into a scratch directory (its outputs must be valid)
+        and compare each output's NAR hash with the registered one. Nothing is
+        registered; the rebuilt trees are removed afterwards. ``vary`` changes the
+        conditions of the rebuild (``store/vary.py``)."""
+        from . import nar
+        from .checkdiff import describe_differences
+
+        drv = self.get_drv(drv_path)
+        out: list[OutputComparison] = []
+        parent = self._tmp_root()
+        if vary is not None and vary.tmp_parent is not None:
+            parent = vary.tmp_parent
+            parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=f"check-{drv.name}-", dir=parent) as tmp:
+            produced = self._produce(drv_path, drv, Path(tmp), vary)
+            for name, o in drv.outputs:
+                info = self.store.query(o.path)
+                if info is None:
+                    raise StoreError(f"cannot check {o.path}: it is not valid (build it first)")
+                h, _ = nar.hash_path(produced[name][0])
+                diff = (
+                    ""
+                    if h == info.nar_hash
+                    else describe_differences(self.store.real_path(o.path), produced[name][0])
+                )
+                out.append(OutputComparison(name, o.path, info.nar_hash, h, diff))
+        return out
+
+    def _check(self, drv_path: str, drv: Derivation) -> None:
+        vary = None
+        if self.opts.vary:
+            from .vary import standard
+
+            vary = standard(Path(self.store.root), self.opts.cores or os.cpu_count() or 1)
+            self.say(f"checking {drv_path} with varied conditions: {'; '.join(vary.describe())}")
+        else:
+            self.say(f"checking {drv_path}")
+        try:
+            comparisons = self.rebuild(drv_path, vary)
+        finally:
+            if vary is not None and vary.tmp_parent is not None:
+                shutil.rmtree(vary.tmp_parent.parents[2], ignore_errors=True)
+        for c in comparisons:
+            if not c.identical:
+                raise NotDeterministic(
+                    f"derivation {drv_path} may not be deterministic: output {c.path} differs\n"
+                    f"  registered NAR hash: {c.registered}\n  rebuilt NAR hash:    {c.rebuilt}\n{c.differences}"
+                )
+        self.say(f"{drv_path}: rebuild is bit-for-bit identical")
