@@ -166,11 +166,8 @@ class Registering:
     def import_nar(self, info: PathInfo, nar_src: BinaryIO | Iterable[bytes]) -> PathInfo:
         """Add ``info.path`` from its uncompressed NAR (substitution). The NAR hash and
         size are checked while streaming; on mismatch nothing is added."""
-        self._check_importable(info)
-        with self._writing() as tmp, FileLock(self._path_lock(self.parse_path(info.path))):
-            existing = self.query(info.path)
+        with self._importing(info) as (tmp, existing):
             if existing is not None:
-                self._keep(info.path)
                 return existing
             tree = tmp / "tree"
 
@@ -187,11 +184,8 @@ class Registering:
         """Add ``info.path`` from a compressed object (as served by a registry), keeping
         the compressed bytes as the object. Checks ``info.file_hash``/``file_size`` (if
         set) and the NAR hash and size."""
-        self._check_importable(info)
-        with self._writing() as tmp, FileLock(self._path_lock(self.parse_path(info.path))):
-            existing = self.query(info.path)
+        with self._importing(info) as (tmp, existing):
             if existing is not None:
-                self._keep(info.path)
                 return existing
             tree, obj = tmp / "tree", tmp / "object"
             tee = TeeReader(zst, os.open(obj, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
@@ -223,6 +217,18 @@ class Registering:
 
     def _path_lock(self, sp: StorePath) -> Path:
         return path_lock_file(self.root, sp.hash_part)
+
+    @contextlib.contextmanager
+    def _importing(self, info: PathInfo) -> Iterator[tuple[_Scratch, PathInfo | None]]:
+        """For importing ``info``: check it, take the shared GC lock and the path's lock,
+        and yield (scratch names, the existing info if the path is valid already, which
+        is then kept as a temp root)."""
+        self._check_importable(info)
+        with self._writing() as tmp, FileLock(self._path_lock(self.parse_path(info.path))):
+            existing = self.query(info.path)
+            if existing is not None:
+                self._keep(info.path)
+            yield tmp, existing
 
     @contextlib.contextmanager
     def _writing(self) -> Iterator[_Scratch]:
