@@ -75,7 +75,7 @@ def mirror_location(mirror: str, expected: Hash) -> str:
 def fetch_tree_from_mirror(expected: Hash, dest: Path, *, mirrors: list[str], progress: bool = False) -> bool:
     """Restore the tree whose NAR hash is ``expected`` from a hashed mirror to ``dest``.
     Returns False (and leaves nothing at ``dest``) if no mirror has it."""
-    from . import nar_read
+    from . import nar_restore
     from .fetch import FetchError, fetch_url
 
     if not mirrors_from_env(mirrors):
@@ -91,7 +91,7 @@ def fetch_tree_from_mirror(expected: Hash, dest: Path, *, mirrors: list[str], pr
         except FetchError:
             return False
         with open(tmp, "rb") as f:
-            nar_read.restore(f, dest)
+            nar_restore.restore(f, dest)
         return True
     finally:
         tmp.unlink(missing_ok=True)

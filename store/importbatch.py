@@ -54,7 +54,7 @@ from . import db
 from .errors import HashMismatch, StoreError
 from .hashes import Hash
 from .locks import FileLock
-from .nar_read import write_all
+from .nar_restore import write_all
 from .objects import (
     TeeReader,
     check_digest,

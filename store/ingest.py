@@ -41,7 +41,7 @@ from .nar_read import HDR_SYMLINK as _SYMLINK
 from .nar_read import NODE as _NODE
 from .nar_read import TOK_CLOSE as _CLOSE
 from .nar_read import nar_str as _nar_str
-from .nar_read import write_all
+from .nar_restore import write_all
 from .objects import CANON_MTIME, CHUNK, NarSink
 
 COPY_PIECE = 4 << 20

@@ -30,7 +30,7 @@ starts a thread); for bigger paths it continues the walk in a reader thread and 
 the calling thread; file reads and ``hashlib`` both release the GIL, so on two cores
 reading and hashing overlap.
 
-The parser and ``restore`` live in ``nar_read`` and are re-exported here; the read-only
+The parser (``nar_read``) and ``restore`` (``nar_restore``) are re-exported here; the read-only
 queries over a NAR stream (``cat``, ``ls``, ``listing``) are at the end of this module.
 ``kiln.store.nar`` is the one module callers import.
 """
@@ -55,10 +55,11 @@ from .nar_read import HDR_EXEC as _HDR_EXEC
 from .nar_read import HDR_REGULAR as _HDR_REGULAR
 from .nar_read import HDR_ROOT as _HDR_ROOT
 from .nar_read import HDR_SYMLINK as _HDR_SYMLINK
-from .nar_read import MAGIC, NarEntry, _Input, _parse, entries, restore
+from .nar_read import MAGIC, NarEntry, _Input, _parse, entries
 from .nar_read import NODE as _NODE
 from .nar_read import TOK_CLOSE as _CLOSE
 from .nar_read import nar_str as _str
+from .nar_restore import restore
 
 __all__ = [
     "MAGIC",

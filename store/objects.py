@@ -41,7 +41,7 @@ import zstandard
 
 from .errors import HashMismatch, StoreError
 from .hashes import Hash
-from .nar_read import write_all
+from .nar_restore import write_all
 
 CHUNK = 1 << 20
 QUEUE_DEPTH = 8

@@ -222,7 +222,7 @@ def swap_in(new: Path, dest: Path, old: Path) -> None:
 def _write_canonical_file(p: bytes, pieces: Iterable[bytes | memoryview], executable: bool) -> None:
     """Create regular file ``p`` (it must not exist) from ``pieces``, mode 0555/0444 set
     explicitly (umask-proof), mtime 1."""
-    from .nar_read import write_all
+    from .nar_restore import write_all
 
     fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:

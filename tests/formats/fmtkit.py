@@ -77,7 +77,7 @@ def assert_nothing_left(dest: Path) -> None:
 def rmtree(top: str | os.PathLike) -> None:
     """Iterative ``rm -rf`` (shutil's and pytest's recurse and choke on the deep tree);
     the same fd-relative walk as restore's cleanup."""
-    from kiln.store.nar_read import _rmtree
+    from kiln.store.nar_restore import _rmtree
 
     _rmtree(os.fsencode(top))
 

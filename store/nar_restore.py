@@ -1,0 +1,152 @@
+"""Writing NARs to the file system: ``restore`` (all-or-nothing materialisation of a
+NAR with the validating parser of ``nar_read``) and the small file helpers it and the
+ingest pipeline use (``write_all``, an iterative ``rm -rf`` safe for hostile depth).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+from collections.abc import Iterable
+from typing import BinaryIO
+
+from .nar_read import _Input, _parse
+
+
+def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
+    """Write all of ``data`` to ``fd`` (``os.write`` may write less than asked)."""
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def restore(src: BinaryIO | Iterable[bytes], dest: str | os.PathLike, *, fsync: bool = False) -> None:
+    """Materialise the NAR read from ``src`` at ``dest``, which must not exist.
+
+    All-or-nothing: on any error (bad input, I/O) nothing is left at ``dest``. With
+    ``fsync`` every file and directory is synced before the final rename."""
+    dest_b = os.fsencode(os.path.abspath(dest))
+    if os.path.lexists(dest_b):
+        raise FileExistsError(errno.EEXIST, "restore destination already exists", os.fsdecode(dest_b))
+    parent, base = os.path.split(dest_b)
+    tmp = _mkdtemp(parent, b"." + base[:40] + b".restore-")
+    try:
+        root = os.path.join(tmp, b"root")
+        inp = _Input(src)
+        dirs: list[bytes] = []
+        for e in _parse(inp):
+            p = os.path.join(root, os.fsencode(e.path)) if e.path else root
+            if e.type == "directory":
+                os.mkdir(p)
+                dirs.append(p)
+            elif e.type == "symlink":
+                os.symlink(os.fsencode(e.target or ""), p)
+            else:
+                mode = 0o777 if e.type == "executable" else 0o666
+                fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+                try:
+                    for piece in inp.chunks(e.size, f"contents of {e.path!r}"):
+                        write_all(fd, piece)
+                    if fsync:
+                        os.fsync(fd)
+                finally:
+                    os.close(fd)
+        if fsync:
+            for d in reversed(dirs):
+                _fsync_dir(d)
+        _rename_noreplace(root, dest_b)
+        if fsync:
+            _fsync_dir(parent)
+    finally:
+        _rmtree(tmp)
+
+
+def _mkdtemp(parent: bytes, prefix: bytes) -> bytes:
+    """A fresh 0700 directory in ``parent`` (``tempfile.mkdtemp`` without its import cost)."""
+    while True:
+        path = os.path.join(parent, prefix + os.urandom(6).hex().encode())
+        try:
+            os.mkdir(path, 0o700)
+            return path
+        except FileExistsError:
+            continue
+
+
+def _rename_noreplace(src: bytes, dst: bytes) -> None:
+    """``rename`` that fails with ``FileExistsError`` instead of replacing ``dst``
+    (``renameat2(RENAME_NOREPLACE)``; plain rename after a check where unavailable)."""
+    import ctypes  # only restore needs it
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    fn = getattr(libc, "renameat2", None)
+    if fn is not None:
+        at_fdcwd, rename_noreplace = -100, 1
+        if fn(at_fdcwd, src, at_fdcwd, dst, rename_noreplace) == 0:
+            return
+        err = ctypes.get_errno()
+        if err == errno.EEXIST:
+            raise FileExistsError(err, "restore destination appeared while restoring", os.fsdecode(dst))
+        if err not in (errno.ENOSYS, errno.EINVAL):
+            raise OSError(err, os.strerror(err), os.fsdecode(dst))
+    if os.path.lexists(dst):
+        raise FileExistsError(errno.EEXIST, "restore destination appeared while restoring", os.fsdecode(dst))
+    os.rename(src, dst)
+
+
+def _rmtree(top: bytes) -> None:
+    """Best-effort iterative ``rm -rf``. ``shutil.rmtree`` recurses (a hostile NAR can be
+    deeper than Python's recursion limit) and resolves whole paths (quadratic in depth);
+    this keeps one directory fd, works relative to it, and climbs back with ``..``.
+    Entries that cannot be removed are skipped, never retried forever."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(top, flags)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(top)
+        return
+    where: list[str] = []  # names from ``top`` down to the directory ``fd`` is
+    stuck: set[tuple[str, ...]] = set()
+    while True:
+        child = None
+        with contextlib.suppress(OSError), os.scandir(fd) as it:
+            for entry in it:
+                if not entry.is_dir(follow_symlinks=False):
+                    with contextlib.suppress(OSError):
+                        os.unlink(entry.name, dir_fd=fd)
+                elif (*where, entry.name) not in stuck:
+                    child = entry.name
+                    break
+        if child is not None:
+            try:
+                sub = os.open(child, flags, dir_fd=fd)
+            except OSError:
+                stuck.add((*where, child))
+                continue
+            os.close(fd)
+            fd = sub
+            where.append(child)
+            continue
+        if not where:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.rmdir(top)
+            return
+        parent = os.open("..", flags, dir_fd=fd)
+        os.close(fd)
+        fd = parent
+        name = where.pop()
+        try:
+            os.rmdir(name, dir_fd=fd)
+        except OSError:
+            stuck.add((*where, name))
+
+
+def _fsync_dir(path: bytes) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
