@@ -35,7 +35,8 @@ bookkeeping (aiohttp closes idle connections after ``keepalive_timeout``) is upd
 aiohttp's request loop would.
 
 The override relies on private attributes of aiohttp's ``RequestHandler``; ``supported()``
-checks they exist, and without them ``make_server`` returns a plain ``web.Server``.
+checks the version (``MIN_AIOHTTP``) and that they exist, and otherwise ``make_server``
+returns a plain ``web.Server``.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ import time
 from collections.abc import Callable
 from email.utils import formatdate
 
+import aiohttp
 from aiohttp import web
 from aiohttp.http import SERVER_SOFTWARE
 from aiohttp.web_protocol import RequestHandler
@@ -86,9 +88,19 @@ _NEEDED = (
 Lookup = Callable[[str], "bytes | None"]
 
 
+#: the oldest aiohttp whose RequestHandler the override was checked against (3.14.5);
+#: newer ones are used while they have the attributes (the differential tests run on
+#: whatever version is installed)
+MIN_AIOHTTP = (3, 14)
+
+
 def supported() -> bool:
     """Whether this aiohttp's RequestHandler has what ``FastHandler`` relies on."""
-    return all(hasattr(RequestHandler, a) for a in _NEEDED)
+    try:
+        version = tuple(int(x) for x in aiohttp.__version__.split(".")[:2])
+    except ValueError:
+        return False
+    return version >= MIN_AIOHTTP and all(hasattr(RequestHandler, a) for a in _NEEDED)
 
 
 def _fields_ok(fields: bytes) -> bool:
