@@ -34,6 +34,7 @@ from .dsse import Envelope, Signer, keyid
 from .dsse import sign as dsse_sign
 from .errors import FormatError, StoreError
 from .intoto import canonical_json, parse_statement
+from .nar_restore import fsync_dir
 from .paths import StorePath
 
 _KIND_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
@@ -220,14 +221,6 @@ def _dir(store: Any, path: str | StorePath) -> Path:
     return Path(store.root) / "attestations" / _parse(path).hash_part
 
 
-def _fsync_dir(d: Path) -> None:
-    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write(store: Any, path: str | StorePath, kind: str, envelope: Envelope) -> Path:
     """Store ``envelope`` as ``path``'s attestation of ``kind`` (replacing an older one);
     return the file written. ``store`` is anything with a ``root`` (a ``LocalStore``)."""
@@ -256,7 +249,7 @@ def write(store: Any, path: str | StorePath, kind: str, envelope: Envelope) -> P
         if os.path.lexists(tmp):
             os.unlink(tmp)
         raise
-    _fsync_dir(d)
+    fsync_dir(d)
     return target
 
 

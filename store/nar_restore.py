@@ -1,6 +1,7 @@
 """Writing NARs to the file system: ``restore`` (all-or-nothing materialisation of a
 NAR with the validating parser of ``nar_read``) and the small file helpers it and the
-ingest pipeline use (``write_all``, an iterative ``rm -rf`` safe for hostile depth).
+ingest pipeline use (``write_all``, ``fsync_dir``, an iterative ``rm -rf`` safe for
+hostile depth).
 """
 
 from __future__ import annotations
@@ -55,10 +56,10 @@ def restore(src: BinaryIO | Iterable[bytes], dest: str | os.PathLike, *, fsync: 
                     os.close(fd)
         if fsync:
             for d in reversed(dirs):
-                _fsync_dir(d)
+                fsync_dir(d)
         _rename_noreplace(root, dest_b)
         if fsync:
-            _fsync_dir(parent)
+            fsync_dir(parent)
     finally:
         _rmtree(tmp)
 
@@ -144,8 +145,9 @@ def _rmtree(top: bytes) -> None:
             stuck.add((*where, name))
 
 
-def _fsync_dir(path: bytes) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+def fsync_dir(path: str | bytes | os.PathLike) -> None:
+    """fsync a directory (makes the entries created or renamed in it durable)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(fd)
     finally:

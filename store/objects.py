@@ -41,6 +41,7 @@ import zstandard
 
 from .errors import HashMismatch, StoreError
 from .hashes import Hash
+from .nar_restore import fsync_dir as fsync_dir  # re-exported: the store's modules import it from here
 from .nar_restore import write_all
 
 CHUNK = 1 << 20
@@ -269,14 +270,6 @@ def publish_object(tmp: Path, objects: Path, file_hash: Hash) -> Path:
     os.rename(tmp, final)
     fsync_dir(d)
     return final
-
-
-def fsync_dir(d: Path) -> None:
-    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def ingest_stream(chunks: Iterable[bytes], sink: NarSink) -> Iterator[bytes]:
