@@ -34,24 +34,20 @@ if TYPE_CHECKING:  # a cache hit must not pay for importing the derivation modul
 FORMAT = 2
 
 
+# CPython's builtin sha256 (``_sha2`` from 3.12, ``_sha256`` before): the same function
+# as ``hashlib.sha256`` without OpenSSL's start-up; ``hashlib`` where neither exists
+try:
+    from _sha2 import sha256 as _sha256_impl  # type: ignore[import-not-found]
+except ImportError:
+    try:
+        from _sha256 import sha256 as _sha256_impl  # type: ignore[import-not-found,no-redef]
+    except ImportError:
+        from hashlib import sha256 as _sha256_impl  # type: ignore[assignment]
+
+
 def _sha256(data: bytes) -> str:
-    """Hex sha256 of ``data`` from CPython's builtin implementation (``_sha2`` from 3.12,
-    ``_sha256`` before), the same function as ``hashlib.sha256`` without OpenSSL's
-    start-up; ``hashlib`` where neither exists."""
-    global _sha256_impl
-    if _sha256_impl is None:
-        try:
-            from _sha2 import sha256 as impl  # type: ignore[import-not-found]
-        except ImportError:
-            try:
-                from _sha256 import sha256 as impl  # type: ignore[import-not-found,no-redef]
-            except ImportError:
-                from hashlib import sha256 as impl  # type: ignore[assignment]
-        _sha256_impl = impl
+    """Hex sha256 of ``data`` (see ``_sha256_impl``)."""
     return _sha256_impl(data).hexdigest()
-
-
-_sha256_impl = None
 
 
 def _version() -> str:

@@ -122,30 +122,29 @@ def build_dependencies(store: Any, drv_path: str, get_drv: Any = None) -> builti
     from .derivation import parse as parse_drv
     from .hashes import Hash
 
-    def parse_file(p: str):
+    def read(p: str) -> bytes:
+        return Path(store.real_path(p)).read_bytes()
+
+    def parse_file(p: str, raw: bytes):
         sp = _parse(p)
-        text = Path(store.real_path(p)).read_text(encoding="utf-8")
-        return text, parse_drv(text, sp.name.removesuffix(".drv"), sp.store_dir)
+        return parse_drv(raw.decode("utf-8"), sp.name.removesuffix(".drv"), sp.store_dir)
 
     def load(p: str):
-        return (None, get_drv(p)) if get_drv is not None else parse_file(p)
+        return get_drv(p) if get_drv is not None else parse_file(p, read(p))
 
-    if get_drv is not None:
-        # the build loop's parsed derivation; only the file's digest is needed here
-        text, drv = Path(store.real_path(drv_path)).read_text(encoding="utf-8"), get_drv(drv_path)
-    else:
-        text, drv = parse_file(drv_path)
+    raw = read(drv_path)  # its digest is recorded; the build loop's parsed copy is reused
+    drv = get_drv(drv_path) if get_drv is not None else parse_file(drv_path, raw)
     inputs = set(drv.input_srcs)
     for p, outs in drv.input_drvs:
-        inputs |= {load(p)[1].output_path(o) for o in outs}
+        inputs |= {load(p).output_path(o) for o in outs}
     deps: builtins.list[dict[str, Any]] = [
-        {"name": _parse(drv_path).base, "digest": {"sha256": Hash.sha256_of(text.encode()).hex}}
+        {"name": _parse(drv_path).base, "digest": {"sha256": Hash.sha256_of(raw).hex}}
     ]
     for p in store.closure(sorted(inputs)):
         info = store.query(p)
         d: dict[str, Any] = {"name": _parse(p).base, "digest": {"sha256": info.nar_hash.hex}}
         if info.deriver and store.is_valid(info.deriver):
-            env = load(info.deriver)[1]
+            env = load(info.deriver)
             if env.is_fixed_output:
                 urls = env.env_map.get("urls", "").split() or [env.env_map.get("url", "")]
                 if urls[0]:
