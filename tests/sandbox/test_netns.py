@@ -77,7 +77,10 @@ def test_concurrent_builds_get_different_namespaces(executor, rootfs: Path, tmp_
         d = tmp_path / f"b{i}"
         d.mkdir()
         spec = SandboxSpec(
-            argv=("/bin/sh", "-c", f"{NS_ID}; sleep 0.5"), build_dir=str(d), env={"PATH": "/bin"}, rootfs=str(rootfs)
+            argv=("/bin/sh", "-c", f"{NS_ID}; sleep 0.5"),
+            build_dir=str(d),
+            env={"PATH": "/bin"},
+            rootfs=str(rootfs),
         )
         buf = io.BytesIO()
         assert executor.run(spec, buf).ok
