@@ -39,10 +39,7 @@ Invariants
 
 from __future__ import annotations
 
-import ctypes
-import fcntl
 import os
-import socket
 import struct
 import threading
 from collections.abc import Iterator
@@ -53,8 +50,16 @@ _SIOCGIFFLAGS, _SIOCSIFFLAGS, _IFF_UP = 0x8913, 0x8914, 0x1
 _IFREQ = struct.Struct("16sH14x")  # struct ifreq: name, ifr_flags, padding to 40 bytes
 
 
-def _libc() -> ctypes.CDLL:
+def _libc():  # -> ctypes.CDLL; ctypes is imported only where a pool is made (1-2 ms)
+    import ctypes
+
     return ctypes.CDLL(None, use_errno=True)
+
+
+def _errno() -> int:
+    import ctypes
+
+    return ctypes.get_errno()
 
 
 class _Namespace:
@@ -96,7 +101,7 @@ class _Namespace:
 class NetnsPool:
     """Idle empty network namespaces; see the module docstring. Thread-safe."""
 
-    def __init__(self, libc: ctypes.CDLL, home_fd: int) -> None:
+    def __init__(self, libc, home_fd: int) -> None:
         self._libc = libc
         self._home = home_fd  # the process's own namespace, where threads return to
         self._idle: list[_Namespace] = []
@@ -122,18 +127,21 @@ class NetnsPool:
 
     def _setns(self, fd: int) -> None:
         if self._libc.setns(fd, CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
+            err = _errno()
             raise OSError(err, f"setns(CLONE_NEWNET): {os.strerror(err)}")
 
     def _make(self) -> _Namespace:
         """Make a namespace with ``lo`` up, on the calling thread, and come back."""
         if self._libc.unshare(CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
+            err = _errno()
             raise OSError(err, f"unshare(CLONE_NEWNET): {os.strerror(err)}")
         fds: list[int] = []
         try:
             for p in ("ns/net", "net/dev", "net/sockstat", "net/sockstat6"):
                 fds.append(os.open("/proc/thread-self/" + p, os.O_RDONLY | os.O_CLOEXEC))
+            import fcntl
+            import socket
+
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
                 flags = _IFREQ.unpack(fcntl.ioctl(s, _SIOCGIFFLAGS, _IFREQ.pack(b"lo", 0)))[1]
                 fcntl.ioctl(s, _SIOCSIFFLAGS, _IFREQ.pack(b"lo", flags | _IFF_UP))
