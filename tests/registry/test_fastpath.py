@@ -231,7 +231,7 @@ def test_bad_request_then_narinfo(served) -> None:
 
 def test_private_registry_never_answers_without_a_token(tmp_path: Path, keys, kiln_server) -> None:
     from kiln.registry.auth import TokenStore
-    from kiln.registry.client import DirClient
+    from kiln.registry.dirclient import DirClient
     from kiln.registry.storage import open_storage
 
     reg = tmp_path / "reg"

@@ -11,7 +11,7 @@ import zstandard
 from regkit import add_tree, make_store, request
 
 from kiln.registry import layout
-from kiln.registry.client import DirClient
+from kiln.registry.dirclient import DirClient
 from kiln.store import narinfo as ni
 from kiln.store.hashes import Hash
 from kiln.store.pathinfo import PathInfo

@@ -1,0 +1,120 @@
+"""Producing a derivation's outputs: run its builder (a ``builtin:`` one in-process, any
+other in the sandbox executor), save the log, and collect the declared outputs from the
+scratch store dir with their runtime references (``refscan``). A failed build raises
+``BuildError`` naming the derivation, with the tail of its log.
+
+``Producing`` is a mixin of ``build.Builder`` (it uses the builder's ``store``,
+``executor``, ``opts``, ``logs``, ``get_drv``, ``_pending`` and ``_background``); the
+build loop and ``--check`` (``buildcheck``) both produce through it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from contextlib import nullcontext
+from pathlib import Path
+
+from .derivation import Derivation
+from .errors import KilnError
+from .paths import StorePath
+from .refscan import scan
+from .vary import Variation
+
+
+class BuildError(KilnError):
+    """A derivation failed to build. ``drv_path`` names it; the message carries the log tail."""
+
+    def __init__(self, drv_path: str, message: str) -> None:
+        super().__init__(message)
+        self.drv_path = drv_path
+
+
+class Producing:
+    """Runs builders and collects outputs; see the module docstring."""
+
+    def _tmp_root(self) -> Path:
+        d = Path(self.store.root) / "tmp"
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def _produce(
+        self, drv_path: str, drv: Derivation, tmp: Path, vary: Variation | None = None, defer: bool = False
+    ) -> dict[str, tuple[Path, list[str]]]:
+        """Run the builder; return {output name: (produced tree, runtime references)}."""
+        if drv.builder.startswith("builtin:"):
+            from .builtins import run_builtin
+
+            out = tmp / "out"
+            run_builtin(self.store, drv, out, mirrors=list(self.opts.mirrors), progress=self.opts.progress)
+            return {"out": (out, [])}
+        return self._sandboxed(drv_path, drv, tmp, vary, defer)
+
+    def _sandboxed(
+        self, drv_path: str, drv: Derivation, tmp: Path, vary: Variation | None = None, defer: bool = False
+    ) -> dict[str, tuple[Path, list[str]]]:
+        """``defer``: save the log on the bookkeeping thread (the caller deletes ``tmp``
+        there too, after it); rebuilds save it synchronously."""
+        from .sandboxrun import make_spec
+        from .vary import shuffled
+
+        spec, scratch_store, inputs = make_spec(
+            self.store, drv, tmp, self.opts, self.get_drv, vary, None if vary else self._pending
+        )
+        log_path = tmp / "build.log"
+        echo = (lambda b: sys.stderr.buffer.write(b) and sys.stderr.flush()) if self.opts.print_logs else None
+        shuffle = (
+            shuffled([Path(spec.build_dir), scratch_store])
+            if vary and vary.shuffle_dirents
+            else nullcontext()
+        )
+        with open(log_path, "wb") as log, shuffle:
+            result = self.executor.run(spec, log, on_output=echo)
+        if defer:
+            self._background(self.logs.save, drv_path, log_path)
+        else:
+            self.logs.save(drv_path, log_path)
+        if result.reason != "ok":
+            kept = ""
+            if self.opts.keep_failed:
+                keep = Path(tempfile.mkdtemp(prefix=f"kiln-failed-{drv.name}-", dir=self._tmp_root()))
+                shutil.copytree(tmp, keep, symlinks=True, dirs_exist_ok=True)
+                kept = f"\nkept build directory: {keep}"
+            raise BuildError(
+                drv_path,
+                f"builder for {drv_path} failed: {result.describe()}{kept}\n"
+                f"last lines of the log (full log: kiln log {drv_path}):\n{_tail(log_path)}",
+            )
+        by_hash = {StorePath.parse(p).hash_part: p for p in inputs}
+        by_hash.update({StorePath.parse(o.path).hash_part: o.path for _, o in drv.outputs})
+        produced: dict[str, tuple[Path, list[str]]] = {}
+        for name, o in drv.outputs:
+            sp = StorePath.parse(o.path)
+            tree = scratch_store / sp.base
+            if not tree.exists() and not tree.is_symlink():
+                raise BuildError(
+                    drv_path,
+                    f"builder for {drv_path} succeeded but did not create output '{name}' ({o.path})",
+                )
+            res = scan(tree, by_hash, drv.store_dir)
+            if res.stray:
+                shown = "\n".join(f"  {f or '.'}: {drv.store_dir}/{h}-..." for f, h in res.stray[:10])
+                raise BuildError(
+                    drv_path,
+                    f"output {o.path} refers to store paths that are not among the derivation's inputs:\n{shown}",
+                )
+            produced[name] = (tree, sorted(by_hash[h] for h in res.found))
+        return produced
+
+
+def _tail(path: Path, lines: int = 25) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - 16384))
+            data = f.read().decode(errors="replace")
+    except OSError:
+        return "  (no log)"
+    return "\n".join("  " + line for line in data.splitlines()[-lines:]) or "  (empty log)"
