@@ -31,76 +31,26 @@ digests ``sha256:...``, or GC root names (what ``kiln build`` creates per attrib
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
 from pathlib import Path
 
 from kiln.store import attestations, intoto, sbom
-from kiln.store.errors import FormatError, KilnError, StoreError
-from kiln.store.hashes import Hash
-from kiln.store.localstore import LocalStore
+from kiln.store.errors import KilnError
 from kiln.store.paths import StorePath
 from kiln.store.policy import Policy, PolicyError, load, verify_path
 
 from . import __version__
-from .common import add_store_arg, store_root
-
-EXIT_USAGE = 2
-
-
-def _open_store(args: argparse.Namespace) -> LocalStore:
-    try:
-        return LocalStore.open(store_root(args), create=False)
-    except StoreError as e:
-        raise _Usage(str(e)) from None
-
-
-class _Usage(Exception):
-    """A usage error: printed, exit status 2."""
-
-
-def _by_digest(store: LocalStore, arg: str) -> str:
-    """The valid path whose NAR hash is ``arg`` (``sha256:<hex|nix32>`` or SRI)."""
-    try:
-        want = Hash.parse(arg)
-    except FormatError as e:
-        raise KilnError(f"{arg!r} is not a NAR digest: {e}") from None
-    found = [p for p in store.all_paths() if (i := store.query(p)) is not None and i.nar_hash == want]
-    if not found:
-        raise KilnError(f"no path in the store at {store.root} has NAR hash {want.to_hex()}")
-    if len(found) > 1:
-        raise KilnError(f"{len(found)} paths have NAR hash {want.to_hex()}: {', '.join(found)}; name one")
-    return found[0]
-
-
-def resolve_target(store: LocalStore, arg: str) -> str:
-    """A store path from a logical or physical path, a base name, a hash part, the NAR
-    digest of its content (``sha256:...``), or a GC root name."""
-    if arg.startswith(("sha256:", "sha256-")):
-        return _by_digest(store, arg)
-    try:
-        path, sub = store.resolve(arg)
-    except (KilnError, ValueError):
-        root = store.root / "gcroots" / arg
-        if "/" not in arg and root.is_symlink():
-            path, _ = store.resolve(os.readlink(root))
-            return path
-        base = arg.rstrip("/").rsplit("/", 1)[-1]
-        info = store.query_by_hash_part(base[:32]) if len(base) >= 32 else None
-        if info is None or (len(base) > 32 and StorePath.parse(info.path).base != base):
-            raise KilnError(f"{arg!r} is not a path in the store at {store.root}") from None
-        return info.path
-    if sub:
-        raise KilnError(f"{arg!r} is inside {path}; give the store path itself")
-    return path
-
+from .common import add_store_arg
+from .targets import EXIT_USAGE, UsageError, open_store, resolve_target, signer_args
 
 # ---------------------------------------------------------------------------- sbom
 
 
 def _sbom(args: argparse.Namespace) -> int:
-    store = _open_store(args)
+    store = open_store(args)
     try:
         path = resolve_target(store, args.path)
         if not store.is_valid(path):
@@ -151,7 +101,7 @@ def _remote_target(args: argparse.Namespace) -> tuple[str, str] | None:
         return None
     url, sep, what = args.target.partition("#")
     if not sep or not what:
-        raise _Usage(
+        raise UsageError(
             f"{args.target}: name the path as URL#PATH (or URL#sha256:DIGEST, or --registry URL PATH)"
         )
     return url, what
@@ -161,16 +111,16 @@ def _verify(args: argparse.Namespace) -> int:
     try:
         policy = load(args.policy) if args.policy else Policy()
     except PolicyError as e:
-        raise _Usage(str(e)) from None
+        raise UsageError(str(e)) from None
     remote = _remote_target(args)
     if remote is not None:
         if args.closure:
-            raise _Usage("--closure is not supported for registry targets")
+            raise UsageError("--closure is not supported for registry targets")
         from kiln.registry.admission import verify_remote
 
         reports = [verify_remote(remote[0], remote[1], policy, token=args.token)]
     else:
-        store = _open_store(args)
+        store = open_store(args)
         try:
             path = resolve_target(store, args.target)
             paths = store.closure([path]) if args.closure and store.is_valid(path) else [path]
@@ -203,95 +153,6 @@ def _verify(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
-# ---------------------------------------------------------------------------- rebuilders
-
-
-def _signer_args(p: argparse.ArgumentParser, what: str) -> None:
-    p.add_argument("--key", metavar="FILE", help=f"secret key that signs {what} (mode 0600)")
-    p.add_argument(
-        "--signer-cmd", metavar="CMD", help="external signer (stdin: data; stdout: base64 ed25519 signature)"
-    )
-    p.add_argument(
-        "--signer-key", metavar="PUB", help="public key of --signer-cmd (name:base64 or a .pub file)"
-    )
-
-
-def _rebuild(args: argparse.Namespace) -> int:
-    from kiln.store.dsse import keyid
-
-    from . import rebuilders
-
-    store = _open_store(args)
-    try:
-        path = resolve_target(store, args.path)
-        signer = rebuilders.load_rebuilder_signer(store, args.key, args.signer_cmd, args.signer_key)
-        if rebuilders.provenance_signed_by(store, path, signer.public_key):
-            print(
-                f"warning: key {keyid(signer.public_key)[:16]} also signed the provenance of {path}; "
-                "verifiers will not count its verdict as an independent rebuild (give a rebuilder key with --key)",
-                file=sys.stderr,
-            )
-        builder = rebuilders.make_builder(store, cores=args.cores, mirrors=tuple(args.source_mirror))
-        verdicts = rebuilders.rebuild_path(store, builder, path, signer, vary=args.vary)
-    finally:
-        store.close()
-    ok = all(v.identical for v in verdicts)
-    if args.json:
-        print(json.dumps({"ok": ok, "outputs": [v.to_dict() for v in verdicts]}, indent=2, sort_keys=True))
-    else:
-        print("\n".join(rebuilders.render_verdicts(verdicts)))
-    return 0 if ok else 1
-
-
-def _challenge(args: argparse.Namespace) -> int:
-    from . import challenge
-
-    store = _open_store(args)
-    try:
-        locals_ = challenge.local_hashes(
-            store, args.paths, rebuild=args.rebuild, mirrors=tuple(args.source_mirror), resolve=resolve_target
-        )
-        results = challenge.challenge(store.store_dir, locals_, args.registry)
-    finally:
-        store.close()
-    bad = any(r.verdict == "inconsistent" for r in results)
-    if args.json:
-        doc = {"ok": not bad, "summary": challenge.summary(results), "paths": [r.to_dict() for r in results]}
-        print(json.dumps(doc, indent=2, sort_keys=True))
-    else:
-        print("\n".join(challenge.render(results)))
-    return 1 if bad else 0
-
-
-def _report(args: argparse.Namespace) -> int:
-    from . import rebuilders
-
-    store = LocalStore.open(store_root(args))
-    try:
-        signer = (
-            rebuilders.load_rebuilder_signer(store, args.key, args.signer_cmd, args.signer_key)
-            if args.key or args.signer_cmd
-            else None
-        )
-        results = rebuilders.reproducibility(
-            store,
-            args.files,
-            signer=signer,
-            mirrors=tuple(args.source_mirror),
-            cores=args.cores,
-            vary=args.vary,
-        )
-    finally:
-        store.close()
-    ok = all(r.reproduced for r in results)
-    if args.json:
-        doc = {"ok": ok, "summary": rebuilders.summary(results), "packages": [r.to_dict() for r in results]}
-        print(json.dumps(doc, indent=2, sort_keys=True))
-        return 0 if ok else 1
-    print("\n".join(rebuilders.render_report(results)))
-    return 0 if ok else 1
-
-
 # ---------------------------------------------------------------------------- dispatch
 
 
@@ -304,7 +165,7 @@ def _sbom_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--attest", action="store_true", help="also sign it and store it as the path's attestation"
     )
-    _signer_args(p, "--attest")
+    signer_args(p, "--attest")
     p.set_defaults(fn=_sbom)
     return p
 
@@ -331,73 +192,16 @@ def _verify_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _build_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--vary",
-        action="store_true",
-        help="rebuild under varied host conditions (dirs, KILN_CORES, umask, directory order)",
-    )
-    p.add_argument("--cores", type=int, default=0, help="KILN_CORES for the builds (default: all cores)")
-    p.add_argument(
-        "--source-mirror", action="append", default=[], metavar="DIR|URL", help="hashed source mirror"
-    )
+def _rebuilder_parser(name: str) -> argparse.ArgumentParser:
+    from . import cmd_rebuild  # imports the build loop; verify and sbom do not need it
 
-
-def _rebuild_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="kiln rebuild",
-        description="rebuild a path from its derivation in a fresh sandbox and attest whether it reproduced",
-        epilog="exit status: 0 reproduced, 1 not reproduced (or an error), 2 usage error",
-    )
-    p.add_argument("path", metavar="PATH", help="store path, base name, hash part or GC root name")
-    _signer_args(p, "the verification summary (default: the store's build key)")
-    _build_args(p)
-    p.add_argument("--json", action="store_true", help="machine-readable result")
-    p.set_defaults(fn=_rebuild)
-    return p
-
-
-def _challenge_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="kiln challenge",
-        description="compare the NAR hashes registries serve with the local build",
-        epilog="exit status: 0 no disagreement, 1 some sources disagree (or an error), 2 usage error",
-    )
-    p.add_argument(
-        "paths", nargs="+", metavar="PATH", help="store paths (need not be valid here) or GC roots"
-    )
-    p.add_argument(
-        "--registry", action="append", required=True, metavar="URL", help="registry to ask (repeat)"
-    )
-    p.add_argument("--rebuild", action="store_true", help="rebuild each path locally first and use that hash")
-    p.add_argument(
-        "--source-mirror", action="append", default=[], metavar="DIR|URL", help="hashed source mirror"
-    )
-    p.add_argument("--json", action="store_true", help="machine-readable result")
-    p.set_defaults(fn=_challenge)
-    return p
-
-
-def _report_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="kiln report reproducibility",
-        description="build, rebuild and report every package of recipe files",
-        epilog="exit status: 0 every package reproduced, 1 otherwise, 2 usage error",
-    )
-    p.add_argument("files", nargs="+", metavar="FILE", help="recipe files")
-    _signer_args(p, "a verification summary per output (default: none signed)")
-    _build_args(p)
-    p.add_argument("--json", action="store_true", help="machine-readable report")
-    p.set_defaults(fn=_report)
-    return p
+    return cmd_rebuild.PARSERS[name]()
 
 
 _PARSERS = {
     "sbom": _sbom_parser,
     "verify": _verify_parser,
-    "rebuild": _rebuild_parser,
-    "challenge": _challenge_parser,
-    "report": _report_parser,
+    **{name: functools.partial(_rebuilder_parser, name) for name in ("rebuild", "challenge", "report")},
 }
 
 
@@ -423,6 +227,6 @@ def main(argv: list[str]) -> int:
         p.error("give either --key or --signer-cmd, not both")
     try:
         return args.fn(args)
-    except _Usage as e:
+    except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE

@@ -1,0 +1,154 @@
+"""The rebuilder commands: ``kiln rebuild``, ``kiln challenge`` and ``kiln report
+reproducibility`` (usage in ``cmd_verify``'s docstring; dispatched from there). The work
+is in ``rebuilders`` and ``challenge``; this module parses arguments and prints."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from kiln.store.localstore import LocalStore
+
+from .common import store_root
+from .targets import open_store, resolve_target, signer_args
+
+
+def _rebuild(args: argparse.Namespace) -> int:
+    from kiln.store.dsse import keyid
+
+    from . import rebuilders
+
+    store = open_store(args)
+    try:
+        path = resolve_target(store, args.path)
+        signer = rebuilders.load_rebuilder_signer(store, args.key, args.signer_cmd, args.signer_key)
+        if rebuilders.provenance_signed_by(store, path, signer.public_key):
+            print(
+                f"warning: key {keyid(signer.public_key)[:16]} also signed the provenance of {path}; "
+                "verifiers will not count its verdict as an independent rebuild (give a rebuilder key with --key)",
+                file=sys.stderr,
+            )
+        builder = rebuilders.make_builder(store, cores=args.cores, mirrors=tuple(args.source_mirror))
+        verdicts = rebuilders.rebuild_path(store, builder, path, signer, vary=args.vary)
+    finally:
+        store.close()
+    ok = all(v.identical for v in verdicts)
+    if args.json:
+        print(json.dumps({"ok": ok, "outputs": [v.to_dict() for v in verdicts]}, indent=2, sort_keys=True))
+    else:
+        print("\n".join(rebuilders.render_verdicts(verdicts)))
+    return 0 if ok else 1
+
+
+def _challenge(args: argparse.Namespace) -> int:
+    from . import challenge
+
+    store = open_store(args)
+    try:
+        locals_ = challenge.local_hashes(
+            store, args.paths, rebuild=args.rebuild, mirrors=tuple(args.source_mirror), resolve=resolve_target
+        )
+        results = challenge.challenge(store.store_dir, locals_, args.registry)
+    finally:
+        store.close()
+    bad = any(r.verdict == "inconsistent" for r in results)
+    if args.json:
+        doc = {"ok": not bad, "summary": challenge.summary(results), "paths": [r.to_dict() for r in results]}
+        print(json.dumps(doc, indent=2, sort_keys=True))
+    else:
+        print("\n".join(challenge.render(results)))
+    return 1 if bad else 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from . import rebuilders
+
+    store = LocalStore.open(store_root(args))
+    try:
+        signer = (
+            rebuilders.load_rebuilder_signer(store, args.key, args.signer_cmd, args.signer_key)
+            if args.key or args.signer_cmd
+            else None
+        )
+        results = rebuilders.reproducibility(
+            store,
+            args.files,
+            signer=signer,
+            mirrors=tuple(args.source_mirror),
+            cores=args.cores,
+            vary=args.vary,
+        )
+    finally:
+        store.close()
+    ok = all(r.reproduced for r in results)
+    if args.json:
+        doc = {"ok": ok, "summary": rebuilders.summary(results), "packages": [r.to_dict() for r in results]}
+        print(json.dumps(doc, indent=2, sort_keys=True))
+        return 0 if ok else 1
+    print("\n".join(rebuilders.render_report(results)))
+    return 0 if ok else 1
+
+
+def _build_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--vary",
+        action="store_true",
+        help="rebuild under varied host conditions (dirs, KILN_CORES, umask, directory order)",
+    )
+    p.add_argument("--cores", type=int, default=0, help="KILN_CORES for the builds (default: all cores)")
+    p.add_argument(
+        "--source-mirror", action="append", default=[], metavar="DIR|URL", help="hashed source mirror"
+    )
+
+
+def _rebuild_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="kiln rebuild",
+        description="rebuild a path from its derivation in a fresh sandbox and attest whether it reproduced",
+        epilog="exit status: 0 reproduced, 1 not reproduced (or an error), 2 usage error",
+    )
+    p.add_argument("path", metavar="PATH", help="store path, base name, hash part or GC root name")
+    signer_args(p, "the verification summary (default: the store's build key)")
+    _build_args(p)
+    p.add_argument("--json", action="store_true", help="machine-readable result")
+    p.set_defaults(fn=_rebuild)
+    return p
+
+
+def _challenge_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="kiln challenge",
+        description="compare the NAR hashes registries serve with the local build",
+        epilog="exit status: 0 no disagreement, 1 some sources disagree (or an error), 2 usage error",
+    )
+    p.add_argument(
+        "paths", nargs="+", metavar="PATH", help="store paths (need not be valid here) or GC roots"
+    )
+    p.add_argument(
+        "--registry", action="append", required=True, metavar="URL", help="registry to ask (repeat)"
+    )
+    p.add_argument("--rebuild", action="store_true", help="rebuild each path locally first and use that hash")
+    p.add_argument(
+        "--source-mirror", action="append", default=[], metavar="DIR|URL", help="hashed source mirror"
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable result")
+    p.set_defaults(fn=_challenge)
+    return p
+
+
+def _report_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="kiln report reproducibility",
+        description="build, rebuild and report every package of recipe files",
+        epilog="exit status: 0 every package reproduced, 1 otherwise, 2 usage error",
+    )
+    p.add_argument("files", nargs="+", metavar="FILE", help="recipe files")
+    signer_args(p, "a verification summary per output (default: none signed)")
+    _build_args(p)
+    p.add_argument("--json", action="store_true", help="machine-readable report")
+    p.set_defaults(fn=_report)
+    return p
+
+
+PARSERS = {"rebuild": _rebuild_parser, "challenge": _challenge_parser, "report": _report_parser}

@@ -1,0 +1,75 @@
+"""Helpers shared by the verification and rebuilder commands (``cmd_verify``,
+``cmd_rebuild``): naming a store path on the command line, opening the store without
+creating it, usage errors (exit status 2), and the signer options."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from kiln.store.errors import FormatError, KilnError, StoreError
+from kiln.store.hashes import Hash
+from kiln.store.localstore import LocalStore
+from kiln.store.paths import StorePath
+
+from .common import store_root
+
+EXIT_USAGE = 2
+
+
+def open_store(args: argparse.Namespace) -> LocalStore:
+    """The store ``--store`` names, which must exist (else a ``UsageError``)."""
+    try:
+        return LocalStore.open(store_root(args), create=False)
+    except StoreError as e:
+        raise UsageError(str(e)) from None
+
+
+class UsageError(Exception):
+    """A usage error: printed, exit status 2."""
+
+
+def by_digest(store: LocalStore, arg: str) -> str:
+    """The valid path whose NAR hash is ``arg`` (``sha256:<hex|nix32>`` or SRI)."""
+    try:
+        want = Hash.parse(arg)
+    except FormatError as e:
+        raise KilnError(f"{arg!r} is not a NAR digest: {e}") from None
+    found = [p for p in store.all_paths() if (i := store.query(p)) is not None and i.nar_hash == want]
+    if not found:
+        raise KilnError(f"no path in the store at {store.root} has NAR hash {want.to_hex()}")
+    if len(found) > 1:
+        raise KilnError(f"{len(found)} paths have NAR hash {want.to_hex()}: {', '.join(found)}; name one")
+    return found[0]
+
+
+def resolve_target(store: LocalStore, arg: str) -> str:
+    """A store path from a logical or physical path, a base name, a hash part, the NAR
+    digest of its content (``sha256:...``), or a GC root name."""
+    if arg.startswith(("sha256:", "sha256-")):
+        return by_digest(store, arg)
+    try:
+        path, sub = store.resolve(arg)
+    except (KilnError, ValueError):
+        root = store.root / "gcroots" / arg
+        if "/" not in arg and root.is_symlink():
+            path, _ = store.resolve(os.readlink(root))
+            return path
+        base = arg.rstrip("/").rsplit("/", 1)[-1]
+        info = store.query_by_hash_part(base[:32]) if len(base) >= 32 else None
+        if info is None or (len(base) > 32 and StorePath.parse(info.path).base != base):
+            raise KilnError(f"{arg!r} is not a path in the store at {store.root}") from None
+        return info.path
+    if sub:
+        raise KilnError(f"{arg!r} is inside {path}; give the store path itself")
+    return path
+
+
+def signer_args(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--key", metavar="FILE", help=f"secret key that signs {what} (mode 0600)")
+    p.add_argument(
+        "--signer-cmd", metavar="CMD", help="external signer (stdin: data; stdout: base64 ed25519 signature)"
+    )
+    p.add_argument(
+        "--signer-key", metavar="PUB", help="public key of --signer-cmd (name:base64 or a .pub file)"
+    )
