@@ -7,8 +7,6 @@ several repetitions, and prints ms/run (min and median over reps) and ratios:
   bare      ``bwrap --unshare-all --ro-bind ... --proc --dev --tmpfs`` from Python's subprocess
   shell     the same bare bwrap from a busybox shell loop (what the Nix anchor row d measured)
   kiln      ``BwrapExecutor.run`` (full flag set, generated /etc files, limits, log streaming)
-  kiln-ns   the same with a fresh network namespace per run (``reuse_netns=False``: what
-            kiln does when not root; as root it reuses pooled empty ones, sandbox/netns.py)
 
 Target: kiln - bare <= 5 ms/run. Anchor: /work/shared/anchors/nix/RESULTS.md row d
 (bare bwrap from a shell loop 4.91 ms/step; Nix sandboxed build 10.1 ms/drv).
@@ -57,7 +55,6 @@ def main() -> int:
     a = ap.parse_args()
     bwrap = shutil.which("bwrap") or "/usr/bin/bwrap"
     ex = BwrapExecutor(bwrap)
-    ex_fresh = BwrapExecutor(bwrap, reuse_netns=False)
     with tempfile.TemporaryDirectory(prefix="kiln-bench-sandbox-") as tmp:
         root = os.path.join(tmp, "root")
         make_rootfs(root)
@@ -96,7 +93,7 @@ def main() -> int:
         def shell() -> None:
             subprocess.run([BUSYBOX, "sh", "-c", loop], env={"out": dest}, check=True)
 
-        def kiln(ex: BwrapExecutor = ex) -> None:
+        def kiln() -> None:
             log = io.BytesIO()
             for i in range(a.n):
                 spec = SandboxSpec(
@@ -114,7 +111,6 @@ def main() -> int:
                     raise SystemExit(f"kiln run failed: {r} {log.getvalue()!r}")
 
         ways: dict[str, Callable[[], None]] = {"plain": plain, "bare": bare, "shell": shell, "kiln": kiln}
-        ways["kiln-ns"] = lambda: kiln(ex_fresh)
         times: dict[str, list[float]] = {k: [] for k in ways}
         cpu: dict[str, list[float]] = {k: [] for k in ways}
         for _ in range(a.r):
@@ -130,17 +126,12 @@ def main() -> int:
     print(f"{ex.version}, {a.n} runs x {a.r} reps, load average {load:.1f} on {os.cpu_count()} CPUs")
     print("         wall ms/run (min / median)   CPU ms/run (parent + children, min)")
     for name, ts in times.items():
-        print(f"  {name:<7} {min(ts):6.2f} / {statistics.median(ts):6.2f}            {min(cpu[name]):6.2f}")
+        print(f"  {name:<6} {min(ts):6.2f} / {statistics.median(ts):6.2f}            {min(cpu[name]):6.2f}")
     k, b, s = (statistics.median(times[x]) for x in ("kiln", "bare", "shell"))
     print(
         f"kiln overhead over bare bwrap (subprocess): {k - b:+.2f} ms/run, ratio {k / b:.2f}  (target <= +5 ms)"
     )
     print(f"kiln vs bare bwrap from a shell loop:       {k - s:+.2f} ms/run, ratio {k / s:.2f}")
-    kn = statistics.median(times["kiln-ns"])
-    pooled = "pooled network namespaces" if ex.netns is not None else "no pool here (not root)"
-    print(
-        f"kiln with a fresh network namespace per run: {kn - b:+.2f} ms/run over bare ({pooled}: {k - kn:+.2f})"
-    )
     print(
         f"anchor (Nix row d): bare bwrap {NIX_BARE_BWRAP_MS} ms/step -> ratio kiln/anchor {k / NIX_BARE_BWRAP_MS:.2f}"
     )

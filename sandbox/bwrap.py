@@ -4,10 +4,8 @@ Theory of operation. Each run is one ``bwrap`` process (its own session and proc
 group) whose command line is derived from the spec by ``bwrap_argv``:
 
 * namespaces: ``--unshare-all`` (user, ipc, pid, net, uts, cgroup) with the user
-  namespace required, not "try"; the host's network (``--share-net``) only when
-  ``spec.network`` (never for builds). As root, bwrap starts inside an empty network
-  namespace from ``netns.NetnsPool`` (with ``--share-net``, sharing it with nobody)
-  instead of making one per sandbox; one user namespace only (see ``/dev`` below) and no nested ones: the
+  namespace required, not "try"; ``--share-net`` only when ``spec.network`` (never for
+  builds); one user namespace only (see ``/dev`` below) and no nested ones: the
   seccomp filter refuses CLONE_NEWUSER (bwrap's ``--disable-userns`` would need a
   second namespace, ~1 ms per sandbox);
 * identity: ``--uid/--gid`` (1000), ``--hostname localhost``, ``--cap-drop ALL``,
@@ -44,13 +42,11 @@ import subprocess
 import threading
 import time
 from collections.abc import Mapping
-from contextlib import nullcontext
 from typing import BinaryIO
 
 from .errors import SandboxError, SandboxUnavailable
 from .executor import Executor, OutputCallback, Result
 from .limits import Limits, kill_tree, supervise
-from .netns import Lease, NetnsPool
 from .seccomp import build_filter
 from .spec import BUILD_TOP, HOMELESS, SandboxSpec, build_env
 
@@ -114,20 +110,12 @@ def dev_flags() -> list[str]:
 
 
 def bwrap_argv(
-    bwrap: str,
-    spec: SandboxSpec,
-    etc_fds: Mapping[str, int],
-    seccomp_fd: int | None = None,
-    *,
-    in_netns: bool = False,
+    bwrap: str, spec: SandboxSpec, etc_fds: Mapping[str, int], seccomp_fd: int | None = None
 ) -> list[str]:
     """The full bwrap command line for ``spec``. ``etc_fds`` maps ``passwd``, ``group``,
     ``hosts`` to fds bwrap inherits holding their contents (``etc_files(spec)``);
-    ``seccomp_fd`` (if given) is an inherited fd holding ``build_filter()``.
-    ``in_netns``: bwrap will be started inside an empty network namespace of its own
-    (``netns.NetnsPool.lease``), so it must not make another."""
-    share_net = spec.network or in_netns
-    argv = [bwrap, *_common_flags(share_net, spec.uid, spec.gid, spec.hostname), "--clearenv"]
+    ``seccomp_fd`` (if given) is an inherited fd holding ``build_filter()``."""
+    argv = [bwrap, *_common_flags(spec.network, spec.uid, spec.gid, spec.hostname), "--clearenv"]
     if seccomp_fd is not None:
         argv += ["--seccomp", str(seccomp_fd)]
     for k, v in build_env(spec).items():
@@ -235,13 +223,10 @@ class BwrapExecutor(Executor):
     """Runs builds under bubblewrap. See the module docstring.
 
     ``bwrap`` is the binary to use (default: ``bwrap`` on PATH, else /usr/bin/bwrap).
-    ``reuse_netns``: run builds in pooled empty network namespaces when this process
-    may make them (``netns.py``); ``self.netns`` is the pool, or ``None`` when each
-    sandbox gets a fresh namespace from bwrap. Raises ``SandboxUnavailable`` if bwrap is
-    missing or broken.
+    Raises ``SandboxUnavailable`` if bwrap is missing or broken.
     """
 
-    def __init__(self, bwrap: str | os.PathLike[str] | None = None, *, reuse_netns: bool = True) -> None:
+    def __init__(self, bwrap: str | os.PathLike[str] | None = None) -> None:
         if bwrap is None:
             found = shutil.which("bwrap") or shutil.which("bwrap", path="/usr/bin:/bin")
             if found is None:
@@ -255,9 +240,6 @@ class BwrapExecutor(Executor):
             raise SandboxUnavailable(f"bubblewrap not found at {path} (expected an executable bwrap)")
         self.bwrap = path
         self.version = probe(path)
-        # empty network namespaces reused one build at a time (netns.py), where kiln may
-        # make them; otherwise bwrap makes one per build
-        self.netns = NetnsPool.create() if reuse_netns else None
         self._live: set[subprocess.Popen[bytes]] = set()
         self._live_lock = threading.Lock()
 
@@ -267,8 +249,6 @@ class BwrapExecutor(Executor):
             "executor": "bubblewrap",
             "version": self.version.removeprefix("bubblewrap "),
             "namespaces": ["user", "mount", "pid", "ipc", "uts", "net", "cgroup"],
-            # "pooled": an empty one kiln made, reused only after builds that left no trace
-            "networkNamespace": "pooled" if self.netns is not None else "per-build",
             "nestedUserNamespaces": False,
             "capabilities": [],
             "seccomp": "no-setuid-setgid",
@@ -290,13 +270,6 @@ class BwrapExecutor(Executor):
 
     def run(self, spec: SandboxSpec, log: BinaryIO, *, on_output: OutputCallback | None = None) -> Result:
         _check_host_paths(spec)
-        pool = None if spec.network else self.netns
-        with pool.lease() if pool is not None else nullcontext() as lease:
-            return self._run(spec, log, on_output, lease)
-
-    def _run(
-        self, spec: SandboxSpec, log: BinaryIO, on_output: OutputCallback | None, lease: Lease | None
-    ) -> Result:
         # Everything bwrap reads besides the host paths comes from memfds: nothing is
         # written to disk per build (a temp dir with three files cost ~1-4 ms of ext4
         # metadata work under load, as much as the sandbox itself).
@@ -308,7 +281,7 @@ class BwrapExecutor(Executor):
             for name, data in etc_files(spec).items():
                 etc_fds[name] = _memfd("kiln-etc-" + name, data)
                 fds.append(etc_fds[name])
-            argv = bwrap_argv(self.bwrap, spec, etc_fds, seccomp_fd, in_netns=lease is not None)
+            argv = bwrap_argv(self.bwrap, spec, etc_fds, seccomp_fd)
             # Options go through a memfd too (``--args FD``; bwrap takes only options from
             # it, the command stays on the command line): no ARG_MAX limit for large
             # closures, and the sandbox's pid 1 (a fork of bwrap) shows no host paths.
@@ -317,9 +290,8 @@ class BwrapExecutor(Executor):
             fds.append(argfd)
             limits = Limits(spec.timeout, spec.max_silent, spec.max_log_bytes)
             start = time.monotonic()
-            # Started under the lock so cancel_all() never misses a run that is starting;
-            # forked inside the leased network namespace, if any.
-            with self._live_lock, lease.entered() if lease is not None else nullcontext():
+            # Started under the lock so cancel_all() never misses a run that is starting.
+            with self._live_lock:
                 proc = subprocess.Popen(
                     [self.bwrap, "--args", str(argfd), *argv[sep:]],
                     pass_fds=fds,
