@@ -69,7 +69,9 @@ def test_verify_policy_failure_and_usage(built, tmp_path: Path) -> None:
     assert r.returncode == 2 and "non-negative integer" in r.stderr
     assert kiln("verify", "--store", root).returncode == 2
     assert kiln("verify", "https://registry.invalid/x", "--store", root).returncode == 2
-    assert kiln("rebuild", built.hello, "--store", str(tmp_path / "no-store")).returncode == 2  # no store there
+    assert (
+        kiln("rebuild", built.hello, "--store", str(tmp_path / "no-store")).returncode == 2
+    )  # no store there
     r = kiln("verify", "/kiln/store/" + "0" * 32 + "-nope", "--store", root)
     assert r.returncode == 1
 
