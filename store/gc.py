@@ -27,6 +27,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -58,19 +59,30 @@ class GcReport:
 def find_roots(store: LocalStore) -> set[str]:
     """Store paths named by ``gcroots/`` (see module docstring)."""
     out: set[str] = set()
-    for dirpath, dirnames, filenames in os.walk(store.root / "gcroots"):
+
+    def unreadable(e: OSError) -> None:
+        # a root directory that cannot be listed would silently protect nothing
+        raise StoreError(f"cannot read GC roots in {e.filename}: {e.strerror}; not collecting")
+
+    for dirpath, dirnames, filenames in os.walk(store.root / "gcroots", onerror=unreadable):
         for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
             p = os.path.join(dirpath, name)
             cands: list[str] = []
-            if os.path.islink(p):
+            st = os.lstat(p)
+            if stat.S_ISLNK(st.st_mode):
                 cands.append(os.path.join(dirpath, os.readlink(p)))
                 cands.append(os.path.realpath(p))
-            else:
+            elif stat.S_ISREG(st.st_mode):
+                # O_NONBLOCK: never wait on something swapped in for the file (a FIFO)
+                # while holding the exclusive GC lock
                 try:
-                    with open(p, encoding="utf-8", errors="replace") as f:
-                        cands.append(f.read(8192).strip())
+                    fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+                    with os.fdopen(fd, "rb") as f:
+                        cands.append(f.read(8192).decode("utf-8", "replace").strip())
                 except OSError:
                     continue
+            else:
+                continue  # FIFOs, sockets, devices name nothing
             for c in cands:
                 try:
                     out.add(store.resolve(c)[0])

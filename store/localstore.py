@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from . import db
 from .errors import StoreError
-from .locks import TempRoots
+from .locks import FileLock, TempRoots
 from .objects import (
     fsync_dir,
     object_rel_path,
@@ -223,11 +223,14 @@ class LocalStore(Registering):
         existing root of that name atomically)."""
         if not name or "/" in name or name.startswith("."):
             raise StoreError(f"invalid GC root name {name!r} (no '/', not starting with '.')")
-        self._info(path)
         link = self.root / "gcroots" / name
         tmp = self.root / "gcroots" / f".{name}.{secrets.token_hex(4)}"
-        os.symlink(self.real_path(path), tmp)
-        os.rename(tmp, link)
+        # under the GC lock: a collector that already listed the roots cannot delete
+        # the path between the validity check and the new link
+        with FileLock(self.gc_lock_path, shared=True):
+            self._info(path)
+            os.symlink(self.real_path(path), tmp)
+            os.rename(tmp, link)
         return link
 
     def temp_root(self, paths: Iterable[str]) -> contextlib.AbstractContextManager[None]:

@@ -187,9 +187,14 @@ class TempRoots:
             if not gone:
                 return
             with FileLock(self.gc_lock_path, shared=True):
-                data = "".join(p + "\n" for p in self.counts).encode()
+                data = memoryview("".join(p + "\n" for p in self.counts).encode())
                 os.ftruncate(self.fd, 0)
-                os.pwrite(self.fd, data, 0)
+                done = 0
+                while done < len(data):
+                    done += os.pwrite(self.fd, data[done:], done)
+                # ``add`` appends with write(): without this it would write at the old end
+                # of the file, after a hole of NULs that the collector cannot parse
+                os.lseek(self.fd, done, os.SEEK_SET)
 
     @contextlib.contextmanager
     def hold(self, paths: Iterable[str]) -> Iterator[None]:

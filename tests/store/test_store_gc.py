@@ -231,3 +231,65 @@ def test_gc_removes_build_locks_nobody_holds(store):
     again = FileLock(held)
     assert again.acquire(blocking=False) and held.exists()
     again.release()
+
+
+def test_temp_roots_held_one_after_another_all_protect(store, tmp_path):
+    """Dropping a temp root rewrites the file; a root added after that must still be
+    readable by the collector (it was written after a hole of NULs once)."""
+    a = store.add_path(make_tree(tmp_path / "a", {"x": "1"}))
+    b = store.add_path(make_tree(tmp_path / "b", {"y": "2"}))
+    store.close()
+    s = _fresh_store(store.root)
+    with s.temp_root([a.path]):
+        pass
+    with s.temp_root([b.path]):
+        data = (s.root / "temproots" / str(os.getpid())).read_bytes()
+        assert data == (b.path + "\n").encode()
+        out = subprocess.run(
+            [sys.executable, "-c", GC_IN_ANOTHER_PROCESS, str(s.root)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert b.path not in out and a.path in out
+        assert s.is_valid(b.path)
+    s.close()
+
+
+GC_IN_ANOTHER_PROCESS = """
+import sys
+from pathlib import Path
+from kiln.store.localstore import LocalStore
+s = LocalStore.open(Path(sys.argv[1]))
+print("\\n".join(s.gc().deleted))
+"""
+
+
+def test_a_fifo_among_the_roots_does_not_hang_gc(store, tmp_path):
+    a = store.add_path(make_tree(tmp_path / "a", {"x": "1"}))
+    store.add_root("a", a.path)
+    os.mkfifo(store.root / "gcroots" / "oops")
+    r = subprocess.run(
+        [sys.executable, "-c", GC_IN_ANOTHER_PROCESS, str(store.root)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert r.returncode == 0, r.stderr
+    assert store.is_valid(a.path)
+
+
+def test_an_unreadable_roots_directory_stops_gc(store, tmp_path):
+    if os.geteuid() == 0:
+        import pytest
+
+        pytest.skip("root reads any directory")
+    (store.root / "gcroots" / "sub").mkdir()
+    os.chmod(store.root / "gcroots" / "sub", 0)
+    try:
+        r = subprocess.run(
+            [sys.executable, "-c", GC_IN_ANOTHER_PROCESS, str(store.root)], capture_output=True, text=True
+        )
+        assert r.returncode != 0 and "cannot read GC roots" in r.stderr
+    finally:
+        os.chmod(store.root / "gcroots" / "sub", 0o755)
