@@ -203,37 +203,58 @@ def chunks_of(src) -> Iterator[bytes]:
 
 
 class _HashingReader:
-    __slots__ = ("f", "sha", "size")
+    """Reads ``f``, hashing what it reads; raises ``HashMismatch`` once more than
+    ``expect[1]`` bytes came (a compressed file longer than its recorded size)."""
 
-    def __init__(self, f) -> None:
-        self.f, self.sha, self.size = f, hashlib.sha256(), 0
+    __slots__ = ("f", "sha", "size", "what", "expect")
+
+    def __init__(self, f, what: str, expect: tuple[Hash, int] | None) -> None:
+        self.f, self.sha, self.size, self.what, self.expect = f, hashlib.sha256(), 0, what, expect
 
     def read(self, n: int = -1) -> bytes:
         data = self.f.read(n)
         self.sha.update(data)
         self.size += len(data)
+        if self.expect is not None and self.size > self.expect[1]:
+            raise _too_long(self.what, "compressed file", self.expect)
         return data
+
+
+def _too_long(what: str, kind: str, expect: tuple[Hash, int]) -> HashMismatch:
+    h, n = expect
+    return HashMismatch(f"{kind} of {what}", f"{h.to_nix32()} ({n} bytes)", f"more than {n} bytes")
 
 
 def decompress_verified(
     zst, what: str, expect_file: tuple[Hash, int] | None = None, expect_nar: tuple[Hash, int] | None = None
 ) -> Iterator[bytes]:
-    """Yield the NAR inside the zstd stream ``zst`` (a binary file object). After the
-    last chunk, check the compressed and/or NAR digests and sizes; raise
-    ``HashMismatch`` (naming ``what``) if any differs."""
-    reader = _HashingReader(zst)
+    """Yield the NAR inside the zstd stream ``zst`` (a binary file object; several
+    concatenated frames are one stream, as for the ``zstd`` tool). After the last chunk,
+    check the compressed and/or NAR digests and sizes; raise ``HashMismatch`` (naming
+    ``what``) if any differs. Reading stops as soon as either side exceeds its expected
+    size: a small signed NarSize bounds what a hostile object can inflate to."""
+    reader = _HashingReader(zst, what, expect_file)
     nar_sha = hashlib.sha256()
     nar_size = 0
+    limit = expect_nar[1] if expect_nar is not None else None
     try:
-        for chunk in zstandard.ZstdDecompressor().read_to_iter(reader, read_size=CHUNK, write_size=CHUNK):
-            nar_sha.update(chunk)
-            nar_size += len(chunk)
-            yield chunk
+        with zstandard.ZstdDecompressor().stream_reader(
+            reader, read_size=CHUNK, read_across_frames=True, closefd=False
+        ) as stream:
+            while chunk := stream.read(CHUNK):
+                nar_size += len(chunk)
+                if limit is not None and nar_size > limit:
+                    raise _too_long(what, "NAR", expect_nar)  # type: ignore[arg-type]
+                nar_sha.update(chunk)
+                yield chunk
     except zstandard.ZstdError as e:
         raise HashMismatch(
             f"compressed NAR of {what}", "a valid zstd stream", f"corrupt data ({e})"
         ) from None
     if expect_file is not None:
+        # what the decompressor did not need (trailing bytes) still counts
+        while tail := reader.read(CHUNK):
+            del tail
         check_digest(what, "compressed file", expect_file, Hash("sha256", reader.sha.digest()), reader.size)
     if expect_nar is not None:
         check_digest(what, "NAR", expect_nar, Hash("sha256", nar_sha.digest()), nar_size)
