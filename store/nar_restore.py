@@ -61,7 +61,7 @@ def restore(src: BinaryIO | Iterable[bytes], dest: str | os.PathLike, *, fsync: 
         if fsync:
             fsync_dir(parent)
     finally:
-        _rmtree(tmp)
+        rmtree_iter(tmp)
 
 
 def _mkdtemp(parent: bytes, prefix: bytes) -> bytes:
@@ -96,11 +96,12 @@ def _rename_noreplace(src: bytes, dst: bytes) -> None:
     os.rename(src, dst)
 
 
-def _rmtree(top: bytes) -> None:
+def rmtree_iter(top: bytes, writable: bool = False) -> None:
     """Best-effort iterative ``rm -rf``. ``shutil.rmtree`` recurses (a hostile NAR can be
     deeper than Python's recursion limit) and resolves whole paths (quadratic in depth);
     this keeps one directory fd, works relative to it, and climbs back with ``..``.
-    Entries that cannot be removed are skipped, never retried forever."""
+    ``writable``: make each directory 0700 first (read-only store trees). Entries that
+    cannot be removed are skipped, never retried forever."""
     flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
         fd = os.open(top, flags)
@@ -108,6 +109,9 @@ def _rmtree(top: bytes) -> None:
         with contextlib.suppress(OSError):
             os.unlink(top)
         return
+    if writable:
+        with contextlib.suppress(OSError):
+            os.fchmod(fd, 0o700)
     where: list[str] = []  # names from ``top`` down to the directory ``fd`` is
     stuck: set[tuple[str, ...]] = set()
     while True:
@@ -129,6 +133,9 @@ def _rmtree(top: bytes) -> None:
             os.close(fd)
             fd = sub
             where.append(child)
+            if writable:
+                with contextlib.suppress(OSError):
+                    os.fchmod(fd, 0o700)
             continue
         if not where:
             os.close(fd)

@@ -23,6 +23,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .trees import walk
+
 _NIX32 = b"[0-9a-df-np-sv-z]"
 _CHUNK = 1 << 20
 
@@ -69,7 +71,7 @@ def scan(root: Path, candidates: Iterable[str], store_dir: str) -> ScanResult:
     if root.is_symlink() or not root.is_dir():
         _scan_entry(root, "", scan_file, scan_bytes)
     else:
-        for dirpath, dirnames, filenames in os.walk(root):
+        for dirpath, dirnames, filenames in walk(str(root)):
             dirnames.sort()
             for name in [
                 *sorted(filenames),

@@ -12,14 +12,44 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import stat
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import AnyStr
 
+from .errors import StoreError
+from .nar_restore import rmtree_iter
 from .objects import CANON_MTIME
 
 _MTIME = (CANON_MTIME, CANON_MTIME)
+
+
+def walk(top: AnyStr, topdown: bool = True) -> Iterator[tuple[AnyStr, list[AnyStr], list[AnyStr]]]:
+    """``os.walk`` without recursion (Python 3.11's recurses, so a tree deeper than the
+    recursion limit, which a NAR may hold, raised ``RecursionError`` in every walker) and
+    without hiding errors (``os.walk`` skips a directory it cannot list; here that raises,
+    so canonicalising or scanning never silently misses part of a tree). Same listing
+    rules: a symlink to a directory is listed among the directories but not entered;
+    with ``topdown`` the caller may reorder or prune ``dirnames`` in place."""
+    todo: list[tuple[AnyStr, tuple[list[AnyStr], list[AnyStr]] | None]] = [(top, None)]
+    while todo:
+        d, listing = todo.pop()
+        if listing is not None:  # bottom-up: its subdirectories are done
+            yield d, listing[0], listing[1]
+            continue
+        dirs: list[AnyStr] = []
+        files: list[AnyStr] = []
+        with os.scandir(d) as it:
+            for e in it:
+                (dirs if e.is_dir() else files).append(e.name)
+        if topdown:
+            yield d, dirs, files
+        else:
+            todo.append((d, (dirs, files)))
+        for name in reversed(dirs):
+            sub = os.path.join(d, name)
+            if not os.path.islink(sub):
+                todo.append((sub, None))
 
 
 def canonicalise(top: Path, keep_top_writable: bool = True) -> None:
@@ -28,7 +58,7 @@ def canonicalise(top: Path, keep_top_writable: bool = True) -> None:
     t = os.fsencode(top)
     st = os.lstat(t)
     if stat.S_ISDIR(st.st_mode):
-        for dirpath, dirnames, filenames in os.walk(t, topdown=False):
+        for dirpath, dirnames, filenames in walk(t, topdown=False):
             for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
                 p = os.path.join(dirpath, name)
                 _canon_leaf(p, os.lstat(p))
@@ -143,7 +173,7 @@ def metadata_problems(top: Path, limit: int = 5) -> list[str]:
     t = os.fsencode(top)
     check(t, os.lstat(t))
     if os.path.isdir(t) and not os.path.islink(t):
-        for dirpath, dirnames, filenames in os.walk(t):
+        for dirpath, dirnames, filenames in walk(t):
             for name in dirnames + filenames:
                 if len(out) >= limit:
                     return out
@@ -162,13 +192,11 @@ def remove_tree(p: Path) -> None:
     if not stat.S_ISDIR(st.st_mode):
         os.unlink(b)
         return
-    for dirpath, dirnames, _ in os.walk(b):
-        os.chmod(dirpath, 0o700)
-        for d in dirnames:
-            q = os.path.join(dirpath, d)
-            if not os.path.islink(q):
-                os.chmod(q, 0o700)
-    shutil.rmtree(b)
+    # iterative: a tree deeper than Python's recursion limit (shutil.rmtree, os.walk)
+    # must not make the collector itself fail on every later run
+    rmtree_iter(b, writable=True)
+    if os.path.lexists(b):
+        raise StoreError(f"could not remove all of {p}")
 
 
 def tree_size(p: Path) -> int:
@@ -178,7 +206,7 @@ def tree_size(p: Path) -> int:
     if not stat.S_ISDIR(st.st_mode):
         return st.st_size if stat.S_ISREG(st.st_mode) else 0
     total = 0
-    for dirpath, _, filenames in os.walk(b):
+    for dirpath, _, filenames in walk(b):
         for f in filenames:
             s = os.lstat(os.path.join(dirpath, f))
             if stat.S_ISREG(s.st_mode):

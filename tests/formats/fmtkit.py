@@ -77,9 +77,9 @@ def assert_nothing_left(dest: Path) -> None:
 def rmtree(top: str | os.PathLike) -> None:
     """Iterative ``rm -rf`` (shutil's and pytest's recurse and choke on the deep tree);
     the same fd-relative walk as restore's cleanup."""
-    from kiln.store.nar_restore import _rmtree
+    from kiln.store.nar_restore import rmtree_iter
 
-    _rmtree(os.fsencode(top))
+    rmtree_iter(os.fsencode(top))
 
 
 def tree_signature(root: Path) -> list[tuple]:

@@ -293,3 +293,47 @@ def test_an_unreadable_roots_directory_stops_gc(store, tmp_path):
         assert r.returncode != 0 and "cannot read GC roots" in r.stderr
     finally:
         os.chmod(store.root / "gcroots" / "sub", 0o755)
+
+
+def _deep_tree(root, depth: int):
+    """``root/d/d/.../d/f``, ``depth`` directories deep (made relative to a directory fd:
+    recursive helpers choke on it)."""
+    root.mkdir()
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(depth):
+            os.mkdir("d", dir_fd=fd)
+            sub = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = sub
+        f = os.open("f", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+        os.write(f, b"bottom\n")
+        os.close(f)
+    finally:
+        os.close(fd)
+    return root
+
+
+def test_trees_deeper_than_the_recursion_limit_verify_and_collect(store, tmp_path):
+    """A NAR may be deeper than Python's recursion limit (the format tests round-trip a
+    1,100-deep tree with Nix); verifying, sizing and deleting such a path must work, or
+    one hostile path makes every later GC fail."""
+    from kiln.store.hashes import Hash
+    from kiln.store.nar import dump_bytes
+    from kiln.store.nar_restore import rmtree_iter
+    from kiln.store.pathinfo import PathInfo
+    from kiln.store.paths import make_source_path
+
+    nar = dump_bytes(_deep_tree(tmp_path / "deep", 1100))
+    rmtree_iter(os.fsencode(tmp_path / "deep"))
+    h = Hash.sha256_of(nar)
+    path = str(make_source_path("deep", h, store_dir=store.store_dir))
+    deep = store.import_nar(PathInfo(path, h, len(nar)), [nar])  # as substitution would
+    assert store.verify().ok
+    store.close()
+    s = _fresh_store(store.root)
+    r = s.gc()
+    assert r.deleted == (deep.path,) and r.bytes_freed >= 7
+    assert not s.real_path(deep.path).exists()
+    assert s.gc().deleted == ()
+    s.close()
