@@ -41,6 +41,9 @@ from . import layout
 CONNECT_TIMEOUT = 3.0
 BATCH = 2000
 CHUNK = 1 << 20
+#: Largest body read into memory from a registry (narinfos, listings, index files,
+#: batch answers): a hostile server must not exhaust memory with an endless answer.
+MAX_BODY = 64 << 20
 
 
 class RegistryError(KilnError):
@@ -168,21 +171,43 @@ class HttpClient(Client):
         text = (await resp.text(errors="replace"))[:500].strip()
         return RegistryError(f"{what}: HTTP {resp.status}: {text}", resp.status)
 
+    async def _read(self, resp: aiohttp.ClientResponse, what: str) -> bytes:
+        """The whole body, at most ``MAX_BODY`` bytes; a longer, cut or broken body is a
+        ``RegistryError`` (a miss for substitution, never an internal error)."""
+        cap = MAX_BODY
+        buf = bytearray()
+        try:
+            async for chunk in resp.content.iter_chunked(CHUNK):
+                buf += chunk
+                if len(buf) > cap:
+                    raise RegistryError(f"{what}: answer larger than {cap} bytes")
+        except (TimeoutError, aiohttp.ClientError) as e:
+            raise RegistryError(f"{what}: answer broken off ({e})") from None
+        return bytes(buf)
+
     async def get(self, key: str) -> bytes | None:
         async with await self._request("GET", key) as resp:
             if resp.status == 404 or resp.status == 403 and key.startswith("index/"):
                 return None
             if resp.status != 200:
                 raise await self._fail(resp, f"GET {self.url}/{key}")
-            return await resp.read()
+            return await self._read(resp, f"GET {self.url}/{key}")
 
     async def _batch(self, body: dict[str, list[str]]) -> dict[str, Any] | None:
+        what = f"POST {self.url}/narinfo-batch"
         async with await self._request("POST", "narinfo-batch", json=body) as resp:
             if resp.status in (404, 405, 501):
                 return None
             if resp.status != 200:
-                raise await self._fail(resp, f"POST {self.url}/narinfo-batch")
-            return await resp.json(content_type=None)
+                raise await self._fail(resp, what)
+            raw = await self._read(resp, what)
+        import json
+
+        try:
+            res = json.loads(raw)
+        except ValueError as e:
+            raise RegistryError(f"{what}: not JSON ({e})") from None
+        return _checked_batch(res, what)
 
     async def narinfos(self, hash_parts: list[str]) -> dict[str, str]:
         out: dict[str, str] = {}
@@ -238,37 +263,55 @@ class HttpClient(Client):
         res = await self._batch({"nar_hashes": [nar_sha256_hex]}) if self._batch_ok else None
         if res is None or "by_nar_hash" not in res:
             return await Client.narinfo_by_nar_hash(self, nar_sha256_hex)
-        return res["by_nar_hash"].get(nar_sha256_hex)
+        found = res["by_nar_hash"].get(nar_sha256_hex)
+        return found if isinstance(found, str) else None
 
-    async def blob_batch(self, hashes: list[Hash], got: Callable[[Hash, bytes | None], Any]) -> bool:
+    async def blob_batch(
+        self,
+        hashes: list[Hash],
+        got: Callable[[Hash, bytes | None], Any],
+        sizes: dict[str, int] | None = None,
+    ) -> bool:
         """Fetch whole compressed objects (small ones: each is held in memory) with one
         ``POST /blob-batch``: ``got(digest, bytes)`` per object, ``got(digest, None)``
         for one the registry lacks, in request order. The bytes are as received: the
-        caller checks them against the digest. Returns False, having fetched nothing,
+        caller checks them against the digest. ``sizes`` (hex digest -> expected size)
+        refuses, before reading it, an object announced at another size; without it an
+        object may be at most ``MAX_BODY`` bytes. Returns False, having fetched nothing,
         if the server has no such endpoint (the caller then downloads one by one)."""
         if not self._blob_batch_ok:
             return False
         want = {h.hex: h for h in hashes}
+        what = f"POST {self.url}/blob-batch"
         async with await self._request("POST", "blob-batch", json={"blobs": list(want)}) as resp:
             if resp.status in (404, 405, 501):
                 self._blob_batch_ok = False
                 return False
             if resp.status != 200:
-                raise await self._fail(resp, f"POST {self.url}/blob-batch")
-            for _ in range(len(want)):
-                line = await resp.content.readline()
-                hexd, _, size = line.decode("ascii", "replace").strip().partition(" ")
-                h = want.pop(hexd, None)
-                if h is None or not (size == "-" or size.isdigit()):
-                    raise RegistryError(f"POST {self.url}/blob-batch: unexpected entry {line[:100]!r}")
-                if size == "-":
-                    got(h, None)
-                    continue
-                try:
-                    data = await resp.content.readexactly(int(size))
-                except asyncio.IncompleteReadError:
-                    raise RegistryError(f"POST {self.url}/blob-batch: answer cut short in {hexd}") from None
-                got(h, data)
+                raise await self._fail(resp, what)
+            try:
+                for _ in range(len(want)):
+                    line = await resp.content.readline()
+                    hexd, _, size = line.decode("ascii", "replace").strip().partition(" ")
+                    h = want.pop(hexd, None)
+                    if h is None or not (size == "-" or size.isdigit()):
+                        raise RegistryError(f"{what}: unexpected entry {line[:100]!r}")
+                    if size == "-":
+                        got(h, None)
+                        continue
+                    n = int(size)
+                    expect = (sizes or {}).get(hexd)
+                    if (expect is not None and n != expect) or n > MAX_BODY:
+                        raise RegistryError(
+                            f"{what}: object {hexd} announced at {n} bytes, expected "
+                            f"{expect if expect is not None else f'at most {MAX_BODY}'}"
+                        )
+                    data = await resp.content.readexactly(n)
+                    got(h, data)
+            except asyncio.IncompleteReadError:
+                raise RegistryError(f"{what}: answer cut short") from None
+            except (TimeoutError, aiohttp.ClientError) as e:
+                raise RegistryError(f"{what}: answer broken off ({e})") from None
         return True
 
     async def download(self, key: str, write: Callable[[bytes], Any]) -> bool:
@@ -277,8 +320,11 @@ class HttpClient(Client):
                 return False
             if resp.status != 200:
                 raise await self._fail(resp, f"GET {self.url}/{key}")
-            async for chunk in resp.content.iter_chunked(CHUNK):
-                write(chunk)
+            try:
+                async for chunk in resp.content.iter_chunked(CHUNK):
+                    write(chunk)
+            except (TimeoutError, aiohttp.ClientError) as e:
+                raise RegistryError(f"GET {self.url}/{key}: answer broken off ({e})") from None
         return True
 
     async def put_file(self, key: str, path: Path) -> None:
@@ -341,6 +387,28 @@ class HttpClient(Client):
             if resp.status != 200:
                 raise await self._fail(resp, f"POST {self.url}/publish-index")
             return (await resp.text()).strip()
+
+
+def _checked_batch(res: Any, what: str) -> dict[str, Any]:
+    """A ``narinfo-batch`` answer with the shape the callers rely on, else
+    ``RegistryError``: a dict whose ``narinfos`` maps str to str, ``blobs`` is a list of
+    str, ``attestations``/``by_nar_hash`` are dicts (each present or not)."""
+
+    def bad(field: str) -> RegistryError:
+        return RegistryError(f"{what}: malformed answer ({field})")
+
+    if not isinstance(res, dict):
+        raise bad("not an object")
+    ni = res.get("narinfos", {})
+    if not isinstance(ni, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in ni.items()):
+        raise bad("narinfos")
+    blobs = res.get("blobs", [])
+    if not isinstance(blobs, list) or not all(isinstance(b, str) for b in blobs):
+        raise bad("blobs")
+    for key in ("attestations", "by_nar_hash"):
+        if not isinstance(res.get(key, {}), dict):
+            raise bad(key)
+    return res
 
 
 def _parse_listing(body: bytes | None) -> dict[str, str]:

@@ -111,9 +111,14 @@ async def between(
                 return
             async with sem:
                 with tempfile.NamedTemporaryFile(prefix="kiln-copy-") as f:
-                    ver = NarVerifier()
+                    ver = NarVerifier(max_nar_size=info.nar_size)
 
                     def write(chunk: bytes) -> None:
+                        # no unbounded download (the NAR inside is bounded by the verifier)
+                        if info.file_size is not None and ver.size + len(chunk) > info.file_size:
+                            raise KilnError(
+                                f"{info.path}: source sends more than FileSize {info.file_size} bytes"
+                            )
                         f.write(chunk)
                         ver.update(chunk)
 

@@ -66,7 +66,7 @@ class SyncReport:
 
 async def _fetch_blob(client: Client, dst: DirSource, info, sem: asyncio.Semaphore, prog: Progress) -> int:  # noqa: ANN001
     async with sem:
-        ver = NarVerifier()
+        ver = NarVerifier(max_nar_size=info.nar_size)
         with dst.storage.staged() as (f, _):
 
             def write(chunk: bytes) -> None:

@@ -228,7 +228,11 @@ class Substituter:
 
         try:
             async with sem:
-                ok = await self._client(url).blob_batch([by_hex[h][0].file_hash for h in by_hex], got)  # type: ignore[misc]
+                ok = await self._client(url).blob_batch(
+                    [by_hex[h][0].file_hash for h in by_hex],  # type: ignore[misc]
+                    got,
+                    {h: by_hex[h][0].file_size for h in by_hex if by_hex[h][0].file_size is not None},
+                )
         except BaseException as e:
             for i in batch:
                 if not results[i.path].done():

@@ -1,0 +1,108 @@
+"""A registry that answers with hostile bodies: the HTTP client turns every one into a
+``RegistryError`` (a miss for substitution, never an internal error), without reading
+more than it should. The server here is a raw asyncio socket server, so it can send
+what no well-behaved HTTP framework would."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from kiln.registry import client as client_mod
+from kiln.registry.client import HttpClient, RegistryError
+from kiln.store.hashes import Hash
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+async def _serve(handler: Handler, call: Callable[[HttpClient], Awaitable[object]]) -> object:
+    async def wrapped(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        while (await r.readline()) not in (b"\r\n", b""):
+            pass  # request line and headers
+        try:
+            await handler(r, w)
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            w.close()
+
+    srv = await asyncio.start_server(wrapped, "127.0.0.1", 0)
+    port = srv.sockets[0].getsockname()[1]
+    c = HttpClient(f"http://127.0.0.1:{port}")
+    try:
+        return await asyncio.wait_for(call(c), 30)
+    finally:
+        await c.close()
+        srv.close()
+
+
+def _head(w: asyncio.StreamWriter, extra: str = "") -> None:
+    w.write(f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n{extra}\r\n".encode())
+
+
+def run(handler: Handler, call: Callable[[HttpClient], Awaitable[object]]) -> object:
+    return asyncio.run(_serve(handler, call))
+
+
+def test_an_endless_body_is_cut_at_the_cap(monkeypatch) -> None:
+    monkeypatch.setattr(client_mod, "MAX_BODY", 1 << 20)
+    sent = 0
+
+    async def endless(r, w) -> None:
+        nonlocal sent
+        _head(w, "Transfer-Encoding: chunked\r\n")
+        chunk = b"x" * 65536
+        while sent < 64 << 20:
+            w.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            sent += len(chunk)
+            await w.drain()
+
+    with pytest.raises(RegistryError, match="larger than"):
+        run(endless, lambda c: c.narinfos(["a" * 32]))
+    assert sent < 16 << 20  # the client stopped reading long before the server stopped
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"[1]", b'{"narinfos": {"aaaa": 5}}', b'{"narinfos": [], "blobs": "x"}', b"not json", b'{"blobs": [1]}'],
+)
+def test_a_malformed_batch_answer_is_a_registry_error(body: bytes) -> None:
+    async def answer(r, w) -> None:
+        _head(w, f"Content-Length: {len(body)}\r\n")
+        w.write(body)
+        await w.drain()
+
+    with pytest.raises(RegistryError, match="narinfo-batch"):
+        run(answer, lambda c: c.narinfos(["a" * 32]))
+
+
+def test_a_body_broken_off_is_a_registry_error() -> None:
+    async def cut(r, w) -> None:
+        _head(w, "Content-Length: 100000\r\n")
+        w.write(b'{"narinfos": {')
+        await w.drain()
+        w.transport.abort()
+
+    with pytest.raises(RegistryError, match="broken off|cut"):
+        run(cut, lambda c: c.narinfos(["a" * 32]))
+
+
+def test_blob_batch_refuses_an_object_announced_at_another_size() -> None:
+    h = Hash.sha256_of(b"small object")
+    sent_body = False
+
+    async def huge(r, w) -> None:
+        nonlocal sent_body
+        _head(w, "Transfer-Encoding: chunked\r\n")
+        line = f"{h.hex} {8 << 30}\n".encode()
+        w.write(b"%x\r\n%s\r\n" % (len(line), line))
+        await w.drain()
+        await asyncio.sleep(0.5)
+        sent_body = True
+
+    got: list = []
+    with pytest.raises(RegistryError, match="announced at"):
+        run(huge, lambda c: c.blob_batch([h], lambda d, b: got.append(b), {h.hex: 12}))
+    assert got == []
