@@ -163,4 +163,19 @@ def _check(key: str, value: str, store_dir: str) -> object:
         return tuple(str(StorePath.parse_base(b, store_dir)) for b in value.split())
     if key == "Deriver" and value != "unknown-deriver":
         return str(StorePath.parse_base(value, store_dir))
+    if key == "CA" and value:
+        check_ca(value)
     return value
+
+
+def check_ca(ca: str) -> str:
+    """``ca`` if it is a content address as Nix writes them (``text:sha256:<hash>``,
+    ``fixed:[r:]<algo>:<hash>``), else ``FormatError``: it is not covered by the
+    signature, so a malformed one must not reach the store."""
+    method, _, rest = ca.partition(":")
+    if method == "fixed" and rest.startswith("r:"):
+        rest = rest[2:]
+    if method not in ("text", "fixed") or (method == "text" and not rest.startswith("sha256:")):
+        raise FormatError(f"CA {ca[:80]!r} is not 'text:sha256:...' or 'fixed:[r:]ALGO:...'")
+    Hash.parse(rest)  # raises FormatError naming what is wrong
+    return ca

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import db, nar
-from .errors import KilnError
+from .errors import FormatError, KilnError
 from .hashes import Hash
 from .ingest import TreeIngest
 from .locks import FileLock, path_lock_file
@@ -119,6 +119,13 @@ def _check_tree(store: LocalStore, info: PathInfo) -> list[Problem]:
 def _check_ca(info: PathInfo, real: Path) -> str:
     if not info.ca:
         return ""
+    try:
+        return _ca_problem(info, real)
+    except FormatError as e:  # a malformed CA is this path's problem, not the whole run's
+        return f"ca {info.ca[:80]!r} is malformed: {e}"
+
+
+def _ca_problem(info: PathInfo, real: Path) -> str:
     sp = StorePath.parse(info.path)
     if info.ca.startswith("fixed:r:sha256:"):
         h = Hash.parse(info.ca.removeprefix("fixed:r:"))

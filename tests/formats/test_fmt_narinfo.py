@@ -122,6 +122,24 @@ def test_parse_errors_name_the_line(edit, pattern: str) -> None:
         narinfo.parse(edit(golden("ia.narinfo")), SD)
 
 
+@pytest.mark.parametrize(
+    ("ca", "pattern"),
+    [
+        ("fixed:r:sha256:" + "0" * 59, "has 59 characters"),
+        ("fixed:r:sha256:", "sha256"),
+        ("git:sha1:abc", "is not 'text:sha256"),
+        ("text:sha1:" + "0" * 32, "is not 'text:sha256"),
+        ("fixed:r:", ""),
+    ],
+)
+def test_a_malformed_ca_is_refused(ca: str, pattern: str) -> None:
+    """CA is not covered by the signature: a malformed one must not reach the store
+    (where it made `kiln store verify` fail for every path)."""
+    text = golden("ia.narinfo") + f"CA: {ca}\n"
+    with pytest.raises(FormatError, match=pattern):
+        narinfo.parse(text, SD)
+
+
 @pytest.mark.nix
 def test_fresh_nix_copy_roundtrips(corpus: dict[str, Path], tmp_path: Path) -> None:
     """Narinfos Nix writes now (uncompressed and zstd) parse, render identically, and

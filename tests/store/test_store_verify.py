@@ -113,3 +113,17 @@ def test_signatures(store, two):
     store.add_signatures(built, [sign_info(store.query(built), key)])
     assert store.verify(trusted=[key.public()], sigs_needed=1).ok
     assert not store.verify(trusted=[key.public(), other.public()], sigs_needed=3).ok
+
+
+def test_a_malformed_ca_row_is_that_paths_problem(store, tmp_path):
+    """A content address that does not parse (stored before narinfos checked CA, or by
+    hand) is reported for its path; the other paths are still verified."""
+    a = store.add_path(make_tree(tmp_path / "a", {"x": "1"}))
+    b = store.add_path(make_tree(tmp_path / "b", {"y": "2"}))
+    with store.conn:
+        store.conn.execute("UPDATE paths SET ca=? WHERE path=?", ("fixed:r:sha256:" + "0" * 59, a.path))
+    r = store.verify()
+    assert not r.ok
+    assert [(p.path, p.kind) for p in r.problems] == [(a.path, "ca-mismatch")]
+    assert "malformed" in r.problems[0].detail
+    assert b.path not in {p.path for p in r.problems}
