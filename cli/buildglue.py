@@ -117,7 +117,8 @@ def make_substituter(urls: list[str], trusted_keys: list[str], sigs_needed: int 
     from ``--sigs-needed`` or ``KILN_SIGS_NEEDED`` (default 1). Each missing path is
     fetched with its whole closure; a path whose closure cannot be completed from the
     registries, or that fails verification, stays missing (and is built), with a
-    warning. An unreachable registry is a miss, never a failure."""
+    warning. An unreachable registry is a miss, never a failure. Call its ``close()``
+    when done (it holds HTTP sessions and an event loop)."""
     env_urls = os.environ.get("KILN_SUBSTITUTERS", "")
     if not urls and not env_urls.strip():
         return None
@@ -164,6 +165,7 @@ def make_substituter(urls: list[str], trusted_keys: list[str], sigs_needed: int 
             _fetch_attestations(sub, regs, store, fetched)
         return set(fetched)
 
+    substitute.close = sub.close  # type: ignore[attr-defined]  # the caller closes it when done
     return substitute
 
 

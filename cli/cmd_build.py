@@ -149,7 +149,11 @@ def _build(store, ev, targets, args) -> int:
     )
     if hook is not None:
         hook.get_drv = builder.get_drv  # reuse the parsed derivation graph
-    builder.realise(roots)
+    try:
+        builder.realise(roots)
+    finally:
+        if sub is not None:
+            sub.close()  # its HTTP sessions and event loop
     _finish(store, targets)
     return 0
 

@@ -228,9 +228,20 @@ async def fetch_attestations(client: Any, store: Any, paths: Iterable[str], jobs
     stored = 0
 
     async def one(p: str, kind: str, want: str) -> None:
+        # each attestation on its own: one bad entry must not stop the others
+        try:
+            await fetch_one(p, kind, want)
+        except KilnError as e:
+            errors.append(f"{p}: {kind[:80]!r}: {e}")
+
+    async def fetch_one(p: str, kind: str, want: str) -> None:
         nonlocal stored
         try:
             attestations.check_kind(kind)
+        except FormatError as e:  # a listing entry no attestation can have: fetch nothing
+            errors.append(f"{p}: {e}")
+            return
+        try:
             cur = attestations.read(store, p, kind)
         except FormatError:
             cur = None

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import hashlib
 import io
 import tempfile
@@ -329,7 +330,17 @@ class Substituter:
 
     def fetch_many(self, store: Any, infos: list[ni.NarInfo]) -> list[PathInfo]:
         """Download in parallel, import dependencies first."""
-        return self._loop.run_until_complete(self._fetch_many(store, infos))
+        task = self._loop.create_task(self._fetch_many(store, infos))
+        try:
+            return self._loop.run_until_complete(task)
+        except BaseException:
+            # Interrupted (Ctrl-C stops the loop with the task still suspended): cancel it
+            # and let its cleanup run, which releases the importer thread; otherwise that
+            # thread waits forever for downloads nobody will finish, and so does close()
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                self._loop.run_until_complete(task)
+            raise
 
 
 def parse_registries(text: str, default_priority: int = 40) -> list[tuple[str, int]]:

@@ -205,3 +205,65 @@ def test_blob_batch_client_against_kiln_serve(pushed) -> None:
     assert asyncio.run(go()) is True
     assert got.pop(missing.hex) is None
     assert got == {i.file_hash.hex: store.object_path(i.path).read_bytes() for i in infos}
+
+
+def test_ctrl_c_during_a_stalled_download_lets_the_substituter_close(pushed, keys, tmp_path) -> None:
+    """A registry that answers narinfos but never sends the objects; Ctrl-C during the
+    fetch must leave nothing waiting: ``close()`` returns (it used to wait forever for
+    the importer thread, itself waiting for downloads nobody would finish)."""
+    import asyncio
+    import signal
+    import threading
+
+    _store, chain, _leaf, reg, _tok, _srv = pushed
+    ready = threading.Event()
+    port: list[int] = []
+
+    async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        line = (await r.readline()).decode()
+        length = 0
+        while (h := await r.readline()) not in (b"\r\n", b""):
+            if h.lower().startswith(b"content-length:"):
+                length = int(h.split(b":")[1])
+        await r.readexactly(length)  # a request body (narinfo-batch), unanswered: 404
+        method, target = line.split()[:2]
+        key = target.lstrip("/")
+        if method == "GET" and not key.startswith("nar/") and (reg / key).is_file():
+            body = (reg / key).read_bytes()
+            w.write(
+                b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+            )
+        elif method == "GET" and key.startswith("nar/"):
+            w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n")  # ...and nothing more
+            await w.drain()
+            await asyncio.sleep(3600)
+        else:
+            w.write(b"HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+        await w.drain()
+        w.close()
+
+    def serve() -> None:
+        async def main() -> None:
+            srv = await asyncio.start_server(handle, "127.0.0.1", 0)
+            port.append(srv.sockets[0].getsockname()[1])
+            ready.set()
+            await asyncio.sleep(3600)
+
+        asyncio.run(main())
+
+    threading.Thread(target=serve, daemon=True).start()
+    assert ready.wait(10)
+    dest = make_store(tmp_path / "dest")
+    sub = Substituter([(f"http://127.0.0.1:{port[0]}", 10)], [keys.pk])
+    infos = sub.query_many([chain[0]])
+    assert list(infos) == [chain[0]], (sub.down, sub.rejected, sorted(p.name for p in reg.iterdir()))
+    main = threading.main_thread().ident
+    assert main is not None
+    threading.Timer(1.0, signal.pthread_kill, (main, signal.SIGINT)).start()
+    with pytest.raises(KeyboardInterrupt):
+        sub.fetch_many(dest, list(infos.values()))
+    closer = threading.Thread(target=sub.close, daemon=True)
+    closer.start()
+    closer.join(20)
+    assert not closer.is_alive(), "Substituter.close() hung after an interrupted fetch"
+    assert not dest.is_valid(chain[0])
