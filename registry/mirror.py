@@ -126,7 +126,14 @@ async def sync_async(
                 failed[e["path"]] = str(ex)
         need = {}
         for i in infos.values():
-            if dst.object_file(i.file_hash) is None:
+            have = dst.object_file(i.file_hash)
+            # a blob of the wrong size (truncated by a crash, emptied by hand) is fetched
+            # again rather than trusted for being there; a stat is cheap, rehashing every
+            # blob on each sync is not
+            if have is None or (i.file_size is not None and have.stat().st_size != i.file_size):
+                if have is not None:  # objects are never overwritten in place: drop the bad one
+                    for key in (layout.blob_key(i.file_hash), layout.nar_key(i.file_hash)):
+                        dst.storage.delete(key)
                 need.setdefault(i.file_hash.hex, i)
         prog = Progress("mirror", len(need), sum(i.file_size or 0 for i in need.values()), progress)
         sem = asyncio.Semaphore(jobs)

@@ -54,6 +54,23 @@ def test_sync_then_nothing_to_do(source, keys, tmp_path) -> None:
     assert rep.blobs_fetched == 4
 
 
+def test_a_truncated_blob_already_in_the_mirror_is_fetched_again(source, keys, tmp_path) -> None:
+    """A blob left empty or short (a crash before its fsync, a hand edit) is not trusted
+    for being there: a sync that needs it fetches it again before publishing. (A sync
+    whose index has not changed checks nothing: that is what makes it cheap.)"""
+    store, paths, reg, url = source
+    dst = tmp_path / "mirror"
+    root = (reg / "index/root.json").read_bytes()
+    info = store.query(paths[-1])
+    blob = dst / layout.blob_key(info.file_hash)
+    blob.parent.mkdir(parents=True)
+    blob.write_bytes(b"")  # planted before the first sync
+    rep = sync(url, dst, root=root, trusted=[keys.pk])
+    assert rep.blobs_fetched == 4
+    want = (reg / layout.nar_key(info.file_hash)).read_bytes()
+    assert blob.read_bytes() == want and (dst / layout.nar_key(info.file_hash)).read_bytes() == want
+
+
 def test_tampered_blob_fails_loudly_and_mirror_keeps_last_good(source, keys, tmp_path) -> None:
     store, paths, reg, url = source
     dst = tmp_path / "mirror"
