@@ -91,7 +91,12 @@ class Client(abc.ABC):
     @abc.abstractmethod
     async def download(self, key: str, write: Callable[[bytes], Any]) -> bool: ...
 
-    async def blob_batch(self, hashes: list[Hash], got: Callable[[Hash, bytes | None], Any]) -> bool:
+    async def blob_batch(
+        self,
+        hashes: list[Hash],
+        got: Callable[[Hash, bytes | None], Any],
+        sizes: dict[str, int] | None = None,
+    ) -> bool:
         """Many small compressed objects at once (see ``HttpClient.blob_batch``); False
         when this kind of registry has no batch transfer (download them one by one)."""
         return False

@@ -29,7 +29,6 @@ hashes; a mismatch names the differing files (``checkdiff``).
 
 from __future__ import annotations
 
-import shutil
 import sys
 import threading
 import time
@@ -108,7 +107,7 @@ class Builder(Producing, Checking):
         self._drvs: dict[str, Derivation] = {}
         self._inner = store
         self._pending = Pending()
-        self._dirs = BuildDirs(Path(store.root) / "tmp")
+        self._dirs = BuildDirs(Path(store.root) / "tmp", getattr(store, "gc_lock_path", None))
         self._bk = None  # the bookkeeping thread's own store object (_bookkeeping_store)
         self._hook_pool: ThreadPoolExecutor | None = None
         self._hook_futures: list[Future] = []
@@ -249,7 +248,7 @@ class Builder(Producing, Checking):
                 self._background(self._commit_pending)
             finally:
                 # after the commit and the log (same FIFO thread); GC leaves tmp/build-* alone
-                self._background(shutil.rmtree, tmp, True)
+                self._background(self._dirs.release, tmp)
                 if position[0] < position[1]:
                     self._background(self._dirs.prepare)  # the next build's, while it runs
             if self.after_build:

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .buildtmp import owned_tmpdir, release_tmpdir
 from .derivation import Derivation
 from .errors import KilnError, StoreError
 from .hashes import Hash
@@ -55,8 +55,10 @@ class Checking:
         if vary is not None and vary.tmp_parent is not None:
             parent = vary.tmp_parent
             parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix=f"check-{drv.name}-", dir=parent) as tmp:
-            produced = self._produce(drv_path, drv, Path(tmp), vary)
+        # owned (locked) like the build loop's dirs, so a GC after a crash removes it
+        tmp, owner = owned_tmpdir(parent, f"check-{drv.name}-", getattr(self.store, "gc_lock_path", None))
+        try:
+            produced = self._produce(drv_path, drv, tmp, vary)
             for name, o in drv.outputs:
                 info = self.store.query(o.path)
                 if info is None:
@@ -68,6 +70,8 @@ class Checking:
                     else describe_differences(self.store.real_path(o.path), produced[name][0])
                 )
                 out.append(OutputComparison(name, o.path, info.nar_hash, h, diff))
+        finally:
+            release_tmpdir(tmp, owner)
         return out
 
     def _check(self, drv_path: str, drv: Derivation) -> None:

@@ -4,30 +4,84 @@ Each build runs in its own ``<store root>/tmp/build-<random>/`` holding an empty
 ``build/`` (the sandbox's ``/build``) and an empty ``store/`` (the scratch store dir).
 Making them is three mkdirs on the build's critical path, and on ext4 under a busy
 journal a mkdir can wait milliseconds; so while one build runs, the bookkeeping thread
-makes the next one's (``prepare``). A directory is handed out once (``take``); ready
-ones nobody took are removed by ``discard``. GC leaves ``tmp/build-*`` alone (they are
-their owner's business; see ``store.gc``).
+makes the next one's (``prepare``). A directory is handed out once (``take``) and
+removed with ``release``; ready ones nobody took are removed by ``discard``.
+
+Ownership: every such directory (and ``--check``'s ``check-*``) is ``flock``ed by the
+process using it, from the moment it exists (made under the shared GC lock, so a
+collector never sees it unlocked) until it is gone. The garbage collector removes the
+``build-*``/``check-*`` directories whose lock it can take: their owner died (kill -9,
+a crash) without cleaning up, and each can hold a whole build tree.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
 import shutil
 import tempfile
 import threading
 from pathlib import Path
 
+from .errors import StoreError
+from .locks import FileLock
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def owned_tmpdir(parent: Path, prefix: str, gc_lock: Path | None) -> tuple[Path, int]:
+    """A new directory under ``parent`` and an fd holding an exclusive ``flock`` on it
+    (close the fd after removing the directory: see ``release_tmpdir``)."""
+    parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(gc_lock, shared=True) if gc_lock is not None else contextlib.nullcontext():
+        d = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+        fd = os.open(d, _DIR_FLAGS)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    return d, fd
+
+
+def release_tmpdir(d: Path, fd: int) -> None:
+    """Remove an ``owned_tmpdir``, then drop its lock."""
+    from .trees import remove_tree  # read-only trees (a rebuilt output) included
+
+    try:
+        with contextlib.suppress(OSError, StoreError):
+            remove_tree(d)
+    finally:
+        os.close(fd)
+
+
+def owner_gone(d: str) -> bool:
+    """True if nobody holds ``d``'s lock (for the collector; ``d`` a directory)."""
+    try:
+        fd = os.open(d, _DIR_FLAGS)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+    return True
+
 
 class BuildDirs:
-    """Hands out fresh build temp dirs under ``tmp_root`` (thread-safe)."""
+    """Hands out fresh build temp dirs under ``tmp_root`` (thread-safe); ``gc_lock`` is
+    the store's GC lock file (see the module docstring)."""
 
-    def __init__(self, tmp_root: Path) -> None:
+    def __init__(self, tmp_root: Path, gc_lock: Path | None = None) -> None:
         self.tmp_root = tmp_root
+        self.gc_lock = gc_lock
         self._ready: list[Path] = []
+        self._fds: dict[Path, int] = {}
         self._lock = threading.Lock()
 
     def _make(self) -> Path:
-        self.tmp_root.mkdir(parents=True, exist_ok=True)
-        d = Path(tempfile.mkdtemp(prefix="build-", dir=self.tmp_root))
+        d, fd = owned_tmpdir(self.tmp_root, "build-", self.gc_lock)
+        with self._lock:
+            self._fds[d] = fd
         (d / "build").mkdir()
         (d / "store").mkdir()
         return d
@@ -46,9 +100,18 @@ class BuildDirs:
         with self._lock:
             self._ready.append(d)
 
+    def release(self, d: Path) -> None:
+        """Remove a directory ``take`` gave out (and drop its lock)."""
+        with self._lock:
+            fd = self._fds.pop(d, None)
+        if fd is None:
+            shutil.rmtree(d, ignore_errors=True)
+        else:
+            release_tmpdir(d, fd)
+
     def discard(self) -> None:
         """Remove the prepared directories nobody took."""
         with self._lock:
             ready, self._ready = self._ready, []
         for d in ready:
-            shutil.rmtree(d, ignore_errors=True)
+            self.release(d)

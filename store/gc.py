@@ -16,7 +16,8 @@ registrations hold the lock shared from their first temp file to their committed
 4. objects no remaining row uses are deleted (one object can back several paths with
    identical NARs; it goes only when none of them is valid), as are unregistered trees
    left by crashed registrations (not those a live process roots: a build's staged
-   outputs, ``stagedbuild``), store writers' dirs in ``tmp/`` (not the build loop's)
+   outputs, ``stagedbuild``), store writers' dirs in ``tmp/``, the build loop's and
+   ``--check``'s dirs whose owner died (each is flocked while in use, ``buildtmp``)
    and the per-path lock files (a build lock only if nobody holds it).
 
 ``dry_run`` does steps 1-3's computation and reports what would go without deleting.
@@ -33,12 +34,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import attestations, db
+from .buildtmp import owner_gone
 from .errors import StoreError
 from .hashes import Hash
 from .locks import FileLock, live_temp_roots, remove_if_free
 from .trees import remove_tree, tree_size
 
 _WRITER_TMP = re.compile(r"^(\d+-|gc-\d+-)")
+_OWNED_TMP = re.compile(r"^(build|check)-")
 
 if TYPE_CHECKING:
     from .localstore import LocalStore
@@ -147,10 +150,13 @@ def collect(store: LocalStore, dry_run: bool = False) -> GcReport:
             o.unlink(missing_ok=True)
         for e in os.scandir(store.tmp):
             # store writers' dirs (``<pid>-<hex>``, ``gc-...``) are stale: every writer is
-            # excluded now. Others (the build loop's ``build-*``, ``vary-*``) live longer
-            # than a lock and are their owners' business.
+            # excluded now. The build loop's ``build-*`` and ``check-*`` live longer than
+            # the GC lock: each is flocked by its owner (``buildtmp``), so one nobody
+            # holds is a dead process's. Others (``kiln-failed-*``, ``vary-*``) are kept.
             if _WRITER_TMP.match(e.name):
                 remove_tree(Path(e.path))
+            elif _OWNED_TMP.match(e.name) and e.is_dir(follow_symlinks=False) and owner_gone(e.path):
+                remove_tree(Path(e.path))  # a build's or --check's dir whose process died
         for e in os.scandir(store.root / "locks"):
             # registration locks are only taken under the GC lock (shared), so none is held
             # now; the build loop's ``*.build`` locks go only when nobody holds them

@@ -190,14 +190,27 @@ def test_two_store_objects_in_one_process_share_temp_roots(store, tmp_path):
     s.close()
 
 
-def test_gc_leaves_build_dirs_and_held_locks(store, tmp_path):
+def test_gc_leaves_live_build_dirs_and_held_locks_and_removes_dead_ones(store, tmp_path):
     """The build loop keeps its working dirs in tmp/ for a whole build, without the GC
-    lock: GC must not touch them (only store writers' own temp dirs), nor a build lock
-    someone holds."""
+    lock, holding a lock on each (``buildtmp``): GC must not touch those, nor a build
+    lock someone holds. A build dir nobody holds is a dead build's (kill -9): removed,
+    with its read-only trees, like a crashed writer's dir."""
+    import subprocess as sp
+
+    from kiln.store.buildtmp import owned_tmpdir, release_tmpdir
     from kiln.store.locks import FileLock
 
-    (store.tmp / "build-hello-abc123").mkdir()
-    (store.tmp / "build-hello-abc123" / "src.c").write_text("int main;")
+    live, fd = owned_tmpdir(store.tmp, "build-hello-", store.gc_lock_path)
+    (live / "src.c").write_text("int main;")
+    # a build killed with -9: its process made and locked the dir, then died
+    code = (
+        "import sys; from pathlib import Path; from kiln.store.buildtmp import owned_tmpdir; "
+        "d, _ = owned_tmpdir(Path(sys.argv[1]), 'build-dead-', None); (d / 'out').mkdir(); "
+        "(d / 'out' / 'f').write_text('x'); (d / 'out').chmod(0o555); print(d)"
+    )
+    dead = sp.run([sys.executable, "-c", code, str(store.tmp)], capture_output=True, text=True, check=True)
+    assert os.path.isdir(dead.stdout.strip())
+    (store.tmp / "kiln-failed-hello-1").mkdir()  # --keep-failed: kept for the user
     (store.tmp / "4242-deadbeef").mkdir()  # a crashed writer's
     held = FileLock(store.root / "locks" / ("8" * 32 + ".build"))  # a running build's lock
     held.acquire()
@@ -206,8 +219,10 @@ def test_gc_leaves_build_dirs_and_held_locks(store, tmp_path):
         store.gc()
     finally:
         held.release()
-    assert sorted(os.listdir(store.tmp)) == ["build-hello-abc123"]
+    assert sorted(os.listdir(store.tmp)) == sorted([live.name, "kiln-failed-hello-1"])
     assert os.listdir(store.root / "locks") == ["8" * 32 + ".build"]
+    release_tmpdir(live, fd)
+    assert not live.exists()
 
 
 def test_gc_removes_build_locks_nobody_holds(store):
