@@ -129,7 +129,7 @@ def test_parse_errors_name_the_line(edit, pattern: str) -> None:
         ("fixed:r:sha256:", "sha256"),
         ("git:sha1:abc", "is not 'text:sha256"),
         ("text:sha1:" + "0" * 32, "is not 'text:sha256"),
-        ("fixed:r:", ""),
+        ("fixed:r:", "no algorithm prefix"),
     ],
 )
 def test_a_malformed_ca_is_refused(ca: str, pattern: str) -> None:
