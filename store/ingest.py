@@ -114,22 +114,40 @@ class TreeIngest:
         self._flush()
 
     def _node(self, path: bytes, st: os.stat_result, dest: bytes | None, top: bool = False) -> None:
-        mode = st.st_mode
-        if stat.S_ISREG(mode):
-            self._regular(path, st, dest)
-        elif stat.S_ISDIR(mode):
-            self._directory(path, st, dest, top)
-        elif stat.S_ISLNK(mode):
-            if dest is not None:
-                target = self.plan.targets[path]
-                self.plan.creator.take()  # created (with its mtime) by the creator
+        """Serialise the node at ``path`` (and everything below it). Iterative, with an
+        explicit stack: a tree may be deeper than Python's recursion limit."""
+        todo: list[tuple] = [(_VISIT, path, st, dest, top)]
+        while todo:
+            step = todo.pop()
+            if step[0] == _EMIT:
+                self._emit(step[1])
+                continue
+            if step[0] == _DONE:
+                self._close_directory(*step[1:])
+                continue
+            _, path, st, dest, top = step
+            mode = st.st_mode
+            if stat.S_ISREG(mode):
+                self._regular(path, st, dest)
+            elif stat.S_ISDIR(mode):
+                kids = self._open_directory(path, st, dest)
+                todo.append((_DONE, path, dest, top))
+                for name, cst in reversed(kids):  # popped in NAR order
+                    todo.append((_EMIT, _CLOSE))
+                    child_dest = None if dest is None else dest + b"/" + name
+                    todo.append((_VISIT, path + b"/" + name, cst, child_dest, False))
+                    todo.append((_EMIT, _ENTRY + _nar_str(name) + _NODE))
+            elif stat.S_ISLNK(mode):
+                if dest is not None:
+                    target = self.plan.targets[path]
+                    self.plan.creator.take()  # created (with its mtime) by the creator
+                else:
+                    target = os.readlink(path)
+                    if self.canon:
+                        os.utime(path, (CANON_MTIME, CANON_MTIME), follow_symlinks=False)
+                self._emit(_SYMLINK + _nar_str(target) + _CLOSE)
             else:
-                target = os.readlink(path)
-                if self.canon:
-                    os.utime(path, (CANON_MTIME, CANON_MTIME), follow_symlinks=False)
-            self._emit(_SYMLINK + _nar_str(target) + _CLOSE)
-        else:
-            raise _unstorable(path, mode)
+                raise _unstorable(path, mode)
 
     def _check_special_bits(self, path: bytes, mode: int) -> None:
         if self.canon and mode & (stat.S_ISUID | stat.S_ISGID):
@@ -220,21 +238,21 @@ class TreeIngest:
             done += want
         return None
 
-    def _directory(self, path: bytes, st: os.stat_result, dest: bytes | None, top: bool) -> None:
+    def _open_directory(
+        self, path: bytes, st: os.stat_result, dest: bytes | None
+    ) -> list[tuple[bytes, os.stat_result]]:
+        """Start a directory node; return its entries in NAR order."""
         self._check_special_bits(path, st.st_mode)
         self._emit(_DIR)
         if dest is not None:
             self.plan.creator.take()  # the creator made the directory
-            kids = self.plan.children[path]
-        else:
-            if self.canon and st.st_mode & 0o700 != 0o700:
-                os.chmod(path, 0o755)  # we must list it and may need to fix children's modes
-            kids = _list(path, self.filter)
-        for name, cst in kids:
-            child = path + b"/" + name
-            self._emit(_ENTRY + _nar_str(name) + _NODE)
-            self._node(child, cst, None if dest is None else dest + b"/" + name)
-            self._emit(_CLOSE)
+            return self.plan.children[path]
+        if self.canon and st.st_mode & 0o700 != 0o700:
+            os.chmod(path, 0o755)  # we must list it and may need to fix children's modes
+        return _list(path, self.filter)
+
+    def _close_directory(self, path: bytes, dest: bytes | None, top: bool) -> None:
+        """End a directory node (after its entries) and seal the copy or the tree."""
         self._emit(_CLOSE)
         target = dest if dest is not None else (path if self.canon else None)
         if target is not None:
@@ -274,22 +292,26 @@ class _Plan:
         self.creator: _Creator
 
     def build(self, path: bytes, st: os.stat_result, dest: bytes) -> None:
-        mode = st.st_mode
-        if stat.S_ISREG(mode):
-            self.order.append((_REG, path, dest))
-        elif stat.S_ISLNK(mode):
-            self.targets[path] = os.readlink(path)
-            self.order.append((_LNK, path, dest))
-        elif stat.S_ISDIR(mode):
-            self.order.append((_DIRK, path, dest))
-            kids = self.children[path] = _list(path, self.filter)
-            for name, cst in kids:
-                self.build(path + b"/" + name, cst, dest + b"/" + name)
-        else:
-            raise _unstorable(path, mode)
+        todo = [(path, st, dest)]  # iterative pre-order (trees may be very deep)
+        while todo:
+            path, st, dest = todo.pop()
+            mode = st.st_mode
+            if stat.S_ISREG(mode):
+                self.order.append((_REG, path, dest))
+            elif stat.S_ISLNK(mode):
+                self.targets[path] = os.readlink(path)
+                self.order.append((_LNK, path, dest))
+            elif stat.S_ISDIR(mode):
+                self.order.append((_DIRK, path, dest))
+                kids = self.children[path] = _list(path, self.filter)
+                for name, cst in reversed(kids):  # popped in NAR order
+                    todo.append((path + b"/" + name, cst, dest + b"/" + name))
+            else:
+                raise _unstorable(path, mode)
 
 
 _REG, _DIRK, _LNK = 0, 1, 2
+_VISIT, _EMIT, _DONE = 0, 1, 2  # TreeIngest._node's steps
 LOOKAHEAD = 256  # files the creator may have open ahead of the copying walk
 
 

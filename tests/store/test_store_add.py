@@ -311,3 +311,36 @@ def test_ingest_nar_equals_nar_dump_on_edge_cases(store, tmp_path):
     assert stat.S_IMODE(os.lstat(real / "gx").st_mode) == 0o444
     assert stat.S_IMODE(os.lstat(real / "ux").st_mode) == 0o555
     assert os.readlink(real / "dangling") == "nowhere"
+
+
+def test_add_a_tree_deeper_than_the_recursion_limit(store, tmp_path):
+    """``kiln store add`` walks iteratively: a 1,100-deep tree (the format tests' deep
+    case, which Nix archives too) is added, hashed like ``nar.hash_path`` and copied."""
+    import os
+
+    from kiln.store import nar
+    from kiln.store.nar_restore import rmtree_iter
+
+    src = tmp_path / "deep"
+    src.mkdir()
+    fd = os.open(src, os.O_RDONLY | os.O_DIRECTORY)
+    for _ in range(1100):
+        os.mkdir("d", dir_fd=fd)
+        sub = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = sub
+    f = os.open("leaf", os.O_WRONLY | os.O_CREAT, 0o755, dir_fd=fd)
+    os.write(f, b"bottom\n")
+    os.close(f)
+    os.close(fd)
+    try:
+        info = store.add_path(src)
+        assert (info.nar_hash, info.nar_size) == nar.hash_path(src)
+        assert nar.hash_path(store.real_path(info.path)) == (info.nar_hash, info.nar_size)
+        assert store.verify().ok
+    finally:
+        rmtree_iter(os.fsencode(src))
+        store.close()
+        s = type(store).open(store.root)
+        s.gc()  # removes the deep path iteratively (pytest's cleanup would recurse)
+        s.close()
