@@ -167,6 +167,9 @@ def drv_targets(store, drv_paths: list[str]):
     from .buildglue import Target
 
     out = []
+    # rooted before they are checked and read (Nix's addTempRoot, then isValid): a GC
+    # running meanwhile keeps them and, through references, the whole graph below
+    store.keep([str(StorePath.parse(p, store.store_dir)) for p in drv_paths])
     for p in drv_paths:
         sp = StorePath.parse(p, store.store_dir)
         if not sp.name.endswith(".drv") or not store.is_valid(p):
