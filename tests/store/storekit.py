@@ -38,3 +38,23 @@ def tmp_leftovers(store) -> list[str]:  # noqa: ANN001
         for e in os.scandir(store.tmp)
         if not (e.is_dir(follow_symlinks=False) and not os.listdir(e.path))
     ]
+
+
+def deep_tree(root: Path, depth: int) -> Path:
+    """``root/d/d/.../d/leaf`` (an executable file), ``depth`` directories deep, made
+    relative to a directory fd: recursive helpers (and full paths) choke on it. Remove it
+    with ``kiln.store.nar_restore.rmtree_iter``."""
+    root.mkdir()
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(depth):
+            os.mkdir("d", dir_fd=fd)
+            sub = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = sub
+        f = os.open("leaf", os.O_WRONLY | os.O_CREAT, 0o755, dir_fd=fd)
+        os.write(f, b"bottom\n")
+        os.close(f)
+    finally:
+        os.close(fd)
+    return root

@@ -318,21 +318,12 @@ def test_add_a_tree_deeper_than_the_recursion_limit(store, tmp_path):
     case, which Nix archives too) is added, hashed like ``nar.hash_path`` and copied."""
     import os
 
+    from storekit import deep_tree
+
     from kiln.store import nar
     from kiln.store.nar_restore import rmtree_iter
 
-    src = tmp_path / "deep"
-    src.mkdir()
-    fd = os.open(src, os.O_RDONLY | os.O_DIRECTORY)
-    for _ in range(1100):
-        os.mkdir("d", dir_fd=fd)
-        sub = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
-        os.close(fd)
-        fd = sub
-    f = os.open("leaf", os.O_WRONLY | os.O_CREAT, 0o755, dir_fd=fd)
-    os.write(f, b"bottom\n")
-    os.close(f)
-    os.close(fd)
+    src = deep_tree(tmp_path / "deep", 1100)
     try:
         info = store.add_path(src)
         assert (info.nar_hash, info.nar_size) == nar.hash_path(src)

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 
-from storekit import make_tree
+from storekit import deep_tree, make_tree
 
 from kiln.store.localstore import LocalStore
 
@@ -310,25 +310,6 @@ def test_an_unreadable_roots_directory_stops_gc(store, tmp_path):
         os.chmod(store.root / "gcroots" / "sub", 0o755)
 
 
-def _deep_tree(root, depth: int):
-    """``root/d/d/.../d/f``, ``depth`` directories deep (made relative to a directory fd:
-    recursive helpers choke on it)."""
-    root.mkdir()
-    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        for _ in range(depth):
-            os.mkdir("d", dir_fd=fd)
-            sub = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
-            os.close(fd)
-            fd = sub
-        f = os.open("f", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
-        os.write(f, b"bottom\n")
-        os.close(f)
-    finally:
-        os.close(fd)
-    return root
-
-
 def test_trees_deeper_than_the_recursion_limit_verify_and_collect(store, tmp_path):
     """A NAR may be deeper than Python's recursion limit (the format tests round-trip a
     1,100-deep tree with Nix); verifying, sizing and deleting such a path must work, or
@@ -339,7 +320,7 @@ def test_trees_deeper_than_the_recursion_limit_verify_and_collect(store, tmp_pat
     from kiln.store.pathinfo import PathInfo
     from kiln.store.paths import make_source_path
 
-    nar = dump_bytes(_deep_tree(tmp_path / "deep", 1100))
+    nar = dump_bytes(deep_tree(tmp_path / "deep", 1100))
     rmtree_iter(os.fsencode(tmp_path / "deep"))
     h = Hash.sha256_of(nar)
     path = str(make_source_path("deep", h, store_dir=store.store_dir))
