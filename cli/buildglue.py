@@ -56,6 +56,9 @@ def evaluate(store, file: str, attrs: list[str], use_cache: bool = True):
         cache_dir=store.root / "eval-cache" if use_cache else None,
     )
     if ev.from_cache:
+        # rooted first, then checked: a source GC deletes after the check would leave the
+        # derivations written next referring to a path that is gone
+        store.keep(sorted(ev.sources))
         for sp, origin in sorted(ev.sources.items()):
             if not store.is_valid(sp):
                 add_source_fn(store)(Path(origin), sp.split("-", 1)[1])

@@ -122,6 +122,7 @@ class _Sources:
         from pathlib import Path
 
         store = self._open()
+        store.keep(sorted(sources))  # rooted, then checked (see buildglue.evaluate)
         for store_path, origin in sorted(sources.items()):
             if store.query(store_path) is None:
                 self(Path(origin), store_path.rsplit("/", 1)[-1].split("-", 1)[1])
