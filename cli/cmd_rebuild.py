@@ -90,6 +90,12 @@ def _report(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def _source_mirror_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--source-mirror", action="append", default=[], metavar="DIR|URL", help="hashed source mirror"
+    )
+
+
 def _build_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--vary",
@@ -97,9 +103,7 @@ def _build_args(p: argparse.ArgumentParser) -> None:
         help="rebuild under varied host conditions (dirs, KILN_CORES, umask, directory order)",
     )
     p.add_argument("--cores", type=int, default=0, help="KILN_CORES for the builds (default: all cores)")
-    p.add_argument(
-        "--source-mirror", action="append", default=[], metavar="DIR|URL", help="hashed source mirror"
-    )
+    _source_mirror_arg(p)
 
 
 def _rebuild_parser() -> argparse.ArgumentParser:
@@ -129,9 +133,7 @@ def _challenge_parser() -> argparse.ArgumentParser:
         "--registry", action="append", required=True, metavar="URL", help="registry to ask (repeat)"
     )
     p.add_argument("--rebuild", action="store_true", help="rebuild each path locally first and use that hash")
-    p.add_argument(
-        "--source-mirror", action="append", default=[], metavar="DIR|URL", help="hashed source mirror"
-    )
+    _source_mirror_arg(p)
     p.add_argument("--json", action="store_true", help="machine-readable result")
     p.set_defaults(fn=_challenge)
     return p

@@ -1,6 +1,7 @@
 """Talking to a registry by URL: ``http(s)://host[:port][/prefix]`` or ``file:///dir``.
 
-Both clients expose the same async API so push, copy, substitution and mirror sync do
+Both clients (``httpclient.HttpClient``, ``dirclient.DirClient``; ``open_client`` picks
+one by URL) expose the same async API so push, copy, substitution and mirror sync do
 not care where a registry lives:
 
 - ``cache_info()``; ``get(key)`` for small objects (None on 404);
@@ -31,8 +32,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-import aiohttp
-
 from kiln.store.errors import KilnError
 from kiln.store.hashes import Hash
 
@@ -41,9 +40,6 @@ from . import layout
 CONNECT_TIMEOUT = 3.0
 BATCH = 2000
 CHUNK = 1 << 20
-#: Largest body read into memory from a registry (narinfos, listings, index files,
-#: batch answers): a hostile server must not exhaust memory with an endless answer.
-MAX_BODY = 64 << 20
 
 
 class RegistryError(KilnError):
@@ -131,291 +127,6 @@ class Client(abc.ABC):
         return None  # not supported: callers fall back to one PUT per object
 
 
-class HttpClient(Client):
-    def __init__(self, url: str, token: str | None = None, jobs: int = 16) -> None:
-        self.url = url.rstrip("/")
-        self.token = token
-        self.jobs = jobs
-        self._session: aiohttp.ClientSession | None = None
-        self._batch_ok = True
-        self._blob_batch_ok = True
-
-    def _sess(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self.jobs, force_close=False),
-                timeout=aiohttp.ClientTimeout(
-                    total=None, connect=CONNECT_TIMEOUT, sock_connect=CONNECT_TIMEOUT, sock_read=120
-                ),
-                headers=headers,
-                auto_decompress=False,
-            )
-        return self._session
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    async def _request(self, method: str, key: str, **kw: Any) -> aiohttp.ClientResponse:
-        try:
-            return await self._sess().request(method, f"{self.url}/{key}", **kw)
-        except (
-            TimeoutError,
-            aiohttp.ClientConnectorError,
-            aiohttp.ServerTimeoutError,
-            aiohttp.ServerDisconnectedError,
-        ) as e:
-            raise Unreachable(f"registry {self.url} is unreachable: {e}") from None
-        except aiohttp.ClientError as e:
-            raise RegistryError(f"registry {self.url}: {e}") from None
-
-    @staticmethod
-    async def _fail(resp: aiohttp.ClientResponse, what: str) -> RegistryError:
-        text = (await resp.text(errors="replace"))[:500].strip()
-        return RegistryError(f"{what}: HTTP {resp.status}: {text}", resp.status)
-
-    async def _read(self, resp: aiohttp.ClientResponse, what: str) -> bytes:
-        """The whole body, at most ``MAX_BODY`` bytes; a longer, cut or broken body is a
-        ``RegistryError`` (a miss for substitution, never an internal error)."""
-        cap = MAX_BODY
-        buf = bytearray()
-        try:
-            async for chunk in resp.content.iter_chunked(CHUNK):
-                buf += chunk
-                if len(buf) > cap:
-                    raise RegistryError(f"{what}: answer larger than {cap} bytes")
-        except (TimeoutError, aiohttp.ClientError) as e:
-            raise RegistryError(f"{what}: answer broken off ({e})") from None
-        return bytes(buf)
-
-    async def get(self, key: str) -> bytes | None:
-        async with await self._request("GET", key) as resp:
-            if resp.status == 404 or resp.status == 403 and key.startswith("index/"):
-                return None
-            if resp.status != 200:
-                raise await self._fail(resp, f"GET {self.url}/{key}")
-            return await self._read(resp, f"GET {self.url}/{key}")
-
-    async def _batch(self, body: dict[str, list[str]]) -> dict[str, Any] | None:
-        what = f"POST {self.url}/narinfo-batch"
-        async with await self._request("POST", "narinfo-batch", json=body) as resp:
-            if resp.status in (404, 405, 501):
-                return None
-            if resp.status != 200:
-                raise await self._fail(resp, what)
-            raw = await self._read(resp, what)
-        import json
-
-        try:
-            res = json.loads(raw)
-        except ValueError as e:
-            raise RegistryError(f"{what}: not JSON ({e})") from None
-        return _checked_batch(res, what)
-
-    async def narinfos(self, hash_parts: list[str]) -> dict[str, str]:
-        out: dict[str, str] = {}
-        sem = asyncio.Semaphore(self.jobs)
-        for i in range(0, len(hash_parts), BATCH):
-            part = hash_parts[i : i + BATCH]
-            res = await self._batch({"hashes": part}) if self._batch_ok else None
-            if res is None:
-                self._batch_ok = False
-
-                async def one(h: str) -> None:
-                    async with sem:
-                        body = await self.get(layout.narinfo_key(h))
-                    if body is not None:
-                        out[h] = body.decode()
-
-                await asyncio.gather(*(one(h) for h in part))
-            else:
-                out.update(res.get("narinfos", {}))
-        return out
-
-    async def have_blobs(self, hashes: list[Hash]) -> set[str]:
-        have: set[str] = set()
-        sem = asyncio.Semaphore(self.jobs)
-        for i in range(0, len(hashes), BATCH):
-            part = hashes[i : i + BATCH]
-            res = await self._batch({"blobs": [h.to_hex() for h in part]}) if self._batch_ok else None
-            if res is None:
-                self._batch_ok = False
-
-                async def one(h: Hash) -> None:
-                    async with sem, await self._request("HEAD", layout.blob_key(h)) as resp:
-                        if resp.status == 200:
-                            have.add(h.to_hex())
-
-                await asyncio.gather(*(one(h) for h in part))
-            else:
-                have.update(res.get("blobs", []))
-        return have
-
-    async def attestation_listings(self, hash_parts: list[str]) -> dict[str, dict[str, str]]:
-        out: dict[str, dict[str, str]] = {}
-        for i in range(0, len(hash_parts), BATCH):
-            part = hash_parts[i : i + BATCH]
-            res = await self._batch({"attestations": part}) if self._batch_ok else None
-            if res is None or "attestations" not in res:
-                out.update(await Client.attestation_listings(self, part))
-            else:
-                out.update({h: k for h, k in res["attestations"].items() if isinstance(k, dict) and k})
-        return out
-
-    async def narinfo_by_nar_hash(self, nar_sha256_hex: str) -> str | None:
-        res = await self._batch({"nar_hashes": [nar_sha256_hex]}) if self._batch_ok else None
-        if res is None or "by_nar_hash" not in res:
-            return await Client.narinfo_by_nar_hash(self, nar_sha256_hex)
-        found = res["by_nar_hash"].get(nar_sha256_hex)
-        return found if isinstance(found, str) else None
-
-    async def blob_batch(
-        self,
-        hashes: list[Hash],
-        got: Callable[[Hash, bytes | None], Any],
-        sizes: dict[str, int] | None = None,
-    ) -> bool:
-        """Fetch whole compressed objects (small ones: each is held in memory) with one
-        ``POST /blob-batch``: ``got(digest, bytes)`` per object, ``got(digest, None)``
-        for one the registry lacks, in request order. The bytes are as received: the
-        caller checks them against the digest. ``sizes`` (hex digest -> expected size)
-        refuses, before reading it, an object announced at another size; without it an
-        object may be at most ``MAX_BODY`` bytes. Returns False, having fetched nothing,
-        if the server has no such endpoint (the caller then downloads one by one)."""
-        if not self._blob_batch_ok:
-            return False
-        want = {h.hex: h for h in hashes}
-        what = f"POST {self.url}/blob-batch"
-        async with await self._request("POST", "blob-batch", json={"blobs": list(want)}) as resp:
-            if resp.status in (404, 405, 501):
-                self._blob_batch_ok = False
-                return False
-            if resp.status != 200:
-                raise await self._fail(resp, what)
-            try:
-                for _ in range(len(want)):
-                    line = await resp.content.readline()
-                    hexd, _, size = line.decode("ascii", "replace").strip().partition(" ")
-                    h = want.pop(hexd, None)
-                    if h is None or not (size == "-" or size.isdigit()):
-                        raise RegistryError(f"{what}: unexpected entry {line[:100]!r}")
-                    if size == "-":
-                        got(h, None)
-                        continue
-                    n = int(size)
-                    expect = (sizes or {}).get(hexd)
-                    if (expect is not None and n != expect) or n > MAX_BODY:
-                        raise RegistryError(
-                            f"{what}: object {hexd} announced at {n} bytes, expected "
-                            f"{expect if expect is not None else f'at most {MAX_BODY}'}"
-                        )
-                    data = await resp.content.readexactly(n)
-                    got(h, data)
-            except asyncio.IncompleteReadError:
-                raise RegistryError(f"{what}: answer cut short") from None
-            except (TimeoutError, aiohttp.ClientError) as e:
-                raise RegistryError(f"{what}: answer broken off ({e})") from None
-        return True
-
-    async def download(self, key: str, write: Callable[[bytes], Any]) -> bool:
-        async with await self._request("GET", key) as resp:
-            if resp.status == 404:
-                return False
-            if resp.status != 200:
-                raise await self._fail(resp, f"GET {self.url}/{key}")
-            try:
-                async for chunk in resp.content.iter_chunked(CHUNK):
-                    write(chunk)
-            except (TimeoutError, aiohttp.ClientError) as e:
-                raise RegistryError(f"GET {self.url}/{key}: answer broken off ({e})") from None
-        return True
-
-    async def put_file(self, key: str, path: Path) -> None:
-        size = path.stat().st_size
-
-        async def body() -> Any:
-            with open(path, "rb") as f:
-                while chunk := f.read(CHUNK):
-                    yield chunk
-
-        async with await self._request(
-            "PUT", key, data=body(), headers={"Content-Length": str(size)}
-        ) as resp:
-            if resp.status not in (200, 201):
-                raise await self._fail(resp, f"PUT {self.url}/{key}")
-
-    async def put_bytes(self, key: str, data: bytes) -> int:
-        async with await self._request("PUT", key, data=data) as resp:
-            if resp.status not in (200, 201):
-                raise await self._fail(resp, f"PUT {self.url}/{key}")
-            return resp.status
-
-    async def upload_batch(self, frames: list[tuple[str, bytes, Path | None]]) -> list[dict[str, Any]] | None:
-        """Upload many (hash part, narinfo, optional NAR file) in one ``POST /upload-batch``.
-        Returns the per-path results, or None when the server has no such endpoint."""
-        sizes = [p.stat().st_size if p is not None else 0 for _, _, p in frames]
-        heads = [f"{len(text)} {z} {h}\n".encode() for (h, text, _), z in zip(frames, sizes, strict=True)]
-        total = sum(len(hd) + len(fr[1]) + z for hd, fr, z in zip(heads, frames, sizes, strict=True))
-
-        async def body() -> Any:
-            buf = bytearray()
-            for hd, (_, text, path) in zip(heads, frames, strict=True):
-                buf += hd
-                buf += text
-                if path is not None:
-                    with open(path, "rb") as f:
-                        while chunk := f.read(CHUNK):
-                            buf += chunk
-                            if len(buf) >= CHUNK:
-                                yield bytes(buf)
-                                buf.clear()
-                if len(buf) >= 1 << 16:
-                    yield bytes(buf)
-                    buf.clear()
-            if buf:
-                yield bytes(buf)
-
-        headers = {"Content-Length": str(total), "Content-Type": "application/x-kiln-upload-batch"}
-        async with await self._request("POST", "upload-batch", data=body(), headers=headers) as resp:
-            if resp.status in (404, 405):
-                return None
-            if resp.status != 200:
-                raise await self._fail(resp, f"POST {self.url}/upload-batch")
-            return (await resp.json(content_type=None))["results"]
-
-    async def publish_index(self) -> str | None:
-        async with await self._request("POST", "publish-index") as resp:
-            if resp.status == 409:
-                return None
-            if resp.status != 200:
-                raise await self._fail(resp, f"POST {self.url}/publish-index")
-            return (await resp.text()).strip()
-
-
-def _checked_batch(res: Any, what: str) -> dict[str, Any]:
-    """A ``narinfo-batch`` answer with the shape the callers rely on, else
-    ``RegistryError``: a dict whose ``narinfos`` maps str to str, ``blobs`` is a list of
-    str, ``attestations``/``by_nar_hash`` are dicts (each present or not)."""
-
-    def bad(field: str) -> RegistryError:
-        return RegistryError(f"{what}: malformed answer ({field})")
-
-    if not isinstance(res, dict):
-        raise bad("not an object")
-    ni = res.get("narinfos", {})
-    if not isinstance(ni, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in ni.items()):
-        raise bad("narinfos")
-    blobs = res.get("blobs", [])
-    if not isinstance(blobs, list) or not all(isinstance(b, str) for b in blobs):
-        raise bad("blobs")
-    for key in ("attestations", "by_nar_hash"):
-        if not isinstance(res.get(key, {}), dict):
-            raise bad(key)
-    return res
-
-
 def _parse_listing(body: bytes | None) -> dict[str, str]:
     if not body:
         return {}
@@ -435,6 +146,8 @@ def _parse_listing(body: bytes | None) -> dict[str, str]:
 def open_client(url: str, token: str | None = None, jobs: int = 16, store_dir: str | None = None) -> Client:
     p = urlparse(url)
     if p.scheme in ("http", "https"):
+        from .httpclient import HttpClient
+
         return HttpClient(url, token, jobs)
     if p.scheme in ("file", ""):
         from .dirclient import DirClient

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from kiln.store import narinfo as ni
-from kiln.store.errors import KilnError
+from kiln.store.errors import FormatError, KilnError
 from kiln.store.paths import StorePath
 from kiln.store.signing import PublicKey
 
@@ -111,19 +111,18 @@ async def between(
                 return
             async with sem:
                 with tempfile.NamedTemporaryFile(prefix="kiln-copy-") as f:
-                    ver = NarVerifier(max_nar_size=info.nar_size)
+                    # bounded: the download stops at FileSize, the NAR inside at NarSize
+                    ver = NarVerifier(max_nar_size=info.nar_size, max_file_size=info.file_size)
 
                     def write(chunk: bytes) -> None:
-                        # no unbounded download (the NAR inside is bounded by the verifier)
-                        if info.file_size is not None and ver.size + len(chunk) > info.file_size:
-                            raise KilnError(
-                                f"{info.path}: source sends more than FileSize {info.file_size} bytes"
-                            )
-                        f.write(chunk)
                         ver.update(chunk)
+                        f.write(chunk)
 
-                    if not await src.download(info.url, write):
-                        raise KilnError(f"{src.url}/{info.url} is missing")
+                    try:
+                        if not await src.download(info.url, write):
+                            raise KilnError(f"{src.url}/{info.url} is missing")
+                    except FormatError as e:  # past a limit: name the path
+                        raise KilnError(f"{info.path}: {e}") from None
                     f.flush()
                     expect(
                         info.path, ver.finish(), info.file_hash, info.file_size, info.nar_hash, info.nar_size

@@ -66,14 +66,13 @@ class SyncReport:
 
 async def _fetch_blob(client: Client, dst: DirSource, info, sem: asyncio.Semaphore, prog: Progress) -> int:  # noqa: ANN001
     async with sem:
-        ver = NarVerifier(max_nar_size=info.nar_size)
+        # bounded: the download stops at FileSize, the NAR inside at NarSize
+        ver = NarVerifier(max_nar_size=info.nar_size, max_file_size=info.file_size)
         with dst.storage.staged() as (f, _):
 
             def write(chunk: bytes) -> None:
-                if ver.size + len(chunk) > info.file_size:  # early abort: no unbounded download
-                    raise KilnError(f"{info.path}: source sends more than FileSize {info.file_size} bytes")
-                f.write(chunk)
                 ver.update(chunk)
+                f.write(chunk)
                 prog.add(0, len(chunk))
 
             if not await client.download(info.url, write):

@@ -52,11 +52,14 @@ class Digests:
 
 
 class NarVerifier:
-    """Incremental hasher of a ``.nar.zst`` stream and the NAR inside it."""
+    """Incremental hasher of a ``.nar.zst`` stream and the NAR inside it. With limits
+    (a narinfo's NarSize/FileSize when downloading), ``update`` raises ``FormatError`` as
+    soon as either side grows past its limit: no unbounded download or decompression."""
 
-    def __init__(self, max_nar_size: int | None = None) -> None:
+    def __init__(self, max_nar_size: int | None = None, max_file_size: int | None = None) -> None:
         self._file = hashlib.sha256()
         self._size = 0
+        self._max_file = max_file_size
         self._sink = _HashSink(max_nar_size)
         self._dec = zstandard.ZstdDecompressor().stream_writer(
             self._sink, write_size=OUT_CHUNK, write_return_read=True, closefd=False
@@ -69,6 +72,8 @@ class NarVerifier:
         return self._size
 
     def update(self, chunk: bytes) -> None:
+        if self._max_file is not None and self._size + len(chunk) > self._max_file:
+            raise FormatError(f"compressed NAR exceeds its FileSize of {self._max_file} bytes")
         self._file.update(chunk)
         self._size += len(chunk)
         if self._bad is None:

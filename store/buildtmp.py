@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import shutil
 import tempfile
 import threading
 from pathlib import Path
@@ -103,11 +102,8 @@ class BuildDirs:
     def release(self, d: Path) -> None:
         """Remove a directory ``take`` gave out (and drop its lock)."""
         with self._lock:
-            fd = self._fds.pop(d, None)
-        if fd is None:
-            shutil.rmtree(d, ignore_errors=True)
-        else:
-            release_tmpdir(d, fd)
+            fd = self._fds.pop(d)
+        release_tmpdir(d, fd)
 
     def discard(self) -> None:
         """Remove the prepared directories nobody took."""

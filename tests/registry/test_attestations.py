@@ -17,7 +17,7 @@ from pathlib import Path
 from regkit import add_built, make_store, request
 
 from kiln.registry.attest_transfer import fetch_attestations
-from kiln.registry.client import HttpClient
+from kiln.registry.httpclient import HttpClient
 from kiln.store import attestations, intoto
 from kiln.store.dsse import Ed25519Signer, Envelope
 from kiln.store.paths import StorePath

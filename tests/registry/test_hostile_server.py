@@ -10,8 +10,9 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from kiln.registry import client as client_mod
-from kiln.registry.client import HttpClient, RegistryError
+from kiln.registry import httpclient as client_mod
+from kiln.registry.client import RegistryError
+from kiln.registry.httpclient import HttpClient
 from kiln.store.hashes import Hash
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
