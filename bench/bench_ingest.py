@@ -33,6 +33,9 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import compile_kiln  # noqa: E402
+
 BENCH = Path("/tmp/kilnbench")
 TREE = BENCH / "tree"
 GEN = Path("/work/shared/anchors/nix/gen_tree.py")
@@ -94,6 +97,9 @@ def main() -> int:
     ap.add_argument("--big-gib", type=float, default=2.0)
     args = ap.parse_args()
 
+    # what a user runs has its byte code compiled (pip does it at install)
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    compile_kiln()
     if not TREE.exists():
         BENCH.mkdir(parents=True, exist_ok=True)
         subprocess.run([sys.executable, str(GEN), str(TREE), "2000", "200"], check=True)

@@ -3,15 +3,18 @@ a canonical copy or canonicalising the tree in place on the way.
 
 Theory of operation
 -------------------
-``TreeIngest`` reads every source byte exactly once, in ~1 MiB chunks. When copying,
-the tree is first listed into a ``_Plan`` and a ``_Creator`` thread creates the copy's
-directories, files and symlinks ahead of the walk (file creation is the costliest kernel
-work of an ingest); the walk follows the same plan, so both agree on what exists. Each
-file is copied into the canonical copy in the kernel (``copy_file_range``) and the NAR
-chunks are read back *from the copy* (``mmap``), so the materialised tree and the NAR are
-the same bytes even if the source changes underneath. Chunks are queued to the sink
-(hashing + compression threads, see ``objects``). Small files and headers
-are coalesced into ~1 MiB chunks to keep per-chunk overhead out of the pipeline.
+``TreeIngest`` reads every source byte exactly once, into a ring of 1 MiB slots (page-
+aligned, reused: no allocation per chunk). When copying, the tree is first listed into a
+``_Plan`` and a ``_Creator`` thread creates the copy's directories, files and symlinks
+ahead of the walk (file creation is the costliest kernel work of an ingest); the walk
+follows the same plan, so both agree on what exists. Each piece of a file is read into a
+slot, written from that slot to the canonical copy and queued from the same slot to the
+sink (hashing + compression threads, see ``objects``), so the materialised tree and the
+NAR are the same bytes even if the source changes underneath. Files of ``DIRECT_MIN`` or
+more start in a fresh slot and go to the copy with ``O_DIRECT`` (``directio``: on the
+reference VM the page-cache copy cost more CPU than anything but zstd); headers, padding
+and small files are packed into slots to keep per-chunk overhead out of the pipeline. A
+slot is reused only once the sink is done with it (``NarSink.wait_consumed``).
 
 The NAR produced is byte-identical to ``nar.dump`` / ``nix-store --dump``: entries sorted
 by the bytes of their names, a file is ``executable`` iff its owner-execute bit is set,
@@ -20,16 +23,17 @@ no other metadata. Sockets, devices and fifos are rejected with the offending pa
 
 from __future__ import annotations
 
-import errno
 import mmap
 import os
 import queue
 import resource
 import stat
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
+from .directio import ALIGN, DirectRate, set_direct, write_blocks
 from .errors import StoreError
 from .nar_read import ENTRY as _ENTRY
 from .nar_read import HDR_CONTENTS as _CONTENTS
@@ -42,12 +46,13 @@ from .nar_read import NODE as _NODE
 from .nar_read import TOK_CLOSE as _CLOSE
 from .nar_read import nar_str as _nar_str
 from .nar_restore import write_all
-from .objects import CANON_MTIME, CHUNK, NarSink
+from .objects import CANON_MTIME, CHUNK, DIRECT, QUEUE_DEPTH, NarSink
 
-COPY_PIECE = 4 << 20
-MMAP_MIN = 256 << 10
-#: copy_file_range errors that mean "not possible here", not "I/O failed"
-_NO_CFR = {errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL, errno.EPERM, errno.EBADF}
+#: files at least this big are written to the copy with O_DIRECT (see ``directio``)
+DIRECT_MIN = 128 << 10
+#: 1 MiB read buffers: enough for both sink queues, the chunks being worked on and the
+#: one being filled (the walk waits for a slot's chunk to be consumed before reusing it)
+RING_SLOTS = QUEUE_DEPTH + 4
 
 
 #: filter(path, kind) -> keep?; kind is "regular", "directory" or "symlink"
@@ -68,30 +73,37 @@ class TreeIngest:
     def __init__(self, sink: NarSink, filter: PathFilter | None = None) -> None:
         self.sink = sink
         self.filter = filter
-        self.buf = bytearray()
-        #: copy with copy_file_range + mmap (False after the kernel refused once)
-        self.in_kernel_copy = True
+        self.ring = memoryview(mmap.mmap(-1, RING_SLOTS * CHUNK))  # pages are touched lazily
+        self.tickets = [0] * RING_SLOTS  # per slot: the sink ticket of its last chunk
+        self.slot = 0
+        self.cur = self.ring[:CHUNK]  # the slot being filled ...
+        self.fill = 0  # ... up to here
+        #: write big files of the copy with O_DIRECT (off once refused or too slow)
+        self.direct = DIRECT
+        self.rate = DirectRate()
 
-    def _emit(self, b: bytes) -> None:
-        self.buf += b
-        if len(self.buf) >= CHUNK:
+    def _emit(self, b: bytes | memoryview) -> None:
+        """Append NAR bytes (headers, padding; at most ``CHUNK``) to the current slot."""
+        n = len(b)
+        if self.fill + n > CHUNK:
             self._flush()
+        self.cur[self.fill : self.fill + n] = b
+        self.fill += n
 
     def _flush(self) -> None:
-        if self.buf:
-            chunk, self.buf = self.buf, bytearray()
-            self.sink.write(chunk)
-
-    def _emit_data(self, b: bytes) -> None:
-        if len(self.buf) + len(b) < CHUNK:
-            self.buf += b
-        else:
-            self._flush()
-            self.sink.write(b)
+        """Queue the current slot's bytes to the sink and move to the next slot (waiting
+        until the sink is done with that slot's previous chunk)."""
+        if not self.fill:
+            return
+        self.tickets[self.slot] = self.sink.write_pooled(self.cur[: self.fill])
+        self.slot = i = (self.slot + 1) % RING_SLOTS
+        self.sink.wait_consumed(self.tickets[i])
+        self.cur = self.ring[i * CHUNK : (i + 1) * CHUNK]
+        self.fill = 0
 
     def run(self, src: Path, dest: Path | None = None, canonicalise: bool = False) -> None:
         self.canon = canonicalise
-        self.buf += _MAGIC
+        self._emit(_MAGIC)
         s = os.fsencode(src)
         st = os.lstat(s)
         if dest is None:
@@ -173,10 +185,7 @@ class TreeIngest:
             self._emit((_REGULAR + _EXEC if exe else _REGULAR) + _CONTENTS + size.to_bytes(8, "little"))
             if dest is not None:
                 dfd = self.plan.creator.take()
-            if dfd >= 0 and self.in_kernel_copy:
-                self._copy_then_read(path, fd, dfd, size)
-            else:
-                self._read_and_copy(path, fd, dfd, size)
+            self._copy(path, fd, dfd, size)
             self._emit(b"\0" * (-size % 8) + _CLOSE)
             mode = 0o555 if exe else 0o444
             if dfd >= 0:
@@ -190,53 +199,45 @@ class TreeIngest:
             if dfd >= 0:
                 os.close(dfd)
 
-    def _read_and_copy(self, path: bytes, fd: int, dfd: int, size: int) -> None:
-        """Read ``size`` bytes from ``fd`` into the NAR (and write them to ``dfd``)."""
-        remaining = size
-        while remaining:
-            b = os.read(fd, min(CHUNK, remaining))
-            if not b:
-                raise StoreError(f"{os.fsdecode(path)}: file shrank while being read (expected {size} bytes)")
-            self._emit_data(b)
-            if dfd >= 0:
-                write_all(dfd, b)
-            remaining -= len(b)
+    def _copy(self, path: bytes, fd: int, dfd: int, size: int) -> None:
+        """Read ``size`` bytes of ``fd`` into ring slots, write them to ``dfd`` (unless
+        -1) and queue the same slots to the sink: the NAR holds exactly the bytes written
+        to the materialised file, whatever the source does meanwhile.
 
-    def _copy_then_read(self, path: bytes, fd: int, dfd: int, size: int) -> None:
-        """Copy ``fd`` to ``dfd`` in the kernel (``copy_file_range``: about half the CPU of
-        read+write) a few MiB at a time, and read each piece back *from the copy* into the
-        NAR, so the NAR describes exactly the bytes of the materialised file."""
-        done = 0
-        while done < size:
-            want = min(COPY_PIECE, size - done)
+        A big file starts in a fresh slot, so its pieces are page-aligned and whole
+        blocks can go to the device with ``O_DIRECT`` (the tail is written buffered)."""
+        direct = dfd >= 0 and self.direct and size >= DIRECT_MIN and set_direct(dfd, True)
+        if direct:
+            self._flush()
+        left = size
+        while left:
+            if self.fill == CHUNK:
+                self._flush()
+            n = min(left, CHUNK - self.fill)
+            piece = self.cur[self.fill : self.fill + n]
             got = 0
-            while got < want:
-                try:
-                    n = os.copy_file_range(fd, dfd, want - got)
-                except OSError as e:
-                    if e.errno not in _NO_CFR or done or got:
-                        raise
-                    self.in_kernel_copy = False  # e.g. across file systems: plain copying
-                    return self._read_and_copy(path, fd, dfd, size)
-                if n == 0:
+            while got < n:
+                k = os.readv(fd, [piece[got:]])
+                if k == 0:
                     raise StoreError(
                         f"{os.fsdecode(path)}: file shrank while being read (expected {size} bytes)"
                     )
-                got += n
-            if want >= MMAP_MIN:
-                # map the private copy: hashing and compressing read the page cache
-                # directly (no user-space copy); the mapping lives until the last chunk
-                # (a memoryview into it) has been consumed by the sink's threads
-                view = memoryview(mmap.mmap(dfd, want, access=mmap.ACCESS_READ, offset=done))
-                for off in range(0, want, CHUNK):
-                    self._emit_data(view[off : off + CHUNK])
-            else:
-                b = os.pread(dfd, want, done)
-                if len(b) != want:
-                    raise StoreError(f"{os.fsdecode(path)}: the copy in the store is shorter than expected")
-                self._emit_data(b)
-            done += want
-        return None
+                got += k
+            self.fill += n
+            left -= n
+            if dfd < 0:
+                continue
+            whole = n - n % ALIGN if direct else 0
+            if whole:
+                t = time.perf_counter()
+                direct = write_blocks(dfd, piece[:whole])
+                if direct and not self.rate.fast_enough(whole, time.perf_counter() - t):
+                    self.direct = False  # the device is slower than the page cache
+                    direct = set_direct(dfd, False)
+            if n > whole:
+                if direct:
+                    direct = set_direct(dfd, False)  # a tail that is not whole blocks
+                write_all(dfd, piece[whole:])
 
     def _open_directory(
         self, path: bytes, st: os.stat_result, dest: bytes | None

@@ -19,8 +19,15 @@ it compresses to ~0.63 of the NAR (level 3: ~0.57) at ~2x the speed of level 3, 
 is what lets ``kiln store add`` beat ``nix-store --add`` while compressing (level 3
 alone costs more than Nix's whole ingest on 2 cores). Registries can recompress.
 
-The object is handed to writeback every 16 MiB (``sync_file_range``, non-blocking), so
-disk writes overlap compression and the final ``fsync`` only waits for the tail.
+A NAR past ``INLINE_MAX`` is written with ``O_DIRECT`` (``directio.DirectWriter``: no
+page-cache copy; it must reach the device before the ``fsync`` anyway). Where that is
+unavailable the object is handed to writeback every 16 MiB (``sync_file_range``,
+non-blocking), so disk writes overlap compression and the final ``fsync`` only waits for
+the tail. ``KILN_NO_DIRECT=1`` turns ``O_DIRECT`` off for objects and copies alike.
+
+Producers that reuse their buffers (``TreeIngest``'s ring) queue them with
+``write_pooled`` and wait on the returned ticket (``wait_consumed``) before overwriting:
+both threads count the chunks they are done with.
 
 Reading (``read_object``) streams the NAR back while re-hashing both the compressed
 bytes and the NAR; the iterator raises ``HashMismatch`` at the end if either differs
@@ -39,6 +46,7 @@ from pathlib import Path
 
 import zstandard
 
+from .directio import DirectWriter
 from .errors import HashMismatch, StoreError
 from .hashes import Hash
 from .nar_restore import fsync_dir as fsync_dir  # re-exported: the store's modules import it from here
@@ -52,6 +60,7 @@ CANON_MTIME = 1
 WRITEBACK_STEP = 16 << 20
 #: NARs up to this size are hashed and compressed on the caller's thread (see NarSink)
 INLINE_MAX = 256 << 10
+DIRECT = not os.environ.get("KILN_NO_DIRECT")
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,25 +81,36 @@ def object_rel_path(file_hash: Hash) -> str:
 
 class _Worker(threading.Thread):
     """Applies ``fn`` to every chunk from a bounded queue. On error it keeps draining so
-    the producer never blocks; the error is re-raised by ``join_checked``."""
+    the producer never blocks; the error is re-raised by ``join_checked``. ``done``
+    counts the chunks finished with (for ``NarSink.wait_consumed``)."""
 
-    def __init__(self, fn: Callable[[bytes], None]) -> None:
+    def __init__(self, fn: Callable[[bytes], None], cond: threading.Condition) -> None:
         super().__init__(daemon=True)
         self.fn = fn
         self.q: queue.Queue = queue.Queue(QUEUE_DEPTH)
         self.error: BaseException | None = None
+        self.cond = cond
+        self.done = 0
+        self.stopped = False
 
     def run(self) -> None:
-        fn, get = self.fn, self.q.get
+        fn, get, cond = self.fn, self.q.get, self.cond
         while True:
             chunk = get()
             if chunk is None:
+                with cond:
+                    self.stopped = True
+                    cond.notify_all()
                 return
             if self.error is None:
                 try:
                     fn(chunk)
                 except BaseException as e:  # noqa: BLE001 - handed to the producer
                     self.error = e
+            del chunk  # a pooled buffer's slot may be reused as soon as ``done`` moves
+            with cond:
+                self.done += 1
+                cond.notify_all()
 
     def join_checked(self) -> None:
         self.q.put(None)
@@ -122,23 +142,32 @@ class NarSink:
         self.cobj = None
         self.hasher: _Worker | None = None
         self.compressor: _Worker | None = None
+        self.writer: DirectWriter | None = None
+        self.consumed = threading.Condition()
+        self.queued = 0  # chunks handed to the threads
 
     def _start(self) -> None:
         held, self.held = self.held or [], None
+        if DIRECT:
+            self.writer = DirectWriter(self.fd)
         self.cobj = zstandard.ZstdCompressor(level=self.level, threads=self.threads).compressobj()
-        self.hasher = _Worker(self.nar_sha.update)
-        self.compressor = _Worker(self._compress)
+        self.hasher = _Worker(self.nar_sha.update, self.consumed)
+        self.compressor = _Worker(self._compress, self.consumed)
         self.hasher.start()
         self.compressor.start()
         for chunk in held:
             self.hasher.q.put(chunk)
             self.compressor.q.put(chunk)
+        self.queued = len(held)
 
     def _out(self, data: bytes) -> None:
         if data:
             self.file_sha.update(data)
-            write_all(self.fd, data)
             self.file_size += len(data)
+            if self.writer is not None:
+                self.writer.write(data)
+                return
+            write_all(self.fd, data)
             if self.file_size - self.synced >= WRITEBACK_STEP:
                 # start writing back what we have (non-blocking), so the final fsync
                 # waits only for the tail instead of the whole object
@@ -160,6 +189,28 @@ class NarSink:
                 return
             self.hasher.q.put(chunk)
             self.compressor.q.put(chunk)
+            self.queued += 1
+
+    def write_pooled(self, view: memoryview) -> int:
+        """Queue ``view``, memory the caller will reuse: returns a ticket; the memory may
+        be overwritten once ``wait_consumed(ticket)`` returns. (Until the threads start,
+        the bytes are copied, so the ticket is then 0.)"""
+        if self.held is not None:
+            self.write(bytes(view))
+            return 0
+        self.write(view)
+        return self.queued
+
+    def wait_consumed(self, ticket: int) -> None:
+        """Block until both threads are done with the chunk ``ticket`` names (and all
+        before it), or one of them has failed (its error surfaces at ``finish``)."""
+        h, c = self.hasher, self.compressor
+        if not ticket or h is None or c is None:
+            return
+        with self.consumed:
+            self.consumed.wait_for(
+                lambda: (h.done >= ticket or h.stopped) and (c.done >= ticket or c.stopped)
+            )
 
     def finish(self, sync: bool = True) -> ObjectInfo:
         """Flush, fsync (unless ``sync`` is false: the caller makes the file durable
@@ -173,6 +224,8 @@ class NarSink:
             self.hasher.join_checked()
             self.compressor.join_checked()
             self._out(self.cobj.flush())
+            if self.writer is not None:
+                self.writer.close()
         if sync:
             os.fsync(self.fd)
         os.close(self.fd)
@@ -190,6 +243,8 @@ class NarSink:
                 w.error = w.error or StoreError("aborted")
                 w.q.put(None)
                 w.join()
+        if self.writer is not None:
+            self.writer.release()
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1

@@ -8,6 +8,8 @@ import shutil
 import socket
 import stat
 import subprocess
+import tempfile
+from pathlib import Path
 
 import pytest
 from storekit import make_tree, tmp_leftovers
@@ -257,38 +259,51 @@ def test_store_dir_is_fixed_at_init(tmp_path):
 
 
 def test_large_files_through_every_copy_path(store, tmp_path):
-    """Files above and below the mmap threshold and not multiples of the copy piece,
-    through the in-kernel copy and the plain read/write fallback: identical NARs."""
+    """Files on both sides of the O_DIRECT threshold, of the 1 MiB slot and of the block
+    size, after headers that leave a slot part-filled: identical NARs and copies whether
+    big files go out with O_DIRECT or through the page cache, on disk and on tmpfs."""
     import random
 
     from kiln.store import ingest
+    from kiln.store.directio import ALIGN
+    from kiln.store.objects import CHUNK, NarSink
 
     rng = random.Random(5)
-    src = make_tree(
-        tmp_path / "big",
-        {
-            "a": rng.randbytes(ingest.COPY_PIECE * 2 + 12345),
-            "b": rng.randbytes(ingest.MMAP_MIN - 1),
-            "c": rng.randbytes(ingest.MMAP_MIN + 1),
-            "e": b"",
-        },
-    )
+    sizes = {
+        "a": CHUNK * 2 + 12345,
+        "b": ingest.DIRECT_MIN - 1,
+        "c": ingest.DIRECT_MIN + 1,
+        "d": CHUNK,
+        "f": ALIGN * 300,
+        "g": CHUNK * 3 + ALIGN - 1,
+        "s": 7,
+    }
+    src = make_tree(tmp_path / "big", {"e": b"", **{k: rng.randbytes(n) for k, n in sizes.items()}})
     want = nar.dump_bytes(src)
     info = store.add_path(src)
     assert b"".join(store.nar(info.path)) == want
     assert nar.dump_bytes(store.real_path(info.path)) == want
-    # the read/write fallback (used when copy_file_range is refused) gives the same
-    from kiln.store.objects import NarSink
-
-    for kernel_copy in (True, False):
-        fd = os.open(tmp_path / f"obj{kernel_copy}", os.O_WRONLY | os.O_CREAT, 0o644)
-        sink = NarSink(fd)
-        ti = ingest.TreeIngest(sink)
-        ti.in_kernel_copy = kernel_copy
-        ti.run(src, tmp_path / f"copy{kernel_copy}")
-        oi = sink.finish()
-        assert (oi.nar_hash, oi.file_hash) == (info.nar_hash, info.file_hash)
-        assert nar.dump_bytes(tmp_path / f"copy{kernel_copy}") == want
+    shm = Path("/dev/shm")
+    places = [tmp_path] + ([Path(tempfile.mkdtemp(dir=shm))] if shm.is_dir() else [])
+    try:
+        for place in places:
+            for direct in (True, False):
+                obj, copy = place / f"obj{direct}", place / f"copy{direct}"
+                sink = NarSink(os.open(obj, os.O_WRONLY | os.O_CREAT, 0o644))
+                ti = ingest.TreeIngest(sink)
+                ti.direct = direct
+                ti.run(src, copy)
+                oi = sink.finish()
+                assert (oi.nar_hash, oi.file_hash, oi.file_size) == (
+                    info.nar_hash,
+                    info.file_hash,
+                    info.file_size,
+                )
+                assert nar.dump_bytes(copy) == want, (place, direct)
+                assert obj.read_bytes() == store.object_path(info.path).read_bytes()
+    finally:
+        for place in places[1:]:
+            shutil.rmtree(place)
 
 
 def test_ingest_nar_equals_nar_dump_on_edge_cases(store, tmp_path):
