@@ -5,7 +5,11 @@ Nothing a server sends is trusted for its size or shape: bodies read into memory
 capped at ``MAX_BODY``, batch answers are checked for shape, ``blob-batch`` entries
 announced at another size than expected are refused before they are read, and every
 broken, cut or malformed answer is a ``RegistryError`` (a miss for substitution, never
-an internal error). The caller checks digests (``verify``, ``objects``).
+an internal error). Nor is its pace: silence is cut by the per-read timeout, and a
+trickle (a byte now and then, which resets that timeout) by ``_Pace``: after
+``GRACE`` seconds an answer must keep up ``MIN_RATE`` bytes/s on average, and response
+headers must arrive within ``HEADERS_TIMEOUT``. The caller checks digests (``verify``,
+``objects``).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +32,46 @@ from .client import BATCH, CHUNK, CONNECT_TIMEOUT, Client, RegistryError, Unreac
 #: Largest body read into memory from a registry (narinfos, listings, index files,
 #: batch answers): a hostile server must not exhaust memory with an endless answer.
 MAX_BODY = 64 << 20
+#: Slowest average pace (bytes/s) accepted for an answer once ``GRACE`` seconds have
+#: passed: 4 KiB/s is far below any real link, far above a slowloris trickle.
+MIN_RATE = 4096
+GRACE = 60.0
+#: Longest wait for the status line and headers of an answer (not for uploads, whose
+#: answer comes only after the body has been sent).
+HEADERS_TIMEOUT = 300.0
+
+
+class _Pace:
+    """Bounds how long reading one answer may take: ``GRACE`` seconds plus one second per
+    ``MIN_RATE`` bytes received (or still to receive)."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.start = time.monotonic()
+        self.n = 0
+
+    def left(self, more: int = 0) -> float:
+        """Seconds left to receive ``more`` further bytes (negative: too slow already)."""
+        return self.start + GRACE + (self.n + more) / MIN_RATE - time.monotonic()
+
+    def got(self, n: int) -> None:
+        self.n += n
+        if self.left() < 0:
+            raise self.too_slow()
+
+    def too_slow(self) -> RegistryError:
+        secs = time.monotonic() - self.start
+        return RegistryError(
+            f"{self.what}: answer too slow ({self.n} bytes in {secs:.0f} s; "
+            f"at least {MIN_RATE} bytes/s is expected after {GRACE:g} s)"
+        )
+
+    async def read(self, aw: Any, more: int) -> Any:
+        """Await the read ``aw`` of ``more`` bytes, no longer than the pace allows."""
+        try:
+            return await asyncio.wait_for(aw, max(self.left(more), 0.001))
+        except TimeoutError:
+            raise self.too_slow() from None
 
 
 @contextlib.contextmanager
@@ -68,8 +113,16 @@ class HttpClient(Client):
             self._session = None
 
     async def _request(self, method: str, key: str, **kw: Any) -> aiohttp.ClientResponse:
+        req = self._sess().request(method, f"{self.url}/{key}", **kw)
         try:
-            return await self._sess().request(method, f"{self.url}/{key}", **kw)
+            if "data" in kw:
+                return await req  # an upload: its answer follows the whole body
+            try:
+                return await asyncio.wait_for(req, HEADERS_TIMEOUT)
+            except TimeoutError:
+                raise RegistryError(
+                    f"{method} {self.url}/{key}: no answer within {HEADERS_TIMEOUT:g} s"
+                ) from None
         except (
             TimeoutError,
             aiohttp.ClientConnectorError,
@@ -89,9 +142,11 @@ class HttpClient(Client):
         """The whole body, at most ``MAX_BODY`` bytes; a longer, cut or broken body is a
         ``RegistryError`` (a miss for substitution, never an internal error)."""
         buf = bytearray()
+        pace = _Pace(what)
         with _answer(what):
             async for chunk in resp.content.iter_chunked(CHUNK):
                 buf += chunk
+                pace.got(len(chunk))
                 if len(buf) > MAX_BODY:
                     raise RegistryError(f"{what}: answer larger than {MAX_BODY} bytes")
         return bytes(buf)
@@ -198,9 +253,11 @@ class HttpClient(Client):
                 return False
             if resp.status != 200:
                 raise await self._fail(resp, what)
+            pace = _Pace(what)
             with _answer(what):
                 for _ in range(len(want)):
-                    line = await resp.content.readline()
+                    line = await pace.read(resp.content.readline(), 80)
+                    pace.got(len(line))
                     hexd, _, size = line.decode("ascii", "replace").strip().partition(" ")
                     h = want.pop(hexd, None)
                     if h is None or not (size == "-" or size.isdigit()):
@@ -215,7 +272,8 @@ class HttpClient(Client):
                             f"{what}: object {hexd} announced at {n} bytes, expected "
                             f"{expect if expect is not None else f'at most {MAX_BODY}'}"
                         )
-                    data = await resp.content.readexactly(n)
+                    data = await pace.read(resp.content.readexactly(n), n)
+                    pace.got(n)
                     got(h, data)
         return True
 
@@ -225,8 +283,10 @@ class HttpClient(Client):
                 return False
             if resp.status != 200:
                 raise await self._fail(resp, f"GET {self.url}/{key}")
-            with _answer(f"GET {self.url}/{key}"):
+            pace = _Pace(f"GET {self.url}/{key}")
+            with _answer(pace.what):
                 async for chunk in resp.content.iter_chunked(CHUNK):
+                    pace.got(len(chunk))
                     write(chunk)
         return True
 

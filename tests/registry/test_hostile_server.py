@@ -6,6 +6,7 @@ what no well-behaved HTTP framework would."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -107,3 +108,82 @@ def test_blob_batch_refuses_an_object_announced_at_another_size() -> None:
     with pytest.raises(RegistryError, match="announced at"):
         run(huge, lambda c: c.blob_batch([h], lambda d, b: got.append(b), {h.hex: 12}))
     assert got == []
+
+
+@pytest.fixture
+def impatient(monkeypatch):
+    """A client that gives answers 0.5 s of grace, then wants 1,000 bytes/s."""
+    monkeypatch.setattr(client_mod, "GRACE", 0.5)
+    monkeypatch.setattr(client_mod, "MIN_RATE", 1000)
+    monkeypatch.setattr(client_mod, "HEADERS_TIMEOUT", 1.0)
+
+
+async def _trickle(w: asyncio.StreamWriter, data: bytes) -> None:
+    # one byte every 50 ms: never silent long enough for the per-read timeout
+    for i in range(len(data)):
+        w.write(data[i : i + 1])
+        await w.drain()
+        await asyncio.sleep(0.05)
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    t = time.monotonic()
+    fn()
+    return time.monotonic() - t
+
+
+def test_a_trickled_body_is_dropped_as_too_slow(impatient) -> None:
+    async def slow(r, w) -> None:
+        _head(w, "Transfer-Encoding: chunked\r\n")
+        await _trickle(w, b"10000\r\n" + b"x" * 100)
+
+    def go() -> None:
+        with pytest.raises(RegistryError, match="too slow"):
+            run(slow, lambda c: c.narinfos(["a" * 32]))
+
+    assert _timed(go) < 5
+
+
+def test_a_trickled_download_and_blob_batch_are_dropped_as_too_slow(impatient) -> None:
+    h = Hash.sha256_of(b"x" * 1000)
+
+    async def slow_blob(r, w) -> None:
+        _head(w, "Content-Length: 1000\r\n")
+        await _trickle(w, b"x" * 1000)
+
+    async def slow_batch(r, w) -> None:
+        _head(w, "Transfer-Encoding: chunked\r\n")
+        line = f"{h.hex} 1000\n".encode()
+        w.write(b"%x\r\n%s\r\n" % (len(line), line))
+        await _trickle(w, b"3e8\r\n" + b"x" * 1000)
+
+    def go() -> None:
+        with pytest.raises(RegistryError, match="too slow"):
+            run(slow_blob, lambda c: c.download("x", lambda b: None))
+        with pytest.raises(RegistryError, match="too slow"):
+            run(slow_batch, lambda c: c.blob_batch([h], lambda d, b: None, {h.hex: 1000}))
+
+    assert _timed(go) < 8
+
+
+def test_trickled_headers_are_dropped(impatient) -> None:
+    async def slow(r, w) -> None:
+        await _trickle(w, b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Pad: " + b"y" * 200)
+
+    def go() -> None:
+        with pytest.raises(RegistryError, match="no answer within"):
+            run(slow, lambda c: c.narinfos(["a" * 32]))
+
+    assert _timed(go) < 5
+
+
+def test_a_slow_but_steady_answer_is_read(impatient) -> None:
+    body = b'{"narinfos": {}}'
+
+    async def steady(r, w) -> None:
+        _head(w, f"Content-Length: {len(body)}\r\n")
+        await asyncio.sleep(0.3)  # within the grace period
+        w.write(body)
+        await w.drain()
+
+    assert run(steady, lambda c: c.narinfos(["a" * 32])) == {}
