@@ -42,8 +42,7 @@ def test_direct_writer_writes_exactly_the_bytes(tmp_path: Path, size: int) -> No
     data = rng.randbytes(size)
     fd = os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
-        w = DirectWriter(fd)
-        assert w.direct, "this file system should take O_DIRECT"
+        w = DirectWriter(fd)  # direct where this file system takes O_DIRECT, else buffered
         _write_in_pieces(w, data, rng)
         w.close()
         w.close()  # idempotent
@@ -75,7 +74,8 @@ def test_write_blocks_finishes_buffered_when_a_direct_write_is_refused(tmp_path:
     fd = os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
         os.write(fd, b"h" * ALIGN)  # something before, so the position matters
-        assert set_direct(fd, True)
+        if not set_direct(fd, True):
+            pytest.skip("the file system under tmp_path does not take O_DIRECT")
         view = memoryview(m)[1 : 1 + len(data)]
         assert write_blocks(fd, view) is False
         assert not fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT
