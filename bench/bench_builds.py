@@ -10,7 +10,10 @@ loop rep by rep. A fresh salt per rep makes every derivation new. Also: the same
 per-build overhead floor), a no-op rebuild of an evaluated recipe (evaluation cache
 hit), and `--check` of one derivation versus building it.
 
-Usage: bench/bench_builds.py [--n 200] [--reps 3]
+Usage: bench/bench_builds.py [--n 200] [--reps 3] [--checkout]
+
+kiln runs as ``pip install`` gives it to a user (``common.user_kiln``), unless
+``--checkout``.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import KILN, REPO, compile_kiln, env, interleaved, med, row, run, timeit  # noqa: E402
+from common import REPO, env, interleaved, med, row, run, timeit, user_kiln  # noqa: E402
 
 from kiln.store.derivation import Derivation, Output, drv_path, finalize  # noqa: E402
 from kiln.store.localstore import LocalStore  # noqa: E402
@@ -73,8 +76,11 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument(
+        "--checkout", action="store_true", help="run this checkout's kiln, not a pip-installed one"
+    )
     a = ap.parse_args()
-    compile_kiln()
+    kiln, _, how = user_kiln(a.checkout)
     work = Path(tempfile.mkdtemp(prefix="kiln-bench-builds-"))
     home = work / "home"
     e = env(KILN_HOME=str(home))
@@ -85,7 +91,7 @@ def main() -> int:
     bb = store.add_path(bbdir, "busybox-static").path
     have_nix = shutil.which("nix-store") is not None and GRAPH_NIX.exists()
     results: dict[str, list[float]] = {}
-    print(f"# builds: N={a.n}, reps={a.reps}, kiln store {home}")
+    print(f"# builds: N={a.n}, reps={a.reps}, kiln store {home}; kiln: {kiln} ({how})")
 
     # bare bwrap floor: the chain's N steps (the first echoes, each later one runs
     # `busybox cat` of its predecessor and appends a line), each under a bare
@@ -130,7 +136,7 @@ def main() -> int:
     for shape, jobs in (("chain", 1), ("fanin", 2)):
         box: dict[str, str] = {}
         cases[f"kiln {shape}"] = (
-            lambda box=box, jobs=jobs: run([KILN, "build", "-j", str(jobs), box["drv"]], e),
+            lambda box=box, jobs=jobs: run([kiln, "build", "-j", str(jobs), box["drv"]], e),
             lambda shape=shape, box=box: box.update(drv=kiln_graph(store, bb, a.n, shape, uuid.uuid4().hex)),
         )
         labels[f"kiln {shape}"] = f"kiln build {shape} N={a.n} -j{jobs} (build only)"
@@ -149,22 +155,22 @@ def main() -> int:
 
     # no-op: recipe whose outputs are valid (evaluation cache hit); --check vs build of one drv
     one = kiln_graph(store, bb, 1, "chain", "noop")
-    run([KILN, "build", one], e)
-    results["noop drv"] = timeit(lambda: run([KILN, "build", one], e), 10)
+    run([kiln, "build", one], e)
+    results["noop drv"] = timeit(lambda: run([kiln, "build", one], e), 10)
     print(row("kiln build <valid drv> (no-op)", results["noop drv"]))
     recipe = work / "noop.recipe"
     recipe.write_text('package noop {\n  build = "echo > $out"\n}\n')
-    run([KILN, "eval", str(recipe)], e)  # warm the evaluation cache
-    results["noop eval"] = timeit(lambda: run([KILN, "path", str(recipe), "noop"], e), 10)
+    run([kiln, "eval", str(recipe)], e)  # warm the evaluation cache
+    results["noop eval"] = timeit(lambda: run([kiln, "path", str(recipe), "noop"], e), 10)
     print(row("kiln path <recipe> (evaluation cache hit)", results["noop eval"]))
     box2: dict[str, str] = {}
     results["one build"] = timeit(
-        lambda: run([KILN, "build", box2["d"]], e),
+        lambda: run([kiln, "build", box2["d"]], e),
         a.reps * 3,
         lambda: box2.update(d=kiln_graph(store, bb, 1, "chain", uuid.uuid4().hex)),
     )
     print(row("kiln build of 1 trivial drv", results["one build"]))
-    results["check"] = timeit(lambda: run([KILN, "build", "--check", box2["d"]], e), a.reps * 3)
+    results["check"] = timeit(lambda: run([kiln, "build", "--check", box2["d"]], e), a.reps * 3)
     print(row("kiln build --check of the same drv", results["check"]))
 
     print("\n# ratios (medians)")

@@ -44,6 +44,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import user_install  # noqa: E402
+
 
 def _sha(i: int, salt: str) -> str:
     return hashlib.sha256(f"{salt}-{i}".encode()).hexdigest()
@@ -120,24 +123,12 @@ def stats(runs: list[tuple[float, float]]) -> tuple[float, float, float]:
 
 
 def installed_kiln(work: Path) -> tuple[list[str], list[str]] | None:
-    """(kiln command, interpreter-floor command) for kiln as ``pip install`` gives it:
-    a fresh venv without system site-packages (so none of this environment's ``.pth``
-    hooks run) and a regular install of this checkout. None if pip fails (offline and
-    no local index), with the reason printed."""
-    venv = work / "venv"
-    repo = Path(__file__).resolve().parent.parent
-    had_build_dir = (repo / "build").exists()
-    try:
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True)
-        subprocess.run(
-            [str(venv / "bin" / "pip"), "install", "--quiet", str(repo)], check=True, capture_output=True
-        )
-    except subprocess.CalledProcessError as e:
-        print(f"(no installed-kiln rows: {' '.join(e.cmd[:3])} failed: {e.stderr.decode()[-300:]})")
+    """(kiln command, interpreter-floor command) for kiln as ``pip install`` gives it
+    (``common.user_install``: a venv without system site-packages, so none of this
+    environment's ``.pth`` hooks run). None if pip fails (offline and no local index)."""
+    venv = user_install(work / "venv")
+    if venv is None:
         return None
-    finally:
-        if not had_build_dir:  # setuptools' in-tree build dir, made by this install
-            shutil.rmtree(repo / "build", ignore_errors=True)
     return [str(venv / "bin" / "kiln")], [str(venv / "bin" / "python"), "-c", "pass"]
 
 

@@ -2,7 +2,10 @@
 """Ingest benchmark: ``kiln store add`` against Nix and the tar|zstd physical baseline,
 side by side in one run on the same tree, printing ratios against the targets.
 
-Usage: bench/bench_ingest.py [--reps 5] [--no-nix] [--no-big] [--big-gib 2]
+Usage: bench/bench_ingest.py [--reps 5] [--no-nix] [--no-big] [--big-gib 2] [--checkout]
+
+kiln runs as ``pip install`` gives it to a user (``common.user_kiln``), unless
+``--checkout``.
 
 Tree: 2,000 files, 200 MiB from /work/shared/anchors/nix/gen_tree.py at
 /tmp/kilnbench/tree (generated if missing). Each rep runs after ``sync`` with a warm
@@ -34,7 +37,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import compile_kiln  # noqa: E402
+from common import user_kiln  # noqa: E402
 
 BENCH = Path("/tmp/kilnbench")
 TREE = BENCH / "tree"
@@ -95,23 +98,22 @@ def main() -> int:
     ap.add_argument("--no-nix", action="store_true")
     ap.add_argument("--no-big", action="store_true")
     ap.add_argument("--big-gib", type=float, default=2.0)
+    ap.add_argument(
+        "--checkout", action="store_true", help="run this checkout's kiln, not a pip-installed one"
+    )
     args = ap.parse_args()
 
-    # what a user runs has its byte code compiled (pip does it at install)
     os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
-    compile_kiln()
+    kiln, _, how = user_kiln(args.checkout)
     if not TREE.exists():
         BENCH.mkdir(parents=True, exist_ok=True)
         subprocess.run([sys.executable, str(GEN), str(TREE), "2000", "200"], check=True)
     nbytes = tree_bytes(TREE)
     sh(f"cat {TREE}/*/* > /dev/null")
-    # the console script next to this interpreter, not a version-manager shim (pyenv's
-    # costs ~40 ms of bash per call; nix-store is run directly too)
-    direct = Path(sys.executable).parent / "kiln"
-    kiln = str(direct) if direct.exists() else (shutil.which("kiln") or "kiln")
     print(
         f"# tree {TREE}: {nbytes} bytes; {os.cpu_count()} cpus; reps {args.reps}; load {os.getloadavg()[0]:.2f}"
     )
+    print(f"# kiln: {kiln} ({how})")
 
     # a fresh store per rep, each in a new directory; they are deleted only after the
     # series (see the module docstring: ext4 creates files slowly right after mass deletion)

@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """NAR hashing, dumping and restoring: kiln side by side with Nix, in one run.
 
-Usage: python bench/bench_nar.py [--reps N] [--tree DIR]
+Usage: python bench/bench_nar.py [--reps N] [--tree DIR] [--checkout]
+
+kiln runs as ``pip install`` gives it to a user (``common.user_kiln``), unless
+``--checkout``.
 
 Generates the anchor test tree (2,000 files, 200 MiB, /work/shared/anchors/nix/gen_tree.py)
 at /tmp/kilnbench/tree unless it exists, warms the page cache, then times each command
@@ -21,6 +24,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import user_kiln  # noqa: E402
 
 GEN_TREE = "/work/shared/anchors/nix/gen_tree.py"
 WORK = Path("/tmp/kilnbench")
@@ -57,7 +63,14 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--tree", type=Path, default=WORK / "tree")
+    ap.add_argument(
+        "--checkout", action="store_true", help="run this checkout's kiln, not a pip-installed one"
+    )
     args = ap.parse_args()
+    global PY
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    _, PY, how = user_kiln(args.checkout)
+    print(f"# kiln: {PY} ({how})")
     for tool in ("nix-hash", "nix-store"):
         if not shutil.which(tool):
             sys.exit(f"{tool} not found: install Debian's nix-bin")
