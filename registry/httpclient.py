@@ -32,8 +32,10 @@ from .client import BATCH, CHUNK, CONNECT_TIMEOUT, Client, RegistryError, Unreac
 #: Largest body read into memory from a registry (narinfos, listings, index files,
 #: batch answers): a hostile server must not exhaust memory with an endless answer.
 MAX_BODY = 64 << 20
-#: Slowest average pace (bytes/s) accepted for an answer once ``GRACE`` seconds have
-#: passed: 4 KiB/s is far below any real link, far above a slowloris trickle.
+#: Slowest average pace (bytes/s) accepted once ``GRACE`` seconds have passed: far
+#: below any real link, far above a slowloris trickle. Judged per answer *and* for the
+#: client's link as a whole: an answer that is slow while the link moves at least this
+#: fast is only sharing a slow link with its siblings (a substituter runs 16 at once).
 MIN_RATE = 4096
 GRACE = 60.0
 #: Longest wait for the status line and headers of an answer (not for uploads, whose
@@ -41,21 +43,33 @@ GRACE = 60.0
 HEADERS_TIMEOUT = 300.0
 
 
+class _Link:
+    """Bytes received over one client's connections, all answers together."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+
 class _Pace:
     """Bounds how long reading one answer may take: ``GRACE`` seconds plus one second per
-    ``MIN_RATE`` bytes received (or still to receive)."""
+    ``MIN_RATE`` bytes received, counting this answer's bytes or, if more, the bytes the
+    whole link received meanwhile."""
 
-    def __init__(self, what: str) -> None:
+    def __init__(self, what: str, link: _Link) -> None:
         self.what = what
+        self.link = link
         self.start = time.monotonic()
+        self.link_start = link.n
         self.n = 0
 
     def left(self, more: int = 0) -> float:
         """Seconds left to receive ``more`` further bytes (negative: too slow already)."""
-        return self.start + GRACE + (self.n + more) / MIN_RATE - time.monotonic()
+        done = max(self.n, self.link.n - self.link_start)
+        return self.start + GRACE + (done + more) / MIN_RATE - time.monotonic()
 
     def got(self, n: int) -> None:
         self.n += n
+        self.link.n += n
         if self.left() < 0:
             raise self.too_slow()
 
@@ -67,11 +81,18 @@ class _Pace:
         )
 
     async def read(self, aw: Any, more: int) -> Any:
-        """Await the read ``aw`` of ``more`` bytes, no longer than the pace allows."""
+        """Await the read ``aw`` of ``more`` bytes, no longer than the pace allows (the
+        allowance is re-judged as the rest of the link makes progress meanwhile)."""
+        task = asyncio.ensure_future(aw)
         try:
-            return await asyncio.wait_for(aw, max(self.left(more), 0.001))
-        except TimeoutError:
-            raise self.too_slow() from None
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=max(self.left(more), 0.001))
+                if done:
+                    return task.result()
+                if self.left(more) <= 0:
+                    raise self.too_slow()
+        finally:
+            task.cancel()
 
 
 @contextlib.contextmanager
@@ -91,6 +112,7 @@ class HttpClient(Client):
         self.token = token
         self.jobs = jobs
         self._session: aiohttp.ClientSession | None = None
+        self._link = _Link()
         self._batch_ok = True
         self._blob_batch_ok = True
 
@@ -119,7 +141,9 @@ class HttpClient(Client):
                 return await req  # an upload: its answer follows the whole body
             try:
                 return await asyncio.wait_for(req, HEADERS_TIMEOUT)
-            except TimeoutError:
+            except TimeoutError as e:
+                if isinstance(e, aiohttp.ClientError):
+                    raise  # aiohttp's own connect/read timeouts: unreachable (below)
                 raise RegistryError(
                     f"{method} {self.url}/{key}: no answer within {HEADERS_TIMEOUT:g} s"
                 ) from None
@@ -142,7 +166,7 @@ class HttpClient(Client):
         """The whole body, at most ``MAX_BODY`` bytes; a longer, cut or broken body is a
         ``RegistryError`` (a miss for substitution, never an internal error)."""
         buf = bytearray()
-        pace = _Pace(what)
+        pace = _Pace(what, self._link)
         with _answer(what):
             async for chunk in resp.content.iter_chunked(CHUNK):
                 buf += chunk
@@ -253,7 +277,7 @@ class HttpClient(Client):
                 return False
             if resp.status != 200:
                 raise await self._fail(resp, what)
-            pace = _Pace(what)
+            pace = _Pace(what, self._link)
             with _answer(what):
                 for _ in range(len(want)):
                     line = await pace.read(resp.content.readline(), 80)
@@ -283,7 +307,7 @@ class HttpClient(Client):
                 return False
             if resp.status != 200:
                 raise await self._fail(resp, f"GET {self.url}/{key}")
-            pace = _Pace(f"GET {self.url}/{key}")
+            pace = _Pace(f"GET {self.url}/{key}", self._link)
             with _answer(pace.what):
                 async for chunk in resp.content.iter_chunked(CHUNK):
                     pace.got(len(chunk))

@@ -169,8 +169,12 @@ class NarSink:
             self.file_size += len(data)
             if self.writer is not None:
                 self.writer.write(data)
-                return
-            write_all(self.fd, data)
+                if self.writer.direct:
+                    return
+            else:
+                write_all(self.fd, data)
+            # buffered (no O_DIRECT here, or the device proved slow): writeback as we go;
+            # a range the writer still stages is simply not dirty yet
             if self.file_size - self.synced >= WRITEBACK_STEP:
                 # start writing back what we have (non-blocking), so the final fsync
                 # waits only for the tail instead of the whole object
@@ -217,7 +221,16 @@ class NarSink:
 
     def finish(self, sync: bool = True) -> ObjectInfo:
         """Flush, fsync (unless ``sync`` is false: the caller makes the file durable
-        some other way before it is used) and close the object; return the digests."""
+        some other way before it is used) and close the object; return the digests.
+        If that fails (a thread's error, a full disk), the sink is aborted first: no
+        thread, descriptor or buffer outlives it."""
+        try:
+            return self._finish(sync)
+        except BaseException:
+            self.abort()
+            raise
+
+    def _finish(self, sync: bool) -> ObjectInfo:
         if self.held is not None:
             data = b"".join(self.held)
             self.held = None

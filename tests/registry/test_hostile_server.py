@@ -9,10 +9,11 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
+import aiohttp
 import pytest
 
 from kiln.registry import httpclient as client_mod
-from kiln.registry.client import RegistryError
+from kiln.registry.client import RegistryError, Unreachable
 from kiln.registry.httpclient import HttpClient
 from kiln.store.hashes import Hash
 
@@ -187,3 +188,64 @@ def test_a_slow_but_steady_answer_is_read(impatient) -> None:
         await w.drain()
 
     assert run(steady, lambda c: c.narinfos(["a" * 32])) == {}
+
+
+def test_a_silent_server_is_unreachable_not_too_slow() -> None:
+    # aiohttp's own read timeout (a TimeoutError too) must not be taken for the
+    # headers deadline: a registry that accepts and never answers is unreachable
+    async def go() -> None:
+        async def silent(r, w) -> None:
+            await asyncio.sleep(30)
+
+        srv = await asyncio.start_server(silent, "127.0.0.1", 0)
+        c = HttpClient(f"http://127.0.0.1:{srv.sockets[0].getsockname()[1]}")
+        sess = c._sess()
+        sess._timeout = aiohttp.ClientTimeout(total=None, connect=3, sock_connect=3, sock_read=0.5)
+        try:
+            with pytest.raises(Unreachable):
+                await c._request("GET", "nix-cache-info")
+        finally:
+            await c.close()
+            srv.close()
+
+    asyncio.run(asyncio.wait_for(go(), 20))
+
+
+def test_a_slow_answer_sharing_a_moving_link_is_not_dropped(impatient) -> None:
+    """Many downloads at once over a slow link are each slow; that is not a trickle as
+    long as the link as a whole keeps up the minimum pace."""
+
+    async def go() -> tuple[int, int]:
+        async def serve(r, w) -> None:
+            line = await r.readline()
+            while (await r.readline()) not in (b"\r\n", b""):
+                pass
+            if b"/slow" in line:  # 200 bytes over ~1.5 s: alone, far below 1,000 B/s
+                _head(w, "Content-Length: 200\r\n")
+                for _ in range(10):
+                    w.write(b"s" * 20)
+                    await w.drain()
+                    await asyncio.sleep(0.15)
+            else:  # the sibling keeps the link above the minimum meanwhile
+                _head(w, "Content-Length: 40000\r\n")
+                for _ in range(20):
+                    w.write(b"f" * 2000)
+                    await w.drain()
+                    await asyncio.sleep(0.08)
+            w.close()
+
+        srv = await asyncio.start_server(serve, "127.0.0.1", 0)
+        c = HttpClient(f"http://127.0.0.1:{srv.sockets[0].getsockname()[1]}")
+        got = {"slow": 0, "fast": 0}
+        try:
+
+            async def fetch(key: str) -> None:
+                assert await c.download(key, lambda b: got.__setitem__(key, got[key] + len(b)))
+
+            await asyncio.gather(fetch("slow"), fetch("fast"))
+        finally:
+            await c.close()
+            srv.close()
+        return got["slow"], got["fast"]
+
+    assert asyncio.run(asyncio.wait_for(go(), 20)) == (200, 40000)
