@@ -55,14 +55,8 @@ from .errors import HashMismatch, StoreError
 from .hashes import Hash
 from .locks import FileLock
 from .nar_restore import write_all
-from .objects import (
-    TeeReader,
-    check_digest,
-    decompress_verified,
-    object_rel_path,
-    read_object,
-    sync_filesystem,
-)
+from .objects import object_rel_path, sync_filesystem
+from .objread import TeeReader, check_digest, decompress_verified, read_object
 from .pathinfo import PathInfo
 from .trees import move_into_place, remove_tree, restore_canonical
 

@@ -26,11 +26,8 @@ from typing import TYPE_CHECKING
 from . import db
 from .errors import StoreError
 from .locks import FileLock, TempRoots
-from .objects import (
-    fsync_dir,
-    object_rel_path,
-    read_object,
-)
+from .objects import fsync_dir, object_rel_path
+from .objread import read_object
 from .pathinfo import PathInfo
 from .paths import DEFAULT_STORE_DIR, StorePath, check_store_dir
 from .registration import Registering

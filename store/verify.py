@@ -41,7 +41,8 @@ from .errors import FormatError, KilnError
 from .hashes import Hash
 from .ingest import TreeIngest
 from .locks import FileLock, path_lock_file
-from .objects import NarSink, object_rel_path, publish_object, read_object
+from .objects import NarSink, object_rel_path, publish_object
+from .objread import read_object
 from .pathinfo import PathInfo
 from .paths import StorePath, make_source_path, make_store_path
 from .trees import canonicalise, metadata_problems, remove_tree, seal_top, swap_in

@@ -1,4 +1,4 @@
-"""Reading compressed objects from outside (``objects.decompress_verified``): a hostile
+"""Reading compressed objects from outside (``objread.decompress_verified``): a hostile
 object is refused as soon as it outgrows its recorded sizes (a tiny signed NarSize
 bounds a decompression bomb), and concatenated zstd frames read as one stream, as the
 ``zstd`` tool and the registry's own verifier read them."""
@@ -13,7 +13,7 @@ import zstandard
 
 from kiln.store.errors import HashMismatch
 from kiln.store.hashes import Hash
-from kiln.store.objects import decompress_verified
+from kiln.store.objread import decompress_verified
 
 
 def _sha(b: bytes) -> Hash:

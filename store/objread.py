@@ -1,0 +1,132 @@
+"""Reading compressed NAR objects back, verified.
+
+Theory of operation
+-------------------
+``read_object`` streams the NAR of a stored object while re-hashing both the compressed
+bytes and the NAR; the iterator raises ``HashMismatch`` at the end if either differs
+from what the database recorded (a consumer must treat the stream as failed then).
+``decompress_verified`` does the same for an object from outside (a registry): nothing
+in it is trusted for its size, so reading stops as soon as the NAR passes the expected
+NarSize or the file passes FileSize (a zstd bomb behind a small NarSize writes no more
+than NarSize), and multi-frame zstd is read as one stream. ``TeeReader`` keeps a copy of
+what is read (the object being imported).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import zstandard
+
+from .errors import HashMismatch, StoreError
+from .hashes import Hash
+from .objects import CHUNK
+
+
+class _HashingReader:
+    """Reads ``f``, hashing what it reads; raises ``HashMismatch`` once more than
+    ``expect[1]`` bytes came (a compressed file longer than its recorded size)."""
+
+    __slots__ = ("f", "sha", "size", "what", "expect")
+
+    def __init__(self, f, what: str, expect: tuple[Hash, int] | None) -> None:
+        self.f, self.sha, self.size, self.what, self.expect = f, hashlib.sha256(), 0, what, expect
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.f.read(n)
+        self.sha.update(data)
+        self.size += len(data)
+        if self.expect is not None and self.size > self.expect[1]:
+            raise _too_long(self.what, "compressed file", self.expect)
+        return data
+
+
+def _too_long(what: str, kind: str, expect: tuple[Hash, int]) -> HashMismatch:
+    h, n = expect
+    return HashMismatch(f"{kind} of {what}", f"{h.to_nix32()} ({n} bytes)", f"more than {n} bytes")
+
+
+def decompress_verified(
+    zst, what: str, expect_file: tuple[Hash, int] | None = None, expect_nar: tuple[Hash, int] | None = None
+) -> Iterator[bytes]:
+    """Yield the NAR inside the zstd stream ``zst`` (a binary file object; several
+    concatenated frames are one stream, as for the ``zstd`` tool). After the last chunk,
+    check the compressed and/or NAR digests and sizes; raise ``HashMismatch`` (naming
+    ``what``) if any differs. Reading stops as soon as either side exceeds its expected
+    size: a small signed NarSize bounds what a hostile object can inflate to."""
+    reader = _HashingReader(zst, what, expect_file)
+    nar_sha = hashlib.sha256()
+    nar_size = 0
+    limit = expect_nar[1] if expect_nar is not None else None
+    try:
+        with zstandard.ZstdDecompressor().stream_reader(
+            reader, read_size=CHUNK, read_across_frames=True, closefd=False
+        ) as stream:
+            while chunk := stream.read(CHUNK):
+                nar_size += len(chunk)
+                if limit is not None and nar_size > limit:
+                    raise _too_long(what, "NAR", expect_nar)  # type: ignore[arg-type]
+                nar_sha.update(chunk)
+                yield chunk
+    except zstandard.ZstdError as e:
+        raise HashMismatch(
+            f"compressed NAR of {what}", "a valid zstd stream", f"corrupt data ({e})"
+        ) from None
+    if expect_file is not None:
+        # what the decompressor did not need (trailing bytes) still counts
+        while reader.read(CHUNK):
+            pass
+        check_digest(what, "compressed file", expect_file, Hash("sha256", reader.sha.digest()), reader.size)
+    if expect_nar is not None:
+        check_digest(what, "NAR", expect_nar, Hash("sha256", nar_sha.digest()), nar_size)
+
+
+def check_digest(what: str, kind: str, expect: tuple[Hash, int], got: Hash, size: int) -> None:
+    """Raise ``HashMismatch`` unless ``got``/``size`` equal ``expect`` (``kind`` of ``what``)."""
+    h, n = expect
+    if got.digest != h.digest or size != n:
+        raise HashMismatch(
+            f"{kind} of {what}", f"{h.to_nix32()} ({n} bytes)", f"{got.to_nix32()} ({size} bytes)"
+        )
+
+
+def read_object(
+    obj: Path, what: str, file: tuple[Hash, int] | None, nar: tuple[Hash, int] | None
+) -> Iterator[bytes]:
+    """The NAR in object file ``obj``, verified against the recorded digests."""
+    try:
+        f = open(obj, "rb", buffering=0)  # noqa: SIM115 - closed by the generator below
+    except FileNotFoundError:
+        raise StoreError(f"object of {what} is missing: {obj}") from None
+    with f:
+        yield from decompress_verified(f, what, file, nar)
+
+
+def expect_nar(info, got: Hash, size: int) -> None:
+    """Raise ``HashMismatch`` unless ``got``/``size`` are ``info``'s NAR hash and size."""
+    if got.digest != info.nar_hash.digest or size != info.nar_size:
+        raise HashMismatch(
+            f"NAR of {info.path}",
+            f"{info.nar_hash.to_nix32()} ({info.nar_size} bytes)",
+            f"{got.to_nix32()} ({size} bytes)",
+        )
+
+
+class TeeReader:
+    """A reader that copies and hashes what it reads (for ``import_object``)."""
+
+    def __init__(self, f, fd: int) -> None:
+        self.f, self.fd, self.sha, self.size = f, fd, hashlib.sha256(), 0
+
+    def read(self, n: int = CHUNK) -> bytes:
+        data = self.f.read(n)
+        if data:
+            self.sha.update(data)
+            self.size += len(data)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self.fd, view) :]
+        return data
