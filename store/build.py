@@ -138,13 +138,18 @@ class Builder(Producing, Checking):
         with self.store.temp_root(
             list(graph.drvs) + [o.path for d in graph.drvs.values() for _, o in d.outputs]
         ):
-            todo = plan(graph, roots, self.store.is_valid)
+            # --check/--rounds rebuild the roots, so their inputs must be valid too even
+            # where the roots' outputs are (a GC may have collected build-time inputs)
+            wanted = list(roots)
+            if self.opts.check or self.opts.rounds > 1:
+                wanted += [i for r in roots for i in graph.inputs_of(r)]
+            todo = plan(graph, wanted, self.store.is_valid)
             if todo and self.substituter is not None:
                 missing = [
                     o.path for p in todo for _, o in graph.drvs[p].outputs if not self.store.is_valid(o.path)
                 ]
                 self.substituter(missing)
-                todo = plan(graph, roots, self.store.is_valid)
+                todo = plan(graph, wanted, self.store.is_valid)
             try:
                 built = set(self._run_all(graph, todo))
             except BaseException:

@@ -112,6 +112,26 @@ def test_check_passes_for_a_deterministic_build(store, graph):
     builder(store, check=True).realise([a])
 
 
+def test_check_realises_inputs_a_gc_collected(store, graph):
+    """Only the output is rooted; its build-time input is collected. --check must
+    rebuild the input before it can rebuild the output (it used to fail: "not valid")."""
+    a, ad = graph.drv("input", "echo from-a > $out")
+    b, bd = graph.drv("user", "cat $in0 > $out", inputs=[a])  # copies, keeps no reference
+    builder(store).realise([b])
+    store.add_root("user", bd.output_path())
+    store.add_root("user-drv", b)  # the derivations stay (as a recipe's evaluation keeps them)
+    store.close()  # drops this process's temp roots, as the end of `kiln build` does
+    store = type(store).open(store.root)
+    try:
+        store.gc()
+        assert not store.is_valid(ad.output_path()) and store.is_valid(bd.output_path())
+        builder(store, check=True).realise([b])
+        assert store.is_valid(ad.output_path())
+        builder(store, rounds=2).realise([b])
+    finally:
+        store.close()
+
+
 def test_check_names_the_differing_file(store, graph):
     a, _ = graph.drv(
         "nondet", "mkdir $out; echo same > $out/stable; cat /proc/sys/kernel/random/uuid > $out/random"
