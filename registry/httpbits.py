@@ -1,9 +1,13 @@
 """Small HTTP pieces shared by the registry's read and write handlers: the error that
-becomes a 4xx answer, plain-text answers, and body readers that enforce size limits."""
+becomes a 4xx answer, plain-text answers, and body readers that enforce size limits and
+a minimum pace (``pace``: a client trickling a body is answered 408, so a slowloris
+cannot hold connections open; aiohttp itself bounds only the wait for headers)."""
 
 from __future__ import annotations
 
 from aiohttp import web
+
+from .pace import Pace
 
 CHUNK = 1 << 20
 
@@ -26,15 +30,21 @@ def check_length(request: web.BaseRequest, limit: int) -> None:
         raise HTTPError(413, f"body of {request.content_length} bytes exceeds the limit of {limit}")
 
 
+def body_pace(what: str) -> Pace:
+    """The pace a request body must keep (408 when it falls behind)."""
+    return Pace(what, lambda msg: HTTPError(408, msg))
+
+
 async def read_body(request: web.BaseRequest, limit: int, what: str) -> bytes:
-    """The whole request body, or 413 if it is over ``limit`` bytes. (A single
-    ``content.read(n)`` returns whatever has arrived so far, not n bytes: a body
-    that comes in several TCP segments would be cut short and misparsed.)"""
+    """The whole request body, or 413 if it is over ``limit`` bytes, or 408 if it comes
+    too slowly. (A single ``content.read(n)`` returns whatever has arrived so far, not n
+    bytes: a body that comes in several TCP segments would be cut short and misparsed.)"""
     if request.content_length is not None and request.content_length > limit:
         raise HTTPError(413, f"{what} of {request.content_length} bytes is over the limit of {limit}")
     parts: list[bytes] = []
     total = 0
-    while chunk := await request.content.read(min(CHUNK, limit + 1 - total)):
+    pace = body_pace(what)
+    while chunk := await pace.read(request.content.read(min(CHUNK, limit + 1 - total)), 1):
         total += len(chunk)
         if total > limit:
             raise HTTPError(413, f"{what} is over the limit of {limit} bytes")
@@ -44,7 +54,8 @@ async def read_body(request: web.BaseRequest, limit: int, what: str) -> bytes:
 
 async def drain(request: web.BaseRequest, limit: int) -> None:
     total = 0
-    async for chunk in request.content.iter_chunked(CHUNK):
+    pace = body_pace("body")
+    while chunk := await pace.read(request.content.read(CHUNK), 1):
         total += len(chunk)
         if total > limit:
             raise HTTPError(413, "body too large")

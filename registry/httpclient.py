@@ -5,11 +5,10 @@ Nothing a server sends is trusted for its size or shape: bodies read into memory
 capped at ``MAX_BODY``, batch answers are checked for shape, ``blob-batch`` entries
 announced at another size than expected are refused before they are read, and every
 broken, cut or malformed answer is a ``RegistryError`` (a miss for substitution, never
-an internal error). Nor is its pace: silence is cut by the per-read timeout, and a
-trickle (a byte now and then, which resets that timeout) by ``_Pace``: after
-``GRACE`` seconds an answer must keep up ``MIN_RATE`` bytes/s on average, and response
-headers must arrive within ``HEADERS_TIMEOUT``. The caller checks digests (``verify``,
-``objects``).
+an internal error). Nor is its pace: silence is cut by the per-read timeout, a trickle
+(a byte now and then, which resets that timeout) by ``pace.Pace``, judged with the
+client's whole link, and response headers must arrive within ``HEADERS_TIMEOUT``. The
+caller checks digests (``verify``, ``objread``).
 """
 
 from __future__ import annotations
@@ -17,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -28,71 +26,14 @@ from kiln.store.hashes import Hash
 
 from . import layout
 from .client import BATCH, CHUNK, CONNECT_TIMEOUT, Client, RegistryError, Unreachable
+from .pace import Link, Pace
 
 #: Largest body read into memory from a registry (narinfos, listings, index files,
 #: batch answers): a hostile server must not exhaust memory with an endless answer.
 MAX_BODY = 64 << 20
-#: Slowest average pace (bytes/s) accepted once ``GRACE`` seconds have passed: far
-#: below any real link, far above a slowloris trickle. Judged per answer *and* for the
-#: client's link as a whole: an answer that is slow while the link moves at least this
-#: fast is only sharing a slow link with its siblings (a substituter runs 16 at once).
-MIN_RATE = 4096
-GRACE = 60.0
 #: Longest wait for the status line and headers of an answer (not for uploads, whose
 #: answer comes only after the body has been sent).
 HEADERS_TIMEOUT = 300.0
-
-
-class _Link:
-    """Bytes received over one client's connections, all answers together."""
-
-    def __init__(self) -> None:
-        self.n = 0
-
-
-class _Pace:
-    """Bounds how long reading one answer may take: ``GRACE`` seconds plus one second per
-    ``MIN_RATE`` bytes received, counting this answer's bytes or, if more, the bytes the
-    whole link received meanwhile."""
-
-    def __init__(self, what: str, link: _Link) -> None:
-        self.what = what
-        self.link = link
-        self.start = time.monotonic()
-        self.link_start = link.n
-        self.n = 0
-
-    def left(self, more: int = 0) -> float:
-        """Seconds left to receive ``more`` further bytes (negative: too slow already)."""
-        done = max(self.n, self.link.n - self.link_start)
-        return self.start + GRACE + (done + more) / MIN_RATE - time.monotonic()
-
-    def got(self, n: int) -> None:
-        self.n += n
-        self.link.n += n
-        if self.left() < 0:
-            raise self.too_slow()
-
-    def too_slow(self) -> RegistryError:
-        secs = time.monotonic() - self.start
-        return RegistryError(
-            f"{self.what}: answer too slow ({self.n} bytes in {secs:.0f} s; "
-            f"at least {MIN_RATE} bytes/s is expected after {GRACE:g} s)"
-        )
-
-    async def read(self, aw: Any, more: int) -> Any:
-        """Await the read ``aw`` of ``more`` bytes, no longer than the pace allows (the
-        allowance is re-judged as the rest of the link makes progress meanwhile)."""
-        task = asyncio.ensure_future(aw)
-        try:
-            while True:
-                done, _ = await asyncio.wait({task}, timeout=max(self.left(more), 0.001))
-                if done:
-                    return task.result()
-                if self.left(more) <= 0:
-                    raise self.too_slow()
-        finally:
-            task.cancel()
 
 
 @contextlib.contextmanager
@@ -112,7 +53,7 @@ class HttpClient(Client):
         self.token = token
         self.jobs = jobs
         self._session: aiohttp.ClientSession | None = None
-        self._link = _Link()
+        self._link = Link()
         self._batch_ok = True
         self._blob_batch_ok = True
 
@@ -166,7 +107,7 @@ class HttpClient(Client):
         """The whole body, at most ``MAX_BODY`` bytes; a longer, cut or broken body is a
         ``RegistryError`` (a miss for substitution, never an internal error)."""
         buf = bytearray()
-        pace = _Pace(what, self._link)
+        pace = Pace(what, RegistryError, self._link)
         with _answer(what):
             async for chunk in resp.content.iter_chunked(CHUNK):
                 buf += chunk
@@ -277,11 +218,10 @@ class HttpClient(Client):
                 return False
             if resp.status != 200:
                 raise await self._fail(resp, what)
-            pace = _Pace(what, self._link)
+            pace = Pace(what, RegistryError, self._link)
             with _answer(what):
                 for _ in range(len(want)):
                     line = await pace.read(resp.content.readline(), 80)
-                    pace.got(len(line))
                     hexd, _, size = line.decode("ascii", "replace").strip().partition(" ")
                     h = want.pop(hexd, None)
                     if h is None or not (size == "-" or size.isdigit()):
@@ -297,7 +237,6 @@ class HttpClient(Client):
                             f"{expect if expect is not None else f'at most {MAX_BODY}'}"
                         )
                     data = await pace.read(resp.content.readexactly(n), n)
-                    pace.got(n)
                     got(h, data)
         return True
 
@@ -307,7 +246,7 @@ class HttpClient(Client):
                 return False
             if resp.status != 200:
                 raise await self._fail(resp, f"GET {self.url}/{key}")
-            pace = _Pace(f"GET {self.url}/{key}", self._link)
+            pace = Pace(f"GET {self.url}/{key}", RegistryError, self._link)
             with _answer(pace.what):
                 async for chunk in resp.content.iter_chunked(CHUNK):
                     pace.got(len(chunk))

@@ -15,7 +15,7 @@ from kiln.store.errors import KilnError
 
 from . import layout
 from .backends import BatchEntry, DirSource
-from .httpbits import CHUNK, HTTPError, check_length, drain, plain, read_body
+from .httpbits import CHUNK, HTTPError, body_pace, check_length, drain, plain, read_body
 from .verify import NarVerifier, check_narinfo, expect
 
 MAX_UPLOAD_BATCH = 2_000
@@ -36,8 +36,9 @@ class WriteAPI:
                 return plain(200, "already present")
             ver = NarVerifier()
             total = 0
+            pace = body_pace(f"PUT /{key}")
             with src.storage.staged() as (f, _tmp):
-                async for chunk in request.content.iter_chunked(CHUNK):
+                while chunk := await pace.read(request.content.read(CHUNK), 1):
                     total += len(chunk)
                     if total > self.config.max_body:
                         raise HTTPError(413, f"body exceeds the limit of {self.config.max_body} bytes")
@@ -105,9 +106,10 @@ class WriteAPI:
         check_length(request, self.config.max_body)
         entries: list[BatchEntry] = []
         total = 0
+        pace = body_pace("upload batch")
         with contextlib.ExitStack() as stack:
             while True:
-                line = await request.content.readline()
+                line = await pace.read(request.content.readline(), 80)
                 if not line:
                     break
                 parts = line.split()
@@ -129,7 +131,7 @@ class WriteAPI:
                 if len(entries) >= MAX_UPLOAD_BATCH:
                     raise HTTPError(413, f"at most {MAX_UPLOAD_BATCH} paths per upload batch")
                 try:
-                    body = await request.content.readexactly(nlen)
+                    body = await pace.read(request.content.readexactly(nlen), nlen)
                 except asyncio.IncompleteReadError:
                     raise HTTPError(400, "batch body truncated") from None
                 e = BatchEntry(h, body)
@@ -138,7 +140,7 @@ class WriteAPI:
                     ver = NarVerifier()
                     left = zlen
                     while left:
-                        chunk = await request.content.read(min(CHUNK, left))
+                        chunk = await pace.read(request.content.read(min(CHUNK, left)), 1)
                         if not chunk:
                             raise HTTPError(400, "batch body truncated")
                         f.write(chunk)

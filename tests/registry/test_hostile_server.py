@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 
 from kiln.registry import httpclient as client_mod
+from kiln.registry import pace
 from kiln.registry.client import RegistryError, Unreachable
 from kiln.registry.httpclient import HttpClient
 from kiln.store.hashes import Hash
@@ -114,8 +115,8 @@ def test_blob_batch_refuses_an_object_announced_at_another_size() -> None:
 @pytest.fixture
 def impatient(monkeypatch):
     """A client that gives answers 0.5 s of grace, then wants 1,000 bytes/s."""
-    monkeypatch.setattr(client_mod, "GRACE", 0.5)
-    monkeypatch.setattr(client_mod, "MIN_RATE", 1000)
+    monkeypatch.setattr(pace, "GRACE", 0.5)
+    monkeypatch.setattr(pace, "MIN_RATE", 1000)
     monkeypatch.setattr(client_mod, "HEADERS_TIMEOUT", 1.0)
 
 
