@@ -134,13 +134,27 @@ def _timed(fn: Callable[[], object]) -> float:
     return time.monotonic() - t
 
 
-def test_a_trickled_body_is_dropped_as_too_slow(impatient) -> None:
+@pytest.mark.parametrize(
+    ("head", "trickled", "match"),
+    [
+        # the headers at once, then the body a byte at a time: the pace rule
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", b"10000\r\n" + b"x" * 100, "too slow"),
+        # the headers themselves a byte at a time: the headers deadline
+        (
+            b"",
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Pad: " + b"y" * 200,
+            "no answer within",
+        ),
+    ],
+    ids=["body", "headers"],
+)
+def test_a_trickled_answer_is_dropped(impatient, head: bytes, trickled: bytes, match: str) -> None:
     async def slow(r, w) -> None:
-        _head(w, "Transfer-Encoding: chunked\r\n")
-        await _trickle(w, b"10000\r\n" + b"x" * 100)
+        w.write(head)
+        await _trickle(w, trickled)
 
     def go() -> None:
-        with pytest.raises(RegistryError, match="too slow"):
+        with pytest.raises(RegistryError, match=match):
             run(slow, lambda c: c.narinfos(["a" * 32]))
 
     assert _timed(go) < 5
@@ -166,17 +180,6 @@ def test_a_trickled_download_and_blob_batch_are_dropped_as_too_slow(impatient) -
             run(slow_batch, lambda c: c.blob_batch([h], lambda d, b: None, {h.hex: 1000}))
 
     assert _timed(go) < 8
-
-
-def test_trickled_headers_are_dropped(impatient) -> None:
-    async def slow(r, w) -> None:
-        await _trickle(w, b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Pad: " + b"y" * 200)
-
-    def go() -> None:
-        with pytest.raises(RegistryError, match="no answer within"):
-            run(slow, lambda c: c.narinfos(["a" * 32]))
-
-    assert _timed(go) < 5
 
 
 def test_a_slow_but_steady_answer_is_read(impatient) -> None:
