@@ -142,6 +142,21 @@ def cmd_registry(argv: list[str]) -> int:
     pi = sub.add_parser("publish-index", help="sign and publish the registry index")
     pi.add_argument("--dir", type=Path, required=True)
     pi.add_argument("--key", type=Path, required=True)
+    ve = sub.add_parser(
+        "verify", help="check every narinfo and blob of a registry directory (exit 1 if any is bad)"
+    )
+    ve.add_argument("--dir", type=Path, required=True)
+    ve.add_argument(
+        "--trusted-key", type=Path, action="append", help="also require signatures by these keys (repeatable)"
+    )
+    ve.add_argument("--sigs-needed", type=int, default=None, help="default: 1 with trusted keys, else 0")
+    ve.add_argument(
+        "--delete-bad",
+        action="store_true",
+        help="unpublish what fails (its narinfo and bad blob), so the next sync or push fetches it again",
+    )
+    ve.add_argument("-j", "--jobs", type=int, default=None, help="blobs checked at once (default: cores)")
+    ve.add_argument("--json", action="store_true")
     rr = sub.add_parser("rotate-root", help="move the index to a new key (root v+1 signed by old and new)")
     rr.add_argument("--dir", type=Path, required=True)
     rr.add_argument("--old-key", type=Path, required=True)
@@ -166,6 +181,8 @@ def cmd_registry(argv: list[str]) -> int:
         elif not ts.revoke(args.token_id):
             raise KilnError(f"no token with id {args.token_id}")
         return 0
+    if args.cmd == "verify":
+        return _verify_registry(src, args)
     from kiln.registry import publish
 
     if args.cmd == "publish-index":
@@ -176,6 +193,30 @@ def cmd_registry(argv: list[str]) -> int:
     pub = publish.publish_index(src.storage, load_secret_key(args.new_key))
     print(f"root version {v}; index version {pub.index_version}, timestamp version {pub.timestamp_version}")
     return 0
+
+
+def _verify_registry(src, args: argparse.Namespace) -> int:  # noqa: ANN001 - a DirSource
+    import json
+
+    from kiln.registry.fsck import verify_dir
+
+    trusted = _trusted(args)
+    needed = args.sigs_needed if args.sigs_needed is not None else (1 if trusted else 0)
+    rep = verify_dir(src, trusted=trusted, sigs_needed=needed, delete_bad=args.delete_bad, jobs=args.jobs)
+    if args.json:
+        doc = {
+            "checked": rep.checked,
+            "problems": [{"path": p.path, "problem": p.what} for p in rep.problems],
+            "removed": list(rep.removed),
+        }
+        print(json.dumps(doc, indent=2))
+    else:
+        for p in rep.problems:
+            print(f"{p.path}: {p.what}")
+        for k in rep.removed:
+            print(f"removed {k}")
+        print(f"checked {rep.checked} narinfos: {len(rep.problems)} problem(s)")
+    return 1 if rep.problems else 0
 
 
 def _open_store(args: argparse.Namespace, store_dir: str | None = None):  # noqa: ANN202

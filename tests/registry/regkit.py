@@ -162,3 +162,12 @@ def add_built(store: LocalStore, tmp: Path, name: str, content: str, refs: tuple
     tree.mkdir(parents=True)
     (tree / "data").write_text(content + " ".join(refs))
     return store.register_built(path, tree, refs, None).path
+
+
+def kiln(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "kiln", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )

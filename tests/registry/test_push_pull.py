@@ -3,12 +3,10 @@ tampered blob, wrong signature, unreachable registry; plus ``kiln serve --store`
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from regkit import add_chain, add_tree, free_port, make_store
+from regkit import add_chain, free_port, kiln, make_store
 
 from kiln.registry import layout
 from kiln.registry.client import open_client
@@ -16,45 +14,6 @@ from kiln.registry.copy import to_store
 from kiln.registry.push import push
 from kiln.registry.substitute import Substituter
 from kiln.store.errors import HashMismatch, KilnError
-
-
-def kiln(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    import os
-
-    return subprocess.run(
-        [sys.executable, "-m", "kiln", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-    )
-
-
-@pytest.fixture
-def pushed(tmp_path: Path, keys, kiln_server):
-    """A store with a 5-path chain plus a leaf, pushed to a served registry dir."""
-    store = make_store(tmp_path / "store")
-    chain = add_chain(store, tmp_path, 5)
-    leaf = add_tree(store, tmp_path, "leaf", "leaf\n")
-    reg = tmp_path / "reg"
-    assert kiln("registry", "init", "--dir", str(reg)).returncode == 0
-    tok = kiln("registry", "token", "create", "--scope", "write", "--dir", str(reg)).stdout.strip()
-    srv = kiln_server("--dir", str(reg), "--trusted-key", str(keys.pk_file), "--index-key", str(keys.sk_file))
-    r = kiln(
-        "push",
-        "--store",
-        str(store.root),
-        chain[-1],
-        leaf,
-        "--to",
-        srv.url,
-        "--token",
-        tok,
-        "--sign-key",
-        str(keys.sk_file),
-    )
-    assert r.returncode == 0, r.stderr
-    assert "pushed 6 of 6 paths" in r.stdout and "index version 1" in r.stdout
-    return store, chain, leaf, reg, tok, srv
 
 
 def test_push_skips_what_registry_has(pushed, keys, kiln_server) -> None:
