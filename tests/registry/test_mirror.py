@@ -177,3 +177,29 @@ def test_registry_admin_cli(tmp_path, keys) -> None:
     assert r.returncode == 0 and "root version 2" in r.stdout
     r = kiln("registry", "publish-index", "--dir", str(reg), "--key", str(keys.sk_file))
     assert r.returncode == 1 and "not a" in r.stderr  # the old key no longer signs
+
+
+def test_a_mirror_repairs_bit_rot_after_verify_delete_bad(source, keys, tmp_path) -> None:
+    """A blob corrupted in place keeps its size, so a sync would never notice it;
+    ``registry verify --delete-bad`` unpublishes the path and the next sync restores it."""
+    from kiln.registry.backends import DirSource
+    from kiln.registry.fsck import verify_dir
+    from kiln.store import narinfo as ni
+
+    store, paths, reg, url = source
+    dst = tmp_path / "mirror"
+    sync(url, dst, root=(reg / "index/root.json").read_bytes(), trusted=[keys.pk])
+    h = paths[-1].split("/")[-1][:32]
+    info = ni.parse((dst / f"{h}.narinfo").read_text(), store.store_dir)
+    with open(dst / layout.blob_key(info.file_hash), "r+b") as f:
+        f.seek(100)
+        byte = f.read(1)
+        f.seek(100)
+        f.write(bytes([byte[0] ^ 1]))
+    assert sync(url, dst).blobs_fetched == 0  # unchanged index: nothing is re-read
+    rep = verify_dir(DirSource(dst), trusted=[keys.pk], sigs_needed=1, delete_bad=True, progress=False)
+    assert [p.path for p in rep.problems] == [paths[-1]] * len(rep.problems) and rep.problems
+    rep2 = sync(url, dst)
+    assert (rep2.narinfos_fetched, rep2.blobs_fetched) == (1, 1)
+    again = verify_dir(DirSource(dst), trusted=[keys.pk], sigs_needed=1, progress=False)
+    assert again.checked == 4 and again.problems == ()
