@@ -100,7 +100,14 @@ def cmd_serve(argv: list[str]) -> int:
         cfg.trusted.append(cfg.index_key.public())
     sign_key = load_secret_key(args.sign_key) if args.sign_key else None
     # Open once in the parent so configuration errors are reported before forking.
-    server.open_source(store=args.store, directory=args.dir, sign_key=sign_key, store_dir=args.store_dir)
+    src = server.open_source(
+        store=args.store, directory=args.dir, sign_key=sign_key, store_dir=args.store_dir
+    )
+    if args.dir is not None:
+        from kiln.registry.fsck import hold_serving_lock
+
+        # held (and inherited by the workers) until the server exits: see registry/fsck.py
+        hold_serving_lock(src, exclusive=False)
     host, port = _listen(args.listen)
     sock = workers.bind(host, port)
 
@@ -168,6 +175,8 @@ def cmd_registry(argv: list[str]) -> int:
         src = DirSource(args.dir, store_dir=args.store_dir)
         print(f"registry at {src.storage.url} (StoreDir {src.store_dir})")
         return 0
+    if not (args.dir / "nix-cache-info").is_file():
+        raise KilnError(f"{args.dir} is not a registry directory (no nix-cache-info); see kiln registry init")
     src = DirSource(args.dir)
     if args.cmd == "token":
         from kiln.registry.auth import TokenStore

@@ -7,23 +7,31 @@ keeps it cheap). This is the operator's check, like ``kiln store verify`` for a 
 
 For every published narinfo (``<hash>.narinfo``): it must parse for this registry's
 StoreDir and name its own hash part (and, with ``trusted`` keys, carry ``sigs_needed``
-valid signatures); each copy of its compressed NAR (``blobs/sha256:<hex>`` and
+valid signatures); its compressed NAR (``blobs/sha256:<hex>`` and/or
 ``nar/<nix32>.nar.zst``; at least one must exist) must hash to FileHash at FileSize and
-decompress to NarHash at NarSize, reading no further than those sizes. Blobs shared by
-several narinfos are read once. Hashing runs ``jobs`` blobs at a time (hashlib and zstd
-release the GIL).
+decompress to NarHash at NarSize, reading no further than the largest sizes claimed.
+An object is read once however many narinfos name it (``blobs/`` and ``nar/`` are hard
+links when kiln wrote them) and its digests are compared with *each* narinfo's claims.
+Hashing runs ``jobs`` objects at a time (hashlib and zstd release the GIL); Ctrl-C
+drops the queued ones.
 
-``delete_bad`` unpublishes what failed: the narinfo (so clients get a miss, not a
-corrupt download) and every copy of its blob that failed. The next ``kiln mirror sync``
-(or ``kiln push``) then fetches both again, verified. Nothing that passed is touched.
+``delete_bad`` unpublishes what is wrong in *content*: the narinfo (so clients get a
+miss, not a corrupt download) and the object when no narinfo describes its bytes. The
+next ``kiln mirror sync`` (or ``kiln push``) then fetches both again, verified.
+Policy problems (missing trusted signatures, a compression other than zstd) are
+reported, never deleted: a mistyped ``--trusted-key`` must not empty a registry. A
+``kiln serve`` caches narinfos in memory, so deleting under it would leave them served:
+the server holds ``SERVING_LOCK`` shared and ``delete_bad`` refuses to run while it does.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import fcntl
 import os
 from dataclasses import dataclass
 
+from kiln.store import narinfo as ni
 from kiln.store.errors import KilnError
 from kiln.store.narinfo import NarInfo
 from kiln.store.signing import PublicKey
@@ -31,18 +39,25 @@ from kiln.store.signing import PublicKey
 from . import layout
 from .backends import DirSource
 from .progress import Progress
-from .verify import NarVerifier, check_narinfo, expect
+from .verify import Digests, NarVerifier, check_narinfo, expect
 
 CHUNK = 1 << 20
+#: held shared by ``kiln serve --dir`` for its lifetime and exclusively by a deleting
+#: verify: a server keeps narinfos in memory, so deleting one under it would leave it
+#: served (and a push would then skip re-uploading it)
+SERVING_LOCK = ".kiln/serving.lock"
 
 
 @dataclass(frozen=True, slots=True)
 class Problem:
     """What is wrong with one published path (``path`` is the narinfo key when the
-    narinfo does not even parse)."""
+    narinfo does not even parse). ``content``: the bytes are wrong or missing (what
+    ``delete_bad`` removes); otherwise a policy matter (signatures, an unsupported
+    compression) that is reported only."""
 
     path: str
     what: str
+    content: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,21 +68,58 @@ class FsckReport:
     removed: tuple[str, ...]
 
 
-def _check_blob(src: DirSource, key: str, info: NarInfo) -> str | None:
-    """None if the object at ``key`` matches ``info``, else what is wrong."""
+def hold_serving_lock(src: DirSource, exclusive: bool) -> int | None:
+    """Take ``SERVING_LOCK``, shared (a server) or exclusive (a deleting verify), failing
+    at once with a ``KilnError`` if the other side holds it; returns the descriptor that
+    holds it (None where the storage is not a local directory)."""
+    lock = src.storage.local_path(SERVING_LOCK)
+    if lock is None:
+        return None
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        if exclusive:
+            raise KilnError(
+                f"a kiln serve is using {src.storage.url} (it keeps narinfos in memory, so it would "
+                "go on serving what --delete-bad removes); stop it first, or verify without --delete-bad"
+            ) from None
+        raise KilnError(
+            f"kiln registry verify --delete-bad is running on {src.storage.url}; serve it when that is done"
+        ) from None
+    return fd
+
+
+def _digest(src: DirSource, key: str, max_nar: int, max_file: int) -> Digests | str:
+    """The digests of the object at ``key`` (reading no more than the sizes any of its
+    narinfos claims), or what went wrong reading it."""
     f = src.storage.open(key)
     if f is None:
         return f"{key} vanished while being checked"
-    ver = NarVerifier(max_nar_size=info.nar_size, max_file_size=info.file_size)
+    ver = NarVerifier(max_nar_size=max_nar, max_file_size=max_file)
     try:
         with f:
             while chunk := f.read(CHUNK):
                 ver.update(chunk)
-        expect(key, ver.finish(), info.file_hash, info.file_size, info.nar_hash, info.nar_size)
+        return ver.finish()
     except (KilnError, OSError) as e:
-        msg = str(e)
-        return msg if key in msg else f"{key}: {msg}"
-    return None
+        return f"{key}: {e}"
+
+
+def _same_file(src: DirSource, keys: list[str]) -> list[list[str]]:
+    """``keys`` grouped by the file they name (``blobs/`` and ``nar/`` are hard links of
+    each other when kiln wrote them: read once)."""
+    groups: dict[tuple[int, int] | str, list[str]] = {}
+    for k in keys:
+        p = src.storage.local_path(k)
+        try:
+            st = os.stat(p) if p is not None else None
+        except OSError:
+            st = None
+        groups.setdefault((st.st_dev, st.st_ino) if st is not None else k, []).append(k)
+    return list(groups.values())
 
 
 def verify_dir(
@@ -81,54 +133,103 @@ def verify_dir(
 ) -> FsckReport:
     """Check the registry directory behind ``src`` (see the module docstring);
     ``progress``: a progress line on stderr (None: when it is a terminal)."""
+    lock = hold_serving_lock(src, exclusive=True) if delete_bad else None
+    try:
+        return _verify(src, trusted or [], sigs_needed, delete_bad, jobs, progress)
+    finally:
+        if lock is not None:
+            os.close(lock)
+
+
+def _verify(
+    src: DirSource,
+    trusted: list[PublicKey],
+    sigs_needed: int,
+    delete_bad: bool,
+    jobs: int | None,
+    progress: bool | None,
+) -> FsckReport:
     keys = sorted(k for k in src.storage.list() if k.endswith(".narinfo"))
-    problems: dict[str, list[str]] = {}  # narinfo key -> problems
-    names: dict[str, str] = {}  # narinfo key -> store path, once parsed
-    # blob key -> (narinfo keys using it, a narinfo to check it against)
-    blobs: dict[str, tuple[list[str], NarInfo]] = {}
+    problems: dict[str, list[Problem]] = {}  # narinfo key -> problems
+    # object file hash -> the narinfos (key, info) that name it
+    users: dict[str, list[tuple[str, NarInfo]]] = {}
     for key in keys:
         hash_part = key[: -len(".narinfo")]
         raw = src.storage.read(key)
         try:
             if raw is None:
                 raise KilnError("vanished while being checked")
-            info = check_narinfo(raw.decode(), src.store_dir, trusted or [], sigs_needed, hash_part)
+            text = raw.decode()
+            info = ni.parse(text, src.store_dir)
         except (KilnError, UnicodeDecodeError) as e:
-            problems.setdefault(key, []).append(f"narinfo: {e}")
+            problems.setdefault(key, []).append(Problem(key, f"narinfo: {e}"))
             continue
-        names[key] = info.path
+        try:  # the registry's admission rules: its own hash, zstd, signatures
+            check_narinfo(text, src.store_dir, trusted, sigs_needed, hash_part)
+        except KilnError as e:
+            # a narinfo under another path's name is wrong content; missing signatures or
+            # another compression (a Nix-made xz cache) are policy, reported only
+            content = info.path.rsplit("/", 1)[1][:32] != hash_part
+            problems.setdefault(key, []).append(Problem(info.path, f"narinfo: {e}", content))
+            if content or info.compression != "zstd":
+                continue
         assert info.file_hash is not None
-        present = [
-            k
-            for k in (layout.blob_key(info.file_hash), layout.nar_key(info.file_hash))
-            if src.storage.exists(k)
-        ]
-        if not present:
-            problems.setdefault(key, []).append(f"its compressed NAR {info.file_hash} is missing")
-        for b in present:
-            users, _ = blobs.setdefault(b, ([], info))
-            users.append(key)
+        users.setdefault(info.file_hash.hex, []).append((key, info))
     bad_blobs: list[str] = []
-    bar = Progress("verify", len(blobs), enabled=progress)
-    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs or os.cpu_count() or 1) as pool:
-        futures = {pool.submit(_check_blob, src, b, info): b for b, (_, info) in blobs.items()}
+    checks: list[tuple[list[str], list[tuple[str, NarInfo]]]] = []
+    for named in users.values():
+        fh = named[0][1].file_hash
+        assert fh is not None
+        present = [k for k in (layout.blob_key(fh), layout.nar_key(fh)) if src.storage.exists(k)]
+        if not present:
+            for key, info in named:
+                problems.setdefault(key, []).append(Problem(info.path, f"its compressed NAR {fh} is missing"))
+        checks += [(group, named) for group in _same_file(src, present)]
+    bar = Progress("verify", len(checks), enabled=progress)
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=jobs or os.cpu_count() or 1)
+    try:
+        futures = {
+            pool.submit(
+                _digest,
+                src,
+                group[0],
+                max(i.nar_size for _, i in named),
+                max(i.file_size or 0 for _, i in named),
+            ): (group, named)
+            for group, named in checks
+        }
         for fut in concurrent.futures.as_completed(futures):
-            b = futures[fut]
-            what = fut.result()
-            bar.add(1, blobs[b][1].file_size)
-            if what is not None:
-                bad_blobs.append(b)
-                for key in blobs[b][0]:
-                    problems.setdefault(key, []).append(what)
+            group, named = futures[fut]
+            got = fut.result()
+            bar.add(1, named[0][1].file_size or 0)
+            fits = 0
+            for key, info in named:
+                what = got if isinstance(got, str) else _mismatch(group[0], got, info)
+                if what is None:
+                    fits += 1
+                else:
+                    problems.setdefault(key, []).append(Problem(info.path, what))
+            if not fits:  # no narinfo describes these bytes: they are bad, not the claims
+                bad_blobs += group
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # Ctrl-C: queued checks are dropped
     bar.done()
     removed: list[str] = []
-    if delete_bad and problems:
+    if delete_bad:
         # the narinfo first: from then on clients get a miss, never a corrupt blob
-        for key in sorted(problems):
+        for key in sorted(k for k, ps in problems.items() if any(p.content for p in ps)):
             src.storage.delete(key)
             removed.append(key)
         for b in sorted(bad_blobs):
             src.storage.delete(b)
             removed.append(b)
-    out = tuple(Problem(names.get(key, key), what) for key in sorted(problems) for what in problems[key])
+    out = tuple(p for key in sorted(problems) for p in problems[key])
     return FsckReport(len(keys), out, tuple(removed))
+
+
+def _mismatch(key: str, got: Digests, info: NarInfo) -> str | None:
+    try:
+        expect(key, got, info.file_hash, info.file_size, info.nar_hash, info.nar_size)
+    except KilnError as e:
+        return str(e)
+    return None

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from .pace import Pace
+from .pace import Link, Pace
 
 CHUNK = 1 << 20
 
@@ -30,9 +30,21 @@ def check_length(request: web.BaseRequest, limit: int) -> None:
         raise HTTPError(413, f"body of {request.content_length} bytes exceeds the limit of {limit}")
 
 
-def body_pace(what: str) -> Pace:
-    """The pace a request body must keep (408 when it falls behind)."""
-    return Pace(what, lambda msg: HTTPError(408, msg))
+#: per client address: the bytes all its request bodies brought (``pace.Link``), so a
+#: ``kiln push -j 8`` over a slow uplink is judged as one link, not eight trickles
+_PEER_LINKS: dict[str, Link] = {}
+_MAX_PEERS = 4096
+
+
+def body_pace(request: web.BaseRequest, what: str) -> Pace:
+    """The pace ``request``'s body must keep (408 when it falls behind)."""
+    peer = request.remote or ""
+    link = _PEER_LINKS.get(peer)
+    if link is None:
+        if len(_PEER_LINKS) >= _MAX_PEERS:
+            _PEER_LINKS.clear()  # a fresh link only makes its transfers judged alone
+        link = _PEER_LINKS[peer] = Link()
+    return Pace(what, lambda msg: HTTPError(408, msg), link)
 
 
 async def read_body(request: web.BaseRequest, limit: int, what: str) -> bytes:
@@ -43,7 +55,7 @@ async def read_body(request: web.BaseRequest, limit: int, what: str) -> bytes:
         raise HTTPError(413, f"{what} of {request.content_length} bytes is over the limit of {limit}")
     parts: list[bytes] = []
     total = 0
-    pace = body_pace(what)
+    pace = body_pace(request, what)
     while chunk := await pace.read(request.content.read(min(CHUNK, limit + 1 - total)), 1):
         total += len(chunk)
         if total > limit:
@@ -54,7 +66,7 @@ async def read_body(request: web.BaseRequest, limit: int, what: str) -> bytes:
 
 async def drain(request: web.BaseRequest, limit: int) -> None:
     total = 0
-    pace = body_pace("body")
+    pace = body_pace(request, "body")
     while chunk := await pace.read(request.content.read(CHUNK), 1):
         total += len(chunk)
         if total > limit:

@@ -36,7 +36,7 @@ class WriteAPI:
                 return plain(200, "already present")
             ver = NarVerifier()
             total = 0
-            pace = body_pace(f"PUT /{key}")
+            pace = body_pace(request, f"PUT /{key}")
             with src.storage.staged() as (f, _tmp):
                 while chunk := await pace.read(request.content.read(CHUNK), 1):
                     total += len(chunk)
@@ -106,7 +106,7 @@ class WriteAPI:
         check_length(request, self.config.max_body)
         entries: list[BatchEntry] = []
         total = 0
-        pace = body_pace("upload batch")
+        pace = body_pace(request, "upload batch")
         with contextlib.ExitStack() as stack:
             while True:
                 line = await pace.read(request.content.readline(), 80)

@@ -142,7 +142,12 @@ class Builder(Producing, Checking):
             # where the roots' outputs are (a GC may have collected build-time inputs)
             wanted = list(roots)
             if self.opts.check or self.opts.rounds > 1:
-                wanted += [i for r in roots for i in graph.inputs_of(r)]
+                wanted += [
+                    i
+                    for r in roots
+                    for i, used in graph.drvs[r].input_drvs
+                    if not all(self.store.is_valid(o.path) for n, o in graph.drvs[i].outputs if n in used)
+                ]
             todo = plan(graph, wanted, self.store.is_valid)
             if todo and self.substituter is not None:
                 missing = [

@@ -132,6 +132,26 @@ def test_check_realises_inputs_a_gc_collected(store, graph):
         store.close()
 
 
+def test_check_does_not_rebuild_an_input_for_an_unused_output(store, graph):
+    """B uses (and references) only A.out; a GC collected A.doc. --check B needs A.out
+    only, which is valid: A must not be rebuilt."""
+    a, ad = graph.drv("a", "echo big > $out; echo docs > $doc", outputs=("out", "doc"))
+    b, bd = graph.drv("b", "echo $in0 > $out", inputs=[a])  # graph.drv inputs use "out"
+    builder(store).realise([b])
+    store.add_root("b", bd.output_path())
+    store.add_root("b-drv", b)
+    store.close()
+    store = type(store).open(store.root)
+    try:
+        store.gc()
+        assert store.is_valid(ad.output_path()) and not store.is_valid(ad.output_path("doc"))
+        said: list[str] = []
+        Builder(store, BwrapExecutor(), BuildOptions(check=True), say=said.append).realise([b])
+        assert not any("building" in m and "-a.drv" in m for m in said), said
+    finally:
+        store.close()
+
+
 def test_check_names_the_differing_file(store, graph):
     a, _ = graph.drv(
         "nondet", "mkdir $out; echo same > $out/stable; cat /proc/sys/kernel/random/uuid > $out/random"

@@ -56,6 +56,10 @@ def test_corruption_is_named_per_path_and_repaired(pushed, keys) -> None:
     assert all("compressed file" in w for w in by_path[chain[1]]), by_path[chain[1]]
     assert doc["removed"] == []  # reporting changes nothing
 
+    # a running server caches narinfos: it would go on serving what is deleted, so no
+    r = kiln("registry", "verify", "--dir", str(reg), "--delete-bad")
+    assert r.returncode != 0 and "stop it first" in r.stderr
+    srv.stop()
     rc, doc = _verify(reg, "--delete-bad")
     assert rc == 1 and len(doc["removed"]) >= 3
     assert not (reg / layout.narinfo_key(leaf.rsplit("/", 1)[1][:32])).exists()
@@ -64,7 +68,7 @@ def test_corruption_is_named_per_path_and_repaired(pushed, keys) -> None:
 
     # the registry no longer claims the bad paths, so a push uploads them again
     r = kiln(
-        "push", "--store", str(store.root), chain[-1], leaf, "--to", srv.url, "--token", tok,
+        "push", "--store", str(store.root), chain[-1], leaf, "--to", f"file://{reg}",
         "--sign-key", str(keys.sk_file),
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
@@ -86,3 +90,46 @@ def test_a_missing_blob_is_a_problem(pushed) -> None:
         (reg / key).unlink(missing_ok=True)
     rep = verify_dir(DirSource(reg), progress=False)
     assert [(p.path, "missing" in p.what) for p in rep.problems] == [(leaf, True)]
+
+
+def _hp(path: str) -> str:
+    return path.rsplit("/", 1)[1][:32]
+
+
+def test_a_shared_blob_is_judged_against_each_narinfo(pushed) -> None:
+    """Two narinfos name one object; one lies about its NarSize. Whichever sorts first,
+    only the liar is reported, and --delete-bad leaves the object and the good one."""
+    store, chain, leaf, reg, tok, srv = pushed
+    srv.stop()
+    text = (reg / layout.narinfo_key(_hp(leaf))).read_text()
+    info = ni.parse(text, store.store_dir)
+    base = info.path.rsplit("/", 1)[1]
+    for fake_hp in ("0" * 32, "z" * 32):
+        fake_path = info.path[: -len(base)] + fake_hp + base[32:]
+        liar = text.replace(info.path, fake_path).replace(
+            f"NarSize: {info.nar_size}", f"NarSize: {info.nar_size + 1}"
+        )
+        (reg / layout.narinfo_key(fake_hp)).write_text(liar)
+        rep = verify_dir(DirSource(reg), delete_bad=True, progress=False)
+        assert {p.path for p in rep.problems} == {fake_path}, rep.problems
+        assert rep.removed == (layout.narinfo_key(fake_hp),)
+        assert verify_dir(DirSource(reg), progress=False).problems == ()
+
+
+def test_policy_problems_are_reported_never_deleted(pushed, other_keys) -> None:
+    """Signatures by other keys and a non-zstd narinfo are not corruption: --delete-bad
+    must not empty a registry because of a mistyped --trusted-key."""
+    store, chain, leaf, reg, tok, srv = pushed
+    srv.stop()
+    key = reg / layout.narinfo_key(_hp(leaf))
+    key.write_text(key.read_text().replace("Compression: zstd", "Compression: xz"))
+    rep = verify_dir(DirSource(reg), trusted=[other_keys.pk], sigs_needed=1, delete_bad=True, progress=False)
+    assert rep.checked == 6 and len(rep.problems) >= 6 and rep.removed == ()
+    assert any("xz" in p.what for p in rep.problems if p.path == leaf)
+    assert all("signature" in p.what or "xz" in p.what for p in rep.problems)
+
+
+def test_verify_of_a_directory_that_is_no_registry_changes_nothing(tmp_path) -> None:
+    r = kiln("registry", "verify", "--dir", str(tmp_path / "typo"))
+    assert r.returncode != 0 and "not a registry directory" in r.stderr
+    assert not (tmp_path / "typo").exists()
