@@ -207,7 +207,8 @@ class NarSink:
 
     def wait_consumed(self, ticket: int) -> None:
         """Block until both threads are done with the chunk ``ticket`` names (and all
-        before it), or one of them has failed (its error surfaces at ``finish``)."""
+        before it). Raises a thread's error (a full disk, say) as soon as it is seen, so
+        the producer stops instead of reading the rest of its input for nothing."""
         h, c = self.hasher, self.compressor
         if not ticket or h is None or c is None:
             return
@@ -215,6 +216,9 @@ class NarSink:
             self.consumed.wait_for(
                 lambda: (h.done >= ticket or h.stopped) and (c.done >= ticket or c.stopped)
             )
+        for w in (h, c):
+            if w.error is not None:
+                raise w.error
 
     def finish(self, sync: bool = True) -> ObjectInfo:
         """Flush, fsync (unless ``sync`` is false: the caller makes the file durable

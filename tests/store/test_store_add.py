@@ -350,3 +350,44 @@ def test_add_a_tree_deeper_than_the_recursion_limit(store, tmp_path):
         s = type(store).open(store.root)
         s.gc()  # removes the deep path iteratively (pytest's cleanup would recurse)
         s.close()
+
+
+def test_a_failing_sink_stops_the_walk_early(tmp_path, monkeypatch):
+    """A full disk in the compressor thread surfaces in the walker at the next slot it
+    reuses, not after the whole tree has been read; abort leaves no thread or fd."""
+    import random
+    import threading
+
+    from kiln.store import ingest
+    from kiln.store.objects import CHUNK, NarSink
+
+    rng = random.Random(7)
+    src = make_tree(tmp_path / "src", {f"f{i:02d}": rng.randbytes(CHUNK + 777) for i in range(40)})
+    sink = NarSink(os.open(tmp_path / "obj", os.O_WRONLY | os.O_CREAT, 0o644))
+    real, calls = sink._compress, [0]
+
+    def full_disk(chunk):  # noqa: ANN001
+        calls[0] += 1
+        if calls[0] == 3:
+            raise OSError(28, "No space left on device (injected)")
+        real(chunk)
+
+    sink._compress = full_disk
+    walker = ingest.TreeIngest(sink)
+    read = [0]
+    real_readv = os.readv
+
+    def counting_readv(fd, bufs):  # noqa: ANN001
+        read[0] += 1
+        return real_readv(fd, bufs)
+
+    monkeypatch.setattr(os, "readv", counting_readv)
+    try:
+        with pytest.raises(OSError, match="No space left"):
+            walker.run(src, tmp_path / "copy")
+    finally:
+        monkeypatch.undo()
+        sink.abort()
+    assert read[0] < 40  # stopped long before the 80 reads the tree needs
+    assert sink.fd == -1 and not any(t.is_alive() for t in (sink.hasher, sink.compressor))
+    assert threading.active_count() < 10
