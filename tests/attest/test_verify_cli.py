@@ -4,22 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
+from clikit import kiln
+
 from kiln.store import attestations
 from kiln.store.signing import SecretKey, sign_info, write_secret_key
-
-
-def kiln(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "kiln", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-        timeout=120,
-    )
 
 
 def test_verify_default_and_json(built) -> None:

@@ -15,6 +15,8 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
+from clikit import kiln as kiln  # noqa: F401 - re-exported for the registry tests
+
 from kiln.store.localstore import LocalStore
 from kiln.store.signing import SecretKey, write_public_key, write_secret_key
 
@@ -162,12 +164,3 @@ def add_built(store: LocalStore, tmp: Path, name: str, content: str, refs: tuple
     tree.mkdir(parents=True)
     (tree / "data").write_text(content + " ".join(refs))
     return store.register_built(path, tree, refs, None).path
-
-
-def kiln(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "kiln", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-    )
