@@ -175,8 +175,10 @@ def cmd_registry(argv: list[str]) -> int:
         src = DirSource(args.dir, store_dir=args.store_dir)
         print(f"registry at {src.storage.url} (StoreDir {src.store_dir})")
         return 0
-    if not (args.dir / "nix-cache-info").is_file():
-        raise KilnError(f"{args.dir} is not a registry directory (no nix-cache-info); see kiln registry init")
+    from kiln.registry.layout import CACHE_INFO
+
+    if not (args.dir / CACHE_INFO).is_file():
+        raise KilnError(f"{args.dir} is not a registry directory (no {CACHE_INFO}); see kiln registry init")
     src = DirSource(args.dir)
     if args.cmd == "token":
         from kiln.registry.auth import TokenStore

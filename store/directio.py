@@ -90,7 +90,20 @@ class DirectRate:
         least ``RATE_SAMPLE`` bytes is below ``MIN_DIRECT_RATE``."""
         self.nbytes += nbytes
         self.secs += secs
-        return self.nbytes < RATE_SAMPLE or self.nbytes >= self.secs * MIN_DIRECT_RATE
+        return not self.slow
+
+    @property
+    def slow(self) -> bool:
+        """Whether the device has proved slower than ``MIN_DIRECT_RATE``."""
+        return self.nbytes >= RATE_SAMPLE and self.nbytes < self.secs * MIN_DIRECT_RATE
+
+    def write_blocks(self, fd: int, view: memoryview) -> bool:
+        """``write_blocks``, timed: if the device has proved too slow, ``O_DIRECT`` is
+        turned off for ``fd``. Returns whether it is still on."""
+        t = time.perf_counter()
+        if write_blocks(fd, view) and self.fast_enough(len(view), time.perf_counter() - t):
+            return True
+        return set_direct(fd, False)
 
 
 class DirectWriter:
@@ -128,10 +141,7 @@ class DirectWriter:
         if not whole:
             return
         if self.direct:
-            t = time.perf_counter()
-            self.direct = write_blocks(self.fd, self.view[:whole])
-            if self.direct and not self.rate.fast_enough(whole, time.perf_counter() - t):
-                self.direct = set_direct(self.fd, False)  # slow device: buffered from now on
+            self.direct = self.rate.write_blocks(self.fd, self.view[:whole])
         else:
             write_all(self.fd, self.view[:whole])
         rest = self.fill - whole

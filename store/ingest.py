@@ -29,11 +29,10 @@ import queue
 import resource
 import stat
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .directio import ALIGN, DirectRate, set_direct, write_blocks
+from .directio import ALIGN, DirectRate, set_direct
 from .errors import StoreError
 from .nar_read import ENTRY as _ENTRY
 from .nar_read import HDR_CONTENTS as _CONTENTS
@@ -229,11 +228,8 @@ class TreeIngest:
                 continue
             whole = n - n % ALIGN if direct else 0
             if whole:
-                t = time.perf_counter()
-                direct = write_blocks(dfd, piece[:whole])
-                if direct and not self.rate.fast_enough(whole, time.perf_counter() - t):
-                    self.direct = False  # the device is slower than the page cache
-                    direct = set_direct(dfd, False)
+                direct = self.rate.write_blocks(dfd, piece[:whole])
+                self.direct = not self.rate.slow  # a slow device: page cache for the rest
             if n > whole:
                 if direct:
                     direct = set_direct(dfd, False)  # a tail that is not whole blocks
