@@ -13,7 +13,8 @@ NAR sha256, its dependency edges, and what the path's derivation says about it
 
 Source URLs of a package are its own ``url``/``urls`` plus those of its fixed-output
 input derivations (the fetched tarballs), so a package lists where its source came from.
-``cyclonedx`` and ``spdx`` are pure functions of a ``Graph``.
+``cyclonedx`` and ``spdx`` are pure functions of a ``Graph``; they live in ``sbomdoc.py``
+and are re-exported here.
 
 Invariants
 ----------
@@ -26,9 +27,7 @@ Invariants
 
 from __future__ import annotations
 
-import os
 import re
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -38,12 +37,7 @@ from urllib.parse import quote, unquote
 from .derivation import Derivation
 from .derivation import parse as parse_drv
 from .errors import FormatError, StoreError
-from .intoto import rfc3339
 from .paths import StorePath
-
-DEFAULT_EPOCH = 315532800
-SBOM_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://kiln.dev/sbom")
-_SPDX_EXPR = re.compile(r"^\(?[A-Za-z0-9.+-]+\)?( (AND|OR|WITH) \(?[A-Za-z0-9.+-]+\)?)*$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,16 +88,6 @@ def deb_package(url: str) -> tuple[str, str, str] | None:
         return None
     name, version, arch = parts[0], unquote(parts[1]), parts[2]
     return name, version, f"pkg:deb/debian/{quote(name, safe='')}@{quote(version, safe='')}?arch={arch}"
-
-
-def source_date_epoch() -> int:
-    """``SOURCE_DATE_EPOCH`` from the environment, else 315532800; malformed is an error."""
-    raw = os.environ.get("SOURCE_DATE_EPOCH")
-    if raw is None or raw == "":
-        return DEFAULT_EPOCH
-    if not raw.isdigit():
-        raise FormatError(f"SOURCE_DATE_EPOCH must be a non-negative integer, found {raw!r}")
-    return int(raw)
 
 
 # ---------------------------------------------------------------------------- collecting
@@ -240,157 +224,6 @@ def collect(store: Any, path: str, build: bool = False) -> Graph:
     return Graph(path, "build", tuple(found[k] for k in sorted(found)))
 
 
-# ---------------------------------------------------------------------------- CycloneDX
-
-
-def purl(n: Node) -> str:
-    """The node's own purl (``pkg:deb/...`` for Debian packages) or
-    ``pkg:generic/<name>@<version>?checksum=sha256:<nar hex>`` (percent-encoded)."""
-    if n.purl:
-        return n.purl
-    s = f"pkg:generic/{quote(n.name, safe='')}"
-    if n.version:
-        s += f"@{quote(n.version, safe='')}"
-    if n.nar_sha256:
-        s += f"?checksum=sha256:{n.nar_sha256}"
-    return s
-
-
-def serial_number(g: Graph) -> str:
-    return f"urn:uuid:{uuid.uuid5(SBOM_NAMESPACE, f'{g.kind}:{g.root}')}"
-
-
-def _cdx_component(n: Node, type_: str) -> dict[str, Any]:
-    c: dict[str, Any] = {"type": type_, "bom-ref": n.path, "name": n.name}
-    if n.version:
-        c["version"] = n.version
-    c["purl"] = purl(n)
-    if n.nar_sha256:
-        c["hashes"] = [{"alg": "SHA-256", "content": n.nar_sha256}]
-    if n.license:
-        is_expr = _SPDX_EXPR.match(n.license)
-        c["licenses"] = [{"expression": n.license}] if is_expr else [{"license": {"name": n.license}}]
-    refs = [{"type": "source-distribution", "url": u} for u in n.urls]
-    if n.rev and n.urls:
-        refs = [{"type": "vcs", "url": u, "comment": f"revision {n.rev}"} for u in n.urls]
-    if refs:
-        c["externalReferences"] = refs
-    props = [{"name": "kiln:store-path", "value": n.path}]
-    if n.deriver:
-        props.append({"name": "kiln:deriver", "value": n.deriver})
-    c["properties"] = props
-    return c
-
-
-def cyclonedx(
-    g: Graph, *, root_type: str = "application", tool_version: str = "0", epoch: int | None = None
-) -> dict:
-    """A CycloneDX 1.6 BOM for ``g``; the root is ``metadata.component``."""
-    epoch = source_date_epoch() if epoch is None else epoch
-    root = g.node(g.root)
-    return {
-        "bomFormat": "CycloneDX",
-        "specVersion": "1.6",
-        "serialNumber": serial_number(g),
-        "version": 1,
-        "metadata": {
-            "timestamp": rfc3339(epoch),
-            "tools": {"components": [{"type": "application", "name": "kiln", "version": tool_version}]},
-            "component": _cdx_component(root, root_type),
-            "properties": [{"name": "kiln:closure", "value": g.kind}],
-        },
-        "components": [_cdx_component(n, "library") for n in g.nodes if n.path != g.root],
-        "dependencies": [{"ref": n.path, "dependsOn": list(n.deps)} for n in g.nodes],
-    }
-
-
-# ---------------------------------------------------------------------------- SPDX
-
-
-def _spdx_id(path: str) -> str:
-    sp = StorePath.parse(path)
-    return "SPDXRef-" + re.sub(r"[^A-Za-z0-9.-]", "-", f"{sp.hash_part}-{sp.name}")
-
-
-_SPDX_URL = re.compile(r"^(https?|ftp|sftp)://[^\s]+$")
-
-
-def _download_location(n: Node) -> str:
-    """The first URL SPDX accepts as a download location (``debian:`` pool paths are
-    kiln's own scheme and are not), as ``git+<url>@<rev>`` for git sources."""
-    for u in n.urls:
-        if _SPDX_URL.match(u):
-            return f"git+{u}@{n.rev}" if n.rev else u
-    return "NOASSERTION"
-
-
-def _spdx_package(n: Node) -> dict[str, Any]:
-    p: dict[str, Any] = {
-        "name": n.name,
-        "SPDXID": _spdx_id(n.path),
-        "downloadLocation": _download_location(n),
-        "filesAnalyzed": False,
-        "licenseConcluded": "NOASSERTION",
-        "licenseDeclared": n.license if n.license and _SPDX_EXPR.match(n.license) else "NOASSERTION",
-        "copyrightText": "NOASSERTION",
-        "externalRefs": [
-            {"referenceCategory": "PACKAGE-MANAGER", "referenceType": "purl", "referenceLocator": purl(n)}
-        ],
-        "comment": f"kiln store path {n.path}",
-    }
-    if n.version:
-        p["versionInfo"] = n.version
-    if n.nar_sha256:
-        p["checksums"] = [{"algorithm": "SHA256", "checksumValue": n.nar_sha256}]
-    if n.urls:
-        p["sourceInfo"] = "fetched from " + " ".join(n.urls)
-    if n.license and p["licenseDeclared"] == "NOASSERTION":
-        p["licenseComments"] = f"declared by the recipe as: {n.license}"
-    return p
-
-
-def spdx(g: Graph, *, tool_version: str = "0", epoch: int | None = None) -> dict:
-    """An SPDX 2.3 document for ``g``; the root package is what the document DESCRIBES."""
-    epoch = source_date_epoch() if epoch is None else epoch
-    base = StorePath.parse(g.root).base
-    rels = [
-        {
-            "spdxElementId": "SPDXRef-DOCUMENT",
-            "relationshipType": "DESCRIBES",
-            "relatedSpdxElement": _spdx_id(g.root),
-        }
-    ]
-    for n in g.nodes:
-        rels += [
-            {
-                "spdxElementId": _spdx_id(n.path),
-                "relationshipType": "DEPENDS_ON",
-                "relatedSpdxElement": _spdx_id(d),
-            }
-            for d in n.deps
-        ]
-    return {
-        "spdxVersion": "SPDX-2.3",
-        "dataLicense": "CC0-1.0",
-        "SPDXID": "SPDXRef-DOCUMENT",
-        "name": base,
-        "documentNamespace": f"https://kiln.dev/spdx/{base}-{serial_number(g).removeprefix('urn:uuid:')}",
-        "creationInfo": {"created": rfc3339(epoch), "creators": [f"Tool: kiln-{tool_version}"]},
-        "packages": [_spdx_package(n) for n in g.nodes],
-        "relationships": rels,
-    }
-
-
-def document(g: Graph, fmt: str = "cyclonedx", **kw: Any) -> dict:
-    """``cyclonedx`` or ``spdx`` by name."""
-    if fmt == "cyclonedx":
-        return cyclonedx(g, **kw)
-    if fmt == "spdx":
-        kw.pop("root_type", None)
-        return spdx(g, **kw)
-    raise FormatError(f"unknown SBOM format {fmt!r} (expected cyclonedx or spdx)")
-
-
 def graph_from_mapping(root: str, kind: str, nodes: Mapping[str, Node]) -> Graph:
     """Build a ``Graph`` from nodes keyed by path, checking every edge resolves."""
     for n in nodes.values():
@@ -400,3 +233,32 @@ def graph_from_mapping(root: str, kind: str, nodes: Mapping[str, Node]) -> Graph
     if root not in nodes:
         raise FormatError(f"SBOM graph: root {root} is not among the nodes")
     return Graph(root, kind, tuple(nodes[k] for k in sorted(nodes)))
+
+
+# The documents are rendered in sbomdoc (pure functions of a Graph); re-exported so
+# callers import one module. Imported last: sbomdoc names Node and Graph for typing only.
+from .sbomdoc import (  # noqa: E402
+    DEFAULT_EPOCH,
+    cyclonedx,
+    document,
+    purl,
+    serial_number,
+    source_date_epoch,
+    spdx,
+)
+
+__all__ = [
+    "DEFAULT_EPOCH",
+    "Graph",
+    "Node",
+    "collect",
+    "cyclonedx",
+    "deb_package",
+    "document",
+    "graph_from_mapping",
+    "purl",
+    "serial_number",
+    "source_date_epoch",
+    "spdx",
+    "split_name",
+]

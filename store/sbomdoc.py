@@ -1,0 +1,187 @@
+"""CycloneDX 1.6 JSON and SPDX 2.3 JSON documents for an SBOM ``Graph`` (``sbom.py``).
+
+Pure functions of a graph: no store access, no clock. Deterministic: same graph, same
+bytes (the serial number is ``urn:uuid:`` + uuid5 of the subject path and closure kind;
+the timestamp is ``SOURCE_DATE_EPOCH``, default 315532800, 1980-01-01). ``kiln.store.sbom``
+re-exports everything public here, so callers import that one module.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+from .errors import FormatError
+from .intoto import rfc3339
+from .paths import StorePath
+
+if TYPE_CHECKING:
+    from .sbom import Graph, Node
+
+DEFAULT_EPOCH = 315532800
+SBOM_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://kiln.dev/sbom")
+_SPDX_EXPR = re.compile(r"^\(?[A-Za-z0-9.+-]+\)?( (AND|OR|WITH) \(?[A-Za-z0-9.+-]+\)?)*$")
+
+
+def source_date_epoch() -> int:
+    """``SOURCE_DATE_EPOCH`` from the environment, else 315532800; malformed is an error."""
+    raw = os.environ.get("SOURCE_DATE_EPOCH")
+    if raw is None or raw == "":
+        return DEFAULT_EPOCH
+    if not raw.isdigit():
+        raise FormatError(f"SOURCE_DATE_EPOCH must be a non-negative integer, found {raw!r}")
+    return int(raw)
+
+
+# ---------------------------------------------------------------------------- CycloneDX
+
+
+def purl(n: Node) -> str:
+    """The node's own purl (``pkg:deb/...`` for Debian packages) or
+    ``pkg:generic/<name>@<version>?checksum=sha256:<nar hex>`` (percent-encoded)."""
+    if n.purl:
+        return n.purl
+    s = f"pkg:generic/{quote(n.name, safe='')}"
+    if n.version:
+        s += f"@{quote(n.version, safe='')}"
+    if n.nar_sha256:
+        s += f"?checksum=sha256:{n.nar_sha256}"
+    return s
+
+
+def serial_number(g: Graph) -> str:
+    return f"urn:uuid:{uuid.uuid5(SBOM_NAMESPACE, f'{g.kind}:{g.root}')}"
+
+
+def _cdx_component(n: Node, type_: str) -> dict[str, Any]:
+    c: dict[str, Any] = {"type": type_, "bom-ref": n.path, "name": n.name}
+    if n.version:
+        c["version"] = n.version
+    c["purl"] = purl(n)
+    if n.nar_sha256:
+        c["hashes"] = [{"alg": "SHA-256", "content": n.nar_sha256}]
+    if n.license:
+        is_expr = _SPDX_EXPR.match(n.license)
+        c["licenses"] = [{"expression": n.license}] if is_expr else [{"license": {"name": n.license}}]
+    refs = [{"type": "source-distribution", "url": u} for u in n.urls]
+    if n.rev and n.urls:
+        refs = [{"type": "vcs", "url": u, "comment": f"revision {n.rev}"} for u in n.urls]
+    if refs:
+        c["externalReferences"] = refs
+    props = [{"name": "kiln:store-path", "value": n.path}]
+    if n.deriver:
+        props.append({"name": "kiln:deriver", "value": n.deriver})
+    c["properties"] = props
+    return c
+
+
+def cyclonedx(
+    g: Graph, *, root_type: str = "application", tool_version: str = "0", epoch: int | None = None
+) -> dict:
+    """A CycloneDX 1.6 BOM for ``g``; the root is ``metadata.component``."""
+    epoch = source_date_epoch() if epoch is None else epoch
+    root = g.node(g.root)
+    return {
+        "bomFormat": "CycloneDX",
+        "specVersion": "1.6",
+        "serialNumber": serial_number(g),
+        "version": 1,
+        "metadata": {
+            "timestamp": rfc3339(epoch),
+            "tools": {"components": [{"type": "application", "name": "kiln", "version": tool_version}]},
+            "component": _cdx_component(root, root_type),
+            "properties": [{"name": "kiln:closure", "value": g.kind}],
+        },
+        "components": [_cdx_component(n, "library") for n in g.nodes if n.path != g.root],
+        "dependencies": [{"ref": n.path, "dependsOn": list(n.deps)} for n in g.nodes],
+    }
+
+
+# ---------------------------------------------------------------------------- SPDX
+
+
+def _spdx_id(path: str) -> str:
+    sp = StorePath.parse(path)
+    return "SPDXRef-" + re.sub(r"[^A-Za-z0-9.-]", "-", f"{sp.hash_part}-{sp.name}")
+
+
+_SPDX_URL = re.compile(r"^(https?|ftp|sftp)://[^\s]+$")
+
+
+def _download_location(n: Node) -> str:
+    """The first URL SPDX accepts as a download location (``debian:`` pool paths are
+    kiln's own scheme and are not), as ``git+<url>@<rev>`` for git sources."""
+    for u in n.urls:
+        if _SPDX_URL.match(u):
+            return f"git+{u}@{n.rev}" if n.rev else u
+    return "NOASSERTION"
+
+
+def _spdx_package(n: Node) -> dict[str, Any]:
+    p: dict[str, Any] = {
+        "name": n.name,
+        "SPDXID": _spdx_id(n.path),
+        "downloadLocation": _download_location(n),
+        "filesAnalyzed": False,
+        "licenseConcluded": "NOASSERTION",
+        "licenseDeclared": n.license if n.license and _SPDX_EXPR.match(n.license) else "NOASSERTION",
+        "copyrightText": "NOASSERTION",
+        "externalRefs": [
+            {"referenceCategory": "PACKAGE-MANAGER", "referenceType": "purl", "referenceLocator": purl(n)}
+        ],
+        "comment": f"kiln store path {n.path}",
+    }
+    if n.version:
+        p["versionInfo"] = n.version
+    if n.nar_sha256:
+        p["checksums"] = [{"algorithm": "SHA256", "checksumValue": n.nar_sha256}]
+    if n.urls:
+        p["sourceInfo"] = "fetched from " + " ".join(n.urls)
+    if n.license and p["licenseDeclared"] == "NOASSERTION":
+        p["licenseComments"] = f"declared by the recipe as: {n.license}"
+    return p
+
+
+def spdx(g: Graph, *, tool_version: str = "0", epoch: int | None = None) -> dict:
+    """An SPDX 2.3 document for ``g``; the root package is what the document DESCRIBES."""
+    epoch = source_date_epoch() if epoch is None else epoch
+    base = StorePath.parse(g.root).base
+    rels = [
+        {
+            "spdxElementId": "SPDXRef-DOCUMENT",
+            "relationshipType": "DESCRIBES",
+            "relatedSpdxElement": _spdx_id(g.root),
+        }
+    ]
+    for n in g.nodes:
+        rels += [
+            {
+                "spdxElementId": _spdx_id(n.path),
+                "relationshipType": "DEPENDS_ON",
+                "relatedSpdxElement": _spdx_id(d),
+            }
+            for d in n.deps
+        ]
+    return {
+        "spdxVersion": "SPDX-2.3",
+        "dataLicense": "CC0-1.0",
+        "SPDXID": "SPDXRef-DOCUMENT",
+        "name": base,
+        "documentNamespace": f"https://kiln.dev/spdx/{base}-{serial_number(g).removeprefix('urn:uuid:')}",
+        "creationInfo": {"created": rfc3339(epoch), "creators": [f"Tool: kiln-{tool_version}"]},
+        "packages": [_spdx_package(n) for n in g.nodes],
+        "relationships": rels,
+    }
+
+
+def document(g: Graph, fmt: str = "cyclonedx", **kw: Any) -> dict:
+    """``cyclonedx`` or ``spdx`` by name."""
+    if fmt == "cyclonedx":
+        return cyclonedx(g, **kw)
+    if fmt == "spdx":
+        kw.pop("root_type", None)
+        return spdx(g, **kw)
+    raise FormatError(f"unknown SBOM format {fmt!r} (expected cyclonedx or spdx)")
