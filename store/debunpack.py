@@ -69,6 +69,12 @@ LINKS: tuple[tuple[str, str], ...] = (
 )
 
 
+#: a .deb has three ar members; a few more are tolerated, an endless list is not
+_MAX_AR_MEMBERS = 64
+#: largest GNU long-name / pax header accepted: tarfile reads one whole into memory
+MAX_TAR_HEADER = 1 << 20
+
+
 @dataclass(frozen=True, slots=True)
 class ArMember:
     name: str
@@ -80,8 +86,9 @@ def read_ar(f: BinaryIO) -> Iterator[ArMember]:
     """The members of an ``ar`` archive (positions only; the caller seeks and reads)."""
     if f.read(8) != b"!<arch>\n":
         raise FormatError("not an ar archive (missing '!<arch>' header)")
+    end = f.seek(0, os.SEEK_END)
     pos = 8
-    while True:
+    for _ in range(_MAX_AR_MEMBERS):
         f.seek(pos)
         header = f.read(60)
         if not header:
@@ -91,12 +98,19 @@ def read_ar(f: BinaryIO) -> Iterator[ArMember]:
         name = header[0:16].decode("ascii", "replace").rstrip()
         if name.endswith("/") and name != "/":
             name = name[:-1]
-        try:
-            size = int(header[48:58].decode("ascii").strip())
-        except ValueError:
-            raise FormatError(f"bad ar member size at offset {pos}") from None
+        field = header[48:58].rstrip(b" ")
+        # Digits only: int() would also take "-60" (a member that never advances) or "1_0".
+        if not field.isdigit():
+            raise FormatError(f"bad ar member size {field!r} at offset {pos}")
+        size = int(field)
+        if pos + 60 + size > end:
+            raise FormatError(
+                f"truncated ar archive: member {name!r} at offset {pos} declares {size} bytes, "
+                f"only {end - pos - 60} follow"
+            )
         yield ArMember(name, pos + 60, size)
         pos += 60 + size + (size & 1)
+    raise FormatError(f"more than {_MAX_AR_MEMBERS} ar members (a .deb has three)")
 
 
 class _Window:
@@ -180,7 +194,7 @@ class _ReadAhead:
         self._thread.join()
 
 
-def _decompressor(name: str, raw: _Window):
+def _decompressor(name: str, raw: _Window, deb: Path):
     if name == "data.tar":
         return raw
     if name == "data.tar.xz":
@@ -193,7 +207,38 @@ def _decompressor(name: str, raw: _Window):
         import zstandard
 
         return zstandard.ZstdDecompressor().stream_reader(raw)
-    raise FormatError(f"unsupported data member {name!r}")
+    raise FormatError(f"{deb.name}: unsupported data member {name!r} (expected data.tar[.xz|.gz|.bz2|.zst])")
+
+
+_BIG_HEADERS = (
+    tarfile.GNUTYPE_LONGNAME,
+    tarfile.GNUTYPE_LONGLINK,
+    tarfile.XHDTYPE,
+    tarfile.XGLTYPE,
+    tarfile.SOLARIS_XHDTYPE,
+)
+
+
+class _Member(tarfile.TarInfo):
+    """``TarInfo`` that refuses oversized long-name/pax headers (``tarfile`` would read
+    one into memory whole: a few KB of compressed zeros could ask for gigabytes) and
+    records on the ``TarFile`` whether the end-of-archive block was seen, so an archive
+    cut at a member boundary is not taken for a complete one."""
+
+    @classmethod
+    def fromtarfile(cls, tf: tarfile.TarFile) -> tarfile.TarInfo:
+        try:
+            return super().fromtarfile(tf)
+        except tarfile.EOFHeaderError:
+            tf.kiln_ended = True  # type: ignore[attr-defined]
+            raise
+
+    def _proc_member(self, tf: tarfile.TarFile) -> tarfile.TarInfo:
+        if self.type in _BIG_HEADERS and self.size > MAX_TAR_HEADER:
+            raise tarfile.HeaderError(
+                f"extended header of {self.size} bytes before {self.name!r} (limit {MAX_TAR_HEADER})"
+            )
+        return super()._proc_member(tf)  # type: ignore[misc]
 
 
 def _member_path(name: str, deb: Path) -> PurePosixPath | None:
@@ -206,55 +251,96 @@ def _member_path(name: str, deb: Path) -> PurePosixPath | None:
     return PurePosixPath(*parts) if parts else None
 
 
-def _resolve_parent(out: Path, rel: PurePosixPath, deb: Path, cache: dict[PurePosixPath, Path]) -> Path:
-    """The real directory (inside ``out``) that ``rel``'s parent names, following links
-    inside the tree; creates missing directories.
+def _inside(root: Path, parts: list[str], what: str, create: bool) -> Path | None:
+    """The real directory inside ``root`` that the directory components ``parts`` name,
+    following symlinks already in the tree *inside* the tree (an absolute target is taken
+    relative to ``root``; ``..`` never climbs above it).
 
-    ``cache`` maps already resolved parents to their directory. That stays true for the
-    whole unpack: a resolved path only runs through existing directories, and a directory
-    is never replaced by anything (``_clear`` refuses), so no later member can redirect it."""
-    hit = cache.get(rel.parent)
-    if hit is not None:
-        return hit
-    root = out.resolve()
+    ``create``: make missing directories, and raise ``FormatError`` for a component that is
+    not a directory or a path that leaves the root. Otherwise return None in those cases
+    (nothing is created)."""
     cur: list[str] = []
-    todo = list(rel.parent.parts)
+    todo = list(parts)
     hops = 0
     while todo:
         part = todo.pop(0)
-        if part in ("", "."):
+        if part in ("", ".", "/"):
             continue
         if part == "..":
             if not cur:
-                raise FormatError(f"{deb.name}: path {str(rel)!r} escapes the root through a symlink")
+                if not create:
+                    return None
+                raise FormatError(f"{what} escapes the root through a symlink")
             cur.pop()
             continue
         here = root.joinpath(*cur, part)
         if here.is_symlink():
             hops += 1
             if hops > 40:
-                raise FormatError(f"{deb.name}: too many symlinks resolving {str(rel)!r}")
+                if not create:
+                    return None
+                raise FormatError(f"{what}: too many symlinks")
             target = os.readlink(here)
             if target.startswith("/"):
                 cur = []
-            todo = [p for p in PurePosixPath(target).parts if p != "/"] + todo
+            todo = [*PurePosixPath(target).parts, *todo]
             continue
         if not here.exists():
+            if not create:
+                return None
             here.mkdir(mode=0o755)
         elif not here.is_dir():
-            raise FormatError(f"{deb.name}: {str(rel)!r} needs {here.relative_to(root)} to be a directory")
+            if not create:
+                return None
+            raise FormatError(f"{what} needs {here.relative_to(root)} to be a directory")
         cur.append(part)
-    cache[rel.parent] = found = root.joinpath(*cur)
+    return root.joinpath(*cur)
+
+
+def _exists_inside(root: Path, parts: list[str], hops: int = 0) -> bool:
+    """Whether ``parts`` (relative to ``root``) names something that exists, resolving
+    every symlink on the way inside the tree, the last one included."""
+    if not parts or parts[-1] in (".", ".."):
+        return _inside(root, parts, "", create=False) is not None
+    d = _inside(root, parts[:-1], "", create=False)
+    if d is None:
+        return False
+    p = d / parts[-1]
+    if not p.is_symlink():
+        return p.exists()
+    if hops >= 40:
+        return False
+    target = os.readlink(p)
+    base = [] if target.startswith("/") else list(d.relative_to(root).parts)
+    return _exists_inside(root, [*base, *PurePosixPath(target).parts], hops + 1)
+
+
+def _resolve_parent(out: Path, rel: PurePosixPath, deb: Path, cache: dict[PurePosixPath, Path]) -> Path:
+    """The real directory (inside ``out``) that ``rel``'s parent names, following links
+    inside the tree; creates missing directories.
+
+    ``cache`` maps already resolved parents to their directory. A resolved path only runs
+    through existing directories and symlinks; a directory is never replaced (``_clear``
+    refuses), and replacing a symlink empties the cache (``_clear``), so a hit is current."""
+    hit = cache.get(rel.parent)
+    if hit is not None:
+        return hit
+    found = _inside(out.resolve(), list(rel.parent.parts), f"{deb.name}: path {str(rel)!r}", create=True)
+    assert found is not None  # create=True raises instead
+    cache[rel.parent] = found
     return found
 
 
-def _clear(path: Path) -> None:
+def _clear(path: Path, rel: PurePosixPath, deb: Path, cache: dict) -> None:
     """Remove what is at ``path`` (a file or link; a directory only if the new member is
-    not one, which is a conflict the caller reports)."""
-    if path.is_symlink() or path.is_file():
+    not one, which is a conflict, reported)."""
+    if path.is_symlink():
+        path.unlink()
+        cache.clear()  # resolved parents may have run through this link
+    elif path.is_file():
         path.unlink()
     elif path.exists():
-        raise FormatError(f"cannot replace directory {path} with a non-directory")
+        raise FormatError(f"{deb.name}: cannot replace directory {rel} with a non-directory")
 
 
 def unpack_deb(
@@ -262,6 +348,8 @@ def unpack_deb(
 ) -> None:
     """Unpack the data of one .deb into ``out`` (rules in the module docstring).
     ``cache`` may be shared by the calls that fill one ``out`` (see ``_resolve_parent``)."""
+    import zstandard  # here, not at import: only the unpack needs it
+
     cache = {} if cache is None else cache
     with open(deb, "rb") as f:
         members = list(read_ar(f))
@@ -270,12 +358,15 @@ def unpack_deb(
         data = [m for m in members if m.name.startswith("data.tar")]
         if len(data) != 1:
             raise FormatError(f"{deb.name}: expected one data.tar member, found {len(data)}")
-        stream = _ReadAhead(_decompressor(data[0].name, _Window(f, data[0].offset, data[0].size)))
+        stream = _ReadAhead(_decompressor(data[0].name, _Window(f, data[0].offset, data[0].size), deb))
         try:
-            with tarfile.open(fileobj=stream, mode="r|") as tar:
+            with tarfile.open(fileobj=stream, mode="r|", tarinfo=_Member) as tar:
+                tar.kiln_ended = False  # type: ignore[attr-defined]
                 for member in tar:
                     _extract(tar, member, deb, out, notes, cache)
-        except (tarfile.TarError, EOFError, lzma.LZMAError, OSError, zlib_error) as e:
+                if not tar.kiln_ended:  # type: ignore[attr-defined]
+                    raise FormatError(f"{deb.name}: truncated data archive (no end-of-archive marker)")
+        except (tarfile.TarError, EOFError, lzma.LZMAError, OSError, zlib_error, zstandard.ZstdError) as e:
             if isinstance(e, FormatError):
                 raise
             raise FormatError(f"{deb.name}: corrupt data archive: {e}") from None
@@ -302,20 +393,22 @@ def _extract(
         target.mkdir(mode=0o755, exist_ok=True)
         os.chmod(target, 0o755)
     elif m.issym():
-        _clear(target)
+        _clear(target, rel, deb, cache)
         os.symlink(m.linkname, target)
     elif m.islnk():
         src_rel = _member_path(m.linkname, deb)
         if src_rel is None:
             raise FormatError(f"{deb.name}: hard link {rel} points at the root")
+        if src_rel == rel:
+            raise FormatError(f"{deb.name}: hard link {rel} points at itself")
         src = _resolve_parent(out, src_rel, deb, cache) / src_rel.name
         if not src.is_file() or src.is_symlink():
             raise FormatError(f"{deb.name}: hard link {rel} -> {m.linkname}: target not unpacked")
-        _clear(target)
+        _clear(target, rel, deb, cache)
         shutil.copyfile(src, target)
         os.chmod(target, stat.S_IMODE(src.stat().st_mode))
     elif m.isreg():
-        _clear(target)
+        _clear(target, rel, deb, cache)
         src = tar.extractfile(m)
         assert src is not None
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -328,15 +421,23 @@ def _extract(
 
 def add_links(out: Path) -> list[str]:
     """Create the ``LINKS`` whose target exists and whose path is free; returns them as
-    ``path -> target`` strings."""
+    ``path -> target`` strings.
+
+    Both the link's directory and its target are resolved *inside* the tree, as the build
+    will see it (a package may ship ``bin -> /usr/bin`` or ``usr -> ../elsewhere``): the
+    host's files never decide whether a link is made, and nothing is created outside
+    ``out``. A link whose directory is missing or leaves the tree is not made."""
+    root = out.resolve()
     made: list[str] = []
     for link, target in LINKS:
-        path = out / link
-        if path.is_symlink() or path.exists():
+        *dirs, name = link.split("/")
+        d = _inside(root, dirs, link, create=False)
+        if d is None or os.path.lexists(d / name):
             continue
-        if not (path.parent / target).exists():
+        here = list(d.relative_to(root).parts)
+        if not _exists_inside(root, [*here, *PurePosixPath(target).parts]):
             continue
-        os.symlink(target, path)
+        os.symlink(target, d / name)
         made.append(f"{link} -> {target}")
     return made
 
