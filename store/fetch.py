@@ -19,9 +19,12 @@ matches. Sources are tried in this order:
 HTTP transfers use urllib (redirects followed by its redirect handler), a socket timeout
 (``timeout`` argument, ``KILN_FETCH_TIMEOUT``), and up to ``retries`` further attempts per
 URL after a dropped connection or timeout. A retry resumes with ``Range: bytes=N-`` when the
-server answers ``206`` with a matching ``Content-Range``; otherwise the partial file is
-discarded and the download starts over, so the hash always covers exactly the bytes kept.
-"Connection refused" and unknown hosts are not retried.
+server answers ``206`` with a matching ``Content-Range``; a ``200`` restarts from zero, and
+a ``206`` for another offset is dropped and the file asked for again without ``Range``, so
+the hash always covers exactly the bytes kept. "Connection refused" and unknown hosts are
+not retried. A source the fetcher cannot use (an unsupported scheme, a ``debian:`` URL
+that does not expand) is reported in its turn; the other sources are still tried (a
+mirror is skipped with a warning). ``file:`` URLs may have one slash, as apt writes them.
 
 Mirror lists, layout and NAR-hashed trees in mirrors are in ``kiln.store.fetchmirror``;
 its public names are re-exported here.
@@ -159,17 +162,25 @@ def _http_get(url: str, sink: _Sink, timeout: float, retries: int) -> None:
     import http.client
 
     attempt = 0
+    use_range = True
     while True:
         headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
-        if sink.size:
+        if sink.size and use_range:
             headers["Range"] = f"bytes={sink.size}-"
+        elif sink.size:
+            sink.reset()
         req = urllib.request.Request(url, headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=timeout) as resp:
-                if sink.size and not (
-                    resp.status == 206 and _range_start(resp.headers.get("Content-Range")) == sink.size
+                if resp.status == 206 and (
+                    not sink.size or _range_start(resp.headers.get("Content-Range")) != sink.size
                 ):
-                    sink.reset()  # the server ignored or mangled the range: start over cleanly
+                    # A part we did not ask for (wrong offset, multipart, or a range
+                    # nobody requested): never take it for the file; ask for all of it.
+                    use_range = False
+                    raise ConnectionError("the server answered with the wrong byte range")
+                if sink.size and resp.status != 206:
+                    sink.reset()  # the server ignored the range: this body is the whole file
                 length = resp.headers.get("Content-Length")
                 total = sink.size + int(length) if length and length.isdigit() else None
                 while chunk := resp.read(CHUNK):
@@ -214,7 +225,7 @@ def _describe(e: BaseException) -> str:
 
 def _transfer(source: str, sink: _Sink, timeout: float, retries: int) -> None:
     """Fill ``sink`` from a path, ``file://`` URL or network URL."""
-    if source.startswith("file://"):
+    if source.startswith("file:"):  # file:///p and apt's file:/p
         _copy_local(Path(urllib.request.url2pathname(urllib.parse.urlparse(source).path)), sink)
     elif "://" not in source:
         _copy_local(Path(source), sink)
@@ -259,12 +270,21 @@ def fetch_url(
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "w+b") as f:
-            for source, is_mirror in _sources(urls, expected, mirrors):
+            for source, is_mirror, unusable in _sources(urls, expected, mirrors):
+                if unusable is not None:  # e.g. a bad debian: URL; the other sources still count
+                    failures.append(f"{source}: {unusable}")
+                    continue
                 sink = _Sink(f, algo, _Progress(progress, source))
                 try:
                     if is_mirror and "://" not in source and not Path(source).is_file():
                         continue  # a plain mirror miss
                     _transfer(source, sink, timeout, retries)
+                except FetchError as e:  # a source this fetcher cannot use (its scheme)
+                    if is_mirror:
+                        print(f"warning: skipping mirror {source}: {e}", file=sys.stderr)
+                    else:
+                        failures.append(f"{source}: {e}")
+                    continue
                 except urllib.error.HTTPError as e:
                     if not (is_mirror and e.code in (403, 404, 410)):
                         failures.append(f"{source}: HTTP {e.code} {e.reason}")
@@ -306,15 +326,21 @@ def fetch_url(
 
 
 def _sources(urls: list[str], expected: Hash | None, mirrors: list[str]):
-    """(location, is_mirror) pairs in the order they are tried."""
+    """(location, is_mirror, why unusable or None) in the order they are tried. A URL that
+    cannot be expanded is reported in its turn rather than stopping the others."""
     for m in mirrors_from_env(mirrors) if expected is not None else ():
         loc = mirror_location(m, expected)
-        if loc.startswith("file://"):
+        if loc.startswith("file:"):
             loc = urllib.request.url2pathname(urllib.parse.urlparse(loc).path)
-        yield loc, True
+        yield loc, True, None
     for url in urls:
-        for concrete in expand_url(url):
-            yield concrete, False
+        try:
+            concrete = expand_url(url)
+        except FetchError as e:
+            yield url, False, str(e)
+            continue
+        for c in concrete:
+            yield c, False, None
 
 
 def _fsync_dir(path: Path) -> None:

@@ -9,6 +9,8 @@ Routes (``server.url(route)``):
 - ``/drop-norange/<n>``  like ``/drop`` but ignores ``Range`` (answers 200 with everything)
 - ``/hang/<name>``       sends nothing for 5 s
 - ``/flaky/<name>``      first request 503, then like ``/file``
+- ``/badrange/<name>``   like ``/drop``, but a later ``Range`` request is answered 206
+                         from the wrong offset (64 KiB, a cache's block boundary)
 - ``/mirror/...``        a hashed mirror: ``/mirror/sha256/<hex>`` of registered bytes
 
 Every request is logged as ``(method, path, range header)`` in ``server.log``.
@@ -52,7 +54,14 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", "0")
             self.end_headers()
             return None
-        if kind in ("drop", "drop-norange"):
+        if kind == "badrange" and not first and rng:
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes 65536-{len(data) - 1}/{len(data)}")
+            self.send_header("Content-Length", str(len(data) - 65536))
+            self.end_headers()
+            self.wfile.write(data[65536:])
+            return None
+        if kind in ("drop", "drop-norange", "badrange"):
             if first:
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(data)))
@@ -62,7 +71,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.flush()
                 self.close_connection = True
                 return None
-            return self._send(data, rng, ranges=(kind == "drop"))
+            return self._send(data, rng, ranges=(kind != "drop-norange"))
         if kind == "hang":
             time.sleep(5)
             return self._status(500)

@@ -183,6 +183,51 @@ def test_unsupported_scheme(tmp_path):
         fetch_url(["gopher://x/y"], h(DATA), tmp_path / "g", mirrors=[], progress=False)
 
 
+def test_wrong_range_answer_restarts_without_range(server, tmp_path):
+    # A resumed request answered 206 from another offset must not be kept as the file.
+    server.add("br", DATA)
+    dest = tmp_path / "br"
+    fetch_url([server.url("badrange/br")], h(DATA), dest, mirrors=[], progress=False, timeout=5)
+    assert dest.read_bytes() == DATA
+    ranges = [r for _, p, r in server.log if p == "/badrange/br"]
+    assert ranges[0] is None and ranges[1] is not None and ranges[-1] is None
+
+
+def test_an_unusable_source_does_not_stop_the_others(server, tmp_path, capsys):
+    server.add("ok", DATA)
+    good = server.url("file/ok")
+    # an unsupported scheme among the mirrors or before the working URL, and a bad debian: URL
+    for urls, mirrors in (
+        ([good], ["rsync://m.invalid/kiln"]),
+        (["gopher://x/y", good], []),
+        (["debian:", good], []),
+    ):
+        dest = tmp_path / "d"
+        fetch_url(urls, h(DATA), dest, mirrors=mirrors, progress=False)
+        assert dest.read_bytes() == DATA
+        dest.unlink()
+    assert "skipping mirror rsync://" in capsys.readouterr().err
+    # a wrong-bytes URL followed by an unusable one: the mismatch is what is reported
+    server.add("bad", b"other bytes")
+    with pytest.raises(HashMismatch):
+        fetch_url(
+            [server.url("file/bad"), "gopher://x/y"], h(DATA), tmp_path / "m", mirrors=[], progress=False
+        )
+    with pytest.raises(
+        FetchError, match=r"(?s)gopher://x/y: unsupported URL scheme.*debian:: bad debian: URL"
+    ):
+        fetch_url(["gopher://x/y", "debian:"], h(DATA), tmp_path / "n", mirrors=[], progress=False)
+
+
+def test_apt_style_file_url(tmp_path):
+    # apt writes local archives as file:/path (one slash); debian: URLs built on one work.
+    src = tmp_path / "srv" / "pool" / "x.deb"
+    src.parent.mkdir(parents=True)
+    src.write_bytes(DATA)
+    fetch_url([f"file:{src}"], h(DATA), tmp_path / "x.deb", mirrors=[], progress=False)
+    assert (tmp_path / "x.deb").read_bytes() == DATA
+
+
 def test_parse_mirror_list():
     assert parse_mirror_list("/a:/b http://h:8080/m:https://x/y file:///c") == [
         "/a",
