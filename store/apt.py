@@ -15,13 +15,17 @@ parsed with python-debian's ``debian.deb822.Packages`` (relations, version const
 
 Resolution rules (documented in docs/toolchain.md):
 
-- the candidate of a name is its highest version (dpkg ordering) of the wanted architecture
-  or ``all`` across all indexes, as apt picks with default pins;
+- the candidate of a name is, as apt picks it with default pins, its highest version (dpkg
+  ordering) of the wanted architecture or ``all`` among the indexes of the highest
+  priority: 500, or 1 for a suite whose Release file says ``NotAutomatic: yes`` (100 with
+  ``ButAutomaticUpgrades: yes``), so backports are taken only for what nothing else has;
 - ``Depends`` and ``Pre-Depends`` are followed; ``Recommends``/``Suggests`` are not;
 - for an alternative list ``a | b | c`` the dependency is satisfied if any alternative is
-  already chosen (by name or by ``Provides``); otherwise the first satisfiable alternative
-  is chosen: a real package whose candidate meets the version constraint, else a virtual
-  name provided by some candidate (the provider already chosen, else the first by name);
+  already chosen with a version that meets its constraint (by name, or by a ``Provides``,
+  which for a versioned dependency must itself carry a version that meets it, as Debian
+  policy 7.5 says); otherwise the first satisfiable alternative is chosen: a real package
+  whose candidate meets the constraint, else a virtual name provided by some candidate
+  (the provider already chosen, else the first by name);
 - excluded names are never chosen; a dependency whose alternatives are all excluded is
   dropped (and reported), one that cannot be satisfied at all is an error.
 
@@ -170,31 +174,75 @@ def _field(stanza: str, key: str) -> str:
     return stanza[i : j if j >= 0 else len(stanza)].strip()
 
 
-class AptIndex:
-    """Candidates by name and providers of virtual names, for one architecture."""
+#: apt's default pin priorities
+PRIORITY_DEFAULT, PRIORITY_UPGRADES_ONLY, PRIORITY_NOT_AUTOMATIC = 500, 100, 1
+_VERSION_RE = re.compile(r"^(\d+:)?[0-9][A-Za-z0-9.+~:-]*$")
+_PROVIDE_RE = re.compile(r"^\s*([^\s(]+)\s*(?:\(\s*=\s*([^)\s]+)\s*\))?\s*$")
 
-    def __init__(self, stanzas: Iterable[str], arch: str = "amd64") -> None:
+
+def release_priority(index: Path) -> int:
+    """The default pin priority of the suite an index belongs to, from apt's Release file
+    beside it (the longest ``*_InRelease``/``*_Release`` whose name prefixes the index's)."""
+    best: Path | None = None
+    for rel in index.parent.glob("*Release"):
+        stem = rel.name.removesuffix("InRelease").removesuffix("Release")
+        if (
+            stem.endswith("_")
+            and index.name.startswith(stem)
+            and (best is None or len(rel.name) > len(best.name))
+        ):
+            best = rel
+    if best is None:
+        return PRIORITY_DEFAULT
+    try:
+        text = best.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return PRIORITY_DEFAULT
+    fields = {
+        k.strip().lower(): v.strip().lower()
+        for k, _, v in (ln.partition(":") for ln in text.splitlines()[:80])
+    }
+    if fields.get("notautomatic") == "yes":
+        return (
+            PRIORITY_UPGRADES_ONLY if fields.get("butautomaticupgrades") == "yes" else PRIORITY_NOT_AUTOMATIC
+        )
+    return PRIORITY_DEFAULT
+
+
+class AptIndex:
+    """Candidates by name and providers of virtual names, for one architecture.
+
+    ``stanzas`` are raw stanzas, or ``(stanza, priority)`` pairs (plain ones have the
+    default priority 500)."""
+
+    def __init__(self, stanzas: Iterable[str | tuple[str, int]], arch: str = "amd64") -> None:
         from debian.debian_support import version_compare
 
         self.arch = arch
-        self._raw: dict[str, tuple[str, str]] = {}
-        for stanza in stanzas:
+        self._raw: dict[str, tuple[str, str, int]] = {}
+        for item in stanzas:
+            stanza, prio = (item, PRIORITY_DEFAULT) if isinstance(item, str) else item
             stanza = stanza.strip("\n")
             name = _field(stanza, "Package")
             if not name or _field(stanza, "Architecture") not in (arch, "all"):
                 continue
             version = _field(stanza, "Version")
+            if not _VERSION_RE.match(version):
+                raise FormatError(f"package {name}: bad or missing Version {version!r}")
             best = self._raw.get(name)
-            if best is None or version_compare(version, best[0]) > 0:
-                self._raw[name] = (version, stanza)
-        # virtual name -> candidate names providing it (from candidates only, as apt does)
-        self.providers: dict[str, list[str]] = {}
-        for name, (_, stanza) in sorted(self._raw.items()):
-            provides = _field(stanza, "Provides")
-            for item in provides.split(","):
-                virt = item.strip().split(" ", 1)[0].split("(", 1)[0].strip()
-                if virt:
-                    self.providers.setdefault(virt, []).append(name)
+            if best is None or (prio, 0) > (best[2], version_compare(best[0], version)):
+                self._raw[name] = (version, stanza, prio)
+        # virtual name -> [(candidate providing it, provided version or None)], from
+        # candidates only, as apt does
+        self.providers: dict[str, list[tuple[str, str | None]]] = {}
+        #: the reverse: candidate -> [(virtual name, provided version or None)]
+        self.provides: dict[str, list[tuple[str, str | None]]] = {}
+        for name, (_, stanza, _) in sorted(self._raw.items()):
+            for item in _field(stanza, "Provides").split(","):
+                m = _PROVIDE_RE.match(item)
+                if m:
+                    self.providers.setdefault(m.group(1), []).append((name, m.group(2)))
+                    self.provides.setdefault(name, []).append((m.group(1), m.group(2)))
         self._parsed: dict[str, object] = {}
 
     @classmethod
@@ -202,7 +250,19 @@ class AptIndex:
         files = index_files(lists_dir)
         if not files:
             raise AptError(f"no package indexes in {lists_dir} (run 'apt-get update' first)")
-        return cls((s for f in files for s in read_index(f).split("\n\n")), arch)
+        current = [files[0]]
+
+        def stanzas() -> Iterator[tuple[str, int]]:
+            for f in files:
+                current[0] = f
+                prio = release_priority(f)
+                for s in read_index(f).split("\n\n"):
+                    yield s, prio
+
+        try:
+            return cls(stanzas(), arch)
+        except FormatError as e:
+            raise FormatError(f"{current[0]}: {e}") from None
 
     def __contains__(self, name: str) -> bool:
         return name in self._raw
@@ -223,6 +283,8 @@ class AptIndex:
         missing = [k for k in ("SHA256", "Filename", "Size") if not p.get(k)]
         if missing:
             raise FormatError(f"index stanza of {name} lacks {', '.join(missing)}")
+        if not p["Size"].isdigit():
+            raise FormatError(f"index stanza of {name}: Size must be a number of bytes, found {p['Size']!r}")
         return LockEntry(
             name=name,
             version=p["Version"],
@@ -244,7 +306,20 @@ def _satisfies(version: str, rel: dict) -> bool:
         return True
     op, want = constraint
     c = version_compare(version, want)
-    return {"<<": c < 0, "<=": c <= 0, "=": c == 0, ">=": c >= 0, ">>": c > 0}[op]
+    # "<" and ">" are the obsolete spellings of "<=" and ">=" (Debian policy 7.1)
+    ok = {"<<": c < 0, "<=": c <= 0, "<": c <= 0, "=": c == 0, ">=": c >= 0, ">": c >= 0, ">>": c > 0}.get(op)
+    if ok is None:
+        raise FormatError(f"unknown version relation {op!r} in ({op} {want})")
+    return ok
+
+
+def _rel_text(alts: list[dict]) -> str:
+    """``a (>= 1) | b`` as Debian writes it."""
+    out = []
+    for a in alts:
+        v = a.get("version")
+        out.append(f"{a['name']} ({v[0]} {v[1]})" if v else a["name"])
+    return " | ".join(out)
 
 
 def resolve(
@@ -255,7 +330,7 @@ def resolve(
     warn = warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr))
     excluded = set(exclude)
     chosen: dict[str, None] = {}
-    provided: dict[str, str] = {}  # virtual name -> chosen provider
+    provided: dict[str, list[str | None]] = {}  # virtual name -> versions chosen packages provide
     queue: list[str] = []
 
     def choose(name: str) -> None:
@@ -263,17 +338,29 @@ def resolve(
             return
         chosen[name] = None
         queue.append(name)
-        for rel in index.package(name).relations["provides"]:
-            for alt in rel:
-                provided.setdefault(alt["name"], name)
+        for virt, ver in index.provides.get(name, []):
+            provided.setdefault(virt, []).append(ver)
+
+    def satisfied(alt: dict) -> bool:
+        if alt["name"] in chosen and _satisfies(index.version(alt["name"]), alt):
+            return True
+        vers = provided.get(alt["name"], [])
+        if alt.get("version") is None:
+            return bool(vers)
+        return any(v is not None and _satisfies(v, alt) for v in vers)
 
     for root in roots:
         if root in excluded:
             raise AptError(f"package {root!r} is both requested and excluded")
         if root not in index:
-            via = index.providers.get(root)
+            via = [p for p, _ in index.providers.get(root, []) if p not in excluded]
             if not via:
-                raise AptError(f"no package named {root!r} in the apt indexes")
+                why = (
+                    "only excluded packages provide it"
+                    if index.providers.get(root)
+                    else "no package by that name"
+                )
+                raise AptError(f"cannot lock {root!r}: {why} in the apt indexes")
             root = via[0]
         choose(root)
 
@@ -282,30 +369,38 @@ def resolve(
         pkg = index.package(name)
         for field in ("pre-depends", "depends"):
             for alts in pkg.relations[field]:
-                if any(a["name"] in chosen or a["name"] in provided for a in alts):
+                if any(satisfied(a) for a in alts):
                     continue
-                pick = _first_satisfiable(index, alts, excluded)
-                text = " | ".join(a["name"] for a in alts)
+                pick = _first_satisfiable(index, alts, excluded, chosen)
+                text = _rel_text(alts)
                 if pick is None:
                     if all(a["name"] in excluded for a in alts):
                         warn(f"{name}: dependency '{text}' dropped (excluded)")
                         continue
-                    raise AptError(f"{name} {index.version(name)}: cannot satisfy dependency '{text}'")
+                    have = [f"{a['name']} {index.version(a['name'])}" for a in alts if a["name"] in chosen]
+                    extra = f" ({', '.join(have)} already chosen)" if have else ""
+                    raise AptError(f"{name} {index.version(name)}: cannot satisfy dependency '{text}'{extra}")
                 choose(pick)
     return tuple(index.entry(n) for n in sorted(chosen))
 
 
-def _first_satisfiable(index: AptIndex, alts: list[dict], excluded: set[str]) -> str | None:
+def _first_satisfiable(index: AptIndex, alts: list[dict], excluded: set[str], chosen: dict) -> str | None:
     for alt in alts:
         name = alt["name"]
         if name in excluded:
             continue
         if name in index and _satisfies(index.version(name), alt):
             return name
-        if alt.get("version") is None:
-            for provider in index.providers.get(name, []):
-                if provider not in excluded:
-                    return provider
+        # a virtual name: an unversioned dependency takes any provider, a versioned one only
+        # a provider whose Provides carries a version that meets it; a chosen one first
+        fits = [
+            p
+            for p, ver in index.providers.get(name, [])
+            if p not in excluded
+            and (alt.get("version") is None or (ver is not None and _satisfies(ver, alt)))
+        ]
+        if fits:
+            return next((p for p in fits if p in chosen), fits[0])
     return None
 
 
