@@ -25,8 +25,8 @@ contents read ``chunk_size`` at a time) totalling about ``chunk_size`` bytes; ``
 joins a batch into one chunk, ``hash_path`` feeds the pieces to the hash as they are, so
 file contents are never copied after the read.
 
-``hash_path`` hashes the first batch inline (a path smaller than ``chunk_size`` never
-starts a thread); for bigger paths it continues the walk in a reader thread and hashes in
+``hash_path`` hashes inline when the walk ends within two batches (a small path never
+starts a thread; a short batch need not be the last, see ``hash_path``); for bigger paths it continues the walk in a reader thread and hashes in
 the calling thread; file reads and ``hashlib`` both release the GIL, so on two cores
 reading and hashing overlap.
 
@@ -311,17 +311,20 @@ _STOP = object()
 def hash_path(path: str | os.PathLike, chunk_size: int = 1 << 20) -> tuple[Hash, int]:
     """SHA-256 NAR hash and NAR size of ``path``, as ``nix-hash --type sha256`` computes.
 
-    The first batch is hashed inline: a batch smaller than ``chunk_size`` is the last
-    one, so small paths never pay for a thread. Beyond that a reader thread produces
-    batches while this thread hashes them (bounded queue: memory stays at a few chunks)."""
+    A path whose walk ends within two batches is hashed inline, so small paths never pay
+    for a thread. (Whether a batch is the last is known only from the walk ending: a batch
+    can be short without being the last, when the walk flushes before a file rather than
+    make a small read.) Beyond that a reader thread produces batches while this thread
+    hashes them (bounded queue: memory stays at a few chunks)."""
     h = hashlib.sha256()
     size = 0
     gen = _batches(os.fsencode(path), chunk_size)
     first = next(gen)
+    second = next(gen, None)
     for piece in first:
         h.update(piece)
         size += len(piece)
-    if size < chunk_size:
+    if second is None:
         return Hash("sha256", h.digest()), size
 
     q: queue.Queue = queue.Queue(maxsize=4)
@@ -339,6 +342,8 @@ def hash_path(path: str | os.PathLike, chunk_size: int = 1 << 20) -> tuple[Hash,
 
     def produce() -> None:
         try:
+            if not put(second):
+                return
             for batch in gen:
                 if not put(batch):
                     return

@@ -123,6 +123,23 @@ def test_hash_path_matches_sha256_of_dump(corpus: dict[str, Path]) -> None:
         assert narmod.hash_path(corpus[name], chunk_size=100) == want
 
 
+@pytest.mark.parametrize("first", [1_000_000, (1 << 20) - (1 << 16) - 200, (1 << 20) - 300, 1 << 20, 3 << 19])
+def test_hash_path_when_a_short_batch_is_not_the_last(tmp_path: Path, first: int) -> None:
+    # The walk flushes a short batch before a file rather than make a small read, so a
+    # batch under chunk_size is not necessarily the last. A hash that stopped there
+    # would miss the rest of the tree (and two different trees would collide).
+    root = tmp_path / "t"
+    root.mkdir()
+    (root / "a").write_bytes(os.urandom(first))
+    (root / "b").write_bytes(b"0123456789")
+    (root / "c").mkdir()
+    (root / "c" / "d").write_bytes(b"x" * 70_000)
+    want = Hash.sha256_of(narmod.dump_bytes(root))
+    assert narmod.hash_path(root)[0] == want
+    (root / "b").write_bytes(b"9876543210")  # same length, other bytes: another hash
+    assert narmod.hash_path(root)[0] == Hash.sha256_of(narmod.dump_bytes(root)) != want
+
+
 def test_dump_rejects_fifo_and_socket(tmp_path: Path) -> None:
     d = tmp_path / "d"
     d.mkdir()
