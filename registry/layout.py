@@ -30,13 +30,13 @@ CACHE_INFO = "nix-cache-info"
 PRIVATE_DIR = ".kiln"
 INDEX_DIR = "index"
 
-HASH_PART_RE = re.compile(r"^[0-9a-df-np-sv-z]{32}$")
-_NARINFO_RE = re.compile(r"^([0-9a-df-np-sv-z]{32})\.narinfo$")
-_NAR_RE = re.compile(r"^nar/([0-9a-df-np-sv-z]{52})\.nar\.zst$")
-_BLOB_RE = re.compile(r"^blobs/sha256:([0-9a-f]{64})$")
-_INDEX_RE = re.compile(r"^index/(root|timestamp|snapshot|[1-9][0-9]{0,9}\.(?:root|snapshot|index))\.json$")
-_ATT_RE = re.compile(r"^([0-9a-df-np-sv-z]{32})\.att/(?:[a-z0-9][a-z0-9_-]{0,63}\.dsse|index)\.json$")
-_ATT_DIR_RE = re.compile(r"^([0-9a-df-np-sv-z]{32})\.att/?$")
+HASH_PART_RE = re.compile(r"^[0-9a-df-np-sv-z]{32}\Z")
+_NARINFO_RE = re.compile(r"^([0-9a-df-np-sv-z]{32})\.narinfo\Z")
+_NAR_RE = re.compile(r"^nar/([0-9a-df-np-sv-z]{52})\.nar\.zst\Z")
+_BLOB_RE = re.compile(r"^blobs/sha256:([0-9a-f]{64})\Z")
+_INDEX_RE = re.compile(r"^index/(root|timestamp|snapshot|[1-9][0-9]{0,9}\.(?:root|snapshot|index))\.json\Z")
+_ATT_RE = re.compile(r"^([0-9a-df-np-sv-z]{32})\.att/(?:[a-z0-9][a-z0-9_-]{0,63}\.dsse|index)\.json\Z")
+_ATT_DIR_RE = re.compile(r"^([0-9a-df-np-sv-z]{32})\.att/?\Z")
 ATT_SUFFIX = ".dsse.json"
 ATT_LISTING = "index.json"
 

@@ -176,8 +176,8 @@ def _field(stanza: str, key: str) -> str:
 
 #: apt's default pin priorities
 PRIORITY_DEFAULT, PRIORITY_UPGRADES_ONLY, PRIORITY_NOT_AUTOMATIC = 500, 100, 1
-_VERSION_RE = re.compile(r"^(\d+:)?[0-9][A-Za-z0-9.+~:-]*$")
-_PROVIDE_RE = re.compile(r"^\s*([^\s(]+)\s*(?:\(\s*=\s*([^)\s]+)\s*\))?\s*$")
+_VERSION_RE = re.compile(r"^(\d+:)?[0-9][A-Za-z0-9.+~:-]*\Z")
+_PROVIDE_RE = re.compile(r"^\s*([^\s(]+)\s*(?:\(\s*=\s*([^)\s]+)\s*\))?\s*\Z")
 
 
 def release_priority(index: Path) -> int:

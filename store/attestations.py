@@ -37,7 +37,7 @@ from .intoto import canonical_json, parse_statement
 from .nar_restore import fsync_dir
 from .paths import StorePath
 
-_KIND_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+_KIND_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}\Z")
 SUFFIX = ".dsse.json"
 MEDIA_TYPES = {
     "provenance": "application/vnd.in-toto.provenance+dsse",

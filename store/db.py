@@ -18,7 +18,10 @@ quarantined by ``verify --repair``. The database is in WAL mode with
 the moment it returns; after a power loss the last few commits may be rolled back, but
 the database stays consistent. Objects and trees are in place before their row is
 inserted, so a rolled-back row only leaves an unregistered path (GC removes it, verify
-ignores it), never a row without its object.
+ignores it), never a row without its object. The other way round, a commit that deletes
+or repoints rows is made durable (``make_durable``: one checkpoint, one fsync) before
+any file it released is unlinked, so a power cut cannot bring back a row whose object or
+tree is gone.
 
 The schema is created with ``sqlite-utils`` (only when the file is new or old, so the
 import is not paid by every command); the hot paths use the plain ``sqlite3``
@@ -247,6 +250,12 @@ def set_file(conn: sqlite3.Connection, path: str, file_hash: Hash, file_size: in
     conn.execute(
         "UPDATE paths SET file_hash=?, file_size=? WHERE path=?", (file_hash.to_nix32(), file_size, path)
     )
+
+
+def make_durable(conn: sqlite3.Connection) -> None:
+    """Force every committed transaction to disk (``synchronous=NORMAL`` syncs the WAL only
+    at checkpoints). Call before deleting files that a just-committed change released."""
+    conn.execute("PRAGMA wal_checkpoint(FULL)").fetchall()
 
 
 def add_signatures(conn: sqlite3.Connection, path: str, sigs: Iterable[str]) -> None:

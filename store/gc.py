@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 
 from . import attestations, db
 from .buildtmp import owner_gone
-from .errors import StoreError
+from .errors import KilnError, StoreError
 from .hashes import Hash
 from .locks import FileLock, live_temp_roots, remove_if_free
 from .trees import remove_tree, tree_size
@@ -59,22 +59,47 @@ class GcReport:
     bytes_freed: int
 
 
-def find_roots(store: LocalStore) -> set[str]:
-    """Store paths named by ``gcroots/`` (see module docstring)."""
+#: ``add_root``'s temporary link (``.<name>.<8 hex>``); present under the exclusive GC
+#: lock only if its writer died (``add_root`` holds the lock shared while it exists)
+_ROOT_TMP = re.compile(r"^\..+\.[0-9a-f]{8}\Z")
+
+
+def _by_store_dir(store: LocalStore, target: str) -> str | None:
+    """The store path in a link target spelled through *any* location of this store's
+    tree (``<anything>/kiln/store/<base>[/sub]``): a root made before the store was moved,
+    or through another spelling of its root (a symlink), still names its path."""
+    marker = "/" + store.store_dir.strip("/") + "/"
+    i = target.rfind(marker)
+    if i < 0:
+        return None
+    base = target[i + len(marker) :].split("/", 1)[0]
+    return f"{store.store_dir}/{base}"
+
+
+def find_roots(store: LocalStore, stale_tmp: list[str] | None = None) -> set[str]:
+    """Store paths named by ``gcroots/`` (see module docstring). ``add_root``'s leftover
+    temporary links are not roots; they are appended to ``stale_tmp`` if given."""
     out: set[str] = set()
 
     def unreadable(e: OSError) -> None:
         # a root directory that cannot be listed would silently protect nothing
         raise StoreError(f"cannot read GC roots in {e.filename}: {e.strerror}; not collecting")
 
-    for dirpath, dirnames, filenames in os.walk(store.root / "gcroots", onerror=unreadable):
+    top = str(store.root / "gcroots")
+    for dirpath, dirnames, filenames in os.walk(top, onerror=unreadable):
         for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
             p = os.path.join(dirpath, name)
+            if dirpath == top and _ROOT_TMP.match(name) and os.path.islink(p):
+                if stale_tmp is not None:
+                    stale_tmp.append(p)
+                continue
             cands: list[str] = []
             st = os.lstat(p)
             if stat.S_ISLNK(st.st_mode):
-                cands.append(os.path.join(dirpath, os.readlink(p)))
+                target = os.path.join(dirpath, os.readlink(p))
+                cands.append(target)
                 cands.append(os.path.realpath(p))
+                cands += [c for c in (_by_store_dir(store, target), _by_store_dir(store, cands[1])) if c]
             elif stat.S_ISREG(st.st_mode):
                 # O_NONBLOCK: never wait on something swapped in for the file (a FIFO)
                 # while holding the exclusive GC lock
@@ -90,14 +115,15 @@ def find_roots(store: LocalStore) -> set[str]:
                 try:
                     out.add(store.resolve(c)[0])
                     break
-                except (StoreError, ValueError):
+                except (KilnError, ValueError):  # names no store path: protects nothing
                     continue
     return out
 
 
 def collect(store: LocalStore, dry_run: bool = False) -> GcReport:
     with FileLock(store.gc_lock_path):
-        roots = find_roots(store) | live_temp_roots(store.root / "temproots")
+        stale_root_links: list[str] = []
+        roots = find_roots(store, stale_root_links) | live_temp_roots(store.root / "temproots")
         refs = db.references_map(store.conn)
         live: set[str] = set()
         stack = [r for r in roots if r in refs]
@@ -136,6 +162,11 @@ def collect(store: LocalStore, dry_run: bool = False) -> GcReport:
             return report
 
         db.delete(store.conn, dead)  # invalidate first: files without rows are only garbage
+        # ... durably: with synchronous=NORMAL a WAL commit reaches the disk only at a
+        # checkpoint, and after a power cut a row must never come back without its files
+        db.make_durable(store.conn)
+        for link in stale_root_links:
+            os.unlink(link)
         trash = store.tmp / f"gc-{os.getpid()}-{secrets.token_hex(4)}"
         trash.mkdir()
         for base in [p.rsplit("/", 1)[1] for p in dead] + stray:

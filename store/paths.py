@@ -25,7 +25,7 @@ from .hashes import Hash
 
 DEFAULT_STORE_DIR = "/kiln/store"
 HASH_PART_LEN = 32
-_NAME_RE = re.compile(r"^[A-Za-z0-9+\-._?=]+$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9+\-._?=]+\Z")
 MAX_NAME_LEN = 211
 
 

@@ -114,7 +114,7 @@ _SECTIONS = {"keys", "revoked", "require"}
 _KEY_PURPOSES = {"signing", "provenance", "rebuilders"}
 _REQUIRE = {"signatures", "provenance", "sbom", "reproduced", "builder_ids", "max_age"}
 _REVOKED = {"key", "revoked_at", "compromised", "reason"}
-_AGE_RE = re.compile(r"^\s*(\d+)\s*([smhdw]?)\s*$")
+_AGE_RE = re.compile(r"^\s*(\d+)\s*([smhdw]?)\s*\Z")
 _AGE_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 DEFAULT_EPOCH = 315532800
 SBOM_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://kiln.dev/sbom")
-_SPDX_EXPR = re.compile(r"^\(?[A-Za-z0-9.+-]+\)?( (AND|OR|WITH) \(?[A-Za-z0-9.+-]+\)?)*$")
+_SPDX_EXPR = re.compile(r"^\(?[A-Za-z0-9.+-]+\)?( (AND|OR|WITH) \(?[A-Za-z0-9.+-]+\)?)*\Z")
 
 
 def source_date_epoch() -> int:
@@ -108,7 +108,7 @@ def _spdx_id(path: str) -> str:
     return "SPDXRef-" + re.sub(r"[^A-Za-z0-9.-]", "-", f"{sp.hash_part}-{sp.name}")
 
 
-_SPDX_URL = re.compile(r"^(https?|ftp|sftp)://[^\s]+$")
+_SPDX_URL = re.compile(r"^(https?|ftp|sftp)://[^\s]+\Z")
 
 
 def _download_location(n: Node) -> str:

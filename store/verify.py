@@ -256,6 +256,7 @@ def _rebuild_object(store: LocalStore, info: PathInfo, tmp: Path) -> str:
     old = store.objects / object_rel_path(info.file_hash) if info.file_hash else None
     publish_object(tmp / "object", store.objects, oi.file_hash)
     db.set_file(store.conn, info.path, oi.file_hash, oi.file_size)
+    db.make_durable(store.conn)  # the row must not come back pointing at an unlinked object
     if old is not None and old.name.split(".")[0] != oi.file_hash.hex:
         assert info.file_hash is not None
         if not db.file_hash_in_use(store.conn, info.file_hash.to_nix32()):
@@ -267,7 +268,8 @@ def _quarantine(store: LocalStore, info: PathInfo) -> Path:
     sp = store.parse_path(info.path)
     dest = store.root / "quarantine" / f"{sp.base}-{int(time.time())}"
     dest.mkdir(parents=True, exist_ok=True)
-    db.delete(store.conn, [info.path])  # invalidate first
+    db.delete(store.conn, [info.path])  # invalidate first, durably (see db.make_durable)
+    db.make_durable(store.conn)
     real = store.real_path(info.path)
     if os.path.lexists(real):
         if real.is_dir() and not real.is_symlink():

@@ -10,8 +10,10 @@ import subprocess
 import sys
 import time
 
+import pytest
 from storekit import deep_tree, make_tree
 
+from kiln.store.errors import FormatError
 from kiln.store.localstore import LocalStore
 
 
@@ -333,3 +335,52 @@ def test_trees_deeper_than_the_recursion_limit_verify_and_collect(store, tmp_pat
     assert not s.real_path(deep.path).exists()
     assert s.gc().deleted == ()
     s.close()
+
+
+def test_roots_survive_another_spelling_of_the_root_and_a_move(store, tmp_path):
+    # A root made through one spelling of the store root still protects its path when GC
+    # runs through another (a symlink to the root), and after the store directory moved.
+    a = store.add_path(make_tree(tmp_path / "a", {"x": "1"}))
+    store.add_root("a", a.path)
+    root = store.root
+    store.close()
+    alias = tmp_path / "alias"
+    os.symlink(root, alias)
+    s = _fresh_store(alias)
+    assert s.gc().deleted == () and s.is_valid(a.path)
+    s.close()
+    moved = tmp_path / "moved"
+    os.rename(root, moved)
+    s = _fresh_store(moved)
+    assert s.gc().deleted == () and s.is_valid(a.path)
+    s.close()
+
+
+def test_an_interrupted_add_root_leaves_no_permanent_root(store, tmp_path):
+    a = store.add_path(make_tree(tmp_path / "a", {"x": "1"}))
+    # what a kill -9 between add_root's symlink and its rename leaves behind
+    leftover = store.root / "gcroots" / ".keep.0123abcd"
+    os.symlink(store.real_path(a.path), leftover)
+    store.close()
+    s = _fresh_store(store.root)
+    assert s.gc(dry_run=True).deleted == (a.path,) and os.path.lexists(leftover)
+    assert s.gc().deleted == (a.path,)
+    assert not os.path.lexists(leftover)
+    s.close()
+
+
+def test_a_root_naming_no_store_path_protects_nothing_and_stops_nothing(store, tmp_path):
+    a = store.add_path(make_tree(tmp_path / "a", {"x": "1"}))
+    (store.root / "gcroots" / "odd").write_text(f"{store.store_dir}/notahash\n")
+    store.close()
+    s = _fresh_store(store.root)
+    assert s.gc().deleted == (a.path,)
+    s.close()
+
+
+def test_a_name_ending_in_a_newline_is_refused(store, tmp_path):
+    # a line-based temp-roots file would record another path than the one held
+    f = tmp_path / "f"
+    f.write_text("x")
+    with pytest.raises(FormatError, match="invalid characters"):
+        store.add_path(f, name="bad\n")
