@@ -42,6 +42,18 @@ def add_source_fn(store):
     return add
 
 
+def readd_sources(store_dir: str, sources: dict[str, str], is_valid, add) -> bool:
+    """After a cache hit: add again every cached source that is no longer valid (GC'd).
+    False if one comes back as another path: the source changed in a way its
+    fingerprint missed, and the cached evaluation must not be used."""
+    from kiln.store.paths import StorePath
+
+    for sp, origin in sorted(sources.items()):
+        if not is_valid(sp) and add(Path(origin), StorePath.parse(sp, store_dir).name) != sp:
+            return False
+    return True
+
+
 def evaluate(store, file: str, attrs: list[str], use_cache: bool = True):
     """Evaluate ``file`` and return ``(evaluation, targets)`` for ``attrs`` (all the
     file's packages when empty)."""
@@ -59,9 +71,8 @@ def evaluate(store, file: str, attrs: list[str], use_cache: bool = True):
         # rooted first, then checked: a source GC deletes after the check would leave the
         # derivations written next referring to a path that is gone
         store.keep(sorted(ev.sources))
-        for sp, origin in sorted(ev.sources.items()):
-            if not store.is_valid(sp):
-                add_source_fn(store)(Path(origin), sp.split("-", 1)[1])
+        if not readd_sources(store.store_dir, ev.sources, store.is_valid, add_source_fn(store)):
+            return evaluate(store, file, attrs, use_cache=False)
     names = attrs or list(ev.drv_paths)
     if not names:
         raise KilnError(f"{file} defines no packages")

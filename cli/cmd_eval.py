@@ -115,17 +115,16 @@ class _Sources:
 
         return self._open().add_path(src, name, filter=make_filter(src)).path
 
-    def ensure(self, sources: dict[str, str]) -> None:
-        """After a cache hit: re-add any cached source that is no longer in the store."""
+    def ensure(self, sources: dict[str, str]) -> bool:
+        """After a cache hit: re-add any cached source that is no longer in the store;
+        False if the cached evaluation must not be used (see ``buildglue.readd_sources``)."""
         if not sources:
-            return
-        from pathlib import Path
+            return True
+        from kiln.buildglue import readd_sources
 
         store = self._open()
         store.keep(sorted(sources))  # rooted, then checked (see buildglue.evaluate)
-        for store_path, origin in sorted(sources.items()):
-            if store.query(store_path) is None:
-                self(Path(origin), store_path.rsplit("/", 1)[-1].split("-", 1)[1])
+        return readd_sources(self.store_dir, sources, lambda sp: store.query(sp) is not None, self)
 
 
 def _evaluate(args: argparse.Namespace):
@@ -140,8 +139,8 @@ def _evaluate(args: argparse.Namespace):
         add_source=sources,
         cache_dir=None if args.no_cache else os.path.join(root, "eval-cache"),
     )
-    if ev.from_cache:
-        sources.ensure(ev.sources)
+    if ev.from_cache and not sources.ensure(ev.sources):
+        ev = evaluate_file(args.file, store_dir=store_dir, add_source=sources, cache_dir=None)
     # The evaluation's objects live until exit: keep the cyclic GC from re-scanning them
     # (a quarter of the run time for 10,000 packages). Fine in a short-lived command.
     gc.freeze()

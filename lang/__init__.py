@@ -209,6 +209,30 @@ def _evaluate(file: str, display: str, store_dir: str, add_source: AddSource | N
     ev = Evaluator(store_dir, add_source)
 
     def run():
+        try:
+            return evaluate_module()
+        except (RecursionError, MemoryError) as e:
+            # unbounded variant recursion (p(n = n + 1)) or absurd nesting: a recipe error
+            # at the innermost binding being evaluated, not an internal one
+            from .errors import InfiniteRecursion
+
+            what = "too deep" if isinstance(e, RecursionError) else "out of memory"
+            # the evaluator's own stack is unwound by now: locate the error at the
+            # innermost recipe node among the traceback's frames
+            node, tb = None, e.__traceback__
+            while tb is not None:
+                cand = tb.tb_frame.f_locals.get("node")
+                if getattr(cand, "src", None) is not None:
+                    node = cand
+                tb = tb.tb_next
+            raise InfiniteRecursion(
+                f"evaluation went {what}: unbounded recursion through package variants "
+                "(like p(n = n + 1)) or nesting deeper than kiln evaluates",
+                getattr(node, "src", None),
+                getattr(node, "pos", None),
+            ) from None
+
+    def evaluate_module():
         mod = ev.load(file, display)
         attrs: dict[str, str] = {}
         for name in mod.own:
@@ -265,8 +289,17 @@ def evaluate_file(
         # a cache that cannot be written only makes the next evaluation slower
         import contextlib
 
-        with contextlib.suppress(OSError):
-            _cache.save(
-                cache_dir, file, store_dir, result.files, result.sources, result.drv_paths, result.drvs
-            )
+        fps = result._live[0].source_fps
+        with contextlib.suppress(OSError, ValueError):
+            if all(fp is not None for fp in fps.values()):
+                _cache.save(
+                    cache_dir,
+                    file,
+                    store_dir,
+                    result.files,
+                    fps,
+                    result.sources,
+                    result.drv_paths,
+                    result.drvs,
+                )
     return result

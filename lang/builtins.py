@@ -27,6 +27,7 @@ from kiln.store.hashes import Hash
 from . import nodes as ast
 from .compile import add_drv, sanitize_name, split_context
 from .errors import BadValue, HashFormat, MissingField, RecipeTypeError, UnknownField, did_you_mean
+from .sources import fingerprint
 from .values import CStr, DrvValue, Record, SourceValue, type_name
 
 
@@ -170,8 +171,12 @@ def path(ev, node: ast.Call, env) -> SourceValue:
             f"path {rel!r} does not exist (paths are relative to the recipe's directory)", n.src, n.pos
         )
     name = _string(ev, a["name"][0], a["name"][1], "path 'name'") if "name" in a else os.path.basename(target)
+    # Fingerprinted before and after adding: the cache pairs this store path with what
+    # the source looked like *when it was read*; an edit during the add is not cached.
+    before = fingerprint(Path(target))
     store_path = ev.add_source(Path(target), sanitize_name(name))
     ev.sources[store_path] = target
+    ev.source_fps[store_path] = before if fingerprint(Path(target)) == before else None
     return SourceValue(store_path, target)
 
 

@@ -13,7 +13,10 @@ decoded only when a derivation is asked for, and Derivations rebuilt from them o
 one (``LazyDrvs``): listing the packages (``kiln eval``) touches neither.
 
 Writes go to a temp file in the cache dir, are fsynced and renamed into place, so a
-reader sees a whole entry or none; a corrupt or foreign entry is just a miss.
+reader sees a whole entry or none. An entry starts with the sha256 of the rest, checked
+before decoding: a corrupt or foreign entry is just a miss (and is overwritten). A
+source's fingerprint is the one taken before it was added (``builtins.path``); a source
+that changed while being added makes the evaluation uncacheable.
 
 A hit is most of what a cached ``kiln eval`` does, and at 1,000 packages the whole
 command must stay under a tenth of an evaluation, so this module imports only ``os``,
@@ -31,7 +34,7 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing
 if TYPE_CHECKING:  # a cache hit must not pay for importing the derivation module
     from kiln.store.derivation import Derivation
 
-FORMAT = 2
+FORMAT = 3
 
 
 # CPython's builtin sha256 (``_sha2`` from 3.12, ``_sha256`` before): the same function
@@ -63,7 +66,12 @@ def _version() -> str:
     except OSError:
         names = []
     files = [os.path.join(here, n) for n in names if n.endswith((".py", ".lark"))]
-    files += [os.path.join(store, "derivation.py"), os.path.join(store, "paths.py")]
+    # every store module: hashing, nix-base32, paths, derivations and source adding all
+    # decide the answer (an editable install keeps __version__ while they change)
+    try:  # noqa: SIM105 - contextlib is not imported on the cache-hit path
+        files += [os.path.join(store, n) for n in os.listdir(store) if n.endswith(".py")]
+    except OSError:
+        pass
     stamp = [__version__]
     for f in sorted(files):
         try:
@@ -75,7 +83,7 @@ def _version() -> str:
 
 
 def entry_path(cache_dir: str | os.PathLike, entry: str, store_dir: str) -> str:
-    key = _sha256(f"{FORMAT}\0{_version()}\0{store_dir}\0{entry}".encode())
+    key = _sha256(f"{FORMAT}\0{_version()}\0{store_dir}\0{entry}".encode("utf-8", "surrogateescape"))
     return os.path.join(cache_dir, f"{key[:40]}.eval")
 
 
@@ -169,29 +177,28 @@ def file_digest(path: str) -> str | None:
 
 def load(cache_dir: str | os.PathLike, entry: str, store_dir: str) -> dict | None:
     """The cached evaluation of ``entry`` if still valid, else ``None``."""
-    p = entry_path(cache_dir, entry, store_dir)
     try:
-        with open(p, "rb") as f:
-            data = marshal.loads(f.read())
-    except (OSError, EOFError, ValueError, TypeError):
-        return None
-    if not isinstance(data, dict) or data.get("format") != FORMAT or data.get("entry") != entry:
-        return None
-    for path, digest in data["files"]:
-        if file_digest(path) != digest:
+        with open(entry_path(cache_dir, entry, store_dir), "rb") as f:
+            raw = f.read()
+        if len(raw) < 64 or _sha256(raw[64:]).encode() != raw[:64]:
+            return None  # torn, corrupt or foreign
+        data = marshal.loads(raw[64:])
+        if not isinstance(data, dict) or data.get("format") != FORMAT or data.get("entry") != entry:
             return None
-    if data["sources"]:
-        from pathlib import Path
+        for path, digest in data["files"]:
+            if file_digest(path) != digest:
+                return None
+        if data["sources"]:
+            from pathlib import Path
 
-        from .sources import fingerprint
+            from .sources import fingerprint
 
-        for _store_path, origin, fp in data["sources"]:
-            try:
+            for _store_path, origin, fp in data["sources"]:
                 if fingerprint(Path(origin)) != fp:
                     return None
-            except OSError:
-                return None
-    return data
+        return data
+    except Exception:  # noqa: BLE001 - any unreadable entry is a miss, never an error
+        return None
 
 
 def save(
@@ -199,23 +206,24 @@ def save(
     entry: str,
     store_dir: str,
     files: dict[str, str],
+    fingerprints: Mapping[str, str | None],
     sources: dict[str, str],
     packages: dict[str, str],
     drvs: Mapping[str, Derivation],
 ) -> None:
     """Record an evaluation. ``files``: path → sha256 of the bytes read; ``sources``:
-    store path → origin."""
+    store path → origin; ``fingerprints``: store path → the origin's fingerprint when it
+    was added (``ValueError`` if one is missing: that source changed while being added)."""
     import contextlib
     import tempfile
-    from pathlib import Path
 
-    from .sources import fingerprint
-
+    if any(fingerprints.get(sp) is None for sp in sources):
+        raise ValueError("a source changed while being added: not cacheable")
     data = {
         "format": FORMAT,
         "entry": entry,
         "files": sorted(files.items()),
-        "sources": [(sp, o, fingerprint(Path(o))) for sp, o in sorted(sources.items())],
+        "sources": [(sp, o, fingerprints[sp]) for sp, o in sorted(sources.items())],
         "packages": list(packages.items()),
         # nested: a hit that only lists the packages never decodes the closure
         "drvs": marshal.dumps({k: drv_to_tuple(d) for k, d in drvs.items()}),
@@ -225,7 +233,8 @@ def save(
             if "out" in drvs[p].outputs_map
         },
     }
-    blob = marshal.dumps(data)
+    payload = marshal.dumps(data)
+    blob = _sha256(payload).encode() + payload
     os.makedirs(cache_dir, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=".tmp-")
     try:

@@ -117,6 +117,9 @@ class Evaluator:
         self.drvs: dict = {}  # drv path -> Derivation (the whole closure)
         self.memo: dict = {}  # drv path -> hash modulo
         self.sources: dict[str, str] = {}  # store path -> absolute origin
+        #: store path -> the origin's fingerprint taken *before* it was added, or None if
+        #: it changed while being added (then the evaluation is not cached)
+        self.source_fps: dict[str, str | None] = {}
         self.files: dict[str, str] = {}  # absolute path -> sha256 of its bytes (every file read)
         self.instances: dict = {}
         self.stack: list[tuple[str, ast.Node]] = []

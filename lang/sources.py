@@ -19,6 +19,7 @@ import fnmatch
 import hashlib
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -93,15 +94,29 @@ def filtered_copy(root: Path, tmp_parent: Path | None = None) -> Path:
     return dest
 
 
+def _stat_key(st: os.stat_result) -> str:
+    # ctime and inode too: ``touch -d``, ``cp -p``, ``rsync -t`` and ``tar x`` can restore
+    # an mtime (and a same-size edit keeps the size), but no edit leaves ctime unchanged
+    return f"{st.st_mode}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}:{st.st_dev}"
+
+
 def fingerprint(root: Path) -> str:
-    """Digest of the kept entries' names, types, modes, sizes and mtimes."""
+    """Digest of the kept entries' names, types, modes, sizes, times, inodes and symlink
+    targets. The root itself is not followed: a symlink is fingerprinted as a link (its
+    target text), which is what is added to the store."""
     h = hashlib.sha256()
-    if not root.is_dir():
-        st = os.lstat(root)
-        h.update(f"{st.st_mode}:{st.st_size}:{st.st_mtime_ns}".encode())
+    st = os.lstat(root)
+    if stat.S_ISLNK(st.st_mode):
+        h.update(f"link:{_stat_key(st)}:".encode() + os.fsencode(os.readlink(root)))
         return h.hexdigest()
-    for rel, st in kept(root):
-        h.update(f"{rel}\0{st.st_mode}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    if not stat.S_ISDIR(st.st_mode):
+        h.update(_stat_key(st).encode())
+        return h.hexdigest()
+    for rel, est in kept(root):
+        h.update(f"{rel}\0{_stat_key(est)}".encode("utf-8", "surrogateescape"))
+        if stat.S_ISLNK(est.st_mode):
+            h.update(b"\0" + os.fsencode(os.readlink(root / rel)))
+        h.update(b"\n")
     return h.hexdigest()
 
 

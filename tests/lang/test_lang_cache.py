@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from lang_helpers import DATA
 
 from kiln.lang import evaluate_file
@@ -118,3 +119,72 @@ def test_builtin_sha256_is_sha256():
 
     for data in (b"", b"abc", bytes(range(256)) * 1000):
         assert cache._sha256(data) == hashlib.sha256(data).hexdigest()
+
+
+def test_every_bit_flip_of_an_entry_is_a_miss_or_the_same_answer(features, tmp_path, monkeypatch):
+    # The entry carries a checksum: a damaged one is never decoded into another answer.
+    monkeypatch.chdir(features)
+    cache = tmp_path / "cache"
+    cold = evaluate_file("values.recipe", cache_dir=cache)
+    (entry,) = cache.iterdir()
+    good = entry.read_bytes()
+    for i in range(0, len(good), max(1, len(good) // 300)):
+        bad = bytearray(good)
+        bad[i] ^= 1 << (i % 8)
+        entry.write_bytes(bytes(bad))
+        ev = evaluate_file("values.recipe", cache_dir=cache)
+        assert ev.drv_paths == cold.drv_paths and not ev.from_cache
+
+
+def test_restored_mtime_and_same_size_edit_is_seen(features, tmp_path, hash_sources, monkeypatch):
+    monkeypatch.chdir(features)
+    cache = tmp_path / "cache"
+    main = features / "srcdir" / "main.c"
+    evaluate_file("source.recipe", add_source=hash_sources, cache_dir=cache)
+    st = os.stat(main)
+    time.sleep(0.01)
+    main.write_bytes(main.read_bytes().replace(b"0", b"7"))  # same size
+    os.utime(main, ns=(st.st_atime_ns, st.st_mtime_ns))  # cp -p, rsync -t, touch -d
+    again = evaluate_file("source.recipe", add_source=hash_sources, cache_dir=cache)
+    assert not again.from_cache
+
+
+def test_a_symlinked_source_is_fingerprinted_as_the_link(tmp_path, hash_sources):
+    (tmp_path / "v1").mkdir()
+    (tmp_path / "v2").mkdir()
+    for v in ("v1", "v2"):
+        (tmp_path / v / "f").write_text("same")
+    os.symlink("v1", tmp_path / "src")
+    (tmp_path / "r.recipe").write_text('let s = path "./src"\npackage p { build = "${s}" }\n')
+    cache = tmp_path / "cache"
+    first = evaluate_file(tmp_path / "r.recipe", add_source=hash_sources, cache_dir=cache)
+    os.unlink(tmp_path / "src")
+    os.symlink("v2", tmp_path / "src")
+    second = evaluate_file(tmp_path / "r.recipe", add_source=hash_sources, cache_dir=cache)
+    cold = evaluate_file(tmp_path / "r.recipe", add_source=hash_sources)
+    assert not second.from_cache and second.drv_paths == cold.drv_paths
+    assert first.from_cache is False
+
+
+def test_a_source_edited_while_being_added_is_not_cached(features, tmp_path, monkeypatch):
+    monkeypatch.chdir(features)
+    cache = tmp_path / "cache"
+    from lang_helpers import source_hasher
+
+    inner = source_hasher()
+
+    def add_and_edit(p, name):
+        out = inner(p, name)
+        (features / "srcdir" / "main.c").write_text("int main(){return 3;}\n")  # an editor saves
+        return out
+
+    evaluate_file("source.recipe", add_source=add_and_edit, cache_dir=cache)
+    assert not evaluate_file("source.recipe", add_source=inner, cache_dir=cache).from_cache
+
+
+def test_unbounded_variant_recursion_is_a_located_recipe_error(tmp_path):
+    from kiln.lang.errors import InfiniteRecursion
+
+    (tmp_path / "r.recipe").write_text('package p(n = 0) {\n  build = "${p(n = n + 1)}"\n}\n')
+    with pytest.raises(InfiniteRecursion, match=r"r.recipe:2:\d+: evaluation went too deep"):
+        evaluate_file(tmp_path / "r.recipe")
