@@ -16,10 +16,16 @@ Repair (``repair=True``), per path, under the path lock:
 
 - object good, tree bad/missing: restore the tree from the object into ``tmp/`` and swap
   it in (rename old out, new in);
-- object bad, tree good: re-archive the tree into a new object (the row's NAR hash proves
-  the tree right) and point the row at it;
+- object bad, tree content good (its NAR hash matches the row, even if its modes or
+  mtimes are off): re-archive the tree into a new object (the row's NAR hash proves the
+  tree right), point the row at it, and re-materialise the tree from it if its metadata
+  was off;
 - both bad: *quarantine*: move what is left to ``quarantine/<base>-<time>/`` and delete
   the row. Referrers keep their (now dangling) reference and are reported.
+
+Paths with identical NARs share one object, and a repair made through one of them fixes
+it for all: paths whose tree content is good are repaired first, and each path's object
+is judged again under its path lock before deciding.
 
 The whole run holds the GC lock shared, so GC cannot delete things under our feet.
 Unregistered trees and objects (left by crashed writers, removed by GC) are listed as
@@ -162,6 +168,7 @@ def verify(store: LocalStore, repair: bool = False, trusted=None, sigs_needed: i
         with ThreadPoolExecutor(2) as pool:
             # each worker only reads files; the database stays on this thread
             results = list(pool.map(lambda i: _check_path(store, i), infos))
+        per_path: list[tuple[PathInfo, list[Problem]]] = []
         for info, found in zip(infos, results, strict=True):
             for r in info.references:
                 if r != info.path and r not in valid:
@@ -176,10 +183,23 @@ def verify(store: LocalStore, repair: bool = False, trusted=None, sigs_needed: i
                             info.path, "signatures", f"{n} valid trusted signature(s), {sigs_needed} needed"
                         )
                     )
-            if repair and any(p.kind.startswith(("object", "tree")) for p in found):
+            per_path.append((info, found))
+        if repair:
+            # Paths whose tree content is good first: a bad object shared with another
+            # path is then rebuilt from the good tree before the other path needs it.
+            todo = [
+                i
+                for i, (_, f) in enumerate(per_path)
+                if any(p.kind.startswith(("object", "tree")) for p in f)
+            ]
+            todo.sort(key=lambda i: any(p.kind in ("tree-missing", "tree-corrupt") for p in per_path[i][1]))
+            for i in todo:
+                info, found = per_path[i]
                 found, q = _repair(store, info, found)
+                per_path[i] = (info, found)
                 if q:
                     quarantined.append(info.path)
+        for _, found in per_path:
             problems.extend(found)
         valid_bases = {p.rsplit("/", 1)[1] for p in valid}
         stray_trees = sorted(
@@ -199,21 +219,42 @@ def verify(store: LocalStore, repair: bool = False, trusted=None, sigs_needed: i
 
 
 def _repair(store: LocalStore, info: PathInfo, found: list[Problem]) -> tuple[list[Problem], bool]:
+    """Repair one path (see the module docstring). The findings were made before any
+    repair of this run: an object shared with a path repaired earlier may be good again,
+    so the object is judged afresh here, under the path lock. A tree whose only problem
+    is its metadata has the right NAR hash: it is good content, and can rebuild a bad
+    object before being re-materialised from it."""
     sp = store.parse_path(info.path)
-    obj_bad = any(p.kind.startswith("object") for p in found)
-    tree_bad = any(p.kind.startswith("tree") for p in found)
+    tree_problem = any(p.kind.startswith("tree") for p in found)
+    tree_content_bad = any(p.kind in ("tree-missing", "tree-corrupt") for p in found)
     tmp = store.tmp / f"{os.getpid()}-repair-{sp.hash_part}"
     remove_tree(tmp)
     tmp.mkdir()
     try:
         with FileLock(path_lock_file(store.root, sp.hash_part)):
-            if obj_bad and not tree_bad:
-                msg = _rebuild_object(store, info, tmp)
+            info = db.query(store.conn, info.path) or info  # a shared object may have moved
+            obj_bad = (
+                any(p.kind.startswith("object") for p in found) and _check_object(store, info) is not None
+            )
+            if not obj_bad and not tree_problem:
+                msg = "the object was repaired with another path that shares it"
                 return [replace(p, repaired=msg) if p.kind.startswith("object") else p for p in found], False
-            if tree_bad and not obj_bad:
+            if obj_bad and not tree_content_bad:
+                msg = _rebuild_object(store, info, tmp)
+                if tree_problem:  # metadata only: lay the tree out again from the new object
+                    remove_tree(tmp)
+                    tmp.mkdir()
+                    _rematerialise(store, db.query(store.conn, info.path) or info, tmp)
+                    msg += "; tree re-materialised from it"
+                return [
+                    replace(p, repaired=msg) if p.kind.startswith(("object", "tree")) else p for p in found
+                ], False
+            if not obj_bad:
                 _rematerialise(store, info, tmp)
                 msg = "re-materialised from the object"
-                return [replace(p, repaired=msg) if p.kind.startswith("tree") else p for p in found], False
+                return [
+                    replace(p, repaired=msg) if p.kind.startswith(("object", "tree")) else p for p in found
+                ], False
             where = _quarantine(store, info)
             msg = f"quarantined to {where} and invalidated"
             refs = store.referrers(info.path)

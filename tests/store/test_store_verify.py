@@ -127,3 +127,33 @@ def test_a_malformed_ca_row_is_that_paths_problem(store, tmp_path):
     assert [(p.path, p.kind) for p in r.problems] == [(a.path, "ca-mismatch")]
     assert "malformed" in r.problems[0].detail
     assert b.path not in {p.path for p in r.problems}
+
+
+def test_bad_object_with_a_tree_only_off_in_metadata_is_rebuilt_not_quarantined(store, two):
+    # The tree's NAR hash still matches the row (only a mode is off): it is good content.
+    a, _ = two
+    os.chmod(store.real_path(a.path) / "f", 0o644)
+    _corrupt_object(store, a.path)
+    kinds = sorted(p.kind for p in store.verify().problems)
+    assert kinds == ["object-corrupt", "tree-metadata"]
+    r = store.verify(repair=True)
+    assert r.quarantined == () and store.is_valid(a.path)
+    assert store.verify().problems == ()
+    assert (store.real_path(a.path) / "f").read_text() == "alpha\n"
+
+
+def test_a_shared_object_repaired_through_one_path_is_good_for_the_other(store, tmp_path):
+    # Same NAR under two names: one object. It is corrupt, and the second path's tree is
+    # damaged too: repairing the first path fixes the object, so the second is restored
+    # from it rather than quarantined on findings made before that repair.
+    x = store.add_path(make_tree(tmp_path / "x1", {"f": "same\n"}), name="one")
+    y = store.add_path(make_tree(tmp_path / "x2", {"f": "same\n"}), name="two")
+    assert store.object_path(x.path) == store.object_path(y.path)
+    _corrupt_object(store, x.path)
+    for damaged in sorted([x, y], key=lambda i: i.path):  # whichever comes first in the scan
+        _corrupt_object(store, x.path)
+        _corrupt_file(store.real_path(damaged.path) / "f")
+        r = store.verify(repair=True)
+        assert r.quarantined == ()
+        assert store.verify().problems == ()
+        assert (store.real_path(damaged.path) / "f").read_text() == "same\n"
