@@ -254,8 +254,11 @@ def _cmd_gc(args) -> int:
         print(p)
     for p in r.stray_trees:
         print(f"{p} (unregistered)")
+    for t in r.tmp_dirs:
+        print(f"{t} (leftover working directory)")
     print(
-        f"{verb} {len(r.deleted)} paths, {len(r.stray_trees)} unregistered trees, {r.objects_deleted} objects: "
+        f"{verb} {len(r.deleted)} paths, {len(r.stray_trees)} unregistered trees, {r.objects_deleted} objects, "
+        f"{len(r.tmp_dirs)} leftover working dirs: "
         f"{_human(r.bytes_freed)} ({r.bytes_freed} bytes); {len(r.roots)} roots",
         file=sys.stderr,
     )

@@ -20,7 +20,9 @@ registrations hold the lock shared from their first temp file to their committed
    ``--check``'s dirs whose owner died (each is flocked while in use, ``buildtmp``)
    and the per-path lock files (a build lock only if nobody holds it).
 
-``dry_run`` does steps 1-3's computation and reports what would go without deleting.
+``dry_run`` does the same computation and reports what would go (paths, unregistered
+trees, objects, leftover ``tmp/`` dirs, with their bytes) without deleting anything, not
+even dead processes' temp-roots files.
 """
 
 from __future__ import annotations
@@ -57,6 +59,8 @@ class GcReport:
     stray_trees: tuple[str, ...]
     objects_deleted: int
     bytes_freed: int
+    #: leftover working dirs in ``tmp/`` (of dead writers and builds), counted in bytes_freed
+    tmp_dirs: tuple[str, ...] = ()
 
 
 #: ``add_root``'s temporary link (``.<name>.<8 hex>``); present under the exclusive GC
@@ -123,7 +127,9 @@ def find_roots(store: LocalStore, stale_tmp: list[str] | None = None) -> set[str
 def collect(store: LocalStore, dry_run: bool = False) -> GcReport:
     with FileLock(store.gc_lock_path):
         stale_root_links: list[str] = []
-        roots = find_roots(store, stale_root_links) | live_temp_roots(store.root / "temproots")
+        roots = find_roots(store, stale_root_links) | live_temp_roots(
+            store.root / "temproots", delete_dead=not dry_run
+        )
         refs = db.references_map(store.conn)
         live: set[str] = set()
         stack = [r for r in roots if r in refs]
@@ -147,9 +153,20 @@ def collect(store: LocalStore, dry_run: bool = False) -> GcReport:
         used_after = _used_objects(store, exclude=set(dead))
         doomed_objects = [o for o in _objects(store) if o.name.split(".", 1)[0] not in used_after]
 
+        # store writers' dirs (``<pid>-<hex>``, ``gc-...``) are stale: every writer is
+        # excluded now. The build loop's ``build-*`` and ``check-*`` live longer than the
+        # GC lock: each is flocked by its owner (``buildtmp``), so one nobody holds is a
+        # dead process's. Others (``kiln-failed-*``, ``vary-*``) are kept.
+        doomed_tmp = sorted(
+            e.path
+            for e in os.scandir(store.tmp)
+            if _WRITER_TMP.match(e.name)
+            or (_OWNED_TMP.match(e.name) and e.is_dir(follow_symlinks=False) and owner_gone(e.path))
+        )
         freed = sum(_size(store.real_path(p)) for p in dead)
         freed += sum(_size(store.real_store / s) for s in stray)
         freed += sum(o.stat().st_size for o in doomed_objects)
+        freed += sum(_size(Path(t)) for t in doomed_tmp)
         report = GcReport(
             dry_run=dry_run,
             roots=tuple(sorted(roots & set(refs))),
@@ -157,6 +174,7 @@ def collect(store: LocalStore, dry_run: bool = False) -> GcReport:
             stray_trees=tuple(f"{store.store_dir}/{s}" for s in stray),
             objects_deleted=len(doomed_objects),
             bytes_freed=freed,
+            tmp_dirs=tuple(doomed_tmp),
         )
         if dry_run:
             return report
@@ -179,15 +197,8 @@ def collect(store: LocalStore, dry_run: bool = False) -> GcReport:
             attestations.remove(store, p)
         for o in doomed_objects:
             o.unlink(missing_ok=True)
-        for e in os.scandir(store.tmp):
-            # store writers' dirs (``<pid>-<hex>``, ``gc-...``) are stale: every writer is
-            # excluded now. The build loop's ``build-*`` and ``check-*`` live longer than
-            # the GC lock: each is flocked by its owner (``buildtmp``), so one nobody
-            # holds is a dead process's. Others (``kiln-failed-*``, ``vary-*``) are kept.
-            if _WRITER_TMP.match(e.name):
-                remove_tree(Path(e.path))
-            elif _OWNED_TMP.match(e.name) and e.is_dir(follow_symlinks=False) and owner_gone(e.path):
-                remove_tree(Path(e.path))  # a build's or --check's dir whose process died
+        for t in doomed_tmp + [str(trash)]:
+            remove_tree(Path(t))
         for e in os.scandir(store.root / "locks"):
             # registration locks are only taken under the GC lock (shared), so none is held
             # now; the build loop's ``*.build`` locks go only when nobody holds them

@@ -220,9 +220,10 @@ class TempRoots:
         self.counts.clear()
 
 
-def live_temp_roots(dir_: Path) -> set[str]:
-    """Paths in the temp-roots files of live processes; deletes files of dead ones.
-    Call with the GC lock held exclusively."""
+def live_temp_roots(dir_: Path, delete_dead: bool = True) -> set[str]:
+    """Paths in the temp-roots files of live processes; deletes files of dead ones
+    (unless ``delete_dead`` is false: a dry run changes nothing). Call with the GC lock
+    held exclusively."""
     roots: set[str] = set()
     for entry in os.scandir(dir_):
         try:
@@ -237,7 +238,8 @@ def live_temp_roots(dir_: Path) -> set[str]:
                 with os.fdopen(os.dup(fd), "rb") as f:
                     roots.update(line.decode() for line in f.read().splitlines() if line)
             else:
-                os.unlink(entry.path)  # we got the lock: the owner is gone
+                if delete_dead:
+                    os.unlink(entry.path)  # we got the lock: the owner is gone
         finally:
             os.close(fd)
     return roots

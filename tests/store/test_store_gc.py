@@ -119,8 +119,13 @@ def test_gc_removes_leftovers(store, tmp_path):
     (store.tmp / "123-dead").mkdir()
     v = store.verify()
     assert v.ok and v.stray_trees == (f"/kiln/store/{stray.name}",) and len(v.stray_objects) == 1
+    (store.tmp / "123-dead" / "part").write_bytes(b"p" * 100_000)
     store.add_root("a", a.path)
+    dry = store.gc(dry_run=True)  # lists (and counts) the tmp leftovers, deletes nothing
+    assert str(store.tmp / "123-dead") in dry.tmp_dirs and dry.bytes_freed >= 100_000
+    assert (store.tmp / "123-dead" / "part").exists() and stray.exists()
     r = store.gc()
+    assert r.tmp_dirs == dry.tmp_dirs and r.bytes_freed == dry.bytes_freed
     assert r.stray_trees == (f"/kiln/store/{stray.name}",) and r.objects_deleted == 1
     assert not stray.exists() and os.listdir(store.tmp) == []
     v = store.verify()
