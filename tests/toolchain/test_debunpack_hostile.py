@@ -15,7 +15,8 @@ import pytest
 import zstandard
 
 from kiln.store import nar
-from kiln.store.debunpack import MAX_TAR_HEADER, read_ar, unpack_debs
+from kiln.store.debarchive import MAX_TAR_HEADER, read_ar
+from kiln.store.debunpack import unpack_debs
 from kiln.store.errors import FormatError
 
 from .debs import Entry, ar, make_deb, tar
