@@ -13,23 +13,15 @@ is used for lz4, the standard library and ``zstandard`` for the rest). The index
 once with a cheap field scan; only the stanzas of packages that end up in the closure are
 parsed with python-debian's ``debian.deb822.Packages`` (relations, version constraints).
 
-Resolution rules (documented in docs/toolchain.md):
+Candidates (``AptIndex``) follow apt's default pins:
 
-- the candidate of a name is, as apt picks it with default pins, its highest version (dpkg
-  ordering) of the wanted architecture or ``all`` among the indexes of the highest
-  priority: 500, or 1 for a suite whose Release file says ``NotAutomatic: yes`` (100 with
-  ``ButAutomaticUpgrades: yes``), so backports are taken only for what nothing else has;
-- ``Depends`` and ``Pre-Depends`` are followed; ``Recommends``/``Suggests`` are not;
-- for an alternative list ``a | b | c`` the dependency is satisfied if any alternative is
-  already chosen with a version that meets its constraint (by name, or by a ``Provides``,
-  which for a versioned dependency must itself carry a version that meets it, as Debian
-  policy 7.5 says); otherwise the first satisfiable alternative is chosen: a real package
-  whose candidate meets the constraint, else a virtual name provided by some candidate
-  (the provider already chosen, else the first by name);
-- excluded names are never chosen; a dependency whose alternatives are all excluded is
-  dropped (and reported), one that cannot be satisfied at all is an error.
+the candidate of a name is its highest version (dpkg ordering) of the wanted architecture
+or ``all`` among the indexes of the highest priority: 500, or 1 for a suite whose Release
+file says ``NotAutomatic: yes`` (100 with ``ButAutomaticUpgrades: yes``), so backports
+are taken only for what nothing else has.
 
-The result is a sorted tuple of ``LockEntry`` values (the lock records).
+Resolving a closure against an ``AptIndex`` is in ``aptresolve``; the lock file format of
+its result (``LockEntry`` records) is in ``aptlock``, whose names are re-exported here.
 """
 
 from __future__ import annotations
@@ -39,11 +31,10 @@ import gzip
 import lzma
 import re
 import subprocess
-import sys
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
+from .aptlock import LOCK_FIELDS, LockEntry, parse_lock, render_lock
 from .errors import FormatError, KilnError
 
 APT_LISTS = Path("/var/lib/apt/lists")
@@ -53,18 +44,6 @@ APT_SOURCES_DIR = Path("/etc/apt/sources.list.d")
 
 class AptError(KilnError):
     """The apt metadata is missing or cannot satisfy a request."""
-
-
-@dataclass(frozen=True, slots=True)
-class LockEntry:
-    """One pinned .deb: what ``kiln lock debian`` writes and ``debian_rootfs`` fetches."""
-
-    name: str
-    version: str
-    arch: str
-    sha256: str
-    filename: str
-    size: int
 
 
 # --- sources ---------------------------------------------------------------------------
@@ -295,155 +274,16 @@ class AptIndex:
         )
 
 
-# --- resolution ------------------------------------------------------------------------
-
-
-def _satisfies(version: str, rel: dict) -> bool:
-    from debian.debian_support import version_compare
-
-    constraint = rel.get("version")
-    if not constraint:
-        return True
-    op, want = constraint
-    c = version_compare(version, want)
-    # "<" and ">" are the obsolete spellings of "<=" and ">=" (Debian policy 7.1)
-    ok = {"<<": c < 0, "<=": c <= 0, "<": c <= 0, "=": c == 0, ">=": c >= 0, ">": c >= 0, ">>": c > 0}.get(op)
-    if ok is None:
-        raise FormatError(f"unknown version relation {op!r} in ({op} {want})")
-    return ok
-
-
-def _rel_text(alts: list[dict]) -> str:
-    """``a (>= 1) | b`` as Debian writes it."""
-    out = []
-    for a in alts:
-        v = a.get("version")
-        out.append(f"{a['name']} ({v[0]} {v[1]})" if v else a["name"])
-    return " | ".join(out)
-
-
-def resolve(
-    index: AptIndex, roots: list[str], exclude: Iterable[str] = (), warn=None
-) -> tuple[LockEntry, ...]:
-    """The closure of ``roots`` under Depends + Pre-Depends (rules in the module docstring),
-    sorted by name."""
-    warn = warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr))
-    excluded = set(exclude)
-    chosen: dict[str, None] = {}
-    provided: dict[str, list[str | None]] = {}  # virtual name -> versions chosen packages provide
-    queue: list[str] = []
-
-    def choose(name: str) -> None:
-        if name in chosen:
-            return
-        chosen[name] = None
-        queue.append(name)
-        for virt, ver in index.provides.get(name, []):
-            provided.setdefault(virt, []).append(ver)
-
-    def satisfied(alt: dict) -> bool:
-        if alt["name"] in chosen and _satisfies(index.version(alt["name"]), alt):
-            return True
-        vers = provided.get(alt["name"], [])
-        if alt.get("version") is None:
-            return bool(vers)
-        return any(v is not None and _satisfies(v, alt) for v in vers)
-
-    for root in roots:
-        if root in excluded:
-            raise AptError(f"package {root!r} is both requested and excluded")
-        if root not in index:
-            via = [p for p, _ in index.providers.get(root, []) if p not in excluded]
-            if not via:
-                why = (
-                    "only excluded packages provide it"
-                    if index.providers.get(root)
-                    else "no package by that name"
-                )
-                raise AptError(f"cannot lock {root!r}: {why} in the apt indexes")
-            root = via[0]
-        choose(root)
-
-    while queue:
-        name = queue.pop(0)
-        pkg = index.package(name)
-        for field in ("pre-depends", "depends"):
-            for alts in pkg.relations[field]:
-                if any(satisfied(a) for a in alts):
-                    continue
-                pick = _first_satisfiable(index, alts, excluded, chosen)
-                text = _rel_text(alts)
-                if pick is None:
-                    if all(a["name"] in excluded for a in alts):
-                        warn(f"{name}: dependency '{text}' dropped (excluded)")
-                        continue
-                    have = [f"{a['name']} {index.version(a['name'])}" for a in alts if a["name"] in chosen]
-                    extra = f" ({', '.join(have)} already chosen)" if have else ""
-                    raise AptError(f"{name} {index.version(name)}: cannot satisfy dependency '{text}'{extra}")
-                choose(pick)
-    return tuple(index.entry(n) for n in sorted(chosen))
-
-
-def _first_satisfiable(index: AptIndex, alts: list[dict], excluded: set[str], chosen: dict) -> str | None:
-    for alt in alts:
-        name = alt["name"]
-        if name in excluded:
-            continue
-        if name in index and _satisfies(index.version(name), alt):
-            return name
-        # a virtual name: an unversioned dependency takes any provider, a versioned one only
-        # a provider whose Provides carries a version that meets it; a chosen one first
-        fits = [
-            p
-            for p, ver in index.providers.get(name, [])
-            if p not in excluded
-            and (alt.get("version") is None or (ver is not None and _satisfies(ver, alt)))
-        ]
-        if fits:
-            return next((p for p in fits if p in chosen), fits[0])
-    return None
-
-
-# --- lock file rendering ---------------------------------------------------------------
-
-LOCK_FIELDS = ("name", "version", "arch", "sha256", "filename", "size")
-
-
-def _q(s: str) -> str:
-    return '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$") + '"'
-
-
-def render_lock(entries: Iterable[LockEntry], header: str = "") -> str:
-    """The lock as a ``.recipe`` file binding ``debian_lock`` to a list of records, one
-    record per line. This and ``parse_lock`` are the only places that know the syntax."""
-    lines = [f"# {line}".rstrip() for line in header.splitlines()]
-    lines.append("let debian_lock = [")
-    for e in entries:
-        lines.append(
-            f"  {{ name = {_q(e.name)}, version = {_q(e.version)}, arch = {_q(e.arch)}, "
-            f"sha256 = {_q(e.sha256)}, filename = {_q(e.filename)}, size = {e.size} }},"
-        )
-    lines.append("]")
-    return "\n".join(lines) + "\n"
-
-
-_RECORD = re.compile(r"\{([^{}]*)\}")
-_PAIR = re.compile(r'([a-z0-9_]+)\s*[=:]\s*(?:"((?:[^"\\]|\\.)*)"|([0-9]+))')
-
-
-def parse_lock(text: str) -> tuple[LockEntry, ...]:
-    """Read back what ``render_lock`` writes (without the recipe evaluator, so shell
-    fixtures can use it). Comments are ignored; each ``{...}`` is one entry."""
-    text = re.sub(r"(?m)^\s*#.*$", "", text)
-    out = []
-    for m in _RECORD.finditer(text):
-        fields: dict[str, str] = {}
-        for key, s, n in _PAIR.findall(m.group(1)):
-            fields[key] = n or re.sub(r"\\(.)", r"\1", s)
-        missing = [k for k in LOCK_FIELDS if k not in fields]
-        if missing:
-            raise FormatError(f"lock record {m.group(0)[:80]!r} lacks {', '.join(missing)}")
-        out.append(LockEntry(**{k: (int(fields[k]) if k == "size" else fields[k]) for k in LOCK_FIELDS}))
-    if not out:
-        raise FormatError("no lock records found (expected 'let debian_lock = [ { name = ..., ... } ]')")
-    return tuple(out)
+__all__ = [
+    "APT_LISTS",
+    "LOCK_FIELDS",
+    "AptError",
+    "AptIndex",
+    "LockEntry",
+    "archive_bases",
+    "index_files",
+    "parse_lock",
+    "read_index",
+    "release_priority",
+    "render_lock",
+]

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from kiln.store import apt
-from kiln.store.apt import AptError, AptIndex, LockEntry, parse_lock, render_lock, resolve
+from kiln.store.apt import AptError, AptIndex, LockEntry, parse_lock, render_lock
+from kiln.store.aptresolve import resolve
 from kiln.store.errors import FormatError
 
 REPO = Path(__file__).resolve().parents[2]
