@@ -203,7 +203,8 @@ def _deep(fn):
 
 
 def _evaluate(file: str, display: str, store_dir: str, add_source: AddSource | None) -> Evaluation:
-    from .evaluator import Evaluator, PackageFn, Thunk
+    from .evaluator import Evaluator
+    from .scope import PackageFn, Thunk
     from .values import DrvValue
 
     ev = Evaluator(store_dir, add_source)

@@ -127,7 +127,7 @@ def instantiate(ev, fn, args: dict, call: ast.Node) -> DrvValue:
 
 
 def _compile(ev, fn, pkg: ast.Package, params: dict) -> DrvValue:
-    from .evaluator import Env, Thunk
+    from .scope import Env, Thunk
 
     env = Env(dict(params), fn.env)
     for b in (*pkg.lets, *pkg.fields):

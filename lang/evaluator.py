@@ -33,69 +33,8 @@ from .errors import (
     did_you_mean,
 )
 from .parser import parse_module
+from .scope import RUNNING, UNSET, Builtin, Env, Module, PackageFn, Thunk
 from .values import CStr, DrvValue, Record, SourceValue, type_name
-
-_RUNNING = object()
-_UNSET = object()
-
-
-class Thunk:
-    """A lazily evaluated binding."""
-
-    __slots__ = ("node", "env", "value", "name")
-
-    def __init__(self, node: ast.Node, env: Env, name: str) -> None:
-        self.node = node
-        self.env = env
-        self.value = _UNSET
-        self.name = name
-
-
-class Env:
-    __slots__ = ("vars", "parent")
-
-    def __init__(self, vars: dict, parent: Env | None) -> None:
-        self.vars = vars
-        self.parent = parent
-
-    def names(self) -> list[str]:
-        out: list[str] = []
-        e: Env | None = self
-        while e is not None:
-            out.extend(e.vars)
-            e = e.parent
-        return out
-
-
-class PackageFn:
-    """A ``package`` definition: callable with parameters, memoized per variant."""
-
-    __slots__ = ("node", "env")
-
-    def __init__(self, node: ast.Package, env: Env) -> None:
-        self.node = node
-        self.env = env
-
-
-class Builtin:
-    __slots__ = ("name", "fn")
-
-    def __init__(self, name: str, fn: Callable) -> None:
-        self.name = name
-        self.fn = fn
-
-
-class Module:
-    """A loaded file: its scope and the names it defines itself (in source order)."""
-
-    __slots__ = ("path", "ast", "env", "own")
-
-    def __init__(self, path: str, tree: ast.Module, env: Env, own: list[str]) -> None:
-        self.path = path
-        self.ast = tree
-        self.env = env
-        self.own = own
-
 
 AddSource = Callable[[Path, str], str]
 
@@ -196,17 +135,17 @@ class Evaluator:
     # ------------------------------------------------------------------ forcing
     def force(self, t: Thunk):
         v = t.value
-        if v is _UNSET:
-            t.value = _RUNNING
+        if v is UNSET:
+            t.value = RUNNING
             self.stack.append((t.name, t.node))
             try:
                 v = t.value = self.eval(t.node, t.env)
             except BaseException:
-                t.value = _UNSET
+                t.value = UNSET
                 raise
             finally:
                 self.stack.pop()
-        elif v is _RUNNING:
+        elif v is RUNNING:
             names = [n for n, _ in self.stack]
             start = max(i for i, n in enumerate(names) if n == t.name) if t.name in names else 0
             chain = " → ".join([*names[start:], t.name])
@@ -216,8 +155,8 @@ class Evaluator:
     def lookup(self, env: Env, name: str, node: ast.Node):
         e: Env | None = env
         while e is not None:
-            v = e.vars.get(name, _UNSET)
-            if v is not _UNSET:
+            v = e.vars.get(name, UNSET)
+            if v is not UNSET:
                 return self.force(v) if isinstance(v, Thunk) else v
             e = e.parent
         raise UnknownName(f"unknown name '{name}'{did_you_mean(name, env.names())}", node.src, node.pos)
@@ -302,15 +241,15 @@ class Evaluator:
         # Only packages and builtins can be called, and no expression evaluates to one,
         # so only those are considered: a field may share a builtin's or package's name
         # (``zlib = zlib(static = true)``, ``upper = upper(x)``) without shadowing it.
-        f = _UNSET
+        f = UNSET
         e: Env | None = env
         while e is not None:
-            v = e.vars.get(node.name, _UNSET)
+            v = e.vars.get(node.name, UNSET)
             if isinstance(v, PackageFn | Builtin):
                 f = v
                 break
             e = e.parent
-        if f is _UNSET:
+        if f is UNSET:
             f = self.lookup(env, node.name, node)
         if isinstance(f, PackageFn):
             args = {}
