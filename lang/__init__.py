@@ -270,7 +270,7 @@ def evaluate_file(
 ) -> Evaluation:
     """Evaluate the recipe file at ``path`` (see the module docstring)."""
     display = os.fspath(path)
-    file = os.path.abspath(display)
+    file = os.path.realpath(display)  # as Evaluator.load: the real file, however it is named
     if cache_dir is not None:
         data = _cache.load(cache_dir, file, store_dir)
         if data is not None:

@@ -82,7 +82,10 @@ class Evaluator:
         return self.drvs[path]
 
     def load(self, path: str, display: str, via: ast.Import | None = None) -> Module:
-        """Load (once) the module at absolute ``path``, reported as ``display``."""
+        """Load (once) the module at absolute ``path``, reported as ``display``. Symlinks are
+        followed first (as Nix does), so a file's relative imports and ``path`` sources are
+        resolved from where it really is, whatever name it was reached by."""
+        path = os.path.realpath(path)
         mod = self.modules.get(path)
         if mod is not None:
             return mod
@@ -100,10 +103,19 @@ class Evaluator:
             if via is None:
                 raise RecipeError(f"recipe file {display} does not exist") from None
             raise ImportNotFound(f"imported file {display} does not exist", via.src, via.pos) from None
-        except (UnicodeDecodeError, IsADirectoryError) as e:
+        except UnicodeDecodeError as e:
+            line = raw.count(b"\n", 0, e.start) + 1
+            col = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
+            raise RecipeError(
+                f"{display}:{line}:{col}: not valid UTF-8 (byte 0x{raw[e.start]:02x}); recipe files are UTF-8",
+                via.src if via else None,
+                via.pos if via else None,
+            ) from None
+        except IsADirectoryError as e:
             raise RecipeError(
                 f"cannot read recipe file {display}: {e}", via.src if via else None, via.pos if via else None
             ) from None
+        text = text.removeprefix("\ufeff")  # a UTF-8 byte-order mark some editors write
         self.files[path] = hashlib.sha256(raw).hexdigest()
         tree = parse_module(text, display, path)
         self.loading.append((path, display, via))
@@ -120,6 +132,8 @@ class Evaluator:
                 target = os.path.normpath(os.path.join(os.path.dirname(path), imp.path))
                 sub = self.load(target, rel, imp)
                 for name in sub.own:
+                    if env.vars.get(name) is sub.env.vars[name]:
+                        continue  # the same file imported twice (by two spellings): same binding
                     if name in env.vars:
                         where = "defined in this file" if name in own else "imported by an earlier import"
                         raise RecipeError(

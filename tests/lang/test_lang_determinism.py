@@ -4,9 +4,12 @@ store location, environment, locale or hash seed."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 from lang_helpers import run_kiln
+
+from kiln.lang import evaluate_file
 
 
 def test_paths_do_not_depend_on_the_process(features, tmp_path):
@@ -48,3 +51,29 @@ def test_local_source_path_does_not_depend_on_location(features, tmp_path):
     )
     assert a.returncode == 0, a.stderr
     assert a.stdout == b.stdout
+
+
+def test_a_recipe_named_through_a_symlink_gives_the_same_paths(tmp_path):
+    # Relative imports and path sources resolve from the real file, as Nix does.
+    real = tmp_path / "real" / "sub"
+    real.mkdir(parents=True)
+    (real / "lib.recipe").write_text('let v = "1"\n')
+    (real / "data").mkdir()
+    (real / "data" / "f").write_text("d")
+    (real / "r.recipe").write_text('import "lib.recipe"\npackage q { src = path "./data", build = "${v}" }\n')
+    os.symlink(real / "r.recipe", tmp_path / "link.recipe")
+    os.symlink(tmp_path / "real", tmp_path / "alias")
+    from lang_helpers import source_hasher
+
+    add = source_hasher()
+    want = evaluate_file(real / "r.recipe", add_source=add).drv_paths
+    assert evaluate_file(tmp_path / "link.recipe", add_source=add).drv_paths == want
+    assert evaluate_file(tmp_path / "alias" / "sub" / "r.recipe", add_source=add).drv_paths == want
+
+
+def test_the_same_file_imported_by_two_spellings_is_one_import(tmp_path):
+    (tmp_path / "lib.recipe").write_text('let v = "1"\n')
+    (tmp_path / "r.recipe").write_text(
+        'import "lib.recipe"\nimport "./lib.recipe"\npackage q { build = v }\n'
+    )
+    assert "q" in evaluate_file(tmp_path / "r.recipe").drv_paths

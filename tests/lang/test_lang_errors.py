@@ -87,3 +87,14 @@ def test_cli_prints_error_without_traceback(tmp_path):
     assert "Traceback" not in r.stderr
     assert r.stderr.startswith("error: type_list_in_string.recipe:4:33: expected a string, found a list")
     assert "^" in r.stderr
+
+
+def test_non_utf8_recipe_is_located_and_a_bom_is_accepted(tmp_path):
+    from kiln.lang import evaluate_file
+    from kiln.lang.errors import RecipeError
+
+    (tmp_path / "bad.recipe").write_bytes(b'package p {\n  build = "caf\xe9"\n}\n')
+    with pytest.raises(RecipeError, match=r"bad.recipe:2:15: not valid UTF-8 \(byte 0xe9\)"):
+        evaluate_file(tmp_path / "bad.recipe")
+    (tmp_path / "bom.recipe").write_bytes(b'\xef\xbb\xbfpackage p { build = "x" }\n')
+    assert "p" in evaluate_file(tmp_path / "bom.recipe").drv_paths
