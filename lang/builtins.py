@@ -21,12 +21,20 @@ import os
 from pathlib import Path
 
 from kiln.store.derivation import Derivation, Output
-from kiln.store.errors import FormatError
+from kiln.store.errors import FormatError, KilnError
 from kiln.store.hashes import Hash
 
 from . import nodes as ast
 from .compile import add_drv, sanitize_name, split_context
-from .errors import BadValue, HashFormat, MissingField, RecipeTypeError, UnknownField, did_you_mean
+from .errors import (
+    BadValue,
+    HashFormat,
+    MissingField,
+    RecipeError,
+    RecipeTypeError,
+    UnknownField,
+    did_you_mean,
+)
 from .sources import fingerprint
 from .values import CStr, DrvValue, Record, SourceValue, type_name
 
@@ -173,10 +181,16 @@ def path(ev, node: ast.Call, env) -> SourceValue:
     name = _string(ev, a["name"][0], a["name"][1], "path 'name'") if "name" in a else os.path.basename(target)
     # Fingerprinted before and after adding: the cache pairs this store path with what
     # the source looked like *when it was read*; an edit during the add is not cached.
-    before = fingerprint(Path(target))
-    store_path = ev.add_source(Path(target), sanitize_name(name))
+    try:
+        before = fingerprint(Path(target))
+        store_path = ev.add_source(Path(target), sanitize_name(name))
+        after = fingerprint(Path(target))
+    except RecipeError:
+        raise
+    except (KilnError, OSError) as e:  # a fifo or an unreadable file in the source, ...
+        raise BadValue(f"cannot add path {rel!r} to the store: {e}", n.src, n.pos) from None
     ev.sources[store_path] = target
-    ev.source_fps[store_path] = before if fingerprint(Path(target)) == before else None
+    ev.source_fps[store_path] = before if after == before else None
     return SourceValue(store_path, target)
 
 

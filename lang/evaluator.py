@@ -24,6 +24,7 @@ from pathlib import Path
 
 from . import nodes as ast
 from .errors import (
+    BadValue,
     ImportCycle,
     ImportNotFound,
     InfiniteRecursion,
@@ -34,7 +35,7 @@ from .errors import (
 )
 from .parser import parse_module
 from .scope import RUNNING, UNSET, Builtin, Env, Module, PackageFn, Thunk
-from .values import CStr, DrvValue, Record, SourceValue, type_name
+from .values import INT_MAX, INT_MIN, CStr, DrvValue, Record, SourceValue, type_name
 
 AddSource = Callable[[Path, str], str]
 
@@ -320,7 +321,10 @@ class Evaluator:
         if isinstance(a, tuple) and isinstance(b, tuple):
             return a + b
         if isinstance(a, int) and isinstance(b, int) and not isinstance(a, bool) and not isinstance(b, bool):
-            return a + b
+            r = a + b
+            if not INT_MIN <= r <= INT_MAX:
+                raise BadValue(f"integer overflow: {a} + {b} is outside the 64-bit range", node.src, node.pos)
+            return r
         if isinstance(a, Record) and isinstance(b, Record):
             return Record({**a, **b})
         raise RecipeTypeError(
@@ -339,6 +343,8 @@ class Evaluator:
         if node.op == "!":
             return not self._bool(v, node.expr, "!")
         if isinstance(v, int) and not isinstance(v, bool):
+            if v == INT_MIN:
+                raise BadValue(f"integer overflow: -({v}) is outside the 64-bit range", node.src, node.pos)
             return -v
         raise RecipeTypeError(f"'-' needs a number, found {type_name(v)}", node.expr.src, node.expr.pos)
 

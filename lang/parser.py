@@ -27,6 +27,7 @@ from lark.lexer import Lexer
 from . import nodes as ast
 from .errors import DuplicateField, RecipeSyntaxError, SourceText
 from .strings import split_indented, split_plain
+from .values import INT_MAX
 
 _LEVELS = ({"||"}, {"&&"}, {"==", "!="}, {"+"})
 _SIMPLE_VAR = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*\Z")
@@ -179,7 +180,15 @@ class _Builder:
         return ast.Var(self.src, self._p(c[0]), str(c[0]))
 
     def number(self, c):
-        return ast.Const(self.src, self._p(c[0]), int(c[0]))
+        text = str(c[0])
+        if len(text) > 19 or int(text) > INT_MAX:
+            shown = text if len(text) <= 30 else text[:27] + "..."
+            raise RecipeSyntaxError(
+                f"number {shown} is too large (integers are 64-bit: at most {INT_MAX})",
+                self.src,
+                self._p(c[0]),
+            )
+        return ast.Const(self.src, self._p(c[0]), int(text))
 
     def true(self, c):
         return ast.Const(self.src, self._p(c[0]), True)

@@ -22,6 +22,10 @@ from __future__ import annotations
 
 from kiln.store.derivation import Derivation
 
+#: integers are 64-bit signed, as in Nix: a literal outside is a syntax error, arithmetic
+#: that leaves the range an error (so no result depends on Python's big integers)
+INT_MIN, INT_MAX = -(2**63), 2**63 - 1
+
 
 class CStr:
     """A string with a non-empty context."""

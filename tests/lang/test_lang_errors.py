@@ -98,3 +98,28 @@ def test_non_utf8_recipe_is_located_and_a_bom_is_accepted(tmp_path):
         evaluate_file(tmp_path / "bad.recipe")
     (tmp_path / "bom.recipe").write_bytes(b'\xef\xbb\xbfpackage p { build = "x" }\n')
     assert "p" in evaluate_file(tmp_path / "bom.recipe").drv_paths
+
+
+def test_integers_are_64_bit(tmp_path):
+    from kiln.lang import evaluate_file
+    from kiln.lang.errors import BadValue, RecipeSyntaxError
+
+    (tmp_path / "big.recipe").write_text("let n = " + "9" * 5000 + '\npackage p { build = "${n}" }\n')
+    with pytest.raises(RecipeSyntaxError, match=r"big.recipe:1:9: number 9+\.\.\. is too large"):
+        evaluate_file(tmp_path / "big.recipe")
+    (tmp_path / "ovf.recipe").write_text('let n = 9223372036854775807\npackage p { build = "${n + 1}" }\n')
+    with pytest.raises(BadValue, match="ovf.recipe:2:.*integer overflow"):
+        evaluate_file(tmp_path / "ovf.recipe")
+
+
+def test_a_source_that_cannot_be_added_is_located(tmp_path):
+    from lang_helpers import source_hasher
+
+    from kiln.lang import evaluate_file
+    from kiln.lang.errors import BadValue
+
+    (tmp_path / "src").mkdir()
+    os.mkfifo(tmp_path / "src" / "pipe")
+    (tmp_path / "r.recipe").write_text('package p {\n  src = path "./src"\n  build = "${src}"\n}\n')
+    with pytest.raises(BadValue, match=r"r.recipe:2:\d+: cannot add path './src' to the store"):
+        evaluate_file(tmp_path / "r.recipe", add_source=source_hasher())
