@@ -74,7 +74,10 @@ def _export(repo, tree, out: Path) -> None:
         if mode == pygit2.GIT_FILEMODE_TREE:
             _export(repo, repo[entry.id], target)
         elif mode == pygit2.GIT_FILEMODE_LINK:
-            os.symlink(repo[entry.id].data, target)
+            link = repo[entry.id].data
+            if not link or b"\0" in link:
+                raise GitFetchError(f"refusing symlink {name!r} with an empty target or a NUL byte in it")
+            os.symlink(link, target)
         elif mode == pygit2.GIT_FILEMODE_COMMIT:
             target.mkdir(mode=0o755)  # submodule: not fetched, kept as an empty directory
         elif mode in (pygit2.GIT_FILEMODE_BLOB, pygit2.GIT_FILEMODE_BLOB_EXECUTABLE):

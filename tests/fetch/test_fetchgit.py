@@ -147,3 +147,11 @@ def test_put_tree_in_mirror_refuses_wrong_hash(repo, tmp_path):
     with pytest.raises(HashMismatch):
         put_tree_in_mirror(tmp_path / "t", tmp_path / "m", Hash("sha256", b"\0" * 32))
     assert list((tmp_path / "m" / "sha256").iterdir()) == []
+
+
+def test_a_symlink_target_with_a_nul_byte_is_refused(tmp_path):
+    r = pygit2.init_repository(str(tmp_path / "up"))
+    c = commit(r, {"l": (b"a\0b", pygit2.GIT_FILEMODE_LINK)}, "bad link")
+    with pytest.raises(GitFetchError, match="refusing symlink 'l'"):
+        fetch_git(str(tmp_path / "up"), c, tmp_path / "x")
+    assert not (tmp_path / "x").exists()
