@@ -18,8 +18,8 @@ import heapq
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from .derivation import Derivation, parse
-from .errors import StoreError
+from .derivation import Derivation, check_output_paths, parse
+from .errors import FormatError, StoreError
 from .paths import StorePath
 
 
@@ -57,7 +57,11 @@ class Graph:
 
 
 def load_graph(roots: Iterable[str], read_text: Callable[[str], str], store_dir: str) -> Graph:
-    """Parse every ``.drv`` reachable from ``roots``. ``read_text`` returns a .drv's text."""
+    """Parse every ``.drv`` reachable from ``roots``. ``read_text`` returns a .drv's text.
+
+    Every derivation's declared output paths are checked against its contents
+    (``derivation.check_output_paths``): the build loop, ``--check`` and the rebuilders
+    trust a ``.drv`` only for the outputs it really defines."""
     drvs: dict[str, Derivation] = {}
     stack = list(roots)
     while stack:
@@ -70,6 +74,12 @@ def load_graph(roots: Iterable[str], read_text: Callable[[str], str], store_dir:
         drv = parse(read_text(p), sp.name[: -len(".drv")], store_dir)
         drvs[p] = drv
         stack.extend(i for i, _ in drv.input_drvs if i not in drvs)
+    memo: dict = {}
+    for p, drv in drvs.items():
+        try:
+            check_output_paths(drv, drvs.__getitem__, memo)
+        except FormatError as e:
+            raise StoreError(f"{p}: {e}") from None
     return Graph(drvs)
 
 

@@ -318,6 +318,20 @@ def finalize(drv: Derivation, resolve: Resolver, memo: dict[str, Hash]) -> Deriv
     return replace(drv, outputs=_frozen_map(outs), env=_frozen_map(env))
 
 
+def check_output_paths(drv: Derivation, resolve: Resolver, memo: dict[str, Hash]) -> None:
+    """Raise ``FormatError`` unless every output path ``drv`` declares is the one its
+    contents give (Nix's ``checkInvariants``). A ``.drv`` file is text-addressed, so anyone
+    can write one that *claims* another derivation's output path; building or rebuilding
+    it must not stand in for that derivation."""
+    want = dict(finalize(drv, resolve, memo).outputs)
+    for k, o in drv.outputs:
+        if o.path != want[k].path:
+            raise FormatError(
+                f"derivation {drv.name}: output {k!r} is declared as {o.path or '(empty)'}, but the "
+                f"derivation gives {want[k].path}: refusing a forged or corrupt derivation"
+            )
+
+
 def drv_path(drv: Derivation) -> StorePath:
     """The text-addressed store path of the ``.drv`` file."""
     return make_text_path(f"{drv.name}.drv", drv.serialize().encode(), drv.references(), drv.store_dir)
