@@ -231,9 +231,16 @@ def verify_raw(public_key: bytes, data: bytes, sig: bytes) -> bool:
 
 def signers(env: Envelope, keys: Mapping[str, bytes]) -> list[str]:
     """Labels (keys of ``keys``) of every key that made a valid signature on ``env``,
-    in ``keys`` order, each at most once. No threshold or payload-type check."""
+    in ``keys`` order, one label per distinct key (the same key under two labels counts
+    once). No threshold or payload-type check."""
     msg = env.pae()
-    return [label for label, pk in keys.items() if any(verify_raw(pk, msg, s.sig) for s in env.signatures)]
+    seen: set[bytes] = set()
+    out = []
+    for label, pk in keys.items():
+        if pk not in seen and any(verify_raw(pk, msg, s.sig) for s in env.signatures):
+            seen.add(pk)
+            out.append(label)
+    return out
 
 
 @dataclass(frozen=True, slots=True)

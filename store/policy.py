@@ -89,11 +89,13 @@ class Policy:
     digest: str = field(default="", compare=False)
 
     def revocation(self, key: bytes) -> Revocation | None:
-        """The revocation entry for raw public key ``key``, if any."""
-        for r in self.revoked:
-            if r.key.key == key:
-                return r
-        return None
+        """The strictest revocation entry for raw public key ``key``, if any: a key may be
+        retired first and found compromised later (two entries); compromised wins, then
+        the earliest ``revoked_at``."""
+        found = [r for r in self.revoked if r.key.key == key]
+        if not found:
+            return None
+        return min(found, key=lambda r: (not r.compromised, r.revoked_at))
 
     def counts(self, key: bytes, signed_at: datetime | None) -> tuple[bool, str]:
         """Whether a valid signature by raw ``key``, made at ``signed_at`` (``None``:
@@ -121,11 +123,17 @@ _AGE_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 def parse_age(value: Any) -> timedelta:
     """``"90d"``, ``"12h"``, ``"30m"``, ``"3600s"``, ``"2w"`` or an integer of seconds."""
     if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return timedelta(seconds=value)
+        try:
+            return timedelta(seconds=value)
+        except OverflowError:
+            raise PolicyError(f"max_age {value!r} is too large") from None
     m = _AGE_RE.match(value) if isinstance(value, str) else None
     if not m or int(m.group(1)) <= 0:
         raise PolicyError(f"max_age must be a positive duration like '90d', '12h' or 3600, found {value!r}")
-    return timedelta(seconds=int(m.group(1)) * _AGE_UNITS[m.group(2)])
+    try:
+        return timedelta(seconds=int(m.group(1)) * _AGE_UNITS[m.group(2)])
+    except OverflowError:
+        raise PolicyError(f"max_age {value!r} is too large") from None
 
 
 def _key(value: Any, where: str, base: Path) -> PublicKey:
@@ -243,14 +251,26 @@ def parse(text: str, *, base_dir: Path | None = None, source: str = "<policy>") 
 def _check_satisfiable(p: Policy) -> None:
     """Refuse policies that can never pass: better a usage error now than a confusing
     failure on every path."""
-    if p.signatures > len(p.signing):
+    # distinct keys: the same key listed twice (under two names) is one signer
+    signing = len({k.key for k in p.signing})
+    rebuilders = {k.key for k in p.rebuilders}
+    independent = len(rebuilders - {k.key for k in p.provenance})
+    if p.signatures > signing:
         raise PolicyError(
-            f"{p.source}: requires {p.signatures} signature(s) but trusts {len(p.signing)} signing key(s)"
+            f"{p.source}: requires {p.signatures} signature(s) but trusts {signing} signing key(s)"
         )
-    if p.reproduced > len(p.rebuilders):
-        raise PolicyError(f"{p.source}: requires {p.reproduced} rebuilder(s) but trusts {len(p.rebuilders)}")
-    if (p.require_provenance or p.require_sbom) and not p.provenance:
-        raise PolicyError(f"{p.source}: requires provenance/SBOM attestations but trusts no provenance key")
+    if p.reproduced > independent:
+        raise PolicyError(
+            f"{p.source}: requires {p.reproduced} rebuilder(s) but trusts {independent} independent of the "
+            f"provenance keys ({len(rebuilders)} rebuilder key(s), a builder cannot vouch for itself)"
+        )
+    if (
+        p.require_provenance or p.require_sbom or p.builder_ids or p.max_age is not None
+    ) and not p.provenance:
+        raise PolicyError(
+            f"{p.source}: requires provenance/SBOM attestations (or checks builder ids or age) "
+            "but trusts no provenance key"
+        )
 
 
 def load(path: str | Path) -> Policy:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from . import attestations, dsse, nar
@@ -182,9 +182,23 @@ def _attestation(
     return None, st, good
 
 
+#: how far in the future a signed time may be (clocks differ a little, not by days)
+CLOCK_SKEW = timedelta(minutes=5)
+
+
+def _dig(obj: Any, *keys: str) -> Any:
+    """``obj[k1][k2]...``, or None where a level is missing or not an object: a signed
+    predicate of the wrong shape fails a check, it never raises."""
+    for k in keys:
+        if not isinstance(obj, dict):
+            return None
+        obj = obj.get(k)
+    return obj
+
+
 def _finished_on(st: Statement) -> datetime | None:
-    v = st.predicate.get("runDetails", {}).get("metadata", {}).get("finishedOn")
-    return parse_time(v) if v is not None else None
+    v = _dig(st.predicate, "runDetails", "metadata", "finishedOn")
+    return parse_time(v) if isinstance(v, str) else None
 
 
 def _provenance(
@@ -209,14 +223,19 @@ def _provenance(
         return [Check("provenance", False, err or "invalid")], []
     names = ", ".join(k.name for k in good)
     checks = [Check("provenance", True, f"SLSA provenance signed by {names}, subject matches the NAR hash")]
-    bd = st.predicate.get("buildDefinition", {})
-    if bd.get("buildType") == BUILD_TYPE:
-        extra = sorted(set(bd.get("externalParameters", {})) - KILN_EXTERNAL_PARAMETERS)
+    if _dig(st.predicate, "buildDefinition", "buildType") == BUILD_TYPE:
+        params = _dig(st.predicate, "buildDefinition", "externalParameters")
+        extra = (
+            sorted(set(params) - KILN_EXTERNAL_PARAMETERS)
+            if isinstance(params, dict)
+            else ["(not an object)"]
+        )
         if extra:
             checks.append(
                 Check("build-parameters", False, f"unrecognised externalParameters {', '.join(extra)}")
             )
-    builder = st.predicate.get("runDetails", {}).get("builder", {}).get("id", "")
+    builder = _dig(st.predicate, "runDetails", "builder", "id")
+    builder = builder if isinstance(builder, str) else ""
     if policy.builder_ids:
         ok = builder in policy.builder_ids
         why = "is allowed" if ok else f"is not one of {', '.join(policy.builder_ids)}"
@@ -225,6 +244,14 @@ def _provenance(
         finished = _finished_on(st)
         if finished is None:
             checks.append(Check("age", False, "provenance has no finishedOn time; max_age cannot be checked"))
+        elif finished > now + CLOCK_SKEW:
+            checks.append(
+                Check(
+                    "age",
+                    False,
+                    f"provenance claims it finished in the future ({finished:%Y-%m-%dT%H:%M:%SZ})",
+                )
+            )
         else:
             age = now - finished
             ok = age <= policy.max_age
@@ -271,8 +298,11 @@ def _vsas(store: Any, info: PathInfo) -> Iterator[tuple[str, dsse.Envelope | Non
 
 def _reproduced(store: Any, info: PathInfo, policy: Policy, builders: list[PublicKey]) -> Check:
     need = policy.reproduced
-    builder_keys = {k.key for k in builders}
-    agree: dict[bytes, str] = {}
+    # Not independent: a key that signed this path's provenance, or that the policy
+    # trusts for provenance at all (else deleting the provenance would make the builder
+    # its own "independent" rebuilder).
+    builder_keys = {k.key for k in builders} | {k.key for k in policy.provenance}
+    latest: dict[bytes, tuple[datetime, bool, str]] = {}  # key -> its newest verdict
     notes: list[str] = []
     for kind, env, err in _vsas(store, info):
         if env is None:
@@ -282,16 +312,24 @@ def _reproduced(store: Any, info: PathInfo, policy: Policy, builders: list[Publi
         if e is not None or st is None:
             notes.append(f"{kind}: {e}")
             continue
-        passed = st.predicate.get("verificationResult") == "PASSED" and LEVEL_REPRODUCED in st.predicate.get(
-            "verifiedLevels", []
+        levels = st.predicate.get("verifiedLevels")
+        passed = (
+            st.predicate.get("verificationResult") == "PASSED"
+            and isinstance(levels, list)
+            and LEVEL_REPRODUCED in levels
         )
+        when = _vsa_time(st) or datetime.min.replace(tzinfo=UTC)
         for k in good:
-            if k.key in builder_keys:
-                notes.append(f"{k.name} also signed the provenance, so it is not independent")
-            elif passed:
-                agree[k.key] = k.name
-            else:
-                notes.append(f"{k.name} reports the rebuild did NOT reproduce")
+            if k.key not in latest or when > latest[k.key][0]:
+                latest[k.key] = (when, passed, k.name)
+    agree: dict[bytes, str] = {}
+    for key, (_, passed, name) in latest.items():
+        if key in builder_keys:
+            notes.append(f"{name} is a provenance key, so it is not independent")
+        elif passed:
+            agree[key] = name
+        else:
+            notes.append(f"{name} reports the rebuild did NOT reproduce (its latest verdict)")
     names = ", ".join(sorted(agree.values())) or "none"
     extra = f" ({'; '.join(notes)})" if notes else ""
     if need == 0:

@@ -148,21 +148,23 @@ def _verify_key(key: bytes) -> nacl.signing.VerifyKey:
 
 
 def valid_signers(info: PathInfo, trusted: Iterable[PublicKey]) -> set[str]:
-    """Names of the distinct trusted keys that have a valid signature in ``info.sigs``."""
+    """Names of the distinct trusted keys that have a valid signature in ``info.sigs``.
+
+    Distinct by *key*, not by name: one key listed under two names (and signing under
+    both) counts once, so it cannot meet a threshold of two on its own."""
     by_name: dict[str, list[PublicKey]] = {}
     for k in trusted:
         by_name.setdefault(k.name, []).append(k)
     if not by_name or not info.sigs:
         return set()
     fp = info.fingerprint()
-    ok: set[str] = set()
+    ok: dict[bytes, str] = {}  # raw key -> the first name it validly signed under
     for sig in info.sigs:
         name = sig.partition(":")[0]
-        if name in ok:
-            continue
-        if any(k.verify(fp, sig) for k in by_name.get(name, ())):
-            ok.add(name)
-    return ok
+        for k in by_name.get(name, ()):
+            if k.key not in ok and k.verify(fp, sig):
+                ok[k.key] = name
+    return set(ok.values())
 
 
 def load_secret_key(path: str | os.PathLike) -> SecretKey:

@@ -9,8 +9,10 @@ For every valid path, ``verify`` checks (two paths at a time, one per core):
 - content-address claims: a ``fixed:r:sha256`` path must be the source path of its NAR
   hash, a ``text:sha256`` path the text path of its content (``ca-mismatch``);
 - references: each must be valid (``dangling-reference``; only quarantine makes these);
-- signatures, when ``sigs_needed`` > 0: at least that many valid signatures by the
-  ``trusted`` keys; content-addressed paths need none (their path proves their content).
+- signatures, when ``sigs_needed`` > 0: at least that many valid signatures by distinct
+  ``trusted`` keys; a content-addressed path needs none when verify recomputed its path
+  from its content (``fixed:r:sha256``, flat ``fixed:sha256``, ``text:sha256``, tree
+  clean): the unsigned ``ca`` claim alone exempts nothing.
 
 Repair (``repair=True``), per path, under the path lock:
 
@@ -50,7 +52,7 @@ from .locks import FileLock, path_lock_file
 from .objects import NarSink, object_rel_path, publish_object
 from .objread import read_object
 from .pathinfo import PathInfo
-from .paths import StorePath, make_source_path, make_store_path
+from .paths import StorePath, make_fixed_output_path, make_source_path, make_store_path
 from .trees import canonicalise, metadata_problems, remove_tree, seal_top, swap_in
 
 if TYPE_CHECKING:
@@ -123,6 +125,18 @@ def _check_tree(store: LocalStore, info: PathInfo) -> list[Problem]:
     return out
 
 
+#: content-address methods verify can recompute a path from (anything else proves nothing)
+_CA_METHODS = ("fixed:r:sha256:", "fixed:sha256:", "text:sha256:")
+
+
+def _ca_proves_path(info: PathInfo, problems: list[Problem]) -> bool:
+    """Whether the path is *shown* to be its content's address: a ``ca`` of a method
+    verify recomputes, with the tree checked clean (so ``_check_ca`` ran and passed).
+    Only such a path may go without signatures: ``ca`` itself is unsigned (a narinfo's
+    ``CA:`` field, a database column)."""
+    return bool(info.ca) and info.ca.startswith(_CA_METHODS) and not problems
+
+
 def _check_ca(info: PathInfo, real: Path) -> str:
     if not info.ca:
         return ""
@@ -141,6 +155,12 @@ def _ca_problem(info: PathInfo, real: Path) -> str:
         want = make_source_path(
             sp.name, h, [StorePath.parse(r) for r in info.references], store_dir=sp.store_dir
         )
+    elif info.ca.startswith("fixed:sha256:"):  # a flat file (fetchurl)
+        h = Hash.parse(info.ca.removeprefix("fixed:"))
+        got = Hash("sha256", hashlib.sha256(real.read_bytes()).digest()) if real.is_file() else None
+        if got is None or got.digest != h.digest:
+            return f"ca {info.ca}: the file's sha256 is {got.to_nix32() if got else '(not a file)'}"
+        want = make_fixed_output_path(sp.name, h, False, sp.store_dir)
     elif info.ca.startswith("text:sha256:"):
         h = Hash.parse(info.ca.removeprefix("text:"))
         got = Hash("sha256", hashlib.sha256(real.read_bytes()).digest()) if real.is_file() else None
@@ -175,7 +195,7 @@ def verify(store: LocalStore, repair: bool = False, trusted=None, sigs_needed: i
                     found.append(
                         Problem(info.path, "dangling-reference", f"references {r}, which is not valid")
                     )
-            if sigs_needed > 0 and not (info.ca and not any(p.kind == "ca-mismatch" for p in found)):
+            if sigs_needed > 0 and not _ca_proves_path(info, found):
                 n = len(valid_signers(info, trusted or []))
                 if n < sigs_needed:
                     found.append(

@@ -202,6 +202,17 @@ def test_revoked_compromised_key_rejects_everything(built, keys) -> None:
     assert "compromised" in _fails(policy.verify_path(built.store, built.hello, pol, now=NOW))["signatures"]
 
 
+def test_compromised_after_retired_wins(built, keys) -> None:
+    # kiln key revoke appends: a key retired first and found compromised later has two
+    # entries, and the stricter one decides whichever comes first in the file.
+    _attest_all(built, keys)
+    retired = _revoke(keys, "builder", FINISHED + timedelta(days=1), False)
+    stolen = _revoke(keys, "builder", FINISHED + timedelta(days=300), True)
+    for extra in (retired + stolen, stolen + retired):
+        fails = _fails(policy.verify_path(built.store, built.hello, _policy(keys, extra), now=NOW))
+        assert "compromised" in fails["provenance"]
+
+
 def test_retired_key_counts_before_revocation_only(built, keys) -> None:
     _attest_all(built, keys)
     later = _policy(keys, _revoke(keys, "builder", FINISHED + timedelta(days=1), False), sbom="false")
@@ -248,15 +259,16 @@ def test_reproduced_needs_independent_rebuilders(built, keys) -> None:
     # A rebuilder that is also the builder is not independent.
     text = _policy(keys).source
     assert text
-    pol = policy.parse(
-        f"""
+    both = f"""
 [keys]
 provenance = ["{keys["builder"].public()}"]
 rebuilders = ["{keys["builder"].public()}", "{keys["rb-a"].public()}"]
 [require]
-reproduced = 2
-""",
-    )
+"""
+    # two reproductions can never pass with only one key independent of the builder
+    with pytest.raises(policy.PolicyError, match="1 independent of the provenance keys"):
+        policy.parse(both + "reproduced = 2\n")
+    pol = policy.parse(both + "reproduced = 1\n")
     kb = keys["builder"]
     attestations.write(
         built.store,
@@ -264,8 +276,34 @@ reproduced = 2
         attestations.vsa_kind(kb.public().key),
         attestations.sign(_vsa(built, p), [_signer(kb)]),
     )
-    fails = _fails(policy.verify_path(built.store, p, pol, now=NOW))
-    assert "not independent" in fails["reproduced"]
+
+    def reproduced() -> policy.Check:
+        (c,) = [c for c in policy.verify_path(built.store, p, pol, now=NOW).checks if c.name == "reproduced"]
+        return c
+
+    # rb-a's rebuild counts; the builder's own VSA does not
+    assert reproduced().ok and "not independent" in reproduced().detail and "rb-a" in reproduced().detail
+    # ... also once its provenance is deleted: the policy trusts it for provenance
+    os.unlink(attestations._dir(built.store, p) / "provenance.dsse.json")
+    assert "not independent" in reproduced().detail
+
+
+def test_a_rebuilders_latest_verdict_counts(built, keys) -> None:
+    # An older PASSED envelope kept under another vsa-* name must not outvote the same
+    # key's newer FAILED verdict.
+    _attest_all(built, keys)
+    p, k = built.hello, keys["rb-a"]
+    old = _vsa(built, p, passed=True)
+    old["predicate"]["timeVerified"] = "2020-01-01T00:00:00Z"
+    attestations.write(built.store, p, "vsa-0ld", attestations.sign(old, [_signer(k)]))
+    attestations.write(
+        built.store,
+        p,
+        attestations.vsa_kind(k.public().key),
+        attestations.sign(_vsa(built, p, passed=False), [_signer(k)]),
+    )
+    fails = _fails(policy.verify_path(built.store, p, _policy(keys), now=NOW))
+    assert "latest verdict" in fails.get("reproduced", "")
 
 
 def test_builder_id_not_allowed(built, keys) -> None:
@@ -310,7 +348,7 @@ def test_policy_errors(text: str, match: str) -> None:
 def test_policy_key_files(tmp_path: Path, keys) -> None:
     (tmp_path / "cache.pub").write_text(keys["cache"].public().to_text())
     (tmp_path / "p.toml").write_text(
-        '[keys]\nsigning = ["cache.pub"]\n[require]\nsignatures = 1\nmax_age = "2w"\n'
+        '[keys]\nsigning = ["cache.pub"]\nprovenance = ["cache.pub"]\n[require]\nsignatures = 1\nmax_age = "2w"\n'
     )
     pol = policy.load(tmp_path / "p.toml")
     assert pol.signing == (keys["cache"].public(),)

@@ -118,6 +118,10 @@ def test_sign_info_and_valid_signers() -> None:
     assert valid_signers(replace(i, sigs=(s1, s2)), trusted) == {"k1", "k2"}
     # the same key signing twice counts once
     assert valid_signers(replace(i, sigs=(s1, s1)), trusted) == {"k1"}
+    # ... also when it is trusted (and signs) under two names
+    alias = SecretKey("k1-alias", k1.key)
+    both = [k1.public(), alias.public()]
+    assert len(valid_signers(replace(i, sigs=(s1, sign_info(i, alias))), both)) == 1
     # an untrusted signer does not count; no trusted keys -> nothing
     assert valid_signers(replace(i, sigs=(sign_info(i, k3),)), trusted) == set()
     assert valid_signers(replace(i, sigs=(s1,)), []) == set()

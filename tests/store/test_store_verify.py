@@ -115,6 +115,19 @@ def test_signatures(store, two):
     assert not store.verify(trusted=[key.public(), other.public()], sigs_needed=3).ok
 
 
+def test_an_unverifiable_ca_claim_exempts_nothing_from_signatures(store, two):
+    # ``ca`` is unsigned (a narinfo's CA:, a database column): only a claim verify can
+    # recompute the path from exempts a path from needing signatures.
+    key = SecretKey.generate("test-1")
+    built = "/kiln/store/" + "7" * 32 + "-built"
+    store.register_built(built, make_tree(store.tmp.parent / "bt2", {"f": "x"}), [], None)
+    for claim in ("fixed:sha256:" + "0" * 52, "fixed:r:sha512:abc", "fixed:git:sha1:" + "0" * 32, "x"):
+        store.conn.execute("UPDATE paths SET ca=? WHERE path=?", (claim, built))
+        store.conn.commit()
+        r = store.verify(trusted=[key.public()], sigs_needed=1)
+        assert (built, "signatures") in [(p.path, p.kind) for p in r.problems], claim
+
+
 def test_a_malformed_ca_row_is_that_paths_problem(store, tmp_path):
     """A content address that does not parse (stored before narinfos checked CA, or by
     hand) is reported for its path; the other paths are still verified."""
