@@ -67,11 +67,19 @@ def rotate(home: Path, old_file: Path, resign: bool) -> tuple[Path, object, int]
 def revoke(policy_file: Path, public_key: str, compromised: bool, reason: str, at: datetime | None) -> str:
     """Append a ``[[revoked]]`` entry to ``policy_file`` (created if missing); return it."""
     from kiln.store import policy
+    from kiln.store.errors import FormatError
+    from kiln.store.signing import PublicKey, key_text_hint
 
+    try:  # written from the parsed key: raw text could inject TOML (or be a secret key)
+        key_text = PublicKey.parse(public_key.strip()).to_text()
+    except FormatError as e:
+        raise policy.PolicyError(
+            f"not a public key 'name:base64': {key_text_hint(public_key)} ({e})"
+        ) from None
     when = (at or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
     entry = (
         "\n[[revoked]]\n"
-        f'key = "{public_key}"\n'
+        f'key = "{key_text}"\n'
         f"revoked_at = {when}\n"
         f"compromised = {'true' if compromised else 'false'}\n"
         + (f'reason = "{_toml_escape(reason)}"\n' if reason else "")

@@ -53,7 +53,7 @@ from typing import Any
 
 from .errors import FormatError, KilnError
 from .intoto import parse_time
-from .signing import PublicKey, load_public_key
+from .signing import PublicKey, key_text_hint, load_public_key
 
 
 class PolicyError(KilnError):
@@ -138,14 +138,16 @@ def parse_age(value: Any) -> timedelta:
 
 def _key(value: Any, where: str, base: Path) -> PublicKey:
     if not isinstance(value, str):
-        raise PolicyError(f"{where}: expected a public key 'name:base64' or a key file path, found {value!r}")
+        raise PolicyError(
+            f"{where}: expected a public key 'name:base64' or a key file path, found {key_text_hint(value)}"
+        )
     try:
         return PublicKey.parse(value)
     except FormatError as first:
         f = Path(value) if Path(value).is_absolute() else base / value
         if not f.is_file():
             raise PolicyError(
-                f"{where}: {value!r} is neither a public key ({first}) nor an existing key file"
+                f"{where}: {key_text_hint(value)} is neither a public key ({first}) nor an existing key file"
             ) from None
         try:
             return load_public_key(f)

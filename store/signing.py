@@ -167,8 +167,32 @@ def valid_signers(info: PathInfo, trusted: Iterable[PublicKey]) -> set[str]:
     return set(ok.values())
 
 
+def key_text_hint(text: object) -> str:
+    """``text`` as an error message may show it: a secret key is never echoed (it ends up
+    in CI logs); anything else is shown, shortened."""
+    if isinstance(text, str):
+        try:
+            SecretKey.parse(text)
+            return "a secret key (not shown; give its public half, see 'kiln key public')"
+        except FormatError:
+            pass
+        return repr(text) if len(text) <= 80 else repr(text[:77] + "...")
+    return repr(text)
+
+
 def load_secret_key(path: str | os.PathLike) -> SecretKey:
-    """Read a secret key file (Nix format). Warns nothing, prints nothing."""
+    """Read a secret key file (Nix format). Warns nothing, prints nothing. A file that
+    group or others may read is refused (as ssh does): the key signs paths and
+    attestations, and a copy readable by other users is a leaked key."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise FormatError(f"{os.fspath(path)}: no such secret key file") from None
+    if mode & 0o077:
+        raise FormatError(
+            f"secret key file {os.fspath(path)} is accessible by group/others (mode {mode & 0o777:o}); "
+            f"run: chmod 600 {os.fspath(path)}"
+        )
     try:
         with open(path, encoding="ascii") as f:
             text = f.read()

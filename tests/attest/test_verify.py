@@ -438,3 +438,18 @@ def test_sign_path_with_external_signer(built, keys, tmp_path: Path) -> None:
     assert sig == sign_info(built.store.query(built.hello), keys["cache"])  # ed25519 is deterministic
     pol = policy.parse(f'[keys]\nsigning = ["{keys["cache"].public()}"]\n[require]\nsignatures = 1\n')
     assert policy.verify_path(built.store, built.hello, pol).ok
+
+
+def test_a_secret_key_pasted_as_a_public_key_is_never_echoed(keys, tmp_path) -> None:
+    secret = keys["cache"].to_text().strip()
+    with pytest.raises(policy.PolicyError) as e:
+        policy.parse(f'[keys]\nsigning = ["{secret}"]\n')
+    assert "secret key (not shown" in str(e.value) and secret.split(":")[1] not in str(e.value)
+    from kiln.keyrotate import revoke
+
+    with pytest.raises(policy.PolicyError) as e:
+        revoke(tmp_path / "p.toml", secret, True, "stolen", None)
+    assert secret.split(":")[1] not in str(e.value) and not (tmp_path / "p.toml").exists()
+    # a public key with TOML in it cannot inject entries
+    with pytest.raises(policy.PolicyError):
+        revoke(tmp_path / "p.toml", 'a:b"\n[[revoked]]\nkey = "x', True, "", None)

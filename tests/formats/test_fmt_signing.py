@@ -158,6 +158,9 @@ def test_key_files(tmp_path: Path) -> None:
     write_public_key(tmp_path / "k.pub", sk.public())
     assert load_public_key(tmp_path / "k.pub") == sk.public()
     (tmp_path / "bad").write_text("x:y")
+    with pytest.raises(FormatError, match=r"bad is accessible by group/others \(mode 644\); run: chmod 600"):
+        load_secret_key(tmp_path / "bad")  # checked before the content is even read
+    os.chmod(tmp_path / "bad", 0o600)
     with pytest.raises(FormatError, match=r"bad: secret key 'x': invalid base64"):
         load_secret_key(tmp_path / "bad")
     (tmp_path / "bin").write_bytes(b"\xff\xfe")
