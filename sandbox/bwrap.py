@@ -87,6 +87,19 @@ def _group(spec: SandboxSpec) -> str:
 
 _HOSTS = "127.0.0.1 localhost\n::1 localhost\n"
 
+#: /proc entries that are not per-namespace, made read-only over the sandbox's /proc.
+#: When kiln runs as root the sandbox's uid maps to host uid 0, and the kernel lets a
+#: global-root euid write sysctls without any capability: kernel.core_pattern would run
+#: a program of the build's choosing as root on the host. bwrap means to do this itself
+#: but skips it when access(W_OK) on the 0555 directory fails, which it always does.
+#: (/proc/sys/net reads the *reader's* namespace, so the host's /proc/sys serves.)
+_PROC_RO = [
+    *("--ro-bind-try", "/proc/sys", "/proc/sys"),
+    *("--ro-bind-try", "/proc/sysrq-trigger", "/proc/sysrq-trigger"),
+    *("--ro-bind-try", "/proc/irq", "/proc/irq"),
+    *("--ro-bind-try", "/proc/bus", "/proc/bus"),
+]
+
 
 def _common_flags(spec_network: bool, uid: int, gid: int, hostname: str) -> list[str]:
     flags = ["--unshare-all", "--unshare-user"]
@@ -127,7 +140,18 @@ def bwrap_argv(
                 argv += ["--symlink", os.readlink(host), "/" + name]
             elif os.path.isdir(host):
                 argv += ["--ro-bind", host, "/" + name]
-    argv += [*dev_flags(), "--proc", "/proc", "--tmpfs", "/tmp", "--perms", "0755", "--dir", "/etc"]
+    argv += [
+        *dev_flags(),
+        "--proc",
+        "/proc",
+        *_PROC_RO,
+        "--tmpfs",
+        "/tmp",
+        "--perms",
+        "0755",
+        "--dir",
+        "/etc",
+    ]
     for name, fd in etc_fds.items():
         # copied onto the root tmpfs (read-only with it after --remount-ro): no bind
         # mount per file, as --ro-bind-data would make

@@ -20,6 +20,15 @@ glibc and musl treat as "use clone". bwrap's ``--disable-userns`` does the same 
 second user namespace, which costs about a millisecond per sandbox. (mkdir ignores S_ISGID in its mode argument, and
 a setgid parent directory cannot be made, so mkdir needs no rule.)
 
+Why the kernel keyrings and io_uring (``add_key``, ``request_key``, ``keyctl``,
+``io_uring_setup``, ``io_uring_enter``, ``io_uring_register`` fail with ENOSYS, as in
+Docker's and Flatpak's default profiles): bwrap does not replace the session keyring, and
+keys are reached by possession, not uid, so a build could read the secrets of the login
+session that runs kiln (Kerberos tickets, fscrypt keys) and leave keys for later builds
+to read, an impure channel between builds. io_uring submits file operations the filter
+never sees (an ``openat`` with a setuid mode through a ring would pass), and builds do not
+need it.
+
 Format: the raw ``struct sock_filter`` array bwrap's ``--seccomp FD`` expects (bwrap sets
 no_new_privs and installs it just before exec).
 """
@@ -63,6 +72,12 @@ _NS_RULES: dict[int, list[tuple[int, int]]] = {
     _AUDIT_ARCH_X86_64: [(272, 0), (56, 0)],  # unshare, clone
     _AUDIT_ARCH_I386: [(310, 0), (120, 0)],
     _AUDIT_ARCH_AARCH64: [(97, 0), (220, 0)],
+}
+#: syscalls refused outright (ENOSYS): the kernel keyrings and io_uring (see above)
+_DENY: dict[int, tuple[int, ...]] = {
+    _AUDIT_ARCH_X86_64: (248, 249, 250, 425, 426, 427),  # add_key request_key keyctl io_uring_*
+    _AUDIT_ARCH_I386: (286, 287, 288, 425, 426, 427),
+    _AUDIT_ARCH_AARCH64: (217, 218, 219, 425, 426, 427),
 }
 _RULES: dict[int, list[_Rule]] = {
     _AUDIT_ARCH_X86_64: [
@@ -135,6 +150,8 @@ def build_filter() -> bytes:
             a.op(_JGE_K, _X32_BIT, "enosys", 0)
         a.op(_JEQ_K, _OPENAT2, "enosys", 0)
         a.op(_JEQ_K, _CLONE3, "enosys", 0)
+        for nr in _DENY[arch]:
+            a.op(_JEQ_K, nr, "enosys", 0)
         for nr, flags_arg in _NS_RULES[arch]:
             a.op(_JEQ_K, nr, f"ns{flags_arg}", 0)
         for nr, mode, flags in rules:

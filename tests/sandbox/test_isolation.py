@@ -257,6 +257,11 @@ r = libc.syscall(56, CLONE_NEWUSER | 17, None, None, None, None)  # clone(CLONE_
 print("clone-user", errno.errorcode[ctypes.get_errno()] if r < 0 else "ok")
 r = libc.syscall(435, None, 0)
 print("clone3", errno.errorcode[ctypes.get_errno()] if r < 0 else "ok")
+for name, nr, args in (("add_key", 248, (b"user", b"k", b"v", 1, -3)), ("keyctl", 250, (0, -3, 0)),
+                        ("request_key", 249, (b"user", b"k", None, 0)), ("io_uring_setup", 425, (8, None))):
+    r = libc.syscall(nr, *args)
+    print(name, errno.errorcode[ctypes.get_errno()] if r < 0 else "ok")
+try_("write-sysctl", lambda: open("/proc/sys/fs/lease-break-time", "w").write("46"))
 pid = os.fork()  # glibc's fork: plain clone, allowed
 if pid == 0:
     os._exit(7)
@@ -290,6 +295,12 @@ def test_seccomp_filter_syscall_by_syscall(executor, build_dir: Path) -> None:
         "unshare-mount": "EPERM",
         "clone-user": "EPERM",
         "clone3": "ENOSYS",
+        "add_key": "ENOSYS",  # keyrings: the host login session's keys stay out of reach
+        "keyctl": "ENOSYS",
+        "request_key": "ENOSYS",
+        "io_uring_setup": "ENOSYS",  # its file operations would bypass the filter
+        # as root the sandbox uid is host uid 0, which may write sysctls: the mount stops it
+        "write-sysctl": "EROFS" if os.geteuid() == 0 else "EACCES",
         "fork": "7",
     }
     assert not any(p.stat().st_mode & 0o6000 for p in build_dir.iterdir())
