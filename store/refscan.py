@@ -1,10 +1,12 @@
 """Runtime reference scanning of a build output.
 
 Theory of operation (as Nix ``path-references.cc``): a store path's runtime dependencies
-are the store paths whose 32-character hash part occurs anywhere in its files or
-symlink targets. We scan each file's bytes in large chunks with one compiled regex for
-nix32 runs of length 32 that follow ``<storedir>/`` *or* stand alone, and keep those
-that are in the candidate set (the input closure plus the derivation's own outputs).
+are the store paths whose 32-character hash part occurs anywhere in its NAR: file
+contents, symlink targets and entry names. Like Nix's ``search``, every 32-character
+window of nix32 characters counts, whatever surrounds it (``abc<hash>``, a URL-encoded
+``%2f<hash>``, GHC's z-encoding): we find the runs of 32 or more nix32 characters with
+one compiled regex, slide a 32-character window over each run and keep the windows that
+are in the candidate set (the input closure plus the derivation's own outputs).
 
 In addition, every ``<storedir>/<hash>-`` occurrence whose hash is *not* a candidate is
 reported as a stray reference: the output refers to a store path the build was not
@@ -41,17 +43,23 @@ class ScanResult:
 def scan(root: Path, candidates: Iterable[str], store_dir: str) -> ScanResult:
     """Scan the file or tree at ``root`` for hash parts in ``candidates``."""
     cand = {c.encode() for c in candidates}
-    any_hash = re.compile(b"(?<!" + _NIX32 + b")" + _NIX32 + b"{32}(?!" + _NIX32 + b")")
+    runs = re.compile(_NIX32 + b"{32,}")
     prefixed = re.compile(re.escape(store_dir.encode() + b"/") + b"(" + _NIX32 + b"{32})-")
     found: set[bytes] = set()
     stray: dict[tuple[str, str], None] = {}
     overlap = 32 + len(store_dir) + 1
 
     def scan_bytes(data: bytes, rel: str) -> None:
-        for m in any_hash.finditer(data):
-            h = m.group(0)
-            if h in cand:
-                found.add(h)
+        for m in runs.finditer(data):
+            run = m.group(0)
+            if len(run) == 32:
+                if run in cand:
+                    found.add(run)
+                continue
+            for i in range(len(run) - 31):  # every window, as Nix does
+                h = run[i : i + 32]
+                if h in cand:
+                    found.add(h)
         for m in prefixed.finditer(data):
             h = m.group(1)
             if h not in cand:
@@ -73,6 +81,8 @@ def scan(root: Path, candidates: Iterable[str], store_dir: str) -> ScanResult:
     else:
         for dirpath, dirnames, filenames in walk(str(root)):
             dirnames.sort()
+            for name in [*filenames, *dirnames]:  # names are in the NAR too
+                scan_bytes(os.fsencode(name), os.path.relpath(os.path.join(dirpath, name), root))
             for name in [
                 *sorted(filenames),
                 *(d for d in dirnames if os.path.islink(os.path.join(dirpath, d))),

@@ -47,6 +47,31 @@ def test_runtime_references_found_and_only_those(store, graph):
     assert store.closure([cd.output_path()])[-1] == cd.output_path()
 
 
+def test_references_are_found_as_nix_finds_them(tmp_path):
+    """Any 32-character window counts, whatever surrounds it, and entry names are scanned
+    (they are in the NAR): a hash glued to letters, URL-encoded or z-encoded, or in a
+    file name is a runtime reference, as for Nix."""
+    from kiln.store.refscan import scan
+
+    h = "0" * 31 + "1"
+    store_dir = "/kiln/store"
+    cases = {
+        "glued": f"abc{h}-dep".encode(),
+        "url": f"%2fkiln%2fstore%2f{h}-dep".encode(),
+        "z": f"zskilnzsstorezs{h}zmdep".encode(),
+    }
+    for name, data in cases.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "f").write_bytes(data)
+        assert scan(tmp_path / name, [h], store_dir).found == {h}, name
+    (tmp_path / "named" / f"{h}-dep").mkdir(parents=True)
+    assert scan(tmp_path / "named", [h], store_dir).found == {h}
+    # a window inside a longer run, across the 1 MiB chunk boundary
+    (tmp_path / "big").mkdir()
+    (tmp_path / "big" / "f").write_bytes(b"x" * ((1 << 20) - 20) + b"abcd" + h.encode() + b"wxyz")
+    assert scan(tmp_path / "big", [h], store_dir).found == {h}
+
+
 def test_reference_outside_the_inputs_is_an_error(store, graph):
     a, ad = graph.drv("a", "echo a > $out")
     builder(store).realise([a])
