@@ -114,12 +114,36 @@ def _refuse(p: bytes, st: os.stat_result) -> None:
     m = st.st_mode
     if not (stat.S_ISREG(m) or stat.S_ISDIR(m) or stat.S_ISLNK(m)):
         raise _unstorable(p, m)
+    _strip_xattrs(p)
     if not stat.S_ISLNK(m) and m & (stat.S_ISUID | stat.S_ISGID):
         bits = "setuid" if m & stat.S_ISUID else "setgid"
         raise StoreError(
             f"{os.fsdecode(p)}: has the {bits} bit (mode {stat.S_IMODE(m):04o}); "
             "store paths may not contain setuid/setgid files"
         )
+
+
+#: extended attributes a build output keeps (as Nix's canonicalisePathMetaData)
+_KEEP_XATTRS = ("security.selinux", "system.nfs4_acl")
+
+
+def _strip_xattrs(p: bytes) -> None:
+    """Remove the extended attributes (and POSIX ACLs, which are xattrs) a build left on
+    ``p``: the NAR does not record them, so the materialised tree would hold metadata
+    that no other copy of the path has. Unsupported file systems are fine."""
+    try:
+        names = os.listxattr(p, follow_symlinks=False)
+    except OSError as e:
+        if e.errno in (errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM, errno.EACCES):
+            return
+        raise
+    for name in names:
+        if name not in _KEEP_XATTRS:
+            try:
+                os.removexattr(p, name, follow_symlinks=False)
+            except OSError as e:
+                if e.errno not in (errno.ENODATA, errno.ENOTSUP, errno.EPERM):
+                    raise
 
 
 def _canon_leaf(p: bytes, st: os.stat_result) -> None:

@@ -231,3 +231,24 @@ def test_archive_notices_a_tree_replaced_after_placing(store, tmp_path):
     _replace_tree(store, path)
     with pytest.raises(StoreError, match="removed or replaced"):
         archive(store, pl)
+
+
+def test_canonicalise_output_strips_extended_attributes(tmp_path):
+    # The NAR does not record xattrs (or ACLs, which are xattrs): a materialised tree
+    # must not keep metadata no other copy of the path has.
+    import os
+
+    import pytest
+
+    from kiln.store.trees import canonicalise_output
+
+    out = tmp_path / "out"
+    (out / "d").mkdir(parents=True)
+    (out / "d" / "f").write_text("x")
+    try:
+        os.setxattr(out / "d" / "f", "user.kiln", b"v")
+        os.setxattr(out / "d", "user.kiln", b"v")
+    except OSError:
+        pytest.skip("this file system has no user xattrs")
+    canonicalise_output(out)
+    assert os.listxattr(out / "d" / "f") == [] and os.listxattr(out / "d") == []
