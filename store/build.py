@@ -248,7 +248,7 @@ class Builder(Producing, Checking):
                 produced = self._produce(drv_path, drv, tmp, defer=True)
                 placed: list[Placed] = []
                 with self.store.exclusive():
-                    for name, o in drv.outputs:
+                    for name, o in _refs_first(drv_path, drv, produced):
                         tree, refs = produced[name]
                         r = place(self._inner, o.path, tree, refs, drv_path, tmp / f"{name}.object")
                         if isinstance(r, Placed):
@@ -348,3 +348,25 @@ class _Serialized:
                 return attr(*args, **kwargs)
 
         return call
+
+
+def _refs_first(drv_path: str, drv, produced) -> list:
+    """``drv.outputs`` ordered so an output comes after the sibling outputs it refers to
+    (a ``dev`` output naming ``out``): each is registered after what it references.
+    ``BuildError`` for a cycle between outputs, which Nix refuses too."""
+    by_path = {o.path: name for name, o in drv.outputs}
+    outs = dict(drv.outputs)
+    deps = {n: {by_path[r] for r in produced[n][1] if r in by_path and by_path[r] != n} for n in outs}
+    order: list = []
+    while deps:
+        ready = sorted(n for n, d in deps.items() if not d)
+        if not ready:
+            raise BuildError(
+                drv_path, f"{drv_path}: cycle in the references between its outputs {', '.join(sorted(deps))}"
+            )
+        for n in ready:
+            order.append((n, outs[n]))
+            del deps[n]
+        for d in deps.values():
+            d.difference_update(ready)
+    return order

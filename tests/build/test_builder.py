@@ -47,6 +47,23 @@ def test_runtime_references_found_and_only_those(store, graph):
     assert store.closure([cd.output_path()])[-1] == cd.output_path()
 
 
+def test_an_output_may_refer_to_a_sibling_output_but_not_in_a_cycle(store, graph):
+    # `dev` naming `out` is the usual layout, and `dev` sorts before `out`.
+    d, dd = graph.drv(
+        "lib",
+        'mkdir -p $out/lib $dev/lib; echo x > $out/lib/l.so; echo "libdir=$out/lib" > $dev/lib/l.pc',
+        outputs=("out", "dev"),
+    )
+    builder(store).realise([d])
+    assert store.query(dd.output_path("dev")).references == (dd.output_path("out"),)
+    c, cd = graph.drv(
+        "cyc", "mkdir $out $dev; echo $out > $dev/r; echo $dev > $out/r", outputs=("out", "dev")
+    )
+    with pytest.raises(BuildError, match="cycle in the references between its outputs dev, out"):
+        builder(store).realise([c])
+    assert not store.is_valid(cd.output_path()) and not store.is_valid(cd.output_path("dev"))
+
+
 def test_references_are_found_as_nix_finds_them(tmp_path):
     """Any 32-character window counts, whatever surrounds it, and entry names are scanned
     (they are in the NAR): a hash glued to letters, URL-encoded or z-encoded, or in a
