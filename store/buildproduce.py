@@ -20,6 +20,7 @@ from .derivation import Derivation
 from .errors import KilnError
 from .paths import StorePath
 from .refscan import scan
+from .trees import open_up
 from .vary import Variation
 
 
@@ -97,6 +98,7 @@ class Producing:
                     drv_path,
                     f"builder for {drv_path} succeeded but did not create output '{name}' ({o.path})",
                 )
+            open_up(tree)  # a chmod 000 directory must not stop the scan (as a non-root user)
             res = scan(tree, by_hash, drv.store_dir)
             if res.stray:
                 shown = "\n".join(f"  {f or '.'}: {drv.store_dir}/{h}-..." for f, h in res.stray[:10])

@@ -226,7 +226,9 @@ def _used_objects(store: LocalStore, exclude: set[str]) -> set[str]:
 
 
 def _size(p: Path) -> int:
+    """Bytes under ``p`` for the report; 0 where it cannot be read (a leftover a build
+    made unreadable): a size is never a reason to stop collecting."""
     try:
         return tree_size(p)
-    except FileNotFoundError:
+    except OSError:
         return 0

@@ -127,6 +127,15 @@ def rmtree_iter(top: bytes, writable: bool = False) -> None:
         if child is not None:
             try:
                 sub = os.open(child, flags, dir_fd=fd)
+            except PermissionError:
+                # a directory its owner cannot read (chmod 000, as a build may leave
+                # one): open it up and try once more
+                try:
+                    os.chmod(child, 0o700, dir_fd=fd)
+                    sub = os.open(child, flags, dir_fd=fd)
+                except OSError:
+                    stuck.add((*where, child))
+                    continue
             except OSError:
                 stuck.add((*where, child))
                 continue

@@ -73,6 +73,35 @@ def canonicalise(top: Path, keep_top_writable: bool = True) -> None:
         _canon_leaf(t, st)
 
 
+def open_up(top: Path) -> None:
+    """Give the owner read (and, on directories, write and search) access to everything
+    in a build output, so it can be scanned, archived and removed when the build left
+    directories or files without them (``chmod 000``): as root that does not matter, as
+    any other user every walk of the tree would fail. Top-down, so each directory is
+    opened before it is listed; symlinks are not followed."""
+    t = os.fsencode(top)
+    st = os.lstat(t)
+    if stat.S_ISLNK(st.st_mode):
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        if st.st_mode & 0o400 == 0:
+            os.chmod(t, stat.S_IMODE(st.st_mode) | 0o600)
+        return
+    stack = [t]
+    while stack:
+        d = stack.pop()
+        dst = os.lstat(d)
+        if dst.st_mode & 0o700 != 0o700:
+            os.chmod(d, stat.S_IMODE(dst.st_mode) | 0o700)
+        with os.scandir(d) as it:
+            for e in it:
+                est = e.stat(follow_symlinks=False)
+                if stat.S_ISDIR(est.st_mode):
+                    stack.append(os.fsencode(e.path))
+                elif stat.S_ISREG(est.st_mode) and est.st_mode & 0o400 == 0:
+                    os.chmod(e.path, stat.S_IMODE(est.st_mode) | 0o600)
+
+
 def canonicalise_output(top: Path) -> None:
     """Make a finished build output canonical in place (as ``canonicalise``, top left
     writable for ``seal_top``), refusing first what a store path may not hold:
