@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import sys
 import tempfile
 from contextlib import nullcontext
@@ -99,6 +100,7 @@ class Producing:
                     f"builder for {drv_path} succeeded but did not create output '{name}' ({o.path})",
                 )
             open_up(tree)  # a chmod 000 directory must not stop the scan (as a non-root user)
+            _unshare_inode(tree)
             res = scan(tree, by_hash, drv.store_dir)
             if res.stray:
                 shown = "\n".join(f"  {f or '.'}: {drv.store_dir}/{h}-..." for f, h in res.stray[:10])
@@ -120,3 +122,14 @@ def _tail(path: Path, lines: int = 25) -> str:
     except OSError:
         return "  (no log)"
     return "\n".join("  " + line for line in data.splitlines()[-lines:]) or "  (empty log)"
+
+
+def _unshare_inode(tree: Path) -> None:
+    """An output that is a file hard-linked elsewhere (``ln $out $dev``) gets an inode of
+    its own: two outputs sharing one would change each other's metadata while being
+    registered, and a store path must not share an inode with anything it does not own."""
+    st = os.lstat(tree)
+    if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+        tmp = tree.with_name(tree.name + ".unshared")
+        shutil.copy2(tree, tmp)
+        os.replace(tmp, tree)

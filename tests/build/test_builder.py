@@ -64,6 +64,13 @@ def test_an_output_may_refer_to_a_sibling_output_but_not_in_a_cycle(store, graph
     assert not store.is_valid(cd.output_path()) and not store.is_valid(cd.output_path("dev"))
 
 
+def test_outputs_hard_linked_to_each_other_register(store, graph):
+    h, hd = graph.drv("hl", "echo x > $out; ln $out $dev", outputs=("out", "dev"))
+    builder(store).realise([h])
+    a, b = store.real_path(hd.output_path()), store.real_path(hd.output_path("dev"))
+    assert a.read_text() == b.read_text() == "x\n" and a.stat().st_ino != b.stat().st_ino
+
+
 def test_references_are_found_as_nix_finds_them(tmp_path):
     """Any 32-character window counts, whatever surrounds it, and entry names are scanned
     (they are in the NAR): a hash glued to letters, URL-encoded or z-encoded, or in a
