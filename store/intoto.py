@@ -250,12 +250,24 @@ class Statement:
         return any(d.get("sha256") == nar_sha256_hex and n in ("", "_", name) for n, d in self.subjects)
 
 
+def _no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:
+    d = dict(pairs)
+    if len(d) != len(pairs):
+        seen: set[str] = set()
+        dup = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise ValueError(f"duplicate key {dup!r}")
+    return d
+
+
 def parse_statement(payload: bytes) -> Statement:
-    """Parse and shape-check a Statement v1 payload; unknown fields are ignored."""
+    """Parse and shape-check a Statement v1 payload; unknown fields are ignored. The
+    payload must be UTF-8 JSON without duplicate keys: the signed bytes must mean one
+    thing to every verifier (``json`` would take the last of two ``subject`` keys, other
+    parsers the first; it would also guess UTF-16)."""
     try:
-        d = json.loads(payload)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise FormatError(f"attestation payload is not JSON: {e}") from None
+        d = json.loads(payload.decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as e:
+        raise FormatError(f"attestation payload is not UTF-8 JSON without duplicate keys: {e}") from None
     if not isinstance(d, dict) or d.get("_type") != STATEMENT_TYPE:
         found = d.get("_type") if isinstance(d, dict) else type(d).__name__
         raise FormatError(f"attestation payload is not an in-toto Statement v1 (_type {found!r})")

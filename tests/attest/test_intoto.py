@@ -109,9 +109,26 @@ def test_vsa() -> None:
     assert failed["predicate"]["verifiedLevels"] == ["FAILED"]
 
 
+_GOOD = json.dumps(
+    {
+        "_type": intoto.STATEMENT_TYPE,
+        "subject": [{"name": "x", "digest": {"sha256": "ab"}}],
+        "predicateType": "p",
+    }
+)
+
+
 @pytest.mark.parametrize(
     "payload",
-    [b"nope", b"[]", b'{"_type":"x"}', json.dumps({"_type": intoto.STATEMENT_TYPE, "subject": []}).encode()],
+    [
+        b"nope",
+        b"[]",
+        b'{"_type":"x"}',
+        json.dumps({"_type": intoto.STATEMENT_TYPE, "subject": []}).encode(),
+        # one meaning for every verifier: no duplicate keys (json takes the last), UTF-8 only
+        (_GOOD[:-1] + ', "subject": [{"name": "y", "digest": {"sha256": "cd"}}]}').encode(),
+        _GOOD.encode("utf-16"),
+    ],
 )
 def test_parse_statement_rejects(payload: bytes) -> None:
     with pytest.raises(FormatError):
