@@ -8,7 +8,8 @@ window of nix32 characters counts, whatever surrounds it (``abc<hash>``, a URL-e
 one compiled regex, slide a 32-character window over each run and keep the windows that
 are in the candidate set (the input closure plus the derivation's own outputs).
 
-In addition, every ``<storedir>/<hash>-`` occurrence whose hash is *not* a candidate is
+In addition, every ``<storedir>/<hash>-`` occurrence (also spelled with doubled slashes
+or ``./`` segments) whose hash is *not* a candidate is
 reported as a stray reference: the output refers to a store path the build was not
 given, which kiln treats as an error (the path could not be in the closure and would
 dangle on another machine).
@@ -44,7 +45,11 @@ def scan(root: Path, candidates: Iterable[str], store_dir: str) -> ScanResult:
     """Scan the file or tree at ``root`` for hash parts in ``candidates``."""
     cand = {c.encode() for c in candidates}
     runs = re.compile(_NIX32 + b"{32,}")
-    prefixed = re.compile(re.escape(store_dir.encode() + b"/") + b"(" + _NIX32 + b"{32})-")
+    # <storedir>/<hash>- however the path is spelled with extra slashes or ./ segments
+    # (/kiln/store//<hash>-x names the same file)
+    sep = rb"/(?:/|\./)*"
+    comps = [c for c in store_dir.encode().split(b"/") if c]
+    prefixed = re.compile(b"".join(sep + re.escape(c) for c in comps) + sep + b"(" + _NIX32 + b"{32})-")
     found: set[bytes] = set()
     stray: dict[tuple[str, str], None] = {}
     overlap = 32 + len(store_dir) + 1

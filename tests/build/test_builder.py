@@ -90,6 +90,10 @@ def test_references_are_found_as_nix_finds_them(tmp_path):
         assert scan(tmp_path / name, [h], store_dir).found == {h}, name
     (tmp_path / "named" / f"{h}-dep").mkdir(parents=True)
     assert scan(tmp_path / "named", [h], store_dir).found == {h}
+    # a path outside the candidates is a stray reference however it is spelled
+    (tmp_path / "odd").mkdir()
+    (tmp_path / "odd" / "f").write_bytes(f"/kiln/store//{h}-x /kiln/./store/{h}-y".encode())
+    assert [f for f, _ in scan(tmp_path / "odd", [], store_dir).stray] == ["f"]
     # a window inside a longer run, across the 1 MiB chunk boundary
     (tmp_path / "big").mkdir()
     (tmp_path / "big" / "f").write_bytes(b"x" * ((1 << 20) - 20) + b"abcd" + h.encode() + b"wxyz")
