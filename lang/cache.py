@@ -186,7 +186,10 @@ def load(cache_dir: str | os.PathLike, entry: str, store_dir: str) -> dict | Non
         if not isinstance(data, dict) or data.get("format") != FORMAT or data.get("entry") != entry:
             return None
         for path, digest in data["files"]:
-            if file_digest(path) != digest:
+            if digest.startswith("="):  # a name reached through symlinks: same target?
+                if os.path.realpath(path) != digest[1:]:
+                    return None
+            elif file_digest(path) != digest:
                 return None
         if data["sources"]:
             from pathlib import Path
@@ -211,7 +214,8 @@ def save(
     packages: dict[str, str],
     drvs: Mapping[str, Derivation],
 ) -> None:
-    """Record an evaluation. ``files``: path → sha256 of the bytes read; ``sources``:
+    """Record an evaluation. ``files``: path → sha256 of the bytes read (or ``"=" + real
+    path`` for an import reached through symlinks: it must still lead there); ``sources``:
     store path → origin; ``fingerprints``: store path → the origin's fingerprint when it
     was added (``ValueError`` if one is missing: that source changed while being added)."""
     import contextlib

@@ -86,7 +86,12 @@ class Evaluator:
         """Load (once) the module at absolute ``path``, reported as ``display``. Symlinks are
         followed first (as Nix does), so a file's relative imports and ``path`` sources are
         resolved from where it really is, whatever name it was reached by."""
-        path = os.path.realpath(path)
+        real = os.path.realpath(path)
+        if real != path:
+            # the evaluation cache checks the name still leads to the same file (a
+            # repointed symlink must not serve the old file's result)
+            self.files[path] = "=" + real
+        path = real
         mod = self.modules.get(path)
         if mod is not None:
             return mod

@@ -188,3 +188,19 @@ def test_unbounded_variant_recursion_is_a_located_recipe_error(tmp_path):
     (tmp_path / "r.recipe").write_text('package p(n = 0) {\n  build = "${p(n = n + 1)}"\n}\n')
     with pytest.raises(InfiniteRecursion, match=r"r.recipe:2:\d+: evaluation went too deep"):
         evaluate_file(tmp_path / "r.recipe")
+
+
+def test_an_import_through_a_repointed_symlink_is_a_miss(tmp_path):
+    for v in ("1", "2"):
+        (tmp_path / f"v{v}").mkdir()
+        (tmp_path / f"v{v}" / "lib.recipe").write_text(f'let version = "{v}.0"\n')
+    os.symlink("v1", tmp_path / "lib")
+    (tmp_path / "r.recipe").write_text('import "lib/lib.recipe"\npackage app { build = version }\n')
+    cache = tmp_path / "cache"
+    first = evaluate_file(tmp_path / "r.recipe", cache_dir=cache)
+    assert evaluate_file(tmp_path / "r.recipe", cache_dir=cache).from_cache
+    os.unlink(tmp_path / "lib")
+    os.symlink("v2", tmp_path / "lib")
+    again = evaluate_file(tmp_path / "r.recipe", cache_dir=cache)
+    assert not again.from_cache and again.drv_paths != first.drv_paths
+    assert again.drv_paths == evaluate_file(tmp_path / "r.recipe").drv_paths
