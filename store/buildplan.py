@@ -78,8 +78,8 @@ def load_graph(roots: Iterable[str], read_text: Callable[[str], str], store_dir:
     for p, drv in drvs.items():
         try:
             check_output_paths(drv, drvs.__getitem__, memo)
-        except FormatError as e:
-            raise StoreError(f"{p}: {e}") from None
+        except (FormatError, ValueError, KeyError) as e:  # a corrupt hash in a crafted .drv, too
+            raise StoreError(f"{p}: refusing the derivation: {e}") from None
     return Graph(drvs)
 
 

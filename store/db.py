@@ -19,7 +19,8 @@ the moment it returns; after a power loss the last few commits may be rolled bac
 the database stays consistent. Objects and trees are in place before their row is
 inserted, so a rolled-back row only leaves an unregistered path (GC removes it, verify
 ignores it), never a row without its object. The other way round, a commit that deletes
-or repoints rows is made durable (``make_durable``: one checkpoint, one fsync) before
+or repoints rows is made durable (``delete``/``set_file`` commit with
+``synchronous=FULL``: one WAL fsync) before
 any file it released is unlinked, so a power cut cannot bring back a row whose object or
 tree is gone.
 
@@ -55,17 +56,25 @@ class Connection(sqlite3.Connection):
 
 
 @contextlib.contextmanager
-def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+def _transaction(conn: sqlite3.Connection, durable: bool = False) -> Iterator[None]:
     """``BEGIN IMMEDIATE`` … ``COMMIT`` (``ROLLBACK`` on any error) under the
-    connection's lock."""
+    connection's lock. ``durable``: the commit is synced to disk before it returns
+    (``synchronous=FULL`` for this transaction: the WAL is fsynced at commit, whatever
+    other connections are reading, which a checkpoint would wait for)."""
     with getattr(conn, "lock", None) or contextlib.nullcontext():
-        conn.execute("BEGIN IMMEDIATE")
+        if durable:
+            conn.execute("PRAGMA synchronous=FULL")
         try:
-            yield
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        finally:
+            if durable:
+                conn.execute("PRAGMA synchronous=NORMAL")
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -246,16 +255,12 @@ def insert_many(conn: sqlite3.Connection, rows: list[tuple[PathInfo, str]]) -> N
 
 
 def set_file(conn: sqlite3.Connection, path: str, file_hash: Hash, file_size: int) -> None:
-    """Point a path at a new object (``verify --repair`` rebuilt it)."""
-    conn.execute(
-        "UPDATE paths SET file_hash=?, file_size=? WHERE path=?", (file_hash.to_nix32(), file_size, path)
-    )
-
-
-def make_durable(conn: sqlite3.Connection) -> None:
-    """Force every committed transaction to disk (``synchronous=NORMAL`` syncs the WAL only
-    at checkpoints). Call before deleting files that a just-committed change released."""
-    conn.execute("PRAGMA wal_checkpoint(FULL)").fetchall()
+    """Point a path at a new object (``verify --repair`` rebuilt it), durably: the old
+    object may be unlinked next."""
+    with _transaction(conn, durable=True):
+        conn.execute(
+            "UPDATE paths SET file_hash=?, file_size=? WHERE path=?", (file_hash.to_nix32(), file_size, path)
+        )
 
 
 def add_signatures(conn: sqlite3.Connection, path: str, sigs: Iterable[str]) -> None:
@@ -264,9 +269,10 @@ def add_signatures(conn: sqlite3.Connection, path: str, sigs: Iterable[str]) -> 
 
 
 def delete(conn: sqlite3.Connection, paths: Iterable[str]) -> None:
-    """Invalidate ``paths`` (rows, their refs and sigs) in one transaction."""
+    """Invalidate ``paths`` (rows, their refs and sigs) in one transaction, durably: their
+    files are deleted next, and after a power cut a row must not come back without them."""
     rows = [(p,) for p in paths]
-    with _transaction(conn):
+    with _transaction(conn, durable=True):
         conn.executemany("DELETE FROM refs WHERE referrer=?", rows)
         conn.executemany("DELETE FROM sigs WHERE path=?", rows)
         conn.executemany("DELETE FROM paths WHERE path=?", rows)

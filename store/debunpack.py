@@ -182,7 +182,8 @@ def unpack_deb(
         stream = ReadAhead(open_data(data[0].name, Window(f, data[0].offset, data[0].size), deb))
         try:
             with tarfile.open(fileobj=stream, mode="r|", tarinfo=BoundedMember) as tar:
-                tar.kiln_ended = False  # type: ignore[attr-defined]
+                # (already True if the archive is empty: open() read the end marker)
+                tar.kiln_ended = getattr(tar, "kiln_ended", False)  # type: ignore[attr-defined]
                 for member in tar:
                     _extract(tar, member, deb, out, notes, cache)
                 if not tar.kiln_ended:  # type: ignore[attr-defined]

@@ -172,9 +172,7 @@ def _http_get(url: str, sink: _Sink, timeout: float, retries: int) -> None:
         req = urllib.request.Request(url, headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=timeout) as resp:
-                if resp.status == 206 and (
-                    not sink.size or _range_start(resp.headers.get("Content-Range")) != sink.size
-                ):
+                if resp.status == 206 and _range_start(resp.headers.get("Content-Range")) != sink.size:
                     # A part we did not ask for (wrong offset, multipart, or a range
                     # nobody requested): never take it for the file; ask for all of it.
                     use_range = False

@@ -68,16 +68,18 @@ class GcReport:
 _ROOT_TMP = re.compile(r"^\..+\.[0-9a-f]{8}\Z")
 
 
-def _by_store_dir(store: LocalStore, target: str) -> str | None:
-    """The store path in a link target spelled through *any* location of this store's
-    tree (``<anything>/kiln/store/<base>[/sub]``): a root made before the store was moved,
-    or through another spelling of its root (a symlink), still names its path."""
+def _by_store_dir(store: LocalStore, target: str) -> list[str]:
+    """Store paths a link target may name when spelled through *any* location of this
+    store's tree (``<anything>/kiln/store/<base>[/sub]``): a root made before the store was
+    moved, or through another spelling of its root (a symlink), still names its path.
+    Leftmost first: a subpath of the rooted path may itself hold ``kiln/store/...``."""
     marker = "/" + store.store_dir.strip("/") + "/"
-    i = target.rfind(marker)
-    if i < 0:
-        return None
-    base = target[i + len(marker) :].split("/", 1)[0]
-    return f"{store.store_dir}/{base}"
+    out = []
+    i = target.find(marker)
+    while i >= 0:
+        out.append(f"{store.store_dir}/{target[i + len(marker) :].split('/', 1)[0]}")
+        i = target.find(marker, i + 1)
+    return out
 
 
 def find_roots(store: LocalStore, stale_tmp: list[str] | None = None) -> set[str]:
@@ -103,7 +105,7 @@ def find_roots(store: LocalStore, stale_tmp: list[str] | None = None) -> set[str
                 target = os.path.join(dirpath, os.readlink(p))
                 cands.append(target)
                 cands.append(os.path.realpath(p))
-                cands += [c for c in (_by_store_dir(store, target), _by_store_dir(store, cands[1])) if c]
+                cands += _by_store_dir(store, target) + _by_store_dir(store, cands[1])
             elif stat.S_ISREG(st.st_mode):
                 # O_NONBLOCK: never wait on something swapped in for the file (a FIFO)
                 # while holding the exclusive GC lock
@@ -179,10 +181,9 @@ def collect(store: LocalStore, dry_run: bool = False) -> GcReport:
         if dry_run:
             return report
 
-        db.delete(store.conn, dead)  # invalidate first: files without rows are only garbage
-        # ... durably: with synchronous=NORMAL a WAL commit reaches the disk only at a
-        # checkpoint, and after a power cut a row must never come back without its files
-        db.make_durable(store.conn)
+        # invalidate first: files without rows are only garbage; durably (db.delete), as
+        # after a power cut a row must never come back without its files
+        db.delete(store.conn, dead)
         for link in stale_root_links:
             os.unlink(link)
         trash = store.tmp / f"gc-{os.getpid()}-{secrets.token_hex(4)}"

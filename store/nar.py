@@ -25,7 +25,7 @@ contents read ``chunk_size`` at a time) totalling about ``chunk_size`` bytes; ``
 joins a batch into one chunk, ``hash_path`` feeds the pieces to the hash as they are, so
 file contents are never copied after the read.
 
-``hash_path`` hashes inline when the walk ends within two batches (a small path never
+``hash_path`` hashes inline when the walk ends within one batch (a small path never
 starts a thread; a short batch need not be the last, see ``hash_path``); for bigger paths it continues the walk in a reader thread and hashes in
 the calling thread; file reads and ``hashlib`` both release the GIL, so on two cores
 reading and hashing overlap.
@@ -311,11 +311,12 @@ _STOP = object()
 def hash_path(path: str | os.PathLike, chunk_size: int = 1 << 20) -> tuple[Hash, int]:
     """SHA-256 NAR hash and NAR size of ``path``, as ``nix-hash --type sha256`` computes.
 
-    A path whose walk ends within two batches is hashed inline, so small paths never pay
-    for a thread. (Whether a batch is the last is known only from the walk ending: a batch
-    can be short without being the last, when the walk flushes before a file rather than
-    make a small read.) Beyond that a reader thread produces batches while this thread
-    hashes them (bounded queue: memory stays at a few chunks)."""
+    A path whose walk ends within its first batch is hashed inline, so small paths never
+    pay for a thread. (Whether a batch is the last is known only from the walk ending: a
+    batch can be short without being the last, when the walk flushes before a file rather
+    than make a small read; so the second batch is read before deciding.) Otherwise a
+    reader thread produces the remaining batches while this thread hashes them (bounded
+    queue: memory stays at a few chunks)."""
     h = hashlib.sha256()
     size = 0
     gen = _batches(os.fsencode(path), chunk_size)

@@ -46,7 +46,7 @@ def run_checks(store: Any, path: str, policy: Policy, now: datetime | None) -> l
     prov, prov_signers = _provenance(store, info, policy, now)
     checks += prov
     checks.append(_sbom(store, info, policy))
-    checks.append(_reproduced(store, info, policy, prov_signers))
+    checks.append(_reproduced(store, info, policy, prov_signers, now))
     return checks
 
 
@@ -296,7 +296,9 @@ def _vsas(store: Any, info: PathInfo) -> Iterator[tuple[str, dsse.Envelope | Non
                 yield kind, None, _one_line(e)
 
 
-def _reproduced(store: Any, info: PathInfo, policy: Policy, builders: list[PublicKey]) -> Check:
+def _reproduced(
+    store: Any, info: PathInfo, policy: Policy, builders: list[PublicKey], now: datetime
+) -> Check:
     need = policy.reproduced
     # Not independent: a key that signed this path's provenance, or that the policy
     # trusts for provenance at all (else deleting the provenance would make the builder
@@ -318,9 +320,15 @@ def _reproduced(store: Any, info: PathInfo, policy: Policy, builders: list[Publi
             and isinstance(levels, list)
             and LEVEL_REPRODUCED in levels
         )
-        when = _vsa_time(st) or datetime.min.replace(tzinfo=UTC)
+        when = _vsa_time(st)
+        if when is not None and when > now + CLOCK_SKEW:
+            notes.append(f"{kind}: verified in the future ({when:%Y-%m-%dT%H:%M:%SZ}); ignored")
+            continue
+        if when is None:  # undated: fail closed (a FAILED overrides, a PASSED is oldest)
+            when = datetime.max.replace(tzinfo=UTC) if not passed else datetime.min.replace(tzinfo=UTC)
         for k in good:
-            if k.key not in latest or when > latest[k.key][0]:
+            # newest wins; at equal times a FAILED verdict beats a PASSED one
+            if k.key not in latest or (when, not passed) > (latest[k.key][0], not latest[k.key][1]):
                 latest[k.key] = (when, passed, k.name)
     agree: dict[bytes, str] = {}
     for key, (_, passed, name) in latest.items():

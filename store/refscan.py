@@ -45,11 +45,11 @@ def scan(root: Path, candidates: Iterable[str], store_dir: str) -> ScanResult:
     """Scan the file or tree at ``root`` for hash parts in ``candidates``."""
     cand = {c.encode() for c in candidates}
     runs = re.compile(_NIX32 + b"{32,}")
-    # <storedir>/<hash>- however the path is spelled with extra slashes or ./ segments
-    # (/kiln/store//<hash>-x names the same file)
-    sep = rb"/(?:/|\./)*"
-    comps = [c for c in store_dir.encode().split(b"/") if c]
-    prefixed = re.compile(b"".join(sep + re.escape(c) for c in comps) + sep + b"(" + _NIX32 + b"{32})-")
+    prefixed = re.compile(re.escape(store_dir.encode() + b"/") + b"(" + _NIX32 + b"{32})-")
+    # /kiln/store//<hash>-x and /kiln/./store/<hash>-x name the same file: where the data
+    # has such spellings, strays are looked for in a copy with them collapsed (linear;
+    # a pattern allowing them everywhere backtracks quadratically on runs of '/')
+    extra_seps = re.compile(rb"/(?:\.?/)+")
     found: set[bytes] = set()
     stray: dict[tuple[str, str], None] = {}
     overlap = 32 + len(store_dir) + 1
@@ -65,6 +65,8 @@ def scan(root: Path, candidates: Iterable[str], store_dir: str) -> ScanResult:
                 h = run[i : i + 32]
                 if h in cand:
                     found.add(h)
+        if b"//" in data or b"/./" in data:
+            data = extra_seps.sub(b"/", data)
         for m in prefixed.finditer(data):
             h = m.group(1)
             if h not in cand:

@@ -134,7 +134,13 @@ def _ca_proves_path(info: PathInfo, problems: list[Problem]) -> bool:
     verify recomputes, with the tree checked clean (so ``_check_ca`` ran and passed).
     Only such a path may go without signatures: ``ca`` itself is unsigned (a narinfo's
     ``CA:`` field, a database column)."""
-    return bool(info.ca) and info.ca.startswith(_CA_METHODS) and not problems
+    return (
+        bool(info.ca)
+        and info.ca.startswith(_CA_METHODS)
+        # the proof is the tree's (its NAR hash, then the ca recomputation); an object or
+        # reference problem says nothing about it
+        and not any(p.kind.startswith("tree") or p.kind == "ca-mismatch" for p in problems)
+    )
 
 
 def _check_ca(info: PathInfo, real: Path) -> str:
@@ -316,8 +322,7 @@ def _rebuild_object(store: LocalStore, info: PathInfo, tmp: Path) -> str:
         raise KilnError(f"cannot repair {info.path}: its tree changed while being re-archived")
     old = store.objects / object_rel_path(info.file_hash) if info.file_hash else None
     publish_object(tmp / "object", store.objects, oi.file_hash)
-    db.set_file(store.conn, info.path, oi.file_hash, oi.file_size)
-    db.make_durable(store.conn)  # the row must not come back pointing at an unlinked object
+    db.set_file(store.conn, info.path, oi.file_hash, oi.file_size)  # durably: see db.set_file
     if old is not None and old.name.split(".")[0] != oi.file_hash.hex:
         assert info.file_hash is not None
         if not db.file_hash_in_use(store.conn, info.file_hash.to_nix32()):
@@ -329,8 +334,7 @@ def _quarantine(store: LocalStore, info: PathInfo) -> Path:
     sp = store.parse_path(info.path)
     dest = store.root / "quarantine" / f"{sp.base}-{int(time.time())}"
     dest.mkdir(parents=True, exist_ok=True)
-    db.delete(store.conn, [info.path])  # invalidate first, durably (see db.make_durable)
-    db.make_durable(store.conn)
+    db.delete(store.conn, [info.path])  # invalidate first, durably (see db.delete)
     real = store.real_path(info.path)
     if os.path.lexists(real):
         if real.is_dir() and not real.is_symlink():

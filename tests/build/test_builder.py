@@ -94,6 +94,15 @@ def test_references_are_found_as_nix_finds_them(tmp_path):
     (tmp_path / "odd").mkdir()
     (tmp_path / "odd" / "f").write_bytes(f"/kiln/store//{h}-x /kiln/./store/{h}-y".encode())
     assert [f for f, _ in scan(tmp_path / "odd", [], store_dir).stray] == ["f"]
+    # ... and a long run of '/' stays linear (a pattern allowing extra separators
+    # everywhere backtracked quadratically: 32,000 slashes took 10 s)
+    import time
+
+    (tmp_path / "slashes").mkdir()
+    (tmp_path / "slashes" / "f").write_bytes(b"/" * 200_000 + b"./" * 50_000)
+    t = time.perf_counter()
+    scan(tmp_path / "slashes", [h], store_dir)
+    assert time.perf_counter() - t < 2.0
     # a window inside a longer run, across the 1 MiB chunk boundary
     (tmp_path / "big").mkdir()
     (tmp_path / "big" / "f").write_bytes(b"x" * ((1 << 20) - 20) + b"abcd" + h.encode() + b"wxyz")

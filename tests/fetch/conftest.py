@@ -9,6 +9,7 @@ Routes (``server.url(route)``):
 - ``/drop-norange/<n>``  like ``/drop`` but ignores ``Range`` (answers 200 with everything)
 - ``/hang/<name>``       sends nothing for 5 s
 - ``/flaky/<name>``      first request 503, then like ``/file``
+- ``/partial0/<name>``   206 ``bytes 0-(N-1)/N`` with the whole body, always
 - ``/badrange/<name>``   like ``/drop``, but a later ``Range`` request is answered 206
                          from the wrong offset (64 KiB, a cache's block boundary)
 - ``/mirror/...``        a hashed mirror: ``/mirror/sha256/<hex>`` of registered bytes
@@ -53,6 +54,13 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Location", f"/file/{name}")
             self.send_header("Content-Length", "0")
             self.end_headers()
+            return None
+        if kind == "partial0":  # always 206 with the whole body
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes 0-{len(data) - 1}/{len(data)}")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
             return None
         if kind == "badrange" and not first and rng:
             self.send_response(206)

@@ -193,6 +193,14 @@ def test_wrong_range_answer_restarts_without_range(server, tmp_path):
     assert ranges[0] is None and ranges[1] is not None and ranges[-1] is None
 
 
+def test_a_206_with_the_whole_file_is_accepted(server, tmp_path):
+    # a server answering a plain GET with 206 bytes 0-(N-1)/N: the hash decides
+    server.add("whole", DATA)
+    dest = tmp_path / "whole"
+    fetch_url([server.url("partial0/whole")], h(DATA), dest, mirrors=[], progress=False, timeout=5)
+    assert dest.read_bytes() == DATA
+
+
 def test_an_unusable_source_does_not_stop_the_others(server, tmp_path, capsys):
     server.add("ok", DATA)
     good = server.url("file/ok")

@@ -389,3 +389,20 @@ def test_a_name_ending_in_a_newline_is_refused(store, tmp_path):
     f.write_text("x")
     with pytest.raises(FormatError, match="invalid characters"):
         store.add_path(f, name="bad\n")
+
+
+def test_a_moved_root_into_a_path_holding_store_like_subpaths_protects_that_path(store, tmp_path):
+    # The rooted path A has a subpath that itself looks like kiln/store/<B> (an image's
+    # rootfs): after a move, the root must protect A, not B.
+    b = store.add_path(make_tree(tmp_path / "b", {"x": "b"}), name="dep-b")
+    inner = "kiln/store/" + b.path.rsplit("/", 1)[1]
+    a = store.add_path(make_tree(tmp_path / "a", {inner + "/x": "copy"}), name="image-a")
+    os.symlink(str(store.real_path(a.path) / inner / "x"), store.root / "gcroots" / "img")
+    root = store.root
+    store.close()
+    moved = tmp_path / "moved"
+    os.rename(root, moved)
+    s = _fresh_store(moved)
+    r = s.gc()
+    assert a.path in r.roots and s.is_valid(a.path) and r.deleted == (b.path,)
+    s.close()

@@ -171,3 +171,10 @@ def test_replacing_a_symlink_redirects_later_members(tmp_path):
     )
     with pytest.raises(FormatError, match="needs x to be a directory"):
         unpack_debs([c], tmp_path / "out-c")
+
+
+def test_an_empty_data_archive_is_not_truncated(tmp_path):
+    # open() already reads the end-of-archive block of an empty tar
+    deb = deb_with_data(tmp_path / "empty.deb", "data.tar", tar([]))
+    unpack_debs([deb], tmp_path / "out")
+    assert (tmp_path / "out").is_dir()
