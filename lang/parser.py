@@ -2,7 +2,7 @@
 
 Theory of operation: the grammar lives in ``recipe.lark``. Lark builds the tree through
 an *inline* transformer (``_Builder``), so no intermediate lark ``Tree`` is ever made:
-each rule callback returns our own node straight away. Tokens come from ``_FastLexer``,
+each rule callback returns our own node straight away. Tokens come from ``lexer.FastLexer``,
 one regex alternation built from the grammar's own terminals. The parser is built once
 per process (about 40 ms) and only when a recipe must really be parsed: an evaluation
 cache hit never imports this module.
@@ -22,10 +22,10 @@ from pathlib import Path
 
 from lark import Lark, Token
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
-from lark.lexer import Lexer
 
 from . import nodes as ast
 from .errors import DuplicateField, RecipeSyntaxError, SourceText
+from .lexer import FastLexer, LexError
 from .strings import split_indented, split_plain
 from .values import INT_MAX
 
@@ -233,60 +233,6 @@ class _Builder:
             self.base = saved
 
 
-class _LexError(Exception):
-    """No token starts at ``pos`` (relative to the text being lexed)."""
-
-    def __init__(self, pos: int) -> None:
-        self.pos = pos
-
-
-class _FastLexer(Lexer):
-    """One compiled alternation over all terminals of ``recipe.lark`` (names and
-    patterns are read from the grammar, so the two cannot drift apart): about twice as
-    fast as lark's general lexer. Keywords are names looked up in a table (so ``iffy``
-    is a name), operators are tried longest first, and tokens carry only ``start_pos``
-    (positions are mapped to line:col only when an error is reported)."""
-
-    def __init__(self, lexer_conf) -> None:
-        words: dict[str, str] = {}
-        literals: list[tuple[str, str]] = []
-        regexps: dict[str, str] = {}
-        for t in lexer_conf.terminals:
-            if t.pattern.type == "str":
-                if t.pattern.value.isalpha():
-                    words[t.pattern.value] = t.name
-                else:
-                    literals.append((t.name, t.pattern.value))
-            else:
-                regexps[t.name] = t.pattern.to_regexp()
-        ignore = "|".join(f"(?:{regexps.pop(n)})" for n in lexer_conf.ignore)
-        literals.sort(key=lambda x: -len(x[1]))
-        alts = [f"(?P<_>{ignore})"]
-        alts += [f"(?P<{n}>{r})" for n, r in regexps.items() if n != "NUMBER"]
-        alts += [f"(?P<NUMBER>{regexps['NUMBER']})"]
-        alts += [f"(?P<{n}>{re.escape(v)})" for n, v in literals]
-        self.master = re.compile("|".join(alts))
-        self.words = words
-
-    def lex(self, text: str):
-        match = self.master.match
-        words = self.words
-        # Token() only forwards to _future_new after a deprecation check; skip the hop
-        new = getattr(Token, "_future_new", Token)
-        pos, end = 0, len(text)
-        while pos < end:
-            m = match(text, pos)
-            if m is None:
-                raise _LexError(pos)
-            kind = m.lastgroup
-            value = m.group()
-            if kind != "_":
-                if kind == "NAME":
-                    kind = words.get(value, "NAME")
-                yield new(kind, value, pos)
-            pos = m.end()
-
-
 _LARK: Lark | None = None
 _BUILDER = _Builder()
 
@@ -301,7 +247,7 @@ def _lark() -> Lark:
             start=["start", "expr"],
             transformer=_BUILDER,
             maybe_placeholders=True,
-            lexer=_FastLexer,
+            lexer=FastLexer,
         )
         _BUILDER.parser = _LARK
     return _LARK
@@ -350,7 +296,7 @@ def _parse(parser: Lark, text: str, src: SourceText, start: str, base: int):
         return parser.parse(text, start=start)
     except UnexpectedInput as e:
         raise _syntax_error(parser, e, src, base, len(text)) from None
-    except _LexError as e:
+    except LexError as e:
         raise _lex_error(parser, text, src, base, e.pos) from None
     finally:
         _BUILDER.src = saved_src
