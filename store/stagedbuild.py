@@ -201,11 +201,9 @@ def commit(store, staged: list[StagedOutput]) -> list[PathInfo]:
                 locks.enter_context(FileLock(lock))
             out: list[PathInfo] = []
             rows: list[tuple[PathInfo, str]] = []
-            # Every row of the batch goes in with one transaction, so a path may refer to
-            # any other of the batch (a `dev` output to its sibling `out`, which sorts
-            # after it) - but not in a cycle, which Nix refuses too.
-            _refuse_cycles(staged)
-            batch: set[str] = {s.info.path for s in staged}
+            # staged in build order, each derivation's outputs references-first
+            # (build._refs_first): a path's references are valid or earlier in the batch
+            batch: set[str] = set()
             now = int(time.time())
             for s in staged:
                 existing = store.query(s.info.path)
@@ -222,32 +220,6 @@ def commit(store, staged: list[StagedOutput]) -> list[PathInfo]:
                 batch.add(info.path)
             db.insert_many(store.conn, rows)
     return out
-
-
-def _refuse_cycles(staged: list[StagedOutput]) -> None:
-    """``StoreError`` naming two paths of ``staged`` that refer to each other, directly
-    or through others of the batch."""
-    paths = {s.info.path for s in staged}
-    edges = {s.info.path: [r for r in s.info.references if r in paths and r != s.info.path] for s in staged}
-    state: dict[str, int] = {}  # 1: on the current DFS path, 2: done
-    for start in edges:
-        if state.get(start):
-            continue
-        stack = [(start, iter(edges[start]))]
-        state[start] = 1
-        while stack:
-            node, it = stack[-1]
-            nxt = next(it, None)
-            if nxt is None:
-                state[node] = 2
-                stack.pop()
-            elif state.get(nxt) == 1:
-                raise StoreError(
-                    f"cycle in the references of the outputs: {node} refers to {nxt}, which refers back"
-                )
-            elif not state.get(nxt):
-                state[nxt] = 1
-                stack.append((nxt, iter(edges[nxt])))
 
 
 class Pending:
