@@ -57,10 +57,6 @@ def scan(root: Path, candidates: Iterable[str], store_dir: str) -> ScanResult:
     def scan_bytes(data: bytes, rel: str) -> None:
         for m in runs.finditer(data):
             run = m.group(0)
-            if len(run) == 32:
-                if run in cand:
-                    found.add(run)
-                continue
             for i in range(len(run) - 31):  # every window, as Nix does
                 h = run[i : i + 32]
                 if h in cand:

@@ -166,28 +166,19 @@ def _strip_xattrs(p: bytes) -> None:
         if e.errno in (errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM, errno.EACCES):
             return
         raise
-    opened = False
-    for name in names:
-        if name in _KEEP_XATTRS:
-            continue
+    doomed = [n for n in names if n not in _KEEP_XATTRS]
+    if not doomed:
+        return
+    st = os.lstat(p)
+    if not stat.S_ISLNK(st.st_mode) and not st.st_mode & stat.S_IWUSR:
+        # removing a user.* attribute needs write access, which a build may have taken
+        # away (0444); canonicalisation sets the final mode afterwards
+        os.chmod(p, stat.S_IMODE(st.st_mode) | stat.S_IWUSR)
+    for name in doomed:
         try:
             os.removexattr(p, name, follow_symlinks=False)
-        except PermissionError:
-            # removing a user.* attribute needs write access to the file, which a build
-            # may have taken away (0444); as a non-root owner, give it back and retry
-            # (canonicalisation sets the final mode afterwards)
-            st = os.lstat(p)
-            if opened or stat.S_ISLNK(st.st_mode):
-                continue
-            os.chmod(p, stat.S_IMODE(st.st_mode) | (0o700 if stat.S_ISDIR(st.st_mode) else 0o600))
-            opened = True
-            try:
-                os.removexattr(p, name, follow_symlinks=False)
-            except OSError as e:
-                if e.errno not in (errno.ENODATA, errno.ENOTSUP, errno.EPERM):
-                    raise
         except OSError as e:
-            if e.errno not in (errno.ENODATA, errno.ENOTSUP):
+            if e.errno not in (errno.ENODATA, errno.ENOTSUP, errno.EPERM):
                 raise
 
 
