@@ -80,6 +80,11 @@ def _inside(root: Path, parts: list[str], what: str, create: bool) -> Path | Non
     ``create``: make missing directories, and raise ``FormatError`` for a component that is
     not a directory or a path that leaves the root. Otherwise return None in those cases
     (nothing is created)."""
+
+    def fail(message: str) -> None:
+        if create:
+            raise FormatError(message)
+
     cur: list[str] = []
     todo = list(parts)
     hops = 0
@@ -89,18 +94,14 @@ def _inside(root: Path, parts: list[str], what: str, create: bool) -> Path | Non
             continue
         if part == "..":
             if not cur:
-                if not create:
-                    return None
-                raise FormatError(f"{what} escapes the root through a symlink")
+                return fail(f"{what} escapes the root through a symlink")
             cur.pop()
             continue
         here = root.joinpath(*cur, part)
         if here.is_symlink():
             hops += 1
             if hops > 40:
-                if not create:
-                    return None
-                raise FormatError(f"{what}: too many symlinks")
+                return fail(f"{what}: too many symlinks")
             target = os.readlink(here)
             if target.startswith("/"):
                 cur = []
@@ -111,9 +112,7 @@ def _inside(root: Path, parts: list[str], what: str, create: bool) -> Path | Non
                 return None
             here.mkdir(mode=0o755)
         elif not here.is_dir():
-            if not create:
-                return None
-            raise FormatError(f"{what} needs {here.relative_to(root)} to be a directory")
+            return fail(f"{what} needs {here.relative_to(root)} to be a directory")
         cur.append(part)
     return root.joinpath(*cur)
 
