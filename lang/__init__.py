@@ -287,20 +287,19 @@ def evaluate_file(
             )
     result = _evaluate(file, display, store_dir, add_source)
     if cache_dir is not None:
-        # a cache that cannot be written only makes the next evaluation slower
+        # a cache that cannot be written only makes the next evaluation slower; save
+        # refuses (ValueError) when a source changed while being added
         import contextlib
 
-        fps = result._live[0].source_fps
         with contextlib.suppress(OSError, ValueError):
-            if all(fp is not None for fp in fps.values()):
-                _cache.save(
-                    cache_dir,
-                    file,
-                    store_dir,
-                    result.files,
-                    fps,
-                    result.sources,
-                    result.drv_paths,
-                    result.drvs,
-                )
+            _cache.save(
+                cache_dir,
+                file,
+                store_dir,
+                result.files,
+                result._live[0].source_fps,
+                result.sources,
+                result.drv_paths,
+                result.drvs,
+            )
     return result
