@@ -304,7 +304,7 @@ def _reproduced(
     # trusts for provenance at all (else deleting the provenance would make the builder
     # its own "independent" rebuilder).
     builder_keys = {k.key for k in builders} | {k.key for k in policy.provenance}
-    latest: dict[bytes, tuple[datetime, bool, str]] = {}  # key -> its newest verdict
+    latest: dict[bytes, tuple[datetime, bool, str]] = {}  # key -> (time, failed, name) of its newest verdict
     notes: list[str] = []
     for kind, env, err in _vsas(store, info):
         if env is None:
@@ -328,13 +328,13 @@ def _reproduced(
             when = datetime.max.replace(tzinfo=UTC) if not passed else datetime.min.replace(tzinfo=UTC)
         for k in good:
             # newest wins; at equal times a FAILED verdict beats a PASSED one
-            if k.key not in latest or (when, not passed) > (latest[k.key][0], not latest[k.key][1]):
-                latest[k.key] = (when, passed, k.name)
+            if k.key not in latest or (when, not passed) > latest[k.key][:2]:
+                latest[k.key] = (when, not passed, k.name)
     agree: dict[bytes, str] = {}
-    for key, (_, passed, name) in latest.items():
+    for key, (_, failed, name) in latest.items():
         if key in builder_keys:
             notes.append(f"{name} is a provenance key, so it is not independent")
-        elif passed:
+        elif not failed:
             agree[key] = name
         else:
             notes.append(f"{name} reports the rebuild did NOT reproduce (its latest verdict)")
