@@ -263,8 +263,7 @@ def _repair(store: LocalStore, info: PathInfo, found: list[Problem]) -> tuple[li
                 any(p.kind.startswith("object") for p in found) and _check_object(store, info) is not None
             )
             if not obj_bad and not tree_problem:
-                msg = "the object was repaired with another path that shares it"
-                return [replace(p, repaired=msg) if p.kind.startswith("object") else p for p in found], False
+                return _mark(found, "the object was repaired with another path that shares it"), False
             if obj_bad and not tree_content_bad:
                 msg = _rebuild_object(store, info, tmp)
                 if tree_problem:  # metadata only: lay the tree out again from the new object
@@ -272,25 +271,23 @@ def _repair(store: LocalStore, info: PathInfo, found: list[Problem]) -> tuple[li
                     tmp.mkdir()
                     _rematerialise(store, db.query(store.conn, info.path) or info, tmp)
                     msg += "; tree re-materialised from it"
-                return [
-                    replace(p, repaired=msg) if p.kind.startswith(("object", "tree")) else p for p in found
-                ], False
+                return _mark(found, msg), False
             if not obj_bad:
                 _rematerialise(store, info, tmp)
-                msg = "re-materialised from the object"
-                return [
-                    replace(p, repaired=msg) if p.kind.startswith(("object", "tree")) else p for p in found
-                ], False
+                return _mark(found, "re-materialised from the object"), False
             where = _quarantine(store, info)
             msg = f"quarantined to {where} and invalidated"
             refs = store.referrers(info.path)
             if refs:
                 msg += f"; referrers now incomplete: {', '.join(refs[:5])}"
-            return [
-                replace(p, repaired=msg) if p.kind.startswith(("object", "tree")) else p for p in found
-            ], True
+            return _mark(found, msg), True
     finally:
         remove_tree(tmp)
+
+
+def _mark(found: list[Problem], msg: str) -> list[Problem]:
+    """``found`` with its object and tree problems marked repaired by ``msg``."""
+    return [replace(p, repaired=msg) if p.kind.startswith(("object", "tree")) else p for p in found]
 
 
 def _rematerialise(store: LocalStore, info: PathInfo, tmp: Path) -> None:
