@@ -22,6 +22,7 @@ Invariants
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import mmap
@@ -164,5 +165,8 @@ class DirectWriter:
             self.view.release()
             self.view = None
         if self.map is not None:
-            self.map.close()
+            # a slice may still be referenced (by the traceback of the write error being
+            # raised): the mapping then goes with it; closing must not hide that error
+            with contextlib.suppress(BufferError):
+                self.map.close()
             self.map = None
