@@ -11,10 +11,12 @@ follows the same plan, so both agree on what exists. Each piece of a file is rea
 slot, written from that slot to the canonical copy and queued from the same slot to the
 sink (hashing + compression threads, see ``objects``), so the materialised tree and the
 NAR are the same bytes even if the source changes underneath. Files of ``DIRECT_MIN`` or
-more start in a fresh slot and go to the copy with ``O_DIRECT`` (``directio``: on the
-reference VM the page-cache copy cost more CPU than anything but zstd); headers, padding
-and small files are packed into slots to keep per-chunk overhead out of the pipeline. A
-slot is reused only once the sink is done with it (``NarSink.wait_consumed``).
+more start in a fresh slot and are written by a ``CopyWriter`` thread, with ``O_DIRECT``
+(``directio``: on the reference VM the page-cache copy cost more CPU than anything but
+zstd; ``copywriter`` says why on a thread of its own); headers, padding and small files
+are packed into slots to keep per-chunk overhead out of the pipeline, and small files
+are written by the walk. A slot is reused only once the sink and the copy writer are
+done with it (``NarSink.wait_consumed``, ``CopyWriter.wait_done``).
 
 The NAR produced is byte-identical to ``nar.dump`` / ``nix-store --dump``: entries sorted
 by the bytes of their names, a file is ``executable`` iff its owner-execute bit is set,
@@ -32,7 +34,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from .directio import ALIGN, DirectRate, set_direct
+from .copywriter import CopyWriter
 from .errors import StoreError
 from .nar_read import ENTRY as _ENTRY
 from .nar_read import HDR_CONTENTS as _CONTENTS
@@ -69,17 +71,17 @@ class TreeIngest:
     Sockets, devices and fifos are always rejected with the offending path.
     """
 
-    def __init__(self, sink: NarSink, filter: PathFilter | None = None) -> None:
+    def __init__(self, sink: NarSink, filter: PathFilter | None = None, direct: bool = DIRECT) -> None:
         self.sink = sink
         self.filter = filter
+        self.direct = direct  # write big files of the copy with O_DIRECT where possible
         self.ring = memoryview(mmap.mmap(-1, RING_SLOTS * CHUNK))  # pages are touched lazily
         self.tickets = [0] * RING_SLOTS  # per slot: the sink ticket of its last chunk
         self.slot = 0
         self.cur = self.ring[:CHUNK]  # the slot being filled ...
         self.fill = 0  # ... up to here
-        #: write big files of the copy with O_DIRECT (off once refused or too slow)
-        self.direct = DIRECT
-        self.rate = DirectRate()
+        self.wtickets = [0] * RING_SLOTS  # per slot: the copy writer's ticket of its last piece
+        self.writer: CopyWriter | None = None  # writes big files of the copy
 
     def _emit(self, b: bytes | memoryview) -> None:
         """Append NAR bytes (headers, padding; at most ``CHUNK``) to the current slot."""
@@ -95,8 +97,13 @@ class TreeIngest:
         if not self.fill:
             return
         self.tickets[self.slot] = self.sink.write_pooled(self.cur[: self.fill])
+        w = self.writer
+        if w is not None:
+            self.wtickets[self.slot] = w.queued
         self.slot = i = (self.slot + 1) % RING_SLOTS
         self.sink.wait_consumed(self.tickets[i])
+        if w is not None:
+            w.wait_done(self.wtickets[i])
         self.cur = self.ring[i * CHUNK : (i + 1) * CHUNK]
         self.fill = 0
 
@@ -118,11 +125,17 @@ class TreeIngest:
         self.plan.build(s, st, d)
         creator = _Creator(self.plan)
         creator.start()
+        self.writer = CopyWriter(self.direct, CANON_MTIME, creator.q.maxsize)
+        self.writer.start()
         try:
             self._node(s, st, d, top=True)
+            self._flush()
+        except BaseException:
+            self.writer.stop()
+            raise
         finally:
             creator.stop()
-        self._flush()
+        self.writer.finish()
 
     def _node(self, path: bytes, st: os.stat_result, dest: bytes | None, top: bool = False) -> None:
         """Serialise the node at ``path`` (and everything below it). Iterative, with an
@@ -184,29 +197,39 @@ class TreeIngest:
             self._emit((_REGULAR + _EXEC if exe else _REGULAR) + _CONTENTS + size.to_bytes(8, "little"))
             if dest is not None:
                 dfd = self.plan.creator.take()
-            self._copy(path, fd, dfd, size)
-            self._emit(b"\0" * (-size % 8) + _CLOSE)
             mode = 0o555 if exe else 0o444
-            if dfd >= 0:
+            if self._copy(path, fd, dfd, size):
+                assert self.writer is not None
+                self.writer.end_file(dfd, mode)
+                dfd = -1  # the writer's now
+            elif dfd >= 0:
                 os.fchmod(dfd, mode)
                 os.utime(dfd, (CANON_MTIME, CANON_MTIME))
             elif self.canon:
                 os.fchmod(fd, mode)
                 os.utime(fd, (CANON_MTIME, CANON_MTIME))
+            self._emit(b"\0" * (-size % 8) + _CLOSE)
+        except BaseException:
+            if dfd >= 0 and self.writer is not None:
+                self.writer.stop()  # it may still hold writes for this descriptor
+            raise
         finally:
             os.close(fd)
             if dfd >= 0:
                 os.close(dfd)
 
-    def _copy(self, path: bytes, fd: int, dfd: int, size: int) -> None:
+    def _copy(self, path: bytes, fd: int, dfd: int, size: int) -> bool:
         """Read ``size`` bytes of ``fd`` into ring slots, write them to ``dfd`` (unless
         -1) and queue the same slots to the sink: the NAR holds exactly the bytes written
         to the materialised file, whatever the source does meanwhile.
 
-        A big file starts in a fresh slot, so its pieces are page-aligned and whole
-        blocks can go to the device with ``O_DIRECT`` (the tail is written buffered)."""
-        direct = dfd >= 0 and self.direct and size >= DIRECT_MIN and set_direct(dfd, True)
-        if direct:
+        A big file (``DIRECT_MIN`` or more) goes to the copy writer, which the caller
+        must then hand ``dfd`` with ``end_file`` (returns True); while ``O_DIRECT`` is in
+        use it starts in a fresh slot, so its pieces are page-aligned and whole blocks can
+        go to the device directly. Smaller files are written here, buffered."""
+        w = self.writer
+        big = dfd >= 0 and w is not None and size >= DIRECT_MIN
+        if big and w.direct:
             self._flush()
         left = size
         while left:
@@ -224,16 +247,11 @@ class TreeIngest:
                 got += k
             self.fill += n
             left -= n
-            if dfd < 0:
-                continue
-            whole = n - n % ALIGN if direct else 0
-            if whole:
-                direct = self.rate.write_blocks(dfd, piece[:whole])
-                self.direct = not self.rate.slow  # a slow device: page cache for the rest
-            if n > whole:
-                if direct:
-                    direct = set_direct(dfd, False)  # a tail that is not whole blocks
-                write_all(dfd, piece[whole:])
+            if big:
+                w.put(dfd, piece)
+            elif dfd >= 0:
+                write_all(dfd, piece)
+        return big
 
     def _open_directory(
         self, path: bytes, st: os.stat_result, dest: bytes | None

@@ -10,8 +10,9 @@ existing object is harmless: equal names mean equal bytes.
 
 Ingest: a producer (``ingest.TreeIngest`` walking a tree, or a NAR stream being
 restored) hands NAR bytes in ~1 MiB chunks to a ``NarSink``. Each chunk goes to two
-consumer threads: one runs SHA-256 over the
-NAR, the other feeds a multi-threaded zstd compressor and SHA-256es/writes its output. All of
+consumer threads: one runs SHA-256 over the NAR, the other feeds a multi-threaded zstd
+compressor, whose output a third SHA-256es and writes (so a write waiting for the device
+does not leave zstd without input). All of
 hashlib, zstd and the read/write syscalls release the GIL, so both cores stay busy.
 Queues are bounded (``QUEUE_DEPTH`` chunks), so memory stays flat whatever the input size.
 
@@ -142,6 +143,7 @@ class NarSink:
         self.cobj = None
         self.hasher: _Worker | None = None
         self.compressor: _Worker | None = None
+        self.outputter: _Worker | None = None
         self.writer: DirectWriter | None = None
         self.consumed = threading.Condition()
         self.queued = 0  # chunks handed to the threads
@@ -153,8 +155,10 @@ class NarSink:
         self.cobj = zstandard.ZstdCompressor(level=self.level, threads=self.threads).compressobj()
         self.hasher = _Worker(self.nar_sha.update, self.consumed)
         self.compressor = _Worker(self._compress, self.consumed)
+        self.outputter = _Worker(self._out, self.consumed)
         self.hasher.start()
         self.compressor.start()
+        self.outputter.start()
         for chunk in held:
             self.hasher.q.put(chunk)
             self.compressor.q.put(chunk)
@@ -179,7 +183,11 @@ class NarSink:
                 self.synced = self.file_size
 
     def _compress(self, chunk: bytes) -> None:
-        self._out(self.cobj.compress(chunk))
+        # hashing and writing the output on a thread of its own keeps zstd fed while
+        # a write waits for the device
+        out = self.cobj.compress(chunk)
+        if out:
+            self.outputter.q.put(out)
 
     def write(self, chunk: bytes | bytearray) -> None:
         """Queue ``chunk``; it must not be mutated afterwards."""
@@ -216,8 +224,8 @@ class NarSink:
             self.consumed.wait_for(
                 lambda: (h.done >= ticket or h.stopped) and (c.done >= ticket or c.stopped)
             )
-        for w in (h, c):
-            if w.error is not None:
+        for w in (h, c, self.outputter):
+            if w is not None and w.error is not None:
                 raise w.error
 
     def finish(self, sync: bool = True) -> ObjectInfo:
@@ -240,7 +248,8 @@ class NarSink:
         else:
             self.hasher.join_checked()
             self.compressor.join_checked()
-            self._out(self.cobj.flush())
+            self.outputter.q.put(self.cobj.flush())
+            self.outputter.join_checked()
             if self.writer is not None:
                 self.writer.close()
         if sync:
@@ -255,7 +264,7 @@ class NarSink:
         )
 
     def abort(self) -> None:
-        for w in (self.hasher, self.compressor):
+        for w in (self.hasher, self.compressor, self.outputter):
             if w is not None and w.is_alive():
                 w.error = w.error or StoreError("aborted")
                 w.q.put(None)

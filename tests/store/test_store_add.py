@@ -290,9 +290,7 @@ def test_large_files_through_every_copy_path(store, tmp_path):
             for direct in (True, False):
                 obj, copy = place / f"obj{direct}", place / f"copy{direct}"
                 sink = NarSink(os.open(obj, os.O_WRONLY | os.O_CREAT, 0o644))
-                ti = ingest.TreeIngest(sink)
-                ti.direct = direct
-                ti.run(src, copy)
+                ingest.TreeIngest(sink, direct=direct).run(src, copy)
                 oi = sink.finish()
                 assert (oi.nar_hash, oi.file_hash, oi.file_size) == (
                     info.nar_hash,
@@ -300,6 +298,10 @@ def test_large_files_through_every_copy_path(store, tmp_path):
                     info.file_size,
                 )
                 assert nar.dump_bytes(copy) == want, (place, direct)
+                # modes and mtimes are set after the last write (a write moves the mtime)
+                assert {k: v for k, v in _modes(copy).items() if k != "."} == {
+                    k: (0o444, 1, False) for k in ["e", *sizes]
+                }
                 assert obj.read_bytes() == store.object_path(info.path).read_bytes()
     finally:
         for place in places[1:]:
