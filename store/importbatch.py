@@ -118,8 +118,10 @@ def stage_bytes(store: LocalStore, info: PathInfo, data: bytes, tmp: Path, k: in
     if info.file_hash is not None:
         check_digest(what, "compressed file", (info.file_hash, info.file_size or 0), file_hash, len(data))
     try:
-        # bounded by the announced size: a small object must not inflate without limit
-        nar = zstandard.ZstdDecompressor().decompress(data, max_output_size=info.nar_size + 1)
+        # bounded by the announced size: a small object must not inflate without limit;
+        # an object may hold several frames (see ``narsink``)
+        with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data), read_across_frames=True) as r:
+            nar = r.read(info.nar_size + 1)
     except zstandard.ZstdError as e:
         raise HashMismatch(
             f"compressed NAR of {what}", "a valid zstd stream", f"corrupt data ({e})"

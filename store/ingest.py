@@ -47,7 +47,8 @@ from .nar_read import NODE as _NODE
 from .nar_read import TOK_CLOSE as _CLOSE
 from .nar_read import nar_str as _nar_str
 from .nar_restore import write_all
-from .objects import CANON_MTIME, CHUNK, DIRECT, QUEUE_DEPTH, NarSink
+from .narsink import NarSink
+from .objects import CANON_MTIME, CHUNK, DIRECT, QUEUE_DEPTH
 
 #: files at least this big are written to the copy with O_DIRECT (see ``directio``)
 DIRECT_MIN = 128 << 10
@@ -224,12 +225,14 @@ class TreeIngest:
         to the materialised file, whatever the source does meanwhile.
 
         A big file (``DIRECT_MIN`` or more) goes to the copy writer, which the caller
-        must then hand ``dfd`` with ``end_file`` (returns True); while ``O_DIRECT`` is in
-        use it starts in a fresh slot, so its pieces are page-aligned and whole blocks can
-        go to the device directly. Smaller files are written here, buffered."""
+        must then hand ``dfd`` with ``end_file`` (returns True). It starts in a fresh
+        slot, so its pieces are page-aligned and whole blocks can go to the device with
+        ``O_DIRECT``; always, with or without a copy or ``O_DIRECT``, because the slots
+        are the sink's chunks and so its zstd frames: the object is then the same for
+        the same tree on any file system. Smaller files are written here, buffered."""
         w = self.writer
         big = dfd >= 0 and w is not None and size >= DIRECT_MIN
-        if big and w.direct:
+        if size >= DIRECT_MIN:
             self._flush()
         left = size
         while left:

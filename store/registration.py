@@ -32,7 +32,8 @@ from .errors import StoreError
 from .hashes import Hash
 from .ingest import PathFilter, TreeIngest
 from .locks import FileLock, path_lock_file
-from .objects import ZSTD_LEVEL, NarSink, ObjectInfo, chunks_of, ingest_stream, publish_object
+from .narsink import NarSink
+from .objects import ZSTD_LEVEL, ObjectInfo, chunks_of, ingest_stream, publish_object
 from .objread import TeeReader, decompress_verified, expect_nar, read_object
 from .pathinfo import PathInfo
 from .paths import StorePath, check_name, make_source_path, make_text_path

@@ -62,7 +62,8 @@ from .errors import StoreError
 from .importbatch import place_object
 from .ingest import TreeIngest
 from .locks import FileLock
-from .objects import NarSink, fsync_dir, object_rel_path
+from .narsink import NarSink
+from .objects import fsync_dir, object_rel_path
 from .pathinfo import PathInfo
 from .trees import canonicalise_output, move_into_place
 

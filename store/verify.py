@@ -49,7 +49,8 @@ from .errors import FormatError, KilnError
 from .hashes import Hash
 from .ingest import TreeIngest
 from .locks import FileLock, path_lock_file
-from .objects import NarSink, object_rel_path, publish_object
+from .narsink import NarSink
+from .objects import object_rel_path, publish_object
 from .objread import read_object
 from .pathinfo import PathInfo
 from .paths import StorePath, make_fixed_output_path, make_source_path, make_store_path

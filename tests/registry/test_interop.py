@@ -23,12 +23,16 @@ HAVE_NIX = shutil.which("nix") is not None
 HAVE_NGINX = shutil.which("nginx") is not None or Path("/usr/sbin/nginx").exists()
 
 
+DEP_FILLER = "".join(f"line {i} of the dependency\n" for i in range(150_000))
+
+
 @pytest.fixture
 def nix_registry(tmp_path: Path, keys):
     """A kiln store with store dir /nix/store holding a 2-path closure, pushed (signed)
-    into a registry directory."""
+    into a registry directory. The dependency's NAR is ~4 MiB, so its object holds
+    several zstd frames (``narsink``): Nix must read them all."""
     store = make_store(tmp_path / "kstore", "/nix/store")
-    dep = add_built(store, tmp_path, "kiln-interop-dep", f"dep {tmp_path}")
+    dep = add_built(store, tmp_path, "kiln-interop-dep", f"dep {tmp_path}\n" + DEP_FILLER)
     top = add_built(store, tmp_path, "kiln-interop-top", f"top {tmp_path}", (dep,))
     reg = tmp_path / "reg"
     push(store, [top], lambda: open_client(f"file://{reg}", store_dir="/nix/store"), sign_key=keys.sk)
@@ -62,6 +66,8 @@ def test_nix_copy_from_kiln_serve(nix_registry, keys, other_keys, kiln_server, t
         text=True,
     )
     assert set(q.stdout.split()) == {top, dep}
+    dep_data = tmp_path / "nixroot" / dep.lstrip("/") / "data"
+    assert dep_data.read_text().endswith(DEP_FILLER)
 
 
 @pytest.mark.nix

@@ -15,7 +15,8 @@ import pytest
 from storekit import make_tree
 
 from kiln.store import copywriter, ingest, nar
-from kiln.store.objects import CHUNK, NarSink
+from kiln.store.narsink import NarSink
+from kiln.store.objects import CHUNK
 
 
 def _open_fds() -> set[str]:

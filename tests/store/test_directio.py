@@ -113,15 +113,15 @@ def test_object_written_buffered_is_handed_to_writeback(
 ) -> None:
     """Once O_DIRECT is dropped (here: the device seems slow), the sink writes the
     object buffered and starts writeback every WRITEBACK_STEP, as without O_DIRECT."""
-    from kiln.store import objects
+    from kiln.store import narsink
 
     monkeypatch.setattr(directio, "MIN_DIRECT_RATE", 1e15)
     monkeypatch.setattr(directio, "RATE_SAMPLE", 1)
     calls: list[int] = []
-    real = objects.start_writeback
-    monkeypatch.setattr(objects, "start_writeback", lambda fd, off, n: (calls.append(n), real(fd, off, n)))
+    real = narsink.start_writeback
+    monkeypatch.setattr(narsink, "start_writeback", lambda fd, off, n: (calls.append(n), real(fd, off, n)))
     data = random.Random(3).randbytes(48 << 20)  # incompressible: ~48 MiB of object
-    sink = objects.NarSink(os.open(tmp_path / "obj", os.O_WRONLY | os.O_CREAT, 0o644))
+    sink = narsink.NarSink(os.open(tmp_path / "obj", os.O_WRONLY | os.O_CREAT, 0o644))
     for i in range(0, len(data), 1 << 20):
         sink.write(data[i : i + (1 << 20)])
     info = sink.finish()

@@ -266,7 +266,8 @@ def test_large_files_through_every_copy_path(store, tmp_path):
 
     from kiln.store import ingest
     from kiln.store.directio import ALIGN
-    from kiln.store.objects import CHUNK, NarSink
+    from kiln.store.narsink import NarSink
+    from kiln.store.objects import CHUNK
 
     rng = random.Random(5)
     sizes = {
@@ -355,18 +356,19 @@ def test_add_a_tree_deeper_than_the_recursion_limit(store, tmp_path):
 
 
 def test_a_failing_sink_stops_the_walk_early(tmp_path, monkeypatch):
-    """A full disk in the compressor thread surfaces in the walker at the next slot it
+    """A full disk in the output thread surfaces in the walker at the next slot it
     reuses, not after the whole tree has been read; abort leaves no thread or fd."""
     import random
     import threading
 
     from kiln.store import ingest
-    from kiln.store.objects import CHUNK, NarSink
+    from kiln.store.narsink import NarSink
+    from kiln.store.objects import CHUNK
 
     rng = random.Random(7)
     src = make_tree(tmp_path / "src", {f"f{i:02d}": rng.randbytes(CHUNK + 777) for i in range(40)})
     sink = NarSink(os.open(tmp_path / "obj", os.O_WRONLY | os.O_CREAT, 0o644))
-    real, calls = sink._compress, [0]
+    real, calls = sink._out, [0]
 
     def full_disk(chunk):  # noqa: ANN001
         calls[0] += 1
@@ -374,7 +376,7 @@ def test_a_failing_sink_stops_the_walk_early(tmp_path, monkeypatch):
             raise OSError(28, "No space left on device (injected)")
         real(chunk)
 
-    sink._compress = full_disk
+    sink._out = full_disk
     walker = ingest.TreeIngest(sink)
     read = [0]
     real_readv = os.readv
@@ -391,5 +393,5 @@ def test_a_failing_sink_stops_the_walk_early(tmp_path, monkeypatch):
         monkeypatch.undo()
         sink.abort()
     assert read[0] < 40  # stopped long before the 80 reads the tree needs
-    assert sink.fd == -1 and not any(t.is_alive() for t in (sink.hasher, sink.compressor))
+    assert sink.fd == -1 and not any(t.is_alive() for t in (sink.hasher, sink.output, *sink.compressors))
     assert threading.active_count() < 10

@@ -68,3 +68,62 @@ def test_trailing_bytes_count_against_the_file_digest() -> None:
     with pytest.raises(HashMismatch):
         for _ in decompress_verified(io.BytesIO(zst + b"junk"), "/kiln/store/x", (_sha(zst), len(zst)), None):
             pass
+
+
+def _frames(obj: bytes) -> int:
+    """Number of zstd frames in ``obj`` (each one's size from its header)."""
+    n = 0
+    while obj:
+        size = zstandard.frame_content_size(obj)
+        one = zstandard.ZstdDecompressor().decompressobj()
+        one.decompress(obj)
+        assert size >= 0
+        obj = one.unused_data
+        n += 1
+    return n
+
+
+def test_an_objects_frames_are_read_whole_by_every_reader(tmp_path) -> None:
+    """``add_path`` writes one zstd frame per ~1 MiB chunk (``narsink``): the local
+    reader, batch import's in-memory path, the registry's verifier and the ``zstd`` tool
+    must all read every frame, not stop after the first. The object is the same on a
+    second add (frames follow the tree, not timing or the file system)."""
+    import os
+    import random
+    import shutil
+    import subprocess
+
+    from storekit import make_tree
+
+    from kiln.registry.verify import NarVerifier
+    from kiln.store import nar
+    from kiln.store.localstore import LocalStore
+
+    rng = random.Random(9)
+    src = make_tree(tmp_path / "src", {"a": rng.randbytes(900 << 10), "b": b"text\n" * 300_000})
+    want = nar.dump_bytes(src)
+    store, other = LocalStore.open(tmp_path / "s"), LocalStore.open(tmp_path / "o")
+    try:
+        info = store.add_path(src)
+        obj = store.object_path(info.path).read_bytes()
+        assert _frames(obj) >= 3
+        assert info.file_size <= 1 << 20  # small enough for batch import's in-memory path
+        assert b"".join(store.nar(info.path)) == want
+        (got,) = other.import_objects([(info, io.BytesIO(obj))])
+        assert got.nar_hash == info.nar_hash and b"".join(other.nar(info.path)) == want
+        h = NarVerifier()
+        h.update(obj)
+        d = h.finish()
+        assert (d.nar_hash, d.nar_size, d.file_hash) == (info.nar_hash, info.nar_size, info.file_hash)
+        if shutil.which("zstd"):
+            out = subprocess.run(["zstd", "-dc"], input=obj, capture_output=True, check=True).stdout
+            assert out == want
+        again = LocalStore.open(tmp_path / "again")
+        try:
+            assert again.object_path(again.add_path(src).path).read_bytes() == obj
+        finally:
+            again.close()
+        assert os.path.getsize(store.object_path(info.path)) == info.file_size
+    finally:
+        store.close()
+        other.close()
