@@ -18,7 +18,13 @@ page cache for the source, as the Nix anchors do.
   thousands costs up to ~1 s of kernel time for 2,000 files, noise that would otherwise
   depend on what ran just before. ``nix-store --add`` cannot avoid it (its path must be
   deleted between reps, as in the anchor script), so its figure carries that noise.
-- nix-store --add: the path is deleted between reps (as a_ingest.sh does).
+- nix-store --add: the path is deleted between reps (as a_ingest.sh does). Its reps run
+  after all the others: each deletes 2,000 files, and on this ext4 that made the next
+  file-creating command (kiln's next rep, when they were interleaved) pay for it.
+- Before the series a probe creates 500 empty files and, while that is slow (the
+  ``recently_deleted`` scan: inodes freed by an earlier run or command), waits in 15 s
+  steps (up to 330 s, the kernel's window) and says so. The probe files are removed at
+  the end, not before the series.
 - nix copy --to file://DIR?compression=zstd: fresh DIR each rep.
 - tar cf - | zstd -3 -T2 | sha256sum.
 - peak RSS of ``kiln store add`` on one big file (/usr/bin/time -f %M).
@@ -77,6 +83,36 @@ def timed(cmd: str, pre: str | None, reps: int) -> list[float]:
     return out
 
 
+PROBE_FILES = 500
+#: seconds for PROBE_FILES creations in a fresh directory above which the file system is
+#: still slowed by recent deletions (~0.01 s when quiet on this VM, 0.1-0.5 s when not)
+PROBE_SLOW = 0.04
+
+
+def wait_for_quiet_fs(root: Path) -> list[Path]:
+    """Create PROBE_FILES files in a new directory under ``root``, again every 15 s while
+    that is slow (see the module docstring), up to 330 s; print what was found. Returns
+    the probe directories, to be removed after the series."""
+    made: list[Path] = []
+    waited = 0
+    while True:
+        d = root / f"fsprobe-{len(made)}"
+        shutil.rmtree(d, ignore_errors=True)
+        d.mkdir(parents=True)
+        made.append(d)
+        t = time.perf_counter()
+        for i in range(PROBE_FILES):
+            os.close(os.open(d / f"f{i}", os.O_WRONLY | os.O_CREAT, 0o644))
+        dt = time.perf_counter() - t
+        if dt <= PROBE_SLOW or waited >= 330:
+            state = "quiet" if dt <= PROBE_SLOW else "STILL SLOW (figures carry ext4 noise)"
+            print(f"# fs probe: {PROBE_FILES} creations in {dt * 1000:.0f} ms after {waited} s: {state}")
+            return made
+        sh("sync")
+        time.sleep(15)
+        waited += 15
+
+
 def tree_bytes(p: Path) -> int:
     return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
 
@@ -121,6 +157,7 @@ def main() -> int:
     sh("rm -rf " + " ".join(map(str, dirs)))
     # (key, label, command(rep), setup(rep) or None); one rep of each in turn, so a change
     # in machine load hits every contender alike
+    probes = wait_for_quiet_fs(BENCH)
     contenders = [
         (
             "kiln",
@@ -144,12 +181,6 @@ def main() -> int:
         p = sh(f"nix-store --add {it}").strip()
         contenders += [
             (
-                "nix-add",
-                "nix-store --add (fresh path)",
-                lambda i: f"test ! -e {p} && nix-store --add {it}",
-                lambda i: f"nix-store --delete {p}",
-            ),
-            (
                 "nix-copy",
                 "nix copy --to file://...?compression=zstd",
                 lambda i: (
@@ -158,13 +189,26 @@ def main() -> int:
                 lambda i: f"rm -rf {cache}; nix-store --add {it}",
             ),
         ]
-    times: dict[str, list[float]] = {k: [] for k, *_ in contenders}
-    cpus: dict[str, list[float]] = {k: [] for k, *_ in contenders}
-    for i in range(args.reps):
-        for key, _, cmd, setup in contenders:
-            t = timed(cmd(i), setup(i) if setup else None, 1)
-            times[key] += t
-            cpus[key] += CPU[id(t)]
+    # nix-store --add deletes 2,000 files before each rep: its reps go last (module doc)
+    last = []
+    if p:
+        last = [
+            (
+                "nix-add",
+                "nix-store --add (fresh path)",
+                lambda i: f"test ! -e {p} && nix-store --add {it}",
+                lambda i: f"nix-store --delete {p}",
+            )
+        ]
+    times: dict[str, list[float]] = {k: [] for k, *_ in contenders + last}
+    cpus: dict[str, list[float]] = {k: [] for k, *_ in contenders + last}
+    for group in (contenders, last):
+        for i in range(args.reps):
+            for key, _, cmd, setup in group:
+                t = timed(cmd(i), setup(i) if setup else None, 1)
+                times[key] += t
+                cpus[key] += CPU[id(t)]
+    contenders += last
     res: dict[str, float] = {}
     for key, label, *_ in contenders:
         CPU[id(times[key])] = cpus[key]
@@ -219,7 +263,7 @@ def main() -> int:
             f"peak RSS adding one {args.big_gib:g} GiB file: {rss:.0f} MiB in {float(secs):.2f} s "
             f"(target < 150 MiB) {'ok' if rss < 150 else 'MISSED'}"
         )
-    sh("rm -rf " + " ".join(map(str, dirs)))
+    sh("rm -rf " + " ".join(map(str, dirs + probes)))
     return 0
 
 
