@@ -21,10 +21,11 @@ page cache for the source, as the Nix anchors do.
 - nix-store --add: the path is deleted between reps (as a_ingest.sh does). Its reps run
   after all the others: each deletes 2,000 files, and on this ext4 that made the next
   file-creating command (kiln's next rep, when they were interleaved) pay for it.
-- Before the series a probe creates 500 empty files and, while that is slow (the
-  ``recently_deleted`` scan: inodes freed by an earlier run or command), waits in 15 s
-  steps (up to 330 s, the kernel's window) and says so. The probe files are removed at
-  the end, not before the series.
+- A run starts at least 330 s after the previous run deleted its stores (it waits, and
+  says so), the kernel's window for "recently deleted" inodes; and worse than merely
+  waiting: ext4's Orlov allocator prefers exactly the inode groups that deletion just
+  emptied, so a new store lands where the scan is longest. Delete nothing big for 5
+  minutes before a run either: the benchmark cannot see that.
 - nix copy --to file://DIR?compression=zstd: fresh DIR each rep.
 - tar cf - | zstd -3 -T2 | sha256sum.
 - peak RSS of ``kiln store add`` on one big file (/usr/bin/time -f %M).
@@ -83,34 +84,29 @@ def timed(cmd: str, pre: str | None, reps: int) -> list[float]:
     return out
 
 
-PROBE_FILES = 500
-#: seconds for PROBE_FILES creations in a fresh directory above which the file system is
-#: still slowed by recent deletions (~0.01 s when quiet on this VM, 0.1-0.5 s when not)
-PROBE_SLOW = 0.04
+#: ext4 without a journal skips inodes freed in the last 5 minutes (300 s more while
+#: their table block is dirty) one buffer lookup each when it allocates one
+RECENT_DELETE_WINDOW = 330
+CLEANED = BENCH / ".ingest-cleanup-time"
 
 
-def wait_for_quiet_fs(root: Path) -> list[Path]:
-    """Create PROBE_FILES files in a new directory under ``root``, again every 15 s while
-    that is slow (see the module docstring), up to 330 s; print what was found. Returns
-    the probe directories, to be removed after the series."""
-    made: list[Path] = []
-    waited = 0
-    while True:
-        d = root / f"fsprobe-{len(made)}"
-        shutil.rmtree(d, ignore_errors=True)
-        d.mkdir(parents=True)
-        made.append(d)
-        t = time.perf_counter()
-        for i in range(PROBE_FILES):
-            os.close(os.open(d / f"f{i}", os.O_WRONLY | os.O_CREAT, 0o644))
-        dt = time.perf_counter() - t
-        if dt <= PROBE_SLOW or waited >= 330:
-            state = "quiet" if dt <= PROBE_SLOW else "STILL SLOW (figures carry ext4 noise)"
-            print(f"# fs probe: {PROBE_FILES} creations in {dt * 1000:.0f} ms after {waited} s: {state}")
-            return made
-        sh("sync")
-        time.sleep(15)
-        waited += 15
+def wait_after_last_cleanup() -> None:
+    """Sleep until RECENT_DELETE_WINDOW has passed since this benchmark last deleted its
+    stores (the time is kept in CLEANED), saying so."""
+    try:
+        left = RECENT_DELETE_WINDOW - (time.time() - float(CLEANED.read_text()))
+    except (OSError, ValueError):
+        return
+    if left > 0:
+        print(
+            f"# waiting {left:.0f} s: the last run deleted its stores less than {RECENT_DELETE_WINDOW} s ago"
+        )
+        time.sleep(left)
+
+
+def cleanup(paths: list[Path]) -> None:
+    sh("rm -rf " + " ".join(map(str, paths)))
+    CLEANED.write_text(f"{time.time()}\n")
 
 
 def tree_bytes(p: Path) -> int:
@@ -154,10 +150,11 @@ def main() -> int:
     # a fresh store per rep, each in a new directory; they are deleted only after the
     # series (see the module docstring: ext4 creates files slowly right after mass deletion)
     dirs = [BENCH / f"kiln-store-{i}" for i in range(args.reps)]
-    sh("rm -rf " + " ".join(map(str, dirs)))
+    if any(d.exists() for d in dirs):  # left by an interrupted run
+        cleanup(dirs)
     # (key, label, command(rep), setup(rep) or None); one rep of each in turn, so a change
     # in machine load hits every contender alike
-    probes = wait_for_quiet_fs(BENCH)
+    wait_after_last_cleanup()
     contenders = [
         (
             "kiln",
@@ -263,7 +260,7 @@ def main() -> int:
             f"peak RSS adding one {args.big_gib:g} GiB file: {rss:.0f} MiB in {float(secs):.2f} s "
             f"(target < 150 MiB) {'ok' if rss < 150 else 'MISSED'}"
         )
-    sh("rm -rf " + " ".join(map(str, dirs + probes)))
+    cleanup(dirs)
     return 0
 
 
