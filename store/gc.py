@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -186,7 +185,7 @@ def collect(store: LocalStore, dry_run: bool = False) -> GcReport:
         db.delete(store.conn, dead)
         for link in stale_root_links:
             os.unlink(link)
-        trash = store.tmp / f"gc-{os.getpid()}-{secrets.token_hex(4)}"
+        trash = store.tmp / f"gc-{os.getpid()}-{os.urandom(4).hex()}"
         trash.mkdir()
         for base in [p.rsplit("/", 1)[1] for p in dead] + stray:
             real = store.real_store / base

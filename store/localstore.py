@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
 import weakref
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -61,7 +60,7 @@ class LocalStore(Registering):
         # this object's scratch directory: made on the first write (and again after a GC
         # removed it), so a registration does not pay a mkdir + rmdir, and - ``tmp/``
         # being an Orlov top directory - its temp files land in an uncluttered inode group
-        self._scratch_dir = self.tmp / f"{os.getpid()}-{secrets.token_hex(6)}"
+        self._scratch_dir = self.tmp / f"{os.getpid()}-{os.urandom(6).hex()}"
         # removed by close(), or at exit/collection for owners that never call close()
         self._drop_scratch = weakref.finalize(self, _rmdir_quietly, self._scratch_dir)
 
@@ -221,7 +220,7 @@ class LocalStore(Registering):
         if not name or "/" in name or name.startswith("."):
             raise StoreError(f"invalid GC root name {name!r} (no '/', not starting with '.')")
         link = self.root / "gcroots" / name
-        tmp = self.root / "gcroots" / f".{name}.{secrets.token_hex(4)}"
+        tmp = self.root / "gcroots" / f".{name}.{os.urandom(4).hex()}"
         # under the GC lock: a collector that already listed the roots cannot delete
         # the path between the validity check and the new link
         with FileLock(self.gc_lock_path, shared=True):
@@ -287,7 +286,7 @@ def _init_config(root: Path, store_dir: str) -> dict:
     ``link`` fails if the config appeared, and then that one wins)."""
     root.mkdir(parents=True, exist_ok=True)
     data = {"store_dir": store_dir, "version": CONFIG_VERSION}
-    tmp = root / f".config.json.{os.getpid()}.{secrets.token_hex(4)}"
+    tmp = root / f".config.json.{os.getpid()}.{os.urandom(4).hex()}"
     with open(tmp, "w") as f:
         json.dump(data, f)
         f.write("\n")

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import replace
@@ -229,7 +228,7 @@ class Registering:
             # GC (which excludes us now) deletes writers' scratch dirs: recreate if needed
             with contextlib.suppress(FileExistsError):
                 os.mkdir(self._scratch_dir, 0o700)
-            scratch = _Scratch(self._scratch_dir / secrets.token_hex(6))
+            scratch = _Scratch(self._scratch_dir / os.urandom(6).hex())
             try:
                 yield scratch
             finally:
