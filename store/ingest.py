@@ -126,7 +126,7 @@ class TreeIngest:
         self.plan.build(s, st, d)
         creator = _Creator(self.plan)
         creator.start()
-        self.writer = CopyWriter(self.direct, CANON_MTIME, creator.q.maxsize)
+        self.writer = CopyWriter(self.direct, CANON_MTIME, creator.depth)
         self.writer.start()
         try:
             self._node(s, st, d, top=True)
@@ -335,8 +335,11 @@ LOOKAHEAD = 256  # files the creator may have open ahead of the copying walk
 
 class _Creator(threading.Thread):
     """Creates the plan's directories, (empty) files and symlinks in order and hands the
-    walk one item per node through a bounded FIFO: an open descriptor for a file, None
-    otherwise, or the exception that stopped it."""
+    walk one item per node through a FIFO: an open descriptor for a file, None otherwise,
+    or the exception that stopped it. At most ``depth`` items wait in it (descriptors
+    stay bounded): the creator then sleeps until the walk has taken half of them, so the
+    two threads meet once per ``depth / 2`` files rather than on every one (a
+    ``queue.Queue`` handing over each item cost more CPU than creating the file)."""
 
     def __init__(self, plan: _Plan) -> None:
         super().__init__(daemon=True)
@@ -345,7 +348,12 @@ class _Creator(threading.Thread):
         # keep well inside the descriptor limit: lookahead descriptors are open at once
         soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         depth = LOOKAHEAD if soft == resource.RLIM_INFINITY else max(1, min(LOOKAHEAD, soft // 4))
-        self.q: queue.Queue = queue.Queue(depth)
+        self.depth = depth
+        self.q: queue.SimpleQueue = queue.SimpleQueue()
+        self.made = 0  # items put (creator thread only)
+        self.taken = 0  # items taken (walk only)
+        self.waiting = False
+        self.room = threading.Condition()
         self.halt = threading.Event()
 
     def run(self) -> None:
@@ -363,11 +371,25 @@ class _Creator(threading.Thread):
                     os.utime(dest, (CANON_MTIME, CANON_MTIME), follow_symlinks=False)
                     item = None
                 self.q.put(item)
+                self.made += 1
+                if self.made - self.taken >= self.depth:
+                    with self.room:
+                        self.waiting = True
+                        self.room.wait_for(
+                            lambda: self.made - self.taken <= self.depth // 2 or self.halt.is_set()
+                        )
+                        self.waiting = False
         except BaseException as e:  # noqa: BLE001 - handed to the walk
             self.q.put(e)
 
     def take(self):
         item = self.q.get()
+        self.taken += 1
+        # ``taken`` moves before ``waiting`` is read; the creator sets ``waiting`` and then
+        # re-checks under the lock, so a wake-up is never lost
+        if self.waiting and self.made - self.taken <= self.depth // 2:
+            with self.room:
+                self.room.notify()
         if isinstance(item, BaseException):
             raise item
         return item
@@ -375,6 +397,8 @@ class _Creator(threading.Thread):
     def stop(self) -> None:
         """Stop early (on error) and close whatever was created but not taken."""
         self.halt.set()
+        with self.room:
+            self.room.notify()
         while self.is_alive():
             self._drain()  # unblocks a full queue; the thread then sees ``halt`` and ends
             self.join(0.002)
