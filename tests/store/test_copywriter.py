@@ -19,8 +19,18 @@ from kiln.store.narsink import NarSink
 from kiln.store.objects import CHUNK
 
 
-def _open_fds() -> set[str]:
-    return set(os.listdir("/proc/self/fd"))
+def _open_under(root: Path) -> list[str]:
+    """Files under ``root`` this process has open (other tests' garbage may close or
+    open unrelated descriptors meanwhile, so only these are compared)."""
+    out = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(str(root)):
+            out.append(target)
+    return out
 
 
 @pytest.mark.parametrize("direct", [True, False])
@@ -41,15 +51,15 @@ def test_a_write_error_in_the_copy_writer_reaches_the_walk(tmp_path: Path, monke
 
     monkeypatch.setattr(copywriter.DirectRate, "write_blocks", failing(real_rate))
     monkeypatch.setattr(copywriter, "write_all", failing(real_all))
-    before, threads = _open_fds(), threading.active_count()
+    threads = threading.active_count()
     sink = NarSink(os.open(tmp_path / "obj", os.O_WRONLY | os.O_CREAT, 0o644))
     try:
         with pytest.raises(OSError, match="injected"):
             ingest.TreeIngest(sink, direct=direct).run(src, tmp_path / "copy")
     finally:
         sink.abort()
-    assert _open_fds() == before  # every copy file closed, by the walk or the writer
-    assert threading.active_count() == threads
+    assert _open_under(tmp_path) == []  # every copy file closed, by the walk or the writer
+    assert threading.active_count() <= threads  # (other tests' threads may end meanwhile)
     assert calls[0] < 24  # it stopped early: the tree takes 36 piece writes
 
 
