@@ -68,10 +68,16 @@ class CopyWriter(threading.Thread):
         return self._push((_WRITE, fd, piece))
 
     def end_file(self, fd: int, mode: int) -> None:
-        """Queue the end of ``fd`` (every piece queued): chmod, mtime, close. From here
-        on the writer owns ``fd``; until then the walk does (see ``stop``)."""
-        self._push((_END, fd, mode))
+        """Queue the end of ``fd`` (every piece queued): chmod, mtime, close. From this
+        call on the writer owns ``fd``; until then the walk does (see ``stop``). If the
+        writer has failed, ``fd`` is closed here once the thread is done with it, and
+        the error raised."""
         self.queued_fd = -1
+        if self.error is not None:
+            self.stop()  # no queued write may still reach ``fd``
+            os.close(fd)
+            raise self.error
+        self._push((_END, fd, mode), check=False)
 
     def wait_done(self, ticket: int) -> None:
         """Block until the op ``ticket`` names (and all before it) is finished with;

@@ -125,18 +125,19 @@ class TreeIngest:
         d = os.fsencode(dest)
         self.plan.build(s, st, d)
         creator = _Creator(self.plan)
-        creator.start()
-        self.writer = CopyWriter(self.direct, CANON_MTIME, creator.depth)
-        self.writer.start()
+        # the writer first: once the creator runs, only the ``finally`` below stops it
+        self.writer = writer = CopyWriter(self.direct, CANON_MTIME, creator.depth)
+        writer.start()
         try:
+            creator.start()
             self._node(s, st, d, top=True)
             self._flush()
         except BaseException:
-            self.writer.stop()
+            writer.stop()
             raise
         finally:
-            creator.stop()
-        self.writer.finish()
+            creator.stop()  # (safe if it never started)
+        writer.finish()
 
     def _node(self, path: bytes, st: os.stat_result, dest: bytes | None, top: bool = False) -> None:
         """Serialise the node at ``path`` (and everything below it). Iterative, with an
@@ -201,8 +202,8 @@ class TreeIngest:
             mode = 0o555 if exe else 0o444
             if self._copy(path, fd, dfd, size):
                 assert self.writer is not None
-                self.writer.end_file(dfd, mode)
-                dfd = -1  # the writer's now
+                handed, dfd = dfd, -1  # the writer's from here on (end_file closes it on failure)
+                self.writer.end_file(handed, mode)
             elif dfd >= 0:
                 os.fchmod(dfd, mode)
                 os.utime(dfd, (CANON_MTIME, CANON_MTIME))
@@ -345,9 +346,11 @@ class _Creator(threading.Thread):
         super().__init__(daemon=True)
         self.plan = plan
         plan.creator = self
-        # keep well inside the descriptor limit: lookahead descriptors are open at once
+        # keep well inside the descriptor limit: up to ``depth`` descriptors wait here and
+        # as many more in the copy writer (which is given the same bound), so a quarter
+        # of the limit in all
         soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-        depth = LOOKAHEAD if soft == resource.RLIM_INFINITY else max(1, min(LOOKAHEAD, soft // 4))
+        depth = LOOKAHEAD if soft == resource.RLIM_INFINITY else max(1, min(LOOKAHEAD, soft // 8))
         self.depth = depth
         self.q: queue.SimpleQueue = queue.SimpleQueue()
         self.made = 0  # items put (creator thread only)

@@ -7,7 +7,10 @@ NAR bytes over in chunks of up to ``CHUNK`` (1 MiB). Chunk ``k`` (counting from 
 to the hasher (SHA-256 of the NAR) and to compressor ``(k - 1) % n`` of ``n``; each
 compressor turns each chunk into one zstd frame, and the output thread takes the frames
 in chunk order — compressor 0, 1, …, n-1, 0, … — SHA-256es them and writes them to the
-object. So the object is a sequence of independent zstd frames, one per chunk: RFC 8878
+object. So the object is a sequence of independent zstd frames, one per chunk (``write`` cuts its input
+at every ``CHUNK`` bytes of the NAR, so a byte stream's object depends only on the NAR;
+``write_pooled`` takes the producer's chunks as they are — the tree walk's ring slots,
+the same for the same tree): RFC 8878
 allows any number, and zstd, libzstd's streaming API, Nix and ``objread`` read them as
 one stream (python-zstandard needs ``read_across_frames``).
 
@@ -183,6 +186,7 @@ class NarSink:
         self.writer: DirectWriter | None = None
         self.consumed = threading.Condition()
         self.queued = 0  # chunks handed to the threads
+        self.gather = bytearray()  # small ``write`` chunks not yet queued
 
     def _start(self) -> None:
         held, self.held = self.held or [], None
@@ -194,8 +198,10 @@ class NarSink:
         for t in (self.hasher, *self.compressors, self.output):
             t.start()
         data = b"".join(held)  # at most INLINE_MAX + CHUNK: whole chunks, not a frame per write
-        for i in range(0, len(data), CHUNK):
+        whole = len(data) - len(data) % CHUNK
+        for i in range(0, whole, CHUNK):
             self._queue(data[i : i + CHUNK])
+        self.gather = bytearray(data[whole:])  # frames stay on the CHUNK grid (``write``)
 
     def _queue(self, chunk: bytes | bytearray | memoryview) -> None:
         assert self.hasher is not None and self.output is not None
@@ -226,25 +232,50 @@ class NarSink:
                 self.synced = self.file_size
 
     def write(self, chunk: bytes | bytearray | memoryview) -> None:
-        """Queue ``chunk`` (at most ``CHUNK`` bytes); it must not be mutated afterwards."""
-        if chunk:
-            self.nar_size += len(chunk)
-            if self.held is not None:
-                self.held.append(chunk)
-                if self.nar_size > INLINE_MAX:
-                    self._start()
+        """Queue ``chunk``; it must not be mutated afterwards. The object's frames are cut
+        at every ``CHUNK`` bytes of the NAR whatever the sizes of the writes (pieces
+        that do not fill a frame are copied until they do), so the object of a NAR
+        written this way does not depend on how its reads fell."""
+        if not chunk:
+            return
+        self.nar_size += len(chunk)
+        if self.held is not None:
+            self.held.append(chunk)
+            if self.nar_size > INLINE_MAX:
+                self._start()
+            return
+        view = memoryview(chunk)
+        if self.gather:
+            take = CHUNK - len(self.gather)
+            self.gather += view[:take]
+            view = view[take:]
+            if len(self.gather) < CHUNK:
                 return
-            self._queue(chunk)
+            self._flush_gathered()
+        while len(view) >= CHUNK:
+            self._queue(view[:CHUNK])
+            view = view[CHUNK:]
+        if view:
+            self.gather += view
 
     def write_pooled(self, view: memoryview) -> int:
-        """Queue ``view``, memory the caller will reuse: returns a ticket; the memory may
-        be overwritten once ``wait_consumed(ticket)`` returns. (Until the threads start,
-        the bytes are copied, so the ticket is then 0.)"""
+        """Queue ``view`` (at most ``CHUNK`` bytes), memory the caller will reuse, as one
+        chunk: returns a ticket; the memory may be overwritten once
+        ``wait_consumed(ticket)`` returns. (Until the threads start, the bytes are
+        copied, so the ticket is then 0.)"""
         if self.held is not None:
             self.write(bytes(view))
             return 0
-        self.write(view)
+        if view:
+            self._flush_gathered()
+            self.nar_size += len(view)
+            self._queue(view)
         return self.queued
+
+    def _flush_gathered(self) -> None:
+        if self.gather:
+            chunk, self.gather = bytes(self.gather), bytearray()
+            self._queue(chunk)
 
     def wait_consumed(self, ticket: int) -> None:
         """Block until the hasher and the compressors are done with the chunk ``ticket``
@@ -286,6 +317,7 @@ class NarSink:
             self._out(zstandard.ZstdCompressor(level=self.level).compress(data))
         else:
             assert self.hasher is not None and self.output is not None
+            self._flush_gathered()
             self.hasher.join_checked()
             for c in self.compressors:
                 c.join_checked()
@@ -296,8 +328,8 @@ class NarSink:
                 self.writer.close()
         if sync:
             os.fsync(self.fd)
-        os.close(self.fd)
-        self.fd = -1
+        fd, self.fd = self.fd, -1  # marked closed first: a failing close is not retried
+        os.close(fd)
         return ObjectInfo(
             Hash("sha256", self.nar_sha.digest()),
             self.nar_size,
@@ -318,5 +350,5 @@ class NarSink:
         if self.writer is not None:
             self.writer.release()
         if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+            fd, self.fd = self.fd, -1
+            os.close(fd)

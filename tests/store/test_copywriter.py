@@ -64,13 +64,14 @@ def test_a_write_error_in_the_copy_writer_reaches_the_walk(tmp_path: Path, monke
 
 
 def test_many_big_files_under_a_low_descriptor_limit(tmp_path: Path):
-    """300 files of 200 KiB (each one goes to the copy writer) with RLIMIT_NOFILE 64."""
+    """300 files of 200 KiB (each one goes to the copy writer) with RLIMIT_NOFILE 16: the
+    creator and the copy writer share a quarter of the limit."""
     rng = random.Random(4)
     src = make_tree(tmp_path / "src", {f"d{i % 3}/f{i:03d}": rng.randbytes(200 << 10) for i in range(300)})
     code = """
 import os, resource, sys
 from pathlib import Path
-resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+resource.setrlimit(resource.RLIMIT_NOFILE, (16, 16))
 from kiln.store.localstore import LocalStore
 s = LocalStore.open(Path(sys.argv[1]))
 info = s.add_path(Path(sys.argv[2]))
@@ -81,3 +82,26 @@ print(s.real_path(info.path))
     )
     assert r.returncode == 0, r.stderr
     assert nar.dump_bytes(Path(r.stdout.strip())) == nar.dump_bytes(src)
+
+
+@pytest.mark.parametrize("failing", ["writer", "creator"])
+def test_a_thread_that_cannot_start_leaves_nothing_running(tmp_path: Path, monkeypatch, failing: str):
+    """ "can't start new thread" (or Ctrl-C) while starting the copy writer or the
+    creator: the error is raised and no thread or descriptor is left behind."""
+    rng = random.Random(5)
+    src = make_tree(tmp_path / "src", {f"f{i:03d}": rng.randbytes(200 << 10) for i in range(50)})
+    cls = copywriter.CopyWriter if failing == "writer" else ingest._Creator
+
+    def refuse(self):  # noqa: ANN001, ANN202
+        raise RuntimeError("can't start new thread (injected)")
+
+    monkeypatch.setattr(cls, "start", refuse)
+    threads = threading.active_count()
+    sink = NarSink(os.open(tmp_path / "obj", os.O_WRONLY | os.O_CREAT, 0o644))
+    try:
+        with pytest.raises(RuntimeError, match="injected"):
+            ingest.TreeIngest(sink).run(src, tmp_path / "copy")
+    finally:
+        sink.abort()
+    assert _open_under(tmp_path) == []
+    assert threading.active_count() <= threads

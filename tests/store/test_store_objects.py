@@ -127,3 +127,29 @@ def test_an_objects_frames_are_read_whole_by_every_reader(tmp_path) -> None:
     finally:
         store.close()
         other.close()
+
+
+def test_a_streams_object_does_not_depend_on_its_read_sizes(tmp_path) -> None:
+    """``NarSink.write`` cuts frames at every 1 MiB of the NAR however the bytes arrive,
+    so importing the same NAR read in different pieces gives the same object file."""
+    import os
+    import random
+
+    from kiln.store.narsink import NarSink
+    from kiln.store.objects import CHUNK
+
+    rng = random.Random(11)
+    nar = rng.randbytes(3 * CHUNK + 4321) + b"text " * 200_000
+    objects = []
+    for k, sizes in enumerate([[CHUNK], [64 << 10], [3 * CHUNK + 17], [1, 4095, 700_001, CHUNK - 1]]):
+        sink = NarSink(os.open(tmp_path / f"o{k}", os.O_WRONLY | os.O_CREAT, 0o644))
+        pos, i = 0, 0
+        while pos < len(nar):
+            n = sizes[i % len(sizes)]
+            sink.write(nar[pos : pos + n])
+            pos, i = pos + n, i + 1
+        info = sink.finish()
+        assert info.nar_hash == _sha(nar) and info.nar_size == len(nar)
+        objects.append((tmp_path / f"o{k}").read_bytes())
+    assert all(o == objects[0] for o in objects[1:])
+    assert _frames(objects[0]) == -(-len(nar) // CHUNK)
