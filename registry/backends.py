@@ -278,7 +278,10 @@ class DirSource(Source):
 
     def publish_narinfo(self, hash_part: str, info: ni.NarInfo, body: bytes) -> tuple[int, str]:
         """Create-if-absent; identical → 200; same content with other signatures → merged;
-        different content → 409."""
+        different content → 409. Content is the path, NAR hash and size and references
+        (what signatures cover): the same NAR compressed into another file (another
+        producer or kiln version, or Nix) is the same content, and the narinfo published
+        first, with its file, stays."""
         key = layout.narinfo_key(hash_part)
         # create-if-absent is atomic (link), so only the rare compare/merge needs the lock
         if self.storage.put_bytes(key, body, exclusive=True, durable=self.group_sync):
@@ -288,12 +291,11 @@ class DirSource(Source):
             if old_body == body:
                 return 200, "already published"
             old = ni.parse(old_body.decode(), self.store_dir)
-            same = (old.path, old.nar_hash, old.nar_size, old.references, old.file_hash) == (
+            same = (old.path, old.nar_hash, old.nar_size, old.references) == (
                 info.path,
                 info.nar_hash,
                 info.nar_size,
                 info.references,
-                info.file_hash,
             )
             if not same:
                 return (

@@ -276,6 +276,25 @@ def test_conflict_409_and_idempotent_republish(setup, keys, tmp_path) -> None:
     assert s == 409 and b"already published" in msg
 
 
+def test_the_same_nar_in_another_file_is_the_same_content(setup, keys) -> None:
+    """A path already published, pushed again with its NAR compressed differently (by
+    another producer, kiln version or Nix): 200, and the first narinfo and file stay."""
+
+    store, path, info, reg, wtok, _rtok, srv = setup
+    assert _upload(srv.url, store, path, info, keys.sk, wtok) == (201, 201)
+    key = f"{path.split('/')[-1][:32]}.narinfo"
+    first = request(f"{srv.url}/{key}")[2]
+    nar = b"".join(store.nar(path))
+    other = zstandard.ZstdCompressor(level=19).compress(nar)
+    assert other != store.object_path(path).read_bytes()
+    alt = PathInfo(path, info.nar_hash, info.nar_size, file_hash=Hash.sha256_of(other), file_size=len(other))
+    auth = {"Authorization": f"Bearer {wtok}"}
+    assert request(f"{srv.url}/{layout.nar_key(alt.file_hash)}", "PUT", other, auth)[0] == 201
+    s, _, msg = request(f"{srv.url}/{key}", "PUT", _narinfo_text(alt, keys.sk).encode(), auth)
+    assert s == 200, msg
+    assert request(f"{srv.url}/{key}")[2] == first
+
+
 def test_oversized_and_malformed(setup, keys) -> None:
     store, path, info, reg, wtok, _rtok, srv = setup
     auth = {"Authorization": f"Bearer {wtok}"}
