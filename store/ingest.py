@@ -31,7 +31,7 @@ import queue
 import resource
 import stat
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .copywriter import CopyWriter
@@ -117,13 +117,11 @@ class TreeIngest:
             self._node(s, st, None, top=True)
             self._flush()
             return
-        # copying: list the tree once up front (also rejects unstorable files before
-        # anything is created), then let a creator thread make the directories, files and
-        # symlinks in walk order while this thread copies and archives the contents;
-        # file creation is the costliest kernel work here and now overlaps the copying
-        self.plan = _Plan(self.filter)
+        # copying: a creator thread lists the tree and makes the directories, files and
+        # symlinks in walk order while this thread copies and archives the contents; file
+        # creation is the costliest kernel work here and so overlaps the copying
         d = os.fsencode(dest)
-        self.plan.build(s, st, d)
+        self.plan = _Plan(self.filter, (s, st, d))
         creator = _Creator(self.plan)
         # the writer first: once the creator runs, only the ``finally`` below stops it
         self.writer = writer = CopyWriter(self.direct, CANON_MTIME, creator.depth)
@@ -165,8 +163,8 @@ class TreeIngest:
                     todo.append((_EMIT, _ENTRY + _nar_str(name) + _NODE))
             elif stat.S_ISLNK(mode):
                 if dest is not None:
-                    target = self.plan.targets[path]
                     self.plan.creator.take()  # created (with its mtime) by the creator
+                    target = self.plan.targets[path]  # read by the creator before that
                 else:
                     target = os.readlink(path)
                     if self.canon:
@@ -299,32 +297,37 @@ def _unstorable(path: bytes, mode: int) -> StoreError:
 
 
 class _Plan:
-    """The source tree listed once, in walk (pre-)order: what to create where, the
-    filtered directory listings and the symlink targets. Both the creator and the
-    archiving walk follow it, so they agree even if the source changes meanwhile."""
+    """The source tree listed once, in walk (pre-)order, by the creator as it goes
+    (``nodes``): what to create where, the filtered directory listings and the symlink
+    targets. The archiving walk reads a directory's listing or a symlink's target only
+    after taking that node from the creator, so both follow the same listing even if
+    the source changes meanwhile, and the listing is not a serial step before the
+    pipeline starts."""
 
-    def __init__(self, filter: PathFilter | None) -> None:
+    def __init__(self, filter: PathFilter | None, root: tuple[bytes, os.stat_result, bytes]) -> None:
         self.filter = filter
-        self.order: list[tuple[int, bytes, bytes]] = []  # (kind, source, dest)
+        self.root = root  # (source, lstat, dest)
         self.children: dict[bytes, list[tuple[bytes, os.stat_result]]] = {}
         self.targets: dict[bytes, bytes] = {}
         self.creator: _Creator
 
-    def build(self, path: bytes, st: os.stat_result, dest: bytes) -> None:
-        todo = [(path, st, dest)]  # iterative pre-order (trees may be very deep)
+    def nodes(self) -> Iterator[tuple[int, bytes, bytes]]:
+        """``(kind, source, dest)`` in pre-order, each listed (or its target read) before
+        it is yielded; raises for a file a store path cannot hold."""
+        todo = [self.root]  # iterative pre-order (trees may be very deep)
         while todo:
             path, st, dest = todo.pop()
             mode = st.st_mode
             if stat.S_ISREG(mode):
-                self.order.append((_REG, path, dest))
+                yield _REG, path, dest
             elif stat.S_ISLNK(mode):
                 self.targets[path] = os.readlink(path)
-                self.order.append((_LNK, path, dest))
+                yield _LNK, path, dest
             elif stat.S_ISDIR(mode):
-                self.order.append((_DIRK, path, dest))
                 kids = self.children[path] = _list(path, self.filter)
                 for name, cst in reversed(kids):  # popped in NAR order
                     todo.append((path + b"/" + name, cst, dest + b"/" + name))
+                yield _DIRK, path, dest
             else:
                 raise _unstorable(path, mode)
 
@@ -361,7 +364,7 @@ class _Creator(threading.Thread):
 
     def run(self) -> None:
         try:
-            for kind, path, dest in self.plan.order:
+            for kind, path, dest in self.plan.nodes():
                 if self.halt.is_set():
                     return
                 if kind == _REG:
