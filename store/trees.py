@@ -138,7 +138,7 @@ def canonicalise_output(top: Path) -> None:
 
 def _refuse(p: bytes, st: os.stat_result) -> None:
     from .errors import StoreError
-    from .ingest import _unstorable
+    from .treeplan import unstorable as _unstorable
 
     m = st.st_mode
     if not (stat.S_ISREG(m) or stat.S_ISDIR(m) or stat.S_ISLNK(m)):

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from storekit import make_tree
 
-from kiln.store import copywriter, ingest, nar
+from kiln.store import copywriter, ingest, nar, treeplan
 from kiln.store.narsink import NarSink
 from kiln.store.objects import CHUNK
 
@@ -90,7 +90,7 @@ def test_a_thread_that_cannot_start_leaves_nothing_running(tmp_path: Path, monke
     creator: the error is raised and no thread or descriptor is left behind."""
     rng = random.Random(5)
     src = make_tree(tmp_path / "src", {f"f{i:03d}": rng.randbytes(200 << 10) for i in range(50)})
-    cls = copywriter.CopyWriter if failing == "writer" else ingest._Creator
+    cls = copywriter.CopyWriter if failing == "writer" else treeplan.Creator
 
     def refuse(self):  # noqa: ANN001, ANN202
         raise RuntimeError("can't start new thread (injected)")
