@@ -133,7 +133,7 @@ def read_index(path: Path) -> str:
         import zstandard
 
         with open(path, "rb") as f:
-            data = zstandard.ZstdDecompressor().stream_reader(f).read()
+            data = zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True).read()
     else:
         data = path.read_bytes()
     return data.decode("utf-8", errors="replace")

@@ -170,7 +170,7 @@ def open_data(name: str, raw: Window, deb: Path):
     if name == "data.tar.zst":
         import zstandard
 
-        return zstandard.ZstdDecompressor().stream_reader(raw)
+        return zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)  # zstd -T, pzstd
     raise FormatError(f"{deb.name}: unsupported data member {name!r} (expected data.tar[.xz|.gz|.bz2|.zst])")
 
 

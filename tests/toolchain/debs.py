@@ -65,6 +65,10 @@ COMPRESS = {
     ".xz": lzma.compress,
     ".bz2": bz2.compress,
     ".zst": lambda b: zstandard.ZstdCompressor().compress(b),
+    # as ``zstd -T``/``pzstd`` may write it: several frames (split near the middle)
+    ".zst-frames": lambda b: b"".join(
+        zstandard.ZstdCompressor().compress(p) for p in (b[: len(b) // 2], b[len(b) // 2 :])
+    ),
 }
 
 
@@ -75,7 +79,7 @@ def make_deb(path: Path, entries: list[Entry], compression: str = ".xz", name: s
             [
                 ("debian-binary", b"2.0\n"),
                 ("control.tar.gz", gzip.compress(control, mtime=0)),
-                (f"data.tar{compression}", COMPRESS[compression](tar(entries))),
+                (f"data.tar{compression.removesuffix('-frames')}", COMPRESS[compression](tar(entries))),
             ]
         )
     )

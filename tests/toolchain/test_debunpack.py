@@ -42,7 +42,7 @@ def listing(d: Path) -> dict[str, tuple]:
     return out
 
 
-@pytest.mark.parametrize("comp", ["", ".gz", ".xz", ".bz2", ".zst"])
+@pytest.mark.parametrize("comp", ["", ".gz", ".xz", ".bz2", ".zst", ".zst-frames"])
 def test_every_compression(tmp_path, comp):
     deb = make_deb(tmp_path / f"p{comp}.deb", basic(), comp)
     unpack_debs([deb], tmp_path / "root")
