@@ -7,12 +7,12 @@ NAR bytes over in chunks of up to ``CHUNK`` (1 MiB). Chunk ``k`` (counting from 
 to the hasher (SHA-256 of the NAR) and to compressor ``(k - 1) % n`` of ``n``; each
 compressor turns each chunk into one zstd frame, and the output thread takes the frames
 in chunk order — compressor 0, 1, …, n-1, 0, … — SHA-256es them and writes them to the
-object. So the object is a sequence of independent zstd frames, one per chunk (``write`` cuts its input
-at every ``CHUNK`` bytes of the NAR, so a byte stream's object depends only on the NAR;
-``write_pooled`` takes the producer's chunks as they are — the tree walk's ring slots,
-the same for the same tree): RFC 8878
+object. So the object is a sequence of independent zstd frames, one per chunk: RFC 8878
 allows any number, and zstd, libzstd's streaming API, Nix and ``objread`` read them as
-one stream (python-zstandard needs ``read_across_frames``).
+one stream (python-zstandard's one-shot ``decompress`` and ``decompressobj`` stop after
+the first). ``write`` cuts its input at every ``CHUNK`` bytes of the NAR, so a byte
+stream's object depends only on the NAR; ``write_pooled`` takes the producer's chunks
+as they are (the tree walk's ring slots: the same for the same tree).
 
 Why frames and not zstd's own worker pool: one-shot compression of a chunk reads it where
 it lies, while a streaming compressor (multi-threaded or not) first copies every input
