@@ -39,7 +39,8 @@ from kiln.store.errors import KilnError
 from kiln.store.hashes import Hash
 from kiln.store.policy import Check, Policy, Report, verify_path
 
-from .backends import DirSource, Source, StoreSource
+from .backends import DirSource, Source
+from .storesource import StoreSource
 from .verify import NarVerifier, check_narinfo
 
 MAX_REVIEW = 64 << 10

@@ -1,5 +1,5 @@
 """What a server serves: a registry directory (``DirSource``) or a local kiln store
-(``StoreSource``).
+(``storesource.StoreSource``), both behind ``Source``.
 
 ``DirSource`` wraps a ``Storage``. Published narinfos are immutable (conflicts are
 refused), so their bytes are cached in memory after the first read; misses are never
@@ -7,11 +7,6 @@ cached (a push must become visible at once). The digests computed while a NAR st
 in are remembered (in memory; on disk in ``.kiln/nars/<hex>`` for large NARs) so
 admitting its narinfo does not re-read a large NAR; a small NAR, or one that arrived
 some other way (a mirror, ``nix copy``), is re-hashed on demand.
-
-``StoreSource`` renders narinfos from the store's database: ``URL`` is
-``nar/<nix32 FileHash>.nar.zst`` and the NAR bytes are the store's object file itself
-(the store keeps zstd objects named by the digest of the compressed file), so nothing is
-recompressed. With a signing key, missing signatures are added on the fly.
 """
 
 from __future__ import annotations
@@ -28,8 +23,6 @@ from typing import BinaryIO
 from kiln.store import narinfo as ni
 from kiln.store.errors import KilnError
 from kiln.store.hashes import Hash
-from kiln.store.objects import object_rel_path
-from kiln.store.signing import SecretKey, sign_info
 
 from . import layout
 from .storage import Durability, FileStorage, GroupSync, Storage, open_storage
@@ -325,78 +318,3 @@ def _scan_nar_hashes(storage: Storage, store_dir: str) -> dict[str, str]:
         if info is not None:
             out[info.nar_hash.hex] = key[:32]
     return out
-
-
-class StoreSource(Source):
-    def __init__(
-        self, root: Path, sign_key: SecretKey | None, store_dir: str | None = None, priority: int = 40
-    ) -> None:
-        from kiln.store.localstore import LocalStore
-
-        self.store = LocalStore.open(root, store_dir=store_dir)
-        self.store_dir = self.store.store_dir
-        self.sign_key = sign_key
-        self.storage = None  # type: ignore[assignment]  # read-only: nothing to write to
-        self._info = layout.cache_info_text(self.store_dir, priority).encode()
-        self._cache: dict[str, bytes] = {}
-        self._lock = threading.Lock()
-
-    def cache_info(self) -> bytes:
-        return self._info
-
-    def narinfo(self, hash_part: str) -> bytes | None:
-        body = self._cache.get(hash_part)
-        if body is not None:
-            return body
-        with self._lock:
-            info = self.store.query_by_hash_part(hash_part)
-            if info is None or info.file_hash is None:
-                return None
-            if self.sign_key is not None and not any(
-                s.startswith(self.sign_key.name + ":") for s in info.sigs
-            ):
-                info = dataclasses.replace(info, sigs=(*info.sigs, sign_info(info, self.sign_key)))
-        rendered = ni.NarInfo.from_pathinfo(info, layout.nar_key(info.file_hash), "zstd").render().encode()
-        if len(self._cache) >= CACHE_MAX:
-            self._cache.clear()
-        self._cache[hash_part] = rendered
-        return rendered
-
-    def object_file(self, digest: Hash) -> Path | None:
-        # The store names objects by the digest of the compressed file, exactly what
-        # nar/ and blobs/ URLs carry, so no lookup table is needed.
-        p = self.store.objects / object_rel_path(digest)
-        return p if p.is_file() else None
-
-    def file(self, key: str) -> Path | None:
-        return None
-
-    def att_file(self, hash_part: str, kind: str) -> Path | None:
-        p = Path(self.store.root) / "attestations" / hash_part / f"{kind}{layout.ATT_SUFFIX}"
-        return p if p.is_file() else None
-
-    def att_listing(self, hash_part: str) -> dict[str, str]:
-        import hashlib
-        import os
-
-        d = Path(self.store.root) / "attestations" / hash_part
-        try:
-            names = sorted(os.listdir(d))
-        except FileNotFoundError:
-            return {}
-        out = {}
-        for n in names:
-            if n.endswith(layout.ATT_SUFFIX) and not n.startswith("."):
-                with contextlib.suppress(FileNotFoundError):
-                    out[n[: -len(layout.ATT_SUFFIX)]] = hashlib.sha256((d / n).read_bytes()).hexdigest()
-        return out
-
-    def narinfo_by_nar_hash(self, nar_sha256_hex: str) -> bytes | None:
-        found = None
-        with self._lock:
-            for p in self.store.all_paths():
-                info = self.store.query(p)
-                if info is not None and info.nar_hash.hex == nar_sha256_hex:
-                    found = p.rsplit("/", 1)[1][:32]
-                    break
-        return self.narinfo(found) if found is not None else None

@@ -45,8 +45,9 @@ from kiln.store.signing import PublicKey, SecretKey
 
 from . import fastpath, layout
 from .auth import AuthError, TokenStore
-from .backends import DirSource, Source, StoreSource
+from .backends import DirSource, Source
 from .httpbits import CHUNK, HTTPError, plain, read_body
+from .storesource import StoreSource
 from .writeapi import WriteAPI
 
 IMMUTABLE = "public, max-age=31536000, immutable"
