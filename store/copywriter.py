@@ -132,27 +132,21 @@ class CopyWriter(threading.Thread):
             with cond:
                 cond.wait_for(lambda: ops)
                 op = ops.popleft()
-            if op is None:
-                with cond:
-                    self.done += 1
-                    cond.notify_all()
-                return
-            ended = False
+            last, ended = op is None, op is not None and op[0] == _END
             try:
-                if op[0] == _WRITE:
-                    if self.error is None:
-                        self._write(op[1], op[2])
-                else:
-                    ended = True
+                if ended:
                     self._end(op[1], op[2])
+                elif not last and self.error is None:
+                    self._write(op[1], op[2])
             except BaseException as e:  # noqa: BLE001 - handed to the walk
                 self.error = self.error or e
             del op  # a piece's memory may be reused as soon as ``done`` moves
             with cond:
                 self.done += 1
-                if ended:
-                    self.files_done += 1
+                self.files_done += ended
                 cond.notify_all()
+            if last:
+                return
 
     def _write(self, fd: int, piece: memoryview) -> None:
         if fd != self.cur_fd:

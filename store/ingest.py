@@ -49,8 +49,9 @@ from .treeplan import Creator, PathFilter, Plan, list_dir, unstorable
 
 #: files at least this big are written to the copy with O_DIRECT (see ``directio``)
 DIRECT_MIN = 128 << 10
-#: 1 MiB read buffers: enough for both sink queues, the chunks being worked on and the
-#: one being filled (the walk waits for a slot's chunk to be consumed before reusing it)
+#: 1 MiB read buffers: enough for the hasher's queue, the chunks being worked on and the
+#: one being filled (the walk waits until the sink and the copy writer are done with a
+#: slot before reusing it)
 RING_SLOTS = QUEUE_DEPTH + 4
 
 
