@@ -1,0 +1,78 @@
+"""How the ``kiln`` process ends (``kiln.main.cli`` / ``exit_now``): without the
+interpreter's teardown, but with the exit status, every byte of output and the exit
+handlers of a normal exit. The console script and ``python -m kiln`` both end this way,
+so every CLI test in the suite runs through it; these pin down its edges."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from clikit import kiln
+
+
+def _run(code: str, *args: str, stdout=subprocess.PIPE) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], stdout=stdout, stderr=subprocess.PIPE, timeout=60
+    )
+
+
+def test_status_and_output_survive(tmp_path: Path):
+    big = tmp_path / "big.txt"
+    big.write_bytes(b"0123456789abcdef\n" * 200_000)  # 3.4 MB: far more than a pipe buffer
+    r = kiln("store", "add", "--store", str(tmp_path / "s"), str(big))
+    assert r.returncode == 0, r.stderr
+    path = r.stdout.strip()
+    dumped = subprocess.run(
+        [sys.executable, "-m", "kiln", "store", "cat", "--store", str(tmp_path / "s"), path],
+        capture_output=True,
+        timeout=60,
+    )
+    assert dumped.returncode == 0 and dumped.stdout == big.read_bytes()
+    r = kiln("store", "info", "--store", str(tmp_path / "s"), "/kiln/store/nonsense")
+    assert r.returncode == 1 and r.stderr.startswith("error: ")
+    assert kiln("no-such-command").returncode == 2
+
+
+def test_exit_handlers_run_and_buffered_output_is_flushed():
+    code = """
+import atexit, sys
+from kiln import main
+atexit.register(lambda: print("handler ran", flush=True))
+main.main = lambda **_: (sys.stdout.write("unflushed" * 1000), 3)[1]
+main.cli()
+"""
+    r = _run(code)
+    assert r.returncode == 3
+    assert r.stdout == b"unflushed" * 1000 + b"handler ran\n"
+
+
+def test_a_running_non_daemon_thread_is_waited_for():
+    code = """
+import threading, time
+from kiln import main
+def late():
+    time.sleep(0.3)
+    print("thread finished", flush=True)
+threading.Thread(target=late).start()
+main.main = lambda **_: 0
+main.cli()
+"""
+    r = _run(code)
+    assert r.returncode == 0 and r.stdout == b"thread finished\n"
+
+
+def test_a_failed_flush_is_an_error_not_silence():
+    """Output that cannot be written (here: to /dev/full) is reported the way the
+    interpreter reports it, with a non-zero status, instead of vanishing."""
+    code = """
+import sys
+from kiln import main
+main.main = lambda **_: (sys.stdout.write("x" * 100), 0)[1]
+main.cli()
+"""
+    with open("/dev/full", "wb") as full:
+        r = _run(code, stdout=full)
+    assert r.returncode != 0
+    assert b"No space left on device" in r.stderr
