@@ -18,15 +18,15 @@ page cache for the source, as the Nix anchors do.
   thousands costs up to ~1 s of kernel time for 2,000 files, noise that would otherwise
   depend on what ran just before. ``nix-store --add`` cannot avoid it (its path must be
   deleted between reps, as in the anchor script), so its figure carries that noise.
-- nix-store --add: like kiln, a fresh store each rep (``--store DIR``, a chroot store
-  on the same file system; its database is created untimed first, as kiln's is) and no
-  deletion anywhere in the series, so both meet the file system in the same state. This
-  is the row the target is checked against.
-- nix-store --add, the anchor's method (``a_ingest.sh``): the path is deleted between
-  reps. Shown for comparison with the anchor figures only: each rep then creates its
-  2,000 files right after deleting 2,000, and the result depends on how many deletions
-  came before (session 9: 0.37 s for the first reps of a series, 0.52-0.80 s later; the
-  anchor's 0.83 s was measured in that state). These reps run after all the others.
+- nix-store --add, like for like: a fresh store each rep (``--store DIR``, a chroot
+  store on the same file system; its database is created untimed first, as kiln's is)
+  and no deletion anywhere in the series, so kiln and Nix meet the file system in the
+  same state.
+- nix-store --add, the anchor's method (``a_ingest.sh``, which measured the issue's
+  0.83 s): the path is deleted between reps, so each rep creates its 2,000 files right
+  after deleting 2,000, and the result depends on how many deletions came before
+  (session 9: 0.37 s for the first reps of one series, 0.52-0.80 s later; 0.78-1.80 s
+  in another). These reps run after all the others. The target is checked both ways.
 - A run starts at least 330 s after the previous run deleted its stores (it waits, and
   says so), the kernel's window for "recently deleted" inodes; and worse than merely
   waiting: ext4's Orlov allocator prefers exactly the inode groups that deletion just
@@ -237,14 +237,14 @@ def main() -> int:
     )
     print()
     k = res["kiln"]
-    if "nix-add" in res:
-        r = k / res["nix-add"]
-        print(
-            f"kiln / nix-store --add time        {r:5.2f}   (target <= 1.00) {'ok' if r <= 1 else 'MISSED'}"
-        )
-    if "nix-add-del" in res:
-        r = k / res["nix-add-del"]
-        print(f"kiln / nix-store --add, anchor way {r:5.2f}   (for comparison with the anchor figures)")
+    # the target, checked both ways (module doc): like for like, and as the anchor script
+    # times Nix (the way the issue's 0.83 s was measured)
+    for key, how in (("nix-add", "fresh stores"), ("nix-add-del", "anchor's way")):
+        if key in res:
+            r = k / res[key]
+            print(
+                f"kiln / nix-store --add ({how:12}) {r:5.2f}   (target <= 1.00) {'ok' if r <= 1 else 'MISSED'}"
+            )
     if "nix-copy" in res:
         r = k / res["nix-copy"]
         print(
