@@ -244,10 +244,13 @@ class Statement:
     predicate: dict[str, Any]
 
     def matches(self, name: str, nar_sha256_hex: str) -> bool:
-        """True iff some subject has this sha256 digest and (when it names itself) this
-        name. Digest is what matters (in-toto matches by digest); the name check stops an
-        attestation for identical content under another path name being reused silently."""
-        return any(d.get("sha256") == nar_sha256_hex and n in ("", "_", name) for n, d in self.subjects)
+        """True iff some subject has this sha256 digest *and* this name. in-toto leaves
+        what a name means to producer and consumer (a subject may omit it, or say "_");
+        kiln's statements always name the store path's base name, and a statement that
+        does not is not about this path: otherwise one made for identical content under
+        another name (a different package, or one signed for another purpose) would vouch
+        for this one too."""
+        return any(d.get("sha256") == nar_sha256_hex and n == name for n, d in self.subjects)
 
 
 def _no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:

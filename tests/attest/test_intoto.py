@@ -66,6 +66,23 @@ def test_provenance_shape() -> None:
     assert not parsed.matches("0c6kzph7l0dcbyl6jyv3dlb2lrykjxma-evil", NAR)
 
 
+@pytest.mark.parametrize("name", [None, "", "_"])
+def test_a_subject_without_the_paths_name_does_not_match(name: str | None) -> None:
+    """in-toto lets a subject go unnamed (or be named "_"); such a statement names no
+    store path, so it vouches for none, whatever content it has the digest of."""
+    subject: dict = {"digest": {"sha256": NAR}}
+    if name is not None:
+        subject["name"] = name
+    st = {
+        "_type": intoto.STATEMENT_TYPE,
+        "subject": [subject],
+        "predicateType": intoto.PROVENANCE_TYPE,
+        "predicate": {},
+    }
+    parsed = intoto.parse_statement(intoto.canonical_json(st))
+    assert not parsed.matches(BASE, NAR)
+
+
 def test_provenance_rejects_bad_input() -> None:
     with pytest.raises(FormatError):
         intoto.provenance(BASE, "XYZ", **{k: v for k, v in _prov_args().items()})
