@@ -4,7 +4,10 @@ Policy file (TOML; unknown tables or keys are errors, so a typo never weakens a 
 
     [keys]                         # public keys "name:base64", or paths to .pub files
     signing    = ["cache-1:..."]   # may sign store paths (narinfo-style Sig)
-    provenance = ["builder-1:..."] # may sign provenance and SBOM attestations
+    provenance = [                 # may sign provenance and SBOM attestations
+      "builder-1:...",             # ... claiming any builder id
+      { key = "ci-1:...", builder_ids = ["https://ci.example/builders/v1"] },  # only these
+    ]
     rebuilders = ["rb-a:...", "rb-b:..."]  # may sign "reproduced" VSAs
 
     [[revoked]]
@@ -30,6 +33,16 @@ whoever holds a stolen key can backdate. A retired, *not* compromised key still 
 attestations whose signed time (provenance ``finishedOn``, VSA ``timeVerified``) is before
 ``revoked_at``. Store-path signatures carry no signed time, so a revoked key's path
 signature never counts (re-sign paths with the new key when rotating).
+
+Builder ids and keys
+--------------------
+A provenance statement names the builder that made the path (``runDetails.builder.id``)
+and the key that signed it stands behind that claim. ``[require] builder_ids`` limits the
+ids any path may have; a provenance key written as ``{ key, builder_ids }`` may only
+claim those ids, so trust is in the (key, builder id) pair: a developer's key cannot
+pass its laptop builds off as the CI builder's. A key listed as a plain string anywhere
+in ``provenance`` may claim any id; a key bound in several entries may claim any of their
+ids.
 
 Evaluation
 ----------
@@ -84,6 +97,9 @@ class Policy:
     require_sbom: bool = False
     reproduced: int = 0
     builder_ids: tuple[str, ...] = ()
+    #: provenance keys bound to builder ids: (raw key, the ids it may claim); keys not
+    #: here may claim any id
+    key_builders: tuple[tuple[bytes, tuple[str, ...]], ...] = ()
     max_age: timedelta | None = None
     source: str = "(built-in default: nothing required)"
     digest: str = field(default="", compare=False)
@@ -96,6 +112,14 @@ class Policy:
         if not found:
             return None
         return min(found, key=lambda r: (not r.compromised, r.revoked_at))
+
+    def may_claim(self, key: bytes, builder_id: str) -> tuple[bool, str]:
+        """Whether provenance key ``key`` may claim builder id ``builder_id``: ``(ok,
+        reason)``; the reason names the ids it is bound to."""
+        bound = dict(self.key_builders).get(key)
+        if bound is None or builder_id in bound:
+            return True, ""
+        return False, f"may only claim builder id(s) {', '.join(bound)}, not {builder_id!r}"
 
     def counts(self, key: bytes, signed_at: datetime | None) -> tuple[bool, str]:
         """Whether a valid signature by raw ``key``, made at ``signed_at`` (``None``:
@@ -155,6 +179,17 @@ def _key(value: Any, where: str, base: Path) -> PublicKey:
             raise PolicyError(f"{where}: {e}") from None
 
 
+def _bound_key(value: dict, where: str, base: Path) -> tuple[PublicKey, list[str]]:
+    """A provenance key written ``{ key = "...", builder_ids = ["..."] }``."""
+    _unknown(value, {"key", "builder_ids"}, where)
+    if "key" not in value or "builder_ids" not in value:
+        raise PolicyError(f"{where}: a bound provenance key needs 'key' and 'builder_ids'")
+    ids = value["builder_ids"]
+    if not isinstance(ids, list) or not ids or not all(isinstance(x, str) and x for x in ids):
+        raise PolicyError(f"{where}: builder_ids must be a non-empty list of builder id URIs")
+    return _key(value["key"], f"{where} key", base), ids
+
+
 def _unknown(got: dict, allowed: set[str], where: str) -> None:
     extra = sorted(set(got) - allowed)
     if extra:
@@ -201,13 +236,30 @@ def parse(text: str, *, base_dir: Path | None = None, source: str = "<policy>") 
         raise PolicyError(f"{source}: [keys] must be a table")
     _unknown(keys, _KEY_PURPOSES, f"{source} [keys]")
     by_purpose: dict[str, tuple[PublicKey, ...]] = {}
+    bound: dict[bytes, list[str]] = {}  # provenance keys given with builder_ids
+    free: set[bytes] = set()  # provenance keys given as plain strings
     for purpose in _KEY_PURPOSES:
         items = keys.get(purpose, [])
         if not isinstance(items, list):
             raise PolicyError(f"{source} [keys] {purpose} must be a list of keys")
-        by_purpose[purpose] = tuple(
-            _key(v, f"{source} [keys] {purpose}[{i}]", base) for i, v in enumerate(items)
-        )
+        parsed = []
+        for i, v in enumerate(items):
+            where = f"{source} [keys] {purpose}[{i}]"
+            if isinstance(v, dict) and purpose == "provenance":
+                k, ids = _bound_key(v, where, base)
+                have = bound.setdefault(k.key, [])
+                have += [x for x in ids if x not in have]
+            elif isinstance(v, dict):
+                raise PolicyError(
+                    f"{where}: only provenance keys can be bound to builder ids; write the key alone"
+                )
+            else:
+                k = _key(v, where, base)
+                if purpose == "provenance":
+                    free.add(k.key)
+            parsed.append(k)
+        by_purpose[purpose] = tuple(parsed)
+    key_builders = tuple((k, tuple(ids)) for k, ids in bound.items() if k not in free)
     revoked = []
     entries = data.get("revoked", [])
     if not isinstance(entries, list):
@@ -242,6 +294,7 @@ def parse(text: str, *, base_dir: Path | None = None, source: str = "<policy>") 
         require_sbom=_bool(req.get("sbom", False), f"{source} [require] sbom"),
         reproduced=_int(req.get("reproduced", 0), f"{source} [require] reproduced"),
         builder_ids=tuple(ids),
+        key_builders=key_builders,
         max_age=parse_age(req["max_age"]) if "max_age" in req else None,
         source=source,
         digest=hashlib.sha256(text.encode()).hexdigest(),
@@ -272,6 +325,16 @@ def _check_satisfiable(p: Policy) -> None:
         raise PolicyError(
             f"{p.source}: requires provenance/SBOM attestations (or checks builder ids or age) "
             "but trusts no provenance key"
+        )
+    bound = dict(p.key_builders)
+    if (
+        p.builder_ids
+        and p.provenance
+        and all(k.key in bound and not set(bound[k.key]) & set(p.builder_ids) for k in p.provenance)
+    ):
+        raise PolicyError(
+            f"{p.source}: requires builder id(s) {', '.join(p.builder_ids)} but every provenance key "
+            "is bound to other builder ids"
         )
 
 

@@ -221,6 +221,14 @@ def _provenance(
     err, st, good = _attestation(env, info, policy.provenance, policy, (PROVENANCE_TYPE,), _finished_on)
     if err is not None or st is None:
         return [Check("provenance", False, err or "invalid")], []
+    builder = _dig(st.predicate, "runDetails", "builder", "id")
+    builder = builder if isinstance(builder, str) else ""
+    # a key bound to builder ids stands behind those claims only (policy module doc)
+    claims = [(k, *policy.may_claim(k.key, builder)) for k in good]
+    good = [k for k, ok, _ in claims if ok]
+    if not good:
+        why = "; ".join(f"{k.name} {reason}" for k, _, reason in claims)
+        return [Check("provenance", False, f"no signer may claim this builder id: {why}")], []
     names = ", ".join(k.name for k in good)
     checks = [Check("provenance", True, f"SLSA provenance signed by {names}, subject matches the NAR hash")]
     if _dig(st.predicate, "buildDefinition", "buildType") == BUILD_TYPE:
@@ -234,8 +242,6 @@ def _provenance(
             checks.append(
                 Check("build-parameters", False, f"unrecognised externalParameters {', '.join(extra)}")
             )
-    builder = _dig(st.predicate, "runDetails", "builder", "id")
-    builder = builder if isinstance(builder, str) else ""
     if policy.builder_ids:
         ok = builder in policy.builder_ids
         why = "is allowed" if ok else f"is not one of {', '.join(policy.builder_ids)}"

@@ -77,16 +77,17 @@ def _attest_all(built, keys) -> None:
         )
 
 
-def _policy(keys, extra: str = "", **req) -> policy.Policy:
+def _policy(keys, extra: str = "", prov: str | None = None, **req) -> policy.Policy:
     r = {"signatures": 1, "provenance": "true", "sbom": "true", "reproduced": 2, "max_age": '"1d"'}
+    r["builder_ids"] = f'["{intoto.BUILDER_LOCAL}"]'
     r.update(req)
+    prov = prov or f'"{keys["builder"].public()}"'
     text = f"""
 [keys]
 signing = ["{keys["cache"].public()}", "{keys["cache2"].public()}"]
-provenance = ["{keys["builder"].public()}"]
+provenance = [{prov}]
 rebuilders = ["{keys["rb-a"].public()}", "{keys["rb-b"].public()}"]
 [require]
-builder_ids = ["{intoto.BUILDER_LOCAL}"]
 {chr(10).join(f"{k} = {v}" for k, v in r.items())}
 {extra}
 """
@@ -316,6 +317,43 @@ def test_builder_id_not_allowed(built, keys) -> None:
     assert set(fails) == {"builder"}
 
 
+CI = "https://ci.example/builders/v1"
+
+
+def _bound(key: SecretKey, *ids: str) -> str:
+    quoted = ", ".join(f'"{i}"' for i in ids)
+    return f'{{ key = "{key.public()}", builder_ids = [{quoted}] }}'
+
+
+@pytest.mark.parametrize(
+    ("prov", "claimed", "ok"),
+    [
+        ("bound-local", intoto.BUILDER_LOCAL, True),
+        ("bound-ci", intoto.BUILDER_LOCAL, False),  # the key may not claim the local builder
+        ("bound-ci", CI, True),
+        ("bound-ci+plain", intoto.BUILDER_LOCAL, True),  # listed plainly too: any id
+    ],
+)
+def test_a_provenance_key_bound_to_builder_ids(built, keys, prov: str, claimed: str, ok: bool) -> None:
+    """Trust is in the (key, builder id) pair: a key written with builder_ids stands
+    behind provenance claiming those builders only."""
+    _attest_all(built, keys)
+    env = attestations.sign(_provenance(built, built.hello, builder_id=claimed), [_signer(keys["builder"])])
+    attestations.write(built.store, built.hello, "provenance", env)
+    entries = {
+        "bound-local": _bound(keys["builder"], intoto.BUILDER_LOCAL),
+        "bound-ci": _bound(keys["builder"], CI),
+        "bound-ci+plain": f'{_bound(keys["builder"], CI)}, "{keys["builder"].public()}"',
+    }
+    pol = _policy(keys, prov=entries[prov], builder_ids=f'["{intoto.BUILDER_LOCAL}", "{CI}"]')
+    fails = _fails(policy.verify_path(built.store, built.hello, pol, now=NOW))
+    if ok:
+        assert fails == {}
+    else:
+        assert set(fails) == {"provenance"}
+        assert "may only claim builder id(s) https://ci.example/builders/v1" in fails["provenance"]
+
+
 def test_attestation_storage(built, keys) -> None:
     _attest_all(built, keys)
     kinds = attestations.list(built.store, built.hello)
@@ -338,10 +376,25 @@ def test_attestation_storage(built, keys) -> None:
         ("[keys]\nsigning = ['nope']\n", "neither a public key"),
         ("[[revoked]]\nkey = 'x'\n", "needs 'key' and 'revoked_at'"),
         ("not toml [", "invalid TOML"),
+        ("[keys]\nsigning = [{ key = 'x', builder_ids = ['b'] }]\n", "only provenance keys can be bound"),
+        ("[keys]\nprovenance = [{ key = 'x' }]\n", "needs 'key' and 'builder_ids'"),
+        ("[keys]\nprovenance = [{ key = 'x', builder_ids = [] }]\n", "non-empty list"),
+        ("[keys]\nprovenance = [{ key = 'x', builder_ids = ['b'], id = 1 }]\n", "unknown setting"),
     ],
 )
 def test_policy_errors(text: str, match: str) -> None:
     with pytest.raises(policy.PolicyError, match=match):
+        policy.parse(text)
+
+
+def test_a_policy_whose_keys_can_never_claim_a_required_builder_id_is_refused(keys) -> None:
+    text = f"""
+[keys]
+provenance = [{_bound(keys["builder"], CI)}]
+[require]
+builder_ids = ["{intoto.BUILDER_LOCAL}"]
+"""
+    with pytest.raises(policy.PolicyError, match="every provenance key is bound to other builder ids"):
         policy.parse(text)
 
 
