@@ -18,7 +18,10 @@ matches. Sources are tried in this order:
 
 HTTP transfers use urllib (redirects followed by its redirect handler), a socket timeout
 (``timeout`` argument, ``KILN_FETCH_TIMEOUT``), and up to ``retries`` further attempts per
-URL after a dropped connection or timeout. A retry resumes with ``Range: bytes=N-`` when the
+URL after a dropped connection or timeout. A socket timeout only bounds silence, so each
+attempt must also keep a pace: after ``PACE_GRACE`` seconds it is dropped (as a timeout)
+once it averages under ``PACE_MIN_RATE`` bytes/s - the registry client's rule
+(``kiln.registry.pace``), so a server sending a byte now and then cannot hold a build. A retry resumes with ``Range: bytes=N-`` when the
 server answers ``206`` with a matching ``Content-Range``; a ``200`` restarts from zero, and
 a ``206`` for another offset is dropped and the file asked for again without ``Range``, so
 the hash always covers exactly the bytes kept. "Connection refused" and unknown hosts are
@@ -153,6 +156,10 @@ def _copy_local(src: Path, sink: _Sink) -> None:
 
 
 _RETRY_STATUS = (408, 425, 429, 500, 502, 503, 504)
+#: an attempt is too slow once it has run ``PACE_GRACE`` s plus 1 s per ``PACE_MIN_RATE``
+#: bytes received: far below any real link, far above a trickle
+PACE_MIN_RATE = 4096
+PACE_GRACE = 60.0
 
 
 def _http_get(url: str, sink: _Sink, timeout: float, retries: int) -> None:
@@ -181,8 +188,18 @@ def _http_get(url: str, sink: _Sink, timeout: float, retries: int) -> None:
                     sink.reset()  # the server ignored the range: this body is the whole file
                 length = resp.headers.get("Content-Length")
                 total = sink.size + int(length) if length and length.isdigit() else None
-                while chunk := resp.read(CHUNK):
+                # read1: one socket read at a time, so the pace is judged as bytes come
+                # (read(n) would wait, however long, until it has n of them)
+                read = getattr(resp, "read1", resp.read)
+                start, got = time.monotonic(), 0
+                while chunk := read(CHUNK):
                     sink.write(chunk, total)
+                    got += len(chunk)
+                    if time.monotonic() > start + PACE_GRACE + got / PACE_MIN_RATE:
+                        raise TimeoutError(
+                            f"too slow: {got} bytes in {time.monotonic() - start:.0f} s (at least "
+                            f"{PACE_MIN_RATE} bytes/s is expected after {PACE_GRACE:g} s)"
+                        )
                 if total is not None and sink.size < total:
                     raise ConnectionError(f"connection closed after {sink.size} of {total} bytes")
                 return
@@ -217,7 +234,7 @@ def _describe(e: BaseException) -> str:
     if isinstance(e, urllib.error.URLError):
         return str(e.reason)
     if isinstance(e, TimeoutError):
-        return "timed out"
+        return str(e) if str(e).startswith("too slow") else "timed out"
     return str(e) or type(e).__name__
 
 

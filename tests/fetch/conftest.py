@@ -83,6 +83,19 @@ class _Handler(BaseHTTPRequestHandler):
         if kind == "hang":
             time.sleep(5)
             return self._status(500)
+        if kind == "trickle":  # a byte now and then: never silent for a whole timeout
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            try:
+                for i in range(min(len(data), 100)):
+                    self.wfile.write(data[i : i + 1])
+                    self.wfile.flush()
+                    time.sleep(0.05)
+            except OSError:  # the client gave up, as it should
+                pass
+            self.close_connection = True
+            return None
         if kind == "flaky":
             return self._status(503) if first else self._send(data, rng, ranges=True)
         return self._status(404)

@@ -96,6 +96,23 @@ def test_timeout(server, tmp_path):
     assert not dest.exists() and leftovers(tmp_path) == []
 
 
+def test_a_trickling_server_is_dropped(server, tmp_path, monkeypatch):
+    """A byte every 50 ms never trips the socket timeout; the pace rule ends it (here
+    after 0.3 s plus 1 s per 100 KB), each attempt, and the fetch fails saying why."""
+    from kiln.store import fetch
+
+    monkeypatch.setattr(fetch, "PACE_GRACE", 0.3)
+    monkeypatch.setattr(fetch, "PACE_MIN_RATE", 100_000)
+    server.add("x", DATA)
+    dest = tmp_path / "x"
+    t0 = time.monotonic()
+    with pytest.raises(FetchError) as e:
+        fetch_url([server.url("trickle/x")], h(DATA), dest, mirrors=[], progress=False, timeout=5, retries=1)
+    assert time.monotonic() - t0 < 3
+    assert "too slow" in str(e.value) and "gave up after 2 attempts" in str(e.value)
+    assert not dest.exists() and leftovers(tmp_path) == []
+
+
 def test_not_found_is_a_fetch_error(server, tmp_path):
     with pytest.raises(FetchError) as e:
         fetch_url([server.url("file/nope")], h(DATA), tmp_path / "n", mirrors=[], progress=False)
