@@ -248,13 +248,15 @@ def main() -> int:
     if "nix-copy" in res:
         r = k / res["nix-copy"]
         print(
-            f"kiln / nix copy zstd time          {r:5.2f}   (target <= 0.50) {'ok' if r <= 0.5 else 'MISSED'}"
+            f"kiln / nix copy zstd time             {r:5.2f}   (target <= 0.50) {'ok' if r <= 0.5 else 'MISSED'}"
         )
     r = res["tar"] / k
-    print(f"kiln / tar|zstd throughput         {r:5.2f}   (target >= 0.70) {'ok' if r >= 0.7 else 'MISSED'}")
+    print(
+        f"kiln / tar|zstd throughput            {r:5.2f}   (target >= 0.70) {'ok' if r >= 0.7 else 'MISSED'}"
+    )
     obj = next((store / "objects").rglob("*.nar.zst"), None)
     if obj is not None:
-        print(f"compressed object / tree bytes     {obj.stat().st_size / nbytes:5.3f}")
+        print(f"compressed object / tree bytes         {obj.stat().st_size / nbytes:5.3f}")
 
     if not args.no_big:
         big = BENCH / "bigfile"
