@@ -74,19 +74,19 @@ def main(argv: list[str]) -> int:
 
     from .buildglue import evaluate
 
-    store = LocalStore.open(store_root(args))
-    if args.file.startswith(store.store_dir + "/") and args.file.endswith(".drv"):
-        ev, targets = None, drv_targets(store, [args.file, *args.attrs])
-    else:
-        ev, targets = evaluate(store, args.file, args.attrs, use_cache=not args.no_cache)
-    if (
-        not args.check
-        and args.rounds <= 1
-        and all(store.is_valid(p) for t in targets for p in t.outputs.values())
-    ):
-        _finish(store, targets)
-        return 0
-    return _build(store, ev, targets, args)
+    with LocalStore.open(store_root(args)) as store:
+        if args.file.startswith(store.store_dir + "/") and args.file.endswith(".drv"):
+            ev, targets = None, drv_targets(store, [args.file, *args.attrs])
+        else:
+            ev, targets = evaluate(store, args.file, args.attrs, use_cache=not args.no_cache)
+        if (
+            not args.check
+            and args.rounds <= 1
+            and all(store.is_valid(p) for t in targets for p in t.outputs.values())
+        ):
+            _finish(store, targets)
+            return 0
+        return _build(store, ev, targets, args)
 
 
 def _build(store, ev, targets, args) -> int:
@@ -199,17 +199,18 @@ def _log(argv: list[str]) -> int:
     from kiln.store.errors import KilnError
     from kiln.store.localstore import LocalStore
 
-    store = LocalStore.open(store_root(args), create=False)
-    path = args.path
-    if not path.startswith("/"):
-        from .cmd_run import resolve_package
+    with LocalStore.open(store_root(args), create=False) as store:
+        path = args.path
+        if not path.startswith("/"):
+            from .cmd_run import resolve_package
 
-        path = resolve_package(store, path, None)
-    if not path.endswith(".drv"):
-        info = store.query(path)
-        if info is None or not info.deriver:
-            raise KilnError(f"{path} has no known deriver, so no build log")
-        path = info.deriver
-    with LogStore(store.root / "logs").open(path) as f:
+            path = resolve_package(store, path, None)
+        if not path.endswith(".drv"):
+            info = store.query(path)
+            if info is None or not info.deriver:
+                raise KilnError(f"{path} has no known deriver, so no build log")
+            path = info.deriver
+        logs = store.root / "logs"
+    with LogStore(logs).open(path) as f:
         shutil.copyfileobj(f, sys.stdout.buffer)
     return 0

@@ -50,13 +50,20 @@ def resolve_package(store, spec: str, recipe_file: str | None) -> str:
 
 def main(argv: list[str]) -> int:
     from kiln.store.localstore import LocalStore
+
+    cmd = argv[0]
+    args = _parser(cmd).parse_args(argv[1:])
+    with LocalStore.open(store_root(args), create=False) as store:
+        return _run(cmd, args, store)
+
+
+def _run(cmd: str, args, store) -> int:
+    """Run the command; the store stays open (its temp roots keep the closure from GC)
+    until the command ends."""
     from kiln.store.paths import StorePath
 
     from .hostrun import host_argv
 
-    cmd = argv[0]
-    args = _parser(cmd).parse_args(argv[1:])
-    store = LocalStore.open(store_root(args), create=False)
     path = resolve_package(store, args.package, args.file)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:

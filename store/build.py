@@ -321,6 +321,12 @@ class Builder(Producing, Checking):
             self._background(self._close_bookkeeping_store)
         futures, self._hook_futures = self._hook_futures, []
         errors = [e for f in futures if (e := f.exception()) is not None]
+        # the thread ends with its work: an idle pool thread would outlive the build (and
+        # keep the process from ending at once, see ``kiln.main.exit_now``); the next
+        # ``_background`` starts a new one
+        pool, self._hook_pool = self._hook_pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
         if errors and raise_errors:
             raise errors[0]
 

@@ -21,7 +21,10 @@ HTTP transfers use urllib (redirects followed by its redirect handler), a socket
 URL after a dropped connection or timeout. A socket timeout only bounds silence, so each
 attempt must also keep a pace: after ``PACE_GRACE`` seconds it is dropped (as a timeout)
 once it averages under ``PACE_MIN_RATE`` bytes/s - the registry client's rule
-(``kiln.registry.pace``), so a server sending a byte now and then cannot hold a build. A retry resumes with ``Range: bytes=N-`` when the
+(``kiln.registry.pace``), so a server sending a byte now and then cannot hold a build.
+Unlike the registry client's, the pace is judged per download, not per link (parallel
+fetches over one slow link each need 4 KiB/s), and it starts with the response body: a
+server trickling its header lines is bounded only by the socket timeout per line. A retry resumes with ``Range: bytes=N-`` when the
 server answers ``206`` with a matching ``Content-Range``; a ``200`` restarts from zero, and
 a ``206`` for another offset is dropped and the file asked for again without ``Range``, so
 the hash always covers exactly the bytes kept. "Connection refused" and unknown hosts are

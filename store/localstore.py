@@ -33,6 +33,8 @@ from .registration import Registering
 from .trees import mark_topdir
 
 if TYPE_CHECKING:
+    import sqlite3
+
     from .gc import GcReport
     from .signing import PublicKey
     from .verify import VerifyReport
@@ -61,8 +63,9 @@ class LocalStore(Registering):
         # removed it), so a registration does not pay a mkdir + rmdir, and - ``tmp/``
         # being an Orlov top directory - its temp files land in an uncluttered inode group
         self._scratch_dir = self.tmp / f"{os.getpid()}-{os.urandom(6).hex()}"
-        # removed by close(), or at exit/collection for owners that never call close()
-        self._drop_scratch = weakref.finalize(self, _rmdir_quietly, self._scratch_dir)
+        # close() runs this; so does exit (the kiln command ends without interpreter
+        # teardown, kiln.main.exit_now) or collection, for owners that never call close()
+        self._release = weakref.finalize(self, _release, self.conn, self._scratch_dir)
 
     # ------------------------------------------------------------------ opening
 
@@ -105,8 +108,7 @@ class LocalStore(Registering):
         self.temproots.remove(self._registered)
         self._registered.clear()
         self.temproots.release()
-        self._drop_scratch()
-        self.conn.close()
+        self._release()  # closes the connection
         self.conn = None
 
     def __enter__(self) -> LocalStore:
@@ -274,11 +276,13 @@ class LocalStore(Registering):
         self._registered.extend(paths)
 
 
-def _rmdir_quietly(d: Path) -> None:
-    """Remove a scratch directory that should be empty now; anything else (already gone,
-    still in use) is left for GC."""
+def _release(conn: sqlite3.Connection, scratch: Path) -> None:
+    """Close the database connection (a committed WAL is checkpointed and removed) and
+    remove the scratch directory, which should be empty now; a scratch directory already
+    gone or still in use is left for GC."""
+    conn.close()
     with contextlib.suppress(OSError):
-        os.rmdir(d)
+        os.rmdir(scratch)
 
 
 def _init_config(root: Path, store_dir: str) -> dict:

@@ -40,9 +40,10 @@ A provenance statement names the builder that made the path (``runDetails.builde
 and the key that signed it stands behind that claim. ``[require] builder_ids`` limits the
 ids any path may have; a provenance key written as ``{ key, builder_ids }`` may only
 claim those ids, so trust is in the (key, builder id) pair: a developer's key cannot
-pass its laptop builds off as the CI builder's. A key listed as a plain string anywhere
-in ``provenance`` may claim any id; a key bound in several entries may claim any of their
-ids.
+pass its laptop builds off as the CI builder's. A key listed as a plain string may claim
+any id; a key bound in several entries may claim any of their ids; a key both bound and
+plain (under any names) is an error. An SBOM names no builder: a bound key counts on
+one only where it counted on the path's provenance.
 
 Evaluation
 ----------
@@ -259,7 +260,13 @@ def parse(text: str, *, base_dir: Path | None = None, source: str = "<policy>") 
                     free.add(k.key)
             parsed.append(k)
         by_purpose[purpose] = tuple(parsed)
-    key_builders = tuple((k, tuple(ids)) for k, ids in bound.items() if k not in free)
+    both = [k for k in by_purpose["provenance"] if k.key in bound and k.key in free]
+    if both:
+        raise PolicyError(
+            f"{source} [keys] provenance: key {both[0].name!r} is listed both bound to builder ids and "
+            "plainly (which would let it claim any id): list it once"
+        )
+    key_builders = tuple((k, tuple(ids)) for k, ids in bound.items())
     revoked = []
     entries = data.get("revoked", [])
     if not isinstance(entries, list):

@@ -45,7 +45,7 @@ def run_checks(store: Any, path: str, policy: Policy, now: datetime | None) -> l
     checks.append(_path_signatures(info, policy))
     prov, prov_signers = _provenance(store, info, policy, now)
     checks += prov
-    checks.append(_sbom(store, info, policy))
+    checks.append(_sbom(store, info, policy, prov_signers))
     checks.append(_reproduced(store, info, policy, prov_signers, now))
     return checks
 
@@ -268,7 +268,11 @@ def _provenance(
     return checks, good
 
 
-def _sbom(store: Any, info: PathInfo, policy: Policy) -> Check:
+def _sbom(store: Any, info: PathInfo, policy: Policy, prov_signers: list[PublicKey]) -> Check:
+    """The SBOM check. An SBOM names no builder, so a provenance key bound to builder ids
+    counts on it only if it also counted on this path's provenance (whose builder id it
+    may claim): otherwise a developer's key bound to its laptop builder could vouch for
+    the SBOM of a path the CI builder made."""
     try:
         env = attestations.read(store, info.path, "sbom")
     except FormatError as e:
@@ -285,7 +289,16 @@ def _sbom(store: Any, info: PathInfo, policy: Policy) -> Check:
     )
     if err is not None:
         return Check("sbom", False, err)
-    return Check("sbom", True, f"SBOM signed by {', '.join(k.name for k in good)}, subject matches")
+    bound, vouched = dict(policy.key_builders), {k.key for k in prov_signers}
+    counted = [k for k in good if k.key not in bound or k.key in vouched]
+    if not counted:
+        names = ", ".join(k.name for k in good)
+        return Check(
+            "sbom",
+            False,
+            f"SBOM signed only by {names}, bound to builder ids, and not a signer of this path's valid provenance",
+        )
+    return Check("sbom", True, f"SBOM signed by {', '.join(k.name for k in counted)}, subject matches")
 
 
 def _vsa_time(st: Statement) -> datetime | None:

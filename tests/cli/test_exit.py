@@ -5,16 +5,21 @@ so every CLI test in the suite runs through it; these pin down its edges."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 from clikit import kiln
 
+#: without PYTHONUNBUFFERED (which some environments set): stdout must be a real buffer
+#: here, or a missing flush would go unnoticed
+ENV = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+
 
 def _run(code: str, *args: str, stdout=subprocess.PIPE) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-c", code, *args], stdout=stdout, stderr=subprocess.PIPE, timeout=60
+        [sys.executable, "-c", code, *args], stdout=stdout, stderr=subprocess.PIPE, timeout=60, env=ENV
     )
 
 
@@ -39,7 +44,7 @@ def test_exit_handlers_run_and_buffered_output_is_flushed():
     code = """
 import atexit, sys
 from kiln import main
-atexit.register(lambda: print("handler ran", flush=True))
+atexit.register(lambda: print("handler ran"))  # buffered: exit_now's flush writes it
 main.main = lambda **_: (sys.stdout.write("unflushed" * 1000), 3)[1]
 main.cli()
 """
@@ -76,3 +81,33 @@ main.cli()
         r = _run(code, stdout=full)
     assert r.returncode != 0
     assert b"No space left on device" in r.stderr
+
+
+def test_a_closed_stdout_or_stderr_is_no_error():
+    """Started with fd 1 or 2 closed, Python has no sys.stdout / sys.stderr (None)."""
+    for fd in (1, 2):
+        r = subprocess.run(
+            [sys.executable, "-m", "kiln", "--version"],
+            stdout=subprocess.DEVNULL if fd == 2 else None,
+            stderr=subprocess.DEVNULL if fd == 1 else None,
+            preexec_fn=lambda fd=fd: os.close(fd),
+            timeout=60,
+            env=ENV,
+        )
+        assert r.returncode == 0
+
+
+def test_a_store_left_open_is_closed_at_exit(tmp_path: Path):
+    """Exit handlers close what a command left open: no SQLite WAL stays behind."""
+    code = f"""
+from pathlib import Path
+from kiln import main
+from kiln.store.localstore import LocalStore
+s = LocalStore.open(Path({str(tmp_path / "s")!r}))
+s.add_text("x", b"x", [])
+main.main = lambda **_: 0
+main.cli()
+"""
+    r = _run(code)
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in (tmp_path / "s").glob("db.sqlite*")) == ["db.sqlite"]
