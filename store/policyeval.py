@@ -289,8 +289,8 @@ def _sbom(store: Any, info: PathInfo, policy: Policy, prov_signers: list[PublicK
     )
     if err is not None:
         return Check("sbom", False, err)
-    bound, vouched = dict(policy.key_builders), {k.key for k in prov_signers}
-    counted = [k for k in good if k.key not in bound or k.key in vouched]
+    vouched = {k.key for k in prov_signers}
+    counted = [k for k in good if policy.bound_ids(k.key) is None or k.key in vouched]
     if not counted:
         names = ", ".join(k.name for k in good)
         return Check(
