@@ -24,10 +24,12 @@ once it averages under ``PACE_MIN_RATE`` bytes/s - the registry client's rule
 (``kiln.registry.pace``), so a server sending a byte now and then cannot hold a build.
 Unlike the registry client's, the pace is judged per download, not per link (parallel
 fetches over one slow link each need 4 KiB/s), and it starts with the response body: a
-server trickling its header lines is bounded only by the socket timeout per line. A retry resumes with ``Range: bytes=N-`` when the
-server answers ``206`` with a matching ``Content-Range``; a ``200`` restarts from zero, and
-a ``206`` for another offset is dropped and the file asked for again without ``Range``, so
-the hash always covers exactly the bytes kept. "Connection refused" and unknown hosts are
+server trickling its header lines is bounded only by the socket timeout per line.
+
+A retry resumes with ``Range: bytes=N-`` when the server answers ``206`` with a matching
+``Content-Range``; a ``200`` restarts from zero, and a ``206`` for another offset is
+dropped and the file asked for again without ``Range``, so the hash always covers
+exactly the bytes kept. "Connection refused" and unknown hosts are
 not retried. A source the fetcher cannot use (an unsupported scheme, a ``debian:`` URL
 that does not expand) is reported in its turn; the other sources are still tried (a
 mirror is skipped with a warning). ``file:`` URLs may have one slash, as apt writes them.
@@ -165,6 +167,10 @@ PACE_MIN_RATE = 4096
 PACE_GRACE = 60.0
 
 
+class _TooSlow(TimeoutError):
+    """An attempt that fell behind the pace: retried like a timeout, reported as itself."""
+
+
 def _http_get(url: str, sink: _Sink, timeout: float, retries: int) -> None:
     """Download ``url`` into ``sink``. HTTP errors other than transient ones raise
     ``urllib.error.HTTPError`` at once; transport errors are retried (resuming when the
@@ -199,7 +205,7 @@ def _http_get(url: str, sink: _Sink, timeout: float, retries: int) -> None:
                     sink.write(chunk, total)
                     got += len(chunk)
                     if time.monotonic() > start + PACE_GRACE + got / PACE_MIN_RATE:
-                        raise TimeoutError(
+                        raise _TooSlow(
                             f"too slow: {got} bytes in {time.monotonic() - start:.0f} s (at least "
                             f"{PACE_MIN_RATE} bytes/s is expected after {PACE_GRACE:g} s)"
                         )
@@ -237,7 +243,7 @@ def _describe(e: BaseException) -> str:
     if isinstance(e, urllib.error.URLError):
         return str(e.reason)
     if isinstance(e, TimeoutError):
-        return str(e) if str(e).startswith("too slow") else "timed out"
+        return str(e) if isinstance(e, _TooSlow) else "timed out"
     return str(e) or type(e).__name__
 
 

@@ -10,9 +10,9 @@ rename, fsync of the directory). Renaming over an existing object is harmless: e
 names mean equal bytes.
 
 Compression level: zstd level 1, on ``ZSTD_THREADS`` threads. On the 200 MiB benchmark
-tree it compresses to ~0.63 of the NAR (level 3: ~0.57) at ~2x the speed of level 3,
-which is what lets ``kiln store add`` beat ``nix-store --add`` while compressing (level
-3 alone costs more than Nix's whole ingest on 2 cores). Registries can recompress.
+tree it compresses to ~0.63 of the NAR (level 3: ~0.57) at ~2x the speed of level 3
+(level 3 alone costs more CPU than Nix's whole ``nix-store --add``; even level 1 leaves
+kiln's ingest slower than that, see ``docs/store.md``). Registries can recompress.
 
 A NAR past ``INLINE_MAX`` is written with ``O_DIRECT`` (``directio.DirectWriter``: no
 page-cache copy; it must reach the device before the ``fsync`` anyway). Where that is
