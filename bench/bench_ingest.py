@@ -61,33 +61,24 @@ def sh(cmd: str, check: bool = True) -> str:
     return subprocess.run(cmd, shell=True, check=check, capture_output=True, text=True).stdout
 
 
-CPU: dict[int, list[float]] = {}
-
-
 def _children_cpu() -> float:
     ru = resource.getrusage(resource.RUSAGE_CHILDREN)
     return ru.ru_utime + ru.ru_stime
 
 
-def timed(cmd: str, pre: str | None, reps: int) -> list[float]:
-    """Wall times of ``reps`` runs; the CPU seconds (user+sys, all threads and child
-    processes) of each run are kept in ``CPU[id(result)]``."""
-    out: list[float] = []
-    cpu: list[float] = []
-    for _ in range(reps):
-        if pre:
-            sh(pre)
-        sh("sync")
-        c = _children_cpu()
-        t = time.perf_counter()
-        r = subprocess.run(cmd, shell=True, capture_output=True, text=True)
-        dt = time.perf_counter() - t
-        cpu.append(_children_cpu() - c)
-        if r.returncode != 0:
-            raise SystemExit(f"benchmark command failed ({r.returncode}): {cmd}\n{r.stderr}")
-        out.append(dt)
-    CPU[id(out)] = cpu
-    return out
+def timed(cmd: str, pre: str | None) -> tuple[float, float]:
+    """One run of ``cmd`` after ``pre`` and a ``sync``: (wall seconds, CPU seconds of
+    user+sys over all its threads and child processes)."""
+    if pre:
+        sh(pre)
+    sh("sync")
+    c = _children_cpu()
+    t = time.perf_counter()
+    r = subprocess.run(cmd, shell=True, capture_output=True, text=True)
+    dt = time.perf_counter() - t
+    if r.returncode != 0:
+        raise SystemExit(f"benchmark command failed ({r.returncode}): {cmd}\n{r.stderr}")
+    return dt, _children_cpu() - c
 
 
 #: ext4 without a journal skips inodes freed in the last 5 minutes (300 s more while
@@ -119,9 +110,9 @@ def tree_bytes(p: Path) -> int:
     return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
 
 
-def row(name: str, times: list[float], nbytes: int) -> float:
+def row(name: str, times: list[float], cpus: list[float], nbytes: int) -> float:
     med = statistics.median(times)
-    cpu = statistics.median(CPU.get(id(times), [0.0]))
+    cpu = statistics.median(cpus)
     print(
         f"{name:<42} min {min(times):6.3f} s  median {med:6.3f} s  {nbytes / med / 2**20:6.1f} MiB/s"
         f"  cpu {cpu:5.2f} s   reps {' '.join(f'{t:.3f}' for t in times)}",
@@ -220,14 +211,13 @@ def main() -> int:
     for group in (contenders, last):
         for i in range(args.reps):
             for key, _, cmd, setup in group:
-                t = timed(cmd(i), setup(i) if setup else None, 1)
-                times[key] += t
-                cpus[key] += CPU[id(t)]
+                wall, cpu = timed(cmd(i), setup(i) if setup else None)
+                times[key].append(wall)
+                cpus[key].append(cpu)
     contenders += last
     res: dict[str, float] = {}
     for key, label, *_ in contenders:
-        CPU[id(times[key])] = cpus[key]
-        res[key] = row(label, times[key], nbytes)
+        res[key] = row(label, times[key], cpus[key], nbytes)
     store = dirs[-1]
     if p:
         sh(f"rm -rf {cache}; nix-store --delete {p}", check=False)
