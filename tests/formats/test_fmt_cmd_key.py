@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import subprocess
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -12,11 +14,16 @@ from fmtkit import nix
 
 from kiln.store.signing import SecretKey, load_public_key, load_secret_key
 
+#: the console script pip installed for the interpreter running the tests (a venv's bin/
+#: need not be on PATH); else the one on PATH
+_SCRIPT = Path(sysconfig.get_path("scripts")) / "kiln"
+KILN = str(_SCRIPT) if _SCRIPT.exists() else shutil.which("kiln") or "kiln"
+
 
 def kiln(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "KILN_HOME": str(home)}
     env.pop("KILN_DEBUG", None)
-    return subprocess.run(["kiln", "key", *args], capture_output=True, text=True, env=env)
+    return subprocess.run([KILN, "key", *args], capture_output=True, text=True, env=env)
 
 
 def test_generate_default_location(tmp_path: Path) -> None:
