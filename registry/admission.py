@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kiln.store import narinfo as ni
 from kiln.store.errors import KilnError
 from kiln.store.hashes import Hash
 from kiln.store.policy import Check, Policy, Report, verify_path
@@ -132,7 +133,7 @@ def _verify_store(source: StoreSource, target: str, policy: Policy) -> Report:
         body = _lookup_sync(source, target)
         if body is None:
             return _failed(target, policy, "valid", f"{target} is not served by this registry")
-        path = check_narinfo(body.decode(), source.store_dir, [], 0).path
+        path = _admit_top(body.decode(), source.store_dir, target).path
         return verify_path(store, path, policy)
     except KilnError as e:
         return _failed(target, policy, "valid", str(e))
@@ -143,6 +144,28 @@ def _verify_store(source: StoreSource, target: str, policy: Policy) -> Report:
 def _hash_part(target: str) -> str | None:
     base = target.rstrip("/").rsplit("/", 1)[-1]
     return base[:32] if len(base) >= 32 else None
+
+
+def _admit_top(text: str, store_dir: str, target: str) -> ni.NarInfo:
+    """Admit the narinfo a registry answered for ``target`` (no signature needed here: the
+    policy's ``signatures`` check judges them), and make sure it is the artifact that was
+    asked about: a registry answering with some other path's narinfo (a signed, approved
+    one, say) must not get that path's verdict reported for ``target``."""
+    if target.startswith(("sha256:", "sha256-")):
+        want = Hash.parse(target)
+        info = check_narinfo(text, store_dir, [], 0)
+        if info.nar_hash != want:
+            raise KilnError(
+                f"asked for the path with NAR hash {want}, the registry answered with {info.path} "
+                f"(NAR hash {info.nar_hash})"
+            )
+        return info
+    want = target.rstrip("/")
+    base = want.rsplit("/", 1)[-1]
+    info = check_narinfo(text, store_dir, [], 0, _hash_part(target))
+    if (want.startswith("/") and info.path != want) or (len(base) > 32 and info.path.rsplit("/", 1)[1] != base):
+        raise KilnError(f"asked for {want}, the registry answered with {info.path}")
+    return info
 
 
 def _lookup_sync(source: Source, target: str) -> bytes | None:
@@ -180,7 +203,7 @@ async def _verify_remote(url: str, target: str, policy: Policy, token: str | Non
                 text = (await client.narinfos([h])).get(h) if h else None
             if text is None:
                 return _failed(target, policy, "valid", f"{url} serves no path for {target}")
-            top = check_narinfo(text, store_dir, [], 0)
+            top = _admit_top(text, store_dir, target)
         except KilnError as e:
             return _failed(target, policy, "valid", f"cannot fetch {target} from {url}: {e}")
         # closure by narinfo references, then import dependencies first
@@ -195,6 +218,8 @@ async def _verify_remote(url: str, target: str, policy: Policy, token: str | Non
                     if h not in got:
                         raise KilnError(f"{url} serves {top.path} but not its reference {p}")
                     i = check_narinfo(got[h], store_dir, [], 0, h)
+                    if i.path != p:
+                        raise KilnError(f"{url} answered for reference {p} with the narinfo of {i.path}")
                     infos[i.path] = i
                     frontier += [r for r in i.references if r not in infos]
         except KilnError as e:

@@ -341,3 +341,35 @@ def test_rebuilder_vsa_admitted_with_attester_key(tmp_path, keys, other_keys, ki
     assert s.put(s.bare, kind, vsa(other_keys.sk))[0] == 201
     st, _, body = request(f"{s.url}/{s.hp(s.bare)}.att/")
     assert st == 200 and list(json.loads(body)["kinds"]) == [kind]
+
+
+def test_verify_refuses_a_narinfo_for_another_path(tmp_path, keys, kiln_server, nginx_server) -> None:
+    """A registry answering a question about ``bare`` (no provenance) with ``app``'s
+    genuine, signed narinfo must not get ``app``'s verdict reported for ``bare``."""
+    import pytest
+
+    from kiln.registry.admission import _admit_top
+    from kiln.store.errors import KilnError
+
+    s = Setup(tmp_path, keys, kiln_server)
+    s.push(s.app, s.bare)
+    pol = s.policy()
+    env = {**os.environ, "KILN_HOME": str(tmp_path / "nohome")}
+    app_ni = (s.reg / f"{s.hp(s.app)}.narinfo").read_bytes()
+    (s.reg / f"{s.hp(s.bare)}.narinfo").write_bytes(app_ni)  # misfiled, or a hostile registry
+    ng = nginx_server(s.reg)  # serves the directory as it is (kiln serve caches narinfos)
+    for target in (s.bare, s.hp(s.bare)):
+        r = kiln("verify", f"{ng.url}#{target}", "--policy", str(pol), env=env)
+        assert r.returncode == 1, r.stdout + r.stderr
+        assert "result: PASS" not in r.stdout and "describes another path" in r.stdout, r.stdout
+    # by NAR digest: an answer whose NarHash is not the digest asked about
+    store_dir = str(StorePath.parse(s.app).store_dir)
+    want = "sha256:" + s.store.query(s.bare).nar_hash.hex
+    with pytest.raises(KilnError, match="registry answered with .*-app"):
+        _admit_top(app_ni.decode(), store_dir, want)
+    # a full path whose hash part matches but whose name does not
+    renamed = s.app.rsplit("-", 1)[0] + "-renamed"
+    with pytest.raises(KilnError, match="answered with .*-app"):
+        _admit_top(app_ni.decode(), store_dir, renamed)
+    assert _admit_top(app_ni.decode(), store_dir, s.app).path == s.app
+    assert _admit_top(app_ni.decode(), store_dir, s.hp(s.app)).path == s.app
