@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 from kiln.store import narinfo as ni
 from kiln.store.errors import KilnError
+from kiln.store.hashes import Hash
 from kiln.store.narinfo import NarInfo
 from kiln.store.signing import PublicKey
 
@@ -92,9 +93,9 @@ def hold_serving_lock(src: DirSource, exclusive: bool) -> int | None:
     return fd
 
 
-def _digest(src: DirSource, key: str, max_nar: int, max_file: int) -> Digests | str:
-    """The digests of the object at ``key`` (reading no more than the sizes any of its
-    narinfos claims), or what went wrong reading it."""
+def _digest(src: DirSource, key: str, file_hash: Hash, max_nar: int, max_file: int) -> Digests | str:
+    """The digests of the object at ``key``, which should be the file ``file_hash`` (reading
+    no more than the sizes any of its narinfos claims), or what went wrong reading it."""
     f = src.storage.open(key)
     if f is None:
         return f"{key} vanished while being checked"
@@ -103,7 +104,7 @@ def _digest(src: DirSource, key: str, max_nar: int, max_file: int) -> Digests | 
         with f:
             while chunk := f.read(CHUNK):
                 ver.update(chunk)
-        return ver.finish()
+        return ver.finish(file_hash)
     except (KilnError, OSError) as e:
         return f"{key}: {e}"
 
@@ -193,6 +194,7 @@ def _verify(
                 _digest,
                 src,
                 group[0],
+                named[0][1].file_hash,
                 max(i.nar_size for _, i in named),
                 max(i.file_size or 0 for _, i in named),
             ): (group, named)

@@ -3,8 +3,10 @@
 ``NarVerifier`` is fed the bytes of a ``.nar.zst`` file as they arrive (from an upload,
 a download or a mirror source). It hashes the compressed bytes and, through a zstd
 stream writer with a bounded output buffer, the decompressed NAR, so memory stays flat
-even for a decompression bomb, and nothing is read twice. ``finish`` returns the four
-digests/sizes; callers compare them with what the URL and the narinfo promise.
+even for a decompression bomb, and nothing is read twice. It also follows the zstd frames
+(``zstdframes``), so a stream cut after a block, which decompresses without error, is
+refused. ``finish`` returns the four digests/sizes; callers compare them with what the
+URL and the narinfo promise.
 
 ``check_narinfo`` is the single admission rule used by the server (uploads), mirror sync
 and substitution: the narinfo must parse for the registry's store dir, point at
@@ -23,6 +25,7 @@ from kiln.store import narinfo as ni
 from kiln.store.errors import FormatError, HashMismatch, KilnError
 from kiln.store.hashes import Hash
 from kiln.store.signing import PublicKey, valid_signers
+from kiln.store.zstdframes import FrameTracker
 
 from .layout import nar_key
 
@@ -64,6 +67,7 @@ class NarVerifier:
         self._dec = zstandard.ZstdDecompressor().stream_writer(
             self._sink, write_size=OUT_CHUNK, write_return_read=True, closefd=False
         )
+        self._frames = FrameTracker()  # the decompressor accepts a stream cut after a block
         self._bad: str | None = None
 
     @property
@@ -78,15 +82,25 @@ class NarVerifier:
         self._size += len(chunk)
         if self._bad is None:
             try:
+                self._frames.update(chunk)
                 self._dec.write(chunk)
-            except zstandard.ZstdError as e:
+            except (zstandard.ZstdError, FormatError) as e:
                 self._bad = str(e)
 
-    def finish(self) -> Digests:
+    def finish(self, file_hash: Hash | None = None) -> Digests:
+        """The digests; ``HashMismatch`` if the bytes were not whole, valid zstd frames,
+        or, first, if ``file_hash`` is given and the bytes are not that file (the most
+        telling answer for a damaged copy of a known object)."""
+        if file_hash is not None and self._file.digest() != file_hash.digest:
+            got = Hash("sha256", self._file.digest())
+            raise HashMismatch(
+                "compressed file", file_hash.to_nix32(), f"{got.to_nix32()} ({self._size} bytes)"
+            )
         if self._bad is None:
             try:
                 self._dec.flush()
-            except zstandard.ZstdError as e:
+                self._frames.check_complete()
+            except (zstandard.ZstdError, FormatError) as e:
                 self._bad = str(e)
         if self._bad is not None:
             raise HashMismatch("compressed NAR", "a valid zstd stream", f"corrupt data ({self._bad})")

@@ -8,8 +8,9 @@ from what the database recorded (a consumer must treat the stream as failed then
 ``decompress_verified`` does the same for an object from outside (a registry): nothing
 in it is trusted for its size, so reading stops as soon as the NAR passes the expected
 NarSize or the file passes FileSize (a zstd bomb behind a small NarSize writes no more
-than NarSize), and multi-frame zstd is read as one stream. ``TeeReader`` keeps a copy of
-what is read (the object being imported).
+than NarSize), and multi-frame zstd is read as one stream. The stream must end at a
+frame boundary (``zstdframes``): the decompressor alone accepts a stream cut after a
+block. ``TeeReader`` keeps a copy of what is read (the object being imported).
 """
 
 from __future__ import annotations
@@ -21,19 +22,24 @@ from pathlib import Path
 
 import zstandard
 
-from .errors import HashMismatch, StoreError
+from .errors import FormatError, HashMismatch, StoreError
 from .hashes import Hash
 from .objects import CHUNK
+from .zstdframes import FrameTracker
 
 
 class _HashingReader:
-    """Reads ``f``, hashing what it reads; raises ``HashMismatch`` once more than
-    ``expect[1]`` bytes came (a compressed file longer than its recorded size)."""
+    """Reads ``f``, hashing what it reads and following its zstd frames (``frames``; the
+    first framing error is kept in ``bad``, for after the decompressor); raises
+    ``HashMismatch`` once more than ``expect[1]`` bytes came (a compressed file longer
+    than its recorded size)."""
 
-    __slots__ = ("f", "sha", "size", "what", "expect")
+    __slots__ = ("f", "sha", "size", "what", "expect", "frames", "bad")
 
     def __init__(self, f, what: str, expect: tuple[Hash, int] | None) -> None:
         self.f, self.sha, self.size, self.what, self.expect = f, hashlib.sha256(), 0, what, expect
+        self.frames = FrameTracker()
+        self.bad: FormatError | None = None
 
     def read(self, n: int = -1) -> bytes:
         data = self.f.read(n)
@@ -41,7 +47,33 @@ class _HashingReader:
         self.size += len(data)
         if self.expect is not None and self.size > self.expect[1]:
             raise _too_long(self.what, "compressed file", self.expect)
+        if self.bad is None:
+            try:
+                self.frames.update(data)
+            except FormatError as e:
+                self.bad = e
         return data
+
+    def drain(self) -> None:
+        """Read what the decompressor did not need (trailing bytes count too)."""
+        while self.read(CHUNK):
+            pass
+
+    def check(self, expect_file: tuple[Hash, int] | None) -> None:
+        """After the last byte: the recorded digest first (the most telling mismatch),
+        then whether the bytes were whole zstd frames: a stream cut at the end of a block
+        decompresses without error, and a FileHash taken over the cut file proves nothing."""
+        if expect_file is not None:
+            check_digest(
+                self.what, "compressed file", expect_file, Hash("sha256", self.sha.digest()), self.size
+            )
+        if self.bad is None:
+            try:
+                self.frames.check_complete()
+            except FormatError as e:
+                self.bad = e
+        if self.bad is not None:
+            raise HashMismatch(f"compressed NAR of {self.what}", "a complete zstd stream", str(self.bad))
 
 
 def _too_long(what: str, kind: str, expect: tuple[Hash, int]) -> HashMismatch:
@@ -72,16 +104,30 @@ def decompress_verified(
                 nar_sha.update(chunk)
                 yield chunk
     except zstandard.ZstdError as e:
+        # a corrupt object is best described by its digest against the record, if any
+        reader.drain()
+        if expect_file is not None:
+            check_digest(
+                what, "compressed file", expect_file, Hash("sha256", reader.sha.digest()), reader.size
+            )
         raise HashMismatch(
             f"compressed NAR of {what}", "a valid zstd stream", f"corrupt data ({e})"
         ) from None
-    if expect_file is not None:
-        # what the decompressor did not need (trailing bytes) still counts
-        while reader.read(CHUNK):
-            pass
-        check_digest(what, "compressed file", expect_file, Hash("sha256", reader.sha.digest()), reader.size)
+    reader.drain()
+    reader.check(expect_file)
     if expect_nar is not None:
         check_digest(what, "NAR", expect_nar, Hash("sha256", nar_sha.digest()), nar_size)
+
+
+def check_frames(data: bytes, what: str) -> None:
+    """Raise ``HashMismatch`` unless ``data`` (a compressed object held in memory) is whole
+    zstd frames (see ``zstdframes``)."""
+    try:
+        t = FrameTracker()
+        t.update(data)
+        t.check_complete()
+    except FormatError as e:
+        raise HashMismatch(f"compressed NAR of {what}", "a complete zstd stream", str(e)) from None
 
 
 def check_digest(what: str, kind: str, expect: tuple[Hash, int], got: Hash, size: int) -> None:

@@ -237,6 +237,19 @@ def test_tampered_upload_refused(setup, keys) -> None:
     assert s == 400 and b"upload the NAR" in msg
 
 
+def test_upload_of_a_cut_zstd_stream_refused(setup) -> None:
+    """An object cut after its last block (here: its checksum dropped) decompresses to the
+    right NAR without a zstd error; it must still be refused, under its own digest too."""
+    store, path, info, reg, wtok, _rtok, srv = setup
+    nar = b"".join(store.nar(path))
+    cut = zstandard.ZstdCompressor(write_checksum=True).compress(nar)[:-4]
+    s, _, msg = request(
+        f"{srv.url}/{layout.nar_key(Hash.sha256_of(cut))}", "PUT", cut, {"Authorization": f"Bearer {wtok}"}
+    )
+    assert s == 400 and b"truncated" in msg and b"expected a frame checksum" in msg, msg
+    assert not list((reg / "blobs").iterdir())
+
+
 def test_wrong_signature_and_wrong_narhash(setup, keys, other_keys) -> None:
     store, path, info, reg, wtok, _rtok, srv = setup
     auth = {"Authorization": f"Bearer {wtok}"}
