@@ -31,6 +31,9 @@ from .pace import Link, Pace
 #: Largest body read into memory from a registry (narinfos, listings, index files,
 #: batch answers): a hostile server must not exhaust memory with an endless answer.
 MAX_BODY = 64 << 20
+#: of an error answer's body, only this much is read (to quote it), for at most this long
+ERROR_PEEK = 4096
+ERROR_PEEK_S = 10.0
 #: Longest wait for the status line and headers of an answer (not for uploads, whose
 #: answer comes only after the body has been sent).
 HEADERS_TIMEOUT = 300.0
@@ -100,7 +103,14 @@ class HttpClient(Client):
 
     @staticmethod
     async def _fail(resp: aiohttp.ClientResponse, what: str) -> RegistryError:
-        text = (await resp.text(errors="replace"))[:500].strip()
+        """The error for a non-success answer, quoting the start of its body: at most
+        ``ERROR_PEEK`` bytes, waited for at most ``ERROR_PEEK_S`` (the rest is never read,
+        so a hostile registry cannot make an error page cost memory or time)."""
+        try:
+            head = await asyncio.wait_for(resp.content.read(ERROR_PEEK), ERROR_PEEK_S)
+        except (TimeoutError, aiohttp.ClientError):
+            head = b""
+        text = head.decode(errors="replace")[:500].strip()
         return RegistryError(f"{what}: HTTP {resp.status}: {text}", resp.status)
 
     async def _read(self, resp: aiohttp.ClientResponse, what: str) -> bytes:
@@ -302,17 +312,25 @@ class HttpClient(Client):
         async with await self._request("POST", "upload-batch", data=body(), headers=headers) as resp:
             if resp.status in (404, 405):
                 return None
+            what = f"POST {self.url}/upload-batch"
             if resp.status != 200:
-                raise await self._fail(resp, f"POST {self.url}/upload-batch")
-            return (await resp.json(content_type=None))["results"]
+                raise await self._fail(resp, what)
+            try:
+                results = json.loads(await self._read(resp, what))["results"]
+            except (ValueError, TypeError, KeyError, RecursionError):
+                raise RegistryError(f"{what}: malformed answer (expected a JSON object with results)") from None
+            if not isinstance(results, list):
+                raise RegistryError(f"{what}: malformed answer (results is not a list)")
+            return results
 
     async def publish_index(self) -> str | None:
         async with await self._request("POST", "publish-index") as resp:
             if resp.status == 409:
                 return None
+            what = f"POST {self.url}/publish-index"
             if resp.status != 200:
-                raise await self._fail(resp, f"POST {self.url}/publish-index")
-            return (await resp.text()).strip()
+                raise await self._fail(resp, what)
+            return (await self._read(resp, what)).decode(errors="replace").strip()
 
 
 def _checked_batch(res: Any, what: str) -> dict[str, Any]:

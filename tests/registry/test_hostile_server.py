@@ -68,6 +68,27 @@ def test_an_endless_body_is_cut_at_the_cap(monkeypatch) -> None:
     assert sent < 16 << 20  # the client stopped reading long before the server stopped
 
 
+@pytest.mark.parametrize("status", [500, 403])
+def test_an_endless_error_answer_is_quoted_not_read(status: int) -> None:
+    """An error answer's body is only peeked at (to quote it), whatever its length."""
+    sent = 0
+
+    async def endless(r, w) -> None:
+        nonlocal sent
+        w.write(f"HTTP/1.1 {status} Oops\r\nTransfer-Encoding: chunked\r\n\r\n".encode())
+        chunk = b"e" * 65536
+        while sent < 256 << 20:
+            w.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            sent += len(chunk)
+            await w.drain()
+
+    for call in (lambda c: c.narinfos(["a" * 32]), lambda c: c.get("nix-cache-info")):
+        sent = 0
+        with pytest.raises(RegistryError, match=f"HTTP {status}: eeee"):
+            run(endless, call)
+        assert sent < 32 << 20  # the client stopped reading long before the server would
+
+
 @pytest.mark.parametrize(
     "body",
     [b"[1]", b'{"narinfos": {"aaaa": 5}}', b'{"narinfos": [], "blobs": "x"}', b"not json", b'{"blobs": [1]}'],
