@@ -59,8 +59,8 @@ def parse_review(raw: bytes) -> Review:
     """Parse an AdmissionReview request; raise ``KilnError`` naming what is wrong."""
     try:
         doc = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise KilnError(f"review is not JSON: {e}") from None
+    except (ValueError, RecursionError) as e:  # (UnicodeDecodeError is a ValueError)
+        raise KilnError(f"review is not JSON: {e or 'nested too deep'}") from None
     req = doc.get("request") if isinstance(doc, dict) else None
     if not isinstance(req, dict):
         raise KilnError('expected an AdmissionReview: {"kind": "AdmissionReview", "request": {...}}')
@@ -163,7 +163,9 @@ def _admit_top(text: str, store_dir: str, target: str) -> ni.NarInfo:
     want = target.rstrip("/")
     base = want.rsplit("/", 1)[-1]
     info = check_narinfo(text, store_dir, [], 0, _hash_part(target))
-    if (want.startswith("/") and info.path != want) or (len(base) > 32 and info.path.rsplit("/", 1)[1] != base):
+    if (want.startswith("/") and info.path != want) or (
+        len(base) > 32 and info.path.rsplit("/", 1)[1] != base
+    ):
         raise KilnError(f"asked for {want}, the registry answered with {info.path}")
     return info
 

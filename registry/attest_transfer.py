@@ -110,7 +110,7 @@ def listing(storage: Storage, hash_part: str) -> dict[str, str]:
         return {}
     try:
         kinds = json.loads(data).get("kinds", {})
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         return {}
     return {k: v for k, v in kinds.items() if isinstance(k, str) and isinstance(v, str)}
 

@@ -134,7 +134,7 @@ def _parse_listing(body: bytes | None) -> dict[str, str]:
 
     try:
         kinds = json.loads(body).get("kinds", {})
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         return {}
     return (
         {k: v for k, v in kinds.items() if isinstance(k, str) and isinstance(v, str)}

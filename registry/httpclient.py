@@ -144,8 +144,8 @@ class HttpClient(Client):
             raw = await self._read(resp, what)
         try:
             res = json.loads(raw)
-        except ValueError as e:
-            raise RegistryError(f"{what}: not JSON ({e})") from None
+        except (ValueError, RecursionError) as e:
+            raise RegistryError(f"{what}: not JSON ({e or 'nested too deep'})") from None
         return _checked_batch(res, what)
 
     async def narinfos(self, hash_parts: list[str]) -> dict[str, str]:
@@ -318,7 +318,9 @@ class HttpClient(Client):
             try:
                 results = json.loads(await self._read(resp, what))["results"]
             except (ValueError, TypeError, KeyError, RecursionError):
-                raise RegistryError(f"{what}: malformed answer (expected a JSON object with results)") from None
+                raise RegistryError(
+                    f"{what}: malformed answer (expected a JSON object with results)"
+                ) from None
             if not isinstance(results, list):
                 raise RegistryError(f"{what}: malformed answer (results is not a list)")
             return results

@@ -101,7 +101,7 @@ def _load(data: bytes, what: str) -> tuple[dict[str, Any], list[dict[str, str]]]
         signed, sigs = env["signed"], env["signatures"]
         if not isinstance(signed, dict) or not isinstance(sigs, list):
             raise TypeError("bad envelope")
-    except (ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError, RecursionError) as e:
         raise IndexError_(f"{what}: not a signed metadata file ({e})") from None
     return signed, sigs
 

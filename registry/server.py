@@ -251,7 +251,7 @@ class Registry(WriteAPI):
             atts, nar_hashes = data.get("attestations", []), data.get("nar_hashes", [])
             if not all(isinstance(x, list) for x in (hashes, blobs, atts, nar_hashes)):
                 raise ValueError("hashes, blobs, attestations and nar_hashes must be lists")
-        except (ValueError, UnicodeDecodeError, AttributeError) as e:
+        except (ValueError, AttributeError, RecursionError) as e:  # (nesting too deep to parse)
             raise HTTPError(400, f"malformed batch request: {e}") from None
         if len(hashes) + len(blobs) + len(atts) + 100 * len(nar_hashes) > MAX_BATCH:
             raise HTTPError(413, f"at most {MAX_BATCH} entries per batch")
@@ -301,7 +301,7 @@ class Registry(WriteAPI):
             if not isinstance(blobs, list) or not all(isinstance(b, str) for b in blobs):
                 raise ValueError("'blobs' must be a list of sha256 digests")
             digests = [Hash.parse(b, "sha256") for b in blobs]
-        except (ValueError, UnicodeDecodeError, AttributeError, KilnError) as e:
+        except (ValueError, AttributeError, RecursionError, KilnError) as e:
             raise HTTPError(400, f"malformed blob batch request: {e}") from None
         if len(digests) > MAX_BLOB_BATCH:
             raise HTTPError(413, f"at most {MAX_BLOB_BATCH} objects per blob batch")

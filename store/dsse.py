@@ -128,8 +128,8 @@ class Envelope:
     def loads(cls, text: str | bytes) -> Envelope:
         try:
             d = json.loads(text)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise FormatError(f"DSSE envelope is not valid JSON: {e}") from None
+        except (ValueError, RecursionError) as e:  # (RecursionError: nesting too deep to parse)
+            raise FormatError(f"DSSE envelope is not valid JSON: {e or 'nested too deep'}") from None
         return cls.from_dict(d)
 
 

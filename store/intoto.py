@@ -269,7 +269,7 @@ def parse_statement(payload: bytes) -> Statement:
     parsers the first; it would also guess UTF-16)."""
     try:
         d = json.loads(payload.decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
-    except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as e:
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:  # (nesting beyond the C parser's depth)
         raise FormatError(f"attestation payload is not UTF-8 JSON without duplicate keys: {e}") from None
     if not isinstance(d, dict) or d.get("_type") != STATEMENT_TYPE:
         found = d.get("_type") if isinstance(d, dict) else type(d).__name__

@@ -409,3 +409,20 @@ def test_revoked_token_stops_working_without_restart(setup) -> None:
         [sys.executable, "-m", "kiln", "registry", "token", "revoke", "--dir", str(reg), tid], check=True
     )
     assert request(key, "PUT", body, {"Authorization": f"Bearer {wtok}"})[0] == 401
+
+
+def test_json_nested_too_deep_is_a_400(setup, keys) -> None:
+    """JSON nested past the parser's depth is bad input like any other: 400, not a 500."""
+    store, path, info, reg, wtok, _rtok, srv = setup
+    deep = b"[" * 200_000 + b"]" * 200_000
+    for endpoint in ("narinfo-batch", "blob-batch"):
+        s, _, msg = request(f"{srv.url}/{endpoint}", "POST", deep)
+        assert s == 400 and b"malformed" in msg, (endpoint, s, msg[:200])
+    assert _upload(srv.url, store, path, info, keys.sk, wtok) == (201, 201)
+    s, _, msg = request(
+        f"{srv.url}/{path.split('/')[-1][:32]}.att/provenance.dsse.json",
+        "PUT",
+        b'{"payload": ' + deep[:300_000] + b"}",
+        {"Authorization": f"Bearer {wtok}"},
+    )
+    assert 400 <= s < 500, (s, msg[:200])
