@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import json
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
@@ -31,6 +32,8 @@ from .verify import Digests, NarVerifier, expect
 CACHE_MAX = 200_000
 #: objects at least this large get an on-disk digest record (re-hashing them is costly)
 RECORD_MIN = 1 << 20
+#: a lookup by NAR hash that misses rescans the narinfos at most this often
+RESCAN_S = 10.0
 
 
 @dataclasses.dataclass(slots=True)
@@ -110,7 +113,9 @@ class DirSource(Source):
         self._cache: dict[str, bytes] = {}
         self._digests: dict[str, Digests] = {}
         self._lock = threading.Lock()
-        self._by_nar: dict[str, str] = {}
+        self._by_nar: dict[str, str] = {}  # NarHash hex -> hash part (see narinfo_by_nar_hash)
+        self._by_nar_at = float("-inf")  # time.monotonic() of the last full scan
+        self._scan_lock = threading.Lock()
         #: one file-system barrier shared by concurrent uploads (group commit)
         self.group_sync = GroupSync(self.storage.barrier)
 
@@ -152,15 +157,21 @@ class DirSource(Source):
         return listing(self.storage, hash_part)
 
     def narinfo_by_nar_hash(self, nar_sha256_hex: str) -> bytes | None:
-        """Scans the narinfos (a lookup for deploy-time checks, not a hot path); the map
-        is kept and rebuilt only on a miss."""
-        for attempt in range(2):
-            h = self._by_nar.get(nar_sha256_hex)
-            if h is not None:
-                return self.narinfo(h)
-            if attempt == 0:
-                self._by_nar = _scan_nar_hashes(self.storage, self.store_dir)
-        return None
+        """From a map of every narinfo's NarHash (a lookup for deploy-time checks, not a
+        hot path). The map learns what this process publishes at once; what others
+        (other workers, ``kiln push`` into the directory) publish, from a full scan of the
+        narinfos, which a miss starts at most once per ``RESCAN_S``: unknown hashes are
+        cheap to ask for, so they must not each cost a scan. May block for a scan: callers
+        on an event loop run it in an executor."""
+        h = self._by_nar.get(nar_sha256_hex)
+        if h is None:
+            with self._scan_lock:  # one scan at a time; those waiting then see its result
+                h = self._by_nar.get(nar_sha256_hex)
+                if h is None and time.monotonic() - self._by_nar_at >= RESCAN_S:
+                    self._by_nar_at = time.monotonic()
+                    self._by_nar = _scan_nar_hashes(self.storage, self.store_dir)
+                    h = self._by_nar.get(nar_sha256_hex)
+        return self.narinfo(h) if h is not None else None
 
     # -------------------------------------------------------- write side
 
@@ -278,6 +289,7 @@ class DirSource(Source):
         key = layout.narinfo_key(hash_part)
         # create-if-absent is atomic (link), so only the rare compare/merge needs the lock
         if self.storage.put_bytes(key, body, exclusive=True, durable=self.group_sync):
+            self._by_nar[info.nar_hash.hex] = hash_part
             return 201, "published"
         with self._lock:
             old_body = self.storage.read(key) or b""

@@ -279,14 +279,20 @@ class Registry(WriteAPI):
                         listings[h] = kinds
             answer["attestations"] = listings
         if nar_hashes:
-            by_nar = {}
-            for nh in nar_hashes:
-                if isinstance(nh, str) and len(nh) == 64:
-                    body = self.source.narinfo_by_nar_hash(nh.lower())
-                    if body is not None:
-                        by_nar[nh] = body.decode()
-            answer["by_nar_hash"] = by_nar
+            # off the event loop: a lookup may wait for a scan of every narinfo
+            wanted = [nh for nh in nar_hashes if isinstance(nh, str) and len(nh) == 64]
+            answer["by_nar_hash"] = await asyncio.get_running_loop().run_in_executor(
+                None, self._by_nar_hash, wanted
+            )
         return web.json_response(answer, headers={"Cache-Control": "no-store"})
+
+    def _by_nar_hash(self, wanted: list[str]) -> dict[str, str]:
+        out = {}
+        for nh in wanted:
+            body = self.source.narinfo_by_nar_hash(nh.lower())
+            if body is not None:
+                out[nh] = body.decode()
+        return out
 
     async def _blob_batch(self, request: web.BaseRequest) -> web.StreamResponse:
         """``POST /blob-batch``: many compressed objects in one response, so a client

@@ -15,6 +15,7 @@ import os
 import threading
 from pathlib import Path
 
+from kiln.store import db
 from kiln.store import narinfo as ni
 from kiln.store.hashes import Hash
 from kiln.store.objects import object_rel_path
@@ -86,11 +87,11 @@ class StoreSource(Source):
         return out
 
     def narinfo_by_nar_hash(self, nar_sha256_hex: str) -> bytes | None:
-        found = None
+        """One query (SQLite scans the table in C: milliseconds for 100k paths)."""
+        try:
+            want = Hash("sha256", bytes.fromhex(nar_sha256_hex))
+        except ValueError:
+            return None
         with self._lock:
-            for p in self.store.all_paths():
-                info = self.store.query(p)
-                if info is not None and info.nar_hash.hex == nar_sha256_hex:
-                    found = p.rsplit("/", 1)[1][:32]
-                    break
-        return self.narinfo(found) if found is not None else None
+            found = db.path_by_nar_hash(self.store.conn, want)
+        return self.narinfo(found.rsplit("/", 1)[1][:32]) if found is not None else None

@@ -167,6 +167,13 @@ def query_by_hash_part(conn: sqlite3.Connection, hash_part: str) -> PathInfo | N
     return None if row is None else _info(conn, row)
 
 
+def path_by_nar_hash(conn: sqlite3.Connection, nar_hash: Hash) -> str | None:
+    """A valid path with this NAR hash (any one, if several), found by SQLite's scan of
+    the table: no index, as only deploy-time lookups (a registry's ``by_nar_hash``) ask."""
+    row = conn.execute("SELECT path FROM paths WHERE nar_hash=? LIMIT 1", (nar_hash.to_nix32(),)).fetchone()
+    return None if row is None else row[0]
+
+
 def is_valid(conn: sqlite3.Connection, path: str) -> bool:
     return conn.execute("SELECT 1 FROM paths WHERE path=?", (path,)).fetchone() is not None
 
