@@ -29,10 +29,8 @@ verifier's policy (``kiln verify``).
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import hashlib
 import json
-import os
 from collections.abc import Iterable
 from typing import Any
 
@@ -45,6 +43,7 @@ from kiln.store.intoto import CYCLONEDX_TYPE, PROVENANCE_TYPE, SPDX_TYPE, VSA_TY
 from kiln.store.signing import PublicKey
 
 from . import layout
+from .dirlock import dir_lock
 from .storage import Storage
 
 MAX_ATTESTATION = 4 << 20
@@ -118,13 +117,7 @@ def listing(storage: Storage, hash_part: str) -> dict[str, str]:
 def rebuild_listing(storage: Storage, hash_part: str) -> dict[str, str]:
     """Rewrite ``<h>.att/index.json`` from the directory's files (under a lock shared by
     every server process, so a concurrent upload's entry is never lost)."""
-    lock = storage.local_path(LOCK_KEY)
-    fd = None
-    if lock is not None:
-        lock.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
-        fcntl.flock(fd, fcntl.LOCK_EX)
-    try:
+    with dir_lock(storage, LOCK_KEY):
         kinds = {}
         for key in storage.list(f"{hash_part}.att/"):
             kind = layout.att_kind_of_key(key)
@@ -134,9 +127,6 @@ def rebuild_listing(storage: Storage, hash_part: str) -> dict[str, str]:
         body = json.dumps({"kinds": kinds}, sort_keys=True, separators=(",", ":")).encode() + b"\n"
         storage.put_bytes(layout.att_listing_key(hash_part), body)
         return kinds
-    finally:
-        if fd is not None:
-            os.close(fd)
 
 
 def admit(

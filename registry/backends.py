@@ -26,6 +26,7 @@ from kiln.store.errors import KilnError
 from kiln.store.hashes import Hash
 
 from . import layout
+from .dirlock import NARINFO_LOCK, dir_lock
 from .storage import Durability, FileStorage, GroupSync, Storage, open_storage
 from .verify import Digests, NarVerifier, expect
 
@@ -291,7 +292,8 @@ class DirSource(Source):
         if self.storage.put_bytes(key, body, exclusive=True, durable=self.group_sync):
             self._by_nar[info.nar_hash.hex] = hash_part
             return 201, "published"
-        with self._lock:
+        # a read-modify-write of the file: other writer processes (workers) too
+        with self._lock, dir_lock(self.storage, NARINFO_LOCK):
             old_body = self.storage.read(key) or b""
             if old_body == body:
                 return 200, "already published"

@@ -19,6 +19,7 @@ from kiln.store.errors import KilnError
 from kiln.store.signing import PublicKey, SecretKey
 
 from . import index as ix
+from .dirlock import INDEX_LOCK, dir_lock
 from .layout import CACHE_INFO, parse_cache_info
 from .storage import Storage
 
@@ -77,6 +78,11 @@ def init_root(storage: Storage, key: SecretKey) -> dict[str, Any]:
 
 def rotate_root(storage: Storage, old_key: SecretKey, new_key: SecretKey) -> int:
     """Root v+1 moving every role to ``new_key``; signed by old and new key. Returns v+1."""
+    with dir_lock(storage, INDEX_LOCK):
+        return _rotate_root(storage, old_key, new_key)
+
+
+def _rotate_root(storage: Storage, old_key: SecretKey, new_key: SecretKey) -> int:
     cur = load_signed(storage, "index/root.json")
     if cur is None:
         raise KilnError("registry has no index root yet; run publish-index first")
@@ -91,7 +97,14 @@ def rotate_root(storage: Storage, old_key: SecretKey, new_key: SecretKey) -> int
 
 
 def publish_index(storage: Storage, key: SecretKey) -> ix.Published:
-    """Sign and publish a new index generation for everything the storage holds."""
+    """Sign and publish a new index generation for everything the storage holds. Two
+    publishers (server workers, the CLI beside a server) would both read version v and
+    write different v+1 files over each other: the directory's index lock serialises them."""
+    with dir_lock(storage, INDEX_LOCK):
+        return _publish_index(storage, key)
+
+
+def _publish_index(storage: Storage, key: SecretKey) -> ix.Published:
     root = init_root(storage, key)
     kid = ix.key_id(key.public())
     for role in ("timestamp", "snapshot", "index"):

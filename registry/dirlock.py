@@ -1,0 +1,40 @@
+"""Cross-process locks on a registry directory: an exclusive ``flock`` on a file under
+``.kiln/``, so read-modify-write steps (publishing the signed index, rewriting an
+attestation listing, merging a narinfo's signatures) are serialised across every process
+that writes the directory: ``kiln serve --workers N``'s workers, and ``kiln registry
+...`` commands run beside a server. An ``asyncio.Lock`` or ``threading.Lock`` covers one
+process only.
+
+Storages without a local path (object stores) get no lock here: they need a conditional
+write of their own, which is recorded as a limitation in docs/registry.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator
+
+from .storage import Storage
+
+#: the signed index (publish-index, root rotation)
+INDEX_LOCK = ".kiln/index.lock"
+#: narinfo signature merges
+NARINFO_LOCK = ".kiln/narinfo.lock"
+
+
+@contextlib.contextmanager
+def dir_lock(storage: Storage, key: str) -> Iterator[None]:
+    """Hold an exclusive lock named ``key`` in ``storage`` (blocking) for the block."""
+    path = storage.local_path(key)
+    if path is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # (closing releases the lock)
