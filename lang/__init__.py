@@ -41,8 +41,11 @@ from .errors import RecipeError
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # not imported at run time: a cache hit needs no Derivation objects
     from pathlib import Path
+    from typing import TypeVar
 
     from kiln.store.derivation import Derivation
+
+    T = TypeVar("T")
 
 __all__ = ["Evaluation", "RecipeError", "evaluate_file", "DEFAULT_STORE_DIR"]
 
@@ -133,12 +136,12 @@ class Evaluation:
         from .parser import parse_expr
         from .values import DrvValue, type_name
 
-        node = parse_expr(expr, "<attribute>", self.file)
-
         def run():
-            return ev.eval(node, mod.env)
+            # parsed on the deep thread too: a long ATTR expression nests as deeply as
+            # one in a file, and must fail the same way (a recipe error, not a crash)
+            return ev.eval(parse_expr(expr, "<attribute>", self.file), mod.env)
 
-        v = _deep(run)
+        v = _deep(_recursion_is_recipe_error(run))
         if not isinstance(v, DrvValue):
             raise RecipeError(f"'{expr}' is {type_name(v)}, not a package")
         if isinstance(self.drvs, dict):
@@ -202,19 +205,16 @@ def _deep(fn):
     return result[0]
 
 
-def _evaluate(file: str, display: str, store_dir: str, add_source: AddSource | None) -> Evaluation:
-    from .evaluator import Evaluator
-    from .scope import PackageFn, Thunk
-    from .values import DrvValue
+def _recursion_is_recipe_error(fn: Callable[[], T]) -> Callable[[], T]:
+    """``fn`` wrapped so that a ``RecursionError``/``MemoryError`` it raises becomes an
+    ``InfiniteRecursion`` recipe error located at the innermost recipe node found in the
+    traceback (unbounded variant recursion like ``p(n = n + 1)``, or absurd nesting): a
+    user error, never an internal one. Other exceptions pass through unchanged."""
 
-    ev = Evaluator(store_dir, add_source)
-
-    def run():
+    def run() -> T:
         try:
-            return evaluate_module()
+            return fn()
         except (RecursionError, MemoryError) as e:
-            # unbounded variant recursion (p(n = n + 1)) or absurd nesting: a recipe error
-            # at the innermost binding being evaluated, not an internal one
             from .errors import InfiniteRecursion
 
             what = "too deep" if isinstance(e, RecursionError) else "out of memory"
@@ -232,6 +232,16 @@ def _evaluate(file: str, display: str, store_dir: str, add_source: AddSource | N
                 getattr(node, "src", None),
                 getattr(node, "pos", None),
             ) from None
+
+    return run
+
+
+def _evaluate(file: str, display: str, store_dir: str, add_source: AddSource | None) -> Evaluation:
+    from .evaluator import Evaluator
+    from .scope import PackageFn, Thunk
+    from .values import DrvValue
+
+    ev = Evaluator(store_dir, add_source)
 
     def evaluate_module():
         mod = ev.load(file, display)
@@ -253,7 +263,7 @@ def _evaluate(file: str, display: str, store_dir: str, add_source: AddSource | N
     was_enabled = gc.isenabled()
     gc.disable()
     try:
-        mod, attrs = _deep(run)
+        mod, attrs = _deep(_recursion_is_recipe_error(evaluate_module))
     finally:
         if was_enabled:
             gc.enable()

@@ -185,8 +185,11 @@ def path(ev, node: ast.Call, env) -> SourceValue:
         before = fingerprint(Path(target))
         store_path = ev.add_source(Path(target), sanitize_name(name))
         after = fingerprint(Path(target))
-    except RecipeError:
-        raise
+    except RecipeError as e:
+        if e.src is not None:
+            raise
+        # e.g. a .kilnignore that is not UTF-8: locate it at the path that was named
+        raise BadValue(f"cannot add path {rel!r} to the store: {e.message}", n.src, n.pos) from None
     except (KilnError, OSError) as e:  # a fifo or an unreadable file in the source, ...
         raise BadValue(f"cannot add path {rel!r} to the store: {e}", n.src, n.pos) from None
     ev.sources[store_path] = target

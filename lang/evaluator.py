@@ -26,7 +26,6 @@ from . import nodes as ast
 from .errors import (
     BadValue,
     ImportCycle,
-    ImportNotFound,
     InfiniteRecursion,
     RecipeError,
     RecipeTypeError,
@@ -34,6 +33,7 @@ from .errors import (
     did_you_mean,
 )
 from .parser import parse_module
+from .reading import read_recipe
 from .scope import RUNNING, UNSET, Builtin, Env, Module, PackageFn, Thunk
 from .values import INT_MAX, INT_MIN, CStr, DrvValue, Record, SourceValue, type_name
 
@@ -86,7 +86,8 @@ class Evaluator:
         """Load (once) the module at absolute ``path``, reported as ``display``. Symlinks are
         followed first (as Nix does), so a file's relative imports and ``path`` sources are
         resolved from where it really is, whatever name it was reached by."""
-        real = os.path.realpath(path)
+        # (a NUL cannot be in a path: read_recipe says so, located at the import)
+        real = os.path.realpath(path) if "\0" not in path else path
         if real != path:
             # the evaluation cache checks the name still leads to the same file (a
             # repointed symlink must not serve the old file's result)
@@ -101,27 +102,7 @@ class Evaluator:
                 raise ImportCycle(
                     "import cycle: " + " → ".join(chain), via.src if via else None, via.pos if via else None
                 )
-        try:
-            with open(path, "rb") as f:
-                raw = f.read()
-            text = raw.decode("utf-8")
-        except FileNotFoundError:
-            if via is None:
-                raise RecipeError(f"recipe file {display} does not exist") from None
-            raise ImportNotFound(f"imported file {display} does not exist", via.src, via.pos) from None
-        except UnicodeDecodeError as e:
-            line = raw.count(b"\n", 0, e.start) + 1
-            col = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
-            raise RecipeError(
-                f"{display}:{line}:{col}: not valid UTF-8 (byte 0x{raw[e.start]:02x}); recipe files are UTF-8",
-                via.src if via else None,
-                via.pos if via else None,
-            ) from None
-        except IsADirectoryError as e:
-            raise RecipeError(
-                f"cannot read recipe file {display}: {e}", via.src if via else None, via.pos if via else None
-            ) from None
-        text = text.removeprefix("\ufeff")  # a UTF-8 byte-order mark some editors write
+        raw, text = read_recipe(path, display, via)
         self.files[path] = hashlib.sha256(raw).hexdigest()
         tree = parse_module(text, display, path)
         self.loading.append((path, display, via))
@@ -332,13 +313,15 @@ class Evaluator:
             return r
         if isinstance(a, Record) and isinstance(b, Record):
             return Record({**a, **b})
+        # the hint only fits a number next to a string (a boolean is an int to Python)
+        texty = str | CStr | DrvValue | SourceValue
+        number_and_text = any(
+            isinstance(x, int) and not isinstance(x, bool) and isinstance(y, texty)
+            for x, y in ((a, b), (b, a))
+        )
         raise RecipeTypeError(
             f"cannot add {type_name(a)} and {type_name(b)}"
-            + (
-                ' (use "${...}" to put a number into a string)'
-                if isinstance(b, int) or isinstance(a, int)
-                else ""
-            ),
+            + (' (use "${...}" to put a number into a string)' if number_and_text else ""),
             node.src,
             node.pos,
         )

@@ -26,11 +26,12 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 from . import nodes as ast
 from .errors import DuplicateField, RecipeSyntaxError, SourceText
 from .lexer import FastLexer, LexError
-from .strings import split_indented, split_plain
+from .strings import MAX_NESTING, split_indented, split_plain, too_deep_brace
 from .values import INT_MAX
 
 _LEVELS = ({"||"}, {"&&"}, {"==", "!="}, {"+"})
 _SIMPLE_VAR = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*\Z")
+_END_OF_INTERP = "end of the ${...} interpolation"
 _KEYWORDS = {"import", "let", "package", "if", "then", "else", "true", "false"}
 
 _WORDS = {
@@ -64,6 +65,25 @@ def _check_duplicates(fields, src: SourceText, what: str) -> None:
             line, _ = src.line_col(first.pos)
             raise DuplicateField(f"duplicate {what} '{f.name}' (first defined on line {line})", src, f.pos)
         seen[f.name] = f
+
+
+def _check_shadowed_params(params, body, src: SourceText) -> None:
+    """Refuse a field or local ``let`` named like a parameter of its package: they share
+    one scope, so it would silently replace the argument (or, as ``version = version``,
+    refer to itself). Raised at the field, naming the parameter's line."""
+    by_name = {p.name: p for p in params}
+    for b in body:
+        p = by_name.get(b.name)
+        if p is not None:
+            line, _ = src.line_col(p.pos)
+            what, fix = "field", f"to export the parameter use another name ({b.name}Value = {b.name})"
+            if isinstance(b, ast.Let):
+                what, fix = "local let", "choose another name"
+            raise DuplicateField(
+                f"{what} '{b.name}' has the same name as a parameter (line {line}) and they share one scope; {fix}",
+                src,
+                b.pos,
+            )
 
 
 class _Builder:
@@ -106,6 +126,7 @@ class _Builder:
         fields = tuple(b for b in body if not isinstance(b, ast.Let))
         lets = tuple(b for b in body if isinstance(b, ast.Let))
         _check_duplicates([*fields, *lets], self.src, "field")
+        _check_shadowed_params(params, body, self.src)
         return ast.Package(self.src, self._p(name), str(name), params, fields, lets)
 
     def params(self, c):
@@ -136,12 +157,19 @@ class _Builder:
             for lvl in range(level, len(_LEVELS)):
                 for k in range(hi - 1, lo - 1, -1):
                     if str(ops[k]) in _LEVELS[lvl]:
+                        # chained only if another comparison sits in this same flat run:
+                        # a parenthesised one is a single operand here, and is allowed
+                        # (reported at the second comparison, the one that chains)
+                        if lvl == 2:
+                            chained = [j for j in range(lo, k + 1) if str(ops[j]) in _LEVELS[2]]
+                            if len(chained) > 1:
+                                raise RecipeSyntaxError(
+                                    "comparisons cannot be chained; add parentheses",
+                                    self.src,
+                                    self._p(ops[chained[1]]),
+                                )
                         left = climb(lo, k, lvl)
                         right = climb(k + 1, hi, lvl + 1 if lvl == 2 else lvl)
-                        if lvl == 2 and isinstance(left, ast.BinOp) and left.op in ("==", "!="):
-                            raise RecipeSyntaxError(
-                                "comparisons cannot be chained; add parentheses", self.src, self._p(ops[k])
-                            )
                         return ast.BinOp(self.src, self._p(ops[k]), str(ops[k]), left, right)
             raise AssertionError("unreachable")
 
@@ -181,14 +209,15 @@ class _Builder:
 
     def number(self, c):
         text = str(c[0])
-        if len(text) > 19 or int(text) > INT_MAX:
+        digits = text.lstrip("0") or "0"  # leading zeros do not make a number large
+        if len(digits) > 19 or int(digits) > INT_MAX:
             shown = text if len(text) <= 30 else text[:27] + "..."
             raise RecipeSyntaxError(
                 f"number {shown} is too large (integers are 64-bit: at most {INT_MAX})",
                 self.src,
                 self._p(c[0]),
             )
-        return ast.Const(self.src, self._p(c[0]), int(text))
+        return ast.Const(self.src, self._p(c[0]), int(digits))
 
     def true(self, c):
         return ast.Const(self.src, self._p(c[0]), True)
@@ -228,7 +257,7 @@ class _Builder:
         saved = self.base
         self.base = pos
         try:
-            return _parse(self.parser, code, self.src, "expr", pos)
+            return _parse(self.parser, code, self.src, "expr", pos, _END_OF_INTERP)
         finally:
             self.base = saved
 
@@ -277,9 +306,9 @@ def _describe_expected(parser: Lark, names) -> str:
     return ", ".join(words[:-1]) + " or " + words[-1]
 
 
-def _describe_token(tok: Token) -> str:
+def _describe_token(tok: Token, end: str) -> str:
     if tok.type == "$END":
-        return "end of file"
+        return end
     if tok.type == "NAME":
         return f"name '{tok}'"
     if tok.type in ("STRING", "IND_STRING"):
@@ -289,13 +318,15 @@ def _describe_token(tok: Token) -> str:
     return f"'{tok}'"
 
 
-def _parse(parser: Lark, text: str, src: SourceText, start: str, base: int):
+def _parse(parser: Lark, text: str, src: SourceText, start: str, base: int, end: str = "end of file"):
+    """Parse ``text`` (at offset ``base`` of ``src``) from rule ``start``; errors say ``end``
+    for the end of ``text`` (an interpolation's or attribute's end is not the file's)."""
     saved_src = _BUILDER.src
     _BUILDER.src = src
     try:
         return parser.parse(text, start=start)
     except UnexpectedInput as e:
-        raise _syntax_error(parser, e, src, base, len(text)) from None
+        raise _syntax_error(parser, e, src, base, len(text), end) from None
     except LexError as e:
         raise _lex_error(parser, text, src, base, e.pos) from None
     finally:
@@ -304,6 +335,15 @@ def _parse(parser: Lark, text: str, src: SourceText, start: str, base: int):
 
 def _lex_error(parser: Lark, text: str, src: SourceText, base: int, pos: int) -> RecipeSyntaxError:
     ch = text[pos]
+    if ch == '"' or text.startswith("''", pos):
+        deep = too_deep_brace(text, pos)
+        if deep >= 0:
+            return RecipeSyntaxError(
+                f"records nested more than {MAX_NESTING} deep inside ${{...}} are not supported; "
+                "bind the record with let outside the string",
+                src,
+                base + deep,
+            )
     if ch == '"':
         return RecipeSyntaxError(
             "unterminated string (or a '${' in it that is never closed)", src, base + pos
@@ -316,15 +356,21 @@ def _lex_error(parser: Lark, text: str, src: SourceText, base: int, pos: int) ->
 
 
 def _syntax_error(
-    parser: Lark, e: UnexpectedInput, src: SourceText, base: int, length: int
+    parser: Lark, e: UnexpectedInput, src: SourceText, base: int, length: int, end: str
 ) -> RecipeSyntaxError:
     if isinstance(e, UnexpectedToken):
         tok = e.token
         pos = base + (tok.start_pos if tok.type != "$END" and tok.start_pos is not None else length)
         expected = _describe_expected(parser, e.accepts or e.expected)
-        msg = f"unexpected {_describe_token(tok)}"
+        msg = f"unexpected {_describe_token(tok, end)}"
         if tok.type == "NAME" and str(tok) in _KEYWORDS:
             msg = f"unexpected keyword '{tok}'"
+        names = set(e.accepts or e.expected)
+        if tok.type == "IF" and "IF" not in names and {"NAME", "NUMBER"} <= names:
+            # an operand is expected, and `if` is one only in parentheses (as in Nix)
+            return RecipeSyntaxError(
+                "an 'if' must be in parentheses here: (if ... then ... else ...)", src, pos
+            )
         return RecipeSyntaxError(msg + (f"; expected {expected}" if expected else ""), src, pos)
     if isinstance(e, UnexpectedCharacters):
         pos = base + e.pos_in_stream
@@ -337,7 +383,7 @@ def _syntax_error(
             f"unexpected character {ch!r}" + (f"; expected {expected}" if expected else ""), src, pos
         )
     if isinstance(e, UnexpectedEOF):
-        return RecipeSyntaxError("unexpected end of file", src, base + length)
+        return RecipeSyntaxError(f"unexpected {end}", src, base + length)
     return RecipeSyntaxError(str(e), src, base)
 
 
@@ -351,4 +397,4 @@ def parse_module(text: str, name: str, path: str | None = None) -> ast.Module:
 def parse_expr(text: str, name: str = "<expression>", path: str | None = None) -> ast.Node:
     """Parse one expression (e.g. an attribute argument on the command line)."""
     src = SourceText(name, text, path)
-    return _parse(_lark(), text, src, "expr", 0)
+    return _parse(_lark(), text, src, "expr", 0, "end of the attribute expression")

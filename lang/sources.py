@@ -26,11 +26,22 @@ from pathlib import Path
 
 
 def _patterns(root: Path) -> list[tuple[str, bool]]:
+    """The ``(pattern, directories only)`` rules of ``root``'s ``.kilnignore`` (none if
+    there is no such file). Raises ``BadValue`` (not located: the caller knows where the
+    source was named) when the file is not UTF-8."""
     f = root / ".kilnignore"
     if not f.is_file():
         return []
+    raw = f.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        from .errors import BadValue
+
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise BadValue(f"{f} is not valid UTF-8 (byte 0x{raw[e.start]:02x} on line {line})") from None
     out = []
-    for line in f.read_text(encoding="utf-8").splitlines():
+    for line in text.splitlines():
         line = line.strip()
         if line and not line.startswith("#"):
             out.append((line.rstrip("/"), line.endswith("/")))

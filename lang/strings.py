@@ -41,6 +41,54 @@ def _interp_end(text: str, i: int) -> int:
     return -1
 
 
+MAX_NESTING = 6  # braces inside one ${...}: the depth recipe.lark's string regexes allow
+
+
+def too_deep_brace(text: str, start: int) -> int:
+    """For a string literal starting at ``text[start]`` (``"`` or ``''``) that the lexer
+    refused: the position of the first ``{`` nested more than ``MAX_NESTING`` deep inside
+    one of its ``${...}``, provided that interpolation is closed further on; else -1 (the
+    string really is unterminated). Only used to word a syntax error."""
+    indented = text.startswith("''", start)
+    i, n = start + (2 if indented else 1), len(text)
+    while i < n:
+        c = text[i]
+        if indented and text.startswith("''", i):
+            if i + 2 < n and text[i + 2] in "'$":
+                i += 3
+                continue
+            if i + 2 < n and text[i + 2] == "\\":
+                i += 4
+                continue
+            return -1
+        if not indented and c == '"':
+            return -1
+        if not indented and c == "\\":
+            i += 2
+            continue
+        if text.startswith("${", i):
+            depth, deep, i = 0, -1, i + 2
+            while i < n:
+                c = text[i]
+                if c == '"':
+                    i += 1
+                    while i < n and text[i] != '"':
+                        i += 2 if text[i] == "\\" else 1
+                elif c == "{":
+                    depth += 1
+                    if depth > MAX_NESTING and deep < 0:
+                        deep = i
+                elif c == "}":
+                    if depth == 0:
+                        break
+                    depth -= 1
+                i += 1
+            if deep >= 0 and i < n:
+                return deep
+        i += 1
+    return -1
+
+
 def split_plain(token: str) -> list:
     """Pieces of a ``"..."`` token (quotes included in ``token``)."""
     if "\\" not in token and "${" not in token:
@@ -70,19 +118,60 @@ def split_plain(token: str) -> list:
 
 
 _IND_SPECIAL = re.compile(r"''(?:'|\$|\\.)|\$\{", re.S)
-_HOLE = "\uffff"  # stands for an escaped character or an interpolation while stripping
+
+
+def _line_indent(line: list) -> int | None:
+    """Leading spaces of ``line`` (items: literal ``str`` or ``int`` hole index), or
+    None if it holds only spaces. A hole (an escape or an interpolation) is content."""
+    n = 0
+    for item in line:
+        if isinstance(item, int):
+            return n
+        rest = item.lstrip(" ")
+        n += len(item) - len(rest)
+        if rest:
+            return n
+    return None
+
+
+def _dedent(line: list, strip: int) -> list:
+    """``line`` without up to ``strip`` leading spaces (taken from literal text only)."""
+    out = []
+    for item in line:
+        if strip and isinstance(item, str):
+            rest = item.lstrip(" ")
+            cut = min(strip, len(item) - len(rest))
+            strip = strip - cut if not rest else 0
+            item = item[cut:]
+            if not item:
+                continue
+        else:
+            strip = 0
+        out.append(item)
+    return out
 
 
 def split_indented(token: str) -> list:
-    """Pieces of a ``''...''`` token, with indentation stripped."""
+    """Pieces of a ``''...''`` token, with indentation stripped.
+
+    Escapes and interpolations are kept apart from the literal text while stripping
+    (as ``int`` indices into ``holes``), so no character of the input, whatever it is,
+    can be mistaken for one."""
     body = token[2:-2]
-    holes: list = []
-    chunks: list[str] = []
+    holes: list = []  # escaped text (str) or an interpolation (offset, code)
+    lines: list[list] = [[]]  # per line: literal str pieces and hole indices
+
+    def add_text(text: str) -> None:
+        first, *rest = text.split("\n")
+        if first:
+            lines[-1].append(first)
+        lines.extend([r] if r else [] for r in rest)
+
     last = 0
     for m in _IND_SPECIAL.finditer(body):
         if m.start() < last:
-            continue
-        chunks.append(body[last : m.start()])
+            continue  # inside an interpolation already taken whole
+        add_text(body[last : m.start()])
         text = m.group()
         if text == "${":
             close = _interp_end(body, m.end())
@@ -90,34 +179,32 @@ def split_indented(token: str) -> list:
             last = close + 1
         else:
             c = text[2:]
-            holes.append(c if c in ("$", "'") else _ESCAPES.get(c[1], c[1]))
-            if c == "'":
-                holes[-1] = "''"
+            holes.append("''" if c == "'" else "$" if c == "$" else _ESCAPES.get(c[1], c[1]))
             last = m.end()
-        chunks.append(_HOLE)
-    chunks.append(body[last:])
-    lines = "".join(chunks).split("\n")
-    if len(lines) > 1 and not lines[0].strip(" "):
+        lines[-1].append(len(holes) - 1)
+    add_text(body[last:])
+
+    if len(lines) > 1 and _line_indent(lines[0]) is None:
         lines.pop(0)
-    strip = min((len(x) - len(x.lstrip(" ")) for x in lines if x.strip(" ")), default=0)
-    if lines and not lines[-1].strip(" "):
-        lines[-1] = ""
-    text = "\n".join(x[strip:] if x.strip(" ") else x[min(strip, len(x)) :] for x in lines)
-    if not holes:
-        return [text] if text else []
+    strip = min((i for i in map(_line_indent, lines) if i is not None), default=0)
+    if lines and _line_indent(lines[-1]) is None:
+        lines[-1] = []
+
     out: list = []
-    buf = ""
-    for i, piece in enumerate(text.split(_HOLE)):
-        buf += piece
-        if i < len(holes):
-            h = holes[i]
+    buf: list[str] = []
+    for n, line in enumerate(lines):
+        if n:
+            buf.append("\n")
+        for item in _dedent(line, strip):
+            h = holes[item] if isinstance(item, int) else item
             if isinstance(h, tuple):
                 if buf:
-                    out.append(buf)
-                buf = ""
+                    out.append("".join(buf))
+                    buf = []
                 out.append(h)
             else:
-                buf += h
-    if buf:
-        out.append(buf)
+                buf.append(h)
+    text = "".join(buf)
+    if text:
+        out.append(text)
     return out

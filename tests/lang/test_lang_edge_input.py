@@ -1,0 +1,235 @@
+"""Unusual input must give a clean, located recipe error or the documented value, never
+an internal error or a hang: deep ATTR expressions, odd import paths, U+FFFF and CRLF in
+strings, a non-UTF-8 .kilnignore, records nested in ${...}, leading zeros."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import pytest
+from lang_helpers import run_kiln, source_hasher
+
+from kiln.lang import RecipeError, evaluate_file
+from kiln.lang import errors as E
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path, monkeypatch):
+    """Every test works in its tmp_path, so errors name files as relative paths."""
+    monkeypatch.chdir(tmp_path)
+
+
+def _write(path: Path, text: str | bytes) -> str:
+    """Write ``text`` to ``path``; returns its name (relative to the test's cwd)."""
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+    return path.name
+
+
+def _evaluate_within(seconds: float, file: str):
+    """evaluate_file(file), failing the test instead of hanging (a FIFO must not block)."""
+    out: list = []
+
+    def run() -> None:
+        try:
+            out.append(evaluate_file(file))
+        except BaseException as e:  # noqa: BLE001 - handed to the test
+            out.append(e)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(seconds)
+    assert out, f"evaluating {file} hung"
+    if isinstance(out[0], BaseException):
+        raise out[0]
+    return out[0]
+
+
+def _env(ev, attr: str) -> dict[str, str]:
+    return dict(ev.packages[attr].env)
+
+
+# -- 1. ATTR expressions recurse like file expressions ------------------------------------
+def test_attr_recursion_is_a_recipe_error_on_the_command_line(tmp_path):
+    _write(
+        tmp_path / "r.recipe",
+        'package p(n) {\n  x = if n == 1000000000 then "" else p(n = n + 1).build\n  build = "x"\n}\n',
+    )
+    r = run_kiln(["eval", "--no-cache", "r.recipe", "p(n = 0)"], cwd=tmp_path, home=tmp_path / "home")
+    assert r.returncode == 1
+    assert "internal error" not in r.stderr
+    assert r.stderr.startswith(
+        "error: r.recipe:2:7: evaluation went too deep: unbounded recursion through package variants"
+    )
+
+
+def test_huge_attr_expressions_evaluate_or_fail_cleanly(tmp_path):
+    ev = evaluate_file(_write(tmp_path / "a.recipe", 'package a(n = 0) { build = "${n}" }\n'))
+    # 3,000 terms: deeper than the interpreter's default limit, fine in a file too
+    _, drv = ev.select("a(n = " + "+".join(["1"] * 3000) + ")")
+    assert dict(drv.env)["build"] == "3000"
+    deep = "a(n = length(" + "[" * 150_000 + "]" * 150_000 + "))"
+    with pytest.raises(E.InfiniteRecursion, match=r"^<attribute>:1:\d+: evaluation went too deep"):
+        ev.select(deep)
+
+
+# -- 2. parentheses count for the chained-comparison rule ---------------------------------
+def test_parenthesised_comparison_is_not_a_chain(tmp_path):
+    f = _write(
+        tmp_path / "c.recipe",
+        "package p {\n"
+        '  a = if (1 == 1) == true then "y" else "n"\n'
+        '  b = if true == (1 != 1) then "y" else "n"\n'
+        '  c = if (1 == 1) != (2 == 3) && 1 + 1 == 2 then "y" else "n"\n'
+        '  build = "x"\n'
+        "}\n",
+    )
+    env = _env(evaluate_file(f), "p")
+    assert (env["a"], env["b"], env["c"]) == ("y", "n", "y")
+
+
+# -- 3. a field named like a parameter ----------------------------------------------------
+def test_a_field_cannot_replace_a_parameter(tmp_path):
+    f = _write(tmp_path / "p.recipe", 'package p(flag = false) { flag = true\n  build = "" }\n')
+    with pytest.raises(E.DuplicateField) as info:
+        evaluate_file(f)
+    assert str(info.value).splitlines()[0] == (
+        "p.recipe:1:27: field 'flag' has the same name as a parameter (line 1) and they share "
+        "one scope; to export the parameter use another name (flagValue = flag)"
+    )
+
+
+# -- 4. U+FFFF is an ordinary character ----------------------------------------------------
+def test_uffff_in_an_indented_string_is_kept(tmp_path):
+    f = _write(
+        tmp_path / "u.recipe",
+        'let x = "X"\n'
+        "package a {\n"
+        "  build = ''a\uffffb${x}c''\n"
+        "  esc = ''a''\\tb\uffffc''\n"
+        "  ind = ''\n    \uffff\n      ${x}\n  ''\n"
+        "}\n",
+    )
+    env = _env(evaluate_file(f), "a")
+    assert env["build"] == "a\uffffbXc"
+    assert env["esc"] == "a\tb\uffffc"
+    assert env["ind"] == "\uffff\n  X\n"
+
+
+# -- 5. a .kilnignore that is not UTF-8 -----------------------------------------------------
+def test_kilnignore_that_is_not_utf8_is_located(tmp_path):
+    (tmp_path / "src").mkdir()
+    _write(tmp_path / "src" / ".kilnignore", b"ok\na\xff\n")
+    f = _write(tmp_path / "s.recipe", 'package a {\n  src = path "./src"\n  build = "" }\n')
+    for add in (None, source_hasher()):
+        with pytest.raises(E.BadValue) as info:
+            evaluate_file(f, add_source=add)
+        assert str(info.value).splitlines()[0] == (
+            f"s.recipe:2:14: cannot add path './src' to the store: {tmp_path.resolve()}/src/.kilnignore "
+            "is not valid UTF-8 (byte 0xff on line 2)"
+        )
+
+
+# -- 6. import paths that cannot be read ----------------------------------------------------
+def _bad_target(tmp_path: Path, case: str) -> tuple[str, str]:
+    """(import path, expected message) for one kind of unreadable import."""
+    if case == "nul":
+        return "a\0b.recipe", "cannot read imported file 'a\\x00b.recipe': the path contains a NUL character"
+    if case == "loop":
+        os.symlink("loop2.recipe", tmp_path / "loop1.recipe")
+        os.symlink("loop1.recipe", tmp_path / "loop2.recipe")
+        return "loop1.recipe", "cannot read imported file loop1.recipe: Too many levels of symbolic links"
+    if case == "notdir":
+        _write(tmp_path / "f.recipe", "")
+        return "f.recipe/x.recipe", "cannot read imported file f.recipe/x.recipe: Not a directory"
+    if case == "toolong":
+        name = "x" * 300 + ".recipe"
+        return name, f"cannot read imported file {name}: File name too long"
+    if case == "fifo":
+        os.mkfifo(tmp_path / "fifo.recipe")
+        return "fifo.recipe", "cannot read imported file fifo.recipe: it is a FIFO, not a regular file"
+    if case == "dir":
+        (tmp_path / "d.recipe").mkdir()
+        return "d.recipe", "cannot read imported file d.recipe: it is a directory, not a regular file"
+    raise AssertionError(case)
+
+
+@pytest.mark.parametrize("case", ["nul", "loop", "notdir", "toolong", "fifo", "dir"])
+def test_unreadable_import_is_located_at_the_import(tmp_path, case):
+    target, message = _bad_target(tmp_path, case)
+    _write(tmp_path / "main.recipe", f'# imports\nimport "{target}"\npackage a {{ build = "" }}\n')
+    with pytest.raises(RecipeError) as info:
+        _evaluate_within(30, "main.recipe")
+    assert str(info.value).splitlines()[0] == f"main.recipe:2:1: {message}"
+
+
+def test_an_entry_file_that_is_a_fifo_is_refused(tmp_path):
+    os.mkfifo(tmp_path / "fifo.recipe")
+    with pytest.raises(
+        RecipeError, match="^cannot read recipe file fifo.recipe: it is a FIFO, not a regular file$"
+    ):
+        _evaluate_within(30, "fifo.recipe")
+
+
+def test_an_import_that_is_not_utf8_names_the_place_once(tmp_path):
+    _write(tmp_path / "bad.recipe", b'package p {\n  x = "h\xc3\xa9llo \xff"\n}\n')
+    _write(tmp_path / "main.recipe", 'import "bad.recipe"\n')
+    with pytest.raises(RecipeError) as info:
+        evaluate_file("bad.recipe")
+    # columns count characters: the bad byte is the 14th character of its line
+    assert str(info.value) == "bad.recipe:2:14: not valid UTF-8 (byte 0xff); recipe files are UTF-8"
+    with pytest.raises(RecipeError) as info:
+        evaluate_file("main.recipe")
+    assert str(info.value).splitlines()[0] == (
+        "main.recipe:1:1: imported file bad.recipe is not valid UTF-8 (byte 0xff) at line 2, column 14"
+    )
+
+
+# -- 7. six levels of records inside ${...} --------------------------------------------------
+def test_six_levels_of_records_in_an_interpolation(tmp_path):
+    six = "{a={b={c={d={e={f=1}}}}}}.a.b.c.d.e.f"
+    f = _write(
+        tmp_path / "six.recipe",
+        f"package a {{\n  x = \"<${{ {six} }}>\"\n  y = ''<${{ {six} }}>''\n  build = \"\" }}\n",
+    )
+    env = _env(evaluate_file(f), "a")
+    assert (env["x"], env["y"]) == ("<1>", "<1>")
+
+
+# -- 8. the end of an interpolation or of an ATTR is not the end of the file ----------------
+def test_end_of_an_interpolation_or_attr_is_named_as_such(tmp_path):
+    f = _write(tmp_path / "e.recipe", 'package a(n = 1) { build = "${}" }\n')
+    with pytest.raises(E.RecipeSyntaxError) as info:
+        evaluate_file(f)
+    assert str(info.value).splitlines()[0] == (
+        "e.recipe:1:31: unexpected end of the ${...} interpolation; expected an expression"
+    )
+    ev = evaluate_file(_write(tmp_path / "ok.recipe", 'package a(n = 1) { build = "${n}" }\n'))
+    with pytest.raises(E.RecipeSyntaxError) as info:
+        ev.select("a(n = ")
+    assert str(info.value).splitlines()[0] == (
+        "<attribute>:1:7: unexpected end of the attribute expression; expected an expression"
+    )
+
+
+# -- 9. leading zeros -------------------------------------------------------------------------
+def test_leading_zeros_do_not_make_a_number_too_large(tmp_path):
+    f = _write(tmp_path / "z.recipe", 'let n = 0000000000000000000000042\npackage a { build = "${n}" }\n')
+    assert _env(evaluate_file(f), "a")["build"] == "42"
+
+
+# -- 15. CRLF line ends -----------------------------------------------------------------------
+def test_crlf_files_mean_the_same_as_lf_files(tmp_path):
+    text = "package a {\n  build = ''\n    foo\n      bar\n  ''\n  s = \"x\ny\"\n}\n"
+    lf = evaluate_file(_write(tmp_path / "lf.recipe", text))
+    crlf = evaluate_file(_write(tmp_path / "crlf.recipe", text.replace("\n", "\r\n").encode()))
+    assert _env(crlf, "a")["build"] == "foo\n  bar\n"
+    assert _env(crlf, "a")["s"] == "x\ny"
+    assert crlf.drv_paths == lf.drv_paths
+    bad = _write(tmp_path / "bad.recipe", b"package a {\r\n  build = oops\r\n}\r\n")
+    with pytest.raises(E.UnknownName, match=r"^bad.recipe:2:11: unknown name 'oops'"):
+        evaluate_file(bad)
