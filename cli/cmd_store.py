@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -55,7 +56,9 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--trusted-key", action="append", default=[], metavar="PUB", help="public key file or text"
     )
-    sp.add_argument("--sigs-needed", type=int, default=0, metavar="N")
+    sp.add_argument(
+        "--sigs-needed", type=_count, default=0, metavar="N", help="valid trusted signatures each path needs"
+    )
     sp.add_argument("--json", action="store_true")
     sp = cmd("gc", "delete paths not reachable from a GC root")
     sp.add_argument("--dry-run", action="store_true", help="only list what would be deleted")
@@ -67,6 +70,17 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("name")
     sp.add_argument("path")
     return p
+
+
+def _count(text: str) -> int:
+    """argparse type: a whole number >= 0."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, found {text!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, found {n}")
+    return n
 
 
 def _open(args, create: bool = False):
@@ -96,7 +110,17 @@ def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv[1:] if argv and argv[0] == "store" else argv)
     if args.store is None:
         args.store = args.store_top
-    return globals()["_cmd_" + args.cmd.replace("-", "_")](args)
+    try:
+        return globals()["_cmd_" + args.cmd.replace("-", "_")](args)
+    except OSError as e:
+        # tree walkers use bytes paths: report the file name as text, not b'...'
+        if e.strerror and (isinstance(e.filename, bytes) or isinstance(e.filename2, bytes)):
+            raise type(e)(e.errno, e.strerror, _text(e.filename), None, _text(e.filename2)) from None
+        raise
+
+
+def _text(name: str | bytes | None) -> str | None:
+    return os.fsdecode(name) if isinstance(name, bytes) else name
 
 
 def _cmd_init(args) -> int:
@@ -221,6 +245,7 @@ def _cmd_verify(args) -> int:
                         for p in r.problems
                     ],
                     "quarantined": list(r.quarantined),
+                    "incomplete": list(r.incomplete),
                     "strayTrees": list(r.stray_trees),
                     "strayObjects": list(r.stray_objects),
                 },
@@ -239,10 +264,15 @@ def _cmd_verify(args) -> int:
                 file=sys.stderr,
             )
         bad = sum(1 for p in r.problems if not p.repaired)
-        print(
-            f"checked {r.checked} paths: {bad} problem(s)"
-            + (f", {len(r.problems) - bad} repaired" if args.repair else "")
-        )
+        summary = f"checked {r.checked} paths: {bad} problem(s)"
+        if args.repair:
+            summary += f", {len(r.problems) - bad} repaired"
+        if r.quarantined:
+            # a quarantine is no clean repair: the path is gone, and its referrers broken
+            summary += (
+                f"; {len(r.quarantined)} path(s) quarantined, {len(r.incomplete)} referrer(s) now incomplete"
+            )
+        print(summary)
     return 0 if r.ok else 1
 
 

@@ -15,7 +15,9 @@ registrations hold the lock shared from their first temp file to their committed
    (``attestations.remove``: they describe content that is gone);
 4. objects no remaining row uses are deleted (one object can back several paths with
    identical NARs; it goes only when none of them is valid), as are unregistered trees
-   left by crashed registrations (not those a live process roots: a build's staged
+   left by crashed registrations (only entries named like a store path base,
+   ``<hash>-<name>``: anything else in the store dir is never touched; and not those a
+   live process roots: a build's staged
    outputs, ``stagedbuild``), store writers' dirs in ``tmp/``, the build loop's and
    ``--check``'s dirs whose owner died (each is flocked while in use, ``buildtmp``)
    and the per-path lock files (a build lock only if nobody holds it).
@@ -36,9 +38,10 @@ from typing import TYPE_CHECKING
 
 from . import attestations, db
 from .buildtmp import owner_gone
-from .errors import KilnError, StoreError
+from .errors import FormatError, KilnError, StoreError
 from .hashes import Hash
 from .locks import FileLock, live_temp_roots, remove_if_free
+from .paths import StorePath
 from .trees import remove_tree, tree_size
 
 _WRITER_TMP = re.compile(r"^(\d+-|gc-\d+-)")
@@ -146,11 +149,9 @@ def collect(store: LocalStore, dry_run: bool = False) -> GcReport:
         # an unregistered tree that a live process roots is being registered (a build's
         # staged output, ``stagedbuild``): not garbage
         rooted_bases = {p.rsplit("/", 1)[1] for p in roots}
-        stray = sorted(
-            e.name
-            for e in os.scandir(store.real_store)
-            if e.name not in valid_bases and e.name not in rooted_bases
-        )
+        stray = [
+            name for name in stray_tree_names(store) if name not in valid_bases and name not in rooted_bases
+        ]
         used_after = _used_objects(store, exclude=set(dead))
         doomed_objects = [o for o in _objects(store) if o.name.split(".", 1)[0] not in used_after]
 
@@ -207,6 +208,21 @@ def collect(store: LocalStore, dry_run: bool = False) -> GcReport:
             elif e.name.endswith(".build"):
                 remove_if_free(Path(e.path))
         return report
+
+
+def stray_tree_names(store: LocalStore) -> list[str]:
+    """Sorted names of the store dir's entries that are store path bases
+    (``<32 nix32 chars>-<name>``): the only entries GC may ever delete there, whatever
+    else a misconfiguration (a store dir overlapping the root's own entries) or a user
+    put beside them. Registered or not: the caller subtracts the valid ones."""
+    out = []
+    for e in os.scandir(store.real_store):
+        try:
+            StorePath.parse_base(e.name, store.store_dir)
+        except FormatError:
+            continue
+        out.append(e.name)
+    return sorted(out)
 
 
 def _objects(store: LocalStore) -> list[Path]:

@@ -55,8 +55,8 @@ from .errors import HashMismatch, StoreError
 from .hashes import Hash
 from .locks import FileLock
 from .nar_restore import write_all
-from .objects import object_rel_path, sync_filesystem
-from .objread import TeeReader, check_digest, decompress_verified, read_object
+from .objects import CHUNK, object_rel_path, sync_filesystem
+from .objread import TeeReader, check_digest, check_frames, decompress_verified, read_object
 from .pathinfo import PathInfo
 from .trees import move_into_place, remove_tree, restore_canonical
 
@@ -96,12 +96,41 @@ def stage(store: LocalStore, info: PathInfo, zst: BinaryIO, tmp: Path, k: int) -
     tree, obj = tmp / str(k), tmp / f"{k}.obj"
     tee = TeeReader(zst, os.open(obj, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644))
     try:
-        expect_file = None if info.file_hash is None else (info.file_hash, info.file_size or 0)
-        stream = decompress_verified(tee, info.path, expect_file, (info.nar_hash, info.nar_size))
+        stream = decompress_verified(tee, info.path, sized_file(info), (info.nar_hash, info.nar_size))
         restore_canonical(stream, tree)
+        check_unsized_file(info, tee)
     finally:
         os.close(tee.fd)
     return Staged(replace(info, file_hash=Hash("sha256", tee.sha.digest()), file_size=tee.size), obj, tree)
+
+
+def sized_file(info: PathInfo) -> tuple[Hash, int] | None:
+    """The compressed file's ``(FileHash, FileSize)`` to check while it streams: only when
+    both are known. A FileHash without a FileSize (both are optional in a narinfo) is
+    checked afterwards by ``check_unsized_file``, with no size bound from it (the NarSize
+    still bounds decompression): a missing size is not a size of 0."""
+    if info.file_hash is None or info.file_size is None:
+        return None
+    return (info.file_hash, info.file_size)
+
+
+def check_unsized_file(info: PathInfo, tee: TeeReader) -> None:
+    """After a stream verified with ``sized_file(info)``: if ``info`` has a FileHash but no
+    FileSize, read what is left of the object (trailing bytes count) and check its hash."""
+    if info.file_hash is None or info.file_size is not None:
+        return
+    while tee.read(CHUNK):
+        pass
+    _unsized_mismatch(info.path, info.file_hash, Hash("sha256", tee.sha.digest()), tee.size)
+
+
+def _unsized_mismatch(what: str, want: Hash, got: Hash, size: int) -> None:
+    if got.digest != want.digest:
+        raise HashMismatch(
+            f"compressed file of {what}",
+            f"{want.to_nix32()} (size not given)",
+            f"{got.to_nix32()} ({size} bytes)",
+        )
 
 
 #: NARs up to this size, with their object in memory, are checked and restored in one
@@ -116,12 +145,16 @@ def stage_bytes(store: LocalStore, info: PathInfo, data: bytes, tmp: Path, k: in
     what = info.path
     file_hash = Hash("sha256", hashlib.sha256(data).digest())
     if info.file_hash is not None:
-        check_digest(what, "compressed file", (info.file_hash, info.file_size or 0), file_hash, len(data))
+        if info.file_size is None:
+            _unsized_mismatch(what, info.file_hash, file_hash, len(data))
+        else:
+            check_digest(what, "compressed file", (info.file_hash, info.file_size), file_hash, len(data))
     try:
         # bounded by the announced size: a small object must not inflate without limit;
         # an object may hold several frames (see ``narsink``)
         with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data), read_across_frames=True) as r:
             nar = r.read(info.nar_size + 1)
+        check_frames(data, what)  # a stream cut after a block decompresses without error
     except zstandard.ZstdError as e:
         raise HashMismatch(
             f"compressed NAR of {what}", "a valid zstd stream", f"corrupt data ({e})"

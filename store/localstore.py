@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import db
-from .errors import StoreError
+from .errors import FormatError, StoreError
 from .locks import FileLock, TempRoots
 from .objects import fsync_dir, object_rel_path
 from .objread import read_object
@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from .verify import VerifyReport
 
 CONFIG_VERSION = 1
+#: each is also in ``paths.STORE_ROOT_ENTRIES``, which no store dir may start with
 _SUBDIRS = ("objects", "gcroots", "temproots", "quarantine", "tmp", "locks")
 
 
@@ -81,7 +82,7 @@ class LocalStore(Registering):
         except FileNotFoundError:
             if not create:
                 raise StoreError(f"no kiln store at {root} (create one with 'kiln store init')") from None
-            data = _init_config(root, check_store_dir(store_dir or DEFAULT_STORE_DIR))
+            data = _init_config(root, check_store_dir(DEFAULT_STORE_DIR if store_dir is None else store_dir, local=True))
             # all 256 object shards up front: a first copy of thousands of paths would
             # otherwise create them on its way (a mkdir each, ~0.1-0.4 ms on ext4)
             objects = root / "objects"
@@ -91,9 +92,21 @@ class LocalStore(Registering):
             fsync_dir(objects)
         except (OSError, ValueError) as e:
             raise StoreError(f"cannot read store config {cfg}: {e}") from None
+        if not isinstance(data, dict):
+            raise StoreError(
+                f"cannot read store config {cfg}: expected a JSON object like "
+                f'{{"store_dir": "{DEFAULT_STORE_DIR}", "version": {CONFIG_VERSION}}}, '
+                f"found a JSON {type(data).__name__}"
+            )
         found = data.get("store_dir")
         if not isinstance(found, str):
-            raise StoreError(f"store config {cfg} has no 'store_dir'")
+            raise StoreError(f"store config {cfg} has no 'store_dir' string (found {found!r})")
+        try:
+            # a hand-edited config is checked like a new one: ``/kiln/..`` would put the
+            # trees on the store root itself, and GC would delete the store
+            check_store_dir(found, local=True)
+        except FormatError as e:
+            raise StoreError(f"store config {cfg}: {e}") from None
         if store_dir is not None and store_dir != found:
             raise StoreError(f"store at {root} uses store dir {found!r}, not {store_dir!r}")
         for d in (*_SUBDIRS, found.lstrip("/")):

@@ -206,18 +206,22 @@ class TempRoots:
             self.remove(paths)
 
     def release(self) -> None:
-        """One user fewer; the last one deletes the file."""
+        """One user fewer; the last one deletes the file.
+
+        The file is unlinked and closed under ``_shared_lock``: a thread that ``get``s a
+        new instance right after must not open this still-flocked file (its ``LOCK_NB``
+        would fail: "locked by someone else")."""
         with self._shared_lock:
             self.users -= 1
             if self.users > 0:
                 return
             self._shared.pop((str(self.dir), self.pid), None)
-        if self.fd is not None and self.pid == os.getpid():
-            with contextlib.suppress(OSError):
-                os.unlink(self.dir / str(self.pid))
-            os.close(self.fd)
-        self.fd = None
-        self.counts.clear()
+            if self.fd is not None and self.pid == os.getpid():
+                with contextlib.suppress(OSError):
+                    os.unlink(self.dir / str(self.pid))
+                os.close(self.fd)
+            self.fd = None
+            self.counts.clear()
 
 
 def live_temp_roots(dir_: Path, delete_dead: bool = True) -> set[str]:

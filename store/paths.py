@@ -15,6 +15,7 @@ Type strings (Nix ``makeType``):
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from dataclasses import dataclass
@@ -46,10 +47,76 @@ def check_name(name: str) -> str:
     return name
 
 
-def check_store_dir(store_dir: str) -> str:
-    if not store_dir.startswith("/") or store_dir.endswith("/") or "//" in store_dir:
-        raise FormatError(f"store dir {store_dir!r} must be an absolute path without a trailing slash")
+#: Entries of a local store's root (``LocalStore``: its layout, and what commands keep
+#: beside it). The materialised trees live at ``<root>/<store dir minus "/">``, so a store
+#: dir starting with one of these would make the store dir one of them: GC would then
+#: delete e.g. every object as an "unregistered tree".
+STORE_ROOT_ENTRIES = frozenset(
+    {
+        "attestations",
+        "config.json",
+        "db.sqlite",
+        "db.sqlite-journal",
+        "db.sqlite-shm",
+        "db.sqlite-wal",
+        "eval-cache",
+        "gc.lock",
+        "gcroots",
+        "keys",
+        "locks",
+        "logs",
+        "objects",
+        "quarantine",
+        "temproots",
+        "tmp",
+    }
+)
+
+
+def check_store_dir(store_dir: str, *, local: bool = False) -> str:
+    """Return ``store_dir`` if it can be a store dir, else raise ``FormatError``.
+
+    A store dir is an absolute, normalised path with at least one component: no trailing
+    slash, no empty, ``.`` or ``..`` components (``/kiln/..`` would map a local store's
+    trees onto its root itself). A ``local`` store's dir (``LocalStore``, whose trees live
+    at ``<root>/<store dir>``) may moreover not start with one of ``STORE_ROOT_ENTRIES``;
+    other stores' (a registry's, a narinfo's) may. Called for every parsed path, so the
+    answer is cached."""
+    problem = _store_dir_problem(store_dir) or (_clash(store_dir) if local else "")
+    if problem:
+        raise FormatError(
+            f"invalid store dir {store_dir!r}: {problem} "
+            f"(expected an absolute path like {DEFAULT_STORE_DIR} without '.', '..' or empty components)"
+        )
     return store_dir
+
+
+@functools.lru_cache(maxsize=64)
+def _store_dir_problem(store_dir: str) -> str:
+    """Why ``store_dir`` is not a valid store dir ("" if it is)."""
+    if not store_dir.startswith("/"):
+        return "it is not absolute"
+    if store_dir == "/":
+        return "it is the root directory"
+    if store_dir.endswith("/"):
+        return "it ends with '/'"
+    parts = store_dir[1:].split("/")
+    if "" in parts:
+        return "it has an empty component ('//')"
+    bad = [c for c in parts if c in (".", "..")]
+    if bad:
+        return f"it has a {bad[0]!r} component"
+    return ""
+
+
+def _clash(store_dir: str) -> str:
+    first = store_dir[1:].split("/")[0]
+    if first in STORE_ROOT_ENTRIES:
+        return (
+            f"its first component {first!r} clashes with the store root's own entries "
+            f"({', '.join(sorted(STORE_ROOT_ENTRIES))})"
+        )
+    return ""
 
 
 @dataclass(frozen=True, slots=True, order=True)

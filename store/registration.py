@@ -29,6 +29,7 @@ from typing import BinaryIO
 from . import db
 from .errors import StoreError
 from .hashes import Hash
+from .importbatch import check_unsized_file, sized_file
 from .ingest import PathFilter, TreeIngest
 from .locks import FileLock, path_lock_file
 from .narsink import NarSink
@@ -47,9 +48,12 @@ class Registering:
     def add_path(self, src: Path, name: str | None = None, filter: PathFilter | None = None) -> PathInfo:
         """Add a file or tree as a content-addressed source path (``nix-store --add``):
         path = ``make_source_path(name, nar_hash)``; ``filter(path, kind)`` may skip
-        entries below ``src``."""
+        entries below ``src``. An explicit ``name`` must be valid (``""`` is refused);
+        ``src`` must exist and must not contain the store root (the copy, made under the
+        root's ``tmp/``, would be walked and copied again, endlessly)."""
         src = Path(src)
-        name = check_name(name or Path(os.path.abspath(src)).name)
+        self._check_source(src, filter)
+        name = check_name(Path(os.path.abspath(src)).name if name is None else name)
         with self._writing() as tmp:
             tree = tmp / "tree"
             oi = self._ingest(lambda sink: TreeIngest(sink, filter).run(src, tree), tmp)
@@ -63,6 +67,27 @@ class Registering:
                 ca=f"fixed:r:sha256:{oi.nar_hash.nix32}",
             )
             return self._commit(info, tree, tmp)
+
+    def _check_source(self, src: Path, filter: PathFilter | None) -> None:
+        """Refuse a missing ``src`` or one whose walk would reach this store's root (unless
+        ``filter`` skips a directory on the way, e.g. a ``.kilnignore``d ``.kiln``). The
+        last component is not resolved: a symlink is added as a symlink, never followed."""
+        if not os.path.lexists(src):
+            raise StoreError(f"cannot add {src}: no such file or directory")
+        a = os.path.abspath(src)
+        here = os.path.join(os.path.realpath(os.path.dirname(a)), os.path.basename(a))
+        root = os.path.realpath(self.root)
+        if os.path.isdir(here) and not os.path.islink(here) and os.path.commonpath([here, root]) == here:
+            if filter is not None:
+                walked = str(src)  # the walker hands the filter paths spelled from ``src``
+                for part in Path(os.path.relpath(root, here)).parts:
+                    walked = os.path.join(walked, part)
+                    if not filter(walked, "directory"):
+                        return
+            raise StoreError(
+                f"cannot add {src}: it contains the store root {root} (expected a file or directory "
+                "outside the store: its copy would be made inside the directory being copied)"
+            )
 
     def add_text(self, name: str, text: bytes, references: Iterable[str]) -> PathInfo:
         """Add a text path (a ``.drv`` file): a non-executable file whose path is
@@ -180,9 +205,9 @@ class Registering:
             tree, obj = tmp / "tree", tmp / "object"
             tee = TeeReader(zst, os.open(obj, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
             try:
-                expect_file = None if info.file_hash is None else (info.file_hash, info.file_size or 0)
-                stream = decompress_verified(tee, info.path, expect_file, (info.nar_hash, info.nar_size))
+                stream = decompress_verified(tee, info.path, sized_file(info), (info.nar_hash, info.nar_size))
                 restore_canonical(stream, tree)
+                check_unsized_file(info, tee)
                 os.fsync(tee.fd)
             finally:
                 os.close(tee.fd)

@@ -27,7 +27,10 @@ other ``kiln build`` builds it meanwhile.
 ``archive`` (the bookkeeping thread): 3. serialise the placed tree (canonical and
 read-only, so reading it while a later build has it mounted is safe) into an object
 file in the build's own temp dir (``tmp/build-*``, which GC leaves alone), hashing the
-NAR and the compressed object — *no* fsync — and check the tree's identity again.
+NAR and the compressed object — *no* fsync — and check the tree's identity again. A
+concurrent import of the same path (substitution, ``kiln copy``: they do not take the
+output lock) may have replaced the placed tree and registered the path meanwhile; that
+registration is then accepted (``StagedOutput.taken``) instead of failing the build.
 
 ``commit`` (the bookkeeping thread, in FIFO order after the builds it covers; every
 placed output not yet committed is archived and goes in one batch):
@@ -58,7 +61,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from . import db
-from .errors import StoreError
+from .errors import KilnError, StoreError
 from .importbatch import place_object
 from .ingest import TreeIngest
 from .locks import FileLock
@@ -84,11 +87,14 @@ class Placed:
 @dataclass(frozen=True, slots=True)
 class StagedOutput:
     """A placed output archived: its info (digests, refs, deriver), its not-yet-durable
-    object file and the identity of the placed tree."""
+    object file and the identity of the placed tree. ``taken``: another process (an
+    import of the same path) replaced the placed tree and registered the path before it
+    was archived; ``info`` is then that registration's and ``obj`` is not used."""
 
     info: PathInfo
     obj: Path
     identity: tuple[int, int, int]
+    taken: bool = False
 
 
 def _identity(p: Path) -> tuple[int, int, int] | None:
@@ -147,11 +153,19 @@ def archive(store, placed: Placed) -> StagedOutput:
     sink = NarSink(fd)
     try:
         TreeIngest(sink).run(real)
-    except BaseException:
+    except BaseException as e:
         sink.abort()
+        # the tree vanished under the walk: fine if someone registered the path instead
+        other = _registered_meanwhile(store, placed) if isinstance(e, (OSError, KilnError)) else None
+        if other is not None:
+            return other
         raise
     oi = sink.finish(sync=False)
-    _check_identity(real, placed.path, placed.identity)
+    if _identity(real) != placed.identity:
+        other = _registered_meanwhile(store, placed)
+        if other is not None:
+            return other
+        _check_identity(real, placed.path, placed.identity)
     info = PathInfo(
         placed.path,
         oi.nar_hash,
@@ -162,6 +176,19 @@ def archive(store, placed: Placed) -> StagedOutput:
         file_size=oi.file_size,
     )
     return StagedOutput(info, placed.obj, placed.identity)
+
+
+def _registered_meanwhile(store, placed: Placed) -> StagedOutput | None:
+    """After the placed tree was found replaced: the path's registration by another
+    process (an import of the same path does not take the build's output lock), or None.
+    Asked under the path's registration lock, which a registrant holds from replacing
+    the tree to committing its row: a replaced tree with no row yet is waited for."""
+    sp = store.parse_path(placed.path)
+    with FileLock(store.gc_lock_path, shared=True), FileLock(store._path_lock(sp)):
+        info = store.query(placed.path)
+    if info is None:
+        return None
+    return StagedOutput(info, placed.obj, placed.identity, taken=True)
 
 
 def stage(
@@ -181,6 +208,8 @@ def commit(store, staged: list[StagedOutput]) -> list[PathInfo]:
         dirs: set[Path] = set()
         new_dirs = False
         for s in staged:
+            if s.taken:  # valid already, with its own object: ours was never made
+                continue
             assert s.info.file_hash is not None
             fd = os.open(s.obj, os.O_RDONLY | os.O_CLOEXEC)
             try:

@@ -8,7 +8,11 @@ For every valid path, ``verify`` checks (two paths at a time, one per core):
   ``tree-corrupt``) and its canonical metadata (``tree-metadata``: modes, mtimes);
 - content-address claims: a ``fixed:r:sha256`` path must be the source path of its NAR
   hash, a ``text:sha256`` path the text path of its content (``ca-mismatch``);
-- references: each must be valid (``dangling-reference``; only quarantine makes these);
+- references: each must be valid (``dangling-reference``; only quarantine makes these,
+  and a repair that quarantines a path reports them for its referrers in the same run);
+- an object that cannot be read at all (EIO, EACCES, not a file) is
+  ``object-unreadable``; a repair that fails is ``repair-failed`` on that path; either
+  way the run goes on with the other paths;
 - signatures, when ``sigs_needed`` > 0: at least that many valid signatures by distinct
   ``trusted`` keys; a content-addressed path needs none when verify recomputed its path
   from its content (``fixed:r:sha256``, flat ``fixed:sha256``, ``text:sha256``, tree
@@ -46,6 +50,7 @@ from typing import TYPE_CHECKING
 
 from . import db, nar
 from .errors import FormatError, KilnError
+from .gc import stray_tree_names
 from .hashes import Hash
 from .ingest import TreeIngest
 from .locks import FileLock, path_lock_file
@@ -77,10 +82,14 @@ class VerifyReport:
     quarantined: tuple[str, ...]
     stray_trees: tuple[str, ...]
     stray_objects: tuple[str, ...]
+    #: valid paths that reference a path this run quarantined (each has an unrepaired
+    #: ``dangling-reference`` problem, so ``ok`` is false)
+    incomplete: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
-        """True if nothing is (still) wrong."""
+        """True if nothing is (still) wrong. A quarantine is a repair of its own path,
+        but leaves every referrer with an unrepaired ``dangling-reference``."""
         return all(p.repaired for p in self.problems)
 
 
@@ -96,7 +105,15 @@ def _check_object(store: LocalStore, info: PathInfo) -> Problem | None:
             pass
     except KilnError as e:
         return Problem(info.path, "object-corrupt", f"{obj}: {e}")
+    except OSError as e:
+        # EIO from a failing disk, EACCES, EISDIR: this path's problem, not the run's
+        return Problem(info.path, "object-unreadable", f"{obj}: cannot read: {_os_text(e)}")
     return None
+
+
+def _os_text(e: OSError) -> str:
+    """``e`` as text for a report: its message, without a bytes repr of the file name."""
+    return f"{e.strerror} (errno {e.errno})" if e.strerror else str(e)
 
 
 def _check_tree(store: LocalStore, info: PathInfo) -> list[Problem]:
@@ -116,11 +133,14 @@ def _check_tree(store: LocalStore, info: PathInfo) -> list[Problem]:
                 f"  got:      {h.to_nix32()} ({size} bytes)",
             )
         ]
-    meta = metadata_problems(real)
+    try:
+        meta = metadata_problems(real)
+        ca = "" if meta else _check_ca(info, real)
+    except OSError as e:  # it was just archived: unreadable now is as bad as wrong content
+        return [Problem(info.path, "tree-corrupt", f"{real}: cannot read: {_os_text(e)}")]
     if meta:
         return [Problem(info.path, "tree-metadata", "; ".join(meta))]
     out = []
-    ca = _check_ca(info, real)
     if ca:
         out.append(Problem(info.path, "ca-mismatch", ca))
     return out
@@ -189,6 +209,7 @@ def verify(store: LocalStore, repair: bool = False, trusted=None, sigs_needed: i
 
     problems: list[Problem] = []
     quarantined: list[str] = []
+    incomplete: list[str] = []
     with FileLock(store.gc_lock_path, shared=True):
         infos = db.all_infos(store.conn)
         valid = {i.path for i in infos}
@@ -222,16 +243,22 @@ def verify(store: LocalStore, repair: bool = False, trusted=None, sigs_needed: i
             todo.sort(key=lambda i: any(p.kind in ("tree-missing", "tree-corrupt") for p in per_path[i][1]))
             for i in todo:
                 info, found = per_path[i]
-                found, q = _repair(store, info, found)
+                try:
+                    found, q = _repair(store, info, found)
+                except (KilnError, OSError) as e:
+                    # this path stays broken (its problems unrepaired); the others go on
+                    why = _os_text(e) if isinstance(e, OSError) else str(e)
+                    found = [*found, Problem(info.path, "repair-failed", f"cannot repair: {why}")]
+                    q = False
                 per_path[i] = (info, found)
                 if q:
                     quarantined.append(info.path)
+            incomplete = _now_dangling(per_path, set(quarantined))
         for _, found in per_path:
             problems.extend(found)
         valid_bases = {p.rsplit("/", 1)[1] for p in valid}
-        stray_trees = sorted(
-            f"{store.store_dir}/{e.name}" for e in os.scandir(store.real_store) if e.name not in valid_bases
-        )
+        # what GC would remove: entries named like store paths (see ``gc.stray_tree_names``)
+        stray_trees = [f"{store.store_dir}/{n}" for n in stray_tree_names(store) if n not in valid_bases]
         used = {Hash.parse(fh).hex for (fh,) in store.conn.execute("SELECT file_hash FROM paths")}
         stray_objects = sorted(
             e.path
@@ -241,8 +268,39 @@ def verify(store: LocalStore, repair: bool = False, trusted=None, sigs_needed: i
             if e.name.split(".", 1)[0] not in used
         )
     return VerifyReport(
-        len(infos), tuple(problems), tuple(quarantined), tuple(stray_trees), tuple(stray_objects)
+        len(infos),
+        tuple(problems),
+        tuple(quarantined),
+        tuple(stray_trees),
+        tuple(stray_objects),
+        tuple(incomplete),
     )
+
+
+def _now_dangling(per_path: list[tuple[PathInfo, list[Problem]]], quarantined: set[str]) -> list[str]:
+    """Add a ``dangling-reference`` problem to every path still valid after the repairs
+    that references a path they quarantined (its closure is now incomplete: nothing
+    repairs that but building or fetching the quarantined path again). Returns those
+    referrers, in ``per_path`` order."""
+    out = []
+    if not quarantined:
+        return out
+    for info, found in per_path:
+        if info.path in quarantined:
+            continue
+        lost = sorted(r for r in set(info.references) if r != info.path and r in quarantined)
+        for r in lost:
+            found.append(
+                Problem(
+                    info.path,
+                    "dangling-reference",
+                    f"references {r}, which this repair quarantined (its object and tree were both "
+                    "bad): build or fetch it again",
+                )
+            )
+        if lost:
+            out.append(info.path)
+    return out
 
 
 def _repair(store: LocalStore, info: PathInfo, found: list[Problem]) -> tuple[list[Problem], bool]:
@@ -319,6 +377,10 @@ def _rebuild_object(store: LocalStore, info: PathInfo, tmp: Path) -> str:
     if oi.nar_hash.digest != info.nar_hash.digest:  # the tree changed since we checked it
         raise KilnError(f"cannot repair {info.path}: its tree changed while being re-archived")
     old = store.objects / object_rel_path(info.file_hash) if info.file_hash else None
+    final = store.objects / object_rel_path(oi.file_hash)
+    if final.is_dir() and not final.is_symlink():
+        # an unreadable "object" that is a directory: a rename cannot replace it
+        os.rename(final, tmp / "bad-object")
     publish_object(tmp / "object", store.objects, oi.file_hash)
     db.set_file(store.conn, info.path, oi.file_hash, oi.file_size)  # durably: see db.set_file
     if old is not None and old.name.split(".")[0] != oi.file_hash.hex:

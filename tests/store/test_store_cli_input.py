@@ -1,0 +1,88 @@
+"""``kiln store`` refuses bad input with a clear message: a source that contains the
+store, a missing source, an empty ``--name``; file names in errors are text."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from clikit import kiln
+from storekit import make_tree
+
+from kiln.store.errors import StoreError
+from kiln.store.localstore import LocalStore
+
+
+def _entries(root) -> list[str]:
+    return sorted(os.path.relpath(os.path.join(d, n), root) for d, ds, fs in os.walk(root) for n in ds + fs)
+
+
+def test_adding_a_directory_that_contains_the_store_is_refused(tmp_path):
+    project = make_tree(tmp_path / "project", {"src/main.c": "int main;\n"})
+    st = project / ".kiln"
+    kiln("store", "init", "--store", str(st))
+    before = _entries(st)
+    for arg in (str(project), str(st), str(project / "src" / ".."), str(tmp_path)):
+        r = kiln("store", "add", "--store", str(st), arg)
+        assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+        assert r.stderr.startswith(f"error: cannot add {arg}: it contains the store root {st}"), r.stderr
+    assert _entries(st) == before  # nothing was copied
+    # through a symlinked parent the root is still found
+    os.symlink(tmp_path, tmp_path / "alias")
+    r = kiln("store", "add", "--store", str(st), str(tmp_path / "alias" / "project"))
+    assert r.returncode == 1 and "contains the store root" in r.stderr
+    # a directory beside the store, and a symlink to the project, are fine
+    assert kiln("store", "add", "--store", str(st), str(project / "src")).returncode == 0
+    os.symlink(project, tmp_path / "link")
+    r = kiln("store", "add", "--store", str(st), str(tmp_path / "link"))
+    assert r.returncode == 0 and r.stdout.strip().endswith("-link"), r.stderr
+
+
+def test_add_path_refuses_its_own_root(tmp_path):
+    with LocalStore.open(tmp_path / "st") as s:
+        with pytest.raises(StoreError, match="contains the store root"):
+            s.add_path(tmp_path)
+        assert s.all_paths() == []
+
+
+def test_a_missing_source_is_named_as_text(tmp_path):
+    missing = tmp_path / "missing"
+    r = kiln("store", "add", "--store", str(tmp_path / "st"), str(missing))
+    assert r.returncode == 1 and r.stderr == f"error: cannot add {missing}: no such file or directory\n"
+
+
+def test_os_errors_name_files_as_text(tmp_path):
+    st = tmp_path / "st"
+    f = make_tree(tmp_path / "src", {"a": "x\n"}) / "a"
+    path = kiln("store", "add", "--store", str(st), str(f)).stdout.strip()
+    nar = kiln("store", "dump", "--store", str(st), path).stdout
+    target = tmp_path / "nodir" / "x"
+    r = subprocess.run(
+        [sys.executable, "-m", "kiln", "store", "restore", str(target)],
+        input=nar.encode(),
+        capture_output=True,
+    )
+    err = r.stderr.decode()
+    assert r.returncode == 1 and "b'" not in err and str(tmp_path / "nodir") in err, err
+
+
+def test_an_empty_name_is_refused(tmp_path):
+    src = make_tree(tmp_path / "src", {"a": "x\n"})
+    r = kiln("store", "add", "--store", str(tmp_path / "st"), "--name", "", str(src))
+    assert r.returncode == 1 and r.stderr == "error: store path name is empty\n"
+    r = kiln("store", "add", "--store", str(tmp_path / "st"), "--name", "ok", str(src))
+    assert r.returncode == 0 and r.stdout.strip().endswith("-ok")
+
+
+def test_a_filter_that_skips_the_store_makes_the_project_addable(tmp_path):
+    from kiln.lang.sources import make_filter
+
+    project = make_tree(tmp_path / "project", {"main.c": "int main;\n", ".kilnignore": ".kiln/\n"})
+    with LocalStore.open(project / ".kiln" / "st") as s:
+        info = s.add_path(project, filter=make_filter(project))
+        assert sorted(os.listdir(s.real_path(info.path))) == [".kilnignore", "main.c"]
+        (project / ".kilnignore").write_text("other/\n")  # now the walk would reach the store
+        with pytest.raises(StoreError, match="contains the store root"):
+            s.add_path(project, filter=make_filter(project))

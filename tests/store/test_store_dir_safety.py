@@ -1,0 +1,96 @@
+"""A store dir must never map the materialised trees onto the store root, a parent of it
+or one of its own entries: GC deletes whatever sits in the store dir that is not
+registered, so ``/kiln/..`` would delete the store and ``/objects`` every object."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from clikit import kiln
+from storekit import make_tree
+
+from kiln.store.errors import FormatError, KilnError
+from kiln.store.localstore import _SUBDIRS, LocalStore
+from kiln.store.paths import STORE_ROOT_ENTRIES, check_store_dir
+
+BAD = ["/", "/..", "/kiln/..", "/kiln/./store", "/kiln//store", "/kiln/store/", "kiln/store", ""]
+CLASHING = ["/objects", "/tmp/store", "/gcroots", "/locks", "/config.json", "/db.sqlite", "/gc.lock"]
+
+
+@pytest.mark.parametrize("store_dir", BAD + CLASHING)
+def test_bad_store_dirs_are_refused_with_the_reason(store_dir):
+    with pytest.raises(FormatError) as e:
+        check_store_dir(store_dir, local=True)
+    msg = str(e.value)
+    assert f"invalid store dir {store_dir!r}" in msg and "expected an absolute path like /kiln/store" in msg
+
+
+def test_good_store_dirs_pass_and_the_layout_is_reserved():
+    for d in ("/kiln/store", "/nix/store", "/a", "/opt/x.y/store"):
+        assert check_store_dir(d) == d
+    assert set(_SUBDIRS) <= STORE_ROOT_ENTRIES
+    assert "clashes with the store root's own entries" in _message("/objects")
+    # only a local store's layout is at stake: another store's dir (a registry's) may
+    assert check_store_dir("/tmp/store") == "/tmp/store"
+    assert "'..' component" in _message("/kiln/..")
+
+
+def _message(store_dir: str) -> str:
+    with pytest.raises(FormatError) as e:
+        check_store_dir(store_dir, local=True)
+    return str(e.value)
+
+
+@pytest.mark.parametrize("store_dir", ["/kiln/..", "/..", "/objects"])
+def test_init_refuses_and_creates_nothing(tmp_path, store_dir):
+    root = tmp_path / "st"
+    r = kiln("store", "init", "--store", str(root), "--store-dir", store_dir)
+    assert r.returncode == 1 and r.stderr.startswith("error: invalid store dir"), r.stderr
+    assert "Traceback" not in r.stderr
+    assert not root.exists()
+
+
+@pytest.mark.parametrize("store_dir", ["/kiln/..", "/..", "/objects", "relative", "/kiln/../etc"])
+def test_a_hand_edited_config_is_validated_and_gc_deletes_nothing(tmp_path, store_dir):
+    root = tmp_path / "st"
+    with LocalStore.open(root) as s:
+        p = s.add_path(make_tree(tmp_path / "src", {"f": "data\n"})).path
+        s.add_root("keep", p)
+    (root / "config.json").write_text(json.dumps({"store_dir": store_dir, "version": 1}))
+    before = sorted(os.listdir(root))
+    with pytest.raises(KilnError, match="invalid store dir"):
+        LocalStore.open(root)
+    r = kiln("store", "gc", "--store", str(root))
+    assert r.returncode == 1 and f"store config {root / 'config.json'}: invalid store dir" in r.stderr
+    assert sorted(os.listdir(root)) == before and (root / "db.sqlite").exists()
+    assert len([o for sub in (root / "objects").iterdir() for o in sub.iterdir()]) == 1
+
+
+def test_gc_deletes_only_entries_named_like_store_paths(store, tmp_path):
+    p = store.add_path(make_tree(tmp_path / "a", {"x": "1"})).path
+    store.add_root("a", p)
+    stray = store.real_store / ("5" * 32 + "-stray")
+    stray.mkdir()
+    # not store path bases: whoever put them there, GC has no business deleting them
+    others = [store.real_store / "notes.txt", store.real_store / "some-dir", store.real_store / ("5" * 32)]
+    others[0].write_text("mine\n")
+    others[1].mkdir()
+    others[2].write_text("short\n")
+    v = store.verify()
+    assert v.ok and v.stray_trees == (f"/kiln/store/{stray.name}",)
+    r = store.gc()
+    assert r.stray_trees == (f"/kiln/store/{stray.name}",) and not stray.exists()
+    assert all(o.exists() for o in others) and store.is_valid(p)
+
+
+def test_a_malformed_config_is_a_clear_error(tmp_path: Path):
+    root = tmp_path / "st"
+    LocalStore.open(root).close()
+    for text, found in (("[]", "found a JSON list"), ('"x"', "found a JSON str"), ("{}", "found None")):
+        (root / "config.json").write_text(text)
+        r = kiln("store", "verify", "--store", str(root))
+        assert r.returncode == 1 and "Traceback" not in r.stderr and "internal error" not in r.stderr
+        assert str(root / "config.json") in r.stderr and found in r.stderr, r.stderr
