@@ -65,6 +65,12 @@ def cmd_serve(argv: list[str]) -> int:
     p.add_argument("--workers", type=int, default=1, help="processes sharing the socket (default 1)")
     p.add_argument("--max-body-size", type=int, default=8 << 30, help="largest accepted upload in bytes")
     p.add_argument(
+        "--max-nar-size",
+        type=int,
+        default=64 << 30,
+        help="largest NAR an uploaded object may decompress to, in bytes (default 64 GiB)",
+    )
+    p.add_argument(
         "--negative-ttl", type=int, default=10, help="seconds clients may cache a miss (default 10)"
     )
     p.add_argument("--private", action="store_true", help="require a token with the read scope for reads")
@@ -89,6 +95,7 @@ def cmd_serve(argv: list[str]) -> int:
     cfg = server.ServerConfig(
         negative_ttl=args.negative_ttl,
         max_body=args.max_body_size,
+        max_nar=args.max_nar_size,
         private=args.private,
         trusted=_trusted(args),
         index_key=load_secret_key(args.index_key) if args.index_key else None,

@@ -64,6 +64,8 @@ class ServerConfig:
     negative_ttl: int = 10
     positive_ttl: int = 3600
     max_body: int = 8 << 30
+    #: largest NAR an uploaded object may decompress to (a zstd bomb stops here)
+    max_nar: int = 64 << 30
     max_narinfo: int = 64 << 10
     private: bool = False
     trusted: list[PublicKey] = field(default_factory=list)

@@ -83,8 +83,12 @@ class NarVerifier:
         if self._bad is None:
             try:
                 self._frames.update(chunk)
-                self._dec.write(chunk)
-            except (zstandard.ZstdError, FormatError) as e:
+            except FormatError as e:  # not zstd: reported by ``finish``, as corrupt data is
+                self._bad = str(e)
+                return
+            try:
+                self._dec.write(chunk)  # (past the NAR size limit, ``_HashSink`` raises through this)
+            except zstandard.ZstdError as e:
                 self._bad = str(e)
 
     def finish(self, file_hash: Hash | None = None) -> Digests:
@@ -99,8 +103,12 @@ class NarVerifier:
         if self._bad is None:
             try:
                 self._dec.flush()
+            except zstandard.ZstdError as e:
+                self._bad = str(e)
+        if self._bad is None:
+            try:
                 self._frames.check_complete()
-            except (zstandard.ZstdError, FormatError) as e:
+            except FormatError as e:
                 self._bad = str(e)
         if self._bad is not None:
             raise HashMismatch("compressed NAR", "a valid zstd stream", f"corrupt data ({self._bad})")

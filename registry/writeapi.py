@@ -34,16 +34,21 @@ class WriteAPI:
             if src.object_file(digest) is not None:
                 await drain(request, self.config.max_body)
                 return plain(200, "already present")
-            ver = NarVerifier()
+            ver = NarVerifier(max_nar_size=self.config.max_nar)
             total = 0
             pace = body_pace(request, f"PUT /{key}")
+            loop = asyncio.get_running_loop()
             with src.storage.staged() as (f, _tmp):
                 while chunk := await pace.read(request.content.read(CHUNK), 1):
                     total += len(chunk)
                     if total > self.config.max_body:
                         raise HTTPError(413, f"body exceeds the limit of {self.config.max_body} bytes")
-                    f.write(chunk)
-                    ver.update(chunk)
+                    # decompressing and hashing off the event loop: 1 MiB can inflate to
+                    # gigabytes, and every other client would wait meanwhile
+                    try:
+                        await loop.run_in_executor(None, _absorb, f, ver, chunk)
+                    except KilnError as e:  # the NAR inside is larger than max_nar
+                        raise HTTPError(413, str(e)) from None
                 if request.content_length is not None and total != request.content_length:
                     raise HTTPError(400, "body shorter than Content-Length (connection dropped?)")
                 got = ver.finish()
@@ -107,6 +112,7 @@ class WriteAPI:
         entries: list[BatchEntry] = []
         total = 0
         pace = body_pace(request, "upload batch")
+        loop = asyncio.get_running_loop()
         with contextlib.ExitStack() as stack:
             while True:
                 line = await pace.read(request.content.readline(), 80)
@@ -137,20 +143,24 @@ class WriteAPI:
                 e = BatchEntry(h, body)
                 if zlen:
                     f, _ = stack.enter_context(src.storage.staged())
-                    ver = NarVerifier()
+                    ver = NarVerifier(max_nar_size=self.config.max_nar)
                     left = zlen
                     while left:
                         chunk = await pace.read(request.content.read(min(CHUNK, left)), 1)
                         if not chunk:
                             raise HTTPError(400, "batch body truncated")
-                        f.write(chunk)
-                        ver.update(chunk)
+                        if e.error is None:
+                            try:  # off the event loop, as for a single PUT
+                                await loop.run_in_executor(None, _absorb, f, ver, chunk)
+                            except KilnError as ex:  # over max_nar: this entry fails
+                                e.error = str(ex)
                         left -= len(chunk)
                     f.close()
-                    try:
-                        e.nar_digests, e.nar_file = ver.finish(), f
-                    except KilnError as ex:
-                        e.error = str(ex)
+                    if e.error is None:
+                        try:
+                            e.nar_digests, e.nar_file = ver.finish(), f
+                        except KilnError as ex:
+                            e.error = str(ex)
                 entries.append(e)
 
             def admit(hash_part: str, text: str) -> Any:
@@ -174,3 +184,9 @@ class WriteAPI:
                 None, publish_index, self.source.storage, self.config.index_key
             )
         return plain(200, f"index version {pub.index_version}, timestamp version {pub.timestamp_version}")
+
+
+def _absorb(f: Any, ver: NarVerifier, chunk: bytes) -> None:
+    """Stage and verify one piece of an uploaded object (on an executor thread)."""
+    f.write(chunk)
+    ver.update(chunk)

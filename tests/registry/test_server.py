@@ -426,3 +426,18 @@ def test_json_nested_too_deep_is_a_400(setup, keys) -> None:
         {"Authorization": f"Bearer {wtok}"},
     )
     assert 400 <= s < 500, (s, msg[:200])
+
+
+def test_an_object_inflating_past_max_nar_size_is_refused(tmp_path, keys, kiln_server) -> None:
+    """A small upload that decompresses to more than ``--max-nar-size`` (a zstd bomb) is
+    refused with 413 once the limit is passed; nothing is stored."""
+    store, path, info, reg, wtok, _rtok = _setup(tmp_path, keys)
+    srv = kiln_server("--dir", str(reg), "--trusted-key", str(keys.pk_file), "--max-nar-size", "1000000")
+    bomb = zstandard.ZstdCompressor(level=19).compress(b"\0" * (8 << 20))
+    assert len(bomb) < 4096
+    auth = {"Authorization": f"Bearer {wtok}"}
+    s, _, msg = request(f"{srv.url}/{layout.nar_key(Hash.sha256_of(bomb))}", "PUT", bomb, auth)
+    assert s == 413 and b"exceeds 1000000 bytes" in msg, (s, msg)
+    assert not list((reg / "blobs").iterdir())
+    # a real path still goes through
+    assert _upload(srv.url, store, path, info, keys.sk, wtok) == (201, 201)
