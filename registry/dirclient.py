@@ -2,7 +2,7 @@
 machine (``file:///dir`` or a plain path), written directly. The caller is trusted with
 the directory, but digests are still recomputed on the way in: an object whose bytes do
 not hash to its key is refused, and narinfos and attestations go through the same
-admission checks as the server's write API."""
+admission checks as the server's write API, except that no trusted signer is required."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from kiln.store.errors import KilnError
 from kiln.store.hashes import Hash
 
 from . import layout
@@ -89,9 +90,19 @@ class DirClient(Client):
         if kind != "narinfo":
             self.src.storage.put_bytes(key, data)
             return 201
-        from kiln.store import narinfo as ni
+        from .verify import check_narinfo, expect
 
-        info = ni.parse(data.decode(), self.store_dir)
+        try:
+            # the server's admission rules but the signature check (the caller owns the
+            # directory): its own hash part, zstd, the URL, and the NAR present with
+            # exactly the digests the narinfo states
+            info = check_narinfo(data.decode(), self.store_dir, [], 0, arg)
+            got = self.src.object_digests(info.file_hash)
+            if got is None:
+                raise RegistryError(f"{info.path}: upload the NAR ({info.url}) before its narinfo", 400)
+            expect(info.path, got, info.file_hash, info.file_size, info.nar_hash, info.nar_size)
+        except (KilnError, UnicodeDecodeError) as e:
+            raise RegistryError(str(e), getattr(e, "status", 400)) from None
         status, msg = self.src.publish_narinfo(arg, info, data)
         if status >= 400:
             raise RegistryError(msg, status)
