@@ -12,7 +12,8 @@ registrations hold the lock shared from their first temp file to their committed
 3. dead = valid paths not live. Their rows are deleted first, in one transaction (from
    then on they are merely garbage files: a crash here is harmless), then their trees
    (renamed into ``tmp/`` and removed) and their attestations
-   (``attestations.remove``: they describe content that is gone);
+   (``attestations.remove``: they describe content that is gone), and any attestation
+   directory whose hash part has no row (left by a GC killed after deleting rows);
 4. objects no remaining row uses are deleted (one object can back several paths with
    identical NARs; it goes only when none of them is valid), as are unregistered trees
    left by crashed registrations (only entries named like a store path base,
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,6 +154,12 @@ def collect(store: LocalStore, dry_run: bool = False) -> GcReport:
         stray = [
             name for name in stray_tree_names(store) if name not in valid_bases and name not in rooted_bases
         ]
+        # attestations of paths without a row (a GC killed between deleting rows and
+        # removing them, a quarantine): they would attach to the path if it came back
+        # with other content. Paths being registered have rows before attestations.
+        live_hash_parts = {b[:32] for b in valid_bases - {p.rsplit("/", 1)[1] for p in dead}}
+        live_hash_parts |= {b[:32] for b in rooted_bases}
+        orphan_atts = [h for h in _attestation_dirs(store) if h not in live_hash_parts]
         used_after = _used_objects(store, exclude=set(dead))
         doomed_objects = [o for o in _objects(store) if o.name.split(".", 1)[0] not in used_after]
 
@@ -196,6 +204,8 @@ def collect(store: LocalStore, dry_run: bool = False) -> GcReport:
                 os.rename(real, trash / base)
         for p in dead:
             attestations.remove(store, p)
+        for h in orphan_atts:
+            shutil.rmtree(store.root / "attestations" / h, ignore_errors=True)
         for o in doomed_objects:
             o.unlink(missing_ok=True)
         for t in doomed_tmp + [str(trash)]:
@@ -208,6 +218,16 @@ def collect(store: LocalStore, dry_run: bool = False) -> GcReport:
             elif e.name.endswith(".build"):
                 remove_if_free(Path(e.path))
         return report
+
+
+def _attestation_dirs(store: LocalStore) -> list[str]:
+    """Hash parts that have an ``attestations/<hash part>/`` directory."""
+    try:
+        return sorted(
+            e.name for e in os.scandir(store.root / "attestations") if e.is_dir(follow_symlinks=False)
+        )
+    except FileNotFoundError:
+        return []
 
 
 def stray_tree_names(store: LocalStore) -> list[str]:

@@ -395,6 +395,9 @@ def _quarantine(store: LocalStore, info: PathInfo) -> Path:
     dest = store.root / "quarantine" / f"{sp.base}-{int(time.time())}"
     dest.mkdir(parents=True, exist_ok=True)
     db.delete(store.conn, [info.path])  # invalidate first, durably (see db.delete)
+    att = store.root / "attestations" / sp.hash_part
+    if att.is_dir():  # they describe content that is no longer in the store: kept aside
+        os.rename(att, dest / "attestations")
     real = store.real_path(info.path)
     if os.path.lexists(real):
         if real.is_dir() and not real.is_symlink():
