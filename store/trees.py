@@ -277,34 +277,32 @@ def tree_size(p: Path) -> int:
 _renameat2 = None
 
 
-def swap_in(new: Path, dest: Path, old: Path) -> None:
-    """Put tree ``new`` at ``dest``; whatever was at ``dest`` ends up at ``old``.
-
-    Uses ``renameat2(RENAME_EXCHANGE)`` so ``dest`` is never missing, even if the process
-    dies in between; falls back to two renames where the kernel or libc lacks it."""
+def exchange(a: Path, b: Path) -> None:
+    """Swap the entries ``a`` and ``b`` (in the same directory, so directories need no
+    write access) with ``renameat2(RENAME_EXCHANGE)``: ``b`` is never missing, even if
+    the process dies. Where the kernel or libc lacks it: three renames (``b`` is then
+    briefly missing)."""
     global _renameat2
-    if os.path.lexists(dest):
-        if stat.S_ISDIR(os.lstat(dest).st_mode):
-            os.chmod(dest, 0o755)  # moving a directory to another parent needs write access
-        if _renameat2 is None:
-            try:
-                import ctypes
-
-                _renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
-            except (OSError, AttributeError):
-                _renameat2 = False
-        if _renameat2:
+    if _renameat2 is None:
+        try:
             import ctypes
 
-            at_fdcwd, rename_exchange = -100, 2
-            if _renameat2(at_fdcwd, os.fsencode(new), at_fdcwd, os.fsencode(dest), rename_exchange) == 0:
-                os.rename(new, old)  # ``new`` now names the previous tree
-                return
-            err = ctypes.get_errno()
-            if err not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-                raise OSError(err, os.strerror(err), str(dest))
-        os.rename(dest, old)
-    os.rename(new, dest)
+            _renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+        except (OSError, AttributeError):
+            _renameat2 = False
+    if _renameat2:
+        import ctypes
+
+        at_fdcwd, rename_exchange = -100, 2
+        if _renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+            return
+        err = ctypes.get_errno()
+        if err not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+            raise OSError(err, os.strerror(err), str(b))
+    parked = a.with_name(a.name + ".x")
+    os.rename(b, parked)
+    os.rename(a, b)
+    os.rename(parked, a)
 
 
 def _write_canonical_file(p: bytes, pieces: Iterable[bytes | memoryview], executable: bool) -> None:

@@ -59,7 +59,7 @@ from .objects import object_rel_path, publish_object
 from .objread import read_object
 from .pathinfo import PathInfo
 from .paths import StorePath, make_fixed_output_path, make_source_path, make_store_path
-from .trees import canonicalise, metadata_problems, remove_tree, seal_top, swap_in
+from .trees import canonicalise, exchange, metadata_problems, remove_tree
 
 if TYPE_CHECKING:
     from .localstore import LocalStore
@@ -328,11 +328,11 @@ def _repair(store: LocalStore, info: PathInfo, found: list[Problem]) -> tuple[li
                 if tree_problem:  # metadata only: lay the tree out again from the new object
                     remove_tree(tmp)
                     tmp.mkdir()
-                    _rematerialise(store, db.query(store.conn, info.path) or info, tmp)
+                    _rematerialise(store, db.query(store.conn, info.path) or info)
                     msg += "; tree re-materialised from it"
                 return _mark(found, msg), False
             if not obj_bad:
-                _rematerialise(store, info, tmp)
+                _rematerialise(store, info)
                 return _mark(found, "re-materialised from the object"), False
             where = _quarantine(store, info)
             msg = f"quarantined to {where} and invalidated"
@@ -349,8 +349,7 @@ def _mark(found: list[Problem], msg: str) -> list[Problem]:
     return [replace(p, repaired=msg) if p.kind.startswith(("object", "tree")) else p for p in found]
 
 
-def _rematerialise(store: LocalStore, info: PathInfo, tmp: Path) -> None:
-    new = tmp / "tree"
+def _rematerialise(store: LocalStore, info: PathInfo) -> None:
     assert info.file_hash is not None and info.file_size is not None
     stream = read_object(
         store.objects / object_rel_path(info.file_hash),
@@ -358,11 +357,22 @@ def _rematerialise(store: LocalStore, info: PathInfo, tmp: Path) -> None:
         (info.file_hash, info.file_size),
         (info.nar_hash, info.nar_size),
     )
-    nar.restore(stream, new)
-    canonicalise(new)
     real = store.real_path(info.path)
-    swap_in(new, real, tmp / "old")  # atomic exchange: the valid path never lacks a tree
-    seal_top(real)
+    # restored beside the path under a name GC treats as a stray tree (the hash part is
+    # the path's, so no valid path can have it), sealed there, then exchanged in place:
+    # same parent, so neither tree needs a writable top, and the valid path is never
+    # without its tree nor, killed at any moment, left with a writable one
+    new = real.parent / f"{real.name[:32]}-repair-{os.urandom(4).hex()}"
+    try:
+        nar.restore(stream, new)
+        canonicalise(new, keep_top_writable=False)
+        if os.path.lexists(real):
+            exchange(new, real)  # ``new`` now names the previous tree
+        else:
+            os.rename(new, real)
+    finally:
+        if os.path.lexists(new):
+            remove_tree(new)
 
 
 def _rebuild_object(store: LocalStore, info: PathInfo, tmp: Path) -> str:
