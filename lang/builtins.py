@@ -238,11 +238,15 @@ def debian_rootfs(ev, node: ast.Call, env) -> DrvValue:
                 "deb",
             )
         )
-    name = _string(ev, a["name"][0], a["name"][1], "debian_rootfs 'name'") if "name" in a else "debian-rootfs"
+    # sanitized as fetchurl's is, and the env's ``name`` is the derivation's, as for every
+    # other derivation
+    name = sanitize_name(
+        _string(ev, a["name"][0], a["name"][1], "debian_rootfs 'name'") if "name" in a else "debian-rootfs"
+    )
     input_drvs, _ = split_context({("d", d.path, "out") for d in debs})
     env_vars = {"debs": " ".join(d.out for d in debs), "kilnRootfs": "1", "name": name, "out": ""}
     drv = Derivation.make(
-        sanitize_name(name),
+        name,
         outputs={"out": Output()},
         input_drvs=input_drvs,
         builder="builtin:unpack-debs",

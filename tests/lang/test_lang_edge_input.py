@@ -233,3 +233,20 @@ def test_crlf_files_mean_the_same_as_lf_files(tmp_path):
     bad = _write(tmp_path / "bad.recipe", b"package a {\r\n  build = oops\r\n}\r\n")
     with pytest.raises(E.UnknownName, match=r"^bad.recipe:2:11: unknown name 'oops'"):
         evaluate_file(bad)
+
+
+def test_debian_rootfs_env_name_is_the_derivation_name(tmp_path):
+    """A rootfs name that needs sanitizing is sanitized once, for the derivation and its
+    env alike (as for every other derivation)."""
+    lock = (
+        '[{ name = "bash", version = "1", arch = "amd64", sha256 = "' + "0" * 64 + '", '
+        'filename = "pool/b/bash_1_amd64.deb", size = 1 }]'
+    )
+    f = _write(
+        tmp_path / "r.recipe",
+        f'let t = debian_rootfs {{ name = "my root", lock = {lock} }}\n'
+        'package p {\n  deps = [t]\n  build = "true"\n}\n',
+    )
+    ev = evaluate_file(f)
+    drv = next(d for d in ev.drvs.values() if d.name == "my_root")
+    assert dict(drv.env)["name"] == "my_root"
