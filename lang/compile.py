@@ -145,7 +145,15 @@ def _compile(ev, fn, pkg: ast.Package, params: dict) -> DrvValue:
     ctx: set = set()
     env_vars: dict[str, str] = {}
     for name, v in fields.items():
-        env_vars[name] = env_text(v, by_name[name].expr, name, ctx)
+        text = env_text(v, by_name[name].expr, name, ctx)
+        if "\0" in text:  # execve would refuse it at build time, far from the cause
+            e = by_name[name].expr
+            raise BadValue(
+                f"field '{name}' contains a NUL character, which an environment variable cannot hold",
+                e.src,
+                e.pos,
+            )
+        env_vars[name] = text
     if not isinstance(fields["build"], str | CStr):
         b = by_name["build"]
         raise RecipeTypeError(

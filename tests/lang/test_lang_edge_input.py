@@ -250,3 +250,10 @@ def test_debian_rootfs_env_name_is_the_derivation_name(tmp_path):
     ev = evaluate_file(f)
     drv = next(d for d in ev.drvs.values() if d.name == "my_root")
     assert dict(drv.env)["name"] == "my_root"
+
+
+def test_a_nul_in_a_field_is_located_at_the_field(tmp_path):
+    f = _write(tmp_path / "n.recipe", b'package p {\n  build = "true"\n  x = "a\x00b"\n}\n')
+    with pytest.raises(RecipeError) as e:
+        evaluate_file(f)
+    assert "n.recipe:3:7" in str(e.value) and "NUL character" in str(e.value), str(e.value)
