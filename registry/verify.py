@@ -16,6 +16,7 @@ and substitution: the narinfo must parse for the registry's store dir, point at
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass
 
@@ -137,6 +138,14 @@ def expect(
         raise HashMismatch(f"NAR of {what}", nar_hash.to_nix32(), got.nar_hash.to_nix32())
     if nar_size is not None and got.nar_size != nar_size:
         raise HashMismatch(f"NAR size of {what}", str(nar_size), str(got.nar_size))
+
+
+def trusted_sigs_only(info: ni.NarInfo, trusted: list[PublicKey]) -> ni.NarInfo:
+    """``info`` keeping only the signatures that verify against ``trusted`` keys: what an
+    upload may add to a published narinfo's (a merge must not accumulate junk ``Sig:``
+    lines from every authenticated upload)."""
+    good = tuple(s for s in info.sigs if valid_signers(dataclasses.replace(info, sigs=(s,)), trusted))
+    return info if good == info.sigs else dataclasses.replace(info, sigs=good)
 
 
 class UntrustedError(KilnError):

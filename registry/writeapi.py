@@ -16,7 +16,7 @@ from kiln.store.errors import KilnError
 from . import layout
 from .backends import BatchEntry, DirSource
 from .httpbits import CHUNK, HTTPError, body_pace, check_length, drain, plain, read_body
-from .verify import NarVerifier, check_narinfo, expect
+from .verify import NarVerifier, check_narinfo, expect, trusted_sigs_only
 
 MAX_UPLOAD_BATCH = 2_000
 
@@ -96,7 +96,7 @@ class WriteAPI:
             expect(info.path, got, info.file_hash, info.file_size, info.nar_hash, info.nar_size)
         except KilnError as e:
             return 400, f"error: {e}"
-        return src.publish_narinfo(hash_part, info, text.encode())
+        return src.publish_narinfo(hash_part, trusted_sigs_only(info, self.config.trusted), text.encode())
 
     async def _upload_batch(self, request: web.BaseRequest) -> web.Response:
         """``POST /upload-batch``: many paths in one request. Body: per path a line
@@ -164,7 +164,8 @@ class WriteAPI:
                 entries.append(e)
 
             def admit(hash_part: str, text: str) -> Any:
-                return check_narinfo(text, src.store_dir, self.config.trusted, 1, hash_part)
+                info = check_narinfo(text, src.store_dir, self.config.trusted, 1, hash_part)
+                return trusted_sigs_only(info, self.config.trusted)  # (what a merge may add)
 
             results = await asyncio.get_running_loop().run_in_executor(None, src.commit_batch, entries, admit)
         out = [

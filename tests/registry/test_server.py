@@ -441,3 +441,32 @@ def test_an_object_inflating_past_max_nar_size_is_refused(tmp_path, keys, kiln_s
     assert not list((reg / "blobs").iterdir())
     # a real path still goes through
     assert _upload(srv.url, store, path, info, keys.sk, wtok) == (201, 201)
+
+
+def test_a_signature_merge_keeps_only_trusted_valid_signatures(
+    tmp_path, keys, other_keys, kiln_server
+) -> None:
+    """Re-uploading a published narinfo with more ``Sig:`` lines merges only those that
+    verify against a trusted key: junk and untrusted signatures never accumulate."""
+    from kiln.store.signing import SecretKey
+
+    store, path, info, reg, wtok, _rtok = _setup(tmp_path, keys)
+    second = SecretKey.generate("kiln-test-2")
+    (tmp_path / "second.pub").write_text(second.public().to_text())
+    srv = kiln_server(
+        "--dir", str(reg), "--trusted-key", str(keys.pk_file), "--trusted-key", str(tmp_path / "second.pub")
+    )
+    assert _upload(srv.url, store, path, info, keys.sk, wtok) == (201, 201)
+    key = f"{srv.url}/{layout.narinfo_key(path.split('/')[-1][:32])}"
+    auth = {"Authorization": f"Bearer {wtok}"}
+    first = _narinfo_text(info, keys.sk)
+    junk = first + f"Sig: junk-1:{'A' * 86}==\nSig: {sign_info(info, other_keys.sk)}\n"
+    s, _, msg = request(key, "PUT", junk.encode(), auth)
+    assert (s, msg.strip()) == (200, b"already published")  # nothing trusted to add
+    more = first + f"Sig: {sign_info(info, second)}\n"
+    s, _, msg = request(key, "PUT", more.encode(), auth)
+    assert (s, msg.strip()) == (200, b"signatures merged")
+    sigs = [
+        ln.split(":", 2)[1].strip() for ln in request(key)[2].decode().splitlines() if ln.startswith("Sig:")
+    ]
+    assert sigs == ["kiln-test-1", "kiln-test-2"], sigs
