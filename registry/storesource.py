@@ -36,16 +36,21 @@ class StoreSource(Source):
         self.sign_key = sign_key
         self.storage = None  # type: ignore[assignment]  # read-only: nothing to write to
         self._info = layout.cache_info_text(self.store_dir, priority).encode()
-        self._cache: dict[str, bytes] = {}
+        self._cache: dict[str, tuple[bytes, Path]] = {}  # hash part -> (narinfo, its object)
         self._lock = threading.Lock()
 
     def cache_info(self) -> bytes:
         return self._info
 
     def narinfo(self, hash_part: str) -> bytes | None:
-        body = self._cache.get(hash_part)
-        if body is not None:
-            return body
+        hit = self._cache.get(hash_part)
+        if hit is not None:
+            body, obj = hit
+            # a path GC deleted since it was rendered must not be advertised any more
+            # (its NAR GET would 404): the object is what is served, one stat is cheap
+            if os.path.exists(obj):
+                return body
+            self._cache.pop(hash_part, None)
         with self._lock:
             info = self.store.query_by_hash_part(hash_part)
             if info is None or info.file_hash is None:
@@ -57,7 +62,7 @@ class StoreSource(Source):
         rendered = ni.NarInfo.from_pathinfo(info, layout.nar_key(info.file_hash), "zstd").render().encode()
         if len(self._cache) >= CACHE_MAX:
             self._cache.clear()
-        self._cache[hash_part] = rendered
+        self._cache[hash_part] = (rendered, self.store.objects / object_rel_path(info.file_hash))
         return rendered
 
     def object_file(self, digest: Hash) -> Path | None:

@@ -50,3 +50,21 @@ def test_server_and_store_source_answer_by_nar_hash(pushed, kiln_server) -> None
     assert got is not None and f"StorePath: {leaf}".encode() in got
     assert src.narinfo_by_nar_hash("0" * 64) is None and src.narinfo_by_nar_hash("zz") is None
     src.store.close()
+
+
+def test_a_store_backed_server_stops_advertising_a_collected_path(tmp_path, kiln_server) -> None:
+    """``kiln serve --store``: a narinfo served once is not served again after GC deleted
+    its path (it used to stay cached, and its NAR GET gave 404)."""
+    from regkit import add_tree, make_store
+
+    store = make_store(tmp_path / "store")
+    p = add_tree(store, tmp_path, "gone", "soon collected\n")
+    srv = kiln_server("--store", str(store.root))
+    url = f"{srv.url}/{p.rsplit('/', 1)[1][:32]}.narinfo"
+    assert request(url)[0] == 200
+    store.close()  # (its temp root of the path goes with it)
+    from kiln.store.localstore import LocalStore
+
+    with LocalStore.open(tmp_path / "store") as s:
+        assert p in s.gc().deleted
+    assert request(url)[0] == 404
