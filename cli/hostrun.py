@@ -52,6 +52,8 @@ def host_argv(
             wrap += ["--dev-bind", src, src]
     wrap += ["--dev-bind", "/dev", "/dev", "--proc", "/proc"]
     for p in closure:
-        wrap += ["--ro-bind", str(store.real_path(p)), p]
+        real = store.real_path(p)
+        # a store path that is a symlink appears as that symlink (a bind would follow it)
+        wrap += ["--symlink", os.readlink(real), p] if real.is_symlink() else ["--ro-bind", str(real), p]
     wrap += ["--chdir", os.getcwd(), "--", *argv]
     return wrap, env

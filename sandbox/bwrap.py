@@ -136,6 +136,8 @@ def bwrap_argv(
     if spec.rootfs is not None:
         for name in ROOTFS_DIRS + ROOTFS_ETC:
             host = os.path.join(spec.rootfs, name)
+            if _link_above(spec.rootfs, name):
+                continue  # (``etc`` a symlink: ``etc/alternatives`` would be the host's)
             if os.path.islink(host):
                 argv += ["--symlink", os.readlink(host), "/" + name]
             elif os.path.isdir(host):
@@ -164,11 +166,24 @@ def bwrap_argv(
         argv += ["--perms", "0755", "--dir", p]
     # Parents before children (sorted by depth, then path), so an input mounted inside a
     # writable directory (e.g. store paths over a scratch store dir) stays visible.
-    mounts = [("--ro-bind", h, d) for h, d in spec.ro_mounts] + [("--bind", h, d) for h, d in spec.rw_mounts]
+    # An input that is a symlink (a store path may be one) is made as that symlink: a
+    # bind mount would follow it, mounting whatever it points to on the host (``ln -s
+    # /etc $out`` would show the host's /etc to every build using it).
+    mounts = [
+        ("--symlink", os.readlink(h), d) if os.path.islink(h) else ("--ro-bind", h, d)
+        for h, d in spec.ro_mounts
+    ]
+    mounts += [("--bind", h, d) for h, d in spec.rw_mounts]
     for flag, host, dest in sorted(mounts, key=lambda m: (m[2].count("/"), m[2])):
         argv += [flag, host, dest]
     argv += ["--chdir", BUILD_TOP, "--remount-ro", "/", "--", *spec.argv]
     return argv
+
+
+def _link_above(top: str, rel: str) -> bool:
+    """Whether a directory between ``top`` and ``top/rel`` (exclusive) is a symlink."""
+    parts = rel.split("/")[:-1]
+    return any(os.path.islink(os.path.join(top, *parts[: i + 1])) for i in range(len(parts)))
 
 
 def _ancestors(d: str) -> list[str]:
@@ -196,8 +211,15 @@ def _check_host_paths(spec: SandboxSpec) -> None:
     """Fail early, with a clear message, on host paths bwrap could not bind."""
     if not os.path.isdir(spec.build_dir):
         raise SandboxError(f"build directory {spec.build_dir} does not exist (expected a directory)")
-    if spec.rootfs is not None and not os.path.isdir(spec.rootfs):
-        raise SandboxError(f"toolchain rootfs {spec.rootfs} does not exist (expected a directory)")
+    if spec.rootfs is not None and (os.path.islink(spec.rootfs) or not os.path.isdir(spec.rootfs)):
+        found = (
+            "a symlink"
+            if os.path.islink(spec.rootfs)
+            else "nothing there"
+            if not os.path.lexists(spec.rootfs)
+            else "not a directory"
+        )
+        raise SandboxError(f"toolchain rootfs {spec.rootfs}: expected a directory, found {found}")
     for host, dest in spec.ro_mounts:
         if not os.path.lexists(host):
             raise SandboxError(f"input {host} (for {dest}) does not exist on the host")

@@ -65,7 +65,8 @@ def _mounts(pairs: Sequence[tuple[_PathLike, str]], what: str) -> tuple[tuple[st
 class SandboxSpec:
     """One sandboxed build run. See the module docstring for the invariants.
 
-    ``ro_mounts`` are the input closure's store paths (host dir -> logical path),
+    ``ro_mounts`` are the input closure's store paths (host dir -> logical path; one
+    that is a symlink is made as that symlink, never bind-mounted: a bind follows it),
     ``rw_mounts`` the outputs, ``rootfs`` an optional hermetic toolchain tree whose
     ``usr``, ``bin``, ``lib``, ``lib64``, ``lib32``, ``sbin`` (and ``etc/alternatives``)
     appear read-only at the same names; ``build_dir`` is bound read-write at ``/build``.

@@ -90,7 +90,8 @@ def standard(store_root: Path, cores: int) -> Variation:
         umask=0o077,
         tmp_parent=parent,
         shuffle_dirents=shutil.which("disorderfs") is not None and os.path.exists("/dev/fuse"),
-        faketime=next((p for p in FAKETIME_LIBS if os.path.exists(p)), None),
+        # resolved: the sandbox makes an input that is a symlink as that symlink
+        faketime=next((os.path.realpath(p) for p in FAKETIME_LIBS if os.path.exists(p)), None),
     )
 
 

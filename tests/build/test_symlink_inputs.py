@@ -1,0 +1,47 @@
+"""Store paths that are symlinks, as build inputs: made as symlinks in the sandbox, never
+bind-mounted (a bind mount follows its source, so ``ln -s /etc $out`` used to show the
+host's /etc to every build using that output, and a toolchain linking to / the host's
+/usr). Real bwrap, real store."""
+
+from __future__ import annotations
+
+import pytest
+
+from kiln.sandbox.bwrap import BwrapExecutor
+from kiln.sandbox.errors import SandboxError
+from kiln.store.build import Builder, BuildError, BuildOptions
+
+
+def _builder(store) -> Builder:
+    return Builder(store, BwrapExecutor(), BuildOptions(), say=lambda m: None)
+
+
+def test_a_symlink_to_a_host_directory_shows_nothing_of_the_host(store, graph, tmp_path):
+    secret = tmp_path / "host-only"
+    secret.mkdir()
+    (secret / "secret").write_text("host data\n")
+    link, _ = graph.drv("hostlink", f"ln -s {secret} $out")
+    reader, rd = graph.drv(
+        "reader",
+        'if [ -L "$in0" ]; then echo link; fi > $out; '
+        'readlink "$in0" >> $out; cat "$in0/secret" >> $out 2>/dev/null || echo unreadable >> $out',
+        inputs=[link],
+    )
+    _builder(store).realise([reader])
+    out = store.real_path(rd.output_path()).read_text().split("\n")
+    assert out[:3] == ["link", str(secret), "unreadable"], out
+
+
+def test_a_symlink_to_another_store_path_resolves_inside_the_sandbox(store, graph):
+    a, ad = graph.drv("a", "echo content-of-a > $out")
+    alias, _ = graph.drv("alias", f"ln -s {ad.output_path()} $out", inputs=[a])
+    user, ud = graph.drv("user", "cat $in0 > $out", inputs=[alias])
+    _builder(store).realise([user])
+    assert store.real_path(ud.output_path()).read_text() == "content-of-a\n"
+
+
+def test_a_toolchain_that_is_a_symlink_is_refused(store, graph):
+    tool, _ = graph.drv("toolchain", "ln -s / $out", env={"kilnRootfs": "1"})
+    user, _ = graph.drv("user", "ls /usr/bin > $out", inputs=[tool])
+    with pytest.raises((BuildError, SandboxError), match="expected a directory, found a symlink"):
+        _builder(store).realise([user])
