@@ -81,8 +81,11 @@ class BuildDirs:
         d, fd = owned_tmpdir(self.tmp_root, "build-", self.gc_lock)
         with self._lock:
             self._fds[d] = fd
-        (d / "build").mkdir()
-        (d / "store").mkdir()
+        for sub in ("build", "store"):
+            # the build's /build and store dir: 0755 whatever kiln's umask (a build that
+            # records its directories' modes must not depend on the invoking shell)
+            (d / sub).mkdir()
+            os.chmod(d / sub, 0o755)
         return d
 
     def take(self) -> Path:

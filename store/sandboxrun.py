@@ -61,8 +61,9 @@ def make_spec(
 
     build_dir = tmp / "build"
     scratch = tmp / "store"
-    build_dir.mkdir(exist_ok=True)  # made ahead of time by buildtmp.BuildDirs, or now
-    scratch.mkdir(exist_ok=True)
+    for d in (build_dir, scratch):
+        d.mkdir(exist_ok=True)  # made ahead of time by buildtmp.BuildDirs, or now
+        os.chmod(d, 0o755)  # not the invoking shell's umask (see buildtmp)
     closure = closure_of(store, input_paths(drv, get_drv), pending)
     # pending first: the committer inserts a row before it forgets the pending entry
     missing = [

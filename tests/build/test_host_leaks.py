@@ -1,9 +1,11 @@
-"""Store paths that are symlinks, as build inputs: made as symlinks in the sandbox, never
-bind-mounted (a bind mount follows its source, so ``ln -s /etc $out`` used to show the
+"""What a build sees of the host, from kiln's own setup. Store paths that are symlinks, as
+build inputs: made as symlinks in the sandbox, never bind-mounted (a bind mount follows its source, so ``ln -s /etc $out`` used to show the
 host's /etc to every build using that output, and a toolchain linking to / the host's
-/usr). Real bwrap, real store."""
+/usr). The modes of /build and the store dir. Real bwrap, real store."""
 
 from __future__ import annotations
+
+import os
 
 import pytest
 
@@ -45,3 +47,17 @@ def test_a_toolchain_that_is_a_symlink_is_refused(store, graph):
     user, _ = graph.drv("user", "ls /usr/bin > $out", inputs=[tool])
     with pytest.raises((BuildError, SandboxError), match="expected a directory, found a symlink"):
         _builder(store).realise([user])
+
+
+def test_build_and_store_dir_modes_do_not_depend_on_kilns_umask(store, graph):
+    """/build and the store dir are 0755 in the sandbox whatever the umask of the shell
+    that ran kiln; so --check from a shell with umask 077 agrees with a build under 022."""
+    p, d = graph.drv("modes", 'stat -c "%a %n" /build /kiln/store > $out')
+    old = os.umask(0o077)
+    try:
+        _builder(store).realise([p])
+        assert store.real_path(d.output_path()).read_text() == "755 /build\n755 /kiln/store\n"
+        os.umask(0o022)
+        Builder(store, BwrapExecutor(), BuildOptions(check=True), say=lambda m: None).realise([p])
+    finally:
+        os.umask(old)
