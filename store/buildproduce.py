@@ -80,9 +80,7 @@ class Producing:
         if result.reason != "ok":
             kept = ""
             if self.opts.keep_failed:
-                keep = Path(tempfile.mkdtemp(prefix=f"kiln-failed-{drv.name}-", dir=self._tmp_root()))
-                shutil.copytree(tmp, keep, symlinks=True, dirs_exist_ok=True)
-                kept = f"\nkept build directory: {keep}"
+                kept = _keep(tmp, self._tmp_root(), drv.name)
             raise BuildError(
                 drv_path,
                 f"builder for {drv_path} failed: {result.describe()}{kept}\n"
@@ -133,3 +131,28 @@ def _unshare_inode(tree: Path) -> None:
         tmp = tree.with_name(tree.name + ".unshared")
         shutil.copy2(tree, tmp)
         os.replace(tmp, tree)
+
+
+def _keep(tmp: Path, tmp_root: Path, name: str) -> str:
+    """Copy a failed build's directory for ``--keep-failed``; the note for the error.
+    Never raises: keeping is a courtesy, and must not replace the build's own error.
+    FIFOs are recreated, sockets and devices left out (a copy cannot hold them)."""
+    try:
+        keep = Path(tempfile.mkdtemp(prefix=f"kiln-failed-{name}-", dir=tmp_root))
+    except OSError as e:
+        return f"\ncould not keep the build directory: {e}"
+    try:
+        shutil.copytree(tmp, keep, symlinks=True, dirs_exist_ok=True, copy_function=_copy_kept)
+    except (OSError, shutil.Error) as e:
+        first = e.args[0][0] if isinstance(e, shutil.Error) and e.args and e.args[0] else e
+        return f"\nkept build directory (incomplete: {first}): {keep}"
+    return f"\nkept build directory: {keep}"
+
+
+def _copy_kept(src: str, dst: str) -> str:
+    mode = os.lstat(src).st_mode
+    if stat.S_ISFIFO(mode):
+        os.mkfifo(dst, stat.S_IMODE(mode))
+    elif stat.S_ISREG(mode):
+        shutil.copy2(src, dst)
+    return dst  # (sockets, devices: nothing to copy)

@@ -6,6 +6,8 @@ host's /etc to every build using that output, and a toolchain linking to / the h
 from __future__ import annotations
 
 import os
+import stat
+from pathlib import Path
 
 import pytest
 
@@ -61,3 +63,15 @@ def test_build_and_store_dir_modes_do_not_depend_on_kilns_umask(store, graph):
         Builder(store, BwrapExecutor(), BuildOptions(check=True), say=lambda m: None).realise([p])
     finally:
         os.umask(old)
+
+
+def test_keep_failed_with_a_fifo_keeps_the_build_error(store, graph):
+    """--keep-failed copies what it can (a FIFO is recreated) and never replaces the
+    build's own error (a FIFO used to turn it into an internal error)."""
+    p, _ = graph.drv("fails", "mknod /build/pipe p; echo partial > /build/f; exit 3")
+    b = Builder(store, BwrapExecutor(), BuildOptions(keep_failed=True), say=lambda m: None)
+    with pytest.raises(BuildError, match="exit status 3") as e:
+        b.realise([p])
+    kept = Path(str(e.value).split("kept build directory: ", 1)[1].split("\n", 1)[0])
+    assert (kept / "build" / "f").read_text() == "partial\n"
+    assert stat.S_ISFIFO(os.lstat(kept / "build" / "pipe").st_mode)
