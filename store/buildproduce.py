@@ -51,7 +51,10 @@ class Producing:
             out = tmp / "out"
             run_builtin(self.store, drv, out, mirrors=list(self.opts.mirrors), progress=self.opts.progress)
             return {"out": (out, [])}
-        return self._sandboxed(drv_path, drv, tmp, vary, defer)
+        produced = self._sandboxed(drv_path, drv, tmp, vary, defer)
+        if drv.is_fixed_output:
+            _check_fixed(drv_path, drv, produced["out"])
+        return produced
 
     def _sandboxed(
         self, drv_path: str, drv: Derivation, tmp: Path, vary: Variation | None = None, defer: bool = False
@@ -108,6 +111,25 @@ class Producing:
                 )
             produced[name] = (tree, sorted(by_hash[h] for h in res.found))
         return produced
+
+
+def _check_fixed(drv_path: str, drv: Derivation, produced: tuple[Path, list[str]]) -> None:
+    """A fixed-output derivation built in the sandbox: its output must have the declared
+    hash (its path is named by it) and refer to no store path (as in Nix)."""
+    from .builtins import check_fixed_output
+    from .errors import HashMismatch
+
+    tree, refs = produced
+    if refs:
+        raise BuildError(
+            drv_path,
+            f"fixed-output derivation {drv_path} produced an output that refers to store paths "
+            f"({', '.join(refs[:3])}); a fixed output may not",
+        )
+    try:
+        check_fixed_output(drv, tree, f"output of fixed-output derivation {drv_path}")
+    except HashMismatch as e:
+        raise BuildError(drv_path, str(e)) from None
 
 
 def _tail(path: Path, lines: int = 25) -> str:

@@ -17,6 +17,7 @@ pure function of them, so its output is input-addressed like any build.
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from pathlib import Path
 
@@ -44,6 +45,29 @@ def _check_recursive(out: Path, expected: Hash, what: str) -> None:
             shutil.rmtree(out)
         else:
             out.unlink(missing_ok=True)
+        raise HashMismatch(what, expected.to_nix32(), got.to_nix32())
+
+
+def check_fixed_output(drv: Derivation, out: Path, what: str) -> None:
+    """Raise ``HashMismatch`` unless ``out`` is what ``drv``'s fixed output hash says:
+    the NAR hash of the tree (``r:`` hashes), else the hash of a regular file. For any
+    builder: a fixed-output path is named by that hash, so whatever produced it must
+    prove it (a sandboxed builder as much as a fetcher)."""
+    expected, recursive = _expected(drv)
+    if recursive:
+        _check_recursive(out, expected, what)
+        return
+    if out.is_symlink() or not out.is_file():
+        raise HashMismatch(what, f"a regular file with hash {expected.to_nix32()}", "not a regular file")
+    try:
+        h = hashlib.new(expected.algo)
+    except ValueError:
+        raise StoreError(f"{what}: unsupported hash algorithm {expected.algo!r}") from None
+    with open(out, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    got = Hash(expected.algo, h.digest())
+    if got != expected:
         raise HashMismatch(what, expected.to_nix32(), got.to_nix32())
 
 
