@@ -71,6 +71,14 @@ def _unpack_archive(archive: Path, dest: Path) -> Path:
     return entries[0] if len(entries) == 1 and entries[0].is_dir() and not entries[0].is_symlink() else dest
 
 
+def _download_name(url: str) -> str:
+    """A safe file name for the download of ``url``: its last path component, or
+    "download" when that is empty, ``.`` or ``..`` (renaming onto a directory fails with a
+    confusing error) or too long for a file name."""
+    name = url.split("?", 1)[0].split("#", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+    return name if name not in ("", ".", "..") and len(name.encode()) <= 200 else "download"
+
+
 def prefetch(argv: list[str]) -> int:
     args = _prefetch_parser().parse_args(argv)
     from kiln.store import nar
@@ -84,8 +92,7 @@ def prefetch(argv: list[str]) -> int:
             h, _ = nar.hash_path(work / "tree")
             print(_show(h, args.format))
             return 0
-        name = args.url.rstrip("/").rsplit("/", 1)[-1].split("?", 1)[0] or "download"
-        dest = work / name
+        dest = work / _download_name(args.url)
         fetch_url([args.url], None, dest, mirrors=[], progress=True)
         digest = hashlib.sha256()
         with open(dest, "rb") as f:
@@ -148,13 +155,23 @@ def mirror_sources(argv: list[str]) -> int:
 
 
 def _urls(env: dict[str, str]) -> list[str]:
-    return env.get("urls", "").split() or [env["url"]]
+    from kiln.store.fetch import split_urls
+
+    return split_urls(env.get("urls", "")) or [env["url"]]
 
 
 def _mirror_flat(env: dict[str, str], expected, mirror: Path) -> None:
     from kiln.store.fetch import fetch_url
 
-    fetch_url(_urls(env), expected, mirror / "sha256" / expected.hex, mirrors=[], progress=True)
+    size = env.get("size", "")  # a lock entry's exact size, when the derivation carries it
+    fetch_url(
+        _urls(env),
+        expected,
+        mirror / "sha256" / expected.hex,
+        mirrors=[],
+        progress=True,
+        size=int(size) if size.isdigit() else None,
+    )
 
 
 def _mirror_tree(produce):

@@ -9,22 +9,33 @@ matches. Sources are tried in this order:
 
 1. each *hashed source mirror* — a directory (or ``file://`` URL) or an ``http(s)`` URL
    laid out as ``<mirror>/sha256/<hex>``; the explicit list first, then the
-   ``KILN_SOURCE_MIRRORS`` environment variable (space- or colon-separated; ``http://h:8080``
-   style ports are understood). A mirror miss is silent; a corrupt mirror entry is reported
-   as a warning and the next source is tried;
+   ``KILN_SOURCE_MIRRORS`` environment variable (whitespace-separated; colons between
+   plain paths still separate, see ``parse_mirror_list``). A mirror miss is silent; a
+   corrupt or oversized mirror entry is reported as a warning and the next source is
+   tried. A network mirror gets one retry, not ``retries``, and a mirror that times out,
+   trickles or refuses is skipped for the rest of the process (``forget_down_mirrors``);
 2. each URL in order. ``debian:<pool path>`` is expanded to ``<base>/<pool path>`` for
    every archive base the machine's apt sources name (read at run time, see
    ``kiln.store.apt.archive_bases``), so no host name is ever written into a recipe.
 
-HTTP transfers use urllib (redirects followed by its redirect handler), a socket timeout
-(``timeout`` argument, ``KILN_FETCH_TIMEOUT``), and up to ``retries`` further attempts per
-URL after a dropped connection or timeout. A socket timeout only bounds silence, so each
-attempt must also keep a pace: after ``PACE_GRACE`` seconds it is dropped (as a timeout)
-once it averages under ``PACE_MIN_RATE`` bytes/s - the registry client's rule
-(``kiln.registry.pace``), so a server sending a byte now and then cannot hold a build.
-Unlike the registry client's, the pace is judged per download, not per link (parallel
-fetches over one slow link each need 4 KiB/s), and it starts with the response body: a
-server trickling its header lines is bounded only by the socket timeout per line.
+HTTP transfers (``fetchhttp``) use urllib with a socket timeout (``timeout`` argument,
+``KILN_FETCH_TIMEOUT``) and up to ``retries`` further attempts per URL after a dropped
+connection or timeout. Redirects are followed (at most 10, to http/https/ftp) without
+reading the 3xx body, which a hostile server could make any size. A socket timeout only
+bounds silence (it applies to each ``recv``, so a byte every timeout - 1 s never trips
+it), so each attempt must also keep a pace: it may last ``PACE_GRACE`` s plus 1 s per
+``PACE_MIN_RATE`` body bytes - the registry client's rule (``kiln.registry.pace``). The
+clock starts with the request, so connecting, the status line and headers of every
+redirect count against it, and a watchdog thread shuts the attempt's socket down when it
+is over, even while http.client is blocked inside a header line. Unlike the registry
+client's, the pace is judged per download, not per link (parallel fetches over one slow
+link each need 4 KiB/s).
+
+Sizes: with ``size`` (a lock entry's exact size) a source that announces or sends more is
+dropped at once; otherwise each source is capped at ``MAX_DOWNLOAD`` (16 GiB,
+``KILN_FETCH_MAX_SIZE``). A malformed URL or ``Location`` (``http://[::1``, an over-long
+host label, a bad port) is that source's failure, not retried; any unexpected error of
+one source is recorded too, and the next source is tried.
 
 A retry resumes with ``Range: bytes=N-`` when the server answers ``206`` with a matching
 ``Content-Range``; a ``200`` restarts from zero, and a ``206`` for another offset is
@@ -46,17 +57,29 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
-import socket
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from .errors import HashMismatch, KilnError
+from .errors import HashMismatch
+from .fetchhttp import (  # noqa: F401 - FetchError, CHUNK, USER_AGENT: part of this module's API
+    CHUNK,
+    MAX_DOWNLOAD,
+    USER_AGENT,
+    FetchError,
+    _describe,
+    _http_get,
+    _Limit,
+    _max_download,
+    _quote_spaces,
+    _TooBig,
+    _TooSlow,
+)
 from .fetchmirror import (  # noqa: F401 - part of this module's API
     copy_to_mirror,
     fetch_tree_from_mirror,
@@ -66,14 +89,6 @@ from .fetchmirror import (  # noqa: F401 - part of this module's API
     put_tree_in_mirror,
 )
 from .hashes import Hash
-
-CHUNK = 1 << 16
-USER_AGENT = "kiln-fetch/0.1"
-
-
-class FetchError(KilnError):
-    """No source could deliver the file."""
-
 
 # --- URL expansion ---------------------------------------------------------------------
 
@@ -93,6 +108,19 @@ def expand_url(url: str) -> list[str]:
             )
         return [f"{base}/{pool}" for base in bases]
     return [url]
+
+
+def join_urls(urls: list[str]) -> str:
+    """One string for a derivation's ``urls`` variable, which ``split_urls`` reads back
+    exactly: whitespace inside a URL is percent-encoded first (a literal space can never
+    go on the wire, and ``file:`` URLs decode ``%20`` back to a space), so a URL with a
+    space is never split in two (the second half taken for a local path)."""
+    return " ".join(_quote_spaces(u) for u in urls)
+
+
+def split_urls(text: str) -> list[str]:
+    """The URLs ``join_urls`` joined."""
+    return text.split()
 
 
 # --- transfer --------------------------------------------------------------------------
@@ -153,110 +181,70 @@ class _Sink:
         return self.h.digest()
 
 
-def _copy_local(src: Path, sink: _Sink) -> None:
+def _copy_local(src: Path, sink: _Sink, limit: _Limit) -> None:
     total = src.stat().st_size
+    if total > limit.size:
+        raise _TooBig(f"{total} bytes, more than {limit}")
     with open(src, "rb") as f:
         while chunk := f.read(CHUNK):
+            if sink.size + len(chunk) > limit.size:  # the file grew while we read it
+                raise _TooBig(f"more than {limit}")
             sink.write(chunk, total)
 
 
-_RETRY_STATUS = (408, 425, 429, 500, 502, 503, 504)
-#: an attempt is too slow once it has run ``PACE_GRACE`` s plus 1 s per ``PACE_MIN_RATE``
-#: bytes received: far below any real link, far above a trickle
-PACE_MIN_RATE = 4096
-PACE_GRACE = 60.0
-
-
-class _TooSlow(TimeoutError):
-    """An attempt that fell behind the pace: retried like a timeout, reported as itself."""
-
-
-def _http_get(url: str, sink: _Sink, timeout: float, retries: int) -> None:
-    """Download ``url`` into ``sink``. HTTP errors other than transient ones raise
-    ``urllib.error.HTTPError`` at once; transport errors are retried (resuming when the
-    server honours ``Range``) and raise ``OSError`` once ``retries`` are spent."""
-    import http.client
-
-    attempt = 0
-    use_range = True
-    while True:
-        headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
-        if sink.size and use_range:
-            headers["Range"] = f"bytes={sink.size}-"
-        elif sink.size:
-            sink.reset()
-        req = urllib.request.Request(url, headers=headers)
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
-                if resp.status == 206 and _range_start(resp.headers.get("Content-Range")) != sink.size:
-                    # A part we did not ask for (wrong offset, multipart, or a range
-                    # nobody requested): never take it for the file; ask for all of it.
-                    use_range = False
-                    raise ConnectionError("the server answered with the wrong byte range")
-                if sink.size and resp.status != 206:
-                    sink.reset()  # the server ignored the range: this body is the whole file
-                length = resp.headers.get("Content-Length")
-                total = sink.size + int(length) if length and length.isdigit() else None
-                # read1: one socket read at a time, so the pace is judged as bytes come
-                # (read(n) would wait, however long, until it has n of them)
-                read = getattr(resp, "read1", resp.read)
-                start, got = time.monotonic(), 0
-                while chunk := read(CHUNK):
-                    sink.write(chunk, total)
-                    got += len(chunk)
-                    if time.monotonic() > start + PACE_GRACE + got / PACE_MIN_RATE:
-                        raise _TooSlow(
-                            f"too slow: {got} bytes in {time.monotonic() - start:.0f} s (at least "
-                            f"{PACE_MIN_RATE} bytes/s is expected after {PACE_GRACE:g} s)"
-                        )
-                if total is not None and sink.size < total:
-                    raise ConnectionError(f"connection closed after {sink.size} of {total} bytes")
-                return
-        except urllib.error.HTTPError as e:
-            error: BaseException = e
-            if e.code == 416 and sink.size:
-                sink.reset()  # range not satisfiable: our partial data is suspect
-            elif e.code not in _RETRY_STATUS or attempt >= retries:
-                raise
-        except (OSError, http.client.HTTPException) as e:  # URLError, timeouts, resets, IncompleteRead
-            reason = getattr(e, "reason", None)
-            if isinstance(reason, ConnectionRefusedError | socket.gaierror):
-                raise OSError(_describe(e)) from e  # nobody listening / no such host: retrying will not help
-            error = e
-        attempt += 1
-        if attempt > retries:
-            raise OSError(f"{_describe(error)} (gave up after {attempt} attempts)") from error
-        if sink.progress.enabled:
-            sink.progress.done()
-            print(f"{url}: {_describe(error)}; retrying ({attempt}/{retries})", file=sys.stderr)
-        time.sleep(min(0.2 * 2 ** (attempt - 1), 3.0))
-
-
-def _range_start(content_range: str | None) -> int | None:
-    m = re.match(r"bytes (\d+)-", content_range or "")
-    return int(m.group(1)) if m else None
-
-
-def _describe(e: BaseException) -> str:
-    if isinstance(e, urllib.error.HTTPError):
-        return f"HTTP {e.code} {e.reason}"
-    if isinstance(e, urllib.error.URLError):
-        return str(e.reason)
-    if isinstance(e, TimeoutError):
-        return str(e) if isinstance(e, _TooSlow) else "timed out"
-    return str(e) or type(e).__name__
-
-
-def _transfer(source: str, sink: _Sink, timeout: float, retries: int) -> None:
+def _transfer(source: str, sink: _Sink, timeout: float, retries: int, limit: _Limit) -> None:
     """Fill ``sink`` from a path, ``file://`` URL or network URL."""
     if source.startswith("file:"):  # file:///p and apt's file:/p
-        _copy_local(Path(urllib.request.url2pathname(urllib.parse.urlparse(source).path)), sink)
+        _copy_local(Path(urllib.request.url2pathname(urllib.parse.urlparse(source).path)), sink, limit)
     elif "://" not in source:
-        _copy_local(Path(source), sink)
+        _copy_local(Path(source), sink, limit)
     elif source.startswith(("http://", "https://", "ftp://")):
-        _http_get(source, sink, timeout, retries)
+        _http_get(source, sink, timeout, retries, limit)
     else:
         raise FetchError(f"unsupported URL scheme in {source!r} (use http, https, ftp, file or debian:)")
+
+
+def fetch_timeout() -> float:
+    """The socket timeout in seconds: ``KILN_FETCH_TIMEOUT``, default 30."""
+    raw = os.environ.get("KILN_FETCH_TIMEOUT", "30")
+    try:
+        timeout = float(raw)
+    except ValueError:
+        raise FetchError(f"KILN_FETCH_TIMEOUT must be a number of seconds, found {raw!r}") from None
+    if not timeout > 0:
+        raise FetchError(f"KILN_FETCH_TIMEOUT must be a positive number of seconds, found {raw!r}")
+    return timeout
+
+
+# --- mirrors that stopped answering ----------------------------------------------------
+
+#: attempts per file for a network mirror (1 + this many retries): a mirror is optional,
+#: the URLs are the fallback, so a stalled one must not cost minutes per file
+MIRROR_RETRIES = 1
+
+_down_mirrors: dict[str, str] = {}  # mirror -> what it did, for the rest of this process
+_down_lock = threading.Lock()
+
+
+def _mirror_down(mirror: str) -> bool:
+    with _down_lock:
+        return mirror in _down_mirrors
+
+
+def _mark_mirror_down(mirror: str, why: str) -> None:
+    """Skip ``mirror`` for the rest of the run: it timed out, trickled or refused, and it
+    would do the same for every other file (about 2 minutes each with retries)."""
+    with _down_lock:
+        if mirror in _down_mirrors:
+            return
+        _down_mirrors[mirror] = why
+    print(f"warning: mirror {mirror} failed ({why}); not using it again in this run", file=sys.stderr)
+
+
+def forget_down_mirrors() -> None:
+    """Try every mirror again (for long-running processes and tests)."""
+    with _down_lock:
+        _down_mirrors.clear()
 
 
 # --- the entry point -------------------------------------------------------------------
@@ -271,21 +259,24 @@ def fetch_url(
     progress: bool,
     timeout: float | None = None,
     retries: int = 3,
+    size: int | None = None,
 ) -> None:
     """Make ``dest`` a file whose ``expected.algo`` digest is ``expected``, from the first
     source that delivers it (mirrors, then ``urls``). Raises ``HashMismatch`` if a source
     delivered other bytes and none delivered the right ones, ``FetchError`` if nothing
-    could be downloaded; in both cases nothing is left at ``dest``.
+    could be downloaded; in both cases nothing is left at ``dest``. Any failure of one
+    source (even an unexpected exception) is recorded and the next source is tried.
+
+    ``size`` is the expected size in bytes when known (a lock entry's): a source is
+    dropped as soon as it announces or sends more. Without it, each source is capped at
+    ``MAX_DOWNLOAD`` (``KILN_FETCH_MAX_SIZE``).
 
     ``expected=None`` (a recursive fetchurl, whose NAR hash the caller checks) skips the
     mirrors, which are keyed by flat hash, and accepts the first URL that downloads."""
     dest = Path(dest)
     if timeout is None:
-        raw = os.environ.get("KILN_FETCH_TIMEOUT", "30")
-        try:
-            timeout = float(raw)
-        except ValueError:
-            raise FetchError(f"KILN_FETCH_TIMEOUT must be a number of seconds, found {raw!r}") from None
+        timeout = fetch_timeout()
+    limit = _Limit(size, True) if size is not None else _Limit(_max_download(), False)
     dest.parent.mkdir(parents=True, exist_ok=True)
     algo = expected.algo if expected else "sha256"
     failures: list[str] = []
@@ -294,37 +285,24 @@ def fetch_url(
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "w+b") as f:
-            for source, is_mirror, unusable in _sources(urls, expected, mirrors):
+            for source, mirror, unusable in _sources(urls, expected, mirrors):
                 if unusable is not None:  # e.g. a bad debian: URL; the other sources still count
                     failures.append(f"{source}: {unusable}")
                     continue
+                if mirror is not None and _mirror_down(mirror):
+                    continue
                 sink = _Sink(f, algo, _Progress(progress, source))
                 try:
-                    if is_mirror and "://" not in source and not Path(source).is_file():
-                        continue  # a plain mirror miss
-                    _transfer(source, sink, timeout, retries)
-                except FetchError as e:  # a source this fetcher cannot use (its scheme)
-                    if is_mirror:
-                        print(f"warning: skipping mirror {source}: {e}", file=sys.stderr)
-                    else:
-                        failures.append(f"{source}: {e}")
-                    continue
-                except urllib.error.HTTPError as e:
-                    if not (is_mirror and e.code in (403, 404, 410)):
-                        failures.append(f"{source}: HTTP {e.code} {e.reason}")
-                    continue
-                except FileNotFoundError:
-                    if not is_mirror:
-                        failures.append(f"{source}: no such file")
-                    continue
-                except OSError as e:
-                    failures.append(f"{source}: {_describe(e)}")
-                    continue
+                    failed = _try_source(source, mirror, sink, timeout, retries, limit)
                 finally:
                     sink.progress.done()
+                if failed is not None:
+                    if failed:
+                        failures.append(f"{source}: {failed}")
+                    continue
                 got = Hash(algo, sink.digest())
                 if expected is not None and got != expected:
-                    if is_mirror:
+                    if mirror is not None:
                         print(
                             f"warning: mirror entry {source} has hash {got.to_hex()}, ignoring it",
                             file=sys.stderr,
@@ -349,22 +327,55 @@ def fetch_url(
     raise FetchError(f"cannot fetch {dest.name} ({what}):\n  " + "\n  ".join(failures))
 
 
+def _try_source(
+    source: str, mirror: str | None, sink: _Sink, timeout: float, retries: int, limit: _Limit
+) -> str | None:
+    """Fill ``sink`` from one source. Returns None if it delivered bytes (the caller checks
+    the hash), else why it failed ("" for a silent mirror miss)."""
+    try:
+        if mirror is not None:
+            if "://" not in source and not Path(source).is_file():
+                return ""  # a plain mirror miss
+            retries = min(retries, MIRROR_RETRIES)
+        _transfer(source, sink, timeout, retries, limit)
+        return None
+    except FetchError as e:  # a source this fetcher cannot use (scheme, bad URL, too big)
+        if mirror is not None:
+            print(f"warning: skipping mirror {source}: {e}", file=sys.stderr)
+            return ""
+        return str(e)
+    except urllib.error.HTTPError as e:
+        return "" if mirror is not None and e.code in (403, 404, 410) else f"HTTP {e.code} {e.reason}"
+    except FileNotFoundError:
+        return "" if mirror is not None else "no such file"
+    except OSError as e:  # timeouts, the pace rule, refused, resets: after the retries
+        if mirror is not None:
+            _mark_mirror_down(mirror, _describe(e))
+        return _describe(e)
+    except Exception as e:  # noqa: BLE001 - one odd source must not stop the fallback
+        return f"{type(e).__name__}: {e}"
+
+
 def _sources(urls: list[str], expected: Hash | None, mirrors: list[str]):
-    """(location, is_mirror, why unusable or None) in the order they are tried. A URL that
-    cannot be expanded is reported in its turn rather than stopping the others."""
+    """(location, its mirror or None, why unusable or None) in the order they are tried.
+    A URL that cannot be expanded is reported in its turn rather than stopping the others."""
     for m in mirrors_from_env(mirrors) if expected is not None else ():
         loc = mirror_location(m, expected)
         if loc.startswith("file:"):
-            loc = urllib.request.url2pathname(urllib.parse.urlparse(loc).path)
-        yield loc, True, None
+            try:
+                loc = urllib.request.url2pathname(urllib.parse.urlparse(loc).path)
+            except ValueError as e:
+                yield loc, None, f"bad mirror URL: {e}"
+                continue
+        yield loc, m, None
     for url in urls:
         try:
             concrete = expand_url(url)
         except FetchError as e:
-            yield url, False, str(e)
+            yield url, None, str(e)
             continue
         for c in concrete:
-            yield c, False, None
+            yield c, None, None
 
 
 def _fsync_dir(path: Path) -> None:

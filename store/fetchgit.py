@@ -8,6 +8,16 @@ that allow reachable-SHA wants, and local repositories, answer that; shallow whe
 transport supports it), else by fetching every branch and tag and resolving ``rev`` there
 (so ``rev`` may also be a tag or branch name, though recipes should pin a commit id).
 
+The fetch runs in a child process (``python -m kiln.store.fetchgit``), because libgit2
+cannot be interrupted from another thread and a remote may stall at any step (ref
+advertisement, negotiation, pack). In the child, libgit2's connect and read timeouts are
+``KILN_FETCH_TIMEOUT`` (they default to none at all) and a transfer callback stops a pack
+larger than ``MAX_FETCH_BYTES``. The parent reads the child's progress reports and kills
+it when the fetch breaks the stall rule: while objects are still being received, the
+fetch may last ``fetchhttp.PACE_GRACE`` s plus 1 s per ``fetchhttp.PACE_MIN_RATE`` bytes received
+(the HTTP fetcher's pace rule, over the whole fetch); once the pack is in, indexing must
+report progress at least every ``PACE_GRACE`` s. The error names the URL.
+
 The tree is then written out by walking git objects, not by a checkout, so no filters,
 attributes, hooks or the host's git configuration can change the bytes:
 
@@ -15,6 +25,17 @@ attributes, hooks or the host's git configuration can change the bytes:
 - symlinks are kept as symlinks with the target stored in git;
 - directories are 0755; submodules (gitlinks) become empty directories;
 - nothing else (no ``.git``, no timestamps beyond what the filesystem sets).
+
+Git stores an identical tree or blob once however often it is listed, so a repository of
+a few KB can describe billions of files (a "git bomb"). The export therefore stops, before
+anything is hashed, past ``MAX_EXPORT_ENTRIES`` entries or ``MAX_EXPORT_BYTES`` bytes, and
+refuses a blob over ``MAX_BLOB_BYTES`` (libgit2 inflates a blob whole; kiln writes it from
+that buffer without copying it) and directories nested deeper than ``MAX_EXPORT_DEPTH``
+(the walk is iterative, but the NAR hash and tree removal that follow recurse per level).
+A tree that cannot be written (duplicate names in a crafted tree, a path too long) is
+refused with ``GitFetchError`` too. Each limit has an environment variable to raise it
+for a real repository that needs it (``KILN_GIT_MAX_ENTRIES``, ``KILN_GIT_MAX_BYTES``,
+``KILN_GIT_MAX_BLOB``, ``KILN_GIT_MAX_DEPTH``, ``KILN_GIT_MAX_FETCH``).
 
 The export goes to a temporary directory beside ``dest`` and is renamed into place, so
 ``dest`` either holds the whole tree or does not exist. The caller NAR-hashes ``dest``.
@@ -24,18 +45,71 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import shutil
+import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 from .errors import KilnError
 
+#: the most entries (files, directories, links) one export may create
+MAX_EXPORT_ENTRIES = 1_000_000
+#: the most bytes (file contents and link targets) one export may write
+MAX_EXPORT_BYTES = 4 << 30
+#: the deepest directory nesting (the NAR hash and tree removal recurse per level)
+MAX_EXPORT_DEPTH = 256
+#: the largest single blob (held in memory once while it is written)
+MAX_BLOB_BYTES = 1 << 30
+#: the most bytes one fetch may receive from the remote
+MAX_FETCH_BYTES = 8 << 30
+
+_LIMIT_ENV = {
+    "MAX_EXPORT_ENTRIES": "KILN_GIT_MAX_ENTRIES",
+    "MAX_EXPORT_BYTES": "KILN_GIT_MAX_BYTES",
+    "MAX_EXPORT_DEPTH": "KILN_GIT_MAX_DEPTH",
+    "MAX_BLOB_BYTES": "KILN_GIT_MAX_BLOB",
+    "MAX_FETCH_BYTES": "KILN_GIT_MAX_FETCH",
+}
+CHUNK = 1 << 20
+
 
 class GitFetchError(KilnError):
-    """The repository or revision could not be fetched."""
+    """The repository or revision could not be fetched, or its tree was refused."""
 
 
-def _fetch_into(repo, url: str, rev: str):
+def limit(name: str) -> int:
+    """The limit ``name`` (a module constant's name), raised by its environment variable."""
+    env = _LIMIT_ENV[name]
+    raw = os.environ.get(env, "")
+    if not raw:
+        return int(globals()[name])
+    if not raw.isdigit():
+        raise GitFetchError(f"{env} must be a whole number, found {raw!r}")
+    return int(raw)
+
+
+# --- fetching (in the child) -----------------------------------------------------------
+
+
+def _callbacks(max_bytes: int, report):
+    """pygit2 callbacks: report transfer progress, stop a pack over ``max_bytes``."""
+    import pygit2
+
+    class Callbacks(pygit2.RemoteCallbacks):
+        def transfer_progress(self, stats) -> None:
+            report(stats)
+            if stats.received_bytes > max_bytes:
+                raise GitFetchError(
+                    f"the remote sent more than {max_bytes} bytes (KILN_GIT_MAX_FETCH raises the limit)"
+                )
+
+    return Callbacks()
+
+
+def _fetch_into(repo, url: str, rev: str, callbacks=None):
     """Fetch ``rev`` from ``url`` into ``repo`` and return the commit."""
     import pygit2
 
@@ -45,12 +119,14 @@ def _fetch_into(repo, url: str, rev: str):
         local = "://" not in url
         for depth in (0,) if local else (1, 0):
             try:
-                remote.fetch([f"+{rev}:refs/kiln/want"], depth=depth)
+                remote.fetch([f"+{rev}:refs/kiln/want"], depth=depth, callbacks=callbacks)
                 return repo.get(rev).peel(pygit2.Commit)
             except (pygit2.GitError, KeyError, ValueError, AttributeError) as e:
+                if "timed out" in str(e):  # the remote stalls: asking again will not help
+                    raise GitFetchError(f"cannot fetch {url}: {e}") from None
                 errors.append(str(e))
     try:
-        remote.fetch(["+refs/heads/*:refs/kiln/heads/*", "+refs/tags/*:refs/tags/*"])
+        remote.fetch(["+refs/heads/*:refs/kiln/heads/*", "+refs/tags/*:refs/tags/*"], callbacks=callbacks)
     except pygit2.GitError as e:
         raise GitFetchError(f"cannot fetch {url}: {e}") from None
     for candidate in (rev, f"refs/tags/{rev}", f"refs/kiln/heads/{rev}"):
@@ -61,37 +137,225 @@ def _fetch_into(repo, url: str, rev: str):
     raise GitFetchError(f"revision {rev!r} not found in {url}" + (f" ({errors[-1]})" if errors else ""))
 
 
+def _child(repo_path: str, url: str, rev: str, timeout: float, max_bytes: int) -> int:
+    """The child's side: fetch, print ``progress``/``ok``/``error`` lines on stdout."""
+    import pygit2
+    from pygit2.enums import Option
+
+    ms = max(1, int(timeout * 1000))
+    pygit2.option(Option.SET_SERVER_CONNECT_TIMEOUT, ms)
+    pygit2.option(Option.SET_SERVER_TIMEOUT, ms)
+    last = [0.0]
+
+    def report(stats) -> None:
+        now = time.monotonic()
+        if now - last[0] >= 0.1 or stats.indexed_objects == stats.total_objects:
+            last[0] = now
+            print(
+                f"progress {stats.received_bytes} {stats.received_objects} {stats.total_objects} "
+                f"{stats.indexed_objects + stats.indexed_deltas}",
+                flush=True,
+            )
+
+    try:
+        commit = _fetch_into(pygit2.Repository(repo_path), url, rev, _callbacks(max_bytes, report))
+    except GitFetchError as e:
+        print("error " + str(e).replace("\n", " "), flush=True)
+        return 1
+    print(f"ok {commit.id}", flush=True)
+    return 0
+
+
+# --- fetching (the parent's watch) -----------------------------------------------------
+
+
+class _Watch:
+    """The stall rule over one child's progress reports (see the module docstring)."""
+
+    def __init__(self, url: str, network: bool) -> None:
+        from . import fetchhttp
+
+        self.url = url
+        self.network = network
+        self.grace, self.rate = fetchhttp.PACE_GRACE, fetchhttp.PACE_MIN_RATE
+        self.start = self.changed = time.monotonic()
+        self.received = 0
+        self.receiving = True
+        self.state: tuple[int, ...] = ()
+
+    def update(self, fields: list[int]) -> None:
+        received, got_objects, total_objects, indexed = fields
+        if (received, got_objects, indexed) != self.state:
+            self.state = (received, got_objects, indexed)
+            self.changed = time.monotonic()
+        self.received = received
+        self.receiving = total_objects == 0 or got_objects < total_objects
+
+    def deadline(self) -> float:
+        if self.network and self.receiving:
+            return self.start + self.grace + self.received / self.rate
+        return self.changed + self.grace
+
+    def error(self) -> GitFetchError:
+        took = time.monotonic() - self.start
+        if self.network and self.receiving:
+            why = (
+                f"too slow: {self.received} bytes in {took:.0f} s (at least {self.rate} bytes/s "
+                f"is expected after {self.grace:g} s)"
+            )
+        else:
+            why = f"no progress for {self.grace:g} s"
+        return GitFetchError(f"cannot fetch {self.url}: {why}; gave up")
+
+
+def _fetch_in_child(repo_path: Path, url: str, rev: str) -> str:
+    """Run ``_child`` for ``url`` in a new process under the stall rule; returns the
+    commit id. Raises ``GitFetchError`` naming the URL on any failure."""
+    from .fetch import FetchError, fetch_timeout
+
+    try:
+        timeout = fetch_timeout()
+    except FetchError as e:
+        raise GitFetchError(str(e)) from None
+    args = [str(repo_path), url, rev, str(timeout), str(limit("MAX_FETCH_BYTES"))]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kiln.store.fetchgit", *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    watch = _Watch(url, network="://" in url and not url.startswith("file:"))
+    other: list[str] = []  # anything else the child said (a traceback), kept short
+    buf = b""
+    try:
+        while True:
+            wait = watch.deadline() - time.monotonic()
+            if wait <= 0:
+                raise watch.error()
+            ready, _, _ = select.select([proc.stdout], [], [], wait)
+            if not ready:
+                continue
+            data = os.read(proc.stdout.fileno(), 65536)
+            if not data:
+                break
+            buf += data
+            *lines, buf = buf.split(b"\n")
+            for raw in lines:
+                line = raw.decode("utf-8", "replace")
+                kind, _, rest = line.partition(" ")
+                if kind == "progress":
+                    watch.update([int(x) for x in rest.split()])
+                elif kind == "ok":
+                    return rest.strip()
+                elif kind == "error":
+                    raise GitFetchError(rest)
+                else:
+                    other = [*other[-19:], line[:500]]
+            buf = buf[-65536:]  # a line without an end is not ours: do not let it grow
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        proc.stdout.close()
+    raise GitFetchError(
+        f"cannot fetch {url}: the git fetch process ended with status {proc.returncode}"
+        + (":\n" + "\n".join(other[-5:]) if other else "")
+    )
+
+
+# --- the export ------------------------------------------------------------------------
+
+
+class _Budget:
+    """What an export may still create."""
+
+    def __init__(self) -> None:
+        self.entries = limit("MAX_EXPORT_ENTRIES")
+        self.bytes = limit("MAX_EXPORT_BYTES")
+        self.blob = limit("MAX_BLOB_BYTES")
+
+    def entry(self, path: str) -> None:
+        self.entries -= 1
+        if self.entries < 0:
+            raise GitFetchError(
+                f"refusing tree: more than {limit('MAX_EXPORT_ENTRIES')} entries (at {path}; "
+                "KILN_GIT_MAX_ENTRIES raises the limit)"
+            )
+
+    def take(self, size: int, path: str) -> None:
+        if size > self.blob:
+            raise GitFetchError(
+                f"refusing tree: {path} is {size} bytes, more than {self.blob} (KILN_GIT_MAX_BLOB raises the limit)"
+            )
+        self.bytes -= size
+        if self.bytes < 0:
+            raise GitFetchError(
+                f"refusing tree: more than {limit('MAX_EXPORT_BYTES')} bytes (at {path}; "
+                "KILN_GIT_MAX_BYTES raises the limit)"
+            )
+
+
 def _export(repo, tree, out: Path) -> None:
+    """Write ``tree`` to ``out`` (which must not exist), within the export limits."""
     import pygit2
 
+    budget = _Budget()
+    max_depth = limit("MAX_EXPORT_DEPTH")
     out.mkdir(mode=0o755)
-    for entry in tree:
-        name = entry.name
-        if name in ("", ".", "..") or "/" in name or name == ".git":
-            raise GitFetchError(f"refusing tree entry {name!r}")
-        target = out / name
-        mode = entry.filemode
-        if mode == pygit2.GIT_FILEMODE_TREE:
-            _export(repo, repo[entry.id], target)
-        elif mode == pygit2.GIT_FILEMODE_LINK:
-            link = repo[entry.id].data
-            if not link or b"\0" in link:
-                raise GitFetchError(f"refusing symlink {name!r} with an empty target or a NUL byte in it")
-            os.symlink(link, target)
-        elif mode == pygit2.GIT_FILEMODE_COMMIT:
-            target.mkdir(mode=0o755)  # submodule: not fetched, kept as an empty directory
-        elif mode in (pygit2.GIT_FILEMODE_BLOB, pygit2.GIT_FILEMODE_BLOB_EXECUTABLE):
-            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(repo[entry.id].data)
-            os.chmod(target, 0o755 if mode == pygit2.GIT_FILEMODE_BLOB_EXECUTABLE else 0o644)
-        else:
-            raise GitFetchError(f"unsupported git file mode {mode:o} for {name!r}")
-    os.chmod(out, 0o755)
+    dirs = [out]  # chmod at the end: mkdir's mode is cut by the umask
+    stack = [(tree, out, "", 0)]
+    while stack:
+        tree, here, rel, depth = stack.pop()
+        if depth > max_depth:
+            raise GitFetchError(
+                f"refusing tree: directories nested more than {max_depth} deep (at {rel[:200]}...; "
+                "KILN_GIT_MAX_DEPTH raises the limit)"
+            )
+        for entry in tree:
+            name = os.fsdecode(entry.raw_name)  # any bytes git holds, as the filesystem takes them
+            if name in ("", ".", "..") or "/" in name or name == ".git":
+                raise GitFetchError(f"refusing tree entry {name!r}")
+            path = f"{rel}{name}"
+            budget.entry(path)
+            target = here / name
+            mode = entry.filemode
+            if mode == pygit2.GIT_FILEMODE_TREE:
+                target.mkdir(mode=0o755)
+                dirs.append(target)
+                stack.append((repo[entry.id], target, f"{path}/", depth + 1))
+            elif mode == pygit2.GIT_FILEMODE_LINK:
+                budget.take(repo.odb.read_header(entry.id)[1], path)
+                link = repo[entry.id].data
+                if not link or b"\0" in link:
+                    raise GitFetchError(f"refusing symlink {name!r} with an empty target or a NUL byte in it")
+                os.symlink(link, target)
+            elif mode == pygit2.GIT_FILEMODE_COMMIT:
+                target.mkdir(mode=0o755)  # submodule: not fetched, kept as an empty directory
+                dirs.append(target)
+            elif mode in (pygit2.GIT_FILEMODE_BLOB, pygit2.GIT_FILEMODE_BLOB_EXECUTABLE):
+                # the size from the object header, before libgit2 inflates the blob
+                budget.take(repo.odb.read_header(entry.id)[1], path)
+                _write_blob(repo[entry.id], target)
+                os.chmod(target, 0o755 if mode == pygit2.GIT_FILEMODE_BLOB_EXECUTABLE else 0o644)
+            else:
+                raise GitFetchError(f"unsupported git file mode {mode:o} for {name!r}")
+    for d in dirs:
+        os.chmod(d, 0o755)
+
+
+def _write_blob(blob, target: Path) -> None:
+    # a memoryview of libgit2's buffer: no Python copy of the contents (``.data`` would be one)
+    view = memoryview(blob)
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        for i in range(0, len(view), CHUNK):
+            f.write(view[i : i + CHUNK])
 
 
 def fetch_git(url: str, rev: str, dest: Path) -> None:
-    """Write the tree of commit ``rev`` of ``url`` to ``dest`` (which must not exist)."""
+    """Write the tree of commit ``rev`` of ``url`` to ``dest`` (which must not exist).
+    Raises ``GitFetchError`` (leaving nothing at ``dest``) if the fetch fails or stalls,
+    or the tree breaks a limit or cannot be written."""
     import pygit2
 
     dest = Path(dest)
@@ -100,9 +364,19 @@ def fetch_git(url: str, rev: str, dest: Path) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{dest.name[:60]}.git-", dir=dest.parent))
     try:
-        repo = pygit2.init_repository(str(work / "repo"), bare=True)
-        commit = _fetch_into(repo, url, rev)
-        _export(repo, commit.tree, work / "tree")
+        pygit2.init_repository(str(work / "repo"), bare=True)
+        commit_id = _fetch_in_child(work / "repo", url, rev)
+        repo = pygit2.Repository(str(work / "repo"))  # opened after the child wrote to it
+        commit = repo.get(commit_id).peel(pygit2.Commit)
+        try:
+            _export(repo, commit.tree, work / "tree")
+        except (OSError, UnicodeError, ValueError) as e:  # a crafted tree: duplicate names, ...
+            raise GitFetchError(f"refusing tree of {url} at {rev}: {e}") from None
         os.replace(work / "tree", dest)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    _repo, _url, _rev, _timeout, _max = sys.argv[1:6]
+    sys.exit(_child(_repo, _url, _rev, float(_timeout), int(_max)))

@@ -27,33 +27,37 @@ from .hashes import Hash
 CHUNK = 1 << 16
 
 
+_SCHEME = r"[A-Za-z][A-Za-z0-9+.-]*"
+
+
 def parse_mirror_list(text: str) -> list[str]:
-    """Split a ``KILN_SOURCE_MIRRORS`` value. Whitespace always separates; a colon
-    separates too, except inside ``scheme://host:port``."""
+    """Split a ``KILN_SOURCE_MIRRORS`` value.
+
+    Whitespace separates entries (the recommended form). For backward compatibility a
+    colon separates too, PATH-style, but only where the text after it starts a new entry
+    (``/`` for a path, or ``scheme://``), and never the colon of a ``scheme:`` itself. So
+    ``/a:/b`` is two paths, ``http://h:8080/m:https://x/y`` two URLs, and a colon inside a
+    URL (a port, an IPv6 literal ``http://[::1]:8080/m``, ``user:password@``) is kept.
+    Words without ``://`` are split at every colon, as they always were."""
     out: list[str] = []
     for word in text.split():
-        pieces = word.split(":")
-        i = 0
-        while i < len(pieces):
-            piece = pieces[i]
-            if (
-                re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*", piece)
-                and i + 1 < len(pieces)
-                and pieces[i + 1].startswith("//")
+        if "://" not in word:
+            out.extend(p for p in word.split(":") if p)
+            continue
+        start = 0
+        for m in re.finditer(":", word):
+            i = m.start()
+            after = word[i + 1 :]
+            ends_scheme = after.startswith("//") and re.fullmatch(_SCHEME, word[start:i])
+            if ends_scheme or not (
+                (after.startswith("/") and not after.startswith("//")) or re.match(_SCHEME + "://", after)
             ):
-                piece = f"{piece}:{pieces[i + 1]}"
-                i += 1
-                # a port: "//host" followed by "8080/..." (only if the authority has none yet)
-                if (
-                    i + 1 < len(pieces)
-                    and re.match(r"^\d+(/|$)", pieces[i + 1])
-                    and "/" not in piece[piece.index("//") + 2 :]
-                ):
-                    piece = f"{piece}:{pieces[i + 1]}"
-                    i += 1
-            if piece:
-                out.append(piece)
-            i += 1
+                continue
+            if word[start:i]:
+                out.append(word[start:i])
+            start = i + 1
+        if word[start:]:
+            out.append(word[start:])
     return out
 
 

@@ -13,12 +13,26 @@ Routes (``server.url(route)``):
 - ``/badrange/<name>``   like ``/drop``, but a later ``Range`` request is answered 206
                          from the wrong offset (64 KiB, a cache's block boundary)
 - ``/mirror/...``        a hashed mirror: ``/mirror/sha256/<hex>`` of registered bytes
+- ``/stallmirror/...``   a mirror that accepts requests and never answers (until closed)
+
+Hostile routes, for resource limits (``server.sent[path]`` counts the bytes the server
+managed to write on the route; a client that stops reading caps it at what the socket
+buffers take):
+
+- ``/bigredirect/<name>`` 302 to ``/file/<name>`` with a 256 MiB body of zeros
+- ``/trickleredirect/<n>`` 302 to ``/file/<n>`` whose 1000-byte body comes a byte per 50 ms
+- ``/tricklehead/<name>``  a status line, then a header line a byte per 50 ms, never ending
+- ``/endless/<name>``      200 without Content-Length, zeros as fast as the client reads
+- ``/huge/<name>``         200 announcing a 1 TB Content-Length (and sending zeros)
+- ``/badlocation/<kind>``  302 to a malformed URL: ``ipv6`` (``http://[::1``), ``longhost``
+                           (a 70-character host label), ``port`` (``http://h:8x/``)
 
 Every request is logged as ``(method, path, range header)`` in ``server.log``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import threading
 import time
@@ -43,6 +57,21 @@ class _Handler(BaseHTTPRequestHandler):
             algo, hexd = (parts[1], parts[2]) if len(parts) == 3 else ("", "")
             data = srv.by_hash.get(hexd) if algo == "sha256" else None
             return self._send(data, rng, ranges=True)
+        if kind == "stallmirror":
+            srv.closing.wait(30)
+            return None
+        if kind == "badlocation":
+            where = {
+                "ipv6": "http://[::1/x",
+                "longhost": f"http://{'a' * 70}.example/x",
+                "port": "http://127.0.0.1:8x/x",
+            }[name]
+            return self._redirect(where)
+        if kind in _HOSTILE:
+            self.close_connection = True
+            with contextlib.suppress(OSError):  # the client hung up, as it should
+                _HOSTILE[kind](self, name)
+            return None
         data = srv.files.get(name)
         if data is None:
             return self._status(404)
@@ -81,7 +110,7 @@ class _Handler(BaseHTTPRequestHandler):
                 return None
             return self._send(data, rng, ranges=(kind != "drop-norange"))
         if kind == "hang":
-            time.sleep(5)
+            srv.closing.wait(5)
             return self._status(500)
         if kind == "trickle":  # a byte now and then: never silent for a whole timeout
             self.send_response(200)
@@ -99,6 +128,24 @@ class _Handler(BaseHTTPRequestHandler):
         if kind == "flaky":
             return self._status(503) if first else self._send(data, rng, ranges=True)
         return self._status(404)
+
+    def _redirect(self, where: str) -> None:
+        self.send_response(302)
+        self.send_header("Location", where)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def _stream(self, total: int, pause: float = 0.0, step: int = 1 << 16, fill: bytes = b"\0") -> None:
+        """Write ``total`` ``fill`` bytes (``step`` at a time, ``pause`` s apart), counting them."""
+        done = 0
+        while done < total and not self.server.owner.closing.is_set():
+            n = min(step, total - done)
+            self.wfile.write(fill * n)
+            self.wfile.flush()
+            done += n
+            self.server.owner.sent[self.path] = self.server.owner.sent.get(self.path, 0) + n
+            if pause:
+                time.sleep(pause)
 
     def _status(self, code: int) -> None:
         self.send_response(code)
@@ -124,11 +171,56 @@ class _Handler(BaseHTTPRequestHandler):
         return None
 
 
+def _bigredirect(h: _Handler, name: str) -> None:
+    h.send_response(302)
+    h.send_header("Location", f"/file/{name}")
+    h.send_header("Content-Length", str(256 << 20))
+    h.end_headers()
+    h._stream(256 << 20)
+
+
+def _trickleredirect(h: _Handler, name: str) -> None:
+    h.send_response(302)
+    h.send_header("Location", f"/file/{name}")
+    h.send_header("Content-Length", "1000")
+    h.end_headers()
+    h._stream(1000, pause=0.05, step=1)
+
+
+def _tricklehead(h: _Handler, name: str) -> None:
+    h.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+    h._stream(1 << 20, pause=0.05, step=1, fill=b"a")  # a header value, a byte at a time
+
+
+def _endless(h: _Handler, name: str) -> None:
+    h.send_response(200)
+    h.end_headers()
+    h._stream(64 << 30)
+
+
+def _huge(h: _Handler, name: str) -> None:
+    h.send_response(200)
+    h.send_header("Content-Length", str(10**12))
+    h.end_headers()
+    h._stream(64 << 30)
+
+
+_HOSTILE = {
+    "bigredirect": _bigredirect,
+    "trickleredirect": _trickleredirect,
+    "tricklehead": _tricklehead,
+    "endless": _endless,
+    "huge": _huge,
+}
+
+
 class Server:
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
         self.by_hash: dict[str, bytes] = {}
         self.log: list[tuple[str, str, str | None]] = []
+        self.sent: dict[str, int] = {}
+        self.closing = threading.Event()  # handlers that wait for ever stop waiting
         self._lock = threading.Lock()
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self.httpd.daemon_threads = True
@@ -152,6 +244,7 @@ class Server:
         return f"http://127.0.0.1:{self.httpd.server_port}/{route.lstrip('/')}"
 
     def close(self) -> None:
+        self.closing.set()
         self.httpd.shutdown()
         self.httpd.server_close()
 
@@ -166,5 +259,10 @@ def server():
 @pytest.fixture(autouse=True)
 def _no_env_mirrors(monkeypatch):
     # the developer's own KILN_SOURCE_MIRRORS must not change what these tests see
-    monkeypatch.delenv("KILN_SOURCE_MIRRORS", raising=False)
-    monkeypatch.delenv("KILN_FETCH_TIMEOUT", raising=False)
+    from kiln.store.fetch import forget_down_mirrors
+
+    for var in ("KILN_SOURCE_MIRRORS", "KILN_FETCH_TIMEOUT", "KILN_FETCH_MAX_SIZE"):
+        monkeypatch.delenv(var, raising=False)
+    forget_down_mirrors()  # a mirror one test stalled must not be skipped in the next
+    yield
+    forget_down_mirrors()

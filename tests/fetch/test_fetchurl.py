@@ -94,11 +94,12 @@ def test_transient_503_is_retried(server, tmp_path):
 )
 def test_a_server_that_never_finishes_is_given_up(server, tmp_path, monkeypatch, kind: str, said: str):
     """Each attempt ends (here: a 0.5 s socket timeout; a pace of 0.3 s grace plus 1 s
-    per 100 KB) and the fetch fails saying why, leaving nothing behind."""
-    from kiln.store import fetch
+    per 100 KB, or 2 s grace for the silent server so that the timeout decides) and the
+    fetch fails saying why, leaving nothing behind."""
+    from kiln.store import fetchhttp
 
-    monkeypatch.setattr(fetch, "PACE_GRACE", 0.3)
-    monkeypatch.setattr(fetch, "PACE_MIN_RATE", 100_000)
+    monkeypatch.setattr(fetchhttp, "PACE_GRACE", 2.0 if kind == "hang" else 0.3)
+    monkeypatch.setattr(fetchhttp, "PACE_MIN_RATE", 100_000)
     server.add("x", DATA)
     dest = tmp_path / "x"
     t0 = time.monotonic()
