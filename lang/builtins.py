@@ -96,6 +96,20 @@ def _sha256(value, node: ast.Node, what: str) -> str:
         raise HashFormat(f"bad hash in {what}: {e}", node.src, node.pos) from None
 
 
+def _url(ev, v, node: ast.Node, what: str) -> str:
+    """A URL argument: a string without whitespace (the fetcher's ``urls`` variable is
+    whitespace-separated, so a space would split one URL in two; write ``%20``)."""
+    url = _string(ev, v, node, what)
+    if not url or any(c.isspace() for c in url):
+        found = "an empty string" if not url else repr(url)
+        raise BadValue(
+            f"{what} must be a URL without whitespace (write %20 for a space), found {found}",
+            node.src,
+            node.pos,
+        )
+    return url
+
+
 def _url_name(url: str, strip_git: bool = False) -> str:
     base = url.split("?", 1)[0].split("#", 1)[0].rstrip("/").rsplit("/", 1)[-1]
     if strip_git and base.endswith(".git"):
@@ -121,14 +135,14 @@ def fetchurl(ev, node: ast.Call, env) -> DrvValue:
     a = _record_args(ev, node, env, ("sha256",), ("url", "urls", "name"))
     urls: list[str] = []
     if "url" in a:
-        urls.append(_string(ev, a["url"][0], a["url"][1], "fetchurl 'url'"))
+        urls.append(_url(ev, a["url"][0], a["url"][1], "fetchurl 'url'"))
     if "urls" in a:
         v, n = a["urls"]
         if not isinstance(v, tuple) or not v:
             raise RecipeTypeError(
                 f"fetchurl 'urls' must be a non-empty list of strings, found {type_name(v)}", n.src, n.pos
             )
-        urls += [_string(ev, u, n, "each of fetchurl 'urls'") for u in v]
+        urls += [_url(ev, u, n, "each of fetchurl 'urls'") for u in v]
     if not urls:
         raise MissingField("fetchurl needs a 'url' (or 'urls') field", node.src, node.pos)
     h = _sha256(a["sha256"][0], a["sha256"][1], "fetchurl 'sha256'")
@@ -148,7 +162,7 @@ def fetchurl(ev, node: ast.Call, env) -> DrvValue:
 
 def fetchgit(ev, node: ast.Call, env) -> DrvValue:
     a = _record_args(ev, node, env, ("url", "rev", "sha256"), ("name",))
-    url = _string(ev, a["url"][0], a["url"][1], "fetchgit 'url'")
+    url = _url(ev, a["url"][0], a["url"][1], "fetchgit 'url'")
     rev = _string(ev, a["rev"][0], a["rev"][1], "fetchgit 'rev'")
     h = _sha256(a["sha256"][0], a["sha256"][1], "fetchgit 'sha256'")
     name = _string(ev, a["name"][0], a["name"][1], "fetchgit 'name'") if "name" in a else _url_name(url, True)

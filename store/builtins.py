@@ -88,7 +88,10 @@ def run_builtin(store, drv: Derivation, out: Path, *, mirrors: list[str], progre
                 fetch_url(urls, None, out, mirrors=mirrors, progress=progress)
             _check_recursive(out, expected, f"{drv.name} from {urls[0]}")
         else:
-            fetch_url(urls, expected, out, mirrors=mirrors, progress=progress)
+            # a lock entry's exact size, when the derivation carries it: a source sending
+            # more is dropped at once instead of at the global cap
+            size = int(env["size"]) if env.get("size", "").isdigit() else None
+            fetch_url(urls, expected, out, mirrors=mirrors, progress=progress, size=size)
     elif name == "fetchgit":
         from .fetch import fetch_git
 

@@ -257,3 +257,16 @@ def test_a_nul_in_a_field_is_located_at_the_field(tmp_path):
     with pytest.raises(RecipeError) as e:
         evaluate_file(f)
     assert "n.recipe:3:7" in str(e.value) and "NUL character" in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize("url", ["https://example.org/a b.tar.gz", ""])
+def test_a_url_with_whitespace_is_refused_at_the_argument(tmp_path, url):
+    """The fetcher's ``urls`` are whitespace-separated: a space would split a URL in two."""
+    f = _write(
+        tmp_path / "u.recipe",
+        f'let src = fetchurl {{ url = "{url}", sha256 = "{"0" * 64}" }}\n'
+        'package p {\n  deps = [src]\n  build = "true"\n}\n',
+    )
+    with pytest.raises(RecipeError) as e:
+        evaluate_file(f)
+    assert "u.recipe:1:" in str(e.value) and "without whitespace" in str(e.value), str(e.value)
