@@ -23,8 +23,14 @@ _ESCAPES = {"n": "\n", "t": "\t", "r": "\r"}
 def _interp_end(text: str, i: int) -> int:
     """Index of the ``}`` closing the interpolation whose ``${`` ends just before ``i``;
     -1 if unterminated. Skips braces inside nested quoted strings."""
-    depth = 1
-    n = len(text)
+    return _scan_interp(text, i)[0]
+
+
+def _scan_interp(text: str, i: int) -> tuple[int, int]:
+    """From just after a ``${``: (index of its closing ``}`` or -1 if unterminated,
+    position of the first ``{`` nested more than ``MAX_NESTING`` deep in it or -1).
+    Braces inside nested quoted strings do not count."""
+    depth, deep, n = 1, -1, len(text)
     while i < n:
         c = text[i]
         if c == '"':
@@ -33,12 +39,14 @@ def _interp_end(text: str, i: int) -> int:
                 i += 2 if text[i] == "\\" else 1
         elif c == "{":
             depth += 1
+            if depth - 1 > MAX_NESTING and deep < 0:
+                deep = i
         elif c == "}":
             depth -= 1
             if depth == 0:
-                return i
+                return i, deep
         i += 1
-    return -1
+    return -1, deep
 
 
 MAX_NESTING = 6  # braces inside one ${...}: the depth recipe.lark's string regexes allow
@@ -67,24 +75,12 @@ def too_deep_brace(text: str, start: int) -> int:
             i += 2
             continue
         if text.startswith("${", i):
-            depth, deep, i = 0, -1, i + 2
-            while i < n:
-                c = text[i]
-                if c == '"':
-                    i += 1
-                    while i < n and text[i] != '"':
-                        i += 2 if text[i] == "\\" else 1
-                elif c == "{":
-                    depth += 1
-                    if depth > MAX_NESTING and deep < 0:
-                        deep = i
-                elif c == "}":
-                    if depth == 0:
-                        break
-                    depth -= 1
-                i += 1
-            if deep >= 0 and i < n:
+            end, deep = _scan_interp(text, i + 2)
+            if end < 0:
+                return -1
+            if deep >= 0:
                 return deep
+            i = end
         i += 1
     return -1
 
