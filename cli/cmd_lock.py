@@ -80,8 +80,8 @@ def _previous(path: Path):
     from kiln.store.errors import KilnError
 
     try:
-        return apt.parse_lock(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, KilnError):
+        return apt.read_lock(path)
+    except (OSError, UnicodeDecodeError, KilnError):  # an invalid old lock is just replaced
         return None
 
 

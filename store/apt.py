@@ -34,7 +34,15 @@ import subprocess
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from .aptlock import LOCK_FIELDS, LockEntry, parse_lock, render_lock
+from .aptlock import (
+    LOCK_FIELDS,
+    LockEntry,
+    check_entry,
+    lock_value_problem,
+    parse_lock,
+    read_lock,
+    render_lock,
+)
 from .errors import FormatError, KilnError
 
 APT_LISTS = Path("/var/lib/apt/lists")
@@ -188,19 +196,37 @@ def release_priority(index: Path) -> int:
     return PRIORITY_DEFAULT
 
 
+#: the index field each lock field comes from
+_INDEX_KEYS = {
+    "name": "Package",
+    "version": "Version",
+    "arch": "Architecture",
+    "sha256": "SHA256",
+    "filename": "Filename",
+    "size": "Size",
+}
+
+
 class AptIndex:
     """Candidates by name and providers of virtual names, for one architecture.
 
-    ``stanzas`` are raw stanzas, or ``(stanza, priority)`` pairs (plain ones have the
-    default priority 500)."""
+    ``stanzas`` are raw stanzas, ``(stanza, priority)`` pairs or ``(stanza, priority,
+    index file)`` triples (plain ones have the default priority 500; the file, if given,
+    is named in errors about the stanza)."""
 
-    def __init__(self, stanzas: Iterable[str | tuple[str, int]], arch: str = "amd64") -> None:
+    def __init__(
+        self, stanzas: Iterable[str | tuple[str, int] | tuple[str, int, str]], arch: str = "amd64"
+    ) -> None:
         from debian.debian_support import version_compare
 
         self.arch = arch
-        self._raw: dict[str, tuple[str, str, int]] = {}
+        # name -> (version, stanza, priority, index file or "")
+        self._raw: dict[str, tuple[str, str, int, str]] = {}
         for item in stanzas:
-            stanza, prio = (item, PRIORITY_DEFAULT) if isinstance(item, str) else item
+            if isinstance(item, str):
+                stanza, prio, source = item, PRIORITY_DEFAULT, ""
+            else:
+                stanza, prio, source = item[0], item[1], item[2] if len(item) > 2 else ""
             stanza = stanza.strip("\n")
             name = _field(stanza, "Package")
             if not name or _field(stanza, "Architecture") not in (arch, "all"):
@@ -210,13 +236,13 @@ class AptIndex:
                 raise FormatError(f"package {name}: bad or missing Version {version!r}")
             best = self._raw.get(name)
             if best is None or (prio, 0) > (best[2], version_compare(best[0], version)):
-                self._raw[name] = (version, stanza, prio)
+                self._raw[name] = (version, stanza, prio, source)
         # virtual name -> [(candidate providing it, provided version or None)], from
         # candidates only, as apt does
         self.providers: dict[str, list[tuple[str, str | None]]] = {}
         #: the reverse: candidate -> [(virtual name, provided version or None)]
         self.provides: dict[str, list[tuple[str, str | None]]] = {}
-        for name, (_, stanza, _) in sorted(self._raw.items()):
+        for name, (_, stanza, _, _) in sorted(self._raw.items()):
             for item in _field(stanza, "Provides").split(","):
                 m = _PROVIDE_RE.match(item)
                 if m:
@@ -231,12 +257,12 @@ class AptIndex:
             raise AptError(f"no package indexes in {lists_dir} (run 'apt-get update' first)")
         current = [files[0]]
 
-        def stanzas() -> Iterator[tuple[str, int]]:
+        def stanzas() -> Iterator[tuple[str, int, str]]:
             for f in files:
                 current[0] = f
                 prio = release_priority(f)
                 for s in read_index(f).split("\n\n"):
-                    yield s, prio
+                    yield s, prio, str(f)
 
         try:
             return cls(stanzas(), arch)
@@ -258,20 +284,30 @@ class AptIndex:
         return self._raw[name][0]
 
     def entry(self, name: str) -> LockEntry:
+        """The lock entry of ``name``'s candidate. A stanza lacking a field or with a value
+        the lock would refuse (``aptlock.lock_value_problem``) is a ``FormatError`` naming
+        the index file (when known), the package, its version and the field."""
         p = self.package(name)
+        source = self._raw[name][3]
+        where = f"{source + ': ' if source else ''}index stanza of {name} {self.version(name)}"
         missing = [k for k in ("SHA256", "Filename", "Size") if not p.get(k)]
         if missing:
-            raise FormatError(f"index stanza of {name} lacks {', '.join(missing)}")
+            raise FormatError(f"{where} lacks {', '.join(missing)}")
         if not p["Size"].isdigit():
-            raise FormatError(f"index stanza of {name}: Size must be a number of bytes, found {p['Size']!r}")
-        return LockEntry(
-            name=name,
-            version=p["Version"],
-            arch=p["Architecture"],
-            sha256=p["SHA256"],
-            filename=p["Filename"],
-            size=int(p["Size"]),
-        )
+            raise FormatError(f"{where}: Size must be a number of bytes, found {p['Size']!r}")
+        values = {
+            "name": name,
+            "version": p["Version"],
+            "arch": p["Architecture"],
+            "sha256": p["SHA256"],
+            "filename": p["Filename"],
+            "size": int(p["Size"]),
+        }
+        for key, value in values.items():
+            problem = lock_value_problem(key, value)
+            if problem:
+                raise FormatError(f"{where}: {_INDEX_KEYS[key]}: {problem}")
+        return LockEntry(**values)
 
 
 __all__ = [
@@ -281,9 +317,12 @@ __all__ = [
     "AptIndex",
     "LockEntry",
     "archive_bases",
+    "check_entry",
     "index_files",
+    "lock_value_problem",
     "parse_lock",
     "read_index",
+    "read_lock",
     "release_priority",
     "render_lock",
 ]

@@ -9,34 +9,52 @@ header ``!<arch>\\n``, 60-byte member headers, data padded to even offsets; GNU 
 name terminators accepted). Sizes are plain digits and every member must end inside the
 file, so a hostile header can neither loop the reader nor point past the end.
 
-``open_data`` picks ``zstandard``, ``lzma``, ``gzip`` or ``bz2`` by the member's name;
-``ReadAhead`` runs it on a bounded helper thread so decompressing and writing overlap.
-``BoundedMember`` is the ``TarInfo`` class the stream is read with: it refuses long-name and pax
-headers over ``MAX_TAR_HEADER`` (``tarfile`` reads one into memory whole) and records
-whether tar's end-of-archive block was seen (``kiln_ended`` on the ``TarFile``), so a
-stream cut at a member boundary is told from a complete one.
+``open_data`` (``debstreams``) picks the decoder by the member's name and refuses data
+cut inside a compressed stream or followed by anything but allowed padding; ``ReadAhead``
+runs it on a bounded helper thread so decompressing and writing overlap.
+
+``BoundedMember`` is the ``TarInfo`` class the stream is read with. It refuses what
+``tarfile`` handles unboundedly: member sizes over ``MAX_MEMBER_SIZE`` (skipped by
+reading), long-name and pax headers over ``MAX_TAR_HEADER`` (read into memory whole),
+more than ``MAX_HEADER_CHAIN`` of them in a row (``tarfile`` recurses once per header),
+global pax headers over ``MAX_TAR_HEADER`` in total (they accumulate), and GNU sparse
+members (dpkg does not support them either; their maps are read whole). It records whether tar's end-of-archive block was seen (``kiln_ended`` on the ``TarFile``),
+so a stream cut at a member boundary is told from a complete one. ``open_tar`` and
+``next_member`` turn the other exceptions ``tarfile``'s header parser raises on malformed
+input (``ValueError`` from pax numbers, ``IndexError`` from short sparse blocks, ...) into
+``tarfile.ReadError``; ``check_tail`` reads what follows the end-of-archive block, which
+must be NUL record padding, to the end of the stream (so the decoder sees the end too).
 """
 
 from __future__ import annotations
 
-import bz2
-import gzip
-import lzma
 import os
 import queue
 import tarfile
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import BinaryIO
 
+from .debstreams import open_data as open_data  # re-exported: debunpack reads the member through it
 from .errors import FormatError
 
 #: a .deb has three ar members; a few more are tolerated, an endless list is not
 _MAX_AR_MEMBERS = 64
 #: largest GNU long-name / pax header accepted: tarfile reads one whole into memory
 MAX_TAR_HEADER = 1 << 20
+#: largest data a member header may declare (the whole unpack is bounded separately, in
+#: ``debunpack``): tarfile skips the data of a member by reading it, and past the end of
+#: the stream it keeps "reading" once per 10 KiB, so a size of 2**88 would spin forever
+MAX_MEMBER_SIZE = 16 << 30
+#: extended headers (long name, long link, pax) allowed in a row before one member: tarfile
+#: recurses once per header, so an endless chain would end in RecursionError. A real
+#: member needs at most a long link and a long name, or one pax header (plus a global one).
+MAX_HEADER_CHAIN = 8
+#: NUL bytes allowed after tar's end-of-archive block: the rest of the end marker and the
+#: record padding (real .debs have at most ~10 KiB: tar's default record is 10240 bytes)
+MAX_TAR_PADDING = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +118,9 @@ class Window:
 class ReadAhead:
     """Decompress on a helper thread while the caller parses tar and writes files: the
     codecs release the GIL, so on two cores the two overlap. Bounded (``depth`` chunks in
-    flight); ``close`` stops the helper even if the caller gave up half-way."""
+    flight); ``close`` stops the helper even if the caller gave up half-way. An error of
+    the source is raised by the ``read`` that reaches it and by every ``read`` after it
+    (the helper has stopped: waiting for more would hang)."""
 
     def __init__(self, src, chunk: int = 1 << 20, depth: int = 8) -> None:
         self._q: queue.Queue = queue.Queue(depth)
@@ -108,6 +128,7 @@ class ReadAhead:
         self._buf = b""
         self._pos = 0
         self._eof = False
+        self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, args=(src, chunk), daemon=True)
         self._thread.start()
 
@@ -136,8 +157,11 @@ class ReadAhead:
             if self._pos >= len(self._buf):
                 if self._eof:
                     break
+                if self._error is not None:
+                    raise self._error
                 item = self._q.get()
                 if isinstance(item, BaseException):
+                    self._error = item
                     raise item
                 if not item:
                     self._eof = True
@@ -158,21 +182,7 @@ class ReadAhead:
         self._thread.join()
 
 
-def open_data(name: str, raw: Window, deb: Path):
-    if name == "data.tar":
-        return raw
-    if name == "data.tar.xz":
-        return lzma.LZMAFile(raw)
-    if name == "data.tar.gz":
-        return gzip.GzipFile(fileobj=raw)
-    if name == "data.tar.bz2":
-        return bz2.BZ2File(raw)
-    if name == "data.tar.zst":
-        import zstandard
-
-        return zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)  # zstd -T, pzstd
-    raise FormatError(f"{deb.name}: unsupported data member {name!r} (expected data.tar[.xz|.gz|.bz2|.zst])")
-
+# --- tar --------------------------------------------------------------------------------
 
 _BIG_HEADERS = (
     tarfile.GNUTYPE_LONGNAME,
@@ -184,10 +194,11 @@ _BIG_HEADERS = (
 
 
 class BoundedMember(tarfile.TarInfo):
-    """``TarInfo`` that refuses oversized long-name/pax headers (``tarfile`` would read
-    one into memory whole: a few KB of compressed zeros could ask for gigabytes) and
-    records on the ``TarFile`` whether the end-of-archive block was seen, so an archive
-    cut at a member boundary is not taken for a complete one."""
+    """``TarInfo`` that refuses what ``tarfile`` would handle unboundedly (see the module
+    docstring: oversized or endlessly chained extended headers, growing global headers,
+    sparse members) with ``tarfile.HeaderError``, and records on the ``TarFile`` whether
+    the end-of-archive block was seen, so an archive cut at a member boundary is not taken
+    for a complete one."""
 
     @classmethod
     def fromtarfile(cls, tf: tarfile.TarFile) -> tarfile.TarInfo:
@@ -198,8 +209,86 @@ class BoundedMember(tarfile.TarInfo):
             raise
 
     def _proc_member(self, tf: tarfile.TarFile) -> tarfile.TarInfo:
-        if self.type in _BIG_HEADERS and self.size > MAX_TAR_HEADER:
+        if self.type == tarfile.GNUTYPE_SPARSE:
+            self._refuse_sparse()
+        if self.type not in _BIG_HEADERS:
+            if not 0 <= self.size <= MAX_MEMBER_SIZE:
+                raise tarfile.HeaderError(
+                    f"member {self.name!r} declares {self.size} bytes (limit {MAX_MEMBER_SIZE})"
+                )
+            return super()._proc_member(tf)  # type: ignore[misc]
+        if not 0 <= self.size <= MAX_TAR_HEADER:
             raise tarfile.HeaderError(
                 f"extended header of {self.size} bytes before {self.name!r} (limit {MAX_TAR_HEADER})"
             )
-        return super()._proc_member(tf)  # type: ignore[misc]
+        if self.type == tarfile.XGLTYPE:
+            total = getattr(tf, "kiln_global_bytes", 0) + self.size
+            if total > MAX_TAR_HEADER:
+                raise tarfile.HeaderError(
+                    f"global pax headers of {total} bytes in all (limit {MAX_TAR_HEADER})"
+                )
+            tf.kiln_global_bytes = total  # type: ignore[attr-defined]
+        # tarfile reads the member an extended header belongs to by recursing: count them
+        depth = getattr(tf, "kiln_chain", 0)
+        if depth >= MAX_HEADER_CHAIN:
+            raise tarfile.HeaderError(f"more than {MAX_HEADER_CHAIN} extended headers in a row")
+        tf.kiln_chain = depth + 1  # type: ignore[attr-defined]
+        try:
+            return super()._proc_member(tf)  # type: ignore[misc]
+        finally:
+            tf.kiln_chain = depth  # type: ignore[attr-defined]
+
+    def _refuse_sparse(self, member: tarfile.TarInfo | None = None, *_: object) -> None:
+        name = (member or self).name
+        raise tarfile.HeaderError(f"GNU sparse member {name!r} (dpkg does not support them either)")
+
+    # pax (GNU.sparse.*) sparse maps: tarfile would read them whole, number by number
+    _proc_gnusparse_00 = _proc_gnusparse_01 = _proc_gnusparse_10 = _refuse_sparse
+
+
+@contextmanager
+def _header_errors() -> Iterator[None]:
+    """tarfile's header parser is not hardened: besides ``TarError`` it raises
+    ``ValueError`` (``int()`` of pax numbers, ``UnicodeDecodeError`` of ``hdrcharset``),
+    ``IndexError`` (short sparse blocks) on malformed input; ``RecursionError`` is kept as a
+    backstop to ``MAX_HEADER_CHAIN``. All of them mean a corrupt archive."""
+    try:
+        yield
+    except (ValueError, IndexError, RecursionError) as e:
+        raise tarfile.ReadError(f"malformed tar header: {type(e).__name__}: {e}") from None
+
+
+def open_tar(stream) -> tarfile.TarFile:
+    """``stream`` as a ``tarfile`` stream (``r|``: nothing seeks) of ``BoundedMember``s;
+    malformed headers raise ``tarfile.TarError``. ``kiln_ended`` is set."""
+    with _header_errors():
+        tar = tarfile.open(fileobj=stream, mode="r|", tarinfo=BoundedMember)  # noqa: SIM115 - the caller closes it
+    # (already True if the archive is empty: open() read the end marker)
+    tar.kiln_ended = getattr(tar, "kiln_ended", False)  # type: ignore[attr-defined]
+    return tar
+
+
+def next_member(tar: tarfile.TarFile) -> tarfile.TarInfo | None:
+    """The next member of ``tar`` (None at the end); malformed headers raise
+    ``tarfile.TarError``. Members are not kept (``tarfile`` would keep every one in
+    ``tar.members``: unbounded memory for millions of tiny members)."""
+    with _header_errors():
+        member = tar.next()
+    tar.members.clear()
+    return member
+
+
+def check_tail(tar: tarfile.TarFile, what: str) -> None:
+    """Read the rest of ``tar``'s stream after its end-of-archive block: it must be NUL
+    bytes (the rest of the end marker and the record padding), at most ``MAX_TAR_PADDING``.
+    Reading it to the end also makes the decoder check what follows the compressed stream.
+    Raises ``FormatError`` starting with ``what``."""
+    seen = 0
+    while chunk := tar.fileobj.read(1 << 16):  # type: ignore[union-attr]
+        seen += len(chunk)
+        if chunk.count(0) != len(chunk):
+            raise FormatError(f"{what}: data after the tar end-of-archive marker (expected only NUL padding)")
+        if seen > MAX_TAR_PADDING:
+            raise FormatError(
+                f"{what}: more than {MAX_TAR_PADDING} bytes of padding after the tar end-of-archive marker"
+            )

@@ -6,21 +6,26 @@ A ``.deb`` is an ``ar`` archive holding ``debian-binary``, ``control.tar.*`` and
 ``data.tar.*``; ``debarchive`` reads it (a strict ``ar`` reader, the decompressed data
 stream on a bounded read-ahead thread, a ``TarInfo`` class that bounds extended headers).
 The data member is streamed through ``tarfile`` (``r|`` mode, so nothing seeks) and must
-end with tar's end-of-archive block. No host dpkg is involved, and maintainer scripts are
-never run.
+end with tar's end-of-archive block, followed by nothing but NUL padding up to the end of
+the compressed stream (``debarchive.check_tail``). No host dpkg is involved, and
+maintainer scripts are never run.
 
 Packages are unpacked in the order given (the lock order); a later package's file
 replaces an earlier one at the same path, as dpkg does with ``Replaces``. Each member is
 checked before anything is written:
 
-- absolute names and ``..`` components are refused (``FormatError``); parents are
-  resolved component by component, following symlinks already in the tree *inside* the
-  tree (absolute link targets are taken relative to the root), so no member can write
-  outside ``out``;
+- absolute names, ``..`` components and NUL bytes (in names and link targets) are
+  refused (``FormatError``); parents are resolved component by component, following
+  symlinks already in the tree *inside* the tree (absolute link targets are taken
+  relative to the root), so no member can write outside ``out``;
 - regular files get mode 0755 if any execute bit was set, else 0644 (setuid, setgid,
   sticky and ownership are dropped: everything belongs to the caller); directories 0755;
 - symlinks are kept verbatim; hard links become copies of their target;
-- device nodes and fifos are skipped with a note (returned, and printed by the CLI).
+- device nodes and fifos are skipped with a note (returned, and printed by the CLI);
+- one unpack (all its .debs together) writes at most ``MAX_UNPACKED_BYTES`` of file data
+  (hard-link copies included) and ``MAX_UNPACKED_MEMBERS`` members: a pinned .deb is
+  trusted to be what the lock names, not to be small, and a few MB of xz can expand to
+  terabytes of zeros or millions of empty files.
 
 Finally ``add_links`` creates the links Debian's maintainer scripts and the alternatives
 system would have made (``LINKS``), each only if its target exists and the link does not.
@@ -34,11 +39,18 @@ import os
 import shutil
 import stat
 import tarfile
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from zlib import error as zlib_error
 
-from .debarchive import BoundedMember, ReadAhead, Window, open_data, read_ar
+from .debarchive import ReadAhead, Window, check_tail, next_member, open_data, open_tar, read_ar
 from .errors import FormatError
+
+#: bounds on one unpack (every .deb of it together), far above any real toolchain: the
+#: pinned lock (~90 .debs) unpacks to ~390 MB in ~10,000 members, and the largest Debian
+#: packages to a few GB and ~100,000 members
+MAX_UNPACKED_BYTES = 16 << 30
+MAX_UNPACKED_MEMBERS = 1_000_000
 
 #: (link path, target) — what maintainer scripts / update-alternatives create on a real
 #: Debian system. Targets are relative to the link's directory. First match wins per path.
@@ -62,8 +74,37 @@ LINKS: tuple[tuple[str, str], ...] = (
 )
 
 
+@dataclass
+class Budget:
+    """What an unpack may still write; shared by the ``unpack_deb`` calls of one tree. The
+    limits are read when it is made (module constants, so tests can lower them)."""
+
+    bytes_left: int = field(default_factory=lambda: MAX_UNPACKED_BYTES)
+    members_left: int = field(default_factory=lambda: MAX_UNPACKED_MEMBERS)
+
+    def take(self, deb: Path, name: str, size: int, members: int = 1) -> None:
+        """Account for ``members`` members (of ``deb``, the last one ``name``) with ``size``
+        bytes of file data; ``FormatError`` naming both when the tree would go over a limit."""
+        if size < 0:
+            raise FormatError(f"{deb.name}: member {name!r} declares a negative size ({size})")
+        self.members_left -= members
+        if self.members_left < 0:
+            raise FormatError(
+                f"{deb.name}: at {name!r}, the unpacked tree exceeds its limit of "
+                f"{MAX_UNPACKED_MEMBERS} members (kiln.store.debunpack.MAX_UNPACKED_MEMBERS)"
+            )
+        self.bytes_left -= size
+        if self.bytes_left < 0:
+            raise FormatError(
+                f"{deb.name}: {name!r} ({size} bytes) takes the unpacked tree over its limit of "
+                f"{MAX_UNPACKED_BYTES} bytes (kiln.store.debunpack.MAX_UNPACKED_BYTES)"
+            )
+
+
 def _member_path(name: str, deb: Path) -> PurePosixPath | None:
     """The relative path of a tar member, or None for the root itself."""
+    if "\0" in name:
+        raise FormatError(f"{deb.name}: refusing member path with a NUL byte: {name!r}")
     if name.startswith("/"):
         raise FormatError(f"{deb.name}: refusing absolute member path {name!r}")
     parts = [p for p in PurePosixPath(name).parts if p not in ("", ".")]
@@ -164,15 +205,25 @@ def _clear(path: Path, rel: PurePosixPath, deb: Path, cache: dict) -> None:
 
 
 def unpack_deb(
-    deb: Path, out: Path, notes: list[str], cache: dict[PurePosixPath, Path] | None = None
+    deb: Path,
+    out: Path,
+    notes: list[str],
+    cache: dict[PurePosixPath, Path] | None = None,
+    budget: Budget | None = None,
 ) -> None:
     """Unpack the data of one .deb into ``out`` (rules in the module docstring).
-    ``cache`` may be shared by the calls that fill one ``out`` (see ``_resolve_parent``)."""
+    ``cache`` and ``budget`` may be shared by the calls that fill one ``out`` (see
+    ``_resolve_parent``, ``Budget``). Malformed or hostile input raises ``FormatError``
+    naming the .deb; ``out`` is then left half-written (``unpack_debs`` removes it)."""
     import zstandard  # here, not at import: only the unpack needs it
 
     cache = {} if cache is None else cache
+    budget = Budget() if budget is None else budget
     with open(deb, "rb") as f:
-        members = list(read_ar(f))
+        try:
+            members = list(read_ar(f))
+        except FormatError as e:
+            raise FormatError(f"{deb.name}: {e}") from None
         if not members or members[0].name != "debian-binary":
             raise FormatError(f"{deb.name}: not a Debian package (first ar member is not debian-binary)")
         data = [m for m in members if m.name.startswith("data.tar")]
@@ -180,13 +231,12 @@ def unpack_deb(
             raise FormatError(f"{deb.name}: expected one data.tar member, found {len(data)}")
         stream = ReadAhead(open_data(data[0].name, Window(f, data[0].offset, data[0].size), deb))
         try:
-            with tarfile.open(fileobj=stream, mode="r|", tarinfo=BoundedMember) as tar:
-                # (already True if the archive is empty: open() read the end marker)
-                tar.kiln_ended = getattr(tar, "kiln_ended", False)  # type: ignore[attr-defined]
-                for member in tar:
-                    _extract(tar, member, deb, out, notes, cache)
+            with open_tar(stream) as tar:
+                while (member := next_member(tar)) is not None:
+                    _extract(tar, member, deb, out, notes, cache, budget)
                 if not tar.kiln_ended:  # type: ignore[attr-defined]
                     raise FormatError(f"{deb.name}: truncated data archive (no end-of-archive marker)")
+                check_tail(tar, f"{deb.name}: {data[0].name}")
         except (tarfile.TarError, EOFError, lzma.LZMAError, OSError, zlib_error, zstandard.ZstdError) as e:
             if isinstance(e, FormatError):
                 raise
@@ -196,8 +246,16 @@ def unpack_deb(
 
 
 def _extract(
-    tar: tarfile.TarFile, m: tarfile.TarInfo, deb: Path, out: Path, notes: list[str], cache: dict
+    tar: tarfile.TarFile,
+    m: tarfile.TarInfo,
+    deb: Path,
+    out: Path,
+    notes: list[str],
+    cache: dict,
+    budget: Budget,
 ) -> None:
+    # tarfile reads (or skips) the data of regular files and of unknown types
+    budget.take(deb, m.name, m.size if m.isreg() or m.type not in tarfile.SUPPORTED_TYPES else 0)
     rel = _member_path(m.name, deb)
     if rel is None:
         return
@@ -214,6 +272,8 @@ def _extract(
         target.mkdir(mode=0o755, exist_ok=True)
         os.chmod(target, 0o755)
     elif m.issym():
+        if "\0" in m.linkname:
+            raise FormatError(f"{deb.name}: symlink {rel} has a NUL byte in its target {m.linkname!r}")
         _clear(target, rel, deb, cache)
         os.symlink(m.linkname, target)
     elif m.islnk():
@@ -225,6 +285,7 @@ def _extract(
         src = _resolve_parent(out, src_rel, deb, cache) / src_rel.name
         if not src.is_file() or src.is_symlink():
             raise FormatError(f"{deb.name}: hard link {rel} -> {m.linkname}: target not unpacked")
+        budget.take(deb, m.name, src.stat().st_size, members=0)  # the link becomes a copy
         _clear(target, rel, deb, cache)
         shutil.copyfile(src, target)
         os.chmod(target, stat.S_IMODE(src.stat().st_mode))
@@ -277,9 +338,10 @@ def unpack_debs_verbose(debs: list[Path], out: Path) -> list[str]:
     notes: list[str] = []
     out.mkdir(mode=0o755, parents=False)
     cache: dict[PurePosixPath, Path] = {}
+    budget = Budget()
     try:
         for deb in debs:
-            unpack_deb(Path(deb), out, notes, cache)
+            unpack_deb(Path(deb), out, notes, cache, budget)
         notes += [f"added link {s}" for s in add_links(out)]
         os.chmod(out, 0o755)
     except BaseException:

@@ -84,3 +84,63 @@ def make_deb(path: Path, entries: list[Entry], compression: str = ".xz", name: s
         )
     )
     return path
+
+
+# --- hand-made tar headers, for hostile archives ----------------------------------------
+
+END = b"\0" * 1024  # tar's end-of-archive blocks
+
+
+def deb_with_data(path: Path, data_name: str, data: bytes) -> Path:
+    """A .deb whose data member is ``data`` verbatim, named ``data_name``."""
+    control = tar([Entry("./control", data=b"Package: x\n")])
+    path.write_bytes(
+        ar(
+            [
+                ("debian-binary", b"2.0\n"),
+                ("control.tar.gz", gzip.compress(control, mtime=0)),
+                (data_name, data),
+            ]
+        )
+    )
+    return path
+
+
+def header(
+    name: str,
+    kind: bytes = tarfile.REGTYPE,
+    size: int = 0,
+    link: str = "",
+    patch: dict[int, bytes] | None = None,
+) -> bytes:
+    """One ustar header block. ``patch`` overwrites bytes at offsets (e.g. ``{124: <12
+    bytes>}`` for a base-256 size); the checksum is recomputed after it."""
+    info = tarfile.TarInfo(name)
+    info.type, info.size, info.linkname = kind, size, link
+    block = bytearray(info.tobuf(tarfile.USTAR_FORMAT))
+    for offset, data in (patch or {}).items():
+        block[offset : offset + len(data)] = data
+    block[148:156] = b" " * 8
+    block[148:156] = b"%06o\0 " % sum(block)
+    return bytes(block)
+
+
+def padded(data: bytes) -> bytes:
+    return data + b"\0" * (-len(data) % 512)
+
+
+def pax_records(*pairs: tuple[bytes, bytes]) -> bytes:
+    """pax records ``"<len> key=value\\n"`` (the length counts itself)."""
+    out = []
+    for key, value in pairs:
+        body = b" " + key + b"=" + value + b"\n"
+        n = len(body) + 1
+        while len(str(n)) + len(body) != n:
+            n += 1
+        out.append(str(n).encode() + body)
+    return b"".join(out)
+
+
+def extended(kind: bytes, payload: bytes) -> bytes:
+    """An extended header (pax ``x``/``g``, GNU ``L``/``K``) carrying ``payload``."""
+    return header("././@LongLink", kind, len(payload)) + padded(payload)
