@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from kiln.store.aptlock import lock_value_problem
 from kiln.store.derivation import Derivation, Output
 from kiln.store.errors import FormatError, KilnError
 from kiln.store.hashes import Hash
@@ -237,15 +238,25 @@ def debian_rootfs(ev, node: ast.Call, env) -> DrvValue:
                     lock_node.src,
                     lock_node.pos,
                 )
+        # the lock's own value rules (a filename with a space would split the URL, one
+        # with '..' leave the archive), located at the lock
+        label = f"{where} ({entry['name']!r})" if isinstance(entry["name"], str) else where
+        for k in (*_LOCK_FIELDS, "size"):
+            problem = lock_value_problem(k, entry[k]) if k in entry else None
+            if problem:
+                raise BadValue(f"{label}: '{k}': {problem}", lock_node.src, lock_node.pos)
         filename = _string(ev, entry["filename"], lock_node, f"{where} 'filename'")
         h = _sha256(entry["sha256"], lock_node, f"{where} ({filename}) 'sha256'")
         url = f"debian:{filename}"
+        fetch_env = {"url": url, "urls": url}
+        if "size" in entry:  # the fetcher stops a source at the exact size
+            fetch_env["size"] = str(entry["size"])
         debs.append(
             _fod(
                 ev,
                 sanitize_name(filename.rsplit("/", 1)[-1]),
                 "builtin:fetchurl",
-                {"url": url, "urls": url},
+                fetch_env,
                 "sha256",
                 h,
                 dict(entry),

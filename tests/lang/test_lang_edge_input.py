@@ -270,3 +270,33 @@ def test_a_url_with_whitespace_is_refused_at_the_argument(tmp_path, url):
     with pytest.raises(RecipeError) as e:
         evaluate_file(f)
     assert "u.recipe:1:" in str(e.value) and "without whitespace" in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "says"),
+    [
+        ("filename", '"pool/../../etc/x.deb"', "'..' component"),
+        ("filename", '"pool/a b.deb"', "no whitespace"),
+        ("sha256", '"' + "A" * 64 + '"', "64 lowercase hex"),
+        ("size", "-1", "non-negative integer"),
+    ],
+)
+def test_debian_rootfs_lock_values_are_checked_at_the_lock(tmp_path, field, value, says):
+    entry = {
+        "name": '"bash"',
+        "version": '"1"',
+        "arch": '"amd64"',
+        "sha256": '"' + "0" * 64 + '"',
+        "filename": '"pool/b/bash_1_amd64.deb"',
+        "size": "1",
+        field: value,
+    }
+    lock = "[{ " + ", ".join(f"{k} = {v}" for k, v in entry.items()) + " }]"
+    f = _write(
+        tmp_path / "l.recipe",
+        f'let t = debian_rootfs {{ lock = {lock} }}\npackage p {{ deps = [t]\n build = "" }}\n',
+    )
+    with pytest.raises(RecipeError) as e:
+        evaluate_file(f)
+    msg = str(e.value)
+    assert msg.startswith("l.recipe:1:") and f"lock entry 1 ('bash'): '{field}'" in msg and says in msg, msg
