@@ -93,6 +93,8 @@ def _path(store, arg: str) -> tuple[str, str]:
     from kiln.store.errors import StoreError
 
     path, sub = store.resolve(arg)
+    store.keep([path])  # a temp root first (with its closure): a concurrent GC must not
+    # delete what the command is about to read; then check, as a GC may have run before
     if not store.is_valid(path):
         raise StoreError(f"path {path} is not valid in the store at {store.root}")
     return path, sub
@@ -303,13 +305,18 @@ def _cmd_sign(args) -> int:
     with _open(args) as s:
         if args.all:
             paths = s.all_paths()
+            s.keep(paths)  # (a path a GC deleted before this is skipped below)
         elif args.paths:
             paths = [_path(s, p)[0] for p in args.paths]
         else:
             raise StoreError("give store paths to sign, or --all")
+        signed = 0
         for p in paths:
-            s.add_signatures(p, [sign_info(s.query(p), key)])
-    print(f"signed {len(paths)} paths", file=sys.stderr)
+            info = s.query(p)
+            if info is not None:
+                s.add_signatures(p, [sign_info(info, key)])
+                signed += 1
+    print(f"signed {signed} paths", file=sys.stderr)
     return 0
 
 
