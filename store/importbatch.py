@@ -55,8 +55,17 @@ from .errors import HashMismatch, StoreError
 from .hashes import Hash
 from .locks import FileLock
 from .nar_restore import write_all
-from .objects import CHUNK, object_rel_path, sync_filesystem
-from .objread import TeeReader, check_digest, check_frames, decompress_verified, read_object
+from .objects import object_rel_path, sync_filesystem
+from .objread import (
+    TeeReader,
+    check_digest,
+    check_frames,
+    check_unsized_file,
+    decompress_verified,
+    read_object,
+    sized_file,
+    unsized_mismatch,
+)
 from .pathinfo import PathInfo
 from .trees import move_into_place, remove_tree, restore_canonical
 
@@ -104,35 +113,6 @@ def stage(store: LocalStore, info: PathInfo, zst: BinaryIO, tmp: Path, k: int) -
     return Staged(replace(info, file_hash=Hash("sha256", tee.sha.digest()), file_size=tee.size), obj, tree)
 
 
-def sized_file(info: PathInfo) -> tuple[Hash, int] | None:
-    """The compressed file's ``(FileHash, FileSize)`` to check while it streams: only when
-    both are known. A FileHash without a FileSize (both are optional in a narinfo) is
-    checked afterwards by ``check_unsized_file``, with no size bound from it (the NarSize
-    still bounds decompression): a missing size is not a size of 0."""
-    if info.file_hash is None or info.file_size is None:
-        return None
-    return (info.file_hash, info.file_size)
-
-
-def check_unsized_file(info: PathInfo, tee: TeeReader) -> None:
-    """After a stream verified with ``sized_file(info)``: if ``info`` has a FileHash but no
-    FileSize, read what is left of the object (trailing bytes count) and check its hash."""
-    if info.file_hash is None or info.file_size is not None:
-        return
-    while tee.read(CHUNK):
-        pass
-    _unsized_mismatch(info.path, info.file_hash, Hash("sha256", tee.sha.digest()), tee.size)
-
-
-def _unsized_mismatch(what: str, want: Hash, got: Hash, size: int) -> None:
-    if got.digest != want.digest:
-        raise HashMismatch(
-            f"compressed file of {what}",
-            f"{want.to_nix32()} (size not given)",
-            f"{got.to_nix32()} ({size} bytes)",
-        )
-
-
 #: NARs up to this size, with their object in memory, are checked and restored in one
 #: go (``stage_bytes``) instead of streaming.
 SMALL_NAR = 8 << 20
@@ -146,7 +126,7 @@ def stage_bytes(store: LocalStore, info: PathInfo, data: bytes, tmp: Path, k: in
     file_hash = Hash("sha256", hashlib.sha256(data).digest())
     if info.file_hash is not None:
         if info.file_size is None:
-            _unsized_mismatch(what, info.file_hash, file_hash, len(data))
+            unsized_mismatch(what, info.file_hash, file_hash, len(data))
         else:
             check_digest(what, "compressed file", (info.file_hash, info.file_size), file_hash, len(data))
     try:

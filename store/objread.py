@@ -19,6 +19,7 @@ import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import zstandard
 
@@ -26,6 +27,9 @@ from .errors import FormatError, HashMismatch, StoreError
 from .hashes import Hash
 from .objects import CHUNK
 from .zstdframes import FrameTracker
+
+if TYPE_CHECKING:
+    from .pathinfo import PathInfo
 
 
 class _HashingReader:
@@ -176,3 +180,32 @@ class TeeReader:
             while view:
                 view = view[os.write(self.fd, view) :]
         return data
+
+
+def sized_file(info: PathInfo) -> tuple[Hash, int] | None:
+    """The compressed file's ``(FileHash, FileSize)`` to check while it streams: only when
+    both are known. A FileHash without a FileSize (both are optional in a narinfo) is
+    checked afterwards by ``check_unsized_file``, with no size bound from it (the NarSize
+    still bounds decompression): a missing size is not a size of 0."""
+    if info.file_hash is None or info.file_size is None:
+        return None
+    return (info.file_hash, info.file_size)
+
+
+def check_unsized_file(info: PathInfo, tee: TeeReader) -> None:
+    """After a stream verified with ``sized_file(info)``: if ``info`` has a FileHash but no
+    FileSize, read what is left of the object (trailing bytes count) and check its hash."""
+    if info.file_hash is None or info.file_size is not None:
+        return
+    while tee.read(CHUNK):
+        pass
+    unsized_mismatch(info.path, info.file_hash, Hash("sha256", tee.sha.digest()), tee.size)
+
+
+def unsized_mismatch(what: str, want: Hash, got: Hash, size: int) -> None:
+    if got.digest != want.digest:
+        raise HashMismatch(
+            f"compressed file of {what}",
+            f"{want.to_nix32()} (size not given)",
+            f"{got.to_nix32()} ({size} bytes)",
+        )

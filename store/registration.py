@@ -29,12 +29,11 @@ from typing import BinaryIO
 from . import db
 from .errors import StoreError
 from .hashes import Hash
-from .importbatch import check_unsized_file, sized_file
 from .ingest import PathFilter, TreeIngest
 from .locks import FileLock, path_lock_file
 from .narsink import NarSink
 from .objects import ZSTD_LEVEL, ObjectInfo, chunks_of, ingest_stream, publish_object
-from .objread import TeeReader, decompress_verified, expect_nar, read_object
+from .objread import TeeReader, check_unsized_file, decompress_verified, expect_nar, read_object, sized_file
 from .pathinfo import PathInfo
 from .paths import StorePath, check_name, make_source_path, make_text_path
 from .trees import move_into_place, remove_tree, restore_canonical
