@@ -167,3 +167,35 @@ def test_concurrent_publishers_in_two_processes_are_serialised(reg, tmp_path: Pa
     assert versions == [2, 3]
     vi = _update(reg, state)
     assert set(vi.index["paths"]) == {H1, H2} and state.timestamp_version == 3
+
+
+@pytest.mark.parametrize(
+    ("entry", "says"),
+    [
+        ({"narinfo_sha256": "0" * 64}, "'path' must be"),
+        ({"path": "/kiln/store/" + "1" * 32 + "-x", "narinfo_sha256": "0" * 64}, "'path' must be"),
+        ({"path": f"/kiln/store/{H1}-x", "narinfo_sha256": "zz"}, "narinfo_sha256"),
+        (
+            {
+                "path": f"/kiln/store/{H1}-x",
+                "narinfo_sha256": "0" * 64,
+                "attestations": {"BAD KIND": "0" * 64},
+            },
+            "kind",
+        ),
+        ({"path": f"/kiln/store/{H1}-x", "narinfo_sha256": "0" * 64, "attestations": []}, "'attestations'"),
+    ],
+)
+def test_a_signed_but_malformed_path_table_is_an_index_error(reg, entry, says) -> None:
+    """Mirrors read the table's fields without further checks: a table its signer got
+    wrong must fail verification with a clear error, not a KeyError in the mirror."""
+    from kiln.registry.publish import init_root
+
+    key = SecretKey.generate("idx-1")
+    init_root(reg, key)
+    pub = ix.build_metadata({H1: entry}, "/kiln/store", key, prev_timestamp=None, prev_index_paths=None)
+    for k, data in pub.files:
+        reg.put_bytes(k, data)
+    state = ix.TrustState.pin(reg.read("index/root.json"))
+    with pytest.raises(ix.IndexError_, match=says):
+        _update(reg, state)
