@@ -60,11 +60,9 @@ from .objread import (
     TeeReader,
     check_digest,
     check_frames,
-    check_unsized_file,
     decompress_verified,
+    file_expectation,
     read_object,
-    sized_file,
-    unsized_mismatch,
 )
 from .pathinfo import PathInfo
 from .trees import move_into_place, remove_tree, restore_canonical
@@ -105,9 +103,8 @@ def stage(store: LocalStore, info: PathInfo, zst: BinaryIO, tmp: Path, k: int) -
     tree, obj = tmp / str(k), tmp / f"{k}.obj"
     tee = TeeReader(zst, os.open(obj, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644))
     try:
-        stream = decompress_verified(tee, info.path, sized_file(info), (info.nar_hash, info.nar_size))
+        stream = decompress_verified(tee, info.path, file_expectation(info), (info.nar_hash, info.nar_size))
         restore_canonical(stream, tree)
-        check_unsized_file(info, tee)
     finally:
         os.close(tee.fd)
     return Staged(replace(info, file_hash=Hash("sha256", tee.sha.digest()), file_size=tee.size), obj, tree)
@@ -124,11 +121,9 @@ def stage_bytes(store: LocalStore, info: PathInfo, data: bytes, tmp: Path, k: in
     written, and the NAR is decompressed and hashed in one call each."""
     what = info.path
     file_hash = Hash("sha256", hashlib.sha256(data).digest())
-    if info.file_hash is not None:
-        if info.file_size is None:
-            unsized_mismatch(what, info.file_hash, file_hash, len(data))
-        else:
-            check_digest(what, "compressed file", (info.file_hash, info.file_size), file_hash, len(data))
+    expect_file = file_expectation(info)
+    if expect_file is not None:
+        check_digest(what, "compressed file", expect_file, file_hash, len(data))
     try:
         # bounded by the announced size: a small object must not inflate without limit;
         # an object may hold several frames (see ``narsink``)

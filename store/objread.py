@@ -40,7 +40,7 @@ class _HashingReader:
 
     __slots__ = ("f", "sha", "size", "what", "expect", "frames", "bad")
 
-    def __init__(self, f, what: str, expect: tuple[Hash, int] | None) -> None:
+    def __init__(self, f, what: str, expect: tuple[Hash, int | None] | None) -> None:
         self.f, self.sha, self.size, self.what, self.expect = f, hashlib.sha256(), 0, what, expect
         self.frames = FrameTracker()
         self.bad: FormatError | None = None
@@ -49,8 +49,8 @@ class _HashingReader:
         data = self.f.read(n)
         self.sha.update(data)
         self.size += len(data)
-        if self.expect is not None and self.size > self.expect[1]:
-            raise _too_long(self.what, "compressed file", self.expect)
+        if self.expect is not None and self.expect[1] is not None and self.size > self.expect[1]:
+            raise _too_long(self.what, "compressed file", self.expect)  # type: ignore[arg-type]
         if self.bad is None:
             try:
                 self.frames.update(data)
@@ -63,21 +63,28 @@ class _HashingReader:
         while self.read(CHUNK):
             pass
 
-    def check(self, expect_file: tuple[Hash, int] | None) -> None:
-        """After the last byte: the recorded digest first (the most telling mismatch),
-        then whether the bytes were whole zstd frames: a stream cut at the end of a block
-        decompresses without error, and a FileHash taken over the cut file proves nothing."""
-        if expect_file is not None:
+    def check_file(self) -> None:
+        """After the last byte: the recorded digest (and size, if known), if any."""
+        if self.expect is not None:
             check_digest(
-                self.what, "compressed file", expect_file, Hash("sha256", self.sha.digest()), self.size
+                self.what, "compressed file", self.expect, Hash("sha256", self.sha.digest()), self.size
             )
+
+    def check_frames(self) -> None:
+        """After the last byte: whether the bytes were whole zstd frames (a stream cut at
+        the end of a block decompresses without error, and a FileHash taken over the cut
+        file proves nothing)."""
         if self.bad is None:
             try:
                 self.frames.check_complete()
             except FormatError as e:
                 self.bad = e
         if self.bad is not None:
-            raise HashMismatch(f"compressed NAR of {self.what}", "a complete zstd stream", str(self.bad))
+            raise _incomplete(self.what, self.bad)
+
+
+def _incomplete(what: str, e: FormatError) -> HashMismatch:
+    return HashMismatch(f"compressed NAR of {what}", "a complete zstd stream", str(e))
 
 
 def _too_long(what: str, kind: str, expect: tuple[Hash, int]) -> HashMismatch:
@@ -86,13 +93,18 @@ def _too_long(what: str, kind: str, expect: tuple[Hash, int]) -> HashMismatch:
 
 
 def decompress_verified(
-    zst, what: str, expect_file: tuple[Hash, int] | None = None, expect_nar: tuple[Hash, int] | None = None
+    zst,
+    what: str,
+    expect_file: tuple[Hash, int | None] | None = None,
+    expect_nar: tuple[Hash, int] | None = None,
 ) -> Iterator[bytes]:
     """Yield the NAR inside the zstd stream ``zst`` (a binary file object; several
     concatenated frames are one stream, as for the ``zstd`` tool). After the last chunk,
     check the compressed and/or NAR digests and sizes; raise ``HashMismatch`` (naming
     ``what``) if any differs. Reading stops as soon as either side exceeds its expected
-    size: a small signed NarSize bounds what a hostile object can inflate to."""
+    size: a small signed NarSize bounds what a hostile object can inflate to. The file's
+    size may be ``None`` (a narinfo's FileSize is optional): its hash is then checked
+    over every byte, with no bound from it."""
     reader = _HashingReader(zst, what, expect_file)
     nar_sha = hashlib.sha256()
     nar_size = 0
@@ -110,15 +122,13 @@ def decompress_verified(
     except zstandard.ZstdError as e:
         # a corrupt object is best described by its digest against the record, if any
         reader.drain()
-        if expect_file is not None:
-            check_digest(
-                what, "compressed file", expect_file, Hash("sha256", reader.sha.digest()), reader.size
-            )
+        reader.check_file()
         raise HashMismatch(
             f"compressed NAR of {what}", "a valid zstd stream", f"corrupt data ({e})"
         ) from None
-    reader.drain()
-    reader.check(expect_file)
+    reader.drain()  # (trailing bytes count too)
+    reader.check_file()
+    reader.check_frames()
     if expect_nar is not None:
         check_digest(what, "NAR", expect_nar, Hash("sha256", nar_sha.digest()), nar_size)
 
@@ -131,15 +141,17 @@ def check_frames(data: bytes, what: str) -> None:
         t.update(data)
         t.check_complete()
     except FormatError as e:
-        raise HashMismatch(f"compressed NAR of {what}", "a complete zstd stream", str(e)) from None
+        raise _incomplete(what, e) from None
 
 
-def check_digest(what: str, kind: str, expect: tuple[Hash, int], got: Hash, size: int) -> None:
-    """Raise ``HashMismatch`` unless ``got``/``size`` equal ``expect`` (``kind`` of ``what``)."""
+def check_digest(what: str, kind: str, expect: tuple[Hash, int | None], got: Hash, size: int) -> None:
+    """Raise ``HashMismatch`` unless ``got``/``size`` equal ``expect`` (``kind`` of ``what``;
+    an expected size of ``None`` is not known, so only the digest is compared)."""
     h, n = expect
-    if got.digest != h.digest or size != n:
+    if got.digest != h.digest or (n is not None and size != n):
+        shown = "size not given" if n is None else f"{n} bytes"
         raise HashMismatch(
-            f"{kind} of {what}", f"{h.to_nix32()} ({n} bytes)", f"{got.to_nix32()} ({size} bytes)"
+            f"{kind} of {what}", f"{h.to_nix32()} ({shown})", f"{got.to_nix32()} ({size} bytes)"
         )
 
 
@@ -182,30 +194,7 @@ class TeeReader:
         return data
 
 
-def sized_file(info: PathInfo) -> tuple[Hash, int] | None:
-    """The compressed file's ``(FileHash, FileSize)`` to check while it streams: only when
-    both are known. A FileHash without a FileSize (both are optional in a narinfo) is
-    checked afterwards by ``check_unsized_file``, with no size bound from it (the NarSize
-    still bounds decompression): a missing size is not a size of 0."""
-    if info.file_hash is None or info.file_size is None:
-        return None
-    return (info.file_hash, info.file_size)
-
-
-def check_unsized_file(info: PathInfo, tee: TeeReader) -> None:
-    """After a stream verified with ``sized_file(info)``: if ``info`` has a FileHash but no
-    FileSize, read what is left of the object (trailing bytes count) and check its hash."""
-    if info.file_hash is None or info.file_size is not None:
-        return
-    while tee.read(CHUNK):
-        pass
-    unsized_mismatch(info.path, info.file_hash, Hash("sha256", tee.sha.digest()), tee.size)
-
-
-def unsized_mismatch(what: str, want: Hash, got: Hash, size: int) -> None:
-    if got.digest != want.digest:
-        raise HashMismatch(
-            f"compressed file of {what}",
-            f"{want.to_nix32()} (size not given)",
-            f"{got.to_nix32()} ({size} bytes)",
-        )
+def file_expectation(info: PathInfo) -> tuple[Hash, int | None] | None:
+    """What ``decompress_verified``/``check_digest`` check the compressed file against:
+    its FileHash and FileSize (None when not given: not a size of 0), or nothing."""
+    return None if info.file_hash is None else (info.file_hash, info.file_size)

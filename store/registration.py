@@ -33,7 +33,7 @@ from .ingest import PathFilter, TreeIngest
 from .locks import FileLock, path_lock_file
 from .narsink import NarSink
 from .objects import ZSTD_LEVEL, ObjectInfo, chunks_of, ingest_stream, publish_object
-from .objread import TeeReader, check_unsized_file, decompress_verified, expect_nar, read_object, sized_file
+from .objread import TeeReader, decompress_verified, expect_nar, file_expectation, read_object
 from .pathinfo import PathInfo
 from .paths import StorePath, check_name, make_source_path, make_text_path
 from .trees import move_into_place, remove_tree, restore_canonical
@@ -204,9 +204,10 @@ class Registering:
             tree, obj = tmp / "tree", tmp / "object"
             tee = TeeReader(zst, os.open(obj, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
             try:
-                stream = decompress_verified(tee, info.path, sized_file(info), (info.nar_hash, info.nar_size))
+                stream = decompress_verified(
+                    tee, info.path, file_expectation(info), (info.nar_hash, info.nar_size)
+                )
                 restore_canonical(stream, tree)
-                check_unsized_file(info, tee)
                 os.fsync(tee.fd)
             finally:
                 os.close(tee.fd)
