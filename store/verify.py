@@ -20,8 +20,8 @@ For every valid path, ``verify`` checks (two paths at a time, one per core):
 
 Repair (``repair=True``), per path, under the path lock:
 
-- object good, tree bad/missing: restore the tree from the object into ``tmp/`` and swap
-  it in (rename old out, new in);
+- object good, tree bad/missing: restore the tree from the object beside the path, seal
+  it and exchange it with the path atomically (``repair``);
 - object bad, tree content good (its NAR hash matches the row, even if its modes or
   mtimes are off): re-archive the tree into a new object (the row's NAR hash proves the
   tree right), point the row at it, and re-materialise the tree from it if its metadata
@@ -42,9 +42,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -52,14 +51,12 @@ from . import db, nar
 from .errors import FormatError, KilnError
 from .gc import stray_tree_names
 from .hashes import Hash
-from .ingest import TreeIngest
-from .locks import FileLock, path_lock_file
-from .narsink import NarSink
-from .objects import object_rel_path, publish_object
+from .locks import FileLock
+from .objects import object_rel_path
 from .objread import read_object
 from .pathinfo import PathInfo
 from .paths import StorePath, make_fixed_output_path, make_source_path, make_store_path
-from .trees import canonicalise, exchange, metadata_problems, remove_tree
+from .trees import metadata_problems
 
 if TYPE_CHECKING:
     from .localstore import LocalStore
@@ -93,7 +90,7 @@ class VerifyReport:
         return all(p.repaired for p in self.problems)
 
 
-def _check_object(store: LocalStore, info: PathInfo) -> Problem | None:
+def check_object(store: LocalStore, info: PathInfo) -> Problem | None:
     assert info.file_hash is not None and info.file_size is not None
     obj = store.objects / object_rel_path(info.file_hash)
     if not obj.exists():
@@ -200,7 +197,7 @@ def _ca_problem(info: PathInfo, real: Path) -> str:
 
 
 def _check_path(store: LocalStore, info: PathInfo) -> list[Problem]:
-    obj = _check_object(store, info)
+    obj = check_object(store, info)
     return ([obj] if obj else []) + _check_tree(store, info)
 
 
@@ -241,10 +238,12 @@ def verify(store: LocalStore, repair: bool = False, trusted=None, sigs_needed: i
                 if any(p.kind.startswith(("object", "tree")) for p in f)
             ]
             todo.sort(key=lambda i: any(p.kind in ("tree-missing", "tree-corrupt") for p in per_path[i][1]))
+            from .repair import repair_path
+
             for i in todo:
                 info, found = per_path[i]
                 try:
-                    found, q = _repair(store, info, found)
+                    found, q = repair_path(store, info, found)
                 except (KilnError, OSError) as e:
                     # this path stays broken (its problems unrepaired); the others go on
                     why = _os_text(e) if isinstance(e, OSError) else str(e)
@@ -301,124 +300,3 @@ def _now_dangling(per_path: list[tuple[PathInfo, list[Problem]]], quarantined: s
         if lost:
             out.append(info.path)
     return out
-
-
-def _repair(store: LocalStore, info: PathInfo, found: list[Problem]) -> tuple[list[Problem], bool]:
-    """Repair one path (see the module docstring). The findings were made before any
-    repair of this run: an object shared with a path repaired earlier may be good again,
-    so the object is judged afresh here, under the path lock. A tree whose only problem
-    is its metadata has the right NAR hash: it is good content, and can rebuild a bad
-    object before being re-materialised from it."""
-    sp = store.parse_path(info.path)
-    tree_problem = any(p.kind.startswith("tree") for p in found)
-    tree_content_bad = any(p.kind in ("tree-missing", "tree-corrupt") for p in found)
-    tmp = store.tmp / f"{os.getpid()}-repair-{sp.hash_part}"
-    remove_tree(tmp)
-    tmp.mkdir()
-    try:
-        with FileLock(path_lock_file(store.root, sp.hash_part)):
-            info = db.query(store.conn, info.path) or info  # a shared object may have moved
-            obj_bad = (
-                any(p.kind.startswith("object") for p in found) and _check_object(store, info) is not None
-            )
-            if not obj_bad and not tree_problem:
-                return _mark(found, "the object was repaired with another path that shares it"), False
-            if obj_bad and not tree_content_bad:
-                msg = _rebuild_object(store, info, tmp)
-                if tree_problem:  # metadata only: lay the tree out again from the new object
-                    remove_tree(tmp)
-                    tmp.mkdir()
-                    _rematerialise(store, db.query(store.conn, info.path) or info)
-                    msg += "; tree re-materialised from it"
-                return _mark(found, msg), False
-            if not obj_bad:
-                _rematerialise(store, info)
-                return _mark(found, "re-materialised from the object"), False
-            where = _quarantine(store, info)
-            msg = f"quarantined to {where} and invalidated"
-            refs = store.referrers(info.path)
-            if refs:
-                msg += f"; referrers now incomplete: {', '.join(refs[:5])}"
-            return _mark(found, msg), True
-    finally:
-        remove_tree(tmp)
-
-
-def _mark(found: list[Problem], msg: str) -> list[Problem]:
-    """``found`` with its object and tree problems marked repaired by ``msg``."""
-    return [replace(p, repaired=msg) if p.kind.startswith(("object", "tree")) else p for p in found]
-
-
-def _rematerialise(store: LocalStore, info: PathInfo) -> None:
-    assert info.file_hash is not None and info.file_size is not None
-    stream = read_object(
-        store.objects / object_rel_path(info.file_hash),
-        info.path,
-        (info.file_hash, info.file_size),
-        (info.nar_hash, info.nar_size),
-    )
-    real = store.real_path(info.path)
-    # restored beside the path under a name GC treats as a stray tree (the hash part is
-    # the path's, so no valid path can have it), sealed there, then exchanged in place:
-    # same parent, so neither tree needs a writable top, and the valid path is never
-    # without its tree nor, killed at any moment, left with a writable one
-    new = real.parent / f"{real.name[:32]}-repair-{os.urandom(4).hex()}"
-    try:
-        nar.restore(stream, new)
-        canonicalise(new, keep_top_writable=False)
-        if os.path.lexists(real):
-            exchange(new, real)  # ``new`` now names the previous tree
-        else:
-            os.rename(new, real)
-    finally:
-        if os.path.lexists(new):
-            remove_tree(new)
-
-
-def _rebuild_object(store: LocalStore, info: PathInfo, tmp: Path) -> str:
-    fd = os.open(tmp / "object", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    sink = NarSink(fd)
-    try:
-        TreeIngest(sink).run(store.real_path(info.path))
-    except BaseException:
-        sink.abort()
-        raise
-    oi = sink.finish()
-    if oi.nar_hash.digest != info.nar_hash.digest:  # the tree changed since we checked it
-        raise KilnError(f"cannot repair {info.path}: its tree changed while being re-archived")
-    old = store.objects / object_rel_path(info.file_hash) if info.file_hash else None
-    final = store.objects / object_rel_path(oi.file_hash)
-    if final.is_dir() and not final.is_symlink():
-        # an unreadable "object" that is a directory: a rename cannot replace it
-        os.rename(final, tmp / "bad-object")
-    publish_object(tmp / "object", store.objects, oi.file_hash)
-    db.set_file(store.conn, info.path, oi.file_hash, oi.file_size)  # durably: see db.set_file
-    if old is not None and old.name.split(".")[0] != oi.file_hash.hex:
-        assert info.file_hash is not None
-        if not db.file_hash_in_use(store.conn, info.file_hash.to_nix32()):
-            old.unlink(missing_ok=True)
-    return f"object rebuilt from the tree ({oi.file_hash.hex[:16]}...)"
-
-
-def _quarantine(store: LocalStore, info: PathInfo) -> Path:
-    sp = store.parse_path(info.path)
-    dest = store.root / "quarantine" / f"{sp.base}-{int(time.time())}"
-    dest.mkdir(parents=True, exist_ok=True)
-    db.delete(store.conn, [info.path])  # invalidate first, durably (see db.delete)
-    att = store.root / "attestations" / sp.hash_part
-    if att.is_dir():  # they describe content that is no longer in the store: kept aside
-        os.rename(att, dest / "attestations")
-    real = store.real_path(info.path)
-    if os.path.lexists(real):
-        if real.is_dir() and not real.is_symlink():
-            os.chmod(real, 0o755)
-        os.rename(real, dest / "tree")
-    if info.file_hash is not None:
-        obj = store.objects / object_rel_path(info.file_hash)
-        if obj.exists() and not db.file_hash_in_use(store.conn, info.file_hash.to_nix32()):
-            os.rename(obj, dest / obj.name)
-    (dest / "info.txt").write_text(
-        f"path: {info.path}\nnar_hash: {info.nar_hash.to_nix32()}\nnar_size: {info.nar_size}\n"
-        f"file_hash: {info.file_hash.to_nix32() if info.file_hash else ''}\nreferences: {' '.join(info.references)}\n"
-    )
-    return dest

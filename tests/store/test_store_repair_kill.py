@@ -13,13 +13,13 @@ from kiln.store.localstore import LocalStore
 
 _KILLED_REPAIR = """
 import os, sys
-from kiln.store import verify
+from kiln.store import repair
 from kiln.store.localstore import LocalStore
-real = verify.exchange
+real = repair.exchange
 def exchange_then_die(a, b):
     real(a, b)
     os.kill(os.getpid(), 9)
-verify.exchange = exchange_then_die
+repair.exchange = exchange_then_die
 LocalStore.open(sys.argv[1]).verify(repair=True)
 """
 
