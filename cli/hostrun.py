@@ -18,6 +18,7 @@ import os
 import shutil
 from collections.abc import Iterable
 
+from kiln.sandbox.bwrap import input_mount
 from kiln.store.errors import KilnError
 
 
@@ -52,8 +53,6 @@ def host_argv(
             wrap += ["--dev-bind", src, src]
     wrap += ["--dev-bind", "/dev", "/dev", "--proc", "/proc"]
     for p in closure:
-        real = store.real_path(p)
-        # a store path that is a symlink appears as that symlink (a bind would follow it)
-        wrap += ["--symlink", os.readlink(real), p] if real.is_symlink() else ["--ro-bind", str(real), p]
+        wrap += input_mount(str(store.real_path(p)), p)
     wrap += ["--chdir", os.getcwd(), "--", *argv]
     return wrap, env

@@ -166,18 +166,22 @@ def bwrap_argv(
         argv += ["--perms", "0755", "--dir", p]
     # Parents before children (sorted by depth, then path), so an input mounted inside a
     # writable directory (e.g. store paths over a scratch store dir) stays visible.
-    # An input that is a symlink (a store path may be one) is made as that symlink: a
-    # bind mount would follow it, mounting whatever it points to on the host (``ln -s
-    # /etc $out`` would show the host's /etc to every build using it).
-    mounts = [
-        ("--symlink", os.readlink(h), d) if os.path.islink(h) else ("--ro-bind", h, d)
-        for h, d in spec.ro_mounts
-    ]
+    mounts = [input_mount(h, d) for h, d in spec.ro_mounts]
     mounts += [("--bind", h, d) for h, d in spec.rw_mounts]
     for flag, host, dest in sorted(mounts, key=lambda m: (m[2].count("/"), m[2])):
         argv += [flag, host, dest]
     argv += ["--chdir", BUILD_TOP, "--remount-ro", "/", "--", *spec.argv]
     return argv
+
+
+def input_mount(host: str, dest: str) -> tuple[str, str, str]:
+    """The bwrap option showing input ``host`` read-only at ``dest``. An input that is a
+    symlink (a store path may be one) is made as that symlink: a bind mount would follow
+    it, mounting whatever it points to on the host (``ln -s /etc $out`` would show the
+    host's /etc to every build using it)."""
+    if os.path.islink(host):
+        return ("--symlink", os.readlink(host), dest)
+    return ("--ro-bind", host, dest)
 
 
 def _link_above(top: str, rel: str) -> bool:
