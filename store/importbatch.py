@@ -14,7 +14,9 @@ shared for the whole call and gives a private temp dir:
    or staged earlier in the same call (dependencies first). Nothing is fsynced here;
 2. take the (striped) registration locks of the batch's paths, each once, in ascending
    order (two batch importers cannot deadlock; single registrations hold one at a
-   time) and drop paths that became valid meanwhile;
+   time) and drop paths that became valid meanwhile. If another live process has placed
+   one of the paths' trees and not registered it yet (a build), release them all, wait
+   for that process and start this step again;
 3. add the paths to this process's temp roots;
 4. link each object to its final name in ``objects/aa/`` *without replacing*: an
    existing object of that name is kept if its bytes hash right (another path has the
@@ -53,7 +55,7 @@ import zstandard
 from . import db
 from .errors import HashMismatch, StoreError
 from .hashes import Hash
-from .locks import FileLock
+from .locks import FileLock, PlacerWait
 from .nar_restore import write_all
 from .objects import object_rel_path, sync_filesystem
 from .objread import (
@@ -167,11 +169,22 @@ def commit(store: LocalStore, staged: list[Staged], tmp: Path) -> dict[str, Path
     if not staged:
         return {}
     out: dict[str, PathInfo] = {}
+    sps = {s.info.path: store.parse_path(s.info.path) for s in staged}
+    wait: PlacerWait | None = None
     with contextlib.ExitStack() as locks:
+        while True:
+            for lock in sorted({store._path_lock(sp) for sp in sps.values()}):
+                locks.enter_context(FileLock(lock))
+            placed = next(((p, pid) for p, sp in sps.items() if (pid := store._placer(sp)) is not None), None)
+            if placed is None:
+                break
+            # another process's build placed one of these and will register it soon:
+            # its tree may be in use, so wait for it with no lock held (see
+            # ``Registering._registration_lock``), then look at the batch afresh
+            locks.close()
+            wait = wait or PlacerWait(placed[0])
+            wait.sleep(placed[1])
         todo: list[Staged] = []
-        sps = {s.info.path: store.parse_path(s.info.path) for s in staged}
-        for lock in sorted({store._path_lock(sp) for sp in sps.values()}):
-            locks.enter_context(FileLock(lock))
         for s in staged:
             existing = store.query(s.info.path)
             if existing is not None:

@@ -82,7 +82,9 @@ class LocalStore(Registering):
         except FileNotFoundError:
             if not create:
                 raise StoreError(f"no kiln store at {root} (create one with 'kiln store init')") from None
-            data = _init_config(root, check_store_dir(DEFAULT_STORE_DIR if store_dir is None else store_dir, local=True))
+            data = _init_config(
+                root, check_store_dir(DEFAULT_STORE_DIR if store_dir is None else store_dir, local=True)
+            )
             # all 256 object shards up front: a first copy of thousands of paths would
             # otherwise create them on its way (a mkdir each, ~0.1-0.4 ms on ext4)
             objects = root / "objects"

@@ -24,7 +24,11 @@ and the kernel drops every lock when its holder dies (also on ``kill -9``).
   registered). The owner keeps the file open with an exclusive ``flock``; the collector
   treats a file it *can* lock as stale (its owner is dead - immune to pid reuse) and
   deletes it. Appends and rewrites happen under the shared GC lock and the collector
-  reads under the exclusive one, so it never reads a half-written line.
+  reads under the exclusive one, so it never reads a half-written line. Registration
+  also reads other processes' files (``live_rooter``), under the shared lock: a line
+  being appended may be cut short there, and a file being rewritten may look empty for
+  a moment; that reader only asks whether a path is named, and a miss is harmless (see
+  ``registration``).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import contextlib
 import fcntl
 import os
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -151,11 +156,17 @@ class TempRoots:
             return self.fd
         path = self.dir / str(self.pid)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise StoreError(f"temp-roots file {path} is locked by someone else") from None
+        # a dead process's file (same pid) may be probed by ``live_rooter`` or GC this
+        # very moment: their locks last microseconds, so retry briefly before giving up
+        for delay in (0.001, 0.01, 0.1, None):
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if delay is None:
+                    os.close(fd)
+                    raise StoreError(f"temp-roots file {path} is locked by someone else") from None
+                time.sleep(delay)
         os.ftruncate(fd, 0)
         self.fd = fd
         return fd
@@ -247,3 +258,58 @@ def live_temp_roots(dir_: Path, delete_dead: bool = True) -> set[str]:
         finally:
             os.close(fd)
     return roots
+
+
+def live_rooter(dir_: Path, path: str) -> int | None:
+    """The pid of a live process other than this one whose temp-roots file names
+    ``path``, or None. A file is live if its owner's exclusive ``flock`` is held (probed
+    with a non-blocking shared lock, dropped at once); nothing is deleted, so this may run
+    under the shared GC lock."""
+    me = str(os.getpid())
+    want = path.encode()
+    for entry in os.scandir(dir_):
+        if entry.name == me:
+            continue
+        try:
+            fd = os.open(entry.path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:  # the owner holds it: alive
+                with os.fdopen(os.dup(fd), "rb") as f:
+                    if want in f.read().splitlines():
+                        return int(entry.name) if entry.name.isdigit() else -1
+        finally:
+            os.close(fd)  # also drops a probe lock we got (a dead owner's file)
+    return None
+
+
+class PlacerWait:
+    """Waiting, with backoff, for a live process that placed a path's tree and has not
+    registered it yet (a build commits its outputs a little after placing them, see
+    ``stagedbuild``). Says once, after ``NOTICE_S``, which process is waited for: a
+    process that placed a tree and then hung keeps its waiters waiting, as a held lock
+    would."""
+
+    NOTICE_S = 2.0
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.start = time.monotonic()
+        self.delay = 0.005
+        self.told = False
+
+    def sleep(self, pid: int) -> None:
+        if not self.told and time.monotonic() - self.start >= self.NOTICE_S:
+            import sys
+
+            print(
+                f"kiln: waiting for process {pid}, which has built {self.what} and is registering it",
+                file=sys.stderr,
+                flush=True,
+            )
+            self.told = True
+        time.sleep(self.delay)
+        self.delay = min(0.25, self.delay * 2)

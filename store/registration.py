@@ -7,6 +7,10 @@ Registration protocol of single paths (``Registering._commit``; batches: ``impor
 2. stream the content once into ``tmp/<pid>-<rand>/<rand>.*`` (``_Scratch``): the canonical tree
    and the compressed object, hashing both (``objects.TreeIngest``/``NarSink``); fsync the object;
 3. take the path's (striped) lock; if the path became valid meanwhile, drop our copy and return;
+   if another live process has placed the path's tree and not registered it yet (a build,
+   see ``stagedbuild``), release the lock, wait for that process, and start step 3 again
+   (``_registration_lock``): its tree may be mounted in a running sandbox and must not
+   be replaced;
 4. add the path to this process's temp roots;
 5. rename the object into ``objects/`` and fsync its directory;
 6. remove any stale unregistered tree at the real path, rename ours there, seal it;
@@ -30,7 +34,7 @@ from . import db
 from .errors import StoreError
 from .hashes import Hash
 from .ingest import PathFilter, TreeIngest
-from .locks import FileLock, path_lock_file
+from .locks import FileLock, PlacerWait, live_rooter, path_lock_file
 from .narsink import NarSink
 from .objects import ZSTD_LEVEL, ObjectInfo, chunks_of, ingest_stream, publish_object
 from .objread import TeeReader, decompress_verified, expect_nar, file_expectation, read_object
@@ -157,7 +161,7 @@ class Registering:
         sp = self.parse_path(path)
         path = str(sp)
         refs = tuple(sorted(set(map(str, references))))
-        with self._writing() as tmp, FileLock(self._path_lock(sp)):
+        with self._writing() as tmp, self._registration_lock(sp):
             existing = self.query(path)
             if existing is not None:
                 self._keep(path)
@@ -234,12 +238,37 @@ class Registering:
         return path_lock_file(self.root, sp.hash_part)
 
     @contextlib.contextmanager
+    def _registration_lock(self, sp: StorePath) -> Iterator[None]:
+        """Hold ``sp``'s registration lock, taken at a moment when no other live process
+        has its tree placed but unregistered (step 3 of the protocol). Such a tree is a
+        build's output that later builds may have mounted: rather than replace it as a
+        crashed writer's leftover, release the lock and wait until that process has
+        registered the path (the caller then finds it valid) or is gone. While the lock
+        is held nobody can place a tree there (``stagedbuild.place`` takes it too)."""
+        wait: PlacerWait | None = None
+        while True:
+            with FileLock(self._path_lock(sp)):
+                pid = self._placer(sp)
+                if pid is None:
+                    yield
+                    return
+            wait = wait or PlacerWait(str(sp))
+            wait.sleep(pid)
+
+    def _placer(self, sp: StorePath) -> int | None:
+        """The pid of another live process whose tree sits unregistered at ``sp``'s real
+        path (it names the path in its temp roots), else None."""
+        if not os.path.lexists(self.real_store / sp.base) or self.is_valid(str(sp)):
+            return None
+        return live_rooter(self.root / "temproots", str(sp))
+
+    @contextlib.contextmanager
     def _importing(self, info: PathInfo) -> Iterator[tuple[_Scratch, PathInfo | None]]:
         """For importing ``info``: check it, take the shared GC lock and the path's lock,
         and yield (scratch names, the existing info if the path is valid already, which
         is then kept as a temp root)."""
         self._check_importable(info)
-        with self._writing() as tmp, FileLock(self._path_lock(self.parse_path(info.path))):
+        with self._writing() as tmp, self._registration_lock(self.parse_path(info.path)):
             existing = self.query(info.path)
             if existing is not None:
                 self._keep(info.path)
@@ -290,7 +319,7 @@ class Registering:
         """Steps 3-7 of the registration protocol (caller holds the shared GC lock)."""
         sp = self.parse_path(info.path)
         self._check_refs(info)
-        with contextlib.nullcontext() if have_lock else FileLock(self._path_lock(sp)):
+        with contextlib.nullcontext() if have_lock else self._registration_lock(sp):
             existing = self.query(info.path)
             self._keep(info.path)
             if existing is not None:
