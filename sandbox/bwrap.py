@@ -35,10 +35,13 @@ is one ``Popen`` plus five memfds — no file is written to disk.
 
 from __future__ import annotations
 
+import array
+import fcntl
 import os
 import posixpath
 import shutil
 import subprocess
+import termios
 import threading
 import time
 from collections.abc import Mapping
@@ -122,15 +125,29 @@ def dev_flags() -> list[str]:
     return flags + ["--perms", "1777", "--dir", "/dev/shm"]
 
 
+def _unread(fd: int) -> int:
+    """Bytes waiting in the pipe ``fd`` (``FIONREAD``)."""
+    buf = array.array("i", [0])
+    fcntl.ioctl(fd, termios.FIONREAD, buf)
+    return buf[0]
+
+
 def bwrap_argv(
-    bwrap: str, spec: SandboxSpec, etc_fds: Mapping[str, int], seccomp_fd: int | None = None
+    bwrap: str,
+    spec: SandboxSpec,
+    etc_fds: Mapping[str, int],
+    seccomp_fd: int | None = None,
+    block_fd: int | None = None,
 ) -> list[str]:
     """The full bwrap command line for ``spec``. ``etc_fds`` maps ``passwd``, ``group``,
     ``hosts`` to fds bwrap inherits holding their contents (``etc_files(spec)``);
-    ``seccomp_fd`` (if given) is an inherited fd holding ``build_filter()``."""
+    ``seccomp_fd`` (if given) is an inherited fd holding ``build_filter()``; ``block_fd``
+    (if given) one the sandbox reads a byte from once it is set up (``--block-fd``)."""
     argv = [bwrap, *_common_flags(spec.network, spec.uid, spec.gid, spec.hostname), "--clearenv"]
     if seccomp_fd is not None:
         argv += ["--seccomp", str(seccomp_fd)]
+    if block_fd is not None:
+        argv += ["--block-fd", str(block_fd)]
     for k, v in build_env(spec).items():
         argv += ["--setenv", k, v]
     if spec.rootfs is not None:
@@ -324,6 +341,13 @@ class BwrapExecutor(Executor):
         # written to disk per build (a temp dir with three files cost ~1-4 ms of ext4
         # metadata work under load, as much as the sandbox itself).
         fds: list[int] = []
+        # One byte the sandbox reads once every mount is made, just before the seccomp
+        # filter and the builder's exec (bwrap's ``--block-fd``). Still unread after a
+        # failed run, it says bwrap failed to set the sandbox up: not the builder's
+        # failure (both exit with status 1). Our read end stays open to look.
+        setup_r, setup_w = os.pipe()
+        os.write(setup_w, b"\0")
+        os.close(setup_w)
         try:
             seccomp_fd = _memfd("kiln-seccomp", build_filter())
             fds.append(seccomp_fd)
@@ -331,7 +355,7 @@ class BwrapExecutor(Executor):
             for name, data in etc_files(spec).items():
                 etc_fds[name] = _memfd("kiln-etc-" + name, data)
                 fds.append(etc_fds[name])
-            argv = bwrap_argv(self.bwrap, spec, etc_fds, seccomp_fd)
+            argv = bwrap_argv(self.bwrap, spec, etc_fds, seccomp_fd, setup_r)
             # Options go through a memfd too (``--args FD``; bwrap takes only options from
             # it, the command stays on the command line): no ARG_MAX limit for large
             # closures, and the sandbox's pid 1 (a fork of bwrap) shows no host paths.
@@ -344,7 +368,7 @@ class BwrapExecutor(Executor):
             with self._live_lock:
                 proc = subprocess.Popen(
                     [self.bwrap, "--args", str(argfd), *argv[sep:]],
-                    pass_fds=fds,
+                    pass_fds=[*fds, setup_r],
                     stdin=subprocess.DEVNULL,
                     stdout=subprocess.PIPE,
                     stderr=subprocess.STDOUT,
@@ -355,20 +379,30 @@ class BwrapExecutor(Executor):
                 )
                 self._live.add(proc)
         except OSError as e:
+            os.close(setup_r)
             raise SandboxUnavailable(f"cannot start the sandbox {self.bwrap}: {e}") from e
+        except BaseException:
+            os.close(setup_r)
+            raise
         finally:
             for fd in fds:
                 os.close(fd)
         try:
-            with proc:
-                outcome = supervise(proc, log, on_output, limits, start)
+            try:
+                with proc:
+                    outcome = supervise(proc, log, on_output, limits, start)
+            finally:
+                with self._live_lock:
+                    self._live.discard(proc)
+            set_up = _unread(setup_r) == 0
         finally:
-            with self._live_lock:
-                self._live.discard(proc)
+            os.close(setup_r)
         duration = time.monotonic() - start
         rc = outcome.returncode
         if outcome.breached is not None:
             return Result(None, -rc if rc < 0 else None, outcome.breached, duration, outcome.log_bytes)  # type: ignore[arg-type]
         if rc < 0:
             return Result(None, -rc, "killed", duration, outcome.log_bytes)
+        if rc != 0 and not set_up:
+            return Result(rc, None, "setup-failed", duration, outcome.log_bytes)
         return Result(rc, None, "ok" if rc == 0 else "failed", duration, outcome.log_bytes)

@@ -27,9 +27,11 @@ from typing import BinaryIO, Literal
 
 from .spec import SandboxSpec
 
-#: Why a run ended. 'ok': exit 0. 'failed': non-zero exit. 'timeout', 'silent',
-#: 'log-limit': killed by kiln for that limit. 'killed': died of a signal kiln did not send.
-Reason = Literal["ok", "failed", "timeout", "silent", "log-limit", "killed"]
+#: Why a run ended. 'ok': exit 0. 'failed': non-zero exit. 'setup-failed': the sandbox
+#: could not be set up, the builder never started (the executor's message is in the
+#: log). 'timeout', 'silent', 'log-limit': killed by kiln for that limit. 'killed': died
+#: of a signal kiln did not send.
+Reason = Literal["ok", "failed", "setup-failed", "timeout", "silent", "log-limit", "killed"]
 
 OutputCallback = Callable[[bytes], None]
 
@@ -65,6 +67,8 @@ class Result:
                     f"builder failed with exit status {self.exit_status} (signal {self.exit_status - 128}?)"
                 )
             return f"builder failed with exit status {self.exit_status}"
+        if self.reason == "setup-failed":
+            return "the sandbox could not be set up, the builder never started (the sandbox's message is in the log)"
         if self.reason == "timeout":
             return f"killed after the time limit ({self.duration:.1f} s)"
         if self.reason == "silent":

@@ -31,6 +31,29 @@ def test_failed_build_reports_exit_status_and_merged_log(sh) -> None:
     assert "out\n" in r.log and "err\n" in r.log
 
 
+def test_a_sandbox_that_cannot_be_set_up_is_not_reported_as_the_builders_failure(sh, tmp_path) -> None:
+    # an output mounted below a file input: bwrap cannot make the mount point, exits 1
+    # before the builder starts, as a builder's "exit 1" would
+    f = tmp_path / "input-file"
+    f.write_text("x\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    r = sh(
+        "echo builder ran; exit 1",
+        ro_mounts=((str(f), f"{STORE}/aaaa-in"),),
+        rw_mounts=((str(out), f"{STORE}/aaaa-in/out"),),
+    )
+    assert r.result.reason == "setup-failed" and r.result.exit_status == 1, r.log
+    assert "builder ran" not in r.log and "bwrap:" in r.log
+    assert "could not be set up, the builder never started" in r.result.describe()
+    # a hostname the kernel refuses fails the same way
+    r = sh("echo builder ran", hostname="h" * 100)
+    assert r.result.reason == "setup-failed" and "builder ran" not in r.log, r.log
+    # and a builder that fails after a good setup is still the builder's failure
+    r = sh("exit 1")
+    assert r.result.reason == "failed" and r.result.exit_status == 1
+
+
 def test_no_tcp_to_host_loopback(sh) -> None:
     srv = socket.create_server(("127.0.0.1", 0))
     port = srv.getsockname()[1]
