@@ -1,0 +1,117 @@
+"""Builtin string and list functions (``join``, ``split``, ``replace``, ``lower``,
+``length``, ``str``, ``optional``, ``elem`` ...; the table is ``builtins.BUILTINS``).
+
+Each takes positional arguments only, checked by ``_positional`` against a signature
+of type names, and keeps the string context of its inputs (the store paths a string
+refers to) on what it returns, so a path that flows through ``join`` or ``replace``
+still makes its derivation an input.
+"""
+
+from __future__ import annotations
+
+from . import nodes as ast
+from .errors import BadValue, RecipeTypeError
+from .values import CStr, Record, type_name
+
+
+def _positional(ev, node: ast.Call, env, types: tuple) -> list:
+    if any(name is not None for name, _ in node.args) or len(node.args) != len(types):
+        sig = ", ".join(t for t in types)
+        raise RecipeTypeError(
+            f"{node.name} takes {len(types)} argument(s): {node.name}({sig})", node.src, node.pos
+        )
+    out = []
+    for (_, arg), t in zip(node.args, types, strict=True):
+        v = ev.eval(arg, env)
+        ok = {
+            "string": isinstance(v, str | CStr),
+            "list": isinstance(v, tuple),
+            "boolean": isinstance(v, bool),
+            "any": True,
+        }[t]
+        if not ok:
+            raise RecipeTypeError(f"{node.name}: expected a {t}, found {type_name(v)}", arg.src, arg.pos)
+        out.append((v, arg))
+    return out
+
+
+def _text(v) -> tuple[str, frozenset]:
+    return (v.text, v.ctx) if isinstance(v, CStr) else (v, frozenset())
+
+
+def _mk(text: str, ctx: frozenset):
+    return CStr(text, ctx) if ctx else text
+
+
+def str_fn(op):
+    def fn(ev, node, env):
+        ((s, _),) = _positional(ev, node, env, ("string",))
+        t, c = _text(s)
+        return _mk(op(t), c)
+
+    return fn
+
+
+def join(ev, node, env):
+    (sep, _), (items, n) = _positional(ev, node, env, ("string", "list"))
+    sep_t, ctx = _text(sep)
+    texts = []
+    for x in items:
+        t, c = ev.to_text(x, n, "in join")
+        texts.append(t)
+        if c:
+            ctx = ctx | c
+    return _mk(sep_t.join(texts), ctx)
+
+
+def split(ev, node, env):
+    (s, _), (sep, n) = _positional(ev, node, env, ("string", "string"))
+    t, c = _text(s)
+    if not _text(sep)[0]:
+        raise BadValue("split: the separator is empty", n.src, n.pos)
+    return tuple(_mk(p, c) for p in t.split(_text(sep)[0]))
+
+
+def replace(ev, node, env):
+    (s, _), (old, _), (new, _) = _positional(ev, node, env, ("string", "string", "string"))
+    t, c = _text(s)
+    nt, nc = _text(new)
+    return _mk(t.replace(_text(old)[0], nt), c | nc)
+
+
+def pred(op):
+    def fn(ev, node, env):
+        (s, _), (x, _) = _positional(ev, node, env, ("string", "string"))
+        return op(_text(s)[0], _text(x)[0])
+
+    return fn
+
+
+def length(ev, node, env):
+    ((v, n),) = _positional(ev, node, env, ("any",))
+    if isinstance(v, tuple | Record | str):
+        return len(v)
+    if isinstance(v, CStr):
+        return len(v.text)
+    raise RecipeTypeError(f"length: expected a string, list or record, found {type_name(v)}", n.src, n.pos)
+
+
+def to_str(ev, node, env):
+    ((v, n),) = _positional(ev, node, env, ("any",))
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    t, c = ev.to_text(v, n, "in str")
+    return _mk(t, c or frozenset())
+
+
+def optional(ev, node, env):
+    (cond, _), (items, n) = _positional(ev, node, env, ("boolean", "any"))
+    items = items if isinstance(items, tuple) else (items,)
+    return items if cond else ()
+
+
+def elem(ev, node, env):
+    from .evaluator import _eq
+
+    (x, _), (items, _) = _positional(ev, node, env, ("any", "list"))
+    return any(_eq(x, y) for y in items)
