@@ -32,12 +32,13 @@ import base64
 import datetime as dt
 import hashlib
 import json
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from kiln.store.errors import KilnError
 from kiln.store.signing import PublicKey, SecretKey
+
+from .indexpaths import path_table_problem
 
 ROLES = ("root", "timestamp", "snapshot", "index")
 ROOT_DAYS = 365
@@ -323,44 +324,10 @@ def verify_index(
     if v != meta["version"]:
         raise MixAndMatchError(f"index version {v} but the snapshot lists {meta['version']}")
     _check_fresh(signed, now, "index")
-    _check_paths(signed.get("paths"))
+    problem = path_table_problem(signed.get("paths"))
+    if problem is not None:
+        raise IndexError_(problem)
     return signed
-
-
-_HEX64 = re.compile(r"[0-9a-f]{64}")
-
-
-def _check_paths(paths: Any) -> None:
-    """The signed path table has the shape mirrors rely on (its signer could still have
-    made a mistake): ``{hash part: {"path": str, "narinfo_sha256": hex, "attestations"?:
-    {kind: hex}}}``; else ``IndexError_`` naming the first bad entry, never a KeyError or
-    TypeError in the mirror."""
-    from kiln.store.attestations import check_kind
-    from kiln.store.errors import FormatError
-
-    from .layout import is_hash_part
-
-    if not isinstance(paths, dict):
-        raise IndexError_(f"index: 'paths' must be an object, found {type(paths).__name__}")
-    for h, e in paths.items():
-        what = f"index entry {str(h)[:40]!r}"
-        if not is_hash_part(h) or not isinstance(e, dict):
-            raise IndexError_(f"{what}: expected a hash part mapped to an object")
-        path = e.get("path")
-        if not isinstance(path, str) or path.rsplit("/", 1)[-1][:32] != h:
-            raise IndexError_(f"{what}: 'path' must be a store path with that hash part, found {path!r}")
-        if not isinstance(e.get("narinfo_sha256"), str) or not _HEX64.fullmatch(e["narinfo_sha256"]):
-            raise IndexError_(f"{what}: 'narinfo_sha256' must be 64 hex digits")
-        atts = e.get("attestations", {})
-        if not isinstance(atts, dict):
-            raise IndexError_(f"{what}: 'attestations' must be an object")
-        for kind, digest in atts.items():
-            try:
-                check_kind(kind if isinstance(kind, str) else "")
-            except FormatError as ex:
-                raise IndexError_(f"{what}: {ex}") from None
-            if not isinstance(digest, str) or not _HEX64.fullmatch(digest):
-                raise IndexError_(f"{what}: attestation {kind!r} must map to 64 hex digits")
 
 
 @dataclass(slots=True)
