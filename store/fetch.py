@@ -76,7 +76,6 @@ from .fetchhttp import (  # noqa: F401 - FetchError, CHUNK, USER_AGENT: part of 
     _http_get,
     _Limit,
     _max_download,
-    _quote_spaces,
     _TooBig,
     _TooSlow,
 )
@@ -110,16 +109,9 @@ def expand_url(url: str) -> list[str]:
     return [url]
 
 
-def join_urls(urls: list[str]) -> str:
-    """One string for a derivation's ``urls`` variable, which ``split_urls`` reads back
-    exactly: whitespace inside a URL is percent-encoded first (a literal space can never
-    go on the wire, and ``file:`` URLs decode ``%20`` back to a space), so a URL with a
-    space is never split in two (the second half taken for a local path)."""
-    return " ".join(_quote_spaces(u) for u in urls)
-
-
 def split_urls(text: str) -> list[str]:
-    """The URLs ``join_urls`` joined."""
+    """The URLs of a derivation's ``urls`` variable: space-separated, as ``fetchurl``
+    writes them (a recipe URL may not contain whitespace: the language refuses it)."""
     return text.split()
 
 

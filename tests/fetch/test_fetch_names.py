@@ -8,7 +8,7 @@ import hashlib
 import pytest
 
 from kiln.main import main
-from kiln.store.fetch import fetch_url, join_urls, parse_mirror_list, split_urls
+from kiln.store.fetch import fetch_url, parse_mirror_list, split_urls
 from kiln.store.hashes import Hash
 
 DATA = b"named bytes\n" * 50
@@ -46,17 +46,18 @@ def test_an_ipv6_mirror_is_one_mirror(server, tmp_path, monkeypatch):
     assert (tmp_path / "f").read_bytes() == DATA
 
 
-def test_urls_with_spaces_survive_join_and_split(server, tmp_path):
+def test_urls_with_spaces_are_fetched(server, tmp_path):
+    """A space goes on the wire percent-encoded; a file: URL with a space names the file.
+    (Recipes cannot give such URLs - the language refuses whitespace - but ``kiln
+    prefetch`` and hand-made derivations can.)"""
     server.add("my%20file", DATA)
     local = tmp_path / "dir with space" / "f"
     local.parent.mkdir()
     local.write_bytes(DATA)
-    urls = [server.url("file/my file"), f"file://{local}"]
-    joined = join_urls(urls)
-    assert len(split_urls(joined)) == 2
-    for i, url in enumerate(split_urls(joined)):
+    for i, url in enumerate([server.url("file/my file"), f"file://{local}"]):
         fetch_url([url], h(DATA), tmp_path / f"out{i}", mirrors=[], progress=False)
         assert (tmp_path / f"out{i}").read_bytes() == DATA
+    assert split_urls(" a  b\tc ") == ["a", "b", "c"]
 
 
 @pytest.mark.parametrize("tail", ["x/.", "x/.."])
