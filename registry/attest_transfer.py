@@ -15,15 +15,19 @@ path's narinfo must be published; the envelope must parse, carry an in-toto stat
 whose subject names the path *and* the published NarHash, have a predicate type that
 fits its kind (``provenance`` → SLSA provenance, ``sbom`` → CycloneDX/SPDX, ``vsa-*`` →
 a VSA signed by the key whose keyid prefix the kind names), and — when the caller gives
-trusted keys — a valid DSSE signature by one of them. Anything else is a 4xx answer;
-nothing is written.
+trusted keys — a valid DSSE signature by one of them. A provenance or VSA replaces the
+stored one of its kind only if its signed time (``finishedOn``, ``timeVerified``) is not
+older (``replaces``): a rebuilder's newer FAILED verdict cannot be overwritten by
+re-uploading its genuine older PASSED one. Anything else is a 4xx answer; nothing is
+written.
 
 Transfer: ``push_attestations`` uploads what the registry lacks (by comparing listings);
 ``fetch_attestations`` downloads a registry's attestations for paths that are valid in a
 local store, checks each file against the listing's sha256 and its subject against the
 *local* ``PathInfo`` (so an attestation can never attach to other content), and stores
-it with ``attestations.write``. Neither decides trust in the signer: that is the
-verifier's policy (``kiln verify``).
+it with ``attestations.write`` unless the local one of that kind is newer (the same rule
+as admission). Neither decides trust in the signer: that is the verifier's policy
+(``kiln verify``).
 """
 
 from __future__ import annotations
@@ -39,7 +43,14 @@ from kiln.store import narinfo as ni
 from kiln.store.dsse import DsseError, Envelope, keyid
 from kiln.store.dsse import verify as dsse_verify
 from kiln.store.errors import FormatError, KilnError
-from kiln.store.intoto import CYCLONEDX_TYPE, PROVENANCE_TYPE, SPDX_TYPE, VSA_TYPE, parse_statement
+from kiln.store.intoto import (
+    CYCLONEDX_TYPE,
+    PROVENANCE_TYPE,
+    SPDX_TYPE,
+    VSA_TYPE,
+    parse_statement,
+    statement_time,
+)
 from kiln.store.signing import PublicKey
 
 from . import layout
@@ -147,11 +158,39 @@ def admit(
     except KilnError as e:
         return 400, f"error: {e}"
     key = layout.att_key(hash_part, kind)
-    if storage.read(key) == data:
-        return 200, "already published"
-    storage.put_bytes(key, data)
+    with dir_lock(storage, LOCK_KEY):  # the check and the write together: no older one slips in between
+        old = storage.read(key)
+        if old == data:
+            return 200, "already published"
+        why = replaces(old, data, kind)
+        if why is not None:
+            return 409, f"error: {why}"
+        storage.put_bytes(key, data)
     rebuild_listing(storage, hash_part)
     return 201, "published"
+
+
+def replaces(old: bytes | None, new: bytes, kind: str) -> str | None:
+    """Why envelope ``new`` may not replace ``old`` as the ``kind`` attestation (None: it
+    may): its signed time is older than ``old``'s, or it has none where ``old`` has one.
+    An ``old`` that does not parse may be replaced."""
+    if old is None:
+        return None
+    try:
+        t_old = statement_time(parse_statement(Envelope.loads(old).payload))
+    except FormatError:
+        return None
+    try:
+        t_new = statement_time(parse_statement(Envelope.loads(new).payload))
+    except FormatError as e:
+        return f"{kind}: {e}"
+    if t_old is not None and (t_new is None or t_new < t_old):
+        when = "no time" if t_new is None else f"{t_new:%Y-%m-%dT%H:%M:%SZ}"
+        return (
+            f"refusing to replace the stored {kind} attestation, made {t_old:%Y-%m-%dT%H:%M:%SZ}, "
+            f"with an older one ({when})"
+        )
+    return None
 
 
 # ------------------------------------------------------------------ client side
@@ -247,6 +286,8 @@ async def fetch_attestations(client: Any, store: Any, paths: Iterable[str], jobs
             return
         try:
             env = check_envelope(data, kind, p.rsplit("/", 1)[1], infos[p].nar_hash.hex, None)
+            if cur is not None and replaces(cur.dumps().encode(), data, kind) is not None:
+                return  # ours is newer: a registry cannot roll it back
             attestations.write(store, p, kind, env)
             stored += 1
         except KilnError as e:

@@ -79,6 +79,25 @@ def parse_time(text: str) -> datetime:
     return t.astimezone(UTC)
 
 
+def statement_time(st: Statement) -> datetime | None:
+    """When a statement says its claim was made: a provenance's ``finishedOn``, a VSA's
+    ``timeVerified``; None for other predicates or when the field is absent. A present
+    but malformed time raises ``FormatError``."""
+    if st.predicate_type == PROVENANCE_TYPE:
+        meta = st.predicate.get("runDetails")
+        meta = meta.get("metadata") if isinstance(meta, dict) else None
+        v = meta.get("finishedOn") if isinstance(meta, dict) else None
+    elif st.predicate_type == VSA_TYPE:
+        v = st.predicate.get("timeVerified")
+    else:
+        return None
+    if v is None:
+        return None
+    if not isinstance(v, str):
+        raise FormatError(f"the statement's time must be an RFC 3339 string, found {type(v).__name__}")
+    return parse_time(v)
+
+
 def _check_hex(h: str, what: str) -> str:
     if len(h) != 64 or not set(h) <= _HEX:
         raise FormatError(f"{what} must be 64 lowercase hex digits (sha256), got {h!r}")

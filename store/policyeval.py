@@ -325,13 +325,18 @@ def _reproduced(
     builder_keys = {k.key for k in builders} | {k.key for k in policy.provenance}
     latest: dict[bytes, tuple[datetime, bool, str]] = {}  # key -> (time, failed, name) of its newest verdict
     notes: list[str] = []
+    # detectors (policy module doc): a VSA that a key this policy knows (a rebuilder or a
+    # revoked key) validly signed but that is invalid, or any compromised key's, fails
+    # the check; one nobody known signed is only noted (anyone can write one)
+    known = {dsse.keyid(k.key): k.key for k in _unique([*policy.rebuilders, *(r.key for r in policy.revoked)])}
+    bad: list[str] = []
     for kind, env, err in _vsas(store, info):
         if env is None:
-            notes.append(f"{kind}: {err}")
+            bad.append(f"{kind}: {err}")
             continue
         e, st, good = _attestation(env, info, policy.rebuilders, policy, (VSA_TYPE,), _vsa_time)
         if e is not None or st is None:
-            notes.append(f"{kind}: {e}")
+            (bad if dsse.signers(env, known) else notes).append(f"{kind}: {e}")
             continue
         levels = st.predicate.get("verifiedLevels")
         passed = (
@@ -359,6 +364,8 @@ def _reproduced(
             notes.append(f"{name} reports the rebuild did NOT reproduce (its latest verdict)")
     names = ", ".join(sorted(agree.values())) or "none"
     extra = f" ({'; '.join(notes)})" if notes else ""
+    if bad:
+        return Check("reproduced", False, f"invalid verification summary: {'; '.join(bad)}{extra}")
     if need == 0:
         return Check("reproduced", True, f"not required; reproduced by: {names}{extra}", skipped=True)
     ok = len(agree) >= need

@@ -519,3 +519,33 @@ def test_a_secret_key_pasted_as_a_public_key_is_never_echoed(keys, tmp_path) -> 
     # a public key with TOML in it cannot inject entries
     with pytest.raises(policy.PolicyError):
         revoke(tmp_path / "p.toml", 'a:b"\n[[revoked]]\nkey = "x', True, "", None)
+
+
+def test_a_vsa_by_a_compromised_rebuilder_key_fails_even_when_not_required(built, keys) -> None:
+    # a detector: the compromised key's VSA fails the check (docs/security.md), as its
+    # provenance or SBOM would, instead of being a note beside a PASS
+    _attest_all(built, keys)
+    stolen = _revoke(keys, "rb-b", FINISHED - timedelta(days=1), True)
+    for reproduced in (1, 0):
+        pol = _policy(keys, stolen, reproduced=reproduced)
+        fails = _fails(policy.verify_path(built.store, built.hello, pol, now=NOW))
+        assert set(fails) == {"reproduced"} and "compromised" in fails["reproduced"], fails
+
+
+def test_an_invalid_vsa_fails_if_a_known_key_signed_it_and_is_noted_otherwise(built, keys) -> None:
+    _attest_all(built, keys)
+    p = built.hello
+    wrong = _vsa(built, p)
+    wrong["subject"][0]["digest"]["sha256"] = "0" * 64
+    # by a stranger: not evidence either way, only noted
+    attestations.write(
+        built.store, p, "vsa-stranger", attestations.sign(_vsa(built, p), [_signer(keys["evil"])])
+    )
+    report = policy.verify_path(built.store, p, _policy(keys), now=NOW)
+    assert report.ok and "vsa-stranger" in next(c.detail for c in report.checks if c.name == "reproduced")
+    # by a rebuilder the policy trusts, but for other content: fails
+    envelope = attestations.sign(wrong, [_signer(keys["rb-a"])])
+    d = attestations._dir(built.store, p)
+    (d / "vsa-misfiled.dsse.json").write_text(envelope.dumps())
+    fails = _fails(policy.verify_path(built.store, p, _policy(keys), now=NOW))
+    assert set(fails) == {"reproduced"} and "vsa-misfiled" in fails["reproduced"], fails

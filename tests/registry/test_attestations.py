@@ -373,3 +373,46 @@ def test_verify_refuses_a_narinfo_for_another_path(tmp_path, keys, kiln_server, 
         _admit_top(app_ni.decode(), store_dir, renamed)
     assert _admit_top(app_ni.decode(), store_dir, s.app).path == s.app
     assert _admit_top(app_ni.decode(), store_dir, s.hp(s.app)).path == s.app
+
+
+def test_an_older_provenance_cannot_replace_a_newer_one(tmp_path, keys, kiln_server) -> None:
+    """A write-token holder replaying a genuine, older attestation over a newer one of the
+    same kind (a rebuilder's old PASSED over its new FAILED, say) is refused, over HTTP
+    and when a store fetches: the signed time may only move forward."""
+    s = Setup(tmp_path, keys, kiln_server)
+    s.push(s.app)  # carries the store's provenance (finishedOn: now)
+    newer = attestations.read(s.store, s.app, "provenance")
+    st = intoto.parse_statement(newer.payload)
+    st.predicate["runDetails"]["metadata"]["finishedOn"] = "2020-01-01T00:00:00Z"
+    base = StorePath.parse(s.app).base
+    older = attestations.sign(
+        intoto.statement(
+            [intoto.subject(base, s.store.query(s.app).nar_hash.hex)], st.predicate_type, st.predicate
+        ),
+        [Ed25519Signer(keys.sk.key)],
+    )
+    code, body = s.put(s.app, "provenance", older.dumps().encode())
+    assert code == 409 and b"older one (2020-01-01T00:00:00Z)" in body, body
+    code, _, served = request(f"{s.url}/{s.hp(s.app)}.att/provenance.dsse.json")
+    assert code == 200 and served == newer.dumps().encode()
+    # a store holding a newer one keeps it when the registry serves an older one
+    other = make_store(tmp_path / "other")
+    for p in (s.dep, s.app):
+        with open(s.store.object_path(p), "rb") as f:
+            other.import_object(s.store.query(p), f)
+    newest = intoto.parse_statement(newer.payload)
+    newest.predicate["runDetails"]["metadata"]["finishedOn"] = "2999-01-01T00:00:00Z"
+    mine = attestations.sign(
+        intoto.statement(
+            [intoto.subject(base, s.store.query(s.app).nar_hash.hex)], st.predicate_type, newest.predicate
+        ),
+        [Ed25519Signer(keys.sk.key)],
+    )
+    attestations.write(other, s.app, "provenance", mine)
+
+    async def run() -> int:
+        async with HttpClient(s.url) as c:
+            return await fetch_attestations(c, other, [s.app])
+
+    assert asyncio.run(run()) == 0
+    assert attestations.read(other, s.app, "provenance") == mine
