@@ -5,7 +5,7 @@ Build options mirror Nix's where Nix has one: ``--jobs/-j``, ``--cores``, ``-L``
 ``--max-silent-time``. Registries to substitute from are given with ``--substituter
 URL`` (repeatable) plus ``--trusted-key`` (public key text or file); ``--no-substitute``
 turns them off. Outputs are printed on stdout, one per line; a GC root named after
-the attribute is created so ``kiln run ATTR`` finds the result.
+the attribute (``root_name``) is created so ``kiln run ATTR`` finds the result.
 
 There is no option to build without the sandbox: if bubblewrap cannot run, the build
 is refused with the reason. ``KILN_BWRAP`` names the bwrap binary (default: on PATH).
@@ -72,24 +72,41 @@ def main(argv: list[str]) -> int:
         raise KilnError("--vary goes with --check (it varies the conditions of the rebuild)")
     from kiln.store.localstore import LocalStore
 
+    with LocalStore.open(store_root(args)) as store:
+        for t in build(store, args):
+            for out in t.outputs.values():
+                print(out)
+    return 0
+
+
+def build(store, args: argparse.Namespace) -> list:
+    """Evaluate ``args.file`` (or read ``.drv`` targets), build or substitute what is
+    missing, root the outputs (``_root``); return the targets. Raises on failure."""
     from .buildglue import evaluate
 
-    with LocalStore.open(store_root(args)) as store:
-        if args.file.startswith(store.store_dir + "/") and args.file.endswith(".drv"):
-            ev, targets = None, drv_targets(store, [args.file, *args.attrs])
-        else:
-            ev, targets = evaluate(store, args.file, args.attrs, use_cache=not args.no_cache)
-        if (
-            not args.check
-            and args.rounds <= 1
-            and all(store.is_valid(p) for t in targets for p in t.outputs.values())
-        ):
-            _finish(store, targets)
-            return 0
-        return _build(store, ev, targets, args)
+    if args.file.startswith(store.store_dir + "/") and args.file.endswith(".drv"):
+        ev, targets = None, drv_targets(store, [args.file, *args.attrs])
+    else:
+        ev, targets = evaluate(store, args.file, args.attrs, use_cache=not args.no_cache)
+    if not (
+        not args.check
+        and args.rounds <= 1
+        and all(store.is_valid(p) for t in targets for p in t.outputs.values())
+    ):
+        _build(store, ev, targets, args)
+    _root(store, targets)
+    return targets
 
 
-def _build(store, ev, targets, args) -> int:
+def build_attrs(store, file: str, attrs: list[str]) -> list[str]:
+    """``kiln build FILE ATTR...`` with the default options, printing nothing (for
+    ``kiln run -f``): the main output of each attribute, rooted as ``kiln build`` roots
+    it."""
+    targets = build(store, _parser().parse_args([file, *attrs]))
+    return [t.outputs.get("out") or next(iter(t.outputs.values())) for t in targets]
+
+
+def _build(store, ev, targets, args) -> None:
     import functools
 
     from kiln.sandbox.bwrap import BwrapExecutor
@@ -154,8 +171,6 @@ def _build(store, ev, targets, args) -> int:
     finally:
         if sub is not None:
             sub.close()  # its HTTP sessions and event loop
-    _finish(store, targets)
-    return 0
 
 
 def drv_targets(store, drv_paths: list[str]):
@@ -179,13 +194,25 @@ def drv_targets(store, drv_paths: list[str]):
     return out
 
 
-def _finish(store, targets) -> None:
+def _root(store, targets) -> None:
+    """A GC root per output, named after the attribute (``root_name``)."""
     for t in targets:
         for name, out in t.outputs.items():
-            root_name = t.attr if name == "out" else f"{t.attr}-{name}"
-            if all(c.isalnum() or c in "-_.+" for c in root_name):
-                store.add_root(root_name, out)
-            print(out)
+            store.add_root(root_name(t.attr if name == "out" else f"{t.attr}-{name}"), out)
+
+
+def root_name(attr: str) -> str:
+    """The GC root name for an attribute as given on the command line: itself if it is a
+    plain name; a variant such as ``zlib(static = true)`` becomes ``zlib-static-true-``
+    plus 8 hex digits of the exact text, so two variants never share (and overwrite) a
+    root."""
+    if attr and all(c.isalnum() or c in "-_.+" for c in attr) and not attr.startswith("."):
+        return attr
+    import hashlib
+    import re
+
+    words = "-".join(w for w in re.split(r"[^A-Za-z0-9_.+]+", attr) if w).lstrip(".")[:80]
+    return f"{words or 'attr'}-{hashlib.sha256(attr.encode()).hexdigest()[:8]}"
 
 
 def _log(argv: list[str]) -> int:

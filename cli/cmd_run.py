@@ -1,9 +1,13 @@
 """``kiln run PKG -- CMD...`` and ``kiln shell PKG``: use a built package on the host.
 
-PKG is a store path, a GC-root name that ``kiln build`` created (the attribute name,
-e.g. ``hello``), or ``FILE:ATTR``/``-f FILE ATTR`` (evaluated and built first). The
-package's closure is mounted at its logical store path (``hostrun``); its ``bin`` is
-put first on PATH. Without a command, ``run`` runs ``bin/<name>`` of the package.
+PKG is a path (anything with a ``/``: a logical or physical store path, or ``./result``
+pointing into the store), a GC-root name that ``kiln build`` created (the attribute
+name, e.g. ``hello``), or ``-f FILE ATTR`` (evaluated and built first, as ``kiln
+build`` would). The package is a temp root of this process until the command ends, so a
+GC meanwhile keeps its closure. The closure is mounted at its logical store path
+(``hostrun``); its ``bin`` is put first on PATH. Without a command, ``run`` runs
+``bin/<name>`` of the package, ``<name>`` being the path's name without its version
+(``package_name``).
 """
 
 from __future__ import annotations
@@ -30,17 +34,21 @@ def resolve_package(store, spec: str, recipe_file: str | None) -> str:
     from kiln.store.errors import KilnError
 
     if recipe_file:
-        from .buildglue import build_attrs
+        from .cmd_build import build_attrs
 
-        return build_attrs(store, recipe_file, [spec])[0]
-    if spec.startswith("/"):
+        path = build_attrs(store, recipe_file, [spec])[0]
+        store.keep([path])
+        return path
+    if "/" in spec:  # a path (``./result``, a logical or physical store path), never a root name
         path, sub = store.resolve(spec)
+        store.keep([path])  # rooted first: a GC must not delete it while the command runs
         if store.is_valid(path) and not sub:
             return path
         raise KilnError(f"{spec} is not a valid path in the store at {store.root}")
     root = store.root / "gcroots" / spec
     if root.is_symlink():
         path, _ = store.resolve(os.readlink(root))
+        store.keep([path])  # (the root may be replaced by a later build meanwhile)
         if store.is_valid(path):
             return path
     raise KilnError(
@@ -53,13 +61,25 @@ def main(argv: list[str]) -> int:
 
     cmd = argv[0]
     args = _parser(cmd).parse_args(argv[1:])
-    with LocalStore.open(store_root(args), create=False) as store:
+    # with -f it builds, and a build makes the store as ``kiln build`` does
+    with LocalStore.open(store_root(args), create=bool(args.file)) as store:
         return _run(cmd, args, store)
+
+
+def package_name(name: str) -> str:
+    """The package name of a store path name without its version, as Nix's
+    ``parseDrvName`` splits it: at the first ``-`` followed by something other than a
+    letter (``gnu-tool-2.0`` -> ``gnu-tool``, ``hello-2.10`` -> ``hello``)."""
+    for i, c in enumerate(name):
+        if c == "-" and i + 1 < len(name) and not name[i + 1].isalpha():
+            return name[:i]
+    return name
 
 
 def _run(cmd: str, args, store) -> int:
     """Run the command; the store stays open (its temp roots keep the closure from GC)
     until the command ends."""
+    from kiln.store.errors import KilnError
     from kiln.store.paths import StorePath
 
     from .hostrun import host_argv
@@ -70,8 +90,11 @@ def _run(cmd: str, args, store) -> int:
         if cmd == "shell":
             command = [os.environ.get("SHELL", "/bin/sh")]
         else:
-            name = StorePath.parse(path).name
-            base = name.split("-")[0]
+            base = package_name(StorePath.parse(path).name)
+            if not os.path.isfile(os.path.join(store.real_path(path), "bin", base)):
+                raise KilnError(
+                    f"{path} has no bin/{base} to run: give the command after --, e.g. kiln run PKG -- CMD"
+                )
             command = [f"{path}/bin/{base}"]
     closure = store.closure([path])
     wrapped, env = host_argv(store, closure, command, [f"{path}/bin"])

@@ -1,0 +1,167 @@
+"""``kiln run`` / ``kiln build`` end to end on recipes, offline: the toolchain is a one-
+package ``.deb`` (a static busybox as ``/usr/bin``) served from a hashed source mirror,
+so ``debian_rootfs`` works without a network or an apt archive.
+
+Pins down: ``run -f FILE ATTR`` builds then runs; ``./NAME`` is a path, not a root
+name; the default command is ``bin/<package name>`` (Nix's split of name and version);
+a variant attribute gets its own GC root; a package being run is rooted for a GC
+running meanwhile."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "toolchain"))
+from debs import Entry, make_deb  # noqa: E402
+
+pytestmark = [
+    pytest.mark.bwrap,
+    pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap not installed"),
+    pytest.mark.skipif(shutil.which("busybox") is None, reason="busybox-static not installed"),
+]
+
+RECIPE = """\
+let toolchain = debian_rootfs {{ lock = [
+  {{ name = "bbtool", version = "1.0", arch = "amd64", sha256 = "{sha}", filename = "pool/main/b/bbtool/bbtool_1.0_amd64.deb", size = {size} }},
+] }}
+package hello(greeting = "hello") {{
+  version = "1.0"
+  deps = [toolchain]
+  build = ''
+    mkdir -p $out/bin
+    printf '#!/bin/sh\\necho %s "$@"\\n' "${{greeting}}" > $out/bin/hello
+    chmod +x $out/bin/hello
+  ''
+}}
+package gnu_tool {{
+  name = "gnu-tool-2.0"
+  deps = [toolchain]
+  build = ''
+    mkdir -p $out/bin
+    printf '#!/bin/sh\\necho gnu-tool "$@"\\n' > $out/bin/gnu-tool
+    chmod +x $out/bin/gnu-tool
+  ''
+}}
+package nobin {{
+  version = "1.0"
+  deps = [toolchain]
+  build = "mkdir -p $out/share"
+}}
+"""
+
+
+class World:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.home = root / "home"
+        busybox = shutil.which("busybox") or "/bin/busybox"
+        entries = [Entry("./usr/", "d", mode=0o755), Entry("./usr/bin/", "d", mode=0o755)]
+        entries.append(Entry("./usr/bin/busybox", data=Path(busybox).read_bytes(), mode=0o755))
+        for applet in ("sh", "mkdir", "printf", "chmod", "echo", "cat", "sleep", "ls"):
+            entries.append(Entry(f"./usr/bin/{applet}", "l", link="busybox"))
+        # builds run /bin/bash; busybox has no bash applet
+        entries.append(Entry("./usr/bin/bash", data=b'#!/usr/bin/sh\nexec /usr/bin/sh "$@"\n', mode=0o755))
+        entries.append(Entry("./bin", "l", link="usr/bin"))
+        deb = make_deb(root / "bbtool_1.0_amd64.deb", entries, name="bbtool")
+        data = deb.read_bytes()
+        sha = hashlib.sha256(data).hexdigest()
+        mirror = root / "mirror" / "sha256"
+        mirror.mkdir(parents=True)
+        (mirror / sha).write_bytes(data)
+        self.env = dict(os.environ, KILN_HOME=str(self.home), KILN_SOURCE_MIRRORS=str(root / "mirror"))
+        self.recipe = root / "pkgs.recipe"
+        self.recipe.write_text(RECIPE.format(sha=sha, size=len(data)))
+
+    def kiln(self, *args: str, cwd: Path | None = None, **kw) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "kiln", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            cwd=cwd,
+            timeout=300,
+            **kw,
+        )
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> World:
+    return World(tmp_path_factory.mktemp("runcli"))
+
+
+def test_run_f_builds_then_runs(world: World) -> None:
+    r = world.kiln("run", "-f", str(world.recipe), "hello", "--", "hello", "world")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "hello world\n"  # nothing but the program's output on stdout
+    assert (world.home / "gcroots" / "hello").is_symlink()
+
+
+def test_the_default_command_is_bin_of_the_package_name(world: World) -> None:
+    r = world.kiln("run", "-f", str(world.recipe), "gnu_tool")  # output gnu-tool-2.0
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "gnu-tool\n"
+    r = world.kiln("run", "-f", str(world.recipe), "nobin")
+    assert r.returncode == 1 and "has no bin/nobin to run: give the command after --" in r.stderr
+
+
+def test_a_variant_gets_its_own_gc_root(world: World) -> None:
+    r = world.kiln("build", str(world.recipe), 'hello(greeting = "hi")')
+    assert r.returncode == 0, r.stderr
+    (out,) = r.stdout.split()
+    roots = {p.name: os.readlink(p) for p in (world.home / "gcroots").iterdir()}
+    (name,) = [n for n in roots if n.startswith("hello-greeting-hi-")]
+    assert roots[name].endswith(out.rsplit("/", 1)[1])
+    r = world.kiln("store", "gc")
+    assert r.returncode == 0, r.stderr
+    assert out not in r.stdout
+    r = world.kiln("run", out, "--", "hello", "there")
+    assert r.returncode == 0 and r.stdout == "hi there\n", r.stderr
+
+
+def test_a_relative_path_is_a_path_not_a_root_name(world: World, tmp_path: Path) -> None:
+    r = world.kiln("build", str(world.recipe), 'hello(greeting = "howdy")', "hello")
+    assert r.returncode == 0, r.stderr
+    howdy = r.stdout.split()[0]
+    real = world.home / howdy.lstrip("/")
+    cwd = tmp_path / "work"
+    cwd.mkdir()
+    (cwd / "hello").symlink_to(real)  # ./hello names this variant; the root "hello" another
+    r = world.kiln("run", "./hello", "--", "hello", "x", cwd=cwd)
+    assert r.returncode == 0 and r.stdout == "howdy x\n", r.stderr
+    r = world.kiln("run", "hello", "--", "hello", "x", cwd=cwd)
+    assert r.returncode == 0 and r.stdout == "hello x\n", r.stderr
+
+
+def test_a_package_being_run_survives_a_gc(world: World) -> None:
+    r = world.kiln("build", str(world.recipe), 'hello(greeting = "still here")')
+    assert r.returncode == 0, r.stderr
+    out = r.stdout.split()[0]
+    for root in (world.home / "gcroots").iterdir():
+        if os.readlink(root).endswith(out.rsplit("/", 1)[1]):
+            root.unlink()  # only the running command keeps it now
+    run = subprocess.Popen(
+        [sys.executable, "-m", "kiln", "run", out, "--", "sh", "-c", "sleep 2; hello"],
+        env=world.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(1.0)
+        gc = world.kiln("store", "gc")
+        assert gc.returncode == 0, gc.stderr
+        assert out not in gc.stdout
+        stdout, stderr = run.communicate(timeout=60)
+    finally:
+        run.kill()
+    assert run.returncode == 0 and stdout == "still here\n", stderr
+    gc = world.kiln("store", "gc")  # once it has ended, the path is garbage
+    assert out in gc.stdout
