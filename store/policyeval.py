@@ -328,7 +328,9 @@ def _reproduced(
     # detectors (policy module doc): a VSA that a key this policy knows (a rebuilder or a
     # revoked key) validly signed but that is invalid, or any compromised key's, fails
     # the check; one nobody known signed is only noted (anyone can write one)
-    known = {dsse.keyid(k.key): k.key for k in _unique([*policy.rebuilders, *(r.key for r in policy.revoked)])}
+    known = {
+        dsse.keyid(k.key): k.key for k in _unique([*policy.rebuilders, *(r.key for r in policy.revoked)])
+    }
     bad: list[str] = []
     for kind, env, err in _vsas(store, info):
         if env is None:
