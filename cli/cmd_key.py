@@ -92,6 +92,10 @@ def _public(args: argparse.Namespace) -> int:
         if not path.exists() and (keys_dir() / f"{arg}.pub").exists():
             path = keys_dir() / f"{arg}.pub"
     if not path.exists():
+        from kiln.store.signing import may_be_secret
+
+        if may_be_secret(arg):  # key text given instead of a file: never echo it
+            raise KilnError("expected a key file or key name, found key text (not shown)")
         raise KilnError(f"no key file {path} (create one with 'kiln key generate NAME')")
     print(_read_any(path).to_text())
     return 0

@@ -15,8 +15,10 @@ re-read after the change, so a malformed result is never left behind.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import stat
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
@@ -86,13 +88,22 @@ def revoke(policy_file: Path, public_key: str, compromised: bool, reason: str, a
     )
     old = policy_file.read_text() if policy_file.exists() else ""
     text = old + ("" if old.endswith("\n") or not old else "\n") + entry
-    policy.parse(text)  # never write a policy that does not load
+    # never write a policy that does not load; key files are relative to the policy's
+    # directory, as when it is loaded
+    policy.parse(text, base_dir=policy_file.resolve().parent, source=str(policy_file))
+    mode = stat.S_IMODE(os.stat(policy_file).st_mode) if old else 0o644
     fd, tmp = tempfile.mkstemp(dir=policy_file.parent, prefix=f".{policy_file.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, policy_file)
+    try:
+        os.fchmod(fd, mode)  # readable as before by whoever serves or verifies with it
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, policy_file)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
     return entry
 
 

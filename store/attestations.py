@@ -174,7 +174,7 @@ def load_named_signer(
     """``load_signer`` plus the key's name (needed for Nix-style path signatures)."""
     from .dsse import CommandSigner, Ed25519Signer
     from .errors import KilnError
-    from .signing import PublicKey, load_public_key, load_secret_key
+    from .signing import PublicKey, key_text_hint, load_public_key, load_secret_key, may_be_secret
 
     if signer_cmd:
         if key_file:
@@ -185,6 +185,11 @@ def load_named_signer(
         try:
             pub = PublicKey.parse(text)
         except FormatError:
+            if may_be_secret(text) or not os.path.isfile(text):
+                raise KilnError(
+                    f"signer public key {key_text_hint(text)}: expected a public key (name:base64) "
+                    "or the path of a .pub file"
+                ) from None
             pub = load_public_key(text)
         return pub.name, CommandSigner(signer_cmd, pub.key)
     if not key_file:

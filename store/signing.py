@@ -167,15 +167,22 @@ def valid_signers(info: PathInfo, trusted: Iterable[PublicKey]) -> set[str]:
     return set(ok.values())
 
 
+def may_be_secret(text: str) -> bool:
+    """Whether ``text`` could be (part of) a secret key: ``name:`` followed by more
+    base64 than a public key has (44 characters). Such text is never echoed, even when it
+    does not parse: a key that lost its padding or a few characters still holds the seed."""
+    _, colon, rest = text.strip().partition(":")
+    b64 = rest.strip().rstrip("=")
+    return bool(colon) and len(b64) > 44 and all(c.isalnum() or c in "+/" for c in b64)
+
+
 def key_text_hint(text: object) -> str:
-    """``text`` as an error message may show it: a secret key is never echoed (it ends up
-    in CI logs); anything else is shown, shortened."""
+    """``text`` as an error message may show it: a secret key, or anything that may be
+    one (``may_be_secret``), is never echoed (it ends up in CI logs); anything else is
+    shown, shortened."""
     if isinstance(text, str):
-        try:
-            SecretKey.parse(text)
-            return "a secret key (not shown; give its public half, see 'kiln key public')"
-        except FormatError:
-            pass
+        if may_be_secret(text):
+            return "a secret key or part of one (not shown; give its public half, see 'kiln key public')"
         return repr(text) if len(text) <= 80 else repr(text[:77] + "...")
     return repr(text)
 
