@@ -149,7 +149,7 @@ class Signer(Protocol):
 class Ed25519Signer:
     """An in-process signer from a 32-byte seed (or a 64-byte seed+public secret key)."""
 
-    secret: bytes
+    secret: bytes = field(repr=False)  # never in a repr: tracebacks and logs show reprs
     # derived once: expanding the seed costs more than a signature of a small statement
     _key: nacl.signing.SigningKey = field(init=False, repr=False, compare=False)
 

@@ -28,6 +28,7 @@ URIs (stable; documented in docs/security.md):
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -66,17 +67,27 @@ def rfc3339(t: datetime | int | float | str) -> str:
     return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+#: RFC 3339 ``date-time`` (section 5.6): full date, ``T``, time with optional fraction,
+#: ``Z`` or a numeric offset; ``fromisoformat`` alone also takes week dates, basic
+#: format and a space instead of ``T``
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})\Z")
+
+
 def parse_time(text: str) -> datetime:
-    """Parse an RFC 3339 timestamp into an aware UTC datetime."""
-    try:
-        t = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
-    except (ValueError, AttributeError):
+    """Parse an RFC 3339 timestamp into an aware UTC datetime; ``FormatError`` for
+    anything else, including a time that UTC cannot hold (year 0 or 10000 there)."""
+    if not isinstance(text, str) or not _RFC3339.match(text):
         raise FormatError(
-            f"invalid timestamp {text!r} (expected RFC 3339, e.g. 2024-01-01T00:00:00Z)"
-        ) from None
-    if t.tzinfo is None:
-        raise FormatError(f"timestamp {text!r} has no time zone (expected a trailing Z)")
-    return t.astimezone(UTC)
+            f"invalid timestamp {str(text)[:60]!r} (expected RFC 3339, e.g. 2024-01-01T00:00:00Z)"
+        )
+    frac = re.search(r"\.(\d+)", text)
+    if frac and len(frac.group(1)) > 6:  # fromisoformat takes at most microseconds
+        text = text.replace(frac.group(0), frac.group(0)[:7], 1)
+    try:
+        t = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00").replace("t", "T"))
+        return t.astimezone(UTC)
+    except (ValueError, OverflowError):
+        raise FormatError(f"invalid timestamp {text[:60]!r} (out of range)") from None
 
 
 def statement_time(st: Statement) -> datetime | None:

@@ -31,9 +31,15 @@ def source_date_epoch() -> int:
     raw = os.environ.get("SOURCE_DATE_EPOCH")
     if raw is None or raw == "":
         return DEFAULT_EPOCH
-    if not raw.isdigit():
-        raise FormatError(f"SOURCE_DATE_EPOCH must be a non-negative integer, found {raw!r}")
+    if not raw.isdigit() or int(raw) > MAX_EPOCH:
+        raise FormatError(
+            f"SOURCE_DATE_EPOCH must be an integer from 0 to {MAX_EPOCH} (9999-12-31), found {raw[:40]!r}"
+        )
     return int(raw)
+
+
+#: 9999-12-31T23:59:59Z, the last second an RFC 3339 time can carry
+MAX_EPOCH = 253402300799
 
 
 # ---------------------------------------------------------------------------- CycloneDX

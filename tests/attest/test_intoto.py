@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import subprocess
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from kiln.store import intoto
+from kiln.store import dsse, intoto
 from kiln.store.errors import FormatError
+from kiln.store.signing import SecretKey
 
 NAR = "9a93b2b7dfdac77ceba5a558a580e74667dd6fede4585b91eefb60f03b72df23"
 BASE = "0c6kzph7l0dcbyl6jyv3dlb2lrykjxma-hello-2.12"
@@ -172,3 +174,30 @@ def test_git_info(tmp_path: Path) -> None:
     assert intoto.git_info(tmp_path / "a.recipe") == (head, False)
     (tmp_path / "a.recipe").write_text("y")
     assert intoto.git_info(tmp_path / "a.recipe") == (head, True)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "9999-12-31T23:59:59-23:59",  # past year 9999 in UTC: used to crash kiln verify
+        "0001-01-01T00:00:00+01:00",  # before year 1 in UTC
+        "2026-W22-1T12:00:00Z",  # ISO 8601 week date, not RFC 3339
+        "20260601T120000Z",  # basic format
+        "2026-06-01 12:00:00Z",  # a space for the T
+        "2024-01-01T00:00:00",  # no offset
+    ],
+)
+def test_parse_time_takes_only_rfc3339_that_utc_can_hold(text: str) -> None:
+    with pytest.raises(FormatError, match="invalid timestamp"):
+        intoto.parse_time(text)
+
+
+def test_parse_time_accepts_rfc3339() -> None:
+    assert intoto.parse_time("2024-01-01t02:00:00+02:00") == datetime(2024, 1, 1, tzinfo=UTC)
+    assert intoto.parse_time("2024-01-01T00:00:00.123456789Z").microsecond == 123456
+
+
+def test_a_signer_never_shows_its_secret() -> None:
+    key = SecretKey.generate("k")
+    s = dsse.Ed25519Signer(key.key)
+    assert repr(key.key[:8])[2:-1] not in repr(s) and "secret" not in repr(s)
