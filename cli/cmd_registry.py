@@ -237,10 +237,12 @@ def _verify_registry(src, args: argparse.Namespace) -> int:  # noqa: ANN001 - a 
     return 1 if rep.problems else 0
 
 
-def _open_store(args: argparse.Namespace, store_dir: str | None = None):  # noqa: ANN202
+def _open_store(args: argparse.Namespace, store_dir: str | None = None, create: bool = False):  # noqa: ANN202
+    """The local store of ``--store``/``KILN_HOME``; made only if ``create`` (copying into
+    it): reading from a mistyped path must not make a new, empty store there."""
     from kiln.store.localstore import LocalStore
 
-    return LocalStore.open(store_root(args), store_dir=store_dir)
+    return LocalStore.open(store_root(args), store_dir=store_dir, create=create)
 
 
 def cmd_push(argv: list[str]) -> int:
@@ -281,7 +283,16 @@ def cmd_copy(argv: list[str]) -> int:
     p.add_argument("paths", nargs="+", metavar="PATH")
     p.add_argument("--from", dest="src", required=True, metavar="URL|store")
     p.add_argument("--to", dest="dst", required=True, metavar="URL|store")
-    p.add_argument("--token", default=os.environ.get("KILN_REGISTRY_TOKEN"))
+    p.add_argument(
+        "--token",
+        default=os.environ.get("KILN_REGISTRY_TOKEN"),
+        help="bearer token of the registry written to, or read from when --to store",
+    )
+    p.add_argument(
+        "--from-token",
+        default=os.environ.get("KILN_REGISTRY_FROM_TOKEN"),
+        help="bearer token of a private --from registry (between two registries)",
+    )
     p.add_argument("--trusted-key", type=Path, action="append")
     p.add_argument("--sigs-needed", type=int, default=1)
     p.add_argument("-j", "--jobs", type=int, default=16)
@@ -301,8 +312,16 @@ def cmd_copy(argv: list[str]) -> int:
         )
     trusted = _trusted(args)
     if args.dst == "store":
-        store = _open_store(args, args.store_dir)
-        n = rcopy.to_store(args.src, store, args.paths, trusted, args.sigs_needed, args.jobs)
+        store = _open_store(args, args.store_dir, create=True)
+        n = rcopy.to_store(
+            args.src,
+            store,
+            args.paths,
+            trusted,
+            args.sigs_needed,
+            args.jobs,
+            token=args.from_token or args.token,  # --token has no other use here
+        )
         print(f"copied {n} paths into {store.root}")
         return 0
     n = asyncio.run(
@@ -313,6 +332,7 @@ def cmd_copy(argv: list[str]) -> int:
             trusted,
             args.sigs_needed,
             args.jobs,
+            src_token=args.from_token,  # never --token: it is the destination's secret
         )
     )
     print(f"copied {n} paths to {args.dst}")

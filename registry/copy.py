@@ -44,12 +44,15 @@ def to_store(
     sigs_needed: int = 1,
     jobs: int = 16,
     progress: bool | None = None,
+    token: str | None = None,
 ) -> int:
-    """Copy the closures of ``paths`` from registry ``src`` into ``store``; returns the
-    number of paths fetched (already-valid paths are skipped)."""
+    """Copy the closures of ``paths`` from registry ``src`` (bearer ``token`` for a
+    private one) into ``store``; returns the number of paths fetched (already-valid
+    paths are skipped)."""
     for p in paths:
         StorePath.parse(p, store.store_dir)
-    with Substituter([(src, 0)], trusted, sigs_needed, jobs, progress) as sub:
+    tokens = {src: token} if token else None
+    with Substituter([(src, 0)], trusted, sigs_needed, jobs, progress, tokens=tokens) as sub:
         wanted: dict[str, ni.NarInfo] = {}
         frontier = sorted({p for p in paths if not store.is_valid(p)})
         while frontier:
@@ -95,9 +98,11 @@ async def between(
     trusted: list[PublicKey],
     sigs_needed: int = 1,
     jobs: int = 16,
+    src_token: str | None = None,
 ) -> int:
-    """Relay the closures of ``paths`` from registry ``src_url`` to another registry."""
-    async with open_client(src_url, jobs=jobs) as src, dst_factory() as dst:
+    """Relay the closures of ``paths`` from registry ``src_url`` (bearer ``src_token``
+    for a private one) to another registry."""
+    async with open_client(src_url, src_token, jobs=jobs) as src, dst_factory() as dst:
         await src.cache_info()
         dinfo = await dst.cache_info()
         if dinfo.get("StoreDir") != src.store_dir:

@@ -31,7 +31,7 @@ class StoreSource(Source):
     ) -> None:
         from kiln.store.localstore import LocalStore
 
-        self.store = LocalStore.open(root, store_dir=store_dir)
+        self.store = LocalStore.open(root, store_dir=store_dir, create=False)  # never serve an empty new one
         self.store_dir = self.store.store_dir
         self.sign_key = sign_key
         self.storage = None  # type: ignore[assignment]  # read-only: nothing to write to

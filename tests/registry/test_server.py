@@ -470,3 +470,54 @@ def test_a_signature_merge_keeps_only_trusted_valid_signatures(
         ln.split(":", 2)[1].strip() for ln in request(key)[2].decode().splitlines() if ln.startswith("Sig:")
     ]
     assert sigs == ["kiln-test-1", "kiln-test-2"], sigs
+
+
+def test_kiln_copy_from_a_private_registry_uses_the_token(tmp_path, keys, kiln_server) -> None:
+    """``kiln copy --from URL --token T --to store`` and ``--from-token`` between two
+    registries authenticate to the source (they sent no token and got 401)."""
+    import subprocess
+    import sys
+
+    store, path, info, reg, wtok, rtok = _setup(tmp_path, keys)
+    srv = kiln_server("--dir", str(reg), "--private", "--trusted-key", str(keys.pk_file))
+    assert _upload(srv.url, store, path, info, keys.sk, wtok) == (201, 201)
+
+    def kiln(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "kiln", *args], capture_output=True, text=True)
+
+    trust = ["--trusted-key", str(keys.pk_file)]
+    r = kiln("copy", "--store", str(tmp_path / "s2"), "--from", srv.url, "--to", "store", *trust, path)
+    assert r.returncode == 1 and "401" in r.stderr  # without a token: refused
+    r = kiln(
+        "copy",
+        "--store",
+        str(tmp_path / "s2"),
+        "--from",
+        srv.url,
+        "--token",
+        rtok,
+        "--to",
+        "store",
+        *trust,
+        path,
+    )
+    assert r.returncode == 0, r.stderr
+    assert make_store(tmp_path / "s2").is_valid(path)
+    out = tmp_path / "reg2"
+    r = kiln("copy", "--from", srv.url, "--from-token", rtok, "--to", f"file://{out}", *trust, path)
+    assert r.returncode == 0, r.stderr
+    assert (out / f"{path.split('/')[-1][:32]}.narinfo").exists()
+
+
+def test_push_and_serve_never_make_a_store_at_a_mistyped_path(tmp_path, keys) -> None:
+    import subprocess
+    import sys
+
+    typo = tmp_path / "typo"
+    for args in (
+        ("push", "--store", str(typo), "/kiln/store/" + "a" * 32 + "-x", "--to", str(tmp_path / "reg")),
+        ("serve", "--store", str(typo), "--listen", "127.0.0.1:0"),
+    ):
+        r = subprocess.run([sys.executable, "-m", "kiln", *args], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 1 and "no kiln store at" in r.stderr, r.stderr
+        assert not typo.exists()
