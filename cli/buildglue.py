@@ -143,7 +143,15 @@ def make_substituter(urls: list[str], trusted_keys: list[str], sigs_needed: int 
     texts = [k if ":" in k and not os.path.exists(k) else Path(k).read_text().strip() for k in trusted_keys]
     texts += os.environ.get("KILN_TRUSTED_KEYS", "").split()
     keys = [PublicKey.parse(t) for t in texts]
-    needed = sigs_needed if sigs_needed is not None else int(os.environ.get("KILN_SIGS_NEEDED", "1"))
+    if sigs_needed is not None:
+        needed = sigs_needed
+    else:
+        raw = os.environ.get("KILN_SIGS_NEEDED", "1")
+        if not raw.strip().isdigit():
+            from kiln.store.errors import KilnError
+
+            raise KilnError(f"KILN_SIGS_NEEDED must be a whole number >= 0, found {raw[:40]!r}")
+        needed = int(raw)
     sub = Substituter(regs, keys, needed)
 
     def substitute(store, missing: list[str]) -> set[str]:

@@ -17,7 +17,7 @@ import argparse
 import os
 import sys
 
-from .common import add_store_arg, store_root
+from .common import add_store_arg, seconds, store_root, whole_number
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -27,23 +27,32 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "attrs", nargs="*", help="packages to build, e.g. hello or 'zlib(static = true)' (default: all)"
     )
-    p.add_argument("-j", "--jobs", type=int, default=1, help="derivations built in parallel (default 1)")
-    p.add_argument("--cores", type=int, default=0, help="KILN_CORES for each build (default: all cores)")
+    p.add_argument(
+        "-j", "--jobs", type=whole_number(1), default=1, help="derivations built in parallel (default 1)"
+    )
+    p.add_argument(
+        "--cores", type=whole_number(0), default=0, help="KILN_CORES for each build (default: all cores)"
+    )
     p.add_argument("-L", "--print-build-logs", action="store_true", help="stream build logs to stderr")
     p.add_argument(
         "-K", "--keep-failed", action="store_true", help="keep the build directory of a failed build"
     )
     p.add_argument("--check", action="store_true", help="rebuild and compare with the existing output")
     p.add_argument("--vary", action="store_true", help="with --check: rebuild under varied conditions")
-    p.add_argument("--rounds", type=int, default=1, help="build N times and compare (N >= 2 checks)")
-    p.add_argument("--timeout", type=float, default=None, help="wall-clock limit per build, seconds")
-    p.add_argument("--max-silent-time", type=float, default=None, help="limit on seconds without output")
+    p.add_argument(
+        "--rounds", type=whole_number(1), default=1, help="build N times and compare (N >= 2 checks)"
+    )
+    p.add_argument("--timeout", type=seconds, default=None, help="wall-clock limit per build, seconds")
+    p.add_argument("--max-silent-time", type=seconds, default=None, help="limit on seconds without output")
     p.add_argument("--substituter", action="append", default=[], metavar="URL", help="registry to fetch from")
     p.add_argument(
         "--trusted-key", action="append", default=[], metavar="KEY", help="trusted public key or file"
     )
     p.add_argument(
-        "--sigs-needed", type=int, default=None, help="distinct trusted signatures required (default 1)"
+        "--sigs-needed",
+        type=whole_number(0),
+        default=None,
+        help="distinct trusted signatures required (default 1)",
     )
     p.add_argument("--sign-key", metavar="FILE", help="secret key that signs outputs and provenance")
     p.add_argument(
@@ -82,17 +91,23 @@ def main(argv: list[str]) -> int:
 def build(store, args: argparse.Namespace) -> list:
     """Evaluate ``args.file`` (or read ``.drv`` targets), build or substitute what is
     missing, root the outputs (``_root``); return the targets. Raises on failure."""
+    from kiln.store.errors import KilnError
+
     from .buildglue import evaluate
 
     if args.file.startswith(store.store_dir + "/") and args.file.endswith(".drv"):
         ev, targets = None, drv_targets(store, [args.file, *args.attrs])
     else:
         ev, targets = evaluate(store, args.file, args.attrs, use_cache=not args.no_cache)
-    if not (
-        not args.check
-        and args.rounds <= 1
-        and all(store.is_valid(p) for t in targets for p in t.outputs.values())
-    ):
+    missing = [p for t in targets for p in t.outputs.values() if not store.is_valid(p)]
+    if args.check and missing:
+        # as Nix: --check compares with an existing output; a first build made by it
+        # would also be left unsigned and without provenance (check creates no key)
+        raise KilnError(
+            f"--check rebuilds and compares with the existing output, but {missing[0]} is not built "
+            "yet: build it first (without --check)"
+        )
+    if args.check or args.rounds > 1 or missing:
         _build(store, ev, targets, args)
     _root(store, targets)
     return targets

@@ -39,8 +39,8 @@ def _policy(path: Path | None):  # noqa: ANN202 - a kiln.store.policy.Policy or 
 
 def _listen(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit():
-        raise KilnError(f"--listen expects HOST:PORT, got {text!r}")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise KilnError(f"--listen expects HOST:PORT with a port from 0 to 65535, got {text!r}")
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
@@ -116,7 +116,10 @@ def cmd_serve(argv: list[str]) -> int:
         # held (and inherited by the workers) until the server exits: see registry/fsck.py
         hold_serving_lock(src, exclusive=False)
     host, port = _listen(args.listen)
-    sock = workers.bind(host, port)
+    try:
+        sock = workers.bind(host, port)
+    except OSError as e:
+        raise KilnError(f"cannot listen on {args.listen}: {e.strerror or e}") from None
 
     def make():  # noqa: ANN202 - each worker opens its own source (own DB connection)
         src = server.open_source(

@@ -96,3 +96,37 @@ def run_command(fn: Callable[[list[str]], int], argv: list[str], debug: bool = F
             file=sys.stderr,
         )
         return 70
+
+
+def whole_number(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer of at least ``minimum`` (a usage error otherwise,
+    naming the option, instead of a traceback later)."""
+
+    def parse(text: str) -> int:
+        import argparse
+
+        try:
+            n = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected a whole number >= {minimum}, found {text!r}"
+            ) from None
+        if n < minimum:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, found {n}")
+        return n
+
+    return parse
+
+
+def seconds(text: str) -> float:
+    """An argparse type: a positive number of seconds."""
+    import argparse
+    import math
+
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, found {text!r}") from None
+    if not v > 0 or math.isinf(v):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, found {text}")
+    return v

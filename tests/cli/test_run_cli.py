@@ -165,3 +165,14 @@ def test_a_package_being_run_survives_a_gc(world: World) -> None:
     assert run.returncode == 0 and stdout == "still here\n", stderr
     gc = world.kiln("store", "gc")  # once it has ended, the path is garbage
     assert out in gc.stdout
+
+
+def test_check_refuses_an_output_that_is_not_built_yet(world: World) -> None:
+    """As Nix: --check compares with an existing output. Building it the first time under
+    --check left it unsigned and without provenance for good."""
+    r = world.kiln("build", "--check", str(world.recipe), 'hello(greeting = "unbuilt")')
+    assert r.returncode == 1 and "is not built yet: build it first (without --check)" in r.stderr, r.stderr
+    r = world.kiln("build", str(world.recipe), 'hello(greeting = "unbuilt")')
+    assert r.returncode == 0, r.stderr
+    r = world.kiln("build", "--check", str(world.recipe), 'hello(greeting = "unbuilt")')
+    assert r.returncode == 0 and "bit-for-bit identical" in r.stderr, r.stderr
