@@ -79,6 +79,11 @@ def main(argv: list[str]) -> int:
         from kiln.store.errors import KilnError
 
         raise KilnError("--vary goes with --check (it varies the conditions of the rebuild)")
+    if args.signer_key and not args.signer_cmd:
+        from kiln.store.errors import KilnError
+
+        # (ignored, kiln made a new key on the build machine: the opposite of the intent)
+        raise KilnError("--signer-key names the public key of --signer-cmd; give both, or --sign-key FILE")
     from kiln.store.localstore import LocalStore
 
     with LocalStore.open(store_root(args)) as store:

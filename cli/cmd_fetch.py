@@ -4,7 +4,8 @@
 and prints the sha256 to pin in a ``fetchurl``. ``--unpack`` unpacks a tar or zip archive
 (a single top-level directory is stripped, as Nix does) and prints the NAR hash of the
 tree instead; ``--git REV`` exports a git revision and prints the NAR hash a ``fetchgit``
-needs. ``--mirror DIR`` also copies the downloaded file into a hashed mirror.
+needs. ``--mirror DIR`` also copies the downloaded file (with ``--git``, the NAR of the
+exported tree) into a hashed mirror.
 
 ``kiln mirror-sources DIR FILE...`` evaluates each recipe file and puts the file of every
 ``builtin:fetchurl`` / ``builtin:fetchgit`` derivation in the closure into
@@ -35,7 +36,7 @@ def _prefetch_parser() -> argparse.ArgumentParser:
     g.add_argument("--unpack", action="store_true", help="print the NAR hash of the unpacked archive")
     g.add_argument("--git", metavar="REV", help="export git revision REV and print its NAR hash")
     p.add_argument("--format", choices=("hex", "nix32", "sri"), default="hex", help="hash form (default hex)")
-    p.add_argument("--mirror", type=Path, metavar="DIR", help="also copy the file into this hashed mirror")
+    p.add_argument("--mirror", type=Path, metavar="DIR", help="also copy the file (--git: the tree's NAR) into this hashed mirror")
     return p
 
 
@@ -90,6 +91,11 @@ def prefetch(argv: list[str]) -> int:
         if args.git:
             fetch_git(args.url, args.git, work / "tree")
             h, _ = nar.hash_path(work / "tree")
+            if args.mirror:  # the tree's NAR under its hash, where fetchgit looks first
+                from kiln.store.fetchmirror import put_tree_in_mirror
+
+                put_tree_in_mirror(work / "tree", args.mirror, h)
+                print(f"mirrored as {args.mirror / 'sha256' / h.hex}", file=sys.stderr)
             print(_show(h, args.format))
             return 0
         dest = work / _download_name(args.url)

@@ -59,3 +59,17 @@ def test_serve_on_a_port_in_use_or_out_of_range(tmp_path: Path) -> None:
         assert r.returncode == 1 and f"cannot listen on 127.0.0.1:{port}" in r.stderr, r.stderr
     r = kiln("serve", "--dir", str(tmp_path / "reg"), "--listen", "127.0.0.1:99999")
     assert r.returncode == 1 and "port from 0 to 65535" in r.stderr, r.stderr
+
+
+def test_signer_key_without_signer_cmd_is_refused(tmp_path: Path) -> None:
+    """It was ignored, and kiln made a new signing key on the build machine instead."""
+    r = kiln(
+        "build",
+        "--store",
+        str(tmp_path / "s"),
+        "--signer-key",
+        "/nonexistent.pub",
+        str(tmp_path / "x.recipe"),
+    )
+    assert r.returncode == 1 and "--signer-key names the public key of --signer-cmd" in r.stderr, r.stderr
+    assert not (tmp_path / "s" / "keys").exists()

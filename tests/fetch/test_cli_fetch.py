@@ -107,3 +107,24 @@ def git_repo(tmp_path):
     rev = str(r.create_commit("HEAD", sig, sig, "m", tb.write(), []))
     fetch_git(str(path), rev, tmp_path / "gitref")
     return path, rev, nar.hash_path(tmp_path / "gitref")[0].hex
+
+
+def test_prefetch_git_mirror_puts_the_tree_where_fetchgit_looks(capsys, tmp_path):
+    """``--git REV --mirror DIR`` printed the hash and wrote nothing to DIR."""
+    from kiln.store.fetch import fetch_git
+    from kiln.store.hashes import Hash
+
+    path, rev, tree_hex = git_repo(tmp_path)
+    mirror = tmp_path / "mirror"
+    assert main(["prefetch", "--git", rev, "--mirror", str(mirror), f"file://{path}"]) == 0
+    assert capsys.readouterr().out.strip() == tree_hex
+    assert (mirror / "sha256" / tree_hex).is_file()
+    shutil.rmtree(path)  # only the mirror can serve it now
+    fetch_git(
+        f"file://{path}",
+        rev,
+        tmp_path / "again",
+        expected=Hash("sha256", bytes.fromhex(tree_hex)),
+        mirrors=[str(mirror)],
+    )
+    assert (tmp_path / "again" / "file").read_bytes() == b"content\n"
