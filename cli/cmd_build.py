@@ -100,8 +100,9 @@ def build(store, args: argparse.Namespace) -> list:
 
     from .buildglue import evaluate
 
-    if args.file.startswith(store.store_dir + "/") and args.file.endswith(".drv"):
-        ev, targets = None, drv_targets(store, [args.file, *args.attrs])
+    drv = _as_drv(store, args.file)
+    if drv is not None:
+        ev, targets = None, drv_targets(store, [drv, *(_as_drv(store, a) or a for a in args.attrs)])
     else:
         ev, targets = evaluate(store, args.file, args.attrs, use_cache=not args.no_cache)
     missing = [p for t in targets for p in t.outputs.values() if not store.is_valid(p)]
@@ -116,6 +117,25 @@ def build(store, args: argparse.Namespace) -> list:
         _build(store, ev, targets, args)
     _root(store, targets)
     return targets
+
+
+def _as_drv(store, arg: str) -> str | None:
+    """The ``.drv`` store path ``arg`` names (logical, or physical under the store root),
+    else None; a store path that is not a derivation is an error (not a recipe file)."""
+    from kiln.store.errors import KilnError, StoreError
+
+    if not (arg.startswith(store.store_dir + "/") or arg.startswith(str(store.real_store) + "/")):
+        return None
+    try:
+        path, sub = store.resolve(arg)
+    except StoreError:
+        return None
+    if sub or not path.endswith(".drv"):
+        raise KilnError(
+            f"{arg} is a store path, not a recipe file or a .drv: build a recipe attribute or its .drv "
+            "(kiln store info PATH shows its deriver)"
+        )
+    return path
 
 
 def build_attrs(store, file: str, attrs: list[str]) -> list[str]:
@@ -248,14 +268,19 @@ def _log(argv: list[str]) -> int:
 
     with LocalStore.open(store_root(args), create=False) as store:
         path = args.path
-        if not path.startswith("/"):
-            from .cmd_run import resolve_package
-
-            path = resolve_package(store, path, None)
+        if "/" in path:  # a path (logical, physical or ./result): the store path it names
+            path = store.resolve(path)[0]
+        else:
+            root = store.root / "gcroots" / path
+            if not root.is_symlink():
+                raise KilnError(f"no GC root named {path!r}: give a .drv or output path, or a root name")
+            path = store.resolve(os.readlink(root))[0]
         if not path.endswith(".drv"):
             info = store.query(path)
-            if info is None or not info.deriver:
-                raise KilnError(f"{path} has no known deriver, so no build log")
+            if info is None:
+                raise KilnError(f"{path} is not a valid path in the store at {store.root}")
+            if not info.deriver:
+                raise KilnError(f"{path} was not built here (it has no deriver), so there is no build log")
             path = info.deriver
         logs = store.root / "logs"
     with LogStore(logs).open(path) as f:

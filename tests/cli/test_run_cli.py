@@ -10,6 +10,7 @@ running meanwhile."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -176,3 +177,30 @@ def test_check_refuses_an_output_that_is_not_built_yet(world: World) -> None:
     assert r.returncode == 0, r.stderr
     r = world.kiln("build", "--check", str(world.recipe), 'hello(greeting = "unbuilt")')
     assert r.returncode == 0 and "bit-for-bit identical" in r.stderr, r.stderr
+
+
+def test_build_and_log_name_what_they_were_given(world: World) -> None:
+    r = world.kiln("build", str(world.recipe), 'hello(greeting = "logged")')  # built here: .drv written
+    assert r.returncode == 0, r.stderr
+    out = r.stdout.split()[0]
+    drv = world.kiln("store", "info", "--json", out).stdout
+
+    deriver = json.loads(drv)["deriver"]
+    # a .drv under the store root (its physical path) is built like the logical one
+    r = world.kiln("build", str(world.home / deriver.lstrip("/")))
+    assert r.returncode == 0 and r.stdout.split() == [out], r.stderr
+    # an output path is not a recipe file
+    r = world.kiln("build", out)
+    assert r.returncode == 1 and "is a store path, not a recipe file or a .drv" in r.stderr, r.stderr
+    # kiln log: by output, by root name; a missing path and a missing root say so
+    assert world.kiln("log", out).returncode == 0
+    assert (
+        world.kiln(
+            "log", "hello-greeting-logged-" + hashlib.sha256(b'hello(greeting = "logged")').hexdigest()[:8]
+        ).returncode
+        == 0
+    )
+    r = world.kiln("log", "/kiln/store/" + "a" * 32 + "-nothing")
+    assert r.returncode == 1 and "is not a valid path in the store" in r.stderr, r.stderr
+    r = world.kiln("log", "nosuch")
+    assert r.returncode == 1 and "no GC root named 'nosuch'" in r.stderr and "-f" not in r.stderr, r.stderr
