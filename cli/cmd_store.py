@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from .common import add_store_arg, store_root
+from .common import add_store_arg, store_root, whole_number
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -57,7 +57,11 @@ def _parser() -> argparse.ArgumentParser:
         "--trusted-key", action="append", default=[], metavar="PUB", help="public key file or text"
     )
     sp.add_argument(
-        "--sigs-needed", type=_count, default=0, metavar="N", help="valid trusted signatures each path needs"
+        "--sigs-needed",
+        type=whole_number(0),
+        default=0,
+        metavar="N",
+        help="valid trusted signatures each path needs",
     )
     sp.add_argument("--json", action="store_true")
     sp = cmd("gc", "delete paths not reachable from a GC root")
@@ -70,17 +74,6 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("name")
     sp.add_argument("path")
     return p
-
-
-def _count(text: str) -> int:
-    """argparse type: a whole number >= 0."""
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, found {text!r}") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, found {n}")
-    return n
 
 
 def _open(args, create: bool = False):

@@ -235,54 +235,48 @@ class TempRoots:
             self.counts.clear()
 
 
+def _temp_root_files(dir_: Path, probe: int) -> Iterator[tuple[os.DirEntry, list[bytes] | None]]:
+    """Each temp-roots file in ``dir_`` with its lines if its owner is alive (its
+    exclusive ``flock`` held, so our non-blocking ``probe`` lock fails), else None; then
+    the probe lock we got is held until the caller moves on (closing drops it)."""
+    for entry in os.scandir(dir_):
+        try:
+            fd = os.open(entry.path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue
+        try:
+            try:
+                fcntl.flock(fd, probe | fcntl.LOCK_NB)
+            except BlockingIOError:  # the owner holds it: alive
+                with os.fdopen(os.dup(fd), "rb") as f:
+                    yield entry, [line for line in f.read().splitlines() if line]
+            else:
+                yield entry, None
+        finally:
+            os.close(fd)
+
+
 def live_temp_roots(dir_: Path, delete_dead: bool = True) -> set[str]:
     """Paths in the temp-roots files of live processes; deletes files of dead ones
     (unless ``delete_dead`` is false: a dry run changes nothing). Call with the GC lock
     held exclusively."""
     roots: set[str] = set()
-    for entry in os.scandir(dir_):
-        try:
-            fd = os.open(entry.path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            continue
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                # owner alive: read its roots
-                with os.fdopen(os.dup(fd), "rb") as f:
-                    roots.update(line.decode() for line in f.read().splitlines() if line)
-            else:
-                if delete_dead:
-                    os.unlink(entry.path)  # we got the lock: the owner is gone
-        finally:
-            os.close(fd)
+    for entry, lines in _temp_root_files(dir_, fcntl.LOCK_EX):
+        if lines is not None:
+            roots.update(line.decode() for line in lines)
+        elif delete_dead:
+            os.unlink(entry.path)  # we hold its lock: the owner is gone
     return roots
 
 
 def live_rooter(dir_: Path, path: str) -> int | None:
     """The pid of a live process other than this one whose temp-roots file names
-    ``path``, or None. A file is live if its owner's exclusive ``flock`` is held (probed
-    with a non-blocking shared lock, dropped at once); nothing is deleted, so this may run
+    ``path``, or None. Probes with a shared lock and deletes nothing, so this may run
     under the shared GC lock."""
-    me = str(os.getpid())
-    want = path.encode()
-    for entry in os.scandir(dir_):
-        if entry.name == me:
-            continue
-        try:
-            fd = os.open(entry.path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            continue
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError:  # the owner holds it: alive
-                with os.fdopen(os.dup(fd), "rb") as f:
-                    if want in f.read().splitlines():
-                        return int(entry.name) if entry.name.isdigit() else -1
-        finally:
-            os.close(fd)  # also drops a probe lock we got (a dead owner's file)
+    me, want = str(os.getpid()), path.encode()
+    for entry, lines in _temp_root_files(dir_, fcntl.LOCK_SH):
+        if entry.name != me and lines is not None and want in lines:
+            return int(entry.name) if entry.name.isdigit() else -1
     return None
 
 
