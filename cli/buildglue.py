@@ -128,7 +128,9 @@ def make_substituter(urls: list[str], trusted_keys: list[str], sigs_needed: int 
 
     Registries come from ``--substituter`` plus ``KILN_SUBSTITUTERS``; trusted keys from
     ``--trusted-key`` (key text or a .pub file) plus ``KILN_TRUSTED_KEYS``; the threshold
-    from ``--sigs-needed`` or ``KILN_SIGS_NEEDED`` (default 1). Each missing path is
+    from ``--sigs-needed`` or ``KILN_SIGS_NEEDED`` (default 1). A ``--private``
+    registry's read token comes from ``KILN_SUBSTITUTER_TOKENS`` (``URL=TOKEN`` pairs,
+    whitespace-separated; each token goes to its own URL only). Each missing path is
     fetched with its whole closure; a path whose closure cannot be completed from the
     registries, or that fails verification, stays missing (and is built), with a
     warning. An unreachable registry is a miss, never a failure. Call its ``close()``
@@ -152,7 +154,15 @@ def make_substituter(urls: list[str], trusted_keys: list[str], sigs_needed: int 
 
             raise KilnError(f"KILN_SIGS_NEEDED must be a whole number >= 0, found {raw[:40]!r}")
         needed = int(raw)
-    sub = Substituter(regs, keys, needed)
+    tokens = {}
+    for item in os.environ.get("KILN_SUBSTITUTER_TOKENS", "").split():
+        url, eq, token = item.rpartition("=")
+        if not eq or not url or not token:
+            from kiln.store.errors import KilnError
+
+            raise KilnError("KILN_SUBSTITUTER_TOKENS: expected URL=TOKEN pairs separated by spaces")
+        tokens[url] = token
+    sub = Substituter(regs, keys, needed, tokens=tokens)
 
     def substitute(store, missing: list[str]) -> set[str]:
         infos = sub.query_many(missing)

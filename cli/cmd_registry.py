@@ -353,6 +353,9 @@ def cmd_mirror(argv: list[str]) -> int:
         "--trusted-key", type=Path, action="append", help="also require narinfo signatures by these keys"
     )
     s.add_argument("-j", "--jobs", type=int, default=16)
+    s.add_argument(
+        "--token", default=os.environ.get("KILN_REGISTRY_TOKEN"), help="read token of a private SRC"
+    )
     args = p.parse_args(argv)
     from kiln.registry.mirror import sync
 
@@ -363,6 +366,7 @@ def cmd_mirror(argv: list[str]) -> int:
         root=args.root.read_bytes() if args.root else None,
         trusted=_trusted(args),
         jobs=args.jobs,
+        token=args.token,
     )
     print(
         f"mirror at index version {rep.index_version} (timestamp {rep.timestamp_version}): {rep.paths} paths, "

@@ -91,8 +91,9 @@ async def sync_async(
     trusted: list[PublicKey] | None = None,
     jobs: int = 16,
     progress: bool | None = None,
+    token: str | None = None,
 ) -> SyncReport:
-    async with open_client(src_url, jobs=jobs) as client:
+    async with open_client(src_url, token, jobs=jobs) as client:  # token: a --private source
         info = await client.cache_info()
         dst = DirSource(dst_dir, store_dir=info.get("StoreDir") or None)
         prev = dst.storage.read(STATE_KEY)

@@ -160,3 +160,52 @@ def test_unreachable_registry_is_a_miss(served):
     assert r.returncode == 0, r.stderr
     assert r.stderr.count("building") == 2
     assert time.monotonic() - t0 < 30
+
+
+def test_a_private_registry_is_read_with_its_token(served, tmp_path):
+    """``KILN_SUBSTITUTER_TOKENS`` gives each substituter URL its read token; without one
+    a ``--private`` registry answers 401, a miss, and the build runs locally."""
+    url, key, app, app_drv, b_store, home = served
+    reg = tmp_path / "private-reg"
+
+    def kiln(*args: str, env_home: Path = tmp_path / "a", **env) -> subprocess.CompletedProcess:
+        e = dict(os.environ, KILN_HOME=str(env_home), **env)
+        return subprocess.run(
+            [sys.executable, "-m", "kiln", *args], env=e, capture_output=True, text=True, timeout=120
+        )
+
+    r = kiln("push", app_drv.output_path(), "--to", f"file://{reg}")
+    assert r.returncode == 0, r.stderr
+    token = kiln("registry", "token", "create", "--scope", "read", "--dir", str(reg)).stdout.strip()
+    port = _port()
+    srv = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "kiln",
+            "serve",
+            "--dir",
+            str(reg),
+            "--private",
+            "--listen",
+            f"127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        private = f"http://127.0.0.1:{port}"
+        for _ in range(200):
+            try:
+                urllib.request.urlopen(private + "/nix-cache-info", timeout=1).read()
+                break
+            except OSError:
+                time.sleep(0.05)
+        trust = ("--substituter", private, "--trusted-key", key.public().to_text())
+        r = kiln("build", app, *trust, env_home=home, KILN_SUBSTITUTER_TOKENS=f"{private}={token}")
+        assert r.returncode == 0, r.stderr
+        assert "building" not in r.stderr and r.stdout.strip() == app_drv.output_path()
+        assert b_store.query(app_drv.output_path()).sigs
+    finally:
+        srv.terminate()
+        srv.wait(timeout=10)

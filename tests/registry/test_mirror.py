@@ -203,3 +203,33 @@ def test_a_mirror_repairs_bit_rot_after_verify_delete_bad(source, keys, tmp_path
     assert (rep2.narinfos_fetched, rep2.blobs_fetched) == (1, 1)
     again = verify_dir(DirSource(dst), trusted=[keys.pk], sigs_needed=1, progress=False)
     assert again.checked == 4 and again.problems == ()
+
+
+def test_cli_syncs_a_private_registry_with_a_token(tmp_path, keys, kiln_server) -> None:
+    """``kiln mirror sync --token`` (or ``KILN_REGISTRY_TOKEN``) reads a ``--private``
+    registry; there was no way to give one."""
+    from kiln.registry.auth import TokenStore
+
+    store = make_store(tmp_path / "store")
+    paths = add_chain(store, tmp_path, 2)
+    reg = tmp_path / "src"
+    push(store, paths, lambda: open_client(f"file://{reg}", store_dir=store.store_dir), sign_key=keys.sk)
+    publish_index(open_storage(reg), keys.sk)
+    token = TokenStore(open_storage(reg)).create(["read"])
+    srv = kiln_server("--dir", str(reg), "--private", "--trusted-key", str(keys.pk_file))
+    cmd = [
+        sys.executable,
+        "-m",
+        "kiln",
+        "mirror",
+        "sync",
+        srv.url,
+        str(tmp_path / "m"),
+        "--root",
+        str(reg / "index/root.json"),
+    ]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 1 and "401" in r.stderr, r.stderr
+    r = subprocess.run([*cmd, "--token", token], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "2 paths, 2 narinfos and 2 blobs" in r.stdout
