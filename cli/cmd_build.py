@@ -38,7 +38,11 @@ def _parser() -> argparse.ArgumentParser:
         "-K", "--keep-failed", action="store_true", help="keep the build directory of a failed build"
     )
     p.add_argument("--check", action="store_true", help="rebuild and compare with the existing output")
-    p.add_argument("--vary", action="store_true", help="with --check: rebuild under varied conditions")
+    p.add_argument(
+        "--vary",
+        action="store_true",
+        help="with --check: rebuild under varied conditions (dirs, cores, umask, order, clock)",
+    )
     p.add_argument(
         "--rounds", type=whole_number(1), default=1, help="build N times and compare (N >= 2 checks)"
     )

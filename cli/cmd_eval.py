@@ -202,9 +202,14 @@ def _cmd_show(args) -> int:
         if target.endswith(".recipe"):
             raise KilnError(f"which package of {target}? usage: kiln show-derivation FILE ATTR")
         if Path(target).is_file():
+            if args.recursive:  # its inputs are named by store path: only a store has them
+                raise KilnError(
+                    "-r needs a .drv path in the store (a loose .drv file names inputs it does not hold)"
+                )
             text = Path(target).read_text()
             name = Path(target).name.split("-", 1)[-1].removesuffix(".drv")
             drvs = {target: parse(text, name, args.store_dir or DEFAULT_STORE_DIR)}
+            paths = list(drvs)
         else:
             from kiln.store.localstore import LocalStore
 
@@ -212,11 +217,19 @@ def _cmd_show(args) -> int:
             sp = StorePath.parse(target, store.store_dir)
             if not sp.name.endswith(".drv"):
                 raise KilnError(f"{target} is not a .drv path")
-            if store.query(str(sp)) is None:
-                raise KilnError(f"{target} is not in the store (write it with 'kiln eval --write FILE')")
-            text = store.real_path(str(sp)).read_text()
-            drvs = {str(sp): parse(text, sp.name.removesuffix(".drv"), store.store_dir)}
-        paths = list(drvs)
+            drvs, paths = {}, []
+            todo = [str(sp)]
+            while todo:  # -r: every input derivation, read from the store, inputs first
+                p = todo.pop()
+                if p in drvs:
+                    continue
+                if store.query(p) is None:
+                    raise KilnError(f"{p} is not in the store (write it with 'kiln eval --write FILE')")
+                drvs[p] = parse(store.real_path(p).read_text(), StorePath.parse(p).name[:-4], store.store_dir)
+                paths.append(p)
+                if args.recursive:
+                    todo.extend(k for k, _ in drvs[p].input_drvs)
+            paths.sort(key=lambda p: p != str(sp))  # the one asked for first, then its inputs
     else:
         ev, _ = _evaluate(args)
         p, _ = ev.select(args.attr)

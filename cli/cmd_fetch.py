@@ -36,7 +36,12 @@ def _prefetch_parser() -> argparse.ArgumentParser:
     g.add_argument("--unpack", action="store_true", help="print the NAR hash of the unpacked archive")
     g.add_argument("--git", metavar="REV", help="export git revision REV and print its NAR hash")
     p.add_argument("--format", choices=("hex", "nix32", "sri"), default="hex", help="hash form (default hex)")
-    p.add_argument("--mirror", type=Path, metavar="DIR", help="also copy the file (--git: the tree's NAR) into this hashed mirror")
+    p.add_argument(
+        "--mirror",
+        type=Path,
+        metavar="DIR",
+        help="also copy the file (--git: the tree's NAR) into this hashed mirror",
+    )
     return p
 
 

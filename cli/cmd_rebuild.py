@@ -100,7 +100,7 @@ def _build_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--vary",
         action="store_true",
-        help="rebuild under varied host conditions (dirs, KILN_CORES, umask, directory order)",
+        help="rebuild under varied host conditions (dirs, KILN_CORES, umask, directory order, clock +10 years)",
     )
     p.add_argument("--cores", type=int, default=0, help="KILN_CORES for the builds (default: all cores)")
     _source_mirror_arg(p)

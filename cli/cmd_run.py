@@ -25,7 +25,8 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     add_store_arg(p)
     p.add_argument("-f", "--file", help="recipe file to evaluate and build PKG from")
     p.add_argument("package", help="store path, GC root name (from kiln build), or attribute with -f")
-    p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS... (default: bin/<name>)")
+    default = "$SHELL, else /bin/sh" if prog == "shell" else "bin/<name without version>"
+    p.add_argument("command", nargs=argparse.REMAINDER, help=f"-- CMD ARGS... (default: {default})")
     return p
 
 

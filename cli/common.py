@@ -51,7 +51,7 @@ def add_store_arg(p: argparse.ArgumentParser) -> None:
         type=Path,
         default=None,
         metavar="DIR",
-        help="store root (default: $KILN_HOME or ~/.local/share/kiln)",
+        help="store root (default: $KILN_HOME, $XDG_DATA_HOME/kiln or ~/.local/share/kiln)",
     )
 
 

@@ -188,7 +188,8 @@ def rebuild_drv(
     """Rebuild ``drv_path`` (outputs valid) and compare; with ``signer``, sign and store a
     VSA beside every output. Returns one verdict per output. ``vary``: rebuild under
     deliberately varied conditions (``kiln.store.vary.standard``: other host dirs,
-    KILN_CORES, umask, shuffled directory order where disorderfs is installed)."""
+    KILN_CORES, umask, shuffled directory order where disorderfs is installed, the wall
+    clock ten years ahead where libfaketime is)."""
     from kiln import __version__
     from kiln.store import attestations
     from kiln.store.sandboxrun import input_paths

@@ -60,6 +60,8 @@ def test_show_derivation(features, tmp_path):
     (tmp_path / "x-user.drv").write_text(aterm.stdout.strip())
     again = run_kiln(["show-derivation", str(tmp_path / "x-user.drv")], cwd=features, home=tmp_path)
     assert list(json.loads(again.stdout).values()) == [d]
+    loose = run_kiln(["show-derivation", "-r", str(tmp_path / "x-user.drv")], cwd=features, home=tmp_path)
+    assert loose.returncode == 1 and "-r needs a .drv path in the store" in loose.stderr
 
 
 def test_write_then_show_by_store_path(features, tmp_path):
@@ -69,6 +71,11 @@ def test_write_then_show_by_store_path(features, tmp_path):
     r = run_kiln(["show-derivation", drv], cwd=features, home=tmp_path)
     assert r.returncode == 0, r.stderr
     assert list(json.loads(r.stdout)) == [drv]
+    # -r follows inputDrvs through the store, as it does through the recipe (it was ignored)
+    rec = run_kiln(["show-derivation", "-r", drv], cwd=features, home=tmp_path)
+    assert rec.returncode == 0, rec.stderr
+    from_recipe = run_kiln(["show-derivation", "-r", "context.recipe", "user"], cwd=features, home=tmp_path)
+    assert json.loads(rec.stdout) == json.loads(from_recipe.stdout) and len(json.loads(rec.stdout)) == 3
 
 
 def test_graph(features, tmp_path):
