@@ -203,9 +203,10 @@ def rebuild_drv(
         ensure_inputs(builder, drv_path)
         variation = None
         if vary:
-            from kiln.store.vary import standard
+            from kiln.store.vary import first_build_cores, standard
 
-            variation = standard(Path(store.root), os.cpu_count() or 1)
+            current = builder.opts.cores or os.cpu_count() or 1
+            variation = standard(Path(store.root), first_build_cores(store, drv, current))
             say(f"rebuilding {drv_path} with varied conditions: {'; '.join(variation.describe())}")
         else:
             say(f"rebuilding {drv_path}")

@@ -161,14 +161,12 @@ class Builder(Producing, Checking):
                 self._wait_hooks(raise_errors=False)  # the build's own error is the one to report
                 raise
             self._wait_hooks()
-            if self.opts.check:
-                # a root built just now is checked too: --check always means "build it twice"
-                for r in roots:
+            # --check means "build it once more and compare" (a root built just now too);
+            # --rounds N, with or without it, N builds in all: N - 1 comparisons
+            checks = max(1 if self.opts.check else 0, self.opts.rounds - 1)
+            for r in roots:
+                for _ in range(checks):
                     self._check(r, graph.drvs[r])
-            if self.opts.rounds > 1 and not self.opts.check:
-                for r in roots:
-                    for _ in range(self.opts.rounds - 1):
-                        self._check(r, graph.drvs[r])
         return [BuildResult(r, {k: o.path for k, o in graph.drvs[r].outputs}, r in built) for r in roots]
 
     def _run_all(self, graph: Graph, todo: list[str]) -> list[str]:

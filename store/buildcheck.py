@@ -77,9 +77,10 @@ class Checking:
     def _check(self, drv_path: str, drv: Derivation) -> None:
         vary = None
         if self.opts.vary:
-            from .vary import standard
+            from .vary import first_build_cores, standard
 
-            vary = standard(Path(self.store.root), self.opts.cores or os.cpu_count() or 1)
+            current = self.opts.cores or os.cpu_count() or 1
+            vary = standard(Path(self.store.root), first_build_cores(self.store, drv, current))
             self.say(f"checking {drv_path} with varied conditions: {'; '.join(vary.describe())}")
         else:
             self.say(f"checking {drv_path}")

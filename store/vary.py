@@ -29,9 +29,10 @@ import os
 import secrets
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .errors import StoreError
 
@@ -82,17 +83,43 @@ def faketime_env() -> dict[str, str]:
     }
 
 
-def standard(store_root: Path, cores: int) -> Variation:
-    """The variation ``--vary`` uses against a first build made with ``cores``."""
+def standard(store_root: Path, avoid_cores: Iterable[int]) -> Variation:
+    """The variation ``--vary`` uses against a first build made with any of
+    ``avoid_cores`` (``first_build_cores``): KILN_CORES is the smallest count not among
+    them, so it really differs."""
     parent = store_root / "tmp" / f"vary-{secrets.token_hex(4)}" / "a" / "deeper" / "path"
+    avoid = set(avoid_cores)
     return Variation(
-        cores=1 if cores != 1 else 2,
+        cores=next(n for n in range(1, len(avoid) + 2) if n not in avoid),
         umask=0o077,
         tmp_parent=parent,
         shuffle_dirents=shutil.which("disorderfs") is not None and os.path.exists("/dev/fuse"),
         # resolved: the sandbox makes an input that is a symlink as that symlink
         faketime=next((os.path.realpath(p) for p in FAKETIME_LIBS if os.path.exists(p)), None),
     )
+
+
+def first_build_cores(store: Any, drv: Any, current: int) -> set[int]:
+    """The KILN_CORES the registered outputs of ``drv`` may have been built with: what
+    their provenance records (``internalParameters.sandbox.cores``), plus ``current``
+    (the count a build here would use), since an output may have no provenance."""
+    from . import attestations
+    from .errors import FormatError
+    from .intoto import parse_statement
+
+    found = {current}
+    for _, o in drv.outputs:
+        try:
+            env = attestations.read(store, o.path, "provenance")
+            pred = parse_statement(env.payload).predicate if env is not None else {}
+        except (FormatError, OSError):
+            continue
+        cores = (
+            ((pred.get("buildDefinition") or {}).get("internalParameters") or {}).get("sandbox") or {}
+        ).get("cores")
+        if isinstance(cores, int) and not isinstance(cores, bool) and cores > 0:
+            found.add(cores)
+    return found
 
 
 @contextlib.contextmanager

@@ -110,3 +110,25 @@ def test_provenance_lists_the_inputs_with_digests(store, graph):
         d["name"].endswith("busybox-static")
         for d in st["predicate"]["buildDefinition"]["resolvedDependencies"]
     )
+
+
+def test_check_rounds_makes_every_round(store, graph):
+    """``--check --rounds N`` compared once, silently ignoring N."""
+    a, _ = graph.drv("same", "echo same > $out")
+    assert kiln(store.root, "build", a).returncode == 0
+    for args, checks in ((("--rounds", "4"), 3), (("--check", "--rounds", "4"), 3), (("--check",), 1)):
+        r = kiln(store.root, "build", a, *args)
+        assert r.returncode == 0, r.stderr
+        assert sum(line.startswith("checking") for line in r.stderr.splitlines()) == checks, (args, r.stderr)
+
+
+def test_vary_changes_the_core_count_the_first_build_used(store, graph):
+    """A first build made with --cores 1 was 'varied' with KILN_CORES=1 again, and a build
+    whose output depends on the core count passed. The count its provenance records is
+    avoided now (and so is the count this machine would use)."""
+    a, _ = graph.drv("cores", 'echo "cores=$KILN_CORES" > $out')
+    r = kiln(store.root, "build", "--cores", "1", a)
+    assert r.returncode == 0, r.stderr
+    r = kiln(store.root, "build", "--check", "--vary", a)
+    assert "KILN_CORES=1;" not in r.stderr, r.stderr
+    assert r.returncode == 1 and "may not be deterministic" in r.stderr, r.stderr
