@@ -93,14 +93,17 @@ async def _ask(url: str, store_dir: str, paths: list[str]) -> dict[str, tuple[st
 
     by_hash = {StorePath.parse(p, store_dir).hash_part: p for p in paths}
     try:
-        async with open_client(url) as client:
+        async with open_client(url, create=False) as client:
             await client.cache_info()
             if client.store_dir and client.store_dir != store_dir:
                 why = f"registry store dir {client.store_dir!r} differs from {store_dir!r}"
                 return {p: ("error", "", why) for p in paths}
             texts = await client.narinfos(list(by_hash))
-    except KilnError as e:
-        return {p: ("error", "", str(e).splitlines()[0]) for p in paths}
+    except Exception as e:  # noqa: BLE001 - any failure of one registry is that registry's answer
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if not isinstance(e, KilnError):
+            why = f"{type(e).__name__}: {why}"  # e.g. a body that is not UTF-8, a malformed URL
+        return {p: ("error", "", why[:300]) for p in paths}
     out: dict[str, tuple[str, str, str]] = {}
     for h, p in by_hash.items():
         text = texts.get(h)
@@ -109,7 +112,7 @@ async def _ask(url: str, store_dir: str, paths: list[str]) -> dict[str, tuple[st
             continue
         try:
             info = ni.parse(text, store_dir)
-        except KilnError as e:
+        except (KilnError, ValueError) as e:
             out[p] = ("error", "", f"invalid narinfo: {str(e).splitlines()[0]}")
             continue
         if info.path != p:
@@ -123,6 +126,15 @@ async def _ask_all(
     urls: list[str], store_dir: str, paths: list[str]
 ) -> list[dict[str, tuple[str, str, str]]]:
     return list(await asyncio.gather(*(_ask(u, store_dir, paths) for u in urls)))
+
+
+def distinct_registries(urls: list[str]) -> list[str]:
+    """``urls`` without repeats (``http://h`` and ``http://h/`` are one registry, which must
+    not count as two sources agreeing), first spelling kept, order kept."""
+    seen: dict[str, str] = {}
+    for u in urls:
+        seen.setdefault(u.rstrip("/") or u, u)
+    return list(seen.values())
 
 
 def local_hashes(
@@ -165,6 +177,7 @@ def challenge(store_dir: str, locals_: dict[str, tuple[str, str]], urls: list[st
     """Compare ``locals_`` (``{path: (local hash or "", source)}``, in order) with what
     each registry in ``urls`` serves."""
     paths = list(locals_)
+    urls = distinct_registries(urls)
     per_registry = asyncio.run(_ask_all(urls, store_dir, paths))
     out = []
     for p in paths:

@@ -194,7 +194,7 @@ async def _verify_remote(url: str, target: str, policy: Policy, token: str | Non
     from .client import open_client
     from .push import levels
 
-    async with open_client(url, token) as client:
+    async with open_client(url, token, create=False) as client:
         try:
             info = await client.cache_info()
             store_dir = info.get("StoreDir", "")

@@ -309,7 +309,7 @@ def fetch_attestations_sync(url: str, store: Any, paths: Iterable[str], token: s
     from .client import open_client
 
     async def run() -> int:
-        async with open_client(url, token) as client:
+        async with open_client(url, token, create=False) as client:
             return await fetch_attestations(client, store, list(paths))
 
     return asyncio.run(run())

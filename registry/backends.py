@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
+from urllib.parse import urlparse
 
 from kiln.store import narinfo as ni
 from kiln.store.errors import KilnError
@@ -97,11 +98,26 @@ def _digests_record(d: Digests) -> bytes:
 
 class DirSource(Source):
     def __init__(
-        self, directory: Path | str, *, store_dir: str | None = None, durable: bool = True, priority: int = 40
+        self,
+        directory: Path | str,
+        *,
+        store_dir: str | None = None,
+        durable: bool = True,
+        priority: int = 40,
+        create: bool = True,
     ) -> None:
+        """A registry directory; one without ``nix-cache-info`` is made a new registry if
+        ``create``, else refused (``KilnError``: a reader never makes one)."""
+        if not create:
+            local = urlparse(str(directory))
+            where = Path(local.path if local.scheme == "file" else str(directory))
+            if local.scheme in ("", "file") and not (where / layout.CACHE_INFO).is_file():
+                raise KilnError(f"{directory} is not a registry (no {layout.CACHE_INFO} there)")
         self.storage = open_storage(directory, durable=durable)
         info = self.storage.read(layout.CACHE_INFO)
         if info is None:
+            if not create:
+                raise KilnError(f"{directory} is not a registry (no {layout.CACHE_INFO} there)")
             self.store_dir = store_dir or "/kiln/store"
             self.storage.put_bytes(
                 layout.CACHE_INFO, layout.cache_info_text(self.store_dir, priority).encode()

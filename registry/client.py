@@ -143,7 +143,13 @@ def _parse_listing(body: bytes | None) -> dict[str, str]:
     )
 
 
-def open_client(url: str, token: str | None = None, jobs: int = 16, store_dir: str | None = None) -> Client:
+def open_client(
+    url: str, token: str | None = None, jobs: int = 16, store_dir: str | None = None, *, create: bool = True
+) -> Client:
+    """A client for the registry at ``url``. A directory (``file://`` or a plain path) that
+    holds no registry is made one if ``create`` (a push to a new directory), else it is
+    an error: readers pass ``create=False``, so a mistyped path never becomes an empty
+    registry that then "lacks" everything."""
     p = urlparse(url)
     if p.scheme in ("http", "https"):
         from .httpclient import HttpClient
@@ -152,5 +158,5 @@ def open_client(url: str, token: str | None = None, jobs: int = 16, store_dir: s
     if p.scheme in ("file", ""):
         from .dirclient import DirClient
 
-        return DirClient(url, store_dir)
+        return DirClient(url, store_dir, create=create)
     raise KilnError(f"unsupported registry URL {url!r} (expected http://, https:// or file:///dir)")

@@ -102,7 +102,7 @@ async def between(
 ) -> int:
     """Relay the closures of ``paths`` from registry ``src_url`` (bearer ``src_token``
     for a private one) to another registry."""
-    async with open_client(src_url, src_token, jobs=jobs) as src, dst_factory() as dst:
+    async with open_client(src_url, src_token, jobs=jobs, create=False) as src, dst_factory() as dst:
         await src.cache_info()
         dinfo = await dst.cache_info()
         if dinfo.get("StoreDir") != src.store_dir:

@@ -23,8 +23,8 @@ class DirClient(Client):
     """A registry directory on this machine, written directly (the caller is trusted
     with the directory; digests are still recomputed on the way in)."""
 
-    def __init__(self, path: str, store_dir: str | None = None) -> None:
-        self.src = DirSource(path, store_dir=store_dir)
+    def __init__(self, path: str, store_dir: str | None = None, *, create: bool = True) -> None:
+        self.src = DirSource(path, store_dir=store_dir, create=create)
         self.url = self.src.storage.url
         self.store_dir = self.src.store_dir
 

@@ -93,7 +93,7 @@ async def sync_async(
     progress: bool | None = None,
     token: str | None = None,
 ) -> SyncReport:
-    async with open_client(src_url, token, jobs=jobs) as client:  # token: a --private source
+    async with open_client(src_url, token, jobs=jobs, create=False) as client:  # token: a --private source
         info = await client.cache_info()
         dst = DirSource(dst_dir, store_dir=info.get("StoreDir") or None)
         prev = dst.storage.read(STATE_KEY)

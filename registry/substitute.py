@@ -101,7 +101,7 @@ class Substituter:
     def _client(self, url: str) -> Client:
         c = self._clients.get(url)
         if c is None:
-            c = self._clients[url] = open_client(url, self.tokens.get(url), jobs=self.jobs)
+            c = self._clients[url] = open_client(url, self.tokens.get(url), jobs=self.jobs, create=False)
         return c
 
     # ------------------------------------------------------------ queries
@@ -114,8 +114,8 @@ class Substituter:
                 break
             if url in self.down:
                 continue
-            client = self._client(url)
             try:
+                client = self._client(url)  # (a directory that holds no registry: a miss)
                 if not client.store_dir:
                     await client.cache_info()
                 texts = await client.narinfos(list(want))

@@ -155,11 +155,22 @@ def test_untrusted_signature_means_build_locally(served):
 def test_unreachable_registry_is_a_miss(served):
     _, key, app, app_drv, b_store, home = served
     dead = f"http://127.0.0.1:{_port()}"
+    missing = home.parent / "no-registry-here"  # a mistyped directory: a miss, and left alone
     t0 = time.monotonic()
-    r = _build(home, app, "--substituter", dead, "--trusted-key", key.public().to_text())
+    r = _build(
+        home,
+        app,
+        "--substituter",
+        dead,
+        "--substituter",
+        f"file://{missing}",
+        "--trusted-key",
+        key.public().to_text(),
+    )
     assert r.returncode == 0, r.stderr
     assert r.stderr.count("building") == 2
     assert time.monotonic() - t0 < 30
+    assert not missing.exists()
 
 
 def test_a_private_registry_is_read_with_its_token(served, tmp_path):

@@ -87,3 +87,42 @@ def test_unreachable_registry_is_reported_not_fatal(store, graph, kiln, serve_st
     srv = serve_store(good)
     r = kiln("challenge", out, "--registry", srv.url, "--registry", "http://127.0.0.1:9", expect=None)
     assert "http://127.0.0.1:9: error:" in r.stdout
+
+
+def test_a_bad_registry_is_that_registrys_error_and_creates_nothing(
+    store, graph, kiln, serve_store, tmp_path
+):
+    """A mistyped directory used to become an empty registry that "does not have it"; a
+    body that is not UTF-8 or a malformed URL crashed the whole challenge (exit 70); one
+    registry given twice counted as two sources agreeing."""
+    drv, out = graph.drv("bad-reg", "echo r > $out")
+    kiln("build", drv)
+    good = tmp_path / "good"
+    _twin_store(good, tmp_path, out, "")
+    srv = serve_store(good)
+    typo = tmp_path / "typo-registry"
+    garbage = tmp_path / "garbage-registry"
+    garbage.mkdir()
+    (garbage / "nix-cache-info").write_bytes(b"StoreDir: \xff\xfe\n")
+    r = kiln(
+        "challenge",
+        out,
+        "--registry",
+        srv.url,
+        "--registry",
+        str(typo),
+        "--registry",
+        f"file://{garbage}",
+        "--registry",
+        "http://[::1",
+        expect=None,
+    )
+    assert r.returncode in (0, 1), r.stderr
+    assert f"{typo}: error: " in r.stdout and "is not a registry" in r.stdout, r.stdout
+    assert f"file://{garbage}: error: " in r.stdout and "http://[::1: error: " in r.stdout, r.stdout
+    assert not typo.exists()
+    path = f"{store.store_dir}/{'b' * 32}-elsewhere"
+    _twin_store(tmp_path / "one", tmp_path, path, "x\n")
+    one = serve_store(tmp_path / "one")
+    r = kiln("challenge", path, "--registry", one.url, "--registry", one.url + "/")
+    assert f"{path}: unknown" in r.stdout and r.stdout.count(" serves") == 1, r.stdout
