@@ -81,7 +81,10 @@ def _report(args: argparse.Namespace) -> int:
         )
     finally:
         store.close()
-    ok = all(r.reproduced for r in results)
+    # a report that checked nothing says so and fails: an empty "all reproducible" proves nothing
+    ok = bool(results) and all(r.reproduced for r in results)
+    if not results:
+        print(f"kiln report: no package in {', '.join(args.files)} was checked", file=sys.stderr)
     if args.json:
         doc = {"ok": ok, "summary": rebuilders.summary(results), "packages": [r.to_dict() for r in results]}
         print(json.dumps(doc, indent=2, sort_keys=True))

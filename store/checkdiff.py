@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import stat
 import subprocess
 from pathlib import Path
 
@@ -31,7 +32,8 @@ def _entries(root: Path) -> dict[str, tuple[str, object]]:
             with open(p, "rb") as f:
                 for chunk in iter(lambda: f.read(1 << 20), b""):
                     h.update(chunk)
-            kind = "executable" if os.access(p, os.X_OK) else "regular"
+            # the owner's x bit, as the NAR has it (access(X_OK) is true for root if any x bit is)
+            kind = "executable" if os.lstat(p).st_mode & stat.S_IXUSR else "regular"
             out[rel] = (kind, (p.stat().st_size, h.hexdigest()))
 
     visit(root, "")
@@ -60,7 +62,10 @@ def differing_files(a: Path, b: Path) -> list[str]:
 
 
 def describe_differences(a: Path, b: Path, limit: int = 50) -> str:
-    lines = differing_files(a, b)
+    lines = differing_files(a, b) or [
+        "  (no file differs in type, executable bit, size, contents or link target: the NAR "
+        "covers nothing else, so compare the NARs themselves, e.g. with kiln store dump)"
+    ]
     text = "differing files:\n" + "\n".join(lines[:limit])
     if len(lines) > limit:
         text += f"\n  ... and {len(lines) - limit} more"

@@ -135,3 +135,11 @@ def test_report_usage(kiln):
     assert kiln("report", expect=2).returncode == 2
     r = kiln("report", "speed", "x.recipe", expect=2)
     assert "available: reproducibility" in r.stderr
+
+
+def test_a_report_that_checked_nothing_fails(kiln, tmp_path):
+    """``all([])`` made "0/0 packages reproducible" a pass (exit 0)."""
+    empty = tmp_path / "nopk.recipe"
+    empty.write_text("let a = 1\n")
+    r = kiln("report", "reproducibility", str(empty), expect=1)
+    assert "no package in" in r.stderr and "was checked" in r.stderr
