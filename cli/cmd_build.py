@@ -17,7 +17,7 @@ import argparse
 import os
 import sys
 
-from .common import add_store_arg, seconds, store_root, whole_number
+from .common import add_store_arg, seconds, store_root, terminate_as_interrupt, whole_number
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -90,7 +90,7 @@ def main(argv: list[str]) -> int:
         raise KilnError("--signer-key names the public key of --signer-cmd; give both, or --sign-key FILE")
     from kiln.store.localstore import LocalStore
 
-    with LocalStore.open(store_root(args)) as store:
+    with terminate_as_interrupt(), LocalStore.open(store_root(args)) as store:
         for t in build(store, args):
             for out in t.outputs.values():
                 print(out)

@@ -226,6 +226,11 @@ def main(argv: list[str]) -> int:
     if getattr(args, "signer_cmd", None) and getattr(args, "key", None):
         p.error("give either --key or --signer-cmd, not both")
     try:
+        if cmd in ("rebuild", "challenge", "report"):  # they build: SIGTERM unwinds (common.py)
+            from .common import terminate_as_interrupt
+
+            with terminate_as_interrupt():
+                return args.fn(args)
         return args.fn(args)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)

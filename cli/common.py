@@ -8,9 +8,10 @@ traceback only with ``KILN_DEBUG=1``).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 # No argparse or pathlib at import time: every command imports this module, and a
 # cached ``kiln eval FILE`` uses neither (see cmd_eval.main).
@@ -74,12 +75,39 @@ def is_user_error(e: BaseException) -> bool:
     return isinstance(e, KilnError) or getattr(type(e), "kiln_user_error", False)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM in a command that builds (``terminate_as_interrupt``): unwound like Ctrl-C."""
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """For the block, SIGTERM (a CI cancel, ``timeout``) raises ``Terminated`` in the main
+    thread instead of ending the process on the spot, so it unwinds as Ctrl-C does:
+    sandboxes killed, scratch trees, disorderfs mounts and locks released. Exit 143."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_term(signum: int, frame: object) -> None:
+        raise Terminated
+
+    old = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
 def run_command(fn: Callable[[list[str]], int], argv: list[str], debug: bool = False) -> int:
     try:
         return fn(argv) or 0
-    except KeyboardInterrupt:
-        print("kiln: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        terminated = isinstance(e, Terminated)
+        print(f"kiln: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        return 143 if terminated else 130
     except BrokenPipeError:
         return 0
     except Exception as e:  # noqa: BLE001 - this is the top-level reporter

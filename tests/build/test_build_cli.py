@@ -132,3 +132,36 @@ def test_vary_changes_the_core_count_the_first_build_used(store, graph):
     r = kiln(store.root, "build", "--check", "--vary", a)
     assert "KILN_CORES=1;" not in r.stderr, r.stderr
     assert r.returncode == 1 and "may not be deterministic" in r.stderr, r.stderr
+
+
+@pytest.mark.skipif(shutil.which("disorderfs") is None, reason="disorderfs not installed")
+def test_sigterm_during_a_varied_check_leaves_nothing_behind(store, graph):
+    """SIGTERM (a CI cancel, ``timeout``) used to end kiln on the spot: the check's two
+    disorderfs mounts and their daemons stayed up and its scratch tree stayed for good.
+    Now it unwinds as Ctrl-C does and exits 143."""
+    a, _ = graph.drv("slow", "mkdir $out; echo hi > $out/f; sleep 8")
+    assert kiln(store.root, "build", a).returncode == 0
+    env = dict(os.environ, KILN_HOME=str(store.root))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kiln", "build", "--check", "--vary", a],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    import time
+
+    root = str(store.root)
+
+    def mounted() -> bool:
+        return root in Path("/proc/mounts").read_text()
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not mounted():
+        time.sleep(0.1)  # until the check is inside its disorderfs mounts
+    time.sleep(1.0)
+    proc.terminate()
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and "terminated" in err, err
+    assert not mounted()
+    assert not list((store.root / "tmp").glob("vary-*"))
