@@ -263,6 +263,9 @@ def _log(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="kiln log", description="print the build log of a derivation or output")
     add_store_arg(p)
     p.add_argument("path", help=".drv path, output path, or GC root name")
+    p.add_argument(
+        "--check", action="store_true", help="the log of the latest --check or rebuild, not of the build"
+    )
     args = p.parse_args(argv)
     import shutil
 
@@ -287,6 +290,10 @@ def _log(argv: list[str]) -> int:
                 raise KilnError(f"{path} was not built here (it has no deriver), so there is no build log")
             path = info.deriver
         logs = store.root / "logs"
+    if args.check:
+        from kiln.store.buildproduce import check_log_key
+
+        path = check_log_key(path)
     with LogStore(logs).open(path) as f:
         shutil.copyfileobj(f, sys.stdout.buffer)
     return 0

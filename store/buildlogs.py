@@ -1,7 +1,9 @@
 """Build logs, kept zstd-compressed under ``<root>/logs/<drv base name>.zst``.
 
 Written once per build (temp file + rename, so a reader never sees half a log); the
-latest build of a derivation wins. ``read`` accepts the ``.drv`` path or any of its
+latest build of a derivation wins. A check or rebuild saves under its own name
+(``buildproduce.check_log_key``), so the log of the build behind the registered output
+is never replaced by a later comparison's. ``read`` accepts the ``.drv`` path or any of its
 outputs' paths when the caller resolves them (see ``LocalStore.query``'s deriver).
 """
 

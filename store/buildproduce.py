@@ -78,8 +78,12 @@ class Producing:
             result = self.executor.run(spec, log, on_output=echo)
         if defer:
             self._background(self.logs.save, drv_path, log_path)
+            show = f"kiln log {drv_path}"
         else:
-            self.logs.save(drv_path, log_path)
+            # a check's or rebuild's log is kept beside the build's, never over it: the
+            # log of the build that made the registered output stays readable
+            self.logs.save(check_log_key(drv_path), log_path)
+            show = f"kiln log --check {drv_path}"
         if result.reason != "ok":
             kept = ""
             if self.opts.keep_failed:
@@ -87,7 +91,7 @@ class Producing:
             raise BuildError(
                 drv_path,
                 f"builder for {drv_path} failed: {result.describe()}{kept}\n"
-                f"last lines of the log (full log: kiln log {drv_path}):\n{_tail(log_path)}",
+                f"last lines of the log (full log: {show}):\n{_tail(log_path)}",
             )
         by_hash = {StorePath.parse(p).hash_part: p for p in inputs}
         by_hash.update({StorePath.parse(o.path).hash_part: o.path for _, o in drv.outputs})
@@ -178,3 +182,8 @@ def _copy_kept(src: str, dst: str) -> str:
     elif stat.S_ISREG(mode):
         shutil.copy2(src, dst)
     return dst  # (sockets, devices: nothing to copy)
+
+
+def check_log_key(drv_path: str) -> str:
+    """The log name of the latest check or rebuild of ``drv_path`` (``kiln log --check``)."""
+    return drv_path + ".check"

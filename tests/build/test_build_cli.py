@@ -165,3 +165,14 @@ def test_sigterm_during_a_varied_check_leaves_nothing_behind(store, graph):
     assert proc.returncode == 143 and "terminated" in err, err
     assert not mounted()
     assert not list((store.root / "tmp").glob("vary-*"))
+
+
+def test_a_check_keeps_the_builds_log(store, graph):
+    """A check saved its log over the build's: ``kiln log`` then showed the rebuild's."""
+    a, _ = graph.drv("logged", 'echo "umask=$(umask)"; echo x > $out')
+    assert kiln(store.root, "build", a).returncode == 0
+    assert kiln(store.root, "build", "--check", "--vary", a).returncode == 0
+    build_log = kiln(store.root, "log", a)
+    assert build_log.returncode == 0 and "umask=0022" in build_log.stdout, build_log.stdout
+    check_log = kiln(store.root, "log", "--check", a)
+    assert check_log.returncode == 0 and "umask=0077" in check_log.stdout, check_log.stdout
