@@ -51,6 +51,14 @@ class Checking:
 
         drv = self.get_drv(drv_path)
         out: list[OutputComparison] = []
+        # checked before building (not after a whole rebuild): only valid outputs can be
+        # compared; one a GC collected (an unrooted ``dev``, say) is skipped, and said so
+        infos = {name: self.store.query(o.path) for name, o in drv.outputs}
+        if not any(infos.values()):
+            raise StoreError(f"cannot check {drv_path}: none of its outputs is valid (build it first)")
+        for name, o in drv.outputs:
+            if infos[name] is None:
+                self.say(f"not comparing {o.path}: it is not valid here (collected, or never built)")
         parent = self._tmp_root()
         if vary is not None and vary.tmp_parent is not None:
             parent = vary.tmp_parent
@@ -60,9 +68,9 @@ class Checking:
         try:
             produced = self._produce(drv_path, drv, tmp, vary)
             for name, o in drv.outputs:
-                info = self.store.query(o.path)
+                info = infos[name]
                 if info is None:
-                    raise StoreError(f"cannot check {o.path}: it is not valid (build it first)")
+                    continue
                 h, _ = nar.hash_path(produced[name][0])
                 diff = (
                     ""

@@ -176,3 +176,19 @@ def test_a_check_keeps_the_builds_log(store, graph):
     assert build_log.returncode == 0 and "umask=0022" in build_log.stdout, build_log.stdout
     check_log = kiln(store.root, "log", "--check", a)
     assert check_log.returncode == 0 and "umask=0077" in check_log.stdout, check_log.stdout
+
+
+def test_rebuild_of_an_output_whose_sibling_was_collected(store, graph):
+    """A GC that collected an unrooted sibling output (``dev``) made every rebuild of
+    ``out`` fail, after the whole rebuild. Now ``out`` is compared and ``dev`` skipped."""
+    a, d = graph.drv("multi", "mkdir $out $dev; echo a > $out/a; echo b > $dev/b", outputs=("out", "dev"))
+    assert kiln(store.root, "build", a).returncode == 0
+    out, dev = d.output_path("out"), d.output_path("dev")
+    for root in (store.root / "gcroots").iterdir():
+        if os.readlink(root).endswith(dev.rsplit("/", 1)[1]):
+            root.unlink()
+    assert kiln(store.root, "store", "gc").returncode == 0
+    assert not store.is_valid(dev) and store.is_valid(out)
+    r = kiln(store.root, "rebuild", out)
+    assert r.returncode == 0 and f"{out}: reproduced" in r.stdout, (r.stdout, r.stderr)
+    assert f"not comparing {dev}" in r.stderr
