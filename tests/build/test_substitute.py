@@ -43,6 +43,24 @@ def _store_with_busybox(root: Path, tmp: Path) -> tuple[LocalStore, str]:
     return store, store.add_path(d, "busybox-static").path
 
 
+def _serve(*args: str) -> tuple[subprocess.Popen, str]:
+    """``kiln serve ARGS`` on a free local port, once it answers: (process, URL)."""
+    port = _port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kiln", "serve", *args, "--listen", f"127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(200):
+        try:
+            urllib.request.urlopen(url + "/nix-cache-info", timeout=1).read()
+            break
+        except OSError:
+            time.sleep(0.05)
+    return proc, url
+
+
 @pytest.fixture
 def served(tmp_path):
     """A builder store with a two-derivation chain built and signed, served over HTTP;
@@ -80,30 +98,7 @@ def served(tmp_path):
     )
     for p in a_store.closure([app_drv.output_path()]):
         a_store.add_signatures(p, [sign_info(a_store.query(p), key)])
-    port = _port()
-    env = dict(os.environ, KILN_HOME=str(tmp_path / "a"))
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "kiln",
-            "serve",
-            "--store",
-            str(tmp_path / "a"),
-            "--listen",
-            f"127.0.0.1:{port}",
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(200):
-        try:
-            urllib.request.urlopen(url + "/nix-cache-info", timeout=1).read()
-            break
-        except OSError:
-            time.sleep(0.05)
+    proc, url = _serve("--store", str(tmp_path / "a"))
     b_store, bb2 = _store_with_busybox(tmp_path / "b", tmp_path)
     assert bb2 == bb
     gb = Graph(b_store, bb)
@@ -188,30 +183,8 @@ def test_a_private_registry_is_read_with_its_token(served, tmp_path):
     r = kiln("push", app_drv.output_path(), "--to", f"file://{reg}")
     assert r.returncode == 0, r.stderr
     token = kiln("registry", "token", "create", "--scope", "read", "--dir", str(reg)).stdout.strip()
-    port = _port()
-    srv = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "kiln",
-            "serve",
-            "--dir",
-            str(reg),
-            "--private",
-            "--listen",
-            f"127.0.0.1:{port}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    srv, private = _serve("--dir", str(reg), "--private")
     try:
-        private = f"http://127.0.0.1:{port}"
-        for _ in range(200):
-            try:
-                urllib.request.urlopen(private + "/nix-cache-info", timeout=1).read()
-                break
-            except OSError:
-                time.sleep(0.05)
         trust = ("--substituter", private, "--trusted-key", key.public().to_text())
         r = kiln("build", app, *trust, env_home=home, KILN_SUBSTITUTER_TOKENS=f"{private}={token}")
         assert r.returncode == 0, r.stderr

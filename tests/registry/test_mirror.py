@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -128,9 +127,8 @@ def test_first_sync_needs_pinned_root(source, tmp_path) -> None:
         sync(url, tmp_path / "m")
 
 
-def test_cli(source, keys, tmp_path) -> None:
-    _store, _paths, reg, url = source
-    env = {**os.environ}
+def _sync_cli(url: str, dst: Path, reg: Path, *extra: str) -> subprocess.CompletedProcess:
+    """``kiln mirror sync URL DST --root REG/index/root.json EXTRA...``."""
     cmd = [
         sys.executable,
         "-m",
@@ -138,11 +136,16 @@ def test_cli(source, keys, tmp_path) -> None:
         "mirror",
         "sync",
         url,
-        str(tmp_path / "m"),
+        str(dst),
         "--root",
         str(reg / "index/root.json"),
     ]
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    return subprocess.run([*cmd, *extra], capture_output=True, text=True)
+
+
+def test_cli(source, keys, tmp_path) -> None:
+    _store, _paths, reg, url = source
+    r = _sync_cli(url, tmp_path / "m", reg)
     assert r.returncode == 0, r.stderr
     assert "4 paths, 4 narinfos and 4 blobs" in r.stdout
 
@@ -217,19 +220,8 @@ def test_cli_syncs_a_private_registry_with_a_token(tmp_path, keys, kiln_server) 
     publish_index(open_storage(reg), keys.sk)
     token = TokenStore(open_storage(reg)).create(["read"])
     srv = kiln_server("--dir", str(reg), "--private", "--trusted-key", str(keys.pk_file))
-    cmd = [
-        sys.executable,
-        "-m",
-        "kiln",
-        "mirror",
-        "sync",
-        srv.url,
-        str(tmp_path / "m"),
-        "--root",
-        str(reg / "index/root.json"),
-    ]
-    r = subprocess.run(cmd, capture_output=True, text=True)
+    r = _sync_cli(srv.url, tmp_path / "m", reg)
     assert r.returncode == 1 and "401" in r.stderr, r.stderr
-    r = subprocess.run([*cmd, "--token", token], capture_output=True, text=True)
+    r = _sync_cli(srv.url, tmp_path / "m", reg, "--token", token)
     assert r.returncode == 0, r.stderr
     assert "2 paths, 2 narinfos and 2 blobs" in r.stdout
