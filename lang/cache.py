@@ -189,7 +189,10 @@ def load(cache_dir: str | os.PathLike, entry: str, store_dir: str) -> dict | Non
             if digest.startswith("="):  # a name reached through symlinks: same target?
                 if os.path.realpath(path) != digest[1:]:
                     return None
-            elif file_digest(path) != digest:
+            # a file read at its real location must still be there, not reached through a
+            # symlink now (the file or a parent replaced by one): the same bytes elsewhere
+            # resolve their relative imports and sources from elsewhere
+            elif os.path.realpath(path) != path or file_digest(path) != digest:
                 return None
         if data["sources"]:
             from pathlib import Path

@@ -204,3 +204,35 @@ def test_an_import_through_a_repointed_symlink_is_a_miss(tmp_path):
     again = evaluate_file(tmp_path / "r.recipe", cache_dir=cache)
     assert not again.from_cache and again.drv_paths != first.drv_paths
     assert again.drv_paths == evaluate_file(tmp_path / "r.recipe").drv_paths
+
+
+def test_an_imported_directory_replaced_by_a_symlink_is_a_miss(tmp_path):
+    """The same bytes reached through a new symlink resolve their relative imports from
+    elsewhere: the cache served the old result (the file's hash still matched)."""
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "vendor" / "v2" / "lib").mkdir(parents=True)
+    (tmp_path / "main.recipe").write_text(
+        'import "lib/a.recipe"\npackage app {\n  deps = [liba]\n  build = "${liba}"\n}\n'
+    )
+    (tmp_path / "lib" / "a.recipe").write_text('import "../common.recipe"\npackage liba { build = common }\n')
+    (tmp_path / "common.recipe").write_text('let common = "old"\n')
+    (tmp_path / "vendor" / "v2" / "common.recipe").write_text('let common = "NEW"\n')
+    cache = tmp_path / "cache"
+    first = evaluate_file(tmp_path / "main.recipe", cache_dir=cache)
+    os.rename(tmp_path / "lib" / "a.recipe", tmp_path / "vendor" / "v2" / "lib" / "a.recipe")
+    os.rmdir(tmp_path / "lib")
+    os.symlink("vendor/v2/lib", tmp_path / "lib")
+    again = evaluate_file(tmp_path / "main.recipe", cache_dir=cache)
+    assert not again.from_cache and again.drv_paths != first.drv_paths
+    assert again.drv_paths == evaluate_file(tmp_path / "main.recipe").drv_paths
+    # and a file replaced by a symlink to identical bytes elsewhere
+    assert evaluate_file(tmp_path / "main.recipe", cache_dir=cache).from_cache
+    elsewhere = tmp_path / "x" / "elsewhere"
+    elsewhere.mkdir(parents=True)
+    (tmp_path / "x" / "common.recipe").write_text('let common = "third"\n')  # its ../common.recipe
+    real = tmp_path / "vendor" / "v2" / "lib" / "a.recipe"
+    os.rename(real, elsewhere / "a.recipe")
+    os.symlink(elsewhere / "a.recipe", real)
+    third = evaluate_file(tmp_path / "main.recipe", cache_dir=cache)
+    assert not third.from_cache and third.drv_paths != again.drv_paths
+    assert third.drv_paths == evaluate_file(tmp_path / "main.recipe").drv_paths
