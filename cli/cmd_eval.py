@@ -72,19 +72,40 @@ def _plain_eval_args(file: str) -> argparse.Namespace:
 
 
 def _store_dir(args: argparse.Namespace) -> str:
+    """``--store-dir``, else the store's (its config checked as opening the store checks
+    it: a damaged one is an error, never a silent default), else the default. The usual
+    case, no store or the default dir, imports nothing heavy (a cached eval is fast)."""
+    from kiln.store.errors import KilnError
+
     if args.store_dir:
-        return args.store_dir
+        from kiln.store.errors import FormatError
+        from kiln.store.paths import check_store_dir
+
+        try:
+            return check_store_dir(args.store_dir)  # (a store using it checks more, when opened)
+        except FormatError as e:
+            raise KilnError(f"--store-dir: {e}") from None
+    cfg = os.path.join(store_root_dir(args), "config.json")
     try:
-        with open(os.path.join(store_root_dir(args), "config.json"), "rb") as f:
+        with open(cfg, "rb") as f:
             text = f.read()
-    except OSError:
+    except FileNotFoundError:
         return DEFAULT_STORE_DIR
+    except OSError as e:
+        raise KilnError(f"cannot read store config {cfg}: {e}") from None
     import json
 
     try:
-        return str(json.loads(text)["store_dir"])
-    except (ValueError, KeyError, TypeError):
+        data = json.loads(text)
+    except ValueError as e:
+        raise KilnError(f"cannot read store config {cfg}: {e}") from None
+    if isinstance(data, dict) and data.get("store_dir") == DEFAULT_STORE_DIR:
         return DEFAULT_STORE_DIR
+    from pathlib import Path
+
+    from kiln.store.localstore import configured_store_dir
+
+    return configured_store_dir(Path(store_root_dir(args))) or DEFAULT_STORE_DIR  # its checks and messages
 
 
 class _Sources:

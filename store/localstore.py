@@ -94,21 +94,7 @@ class LocalStore(Registering):
             fsync_dir(objects)
         except (OSError, ValueError) as e:
             raise StoreError(f"cannot read store config {cfg}: {e}") from None
-        if not isinstance(data, dict):
-            raise StoreError(
-                f"cannot read store config {cfg}: expected a JSON object like "
-                f'{{"store_dir": "{DEFAULT_STORE_DIR}", "version": {CONFIG_VERSION}}}, '
-                f"found a JSON {type(data).__name__}"
-            )
-        found = data.get("store_dir")
-        if not isinstance(found, str):
-            raise StoreError(f"store config {cfg} has no 'store_dir' string (found {found!r})")
-        try:
-            # a hand-edited config is checked like a new one: ``/kiln/..`` would put the
-            # trees on the store root itself, and GC would delete the store
-            check_store_dir(found, local=True)
-        except FormatError as e:
-            raise StoreError(f"store config {cfg}: {e}") from None
+        found = _config_store_dir(cfg, data)
         if store_dir is not None and store_dir != found:
             raise StoreError(f"store at {root} uses store dir {found!r}, not {store_dir!r}")
         for d in (*_SUBDIRS, found.lstrip("/")):
@@ -298,6 +284,38 @@ def _release(conn: sqlite3.Connection, scratch: Path) -> None:
     conn.close()
     with contextlib.suppress(OSError):
         os.rmdir(scratch)
+
+
+def configured_store_dir(root: Path) -> str | None:
+    """The store dir of the store at ``root``, its config checked exactly as ``open``
+    checks it (``StoreError`` if unreadable or invalid); None when there is no store
+    there. For evaluating without opening the store."""
+    cfg = Path(root) / "config.json"
+    try:
+        data = json.loads(cfg.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise StoreError(f"cannot read store config {cfg}: {e}") from None
+    return _config_store_dir(cfg, data)
+
+
+def _config_store_dir(cfg: Path, data: object) -> str:
+    if not isinstance(data, dict):
+        raise StoreError(
+            f"cannot read store config {cfg}: expected a JSON object like "
+            f'{{"store_dir": "{DEFAULT_STORE_DIR}", "version": {CONFIG_VERSION}}}, '
+            f"found a JSON {type(data).__name__}"
+        )
+    found = data.get("store_dir")
+    if not isinstance(found, str):
+        raise StoreError(f"store config {cfg} has no 'store_dir' string (found {found!r})")
+    try:
+        # a hand-edited config is checked like a new one: ``/kiln/..`` would put the
+        # trees on the store root itself, and GC would delete the store
+        return check_store_dir(found, local=True)
+    except FormatError as e:
+        raise StoreError(f"store config {cfg}: {e}") from None
 
 
 def _init_config(root: Path, store_dir: str) -> dict:

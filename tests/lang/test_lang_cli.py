@@ -220,3 +220,21 @@ def test_no_home_directory_is_an_error(monkeypatch):
     monkeypatch.setattr(os.path, "expanduser", lambda p: p)
     with pytest.raises(KilnError, match="home directory"):
         default_home_dir()
+
+
+def test_eval_never_falls_back_from_a_damaged_store_config(features, tmp_path):
+    """A truncated or invalid config.json made eval print paths for /kiln/store (exit 0);
+    an invalid --store-dir gave malformed paths."""
+    home = tmp_path / "home"
+    assert run_kiln(["store", "init", "--store-dir", "/a/store"], cwd=features, home=home).returncode == 0
+    ok = run_kiln(["path", "context.recipe", "user"], cwd=features, home=home)
+    assert ok.returncode == 0 and ok.stdout.startswith("/a/store/"), ok.stderr
+    for text, says in (
+        ('{"store_dir": "/a/st', "cannot read store config"),
+        ('{"store_dir": "/a/store/"}', "ends with '/'"),
+    ):
+        (home / "config.json").write_text(text)
+        r = run_kiln(["path", "context.recipe", "user"], cwd=features, home=home)
+        assert r.returncode == 1 and says in r.stderr and not r.stdout, r.stderr
+    r = run_kiln(["path", "--store-dir", "rel", "context.recipe", "user"], cwd=features, home=tmp_path / "h2")
+    assert r.returncode == 1 and "--store-dir" in r.stderr and "not absolute" in r.stderr, r.stderr
