@@ -131,19 +131,24 @@ def read_index(path: Path) -> str:
         if proc.returncode != 0:
             raise AptError(f"cannot decompress {path}: {proc.stderr.decode(errors='replace').strip()}")
         data = proc.stdout
-    elif name.endswith(".gz"):
-        data = gzip.decompress(path.read_bytes())
-    elif name.endswith(".xz"):
-        data = lzma.decompress(path.read_bytes())
-    elif name.endswith(".bz2"):
-        data = bz2.decompress(path.read_bytes())
-    elif name.endswith(".zst"):
+    else:
         import zstandard
 
-        with open(path, "rb") as f:
-            data = zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True).read()
-    else:
-        data = path.read_bytes()
+        try:
+            if name.endswith(".gz"):
+                data = gzip.decompress(path.read_bytes())
+            elif name.endswith(".xz"):
+                data = lzma.decompress(path.read_bytes())
+            elif name.endswith(".bz2"):
+                data = bz2.decompress(path.read_bytes())
+            elif name.endswith(".zst"):
+                with open(path, "rb") as f:
+                    data = zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True).read()
+            else:
+                data = path.read_bytes()
+        except (EOFError, lzma.LZMAError, zstandard.ZstdError, gzip.BadGzipFile, OSError) as e:
+            # a torn download or a stray file in the lists dir: name it
+            raise AptError(f"cannot read apt index {path}: {e}") from None
     return data.decode("utf-8", errors="replace")
 
 

@@ -272,3 +272,31 @@ def test_lock_changes_summary():
     c = LockEntry("c", "1", "all", "dd" * 32, "pool/c", 1)
     assert lock_changes([a, b], [a2, c]) == ["~ a 1 -> 2", "- b 1", "+ c 1"]
     assert lock_changes([a], [a]) == ["(no package changed)"]
+
+
+@pytest.mark.parametrize("suffix", [".gz", ".xz", ".bz2", ".zst"])
+def test_a_corrupt_compressed_index_names_the_file(tmp_path, suffix: str):
+    """It was an "internal error" (BadGzipFile, LZMAError, ...) naming no file."""
+    bad = tmp_path / f"x_dists_y_main_binary-amd64_Packages{suffix}"
+    bad.write_bytes(b"garbage\n")
+    with pytest.raises(AptError, match=f"cannot read apt index {bad}"):
+        AptIndex.load(tmp_path)
+
+
+def test_cli_regenerate_line_keeps_arch_and_lists_and_refuses_a_directory(tmp_path):
+    """The lock's "regenerate with" line dropped --arch and --lists: following it made an
+    amd64 lock from the machine's lists."""
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    (lists / "x_dists_y_main_binary-arm64_Packages").write_text(
+        "\n\n".join(s.replace("Architecture: amd64", "Architecture: arm64") for s in INDEX)
+    )
+    out = tmp_path / "arm.lock"
+    cmd = [sys.executable, "-m", "kiln", "lock", "debian", "libc", "--arch", "arm64", "--lists", str(lists)]
+    proc = subprocess.run([*cmd, "-o", str(out)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert f"kiln lock debian libc --arch arm64 --lists {lists} -o {out}" in out.read_text()
+    proc = subprocess.run([*cmd, "-o", str(tmp_path)], capture_output=True, text=True)
+    assert proc.returncode == 1 and "is a directory (expected the lock file to write)" in proc.stderr, (
+        proc.stderr
+    )
