@@ -225,6 +225,7 @@ class AptIndex:
         from debian.debian_support import version_compare
 
         self.arch = arch
+        self.arch_packages = 0  # stanzas of exactly ``arch`` (not "all"): none means a wrong arch
         # name -> (version, stanza, priority, index file or "")
         self._raw: dict[str, tuple[str, str, int, str]] = {}
         for item in stanzas:
@@ -234,8 +235,10 @@ class AptIndex:
                 stanza, prio, source = item[0], item[1], item[2] if len(item) > 2 else ""
             stanza = stanza.strip("\n")
             name = _field(stanza, "Package")
-            if not name or _field(stanza, "Architecture") not in (arch, "all"):
+            pkg_arch = _field(stanza, "Architecture")
+            if not name or pkg_arch not in (arch, "all"):
                 continue
+            self.arch_packages += pkg_arch == arch
             version = _field(stanza, "Version")
             if not _VERSION_RE.match(version):
                 raise FormatError(f"package {name}: bad or missing Version {version!r}")
@@ -270,9 +273,12 @@ class AptIndex:
                     yield s, prio, str(f)
 
         try:
-            return cls(stanzas(), arch)
+            index = cls(stanzas(), arch)
         except FormatError as e:
             raise FormatError(f"{current[0]}: {e}") from None
+        if not index.arch_packages:
+            raise AptError(f"no packages for architecture {arch!r} in the apt indexes of {lists_dir}")
+        return index
 
     def __contains__(self, name: str) -> bool:
         return name in self._raw

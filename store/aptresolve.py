@@ -101,7 +101,17 @@ def resolve(
                 pick = _first_satisfiable(index, alts, excluded, chosen)
                 text = _rel_text(alts)
                 if pick is None:
-                    if all(a["name"] in excluded for a in alts):
+                    # an alternative is excluded if it is, or if it is a virtual name that
+                    # only excluded packages provide (awk when gawk and mawk are excluded)
+                    if all(
+                        a["name"] in excluded
+                        or (
+                            a["name"] not in index
+                            and index.providers.get(a["name"])
+                            and all(p in excluded for p, _ in index.providers[a["name"]])
+                        )
+                        for a in alts
+                    ):
                         warn(f"{name}: dependency '{text}' dropped (excluded)")
                         continue
                     have = [f"{a['name']} {index.version(a['name'])}" for a in alts if a["name"] in chosen]

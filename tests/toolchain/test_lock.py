@@ -300,3 +300,20 @@ def test_cli_regenerate_line_keeps_arch_and_lists_and_refuses_a_directory(tmp_pa
     assert proc.returncode == 1 and "is a directory (expected the lock file to write)" in proc.stderr, (
         proc.stderr
     )
+
+
+def test_a_virtual_dependency_whose_providers_are_all_excluded_is_dropped(tmp_path):
+    """The documented rule (alternatives all excluded: dropped) did not see through a
+    virtual name: 'cannot satisfy dependency awk', not saying why."""
+    idx = AptIndex(
+        [stanza("x", Depends="awk"), stanza("gawk", Provides="awk"), stanza("mawk", Provides="awk")]
+    )
+    warnings: list[str] = []
+    got = resolve(idx, ["x"], exclude=["gawk", "mawk"], warn=warnings.append)
+    assert names(got) == ["x"] and "'awk' dropped (excluded)" in warnings[0]
+
+
+def test_an_architecture_with_no_packages_says_so(tmp_path):
+    (tmp_path / "x_dists_y_main_binary-amd64_Packages").write_text("\n\n".join(INDEX))
+    with pytest.raises(AptError, match="no packages for architecture 'arm46'"):
+        AptIndex.load(tmp_path, "arm46")
