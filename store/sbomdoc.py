@@ -8,9 +8,11 @@ re-exports everything public here, so callers import that one module.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import uuid
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -24,6 +26,41 @@ if TYPE_CHECKING:
 DEFAULT_EPOCH = 315532800
 SBOM_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://kiln.dev/sbom")
 _SPDX_EXPR = re.compile(r"^\(?[A-Za-z0-9.+-]+\)?( (AND|OR|WITH) \(?[A-Za-z0-9.+-]+\)?)*\Z")
+_SPDX_IDS_FILE = Path(__file__).with_name("spdx-license-ids.txt")
+
+
+@functools.cache
+def _spdx_ids() -> frozenset[str]:
+    lines = _SPDX_IDS_FILE.read_text().splitlines()
+    return frozenset(ln.strip() for ln in lines if ln.strip() and not ln.startswith("#"))
+
+
+def is_spdx_expression(text: str) -> bool:
+    """Whether a recipe's ``license`` is an SPDX license expression: the simple shape
+    (``A``, ``A AND B``, ``A OR B``, ``A WITH exception``, ``A+``) made of identifiers on
+    the SPDX License List (``spdx-license-ids.txt``). Anything else (``Proprietary``,
+    ``BSD``, a sentence, and ``LicenseRef-`` ids, which a document would have to define)
+    is a licence *name*: SPDX documents say NOASSERTION and keep it in
+    ``licenseComments``, CycloneDX gives it as ``license.name``, since tools reject
+    unknown identifiers. An exception after WITH must name an exception
+    (SPDX's exception ids contain "exception", or ``Linux-syscall-note``)."""
+    if not _SPDX_EXPR.match(text):
+        return False
+    after_with = False
+    for tok in re.findall(r"[A-Za-z0-9.+-]+", text):
+        if tok in ("AND", "OR"):
+            continue
+        if tok == "WITH":
+            after_with = True
+            continue
+        if after_with:
+            ok = "exception" in tok.lower() or tok == "Linux-syscall-note"
+            after_with = False
+        else:
+            ok = tok.removesuffix("+") in _spdx_ids()
+        if not ok:
+            return False
+    return True
 
 
 def source_date_epoch() -> int:
@@ -70,7 +107,7 @@ def _cdx_component(n: Node, type_: str) -> dict[str, Any]:
     if n.nar_sha256:
         c["hashes"] = [{"alg": "SHA-256", "content": n.nar_sha256}]
     if n.license:
-        is_expr = _SPDX_EXPR.match(n.license)
+        is_expr = is_spdx_expression(n.license)
         c["licenses"] = [{"expression": n.license}] if is_expr else [{"license": {"name": n.license}}]
     refs = [{"type": "source-distribution", "url": u} for u in n.urls]
     if n.rev and n.urls:
@@ -133,7 +170,7 @@ def _spdx_package(n: Node) -> dict[str, Any]:
         "downloadLocation": _download_location(n),
         "filesAnalyzed": False,
         "licenseConcluded": "NOASSERTION",
-        "licenseDeclared": n.license if n.license and _SPDX_EXPR.match(n.license) else "NOASSERTION",
+        "licenseDeclared": n.license if n.license and is_spdx_expression(n.license) else "NOASSERTION",
         "copyrightText": "NOASSERTION",
         "externalRefs": [
             {"referenceCategory": "PACKAGE-MANAGER", "referenceType": "purl", "referenceLocator": purl(n)}

@@ -143,3 +143,32 @@ def test_git_source_and_free_text_licence(tmp_path: Path) -> None:
     assert pk["fw-image"]["licenseDeclared"] == "NOASSERTION"
     with pytest.raises(FormatError, match="not in the graph"):
         sbom.graph_from_mapping(root, "build", {root: nodes[root]})
+
+
+LICENCES = [
+    "MIT",
+    "Apache-2.0 OR MIT",
+    "(MIT AND Zlib)",
+    "GPL-2.0+",
+    "GPL-2.0-or-later WITH Classpath-exception-2.0",
+    "GPL-2.0-only WITH Linux-syscall-note",
+    "Proprietary",
+    "BSD",
+    "LicenseRef-acme",
+    "GPL-2.0-only WITH Proprietary",
+    "mit license",
+]
+
+
+@pytest.mark.parametrize("text", LICENCES)
+def test_spdx_expressions_are_what_spdx_tools_accept(text: str) -> None:
+    """Differential against spdx-tools' licence parser: ``Proprietary`` or ``BSD`` were
+    written as SPDX expressions, which SPDX tools reject."""
+    from spdx_tools.common.spdx_licensing import spdx_licensing
+
+    from kiln.store.sbomdoc import is_spdx_expression
+
+    ours = is_spdx_expression(text)
+    assert ours == (text in LICENCES[:6])  # the first six are SPDX expressions
+    if ours:
+        assert not spdx_licensing.validate(text).errors, text  # never one they reject
