@@ -231,6 +231,7 @@ def rebuild_drv(
                     time_verified=now,
                     rebuilt_nar_sha256_hex=c.rebuilt.hex,
                     derivation=drv_path,
+                    varied=variation.varied() if variation is not None else None,
                 )
             )
         out.append(

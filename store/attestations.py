@@ -91,6 +91,7 @@ def record_vsa(
     time_verified: Any,
     rebuilt_nar_sha256_hex: str | None = None,
     derivation: str | None = None,
+    varied: list[str] | None = None,
 ) -> Path:
     """Rebuilder entry point: sign a VSA saying whether rebuilding valid ``path`` gave its
     recorded NAR hash, and store it under this rebuilder's kind (``vsa_kind``)."""
@@ -108,6 +109,7 @@ def record_vsa(
         resource_uri=f"kiln:{path}",
         derivation=derivation,
         rebuilt_nar_sha256_hex=rebuilt_nar_sha256_hex,
+        varied=varied,
     )
     return write(store, path, vsa_kind(signer.public_key), sign(st, [signer]))
 

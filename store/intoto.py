@@ -233,12 +233,14 @@ def vsa(
     input_attestations: Iterable[Mapping[str, Any]] = (),
     derivation: str | None = None,
     rebuilt_nar_sha256_hex: str | None = None,
+    varied: Iterable[str] | None = None,
 ) -> dict[str, Any]:
     """A SLSA VSA v1 from a rebuilder: "this subject's NAR was (or was not) reproduced".
 
     ``verifiedLevels`` is ``["KILN_REPRODUCED"]`` when ``passed`` (an org-specific level, as
     the VSA spec allows), else ``["FAILED"]``. ``kiln_rebuild`` (an extension field) names
-    the derivation and the digest the rebuild produced."""
+    the derivation, the digest the rebuild produced and, for a rebuild under varied
+    conditions (``--vary``), what was varied (``varied``, from ``Variation.varied``)."""
     policy: dict[str, Any] = {"uri": policy_uri}
     if policy_digest:
         policy["digest"] = dict(policy_digest)
@@ -257,6 +259,8 @@ def vsa(
         ext["derivation"] = derivation
     if rebuilt_nar_sha256_hex:
         ext["narSha256"] = _check_hex(rebuilt_nar_sha256_hex, "rebuilt NAR digest")
+    if varied is not None:
+        ext["varied"] = list(varied)
     if ext:
         predicate["kiln_rebuild"] = ext
     return statement([subject(subject_name, nar_sha256_hex)], VSA_TYPE, predicate)

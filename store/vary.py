@@ -45,6 +45,22 @@ class Variation:
     shuffle_dirents: bool = False
     faketime: str | None = None  # host path of libfaketime.so.1 to preload, or None
 
+    def varied(self) -> list[str]:
+        """What this variation actually changes, as stable labels (no host paths) for a
+        VSA's ``kiln_rebuild.varied``: only what took effect on this machine."""
+        out = []
+        if self.tmp_parent is not None:
+            out.append("build-directory")
+        if self.cores is not None:
+            out.append(f"KILN_CORES={self.cores}")
+        if self.umask is not None:
+            out.append(f"umask={self.umask:03o}")
+        if self.shuffle_dirents:
+            out.append("directory-order")
+        if self.faketime:
+            out.append(f"clock+{FAKETIME_OFFSET}")
+        return out
+
     def describe(self) -> list[str]:
         out = []
         if self.tmp_parent is not None:

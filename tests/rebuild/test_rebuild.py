@@ -191,10 +191,20 @@ def test_vary_catches_what_a_plain_rebuild_misses(store, graph, kiln, rebuilder_
     drv, out = graph.drv("cores", "mkdir $out; echo $KILN_CORES > $out/cores; echo fixed > $out/keep")
     kiln("build", drv)
     kiln("rebuild", out, "--key", str(rebuilder_keys.sk_file))  # same conditions: identical
+    assert "varied" not in _vsa(store, out, rebuilder_keys).predicate["kiln_rebuild"]
     r = kiln("rebuild", out, "--key", str(rebuilder_keys.sk_file), "--vary", expect=1)
     assert "varied conditions" in r.stderr and "KILN_CORES=" in r.stderr
     assert "cores: contents differ" in r.stdout and "keep:" not in r.stdout.split("diffoscope:")[0]
-    assert _vsa(store, out, rebuilder_keys).predicate["verificationResult"] == "FAILED"
+    pred = _vsa(store, out, rebuilder_keys).predicate
+    assert pred["verificationResult"] == "FAILED"
+    # the VSA says the rebuild was varied, and how (stable labels, no host paths)
+    varied = pred["kiln_rebuild"]["varied"]
+    assert (
+        "build-directory" in varied
+        and "umask=077" in varied
+        and any(v.startswith("KILN_CORES=") for v in varied)
+    )
+    assert not any("/" in v for v in varied)
     assert not list((store.root / "tmp").glob("vary-*"))  # the varied build dir is cleaned up
     steady, steady_out = graph.drv("steady-vary", "mkdir $out; echo same > $out/f")
     kiln("build", steady)
