@@ -18,7 +18,7 @@ import os
 import shutil
 from collections.abc import Iterable
 
-from kiln.sandbox.bwrap import input_mount
+from kiln.sandbox.bwrapargv import input_mount
 from kiln.store.errors import KilnError
 
 

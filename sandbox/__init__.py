@@ -6,7 +6,8 @@ a ``Result``. ``BwrapExecutor`` is the local implementation (bubblewrap); a remo
 of kiln. See docs/sandbox.md.
 """
 
-from .bwrap import BwrapExecutor, bwrap_argv, probe
+from .bwrap import BwrapExecutor, probe
+from .bwrapargv import bwrap_argv
 from .errors import SandboxError, SandboxUnavailable
 from .executor import Executor, OutputCallback, Reason, Result
 from .spec import BUILD_TOP, HOMELESS, SOURCE_DATE_EPOCH, SandboxSpec, build_env, fixed_env

@@ -1,7 +1,7 @@
 """``BwrapExecutor``: run a ``SandboxSpec`` under Debian's bubblewrap (``/usr/bin/bwrap``).
 
 Theory of operation. Each run is one ``bwrap`` process (its own session and process
-group) whose command line is derived from the spec by ``bwrap_argv``:
+group) whose command line is derived from the spec by ``bwrapargv.bwrap_argv``:
 
 * namespaces: ``--unshare-all`` (user, ipc, pid, net, uts, cgroup) with the user
   namespace required, not "try"; ``--share-net`` only when ``spec.network`` (never for
@@ -38,91 +38,22 @@ from __future__ import annotations
 import array
 import fcntl
 import os
-import posixpath
 import shutil
 import subprocess
 import termios
 import threading
 import time
-from collections.abc import Mapping
 from typing import BinaryIO
 
+from .bwrapargv import bwrap_argv, common_flags, dev_flags, etc_files
 from .errors import SandboxError, SandboxUnavailable
 from .executor import Executor, OutputCallback, Result
 from .limits import Limits, kill_tree, supervise
 from .seccomp import build_filter
-from .spec import BUILD_TOP, HOMELESS, SandboxSpec, build_env
-
-#: Top-level rootfs entries mapped into the sandbox, in mount order.
-ROOTFS_DIRS = ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32")
-#: Debian's update-alternatives links live under /etc; a toolchain tree needs them.
-ROOTFS_ETC = ("etc/alternatives",)
-
-#: Host device nodes bound into the sandbox's /dev (what bwrap's --dev binds, minus pts).
-DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
-_DEV_LINKS = (
-    ("/proc/self/fd", "/dev/fd"),
-    ("/proc/self/fd/0", "/dev/stdin"),
-    ("/proc/self/fd/1", "/dev/stdout"),
-    ("/proc/self/fd/2", "/dev/stderr"),
-)
+from .spec import SandboxSpec
 
 _probe_lock = threading.Lock()
 _probed: dict[str, str] = {}  # bwrap path -> version string, for probes that passed
-
-
-def etc_files(spec: SandboxSpec) -> dict[str, bytes]:
-    """The generated /etc files: the build user, groups, and localhost."""
-    return {"passwd": _passwd(spec).encode(), "group": _group(spec).encode(), "hosts": _HOSTS.encode()}
-
-
-def _passwd(spec: SandboxSpec) -> str:
-    return (
-        "root:x:0:0:root:/:/noshell\n"
-        f"kiln:x:{spec.uid}:{spec.gid}:kiln build user:{HOMELESS}:/noshell\n"
-        "nobody:x:65534:65534:nobody:/:/noshell\n"
-    )
-
-
-def _group(spec: SandboxSpec) -> str:
-    return f"root:x:0:\nkiln:x:{spec.gid}:\nnogroup:x:65534:\n"
-
-
-_HOSTS = "127.0.0.1 localhost\n::1 localhost\n"
-
-#: /proc entries that are not per-namespace, made read-only over the sandbox's /proc.
-#: When kiln runs as root the sandbox's uid maps to host uid 0, and the kernel lets a
-#: global-root euid write sysctls without any capability: kernel.core_pattern would run
-#: a program of the build's choosing as root on the host. bwrap means to do this itself
-#: but skips it when access(W_OK) on the 0555 directory fails, which it always does.
-#: (/proc/sys/net reads the *reader's* namespace, so the host's /proc/sys serves.)
-_PROC_RO = [
-    *("--ro-bind-try", "/proc/sys", "/proc/sys"),
-    *("--ro-bind-try", "/proc/sysrq-trigger", "/proc/sysrq-trigger"),
-    *("--ro-bind-try", "/proc/irq", "/proc/irq"),
-    *("--ro-bind-try", "/proc/bus", "/proc/bus"),
-]
-
-
-def _common_flags(spec_network: bool, uid: int, gid: int, hostname: str) -> list[str]:
-    flags = ["--unshare-all", "--unshare-user"]
-    if spec_network:
-        flags.append("--share-net")
-    flags += ["--die-with-parent", "--new-session", "--cap-drop", "ALL"]
-    flags += ["--uid", str(uid), "--gid", str(gid), "--hostname", hostname]
-    return flags
-
-
-def dev_flags() -> list[str]:
-    """The sandbox's /dev (see the module docstring)."""
-    flags = ["--perms", "0755", "--tmpfs", "/dev"]
-    for name in DEV_NODES:
-        flags += ["--dev-bind", "/dev/" + name, "/dev/" + name]
-    for target, link in _DEV_LINKS:
-        flags += ["--symlink", target, link]
-    # /dev/shm: a sticky dir on that tmpfs rather than a tmpfs of its own (each mount
-    # costs the sandbox setup time)
-    return flags + ["--perms", "1777", "--dir", "/dev/shm"]
 
 
 def _unread(fd: int) -> int:
@@ -130,87 +61,6 @@ def _unread(fd: int) -> int:
     buf = array.array("i", [0])
     fcntl.ioctl(fd, termios.FIONREAD, buf)
     return buf[0]
-
-
-def bwrap_argv(
-    bwrap: str,
-    spec: SandboxSpec,
-    etc_fds: Mapping[str, int],
-    seccomp_fd: int | None = None,
-    block_fd: int | None = None,
-) -> list[str]:
-    """The full bwrap command line for ``spec``. ``etc_fds`` maps ``passwd``, ``group``,
-    ``hosts`` to fds bwrap inherits holding their contents (``etc_files(spec)``);
-    ``seccomp_fd`` (if given) is an inherited fd holding ``build_filter()``; ``block_fd``
-    (if given) one the sandbox reads a byte from once it is set up (``--block-fd``)."""
-    argv = [bwrap, *_common_flags(spec.network, spec.uid, spec.gid, spec.hostname), "--clearenv"]
-    if seccomp_fd is not None:
-        argv += ["--seccomp", str(seccomp_fd)]
-    if block_fd is not None:
-        argv += ["--block-fd", str(block_fd)]
-    for k, v in build_env(spec).items():
-        argv += ["--setenv", k, v]
-    if spec.rootfs is not None:
-        for name in ROOTFS_DIRS + ROOTFS_ETC:
-            host = os.path.join(spec.rootfs, name)
-            if _link_above(spec.rootfs, name):
-                continue  # (``etc`` a symlink: ``etc/alternatives`` would be the host's)
-            if os.path.islink(host):
-                argv += ["--symlink", os.readlink(host), "/" + name]
-            elif os.path.isdir(host):
-                argv += ["--ro-bind", host, "/" + name]
-    argv += [
-        *dev_flags(),
-        "--proc",
-        "/proc",
-        *_PROC_RO,
-        "--tmpfs",
-        "/tmp",
-        "--perms",
-        "0755",
-        "--dir",
-        "/etc",
-    ]
-    for name, fd in etc_fds.items():
-        # copied onto the root tmpfs (read-only with it after --remount-ro): no bind
-        # mount per file, as --ro-bind-data would make
-        argv += ["--perms", "0644", "--file", str(fd), "/etc/" + name]
-    argv += ["--bind", spec.build_dir, BUILD_TOP]
-    # bwrap would create missing parents of mount points mode 0700; make them 0755 so
-    # paths like /kiln/store are traversable by everyone, as on the host.
-    parents = {posixpath.dirname(d) for _, d in spec.ro_mounts + spec.rw_mounts}
-    for p in sorted({a for d in parents for a in _ancestors(d)}):
-        argv += ["--perms", "0755", "--dir", p]
-    # Parents before children (sorted by depth, then path), so an input mounted inside a
-    # writable directory (e.g. store paths over a scratch store dir) stays visible.
-    mounts = [input_mount(h, d) for h, d in spec.ro_mounts]
-    mounts += [("--bind", h, d) for h, d in spec.rw_mounts]
-    for flag, host, dest in sorted(mounts, key=lambda m: (m[2].count("/"), m[2])):
-        argv += [flag, host, dest]
-    argv += ["--chdir", BUILD_TOP, "--remount-ro", "/", "--", *spec.argv]
-    return argv
-
-
-def input_mount(host: str, dest: str) -> tuple[str, str, str]:
-    """The bwrap option showing input ``host`` read-only at ``dest``. An input that is a
-    symlink (a store path may be one) is made as that symlink: a bind mount would follow
-    it, mounting whatever it points to on the host (``ln -s /etc $out`` would show the
-    host's /etc to every build using it)."""
-    if os.path.islink(host):
-        return ("--symlink", os.readlink(host), dest)
-    return ("--ro-bind", host, dest)
-
-
-def _link_above(top: str, rel: str) -> bool:
-    """Whether a directory between ``top`` and ``top/rel`` (exclusive) is a symlink."""
-    parts = rel.split("/")[:-1]
-    return any(os.path.islink(os.path.join(top, *parts[: i + 1])) for i in range(len(parts)))
-
-
-def _ancestors(d: str) -> list[str]:
-    """``/a/b/c`` -> ``[/a, /a/b, /a/b/c]`` (``/`` excluded)."""
-    parts = d.strip("/").split("/") if d != "/" else []
-    return ["/" + "/".join(parts[: i + 1]) for i in range(len(parts))]
 
 
 def _memfd(name: str, data: bytes) -> int:
@@ -260,7 +110,7 @@ def probe(bwrap: str) -> str:
         if bwrap in _probed:
             return _probed[bwrap]
         sfd = _memfd("kiln-seccomp", build_filter())
-        cmd = [bwrap, *_common_flags(False, 1000, 1000, "localhost"), "--seccomp", str(sfd)]
+        cmd = [bwrap, *common_flags(False, 1000, 1000, "localhost"), "--seccomp", str(sfd)]
         cmd += ["--ro-bind", "/", "/", "--proc", "/proc", *dev_flags(), "--remount-ro", "/"]
         cmd += ["--", bwrap, "--version"]
         try:
