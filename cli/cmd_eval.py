@@ -103,9 +103,9 @@ def _store_dir(args: argparse.Namespace) -> str:
         return DEFAULT_STORE_DIR
     from pathlib import Path
 
-    from kiln.store.localstore import configured_store_dir
+    from kiln.store.localstore import config_store_dir
 
-    return configured_store_dir(Path(store_root_dir(args))) or DEFAULT_STORE_DIR  # its checks and messages
+    return config_store_dir(Path(cfg), data)  # the store's own checks and messages
 
 
 class _Sources:

@@ -94,7 +94,7 @@ class LocalStore(Registering):
             fsync_dir(objects)
         except (OSError, ValueError) as e:
             raise StoreError(f"cannot read store config {cfg}: {e}") from None
-        found = _config_store_dir(cfg, data)
+        found = config_store_dir(cfg, data)
         if store_dir is not None and store_dir != found:
             raise StoreError(f"store at {root} uses store dir {found!r}, not {store_dir!r}")
         for d in (*_SUBDIRS, found.lstrip("/")):
@@ -286,21 +286,9 @@ def _release(conn: sqlite3.Connection, scratch: Path) -> None:
         os.rmdir(scratch)
 
 
-def configured_store_dir(root: Path) -> str | None:
-    """The store dir of the store at ``root``, its config checked exactly as ``open``
-    checks it (``StoreError`` if unreadable or invalid); None when there is no store
-    there. For evaluating without opening the store."""
-    cfg = Path(root) / "config.json"
-    try:
-        data = json.loads(cfg.read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as e:
-        raise StoreError(f"cannot read store config {cfg}: {e}") from None
-    return _config_store_dir(cfg, data)
-
-
-def _config_store_dir(cfg: Path, data: object) -> str:
+def config_store_dir(cfg: Path, data: object) -> str:
+    """The store dir of config ``data`` read from ``cfg``, checked as ``open`` checks it
+    (``StoreError``); ``kiln eval`` uses it to evaluate without opening the store."""
     if not isinstance(data, dict):
         raise StoreError(
             f"cannot read store config {cfg}: expected a JSON object like "
