@@ -130,9 +130,9 @@ def first_build_cores(store: Any, drv: Any, current: int) -> set[int]:
             pred = parse_statement(env.payload).predicate if env is not None else {}
         except (FormatError, OSError):
             continue
-        cores = (
-            ((pred.get("buildDefinition") or {}).get("internalParameters") or {}).get("sandbox") or {}
-        ).get("cores")
+        cores: Any = pred
+        for key in ("buildDefinition", "internalParameters", "sandbox", "cores"):
+            cores = cores.get(key) if isinstance(cores, dict) else None  # (any shape: a miss)
         if isinstance(cores, int) and not isinstance(cores, bool) and cores > 0:
             found.add(cores)
     return found
