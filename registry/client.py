@@ -54,6 +54,17 @@ class Unreachable(RegistryError):
     """No connection could be made (refused, timed out, DNS)."""
 
 
+def utf8(body: bytes, what: str) -> str:
+    """``body`` as text, or ``RegistryError`` naming ``what``: a registry's answer that
+    is not UTF-8 is malformed, not a crash."""
+    try:
+        return body.decode()
+    except UnicodeDecodeError as e:
+        raise RegistryError(
+            f"{what} is not UTF-8 (byte {e.start}: {body[e.start : e.start + 1]!r})"
+        ) from None
+
+
 class Client(abc.ABC):
     url: str
     store_dir: str = ""
@@ -71,7 +82,7 @@ class Client(abc.ABC):
         body = await self.get(layout.CACHE_INFO)
         if body is None:
             raise RegistryError(f"{self.url} is not a binary cache (no nix-cache-info)")
-        info = layout.parse_cache_info(body.decode())
+        info = layout.parse_cache_info(utf8(body, f"{self.url}/{layout.CACHE_INFO}"))
         self.store_dir = info.get("StoreDir", "")
         return info
 

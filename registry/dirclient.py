@@ -16,7 +16,7 @@ from kiln.store.hashes import Hash
 
 from . import layout
 from .backends import DirSource
-from .client import CHUNK, Client, RegistryError
+from .client import CHUNK, Client, RegistryError, utf8
 
 
 class DirClient(Client):
@@ -36,7 +36,7 @@ class DirClient(Client):
         for h in hash_parts:
             body = self.src.narinfo(h)
             if body is not None:
-                out[h] = body.decode()
+                out[h] = utf8(body, f"{self.url}/{layout.narinfo_key(h)}")
         return out
 
     async def have_blobs(self, hashes: list[Hash]) -> set[str]:
@@ -53,7 +53,7 @@ class DirClient(Client):
 
     async def narinfo_by_nar_hash(self, nar_sha256_hex: str) -> str | None:
         body = self.src.narinfo_by_nar_hash(nar_sha256_hex)
-        return body.decode() if body is not None else None
+        return utf8(body, f"{self.url}: the narinfo of NAR {nar_sha256_hex}") if body is not None else None
 
     def put_object_sync(self, key: str, path: Path) -> None:
         from .verify import NarVerifier

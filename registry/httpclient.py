@@ -25,7 +25,7 @@ import aiohttp
 from kiln.store.hashes import Hash
 
 from . import layout
-from .client import BATCH, CHUNK, CONNECT_TIMEOUT, Client, RegistryError, Unreachable
+from .client import BATCH, CHUNK, CONNECT_TIMEOUT, Client, RegistryError, Unreachable, utf8
 from .pace import Link, Pace
 
 #: Largest body read into memory from a registry (narinfos, listings, index files,
@@ -161,7 +161,7 @@ class HttpClient(Client):
                     async with sem:
                         body = await self.get(layout.narinfo_key(h))
                     if body is not None:
-                        out[h] = body.decode()
+                        out[h] = utf8(body, f"{self.url}/{layout.narinfo_key(h)}")
 
                 await asyncio.gather(*(one(h) for h in part))
             else:

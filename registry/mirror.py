@@ -208,7 +208,7 @@ async def _fetch_attestations(
                 f"{kind} attestation does not match the sha256 in the signed index (tampered?)"
             )
             return
-        text = texts.get(h) or (dst.narinfo(h) or b"").decode()
+        text = texts.get(h) or (dst.narinfo(h) or b"").decode(errors="replace")
         try:
             nar_hex = ni.parse(text, dst.store_dir).nar_hash.hex
             check_envelope(data, kind, e["path"].rsplit("/", 1)[1], nar_hex, None)

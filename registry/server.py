@@ -262,7 +262,7 @@ class Registry(WriteAPI):
             if isinstance(h, str) and layout.is_hash_part(h):
                 body = self.source.narinfo(h)
                 if body is not None:
-                    found[h] = body.decode()
+                    found[h] = body.decode(errors="replace")  # junk on disk: the client rejects it
         have = []
         for b in blobs:
             try:
@@ -293,7 +293,7 @@ class Registry(WriteAPI):
         for nh in wanted:
             body = self.source.narinfo_by_nar_hash(nh.lower())
             if body is not None:
-                out[nh] = body.decode()
+                out[nh] = body.decode(errors="replace")
         return out
 
     async def _blob_batch(self, request: web.BaseRequest) -> web.StreamResponse:

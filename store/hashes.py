@@ -19,7 +19,6 @@ was expected and what was found.
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 from dataclasses import dataclass
 
@@ -96,7 +95,7 @@ class Hash:
         if sri:
             try:
                 digest = base64.b64decode(body, validate=True)
-            except binascii.Error as e:
+            except ValueError as e:  # binascii.Error, or a non-ASCII str
                 raise FormatError(f"invalid base64 in SRI hash {text!r}: {e}") from None
             if len(digest) != size:
                 raise FormatError(f"SRI {algo} hash {text!r} decodes to {len(digest)} bytes, expected {size}")
@@ -111,7 +110,7 @@ class Hash:
         if len(body) == len(base64.b64encode(b"\0" * size)):
             try:
                 return cls(algo, base64.b64decode(body, validate=True))
-            except binascii.Error:
+            except ValueError:  # binascii.Error, or a non-ASCII str
                 pass
         raise FormatError(
             f"{algo} hash {text!r} has {len(body)} characters; expected {size * 2} (hex), "

@@ -23,7 +23,6 @@ leaves a partial key and a key is never world-readable for an instant.
 from __future__ import annotations
 
 import base64
-import binascii
 import functools
 import os
 import tempfile
@@ -50,7 +49,7 @@ def _split(text: str, what: str, size: int) -> tuple[str, bytes]:
     _check_name(name, what)
     try:
         raw = base64.b64decode(b64, validate=True)
-    except binascii.Error:
+    except ValueError:  # binascii.Error, or a non-ASCII str
         raise FormatError(f"{what} {name!r}: invalid base64") from None
     if len(raw) != size:
         raise FormatError(f"{what} {name!r}: expected {size} bytes, found {len(raw)}")
@@ -87,7 +86,7 @@ class PublicKey:
             return False
         try:
             sig = base64.b64decode(b64, validate=True)
-        except binascii.Error:
+        except ValueError:  # binascii.Error, or a non-ASCII str
             return False
         if len(sig) != 64:
             return False

@@ -90,6 +90,11 @@ def test_hash_text_forms() -> None:
         Hash.parse("sha256:abcde")
     with pytest.raises(FormatError, match="unknown hash algorithm"):
         Hash("sha3", b"")
+    # non-ASCII where base64 is expected is a FormatError, not base64's ValueError
+    with pytest.raises(FormatError, match="invalid base64 in SRI"):
+        Hash.parse("sha256-\u00e9" + h.sri[8:])
+    with pytest.raises(FormatError, match="has 44 characters"):
+        Hash.parse("sha256:\u00e9" + h.sri[8:])
 
 
 # ---------------------------------------------------------------------------- store paths

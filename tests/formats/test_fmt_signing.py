@@ -82,6 +82,8 @@ def test_generate_sign_verify() -> None:
     assert not pk.verify(b"data", "other:" + s.split(":")[1])  # wrong name
     for junk in ("", "cache.example-1", "cache.example-1:", "cache.example-1:!!!", "cache.example-1:AAAA"):
         assert not pk.verify(b"data", junk)
+    # non-ASCII base64 (a hostile narinfo's Sig: line) is invalid, not a ValueError
+    assert not pk.verify(b"data", "cache.example-1:\u00e9" + s.split(":")[1][1:])
     assert SecretKey.parse(sk.to_text()) == sk and PublicKey.parse(pk.to_text()) == pk
     assert base64.b64encode(sk.key).decode() not in repr(sk)
 
@@ -93,6 +95,7 @@ def test_generate_sign_verify() -> None:
         (":AAAA", "must be non-empty"),
         ("a b:AAAA", "without ':' or whitespace"),
         ("k:not base64!", "invalid base64"),
+        ("k:\u00e9" + "A" * 87, "invalid base64"),
         ("k:" + base64.b64encode(b"x" * 32).decode(), "expected 64 bytes, found 32"),
     ],
 )

@@ -274,3 +274,44 @@ def test_a_slow_answer_sharing_a_moving_link_is_not_dropped(impatient) -> None:
         return got["slow"], got["fast"]
 
     assert asyncio.run(asyncio.wait_for(go(), 20)) == (200, 40000)
+
+
+def _by_request_line(answers: dict[bytes, bytes]):  # noqa: ANN202 - returns the runner
+    """A server answering each request by its method and path (first match by prefix)."""
+
+    async def serve(call: Callable[[HttpClient], Awaitable[object]]) -> object:
+        async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            line = await r.readline()
+            while (await r.readline()) not in (b"\r\n", b""):
+                pass
+            body = next((a for k, a in answers.items() if line.startswith(k)), None)
+            if body is None:
+                w.write(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            else:
+                w.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
+                    % (len(body), body)
+                )
+            await w.drain()
+            w.close()
+
+        srv = await asyncio.start_server(handler, "127.0.0.1", 0)
+        c = HttpClient(f"http://127.0.0.1:{srv.sockets[0].getsockname()[1]}")
+        try:
+            return await asyncio.wait_for(call(c), 30)
+        finally:
+            await c.close()
+            srv.close()
+
+    return serve
+
+
+def test_answers_that_are_not_utf8_are_registry_errors() -> None:
+    """A narinfo (a plain file server: no narinfo-batch, so one GET per path) or a
+    nix-cache-info that is not UTF-8 is a malformed answer naming what was read."""
+    h = "a" * 32
+    serve = _by_request_line({b"GET /" + h.encode(): b"StorePath: \xff\n", b"GET /nix-cache-info": b"\xfe"})
+    with pytest.raises(RegistryError, match=rf"/{h}.narinfo is not UTF-8 \(byte 11"):
+        asyncio.run(serve(lambda c: c.narinfos([h])))
+    with pytest.raises(RegistryError, match="nix-cache-info is not UTF-8"):
+        asyncio.run(serve(lambda c: c.cache_info()))
