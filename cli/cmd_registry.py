@@ -274,7 +274,13 @@ def cmd_push(argv: list[str]) -> int:
     )
     print(
         f"pushed {rep.pushed} of {rep.closure} paths ({rep.nars_uploaded} NARs, {rep.bytes_uploaded} bytes, "
-        f"{rep.attestations_uploaded} attestations)" + (f"; {rep.index}" if rep.index else "")
+        f"{rep.attestations_uploaded} attestations)"
+        + (
+            f"; new signatures sent for {rep.signatures_updated} published paths"
+            if rep.signatures_updated
+            else ""
+        )
+        + (f"; {rep.index}" if rep.index else "")
     )
     return 0
 

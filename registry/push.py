@@ -18,10 +18,15 @@ narinfo without its NAR or its references):
    registry lacks or holds in another version (``attest_transfer.push_attestations``;
    one batched listing request, then a PUT each) — after the narinfos, because the
    registry admits an attestation only for a published path;
-6. ask the server to republish its signed index (if it holds an index key), which also
-   lists each path's attestation digests.
+6. send again the narinfo of every published path that lacks one of the store's
+   signatures for it (after ``kiln key rotate --resign``, say): the registry merges
+   the signatures it trusts;
+7. ask the server to republish its signed index (if it holds an index key), which also
+   lists each path's attestation digests. Always, even when nothing was uploaded: a
+   push cut off after its uploads publishes on the re-run.
 
-A re-run skips everything already published (step 2), so resuming costs one round trip.
+A re-run skips everything already published (step 2), so resuming costs one round trip
+and the publication.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ class PushReport:
     bytes_uploaded: int
     index: str | None
     attestations_uploaded: int = 0
+    signatures_updated: int = 0  # published paths whose narinfo went again for new signatures
 
 
 def levels(infos: dict[str, PathInfo]) -> list[list[str]]:
@@ -115,6 +121,9 @@ async def push_prepared(
             raise KilnError(f"{i.path} is not in the registry's store dir {sd!r}")
     have = await client.narinfos([_hp(p) for p in info_map])
     missing = {p: i for p, i in info_map.items() if _hp(p) not in have}
+    # published, but without some of our signatures (a key rotated, another signer):
+    # the narinfo goes again and the registry merges the signatures it trusts
+    resign = [p for p, i in info_map.items() if p not in missing and _lacks_sigs(have[_hp(p)], i.sigs)]
     # Blobs are checked for the whole closure, not only for missing narinfos: a published
     # narinfo whose NAR was lost (registry GC, disk trouble) gets its NAR back (repair).
     blobs = await client.have_blobs([i.file_hash for i in info_map.values()])  # type: ignore[misc]
@@ -162,17 +171,29 @@ async def push_prepared(
         for level in lv:
             await asyncio.gather(*(up_info(p) for p in level))
     prog.done()
+    await asyncio.gather(*(up_info(p) for p in resign))
     atts = 0
     if store is not None:
         from .attest_transfer import push_attestations
 
         atts = await push_attestations(client, store, list(info_map), jobs)
-    index = await client.publish_index() if missing or atts else None
-    return PushReport(len(info_map), len(missing), len(to_upload), total, index, atts)
+    # always: a push whose uploads landed but whose publication was cut off must publish
+    # on the re-run, when nothing is missing any more (a server with nothing new only
+    # refreshes the timestamp)
+    index = await client.publish_index()
+    return PushReport(len(info_map), len(missing), len(to_upload), total, index, atts, len(resign))
 
 
 def _hp(path: str) -> str:
     return path.rsplit("/", 1)[1][:32]
+
+
+def _lacks_sigs(text: str, sigs: tuple[str, ...]) -> bool:
+    """Whether the published narinfo ``text`` lacks one of ``sigs`` (by exact text, as
+    the registry merges them). Unparsable text counts as lacking nothing: the create-
+    if-absent upload would be refused as a conflict anyway."""
+    published = {line[5:].strip() for line in text.splitlines() if line.startswith("Sig: ")}
+    return any(s not in published for s in sigs)
 
 
 def push(

@@ -3,15 +3,17 @@ tampered blob, wrong signature, unreachable registry; plus ``kiln serve --store`
 
 from __future__ import annotations
 
+import asyncio
+import json
 from pathlib import Path
 
 import pytest
-from regkit import add_chain, free_port, kiln, make_store
+from regkit import Keys, add_chain, add_tree, free_port, kiln, make_store
 
 from kiln.registry import layout
 from kiln.registry.client import open_client
 from kiln.registry.copy import to_store
-from kiln.registry.push import push
+from kiln.registry.push import PushReport, prepare, push, push_prepared
 from kiln.registry.substitute import Substituter
 from kiln.store.errors import HashMismatch, KilnError
 
@@ -26,6 +28,68 @@ def test_push_skips_what_registry_has(pushed, keys, kiln_server) -> None:
     srv2 = kiln_server("--dir", str(reg), "--trusted-key", str(keys.pk_file))  # no narinfo cache yet
     rep = push(store, [chain[-1]], lambda: open_client(srv2.url, tok))
     assert (rep.pushed, rep.nars_uploaded) == (3, 0)
+
+
+def test_push_sends_new_signatures_of_published_paths(pushed, keys, tmp_path, kiln_server) -> None:
+    """After a key rotation (``kiln key rotate --resign``) the store holds a second
+    signature for published paths: a push sends their narinfos again, the registry merges
+    the signatures it trusts, and a client trusting only the new key substitutes."""
+    store, chain, leaf, reg, tok, srv = pushed
+    (tmp_path / "new").mkdir()
+    new = Keys(tmp_path / "new", "kiln-test-2")
+    srv.stop()  # the registry now trusts both keys
+    srv2 = kiln_server(
+        "--dir", str(reg), "--trusted-key", str(keys.pk_file), "--trusted-key", str(new.pk_file),
+        "--index-key", str(keys.sk_file),
+    )  # fmt: skip
+    rep = push(store, [chain[-1]], lambda: open_client(srv2.url, tok), sign_key=new.sk)
+    assert (rep.pushed, rep.nars_uploaded, rep.signatures_updated) == (0, 0, 5)
+    for p in chain:
+        text = (reg / f"{p.split('/')[-1][:32]}.narinfo").read_text()
+        assert "Sig: kiln-test-1:" in text and "Sig: kiln-test-2:" in text
+    r = kiln(
+        "copy",
+        "--from",
+        srv2.url,
+        "--to",
+        str(tmp_path / "dest"),
+        "--trusted-key",
+        str(new.pk_file),
+        chain[-1],
+    )
+    assert r.returncode == 0, r.stderr
+    # nothing more to send: a re-run sends no narinfo
+    rep = push(store, [chain[-1]], lambda: open_client(srv2.url, tok))
+    assert (rep.pushed, rep.signatures_updated) == (0, 0)
+
+
+def test_a_push_cut_off_before_publishing_publishes_on_the_rerun(pushed, keys, tmp_path) -> None:
+    """Uploads that landed without the index publication (the connection dropped after
+    them): the re-run has nothing to upload but still publishes, so the signed index lists
+    the path and mirrors see it."""
+    store, _chain, _leaf, reg, tok, srv = pushed
+    extra = add_tree(store, tmp_path, "extra", "extra\n")
+
+    async def cut_off() -> PushReport:
+        async with open_client(srv.url, tok) as client:
+            client.publish_index = _no_publication  # type: ignore[method-assign]
+            return await push_prepared(prepare(store, [extra], keys.sk), client)
+
+    rep = asyncio.run(cut_off())
+    hp = extra.split("/")[-1][:32]
+    assert rep.pushed == 1 and hp not in _indexed(reg)
+    rep = push(store, [extra], lambda: open_client(srv.url, tok))
+    assert rep.pushed == 0 and rep.index and hp in _indexed(reg)
+
+
+async def _no_publication() -> None:
+    return None
+
+
+def _indexed(reg: Path) -> set[str]:
+    ts = json.loads((reg / "index/timestamp.json").read_text())["signed"]
+    v = ts["meta"]["snapshot.json"]["version"]
+    return set(json.loads((reg / f"index/{v}.index.json").read_text())["signed"]["paths"])
 
 
 def test_copy_roundtrip(pushed, keys, tmp_path) -> None:
