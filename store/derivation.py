@@ -23,6 +23,7 @@ Invariants
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -256,7 +257,13 @@ def parse(text: str, name: str, store_dir: str = DEFAULT_STORE_DIR) -> Derivatio
     r.expect(")")
     if r.i != len(text):
         raise FormatError(f"derivation: trailing data at offset {r.i}")
-    return Derivation(
+    _sorted_unique([k for k, _ in outputs], "outputs")
+    _sorted_unique([p for p, _ in drvs], "input derivations")
+    for p, outs in drvs:
+        _sorted_unique(list(outs), f"outputs of input {p}")
+    _sorted_unique(list(srcs), "input sources")
+    _sorted_unique([k for k, _ in env], "environment variables")
+    drv = Derivation(
         name=name,
         outputs=tuple(outputs),
         input_drvs=tuple(drvs),
@@ -267,6 +274,20 @@ def parse(text: str, name: str, store_dir: str = DEFAULT_STORE_DIR) -> Derivatio
         env=tuple(env),
         store_dir=store_dir,
     )
+    # What is hashed is the canonical text; one written otherwise (an escape Nix never
+    # writes, say) would hash as something other than what it says.
+    if drv.serialize() != text:
+        raise FormatError("derivation: not in canonical form (it would not serialize back to the same text)")
+    return drv
+
+
+def _sorted_unique(keys: list[str], what: str) -> None:
+    """Nix keeps these in ordered sets and maps: a ``.drv`` that lists them out of order,
+    or twice, hashes as something other than what the builder would see."""
+    for a, b in itertools.pairwise(keys):
+        if a >= b:
+            how = "twice" if a == b else f"before {b!r}"
+            raise FormatError(f"derivation: {what} are not sorted and unique ({a!r} {how})")
 
 
 # ---------------------------------------------------------------------------- hashing
@@ -303,9 +324,11 @@ def finalize(drv: Derivation, resolve: Resolver, memo: dict[str, Hash]) -> Deriv
         o = drv.outputs[0][1]
         recursive = o.hash_algo.startswith("r:")
         algo = o.hash_algo.removeprefix("r:")
-        path = str(
-            make_fixed_output_path(drv.name, Hash(algo, bytes.fromhex(o.hash)), recursive, drv.store_dir)
-        )
+        try:
+            digest = bytes.fromhex(o.hash)
+        except ValueError:
+            raise FormatError(f"derivation {drv.name}: fixed-output hash {o.hash!r} is not hex") from None
+        path = str(make_fixed_output_path(drv.name, Hash(algo, digest), recursive, drv.store_dir))
         outs = {"out": replace(o, path=path)}
     else:
         h = hash_modulo(drv, resolve, memo, mask_outputs=True)
@@ -324,11 +347,20 @@ def check_output_paths(drv: Derivation, resolve: Resolver, memo: dict[str, Hash]
     can write one that *claims* another derivation's output path; building or rebuilding
     it must not stand in for that derivation."""
     want = dict(finalize(drv, resolve, memo).outputs)
+    env = drv.env_map
     for k, o in drv.outputs:
         if o.path != want[k].path:
             raise FormatError(
                 f"derivation {drv.name}: output {k!r} is declared as {o.path or '(empty)'}, but the "
                 f"derivation gives {want[k].path}: refusing a forged or corrupt derivation"
+            )
+        # the output env vars are masked out of the hash, so they are checked here: the
+        # builder writes where they point (swapped $out and $dev would put each
+        # output's contents at the other's path)
+        if env.get(k) != o.path:
+            raise FormatError(
+                f"derivation {drv.name}: environment variable {k!r} is {env.get(k, '(unset)')!r}, "
+                f"not its output path {o.path}: refusing a forged or corrupt derivation"
             )
 
 
