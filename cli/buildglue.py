@@ -73,7 +73,7 @@ def evaluate(store, file: str, attrs: list[str], use_cache: bool = True):
         store.keep(sorted(ev.sources))
         if not readd_sources(store.store_dir, ev.sources, store.is_valid, add_source_fn(store)):
             return evaluate(store, file, attrs, use_cache=False)
-    names = attrs or list(ev.drv_paths)
+    names = attrs or list(ev.attributes())
     if not names:
         raise KilnError(f"{file} defines no packages")
     targets = []

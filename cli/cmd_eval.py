@@ -193,7 +193,7 @@ def _cmd_eval(args) -> int:
         p, _ = ev.select(args.attr)
         items = [(args.attr, p)]
     else:
-        items = list(ev.drv_paths.items())
+        items = list(ev.attributes().items())
     if args.write:
         from .buildglue import write_drvs
 

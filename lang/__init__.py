@@ -7,6 +7,9 @@ Public API (the build loop and the CLI use only this)::
     ev.packages        # attr name -> Derivation (this file's own top-level packages and
                        #   derivation-valued lets, default variants, source order)
     ev.drv_paths       # attr name -> .drv store path
+    ev.attributes()    # the same, or the error of the first top-level binding that failed
+    ev.broken          # top-level name -> RecipeError: evaluating it failed, which only
+                       #   fails what uses it (select, attributes())
     ev.drvs            # .drv path -> Derivation, the whole closure (fetches included)
     ev.sources         # source store path -> absolute local origin (``path "./dir"``)
     ev.files           # absolute path -> sha256 of every recipe file read
@@ -68,6 +71,7 @@ class Evaluation:
         files: dict[str, str],
         from_cache: bool,
         live=None,
+        broken: dict[str, RecipeError] | None = None,
     ) -> None:
         self.file = file
         self.display = display
@@ -79,6 +83,15 @@ class Evaluation:
         self.from_cache = from_cache
         self._add_source = add_source
         self._live = live  # (Evaluator, Module) once evaluated in this process
+        self.broken = broken or {}  # top-level name -> the error evaluating it raised
+
+    def attributes(self) -> dict[str, str]:
+        """Every attribute (name → ``.drv`` path), for commands that take them all;
+        raises the error of the first top-level binding that failed to evaluate (a
+        ``let`` that fails might have been a derivation)."""
+        if self.broken:
+            raise next(iter(self.broken.values()))
+        return self.drv_paths
 
     def name_of(self, drv_path: str) -> str:
         """The name of derivation ``drv_path`` (from the cache's tuples on a hit)."""
@@ -132,6 +145,8 @@ class Evaluation:
         p = self.drv_paths.get(expr.strip())
         if p is not None:
             return p, self.drvs[p]
+        if expr.strip() in self.broken:
+            raise self.broken[expr.strip()]
         ev, mod = self._evaluator()
         from .parser import parse_expr
         from .values import DrvValue, type_name
@@ -246,29 +261,36 @@ def _evaluate(file: str, display: str, store_dir: str, add_source: AddSource | N
     def evaluate_module():
         mod = ev.load(file, display)
         attrs: dict[str, str] = {}
+        broken: dict[str, RecipeError] = {}
         for name in mod.own:
             b = mod.env.vars[name]
-            if isinstance(b, PackageFn):
-                if any(p.default is None for p in b.node.params):
-                    continue  # needs arguments: only reachable as name(...)
-                v = ev._instantiate(ev, b, {}, b.node)
-            else:
-                v = ev.force(b) if isinstance(b, Thunk) else b
+            try:
+                if isinstance(b, PackageFn):
+                    if any(p.default is None for p in b.node.params):
+                        continue  # needs arguments: only reachable as name(...)
+                    v = ev._instantiate(ev, b, {}, b.node)
+                else:
+                    v = ev.force(b) if isinstance(b, Thunk) else b
+            except RecipeError as e:
+                # kept for whoever asks for this binding (or for every attribute): a
+                # broken package does not block building its neighbours, as in Nix
+                broken[name] = e
+                continue
             if isinstance(v, DrvValue):
                 attrs[name] = v.path
-        return mod, attrs
+        return mod, attrs, broken
 
     # The evaluation allocates hundreds of thousands of long-lived objects and frees
     # almost nothing: the cyclic GC would only re-scan them (a quarter of the time).
     was_enabled = gc.isenabled()
     gc.disable()
     try:
-        mod, attrs = _deep(_recursion_is_recipe_error(evaluate_module))
+        mod, attrs, broken = _deep(_recursion_is_recipe_error(evaluate_module))
     finally:
         if was_enabled:
             gc.enable()
     return Evaluation(
-        file, display, store_dir, add_source, attrs, ev.drvs, ev.sources, ev.files, False, (ev, mod)
+        file, display, store_dir, add_source, attrs, ev.drvs, ev.sources, ev.files, False, (ev, mod), broken
     )
 
 
@@ -296,7 +318,7 @@ def evaluate_file(
                 True,
             )
     result = _evaluate(file, display, store_dir, add_source)
-    if cache_dir is not None:
+    if cache_dir is not None and not result.broken:  # (the cache holds whole evaluations)
         # a cache that cannot be written only makes the next evaluation slower; save
         # refuses (ValueError) when a source changed while being added
         import contextlib

@@ -96,7 +96,7 @@ def test_parenthesised_comparison_is_not_a_chain(tmp_path):
 def test_a_field_cannot_replace_a_parameter(tmp_path):
     f = _write(tmp_path / "p.recipe", 'package p(flag = false) { flag = true\n  build = "" }\n')
     with pytest.raises(E.DuplicateField) as info:
-        evaluate_file(f)
+        evaluate_file(f).attributes()
     assert str(info.value).splitlines()[0] == (
         "p.recipe:1:27: field 'flag' has the same name as a parameter (line 1) and they share "
         "one scope; to export the parameter use another name (flagValue = flag)"
@@ -127,7 +127,7 @@ def test_kilnignore_that_is_not_utf8_is_located(tmp_path):
     f = _write(tmp_path / "s.recipe", 'package a {\n  src = path "./src"\n  build = "" }\n')
     for add in (None, source_hasher()):
         with pytest.raises(E.BadValue) as info:
-            evaluate_file(f, add_source=add)
+            evaluate_file(f, add_source=add).attributes()
         assert str(info.value).splitlines()[0] == (
             f"s.recipe:2:14: cannot add path './src' to the store: {tmp_path.resolve()}/src/.kilnignore "
             "is not valid UTF-8 (byte 0xff on line 2)"
@@ -179,11 +179,11 @@ def test_an_import_that_is_not_utf8_names_the_place_once(tmp_path):
     _write(tmp_path / "bad.recipe", b'package p {\n  x = "h\xc3\xa9llo \xff"\n}\n')
     _write(tmp_path / "main.recipe", 'import "bad.recipe"\n')
     with pytest.raises(RecipeError) as info:
-        evaluate_file("bad.recipe")
+        evaluate_file("bad.recipe").attributes()
     # columns count characters: the bad byte is the 14th character of its line
     assert str(info.value) == "bad.recipe:2:14: not valid UTF-8 (byte 0xff); recipe files are UTF-8"
     with pytest.raises(RecipeError) as info:
-        evaluate_file("main.recipe")
+        evaluate_file("main.recipe").attributes()
     assert str(info.value).splitlines()[0] == (
         "main.recipe:1:1: imported file bad.recipe is not valid UTF-8 (byte 0xff) at line 2, column 14"
     )
@@ -204,7 +204,7 @@ def test_six_levels_of_records_in_an_interpolation(tmp_path):
 def test_end_of_an_interpolation_or_attr_is_named_as_such(tmp_path):
     f = _write(tmp_path / "e.recipe", 'package a(n = 1) { build = "${}" }\n')
     with pytest.raises(E.RecipeSyntaxError) as info:
-        evaluate_file(f)
+        evaluate_file(f).attributes()
     assert str(info.value).splitlines()[0] == (
         "e.recipe:1:31: unexpected end of the ${...} interpolation; expected an expression"
     )
@@ -232,7 +232,7 @@ def test_crlf_files_mean_the_same_as_lf_files(tmp_path):
     assert crlf.drv_paths == lf.drv_paths
     bad = _write(tmp_path / "bad.recipe", b"package a {\r\n  build = oops\r\n}\r\n")
     with pytest.raises(E.UnknownName, match=r"^bad.recipe:2:11: unknown name 'oops'"):
-        evaluate_file(bad)
+        evaluate_file(bad).attributes()
 
 
 def test_debian_rootfs_env_name_is_the_derivation_name(tmp_path):
@@ -255,7 +255,7 @@ def test_debian_rootfs_env_name_is_the_derivation_name(tmp_path):
 def test_a_nul_in_a_field_is_located_at_the_field(tmp_path):
     f = _write(tmp_path / "n.recipe", b'package p {\n  build = "true"\n  x = "a\x00b"\n}\n')
     with pytest.raises(RecipeError) as e:
-        evaluate_file(f)
+        evaluate_file(f).attributes()
     assert "n.recipe:3:7" in str(e.value) and "NUL character" in str(e.value), str(e.value)
 
 
@@ -268,7 +268,7 @@ def test_a_url_with_whitespace_is_refused_at_the_argument(tmp_path, url):
         'package p {\n  deps = [src]\n  build = "true"\n}\n',
     )
     with pytest.raises(RecipeError) as e:
-        evaluate_file(f)
+        evaluate_file(f).attributes()
     assert "u.recipe:1:" in str(e.value) and "without whitespace" in str(e.value), str(e.value)
 
 
@@ -297,6 +297,6 @@ def test_debian_rootfs_lock_values_are_checked_at_the_lock(tmp_path, field, valu
         f'let t = debian_rootfs {{ lock = {lock} }}\npackage p {{ deps = [t]\n build = "" }}\n',
     )
     with pytest.raises(RecipeError) as e:
-        evaluate_file(f)
+        evaluate_file(f).attributes()
     msg = str(e.value)
     assert msg.startswith("l.recipe:1:") and f"lock entry 1 ('bash'): '{field}'" in msg and says in msg, msg

@@ -38,7 +38,7 @@ KINDS = {
 def test_error(name: str, monkeypatch, hash_sources):
     monkeypatch.chdir(DATA / "errors")
     with pytest.raises(RecipeError) as info:
-        evaluate_file(f"{name}.recipe", add_source=hash_sources)
+        evaluate_file(f"{name}.recipe", add_source=hash_sources).attributes()
     e = info.value
     assert e.kiln_user_error
     for prefix, cls in KINDS.items():
@@ -60,7 +60,7 @@ def test_every_error_has_expectations():
 def test_error_message_shape(monkeypatch):
     monkeypatch.chdir(DATA / "errors")
     with pytest.raises(E.UnknownName) as info:
-        evaluate_file("unknown_name.recipe")
+        evaluate_file("unknown_name.recipe").attributes()
     lines = str(info.value).splitlines()
     assert lines[0] == "unknown_name.recipe:3:27: unknown name 'verison' (did you mean 'version'?)"
     assert lines[1].endswith('build = "tar xf hello-${verison}.tar.gz"')
@@ -70,7 +70,7 @@ def test_error_message_shape(monkeypatch):
 def test_syntax_error_says_what_was_expected(monkeypatch):
     monkeypatch.chdir(DATA / "errors")
     with pytest.raises(E.RecipeSyntaxError, match="expected '='"):
-        evaluate_file("syntax_missing_equals.recipe")
+        evaluate_file("syntax_missing_equals.recipe").attributes()
 
 
 def test_import_cycle_shows_chain(monkeypatch):
@@ -95,7 +95,7 @@ def test_non_utf8_recipe_is_located_and_a_bom_is_accepted(tmp_path):
 
     (tmp_path / "bad.recipe").write_bytes(b'package p {\n  build = "caf\xe9"\n}\n')
     with pytest.raises(RecipeError, match=r"bad.recipe:2:15: not valid UTF-8 \(byte 0xe9\)"):
-        evaluate_file(tmp_path / "bad.recipe")
+        evaluate_file(tmp_path / "bad.recipe").attributes()
     (tmp_path / "bom.recipe").write_bytes(b'\xef\xbb\xbfpackage p { build = "x" }\n')
     assert "p" in evaluate_file(tmp_path / "bom.recipe").drv_paths
 
@@ -106,10 +106,10 @@ def test_integers_are_64_bit(tmp_path):
 
     (tmp_path / "big.recipe").write_text("let n = " + "9" * 5000 + '\npackage p { build = "${n}" }\n')
     with pytest.raises(RecipeSyntaxError, match=r"big.recipe:1:9: number 9+\.\.\. is too large"):
-        evaluate_file(tmp_path / "big.recipe")
+        evaluate_file(tmp_path / "big.recipe").attributes()
     (tmp_path / "ovf.recipe").write_text('let n = 9223372036854775807\npackage p { build = "${n + 1}" }\n')
     with pytest.raises(BadValue, match="ovf.recipe:2:.*integer overflow"):
-        evaluate_file(tmp_path / "ovf.recipe")
+        evaluate_file(tmp_path / "ovf.recipe").attributes()
 
 
 def test_a_source_that_cannot_be_added_is_located(tmp_path):
@@ -122,4 +122,32 @@ def test_a_source_that_cannot_be_added_is_located(tmp_path):
     os.mkfifo(tmp_path / "src" / "pipe")
     (tmp_path / "r.recipe").write_text('package p {\n  src = path "./src"\n  build = "${src}"\n}\n')
     with pytest.raises(BadValue, match=r"r.recipe:2:\d+: cannot add path './src' to the store"):
-        evaluate_file(tmp_path / "r.recipe", add_source=source_hasher())
+        evaluate_file(tmp_path / "r.recipe", add_source=source_hasher()).attributes()
+
+
+def test_a_broken_binding_fails_only_what_uses_it(tmp_path):
+    """Top-level bindings are lazy: a package or ``let`` that fails to evaluate fails the
+    attributes that use it (and commands that take every attribute), not its neighbours."""
+    from kiln.lang import evaluate_file
+    from kiln.lang.errors import RecipeTypeError, UnknownName
+
+    (tmp_path / "lazy.recipe").write_text(
+        'package good { build = "ok" }\n'
+        "package broken { build = nosuch }\n"
+        'let alsobroken = 1 + "x"\n'
+        'package user { build = "${broken}" }\n'
+    )
+    ev = evaluate_file(tmp_path / "lazy.recipe")
+    assert ev.select("good")[1].name == "good"
+    for attr in ("broken", "user", "if true then broken else good"):
+        with pytest.raises(UnknownName, match=r"lazy.recipe:2:26: unknown name 'nosuch'"):
+            ev.select(attr)
+    with pytest.raises(RecipeTypeError, match=r"lazy.recipe:3:20: cannot add a number and a string"):
+        ev.select("alsobroken")
+    with pytest.raises(UnknownName, match="lazy.recipe:2:26"):  # the first in source order
+        ev.attributes()
+    # through the CLI: kiln path FILE good works, kiln eval FILE (every attribute) fails
+    ok = run_kiln(["path", "lazy.recipe", "good"], cwd=tmp_path, home=tmp_path / "home")
+    assert ok.returncode == 0 and ok.stdout.strip().endswith("-good"), ok.stderr
+    bad = run_kiln(["eval", "lazy.recipe"], cwd=tmp_path, home=tmp_path / "home")
+    assert bad.returncode == 1 and bad.stderr.startswith("error: lazy.recipe:2:26: unknown name 'nosuch'")

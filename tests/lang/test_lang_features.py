@@ -18,7 +18,7 @@ FEATURES = sorted(p.stem for p in (DATA / "features").glob("*.recipe"))
 
 def snapshot(ev) -> dict:
     out = {}
-    for attr, p in ev.drv_paths.items():
+    for attr, p in ev.attributes().items():
         d = ev.drvs[p]
         out[attr] = {
             "drvPath": p,
