@@ -147,6 +147,9 @@ class Evaluation:
             return p, self.drvs[p]
         if expr.strip() in self.broken:
             raise self.broken[expr.strip()]
+        from .reading import check_utf8
+
+        check_utf8(expr, "<attribute>")
         ev, mod = self._evaluator()
         from .parser import parse_expr
         from .values import DrvValue, type_name

@@ -78,3 +78,19 @@ def read_recipe(path: str, display: str, via: ast.Import | None) -> tuple[bytes,
         raise RecipeError(f"{display}:{line}:{col}: {bad}; recipe files are UTF-8") from None
     text = text.removeprefix("\ufeff")  # a UTF-8 byte-order mark some editors write
     return raw, text.replace("\r\n", "\n")
+
+
+def check_utf8(text: str, display: str) -> str:
+    """``text`` (a recipe expression given on the command line, where undecodable bytes
+    arrive as lone surrogates) if it is valid Unicode text, else the same located error
+    a recipe file gets."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        line = text.count("\n", 0, e.start) + 1
+        col = e.start - (text.rfind("\n", 0, e.start) + 1) + 1
+        c = ord(text[e.start])
+        bad = f"byte 0x{c - 0xDC00:02x}" if 0xDC80 <= c <= 0xDCFF else f"lone surrogate U+{c:04X}"
+        raise RecipeError(f"{display}:{line}:{col}: not valid UTF-8 ({bad})") from None
+    return text
+

@@ -151,3 +151,12 @@ def test_a_broken_binding_fails_only_what_uses_it(tmp_path):
     assert ok.returncode == 0 and ok.stdout.strip().endswith("-good"), ok.stderr
     bad = run_kiln(["eval", "lazy.recipe"], cwd=tmp_path, home=tmp_path / "home")
     assert bad.returncode == 1 and bad.stderr.startswith("error: lazy.recipe:2:26: unknown name 'nosuch'")
+
+
+def test_an_attribute_that_is_not_utf8_is_located(tmp_path):
+    """A command-line attribute with a byte that is not UTF-8 (a lone surrogate to
+    Python) is a located recipe error, like such a byte in a file, not an internal one."""
+    (tmp_path / "a.recipe").write_text('package p(x = "") { build = x }\n')
+    r = run_kiln(["path", "a.recipe", 'p(x = "\udcff")'], cwd=tmp_path, home=tmp_path / "home")
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.startswith("error: <attribute>:1:8: not valid UTF-8 (byte 0xff)")
