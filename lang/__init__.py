@@ -193,12 +193,15 @@ def _deep(fn):
 
     result: list = []
     error: list = []
+    done = threading.Event()
 
     def target():
         try:
             result.append(fn())
         except BaseException as e:  # noqa: BLE001 - re-raised in the caller
             error.append(e)
+        finally:
+            done.set()
 
     old_limit = sys.getrecursionlimit()
     old_size = threading.stack_size()
@@ -215,12 +218,59 @@ def _deep(fn):
             return fn()
         finally:
             threading.stack_size(old_size)
-        t.join()
+        try:
+            # an Event, not t.join(): a join interrupted by Ctrl-C can mark a running
+            # thread as stopped (CPython bpo-45274), and _unwind must know it is not
+            done.wait()
+        except BaseException as e:  # Ctrl-C, or SIGTERM unwinding like it
+            _unwind(t, done, e)
+            raise
     finally:
         sys.setrecursionlimit(old_limit)
     if error:
         raise error[0]
     return result[0]
+
+
+#: how long an interrupted evaluation may take to unwind before the command exits anyway
+UNWIND_S = 10.0
+
+
+def _unwind(t, done, e: BaseException) -> None:  # noqa: ANN001 - a Thread and its Event
+    """Raise ``e``'s kind in the evaluation thread ``t`` and give it ``UNWIND_S`` to
+    unwind (``done`` is set when it has): it may be adding a ``path`` source to the
+    store, whose clean-up (a half-written tree and object under ``tmp/``) only runs if
+    that thread unwinds. A daemon thread would otherwise just vanish at exit. A second
+    Ctrl-C ends the wait."""
+    import contextlib
+    import ctypes
+    import threading
+    import time
+
+    if done.is_set() or t.ident is None:
+        return
+    kind = type(e) if isinstance(e, KeyboardInterrupt | SystemExit) else KeyboardInterrupt
+    ident, raise_in = ctypes.c_ulong(t.ident), ctypes.pythonapi.PyThreadState_SetAsyncExc
+    # Delivered at the thread's next bytecode, so the thread unwinds as the main thread
+    # does on Ctrl-C in ``kiln store add`` (the same code). One catch: CPython gives a new
+    # thread's state its creator's id until the new thread runs, and sends the exception
+    # to the newest state with that id; so while the evaluation starts a worker thread
+    # the exception would kill that worker before it reports having started, and the
+    # evaluation would wait for it for ever. A starting thread sits in
+    # ``threading._limbo`` from before its state exists until after it has its own id,
+    # and enters it under ``_active_limbo_lock``: so the exception is sent under that
+    # lock, when no thread is starting.
+    lock = getattr(threading, "_active_limbo_lock", None)
+    limbo = getattr(threading, "_limbo", None)
+    for _ in range(1000):
+        if done.is_set():
+            break
+        with lock if lock is not None else contextlib.nullcontext():
+            if not limbo:
+                raise_in(ident, ctypes.py_object(kind))
+                break
+        time.sleep(0.001)
+    done.wait(UNWIND_S)
 
 
 def _recursion_is_recipe_error(fn: Callable[[], T]) -> Callable[[], T]:

@@ -111,3 +111,34 @@ main.cli()
     r = _run(code)
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in (tmp_path / "s").glob("db.sqlite*")) == ["db.sqlite"]
+
+
+def test_ctrl_c_during_evaluation_leaves_no_half_added_source(tmp_path: Path):
+    """The evaluation runs on a thread of its own; Ctrl-C while it adds a ``path``
+    source to the store must unwind that thread, so the half-written tree and object it
+    stages under ``tmp/`` are removed rather than left for the next GC."""
+    import signal
+    import time
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(40):  # 160 MiB: the ingest takes long enough to be interrupted
+        (src / f"f{i}").write_bytes(os.urandom(4 << 20))
+    (tmp_path / "r.recipe").write_text('package p {\n  src = path "./src"\n  build = "${src}"\n}\n')
+    store = tmp_path / "s"
+    assert kiln("store", "init", "--store", str(store)).returncode == 0
+    p = subprocess.Popen(
+        [sys.executable, "-m", "kiln", "eval", "--store", str(store), "--no-cache", "r.recipe"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=ENV,
+    )
+    deadline = time.monotonic() + 60
+    while not any((store / "tmp").iterdir()):  # the source's staging dir: it is adding
+        assert p.poll() is None and time.monotonic() < deadline, "the source was never staged"
+        time.sleep(0.002)
+    p.send_signal(signal.SIGINT)
+    _out, err = p.communicate(timeout=60)
+    assert p.returncode == 130, err
+    assert not list((store / "tmp").iterdir())
