@@ -169,7 +169,11 @@ def make_substituter(urls: list[str], trusted_keys: list[str], sigs_needed: int 
         wanted = dict(infos)
         frontier = list(infos.values())
         while frontier:
-            refs = {r for i in frontier for r in i.references if r not in wanted and not store.is_valid(r)}
+            refs = {r for i in frontier for r in i.references if r not in wanted}
+            # rooted first, then checked: a GC must not collect a reference we count on
+            # between the check and the import that needs it
+            store.keep(sorted(refs))
+            refs = {r for r in refs if not store.is_valid(r)}
             more = sub.query_many(sorted(refs)) if refs else {}
             wanted.update(more)
             frontier = list(more.values())

@@ -93,4 +93,3 @@ def check_utf8(text: str, display: str) -> str:
         bad = f"byte 0x{c - 0xDC00:02x}" if 0xDC80 <= c <= 0xDCFF else f"lone surrogate U+{c:04X}"
         raise RecipeError(f"{display}:{line}:{col}: not valid UTF-8 ({bad})") from None
     return text
-

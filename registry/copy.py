@@ -54,6 +54,9 @@ def to_store(
     tokens = {src: token} if token else None
     with Substituter([(src, 0)], trusted, sigs_needed, jobs, progress, tokens=tokens) as sub:
         wanted: dict[str, ni.NarInfo] = {}
+        # rooted first, then checked (here and for references below): a GC must not
+        # collect a valid path we skip, which a copied path refers to, before the import
+        store.keep(paths)
         frontier = sorted({p for p in paths if not store.is_valid(p)})
         while frontier:
             infos = sub.query_many(frontier)
@@ -61,8 +64,9 @@ def to_store(
             if missing:
                 raise KilnError(_explain(sub, src, missing))
             wanted.update(infos)
-            refs = {r for i in infos.values() for r in i.references if r != i.path}
-            frontier = sorted(r for r in refs if r not in wanted and not store.is_valid(r))
+            refs = sorted({r for i in infos.values() for r in i.references if r != i.path} - set(wanted))
+            store.keep(refs)
+            frontier = [r for r in refs if not store.is_valid(r)]
         if wanted:
             sub.fetch_many(store, list(wanted.values()))
         # attestations (provenance, SBOMs, VSAs) travel with the paths, checked against them

@@ -290,3 +290,31 @@ def test_ctrl_c_during_a_stalled_download_lets_the_substituter_close(pushed, key
     closer.join(20)
     assert not closer.is_alive(), "Substituter.close() hung after an interrupted fetch"
     assert not dest.is_valid(chain[0])
+
+
+def test_a_gc_between_the_check_and_the_import_keeps_what_the_copy_counts_on(pushed, keys, tmp_path) -> None:
+    """``to_store`` skips references the store already has; a GC running right after
+    that check (the path valid but rooted by nobody) must not collect them before the
+    import that refers to them: they are temp roots from before the check."""
+    from kiln.store import gc
+    from kiln.store.localstore import LocalStore
+
+    _store, chain, _leaf, _reg, _tok, srv = pushed
+    dest = make_store(tmp_path / "dest")
+    assert to_store(srv.url, dest, [chain[1]], [keys.pk]) == 2  # chain[0] and chain[1], no root
+    dest.close()
+    dest = LocalStore.open(tmp_path / "dest")
+    check = dest.is_valid
+    collected: list[int] = []
+
+    def is_valid_then_gc(p: str) -> bool:  # a GC by another process, right after the check
+        valid = check(p)
+        if valid and not collected:
+            other = LocalStore.open(tmp_path / "dest")
+            collected.append(len(gc.collect(other).deleted))
+            other.close()
+        return valid
+
+    dest.is_valid = is_valid_then_gc  # type: ignore[method-assign]
+    assert to_store(srv.url, dest, [chain[-1]], [keys.pk]) == 3
+    assert collected == [0] and all(check(p) for p in chain)
