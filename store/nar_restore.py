@@ -23,16 +23,26 @@ def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
         view = view[n:]
 
 
-def restore(src: BinaryIO | Iterable[bytes], dest: str | os.PathLike, *, fsync: bool = False) -> None:
+def restore(
+    src: BinaryIO | Iterable[bytes],
+    dest: str | os.PathLike,
+    *,
+    fsync: bool = False,
+    scratch: str | os.PathLike | None = None,
+) -> None:
     """Materialise the NAR read from ``src`` at ``dest``, which must not exist.
 
     All-or-nothing: on any error (bad input, I/O) nothing is left at ``dest``. With
-    ``fsync`` every file and directory is synced before the final rename."""
+    ``fsync`` every file and directory is synced before the final rename. The tree is
+    built in a hidden directory beside ``dest``, or in ``scratch`` (on the same file
+    system) when given: where a process killed meanwhile leaves it for its owner's
+    clean-up (a store's ``tmp/``) rather than among the entries of ``dest``'s parent."""
     dest_b = os.fsencode(os.path.abspath(dest))
     if os.path.lexists(dest_b):
         raise FileExistsError(errno.EEXIST, "restore destination already exists", os.fsdecode(dest_b))
     parent, base = os.path.split(dest_b)
-    tmp = _mkdtemp(parent, b"." + base[:40] + b".restore-")
+    where = os.fsencode(os.path.abspath(scratch)) if scratch is not None else parent
+    tmp = _mkdtemp(where, b"." + base[:40] + b".restore-")
     try:
         root = os.path.join(tmp, b"root")
         inp = _Input(src)

@@ -51,11 +51,11 @@ def repair_path(store: LocalStore, info: PathInfo, found: list[Problem]) -> tupl
             if obj_bad and not tree_content_bad:
                 msg = _rebuild_object(store, info, tmp)
                 if tree_problem:  # metadata only: lay the tree out again from the new object
-                    _rematerialise(store, db.query(store.conn, info.path) or info)
+                    _rematerialise(store, db.query(store.conn, info.path) or info, tmp)
                     msg += "; tree re-materialised from it"
                 return _mark(found, msg), False
             if not obj_bad:
-                _rematerialise(store, info)
+                _rematerialise(store, info, tmp)
                 return _mark(found, "re-materialised from the object"), False
             where = _quarantine(store, info)
             msg = f"quarantined to {where} and invalidated"
@@ -72,7 +72,7 @@ def _mark(found: list[Problem], msg: str) -> list[Problem]:
     return [replace(p, repaired=msg) if p.kind.startswith(("object", "tree")) else p for p in found]
 
 
-def _rematerialise(store: LocalStore, info: PathInfo) -> None:
+def _rematerialise(store: LocalStore, info: PathInfo, tmp: Path) -> None:
     assert info.file_hash is not None and info.file_size is not None
     stream = read_object(
         store.objects / object_rel_path(info.file_hash),
@@ -87,7 +87,7 @@ def _rematerialise(store: LocalStore, info: PathInfo) -> None:
     # without its tree nor, killed at any moment, left with a writable one
     new = real.parent / f"{real.name[:32]}-repair-{os.urandom(4).hex()}"
     try:
-        nar.restore(stream, new)
+        nar.restore(stream, new, scratch=tmp)  # built in tmp (GC's if we are killed), moved in whole
         canonicalise(new, keep_top_writable=False)
         if os.path.lexists(real):
             exchange(new, real)  # ``new`` now names the previous tree

@@ -44,3 +44,36 @@ def test_a_repair_killed_after_the_exchange_leaves_the_path_sealed(tmp_path):
         assert v.problems == () and len(v.stray_trees) == 1 and "-repair-" in v.stray_trees[0]
         assert len(s.gc().stray_trees) == 1
         assert s.verify().stray_trees == () and s.verify().ok
+
+
+_KILLED_IN_RESTORE = """
+import os, sys
+from kiln.store import nar_restore
+from kiln.store.localstore import LocalStore
+def die(*a):
+    os.kill(os.getpid(), 9)
+nar_restore._rename_noreplace = die  # the tree is restored; killed before it moves in
+LocalStore.open(sys.argv[1]).verify(repair=True)
+"""
+
+
+def test_a_repair_killed_while_restoring_leaves_nothing_gc_cannot_see(tmp_path):
+    """The re-materialised tree is built under the store's ``tmp/`` (a writer's dir GC
+    removes once its process is gone), not in a hidden directory of the store dir, which
+    neither GC nor verify would ever notice."""
+    from kiln.store import gc
+    from kiln.store.trees import remove_tree
+
+    root = tmp_path / "st"
+    with LocalStore.open(root) as s:
+        p = s.add_path(make_tree(tmp_path / "src", {"f": "original\n", "d/g": "g\n"})).path
+        remove_tree(s.real_path(p))
+        store_dir = s.real_store
+    r = subprocess.run([sys.executable, "-c", _KILLED_IN_RESTORE, str(root)], capture_output=True)
+    assert r.returncode == -9, r.stderr
+    assert sorted(e.name for e in os.scandir(store_dir)) == []  # nothing hidden beside the paths
+    with LocalStore.open(root) as s:
+        assert s.verify(repair=True).ok
+        gc.collect(s)
+        assert sorted(os.listdir(root / "tmp")) == []
+        assert s.verify().problems == ()
