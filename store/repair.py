@@ -17,6 +17,7 @@ from . import db, nar
 from .errors import KilnError
 from .ingest import TreeIngest
 from .locks import FileLock, path_lock_file
+from .nar_restore import fsync_dir, write_all
 from .narsink import NarSink
 from .objects import object_rel_path, publish_object
 from .objread import read_object
@@ -42,7 +43,10 @@ def repair_path(store: LocalStore, info: PathInfo, found: list[Problem]) -> tupl
     tmp.mkdir()
     try:
         with FileLock(path_lock_file(store.root, sp.hash_part)):
-            info = db.query(store.conn, info.path) or info  # a shared object may have moved
+            current = db.query(store.conn, info.path)  # a shared object may have moved
+            if current is None:  # another repair got the lock first and quarantined it
+                return _mark(found, "already invalidated by another process (see quarantine/)"), False
+            info = current
             obj_bad = (
                 any(p.kind.startswith("object") for p in found) and check_object(store, info) is not None
             )
@@ -127,6 +131,13 @@ def _quarantine(store: LocalStore, info: PathInfo) -> Path:
     sp = store.parse_path(info.path)
     dest = store.root / "quarantine" / f"{sp.base}-{int(time.time())}"
     dest.mkdir(parents=True, exist_ok=True)
+    # what was invalidated, written before invalidating: a repair killed in between must
+    # not lose the path without a word (the next run finds it broken and starts over)
+    _write_durably(
+        dest / "info.txt",
+        f"path: {info.path}\nnar_hash: {info.nar_hash.to_nix32()}\nnar_size: {info.nar_size}\n"
+        f"file_hash: {info.file_hash.to_nix32() if info.file_hash else ''}\nreferences: {' '.join(info.references)}\n",
+    )
     db.delete(store.conn, [info.path])  # invalidate first, durably (see db.delete)
     att = store.root / "attestations" / sp.hash_part
     if att.is_dir():  # they describe content that is no longer in the store: kept aside
@@ -140,8 +151,14 @@ def _quarantine(store: LocalStore, info: PathInfo) -> Path:
         obj = store.objects / object_rel_path(info.file_hash)
         if obj.exists() and not db.file_hash_in_use(store.conn, info.file_hash.to_nix32()):
             os.rename(obj, dest / obj.name)
-    (dest / "info.txt").write_text(
-        f"path: {info.path}\nnar_hash: {info.nar_hash.to_nix32()}\nnar_size: {info.nar_size}\n"
-        f"file_hash: {info.file_hash.to_nix32() if info.file_hash else ''}\nreferences: {' '.join(info.references)}\n"
-    )
     return dest
+
+
+def _write_durably(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        write_all(fd, text.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    fsync_dir(path.parent)

@@ -77,3 +77,36 @@ def test_a_repair_killed_while_restoring_leaves_nothing_gc_cannot_see(tmp_path):
         gc.collect(s)
         assert sorted(os.listdir(root / "tmp")) == []
         assert s.verify().problems == ()
+
+
+_KILLED_AFTER_INVALIDATING = """
+import os, sys
+from kiln.store import db, repair
+from kiln.store.localstore import LocalStore
+real = db.delete
+def delete_then_die(conn, paths):
+    real(conn, paths)
+    os.kill(os.getpid(), 9)
+repair.db.delete = delete_then_die
+LocalStore.open(sys.argv[1]).verify(repair=True)
+"""
+
+
+def test_a_quarantine_killed_after_invalidating_still_says_what_it_invalidated(tmp_path):
+    """The path's row is deleted only after ``info.txt`` is durable: a repair killed just
+    after the delete leaves a quarantine entry naming the path, not an empty directory
+    and a path gone without a word."""
+    root = tmp_path / "st"
+    with LocalStore.open(root) as s:
+        info = s.add_path(make_tree(tmp_path / "src", {"f": "original\n"}))
+        real, obj = s.real_path(info.path), s.objects
+        os.chmod(real, 0o755)
+        os.chmod(real / "f", 0o644)
+        (real / "f").write_text("tampered\n")
+        for o in obj.rglob("*.nar.zst"):  # the object too: nothing to repair from
+            os.chmod(o, 0o644)
+            o.write_bytes(b"junk")
+    r = subprocess.run([sys.executable, "-c", _KILLED_AFTER_INVALIDATING, str(root)], capture_output=True)
+    assert r.returncode == -9, r.stderr
+    [q] = list((root / "quarantine").iterdir())
+    assert f"path: {info.path}\n" in (q / "info.txt").read_text()

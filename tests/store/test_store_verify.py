@@ -98,6 +98,23 @@ def test_both_bad_quarantines(store, two, tmp_path):
     assert [(p.path, p.kind) for p in r.problems] == [(top.path, "dangling-reference")]
 
 
+def test_a_second_repair_of_a_path_another_one_quarantined_does_not_quarantine_it_again(store, two):
+    """Two ``verify --repair`` runs found the same broken path; the one that gets the
+    path lock second finds it already invalidated and says so."""
+    from kiln.store.repair import repair_path
+    from kiln.store.verify import Problem
+
+    a, _b = two
+    _corrupt_object(store, a.path)
+    _corrupt_file(store.real_path(a.path) / "f")
+    found = [Problem(a.path, "tree-corrupt", "x"), Problem(a.path, "object-corrupt", "y")]
+    first, q1 = repair_path(store, a, list(found))
+    second, q2 = repair_path(store, a, list(found))  # with the findings made before the first
+    assert q1 and "quarantined" in first[0].repaired
+    assert not q2 and "already invalidated by another process" in second[0].repaired
+    assert len(list((store.root / "quarantine").iterdir())) == 1
+
+
 def test_signatures(store, two):
     a, b = two
     key = SecretKey.generate("test-1")
