@@ -15,6 +15,7 @@ import abc
 import contextlib
 import dataclasses
 import json
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -127,7 +128,7 @@ class DirSource(Source):
             if store_dir and store_dir != self.store_dir:
                 raise KilnError(f"registry {directory} has StoreDir {self.store_dir}, not {store_dir}")
         self._info = self.storage.read(layout.CACHE_INFO) or b""
-        self._cache: dict[str, bytes] = {}
+        self._cache: dict[str, tuple[tuple[int, int, int], bytes]] = {}  # hash part -> (file stamp, bytes)
         self._digests: dict[str, Digests] = {}
         self._lock = threading.Lock()
         self._by_nar: dict[str, str] = {}  # NarHash hex -> hash part (see narinfo_by_nar_hash)
@@ -140,13 +141,29 @@ class DirSource(Source):
         return self._info
 
     def narinfo(self, hash_part: str) -> bytes | None:
-        body = self._cache.get(hash_part)
-        if body is None:
-            body = self.storage.read(layout.narinfo_key(hash_part))
-            if body is not None:
-                if len(self._cache) >= CACHE_MAX:
-                    self._cache.clear()
-                self._cache[hash_part] = body
+        """The narinfo's bytes. Cached, but checked against the file each time (one
+        ``stat``): narinfos are replaced, not immutable — a signature merge, a mirror
+        sync or another server worker writes a new file (a rename: a new inode)."""
+        key = layout.narinfo_key(hash_part)
+        p = self.storage.local_path(key)
+        if p is None:  # no cheap way to see a rewrite: not cached
+            return self.storage.read(key)
+        try:
+            st = os.stat(p)
+        except OSError:
+            self._cache.pop(hash_part, None)
+            return None
+        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+        hit = self._cache.get(hash_part)
+        if hit is not None and hit[0] == stamp:
+            return hit[1]
+        body = self.storage.read(key)
+        if body is not None:
+            if len(self._cache) >= CACHE_MAX:
+                self._cache.clear()
+            # the stamp is from before the read: a file replaced in between is read again
+            # next time, never served stale
+            self._cache[hash_part] = (stamp, body)
         return body
 
     def object_file(self, digest: Hash) -> Path | None:

@@ -162,7 +162,6 @@ async def sync_async(
         await loop.run_in_executor(None, dst.storage.barrier)
         for h in infos:
             dst.storage.put_bytes(layout.narinfo_key(h), texts[h].encode(), durable=False)
-            dst._cache.pop(h, None)  # noqa: SLF001
         for h, kinds in atts.items():
             for kind, data in kinds.items():
                 dst.storage.put_bytes(layout.att_key(h, kind), data, durable=False)

@@ -38,11 +38,20 @@ class StoreSource(Source):
         self._info = layout.cache_info_text(self.store_dir, priority).encode()
         self._cache: dict[str, tuple[bytes, Path]] = {}  # hash part -> (narinfo, its object)
         self._lock = threading.Lock()
+        self._version = -1  # the store database's data_version the cache was filled at
 
     def cache_info(self) -> bytes:
         return self._info
 
     def narinfo(self, hash_part: str) -> bytes | None:
+        with self._lock:
+            # another process committed to the store (``kiln store sign`` added a
+            # signature, a GC, a build): rendered narinfos may be stale; SQLite's
+            # data_version moves exactly then, and reading it costs no I/O
+            version = self.store.conn.execute("PRAGMA data_version").fetchone()[0]
+            if version != self._version:
+                self._cache.clear()
+                self._version = version
         hit = self._cache.get(hash_part)
         if hit is not None:
             body, obj = hit

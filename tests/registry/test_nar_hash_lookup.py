@@ -68,3 +68,34 @@ def test_a_store_backed_server_stops_advertising_a_collected_path(tmp_path, kiln
     with LocalStore.open(tmp_path / "store") as s:
         assert p in s.gc().deleted
     assert request(url)[0] == 404
+
+
+def test_a_rewritten_narinfo_is_served_as_it_now_is(pushed, keys, tmp_path) -> None:
+    """Narinfos are replaced (a signature merge by another worker, a mirror sync): a
+    directory source's cache must not keep serving the old bytes; nor may a store-backed
+    source once ``kiln store sign`` added a signature in another process."""
+    import dataclasses
+
+    from regkit import add_tree, make_store
+
+    from kiln.store.signing import SecretKey, sign_info
+
+    store, chain, _leaf, reg, _tok, _srv = pushed
+    h = chain[0].split("/")[-1][:32]
+    serving, other_worker = DirSource(reg), DirSource(reg)
+    before = serving.narinfo(h)
+    assert before is not None and before.count(b"Sig: ") == 1
+    info = ni.parse(before.decode(), store.store_dir)
+    extra = SecretKey.generate("second-1")
+    merged = dataclasses.replace(info, sigs=(*info.sigs, sign_info(info, extra)))
+    assert other_worker.publish_narinfo(h, merged, merged.render().encode())[1] == "signatures merged"
+    assert serving.narinfo(h).count(b"Sig: ") == 2
+
+    st = make_store(tmp_path / "served")
+    p = add_tree(st, tmp_path, "signed-later", "x\n")
+    src = StoreSource(st.root, None)
+    hp = p.split("/")[-1][:32]
+    assert b"Sig: " not in src.narinfo(hp)
+    st.add_signatures(p, [sign_info(st.query(p), keys.sk)])  # another connection commits
+    assert src.narinfo(hp).count(b"Sig: ") == 1
+    src.store.close()
