@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from .storage import Storage
 
@@ -22,11 +22,14 @@ from .storage import Storage
 INDEX_LOCK = ".kiln/index.lock"
 #: narinfo signature merges
 NARINFO_LOCK = ".kiln/narinfo.lock"
+#: a whole ``kiln mirror sync`` into the directory
+MIRROR_LOCK = ".kiln/mirror.lock"
 
 
 @contextlib.contextmanager
-def dir_lock(storage: Storage, key: str) -> Iterator[None]:
-    """Hold an exclusive lock named ``key`` in ``storage`` (blocking) for the block."""
+def dir_lock(storage: Storage, key: str, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
+    """Hold an exclusive lock named ``key`` in ``storage`` (blocking) for the block;
+    ``on_wait()`` is called first if another process holds it."""
     path = storage.local_path(key)
     if path is None:
         yield
@@ -34,7 +37,12 @@ def dir_lock(storage: Storage, key: str) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait is not None:
+                on_wait()
+            fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)  # (closing releases the lock)

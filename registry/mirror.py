@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +44,7 @@ from . import layout
 from .attest_transfer import check_envelope, listing, rebuild_listing
 from .backends import DirSource
 from .client import Client, open_client
+from .dirlock import MIRROR_LOCK, dir_lock
 from .progress import Progress
 from .verify import NarVerifier, check_narinfo, expect
 
@@ -96,90 +98,112 @@ async def sync_async(
     async with open_client(src_url, token, jobs=jobs, create=False) as client:  # token: a --private source
         info = await client.cache_info()
         dst = DirSource(dst_dir, store_dir=info.get("StoreDir") or None)
-        prev = dst.storage.read(STATE_KEY)
-        if prev is not None:
-            state = ix.TrustState.from_json(prev)
-        elif root is not None:
-            state = ix.TrustState.pin(root)
+
+        def waiting() -> None:
+            print(f"waiting for another mirror sync into {dst_dir} to finish", file=sys.stderr, flush=True)
+
+        # one sync at a time per mirror: two would each publish the index they verified,
+        # and the one that verified the older index but finished last would roll DST (and
+        # its remembered versions) back
+        with dir_lock(dst.storage, MIRROR_LOCK, waiting):
+            return await _sync_locked(client, src_url, dst, dst_dir, root, trusted, jobs, progress)
+
+
+async def _sync_locked(
+    client: Client,
+    src_url: str,
+    dst: DirSource,
+    dst_dir: Path,
+    root: bytes | None,
+    trusted: list[PublicKey] | None,
+    jobs: int,
+    progress: bool | None,
+) -> SyncReport:
+    """The sync proper (see the module docstring), run holding DST's mirror lock."""
+    prev = dst.storage.read(STATE_KEY)
+    if prev is not None:
+        state = ix.TrustState.from_json(prev)
+    elif root is not None:
+        state = ix.TrustState.pin(root)
+    else:
+        raise MirrorError(
+            f"first sync into {dst_dir}: pass the source's pinned root metadata with --root FILE"
+        )
+    vi = await ix.update(client.get, state)
+    paths: dict[str, dict] = vi.index["paths"]
+    todo = [h for h, e in paths.items() if _sha(dst.narinfo(h)) != e["narinfo_sha256"]]
+    texts = await client.narinfos(todo) if todo else {}
+    failed: dict[str, str] = {}
+    infos = {}
+    for h in todo:
+        e = paths[h]
+        text = texts.get(h)
+        if text is None:
+            failed[e["path"]] = "narinfo missing at the source"
+            continue
+        if hashlib.sha256(text.encode()).hexdigest() != e["narinfo_sha256"]:
+            failed[e["path"]] = "narinfo does not match the sha256 in the signed index (tampered?)"
+            continue
+        try:
+            infos[h] = check_narinfo(text, dst.store_dir, trusted or [], 1 if trusted else 0, h)
+        except KilnError as ex:
+            failed[e["path"]] = str(ex)
+    need = {}
+    for i in infos.values():
+        have = dst.object_file(i.file_hash)
+        # a blob of the wrong size (truncated by a crash, emptied by hand) is fetched
+        # again rather than trusted for being there; a stat is cheap, rehashing every
+        # blob on each sync is not
+        if have is None or (i.file_size is not None and have.stat().st_size != i.file_size):
+            if have is not None:  # objects are never overwritten in place: drop the bad one
+                for key in (layout.blob_key(i.file_hash), layout.nar_key(i.file_hash)):
+                    dst.storage.delete(key)
+            need.setdefault(i.file_hash.hex, i)
+    prog = Progress("mirror", len(need), sum(i.file_size or 0 for i in need.values()), progress)
+    sem = asyncio.Semaphore(jobs)
+    results = await asyncio.gather(
+        *(_fetch_blob(client, dst, i, sem, prog) for i in need.values()), return_exceptions=True
+    )
+    prog.done()
+    fetched_bytes = 0
+    for i, r in zip(need.values(), results, strict=True):
+        if isinstance(r, BaseException):
+            if not isinstance(r, Exception):
+                raise r
+            failed[i.path] = str(r)
         else:
-            raise MirrorError(
-                f"first sync into {dst_dir}: pass the source's pinned root metadata with --root FILE"
-            )
-        vi = await ix.update(client.get, state)
-        paths: dict[str, dict] = vi.index["paths"]
-        todo = [h for h, e in paths.items() if _sha(dst.narinfo(h)) != e["narinfo_sha256"]]
-        texts = await client.narinfos(todo) if todo else {}
-        failed: dict[str, str] = {}
-        infos = {}
-        for h in todo:
-            e = paths[h]
-            text = texts.get(h)
-            if text is None:
-                failed[e["path"]] = "narinfo missing at the source"
-                continue
-            if hashlib.sha256(text.encode()).hexdigest() != e["narinfo_sha256"]:
-                failed[e["path"]] = "narinfo does not match the sha256 in the signed index (tampered?)"
-                continue
-            try:
-                infos[h] = check_narinfo(text, dst.store_dir, trusted or [], 1 if trusted else 0, h)
-            except KilnError as ex:
-                failed[e["path"]] = str(ex)
-        need = {}
-        for i in infos.values():
-            have = dst.object_file(i.file_hash)
-            # a blob of the wrong size (truncated by a crash, emptied by hand) is fetched
-            # again rather than trusted for being there; a stat is cheap, rehashing every
-            # blob on each sync is not
-            if have is None or (i.file_size is not None and have.stat().st_size != i.file_size):
-                if have is not None:  # objects are never overwritten in place: drop the bad one
-                    for key in (layout.blob_key(i.file_hash), layout.nar_key(i.file_hash)):
-                        dst.storage.delete(key)
-                need.setdefault(i.file_hash.hex, i)
-        prog = Progress("mirror", len(need), sum(i.file_size or 0 for i in need.values()), progress)
-        sem = asyncio.Semaphore(jobs)
-        results = await asyncio.gather(
-            *(_fetch_blob(client, dst, i, sem, prog) for i in need.values()), return_exceptions=True
+            fetched_bytes += r
+    atts = await _fetch_attestations(client, dst, paths, texts, failed, sem)
+    if failed:
+        lines = "\n".join(f"  {p}: {why}" for p, why in sorted(failed.items())[:20])
+        more = f"\n  ... and {len(failed) - 20} more" if len(failed) > 20 else ""
+        raise MirrorError(
+            f"mirror sync from {src_url} failed for {len(failed)} path(s); the mirror keeps its previous index:\n{lines}{more}"
         )
-        prog.done()
-        fetched_bytes = 0
-        for i, r in zip(need.values(), results, strict=True):
-            if isinstance(r, BaseException):
-                if not isinstance(r, Exception):
-                    raise r
-                failed[i.path] = str(r)
-            else:
-                fetched_bytes += r
-        atts = await _fetch_attestations(client, dst, paths, texts, failed, sem)
-        if failed:
-            lines = "\n".join(f"  {p}: {why}" for p, why in sorted(failed.items())[:20])
-            more = f"\n  ... and {len(failed) - 20} more" if len(failed) > 20 else ""
-            raise MirrorError(
-                f"mirror sync from {src_url} failed for {len(failed)} path(s); the mirror keeps its previous index:\n{lines}{more}"
-            )
-        # Durability in three barriers instead of an fsync per file: blobs, then the
-        # narinfos that point at them, then the index that lists them.
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, dst.storage.barrier)
-        for h in infos:
-            dst.storage.put_bytes(layout.narinfo_key(h), texts[h].encode(), durable=False)
-        for h, kinds in atts.items():
-            for kind, data in kinds.items():
-                dst.storage.put_bytes(layout.att_key(h, kind), data, durable=False)
-            rebuild_listing(dst.storage, h)
-        await loop.run_in_executor(None, dst.storage.barrier)
-        for key, data in vi.files:
-            if dst.storage.read(key) != data:
-                dst.storage.put_bytes(key, data, durable=key == "index/timestamp.json")
-        dst.storage.put_bytes(STATE_KEY, state.to_json())
-        return SyncReport(
-            vi.index["version"],
-            vi.timestamp["version"],
-            len(paths),
-            len(infos),
-            len(need),
-            fetched_bytes,
-            sum(len(k) for k in atts.values()),
-        )
+    # Durability in three barriers instead of an fsync per file: blobs, then the
+    # narinfos that point at them, then the index that lists them.
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, dst.storage.barrier)
+    for h in infos:
+        dst.storage.put_bytes(layout.narinfo_key(h), texts[h].encode(), durable=False)
+    for h, kinds in atts.items():
+        for kind, data in kinds.items():
+            dst.storage.put_bytes(layout.att_key(h, kind), data, durable=False)
+        rebuild_listing(dst.storage, h)
+    await loop.run_in_executor(None, dst.storage.barrier)
+    for key, data in vi.files:
+        if dst.storage.read(key) != data:
+            dst.storage.put_bytes(key, data, durable=key == "index/timestamp.json")
+    dst.storage.put_bytes(STATE_KEY, state.to_json())
+    return SyncReport(
+        vi.index["version"],
+        vi.timestamp["version"],
+        len(paths),
+        len(infos),
+        len(need),
+        fetched_bytes,
+        sum(len(k) for k in atts.values()),
+    )
 
 
 async def _fetch_attestations(

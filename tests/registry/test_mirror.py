@@ -150,6 +150,43 @@ def test_cli(source, keys, tmp_path) -> None:
     assert "4 paths, 4 narinfos and 4 blobs" in r.stdout
 
 
+def test_a_second_sync_into_the_same_mirror_waits_for_the_first(source, keys, tmp_path) -> None:
+    """Two syncs into one mirror would each publish the index they verified, and the
+    one that finished last could roll the mirror back: a sync holds the mirror's lock
+    from reading its state to publishing, and a second one says it waits."""
+    import threading
+    import time
+
+    from kiln.registry.dirlock import MIRROR_LOCK, dir_lock
+
+    _store, _paths, reg, url = source
+    dst = tmp_path / "m"
+    assert _sync_cli(url, dst, reg).returncode == 0
+    held, release = threading.Event(), threading.Event()
+
+    def first_sync() -> None:  # (the lock is what a running sync holds)
+        with dir_lock(open_storage(dst), MIRROR_LOCK):
+            held.set()
+            release.wait(60)
+
+    t = threading.Thread(target=first_sync)
+    t.start()
+    held.wait(10)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "kiln", "mirror", "sync", url, str(dst)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(1.5)
+    assert p.poll() is None  # still waiting
+    release.set()
+    t.join()
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    assert f"waiting for another mirror sync into {dst} to finish" in err
+
+
 def test_registry_admin_cli(tmp_path, keys) -> None:
     from regkit import Keys
 
