@@ -31,8 +31,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +57,8 @@ MAX_BATCH = 10_000
 #: at most this many objects per ``POST /blob-batch`` (clients send small objects only)
 MAX_BLOB_BATCH = 4096
 BLOB_BATCH_TYPE = "application/x-kiln-blob-batch"
+#: write errors that mean the registry's storage is full (or the file too big for it)
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 @dataclass(slots=True)
@@ -136,6 +140,11 @@ class Registry(WriteAPI):
         except KilnError as e:
             return plain(400, f"error: {e}")
         except (ConnectionResetError, asyncio.CancelledError):
+            raise
+        except OSError as e:
+            if e.errno in _FULL:  # the registry's disk, not the request: say so (507)
+                print(f"kiln serve: {request.method} {path}: {e}", file=sys.stderr, flush=True)
+                return plain(507, f"error: the registry cannot store this: {e.strerror}")
             raise
 
     def _auth(self, request: web.BaseRequest, scope: str) -> None:

@@ -72,10 +72,19 @@ class Server:
                 self.proc.wait()
 
 
-def start_kiln(args: list[str]) -> Server:
+def start_kiln(args: list[str], max_file_bytes: int | None = None) -> Server:
+    """``kiln serve ARGS`` on a free port; ``max_file_bytes`` caps the size of every file
+    it writes (RLIMIT_FSIZE: writes past it fail with EFBIG, a full disk's stand-in)."""
+    import resource
+
     port = free_port()
     cmd = [sys.executable, "-m", "kiln", "serve", *args, "--listen", f"127.0.0.1:{port}"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def limit() -> None:
+        if max_file_bytes is not None:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_bytes, max_file_bytes))
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=limit)
     line = proc.stdout.readline()  # type: ignore[union-attr]
     if "listening" not in line:
         proc.wait(5)

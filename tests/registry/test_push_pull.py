@@ -318,3 +318,31 @@ def test_a_gc_between_the_check_and_the_import_keeps_what_the_copy_counts_on(pus
     dest.is_valid = is_valid_then_gc  # type: ignore[method-assign]
     assert to_store(srv.url, dest, [chain[-1]], [keys.pk]) == 3
     assert collected == [0] and all(check(p) for p in chain)
+
+
+def test_a_full_registry_disk_is_a_507_naming_it(keys, tmp_path) -> None:
+    """A registry whose storage cannot take a file (ENOSPC, EDQUOT, or EFBIG as here)
+    answers 507 with the reason, not a bare 500; nothing half-written is published, and
+    the push succeeds once there is room."""
+    from regkit import start_kiln
+
+    store = make_store(tmp_path / "store")
+    big = add_tree(store, tmp_path, "big", "".join(f"{i:08x}" for i in range(400_000)))  # ~1.3 MiB zstd
+    reg = tmp_path / "reg"
+    assert kiln("registry", "init", "--dir", str(reg)).returncode == 0
+    tok = kiln("registry", "token", "create", "--scope", "write", "--dir", str(reg)).stdout.strip()
+    args = ["--dir", str(reg), "--trusted-key", str(keys.pk_file)]
+    srv = start_kiln(args, max_file_bytes=64 << 10)
+    try:
+        with pytest.raises(
+            KilnError, match="HTTP 507: error: the registry cannot store this: File too large"
+        ):
+            push(store, [big], lambda: open_client(srv.url, tok), sign_key=keys.sk)
+    finally:
+        srv.stop()
+    assert not list(reg.glob("*.narinfo"))
+    srv = start_kiln(args)
+    try:
+        assert push(store, [big], lambda: open_client(srv.url, tok)).pushed == 1
+    finally:
+        srv.stop()
