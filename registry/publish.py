@@ -19,25 +19,34 @@ from kiln.store.errors import KilnError
 from kiln.store.signing import PublicKey, SecretKey
 
 from . import index as ix
+from . import layout
 from .dirlock import INDEX_LOCK, dir_lock
 from .layout import CACHE_INFO, parse_cache_info
 from .storage import Storage
 
 
-def narinfo_entry(text: bytes) -> tuple[str, dict[str, Any]]:
-    """(hash part, index entry) for one narinfo file (cheap line parse)."""
+def narinfo_entry(text: bytes, key: str = "narinfo") -> tuple[str, dict[str, Any]]:
+    """(hash part, index entry) for one narinfo file (cheap line parse); ``KilnError``
+    naming ``key`` for a file that is not a narinfo (nothing is published then: a signed
+    index must not silently leave out a path the directory serves)."""
     fields: dict[str, str] = {}
-    for line in text.decode().splitlines():
+    try:
+        lines = text.decode().splitlines()
+    except UnicodeDecodeError as e:
+        raise KilnError(f"{key} is not a narinfo: not UTF-8 (byte {e.start})") from None
+    for line in lines:
         k, sep, v = line.partition(": ")
         if sep and k not in fields:
             fields[k] = v
-    path = fields["StorePath"]
-    hash_part = path.rsplit("/", 1)[1][:32]
+    path, size = fields.get("StorePath", ""), fields.get("FileSize", "0")
+    hash_part = path.rsplit("/", 1)[-1][:32]
+    if "/" not in path or not layout.is_hash_part(hash_part) or not size.isdigit():
+        raise KilnError(f"{key} is not a narinfo (no valid StorePath or FileSize); fix or remove it")
     return hash_part, {
         "path": path,
         "narinfo_sha256": hashlib.sha256(text).hexdigest(),
         "file_hash": fields.get("FileHash", ""),
-        "file_size": int(fields.get("FileSize", "0")),
+        "file_size": int(size),
         "url": fields.get("URL", ""),
     }
 
@@ -50,7 +59,7 @@ def collect_paths(storage: Storage) -> dict[str, dict[str, Any]]:
         if key.endswith(".narinfo"):
             data = storage.read(key)
             if data:
-                h, entry = narinfo_entry(data)
+                h, entry = narinfo_entry(data, key)
                 kinds = listing(storage, h)
                 if kinds:
                     entry["attestations"] = kinds
@@ -105,6 +114,7 @@ def publish_index(storage: Storage, key: SecretKey) -> ix.Published:
 
 
 def _publish_index(storage: Storage, key: SecretKey) -> ix.Published:
+    paths = collect_paths(storage)  # first: a directory that cannot be indexed gets no root
     root = init_root(storage, key)
     kid = ix.key_id(key.public())
     for role in ("timestamp", "snapshot", "index"):
@@ -118,7 +128,7 @@ def _publish_index(storage: Storage, key: SecretKey) -> ix.Published:
         idx = load_signed(storage, f"index/{prev_ts['meta']['snapshot.json']['version']}.index.json")
         prev_paths = idx["paths"] if idx else None
     pub = ix.build_metadata(
-        collect_paths(storage),
+        paths,
         store_dir,
         key,
         prev_timestamp=prev_ts,

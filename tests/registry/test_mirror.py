@@ -201,6 +201,14 @@ def test_registry_admin_cli(tmp_path, keys) -> None:
     assert tid in listed and "read" in listed
     assert kiln("registry", "token", "revoke", "--dir", str(reg), tid).returncode == 0
     assert kiln("registry", "token", "revoke", "--dir", str(reg), tid).returncode == 1
+    # a file that is not a narinfo is named, not an internal error (and nothing published)
+    junk = reg / ("a" * 32 + ".narinfo")
+    for body in (b"hello\n", b"StorePath: \xff\n"):
+        junk.write_bytes(body)
+        r = kiln("registry", "publish-index", "--dir", str(reg), "--key", str(keys.sk_file))
+        assert r.returncode == 1 and f"{junk.name} is not a narinfo" in r.stderr, r.stderr
+        assert not list(reg.glob("index/*.json"))
+    junk.unlink()
     r = kiln("registry", "publish-index", "--dir", str(reg), "--key", str(keys.sk_file))
     assert r.returncode == 0 and "index version 1" in r.stdout
     new = Keys(tmp_path, "kiln-test-2")
