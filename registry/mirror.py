@@ -10,7 +10,9 @@ byte-for-byte, the narinfo is fetched (batched) and must hash to the sha256 the 
 index lists (and, with ``trusted`` keys, carry a valid signature); then the NAR blob, if
 DST lacks it, is streamed into a temp file while the compressed bytes and the NAR inside
 are hashed, and published under ``nar/`` and ``blobs/`` only if both match the narinfo.
-Blobs are fetched ``jobs`` at a time.
+Small blobs (up to 1 MiB) travel a few hundred per ``POST /blob-batch`` where the source
+is a kiln server, each verified the same way as it arrives; big ones (and all of them
+from other servers) one request each; ``jobs`` requests at a time.
 
 Attestations: the signed index lists, per path, the sha256 of each attestation file
 (``<h>.att/<kind>.dsse.json``). Every listed file DST lacks (or holds in another version)
@@ -32,11 +34,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from kiln.store import narinfo as ni
 from kiln.store.errors import KilnError
+from kiln.store.hashes import Hash
 from kiln.store.signing import PublicKey
 
 from . import index as ix
@@ -46,6 +50,7 @@ from .backends import DirSource
 from .client import Client, open_client
 from .dirlock import MIRROR_LOCK, dir_lock
 from .progress import Progress
+from .substitute import BATCH_BYTES, BATCH_OBJECT_MAX, BATCH_OBJECTS
 from .verify import NarVerifier, check_narinfo, expect
 
 STATE_KEY = ".kiln/mirror-state.json"
@@ -83,6 +88,60 @@ async def _fetch_blob(client: Client, dst: DirSource, info, sem: asyncio.Semapho
             expect(info.path, got, info.file_hash, info.file_size, info.nar_hash, info.nar_size)
             dst.commit_object(f, got, durable=False)  # one barrier for all blobs, below
         return got.file_size
+
+
+def _batches(infos: list) -> Iterator[list]:
+    """``infos`` cut into batches of at most ``BATCH_OBJECTS`` objects or about
+    ``BATCH_BYTES`` bytes (as the substituter cuts them)."""
+    batch: list = []
+    size = 0
+    for i in infos:
+        batch.append(i)
+        size += i.file_size or 0
+        if len(batch) >= BATCH_OBJECTS or size >= BATCH_BYTES:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+async def _fetch_batch(
+    client: Client, dst: DirSource, batch: list, sem: asyncio.Semaphore, prog: Progress
+) -> dict[str, int | BaseException] | None:
+    """Fetch ``batch`` (small objects, distinct digests) with one ``blob_batch``, each
+    verified (file and NAR digests) and written to DST as it arrives: path -> bytes
+    fetched, or the error for that path. None if the source has no batch endpoint."""
+    by_hex = {i.file_hash.hex: i for i in batch}
+    out: dict[str, int | BaseException] = {}
+
+    def got(h: Hash, data: bytes | None) -> None:
+        info = by_hex.get(h.hex)
+        if info is None:
+            return
+        if data is None:
+            out[info.path] = KilnError(f"{info.path}: source has no {info.url}")
+            return
+        try:
+            ver = NarVerifier(max_nar_size=info.nar_size, max_file_size=info.file_size)
+            ver.update(data)
+            digests = ver.finish()
+            expect(info.path, digests, info.file_hash, info.file_size, info.nar_hash, info.nar_size)
+            with dst.storage.staged() as (f, _):
+                f.write(data)
+                dst.commit_object(f, digests, durable=False)  # one barrier for all blobs
+        except Exception as e:  # noqa: BLE001 - that path's failure, reported with the others
+            out[info.path] = e
+            return
+        prog.add(0, len(data))
+        out[info.path] = len(data)
+
+    async with sem:
+        sizes = {x: i.file_size for x, i in by_hex.items() if i.file_size is not None}
+        if not await client.blob_batch([i.file_hash for i in batch], got, sizes):
+            return None
+    for i in batch:
+        out.setdefault(i.path, KilnError(f"{i.path}: the source did not send {i.url}"))
+    return out
 
 
 async def sync_async(
@@ -161,12 +220,32 @@ async def _sync_locked(
             need.setdefault(i.file_hash.hex, i)
     prog = Progress("mirror", len(need), sum(i.file_size or 0 for i in need.values()), progress)
     sem = asyncio.Semaphore(jobs)
-    results = await asyncio.gather(
-        *(_fetch_blob(client, dst, i, sem, prog) for i in need.values()), return_exceptions=True
+    # small objects a few hundred per request (``blob_batch``), big ones one each: a
+    # mirror of many small paths must not cost a round trip per path
+    small = [i for i in need.values() if i.file_size is not None and i.file_size <= BATCH_OBJECT_MAX]
+    alone = [i for i in need.values() if i.file_size is None or i.file_size > BATCH_OBJECT_MAX]
+    outcome: dict[str, int | BaseException] = {}
+    batches = list(_batches(small))
+    answers = await asyncio.gather(
+        *(_fetch_batch(client, dst, b, sem, prog) for b in batches), return_exceptions=True
     )
+    for b, a in zip(batches, answers, strict=True):
+        if a is None:  # no batch endpoint there (nginx, a plain file server)
+            alone += b
+        elif isinstance(a, BaseException):
+            if not isinstance(a, Exception):
+                raise a
+            outcome.update((i.path, a) for i in b)
+        else:
+            outcome.update(a)
+    results = await asyncio.gather(
+        *(_fetch_blob(client, dst, i, sem, prog) for i in alone), return_exceptions=True
+    )
+    outcome.update((i.path, r) for i, r in zip(alone, results, strict=True))
     prog.done()
     fetched_bytes = 0
-    for i, r in zip(need.values(), results, strict=True):
+    for i in need.values():
+        r = outcome[i.path]
         if isinstance(r, BaseException):
             if not isinstance(r, Exception):
                 raise r

@@ -53,6 +53,31 @@ def test_sync_then_nothing_to_do(source, keys, tmp_path) -> None:
     assert rep.blobs_fetched == 4
 
 
+def test_small_blobs_travel_in_batches(source, keys, tmp_path, monkeypatch) -> None:
+    """From a kiln server, small blobs come a few hundred per ``POST /blob-batch`` (each
+    verified as it arrives), not one round trip per path."""
+    from kiln.registry.httpclient import HttpClient
+
+    store, paths, reg, url = source
+    more = [add_tree(store, tmp_path, f"small{i}", f"{i}\n") for i in range(30)]
+    push(store, more, lambda: open_client(f"file://{reg}", store_dir=store.store_dir), sign_key=keys.sk)
+    publish_index(open_storage(reg), keys.sk)
+    calls = {"download": 0, "blob_batch": 0}
+    for name in calls:
+        real = getattr(HttpClient, name)
+
+        def counted(self, *a, _real=real, _name=name, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
+            calls[_name] += 1
+            return _real(self, *a, **kw)
+
+        monkeypatch.setattr(HttpClient, name, counted)
+    rep = sync(url, tmp_path / "m", root=(reg / "index/root.json").read_bytes(), trusted=[keys.pk])
+    assert rep.blobs_fetched == 34 and calls == {"download": 0, "blob_batch": 1}
+    for p in paths + more:
+        h = p.split("/")[-1][:32]
+        assert (tmp_path / "m" / f"{h}.narinfo").read_bytes() == (reg / f"{h}.narinfo").read_bytes()
+
+
 def test_a_truncated_blob_already_in_the_mirror_is_fetched_again(source, keys, tmp_path) -> None:
     """A blob left empty or short (a crash before its fsync, a hand edit) is not trusted
     for being there: a sync that needs it fetches it again before publishing. (A sync
