@@ -14,20 +14,21 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from kiln.store import narinfo as ni
 from kiln.store.errors import FormatError, KilnError
+from kiln.store.hashes import Hash
 from kiln.store.paths import StorePath
 from kiln.store.signing import PublicKey
 
 from . import layout
 from .attest_transfer import fetch_attestations
 from .client import Client, open_client
-from .push import levels
-from .substitute import Substituter
+from .push import MAX_FRAMES, check_results, levels
+from .substitute import BATCH_OBJECT_MAX, BATCH_OBJECTS, Substituter
 from .verify import NarVerifier, check_narinfo, expect
 
 
@@ -105,7 +106,14 @@ async def between(
     src_token: str | None = None,
 ) -> int:
     """Relay the closures of ``paths`` from registry ``src_url`` (bearer ``src_token``
-    for a private one) to another registry."""
+    for a private one) to another registry.
+
+    Dependencies first, in groups of at most ``GROUP_OBJECTS`` paths or about
+    ``GROUP_BYTES`` bytes (which bounds the scratch space): each group's objects the
+    destination lacks are downloaded into a scratch directory, verified (file and NAR
+    digests; small ones a few hundred per ``blob_batch`` from a kiln server), then
+    uploaded with their narinfos (``upload_batch`` to a kiln server, else one PUT per
+    object and narinfo, a narinfo only after its object)."""
     async with open_client(src_url, src_token, jobs=jobs, create=False) as src, dst_factory() as dst:
         await src.cache_info()
         dinfo = await dst.cache_info()
@@ -114,40 +122,148 @@ async def between(
         wanted = await _closure(src, dst, paths, trusted, sigs_needed)
         blobs = await dst.have_blobs([i.file_hash for i in wanted.values()]) if wanted else set()  # type: ignore[misc]
         sem = asyncio.Semaphore(jobs)
-
-        async def relay(info: ni.NarInfo) -> None:
-            if info.file_hash.to_hex() in blobs:  # type: ignore[union-attr]
-                return
-            async with sem:
-                with tempfile.NamedTemporaryFile(prefix="kiln-copy-") as f:
-                    # bounded: the download stops at FileSize, the NAR inside at NarSize
-                    ver = NarVerifier(max_nar_size=info.nar_size, max_file_size=info.file_size)
-
-                    def write(chunk: bytes) -> None:
-                        ver.update(chunk)
-                        f.write(chunk)
-
-                    try:
-                        if not await src.download(info.url, write):
-                            raise KilnError(f"{src.url}/{info.url} is missing")
-                    except FormatError as e:  # past a limit: name the path
-                        raise KilnError(f"{info.path}: {e}") from None
-                    f.flush()
-                    expect(
-                        info.path, ver.finish(), info.file_hash, info.file_size, info.nar_hash, info.nar_size
-                    )
-                    await dst.put_file(layout.nar_key(info.file_hash), Path(f.name))  # type: ignore[arg-type]
-
-        await asyncio.gather(*(relay(i) for i in wanted.values()))
-        for level in levels(wanted):  # type: ignore[arg-type]
-
-            async def put(p: str) -> None:
-                async with sem:
-                    await dst.put_bytes(
-                        layout.narinfo_key(p.rsplit("/", 1)[1][:32]), wanted[p].render().encode()
-                    )
-
-            await asyncio.gather(*(put(p) for p in level))
+        relay = _Relay(src, dst, sem, jobs)
+        with tempfile.TemporaryDirectory(prefix="kiln-copy-") as scratch:
+            for level in levels(wanted):  # type: ignore[arg-type]
+                for group in _groups([wanted[p] for p in level]):
+                    need = {i.file_hash.hex: i for i in group if i.file_hash.hex not in blobs}  # type: ignore[union-attr]
+                    files = await relay.fetch(list(need.values()), Path(scratch))
+                    await relay.publish(group, files)
+                    blobs |= set(need)
+                    for f in files.values():
+                        f.unlink()
         if wanted:
             await dst.publish_index()
         return len(wanted)
+
+
+#: a relay group: at most this many paths, or about this many bytes of objects
+GROUP_OBJECTS = 500
+GROUP_BYTES = 256 << 20
+
+
+def _groups(infos: list[ni.NarInfo]) -> Iterator[list[ni.NarInfo]]:
+    group: list[ni.NarInfo] = []
+    size = 0
+    for i in infos:
+        group.append(i)
+        size += i.file_size or 0
+        if len(group) >= GROUP_OBJECTS or size >= GROUP_BYTES:
+            yield group
+            group, size = [], 0
+    if group:
+        yield group
+
+
+class _Relay:
+    """Moves verified objects and their narinfos from ``src`` to ``dst`` (see
+    ``between``)."""
+
+    def __init__(self, src: Client, dst: Client, sem: asyncio.Semaphore, jobs: int) -> None:
+        self.src, self.dst, self.sem, self.jobs = src, dst, sem, jobs
+
+    async def fetch(self, infos: list[ni.NarInfo], scratch: Path) -> dict[str, Path]:
+        """Download and verify the objects of ``infos`` (distinct digests) into
+        ``scratch``: hex digest -> file. Raises for the first that fails."""
+        files: dict[str, Path] = {}
+        small = [i for i in infos if i.file_size is not None and i.file_size <= BATCH_OBJECT_MAX]
+        alone = [i for i in infos if i.file_size is None or i.file_size > BATCH_OBJECT_MAX]
+        for k in range(0, len(small), BATCH_OBJECTS):
+            batch = small[k : k + BATCH_OBJECTS]
+            if not await self._batch(batch, scratch, files):
+                alone += small[k:]  # no batch endpoint: one request each from here on
+                break
+        await asyncio.gather(*(self._one(i, scratch, files) for i in alone))
+        return files
+
+    async def _batch(self, batch: list[ni.NarInfo], scratch: Path, files: dict[str, Path]) -> bool:
+        by_hex = {i.file_hash.hex: i for i in batch}  # type: ignore[union-attr]
+        errors: list[KilnError] = []
+
+        def got(h: Hash, data: bytes | None) -> None:
+            info = by_hex.get(h.hex)
+            if info is None or errors:
+                return
+            if data is None:
+                errors.append(KilnError(f"{self.src.url}/{info.url} is missing"))
+                return
+            ver = NarVerifier(max_nar_size=info.nar_size, max_file_size=info.file_size)
+            try:
+                ver.update(data)
+                digests = ver.finish()
+            except FormatError as e:  # past a limit: name the path
+                errors.append(KilnError(f"{info.path}: {e}"))
+                return
+            try:
+                expect(info.path, digests, info.file_hash, info.file_size, info.nar_hash, info.nar_size)
+            except KilnError as e:
+                errors.append(e)
+                return
+            f = scratch / h.hex
+            f.write_bytes(data)
+            files[h.hex] = f
+
+        async with self.sem:
+            sizes = {x: i.file_size for x, i in by_hex.items() if i.file_size is not None}
+            if not await self.src.blob_batch([i.file_hash for i in batch], got, sizes):  # type: ignore[misc]
+                return False
+        if errors:
+            raise errors[0]
+        for x, i in by_hex.items():
+            if x not in files:
+                raise KilnError(f"{self.src.url} did not send {i.url}")
+        return True
+
+    async def _one(self, info: ni.NarInfo, scratch: Path, files: dict[str, Path]) -> None:
+        async with self.sem:
+            f = scratch / info.file_hash.hex  # type: ignore[union-attr]
+            # bounded: the download stops at FileSize, the NAR inside at NarSize
+            ver = NarVerifier(max_nar_size=info.nar_size, max_file_size=info.file_size)
+            with open(f, "wb") as out:
+
+                def write(chunk: bytes) -> None:
+                    ver.update(chunk)
+                    out.write(chunk)
+
+                try:
+                    if not await self.src.download(info.url, write):
+                        raise KilnError(f"{self.src.url}/{info.url} is missing")
+                except FormatError as e:  # past a limit: name the path
+                    raise KilnError(f"{info.path}: {e}") from None
+            expect(info.path, ver.finish(), info.file_hash, info.file_size, info.nar_hash, info.nar_size)
+            files[info.file_hash.hex] = f  # type: ignore[union-attr]
+
+    async def publish(self, group: list[ni.NarInfo], files: dict[str, Path]) -> None:
+        """Upload ``group``'s new objects (``files``) and narinfos (all of whose
+        references are published already)."""
+
+        def key(i: ni.NarInfo) -> str:
+            return i.path.rsplit("/", 1)[1][:32]
+
+        frames: list[tuple[str, bytes, Path | None]] = []
+        sent: set[str] = set()
+        for i in group:
+            h = i.file_hash.hex  # type: ignore[union-attr]
+            f = files.get(h) if h not in sent else None  # an object two paths share goes once
+            if f is not None:
+                sent.add(h)
+            frames.append((key(i), i.render().encode(), f))
+        size = max(1, min(MAX_FRAMES, -(-len(frames) // self.jobs)))
+        chunks = [frames[k : k + size] for k in range(0, len(frames), size)]
+        first = await self.dst.upload_batch(chunks[0])
+        if first is not None:
+            check_results(first)
+            for res in await asyncio.gather(*(self.dst.upload_batch(c) for c in chunks[1:])):
+                check_results(res or [])
+            return
+
+        async def put_nar(h: str, f: Path) -> None:
+            async with self.sem:
+                await self.dst.put_file(layout.nar_key(Hash.parse(h, "sha256")), f)
+
+        async def put_info(h: str, text: bytes) -> None:
+            async with self.sem:
+                await self.dst.put_bytes(layout.narinfo_key(h), text)
+
+        await asyncio.gather(*(put_nar(f.name, f) for _, _, f in frames if f is not None))
+        await asyncio.gather(*(put_info(h, text) for h, text, _ in frames))

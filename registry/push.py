@@ -98,7 +98,7 @@ def prepare(store, paths: list[str], sign_key: SecretKey | None = None) -> list[
 MAX_FRAMES = 500
 
 
-def _check_results(results: list[dict]) -> None:
+def check_results(results: list[dict]) -> None:
     bad = [r for r in results if r.get("status", 500) >= 400]
     if bad:
         lines = "\n".join(f"  {r.get('hash')}: HTTP {r.get('status')}: {r.get('message')}" for r in bad[:10])
@@ -154,7 +154,7 @@ async def push_prepared(
         )
         if res is None:
             return False
-        _check_results(res)
+        check_results(res)
         prog.add(len(chunk), sum(info_map[p].file_size or 0 for p in chunk if p in need_nar))
         return True
 

@@ -138,6 +138,55 @@ def test_registry_to_registry_copy(pushed, keys, tmp_path) -> None:
     assert "copied 5 paths" in r.stdout and len(list(dst.glob("*.narinfo"))) == 5
 
 
+def test_registry_to_registry_copy_is_batched_and_verified(pushed, keys, tmp_path, kiln_server) -> None:
+    """Between two kiln servers, small objects come a few hundred per ``blob_batch``
+    and go with their narinfos in ``upload_batch`` requests, not a GET and two PUTs per
+    path; a tampered object stops the copy before its path is published."""
+    from kiln.registry.copy import between
+    from kiln.registry.httpclient import HttpClient
+
+    store, chain, _leaf, reg, tok, srv = pushed
+    more = [add_tree(store, tmp_path, f"small{i}", f"{i}\n") for i in range(40)]
+    push(store, more, lambda: open_client(srv.url, tok), sign_key=keys.sk)
+    reg2 = tmp_path / "reg2"
+    assert kiln("registry", "init", "--dir", str(reg2)).returncode == 0
+    tok2 = kiln("registry", "token", "create", "--scope", "write", "--dir", str(reg2)).stdout.strip()
+    srv2 = kiln_server("--dir", str(reg2), "--trusted-key", str(keys.pk_file))
+    calls = {"download": 0, "blob_batch": 0, "upload_batch": 0, "put_file": 0, "put_bytes": 0}
+
+    def count(name: str):  # noqa: ANN202
+        real = getattr(HttpClient, name)
+
+        def counted(self, *a, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
+            calls[name] += 1
+            return real(self, *a, **kw)
+
+        return counted
+
+    with pytest.MonkeyPatch.context() as mp:
+        for name in calls:
+            mp.setattr(HttpClient, name, count(name))
+        n = asyncio.run(between(srv.url, lambda: open_client(srv2.url, tok2), [chain[-1], *more], [keys.pk]))
+    assert n == 45
+    assert calls["download"] == calls["put_file"] == calls["put_bytes"] == 0
+    # one batch per dependency level (the chain has 5), at most -j upload requests per level
+    assert calls["blob_batch"] == 5 and calls["upload_batch"] <= 5 * 16
+    for p in [*chain, *more]:
+        h = p.split("/")[-1][:32]
+        assert (reg2 / f"{h}.narinfo").exists()
+    # tampered at the source: refused, and the path is not published at the destination
+    extra = add_tree(store, tmp_path, "extra", "extra content\n" * 100)
+    push(store, [extra], lambda: open_client(srv.url, tok), sign_key=keys.sk)
+    info = store.query(extra)
+    blob = reg / layout.blob_key(info.file_hash)
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 0x55
+    blob.write_bytes(bytes(data))
+    with pytest.raises(HashMismatch):
+        asyncio.run(between(srv.url, lambda: open_client(srv2.url, tok2), [extra], [keys.pk]))
+    assert not (reg2 / f"{extra.split('/')[-1][:32]}.narinfo").exists()
+
+
 def test_wrong_key_rejected(pushed, other_keys, tmp_path) -> None:
     _store, chain, _leaf, _reg, _tok, srv = pushed
     r = kiln(
