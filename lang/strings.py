@@ -2,7 +2,8 @@
 
 Two literal forms (as in Nix):
 
-- ``"..."``: escapes ``\\n \\t \\r \\\\ \\" \\$``; ``\\${`` is a literal ``${``.
+- ``"..."``: escapes ``\\n \\t \\r \\\\ \\" \\$``; ``\\${`` is a literal ``${``; ``$$``
+  is literal text (so ``$${x}`` is the text ``$${x}``, as in Nix), in both forms.
 - ``''...''`` (indented): the common leading indentation of the non-blank lines is
   removed, a first line holding only spaces is dropped, and a last line holding only
   spaces is emptied. Escapes: ``''$`` → ``$`` (so ``''${`` is a literal ``${``),
@@ -37,6 +38,9 @@ def _scan_interp(text: str, i: int) -> tuple[int, int]:
             i += 1
             while i < n and text[i] != '"':
                 i += 2 if text[i] == "\\" else 1
+        elif text.startswith("''", i):  # a plain indented string (the lexer allows no more)
+            close = text.find("''", i + 2)
+            i = n if close < 0 else close + 1
         elif c == "{":
             depth += 1
             if depth - 1 > MAX_NESTING and deep < 0:
@@ -98,6 +102,9 @@ def split_plain(token: str) -> list:
             nxt = token[i + 1]
             buf.append(_ESCAPES.get(nxt, nxt))
             i += 2
+        elif c == "$" and token.startswith("$$", i):  # literal, as in Nix: "$${x}" is $${x}
+            buf.append("$$")
+            i += 2
         elif c == "$" and token.startswith("${", i):
             close = _interp_end(token, i + 2)
             if buf:
@@ -113,7 +120,7 @@ def split_plain(token: str) -> list:
     return out
 
 
-_IND_SPECIAL = re.compile(r"''(?:'|\$|\\.)|\$\{", re.S)
+_IND_SPECIAL = re.compile(r"''(?:'|\$|\\.)|\$\$|\$\{", re.S)
 
 
 def _line_indent(line: list) -> int | None:
@@ -169,6 +176,10 @@ def split_indented(token: str) -> list:
             continue  # inside an interpolation already taken whole
         add_text(body[last : m.start()])
         text = m.group()
+        if text == "$$":  # literal (``$${x}`` is the text ``$${x}``), as in Nix
+            add_text(text)
+            last = m.end()
+            continue
         if text == "${":
             close = _interp_end(body, m.end())
             holes.append((m.end() + 2, body[m.end() : close]))

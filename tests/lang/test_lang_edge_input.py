@@ -300,3 +300,22 @@ def test_debian_rootfs_lock_values_are_checked_at_the_lock(tmp_path, field, valu
         evaluate_file(f).attributes()
     msg = str(e.value)
     assert msg.startswith("l.recipe:1:") and f"lock entry 1 ('bash'): '{field}'" in msg and says in msg, msg
+
+
+def test_a_long_quoted_string_lexes_in_bounded_memory(tmp_path):
+    """A 4 MB ``"..."`` literal (a patch pasted into a recipe) lexes without the regex
+    engine keeping a backtracking point per character (it took ~200 bytes of memory per
+    byte of string before its repetition was made possessive)."""
+    import subprocess
+    import sys
+
+    f = _write(tmp_path / "big.recipe", 'package p { build = "' + "abcdefghij" * 400_000 + '" }\n')
+    code = (
+        "import resource, sys\n"
+        "from kiln.lang import evaluate_file\n"
+        "evaluate_file(sys.argv[1]).attributes()\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code, str(f)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert int(r.stdout) < 250_000  # KiB; ~800 MB before

@@ -108,6 +108,11 @@ STRING_CASES = [
     "''\n  a $out $ {x} ''$ ''\\t\n''",
     '"${"a"}${"b"}"',
     "''\n  x${\"\n\"}  y\n''",
+    # $$ is literal text: $${x} is not an interpolation (Makefile-style escapes)
+    '"$${HOME} and $$ and ${"z"} $"',
+    "''\n  echo $${HOME} \"$${x}\" $$$\n''",
+    # an indented string inside ${...} of an indented string (optionalString c ''...'')
+    "''\n  ./configure ${ if true then ''--static'' else \"\" }\n  x${''y''}\n''",
 ]
 
 
