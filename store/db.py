@@ -194,6 +194,11 @@ def references_map(conn: sqlite3.Connection) -> dict[str, list[str]]:
     return out
 
 
+def derivers_map(conn: sqlite3.Connection) -> dict[str, str]:
+    """Every valid path that records a deriver -> that ``.drv`` path (valid or not)."""
+    return dict(conn.execute("SELECT path, deriver FROM paths WHERE deriver IS NOT NULL AND deriver != ''"))
+
+
 def references(conn: sqlite3.Connection, path: str) -> list[str]:
     return [r for (r,) in conn.execute("SELECT reference FROM refs WHERE referrer=?", (path,))]
 

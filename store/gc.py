@@ -137,6 +137,9 @@ def collect(store: LocalStore, dry_run: bool = False) -> GcReport:
             store.root / "temproots", delete_dead=not dry_run
         )
         refs = db.references_map(store.conn)
+        # a live output keeps the .drv that built it (Nix's keep-derivations, on by
+        # default there too): ``kiln build --check``, rebuilders and ``kiln log`` need it
+        derivers = db.derivers_map(store.conn)
         live: set[str] = set()
         stack = [r for r in roots if r in refs]
         while stack:
@@ -145,6 +148,9 @@ def collect(store: LocalStore, dry_run: bool = False) -> GcReport:
                 continue
             live.add(p)
             stack.extend(r for r in refs.get(p, ()) if r in refs and r not in live)
+            d = derivers.get(p)
+            if d is not None and d in refs and d not in live:
+                stack.append(d)
         dead = sorted(set(refs) - live)
 
         valid_bases = {p.rsplit("/", 1)[1] for p in refs}

@@ -406,3 +406,30 @@ def test_a_moved_root_into_a_path_holding_store_like_subpaths_protects_that_path
     r = s.gc()
     assert a.path in r.roots and s.is_valid(a.path) and r.deleted == (b.path,)
     s.close()
+
+
+def test_a_live_output_keeps_the_derivation_that_built_it(store, tmp_path):
+    """As Nix's keep-derivations (on by default): a rooted output keeps its deriver's
+    ``.drv`` (and that ``.drv``'s own closure of sources), so ``kiln build --check`` and
+    rebuilders can still find it after a GC; an output nothing roots does not."""
+    from kiln.store import nar
+    from kiln.store.hashes import Hash
+    from kiln.store.pathinfo import PathInfo
+    from kiln.store.paths import make_output_path
+
+    src = store.add_path(make_tree(tmp_path / "src", {"main.c": "int main;"}))
+    outs = []
+    for name in ("kept", "dropped"):
+        drv = store.add_text(f"{name}.drv", f"Derive({name})".encode(), [src.path])
+        data = nar.file_nar(f"{name}\n".encode())
+        path = str(make_output_path(Hash.sha256_of(name.encode()), "out", name, store.store_dir))
+        info = PathInfo(path, Hash.sha256_of(data), len(data), deriver=drv.path)
+        outs.append((store.import_nar(info, [data]), drv))
+    (kept, kept_drv), (dropped, dropped_drv) = outs
+    store.add_root("kept", kept.path)
+    store.close()
+    s = _fresh_store(store.root)
+    s.gc()
+    assert s.is_valid(kept.path) and s.is_valid(kept_drv.path) and s.is_valid(src.path)
+    assert not s.is_valid(dropped.path) and not s.is_valid(dropped_drv.path)
+    s.close()
