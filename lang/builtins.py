@@ -25,6 +25,7 @@ from kiln.store.aptlock import lock_value_problem
 from kiln.store.derivation import Derivation, Output
 from kiln.store.errors import FormatError, KilnError
 from kiln.store.hashes import Hash
+from kiln.store.paths import check_name
 
 from . import nodes as ast
 from . import stringfns as fns
@@ -113,6 +114,22 @@ def _url(ev, v, node: ast.Node, what: str) -> str:
     return url
 
 
+def _kind(v) -> str:  # noqa: ANN001 - any value
+    return "an empty list" if isinstance(v, list | tuple) and not v else type_name(v)
+
+
+def _given_name(ev, a: dict, what: str) -> str:
+    """A ``name`` the recipe gives: used as written, or an error at it (a name derived
+    from a file or URL is made valid instead, ``sanitize_name``)."""
+    value, node = a["name"]
+    name = _string(ev, value, node, f"{what} 'name'")
+    try:
+        check_name(name)
+    except FormatError as e:
+        raise BadValue(f"{what} name {name!r} cannot be a store path name: {e}", node.src, node.pos) from None
+    return name
+
+
 def _url_name(url: str, strip_git: bool = False) -> str:
     base = url.split("?", 1)[0].split("#", 1)[0].rstrip("/").rsplit("/", 1)[-1]
     if strip_git and base.endswith(".git"):
@@ -143,17 +160,17 @@ def fetchurl(ev, node: ast.Call, env) -> DrvValue:
         v, n = a["urls"]
         if not isinstance(v, tuple) or not v:
             raise RecipeTypeError(
-                f"fetchurl 'urls' must be a non-empty list of strings, found {type_name(v)}", n.src, n.pos
+                f"fetchurl 'urls' must be a non-empty list of strings, found {_kind(v)}", n.src, n.pos
             )
         urls += [_url(ev, u, n, "each of fetchurl 'urls'") for u in v]
     if not urls:
         raise MissingField("fetchurl needs a 'url' (or 'urls') field", node.src, node.pos)
     h = _sha256(a["sha256"][0], a["sha256"][1], "fetchurl 'sha256'")
-    name = _string(ev, a["name"][0], a["name"][1], "fetchurl 'name'") if "name" in a else _url_name(urls[0])
+    name = _given_name(ev, a, "fetchurl") if "name" in a else _url_name(urls[0])
     env_vars = {"url": urls[0], "urls": " ".join(urls)}
     return _fod(
         ev,
-        sanitize_name(name),
+        name,
         "builtin:fetchurl",
         env_vars,
         "sha256",
@@ -168,10 +185,10 @@ def fetchgit(ev, node: ast.Call, env) -> DrvValue:
     url = _url(ev, a["url"][0], a["url"][1], "fetchgit 'url'")
     rev = _string(ev, a["rev"][0], a["rev"][1], "fetchgit 'rev'")
     h = _sha256(a["sha256"][0], a["sha256"][1], "fetchgit 'sha256'")
-    name = _string(ev, a["name"][0], a["name"][1], "fetchgit 'name'") if "name" in a else _url_name(url, True)
+    name = _given_name(ev, a, "fetchgit") if "name" in a else _url_name(url, True)
     return _fod(
         ev,
-        sanitize_name(name),
+        name,
         "builtin:fetchgit",
         {"url": url, "rev": rev},
         "r:sha256",
@@ -195,12 +212,12 @@ def path(ev, node: ast.Call, env) -> SourceValue:
         raise BadValue(
             f"path {rel!r} does not exist (paths are relative to the recipe's directory)", n.src, n.pos
         )
-    name = _string(ev, a["name"][0], a["name"][1], "path 'name'") if "name" in a else os.path.basename(target)
+    name = _given_name(ev, a, "path") if "name" in a else sanitize_name(os.path.basename(target))
     # Fingerprinted before and after adding: the cache pairs this store path with what
     # the source looked like *when it was read*; an edit during the add is not cached.
     try:
         before = fingerprint(Path(target))
-        store_path = ev.add_source(Path(target), sanitize_name(name))
+        store_path = ev.add_source(Path(target), name)
         after = fingerprint(Path(target))
     except RecipeError as e:
         if e.src is not None:
@@ -222,7 +239,7 @@ def debian_rootfs(ev, node: ast.Call, env) -> DrvValue:
     lock, lock_node = a["lock"]
     if not isinstance(lock, tuple) or not lock:
         raise RecipeTypeError(
-            f"debian_rootfs 'lock' must be a non-empty list of records, found {type_name(lock)}",
+            f"debian_rootfs 'lock' must be a non-empty list of records, found {_kind(lock)}",
             lock_node.src,
             lock_node.pos,
         )

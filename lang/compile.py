@@ -137,6 +137,13 @@ def _compile(ev, fn, pkg: ast.Package, params: dict) -> DrvValue:
     for b in pkg.fields:
         if b.name == "out":
             raise BadValue("'out' is set by kiln (the output path); choose another field name", b.src, b.pos)
+        if b.name in ("outPath", "drvPath"):  # pkg.outPath / pkg.drvPath read the paths
+            raise BadValue(
+                f"'{b.name}' names the package's {'output' if b.name == 'outPath' else '.drv'} path "
+                "(pkg." + b.name + "); choose another field name",
+                b.src,
+                b.pos,
+            )
         fields[b.name] = ev.force(env.vars[b.name])
     if "build" not in fields:
         raise MissingField(
