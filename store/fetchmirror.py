@@ -17,11 +17,12 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import sys
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-from .errors import HashMismatch
+from .errors import FormatError, HashMismatch
 from .hashes import Hash
 
 CHUNK = 1 << 16
@@ -94,8 +95,20 @@ def fetch_tree_from_mirror(expected: Hash, dest: Path, *, mirrors: list[str], pr
             fetch_url([], expected, tmp, mirrors=mirrors, progress=progress)
         except FetchError:
             return False
-        with open(tmp, "rb") as f:
-            nar_restore.restore(f, dest)
+        try:
+            with open(tmp, "rb") as f:
+                nar_restore.restore(f, dest)
+        except FormatError as e:
+            # the bytes do hash to ``expected``, so they are what the mirror holds under
+            # that name: a flat file (a recipe that gave a tarball's sha256 where a tree's
+            # NAR hash belongs, say). Not this tree: the other sources get their turn,
+            # and report the hash they do find.
+            print(
+                f"warning: mirror entry for {expected.to_hex()} is not a NAR ({e}); "
+                "was a flat file's sha256 given for a tree? trying the other sources",
+                file=sys.stderr,
+            )
+            return False
         return True
     finally:
         tmp.unlink(missing_ok=True)

@@ -137,6 +137,29 @@ def test_mirrored_tree_is_used_before_the_url(repo, tmp_path):
     assert tree(tmp_path / "again") == tree(tmp_path / "first")
 
 
+def test_a_flat_file_under_the_expected_hash_is_skipped_not_fatal(repo, tmp_path, capsys):
+    """A recipe that gives fetchgit a tarball's sha256 while the mirror holds that
+    tarball: the entry is not a NAR, so it is skipped with a warning saying why, and the
+    git URL is tried (whose tree the builtin then reports with the usual expected/got
+    message)."""
+    import hashlib
+
+    from kiln.store.fetch import copy_to_mirror
+    from kiln.store.hashes import Hash
+
+    path, c1, _ = repo
+    tarball = tmp_path / "hello.tar.gz"
+    tarball.write_bytes(b"\x1f\x8b not really a tarball" * 100)
+    mirror = tmp_path / "mirror"
+    copy_to_mirror(tarball, mirror)
+    expected = Hash("sha256", hashlib.sha256(tarball.read_bytes()).digest())
+    fetch_git(str(path), c1, tmp_path / "t", expected=expected, mirrors=[str(mirror)])
+    err = capsys.readouterr().err
+    assert f"mirror entry for {expected.to_hex()} is not a NAR" in err
+    # fetched from git instead (the builtin then reports that tree's hash as found)
+    assert tree(tmp_path / "t") and nar.hash_path(tmp_path / "t")[0] != expected
+
+
 def test_put_tree_in_mirror_refuses_wrong_hash(repo, tmp_path):
     from kiln.store.errors import HashMismatch
     from kiln.store.fetch import put_tree_in_mirror
