@@ -50,6 +50,7 @@ from .backends import DirSource
 from .client import Client, open_client
 from .dirlock import MIRROR_LOCK, dir_lock
 from .progress import Progress
+from .storage import FileStorage
 from .substitute import BATCH_BYTES, BATCH_OBJECT_MAX, BATCH_OBJECTS
 from .verify import NarVerifier, check_narinfo, expect
 
@@ -179,6 +180,8 @@ async def _sync_locked(
     progress: bool | None,
 ) -> SyncReport:
     """The sync proper (see the module docstring), run holding DST's mirror lock."""
+    if isinstance(dst.storage, FileStorage):
+        dst.storage.sweep_temp()  # blobs a killed sync (or server) was writing
     prev = dst.storage.read(STATE_KEY)
     if prev is not None:
         state = ix.TrustState.from_json(prev)

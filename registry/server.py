@@ -49,6 +49,7 @@ from . import fastpath, layout
 from .auth import AuthError, TokenStore
 from .backends import DirSource, Source
 from .httpbits import CHUNK, HTTPError, plain, read_body
+from .storage import FileStorage
 from .storesource import StoreSource
 from .writeapi import WriteAPI
 
@@ -376,4 +377,7 @@ def open_source(
         raise KilnError("give exactly one of --store DIR or --dir DIR")
     if store is not None:
         return StoreSource(store, sign_key, store_dir)
-    return DirSource(directory, store_dir=store_dir, durable=durable)
+    src = DirSource(directory, store_dir=store_dir, durable=durable)
+    if isinstance(src.storage, FileStorage):
+        src.storage.sweep_temp()  # uploads a killed server or sync left behind
+    return src

@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -31,6 +33,21 @@ from urllib.parse import unquote, urlparse
 from kiln.store.errors import KilnError
 
 from .layout import PRIVATE_DIR
+
+#: a temp file of a writer that is gone is removed once it is this old (``sweep_temp``)
+TEMP_MIN_AGE = 3600.0
+_TEMP_PID = re.compile(r"up-(\d+)-")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's: alive
+        return True
+    return True
+
 
 #: per-write durability: None = the storage default, False = no fsync (caller will call
 #: ``barrier()``), True = fsync, or a callable run after the data is written and before
@@ -153,6 +170,30 @@ class FileStorage(Storage):
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             return None
 
+    def sweep_temp(self, min_age: float = TEMP_MIN_AGE) -> int:
+        """Remove temp files left in ``.kiln/tmp`` by writers that died (kill -9 of a
+        server or a sync mid-upload): those whose writer pid is gone (or not recorded)
+        and that were last written ``min_age`` seconds ago or more (a writer in another
+        pid namespace sharing the directory is not visible here: age protects its
+        files). Returns how many went."""
+        now, gone = time.time(), 0
+        try:
+            entries = list(os.scandir(self._tmp))
+        except FileNotFoundError:
+            return 0
+        for e in entries:
+            m = _TEMP_PID.match(e.name)
+            if m is not None and _pid_alive(int(m.group(1))):
+                continue
+            try:
+                if now - e.stat(follow_symlinks=False).st_mtime < min_age:
+                    continue
+                os.unlink(e.path)
+            except (FileNotFoundError, IsADirectoryError, PermissionError):
+                continue
+            gone += 1
+        return gone
+
     def size(self, key: str) -> int | None:
         try:
             st = os.stat(self._path(key))
@@ -162,7 +203,8 @@ class FileStorage(Storage):
 
     def _tempfile(self) -> BinaryIO:
         self._tmp.mkdir(parents=True, exist_ok=True)
-        f = tempfile.NamedTemporaryFile(dir=self._tmp, prefix="up-", delete=False)  # noqa: SIM115
+        # named by the writer's pid, so ``sweep_temp`` can tell a dead writer's leftover
+        f = tempfile.NamedTemporaryFile(dir=self._tmp, prefix=f"up-{os.getpid()}-", delete=False)  # noqa: SIM115
         os.fchmod(f.fileno(), 0o644)  # published objects are world-readable (static servers)
         return f
 

@@ -69,3 +69,30 @@ def test_urls(tmp_path: Path) -> None:
         open_storage("ftp://x/y")
     with pytest.raises(StorageError, match="host"):
         open_storage("file://otherhost/dir")
+
+
+def test_sweep_removes_only_dead_writers_old_temp_files(tmp_path: Path) -> None:
+    """``.kiln/tmp`` files of a writer killed mid-upload are removed by the next server
+    start or mirror sync (``sweep_temp``): only once their writer pid is gone and they
+    are old; a live writer's, or a fresh one, stay."""
+    import os
+    import subprocess
+    import time
+
+    from kiln.registry.storage import FileStorage
+
+    st = FileStorage(tmp_path / "reg")
+    with st.staged() as (f, _):
+        f.write(b"in progress")  # this process: alive
+        p = subprocess.Popen(["true"])  # a writer that is gone
+        p.wait()
+        tmp = tmp_path / "reg" / ".kiln" / "tmp"
+        old_dead, new_dead, legacy = tmp / f"up-{p.pid}-old", tmp / f"up-{p.pid}-new", tmp / "up-abc"
+        for x in (old_dead, new_dead, legacy):
+            x.write_bytes(b"x")
+        hour_ago = time.time() - 7200
+        os.utime(old_dead, (hour_ago, hour_ago))
+        os.utime(legacy, (hour_ago, hour_ago))
+        assert st.sweep_temp() == 2
+        left = sorted(e.name for e in os.scandir(tmp))
+        assert left == sorted([new_dead.name, os.path.basename(f.name)])
