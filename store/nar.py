@@ -40,6 +40,7 @@ from __future__ import annotations
 import hashlib
 import os
 import queue
+import re
 import stat
 import struct
 import threading
@@ -299,7 +300,15 @@ def listing_json(src: BinaryIO | Iterable[bytes]) -> bytes:
     import json  # only listings need it
 
     text = json.dumps({"version": 1, "root": listing(src)}, ensure_ascii=False, separators=(",", ":"))
+    # json.dumps writes \b and \f where Nix writes \u0008 and \u000c (a symlink target
+    # or name holding them); in JSON text a backslash only ever starts an escape, and a
+    # "\\" pair is consumed first, so these are exactly the escapes
+    text = _SHORT_ESCAPE.sub(lambda m: m.group(1) or _LONG[m.group(2)], text)
     return text.encode("utf-8", "surrogateescape")
+
+
+_SHORT_ESCAPE = re.compile(r"(\\\\)|\\([bf])")
+_LONG = {"b": "\\u0008", "f": "\\u000c"}
 
 
 # ---------------------------------------------------------------------------- hashing

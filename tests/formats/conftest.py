@@ -89,6 +89,10 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]
     _write(add("empty-file"), b"")
     os.symlink("/nix/store/does-not-exist", add("root-symlink"))
     add("empty-dir").mkdir()
+    ctl = add("control-chars")  # JSON escapes in .ls listings: \u0008 and \u000c, as Nix writes
+    ctl.mkdir()
+    os.symlink("a\bb\fc\\b\n\t\x01", ctl / "link")
+    _write(ctl / "name\bwith\fcontrols", b"x")
     _mixed(add("mixed"))
     _deep(add("deep"), 1100)
     big = add("large")

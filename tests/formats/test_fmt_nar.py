@@ -260,6 +260,15 @@ def test_listing(tmp_path: Path) -> None:
         b'{"version":1,"root":{"type":"directory","entries":{"empty":'
     )
     assert narmod.listing([narmod.dump_bytes(make_small(tmp_path / "s") / "run")])["executable"] is True
+    # control characters are written as Nix writes them: \u0008 and \u000c, not \b and
+    # \f (a literal backslash before b stays an escaped backslash); golden from Nix 2.8
+    weird = tmp_path / "weird"
+    weird.mkdir()
+    os.symlink("a\bb\fc\\b\n", weird / "l")
+    assert narmod.listing_json([narmod.dump_bytes(weird)]) == (
+        b'{"version":1,"root":{"type":"directory","entries":{"l":{"type":"symlink",'
+        b'"target":"a\\u0008b\\u000cc\\\\b\\n"}}}}'
+    )
     with pytest.raises(FormatError, match="trailing data"):
         narmod.listing([data + b"x"])
 

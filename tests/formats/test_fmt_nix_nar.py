@@ -143,7 +143,9 @@ def test_restore_from_a_pipe(corpus: dict[str, Path], tmp_path: Path) -> None:
     assert narmod.dump_bytes(tmp_path / "out") == run("nix-store", "--dump", corpus["large"])
 
 
-@pytest.mark.parametrize("name", ["mixed", "many-files", "exec-file", "root-symlink", "empty-dir"])
+@pytest.mark.parametrize(
+    "name", ["mixed", "many-files", "exec-file", "root-symlink", "empty-dir", "control-chars"]
+)
 def test_listing_matches_nix(corpus: dict[str, Path], tmp_path: Path, name: str) -> None:
     """``listing_json`` equals the ``.ls`` file ``nix copy ...?write-nar-listing=true``
     writes, byte for byte (narOffset included)."""
