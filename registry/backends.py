@@ -321,6 +321,11 @@ class DirSource(Source):
         producer or kiln version, or Nix) is the same content, and the narinfo published
         first, with its file, stays."""
         key = layout.narinfo_key(hash_part)
+        # a path is published only after its references (pushes go dependencies first),
+        # so a client that substitutes it finds its whole closure here
+        for r in info.references:
+            if r != info.path and not self.storage.exists(layout.narinfo_key(r.rsplit("/", 1)[1][:32])):
+                return 409, f"error: {info.path} refers to {r}, which is not published here; push it first"
         # create-if-absent is atomic (link), so only the rare compare/merge needs the lock
         if self.storage.put_bytes(key, body, exclusive=True, durable=self.group_sync):
             self._by_nar[info.nar_hash.hex] = hash_part
@@ -330,7 +335,7 @@ class DirSource(Source):
             old_body = self.storage.read(key) or b""
             if old_body == body:
                 return 200, "already published"
-            old = ni.parse(old_body.decode(), self.store_dir)
+            old = ni.parse(old_body.decode(errors="replace"), self.store_dir)  # junk: a 400
             same = (old.path, old.nar_hash, old.nar_size, old.references) == (
                 info.path,
                 info.nar_hash,

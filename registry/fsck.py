@@ -176,6 +176,16 @@ def _verify(
                 continue
         assert info.file_hash is not None
         users.setdefault(info.file_hash.hex, []).append((key, info))
+    # an incomplete closure: clients that substitute the path cannot (reported, not
+    # deleted: the content is fine, the reference is what is missing)
+    published = {k[: -len(".narinfo")] for k in keys}
+    for named in users.values():
+        for key, info in named:
+            for r in info.references:
+                if r != info.path and r.rsplit("/", 1)[1][:32] not in published:
+                    problems.setdefault(key, []).append(
+                        Problem(info.path, f"its reference {r} is not published", False)
+                    )
     bad_blobs: list[str] = []
     checks: list[tuple[list[str], list[tuple[str, NarInfo]]]] = []
     for named in users.values():

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 
-from regkit import kiln
+from regkit import kiln, request
 
 from kiln.registry import layout
 from kiln.registry.backends import DirSource
@@ -63,8 +63,11 @@ def test_corruption_is_named_per_path_and_repaired(pushed, keys) -> None:
     rc, doc = _verify(reg, "--delete-bad")
     assert rc == 1 and len(doc["removed"]) >= 3
     assert not (reg / layout.narinfo_key(leaf.rsplit("/", 1)[1][:32])).exists()
-    rc, doc = _verify(reg)  # what is left is sound
-    assert rc == 0 and doc["checked"] == 3
+    rc, doc = _verify(reg)  # what is left is sound, but chain[3] lost its reference
+    assert doc["checked"] == 3 and rc == 1
+    assert [(p["path"], p["problem"]) for p in doc["problems"]] == [
+        (chain[3], f"its reference {chain[2]} is not published")
+    ]
 
     # the registry no longer claims the bad paths, so a push uploads them again
     r = kiln(
@@ -90,6 +93,23 @@ def test_a_missing_blob_is_a_problem(pushed) -> None:
         (reg / key).unlink(missing_ok=True)
     rep = verify_dir(DirSource(reg), progress=False)
     assert [(p.path, "missing" in p.what) for p in rep.problems] == [(leaf, True)]
+
+
+def test_an_incomplete_closure_is_reported_and_refused_on_upload(pushed, keys) -> None:
+    """A published path whose reference is not published (its narinfo deleted by hand,
+    or a directory written by other tools) is a problem ``registry verify`` names, and
+    the server refuses to publish such a narinfo in the first place."""
+    store, chain, leaf, reg, tok, srv = pushed
+    (reg / layout.narinfo_key(_hp(chain[0]))).unlink()
+    rep = verify_dir(DirSource(reg), progress=False)
+    assert [(p.path, p.what, p.content) for p in rep.problems] == [
+        (chain[1], f"its reference {chain[0]} is not published", False)
+    ]
+    body = (reg / layout.narinfo_key(_hp(chain[1]))).read_bytes()
+    (reg / layout.narinfo_key(_hp(chain[1]))).unlink()
+    url = f"{srv.url}/{layout.narinfo_key(_hp(chain[1]))}"
+    status, _, text = request(url, "PUT", body, {"Authorization": f"Bearer {tok}"})
+    assert status == 409 and f"refers to {chain[0]}, which is not published here" in text.decode()
 
 
 def _hp(path: str) -> str:
