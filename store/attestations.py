@@ -27,6 +27,8 @@ import os
 import re
 import shutil
 import tempfile
+import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -243,7 +245,8 @@ def write(store: Any, path: str | StorePath, kind: str, envelope: Envelope) -> P
     d = _dir(store, sp)
     d.mkdir(parents=True, exist_ok=True)
     target = d / f"{kind}{SUFFIX}"
-    fd, tmp = tempfile.mkstemp(prefix=f".{kind}-", suffix=".tmp", dir=d)
+    # named by the writer's pid: GC removes the ones a killed writer left (``stale_temp``)
+    fd, tmp = tempfile.mkstemp(prefix=f".{kind}-{os.getpid()}-", suffix=".tmp", dir=d)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(envelope.dumps().encode())
@@ -297,3 +300,41 @@ def read_all(store: Any, path: str | StorePath) -> dict[str, Envelope]:
 def remove(store: Any, path: str | StorePath) -> None:
     """Delete all attestations of ``path`` (the GC calls this when the path goes)."""
     shutil.rmtree(_dir(store, path), ignore_errors=True)
+
+
+#: ``.<kind>-<pid>-<mkstemp's 8 characters>.tmp`` (a kind may hold digits and ``-``)
+_TEMP = re.compile(r"^\..+-(\d+)-[a-z0-9_]{8}\.tmp\Z")
+#: a temp file without a live writer pid in its name is stale once this old
+_TEMP_MIN_AGE = 3600.0
+
+
+def stale_temp(store: Any, hash_parts: Iterable[str]) -> builtins.list[Path]:
+    """Temp files in the attestation dirs of ``hash_parts`` that a killed ``write`` left:
+    their writer pid is gone (or, for a name without one, they are an hour old)."""
+    out: builtins.list[Path] = []
+    now = time.time()
+    for h in hash_parts:
+        try:
+            entries = builtins.list(os.scandir(Path(store.root) / "attestations" / h))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for e in entries:
+            if not (e.name.startswith(".") and e.name.endswith(".tmp")):
+                continue
+            m = _TEMP.match(e.name)
+            if m is not None:
+                try:
+                    os.kill(int(m.group(1)), 0)
+                    continue  # the writer lives
+                except ProcessLookupError:
+                    pass
+                except (PermissionError, OverflowError):
+                    continue
+            else:
+                try:
+                    if now - e.stat(follow_symlinks=False).st_mtime < _TEMP_MIN_AGE:
+                        continue
+                except FileNotFoundError:
+                    continue
+            out.append(Path(e.path))
+    return out

@@ -165,7 +165,9 @@ def collect(store: LocalStore, dry_run: bool = False) -> GcReport:
         # with other content. Paths being registered have rows before attestations.
         live_hash_parts = {b[:32] for b in valid_bases - {p.rsplit("/", 1)[1] for p in dead}}
         live_hash_parts |= {b[:32] for b in rooted_bases}
-        orphan_atts = [h for h in _attestation_dirs(store) if h not in live_hash_parts]
+        att_dirs = _attestation_dirs(store)
+        orphan_atts = [h for h in att_dirs if h not in live_hash_parts]
+        att_temp = attestations.stale_temp(store, [h for h in att_dirs if h in live_hash_parts])
         used_after = _used_objects(store, exclude=set(dead))
         doomed_objects = [o for o in _objects(store) if o.name.split(".", 1)[0] not in used_after]
 
@@ -212,6 +214,8 @@ def collect(store: LocalStore, dry_run: bool = False) -> GcReport:
             attestations.remove(store, p)
         for h in orphan_atts:
             shutil.rmtree(store.root / "attestations" / h, ignore_errors=True)
+        for t in att_temp:  # a killed attestation writer's
+            t.unlink(missing_ok=True)
         for o in doomed_objects:
             o.unlink(missing_ok=True)
         for t in doomed_tmp + [str(trash)]:

@@ -433,3 +433,24 @@ def test_a_live_output_keeps_the_derivation_that_built_it(store, tmp_path):
     assert s.is_valid(kept.path) and s.is_valid(kept_drv.path) and s.is_valid(src.path)
     assert not s.is_valid(dropped.path) and not s.is_valid(dropped_drv.path)
     s.close()
+
+
+def test_gc_removes_a_killed_attestation_writers_temp_files(store, tmp_path):
+    """``attestations.write`` stages ``.<kind>-<pid>-<8>.tmp`` beside the file; one left
+    by a writer that died goes with the next GC even though the path is live; a live
+    writer's stays."""
+    p = store.add_path(make_tree(tmp_path / "t", {"f": "x"})).path
+    store.add_root("t", p)
+    d = store.root / "attestations" / p.split("/")[-1][:32]
+    d.mkdir(parents=True)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    dead = d / f".vsa-1234567890abcdef-{gone.pid}-abcd_123.tmp"
+    live = d / f".sbom-{os.getpid()}-zzzz0000.tmp"
+    for f in (dead, live):
+        f.write_text("{}")
+    store.close()
+    s = _fresh_store(store.root)
+    s.gc()
+    assert not dead.exists() and live.exists() and s.is_valid(p)
+    s.close()
