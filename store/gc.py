@@ -220,6 +220,10 @@ def collect(store: LocalStore, dry_run: bool = False) -> GcReport:
             o.unlink(missing_ok=True)
         for t in doomed_tmp + [str(trash)]:
             remove_tree(Path(t))
+        # small temp files of writers killed mid-write (``_init_config``, build logs)
+        for d, pattern in ((store.root, _CONFIG_TMP), (store.root / "logs", _LOG_TMP)):
+            for f in _dead_writers_files(d, pattern):
+                f.unlink(missing_ok=True)
         for e in os.scandir(store.root / "locks"):
             # registration locks are only taken under the GC lock (shared), so none is held
             # now; the build loop's ``*.build`` locks go only when nobody holds them
@@ -228,6 +232,31 @@ def collect(store: LocalStore, dry_run: bool = False) -> GcReport:
             elif e.name.endswith(".build"):
                 remove_if_free(Path(e.path))
         return report
+
+
+_CONFIG_TMP = re.compile(r"^\.config\.json\.(\d+)\.[0-9a-f]{8}\Z")
+_LOG_TMP = re.compile(r"^\..+\.(\d+)\.tmp\Z")
+
+
+def _dead_writers_files(d: Path, pattern: re.Pattern) -> list[Path]:
+    """Files in ``d`` named by ``pattern`` (group 1: the writer's pid) whose writer is
+    gone."""
+    out = []
+    try:
+        entries = list(os.scandir(d))
+    except (FileNotFoundError, NotADirectoryError):
+        return out
+    for e in entries:
+        m = pattern.match(e.name)
+        if m is None:
+            continue
+        try:
+            os.kill(int(m.group(1)), 0)
+        except ProcessLookupError:
+            out.append(Path(e.path))
+        except (PermissionError, OverflowError):
+            pass
+    return out
 
 
 def _attestation_dirs(store: LocalStore) -> list[str]:

@@ -454,3 +454,21 @@ def test_gc_removes_a_killed_attestation_writers_temp_files(store, tmp_path):
     s.gc()
     assert not dead.exists() and live.exists() and s.is_valid(p)
     s.close()
+
+
+def test_gc_removes_small_temp_files_of_killed_writers(store, tmp_path):
+    """A ``kiln store init`` or a build-log save killed mid-write leaves a small temp
+    file (``.config.json.<pid>.<hex>``, ``logs/.<name>.<pid>.tmp``); GC removes those
+    whose writer is gone and keeps a live writer's."""
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    (store.root / "logs").mkdir(exist_ok=True)
+    dead = [
+        store.root / f".config.json.{gone.pid}.0badf00d",
+        store.root / "logs" / f".x.drv.zst.{gone.pid}.tmp",
+    ]
+    live = store.root / "logs" / f".y.drv.zst.{os.getpid()}.tmp"
+    for f in (*dead, live):
+        f.write_text("x")
+    store.gc()
+    assert not any(f.exists() for f in dead) and live.exists()
