@@ -98,6 +98,11 @@ class HttpClient(Client):
             aiohttp.ServerDisconnectedError,
         ) as e:
             raise Unreachable(f"registry {self.url} is unreachable: {e}") from None
+        except aiohttp.TooManyRedirects as e:
+            last = e.history[-1].url if e.history else e.request_info.url
+            raise RegistryError(
+                f"{method} {self.url}/{key}: too many redirects ({len(e.history)}, the last at {str(last)[:300]})"
+            ) from None
         except aiohttp.ClientError as e:
             raise RegistryError(f"registry {self.url}: {e}") from None
 

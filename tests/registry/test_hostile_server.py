@@ -315,3 +315,29 @@ def test_answers_that_are_not_utf8_are_registry_errors() -> None:
         asyncio.run(serve(lambda c: c.narinfos([h])))
     with pytest.raises(RegistryError, match="nix-cache-info is not UTF-8"):
         asyncio.run(serve(lambda c: c.cache_info()))
+
+
+def test_a_redirect_loop_is_named_as_one() -> None:
+    async def loop(call):  # noqa: ANN001, ANN202
+        async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            await r.readline()
+            while (await r.readline()) not in (b"\r\n", b""):
+                pass
+            w.write(
+                b"HTTP/1.1 302 Found\r\nLocation: /loop\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            )
+            await w.drain()
+            w.close()
+
+        srv = await asyncio.start_server(handler, "127.0.0.1", 0)
+        c = HttpClient(f"http://127.0.0.1:{srv.sockets[0].getsockname()[1]}")
+        try:
+            return await asyncio.wait_for(call(c), 30)
+        finally:
+            await c.close()
+            srv.close()
+
+    with pytest.raises(
+        RegistryError, match=r"nix-cache-info: too many redirects \(\d+, the last at http://.*/loop\)"
+    ):
+        asyncio.run(loop(lambda c: c.cache_info()))
