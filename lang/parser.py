@@ -337,6 +337,12 @@ def _lex_error(parser: Lark, text: str, src: SourceText, base: int, pos: int) ->
     ch = text[pos]
     if ch == '"' or text.startswith("''", pos):
         deep = too_deep_brace(text, pos)
+        if deep >= 0 and text[deep - 1] == "$":
+            return RecipeSyntaxError(
+                "unexpected '${' in the code of an interpolation (only a string may hold one)",
+                src,
+                base + deep - 1,
+            )
         if deep >= 0:
             return RecipeSyntaxError(
                 f"records nested more than {MAX_NESTING} deep inside ${{...}} are not supported; "

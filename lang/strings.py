@@ -30,10 +30,14 @@ def _interp_end(text: str, i: int) -> int:
 def _scan_interp(text: str, i: int) -> tuple[int, int]:
     """From just after a ``${``: (index of its closing ``}`` or -1 if unterminated,
     position of the first ``{`` nested more than ``MAX_NESTING`` deep in it or -1).
-    Braces inside nested quoted strings do not count."""
+    Braces inside nested quoted strings do not count. A ``${`` in the code itself (not
+    in a string: a syntax error there) counts as that ``{`` whatever its depth, so the
+    error is placed at it rather than at some deeper brace."""
     depth, deep, n = 1, -1, len(text)
     while i < n:
         c = text[i]
+        if c == "{" and text[i - 1] == "$" and deep < 0:
+            deep = i
         if c == '"':
             i += 1
             while i < n and text[i] != '"':
