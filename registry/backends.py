@@ -18,7 +18,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import urlparse
@@ -299,6 +299,11 @@ class DirSource(Source):
             except KilnError as ex:
                 results[n] = (400, f"error: {ex}")
                 continue
+            # references: published, or earlier in this batch (published before it below)
+            missing = self._missing_reference(info, {entries[k].hash_part for k in ready})
+            if missing is not None:
+                results[n] = (409, missing)
+                continue
             f, _ = stack.enter_context(self.storage.staged())
             f.write(e.narinfo)
             f.close()  # flushed; made durable by the shared barrier below
@@ -314,6 +319,17 @@ class DirSource(Source):
                 results[n] = self.publish_narinfo(e.hash_part, info, e.narinfo)  # type: ignore[arg-type]
         return [r if r is not None else (500, "error: not processed") for r in results]
 
+    def _missing_reference(self, info: ni.NarInfo, also: Collection[str] = ()) -> str | None:
+        """The error for a path one of whose references (but itself) is neither
+        published here nor among the hash parts ``also``; None if all are. A path is
+        published only after its references (pushes go dependencies first), so a client
+        that substitutes it finds its whole closure here."""
+        for r in info.references:
+            h = r.rsplit("/", 1)[1][:32]
+            if r != info.path and h not in also and not self.storage.exists(layout.narinfo_key(h)):
+                return f"error: {info.path} refers to {r}, which is not published here; push it first"
+        return None
+
     def publish_narinfo(self, hash_part: str, info: ni.NarInfo, body: bytes) -> tuple[int, str]:
         """Create-if-absent; identical → 200; same content with other signatures → merged;
         different content → 409. Content is the path, NAR hash and size and references
@@ -321,11 +337,9 @@ class DirSource(Source):
         producer or kiln version, or Nix) is the same content, and the narinfo published
         first, with its file, stays."""
         key = layout.narinfo_key(hash_part)
-        # a path is published only after its references (pushes go dependencies first),
-        # so a client that substitutes it finds its whole closure here
-        for r in info.references:
-            if r != info.path and not self.storage.exists(layout.narinfo_key(r.rsplit("/", 1)[1][:32])):
-                return 409, f"error: {info.path} refers to {r}, which is not published here; push it first"
+        missing = self._missing_reference(info)
+        if missing is not None:
+            return 409, missing
         # create-if-absent is atomic (link), so only the rare compare/merge needs the lock
         if self.storage.put_bytes(key, body, exclusive=True, durable=self.group_sync):
             self._by_nar[info.nar_hash.hex] = hash_part

@@ -4,6 +4,7 @@ so the next push (or mirror sync) restores it, verified."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 from regkit import kiln, request
@@ -100,6 +101,7 @@ def test_an_incomplete_closure_is_reported_and_refused_on_upload(pushed, keys) -
     or a directory written by other tools) is a problem ``registry verify`` names, and
     the server refuses to publish such a narinfo in the first place."""
     store, chain, leaf, reg, tok, srv = pushed
+    body0 = (reg / layout.narinfo_key(_hp(chain[0]))).read_bytes()
     (reg / layout.narinfo_key(_hp(chain[0]))).unlink()
     rep = verify_dir(DirSource(reg), progress=False)
     assert [(p.path, p.what, p.content) for p in rep.problems] == [
@@ -110,6 +112,21 @@ def test_an_incomplete_closure_is_reported_and_refused_on_upload(pushed, keys) -
     url = f"{srv.url}/{layout.narinfo_key(_hp(chain[1]))}"
     status, _, text = request(url, "PUT", body, {"Authorization": f"Bearer {tok}"})
     assert status == 409 and f"refers to {chain[0]}, which is not published here" in text.decode()
+    # ... and in a POST /upload-batch as for a PUT, unless the reference comes earlier in it
+    from kiln.registry.httpclient import HttpClient
+
+    async def batch(frames):  # noqa: ANN001, ANN202
+        c = HttpClient(srv.url, tok)
+        try:
+            return await c.upload_batch(frames)
+        finally:
+            await c.close()
+
+    [res] = asyncio.run(batch([(_hp(chain[1]), body, None)]))
+    assert res["status"] == 409 and f"refers to {chain[0]}" in res["message"]
+    assert not (reg / layout.narinfo_key(_hp(chain[1]))).exists()
+    both = asyncio.run(batch([(_hp(chain[0]), body0, None), (_hp(chain[1]), body, None)]))
+    assert [r["status"] for r in both] == [201, 201]
 
 
 def _hp(path: str) -> str:
