@@ -240,14 +240,10 @@ class _Relay:
         def key(i: ni.NarInfo) -> str:
             return i.path.rsplit("/", 1)[1][:32]
 
-        frames: list[tuple[str, bytes, Path | None]] = []
-        sent: set[str] = set()
-        for i in group:
-            h = i.file_hash.hex  # type: ignore[union-attr]
-            f = files.get(h) if h not in sent else None  # an object two paths share goes once
-            if f is not None:
-                sent.add(h)
-            frames.append((key(i), i.render().encode(), f))
+        # every path whose object is new carries it, also where two paths share one: the
+        # chunks go up concurrently, and a narinfo must never arrive before its object
+        # (the server keeps one copy of each object)
+        frames = [(key(i), i.render().encode(), files.get(i.file_hash.hex)) for i in group]  # type: ignore[union-attr]
         size = max(1, min(MAX_FRAMES, -(-len(frames) // self.jobs)))
         chunks = [frames[k : k + size] for k in range(0, len(frames), size)]
         first = await self.dst.upload_batch(chunks[0])
@@ -265,5 +261,5 @@ class _Relay:
             async with self.sem:
                 await self.dst.put_bytes(layout.narinfo_key(h), text)
 
-        await asyncio.gather(*(put_nar(f.name, f) for _, _, f in frames if f is not None))
+        await asyncio.gather(*(put_nar(f.name, f) for f in {f for _, _, f in frames if f is not None}))
         await asyncio.gather(*(put_info(h, text) for h, text, _ in frames))

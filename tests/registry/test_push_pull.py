@@ -34,6 +34,8 @@ def test_push_sends_new_signatures_of_published_paths(pushed, keys, tmp_path, ki
     """After a key rotation (``kiln key rotate --resign``) the store holds a second
     signature for published paths: a push sends their narinfos again, the registry merges
     the signatures it trusts, and a client trusting only the new key substitutes."""
+    from kiln.store.signing import SecretKey, sign_info
+
     store, chain, leaf, reg, tok, srv = pushed
     (tmp_path / "new").mkdir()
     new = Keys(tmp_path / "new", "kiln-test-2")
@@ -61,6 +63,17 @@ def test_push_sends_new_signatures_of_published_paths(pushed, keys, tmp_path, ki
     # nothing more to send: a re-run sends no narinfo
     rep = push(store, [chain[-1]], lambda: open_client(srv2.url, tok))
     assert (rep.pushed, rep.signatures_updated) == (0, 0)
+    # a signature by a key of another family (a local build key) is never re-sent: the
+    # registry would never merge it, and every push would send it again
+    local = SecretKey.generate("local-build-1")
+    for p in chain:
+        store.add_signatures(p, [sign_info(store.query(p), local)])
+    rep = push(store, [chain[-1]], lambda: open_client(srv2.url, tok))
+    assert (rep.signatures_updated, rep.signatures_refused) == (0, ())
+    # this push's own key is sent; where the registry does not trust it, a warning
+    untrusted = SecretKey.generate("elsewhere-1")
+    rep = push(store, [chain[-1]], lambda: open_client(srv2.url, tok), sign_key=untrusted)
+    assert rep.signatures_updated == 0 and len(rep.signatures_refused) == 5
 
 
 def test_a_push_cut_off_before_publishing_publishes_on_the_rerun(pushed, keys, tmp_path) -> None:
@@ -147,6 +160,9 @@ def test_registry_to_registry_copy_is_batched_and_verified(pushed, keys, tmp_pat
 
     store, chain, _leaf, reg, tok, srv = pushed
     more = [add_tree(store, tmp_path, f"small{i}", f"{i}\n") for i in range(40)]
+    # paths of the same contents share one object: it must reach the destination before
+    # any of their narinfos, whichever upload request arrives first
+    more += [add_tree(store, tmp_path, f"same{i}", "same\n") for i in range(20)]
     push(store, more, lambda: open_client(srv.url, tok), sign_key=keys.sk)
     reg2 = tmp_path / "reg2"
     assert kiln("registry", "init", "--dir", str(reg2)).returncode == 0
@@ -167,7 +183,7 @@ def test_registry_to_registry_copy_is_batched_and_verified(pushed, keys, tmp_pat
         for name in calls:
             mp.setattr(HttpClient, name, count(name))
         n = asyncio.run(between(srv.url, lambda: open_client(srv2.url, tok2), [chain[-1], *more], [keys.pk]))
-    assert n == 45
+    assert n == 65
     assert calls["download"] == calls["put_file"] == calls["put_bytes"] == 0
     # one batch per dependency level (the chain has 5), at most -j upload requests per level
     assert calls["blob_batch"] == 5 and calls["upload_batch"] <= 5 * 16
