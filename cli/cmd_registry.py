@@ -282,6 +282,8 @@ def cmd_push(argv: list[str]) -> int:
         )
         + (f"; {rep.index}" if rep.index else "")
     )
+    for why in rep.signatures_refused[:10]:
+        print(f"warning: the registry did not take the new signature of {why}", file=sys.stderr)
     return 0
 
 

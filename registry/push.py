@@ -18,9 +18,11 @@ narinfo without its NAR or its references):
    registry lacks or holds in another version (``attest_transfer.push_attestations``;
    one batched listing request, then a PUT each) — after the narinfos, because the
    registry admits an attestation only for a published path;
-6. send again the narinfo of every published path that lacks one of the store's
-   signatures for it (after ``kiln key rotate --resign``, say): the registry merges
-   the signatures it trusts;
+6. send again the narinfo of every published path that lacks a signature the store
+   holds by this push's ``--sign-key`` or by a rotated key of a signer already there
+   (``NAME-2`` where ``NAME-1`` signed: ``kiln key rotate --resign``); the registry
+   merges what it trusts, and a refusal is reported, not fatal. Other signatures (a
+   local build key's) are never re-sent: they would go on every push, never merged;
 7. ask the server to republish its signed index (if it holds an index key), which also
    lists each path's attestation digests. Always, even when nothing was uploaded: a
    push cut off after its uploads publishes on the re-run.
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,7 +45,7 @@ from kiln.store.pathinfo import PathInfo
 from kiln.store.signing import SecretKey, sign_info
 
 from . import layout
-from .client import Client
+from .client import Client, RegistryError
 from .progress import Progress
 
 
@@ -55,6 +58,7 @@ class PushReport:
     index: str | None
     attestations_uploaded: int = 0
     signatures_updated: int = 0  # published paths whose narinfo went again for new signatures
+    signatures_refused: tuple[str, ...] = ()  # "path: why" where the registry refused them
 
 
 def levels(infos: dict[str, PathInfo]) -> list[list[str]]:
@@ -111,7 +115,10 @@ async def push_prepared(
     jobs: int = 8,
     progress: bool | None = None,
     store=None,  # noqa: ANN001 - a LocalStore: when given, attestations travel too
+    signer: str | None = None,
 ) -> PushReport:
+    """Push ``items`` (``prepare``'s) through ``client`` (see the module docstring);
+    ``signer`` is the name of the key this push signs with (``--sign-key``)."""
     info_map = {i.path: i for i, _ in items}
     obj = {i.path: f for i, f in items}
     cache = await client.cache_info()
@@ -121,9 +128,10 @@ async def push_prepared(
             raise KilnError(f"{i.path} is not in the registry's store dir {sd!r}")
     have = await client.narinfos([_hp(p) for p in info_map])
     missing = {p: i for p, i in info_map.items() if _hp(p) not in have}
-    # published, but without some of our signatures (a key rotated, another signer):
-    # the narinfo goes again and the registry merges the signatures it trusts
-    resign = [p for p, i in info_map.items() if p not in missing and _lacks_sigs(have[_hp(p)], i.sigs)]
+    # published, but without a signature of ours the registry may want: this push's key's,
+    # or a rotated key's of a signer whose older key's signature is there (NAME-2 beside
+    # NAME-1): the narinfo goes again and the registry merges what it trusts
+    resign = [p for p, i in info_map.items() if p not in missing and _new_sigs(have[_hp(p)], i.sigs, signer)]
     # Blobs are checked for the whole closure, not only for missing narinfos: a published
     # narinfo whose NAR was lost (registry GC, disk trouble) gets its NAR back (repair).
     blobs = await client.have_blobs([i.file_hash for i in info_map.values()])  # type: ignore[misc]
@@ -171,7 +179,25 @@ async def push_prepared(
         for level in lv:
             await asyncio.gather(*(up_info(p) for p in level))
     prog.done()
-    await asyncio.gather(*(up_info(p) for p in resign))
+    refused: list[str] = []
+
+    async def up_sigs(p: str) -> None:
+        try:
+            await up_info(p)
+        except RegistryError as e:  # not trusted there: the path stays as published
+            if e.status not in (400, 403, 409):
+                raise
+            refused.append(f"{p}: {e}")
+
+    await asyncio.gather(*(up_sigs(p) for p in resign))
+    if resign:  # a registry admits a narinfo it already has and drops signatures it does not trust
+        sent = [p for p in resign if not any(r.startswith(f"{p}: ") for r in refused)]
+        now = await client.narinfos([_hp(p) for p in sent])
+        refused += [
+            f"{p}: not kept (the registry does not trust the key)"
+            for p in sent
+            if _new_sigs(now.get(_hp(p), ""), info_map[p].sigs, signer)
+        ]
     atts = 0
     if store is not None:
         from .attest_transfer import push_attestations
@@ -181,19 +207,40 @@ async def push_prepared(
     # on the re-run, when nothing is missing any more (a server with nothing new only
     # refreshes the timestamp)
     index = await client.publish_index()
-    return PushReport(len(info_map), len(missing), len(to_upload), total, index, atts, len(resign))
+    return PushReport(
+        len(info_map),
+        len(missing),
+        len(to_upload),
+        total,
+        index,
+        atts,
+        len(resign) - len(refused),
+        tuple(refused),
+    )
 
 
 def _hp(path: str) -> str:
     return path.rsplit("/", 1)[1][:32]
 
 
-def _lacks_sigs(text: str, sigs: tuple[str, ...]) -> bool:
-    """Whether the published narinfo ``text`` lacks one of ``sigs`` (by exact text, as
-    the registry merges them). Unparsable text counts as lacking nothing: the create-
-    if-absent upload would be refused as a conflict anyway."""
+def _new_sigs(text: str, sigs: tuple[str, ...], signer: str | None) -> bool:
+    """Whether one of ``sigs`` is missing from the published narinfo ``text`` and is
+    worth sending: by ``signer`` (this push's key), or by a key of the same family as a
+    signature already there (``NAME-2`` where ``NAME-1`` signed: ``kiln key rotate``).
+    Others (a local build key, a signature the registry never had) would be sent on
+    every push and never merged. Unparsable text: nothing is sent."""
     published = {line[5:].strip() for line in text.splitlines() if line.startswith("Sig: ")}
-    return any(s not in published for s in sigs)
+    families = {_family(s.partition(":")[0]) for s in published}
+    for s in sigs:
+        name = s.partition(":")[0]
+        if s not in published and (name == signer or _family(name) in families):
+            return True
+    return False
+
+
+def _family(key_name: str) -> str:
+    """A key name without its rotation number (``cache-2`` -> ``cache``)."""
+    return re.sub(r"-\d+\Z", "", key_name)
 
 
 def push(
@@ -210,6 +257,8 @@ def push(
 
     async def run() -> PushReport:
         async with client_factory() as client:
-            return await push_prepared(items, client, jobs, progress, store)
+            return await push_prepared(
+                items, client, jobs, progress, store, sign_key.name if sign_key else None
+            )
 
     return asyncio.run(run())
