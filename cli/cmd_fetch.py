@@ -132,6 +132,7 @@ def mirror_sources(argv: list[str]) -> int:
     skipped: list[str] = []
     for file in args.files:
         ev = evaluate_file(file)
+        ev.attributes()  # a binding that fails to evaluate is an error here: its sources would be missed
         for drv in ev.drvs.values():
             out = drv.outputs_map.get("out")
             if not drv.builder.startswith("builtin:fetch") or out is None or not out.is_fixed:

@@ -93,6 +93,16 @@ def test_mirror_sources(server, capsys, tmp_path):
     assert "3 already present" in capsys.readouterr().err
 
 
+def test_mirror_sources_of_a_recipe_with_a_broken_binding_is_an_error(tmp_path, capsys):
+    """A binding that fails to evaluate could hold sources the mirror would then lack:
+    mirror-sources reports it (located) instead of mirroring the rest and exiting 0."""
+    pytest.importorskip("kiln.lang")
+    recipe = tmp_path / "r.recipe"
+    recipe.write_text('package good { build = "ok" }\npackage broken { build = nosuch }\n')
+    assert main(["mirror-sources", str(tmp_path / "mirror"), str(recipe)]) == 1
+    assert "r.recipe:2:26: unknown name 'nosuch'" in capsys.readouterr().err
+
+
 def git_repo(tmp_path):
     """A one-commit repository; returns (path, commit id, NAR hash hex of its tree)."""
     import pygit2
