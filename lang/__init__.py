@@ -201,7 +201,11 @@ def _deep(fn):
         except BaseException as e:  # noqa: BLE001 - re-raised in the caller
             error.append(e)
         finally:
-            done.set()
+            # (not contextlib.suppress: its own Python code is more room for the interrupt)
+            try:  # noqa: SIM105
+                done.set()
+            except BaseException:  # noqa: BLE001, S110 - _unwind's interrupt landed here;
+                pass  # it waits on the thread's end as well
 
     old_limit = sys.getrecursionlimit()
     old_size = threading.stack_size()
@@ -270,7 +274,11 @@ def _unwind(t, done, e: BaseException) -> None:  # noqa: ANN001 - a Thread and i
                 raise_in(ident, ctypes.py_object(kind))
                 break
         time.sleep(0.001)
-    done.wait(UNWIND_S)
+    # until the thread has unwound: ``done`` is set, or the thread is gone (if the
+    # interrupt landed in setting ``done``); is_alive is sound here, as nothing joined it
+    deadline = time.monotonic() + UNWIND_S
+    while not done.wait(0.05) and t.is_alive() and time.monotonic() < deadline:
+        pass
 
 
 def _recursion_is_recipe_error(fn: Callable[[], T]) -> Callable[[], T]:
