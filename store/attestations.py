@@ -310,7 +310,7 @@ _TEMP_MIN_AGE = 3600.0
 
 def stale_temp(store: Any, hash_parts: Iterable[str]) -> builtins.list[Path]:
     """Temp files in the attestation dirs of ``hash_parts`` that a killed ``write`` left:
-    their writer pid is gone (or, for a name without one, they are an hour old)."""
+    their writer pid is gone (or the name has none) and they are an hour old."""
     out: builtins.list[Path] = []
     now = time.time()
     for h in hash_parts:
@@ -330,11 +330,10 @@ def stale_temp(store: Any, hash_parts: Iterable[str]) -> builtins.list[Path]:
                     pass
                 except (PermissionError, OverflowError):
                     continue
-            else:
-                try:
-                    if now - e.stat(follow_symlinks=False).st_mtime < _TEMP_MIN_AGE:
-                        continue
-                except FileNotFoundError:
+            try:  # old too (a writer in another pid namespace looks dead from here)
+                if now - e.stat(follow_symlinks=False).st_mtime < _TEMP_MIN_AGE:
                     continue
+            except FileNotFoundError:
+                continue
             out.append(Path(e.path))
     return out

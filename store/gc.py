@@ -34,6 +34,7 @@ import os
 import re
 import shutil
 import stat
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -238,23 +239,35 @@ _CONFIG_TMP = re.compile(r"^\.config\.json\.(\d+)\.[0-9a-f]{8}\Z")
 _LOG_TMP = re.compile(r"^\..+\.(\d+)\.tmp\Z")
 
 
+#: a killed writer's temp file goes once it is this old too: a writer in another pid
+#: namespace sharing the store looks dead from here
+DEAD_WRITER_MIN_AGE = 3600.0
+
+
 def _dead_writers_files(d: Path, pattern: re.Pattern) -> list[Path]:
     """Files in ``d`` named by ``pattern`` (group 1: the writer's pid) whose writer is
-    gone."""
+    gone and that are ``DEAD_WRITER_MIN_AGE`` old."""
     out = []
     try:
         entries = list(os.scandir(d))
     except (FileNotFoundError, NotADirectoryError):
         return out
+    now = time.time()
     for e in entries:
         m = pattern.match(e.name)
         if m is None:
             continue
         try:
             os.kill(int(m.group(1)), 0)
+            continue
         except ProcessLookupError:
-            out.append(Path(e.path))
+            pass
         except (PermissionError, OverflowError):
+            continue
+        try:
+            if now - e.stat(follow_symlinks=False).st_mtime >= DEAD_WRITER_MIN_AGE:
+                out.append(Path(e.path))
+        except FileNotFoundError:
             pass
     return out
 

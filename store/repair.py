@@ -131,6 +131,7 @@ def _quarantine(store: LocalStore, info: PathInfo) -> Path:
     sp = store.parse_path(info.path)
     dest = store.root / "quarantine" / f"{sp.base}-{int(time.time())}"
     dest.mkdir(parents=True, exist_ok=True)
+    fsync_dir(dest.parent)  # the entry itself survives a power cut, as info.txt in it will
     # what was invalidated, written before invalidating: a repair killed in between must
     # not lose the path without a word (the next run finds it broken and starts over)
     _write_durably(

@@ -447,19 +447,23 @@ def test_gc_removes_a_killed_attestation_writers_temp_files(store, tmp_path):
     gone.wait()
     dead = d / f".vsa-1234567890abcdef-{gone.pid}-abcd_123.tmp"
     live = d / f".sbom-{os.getpid()}-zzzz0000.tmp"
-    for f in (dead, live):
+    fresh = d / f".vsa-x-{gone.pid}-fresh000.tmp"  # dead writer, but just written: kept for now
+    for f in (dead, live, fresh):
         f.write_text("{}")
+    for f in (dead, live):
+        os.utime(f, (time.time() - 7200, time.time() - 7200))
     store.close()
     s = _fresh_store(store.root)
     s.gc()
-    assert not dead.exists() and live.exists() and s.is_valid(p)
+    assert not dead.exists() and live.exists() and fresh.exists() and s.is_valid(p)
     s.close()
 
 
 def test_gc_removes_small_temp_files_of_killed_writers(store, tmp_path):
     """A ``kiln store init`` or a build-log save killed mid-write leaves a small temp
     file (``.config.json.<pid>.<hex>``, ``logs/.<name>.<pid>.tmp``); GC removes those
-    whose writer is gone and keeps a live writer's."""
+    whose writer is gone once they are an hour old (a writer in another pid namespace
+    looks dead), and keeps a live writer's."""
     gone = subprocess.Popen(["true"])
     gone.wait()
     (store.root / "logs").mkdir(exist_ok=True)
@@ -468,7 +472,10 @@ def test_gc_removes_small_temp_files_of_killed_writers(store, tmp_path):
         store.root / "logs" / f".x.drv.zst.{gone.pid}.tmp",
     ]
     live = store.root / "logs" / f".y.drv.zst.{os.getpid()}.tmp"
-    for f in (*dead, live):
+    fresh = store.root / f".config.json.{gone.pid}.00000000"  # just written: kept for now
+    for f in (*dead, live, fresh):
         f.write_text("x")
+    for f in (*dead, live):
+        os.utime(f, (time.time() - 7200, time.time() - 7200))
     store.gc()
-    assert not any(f.exists() for f in dead) and live.exists()
+    assert not any(f.exists() for f in dead) and live.exists() and fresh.exists()
