@@ -109,6 +109,9 @@ class Builder(Producing, Checking):
         self._pending = Pending()
         self._dirs = BuildDirs(Path(store.root) / "tmp", getattr(store, "gc_lock_path", None))
         self._bk = None  # the bookkeeping thread's own store object (_bookkeeping_store)
+        # set on Ctrl-C and on the first failure: running builds are killed, their
+        # reference scans stop, and nothing more is placed or started
+        self._stop = threading.Event()
         self._hook_pool: ThreadPoolExecutor | None = None
         self._hook_futures: list[Future] = []
 
@@ -183,6 +186,7 @@ class Builder(Producing, Checking):
             for i, p in enumerate(todo, 1):
                 self.build_one(p, graph.drvs[p], (i, len(todo)))
             return list(todo)
+        self._stop.clear()
         pending = {p: {i for i in graph.inputs_of(p) if i in todo} for p in todo}
         total, done_n = len(todo), 0
         done: list[str] = []
@@ -203,7 +207,8 @@ class Builder(Producing, Checking):
                 try:
                     finished, _ = wait(running, return_when=FIRST_COMPLETED)
                 except KeyboardInterrupt:
-                    # Ctrl-C reaches only this thread: stop the sandboxes of the workers
+                    # Ctrl-C reaches only this thread: stop the workers' sandboxes and scans
+                    self._stop.set()
                     self.executor.cancel_all()
                     raise
                 for fut in finished:
@@ -211,7 +216,12 @@ class Builder(Producing, Checking):
                     try:
                         fut.result()
                     except BaseException as e:  # noqa: BLE001 - re-raised below, first failure wins
-                        failure = failure or e
+                        if failure is None:
+                            # as Nix without --keep-going: the first failure stops the other
+                            # builds at once (its error is reported now, theirs not at all)
+                            failure = e
+                            self._stop.set()
+                            self.executor.cancel_all()
                         continue
                     done_n += 1
                     done.append(p)
@@ -244,6 +254,8 @@ class Builder(Producing, Checking):
             tmp = self._dirs.take()
             try:
                 produced = self._produce(drv_path, drv, tmp, defer=True)
+                if self._stop.is_set():  # cancelled meanwhile: nothing is placed after that
+                    raise BuildError(drv_path, f"build of {drv_path} cancelled")
                 placed: list[Placed] = []
                 with self.store.exclusive():
                     for name, o in _refs_first(drv_path, drv, produced):

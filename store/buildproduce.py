@@ -106,7 +106,8 @@ class Producing:
                 )
             open_up(tree)  # a chmod 000 directory must not stop the scan (as a non-root user)
             _unshare_inode(tree)
-            res = scan(tree, by_hash, drv.store_dir)
+            stop = getattr(self, "_stop", None)  # the build loop's: a cancelled build stops scanning
+            res = scan(tree, by_hash, drv.store_dir, stop.is_set if stop is not None else None)
             if res.stray:
                 shown = "\n".join(f"  {f or '.'}: {drv.store_dir}/{h}-..." for f, h in res.stray[:10])
                 raise BuildError(

@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import KilnError
 from .trees import walk
 
 _NIX32 = b"[0-9a-df-np-sv-z]"
@@ -41,8 +42,17 @@ class ScanResult:
     stray: tuple[tuple[str, str], ...]
 
 
-def scan(root: Path, candidates: Iterable[str], store_dir: str) -> ScanResult:
-    """Scan the file or tree at ``root`` for hash parts in ``candidates``."""
+class ScanStopped(KilnError):
+    """``scan`` was stopped from outside (its ``stop`` returned true)."""
+
+
+def scan(
+    root: Path, candidates: Iterable[str], store_dir: str, stop: Callable[[], bool] | None = None
+) -> ScanResult:
+    """Scan the file or tree at ``root`` for hash parts in ``candidates``. ``stop()`` is
+    asked before each file and each 1 MiB read: when it is true the scan raises
+    ``ScanStopped`` (a cancelled build must not go on scanning gigabytes)."""
+    stopped = stop or (lambda: False)
     cand = {c.encode() for c in candidates}
     runs = re.compile(_NIX32 + b"{32,}")
     prefixed = re.compile(re.escape(store_dir.encode() + b"/") + b"(" + _NIX32 + b"{32})-")
@@ -72,6 +82,8 @@ def scan(root: Path, candidates: Iterable[str], store_dir: str) -> ScanResult:
         with open(p, "rb", buffering=0) as f:
             tail = b""
             while True:
+                if stopped():
+                    raise ScanStopped(f"the reference scan of {root} was stopped")
                 chunk = f.read(_CHUNK)
                 if not chunk:
                     break

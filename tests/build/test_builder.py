@@ -137,6 +137,19 @@ def test_parallel_jobs_build_a_fan_in(store, graph):
     assert store.real_path(td.output_path()).read_text() == "0\n1\n2\n3\n"
 
 
+def test_with_jobs_the_first_failure_stops_the_other_builds_at_once(store, graph):
+    """As Nix without --keep-going: a failure kills the builds running beside it and is
+    reported at once (not after they finish), and their outputs are not registered."""
+    slow, sd = graph.drv("slow", "sleep 30; echo late > $out")
+    boom, _ = graph.drv("boom", "sleep 0.5; echo failing; exit 3")
+    top, _ = graph.drv("top", "cat $in0 $in1 > $out", inputs=[slow, boom])
+    t0 = time.monotonic()
+    with pytest.raises(BuildError, match="exit status 3"):
+        builder(store, jobs=2).realise([top])
+    assert time.monotonic() - t0 < 15
+    assert not store.is_valid(sd.output_path())
+
+
 def test_failure_names_the_derivation_and_shows_the_log(store, graph):
     a, _ = graph.drv("boom", "echo about to fail; echo on stderr >&2; exit 3")
     with pytest.raises(BuildError) as e:
@@ -315,3 +328,21 @@ def test_check_vary_catches_dependence_on_umask(store, graph):
     builder(store, check=True).realise([a])
     with pytest.raises(NotDeterministic, match="contents differ"):
         builder(store, check=True, vary=True).realise([a])
+
+
+def test_a_stopped_reference_scan_raises(tmp_path):
+    """The build loop's stop event reaches the reference scan: a cancelled build does
+    not go on scanning (possibly gigabytes of) output, nor get placed afterwards."""
+    from kiln.store.refscan import ScanStopped, scan
+
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "f").write_bytes(b"x" * (3 << 20))
+    calls = []
+
+    def stop() -> bool:
+        calls.append(1)
+        return len(calls) > 1  # after the first 1 MiB
+
+    with pytest.raises(ScanStopped):
+        scan(tmp_path / "out", [], "/kiln/store", stop)
+    assert scan(tmp_path / "out", [], "/kiln/store", lambda: False).found == frozenset()
