@@ -101,7 +101,41 @@ def terminate_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, old)
 
 
+class _Quiet:
+    """A stream (stderr, or its ``buffer``) that stops writing, silently, once its reader
+    has gone (a closed pipe: ``kiln build -L 2>&1 | head``). Messages are a courtesy; the
+    command's work and its exit status must not end with them."""
+
+    def __init__(self, stream) -> None:  # noqa: ANN001 - a text or binary stream
+        self._stream = stream
+        self._gone = False
+
+    def write(self, data):  # noqa: ANN001, ANN201 - as the stream's
+        if not self._gone:
+            try:
+                return self._stream.write(data)
+            except BrokenPipeError:
+                self._gone = True
+        return len(data)
+
+    def flush(self) -> None:
+        if not self._gone:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self._gone = True
+
+    @property
+    def buffer(self):  # noqa: ANN201 - the binary side, as quiet
+        return _Quiet(self._stream.buffer)
+
+    def __getattr__(self, name: str):  # noqa: ANN204 - isatty, fileno, encoding, ...
+        return getattr(self._stream, name)
+
+
 def run_command(fn: Callable[[list[str]], int], argv: list[str], debug: bool = False) -> int:
+    if sys.stderr is not None and not isinstance(sys.stderr, _Quiet):
+        sys.stderr = _Quiet(sys.stderr)  # a BrokenPipeError below is then stdout's
     try:
         return fn(argv) or 0
     except KeyboardInterrupt as e:

@@ -14,6 +14,7 @@ import shutil
 import stat
 import sys
 import tempfile
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -68,7 +69,7 @@ class Producing:
             self.store, drv, tmp, self.opts, self.get_drv, vary, None if vary else self._pending
         )
         log_path = tmp / "build.log"
-        echo = (lambda b: sys.stderr.buffer.write(b) and sys.stderr.flush()) if self.opts.print_logs else None
+        echo = _echo_to_stderr() if self.opts.print_logs else None
         shuffle = (
             shuffled([Path(spec.build_dir), scratch_store])
             if vary and vary.shuffle_dirents
@@ -116,6 +117,24 @@ class Producing:
                 )
             produced[name] = (tree, sorted(by_hash[h] for h in res.found))
         return produced
+
+
+def _echo_to_stderr() -> Callable[[bytes], None]:
+    """``-L``'s log echo: it stops (the build goes on, its log is kept) once stderr's
+    reader has gone (``kiln build -L 2>&1 | head``)."""
+    gone = False
+
+    def echo(data: bytes) -> None:
+        nonlocal gone
+        if gone:
+            return
+        try:
+            sys.stderr.buffer.write(data)
+            sys.stderr.flush()
+        except BrokenPipeError:
+            gone = True
+
+    return echo
 
 
 def _check_fixed(drv_path: str, drv: Derivation, produced: tuple[Path, list[str]]) -> None:

@@ -6,6 +6,7 @@ so every CLI test in the suite runs through it; these pin down its edges."""
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -142,3 +143,32 @@ def test_ctrl_c_during_evaluation_leaves_no_half_added_source(tmp_path: Path):
     _out, err = p.communicate(timeout=60)
     assert p.returncode == 130, err
     assert not list((store / "tmp").iterdir())
+
+
+def test_a_closed_stderr_pipe_does_not_end_the_command(tmp_path: Path):
+    """``kiln build -L 2>&1 | head``: once the pipe's reader is gone, messages on stderr
+    are dropped, but the command's work goes on and its exit status is its own (a
+    BrokenPipeError on stderr used to end the command at once with status 0)."""
+    code = (
+        "import sys\n"
+        "from kiln.common import run_command\n"
+        "def work(argv):\n"
+        "    for i in range(2000):\n"
+        "        print('progress line', i, file=sys.stderr)\n"
+        "        sys.stderr.buffer.write(b'log bytes\\n')\n"
+        "    open(sys.argv[1], 'w').write('done')\n"
+        "    return 3\n"
+        "raise SystemExit(run_command(work, []))\n"
+    )
+    r = subprocess.run(
+        f"{sys.executable} -c {shlex.quote(code)} {tmp_path / 'marker'} 2>&1 | head -c 10 >/dev/null; "
+        'echo "${PIPESTATUS[0]}"',
+        shell=True,
+        executable="/bin/bash",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=ENV,
+    )
+    assert r.stdout.strip() == "3", r.stderr
+    assert (tmp_path / "marker").read_text() == "done"
