@@ -55,6 +55,9 @@ class Outcome:
     returncode: int
 
 
+_MAX_WAIT_MS = 86_400_000  # a day
+
+
 def kill_tree(proc: subprocess.Popen[bytes]) -> None:
     """SIGKILL the process group led by ``proc`` (started with start_new_session=True)."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -124,7 +127,9 @@ def supervise(
                     continue
                 exited = True
                 break
-            wait_ms = -1 if deadline is None else max(0, int((deadline - now) * 1000) + 1)
+            # poll takes a C int of milliseconds: a deadline further off (a limit of weeks,
+            # or 1e308 s) waits in steps of a day
+            wait_ms = -1 if deadline is None else min(_MAX_WAIT_MS, max(0, int((deadline - now) * 1000) + 1))
             for ready, _ in poller.poll(wait_ms):
                 if ready == pidfd:
                     exited = True

@@ -150,6 +150,14 @@ def test_with_jobs_the_first_failure_stops_the_other_builds_at_once(store, graph
     assert not store.is_valid(sd.output_path())
 
 
+def test_limits_far_in_the_future_are_no_internal_error(store, graph):
+    """``--timeout 1e308`` or ``--max-silent-time`` of weeks: poll takes a C int of
+    milliseconds, so the wait goes in steps; the build just runs."""
+    a, ad = graph.drv("patient", "echo ok > $out")
+    builder(store, timeout=1e308, max_silent=2_200_000.0).realise([a])
+    assert store.real_path(ad.output_path()).read_text() == "ok\n"
+
+
 def test_failure_names_the_derivation_and_shows_the_log(store, graph):
     a, _ = graph.drv("boom", "echo about to fail; echo on stderr >&2; exit 3")
     with pytest.raises(BuildError) as e:
