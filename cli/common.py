@@ -76,14 +76,19 @@ def is_user_error(e: BaseException) -> bool:
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM in a command that builds (``terminate_as_interrupt``): unwound like Ctrl-C."""
+    """SIGTERM or SIGHUP in a command that builds (``terminate_as_interrupt``): unwound
+    like Ctrl-C; the exit status is 128 + ``signum``."""
+
+    signum = 15
 
 
 @contextlib.contextmanager
 def terminate_as_interrupt() -> Iterator[None]:
-    """For the block, SIGTERM (a CI cancel, ``timeout``) raises ``Terminated`` in the main
-    thread instead of ending the process on the spot, so it unwinds as Ctrl-C does:
-    sandboxes killed, scratch trees, disorderfs mounts and locks released. Exit 143."""
+    """For the block, SIGTERM (a CI cancel, ``timeout``) and SIGHUP (the terminal or the
+    ssh session went away; unless it is ignored, as under ``nohup``) raise
+    ``Terminated`` in the main thread instead of ending the process on the spot, so it
+    unwinds as Ctrl-C does: sandboxes killed, scratch trees, disorderfs mounts and locks
+    released. Exit 143 or 129."""
     import signal
     import threading
 
@@ -92,13 +97,18 @@ def terminate_as_interrupt() -> Iterator[None]:
         return
 
     def on_term(signum: int, frame: object) -> None:
-        raise Terminated
+        e = Terminated()
+        e.signum = signum
+        raise e
 
-    old = signal.signal(signal.SIGTERM, on_term)
+    old = {signal.SIGTERM: signal.signal(signal.SIGTERM, on_term)}
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        old[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_term)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, old)
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
 
 
 class _Quiet:
@@ -141,7 +151,7 @@ def run_command(fn: Callable[[list[str]], int], argv: list[str], debug: bool = F
     except KeyboardInterrupt as e:
         terminated = isinstance(e, Terminated)
         print(f"kiln: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
-        return 143 if terminated else 130
+        return 128 + e.signum if isinstance(e, Terminated) else 130
     except BrokenPipeError:
         return 0
     except Exception as e:  # noqa: BLE001 - this is the top-level reporter

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -165,6 +166,29 @@ def test_sigterm_during_a_varied_check_leaves_nothing_behind(store, graph):
     assert proc.returncode == 143 and "terminated" in err, err
     assert not mounted()
     assert not list((store.root / "tmp").glob("vary-*"))
+
+
+def test_sighup_during_a_build_unwinds_like_ctrl_c(store, graph):
+    """The terminal or ssh session going away (SIGHUP) kills the sandbox and removes the
+    build's scratch directory, as Ctrl-C does (it was left for GC); exit 129."""
+    import time
+
+    a, _ = graph.drv("hup", "sleep 20; echo hi > $out")
+    env = dict(os.environ, KILN_HOME=str(store.root))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kiln", "build", a],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # as from a terminal: the runner may have SIGHUP ignored, which kiln respects (nohup)
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL),
+    )
+    time.sleep(3)  # well inside the 20 s sandbox
+    proc.send_signal(signal.SIGHUP)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 129 and "terminated" in err, err
+    assert not list((store.root / "tmp").glob("build-*"))
 
 
 def test_a_check_keeps_the_builds_log(store, graph):
