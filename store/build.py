@@ -45,7 +45,7 @@ from .buildproduce import BuildError as BuildError  # re-exported: callers impor
 from .buildproduce import Producing
 from .buildtmp import BuildDirs
 from .derivation import Derivation
-from .errors import StoreError
+from .errors import KilnError, StoreError
 from .stagedbuild import Pending
 
 DEFAULT_LOG_LIMIT = 64 << 20
@@ -257,12 +257,15 @@ class Builder(Producing, Checking):
                 if self._stop.is_set():  # cancelled meanwhile: nothing is placed after that
                     raise BuildError(drv_path, f"build of {drv_path} cancelled")
                 placed: list[Placed] = []
-                with self.store.exclusive():
-                    for name, o in _refs_first(drv_path, drv, produced):
-                        tree, refs = produced[name]
-                        r = place(self._inner, o.path, tree, refs, drv_path, tmp / f"{name}.object")
-                        if isinstance(r, Placed):
-                            placed.append(r)
+                try:
+                    with self.store.exclusive():
+                        for name, o in _refs_first(drv_path, drv, produced):
+                            tree, refs = produced[name]
+                            r = place(self._inner, o.path, tree, refs, drv_path, tmp / f"{name}.object")
+                            if isinstance(r, Placed):
+                                placed.append(r)
+                except KilnError as e:  # an output the store refuses (a FIFO, a setuid file...)
+                    raise BuildError(drv_path, f"{drv_path}: {e}{self._kept(tmp, drv)}") from e
                 self._pending.add(placed, locks)
                 handed = True
                 self._background(self._commit_pending)

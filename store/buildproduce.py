@@ -42,6 +42,10 @@ class Producing:
         d.mkdir(parents=True, exist_ok=True)
         return d
 
+    def _kept(self, tmp: Path, drv: Derivation) -> str:
+        """``keep_failed``'s note under ``--keep-failed``, else nothing."""
+        return keep_failed(tmp, self._tmp_root(), drv.name) if self.opts.keep_failed else ""
+
     def _produce(
         self, drv_path: str, drv: Derivation, tmp: Path, vary: Variation | None = None, defer: bool = False
     ) -> dict[str, tuple[Path, list[str]]]:
@@ -88,7 +92,7 @@ class Producing:
         if result.reason != "ok":
             kept = ""
             if self.opts.keep_failed:
-                kept = _keep(tmp, self._tmp_root(), drv.name)
+                kept = keep_failed(tmp, self._tmp_root(), drv.name)
             raise BuildError(
                 drv_path,
                 f"builder for {drv_path} failed: {result.describe()}{kept}\n"
@@ -103,7 +107,8 @@ class Producing:
             if not tree.exists() and not tree.is_symlink():
                 raise BuildError(
                     drv_path,
-                    f"builder for {drv_path} succeeded but did not create output '{name}' ({o.path})",
+                    f"builder for {drv_path} succeeded but did not create output '{name}' ({o.path})"
+                    + self._kept(tmp, drv),
                 )
             open_up(tree)  # a chmod 000 directory must not stop the scan (as a non-root user)
             _unshare_inode(tree)
@@ -113,7 +118,8 @@ class Producing:
                 shown = "\n".join(f"  {f or '.'}: {drv.store_dir}/{h}-..." for f, h in res.stray[:10])
                 raise BuildError(
                     drv_path,
-                    f"output {o.path} refers to store paths that are not among the derivation's inputs:\n{shown}",
+                    f"output {o.path} refers to store paths that are not among the derivation's inputs:\n{shown}"
+                    + self._kept(tmp, drv),
                 )
             produced[name] = (tree, sorted(by_hash[h] for h in res.found))
         return produced
@@ -179,19 +185,32 @@ def _unshare_inode(tree: Path) -> None:
         os.replace(tmp, tree)
 
 
-def _keep(tmp: Path, tmp_root: Path, name: str) -> str:
-    """Copy a failed build's directory for ``--keep-failed``; the note for the error.
-    Never raises: keeping is a courtesy, and must not replace the build's own error.
-    FIFOs are recreated, sockets and devices left out (a copy cannot hold them)."""
+def keep_failed(tmp: Path, tmp_root: Path, name: str) -> str:
+    """Keep a failed build's directory for ``--keep-failed``; the note for the error.
+    Its entries are moved (same file system: instant, whatever their size); one that
+    cannot be moved is copied, FIFOs recreated, sockets and devices left out. Never
+    raises: keeping is a courtesy, and must not replace the build's own error."""
     try:
         keep = Path(tempfile.mkdtemp(prefix=f"kiln-failed-{name}-", dir=tmp_root))
     except OSError as e:
         return f"\ncould not keep the build directory: {e}"
-    try:
-        shutil.copytree(tmp, keep, symlinks=True, dirs_exist_ok=True, copy_function=_copy_kept)
-    except (OSError, shutil.Error) as e:
-        first = e.args[0][0] if isinstance(e, shutil.Error) and e.args and e.args[0] else e
-        return f"\nkept build directory (incomplete: {first}): {keep}"
+    problem: object = None
+    for entry in sorted(os.listdir(tmp)):
+        src, dst = tmp / entry, keep / entry
+        try:
+            os.rename(src, dst)
+            continue
+        except OSError:
+            pass
+        try:
+            if src.is_dir() and not src.is_symlink():
+                shutil.copytree(src, dst, symlinks=True, copy_function=_copy_kept)
+            else:
+                _copy_kept(str(src), str(dst))
+        except (OSError, shutil.Error) as e:
+            problem = problem or (e.args[0][0] if isinstance(e, shutil.Error) and e.args and e.args[0] else e)
+    if problem is not None:
+        return f"\nkept build directory (incomplete: {problem}): {keep}"
     return f"\nkept build directory: {keep}"
 
 

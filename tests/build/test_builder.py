@@ -175,6 +175,27 @@ def test_keep_failed_keeps_the_build_dir(store, graph):
         assert f.read() == "partial\n"
 
 
+@pytest.mark.parametrize(
+    ("script", "says"),
+    [
+        ("echo made nothing", "did not create output"),
+        ("mkdir $out; mkfifo $out/pipe", "pipe"),
+    ],
+)
+def test_keep_failed_keeps_a_build_whose_output_is_refused(store, graph, script, says):
+    """The builder exits 0 but its output is refused (missing, or holding a FIFO): with
+    ``-K`` the directory is kept too, output included, and the error names the
+    derivation."""
+    a, _ = graph.drv("refused", f"echo note > /build/note; {script}")
+    with pytest.raises(BuildError) as e:
+        builder(store, keep_failed=True).realise([a])
+    msg = str(e.value)
+    assert says in msg and a in msg and "kept build directory: " in msg, msg
+    kept = msg.split("kept build directory: ")[1].split("\n")[0]
+    with open(os.path.join(kept, "build", "note")) as f:
+        assert f.read() == "note\n"
+
+
 def test_missing_output_is_an_error(store, graph):
     a, _ = graph.drv("lazy", "true")
     with pytest.raises(BuildError, match="did not create output"):
