@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from . import layout
 from .attest_transfer import fetch_attestations
 from .client import Client, open_client
 from .push import MAX_FRAMES, check_results, levels
-from .substitute import BATCH_OBJECT_MAX, BATCH_OBJECTS, Substituter
+from .substitute import BATCH_OBJECT_MAX, BATCH_OBJECTS, Substituter, batches
 from .verify import NarVerifier, check_narinfo, expect
 
 
@@ -125,7 +125,7 @@ async def between(
         relay = _Relay(src, dst, sem, jobs)
         with tempfile.TemporaryDirectory(prefix="kiln-copy-") as scratch:
             for level in levels(wanted):  # type: ignore[arg-type]
-                for group in _groups([wanted[p] for p in level]):
+                for group in batches([wanted[p] for p in level], GROUP_OBJECTS, GROUP_BYTES):
                     need = {i.file_hash.hex: i for i in group if i.file_hash.hex not in blobs}  # type: ignore[union-attr]
                     files = await relay.fetch(list(need.values()), Path(scratch))
                     await relay.publish(group, files)
@@ -140,19 +140,6 @@ async def between(
 #: a relay group: at most this many paths, or about this many bytes of objects
 GROUP_OBJECTS = 500
 GROUP_BYTES = 256 << 20
-
-
-def _groups(infos: list[ni.NarInfo]) -> Iterator[list[ni.NarInfo]]:
-    group: list[ni.NarInfo] = []
-    size = 0
-    for i in infos:
-        group.append(i)
-        size += i.file_size or 0
-        if len(group) >= GROUP_OBJECTS or size >= GROUP_BYTES:
-            yield group
-            group, size = [], 0
-    if group:
-        yield group
 
 
 class _Relay:

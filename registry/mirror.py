@@ -34,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,7 +50,7 @@ from .client import Client, open_client
 from .dirlock import MIRROR_LOCK, dir_lock
 from .progress import Progress
 from .storage import FileStorage
-from .substitute import BATCH_BYTES, BATCH_OBJECT_MAX, BATCH_OBJECTS
+from .substitute import BATCH_OBJECT_MAX, batches
 from .verify import NarVerifier, check_narinfo, expect
 
 STATE_KEY = ".kiln/mirror-state.json"
@@ -89,21 +88,6 @@ async def _fetch_blob(client: Client, dst: DirSource, info, sem: asyncio.Semapho
             expect(info.path, got, info.file_hash, info.file_size, info.nar_hash, info.nar_size)
             dst.commit_object(f, got, durable=False)  # one barrier for all blobs, below
         return got.file_size
-
-
-def _batches(infos: list) -> Iterator[list]:
-    """``infos`` cut into batches of at most ``BATCH_OBJECTS`` objects or about
-    ``BATCH_BYTES`` bytes (as the substituter cuts them)."""
-    batch: list = []
-    size = 0
-    for i in infos:
-        batch.append(i)
-        size += i.file_size or 0
-        if len(batch) >= BATCH_OBJECTS or size >= BATCH_BYTES:
-            yield batch
-            batch, size = [], 0
-    if batch:
-        yield batch
 
 
 async def _fetch_batch(
@@ -228,11 +212,11 @@ async def _sync_locked(
     small = [i for i in need.values() if i.file_size is not None and i.file_size <= BATCH_OBJECT_MAX]
     alone = [i for i in need.values() if i.file_size is None or i.file_size > BATCH_OBJECT_MAX]
     outcome: dict[str, int | BaseException] = {}
-    batches = list(_batches(small))
+    cut = list(batches(small))
     answers = await asyncio.gather(
-        *(_fetch_batch(client, dst, b, sem, prog) for b in batches), return_exceptions=True
+        *(_fetch_batch(client, dst, b, sem, prog) for b in cut), return_exceptions=True
     )
-    for b, a in zip(batches, answers, strict=True):
+    for b, a in zip(cut, answers, strict=True):
         if a is None:  # no batch endpoint there (nginx, a plain file server)
             alone += b
         elif isinstance(a, BaseException):

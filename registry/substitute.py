@@ -33,6 +33,7 @@ import contextlib
 import hashlib
 import io
 import tempfile
+from collections.abc import Iterator
 from typing import Any
 
 from kiln.store import narinfo as ni
@@ -50,6 +51,23 @@ from .verify import check_narinfo
 BATCH_OBJECT_MAX = 1 << 20
 BATCH_OBJECTS = 256
 BATCH_BYTES = 16 << 20
+
+
+def batches(
+    infos: list[ni.NarInfo], max_objects: int = BATCH_OBJECTS, max_bytes: int = BATCH_BYTES
+) -> Iterator[list[ni.NarInfo]]:
+    """``infos`` in order, cut into lists of at most ``max_objects`` or about
+    ``max_bytes`` bytes of compressed objects (a list ends once it reaches either)."""
+    batch: list[ni.NarInfo] = []
+    size = 0
+    for i in infos:
+        batch.append(i)
+        size += i.file_size or 0
+        if len(batch) >= max_objects or size >= max_bytes:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
 
 
 class Substituter:

@@ -276,22 +276,16 @@ def test_a_slow_answer_sharing_a_moving_link_is_not_dropped(impatient) -> None:
     assert asyncio.run(asyncio.wait_for(go(), 20)) == (200, 40000)
 
 
-def _by_request_line(answers: dict[bytes, bytes]):  # noqa: ANN202 - returns the runner
-    """A server answering each request by its method and path (first match by prefix)."""
+def _by_request_line(respond: Callable[[bytes], bytes]):  # noqa: ANN202 - returns the runner
+    """A runner ``serve(call)`` for a server that answers each request with
+    ``respond(request line)`` (the whole raw answer) and closes the connection."""
 
     async def serve(call: Callable[[HttpClient], Awaitable[object]]) -> object:
         async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
             line = await r.readline()
             while (await r.readline()) not in (b"\r\n", b""):
                 pass
-            body = next((a for k, a in answers.items() if line.startswith(k)), None)
-            if body is None:
-                w.write(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-            else:
-                w.write(
-                    b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
-                    % (len(body), body)
-                )
+            w.write(respond(line))
             await w.drain()
             w.close()
 
@@ -306,11 +300,26 @@ def _by_request_line(answers: dict[bytes, bytes]):  # noqa: ANN202 - returns the
     return serve
 
 
+def _files(answers: dict[bytes, bytes]) -> Callable[[bytes], bytes]:
+    """``respond`` for ``_by_request_line``: 200 with the body of the first request-line
+    prefix in ``answers`` that matches, else 404."""
+
+    def respond(line: bytes) -> bytes:
+        body = next((a for k, a in answers.items() if line.startswith(k)), None)
+        if body is None:
+            return b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
+
+    return respond
+
+
 def test_answers_that_are_not_utf8_are_registry_errors() -> None:
     """A narinfo (a plain file server: no narinfo-batch, so one GET per path) or a
     nix-cache-info that is not UTF-8 is a malformed answer naming what was read."""
     h = "a" * 32
-    serve = _by_request_line({b"GET /" + h.encode(): b"StorePath: \xff\n", b"GET /nix-cache-info": b"\xfe"})
+    serve = _by_request_line(
+        _files({b"GET /" + h.encode(): b"StorePath: \xff\n", b"GET /nix-cache-info": b"\xfe"})
+    )
     with pytest.raises(RegistryError, match=rf"/{h}.narinfo is not UTF-8 \(byte 11"):
         asyncio.run(serve(lambda c: c.narinfos([h])))
     with pytest.raises(RegistryError, match="nix-cache-info is not UTF-8"):
@@ -318,25 +327,11 @@ def test_answers_that_are_not_utf8_are_registry_errors() -> None:
 
 
 def test_a_redirect_loop_is_named_as_one() -> None:
-    async def loop(call):  # noqa: ANN001, ANN202
-        async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-            await r.readline()
-            while (await r.readline()) not in (b"\r\n", b""):
-                pass
-            w.write(
-                b"HTTP/1.1 302 Found\r\nLocation: /loop\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-            )
-            await w.drain()
-            w.close()
-
-        srv = await asyncio.start_server(handler, "127.0.0.1", 0)
-        c = HttpClient(f"http://127.0.0.1:{srv.sockets[0].getsockname()[1]}")
-        try:
-            return await asyncio.wait_for(call(c), 30)
-        finally:
-            await c.close()
-            srv.close()
-
+    loop = _by_request_line(
+        lambda line: (
+            b"HTTP/1.1 302 Found\r\nLocation: /loop\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+    )
     with pytest.raises(
         RegistryError, match=r"nix-cache-info: too many redirects \(\d+, the last at http://.*/loop\)"
     ):
