@@ -23,8 +23,9 @@ Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]
 
 async def _serve(handler: Handler, call: Callable[[HttpClient], Awaitable[object]]) -> object:
     async def wrapped(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        w.request_line = await r.readline()  # type: ignore[attr-defined]  # (for _by_request_line)
         while (await r.readline()) not in (b"\r\n", b""):
-            pass  # request line and headers
+            pass  # headers
         try:
             await handler(r, w)
         except (ConnectionError, asyncio.CancelledError):
@@ -280,24 +281,11 @@ def _by_request_line(respond: Callable[[bytes], bytes]):  # noqa: ANN202 - retur
     """A runner ``serve(call)`` for a server that answers each request with
     ``respond(request line)`` (the whole raw answer) and closes the connection."""
 
-    async def serve(call: Callable[[HttpClient], Awaitable[object]]) -> object:
-        async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-            line = await r.readline()
-            while (await r.readline()) not in (b"\r\n", b""):
-                pass
-            w.write(respond(line))
-            await w.drain()
-            w.close()
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        w.write(respond(w.request_line))  # type: ignore[attr-defined]
+        await w.drain()
 
-        srv = await asyncio.start_server(handler, "127.0.0.1", 0)
-        c = HttpClient(f"http://127.0.0.1:{srv.sockets[0].getsockname()[1]}")
-        try:
-            return await asyncio.wait_for(call(c), 30)
-        finally:
-            await c.close()
-            srv.close()
-
-    return serve
+    return lambda call: _serve(handler, call)
 
 
 def _files(answers: dict[bytes, bytes]) -> Callable[[bytes], bytes]:
