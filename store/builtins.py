@@ -45,7 +45,7 @@ def _check_recursive(out: Path, expected: Hash, what: str) -> None:
             shutil.rmtree(out)
         else:
             out.unlink(missing_ok=True)
-        raise HashMismatch(what, expected.to_nix32(), got.to_nix32())
+        raise HashMismatch(what, expected.to_hex(), got.to_hex())
 
 
 def check_fixed_output(drv: Derivation, out: Path, what: str) -> None:
@@ -58,7 +58,7 @@ def check_fixed_output(drv: Derivation, out: Path, what: str) -> None:
         _check_recursive(out, expected, what)
         return
     if out.is_symlink() or not out.is_file():
-        raise HashMismatch(what, f"a regular file with hash {expected.to_nix32()}", "not a regular file")
+        raise HashMismatch(what, f"a regular file with hash {expected.to_hex()}", "not a regular file")
     try:
         h = hashlib.new(expected.algo)
     except ValueError:
@@ -68,7 +68,7 @@ def check_fixed_output(drv: Derivation, out: Path, what: str) -> None:
             h.update(chunk)
     got = Hash(expected.algo, h.digest())
     if got != expected:
-        raise HashMismatch(what, expected.to_nix32(), got.to_nix32())
+        raise HashMismatch(what, expected.to_hex(), got.to_hex())
 
 
 def run_builtin(store, drv: Derivation, out: Path, *, mirrors: list[str], progress: bool) -> None:

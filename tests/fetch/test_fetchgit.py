@@ -178,3 +178,19 @@ def test_a_symlink_target_with_a_nul_byte_is_refused(tmp_path):
     with pytest.raises(GitFetchError, match="refusing symlink 'l'"):
         fetch_git(str(tmp_path / "up"), c, tmp_path / "x")
     assert not (tmp_path / "x").exists()
+
+
+def test_a_tree_hash_mismatch_reads_like_a_file_one(tmp_path):
+    """Expected and found are written the same way for trees (fetchgit) as for files
+    (fetchurl): ``sha256:<hex>``, the form recipes use."""
+    from kiln.store.builtins import _check_recursive
+    from kiln.store.errors import HashMismatch
+    from kiln.store.hashes import Hash
+
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "f").write_text("x")
+    expected = Hash("sha256", b"\1" * 32)
+    got = nar.hash_path(tmp_path / "t")[0]
+    with pytest.raises(HashMismatch) as e:
+        _check_recursive(tmp_path / "t", expected, "fetchgit")
+    assert (e.value.expected, e.value.got) == (expected.to_hex(), got.to_hex())
