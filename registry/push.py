@@ -62,8 +62,11 @@ class PushReport:
 
 
 def levels(infos: dict[str, PathInfo]) -> list[list[str]]:
-    """Group ``infos`` into dependency levels (references inside the set come first)."""
+    """Group ``infos`` into dependency levels (references inside the set come first).
+    ``KilnError`` for a reference cycle, which no real store holds (a narinfo from a
+    hostile or broken registry): it used to loop for ever."""
     depth: dict[str, int] = {}
+    expanded: set[str] = set()  # children pushed: on the stack until finished
     for p in infos:  # iterative DFS keeps deep chains off the recursion limit
         stack = [p]
         while stack:
@@ -73,6 +76,12 @@ def levels(infos: dict[str, PathInfo]) -> list[list[str]]:
                 continue
             pending = [r for r in infos[q].references if r != q and r in infos and r not in depth]
             if pending:
+                back = next((r for r in pending if r in expanded), None)
+                if back is not None:  # an unfinished node below q on the stack: q leads back to it
+                    raise KilnError(
+                        f"reference cycle through {back} and {q}: no store path can be part of one"
+                    )
+                expanded.add(q)
                 stack.extend(pending)
                 continue
             depth[q] = 1 + max((depth[r] for r in infos[q].references if r != q and r in infos), default=-1)

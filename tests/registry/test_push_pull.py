@@ -411,3 +411,21 @@ def test_a_full_registry_disk_is_a_507_naming_it(keys, tmp_path) -> None:
         assert push(store, [big], lambda: open_client(srv.url, tok)).pushed == 1
     finally:
         srv.stop()
+
+
+def test_levels_refuses_a_reference_cycle() -> None:
+    """No real store holds a reference cycle, but a narinfo from a hostile registry can
+    claim one: ``levels`` (used by push, copy and substitution) says so instead of
+    looping for ever; diamonds and chains still come out dependencies first."""
+    from kiln.registry.push import levels
+    from kiln.store.hashes import Hash
+    from kiln.store.pathinfo import PathInfo
+
+    a, b, c, d = (f"/kiln/store/{x * 32}-{x}" for x in "abcd")
+
+    def infos(refs: dict[str, list[str]]) -> dict[str, PathInfo]:
+        return {p: PathInfo(p, Hash.sha256_of(p.encode()), 1, references=tuple(r)) for p, r in refs.items()}
+
+    assert levels(infos({a: [b, c], b: [d], c: [b, d], d: []})) == [[d], [b], [c], [a]]
+    with pytest.raises(KilnError, match="reference cycle"):
+        levels(infos({a: [b], b: [c], c: [a]}))
