@@ -26,7 +26,7 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 from . import nodes as ast
 from .errors import DuplicateField, RecipeSyntaxError, SourceText
 from .lexer import FastLexer, LexError
-from .strings import MAX_NESTING, split_indented, split_plain, too_deep_brace
+from .strings import refused_string, split_indented, split_plain
 from .values import INT_MAX
 
 _LEVELS = ({"||"}, {"&&"}, {"==", "!="}, {"+"})
@@ -336,28 +336,8 @@ def _parse(parser: Lark, text: str, src: SourceText, start: str, base: int, end:
 def _lex_error(parser: Lark, text: str, src: SourceText, base: int, pos: int) -> RecipeSyntaxError:
     ch = text[pos]
     if ch == '"' or text.startswith("''", pos):
-        deep = too_deep_brace(text, pos)
-        if deep >= 0 and text[deep - 1] == "$":
-            return RecipeSyntaxError(
-                "unexpected '${' in the code of an interpolation (only a string may hold one)",
-                src,
-                base + deep - 1,
-            )
-        if deep >= 0:
-            return RecipeSyntaxError(
-                f"records nested more than {MAX_NESTING} deep inside ${{...}} are not supported; "
-                "bind the record with let outside the string",
-                src,
-                base + deep,
-            )
-    if ch == '"':
-        return RecipeSyntaxError(
-            "unterminated string (or a '${' in it that is never closed)", src, base + pos
-        )
-    if text.startswith("''", pos):
-        return RecipeSyntaxError(
-            "unterminated indented string ('' ... '') (or a '${' in it that is never closed)", src, base + pos
-        )
+        msg, at = refused_string(text, pos)
+        return RecipeSyntaxError(msg, src, base + at)
     return RecipeSyntaxError(f"unexpected character {ch!r}", src, base + pos)
 
 

@@ -93,6 +93,23 @@ def too_deep_brace(text: str, start: int) -> int:
     return -1
 
 
+def refused_string(text: str, start: int) -> tuple[str, int]:
+    """The syntax error (message, position) for a string literal at ``text[start]``
+    (``"`` or ``''``) that the lexer refused: a ``${`` in an interpolation's code, a
+    record nested deeper than the lexer reads, or an unterminated string."""
+    deep = too_deep_brace(text, start)
+    if deep >= 0 and text[deep - 1] == "$":
+        return "unexpected '${' in the code of an interpolation (only a string may hold one)", deep - 1
+    if deep >= 0:
+        return (
+            f"records nested more than {MAX_NESTING} deep inside ${{...}} are not supported; "
+            "bind the record with let outside the string"
+        ), deep
+    if text[start] == '"':
+        return "unterminated string (or a '${' in it that is never closed)", start
+    return "unterminated indented string ('' ... '') (or a '${' in it that is never closed)", start
+
+
 def split_plain(token: str) -> list:
     """Pieces of a ``"..."`` token (quotes included in ``token``)."""
     if "\\" not in token and "${" not in token:
