@@ -31,22 +31,12 @@ from typing import BinaryIO
 from urllib.parse import unquote, urlparse
 
 from kiln.store.errors import KilnError
+from kiln.store.locks import left_by_dead_writer
 
 from .layout import PRIVATE_DIR
 
-#: a temp file of a writer that is gone is removed once it is this old (``sweep_temp``)
-TEMP_MIN_AGE = 3600.0
+#: a staged upload's temp file: ``up-<writer pid>-...`` (``sweep_temp``)
 _TEMP_PID = re.compile(r"up-(\d+)-")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's: alive
-        return True
-    return True
 
 
 #: per-write durability: None = the storage default, False = no fsync (caller will call
@@ -170,12 +160,11 @@ class FileStorage(Storage):
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             return None
 
-    def sweep_temp(self, min_age: float = TEMP_MIN_AGE) -> int:
+    def sweep_temp(self) -> int:
         """Remove temp files left in ``.kiln/tmp`` by writers that died (kill -9 of a
-        server or a sync mid-upload): those whose writer pid is gone (or not recorded)
-        and that were last written ``min_age`` seconds ago or more (a writer in another
-        pid namespace sharing the directory is not visible here: age protects its
-        files). Returns how many went."""
+        server or a sync mid-upload; ``locks.left_by_dead_writer``: the writer pid, when
+        the name records it, is gone, and the file is an hour old). Returns how many
+        went."""
         now, gone = time.time(), 0
         try:
             entries = list(os.scandir(self._tmp))
@@ -183,15 +172,10 @@ class FileStorage(Storage):
             return 0
         for e in entries:
             m = _TEMP_PID.match(e.name)
-            if m is not None and _pid_alive(int(m.group(1))):
-                continue
-            try:
-                if now - e.stat(follow_symlinks=False).st_mtime < min_age:
-                    continue
-                os.unlink(e.path)
-            except (FileNotFoundError, IsADirectoryError, PermissionError):
-                continue
-            gone += 1
+            if left_by_dead_writer(e, int(m.group(1)) if m else None, now):
+                with contextlib.suppress(FileNotFoundError, IsADirectoryError, PermissionError):
+                    os.unlink(e.path)
+                    gone += 1
         return gone
 
     def size(self, key: str) -> int | None:

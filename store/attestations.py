@@ -36,6 +36,7 @@ from .dsse import Envelope, Signer, keyid
 from .dsse import sign as dsse_sign
 from .errors import FormatError, StoreError
 from .intoto import canonical_json, parse_statement
+from .locks import left_by_dead_writer
 from .nar_restore import fsync_dir
 from .paths import StorePath
 
@@ -304,13 +305,12 @@ def remove(store: Any, path: str | StorePath) -> None:
 
 #: ``.<kind>-<pid>-<mkstemp's 8 characters>.tmp`` (a kind may hold digits and ``-``)
 _TEMP = re.compile(r"^\..+-(\d+)-[a-z0-9_]{8}\.tmp\Z")
-#: a temp file without a live writer pid in its name is stale once this old
-_TEMP_MIN_AGE = 3600.0
 
 
 def stale_temp(store: Any, hash_parts: Iterable[str]) -> builtins.list[Path]:
-    """Temp files in the attestation dirs of ``hash_parts`` that a killed ``write`` left:
-    their writer pid is gone (or the name has none) and they are an hour old."""
+    """Temp files in the attestation dirs of ``hash_parts`` that a killed ``write`` left
+    (``locks.left_by_dead_writer``; a name without a pid, from before they carried one,
+    goes on age alone)."""
     out: builtins.list[Path] = []
     now = time.time()
     for h in hash_parts:
@@ -319,21 +319,8 @@ def stale_temp(store: Any, hash_parts: Iterable[str]) -> builtins.list[Path]:
         except (FileNotFoundError, NotADirectoryError):
             continue
         for e in entries:
-            if not (e.name.startswith(".") and e.name.endswith(".tmp")):
-                continue
-            m = _TEMP.match(e.name)
-            if m is not None:
-                try:
-                    os.kill(int(m.group(1)), 0)
-                    continue  # the writer lives
-                except ProcessLookupError:
-                    pass
-                except (PermissionError, OverflowError):
-                    continue
-            try:  # old too (a writer in another pid namespace looks dead from here)
-                if now - e.stat(follow_symlinks=False).st_mtime < _TEMP_MIN_AGE:
-                    continue
-            except FileNotFoundError:
-                continue
-            out.append(Path(e.path))
+            if e.name.startswith(".") and e.name.endswith(".tmp"):
+                m = _TEMP.match(e.name)
+                if left_by_dead_writer(e, int(m.group(1)) if m else None, now):
+                    out.append(Path(e.path))
     return out

@@ -43,7 +43,7 @@ from . import attestations, db
 from .buildtmp import owner_gone
 from .errors import FormatError, KilnError, StoreError
 from .hashes import Hash
-from .locks import FileLock, live_temp_roots, remove_if_free
+from .locks import FileLock, left_by_dead_writer, live_temp_roots, remove_if_free
 from .paths import StorePath
 from .trees import remove_tree, tree_size
 
@@ -239,37 +239,19 @@ _CONFIG_TMP = re.compile(r"^\.config\.json\.(\d+)\.[0-9a-f]{8}\Z")
 _LOG_TMP = re.compile(r"^\..+\.(\d+)\.tmp\Z")
 
 
-#: a killed writer's temp file goes once it is this old too: a writer in another pid
-#: namespace sharing the store looks dead from here
-DEAD_WRITER_MIN_AGE = 3600.0
-
-
 def _dead_writers_files(d: Path, pattern: re.Pattern) -> list[Path]:
-    """Files in ``d`` named by ``pattern`` (group 1: the writer's pid) whose writer is
-    gone and that are ``DEAD_WRITER_MIN_AGE`` old."""
-    out = []
+    """Files in ``d`` named by ``pattern`` (group 1: the writer's pid) that a killed
+    writer left (``locks.left_by_dead_writer``)."""
     try:
         entries = list(os.scandir(d))
     except (FileNotFoundError, NotADirectoryError):
-        return out
+        return []
     now = time.time()
-    for e in entries:
-        m = pattern.match(e.name)
-        if m is None:
-            continue
-        try:
-            os.kill(int(m.group(1)), 0)
-            continue
-        except ProcessLookupError:
-            pass
-        except (PermissionError, OverflowError):
-            continue
-        try:
-            if now - e.stat(follow_symlinks=False).st_mtime >= DEAD_WRITER_MIN_AGE:
-                out.append(Path(e.path))
-        except FileNotFoundError:
-            pass
-    return out
+    return [
+        Path(e.path)
+        for e in entries
+        if (m := pattern.match(e.name)) is not None and left_by_dead_writer(e, int(m.group(1)), now)
+    ]
 
 
 def _attestation_dirs(store: LocalStore) -> list[str]:

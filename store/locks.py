@@ -103,6 +103,31 @@ class FileLock:
         self.release()
 
 
+#: a temp file of a writer that is gone is a leftover once it is this old too: a writer
+#: in another pid namespace sharing the directory looks gone from here
+DEAD_WRITER_MIN_AGE = 3600.0
+
+
+def left_by_dead_writer(
+    entry: os.DirEntry, pid: int | None, now: float, min_age: float = DEAD_WRITER_MIN_AGE
+) -> bool:
+    """Whether the temp file ``entry``, written by process ``pid`` (None: its name does
+    not say), is a killed writer's leftover: that process is gone (a live one, or one
+    that is not ours to signal, keeps it) and the file is ``min_age`` old."""
+    if pid is not None:
+        try:
+            os.kill(pid, 0)
+            return False
+        except ProcessLookupError:
+            pass
+        except (PermissionError, OverflowError):
+            return False
+    try:
+        return now - entry.stat(follow_symlinks=False).st_mtime >= min_age
+    except FileNotFoundError:
+        return False
+
+
 def remove_if_free(path: Path) -> bool:
     """Delete lock file ``path`` if nobody holds it (True if deleted). Safe against a
     process that opened it before and waits for it: ``FileLock.acquire`` notices the
