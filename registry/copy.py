@@ -28,7 +28,7 @@ from . import layout
 from .attest_transfer import fetch_attestations
 from .client import Client, open_client
 from .push import MAX_FRAMES, check_results, levels
-from .substitute import BATCH_OBJECT_MAX, BATCH_OBJECTS, Substituter, batches
+from .substitute import BATCH_OBJECT_MAX, Substituter, batches
 from .verify import NarVerifier, check_narinfo, expect
 
 
@@ -155,10 +155,10 @@ class _Relay:
         files: dict[str, Path] = {}
         small = [i for i in infos if i.file_size is not None and i.file_size <= BATCH_OBJECT_MAX]
         alone = [i for i in infos if i.file_size is None or i.file_size > BATCH_OBJECT_MAX]
-        for k in range(0, len(small), BATCH_OBJECTS):
-            batch = small[k : k + BATCH_OBJECTS]
+        cut = list(batches(small))
+        for k, batch in enumerate(cut):
             if not await self._batch(batch, scratch, files):
-                alone += small[k:]  # no batch endpoint: one request each from here on
+                alone += [i for b in cut[k:] for i in b]  # no batch endpoint: one request each
                 break
         await asyncio.gather(*(self._one(i, scratch, files) for i in alone))
         return files
