@@ -2,7 +2,7 @@
 
 Build options mirror Nix's where Nix has one: ``--jobs/-j``, ``--cores``, ``-L``
 (print build logs), ``--keep-failed/-K``, ``--check``, ``--rounds N``, ``--timeout``,
-``--max-silent-time``. Registries to substitute from are given with ``--substituter
+``--max-silent-time``, ``--keep-going/-k``. Registries to substitute from are given with ``--substituter
 URL`` (repeatable) plus ``--trusted-key`` (public key text or file); ``--no-substitute``
 turns them off. Outputs are printed on stdout, one per line; a GC root named after
 the attribute (``root_name``) is created so ``kiln run ATTR`` finds the result.
@@ -36,6 +36,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-L", "--print-build-logs", action="store_true", help="stream build logs to stderr")
     p.add_argument(
         "-K", "--keep-failed", action="store_true", help="keep the build directory of a failed build"
+    )
+    p.add_argument(
+        "-k",
+        "--keep-going",
+        action="store_true",
+        help="after a failure, go on building what does not depend on it",
     )
     p.add_argument("--check", action="store_true", help="rebuild and compare with the existing output")
     p.add_argument(
@@ -88,10 +94,18 @@ def main(argv: list[str]) -> int:
 
         # (ignored, kiln made a new key on the build machine: the opposite of the intent)
         raise KilnError("--signer-key names the public key of --signer-cmd; give both, or --sign-key FILE")
+    from kiln.store.build import BuildFailures
     from kiln.store.localstore import LocalStore
 
     with terminate_as_interrupt(), LocalStore.open(store_root(args)) as store:
-        for t in build(store, args):
+        try:
+            targets = build(store, args)
+        except BuildFailures as e:  # -k: what was built is printed (and rooted) too
+            for r in e.results:
+                for out in r.outputs.values():
+                    print(out)
+            raise
+        for t in targets:
             for out in t.outputs.values():
                 print(out)
     return 0
@@ -118,7 +132,14 @@ def build(store, args: argparse.Namespace) -> list:
             "yet: build it first (without --check)"
         )
     if args.check or args.rounds > 1 or missing:
-        _build(store, ev, targets, args)
+        from kiln.store.build import BuildFailures
+
+        try:
+            _build(store, ev, targets, args)
+        except BuildFailures as e:  # -k: root what was realised before failing
+            done = {r.drv_path for r in e.results}
+            _root(store, [t for t in targets if t.drv_path in done])
+            raise
     _root(store, targets)
     return targets
 
@@ -197,6 +218,7 @@ def _build(store, ev, targets, args) -> None:
         jobs=args.jobs,
         cores=cores,
         keep_failed=args.keep_failed,
+        keep_going=args.keep_going,
         check=args.check,
         vary=args.vary,
         rounds=args.rounds,

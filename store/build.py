@@ -6,8 +6,11 @@ Theory of operation
    outputs are not valid (inputs first). A substituter, when given, is asked for all
    missing outputs in one batch and what it has is fetched before re-planning.
 2. A scheduler runs up to ``jobs`` derivations at once; a derivation starts when all
-   its input derivations are done. The first failure stops new work (running builds
-   finish) and is reported with the derivation and the tail of its log.
+   its input derivations are done. The first failure stops the other builds at once
+   and is reported with the derivation and the tail of its log. With ``keep_going``
+   (``-k``) a failure is reported when it happens and everything that does not depend
+   on it is still built; ``BuildFailures`` then names every failed derivation and the
+   ones not attempted because an input failed.
 3. Each derivation is built under a per-output lock (``locks.output_lock``), so two
    ``kiln build`` processes on one graph build each derivation once: the second waits,
    then sees the output valid and skips it.
@@ -56,6 +59,7 @@ class BuildOptions:
     jobs: int = 1
     cores: int = 0  # 0 = all cores
     keep_failed: bool = False
+    keep_going: bool = False  # -k: build what does not depend on a failure, then fail
     check: bool = False
     rounds: int = 1
     timeout: float | None = None
@@ -72,6 +76,29 @@ class BuildResult:
     drv_path: str
     outputs: dict[str, str]
     built: bool  # False when already valid (or substituted)
+
+
+class BuildFailures(BuildError):
+    """Builds failed under ``keep_going``: ``failed`` maps each failed derivation to its
+    error (each was reported as it happened), ``skipped`` lists the derivations not
+    attempted because an input failed, ``results`` the roots that were realised."""
+
+    def __init__(
+        self, failed: dict[str, BaseException], skipped: list[str], results: list[BuildResult]
+    ) -> None:
+        names = sorted(failed)
+        msg = f"{len(names)} build{'s' if len(names) > 1 else ''} failed (reported above): " + ", ".join(
+            names
+        )
+        if skipped:
+            msg += f"; {len(skipped)} not attempted because an input failed: " + ", ".join(
+                sorted(skipped)[:5]
+            )
+            msg += f" (and {len(skipped) - 5} more)" if len(skipped) > 5 else ""
+        super().__init__(names[0], msg)
+        self.failed = failed
+        self.skipped = skipped
+        self.results = results
 
 
 Substituter = Callable[[list[str]], set[str]]
@@ -158,12 +185,21 @@ class Builder(Producing, Checking):
                 ]
                 self.substituter(missing)
                 todo = plan(graph, wanted, self.store.is_valid)
+            failed: dict[str, BaseException] = {}
             try:
-                built = set(self._run_all(graph, todo))
+                built = set(self._run_all(graph, todo, failed))
             except BaseException:
                 self._wait_hooks(raise_errors=False)  # the build's own error is the one to report
                 raise
             self._wait_hooks()
+            if failed:
+                skipped = [p for p in todo if p not in built and p not in failed]
+                results = [
+                    BuildResult(r, {k: o.path for k, o in graph.drvs[r].outputs}, r in built)
+                    for r in roots
+                    if all(self.store.is_valid(o.path) for _, o in graph.drvs[r].outputs)
+                ]
+                raise BuildFailures(failed, skipped, results)
             # --check means "build it once more and compare" (a root built just now too);
             # --rounds N, with or without it, N builds in all: N - 1 comparisons
             checks = max(1 if self.opts.check else 0, self.opts.rounds - 1)
@@ -172,7 +208,10 @@ class Builder(Producing, Checking):
                     self._check(r, graph.drvs[r])
         return [BuildResult(r, {k: o.path for k, o in graph.drvs[r].outputs}, r in built) for r in roots]
 
-    def _run_all(self, graph: Graph, todo: list[str]) -> list[str]:
+    def _run_all(self, graph: Graph, todo: list[str], failed: dict[str, BaseException]) -> list[str]:
+        """Build ``todo`` (inputs first); return what was built. Under ``keep_going`` a
+        derivation that fails with a ``KilnError`` is reported, recorded in ``failed``
+        and only what depends on it is dropped; otherwise the first failure is raised."""
         if not todo:
             return []
         if len(todo) > 1:
@@ -183,9 +222,21 @@ class Builder(Producing, Checking):
             )
         if self.opts.jobs <= 1:
             # no threads: simpler tracebacks, and profilers see the builds
+            done_seq: list[str] = []
+            skipped: set[str] = set()
             for i, p in enumerate(todo, 1):
-                self.build_one(p, graph.drvs[p], (i, len(todo)))
-            return list(todo)
+                if any(d in failed or d in skipped for d in graph.inputs_of(p)):
+                    skipped.add(p)
+                    continue  # an input failed (keep_going): not attempted
+                try:
+                    self.build_one(p, graph.drvs[p], (i, len(todo)))
+                except KilnError as e:
+                    if not self.opts.keep_going:
+                        raise
+                    self._failed(p, e, failed)
+                    continue
+                done_seq.append(p)
+            return done_seq
         self._stop.clear()
         pending = {p: {i for i in graph.inputs_of(p) if i in todo} for p in todo}
         total, done_n = len(todo), 0
@@ -216,6 +267,11 @@ class Builder(Producing, Checking):
                     try:
                         fut.result()
                     except BaseException as e:  # noqa: BLE001 - re-raised below, first failure wins
+                        if self.opts.keep_going and isinstance(e, KilnError) and failure is None:
+                            self._failed(p, e, failed)
+                            for q in _dependents(pending, p):
+                                del pending[q]  # not attempted: an input failed
+                            continue
                         if failure is None:
                             # as Nix without --keep-going: the first failure stops the other
                             # builds at once (its error is reported now, theirs not at all)
@@ -230,6 +286,11 @@ class Builder(Producing, Checking):
         if failure is not None:
             raise failure
         return done
+
+    def _failed(self, drv_path: str, e: KilnError, failed: dict[str, BaseException]) -> None:
+        """Under ``keep_going``: report a failure now (``BuildFailures`` lists it again)."""
+        failed[drv_path] = e
+        self.say(f"error: {e}")
 
     # ------------------------------------------------------------------ one derivation
 
@@ -367,6 +428,22 @@ class _Serialized:
                 return attr(*args, **kwargs)
 
         return call
+
+
+def _dependents(pending: dict[str, set[str]], failed: str) -> list[str]:
+    """The derivations in ``pending`` that need ``failed``, directly or through others."""
+    users: dict[str, list[str]] = {}
+    for q, deps in pending.items():
+        for d in deps:
+            users.setdefault(d, []).append(q)
+    out: list[str] = []
+    stack = [failed]
+    while stack:
+        for q in users.get(stack.pop(), ()):
+            if q not in out:
+                out.append(q)
+                stack.append(q)
+    return out
 
 
 def _refs_first(drv_path: str, drv, produced) -> list:

@@ -216,3 +216,19 @@ def test_rebuild_of_an_output_whose_sibling_was_collected(store, graph):
     r = kiln(store.root, "rebuild", out)
     assert r.returncode == 0 and f"{out}: reproduced" in r.stdout, (r.stdout, r.stderr)
     assert f"not comparing {dev}" in r.stderr
+
+
+def test_keep_going_prints_and_roots_what_was_built(store, graph):
+    """``kiln build -k``: the failure is reported as it happens, the other target is
+    still built, printed and rooted, and the command fails naming the failed build."""
+    boom, _ = graph.drv("boom", "echo failing; exit 3")
+    ok, okd = graph.drv("fine", "echo fine > $out")
+    r = kiln(store.root, "build", "-k", boom, ok)
+    assert r.returncode == 1, r.stderr
+    assert r.stdout.split() == [okd.output_path()]
+    assert "exit status 3" in r.stderr and f"1 build failed (reported above): {boom}" in r.stderr
+    assert os.readlink(store.root / "gcroots" / "fine") == str(store.real_path(okd.output_path()))
+    assert not (store.root / "gcroots" / "boom").exists()
+    # without -k the first failure ends the command: nothing is printed
+    r = kiln(store.root, "build", boom, ok)
+    assert r.returncode == 1 and r.stdout == "" and "exit status 3" in r.stderr

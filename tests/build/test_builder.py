@@ -12,7 +12,7 @@ import time
 import pytest
 
 from kiln.sandbox.bwrap import BwrapExecutor
-from kiln.store.build import Builder, BuildError, BuildOptions, NotDeterministic
+from kiln.store.build import Builder, BuildError, BuildFailures, BuildOptions, NotDeterministic
 
 pytestmark = [
     pytest.mark.bwrap,
@@ -148,6 +148,43 @@ def test_with_jobs_the_first_failure_stops_the_other_builds_at_once(store, graph
         builder(store, jobs=2).realise([top])
     assert time.monotonic() - t0 < 15
     assert not store.is_valid(sd.output_path())
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_keep_going_builds_what_does_not_depend_on_a_failure(store, graph, jobs):
+    """-k: a failure is reported when it happens; the builds beside it still run (and
+    register), what depends on it is not attempted, and the error at the end names both
+    kinds. The roots that were realised are in the error's results."""
+    boom, _ = graph.drv("boom", "echo failing; exit 3")
+    above, _ = graph.drv("above", "cat $in0 > $out", inputs=[boom])
+    top, _ = graph.drv("top", "cat $in0 > $out", inputs=[above])
+    ok, okd = graph.drv("fine", "sleep 0.5; echo fine > $out")
+    said: list[str] = []
+    b = Builder(store, BwrapExecutor(), BuildOptions(jobs=jobs, keep_going=True), say=said.append)
+    with pytest.raises(BuildFailures) as e:
+        b.realise([top, ok])
+    assert list(e.value.failed) == [boom] and sorted(e.value.skipped) == sorted([above, top])
+    msg = str(e.value)
+    assert (
+        f"1 build failed (reported above): {boom}" in msg and "2 not attempted because an input failed" in msg
+    )
+    assert any("exit status 3" in m and boom in m for m in said if m.startswith("error: "))
+    assert store.real_path(okd.output_path()).read_text() == "fine\n"
+    assert store.is_valid(okd.output_path())
+    assert [r.drv_path for r in e.value.results] == [ok]
+
+
+def test_without_keep_going_jobs_1_stops_at_the_first_failure(store, graph):
+    boom, _ = graph.drv("boom", "exit 3")
+    oks: list = []
+    while not any(p > boom for p, _ in oks):  # at least one planned after the failure
+        oks.append(graph.drv(f"ok{len(oks)}", "echo fine > $out"))
+    with pytest.raises(BuildError) as e:
+        builder(store).realise([boom, *(p for p, _ in oks)])
+    assert not isinstance(e.value, BuildFailures)
+    # independent derivations are built in path order: none after the failure was
+    later = [d for p, d in oks if p > boom]
+    assert not any(store.is_valid(d.output_path()) for d in later)
 
 
 def test_limits_far_in_the_future_are_no_internal_error(store, graph):
