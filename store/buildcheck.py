@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from .buildproduce import keep_dir
 from .buildtmp import owned_tmpdir, release_tmpdir
 from .derivation import Derivation
 from .errors import KilnError, StoreError
@@ -78,9 +79,36 @@ class Checking:
                     else describe_differences(self.store.real_path(o.path), produced[name][0])
                 )
                 out.append(OutputComparison(name, o.path, info.nar_hash, h, diff))
+            if not all(c.identical for c in out):
+                out = self._keep_rebuild(out, tmp, produced, drv)
         finally:
             release_tmpdir(tmp, owner)
         return out
+
+    def _keep_rebuild(
+        self, out: list[OutputComparison], tmp: Path, produced: dict, drv: Derivation
+    ) -> list[OutputComparison]:
+        """Under ``keep_failed`` move the differing rebuild out of the scratch dir (about
+        to be removed) and say where each rebuilt output is; otherwise say the rebuild is
+        gone. Either way the scratch dir's name (diffoscope's output has it) is replaced."""
+        kept, note = (
+            keep_dir(tmp, self._tmp_root(), f"{drv.name}-check") if self.opts.keep_failed else (None, "")
+        )
+        done = []
+        for c in out:
+            if not c.identical:
+                text = c.differences.replace(str(tmp), str(kept) if kept is not None else "<rebuild>")
+                if kept is not None:
+                    tree = Path(produced[c.output][0])
+                    where = kept / tree.relative_to(tmp) if tree.is_relative_to(tmp) else kept
+                    text += f"\nrebuilt output kept at {where}"
+                elif self.opts.keep_failed:
+                    text += note  # why it could not be kept
+                else:
+                    text += "\nthe rebuild was removed (--keep-failed keeps it)"
+                c = replace(c, differences=text)
+            done.append(c)
+        return done
 
     def _check(self, drv_path: str, drv: Derivation) -> None:
         vary = None

@@ -186,14 +186,20 @@ def _unshare_inode(tree: Path) -> None:
 
 
 def keep_failed(tmp: Path, tmp_root: Path, name: str) -> str:
-    """Keep a failed build's directory for ``--keep-failed``; the note for the error.
-    Its entries are moved (same file system: instant, whatever their size); one that
+    """Keep a failed build's directory for ``--keep-failed``; the note for the error."""
+    return keep_dir(tmp, tmp_root, name)[1]
+
+
+def keep_dir(tmp: Path, tmp_root: Path, name: str) -> tuple[Path | None, str]:
+    """Move a build directory's entries to a new ``kiln-failed-<name>-*`` dir under
+    ``tmp_root``; return it (None if it could not be made) and the note for the error.
+    Entries are moved (same file system: instant, whatever their size); one that
     cannot be moved is copied, FIFOs recreated, sockets and devices left out. Never
     raises: keeping is a courtesy, and must not replace the build's own error."""
     try:
         keep = Path(tempfile.mkdtemp(prefix=f"kiln-failed-{name}-", dir=tmp_root))
     except OSError as e:
-        return f"\ncould not keep the build directory: {e}"
+        return None, f"\ncould not keep the build directory: {e}"
     problem: object = None
     for entry in sorted(os.listdir(tmp)):
         src, dst = tmp / entry, keep / entry
@@ -210,8 +216,8 @@ def keep_failed(tmp: Path, tmp_root: Path, name: str) -> str:
         except (OSError, shutil.Error) as e:
             problem = problem or (e.args[0][0] if isinstance(e, shutil.Error) and e.args and e.args[0] else e)
     if problem is not None:
-        return f"\nkept build directory (incomplete: {problem}): {keep}"
-    return f"\nkept build directory: {keep}"
+        return keep, f"\nkept build directory (incomplete: {problem}): {keep}"
+    return keep, f"\nkept build directory: {keep}"
 
 
 def _copy_kept(src: str, dst: str) -> str:

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -302,6 +303,24 @@ def test_check_names_the_differing_file(store, graph):
         builder(store, check=True).realise([a])
     files = str(e.value).split("diffoscope:")[0]  # diffoscope's explanation follows when installed
     assert "random: contents differ" in files and "stable" not in files
+
+
+def test_check_keep_failed_keeps_the_differing_rebuild(store, graph):
+    """--check -K: the rebuild that differs is kept and its place named (as Nix keeps
+    ``<path>.check``); without -K the message says it is gone and names no temp dir."""
+    a, ad = graph.drv("nondet2", "mkdir $out; cat /proc/sys/kernel/random/uuid > $out/random")
+    builder(store).realise([a])
+    with pytest.raises(NotDeterministic) as e:
+        builder(store, check=True).realise([a])
+    msg = str(e.value)
+    assert "the rebuild was removed (--keep-failed keeps it)" in msg and "check-nondet2-" not in msg
+    with pytest.raises(NotDeterministic) as e:
+        builder(store, check=True, keep_failed=True).realise([a])
+    where = str(e.value).split("rebuilt output kept at ")[1].split("\n")[0]
+    assert os.path.basename(where) == os.path.basename(ad.output_path())
+    registered = (store.real_path(ad.output_path()) / "random").read_text()
+    rebuilt = Path(where, "random").read_text()
+    assert len(rebuilt) == len(registered) and rebuilt != registered
 
 
 def test_timeout_kills_the_build(store, graph):
