@@ -301,7 +301,7 @@ class Builder(Producing, Checking):
         from contextlib import ExitStack
 
         from .buildlocks import output_lock
-        from .stagedbuild import Placed, place
+        from .stagedbuild import Placed, place, unplace
 
         outs = [o.path for _, o in drv.outputs]
         locks = ExitStack()
@@ -326,6 +326,8 @@ class Builder(Producing, Checking):
                             if isinstance(r, Placed):
                                 placed.append(r)
                 except KilnError as e:  # an output the store refuses (a FIFO, a setuid file...)
+                    for r in placed:  # its siblings placed before it will not be registered
+                        unplace(self._inner, r)
                     raise BuildError(drv_path, f"{drv_path}: {e}{self._kept(tmp, drv)}") from e
                 self._pending.add(placed, locks)
                 handed = True

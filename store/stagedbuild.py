@@ -68,7 +68,7 @@ from .locks import FileLock
 from .narsink import NarSink
 from .objects import fsync_dir, object_rel_path
 from .pathinfo import PathInfo
-from .trees import canonicalise_output, move_into_place
+from .trees import canonicalise_output, move_into_place, remove_tree
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +141,22 @@ def place(
             ident = _identity(real)
     assert ident is not None
     return Placed(path, refs, deriver, obj, ident)
+
+
+def unplace(store, placed: Placed) -> None:
+    """Undo ``place`` for an output that will not be registered (a sibling output of
+    the same build was refused): remove its tree if it is still the one placed and the
+    path did not become valid meanwhile. Never raises: the build's own error is what
+    to report, and GC removes an unregistered tree anyway."""
+    sp = store.parse_path(placed.path)
+    real = store.real_store / sp.base
+    with (
+        contextlib.suppress(OSError, KilnError),
+        FileLock(store.gc_lock_path, shared=True),
+        FileLock(store._path_lock(sp)),
+    ):
+        if store.query(placed.path) is None and _identity(real) == placed.identity:
+            remove_tree(real)
 
 
 def archive(store, placed: Placed) -> StagedOutput:

@@ -234,6 +234,18 @@ def test_keep_failed_keeps_a_build_whose_output_is_refused(store, graph, script,
         assert f.read() == "note\n"
 
 
+def test_a_refused_output_takes_its_placed_sibling_with_it(store, graph):
+    """``dev`` is placed first (references-first order), then ``out`` is refused (a
+    FIFO): the build fails and ``dev``'s tree does not stay behind, unregistered, at
+    its real path until a GC."""
+    a, ad = graph.drv("half", "mkdir $out $dev; echo x > $dev/f; mkfifo $out/p", outputs=("out", "dev"))
+    with pytest.raises(BuildError, match="is a fifo"):
+        builder(store).realise([a])
+    for o in ("out", "dev"):
+        assert not store.is_valid(ad.output_path(o))
+        assert not os.path.lexists(store.real_path(ad.output_path(o))), o
+
+
 def test_missing_output_is_an_error(store, graph):
     a, _ = graph.drv("lazy", "true")
     with pytest.raises(BuildError, match="did not create output"):
