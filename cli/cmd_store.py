@@ -173,7 +173,10 @@ def _cmd_dump(args) -> int:
 def _cmd_restore(args) -> int:
     from kiln.store import nar
 
-    nar.restore(sys.stdin.buffer, args.dir)
+    from .common import terminate_as_interrupt
+
+    with terminate_as_interrupt():  # SIGTERM/SIGHUP unwind: the half-made tree is removed
+        nar.restore(sys.stdin.buffer, args.dir)
     return 0
 
 

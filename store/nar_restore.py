@@ -36,13 +36,19 @@ def restore(
     ``fsync`` every file and directory is synced before the final rename. The tree is
     built in a hidden directory beside ``dest``, or in ``scratch`` (on the same file
     system) when given: where a process killed meanwhile leaves it for its owner's
-    clean-up (a store's ``tmp/``) rather than among the entries of ``dest``'s parent."""
+    clean-up (a store's ``tmp/``) rather than among the entries of ``dest``'s parent.
+    The hidden directory's name carries the pid; one left beside ``dest`` by a killed
+    restore (``kill -9``) is removed by the next restore there once its process is gone
+    and it is an hour old (``locks.left_by_dead_writer``)."""
     dest_b = os.fsencode(os.path.abspath(dest))
     if os.path.lexists(dest_b):
         raise FileExistsError(errno.EEXIST, "restore destination already exists", os.fsdecode(dest_b))
     parent, base = os.path.split(dest_b)
+    prefix = b"." + base[:40] + b".restore-"
+    if scratch is None:
+        _sweep_dead(parent, prefix)
     where = os.fsencode(os.path.abspath(scratch)) if scratch is not None else parent
-    tmp = _mkdtemp(where, b"." + base[:40] + b".restore-")
+    tmp = _mkdtemp(where, prefix + str(os.getpid()).encode() + b"-")
     try:
         root = os.path.join(tmp, b"root")
         inp = _Input(src)
@@ -72,6 +78,23 @@ def restore(
             fsync_dir(parent)
     finally:
         rmtree_iter(tmp)
+
+
+def _sweep_dead(parent: bytes, prefix: bytes) -> None:
+    """Remove ``<prefix><pid>-<rand>`` directories of dead restores in ``parent``."""
+    import time
+
+    from .locks import left_by_dead_writer
+
+    now = time.time()
+    with contextlib.suppress(OSError), os.scandir(parent) as it:
+        for entry in it:
+            rest = entry.name[len(prefix) :]
+            pid, dash, _ = rest.partition(b"-")
+            if not (entry.name.startswith(prefix) and dash and pid.isdigit()):
+                continue
+            if entry.is_dir(follow_symlinks=False) and left_by_dead_writer(entry, int(pid), now):
+                rmtree_iter(entry.path, writable=True)
 
 
 def _mkdtemp(parent: bytes, prefix: bytes) -> bytes:

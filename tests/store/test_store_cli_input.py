@@ -86,3 +86,48 @@ def test_a_filter_that_skips_the_store_makes_the_project_addable(tmp_path):
         (project / ".kilnignore").write_text("other/\n")  # now the walk would reach the store
         with pytest.raises(StoreError, match="contains the store root"):
             s.add_path(project, filter=make_filter(project))
+
+
+def test_restore_cleans_up_when_terminated_and_after_a_kill(tmp_path):
+    """SIGTERM mid-restore unwinds (exit 143) and removes the hidden half-made tree; one
+    a ``kill -9`` left is removed by the next restore beside it once its process is
+    gone and it is an hour old (a live restore's, or a fresh one, is left alone)."""
+    import signal
+    import time
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    old = time.time() - 7200
+    left = {}
+    for name, pid, mtime in (
+        ("killed", dead.pid, old),
+        ("live", os.getpid(), old),
+        ("fresh", dead.pid, None),
+    ):
+        d = tmp_path / f".out.restore-{pid}-{name}"
+        (d / "root").mkdir(parents=True)
+        if mtime is not None:
+            os.utime(d, (mtime, mtime))
+        left[name] = d
+    p = subprocess.Popen(
+        [sys.executable, "-m", "kiln", "store", "restore", str(tmp_path / "out")],
+        stdin=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    header = b"".join(
+        len(s).to_bytes(8, "little") + s + b"\0" * (-len(s) % 8)
+        for s in (b"nix-archive-1", b"(", b"type", b"regular", b"contents")
+    )
+    p.stdin.write(header + (1 << 30).to_bytes(8, "little") + b"x" * 65536)  # 1 GiB announced
+    p.stdin.flush()
+    deadline = time.monotonic() + 20
+    while not any(n.name.startswith(f".out.restore-{p.pid}-") for n in tmp_path.iterdir()):
+        assert time.monotonic() < deadline and p.poll() is None
+        time.sleep(0.02)
+    assert not left["killed"].exists()  # swept before this restore began
+    assert left["live"].exists() and left["fresh"].exists()
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(20) == 143, p.stderr.read()
+    p.stdin.close()
+    p.stderr.close()
+    assert sorted(n.name for n in tmp_path.iterdir()) == sorted(d.name for d in (left["live"], left["fresh"]))
