@@ -6,7 +6,9 @@ kiln.registry (see docs/registry.md).
 
 Credentials: ``--token`` or ``$KILN_REGISTRY_TOKEN`` for pushes; trusted public keys
 with ``--trusted-key FILE`` (repeatable) or ``$KILN_TRUSTED_KEYS`` (space-separated
-``name:base64`` keys).
+``name:base64`` keys). ``kiln serve`` admits uploads by its own flags only
+(``--trusted-key``, and its ``--index-key``): a variable set for builders and copiers
+must not widen what a server accepts.
 """
 
 from __future__ import annotations
@@ -23,9 +25,11 @@ from kiln.store.signing import PublicKey, load_public_key, load_secret_key
 from .common import add_store_arg, store_root
 
 
-def _trusted(args: argparse.Namespace) -> list[PublicKey]:
+def _trusted(args: argparse.Namespace, env: bool = True) -> list[PublicKey]:
+    """``--trusted-key``s, plus ``$KILN_TRUSTED_KEYS`` when ``env``."""
     keys = [load_public_key(p) for p in args.trusted_key or []]
-    keys += [PublicKey.parse(t) for t in os.environ.get("KILN_TRUSTED_KEYS", "").split()]
+    if env:
+        keys += [PublicKey.parse(t) for t in os.environ.get("KILN_TRUSTED_KEYS", "").split()]
     return keys
 
 
@@ -60,7 +64,10 @@ def cmd_serve(argv: list[str]) -> int:
         "--trusted-key", type=Path, action="append", help="public key whose signatures admit pushed narinfos"
     )
     p.add_argument(
-        "--index-key", type=Path, help="secret key that signs the registry index (republished after pushes)"
+        "--index-key",
+        type=Path,
+        help="secret key that signs the registry index (republished after pushes); its public key "
+        "also admits pushed narinfos",
     )
     p.add_argument("--workers", type=int, default=1, help="processes sharing the socket (default 1)")
     p.add_argument("--max-body-size", type=int, default=8 << 30, help="largest accepted upload in bytes")
@@ -97,7 +104,7 @@ def cmd_serve(argv: list[str]) -> int:
         max_body=args.max_body_size,
         max_nar=args.max_nar_size,
         private=args.private,
-        trusted=_trusted(args),
+        trusted=_trusted(args, env=False),
         index_key=load_secret_key(args.index_key) if args.index_key else None,
         attesters=[load_public_key(k) for k in args.attester_key or []],
         policy=_policy(args.policy),

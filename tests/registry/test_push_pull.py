@@ -222,6 +222,25 @@ def test_wrong_key_rejected(pushed, other_keys, tmp_path) -> None:
     assert r.returncode == 1 and "0 valid signature" in r.stderr
 
 
+def test_serve_admits_uploads_by_its_own_flags_only(tmp_path, keys, kiln_server, monkeypatch) -> None:
+    """``$KILN_TRUSTED_KEYS`` (the builders' and copiers' trust) does not make ``kiln
+    serve`` accept pushes: upload admission is ``--trusted-key`` (and ``--index-key``)."""
+    store = make_store(tmp_path / "store")
+    leaf = add_tree(store, tmp_path, "leaf", "leaf\n")
+    reg = tmp_path / "reg"
+    assert kiln("registry", "init", "--dir", str(reg)).returncode == 0
+    tok = kiln("registry", "token", "create", "--scope", "write", "--dir", str(reg)).stdout.strip()
+    monkeypatch.setenv("KILN_TRUSTED_KEYS", keys.pk.to_text())
+    srv = kiln_server("--dir", str(reg))
+    monkeypatch.delenv("KILN_TRUSTED_KEYS")
+    push = ["push", "--store", str(store.root), leaf, "--token", tok, "--sign-key", str(keys.sk_file)]
+    r = kiln(*push, "--to", srv.url)
+    assert r.returncode == 1 and "pushed 1 of 1" not in r.stdout, r.stdout + r.stderr
+    srv2 = kiln_server("--dir", str(reg), "--trusted-key", str(keys.pk_file))
+    r = kiln(*push, "--to", srv2.url)
+    assert r.returncode == 0 and "pushed 1 of 1" in r.stdout, r.stderr
+
+
 def test_tampered_blob_rejected(pushed, keys, tmp_path) -> None:
     store, _chain, leaf, reg, _tok, srv = pushed
     info = store.query(leaf)
