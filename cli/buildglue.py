@@ -115,7 +115,9 @@ def load_sign_key(store, key_file: str | None, create: bool):
         return signing.load_secret_key(default)
     if not create:
         return None
-    default.parent.mkdir(parents=True, exist_ok=True)
+    from .common import private_keys_dir
+
+    private_keys_dir(default.parent)
     key = signing.SecretKey.generate(f"kiln-{os.uname().nodename}-1")
     signing.write_secret_key(default, key)
     signing.write_public_key(default.with_suffix(".pub"), key.public())

@@ -27,7 +27,7 @@ from kiln.store.signing import (
     write_secret_key,
 )
 
-from .common import default_home
+from .common import default_home, private_keys_dir
 
 
 def keys_dir() -> Path:
@@ -45,7 +45,7 @@ def _generate(args: argparse.Namespace) -> int:
     else:
         if "/" in args.name:
             raise KilnError(f"key name {args.name!r} must not contain '/' (use -o FILE to choose the file)")
-        sec = keys_dir() / f"{args.name}.sec"
+        sec = private_keys_dir(keys_dir()) / f"{args.name}.sec"
     if not sec.parent.exists():
         sec.parent.mkdir(parents=True, mode=0o700)
     pub = _pub_path(sec)

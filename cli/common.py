@@ -44,6 +44,17 @@ def default_home() -> Path:
     return Path(default_home_dir())
 
 
+def private_keys_dir(d: Path) -> Path:
+    """Make the keys directory ``d`` (``$KILN_HOME/keys``) 0700: created so, or narrowed
+    if it is ours and others may list it (a first ``kiln build`` made it 0755 before).
+    The secret key files in it are 0600 regardless."""
+    d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    st = d.stat()
+    if st.st_uid == os.geteuid() and st.st_mode & 0o077:
+        os.chmod(d, 0o700)
+    return d
+
+
 def add_store_arg(p: argparse.ArgumentParser) -> None:
     from pathlib import Path
 

@@ -63,3 +63,22 @@ def test_revoke_never_writes_a_broken_policy(tmp_path):
     r = kiln(home, "key", "revoke", "rel-1", "--policy", str(policy))
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert policy.read_text() == "this is = = not toml\n"
+
+
+def test_the_keys_directory_is_private_however_it_is_made(tmp_path):
+    """The first build's default key and ``kiln key generate`` both leave
+    ``$KILN_HOME/keys`` 0700 (a build used to make it 0755), narrowing an old one."""
+    from kiln.buildglue import load_sign_key
+    from kiln.store.localstore import LocalStore
+
+    old = os.umask(0o022)
+    try:
+        with LocalStore.open(tmp_path / "home") as store:
+            load_sign_key(store, None, create=True)
+    finally:
+        os.umask(old)
+    keys = tmp_path / "home" / "keys"
+    assert keys.stat().st_mode & 0o777 == 0o700
+    os.chmod(keys, 0o755)  # as an older kiln left it
+    assert kiln(tmp_path / "home", "key", "generate", "other-1").returncode == 0
+    assert keys.stat().st_mode & 0o777 == 0o700
