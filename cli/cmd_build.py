@@ -56,6 +56,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-silent-time", type=seconds, default=None, help="limit on seconds without output")
     p.add_argument("--substituter", action="append", default=[], metavar="URL", help="registry to fetch from")
     p.add_argument(
+        "--no-substitute",
+        action="store_true",
+        help="fetch nothing from registries (neither --substituter nor KILN_SUBSTITUTERS)",
+    )
+    p.add_argument(
         "--trusted-key", action="append", default=[], metavar="KEY", help="trusted public key or file"
     )
     p.add_argument(
@@ -213,7 +218,9 @@ def _build(store, ev, targets, args) -> None:
             cores,
             executor.isolation(),
         )
-    sub = make_substituter(args.substituter, args.trusted_key, args.sigs_needed)
+    sub = (
+        None if args.no_substitute else make_substituter(args.substituter, args.trusted_key, args.sigs_needed)
+    )
     opts = BuildOptions(
         jobs=args.jobs,
         cores=cores,

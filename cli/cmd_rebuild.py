@@ -115,7 +115,9 @@ def _rebuild_parser() -> argparse.ArgumentParser:
         description="rebuild a path from its derivation in a fresh sandbox and attest whether it reproduced",
         epilog="exit status: 0 reproduced, 1 not reproduced (or an error), 2 usage error",
     )
-    p.add_argument("path", metavar="PATH", help="store path, base name, hash part or GC root name")
+    p.add_argument(
+        "path", metavar="PATH", help="store path, base name, hash part, GC root name or sha256:<NAR digest>"
+    )
     signer_args(p, "the verification summary (default: the store's build key)")
     _build_args(p)
     p.add_argument("--json", action="store_true", help="machine-readable result")

@@ -282,11 +282,9 @@ def debian_rootfs(ev, node: ast.Call, env) -> DrvValue:
                 "deb",
             )
         )
-    # sanitized as fetchurl's is, and the env's ``name`` is the derivation's, as for every
-    # other derivation
-    name = sanitize_name(
-        _string(ev, a["name"][0], a["name"][1], "debian_rootfs 'name'") if "name" in a else "debian-rootfs"
-    )
+    # a given name is used as written, as for the fetchers and ``path`` (an error at it if
+    # it cannot be a store path name); the env's ``name`` is the derivation's
+    name = _given_name(ev, a, "debian_rootfs") if "name" in a else "debian-rootfs"
     input_drvs, _ = split_context({("d", d.path, "out") for d in debs})
     env_vars = {"debs": " ".join(d.out for d in debs), "kilnRootfs": "1", "name": name, "out": ""}
     drv = Derivation.make(

@@ -138,6 +138,21 @@ def test_substitutes_signed_closure_instead_of_building(served):
     assert attestations.read(b_store, out, "provenance") is not None
 
 
+def test_no_substitute_builds_locally_whatever_the_environment_says(served):
+    url, key, app, app_drv, b_store, home = served
+    r = subprocess.run(
+        [sys.executable, "-m", "kiln", "build", app, "--no-substitute", "--substituter", url],
+        env=dict(
+            os.environ, KILN_HOME=str(home), KILN_SUBSTITUTERS=url, KILN_TRUSTED_KEYS=key.public().to_text()
+        ),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("building") == 2
+
+
 def test_untrusted_signature_means_build_locally(served):
     url, _, app, app_drv, b_store, home = served
     other = SecretKey.generate("someone-else").public().to_text()

@@ -235,21 +235,23 @@ def test_crlf_files_mean_the_same_as_lf_files(tmp_path):
         evaluate_file(bad).attributes()
 
 
-def test_debian_rootfs_env_name_is_the_derivation_name(tmp_path):
-    """A rootfs name that needs sanitizing is sanitized once, for the derivation and its
-    env alike (as for every other derivation)."""
+def test_debian_rootfs_name_is_used_as_written(tmp_path):
+    """A given rootfs name is the derivation's name and its env's ``name``; one that
+    cannot be a store path name is an error at it (as for the fetchers and ``path``),
+    not silently changed."""
     lock = (
         '[{ name = "bash", version = "1", arch = "amd64", sha256 = "' + "0" * 64 + '", '
         'filename = "pool/b/bash_1_amd64.deb", size = 1 }]'
     )
-    f = _write(
-        tmp_path / "r.recipe",
-        f'let t = debian_rootfs {{ name = "my root", lock = {lock} }}\n'
-        'package p {\n  deps = [t]\n  build = "true"\n}\n',
+    text = 'let t = debian_rootfs {{ name = "{}", lock = {} }}\npackage p {{\n  deps = [t]\n  build = "true"\n}}\n'
+    ev = evaluate_file(_write(tmp_path / "r.recipe", text.format("my-root", lock)))
+    drv = next(d for d in ev.drvs.values() if d.name == "my-root")
+    assert dict(drv.env)["name"] == "my-root"
+    with pytest.raises(RecipeError) as e:
+        evaluate_file(_write(tmp_path / "bad.recipe", text.format("my root", lock))).attributes()
+    assert str(e.value).startswith(
+        "bad.recipe:1:32: debian_rootfs name 'my root' cannot be a store path name"
     )
-    ev = evaluate_file(f)
-    drv = next(d for d in ev.drvs.values() if d.name == "my_root")
-    assert dict(drv.env)["name"] == "my_root"
 
 
 def test_a_nul_in_a_field_is_located_at_the_field(tmp_path):
