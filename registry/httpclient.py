@@ -59,6 +59,9 @@ class HttpClient(Client):
         self._link = Link()
         self._batch_ok = True
         self._blob_batch_ok = True
+        #: key -> the URL on another origin that answered 404/403 for it after a redirect
+        #: (``get`` returns None for those as for any miss; errors use this to say where)
+        self.missed_at: dict[str, str] = {}
 
     def _sess(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -134,6 +137,8 @@ class HttpClient(Client):
     async def get(self, key: str) -> bytes | None:
         async with await self._request("GET", key) as resp:
             if resp.status == 404 or resp.status == 403 and key.startswith("index/"):
+                if resp.history and resp.url.origin() != resp.history[0].url.origin():
+                    self.missed_at[key] = str(resp.url)[:300]
                 return None
             if resp.status != 200:
                 raise await self._fail(resp, f"GET {self.url}/{key}")

@@ -66,6 +66,10 @@ class MixAndMatchError(IndexError_):
     pass
 
 
+class NoIndex(IndexError_):
+    """The source answers ``index/timestamp.json`` with 404: it publishes no index."""
+
+
 def canonical(obj: Any) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
@@ -356,7 +360,7 @@ async def update(fetch: Any, state: TrustState, now: dt.datetime | None = None) 
         files.append(("index/root.json", state.root_bytes))
     tb = await fetch("index/timestamp.json")
     if tb is None:
-        raise IndexError_("the source publishes no index (index/timestamp.json is missing)")
+        raise NoIndex("the source publishes no index (index/timestamp.json is missing)")
     ts = verify_timestamp(state, tb, now)
     snap_v = ts["meta"]["snapshot.json"]["version"]
     sb = await fetch(f"index/{snap_v}.snapshot.json")

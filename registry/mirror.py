@@ -175,7 +175,16 @@ async def _sync_locked(
         raise MirrorError(
             f"first sync into {dst_dir}: pass the source's pinned root metadata with --root FILE"
         )
-    vi = await ix.update(client.get, state)
+    try:
+        vi = await ix.update(client.get, state)
+    except ix.NoIndex as e:
+        elsewhere = getattr(client, "missed_at", {}).get("index/timestamp.json")
+        if elsewhere is None:
+            raise
+        raise ix.NoIndex(
+            f"the source redirects index/timestamp.json to {elsewhere}, which answers that it has "
+            "no such file (is the redirect target a copy of the registry?)"
+        ) from e
     paths: dict[str, dict] = vi.index["paths"]
     todo = [h for h, e in paths.items() if _sha(dst.narinfo(h)) != e["narinfo_sha256"]]
     texts = await client.narinfos(todo) if todo else {}

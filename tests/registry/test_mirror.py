@@ -295,3 +295,57 @@ def test_cli_syncs_a_private_registry_with_a_token(tmp_path, keys, kiln_server) 
     r = _sync_cli(srv.url, tmp_path / "m", reg, "--token", token)
     assert r.returncode == 0, r.stderr
     assert "2 paths, 2 narinfos and 2 blobs" in r.stdout
+
+
+def test_a_redirect_to_an_origin_without_the_index_says_so(source, keys, tmp_path) -> None:
+    """A source (a CDN front, say) that redirects ``index/timestamp.json`` to another
+    origin answering 404 is named with where it went, not as "publishes no index"."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    store, _paths, reg, url = source
+    info = f"StoreDir: {store.store_dir}\n".encode()
+
+    class Empty(BaseHTTPRequestHandler):  # a binary cache without an index
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            if self.path != "/nix-cache-info":
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(info)))
+            self.end_headers()
+            self.wfile.write(info)
+
+        def log_message(self, *a: object) -> None:
+            pass
+
+    empty = ThreadingHTTPServer(("127.0.0.1", 0), Empty)
+    elsewhere = f"http://127.0.0.1:{empty.server_address[1]}"
+
+    class Front(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            to = elsewhere if self.path.startswith("/index/timestamp.json") else url
+            self.send_response(302)
+            self.send_header("Location", to + self.path)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_POST = do_GET  # noqa: N815 - narinfo-batch and friends go to the registry too
+
+        def log_message(self, *a: object) -> None:
+            pass
+
+    front = ThreadingHTTPServer(("127.0.0.1", 0), Front)
+    for s in (empty, front):
+        threading.Thread(target=s.serve_forever, daemon=True).start()
+    try:
+        root = (reg / "index/root.json").read_bytes()
+        with pytest.raises(ix.NoIndex) as e:
+            sync(f"http://127.0.0.1:{front.server_address[1]}", tmp_path / "m", root=root, trusted=[keys.pk])
+        assert f"redirects index/timestamp.json to {elsewhere}/index/timestamp.json" in str(e.value)
+        with pytest.raises(ix.NoIndex, match="publishes no index"):  # a plain 404 still reads so
+            sync(elsewhere, tmp_path / "m2", root=root, trusted=[keys.pk])
+    finally:
+        for s in (empty, front):
+            s.shutdown()
+            s.server_close()
