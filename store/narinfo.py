@@ -156,11 +156,17 @@ def _check(key: str, value: str, store_dir: str) -> object:
     if key in ("NarHash", "FileHash"):
         if ":" not in value and "-" not in value:
             raise FormatError(f"{key} needs an algorithm prefix like 'sha256:'")
+        if value != value.strip():  # Nix takes the value as is: a padded hash is corrupt
+            raise FormatError(f"{key} has whitespace around the hash")
         return Hash.parse(value)
     if key in ("NarSize", "FileSize"):
-        return _int(value, key)
+        n = _int(value, key)
+        if key == "NarSize" and n == 0:  # no NAR is empty; Nix calls such a narinfo corrupt
+            raise FormatError("NarSize must be positive, found 0")
+        return n
     if key == "References":
-        return tuple(str(StorePath.parse_base(b, store_dir)) for b in value.split())
+        # separated by spaces, as Nix splits them (a tab is part of a name, so an error)
+        return tuple(str(StorePath.parse_base(b, store_dir)) for b in value.split(" ") if b)
     if key == "Deriver" and value != "unknown-deriver":
         return str(StorePath.parse_base(value, store_dir))
     if key == "CA" and value:

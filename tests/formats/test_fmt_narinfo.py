@@ -115,6 +115,12 @@ def test_parse_leniency_like_nix() -> None:
         (lambda t: "garbage line\n" + t, r"line 1: expected 'Key: value', found 'garbage line'"),
         (lambda t: re.sub(r"Sig: .*", "Sig: ", t), r"line 10: empty Sig"),
         (lambda t: t.replace("Compression: zstd", "Compression: z std"), r"line 3 .*one word"),
+        # as strict as Nix's parser (``NarInfo::NarInfo``): a zero NarSize, a padded hash,
+        # references separated by anything but spaces are corrupt
+        (lambda t: t.replace("NarSize: 176", "NarSize: 0"), r"line 7 .*NarSize must be positive"),
+        (lambda t: t.replace("NarHash: sha256:", "NarHash:  sha256:"), r"line 6 .*whitespace around"),
+        (lambda t: re.sub(r"(FileHash: \S+)", r"\1 ", t), r"line 4 .*whitespace around"),
+        (lambda t: re.sub(r"References: (\S+)", "References: \\1\t\\1", t), r"line 8 .*invalid characters"),
     ],
 )
 def test_parse_errors_name_the_line(edit, pattern: str) -> None:
