@@ -41,7 +41,11 @@ def walk(top: AnyStr, topdown: bool = True) -> Iterator[tuple[AnyStr, list[AnySt
         files: list[AnyStr] = []
         with os.scandir(d) as it:
             for e in it:
-                (dirs if e.is_dir() else files).append(e.name)
+                try:
+                    is_dir = e.is_dir()
+                except OSError:  # a symlink loop (ELOOP): not a directory, as for os.walk
+                    is_dir = False
+                (dirs if is_dir else files).append(e.name)
         if topdown:
             yield d, dirs, files
         else:

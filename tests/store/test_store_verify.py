@@ -42,6 +42,25 @@ def test_clean_store_verifies(store, two):
     assert r.ok and r.checked == 2 and r.problems == ()
 
 
+def test_symlink_loops_are_plain_symlinks_to_verify_and_repair(store, tmp_path):
+    """A path holding a symlink to itself or a two-link loop is clean (the tree walk
+    does not follow links), and a repair of it re-materialises it."""
+    src = tmp_path / "loops"
+    src.mkdir()
+    os.symlink("self", src / "self")
+    os.symlink("two", src / "one")
+    os.symlink("one", src / "two")
+    info = store.add_path(src)
+    r = store.verify()
+    assert r.ok and r.problems == (), r.problems
+    real = store.real_path(info.path)
+    os.chmod(real, 0o755)
+    os.unlink(real / "one")
+    r = store.verify(repair=True)
+    assert r.problems and r.ok and not r.quarantined and store.verify().ok
+    assert os.readlink(real / "one") == "two"
+
+
 def test_corrupt_tree_reported_and_rematerialised(store, two):
     a, b = two
     _corrupt_file(store.real_path(a.path) / "f")
