@@ -10,7 +10,7 @@ import sys
 
 from kiln.store.localstore import LocalStore
 
-from .common import store_root
+from .common import store_root, whole_number
 from .targets import open_store, resolve_target, signer_args
 
 
@@ -105,7 +105,9 @@ def _build_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="rebuild under varied host conditions (dirs, KILN_CORES, umask, directory order, clock +10 years)",
     )
-    p.add_argument("--cores", type=int, default=0, help="KILN_CORES for the builds (default: all cores)")
+    p.add_argument(
+        "--cores", type=whole_number(0), default=0, help="KILN_CORES for the builds (default: all cores)"
+    )
     _source_mirror_arg(p)
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from kiln.store.errors import KilnError
 from kiln.store.signing import PublicKey, load_public_key, load_secret_key
 
-from .common import add_store_arg, store_root
+from .common import add_store_arg, store_root, whole_number
 
 
 def _trusted(args: argparse.Namespace, env: bool = True) -> list[PublicKey]:
@@ -69,16 +69,23 @@ def cmd_serve(argv: list[str]) -> int:
         help="secret key that signs the registry index (republished after pushes); its public key "
         "also admits pushed narinfos",
     )
-    p.add_argument("--workers", type=int, default=1, help="processes sharing the socket (default 1)")
-    p.add_argument("--max-body-size", type=int, default=8 << 30, help="largest accepted upload in bytes")
+    p.add_argument(
+        "--workers", type=whole_number(1), default=1, help="processes sharing the socket (default 1)"
+    )
+    p.add_argument(
+        "--max-body-size", type=whole_number(1), default=8 << 30, help="largest accepted upload in bytes"
+    )
     p.add_argument(
         "--max-nar-size",
-        type=int,
+        type=whole_number(1),
         default=64 << 30,
         help="largest NAR an uploaded object may decompress to, in bytes (default 64 GiB)",
     )
     p.add_argument(
-        "--negative-ttl", type=int, default=10, help="seconds clients may cache a miss (default 10)"
+        "--negative-ttl",
+        type=whole_number(0),
+        default=10,
+        help="seconds clients may cache a miss (default 10)",
     )
     p.add_argument("--private", action="store_true", help="require a token with the read scope for reads")
     p.add_argument(
@@ -173,13 +180,17 @@ def cmd_registry(argv: list[str]) -> int:
     ve.add_argument(
         "--trusted-key", type=Path, action="append", help="also require signatures by these keys (repeatable)"
     )
-    ve.add_argument("--sigs-needed", type=int, default=None, help="default: 1 with trusted keys, else 0")
+    ve.add_argument(
+        "--sigs-needed", type=whole_number(0), default=None, help="default: 1 with trusted keys, else 0"
+    )
     ve.add_argument(
         "--delete-bad",
         action="store_true",
         help="unpublish what fails (its narinfo and bad blob), so the next sync or push fetches it again",
     )
-    ve.add_argument("-j", "--jobs", type=int, default=None, help="blobs checked at once (default: cores)")
+    ve.add_argument(
+        "-j", "--jobs", type=whole_number(1), default=None, help="blobs checked at once (default: cores)"
+    )
     ve.add_argument("--json", action="store_true")
     rr = sub.add_parser("rotate-root", help="move the index to a new key (root v+1 signed by old and new)")
     rr.add_argument("--dir", type=Path, required=True)
@@ -263,7 +274,7 @@ def cmd_push(argv: list[str]) -> int:
     p.add_argument("--to", required=True, metavar="URL")
     p.add_argument("--token", default=os.environ.get("KILN_REGISTRY_TOKEN"))
     p.add_argument("--sign-key", type=Path, help="sign paths that lack this key's signature before pushing")
-    p.add_argument("-j", "--jobs", type=int, default=8)
+    p.add_argument("-j", "--jobs", type=whole_number(1), default=8)
     add_store_arg(p)
     args = p.parse_args(argv)
     from kiln.registry.client import open_client
@@ -312,8 +323,8 @@ def cmd_copy(argv: list[str]) -> int:
         help="bearer token of a private --from registry (between two registries)",
     )
     p.add_argument("--trusted-key", type=Path, action="append")
-    p.add_argument("--sigs-needed", type=int, default=1)
-    p.add_argument("-j", "--jobs", type=int, default=16)
+    p.add_argument("--sigs-needed", type=whole_number(0), default=1)
+    p.add_argument("-j", "--jobs", type=whole_number(1), default=16)
     p.add_argument("--store-dir", default=None, help="logical store dir when --to store creates a new store")
     add_store_arg(p)
     args = p.parse_args(argv)
@@ -329,6 +340,9 @@ def cmd_copy(argv: list[str]) -> int:
             + (["--store", str(args.store)] if args.store else [])
         )
     trusted = _trusted(args)
+    if args.sigs_needed == 0:
+        # as Nix's require-sigs = false: allowed, but never silently
+        print("warning: --sigs-needed 0: paths are copied without checking any signature", file=sys.stderr)
     if args.dst == "store":
         store = _open_store(args, args.store_dir, create=True)
         n = rcopy.to_store(
@@ -367,7 +381,7 @@ def cmd_mirror(argv: list[str]) -> int:
     s.add_argument(
         "--trusted-key", type=Path, action="append", help="also require narinfo signatures by these keys"
     )
-    s.add_argument("-j", "--jobs", type=int, default=16)
+    s.add_argument("-j", "--jobs", type=whole_number(1), default=16)
     s.add_argument(
         "--token", default=os.environ.get("KILN_REGISTRY_TOKEN"), help="read token of a private SRC"
     )

@@ -203,6 +203,20 @@ def test_registry_to_registry_copy_is_batched_and_verified(pushed, keys, tmp_pat
     assert not (reg2 / f"{extra.split('/')[-1][:32]}.narinfo").exists()
 
 
+def test_counts_are_checked_before_anything_runs(pushed, tmp_path) -> None:
+    """``-j 0`` hung, ``-j -3`` was an internal error, ``--sigs-needed -1`` silently
+    checked nothing: all are usage errors now; ``--sigs-needed 0`` works but warns."""
+    store, chain, _leaf, reg, _tok, srv = pushed
+    d = str(tmp_path / "d")
+    for bad in (["-j", "0"], ["-j", "-3"], ["--sigs-needed", "-1"]):
+        r = kiln("copy", "--store", d, "--from", srv.url, "--to", "store", chain[0], *bad)
+        assert r.returncode == 2 and "expected a whole number" in r.stderr, (bad, r.stderr)
+    r = kiln("push", "--store", str(store.root), chain[0], "--to", f"file://{tmp_path / 'r2'}", "-j", "0")
+    assert r.returncode == 2 and "expected a whole number >= 1" in r.stderr
+    r = kiln("copy", "--store", d, "--from", srv.url, "--to", "store", chain[0], "--sigs-needed", "0")
+    assert r.returncode == 0 and "warning: --sigs-needed 0" in r.stderr, r.stderr
+
+
 def test_wrong_key_rejected(pushed, other_keys, tmp_path) -> None:
     _store, chain, _leaf, _reg, _tok, srv = pushed
     r = kiln(
