@@ -132,14 +132,34 @@ def _cmd_add(args) -> int:
     return 0
 
 
+#: ``store cat`` keeps this much of a file in memory; the rest is spooled to the store's
+#: ``tmp/`` until the archive is verified (no unverified byte reaches stdout)
+CAT_IN_MEMORY = 32 << 20
+
+
 def _cmd_cat(args) -> int:
+    import tempfile
+
     from kiln.store import nar
 
     with _open(args) as s:
         path, sub = _path(s, args.path)
-        data = nar.cat(s.nar(path), "/".join(x for x in (sub, args.subpath.strip("/")) if x))
-        sys.stdout.buffer.write(data)
+        with tempfile.SpooledTemporaryFile(
+            CAT_IN_MEMORY, dir=s.root / "tmp", prefix=f"{os.getpid()}-cat-"
+        ) as f:
+            nar.cat_into(s.nar(path), "/".join(x for x in (sub, args.subpath.strip("/")) if x), f.write)
+            f.seek(0)
+            for piece in iter(lambda: f.read(1 << 20), b""):
+                _out(piece)
     return 0
+
+
+def _out(data: bytes | memoryview) -> None:
+    """Write all of ``data`` to stdout, or raise (``sys.stdout.buffer.write`` may return
+    a short count for a big buffer, e.g. at a file size limit, and say nothing)."""
+    from kiln.store.nar_restore import write_all
+
+    write_all(sys.stdout.fileno(), data)
 
 
 def _cmd_ls(args) -> int:
@@ -163,10 +183,9 @@ def _cmd_dump(args) -> int:
             from kiln.store.errors import StoreError
 
             raise StoreError("dump takes a store path, not a path inside one")
-        out = sys.stdout.buffer
+        sys.stdout.flush()
         for chunk in s.nar(path):
-            out.write(chunk)
-        out.flush()
+            _out(chunk)
     return 0
 
 

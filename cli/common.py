@@ -154,6 +154,18 @@ class _Quiet:
         return getattr(self._stream, name)
 
 
+def _environment_errnos() -> frozenset[int]:
+    import errno
+
+    names = ("ENOSPC", "EDQUOT", "EFBIG", "EROFS", "EIO", "EMFILE", "ENFILE", "ENOMEM", "EPIPE")
+    return frozenset(getattr(errno, n) for n in names if hasattr(errno, n))
+
+
+#: OSErrors that report the machine's state (a full disk, a file size limit, a read-only
+#: file system, a device error) rather than a bug: a user error even without a file name
+_ENVIRONMENT_ERRNOS = _environment_errnos()
+
+
 def run_command(fn: Callable[[list[str]], int], argv: list[str], debug: bool = False) -> int:
     if sys.stderr is not None and not isinstance(sys.stderr, _Quiet):
         sys.stderr = _Quiet(sys.stderr)  # a BrokenPipeError below is then stdout's
@@ -172,7 +184,12 @@ def run_command(fn: Callable[[list[str]], int], argv: list[str], debug: bool = F
             print(f"error: {e}", file=sys.stderr)
             return 1
         if isinstance(e, OSError) and e.filename:
-            print(f"error: {e.strerror}: {e.filename}", file=sys.stderr)
+            both = f"{e.filename} -> {e.filename2}" if e.filename2 is not None else e.filename
+            print(f"error: {e.strerror}: {both}", file=sys.stderr)
+            return 1
+        if isinstance(e, OSError) and e.errno in _ENVIRONMENT_ERRNOS:
+            # the machine's limits, not a kiln bug (the write that hit them names no file)
+            print(f"error: {e.strerror or e}", file=sys.stderr)
             return 1
         print(
             f"kiln: internal error: {type(e).__name__}: {e} (rerun with KILN_DEBUG=1 for a traceback)",

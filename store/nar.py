@@ -44,7 +44,7 @@ import re
 import stat
 import struct
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import BinaryIO
 
 from .errors import FormatError, KilnError
@@ -231,22 +231,32 @@ def _split(subpath: str) -> str:
 
 def cat(src: BinaryIO | Iterable[bytes], subpath: str) -> bytes:
     """Contents of the regular file at ``subpath`` (the whole archive is validated)."""
+    pieces: list[bytes] = []
+    cat_into(src, subpath, lambda c: pieces.append(bytes(c)))
+    return b"".join(pieces)
+
+
+def cat_into(
+    src: BinaryIO | Iterable[bytes], subpath: str, write: Callable[[memoryview | bytes], object]
+) -> None:
+    """Hand the contents of the regular file at ``subpath`` to ``write`` piece by piece,
+    then validate the rest of the archive (so a caller that must not use unverified
+    bytes spools them until this returns)."""
     want = _split(subpath)
     inp = _Input(src)
     found: NarEntry | None = None
-    data = b""
     for e in _parse(inp):
         if e.path == want:
             found = e
             if e.contents_offset is not None:
-                data = b"".join(bytes(c) for c in inp.chunks(e.size, f"contents of {e.path!r}"))
+                for c in inp.chunks(e.size, f"contents of {e.path!r}"):
+                    write(c)
     if found is None:
         raise NarPathError(f"{subpath!r} does not exist in the NAR")
     if found.type == "symlink":
         raise NarPathError(f"{subpath!r} is a symlink to {found.target!r}, not a file")
     if found.type == "directory":
         raise NarPathError(f"{subpath!r} is a directory, not a file")
-    return data
 
 
 def ls(src: BinaryIO | Iterable[bytes], subpath: str = "", recursive: bool = False) -> list[NarEntry]:

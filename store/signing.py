@@ -194,6 +194,8 @@ def load_secret_key(path: str | os.PathLike) -> SecretKey:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
         raise FormatError(f"{os.fspath(path)}: no such secret key file") from None
+    if mode & 0o077 and _is_public_key_file(path):  # the usual mix-up: say that, not chmod
+        raise FormatError(f"{os.fspath(path)} is a public key; signing needs the secret key (NAME.sec)")
     if mode & 0o077:
         raise FormatError(
             f"secret key file {os.fspath(path)} is accessible by group/others (mode {mode & 0o777:o}); "
@@ -207,7 +209,22 @@ def load_secret_key(path: str | os.PathLike) -> SecretKey:
     try:
         return SecretKey.parse(text)
     except FormatError as e:
+        if _is_public_key_file(path):
+            raise FormatError(
+                f"{os.fspath(path)} is a public key; signing needs the secret key (NAME.sec)"
+            ) from None
         raise FormatError(f"{os.fspath(path)}: {e}") from None
+
+
+def _is_public_key_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` holds a public key (read at most a line's worth)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(200)
+        PublicKey.parse(head.decode("ascii"))
+        return True
+    except (OSError, UnicodeDecodeError, FormatError):
+        return False
 
 
 def load_public_key(path: str | os.PathLike) -> PublicKey:
@@ -225,6 +242,8 @@ def load_public_key(path: str | os.PathLike) -> PublicKey:
 
 def _write_atomic(path: str | os.PathLike, text: str, mode: int, overwrite: bool) -> None:
     path = os.fspath(path)
+    if os.path.isdir(path):  # else the error would name the temp file renamed over it
+        raise KilnError(f"{path} is a directory; name the key file to write")
     d = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".key-", dir=d)  # mkstemp creates it 0600
     try:

@@ -82,3 +82,24 @@ def test_the_keys_directory_is_private_however_it_is_made(tmp_path):
     os.chmod(keys, 0o755)  # as an older kiln left it
     assert kiln(tmp_path / "home", "key", "generate", "other-1").returncode == 0
     assert keys.stat().st_mode & 0o777 == 0o700
+
+
+def test_key_file_mix_ups_are_named(tmp_path):
+    """A public key given where the secret key goes says so (not "chmod 600" advice),
+    and ``-o DIR`` names the directory, not a temp file."""
+    home = tmp_path / "home"
+    assert kiln(home, "key", "generate", "k-1").returncode == 0
+    pub = home / "keys" / "k-1.pub"
+    os.chmod(pub, 0o644)
+    assert kiln(home, "store", "init").returncode == 0
+    r = kiln(home, "store", "sign", "--key", str(pub), "--all")
+    assert (
+        r.returncode == 1
+        and r.stderr == f"error: {pub} is a public key; signing needs the secret key (NAME.sec)\n"
+    )
+    (tmp_path / "dir").mkdir()
+    r = kiln(home, "key", "generate", "k-2", "-o", str(tmp_path / "dir"), "--force")
+    assert (
+        r.returncode == 1
+        and r.stderr == f"error: {tmp_path / 'dir'} is a directory; name the key file to write\n"
+    )

@@ -131,3 +131,39 @@ def test_restore_cleans_up_when_terminated_and_after_a_kill(tmp_path):
     p.stdin.close()
     p.stderr.close()
     assert sorted(n.name for n in tmp_path.iterdir()) == sorted(d.name for d in (left["live"], left["fresh"]))
+
+
+def _limited(limit: int):
+    import resource
+
+    def pre() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return pre
+
+
+def test_cat_and_dump_fail_loudly_when_stdout_cannot_take_it_all(tmp_path):
+    """Under a file size limit (a full disk behaves the same) ``store cat`` wrote what fit
+    and exited 0; ``dump`` was an "internal error". Both are now a plain error, exit 1.
+    A big file is cat whole and byte for byte, without being held in memory."""
+    src = tmp_path / "one"
+    src.mkdir()
+    data = os.urandom(3 << 20) + os.urandom(40 << 20)  # past the in-memory part of the spool
+    (src / "f").write_bytes(data)
+    st = str(tmp_path / "st")
+    path = kiln("store", "add", "--store", st, str(src)).stdout.strip()
+    for cmd in (["cat", path, "f"], ["dump", path]):
+        with open(tmp_path / "out", "wb") as out:
+            r = subprocess.run(
+                [sys.executable, "-m", "kiln", "store", *cmd, "--store", st],
+                stdout=out,
+                stderr=subprocess.PIPE,
+                preexec_fn=_limited(1 << 20),
+            )
+        # (Python ignores SIGXFSZ, so the write fails with EFBIG instead of killing it)
+        assert r.returncode == 1 and r.stderr.decode() == "error: File too large\n", (cmd, r.stderr)
+    with open(tmp_path / "out", "wb") as out:
+        r = subprocess.run(
+            [sys.executable, "-m", "kiln", "store", "cat", path, "f", "--store", st], stdout=out
+        )
+    assert r.returncode == 0 and (tmp_path / "out").read_bytes() == data
