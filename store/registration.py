@@ -72,15 +72,22 @@ class Registering:
             return self._commit(info, tree, tmp)
 
     def _check_source(self, src: Path, filter: PathFilter | None) -> None:
-        """Refuse a missing ``src`` or one whose walk would reach this store's root (unless
-        ``filter`` skips a directory on the way, e.g. a ``.kilnignore``d ``.kiln``). The
+        """Refuse a missing ``src`` or one whose walk would reach this store's ``tmp/``, where
+        the copy is made: the root or ``tmp/`` itself (unless ``filter`` skips a directory
+        on the way to the root, e.g. a ``.kilnignore``d ``.kiln``). The
         last component is not resolved: a symlink is added as a symlink, never followed."""
         if not os.path.lexists(src):
             raise StoreError(f"cannot add {src}: no such file or directory")
         a = os.path.abspath(src)
         here = os.path.join(os.path.realpath(os.path.dirname(a)), os.path.basename(a))
         root = os.path.realpath(self.root)
-        if os.path.isdir(here) and not os.path.islink(here) and os.path.commonpath([here, root]) == here:
+        copies = os.path.realpath(self._scratch_dir.parent)  # tmp/, where the copy is made
+        if os.path.isdir(here) and not os.path.islink(here) and os.path.commonpath([here, copies]) == here:
+            if os.path.commonpath([here, root]) != here:  # inside the store, around tmp/
+                raise StoreError(
+                    f"cannot add {src}: it contains the store's temp directory {copies}, where its copy "
+                    "would be made (expected a file or directory outside the store)"
+                )
             if filter is not None:
                 walked = str(src)  # the walker hands the filter paths spelled from ``src``
                 for part in Path(os.path.relpath(root, here)).parts:

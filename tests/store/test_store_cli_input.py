@@ -167,3 +167,22 @@ def test_cat_and_dump_fail_loudly_when_stdout_cannot_take_it_all(tmp_path):
             [sys.executable, "-m", "kiln", "store", "cat", path, "f", "--store", st], stdout=out
         )
     assert r.returncode == 0 and (tmp_path / "out").read_bytes() == data
+
+
+def test_adding_the_stores_temp_directory_is_refused(tmp_path):
+    """``tmp/`` inside the store holds the copy being made: adding it recursed into its
+    own copy until a name was too long. It is refused up front like the root is."""
+    st = tmp_path / "st"
+    kiln("store", "init", "--store", str(st))
+    r = kiln("store", "add", "--store", str(st), str(st / "tmp"))
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.startswith(f"error: cannot add {st / 'tmp'}: it contains the store's temp directory"), (
+        r.stderr
+    )
+    assert os.listdir(st / "tmp") == []
+    # a store path's tree (inside the root, beside tmp/) can be added again
+    src = make_tree(tmp_path / "src", {"a": "x\n"})
+    path = kiln("store", "add", "--store", str(st), str(src)).stdout.strip()
+    real = st / path.lstrip("/")
+    r = kiln("store", "add", "--store", str(st), "--name", "again", str(real))
+    assert r.returncode == 0 and r.stdout.strip().endswith("-again"), r.stderr
