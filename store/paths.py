@@ -106,6 +106,12 @@ def _store_dir_problem(store_dir: str) -> str:
     bad = [c for c in parts if c in (".", "..")]
     if bad:
         return f"it has a {bad[0]!r} component"
+    # it is written into narinfos, nix-cache-info, .drv files and build environments, one
+    # line each: a line break would inject fields, and other odd characters break them
+    # (a byte that is not UTF-8 arrives as a lone surrogate, which is not printable)
+    odd = sorted({c for c in store_dir if not c.isprintable() or c.isspace()})
+    if odd:
+        return f"it contains {', '.join(repr(c) for c in odd)} (printable characters, no spaces)"
     return ""
 
 

@@ -17,10 +17,13 @@ from kiln.store.localstore import _SUBDIRS, LocalStore
 from kiln.store.paths import STORE_ROOT_ENTRIES, check_store_dir
 
 BAD = ["/", "/..", "/kiln/..", "/kiln/./store", "/kiln//store", "/kiln/store/", "kiln/store", ""]
+# written one per line into narinfos, nix-cache-info and build environments: a newline
+# would inject a field (``StorePath: /ki`` + ``StorePath: /evil``)
+ODD = ["/ki\nStorePath: /evil", "/kiln/st ore", "/kiln\t/store", "/x\udcff", "/kiln/\x00"]
 CLASHING = ["/objects", "/tmp/store", "/gcroots", "/locks", "/config.json", "/db.sqlite", "/gc.lock"]
 
 
-@pytest.mark.parametrize("store_dir", BAD + CLASHING)
+@pytest.mark.parametrize("store_dir", BAD + CLASHING + ODD)
 def test_bad_store_dirs_are_refused_with_the_reason(store_dir):
     with pytest.raises(FormatError) as e:
         check_store_dir(store_dir, local=True)
@@ -29,7 +32,7 @@ def test_bad_store_dirs_are_refused_with_the_reason(store_dir):
 
 
 def test_good_store_dirs_pass_and_the_layout_is_reserved():
-    for d in ("/kiln/store", "/nix/store", "/a", "/opt/x.y/store"):
+    for d in ("/kiln/store", "/nix/store", "/a", "/opt/x.y/store", "/opt/jürgen/store"):
         assert check_store_dir(d) == d
     assert set(_SUBDIRS) <= STORE_ROOT_ENTRIES
     assert "clashes with the store root's own entries" in _message("/objects")
@@ -44,7 +47,7 @@ def _message(store_dir: str) -> str:
     return str(e.value)
 
 
-@pytest.mark.parametrize("store_dir", ["/kiln/..", "/..", "/objects"])
+@pytest.mark.parametrize("store_dir", ["/kiln/..", "/..", "/objects", "/ki\nStorePath: /evil"])
 def test_init_refuses_and_creates_nothing(tmp_path, store_dir):
     root = tmp_path / "st"
     r = kiln("store", "init", "--store", str(root), "--store-dir", store_dir)
