@@ -187,6 +187,10 @@ def run_command(fn: Callable[[list[str]], int], argv: list[str], debug: bool = F
             both = f"{e.filename} -> {e.filename2}" if e.filename2 is not None else e.filename
             print(f"error: {e.strerror}: {both}", file=sys.stderr)
             return 1
+        if any(c.__module__ == "sqlite3" and c.__name__ == "DatabaseError" for c in type(e).__mro__):
+            # damage found after opening (opening itself names the file: ``db.connect``)
+            print(f"error: store database: {e}", file=sys.stderr)
+            return 1
         if isinstance(e, OSError) and e.errno in _ENVIRONMENT_ERRNOS:
             # the machine's limits, not a kiln bug (the write that hit them names no file)
             print(f"error: {e.strerror or e}", file=sys.stderr)

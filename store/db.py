@@ -78,15 +78,30 @@ def _transaction(conn: sqlite3.Connection, durable: bool = False) -> Iterator[No
 
 
 def connect(path: Path) -> sqlite3.Connection:
-    """Open (and create or migrate) the database at ``path``."""
+    """Open (and create or migrate) the database at ``path``. A file that is not a
+    database, or one SQLite finds damaged on opening, is a ``StoreError`` naming it."""
     conn = sqlite3.connect(
         path, timeout=60.0, isolation_level=None, check_same_thread=False, factory=Connection
     )
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
-    version = conn.execute("PRAGMA user_version").fetchone()[0]
-    if version != SCHEMA_VERSION:
-        _create_schema(conn, version)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version != SCHEMA_VERSION:
+            _create_schema(conn, version)
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()  # reads the schema pages
+    except sqlite3.OperationalError as e:
+        if "locked" in str(e):  # busy beyond the timeout: not damage
+            conn.close()
+            raise
+        conn.close()
+        raise StoreError(f"cannot open the store database {path}: {e}") from None
+    except sqlite3.DatabaseError as e:
+        conn.close()
+        raise StoreError(
+            f"the store database {path} is damaged ({e}); restore it from a backup (kiln cannot "
+            "rebuild it from the objects and trees)"
+        ) from None
     return conn
 
 

@@ -186,3 +186,17 @@ def test_adding_the_stores_temp_directory_is_refused(tmp_path):
     real = st / path.lstrip("/")
     r = kiln("store", "add", "--store", str(st), "--name", "again", str(real))
     assert r.returncode == 0 and r.stdout.strip().endswith("-again"), r.stderr
+
+
+def test_a_damaged_database_is_named(tmp_path):
+    st = tmp_path / "st"
+    src = make_tree(tmp_path / "src", {"a": "x\n"})
+    assert kiln("store", "add", "--store", str(st), str(src)).returncode == 0
+    for f in st.glob("db.sqlite-*"):
+        f.unlink()
+    db = st / "db.sqlite"
+    for damage in (lambda: db.write_bytes(b"garbage\n"), lambda: os.truncate(db, 4096)):
+        damage()
+        r = kiln("store", "verify", "--store", str(st))
+        assert r.returncode == 1 and "internal error" not in r.stderr, r.stderr
+        assert r.stderr.startswith(f"error: the store database {db} is damaged"), r.stderr
