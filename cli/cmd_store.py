@@ -37,6 +37,12 @@ def _parser() -> argparse.ArgumentParser:
     sp = cmd("add", "add a file or directory as a content-addressed path; prints the path")
     sp.add_argument("path", type=Path)
     sp.add_argument("--name", default=None, help="name of the store path (default: the file name)")
+    sp.add_argument(
+        "--add-root",
+        metavar="NAME",
+        default=None,
+        help="also make gcroots/NAME point at it (no GC can come in between, as it can after the command)",
+    )
     sp = cmd("cat", "print a file inside a store path (read from its verified object)")
     sp.add_argument("path")
     sp.add_argument("subpath", nargs="?", default="")
@@ -128,7 +134,10 @@ def _cmd_init(args) -> int:
 
 def _cmd_add(args) -> int:
     with _open(args, create=True) as s:
-        print(s.add_path(args.path, name=args.name).path)
+        path = s.add_path(args.path, name=args.name).path
+        if args.add_root is not None:
+            s.add_root(args.add_root, path)  # still held by this store object's temp root
+        print(path)
     return 0
 
 

@@ -479,3 +479,30 @@ def test_gc_removes_small_temp_files_of_killed_writers(store, tmp_path):
         os.utime(f, (time.time() - 7200, time.time() - 7200))
     store.gc()
     assert not any(f.exists() for f in dead) and live.exists() and fresh.exists()
+
+
+def test_store_add_with_add_root_leaves_no_window_for_gc(tmp_path, monkeypatch, capsys):
+    """``kiln store add --add-root NAME``: the root is made while the new path is still
+    held by the command's temp root, so a GC between the add and the root (which took
+    paths printed by a plain ``store add`` before they could be rooted) keeps it."""
+    from kiln import cmd_store
+    from kiln.store.localstore import LocalStore
+
+    root = tmp_path / "st"
+    src = make_tree(tmp_path / "src", {"f": "x\n"})
+    real_add_root = LocalStore.add_root
+    collected: list[int] = []
+
+    def gc_first(self, name, path):  # noqa: ANN001, ANN202 - another process's GC, just before
+        with LocalStore.open(root) as other:
+            collected.append(len(other.gc().deleted))
+        return real_add_root(self, name, path)
+
+    monkeypatch.setattr(LocalStore, "add_root", gc_first)
+    assert cmd_store.main(["store", "add", "--store", str(root), "--add-root", "mine", str(src)]) == 0
+    path = capsys.readouterr().out.strip()
+    monkeypatch.setattr(LocalStore, "add_root", real_add_root)
+    assert collected == [0]
+    with LocalStore.open(root) as s:
+        s.gc()
+        assert s.is_valid(path) and os.readlink(root / "gcroots" / "mine") == str(s.real_path(path))
