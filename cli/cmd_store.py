@@ -290,13 +290,16 @@ def _cmd_verify(args) -> int:
                 file=sys.stderr,
             )
         bad = sum(1 for p in r.problems if not p.repaired)
+        gone = set(r.quarantined)
         summary = f"checked {r.checked} paths: {bad} problem(s)"
         if args.repair:
-            summary += f", {len(r.problems) - bad} repaired"
+            summary += f", {sum(1 for p in r.problems if p.repaired and p.path not in gone)} repaired"
         if r.quarantined:
             # a quarantine is no clean repair: the path is gone, and its referrers broken
             summary += (
-                f"; {len(r.quarantined)} path(s) quarantined, {len(r.incomplete)} referrer(s) now incomplete"
+                f"; {len(r.quarantined)} path(s) quarantined (with their "
+                f"{sum(1 for p in r.problems if p.path in gone)} problem(s)), "
+                f"{len(r.incomplete)} referrer(s) now incomplete"
             )
         print(summary)
     return 0 if r.ok else 1

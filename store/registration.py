@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from . import db
-from .errors import StoreError
+from .errors import FormatError, StoreError
 from .hashes import Hash
 from .ingest import PathFilter, TreeIngest
 from .locks import FileLock, PlacerWait, live_rooter, path_lock_file
@@ -56,7 +56,25 @@ class Registering:
         root's ``tmp/``, would be walked and copied again, endlessly)."""
         src = Path(src)
         self._check_source(src, filter)
-        name = check_name(Path(os.path.abspath(src)).name if name is None else name)
+        if name is None:
+            base = Path(os.path.abspath(src)).name
+            try:
+                name = check_name(base)
+            except FormatError as e:
+
+                def shown(t: str) -> str:  # a byte that is not UTF-8 as \xff, not \udcff
+                    return os.fsencode(t).decode("utf-8", "backslashreplace")
+
+                why = (
+                    str(e)
+                    if shown(base) == base
+                    else f"its name '{shown(base)}' has bytes that are not UTF-8"
+                )
+                raise StoreError(
+                    f"cannot add {shown(str(src))}: {why} (give the path a name: --name NAME)"
+                ) from None
+        else:
+            name = check_name(name)
         with self._writing() as tmp:
             tree = tmp / "tree"
             oi = self._ingest(lambda sink: TreeIngest(sink, filter).run(src, tree), tmp)

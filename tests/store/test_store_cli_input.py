@@ -200,3 +200,18 @@ def test_a_damaged_database_is_named(tmp_path):
         r = kiln("store", "verify", "--store", str(st))
         assert r.returncode == 1 and "internal error" not in r.stderr, r.stderr
         assert r.stderr.startswith(f"error: the store database {db} is damaged"), r.stderr
+
+
+def test_a_name_that_cannot_be_a_store_name_suggests_name(tmp_path):
+    for base, says in ((b"n\xffu", "its name 'n\\xffu' has bytes that are not UTF-8"), (b"bad name", "' '")):
+        src = os.path.join(os.fsencode(tmp_path), base)
+        os.mkdir(src)
+        r = subprocess.run(
+            [sys.executable, "-m", "kiln", "store", "add", "--store", str(tmp_path / "st"), src],
+            capture_output=True,
+        )
+        err = r.stderr.decode()
+        assert r.returncode == 1 and says in err and err.endswith("(give the path a name: --name NAME)\n"), (
+            err
+        )
+        assert "\\udc" not in err

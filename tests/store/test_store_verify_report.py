@@ -99,8 +99,8 @@ def test_cli_quarantine_summary_and_exit_status(store, tmp_path):
     r = kiln("store", "verify", "--repair", "--store", str(store.root))
     assert r.returncode == 1, r.stdout
     assert (
-        "checked 3 paths: 1 problem(s), 2 repaired; 1 path(s) quarantined, 1 referrer(s) now incomplete"
-        in (r.stdout)
+        "checked 3 paths: 1 problem(s), 0 repaired; 1 path(s) quarantined (with their 2 problem(s)), "
+        "1 referrer(s) now incomplete" in (r.stdout)
     )
     assert f"{app}: dangling-reference: references {lib}" in r.stderr
 
