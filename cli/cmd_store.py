@@ -179,10 +179,33 @@ def _cmd_ls(args) -> int:
         subpath = "/".join(x for x in (sub, args.subpath.strip("/")) if x)
         for e in nar.ls(s.nar(path), subpath, recursive=args.recursive):
             extra = (
-                f" -> {e.target}" if e.type == "symlink" else (f" {e.size}" if e.type != "directory" else "")
+                f" -> {_shown(e.target or '')}"
+                if e.type == "symlink"
+                else (f" {e.size}" if e.type != "directory" else "")
             )
-            print(f"{e.type:<10} {e.path or '.'}{extra}")
+            print(f"{e.type:<10} {_shown(e.path) if e.path else '.'}{extra}")
     return 0
+
+
+_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
+def _shown(name: str) -> str:
+    """A name on one line, unambiguously: backslash escapes for ``\\``, line breaks and
+    other unprintable characters (a byte that is not UTF-8 as ``\\xff``), as ``ls -b``."""
+    if name.isprintable() and "\\" not in name:
+        return name
+    out = []
+    for c in name:
+        if c in _ESCAPES:
+            out.append(_ESCAPES[c])
+        elif 0xDC80 <= ord(c) <= 0xDCFF:  # surrogateescape: the raw byte
+            out.append(f"\\x{ord(c) - 0xDC00:02x}")
+        elif not c.isprintable():
+            out.append(f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
+        else:
+            out.append(c)
+    return "".join(out)
 
 
 def _cmd_dump(args) -> int:

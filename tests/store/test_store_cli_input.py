@@ -215,3 +215,23 @@ def test_a_name_that_cannot_be_a_store_name_suggests_name(tmp_path):
             err
         )
         assert "\\udc" not in err
+
+
+def test_ls_prints_one_line_per_entry_whatever_the_names(tmp_path):
+    """Names with line breaks, tabs, backslashes or bytes that are not UTF-8 are shown
+    with backslash escapes (as ``ls -b``), so each entry is one line."""
+    src = os.fsencode(tmp_path / "src")
+    os.mkdir(src)
+    for n in (b"new\nline", b"b\xffx", b"back\\slash", b"plain"):
+        open(os.path.join(src, n), "wb").close()
+    os.symlink(b"tar\tget", os.path.join(src, b"ln"))
+    st = str(tmp_path / "st")
+    path = kiln("store", "add", "--store", st, os.fsdecode(src)).stdout.strip()
+    r = kiln("store", "ls", "--store", st, path)
+    assert r.returncode == 0 and r.stdout.splitlines() == [
+        "regular    back\\\\slash 0",
+        "regular    b\\xffx 0",
+        "symlink    ln -> tar\\tget",
+        "regular    new\\nline 0",
+        "regular    plain 0",
+    ], r.stdout
