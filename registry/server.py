@@ -140,8 +140,13 @@ class Registry(WriteAPI):
             return plain(e.status, f"error: {e.msg}")
         except KilnError as e:
             return plain(400, f"error: {e}")
-        except (ConnectionResetError, asyncio.CancelledError):
+        except asyncio.CancelledError:
             raise
+        except ConnectionResetError as e:
+            # the client went away mid-request (a cancelled push): normal, one line, no
+            # traceback; the answer is never seen (aiohttp drops it quietly)
+            print(f"kiln serve: {request.method} {path}: client went away ({e})", file=sys.stderr, flush=True)
+            return plain(400, "error: connection lost")
         except OSError as e:
             if e.errno in _FULL:  # the registry's disk, not the request: say so (507)
                 print(f"kiln serve: {request.method} {path}: {e}", file=sys.stderr, flush=True)

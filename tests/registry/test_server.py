@@ -349,6 +349,34 @@ def test_dropped_upload_leaves_nothing(setup, keys) -> None:
     assert list((reg / ".kiln" / "tmp").iterdir()) == []
 
 
+def test_a_client_gone_mid_batch_is_one_line_in_the_log(setup, keys) -> None:
+    """A push cancelled during ``POST /upload-batch`` logged a whole traceback per abort;
+    it is one line now, and nothing is left staged."""
+    import socket
+    import time
+
+    store, path, info, reg, wtok, _rtok, srv = setup
+    body = store.object_path(path).read_bytes()
+    text = _narinfo_text(info, keys.sk)
+    frame = _frame(path.split("/")[-1][:32], text.encode(), body)
+    port = int(srv.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(
+            f"POST /upload-batch HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {wtok}\r\n"
+            f"Content-Length: {len(frame) + 100}\r\n\r\n".encode()
+            + frame[: len(frame) - 10]
+        )
+        time.sleep(0.3)  # the server is reading the object when the client goes
+    for _ in range(50):
+        if request(f"{srv.url}/nix-cache-info")[0] == 200 and not list((reg / ".kiln" / "tmp").iterdir()):
+            break
+        time.sleep(0.05)
+    assert list((reg / ".kiln" / "tmp").iterdir()) == []
+    srv.stop()
+    err = srv.proc.stderr.read()
+    assert "Traceback" not in err and "POST /upload-batch: client went away" in err, err
+
+
 def _frame(hp: str, text: bytes, nar: bytes = b"") -> bytes:
     return f"{len(text)} {len(nar)} {hp}\n".encode() + text + nar
 
