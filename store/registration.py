@@ -351,7 +351,13 @@ class Registering:
                 return existing
             assert info.file_hash is not None
             publish_object(tmp / "object", self.objects, info.file_hash)
-            move_into_place(tree, self.real_store / sp.base, tmp / "stale")
+            try:
+                move_into_place(tree, self.real_store / sp.base, tmp / "stale")
+            except OSError as e:
+                # name the store directory, not the temp tree. The object stays for GC: a
+                # writer of another path with the same NAR may be using it (only GC's
+                # exclusive lock makes deleting an object safe)
+                raise StoreError(f"cannot place {info.path} in {self.real_store}: {e.strerror}") from None
             info = replace(info, registration_time=int(time.time()))
             db.insert(self.conn, info, sp.hash_part)
             return info

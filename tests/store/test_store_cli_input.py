@@ -235,3 +235,28 @@ def test_ls_prints_one_line_per_entry_whatever_the_names(tmp_path):
         "regular    new\\nline 0",
         "regular    plain 0",
     ], r.stdout
+
+
+def test_a_store_dir_that_refuses_entries_is_named(tmp_path):
+    """When the tree cannot be moved into the store dir, the error names the store dir
+    (it named the temp tree), and the store still verifies."""
+    st = tmp_path / "st"
+    src = make_tree(tmp_path / "src", {"a": "x\n"})
+    kiln("store", "init", "--store", str(st))
+    real_store = st / "kiln" / "store"
+    # immutable (stops root too); a mode of 0555 where that is not possible
+    immutable = subprocess.run(["chattr", "+i", str(real_store)], capture_output=True).returncode == 0
+    if not immutable:
+        os.chmod(real_store, 0o555)
+        if os.access(real_store, os.W_OK):
+            pytest.skip("root without chattr: nothing here makes a directory refuse entries")
+    try:
+        r = kiln("store", "add", "--store", str(st), str(src))
+    finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", str(real_store)], check=True)
+        os.chmod(real_store, 0o755)
+    says = "Operation not permitted" if immutable else "Permission denied"
+    assert r.returncode == 1 and f"in {real_store}: {says}" in r.stderr, r.stderr
+    assert ".tree" not in r.stderr
+    assert kiln("store", "verify", "--store", str(st)).returncode == 0
