@@ -216,8 +216,15 @@ def _cmd_dump(args) -> int:
 
             raise StoreError("dump takes a store path, not a path inside one")
         sys.stdout.flush()
+        # one piece behind: the last goes out only once the object has verified, so a
+        # corrupt one ends in a truncated NAR (which a reader such as restore refuses)
+        held = None
         for chunk in s.nar(path):
-            _out(chunk)
+            if held is not None:
+                _out(held)
+            held = chunk
+        if held is not None:
+            _out(held)
     return 0
 
 

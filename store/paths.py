@@ -107,11 +107,12 @@ def _store_dir_problem(store_dir: str) -> str:
     if bad:
         return f"it has a {bad[0]!r} component"
     # it is written into narinfos, nix-cache-info, .drv files and build environments, one
-    # line each: a line break would inject fields, and other odd characters break them
-    # (a byte that is not UTF-8 arrives as a lone surrogate, which is not printable)
-    odd = sorted({c for c in store_dir if not c.isprintable() or c.isspace()})
+    # line each: a line break would inject fields, other control characters break them
+    # (a byte that is not UTF-8 arrives as a lone surrogate, which is not printable).
+    # A plain space is printable and allowed: stores made with one stay usable.
+    odd = sorted({c for c in store_dir if not c.isprintable()})
     if odd:
-        return f"it contains {', '.join(repr(c) for c in odd)} (printable characters, no spaces)"
+        return f"it contains {', '.join(repr(c) for c in odd)} (printable characters only)"
     return ""
 
 

@@ -260,3 +260,45 @@ def test_a_store_dir_that_refuses_entries_is_named(tmp_path):
     assert r.returncode == 1 and f"in {real_store}: {says}" in r.stderr, r.stderr
     assert ".tree" not in r.stderr
     assert kiln("store", "verify", "--store", str(st)).returncode == 0
+
+
+def test_dump_of_a_corrupt_object_never_gives_restore_a_whole_nar(tmp_path):
+    """An object that decompresses to a well-formed but altered NAR (its hash checked
+    only at the end): dump fails and holds back its last piece, so ``dump | restore``
+    leaves nothing, rather than restore writing the altered tree and exiting 0."""
+    import zstandard
+
+    st = tmp_path / "st"
+    src = make_tree(tmp_path / "src", {"f": "hello world\n" * 2000})
+    path = kiln("store", "add", "--store", str(st), str(src)).stdout.strip()
+    with LocalStore.open(st) as s:
+        obj = s.object_path(path)
+    nar = kiln_bytes("store", "dump", "--store", str(st), path)
+    bad = zstandard.ZstdCompressor(level=19, write_content_size=False).compress(
+        nar.replace(b"hello", b"HELLO", 1)
+    )
+    size = obj.stat().st_size
+    assert len(bad) + 8 <= size
+    pad = size - len(bad) - 8  # a skippable frame keeps the object's size
+    bad += (0x184D2A50).to_bytes(4, "little") + pad.to_bytes(4, "little") + b"\0" * pad
+    os.chmod(obj, 0o644)
+    obj.write_bytes(bad)
+    dump = subprocess.Popen(
+        [sys.executable, "-m", "kiln", "store", "dump", "--store", str(st), path],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    restore = subprocess.run(
+        [sys.executable, "-m", "kiln", "store", "restore", str(tmp_path / "out")],
+        stdin=dump.stdout,
+        capture_output=True,
+    )
+    dump.stdout.close()
+    assert dump.wait() == 1 and b"hash mismatch" in dump.stderr.read().lower()
+    dump.stderr.close()
+    assert restore.returncode == 1 and not (tmp_path / "out").exists(), restore.stderr
+
+
+def kiln_bytes(*args: str) -> bytes:
+    r = subprocess.run([sys.executable, "-m", "kiln", *args], capture_output=True, check=True)
+    return r.stdout

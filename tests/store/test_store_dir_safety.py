@@ -19,7 +19,7 @@ from kiln.store.paths import STORE_ROOT_ENTRIES, check_store_dir
 BAD = ["/", "/..", "/kiln/..", "/kiln/./store", "/kiln//store", "/kiln/store/", "kiln/store", ""]
 # written one per line into narinfos, nix-cache-info and build environments: a newline
 # would inject a field (``StorePath: /ki`` + ``StorePath: /evil``)
-ODD = ["/ki\nStorePath: /evil", "/kiln/st ore", "/kiln\t/store", "/x\udcff", "/kiln/\x00"]
+ODD = ["/ki\nStorePath: /evil", "/kiln\t/store", "/x\udcff", "/kiln/\x00", "/kiln/\u00a0"]
 CLASHING = ["/objects", "/tmp/store", "/gcroots", "/locks", "/config.json", "/db.sqlite", "/gc.lock"]
 
 
@@ -32,7 +32,7 @@ def test_bad_store_dirs_are_refused_with_the_reason(store_dir):
 
 
 def test_good_store_dirs_pass_and_the_layout_is_reserved():
-    for d in ("/kiln/store", "/nix/store", "/a", "/opt/x.y/store", "/opt/jürgen/store"):
+    for d in ("/kiln/store", "/nix/store", "/a", "/opt/x.y/store", "/opt/jürgen/store", "/my store"):
         assert check_store_dir(d) == d
     assert set(_SUBDIRS) <= STORE_ROOT_ENTRIES
     assert "clashes with the store root's own entries" in _message("/objects")
