@@ -81,19 +81,29 @@ def restore(
 
 
 def _sweep_dead(parent: bytes, prefix: bytes) -> None:
-    """Remove ``<prefix><pid>-<rand>`` directories of dead restores in ``parent``."""
+    """Remove ``<prefix><pid>-<12 hex>`` directories of dead restores in ``parent``: only
+    what a restore of this user made (owned by us, mode 0700, exactly that name), so a
+    shared directory's other entries are never touched."""
+    import re
+    import stat
     import time
 
     from .locks import left_by_dead_writer
 
+    name = re.compile(re.escape(prefix) + rb"([0-9]{1,10})-[0-9a-f]{12}")
     now = time.time()
     with contextlib.suppress(OSError), os.scandir(parent) as it:
         for entry in it:
-            rest = entry.name[len(prefix) :]
-            pid, dash, _ = rest.partition(b"-")
-            if not (entry.name.startswith(prefix) and dash and pid.isdigit()):
+            m = name.fullmatch(entry.name)
+            if m is None:
                 continue
-            if entry.is_dir(follow_symlinks=False) and left_by_dead_writer(entry, int(pid), now):
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or stat.S_IMODE(st.st_mode) != 0o700:
+                continue
+            if left_by_dead_writer(entry, int(m.group(1)), now):
                 rmtree_iter(entry.path, writable=True)
 
 

@@ -99,16 +99,21 @@ def test_restore_cleans_up_when_terminated_and_after_a_kill(tmp_path):
     dead.wait()
     old = time.time() - 7200
     left = {}
-    for name, pid, mtime in (
-        ("killed", dead.pid, old),
-        ("live", os.getpid(), old),
-        ("fresh", dead.pid, None),
-    ):
-        d = tmp_path / f".out.restore-{pid}-{name}"
+    cases = (  # name, pid, mtime, mode: only a dead, old, 0700 one of ours is swept
+        ("killed", dead.pid, old, 0o700),
+        ("live", os.getpid(), old, 0o700),
+        ("fresh", dead.pid, None, 0o700),
+        ("not-ours", dead.pid, old, 0o755),
+    )
+    for i, (name, pid, mtime, mode) in enumerate(cases):
+        d = tmp_path / f".out.restore-{pid}-{i:012x}"
         (d / "root").mkdir(parents=True)
+        os.chmod(d, mode)
         if mtime is not None:
             os.utime(d, (mtime, mtime))
         left[name] = d
+    (tmp_path / f".out.restore-{dead.pid}-mine").mkdir()  # not a name restore makes
+    os.utime(tmp_path / f".out.restore-{dead.pid}-mine", (old, old))
     p = subprocess.Popen(
         [sys.executable, "-m", "kiln", "store", "restore", str(tmp_path / "out")],
         stdin=subprocess.PIPE,
@@ -125,12 +130,13 @@ def test_restore_cleans_up_when_terminated_and_after_a_kill(tmp_path):
         assert time.monotonic() < deadline and p.poll() is None
         time.sleep(0.02)
     assert not left["killed"].exists()  # swept before this restore began
-    assert left["live"].exists() and left["fresh"].exists()
+    assert all(left[n].exists() for n in ("live", "fresh", "not-ours"))
     p.send_signal(signal.SIGTERM)
     assert p.wait(20) == 143, p.stderr.read()
     p.stdin.close()
     p.stderr.close()
-    assert sorted(n.name for n in tmp_path.iterdir()) == sorted(d.name for d in (left["live"], left["fresh"]))
+    kept = [left[n].name for n in ("live", "fresh", "not-ours")] + [f".out.restore-{dead.pid}-mine"]
+    assert sorted(n.name for n in tmp_path.iterdir()) == sorted(kept)
 
 
 def _limited(limit: int):
