@@ -191,20 +191,20 @@ _ESCAPES = {"\\": "\\\\", "\n": "\\n", "\t": "\\t", "\r": "\\r"}
 
 
 def _shown(name: str) -> str:
-    """A name on one line, unambiguously: backslash escapes for ``\\``, line breaks and
-    other unprintable characters (a byte that is not UTF-8 as ``\\xff``), as ``ls -b``."""
+    """A name on one line, unambiguously (as ``ls -b``): ``\\``, ``\\n``, ``\\t``,
+    ``\\r``, and every other byte of an unprintable character, or a byte that is not
+    UTF-8, as ``\\xNN``. Printable characters are themselves, so two names never show
+    alike: the escapes spell the name's bytes."""
     if name.isprintable() and "\\" not in name:
         return name
     out = []
     for c in name:
         if c in _ESCAPES:
             out.append(_ESCAPES[c])
-        elif 0xDC80 <= ord(c) <= 0xDCFF:  # surrogateescape: the raw byte
-            out.append(f"\\x{ord(c) - 0xDC00:02x}")
-        elif not c.isprintable():
-            out.append(f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
-        else:
+        elif c.isprintable():
             out.append(c)
+        else:  # its bytes (a surrogate from surrogateescape is the raw byte)
+            out.extend(f"\\x{b:02x}" for b in c.encode("utf-8", "surrogateescape"))
     return "".join(out)
 
 

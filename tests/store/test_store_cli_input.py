@@ -228,7 +228,7 @@ def test_ls_prints_one_line_per_entry_whatever_the_names(tmp_path):
     with backslash escapes (as ``ls -b``), so each entry is one line."""
     src = os.fsencode(tmp_path / "src")
     os.mkdir(src)
-    for n in (b"new\nline", b"b\xffx", b"back\\slash", b"plain"):
+    for n in (b"new\nline", b"b\xffx", b"back\\slash", b"plain", b"u\xc2\x85", b"u\x85"):
         open(os.path.join(src, n), "wb").close()
     os.symlink(b"tar\tget", os.path.join(src, b"ln"))
     st = str(tmp_path / "st")
@@ -240,6 +240,8 @@ def test_ls_prints_one_line_per_entry_whatever_the_names(tmp_path):
         "symlink    ln -> tar\\tget",
         "regular    new\\nline 0",
         "regular    plain 0",
+        "regular    u\\x85 0",  # a byte that is not UTF-8 ...
+        "regular    u\\xc2\\x85 0",  # ... and U+0085 (NEL), whose UTF-8 bytes these are
     ], r.stdout
 
 
