@@ -79,15 +79,16 @@ class BuildResult:
 
 
 class BuildFailures(BuildError):
-    """Builds failed under ``keep_going``: ``failed`` maps each failed derivation to its
-    error (each was reported as it happened), ``skipped`` lists the derivations not
-    attempted because an input failed, ``results`` the roots that were realised."""
+    """Builds or ``--check``s failed under ``keep_going``: ``failed`` maps each failed
+    derivation to its error (each was reported as it happened), ``skipped`` lists the
+    derivations not attempted because an input failed, ``results`` the roots that were
+    realised (and passed their checks)."""
 
     def __init__(
         self, failed: dict[str, BaseException], skipped: list[str], results: list[BuildResult]
     ) -> None:
         names = sorted(failed)
-        msg = f"{len(names)} build{'s' if len(names) > 1 else ''} failed (reported above): " + ", ".join(
+        msg = f"{len(names)} derivation{'s' if len(names) > 1 else ''} failed (reported above): " + ", ".join(
             names
         )
         if skipped:
@@ -191,21 +192,30 @@ class Builder(Producing, Checking):
             except BaseException:
                 self._wait_hooks(raise_errors=False)  # the build's own error is the one to report
                 raise
-            self._wait_hooks()
+            for e in self._wait_hooks(raise_errors=not failed):
+                self.say(f"error: {e}")  # (under -k with failures: reported, and the failures raised)
+            # --check means "build it once more and compare" (a root built just now too);
+            # --rounds N, with or without it, N builds in all: N - 1 comparisons
+            checks = max(1 if self.opts.check else 0, self.opts.rounds - 1)
+            realised = [
+                r for r in roots if all(self.store.is_valid(o.path) for _, o in graph.drvs[r].outputs)
+            ]
+            for r in realised if checks else ():
+                try:
+                    for _ in range(checks):
+                        self._check(r, graph.drvs[r])
+                except NotDeterministic as e:
+                    if not self.opts.keep_going:
+                        raise
+                    self._failed(r, e, failed)  # -k: the other roots are still checked
             if failed:
                 skipped = [p for p in todo if p not in built and p not in failed]
                 results = [
                     BuildResult(r, {k: o.path for k, o in graph.drvs[r].outputs}, r in built)
-                    for r in roots
-                    if all(self.store.is_valid(o.path) for _, o in graph.drvs[r].outputs)
+                    for r in realised
+                    if r not in failed
                 ]
                 raise BuildFailures(failed, skipped, results)
-            # --check means "build it once more and compare" (a root built just now too);
-            # --rounds N, with or without it, N builds in all: N - 1 comparisons
-            checks = max(1 if self.opts.check else 0, self.opts.rounds - 1)
-            for r in roots:
-                for _ in range(checks):
-                    self._check(r, graph.drvs[r])
         return [BuildResult(r, {k: o.path for k, o in graph.drvs[r].outputs}, r in built) for r in roots]
 
     def _run_all(self, graph: Graph, todo: list[str], failed: dict[str, BaseException]) -> list[str]:
@@ -326,8 +336,9 @@ class Builder(Producing, Checking):
                             if isinstance(r, Placed):
                                 placed.append(r)
                 except KilnError as e:  # an output the store refuses (a FIFO, a setuid file...)
-                    for r in placed:  # its siblings placed before it will not be registered
-                        unplace(self._inner, r)
+                    with self.store.exclusive():  # (the shared connection, as for place)
+                        for r in placed:  # its siblings placed before it will not be registered
+                            unplace(self._inner, r)
                     raise BuildError(drv_path, f"{drv_path}: {e}{self._kept(tmp, drv)}") from e
                 self._pending.add(placed, locks)
                 handed = True
@@ -391,7 +402,9 @@ class Builder(Producing, Checking):
         assert self.after_build is not None
         self.after_build(drv_path, drv, outputs, started, finished, store=self._bookkeeping_store())
 
-    def _wait_hooks(self, raise_errors: bool = True) -> None:
+    def _wait_hooks(self, raise_errors: bool = True) -> list[BaseException]:
+        """Wait for the bookkeeping thread's work; raise its first error, or (when not
+        ``raise_errors``) return them all."""
         if self._hook_futures:
             self._background(self._dirs.discard)  # temp dirs prepared for builds not run
             self._background(self._close_bookkeeping_store)
@@ -405,6 +418,7 @@ class Builder(Producing, Checking):
             pool.shutdown(wait=True)
         if errors and raise_errors:
             raise errors[0]
+        return errors
 
 
 class _Serialized:

@@ -42,11 +42,15 @@ class Checking:
     """The rebuild half of ``build.Builder`` (a mixin: it uses the builder's ``store``,
     ``opts``, ``say``, ``get_drv``, ``_produce`` and ``_tmp_root``)."""
 
-    def rebuild(self, drv_path: str, vary: Variation | None = None) -> list[OutputComparison]:
+    def rebuild(
+        self, drv_path: str, vary: Variation | None = None, keep_hint: str = ""
+    ) -> list[OutputComparison]:
         """Build ``drv_path`` again into a scratch directory (its outputs must be valid)
         and compare each output's NAR hash with the registered one. Nothing is
         registered; the rebuilt trees are removed afterwards. ``vary`` changes the
-        conditions of the rebuild (``store/vary.py``)."""
+        conditions of the rebuild (``store/vary.py``). A differing rebuild is kept under
+        ``keep_failed``; otherwise its differences end with a note that it was removed,
+        followed by ``keep_hint`` (how the caller's user keeps it)."""
         from . import nar
         from .checkdiff import describe_differences
 
@@ -80,13 +84,13 @@ class Checking:
                 )
                 out.append(OutputComparison(name, o.path, info.nar_hash, h, diff))
             if not all(c.identical for c in out):
-                out = self._keep_rebuild(out, tmp, produced, drv)
+                out = self._keep_rebuild(out, tmp, produced, drv, keep_hint)
         finally:
             release_tmpdir(tmp, owner)
         return out
 
     def _keep_rebuild(
-        self, out: list[OutputComparison], tmp: Path, produced: dict, drv: Derivation
+        self, out: list[OutputComparison], tmp: Path, produced: dict, drv: Derivation, hint: str
     ) -> list[OutputComparison]:
         """Under ``keep_failed`` move the differing rebuild out of the scratch dir (about
         to be removed) and say where each rebuilt output is; otherwise say the rebuild is
@@ -105,7 +109,7 @@ class Checking:
                 elif self.opts.keep_failed:
                     text += note  # why it could not be kept
                 else:
-                    text += "\nthe rebuild was removed (--keep-failed keeps it)"
+                    text += "\nthe rebuild was removed" + (f" ({hint})" if hint else "")
                 c = replace(c, differences=text)
             done.append(c)
         return done
@@ -121,7 +125,7 @@ class Checking:
         else:
             self.say(f"checking {drv_path}")
         try:
-            comparisons = self.rebuild(drv_path, vary)
+            comparisons = self.rebuild(drv_path, vary, keep_hint="--keep-failed keeps it")
         finally:
             if vary is not None and vary.tmp_parent is not None:
                 shutil.rmtree(vary.tmp_parent.parents[2], ignore_errors=True)

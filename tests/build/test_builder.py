@@ -167,12 +167,43 @@ def test_keep_going_builds_what_does_not_depend_on_a_failure(store, graph, jobs)
     assert list(e.value.failed) == [boom] and sorted(e.value.skipped) == sorted([above, top])
     msg = str(e.value)
     assert (
-        f"1 build failed (reported above): {boom}" in msg and "2 not attempted because an input failed" in msg
+        f"1 derivation failed (reported above): {boom}" in msg
+        and "2 not attempted because an input failed" in msg
     )
     assert any("exit status 3" in m and boom in m for m in said if m.startswith("error: "))
     assert store.real_path(okd.output_path()).read_text() == "fine\n"
     assert store.is_valid(okd.output_path())
     assert [r.drv_path for r in e.value.results] == [ok]
+
+
+def test_keep_going_checks_every_root_and_survives_a_failing_hook(store, graph):
+    """-k with --check: a root that is not deterministic fails, the others are still
+    checked; a signing/provenance hook that fails is reported, not put in place of the
+    build failures (whose list, and the realised roots, were lost)."""
+    nd1, _ = graph.drv("nd1", "cat /proc/sys/kernel/random/uuid > $out")
+    det, detd = graph.drv("det", "echo same > $out")
+    nd2, _ = graph.drv("nd2", "cat /proc/sys/kernel/random/uuid > $out")
+    builder(store).realise([nd1, det, nd2])
+    said: list[str] = []
+    b = Builder(store, BwrapExecutor(), BuildOptions(check=True, keep_going=True), say=said.append)
+    with pytest.raises(BuildFailures) as e:
+        b.realise([nd1, det, nd2])
+    assert sorted(e.value.failed) == sorted([nd1, nd2]) and [r.drv_path for r in e.value.results] == [det]
+    assert sum(m.startswith("checking ") for m in said) == 3
+
+    def broken_hook(*a, **kw):  # noqa: ANN002, ANN003, ANN202
+        raise RuntimeError("signing broke")
+
+    boom, _ = graph.drv("boom2", "exit 3")
+    ok, okd = graph.drv("fine2", "echo fine > $out")
+    said.clear()
+    b = Builder(
+        store, BwrapExecutor(), BuildOptions(keep_going=True), after_build=broken_hook, say=said.append
+    )
+    with pytest.raises(BuildFailures) as e:
+        b.realise([boom, ok])
+    assert list(e.value.failed) == [boom] and [r.drv_path for r in e.value.results] == [ok]
+    assert "error: signing broke" in said and store.is_valid(okd.output_path())
 
 
 def test_without_keep_going_jobs_1_stops_at_the_first_failure(store, graph):
@@ -326,6 +357,9 @@ def test_check_keep_failed_keeps_the_differing_rebuild(store, graph):
         builder(store, check=True).realise([a])
     msg = str(e.value)
     assert "the rebuild was removed (--keep-failed keeps it)" in msg and "check-nondet2-" not in msg
+    # ``kiln rebuild`` (Builder.rebuild, no -K of its own) is not told about --keep-failed
+    [c] = builder(store).rebuild(a)
+    assert c.differences.endswith("\nthe rebuild was removed") and "keep" not in c.differences
     with pytest.raises(NotDeterministic) as e:
         builder(store, check=True, keep_failed=True).realise([a])
     where = str(e.value).split("rebuilt output kept at ")[1].split("\n")[0]
