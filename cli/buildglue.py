@@ -156,6 +156,10 @@ def make_substituter(urls: list[str], trusted_keys: list[str], sigs_needed: int 
 
             raise KilnError(f"KILN_SIGS_NEEDED must be a whole number >= 0, found {raw[:40]!r}")
         needed = int(raw)
+    if needed == 0:
+        from .common import warn_no_signatures
+
+        warn_no_signatures("substitutes are fetched")
     tokens = {}
     for item in os.environ.get("KILN_SUBSTITUTER_TOKENS", "").split():
         url, eq, token = item.rpartition("=")

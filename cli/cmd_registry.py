@@ -22,7 +22,7 @@ from pathlib import Path
 from kiln.store.errors import KilnError
 from kiln.store.signing import PublicKey, load_public_key, load_secret_key
 
-from .common import add_store_arg, store_root, whole_number
+from .common import add_store_arg, store_root, warn_no_signatures, whole_number
 
 
 def _trusted(args: argparse.Namespace, env: bool = True) -> list[PublicKey]:
@@ -241,6 +241,8 @@ def _verify_registry(src, args: argparse.Namespace) -> int:  # noqa: ANN001 - a 
 
     trusted = _trusted(args)
     needed = args.sigs_needed if args.sigs_needed is not None else (1 if trusted else 0)
+    if needed == 0 and trusted:  # keys given, and then not used
+        warn_no_signatures("the registry is verified")
     rep = verify_dir(src, trusted=trusted, sigs_needed=needed, delete_bad=args.delete_bad, jobs=args.jobs)
     if args.json:
         doc = {
@@ -341,8 +343,7 @@ def cmd_copy(argv: list[str]) -> int:
         )
     trusted = _trusted(args)
     if args.sigs_needed == 0:
-        # as Nix's require-sigs = false: allowed, but never silently
-        print("warning: --sigs-needed 0: paths are copied without checking any signature", file=sys.stderr)
+        warn_no_signatures("paths are copied")
     if args.dst == "store":
         store = _open_store(args, args.store_dir, create=True)
         n = rcopy.to_store(

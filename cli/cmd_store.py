@@ -133,6 +133,10 @@ def _cmd_init(args) -> int:
 
 
 def _cmd_add(args) -> int:
+    if args.add_root is not None:
+        from kiln.store.localstore import check_root_name
+
+        check_root_name(args.add_root)  # before the copy, not after it
     with _open(args, create=True) as s:
         path = s.add_path(args.path, name=args.name).path
         if args.add_root is not None:
@@ -153,10 +157,16 @@ def _cmd_cat(args) -> int:
 
     with _open(args) as s:
         path, sub = _path(s, args.path)
-        with tempfile.SpooledTemporaryFile(
-            CAT_IN_MEMORY, dir=s.root / "tmp", prefix=f"{os.getpid()}-cat-"
-        ) as f:
-            nar.cat_into(s.nar(path), "/".join(x for x in (sub, args.subpath.strip("/")) if x), f.write)
+        spool = s.root / "tmp"
+        with tempfile.SpooledTemporaryFile(CAT_IN_MEMORY, dir=spool, prefix=f"{os.getpid()}-cat-") as f:
+            try:
+                nar.cat_into(s.nar(path), "/".join(x for x in (sub, args.subpath.strip("/")) if x), f.write)
+            except OSError as e:  # the spool's disk, not the store's contents
+                from kiln.store.errors import StoreError
+
+                raise StoreError(
+                    f"cannot hold {path} in {spool} while it is verified: {e.strerror}"
+                ) from None
             f.seek(0)
             for piece in iter(lambda: f.read(1 << 20), b""):
                 _out(piece)

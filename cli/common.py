@@ -44,6 +44,12 @@ def default_home() -> Path:
     return Path(default_home_dir())
 
 
+def warn_no_signatures(what: str) -> None:
+    """Say that a threshold of 0 signatures turns checking off (as Nix's
+    ``require-sigs = false``: allowed, never silent)."""
+    print(f"warning: --sigs-needed 0: {what} without checking any signature", file=sys.stderr)
+
+
 def private_keys_dir(d: Path) -> Path:
     """Make the keys directory ``d`` (``$KILN_HOME/keys``) 0700: created so, or narrowed
     if it is ours and others may list it (a first ``kiln build`` made it 0755 before).
@@ -187,8 +193,9 @@ def run_command(fn: Callable[[list[str]], int], argv: list[str], debug: bool = F
             both = f"{e.filename} -> {e.filename2}" if e.filename2 is not None else e.filename
             print(f"error: {e.strerror}: {both}", file=sys.stderr)
             return 1
-        if any(c.__module__ == "sqlite3" and c.__name__ == "DatabaseError" for c in type(e).__mro__):
-            # damage found after opening (opening itself names the file: ``db.connect``)
+        if type(e).__module__ == "sqlite3" and type(e).__name__ in ("DatabaseError", "OperationalError"):
+            # damage or I/O trouble found after opening (opening names the file:
+            # ``db.connect``); its other errors (ProgrammingError...) are kiln's bugs
             print(f"error: store database: {e}", file=sys.stderr)
             return 1
         if isinstance(e, OSError) and e.errno in _ENVIRONMENT_ERRNOS:

@@ -145,7 +145,12 @@ class Registry(WriteAPI):
         except ConnectionResetError as e:
             # the client went away mid-request (a cancelled push): normal, one line, no
             # traceback; the answer is never seen (aiohttp drops it quietly)
-            print(f"kiln serve: {request.method} {path}: client went away ({e})", file=sys.stderr, flush=True)
+            # (repr: a %0A in the path must not forge log lines)
+            print(
+                f"kiln serve: {request.method} {path[:200]!r}: client went away ({e})",
+                file=sys.stderr,
+                flush=True,
+            )
             return plain(400, "error: connection lost")
         except OSError as e:
             if e.errno in _FULL:  # the registry's disk, not the request: say so (507)

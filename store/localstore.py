@@ -44,6 +44,13 @@ CONFIG_VERSION = 1
 _SUBDIRS = ("objects", "gcroots", "temproots", "quarantine", "tmp", "locks")
 
 
+def check_root_name(name: str) -> str:
+    """``name`` if it can name a GC root (``gcroots/<name>``), else ``StoreError``."""
+    if not name or "/" in name or name.startswith("."):
+        raise StoreError(f"invalid GC root name {name!r} (no '/', not starting with '.')")
+    return name
+
+
 class LocalStore(Registering):
     """A local store rooted at ``root`` whose logical store dir is ``store_dir``.
 
@@ -220,8 +227,7 @@ class LocalStore(Registering):
     def add_root(self, name: str, path: str) -> Path:
         """Make ``gcroots/<name>`` a symlink to the tree of valid ``path`` (replacing an
         existing root of that name atomically)."""
-        if not name or "/" in name or name.startswith("."):
-            raise StoreError(f"invalid GC root name {name!r} (no '/', not starting with '.')")
+        check_root_name(name)
         link = self.root / "gcroots" / name
         tmp = self.root / "gcroots" / f".{name}.{os.urandom(4).hex()}"
         # under the GC lock: a collector that already listed the roots cannot delete

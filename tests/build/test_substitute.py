@@ -153,6 +153,13 @@ def test_no_substitute_builds_locally_whatever_the_environment_says(served):
     assert r.stderr.count("building") == 2
 
 
+def test_sigs_needed_0_substitutes_but_says_nothing_is_checked(served):
+    url, _, app, app_drv, b_store, home = served
+    r = _build(home, app, "--substituter", url, "--sigs-needed", "0")
+    assert r.returncode == 0 and "building" not in r.stderr, r.stderr
+    assert "warning: --sigs-needed 0: substitutes are fetched without checking any signature" in r.stderr
+
+
 def test_untrusted_signature_means_build_locally(served):
     url, _, app, app_drv, b_store, home = served
     other = SecretKey.generate("someone-else").public().to_text()

@@ -374,7 +374,7 @@ def test_a_client_gone_mid_batch_is_one_line_in_the_log(setup, keys) -> None:
     assert list((reg / ".kiln" / "tmp").iterdir()) == []
     srv.stop()
     err = srv.proc.stderr.read()
-    assert "Traceback" not in err and "POST /upload-batch: client went away" in err, err
+    assert "Traceback" not in err and "POST '/upload-batch': client went away" in err, err
 
 
 def _frame(hp: str, text: bytes, nar: bytes = b"") -> bytes:

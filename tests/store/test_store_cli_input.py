@@ -151,28 +151,36 @@ def _limited(limit: int):
 def test_cat_and_dump_fail_loudly_when_stdout_cannot_take_it_all(tmp_path):
     """Under a file size limit (a full disk behaves the same) ``store cat`` wrote what fit
     and exited 0; ``dump`` was an "internal error". Both are now a plain error, exit 1.
-    A big file is cat whole and byte for byte, without being held in memory."""
+    A file past the in-memory spool goes to the store's tmp/ while it is verified (a
+    limit there is named as such), and is cat whole and byte for byte."""
     src = tmp_path / "one"
     src.mkdir()
-    data = os.urandom(3 << 20) + os.urandom(40 << 20)  # past the in-memory part of the spool
-    (src / "f").write_bytes(data)
+    small = os.urandom(3 << 20)  # held in memory while it is verified
+    big = os.urandom(43 << 20)  # past the in-memory part of the spool
+    (src / "small").write_bytes(small)
+    (src / "big").write_bytes(big)
     st = str(tmp_path / "st")
     path = kiln("store", "add", "--store", st, str(src)).stdout.strip()
-    for cmd in (["cat", path, "f"], ["dump", path]):
+
+    def run(*cmd: str, limit: int | None = 1 << 20) -> subprocess.CompletedProcess:
         with open(tmp_path / "out", "wb") as out:
-            r = subprocess.run(
+            return subprocess.run(
                 [sys.executable, "-m", "kiln", "store", *cmd, "--store", st],
                 stdout=out,
                 stderr=subprocess.PIPE,
-                preexec_fn=_limited(1 << 20),
+                text=True,
+                preexec_fn=_limited(limit) if limit else None,
             )
-        # (Python ignores SIGXFSZ, so the write fails with EFBIG instead of killing it)
-        assert r.returncode == 1 and r.stderr.decode() == "error: File too large\n", (cmd, r.stderr)
-    with open(tmp_path / "out", "wb") as out:
-        r = subprocess.run(
-            [sys.executable, "-m", "kiln", "store", "cat", path, "f", "--store", st], stdout=out
-        )
-    assert r.returncode == 0 and (tmp_path / "out").read_bytes() == data
+
+    # (Python ignores SIGXFSZ, so the write fails with EFBIG instead of killing it)
+    for cmd in (["cat", path, "small"], ["dump", path]):
+        r = run(*cmd)
+        assert r.returncode == 1 and r.stderr == "error: File too large\n", (cmd, r.stderr)
+    r = run("cat", path, "big")
+    assert r.returncode == 1 and r.stderr.startswith(
+        f"error: cannot hold {path} in {st}/tmp while it is verified"
+    )
+    assert run("cat", path, "big", limit=None).returncode == 0 and (tmp_path / "out").read_bytes() == big
 
 
 def test_adding_the_stores_temp_directory_is_refused(tmp_path):
@@ -310,3 +318,12 @@ def test_dump_of_a_corrupt_object_never_gives_restore_a_whole_nar(tmp_path):
 def kiln_bytes(*args: str) -> bytes:
     r = subprocess.run([sys.executable, "-m", "kiln", *args], capture_output=True, check=True)
     return r.stdout
+
+
+def test_a_bad_root_name_is_refused_before_the_copy(tmp_path):
+    st = tmp_path / "st"
+    src = make_tree(tmp_path / "src", {"a": "x\n"})
+    for bad in (".x", "a/b", ""):
+        r = kiln("store", "add", "--store", str(st), "--add-root", bad, str(src))
+        assert r.returncode == 1 and "invalid GC root name" in r.stderr, r.stderr
+    assert not st.exists()  # nothing was copied (not even a store made)
