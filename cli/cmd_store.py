@@ -138,7 +138,15 @@ def _cmd_add(args) -> int:
 
         check_root_name(args.add_root)  # before the copy, not after it
     with _open(args, create=True) as s:
-        path = s.add_path(args.path, name=args.name).path
+        try:
+            path = s.add_path(args.path, name=args.name).path
+        except OSError as e:
+            if e.filename is not None or e.errno is None:
+                raise
+            # a write of the object or the copy (full disk, size limit) names no file
+            from kiln.store.errors import StoreError
+
+            raise StoreError(f"cannot write into the store at {s.root}: {e.strerror}") from None
         if args.add_root is not None:
             s.add_root(args.add_root, path)  # still held by this store object's temp root
         print(path)

@@ -327,3 +327,24 @@ def test_a_bad_root_name_is_refused_before_the_copy(tmp_path):
         r = kiln("store", "add", "--store", str(st), "--add-root", bad, str(src))
         assert r.returncode == 1 and "invalid GC root name" in r.stderr, r.stderr
     assert not st.exists()  # nothing was copied (not even a store made)
+
+
+def test_a_full_store_disk_names_the_store(tmp_path):
+    """A write that hits a size limit (a full disk's stand-in) during add names the
+    store it was writing into, and leaves nothing valid or half-written behind."""
+    st = tmp_path / "st"
+    src = tmp_path / "big"
+    src.mkdir()
+    (src / "f").write_bytes(os.urandom(4 << 20))
+    kiln("store", "init", "--store", str(st))
+    r = subprocess.run(
+        [sys.executable, "-m", "kiln", "store", "add", "--store", str(st), str(src)],
+        capture_output=True,
+        text=True,
+        preexec_fn=_limited(1 << 20),
+    )
+    assert (
+        r.returncode == 1 and r.stderr == f"error: cannot write into the store at {st}: File too large\n"
+    ), r.stderr
+    assert os.listdir(st / "tmp") == [] or all(n.endswith(".lock") for n in os.listdir(st / "tmp"))
+    assert kiln("store", "verify", "--store", str(st)).returncode == 0
