@@ -354,10 +354,11 @@ class Registering:
             try:
                 move_into_place(tree, self.real_store / sp.base, tmp / "stale")
             except OSError as e:
-                # name the store directory, not the temp tree. The object stays for GC: a
-                # writer of another path with the same NAR may be using it (only GC's
-                # exclusive lock makes deleting an object safe)
-                raise StoreError(f"cannot place {info.path} in {self.real_store}: {e.strerror}") from None
+                # name the store directory, not the temp tree (same errno: a full disk is
+                # still one to the server's 507). The object stays for GC: a writer of
+                # another path with the same NAR may be using it (only GC's exclusive
+                # lock makes deleting an object safe)
+                raise OSError(e.errno, e.strerror, str(self.real_store)) from None
             info = replace(info, registration_time=int(time.time()))
             db.insert(self.conn, info, sp.hash_part)
             return info
