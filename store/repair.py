@@ -7,6 +7,8 @@ the valid path never lacks its tree nor, killed at any moment, has a writable on
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import time
 from dataclasses import replace
@@ -15,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from . import db, nar
 from .errors import KilnError
+from .hashes import Hash
 from .ingest import TreeIngest
 from .locks import FileLock, path_lock_file
 from .nar_restore import fsync_dir, write_all
@@ -122,8 +125,9 @@ def _rebuild_object(store: LocalStore, info: PathInfo, tmp: Path) -> str:
     db.set_file(store.conn, info.path, oi.file_hash, oi.file_size)  # durably: see db.set_file
     if old is not None and old.name.split(".")[0] != oi.file_hash.hex:
         assert info.file_hash is not None
-        if not db.file_hash_in_use(store.conn, info.file_hash.to_nix32()):
-            old.unlink(missing_ok=True)
+        in_use = db.file_hash_in_use(store.conn, info.file_hash.to_nix32())
+        if not in_use and _take_if_bad(old, tmp / "old-object", info.file_hash):
+            os.unlink(tmp / "old-object")
     return f"object rebuilt from the tree ({oi.file_hash.hex[:16]}...)"
 
 
@@ -151,8 +155,31 @@ def _quarantine(store: LocalStore, info: PathInfo) -> Path:
     if info.file_hash is not None:
         obj = store.objects / object_rel_path(info.file_hash)
         if obj.exists() and not db.file_hash_in_use(store.conn, info.file_hash.to_nix32()):
-            os.rename(obj, dest / obj.name)
+            _take_if_bad(obj, dest / obj.name, info.file_hash)
     return dest
+
+
+def _take_if_bad(obj: Path, dest: Path, file_hash: Hash) -> bool:
+    """Move the object ``obj``, which no row used a moment ago, to ``dest``; put it back
+    if it is a good object (True: taken). Between that check and the move a writer of
+    another path with the same content may have published its (good) copy under the same
+    name and registered its path, which must not lose it: only GC's exclusive lock keeps
+    writers out, and repair does not hold it. The file moved decides: one that hashes as
+    its name says is such a copy (the bad one was replaced), and goes back at once."""
+    try:
+        os.rename(obj, dest)
+    except FileNotFoundError:
+        return False
+    h = hashlib.sha256()
+    with open(dest, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    if h.digest() != file_hash.digest:
+        return True
+    with contextlib.suppress(FileExistsError):  # (a newer copy is there already: the same bytes)
+        os.link(dest, obj)
+    os.unlink(dest)
+    return False
 
 
 def _write_durably(path: Path, text: str) -> None:

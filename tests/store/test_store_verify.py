@@ -215,3 +215,33 @@ def test_a_content_addressed_path_with_a_bad_object_repairs_clean_under_sigs_nee
     key = SecretKey.generate("test-1")
     r = store.verify(repair=True, trusted=[key.public()], sigs_needed=1)
     assert r.ok, r.problems
+
+
+def test_a_quarantine_never_takes_the_object_another_path_just_registered(store, tmp_path, monkeypatch):
+    """Path A (bad tree, bad object) is quarantined while ``store add`` registers B, with
+    the same content under another name and so the same object: B publishes its good
+    copy and commits its row between repair's "no row uses the object" and the move.
+    The move used to take B's good object into quarantine (B valid, object missing)."""
+    from kiln.store import repair
+    from kiln.store.localstore import LocalStore
+
+    src = make_tree(tmp_path / "src", {"f": "alpha\n" * 1000})
+    a = store.add_path(src, name="qa")
+    _corrupt_file(store.real_path(a.path) / "f")
+    _corrupt_object(store, a.path)
+    real_check = repair.db.file_hash_in_use
+    added: list[str] = []
+
+    def stale_check(conn, file_hash):  # noqa: ANN001, ANN202 - B lands right after the check
+        answer = real_check(conn, file_hash)
+        if not added:
+            with LocalStore.open(store.root) as other:
+                added.append(other.add_path(src, name="qb").path)
+        return answer
+
+    monkeypatch.setattr(repair.db, "file_hash_in_use", stale_check)
+    r = store.verify(repair=True)
+    monkeypatch.setattr(repair.db, "file_hash_in_use", real_check)
+    assert r.quarantined == (a.path,) and added
+    assert store.verify().ok, store.verify().problems  # B has its object
+    assert store.is_valid(added[0]) and b"".join(store.nar(added[0]))
