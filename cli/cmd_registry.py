@@ -282,16 +282,16 @@ def cmd_push(argv: list[str]) -> int:
     from kiln.registry.client import open_client
     from kiln.registry.push import push
 
-    store = _open_store(args)
-    paths = [store.resolve(a)[0] for a in args.paths]
-    sk = load_secret_key(args.sign_key) if args.sign_key else None
-    rep = push(
-        store,
-        paths,
-        lambda: open_client(args.to, args.token, args.jobs, store.store_dir),
-        jobs=args.jobs,
-        sign_key=sk,
-    )
+    with _open_store(args) as store:
+        paths = [store.resolve(a)[0] for a in args.paths]
+        sk = load_secret_key(args.sign_key) if args.sign_key else None
+        rep = push(
+            store,
+            paths,
+            lambda: open_client(args.to, args.token, args.jobs, store.store_dir),
+            jobs=args.jobs,
+            sign_key=sk,
+        )
     print(
         f"pushed {rep.pushed} of {rep.closure} paths ({rep.nars_uploaded} NARs, {rep.bytes_uploaded} bytes, "
         f"{rep.attestations_uploaded} attestations)"
@@ -345,16 +345,16 @@ def cmd_copy(argv: list[str]) -> int:
     if args.sigs_needed == 0:
         warn_no_signatures("paths are copied")
     if args.dst == "store":
-        store = _open_store(args, args.store_dir, create=True)
-        n = rcopy.to_store(
-            args.src,
-            store,
-            args.paths,
-            trusted,
-            args.sigs_needed,
-            args.jobs,
-            token=args.from_token or args.token,  # --token has no other use here
-        )
+        with _open_store(args, args.store_dir, create=True) as store:
+            n = rcopy.to_store(
+                args.src,
+                store,
+                args.paths,
+                trusted,
+                args.sigs_needed,
+                args.jobs,
+                token=args.from_token or args.token,  # --token has no other use here
+            )
         print(f"copied {n} paths into {store.root}")
         return 0
     n = asyncio.run(

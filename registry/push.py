@@ -94,8 +94,13 @@ def levels(infos: dict[str, PathInfo]) -> list[list[str]]:
 
 def prepare(store, paths: list[str], sign_key: SecretKey | None = None) -> list[tuple[PathInfo, Path]]:  # noqa: ANN001
     """Closure of ``paths`` with infos and object files, signing with ``sign_key`` (and
-    recording that signature in the store) when given."""
+    recording that signature in the store) when given. The paths are made temp roots of
+    ``store`` first (validity checked after): a GC meanwhile must not delete the objects
+    being uploaded."""
     out = []
+    keep = getattr(store, "keep", None)
+    if keep is not None:
+        keep(paths)
     for p in store.closure(paths):
         info = store.query(p)
         if info is None or info.file_hash is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -215,6 +216,38 @@ def test_counts_are_checked_before_anything_runs(pushed, tmp_path) -> None:
     assert r.returncode == 2 and "expected a whole number >= 1" in r.stderr
     r = kiln("copy", "--store", d, "--from", srv.url, "--to", "store", chain[0], "--sigs-needed", "0")
     assert r.returncode == 0 and "warning: --sigs-needed 0" in r.stderr, r.stderr
+
+
+def test_push_holds_what_it_sends_and_commands_leave_no_temp_roots(pushed, keys, tmp_path) -> None:
+    """A push makes its paths temp roots before reading them (a GC meanwhile deleted the
+    objects being uploaded), and ``copy``/``push`` leave no ``temproots/<pid>`` behind."""
+    from kiln.store.localstore import LocalStore
+
+    store = make_store(tmp_path / "s2")
+    leaf = add_tree(store, tmp_path, "unrooted", "data\n")
+    infos = prepare(store, [leaf])
+    with LocalStore.open(store.root) as other:
+        other.gc()
+    assert store.is_valid(leaf) and infos[0][1].exists()
+    store.close()
+    _src, chain, _leaf, _reg, _tok, srv = pushed
+    d = tmp_path / "d"
+    r = kiln(
+        "copy",
+        "--store",
+        str(d),
+        "--from",
+        srv.url,
+        "--to",
+        "store",
+        chain[0],
+        "--trusted-key",
+        str(keys.pk_file),
+    )
+    assert r.returncode == 0, r.stderr
+    r = kiln("push", "--store", str(d), chain[0], "--to", f"file://{tmp_path / 'r3'}")
+    assert r.returncode == 0, r.stderr
+    assert os.listdir(d / "temproots") == []
 
 
 def test_wrong_key_rejected(pushed, other_keys, tmp_path) -> None:
