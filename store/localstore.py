@@ -288,10 +288,11 @@ def _release(conn: sqlite3.Connection, scratch: Path, temproots: TempRoots, regi
     database connection (a committed WAL is checkpointed and removed) and remove the
     scratch directory, which should be empty now; a scratch directory already gone or
     still in use is left for GC."""
-    if temproots.users > 1:  # others in this process keep the file: drop only ours
-        temproots.remove(registered)
-    registered.clear()
-    temproots.release()  # (the last user deletes the file: no rewrite, no GC lock)
+    if temproots.pid == os.getpid():  # (a forked child must not touch its parent's file)
+        if temproots.users > 1:  # others in this process keep the file: drop only ours
+            temproots.remove(registered)
+        registered.clear()
+        temproots.release()  # (the last user deletes the file: no rewrite, no GC lock)
     conn.close()
     with contextlib.suppress(OSError):
         os.rmdir(scratch)
