@@ -232,18 +232,7 @@ def test_push_holds_what_it_sends_and_commands_leave_no_temp_roots(pushed, keys,
     store.close()
     _src, chain, _leaf, _reg, _tok, srv = pushed
     d = tmp_path / "d"
-    r = kiln(
-        "copy",
-        "--store",
-        str(d),
-        "--from",
-        srv.url,
-        "--to",
-        "store",
-        chain[0],
-        "--trusted-key",
-        str(keys.pk_file),
-    )
+    r = kiln("copy", "--store", str(d), "--from", srv.url, "--to", "store", chain[0], "--trusted-key", str(keys.pk_file))  # fmt: skip
     assert r.returncode == 0, r.stderr
     r = kiln("push", "--store", str(d), chain[0], "--to", f"file://{tmp_path / 'r3'}")
     assert r.returncode == 0, r.stderr
