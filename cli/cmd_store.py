@@ -132,6 +132,16 @@ def _cmd_init(args) -> int:
     return 0
 
 
+def _write_limits() -> frozenset[int]:
+    import errno
+
+    return frozenset(getattr(errno, n) for n in ("ENOSPC", "EFBIG", "EDQUOT", "EROFS") if hasattr(errno, n))
+
+
+#: errors of a write into the store that hit the machine's limits (not a read of the source)
+_WRITE_LIMITS = _write_limits()
+
+
 def _cmd_add(args) -> int:
     if args.add_root is not None:
         from kiln.store.localstore import check_root_name
@@ -141,7 +151,7 @@ def _cmd_add(args) -> int:
         try:
             path = s.add_path(args.path, name=args.name).path
         except OSError as e:
-            if e.filename is not None or e.errno is None:
+            if e.filename is not None or e.errno not in _WRITE_LIMITS:
                 raise
             # a write of the object or the copy (full disk, size limit) names no file
             from kiln.store.errors import StoreError

@@ -73,9 +73,7 @@ class LocalStore(Registering):
         self._scratch_dir = self.tmp / f"{os.getpid()}-{os.urandom(6).hex()}"
         # close() runs this; so does exit (the kiln command ends without interpreter
         # teardown, kiln.main.exit_now) or collection, for owners that never call close()
-        self._release = weakref.finalize(
-            self, _release, self.conn, self._scratch_dir, self.temproots, self._registered
-        )
+        self._release = weakref.finalize(self, _release, self.conn, self._scratch_dir)
 
     # ------------------------------------------------------------------ opening
 
@@ -115,7 +113,10 @@ class LocalStore(Registering):
         """Drop this object's temp roots and close the database."""
         if self.conn is None:
             return
-        self._release()  # drops the temp roots, closes the connection
+        self.temproots.remove(self._registered)
+        self._registered.clear()
+        self.temproots.release()
+        self._release()  # closes the connection
         self.conn = None
 
     def __enter__(self) -> LocalStore:
@@ -282,17 +283,12 @@ class LocalStore(Registering):
         self._registered.extend(paths)
 
 
-def _release(conn: sqlite3.Connection, scratch: Path, temproots: TempRoots, registered: list[str]) -> None:
-    """Drop a store object's temp roots (the process's file goes with its last user: a
-    command that never closed its store left ``temproots/<pid>`` behind), close the
-    database connection (a committed WAL is checkpointed and removed) and remove the
-    scratch directory, which should be empty now; a scratch directory already gone or
-    still in use is left for GC."""
-    if temproots.pid == os.getpid():  # (a forked child must not touch its parent's file)
-        if temproots.users > 1:  # others in this process keep the file: drop only ours
-            temproots.remove(registered)
-        registered.clear()
-        temproots.release()  # (the last user deletes the file: no rewrite, no GC lock)
+def _release(conn: sqlite3.Connection, scratch: Path) -> None:
+    """Close the database connection (a committed WAL is checkpointed and removed) and
+    remove the scratch directory, which should be empty now; a scratch directory already
+    gone or still in use is left for GC. Takes no lock: it may run wherever the cyclic
+    garbage collector does (temp roots of a store never closed go at exit instead:
+    ``locks.TempRoots``)."""
     conn.close()
     with contextlib.suppress(OSError):
         os.rmdir(scratch)

@@ -108,6 +108,27 @@ class FileLock:
 DEAD_WRITER_MIN_AGE = 3600.0
 
 
+_exit_unlinks: set[tuple[int, str]] = set()
+
+
+def _at_exit_unlink(path: Path) -> None:
+    """Delete this process's temp-roots file ``path`` at exit even if no store object was
+    closed (a command that never closes its store left ``temproots/<pid>`` behind): the
+    roots die with the process anyway. Lock-free, so it cannot wait for a running GC."""
+    import atexit
+
+    if not _exit_unlinks:
+        atexit.register(_unlink_at_exit)
+    _exit_unlinks.add((os.getpid(), str(path)))
+
+
+def _unlink_at_exit() -> None:
+    for pid, path in list(_exit_unlinks):
+        if pid == os.getpid():  # (a forked child leaves its parent's file alone)
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+
 def left_by_dead_writer(
     entry: os.DirEntry, pid: int | None, now: float, min_age: float = DEAD_WRITER_MIN_AGE
 ) -> bool:
@@ -194,6 +215,7 @@ class TempRoots:
                 time.sleep(delay)
         os.ftruncate(fd, 0)
         self.fd = fd
+        _at_exit_unlink(path)
         return fd
 
     def add(self, paths: Iterable[str], *, locked: bool = False) -> None:

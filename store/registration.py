@@ -358,7 +358,7 @@ class Registering:
                 # still one to the server's 507). The object stays for GC: a writer of
                 # another path with the same NAR may be using it (only GC's exclusive
                 # lock makes deleting an object safe)
-                raise OSError(e.errno, e.strerror, str(self.real_store)) from None
+                raise OSError(e.errno, f"{e.strerror} (placing {info.path})", str(self.real_store)) from None
             info = replace(info, registration_time=int(time.time()))
             db.insert(self.conn, info, sp.hash_part)
             return info

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import stat
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -127,7 +128,7 @@ def _rebuild_object(store: LocalStore, info: PathInfo, tmp: Path) -> str:
         assert info.file_hash is not None
         in_use = db.file_hash_in_use(store.conn, info.file_hash.to_nix32())
         if not in_use and _take_if_bad(old, tmp / "old-object", info.file_hash):
-            os.unlink(tmp / "old-object")
+            remove_tree(tmp / "old-object")
     return f"object rebuilt from the tree ({oi.file_hash.hex[:16]}...)"
 
 
@@ -160,26 +161,44 @@ def _quarantine(store: LocalStore, info: PathInfo) -> Path:
 
 
 def _take_if_bad(obj: Path, dest: Path, file_hash: Hash) -> bool:
-    """Move the object ``obj``, which no row used a moment ago, to ``dest``; put it back
-    if it is a good object (True: taken). Between that check and the move a writer of
-    another path with the same content may have published its (good) copy under the same
-    name and registered its path, which must not lose it: only GC's exclusive lock keeps
-    writers out, and repair does not hold it. The file moved decides: one that hashes as
-    its name says is such a copy (the bad one was replaced), and goes back at once."""
+    """Move the object ``obj``, which no row used a moment ago, to ``dest`` if it is bad
+    (True: taken). Between that check and now a writer of another path with the same
+    content may have published its good copy under the same name and registered its path,
+    which must not lose it (only GC's exclusive lock keeps writers out; repair holds it
+    shared). So the file is hashed where it is, and only one that hashes wrong (or is not
+    a readable regular file) is moved; if the file moved is not the one hashed (a writer
+    replaced it in between), it goes back at once. Never raises for the file's state."""
+    try:
+        fd = os.open(obj, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return False
+    except OSError:  # a directory, a symlink, unreadable: bad whatever it holds
+        st = None
+    else:
+        try:
+            st = os.fstat(fd)
+            h = hashlib.sha256()
+            while chunk := os.read(fd, 1 << 20):
+                h.update(chunk)
+            if stat.S_ISREG(st.st_mode) and h.digest() == file_hash.digest:
+                return False  # good: a writer's copy (or repaired meanwhile); left in place
+        except OSError:
+            pass  # unreadable: bad
+        finally:
+            os.close(fd)
     try:
         os.rename(obj, dest)
     except FileNotFoundError:
         return False
-    h = hashlib.sha256()
-    with open(dest, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    if h.digest() != file_hash.digest:
-        return True
-    with contextlib.suppress(FileExistsError):  # (a newer copy is there already: the same bytes)
-        os.link(dest, obj)
-    os.unlink(dest)
-    return False
+    moved = os.lstat(dest)
+    if st is not None and (moved.st_dev, moved.st_ino) != (st.st_dev, st.st_ino):
+        # replaced by a writer between the hash and the move: that one is good
+        with contextlib.suppress(FileExistsError):
+            os.link(dest, obj)
+        fsync_dir(obj.parent)
+        os.unlink(dest)
+        return False
+    return True
 
 
 def _write_durably(path: Path, text: str) -> None:

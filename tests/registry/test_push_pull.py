@@ -221,21 +221,29 @@ def test_counts_are_checked_before_anything_runs(pushed, tmp_path) -> None:
 def test_push_holds_what_it_sends_and_commands_leave_no_temp_roots(pushed, keys, tmp_path) -> None:
     """A push makes its paths temp roots before reading them (a GC meanwhile deleted the
     objects being uploaded), and ``copy``/``push`` leave no ``temproots/<pid>`` behind."""
+    import subprocess
+    import sys
+
     from kiln.store.localstore import LocalStore
 
-    store = make_store(tmp_path / "s2")
-    leaf = add_tree(store, tmp_path, "unrooted", "data\n")
-    infos = prepare(store, [leaf])
-    with LocalStore.open(store.root) as other:
-        other.gc()
-    assert store.is_valid(leaf) and infos[0][1].exists()
-    store.close()
+    root = tmp_path / "s2"
+    with LocalStore.open(root) as adder:  # registered, then no longer held by anyone
+        leaf = add_tree(adder, tmp_path, "unrooted", "data\n")
+    with LocalStore.open(root) as store:
+        infos = prepare(store, [leaf])
+        with LocalStore.open(root) as other:
+            other.gc()
+        assert store.is_valid(leaf) and infos[0][1].exists()
     _src, chain, _leaf, _reg, _tok, srv = pushed
     d = tmp_path / "d"
     r = kiln("copy", "--store", str(d), "--from", srv.url, "--to", "store", chain[0], "--trusted-key", str(keys.pk_file))  # fmt: skip
     assert r.returncode == 0, r.stderr
     r = kiln("push", "--store", str(d), chain[0], "--to", f"file://{tmp_path / 'r3'}")
     assert r.returncode == 0, r.stderr
+    assert os.listdir(d / "temproots") == []
+    # a process that never closes its store (any library user) leaves no file either
+    code = f"from kiln.store.localstore import LocalStore; s = LocalStore.open({str(d)!r}); s.keep([{chain[0]!r}])"
+    subprocess.run([sys.executable, "-c", code], check=True)
     assert os.listdir(d / "temproots") == []
 
 

@@ -273,7 +273,8 @@ def test_a_store_dir_that_refuses_entries_is_named(tmp_path):
             subprocess.run(["chattr", "-i", str(real_store)], check=True)
         os.chmod(real_store, 0o755)
     says = "Operation not permitted" if immutable else "Permission denied"
-    assert r.returncode == 1 and r.stderr == f"error: {says}: {real_store}\n", r.stderr
+    assert r.returncode == 1 and r.stderr.startswith(f"error: {says} (placing /kiln/store/"), r.stderr
+    assert r.stderr.endswith(f"-src): {real_store}\n"), r.stderr
     assert ".tree" not in r.stderr
     assert kiln("store", "verify", "--store", str(st)).returncode == 0
 

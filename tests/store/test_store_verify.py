@@ -245,3 +245,18 @@ def test_a_quarantine_never_takes_the_object_another_path_just_registered(store,
     assert r.quarantined == (a.path,) and added
     assert store.verify().ok, store.verify().problems  # B has its object
     assert store.is_valid(added[0]) and b"".join(store.nar(added[0]))
+
+
+def test_a_quarantine_of_a_path_whose_object_is_a_directory_says_quarantined(store, tmp_path):
+    """An "object" that is a directory cannot be hashed: it is bad, moved aside with the
+    rest, and the path is reported quarantined (not a repair that failed after the path
+    was already invalidated)."""
+    src = make_tree(tmp_path / "src", {"f": "alpha\n" * 100})
+    a = store.add_path(src, name="qa")
+    _corrupt_file(store.real_path(a.path) / "f")
+    obj = store.object_path(a.path)
+    obj.unlink()
+    obj.mkdir()
+    r = store.verify(repair=True)
+    assert r.quarantined == (a.path,) and all(p.kind != "repair-failed" for p in r.problems), r.problems
+    assert not obj.exists() and not store.is_valid(a.path)
