@@ -123,7 +123,9 @@ def test_restore_cleans_up_when_terminated_and_after_a_kill(tmp_path):
         len(s).to_bytes(8, "little") + s + b"\0" * (-len(s) % 8)
         for s in (b"nix-archive-1", b"(", b"type", b"regular", b"contents")
     )
-    p.stdin.write(header + (1 << 30).to_bytes(8, "little") + b"x" * 4096)  # 1 GiB announced; within the pipe buffer
+    p.stdin.write(
+        header + (1 << 30).to_bytes(8, "little") + b"x" * 4096
+    )  # 1 GiB announced; within the pipe buffer
     p.stdin.flush()
     deadline = time.monotonic() + 20
     while not any(n.name.startswith(f".out.restore-{p.pid}-") for n in tmp_path.iterdir()):

@@ -260,3 +260,52 @@ def test_a_quarantine_of_a_path_whose_object_is_a_directory_says_quarantined(sto
     r = store.verify(repair=True)
     assert r.quarantined == (a.path,) and all(p.kind != "repair-failed" for p in r.problems), r.problems
     assert not obj.exists() and not store.is_valid(a.path)
+
+
+def test_an_object_rebuild_never_deletes_the_old_name_another_path_just_registered(
+    store, tmp_path, monkeypatch
+):
+    """Path A came as a foreign object (zstd level 3: another name than kiln's own for
+    the same NAR); it is corrupted, the tree is good, so repair re-archives A under kiln's
+    name and drops the old one. B, the same NAR under another name, imported from the same
+    foreign object, publishes that good copy and registers between repair's check and the
+    drop: the old code deleted it (B valid, object missing)."""
+    import io
+
+    import zstandard
+
+    from kiln.store import repair
+    from kiln.store.hashes import Hash
+    from kiln.store.localstore import LocalStore
+    from kiln.store.pathinfo import PathInfo
+    from kiln.store.paths import make_source_path
+
+    src = make_tree(tmp_path / "src", {"f": "alpha\n" * 1000})
+    nar_bytes = nar.dump_bytes(src)
+    foreign = zstandard.ZstdCompressor(level=3).compress(nar_bytes)
+    nar_hash = Hash.sha256_of(nar_bytes)
+
+    def info(name: str) -> PathInfo:
+        sp = make_source_path(name, nar_hash, store_dir=store.store_dir)
+        return PathInfo(
+            str(sp), nar_hash, len(nar_bytes), file_hash=Hash.sha256_of(foreign), file_size=len(foreign),
+            ca=f"fixed:r:sha256:{nar_hash.nix32}",
+        )  # fmt: skip
+
+    a = store.import_object(info("qa"), io.BytesIO(foreign))
+    _corrupt_object(store, a.path)
+    real_check = repair.db.file_hash_in_use
+    added: list[str] = []
+
+    def stale_check(conn, file_hash):  # noqa: ANN001, ANN202 - B lands right after the check
+        answer = real_check(conn, file_hash)
+        if not added:
+            with LocalStore.open(store.root) as other:
+                added.append(other.import_object(info("qb"), io.BytesIO(foreign)).path)
+        return answer
+
+    monkeypatch.setattr(repair.db, "file_hash_in_use", stale_check)
+    r = store.verify(repair=True)
+    monkeypatch.setattr(repair.db, "file_hash_in_use", real_check)
+    assert r.ok and not r.quarantined and added and "rebuilt" in r.problems[0].repaired
+    assert store.verify().ok, store.verify().problems  # B still has its object
