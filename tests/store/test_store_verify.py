@@ -217,31 +217,43 @@ def test_a_content_addressed_path_with_a_bad_object_repairs_clean_under_sigs_nee
     assert r.ok, r.problems
 
 
+def _repair_while_another_registers(store, monkeypatch, register):  # noqa: ANN001, ANN202
+    """``store.verify(repair=True)`` while another store object runs ``register`` right
+    after repair's first "does a row use this object" check (answered as it was before).
+    Returns the report and the paths ``register`` made valid."""
+    from kiln.store import repair
+    from kiln.store.localstore import LocalStore
+
+    real_check = repair.db.file_hash_in_use
+    added: list[str] = []
+
+    def stale_check(conn, file_hash):  # noqa: ANN001, ANN202
+        answer = real_check(conn, file_hash)
+        if not added:
+            with LocalStore.open(store.root) as other:
+                added.append(register(other).path)
+        return answer
+
+    monkeypatch.setattr(repair.db, "file_hash_in_use", stale_check)
+    try:
+        return store.verify(repair=True), added
+    finally:
+        monkeypatch.setattr(repair.db, "file_hash_in_use", real_check)
+
+
 def test_a_quarantine_never_takes_the_object_another_path_just_registered(store, tmp_path, monkeypatch):
     """Path A (bad tree, bad object) is quarantined while ``store add`` registers B, with
     the same content under another name and so the same object: B publishes its good
     copy and commits its row between repair's "no row uses the object" and the move.
     The move used to take B's good object into quarantine (B valid, object missing)."""
-    from kiln.store import repair
-    from kiln.store.localstore import LocalStore
 
     src = make_tree(tmp_path / "src", {"f": "alpha\n" * 1000})
     a = store.add_path(src, name="qa")
     _corrupt_file(store.real_path(a.path) / "f")
     _corrupt_object(store, a.path)
-    real_check = repair.db.file_hash_in_use
-    added: list[str] = []
-
-    def stale_check(conn, file_hash):  # noqa: ANN001, ANN202 - B lands right after the check
-        answer = real_check(conn, file_hash)
-        if not added:
-            with LocalStore.open(store.root) as other:
-                added.append(other.add_path(src, name="qb").path)
-        return answer
-
-    monkeypatch.setattr(repair.db, "file_hash_in_use", stale_check)
-    r = store.verify(repair=True)
-    monkeypatch.setattr(repair.db, "file_hash_in_use", real_check)
+    r, added = _repair_while_another_registers(
+        store, monkeypatch, lambda other: other.add_path(src, name="qb")
+    )
     assert r.quarantined == (a.path,) and added
     assert store.verify().ok, store.verify().problems  # B has its object
     assert store.is_valid(added[0]) and b"".join(store.nar(added[0]))
@@ -274,9 +286,7 @@ def test_an_object_rebuild_never_deletes_the_old_name_another_path_just_register
 
     import zstandard
 
-    from kiln.store import repair
     from kiln.store.hashes import Hash
-    from kiln.store.localstore import LocalStore
     from kiln.store.pathinfo import PathInfo
     from kiln.store.paths import make_source_path
 
@@ -294,18 +304,8 @@ def test_an_object_rebuild_never_deletes_the_old_name_another_path_just_register
 
     a = store.import_object(info("qa"), io.BytesIO(foreign))
     _corrupt_object(store, a.path)
-    real_check = repair.db.file_hash_in_use
-    added: list[str] = []
-
-    def stale_check(conn, file_hash):  # noqa: ANN001, ANN202 - B lands right after the check
-        answer = real_check(conn, file_hash)
-        if not added:
-            with LocalStore.open(store.root) as other:
-                added.append(other.import_object(info("qb"), io.BytesIO(foreign)).path)
-        return answer
-
-    monkeypatch.setattr(repair.db, "file_hash_in_use", stale_check)
-    r = store.verify(repair=True)
-    monkeypatch.setattr(repair.db, "file_hash_in_use", real_check)
+    r, added = _repair_while_another_registers(
+        store, monkeypatch, lambda other: other.import_object(info("qb"), io.BytesIO(foreign))
+    )
     assert r.ok and not r.quarantined and added and "rebuilt" in r.problems[0].repaired
     assert store.verify().ok, store.verify().problems  # B still has its object
