@@ -8,8 +8,8 @@ the valid path never lacks its tree nor, killed at any moment, has a writable on
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
+import shutil
 import stat
 import time
 from dataclasses import replace
@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING
 
 from . import db, nar
 from .errors import KilnError
-from .hashes import Hash
 from .ingest import TreeIngest
 from .locks import FileLock, path_lock_file
 from .nar_restore import fsync_dir, write_all
@@ -119,16 +118,16 @@ def _rebuild_object(store: LocalStore, info: PathInfo, tmp: Path) -> str:
         raise KilnError(f"cannot repair {info.path}: its tree changed while being re-archived")
     old = store.objects / object_rel_path(info.file_hash) if info.file_hash else None
     final = store.objects / object_rel_path(oi.file_hash)
-    if final.is_dir() and not final.is_symlink():
-        # an unreadable "object" that is a directory: a rename cannot replace it
-        os.rename(final, tmp / "bad-object")
+    # an unreadable "object" that is a directory: a rename cannot replace it
+    _set_aside_if_directory(final, tmp / "bad-object")
     publish_object(tmp / "object", store.objects, oi.file_hash)
     db.set_file(store.conn, info.path, oi.file_hash, oi.file_size)  # durably: see db.set_file
     if old is not None and old.name.split(".")[0] != oi.file_hash.hex:
         assert info.file_hash is not None
-        in_use = db.file_hash_in_use(store.conn, info.file_hash.to_nix32())
-        if not in_use and _take_if_bad(old, tmp / "old-object", info.file_hash):
-            remove_tree(tmp / "old-object")
+        # the old object stays for GC, which deletes it once no row uses it: repair holds
+        # the GC lock only shared, so a writer of another path with the same content may
+        # be publishing a good copy under that name and registering it right now
+        _set_aside_if_directory(old, tmp / "old-object")
     return f"object rebuilt from the tree ({oi.file_hash.hex[:16]}...)"
 
 
@@ -155,50 +154,23 @@ def _quarantine(store: LocalStore, info: PathInfo) -> Path:
         os.rename(real, dest / "tree")
     if info.file_hash is not None:
         obj = store.objects / object_rel_path(info.file_hash)
-        if obj.exists() and not db.file_hash_in_use(store.conn, info.file_hash.to_nix32()):
-            _take_if_bad(obj, dest / obj.name, info.file_hash)
+        # The object is left where it is, for GC (see _rebuild_object's note); only a copy
+        # of its bytes goes with the rest, as evidence
+        with contextlib.suppress(OSError):
+            if stat.S_ISREG(os.lstat(obj).st_mode):
+                shutil.copyfile(obj, dest / obj.name)
+        _set_aside_if_directory(obj, dest / obj.name)
     return dest
 
 
-def _take_if_bad(obj: Path, dest: Path, file_hash: Hash) -> bool:
-    """Move the object ``obj``, which no row used a moment ago, to ``dest`` if it is bad
-    (True: taken). Between that check and now a writer of another path with the same
-    content may have published its good copy under the same name and registered its path,
-    which must not lose it (only GC's exclusive lock keeps writers out; repair holds it
-    shared). So the file is hashed where it is, and only one that hashes wrong (or is not
-    a readable regular file) is moved; if the file moved is not the one hashed (a writer
-    replaced it in between), it goes back at once. Never raises for the file's state."""
-    try:
-        fd = os.open(obj, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except FileNotFoundError:
-        return False
-    except OSError:  # a directory, a symlink, unreadable: bad whatever it holds
-        st = None
-    else:
-        try:
-            st = os.fstat(fd)
-            h = hashlib.sha256()
-            while chunk := os.read(fd, 1 << 20):
-                h.update(chunk)
-            if stat.S_ISREG(st.st_mode) and h.digest() == file_hash.digest:
-                return False  # good: a writer's copy (or repaired meanwhile); left in place
-        except OSError:
-            pass  # unreadable: bad
-        finally:
-            os.close(fd)
-    try:
-        os.rename(obj, dest)
-    except FileNotFoundError:
-        return False
-    moved = os.lstat(dest)
-    if st is not None and (moved.st_dev, moved.st_ino) != (st.st_dev, st.st_ino):
-        # replaced by a writer between the hash and the move: that one is good
-        with contextlib.suppress(FileExistsError):
-            os.link(dest, obj)
-        fsync_dir(obj.parent)
-        os.unlink(dest)
-        return False
-    return True
+def _set_aside_if_directory(obj: Path, dest: Path) -> None:
+    """Move a directory standing at an object's name to ``dest``: no writer can rename a
+    file over it, so it is nobody's good copy, and it would stop the next writer of that
+    content (a file is left for GC). Never raises: this is tidying, not the repair."""
+    with contextlib.suppress(OSError):
+        if stat.S_ISDIR(os.lstat(obj).st_mode):
+            os.chmod(obj, 0o755)  # moving a directory to another parent needs write access to it
+            os.rename(obj, dest)
 
 
 def _write_durably(path: Path, text: str) -> None:

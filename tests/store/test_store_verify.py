@@ -218,27 +218,26 @@ def test_a_content_addressed_path_with_a_bad_object_repairs_clean_under_sigs_nee
 
 
 def _repair_while_another_registers(store, monkeypatch, register):  # noqa: ANN001, ANN202
-    """``store.verify(repair=True)`` while another store object runs ``register`` right
-    after repair's first "does a row use this object" check (answered as it was before).
-    Returns the report and the paths ``register`` made valid."""
+    """``store.verify(repair=True)`` while another store object runs ``register`` at the
+    moment repair deals with the path's old object (where it used to check that no row
+    uses it and then move or delete it). Returns the report and the paths made valid."""
     from kiln.store import repair
     from kiln.store.localstore import LocalStore
 
-    real_check = repair.db.file_hash_in_use
+    real = repair._set_aside_if_directory
     added: list[str] = []
 
-    def stale_check(conn, file_hash):  # noqa: ANN001, ANN202
-        answer = real_check(conn, file_hash)
+    def registering_first(obj, dest):  # noqa: ANN001, ANN202
         if not added:
             with LocalStore.open(store.root) as other:
                 added.append(register(other).path)
-        return answer
+        return real(obj, dest)
 
-    monkeypatch.setattr(repair.db, "file_hash_in_use", stale_check)
+    monkeypatch.setattr(repair, "_set_aside_if_directory", registering_first)
     try:
         return store.verify(repair=True), added
     finally:
-        monkeypatch.setattr(repair.db, "file_hash_in_use", real_check)
+        monkeypatch.setattr(repair, "_set_aside_if_directory", real)
 
 
 def test_a_quarantine_never_takes_the_object_another_path_just_registered(store, tmp_path, monkeypatch):
