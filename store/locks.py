@@ -108,24 +108,33 @@ class FileLock:
 DEAD_WRITER_MIN_AGE = 3600.0
 
 
-_exit_unlinks: set[tuple[int, str]] = set()
+_exit_hook = False
 
 
-def _at_exit_unlink(path: Path) -> None:
-    """Delete this process's temp-roots file ``path`` at exit even if no store object was
-    closed (a command that never closes its store left ``temproots/<pid>`` behind): the
-    roots die with the process anyway. Lock-free, so it cannot wait for a running GC."""
-    import atexit
+def _at_exit_unlink() -> None:
+    """Arrange for ``_unlink_at_exit`` to run at exit (once per process)."""
+    global _exit_hook
+    if not _exit_hook:
+        import atexit
 
-    if not _exit_unlinks:
         atexit.register(_unlink_at_exit)
-    _exit_unlinks.add((os.getpid(), str(path)))
+        _exit_hook = True
 
 
 def _unlink_at_exit() -> None:
-    for pid, path in list(_exit_unlinks):
-        if pid == os.getpid():  # (a forked child leaves its parent's file alone)
-            with contextlib.suppress(OSError):
+    """Delete this process's temp-roots files at exit even if no store object was closed
+    (a command that never closes its store left ``temproots/<pid>`` behind): the roots
+    die with the process anyway. Only files still open here, and only if the name still
+    is that file (another pid namespace's process with our pid number may have made a
+    new one after a ``release``). Lock-free, so it cannot wait for a running GC."""
+    for tr in list(TempRoots._shared.values()):
+        fd = tr.fd
+        if tr.pid != os.getpid() or fd is None:  # (a forked child leaves its parent's alone)
+            continue
+        path = tr.dir / str(tr.pid)
+        with contextlib.suppress(OSError):
+            a, b = os.stat(path), os.fstat(fd)
+            if (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino):
                 os.unlink(path)
 
 
@@ -215,7 +224,7 @@ class TempRoots:
                 time.sleep(delay)
         os.ftruncate(fd, 0)
         self.fd = fd
-        _at_exit_unlink(path)
+        _at_exit_unlink()
         return fd
 
     def add(self, paths: Iterable[str], *, locked: bool = False) -> None:

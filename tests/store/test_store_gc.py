@@ -506,3 +506,26 @@ def test_store_add_with_add_root_leaves_no_window_for_gc(tmp_path, monkeypatch, 
     with LocalStore.open(root) as s:
         s.gc()
         assert s.is_valid(path) and os.readlink(root / "gcroots" / "mine") == str(s.real_path(path))
+
+
+def test_at_exit_only_our_own_temp_roots_file_goes(tmp_path):
+    """A process that never closes its store leaves no ``temproots/<pid>``; one that
+    closed it, after which another pid namespace's process with the same pid number made
+    a file of that name, leaves that file alone at exit (its paths stay rooted)."""
+    root = tmp_path / "st"
+    LocalStore.open(root).close()
+    unclosed = (
+        f"from kiln.store.localstore import LocalStore; s = LocalStore.open({str(root)!r}); s.keep(['x'])"
+    )
+    subprocess.run([sys.executable, "-c", unclosed], check=True)
+    assert os.listdir(root / "temproots") == []
+    reused = (
+        "import os; from kiln.store.localstore import LocalStore\n"
+        f"s = LocalStore.open({str(root)!r}); s.keep(['x']); s.close()\n"
+        f"open(os.path.join({str(root / 'temproots')!r}, str(os.getpid())), 'w').write('theirs')\n"
+        "print(os.getpid())\n"
+    )
+    pid = subprocess.run(
+        [sys.executable, "-c", reused], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    assert (root / "temproots" / pid).read_text() == "theirs"
