@@ -184,7 +184,7 @@ def collect(store: LocalStore, dry_run: bool = False) -> GcReport:
         )
         freed = sum(_size(store.real_path(p)) for p in dead)
         freed += sum(_size(store.real_store / s) for s in stray)
-        freed += sum(o.stat().st_size for o in doomed_objects)
+        freed += sum(_size(o) for o in doomed_objects)
         freed += sum(_size(Path(t)) for t in doomed_tmp)
         report = GcReport(
             dry_run=dry_run,
@@ -218,7 +218,7 @@ def collect(store: LocalStore, dry_run: bool = False) -> GcReport:
         for t in att_temp:  # a killed attestation writer's
             t.unlink(missing_ok=True)
         for o in doomed_objects:
-            o.unlink(missing_ok=True)
+            remove_tree(o)  # (a directory or a symlink at an object's name goes too)
         for t in doomed_tmp + [str(trash)]:
             remove_tree(Path(t))
         # small temp files of writers killed mid-write (``_init_config``, build logs)

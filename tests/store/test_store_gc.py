@@ -529,3 +529,19 @@ def test_at_exit_only_our_own_temp_roots_file_goes(tmp_path):
         [sys.executable, "-c", reused], check=True, capture_output=True, text=True
     ).stdout.strip()
     assert (root / "temproots" / pid).read_text() == "theirs"
+
+
+def test_gc_removes_a_directory_or_a_dangling_link_at_an_object_name(store, tmp_path):
+    """Such an entry (corruption) made every GC fail (unlink of a directory, stat of a
+    dangling link) after it had already deleted rows: GC removes it like any unused
+    object, and a dry run sizes it without failing."""
+    shard = store.objects / "0f"
+    d = shard / ("0f" + "0" * 62 + ".nar.zst")
+    (d / "inside").mkdir(parents=True)
+    os.chmod(d, 0o555)
+    link = shard / ("0f" + "1" * 62 + ".nar.zst")
+    os.symlink("nowhere", link)
+    assert store.gc(dry_run=True).objects_deleted == 2
+    assert store.gc().objects_deleted == 2
+    assert not os.path.lexists(d) and not os.path.lexists(link)
+    assert store.verify().ok
