@@ -210,18 +210,31 @@ class TempRoots:
         if self.fd is not None:
             return self.fd
         path = self.dir / str(self.pid)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        # a dead process's file (same pid) may be probed by ``live_rooter`` or GC this
-        # very moment: their locks last microseconds, so retry briefly before giving up
-        for delay in (0.001, 0.01, 0.1, None):
+        for _ in range(100):
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            # a dead process's file (same pid) may be probed by ``live_rooter`` or GC this
+            # very moment: their locks last microseconds, so retry briefly before giving up
+            for delay in (0.001, 0.01, 0.1, None):
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if delay is None:
+                        os.close(fd)
+                        raise StoreError(f"temp-roots file {path} is locked by someone else") from None
+                    time.sleep(delay)
+            # the holder we waited for may have deleted the name on its way out (a process
+            # of another pid namespace with our pid number): a file GC cannot see protects
+            # nothing, so open the name afresh
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                same = os.path.samestat(os.fstat(fd), os.stat(path))
+            except FileNotFoundError:
+                same = False
+            if same:
                 break
-            except BlockingIOError:
-                if delay is None:
-                    os.close(fd)
-                    raise StoreError(f"temp-roots file {path} is locked by someone else") from None
-                time.sleep(delay)
+            os.close(fd)
+        else:
+            raise StoreError(f"temp-roots file {path} keeps being replaced")
         os.ftruncate(fd, 0)
         self.fd = fd
         _at_exit_unlink()
