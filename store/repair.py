@@ -154,11 +154,22 @@ def _quarantine(store: LocalStore, info: PathInfo) -> Path:
         os.rename(real, dest / "tree")
     if info.file_hash is not None:
         obj = store.objects / object_rel_path(info.file_hash)
-        # The object is left where it is, for GC (see _rebuild_object's note); only a copy
-        # of its bytes goes with the rest, as evidence
-        with contextlib.suppress(OSError):
+        # The object is left where it is, for GC (see _rebuild_object's note; ``verify``
+        # deletes it at once if the GC lock is free); a copy of its bytes goes with the
+        # rest, as evidence: whole and durable, or not at all and said so in info.txt
+        part = dest / f".{obj.name}.part"
+        try:
             if stat.S_ISREG(os.lstat(obj).st_mode):
-                shutil.copyfile(obj, dest / obj.name)
+                shutil.copyfile(obj, part)
+                with open(part, "rb") as f:
+                    os.fsync(f.fileno())
+                os.rename(part, dest / obj.name)
+                fsync_dir(dest)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                os.unlink(part)
+            with contextlib.suppress(OSError), open(dest / "info.txt", "a") as f:
+                f.write(f"object copy: failed ({e.strerror or e})\n")
         _set_aside_if_directory(obj, dest / obj.name)
     return dest
 

@@ -26,8 +26,14 @@ Repair (``repair=True``), per path, under the path lock:
   mtimes are off): re-archive the tree into a new object (the row's NAR hash proves the
   tree right), point the row at it, and re-materialise the tree from it if its metadata
   was off;
-- both bad: *quarantine*: move what is left to ``quarantine/<base>-<time>/`` and delete
-  the row. Referrers keep their (now dangling) reference and are reported.
+- both bad: *quarantine*: move the tree and a copy of the object to
+  ``quarantine/<base>-<time>/`` and delete the row. Referrers keep their (now dangling)
+  reference and are reported.
+
+Repair never moves or deletes an object file while it holds the GC lock shared, as
+writers do (one may be publishing a good copy under that name and registering it): the
+objects repaired paths no longer use are deleted at the end, only if the GC lock can be
+had exclusively then, else left for GC.
 
 Paths with identical NARs share one object, and a repair made through one of them fixes
 it for all: paths whose tree content is good are repaired first, and each path's object
@@ -201,6 +207,29 @@ def _check_path(store: LocalStore, info: PathInfo) -> list[Problem]:
     return ([obj] if obj else []) + _check_tree(store, info)
 
 
+def _drop_unused_objects(store: LocalStore, hashes: list) -> set[str]:
+    """Delete the objects of ``hashes`` (repaired paths' old objects) that no row uses,
+    if the GC lock can be had exclusively right now; return the files deleted. Repair
+    itself never deletes an object (a writer holding the lock shared may be publishing a
+    good copy under that name and registering it); with writers at work they stay for GC."""
+    from .trees import remove_tree
+
+    gone: set[str] = set()
+    lock = FileLock(store.gc_lock_path)
+    if not lock.acquire(blocking=False):
+        return gone
+    try:
+        for h in {h for h in hashes if h is not None}:
+            if not db.file_hash_in_use(store.conn, h.to_nix32()):
+                obj = store.objects / object_rel_path(h)
+                if os.path.lexists(obj):
+                    remove_tree(obj)
+                    gone.add(str(obj))
+    finally:
+        lock.release()
+    return gone
+
+
 def verify(store: LocalStore, repair: bool = False, trusted=None, sigs_needed: int = 0) -> VerifyReport:
     from .signing import valid_signers
 
@@ -266,6 +295,9 @@ def verify(store: LocalStore, repair: bool = False, trusted=None, sigs_needed: i
             for e in os.scandir(sub.path)
             if e.name.split(".", 1)[0] not in used
         )
+    if repair and todo:
+        gone = _drop_unused_objects(store, [per_path[i][0].file_hash for i in todo])
+        stray_objects = [o for o in stray_objects if o not in gone]
     return VerifyReport(
         len(infos),
         tuple(problems),

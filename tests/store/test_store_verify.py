@@ -278,7 +278,7 @@ def test_an_object_rebuild_never_deletes_the_old_name_another_path_just_register
 ):
     """Path A came as a foreign object (zstd level 3: another name than kiln's own for
     the same NAR); it is corrupted, the tree is good, so repair re-archives A under kiln's
-    name and drops the old one. B, the same NAR under another name, imported from the same
+    name and leaves the old one for later. B, the same NAR under another name, imported from the same
     foreign object, publishes that good copy and registers between repair's check and the
     drop: the old code deleted it (B valid, object missing)."""
     import io
@@ -308,3 +308,32 @@ def test_an_object_rebuild_never_deletes_the_old_name_another_path_just_register
     )
     assert r.ok and not r.quarantined and added and "rebuilt" in r.problems[0].repaired
     assert store.verify().ok, store.verify().problems  # B still has its object
+
+
+def test_a_quarantined_object_is_copied_and_deleted_only_with_the_gc_lock_free(store, tmp_path):
+    """The quarantine holds a copy of the bad object. The object itself is deleted after
+    the repair only if the GC lock can be had exclusively (no writer at work); otherwise
+    it stays, unused, for GC."""
+    from kiln.store.locks import FileLock
+
+    for held in (False, True):
+        src = make_tree(tmp_path / f"src{held}", {"f": f"alpha {held}\n" * 100})
+        a = store.add_path(src, name=f"q{int(held)}")
+        _corrupt_file(store.real_path(a.path) / "f")
+        obj = store.object_path(a.path)
+        _corrupt_object(store, a.path)
+        bad = obj.read_bytes()
+        writer = FileLock(store.gc_lock_path, shared=True)  # another process's registration
+        if held:
+            writer.acquire()
+        try:
+            r = store.verify(repair=True)
+        finally:
+            if held:
+                writer.release()
+        assert r.quarantined == (a.path,)
+        [q] = [d for d in (store.root / "quarantine").iterdir() if d.name.startswith(a.path.split("/")[-1])]
+        assert (q / obj.name).read_bytes() == bad
+        assert obj.exists() == held and (str(obj) in r.stray_objects) == held
+    store.gc()
+    assert not obj.exists()
