@@ -46,6 +46,7 @@ Unregistered trees and objects (left by crashed writers, removed by GC) are list
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -223,8 +224,9 @@ def _drop_unused_objects(store: LocalStore, hashes: list) -> set[str]:
             if not db.file_hash_in_use(store.conn, h.to_nix32()):
                 obj = store.objects / object_rel_path(h)
                 if os.path.lexists(obj):
-                    remove_tree(obj)
-                    gone.add(str(obj))
+                    with contextlib.suppress(OSError, KilnError):  # tidying: GC tries again
+                        remove_tree(obj)
+                        gone.add(str(obj))
     finally:
         lock.release()
     return gone
