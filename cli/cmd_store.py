@@ -179,7 +179,9 @@ def _cmd_cat(args) -> int:
         with tempfile.SpooledTemporaryFile(CAT_IN_MEMORY, dir=spool, prefix=f"{os.getpid()}-cat-") as f:
             try:
                 nar.cat_into(s.nar(path), "/".join(x for x in (sub, args.subpath.strip("/")) if x), f.write)
-            except OSError as e:  # the spool's disk, not the store's contents
+            except OSError as e:  # the spool's disk is full: not the store's contents
+                if e.filename is not None or e.errno not in _WRITE_LIMITS:
+                    raise
                 from kiln.store.errors import StoreError
 
                 raise StoreError(
