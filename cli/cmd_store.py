@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from .common import add_store_arg, store_root, whole_number
+from .common import WRITE_LIMIT_ERRNOS, add_store_arg, store_root, whole_number
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -132,16 +132,6 @@ def _cmd_init(args) -> int:
     return 0
 
 
-def _write_limits() -> frozenset[int]:
-    import errno
-
-    return frozenset(getattr(errno, n) for n in ("ENOSPC", "EFBIG", "EDQUOT", "EROFS") if hasattr(errno, n))
-
-
-#: errors of a write into the store that hit the machine's limits (not a read of the source)
-_WRITE_LIMITS = _write_limits()
-
-
 def _cmd_add(args) -> int:
     if args.add_root is not None:
         from kiln.store.localstore import check_root_name
@@ -151,7 +141,7 @@ def _cmd_add(args) -> int:
         try:
             path = s.add_path(args.path, name=args.name).path
         except OSError as e:
-            if e.filename is not None or e.errno not in _WRITE_LIMITS:
+            if e.filename is not None or e.errno not in WRITE_LIMIT_ERRNOS:
                 raise
             # a write of the object or the copy (full disk, size limit) names no file
             from kiln.store.errors import StoreError
@@ -163,98 +153,39 @@ def _cmd_add(args) -> int:
     return 0
 
 
-#: ``store cat`` keeps this much of a file in memory; the rest is spooled to the store's
-#: ``tmp/`` until the archive is verified (no unverified byte reaches stdout)
-CAT_IN_MEMORY = 32 << 20
-
-
 def _cmd_cat(args) -> int:
-    import tempfile
-
-    from kiln.store import nar
+    from .storeread import cat
 
     with _open(args) as s:
         path, sub = _path(s, args.path)
-        spool = s.root / "tmp"
-        with tempfile.SpooledTemporaryFile(CAT_IN_MEMORY, dir=spool, prefix=f"{os.getpid()}-cat-") as f:
-            try:
-                nar.cat_into(s.nar(path), "/".join(x for x in (sub, args.subpath.strip("/")) if x), f.write)
-            except OSError as e:  # the spool's disk is full: not the store's contents
-                if e.filename is not None or e.errno not in _WRITE_LIMITS:
-                    raise
-                from kiln.store.errors import StoreError
-
-                raise StoreError(
-                    f"cannot hold {path} in {spool} while it is verified: {e.strerror}"
-                ) from None
-            f.seek(0)
-            for piece in iter(lambda: f.read(1 << 20), b""):
-                _out(piece)
+        cat(s, path, _join(sub, args.subpath))
     return 0
-
-
-def _out(data: bytes | memoryview) -> None:
-    """Write all of ``data`` to stdout, or raise (``sys.stdout.buffer.write`` may return
-    a short count for a big buffer, e.g. at a file size limit, and say nothing)."""
-    from kiln.store.nar_restore import write_all
-
-    write_all(sys.stdout.fileno(), data)
 
 
 def _cmd_ls(args) -> int:
-    from kiln.store import nar
+    from .storeread import ls
 
     with _open(args) as s:
         path, sub = _path(s, args.path)
-        subpath = "/".join(x for x in (sub, args.subpath.strip("/")) if x)
-        for e in nar.ls(s.nar(path), subpath, recursive=args.recursive):
-            extra = (
-                f" -> {_shown(e.target or '')}"
-                if e.type == "symlink"
-                else (f" {e.size}" if e.type != "directory" else "")
-            )
-            print(f"{e.type:<10} {_shown(e.path) if e.path else '.'}{extra}")
+        ls(s, path, _join(sub, args.subpath), args.recursive)
     return 0
 
 
-_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\t": "\\t", "\r": "\\r"}
-
-
-def _shown(name: str) -> str:
-    """A name on one line, unambiguously (as ``ls -b``): ``\\``, ``\\n``, ``\\t``,
-    ``\\r``, and every other byte of an unprintable character, or a byte that is not
-    UTF-8, as ``\\xNN``. Printable characters are themselves, so two names never show
-    alike: the escapes spell the name's bytes."""
-    if name.isprintable() and "\\" not in name:
-        return name
-    out = []
-    for c in name:
-        if c in _ESCAPES:
-            out.append(_ESCAPES[c])
-        elif c.isprintable():
-            out.append(c)
-        else:  # its bytes (a surrogate from surrogateescape is the raw byte)
-            out.extend(f"\\x{b:02x}" for b in c.encode("utf-8", "surrogateescape"))
-    return "".join(out)
+def _join(sub: str, subpath: str) -> str:
+    """The path inside a store path: the argument's own part, then SUBPATH."""
+    return "/".join(x for x in (sub, subpath.strip("/")) if x)
 
 
 def _cmd_dump(args) -> int:
+    from .storeread import dump
+
     with _open(args) as s:
         path, sub = _path(s, args.path)
         if sub:
             from kiln.store.errors import StoreError
 
             raise StoreError("dump takes a store path, not a path inside one")
-        sys.stdout.flush()
-        # one piece behind: the last goes out only once the object has verified, so a
-        # corrupt one ends in a truncated NAR (which a reader such as restore refuses)
-        held = None
-        for chunk in s.nar(path):
-            if held is not None:
-                _out(held)
-            held = chunk
-        if held is not None:
-            _out(held)
+        dump(s, path)
     return 0
 
 

@@ -160,16 +160,18 @@ class _Quiet:
         return getattr(self._stream, name)
 
 
-def _environment_errnos() -> frozenset[int]:
+def _errnos(*names: str) -> frozenset[int]:
     import errno
 
-    names = ("ENOSPC", "EDQUOT", "EFBIG", "EROFS", "EIO", "EMFILE", "ENFILE", "ENOMEM", "EPIPE")
     return frozenset(getattr(errno, n) for n in names if hasattr(errno, n))
 
 
-#: OSErrors that report the machine's state (a full disk, a file size limit, a read-only
-#: file system, a device error) rather than a bug: a user error even without a file name
-_ENVIRONMENT_ERRNOS = _environment_errnos()
+#: a write that hit the machine's limits: a full disk or quota, a file size limit, a
+#: read-only file system
+WRITE_LIMIT_ERRNOS = _errnos("ENOSPC", "EDQUOT", "EFBIG", "EROFS")
+#: OSErrors that report the machine's state (those, a device error, no descriptors or
+#: memory left) rather than a bug: a user error even without a file name
+_ENVIRONMENT_ERRNOS = WRITE_LIMIT_ERRNOS | _errnos("EIO", "EMFILE", "ENFILE", "ENOMEM", "EPIPE")
 
 
 def run_command(fn: Callable[[list[str]], int], argv: list[str], debug: bool = False) -> int:
