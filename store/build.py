@@ -5,7 +5,7 @@ Theory of operation
 1. ``load_graph`` parses the ``.drv`` closure; ``plan`` picks the derivations whose
    outputs are not valid (inputs first). A substituter, when given, is asked for all
    missing outputs in one batch and what it has is fetched before re-planning.
-2. A scheduler runs up to ``jobs`` derivations at once; a derivation starts when all
+2. A scheduler (``buildsched``) runs up to ``jobs`` derivations at once; a derivation starts when all
    its input derivations are done. The first failure stops the other builds at once
    and is reported with the derivation and the tail of its log. With ``keep_going``
    (``-k``) a failure is reported when it happens and everything that does not depend
@@ -36,7 +36,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,6 +46,7 @@ from .buildlogs import LogStore
 from .buildplan import Graph, load_graph, plan
 from .buildproduce import BuildError as BuildError  # re-exported: callers import it from here
 from .buildproduce import Producing
+from .buildsched import Scheduling
 from .buildtmp import BuildDirs
 from .derivation import Derivation
 from .errors import KilnError, StoreError
@@ -106,7 +107,7 @@ Substituter = Callable[[list[str]], set[str]]
 """Given missing output paths, fetch what registries have; return the paths now valid."""
 
 
-class Builder(Producing, Checking):
+class Builder(Producing, Checking, Scheduling):
     """Realises derivations in ``store`` with ``executor`` (a ``kiln.sandbox`` executor).
 
     ``after_build(drv_path, drv, outputs, started, finished, store)`` is called after
@@ -217,90 +218,6 @@ class Builder(Producing, Checking):
                 ]
                 raise BuildFailures(failed, skipped, results)
         return [BuildResult(r, {k: o.path for k, o in graph.drvs[r].outputs}, r in built) for r in roots]
-
-    def _run_all(self, graph: Graph, todo: list[str], failed: dict[str, BaseException]) -> list[str]:
-        """Build ``todo`` (inputs first); return what was built. Under ``keep_going`` a
-        derivation that fails with a ``KilnError`` is reported, recorded in ``failed``
-        and only what depends on it is dropped; otherwise the first failure is raised."""
-        if not todo:
-            return []
-        if len(todo) > 1:
-            from .buildlocks import prepare
-
-            self._background(
-                prepare, self._inner, [o.path for p in todo[1:] for _, o in graph.drvs[p].outputs]
-            )
-        if self.opts.jobs <= 1:
-            # no threads: simpler tracebacks, and profilers see the builds
-            done_seq: list[str] = []
-            skipped: set[str] = set()
-            for i, p in enumerate(todo, 1):
-                if any(d in failed or d in skipped for d in graph.inputs_of(p)):
-                    skipped.add(p)
-                    continue  # an input failed (keep_going): not attempted
-                try:
-                    self.build_one(p, graph.drvs[p], (i, len(todo)))
-                except KilnError as e:
-                    if not self.opts.keep_going:
-                        raise
-                    self._failed(p, e, failed)
-                    continue
-                done_seq.append(p)
-            return done_seq
-        self._stop.clear()
-        pending = {p: {i for i in graph.inputs_of(p) if i in todo} for p in todo}
-        total, done_n = len(todo), 0
-        done: list[str] = []
-        failure: BaseException | None = None
-        with ThreadPoolExecutor(max_workers=max(1, self.opts.jobs)) as pool:
-            running: dict[Future, str] = {}
-            while pending or running:
-                if failure is None:
-                    for p in sorted(p for p, deps in pending.items() if not deps):
-                        if len(running) >= max(1, self.opts.jobs):
-                            break
-                        del pending[p]
-                        running[
-                            pool.submit(self.build_one, p, graph.drvs[p], (done_n + len(running) + 1, total))
-                        ] = p
-                if not running:
-                    break
-                try:
-                    finished, _ = wait(running, return_when=FIRST_COMPLETED)
-                except KeyboardInterrupt:
-                    # Ctrl-C reaches only this thread: stop the workers' sandboxes and scans
-                    self._stop.set()
-                    self.executor.cancel_all()
-                    raise
-                for fut in finished:
-                    p = running.pop(fut)
-                    try:
-                        fut.result()
-                    except BaseException as e:  # noqa: BLE001 - re-raised below, first failure wins
-                        if self.opts.keep_going and isinstance(e, KilnError) and failure is None:
-                            self._failed(p, e, failed)
-                            for q in _dependents(pending, p):
-                                del pending[q]  # not attempted: an input failed
-                            continue
-                        if failure is None:
-                            # as Nix without --keep-going: the first failure stops the other
-                            # builds at once (its error is reported now, theirs not at all)
-                            failure = e
-                            self._stop.set()
-                            self.executor.cancel_all()
-                        continue
-                    done_n += 1
-                    done.append(p)
-                    for deps in pending.values():
-                        deps.discard(p)
-        if failure is not None:
-            raise failure
-        return done
-
-    def _failed(self, drv_path: str, e: KilnError, failed: dict[str, BaseException]) -> None:
-        """Under ``keep_going``: report a failure now (``BuildFailures`` lists it again)."""
-        failed[drv_path] = e
-        self.say(f"error: {e}")
 
     # ------------------------------------------------------------------ one derivation
 
@@ -444,22 +361,6 @@ class _Serialized:
                 return attr(*args, **kwargs)
 
         return call
-
-
-def _dependents(pending: dict[str, set[str]], failed: str) -> list[str]:
-    """The derivations in ``pending`` that need ``failed``, directly or through others."""
-    users: dict[str, list[str]] = {}
-    for q, deps in pending.items():
-        for d in deps:
-            users.setdefault(d, []).append(q)
-    out: list[str] = []
-    stack = [failed]
-    while stack:
-        for q in users.get(stack.pop(), ()):
-            if q not in out:
-                out.append(q)
-                stack.append(q)
-    return out
 
 
 def _refs_first(drv_path: str, drv, produced) -> list:

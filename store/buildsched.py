@@ -1,0 +1,121 @@
+"""The build loop's scheduler (a mixin of ``build.Builder``): run the planned
+derivations, inputs first, one at a time or up to ``jobs`` at once on threads.
+
+Without ``keep_going`` the first failure, or Ctrl-C, stops the others at once (their
+sandboxes killed, their reference scans stopped, nothing more placed), as Nix does; with
+it (``-k``) a derivation that fails with a ``KilnError`` is reported when it happens and
+only the derivations that need it, directly or through others, are dropped.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+
+from .buildplan import Graph
+from .errors import KilnError
+
+
+class Scheduling:
+    """Uses the builder's ``opts``, ``build_one``, ``say``, ``executor``, ``_stop``,
+    ``_background`` and ``_inner``."""
+
+    def _run_all(self, graph: Graph, todo: list[str], failed: dict[str, BaseException]) -> list[str]:
+        """Build ``todo`` (inputs first); return what was built. Under ``keep_going`` a
+        derivation that fails with a ``KilnError`` is reported, recorded in ``failed``
+        and only what depends on it is dropped; otherwise the first failure is raised."""
+        if not todo:
+            return []
+        if len(todo) > 1:
+            from .buildlocks import prepare
+
+            self._background(
+                prepare, self._inner, [o.path for p in todo[1:] for _, o in graph.drvs[p].outputs]
+            )
+        if self.opts.jobs <= 1:
+            # no threads: simpler tracebacks, and profilers see the builds
+            done_seq: list[str] = []
+            skipped: set[str] = set()
+            for i, p in enumerate(todo, 1):
+                if any(d in failed or d in skipped for d in graph.inputs_of(p)):
+                    skipped.add(p)
+                    continue  # an input failed (keep_going): not attempted
+                try:
+                    self.build_one(p, graph.drvs[p], (i, len(todo)))
+                except KilnError as e:
+                    if not self.opts.keep_going:
+                        raise
+                    self._failed(p, e, failed)
+                    continue
+                done_seq.append(p)
+            return done_seq
+        self._stop.clear()
+        wanted = set(todo)
+        pending = {p: {i for i in graph.inputs_of(p) if i in wanted} for p in todo}
+        total, done_n = len(todo), 0
+        done: list[str] = []
+        failure: BaseException | None = None
+        with ThreadPoolExecutor(max_workers=max(1, self.opts.jobs)) as pool:
+            running: dict[Future, str] = {}
+            while pending or running:
+                if failure is None:
+                    for p in sorted(p for p, deps in pending.items() if not deps):
+                        if len(running) >= max(1, self.opts.jobs):
+                            break
+                        del pending[p]
+                        running[
+                            pool.submit(self.build_one, p, graph.drvs[p], (done_n + len(running) + 1, total))
+                        ] = p
+                if not running:
+                    break
+                try:
+                    finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                except KeyboardInterrupt:
+                    # Ctrl-C reaches only this thread: stop the workers' sandboxes and scans
+                    self._stop.set()
+                    self.executor.cancel_all()
+                    raise
+                for fut in finished:
+                    p = running.pop(fut)
+                    try:
+                        fut.result()
+                    except BaseException as e:  # noqa: BLE001 - re-raised below, first failure wins
+                        if self.opts.keep_going and isinstance(e, KilnError) and failure is None:
+                            self._failed(p, e, failed)
+                            for q in _dependents(pending, p):
+                                del pending[q]  # not attempted: an input failed
+                            continue
+                        if failure is None:
+                            # as Nix without --keep-going: the first failure stops the other
+                            # builds at once (its error is reported now, theirs not at all)
+                            failure = e
+                            self._stop.set()
+                            self.executor.cancel_all()
+                        continue
+                    done_n += 1
+                    done.append(p)
+                    for deps in pending.values():
+                        deps.discard(p)
+        if failure is not None:
+            raise failure
+        return done
+
+    def _failed(self, drv_path: str, e: KilnError, failed: dict[str, BaseException]) -> None:
+        """Under ``keep_going``: report a failure now (``BuildFailures`` lists it again)."""
+        failed[drv_path] = e
+        self.say(f"error: {e}")
+
+
+def _dependents(pending: dict[str, set[str]], failed: str) -> list[str]:
+    """The derivations in ``pending`` that need ``failed``, directly or through others."""
+    users: dict[str, list[str]] = {}
+    for q, deps in pending.items():
+        for d in deps:
+            users.setdefault(d, []).append(q)
+    out: list[str] = []
+    stack = [failed]
+    while stack:
+        for q in users.get(stack.pop(), ()):
+            if q not in out:
+                out.append(q)
+                stack.append(q)
+    return out
