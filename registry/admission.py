@@ -245,7 +245,7 @@ async def _verify_remote(url: str, target: str, policy: Policy, token: str | Non
 
 async def _import(client: Any, store: Any, info: Any, tmp: Path) -> None:
     """Download one NAR, check it against its narinfo while it streams, import it."""
-    from .verify import expect
+    from .verify import expect_info
 
     f = tmp / "nar.zst"
     ver = NarVerifier()
@@ -259,6 +259,6 @@ async def _import(client: Any, store: Any, info: Any, tmp: Path) -> None:
 
         if not await client.download(info.url, write):
             raise KilnError(f"{info.url} is missing")
-    expect(info.path, ver.finish(), info.file_hash, info.file_size, info.nar_hash, info.nar_size)
+    expect_info(info, ver.finish())
     with open(f, "rb") as src:
         store.import_object(info.to_pathinfo(), src)

@@ -30,7 +30,7 @@ from kiln.store.hashes import Hash
 from . import layout
 from .dirlock import NARINFO_LOCK, dir_lock
 from .storage import Durability, FileStorage, GroupSync, Storage, open_storage
-from .verify import Digests, NarVerifier, expect
+from .verify import Digests, NarVerifier, expect_info
 
 CACHE_MAX = 200_000
 #: objects at least this large get an on-disk digest record (re-hashing them is costly)
@@ -295,7 +295,7 @@ class DirSource(Source):
                 results[n] = (400, f"error: {info.path}: upload the NAR ({info.url}) before its narinfo")
                 continue
             try:
-                expect(info.path, got, info.file_hash, info.file_size, info.nar_hash, info.nar_size)
+                expect_info(info, got)
             except KilnError as ex:
                 results[n] = (400, f"error: {ex}")
                 continue

@@ -29,7 +29,7 @@ from .attest_transfer import fetch_attestations
 from .client import Client, open_client
 from .push import MAX_FRAMES, check_results, levels
 from .substitute import BATCH_OBJECT_MAX, Substituter, batches
-from .verify import NarVerifier, check_narinfo, expect
+from .verify import check_narinfo, expect_info, verified_bytes, verifier_for
 
 
 def _explain(sub: Substituter, src: str, missing: list[str]) -> str:
@@ -174,15 +174,11 @@ class _Relay:
             if data is None:
                 errors.append(KilnError(f"{self.src.url}/{info.url} is missing"))
                 return
-            ver = NarVerifier(max_nar_size=info.nar_size, max_file_size=info.file_size)
             try:
-                ver.update(data)
-                digests = ver.finish()
+                verified_bytes(info, data)
             except FormatError as e:  # past a limit: name the path
                 errors.append(KilnError(f"{info.path}: {e}"))
                 return
-            try:
-                expect(info.path, digests, info.file_hash, info.file_size, info.nar_hash, info.nar_size)
             except KilnError as e:
                 errors.append(e)
                 return
@@ -205,7 +201,7 @@ class _Relay:
         async with self.sem:
             f = scratch / info.file_hash.hex  # type: ignore[union-attr]
             # bounded: the download stops at FileSize, the NAR inside at NarSize
-            ver = NarVerifier(max_nar_size=info.nar_size, max_file_size=info.file_size)
+            ver = verifier_for(info)
             with open(f, "wb") as out:
 
                 def write(chunk: bytes) -> None:
@@ -217,7 +213,7 @@ class _Relay:
                         raise KilnError(f"{self.src.url}/{info.url} is missing")
                 except FormatError as e:  # past a limit: name the path
                     raise KilnError(f"{info.path}: {e}") from None
-            expect(info.path, ver.finish(), info.file_hash, info.file_size, info.nar_hash, info.nar_size)
+            expect_info(info, ver.finish())
             files[info.file_hash.hex] = f  # type: ignore[union-attr]
 
     async def publish(self, group: list[ni.NarInfo], files: dict[str, Path]) -> None:

@@ -90,7 +90,7 @@ class DirClient(Client):
         if kind != "narinfo":
             self.src.storage.put_bytes(key, data)
             return 201
-        from .verify import check_narinfo, expect
+        from .verify import check_narinfo, expect_info
 
         try:
             # the server's admission rules but the signature check (the caller owns the
@@ -100,7 +100,7 @@ class DirClient(Client):
             got = self.src.object_digests(info.file_hash)
             if got is None:
                 raise RegistryError(f"{info.path}: upload the NAR ({info.url}) before its narinfo", 400)
-            expect(info.path, got, info.file_hash, info.file_size, info.nar_hash, info.nar_size)
+            expect_info(info, got)
         except (KilnError, UnicodeDecodeError) as e:
             raise RegistryError(str(e), getattr(e, "status", 400)) from None
         status, msg = self.src.publish_narinfo(arg, info, data)

@@ -51,7 +51,7 @@ from .dirlock import MIRROR_LOCK, dir_lock
 from .progress import Progress
 from .storage import FileStorage
 from .substitute import BATCH_OBJECT_MAX, batches
-from .verify import NarVerifier, check_narinfo, expect
+from .verify import check_narinfo, expect_info, verified_bytes, verifier_for
 
 STATE_KEY = ".kiln/mirror-state.json"
 
@@ -74,7 +74,7 @@ class SyncReport:
 async def _fetch_blob(client: Client, dst: DirSource, info, sem: asyncio.Semaphore, prog: Progress) -> int:  # noqa: ANN001
     async with sem:
         # bounded: the download stops at FileSize, the NAR inside at NarSize
-        ver = NarVerifier(max_nar_size=info.nar_size, max_file_size=info.file_size)
+        ver = verifier_for(info)
         with dst.storage.staged() as (f, _):
 
             def write(chunk: bytes) -> None:
@@ -85,7 +85,7 @@ async def _fetch_blob(client: Client, dst: DirSource, info, sem: asyncio.Semapho
             if not await client.download(info.url, write):
                 raise KilnError(f"{info.path}: source has no {info.url}")
             got = ver.finish()
-            expect(info.path, got, info.file_hash, info.file_size, info.nar_hash, info.nar_size)
+            expect_info(info, got)
             dst.commit_object(f, got, durable=False)  # one barrier for all blobs, below
         return got.file_size
 
@@ -107,10 +107,7 @@ async def _fetch_batch(
             out[info.path] = KilnError(f"{info.path}: source has no {info.url}")
             return
         try:
-            ver = NarVerifier(max_nar_size=info.nar_size, max_file_size=info.file_size)
-            ver.update(data)
-            digests = ver.finish()
-            expect(info.path, digests, info.file_hash, info.file_size, info.nar_hash, info.nar_size)
+            digests = verified_bytes(info, data)
             with dst.storage.staged() as (f, _):
                 f.write(data)
                 dst.commit_object(f, digests, durable=False)  # one barrier for all blobs

@@ -140,6 +140,27 @@ def expect(
         raise HashMismatch(f"NAR size of {what}", str(nar_size), str(got.nar_size))
 
 
+def expect_info(info: ni.NarInfo, got: Digests) -> None:
+    """``expect`` with every digest and size ``info`` gives (``HashMismatch`` naming its path)."""
+    expect(info.path, got, info.file_hash, info.file_size, info.nar_hash, info.nar_size)
+
+
+def verifier_for(info: ni.NarInfo) -> NarVerifier:
+    """A verifier bounded by ``info``'s FileSize and NarSize: a download stops at the
+    first, the NAR inside at the second."""
+    return NarVerifier(max_nar_size=info.nar_size, max_file_size=info.file_size)
+
+
+def verified_bytes(info: ni.NarInfo, data: bytes) -> Digests:
+    """The digests of an object held in memory, checked against ``info``: ``FormatError``
+    past a size limit, ``HashMismatch`` for a wrong digest or size."""
+    ver = verifier_for(info)
+    ver.update(data)
+    digests = ver.finish()
+    expect_info(info, digests)
+    return digests
+
+
 def trusted_sigs_only(info: ni.NarInfo, trusted: list[PublicKey]) -> ni.NarInfo:
     """``info`` keeping only the signatures that verify against ``trusted`` keys: what an
     upload may add to a published narinfo's (a merge must not accumulate junk ``Sig:``

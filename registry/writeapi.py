@@ -16,7 +16,7 @@ from kiln.store.errors import KilnError
 from . import layout
 from .backends import BatchEntry, DirSource
 from .httpbits import CHUNK, HTTPError, body_pace, check_length, drain, plain, read_body
-from .verify import NarVerifier, check_narinfo, expect, trusted_sigs_only
+from .verify import NarVerifier, check_narinfo, expect_info, trusted_sigs_only
 
 MAX_UPLOAD_BATCH = 2_000
 
@@ -93,7 +93,7 @@ class WriteAPI:
         if got is None:
             return 400, f"error: {info.path}: upload the NAR ({info.url}) before its narinfo"
         try:
-            expect(info.path, got, info.file_hash, info.file_size, info.nar_hash, info.nar_size)
+            expect_info(info, got)
         except KilnError as e:
             return 400, f"error: {e}"
         return src.publish_narinfo(hash_part, trusted_sigs_only(info, self.config.trusted), text.encode())
