@@ -28,7 +28,7 @@ from . import layout
 from .attest_transfer import fetch_attestations
 from .client import Client, open_client
 from .push import MAX_FRAMES, check_results, levels
-from .substitute import BATCH_OBJECT_MAX, Substituter, batches
+from .substitute import Substituter, batchable, batches
 from .verify import check_narinfo, expect_info, verified_bytes, verifier_for
 
 
@@ -153,8 +153,7 @@ class _Relay:
         """Download and verify the objects of ``infos`` (distinct digests) into
         ``scratch``: hex digest -> file. Raises for the first that fails."""
         files: dict[str, Path] = {}
-        small = [i for i in infos if i.file_size is not None and i.file_size <= BATCH_OBJECT_MAX]
-        alone = [i for i in infos if i.file_size is None or i.file_size > BATCH_OBJECT_MAX]
+        small, alone = batchable(infos)
         cut = list(batches(small))
         for k, batch in enumerate(cut):
             if not await self._batch(batch, scratch, files):

@@ -50,7 +50,7 @@ from .client import Client, open_client
 from .dirlock import MIRROR_LOCK, dir_lock
 from .progress import Progress
 from .storage import FileStorage
-from .substitute import BATCH_OBJECT_MAX, batches
+from .substitute import batchable, batches
 from .verify import check_narinfo, expect_info, verified_bytes, verifier_for
 
 STATE_KEY = ".kiln/mirror-state.json"
@@ -215,8 +215,7 @@ async def _sync_locked(
     sem = asyncio.Semaphore(jobs)
     # small objects a few hundred per request (``blob_batch``), big ones one each: a
     # mirror of many small paths must not cost a round trip per path
-    small = [i for i in need.values() if i.file_size is not None and i.file_size <= BATCH_OBJECT_MAX]
-    alone = [i for i in need.values() if i.file_size is None or i.file_size > BATCH_OBJECT_MAX]
+    small, alone = batchable(need.values())
     outcome: dict[str, int | BaseException] = {}
     cut = list(batches(small))
     answers = await asyncio.gather(

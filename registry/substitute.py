@@ -33,7 +33,7 @@ import contextlib
 import hashlib
 import io
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from kiln.store import narinfo as ni
@@ -68,6 +68,16 @@ def batches(
             batch, size = [], 0
     if batch:
         yield batch
+
+
+def batchable(infos: Iterable[ni.NarInfo]) -> tuple[list[ni.NarInfo], list[ni.NarInfo]]:
+    """``infos`` split into objects small enough for ``blob_batch`` (known size up to
+    ``BATCH_OBJECT_MAX``) and the rest, each fetched alone; order kept."""
+    small: list[ni.NarInfo] = []
+    alone: list[ni.NarInfo] = []
+    for i in infos:
+        (small if i.file_size is not None and i.file_size <= BATCH_OBJECT_MAX else alone).append(i)
+    return small, alone
 
 
 class Substituter:
