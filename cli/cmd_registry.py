@@ -1,4 +1,5 @@
-"""``kiln serve``, ``kiln registry ...``, ``kiln push``, ``kiln copy``, ``kiln mirror sync``.
+"""``kiln push``, ``kiln copy``, ``kiln mirror sync``: moving paths to, from and between
+registries (the server and its administration: ``cmd_serve``).
 
 cli/main.py routes each of those command names here with ``argv[0]`` = the name. This
 module only parses arguments and glues kiln.store to kiln.registry; the work is in
@@ -6,9 +7,7 @@ kiln.registry (see docs/registry.md).
 
 Credentials: ``--token`` or ``$KILN_REGISTRY_TOKEN`` for pushes; trusted public keys
 with ``--trusted-key FILE`` (repeatable) or ``$KILN_TRUSTED_KEYS`` (space-separated
-``name:base64`` keys). ``kiln serve`` admits uploads by its own flags only
-(``--trusted-key``, and its ``--index-key``): a variable set for builders and copiers
-must not widen what a server accepts.
+``name:base64`` keys, ``common.trusted_keys``).
 """
 
 from __future__ import annotations
@@ -20,244 +19,9 @@ import sys
 from pathlib import Path
 
 from kiln.store.errors import KilnError
-from kiln.store.signing import PublicKey, load_public_key, load_secret_key
+from kiln.store.signing import load_secret_key
 
-from .common import add_store_arg, store_root, warn_no_signatures, whole_number
-
-
-def _trusted(args: argparse.Namespace, env: bool = True) -> list[PublicKey]:
-    """``--trusted-key``s, plus ``$KILN_TRUSTED_KEYS`` when ``env``."""
-    keys = [load_public_key(p) for p in args.trusted_key or []]
-    if env:
-        keys += [PublicKey.parse(t) for t in os.environ.get("KILN_TRUSTED_KEYS", "").split()]
-    return keys
-
-
-def _policy(path: Path | None):  # noqa: ANN202 - a kiln.store.policy.Policy or None
-    if path is None:
-        return None
-    from kiln.store.policy import load
-
-    return load(path)
-
-
-def _listen(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
-        raise KilnError(f"--listen expects HOST:PORT with a port from 0 to 65535, got {text!r}")
-    return host.strip("[]") or "127.0.0.1", int(port)
-
-
-def cmd_serve(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(
-        prog="kiln serve", description="serve a kiln store or a registry directory over HTTP"
-    )
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--store", type=Path, metavar="DIR", help="serve this local kiln store (read-only)")
-    src.add_argument(
-        "--dir", type=Path, metavar="DIR", help="serve (and accept pushes into) this registry directory"
-    )
-    p.add_argument("--listen", default="127.0.0.1:5000", metavar="HOST:PORT")
-    p.add_argument("--store-dir", default=None, help="logical store dir for a new registry directory")
-    p.add_argument("--sign-key", type=Path, help="(--store) sign narinfos on the fly with this secret key")
-    p.add_argument(
-        "--trusted-key", type=Path, action="append", help="public key whose signatures admit pushed narinfos"
-    )
-    p.add_argument(
-        "--index-key",
-        type=Path,
-        help="secret key that signs the registry index (republished after pushes); its public key "
-        "also admits pushed narinfos",
-    )
-    p.add_argument(
-        "--workers", type=whole_number(1), default=1, help="processes sharing the socket (default 1)"
-    )
-    p.add_argument(
-        "--max-body-size", type=whole_number(1), default=8 << 30, help="largest accepted upload in bytes"
-    )
-    p.add_argument(
-        "--max-nar-size",
-        type=whole_number(1),
-        default=64 << 30,
-        help="largest NAR an uploaded object may decompress to, in bytes (default 64 GiB)",
-    )
-    p.add_argument(
-        "--negative-ttl",
-        type=whole_number(0),
-        default=10,
-        help="seconds clients may cache a miss (default 10)",
-    )
-    p.add_argument("--private", action="store_true", help="require a token with the read scope for reads")
-    p.add_argument(
-        "--attester-key",
-        type=Path,
-        action="append",
-        help="public key whose DSSE signatures also admit pushed attestations (e.g. a rebuilder's)",
-    )
-    p.add_argument("--policy", type=Path, metavar="FILE", help="TOML policy that POST /verify applies")
-    p.add_argument("--no-fsync", action="store_true", help="do not fsync uploads (benchmarks, tmpfs)")
-    p.add_argument(
-        "--no-fast-path",
-        action="store_true",
-        help="send narinfo GETs through aiohttp too (for comparison; see docs/registry.md)",
-    )
-    args = p.parse_args(argv)
-    if args.private and args.store:
-        raise KilnError("--private needs --dir (tokens are kept in the registry directory)")
-    from kiln.registry import server, workers
-
-    cfg = server.ServerConfig(
-        negative_ttl=args.negative_ttl,
-        max_body=args.max_body_size,
-        max_nar=args.max_nar_size,
-        private=args.private,
-        trusted=_trusted(args, env=False),
-        index_key=load_secret_key(args.index_key) if args.index_key else None,
-        attesters=[load_public_key(k) for k in args.attester_key or []],
-        policy=_policy(args.policy),
-        fast_path=not args.no_fast_path,
-    )
-    if args.index_key and cfg.index_key:
-        cfg.trusted.append(cfg.index_key.public())
-    sign_key = load_secret_key(args.sign_key) if args.sign_key else None
-    # Open once in the parent so configuration errors are reported before forking.
-    src = server.open_source(
-        store=args.store, directory=args.dir, sign_key=sign_key, store_dir=args.store_dir
-    )
-    if args.dir is not None:
-        from kiln.registry.fsck import hold_serving_lock
-
-        # held (and inherited by the workers) until the server exits: see registry/fsck.py
-        hold_serving_lock(src, exclusive=False)
-    host, port = _listen(args.listen)
-    try:
-        sock = workers.bind(host, port)
-    except OSError as e:
-        raise KilnError(f"cannot listen on {args.listen}: {e.strerror or e}") from None
-
-    def make():  # noqa: ANN202 - each worker opens its own source (own DB connection)
-        src = server.open_source(
-            store=args.store,
-            directory=args.dir,
-            sign_key=sign_key,
-            store_dir=args.store_dir,
-            durable=not args.no_fsync,
-        )
-        return server.make_app(src, cfg)
-
-    def ready() -> None:
-        h, prt = sock.getsockname()[:2]
-        print(f"kiln serve: listening on http://{h}:{prt}", flush=True)
-
-    workers.serve(make, sock, args.workers, ready)
-    return 0
-
-
-def cmd_registry(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="kiln registry", description="registry administration")
-    sub = p.add_subparsers(dest="cmd", required=True)
-    init = sub.add_parser("init", help="create a registry directory")
-    init.add_argument("--dir", type=Path, required=True)
-    init.add_argument("--store-dir", default="/kiln/store")
-    tok = sub.add_parser("token", help="manage bearer tokens")
-    toks = tok.add_subparsers(dest="tcmd", required=True)
-    tc = toks.add_parser("create", help="create a token and print it once")
-    tc.add_argument("--scope", action="append", choices=["read", "write"], required=True)
-    tc.add_argument("--dir", type=Path, required=True)
-    tc.add_argument("--comment", default="")
-    tl = toks.add_parser("list", help="list token ids and scopes")
-    tl.add_argument("--dir", type=Path, required=True)
-    tr = toks.add_parser("revoke", help="revoke a token by id")
-    tr.add_argument("--dir", type=Path, required=True)
-    tr.add_argument("token_id")
-    pi = sub.add_parser("publish-index", help="sign and publish the registry index")
-    pi.add_argument("--dir", type=Path, required=True)
-    pi.add_argument("--key", type=Path, required=True)
-    ve = sub.add_parser(
-        "verify", help="check every narinfo and blob of a registry directory (exit 1 if any is bad)"
-    )
-    ve.add_argument("--dir", type=Path, required=True)
-    ve.add_argument(
-        "--trusted-key", type=Path, action="append", help="also require signatures by these keys (repeatable)"
-    )
-    ve.add_argument(
-        "--sigs-needed", type=whole_number(0), default=None, help="default: 1 with trusted keys, else 0"
-    )
-    ve.add_argument(
-        "--delete-bad",
-        action="store_true",
-        help="unpublish what fails (its narinfo and bad blob), so the next sync or push fetches it again",
-    )
-    ve.add_argument(
-        "-j", "--jobs", type=whole_number(1), default=None, help="blobs checked at once (default: cores)"
-    )
-    ve.add_argument("--json", action="store_true")
-    rr = sub.add_parser("rotate-root", help="move the index to a new key (root v+1 signed by old and new)")
-    rr.add_argument("--dir", type=Path, required=True)
-    rr.add_argument("--old-key", type=Path, required=True)
-    rr.add_argument("--new-key", type=Path, required=True)
-    args = p.parse_args(argv)
-    from kiln.registry.backends import DirSource
-
-    if args.cmd == "init":
-        src = DirSource(args.dir, store_dir=args.store_dir)
-        print(f"registry at {src.storage.url} (StoreDir {src.store_dir})")
-        return 0
-    from kiln.registry.layout import CACHE_INFO
-
-    if not (args.dir / CACHE_INFO).is_file():
-        raise KilnError(f"{args.dir} is not a registry directory (no {CACHE_INFO}); see kiln registry init")
-    src = DirSource(args.dir)
-    if args.cmd == "token":
-        from kiln.registry.auth import TokenStore
-
-        ts = TokenStore(src.storage)
-        if args.tcmd == "create":
-            print(ts.create(args.scope, args.comment))
-        elif args.tcmd == "list":
-            for r in ts.records():
-                print(f"{r.token_id}\t{','.join(r.scopes)}\t{r.created}\t{r.comment}")
-        elif not ts.revoke(args.token_id):
-            raise KilnError(f"no token with id {args.token_id}")
-        return 0
-    if args.cmd == "verify":
-        return _verify_registry(src, args)
-    from kiln.registry import publish
-
-    if args.cmd == "publish-index":
-        pub = publish.publish_index(src.storage, load_secret_key(args.key))
-        print(f"index version {pub.index_version}, timestamp version {pub.timestamp_version}")
-        return 0
-    v = publish.rotate_root(src.storage, load_secret_key(args.old_key), load_secret_key(args.new_key))
-    pub = publish.publish_index(src.storage, load_secret_key(args.new_key))
-    print(f"root version {v}; index version {pub.index_version}, timestamp version {pub.timestamp_version}")
-    return 0
-
-
-def _verify_registry(src, args: argparse.Namespace) -> int:  # noqa: ANN001 - a DirSource
-    import json
-
-    from kiln.registry.fsck import verify_dir
-
-    trusted = _trusted(args)
-    needed = args.sigs_needed if args.sigs_needed is not None else (1 if trusted else 0)
-    if needed == 0 and trusted:  # keys given, and then not used
-        warn_no_signatures("the registry is verified")
-    rep = verify_dir(src, trusted=trusted, sigs_needed=needed, delete_bad=args.delete_bad, jobs=args.jobs)
-    if args.json:
-        doc = {
-            "checked": rep.checked,
-            "problems": [{"path": p.path, "problem": p.what} for p in rep.problems],
-            "removed": list(rep.removed),
-        }
-        print(json.dumps(doc, indent=2))
-    else:
-        for p in rep.problems:
-            print(f"{p.path}: {p.what}")
-        for k in rep.removed:
-            print(f"removed {k}")
-        print(f"checked {rep.checked} narinfos: {len(rep.problems)} problem(s)")
-    return 1 if rep.problems else 0
+from .common import add_store_arg, store_root, trusted_keys, warn_no_signatures, whole_number
 
 
 def _open_store(args: argparse.Namespace, store_dir: str | None = None, create: bool = False):  # noqa: ANN202
@@ -341,7 +105,7 @@ def cmd_copy(argv: list[str]) -> int:
             + (["--token", args.token] if args.token else [])
             + (["--store", str(args.store)] if args.store else [])
         )
-    trusted = _trusted(args)
+    trusted = trusted_keys(args.trusted_key)
     if args.sigs_needed == 0:
         warn_no_signatures("paths are copied")
     if args.dst == "store":
@@ -394,7 +158,7 @@ def cmd_mirror(argv: list[str]) -> int:
         args.src,
         dst,
         root=args.root.read_bytes() if args.root else None,
-        trusted=_trusted(args),
+        trusted=trusted_keys(args.trusted_key),
         jobs=args.jobs,
         token=args.token,
     )
@@ -407,8 +171,6 @@ def cmd_mirror(argv: list[str]) -> int:
 
 
 COMMANDS = {
-    "serve": cmd_serve,
-    "registry": cmd_registry,
     "push": cmd_push,
     "copy": cmd_copy,
     "mirror": cmd_mirror,

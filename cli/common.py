@@ -44,6 +44,17 @@ def default_home() -> Path:
     return Path(default_home_dir())
 
 
+def trusted_keys(files: list | None, env: bool = True) -> list:
+    """The public keys of ``--trusted-key`` ``files``, plus ``$KILN_TRUSTED_KEYS``
+    (space-separated ``name:base64``) when ``env``: a list of ``signing.PublicKey``."""
+    from kiln.store.signing import PublicKey, load_public_key
+
+    keys = [load_public_key(f) for f in files or []]
+    if env:
+        keys += [PublicKey.parse(t) for t in os.environ.get("KILN_TRUSTED_KEYS", "").split()]
+    return keys
+
+
 def warn_no_signatures(what: str) -> None:
     """Say that a threshold of 0 signatures turns checking off (as Nix's
     ``require-sigs = false``: allowed, never silent)."""
