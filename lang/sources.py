@@ -93,15 +93,20 @@ def filtered_copy(root: Path, tmp_parent: Path | None = None) -> Path:
     The caller removes ``path.parent`` when done."""
     tmp = Path(tempfile.mkdtemp(prefix="kiln-src-", dir=tmp_parent))
     dest = tmp / root.name
-    dest.mkdir()
-    for rel, _st in kept(root):
-        src, dst = root / rel, dest / rel
-        if os.path.islink(src):
-            os.symlink(os.readlink(src), dst)
-        elif os.path.isdir(src):
-            dst.mkdir()
-        else:
-            shutil.copy2(src, dst)
+    try:
+        dest.mkdir()
+        for rel, _st in kept(root):
+            src, dst = root / rel, dest / rel
+            if os.path.islink(src):
+                os.symlink(os.readlink(src), dst)
+            elif os.path.isdir(src):
+                dst.mkdir()
+            else:
+                shutil.copy2(src, dst)
+    except BaseException:
+        # an unreadable file, a full disk or ^C must not leave a half copy behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return dest
 
 

@@ -112,17 +112,21 @@ def test_integers_are_64_bit(tmp_path):
         evaluate_file(tmp_path / "ovf.recipe").attributes()
 
 
-def test_a_source_that_cannot_be_added_is_located(tmp_path):
+def test_a_source_that_cannot_be_added_is_located(tmp_path, monkeypatch):
     from lang_helpers import source_hasher
 
     from kiln.lang import evaluate_file
     from kiln.lang.errors import BadValue
 
+    scratch = tmp_path / "scratch"  # where filtered copies go; the failed one must not stay
+    scratch.mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(scratch))
     (tmp_path / "src").mkdir()
     os.mkfifo(tmp_path / "src" / "pipe")
     (tmp_path / "r.recipe").write_text('package p {\n  src = path "./src"\n  build = "${src}"\n}\n')
     with pytest.raises(BadValue, match=r"r.recipe:2:\d+: cannot add path './src' to the store"):
         evaluate_file(tmp_path / "r.recipe", add_source=source_hasher()).attributes()
+    assert list(scratch.iterdir()) == []
 
 
 def test_a_broken_binding_fails_only_what_uses_it(tmp_path):
