@@ -92,9 +92,20 @@ def cmd_copy(argv: list[str]) -> int:
     p.add_argument("--sigs-needed", type=whole_number(0), default=1)
     p.add_argument("-j", "--jobs", type=whole_number(1), default=16)
     p.add_argument("--store-dir", default=None, help="logical store dir when --to store creates a new store")
+    p.add_argument(
+        "--add-root",
+        metavar="NAME",
+        default=None,
+        help="with --to store: make gcroots/NAME point at the first PATH, NAME-2 at the second, ... "
+        "(no GC can come in between, as it can after the command)",
+    )
     add_store_arg(p)
     args = p.parse_args(argv)
     from kiln.registry import copy as rcopy
+
+    roots = _root_names(args.add_root, len(args.paths)) if args.add_root is not None else []
+    if roots and args.dst != "store":
+        raise KilnError("--add-root needs --to store: only a local store has GC roots")
     from kiln.registry.client import open_client
 
     if args.src == "store":
@@ -119,6 +130,8 @@ def cmd_copy(argv: list[str]) -> int:
                 args.jobs,
                 token=args.from_token or args.token,  # --token has no other use here
             )
+            for name, path in zip(roots, args.paths, strict=False):  # no roots: none asked for
+                store.add_root(name, path)  # to_store holds them as temp roots until we close
         print(f"copied {n} paths into {store.root}")
         return 0
     n = asyncio.run(
@@ -134,6 +147,17 @@ def cmd_copy(argv: list[str]) -> int:
     )
     print(f"copied {n} paths to {args.dst}")
     return 0
+
+
+def _root_names(name: str, n: int) -> list[str]:
+    """GC root names for ``n`` paths, as ``nix-store --realise --add-root`` makes them:
+    NAME, NAME-2, NAME-3, ...; each is checked before anything is copied."""
+    from kiln.store.localstore import check_root_name
+
+    names = [name] + [f"{name}-{i}" for i in range(2, n + 1)]
+    for r in names:
+        check_root_name(r)
+    return names
 
 
 def cmd_mirror(argv: list[str]) -> int:

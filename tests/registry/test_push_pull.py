@@ -247,6 +247,29 @@ def test_push_holds_what_it_sends_and_commands_leave_no_temp_roots(pushed, keys,
     assert os.listdir(d / "temproots") == []
 
 
+def test_copy_into_a_store_can_root_what_it_copied(pushed, keys, tmp_path) -> None:
+    """``--add-root NAME`` roots each PATH (NAME, NAME-2, ...) before the store is let go,
+    so a GC right after the command keeps the copies; bad uses fail before any copy."""
+    from kiln.store.localstore import LocalStore
+
+    _src, chain, _leaf, _reg, _tok, srv = pushed
+    d = tmp_path / "d"
+    base = ["copy", "--store", str(d), "--from", srv.url, "--trusted-key", str(keys.pk_file)]
+    r = kiln(*base, "--to", "store", chain[0], "--add-root", "bad/name")
+    assert r.returncode == 1 and "invalid GC root name 'bad/name'" in r.stderr, r.stderr
+    r = kiln(*base, "--to", f"file://{tmp_path / 'r'}", chain[0], "--add-root", "x")
+    assert r.returncode == 1 and "--add-root needs --to store" in r.stderr, r.stderr
+    assert not d.exists() and not (tmp_path / "r").exists()
+    r = kiln(*base, "--to", "store", chain[0], chain[1], "--add-root", "dep")
+    assert r.returncode == 0, r.stderr
+    with LocalStore.open(d) as store:
+        assert sorted(os.listdir(d / "gcroots")) == ["dep", "dep-2"]
+        assert os.readlink(d / "gcroots" / "dep") == str(store.real_path(chain[0]))
+        assert os.readlink(d / "gcroots" / "dep-2") == str(store.real_path(chain[1]))
+        store.gc()
+        assert store.is_valid(chain[0]) and store.is_valid(chain[1])
+
+
 def test_wrong_key_rejected(pushed, other_keys, tmp_path) -> None:
     _store, chain, _leaf, _reg, _tok, srv = pushed
     r = kiln(
