@@ -170,7 +170,7 @@ def collect(store: LocalStore, dry_run: bool = False) -> GcReport:
         orphan_atts = [h for h in att_dirs if h not in live_hash_parts]
         att_temp = attestations.stale_temp(store, [h for h in att_dirs if h in live_hash_parts])
         used_after = _used_objects(store, exclude=set(dead))
-        doomed_objects = [o for o in _objects(store) if o.name.split(".", 1)[0] not in used_after]
+        doomed_objects = [o for o in object_files(store) if o.name.split(".", 1)[0] not in used_after]
 
         # store writers' dirs (``<pid>-<hex>``, ``gc-...``) are stale: every writer is
         # excluded now. The build loop's ``build-*`` and ``check-*`` live longer than the
@@ -279,7 +279,9 @@ def stray_tree_names(store: LocalStore) -> list[str]:
     return sorted(out)
 
 
-def _objects(store: LocalStore) -> list[Path]:
+def object_files(store: LocalStore) -> list[Path]:
+    """The object files in ``objects/`` (``<2 hex>/<hex digest>.nar.zst``): the only
+    entries GC may delete there; anything else a user put there is left alone."""
     out = []
     for sub in os.scandir(store.objects):
         if sub.is_dir(follow_symlinks=False):

@@ -56,7 +56,7 @@ from typing import TYPE_CHECKING
 
 from . import db, nar
 from .errors import FormatError, KilnError
-from .gc import stray_tree_names
+from .gc import object_files, stray_tree_names
 from .hashes import Hash
 from .locks import FileLock
 from .objects import object_rel_path
@@ -290,13 +290,8 @@ def verify(store: LocalStore, repair: bool = False, trusted=None, sigs_needed: i
         # what GC would remove: entries named like store paths (see ``gc.stray_tree_names``)
         stray_trees = [f"{store.store_dir}/{n}" for n in stray_tree_names(store) if n not in valid_bases]
         used = {Hash.parse(fh).hex for (fh,) in store.conn.execute("SELECT file_hash FROM paths")}
-        stray_objects = sorted(
-            e.path
-            for sub in os.scandir(store.objects)
-            if sub.is_dir()
-            for e in os.scandir(sub.path)
-            if e.name.split(".", 1)[0] not in used
-        )
+        # likewise only object files (``gc.object_files``): what GC would delete
+        stray_objects = sorted(str(o) for o in object_files(store) if o.name.split(".", 1)[0] not in used)
     if repair and todo:
         gone = _drop_unused_objects(store, [per_path[i][0].file_hash for i in todo])
         stray_objects = [o for o in stray_objects if o not in gone]

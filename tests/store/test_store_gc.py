@@ -116,9 +116,11 @@ def test_gc_removes_leftovers(store, tmp_path):
     os.chmod(stray, 0o555)
     (store.objects / "ab").mkdir(exist_ok=True)
     (store.objects / "ab" / ("ab" * 32 + ".nar.zst")).write_bytes(b"junk")
+    (store.objects / "ab" / "NOTES").write_text("not an object: neither listed nor deleted\n")
     (store.tmp / "123-dead").mkdir()
     v = store.verify()
-    assert v.ok and v.stray_trees == (f"/kiln/store/{stray.name}",) and len(v.stray_objects) == 1
+    assert v.ok and v.stray_trees == (f"/kiln/store/{stray.name}",)
+    assert v.stray_objects == (str(store.objects / "ab" / ("ab" * 32 + ".nar.zst")),)
     (store.tmp / "123-dead" / "part").write_bytes(b"p" * 100_000)
     store.add_root("a", a.path)
     dry = store.gc(dry_run=True)  # lists (and counts) the tmp leftovers, deletes nothing
@@ -128,6 +130,7 @@ def test_gc_removes_leftovers(store, tmp_path):
     assert r.tmp_dirs == dry.tmp_dirs and r.bytes_freed == dry.bytes_freed
     assert r.stray_trees == (f"/kiln/store/{stray.name}",) and r.objects_deleted == 1
     assert not stray.exists() and os.listdir(store.tmp) == []
+    assert os.listdir(store.objects / "ab") == ["NOTES"]
     v = store.verify()
     assert v.ok and v.stray_trees == () and v.stray_objects == ()
 
