@@ -229,6 +229,7 @@ class Builder(Producing, Checking, Scheduling):
 
         from .buildlocks import output_lock
         from .stagedbuild import Placed, place, unplace
+        from .trees import canonicalise_output
 
         outs = [o.path for _, o in drv.outputs]
         locks = ExitStack()
@@ -246,13 +247,27 @@ class Builder(Producing, Checking, Scheduling):
                     raise BuildError(drv_path, f"build of {drv_path} cancelled")
                 placed: list[Placed] = []
                 try:
+                    order = _refs_first(drv_path, drv, produced)
+                    # every output is checked before any is placed: a sibling of a refused
+                    # output (a FIFO, a setuid file...) is never placed, nor registered, as
+                    # one on another file system would be at once
+                    for name, _o in order:
+                        canonicalise_output(Path(produced[name][0]))
                     with self.store.exclusive():
-                        for name, o in _refs_first(drv_path, drv, produced):
+                        for name, o in order:
                             tree, refs = produced[name]
-                            r = place(self._inner, o.path, tree, refs, drv_path, tmp / f"{name}.object")
+                            r = place(
+                                self._inner,
+                                o.path,
+                                tree,
+                                refs,
+                                drv_path,
+                                tmp / f"{name}.object",
+                                canonical=True,
+                            )
                             if isinstance(r, Placed):
                                 placed.append(r)
-                except KilnError as e:  # an output the store refuses (a FIFO, a setuid file...)
+                except KilnError as e:  # an output the store refuses, or cannot place
                     with self.store.exclusive():  # (the shared connection, as for place)
                         for r in placed:  # its siblings placed before it will not be registered
                             unplace(self._inner, r)

@@ -115,14 +115,21 @@ def _check_identity(real: Path, path: str, identity: tuple[int, int, int]) -> No
 
 
 def place(
-    store, path: str, tree: Path, references: Iterable[str], deriver: str | None, obj: Path
+    store,
+    path: str,
+    tree: Path,
+    references: Iterable[str],
+    deriver: str | None,
+    obj: Path,
+    canonical: bool = False,
 ) -> Placed | PathInfo:
     """Steps 1-2 for one output, on the build thread (``store`` used from this thread
     only): canonicalise ``tree`` in place (refusing setuid/setgid files, devices,
     sockets, fifos), then under the path's registration lock move it to the real path
     and seal it. Returns the existing info if ``path`` is valid already (``tree`` is
     left alone; a build dir on another file system is registered at once instead).
-    ``obj`` is a new file name in the caller's build temp dir for ``archive``."""
+    ``obj`` is a new file name in the caller's build temp dir for ``archive``;
+    ``canonical`` says the caller ran ``canonicalise_output`` on ``tree`` already."""
     sp = store.parse_path(path)
     path = str(sp)
     refs = tuple(sorted(set(map(str, references))))
@@ -130,7 +137,8 @@ def place(
         if os.lstat(tree).st_dev != os.stat(store.real_store).st_dev:
             # build dir on another file system: no cheap rename, register the usual way
             return store.register_built(path, tree, refs, deriver)
-        canonicalise_output(Path(tree))
+        if not canonical:
+            canonicalise_output(Path(tree))
         with FileLock(store._path_lock(sp)):
             existing = store.query(path)
             store._keep(path)

@@ -266,9 +266,9 @@ def test_keep_failed_keeps_a_build_whose_output_is_refused(store, graph, script,
 
 
 def test_a_refused_output_takes_its_placed_sibling_with_it(store, graph):
-    """``dev`` is placed first (references-first order), then ``out`` is refused (a
-    FIFO): the build fails and ``dev``'s tree does not stay behind, unregistered, at
-    its real path until a GC."""
+    """``dev`` comes first (references-first order), then ``out`` is refused (a FIFO):
+    the build fails and ``dev``'s tree is not left, unregistered, at its real path until
+    a GC (every output is checked before any is placed)."""
     a, ad = graph.drv("half", "mkdir $out $dev; echo x > $dev/f; mkfifo $out/p", outputs=("out", "dev"))
     with pytest.raises(BuildError, match="is a fifo"):
         builder(store).realise([a])
