@@ -93,8 +93,16 @@ def main(argv: list[str] | None = None, *, whole_process: bool = False) -> int:
 
 
 def cli() -> None:
-    """The ``kiln`` console script: ``main``, then ``exit_now``."""
-    exit_now(main(whole_process=True))
+    """The ``kiln`` console script: ``main``, then ``exit_now``. A ^C while the command's
+    modules are still being imported ends it as one during the command does (status
+    130, one line), not with a traceback; only one during the interpreter's own start-up,
+    before this runs, still prints Python's."""
+    try:
+        code = main(whole_process=True)
+    except KeyboardInterrupt:
+        print("kiln: interrupted", file=sys.stderr)
+        code = 130
+    exit_now(code)
 
 
 def exit_now(code: int) -> None:

@@ -145,6 +145,23 @@ def test_ctrl_c_during_evaluation_leaves_no_half_added_source(tmp_path: Path):
     assert not list((store / "tmp").iterdir())
 
 
+def test_ctrl_c_while_the_command_module_is_imported_is_one_line(tmp_path: Path):
+    """A ^C before the command runs, while its modules are imported (tens of ms of
+    start-up), ends the command like one during it: status 130 and one line, no
+    traceback. The probe module interrupts its own import."""
+    (tmp_path / "kiln_probe_cmd.py").write_text("import os, signal\nos.kill(os.getpid(), signal.SIGINT)\n")
+    code = (
+        "import sys\n"
+        "from kiln import main as m\n"
+        "m.COMMANDS['probe'] = ('kiln_probe_cmd', 'interrupts its own import')\n"
+        "sys.argv = ['kiln', 'probe']\n"
+        "m.cli()\n"
+    )
+    env = {**ENV, "PYTHONPATH": str(tmp_path)}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert (r.returncode, r.stderr) == (130, "kiln: interrupted\n")
+
+
 def test_a_closed_stderr_pipe_does_not_end_the_command(tmp_path: Path):
     """``kiln build -L 2>&1 | head``: once the pipe's reader is gone, messages on stderr
     are dropped, but the command's work goes on and its exit status is its own (a
