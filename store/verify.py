@@ -47,8 +47,10 @@ Unregistered trees and objects (left by crashed writers, removed by GC) are list
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -188,19 +190,41 @@ def _ca_problem(info: PathInfo, real: Path) -> str:
         )
     elif info.ca.startswith("fixed:sha256:"):  # a flat file (fetchurl)
         h = Hash.parse(info.ca.removeprefix("fixed:"))
-        got = Hash("sha256", hashlib.sha256(real.read_bytes()).digest()) if real.is_file() else None
+        got = _flat_file_hash(real)
         if got is None or got.digest != h.digest:
-            return f"ca {info.ca}: the file's sha256 is {got.to_nix32() if got else '(not a file)'}"
+            return f"ca {info.ca}: the file's sha256 is {got.to_nix32() if got else '(not a plain file)'}"
         want = make_fixed_output_path(sp.name, h, False, sp.store_dir)
     elif info.ca.startswith("text:sha256:"):
         h = Hash.parse(info.ca.removeprefix("text:"))
-        got = Hash("sha256", hashlib.sha256(real.read_bytes()).digest()) if real.is_file() else None
+        got = _flat_file_hash(real)
         if got is None or got.digest != h.digest:
-            return f"ca {info.ca}: the file's sha256 is {got.to_nix32() if got else '(not a file)'}"
+            return f"ca {info.ca}: the file's sha256 is {got.to_nix32() if got else '(not a plain file)'}"
         want = make_store_path(":".join(["text", *info.references]), h, sp.name, sp.store_dir)
     else:
         return ""
     return "" if str(want) == info.path else f"ca {info.ca} gives path {want}, not {info.path}"
+
+
+def _flat_file_hash(real: Path) -> Hash | None:
+    """SHA-256 of the tree at ``real`` if it is what a flat hash covers, a non-executable
+    regular file (as Nix requires), else None. The tree itself, never what it points at:
+    a symlink to a file with the right bytes elsewhere proves nothing about the path."""
+    try:
+        fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as e:
+        if e.errno == errno.ELOOP:  # a symlink
+            return None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_mode & 0o111:
+            return None
+        h = hashlib.sha256()
+        while b := os.read(fd, 1 << 20):
+            h.update(b)
+        return Hash("sha256", h.digest())
+    finally:
+        os.close(fd)
 
 
 def _check_path(store: LocalStore, info: PathInfo) -> list[Problem]:

@@ -164,6 +164,33 @@ def test_an_unverifiable_ca_claim_exempts_nothing_from_signatures(store, two):
         assert (built, "signatures") in [(p.path, p.kind) for p in r.problems], claim
 
 
+@pytest.mark.parametrize("kind", ["symlink", "executable"])
+def test_a_flat_ca_proves_only_a_plain_file(store, tmp_path, kind):
+    """A flat ``fixed:sha256:`` claim is a non-executable regular file's hash: a path
+    whose tree is a symlink to a file with those bytes elsewhere, or an executable with
+    them, is not proved by it (and so still needs its signatures)."""
+    from kiln.store.hashes import Hash
+    from kiln.store.pathinfo import PathInfo
+    from kiln.store.paths import make_fixed_output_path
+
+    target = tmp_path / "target"
+    target.write_bytes(b"hello")
+    node = tmp_path / "node"
+    if kind == "symlink":
+        os.symlink(target, node)
+    else:
+        node.write_bytes(b"hello")
+        node.chmod(0o755)
+    data = nar.dump_bytes(node)
+    h = Hash.sha256_of(b"hello")
+    p = str(make_fixed_output_path("hello", h, False, store.store_dir))
+    store.import_nar(PathInfo(p, Hash.sha256_of(data), len(data), ca=f"fixed:sha256:{h.nix32}"), [data])
+    r = store.verify(trusted=[], sigs_needed=1)
+    kinds = sorted(q.kind for q in r.problems if q.path == p)
+    assert kinds == ["ca-mismatch", "signatures"], r.problems
+    assert "(not a plain file)" in next(q.detail for q in r.problems if q.kind == "ca-mismatch")
+
+
 def test_a_malformed_ca_row_is_that_paths_problem(store, tmp_path):
     """A content address that does not parse (stored before narinfos checked CA, or by
     hand) is reported for its path; the other paths are still verified."""
