@@ -97,6 +97,21 @@ def _digests_record(d: Digests) -> bytes:
     ).encode()
 
 
+def _parse_digests_record(rec: bytes, file_hash: Hash) -> Digests | None:
+    """The digests in a ``.kiln/nars/<hex>`` record, or None if it is not a whole,
+    well-formed record of ``file_hash`` (records are never fsynced: a crash can leave
+    one empty or torn)."""
+    try:
+        d = json.loads(rec)
+        got = Digests(Hash.parse(d["file_hash"]), d["file_size"], Hash.parse(d["nar_hash"]), d["nar_size"])
+    except (ValueError, KeyError, TypeError, KilnError):  # (JSON and format errors are ValueErrors)
+        return None
+    sizes = (got.file_size, got.nar_size)
+    if got.file_hash.digest != file_hash.digest or not all(type(n) is int and n > 0 for n in sizes):
+        return None
+    return got
+
+
 class DirSource(Source):
     def __init__(
         self,
@@ -229,10 +244,10 @@ class DirSource(Source):
             return known
         rec = self.storage.read(f".kiln/nars/{file_hash.hex}")
         if rec is not None:
-            d = json.loads(rec)
-            return Digests(
-                Hash.parse(d["file_hash"]), d["file_size"], Hash.parse(d["nar_hash"]), d["nar_size"]
-            )
+            got = _parse_digests_record(rec, file_hash)
+            if got is not None:
+                return got
+            # torn (never fsynced) or damaged: recomputed below and written again
         f = self.storage.open(layout.nar_key(file_hash)) or self.storage.open(layout.blob_key(file_hash))
         if f is None:
             return None

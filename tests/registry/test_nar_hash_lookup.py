@@ -99,3 +99,46 @@ def test_a_rewritten_narinfo_is_served_as_it_now_is(pushed, keys, tmp_path) -> N
     st.add_signatures(p, [sign_info(st.query(p), keys.sk)])  # another connection commits
     assert src.narinfo(hp).count(b"Sig: ") == 1
     src.store.close()
+
+
+def test_a_torn_digests_record_is_recomputed_not_an_error(tmp_path, keys) -> None:
+    """``.kiln/nars/<hex>`` is a cache that is never fsynced. A crash can leave it empty
+    or torn, and a later upload of the object answers "already present" without writing
+    it again, so admitting the narinfo must recompute it rather than fail (it raised a
+    JSON error: a 500 from a server, a crash of ``kiln push`` to a directory)."""
+    import os
+
+    from regkit import kiln, make_store
+
+    from kiln.registry import layout
+
+    store = make_store(tmp_path / "store")
+    src = tmp_path / "big"
+    src.write_bytes(os.urandom(3 << 20))  # over RECORD_MIN: its digests get a record
+    path = store.add_path(src).path
+    info = store.query(path)
+    reg = tmp_path / "reg"
+    push = [
+        "push",
+        "--store",
+        str(store.root),
+        path,
+        "--to",
+        f"file://{reg}",
+        "--sign-key",
+        str(keys.sk_file),
+    ]
+    assert kiln(*push).returncode == 0
+    record = reg / ".kiln" / "nars" / info.file_hash.hex
+    assert record.exists()
+    want = DirSource(reg).object_digests(info.file_hash)
+    assert want is not None and want.nar_hash.digest == info.nar_hash.digest
+    narinfo = reg / layout.narinfo_key(path.split("/")[-1][:32])
+    for torn in (b"", b'{"file_hash": "sha256:', b"[1, 2]", b'{"file_hash": "' + b"0" * 64 + b'"}'):
+        record.write_bytes(torn)
+        assert DirSource(reg).object_digests(info.file_hash) == want, torn
+        record.write_bytes(torn)
+        narinfo.unlink()  # the crash came before the narinfo was published
+        r = kiln(*push)
+        assert r.returncode == 0, (torn, r.stderr)
+        assert narinfo.exists()
