@@ -90,6 +90,8 @@ async def _closure(
             if h not in texts:
                 raise KilnError(f"{src.url} has no narinfo for {hs[h]}")
             info = check_narinfo(texts[h], src.store_dir, trusted, sigs_needed, h)
+            if info.path != hs[h]:  # same hash part, another name: not the path asked for
+                raise KilnError(f"{src.url}: the narinfo for {hs[h]} is for {info.path}")
             wanted[info.path] = info
             nxt |= {r for r in info.references if r != info.path}
         frontier = sorted(r for r in nxt if r not in wanted)

@@ -152,6 +152,20 @@ def test_registry_to_registry_copy(pushed, keys, tmp_path) -> None:
     assert "copied 5 paths" in r.stdout and len(list(dst.glob("*.narinfo"))) == 5
 
 
+def test_registry_to_registry_copy_takes_only_the_path_asked_for(pushed, keys, tmp_path) -> None:
+    """A source answering for a path's hash part with a narinfo for another name (same
+    hash part, validly signed) is refused: the copy does not publish a path nobody asked
+    for in its place."""
+    _store, chain, _leaf, reg, _tok, _srv = pushed
+    base = chain[0].rsplit("/", 1)[1]
+    other = chain[0][: -len(base)] + base[:33] + "impostor"
+    dst = tmp_path / "reg2"
+    r = kiln("copy", "--from", f"file://{reg}", "--to", f"file://{dst}", other, "--trusted-key", str(keys.pk_file))  # fmt: skip
+    assert r.returncode == 1, r.stderr
+    assert f"the narinfo for {other} is for {chain[0]}" in r.stderr
+    assert not list(dst.glob("*.narinfo"))
+
+
 def test_registry_to_registry_copy_is_batched_and_verified(pushed, keys, tmp_path, kiln_server) -> None:
     """Between two kiln servers, small objects come a few hundred per ``blob_batch``
     and go with their narinfos in ``upload_batch`` requests, not a GET and two PUTs per
