@@ -30,10 +30,12 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import functools
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from kiln.store.errors import KilnError
 from kiln.store.signing import PublicKey, SecretKey
@@ -44,6 +46,7 @@ ROLES = ("root", "timestamp", "snapshot", "index")
 ROOT_DAYS = 365
 INDEX_DAYS = 30
 TIMESTAMP_HOURS = 24
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 class IndexError_(KilnError):  # noqa: N801 - avoid shadowing the builtin IndexError
@@ -99,6 +102,26 @@ def sign_envelope(signed: dict[str, Any], keys: list[SecretKey]) -> bytes:
         raw = sig.split(":", 1)[1] if ":" in sig else sig
         sigs.append({"keyid": key_id(k.public()), "sig": raw})
     return canonical({"signed": signed, "signatures": sigs}) + b"\n"
+
+
+def _malformed(what: str) -> Callable[[F], F]:
+    """Decorate a ``verify_*`` step so metadata of the wrong shape (a signature that is
+    not an object, a role without keys, a ``meta`` entry without a version...) is an
+    ``IndexError_`` naming ``what``, not a KeyError or TypeError from deep inside: the
+    files come from the source, which may be broken or hostile, and a well-signed file
+    can still be malformed."""
+
+    def wrap(fn: F) -> F:
+        @functools.wraps(fn)
+        def checked(*args: Any, **kw: Any) -> Any:
+            try:
+                return fn(*args, **kw)
+            except (KeyError, TypeError, AttributeError, ValueError, IndexError) as e:
+                raise IndexError_(f"{what}: malformed metadata ({type(e).__name__}: {e})") from None
+
+        return checked  # type: ignore[return-value]
+
+    return wrap
 
 
 def _load(data: bytes, what: str) -> tuple[dict[str, Any], list[dict[str, str]]]:
@@ -253,12 +276,14 @@ class TrustState:
         )
 
     @classmethod
+    @_malformed("trusted state")
     def from_json(cls, data: bytes) -> TrustState:
         d = json.loads(data)
         rb = base64.b64decode(d["root"])
         return cls(_load(rb, "trusted root")[0], rb, int(d["timestamp"]), int(d["snapshot"]))
 
     @classmethod
+    @_malformed("root")
     def pin(cls, root_bytes: bytes) -> TrustState:
         """Trust ``root_bytes`` (obtained out of band); it must be self-signed."""
         signed, sigs = _load(root_bytes, "root")
@@ -267,6 +292,7 @@ class TrustState:
         return cls(signed, root_bytes)
 
 
+@_malformed("new root")
 def verify_next_root(state: TrustState, data: bytes, now: dt.datetime) -> None:
     """Accept root version N+1 signed by the current and by the new root keys."""
     signed, sigs = _load(data, "new root")
@@ -278,6 +304,7 @@ def verify_next_root(state: TrustState, data: bytes, now: dt.datetime) -> None:
     state.root, state.root_bytes = signed, data
 
 
+@_malformed("timestamp")
 def verify_timestamp(state: TrustState, data: bytes, now: dt.datetime) -> dict[str, Any]:
     signed, sigs = _load(data, "timestamp")
     v = _check_type(signed, "timestamp", "timestamp")
@@ -288,6 +315,8 @@ def verify_timestamp(state: TrustState, data: bytes, now: dt.datetime) -> dict[s
         )
     _check_fresh(signed, now, "timestamp")
     snap_v = signed["meta"]["snapshot.json"]["version"]
+    if type(snap_v) is not int:  # it names files to fetch: a number, nothing else
+        raise IndexError_(f"timestamp: snapshot version {snap_v!r} is not an integer")
     if snap_v < state.snapshot_version:
         raise RollbackError(
             f"snapshot version {snap_v} is older than the last seen {state.snapshot_version} (rollback)"
@@ -303,6 +332,7 @@ def _check_link(data: bytes, meta: dict[str, Any], what: str) -> None:
         )
 
 
+@_malformed("snapshot")
 def verify_snapshot(
     state: TrustState, timestamp: dict[str, Any], data: bytes, now: dt.datetime
 ) -> dict[str, Any]:
@@ -317,6 +347,7 @@ def verify_snapshot(
     return signed
 
 
+@_malformed("index")
 def verify_index(
     state: TrustState, snapshot: dict[str, Any], data: bytes, now: dt.datetime
 ) -> dict[str, Any]:

@@ -199,3 +199,50 @@ def test_a_signed_but_malformed_path_table_is_an_index_error(reg, entry, says) -
     state = ix.TrustState.pin(reg.read("index/root.json"))
     with pytest.raises(ix.IndexError_, match=says):
         _update(reg, state)
+
+
+def _mangled(data: bytes, change) -> bytes:  # noqa: ANN001 - change(envelope) edits in place
+    env = json.loads(data)
+    change(env)
+    return ix.canonical(env)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda e: e.__setitem__("signatures", ["x"]),  # a signature that is not an object
+        lambda e: e["signatures"].__setitem__(0, {"keyid": ["a"], "sig": "x"}),  # unhashable key id
+        lambda e: e["signed"]["roles"].pop("root"),
+        lambda e: e["signed"]["roles"]["root"].__setitem__("threshold", "1"),
+        lambda e: e["signed"].__setitem__("keys", []),
+    ],
+)
+def test_a_malformed_root_is_an_index_error(reg, change) -> None:
+    """The root comes from the source (pinned from it, or the next one in the chain): a
+    wrong shape is a verification failure naming it, not an internal error."""
+    key = SecretKey.generate("idx-1")
+    publish_index(reg, key)
+    with pytest.raises(ix.IndexError_, match="^root: "):
+        ix.TrustState.pin(_mangled(reg.read("index/root.json"), change))
+
+
+@pytest.mark.parametrize(
+    "meta, says",
+    [
+        ({}, "KeyError"),
+        ({"snapshot.json": {"version": "../../x"}}, "is not an integer"),
+        ({"snapshot.json": {"version": 1.0}}, "is not an integer"),
+        ({"snapshot.json": []}, "TypeError"),
+    ],
+)
+def test_a_signed_but_malformed_timestamp_is_an_index_error(reg, meta, says) -> None:
+    """A timestamp signed by the right key with a wrong ``meta`` (whose version names
+    the files fetched next) fails as an index error."""
+    key = SecretKey.generate("idx-1")
+    publish_index(reg, key)
+    state = ix.TrustState.pin(reg.read("index/root.json"))
+    signed = json.loads(reg.read("index/timestamp.json"))["signed"]
+    signed["meta"] = meta
+    reg.put_bytes("index/timestamp.json", ix.sign_envelope(signed, [key]))
+    with pytest.raises(ix.IndexError_, match=f"^timestamp: .*{says}"):
+        _update(reg, state)
