@@ -115,14 +115,7 @@ def check_envelope(
 
 def listing(storage: Storage, hash_part: str) -> dict[str, str]:
     """``{kind: sha256}`` of a path's attestations in a registry directory ({} if none)."""
-    data = storage.read(layout.att_listing_key(hash_part))
-    if not data:
-        return {}
-    try:
-        kinds = json.loads(data).get("kinds", {})
-    except (ValueError, AttributeError, RecursionError):
-        return {}
-    return {k: v for k, v in kinds.items() if isinstance(k, str) and isinstance(v, str)}
+    return layout.parse_att_listing(storage.read(layout.att_listing_key(hash_part)))
 
 
 def rebuild_listing(storage: Storage, hash_part: str) -> dict[str, str]:

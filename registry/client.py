@@ -115,7 +115,7 @@ class Client(abc.ABC):
         async def one(h: str) -> None:
             async with sem:
                 body = await self.get(layout.att_listing_key(h))
-            kinds = _parse_listing(body)
+            kinds = layout.parse_att_listing(body)
             if kinds:
                 out[h] = kinds
 
@@ -136,22 +136,6 @@ class Client(abc.ABC):
 
     async def upload_batch(self, frames: list[tuple[str, bytes, Path | None]]) -> list[dict[str, Any]] | None:
         return None  # not supported: callers fall back to one PUT per object
-
-
-def _parse_listing(body: bytes | None) -> dict[str, str]:
-    if not body:
-        return {}
-    import json
-
-    try:
-        kinds = json.loads(body).get("kinds", {})
-    except (ValueError, AttributeError, RecursionError):
-        return {}
-    return (
-        {k: v for k, v in kinds.items() if isinstance(k, str) and isinstance(v, str)}
-        if isinstance(kinds, dict)
-        else {}
-    )
 
 
 def open_client(

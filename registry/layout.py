@@ -65,6 +65,22 @@ def att_listing_key(hash_part: str) -> str:
     return f"{hash_part}.att/{ATT_LISTING}"
 
 
+def parse_att_listing(body: bytes | None) -> dict[str, str]:
+    """``{kind: sha256}`` from a ``<h>.att/index.json`` body; {} for a missing, empty or
+    malformed one (the listing is a convenience: each file is checked on its own)."""
+    if not body:
+        return {}
+    import json
+
+    try:
+        kinds = json.loads(body).get("kinds", {})
+    except (ValueError, AttributeError, RecursionError):
+        return {}
+    if not isinstance(kinds, dict):
+        return {}
+    return {k: v for k, v in kinds.items() if isinstance(k, str) and isinstance(v, str)}
+
+
 def att_kind_of_key(key: str) -> str | None:
     """The attestation kind an ``att`` key names, or None for the listing."""
     name = key.rsplit("/", 1)[1]

@@ -120,6 +120,10 @@ def test_push_carries_provenance_and_registry_serves_it(tmp_path, keys, kiln_ser
     assert st == 200 and "provenance" in json.loads(body)["kinds"]
     # nothing new: the second push uploads no attestation
     assert "0 attestations" in s.push(s.app).stdout
+    # a damaged listing is no listing (each file is checked on its own), never a 500
+    listing = s.reg / f"{s.hp(s.app)}.att" / "index.json"
+    listing.write_bytes(b'{"kinds": []}')
+    assert request(f"{s.url}/{s.hp(s.app)}.att/")[0] == 404
 
 
 def test_tampered_or_untrusted_attestation_upload_is_refused(tmp_path, keys, other_keys, kiln_server) -> None:
