@@ -284,9 +284,17 @@ def object_files(store: LocalStore) -> list[Path]:
     entries GC may delete there; anything else a user put there is left alone."""
     out = []
     for sub in os.scandir(store.objects):
-        if sub.is_dir(follow_symlinks=False):
-            out.extend(Path(e.path) for e in os.scandir(sub.path) if e.name.endswith(".nar.zst"))
+        if _SHARD.fullmatch(sub.name) and sub.is_dir(follow_symlinks=False):
+            out.extend(
+                Path(e.path)
+                for e in os.scandir(sub.path)
+                if _OBJECT.fullmatch(e.name) and e.name[:2] == sub.name
+            )
     return out
+
+
+_SHARD = re.compile(r"[0-9a-f]{2}")
+_OBJECT = re.compile(r"[0-9a-f]{64}\.nar\.zst")
 
 
 def _used_objects(store: LocalStore, exclude: set[str]) -> set[str]:

@@ -117,6 +117,10 @@ def test_gc_removes_leftovers(store, tmp_path):
     (store.objects / "ab").mkdir(exist_ok=True)
     (store.objects / "ab" / ("ab" * 32 + ".nar.zst")).write_bytes(b"junk")
     (store.objects / "ab" / "NOTES").write_text("not an object: neither listed nor deleted\n")
+    (store.objects / "ab" / "x.nar.zst").write_text("not an object's name either\n")
+    (store.objects / "ab" / ("cd" * 32 + ".nar.zst")).write_text("not in its shard\n")
+    (store.objects / "mine").mkdir()
+    (store.objects / "mine" / ("ef" * 32 + ".nar.zst")).write_text("not in a shard\n")
     (store.tmp / "123-dead").mkdir()
     v = store.verify()
     assert v.ok and v.stray_trees == (f"/kiln/store/{stray.name}",)
@@ -130,7 +134,8 @@ def test_gc_removes_leftovers(store, tmp_path):
     assert r.tmp_dirs == dry.tmp_dirs and r.bytes_freed == dry.bytes_freed
     assert r.stray_trees == (f"/kiln/store/{stray.name}",) and r.objects_deleted == 1
     assert not stray.exists() and os.listdir(store.tmp) == []
-    assert os.listdir(store.objects / "ab") == ["NOTES"]
+    assert sorted(os.listdir(store.objects / "ab")) == sorted(["NOTES", "x.nar.zst", "cd" * 32 + ".nar.zst"])
+    assert os.listdir(store.objects / "mine") == ["ef" * 32 + ".nar.zst"]
     v = store.verify()
     assert v.ok and v.stray_trees == () and v.stray_objects == ()
 
