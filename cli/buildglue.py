@@ -141,12 +141,11 @@ def make_substituter(urls: list[str], trusted_keys: list[str], sigs_needed: int 
     if not urls and not env_urls.strip():
         return None
     from kiln.registry.substitute import Substituter, parse_registries
-    from kiln.store.signing import PublicKey
+
+    from .common import trusted_keys as load_trusted_keys
 
     regs = [(u, i) for i, u in enumerate(urls)] + parse_registries(env_urls, default_priority=len(urls) + 40)
-    texts = [k if ":" in k and not os.path.exists(k) else Path(k).read_text().strip() for k in trusted_keys]
-    texts += os.environ.get("KILN_TRUSTED_KEYS", "").split()
-    keys = [PublicKey.parse(t) for t in texts]
+    keys = load_trusted_keys(trusted_keys)
     if sigs_needed is not None:
         needed = sigs_needed
     else:

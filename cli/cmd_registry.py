@@ -88,7 +88,7 @@ def cmd_copy(argv: list[str]) -> int:
         default=os.environ.get("KILN_REGISTRY_FROM_TOKEN"),
         help="bearer token of a private --from registry (between two registries)",
     )
-    p.add_argument("--trusted-key", type=Path, action="append")
+    p.add_argument("--trusted-key", action="append", metavar="KEY")
     p.add_argument("--sigs-needed", type=whole_number(0), default=1)
     p.add_argument("-j", "--jobs", type=whole_number(1), default=16)
     p.add_argument("--store-dir", default=None, help="logical store dir when --to store creates a new store")
@@ -168,7 +168,7 @@ def cmd_mirror(argv: list[str]) -> int:
     s.add_argument("dst", type=Path, metavar="DST")
     s.add_argument("--root", type=Path, help="pinned root metadata of SRC (required on the first sync)")
     s.add_argument(
-        "--trusted-key", type=Path, action="append", help="also require narinfo signatures by these keys"
+        "--trusted-key", action="append", metavar="KEY", help="also require narinfo signatures by these keys"
     )
     s.add_argument("-j", "--jobs", type=whole_number(1), default=16)
     s.add_argument(

@@ -47,7 +47,10 @@ def cmd_serve(argv: list[str]) -> int:
     p.add_argument("--store-dir", default=None, help="logical store dir for a new registry directory")
     p.add_argument("--sign-key", type=Path, help="(--store) sign narinfos on the fly with this secret key")
     p.add_argument(
-        "--trusted-key", type=Path, action="append", help="public key whose signatures admit pushed narinfos"
+        "--trusted-key",
+        action="append",
+        metavar="KEY",
+        help="public key whose signatures admit pushed narinfos",
     )
     p.add_argument(
         "--index-key",
@@ -164,7 +167,10 @@ def cmd_registry(argv: list[str]) -> int:
     )
     ve.add_argument("--dir", type=Path, required=True)
     ve.add_argument(
-        "--trusted-key", type=Path, action="append", help="also require signatures by these keys (repeatable)"
+        "--trusted-key",
+        action="append",
+        metavar="KEY",
+        help="also require signatures by these keys (repeatable)",
     )
     ve.add_argument(
         "--sigs-needed", type=whole_number(0), default=None, help="default: 1 with trusted keys, else 0"

@@ -240,15 +240,10 @@ def _cmd_info(args) -> int:
     return 0
 
 
-def _load_public(text: str):
-    from kiln.store.signing import PublicKey, load_public_key
-
-    p = Path(text)
-    return load_public_key(p) if p.exists() else PublicKey.parse(text)
-
-
 def _cmd_verify(args) -> int:
-    trusted = [_load_public(k) for k in args.trusted_key]
+    from .common import trusted_keys
+
+    trusted = trusted_keys(args.trusted_key)
     with _open(args) as s:
         r = s.verify(repair=args.repair, trusted=trusted, sigs_needed=args.sigs_needed)
     if args.json:

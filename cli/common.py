@@ -44,12 +44,31 @@ def default_home() -> Path:
     return Path(default_home_dir())
 
 
-def trusted_keys(files: list | None, env: bool = True) -> list:
-    """The public keys of ``--trusted-key`` ``files``, plus ``$KILN_TRUSTED_KEYS``
-    (space-separated ``name:base64``) when ``env``: a list of ``signing.PublicKey``."""
+def load_trusted_key(arg: str | os.PathLike):  # noqa: ANN201 - a signing.PublicKey
+    """A public key given on the command line (``--trusted-key``): the file ``arg``
+    names if there is one, else key text ``name:base64``. Every command reads it the
+    same way."""
+    from kiln.store.errors import FormatError, KilnError
     from kiln.store.signing import PublicKey, load_public_key
 
-    keys = [load_public_key(f) for f in files or []]
+    text = os.fspath(arg)
+    if os.path.exists(text):
+        return load_public_key(text)
+    if ":" not in text:
+        raise KilnError(f"{text}: no such public key file")
+    try:
+        return PublicKey.parse(text)
+    except FormatError as e:
+        raise FormatError(f"{text[:60]!r} is neither a public key file nor a key ({e})") from None
+
+
+def trusted_keys(items: list | None, env: bool = True) -> list:
+    """The public keys of ``--trusted-key`` ``items`` (``load_trusted_key``), plus
+    ``$KILN_TRUSTED_KEYS`` (space-separated ``name:base64``) when ``env``: a list of
+    ``signing.PublicKey``."""
+    from kiln.store.signing import PublicKey
+
+    keys = [load_trusted_key(k) for k in items or []]
     if env:
         keys += [PublicKey.parse(t) for t in os.environ.get("KILN_TRUSTED_KEYS", "").split()]
     return keys

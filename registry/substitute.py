@@ -383,18 +383,3 @@ def parse_registries(text: str, default_priority: int = 40) -> list[tuple[str, i
         prio = int(q["priority"][0]) if "priority" in q and q["priority"][0].isdigit() else default_priority
         out.append((urlunsplit(parts._replace(query="")), prio))
     return out
-
-
-def from_env(env: dict[str, str] | None = None, **kw: Any) -> Substituter | None:
-    """A Substituter configured like Nix's ``substituters``/``trusted-public-keys``:
-    ``KILN_SUBSTITUTERS`` (see ``parse_registries``), ``KILN_TRUSTED_KEYS``
-    (space-separated ``name:base64``), ``KILN_SIGS_NEEDED`` (default 1). None when no
-    substituter is configured. For the build loop's CLI glue."""
-    import os
-
-    env = dict(os.environ) if env is None else env
-    regs = parse_registries(env.get("KILN_SUBSTITUTERS", ""))
-    if not regs:
-        return None
-    trusted = [PublicKey.parse(t) for t in env.get("KILN_TRUSTED_KEYS", "").split()]
-    return Substituter(regs, trusted, int(env.get("KILN_SIGS_NEEDED", "1")), **kw)

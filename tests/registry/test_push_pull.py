@@ -360,15 +360,36 @@ def test_serve_store_directly(tmp_path: Path, keys, kiln_server) -> None:
         to_store(unsigned.url, make_store(tmp_path / "dest2"), [chain[-1]], [keys.pk])
 
 
-def test_from_env(keys) -> None:
-    from kiln.registry.substitute import from_env, parse_registries
+def test_parse_registries() -> None:
+    from kiln.registry.substitute import parse_registries
 
     assert parse_registries("http://a:1?priority=10 file:///x") == [("http://a:1", 10), ("file:///x", 40)]
-    assert from_env({}) is None
-    with from_env(
-        {"KILN_SUBSTITUTERS": "http://127.0.0.1:9?priority=5", "KILN_TRUSTED_KEYS": keys.pk.to_text()}
-    ) as sub:
-        assert sub.registries == [("http://127.0.0.1:9", 5)] and sub.trusted == [keys.pk]
+
+
+def test_every_trusted_key_option_takes_a_file_or_the_key_itself(pushed, keys, tmp_path) -> None:
+    """``--trusted-key`` is read one way by every command: a file if one has that name,
+    else ``name:base64`` (copy and serve took only files, store verify ignored
+    ``$KILN_TRUSTED_KEYS``); a name that is neither says so."""
+    _src, chain, _leaf, _reg, _tok, srv = pushed
+    text = keys.pk_file.read_text().strip()
+    r = kiln("copy", "--store", str(tmp_path / "d"), "--from", srv.url, "--to", "store", chain[0], "--trusted-key", text)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    r = kiln("copy", "--store", str(tmp_path / "d"), "--from", srv.url, "--to", "store", chain[0], "--trusted-key", str(tmp_path / "nope.pub"))  # fmt: skip
+    assert r.returncode == 1 and f"{tmp_path / 'nope.pub'}: no such public key file" in r.stderr, r.stderr
+    r = kiln("copy", "--store", str(tmp_path / "d"), "--from", srv.url, "--to", "store", chain[0], "--trusted-key", "k:short")  # fmt: skip
+    assert r.returncode == 1 and "'k:short' is neither a public key file nor a key" in r.stderr, r.stderr
+    from regkit import add_built
+
+    with make_store(tmp_path / "s3") as s3:  # an input-addressed path: it needs a signature
+        add_built(s3, tmp_path, "built", "x")
+    assert (
+        kiln("store", "sign", "--store", str(tmp_path / "s3"), "--all", "--key", str(keys.sk_file)).returncode
+        == 0
+    )
+    verify = ["store", "verify", "--store", str(tmp_path / "s3"), "--sigs-needed", "1"]
+    assert kiln(*verify).returncode == 1  # no trusted key: the signature counts for nothing
+    assert kiln(*verify, "--trusted-key", text).returncode == 0
+    assert kiln(*verify, env={"KILN_TRUSTED_KEYS": text}).returncode == 0
 
 
 def test_blob_batch_client_against_kiln_serve(pushed) -> None:
