@@ -124,20 +124,60 @@ def test_same_path_by_two_processes_registers_once(tmp_path):
 
 
 GC = """
-import sys
+import os, sys
 from pathlib import Path
+from kiln.store import gc
 from kiln.store.localstore import LocalStore
+
+where, n = sys.argv[2], int(sys.argv[3])
+calls = 0
+
+
+def dying(real):
+    def step(*a, **kw):
+        global calls
+        calls += 1
+        if where.startswith("before") and calls > n:
+            os.kill(os.getpid(), 9)
+        out = real(*a, **kw)
+        if where.startswith("after") and calls > n:
+            os.kill(os.getpid(), 9)
+        return out
+
+    return step
+
+
+if where.endswith("delete"):  # the rows
+    gc.db.delete = dying(gc.db.delete)
+elif where.endswith("rename"):  # the trees, moved to the trash one by one
+    gc.os.rename = dying(gc.os.rename)
+else:  # the objects, then the trash
+    gc.remove_tree = dying(gc.remove_tree)
 s = LocalStore.open(Path(sys.argv[1]))
-print("open", flush=True)
 s.gc()
 print("done", flush=True)
 """
 
+#: where the collector is killed: (step, how many of its calls complete first)
+GC_KILLS = [
+    ("before-delete", 0),
+    ("after-delete", 0),
+    ("before-rename", 0),
+    ("after-rename", 7),
+    ("after-remove", 0),
+    ("after-remove", 20),
+]
+
 
 def test_kill_9_during_gc_leaves_store_consistent(tmp_path):
+    """GC killed at each of its steps (the rows deleted or not yet, some trees moved to
+    its trash, some objects deleted): the store stays consistent, the rooted path and
+    its closure stay, and the next GC finishes the job. The kills are injected at those
+    calls: a kill timed from outside lands before or after the few milliseconds GC
+    spends deleting."""
     root = tmp_path / "store"
     rng = random.Random(3)
-    for rep in range(4):
+    for rep, (where, n) in enumerate(GC_KILLS):
         s = LocalStore.open(root)
         keep = s.add_path(make_tree(tmp_path / f"keep{rep}", {"k": rng.randbytes(1000)}))
         dep = keep
@@ -147,21 +187,21 @@ def test_kill_9_during_gc_leaves_store_consistent(tmp_path):
             dep = s.add_text(f"n{i}.drv", b"x" * i, [dep.path, p.path])
         s.add_root(f"keep{rep}", keep.path)
         s.close()
-        p = subprocess.Popen([sys.executable, "-c", GC, str(root)], stdout=subprocess.PIPE, text=True)
-        p.stdout.readline()
-        time.sleep(rng.uniform(0, 0.3))
-        p.send_signal(signal.SIGKILL)
-        p.wait()
+        p = subprocess.run(
+            [sys.executable, "-c", GC, str(root), where, str(n)], capture_output=True, text=True
+        )
+        assert p.returncode == -signal.SIGKILL, (where, n, p.stdout, p.stderr)
         s = LocalStore.open(root)
         try:
             r = s.verify()
-            assert r.ok, r.problems  # no valid path lost its tree, object or references
+            assert r.ok, (where, n, r.problems)  # no valid path lost its tree, object or references
             assert s.is_valid(keep.path)
             s.gc()
             assert s.all_paths() == sorted(
                 s.resolve(os.path.realpath(e.path))[0] for e in os.scandir(root / "gcroots")
             )
             assert s.verify().ok and s.verify().stray_objects == ()
+            assert os.listdir(root / "tmp") == []  # the killed collector's trash went too
         finally:
             s.close()
 
