@@ -100,11 +100,21 @@ def test_cached_is_at_most_a_tenth(tmp_path):
 
 
 def test_cache_file_is_replaced_atomically(tmp_path):
+    """A new entry for the same recipe takes the old one's name by rename: a reader that
+    has the old one open still reads it whole, and no temp file is left behind."""
     (tmp_path / "set.recipe").write_text(gen(3))
     cache = tmp_path / "c"
     evaluate_file(tmp_path / "set.recipe", cache_dir=cache)
     names = os.listdir(cache)
-    assert len(names) == 1 and names[0].endswith(".eval")  # no temp files left behind
+    assert len(names) == 1 and names[0].endswith(".eval")
+    entry = cache / names[0]
+    old = entry.read_bytes()
+    with open(entry, "rb") as reader:
+        (tmp_path / "set.recipe").write_text(gen(4))
+        evaluate_file(tmp_path / "set.recipe", cache_dir=cache)
+        assert os.listdir(cache) == names  # the same entry, replaced
+        assert os.fstat(reader.fileno()).st_ino != entry.stat().st_ino
+        assert reader.read() == old and entry.read_bytes() != old
 
 
 def test_data_dir(tmp_path):
