@@ -15,7 +15,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -148,16 +147,19 @@ def test_a_package_being_run_survives_a_gc(world: World) -> None:
     for root in (world.home / "gcroots").iterdir():
         if os.readlink(root).endswith(out.rsplit("/", 1)[1]):
             root.unlink()  # only the running command keeps it now
+    flag = world.home.parent / "gc-done"  # the command waits for it: GC runs while it runs
+    script = f"echo started >&2; while [ ! -e {flag} ]; do sleep 0.05; done; hello"
     run = subprocess.Popen(
-        [sys.executable, "-m", "kiln", "run", out, "--", "sh", "-c", "sleep 2; hello"],
+        [sys.executable, "-m", "kiln", "run", out, "--", "sh", "-c", script],
         env=world.env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
     try:
-        time.sleep(1.0)
+        assert run.stderr.readline() == "started\n"  # running, so its temp root is held
         gc = world.kiln("store", "gc")
+        flag.touch()
         assert gc.returncode == 0, gc.stderr
         assert out not in gc.stdout
         stdout, stderr = run.communicate(timeout=60)
