@@ -58,11 +58,12 @@ def test_verify_policy_failure_and_usage(built, tmp_path: Path) -> None:
     pol.write_text("[require]\nsignatures = 'one'\n")
     r = kiln("verify", built.hello, "--store", root, "--policy", str(pol))
     assert r.returncode == 2 and "non-negative integer" in r.stderr
-    assert kiln("verify", "--store", root).returncode == 2
-    assert kiln("verify", "https://registry.invalid/x", "--store", root).returncode == 2
-    assert (
-        kiln("rebuild", built.hello, "--store", str(tmp_path / "no-store")).returncode == 2
-    )  # no store there
+    r = kiln("verify", "--store", root)
+    assert r.returncode == 2 and "the following arguments are required: TARGET" in r.stderr
+    r = kiln("verify", "https://registry.invalid/x", "--store", root)
+    assert r.returncode == 2 and "name the path as URL#PATH" in r.stderr
+    r = kiln("rebuild", built.hello, "--store", str(tmp_path / "no-store"))
+    assert r.returncode == 2 and f"no kiln store at {tmp_path / 'no-store'}" in r.stderr
     r = kiln("verify", "/kiln/store/" + "0" * 32 + "-nope", "--store", root)
     assert r.returncode == 1
 

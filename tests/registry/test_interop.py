@@ -73,10 +73,17 @@ def test_nix_copy_from_kiln_serve(nix_registry, keys, other_keys, kiln_server, t
 @pytest.mark.nix
 @pytest.mark.skipif(not HAVE_NIX, reason="needs Debian nix-bin")
 def test_nix_copy_from_kiln_serve_store(nix_registry, keys, kiln_server, tmp_path) -> None:
-    store, _dep, top, _reg = nix_registry
+    store, dep, top, _reg = nix_registry
     srv = kiln_server("--store", str(store.root), "--sign-key", str(keys.sk_file))
     r = nix_copy(srv.url, top, keys.pk.to_text(), tmp_path / "nixroot")
     assert r.returncode == 0, r.stderr
+    q = subprocess.run(
+        ["nix-store", "--store", f"local?root={tmp_path / 'nixroot'}", "-qR", top],
+        capture_output=True,
+        text=True,
+    )
+    assert set(q.stdout.split()) == {top, dep}
+    assert (tmp_path / "nixroot" / dep.lstrip("/") / "data").read_text().endswith(DEP_FILLER)
 
 
 @pytest.mark.skipif(not HAVE_NGINX, reason="needs Debian nginx")
