@@ -16,4 +16,6 @@ export KILN_SOURCE_MIRRORS=${KILN_SOURCE_MIRRORS:-$KILN_MIRROR}
 echo "== ruff"
 "$PY" -m ruff check .
 echo "== pytest"
-exec "$PY" -m pytest -q -p no:cacheprovider "$@"
+# -rs: every skip is listed with its reason (CI installs what the tests need: a skip there
+# means a check did not run)
+exec "$PY" -m pytest -q -rs -p no:cacheprovider "$@"
