@@ -17,10 +17,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-#: Slowest average pace (bytes/s) accepted once ``GRACE`` seconds have passed: far below
-#: any real link, far above a slowloris trickle.
-MIN_RATE = 4096
-GRACE = 60.0
+from kiln.store import pacing
+
+#: Slowest average pace (bytes/s) accepted once ``GRACE`` seconds have passed: the rule
+#: source fetches keep too (``kiln.store.pacing``).
+MIN_RATE = pacing.MIN_RATE
+GRACE = pacing.GRACE
 
 
 class Link:

@@ -30,6 +30,7 @@ import urllib.request
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from . import pacing
 from .errors import KilnError
 
 if TYPE_CHECKING:
@@ -47,8 +48,8 @@ _RETRY_STATUS = (408, 425, 429, 500, 502, 503, 504)
 #: an attempt is too slow once it has run ``PACE_GRACE`` s plus 1 s per ``PACE_MIN_RATE``
 #: bytes of body received: far below any real link, far above a trickle. The clock starts
 #: when the request is sent, so the response head and any redirects count against it.
-PACE_MIN_RATE = 4096
-PACE_GRACE = 60.0
+PACE_MIN_RATE = pacing.MIN_RATE
+PACE_GRACE = pacing.GRACE
 #: the most a download without a known size may bring (``KILN_FETCH_MAX_SIZE`` raises it)
 MAX_DOWNLOAD = 16 << 30
 
