@@ -76,8 +76,14 @@ def batchable(infos: Iterable[ni.NarInfo]) -> tuple[list[ni.NarInfo], list[ni.Na
     small: list[ni.NarInfo] = []
     alone: list[ni.NarInfo] = []
     for i in infos:
-        (small if i.file_size is not None and i.file_size <= BATCH_OBJECT_MAX else alone).append(i)
+        (small if fits_batch(i) else alone).append(i)
     return small, alone
+
+
+def fits_batch(info: ni.NarInfo) -> bool:
+    """Whether ``info``'s object may travel in a ``blob_batch``: its digest and size are
+    known and the size is at most ``BATCH_OBJECT_MAX``."""
+    return info.file_hash is not None and info.file_size is not None and info.file_size <= BATCH_OBJECT_MAX
 
 
 class Substituter:
@@ -311,19 +317,19 @@ class Substituter:
             if self._source.get(p) is None:
                 raise KilnError(f"{p} was not obtained from query_many of this substituter")
         # Small objects travel in batches (one round trip for hundreds of paths, in
-        # import order so importing starts with the first answers); big ones alone.
+        # import order so importing starts with the first answers); big ones alone. The
+        # batches are cut as ``batches`` cuts them, here per registry and interleaved.
         runners: list[asyncio.Future] = []
         batches: dict[str, list[ni.NarInfo]] = {}
         sizes: dict[str, int] = {}
         for p in order:
             info, url = by_path[p], self._source[p]
-            size = info.file_size or 0
-            if info.file_hash is None or size > BATCH_OBJECT_MAX:
+            if not fits_batch(info):
                 runners.append(asyncio.ensure_future(self._one(info, results, sem, prog)))
                 continue
             batch = batches.setdefault(url, [])
             batch.append(info)
-            sizes[url] = sizes.get(url, 0) + size
+            sizes[url] = sizes.get(url, 0) + (info.file_size or 0)
             if len(batch) >= BATCH_OBJECTS or sizes[url] >= BATCH_BYTES:
                 runners.append(asyncio.ensure_future(self._batch(url, batch, results, sem, prog)))
                 batches[url], sizes[url] = [], 0
