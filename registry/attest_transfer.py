@@ -297,8 +297,9 @@ async def fetch_attestations(client: Any, store: Any, paths: Iterable[str], jobs
 
 
 def fetch_attestations_sync(url: str, store: Any, paths: Iterable[str], token: str | None = None) -> int:
-    """``fetch_attestations`` from the registry at ``url``, for synchronous callers (the
-    build loop after substitution). Same contract and errors."""
+    """``fetch_attestations`` from the registry at ``url``, for synchronous library
+    callers (the CLI's build loop uses its own session: ``buildglue``). Same contract
+    and errors."""
     from .client import open_client
 
     async def run() -> int:

@@ -1,9 +1,10 @@
 """What a server serves: a registry directory (``DirSource``) or a local kiln store
 (``storesource.StoreSource``), both behind ``Source``.
 
-``DirSource`` wraps a ``Storage``. Published narinfos are immutable (conflicts are
-refused), so their bytes are cached in memory after the first read; misses are never
-cached (a push must become visible at once). The digests computed while a NAR streamed
+``DirSource`` wraps a ``Storage``. A narinfo's bytes are cached in memory after the
+first read and checked against the file on each use (one ``stat``: a signature merge, a
+mirror sync or another worker replaces the file by rename); misses are never cached (a
+push must become visible at once). The digests computed while a NAR streamed
 in are remembered (in memory; on disk in ``.kiln/nars/<hex>`` for large NARs) so
 admitting its narinfo does not re-read a large NAR; a small NAR, or one that arrived
 some other way (a mirror, ``nix copy``), is re-hashed on demand.

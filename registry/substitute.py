@@ -11,8 +11,9 @@
   is marked down for the lifetime of this object and skipped: a miss, never a failure.
 - ``fetch(store, info)`` downloads the NAR from the registry that answered, hashing the
   compressed bytes while they arrive (abort as soon as the size is exceeded; mismatch
-  → ``HashMismatch``), then hands the file to ``store.import_object``, which checks the
-  file hash again and the NAR hash while restoring; nothing is registered on mismatch.
+  → ``HashMismatch``), then hands the file to the store (``fetch_many`` of one path:
+  ``store.import_objects``), which checks the file hash again and the NAR hash while
+  restoring; nothing is registered on mismatch.
 - ``fetch_many(store, infos)`` does the same for many paths: small objects in batches
   (``POST /blob-batch``: one round trip for up to 256 paths, in import order), big
   ones one request each, ``jobs`` requests at a time, while one importer thread feeds

@@ -9,7 +9,7 @@ pulls in its build closure — the no-op path stays cheap).
 
 ``Graph.ready_order`` is a deterministic topological order (Kahn's algorithm with the
 ready set sorted by path), used for ``--jobs 1`` and for tests; the parallel scheduler
-uses ``waiting_on`` directly.
+(``buildsched``) walks ``Graph.inputs_of`` itself.
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ Layout under ``root`` (see docs/store.md)::
     objects/<aa>/<sha256 of file>.nar.zst
     <store_dir minus "/">/<hash>-<name>   materialised read-only trees
     gcroots/  temproots/<pid>  locks/  gc.lock  tmp/  quarantine/
+    attestations/<hash part>/  logs/  keys/  eval-cache/   (beside the store: docs/store.md)
 
 Writing paths (``add_*``, ``import_*``, ``register_built``) and the registration protocol
 live in ``registration`` (the ``Registering`` mixin).
