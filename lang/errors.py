@@ -60,15 +60,6 @@ class RecipeError(KilnError):
         self.pos = pos
         super().__init__(self.render())
 
-    @property
-    def location(self) -> str:
-        if self.src is None:
-            return ""
-        if self.pos is None:
-            return self.src.name
-        line, col = self.src.line_col(self.pos)
-        return f"{self.src.name}:{line}:{col}"
-
     def render(self) -> str:
         if self.src is None:
             return self.message

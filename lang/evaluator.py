@@ -79,9 +79,6 @@ class Evaluator:
         }
 
     # ------------------------------------------------------------------ modules
-    def resolve_drv(self, path: str):
-        return self.drvs[path]
-
     def load(self, path: str, display: str, via: ast.Import | None = None) -> Module:
         """Load (once) the module at absolute ``path``, reported as ``display``. Symlinks are
         followed first (as Nix does), so a file's relative imports and ``path`` sources are

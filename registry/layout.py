@@ -28,7 +28,6 @@ from kiln.store.hashes import Hash
 
 CACHE_INFO = "nix-cache-info"
 PRIVATE_DIR = ".kiln"
-INDEX_DIR = "index"
 
 HASH_PART_RE = re.compile(r"^[0-9a-df-np-sv-z]{32}\Z")
 _NARINFO_RE = re.compile(r"^([0-9a-df-np-sv-z]{32})\.narinfo\Z")

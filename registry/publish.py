@@ -16,7 +16,7 @@ import json
 from typing import Any
 
 from kiln.store.errors import KilnError
-from kiln.store.signing import PublicKey, SecretKey
+from kiln.store.signing import SecretKey
 
 from . import index as ix
 from . import layout
@@ -138,7 +138,3 @@ def _publish_index(storage: Storage, key: SecretKey) -> ix.Published:
     for k, data in pub.files:
         storage.put_bytes(k, data)
     return pub
-
-
-def root_public_keys(root: dict[str, Any]) -> list[PublicKey]:
-    return [PublicKey.parse(k["public"]) for k in root["keys"].values()]

@@ -42,11 +42,6 @@ from .paths import StorePath
 
 _KIND_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}\Z")
 SUFFIX = ".dsse.json"
-MEDIA_TYPES = {
-    "provenance": "application/vnd.in-toto.provenance+dsse",
-    "sbom": "application/vnd.in-toto.cyclonedx+dsse",
-    "vsa": "application/vnd.in-toto.vsa+dsse",
-}
 
 
 def check_kind(kind: str) -> str:
@@ -58,11 +53,6 @@ def check_kind(kind: str) -> str:
 def vsa_kind(public_key: bytes) -> str:
     """The kind under which a rebuilder holding ``public_key`` stores its VSA."""
     return f"vsa-{keyid(public_key)[:16]}"
-
-
-def media_type(kind: str) -> str:
-    """The registry media type for an attestation kind."""
-    return MEDIA_TYPES.get(kind.split("-", 1)[0], "application/vnd.in-toto+dsse")
 
 
 def sign(statement: dict[str, Any], signers: builtins.list[Signer]) -> Envelope:

@@ -209,12 +209,6 @@ def sign(payload: bytes, signers: Iterable[Signer], payload_type: str = PAYLOAD_
     return Envelope(payload_type, payload, sigs)
 
 
-def add_signature(env: Envelope, signer: Signer) -> Envelope:
-    """Return ``env`` with one more signature (several signatures = several envelopes)."""
-    s = Signature(signer.sign(env.pae()), keyid(signer.public_key))
-    return Envelope(env.payload_type, env.payload, (*env.signatures, s))
-
-
 # ---------------------------------------------------------------------------- verifying
 
 
