@@ -66,7 +66,7 @@ def _die_with_parent() -> None:
 
 
 def serve(
-    make: Callable[[], web.Application],
+    make: Callable[[], Awaitable[web.Server]] | Callable[[], web.Server],
     sock: socket.socket,
     workers: int = 1,
     ready: Callable[[], None] | None = None,

@@ -64,6 +64,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 from .errors import HashMismatch
@@ -382,7 +383,7 @@ def _fsync_dir(path: Path) -> None:
 
 
 def fetch_git(
-    url: str, rev: str, dest: Path, *, expected: Hash | None = None, mirrors: list[str] = ()
+    url: str, rev: str, dest: Path, *, expected: Hash | None = None, mirrors: Sequence[str] = ()
 ) -> None:
     """Export the tree of ``rev`` from the git repository at ``url`` to ``dest`` (see
     ``kiln.store.fetchgit``; imported lazily so plain fetches never load pygit2). With
