@@ -95,19 +95,19 @@ def cmd_serve(argv: list[str]) -> int:
         raise KilnError("--private needs --dir (tokens are kept in the registry directory)")
     from kiln.registry import server, workers
 
+    index_key = load_secret_key(args.index_key) if args.index_key else None
     cfg = server.ServerConfig(
         negative_ttl=args.negative_ttl,
         max_body=args.max_body_size,
         max_nar=args.max_nar_size,
         private=args.private,
-        trusted=trusted_keys(args.trusted_key, env=False),
-        index_key=load_secret_key(args.index_key) if args.index_key else None,
+        # its own --index-key signs what it admits: a push signed by it is trusted too
+        trusted=trusted_keys(args.trusted_key, env=False) + ([index_key.public()] if index_key else []),
+        index_key=index_key,
         attesters=[load_public_key(k) for k in args.attester_key or []],
         policy=_policy(args.policy),
         fast_path=not args.no_fast_path,
     )
-    if args.index_key and cfg.index_key:
-        cfg.trusted.append(cfg.index_key.public())
     sign_key = load_secret_key(args.sign_key) if args.sign_key else None
     # Open once in the parent so configuration errors are reported before forking.
     src = server.open_source(

@@ -365,7 +365,7 @@ def verify_index(
     return signed
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class VerifiedIndex:
     """The result of a full update: the index plus the exact bytes to republish."""
 

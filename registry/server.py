@@ -62,7 +62,7 @@ BLOB_BATCH_TYPE = "application/x-kiln-blob-batch"
 _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class ServerConfig:
     """Knobs of one server. ``trusted`` keys admit uploaded narinfos."""
 
