@@ -77,8 +77,9 @@ def start_kiln(args: list[str], max_file_bytes: int | None = None) -> Server:
     it writes (RLIMIT_FSIZE: writes past it fail with EFBIG, a full disk's stand-in)."""
     import resource
 
-    port = free_port()
-    cmd = [sys.executable, "-m", "kiln", "serve", *args, "--listen", f"127.0.0.1:{port}"]
+    # port 0: the server binds a free port itself and says which (no window in which
+    # another process can take a port picked here)
+    cmd = [sys.executable, "-m", "kiln", "serve", *args, "--listen", "127.0.0.1:0"]
 
     def limit() -> None:
         if max_file_bytes is not None:
@@ -86,10 +87,10 @@ def start_kiln(args: list[str], max_file_bytes: int | None = None) -> Server:
 
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=limit)
     line = proc.stdout.readline()  # type: ignore[union-attr]
-    if "listening" not in line:
+    if "listening on http://127.0.0.1:" not in line:
         proc.wait(5)
         raise RuntimeError(f"kiln serve failed: {line} {proc.stderr.read()}")  # type: ignore[union-attr]
-    return Server(proc, f"http://127.0.0.1:{port}")
+    return Server(proc, line.split("listening on ", 1)[1].strip())
 
 
 NGINX_CONF = """
