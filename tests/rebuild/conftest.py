@@ -18,7 +18,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # for ``import rbkit`` in any import mode
 
-from rbkit import APPLETS, BUSYBOX, Graph, Keys, Kiln, Server, free_port  # noqa: E402
+from rbkit import APPLETS, BUSYBOX, Graph, Keys, Kiln, Server  # noqa: E402
 
 from kiln.store.localstore import LocalStore  # noqa: E402
 
@@ -61,15 +61,16 @@ def serve_store() -> Iterator:
     started: list[Server] = []
 
     def start(root: Path) -> Server:
-        port = free_port()
-        cmd = [sys.executable, "-m", "kiln", "serve", "--store", str(root), "--listen", f"127.0.0.1:{port}"]
+        # port 0: the server picks a free port and says which
+        cmd = [sys.executable, "-m", "kiln", "serve", "--store", str(root), "--listen", "127.0.0.1:0"]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        s = Server(proc, f"http://127.0.0.1:{port}")
+        s = Server(proc, "")
         started.append(s)
         line = proc.stdout.readline()  # type: ignore[union-attr]
-        if "listening" not in line:
+        if "listening on http://127.0.0.1:" not in line:
             s.stop()
             raise RuntimeError(f"kiln serve failed: {line} {proc.stderr.read()}")  # type: ignore[union-attr]
+        s.url = line.split("listening on ", 1)[1].strip()
         return s
 
     yield start
