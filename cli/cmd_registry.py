@@ -6,8 +6,8 @@ module only parses arguments and glues kiln.store to kiln.registry; the work is 
 kiln.registry (see docs/registry.md).
 
 Credentials: ``--token`` or ``$KILN_REGISTRY_TOKEN`` for pushes; trusted public keys
-with ``--trusted-key FILE`` (repeatable) or ``$KILN_TRUSTED_KEYS`` (space-separated
-``name:base64`` keys, ``common.trusted_keys``).
+with ``--trusted-key KEY`` (repeatable; a key file, or ``name:base64`` itself) or
+``$KILN_TRUSTED_KEYS`` (space-separated ``name:base64`` keys, ``common.trusted_keys``).
 """
 
 from __future__ import annotations

@@ -75,6 +75,14 @@ def to_store(
         return len(wanted)
 
 
+def _store_path_line(text: str) -> str | None:
+    """The ``StorePath:`` of a narinfo's text (the destination's own: not checked further)."""
+    for line in text.splitlines():
+        if line.startswith("StorePath: "):
+            return line[len("StorePath: ") :].strip()
+    return None
+
+
 async def _closure(
     src: Client, dst: Client, paths: list[str], trusted: list[PublicKey], sigs_needed: int
 ) -> dict[str, ni.NarInfo]:
@@ -83,6 +91,13 @@ async def _closure(
     while frontier:
         hs = {p.rsplit("/", 1)[1][:32]: p for p in frontier}
         have = await dst.narinfos(list(hs))
+        for h, text in have.items():
+            there = _store_path_line(text)
+            if there != hs[h]:  # one hash part, two names: the asked path is not there
+                raise KilnError(
+                    f"{dst.url} holds {there or 'a narinfo without StorePath'} under the hash part of "
+                    f"{hs[h]}: cannot copy it there"
+                )
         ask = [h for h in hs if h not in have]
         texts = await src.narinfos(ask) if ask else {}
         nxt: set[str] = set()

@@ -164,6 +164,11 @@ def test_registry_to_registry_copy_takes_only_the_path_asked_for(pushed, keys, t
     assert r.returncode == 1, r.stderr
     assert f"the narinfo for {other} is for {chain[0]}" in r.stderr
     assert not list(dst.glob("*.narinfo"))
+    # nor is the destination's narinfo for the other name taken for the asked path
+    copy = ["copy", "--from", f"file://{reg}", "--to", f"file://{dst}", "--trusted-key", str(keys.pk_file)]
+    assert kiln(*copy, chain[0]).returncode == 0
+    r = kiln(*copy, other)
+    assert r.returncode == 1 and f"holds {chain[0]} under the hash part of {other}" in r.stderr, r.stderr
 
 
 def test_registry_to_registry_copy_is_batched_and_verified(pushed, keys, tmp_path, kiln_server) -> None:
