@@ -17,3 +17,18 @@ def kiln(*args: str, env: dict | None = None, timeout: float = 120) -> subproces
         env={**os.environ, **(env or {})},
         timeout=timeout,
     )
+
+
+def line_within(stream, seconds: float) -> str:  # noqa: ANN001 - a text stream (a pipe)
+    """The next line of ``stream``, or an AssertionError after ``seconds`` without one: a
+    test waiting for a process to say something fails rather than hangs when it never
+    does. (The reading thread ends when the process is killed and the pipe closes.)"""
+    import threading
+
+    got: list[str] = []
+    t = threading.Thread(target=lambda: got.append(stream.readline()), daemon=True)
+    t.start()
+    t.join(seconds)
+    if not got:
+        raise AssertionError(f"no line within {seconds} s")
+    return got[0]

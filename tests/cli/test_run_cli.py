@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "toolchain"))
+from clikit import line_within  # noqa: E402
 from debs import Entry, make_deb  # noqa: E402
 
 pytestmark = [
@@ -157,13 +158,14 @@ def test_a_package_being_run_survives_a_gc(world: World) -> None:
         text=True,
     )
     try:
-        assert run.stderr.readline() == "started\n"  # running, so its temp root is held
+        assert line_within(run.stderr, 60) == "started\n"  # running, so its temp root is held
         gc = world.kiln("store", "gc")
         flag.touch()
         assert gc.returncode == 0, gc.stderr
         assert out not in gc.stdout
         stdout, stderr = run.communicate(timeout=60)
     finally:
+        flag.touch()  # (the command's loop ends even if the test failed before)
         run.kill()
     assert run.returncode == 0 and stdout == "still here\n", stderr
     gc = world.kiln("store", "gc")  # once it has ended, the path is garbage

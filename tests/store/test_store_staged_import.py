@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from clikit import line_within
 from storekit import make_tree
 
 from kiln.store import nixbase32
@@ -88,8 +89,8 @@ def test_an_import_by_another_process_waits_for_the_build_to_register_its_tree(s
     before = _identity(real)
     proc = _import(tmp_path, store, path, how)
     try:
-        # the importer sees the placed tree and waits (it says so after 0.2 s)
-        said = proc.stderr.readline()
+        # the importer sees the placed tree and waits (it says so after NOTICE_S, 2 s)
+        said = line_within(proc.stderr, 60)
         assert f"waiting for process {os.getpid()}, which has built {path}" in said, said
         assert proc.poll() is None, proc.communicate()
         assert _identity(real) == before and (real / "f").read_text() == "built here\n"
