@@ -117,7 +117,8 @@ def _malformed(what: str) -> Callable[[F], F]:
             try:
                 return fn(*args, **kw)
             except (KeyError, TypeError, AttributeError, ValueError, IndexError) as e:
-                raise IndexError_(f"{what}: malformed metadata ({type(e).__name__}: {e})") from None
+                # (chained: under KILN_DEBUG a caller's bug still shows where it happened)
+                raise IndexError_(f"{what}: malformed metadata ({type(e).__name__}: {e})") from e
 
         return checked  # type: ignore[return-value]
 
@@ -140,12 +141,18 @@ def _check_sigs(
 ) -> None:
     body = canonical(signed)
     spec = root["roles"][role]
+    if type(spec["threshold"]) is not int or spec["threshold"] < 1:
+        # 0 would let unsigned metadata through
+        raise IndexError_(f"{what}: the {role} role's threshold must be a whole number >= 1")
     good: set[str] = set()
     for s in sigs:
         kid = s.get("keyid")
         if kid not in spec["keyids"] or kid in good:
             continue
-        pub = PublicKey.parse(root["keys"][kid]["public"])
+        try:
+            pub = PublicKey.parse(root["keys"][kid]["public"])
+        except KilnError as e:
+            raise IndexError_(f"{what}: the root's key {kid}: {e}") from None
         try:
             ok = pub.verify(body, f"{pub.name}:{s.get('sig', '')}")
         except KilnError:
@@ -280,7 +287,9 @@ class TrustState:
     def from_json(cls, data: bytes) -> TrustState:
         d = json.loads(data)
         rb = base64.b64decode(d["root"])
-        return cls(_load(rb, "trusted root")[0], rb, int(d["timestamp"]), int(d["snapshot"]))
+        root = _load(rb, "trusted root")[0]
+        _check_type(root, "root", "trusted root")
+        return cls(root, rb, int(d["timestamp"]), int(d["snapshot"]))
 
     @classmethod
     @_malformed("root")
@@ -314,15 +323,23 @@ def verify_timestamp(state: TrustState, data: bytes, now: dt.datetime) -> dict[s
             f"timestamp version {v} is older than the last seen {state.timestamp_version} (rollback)"
         )
     _check_fresh(signed, now, "timestamp")
-    snap_v = signed["meta"]["snapshot.json"]["version"]
-    if type(snap_v) is not int:  # it names files to fetch: a number, nothing else
-        raise IndexError_(f"timestamp: snapshot version {snap_v!r} is not an integer")
+    snap_v = _check_meta(signed, "snapshot.json", "timestamp")
     if snap_v < state.snapshot_version:
         raise RollbackError(
             f"snapshot version {snap_v} is older than the last seen {state.snapshot_version} (rollback)"
         )
     _check_fresh(state.root, now, "root")
     return signed
+
+
+def _check_meta(signed: dict[str, Any], name: str, what: str) -> int:
+    """The version of the ``meta[name]`` entry of ``signed`` (the file ``what``), after
+    checking it has an integer version and length and a sha256: the version names the
+    files fetched next, so it is a number and nothing else."""
+    m = signed["meta"][name]
+    if type(m["version"]) is not int or type(m["length"]) is not int or not isinstance(m["sha256"], str):
+        raise IndexError_(f"{what}: meta {name} needs an integer version and length and a sha256")
+    return m["version"]
 
 
 def _check_link(data: bytes, meta: dict[str, Any], what: str) -> None:
@@ -341,6 +358,7 @@ def verify_snapshot(
     signed, sigs = _load(data, "snapshot")
     v = _check_type(signed, "snapshot", "snapshot")
     _check_sigs(signed, sigs, state.root, "snapshot", "snapshot")
+    _check_meta(signed, "index.json", "snapshot")
     if v != meta["version"]:
         raise MixAndMatchError(f"snapshot version {v} but the timestamp lists {meta['version']}")
     _check_fresh(signed, now, "snapshot")

@@ -215,6 +215,9 @@ def _mangled(data: bytes, change) -> bytes:  # noqa: ANN001 - change(envelope) e
         lambda e: e["signed"]["roles"].pop("root"),
         lambda e: e["signed"]["roles"]["root"].__setitem__("threshold", "1"),
         lambda e: e["signed"].__setitem__("keys", []),
+        lambda e: e["signed"]["keys"].__setitem__(next(iter(e["signed"]["keys"])), {"public": "garbage"}),
+        # a threshold of 0 and no signature: it must not pin as "self-signed"
+        lambda e: (e["signed"]["roles"]["root"].__setitem__("threshold", 0), e.__setitem__("signatures", [])),
     ],
 )
 def test_a_malformed_root_is_an_index_error(reg, change) -> None:
@@ -230,8 +233,9 @@ def test_a_malformed_root_is_an_index_error(reg, change) -> None:
     "meta, says",
     [
         ({}, "KeyError"),
-        ({"snapshot.json": {"version": "../../x"}}, "is not an integer"),
-        ({"snapshot.json": {"version": 1.0}}, "is not an integer"),
+        ({"snapshot.json": {"version": "../../x", "length": 1, "sha256": "0"}}, "needs an integer version"),
+        ({"snapshot.json": {"version": 1.0, "length": 1, "sha256": "0"}}, "needs an integer version"),
+        ({"snapshot.json": {"version": 1, "sha256": "0"}}, "KeyError: 'length'"),
         ({"snapshot.json": []}, "TypeError"),
     ],
 )
