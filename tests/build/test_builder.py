@@ -270,13 +270,19 @@ def test_keep_failed_keeps_a_build_whose_output_is_refused(store, graph, script,
         assert f.read() == "note\n"
 
 
-def test_a_refused_output_takes_its_placed_sibling_with_it(store, graph):
+def test_a_refused_output_takes_its_placed_sibling_with_it(store, graph, monkeypatch):
     """``dev`` comes first (references-first order), then ``out`` is refused (a FIFO):
     the build fails and ``dev``'s tree is not left, unregistered, at its real path until
-    a GC (every output is checked before any is placed)."""
+    a GC. Every output is checked before any is placed, so ``dev`` is never placed."""
+    from kiln.store import stagedbuild
+
+    placed = []
+    real_place = stagedbuild.place
+    monkeypatch.setattr(stagedbuild, "place", lambda *a, **kw: placed.append(a[1]) or real_place(*a, **kw))
     a, ad = graph.drv("half", "mkdir $out $dev; echo x > $dev/f; mkfifo $out/p", outputs=("out", "dev"))
     with pytest.raises(BuildError, match="is a fifo"):
         builder(store).realise([a])
+    assert placed == []
     for o in ("out", "dev"):
         assert not store.is_valid(ad.output_path(o))
         assert not os.path.lexists(store.real_path(ad.output_path(o))), o
