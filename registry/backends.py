@@ -105,7 +105,7 @@ def _parse_digests_record(rec: bytes, file_hash: Hash) -> Digests | None:
     try:
         d = json.loads(rec)
         got = Digests(Hash.parse(d["file_hash"]), d["file_size"], Hash.parse(d["nar_hash"]), d["nar_size"])
-    except (ValueError, KeyError, TypeError, KilnError):  # (JSON and format errors are ValueErrors)
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError, KilnError):
         return None
     sizes = (got.file_size, got.nar_size)
     if got.file_hash.digest != file_hash.digest or not all(type(n) is int and n > 0 for n in sizes):
@@ -229,26 +229,32 @@ class DirSource(Source):
         """Publish a verified staged NAR under ``nar/`` and ``blobs/`` and remember its
         digests: in memory, and for large objects also in ``.kiln/nars/<hex>`` so
         admitting the narinfo later (maybe in another worker) need not re-read it. The
-        record is a cache (recomputed if lost or torn), so it is never fsynced."""
-        if got.file_size >= RECORD_MIN:
-            self.storage.put_bytes(f".kiln/nars/{got.file_hash.hex}", _digests_record(got), durable=False)
+        record is a cache (recomputed if lost or torn), so it is never fsynced; it is
+        written after the object, so a record never speaks for an object that failed."""
         self.storage.commit_staged(
             tmp, [layout.blob_key(got.file_hash), layout.nar_key(got.file_hash)], durable
         )
+        if got.file_size >= RECORD_MIN:
+            self.storage.put_bytes(f".kiln/nars/{got.file_hash.hex}", _digests_record(got), durable=False)
         if len(self._digests) >= CACHE_MAX:
             self._digests.clear()
         self._digests[got.file_hash.hex] = got
 
     def object_digests(self, file_hash: Hash) -> Digests | None:
+        """The digests of object ``file_hash`` if it is in the registry, else None: from
+        memory or its record when the object is there with the size remembered (``registry
+        verify --delete-bad`` deletes a bad object and leaves both behind), else by
+        hashing it."""
+        sizes = (self.storage.size(layout.nar_key(file_hash)), self.storage.size(layout.blob_key(file_hash)))
         known = self._digests.get(file_hash.hex)
-        if known is not None:
+        if known is not None and known.file_size in sizes:
             return known
         rec = self.storage.read(f".kiln/nars/{file_hash.hex}")
         if rec is not None:
             got = _parse_digests_record(rec, file_hash)
-            if got is not None:
+            if got is not None and got.file_size in sizes:
                 return got
-            # torn (never fsynced) or damaged: recomputed below and written again
+            # torn (never fsynced), damaged or stale: recomputed below and written again
         f = self.storage.open(layout.nar_key(file_hash)) or self.storage.open(layout.blob_key(file_hash))
         if f is None:
             return None

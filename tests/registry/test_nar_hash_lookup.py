@@ -134,7 +134,14 @@ def test_a_torn_digests_record_is_recomputed_not_an_error(tmp_path, keys) -> Non
     want = DirSource(reg).object_digests(info.file_hash)
     assert want is not None and want.nar_hash.digest == info.nar_hash.digest
     narinfo = reg / layout.narinfo_key(path.split("/")[-1][:32])
-    for torn in (b"", b'{"file_hash": "sha256:', b"[1, 2]", b'{"file_hash": "' + b"0" * 64 + b'"}'):
+    damaged = (
+        b"",
+        b'{"file_hash": "sha256:',
+        b"[1, 2]",
+        b'{"file_hash": "' + b"0" * 64 + b'"}',
+        b"[" * 100_000,
+    )
+    for torn in (*damaged, b'{"file_hash": 5, "file_size": 1, "nar_hash": null, "nar_size": 1}'):
         record.write_bytes(torn)
         assert DirSource(reg).object_digests(info.file_hash) == want, torn
         record.write_bytes(torn)
@@ -142,3 +149,39 @@ def test_a_torn_digests_record_is_recomputed_not_an_error(tmp_path, keys) -> Non
         r = kiln(*push)
         assert r.returncode == 0, (torn, r.stderr)
         assert narinfo.exists()
+
+
+def test_a_record_of_a_deleted_object_admits_nothing(tmp_path, keys) -> None:
+    """``registry verify --delete-bad`` deletes a bad object and leaves its digests record:
+    the record must not speak for the object any more."""
+    import os
+
+    from regkit import make_store
+
+    from kiln.registry import layout
+
+    store = make_store(tmp_path / "store")
+    src = tmp_path / "big"
+    src.write_bytes(os.urandom(3 << 20))
+    info = store.query(store.add_path(src).path)
+    reg = tmp_path / "reg"
+    from regkit import kiln
+
+    push = [
+        "push",
+        "--store",
+        str(store.root),
+        info.path,
+        "--to",
+        f"file://{reg}",
+        "--sign-key",
+        str(keys.sk_file),
+    ]
+    assert kiln(*push).returncode == 0
+    source = DirSource(reg)
+    assert source.object_digests(info.file_hash) is not None  # (now in its memory too)
+    assert (reg / ".kiln" / "nars" / info.file_hash.hex).exists()
+    for key in (layout.nar_key(info.file_hash), layout.blob_key(info.file_hash)):
+        (reg / key).unlink()
+    assert source.object_digests(info.file_hash) is None
+    assert DirSource(reg).object_digests(info.file_hash) is None
