@@ -555,3 +555,21 @@ def test_levels_refuses_a_reference_cycle() -> None:
     assert levels(infos({a: [b, c], b: [d], c: [b, d], d: []})) == [[d], [b], [c], [a]]
     with pytest.raises(KilnError, match="reference cycle"):
         levels(infos({a: [b], b: [c], c: [a]}))
+
+
+def test_only_objects_of_known_digest_and_small_size_are_batched(pushed) -> None:
+    """``fits_batch``: the rule ``batchable`` (copy, mirror) and the substituter share:
+    an object whose size or digest the narinfo does not give goes alone."""
+    from dataclasses import replace
+
+    from kiln.registry.substitute import BATCH_OBJECT_MAX, batchable, fits_batch
+    from kiln.store import narinfo as ni
+
+    store, chain, _leaf, reg, _tok, _srv = pushed
+    h = chain[0].rsplit("/", 1)[1][:32]
+    info = ni.parse((reg / f"{h}.narinfo").read_text(), store.store_dir)
+    assert fits_batch(info)
+    unsized, undigested = replace(info, file_size=None), replace(info, file_hash=None)
+    big = replace(info, file_size=BATCH_OBJECT_MAX + 1)
+    assert not any(fits_batch(i) for i in (unsized, undigested, big))
+    assert batchable([info, unsized, big, undigested]) == ([info], [unsized, big, undigested])
