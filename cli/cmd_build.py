@@ -181,10 +181,10 @@ def _build(store, ev, targets, args) -> None:
 
     from kiln.sandbox.bwrap import BwrapExecutor
     from kiln.store.build import Builder, BuildOptions
-    from kiln.store.intoto import git_info
 
     from .buildglue import load_sign_key, make_substituter, write_drvs
     from .buildprov import ProvenanceHook
+    from .gitinfo import git_info
 
     recipe = args.file if ev is not None else None
     commit, dirty = git_info(os.path.dirname(os.path.abspath(recipe))) if recipe else (None, False)

@@ -92,10 +92,10 @@ def make_builder(
     ``buildglue.load_sign_key``), so such paths are indistinguishable from built ones."""
     from kiln.sandbox.bwrap import BwrapExecutor
     from kiln.store.build import Builder, BuildOptions
-    from kiln.store.intoto import git_info
 
     from .buildglue import load_sign_key
     from .buildprov import ProvenanceHook
+    from .gitinfo import git_info
 
     executor = BwrapExecutor(os.environ.get("KILN_BWRAP") or None)
     cores = cores or os.cpu_count() or 1

@@ -32,10 +32,9 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-from .errors import FormatError, KilnError
+from .errors import FormatError
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PROVENANCE_TYPE = "https://slsa.dev/provenance/v1"
@@ -323,25 +322,3 @@ def parse_statement(payload: bytes) -> Statement:
     if not isinstance(pred, dict):
         raise FormatError("in-toto statement predicate must be an object")
     return Statement(tuple(parsed), pt, pred)
-
-
-def git_info(path: str | Path) -> tuple[str | None, bool]:
-    """``(commit, dirty)`` of the git repository containing ``path`` (a recipe file or dir).
-
-    ``commit`` is the HEAD commit hex (``None`` outside a repository or before the first
-    commit); ``dirty`` is true when tracked files differ from HEAD or untracked, unignored
-    files exist (an uncommitted recipe is exactly what must not pass as clean)."""
-    import pygit2
-
-    start = Path(path).resolve()
-    found = pygit2.discover_repository(str(start if start.is_dir() else start.parent))
-    if found is None:
-        return None, False
-    try:
-        repo = pygit2.Repository(found)
-    except pygit2.GitError as e:
-        raise KilnError(f"cannot open git repository {found}: {e}") from None
-    commit = None if repo.head_is_unborn else str(repo.head.target)
-    ignored = pygit2.enums.FileStatus.IGNORED if hasattr(pygit2, "enums") else pygit2.GIT_STATUS_IGNORED
-    dirty = any(flags != ignored for flags in repo.status().values())
-    return commit, dirty

@@ -1,4 +1,5 @@
-"""in-toto statements: SLSA provenance and VSA shape, parsing, subject matching, git_info."""
+"""in-toto statements: SLSA provenance and VSA shape, parsing, subject matching; and
+``kiln.gitinfo.git_info``, the recipe's commit they record."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from kiln.gitinfo import git_info
 from kiln.store import dsse, intoto
 from kiln.store.errors import FormatError
 from kiln.store.signing import SecretKey
@@ -161,19 +163,19 @@ def test_times() -> None:
 
 
 def test_git_info(tmp_path: Path) -> None:
-    assert intoto.git_info(tmp_path) == (None, False)
+    assert git_info(tmp_path) == (None, False)
     git = ["git", "-c", "user.email=t@example.invalid", "-c", "user.name=t"]
     subprocess.run([*git, "init", "-q", str(tmp_path)], check=True)
     (tmp_path / "a.recipe").write_text("x")
-    assert intoto.git_info(tmp_path / "a.recipe") == (None, True)
+    assert git_info(tmp_path / "a.recipe") == (None, True)
     subprocess.run([*git, "-C", str(tmp_path), "add", "a.recipe"], check=True)
     subprocess.run([*git, "-C", str(tmp_path), "commit", "-qm", "x"], check=True)
     head = subprocess.run(
         ["git", "-C", str(tmp_path), "rev-parse", "HEAD"], check=True, capture_output=True, text=True
     ).stdout.strip()
-    assert intoto.git_info(tmp_path / "a.recipe") == (head, False)
+    assert git_info(tmp_path / "a.recipe") == (head, False)
     (tmp_path / "a.recipe").write_text("y")
-    assert intoto.git_info(tmp_path / "a.recipe") == (head, True)
+    assert git_info(tmp_path / "a.recipe") == (head, True)
 
 
 @pytest.mark.parametrize(
