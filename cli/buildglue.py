@@ -151,8 +151,6 @@ def make_substituter(urls: list[str], trusted_keys: list[str], sigs_needed: int 
     else:
         raw = os.environ.get("KILN_SIGS_NEEDED", "1")
         if not raw.strip().isdigit():
-            from kiln.store.errors import KilnError
-
             raise KilnError(f"KILN_SIGS_NEEDED must be a whole number >= 0, found {raw[:40]!r}")
         needed = int(raw)
     if needed == 0:
@@ -163,8 +161,6 @@ def make_substituter(urls: list[str], trusted_keys: list[str], sigs_needed: int 
     for item in os.environ.get("KILN_SUBSTITUTER_TOKENS", "").split():
         url, eq, token = item.rpartition("=")
         if not eq or not url or not token:
-            from kiln.store.errors import KilnError
-
             raise KilnError("KILN_SUBSTITUTER_TOKENS: expected URL=TOKEN pairs separated by spaces")
         tokens[url] = token
     sub = Substituter(regs, keys, needed, tokens=tokens)

@@ -215,3 +215,39 @@ def test_a_private_registry_is_read_with_its_token(served, tmp_path):
     finally:
         srv.terminate()
         srv.wait(timeout=10)
+
+
+def test_a_substitution_that_fails_midway_builds_instead(served):
+    """A registry that answers for the closure but whose object turns out bad (or dies
+    mid-download) is a failed substitution: a warning, then a local build. (It was an
+    internal NameError: the error handler referred to a name the function bound only
+    on other branches.)"""
+    _url, key, app, app_drv, b_store, home = served
+    reg = home.parent / "reg"
+    out = app_drv.output_path()
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kiln",
+            "push",
+            "--store",
+            str(home.parent / "a"),
+            out,
+            "--to",
+            f"file://{reg}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    for nar in (reg / "nar").iterdir():  # every object: whichever comes first fails
+        data = bytearray(nar.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        nar.unlink()
+        nar.write_bytes(bytes(data))
+    r = _build(home, app, "--substituter", f"file://{reg}", "--trusted-key", key.public().to_text())
+    assert r.returncode == 0, r.stderr
+    assert "warning: substitution failed, building instead" in r.stderr, r.stderr
+    assert r.stdout.strip() == out and b_store.verify().ok
