@@ -26,9 +26,8 @@ Theory of operation
    group commit per batch, overlapping the next sandbox. A crash before that commit
    leaves only temp dirs and unregistered trees, never a valid path; one between the
    commit and the signing hook leaves a valid unsigned path, which the next run signs
-   (``buildsched._sign_left_unsigned``). ``--check`` (``buildcheck``) rebuilds a valid
-   derivation into a scratch dir and compares NAR hashes, naming differing files.
-"""
+   (``buildsched._sign_left_unsigned``). ``--check`` (``buildcheck``) rebuilds a valid derivation
+   into a scratch dir and compares NAR hashes, naming differing files."""
 
 from __future__ import annotations
 
