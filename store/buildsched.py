@@ -16,8 +16,8 @@ from .errors import KilnError
 
 
 class Scheduling:
-    """Uses the builder's ``opts``, ``build_one``, ``say``, ``executor``, ``_stop``, ``store``, ``after_build``, ``logs``,
-    ``_background`` and ``_inner``."""
+    """Uses the builder's ``opts``, ``build_one``, ``say``, ``executor``, ``_stop``,
+    ``store``, ``after_build``, ``logs``, ``_background`` and ``_inner``."""
 
     def _run_all(self, graph: Graph, todo: list[str], failed: dict[str, BaseException]) -> list[str]:
         """Build ``todo`` (inputs first); return what was built. Under ``keep_going`` a
