@@ -113,11 +113,16 @@ def exit_now(code: int) -> None:
     ~10 ms of a short command. Exit handlers still run (``atexit``, and through it
     ``weakref.finalize``), then stdout and stderr are flushed. The normal exit is taken
     instead if another non-daemon thread is still running (it waits for the thread) or
-    a flush fails (it reports that as the interpreter always has)."""
+    a flush fails (it reports that as the interpreter always has). After a signal
+    (``code`` 128 + N: ^C, SIGTERM) no thread is waited for: one may be in a download that
+    cannot be cancelled, and ending now is what the signal asked for (all the store
+    holds is made to survive a kill at any moment)."""
     import threading
 
     main_thread = threading.main_thread()
-    if any(t is not main_thread and t.is_alive() and not t.daemon for t in threading.enumerate()):
+    if code < 128 and any(
+        t is not main_thread and t.is_alive() and not t.daemon for t in threading.enumerate()
+    ):
         raise SystemExit(code)
     import atexit
 

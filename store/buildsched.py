@@ -54,7 +54,9 @@ class Scheduling:
         total, done_n = len(todo), 0
         done: list[str] = []
         failure: BaseException | None = None
-        with ThreadPoolExecutor(max_workers=max(1, self.opts.jobs)) as pool:
+        pool = ThreadPoolExecutor(max_workers=max(1, self.opts.jobs))
+        interrupted = False
+        try:
             running: dict[Future, str] = {}
             while pending or running:
                 if failure is None:
@@ -73,6 +75,7 @@ class Scheduling:
                     # Ctrl-C reaches only this thread: stop the workers' sandboxes and scans
                     self._stop.set()
                     self.executor.cancel_all()
+                    interrupted = True
                     raise
                 for fut in finished:
                     p = running.pop(fut)
@@ -95,6 +98,12 @@ class Scheduling:
                     done.append(p)
                     for deps in pending.values():
                         deps.discard(p)
+        finally:
+            # After ^C a worker may still be in an in-process fetch or .deb unpack, which
+            # has no way to be cancelled: it is not waited for (the command then ends
+            # without it, ``kiln.main.exit_now``, as a kill would end it; the store is
+            # made for that), else ^C would wait for a download to finish
+            pool.shutdown(wait=not interrupted, cancel_futures=True)
         if failure is not None:
             raise failure
         return done

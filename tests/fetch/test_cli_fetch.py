@@ -138,3 +138,55 @@ def test_prefetch_git_mirror_puts_the_tree_where_fetchgit_looks(capsys, tmp_path
         mirrors=[str(mirror)],
     )
     assert (tmp_path / "again" / "file").read_bytes() == b"content\n"
+
+
+@pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap not installed")
+def test_ctrl_c_does_not_wait_for_downloads_in_flight(server, tmp_path):
+    """``kiln build -j 2`` with two fetches stalled on a server: ^C ends the command at
+    once (status 130, one line). The fetches run in kiln's own worker threads and cannot
+    be cancelled; the command used to wait for them to finish or time out."""
+    import os
+    import signal
+    import sys
+    import time
+
+    want = hashlib.sha256(b"never sent").hexdigest()
+    (tmp_path / "r.recipe").write_text(
+        f'let a = fetchurl {{ url = "{server.url("stallmirror/a")}", sha256 = "{want}" }}\n'
+        f'let b = fetchurl {{ url = "{server.url("stallmirror/b")}", sha256 = "{want}x" }}\n'.replace(
+            f"{want}x", hashlib.sha256(b"never sent either").hexdigest()
+        )
+    )
+    env = {**os.environ, "KILN_HOME": str(tmp_path / "home"), "KILN_SOURCE_MIRRORS": ""}
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "kiln",
+            "build",
+            "-j",
+            "2",
+            "--no-substitute",
+            str(tmp_path / "r.recipe"),
+            "a",
+            "b",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while sum(path.startswith("/stallmirror/") for _, path, _ in list(server.log)) < 2:
+            assert p.poll() is None and time.monotonic() < deadline, p.communicate()
+            time.sleep(0.05)
+        t0 = time.monotonic()
+        p.send_signal(signal.SIGINT)
+        _out, err = p.communicate(timeout=25)
+        took = time.monotonic() - t0
+    finally:
+        p.kill()
+    assert p.returncode == 130 and err.rstrip().endswith("kiln: interrupted"), err
+    assert "Traceback" not in err
+    assert took < 10, took  # (the stalled server holds a request for 30 s)
