@@ -235,7 +235,7 @@ class Builder(Producing, Checking, Scheduling):
         locks = ExitStack()
         handed = False
         try:
-            locks.enter_context(output_lock(self.store, outs))
+            locks.enter_context(output_lock(self.store, outs, self.say))
             if all(self.store.is_valid(p) for p in outs):
                 return  # another process built it while we waited
             self.say(f"[{position[0]}/{position[1]}] building {drv_path}")

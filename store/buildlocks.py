@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from .locks import FileLock
@@ -33,11 +33,18 @@ def prepare(store, paths: Iterable[str]) -> None:
 
 
 @contextlib.contextmanager
-def output_lock(store, paths: Iterable[str]) -> Iterator[None]:
-    """Hold the build locks of ``paths`` (logical store paths) for the ``with`` body."""
+def output_lock(store, paths: Iterable[str], say: Callable[[str], None] | None = None) -> Iterator[None]:
+    """Hold the build locks of ``paths`` (logical store paths) for the ``with`` body.
+    A lock another process holds is waited for after saying so through ``say`` (as Nix
+    says "waiting for lock"): that process may be building it, or stopped."""
     d = Path(store.root) / "locks"
     d.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
         for p in sorted(set(paths)):
-            stack.enter_context(FileLock(d / f"{StorePath.parse(p).hash_part}.build"))
+            lock = FileLock(d / f"{StorePath.parse(p).hash_part}.build")
+            if not lock.acquire(blocking=False):
+                if say is not None:
+                    say(f"waiting for another kiln process to finish with {p} (it holds the build lock)")
+                lock.acquire()
+            stack.callback(lock.release)
         yield

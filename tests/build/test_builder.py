@@ -446,6 +446,10 @@ def test_two_processes_build_each_derivation_once(store, graph):
     outs = [p.communicate(timeout=60) for p in (p1, p2)]
     assert [p.returncode for p in (p1, p2)] == [0, 0], outs
     assert sum("building" in err for _, err in outs) == 1, outs
+    # the one that waited said so (a stopped builder would otherwise hold it in silence)
+    assert (
+        sum(f"waiting for another kiln process to finish with {ad.output_path()}" in e for _, e in outs) == 1
+    )
     assert all(out.strip() == ad.output_path() for out, _ in outs)
 
 
