@@ -25,9 +25,9 @@ Theory of operation
    bookkeeping thread archives them (NAR, hashes, zstd) and makes them valid with one
    group commit per batch, overlapping the next sandbox. A crash before that commit
    leaves only temp dirs and unregistered trees, never a valid path; one between the
-   commit and the signing hook leaves a valid unsigned path, which the next run signs
-   (``buildsched._sign_left_unsigned``). ``--check`` (``buildcheck``) rebuilds a valid derivation
-   into a scratch dir and compares NAR hashes, naming differing files."""
+   commit and the signing hook leaves a valid unsigned path (docs/architecture.md).
+   ``--check`` (``buildcheck``) rebuilds a valid derivation into a scratch dir and
+   compares NAR hashes, naming differing files."""
 
 from __future__ import annotations
 
@@ -194,7 +194,6 @@ class Builder(Producing, Checking, Scheduling):
                 raise
             for e in self._wait_hooks(raise_errors=not failed):
                 self.say(f"error: {e}")  # (under -k with failures: reported, and the failures raised)
-            self._sign_left_unsigned(graph, roots, todo, built)
             # --check means "build it once more and compare" (a root built just now too);
             # --rounds N, with or without it, N builds in all: N - 1 comparisons
             checks = max(1 if self.opts.check else 0, self.opts.rounds - 1)

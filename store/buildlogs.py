@@ -38,11 +38,6 @@ class LogStore:
         os.replace(tmp, dest)
         return dest
 
-    def has(self, drv_path: str) -> bool:
-        """Whether ``drv_path`` has a build log: it was built here (saved before its
-        outputs are committed, on the same thread)."""
-        return self._file(drv_path).exists()
-
     def open(self, drv_path: str):
         """A binary stream of the decompressed log."""
         f = self._file(drv_path)

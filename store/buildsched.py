@@ -17,7 +17,7 @@ from .errors import KilnError
 
 class Scheduling:
     """Uses the builder's ``opts``, ``build_one``, ``say``, ``executor``, ``_stop``,
-    ``store``, ``after_build``, ``logs``, ``_background`` and ``_inner``."""
+    ``_background`` and ``_inner``."""
 
     def _run_all(self, graph: Graph, todo: list[str], failed: dict[str, BaseException]) -> list[str]:
         """Build ``todo`` (inputs first); return what was built. Under ``keep_going`` a
@@ -112,36 +112,6 @@ class Scheduling:
         """Under ``keep_going``: report a failure now (``BuildFailures`` lists it again)."""
         failed[drv_path] = e
         self.say(f"error: {e}")
-
-    def _sign_left_unsigned(self, graph: Graph, roots: list[str], todo: list[str], built: set[str]) -> None:
-        """Run ``after_build`` (signing, provenance) for outputs this store built that
-        carry no signature: a build stopped between registering its outputs and its hook
-        (which runs after the commit, on the bookkeeping thread) left them so, and
-        planning alone would never look at a valid path again. Only derivations with a
-        build log here (built here, not substituted) are considered, and only where
-        planning stopped: the roots and the inputs of what was to be built. Their
-        provenance gives the registration time as start and end (the build's own times
-        were lost)."""
-        hook = self.after_build
-        if hook is None:
-            return
-        # (what this run built had its hook already)
-        seen = sorted((set(roots) | {i for p in todo for i, _ in graph.drvs[p].input_drvs}) - built)
-        for d in seen:
-            drv = graph.drvs[d]
-            if not self.logs.has(d):
-                # not built here (substituted: it may be unsigned under --sigs-needed 0,
-                # and signing it would vouch for someone else's build), or a builtin
-                # fetch, whose content address proves it without a signature
-                continue
-            infos = {name: self.store.query(o.path) for name, o in drv.outputs}
-            left = {n: i for n, i in infos.items() if i is not None and not i.sigs and i.deriver == d}
-            if left:
-                self.say(
-                    f"signing {', '.join(i.path for i in left.values())}: its build was stopped before that"
-                )
-                when = min(i.registration_time for i in left.values())
-                hook(d, drv, {n: i.path for n, i in left.items()}, when, when, store=self._inner)
 
 
 def _dependents(pending: dict[str, set[str]], failed: str) -> list[str]:

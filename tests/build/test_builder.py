@@ -288,44 +288,6 @@ def test_a_refused_output_takes_its_placed_sibling_with_it(store, graph, monkeyp
         assert not os.path.lexists(store.real_path(ad.output_path(o))), o
 
 
-def test_outputs_an_interrupted_build_left_unsigned_are_signed_on_the_next_run(store, graph):
-    """Signing and provenance run after the commit: a build killed in between leaves a
-    valid, unsigned path, which planning alone never looks at again. The next build
-    signs it, whether it is the root or an input of what is built."""
-    from kiln.store.signing import SecretKey, sign_info
-
-    key = SecretKey.generate("builder-1")
-    calls = []
-
-    def hook(drv_path, drv, outputs, started, finished, store=None):  # noqa: ANN001
-        s = store or graph.store
-        for out in outputs.values():
-            calls.append((out, started == finished))
-            s.add_signatures(out, [sign_info(s.query(out), key)])
-
-    def unsign(path: str) -> None:
-        with store.conn:
-            store.conn.execute("DELETE FROM sigs WHERE path = ?", (path,))
-        assert not store.query(path).sigs
-
-    a, ad = graph.drv("a", "echo a > $out")
-    b, bd = graph.drv("b", "cat $in0 > $out", inputs=[a])
-    Builder(store, BwrapExecutor(), BuildOptions(), after_build=hook, say=lambda m: None).realise([a])
-    assert calls == [(ad.output_path(), False)]
-    unsign(ad.output_path())  # as if killed before its hook ran
-    said = []
-    Builder(store, BwrapExecutor(), BuildOptions(), after_build=hook, say=said.append).realise([a])
-    assert calls[1:] == [(ad.output_path(), True)] and store.query(ad.output_path()).sigs
-    assert any("its build was stopped before that" in m for m in said)
-    unsign(ad.output_path())
-    Builder(store, BwrapExecutor(), BuildOptions(), after_build=hook, say=lambda m: None).realise([b])
-    assert sorted(calls[2:]) == sorted([(bd.output_path(), False), (ad.output_path(), True)])
-    # nothing left unsigned: no hook runs
-    calls.clear()
-    Builder(store, BwrapExecutor(), BuildOptions(), after_build=hook, say=lambda m: None).realise([b])
-    assert calls == []
-
-
 def test_missing_output_is_an_error(store, graph):
     a, _ = graph.drv("lazy", "true")
     with pytest.raises(BuildError, match="did not create output"):
