@@ -25,9 +25,8 @@ Theory of operation
    bookkeeping thread archives them (NAR, hashes, zstd) and makes them valid with one
    group commit per batch, overlapping the next sandbox. A crash before that commit
    leaves only temp dirs and unregistered trees, never a valid path; one between the
-   commit and the signing hook leaves a valid unsigned path (docs/architecture.md).
-   ``--check`` (``buildcheck``) rebuilds a valid derivation into a scratch dir and
-   compares NAR hashes, naming differing files."""
+   commit and the signing hook leaves its hook to the next run (``hookmarks``). ``--check``
+   (``buildcheck``) rebuilds a valid derivation into a scratch dir and compares NAR hashes."""
 
 from __future__ import annotations
 
@@ -39,6 +38,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import hookmarks
 from .buildcheck import Checking
 from .buildcheck import NotDeterministic as NotDeterministic  # re-exported: callers import it from here
 from .buildlogs import LogStore
@@ -194,6 +194,7 @@ class Builder(Producing, Checking, Scheduling):
                 raise
             for e in self._wait_hooks(raise_errors=not failed):
                 self.say(f"error: {e}")  # (under -k with failures: reported, and the failures raised)
+            self._finish_left_hooks(graph, roots, todo, built)
             # --check means "build it once more and compare" (a root built just now too);
             # --rounds N, with or without it, N builds in all: N - 1 comparisons
             checks = max(1 if self.opts.check else 0, self.opts.rounds - 1)
@@ -271,6 +272,8 @@ class Builder(Producing, Checking, Scheduling):
                         for r in placed:  # its siblings placed before it will not be registered
                             unplace(self._inner, r)
                     raise BuildError(drv_path, f"{drv_path}: {e}{self._kept(tmp, drv)}") from e
+                # before the commit: a kill after it leaves the hook to the next run (hookmarks)
+                marks = hookmarks.hold(self._inner, outs) if self.after_build else []
                 self._pending.add(placed, locks)
                 handed = True
                 self._background(self._commit_pending)
@@ -280,10 +283,9 @@ class Builder(Producing, Checking, Scheduling):
                 if position[0] < position[1]:
                     self._background(self._dirs.prepare)  # the next build's, while it runs
             if self.after_build:
-                # Signing and provenance run on their own thread, overlapping the next
-                # build's sandbox; realise() waits for them and re-raises their errors.
+                # signing and provenance overlap the next sandbox; realise() waits for them
                 outputs = {k: o.path for k, o in drv.outputs}
-                self._background(self._run_hook, drv_path, drv, outputs, started, time.time())
+                self._background(self._run_hook, drv_path, drv, outputs, started, time.time(), marks)
         finally:
             if not handed:
                 locks.close()
@@ -327,11 +329,10 @@ class Builder(Producing, Checking, Scheduling):
             self._bk.close()
             self._bk = None
 
-    def _run_hook(
-        self, drv_path: str, drv: Derivation, outputs: dict[str, str], started: float, finished: float
-    ):
+    def _run_hook(self, drv_path: str, drv: Derivation, outputs: dict[str, str], started, finished, marks):
         assert self.after_build is not None
-        self.after_build(drv_path, drv, outputs, started, finished, store=self._bookkeeping_store())
+        with hookmarks.running(marks):
+            self.after_build(drv_path, drv, outputs, started, finished, store=self._bookkeeping_store())
 
     def _wait_hooks(self, raise_errors: bool = True) -> list[BaseException]:
         """Wait for the bookkeeping thread's work; raise its first error, or (when not

@@ -17,7 +17,7 @@ from .errors import KilnError
 
 class Scheduling:
     """Uses the builder's ``opts``, ``build_one``, ``say``, ``executor``, ``_stop``,
-    ``_background`` and ``_inner``."""
+    ``store``, ``after_build``, ``_background`` and ``_inner``."""
 
     def _run_all(self, graph: Graph, todo: list[str], failed: dict[str, BaseException]) -> list[str]:
         """Build ``todo`` (inputs first); return what was built. Under ``keep_going`` a
@@ -112,6 +112,37 @@ class Scheduling:
         """Under ``keep_going``: report a failure now (``BuildFailures`` lists it again)."""
         failed[drv_path] = e
         self.say(f"error: {e}")
+
+    def _finish_left_hooks(self, graph: Graph, roots: list[str], todo: list[str], built: set[str]) -> None:
+        """Run ``after_build`` (signing, provenance) for outputs whose builder left its
+        hook undone (``hookmarks``: killed between the commit and the hook, or the hook
+        failed), where planning stopped: the roots and the inputs of what was to be
+        built. A live builder's pending hook and paths without a marker (substitutes)
+        are left alone; ``--check`` compares only. The provenance gives the
+        registration time as start and end (the build's own times were lost). A hook
+        that fails again is a warning, and its marker stays."""
+        from . import hookmarks
+
+        hook = self.after_build
+        if hook is None or self.opts.check or self.opts.rounds > 1:
+            return
+        for d in sorted((set(roots) | {i for p in todo for i, _ in graph.drvs[p].input_drvs}) - built):
+            drv = graph.drvs[d]
+            outs = {n: o.path for n, o in drv.outputs}
+            marks = hookmarks.left_behind(self._inner, list(outs.values()))
+            if not marks:
+                continue
+            infos = [self.store.query(p) for p in outs.values()]
+            if any(i is None for i in infos):  # never committed: nothing to sign
+                hookmarks.release(marks, done=True)
+                continue
+            self.say(f"signing {', '.join(outs.values())}: its build stopped before that")
+            when = min(i.registration_time for i in infos if i is not None)
+            try:
+                with hookmarks.running(marks):
+                    hook(d, drv, outs, when, when, store=self._inner)
+            except Exception as e:  # noqa: BLE001 - the builds succeeded; the marker stays for the next run
+                self.say(f"warning: cannot sign {d}'s outputs: {e}")
 
 
 def _dependents(pending: dict[str, set[str]], failed: str) -> list[str]:

@@ -288,6 +288,52 @@ def test_a_refused_output_takes_its_placed_sibling_with_it(store, graph, monkeyp
         assert not os.path.lexists(store.real_path(ad.output_path(o))), o
 
 
+def test_a_hook_its_builder_left_undone_is_run_by_the_next_build(store, graph):
+    """Signing runs after the commit: a builder killed in between (here: its hook fails)
+    leaves a valid unsigned path and a marker (``hookmarks``). The next build that
+    reaches the path runs the hook, unless a live process holds the marker; a path
+    without a marker (a substitute) is never signed by it."""
+    from kiln.store.locks import FileLock
+    from kiln.store.signing import SecretKey, sign_info
+
+    key = SecretKey.generate("builder-1")
+    calls, fail = [], [True]
+
+    def hook(drv_path, drv, outputs, started, finished, store=None):  # noqa: ANN001
+        if fail[0]:
+            raise KeyboardInterrupt  # as a kill at this point: nothing after it runs
+        for out in outputs.values():
+            calls.append(out)
+            store.add_signatures(out, [sign_info(store.query(out), key)])
+
+    def build(drv: str, say=lambda m: None) -> None:  # noqa: ANN001
+        Builder(store, BwrapExecutor(), BuildOptions(), after_build=hook, say=say).realise([drv])
+
+    a, ad = graph.drv("a", "echo a > $out")
+    b, bd = graph.drv("b", "cat $in0 > $out", inputs=[a])
+    out = ad.output_path()
+    marker = store.root / "locks" / f"{out.split('/')[-1][:32]}.hook"
+    with pytest.raises(KeyboardInterrupt):
+        build(a)
+    assert store.is_valid(out) and not store.query(out).sigs and marker.exists()
+    fail[0] = False
+    with FileLock(marker):  # a live builder's hook is still to come: not ours to run
+        build(b)
+    assert calls == [bd.output_path()] and not store.query(out).sigs
+    said = []
+    build(a, said.append)  # the builder is gone now (its lock is free); a is a root here
+    assert calls[1:] == [out] and store.query(out).sigs and not marker.exists()
+    assert any("its build stopped before that" in m for m in said)
+    calls.clear()
+    build(a)
+    assert calls == [] and not list((store.root / "locks").glob("*.hook"))
+    # a valid, unsigned path without a marker (a substitute under --sigs-needed 0)
+    with store.conn:
+        store.conn.execute("DELETE FROM sigs WHERE path = ?", (out,))
+    build(a)
+    assert calls == [] and not store.query(out).sigs
+
+
 def test_missing_output_is_an_error(store, graph):
     a, _ = graph.drv("lazy", "true")
     with pytest.raises(BuildError, match="did not create output"):

@@ -1,0 +1,93 @@
+"""Markers of signing hooks still to run, so a build stopped after its commit is finished
+by the next one.
+
+Theory of operation: the build loop makes its outputs valid (the group commit) and only
+then runs the ``after_build`` hook (signature, provenance) on its bookkeeping thread. A
+process killed in between leaves a valid path nobody signs: planning never looks at a
+valid path again. So before its outputs can be committed, a builder creates
+``locks/<hash part>.hook`` for each and holds an ``flock`` on it until the hook has run;
+then it deletes the file (a failed hook leaves it, to be run again).
+
+A later build that reaches such an output reads the marker without creating it:
+- no file: nothing pending (a substitute, or a hook that ran);
+- locked: a live process will run the hook; leave it alone;
+- free: its builder is gone (or its hook failed): run the hook if the path is valid,
+  then delete the marker; a marker of a path never committed is just deleted.
+A marker unlinked while being opened is seen by its link count (``st_nlink == 0``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from .locks import FileLock
+from .paths import StorePath
+
+Mark = tuple[Path, int]  # (marker file, a descriptor holding its flock)
+
+
+def _marker(store, path: str) -> Path:
+    return Path(store.root) / "locks" / f"{StorePath.parse(path).hash_part}.hook"
+
+
+def hold(store, paths: Iterable[str]) -> list[Mark]:
+    """Create and lock the markers of ``paths``: their hook is pending in this process."""
+    marks = []
+    for p in sorted(set(paths)):
+        m = _marker(store, p)
+        lock = FileLock(m)  # creates it; retries if it is unlinked while being locked
+        lock.acquire()
+        assert lock.fd is not None
+        marks.append((m, lock.fd))
+    return marks
+
+
+def left_behind(store, paths: Iterable[str]) -> list[Mark] | None:
+    """The markers of ``paths`` whose owner is gone, locked now by this process; None if
+    a live process holds one of them (its hook will run), [] if there are none."""
+    got: list[Mark] = []
+    for p in sorted(set(paths)):
+        m = _marker(store, p)
+        try:
+            fd = os.open(m, os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise
+            release(got, done=False)
+            return None
+        if os.fstat(fd).st_nlink == 0:  # its hook finished while we opened it
+            os.close(fd)
+            continue
+        got.append((m, fd))
+    return got
+
+
+def release(marks: list[Mark], done: bool) -> None:
+    """Let go of ``marks``; ``done``: the hook ran, delete them (before unlocking, so no
+    one takes a finished marker for a pending one)."""
+    for m, fd in marks:
+        if done:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(m)
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def running(marks: list[Mark]) -> Iterator[None]:
+    """Run a hook for ``marks``: deleted if it returns, kept (unlocked) if it raises."""
+    try:
+        yield
+    except BaseException:
+        release(marks, done=False)
+        raise
+    release(marks, done=True)
