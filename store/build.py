@@ -273,7 +273,7 @@ class Builder(Producing, Checking, Scheduling):
                             unplace(self._inner, r)
                     raise BuildError(drv_path, f"{drv_path}: {e}{self._kept(tmp, drv)}") from e
                 # before the commit: a kill after it leaves the hook to the next run (hookmarks)
-                marks = hookmarks.hold(self._inner, outs) if self.after_build else []
+                marks = hookmarks.hold_or_warn(self._inner, outs, self.say) if self.after_build else []
                 self._pending.add(placed, locks)
                 handed = True
                 self._background(self._commit_pending)

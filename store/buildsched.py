@@ -133,7 +133,9 @@ class Scheduling:
             if not marks:
                 continue
             infos = [self.store.query(p) for p in outs.values()]
-            if any(i is None for i in infos):  # never committed: nothing to sign
+            # never committed: nothing to sign; already signed: a substitute that came
+            # after a builder died before its commit (or a hook that failed after signing)
+            if any(i is None or i.sigs for i in infos):
                 hookmarks.release(marks, done=True)
                 continue
             self.say(f"signing {', '.join(outs.values())}: its build stopped before that")

@@ -37,14 +37,28 @@ def _marker(store, path: str) -> Path:
 
 def hold(store, paths: Iterable[str]) -> list[Mark]:
     """Create and lock the markers of ``paths``: their hook is pending in this process."""
-    marks = []
-    for p in sorted(set(paths)):
-        m = _marker(store, p)
-        lock = FileLock(m)  # creates it; retries if it is unlinked while being locked
-        lock.acquire()
-        assert lock.fd is not None
-        marks.append((m, lock.fd))
+    marks: list[Mark] = []
+    try:
+        for p in sorted(set(paths)):
+            m = _marker(store, p)
+            lock = FileLock(m)  # creates it; retries if it is unlinked while being locked
+            lock.acquire()
+            assert lock.fd is not None
+            marks.append((m, lock.fd))
+    except BaseException:
+        release(marks, done=True)
+        raise
     return marks
+
+
+def hold_or_warn(store, paths: Iterable[str], say) -> list[Mark]:  # noqa: ANN001 - say(str)
+    """``hold``, or [] with a warning if the markers cannot be made: the build goes on,
+    only its hook would not be resumed after a kill."""
+    try:
+        return hold(store, paths)
+    except OSError as e:
+        say(f"warning: cannot mark the signing hook as pending ({e})")
+        return []
 
 
 def left_behind(store, paths: Iterable[str]) -> list[Mark] | None:

@@ -332,6 +332,18 @@ def test_a_hook_its_builder_left_undone_is_run_by_the_next_build(store, graph):
         store.conn.execute("DELETE FROM sigs WHERE path = ?", (out,))
     build(a)
     assert calls == [] and not store.query(out).sigs
+    # a free marker on a path that came signed from elsewhere (its builder died before
+    # its commit; a substitute took the path's place): dropped, the path not signed again
+    store.add_signatures(out, [sign_info(store.query(out), SecretKey.generate("elsewhere-1"))])
+    marker.touch()
+    build(a)
+    assert calls == [] and not marker.exists()
+    # a marker that cannot be made: a warning, and the build goes on
+    c, cd = graph.drv("c", "echo c > $out")
+    (store.root / "locks" / f"{cd.output_path().split('/')[-1][:32]}.hook").mkdir()
+    said = []
+    build(c, said.append)
+    assert store.query(cd.output_path()).sigs and any("cannot mark the signing hook" in m for m in said)
 
 
 def test_missing_output_is_an_error(store, graph):
