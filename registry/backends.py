@@ -15,7 +15,6 @@ from __future__ import annotations
 import abc
 import contextlib
 import dataclasses
-import json
 import os
 import threading
 import time
@@ -87,30 +86,9 @@ class Source(abc.ABC):
         ...
 
 
-def _digests_record(d: Digests) -> bytes:
-    return json.dumps(
-        {
-            "file_hash": d.file_hash.to_hex(),
-            "file_size": d.file_size,
-            "nar_hash": d.nar_hash.to_hex(),
-            "nar_size": d.nar_size,
-        }
-    ).encode()
-
-
-def _parse_digests_record(rec: bytes, file_hash: Hash) -> Digests | None:
-    """The digests in a ``.kiln/nars/<hex>`` record, or None if it is not a whole,
-    well-formed record of ``file_hash`` (records are never fsynced: a crash can leave
-    one empty or torn)."""
-    try:
-        d = json.loads(rec)
-        got = Digests(Hash.parse(d["file_hash"]), d["file_size"], Hash.parse(d["nar_hash"]), d["nar_size"])
-    except (ValueError, KeyError, TypeError, AttributeError, RecursionError, KilnError):
-        return None
-    sizes = (got.file_size, got.nar_size)
-    if got.file_hash.digest != file_hash.digest or not all(type(n) is int and n > 0 for n in sizes):
-        return None
-    return got
+def _record_key(file_hash: Hash) -> str:
+    """Where a directory keeps the digests of a large object (``Digests.to_record``)."""
+    return f"{layout.PRIVATE_DIR}/nars/{file_hash.hex}"
 
 
 class DirSource(Source):
@@ -235,7 +213,7 @@ class DirSource(Source):
             tmp, [layout.blob_key(got.file_hash), layout.nar_key(got.file_hash)], durable
         )
         if got.file_size >= RECORD_MIN:
-            self.storage.put_bytes(f".kiln/nars/{got.file_hash.hex}", _digests_record(got), durable=False)
+            self.storage.put_bytes(_record_key(got.file_hash), got.to_record(), durable=False)
         if len(self._digests) >= CACHE_MAX:
             self._digests.clear()
         self._digests[got.file_hash.hex] = got
@@ -249,9 +227,9 @@ class DirSource(Source):
         known = self._digests.get(file_hash.hex)
         if known is not None and known.file_size in sizes:
             return known
-        rec = self.storage.read(f".kiln/nars/{file_hash.hex}")
+        rec = self.storage.read(_record_key(file_hash))
         if rec is not None:
-            got = _parse_digests_record(rec, file_hash)
+            got = Digests.from_record(rec, file_hash)
             if got is not None and got.file_size in sizes:
                 return got
             # torn (never fsynced), damaged or stale: recomputed below and written again
@@ -264,7 +242,7 @@ class DirSource(Source):
                 ver.update(chunk)
         got = ver.finish()
         if got.file_hash.digest == file_hash.digest and got.file_size >= RECORD_MIN:
-            self.storage.put_bytes(f".kiln/nars/{file_hash.hex}", _digests_record(got), durable=False)
+            self.storage.put_bytes(_record_key(file_hash), got.to_record(), durable=False)
         return got
 
     def commit_batch(

@@ -54,6 +54,36 @@ class Digests:
     nar_hash: Hash
     nar_size: int
 
+    def to_record(self) -> bytes:
+        """The ``.kiln/nars/<hex>`` record a registry directory keeps of these digests."""
+        import json
+
+        return json.dumps(
+            {
+                "file_hash": self.file_hash.to_hex(),
+                "file_size": self.file_size,
+                "nar_hash": self.nar_hash.to_hex(),
+                "nar_size": self.nar_size,
+            }
+        ).encode()
+
+    @classmethod
+    def from_record(cls, rec: bytes, file_hash: Hash) -> Digests | None:
+        """The digests in a record (``to_record``), or None if it is not a whole,
+        well-formed record of ``file_hash`` (records are never fsynced: a crash can leave
+        one empty or torn)."""
+        import json
+
+        try:
+            d = json.loads(rec)
+            got = cls(Hash.parse(d["file_hash"]), d["file_size"], Hash.parse(d["nar_hash"]), d["nar_size"])
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError, KilnError):
+            return None
+        sizes = (got.file_size, got.nar_size)
+        if got.file_hash.digest != file_hash.digest or not all(type(n) is int and n > 0 for n in sizes):
+            return None
+        return got
+
 
 class NarVerifier:
     """Incremental hasher of a ``.nar.zst`` stream and the NAR inside it. With limits
