@@ -18,6 +18,8 @@ Metadata (canonical JSON: sorted keys, no whitespace, UTF-8) under ``index/``; e
   version of the index file it vouches for.
 - ``timestamp.json``: short expiry; the sha256/length/version of the snapshot.
 
+The publisher's side (new roots, new generations of metadata) is ``indexbuild``.
+
 Client rules (``verify_*``): every file must carry a threshold of valid signatures from
 its role's keys in the trusted root; versions never go down relative to the last state
 the client saw (rollback); nothing may be past its expiry (freeze); a snapshot must hash
@@ -43,9 +45,6 @@ from kiln.store.signing import PublicKey, SecretKey
 from .indexpaths import path_table_problem
 
 ROLES = ("root", "timestamp", "snapshot", "index")
-ROOT_DAYS = 365
-INDEX_DAYS = 30
-TIMESTAMP_HOURS = 24
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -180,84 +179,6 @@ def _check_type(signed: dict[str, Any], typ: str, what: str) -> int:
     if signed.get("_type") != typ or not isinstance(signed.get("version"), int):
         raise IndexError_(f"{what}: expected _type {typ!r} with an integer version")
     return signed["version"]
-
-
-# ---------------------------------------------------------------- publisher side
-
-
-def make_root(
-    version: int, role_keys: dict[str, list[PublicKey]], now: dt.datetime, threshold: int = 1
-) -> dict[str, Any]:
-    keys = {key_id(k): {"keytype": "ed25519", "public": k.to_text()} for ks in role_keys.values() for k in ks}
-    roles = {r: {"keyids": sorted(key_id(k) for k in role_keys[r]), "threshold": threshold} for r in ROLES}
-    return {
-        "_type": "root",
-        "version": version,
-        "expires": expiry(now, days=ROOT_DAYS),
-        "keys": keys,
-        "roles": roles,
-    }
-
-
-@dataclass(frozen=True, slots=True)
-class Published:
-    """What ``build_metadata`` produced: files to write, in order (key, bytes)."""
-
-    files: list[tuple[str, bytes]]
-    index_version: int
-    timestamp_version: int
-
-
-def build_metadata(
-    paths: dict[str, dict[str, Any]],
-    store_dir: str,
-    key: SecretKey,
-    *,
-    prev_timestamp: dict[str, Any] | None,
-    prev_index_paths: dict[str, Any] | None,
-    root_version: int = 1,
-    now: dt.datetime | None = None,
-) -> Published:
-    """Metadata files for a new index generation. The index and snapshot get a new
-    version only when ``paths`` changed; the timestamp always does (freshness)."""
-    now = now or utcnow()
-    ts_v = (prev_timestamp["version"] + 1) if prev_timestamp else 1
-    files: list[tuple[str, bytes]] = []
-    if prev_timestamp and prev_index_paths == paths and prev_timestamp.get("root_version", 1) == root_version:
-        snap_meta = prev_timestamp["meta"]["snapshot.json"]
-        idx_v = snap_meta["version"]
-    else:
-        idx_v = (prev_timestamp["meta"]["snapshot.json"]["version"] + 1) if prev_timestamp else 1
-        index = {
-            "_type": "index",
-            "version": idx_v,
-            "expires": expiry(now, days=INDEX_DAYS),
-            "store_dir": store_dir,
-            "paths": paths,
-        }
-        ib = sign_envelope(index, [key])
-        snap = {
-            "_type": "snapshot",
-            "version": idx_v,
-            "expires": expiry(now, days=INDEX_DAYS),
-            "meta": {"index.json": {"version": idx_v, "sha256": sha256_hex(ib), "length": len(ib)}},
-        }
-        sb = sign_envelope(snap, [key])
-        files += [
-            (f"index/{idx_v}.index.json", ib),
-            (f"index/{idx_v}.snapshot.json", sb),
-            ("index/snapshot.json", sb),
-        ]
-        snap_meta = {"version": idx_v, "sha256": sha256_hex(sb), "length": len(sb)}
-    ts = {
-        "_type": "timestamp",
-        "root_version": root_version,
-        "version": ts_v,
-        "expires": expiry(now, hours=TIMESTAMP_HOURS),
-        "meta": {"snapshot.json": snap_meta},
-    }
-    files.append(("index/timestamp.json", sign_envelope(ts, [key])))
-    return Published(files, idx_v, ts_v)
 
 
 # ---------------------------------------------------------------- client side

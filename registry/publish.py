@@ -19,7 +19,7 @@ from kiln.store.errors import KilnError
 from kiln.store.signing import SecretKey
 
 from . import index as ix
-from . import layout
+from . import indexbuild, layout
 from .dirlock import INDEX_LOCK, dir_lock
 from .layout import CACHE_INFO, parse_cache_info
 from .storage import Storage
@@ -78,7 +78,7 @@ def init_root(storage: Storage, key: SecretKey) -> dict[str, Any]:
     if cur is not None:
         return cur
     pub = key.public()
-    root = ix.make_root(1, {r: [pub] for r in ix.ROLES}, ix.utcnow())
+    root = indexbuild.make_root(1, {r: [pub] for r in ix.ROLES}, ix.utcnow())
     data = ix.sign_envelope(root, [key])
     storage.put_bytes("index/1.root.json", data)
     storage.put_bytes("index/root.json", data)
@@ -98,14 +98,14 @@ def _rotate_root(storage: Storage, old_key: SecretKey, new_key: SecretKey) -> in
     if ix.key_id(old_key.public()) not in cur["roles"]["root"]["keyids"]:
         raise KilnError(f"key {old_key.name} is not a root key of this registry")
     v = cur["version"] + 1
-    root = ix.make_root(v, {r: [new_key.public()] for r in ix.ROLES}, ix.utcnow())
+    root = indexbuild.make_root(v, {r: [new_key.public()] for r in ix.ROLES}, ix.utcnow())
     data = ix.sign_envelope(root, [old_key, new_key])
     storage.put_bytes(f"index/{v}.root.json", data)
     storage.put_bytes("index/root.json", data)
     return v
 
 
-def publish_index(storage: Storage, key: SecretKey) -> ix.Published:
+def publish_index(storage: Storage, key: SecretKey) -> indexbuild.Published:
     """Sign and publish a new index generation for everything the storage holds. Two
     publishers (server workers, the CLI beside a server) would both read version v and
     write different v+1 files over each other: the directory's index lock serialises them."""
@@ -113,7 +113,7 @@ def publish_index(storage: Storage, key: SecretKey) -> ix.Published:
         return _publish_index(storage, key)
 
 
-def _publish_index(storage: Storage, key: SecretKey) -> ix.Published:
+def _publish_index(storage: Storage, key: SecretKey) -> indexbuild.Published:
     paths = collect_paths(storage)  # first: a directory that cannot be indexed gets no root
     root = init_root(storage, key)
     kid = ix.key_id(key.public())
@@ -127,7 +127,7 @@ def _publish_index(storage: Storage, key: SecretKey) -> ix.Published:
     if prev_ts:
         idx = load_signed(storage, f"index/{prev_ts['meta']['snapshot.json']['version']}.index.json")
         prev_paths = idx["paths"] if idx else None
-    pub = ix.build_metadata(
+    pub = indexbuild.build_metadata(
         paths,
         store_dir,
         key,

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from kiln.registry import index as ix
+from kiln.registry import indexbuild
 from kiln.registry.publish import publish_index, rotate_root
 from kiln.registry.storage import open_storage
 from kiln.store.signing import SecretKey
@@ -118,7 +119,7 @@ def test_root_rotation_chain(reg) -> None:
     assert state.root["version"] == 2 and vi.files[0][0] == "index/2.root.json"
     # a root v3 signed only by a stranger is refused
     stranger = SecretKey.generate("idx-3")
-    root3 = ix.make_root(3, {r: [stranger.public()] for r in ix.ROLES}, ix.utcnow())
+    root3 = indexbuild.make_root(3, {r: [stranger.public()] for r in ix.ROLES}, ix.utcnow())
     reg.put_bytes("index/3.root.json", ix.sign_envelope(root3, [stranger]))
     with pytest.raises(ix.SignatureError):
         _update(reg, state)
@@ -193,7 +194,9 @@ def test_a_signed_but_malformed_path_table_is_an_index_error(reg, entry, says) -
 
     key = SecretKey.generate("idx-1")
     init_root(reg, key)
-    pub = ix.build_metadata({H1: entry}, "/kiln/store", key, prev_timestamp=None, prev_index_paths=None)
+    pub = indexbuild.build_metadata(
+        {H1: entry}, "/kiln/store", key, prev_timestamp=None, prev_index_paths=None
+    )
     for k, data in pub.files:
         reg.put_bytes(k, data)
     state = ix.TrustState.pin(reg.read("index/root.json"))

@@ -1,0 +1,96 @@
+"""The publisher's side of the signed index (``index``): a new root, and the metadata
+files of a new index generation, signed and in the order they must be written.
+
+The index and snapshot get a new version only when the path table changed; the
+timestamp always does, with a short expiry (freshness). Pure: the caller
+(``publish``) writes the files, index → snapshot → timestamp.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+from kiln.store.signing import PublicKey, SecretKey
+
+from .index import ROLES, expiry, key_id, sha256_hex, sign_envelope, utcnow
+
+ROOT_DAYS = 365
+INDEX_DAYS = 30
+TIMESTAMP_HOURS = 24
+
+
+def make_root(
+    version: int, role_keys: dict[str, list[PublicKey]], now: dt.datetime, threshold: int = 1
+) -> dict[str, Any]:
+    keys = {key_id(k): {"keytype": "ed25519", "public": k.to_text()} for ks in role_keys.values() for k in ks}
+    roles = {r: {"keyids": sorted(key_id(k) for k in role_keys[r]), "threshold": threshold} for r in ROLES}
+    return {
+        "_type": "root",
+        "version": version,
+        "expires": expiry(now, days=ROOT_DAYS),
+        "keys": keys,
+        "roles": roles,
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """What ``build_metadata`` produced: files to write, in order (key, bytes)."""
+
+    files: list[tuple[str, bytes]]
+    index_version: int
+    timestamp_version: int
+
+
+def build_metadata(
+    paths: dict[str, dict[str, Any]],
+    store_dir: str,
+    key: SecretKey,
+    *,
+    prev_timestamp: dict[str, Any] | None,
+    prev_index_paths: dict[str, Any] | None,
+    root_version: int = 1,
+    now: dt.datetime | None = None,
+) -> Published:
+    """Metadata files for a new index generation. The index and snapshot get a new
+    version only when ``paths`` changed; the timestamp always does (freshness)."""
+    now = now or utcnow()
+    ts_v = (prev_timestamp["version"] + 1) if prev_timestamp else 1
+    files: list[tuple[str, bytes]] = []
+    if prev_timestamp and prev_index_paths == paths and prev_timestamp.get("root_version", 1) == root_version:
+        snap_meta = prev_timestamp["meta"]["snapshot.json"]
+        idx_v = snap_meta["version"]
+    else:
+        idx_v = (prev_timestamp["meta"]["snapshot.json"]["version"] + 1) if prev_timestamp else 1
+        index = {
+            "_type": "index",
+            "version": idx_v,
+            "expires": expiry(now, days=INDEX_DAYS),
+            "store_dir": store_dir,
+            "paths": paths,
+        }
+        ib = sign_envelope(index, [key])
+        snap = {
+            "_type": "snapshot",
+            "version": idx_v,
+            "expires": expiry(now, days=INDEX_DAYS),
+            "meta": {"index.json": {"version": idx_v, "sha256": sha256_hex(ib), "length": len(ib)}},
+        }
+        sb = sign_envelope(snap, [key])
+        files += [
+            (f"index/{idx_v}.index.json", ib),
+            (f"index/{idx_v}.snapshot.json", sb),
+            ("index/snapshot.json", sb),
+        ]
+        snap_meta = {"version": idx_v, "sha256": sha256_hex(sb), "length": len(sb)}
+    ts = {
+        "_type": "timestamp",
+        "root_version": root_version,
+        "version": ts_v,
+        "expires": expiry(now, hours=TIMESTAMP_HOURS),
+        "meta": {"snapshot.json": snap_meta},
+    }
+    files.append(("index/timestamp.json", sign_envelope(ts, [key])))
+    return Published(files, idx_v, ts_v)
