@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
+from . import hookmarks
 from .buildplan import Graph
 from .errors import KilnError
 
@@ -121,8 +122,6 @@ class Scheduling:
         are left alone; ``--check`` compares only. The provenance gives the
         registration time as start and end (the build's own times were lost). A hook
         that fails again is a warning, and its marker stays."""
-        from . import hookmarks
-
         hook = self.after_build
         if hook is None or self.opts.check or self.opts.rounds > 1:
             return
@@ -139,7 +138,7 @@ class Scheduling:
                 hookmarks.release(marks, done=True)
                 continue
             self.say(f"signing {', '.join(outs.values())}: its build stopped before that")
-            when = min(i.registration_time for i in infos if i is not None)
+            when = min(i.registration_time for i in infos)  # (all valid: checked above)
             try:
                 with hookmarks.running(marks):
                     hook(d, drv, outs, when, when, store=self._inner)
