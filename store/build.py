@@ -142,6 +142,8 @@ class Builder(Producing, Checking, Scheduling):
         self._stop = threading.Event()
         self._hook_pool: ThreadPoolExecutor | None = None
         self._hook_futures: list[Future] = []
+        # derivations whose hook this builder ran (or tried): never resumed as left behind
+        self._hooked: set[str] = set()
 
     # ------------------------------------------------------------------ graph level
 
@@ -194,7 +196,7 @@ class Builder(Producing, Checking, Scheduling):
                 raise
             for e in self._wait_hooks(raise_errors=not failed):
                 self.say(f"error: {e}")  # (under -k with failures: reported, and the failures raised)
-            self._finish_left_hooks(graph, roots, todo, built)
+            self._finish_left_hooks(graph, roots, todo)
             # --check means "build it once more and compare" (a root built just now too);
             # --rounds N, with or without it, N builds in all: N - 1 comparisons
             checks = max(1 if self.opts.check else 0, self.opts.rounds - 1)
@@ -284,6 +286,7 @@ class Builder(Producing, Checking, Scheduling):
                     self._background(self._dirs.prepare)  # the next build's, while it runs
             if self.after_build:
                 # signing and provenance overlap the next sandbox; realise() waits for them
+                self._hooked.add(drv_path)
                 outputs = {k: o.path for k, o in drv.outputs}
                 self._background(self._run_hook, drv_path, drv, outputs, started, time.time(), marks)
         finally:

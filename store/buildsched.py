@@ -18,7 +18,7 @@ from .errors import KilnError
 
 class Scheduling:
     """Uses the builder's ``opts``, ``build_one``, ``say``, ``executor``, ``_stop``,
-    ``store``, ``after_build``, ``_background`` and ``_inner``."""
+    ``store``, ``after_build``, ``_background``, ``_hooked`` and ``_inner``."""
 
     def _run_all(self, graph: Graph, todo: list[str], failed: dict[str, BaseException]) -> list[str]:
         """Build ``todo`` (inputs first); return what was built. Under ``keep_going`` a
@@ -114,18 +114,21 @@ class Scheduling:
         failed[drv_path] = e
         self.say(f"error: {e}")
 
-    def _finish_left_hooks(self, graph: Graph, roots: list[str], todo: list[str], built: set[str]) -> None:
+    def _finish_left_hooks(self, graph: Graph, roots: list[str], todo: list[str]) -> None:
         """Run ``after_build`` (signing, provenance) for outputs whose builder left its
         hook undone (``hookmarks``: killed between the commit and the hook, or the hook
-        failed), where planning stopped: the roots and the inputs of what was to be
-        built. A live builder's pending hook and paths without a marker (substitutes)
-        are left alone; ``--check`` compares only. The provenance gives the
-        registration time as start and end (the build's own times were lost). A hook
-        that fails again is a warning, and its marker stays."""
+        failed), where planning stopped: the roots, what was to be built (a build that
+        waited on a dead builder's lock finds its outputs valid and builds nothing) and
+        its inputs. Hooks this builder ran itself are not run again; a live builder's
+        pending hook and paths without a marker (substitutes) are left alone; ``--check``
+        compares only. The provenance gives the registration time as start and end (the
+        build's own times were lost). A hook that fails again is a warning, and its
+        marker stays."""
         hook = self.after_build
         if hook is None or self.opts.check or self.opts.rounds > 1:
             return
-        for d in sorted((set(roots) | {i for p in todo for i, _ in graph.drvs[p].input_drvs}) - built):
+        reached = set(roots) | set(todo) | {i for p in todo for i, _ in graph.drvs[p].input_drvs}
+        for d in sorted(reached - self._hooked):
             drv = graph.drvs[d]
             outs = {n: o.path for n, o in drv.outputs}
             marks = hookmarks.left_behind(self._inner, list(outs.values()))

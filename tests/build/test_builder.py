@@ -346,6 +346,51 @@ def test_a_hook_its_builder_left_undone_is_run_by_the_next_build(store, graph):
     assert store.query(cd.output_path()).sigs and any("cannot mark the signing hook" in m for m in said)
 
 
+def test_a_build_that_waited_on_a_dead_builder_runs_its_hook(store, graph, monkeypatch):
+    """A build that waited on another builder's lock, which committed and died before
+    its hook, finds the outputs valid and builds nothing: it still runs the dead
+    builder's hook (the derivation was in its plan), once."""
+    import contextlib
+
+    from kiln.store import buildlocks
+    from kiln.store.signing import SecretKey, sign_info
+
+    key = SecretKey.generate("builder-1")
+    calls: list[str] = []
+
+    def dying_hook(drv_path, drv, outputs, started, finished, store=None):  # noqa: ANN001
+        raise KeyboardInterrupt  # as a kill between the commit and the hook
+
+    def hook(drv_path, drv, outputs, started, finished, store=None):  # noqa: ANN001
+        for out in outputs.values():
+            calls.append(out)
+            store.add_signatures(out, [sign_info(store.query(out), key)])
+
+    a, ad = graph.drv("a", "echo a > $out")
+    out = ad.output_path()
+    real_lock = buildlocks.output_lock
+
+    @contextlib.contextmanager
+    def lock_after_the_other_builder(store_, paths, say=None):  # noqa: ANN001
+        # what happened while this build waited for the lock: the other one built
+        # the outputs, committed them and was killed before its hook
+        monkeypatch.setattr(buildlocks, "output_lock", real_lock)
+        with pytest.raises(KeyboardInterrupt):
+            Builder(
+                store, BwrapExecutor(), BuildOptions(), after_build=dying_hook, say=lambda m: None
+            ).realise([a])
+        with real_lock(store_, paths, say):
+            yield
+
+    monkeypatch.setattr(buildlocks, "output_lock", lock_after_the_other_builder)
+    said: list[str] = []
+    r = Builder(store, BwrapExecutor(), BuildOptions(), after_build=hook, say=said.append).realise([a])
+    assert r[0].outputs["out"] == out
+    assert calls == [out] and store.query(out).sigs
+    assert not any(m.startswith("[1/1] building") for m in said), said  # it built nothing itself
+    assert not list((store.root / "locks").glob("*.hook"))
+
+
 def test_missing_output_is_an_error(store, graph):
     a, _ = graph.drv("lazy", "true")
     with pytest.raises(BuildError, match="did not create output"):
