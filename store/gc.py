@@ -21,7 +21,8 @@ registrations hold the lock shared from their first temp file to their committed
    live process roots: a build's staged
    outputs, ``stagedbuild``), store writers' dirs in ``tmp/``, the build loop's and
    ``--check``'s dirs whose owner died (each is flocked while in use, ``buildtmp``)
-   and the per-path lock files (a build lock only if nobody holds it).
+   and the per-path lock files (a build lock only if nobody holds it; a signing-hook
+   marker, ``hookmarks``, only if nobody holds it and its path is not valid).
 
 ``dry_run`` does the same computation and reports what would go (paths, unregistered
 trees, objects, leftover ``tmp/`` dirs, with their bytes) without deleting anything, not
@@ -39,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import attestations, db
+from . import attestations, db, hookmarks
 from .buildtmp import owner_gone
 from .errors import FormatError, KilnError, StoreError
 from .hashes import Hash
@@ -232,6 +233,8 @@ def collect(store: LocalStore, dry_run: bool = False) -> GcReport:
                 os.unlink(e.path)
             elif e.name.endswith(".build"):
                 remove_if_free(Path(e.path))
+            elif (h := hookmarks.is_marker(e.name)) is not None and h not in live_hash_parts:
+                remove_if_free(Path(e.path))  # a dead builder's, of a path never committed
         return report
 
 

@@ -14,6 +14,11 @@ A later build that reaches such an output reads the marker without creating it:
 - free: its builder is gone (or its hook failed): run the hook if the path is valid,
   then delete the marker; a marker of a path never committed is just deleted.
 A marker unlinked while being opened is seen by its link count (``st_nlink == 0``).
+
+A free marker must not outlive the build it belongs to: a path that becomes valid by
+import (a substitute, ``kiln copy``) after its builder died before the commit drops it
+(``drop_free``), else the next build would sign that import as its own; GC drops the
+free markers of paths that are not valid.
 """
 
 from __future__ import annotations
@@ -22,20 +27,24 @@ import contextlib
 import errno
 import fcntl
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .locks import FileLock
+from .locks import FileLock, remove_if_free
 from .paths import StorePath
+
+if TYPE_CHECKING:
+    from .localstore import LocalStore
 
 Mark = tuple[Path, int]  # (marker file, a descriptor holding its flock)
 
 
-def _marker(store, path: str) -> Path:
+def _marker(store: LocalStore, path: str) -> Path:
     return Path(store.root) / "locks" / f"{StorePath.parse(path).hash_part}.hook"
 
 
-def hold(store, paths: Iterable[str]) -> list[Mark]:
+def hold(store: LocalStore, paths: Iterable[str]) -> list[Mark]:
     """Create and lock the markers of ``paths``: their hook is pending in this process."""
     marks: list[Mark] = []
     try:
@@ -51,7 +60,7 @@ def hold(store, paths: Iterable[str]) -> list[Mark]:
     return marks
 
 
-def hold_or_warn(store, paths: Iterable[str], say) -> list[Mark]:  # noqa: ANN001 - say(str)
+def hold_or_warn(store: LocalStore, paths: Iterable[str], say: Callable[[str], None]) -> list[Mark]:
     """``hold``, or [] with a warning if the markers cannot be made: the build goes on,
     only its hook would not be resumed after a kill."""
     try:
@@ -61,7 +70,7 @@ def hold_or_warn(store, paths: Iterable[str], say) -> list[Mark]:  # noqa: ANN00
         return []
 
 
-def left_behind(store, paths: Iterable[str]) -> list[Mark] | None:
+def left_behind(store: LocalStore, paths: Iterable[str]) -> list[Mark] | None:
     """The markers of ``paths`` whose owner is gone, locked now by this process; None if
     a live process holds one of them (its hook will run), [] if there are none."""
     got: list[Mark] = []
@@ -87,13 +96,27 @@ def left_behind(store, paths: Iterable[str]) -> list[Mark] | None:
 
 
 def release(marks: list[Mark], done: bool) -> None:
-    """Let go of ``marks``; ``done``: the hook ran, delete them (before unlocking, so no
-    one takes a finished marker for a pending one)."""
-    for m, fd in marks:
-        if done:
+    """Let go of ``marks``; ``done``: the hook ran, delete them all before unlocking any
+    (no one takes a finished marker for a pending one, and a kill in between leaves the
+    rest locked by nobody only as long as it takes to unlink them)."""
+    if done:
+        for m, _ in marks:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(m)
+    for _, fd in marks:
         os.close(fd)
+
+
+def drop_free(store: LocalStore, paths: Iterable[str]) -> None:
+    """Delete the markers of ``paths`` that nobody holds: they were just imported, so a
+    builder that left such a marker died before its commit and has nothing to sign."""
+    for p in paths:
+        remove_if_free(_marker(store, p))
+
+
+def is_marker(name: str) -> str | None:
+    """The hash part a ``locks/`` entry named ``name`` is the hook marker of, or None."""
+    return name[:-5] if name.endswith(".hook") and len(name) == 37 else None
 
 
 @contextlib.contextmanager

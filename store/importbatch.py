@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, BinaryIO
 
 import zstandard
 
-from . import db
+from . import db, hookmarks
 from .errors import HashMismatch, StoreError
 from .hashes import Hash
 from .locks import FileLock, PlacerWait
@@ -210,6 +210,8 @@ def commit(store: LocalStore, staged: list[Staged], tmp: Path) -> dict[str, Path
             out[info.path] = info
         if rows:
             sync_filesystem(store.objects)
+            # before the rows: a kill between the two leaves no free marker on a valid import
+            hookmarks.drop_free(store, [info.path for info, _ in rows])
             db.insert_many(store.conn, rows)
     return out
 

@@ -30,7 +30,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import BinaryIO
 
-from . import db
+from . import db, hookmarks
 from .errors import FormatError, StoreError
 from .hashes import Hash
 from .ingest import PathFilter, TreeIngest
@@ -359,6 +359,8 @@ class Registering:
                 # another path with the same NAR may be using it (only GC's exclusive
                 # lock makes deleting an object safe)
                 raise OSError(e.errno, f"{e.strerror} (placing {info.path})", str(self.real_store)) from None
+            # before the row: a kill between the two leaves no free marker on a valid import
+            hookmarks.drop_free(self, [info.path])
             info = replace(info, registration_time=int(time.time()))
             db.insert(self.conn, info, sp.hash_part)
             return info
