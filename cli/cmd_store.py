@@ -301,6 +301,8 @@ def _cmd_gc(args) -> int:
         print(f"{p} (unregistered)")
     for t in r.tmp_dirs:
         print(f"{t} (leftover working directory)")
+    for k in r.kept:
+        print(f"warning: kept {k}", file=sys.stderr)
     print(
         f"{verb} {len(r.deleted)} paths, {len(r.stray_trees)} unregistered trees, {r.objects_deleted} objects, "
         f"{len(r.tmp_dirs)} leftover working dirs: "

@@ -30,8 +30,8 @@ Fixed-output derivations (fetches) are left out: their output is pinned by hash,
 
 from __future__ import annotations
 
+import contextlib
 import os
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -201,21 +201,19 @@ def rebuild_drv(
     inputs = input_paths(drv, lambda p: builder.load([p]).drvs[p])
     with store.temp_root([drv_path, *(o.path for _, o in drv.outputs), *inputs]):
         ensure_inputs(builder, drv_path)
-        variation = None
-        if vary:
-            from kiln.store.vary import first_build_cores, standard
+        with contextlib.ExitStack() as stack:
+            variation = None
+            if vary:
+                from kiln.store.vary import first_build_cores, varied
 
-            current = builder.opts.cores or os.cpu_count() or 1
-            variation = standard(Path(store.root), first_build_cores(store, drv, current))
-            say(f"rebuilding {drv_path} with varied conditions: {'; '.join(variation.describe())}")
-        else:
-            say(f"rebuilding {drv_path}")
-        try:
+                current = builder.opts.cores or os.cpu_count() or 1
+                variation = stack.enter_context(
+                    varied(Path(store.root), store.gc_lock_path, first_build_cores(store, drv, current))
+                )
+                say(f"rebuilding {drv_path} with varied conditions: {'; '.join(variation.describe())}")
+            else:
+                say(f"rebuilding {drv_path}")
             comparisons = builder.rebuild(drv_path, variation)
-        finally:
-            if variation is not None and variation.tmp_parent is not None:
-                # standard() nests the varied dir three levels under a fresh vary-* dir
-                shutil.rmtree(variation.tmp_parent.parents[2], ignore_errors=True)
     now = time.time()
     out = []
     for c in comparisons:

@@ -5,8 +5,8 @@ registered by a rebuild."""
 
 from __future__ import annotations
 
+import contextlib
 import os
-import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -115,20 +115,20 @@ class Checking:
         return done
 
     def _check(self, drv_path: str, drv: Derivation) -> None:
-        vary = None
-        if self.opts.vary:
-            from .vary import first_build_cores, standard
+        with contextlib.ExitStack() as stack:
+            vary = None
+            if self.opts.vary:
+                from .vary import first_build_cores, varied
 
-            current = self.opts.cores or os.cpu_count() or 1
-            vary = standard(Path(self.store.root), first_build_cores(self.store, drv, current))
-            self.say(f"checking {drv_path} with varied conditions: {'; '.join(vary.describe())}")
-        else:
-            self.say(f"checking {drv_path}")
-        try:
+                current = self.opts.cores or os.cpu_count() or 1
+                gc_lock = getattr(self.store, "gc_lock_path", None)
+                vary = stack.enter_context(
+                    varied(Path(self.store.root), gc_lock, first_build_cores(self.store, drv, current))
+                )
+                self.say(f"checking {drv_path} with varied conditions: {'; '.join(vary.describe())}")
+            else:
+                self.say(f"checking {drv_path}")
             comparisons = self.rebuild(drv_path, vary, keep_hint="--keep-failed keeps it")
-        finally:
-            if vary is not None and vary.tmp_parent is not None:
-                shutil.rmtree(vary.tmp_parent.parents[2], ignore_errors=True)
         for c in comparisons:
             if not c.identical:
                 raise NotDeterministic(

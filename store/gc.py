@@ -20,7 +20,8 @@ registrations hold the lock shared from their first temp file to their committed
    ``<hash>-<name>``: anything else in the store dir is never touched; and not those a
    live process roots: a build's staged
    outputs, ``stagedbuild``), store writers' dirs in ``tmp/``, the build loop's and
-   ``--check``'s dirs whose owner died (each is flocked while in use, ``buildtmp``)
+   ``--check``'s dirs whose owner died (each is flocked while in use, ``buildtmp``; the
+   FUSE mounts a killed ``--vary`` rebuild left in one are taken down first, ``mounts``)
    and the per-path lock files (a build lock only if nobody holds it; a signing-hook
    marker, ``hookmarks``, only if nobody holds it and its path is not valid).
 
@@ -45,11 +46,12 @@ from .buildtmp import owner_gone
 from .errors import FormatError, KilnError, StoreError
 from .hashes import Hash
 from .locks import FileLock, left_by_dead_writer, live_temp_roots, remove_if_free
+from .mounts import unmount_below
 from .paths import StorePath
 from .trees import remove_tree, tree_size
 
 _WRITER_TMP = re.compile(r"^(\d+-|gc-\d+-)")
-_OWNED_TMP = re.compile(r"^(build|check)-")
+_OWNED_TMP = re.compile(r"^(build|check|vary)-")
 
 if TYPE_CHECKING:
     from .localstore import LocalStore
@@ -67,6 +69,8 @@ class GcReport:
     bytes_freed: int
     #: leftover working dirs in ``tmp/`` (of dead writers and builds), counted in bytes_freed
     tmp_dirs: tuple[str, ...] = ()
+    #: leftover dirs kept, each with why: something is mounted there that GC cannot take down
+    kept: tuple[str, ...] = ()
 
 
 #: ``add_root``'s temporary link (``.<name>.<8 hex>``); present under the exclusive GC
@@ -175,14 +179,21 @@ def collect(store: LocalStore, dry_run: bool = False) -> GcReport:
 
         # store writers' dirs (``<pid>-<hex>``, ``gc-...``) are stale: every writer is
         # excluded now. The build loop's ``build-*`` and ``check-*`` live longer than the
-        # GC lock: each is flocked by its owner (``buildtmp``), so one nobody holds is a
-        # dead process's. Others (``kiln-failed-*``, ``vary-*``) are kept.
+        # GC lock: each is flocked by its owner (``buildtmp``), as is ``--vary``'s
+        # ``vary-*``, so one nobody holds is a dead process's. ``kiln-failed-*`` are kept.
         doomed_tmp = sorted(
             e.path
             for e in os.scandir(store.tmp)
             if _WRITER_TMP.match(e.name)
             or (_OWNED_TMP.match(e.name) and e.is_dir(follow_symlinks=False) and owner_gone(e.path))
         )
+        kept = []
+        if not dry_run:
+            # a killed ``--check --vary`` leaves its disorderfs mounts in ``vary-*``
+            for t in list(doomed_tmp):
+                if (why := unmount_below(Path(t))) is not None:
+                    doomed_tmp.remove(t)
+                    kept.append(f"{t}: {why}")
         freed = sum(_size(store.real_path(p)) for p in dead)
         freed += sum(_size(store.real_store / s) for s in stray)
         freed += sum(_size(o) for o in doomed_objects)
@@ -195,6 +206,7 @@ def collect(store: LocalStore, dry_run: bool = False) -> GcReport:
             objects_deleted=len(doomed_objects),
             bytes_freed=freed,
             tmp_dirs=tuple(doomed_tmp),
+            kept=tuple(kept),
         )
         if dry_run:
             return report

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import shutil
 import subprocess
 from collections.abc import Iterable, Iterator
@@ -34,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .buildtmp import owned_tmpdir, release_tmpdir
 from .errors import StoreError
 
 
@@ -99,20 +99,32 @@ def faketime_env() -> dict[str, str]:
     }
 
 
-def standard(store_root: Path, avoid_cores: Iterable[int]) -> Variation:
+def standard(top: Path, avoid_cores: Iterable[int]) -> Variation:
     """The variation ``--vary`` uses against a first build made with any of
     ``avoid_cores`` (``first_build_cores``): KILN_CORES is the smallest count not among
-    them, so it really differs."""
-    parent = store_root / "tmp" / f"vary-{secrets.token_hex(4)}" / "a" / "deeper" / "path"
+    them, so it really differs. ``top`` is a fresh directory (``varied``) the host
+    build directory goes three levels under, so its path differs in length too."""
     avoid = set(avoid_cores)
     return Variation(
         cores=next(n for n in range(1, len(avoid) + 2) if n not in avoid),
         umask=0o077,
-        tmp_parent=parent,
+        tmp_parent=top / "a" / "deeper" / "path",
         shuffle_dirents=shutil.which("disorderfs") is not None and os.path.exists("/dev/fuse"),
         # resolved: the sandbox makes an input that is a symlink as that symlink
         faketime=next((os.path.realpath(p) for p in FAKETIME_LIBS if os.path.exists(p)), None),
     )
+
+
+@contextlib.contextmanager
+def varied(store_root: Path, gc_lock: Path | None, avoid_cores: Iterable[int]) -> Iterator[Variation]:
+    """``standard`` in a ``tmp/vary-*`` directory this process owns (``buildtmp``) until
+    the body ends, when it is removed: after a kill, GC removes it (and unmounts the
+    disorderfs mounts a killed rebuild left in it, ``mounts``)."""
+    top, owner = owned_tmpdir(store_root / "tmp", "vary-", gc_lock)
+    try:
+        yield standard(top, avoid_cores)
+    finally:
+        release_tmpdir(top, owner)
 
 
 def first_build_cores(store: Any, drv: Any, current: int) -> set[int]:

@@ -1,0 +1,54 @@
+"""Mounts left under a directory by a killed process, and their removal.
+
+``--check --vary`` mounts disorderfs (FUSE) over a rebuild's directories and unmounts it
+when the rebuild ends. A kill in between leaves the mounts, and their daemons, under
+``tmp/vary-*``; GC removes that directory once its owner is gone (``buildtmp``), and
+first unmounts what is mounted below it (a FUSE daemon exits when its mount goes).
+Only FUSE mounts are taken down (``fusermount -u -z``, which works for the user who
+mounted them and for root); any other mount below a directory keeps the directory.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+MOUNTINFO = "/proc/self/mountinfo"
+_ESCAPE = re.compile(rb"\\([0-7]{3})")
+
+
+def mounts_below(d: Path, mountinfo: bytes | None = None) -> list[tuple[str, str]]:
+    """``(mount point, file system type)`` of every mount at or below ``d`` (resolved),
+    deepest first. ``mountinfo`` is the text of ``/proc/self/mountinfo`` (read if None)."""
+    if mountinfo is None:
+        with open(MOUNTINFO, "rb") as f:
+            mountinfo = f.read()
+    top = os.path.realpath(d)
+    out = []
+    for line in mountinfo.splitlines():
+        left, sep, right = line.partition(b" - ")
+        fields = left.split()
+        if not sep or len(fields) < 5 or not right.split():
+            continue
+        # the kernel writes space, tab, newline and backslash as octal escapes
+        point = os.fsdecode(_ESCAPE.sub(lambda m: bytes([int(m.group(1), 8)]), fields[4]))
+        if point == top or point.startswith(top + "/"):
+            out.append((point, os.fsdecode(right.split()[0])))
+    return sorted(out, key=lambda m: m[0].count("/"), reverse=True)
+
+
+def unmount_below(d: Path) -> str | None:
+    """Take down the FUSE mounts at or below ``d``; None when nothing is mounted there
+    any more, else why something still is (``d`` must then be kept)."""
+    for point, fstype in mounts_below(d):
+        if not fstype.startswith("fuse"):
+            return f"{point} is a {fstype} mount"
+        try:
+            r = subprocess.run(["fusermount", "-u", "-z", point], capture_output=True, text=True)
+        except OSError as e:
+            return f"cannot run fusermount to unmount {point}: {e.strerror}"
+        if r.returncode != 0:
+            return f"cannot unmount {point}: {r.stderr.strip() or f'fusermount exited {r.returncode}'}"
+    return None

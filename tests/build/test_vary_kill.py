@@ -1,0 +1,65 @@
+"""A ``kiln build --check --vary`` killed mid-rebuild leaves disorderfs mounts (and their
+daemons) in its ``tmp/vary-*`` dir; the next GC takes them down and removes the dir.
+Real bubblewrap, real disorderfs, a real SIGKILL."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from kiln.sandbox.bwrap import BwrapExecutor
+from kiln.store.build import Builder, BuildOptions
+from kiln.store.localstore import LocalStore
+from kiln.store.mounts import mounts_below
+
+pytestmark = [
+    pytest.mark.bwrap,
+    pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap not installed"),
+    pytest.mark.skipif(shutil.which("busybox") is None, reason="busybox-static not installed"),
+    pytest.mark.skipif(
+        shutil.which("disorderfs") is None or not os.path.exists("/dev/fuse"), reason="disorderfs not usable"
+    ),
+]
+
+
+def test_gc_takes_down_the_mounts_of_a_killed_vary_check(store, graph):
+    # only the varied rebuild (umask 077) hangs, so the first build finishes
+    a, _ = graph.drv("hangs-varied", 'echo a > $out; [ "$(umask)" = 0077 ] && exec sleep 300; true')
+    Builder(store, BwrapExecutor(), BuildOptions(), say=lambda m: None).realise([a])
+    env = dict(os.environ, KILN_HOME=str(store.root))
+    p = subprocess.Popen(
+        [sys.executable, "-m", "kiln", "build", "--check", "--vary", a],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    tmp = store.root / "tmp"
+    try:
+        deadline = time.monotonic() + 60
+        while not any(t == "fuse.disorderfs" for _, t in mounts_below(tmp)):
+            assert time.monotonic() < deadline and p.poll() is None, "the varied rebuild never mounted"
+            time.sleep(0.05)
+        time.sleep(0.3)  # (the second mount, the scratch store's)
+    finally:
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait()
+    assert mounts_below(tmp) and [e.name for e in tmp.iterdir() if e.name.startswith("vary-")]
+    store.close()
+    try:
+        s = LocalStore.open(store.root)
+        r = s.gc()
+        assert not r.kept, r.kept
+        assert any("/vary-" in t for t in r.tmp_dirs), r.tmp_dirs
+        assert mounts_below(tmp) == []
+        assert not [e.name for e in tmp.iterdir() if e.name.startswith("vary-")]
+        assert s.verify().ok
+    finally:
+        for point, _ in mounts_below(tmp):  # never leave a mount behind a failed test
+            subprocess.run(["fusermount", "-u", "-z", point], capture_output=True)
