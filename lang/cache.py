@@ -243,7 +243,8 @@ def save(
     payload = marshal.dumps(data)
     blob = _sha256(payload).encode() + payload
     os.makedirs(cache_dir, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=".tmp-")
+    # the pid in the name lets GC tell a killed writer's leftover (store/gc.py)
+    fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=f".tmp-{os.getpid()}-")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(blob)

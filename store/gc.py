@@ -235,7 +235,11 @@ def collect(store: LocalStore, dry_run: bool = False) -> GcReport:
         for t in doomed_tmp + [str(trash)]:
             remove_tree(Path(t))
         # small temp files of writers killed mid-write (``_init_config``, build logs)
-        for d, pattern in ((store.root, _CONFIG_TMP), (store.root / "logs", _LOG_TMP)):
+        for d, pattern in (
+            (store.root, _CONFIG_TMP),
+            (store.root / "logs", _LOG_TMP),
+            (store.root / "eval-cache", _EVAL_CACHE_TMP),
+        ):
             for f in _dead_writers_files(d, pattern):
                 f.unlink(missing_ok=True)
         for e in os.scandir(store.root / "locks"):
@@ -252,11 +256,13 @@ def collect(store: LocalStore, dry_run: bool = False) -> GcReport:
 
 _CONFIG_TMP = re.compile(r"^\.config\.json\.(\d+)\.[0-9a-f]{8}\Z")
 _LOG_TMP = re.compile(r"^\..+\.(\d+)\.tmp\Z")
+#: ``lang/cache.py``'s ``.tmp-<pid>-<rand>`` (before the pid was in it: ``.tmp-<rand>``)
+_EVAL_CACHE_TMP = re.compile(r"^\.tmp-(?:(\d+)-)?[^/]+\Z")
 
 
 def _dead_writers_files(d: Path, pattern: re.Pattern) -> list[Path]:
-    """Files in ``d`` named by ``pattern`` (group 1: the writer's pid) that a killed
-    writer left (``locks.left_by_dead_writer``)."""
+    """Files in ``d`` named by ``pattern`` (group 1: the writer's pid, if the name has
+    it) that a killed writer left (``locks.left_by_dead_writer``)."""
     try:
         entries = list(os.scandir(d))
     except (FileNotFoundError, NotADirectoryError):
@@ -265,7 +271,8 @@ def _dead_writers_files(d: Path, pattern: re.Pattern) -> list[Path]:
     return [
         Path(e.path)
         for e in entries
-        if (m := pattern.match(e.name)) is not None and left_by_dead_writer(e, int(m.group(1)), now)
+        if (m := pattern.match(e.name)) is not None
+        and left_by_dead_writer(e, int(m.group(1)) if m.group(1) else None, now)
     ]
 
 

@@ -477,17 +477,25 @@ def test_gc_removes_a_killed_attestation_writers_temp_files(store, tmp_path):
 
 
 def test_gc_removes_small_temp_files_of_killed_writers(store, tmp_path):
-    """A ``kiln store init`` or a build-log save killed mid-write leaves a small temp
-    file (``.config.json.<pid>.<hex>``, ``logs/.<name>.<pid>.tmp``); GC removes those
-    whose writer is gone once they are an hour old (a writer in another pid namespace
-    looks dead), and keeps a live writer's."""
+    """A ``kiln store init``, a build-log save or an eval-cache write killed mid-write
+    leaves a small temp file (``.config.json.<pid>.<hex>``, ``logs/.<name>.<pid>.tmp``,
+    ``eval-cache/.tmp-<pid>-<rand>``); GC removes those whose writer is gone once they are
+    an hour old (a writer in another pid namespace looks dead), and keeps a live
+    writer's."""
+    from kiln.lang import cache
+
     gone = subprocess.Popen(["true"])
     gone.wait()
     (store.root / "logs").mkdir(exist_ok=True)
+    (store.root / "eval-cache").mkdir(exist_ok=True)
     dead = [
         store.root / f".config.json.{gone.pid}.0badf00d",
         store.root / "logs" / f".x.drv.zst.{gone.pid}.tmp",
+        store.root / "eval-cache" / f".tmp-{gone.pid}-k2j4h5g6",
+        store.root / "eval-cache" / ".tmp-abcd1234",  # named before the pid was in it
     ]
+    cache.save(store.root / "eval-cache", "e.recipe", "/kiln/store", {}, {}, {}, {}, {})
+    entries = sorted((store.root / "eval-cache").iterdir())
     live = store.root / "logs" / f".y.drv.zst.{os.getpid()}.tmp"
     fresh = store.root / f".config.json.{gone.pid}.00000000"  # just written: kept for now
     for f in (*dead, live, fresh):
@@ -496,6 +504,7 @@ def test_gc_removes_small_temp_files_of_killed_writers(store, tmp_path):
         os.utime(f, (time.time() - 7200, time.time() - 7200))
     store.gc()
     assert not any(f.exists() for f in dead) and live.exists() and fresh.exists()
+    assert sorted((store.root / "eval-cache").iterdir()) == [e for e in entries if e not in dead]
 
 
 def test_store_add_with_add_root_leaves_no_window_for_gc(tmp_path, monkeypatch, capsys):
