@@ -65,7 +65,7 @@ class LocalStore(Registering):
         self.objects = root / "objects"
         self.tmp = root / "tmp"
         self.gc_lock_path = root / "gc.lock"
-        self.conn = db.connect(root / "db.sqlite")
+        self._conn: sqlite3.Connection | None = db.connect(root / "db.sqlite")
         self.temproots = TempRoots.get(root / "temproots", self.gc_lock_path)
         self._registered: list[str] = []  # our permanent temp roots, dropped by close()
         # this object's scratch directory: made on the first write (and again after a GC
@@ -74,7 +74,14 @@ class LocalStore(Registering):
         self._scratch_dir = self.tmp / f"{os.getpid()}-{os.urandom(6).hex()}"
         # close() runs this; so does exit (the kiln command ends without interpreter
         # teardown, kiln.main.exit_now) or collection, for owners that never call close()
-        self._release = weakref.finalize(self, _release, self.conn, self._scratch_dir)
+        self._release = weakref.finalize(self, _release, self._conn, self._scratch_dir)
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        """The store's SQLite connection; ``StoreError`` once ``close`` has run."""
+        if self._conn is None:
+            raise StoreError(f"the store object for {self.root} is closed; open it again to use it")
+        return self._conn
 
     # ------------------------------------------------------------------ opening
 
@@ -112,13 +119,13 @@ class LocalStore(Registering):
 
     def close(self) -> None:
         """Drop this object's temp roots and close the database."""
-        if self.conn is None:
+        if self._conn is None:
             return
         self.temproots.remove(self._registered)
         self._registered.clear()
         self.temproots.release()
         self._release()  # closes the connection
-        self.conn = None
+        self._conn = None
 
     def __enter__(self) -> LocalStore:
         return self

@@ -303,6 +303,7 @@ class Registering:
     def _writing(self) -> Iterator[_Scratch]:
         """Shared GC lock + private temp names ``tmp/<pid>-<rand>/<rand>.<what>`` (in this
         object's scratch directory), removed on exit."""
+        self.conn  # noqa: B018 - a closed store says so before anything is written
         with FileLock(self.gc_lock_path, shared=True):
             # GC (which excludes us now) deletes writers' scratch dirs: recreate if needed
             with contextlib.suppress(FileExistsError):

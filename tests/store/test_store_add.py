@@ -395,3 +395,17 @@ def test_a_failing_sink_stops_the_walk_early(tmp_path, monkeypatch):
     assert read[0] < 40  # stopped long before the 80 reads the tree needs
     assert sink.fd == -1 and not any(t.is_alive() for t in (sink.hasher, sink.output, *sink.compressors))
     assert threading.active_count() < 10
+
+
+def test_a_closed_store_says_so(store, sample):
+    """A store object used after ``close()`` raises a ``StoreError`` that says it is
+    closed (it raised ``AttributeError`` on ``None``), and closing twice is harmless."""
+    from kiln.store.errors import StoreError
+
+    info = store.add_path(sample)
+    store.close()
+    store.close()
+    for use in (lambda: store.query(info.path), lambda: store.add_path(sample), store.all_paths):
+        with pytest.raises(StoreError, match="is closed; open it again"):
+            use()
+    assert os.listdir(store.tmp) == []  # nothing was begun
