@@ -100,7 +100,7 @@ class Staged:
     tree: Path
 
 
-def stage(store: LocalStore, info: PathInfo, zst: BinaryIO, tmp: Path, k: int) -> Staged:
+def stage(info: PathInfo, zst: BinaryIO, tmp: Path, k: int) -> Staged:
     """Step 1 for one path (see module docstring)."""
     tree, obj = tmp / str(k), tmp / f"{k}.obj"
     tee = TeeReader(zst, os.open(obj, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644))
@@ -117,7 +117,7 @@ def stage(store: LocalStore, info: PathInfo, zst: BinaryIO, tmp: Path, k: int) -
 SMALL_NAR = 8 << 20
 
 
-def stage_bytes(store: LocalStore, info: PathInfo, data: bytes, tmp: Path, k: int) -> Staged:
+def stage_bytes(info: PathInfo, data: bytes, tmp: Path, k: int) -> Staged:
     """``stage`` for a small object held in memory (``len(data) <= SMALL`` and
     ``info.nar_size <= SMALL_NAR``): every digest is checked before anything is
     written, and the NAR is decompressed and hashed in one call each."""
@@ -273,11 +273,11 @@ def import_objects(
                 # one directory per slot: creating entries in one directory from two
                 # threads makes them spin on its inode lock instead of working in parallel
                 if info.nar_size <= SMALL_NAR:
-                    staged.append(pool.submit(stage_bytes, store, info, data, slots[k % STAGERS], k))
+                    staged.append(pool.submit(stage_bytes, info, data, slots[k % STAGERS], k))
                 else:
                     staged.append(pool.submit(stage, store, info, io.BytesIO(data), slots[k % STAGERS], k))
             else:
-                staged.append(stage(store, info, zst, slots[0], k))
+                staged.append(stage(info, zst, slots[0], k))
             pending.add(info.path)
             results.append(info.path)
             if len(staged) >= limit:
