@@ -504,11 +504,18 @@ def _kiln(store, *args, **kw):
 
 
 def test_two_processes_build_each_derivation_once(store, graph):
+    from clikit import line_within
+
     a, ad = graph.drv("slow", "sleep 1.5; echo done > $out")
     p1 = _kiln(store, "build", a)
-    time.sleep(0.3)
+    first = ""
+    while "building" not in first:  # it holds the build lock once it says so
+        line = line_within(p1.stderr, 30)
+        assert line, first  # (not at the end of its output)
+        first += line
     p2 = _kiln(store, "build", a)
     outs = [p.communicate(timeout=60) for p in (p1, p2)]
+    outs[0] = (outs[0][0], first + outs[0][1])
     assert [p.returncode for p in (p1, p2)] == [0, 0], outs
     assert sum("building" in err for _, err in outs) == 1, outs
     # the one that waited said so (a stopped builder would otherwise hold it in silence)

@@ -135,6 +135,7 @@ delay = float(sys.argv[3])
 put = storage.put_bytes
 def slow(key, data, **kw):  # a slow disk: every file takes a while to write
     if key.startswith("index/"):
+        print("writing", key, file=sys.stderr, flush=True)
         time.sleep(delay)
     return put(key, data, **kw)
 storage.put_bytes = slow
@@ -148,7 +149,8 @@ def test_concurrent_publishers_in_two_processes_are_serialised(reg, tmp_path: Pa
     verifies (before the directory lock, 8 in 10 such races broke it)."""
     import subprocess
     import sys
-    import time
+
+    from clikit import line_within
 
     key = SecretKey.generate("idx-1")
     key_file = tmp_path / "idx.sec"
@@ -161,9 +163,9 @@ def test_concurrent_publishers_in_two_processes_are_serialised(reg, tmp_path: Pa
     _narinfo(reg, H2)
     root = str(tmp_path / "reg")
     cmd = [sys.executable, "-c", _SLOW_PUBLISHER, root, str(key_file)]
-    first = subprocess.Popen([*cmd, "0.15"], stdout=subprocess.PIPE, text=True)
-    time.sleep(0.2)  # the first is writing its files now
-    second = subprocess.Popen([*cmd, "0"], stdout=subprocess.PIPE, text=True)
+    first = subprocess.Popen([*cmd, "0.15"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert line_within(first.stderr, 30).startswith("writing index/")  # it holds the lock now
+    second = subprocess.Popen([*cmd, "0"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     versions = sorted(int(p.communicate(timeout=60)[0]) for p in (first, second))
     assert versions == [2, 3]
     vi = _update(reg, state)
