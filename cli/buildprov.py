@@ -14,8 +14,12 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from kiln import __version__
+
+if TYPE_CHECKING:
+    from kiln.store.derivation import Derivation
 
 
 @dataclass
@@ -85,7 +89,7 @@ def _drv_getter(store):
 
     cache: dict = {}
 
-    def get(p: str):
+    def get(p: str) -> Derivation:
         d = cache.get(p)
         if d is None:
             d = parse(store.real_path(p).read_text(), StorePath.parse(p).name[:-4], store.store_dir)

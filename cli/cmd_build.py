@@ -16,8 +16,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from .common import add_store_arg, seconds, store_root, terminate_as_interrupt, whole_number
+
+if TYPE_CHECKING:
+    from kiln.store.localstore import LocalStore
+
+    from .buildglue import Target
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -116,7 +122,7 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def build(store, args: argparse.Namespace) -> list:
+def build(store: LocalStore, args: argparse.Namespace) -> list:
     """Evaluate ``args.file`` (or read ``.drv`` targets), build or substitute what is
     missing, root the outputs (``_root``); return the targets. Raises on failure."""
     from kiln.store.errors import KilnError
@@ -168,7 +174,7 @@ def _as_drv(store, arg: str) -> str | None:
     return path
 
 
-def build_attrs(store, file: str, attrs: list[str]) -> list[str]:
+def build_attrs(store: LocalStore, file: str, attrs: list[str]) -> list[str]:
     """``kiln build FILE ATTR...`` with the default options, printing nothing (for
     ``kiln run -f``): the main output of each attribute, rooted as ``kiln build`` roots
     it."""
@@ -246,7 +252,7 @@ def _build(store, ev, targets, args) -> None:
             sub.close()  # its HTTP sessions and event loop
 
 
-def drv_targets(store, drv_paths: list[str]):
+def drv_targets(store: LocalStore, drv_paths: list[str]) -> list[Target]:
     """Targets for ``.drv`` paths given directly (like ``nix-store -r``)."""
     from kiln.store.derivation import parse
     from kiln.store.errors import KilnError

@@ -25,6 +25,10 @@ import tarfile
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from kiln.store.hashes import Hash
 
 
 def _prefetch_parser() -> argparse.ArgumentParser:
@@ -189,7 +193,7 @@ def _mirror_flat(env: dict[str, str], expected, mirror: Path) -> None:
 def _mirror_tree(produce):
     """A mirrorer for NAR-hashed sources: produce the tree in a temp dir, store its NAR."""
 
-    def run(env: dict[str, str], expected, mirror: Path) -> None:
+    def run(env: dict[str, str], expected: Hash, mirror: Path) -> None:
         from kiln.store.fetch import put_tree_in_mirror
 
         with tempfile.TemporaryDirectory(prefix="kiln-mirror-") as tmp:

@@ -13,6 +13,12 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from kiln.store.aptlock import LockEntry
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -91,7 +97,7 @@ def _previous(path: Path):
         return None
 
 
-def lock_changes(old, new) -> list[str]:
+def lock_changes(old: Iterable[LockEntry], new: Iterable[LockEntry]) -> list[str]:
     """Human-readable differences between two locks: added, removed, version changes."""
     before = {e.name: e for e in old}
     after = {e.name: e for e in new}

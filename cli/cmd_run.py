@@ -16,8 +16,12 @@ import argparse
 import os
 import subprocess
 import sys
+from typing import TYPE_CHECKING
 
 from .common import add_store_arg, store_root
+
+if TYPE_CHECKING:
+    from kiln.store.localstore import LocalStore
 
 
 def _parser(prog: str) -> argparse.ArgumentParser:
@@ -30,7 +34,7 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     return p
 
 
-def resolve_package(store, spec: str, recipe_file: str | None) -> str:
+def resolve_package(store: LocalStore, spec: str, recipe_file: str | None) -> str:
     """The store path PKG names (see module docstring)."""
     from kiln.store.errors import KilnError
 

@@ -12,11 +12,15 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kiln.store.errors import KilnError
 from kiln.store.signing import load_public_key, load_secret_key
 
 from .common import trusted_keys, warn_no_signatures, whole_number
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 
 def _policy(path: Path | None):  # noqa: ANN202 - a kiln.store.policy.Policy or None
@@ -124,7 +128,7 @@ def cmd_serve(argv: list[str]) -> int:
     except OSError as e:
         raise KilnError(f"cannot listen on {args.listen}: {e.strerror or e}") from None
 
-    def make():  # noqa: ANN202 - each worker opens its own source (own DB connection)
+    def make() -> web.Server:  # each worker opens its own source (own DB connection)
         src = server.open_source(
             store=args.store,
             directory=args.dir,

@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     import argparse
     from pathlib import Path
 
+    from kiln.store.signing import PublicKey
+
 
 def default_home_dir() -> str:
     """``KILN_HOME`` or ``~/.local/share/kiln`` (``$XDG_DATA_HOME/kiln`` if set)."""
@@ -44,7 +46,7 @@ def default_home() -> Path:
     return Path(default_home_dir())
 
 
-def load_trusted_key(arg: str | os.PathLike):  # noqa: ANN201 - a signing.PublicKey
+def load_trusted_key(arg: str | os.PathLike) -> PublicKey:
     """A public key given on the command line (``--trusted-key``): the file ``arg``
     names if there is one, else key text ``name:base64``. Every command reads it the
     same way."""
@@ -167,7 +169,7 @@ class _Quiet:
         self._stream = stream
         self._gone = False
 
-    def write(self, data):  # noqa: ANN001, ANN201 - as the stream's
+    def write(self, data: str | bytes) -> int:  # as the stream's
         if not self._gone:
             try:
                 return self._stream.write(data)
@@ -183,7 +185,7 @@ class _Quiet:
                 self._gone = True
 
     @property
-    def buffer(self):  # noqa: ANN201 - the binary side, as quiet
+    def buffer(self) -> _Quiet:  # the binary side, as quiet
         return _Quiet(self._stream.buffer)
 
     def __getattr__(self, name: str):  # noqa: ANN204 - isatty, fileno, encoding, ...

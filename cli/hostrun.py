@@ -17,9 +17,13 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from kiln.sandbox.bwrapargv import input_mount
 from kiln.store.errors import KilnError
+
+if TYPE_CHECKING:
+    from kiln.store.localstore import LocalStore
 
 
 class RunError(KilnError):
@@ -27,7 +31,7 @@ class RunError(KilnError):
 
 
 def host_argv(
-    store, closure: Iterable[str], argv: list[str], env_path: list[str]
+    store: LocalStore, closure: Iterable[str], argv: list[str], env_path: list[str]
 ) -> tuple[list[str], dict[str, str]]:
     """The argv and environment that run ``argv`` on the host with ``closure`` visible."""
     env = dict(os.environ)

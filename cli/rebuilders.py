@@ -37,9 +37,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kiln.store.errors import KilnError, StoreError
+
+if TYPE_CHECKING:
+    from kiln.store.build import Builder
+    from kiln.store.dsse import Signer
 
 Say = Callable[[str], None]
 
@@ -83,7 +87,7 @@ def make_builder(
     say: Say | None = None,
     recipe_file: str | None = None,
     attrs_by_drv: dict[str, str] | None = None,
-):
+) -> Builder:
     """A ``Builder`` on ``store`` with the bubblewrap executor (``KILN_BWRAP`` names the
     binary). Raises ``SandboxUnavailable`` with the reason if bwrap cannot sandbox.
 
@@ -131,7 +135,7 @@ def make_builder(
 
 def load_rebuilder_signer(
     store: Any, key_file: str | None, signer_cmd: str | None, signer_public: str | None
-):
+) -> Signer:
     """The signer of VSAs: ``--key FILE``, ``--signer-cmd CMD --signer-key PUB``, or the
     build key (``$KILN_SIGN_KEY`` or the store's ``keys/default.sec``, created if absent)."""
     from kiln.store import attestations

@@ -13,15 +13,19 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from .common import WRITE_LIMIT_ERRNOS
+
+if TYPE_CHECKING:
+    from kiln.store.localstore import LocalStore
 
 #: ``store cat`` keeps this much of a file in memory; the rest is spooled to the store's
 #: ``tmp/`` until the archive is verified (no unverified byte reaches stdout)
 CAT_IN_MEMORY = 32 << 20
 
 
-def cat(store, path: str, subpath: str) -> None:  # noqa: ANN001 - a LocalStore
+def cat(store: LocalStore, path: str, subpath: str) -> None:
     """Write the file at ``subpath`` inside ``path`` to stdout, once all of it verified."""
     import tempfile
 
@@ -42,7 +46,7 @@ def cat(store, path: str, subpath: str) -> None:  # noqa: ANN001 - a LocalStore
             write_stdout(piece)
 
 
-def ls(store, path: str, subpath: str, recursive: bool) -> None:  # noqa: ANN001 - a LocalStore
+def ls(store: LocalStore, path: str, subpath: str, recursive: bool) -> None:
     """Print the entries under ``subpath`` inside ``path``, one line each."""
     from kiln.store import nar
 
@@ -55,7 +59,7 @@ def ls(store, path: str, subpath: str, recursive: bool) -> None:  # noqa: ANN001
         print(f"{e.type:<10} {shown(e.path) if e.path else '.'}{extra}")
 
 
-def dump(store, path: str) -> None:  # noqa: ANN001 - a LocalStore
+def dump(store: LocalStore, path: str) -> None:
     """Write the NAR of ``path`` to stdout, one piece behind its verification."""
     sys.stdout.flush()
     held = None

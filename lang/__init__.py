@@ -48,6 +48,8 @@ if TYPE_CHECKING:  # not imported at run time: a cache hit needs no Derivation o
 
     from kiln.store.derivation import Derivation
 
+    from .scope import Module
+
     T = TypeVar("T")
 
 __all__ = ["Evaluation", "RecipeError", "evaluate_file", "DEFAULT_STORE_DIR"]
@@ -154,7 +156,7 @@ class Evaluation:
         from .parser import parse_expr
         from .values import DrvValue, type_name
 
-        def run():
+        def run() -> object:
             # parsed on the deep thread too: a long ATTR expression nests as deeply as
             # one in a file, and must fail the same way (a recipe error, not a crash)
             return ev.eval(parse_expr(expr, "<attribute>", self.file), mod.env)
@@ -166,7 +168,7 @@ class Evaluation:
             self.drvs.update(ev.drvs)
         return v.path, v.drv
 
-    def attr(self, name: str, **params) -> Derivation:
+    def attr(self, name: str, **params: str | int | bool | list[str]) -> Derivation:
         """The derivation of package ``name`` with ``params`` (Python values: str, int,
         bool, list of str)."""
         if not params:
@@ -195,7 +197,7 @@ def _deep(fn):
     error: list = []
     done = threading.Event()
 
-    def target():
+    def target() -> None:
         try:
             result.append(fn())
         except BaseException as e:  # noqa: BLE001 - re-raised in the caller
@@ -319,7 +321,7 @@ def _evaluate(file: str, display: str, store_dir: str, add_source: AddSource | N
 
     ev = Evaluator(store_dir, add_source)
 
-    def evaluate_module():
+    def evaluate_module() -> tuple[Module, dict[str, str], dict[str, RecipeError]]:
         mod = ev.load(file, display)
         attrs: dict[str, str] = {}
         broken: dict[str, RecipeError] = {}
@@ -329,7 +331,7 @@ def _evaluate(file: str, display: str, store_dir: str, add_source: AddSource | N
                 if isinstance(b, PackageFn):
                     if any(p.default is None for p in b.node.params):
                         continue  # needs arguments: only reachable as name(...)
-                    v = ev._instantiate(ev, b, {}, b.node)
+                    v: object = ev._instantiate(ev, b, {}, b.node)
                 else:
                     v = ev.force(b) if isinstance(b, Thunk) else b
             except RecipeError as e:

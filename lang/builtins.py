@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kiln.store.aptlock import lock_value_problem
 from kiln.store.derivation import Derivation, Output
@@ -41,6 +42,10 @@ from .errors import (
 )
 from .sources import fingerprint
 from .values import CStr, DrvValue, Record, SourceValue, type_name
+
+if TYPE_CHECKING:
+    from .evaluator import Evaluator
+    from .scope import Env
 
 
 def _record_args(ev, node: ast.Call, env, required: tuple, optional: tuple) -> dict:
@@ -151,7 +156,7 @@ def _fod(
     return add_drv(ev, drv, fields, attr)
 
 
-def fetchurl(ev, node: ast.Call, env) -> DrvValue:
+def fetchurl(ev: Evaluator, node: ast.Call, env: Env) -> DrvValue:
     a = _record_args(ev, node, env, ("sha256",), ("url", "urls", "name"))
     urls: list[str] = []
     if "url" in a:
@@ -180,7 +185,7 @@ def fetchurl(ev, node: ast.Call, env) -> DrvValue:
     )
 
 
-def fetchgit(ev, node: ast.Call, env) -> DrvValue:
+def fetchgit(ev: Evaluator, node: ast.Call, env: Env) -> DrvValue:
     a = _record_args(ev, node, env, ("url", "rev", "sha256"), ("name",))
     url = _url(ev, a["url"][0], a["url"][1], "fetchgit 'url'")
     rev = _string(ev, a["rev"][0], a["rev"][1], "fetchgit 'rev'")
@@ -198,7 +203,7 @@ def fetchgit(ev, node: ast.Call, env) -> DrvValue:
     )
 
 
-def path(ev, node: ast.Call, env) -> SourceValue:
+def path(ev: Evaluator, node: ast.Call, env: Env) -> SourceValue:
     if len(node.args) == 1 and node.args[0][0] is None and not isinstance(node.args[0][1], ast.RecordExpr):
         arg = node.args[0][1]
         a = {"path": (ev.eval(arg, env), arg)}
@@ -234,7 +239,7 @@ def path(ev, node: ast.Call, env) -> SourceValue:
 _LOCK_FIELDS = ("name", "version", "arch", "sha256", "filename")
 
 
-def debian_rootfs(ev, node: ast.Call, env) -> DrvValue:
+def debian_rootfs(ev: Evaluator, node: ast.Call, env: Env) -> DrvValue:
     a = _record_args(ev, node, env, ("lock",), ("name",))
     lock, lock_node = a["lock"]
     if not isinstance(lock, tuple) or not lock:

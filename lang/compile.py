@@ -18,6 +18,7 @@ Contract with the build loop (see docs/recipe-language.md, "Derivations"):
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
 from kiln.store.derivation import Derivation, Output
 from kiln.store.errors import FormatError
@@ -27,6 +28,10 @@ from . import nodes as ast
 from .drvhash import finalize_fast
 from .errors import BadValue, InfiniteRecursion, MissingField, RecipeTypeError, UnknownField, did_you_mean
 from .values import CStr, DrvValue, Record, SourceValue, canonical, type_name
+
+if TYPE_CHECKING:
+    from .evaluator import Evaluator
+    from .scope import PackageFn
 
 BASH_ARGS = ("-euo", "pipefail", "-c")
 BASE_PATH = "/usr/bin:/bin"
@@ -39,7 +44,7 @@ def sanitize_name(s: str) -> str:
     return s or "source"
 
 
-def add_drv(ev, drv: Derivation, fields: dict, attr: str) -> DrvValue:
+def add_drv(ev: Evaluator, drv: Derivation, fields: dict, attr: str) -> DrvValue:
     """Finalize ``drv`` (output paths), record it in the evaluation, return its value.
     ``ev.memo`` gets its hash modulo, so dependents never re-serialize it."""
     drv, path, modulo = finalize_fast(drv, ev.memo)
@@ -48,7 +53,7 @@ def add_drv(ev, drv: Derivation, fields: dict, attr: str) -> DrvValue:
     return DrvValue(drv, path, fields, attr)
 
 
-def env_text(v, node: ast.Node, field: str, ctx: set) -> str:
+def env_text(v: object, node: ast.Node, field: str, ctx: set) -> str:
     """A field value as an environment string, collecting its context into ``ctx``."""
     if isinstance(v, str):
         return v
@@ -83,7 +88,7 @@ def env_text(v, node: ast.Node, field: str, ctx: set) -> str:
     )
 
 
-def instantiate(ev, fn, args: dict, call: ast.Node) -> DrvValue:
+def instantiate(ev: Evaluator, fn: PackageFn, args: dict, call: ast.Node) -> DrvValue:
     """The derivation of package ``fn`` with ``args`` (name → (value, node))."""
     pkg: ast.Package = fn.node
     params: dict = {}

@@ -131,7 +131,7 @@ class Evaluator:
         return mod
 
     # ------------------------------------------------------------------ forcing
-    def force(self, t: Thunk):
+    def force(self, t: Thunk) -> object:
         v = t.value
         if v is UNSET:
             t.value = RUNNING
@@ -150,7 +150,7 @@ class Evaluator:
             raise InfiniteRecursion(f"'{t.name}' depends on itself: {chain}", t.node.src, t.node.pos)
         return v
 
-    def lookup(self, env: Env, name: str, node: ast.Node):
+    def lookup(self, env: Env, name: str, node: ast.Node) -> object:
         e: Env | None = env
         while e is not None:
             v = e.vars.get(name, UNSET)
@@ -160,7 +160,7 @@ class Evaluator:
         raise UnknownName(f"unknown name '{name}'{did_you_mean(name, env.names())}", node.src, node.pos)
 
     # ------------------------------------------------------------------ expressions
-    def eval(self, node: ast.Node, env: Env):
+    def eval(self, node: ast.Node, env: Env) -> object:
         return self._dispatch[type(node)](node, env)
 
     def _const(self, node: ast.Const, env: Env):
@@ -180,7 +180,7 @@ class Evaluator:
         text = "".join(texts)
         return CStr(text, frozenset(ctx)) if ctx else text
 
-    def to_text(self, v, node: ast.Node, what: str) -> tuple[str, frozenset | None]:
+    def to_text(self, v: object, node: ast.Node, what: str) -> tuple[str, frozenset | None]:
         """Coerce an interpolated value to text plus context."""
         if isinstance(v, str):
             return v, None

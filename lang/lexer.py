@@ -6,6 +6,7 @@ plugs it into the LALR parser and turns ``LexError`` into a located syntax error
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 
 from lark import Token
 from lark.lexer import Lexer
@@ -46,7 +47,7 @@ class FastLexer(Lexer):
         self.master = re.compile("|".join(alts))
         self.words = words
 
-    def lex(self, text: str):
+    def lex(self, text: str) -> Iterator[Token]:
         match = self.master.match
         words = self.words
         # Token() only forwards to _future_new after a deprecation check; skip the hop

@@ -18,7 +18,9 @@ the offending token and the expected tokens in words.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from lark import Lark, Token
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
@@ -98,7 +100,7 @@ class _Builder:
         return self.base + tok.start_pos
 
     # -- top level
-    def start(self, items):
+    def start(self, items: Sequence[Any]) -> ast.Module:
         imports, lets, packages = [], [], []
         for it in items:
             if isinstance(it, ast.Import):
@@ -110,16 +112,16 @@ class _Builder:
         _check_duplicates([*lets, *packages], self.src, "definition")
         return ast.Module(self.src, imports, lets, packages)
 
-    def import_stmt(self, c):
+    def import_stmt(self, c: Sequence[Any]) -> ast.Import:
         s = self.string([c[1]])
         if not isinstance(s, ast.Const):
             raise RecipeSyntaxError("an import path cannot contain ${...}", self.src, self._p(c[1]))
-        return ast.Import(self.src, self._p(c[0]), s.value)
+        return ast.Import(self.src, self._p(c[0]), s.value)  # type: ignore[arg-type]  # a str Const
 
-    def let_stmt(self, c):
+    def let_stmt(self, c: Sequence[Any]) -> ast.Let:
         return ast.Let(self.src, self._p(c[1]), str(c[1]), c[2])
 
-    def package(self, c):
+    def package(self, c: Sequence[Any]) -> ast.Package:
         name = c[1]
         params = c[2] if isinstance(c[2], tuple) else ()
         body = [x for x in c[2:] if isinstance(x, ast.Binding)]
@@ -129,28 +131,28 @@ class _Builder:
         _check_shadowed_params(params, body, self.src)
         return ast.Package(self.src, self._p(name), str(name), params, fields, lets)
 
-    def params(self, c):
+    def params(self, c: Sequence[Any]) -> tuple[ast.Param, ...]:
         ps = tuple(p for p in c if p is not None)
         _check_duplicates(ps, self.src, "parameter")
         return ps
 
-    def param(self, c):
+    def param(self, c: Sequence[Any]) -> ast.Param:
         return ast.Param(self.src, self._p(c[0]), str(c[0]), c[1] if len(c) > 1 else None)
 
-    def field(self, c):
+    def field(self, c: Sequence[Any]) -> ast.Binding:
         return ast.Binding(self.src, self._p(c[0]), str(c[0]), c[1])
 
     # -- expressions
-    def ifexpr(self, c):
+    def ifexpr(self, c: Sequence[Any]) -> ast.If:
         return ast.If(self.src, self._p(c[0]), c[1], c[2], c[3])
 
-    def binops(self, c):
+    def binops(self, c: Sequence[Any]) -> ast.Node:
         """Group ``a op b op c ...`` by precedence (all left-associative):
         ``||`` < ``&&`` < ``==``/``!=`` < ``+``."""
         operands = c[0::2]
         ops = c[1::2]
 
-        def climb(lo: int, hi: int, level: int):
+        def climb(lo: int, hi: int, level: int) -> ast.Node:
             # split [lo, hi] (operand indices) at the last operator of the weakest level
             if lo == hi:
                 return operands[lo]
@@ -175,16 +177,16 @@ class _Builder:
 
         return climb(0, len(operands) - 1, 0)
 
-    def not_(self, c):
+    def not_(self, c: Sequence[Any]) -> ast.UnOp:
         return ast.UnOp(self.src, self._p(c[0]), "!", c[1])
 
-    def neg(self, c):
+    def neg(self, c: Sequence[Any]) -> ast.UnOp:
         return ast.UnOp(self.src, self._p(c[0]), "-", c[1])
 
-    def select(self, c):
+    def select(self, c: Sequence[Any]) -> ast.Select:
         return ast.Select(self.src, self._p(c[1]), c[0], str(c[1]))
 
-    def call(self, c):
+    def call(self, c: Sequence[Any]) -> ast.Call:
         args = tuple(a for a in c[1:] if a is not None)
         named = [ast.Binding(self.src, a[2], a[0], a[1]) for a in args if a[0] is not None]
         _check_duplicates(named, self.src, "argument")
@@ -192,22 +194,22 @@ class _Builder:
             self.src, self._p(c[0]), str(c[0]), tuple(a[:2] for a in args), {b.name: b.pos for b in named}
         )
 
-    def call_record(self, c):
+    def call_record(self, c: Sequence[Any]) -> ast.Call:
         return ast.Call(self.src, self._p(c[0]), str(c[0]), ((None, c[1]),))
 
-    def call_string(self, c):
+    def call_string(self, c: Sequence[Any]) -> ast.Call:
         return ast.Call(self.src, self._p(c[0]), str(c[0]), ((None, self.string([c[1]])),))
 
-    def named_arg(self, c):
+    def named_arg(self, c: Sequence[Any]) -> tuple[str, ast.Node, int]:
         return (str(c[0]), c[1], self._p(c[0]))
 
-    def pos_arg(self, c):
+    def pos_arg(self, c: Sequence[Any]) -> tuple[None, ast.Node, int]:
         return (None, c[0], c[0].pos)
 
-    def var(self, c):
+    def var(self, c: Sequence[Any]) -> ast.Var:
         return ast.Var(self.src, self._p(c[0]), str(c[0]))
 
-    def number(self, c):
+    def number(self, c: Sequence[Any]) -> ast.Const:
         text = str(c[0])
         digits = text.lstrip("0") or "0"  # leading zeros do not make a number large
         if len(digits) > 19 or int(digits) > INT_MAX:
@@ -219,26 +221,26 @@ class _Builder:
             )
         return ast.Const(self.src, self._p(c[0]), int(digits))
 
-    def true(self, c):
+    def true(self, c: Sequence[Any]) -> ast.Const:
         return ast.Const(self.src, self._p(c[0]), True)
 
-    def false(self, c):
+    def false(self, c: Sequence[Any]) -> ast.Const:
         return ast.Const(self.src, self._p(c[0]), False)
 
-    def list(self, c):
+    def list(self, c: Sequence[Any]) -> ast.ListExpr:
         return ast.ListExpr(self.src, self._p(c[0]), tuple(x for x in c[1:-1] if x is not None))
 
-    def record(self, c):
+    def record(self, c: Sequence[Any]) -> ast.RecordExpr:
         fields = tuple(c[1:-1])
         _check_duplicates(fields, self.src, "field")
         return ast.RecordExpr(self.src, self._p(c[0]), fields)
 
-    def string(self, c):
+    def string(self, c: Sequence[Any]) -> ast.Const | ast.Str:
         tok = c[0]
         text = str(tok)
         pos = self._p(tok)
         pieces = split_plain(text) if tok.type == "STRING" else split_indented(text)
-        parts = []
+        parts: list[str | ast.Node] = []
         for piece in pieces:
             if isinstance(piece, str):
                 parts.append(piece)

@@ -21,7 +21,7 @@ import os
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
@@ -136,7 +136,7 @@ def fingerprint(root: Path) -> str:
     return h.hexdigest()
 
 
-def make_filter(root: Path):
+def make_filter(root: Path) -> Callable[[str, str], bool]:
     """A ``LocalStore.add_path`` filter ``(abs path, kind) -> keep?`` with these rules."""
     root_s = os.path.abspath(root)
     patterns = _patterns(Path(root_s)) if os.path.isdir(root_s) else []
@@ -148,7 +148,7 @@ def make_filter(root: Path):
     return keep
 
 
-def hash_only(store_dir: str):
+def hash_only(store_dir: str) -> Callable[[Path, str], str]:
     """The default ``add_source``: the store path a source *would* get (NAR hash of the
     kept files, ``make_source_path``), without adding it anywhere."""
 

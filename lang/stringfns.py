@@ -9,9 +9,16 @@ still makes its derivation an input.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
 from . import nodes as ast
 from .errors import BadValue, RecipeTypeError
 from .values import CStr, Record, type_name
+
+if TYPE_CHECKING:
+    from .evaluator import Evaluator
+    from .scope import Env
 
 
 def _positional(ev, node: ast.Call, env, types: tuple) -> list:
@@ -43,8 +50,8 @@ def _mk(text: str, ctx: frozenset):
     return CStr(text, ctx) if ctx else text
 
 
-def str_fn(op):
-    def fn(ev, node, env):
+def str_fn(op: Callable[[str], str]) -> Callable[[Evaluator, ast.Call, Env], str | CStr]:
+    def fn(ev: Evaluator, node: ast.Call, env: Env) -> str | CStr:
         ((s, _),) = _positional(ev, node, env, ("string",))
         t, c = _text(s)
         return _mk(op(t), c)
@@ -52,7 +59,7 @@ def str_fn(op):
     return fn
 
 
-def join(ev, node, env):
+def join(ev: Evaluator, node: ast.Call, env: Env) -> str | CStr:
     (sep, _), (items, n) = _positional(ev, node, env, ("string", "list"))
     sep_t, ctx = _text(sep)
     texts = []
@@ -64,7 +71,7 @@ def join(ev, node, env):
     return _mk(sep_t.join(texts), ctx)
 
 
-def split(ev, node, env):
+def split(ev: Evaluator, node: ast.Call, env: Env) -> tuple[str | CStr, ...]:
     (s, _), (sep, n) = _positional(ev, node, env, ("string", "string"))
     t, c = _text(s)
     if not _text(sep)[0]:
@@ -72,22 +79,22 @@ def split(ev, node, env):
     return tuple(_mk(p, c) for p in t.split(_text(sep)[0]))
 
 
-def replace(ev, node, env):
+def replace(ev: Evaluator, node: ast.Call, env: Env) -> str | CStr:
     (s, _), (old, _), (new, _) = _positional(ev, node, env, ("string", "string", "string"))
     t, c = _text(s)
     nt, nc = _text(new)
     return _mk(t.replace(_text(old)[0], nt), c | nc)
 
 
-def pred(op):
-    def fn(ev, node, env):
+def pred(op: Callable[[str, str], bool]) -> Callable[[Evaluator, ast.Call, Env], bool]:
+    def fn(ev: Evaluator, node: ast.Call, env: Env) -> bool:
         (s, _), (x, _) = _positional(ev, node, env, ("string", "string"))
         return op(_text(s)[0], _text(x)[0])
 
     return fn
 
 
-def length(ev, node, env):
+def length(ev: Evaluator, node: ast.Call, env: Env) -> int:
     ((v, n),) = _positional(ev, node, env, ("any",))
     if isinstance(v, tuple | Record | str):
         return len(v)
@@ -96,7 +103,7 @@ def length(ev, node, env):
     raise RecipeTypeError(f"length: expected a string, list or record, found {type_name(v)}", n.src, n.pos)
 
 
-def to_str(ev, node, env):
+def to_str(ev: Evaluator, node: ast.Call, env: Env) -> str | CStr:
     ((v, n),) = _positional(ev, node, env, ("any",))
     if isinstance(v, bool):
         return "true" if v else "false"
@@ -104,13 +111,13 @@ def to_str(ev, node, env):
     return _mk(t, c or frozenset())
 
 
-def optional(ev, node, env):
+def optional(ev: Evaluator, node: ast.Call, env: Env) -> tuple:
     (cond, _), (items, n) = _positional(ev, node, env, ("boolean", "any"))
     items = items if isinstance(items, tuple) else (items,)
     return items if cond else ()
 
 
-def elem(ev, node, env):
+def elem(ev: Evaluator, node: ast.Call, env: Env) -> bool:
     from .evaluator import _eq
 
     (x, _), (items, _) = _positional(ev, node, env, ("any", "list"))

@@ -43,8 +43,9 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from email.utils import formatdate
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -206,7 +207,13 @@ class FastHandler(RequestHandler):
         return True
 
 
-def make_server(handler, *, lookup: Lookup | None, cache_control: str, **kwargs) -> web.Server:
+def make_server(
+    handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]],
+    *,
+    lookup: Lookup | None,
+    cache_control: str,
+    **kwargs: Any,
+) -> web.Server:
     """A ``FastServer`` when ``lookup`` is given and this aiohttp is supported, else a
     plain ``web.Server`` (same behaviour, slower narinfo GETs)."""
     if lookup is None or not supported():

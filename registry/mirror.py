@@ -36,6 +36,7 @@ import hashlib
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from kiln.store import narinfo as ni
 from kiln.store.errors import KilnError
@@ -326,5 +327,5 @@ def _sha(data: bytes | None) -> str | None:
     return hashlib.sha256(data).hexdigest() if data is not None else None
 
 
-def sync(src_url: str, dst_dir: Path, **kw) -> SyncReport:  # noqa: ANN003
+def sync(src_url: str, dst_dir: Path, **kw: Any) -> SyncReport:  # the keywords of sync_async
     return asyncio.run(sync_async(src_url, dst_dir, **kw))

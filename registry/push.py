@@ -36,8 +36,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kiln.store import narinfo as ni
 from kiln.store.errors import KilnError
@@ -47,6 +49,9 @@ from kiln.store.signing import SecretKey, sign_info
 from . import layout
 from .client import Client, RegistryError
 from .progress import Progress
+
+if TYPE_CHECKING:
+    from kiln.store.localstore import LocalStore
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +97,9 @@ def levels(infos: dict[str, PathInfo]) -> list[list[str]]:
     return out
 
 
-def prepare(store, paths: list[str], sign_key: SecretKey | None = None) -> list[tuple[PathInfo, Path]]:  # noqa: ANN001
+def prepare(
+    store: LocalStore, paths: list[str], sign_key: SecretKey | None = None
+) -> list[tuple[PathInfo, Path]]:
     """Closure of ``paths`` with infos and object files, signing with ``sign_key`` (and
     recording that signature in the store) when given. The paths are made temp roots of
     ``store`` first (validity checked after): a GC meanwhile must not delete the objects
@@ -128,7 +135,7 @@ async def push_prepared(
     client: Client,
     jobs: int = 8,
     progress: bool | None = None,
-    store=None,  # noqa: ANN001 - a LocalStore: when given, attestations travel too
+    store: LocalStore | None = None,  # when given, attestations travel too
     signer: str | None = None,
 ) -> PushReport:
     """Push ``items`` (``prepare``'s) through ``client`` (see the module docstring);
@@ -258,14 +265,14 @@ def _family(key_name: str) -> str:
 
 
 def push(
-    store,
+    store: LocalStore,
     paths: list[str],
-    client_factory,
+    client_factory: Callable[[], Client],
     *,
     jobs: int = 8,
     sign_key: SecretKey | None = None,
     progress: bool | None = None,
-) -> PushReport:  # noqa: ANN001
+) -> PushReport:
     """Synchronous entry point: ``client_factory()`` makes the ``Client`` inside the loop."""
     items = prepare(store, paths, sign_key)
 

@@ -33,6 +33,7 @@ import re
 import subprocess
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .aptlock import (
     LOCK_FIELDS,
@@ -44,6 +45,9 @@ from .aptlock import (
     render_lock,
 )
 from .errors import FormatError, KilnError
+
+if TYPE_CHECKING:
+    from debian.deb822 import Packages
 
 APT_LISTS = Path("/var/lib/apt/lists")
 APT_SOURCES_LIST = Path("/etc/apt/sources.list")
@@ -256,7 +260,7 @@ class AptIndex:
                 if m:
                     self.providers.setdefault(m.group(1), []).append((name, m.group(2)))
                     self.provides.setdefault(name, []).append((m.group(1), m.group(2)))
-        self._parsed: dict[str, object] = {}
+        self._parsed: dict[str, Packages] = {}
 
     @classmethod
     def load(cls, lists_dir: Path = APT_LISTS, arch: str = "amd64") -> AptIndex:
@@ -283,7 +287,7 @@ class AptIndex:
     def __contains__(self, name: str) -> bool:
         return name in self._raw
 
-    def package(self, name: str):
+    def package(self, name: str) -> Packages:
         """The parsed candidate stanza (``debian.deb822.Packages``) of ``name``."""
         from debian.deb822 import Packages
 

@@ -18,7 +18,7 @@ The result is a sorted tuple of ``LockEntry`` values (the lock records, ``aptloc
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from .apt import AptError, AptIndex
 from .aptlock import LockEntry
@@ -50,7 +50,10 @@ def _rel_text(alts: list[dict]) -> str:
 
 
 def resolve(
-    index: AptIndex, roots: list[str], exclude: Iterable[str] = (), warn=None
+    index: AptIndex,
+    roots: list[str],
+    exclude: Iterable[str] = (),
+    warn: Callable[[str], None] | None = None,
 ) -> tuple[LockEntry, ...]:
     """The closure of ``roots`` under Depends + Pre-Depends (rules in the module docstring),
     sorted by name."""

@@ -30,7 +30,7 @@ import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .dsse import Envelope, Signer, keyid
 from .dsse import sign as dsse_sign
@@ -39,6 +39,9 @@ from .intoto import canonical_json, parse_statement
 from .locks import left_by_dead_writer
 from .nar_restore import fsync_dir
 from .paths import StorePath
+
+if TYPE_CHECKING:
+    from .derivation import Derivation
 
 _KIND_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}\Z")
 SUFFIX = ".dsse.json"
@@ -120,11 +123,11 @@ def build_dependencies(store: Any, drv_path: str, get_drv: Any = None) -> builti
     def read(p: str) -> bytes:
         return Path(store.real_path(p)).read_bytes()
 
-    def parse_file(p: str, raw: bytes):
+    def parse_file(p: str, raw: bytes) -> Derivation:
         sp = _parse(p)
         return parse_drv(raw.decode("utf-8"), sp.name.removesuffix(".drv"), sp.store_dir)
 
-    def load(p: str):
+    def load(p: str) -> Derivation:
         return get_drv(p) if get_drv is not None else parse_file(p, read(p))
 
     raw = read(drv_path)  # its digest is recorded; the build loop's parsed copy is reused

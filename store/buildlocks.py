@@ -13,12 +13,16 @@ import contextlib
 import os
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .locks import FileLock
 from .paths import StorePath
 
+if TYPE_CHECKING:
+    from .localstore import LocalStore
 
-def prepare(store, paths: Iterable[str]) -> None:
+
+def prepare(store: LocalStore, paths: Iterable[str]) -> None:
     """Create the build-lock files of ``paths`` that do not exist yet, so that taking
     them later only opens a file: creating an inode on a journal busy with another
     thread's fsyncs can take a millisecond or more (the build loop calls this on its
@@ -33,7 +37,11 @@ def prepare(store, paths: Iterable[str]) -> None:
 
 
 @contextlib.contextmanager
-def output_lock(store, paths: Iterable[str], say: Callable[[str], None] | None = None) -> Iterator[None]:
+def output_lock(
+    store: Any,  # a LocalStore, or the builder's serializing proxy of one (it reads ``root``)
+    paths: Iterable[str],
+    say: Callable[[str], None] | None = None,
+) -> Iterator[None]:
     """Hold the build locks of ``paths`` (logical store paths) for the ``with`` body.
     A lock another process holds is waited for after saying so through ``say`` (as Nix
     says "waiting for lock"): that process may be building it, or stopped."""

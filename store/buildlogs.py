@@ -38,7 +38,7 @@ class LogStore:
         os.replace(tmp, dest)
         return dest
 
-    def open(self, drv_path: str):
+    def open(self, drv_path: str) -> zstandard.ZstdDecompressionReader:
         """A binary stream of the decompressed log."""
         f = self._file(drv_path)
         if not f.exists():

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 from pathlib import Path
+from typing import Any
 
 from .derivation import Derivation
 from .errors import HashMismatch, StoreError
@@ -71,7 +72,14 @@ def check_fixed_output(drv: Derivation, out: Path, what: str) -> None:
         raise HashMismatch(what, expected.to_hex(), got.to_hex())
 
 
-def run_builtin(store, drv: Derivation, out: Path, *, mirrors: list[str], progress: bool) -> None:
+def run_builtin(
+    store: Any,  # a LocalStore, or the builder's serializing proxy of one
+    drv: Derivation,
+    out: Path,
+    *,
+    mirrors: list[str],
+    progress: bool,
+) -> None:
     """Produce ``out`` for ``drv`` (a ``builtin:*`` derivation)."""
     env = drv.env_map
     name = drv.builder.removeprefix("builtin:")

@@ -258,11 +258,14 @@ def _header_errors() -> Iterator[None]:
         raise tarfile.ReadError(f"malformed tar header: {type(e).__name__}: {e}") from None
 
 
-def open_tar(stream) -> tarfile.TarFile:
+def open_tar(stream: ReadAhead) -> tarfile.TarFile:
     """``stream`` as a ``tarfile`` stream (``r|``: nothing seeks) of ``BoundedMember``s;
     malformed headers raise ``tarfile.TarError``. ``kiln_ended`` is set."""
     with _header_errors():
-        tar = tarfile.open(fileobj=stream, mode="r|", tarinfo=BoundedMember)  # noqa: SIM115 - the caller closes it
+        # (a stream only reads; typeshed's fileobj type also asks for write, tell and seek)
+        tar = tarfile.open(  # type: ignore[call-overload]  # noqa: SIM115 - the caller closes it
+            fileobj=stream, mode="r|", tarinfo=BoundedMember
+        )
     # (already True if the archive is empty: open() read the end marker)
     tar.kiln_ended = getattr(tar, "kiln_ended", False)  # type: ignore[attr-defined]
     return tar

@@ -190,7 +190,7 @@ class Streams:
             )
 
 
-def open_data(name: str, raw: Window, deb: Path):
+def open_data(name: str, raw: Window, deb: Path) -> Window | Streams | gzip.GzipFile:
     """A reader of the decompressed ``data.tar`` held in ``raw`` (member ``name``)."""
     what = f"{deb.name}: {name}"
     if name == "data.tar":

@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 from .errors import FormatError
@@ -73,10 +73,10 @@ class Derivation:
         *,
         outputs: Mapping[str, Output],
         input_drvs: Mapping[str, tuple[str, ...] | list[str]] = {},  # noqa: B006 - read-only
-        input_srcs=(),
+        input_srcs: Iterable[str] = (),
         platform: str = "x86_64-linux",
         builder: str,
-        args=(),
+        args: Iterable[str] = (),
         env: Mapping[str, str] = {},  # noqa: B006 - read-only
         store_dir: str = DEFAULT_STORE_DIR,
     ) -> Derivation:
@@ -210,7 +210,7 @@ def parse(text: str, name: str, store_dir: str = DEFAULT_STORE_DIR) -> Derivatio
     r = _Reader(text)
     r.expect("Derive(")
 
-    def output():
+    def output() -> tuple[str, Output]:
         r.expect("(")
         k = r.string()
         r.expect(",")
@@ -222,10 +222,10 @@ def parse(text: str, name: str, store_dir: str = DEFAULT_STORE_DIR) -> Derivatio
         r.expect(")")
         return k, Output(p, a, h)
 
-    def strings():
+    def strings() -> tuple[str, ...]:
         return tuple(r.seq(r.string))
 
-    def input_drv():
+    def input_drv() -> tuple[str, tuple[str, ...]]:
         r.expect("(")
         p = r.string()
         r.expect(",")
@@ -233,7 +233,7 @@ def parse(text: str, name: str, store_dir: str = DEFAULT_STORE_DIR) -> Derivatio
         r.expect(")")
         return p, outs
 
-    def pair():
+    def pair() -> tuple[str, str]:
         r.expect("(")
         k = r.string()
         r.expect(",")

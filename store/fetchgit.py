@@ -52,8 +52,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import KilnError
+
+if TYPE_CHECKING:
+    from pygit2.remotes import TransferProgress
 
 #: the most entries (files, directories, links) one export may create
 MAX_EXPORT_ENTRIES = 1_000_000
@@ -99,7 +103,7 @@ def _callbacks(max_bytes: int, report):
     import pygit2
 
     class Callbacks(pygit2.RemoteCallbacks):
-        def transfer_progress(self, stats) -> None:
+        def transfer_progress(self, stats: TransferProgress) -> None:
             report(stats)
             if stats.received_bytes > max_bytes:
                 raise GitFetchError(
@@ -147,7 +151,7 @@ def _child(repo_path: str, url: str, rev: str, timeout: float, max_bytes: int) -
     pygit2.option(Option.SET_SERVER_TIMEOUT, ms)
     last = [0.0]
 
-    def report(stats) -> None:
+    def report(stats: TransferProgress) -> None:
         now = time.monotonic()
         if now - last[0] >= 0.1 or stats.indexed_objects == stats.total_objects:
             last[0] = now

@@ -28,12 +28,14 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
 from . import pacing
 from .errors import KilnError
 
 if TYPE_CHECKING:
+    import urllib.response
+
     from .fetch import _Sink
 
 CHUNK = 1 << 16
@@ -182,7 +184,7 @@ class _HTTPHandler(urllib.request.HTTPHandler):
         super().__init__()
         self.pace = pace
 
-    def http_open(self, req):
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
         return self.do_open(_watched(http.client.HTTPConnection, self.pace), req)
 
 
@@ -191,8 +193,9 @@ class _HTTPSHandler(urllib.request.HTTPSHandler):
         super().__init__()
         self.pace = pace
 
-    def https_open(self, req):
-        return self.do_open(_watched(http.client.HTTPSConnection, self.pace), req, context=self._context)
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        context = self._context  # type: ignore[attr-defined]  # set by HTTPSHandler, not in its stubs
+        return self.do_open(_watched(http.client.HTTPSConnection, self.pace), req, context=context)
 
 
 class _RedirectWithoutBody(urllib.request.HTTPRedirectHandler):
@@ -201,7 +204,14 @@ class _RedirectWithoutBody(urllib.request.HTTPRedirectHandler):
     and a hostile server can make that body any size, at any pace. Closing the response
     first makes urllib's ``fp.read()`` return ``b""``."""
 
-    def http_error_302(self, req, fp, code, msg, headers):
+    def http_error_302(
+        self,
+        req: urllib.request.Request,
+        fp: IO[bytes],
+        code: int,
+        msg: str,
+        headers: http.client.HTTPMessage,
+    ) -> http.client.HTTPResponse | urllib.response.addinfourl | None:
         fp.close()
         return super().http_error_302(req, fp, code, msg, headers)
 

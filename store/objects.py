@@ -27,7 +27,7 @@ import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 from .hashes import Hash
 from .nar_restore import fsync_dir as fsync_dir  # re-exported: the store's modules import it from here
@@ -65,7 +65,7 @@ def object_rel_path(file_hash: Hash) -> str:
     return f"{h[:2]}/{h}.nar.zst"
 
 
-def chunks_of(src) -> Iterator[bytes]:
+def chunks_of(src: BinaryIO | Iterable[bytes]) -> Iterator[bytes]:
     """``src`` as an iterator of byte chunks (a binary file object or an iterable)."""
     if hasattr(src, "read"):
         return iter(lambda: src.read(CHUNK), b"")

@@ -19,7 +19,7 @@ import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 import zstandard
 
@@ -93,7 +93,7 @@ def _too_long(what: str, kind: str, expect: tuple[Hash, int]) -> HashMismatch:
 
 
 def decompress_verified(
-    zst,
+    zst: BinaryIO | TeeReader,
     what: str,
     expect_file: tuple[Hash, int | None] | None = None,
     expect_nar: tuple[Hash, int] | None = None,
@@ -167,7 +167,7 @@ def read_object(
         yield from decompress_verified(f, what, file, nar)
 
 
-def expect_nar(info, got: Hash, size: int) -> None:
+def expect_nar(info: PathInfo, got: Hash, size: int) -> None:
     """Raise ``HashMismatch`` unless ``got``/``size`` are ``info``'s NAR hash and size."""
     if got.digest != info.nar_hash.digest or size != info.nar_size:
         raise HashMismatch(

@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from . import nixbase32
@@ -189,7 +190,9 @@ def _type_with_refs(kind: str, references: list[StorePath] | tuple[StorePath, ..
     return ":".join(parts)
 
 
-def make_text_path(name: str, text: bytes, references=(), store_dir: str = DEFAULT_STORE_DIR) -> StorePath:
+def make_text_path(
+    name: str, text: bytes, references: Iterable[StorePath] = (), store_dir: str = DEFAULT_STORE_DIR
+) -> StorePath:
     """Path of a text object (a ``.drv`` file): ``text:<refs>`` over sha256(text)."""
     return make_store_path(
         _type_with_refs("text", list(references), False), Hash.sha256_of(text), name, store_dir
@@ -197,7 +200,11 @@ def make_text_path(name: str, text: bytes, references=(), store_dir: str = DEFAU
 
 
 def make_source_path(
-    name: str, nar_hash: Hash, references=(), self_ref: bool = False, store_dir: str = DEFAULT_STORE_DIR
+    name: str,
+    nar_hash: Hash,
+    references: Iterable[StorePath] = (),
+    self_ref: bool = False,
+    store_dir: str = DEFAULT_STORE_DIR,
 ) -> StorePath:
     """Path of NAR-addressed content, as ``nix-store --add`` computes it."""
     if nar_hash.algo != "sha256":
@@ -206,7 +213,11 @@ def make_source_path(
 
 
 def make_fixed_output_path(
-    name: str, h: Hash, recursive: bool, store_dir: str = DEFAULT_STORE_DIR, references=()
+    name: str,
+    h: Hash,
+    recursive: bool,
+    store_dir: str = DEFAULT_STORE_DIR,
+    references: Sequence[StorePath] = (),
 ) -> StorePath:
     """Nix ``makeFixedOutputPath``: recursive sha256 is a source path; anything else hashes
     ``fixed:out:<r:>algo:hex:``."""

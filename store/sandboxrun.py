@@ -18,9 +18,17 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .derivation import Derivation
 from .errors import StoreError
+
+if TYPE_CHECKING:
+    from kiln.sandbox.spec import SandboxSpec
+
+    from .build import BuildOptions
+    from .stagedbuild import Pending
+    from .vary import Variation
 
 
 def input_paths(drv: Derivation, get_drv: Callable[[str], Derivation]) -> list[str]:
@@ -49,8 +57,14 @@ def rootfs_of(drv: Derivation, get_drv: Callable[[str], Derivation]) -> str | No
 
 
 def make_spec(
-    store, drv: Derivation, tmp: Path, opts, get_drv: Callable[[str], Derivation], vary=None, pending=None
-):
+    store: Any,  # a LocalStore, or the builder's serializing proxy of one
+    drv: Derivation,
+    tmp: Path,
+    opts: BuildOptions,
+    get_drv: Callable[[str], Derivation],
+    vary: Variation | None = None,
+    pending: Pending | None = None,
+) -> tuple[SandboxSpec, Path, list[str]]:
     """Return ``(spec, scratch_store_dir, input_closure)`` for building ``drv`` in ``tmp``
     (``vary``, a ``vary.Variation``, overrides cores and umask for a varied rebuild;
     ``pending``, a ``stagedbuild.Pending``, holds this builder's staged outputs, which

@@ -138,7 +138,7 @@ class Creator(threading.Thread):
         except BaseException as e:  # noqa: BLE001 - handed to the walk
             self.q.put(e)
 
-    def take(self):
+    def take(self) -> int | None:
         item = self.q.get()
         self.taken += 1
         # ``taken`` moves before ``waiting`` is read; the creator sets ``waiting`` and then

@@ -69,6 +69,7 @@ from .trees import metadata_problems
 
 if TYPE_CHECKING:
     from .localstore import LocalStore
+    from .signing import PublicKey
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,7 +257,9 @@ def _drop_unused_objects(store: LocalStore, hashes: list) -> set[str]:
     return gone
 
 
-def verify(store: LocalStore, repair: bool = False, trusted=None, sigs_needed: int = 0) -> VerifyReport:
+def verify(
+    store: LocalStore, repair: bool = False, trusted: list[PublicKey] | None = None, sigs_needed: int = 0
+) -> VerifyReport:
     from .signing import valid_signers
 
     problems: list[Problem] = []
