@@ -20,8 +20,16 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kiln.store.errors import KilnError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from kiln.lang import Evaluation
+    from kiln.store.localstore import LocalStore
+    from kiln.store.signing import SecretKey
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,7 +39,7 @@ class Target:
     outputs: dict[str, str]
 
 
-def add_source_fn(store):
+def add_source_fn(store: LocalStore) -> Callable[[Path, str], str]:
     """``add_source`` callback for ``kiln.lang``: local sources go into the store."""
 
     def add(src: Path, name: str) -> str:
@@ -42,7 +50,9 @@ def add_source_fn(store):
     return add
 
 
-def readd_sources(store_dir: str, sources: dict[str, str], is_valid, add) -> bool:
+def readd_sources(
+    store_dir: str, sources: dict[str, str], is_valid: Callable[[str], bool], add: Callable[[Path, str], str]
+) -> bool:
     """After a cache hit: add again every cached source that is no longer valid (GC'd).
     False if one comes back as another path: the source changed in a way its
     fingerprint missed, and the cached evaluation must not be used."""
@@ -54,7 +64,9 @@ def readd_sources(store_dir: str, sources: dict[str, str], is_valid, add) -> boo
     return True
 
 
-def evaluate(store, file: str, attrs: list[str], use_cache: bool = True):
+def evaluate(
+    store: LocalStore, file: str, attrs: list[str], use_cache: bool = True
+) -> tuple[Evaluation, list[Target]]:
     """Evaluate ``file`` and return ``(evaluation, targets)`` for ``attrs`` (all the
     file's packages when empty)."""
     from kiln.lang import evaluate_file
@@ -83,7 +95,7 @@ def evaluate(store, file: str, attrs: list[str], use_cache: bool = True):
     return ev, targets
 
 
-def write_drvs(store, ev, roots: list[str]) -> None:
+def write_drvs(store: LocalStore, ev: Evaluation, roots: list[str]) -> None:
     """Add the ``.drv`` closure of ``roots`` to the store (dependencies first, each once,
     group-committed by ``LocalStore.add_texts``)."""
     closure = ev.closure(*roots)
@@ -102,7 +114,7 @@ def write_drvs(store, ev, roots: list[str]) -> None:
             )
 
 
-def load_sign_key(store, key_file: str | None, create: bool):
+def load_sign_key(store: LocalStore, key_file: str | None, create: bool) -> SecretKey:
     """The key that signs builds: ``--sign-key``, ``$KILN_SIGN_KEY``, or the store's
     ``keys/default.sec`` (generated on first use when ``create``)."""
     from kiln.store import signing
@@ -125,7 +137,9 @@ def load_sign_key(store, key_file: str | None, create: bool):
     return key
 
 
-def make_substituter(urls: list[str], trusted_keys: list[str], sigs_needed: int | None):
+def make_substituter(
+    urls: list[str], trusted_keys: list[str], sigs_needed: int | None
+) -> Callable[[LocalStore, list[str]], set[str]] | None:
     """A substitution callback for ``Builder`` (None when no registry is configured).
 
     Registries come from ``--substituter`` plus ``KILN_SUBSTITUTERS``; trusted keys from
@@ -165,7 +179,7 @@ def make_substituter(urls: list[str], trusted_keys: list[str], sigs_needed: int 
         tokens[url] = token
     sub = Substituter(regs, keys, needed, tokens=tokens)
 
-    def substitute(store, missing: list[str]) -> set[str]:
+    def substitute(store: LocalStore, missing: list[str]) -> set[str]:
         infos = sub.query_many(missing)
         wanted = dict(infos)
         frontier = list(infos.values())

@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from . import hookmarks
 from .buildcheck import Checking
@@ -368,13 +369,13 @@ class _Serialized:
         """The lock itself, for code that uses the wrapped store directly."""
         return self._lock
 
-    def __getattr__(self, name: str):
+    def __getattr__(self, name: str) -> Any:
         attr = getattr(self._inner, name)
         if not callable(attr):
             return attr
         lock = self._lock
 
-        def call(*args, **kwargs):
+        def call(*args: Any, **kwargs: Any) -> Any:
             with lock:
                 return attr(*args, **kwargs)
 

@@ -59,6 +59,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from . import db
 from .errors import KilnError, StoreError
@@ -69,6 +70,9 @@ from .narsink import NarSink
 from .objects import fsync_dir, object_rel_path
 from .pathinfo import PathInfo
 from .trees import canonicalise_output, move_into_place, remove_tree
+
+if TYPE_CHECKING:
+    from .localstore import LocalStore
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +119,7 @@ def _check_identity(real: Path, path: str, identity: tuple[int, int, int]) -> No
 
 
 def place(
-    store,
+    store: LocalStore,
     path: str,
     tree: Path,
     references: Iterable[str],
@@ -151,7 +155,7 @@ def place(
     return Placed(path, refs, deriver, obj, ident)
 
 
-def unplace(store, placed: Placed) -> None:
+def unplace(store: LocalStore, placed: Placed) -> None:
     """Undo ``place`` for an output that will not be registered (a sibling output of
     the same build was refused): remove its tree if it is still the one placed and the
     path did not become valid meanwhile. Never raises: the build's own error is what
@@ -167,7 +171,7 @@ def unplace(store, placed: Placed) -> None:
             remove_tree(real)
 
 
-def archive(store, placed: Placed) -> StagedOutput:
+def archive(store: LocalStore, placed: Placed) -> StagedOutput:
     """Step 3, on the bookkeeping thread: archive the placed tree (canonical and
     read-only, so reading it while later builds have it mounted is safe) into
     ``placed.obj``, hashing the NAR and the compressed object; no fsync. Raises
@@ -202,7 +206,7 @@ def archive(store, placed: Placed) -> StagedOutput:
     return StagedOutput(info, placed.obj, placed.identity)
 
 
-def _registered_meanwhile(store, placed: Placed) -> StagedOutput | None:
+def _registered_meanwhile(store: LocalStore, placed: Placed) -> StagedOutput | None:
     """After the placed tree was found replaced: the path's registration by another
     process (an import of the same path does not take the build's output lock), or None.
     Asked under the path's registration lock, which a registrant holds from replacing
@@ -216,14 +220,14 @@ def _registered_meanwhile(store, placed: Placed) -> StagedOutput | None:
 
 
 def stage(
-    store, path: str, tree: Path, references: Iterable[str], deriver: str | None, obj: Path
+    store: LocalStore, path: str, tree: Path, references: Iterable[str], deriver: str | None, obj: Path
 ) -> StagedOutput | PathInfo:
     """``place`` then ``archive``, on one thread (the existing info if already valid)."""
     placed = place(store, path, tree, references, deriver, obj)
     return archive(store, placed) if isinstance(placed, Placed) else placed
 
 
-def commit(store, staged: list[StagedOutput]) -> list[PathInfo]:
+def commit(store: LocalStore, staged: list[StagedOutput]) -> list[PathInfo]:
     """Steps 4-5 for ``staged`` (in build order), with ``store`` used from this thread
     only. Returns the registered (or meanwhile registered by someone else) infos."""
     if not staged:
@@ -313,8 +317,9 @@ class Pending:
             return bool(self._refs)
 
 
-def closure(store, paths: Iterable[str], pending: Pending | None) -> list[str]:
-    """The closure of ``paths`` over references, counting pending outputs as valid."""
+def closure(store: Any, paths: Iterable[str], pending: Pending | None) -> list[str]:
+    """The closure of ``paths`` over references, counting pending outputs as valid
+    (``store``: a ``LocalStore`` or the builder's serialising proxy of one)."""
     paths = sorted(set(map(str, paths)))
     if not pending:
         return store.closure(paths)
