@@ -330,12 +330,12 @@ def _parse(parser: Lark, text: str, src: SourceText, start: str, base: int, end:
     except UnexpectedInput as e:
         raise _syntax_error(parser, e, src, base, len(text), end) from None
     except LexError as e:
-        raise _lex_error(parser, text, src, base, e.pos) from None
+        raise _lex_error(text, src, base, e.pos) from None
     finally:
         _BUILDER.src = saved_src
 
 
-def _lex_error(parser: Lark, text: str, src: SourceText, base: int, pos: int) -> RecipeSyntaxError:
+def _lex_error(text: str, src: SourceText, base: int, pos: int) -> RecipeSyntaxError:
     ch = text[pos]
     if ch == '"' or text.startswith("''", pos):
         msg, at = refused_string(text, pos)

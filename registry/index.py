@@ -223,8 +223,10 @@ class TrustState:
 
 
 @_malformed("new root")
-def verify_next_root(state: TrustState, data: bytes, now: dt.datetime) -> None:
-    """Accept root version N+1 signed by the current and by the new root keys."""
+def verify_next_root(state: TrustState, data: bytes) -> None:
+    """Accept root version N+1 signed by the current and by the new root keys. Its
+    expiry is not checked: as in TUF, only the last root of the chain must be fresh
+    (``verify_timestamp`` checks it), so a client long offline can still walk the chain."""
     signed, sigs = _load(data, "new root")
     v = _check_type(signed, "root", "new root")
     if v != state.root["version"] + 1:
@@ -324,7 +326,7 @@ async def update(fetch: Any, state: TrustState, now: dt.datetime | None = None) 
         nxt = await fetch(f"index/{state.root['version'] + 1}.root.json")
         if nxt is None:
             break
-        verify_next_root(state, nxt, now)
+        verify_next_root(state, nxt)
         files.append((f"index/{state.root['version']}.root.json", nxt))
     if files:
         files.append(("index/root.json", state.root_bytes))

@@ -125,6 +125,30 @@ def test_root_rotation_chain(reg) -> None:
         _update(reg, state)
 
 
+def test_an_expired_root_in_the_middle_of_the_chain_is_walked(reg) -> None:
+    """As in TUF, only the last root of the chain must be fresh: a client that was
+    offline while root v2 came and expired still walks v1 -> v2 -> v3."""
+    k1, k2, k3 = (SecretKey.generate(f"idx-{i}") for i in (1, 2, 3))
+    publish_index(reg, k1)
+    state = ix.TrustState.pin(reg.read("index/root.json"))
+    _update(reg, state)
+    long_ago = ix.utcnow() - dt.timedelta(days=4000)
+    root2 = ix.sign_envelope(
+        indexbuild.make_root(2, {r: [k2.public()] for r in ix.ROLES}, long_ago), [k1, k2]
+    )
+    reg.put_bytes("index/2.root.json", root2)
+    reg.put_bytes("index/root.json", root2)
+    assert rotate_root(reg, k2, k3) == 3
+    publish_index(reg, k3)
+    _update(reg, state)
+    assert state.root["version"] == 3
+    # but an expired last root is a freeze
+    root4 = ix.sign_envelope(indexbuild.make_root(4, {r: [k3.public()] for r in ix.ROLES}, long_ago), [k3])
+    reg.put_bytes("index/4.root.json", root4)
+    with pytest.raises(ix.FreezeError, match="root expired"):
+        _update(reg, state)
+
+
 _SLOW_PUBLISHER = """
 import sys, time
 from kiln.registry.publish import publish_index
