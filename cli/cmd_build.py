@@ -142,7 +142,11 @@ def build(store: LocalStore, args: argparse.Namespace) -> list:
             f"--check rebuilds and compares with the existing output, but {missing[0]} is not built "
             "yet: build it first (without --check)"
         )
-    if args.check or args.rounds > 1 or missing:
+    from kiln.store import hookmarks
+
+    # a valid output whose builder was killed before signing it: the builder runs its hook
+    outputs = [p for t in targets for p in t.outputs.values()]
+    if args.check or args.rounds > 1 or missing or hookmarks.any_left(store, outputs):
         from kiln.store.build import BuildFailures
 
         try:
@@ -160,8 +164,10 @@ def _as_drv(store, arg: str) -> str | None:
     else None; a store path that is not a derivation is an error (not a recipe file)."""
     from kiln.store.errors import KilnError, StoreError
 
-    if not (arg.startswith(store.store_dir + "/") or arg.startswith(str(store.real_store) + "/")):
-        return None
+    if not arg.startswith(store.store_dir + "/"):
+        arg = os.path.abspath(arg)  # a physical path may be relative
+        if not arg.startswith(str(store.real_store) + "/"):
+            return None
     try:
         path, sub = store.resolve(arg)
     except StoreError:

@@ -70,6 +70,12 @@ def hold_or_warn(store: LocalStore, paths: Iterable[str], say: Callable[[str], N
         return []
 
 
+def any_left(store: LocalStore, paths: Iterable[str]) -> bool:
+    """Whether any of ``paths`` has a marker (held or not): cheap (a stat each), for a
+    command that would otherwise not look at valid paths at all."""
+    return any(os.path.lexists(_marker(store, p)) for p in paths)
+
+
 def left_behind(store: LocalStore, paths: Iterable[str]) -> list[Mark] | None:
     """The markers of ``paths`` whose owner is gone, locked now by this process; None if
     a live process holds one of them (its hook will run), [] if there are none."""

@@ -232,3 +232,34 @@ def test_keep_going_prints_and_roots_what_was_built(store, graph):
     # without -k the first failure ends the command: nothing is printed
     r = kiln(store.root, "build", boom, ok)
     assert r.returncode == 1 and r.stdout == "" and "exit status 3" in r.stderr
+
+
+def test_a_build_of_a_valid_root_runs_the_hook_its_builder_left(store, graph, tmp_path):
+    """``kiln build`` of a root whose outputs are all valid builds nothing, but a signing
+    hook its builder left undone (killed after the commit: unsigned, a free marker)
+    is run there, not only when something else needs building."""
+    key = SecretKey.generate("builder-1")
+    kf = tmp_path / "k.sec"
+    write_secret_key(kf, key)
+    a, ad = graph.drv("left", "echo left > $out")
+    out = ad.output_path()
+    assert kiln(store.root, "build", a, "--sign-key", str(kf)).returncode == 0
+    # as if killed between the commit and the hook: no signature, no provenance, a marker
+    with store.conn:
+        store.conn.execute("DELETE FROM sigs WHERE path = ?", (out,))
+    attestations.remove(store, out)
+    marker = store.root / "locks" / f"{out.split('/')[-1][:32]}.hook"
+    marker.touch()
+    r = kiln(store.root, "build", a, "--sign-key", str(kf))
+    assert r.returncode == 0 and r.stdout.strip() == out, r.stderr
+    assert "its build stopped before that" in r.stderr
+    assert valid_signers(store.query(out), [key.public()]) == {"builder-1"}
+    assert attestations.list(store, out) == ["provenance"] and not marker.exists()
+
+
+def test_a_relative_physical_drv_path_builds(store, graph):
+    a, ad = graph.drv("rel", "echo rel > $out")
+    # (from inside the store dir: ``python -m`` would take the root's kiln/ for the package)
+    rel = os.path.relpath(store.real_path(a), store.real_store.parent)
+    r = kiln(store.root, "build", rel, cwd=store.real_store.parent)
+    assert r.returncode == 0 and r.stdout.strip() == ad.output_path(), r.stderr
