@@ -68,6 +68,14 @@ def cmd_push(argv: list[str]) -> int:
     )
     for why in rep.signatures_refused[:10]:
         print(f"warning: the registry did not take the new signature of {why}", file=sys.stderr)
+    for why in rep.attestations_refused[:10]:
+        print(f"warning: the registry did not take the attestation {why}", file=sys.stderr)
+    for what, n in (
+        ("signatures", len(rep.signatures_refused)),
+        ("attestations", len(rep.attestations_refused)),
+    ):
+        if n > 10:
+            print(f"warning: ... and {n - 10} more {what} not taken", file=sys.stderr)
     return 0
 
 

@@ -54,6 +54,7 @@ from kiln.store.intoto import (
 from kiln.store.signing import PublicKey
 
 from . import layout
+from .client import RegistryError
 from .dirlock import dir_lock
 from .storage import Storage
 
@@ -206,13 +207,17 @@ def _local_files(store: Any, path: str) -> dict[str, bytes]:
     return out
 
 
-async def push_attestations(client: Any, store: Any, paths: Iterable[str], jobs: int = 8) -> int:
+async def push_attestations(
+    client: Any, store: Any, paths: Iterable[str], jobs: int = 8
+) -> tuple[int, list[str]]:
     """Upload every attestation of ``paths`` (valid in ``store``) that the registry lacks or
     holds in another version; their narinfos must already be published. Returns the
-    number uploaded."""
+    number uploaded and ``"path kind: why"`` for each the registry refused (not signed
+    by a key it trusts, a subject it disagrees with): evidence it does not take, not a
+    failure of the push. Any other error is raised."""
     local = {p: f for p in paths if (f := _local_files(store, p))}
     if not local:
-        return 0
+        return 0, []
     remote = await listings(client, [_hp(p) for p in local])
     todo = [
         (p, kind, data)
@@ -221,13 +226,19 @@ async def push_attestations(client: Any, store: Any, paths: Iterable[str], jobs:
         if remote.get(_hp(p), {}).get(kind) != sha256_hex(data)
     ]
     sem = asyncio.Semaphore(jobs)
+    refused: list[str] = []
 
     async def up(p: str, kind: str, data: bytes) -> None:
         async with sem:
-            await client.put_bytes(layout.att_key(_hp(p), kind), data)
+            try:
+                await client.put_bytes(layout.att_key(_hp(p), kind), data)
+            except RegistryError as e:
+                if e.status not in (400, 403, 409):
+                    raise
+                refused.append(f"{p} {kind}: {e}")
 
     await asyncio.gather(*(up(*t) for t in todo))
-    return len(todo)
+    return len(todo) - len(refused), sorted(refused)
 
 
 async def fetch_attestations(client: Any, store: Any, paths: Iterable[str], jobs: int = 8) -> int:

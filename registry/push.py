@@ -64,6 +64,7 @@ class PushReport:
     attestations_uploaded: int = 0
     signatures_updated: int = 0  # published paths whose narinfo went again for new signatures
     signatures_refused: tuple[str, ...] = ()  # "path: why" where the registry refused them
+    attestations_refused: tuple[str, ...] = ()  # "path kind: why" where the registry refused them
 
 
 def levels(infos: dict[str, PathInfo]) -> list[list[str]]:
@@ -219,11 +220,11 @@ async def push_prepared(
             for p in sent
             if _new_sigs(now.get(_hp(p), ""), info_map[p].sigs, signer)
         ]
-    atts = 0
+    atts, atts_refused = 0, []
     if store is not None:
         from .attest_transfer import push_attestations
 
-        atts = await push_attestations(client, store, list(info_map), jobs)
+        atts, atts_refused = await push_attestations(client, store, list(info_map), jobs)
     # always: a push whose uploads landed but whose publication was cut off must publish
     # on the re-run, when nothing is missing any more (a server with nothing new only
     # refreshes the timestamp)
@@ -237,6 +238,7 @@ async def push_prepared(
         atts,
         len(resign) - len(refused),
         tuple(refused),
+        tuple(atts_refused),
     )
 
 

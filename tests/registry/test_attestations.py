@@ -155,6 +155,25 @@ def test_tampered_or_untrusted_attestation_upload_is_refused(tmp_path, keys, oth
     assert s.put(s.bare, "provenance", good.dumps().encode())[0] == 200
 
 
+def test_a_refused_attestation_is_a_warning_and_the_push_publishes(
+    tmp_path, keys, other_keys, kiln_server
+) -> None:
+    """An attestation the registry does not trust (here: provenance signed by a key it
+    does not know) is left out with a warning; the paths, their other attestations and
+    the index are still published, and a re-run behaves the same (it used to fail at
+    that attestation every time, before publishing the index)."""
+    s = Setup(tmp_path, keys, kiln_server)
+    attestations.write(s.store, s.bare, "provenance", provenance(s.store, s.bare, other_keys.sk))
+    for _ in range(2):
+        r = s.push(s.app, s.bare)
+        assert f"warning: the registry did not take the attestation {s.bare} provenance" in r.stderr
+        assert "trusted" in r.stderr and "index" in r.stdout
+    assert request(f"{s.url}/{s.hp(s.app)}.att/provenance.dsse.json")[0] == 200
+    assert request(f"{s.url}/{s.hp(s.bare)}.att/provenance.dsse.json")[0] == 404
+    idx = json.loads((s.reg / "index" / "timestamp.json").read_bytes())["signed"]
+    assert idx["version"] >= 2  # published by each push
+
+
 def test_mirror_sync_carries_attestations(tmp_path, keys, kiln_server) -> None:
     s = Setup(tmp_path, keys, kiln_server)
     s.push(s.app)
