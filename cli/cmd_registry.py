@@ -142,7 +142,7 @@ def cmd_copy(argv: list[str]) -> int:
                 store.add_root(name, path)  # to_store holds them as temp roots until we close
         print(f"copied {n} paths into {store.root}")
         return 0
-    n = asyncio.run(
+    rep = asyncio.run(
         rcopy.between(
             args.src,
             lambda: open_client(args.dst, args.token, args.jobs),
@@ -153,7 +153,11 @@ def cmd_copy(argv: list[str]) -> int:
             src_token=args.from_token,  # never --token: it is the destination's secret
         )
     )
-    print(f"copied {n} paths to {args.dst}")
+    print(f"copied {rep.paths} paths and {rep.attestations} attestations to {args.dst}")
+    for why in rep.refused[:10]:
+        print(f"warning: attestation not copied: {why}", file=sys.stderr)
+    if len(rep.refused) > 10:
+        print(f"warning: ... and {len(rep.refused) - 10} more attestations not copied", file=sys.stderr)
     return 0
 
 

@@ -307,6 +307,65 @@ async def fetch_attestations(client: Any, store: Any, paths: Iterable[str], jobs
     return stored
 
 
+async def relay_attestations(
+    src: Any, dst: Any, subjects: dict[str, str], jobs: int = 8
+) -> tuple[int, list[str]]:
+    """Copy the attestations of ``subjects`` (path -> NAR hash, hex, from a narinfo the
+    caller verified) from registry ``src`` to ``dst``, whose narinfos must already be
+    published: those ``dst`` lacks or holds in another version. Each file must hash to
+    ``src``'s listing entry and name its path and NAR hash before it is uploaded;
+    ``dst`` then admits it by its own rules. Returns the number copied and ``"path
+    kind: why"`` for each file one side refused (evidence not copied, not a failure of
+    the copy); any other error is raised."""
+    hps = {_hp(p): p for p in subjects}
+    remote = await listings(src, sorted(hps))
+    if not remote:
+        return 0, []
+    there = await listings(dst, sorted(h for h in hps if h in remote))
+    todo = [
+        (hps[h], kind, sha)
+        for h in sorted(remote)
+        if h in hps
+        for kind, sha in sorted(remote[h].items())
+        if there.get(h, {}).get(kind) != sha
+    ]
+    sem = asyncio.Semaphore(jobs)
+    problems: list[str] = []
+    copied = 0
+
+    async def one(p: str, kind: str, want: str) -> None:
+        nonlocal copied
+        try:
+            attestations.check_kind(kind)
+        except FormatError as e:
+            problems.append(f"{p} {kind[:80]!r}: {e}")
+            return
+        key = layout.att_key(_hp(p), kind)
+        async with sem:
+            data = await src.get(key)
+        if data is None or sha256_hex(data) != want:
+            problems.append(
+                f"{p} {kind}: {'listed but missing' if data is None else 'does not hash to its listing entry'} at {src.url}"
+            )
+            return
+        try:
+            check_envelope(data, kind, p.rsplit("/", 1)[1], subjects[p], None)
+            async with sem:
+                await dst.put_bytes(key, data)
+        except RegistryError as e:
+            if e.status not in (400, 403, 409):
+                raise
+            problems.append(f"{p} {kind}: {e}")
+            return
+        except KilnError as e:  # not an attestation of this path
+            problems.append(f"{p} {kind}: {e}")
+            return
+        copied += 1
+
+    await asyncio.gather(*(one(*t) for t in todo))
+    return copied, sorted(problems)
+
+
 def fetch_attestations_sync(url: str, store: Any, paths: Iterable[str], token: str | None = None) -> int:
     """``fetch_attestations`` from the registry at ``url``, for synchronous library
     callers (the CLI's build loop uses its own session: ``buildglue``). Same contract

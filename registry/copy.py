@@ -7,14 +7,18 @@ NAR is verified while it streams (file hash, and the NAR hash — by the store o
 or by ``NarVerifier`` when relaying to another registry). Into a store, the paths are
 registered by ``LocalStore.import_objects`` (group commit, see ``store.importbatch``) and
 then the registry's attestations of the copied and requested paths are fetched
-(``attest_transfer.fetch_attestations``: each checked against the local path's NAR hash).
+(``attest_transfer.fetch_attestations``: each checked against the local path's NAR hash);
+into another registry, they are relayed once the paths are published
+(``attest_transfer.relay_attestations``), before the destination's index.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +29,7 @@ from kiln.store.paths import StorePath
 from kiln.store.signing import PublicKey
 
 from . import layout
-from .attest_transfer import fetch_attestations
+from .attest_transfer import fetch_attestations, relay_attestations
 from .client import Client, open_client
 from .push import MAX_FRAMES, check_results, levels
 from .substitute import Substituter, batchable, batches
@@ -85,8 +89,11 @@ def _store_path_line(text: str) -> str | None:
 
 async def _closure(
     src: Client, dst: Client, paths: list[str], trusted: list[PublicKey], sigs_needed: int
-) -> dict[str, ni.NarInfo]:
+) -> tuple[dict[str, ni.NarInfo], dict[str, str]]:
+    """The narinfos (checked) of the closure of ``paths`` that ``dst`` lacks, and the
+    NAR hashes (hex) of the asked paths ``dst`` already has (from its own narinfos)."""
     wanted: dict[str, ni.NarInfo] = {}
+    present: dict[str, str] = {}
     frontier = sorted(set(paths))
     while frontier:
         hs = {p.rsplit("/", 1)[1][:32]: p for p in frontier}
@@ -98,6 +105,10 @@ async def _closure(
                     f"{dst.url} holds {there or 'a narinfo without StorePath'} under the hash part of "
                     f"{hs[h]}: cannot copy it there"
                 )
+            if hs[h] in paths:  # its attestations may still have to follow (a re-run)
+                # (the destination's own narinfo: one that does not parse gets none)
+                with contextlib.suppress(FormatError):
+                    present[hs[h]] = ni.parse(text, dst.store_dir).nar_hash.hex
         ask = [h for h in hs if h not in have]
         texts = await src.narinfos(ask) if ask else {}
         nxt: set[str] = set()
@@ -110,7 +121,7 @@ async def _closure(
             wanted[info.path] = info
             nxt |= {r for r in info.references if r != info.path}
         frontier = sorted(r for r in nxt if r not in wanted)
-    return wanted
+    return wanted, present
 
 
 async def between(
@@ -121,9 +132,11 @@ async def between(
     sigs_needed: int = 1,
     jobs: int = 16,
     src_token: str | None = None,
-) -> int:
+) -> Copied:
     """Relay the closures of ``paths`` from registry ``src_url`` (bearer ``src_token``
-    for a private one) to another registry.
+    for a private one) to another registry, then the attestations of the copied and
+    the asked paths (``attest_transfer.relay_attestations``: one either side refuses is
+    reported in ``Copied.refused``, not raised), then publish the destination's index.
 
     Dependencies first, in groups of at most ``GROUP_OBJECTS`` paths or about
     ``GROUP_BYTES`` bytes (which bounds the scratch space): each group's objects the
@@ -136,7 +149,7 @@ async def between(
         dinfo = await dst.cache_info()
         if dinfo.get("StoreDir") != src.store_dir:
             raise KilnError(f"store dirs differ: {src.store_dir} vs {dinfo.get('StoreDir')}")
-        wanted = await _closure(src, dst, paths, trusted, sigs_needed)
+        wanted, present = await _closure(src, dst, paths, trusted, sigs_needed)
         blobs = await dst.have_blobs([i.file_hash for i in wanted.values()]) if wanted else set()  # type: ignore[misc]
         sem = asyncio.Semaphore(jobs)
         relay = _Relay(src, dst, sem, jobs)
@@ -149,9 +162,21 @@ async def between(
                     blobs |= set(need)
                     for f in files.values():
                         f.unlink()
-        if wanted:
+        subjects = {**present, **{p: i.nar_hash.hex for p, i in wanted.items()}}
+        atts, refused = await relay_attestations(src, dst, subjects, jobs)
+        if wanted or atts:
             await dst.publish_index()
-        return len(wanted)
+        return Copied(len(wanted), atts, tuple(refused))
+
+
+@dataclass(frozen=True, slots=True)
+class Copied:
+    """What ``between`` copied: paths, attestations, and ``"path kind: why"`` for each
+    attestation one side refused."""
+
+    paths: int
+    attestations: int
+    refused: tuple[str, ...] = ()
 
 
 #: a relay group: at most this many paths, or about this many bytes of objects

@@ -174,6 +174,45 @@ def test_a_refused_attestation_is_a_warning_and_the_push_publishes(
     assert idx["version"] >= 2  # published by each push
 
 
+def test_copy_between_registries_carries_attestations(tmp_path, keys, other_keys, kiln_server) -> None:
+    """``kiln copy --from URL --to URL`` relays the paths' attestations after the paths
+    (it dropped them all); one the destination refuses is a warning; a re-run copies
+    the attestations of asked paths that are already there."""
+    s = Setup(tmp_path, keys, kiln_server, "--attester-key", str(other_keys.pk_file))
+    s.push(s.app)
+    # a rebuilder's VSA the source admits (it trusts that attester) and the destination will not
+    info = s.store.query(s.app)
+    st = intoto.vsa(
+        StorePath.parse(s.app).base,
+        info.nar_hash.hex,
+        verifier_version="test",
+        time_verified=time.time(),
+        passed=True,
+        resource_uri=f"kiln:{s.app}",
+    )
+    kind = attestations.vsa_kind(other_keys.pk.key)
+    assert s.put(s.app, kind, attestations.sign(st, [Ed25519Signer(other_keys.sk.key)]).dumps().encode())[0] == 201
+    reg2 = tmp_path / "reg2"
+    assert kiln("registry", "init", "--dir", str(reg2)).returncode == 0
+    tok2 = kiln("registry", "token", "create", "--scope", "write", "--dir", str(reg2)).stdout.strip()
+    srv2 = kiln_server("--dir", str(reg2), "--trusted-key", str(keys.pk_file), "--index-key", str(keys.sk_file))
+    copy = ["copy", "--from", s.url, "--to", srv2.url, "--token", tok2, "--trusted-key", str(keys.pk_file)]
+    r = kiln(*copy, s.app)
+    assert r.returncode == 0 and "copied 2 paths and 1 attestations" in r.stdout, r.stderr
+    assert f"warning: attestation not copied: {s.app} {kind}" in r.stderr
+    local = (s.store.root / "attestations" / s.hp(s.app) / "provenance.dsse.json").read_bytes()
+    assert request(f"{srv2.url}/{s.hp(s.app)}.att/provenance.dsse.json")[2] == local
+    assert request(f"{srv2.url}/{s.hp(s.app)}.att/{kind}.dsse.json")[0] == 404
+    idx = json.loads((reg2 / "index" / "1.index.json").read_bytes())["signed"]["paths"]
+    assert set(idx[s.hp(s.app)]["attestations"]) == {"provenance"}
+    # a newer provenance at the source follows on a re-run, though the path is there
+    newer = provenance(s.store, s.app, keys.sk).dumps().encode()
+    assert s.put(s.app, "provenance", newer)[0] == 201
+    r = kiln(*copy, s.app)
+    assert r.returncode == 0 and "copied 0 paths and 1 attestations" in r.stdout, r.stderr
+    assert request(f"{srv2.url}/{s.hp(s.app)}.att/provenance.dsse.json")[2] == newer
+
+
 def test_mirror_sync_carries_attestations(tmp_path, keys, kiln_server) -> None:
     s = Setup(tmp_path, keys, kiln_server)
     s.push(s.app)

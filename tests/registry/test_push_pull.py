@@ -203,7 +203,7 @@ def test_registry_to_registry_copy_is_batched_and_verified(pushed, keys, tmp_pat
         for name in calls:
             mp.setattr(HttpClient, name, count(name))
         n = asyncio.run(between(srv.url, lambda: open_client(srv2.url, tok2), [chain[-1], *more], [keys.pk]))
-    assert n == 65
+    assert n.paths == 65
     assert calls["download"] == calls["put_file"] == calls["put_bytes"] == 0
     # one batch per dependency level (the chain has 5), at most -j upload requests per level
     assert calls["blob_batch"] == 5 and calls["upload_batch"] <= 5 * 16
