@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kiln.store.errors import KilnError
-from kiln.store.signing import load_public_key, load_secret_key
+from kiln.store.signing import load_secret_key
 
-from .common import trusted_keys, warn_no_signatures, whole_number
+from .common import load_trusted_key, trusted_keys, warn_no_signatures, whole_number
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -29,6 +29,19 @@ def _policy(path: Path | None):  # noqa: ANN202 - a kiln.store.policy.Policy or 
     from kiln.store.policy import load
 
     return load(path)
+
+
+def _hours(text: str) -> float:
+    """An argparse type: hours from 0 to below the timestamp's lifetime."""
+    from kiln.registry.indexbuild import TIMESTAMP_HOURS
+
+    try:
+        h = float(text)
+    except ValueError:
+        h = -1.0
+    if not 0 <= h < TIMESTAMP_HOURS:
+        raise argparse.ArgumentTypeError(f"expected hours from 0 to below {TIMESTAMP_HOURS}, found {text!r}")
+    return h
 
 
 def _listen(text: str) -> tuple[str, int]:
@@ -63,6 +76,14 @@ def cmd_serve(argv: list[str]) -> int:
         "also admits pushed narinfos",
     )
     p.add_argument(
+        "--index-refresh",
+        type=_hours,
+        default=6.0,
+        metavar="HOURS",
+        help="with --index-key: re-sign the index timestamp (valid 24 h) this often, so a registry "
+        "without pushes does not look frozen to mirrors (default 6; 0: only after pushes)",
+    )
+    p.add_argument(
         "--workers", type=whole_number(1), default=1, help="processes sharing the socket (default 1)"
     )
     p.add_argument(
@@ -83,8 +104,8 @@ def cmd_serve(argv: list[str]) -> int:
     p.add_argument("--private", action="store_true", help="require a token with the read scope for reads")
     p.add_argument(
         "--attester-key",
-        type=Path,
         action="append",
+        metavar="KEY",
         help="public key whose DSSE signatures also admit pushed attestations (e.g. a rebuilder's)",
     )
     p.add_argument("--policy", type=Path, metavar="FILE", help="TOML policy that POST /verify applies")
@@ -96,7 +117,9 @@ def cmd_serve(argv: list[str]) -> int:
     )
     args = p.parse_args(argv)
     if args.private and args.store:
-        raise KilnError("--private needs --dir (tokens are kept in the registry directory)")
+        p.error("--private needs --dir (tokens are kept in the registry directory)")
+    if args.sign_key and args.dir:
+        p.error("--sign-key signs the narinfos of a --store; a --dir registry serves narinfos as pushed")
     from kiln.registry import server, workers
 
     index_key = load_secret_key(args.index_key) if args.index_key else None
@@ -108,9 +131,10 @@ def cmd_serve(argv: list[str]) -> int:
         # its own --index-key signs what it admits: a push signed by it is trusted too
         trusted=trusted_keys(args.trusted_key, env=False) + ([index_key.public()] if index_key else []),
         index_key=index_key,
-        attesters=[load_public_key(k) for k in args.attester_key or []],
+        attesters=[load_trusted_key(k) for k in args.attester_key or []],
         policy=_policy(args.policy),
         fast_path=not args.no_fast_path,
+        index_refresh=args.index_refresh * 3600,
     )
     sign_key = load_secret_key(args.sign_key) if args.sign_key else None
     # Open once in the parent so configuration errors are reported before forking.

@@ -53,13 +53,22 @@ def build_metadata(
     prev_index_paths: dict[str, Any] | None,
     root_version: int = 1,
     now: dt.datetime | None = None,
+    prev_index_expires: str | None = None,
 ) -> Published:
     """Metadata files for a new index generation. The index and snapshot get a new
-    version only when ``paths`` changed; the timestamp always does (freshness)."""
+    version when ``paths`` changed, or when the previous ones (which expire at
+    ``prev_index_expires``) would expire within half their lifetime: re-signing only
+    the timestamp would leave a registry whose content stays the same frozen once they
+    expire. The timestamp always gets a new version (freshness)."""
     now = now or utcnow()
     ts_v = (prev_timestamp["version"] + 1) if prev_timestamp else 1
     files: list[tuple[str, bytes]] = []
-    if prev_timestamp and prev_index_paths == paths and prev_timestamp.get("root_version", 1) == root_version:
+    if (
+        prev_timestamp
+        and prev_index_paths == paths
+        and prev_timestamp.get("root_version", 1) == root_version
+        and not expires_within(prev_index_expires, now, dt.timedelta(days=INDEX_DAYS / 2))
+    ):
         snap_meta = prev_timestamp["meta"]["snapshot.json"]
         idx_v = snap_meta["version"]
     else:
@@ -94,3 +103,13 @@ def build_metadata(
     }
     files.append(("index/timestamp.json", sign_envelope(ts, [key])))
     return Published(files, idx_v, ts_v)
+
+
+def expires_within(expires: str | None, now: dt.datetime, margin: dt.timedelta) -> bool:
+    """Whether signed metadata with ``expires`` (its field; None or unreadable: yes)
+    expires before ``now + margin``."""
+    try:
+        exp = dt.datetime.strptime(expires or "", "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
+    except ValueError:
+        return True
+    return exp < now + margin

@@ -11,6 +11,7 @@ v+1 signed by the old and the new root keys.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 from typing import Any
@@ -113,6 +114,20 @@ def publish_index(storage: Storage, key: SecretKey) -> indexbuild.Published:
         return _publish_index(storage, key)
 
 
+def refresh_due(storage: Storage, every: float, now: dt.datetime | None = None) -> bool:
+    """Whether the index timestamp was signed ``every`` seconds ago or more (it is valid
+    for ``TIMESTAMP_HOURS`` from signing): a publisher holding the key should re-sign it
+    (``publish_index``, which also renews an index about to expire). False while the
+    registry has no index (a server does not create one on its own)."""
+    ts = load_signed(storage, "index/timestamp.json")
+    if ts is None:
+        return False
+    life = dt.timedelta(hours=indexbuild.TIMESTAMP_HOURS)
+    return indexbuild.expires_within(
+        ts.get("expires"), now or ix.utcnow(), life - dt.timedelta(seconds=every)
+    )
+
+
 def _publish_index(storage: Storage, key: SecretKey) -> indexbuild.Published:
     paths = collect_paths(storage)  # first: a directory that cannot be indexed gets no root
     root = init_root(storage, key)
@@ -123,10 +138,11 @@ def _publish_index(storage: Storage, key: SecretKey) -> indexbuild.Published:
     info = storage.read(CACHE_INFO)
     store_dir = parse_cache_info(info.decode()).get("StoreDir", "") if info else ""
     prev_ts = load_signed(storage, "index/timestamp.json")
-    prev_paths = None
+    prev_paths = prev_expires = None
     if prev_ts:
         idx = load_signed(storage, f"index/{prev_ts['meta']['snapshot.json']['version']}.index.json")
         prev_paths = idx["paths"] if idx else None
+        prev_expires = idx.get("expires") if idx else None
     pub = indexbuild.build_metadata(
         paths,
         store_dir,
@@ -134,6 +150,7 @@ def _publish_index(storage: Storage, key: SecretKey) -> indexbuild.Published:
         prev_timestamp=prev_ts,
         prev_index_paths=prev_paths,
         root_version=root["version"],
+        prev_index_expires=prev_expires,
     )
     for k, data in pub.files:
         storage.put_bytes(k, data)

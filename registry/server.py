@@ -81,6 +81,9 @@ class ServerConfig:
     policy: Any = None
     #: answer narinfo GETs in ``fastpath`` (False: every request goes through aiohttp)
     fast_path: bool = True
+    #: with ``index_key``: re-sign the index timestamp this often, in seconds (0: only
+    #: after pushes), so a registry without pushes does not look frozen (``refresh_index``)
+    index_refresh: float = 6 * 3600
 
 
 class _DigestFile(web.FileResponse):
@@ -366,13 +369,20 @@ def make_app(source: Source, config: ServerConfig) -> web.Server:
     reg = Registry(source, config)
     # a public registry answers most narinfo GETs without aiohttp's per-request machinery
     # (``fastpath``: same bytes on the wire, ~2x the requests per second)
-    return fastpath.make_server(
+    app = fastpath.make_server(
         reg.handle,
         lookup=None if config.private or not config.fast_path else source.narinfo,
         cache_control=reg.narinfo_cache_control,
         access_log=None,
         max_field_size=16384,
     )
+    # what one worker runs beside serving (``workers``)
+    app.kiln_background = (  # type: ignore[attr-defined]
+        [reg.refresh_index]
+        if config.index_key is not None and config.index_refresh > 0 and isinstance(source, DirSource)
+        else []
+    )
+    return app
 
 
 def open_source(

@@ -31,8 +31,13 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 async def _run(
-    make: Callable[[], Awaitable[web.Server]] | Callable[[], web.Server], sock: socket.socket
+    make: Callable[[], Awaitable[web.Server]] | Callable[[], web.Server],
+    sock: socket.socket,
+    background: bool = True,
 ) -> None:
+    """Serve ``make()``'s app on ``sock`` until SIGTERM/SIGINT; with ``background``, also
+    run the coroutines of its ``kiln_background`` list (one worker does: a registry's
+    index refresh)."""
     app = make()
     if asyncio.iscoroutine(app):
         app = await app
@@ -46,11 +51,14 @@ async def _run(
     await runner.setup()
     site = web.SockSite(runner, sock, shutdown_timeout=1.0)
     await site.start()
+    tasks = [asyncio.create_task(t()) for t in getattr(app, "kiln_background", ())] if background else []
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    for t in tasks:
+        t.cancel()
     await runner.cleanup()
 
 
@@ -78,12 +86,12 @@ def serve(
         asyncio.run(_run(make, sock))
         return
     pids = []
-    for _ in range(workers):
+    for i in range(workers):
         pid = os.fork()
         if pid == 0:
             _die_with_parent()
             try:
-                asyncio.run(_run(make, sock))
+                asyncio.run(_run(make, sock, background=i == 0))
             finally:
                 os._exit(0)
         pids.append(pid)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 from typing import Any
 
 from aiohttp import web
@@ -173,6 +174,31 @@ class WriteAPI:
             for e, (st, msg) in zip(entries, results, strict=True)
         ]
         return web.json_response({"results": out})
+
+    async def refresh_index(self) -> None:
+        """Re-sign the index timestamp whenever ``config.index_refresh`` seconds have
+        passed since it was signed (``publish.refresh_due``), for ever (one worker runs
+        it). A registry without pushes would otherwise look frozen to mirrors and
+        clients once the timestamp expires. A failure is said and tried again later."""
+        from .publish import publish_index, refresh_due
+
+        every = self.config.index_refresh
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                if await loop.run_in_executor(None, refresh_due, self.source.storage, every):
+                    async with self._publish_lock:
+                        pub = await loop.run_in_executor(
+                            None, publish_index, self.source.storage, self.config.index_key
+                        )
+                    print(
+                        f"kiln serve: index timestamp re-signed (version {pub.timestamp_version})",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+            except Exception as e:  # noqa: BLE001 - serving goes on; tried again at the next wake-up
+                print(f"kiln serve: cannot re-sign the index timestamp: {e}", file=sys.stderr, flush=True)
+            await asyncio.sleep(max(1.0, min(every / 4, 600.0)))
 
     async def _publish_index(self, request: web.BaseRequest) -> web.Response:
         self._auth(request, "write")

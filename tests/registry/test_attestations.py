@@ -191,11 +191,16 @@ def test_copy_between_registries_carries_attestations(tmp_path, keys, other_keys
         resource_uri=f"kiln:{s.app}",
     )
     kind = attestations.vsa_kind(other_keys.pk.key)
-    assert s.put(s.app, kind, attestations.sign(st, [Ed25519Signer(other_keys.sk.key)]).dumps().encode())[0] == 201
+    assert (
+        s.put(s.app, kind, attestations.sign(st, [Ed25519Signer(other_keys.sk.key)]).dumps().encode())[0]
+        == 201
+    )
     reg2 = tmp_path / "reg2"
     assert kiln("registry", "init", "--dir", str(reg2)).returncode == 0
     tok2 = kiln("registry", "token", "create", "--scope", "write", "--dir", str(reg2)).stdout.strip()
-    srv2 = kiln_server("--dir", str(reg2), "--trusted-key", str(keys.pk_file), "--index-key", str(keys.sk_file))
+    srv2 = kiln_server(
+        "--dir", str(reg2), "--trusted-key", str(keys.pk_file), "--index-key", str(keys.sk_file)
+    )
     copy = ["copy", "--from", s.url, "--to", srv2.url, "--token", tok2, "--trusted-key", str(keys.pk_file)]
     r = kiln(*copy, s.app)
     assert r.returncode == 0 and "copied 2 paths and 1 attestations" in r.stdout, r.stderr
