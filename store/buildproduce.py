@@ -81,22 +81,25 @@ class Producing:
         )
         with open(log_path, "wb") as log, shuffle:
             result = self.executor.run(spec, log, on_output=echo)
-        if defer:
+        failed = result.reason != "ok"
+        if defer and not failed:
             self._background(self.logs.save, drv_path, log_path)
+            show = f"kiln log {drv_path}"
+        elif defer:  # now: --keep-failed is about to move the log away with the build dir
+            self.logs.save(drv_path, log_path)
             show = f"kiln log {drv_path}"
         else:
             # a check's or rebuild's log is kept beside the build's, never over it: the
             # log of the build that made the registered output stays readable
             self.logs.save(check_log_key(drv_path), log_path)
             show = f"kiln log --check {drv_path}"
-        if result.reason != "ok":
-            kept = ""
-            if self.opts.keep_failed:
-                kept = keep_failed(tmp, self._tmp_root(), drv.name)
+        if failed:
+            tail = _tail(log_path)  # (before --keep-failed moves it)
+            kept = keep_failed(tmp, self._tmp_root(), drv.name) if self.opts.keep_failed else ""
             raise BuildError(
                 drv_path,
                 f"builder for {drv_path} failed: {result.describe()}{kept}\n"
-                f"last lines of the log (full log: {show}):\n{_tail(log_path)}",
+                f"last lines of the log (full log: {show}):\n{tail}",
             )
         by_hash = {StorePath.parse(p).hash_part: p for p in inputs}
         by_hash.update({StorePath.parse(o.path).hash_part: o.path for _, o in drv.outputs})

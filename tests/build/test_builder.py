@@ -241,12 +241,18 @@ def test_failure_names_the_derivation_and_shows_the_log(store, graph):
 
 
 def test_keep_failed_keeps_the_build_dir(store, graph):
-    a, _ = graph.drv("keep", "echo partial > /build/left-behind; exit 1")
+    """``-K`` keeps the build dir, and the error still shows the log's last lines (it
+    said "(no log)": the log had moved with the dir) and ``kiln log`` still has it."""
+    a, _ = graph.drv("keep", "echo partial > /build/left-behind; echo the reason; exit 1")
     with pytest.raises(BuildError) as e:
         builder(store, keep_failed=True).realise([a])
     kept = str(e.value).split("kept build directory: ")[1].split("\n")[0]
     with open(os.path.join(kept, "build", "left-behind")) as f:
         assert f.read() == "partial\n"
+    assert "last lines of the log" in str(e.value) and "  the reason" in str(e.value), str(e.value)
+    from kiln.store.buildlogs import LogStore
+
+    assert LogStore(store.root / "logs").open(a).read() == b"the reason\n"
 
 
 @pytest.mark.parametrize(
