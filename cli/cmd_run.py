@@ -50,14 +50,18 @@ def resolve_package(store: LocalStore, spec: str, recipe_file: str | None) -> st
         if store.is_valid(path) and not sub:
             return path
         raise KilnError(f"{spec} is not a valid path in the store at {store.root}")
-    root = store.root / "gcroots" / spec
+    from .cmd_build import root_name
+
+    # the root ``kiln build FILE SPEC`` made: a variant's is named after its exact text
+    root = store.root / "gcroots" / root_name(spec)
     if root.is_symlink():
         path, _ = store.resolve(os.readlink(root))
         store.keep([path])  # (the root may be replaced by a later build meanwhile)
         if store.is_valid(path):
             return path
     raise KilnError(
-        f"no package named {spec!r}: build it first (kiln build FILE {spec}), or give a store path or -f FILE"
+        f"no package named {spec!r} (no GC root {root.name}): build it first (kiln build FILE {spec!r}), "
+        "or give a store path or -f FILE"
     )
 
 

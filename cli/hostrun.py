@@ -39,7 +39,7 @@ def host_argv(
     closure = list(closure)
     if all(str(store.real_path(p)) == p for p in closure):
         return argv, env
-    bwrap = shutil.which("bwrap")
+    bwrap = shutil.which(os.environ.get("KILN_BWRAP") or "bwrap")
     if bwrap is None:
         raise RunError(
             "running a package needs bubblewrap (bwrap) to show the store at its logical path "

@@ -46,7 +46,7 @@ CANON_MTIME = 1
 WRITEBACK_STEP = 16 << 20
 #: NARs up to this size are hashed and compressed on the caller's thread (see NarSink)
 INLINE_MAX = 256 << 10
-DIRECT = not os.environ.get("KILN_NO_DIRECT")
+DIRECT = os.environ.get("KILN_NO_DIRECT", "") in ("", "0")
 
 
 @dataclass(frozen=True, slots=True)

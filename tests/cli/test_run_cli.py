@@ -84,7 +84,7 @@ class World:
     def kiln(self, *args: str, cwd: Path | None = None, **kw) -> subprocess.CompletedProcess:
         return subprocess.run(
             [sys.executable, "-m", "kiln", *args],
-            env=self.env,
+            env=kw.pop("env", self.env),
             capture_output=True,
             text=True,
             cwd=cwd,
@@ -125,6 +125,18 @@ def test_a_variant_gets_its_own_gc_root(world: World) -> None:
     assert out not in r.stdout
     r = world.kiln("run", out, "--", "hello", "there")
     assert r.returncode == 0 and r.stdout == "hi there\n", r.stderr
+    # named as it was built (it said "no package named ...: build it first")
+    r = world.kiln("run", 'hello(greeting = "hi")', "--", "hello", "again")
+    assert r.returncode == 0 and r.stdout == "hi again\n", r.stderr
+    r = world.kiln("run", 'hello(greeting = "bye")')
+    assert r.returncode == 1 and "(no GC root hello-greeting-bye-" in r.stderr, r.stderr
+
+
+def test_kiln_run_uses_kiln_bwrap(world: World) -> None:
+    assert world.kiln("build", str(world.recipe), "hello").returncode == 0
+    env = dict(world.env, KILN_BWRAP="/nonexistent/bwrap")
+    r = world.kiln("run", "hello", "--", "hello", env=env)
+    assert r.returncode == 1 and "needs bubblewrap" in r.stderr, r.stderr
 
 
 def test_a_relative_path_is_a_path_not_a_root_name(world: World, tmp_path: Path) -> None:
