@@ -65,9 +65,10 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--sigs-needed",
         type=whole_number(0),
-        default=0,
+        default=None,
         metavar="N",
-        help="valid trusted signatures each path needs",
+        help="valid trusted signatures each path needs (default: 1 with --trusted-key, else 0; "
+        "a content-addressed path is proved by its content instead)",
     )
     sp.add_argument("--json", action="store_true")
     sp = cmd("gc", "delete paths not reachable from a GC root")
@@ -244,8 +245,11 @@ def _cmd_verify(args) -> int:
     from .common import trusted_keys
 
     trusted = trusted_keys(args.trusted_key)
+    # keys given here mean "check the signatures" (as registry verify); keys only in
+    # $KILN_TRUSTED_KEYS (a substituter setting) do not make every local build a problem
+    needed = args.sigs_needed if args.sigs_needed is not None else (1 if args.trusted_key else 0)
     with _open(args) as s:
-        r = s.verify(repair=args.repair, trusted=trusted, sigs_needed=args.sigs_needed)
+        r = s.verify(repair=args.repair, trusted=trusted, sigs_needed=needed)
     if args.json:
         print(
             json.dumps(

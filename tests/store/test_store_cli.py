@@ -86,3 +86,26 @@ def test_cli_errors(tmp_path):
     assert b"checked 0 paths" in kiln("store", "--store", st, "verify").stdout  # --store before the verb
     r = kiln("store", "info", "--store", str(tmp_path / "nostore"), "/kiln/store/x", check=False)
     assert r.returncode == 1 and b"no kiln store" in r.stderr
+
+
+def test_verify_with_a_trusted_key_checks_signatures_by_default(tmp_path):
+    """``--trusted-key`` without ``--sigs-needed`` means one signature (as ``registry
+    verify``); it checked none, and "0 problems" read as "signed"."""
+    from storekit import make_tree
+
+    from kiln.store.hashes import Hash
+    from kiln.store.localstore import LocalStore
+    from kiln.store.paths import make_output_path
+    from kiln.store.signing import SecretKey, write_public_key
+
+    st = tmp_path / "st"
+    with LocalStore.open(st) as s:
+        out = str(make_output_path(Hash.sha256_of(b"b"), "out", "built", s.store_dir))
+        s.register_built(out, make_tree(tmp_path / "b", {"f": "x"}), [], None)
+    write_public_key(tmp_path / "pk", SecretKey.generate("nobody-1").public())
+    r = kiln("store", "verify", "--store", str(st), "--trusted-key", str(tmp_path / "pk"), check=False)
+    assert r.returncode == 1 and out.encode() in r.stdout + r.stderr, r
+    r = kiln(
+        "store", "verify", "--store", str(st), "--trusted-key", str(tmp_path / "pk"), "--sigs-needed", "0"
+    )
+    assert r.returncode == 0
