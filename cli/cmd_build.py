@@ -18,7 +18,7 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
-from .common import add_store_arg, seconds, store_root, terminate_as_interrupt, whole_number
+from .common import UsageError, add_store_arg, seconds, store_root, terminate_as_interrupt, whole_number
 
 if TYPE_CHECKING:
     from kiln.store.localstore import LocalStore
@@ -97,14 +97,10 @@ def main(argv: list[str]) -> int:
         return _log(argv[1:])
     args = _parser().parse_args(argv[1:])
     if args.vary and not args.check:
-        from kiln.store.errors import KilnError
-
-        raise KilnError("--vary goes with --check (it varies the conditions of the rebuild)")
+        raise UsageError("--vary goes with --check (it varies the conditions of the rebuild)")
     if args.signer_key and not args.signer_cmd:
-        from kiln.store.errors import KilnError
-
         # (ignored, kiln made a new key on the build machine: the opposite of the intent)
-        raise KilnError("--signer-key names the public key of --signer-cmd; give both, or --sign-key FILE")
+        raise UsageError("--signer-key names the public key of --signer-cmd; give both, or --sign-key FILE")
     from kiln.store.build import BuildFailures
     from kiln.store.localstore import LocalStore
 

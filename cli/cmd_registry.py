@@ -18,10 +18,9 @@ import os
 import sys
 from pathlib import Path
 
-from kiln.store.errors import KilnError
 from kiln.store.signing import load_secret_key
 
-from .common import add_store_arg, store_root, trusted_keys, warn_no_signatures, whole_number
+from .common import UsageError, add_store_arg, store_root, trusted_keys, warn_no_signatures, whole_number
 
 
 def _open_store(args: argparse.Namespace, store_dir: str | None = None, create: bool = False):  # noqa: ANN202
@@ -113,12 +112,12 @@ def cmd_copy(argv: list[str]) -> int:
 
     roots = _root_names(args.add_root, len(args.paths)) if args.add_root is not None else []
     if roots and args.dst != "store":
-        raise KilnError("--add-root needs --to store: only a local store has GC roots")
+        raise UsageError("--add-root needs --to store: only a local store has GC roots")
     from kiln.registry.client import open_client
 
     if args.src == "store":
         if args.dst == "store":
-            raise KilnError("--from store --to store: nothing to do")
+            raise UsageError("--from store --to store: nothing to do")
         return cmd_push(
             [*args.paths, "--to", args.dst, "-j", str(args.jobs)]
             + (["--token", args.token] if args.token else [])

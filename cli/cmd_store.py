@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from .common import WRITE_LIMIT_ERRNOS, add_store_arg, store_root, whole_number
+from .common import WRITE_LIMIT_ERRNOS, UsageError, add_store_arg, store_root, whole_number
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -317,18 +317,17 @@ def _cmd_gc(args) -> int:
 
 
 def _cmd_sign(args) -> int:
-    from kiln.store.errors import StoreError
     from kiln.store.signing import load_secret_key, sign_info
 
+    if not args.all and not args.paths:
+        raise UsageError("give store paths to sign, or --all")
     key = load_secret_key(args.key)
     with _open(args) as s:
         if args.all:
             paths = s.all_paths()
             s.keep(paths)  # (a path a GC deleted before this is skipped below)
-        elif args.paths:
-            paths = [_path(s, p)[0] for p in args.paths]
         else:
-            raise StoreError("give store paths to sign, or --all")
+            paths = [_path(s, p)[0] for p in args.paths]
         signed = 0
         for p in paths:
             info = s.query(p)

@@ -206,6 +206,11 @@ WRITE_LIMIT_ERRNOS = _errnos("ENOSPC", "EDQUOT", "EFBIG", "EROFS")
 _ENVIRONMENT_ERRNOS = WRITE_LIMIT_ERRNOS | _errnos("EIO", "EMFILE", "ENFILE", "ENOMEM", "EPIPE")
 
 
+class UsageError(Exception):
+    """Options that do not go together, found after parsing: ``error: <message>`` and
+    exit status 2, as argparse's own usage errors."""
+
+
 def run_command(fn: Callable[[list[str]], int], argv: list[str], debug: bool = False) -> int:
     if sys.stderr is not None and not isinstance(sys.stderr, _Quiet):
         sys.stderr = _Quiet(sys.stderr)  # a BrokenPipeError below is then stdout's
@@ -217,6 +222,9 @@ def run_command(fn: Callable[[list[str]], int], argv: list[str], debug: bool = F
         return 128 + e.signum if isinstance(e, Terminated) else 130
     except BrokenPipeError:
         return 0
+    except UsageError as e:
+        print(f"kiln {argv[0]}: error: {e}", file=sys.stderr)
+        return 2
     except Exception as e:  # noqa: BLE001 - this is the top-level reporter
         if debug:
             raise

@@ -10,7 +10,8 @@ which runs ``main`` and then ends the process without the interpreter's teardown
 (``exit_now``). ``main`` itself returns, for callers in the same process.
 
 Errors derived from ``KilnError`` (and the lang package's errors) are printed as
-``error: <message>`` with exit status 1; usage errors exit 2 (argparse). No traceback
+``error: <message>`` with exit status 1; usage errors exit 2 (argparse's, and
+``common.UsageError`` for options that do not go together). No traceback
 reaches the user unless ``KILN_DEBUG=1``.
 """
 

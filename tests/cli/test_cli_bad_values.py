@@ -71,5 +71,23 @@ def test_signer_key_without_signer_cmd_is_refused(tmp_path: Path) -> None:
         "/nonexistent.pub",
         str(tmp_path / "x.recipe"),
     )
-    assert r.returncode == 1 and "--signer-key names the public key of --signer-cmd" in r.stderr, r.stderr
+    assert r.returncode == 2 and "--signer-key names the public key of --signer-cmd" in r.stderr, r.stderr
     assert not (tmp_path / "s" / "keys").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["build", "--vary", "x.recipe"], "--vary goes with --check"),
+        (["store", "sign", "--key", "k.sec"], "give store paths to sign, or --all"),
+        (
+            ["copy", "--from", "store", "--to", "store", "/kiln/store/x"],
+            "--from store --to store: nothing to do",
+        ),
+    ],
+)
+def test_options_that_do_not_go_together_are_usage_errors(tmp_path: Path, args: list[str], says: str) -> None:
+    """Exit 2, as argparse's own usage errors (they exited 1, as a failed command)."""
+    (tmp_path / "k.sec").write_text("x")
+    r = kiln(*args, "--store", str(tmp_path / "s")) if args[0] != "build" else kiln(*args)
+    assert r.returncode == 2 and f"error: {says}" in r.stderr, r.stderr

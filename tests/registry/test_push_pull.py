@@ -277,7 +277,7 @@ def test_copy_into_a_store_can_root_what_it_copied(pushed, keys, tmp_path) -> No
     r = kiln(*base, "--to", "store", chain[0], "--add-root", "bad/name")
     assert r.returncode == 1 and "invalid GC root name 'bad/name'" in r.stderr, r.stderr
     r = kiln(*base, "--to", f"file://{tmp_path / 'r'}", chain[0], "--add-root", "x")
-    assert r.returncode == 1 and "--add-root needs --to store" in r.stderr, r.stderr
+    assert r.returncode == 2 and "--add-root needs --to store" in r.stderr, r.stderr
     assert not d.exists() and not (tmp_path / "r").exists()
     r = kiln(*base, "--to", "store", chain[0], chain[1], "--add-root", "dep")
     assert r.returncode == 0, r.stderr
