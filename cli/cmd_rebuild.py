@@ -52,7 +52,9 @@ def _challenge(args: argparse.Namespace) -> int:
         results = challenge.challenge(store.store_dir, locals_, args.registry)
     finally:
         store.close()
-    bad = any(r.verdict == "inconsistent" for r in results)
+    # a registry that could not answer is reported and the others still asked, but the
+    # run did not check what it was asked to: exit 1, as the help says
+    bad = any(r.verdict == "inconsistent" or any(a.status == "error" for a in r.answers) for r in results)
     if args.json:
         doc = {"ok": not bad, "summary": challenge.summary(results), "paths": [r.to_dict() for r in results]}
         print(json.dumps(doc, indent=2, sort_keys=True))

@@ -86,7 +86,7 @@ def test_unreachable_registry_is_reported_not_fatal(store, graph, kiln, serve_st
     _twin_store(good, tmp_path, out, "")  # content irrelevant: we only need an answer
     srv = serve_store(good)
     r = kiln("challenge", out, "--registry", srv.url, "--registry", "http://127.0.0.1:9", expect=None)
-    assert "http://127.0.0.1:9: error:" in r.stdout
+    assert "http://127.0.0.1:9: error:" in r.stdout and r.returncode == 1  # reported, and not a pass
 
 
 def test_a_bad_registry_is_that_registrys_error_and_creates_nothing(
@@ -117,7 +117,7 @@ def test_a_bad_registry_is_that_registrys_error_and_creates_nothing(
         "http://[::1",
         expect=None,
     )
-    assert r.returncode in (0, 1), r.stderr
+    assert r.returncode == 1, r.stderr
     assert f"{typo}: error: " in r.stdout and "is not a registry" in r.stdout, r.stdout
     assert f"file://{garbage}: error: " in r.stdout and "http://[::1: error: " in r.stdout, r.stdout
     assert not typo.exists()
