@@ -2,7 +2,7 @@
 
 Rotation follows Nix's naming convention (``name-1`` → ``name-2``): the new key is
 generated next to the old one, becomes the store's default build key if the old one
-was, and with ``--resign`` every valid path that carries a signature by the old key is
+was (which then stays as ``keys/<old name>.sec``: rotating never destroys a key), and with ``--resign`` every valid path that carries a signature by the old key is
 signed by the new one as well (old signatures stay until the key is revoked, so
 verifiers can move over gradually).
 
@@ -46,6 +46,10 @@ def rotate(home: Path, old_file: Path, resign: bool) -> tuple[Path, object, int]
     write_public_key(new_file.with_suffix(".pub"), new.public())
     default = home / "keys" / "default.sec"
     if default.exists() and load_secret_key(default).key == old.key:
+        kept = default.with_name(f"{old.name}.sec")
+        if not kept.exists():  # rotating "default" itself: its old key stays, under its name
+            write_secret_key(kept, old)
+            write_public_key(kept.with_suffix(".pub"), old.public())
         write_secret_key(default, new, overwrite=True)
         write_public_key(default.with_suffix(".pub"), new.public(), overwrite=True)
     count = 0

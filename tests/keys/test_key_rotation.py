@@ -103,3 +103,20 @@ def test_key_file_mix_ups_are_named(tmp_path):
         r.returncode == 1
         and r.stderr == f"error: {tmp_path / 'dir'} is a directory; name the key file to write\n"
     )
+
+
+def test_rotating_the_default_key_keeps_the_old_one(tmp_path):
+    """``kiln key rotate default`` made NAME-2 the default and overwrote default.sec:
+    the old secret key was gone. It stays as keys/NAME-1.sec."""
+    from kiln.store.signing import SecretKey, load_secret_key, write_secret_key
+
+    home = tmp_path / "home"
+    assert kiln(home, "store", "init").returncode == 0
+    old = SecretKey.generate("builder-1")
+    (home / "keys").mkdir(mode=0o700)
+    write_secret_key(home / "keys" / "default.sec", old)
+    r = kiln(home, "key", "rotate", "default")
+    assert r.returncode == 0 and r.stdout.startswith("builder-2:"), r.stderr
+    assert load_secret_key(home / "keys" / "default.sec").name == "builder-2"
+    assert load_secret_key(home / "keys" / "builder-1.sec").key == old.key
+    assert (home / "keys" / "builder-1.sec").stat().st_mode & 0o777 == 0o600
