@@ -238,10 +238,11 @@ def _provenance(
             if isinstance(params, dict)
             else ["(not an object)"]
         )
-        if extra:
-            checks.append(
-                Check("build-parameters", False, f"unrecognised externalParameters {', '.join(extra)}")
-            )
+        checks.append(
+            Check("build-parameters", False, f"unrecognised externalParameters {', '.join(extra)}")
+            if extra
+            else Check("build-parameters", True, "externalParameters are the ones kiln records")
+        )
     if policy.builder_ids:
         ok = builder in policy.builder_ids
         why = "is allowed" if ok else f"is not one of {', '.join(policy.builder_ids)}"

@@ -103,8 +103,17 @@ def test_everything_passes(built, keys) -> None:
     r = policy.verify_path(built.store, built.hello, _policy(keys), now=NOW)
     assert r.ok, r.lines()
     assert [c.name for c in r.checks] == [
-        "valid", "content", "tree", "signatures", "provenance", "builder", "age", "sbom", "reproduced",
-    ]  # fmt: skip
+        "valid",
+        "content",
+        "tree",
+        "signatures",
+        "provenance",
+        "build-parameters",
+        "builder",
+        "age",
+        "sbom",
+        "reproduced",
+    ]  # fmt: skip  (each check prints a line, passed or not: build-parameters did only on failure)
     assert r.to_dict()["ok"] is True
 
 
