@@ -2,7 +2,7 @@
 
 Build options mirror Nix's where Nix has one: ``--jobs/-j``, ``--cores``, ``-L``
 (print build logs), ``--keep-failed/-K``, ``--check``, ``--rounds N``, ``--timeout``,
-``--max-silent-time``, ``--keep-going/-k``. Registries to substitute from are given with ``--substituter
+``--max-silent-time``, ``--max-log-size``, ``--keep-going/-k``. Registries to substitute from are given with ``--substituter
 URL`` (repeatable) plus ``--trusted-key`` (public key text or file); ``--no-substitute``
 turns them off. Outputs are printed on stdout, one per line; a GC root named after
 the attribute (``root_name``) is created so ``kiln run ATTR`` finds the result.
@@ -60,6 +60,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--timeout", type=seconds, default=None, help="wall-clock limit per build, seconds")
     p.add_argument("--max-silent-time", type=seconds, default=None, help="limit on seconds without output")
+    p.add_argument(
+        "--max-log-size",
+        type=whole_number(1),
+        default=None,
+        metavar="BYTES",
+        help="stop a build whose log reaches this size (default 64 MiB)",
+    )
     p.add_argument("--substituter", action="append", default=[], metavar="URL", help="registry to fetch from")
     p.add_argument(
         "--no-substitute",
@@ -239,6 +246,7 @@ def _build(store, ev, targets, args) -> None:
         rounds=args.rounds,
         timeout=args.timeout,
         max_silent=args.max_silent_time,
+        **({"max_log_bytes": args.max_log_size} if args.max_log_size else {}),
         print_logs=args.print_build_logs,
         mirrors=tuple(args.source_mirror),
     )

@@ -263,3 +263,10 @@ def test_a_relative_physical_drv_path_builds(store, graph):
     rel = os.path.relpath(store.real_path(a), store.real_store.parent)
     r = kiln(store.root, "build", rel, cwd=store.real_store.parent)
     assert r.returncode == 0 and r.stdout.strip() == ad.output_path(), r.stderr
+
+
+def test_max_log_size_stops_a_chatty_build(store, graph):
+    a, _ = graph.drv("chatty", "yes 0123456789 | head -c 100000; echo > $out")
+    r = kiln(store.root, "build", a, "--max-log-size", "4096")
+    assert r.returncode == 1 and "log reached its size limit (4096 bytes)" in r.stderr, r.stderr
+    assert kiln(store.root, "build", a).returncode == 0  # under the default 64 MiB
