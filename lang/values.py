@@ -20,6 +20,8 @@ ever read in sorted order, so set ordering never reaches a derivation.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from kiln.store.derivation import Derivation
 
 #: integers are 64-bit signed, as in Nix: a literal outside is a syntax error, arithmetic
@@ -27,19 +29,14 @@ from kiln.store.derivation import Derivation
 INT_MIN, INT_MAX = -(2**63), 2**63 - 1
 
 
+@dataclass(frozen=True, slots=True)
 class CStr:
     """A string with a non-empty context."""
 
-    __slots__ = ("text", "ctx")
+    text: str
+    ctx: frozenset
 
-    def __init__(self, text: str, ctx: frozenset) -> None:
-        self.text = text
-        self.ctx = ctx
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, CStr) and other.text == self.text and other.ctx == self.ctx
-
-    def __hash__(self) -> int:
+    def __hash__(self) -> int:  # the text alone: hashing the context each time costs more
         return hash(self.text)
 
 
@@ -47,17 +44,17 @@ class Record(dict):
     """A record value."""
 
 
+@dataclass(frozen=True, slots=True, eq=False)
 class DrvValue:
     """A package or fetched source: ``drv`` is finalized, ``path`` its ``.drv`` path.
-    ``fields`` holds the evaluated fields (for ``pkg.field``); ``attr`` the recipe name."""
+    ``fields`` holds the evaluated fields (for ``pkg.field``); ``attr`` the recipe name.
+    Compared by identity, as the evaluator always has (two evaluations of one package
+    are the same value only through the cache that returns the same object)."""
 
-    __slots__ = ("drv", "path", "fields", "attr")
-
-    def __init__(self, drv: Derivation, path: str, fields: dict, attr: str) -> None:
-        self.drv = drv
-        self.path = path
-        self.fields = fields
-        self.attr = attr
+    drv: Derivation
+    path: str
+    fields: dict
+    attr: str
 
     @property
     def out(self) -> str:
@@ -67,14 +64,13 @@ class DrvValue:
         return CStr(self.out, frozenset((("d", self.path, "out"),)))
 
 
+@dataclass(frozen=True, slots=True, eq=False)
 class SourceValue:
-    """A local directory or file added to the store as a NAR-hashed source."""
+    """A local directory or file added to the store as a NAR-hashed source (compared by
+    identity, as before)."""
 
-    __slots__ = ("path", "origin")
-
-    def __init__(self, path: str, origin: str) -> None:
-        self.path = path
-        self.origin = origin
+    path: str
+    origin: str
 
     def as_cstr(self) -> CStr:
         return CStr(self.path, frozenset((("s", self.path),)))
