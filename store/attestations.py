@@ -60,7 +60,7 @@ def vsa_kind(public_key: bytes) -> str:
 
 def sign(statement: dict[str, Any], signers: builtins.list[Signer]) -> Envelope:
     """Wrap an in-toto statement (a dict from ``intoto``) in a DSSE envelope signed by
-    every signer (``dsse.Ed25519Signer(secret_key.key)`` or ``dsse.CommandSigner``)."""
+    every signer (``dsse.Ed25519Signer(secret_key.key)`` or ``signcmd.CommandSigner``)."""
     return dsse_sign(canonical_json(statement), signers)
 
 
@@ -170,8 +170,9 @@ def load_named_signer(
     signer_public: str | os.PathLike | None = None,
 ) -> tuple[str, Signer]:
     """``load_signer`` plus the key's name (needed for Nix-style path signatures)."""
-    from .dsse import CommandSigner, Ed25519Signer
+    from .dsse import Ed25519Signer
     from .errors import KilnError
+    from .signcmd import CommandSigner
     from .signing import PublicKey, key_text_hint, load_public_key, load_secret_key, may_be_secret
 
     if signer_cmd:

@@ -18,9 +18,10 @@ Invariants
   the caller parses the payload. A threshold counts **distinct** trusted keys.
 - Both the standard and the URL-safe base64 alphabets are accepted on input; output is
   standard base64 with padding.
-- Signing goes through a ``Signer`` (an in-process ed25519 key or an external command for
-  KMS/HSM); every signature an external command returns is verified before use, so a
-  misconfigured signer cannot produce an envelope that later fails verification.
+- Signing goes through a ``Signer`` (an in-process ed25519 key, or an external command
+  for KMS/HSM: ``signcmd.CommandSigner``, outside this pure module); every signature an
+  external command returns is verified before use, so a misconfigured signer cannot
+  produce an envelope that later fails verification.
 """
 
 from __future__ import annotations
@@ -29,8 +30,6 @@ import base64
 import binascii
 import hashlib
 import json
-import shlex
-import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -164,40 +163,6 @@ class Ed25519Signer:
 
     def sign(self, data: bytes) -> bytes:
         return self._key.sign(data).signature
-
-
-@dataclass(frozen=True, slots=True)
-class CommandSigner:
-    """Signs by running ``command`` (a shell-style string): the bytes to sign go to its
-    stdin, it prints the base64 signature on stdout. For KMS/HSM-held keys, so no secret
-    key touches this machine. ``public_key`` is the signer's 32-byte public key; every
-    returned signature is checked against it."""
-
-    command: str
-    public_key: bytes
-    timeout: float = 60.0
-
-    def sign(self, data: bytes) -> bytes:
-        argv = shlex.split(self.command)
-        if not argv:
-            raise KilnError("signer command is empty")
-        try:
-            r = subprocess.run(argv, input=data, capture_output=True, timeout=self.timeout, check=False)
-        except (OSError, subprocess.TimeoutExpired) as e:
-            raise KilnError(f"signer command {argv[0]!r} failed to run: {e}") from None
-        if r.returncode != 0:
-            err = r.stderr.decode(errors="replace").strip()[:500]
-            raise KilnError(f"signer command {argv[0]!r} exited with status {r.returncode}: {err}")
-        try:
-            sig = b64decode(r.stdout.decode("ascii").strip())
-        except (FormatError, UnicodeDecodeError):
-            raise KilnError(f"signer command {argv[0]!r} did not print a base64 signature") from None
-        if not verify_raw(self.public_key, data, sig):
-            raise KilnError(
-                f"signer command {argv[0]!r} returned a signature that does not verify under "
-                f"public key {keyid(self.public_key)[:16]}... (wrong key configured?)"
-            )
-        return sig
 
 
 def sign(payload: bytes, signers: Iterable[Signer], payload_type: str = PAYLOAD_TYPE) -> Envelope:

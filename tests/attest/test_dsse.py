@@ -11,6 +11,7 @@ import pytest
 
 from kiln.store import dsse
 from kiln.store.errors import FormatError, KilnError
+from kiln.store.signcmd import CommandSigner
 
 VECTORS = json.loads((Path(__file__).parent / "data" / "dsse_vectors.json").read_text(encoding="utf-8"))
 KEYS = {name: bytes.fromhex(k["public"]) for name, k in VECTORS["keys"].items()}
@@ -79,12 +80,10 @@ def test_command_signer(tmp_path: Path) -> None:
         "print(base64.b64encode(k.sign(sys.stdin.buffer.read()).signature).decode())\n"
     )
     cmd = f"{sys.executable} {script}"
-    env = dsse.sign(b"payload", [dsse.CommandSigner(cmd, KEYS["A"])])
+    env = dsse.sign(b"payload", [CommandSigner(cmd, KEYS["A"])])
     assert dsse.verify(env, {"a": KEYS["A"]}).signed_by == ("a",)
     # The wrong public key configured: the signer's output is checked before use.
     with pytest.raises(KilnError, match="does not verify"):
-        dsse.sign(b"payload", [dsse.CommandSigner(cmd, KEYS["B"])])
+        dsse.sign(b"payload", [CommandSigner(cmd, KEYS["B"])])
     with pytest.raises(KilnError, match="exited with status"):
-        dsse.sign(
-            b"payload", [dsse.CommandSigner(f"{sys.executable} -c 'import sys; sys.exit(3)'", KEYS["A"])]
-        )
+        dsse.sign(b"payload", [CommandSigner(f"{sys.executable} -c 'import sys; sys.exit(3)'", KEYS["A"])])
