@@ -35,8 +35,9 @@ from kiln.registry.mirror import sync
 from kiln.registry.publish import publish_index
 from kiln.registry.push import prepare, push_prepared
 from kiln.registry.storage import open_storage
+from kiln.store.keyfiles import write_public_key, write_secret_key
 from kiln.store.localstore import LocalStore
-from kiln.store.signing import SecretKey, write_public_key, write_secret_key
+from kiln.store.signing import SecretKey
 
 PROCS: list[subprocess.Popen] = []
 

@@ -117,22 +117,22 @@ def write_drvs(store: LocalStore, ev: Evaluation, roots: list[str]) -> None:
 def load_sign_key(store: LocalStore, key_file: str | None, create: bool) -> SecretKey:
     """The key that signs builds: ``--sign-key``, ``$KILN_SIGN_KEY``, or the store's
     ``keys/default.sec`` (generated on first use when ``create``)."""
-    from kiln.store import signing
+    from kiln.store import keyfiles, signing
 
     path = key_file or os.environ.get("KILN_SIGN_KEY")
     if path:
-        return signing.load_secret_key(path)
+        return keyfiles.load_secret_key(path)
     default = store.root / "keys" / "default.sec"
     if default.exists():
-        return signing.load_secret_key(default)
+        return keyfiles.load_secret_key(default)
     if not create:
         return None
     from .common import private_keys_dir
 
     private_keys_dir(default.parent)
     key = signing.SecretKey.generate(f"kiln-{os.uname().nodename}-1")
-    signing.write_secret_key(default, key)
-    signing.write_public_key(default.with_suffix(".pub"), key.public())
+    keyfiles.write_secret_key(default, key)
+    keyfiles.write_public_key(default.with_suffix(".pub"), key.public())
     print(f"generated signing key {default} (public key: {key.public().to_text()})", file=sys.stderr)
     return key
 

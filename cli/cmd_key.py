@@ -19,13 +19,8 @@ import sys
 from pathlib import Path
 
 from kiln.store.errors import FormatError, KilnError
-from kiln.store.signing import (
-    PublicKey,
-    SecretKey,
-    load_public_key,
-    write_public_key,
-    write_secret_key,
-)
+from kiln.store.keyfiles import load_public_key, write_public_key, write_secret_key
+from kiln.store.signing import PublicKey, SecretKey
 
 from .common import default_home, private_keys_dir
 

@@ -18,7 +18,7 @@ import os
 import sys
 from pathlib import Path
 
-from kiln.store.signing import load_secret_key
+from kiln.store.keyfiles import load_secret_key
 
 from .common import UsageError, add_store_arg, store_root, trusted_keys, warn_no_signatures, whole_number
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kiln.store.errors import KilnError
-from kiln.store.signing import load_secret_key
+from kiln.store.keyfiles import load_secret_key
 
 from .common import load_trusted_key, trusted_keys, warn_no_signatures, whole_number
 

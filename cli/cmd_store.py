@@ -317,7 +317,8 @@ def _cmd_gc(args) -> int:
 
 
 def _cmd_sign(args) -> int:
-    from kiln.store.signing import load_secret_key, sign_info
+    from kiln.store.keyfiles import load_secret_key
+    from kiln.store.signing import sign_info
 
     if not args.all and not args.paths:
         raise UsageError("give store paths to sign, or --all")

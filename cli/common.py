@@ -51,7 +51,8 @@ def load_trusted_key(arg: str | os.PathLike) -> PublicKey:
     names if there is one, else key text ``name:base64``. Every command reads it the
     same way."""
     from kiln.store.errors import FormatError, KilnError
-    from kiln.store.signing import PublicKey, load_public_key
+    from kiln.store.keyfiles import load_public_key
+    from kiln.store.signing import PublicKey
 
     text = os.fspath(arg)
     if os.path.exists(text):

@@ -34,8 +34,9 @@ def next_name(name: str) -> str:
 
 def rotate(home: Path, old_file: Path, resign: bool) -> tuple[Path, object, int]:
     """Make the successor of the key in ``old_file``; return (new file, key, paths re-signed)."""
+    from kiln.store.keyfiles import load_secret_key, write_public_key, write_secret_key
     from kiln.store.localstore import LocalStore
-    from kiln.store.signing import SecretKey, load_secret_key, sign_info, write_public_key, write_secret_key
+    from kiln.store.signing import SecretKey, sign_info
 
     old = load_secret_key(old_file)
     new = SecretKey.generate(next_name(old.name))

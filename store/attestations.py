@@ -172,8 +172,9 @@ def load_named_signer(
     """``load_signer`` plus the key's name (needed for Nix-style path signatures)."""
     from .dsse import Ed25519Signer
     from .errors import KilnError
+    from .keyfiles import load_public_key, load_secret_key
     from .signcmd import CommandSigner
-    from .signing import PublicKey, key_text_hint, load_public_key, load_secret_key, may_be_secret
+    from .signing import PublicKey, key_text_hint, may_be_secret
 
     if signer_cmd:
         if key_file:

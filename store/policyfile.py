@@ -40,8 +40,9 @@ from typing import Any
 
 from .errors import FormatError
 from .intoto import parse_time
+from .keyfiles import load_public_key
 from .policy import Policy, PolicyError, Revocation
-from .signing import PublicKey, key_text_hint, load_public_key
+from .signing import PublicKey, key_text_hint
 
 _SECTIONS = {"keys", "revoked", "require"}
 _KEY_PURPOSES = {"signing", "provenance", "rebuilders"}

@@ -496,13 +496,13 @@ def test_build_hook_provenance_verifies(built, keys) -> None:
 def test_sign_path_with_external_signer(built, keys, tmp_path: Path) -> None:
     import sys
 
-    from kiln.store.signing import write_secret_key
+    from kiln.store.keyfiles import write_secret_key
 
     secret = tmp_path / "hsm.sec"
     write_secret_key(secret, keys["cache"])
     script = tmp_path / "signer.py"
     script.write_text(
-        "import sys\nfrom kiln.store.signing import load_secret_key\n"
+        "import sys\nfrom kiln.store.keyfiles import load_secret_key\n"
         f"k = load_secret_key({str(secret)!r})\n"
         "sys.stdout.write(k.sign(sys.stdin.buffer.read()).split(':', 1)[1])\n"
     )

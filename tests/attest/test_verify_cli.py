@@ -10,7 +10,8 @@ from pathlib import Path
 from clikit import kiln
 
 from kiln.store import attestations
-from kiln.store.signing import SecretKey, sign_info, write_secret_key
+from kiln.store.keyfiles import write_secret_key
+from kiln.store.signing import SecretKey, sign_info
 
 
 def test_verify_default_and_json(built) -> None:
@@ -114,7 +115,7 @@ def test_sbom_attest_with_signer_command(built, tmp_path: Path) -> None:
     script = tmp_path / "signer.py"
     script.write_text(
         "import base64, sys\n"
-        "from kiln.store.signing import load_secret_key\n"
+        "from kiln.store.keyfiles import load_secret_key\n"
         f"k = load_secret_key({str(secret)!r})\n"
         "sys.stdout.write(k.sign(sys.stdin.buffer.read()).split(':', 1)[1])\n"
     )

@@ -16,7 +16,8 @@ import pygit2
 import pytest
 
 from kiln.store import attestations, dsse
-from kiln.store.signing import SecretKey, valid_signers, write_secret_key
+from kiln.store.keyfiles import write_secret_key
+from kiln.store.signing import SecretKey, valid_signers
 
 pytestmark = [
     pytest.mark.bwrap,
@@ -42,7 +43,7 @@ def test_external_signer_signs_outputs_and_provenance(store, graph, tmp_path):
         textwrap.dedent(f"""\
         import base64, sys
         import nacl.signing
-        from kiln.store.signing import load_secret_key
+        from kiln.store.keyfiles import load_secret_key
         sk = load_secret_key({str(kf)!r})
         sig = nacl.signing.SigningKey(sk.key[:32]).sign(sys.stdin.buffer.read()).signature
         print(base64.b64encode(sig).decode())

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from fmtkit import nix
 
-from kiln.store.signing import SecretKey, load_public_key, load_secret_key
+from kiln.store.keyfiles import load_public_key, load_secret_key
+from kiln.store.signing import SecretKey
 
 #: the console script pip installed for the interpreter running the tests (a venv's bin/
 #: need not be on PATH); else the one on PATH

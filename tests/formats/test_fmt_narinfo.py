@@ -16,8 +16,9 @@ from kiln.store import nar as narmod
 from kiln.store import narinfo
 from kiln.store.errors import FormatError
 from kiln.store.hashes import Hash
+from kiln.store.keyfiles import load_public_key
 from kiln.store.pathinfo import PathInfo
-from kiln.store.signing import SecretKey, load_public_key, valid_signers
+from kiln.store.signing import SecretKey, valid_signers
 
 GOLDEN = Path(__file__).parent / "golden"
 SD = "/nix/store"

@@ -17,17 +17,9 @@ from fmtkit import NEW_CLI, NIX_OPTS, nix, run
 
 from kiln.store.errors import FormatError, KilnError
 from kiln.store.hashes import Hash
+from kiln.store.keyfiles import load_public_key, load_secret_key, write_public_key, write_secret_key
 from kiln.store.pathinfo import PathInfo
-from kiln.store.signing import (
-    PublicKey,
-    SecretKey,
-    load_public_key,
-    load_secret_key,
-    sign_info,
-    valid_signers,
-    write_public_key,
-    write_secret_key,
-)
+from kiln.store.signing import PublicKey, SecretKey, sign_info, valid_signers
 
 # RFC 8032 section 7.1, tests 1 and 2: (seed, public, message, signature), hex.
 RFC8032 = [

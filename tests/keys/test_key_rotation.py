@@ -108,7 +108,8 @@ def test_key_file_mix_ups_are_named(tmp_path):
 def test_rotating_the_default_key_keeps_the_old_one(tmp_path):
     """``kiln key rotate default`` made NAME-2 the default and overwrote default.sec:
     the old secret key was gone. It stays as keys/NAME-1.sec."""
-    from kiln.store.signing import SecretKey, load_secret_key, write_secret_key
+    from kiln.store.keyfiles import load_secret_key, write_secret_key
+    from kiln.store.signing import SecretKey
 
     home = tmp_path / "home"
     assert kiln(home, "store", "init").returncode == 0

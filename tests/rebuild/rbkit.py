@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from kiln.store.derivation import Derivation, Output, drv_path, finalize
+from kiln.store.keyfiles import write_public_key, write_secret_key
 from kiln.store.localstore import LocalStore
-from kiln.store.signing import SecretKey, write_public_key, write_secret_key
+from kiln.store.signing import SecretKey
 
 BUSYBOX = shutil.which("busybox") or "/bin/busybox"
 APPLETS = ["sh", "cat", "echo", "mkdir", "chmod", "cp", "ls", "rm", "touch", "head", "true", "false"]

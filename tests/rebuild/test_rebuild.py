@@ -74,7 +74,7 @@ def test_default_key_is_the_build_key_and_is_not_independent(store, graph, kiln)
     r = kiln("rebuild", out)
     assert "also signed the provenance" in r.stderr
     default = Keys.__new__(Keys)
-    from kiln.store.signing import load_secret_key
+    from kiln.store.keyfiles import load_secret_key
 
     default.sk = load_secret_key(store.root / "keys" / "default.sec")
     default.pk = default.sk.public()
@@ -146,7 +146,7 @@ def test_key_or_external_signer(store, graph, kiln, rebuilder_keys, tmp_path, ho
         signer = tmp_path / "signer.py"
         signer.write_text(
             "import base64, sys\n"
-            "from kiln.store.signing import load_secret_key\n"
+            "from kiln.store.keyfiles import load_secret_key\n"
             "import nacl.signing\n"
             f"sk = load_secret_key({str(rebuilder_keys.sk_file)!r})\n"
             "msg = sys.stdin.buffer.read()\n"

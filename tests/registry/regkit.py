@@ -17,8 +17,9 @@ from urllib.parse import urlparse
 
 from clikit import kiln as kiln  # noqa: F401 - re-exported for the registry tests
 
+from kiln.store.keyfiles import write_public_key, write_secret_key
 from kiln.store.localstore import LocalStore
-from kiln.store.signing import SecretKey, write_public_key, write_secret_key
+from kiln.store.signing import SecretKey
 
 
 def free_port() -> int:

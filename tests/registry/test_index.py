@@ -153,7 +153,7 @@ _SLOW_PUBLISHER = """
 import sys, time
 from kiln.registry.publish import publish_index
 from kiln.registry.storage import open_storage
-from kiln.store.signing import load_secret_key
+from kiln.store.keyfiles import load_secret_key
 storage = open_storage(sys.argv[1])
 delay = float(sys.argv[3])
 put = storage.put_bytes

@@ -42,7 +42,8 @@ def test_cli_round_trip(tmp_path):
     assert "nar hash:" in kiln("store", "info", "--store", st, path).stdout.decode()
 
     # sign, then verify with the key's public half
-    from kiln.store.signing import SecretKey, write_public_key, write_secret_key
+    from kiln.store.keyfiles import write_public_key, write_secret_key
+    from kiln.store.signing import SecretKey
 
     sk = SecretKey.generate("cli-test-1")
     write_secret_key(tmp_path / "sk", sk)
@@ -94,9 +95,10 @@ def test_verify_with_a_trusted_key_checks_signatures_by_default(tmp_path):
     from storekit import make_tree
 
     from kiln.store.hashes import Hash
+    from kiln.store.keyfiles import write_public_key
     from kiln.store.localstore import LocalStore
     from kiln.store.paths import make_output_path
-    from kiln.store.signing import SecretKey, write_public_key
+    from kiln.store.signing import SecretKey
 
     st = tmp_path / "st"
     with LocalStore.open(st) as s:
