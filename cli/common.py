@@ -52,7 +52,7 @@ def load_trusted_key(arg: str | os.PathLike) -> PublicKey:
     same way."""
     from kiln.store.errors import FormatError, KilnError
     from kiln.store.keyfiles import load_public_key
-    from kiln.store.signing import PublicKey
+    from kiln.store.signing import PublicKey, key_text_hint
 
     text = os.fspath(arg)
     if os.path.exists(text):
@@ -62,18 +62,25 @@ def load_trusted_key(arg: str | os.PathLike) -> PublicKey:
     try:
         return PublicKey.parse(text)
     except FormatError as e:
-        raise FormatError(f"{text[:60]!r} is neither a public key file nor a key ({e})") from None
+        # never echo what may be a secret key (error output ends up in CI logs)
+        raise FormatError(
+            f"{key_text_hint(text)} is neither a public key file nor a public key ({e})"
+        ) from None
 
 
 def trusted_keys(items: list | None, env: bool = True) -> list:
     """The public keys of ``--trusted-key`` ``items`` (``load_trusted_key``), plus
     ``$KILN_TRUSTED_KEYS`` (space-separated ``name:base64``) when ``env``: a list of
     ``signing.PublicKey``."""
-    from kiln.store.signing import PublicKey
+    from kiln.store.errors import FormatError
+    from kiln.store.signing import PublicKey, key_text_hint
 
     keys = [load_trusted_key(k) for k in items or []]
-    if env:
-        keys += [PublicKey.parse(t) for t in os.environ.get("KILN_TRUSTED_KEYS", "").split()]
+    for t in os.environ.get("KILN_TRUSTED_KEYS", "").split() if env else ():
+        try:
+            keys.append(PublicKey.parse(t))
+        except FormatError as e:
+            raise FormatError(f"KILN_TRUSTED_KEYS: {key_text_hint(t)} is not a public key ({e})") from None
     return keys
 
 

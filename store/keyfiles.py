@@ -9,20 +9,29 @@ that group or others may read is refused, as ssh does.
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 
 from .errors import FormatError, KilnError
-from .signing import PublicKey, SecretKey
+from .signing import PublicKey, SecretKey, may_be_secret
 
 
 def load_secret_key(path: str | os.PathLike) -> SecretKey:
     """Read a secret key file (Nix format). Warns nothing, prints nothing. A file that
     group or others may read is refused (as ssh does): the key signs paths and
     attestations, and a copy readable by other users is a leaked key."""
+    if may_be_secret(os.fspath(path)) and not os.path.lexists(path):
+        # the key itself where its file belongs: never echo it (error output ends up in logs)
+        raise FormatError(
+            "a secret key was given where its file was expected (the key is not shown): "
+            "write it to a file with mode 0600 and give that file"
+        )
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
         raise FormatError(f"{os.fspath(path)}: no such secret key file") from None
+    if not stat.S_ISREG(mode):  # (a FIFO would block the read for ever)
+        raise FormatError(f"{os.fspath(path)}: not a secret key file (not a regular file)")
     if mode & 0o077 and _is_public_key_file(path):  # the usual mix-up: say that, not chmod
         raise FormatError(f"{os.fspath(path)} is a public key; signing needs the secret key (NAME.sec)")
     if mode & 0o077:
@@ -58,6 +67,8 @@ def _is_public_key_file(path: str | os.PathLike) -> bool:
 
 def load_public_key(path: str | os.PathLike) -> PublicKey:
     """Read a public key file (Nix format)."""
+    if not stat.S_ISREG(os.stat(path).st_mode):  # (a FIFO would block the read for ever)
+        raise FormatError(f"{os.fspath(path)}: not a public key file (not a regular file)")
     try:
         with open(path, encoding="ascii") as f:
             text = f.read()

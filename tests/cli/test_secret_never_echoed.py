@@ -1,0 +1,53 @@
+"""A secret key given where a key file or a public key belongs is never echoed: error
+output ends up in CI logs. Before, ``--key "$(cat k.sec)"`` printed the whole key in
+"no such secret key file", and ``--trusted-key`` its first 60 characters (the seed)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kiln.store.signing import SecretKey
+
+SECRET = SecretKey.generate("leaky-1").to_text()
+SEED = SECRET.split(":", 1)[1][:20]  # any run of its base64 would do
+
+
+def kiln(tmp: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "kiln", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "KILN_HOME": str(tmp / "home"), **(env or {})},
+        cwd=tmp,
+    )
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["store", "sign", "--key", SECRET, "--all"],
+        ["build", "x.recipe", "--sign-key", SECRET],
+        ["push", "/kiln/store/" + "0" * 32 + "-x", "--to", "file:///nonexistent", "--sign-key", SECRET],
+        ["store", "verify", "--trusted-key", SECRET],
+        ["serve", "--dir", "reg", "--attester-key", SECRET],
+        ["copy", "--from", "file:///nonexistent", "--to", "store", "/kiln/store/x", "--trusted-key", SECRET],
+    ],
+)
+def test_a_secret_key_in_the_wrong_place_is_not_echoed(tmp_path: Path, args: list[str]) -> None:
+    (tmp_path / "x.recipe").write_text('package x { build = "true" }\n')
+    assert kiln(tmp_path, "store", "init").returncode == 0
+    r = kiln(tmp_path, *args)
+    assert r.returncode != 0
+    assert SEED not in r.stdout + r.stderr, r.stderr
+    assert "internal error" not in r.stderr, r.stderr
+
+
+def test_a_secret_key_in_kiln_trusted_keys_is_not_echoed(tmp_path: Path) -> None:
+    r = kiln(tmp_path, "store", "verify", env={"KILN_TRUSTED_KEYS": SECRET})
+    assert r.returncode == 1 and "KILN_TRUSTED_KEYS" in r.stderr and SEED not in r.stderr, r.stderr
