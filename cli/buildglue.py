@@ -178,8 +178,32 @@ def make_substituter(
             raise KilnError("KILN_SUBSTITUTER_TOKENS: expected URL=TOKEN pairs separated by spaces")
         tokens[url] = token
     sub = Substituter(regs, keys, needed, tokens=tokens)
+    said: set[str] = set()
+
+    def say_what_was_not_used() -> None:
+        """Registries that could not be used and narinfos refused, once each: a build
+        that quietly builds what a registry has (a typo in its URL, a wrong key) is
+        what users of other caches complain about."""
+        for url, why in sorted(sub.down.items()):
+            if url not in said:
+                said.add(url)
+                print(f"warning: substituter {url} not used: {why}", file=sys.stderr)
+        refused = sorted(p for p in sub.rejected if p not in said)
+        if refused:
+            said.update(refused)
+            print(
+                f"warning: {len(refused)} narinfo(s) refused, those paths are built instead; "
+                f"e.g. {refused[0]}: {sub.rejected[refused[0]]}",
+                file=sys.stderr,
+            )
 
     def substitute(store: LocalStore, missing: list[str]) -> set[str]:
+        try:
+            return fetch_from_registries(store, missing)
+        finally:
+            say_what_was_not_used()
+
+    def fetch_from_registries(store: LocalStore, missing: list[str]) -> set[str]:
         infos = sub.query_many(missing)
         wanted = dict(infos)
         frontier = list(infos.values())

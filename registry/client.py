@@ -27,10 +27,11 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import ParseResult, urlparse
 
 from kiln.store.errors import KilnError
 from kiln.store.hashes import Hash
@@ -145,13 +146,32 @@ def open_client(
     holds no registry is made one if ``create`` (a push to a new directory), else it is
     an error: readers pass ``create=False``, so a mistyped path never becomes an empty
     registry that then "lacks" everything."""
-    p = urlparse(url)
+    p = parse_registry_url(url)
     if p.scheme in ("http", "https"):
         from .httpclient import HttpClient
 
+        if token is not None and any(ord(c) < 32 or ord(c) == 127 for c in token):
+            raise KilnError(f"the token for {url} contains a control character (a newline?)")
         return HttpClient(url, token, jobs)
     if p.scheme in ("file", ""):
         from .dirclient import DirClient
 
         return DirClient(url, store_dir, create=create)
     raise KilnError(f"unsupported registry URL {url!r} (expected http://, https:// or file:///dir)")
+
+
+def parse_registry_url(url: str) -> ParseResult:
+    """``urlparse(url)``, with the mistakes it lets through as ``KilnError``: a URL it
+    cannot parse (``http://[::1``), credentials in the URL (the token goes in a header:
+    ``--token``), and ``HOST:PORT`` without a scheme, which would otherwise be taken for a
+    directory of that name and become an empty registry."""
+    try:
+        p = urlparse(url)
+        p.port  # noqa: B018 - raises for a port that is not a number or out of range
+    except ValueError as e:
+        raise KilnError(f"not a registry URL: {url[:200]!r} ({e})") from None
+    if p.username is not None or p.password is not None:
+        raise KilnError(f"{p.scheme}:// URL with credentials in it: give a token with --token instead")
+    if not p.scheme and re.match(r"[A-Za-z0-9.-]+:\d+(/|\Z)", url):
+        raise KilnError(f"{url!r} looks like HOST:PORT: write http://{url} (a directory registry: ./{url})")
+    return p

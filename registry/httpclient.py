@@ -108,6 +108,8 @@ class HttpClient(Client):
             ) from None
         except aiohttp.ClientError as e:
             raise RegistryError(f"registry {self.url}: {e}") from None
+        except ValueError as e:  # aiohttp's refusal of a header or URL it cannot send
+            raise RegistryError(f"registry {self.url}: cannot send the request: {e}") from None
 
     @staticmethod
     async def _fail(resp: aiohttp.ClientResponse, what: str) -> RegistryError:

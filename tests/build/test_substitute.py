@@ -166,6 +166,8 @@ def test_untrusted_signature_means_build_locally(served):
     r = _build(home, app, "--substituter", url, "--trusted-key", other)
     assert r.returncode == 0, r.stderr
     assert r.stderr.count("building") == 2
+    # and says why, instead of quietly building what the registry has
+    assert "narinfo(s) refused, those paths are built instead" in r.stderr, r.stderr
     assert b_store.query(app_drv.output_path()).sigs != ()  # signed by the local build key instead
 
 
@@ -188,6 +190,7 @@ def test_unreachable_registry_is_a_miss(served):
     assert r.stderr.count("building") == 2
     assert time.monotonic() - t0 < 30
     assert not missing.exists()
+    assert f"warning: substituter {dead} not used:" in r.stderr, r.stderr
 
 
 def test_a_private_registry_is_read_with_its_token(served, tmp_path):

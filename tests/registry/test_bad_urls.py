@@ -1,0 +1,74 @@
+"""Registry URLs and tokens a user can get wrong are errors that say so (exit 1), not
+internal errors (exit 70, aiohttp's ValueError) and not an empty directory registry made
+in the current directory for ``HOST:PORT`` without a scheme."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def kiln(tmp: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "kiln", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp,
+        env={**os.environ, "KILN_HOME": str(tmp / "home"), **(env or {})},
+    )
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> str:
+    assert kiln(tmp_path, "store", "init").returncode == 0
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "f").write_text("x\n")
+    return kiln(tmp_path, "store", "add", str(tmp_path / "src")).stdout.strip()
+
+
+@pytest.mark.parametrize(
+    ("url", "token", "says"),
+    [
+        ("http://[::1", "T", "not a registry URL"),
+        ("http://u:p@127.0.0.1:9", "T", "credentials in it"),
+        ("127.0.0.1:18702", "T", "looks like HOST:PORT: write http://127.0.0.1:18702"),
+        ("http://127.0.0.1:9", "a\nb", "contains a control character"),
+        ("http://127.0.0.1:99999", "T", "not a registry URL"),
+    ],
+)
+def test_push_to_a_bad_url_or_with_a_bad_token(
+    tmp_path: Path, path: str, url: str, token: str, says: str
+) -> None:
+    r = kiln(tmp_path, "push", path, "--to", url, "--token", token)
+    assert r.returncode == 1 and says in r.stderr, r.stderr
+    assert not (tmp_path / "127.0.0.1:18702").exists()  # no directory registry made here
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["copy", "--from", "http://[::1", "--to", "store", "PATH"],
+        ["copy", "--from", "http://[::1", "--to", "file:///nonexistent", "PATH"],
+        ["verify", "http://[::1#PATH"],
+        ["mirror", "sync", "http://[::1", "mirror"],
+    ],
+)
+def test_other_commands_say_the_url_is_bad(tmp_path: Path, path: str, args: list[str]) -> None:
+    r = kiln(tmp_path, *[a.replace("PATH", path) for a in args])
+    assert r.returncode == 1 and "not a registry URL" in r.stderr, r.stderr
+
+
+def test_a_substituter_that_cannot_be_used_is_said_once(tmp_path: Path, path: str) -> None:
+    """A build goes on without it (an unreachable registry is a miss), but says why
+    instead of quietly building what the registry may have."""
+    (tmp_path / "x.recipe").write_text('package x { build = "true" }\n')
+    r = kiln(
+        tmp_path, "build", "x.recipe", "--substituter", "http://[::1", "--substituter", "/nonexistent/reg"
+    )
+    assert r.stderr.count("warning: substituter http://[::1 not used: not a registry URL") == 1, r.stderr
+    assert "warning: substituter /nonexistent/reg not used:" in r.stderr, r.stderr
