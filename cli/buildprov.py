@@ -84,7 +84,7 @@ class ProvenanceHook:
 
 
 def _drv_getter(store):
-    from kiln.store.derivation import parse
+    from kiln.store.derivation import decode, parse
     from kiln.store.paths import StorePath
 
     cache: dict = {}
@@ -92,7 +92,9 @@ def _drv_getter(store):
     def get(p: str) -> Derivation:
         d = cache.get(p)
         if d is None:
-            d = parse(store.real_path(p).read_text(), StorePath.parse(p).name[:-4], store.store_dir)
+            d = parse(
+                decode(store.real_path(p).read_bytes(), p), StorePath.parse(p).name[:-4], store.store_dir
+            )
             cache[p] = d
         return d
 

@@ -264,7 +264,7 @@ def _build(store, ev, targets, args) -> None:
 
 def drv_targets(store: LocalStore, drv_paths: list[str]) -> list[Target]:
     """Targets for ``.drv`` paths given directly (like ``nix-store -r``)."""
-    from kiln.store.derivation import parse
+    from kiln.store.derivation import decode, parse
     from kiln.store.errors import KilnError
     from kiln.store.paths import StorePath
 
@@ -278,7 +278,7 @@ def drv_targets(store: LocalStore, drv_paths: list[str]) -> list[Target]:
         sp = StorePath.parse(p, store.store_dir)
         if not sp.name.endswith(".drv") or not store.is_valid(p):
             raise KilnError(f"{p} is not a valid derivation in the store")
-        d = parse(store.real_path(p).read_text(), sp.name[:-4], store.store_dir)
+        d = parse(decode(store.real_path(p).read_bytes(), p), sp.name[:-4], store.store_dir)
         out.append(Target(d.name, p, {k: o.path for k, o in d.outputs}))
     return out
 

@@ -215,7 +215,7 @@ def _cmd_show(args) -> int:
     from pathlib import Path
 
     if args.attr is None:
-        from kiln.store.derivation import parse
+        from kiln.store.derivation import decode, parse
         from kiln.store.errors import KilnError
         from kiln.store.paths import StorePath
 
@@ -227,7 +227,7 @@ def _cmd_show(args) -> int:
                 raise KilnError(
                     "-r needs a .drv path in the store (a loose .drv file names inputs it does not hold)"
                 )
-            text = Path(target).read_text()
+            text = decode(Path(target).read_bytes(), target)
             name = Path(target).name.split("-", 1)[-1].removesuffix(".drv")
             drvs = {target: parse(text, name, args.store_dir or DEFAULT_STORE_DIR)}
             paths = list(drvs)
@@ -246,7 +246,9 @@ def _cmd_show(args) -> int:
                     continue
                 if store.query(p) is None:
                     raise KilnError(f"{p} is not in the store (write it with 'kiln eval --write FILE')")
-                drvs[p] = parse(store.real_path(p).read_text(), StorePath.parse(p).name[:-4], store.store_dir)
+                drvs[p] = parse(
+                    decode(store.real_path(p).read_bytes(), p), StorePath.parse(p).name[:-4], store.store_dir
+                )
                 paths.append(p)
                 if args.recursive:
                     todo.extend(k for k, _ in drvs[p].input_drvs)

@@ -91,7 +91,10 @@ def revoke(policy_file: Path, public_key: str, compromised: bool, reason: str, a
         f"compromised = {'true' if compromised else 'false'}\n"
         + (f'reason = "{_toml_escape(reason)}"\n' if reason else "")
     )
-    old = policy_file.read_text() if policy_file.exists() else ""
+    try:
+        old = policy_file.read_text() if policy_file.exists() else ""
+    except UnicodeDecodeError as e:
+        raise policy.PolicyError(f"{policy_file}: not a policy file (not UTF-8 at byte {e.start})") from None
     text = old + ("" if old.endswith("\n") or not old else "\n") + entry
     # never write a policy that does not load; key files are relative to the policy's
     # directory, as when it is loaded

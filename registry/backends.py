@@ -118,7 +118,7 @@ class DirSource(Source):
                 layout.CACHE_INFO, layout.cache_info_text(self.store_dir, priority).encode()
             )
         else:
-            self.store_dir = layout.parse_cache_info(info.decode()).get("StoreDir", "")
+            self.store_dir = layout.cache_info_of(info, str(directory)).get("StoreDir", "")
             if store_dir and store_dir != self.store_dir:
                 raise KilnError(f"registry {directory} has StoreDir {self.store_dir}, not {store_dir}")
         self._info = self.storage.read(layout.CACHE_INFO) or b""

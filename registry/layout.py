@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import re
 
+from kiln.store.errors import KilnError
 from kiln.store.hashes import Hash
 
 CACHE_INFO = "nix-cache-info"
@@ -123,6 +124,15 @@ def file_hash_of_key(kind: str, arg: str) -> Hash:
 def cache_info_text(store_dir: str, priority: int = 40, want_mass_query: bool = True) -> str:
     """The ``nix-cache-info`` file body."""
     return f"StoreDir: {store_dir}\nWantMassQuery: {int(want_mass_query)}\nPriority: {priority}\n"
+
+
+def cache_info_of(data: bytes, where: str) -> dict[str, str]:
+    """``parse_cache_info`` of a ``nix-cache-info`` file's bytes; ``KilnError`` naming
+    ``where`` if they are not UTF-8 (no binary cache writes such a file)."""
+    try:
+        return parse_cache_info(data.decode())
+    except UnicodeDecodeError as e:
+        raise KilnError(f"{where}: {CACHE_INFO} is not UTF-8 (byte {e.start}): not a registry") from None
 
 
 def parse_cache_info(text: str) -> dict[str, str]:

@@ -22,7 +22,7 @@ from kiln.store.signing import SecretKey
 from . import index as ix
 from . import indexbuild, layout
 from .dirlock import INDEX_LOCK, dir_lock
-from .layout import CACHE_INFO, parse_cache_info
+from .layout import CACHE_INFO, cache_info_of
 from .storage import Storage
 
 
@@ -136,7 +136,7 @@ def _publish_index(storage: Storage, key: SecretKey) -> indexbuild.Published:
         if kid not in root["roles"][role]["keyids"]:
             raise KilnError(f"key {key.name} is not a {role} key of this registry's root v{root['version']}")
     info = storage.read(CACHE_INFO)
-    store_dir = parse_cache_info(info.decode()).get("StoreDir", "") if info else ""
+    store_dir = cache_info_of(info, "the registry").get("StoreDir", "") if info else ""
     prev_ts = load_signed(storage, "index/timestamp.json")
     prev_paths = prev_expires = None
     if prev_ts:

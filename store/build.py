@@ -48,7 +48,7 @@ from .buildproduce import BuildError as BuildError  # re-exported: callers impor
 from .buildproduce import Producing
 from .buildsched import Scheduling
 from .buildtmp import BuildDirs
-from .derivation import Derivation
+from .derivation import Derivation, decode
 from .errors import KilnError, StoreError
 from .stagedbuild import Pending
 
@@ -160,7 +160,7 @@ class Builder(Producing, Checking, Scheduling):
     def read_drv_text(self, drv_path: str) -> str:
         if not self.store.is_valid(drv_path):
             raise StoreError(f"derivation {drv_path} is not in the store (evaluate the recipe first)")
-        return self.store.real_path(drv_path).read_text()
+        return decode(self.store.real_path(drv_path).read_bytes(), drv_path)
 
     def load(self, roots: Iterable[str]) -> Graph:
         return load_graph(roots, self.read_drv_text, self.store.store_dir)

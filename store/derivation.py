@@ -205,6 +205,15 @@ class _Reader:
         return items
 
 
+def decode(data: bytes, what: str) -> str:
+    """The text of a ``.drv`` file's bytes; ``FormatError`` naming ``what`` if they are
+    not UTF-8 (Nix writes derivations as UTF-8; such a file is not one)."""
+    try:
+        return data.decode()
+    except UnicodeDecodeError as e:
+        raise FormatError(f"{what}: not a derivation (not UTF-8 at byte {e.start})") from None
+
+
 def parse(text: str, name: str, store_dir: str = DEFAULT_STORE_DIR) -> Derivation:
     """Parse ATerm ``text``. ``name`` is the derivation name (from its ``.drv`` path)."""
     r = _Reader(text)

@@ -91,3 +91,41 @@ def test_options_that_do_not_go_together_are_usage_errors(tmp_path: Path, args: 
     (tmp_path / "k.sec").write_text("x")
     r = kiln(*args, "--store", str(tmp_path / "s")) if args[0] != "build" else kiln(*args)
     assert r.returncode == 2 and f"error: {says}" in r.stderr, r.stderr
+
+
+def test_a_drv_that_is_not_utf8_is_an_error_not_a_crash(tmp_path: Path) -> None:
+    """A ``.drv`` with a byte that is not UTF-8 was an internal error (UnicodeDecodeError)
+    in show-derivation and build."""
+    drv = tmp_path / "bad.drv"
+    drv.write_bytes(b'Derive([("out","","","")],[],[],"x86_64-linux","/bin/sh",[],[("name","\xff")])')
+    env = dict(os.environ, KILN_HOME=str(tmp_path / "home"))
+    r = kiln("show-derivation", str(drv), env=env)
+    assert r.returncode == 1 and "not a derivation (not UTF-8 at byte" in r.stderr, r.stderr
+    assert kiln("store", "init", env=env).returncode == 0
+    added = kiln("store", "add", str(drv), env=env).stdout.strip()
+    for args in (["build", added], ["show-derivation", added]):
+        r = kiln(*args, env=env)
+        assert r.returncode == 1 and "not UTF-8" in r.stderr and "internal error" not in r.stderr, (
+            args,
+            r.stderr,
+        )
+
+
+def test_files_that_are_not_utf8_are_errors_not_crashes(tmp_path: Path) -> None:
+    """A registry directory's nix-cache-info and a policy file that are not UTF-8 were
+    internal errors (UnicodeDecodeError)."""
+    env = dict(os.environ, KILN_HOME=str(tmp_path / "home"))
+    reg = tmp_path / "reg"
+    reg.mkdir()
+    (reg / "nix-cache-info").write_bytes(b"\xffStoreDir: /kiln/store\n")
+    for args in (
+        ["registry", "verify", "--dir", str(reg)],
+        ["registry", "token", "create", "--scope", "read", "--dir", str(reg)],
+    ):
+        r = kiln(*args, env=env)
+        assert r.returncode == 1 and "nix-cache-info is not UTF-8" in r.stderr, (args, r.stderr)
+    pol = tmp_path / "p.toml"
+    pol.write_bytes(b"\xff\xfe")
+    pub = "someone-1:" + "A" * 43 + "="
+    r = kiln("key", "revoke", pub, "--policy", str(pol), env=env)
+    assert r.returncode == 1 and "not UTF-8" in r.stderr and pol.read_bytes() == b"\xff\xfe", r.stderr
