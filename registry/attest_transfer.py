@@ -71,6 +71,11 @@ class AttestationError(KilnError):
         self.status = status
 
 
+#: answers that refuse one attestation (not trusted, a subject it disagrees with, no such
+#: path there, too big): that file stays behind with a warning; anything else is an error
+REFUSED = (400, 403, 409, 413)
+
+
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -233,7 +238,7 @@ async def push_attestations(
             try:
                 await client.put_bytes(layout.att_key(_hp(p), kind), data)
             except RegistryError as e:
-                if e.status not in (400, 403, 409):
+                if e.status not in REFUSED:
                     raise
                 refused.append(f"{p} {kind}: {e}")
 
@@ -353,7 +358,7 @@ async def relay_attestations(
             async with sem:
                 await dst.put_bytes(key, data)
         except RegistryError as e:
-            if e.status not in (400, 403, 409):
+            if e.status not in REFUSED:
                 raise
             problems.append(f"{p} {kind}: {e}")
             return

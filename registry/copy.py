@@ -94,7 +94,8 @@ async def _closure(
     NAR hashes (hex) of the asked paths ``dst`` already has (from its own narinfos)."""
     wanted: dict[str, ni.NarInfo] = {}
     present: dict[str, str] = {}
-    frontier = sorted(set(paths))
+    asked = set(paths)
+    frontier = sorted(asked)
     while frontier:
         hs = {p.rsplit("/", 1)[1][:32]: p for p in frontier}
         have = await dst.narinfos(list(hs))
@@ -105,7 +106,7 @@ async def _closure(
                     f"{dst.url} holds {there or 'a narinfo without StorePath'} under the hash part of "
                     f"{hs[h]}: cannot copy it there"
                 )
-            if hs[h] in paths:  # its attestations may still have to follow (a re-run)
+            if hs[h] in asked:  # its attestations may still have to follow (a re-run)
                 # (the destination's own narinfo: one that does not parse gets none)
                 with contextlib.suppress(FormatError):
                     present[hs[h]] = ni.parse(text, dst.store_dir).nar_hash.hex
@@ -163,9 +164,13 @@ async def between(
                     for f in files.values():
                         f.unlink()
         subjects = {**present, **{p: i.nar_hash.hex for p, i in wanted.items()}}
-        atts, refused = await relay_attestations(src, dst, subjects, jobs)
-        if wanted or atts:
-            await dst.publish_index()
+        try:
+            atts, refused = await relay_attestations(src, dst, subjects, jobs)
+        except KilnError as e:  # evidence, not content: the paths are there; publish them
+            atts, refused = 0, [f"attestations not relayed: {e}"]
+        # always, as push does: a copy cut off after its uploads publishes on the re-run,
+        # when nothing is missing any more (a server with nothing new refreshes its timestamp)
+        await dst.publish_index()
         return Copied(len(wanted), atts, tuple(refused))
 
 

@@ -174,6 +174,64 @@ def test_a_refused_attestation_is_a_warning_and_the_push_publishes(
     assert idx["version"] >= 2  # published by each push
 
 
+def test_an_attestation_too_big_for_the_registry_is_a_warning(tmp_path, keys, kiln_server) -> None:
+    """The registry answers 413 to an attestation over its limit; the push goes on (it
+    failed every run before publishing the index)."""
+    from kiln.registry.attest_transfer import MAX_ATTESTATION
+
+    s = Setup(tmp_path, keys, kiln_server)
+    info = s.store.query(s.bare)
+    st = intoto.provenance(
+        StorePath.parse(s.bare).base,
+        info.nar_hash.hex,
+        recipe_file="big.recipe",
+        attribute="big",
+        parameters={"padding": "x" * MAX_ATTESTATION},
+        git_commit=None,
+        git_dirty=False,
+        sandbox_settings={"network": False},
+        toolchain_path=None,
+        resolved_dependencies=[],
+        builder_version="test",
+        invocation_id="inv-big",
+        started_on=time.time() - 5,
+        finished_on=time.time(),
+    )
+    attestations.write(s.store, s.bare, "provenance", attestations.sign(st, [Ed25519Signer(keys.sk.key)]))
+    r = s.push(s.app, s.bare)
+    assert f"warning: the registry did not take the attestation {s.bare} provenance" in r.stderr, r.stderr
+    assert request(f"{s.url}/{s.hp(s.app)}.att/provenance.dsse.json")[0] == 200
+
+
+def test_a_copy_whose_attestations_fail_still_publishes(tmp_path, keys, kiln_server, monkeypatch) -> None:
+    """Attestations are relayed after the paths; a source that fails them (here: 503 for
+    every attestation) must not leave the copied paths unpublished for good."""
+    from kiln.registry.client import RegistryError, open_client
+    from kiln.registry.copy import between
+
+    s = Setup(tmp_path, keys, kiln_server)
+    s.push(s.app)
+    reg2 = tmp_path / "reg2"
+    assert kiln("registry", "init", "--dir", str(reg2)).returncode == 0
+    tok2 = kiln("registry", "token", "create", "--scope", "write", "--dir", str(reg2)).stdout.strip()
+    srv2 = kiln_server(
+        "--dir", str(reg2), "--trusted-key", str(keys.pk_file), "--index-key", str(keys.sk_file)
+    )
+    real = HttpClient.attestation_listings
+
+    async def failing(self, hash_parts):  # noqa: ANN001, ANN202
+        if self.url == s.url:
+            raise RegistryError(f"{self.url}: HTTP 503: busy", 503)
+        return await real(self, hash_parts)
+
+    monkeypatch.setattr(HttpClient, "attestation_listings", failing)
+    for _ in range(2):  # and a re-run, when nothing is missing, publishes too
+        rep = asyncio.run(between(s.url, lambda: open_client(srv2.url, tok2), [s.app], [keys.pk]))
+        assert rep.attestations == 0 and "attestations not relayed" in rep.refused[0]
+        idx = json.loads((reg2 / "index" / "1.index.json").read_bytes())["signed"]["paths"]
+        assert s.hp(s.app) in idx
+
+
 def test_copy_between_registries_carries_attestations(tmp_path, keys, other_keys, kiln_server) -> None:
     """``kiln copy --from URL --to URL`` relays the paths' attestations after the paths
     (it dropped them all); one the destination refuses is a warning; a re-run copies

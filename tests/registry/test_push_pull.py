@@ -382,7 +382,9 @@ def test_every_trusted_key_option_takes_a_file_or_the_key_itself(pushed, keys, t
     r = kiln("copy", "--store", str(tmp_path / "d"), "--from", srv.url, "--to", "store", chain[0], "--trusted-key", str(tmp_path / "nope.pub"))  # fmt: skip
     assert r.returncode == 1 and f"{tmp_path / 'nope.pub'}: no such public key file" in r.stderr, r.stderr
     r = kiln("copy", "--store", str(tmp_path / "d"), "--from", srv.url, "--to", "store", chain[0], "--trusted-key", "k:short")  # fmt: skip
-    assert r.returncode == 1 and "'k:short' is neither a public key file nor a public key" in r.stderr, r.stderr
+    assert r.returncode == 1 and "'k:short' is neither a public key file nor a public key" in r.stderr, (
+        r.stderr
+    )
     from regkit import add_built
 
     with make_store(tmp_path / "s3") as s3:  # an input-addressed path: it needs a signature
