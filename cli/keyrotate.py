@@ -20,10 +20,15 @@ import os
 import re
 import stat
 import tempfile
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kiln.store.errors import KilnError
+
+if TYPE_CHECKING:
+    from kiln.store.signing import SecretKey
 
 
 def next_name(name: str) -> str:
@@ -43,14 +48,16 @@ def rotate(home: Path, old_file: Path, resign: bool) -> tuple[Path, object, int]
     new_file = old_file.with_name(f"{new.name}.sec")
     if new_file.exists():
         raise KilnError(f"{new_file} exists already: rotate from the newest key")
-    write_secret_key(new_file, new)
-    write_public_key(new_file.with_suffix(".pub"), new.public())
     default = home / "keys" / "default.sec"
+    kept = None  # where the old key stays when it was the default (decided before any write)
     if default.exists() and load_secret_key(default).key == old.key:
-        kept = default.with_name(f"{old.name}.sec")
-        if not kept.exists():  # rotating "default" itself: its old key stays, under its name
-            write_secret_key(kept, old)
-            write_public_key(kept.with_suffix(".pub"), old.public())
+        kept = _keep_as(default.parent, old, load_secret_key)
+    if kept is not None:  # rotating "default" itself: its old key stays, under its name
+        write_secret_key(kept, old)
+        write_public_key(kept.with_suffix(".pub"), old.public(), overwrite=True)
+    write_secret_key(new_file, new)
+    write_public_key(new_file.with_suffix(".pub"), new.public(), overwrite=True)
+    if default.exists() and load_secret_key(default).key == old.key:
         write_secret_key(default, new, overwrite=True)
         write_public_key(default.with_suffix(".pub"), new.public(), overwrite=True)
     count = 0
@@ -69,6 +76,22 @@ def rotate(home: Path, old_file: Path, resign: bool) -> tuple[Path, object, int]
         finally:
             store.close()
     return new_file, new, count
+
+
+def _keep_as(keys: Path, old: SecretKey, load: Callable[[Path], SecretKey]) -> Path | None:
+    """Where the old default key is kept: ``<name>.sec``, unless that is ``default.sec``
+    itself or holds another key; then ``<name>.retired-N.sec``. None if ``<name>.sec``
+    already holds it."""
+    first = keys / f"{old.name}.sec"
+    if first.name != "default.sec":
+        if not first.exists():
+            return first
+        if load(first).key == old.key:
+            return None
+    n = 1
+    while (keys / f"{old.name}.retired-{n}.sec").exists():
+        n += 1
+    return keys / f"{old.name}.retired-{n}.sec"
 
 
 def revoke(policy_file: Path, public_key: str, compromised: bool, reason: str, at: datetime | None) -> str:

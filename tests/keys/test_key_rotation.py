@@ -121,3 +121,27 @@ def test_rotating_the_default_key_keeps_the_old_one(tmp_path):
     assert load_secret_key(home / "keys" / "default.sec").name == "builder-2"
     assert load_secret_key(home / "keys" / "builder-1.sec").key == old.key
     assert (home / "keys" / "builder-1.sec").stat().st_mode & 0o777 == 0o600
+
+
+def test_rotating_a_default_key_named_default_or_shadowed_keeps_it_too(tmp_path):
+    """A key named ``default`` would be kept as default.sec itself, and a keys/NAME.sec
+    holding another key must not be overwritten: the old key goes to NAME.retired-N.sec."""
+    from kiln.store.keyfiles import load_secret_key, write_secret_key
+    from kiln.store.signing import SecretKey
+
+    home = tmp_path / "home"
+    assert kiln(home, "store", "init").returncode == 0
+    (home / "keys").mkdir(mode=0o700)
+    named_default = SecretKey.generate("default")
+    write_secret_key(home / "keys" / "default.sec", named_default)
+    assert kiln(home, "key", "rotate", "default").returncode == 0
+    assert load_secret_key(home / "keys" / "default.retired-1.sec").key == named_default.key
+    assert load_secret_key(home / "keys" / "default.sec").name == "default-2"
+    # keys/ci-1.sec holds another key of that name: it is left alone
+    other = SecretKey.generate("ci-1")
+    write_secret_key(home / "keys" / "ci-1.sec", other)
+    mine = SecretKey.generate("ci-1")  # same name, another key
+    write_secret_key(home / "keys" / "default.sec", mine, overwrite=True)
+    assert kiln(home, "key", "rotate", "default").returncode == 0
+    assert load_secret_key(home / "keys" / "ci-1.sec").key == other.key  # untouched
+    assert load_secret_key(home / "keys" / "ci-1.retired-1.sec").key == mine.key
