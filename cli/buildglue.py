@@ -114,7 +114,7 @@ def write_drvs(store: LocalStore, ev: Evaluation, roots: list[str]) -> None:
             )
 
 
-def load_sign_key(store: LocalStore, key_file: str | None, create: bool) -> SecretKey:
+def load_sign_key(store: LocalStore, key_file: str | None, create: bool) -> SecretKey | None:
     """The key that signs builds: ``--sign-key``, ``$KILN_SIGN_KEY``, or the store's
     ``keys/default.sec`` (generated on first use when ``create``)."""
     from kiln.store import keyfiles, signing

@@ -52,8 +52,11 @@ def resolve_package(store: LocalStore, spec: str, recipe_file: str | None) -> st
         raise KilnError(f"{spec} is not a valid path in the store at {store.root}")
     from .cmd_build import root_name
 
-    # the root ``kiln build FILE SPEC`` made: a variant's is named after its exact text
-    root = store.root / "gcroots" / root_name(spec)
+    # a root of that name (``--add-root NAME``), else the one ``kiln build FILE SPEC``
+    # made: a variant's is named after its exact text
+    root = store.root / "gcroots" / spec
+    if not root.is_symlink():
+        root = store.root / "gcroots" / root_name(spec)
     if root.is_symlink():
         path, _ = store.resolve(os.readlink(root))
         store.keep([path])  # (the root may be replaced by a later build meanwhile)

@@ -86,8 +86,11 @@ class Producing:
             self._background(self.logs.save, drv_path, log_path)
             show = f"kiln log {drv_path}"
         elif defer:  # now: --keep-failed is about to move the log away with the build dir
-            self.logs.save(drv_path, log_path)
-            show = f"kiln log {drv_path}"
+            try:
+                self.logs.save(drv_path, log_path)
+                show = f"kiln log {drv_path}"
+            except OSError as e:  # (a full disk, say): the build's own error comes first
+                show = f"not saved: {e.strerror or e}"
         else:
             # a check's or rebuild's log is kept beside the build's, never over it: the
             # log of the build that made the registered output stays readable

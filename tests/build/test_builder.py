@@ -255,6 +255,24 @@ def test_keep_failed_keeps_the_build_dir(store, graph):
     assert LogStore(store.root / "logs").open(a).read() == b"the reason\n"
 
 
+def test_a_log_that_cannot_be_saved_does_not_hide_the_build_error(store, graph, monkeypatch):
+    """A full disk is when builds fail: saving the failed build's log must not replace
+    its error, nor stop -K from keeping the directory."""
+    import errno
+
+    from kiln.store.buildlogs import LogStore
+
+    def full(self, drv_path, log_file):  # noqa: ANN001, ANN202
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(LogStore, "save", full)
+    a, _ = graph.drv("nospace", "echo the reason; exit 1")
+    with pytest.raises(BuildError) as e:
+        builder(store, keep_failed=True).realise([a])
+    assert "  the reason" in str(e.value) and "not saved: No space left on device" in str(e.value)
+    assert "kept build directory: " in str(e.value)
+
+
 @pytest.mark.parametrize(
     ("script", "says"),
     [

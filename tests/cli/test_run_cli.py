@@ -132,6 +132,18 @@ def test_a_variant_gets_its_own_gc_root(world: World) -> None:
     assert r.returncode == 1 and "(no GC root hello-greeting-bye-" in r.stderr, r.stderr
 
 
+def test_a_root_made_with_add_root_is_found_by_its_name(world: World, tmp_path: Path) -> None:
+    """A root name that is not a plain attribute (``store add --add-root hi@1``) is looked
+    up as given first, then as ``kiln build`` names a variant's root."""
+    pkg = tmp_path / "pkg"
+    (pkg / "bin").mkdir(parents=True)
+    (pkg / "bin" / "hi").write_text("#!/bin/sh\necho hi there\n")
+    (pkg / "bin" / "hi").chmod(0o755)
+    assert world.kiln("store", "add", str(pkg), "--add-root", "hi@1").returncode == 0
+    r = world.kiln("run", "hi@1", "--", "hi")
+    assert r.returncode == 0 and r.stdout == "hi there\n", r.stderr
+
+
 def test_kiln_run_uses_kiln_bwrap(world: World) -> None:
     assert world.kiln("build", str(world.recipe), "hello").returncode == 0
     env = dict(world.env, KILN_BWRAP="/nonexistent/bwrap")
