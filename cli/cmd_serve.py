@@ -32,15 +32,17 @@ def _policy(path: Path | None):  # noqa: ANN202 - a kiln.store.policy.Policy or 
 
 
 def _hours(text: str) -> float:
-    """An argparse type: hours from 0 to below the timestamp's lifetime."""
+    """An argparse type: hours from 0 to half the timestamp's lifetime (the refresh loop
+    wakes up to 10 minutes late, and a late refresh must still come before expiry)."""
     from kiln.registry.indexbuild import TIMESTAMP_HOURS
 
+    most = TIMESTAMP_HOURS / 2
     try:
         h = float(text)
     except ValueError:
         h = -1.0
-    if not 0 <= h < TIMESTAMP_HOURS:
-        raise argparse.ArgumentTypeError(f"expected hours from 0 to below {TIMESTAMP_HOURS}, found {text!r}")
+    if not 0 <= h <= most:
+        raise argparse.ArgumentTypeError(f"expected hours from 0 to {most:g}, found {text!r}")
     return h
 
 

@@ -17,6 +17,8 @@ from kiln.store.signing import PublicKey, SecretKey
 from .index import ROLES, expiry, key_id, sha256_hex, sign_envelope, utcnow
 
 ROOT_DAYS = 365
+#: a publisher that may sign roots alone renews the root when it expires within this
+ROOT_RENEW_DAYS = 60
 INDEX_DAYS = 30
 TIMESTAMP_HOURS = 24
 

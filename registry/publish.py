@@ -128,9 +128,28 @@ def refresh_due(storage: Storage, every: float, now: dt.datetime | None = None) 
     )
 
 
+def renew_root(storage: Storage, root: dict[str, Any], key: SecretKey, now: dt.datetime) -> dict[str, Any]:
+    """``root`` as it stands, or, when it expires within ``ROOT_RENEW_DAYS`` and ``key``
+    alone may sign roots (a root key, threshold 1), root v+1 with the same keys and roles
+    and a new expiry, written as a rotation is. A root that needs more signatures is
+    left to ``kiln registry rotate-root`` (docs/registry.md)."""
+    spec = root["roles"]["root"]
+    if (
+        not indexbuild.expires_within(root.get("expires"), now, dt.timedelta(days=indexbuild.ROOT_RENEW_DAYS))
+        or ix.key_id(key.public()) not in spec["keyids"]
+        or spec["threshold"] != 1
+    ):
+        return root
+    new = {**root, "version": root["version"] + 1, "expires": ix.expiry(now, days=indexbuild.ROOT_DAYS)}
+    data = ix.sign_envelope(new, [key])  # by the old root's key and the new one's: the same
+    storage.put_bytes(f"index/{new['version']}.root.json", data)
+    storage.put_bytes("index/root.json", data)
+    return new
+
+
 def _publish_index(storage: Storage, key: SecretKey) -> indexbuild.Published:
     paths = collect_paths(storage)  # first: a directory that cannot be indexed gets no root
-    root = init_root(storage, key)
+    root = renew_root(storage, init_root(storage, key), key, ix.utcnow())
     kid = ix.key_id(key.public())
     for role in ("timestamp", "snapshot", "index"):
         if kid not in root["roles"][role]["keyids"]:

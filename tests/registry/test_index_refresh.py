@@ -93,8 +93,8 @@ def test_kiln_serve_re_signs_the_timestamp_without_pushes(tmp_path, keys, other_
 @pytest.mark.parametrize(
     ("args", "says"),
     [
-        (["--index-refresh", "24"], "expected hours from 0 to below 24"),
-        (["--index-refresh", "-1"], "expected hours from 0 to below 24"),
+        (["--index-refresh", "13"], "expected hours from 0 to 12"),
+        (["--index-refresh", "-1"], "expected hours from 0 to 12"),
         (["--sign-key", "k.sec"], "--sign-key signs the narinfos of a --store"),
         (["--private"], None),
     ],
@@ -106,3 +106,29 @@ def test_serve_usage_errors(tmp_path, args, says) -> None:
     r = subprocess.run([sys.executable, "-m", "kiln", "serve", *src, *args], capture_output=True, text=True)
     assert r.returncode == 2, r.stderr
     assert (says or "--private needs --dir") in r.stderr
+
+
+def test_a_root_about_to_expire_is_renewed_by_its_publisher(reg) -> None:
+    """The root lasts a year; a publisher whose key alone may sign roots renews it (v+1,
+    same keys) when it expires within 60 days, and clients walk to it as to a rotation."""
+    from kiln.registry.publish import renew_root
+
+    key = SecretKey.generate("idx-1")
+    publish_index(reg, key)
+    state = ix.TrustState.pin(reg.read("index/root.json"))
+    root = _signed(reg, "index/root.json")
+    assert renew_root(reg, root, key, ix.utcnow()) is root  # not due
+    late = ix.utcnow() + dt.timedelta(days=indexbuild.ROOT_DAYS - 30)
+    new = renew_root(reg, root, key, late)
+    assert new["version"] == 2 and new["keys"] == root["keys"] and new["expires"] > root["expires"]
+    assert _signed(reg, "index/root.json")["version"] == 2
+    publish_index(reg, key)
+    import asyncio
+
+    async def fetch(k):  # noqa: ANN001, ANN202
+        return reg.read(k)
+
+    asyncio.run(ix.update(fetch, state))
+    assert state.root["version"] == 2
+    # another publisher's key may not renew it alone
+    assert renew_root(reg, new, SecretKey.generate("idx-1"), late + dt.timedelta(days=400)) is new
