@@ -46,7 +46,7 @@ from .buildtmp import owner_gone
 from .errors import FormatError, KilnError, StoreError
 from .hashes import Hash
 from .locks import FileLock, left_by_dead_writer, live_temp_roots, remove_if_free
-from .mounts import unmount_below
+from .mounts import MOUNTINFO, mounts_below, unmount_below
 from .paths import StorePath
 from .trees import remove_tree, tree_size
 
@@ -188,16 +188,18 @@ def collect(store: LocalStore, dry_run: bool = False) -> GcReport:
             or (_OWNED_TMP.match(e.name) and e.is_dir(follow_symlinks=False) and owner_gone(e.path))
         )
         kept = []
-        if not dry_run:
-            # a killed ``--check --vary`` leaves its disorderfs mounts in ``vary-*``
-            for t in list(doomed_tmp):
-                if (why := unmount_below(Path(t))) is not None:
-                    doomed_tmp.remove(t)
-                    kept.append(f"{t}: {why}")
+        # a killed ``--check --vary`` leaves its disorderfs mounts in ``vary-*``: taken down
+        # first; a dry run does not count such a dir's bytes (the mounts show them twice)
+        table = Path(MOUNTINFO).read_bytes() if doomed_tmp else b""
+        mounted = [t for t in doomed_tmp if mounts_below(Path(t), table)]
+        for t in mounted if not dry_run else ():
+            if (why := unmount_below(Path(t))) is not None:
+                doomed_tmp.remove(t)
+                kept.append(f"{t}: {why}")
         freed = sum(_size(store.real_path(p)) for p in dead)
         freed += sum(_size(store.real_store / s) for s in stray)
         freed += sum(_size(o) for o in doomed_objects)
-        freed += sum(_size(Path(t)) for t in doomed_tmp)
+        freed += sum(_size(Path(t)) for t in doomed_tmp if not (dry_run and t in mounted))
         report = GcReport(
             dry_run=dry_run,
             roots=tuple(sorted(roots & set(refs))),

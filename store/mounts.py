@@ -4,14 +4,15 @@
 when the rebuild ends. A kill in between leaves the mounts, and their daemons, under
 ``tmp/vary-*``; GC removes that directory once its owner is gone (``buildtmp``), and
 first unmounts what is mounted below it (a FUSE daemon exits when its mount goes).
-Only FUSE mounts are taken down (``fusermount -u -z``, which works for the user who
-mounted them and for root); any other mount below a directory keeps the directory.
+Only FUSE mounts are taken down (``fusermount -u -z``, or ``fusermount3``, which works for
+the user who mounted them and for root); any other mount below a directory keeps the directory.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -45,10 +46,20 @@ def unmount_below(d: Path) -> str | None:
     for point, fstype in mounts_below(d):
         if not fstype.startswith("fuse"):
             return f"{point} is a {fstype} mount"
-        try:
-            r = subprocess.run(["fusermount", "-u", "-z", point], capture_output=True, text=True)
-        except OSError as e:
-            return f"cannot run fusermount to unmount {point}: {e.strerror}"
-        if r.returncode != 0:
-            return f"cannot unmount {point}: {r.stderr.strip() or f'fusermount exited {r.returncode}'}"
+        why = fuse_unmount(point, lazy=True)
+        if why is not None:
+            return why
+    return None
+
+
+def fuse_unmount(point: str | Path, lazy: bool = False) -> str | None:
+    """Unmount the FUSE mount at ``point`` with ``fusermount`` (FUSE 2) or ``fusermount3``
+    (a machine may have either: disorderfs depends on ``fuse | fuse3``); None when done,
+    else why not."""
+    tool = shutil.which("fusermount") or shutil.which("fusermount3")
+    if tool is None:
+        return f"cannot unmount {point}: neither fusermount nor fusermount3 is installed"
+    r = subprocess.run([tool, "-u", *(["-z"] if lazy else []), str(point)], capture_output=True, text=True)
+    if r.returncode != 0:
+        return f"cannot unmount {point}: {r.stderr.strip() or f'{tool} exited {r.returncode}'}"
     return None

@@ -35,6 +35,7 @@ from typing import Any
 
 from .buildtmp import owned_tmpdir, release_tmpdir
 from .errors import StoreError
+from .mounts import fuse_unmount
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +184,6 @@ def shuffled(dirs: list[Path]) -> Iterator[None]:
         yield
     finally:
         for d, real in reversed(mounted):
-            subprocess.run(["fusermount", "-u", str(d)], capture_output=True)
+            fuse_unmount(d)  # (if it fails, rmdir below says so: the dir is still a mount)
             d.rmdir()
             real.rename(d)

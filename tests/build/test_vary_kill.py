@@ -54,6 +54,8 @@ def test_gc_takes_down_the_mounts_of_a_killed_vary_check(store, graph):
     store.close()
     try:
         s = LocalStore.open(store.root)
+        dry = s.gc(dry_run=True)  # lists it, unmounts nothing
+        assert any("/vary-" in t for t in dry.tmp_dirs) and mounts_below(tmp), dry
         r = s.gc()
         assert not r.kept, r.kept
         assert any("/vary-" in t for t in r.tmp_dirs), r.tmp_dirs
