@@ -48,8 +48,12 @@ def _generate(args: argparse.Namespace) -> int:
         for p in (sec, pub):
             if p.exists():
                 raise KilnError(f"{p} already exists; pass --force to replace it")
-    write_secret_key(sec, key, overwrite=args.force)
+    for p in (sec, pub):  # checked before writing either: --force must not half-replace a pair
+        if p.is_dir():
+            raise KilnError(f"{p} is a directory; name the key file to write")
+    # the public half first: if it cannot be written, the old secret key is still there
     write_public_key(pub, key.public(), overwrite=True)
+    write_secret_key(sec, key, overwrite=args.force)
     print(key.public().to_text())
     print(f"secret key: {sec}")
     return 0

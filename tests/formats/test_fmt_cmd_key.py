@@ -90,3 +90,23 @@ def test_generated_key_works_with_nix(tmp_path: Path) -> None:
     (tmp_path / "n.sec").write_text(nix("key", "generate-secret", "--key-name", "nix-1"))
     r = kiln(home, "public", str(tmp_path / "n.sec"))
     assert r.stdout.strip() == SecretKey.parse((tmp_path / "n.sec").read_text()).public().to_text()
+
+
+def test_generate_force_never_half_replaces_a_key_pair(tmp_path):
+    """With ``--force`` and a ``.pub`` that cannot be written, the old secret key was
+    already replaced (and lost); now nothing is written."""
+    import subprocess
+    import sys
+
+    from kiln.store.keyfiles import load_secret_key, write_secret_key
+
+    old = SecretKey.generate("y-1")
+    write_secret_key(tmp_path / "y.sec", old)
+    (tmp_path / "y.pub").mkdir()
+    r = subprocess.run(
+        [sys.executable, "-m", "kiln", "key", "generate", "y-2", "-o", str(tmp_path / "y.sec"), "--force"],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 1 and "y.pub is a directory" in r.stderr, r.stderr
+    assert load_secret_key(tmp_path / "y.sec").key == old.key
