@@ -19,6 +19,7 @@ Fixed-output derivations (see docs/recipe-language.md):
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -156,18 +157,33 @@ def _fod(
     return add_drv(ev, drv, fields, attr)
 
 
+def _fetch_url(ev, v, node: ast.Node, what: str) -> str:
+    """A ``fetchurl`` URL: ``_url``, with a scheme (``https:``, ``file:``, ``debian:``...)
+    or an absolute path. A relative path would be read from wherever kiln runs (not the
+    recipe's directory), so one recipe would fetch different files from different places."""
+    url = _url(ev, v, node, what)
+    if not url.startswith("/") and not re.match(r"[A-Za-z][A-Za-z0-9+.-]*:", url):
+        raise BadValue(
+            f"{what} must be a URL with a scheme or an absolute path, found the relative {url!r} "
+            '(for a file beside the recipe use path "./...")',
+            node.src,
+            node.pos,
+        )
+    return url
+
+
 def fetchurl(ev: Evaluator, node: ast.Call, env: Env) -> DrvValue:
     a = _record_args(ev, node, env, ("sha256",), ("url", "urls", "name"))
     urls: list[str] = []
     if "url" in a:
-        urls.append(_url(ev, a["url"][0], a["url"][1], "fetchurl 'url'"))
+        urls.append(_fetch_url(ev, a["url"][0], a["url"][1], "fetchurl 'url'"))
     if "urls" in a:
         v, n = a["urls"]
         if not isinstance(v, tuple) or not v:
             raise RecipeTypeError(
                 f"fetchurl 'urls' must be a non-empty list of strings, found {_kind(v)}", n.src, n.pos
             )
-        urls += [_url(ev, u, n, "each of fetchurl 'urls'") for u in v]
+        urls += [_fetch_url(ev, u, n, "each of fetchurl 'urls'") for u in v]
     if not urls:
         raise MissingField("fetchurl needs a 'url' (or 'urls') field", node.src, node.pos)
     h = _sha256(a["sha256"][0], a["sha256"][1], "fetchurl 'sha256'")
@@ -189,6 +205,13 @@ def fetchgit(ev: Evaluator, node: ast.Call, env: Env) -> DrvValue:
     a = _record_args(ev, node, env, ("url", "rev", "sha256"), ("name",))
     url = _url(ev, a["url"][0], a["url"][1], "fetchgit 'url'")
     rev = _string(ev, a["rev"][0], a["rev"][1], "fetchgit 'rev'")
+    if not rev or any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in rev):
+        raise BadValue(
+            f"fetchgit 'rev' must be a commit, tag or branch name without whitespace or control "
+            f"characters, found {rev!r}",
+            a["rev"][1].src,
+            a["rev"][1].pos,
+        )
     h = _sha256(a["sha256"][0], a["sha256"][1], "fetchgit 'sha256'")
     name = _given_name(ev, a, "fetchgit") if "name" in a else _url_name(url, True)
     return _fod(

@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import sys
 import tempfile
 import threading
@@ -175,10 +176,19 @@ class _Sink:
 
 
 def _copy_local(src: Path, sink: _Sink, limit: _Limit) -> None:
-    total = src.stat().st_size
+    # opened without blocking, then checked: a FIFO (or a device) at that path would
+    # block the read for ever, past any timeout
+    fd = os.open(src, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise FetchError(f"{src} is not a regular file")
+    os.set_blocking(fd, True)
+    total = st.st_size
     if total > limit.size:
+        os.close(fd)
         raise _TooBig(f"{total} bytes, more than {limit}")
-    with open(src, "rb") as f:
+    with open(fd, "rb") as f:
         while chunk := f.read(CHUNK):
             if sink.size + len(chunk) > limit.size:  # the file grew while we read it
                 raise _TooBig(f"more than {limit}")

@@ -313,3 +313,16 @@ def test_real_debian_url_from_the_lock(tmp_path):
         [f"debian:{e.filename}"], Hash("sha256", bytes.fromhex(e.sha256)), dest, mirrors=[], progress=False
     )
     assert dest.stat().st_size == e.size
+
+
+def test_a_file_url_that_names_a_fifo_is_refused_not_waited_on(tmp_path):
+    """Opening a FIFO for reading blocks until a writer comes: the fetch hung for ever,
+    past --timeout and KILN_FETCH_TIMEOUT."""
+    fifo = tmp_path / "ff"
+    os.mkfifo(fifo)
+    t0 = time.monotonic()
+    with pytest.raises(FetchError, match="is not a regular file"):
+        fetch_url(
+            [f"file://{fifo}"], Hash("sha256", b"\0" * 32), tmp_path / "out", mirrors=[], progress=False
+        )
+    assert time.monotonic() - t0 < 10 and not (tmp_path / "out").exists()

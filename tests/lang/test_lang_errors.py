@@ -31,6 +31,7 @@ KINDS = {
     "select_missing": E.UnknownName,
     "rootfs_entry": E.MissingField,
     "call_not_function": E.RecipeTypeError,
+    "bad_": E.BadValue,
 }
 
 
