@@ -29,7 +29,7 @@ from .locks import FileLock, TempRoots
 from .objects import fsync_dir, object_rel_path
 from .objread import read_object
 from .pathinfo import PathInfo
-from .paths import DEFAULT_STORE_DIR, StorePath, check_store_dir
+from .paths import DEFAULT_STORE_DIR, StorePath, check_store_dir, new_store_dir_problem
 from .registration import Registering
 from .trees import mark_topdir
 
@@ -97,9 +97,10 @@ class LocalStore(Registering):
         except FileNotFoundError:
             if not create:
                 raise StoreError(f"no kiln store at {root} (create one with 'kiln store init')") from None
-            data = _init_config(
-                root, check_store_dir(DEFAULT_STORE_DIR if store_dir is None else store_dir, local=True)
-            )
+            wanted = check_store_dir(DEFAULT_STORE_DIR if store_dir is None else store_dir, local=True)
+            if problem := new_store_dir_problem(wanted):
+                raise StoreError(f"cannot make a store with store dir {wanted!r}: {problem}") from None
+            data = _init_config(root, wanted)
             # all 256 object shards up front: a first copy of thousands of paths would
             # otherwise create them on its way (a mkdir each, ~0.1-0.4 ms on ext4)
             objects = root / "objects"

@@ -93,6 +93,17 @@ def check_store_dir(store_dir: str, *, local: bool = False) -> str:
 
 
 @functools.lru_cache(maxsize=64)
+def new_store_dir_problem(store_dir: str) -> str:
+    """Why a *new* local store may not use ``store_dir`` ("" if it may), beyond
+    ``check_store_dir``: builds pass store paths in whitespace-separated lists (a
+    ``.deb`` list, ``urls``) and in ``PATH``, so a space or a ``:`` in the store dir
+    breaks them. Existing stores with one still open (what they hold stays readable)."""
+    odd = sorted({c for c in store_dir if c.isspace() or c == ":"})
+    if odd:
+        return f"it contains {', '.join(repr(c) for c in odd)}, which builds cannot pass in lists and PATH"
+    return ""
+
+
 def _store_dir_problem(store_dir: str) -> str:
     """Why ``store_dir`` is not a valid store dir ("" if it is)."""
     if not store_dir.startswith("/"):

@@ -12,7 +12,7 @@ import pytest
 from clikit import kiln
 from storekit import make_tree
 
-from kiln.store.errors import FormatError, KilnError
+from kiln.store.errors import FormatError, KilnError, StoreError
 from kiln.store.localstore import _SUBDIRS, LocalStore
 from kiln.store.paths import STORE_ROOT_ENTRIES, check_store_dir
 
@@ -97,3 +97,12 @@ def test_a_malformed_config_is_a_clear_error(tmp_path: Path):
         r = kiln("store", "verify", "--store", str(root))
         assert r.returncode == 1 and "Traceback" not in r.stderr and "internal error" not in r.stderr
         assert str(root / "config.json") in r.stderr and found in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("store_dir", ["/a b/store", "/k:s/store"])
+def test_a_new_store_refuses_a_store_dir_builds_cannot_pass(tmp_path, store_dir):
+    """Builds pass store paths in whitespace-separated lists and in PATH: a store made
+    with a space or a ':' in its store dir could not build its toolchain."""
+    with pytest.raises(StoreError, match="cannot make a store with store dir"):
+        LocalStore.open(tmp_path / "s", store_dir=store_dir)
+    assert not (tmp_path / "s" / "config.json").exists()
