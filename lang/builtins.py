@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kiln.store.aptlock import lock_value_problem
-from kiln.store.derivation import Derivation, Output
+from kiln.store.derivation import Derivation, Output, check_drv_name
 from kiln.store.errors import FormatError, KilnError
 from kiln.store.hashes import Hash
 from kiln.store.paths import check_name
@@ -133,6 +133,10 @@ def _given_name(ev, a: dict, what: str) -> str:
         check_name(name)
     except FormatError as e:
         raise BadValue(f"{what} name {name!r} cannot be a store path name: {e}", node.src, node.pos) from None
+    try:
+        check_drv_name(name)
+    except FormatError as e:
+        raise BadValue(f"{what} name: {e}", node.src, node.pos) from None
     return name
 
 
@@ -140,7 +144,9 @@ def _url_name(url: str, strip_git: bool = False) -> str:
     base = url.split("?", 1)[0].split("#", 1)[0].rstrip("/").rsplit("/", 1)[-1]
     if strip_git and base.endswith(".git"):
         base = base[:-4]
-    return sanitize_name(base)
+    name = sanitize_name(base)
+    # a derivation's name may not end in .drv (``check_drv_name``): x.drv fetches as x_drv
+    return name[:-4] + "_drv" if name.endswith(".drv") else name
 
 
 def _fod(

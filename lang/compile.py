@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
-from kiln.store.derivation import Derivation, Output
+from kiln.store.derivation import Derivation, Output, check_drv_name
 from kiln.store.errors import FormatError
 from kiln.store.paths import check_name
 
@@ -203,6 +203,10 @@ def _compile(ev, fn, pkg: ast.Package, params: dict) -> DrvValue:
         raise BadValue(
             f"package name {name!r} cannot be a store path name: {e}", node.src, node.pos
         ) from None
+    try:
+        check_drv_name(name)
+    except FormatError as e:
+        raise BadValue(f"package name: {e}", node.src, node.pos) from None
     env_vars["name"] = name
     env_vars["out"] = ""
     input_drvs, input_srcs = split_context(ctx)

@@ -30,7 +30,14 @@ from dataclasses import dataclass, field, replace
 
 from .errors import FormatError
 from .hashes import Hash
-from .paths import DEFAULT_STORE_DIR, StorePath, make_fixed_output_path, make_output_path, make_text_path
+from .paths import (
+    DEFAULT_STORE_DIR,
+    StorePath,
+    check_name,
+    make_fixed_output_path,
+    make_output_path,
+    make_text_path,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +210,18 @@ class _Reader:
                 items.append(item())
         self.expect(close)
         return items
+
+
+def check_drv_name(name: str) -> str:
+    """Return ``name`` if a derivation may have it: a valid store path name
+    (``paths.check_name``) that does not end in ``.drv`` (Nix's rule: an output named so
+    would be taken for a derivation). Else ``FormatError``."""
+    check_name(name)
+    if name.endswith(".drv"):
+        raise FormatError(
+            f"derivation name {name!r} must not end in '.drv' (its output would look like a derivation)"
+        )
+    return name
 
 
 def decode(data: bytes, what: str) -> str:

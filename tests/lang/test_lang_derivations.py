@@ -219,3 +219,23 @@ def test_default_source_callback_only_hashes(features, monkeypatch, hash_sources
     default = evaluate_file("source.recipe")
     explicit = evaluate_file("source.recipe", add_source=hash_sources)
     assert default.drv_paths == explicit.drv_paths and default.sources == explicit.sources
+
+
+def test_a_fetch_of_a_file_named_x_drv_gets_another_name(tmp_path):
+    """A derivation name may not end in .drv (its output would look like a derivation):
+    a fetch named after such a file takes ``x_drv``."""
+    f = write(
+        tmp_path,
+        "p.recipe",
+        """
+        let src = fetchurl {
+          url = "https://example.org/pkgs/x.drv"
+          sha256 = "cf04af86dc085268c5f4470fbae49b18afbc221b78096aab842d934a76bad0ab"
+        }
+        package p { build = "cp ${src} $out" }
+        """,
+    )
+    ev = evaluate_file(f, store_dir="/kiln/store")
+    _, d = ev.select("p")
+    (src,) = [ev.drvs[k] for k, _ in d.input_drvs]
+    assert src.name == "x_drv" and src.output_path("out").endswith("-x_drv")
