@@ -295,6 +295,12 @@ def debian_rootfs(ev: Evaluator, node: ast.Call, env: Env) -> DrvValue:
         # with '..' leave the archive), located at the lock
         label = f"{where} ({entry['name']!r})" if isinstance(entry["name"], str) else where
         for k in (*_LOCK_FIELDS, "size"):
+            if isinstance(entry.get(k), CStr):  # (the lock's own wording would show its repr)
+                raise BadValue(
+                    f"{label}: '{k}': expected a plain string, found a string that refers to store paths",
+                    lock_node.src,
+                    lock_node.pos,
+                )
             problem = lock_value_problem(k, entry[k]) if k in entry else None
             if problem:
                 raise BadValue(f"{label}: '{k}': {problem}", lock_node.src, lock_node.pos)
