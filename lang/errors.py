@@ -48,6 +48,10 @@ class SourceText:
         return lines[line - 1] if 0 < line <= len(lines) else ""
 
 
+#: the most characters of a source line an error shows (around the column)
+EXCERPT = 120
+
+
 class RecipeError(KilnError):
     """A user error in a recipe, optionally located at ``src``/``pos``."""
 
@@ -67,8 +71,15 @@ class RecipeError(KilnError):
             return f"{self.src.name}: {self.message}"
         line, col = self.src.line_col(self.pos)
         code = self.src.line_text(line).replace("\t", " ")
+        at = col - 1
+        if len(code) > EXCERPT:  # a long (generated, minified) line: the part around col
+            start = max(0, min(at - EXCERPT // 2, len(code) - EXCERPT))
+            head = "..." if start > 0 else ""
+            tail = "..." if start + EXCERPT < len(code) else ""
+            code = head + code[start : start + EXCERPT] + tail
+            at = at - start + len(head)
         gutter = f"{line:>5} | "
-        caret = " " * (len(gutter) - 2) + "| " + " " * (col - 1) + "^"
+        caret = " " * (len(gutter) - 2) + "| " + " " * at + "^"
         return f"{self.src.name}:{line}:{col}: {self.message}\n{gutter}{code}\n{caret}"
 
 

@@ -165,3 +165,17 @@ def test_an_attribute_that_is_not_utf8_is_located(tmp_path):
     r = run_kiln(["path", "a.recipe", 'p(x = "\udcff")'], cwd=tmp_path, home=tmp_path / "home")
     assert r.returncode == 1, r.stderr
     assert r.stderr.startswith("error: <attribute>:1:8: not valid UTF-8 (byte 0xff)")
+
+
+def test_a_long_line_is_shown_around_the_error(tmp_path):
+    """A generated or minified recipe's 5,000-character line was echoed whole under
+    ``file:line:col``; the excerpt is now the part around the column, the caret on it."""
+    pad = "x" * 3000
+    f = tmp_path / "long.recipe"
+    f.write_text(f'package p {{ build = "{pad}" version = "1" @nope build2 = "{pad}" }}\n')
+    with pytest.raises(RecipeError) as info:
+        evaluate_file(str(f)).attributes()
+    head, code, caret = str(info.value).splitlines()
+    assert head == f"{f}:1:3038: unexpected character '@'", head
+    assert len(code) < 150 and code.split("| ", 1)[1].startswith("...") and code.endswith("...")
+    assert code[caret.index("^") :].startswith("@nope")
