@@ -18,7 +18,15 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
-from .common import UsageError, add_store_arg, seconds, store_root, terminate_as_interrupt, whole_number
+from .common import (
+    UsageError,
+    add_store_arg,
+    nonempty,
+    seconds,
+    store_root,
+    terminate_as_interrupt,
+    whole_number,
+)
 
 if TYPE_CHECKING:
     from kiln.store.localstore import LocalStore
@@ -31,7 +39,10 @@ def _parser() -> argparse.ArgumentParser:
     add_store_arg(p)
     p.add_argument("file", help="recipe file, or a .drv store path (then ATTRs are more .drv paths)")
     p.add_argument(
-        "attrs", nargs="*", help="packages to build, e.g. hello or 'zlib(static = true)' (default: all)"
+        "attrs",
+        nargs="*",
+        type=nonempty,
+        help="packages to build, e.g. hello or 'zlib(static = true)' (default: all)",
     )
     p.add_argument(
         "-j", "--jobs", type=whole_number(1), default=1, help="derivations built in parallel (default 1)"

@@ -22,7 +22,7 @@ import gc
 import os
 import sys
 
-from .common import add_store_arg, store_root_dir
+from .common import add_store_arg, nonempty, store_root_dir
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing
 if TYPE_CHECKING:
@@ -39,12 +39,12 @@ def _parser(cmd: str) -> argparse.ArgumentParser:
     if cmd == "show-derivation":
         p.description = "Print a derivation as JSON (like 'nix show-derivation')."
         p.add_argument("file", metavar="FILE|DRVPATH", help="a recipe file, or a .drv path")
-        p.add_argument("attr", nargs="?", metavar="ATTR", help="package (with FILE)")
+        p.add_argument("attr", nargs="?", type=nonempty, metavar="ATTR", help="package (with FILE)")
         p.add_argument("--aterm", action="store_true", help="print the ATerm text instead")
         p.add_argument("-r", "--recursive", action="store_true", help="include every input derivation")
     else:
         p.add_argument("file", metavar="FILE", help="a .recipe file")
-        p.add_argument("attr", nargs="?" if cmd == "eval" else None, metavar="ATTR")
+        p.add_argument("attr", nargs="?" if cmd == "eval" else None, type=nonempty, metavar="ATTR")
     if cmd == "eval":
         p.description = "Evaluate a recipe file and print each package's .drv and output path."
         p.add_argument("--json", action="store_true", help="machine-readable output")

@@ -100,7 +100,7 @@ def _run(cmd: str, args, store) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         if cmd == "shell":
-            command = [os.environ.get("SHELL", "/bin/sh")]
+            command = [os.environ.get("SHELL") or "/bin/sh"]  # (an empty SHELL too)
         else:
             base = package_name(StorePath.parse(path).name)
             if not os.path.isfile(os.path.join(store.real_path(path), "bin", base)):

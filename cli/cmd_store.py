@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from .common import WRITE_LIMIT_ERRNOS, UsageError, add_store_arg, store_root, whole_number
+from .common import WRITE_LIMIT_ERRNOS, UsageError, add_store_arg, nonempty_path, store_root, whole_number
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -35,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
         "--store-dir", default=None, metavar="DIR", help="logical store dir (default /kiln/store)"
     )
     sp = cmd("add", "add a file or directory as a content-addressed path; prints the path")
-    sp.add_argument("path", type=Path)
+    sp.add_argument("path", type=nonempty_path)
     sp.add_argument("--name", default=None, help="name of the store path (default: the file name)")
     sp.add_argument(
         "--add-root",
@@ -320,8 +320,8 @@ def _cmd_sign(args) -> int:
     from kiln.store.keyfiles import load_secret_key
     from kiln.store.signing import sign_info
 
-    if not args.all and not args.paths:
-        raise UsageError("give store paths to sign, or --all")
+    if args.all == bool(args.paths):
+        raise UsageError("give store paths to sign, or --all (not both)")
     key = load_secret_key(args.key)
     with _open(args) as s:
         if args.all:

@@ -43,7 +43,7 @@ from kiln.store.paths import StorePath
 from kiln.store.policy import Policy, PolicyError, load, verify_path
 
 from . import __version__
-from .common import add_store_arg
+from .common import add_store_arg, nonempty
 from .targets import EXIT_USAGE, UsageError, open_store, resolve_target, signer_args
 
 # ---------------------------------------------------------------------------- sbom
@@ -161,7 +161,7 @@ def _sbom_parser() -> argparse.ArgumentParser:
     p.add_argument("path", metavar="PATH", help="store path (logical, physical, base name or hash part)")
     p.add_argument("--format", choices=("cyclonedx", "spdx"), default="cyclonedx")
     p.add_argument("--build", action="store_true", help="the build closure (from the derivation) instead")
-    p.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
+    p.add_argument("-o", "--output", type=nonempty, metavar="FILE", help="write to FILE instead of stdout")
     p.add_argument(
         "--attest", action="store_true", help="also sign it and store it as the path's attestation"
     )

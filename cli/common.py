@@ -259,6 +259,23 @@ def run_command(fn: Callable[[list[str]], int], argv: list[str], debug: bool = F
         return 70
 
 
+def nonempty(text: str) -> str:
+    """An argparse type: any text but the empty string (``""`` from an unset shell
+    variable would otherwise mean "the current directory" or "every attribute")."""
+    if not text:
+        import argparse
+
+        raise argparse.ArgumentTypeError("expected a value, found an empty string")
+    return text
+
+
+def nonempty_path(text: str) -> Path:
+    """``nonempty``, as a ``Path``."""
+    from pathlib import Path
+
+    return Path(nonempty(text))
+
+
 def whole_number(minimum: int) -> Callable[[str], int]:
     """An argparse type: an integer of at least ``minimum`` (a usage error otherwise,
     naming the option, instead of a traceback later)."""

@@ -81,6 +81,10 @@ def test_signer_key_without_signer_cmd_is_refused(tmp_path: Path) -> None:
         (["build", "--vary", "x.recipe"], "--vary goes with --check"),
         (["store", "sign", "--key", "k.sec"], "give store paths to sign, or --all"),
         (
+            ["store", "sign", "--key", "k.sec", "--all", "/kiln/store/x"],
+            "give store paths to sign, or --all (not both)",
+        ),
+        (
             ["copy", "--from", "store", "--to", "store", "/kiln/store/x"],
             "--from store --to store: nothing to do",
         ),
@@ -129,3 +133,19 @@ def test_files_that_are_not_utf8_are_errors_not_crashes(tmp_path: Path) -> None:
     pub = "someone-1:" + "A" * 43 + "="
     r = kiln("key", "revoke", pub, "--policy", str(pol), env=env)
     assert r.returncode == 1 and "not UTF-8" in r.stderr and pol.read_bytes() == b"\xff\xfe", r.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["store", "add", ""],  # was the current directory
+        ["eval", "x.recipe", ""],  # was every attribute
+        ["build", "x.recipe", ""],
+        ["sbom", "/kiln/store/" + "0" * 32 + "-x", "-o", ""],  # was stdout
+    ],
+)
+def test_an_empty_argument_is_a_usage_error(tmp_path: Path, args: list[str]) -> None:
+    """An empty string (an unset shell variable) is refused rather than read as "here"
+    or "everything"."""
+    r = kiln(*args, env=dict(os.environ, KILN_HOME=str(tmp_path / "home")))
+    assert r.returncode == 2 and "expected a value, found an empty string" in r.stderr, r.stderr
