@@ -91,7 +91,10 @@ class TokenStore:
         self._records = recs
 
     def create(self, scopes: list[str], comment: str = "") -> str:
-        """Make a token with ``scopes``, store its hash, return the plaintext (show once)."""
+        """Make a token with ``scopes``, store its hash, return the plaintext (show once).
+        ``comment`` must be printable: ``token list`` prints a token per line, tab-separated."""
+        if not comment.isprintable():
+            raise KilnError(f"a token comment must be printable (no tab or line break): {comment!r}")
         bad = [s for s in scopes if s not in SCOPES]
         if bad or not scopes:
             raise AuthError(f"unknown scope(s) {bad or scopes} (known: {', '.join(SCOPES)})")

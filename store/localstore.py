@@ -47,8 +47,10 @@ _SUBDIRS = ("objects", "gcroots", "temproots", "quarantine", "tmp", "locks")
 
 def check_root_name(name: str) -> str:
     """``name`` if it can name a GC root (``gcroots/<name>``), else ``StoreError``."""
-    if not name or "/" in name or name.startswith("."):
-        raise StoreError(f"invalid GC root name {name!r} (no '/', not starting with '.')")
+    if not name or "/" in name or name.startswith(".") or not name.isprintable():
+        raise StoreError(
+            f"invalid GC root name {name!r} (printable characters, no '/', not starting with '.')"
+        )
     return name
 
 

@@ -149,3 +149,16 @@ def test_an_empty_argument_is_a_usage_error(tmp_path: Path, args: list[str]) -> 
     or "everything"."""
     r = kiln(*args, env=dict(os.environ, KILN_HOME=str(tmp_path / "home")))
     assert r.returncode == 2 and "expected a value, found an empty string" in r.stderr, r.stderr
+
+
+def test_names_printed_one_per_line_cannot_hold_a_line_break(tmp_path: Path) -> None:
+    env = dict(os.environ, KILN_HOME=str(tmp_path / "home"))
+    reg = tmp_path / "reg"
+    assert kiln("registry", "init", "--dir", str(reg), env=env).returncode == 0
+    r = kiln(
+        "registry", "token", "create", "--scope", "read", "--dir", str(reg), "--comment", "a\nb", env=env
+    )
+    assert r.returncode == 1 and "must be printable" in r.stderr, r.stderr
+    (tmp_path / "src").mkdir()
+    r = kiln("store", "add", str(tmp_path / "src"), "--add-root", "a\nb", env=env)
+    assert r.returncode == 1 and "invalid GC root name" in r.stderr, r.stderr
