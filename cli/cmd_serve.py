@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from kiln.store.errors import KilnError
 from kiln.store.keyfiles import load_secret_key
 
-from .common import load_trusted_key, trusted_keys, warn_no_signatures, whole_number
+from .common import load_trusted_key, nonempty_path, trusted_keys, warn_no_signatures, whole_number
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -60,7 +60,10 @@ def cmd_serve(argv: list[str]) -> int:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--store", type=Path, metavar="DIR", help="serve this local kiln store (read-only)")
     src.add_argument(
-        "--dir", type=Path, metavar="DIR", help="serve (and accept pushes into) this registry directory"
+        "--dir",
+        type=nonempty_path,
+        metavar="DIR",
+        help="serve (and accept pushes into) this registry directory",
     )
     p.add_argument("--listen", default="127.0.0.1:5000", metavar="HOST:PORT")
     p.add_argument("--store-dir", default=None, help="logical store dir for a new registry directory")
@@ -176,26 +179,26 @@ def cmd_registry(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="kiln registry", description="registry administration")
     sub = p.add_subparsers(dest="cmd", required=True)
     init = sub.add_parser("init", help="create a registry directory")
-    init.add_argument("--dir", type=Path, required=True)
+    init.add_argument("--dir", type=nonempty_path, required=True)
     init.add_argument("--store-dir", default="/kiln/store")
     tok = sub.add_parser("token", help="manage bearer tokens")
     toks = tok.add_subparsers(dest="tcmd", required=True)
     tc = toks.add_parser("create", help="create a token and print it once")
     tc.add_argument("--scope", action="append", choices=["read", "write"], required=True)
-    tc.add_argument("--dir", type=Path, required=True)
+    tc.add_argument("--dir", type=nonempty_path, required=True)
     tc.add_argument("--comment", default="")
     tl = toks.add_parser("list", help="list token ids and scopes")
-    tl.add_argument("--dir", type=Path, required=True)
+    tl.add_argument("--dir", type=nonempty_path, required=True)
     tr = toks.add_parser("revoke", help="revoke a token by id")
-    tr.add_argument("--dir", type=Path, required=True)
+    tr.add_argument("--dir", type=nonempty_path, required=True)
     tr.add_argument("token_id")
     pi = sub.add_parser("publish-index", help="sign and publish the registry index")
-    pi.add_argument("--dir", type=Path, required=True)
+    pi.add_argument("--dir", type=nonempty_path, required=True)
     pi.add_argument("--key", type=Path, required=True)
     ve = sub.add_parser(
         "verify", help="check every narinfo and blob of a registry directory (exit 1 if any is bad)"
     )
-    ve.add_argument("--dir", type=Path, required=True)
+    ve.add_argument("--dir", type=nonempty_path, required=True)
     ve.add_argument(
         "--trusted-key",
         action="append",
@@ -215,7 +218,7 @@ def cmd_registry(argv: list[str]) -> int:
     )
     ve.add_argument("--json", action="store_true")
     rr = sub.add_parser("rotate-root", help="move the index to a new key (root v+1 signed by old and new)")
-    rr.add_argument("--dir", type=Path, required=True)
+    rr.add_argument("--dir", type=nonempty_path, required=True)
     rr.add_argument("--old-key", type=Path, required=True)
     rr.add_argument("--new-key", type=Path, required=True)
     args = p.parse_args(argv)

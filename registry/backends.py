@@ -26,6 +26,7 @@ from urllib.parse import urlparse
 from kiln.store import narinfo as ni
 from kiln.store.errors import KilnError
 from kiln.store.hashes import Hash
+from kiln.store.paths import check_store_dir
 
 from . import layout
 from .dirlock import NARINFO_LOCK, dir_lock
@@ -113,7 +114,7 @@ class DirSource(Source):
         if info is None:
             if not create:
                 raise KilnError(f"{directory} is not a registry (no {layout.CACHE_INFO} there)")
-            self.store_dir = store_dir or "/kiln/store"
+            self.store_dir = check_store_dir(store_dir or "/kiln/store")  # (written for every reader)
             self.storage.put_bytes(
                 layout.CACHE_INFO, layout.cache_info_text(self.store_dir, priority).encode()
             )

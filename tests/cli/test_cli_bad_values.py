@@ -162,3 +162,13 @@ def test_names_printed_one_per_line_cannot_hold_a_line_break(tmp_path: Path) -> 
     (tmp_path / "src").mkdir()
     r = kiln("store", "add", str(tmp_path / "src"), "--add-root", "a\nb", env=env)
     assert r.returncode == 1 and "invalid GC root name" in r.stderr, r.stderr
+
+
+def test_registry_init_checks_its_arguments(tmp_path: Path) -> None:
+    """``--store-dir relative`` was written into nix-cache-info and served; ``--dir ""``
+    made the current directory a registry."""
+    r = kiln("registry", "init", "--dir", str(tmp_path / "reg"), "--store-dir", "relative")
+    assert r.returncode == 1 and "invalid store dir 'relative'" in r.stderr, r.stderr
+    assert not (tmp_path / "reg" / "nix-cache-info").exists()
+    r = kiln("registry", "init", "--dir", "")
+    assert r.returncode == 2 and "expected a value" in r.stderr, r.stderr
