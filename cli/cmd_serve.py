@@ -31,6 +31,11 @@ def _policy(path: Path | None):  # noqa: ANN202 - a kiln.store.policy.Policy or 
     return load(path)
 
 
+#: a bound on --workers: each is a process with its own database connection (100,000
+#: forked until the machine gave out)
+MAX_WORKERS = 256
+
+
 def _hours(text: str) -> float:
     """An argparse type: hours from 0 to half the timestamp's lifetime (the refresh loop
     wakes up to 10 minutes late, and a late refresh must still come before expiry)."""
@@ -89,7 +94,10 @@ def cmd_serve(argv: list[str]) -> int:
         "without pushes does not look frozen to mirrors (default 6; 0: only after pushes)",
     )
     p.add_argument(
-        "--workers", type=whole_number(1), default=1, help="processes sharing the socket (default 1)"
+        "--workers",
+        type=whole_number(1, MAX_WORKERS),
+        default=1,
+        help=f"processes sharing the socket (default 1, at most {MAX_WORKERS})",
     )
     p.add_argument(
         "--max-body-size", type=whole_number(1), default=8 << 30, help="largest accepted upload in bytes"

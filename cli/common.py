@@ -276,9 +276,10 @@ def nonempty_path(text: str) -> Path:
     return Path(nonempty(text))
 
 
-def whole_number(minimum: int) -> Callable[[str], int]:
-    """An argparse type: an integer of at least ``minimum`` (a usage error otherwise,
-    naming the option, instead of a traceback later)."""
+def whole_number(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer of at least ``minimum`` (and at most ``maximum``); a
+    usage error otherwise, naming the option, instead of a traceback later."""
+    want = f">= {minimum}" if maximum is None else f"from {minimum} to {maximum}"
 
     def parse(text: str) -> int:
         import argparse
@@ -286,11 +287,9 @@ def whole_number(minimum: int) -> Callable[[str], int]:
         try:
             n = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"expected a whole number >= {minimum}, found {text!r}"
-            ) from None
-        if n < minimum:
-            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, found {n}")
+            raise argparse.ArgumentTypeError(f"expected a whole number {want}, found {text!r}") from None
+        if n < minimum or (maximum is not None and n > maximum):
+            raise argparse.ArgumentTypeError(f"expected a whole number {want}, found {n}")
         return n
 
     return parse

@@ -97,6 +97,7 @@ def test_kiln_serve_re_signs_the_timestamp_without_pushes(tmp_path, keys, other_
         (["--index-refresh", "-1"], "expected hours from 0 to 12"),
         (["--sign-key", "k.sec"], "--sign-key signs the narinfos of a --store"),
         (["--private"], None),
+        (["--workers", "100000"], "expected a whole number from 1 to 256"),
     ],
 )
 def test_serve_usage_errors(tmp_path, args, says) -> None:
