@@ -69,6 +69,12 @@ def cmd_push(argv: list[str]) -> int:
         print(f"warning: the registry did not take the new signature of {why}", file=sys.stderr)
     for why in rep.attestations_refused[:10]:
         print(f"warning: the registry did not take the attestation {why}", file=sys.stderr)
+    if any("trusted" in why for why in rep.attestations_refused):
+        print(
+            "  (kiln serve admits attestations signed by one of its --trusted-key or --attester-key "
+            "keys; provenance is signed by the build key)",
+            file=sys.stderr,
+        )
     for what, n in (
         ("signatures", len(rep.signatures_refused)),
         ("attestations", len(rep.attestations_refused)),

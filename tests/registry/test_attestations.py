@@ -168,6 +168,7 @@ def test_a_refused_attestation_is_a_warning_and_the_push_publishes(
         r = s.push(s.app, s.bare)
         assert f"warning: the registry did not take the attestation {s.bare} provenance" in r.stderr
         assert "trusted" in r.stderr and "index" in r.stdout
+        assert "admits attestations signed by one of its --trusted-key or --attester-key" in r.stderr
     assert request(f"{s.url}/{s.hp(s.app)}.att/provenance.dsse.json")[0] == 200
     assert request(f"{s.url}/{s.hp(s.bare)}.att/provenance.dsse.json")[0] == 404
     idx = json.loads((s.reg / "index" / "timestamp.json").read_bytes())["signed"]
