@@ -223,7 +223,9 @@ def run_command(fn: Callable[[list[str]], int], argv: list[str], debug: bool = F
     if sys.stderr is not None and not isinstance(sys.stderr, _Quiet):
         sys.stderr = _Quiet(sys.stderr)  # a BrokenPipeError below is then stdout's
     try:
-        return fn(argv) or 0
+        # every command unwinds on SIGTERM/SIGHUP as on ^C: its temp files and dirs go
+        with terminate_as_interrupt():
+            return fn(argv) or 0
     except KeyboardInterrupt as e:
         terminated = isinstance(e, Terminated)
         print(f"kiln: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)

@@ -190,3 +190,32 @@ def test_ctrl_c_does_not_wait_for_downloads_in_flight(server, tmp_path):
     assert p.returncode == 130 and err.rstrip().endswith("kiln: interrupted"), err
     assert "Traceback" not in err
     assert took < 10, took  # (the stalled server holds a request for 30 s)
+
+
+def test_sigterm_during_a_prefetch_leaves_nothing_behind(server, tmp_path):
+    """Every command unwinds on SIGTERM (a CI cancel, ``timeout``) as on ^C: a prefetch
+    left its ``kiln-prefetch-*`` directory with a ``.part`` file in it."""
+    import os
+    import signal
+    import sys
+    import time
+
+    server.add("slow", b"x" * 100_000)
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = {**os.environ, "TMPDIR": str(tmp), "KILN_HOME": str(tmp_path / "home")}
+    p = subprocess.Popen(
+        [sys.executable, "-m", "kiln", "prefetch", server.url("trickle/slow")],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 30
+    while not any(d.name.startswith("kiln-prefetch-") and any(d.iterdir()) for d in tmp.iterdir()):
+        assert time.monotonic() < deadline and p.poll() is None, "the download never started"
+        time.sleep(0.05)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=30)
+    assert p.returncode == 143 and "kiln: terminated" in err, err
+    assert list(tmp.iterdir()) == []
