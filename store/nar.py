@@ -251,12 +251,14 @@ def cat_into(
             if e.contents_offset is not None:
                 for c in inp.chunks(e.size, f"contents of {e.path!r}"):
                     write(c)
+    what = repr(subpath) if subpath else "the path itself"
     if found is None:
-        raise NarPathError(f"{subpath!r} does not exist in the NAR")
+        raise NarPathError(f"{what} does not exist in the NAR")
     if found.type == "symlink":
-        raise NarPathError(f"{subpath!r} is a symlink to {found.target!r}, not a file")
+        raise NarPathError(f"{what} is a symlink to {found.target!r}, not a file")
     if found.type == "directory":
-        raise NarPathError(f"{subpath!r} is a directory, not a file")
+        hint = "" if subpath else " (name a file in it; 'kiln store ls PATH' lists them)"
+        raise NarPathError(f"{what} is a directory, not a file{hint}")
 
 
 def ls(src: BinaryIO | Iterable[bytes], subpath: str = "", recursive: bool = False) -> list[NarEntry]:

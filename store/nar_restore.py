@@ -44,6 +44,10 @@ def restore(
     if os.path.lexists(dest_b):
         raise FileExistsError(errno.EEXIST, "restore destination already exists", os.fsdecode(dest_b))
     parent, base = os.path.split(dest_b)
+    if not os.path.isdir(parent):  # (else the error would name the hidden scratch dir)
+        raise FileNotFoundError(
+            errno.ENOENT, "restore destination's directory does not exist", os.fsdecode(parent)
+        )
     prefix = b"." + base[:40] + b".restore-"
     if scratch is None:
         _sweep_dead(parent, prefix)

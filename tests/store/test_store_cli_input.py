@@ -351,3 +351,27 @@ def test_a_full_store_disk_names_the_store(tmp_path):
     ), r.stderr
     assert os.listdir(st / "tmp") == [] or all(n.endswith(".lock") for n in os.listdir(st / "tmp"))
     assert kiln("store", "verify", "--store", str(st)).returncode == 0
+
+
+def test_messages_name_what_the_user_gave(tmp_path):
+    """``store restore nodir/x`` named the hidden scratch dir beside x, and ``store cat``
+    of a directory path said "'' is a directory"."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "KILN_HOME": str(tmp_path / "home")}
+
+    def k(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "kiln", *args], input=stdin, capture_output=True, env=env
+        )
+
+    r = k("store", "restore", str(tmp_path / "nodir" / "x"), stdin=b"")
+    assert r.returncode == 1 and b"restore destination's directory does not exist" in r.stderr, r.stderr
+    assert b".restore-" not in r.stderr
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "f").write_text("x")
+    assert k("store", "init").returncode == 0
+    p = k("store", "add", str(tmp_path / "d")).stdout.decode().strip()
+    r = k("store", "cat", p)
+    assert r.returncode == 1 and b"the path itself is a directory, not a file (name a file in it" in r.stderr
