@@ -84,7 +84,9 @@ class Client(abc.ABC):
         if body is None:
             raise RegistryError(f"{self.url} is not a binary cache (no nix-cache-info)")
         info = layout.parse_cache_info(utf8(body, f"{self.url}/{layout.CACHE_INFO}"))
-        self.store_dir = info.get("StoreDir", "")
+        if not info.get("StoreDir"):  # (a web page answering every URL, say)
+            raise RegistryError(f"{self.url} is not a binary cache (its nix-cache-info names no StoreDir)")
+        self.store_dir = info["StoreDir"]
         return info
 
     @abc.abstractmethod

@@ -72,3 +72,33 @@ def test_a_substituter_that_cannot_be_used_is_said_once(tmp_path: Path, path: st
     )
     assert r.stderr.count("warning: substituter http://[::1 not used: not a registry URL") == 1, r.stderr
     assert "warning: substituter /nonexistent/reg not used:" in r.stderr, r.stderr
+
+
+def test_a_web_server_that_is_not_a_binary_cache_is_said_so(tmp_path: Path, path: str) -> None:
+    """A server answering every URL with a page (no StoreDir) was "registry store dir ''
+    differs"; it is not a binary cache."""
+    import http.server
+    import threading
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            body = b"<html>hello</html>"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a: object) -> None:
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{srv.server_address[1]}"
+        other = "/kiln/store/" + "1" * 32 + "-other"  # (path is valid here already: nothing to ask)
+        r = kiln(tmp_path, "copy", "--from", url, "--to", "store", other)
+        assert (
+            r.returncode == 1 and "is not a binary cache (its nix-cache-info names no StoreDir)" in r.stderr
+        ), r.stderr
+    finally:
+        srv.shutdown()
