@@ -37,7 +37,7 @@ name this path and carry its recorded NAR sha256.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from .errors import KilnError
@@ -58,7 +58,8 @@ class Revocation:
     def describe(self) -> str:
         what = "compromised" if self.compromised else "retired"
         why = f": {self.reason}" if self.reason else ""
-        return f"key {self.key.name!r} revoked ({what}) at {self.revoked_at:%Y-%m-%dT%H:%M:%SZ}{why}"
+        when = self.revoked_at.astimezone(UTC).isoformat().replace("+00:00", "Z")  # (%Y drops a year's zeros)
+        return f"key {self.key.name!r} revoked ({what}) at {when}{why}"
 
 
 @dataclass(frozen=True, slots=True)

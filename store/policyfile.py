@@ -34,7 +34,7 @@ from __future__ import annotations
 import hashlib
 import re
 import tomllib
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -119,16 +119,21 @@ def _bool(v: Any, where: str) -> bool:
 
 
 def _time(v: Any, where: str) -> datetime:
+    """A policy time, in UTC (what is shown and compared is then the same instant)."""
     if isinstance(v, datetime):
         if v.tzinfo is None:
             raise PolicyError(f"{where} needs a time zone (write e.g. 2026-01-01T00:00:00Z)")
-        return v
-    if isinstance(v, str):
+    elif isinstance(v, str):
         try:
-            return parse_time(v)
+            v = parse_time(v)
         except FormatError as e:
             raise PolicyError(f"{where}: {e}") from None
-    raise PolicyError(f"{where} must be a date-time like 2026-01-01T00:00:00Z, found {v!r}")
+    else:
+        raise PolicyError(f"{where} must be a date-time like 2026-01-01T00:00:00Z, found {v!r}")
+    try:
+        return v.astimezone(UTC)
+    except (OverflowError, ValueError):  # 9999-12-31T23:59:59-01:00 is past year 9999 in UTC
+        raise PolicyError(f"{where}: {v.isoformat()} is out of range in UTC") from None
 
 
 def parse(text: str, *, base_dir: Path | None = None, source: str = "<policy>") -> Policy:

@@ -558,3 +558,19 @@ def test_an_invalid_vsa_fails_if_a_known_key_signed_it_and_is_noted_otherwise(bu
     (d / "vsa-misfiled.dsse.json").write_text(envelope.dumps())
     fails = _fails(policy.verify_path(built.store, p, _policy(keys), now=NOW))
     assert set(fails) == {"reproduced"} and "vsa-misfiled" in fails["reproduced"], fails
+
+
+def test_a_revocation_time_with_an_offset_is_kept_and_shown_in_utc() -> None:
+    """``revoked_at = 2026-01-01T00:00:00+02:00`` was shown as ``...00:00:00Z`` (the local
+    time with a Z); one out of range in UTC was shown with a wrong year."""
+    from kiln.store.policy import PolicyError
+    from kiln.store.policyfile import parse
+    from kiln.store.signing import SecretKey
+
+    pk = SecretKey.generate("a-1").public().to_text()
+    text = f'[keys]\nsigning = ["{pk}"]\n[[revoked]]\nkey = "{pk}"\nrevoked_at = '
+    (r,) = parse(text + "2026-01-01T00:00:00+02:00\n").revoked
+    assert "at 2025-12-31T22:00:00Z" in r.describe()
+    for far in ("9999-12-31T23:59:59-23:59", "0001-01-01T00:00:00+23:59"):
+        with pytest.raises(PolicyError, match="out of range in UTC"):
+            parse(text + far + "\n")
