@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import stat
 import tempfile
 import threading
 import time
@@ -148,17 +149,24 @@ class FileStorage(Storage):
         return self._path(key)
 
     def read(self, key: str) -> bytes | None:
-        try:
-            with open(self._path(key), "rb") as f:
-                return f.read()
-        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        f = self.open(key)
+        if f is None:
             return None
+        with f:
+            return f.read()
 
     def open(self, key: str) -> BinaryIO | None:
+        """A regular file only: anything else at that name (a directory, a FIFO someone
+        made there, which would block the read for ever) is no object."""
         try:
-            return open(self._path(key), "rb")  # noqa: SIM115 - caller owns it
+            fd = os.open(self._path(key), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             return None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            return None
+        os.set_blocking(fd, True)
+        return open(fd, "rb")  # noqa: SIM115 - caller owns it
 
     def sweep_temp(self) -> int:
         """Remove temp files left in ``.kiln/tmp`` by writers that died (kill -9 of a

@@ -246,3 +246,14 @@ def test_an_imported_directory_replaced_by_a_symlink_is_a_miss(tmp_path):
     third = evaluate_file(tmp_path / "main.recipe", cache_dir=cache)
     assert not third.from_cache and third.drv_paths != again.drv_paths
     assert third.drv_paths == evaluate_file(tmp_path / "main.recipe").drv_paths
+
+
+def test_a_fifo_in_the_cache_is_a_miss_not_a_hang(tmp_path):
+    import os
+
+    from kiln.lang import cache
+
+    d = tmp_path / "c"
+    d.mkdir()
+    os.mkfifo(cache.entry_path(d, "x.recipe", "/kiln/store"))
+    assert cache.load(d, "x.recipe", "/kiln/store") is None

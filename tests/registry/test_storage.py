@@ -96,3 +96,16 @@ def test_sweep_removes_only_dead_writers_old_temp_files(tmp_path: Path) -> None:
         assert st.sweep_temp() == 2
         left = sorted(e.name for e in os.scandir(tmp))
         assert left == sorted([new_dead.name, os.path.basename(f.name)])
+
+
+def test_a_fifo_at_an_object_name_is_no_object(tmp_path) -> None:
+    """Reading it would block for ever (a server worker, a push, a copy): it is absent."""
+    import os
+
+    from kiln.registry.storage import open_storage
+
+    s = open_storage(tmp_path / "reg")
+    s.put_bytes("x.narinfo", b"StorePath: x\n")
+    os.mkfifo(tmp_path / "reg" / "y.narinfo")
+    assert s.read("x.narinfo") == b"StorePath: x\n"
+    assert s.read("y.narinfo") is None and s.open("y.narinfo") is None
