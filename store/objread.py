@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
@@ -160,10 +161,14 @@ def read_object(
 ) -> Iterator[bytes]:
     """The NAR in object file ``obj``, verified against the recorded digests."""
     try:
-        f = open(obj, "rb", buffering=0)  # noqa: SIM115 - closed by the generator below
+        fd = os.open(obj, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         raise StoreError(f"object of {what} is missing: {obj}") from None
+    f = open(fd, "rb", buffering=0)  # noqa: SIM115 - closed by the generator below
     with f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # (a FIFO would block verify for ever)
+            raise StoreError(f"object of {what} is not a regular file: {obj}")
+        os.set_blocking(fd, True)
         yield from decompress_verified(f, what, file, nar)
 
 

@@ -101,6 +101,19 @@ def test_corrupt_object_rebuilt_from_good_tree(store, two):
     assert not old.exists() or store.object_path(a.path) == old
 
 
+def test_an_object_that_is_a_fifo_is_reported_not_waited_on(store, two):
+    """verify (and dump, cat) read the object: a FIFO put there blocked them for ever."""
+    a, _ = two
+    obj = store.object_path(a.path)
+    os.chmod(obj.parent, 0o755)
+    os.unlink(obj)
+    os.mkfifo(obj)
+    [p] = store.verify().problems
+    assert p.path == a.path and p.kind.startswith("object"), p
+    r = store.verify(repair=True)
+    assert r.ok and store.verify().problems == ()
+
+
 def test_both_bad_quarantines(store, two, tmp_path):
     a, b = two
     top = store.add_text("top.drv", b"x", [a.path])
