@@ -146,19 +146,20 @@ def terminate_as_interrupt() -> Iterator[None]:
     ``Terminated`` in the main thread instead of ending the process on the spot, so it
     unwinds as Ctrl-C does: sandboxes killed, scratch trees, disorderfs mounts and locks
     released. Exit 143 or 129."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+    import signal  # (not threading: a cached eval runs here too, and must stay light)
 
     def on_term(signum: int, frame: object) -> None:
         e = Terminated()
         e.signum = signum
         raise e
 
-    old = {signal.SIGTERM: signal.signal(signal.SIGTERM, on_term)}
+    try:
+        old = {signal.SIGTERM: signal.signal(signal.SIGTERM, on_term)}
+    except ValueError:  # not the main thread: signals are the main thread's to handle
+        old = None
+    if old is None:
+        yield
+        return
     if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
         old[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_term)
     try:
