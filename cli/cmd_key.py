@@ -107,6 +107,10 @@ def _key_file(arg: str) -> Path:
     named = keys_dir() / f"{arg}.sec"
     if named.exists():
         return named
+    from kiln.store.signing import key_text_hint, may_be_secret
+
+    if may_be_secret(arg):
+        raise KilnError(f"{key_text_hint(arg)}: give the key's file, or its name in {keys_dir()}")
     raise KilnError(f"no key file {arg} and no key named {arg!r} in {keys_dir()}")
 
 

@@ -58,7 +58,7 @@ def load_trusted_key(arg: str | os.PathLike) -> PublicKey:
     if os.path.exists(text):
         return load_public_key(text)
     if ":" not in text:
-        raise KilnError(f"{text}: no such public key file")
+        raise KilnError(f"{key_text_hint(text)}: no such public key file")
     try:
         return PublicKey.parse(text)
     except FormatError as e:
@@ -243,7 +243,13 @@ def run_command(fn: Callable[[list[str]], int], argv: list[str], debug: bool = F
             print(f"error: {e}", file=sys.stderr)
             return 1
         if isinstance(e, OSError) and e.filename:
-            both = f"{e.filename} -> {e.filename2}" if e.filename2 is not None else e.filename
+            from kiln.store.signing import key_text_hint, may_be_secret
+
+            # a key given where its file belongs ends up as a file name: never echo it
+            names = [
+                n if not may_be_secret(str(n)) else key_text_hint(str(n)) for n in (e.filename, e.filename2)
+            ]
+            both = f"{names[0]} -> {names[1]}" if e.filename2 is not None else names[0]
             print(f"error: {e.strerror}: {both}", file=sys.stderr)
             return 1
         if type(e).__module__ == "sqlite3" and type(e).__name__ in ("DatabaseError", "OperationalError"):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -162,13 +163,24 @@ def valid_signers(info: PathInfo, trusted: Iterable[PublicKey]) -> set[str]:
     return set(ok.values())
 
 
+#: a run of base64 (either alphabet) longer than a public key's 44 characters
+_SECRET_RUN = re.compile(r"[A-Za-z0-9+/_-]{45,}")
+
+
+def _random_looking(run: str) -> bool:
+    """Whether ``run`` mixes cases as random base64 does (~40 % each): hex and nix32 have
+    no uppercase, and store paths and words are mostly lowercase."""
+    upper = sum(c.isupper() for c in run)
+    lower = sum(c.islower() for c in run)
+    return upper * 10 >= len(run) and lower * 10 >= len(run)
+
+
 def may_be_secret(text: str) -> bool:
-    """Whether ``text`` could be (part of) a secret key: ``name:`` followed by more
-    base64 than a public key has (44 characters). Such text is never echoed, even when it
-    does not parse: a key that lost its padding or a few characters still holds the seed."""
-    _, colon, rest = text.strip().partition(":")
-    b64 = rest.strip().rstrip("=")
-    return bool(colon) and len(b64) > 44 and all(c.isalnum() or c in "+/" for c in b64)
+    """Whether ``text`` could hold (part of) a secret key, in any spelling: with or without
+    its ``name:``, quoted, line-wrapped, beside a public key, in the URL-safe alphabet.
+    Such text is never echoed, even when it does not parse: a key that lost its padding or
+    a few characters still holds the seed. (Hashes and store paths do not count.)"""
+    return any(_random_looking(m.group()) for m in _SECRET_RUN.finditer(text))
 
 
 def key_text_hint(text: object) -> str:
@@ -178,5 +190,5 @@ def key_text_hint(text: object) -> str:
     if isinstance(text, str):
         if may_be_secret(text):
             return "a secret key or part of one (not shown; give its public half, see 'kiln key public')"
-        return repr(text) if len(text) <= 80 else repr(text[:77] + "...")
+        return repr(text) if len(text) <= 80 else repr(text[:40] + "...")
     return repr(text)
