@@ -153,7 +153,9 @@ def open_client(
         from .httpclient import HttpClient
 
         if token is not None and any(ord(c) < 32 or ord(c) == 127 for c in token):
-            raise KilnError(f"the token for {url} contains a control character (a newline?)")
+            raise KilnError(f"the token for {redact_url(url)} contains a control character (a newline?)")
+        if token is not None and (p.username or p.password):
+            raise KilnError(f"{redact_url(url)}: give a token or credentials in the URL, not both")
         return HttpClient(url, token, jobs)
     if p.scheme in ("file", ""):
         from .dirclient import DirClient
@@ -164,16 +166,28 @@ def open_client(
 
 def parse_registry_url(url: str) -> ParseResult:
     """``urlparse(url)``, with the mistakes it lets through as ``KilnError``: a URL it
-    cannot parse (``http://[::1``), credentials in the URL (the token goes in a header:
-    ``--token``), and ``HOST:PORT`` without a scheme, which would otherwise be taken for a
-    directory of that name and become an empty registry."""
+    cannot parse (``http://[::1``), and ``HOST:PORT`` without a scheme, which would
+    otherwise be taken for a directory of that name and become an empty registry.
+    Credentials in a URL (``https://user:pw@host``, a cache behind basic auth) are fine:
+    the client sends them as basic auth and never shows them (``redact_url``)."""
     try:
         p = urlparse(url)
         p.port  # noqa: B018 - raises for a port that is not a number or out of range
     except ValueError as e:
         raise KilnError(f"not a registry URL: {url[:200]!r} ({e})") from None
-    if p.username is not None or p.password is not None:
-        raise KilnError(f"{p.scheme}:// URL with credentials in it: give a token with --token instead")
     if not p.scheme and re.match(r"[A-Za-z0-9.-]+:\d+(/|\Z)", url):
         raise KilnError(f"{url!r} looks like HOST:PORT: write http://{url} (a directory registry: ./{url})")
     return p
+
+
+def redact_url(url: str) -> str:
+    """``url`` as messages may show it: a password in it becomes ``***`` (it would end up
+    in CI logs)."""
+    try:
+        p = urlparse(url)
+        if p.password is None:
+            return url
+    except ValueError:
+        return url
+    host = p.netloc.rpartition("@")[2]
+    return p._replace(netloc=f"{p.username}:***@{host}").geturl()

@@ -30,7 +30,7 @@ from kiln.store.signing import PublicKey
 
 from . import layout
 from .attest_transfer import fetch_attestations, relay_attestations
-from .client import Client, open_client
+from .client import Client, open_client, redact_url
 from .push import MAX_FRAMES, check_results, levels
 from .substitute import Substituter, batchable, batches
 from .verify import check_narinfo, expect_info, verified_bytes, verifier_for
@@ -38,7 +38,7 @@ from .verify import check_narinfo, expect_info, verified_bytes, verifier_for
 
 def _explain(sub: Substituter, src: str, missing: list[str]) -> str:
     why = sub.down.get(src) or next((sub.rejected[p] for p in missing if p in sub.rejected), "not found")
-    return f"{src} cannot provide {len(missing)} path(s), e.g. {missing[0]}: {why}"
+    return f"{redact_url(src)} cannot provide {len(missing)} path(s), e.g. {missing[0]}: {why}"
 
 
 def to_store(

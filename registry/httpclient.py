@@ -19,6 +19,7 @@ import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 import aiohttp
 
@@ -52,7 +53,17 @@ def _answer(what: str) -> Iterator[None]:
 
 class HttpClient(Client):
     def __init__(self, url: str, token: str | None = None, jobs: int = 16) -> None:
-        self.url = url.rstrip("/")
+        # credentials in the URL go as basic auth; self.url, which every message shows,
+        # has none
+        p = urlparse(url)
+        self._auth = (
+            aiohttp.BasicAuth(unquote(p.username or ""), unquote(p.password or ""))
+            if p.username is not None or p.password is not None
+            else None
+        )
+        if self._auth is not None:
+            p = p._replace(netloc=p.netloc.rpartition("@")[2])
+        self.url = p.geturl().rstrip("/")
         self.token = token
         self.jobs = jobs
         self._session: aiohttp.ClientSession | None = None
@@ -72,6 +83,7 @@ class HttpClient(Client):
                     total=None, connect=CONNECT_TIMEOUT, sock_connect=CONNECT_TIMEOUT, sock_read=120
                 ),
                 headers=headers,
+                auth=self._auth,
                 auto_decompress=False,
             )
         return self._session

@@ -35,7 +35,7 @@ def path(tmp_path: Path) -> str:
     ("url", "token", "says"),
     [
         ("http://[::1", "T", "not a registry URL"),
-        ("http://u:p@127.0.0.1:9", "T", "credentials in it"),
+        ("http://u:p@127.0.0.1:9", "T", "give a token or credentials in the URL, not both"),
         ("127.0.0.1:18702", "T", "looks like HOST:PORT: write http://127.0.0.1:18702"),
         ("http://127.0.0.1:9", "a\nb", "contains a control character"),
         ("http://127.0.0.1:99999", "T", "not a registry URL"),
@@ -100,5 +100,52 @@ def test_a_web_server_that_is_not_a_binary_cache_is_said_so(tmp_path: Path, path
         assert (
             r.returncode == 1 and "is not a binary cache (its nix-cache-info names no StoreDir)" in r.stderr
         ), r.stderr
+    finally:
+        srv.shutdown()
+
+
+def test_credentials_in_a_url_go_as_basic_auth_and_are_never_shown(tmp_path: Path, path: str) -> None:
+    """A cache behind basic auth (``https://user:pw@host``) is read with those
+    credentials; messages show the URL with ``***`` for the password."""
+    import base64
+    import http.server
+    import threading
+
+    want = "Basic " + base64.b64encode(b"alice:s3cret-pw").decode()
+
+    class Guarded(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            if self.headers.get("Authorization") != want:
+                self.send_response(401)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            body = b"StoreDir: /kiln/store\n" if self.path == "/nix-cache-info" else b""
+            self.send_response(200 if body else 404)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a: object) -> None:
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Guarded)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    other = "/kiln/store/" + "1" * 32 + "-other"
+    try:
+        port = srv.server_address[1]
+        r = kiln(
+            tmp_path, "copy", "--from", f"http://alice:s3cret-pw@127.0.0.1:{port}", "--to", "store", other
+        )
+        # past nix-cache-info with the credentials: the path is what is missing
+        assert r.returncode == 1 and "cannot provide 1 path(s)" in r.stderr, r.stderr
+        assert "s3cret-pw" not in r.stderr and "alice:***@" in r.stderr
+        r = kiln(
+            tmp_path, "copy", "--from", f"http://alice:wrong-pw@127.0.0.1:{port}", "--to", "store", other
+        )
+        assert r.returncode == 1 and "wrong-pw" not in r.stderr, r.stderr
+        (tmp_path / "x.recipe").write_text('package x { build = "true" }\n')
+        r = kiln(tmp_path, "build", "x.recipe", "--substituter", f"http://alice:wrong-pw@127.0.0.1:{port}")
+        assert "wrong-pw" not in r.stderr, r.stderr
     finally:
         srv.shutdown()
