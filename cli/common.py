@@ -52,13 +52,13 @@ def load_trusted_key(arg: str | os.PathLike) -> PublicKey:
     same way."""
     from kiln.store.errors import FormatError, KilnError
     from kiln.store.keyfiles import load_public_key
-    from kiln.store.signing import PublicKey, key_text_hint
+    from kiln.store.signing import PublicKey, key_text_hint, may_be_secret
 
     text = os.fspath(arg)
     if os.path.exists(text):
         return load_public_key(text)
     if ":" not in text:
-        raise KilnError(f"{key_text_hint(text)}: no such public key file")
+        raise KilnError(f"{key_text_hint(text) if may_be_secret(text) else text}: no such public key file")
     try:
         return PublicKey.parse(text)
     except FormatError as e:
