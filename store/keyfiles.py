@@ -15,10 +15,14 @@ import tempfile
 from .errors import FormatError, KilnError
 from .signing import PublicKey, SecretKey, may_be_secret
 
+#: the most a key file is read for (a key is under 200 bytes; /dev/zero is not a key)
+MAX_KEY_FILE = 64 << 10
+
 
 def load_secret_key(path: str | os.PathLike) -> SecretKey:
-    """Read a secret key file (Nix format). Warns nothing, prints nothing. A file that
-    group or others may read is refused (as ssh does): the key signs paths and
+    """Read a secret key file (Nix format), or a pipe (``--key <(pass show k)``,
+    ``/dev/stdin``: a key that never touches the disk). Warns nothing, prints nothing. A
+    file that group or others may read is refused (as ssh does): the key signs paths and
     attestations, and a copy readable by other users is a leaked key."""
     if may_be_secret(os.fspath(path)) and not os.path.lexists(path):
         # the key itself where its file belongs: never echo it (error output ends up in logs)
@@ -27,12 +31,11 @@ def load_secret_key(path: str | os.PathLike) -> SecretKey:
             "write it to a file with mode 0600 and give that file"
         )
     try:
-        mode = os.stat(path).st_mode
+        mode, raw = _read_key_file(path, "secret")
     except FileNotFoundError:
         raise FormatError(f"{os.fspath(path)}: no such secret key file") from None
-    if not stat.S_ISREG(mode):  # (a FIFO would block the read for ever)
-        raise FormatError(f"{os.fspath(path)}: not a secret key file (not a regular file)")
-    if mode & 0o077 and _is_public_key_file(path):  # the usual mix-up: say that, not chmod
+    text = _ascii(raw, path, "secret")
+    if mode & 0o077 and _is_public_key(text):  # the usual mix-up: say that, not chmod
         raise FormatError(f"{os.fspath(path)} is a public key; signing needs the secret key (NAME.sec)")
     if mode & 0o077:
         raise FormatError(
@@ -40,44 +43,57 @@ def load_secret_key(path: str | os.PathLike) -> SecretKey:
             f"run: chmod 600 {os.fspath(path)}"
         )
     try:
-        with open(path, encoding="ascii") as f:
-            text = f.read()
-    except UnicodeDecodeError:
-        raise FormatError(f"{os.fspath(path)}: not a secret key file (non-ASCII content)") from None
-    try:
         return SecretKey.parse(text)
     except FormatError as e:
-        if _is_public_key_file(path):
+        if _is_public_key(text):
             raise FormatError(
                 f"{os.fspath(path)} is a public key; signing needs the secret key (NAME.sec)"
             ) from None
         raise FormatError(f"{os.fspath(path)}: {e}") from None
 
 
-def _is_public_key_file(path: str | os.PathLike) -> bool:
-    """Whether ``path`` holds a public key (read at most a line's worth)."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(200)
-        PublicKey.parse(head.decode("ascii"))
-        return True
-    except (OSError, UnicodeDecodeError, FormatError):
-        return False
-
-
 def load_public_key(path: str | os.PathLike) -> PublicKey:
-    """Read a public key file (Nix format)."""
-    if not stat.S_ISREG(os.stat(path).st_mode):  # (a FIFO would block the read for ever)
-        raise FormatError(f"{os.fspath(path)}: not a public key file (not a regular file)")
+    """Read a public key file (Nix format), or a pipe."""
+    _, raw = _read_key_file(path, "public")
     try:
-        with open(path, encoding="ascii") as f:
-            text = f.read()
-    except UnicodeDecodeError:
-        raise FormatError(f"{os.fspath(path)}: not a public key file (non-ASCII content)") from None
-    try:
-        return PublicKey.parse(text)
+        return PublicKey.parse(_ascii(raw, path, "public"))
     except FormatError as e:
         raise FormatError(f"{os.fspath(path)}: {e}") from None
+
+
+def _read_key_file(path: str | os.PathLike, what: str) -> tuple[int, bytes]:
+    """(mode, bytes) of a key file or pipe, at most ``MAX_KEY_FILE`` bytes. Opened without
+    blocking: a FIFO nobody writes to then reads as empty instead of hanging the open."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise FormatError(f"{os.fspath(path)} is a directory, not a {what} key file")
+        os.set_blocking(fd, True)
+        chunks, size = [], 0
+        while size <= MAX_KEY_FILE and (b := os.read(fd, 4096)):
+            chunks.append(b)
+            size += len(b)
+        if size > MAX_KEY_FILE:
+            raise FormatError(f"{os.fspath(path)}: not a {what} key file (over {MAX_KEY_FILE} bytes)")
+        return mode, b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _ascii(raw: bytes, path: str | os.PathLike, what: str) -> str:
+    try:
+        return raw.decode("ascii")
+    except UnicodeDecodeError:
+        raise FormatError(f"{os.fspath(path)}: not a {what} key file (non-ASCII content)") from None
+
+
+def _is_public_key(text: str) -> bool:
+    try:
+        PublicKey.parse(text)
+        return True
+    except FormatError:
+        return False
 
 
 def _write_atomic(path: str | os.PathLike, text: str, mode: int, overwrite: bool) -> None:

@@ -110,3 +110,29 @@ def test_generate_force_never_half_replaces_a_key_pair(tmp_path):
     )
     assert r.returncode == 1 and "y.pub is a directory" in r.stderr, r.stderr
     assert load_secret_key(tmp_path / "y.sec").key == old.key
+
+
+def test_a_key_can_come_through_a_pipe_and_a_fifo_never_hangs(tmp_path):
+    """``--key /dev/stdin`` or ``--key <(pass show k)`` keeps the key off the disk; a
+    named FIFO nobody writes to is an error at once, not a hang."""
+    import os
+    import subprocess
+    import sys
+
+    from kiln.store.errors import FormatError
+    from kiln.store.keyfiles import load_secret_key
+
+    key = SecretKey.generate("piped-1")
+    env = {**os.environ, "KILN_HOME": str(tmp_path / "home")}
+    assert subprocess.run([sys.executable, "-m", "kiln", "store", "init"], env=env).returncode == 0
+    r = subprocess.run(
+        [sys.executable, "-m", "kiln", "store", "sign", "--key", "/dev/stdin", "--all"],
+        input=key.to_text().encode(),
+        env=env,
+        capture_output=True,
+    )
+    assert r.returncode == 0, r.stderr
+    fifo = tmp_path / "ff"
+    os.mkfifo(fifo, 0o600)
+    with pytest.raises(FormatError):
+        load_secret_key(fifo)  # (returns at once: no writer means an empty read)
