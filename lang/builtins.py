@@ -295,9 +295,17 @@ def debian_rootfs(ev: Evaluator, node: ast.Call, env: Env) -> DrvValue:
         # with '..' leave the archive), located at the lock
         label = f"{where} ({entry['name']!r})" if isinstance(entry["name"], str) else where
         for k in (*_LOCK_FIELDS, "size"):
-            if isinstance(entry.get(k), CStr):  # (the lock's own wording would show its repr)
+            v = entry.get(k, "")
+            if isinstance(v, CStr):  # (the lock's own wording would show its repr)
                 raise BadValue(
                     f"{label}: '{k}': expected a plain string, found a string that refers to store paths",
+                    lock_node.src,
+                    lock_node.pos,
+                )
+            if not isinstance(v, str | int) or isinstance(v, bool):  # a package, a list...: named, not shown
+                raise BadValue(
+                    f"{label}: '{k}': expected {'a whole number' if k == 'size' else 'a string'}, "
+                    f"found {type_name(v)}",
                     lock_node.src,
                     lock_node.pos,
                 )

@@ -44,7 +44,7 @@ class Record(dict):
     """A record value."""
 
 
-@dataclass(frozen=True, slots=True, eq=False)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class DrvValue:
     """A package or fetched source: ``drv`` is finalized, ``path`` its ``.drv`` path.
     ``fields`` holds the evaluated fields (for ``pkg.field``); ``attr`` the recipe name.
@@ -63,8 +63,11 @@ class DrvValue:
     def as_cstr(self) -> CStr:
         return CStr(self.out, frozenset((("d", self.path, "out"),)))
 
+    def __repr__(self) -> str:  # (the generated one would print every field, recursively)
+        return f"<package {self.attr} {self.path}>"
 
-@dataclass(frozen=True, slots=True, eq=False)
+
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class SourceValue:
     """A local directory or file added to the store as a NAR-hashed source (compared by
     identity, as before)."""
@@ -74,6 +77,9 @@ class SourceValue:
 
     def as_cstr(self) -> CStr:
         return CStr(self.path, frozenset((("s", self.path),)))
+
+    def __repr__(self) -> str:
+        return f"<source {self.path}>"
 
 
 def type_name(v: object) -> str:
