@@ -13,6 +13,7 @@ GC meanwhile keeps its closure. The closure is mounted at its logical store path
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import subprocess
 import sys
@@ -113,4 +114,40 @@ def _run(cmd: str, args, store) -> int:
     if cmd == "shell":
         env["KILN_SHELL_PACKAGE"] = path
     sys.stdout.flush()
-    return subprocess.call(wrapped, env=env)
+    return run_forwarding_signals(wrapped, env, through_bwrap=wrapped is not command)
+
+
+def run_forwarding_signals(argv: list[str], env: dict[str, str], through_bwrap: bool = False) -> int:
+    """Run ``argv`` and return its exit status (128 + N if signal N ended it), passing
+    SIGTERM, SIGHUP and SIGINT on to the program while it runs: a ``systemctl stop`` or a
+    closed terminal reaches the program, which may clean up, instead of killing it 0.25 s
+    after kiln's own unwinding began (``subprocess.call`` on an exception). Under
+    ``through_bwrap`` the signal goes to bwrap's child, the program: bwrap itself would
+    die of it and take the program down with SIGKILL (``--die-with-parent``)."""
+    import signal
+
+    child = subprocess.Popen(argv, env=env)
+
+    def forward(signum: int, frame: object) -> None:
+        for pid in _program_pids(child.pid) if through_bwrap else [child.pid]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    sigs = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+    old = {s: signal.signal(s, forward) for s in sigs}
+    try:
+        code = child.wait()
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    return 128 - code if code < 0 else code
+
+
+def _program_pids(bwrap_pid: int) -> list[int]:
+    """The children of ``bwrap_pid`` (the program it runs), else bwrap itself."""
+    try:
+        with open(f"/proc/{bwrap_pid}/task/{bwrap_pid}/children") as f:
+            kids = [int(x) for x in f.read().split()]
+    except (OSError, ValueError):
+        kids = []
+    return kids or [bwrap_pid]

@@ -232,3 +232,28 @@ def test_build_and_log_name_what_they_were_given(world: World) -> None:
     assert r.returncode == 1 and "is not a valid path in the store" in r.stderr, r.stderr
     r = world.kiln("log", "nosuch")
     assert r.returncode == 1 and "no GC root named 'nosuch'" in r.stderr and "-f" not in r.stderr, r.stderr
+
+
+def test_a_signal_reaches_the_program_and_its_status_is_kiln_s(world: World, tmp_path: Path) -> None:
+    """SIGTERM to ``kiln run`` is passed on to the program, which may clean up, and kiln
+    exits with the program's status (it killed the program 0.25 s in and exited 143)."""
+    import signal
+
+    pkg = tmp_path / "pkg"
+    (pkg / "bin").mkdir(parents=True)
+    (pkg / "bin" / "trap").write_text(
+        "#!/bin/sh\ntrap 'sleep 0.5; echo cleaned up; exit 7' TERM\necho ready\nwhile :; do sleep 0.1; done\n"
+    )
+    (pkg / "bin" / "trap").chmod(0o755)
+    assert world.kiln("store", "add", str(pkg), "--add-root", "trapper").returncode == 0
+    p = subprocess.Popen(
+        [sys.executable, "-m", "kiln", "run", "trapper", "--", "trap"],
+        env=world.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert line_within(p.stdout, 60) == "ready\n"
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=30)
+    assert out == "cleaned up\n" and p.returncode == 7, (out, err, p.returncode)
