@@ -164,13 +164,19 @@ async def between(
                     for f in files.values():
                         f.unlink()
         subjects = {**present, **{p: i.nar_hash.hex for p, i in wanted.items()}}
+        failed: KilnError | None = None
         try:
             atts, refused = await relay_attestations(src, dst, subjects, jobs)
-        except KilnError as e:  # evidence, not content: the paths are there; publish them
-            atts, refused = 0, [f"attestations not relayed: {e}"]
+        except KilnError as e:  # (a 5xx, an unreachable side: not one file refused)
+            atts, refused, failed = 0, [], e
         # always, as push does: a copy cut off after its uploads publishes on the re-run,
         # when nothing is missing any more (a server with nothing new refreshes its timestamp)
         await dst.publish_index()
+        if failed is not None:  # the paths are there and published; the run still failed
+            raise KilnError(
+                f"copied and published {len(wanted)} paths, but their attestations could not be "
+                f"relayed (run the copy again): {failed}"
+            ) from failed
         return Copied(len(wanted), atts, tuple(refused))
 
 
