@@ -37,11 +37,12 @@ MAX_WORKERS = 256
 
 
 def _hours(text: str) -> float:
-    """An argparse type: hours from 0 to half the timestamp's lifetime (the refresh loop
-    wakes up to 10 minutes late, and a late refresh must still come before expiry)."""
+    """An argparse type: hours from 0 to an hour less than the timestamp's lifetime (the
+    refresh loop wakes up to 10 minutes late, and a late refresh must still come before
+    expiry)."""
     from kiln.registry.indexbuild import TIMESTAMP_HOURS
 
-    most = TIMESTAMP_HOURS / 2
+    most = TIMESTAMP_HOURS - 1
     try:
         h = float(text)
     except ValueError:
@@ -91,7 +92,7 @@ def cmd_serve(argv: list[str]) -> int:
         default=6.0,
         metavar="HOURS",
         help="with --index-key: re-sign the index timestamp (valid 24 h) this often, so a registry "
-        "without pushes does not look frozen to mirrors (default 6; 0: only after pushes)",
+        "without pushes does not look frozen to mirrors (default 6, at most 23; 0: only after pushes)",
     )
     p.add_argument(
         "--workers",

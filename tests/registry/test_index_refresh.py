@@ -93,8 +93,8 @@ def test_kiln_serve_re_signs_the_timestamp_without_pushes(tmp_path, keys, other_
 @pytest.mark.parametrize(
     ("args", "says"),
     [
-        (["--index-refresh", "13"], "expected hours from 0 to 12"),
-        (["--index-refresh", "-1"], "expected hours from 0 to 12"),
+        (["--index-refresh", "24"], "expected hours from 0 to 23"),
+        (["--index-refresh", "-1"], "expected hours from 0 to 23"),
         (["--sign-key", "k.sec"], "--sign-key signs the narinfos of a --store"),
         (["--private"], None),
         (["--workers", "100000"], "expected a whole number from 1 to 256"),
