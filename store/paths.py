@@ -92,7 +92,6 @@ def check_store_dir(store_dir: str, *, local: bool = False) -> str:
     return store_dir
 
 
-@functools.lru_cache(maxsize=64)
 def new_store_dir_problem(store_dir: str) -> str:
     """Why a *new* local store may not use ``store_dir`` ("" if it may), beyond
     ``check_store_dir``: builds pass store paths in whitespace-separated lists (a
@@ -104,6 +103,7 @@ def new_store_dir_problem(store_dir: str) -> str:
     return ""
 
 
+@functools.lru_cache(maxsize=64)  # every StorePath.parse asks
 def _store_dir_problem(store_dir: str) -> str:
     """Why ``store_dir`` is not a valid store dir ("" if it is)."""
     if not store_dir.startswith("/"):
