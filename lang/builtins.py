@@ -168,7 +168,8 @@ def _fetch_url(ev, v, node: ast.Node, what: str) -> str:
     or an absolute path. A relative path would be read from wherever kiln runs (not the
     recipe's directory), so one recipe would fetch different files from different places."""
     url = _url(ev, v, node, what)
-    if not url.startswith("/") and not re.match(r"[A-Za-z][A-Za-z0-9+.-]*:", url):
+    relative = not url.startswith("/") and not re.match(r"[A-Za-z][A-Za-z0-9+.-]*:", url)
+    if relative or (url.lower().startswith("file:") and not url[5:].startswith("/")):
         raise BadValue(
             f"{what} must be a URL with a scheme or an absolute path, found the relative {url!r} "
             '(for a file beside the recipe use path "./...")',
