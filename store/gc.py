@@ -48,7 +48,7 @@ from .hashes import Hash
 from .locks import FileLock, left_by_dead_writer, live_temp_roots, remove_if_free
 from .mounts import MOUNTINFO, mounts_below, unmount_below
 from .paths import StorePath
-from .trees import remove_tree, tree_size
+from .trees import remove_tree, tree_size, walk
 
 _WRITER_TMP = re.compile(r"^(\d+-|gc-\d+-)")
 _OWNED_TMP = re.compile(r"^(build|check|vary)-")
@@ -199,7 +199,10 @@ def collect(store: LocalStore, dry_run: bool = False) -> GcReport:
         freed = sum(_size(store.real_path(p)) for p in dead)
         freed += sum(_size(store.real_store / s) for s in stray)
         freed += sum(_size(o) for o in doomed_objects)
-        freed += sum(_size(Path(t)) for t in doomed_tmp if not (dry_run and t in mounted))
+        freed += sum(
+            _size_beside_mounts(Path(t), table) if dry_run and t in mounted else _size(Path(t))
+            for t in doomed_tmp
+        )
         report = GcReport(
             dry_run=dry_run,
             roots=tuple(sorted(roots & set(refs))),
@@ -327,6 +330,22 @@ def _used_objects(store: LocalStore, exclude: set[str]) -> set[str]:
         if path not in exclude:
             used.add(Hash.parse(fh).hex)
     return used
+
+
+def _size_beside_mounts(p: Path, table: bytes) -> int:
+    """``_size`` of ``p`` without what is mounted below it (a dry run leaves a killed
+    rebuild's disorderfs mounts up: through them its real files would count twice)."""
+    points = {os.fsencode(m) for m, _ in mounts_below(p, table)}
+    total = 0
+    try:
+        for dirpath, dirnames, filenames in walk(os.fsencode(p)):
+            dirnames[:] = [d for d in dirnames if os.path.join(dirpath, d) not in points]
+            for f in filenames:
+                st = os.lstat(os.path.join(dirpath, f))
+                total += st.st_size if stat.S_ISREG(st.st_mode) else 0
+    except OSError:
+        pass  # (a size is never a reason to stop collecting)
+    return total
 
 
 def _size(p: Path) -> int:

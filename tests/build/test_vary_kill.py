@@ -30,7 +30,11 @@ pytestmark = [
 
 def test_gc_takes_down_the_mounts_of_a_killed_vary_check(store, graph):
     # only the varied rebuild (umask 077) hangs, so the first build finishes
-    a, _ = graph.drv("hangs-varied", 'echo a > $out; [ "$(umask)" = 0077 ] && exec sleep 300; true')
+    # (the varied rebuild leaves 1 MB in its build dir, which a dry run must count once)
+    a, _ = graph.drv(
+        "hangs-varied",
+        'echo a > $out; [ "$(umask)" = 0077 ] && { head -c 1000000 /dev/zero > /build/big; exec sleep 300; }; true',
+    )
     Builder(store, BwrapExecutor(), BuildOptions(), say=lambda m: None).realise([a])
     env = dict(os.environ, KILN_HOME=str(store.root))
     p = subprocess.Popen(
@@ -44,7 +48,9 @@ def test_gc_takes_down_the_mounts_of_a_killed_vary_check(store, graph):
     try:
         deadline = time.monotonic() + 60
         # two mounts: the build dir and the scratch store dir
-        while sum(t == "fuse.disorderfs" for _, t in mounts_below(tmp)) < 2:
+        while sum(t == "fuse.disorderfs" for _, t in mounts_below(tmp)) < 2 or not list(
+            tmp.glob("vary-*/a/deeper/path/*/build.real/big")
+        ):
             assert time.monotonic() < deadline and p.poll() is None, "the varied rebuild never mounted"
             time.sleep(0.05)
     finally:
@@ -54,8 +60,11 @@ def test_gc_takes_down_the_mounts_of_a_killed_vary_check(store, graph):
     store.close()
     try:
         s = LocalStore.open(store.root)
-        dry = s.gc(dry_run=True)  # lists it, unmounts nothing
+        for i, p in enumerate(s.all_paths()):  # only the leftover dir is garbage
+            s.add_root(f"keep-{i}", p)
+        dry = s.gc(dry_run=True)  # lists it, unmounts nothing, counts its bytes once
         assert any("/vary-" in t for t in dry.tmp_dirs) and mounts_below(tmp), dry
+        assert 1_000_000 <= dry.bytes_freed < 1_500_000, dry.bytes_freed
         r = s.gc()
         assert not r.kept, r.kept
         assert any("/vary-" in t for t in r.tmp_dirs), r.tmp_dirs
