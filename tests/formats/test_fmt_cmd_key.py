@@ -136,3 +136,23 @@ def test_a_key_can_come_through_a_pipe_and_a_fifo_never_hangs(tmp_path):
     os.mkfifo(fifo, 0o600)
     with pytest.raises(FormatError):
         load_secret_key(fifo)  # (returns at once: no writer means an empty read)
+
+
+def test_generate_force_writes_the_public_half_first(tmp_path, monkeypatch):
+    """If the public key cannot be written (any reason, not only a directory there), the
+    old secret key must still be in place: the public half is written first."""
+    import argparse
+
+    from kiln import cmd_key
+    from kiln.store.keyfiles import load_secret_key, write_secret_key
+
+    old = SecretKey.generate("z-1")
+    write_secret_key(tmp_path / "z.sec", old)
+
+    def fails(*a, **kw):  # noqa: ANN002, ANN003, ANN202
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(cmd_key, "write_public_key", fails)
+    with pytest.raises(OSError):
+        cmd_key._generate(argparse.Namespace(name="z-2", output=str(tmp_path / "z.sec"), force=True))
+    assert load_secret_key(tmp_path / "z.sec").key == old.key

@@ -27,3 +27,22 @@ def test_mounts_below_a_directory_deepest_first():
 def test_mount_points_are_unescaped():
     assert mounts_below(Path("/s/tmp/vary 1"), INFO) == [("/s/tmp/vary 1/with\\space", "fuse.sshfs")]
     assert mounts_below(Path("/s/tmp/none"), INFO) == []
+
+
+def test_fuse_unmount_takes_fusermount3_where_fusermount_is_missing(tmp_path, monkeypatch):
+    """disorderfs depends on ``fuse | fuse3``: a machine may only have ``fusermount3``."""
+    from kiln.store.mounts import fuse_unmount
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "called"
+    shim = bin_dir / "fusermount3"
+    shim.write_text(f'#!/bin/sh\necho "$@" > {log}\n')
+    shim.chmod(0o755)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    assert fuse_unmount("/some/mount", lazy=True) is None
+    assert log.read_text() == "-u -z /some/mount\n"
+    shim.write_text("#!/bin/sh\necho busy >&2; exit 1\n")
+    assert "cannot unmount /some/mount: busy" in (fuse_unmount("/some/mount") or "")
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    assert "neither fusermount nor fusermount3" in (fuse_unmount("/some/mount") or "")
