@@ -1,9 +1,13 @@
 """Small HTTP pieces shared by the registry's read and write handlers: the error that
-becomes a 4xx answer, plain-text answers, and body readers that enforce size limits and
+becomes a 4xx answer, plain-text answers, body readers that enforce size limits and
 a minimum pace (``pace``: a client trickling a body is answered 408, so a slowloris
-cannot hold connections open; aiohttp itself bounds only the wait for headers)."""
+cannot hold connections open; aiohttp itself bounds only the wait for headers), and a
+file answer whose ETag is its digest."""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -71,3 +75,19 @@ async def drain(request: web.BaseRequest, limit: int) -> None:
         total += len(chunk)
         if total > limit:
             raise HTTPError(413, "body too large")
+
+
+class DigestFile(web.FileResponse):
+    """FileResponse whose ETag is the content digest (strong, stable across copies)."""
+
+    def __init__(self, path: Path, etag: str, **kw: Any) -> None:
+        super().__init__(path, chunk_size=CHUNK, **kw)
+        self._digest_etag = etag
+
+    @property
+    def etag(self) -> Any:  # type: ignore[override]
+        return web.FileResponse.etag.fget(self)  # type: ignore[attr-defined]
+
+    @etag.setter
+    def etag(self, value: Any) -> None:
+        web.FileResponse.etag.fset(self, self._digest_etag)  # type: ignore[attr-defined]

@@ -48,7 +48,7 @@ from kiln.store.signing import PublicKey, SecretKey
 from . import fastpath, layout
 from .auth import AuthError, TokenStore
 from .backends import DirSource, Source
-from .httpbits import CHUNK, HTTPError, plain, read_body
+from .httpbits import CHUNK, DigestFile, HTTPError, plain, read_body
 from .storage import FileStorage
 from .storesource import StoreSource
 from .writeapi import WriteAPI
@@ -84,22 +84,6 @@ class ServerConfig:
     #: with ``index_key``: re-sign the index timestamp this often, in seconds (0: only
     #: after pushes), so a registry without pushes does not look frozen (``refresh_index``)
     index_refresh: float = 6 * 3600
-
-
-class _DigestFile(web.FileResponse):
-    """FileResponse whose ETag is the content digest (strong, stable across copies)."""
-
-    def __init__(self, path: Path, etag: str, **kw: Any) -> None:
-        super().__init__(path, chunk_size=CHUNK, **kw)
-        self._digest_etag = etag
-
-    @property
-    def etag(self) -> Any:  # type: ignore[override]
-        return web.FileResponse.etag.fget(self)  # type: ignore[attr-defined]
-
-    @etag.setter
-    def etag(self, value: Any) -> None:
-        web.FileResponse.etag.fset(self, self._digest_etag)  # type: ignore[attr-defined]
 
 
 class Registry(WriteAPI):
@@ -217,7 +201,7 @@ class Registry(WriteAPI):
             if inm and etag in inm:
                 return web.Response(status=304, headers={"ETag": f'"{etag}"', "Cache-Control": IMMUTABLE})
             ctype = "application/zstd" if kind == "blob" else "application/x-nix-nar"
-            return _DigestFile(path, etag, headers={"Cache-Control": IMMUTABLE, "Content-Type": ctype})
+            return DigestFile(path, etag, headers={"Cache-Control": IMMUTABLE, "Content-Type": ctype})
         path = self.source.file(key)
         if path is None:
             return plain(404, f"not found: /{key}", **self._miss_headers)

@@ -37,11 +37,11 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from . import hookmarks
 from .buildcheck import Checking
 from .buildcheck import NotDeterministic as NotDeterministic  # re-exported: callers import it from here
+from .buildlocks import Serialized
 from .buildlogs import LogStore
 from .buildplan import Graph, load_graph, plan
 from .buildproduce import BuildError as BuildError  # re-exported: callers import it from here
@@ -126,7 +126,7 @@ class Builder(Producing, Checking, Scheduling):
     ) -> None:
         # A LocalStore owns one SQLite connection and one temp-roots file, which must not
         # be used from several threads at once: worker threads share it through a lock.
-        self.store = _Serialized(store)
+        self.store = Serialized(store)
         self.executor = executor
         self.opts = options
         self.substituter = substituter
@@ -355,31 +355,6 @@ class Builder(Producing, Checking, Scheduling):
         if errors and raise_errors:
             raise errors[0]
         return errors
-
-
-class _Serialized:
-    """Proxy that runs every method call of the wrapped store under one lock (attributes
-    such as ``root`` and ``store_dir`` are read directly)."""
-
-    def __init__(self, inner) -> None:
-        self._inner = inner
-        self._lock = threading.RLock()
-
-    def exclusive(self) -> threading.RLock:
-        """The lock itself, for code that uses the wrapped store directly."""
-        return self._lock
-
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self._inner, name)
-        if not callable(attr):
-            return attr
-        lock = self._lock
-
-        def call(*args: Any, **kwargs: Any) -> Any:
-            with lock:
-                return attr(*args, **kwargs)
-
-        return call
 
 
 def _refs_first(drv_path: str, drv, produced) -> list:

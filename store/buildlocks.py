@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -56,3 +57,29 @@ def output_lock(
                 lock.acquire()
             stack.callback(lock.release)
         yield
+
+
+class Serialized:
+    """Proxy that runs every method call of the wrapped store under one lock (attributes
+    such as ``root`` and ``store_dir`` are read directly): the build loop's worker
+    threads share one ``LocalStore`` (one SQLite connection) through it."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self._lock = threading.RLock()
+
+    def exclusive(self) -> threading.RLock:
+        """The lock itself, for code that uses the wrapped store directly."""
+        return self._lock
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._inner, name)
+        if not callable(attr):
+            return attr
+        lock = self._lock
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with lock:
+                return attr(*args, **kwargs)
+
+        return call

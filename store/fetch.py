@@ -80,6 +80,7 @@ from .fetchhttp import (  # noqa: F401 - FetchError, CHUNK, USER_AGENT: part of 
     _max_download,
     _TooBig,
     _TooSlow,
+    fetch_timeout,
 )
 from .fetchmirror import (  # noqa: F401 - part of this module's API
     copy_to_mirror,
@@ -205,18 +206,6 @@ def _transfer(source: str, sink: _Sink, timeout: float, retries: int, limit: _Li
         _http_get(source, sink, timeout, retries, limit)
     else:
         raise FetchError(f"unsupported URL scheme in {source!r} (use http, https, ftp, file or debian:)")
-
-
-def fetch_timeout() -> float:
-    """The socket timeout in seconds: ``KILN_FETCH_TIMEOUT``, default 30."""
-    raw = os.environ.get("KILN_FETCH_TIMEOUT", "30")
-    try:
-        timeout = float(raw)
-    except ValueError:
-        raise FetchError(f"KILN_FETCH_TIMEOUT must be a number of seconds, found {raw!r}") from None
-    if not timeout > 0:
-        raise FetchError(f"KILN_FETCH_TIMEOUT must be a positive number of seconds, found {raw!r}")
-    return timeout
 
 
 # --- mirrors that stopped answering ----------------------------------------------------

@@ -77,6 +77,18 @@ class _Limit:
         return f"the download cap ({self.size} bytes; KILN_FETCH_MAX_SIZE raises it)"
 
 
+def fetch_timeout() -> float:
+    """The socket timeout in seconds: ``KILN_FETCH_TIMEOUT``, default 30."""
+    raw = os.environ.get("KILN_FETCH_TIMEOUT", "30")
+    try:
+        timeout = float(raw)
+    except ValueError:
+        raise FetchError(f"KILN_FETCH_TIMEOUT must be a number of seconds, found {raw!r}") from None
+    if not timeout > 0:
+        raise FetchError(f"KILN_FETCH_TIMEOUT must be a positive number of seconds, found {raw!r}")
+    return timeout
+
+
 def _max_download() -> int:
     raw = os.environ.get("KILN_FETCH_MAX_SIZE", "")
     if not raw:
