@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from kiln.store.errors import KilnError
+from kiln.store.errors import KilnError, redact_urls
 from kiln.store.hashes import Hash
 from kiln.store.paths import StorePath
 
@@ -187,7 +187,8 @@ def challenge(store_dir: str, locals_: dict[str, tuple[str, str]], urls: list[st
             status, h, detail = got[p]
             if status == "has" and local:
                 status = "agrees" if h == local else "DIFFERS"
-            answers.append(Answer(url, status, h, detail))
+            # shown and printed as JSON: never with the URL's credentials
+            answers.append(Answer(redact_urls(url), status, h, redact_urls(detail)))
         out.append(PathChallenge(p, local, source, tuple(answers)))
     return out
 

@@ -13,6 +13,8 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 
+from kiln.store.errors import redact_urls
+
 # No argparse or pathlib at import time: every command imports this module, and a
 # cached ``kiln eval FILE`` uses neither (see cmd_eval.main).
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing
@@ -172,7 +174,8 @@ def terminate_as_interrupt() -> Iterator[None]:
 class _Quiet:
     """A stream (stderr, or its ``buffer``) that stops writing, silently, once its reader
     has gone (a closed pipe: ``kiln build -L 2>&1 | head``). Messages are a courtesy; the
-    command's work and its exit status must not end with them."""
+    command's work and its exit status must not end with them. Text written to it has
+    the credentials of any URL hidden (``errors.redact_urls``)."""
 
     def __init__(self, stream) -> None:  # noqa: ANN001 - a text or binary stream
         self._stream = stream
@@ -181,7 +184,9 @@ class _Quiet:
     def write(self, data: str | bytes) -> int:  # as the stream's
         if not self._gone:
             try:
-                return self._stream.write(data)
+                # a message quoting a registry URL never shows its password (build
+                # logs go through the binary side, untouched)
+                self._stream.write(redact_urls(data) if isinstance(data, str) else data)
             except BrokenPipeError:
                 self._gone = True
         return len(data)

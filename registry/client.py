@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import ParseResult, urlparse
 
-from kiln.store.errors import KilnError
+from kiln.store.errors import KilnError, redact_urls
 from kiln.store.hashes import Hash
 
 from . import layout
@@ -174,20 +174,12 @@ def parse_registry_url(url: str) -> ParseResult:
         p = urlparse(url)
         p.port  # noqa: B018 - raises for a port that is not a number or out of range
     except ValueError as e:
-        raise KilnError(f"not a registry URL: {url[:200]!r} ({e})") from None
+        raise KilnError(f"not a registry URL: {redact_urls(url)[:200]!r} ({e})") from None
     if not p.scheme and re.match(r"[A-Za-z0-9.-]+:\d+(/|\Z)", url):
         raise KilnError(f"{url!r} looks like HOST:PORT: write http://{url} (a directory registry: ./{url})")
     return p
 
 
 def redact_url(url: str) -> str:
-    """``url`` as messages may show it: a password in it becomes ``***`` (it would end up
-    in CI logs)."""
-    try:
-        p = urlparse(url)
-        if p.password is None:
-            return url
-    except ValueError:
-        return url
-    host = p.netloc.rpartition("@")[2]
-    return p._replace(netloc=f"{p.username}:***@{host}").geturl()
+    """``url`` as messages may show it: its credentials hidden (``errors.redact_urls``)."""
+    return redact_urls(url)

@@ -14,6 +14,7 @@ caller checks digests (``verify``, ``objread``).
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 from collections.abc import Callable, Iterator
@@ -56,12 +57,13 @@ class HttpClient(Client):
         # credentials in the URL go as basic auth; self.url, which every message shows,
         # has none
         p = urlparse(url)
-        self._auth = (
-            aiohttp.BasicAuth(unquote(p.username or ""), unquote(p.password or ""))
+        self._basic = (
+            "Basic "
+            + base64.b64encode(f"{unquote(p.username or '')}:{unquote(p.password or '')}".encode()).decode()
             if p.username is not None or p.password is not None
             else None
         )
-        if self._auth is not None:
+        if self._basic is not None:
             p = p._replace(netloc=p.netloc.rpartition("@")[2])
         self.url = p.geturl().rstrip("/")
         self.token = token
@@ -76,14 +78,17 @@ class HttpClient(Client):
 
     def _sess(self) -> aiohttp.ClientSession:
         if self._session is None:
+            # a default header, as the token: aiohttp drops it on a redirect to another
+            # origin (a session's auth= it would send there too: a CDN would get the password)
             headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+            if self._basic is not None:
+                headers["Authorization"] = self._basic
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=self.jobs, force_close=False),
                 timeout=aiohttp.ClientTimeout(
                     total=None, connect=CONNECT_TIMEOUT, sock_connect=CONNECT_TIMEOUT, sock_read=120
                 ),
                 headers=headers,
-                auth=self._auth,
                 auto_decompress=False,
             )
         return self._session

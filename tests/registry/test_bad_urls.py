@@ -149,3 +149,84 @@ def test_credentials_in_a_url_go_as_basic_auth_and_are_never_shown(tmp_path: Pat
         assert "wrong-pw" not in r.stderr, r.stderr
     finally:
         srv.shutdown()
+
+
+def test_basic_auth_is_not_sent_to_another_origin_on_a_redirect(tmp_path: Path) -> None:
+    """A registry that redirects to a CDN must not hand it the user's password."""
+    import asyncio
+    import http.server
+    import threading
+
+    from kiln.registry.httpclient import HttpClient
+
+    seen: list[str | None] = []
+
+    class Cdn(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            seen.append(self.headers.get("Authorization"))
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *a: object) -> None:
+            pass
+
+    cdn = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Cdn)
+
+    class Origin(Cdn):
+        def do_GET(self) -> None:  # noqa: N802
+            seen.append(self.headers.get("Authorization"))
+            self.send_response(302)
+            self.send_header("Location", f"http://127.0.0.1:{cdn.server_address[1]}/blob")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    origin = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Origin)
+    for srv in (cdn, origin):
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+
+    async def get() -> bytes | None:
+        c = HttpClient(f"http://alice:s3cret@127.0.0.1:{origin.server_address[1]}")
+        try:
+            return await c.get("nar/x")
+        finally:
+            await c.close()
+
+    try:
+        assert asyncio.run(get()) == b"ok"
+    finally:
+        cdn.shutdown()
+        origin.shutdown()
+    assert seen[0] is not None and seen[0].startswith("Basic ") and seen[1] is None, seen
+
+
+def test_no_message_shows_a_url_s_password(tmp_path: Path, path: str) -> None:
+    """Whatever path a message takes (an error, a warning, challenge's own output), a
+    registry URL in it has its password hidden: everything the CLI writes to stderr goes
+    through ``errors.redact_urls``."""
+    from kiln.store.errors import redact_urls
+
+    assert redact_urls("from http://alice:s3cret@h:1/x and https://ghp_tok@github.com") == (
+        "from http://alice:***@h:1/x and https://***@github.com"
+    )
+    assert redact_urls("http://u:pa/ss@host/x") == "http://u:***@host/x"
+    runs = [
+        kiln(tmp_path, "copy", "--from", "http://alice:s3cret-pw@[::1", "--to", "store", path),
+        kiln(
+            tmp_path,
+            "copy",
+            "--from",
+            "http://alice:s3cret-pw@127.0.0.1:1",
+            "--to",
+            "store",
+            "/kiln/store/" + "1" * 32 + "-x",
+        ),
+        kiln(tmp_path, "challenge", path, "--registry", "http://alice:s3cret-pw@127.0.0.1:1"),
+        kiln(tmp_path, "challenge", path, "--registry", "http://alice:s3cret-pw@127.0.0.1:1", "--json"),
+    ]
+    for r in runs:
+        assert "s3cret-pw" not in r.stdout + r.stderr and "alice:***@" in r.stdout + r.stderr, (
+            r.stdout,
+            r.stderr,
+        )
