@@ -262,8 +262,10 @@ def cmd_registry(argv: list[str]) -> int:
         pub = publish.publish_index(src.storage, load_secret_key(args.key))
         print(f"index version {pub.index_version}, timestamp version {pub.timestamp_version}")
         return 0
-    v = publish.rotate_root(src.storage, load_secret_key(args.old_key), load_secret_key(args.new_key))
-    pub = publish.publish_index(src.storage, load_secret_key(args.new_key))
+    # each key read once, before anything is written (a key may come from a pipe)
+    old_key, new_key = load_secret_key(args.old_key), load_secret_key(args.new_key)
+    v = publish.rotate_root(src.storage, old_key, new_key)
+    pub = publish.publish_index(src.storage, new_key)
     print(f"root version {v}; index version {pub.index_version}, timestamp version {pub.timestamp_version}")
     return 0
 
