@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 
-from kiln.store.errors import redact_urls
+from kiln.store.errors import hide_keys, redact_urls
 
 # No argparse or pathlib at import time: every command imports this module, and a
 # cached ``kiln eval FILE`` uses neither (see cmd_eval.main).
@@ -186,7 +186,7 @@ class _Quiet:
             try:
                 # a message quoting a registry URL never shows its password (build
                 # logs go through the binary side, untouched)
-                self._stream.write(redact_urls(data) if isinstance(data, str) else data)
+                self._stream.write(hide_keys(redact_urls(data)) if isinstance(data, str) else data)
             except BrokenPipeError:
                 self._gone = True
         return len(data)
@@ -248,13 +248,9 @@ def run_command(fn: Callable[[list[str]], int], argv: list[str], debug: bool = F
             print(f"error: {e}", file=sys.stderr)
             return 1
         if isinstance(e, OSError) and e.filename:
-            from kiln.store.signing import key_text_hint, may_be_secret
-
-            # a key given where its file belongs ends up as a file name: never echo it
-            names = [
-                n if not may_be_secret(str(n)) else key_text_hint(str(n)) for n in (e.filename, e.filename2)
-            ]
-            both = f"{names[0]} -> {names[1]}" if e.filename2 is not None else names[0]
+            # (a key given where its file belongs is such a file name: the stderr wrapper,
+            # _Quiet, hides it)
+            both = f"{e.filename} -> {e.filename2}" if e.filename2 is not None else e.filename
             print(f"error: {e.strerror}: {both}", file=sys.stderr)
             return 1
         if type(e).__module__ == "sqlite3" and type(e).__name__ in ("DatabaseError", "OperationalError"):

@@ -174,7 +174,7 @@ def load_named_signer(
     from .errors import KilnError
     from .keyfiles import load_public_key, load_secret_key
     from .signcmd import CommandSigner
-    from .signing import PublicKey, key_text_hint, may_be_secret
+    from .signing import PublicKey, key_text_hint
 
     if signer_cmd:
         if key_file:
@@ -185,7 +185,7 @@ def load_named_signer(
         try:
             pub = PublicKey.parse(text)
         except FormatError:
-            if may_be_secret(text) or not os.path.isfile(text):
+            if not os.path.isfile(text):  # (a file first: a path is never taken for a key)
                 raise KilnError(
                     f"signer public key {key_text_hint(text)}: expected a public key (name:base64) "
                     "or the path of a .pub file"

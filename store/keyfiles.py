@@ -25,10 +25,10 @@ def load_secret_key(path: str | os.PathLike) -> SecretKey:
     file that group or others may read is refused (as ssh does): the key signs paths and
     attestations, and a copy readable by other users is a leaked key."""
     if may_be_secret(os.fspath(path)) and not os.path.lexists(path):
-        # the key itself where its file belongs: never echo it (error output ends up in logs)
+        # the key itself where its file belongs, most likely: never echo it
         raise FormatError(
-            "a secret key was given where its file was expected (the key is not shown): "
-            "write it to a file with mode 0600 and give that file"
+            "no such secret key file (what was given looks like key text, so it is not shown: "
+            "a key goes in a file with mode 0600, and the file is given)"
         )
     try:
         mode, raw = _read_key_file(path, "secret")

@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import base64
 import functools
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import nacl.exceptions
 import nacl.signing
 
-from .errors import FormatError
+from .errors import FormatError, looks_like_key
 from .pathinfo import PathInfo
 
 
@@ -163,24 +162,11 @@ def valid_signers(info: PathInfo, trusted: Iterable[PublicKey]) -> set[str]:
     return set(ok.values())
 
 
-#: a run of base64 (either alphabet) longer than a public key's 44 characters
-_SECRET_RUN = re.compile(r"[A-Za-z0-9+/_-]{45,}")
-
-
-def _random_looking(run: str) -> bool:
-    """Whether ``run`` mixes cases as random base64 does (~40 % each): hex and nix32 have
-    no uppercase, and store paths and words are mostly lowercase."""
-    upper = sum(c.isupper() for c in run)
-    lower = sum(c.islower() for c in run)
-    return upper * 10 >= len(run) and lower * 10 >= len(run)
-
-
 def may_be_secret(text: str) -> bool:
-    """Whether ``text`` could hold (part of) a secret key, in any spelling: with or without
-    its ``name:``, quoted, line-wrapped, beside a public key, in the URL-safe alphabet.
-    Such text is never echoed, even when it does not parse: a key that lost its padding or
-    a few characters still holds the seed. (Hashes and store paths do not count.)"""
-    return any(_random_looking(m.group()) for m in _SECRET_RUN.finditer(text))
+    """Whether ``text`` could hold (part of) a secret key (``errors.looks_like_key``). Such
+    text is never echoed, even when it does not parse: a key that lost its padding or a
+    few characters still holds the seed."""
+    return looks_like_key(text)
 
 
 def key_text_hint(text: object) -> str:
