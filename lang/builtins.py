@@ -169,7 +169,9 @@ def _fetch_url(ev, v, node: ast.Node, what: str) -> str:
     recipe's directory), so one recipe would fetch different files from different places."""
     url = _url(ev, v, node, what)
     relative = not url.startswith("/") and not re.match(r"[A-Za-z][A-Za-z0-9+.-]*:", url)
-    if relative or (url.lower().startswith("file:") and not url[5:].startswith("/")):
+    # file: must name an absolute path on this machine: file:///p or file:/p (file://host/p
+    # would read /p's host part as a directory; the fetcher matches the scheme exactly)
+    if relative or (url[:5].lower() == "file:" and not re.match(r"file:(/[^/]|///|//localhost/)", url)):
         raise BadValue(
             f"{what} must be a URL with a scheme or an absolute path, found the relative {url!r} "
             '(for a file beside the recipe use path "./...")',

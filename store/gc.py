@@ -338,7 +338,8 @@ def _size_beside_mounts(p: Path, table: bytes) -> int:
     points = {os.fsencode(m) for m, _ in mounts_below(p, table)}
     total = 0
     try:
-        for dirpath, dirnames, filenames in walk(os.fsencode(p)):
+        # resolved, as mountinfo's points are (a KILN_HOME under a symlink)
+        for dirpath, dirnames, filenames in walk(os.fsencode(os.path.realpath(p))):
             dirnames[:] = [d for d in dirnames if os.path.join(dirpath, d) not in points]
             for f in filenames:
                 st = os.lstat(os.path.join(dirpath, f))
