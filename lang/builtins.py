@@ -173,7 +173,8 @@ def _fetch_url(ev, v, node: ast.Node, what: str) -> str:
     # would read /p's host part as a directory; the fetcher matches the scheme exactly)
     if relative or (url[:5].lower() == "file:" and not re.match(r"file:(/[^/]|///|//localhost/)", url)):
         raise BadValue(
-            f"{what} must be a URL with a scheme or an absolute path, found the relative {url!r} "
+            f"{what} must be a URL with a scheme or an absolute path (a local file: file:///path), "
+            f"found {url!r}, which would be read from wherever kiln runs "
             '(for a file beside the recipe use path "./...")',
             node.src,
             node.pos,

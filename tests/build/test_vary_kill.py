@@ -48,9 +48,10 @@ def test_gc_takes_down_the_mounts_of_a_killed_vary_check(store, graph):
     try:
         deadline = time.monotonic() + 60
         # two mounts: the build dir and the scratch store dir
-        while sum(t == "fuse.disorderfs" for _, t in mounts_below(tmp)) < 2 or not list(
-            tmp.glob("vary-*/a/deeper/path/*/build.real/big")
-        ):
+        # and the 1 MB file written whole
+        while sum(t == "fuse.disorderfs" for _, t in mounts_below(tmp)) < 2 or [
+            f.stat().st_size for f in tmp.glob("vary-*/a/deeper/path/*/build.real/big")
+        ] != [1_000_000]:
             assert time.monotonic() < deadline and p.poll() is None, "the varied rebuild never mounted"
             time.sleep(0.05)
     finally:
