@@ -117,29 +117,59 @@ def _run(cmd: str, args, store) -> int:
     return run_forwarding_signals(wrapped, env, through_bwrap=wrapped is not command)
 
 
+#: the signals a program run by ``kiln run`` gets, however they were sent
+FORWARDED = ("SIGINT", "SIGTERM", "SIGHUP")
+_SI_KERNEL = 0x80  # si_code of a signal the kernel generated (a terminal's ^C, a hangup)
+
+
 def run_forwarding_signals(argv: list[str], env: dict[str, str], through_bwrap: bool = False) -> int:
-    """Run ``argv`` and return its exit status (128 + N if signal N ended it), passing
-    SIGTERM, SIGHUP and SIGINT on to the program while it runs: a ``systemctl stop`` or a
-    closed terminal reaches the program, which may clean up, instead of killing it 0.25 s
-    after kiln's own unwinding began (``subprocess.call`` on an exception). Under
-    ``through_bwrap`` the signal goes to bwrap's child, the program: bwrap itself would
-    die of it and take the program down with SIGKILL (``--die-with-parent``)."""
+    """Run ``argv`` in kiln's process group (a shell keeps the terminal) and return its
+    exit status (128 + N if signal N ended it). SIGINT, SIGTERM and SIGHUP reach the
+    program once, however they are sent:
+    - from the terminal (^C, a hangup) the kernel signals the whole process group, the
+      program included; kiln does not pass those on (``si_code``);
+    - sent to kiln alone (``kill PID``, ``timeout``), kiln passes them on.
+    bwrap runs with them ignored (it would die of them and take the program down with
+    SIGKILL, ``--die-with-parent``); the program gets them back at their default through
+    ``env --default-signal``, except one kiln itself was started with ignored (``nohup``).
+    A signal sent to the whole group by a process (``kill -- -PGID``, a service manager's
+    stop) reaches the program directly and is passed on too: it sees it twice."""
     import signal
 
-    child = subprocess.Popen(argv, env=env)
+    sigs = [getattr(signal, n) for n in FORWARDED]
+    wanted = [s for s in sigs if signal.getsignal(s) is not signal.SIG_IGN]
+    if through_bwrap:
+        names = ",".join(n[3:] for n in FORWARDED if getattr(signal, n) in wanted)
+        argv = [
+            *argv[: argv.index("--") + 1],
+            "env",
+            f"--default-signal={names}",
+            *argv[argv.index("--") + 1 :],
+        ]
+    waited = [*sigs, signal.SIGCHLD]
 
-    def forward(signum: int, frame: object) -> None:
-        for pid in _program_pids(child.pid) if through_bwrap else [child.pid]:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signum)
+    def in_child() -> None:  # between fork and exec: what bwrap (or the program) starts with
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, waited)
+        for s in sigs:
+            if through_bwrap or s not in wanted:
+                signal.signal(s, signal.SIG_IGN)
 
-    sigs = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
-    old = {s: signal.signal(s, forward) for s in sigs}
+    signal.pthread_sigmask(signal.SIG_BLOCK, waited)
     try:
-        code = child.wait()
+        child = subprocess.Popen(argv, env=env, preexec_fn=in_child)  # noqa: PLW1509 - no threads here
+        while child.poll() is None:
+            info = signal.sigtimedwait(waited, 1.0)
+            if info is None or info.si_signo == signal.SIGCHLD or info.si_code == _SI_KERNEL:
+                continue
+            for pid in _program_pids(child.pid) if through_bwrap else [child.pid]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, info.si_signo)
+        # what came after the program ended (its own ^C, say) is not kiln's to act on
+        while signal.sigtimedwait(waited, 0) is not None:
+            pass
     finally:
-        for s, h in old.items():
-            signal.signal(s, h)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, waited)
+    code = child.returncode
     return 128 - code if code < 0 else code
 
 

@@ -234,6 +234,74 @@ def test_build_and_log_name_what_they_were_given(world: World) -> None:
     assert r.returncode == 1 and "no GC root named 'nosuch'" in r.stderr and "-f" not in r.stderr, r.stderr
 
 
+def _trapper(world: World, tmp_path: Path) -> None:
+    """A package whose ``trap`` counts the SIGINTs and SIGTERMs it gets, then cleans up."""
+    pkg = tmp_path / "trapper"
+    (pkg / "bin").mkdir(parents=True)
+    (pkg / "bin" / "trap").write_text(
+        "#!/bin/sh\n"
+        "n=0\n"
+        "trap 'n=$((n+1)); echo got $n' INT TERM\n"
+        "echo ready\n"
+        "while [ $n -lt 1 ]; do sleep 0.1; done\n"
+        "sleep 1\n"  # a second signal would show as "got 2" meanwhile
+        "echo cleaned up; exit 7\n"
+    )
+    (pkg / "bin" / "trap").chmod(0o755)
+    assert world.kiln("store", "add", str(pkg), "--add-root", "trapper2").returncode == 0
+
+
+def test_a_terminal_s_ctrl_c_reaches_the_program_once(world: World, tmp_path: Path) -> None:
+    """^C on a terminal goes to the whole foreground group, bwrap included: bwrap, which
+    would die of it and take the program down, ignores it, and kiln does not pass it on
+    a second time."""
+    import pty
+    import time
+
+    _trapper(world, tmp_path)
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: kiln on the pty's terminal
+        os.execvpe(sys.executable, [sys.executable, "-m", "kiln", "run", "trapper2", "--", "trap"], world.env)
+    out = b""
+    deadline = time.monotonic() + 60
+    while b"ready" not in out:
+        assert time.monotonic() < deadline, out
+        out += os.read(fd, 1024)
+    os.write(fd, b"\x03")  # ^C: the kernel signals the terminal's foreground group
+    while True:
+        try:
+            chunk = os.read(fd, 1024)
+        except OSError:  # EIO: the terminal's other side closed
+            break
+        if not chunk:
+            break
+        out += chunk
+    _, status = os.waitpid(pid, 0)
+    text = out.decode(errors="replace")
+    assert "got 1" in text and "got 2" not in text and "cleaned up" in text, text
+    assert os.waitstatus_to_exitcode(status) == 7, text
+
+
+def test_a_group_sigterm_lets_the_program_clean_up(world: World, tmp_path: Path) -> None:
+    """A service manager's stop signals every process of the group: bwrap must not die of
+    it (the program was SIGKILLed mid-cleanup)."""
+    import signal
+
+    _trapper(world, tmp_path)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "kiln", "run", "trapper2", "--", "trap"],
+        env=world.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    assert line_within(p.stdout, 60) == "ready\n"
+    os.killpg(p.pid, signal.SIGTERM)
+    out, err = p.communicate(timeout=30)
+    assert "cleaned up" in out and p.returncode == 7, (out, err, p.returncode)
+
+
 def test_a_signal_reaches_the_program_and_its_status_is_kiln_s(world: World, tmp_path: Path) -> None:
     """SIGTERM to ``kiln run`` is passed on to the program, which may clean up, and kiln
     exits with the program's status (it killed the program 0.25 s in and exited 143)."""
