@@ -28,7 +28,7 @@ def kiln(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
     return subprocess.run([sys.executable, "-m", "kiln", *args], capture_output=True, text=True, env=env)
 
 
-def provenance(store, path: str, sk) -> Envelope:  # noqa: ANN001
+def provenance(store, path: str, sk, parameters: dict | None = None) -> Envelope:  # noqa: ANN001
     info = store.query(path)
     now = time.time()
     st = intoto.provenance(
@@ -36,7 +36,7 @@ def provenance(store, path: str, sk) -> Envelope:  # noqa: ANN001
         info.nar_hash.hex,
         recipe_file="hello.recipe",
         attribute="hello",
-        parameters={},
+        parameters=parameters or {},
         git_commit=None,
         git_dirty=False,
         sandbox_settings={"network": False},
@@ -176,30 +176,26 @@ def test_a_refused_attestation_is_a_warning_and_the_push_publishes(
     assert idx["version"] >= 2  # published by each push
 
 
+def _second_registry(tmp_path: Path, keys, kiln_server) -> tuple[Path, str, object]:  # noqa: ANN001
+    """Another registry directory served by kiln serve (trusting ``keys``, signing its
+    index with them): (its directory, a write token, the server)."""
+    reg2 = tmp_path / "reg2"
+    assert kiln("registry", "init", "--dir", str(reg2)).returncode == 0
+    tok2 = kiln("registry", "token", "create", "--scope", "write", "--dir", str(reg2)).stdout.strip()
+    srv2 = kiln_server(
+        "--dir", str(reg2), "--trusted-key", str(keys.pk_file), "--index-key", str(keys.sk_file)
+    )
+    return reg2, tok2, srv2
+
+
 def test_an_attestation_too_big_for_the_registry_is_a_warning(tmp_path, keys, kiln_server) -> None:
     """The registry answers 413 to an attestation over its limit; the push goes on (it
     failed every run before publishing the index)."""
     from kiln.registry.attest_transfer import MAX_ATTESTATION
 
     s = Setup(tmp_path, keys, kiln_server)
-    info = s.store.query(s.bare)
-    st = intoto.provenance(
-        StorePath.parse(s.bare).base,
-        info.nar_hash.hex,
-        recipe_file="big.recipe",
-        attribute="big",
-        parameters={"padding": "x" * MAX_ATTESTATION},
-        git_commit=None,
-        git_dirty=False,
-        sandbox_settings={"network": False},
-        toolchain_path=None,
-        resolved_dependencies=[],
-        builder_version="test",
-        invocation_id="inv-big",
-        started_on=time.time() - 5,
-        finished_on=time.time(),
-    )
-    attestations.write(s.store, s.bare, "provenance", attestations.sign(st, [Ed25519Signer(keys.sk.key)]))
+    big = provenance(s.store, s.bare, keys.sk, parameters={"padding": "x" * MAX_ATTESTATION})
+    attestations.write(s.store, s.bare, "provenance", big)
     r = s.push(s.app, s.bare)
     assert f"warning: the registry did not take the attestation {s.bare} provenance" in r.stderr, r.stderr
     assert request(f"{s.url}/{s.hp(s.app)}.att/provenance.dsse.json")[0] == 200
@@ -214,12 +210,7 @@ def test_a_copy_whose_attestations_fail_still_publishes(tmp_path, keys, kiln_ser
 
     s = Setup(tmp_path, keys, kiln_server)
     s.push(s.app)
-    reg2 = tmp_path / "reg2"
-    assert kiln("registry", "init", "--dir", str(reg2)).returncode == 0
-    tok2 = kiln("registry", "token", "create", "--scope", "write", "--dir", str(reg2)).stdout.strip()
-    srv2 = kiln_server(
-        "--dir", str(reg2), "--trusted-key", str(keys.pk_file), "--index-key", str(keys.sk_file)
-    )
+    reg2, tok2, srv2 = _second_registry(tmp_path, keys, kiln_server)
     real = HttpClient.attestation_listings
 
     async def failing(self, hash_parts):  # noqa: ANN001, ANN202
@@ -257,12 +248,7 @@ def test_copy_between_registries_carries_attestations(tmp_path, keys, other_keys
         s.put(s.app, kind, attestations.sign(st, [Ed25519Signer(other_keys.sk.key)]).dumps().encode())[0]
         == 201
     )
-    reg2 = tmp_path / "reg2"
-    assert kiln("registry", "init", "--dir", str(reg2)).returncode == 0
-    tok2 = kiln("registry", "token", "create", "--scope", "write", "--dir", str(reg2)).stdout.strip()
-    srv2 = kiln_server(
-        "--dir", str(reg2), "--trusted-key", str(keys.pk_file), "--index-key", str(keys.sk_file)
-    )
+    reg2, tok2, srv2 = _second_registry(tmp_path, keys, kiln_server)
     copy = ["copy", "--from", s.url, "--to", srv2.url, "--token", tok2, "--trusted-key", str(keys.pk_file)]
     r = kiln(*copy, s.app)
     assert r.returncode == 0 and "copied 2 paths and 1 attestations" in r.stdout, r.stderr
