@@ -6,6 +6,21 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
+
+
+def kiln_at(
+    tmp: Path, *args: str, env: dict | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess:
+    """``kiln ARGS...`` with ``KILN_HOME=tmp/home``, 60 s at most; ``env`` adds to it."""
+    return subprocess.run(
+        [sys.executable, "-m", "kiln", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=cwd,
+        env={**os.environ, "KILN_HOME": str(tmp / "home"), **(env or {})},
+    )
 
 
 def kiln(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:

@@ -4,12 +4,11 @@ output ends up in CI logs. Before, ``--key "$(cat k.sec)"`` printed the whole ke
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from clikit import kiln_at
 
 from kiln.store.signing import SecretKey
 
@@ -30,14 +29,7 @@ SEEDS = (SEED[:12], SEED[:12].replace("+", "-").replace("/", "_"))
 
 
 def kiln(tmp: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "kiln", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "KILN_HOME": str(tmp / "home"), **(env or {})},
-        cwd=tmp,
-    )
+    return kiln_at(tmp, *args, env=env, cwd=tmp)
 
 
 @pytest.mark.parametrize(

@@ -50,6 +50,19 @@ def provenance(store, path: str, sk, parameters: dict | None = None) -> Envelope
     return attestations.sign(st, [Ed25519Signer(sk.key)])
 
 
+def vsa(store, path: str, sk) -> bytes:  # noqa: ANN001
+    """A passing VSA for ``path`` signed by ``sk``, as a rebuilder would file it."""
+    st = intoto.vsa(
+        StorePath.parse(path).base,
+        store.query(path).nar_hash.hex,
+        verifier_version="test",
+        time_verified=time.time(),
+        passed=True,
+        resource_uri=f"kiln:{path}",
+    )
+    return attestations.sign(st, [Ed25519Signer(sk.key)]).dumps().encode()
+
+
 class Setup:
     """A store with ``dep`` <- ``app`` (app has a provenance attestation) and a registry
     directory served by ``kiln serve`` that trusts ``keys``."""
@@ -234,20 +247,8 @@ def test_copy_between_registries_carries_attestations(tmp_path, keys, other_keys
     s = Setup(tmp_path, keys, kiln_server, "--attester-key", str(other_keys.pk_file))
     s.push(s.app)
     # a rebuilder's VSA the source admits (it trusts that attester) and the destination will not
-    info = s.store.query(s.app)
-    st = intoto.vsa(
-        StorePath.parse(s.app).base,
-        info.nar_hash.hex,
-        verifier_version="test",
-        time_verified=time.time(),
-        passed=True,
-        resource_uri=f"kiln:{s.app}",
-    )
     kind = attestations.vsa_kind(other_keys.pk.key)
-    assert (
-        s.put(s.app, kind, attestations.sign(st, [Ed25519Signer(other_keys.sk.key)]).dumps().encode())[0]
-        == 201
-    )
+    assert s.put(s.app, kind, vsa(s.store, s.app, other_keys.sk))[0] == 201
     reg2, tok2, srv2 = _second_registry(tmp_path, keys, kiln_server)
     copy = ["copy", "--from", s.url, "--to", srv2.url, "--token", tok2, "--trusted-key", str(keys.pk_file)]
     r = kiln(*copy, s.app)
@@ -437,23 +438,10 @@ def test_push_to_a_directory_url_carries_attestations(tmp_path, keys) -> None:
 def test_rebuilder_vsa_admitted_with_attester_key(tmp_path, keys, other_keys, kiln_server) -> None:
     s = Setup(tmp_path, keys, kiln_server, "--attester-key", str(other_keys.pk_file))
     s.push(s.bare)
-    info = s.store.query(s.bare)
-
-    def vsa(sk) -> bytes:  # noqa: ANN001
-        st = intoto.vsa(
-            StorePath.parse(s.bare).base,
-            info.nar_hash.hex,
-            verifier_version="test",
-            time_verified=time.time(),
-            passed=True,
-            resource_uri=f"kiln:{s.bare}",
-        )
-        return attestations.sign(st, [Ed25519Signer(sk.key)]).dumps().encode()
-
     kind = attestations.vsa_kind(other_keys.pk.key)
     # a VSA filed under the rebuilder's kind must be signed by that rebuilder
-    assert s.put(s.bare, kind, vsa(keys.sk))[0] == 403
-    assert s.put(s.bare, kind, vsa(other_keys.sk))[0] == 201
+    assert s.put(s.bare, kind, vsa(s.store, s.bare, keys.sk))[0] == 403
+    assert s.put(s.bare, kind, vsa(s.store, s.bare, other_keys.sk))[0] == 201
     st, _, body = request(f"{s.url}/{s.hp(s.bare)}.att/")
     assert st == 200 and list(json.loads(body)["kinds"]) == [kind]
 

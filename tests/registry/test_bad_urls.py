@@ -4,23 +4,15 @@ in the current directory for ``HOST:PORT`` without a scheme."""
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from clikit import kiln_at
 
 
 def kiln(tmp: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "kiln", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=tmp,
-        env={**os.environ, "KILN_HOME": str(tmp / "home"), **(env or {})},
-    )
+    return kiln_at(tmp, *args, env=env, cwd=tmp)
 
 
 @pytest.fixture
