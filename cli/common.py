@@ -184,8 +184,8 @@ class _Quiet:
     def write(self, data: str | bytes) -> int:  # as the stream's
         if not self._gone:
             try:
-                # a message quoting a registry URL never shows its password (build
-                # logs go through the binary side, untouched)
+                # a message never shows a registry URL's password nor a secret key
+                # (both exact rules; build logs go through the binary side, untouched)
                 self._stream.write(hide_keys(redact_urls(data)) if isinstance(data, str) else data)
             except BrokenPipeError:
                 self._gone = True

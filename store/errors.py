@@ -11,24 +11,26 @@ from __future__ import annotations
 
 import re
 
-#: the user-info part of a URL: ``scheme://USER:PASSWORD@`` or ``scheme://TOKEN@``
-_USERINFO = re.compile(r"(?<=://)([^\s@]*)@")  # (a / in an unencoded password too)
+#: the user-info part of a URL: ``scheme://USER:PASSWORD@`` or ``scheme://TOKEN@``, up
+#: to the authority's last ``@`` (as ``urlsplit`` reads it: a password may hold an ``@``)
+_USERINFO = re.compile(r"(?<=://)([^\s/?#]*)@")
 
 
 #: a run of base64 (either alphabet) longer than a public key's 44 characters
 _KEYISH = re.compile(r"[A-Za-z0-9+/_-]{45,}")
 
 
-#: a store path's base (``<32 nix32>-name``): 32 such characters in a row never come
-#: out of base64 by chance, and a name after a hash may be CamelCase with digits
-_STORE_BASE = re.compile(r"[0-9a-df-np-sv-z]{32}-")
+#: what is not key text although it looks random: a store path's base (``<32
+#: nix32>-name``; 32 such characters in a row never come out of base64 by chance) and an
+#: SRI hash (``sha256-<base64>``)
+_NOT_KEY = re.compile(r"[0-9a-df-np-sv-z]{32}-|^sha(1|256|384|512)-")
 
 
 def _random_looking(run: str) -> bool:
     """Whether ``run`` mixes cases and digits as random base64 does (~40 % upper, ~40 %
-    lower, ~15 % digits): hex and nix32 have no uppercase, store paths are recognised,
-    and CamelCase file names rarely have both a digit and 15 % capitals."""
-    if _STORE_BASE.search(run):
+    lower, ~15 % digits): hex and nix32 have no uppercase, store paths and SRI hashes are
+    recognised, and CamelCase file names rarely have both a digit and 15 % capitals."""
+    if _NOT_KEY.search(run):
         return False
     upper = sum(c.isupper() for c in run)
     lower = sum(c.islower() for c in run)
@@ -36,22 +38,50 @@ def _random_looking(run: str) -> bool:
 
 
 def looks_like_key(text: str) -> bool:
-    """Whether ``text`` could hold (part of) a secret key, in any spelling: with or
-    without its ``name:``, quoted, wrapped at any width, in the URL-safe alphabet, with a
-    newline. Hashes, store paths and ordinary file names do not count."""
-    compact = re.sub(r"[\s\"']", "", text)  # (a key wrapped at 40 columns is one run again)
+    """Whether ``text``, given where a key or a key's file belongs, could hold (part of) a
+    secret key, in any spelling: with or without its ``name:``, quoted, wrapped at any
+    width (or shown wrapped by ``repr``), in the URL-safe alphabet. A heuristic for key
+    arguments only: ordinary messages go through ``hide_keys``, which is exact."""
+    compact = re.sub(r"\\[nrt]|[\s\"']", "", text)  # (a wrapped key is one run again)
     return any(_random_looking(m.group()) for t in (text, compact) for m in _KEYISH.finditer(t))
 
 
+#: a stretch of text that may hold a secret key, wrapped or not (``repr``'s ``\n`` too)
+_KEY_REGION = re.compile(r"(?:[A-Za-z0-9+/=_-]|\\[nrt]|[ \t\r\n])+")
+
+
 def hide_keys(text: str) -> str:
-    """``text`` with every run that may be key text replaced (see ``looks_like_key``)."""
-    if not looks_like_key(text):
+    """``text`` with every ed25519 secret key in it (``<seed><public key>``, base64, either
+    alphabet, wrapped or not) replaced. Exact, not a guess: 64 bytes count only when the
+    second half is the public key of the first, so hashes, signatures, paths and build
+    logs are never touched. Cheap when there is no such stretch of 86+ characters."""
+    if len(text) < 86:
         return text
-    out = _KEYISH.sub(
-        lambda m: "<not shown: looks like key text>" if _random_looking(m.group()) else m.group(), text
-    )
-    # a key wrapped into short lines: no single run is long enough, hide the whole text
-    return out if not looks_like_key(out) else "<not shown: looks like key text>"
+    out, last = [], 0
+    for m in _KEY_REGION.finditer(text):
+        if m.end() - m.start() >= 86 and _holds_secret_key(m.group()):
+            out += [text[last : m.start()], " <not shown: a secret key> "]
+            last = m.end()
+    return "".join(out) + text[last:] if out else text
+
+
+def _holds_secret_key(region: str) -> bool:
+    import base64
+    import binascii
+
+    compact = re.sub(r"\\[nrt]|\s", "", region)
+    for i in range(len(compact) - 85):
+        chunk = compact[i : i + 88].rstrip("=")[:86] + "=="
+        try:
+            raw = base64.b64decode(chunk.replace("-", "+").replace("_", "/"), validate=True)
+        except (binascii.Error, ValueError):
+            continue
+        if len(raw) == 64:
+            import nacl.signing
+
+            if bytes(nacl.signing.SigningKey(raw[:32]).verify_key) == raw[32:]:
+                return True
+    return False
 
 
 def redact_urls(text: str) -> str:

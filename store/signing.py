@@ -163,9 +163,9 @@ def valid_signers(info: PathInfo, trusted: Iterable[PublicKey]) -> set[str]:
 
 
 def may_be_secret(text: str) -> bool:
-    """Whether ``text`` could hold (part of) a secret key (``errors.looks_like_key``). Such
-    text is never echoed, even when it does not parse: a key that lost its padding or a
-    few characters still holds the seed."""
+    """Whether ``text``, given as a key or a key's file, could hold (part of) a secret key
+    (``errors.looks_like_key``, a heuristic). Such text is never echoed, even when it does
+    not parse: a key that lost its padding or a few characters still holds the seed."""
     return looks_like_key(text)
 
 

@@ -74,3 +74,28 @@ def test_a_path_is_not_taken_for_a_key(tmp_path: Path) -> None:
     assert kiln(tmp_path, "store", "init").returncode == 0
     r = kiln(tmp_path, "store", "info", p)
     assert p in r.stderr, r.stderr
+
+
+def test_the_stderr_filter_hides_keys_exactly_and_nothing_else(tmp_path: Path) -> None:
+    """Every message on stderr goes through ``errors.hide_keys``: a secret key (a seed
+    followed by its own public key) in any spelling is hidden; a build log's capitals and
+    digits, an SRI hash or a signature are not keys and stay (a first, looser rule hid a
+    whole failed build's message)."""
+    import textwrap
+
+    from kiln.store.errors import hide_keys
+
+    log = (
+        "CMake Error at CMakeLists.txt:12 (find_package):\n  Could not find a package configuration file "
+        'provided by "Qt5" with any of\n  Add the installation prefix of "Qt5" to CMAKE_PREFIX_PATH or set "Qt5_DIR"\n'
+    )
+    sri = "found a sha512 hash: 'sha512-" + "AbCdEfGh12345678" * 6 + "=='"
+    sig = "sig leaky-1:" + "Qx7" * 29 + "A=="
+    for text in (log, sri, sig):
+        assert hide_keys(text) == text
+    for text in (SECRET, *SPELLINGS, repr("\n".join(textwrap.wrap(B64, 40)))):
+        assert not any(seed in hide_keys(f"error: {text}: no such file") for seed in SEEDS), text
+    r = kiln(tmp_path, SECRET)  # an "unknown command", printed before the filter is in place
+    assert r.returncode == 2 and not any(seed in r.stderr for seed in SEEDS), r.stderr
+    r = kiln(tmp_path, "key", "\n".join(textwrap.wrap(SECRET, 40)))  # argparse's repr of it
+    assert r.returncode == 2 and not any(seed in r.stderr for seed in SEEDS), r.stderr

@@ -202,7 +202,10 @@ def test_no_message_shows_a_url_s_password(tmp_path: Path, path: str) -> None:
     assert redact_urls("from http://alice:s3cret@h:1/x and https://ghp_tok@github.com") == (
         "from http://alice:***@h:1/x and https://***@github.com"
     )
-    assert redact_urls("http://u:pa/ss@host/x") == "http://u:***@host/x"
+    assert redact_urls("http://alice:p@ssw0rd@h/x") == "http://alice:***@h/x"  # the last @
+    assert (
+        redact_urls("https://proxy.golang.org/m/@v/v0.9.1.zip") == "https://proxy.golang.org/m/@v/v0.9.1.zip"
+    )
     runs = [
         kiln(tmp_path, "copy", "--from", "http://alice:s3cret-pw@[::1", "--to", "store", path),
         kiln(
