@@ -191,9 +191,10 @@ async def _verify_remote(url: str, target: str, policy: Policy, token: str | Non
     from kiln.store.localstore import LocalStore
 
     from .attest_transfer import fetch_attestations
-    from .client import open_client
+    from .client import open_client, redact_url
     from .push import levels
 
+    shown = redact_url(url)  # (reports go to stdout, which the CLI does not filter)
     async with open_client(url, token, create=False) as client:
         try:
             info = await client.cache_info()
@@ -204,10 +205,10 @@ async def _verify_remote(url: str, target: str, policy: Policy, token: str | Non
                 h = _hash_part(target)
                 text = (await client.narinfos([h])).get(h) if h else None
             if text is None:
-                return _failed(target, policy, "valid", f"{url} serves no path for {target}")
+                return _failed(target, policy, "valid", f"{shown} serves no path for {target}")
             top = _admit_top(text, store_dir, target)
         except KilnError as e:
-            return _failed(target, policy, "valid", f"cannot fetch {target} from {url}: {e}")
+            return _failed(target, policy, "valid", f"cannot fetch {target} from {shown}: {e}")
         # closure by narinfo references, then import dependencies first
         infos = {top.path: top}
         frontier = [r for r in top.references if r != top.path]
@@ -218,10 +219,10 @@ async def _verify_remote(url: str, target: str, policy: Policy, token: str | Non
                 frontier = []
                 for h, p in want.items():
                     if h not in got:
-                        raise KilnError(f"{url} serves {top.path} but not its reference {p}")
+                        raise KilnError(f"{shown} serves {top.path} but not its reference {p}")
                     i = check_narinfo(got[h], store_dir, [], 0, h)
                     if i.path != p:
-                        raise KilnError(f"{url} answered for reference {p} with the narinfo of {i.path}")
+                        raise KilnError(f"{shown} answered for reference {p} with the narinfo of {i.path}")
                     infos[i.path] = i
                     frontier += [r for r in i.references if r not in infos]
         except KilnError as e:

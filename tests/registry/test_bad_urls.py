@@ -219,6 +219,8 @@ def test_no_message_shows_a_url_s_password(tmp_path: Path, path: str) -> None:
         ),
         kiln(tmp_path, "challenge", path, "--registry", "http://alice:s3cret-pw@127.0.0.1:1"),
         kiln(tmp_path, "challenge", path, "--registry", "http://alice:s3cret-pw@127.0.0.1:1", "--json"),
+        kiln(tmp_path, "verify", f"http://alice:s3cret-pw@127.0.0.1:1#{path}"),  # its report is stdout
+        kiln(tmp_path, "verify", f"http://alice:s3cret-pw@127.0.0.1:1#{path}", "--json"),
     ]
     for r in runs:
         assert "s3cret-pw" not in r.stdout + r.stderr and "alice:***@" in r.stdout + r.stderr, (
