@@ -131,27 +131,29 @@ def run_forwarding_signals(argv: list[str], env: dict[str, str], through_bwrap: 
     - sent to kiln alone (``kill PID``, ``timeout``), kiln passes them on.
     bwrap runs with them ignored (it would die of them and take the program down with
     SIGKILL, ``--die-with-parent``); the program gets them back at their default through
-    ``env --default-signal``, except one kiln itself was started with ignored (``nohup``).
+    the host's ``env --default-signal``, except one kiln itself was started with ignored
+    (``nohup``). Without such an ``env`` bwrap is not shielded. A signal kiln passes on
+    while bwrap is still starting (before ``env`` has run) is lost.
     A signal sent to the whole group by a process (``kill -- -PGID``, a service manager's
     stop) reaches the program directly and is passed on too: it sees it twice."""
     import signal
 
     sigs = [getattr(signal, n) for n in FORWARDED]
     wanted = [s for s in sigs if signal.getsignal(s) is not signal.SIG_IGN]
-    if through_bwrap:
+    # the host's own env (not a package's bin/env, first on the program's PATH), if it can
+    # reset signals (coreutils >= 8.31); else bwrap is not shielded (as before)
+    tool = _env_with_default_signal() if through_bwrap else None
+    shield = tool is not None
+    if tool is not None:
         names = ",".join(n[3:] for n in FORWARDED if getattr(signal, n) in wanted)
-        argv = [
-            *argv[: argv.index("--") + 1],
-            "env",
-            f"--default-signal={names}",
-            *argv[argv.index("--") + 1 :],
-        ]
+        cut = argv.index("--") + 1
+        argv = [*argv[:cut], tool, f"--default-signal={names}", *argv[cut:]]
     waited = [*sigs, signal.SIGCHLD]
 
     def in_child() -> None:  # between fork and exec: what bwrap (or the program) starts with
         signal.pthread_sigmask(signal.SIG_UNBLOCK, waited)
         for s in sigs:
-            if through_bwrap or s not in wanted:
+            if shield or s not in wanted:
                 signal.signal(s, signal.SIG_IGN)
 
     signal.pthread_sigmask(signal.SIG_BLOCK, waited)
@@ -171,6 +173,24 @@ def run_forwarding_signals(argv: list[str], env: dict[str, str], through_bwrap: 
         signal.pthread_sigmask(signal.SIG_UNBLOCK, waited)
     code = child.returncode
     return 128 - code if code < 0 else code
+
+
+def _env_with_default_signal() -> str | None:
+    """The host's ``env`` if it takes ``--default-signal`` (coreutils 8.31 and later; not
+    busybox's), else None."""
+    import shutil
+
+    tool = shutil.which("env", path=os.environ.get("PATH", os.defpath))
+    if tool is None:
+        return None
+    try:
+        ok = (
+            subprocess.run([tool, "--default-signal=INT", "true"], capture_output=True, timeout=10).returncode
+            == 0
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return tool if ok else None
 
 
 def _program_pids(bwrap_pid: int) -> list[int]:

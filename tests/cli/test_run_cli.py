@@ -308,3 +308,17 @@ def test_a_sigterm_lets_the_program_clean_up_and_kiln_exits_with_its_status(
         os.killpg(p.pid, signal.SIGTERM)
     out, err = p.communicate(timeout=30)
     assert "got 1" in out and "cleaned up" in out and p.returncode == 7, (out, err, p.returncode)
+
+
+def test_a_package_s_own_env_does_not_stand_in_for_the_host_s(world: World, tmp_path: Path) -> None:
+    """kiln run resets signals with the host's ``env --default-signal``; a package that
+    ships a ``bin/env`` (busybox-style) came first on PATH and failed every run."""
+    pkg = tmp_path / "envpkg"
+    (pkg / "bin").mkdir(parents=True)
+    (pkg / "bin" / "env").write_text("#!/bin/sh\necho 'env: unrecognized option' >&2; exit 1\n")
+    (pkg / "bin" / "env").chmod(0o755)
+    (pkg / "bin" / "hello").write_text("#!/bin/sh\necho hello from envpkg\n")
+    (pkg / "bin" / "hello").chmod(0o755)
+    assert world.kiln("store", "add", str(pkg), "--add-root", "envpkg").returncode == 0
+    r = world.kiln("run", "envpkg", "--", "hello")
+    assert r.returncode == 0 and r.stdout == "hello from envpkg\n", r.stderr
