@@ -3,8 +3,8 @@
 Every error a user can cause is a ``KilnError`` subclass with a message meant to be
 printed as-is (the CLI prints ``error: <message>`` and exits non-zero; no traceback).
 Messages end up in CI logs: ``redact_urls`` hides the credentials of any URL in a text
-and ``hide_keys`` anything that may be key text (the CLI passes everything it writes to
-stderr through both).
+and ``hide_keys`` every secret key in it (the CLI passes everything it writes to stderr
+through both); ``looks_like_key`` is the looser test for text given as a key.
 """
 
 from __future__ import annotations
@@ -69,9 +69,18 @@ def _holds_secret_key(region: str) -> bool:
     import base64
     import binascii
 
-    compact = re.sub(r"\\[nrt]|\s", "", region)
-    for i in range(len(compact) - 85):
-        chunk = compact[i : i + 88].rstrip("=")[:86] + "=="
+    # 64 bytes are 86 base64 characters and "==": a key ends at its padding, or (padding
+    # dropped) at a break (a space, a line end) or the region's end; only those windows
+    # are decoded
+    pieces = re.split(r"\\[nrt]|\s", region)
+    compact = "".join(pieces)
+    ends = {m.start() for m in re.finditer("==", compact)} | {len(compact)}
+    at = 0
+    for piece in pieces:
+        at += len(piece)
+        ends.add(at)
+    for i in sorted({e - 86 for e in ends if e >= 86}):
+        chunk = compact[i : i + 86] + "=="
         try:
             raw = base64.b64decode(chunk.replace("-", "+").replace("_", "/"), validate=True)
         except (binascii.Error, ValueError):
