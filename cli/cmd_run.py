@@ -142,7 +142,7 @@ def run_forwarding_signals(argv: list[str], env: dict[str, str], through_bwrap: 
     wanted = [s for s in sigs if signal.getsignal(s) is not signal.SIG_IGN]
     # the host's own env (not a package's bin/env, first on the program's PATH), if it can
     # reset signals (coreutils >= 8.31); else bwrap is not shielded (as before)
-    tool = _env_with_default_signal() if through_bwrap else None
+    tool = _env_with_default_signal(hidden=argv) if through_bwrap else None
     shield = tool is not None
     if tool is not None:
         names = ",".join(n[3:] for n in FORWARDED if getattr(signal, n) in wanted)
@@ -175,22 +175,27 @@ def run_forwarding_signals(argv: list[str], env: dict[str, str], through_bwrap: 
     return 128 - code if code < 0 else code
 
 
-def _env_with_default_signal() -> str | None:
+def _env_with_default_signal(hidden: list[str]) -> str | None:
     """The host's ``env`` if it takes ``--default-signal`` (coreutils 8.31 and later; not
-    busybox's), else None."""
+    busybox's) and the bwrap command line ``hidden`` shows it to the program (it does not
+    bind the store dir's top, where the logical store is: an ``env`` there, or one that
+    links there, is not the same file inside), else None."""
     import shutil
 
-    tool = shutil.which("env", path=os.environ.get("PATH", os.defpath))
-    if tool is None:
-        return None
-    try:
-        ok = (
-            subprocess.run([tool, "--default-signal=INT", "true"], capture_output=True, timeout=10).returncode
-            == 0
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return tool if ok else None
+    shown = [hidden[k + 1] for k, a in enumerate(hidden[:-1]) if a in ("--dev-bind", "--bind", "--ro-bind")]
+    for tool in (shutil.which("env", path=os.environ.get("PATH", os.defpath)), "/usr/bin/env", "/bin/env"):
+        if tool is None or not os.path.exists(tool):
+            continue
+        real = os.path.realpath(tool)
+        if not any(real.startswith(d.rstrip("/") + "/") for d in shown):
+            continue
+        try:
+            r = subprocess.run([real, "--default-signal=INT", "true"], capture_output=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if r.returncode == 0:
+            return real
+    return None
 
 
 def _program_pids(bwrap_pid: int) -> list[int]:

@@ -173,8 +173,9 @@ def parse_registry_url(url: str) -> ParseResult:
     try:
         p = urlparse(url)
         p.port  # noqa: B018 - raises for a port that is not a number or out of range
-    except ValueError as e:
-        raise KilnError(f"not a registry URL: {redact_urls(url)[:200]!r} ({e})") from None
+    except ValueError:
+        # (not the error's text: urllib quotes what it took for a port, which may be a password)
+        raise KilnError(f"not a registry URL: {redact_urls(url)[:200]!r} (a bad host or port)") from None
     if not p.scheme and re.match(r"[A-Za-z0-9.-]+:\d+(/|\Z)", url):
         raise KilnError(f"{url!r} looks like HOST:PORT: write http://{url} (a directory registry: ./{url})")
     return p

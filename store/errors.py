@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import re
 
-#: the user-info part of a URL: ``scheme://USER:PASSWORD@`` or ``scheme://TOKEN@``, up
-#: to the authority's last ``@`` (as ``urlsplit`` reads it: a password may hold an ``@``)
-_USERINFO = re.compile(r"(?<=://)([^\s/?#]*)@")
+#: the user-info part of a URL: ``scheme://USER:PASSWORD@`` (up to the last ``@``
+#: before a space: a password may hold ``@``, ``/``, ``?`` or ``#``), else
+#: ``scheme://TOKEN@`` (a user name alone, up to the authority's end)
+_USERINFO = re.compile(r"(?<=://)(?:([^\s/?#:@]*):([^\s]*)|([^\s/?#:@]+))@")
+#: what after ``host:`` is a port and a path, not a password (``h:8080/p/@v/x``)
+_PORT_PATH = re.compile(r"\d+[/?#]")
 
 
 #: a run of base64 (either alphabet) longer than a public key's 44 characters
@@ -46,51 +49,94 @@ def looks_like_key(text: str) -> bool:
     return any(_random_looking(m.group()) for t in (text, compact) for m in _KEYISH.finditer(t))
 
 
-#: a stretch of text that may hold a secret key, wrapped or not (``repr``'s ``\n`` too)
-_KEY_REGION = re.compile(r"(?:[A-Za-z0-9+/=_-]|\\[nrt]|[ \t\r\n])+")
+#: a stretch of text that may hold a secret key, wrapped or not (``repr``'s ``\n``, a
+#: JSON-escaped ``\/`` too)
+_KEY_REGION = re.compile(r"(?:[A-Za-z0-9+/=_-]|\\[nrt/]|[ \t\r\n])+")
+#: inside a region: what is not key text (breaks between wrapped lines)
+_BREAK = re.compile(r"\\[nrt]|\s+")
 
 
 def hide_keys(text: str) -> str:
     """``text`` with every ed25519 secret key in it (``<seed><public key>``, base64, either
-    alphabet, wrapped or not) replaced. Exact, not a guess: 64 bytes count only when the
-    second half is the public key of the first, so hashes, signatures, paths and build
-    logs are never touched. Cheap when there is no such stretch of 86+ characters."""
+    alphabet, wrapped or not) replaced, and nothing else. Exact, not a guess: 64 bytes
+    count only when the second half is the public key of the first, so hashes,
+    signatures, paths and build logs are never touched."""
     if len(text) < 86:
         return text
     out, last = [], 0
     for m in _KEY_REGION.finditer(text):
-        if m.end() - m.start() >= 86 and _holds_secret_key(m.group()):
-            out += [text[last : m.start()], " <not shown: a secret key> "]
-            last = m.end()
+        if m.end() - m.start() < 86:
+            continue
+        for a, b in _secret_key_spans(m.group()):
+            out += [text[last : m.start() + a], "<not shown: a secret key>"]
+            last = m.start() + b
     return "".join(out) + text[last:] if out else text
 
 
-def _holds_secret_key(region: str) -> bool:
+def _secret_key_spans(region: str) -> list[tuple[int, int]]:
+    """Where in ``region`` (start, end) its secret keys are."""
     import base64
     import binascii
 
+    # the key's characters, with where each was in the region; breaks split it in pieces
+    chars: list[str] = []
+    where: list[int] = []
+    starts = [0]  # where each piece starts in ``chars``
+    pos = 0
+    for m in _BREAK.finditer(region):
+        _take(region, pos, m.start(), chars, where)
+        starts.append(len(chars))
+        pos = m.end()
+    _take(region, pos, len(region), chars, where)
+    compact = "".join(chars)
     # 64 bytes are 86 base64 characters and "==": a key ends at its padding, or (padding
-    # dropped) at a break (a space, a line end) or the region's end; only those windows
-    # are decoded
-    pieces = re.split(r"\\[nrt]|\s", region)
-    compact = "".join(pieces)
-    ends = {m.start() for m in re.finditer("==", compact)} | {len(compact)}
-    at = 0
-    for piece in pieces:
-        at += len(piece)
-        ends.add(at)
+    # dropped) at a break or the region's end. Only those windows are decoded, and only
+    # those whose inner pieces are 16 characters or more (a wrapped key; not prose)
+    ends = {m.start() for m in re.finditer("==", compact)} | set(starts[1:]) | {len(compact)}
+    spans: list[tuple[int, int]] = []
+    done = 0
     for i in sorted({e - 86 for e in ends if e >= 86}):
-        chunk = compact[i : i + 86] + "=="
+        if i < done or not _wrapped_like_a_key(starts, i, i + 86):
+            continue
         try:
-            raw = base64.b64decode(chunk.replace("-", "+").replace("_", "/"), validate=True)
+            raw = base64.b64decode(
+                (compact[i : i + 86] + "==").replace("-", "+").replace("_", "/"), validate=True
+            )
         except (binascii.Error, ValueError):
             continue
-        if len(raw) == 64:
-            import nacl.signing
+        import nacl.signing
 
-            if bytes(nacl.signing.SigningKey(raw[:32]).verify_key) == raw[32:]:
-                return True
-    return False
+        if len(raw) == 64 and bytes(nacl.signing.SigningKey(raw[:32]).verify_key) == raw[32:]:
+            end = i + 86 + len(compact[i + 86 : i + 88]) - len(compact[i + 86 : i + 88].lstrip("="))
+            spans.append((where[i], where[end - 1] + 1))
+            done = end
+    return spans
+
+
+def _take(region: str, a: int, b: int, chars: list[str], where: list[int]) -> None:
+    r"""Append ``region[a:b]``'s characters (a JSON ``\/`` as ``/``) and their places."""
+    k = a
+    while k < b:
+        if region.startswith("\\/", k):
+            chars.append("/")
+            where.append(k)
+            k += 2
+        else:
+            chars.append(region[k])
+            where.append(k)
+            k += 1
+
+
+def _wrapped_like_a_key(starts: list[int], i: int, j: int) -> bool:
+    """Whether the pieces that window ``[i, j)`` spans are each 16 characters or more,
+    except its first and last: key text is wrapped at 40-76 columns, prose is not."""
+    import bisect
+
+    lo, hi = bisect.bisect_right(starts, i), bisect.bisect_left(starts, j)
+    if hi - lo > 6:  # (86 characters hold at most 6 breaks of 16-character lines)
+        return False
+    inner = starts[lo:hi]
+    return all(b - a >= 16 for a, b in zip(inner, inner[1:], strict=False))
 
 
 def redact_urls(text: str) -> str:
@@ -98,8 +144,11 @@ def redact_urls(text: str) -> str:
     ``***``, and a user name alone (often a token: ``https://ghp_...@host``) too."""
 
     def hide(m: re.Match) -> str:
-        user, colon, _ = m.group(1).partition(":")
-        return f"{user}:***@" if colon else "***@"
+        if m.group(3) is not None:
+            return "***@"
+        if _PORT_PATH.match(m.group(2)):  # a host, its port and a path with an @ in it
+            return m.group(0)
+        return f"{m.group(1)}:***@"
 
     return _USERINFO.sub(hide, text) if "@" in text else text
 

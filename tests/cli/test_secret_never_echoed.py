@@ -93,8 +93,11 @@ def test_the_stderr_filter_hides_keys_exactly_and_nothing_else(tmp_path: Path) -
     sig = "sig leaky-1:" + "Qx7" * 29 + "A=="
     for text in (log, sri, sig):
         assert hide_keys(text) == text
-    for text in (SECRET, *SPELLINGS, repr("\n".join(textwrap.wrap(B64, 40)))):
+    for text in (SECRET, *SPELLINGS, repr("\n".join(textwrap.wrap(B64, 40))), SECRET.replace("/", "\\/")):
         assert not any(seed in hide_keys(f"error: {text}: no such file") for seed in SEEDS), text
+    # only the key goes: what follows it on its line and after stays
+    shown = hide_keys(f"using key {SECRET}\ncompiling 200 files\nmake error 2")
+    assert shown == "using key leaky-1:<not shown: a secret key>\ncompiling 200 files\nmake error 2", shown
     r = kiln(tmp_path, SECRET)  # an "unknown command", printed before the filter is in place
     assert r.returncode == 2 and not any(seed in r.stderr for seed in SEEDS), r.stderr
     r = kiln(tmp_path, "key", "\n".join(textwrap.wrap(SECRET, 40)))  # argparse's repr of it

@@ -203,6 +203,11 @@ def test_no_message_shows_a_url_s_password(tmp_path: Path, path: str) -> None:
         "from http://alice:***@h:1/x and https://***@github.com"
     )
     assert redact_urls("http://alice:p@ssw0rd@h/x") == "http://alice:***@h/x"  # the last @
+    for pw in ("s3cr/etpw", "s3?c", "s3cr#etpw", "ab+c/d="):  # what a password may hold
+        assert redact_urls(f"see http://user:{pw}@h/p") == "see http://user:***@h/p", pw
+    assert (
+        redact_urls("https://proxy.golang.org:443/m/@v/v1.zip") == "https://proxy.golang.org:443/m/@v/v1.zip"
+    )
     assert (
         redact_urls("https://proxy.golang.org/m/@v/v0.9.1.zip") == "https://proxy.golang.org/m/@v/v0.9.1.zip"
     )
