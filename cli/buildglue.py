@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kiln.store.errors import KilnError
+from kiln.store.errors import KilnError, redact_urls
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -184,18 +184,16 @@ def make_substituter(
         """Registries that could not be used and narinfos refused, once each: a build
         that quietly builds what a registry has (a typo in its URL, a wrong key) is
         what users of other caches complain about."""
-        from kiln.registry.client import redact_url
-
         for url, why in sorted(sub.down.items()):
             if url not in said:
                 said.add(url)
-                print(f"warning: substituter {redact_url(url)} not used: {why}", file=sys.stderr)
+                print(f"warning: substituter {redact_urls(url)} not used: {why}", file=sys.stderr)
         refused = sorted(p for p in sub.rejected if p not in said)
         if refused:
             said.update(refused)
             print(
                 f"warning: {len(refused)} narinfo(s) refused, those paths are built instead; "
-                f"e.g. {refused[0]}: {_redact_urls(sub.rejected[refused[0]], regs)}",
+                f"e.g. {refused[0]}: {redact_urls(sub.rejected[refused[0]])}",
                 file=sys.stderr,
             )
 
@@ -256,13 +254,4 @@ def _fetch_attestations(sub, regs: list[tuple[str, int]], store, paths: list[str
         try:
             sub.run(fetch_attestations(sub.client(url), store, paths))
         except KilnError as e:
-            print(f"warning: attestations from {_redact_urls(url, regs)}: {e}", file=sys.stderr)
-
-
-def _redact_urls(text: str, regs: list[tuple[str, int]]) -> str:
-    """``text`` with every registry URL of ``regs`` in it shown without its password."""
-    from kiln.registry.client import redact_url
-
-    for url, _ in regs:
-        text = text.replace(url, redact_url(url))
-    return text
+            print(f"warning: attestations from {redact_urls(url)}: {e}", file=sys.stderr)

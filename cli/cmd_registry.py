@@ -119,7 +119,8 @@ def cmd_copy(argv: list[str]) -> int:
     roots = _root_names(args.add_root, len(args.paths)) if args.add_root is not None else []
     if roots and args.dst != "store":
         raise UsageError("--add-root needs --to store: only a local store has GC roots")
-    from kiln.registry.client import open_client, redact_url
+    from kiln.registry.client import open_client
+    from kiln.store.errors import redact_urls
 
     if args.src == "store":
         if args.dst == "store":
@@ -158,7 +159,7 @@ def cmd_copy(argv: list[str]) -> int:
             src_token=args.from_token,  # never --token: it is the destination's secret
         )
     )
-    print(f"copied {rep.paths} paths and {rep.attestations} attestations to {redact_url(args.dst)}")
+    print(f"copied {rep.paths} paths and {rep.attestations} attestations to {redact_urls(args.dst)}")
     for why in rep.refused[:10]:
         print(f"warning: attestation not copied: {why}", file=sys.stderr)
     if len(rep.refused) > 10:

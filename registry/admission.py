@@ -188,13 +188,14 @@ def verify_remote(
 
 
 async def _verify_remote(url: str, target: str, policy: Policy, token: str | None, tmp: Path) -> Report:
+    from kiln.store.errors import redact_urls
     from kiln.store.localstore import LocalStore
 
     from .attest_transfer import fetch_attestations
-    from .client import open_client, redact_url
+    from .client import open_client
     from .push import levels
 
-    shown = redact_url(url)  # (reports go to stdout, which the CLI does not filter)
+    shown = redact_urls(url)  # (reports go to stdout, which the CLI does not filter)
     async with open_client(url, token, create=False) as client:
         try:
             info = await client.cache_info()

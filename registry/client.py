@@ -153,9 +153,9 @@ def open_client(
         from .httpclient import HttpClient
 
         if token is not None and any(ord(c) < 32 or ord(c) == 127 for c in token):
-            raise KilnError(f"the token for {redact_url(url)} contains a control character (a newline?)")
+            raise KilnError(f"the token for {redact_urls(url)} contains a control character (a newline?)")
         if token is not None and (p.username or p.password):
-            raise KilnError(f"{redact_url(url)}: give a token or credentials in the URL, not both")
+            raise KilnError(f"{redact_urls(url)}: give a token or credentials in the URL, not both")
         return HttpClient(url, token, jobs)
     if p.scheme in ("file", ""):
         from .dirclient import DirClient
@@ -169,7 +169,7 @@ def parse_registry_url(url: str) -> ParseResult:
     cannot parse (``http://[::1``), and ``HOST:PORT`` without a scheme, which would
     otherwise be taken for a directory of that name and become an empty registry.
     Credentials in a URL (``https://user:pw@host``, a cache behind basic auth) are fine:
-    the client sends them as basic auth and never shows them (``redact_url``)."""
+    the client sends them as basic auth and never shows them (``errors.redact_urls``)."""
     try:
         p = urlparse(url)
         p.port  # noqa: B018 - raises for a port that is not a number or out of range
@@ -179,8 +179,3 @@ def parse_registry_url(url: str) -> ParseResult:
     if not p.scheme and re.match(r"[A-Za-z0-9.-]+:\d+(/|\Z)", url):
         raise KilnError(f"{url!r} looks like HOST:PORT: write http://{url} (a directory registry: ./{url})")
     return p
-
-
-def redact_url(url: str) -> str:
-    """``url`` as messages may show it: its credentials hidden (``errors.redact_urls``)."""
-    return redact_urls(url)

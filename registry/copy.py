@@ -23,14 +23,14 @@ from pathlib import Path
 from typing import Any
 
 from kiln.store import narinfo as ni
-from kiln.store.errors import FormatError, KilnError
+from kiln.store.errors import FormatError, KilnError, redact_urls
 from kiln.store.hashes import Hash
 from kiln.store.paths import StorePath
 from kiln.store.signing import PublicKey
 
 from . import layout
 from .attest_transfer import fetch_attestations, relay_attestations
-from .client import Client, open_client, redact_url
+from .client import Client, open_client
 from .push import MAX_FRAMES, check_results, levels
 from .substitute import Substituter, batchable, batches
 from .verify import check_narinfo, expect_info, verified_bytes, verifier_for
@@ -38,7 +38,7 @@ from .verify import check_narinfo, expect_info, verified_bytes, verifier_for
 
 def _explain(sub: Substituter, src: str, missing: list[str]) -> str:
     why = sub.down.get(src) or next((sub.rejected[p] for p in missing if p in sub.rejected), "not found")
-    return f"{redact_url(src)} cannot provide {len(missing)} path(s), e.g. {missing[0]}: {why}"
+    return f"{redact_urls(src)} cannot provide {len(missing)} path(s), e.g. {missing[0]}: {why}"
 
 
 def to_store(

@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import stat
 import tempfile
 import threading
 import time
@@ -32,6 +31,7 @@ from typing import BinaryIO
 from urllib.parse import unquote, urlparse
 
 from kiln.store.errors import KilnError
+from kiln.store.fileopen import open_regular
 from kiln.store.locks import left_by_dead_writer
 
 from .layout import PRIVATE_DIR
@@ -159,14 +159,9 @@ class FileStorage(Storage):
         """A regular file only: anything else at that name (a directory, a FIFO someone
         made there, which would block the read for ever) is no object."""
         try:
-            fd = os.open(self._path(key), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            return open_regular(self._path(key))
+        except (FileNotFoundError, NotADirectoryError):
             return None
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            os.close(fd)
-            return None
-        os.set_blocking(fd, True)
-        return open(fd, "rb")  # noqa: SIM115 - caller owns it
 
     def sweep_temp(self) -> int:
         """Remove temp files left in ``.kiln/tmp`` by writers that died (kill -9 of a

@@ -57,7 +57,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import stat
 import sys
 import tempfile
 import threading
@@ -90,6 +89,7 @@ from .fetchmirror import (  # noqa: F401 - part of this module's API
     parse_mirror_list,
     put_tree_in_mirror,
 )
+from .fileopen import open_regular
 from .hashes import Hash
 
 # --- URL expansion ---------------------------------------------------------------------
@@ -177,19 +177,13 @@ class _Sink:
 
 
 def _copy_local(src: Path, sink: _Sink, limit: _Limit) -> None:
-    # opened without blocking, then checked: a FIFO (or a device) at that path would
-    # block the read for ever, past any timeout
-    fd = os.open(src, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
-        os.close(fd)
+    f = open_regular(src)  # (a FIFO there would block the read for ever, past any timeout)
+    if f is None:
         raise FetchError(f"{src} is not a regular file")
-    os.set_blocking(fd, True)
-    total = st.st_size
-    if total > limit.size:
-        os.close(fd)
-        raise _TooBig(f"{total} bytes, more than {limit}")
-    with open(fd, "rb") as f:
+    with f:
+        total = os.fstat(f.fileno()).st_size
+        if total > limit.size:
+            raise _TooBig(f"{total} bytes, more than {limit}")
         while chunk := f.read(CHUNK):
             if sink.size + len(chunk) > limit.size:  # the file grew while we read it
                 raise _TooBig(f"more than {limit}")

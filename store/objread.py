@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
@@ -25,6 +24,7 @@ from typing import TYPE_CHECKING, BinaryIO
 import zstandard
 
 from .errors import FormatError, HashMismatch, StoreError
+from .fileopen import open_regular
 from .hashes import Hash
 from .objects import CHUNK
 from .zstdframes import FrameTracker
@@ -161,14 +161,12 @@ def read_object(
 ) -> Iterator[bytes]:
     """The NAR in object file ``obj``, verified against the recorded digests."""
     try:
-        fd = os.open(obj, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        f = open_regular(obj, buffering=0)  # (a FIFO would block verify for ever)
     except FileNotFoundError:
         raise StoreError(f"object of {what} is missing: {obj}") from None
-    f = open(fd, "rb", buffering=0)  # noqa: SIM115 - closed by the generator below
+    if f is None:
+        raise StoreError(f"object of {what} is not a regular file: {obj}")
     with f:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):  # (a FIFO would block verify for ever)
-            raise StoreError(f"object of {what} is not a regular file: {obj}")
-        os.set_blocking(fd, True)
         yield from decompress_verified(f, what, file, nar)
 
 
