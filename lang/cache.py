@@ -28,9 +28,8 @@ from __future__ import annotations
 
 import marshal
 import os
+import stat
 from collections.abc import Iterator, Mapping
-
-from kiln.store.fileopen import open_regular
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing
 if TYPE_CHECKING:  # a cache hit must not pay for importing the derivation module
@@ -180,10 +179,12 @@ def file_digest(path: str) -> str | None:
 def load(cache_dir: str | os.PathLike, entry: str, store_dir: str) -> dict | None:
     """The cached evaluation of ``entry`` if still valid, else ``None``."""
     try:
-        f = open_regular(entry_path(cache_dir, entry, store_dir))  # (a FIFO would hang every eval)
-        if f is None:
-            return None
-        with f:
+        # without blocking, and a regular file only: a FIFO there would hang every eval
+        fd = os.open(entry_path(cache_dir, entry, store_dir), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with open(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None
+            os.set_blocking(fd, True)
             raw = f.read()
         if len(raw) < 64 or _sha256(raw[64:]).encode() != raw[:64]:
             return None  # torn, corrupt or foreign
