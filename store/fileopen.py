@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import os
 import stat
-
-TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (a cached eval uses this)
-if TYPE_CHECKING:
-    from typing import BinaryIO
+from typing import BinaryIO
 
 
 def open_regular(path: str | os.PathLike, buffering: int = -1) -> BinaryIO | None:

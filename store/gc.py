@@ -48,7 +48,7 @@ from .hashes import Hash
 from .locks import FileLock, left_by_dead_writer, live_temp_roots, remove_if_free
 from .mounts import MOUNTINFO, mounts_below, unmount_below
 from .paths import StorePath
-from .trees import remove_tree, tree_size, walk
+from .trees import remove_tree, tree_size
 
 _WRITER_TMP = re.compile(r"^(\d+-|gc-\d+-)")
 _OWNED_TMP = re.compile(r"^(build|check|vary)-")
@@ -193,7 +193,7 @@ def collect(store: LocalStore, dry_run: bool = False) -> GcReport:
         table = Path(MOUNTINFO).read_bytes() if doomed_tmp else b""
         mounted = [t for t in doomed_tmp if mounts_below(Path(t), table)]
         for t in mounted if not dry_run else ():
-            if (why := unmount_below(Path(t))) is not None:
+            if (why := unmount_below(Path(t), table)) is not None:
                 doomed_tmp.remove(t)
                 kept.append(f"{t}: {why}")
         freed = sum(_size(store.real_path(p)) for p in dead)
@@ -334,25 +334,15 @@ def _used_objects(store: LocalStore, exclude: set[str]) -> set[str]:
 
 def _size_beside_mounts(p: Path, table: bytes) -> int:
     """``_size`` of ``p`` without what is mounted below it (a dry run leaves a killed
-    rebuild's disorderfs mounts up: through them its real files would count twice)."""
-    points = {os.fsencode(m) for m, _ in mounts_below(p, table)}
-    total = 0
-    try:
-        # resolved, as mountinfo's points are (a KILN_HOME under a symlink)
-        for dirpath, dirnames, filenames in walk(os.fsencode(os.path.realpath(p))):
-            dirnames[:] = [d for d in dirnames if os.path.join(dirpath, d) not in points]
-            for f in filenames:
-                st = os.lstat(os.path.join(dirpath, f))
-                total += st.st_size if stat.S_ISREG(st.st_mode) else 0
-    except OSError:
-        pass  # (a size is never a reason to stop collecting)
-    return total
+    rebuild's disorderfs mounts up: through them its real files would count twice).
+    Walked resolved, as mountinfo names the mount points (a KILN_HOME under a symlink)."""
+    return _size(Path(os.path.realpath(p)), frozenset(os.fsencode(m) for m, _ in mounts_below(p, table)))
 
 
-def _size(p: Path) -> int:
+def _size(p: Path, skip: frozenset[bytes] = frozenset()) -> int:
     """Bytes under ``p`` for the report; 0 where it cannot be read (a leftover a build
     made unreadable): a size is never a reason to stop collecting."""
     try:
-        return tree_size(p)
+        return tree_size(p, skip)
     except OSError:
         return 0

@@ -40,10 +40,11 @@ def mounts_below(d: Path, mountinfo: bytes | None = None) -> list[tuple[str, str
     return sorted(out, key=lambda m: m[0].count("/"), reverse=True)
 
 
-def unmount_below(d: Path) -> str | None:
-    """Take down the FUSE mounts at or below ``d``; None when nothing is mounted there
-    any more, else why something still is (``d`` must then be kept)."""
-    for point, fstype in mounts_below(d):
+def unmount_below(d: Path, mountinfo: bytes | None = None) -> str | None:
+    """Take down the FUSE mounts at or below ``d`` (``mountinfo`` as for
+    ``mounts_below``); None when nothing is mounted there any more, else why something
+    still is (``d`` must then be kept)."""
+    for point, fstype in mounts_below(d, mountinfo):
         if not fstype.startswith("fuse"):
             return f"{point} is a {fstype} mount"
         why = fuse_unmount(point, lazy=True)

@@ -263,14 +263,17 @@ def remove_tree(p: Path) -> None:
         raise StoreError(f"could not remove all of {p}")
 
 
-def tree_size(p: Path) -> int:
-    """Bytes used by regular files under ``p`` (apparent size)."""
+def tree_size(p: Path, skip: frozenset[bytes] = frozenset()) -> int:
+    """Bytes used by regular files under ``p`` (apparent size), not descending into the
+    directories in ``skip`` (full paths, as ``p`` spells them)."""
     b = os.fsencode(p)
     st = os.lstat(b)
     if not stat.S_ISDIR(st.st_mode):
         return st.st_size if stat.S_ISREG(st.st_mode) else 0
     total = 0
-    for dirpath, _, filenames in walk(b):
+    for dirpath, dirnames, filenames in walk(b):
+        if skip:
+            dirnames[:] = [d for d in dirnames if os.path.join(dirpath, d) not in skip]
         for f in filenames:
             s = os.lstat(os.path.join(dirpath, f))
             if stat.S_ISREG(s.st_mode):
