@@ -246,6 +246,18 @@ async def push_attestations(
     return len(todo) - len(refused), sorted(refused)
 
 
+async def _get_listed(client: Any, path: str, kind: str, want: str, sem: asyncio.Semaphore) -> bytes:
+    """The ``kind`` attestation of ``path`` at ``client``, which its listing says hashes to
+    ``want`` (sha256 hex); ``KilnError`` if it is missing or hashes otherwise."""
+    async with sem:
+        data = await client.get(layout.att_key(_hp(path), kind))
+    if data is None:
+        raise KilnError(f"{kind} is listed but missing at {client.url}")
+    if sha256_hex(data) != want:
+        raise KilnError(f"{kind} does not hash to its listing entry at {client.url}")
+    return data
+
+
 async def fetch_attestations(client: Any, store: Any, paths: Iterable[str], jobs: int = 8) -> int:
     """Download the registry's attestations of ``paths`` (each valid in ``store``) and
     store those the local store lacks or holds in another version. Each file must hash
@@ -285,13 +297,10 @@ async def fetch_attestations(client: Any, store: Any, paths: Iterable[str], jobs
             cur = None
         if cur is not None and sha256_hex(cur.dumps().encode()) == want:
             return
-        async with sem:
-            data = await client.get(layout.att_key(_hp(p), kind))
-        if data is None:
-            errors.append(f"{p}: {kind} is listed but missing")
-            return
-        if sha256_hex(data) != want:
-            errors.append(f"{p}: {kind} does not hash to its listing entry")
+        try:
+            data = await _get_listed(client, p, kind, want, sem)
+        except KilnError as e:
+            errors.append(f"{p}: {e}")
             return
         try:
             env = check_envelope(data, kind, p.rsplit("/", 1)[1], infos[p].nar_hash.hex, None)
@@ -345,24 +354,17 @@ async def relay_attestations(
         except FormatError as e:
             problems.append(f"{p} {kind[:80]!r}: {e}")
             return
-        key = layout.att_key(_hp(p), kind)
-        async with sem:
-            data = await src.get(key)
-        if data is None or sha256_hex(data) != want:
-            problems.append(
-                f"{p} {kind}: {'listed but missing' if data is None else 'does not hash to its listing entry'} at {src.url}"
-            )
-            return
         try:
+            data = await _get_listed(src, p, kind, want, sem)
             check_envelope(data, kind, p.rsplit("/", 1)[1], subjects[p], None)
             async with sem:
-                await dst.put_bytes(key, data)
+                await dst.put_bytes(layout.att_key(_hp(p), kind), data)
         except RegistryError as e:
             if e.status not in REFUSED:
                 raise
             problems.append(f"{p} {kind}: {e}")
             return
-        except KilnError as e:  # not an attestation of this path
+        except KilnError as e:  # missing, not what was listed, not an attestation of this path
             problems.append(f"{p} {kind}: {e}")
             return
         copied += 1

@@ -84,8 +84,11 @@ def key_id(pub: PublicKey) -> str:
     return sha256_hex(pub.to_text().encode())
 
 
+EXPIRY_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+
+
 def expiry(now: dt.datetime, *, days: float = 0, hours: float = 0) -> str:
-    return (now + dt.timedelta(days=days, hours=hours)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return (now + dt.timedelta(days=days, hours=hours)).strftime(EXPIRY_FORMAT)
 
 
 def utcnow() -> dt.datetime:
@@ -164,9 +167,15 @@ def _check_sigs(
         )
 
 
+def parse_expiry(text: str) -> dt.datetime:
+    """An ``expires`` field (``expiry``'s format) as a UTC time; ``ValueError`` if it is
+    not one."""
+    return dt.datetime.strptime(text, EXPIRY_FORMAT).replace(tzinfo=dt.UTC)
+
+
 def _check_fresh(signed: dict[str, Any], now: dt.datetime, what: str) -> None:
     try:
-        exp = dt.datetime.strptime(signed["expires"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
+        exp = parse_expiry(signed["expires"])
     except (KeyError, ValueError) as e:
         raise IndexError_(f"{what}: bad or missing 'expires' ({e})") from None
     if exp <= now:

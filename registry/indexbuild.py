@@ -14,7 +14,7 @@ from typing import Any
 
 from kiln.store.signing import PublicKey, SecretKey
 
-from .index import ROLES, expiry, key_id, sha256_hex, sign_envelope, utcnow
+from .index import ROLES, expiry, key_id, parse_expiry, sha256_hex, sign_envelope, utcnow
 
 ROOT_DAYS = 365
 #: a publisher that may sign roots alone renews the root when it expires within this
@@ -111,7 +111,6 @@ def expires_within(expires: str | None, now: dt.datetime, margin: dt.timedelta) 
     """Whether signed metadata with ``expires`` (its field; None or unreadable: yes)
     expires before ``now + margin``."""
     try:
-        exp = dt.datetime.strptime(expires or "", "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
+        return parse_expiry(expires or "") < now + margin
     except ValueError:
         return True
-    return exp < now + margin
