@@ -143,9 +143,8 @@ def run_forwarding_signals(argv: list[str], env: dict[str, str], through_bwrap: 
     # the host's own env (not a package's bin/env, first on the program's PATH), if it can
     # reset signals (coreutils >= 8.31); else bwrap is not shielded (as before)
     tool = _env_with_default_signal(hidden=argv) if through_bwrap else None
-    shield = tool is not None
     if tool is not None:
-        names = ",".join(n[3:] for n in FORWARDED if getattr(signal, n) in wanted)
+        names = ",".join(signal.Signals(s).name[3:] for s in wanted)
         cut = argv.index("--") + 1
         argv = [*argv[:cut], tool, f"--default-signal={names}", *argv[cut:]]
     waited = [*sigs, signal.SIGCHLD]
@@ -153,7 +152,7 @@ def run_forwarding_signals(argv: list[str], env: dict[str, str], through_bwrap: 
     def in_child() -> None:  # between fork and exec: what bwrap (or the program) starts with
         signal.pthread_sigmask(signal.SIG_UNBLOCK, waited)
         for s in sigs:
-            if shield or s not in wanted:
+            if tool is not None or s not in wanted:
                 signal.signal(s, signal.SIG_IGN)
 
     signal.pthread_sigmask(signal.SIG_BLOCK, waited)

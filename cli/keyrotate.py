@@ -20,7 +20,6 @@ import os
 import re
 import stat
 import tempfile
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -49,15 +48,15 @@ def rotate(home: Path, old_file: Path, resign: bool) -> tuple[Path, object, int]
     if new_file.exists():
         raise KilnError(f"{new_file} exists already: rotate from the newest key")
     default = home / "keys" / "default.sec"
-    kept = None  # where the old key stays when it was the default (decided before any write)
-    if default.exists() and load_secret_key(default).key == old.key:
-        kept = _keep_as(default.parent, old, load_secret_key)
+    was_default = default.exists() and load_secret_key(default).key == old.key
+    # where the old key stays when it was the default, decided before any write
+    kept = _keep_as(default.parent, old) if was_default else None
     if kept is not None:  # rotating "default" itself: its old key stays, under its name
         write_secret_key(kept, old)
         write_public_key(kept.with_suffix(".pub"), old.public(), overwrite=True)
     write_secret_key(new_file, new)
     write_public_key(new_file.with_suffix(".pub"), new.public(), overwrite=True)
-    if default.exists() and load_secret_key(default).key == old.key:
+    if was_default:
         write_secret_key(default, new, overwrite=True)
         write_public_key(default.with_suffix(".pub"), new.public(), overwrite=True)
     count = 0
@@ -78,7 +77,7 @@ def rotate(home: Path, old_file: Path, resign: bool) -> tuple[Path, object, int]
     return new_file, new, count
 
 
-def _keep_as(keys: Path, old: SecretKey, load: Callable[[Path], SecretKey]) -> Path | None:
+def _keep_as(keys: Path, old: SecretKey) -> Path | None:
     """Where the old default key is kept: ``<name>.sec``, unless that is ``default.sec``
     itself or holds another key; then ``<name>.retired-N.sec``. None if ``<name>.sec``
     already holds it."""
@@ -86,7 +85,9 @@ def _keep_as(keys: Path, old: SecretKey, load: Callable[[Path], SecretKey]) -> P
     if first.name != "default.sec":
         if not first.exists():
             return first
-        if load(first).key == old.key:
+        from kiln.store.keyfiles import load_secret_key
+
+        if load_secret_key(first).key == old.key:
             return None
     n = 1
     while (keys / f"{old.name}.retired-{n}.sec").exists():

@@ -107,7 +107,9 @@ def _secret_key_spans(region: str) -> list[tuple[int, int]]:
         import nacl.signing
 
         if len(raw) == 64 and bytes(nacl.signing.SigningKey(raw[:32]).verify_key) == raw[32:]:
-            end = i + 86 + len(compact[i + 86 : i + 88]) - len(compact[i + 86 : i + 88].lstrip("="))
+            end = i + 86
+            while end < min(i + 88, len(compact)) and compact[end] == "=":  # its padding goes too
+                end += 1
             spans.append((where[i], where[end - 1] + 1))
             done = end
     return spans
