@@ -15,6 +15,7 @@ block. ``TeeReader`` keeps a copy of what is read (the object being imported).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 from collections.abc import Iterator
@@ -164,8 +165,8 @@ def read_object(
         f = open_regular(obj, buffering=0)  # (a FIFO would block verify for ever)
     except FileNotFoundError:
         raise StoreError(f"object of {what} is missing: {obj}") from None
-    if f is None:
-        raise StoreError(f"object of {what} is not a regular file: {obj}")
+    if f is None:  # (as reading a directory there would be: unreadable, not corrupt)
+        raise OSError(errno.EINVAL, "not a regular file", str(obj))
     with f:
         yield from decompress_verified(f, what, file, nar)
 
