@@ -17,6 +17,7 @@ import contextlib
 import os
 import subprocess
 import sys
+import time
 from typing import TYPE_CHECKING
 
 from .common import add_store_arg, store_root
@@ -120,6 +121,8 @@ def _run(cmd: str, args, store) -> int:
 #: the signals a program run by ``kiln run`` gets, however they were sent
 FORWARDED = ("SIGINT", "SIGTERM", "SIGHUP")
 _SI_KERNEL = 0x80  # si_code of a signal the kernel generated (a terminal's ^C, a hangup)
+#: seconds a signal is held for a program still starting (see ``run_forwarding_signals``)
+HOLD = 10.0
 
 
 def run_forwarding_signals(argv: list[str], env: dict[str, str], through_bwrap: bool = False) -> int:
@@ -132,8 +135,10 @@ def run_forwarding_signals(argv: list[str], env: dict[str, str], through_bwrap: 
     bwrap runs with them ignored (it would die of them and take the program down with
     SIGKILL, ``--die-with-parent``); the program gets them back at their default through
     the host's ``env --default-signal``, except one kiln itself was started with ignored
-    (``nohup``). Without such an ``env`` bwrap is not shielded. A signal kiln passes on
-    while bwrap is still starting (before ``env`` has run) is lost.
+    (``nohup``). Without such an ``env`` bwrap is not shielded. A signal kiln gets while
+    bwrap is still starting is held until the program runs with it at its default
+    (``_ignores``), for up to ``HOLD`` seconds: after that the program is taken to
+    ignore it on purpose and it is dropped.
     A signal sent to the whole group by a process (``kill -- -PGID``, a service manager's
     stop) reaches the program directly and is passed on too: it sees it twice."""
     import signal
@@ -158,13 +163,14 @@ def run_forwarding_signals(argv: list[str], env: dict[str, str], through_bwrap: 
     signal.pthread_sigmask(signal.SIG_BLOCK, waited)
     try:
         child = subprocess.Popen(argv, env=env, preexec_fn=in_child)  # noqa: PLW1509 - no threads here
+        held: dict[int, float] = {}  # signal -> when kiln got it, until the program can take it
         while child.poll() is None:
-            info = signal.sigtimedwait(waited, 1.0)
-            if info is None or info.si_signo == signal.SIGCHLD or info.si_code == _SI_KERNEL:
-                continue
-            for pid in _program_pids(child.pid) if through_bwrap else [child.pid]:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, info.si_signo)
+            info = signal.sigtimedwait(waited, 0.02 if held else 1.0)
+            if info is not None and info.si_signo != signal.SIGCHLD and info.si_code != _SI_KERNEL:
+                held.setdefault(info.si_signo, time.monotonic())
+            for sig, since in list(held.items()):
+                if _pass_on(child.pid, sig, through_bwrap, time.monotonic() - since >= HOLD):
+                    del held[sig]
         # what came after the program ended (its own ^C, say) is not kiln's to act on
         while signal.sigtimedwait(waited, 0) is not None:
             pass
@@ -195,6 +201,34 @@ def _env_with_default_signal(hidden: list[str]) -> str | None:
         if r.returncode == 0:
             return real
     return None
+
+
+def _pass_on(child: int, sig: int, through_bwrap: bool, late: bool) -> bool:
+    """Send ``sig`` to the program ``child`` runs (``child`` itself unless
+    ``through_bwrap``). Not yet (False) while bwrap has no child or that child still
+    ignores ``sig`` (``env`` has not reset it yet), unless ``late``."""
+    if not through_bwrap:
+        pids = [child]
+    else:
+        pids = _program_pids(child)
+        if not late and (pids == [child] or any(_ignores(p, sig) for p in pids)):
+            return False
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+    return True
+
+
+def _ignores(pid: int, sig: int) -> bool:
+    """Whether process ``pid`` ignores ``sig`` (its ``SigIgn`` mask); False if it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("SigIgn:"):
+                    return bool(int(line.split()[1], 16) >> (sig - 1) & 1)
+    except (OSError, ValueError):
+        pass
+    return False
 
 
 def _program_pids(bwrap_pid: int) -> list[int]:

@@ -9,6 +9,7 @@ running meanwhile."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -308,6 +309,49 @@ def test_a_sigterm_lets_the_program_clean_up_and_kiln_exits_with_its_status(
         os.killpg(p.pid, signal.SIGTERM)
     out, err = p.communicate(timeout=30)
     assert "got 1" in out and "cleaned up" in out and p.returncode == 7, (out, err, p.returncode)
+
+
+def test_a_sigterm_while_bwrap_is_starting_is_held_for_the_program(world: World, tmp_path: Path) -> None:
+    """A SIGTERM to kiln right after it has started bwrap, before the program runs: it
+    went to bwrap (which ignores it) or to ``env`` before ``env`` reset it, and was
+    lost, so the program ran on. kiln holds it until the program can take it."""
+    import signal
+    import time
+
+    _trapper(world, tmp_path)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "kiln", "run", "trapper2", "--", "trap"],
+        env=world.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    children = Path(f"/proc/{p.pid}/task/{p.pid}/children")
+
+    def bwrap_started() -> bool:  # (kiln runs other children first: probes of env and bwrap)
+        for c in children.read_text().split():
+            with contextlib.suppress(OSError):
+                if Path(f"/proc/{c}/comm").read_text().strip() == "bwrap":
+                    return True
+        return False
+
+    deadline = time.monotonic() + 60
+    while not bwrap_started():
+        assert time.monotonic() < deadline and p.poll() is None, p.stderr.read() if p.stderr else ""
+        time.sleep(0.0005)
+    p.send_signal(signal.SIGTERM)
+    try:
+        out, err = p.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        out, err = p.communicate()
+        raise AssertionError(f"the program never got the SIGTERM: {out!r} {err!r}") from None
+    assert "ready" in out and "got 1" in out and "cleaned up" in out and p.returncode == 7, (
+        out,
+        err,
+        p.returncode,
+    )
 
 
 def test_a_package_s_own_env_does_not_stand_in_for_the_host_s(world: World, tmp_path: Path) -> None:
