@@ -21,16 +21,25 @@ import re
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r"}
 
 
-def _interp_end(text: str, i: int) -> int:
-    """Index of the ``}`` closing the interpolation whose ``${`` ends just before ``i``;
-    -1 if unterminated. Skips braces inside nested quoted strings."""
-    return _scan_interp(text, i)[0]
+def _interp_end(text: str, i: int, indented: bool) -> int:
+    """Index of the ``}`` closing the interpolation whose ``${`` ends just before ``i``
+    (in a ``''`` string if ``indented``, else in a ``"`` string). Skips braces inside
+    nested quoted strings. The token was lexed, so the interpolation is closed: -1 here
+    would mean the lexer and this scan disagree, and is an internal error rather than
+    a loop over the same text."""
+    end = _scan_interp(text, i, indented)[0]
+    if end < 0:
+        raise RuntimeError(f"lexed string with an unterminated interpolation at offset {i}")
+    return end
 
 
-def _scan_interp(text: str, i: int) -> tuple[int, int]:
+def _scan_interp(text: str, i: int, indented: bool) -> tuple[int, int]:
     """From just after a ``${``: (index of its closing ``}`` or -1 if unterminated,
     position of the first ``{`` nested more than ``MAX_NESTING`` deep in it or -1).
-    Braces inside nested quoted strings do not count. A ``${`` in the code itself (not
+    Braces inside nested quoted strings do not count: ``"..."``, and ``''...''`` only in
+    an interpolation of an indented string (``indented``), as recipe.lark's regexes
+    read them (in a ``"`` string's interpolation ``''`` is two characters, and ``"${''}"``
+    is a string whose code ``''`` is then refused). A ``${`` in the code itself (not
     in a string: a syntax error there) counts as that ``{`` whatever its depth, so the
     error is placed at it rather than at some deeper brace."""
     depth, deep, n = 1, -1, len(text)
@@ -42,7 +51,7 @@ def _scan_interp(text: str, i: int) -> tuple[int, int]:
             i += 1
             while i < n and text[i] != '"':
                 i += 2 if text[i] == "\\" else 1
-        elif text.startswith("''", i):  # a plain indented string (the lexer allows no more)
+        elif indented and text.startswith("''", i):  # a plain indented string (the lexer allows no more)
             close = text.find("''", i + 2)
             i = n if close < 0 else close + 1
         elif c == "{":
@@ -83,7 +92,7 @@ def too_deep_brace(text: str, start: int) -> int:
             i += 2
             continue
         if text.startswith("${", i):
-            end, deep = _scan_interp(text, i + 2)
+            end, deep = _scan_interp(text, i + 2, indented)
             if end < 0:
                 return -1
             if deep >= 0:
@@ -127,7 +136,7 @@ def split_plain(token: str) -> list:
             buf.append("$$")
             i += 2
         elif c == "$" and token.startswith("${", i):
-            close = _interp_end(token, i + 2)
+            close = _interp_end(token, i + 2, False)
             if buf:
                 out.append("".join(buf))
                 buf = []
@@ -202,7 +211,7 @@ def split_indented(token: str) -> list:
             last = m.end()
             continue
         if text == "${":
-            close = _interp_end(body, m.end())
+            close = _interp_end(body, m.end(), True)
             holes.append((m.end() + 2, body[m.end() : close]))
             last = close + 1
         else:

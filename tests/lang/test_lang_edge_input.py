@@ -323,3 +323,50 @@ def test_a_long_quoted_string_lexes_in_bounded_memory(tmp_path):
     r = subprocess.run([sys.executable, "-c", code, str(f)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert int(r.stdout) < 250_000  # KiB; ~800 MB before
+
+
+# -- strings: the brace scan agrees with the lexer ------------------------------------------
+_FUZZ = r"""
+import itertools, sys
+from kiln.lang.errors import RecipeError
+from kiln.lang.parser import parse_module
+bad = []
+for n in range(1, 5):
+    for body in itertools.product("'$" + '{}"' + "\\a ", repeat=n):
+        b = "".join(body)
+        for text in (f'let x = "${{{b}}}"\n', f"let x = ''${{{b}}}''\n", f'let x = "{b}"\n'):
+            try:
+                parse_module(text, "f.recipe")
+            except RecipeError:
+                pass
+            except Exception as e:  # noqa: BLE001 - reported
+                bad.append(f"{text!r}: {type(e).__name__}: {e}")
+print("\n".join(bad[:20]))
+sys.exit(1 if bad else 0)
+"""
+
+
+def test_a_quote_pair_in_an_interpolation_of_a_plain_string_is_refused_not_a_hang(tmp_path):
+    """``"${''}"`` lexes (in a ``"`` string's interpolation ``''`` is two characters) but
+    the brace scan read ``''`` as the start of an indented string, found no end, and the
+    string splitter restarted at the token's start forever, growing memory: every
+    command on the file hung. Now the code ``''`` is refused, located at it."""
+    _write(tmp_path / "h.recipe", "let x = \"${''}\"\npackage p { build = \"${''a''}\" }\n")
+    with pytest.raises(RecipeError) as e:
+        _evaluate_within(30, "h.recipe")
+    assert e.value.src is not None and e.value.pos is not None
+    assert e.value.src.line_col(e.value.pos) == (1, 12), e.value
+    assert "unterminated indented string" in e.value.message
+    _write(tmp_path / "ok.recipe", "package p { build = \"${''a''}\" }\n")
+    assert _evaluate_within(30, "ok.recipe").packages  # an indented string in there is fine
+
+
+def test_short_strings_with_interpolations_parse_or_fail_cleanly_and_quickly():
+    """Every body of up to four characters from the string syntax's special characters,
+    in a ``"`` string's interpolation, an indented string's, and a plain ``"`` string:
+    a parse or a recipe error, never another exception or a hang."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", _FUZZ], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
