@@ -43,11 +43,39 @@ def add_source_fn(store: LocalStore) -> Callable[[Path, str], str]:
     """``add_source`` callback for ``kiln.lang``: local sources go into the store."""
 
     def add(src: Path, name: str) -> str:
-        from kiln.lang.sources import make_filter
-
-        return store.add_path(src, name, filter=make_filter(src)).path
+        return add_recipe_source(store, src, name)
 
     return add
+
+
+def add_recipe_source(store: LocalStore, src: Path, name: str) -> str:
+    """Add a recipe's ``path`` source ``src`` to ``store``; its store path. A source in
+    or around a key directory (the store's ``keys/``, ``$KILN_HOME/keys``) is refused,
+    even where it lies inside the recipe tree (a project's ``.kiln``): a recipe must not
+    be able to turn a signing key into a signed store path."""
+    from kiln.lang.sources import make_filter
+
+    from .common import default_home
+
+    keep = make_filter(src)
+    parent, base = os.path.split(os.path.abspath(src))
+    real = os.path.join(os.path.realpath(parent), base)
+    for keys in sorted({os.path.realpath(store.root / "keys"), os.path.realpath(default_home() / "keys")}):
+        if os.path.commonpath([real, keys]) not in (real, keys):
+            continue
+        if real != keys and os.path.commonpath([real, keys]) == real:  # above it: left out?
+            walked = os.fspath(src)  # the filter sees paths spelled from ``src``
+            for part in Path(os.path.relpath(keys, real)).parts:
+                walked = os.path.join(walked, part)
+                if not keep(walked, "directory"):
+                    break
+            else:
+                raise KilnError(
+                    f"{src} holds the key directory {keys}; a recipe may not take sources from there"
+                )
+            continue
+        raise KilnError(f"{src} is in the key directory {keys}; a recipe may not take sources from there")
+    return store.add_path(src, name, filter=keep).path
 
 
 def readd_sources(

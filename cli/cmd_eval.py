@@ -132,9 +132,9 @@ class _Sources:
         return self.store
 
     def __call__(self, src: Path, name: str) -> str:
-        from kiln.lang.sources import make_filter
+        from kiln.buildglue import add_recipe_source
 
-        return self._open().add_path(src, name, filter=make_filter(src)).path
+        return add_recipe_source(self._open(), src, name)
 
     def ensure(self, sources: dict[str, str]) -> bool:
         """After a cache hit: re-add any cached source that is no longer in the store;

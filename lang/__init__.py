@@ -74,8 +74,10 @@ class Evaluation:
         from_cache: bool,
         live=None,
         broken: dict[str, RecipeError] | None = None,
+        root: str = "",
     ) -> None:
         self.file = file
+        self.root = root  # the recipe tree (``roots``)
         self.display = display
         self.store_dir = store_dir
         self.drv_paths = drv_paths
@@ -134,7 +136,7 @@ class Evaluation:
 
     def _evaluator(self):
         if self._live is None:
-            fresh = _evaluate(self.file, self.display, self.store_dir, self._add_source)
+            fresh = _evaluate(self.file, self.display, self.store_dir, self._add_source, self.root)
             self._live = fresh._live
             merged = dict(self.drvs)
             merged.update(fresh.drvs)
@@ -314,12 +316,12 @@ def _recursion_is_recipe_error(fn: Callable[[], T]) -> Callable[[], T]:
     return run
 
 
-def _evaluate(file: str, display: str, store_dir: str, add_source: AddSource | None) -> Evaluation:
+def _evaluate(file: str, display: str, store_dir: str, add_source: AddSource | None, root: str) -> Evaluation:
     from .evaluator import Evaluator
     from .scope import PackageFn, Thunk
     from .values import DrvValue
 
-    ev = Evaluator(store_dir, add_source)
+    ev = Evaluator(store_dir, add_source, root)
 
     def evaluate_module() -> tuple[Module, dict[str, str], dict[str, RecipeError]]:
         mod = ev.load(file, display)
@@ -353,7 +355,18 @@ def _evaluate(file: str, display: str, store_dir: str, add_source: AddSource | N
         if was_enabled:
             gc.enable()
     return Evaluation(
-        file, display, store_dir, add_source, attrs, ev.drvs, ev.sources, ev.files, False, (ev, mod), broken
+        file,
+        display,
+        store_dir,
+        add_source,
+        attrs,
+        ev.drvs,
+        ev.sources,
+        ev.files,
+        False,
+        (ev, mod),
+        broken,
+        root,
     )
 
 
@@ -363,11 +376,16 @@ def evaluate_file(
     add_source: AddSource | None = None,
     cache_dir: str | os.PathLike | None = None,
 ) -> Evaluation:
-    """Evaluate the recipe file at ``path`` (see the module docstring)."""
+    """Evaluate the recipe file at ``path`` (see the module docstring). Imports and
+    ``path`` sources must stay in its recipe tree (``roots``: ``$KILN_RECIPE_ROOT`` if
+    set, else the git work tree holding the file, else its directory)."""
+    from .roots import ROOT_VAR, recipe_root
+
     display = os.fspath(path)
     file = os.path.realpath(display)  # as Evaluator.load: the real file, however it is named
+    root = recipe_root(file, os.environ.get(ROOT_VAR))
     if cache_dir is not None:
-        data = _cache.load(cache_dir, file, store_dir)
+        data = _cache.load(cache_dir, file, store_dir, root)
         if data is not None:
             return Evaluation(
                 file,
@@ -379,8 +397,9 @@ def evaluate_file(
                 {sp: o for sp, o, _ in data["sources"]},
                 dict(data["files"]),
                 True,
+                root=root,
             )
-    result = _evaluate(file, display, store_dir, add_source)
+    result = _evaluate(file, display, store_dir, add_source, root)
     if cache_dir is not None and not result.broken:  # (the cache holds whole evaluations)
         # a cache that cannot be written only makes the next evaluation slower; save
         # refuses (ValueError) when a source changed while being added
@@ -396,5 +415,6 @@ def evaluate_file(
                 result.sources,
                 result.drv_paths,
                 result.drvs,
+                root,
             )
     return result

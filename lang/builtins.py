@@ -30,6 +30,7 @@ from kiln.store.hashes import Hash
 from kiln.store.paths import check_name
 
 from . import nodes as ast
+from . import roots
 from . import stringfns as fns
 from .compile import add_drv, sanitize_name, split_context
 from .errors import (
@@ -246,6 +247,10 @@ def path(ev: Evaluator, node: ast.Call, env: Env) -> SourceValue:
     n = a["path"][1]
     base = os.path.dirname(node.src.path) if node.src.path else os.getcwd()
     target = os.path.normpath(os.path.join(base, rel))
+    if node.src.path and ev.root is not None:  # a recipe file's (not a command line's)
+        real = roots.source_real(target)
+        if not roots.inside(ev.root, real):
+            raise BadValue(roots.outside_message(f"path {rel!r}", real, ev.root), n.src, n.pos)
     if not os.path.exists(target):
         raise BadValue(
             f"path {rel!r} does not exist (paths are relative to the recipe's directory)", n.src, n.pos

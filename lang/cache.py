@@ -2,7 +2,9 @@
 
 Theory of operation
 -------------------
-An entry is named by ``sha256(format, kiln version, store dir, absolute entry path)``
+An entry is named by ``sha256(format, kiln version, store dir, absolute entry path,
+recipe tree)`` (an evaluation allowed by a wider ``KILN_RECIPE_ROOT`` must not serve a
+narrower one)
 and holds (``marshal``-encoded, only builtin types): the sha256 of every file the
 evaluation read, a fingerprint of every local ``path`` source, the attribute → ``.drv``
 path table, the name and output path of each of those packages (``index``), and every
@@ -83,8 +85,8 @@ def _version() -> str:
     return "|".join(stamp)
 
 
-def entry_path(cache_dir: str | os.PathLike, entry: str, store_dir: str) -> str:
-    key = _sha256(f"{FORMAT}\0{_version()}\0{store_dir}\0{entry}".encode("utf-8", "surrogateescape"))
+def entry_path(cache_dir: str | os.PathLike, entry: str, store_dir: str, root: str = "") -> str:
+    key = _sha256(f"{FORMAT}\0{_version()}\0{store_dir}\0{entry}\0{root}".encode("utf-8", "surrogateescape"))
     return os.path.join(cache_dir, f"{key[:40]}.eval")
 
 
@@ -176,11 +178,13 @@ def file_digest(path: str) -> str | None:
         return None
 
 
-def load(cache_dir: str | os.PathLike, entry: str, store_dir: str) -> dict | None:
+def load(cache_dir: str | os.PathLike, entry: str, store_dir: str, root: str = "") -> dict | None:
     """The cached evaluation of ``entry`` if still valid, else ``None``."""
     try:
         # without blocking, and a regular file only: a FIFO there would hang every eval
-        fd = os.open(entry_path(cache_dir, entry, store_dir), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(
+            entry_path(cache_dir, entry, store_dir, root), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
+        )
         with open(fd, "rb") as f:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 return None
@@ -222,8 +226,9 @@ def save(
     sources: dict[str, str],
     packages: dict[str, str],
     drvs: Mapping[str, Derivation],
+    root: str = "",
 ) -> None:
-    """Record an evaluation. ``files``: path → sha256 of the bytes read (or ``"=" + real
+    """Record an evaluation (of ``entry`` in the recipe tree ``root``). ``files``: path → sha256 of the bytes read (or ``"=" + real
     path`` for an import reached through symlinks: it must still lead there); ``sources``:
     store path → origin; ``fingerprints``: store path → the origin's fingerprint when it
     was added (``ValueError`` if one is missing: that source changed while being added)."""
@@ -256,7 +261,7 @@ def save(
             f.write(blob)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, entry_path(cache_dir, entry, store_dir))
+        os.replace(tmp, entry_path(cache_dir, entry, store_dir, root))
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from . import nodes as ast
+from . import roots
 from .errors import (
     BadValue,
     ImportCycle,
@@ -43,10 +44,13 @@ AddSource = Callable[[Path, str], str]
 class Evaluator:
     """One evaluation: shares modules, derivations and hash memo across all files."""
 
-    def __init__(self, store_dir: str, add_source: AddSource | None) -> None:
+    def __init__(self, store_dir: str, add_source: AddSource | None, root: str | None = None) -> None:
+        """``root``: the recipe tree imports and ``path`` sources must stay in
+        (``roots``); None: that of the first file loaded."""
         from . import builtins, compile
 
         self.store_dir = store_dir
+        self.root = root
         if add_source is None:
             from .sources import hash_only
 
@@ -90,6 +94,12 @@ class Evaluator:
             # repointed symlink must not serve the old file's result)
             self.files[path] = "=" + real
         path = real
+        if self.root is None:
+            self.root = roots.recipe_root(path)
+        elif via is not None and not roots.inside(self.root, path):
+            raise RecipeError(
+                roots.outside_message(f"import {via.path!r}", path, self.root), via.src, via.pos
+            )
         mod = self.modules.get(path)
         if mod is not None:
             return mod

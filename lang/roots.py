@@ -1,0 +1,67 @@
+"""The recipe tree: where an evaluation may read files (imports) and take ``path`` sources.
+
+Why
+---
+``import`` and ``path`` name files relative to the recipe, but ``..`` and absolute paths
+reach anywhere: ``path "../home/keys/default.sec"`` in an untrusted recipe copied the
+store's signing key into a world-readable store path, signed it and made it pushable,
+before any sandbox ran. Nix's pure evaluation confines a flake to its source tree for
+the same reason, and it is hermeticity too: a recipe that reads ``/etc`` gives other
+store paths on other machines.
+
+Rule
+----
+The *recipe tree* is the top of the git work tree holding the entry file (the recipe
+named on the command line, symlinks resolved), else that file's directory;
+``KILN_RECIPE_ROOT`` replaces it (a directory above a shared ``lib/`` of recipes, say).
+Every imported file and every ``path`` source must lie in it, judged on the real path
+(symlinks resolved) of an import, and of a source's parent directory: a source that is
+itself a symlink is stored as a symlink, never followed, and so are symlinks inside a
+source tree. Command-line expressions (``kiln build F 'path "./x"'``) are the user's
+own and are not confined.
+"""
+
+from __future__ import annotations
+
+import os
+
+#: environment variable naming the recipe tree explicitly
+ROOT_VAR = "KILN_RECIPE_ROOT"
+
+
+def recipe_root(entry: str, override: str | None = None) -> str:
+    """The recipe tree of the entry file ``entry`` (a real path): ``override`` (made
+    absolute and resolved) if given, else the git work tree above ``entry``, else its
+    directory."""
+    if override:
+        return os.path.realpath(override)
+    top = os.path.dirname(entry)
+    d = top
+    while True:
+        if os.path.lexists(os.path.join(d, ".git")):
+            return d
+        parent = os.path.dirname(d)
+        if parent == d:
+            return top
+        d = parent
+
+
+def inside(root: str, real: str) -> bool:
+    """Whether the resolved path ``real`` is ``root`` or below it."""
+    return real == root or real.startswith(root.rstrip("/") + "/")
+
+
+def source_real(target: str) -> str:
+    """The real location of a ``path`` source ``target`` (normalised, absolute): its
+    parent directory resolved, its last component kept (it is not followed)."""
+    parent, base = os.path.split(target)
+    return os.path.join(os.path.realpath(parent), base) if base else os.path.realpath(parent)
+
+
+def outside_message(what: str, real: str, root: str) -> str:
+    """The error for ``what`` (``import "x"``, ``path "x"``) leading to ``real``."""
+    return (
+        f"{what} leads outside the recipe tree {root} (to {real}); a recipe may read only files "
+        f"in its tree: the git work tree or the directory of the recipe named on the command line "
+        f"(set {ROOT_VAR} to a directory above both to widen it)"
+    )

@@ -1,0 +1,144 @@
+"""The recipe tree (``kiln.lang.roots``): imports and ``path`` sources stay inside the git
+work tree or the entry file's directory (or ``KILN_RECIPE_ROOT``). Before, ``path
+"../home/keys/default.sec"`` in a recipe copied the store's signing key into a signed,
+world-readable store path at evaluation time."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from lang_helpers import run_kiln
+
+from kiln.lang import RecipeError, evaluate_file
+
+
+@pytest.fixture
+def tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """``tmp_path/proj`` (the recipes, cwd) beside ``tmp_path/secret/key``."""
+    monkeypatch.delenv("KILN_RECIPE_ROOT", raising=False)
+    (tmp_path / "secret").mkdir()
+    (tmp_path / "secret" / "key").write_text("SECRET\n")
+    (tmp_path / "secret" / "x.recipe").write_text('package x { build = "" }\n')
+    proj = tmp_path / "proj"
+    (proj / "src").mkdir(parents=True)
+    (proj / "src" / "a.c").write_text("int main;\n")
+    monkeypatch.chdir(proj)
+    return proj
+
+
+def _added() -> tuple[list[str], object]:
+    seen: list[str] = []
+
+    def add(src: Path, name: str) -> str:
+        seen.append(os.fspath(src))
+        return "/kiln/store/" + "a" * 32 + "-" + name
+
+    return seen, add
+
+
+@pytest.mark.parametrize(
+    ("expr", "col"),
+    [('path "../secret/key"', 14), ('path { path = "../secret/key", name = "x" }', 23)],
+)
+def test_a_path_outside_the_tree_is_refused_before_anything_is_read(tree: Path, expr: str, col: int) -> None:
+    (tree / "r.recipe").write_text(f'let k = {expr}\npackage p {{ build = "cp ${{k}} $out" }}\n')
+    seen, add = _added()
+    with pytest.raises(RecipeError) as e:
+        evaluate_file("r.recipe", add_source=add).attributes()
+    assert (
+        str(e.value)
+        .splitlines()[0]
+        .startswith(f"r.recipe:1:{col}: path '../secret/key' leads outside the recipe tree")
+    )
+    assert str(tree.parent / "secret" / "key") in str(e.value) and "KILN_RECIPE_ROOT" in str(e.value)
+    assert seen == []
+
+
+def test_an_absolute_path_and_a_symlink_out_are_refused(tree: Path) -> None:
+    (tree / "out").symlink_to(tree.parent / "secret")
+    for expr in ('"/etc/hostname"', '"./out/key"', f'"{tree.parent}/secret"'):
+        (tree / "r.recipe").write_text(f'package p {{ build = "${{path {expr}}}" }}\n')
+        seen, add = _added()
+        with pytest.raises(RecipeError, match="leads outside the recipe tree"):
+            evaluate_file("r.recipe", add_source=add).attributes()
+        assert seen == []
+
+
+def test_a_symlink_in_the_tree_is_a_source_of_its_own_not_followed(tree: Path) -> None:
+    """``path "./out"`` where ``out`` links out of the tree adds the link itself (as
+    ``kiln store add`` does), which reveals nothing: allowed."""
+    (tree / "out").symlink_to(tree.parent / "secret")
+    (tree / "r.recipe").write_text('package p { build = "${path "./out"} ${path "./src"} ${path "."}" }\n')
+    seen, add = _added()
+    evaluate_file("r.recipe", add_source=add).attributes()
+    assert sorted(seen) == sorted([str(tree / "out"), str(tree / "src"), str(tree)])
+
+
+def test_an_import_outside_the_tree_is_refused(tree: Path) -> None:
+    (tree / "r.recipe").write_text('import "../secret/x.recipe"\npackage p { build = "" }\n')
+    with pytest.raises(RecipeError) as e:
+        evaluate_file("r.recipe").attributes()
+    assert (
+        str(e.value)
+        .splitlines()[0]
+        .startswith("r.recipe:1:1: import '../secret/x.recipe' leads outside the recipe tree")
+    )
+
+
+def test_the_git_work_tree_is_the_tree(tree: Path) -> None:
+    """A recipe in ``pkgs/`` of a git work tree may import ``../lib/`` and take sources
+    from ``../src``; nothing above the work tree."""
+    (tree / ".git").mkdir()
+    (tree / "lib").mkdir()
+    (tree / "lib" / "common.recipe").write_text('let flags = "-O2"\n')
+    (tree / "pkgs").mkdir()
+    (tree / "pkgs" / "p.recipe").write_text(
+        'import "../lib/common.recipe"\npackage p { build = "${path "../src"} ${flags}" }\n'
+    )
+    seen, add = _added()
+    evaluate_file("pkgs/p.recipe", add_source=add).attributes()
+    assert seen == [str(tree / "src")]
+    (tree / "pkgs" / "q.recipe").write_text('package q { build = "${path "../../secret"}" }\n')
+    with pytest.raises(RecipeError, match=f"leads outside the recipe tree {tree} "):
+        evaluate_file("pkgs/q.recipe", add_source=add).attributes()
+
+
+def test_kiln_recipe_root_widens_the_tree(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tree / "r.recipe").write_text(
+        'import "../secret/x.recipe"\npackage p { build = "${path "../secret/key"}" }\n'
+    )
+    monkeypatch.setenv("KILN_RECIPE_ROOT", str(tree.parent))
+    seen, add = _added()
+    assert "p" in evaluate_file("r.recipe", add_source=add).attributes()
+    assert seen == [str(tree.parent / "secret" / "key")]
+
+
+def test_the_eval_cache_does_not_serve_a_wider_tree_s_evaluation(tree: Path, tmp_path: Path) -> None:
+    """An evaluation allowed by ``KILN_RECIPE_ROOT`` is cached; without it, the same
+    recipe must fail, not be served from the cache."""
+    (tree / "r.recipe").write_text('import "../secret/x.recipe"\npackage p { build = "" }\n')
+    home = tmp_path / "home"
+    wide = run_kiln(["eval", "r.recipe"], cwd=tree, home=home, env_extra={"KILN_RECIPE_ROOT": str(tmp_path)})
+    assert wide.returncode == 0, wide.stderr
+    assert any((home / "eval-cache").iterdir())
+    narrow = run_kiln(["eval", "r.recipe"], cwd=tree, home=home)
+    assert narrow.returncode == 1 and "leads outside the recipe tree" in narrow.stderr, narrow.stderr
+
+
+def test_a_source_in_the_key_directory_is_refused_even_inside_the_tree(tree: Path) -> None:
+    """A project keeping its store in ``.kiln`` (inside the recipe tree): the store's
+    keys are still out of reach; the project itself is fine once ``.kiln`` is ignored."""
+    home = tree / ".kiln"
+    assert run_kiln(["key", "generate", "k"], cwd=tree, home=home).returncode == 0
+    (tree / "r.recipe").write_text('package p { build = "${path "./.kiln/keys"}" }\n')
+    r = run_kiln(["eval", "r.recipe", "--no-cache"], cwd=tree, home=home)
+    assert r.returncode == 1 and "is in the key directory" in r.stderr and "r.recipe:1:" in r.stderr, r.stderr
+    (tree / "r.recipe").write_text('package p { build = "${path "."}" }\n')
+    r = run_kiln(["eval", "r.recipe", "--no-cache"], cwd=tree, home=home)
+    assert r.returncode == 1 and "holds the key directory" in r.stderr, r.stderr
+    (tree / ".kilnignore").write_text(".kiln\n")
+    r = run_kiln(["eval", "r.recipe", "--no-cache"], cwd=tree, home=home)
+    assert r.returncode == 0, r.stderr
+    assert not any("SECRET" in p.name for p in (home / "kiln" / "store").iterdir())
