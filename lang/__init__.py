@@ -295,25 +295,29 @@ def _recursion_is_recipe_error(fn: Callable[[], T]) -> Callable[[], T]:
         try:
             return fn()
         except (RecursionError, MemoryError) as e:
-            from .errors import InfiniteRecursion
-
-            what = "too deep" if isinstance(e, RecursionError) else "out of memory"
-            # the evaluator's own stack is unwound by now: locate the error at the
-            # innermost recipe node among the traceback's frames
-            node, tb = None, e.__traceback__
-            while tb is not None:
-                cand = tb.tb_frame.f_locals.get("node")
-                if getattr(cand, "src", None) is not None:
-                    node = cand
-                tb = tb.tb_next
-            raise InfiniteRecursion(
-                f"evaluation went {what}: unbounded recursion through package variants "
-                "(like p(n = n + 1)) or nesting deeper than kiln evaluates",
-                getattr(node, "src", None),
-                getattr(node, "pos", None),
-            ) from None
+            raise _too_deep(e) from None
 
     return run
+
+
+def _too_deep(e: RecursionError | MemoryError) -> RecipeError:
+    """The ``InfiniteRecursion`` recipe error for ``e``, located at the innermost recipe
+    node among its traceback's frames (the evaluator's own stack is unwound by now)."""
+    from .errors import InfiniteRecursion
+
+    what = "too deep" if isinstance(e, RecursionError) else "out of memory"
+    node, tb = None, e.__traceback__
+    while tb is not None:
+        cand = tb.tb_frame.f_locals.get("node")
+        if getattr(cand, "src", None) is not None:
+            node = cand
+        tb = tb.tb_next
+    return InfiniteRecursion(
+        f"evaluation went {what}: unbounded recursion through package variants "
+        "(like p(n = n + 1)) or nesting deeper than kiln evaluates",
+        getattr(node, "src", None),
+        getattr(node, "pos", None),
+    )
 
 
 def _evaluate(file: str, display: str, store_dir: str, add_source: AddSource | None, root: str) -> Evaluation:
@@ -340,6 +344,9 @@ def _evaluate(file: str, display: str, store_dir: str, add_source: AddSource | N
                 # kept for whoever asks for this binding (or for every attribute): a
                 # broken package does not block building its neighbours, as in Nix
                 broken[name] = e
+                continue
+            except (RecursionError, MemoryError) as e:  # unwound to here: as above
+                broken[name] = _too_deep(e)
                 continue
             if isinstance(v, DrvValue):
                 attrs[name] = v.path

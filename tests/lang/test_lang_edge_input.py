@@ -370,3 +370,20 @@ def test_short_strings_with_interpolations_parse_or_fail_cleanly_and_quickly():
 
     r = subprocess.run([sys.executable, "-c", _FUZZ], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_a_binding_that_recurses_too_deep_fails_only_what_uses_it(tmp_path):
+    """The reference: "A top-level binding that fails to evaluate fails only what uses
+    it". A too-deep binding (unbounded variants, absurd nesting) was turned into a recipe
+    error only around the whole file, so ``kiln build FILE good`` failed too."""
+    _write(
+        tmp_path / "r.recipe",
+        'package good { build = "g" }\npackage p(n = 0) { build = "${p(n = n + 1)}" }\nlet q = p\n',
+    )
+    ev = _evaluate_within(120, "r.recipe")
+    assert ev.select("good")[1].name == "good"
+    with pytest.raises(E.InfiniteRecursion) as e:
+        ev.select("q")
+    assert e.value.src is not None and e.value.src.line_col(e.value.pos)[0] == 2
+    with pytest.raises(E.InfiniteRecursion):
+        ev.attributes()  # every attribute: the first failing binding, as for other errors
