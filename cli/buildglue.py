@@ -151,17 +151,27 @@ def load_sign_key(store: LocalStore, key_file: str | None, create: bool) -> Secr
     if path:
         return keyfiles.load_secret_key(path)
     default = store.root / "keys" / "default.sec"
-    if default.exists():
-        return keyfiles.load_secret_key(default)
-    if not create:
-        return None
-    from .common import private_keys_dir
+    pub = default.with_suffix(".pub")
+    if not default.exists():
+        if not create:
+            return None
+        from .common import private_keys_dir
 
-    private_keys_dir(default.parent)
-    key = signing.SecretKey.generate(f"kiln-{os.uname().nodename}-1")
-    keyfiles.write_secret_key(default, key)
-    keyfiles.write_public_key(default.with_suffix(".pub"), key.public())
-    print(f"generated signing key {default} (public key: {key.public().to_text()})", file=sys.stderr)
+        private_keys_dir(default.parent)
+        key = signing.SecretKey.generate(f"kiln-{os.uname().nodename}-1")
+        try:
+            keyfiles.write_secret_key(default, key)
+        except KilnError:
+            if not default.exists():
+                raise
+            # another first build made it meanwhile: that one is the store's key
+        else:
+            keyfiles.write_public_key(pub, key.public(), overwrite=True)  # (derived: always right)
+            print(f"generated signing key {default} (public key: {key.public().to_text()})", file=sys.stderr)
+            return key
+    key = keyfiles.load_secret_key(default)
+    if not pub.exists():  # a run killed between the two writes, or a race's loser got here first
+        keyfiles.write_public_key(pub, key.public(), overwrite=True)
     return key
 
 

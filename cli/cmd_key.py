@@ -44,19 +44,43 @@ def _generate(args: argparse.Namespace) -> int:
     if not sec.parent.exists():
         sec.parent.mkdir(parents=True, mode=0o700)
     pub = _pub_path(sec)
-    if not args.force:
-        for p in (sec, pub):
-            if p.exists():
-                raise KilnError(f"{p} already exists; pass --force to replace it")
     for p in (sec, pub):  # checked before writing either: --force must not half-replace a pair
         if p.is_dir():
             raise KilnError(f"{p} is a directory; name the key file to write")
-    # the public half first: if it cannot be written, the old secret key is still there
-    write_public_key(pub, key.public(), overwrite=True)
-    write_secret_key(sec, key, overwrite=args.force)
+    if args.force:
+        # the public half first: if it cannot be written, the old secret key is still there
+        write_public_key(pub, key.public(), overwrite=True)
+        write_secret_key(sec, key, overwrite=True)
+    else:
+        # the secret half first and exclusively: of two runs at once only the one that
+        # made it writes the public half (a loser wrote its own .pub over the winner's,
+        # a pair that verified nothing); one killed in between left a .pub alone
+        if pub.exists() and not sec.exists():
+            raise KilnError(f"{pub} already exists; pass --force to replace it")
+        try:
+            write_secret_key(sec, key)
+        except KilnError:
+            if not sec.exists():
+                raise
+            _heal_public(sec, pub)
+            raise KilnError(f"{sec} already exists; pass --force to replace it") from None
+        write_public_key(pub, key.public(), overwrite=True)  # derived from what we wrote
     print(key.public().to_text())
     print(f"secret key: {sec}")
     return 0
+
+
+def _heal_public(sec: Path, pub: Path) -> None:
+    """Write ``pub`` from the secret key ``sec`` if it is missing (a generate killed
+    between its two writes); quietly nothing if ``sec`` cannot be read."""
+    from kiln.store.keyfiles import load_secret_key
+
+    if pub.exists():
+        return
+    try:
+        write_public_key(pub, load_secret_key(sec).public())
+    except (KilnError, OSError):
+        pass
 
 
 def _read_any(path: Path) -> PublicKey:

@@ -8,6 +8,7 @@ that group or others may read is refused, as ssh does.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import tempfile
@@ -101,6 +102,7 @@ def _write_atomic(path: str | os.PathLike, text: str, mode: int, overwrite: bool
     if os.path.isdir(path):  # else the error would name the temp file renamed over it
         raise KilnError(f"{path} is a directory; name the key file to write")
     d = os.path.dirname(os.path.abspath(path))
+    _sweep_stale_temps(d)
     fd, tmp = tempfile.mkstemp(prefix=".key-", dir=d)  # mkstemp creates it 0600
     try:
         os.fchmod(fd, mode)
@@ -126,6 +128,28 @@ def _write_atomic(path: str | os.PathLike, text: str, mode: int, overwrite: bool
             os.close(fd)
         if os.path.lexists(tmp):
             os.unlink(tmp)
+
+
+#: a ``.key-*`` temp file older than this is a killed writer's (a write takes milliseconds)
+STALE_TEMP_S = 600
+
+
+def _sweep_stale_temps(d: str) -> None:
+    """Remove ``.key-*`` temp files a writer killed mid-write left in ``d`` (one may hold
+    a secret key; nothing else would ever remove it)."""
+    import time
+
+    try:
+        names = [n for n in os.listdir(d) if n.startswith(".key-")]
+    except OSError:
+        return
+    old = time.time() - STALE_TEMP_S
+    for n in names:
+        p = os.path.join(d, n)
+        with contextlib.suppress(OSError):
+            st = os.lstat(p)
+            if stat.S_ISREG(st.st_mode) and st.st_mtime < old:
+                os.unlink(p)
 
 
 def write_secret_key(path: str | os.PathLike, key: SecretKey, *, overwrite: bool = False) -> None:
