@@ -14,6 +14,7 @@ Keys are interchangeable with ``nix key generate-secret`` / ``convert-secret-to-
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -77,10 +78,8 @@ def _heal_public(sec: Path, pub: Path) -> None:
 
     if pub.exists():
         return
-    try:
+    with contextlib.suppress(KilnError, OSError):
         write_public_key(pub, load_secret_key(sec).public())
-    except (KilnError, OSError):
-        pass
 
 
 def _read_any(path: Path) -> PublicKey:

@@ -75,7 +75,9 @@ def test_two_first_builds_share_the_key_one_of_them_made(tmp_path: Path) -> None
         barrier = threading.Barrier(2)
         got: list[object] = []
 
-        def first_build(store: LocalStore = store, barrier: threading.Barrier = barrier) -> None:
+        def first_build(
+            store: LocalStore = store, barrier: threading.Barrier = barrier, got: list[object] = got
+        ) -> None:
             barrier.wait()
             try:
                 got.append(load_sign_key(store, None, create=True))
