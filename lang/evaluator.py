@@ -121,8 +121,14 @@ class Evaluator:
                 env.vars[p.name] = PackageFn(p, env)
             # source order, lets and packages interleaved as written
             own = [d.name for d in sorted([*tree.lets, *tree.packages], key=lambda d: d.pos)]
+            # imported files are named from this file's directory as the user named it,
+            # unless that name reached it through a symlinked directory: then relative
+            # names would point beside the link, where the files are not
+            shown_dir = os.path.dirname(display)
+            if os.path.realpath(shown_dir or ".") != os.path.dirname(path):
+                shown_dir = os.path.dirname(path)
             for imp in tree.imports:
-                rel = os.path.normpath(os.path.join(os.path.dirname(display), imp.path))
+                rel = os.path.normpath(os.path.join(shown_dir, imp.path))
                 target = os.path.normpath(os.path.join(os.path.dirname(path), imp.path))
                 sub = self.load(target, rel, imp)
                 for name in sub.own:

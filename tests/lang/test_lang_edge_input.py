@@ -387,3 +387,20 @@ def test_a_binding_that_recurses_too_deep_fails_only_what_uses_it(tmp_path):
     assert e.value.src is not None and e.value.src.line_col(e.value.pos)[0] == 2
     with pytest.raises(E.InfiniteRecursion):
         ev.attributes()  # every attribute: the first failing binding, as for other errors
+
+
+def test_errors_in_files_imported_through_a_symlinked_entry_name_the_real_files(tmp_path):
+    """``elsewhere/main.recipe`` links to ``../real/main.recipe``, which imports
+    ``helper.recipe``: the import resolves from ``real/`` (as Nix does), and its errors
+    named ``elsewhere/helper.recipe``, a file that does not exist."""
+    (tmp_path / "real").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    _write(tmp_path / "real" / "main.recipe", 'import "helper.recipe"\npackage p { build = x }\n')
+    _write(tmp_path / "real" / "helper.recipe", "let x = nosuch\n")
+    os.symlink("../real/main.recipe", tmp_path / "elsewhere" / "main.recipe")
+    with pytest.raises(RecipeError) as info:
+        evaluate_file("elsewhere/main.recipe").attributes()
+    assert str(info.value).splitlines()[0] == f"{tmp_path}/real/helper.recipe:1:9: unknown name 'nosuch'"
+    with pytest.raises(RecipeError) as info:  # named as given when no symlink is on the way
+        evaluate_file("real/main.recipe").attributes()
+    assert str(info.value).splitlines()[0] == "real/helper.recipe:1:9: unknown name 'nosuch'"
