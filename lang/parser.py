@@ -61,7 +61,7 @@ _EXPR_START = {
 
 def _check_duplicates(fields, src: SourceText, what: str) -> None:
     seen: dict[str, ast.Binding] = {}
-    for f in fields:
+    for f in sorted(fields, key=lambda f: f.pos):  # source order: the later one is the duplicate
         first = seen.get(f.name)
         if first is not None:
             line, _ = src.line_col(first.pos)

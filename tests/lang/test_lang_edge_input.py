@@ -404,3 +404,25 @@ def test_errors_in_files_imported_through_a_symlinked_entry_name_the_real_files(
     with pytest.raises(RecipeError) as info:  # named as given when no symlink is on the way
         evaluate_file("real/main.recipe").attributes()
     assert str(info.value).splitlines()[0] == "real/helper.recipe:1:9: unknown name 'nosuch'"
+
+
+@pytest.mark.parametrize(
+    ("text", "first"),
+    [
+        (
+            'package a { build = "" }\nlet a = 1\n',
+            "dup.recipe:2:5: duplicate definition 'a' (first defined on line 1)",
+        ),
+        (
+            'package p {\n  let x = 1\n  x = 2\n  build = ""\n}\n',
+            "dup.recipe:3:3: duplicate field 'x' (first defined on line 2)",
+        ),
+    ],
+)
+def test_a_duplicate_is_reported_at_the_later_definition(tmp_path, text, first):
+    """Lets and packages (or fields and lets) were checked as two groups, so the error
+    sat at the earlier definition and called the later one "first"."""
+    _write(tmp_path / "dup.recipe", text)
+    with pytest.raises(RecipeError) as info:
+        evaluate_file("dup.recipe").attributes()
+    assert str(info.value).splitlines()[0] == first
