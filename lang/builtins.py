@@ -145,8 +145,14 @@ def _url_name(url: str, strip_git: bool = False) -> str:
     base = url.split("?", 1)[0].split("#", 1)[0].rstrip("/").rsplit("/", 1)[-1]
     if strip_git and base.endswith(".git"):
         base = base[:-4]
+    return _fetch_name(base)
+
+
+def _fetch_name(base: str) -> str:
+    """The derivation name of a fetch of a file named ``base`` (a URL's or a lock
+    entry's): made a valid store path name, and not ending in ``.drv``
+    (``check_drv_name``): ``x.drv`` fetches as ``x_drv``."""
     name = sanitize_name(base)
-    # a derivation's name may not end in .drv (``check_drv_name``): x.drv fetches as x_drv
     return name[:-4] + "_drv" if name.endswith(".drv") else name
 
 
@@ -330,7 +336,7 @@ def debian_rootfs(ev: Evaluator, node: ast.Call, env: Env) -> DrvValue:
         debs.append(
             _fod(
                 ev,
-                sanitize_name(filename.rsplit("/", 1)[-1]),
+                _fetch_name(filename.rsplit("/", 1)[-1]),
                 "builtin:fetchurl",
                 fetch_env,
                 "sha256",

@@ -239,3 +239,17 @@ def test_a_fetch_of_a_file_named_x_drv_gets_another_name(tmp_path):
     _, d = ev.select("p")
     (src,) = [ev.drvs[k] for k, _ in d.input_drvs]
     assert src.name == "x_drv" and src.output_path("out").endswith("-x_drv")
+
+
+def test_a_lock_entry_named_like_a_drv_fetches_under_another_name(tmp_path, monkeypatch):
+    """The reference: no derivation's name may end in ``.drv``; ``fetchurl`` renames
+    ``x.drv`` to ``x_drv``, but a lock entry's ``filename`` made a fetch named ``x.drv``
+    (written as ``…-x.drv.drv``)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "r.recipe").write_text(
+        'let t = debian_rootfs { lock = [{ name = "x", version = "1", arch = "amd64", '
+        f'sha256 = "{"0" * 64}", filename = "pool/x.drv" }}] }}\n'
+    )
+    ev = evaluate_file("r.recipe")
+    (fetch,) = [ev.drvs[p] for p, _ in ev.packages["t"].input_drvs]
+    assert fetch.name == "x_drv" and fetch.env_map["url"] == "debian:pool/x.drv"
