@@ -158,14 +158,16 @@ class Evaluation:
         from .parser import parse_expr
         from .values import DrvValue, type_name
 
-        def run() -> object:
+        def run() -> tuple:
             # parsed on the deep thread too: a long ATTR expression nests as deeply as
             # one in a file, and must fail the same way (a recipe error, not a crash)
-            return ev.eval(parse_expr(expr, "<attribute>", self.file), mod.env)
+            node = parse_expr(expr, "<attribute>", self.file)
+            return node, ev.eval(node, mod.env)
 
-        v = _deep(_recursion_is_recipe_error(run))
+        node, v = _deep(_recursion_is_recipe_error(run))
         if not isinstance(v, DrvValue):
-            raise RecipeError(f"'{expr}' is {type_name(v)}, not a package")
+            shown = expr.strip() if len(expr.strip()) <= 60 else expr.strip()[:57] + "..."
+            raise RecipeError(f"'{shown}' is {type_name(v)}, not a package", node.src, node.pos)
         if isinstance(self.drvs, dict):
             self.drvs.update(ev.drvs)
         return v.path, v.drv

@@ -50,6 +50,8 @@ class SourceText:
 
 #: the most characters of a source line an error shows (around the column)
 EXCERPT = 120
+#: C0 controls as their Unicode control pictures (U+2400...), DEL as U+2421, C1 as "?"
+_VISIBLE = {c: 0x2400 + c for c in range(32)} | {127: 0x2421} | {c: ord("?") for c in range(0x80, 0xA0)}
 
 
 class RecipeError(KilnError):
@@ -70,7 +72,9 @@ class RecipeError(KilnError):
         if self.pos is None:
             return f"{self.src.name}: {self.message}"
         line, col = self.src.line_col(self.pos)
-        code = self.src.line_text(line).replace("\t", " ")
+        # one visible character per control character (a lone CR would garble the
+        # terminal line, an escape sequence act on it), so the caret stays aligned
+        code = self.src.line_text(line).replace("\t", " ").translate(_VISIBLE)
         at = col - 1
         if len(code) > EXCERPT:  # a long (generated, minified) line: the part around col
             start = max(0, min(at - EXCERPT // 2, len(code) - EXCERPT))

@@ -426,3 +426,27 @@ def test_a_duplicate_is_reported_at_the_later_definition(tmp_path, text, first):
     with pytest.raises(RecipeError) as info:
         evaluate_file("dup.recipe").attributes()
     assert str(info.value).splitlines()[0] == first
+
+
+def test_an_error_excerpt_shows_control_characters_without_sending_them(tmp_path):
+    """A lone CR (or an escape) in a recipe line was printed raw in the excerpt,
+    garbling the terminal line; each is now one visible character, caret aligned."""
+    _write(tmp_path / "cr.recipe", 'let x = 1 +\r"a" # \x1b]0;title\x07\n')
+    with pytest.raises(RecipeError) as info:
+        evaluate_file("cr.recipe").attributes()
+    first, code, caret = str(info.value).splitlines()
+    assert (
+        first.startswith("cr.recipe:1:11: ") and code == '    1 | let x = 1 +\u240d"a" # \u241b]0;title\u2407'
+    )
+    assert caret.index("^") == code.index("+") and not any(ord(c) < 32 for c in code)
+
+
+def test_an_attribute_that_is_not_a_package_is_located_and_cut(tmp_path):
+    _write(tmp_path / "r.recipe", 'package p { build = "" }\nlet n = 3\n')
+    ev = evaluate_file("r.recipe")
+    with pytest.raises(RecipeError) as info:
+        ev.select("n")
+    assert str(info.value).splitlines()[0] == "<attribute>:1:1: 'n' is a number, not a package"
+    with pytest.raises(RecipeError) as info:
+        ev.select("[" + ", ".join(["1"] * 5000) + "]")
+    assert len(str(info.value).splitlines()[0]) < 200  # (it echoed the whole expression)
