@@ -109,16 +109,23 @@ def _sha256(value, node: ast.Node, what: str) -> str:
 
 def _url(ev, v, node: ast.Node, what: str) -> str:
     """A URL argument: a string without whitespace (the fetcher's ``urls`` variable is
-    whitespace-separated, so a space would split one URL in two; write ``%20``)."""
+    whitespace-separated, so a space would split one URL in two; write ``%20``) or
+    control characters (no URL holds one), its scheme in lower case (schemes are
+    case-insensitive, RFC 3986, and the fetchers match them exactly)."""
     url = _string(ev, v, node, what)
-    if not url or any(c.isspace() for c in url):
+    if not url or any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in url):
         found = "an empty string" if not url else repr(url)
         raise BadValue(
-            f"{what} must be a URL without whitespace (write %20 for a space), found {found}",
+            f"{what} must be a URL without whitespace or control characters (write %20 for a "
+            f"space), found {found}",
             node.src,
             node.pos,
         )
-    return url
+    m = _SCHEME.match(url)
+    return url if m is None else m.group().lower() + url[m.end() :]
+
+
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
 
 
 def _kind(v) -> str:  # noqa: ANN001 - any value
@@ -175,10 +182,10 @@ def _fetch_url(ev, v, node: ast.Node, what: str) -> str:
     or an absolute path. A relative path would be read from wherever kiln runs (not the
     recipe's directory), so one recipe would fetch different files from different places."""
     url = _url(ev, v, node, what)
-    relative = not url.startswith("/") and not re.match(r"[A-Za-z][A-Za-z0-9+.-]*:", url)
+    relative = not url.startswith("/") and not _SCHEME.match(url)
     # file: must name an absolute path on this machine: file:///p or file:/p (file://host/p
     # would read /p's host part as a directory; the fetcher matches the scheme exactly)
-    if relative or (url[:5].lower() == "file:" and not re.match(r"file:(/[^/]|///|//localhost/)", url)):
+    if relative or (url.startswith("file:") and not re.match(r"file:(/[^/]|///|//localhost/)", url)):
         raise BadValue(
             f"{what} must be a URL with a scheme or an absolute path (a local file: file:///path), "
             f"found {url!r}, which would be read from wherever kiln runs "
@@ -221,6 +228,19 @@ def fetchurl(ev: Evaluator, node: ast.Call, env: Env) -> DrvValue:
 def fetchgit(ev: Evaluator, node: ast.Call, env: Env) -> DrvValue:
     a = _record_args(ev, node, env, ("url", "rev", "sha256"), ("name",))
     url = _url(ev, a["url"][0], a["url"][1], "fetchgit 'url'")
+    colon, slash = url.find(":"), url.find("/")
+    if (
+        not url.startswith("/")
+        and not _SCHEME.match(url)
+        and not (colon > 0 and (slash < 0 or colon < slash))
+    ):
+        # git's own rule: a colon before the first slash is scp-like (git@host:repo)
+        raise BadValue(
+            f"fetchgit 'url' must be a URL with a scheme, host:path or an absolute path, found "
+            f"{url!r}, which would be read from wherever kiln runs",
+            a["url"][1].src,
+            a["url"][1].pos,
+        )
     rev = _string(ev, a["rev"][0], a["rev"][1], "fetchgit 'rev'")
     if not rev or any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in rev):
         raise BadValue(

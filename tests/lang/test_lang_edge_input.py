@@ -450,3 +450,34 @@ def test_an_attribute_that_is_not_a_package_is_located_and_cut(tmp_path):
     with pytest.raises(RecipeError) as info:
         ev.select("[" + ", ".join(["1"] * 5000) + "]")
     assert len(str(info.value).splitlines()[0]) < 200  # (it echoed the whole expression)
+
+
+_H = "0" * 64
+
+
+@pytest.mark.parametrize(
+    ("call", "ok"),
+    [
+        (f'fetchurl {{ url = "FILE:///etc/x", sha256 = "{_H}" }}', "file:///etc/x"),
+        (f'fetchurl {{ url = "HTTPS://example.com/a.tar", sha256 = "{_H}" }}', "https://example.com/a.tar"),
+        (f'fetchurl {{ url = "https://e.com/a\x01b", sha256 = "{_H}" }}', None),
+        (f'fetchurl {{ url = "https://e.com/a\x1bb", sha256 = "{_H}" }}', None),
+        (f'fetchgit {{ url = "relative/repo", rev = "main", sha256 = "{_H}" }}', None),
+        (
+            f'fetchgit {{ url = "git@example.com:r/x.git", rev = "main", sha256 = "{_H}" }}',
+            "git@example.com:r/x.git",
+        ),
+        (f'fetchgit {{ url = "/srv/git/x", rev = "main", sha256 = "{_H}" }}', "/srv/git/x"),
+    ],
+)
+def test_fetch_urls_schemes_and_control_characters(tmp_path, call, ok):
+    """A scheme is case-insensitive (``FILE:///x`` was refused as having none); no URL
+    holds a control character (NUL and ESC were taken); ``fetchgit`` refuses a relative
+    path as ``fetchurl`` does (read from wherever kiln runs), but takes git's scp-like
+    ``host:path``."""
+    _write(tmp_path / "u.recipe", f"let g = {call}\n")
+    if ok is None:
+        with pytest.raises(RecipeError, match="'url' must be a URL"):
+            evaluate_file("u.recipe").attributes()
+    else:
+        assert evaluate_file("u.recipe").packages["g"].env_map["url"] == ok
