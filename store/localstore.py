@@ -102,14 +102,16 @@ class LocalStore(Registering):
             wanted = check_store_dir(DEFAULT_STORE_DIR if store_dir is None else store_dir, local=True)
             if problem := new_store_dir_problem(wanted):
                 raise StoreError(f"cannot make a store with store dir {wanted!r}: {problem}") from None
-            data = _init_config(root, wanted)
             # all 256 object shards up front: a first copy of thousands of paths would
-            # otherwise create them on its way (a mkdir each, ~0.1-0.4 ms on ext4)
+            # otherwise create them on its way (a mkdir each, ~0.1-0.4 ms on ext4). Before
+            # the config, which marks the store made: a creation killed in between is
+            # redone by the next open, not left with some shards for good
             objects = root / "objects"
-            objects.mkdir(exist_ok=True)
+            objects.mkdir(parents=True, exist_ok=True)
             for i in range(256):
                 (objects / f"{i:02x}").mkdir(exist_ok=True)
             fsync_dir(objects)
+            data = _init_config(root, wanted)
         except (OSError, ValueError) as e:
             raise StoreError(f"cannot read store config {cfg}: {e}") from None
         found = config_store_dir(cfg, data)

@@ -299,3 +299,22 @@ def test_kill_9_during_batch_import_leaves_store_consistent(tmp_path):
         finally:
             s.close()
     print("valid paths after each kill:", counts)
+
+
+def test_a_store_whose_creation_was_killed_has_all_its_shards(tmp_path):
+    """The 256 ``objects/<aa>`` shards are made at creation, but were made after the
+    config that marks a store made: a creation killed in between left some missing for
+    good (an open only makes them for a store without a config). Killed as soon as the
+    config appears, the store must have them all."""
+    init = "import sys; from pathlib import Path; from kiln.store.localstore import LocalStore; LocalStore.open(Path(sys.argv[1]))"
+    for rnd in range(5):
+        root = tmp_path / f"s{rnd}"
+        p = subprocess.Popen([sys.executable, "-c", init, str(root)])
+        deadline = time.monotonic() + 60
+        while not (root / "config.json").exists() and p.poll() is None:
+            assert time.monotonic() < deadline
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        if (root / "config.json").exists():
+            shards = sorted(d.name for d in (root / "objects").iterdir())
+            assert shards == [f"{i:02x}" for i in range(256)], f"round {rnd}: {len(shards)} shards"
