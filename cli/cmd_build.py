@@ -1,5 +1,8 @@
 """``kiln build FILE [ATTR...]`` and ``kiln log PATH``.
 
+``kiln log`` writes the log's bytes as they are to a pipe or file; on a terminal, with
+its control characters escaped (``buildlogs.TerminalSafe``), as ``-L`` does on one.
+
 Build options mirror Nix's where Nix has one: ``--jobs/-j``, ``--cores``, ``-L``
 (print build logs), ``--keep-failed/-K``, ``--check``, ``--rounds N``, ``--timeout``,
 ``--max-silent-time``, ``--max-log-size``, ``--keep-going/-k``. Registries to substitute from are given with ``--substituter
@@ -351,5 +354,14 @@ def _log(argv: list[str]) -> int:
 
         path = check_log_key(path)
     with LogStore(logs).open(path) as f:
-        shutil.copyfileobj(f, sys.stdout.buffer)
+        if not sys.stdout.isatty():
+            shutil.copyfileobj(f, sys.stdout.buffer)  # the log's exact bytes, to a file or pipe
+            return 0
+        # on a terminal the build's escape sequences are shown, not acted on
+        from kiln.store.buildlogs import TerminalSafe
+
+        safe = TerminalSafe()
+        for piece in iter(lambda: f.read(1 << 16), b""):
+            sys.stdout.buffer.write(safe.feed(piece))
+        sys.stdout.buffer.write(safe.flush())
     return 0

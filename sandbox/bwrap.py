@@ -22,7 +22,9 @@ group) whose command line is derived from the spec by ``bwrapargv.bwrap_argv``:
   ``fd``/``stdin``/``stdout``/``stderr`` links and a sticky ``shm`` dir, but no ``pts``:
   mounting a devpts needs uid 0 in the namespace, i.e. a second user namespace for the
   build's uid 1000 (what ``--dev`` does), and builds need no terminals; ``/proc`` of
-  the PID namespace, and a private ``/tmp`` tmpfs;
+  the PID namespace with what is not per-namespace made read-only (``/proc/sys``...)
+  and, when kiln runs as root, what only host root may read masked
+  (``bwrapargv.proc_flags``), and a private ``/tmp`` tmpfs;
 * environment: ``--clearenv`` then exactly ``build_env(spec)``; ``spec.umask`` (022)
   set in the child before exec (inherited through bwrap);
 * lifetime: ``--die-with-parent``, ``--new-session``; limits and killing in ``limits``.
@@ -45,7 +47,7 @@ import threading
 import time
 from typing import BinaryIO
 
-from .bwrapargv import bwrap_argv, common_flags, dev_flags, etc_files
+from .bwrapargv import bwrap_argv, common_flags, dev_flags, etc_files, proc_flags
 from .errors import SandboxError, SandboxUnavailable
 from .executor import Executor, OutputCallback, Result
 from .limits import Limits, kill_tree, supervise
@@ -111,7 +113,7 @@ def probe(bwrap: str) -> str:
             return _probed[bwrap]
         sfd = _memfd("kiln-seccomp", build_filter())
         cmd = [bwrap, *common_flags(False, 1000, 1000, "localhost"), "--seccomp", str(sfd)]
-        cmd += ["--ro-bind", "/", "/", "--proc", "/proc", *dev_flags(), "--remount-ro", "/"]
+        cmd += ["--ro-bind", "/", "/", "--proc", "/proc", *proc_flags(), *dev_flags(), "--remount-ro", "/"]
         cmd += ["--", bwrap, "--version"]
         try:
             p = subprocess.run(

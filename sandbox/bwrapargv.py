@@ -1,11 +1,13 @@
 """The bubblewrap command line for a ``SandboxSpec`` (``bwrap_argv``), and its pieces
-(``etc_files``, ``dev_flags``, ``input_mount``). Pure: it reads the host only to tell
-symlinks from directories, and starts nothing; what each flag is for, and why, is in
+(``etc_files``, ``dev_flags``, ``proc_flags``, ``input_mount``). Pure: it reads the host
+only to tell symlinks from directories and to see which /proc entries the kernel has,
+and starts nothing; what each flag is for, and why, is in
 ``bwrap``'s module docstring, which runs it.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import posixpath
 from collections.abc import Mapping
@@ -52,12 +54,39 @@ _HOSTS = "127.0.0.1 localhost\n::1 localhost\n"
 #: a program of the build's choosing as root on the host. bwrap means to do this itself
 #: but skips it when access(W_OK) on the 0555 directory fails, which it always does.
 #: (/proc/sys/net reads the *reader's* namespace, so the host's /proc/sys serves.)
-_PROC_RO = [
-    *("--ro-bind-try", "/proc/sys", "/proc/sys"),
-    *("--ro-bind-try", "/proc/sysrq-trigger", "/proc/sysrq-trigger"),
-    *("--ro-bind-try", "/proc/irq", "/proc/irq"),
-    *("--ro-bind-try", "/proc/bus", "/proc/bus"),
-]
+PROC_READONLY = ("sys", "sysrq-trigger", "irq", "bus")
+#: /proc files hidden behind /dev/null when kiln runs as root, so the build is host uid
+#: 0 (uid 1000 maps to it): the 0400 files whose only guard is the file mode (host slab,
+#: vmalloc, timer, page-type and per-page data: ``kpagecount`` gave a build 50 MB;
+#: ``kmsg`` and ``kcore`` are 0400 too but need capabilities a build does not have),
+#: and ``keys``/``key-users``, which list the
+#: reading uid's keys: host root's. An unprivileged kiln's builds could read none of
+#: these, and every other /proc file is one any host user may read. OCI runtimes mask
+#: more (``timer_stats``, ``sched_debug``, ...: world-readable here); each mount costs
+#: ~0.1 ms per sandbox, which a build loop pays per derivation.
+PROC_MASKED_AS_ROOT = (
+    *("slabinfo", "vmallocinfo", "pagetypeinfo", "timer_list", "kpagecount", "kpageflags", "kpagecgroup"),
+    *("keys", "key-users"),
+)
+
+
+@functools.cache
+def proc_flags(as_root: bool | None = None) -> tuple[str, ...]:
+    """The bwrap options, after ``--proc /proc``, that make ``PROC_READONLY`` read-only
+    and, when kiln runs as root (``as_root``; default: the effective uid is 0), mask
+    ``PROC_MASKED_AS_ROOT``. Only entries this kernel has (seen in the host's /proc,
+    the same kernel's): bwrap cannot mount over one that does not exist. Cached: the
+    set of /proc entries does not change while kiln runs."""
+    if as_root is None:
+        as_root = os.geteuid() == 0
+    flags: list[str] = []
+    for name in PROC_READONLY:
+        if os.path.lexists("/proc/" + name):
+            flags += ["--ro-bind", "/proc/" + name, "/proc/" + name]
+    for name in PROC_MASKED_AS_ROOT if as_root else ():
+        if os.path.isfile("/proc/" + name):
+            flags += ["--ro-bind", "/dev/null", "/proc/" + name]
+    return tuple(flags)
 
 
 def common_flags(spec_network: bool, uid: int, gid: int, hostname: str) -> list[str]:
@@ -99,6 +128,9 @@ def bwrap_argv(
         argv += ["--block-fd", str(block_fd)]
     for k, v in build_env(spec).items():
         argv += ["--setenv", k, v]
+    # /etc first: bwrap makes a missing parent of a mount point (/etc/alternatives
+    # below) mode 0700, and a later ``--dir`` leaves an existing directory's mode alone
+    argv += ["--perms", "0755", "--dir", "/etc"]
     if spec.rootfs is not None:
         for name in ROOTFS_DIRS + ROOTFS_ETC:
             host = os.path.join(spec.rootfs, name)
@@ -112,13 +144,9 @@ def bwrap_argv(
         *dev_flags(),
         "--proc",
         "/proc",
-        *_PROC_RO,
+        *proc_flags(),
         "--tmpfs",
         "/tmp",
-        "--perms",
-        "0755",
-        "--dir",
-        "/etc",
     ]
     for name, fd in etc_fds.items():
         # copied onto the root tmpfs (read-only with it after --remount-ro): no bind

@@ -30,6 +30,7 @@ Theory of operation
 
 from __future__ import annotations
 
+import functools
 import sys
 import threading
 import time
@@ -43,13 +44,14 @@ from .buildcheck import Checking
 from .buildcheck import NotDeterministic as NotDeterministic  # re-exported: callers import it from here
 from .buildlocks import Serialized
 from .buildlogs import LogStore
-from .buildplan import Graph, load_graph, plan
+from .buildplan import Graph, load_graph, plan, refs_first
 from .buildproduce import BuildError as BuildError  # re-exported: callers import it from here
-from .buildproduce import Producing
+from .buildproduce import Producing, output_too_slow, overdue
 from .buildsched import Scheduling
 from .buildtmp import BuildDirs
 from .derivation import Derivation, decode
 from .errors import KilnError, StoreError
+from .ingest import IngestStopped
 from .stagedbuild import Pending
 
 DEFAULT_LOG_LIMIT = 64 << 20
@@ -243,14 +245,17 @@ class Builder(Producing, Checking, Scheduling):
                 return  # another process built it while we waited
             self.say(f"[{position[0]}/{position[1]}] building {drv_path}")
             started = time.time()
+            # --timeout covers the build *and* scanning and archiving its output, which
+            # can take far longer than making it did (a sparse file of terabytes)
+            deadline = None if self.opts.timeout is None else time.monotonic() + self.opts.timeout
             tmp = self._dirs.take()
             try:
-                produced = self._produce(drv_path, drv, tmp, defer=True)
+                produced = self._produce(drv_path, drv, tmp, defer=True, deadline=deadline)
                 if self._stop.is_set():  # cancelled meanwhile: nothing is placed after that
                     raise BuildError(drv_path, f"build of {drv_path} cancelled")
                 placed: list[Placed] = []
                 try:
-                    order = _refs_first(drv_path, drv, produced)
+                    order = refs_first(drv_path, drv, produced)
                     # every output is checked before any is placed: a sibling of a refused
                     # output (a FIFO, a setuid file...) is never placed, nor registered, as
                     # one on another file system would be at once
@@ -267,6 +272,7 @@ class Builder(Producing, Checking, Scheduling):
                                 drv_path,
                                 tmp / f"{name}.object",
                                 canonical=True,
+                                stop=functools.partial(overdue, deadline),
                             )
                             if isinstance(r, Placed):
                                 placed.append(r)
@@ -274,10 +280,17 @@ class Builder(Producing, Checking, Scheduling):
                     with self.store.exclusive():  # (the shared connection, as for place)
                         for r in placed:  # its siblings placed before it will not be registered
                             unplace(self._inner, r)
+                    if isinstance(e, IngestStopped):  # (registered at once: another file system)
+                        raise BuildError(
+                            drv_path, output_too_slow(drv_path, self.opts.timeout, "archive")
+                        ) from None
                     raise BuildError(drv_path, f"{drv_path}: {e}{self._kept(tmp, drv)}") from e
                 # before the commit: a kill after it leaves the hook to the next run (hookmarks)
                 marks = hookmarks.hold_or_warn(self._inner, outs, self.say) if self.after_build else []
-                self._pending.add(placed, locks)
+                # archiving may take what the build left of its --timeout, counted from
+                # when the bookkeeping thread starts on it (not from waiting for it)
+                budget = None if deadline is None else max(0.0, deadline - time.monotonic())
+                self._pending.add(placed, locks, budget)
                 handed = True
                 self._background(self._commit_pending)
             finally:
@@ -297,20 +310,50 @@ class Builder(Producing, Checking, Scheduling):
     def _commit_pending(self) -> None:
         """Archive every placed output and make them valid (one group commit), then
         release their output locks. Runs on the bookkeeping thread; a no-op if an
-        earlier call took them all."""
+        earlier call took them all. A derivation whose outputs outlast their archiving
+        budget (``--timeout``) is dropped with whatever was built on them: none of
+        that is registered, the rest of the batch is, then its ``BuildError`` raises
+        (``realise`` reports it)."""
         from .stagedbuild import archive, commit
 
         batch = self._pending.take()
         try:
             store = self._bookkeeping_store()
-            # archiving (NAR, hashes, zstd) happens here too: a big output is compressed
-            # while the next build already runs with it mounted
-            staged = [archive(store, p) for items, _ in batch for p in items]
+            staged = []
+            dropped: set[str] = set()
+            late: BuildError | None = None
+            for items, _, budget in batch:
+                if any(r in dropped for p in items for r in p.references):
+                    self._drop(store, items, dropped)  # built on a dropped output
+                    continue
+                until = None if budget is None else time.monotonic() + budget
+                try:
+                    # archiving (NAR, hashes, zstd) happens here too: a big output is
+                    # compressed while the next build already runs with it mounted
+                    staged += [archive(store, p, functools.partial(overdue, until)) for p in items]
+                except IngestStopped:
+                    self._drop(store, items, dropped)
+                    drv_path = items[0].deriver or items[0].path
+                    late = late or BuildError(
+                        drv_path, output_too_slow(drv_path, self.opts.timeout, "archive")
+                    )
             commit(store, staged)
             self._pending.done(s.info.path for s in staged)
+            if late is not None:
+                raise late
         finally:
-            for _, locks in batch:
+            for _, locks, _ in batch:
                 locks.close()
+
+    def _drop(self, store, items: list, dropped: set[str]) -> None:
+        """Forget placed outputs that will not be registered: their trees go (GC would
+        take them anyway), and later builds no longer count them as inputs."""
+        from .stagedbuild import unplace
+
+        for p in items:
+            unplace(store, p)
+            dropped.add(p.path)
+        self._pending.done(p.path for p in items)
 
     def _background(self, fn: Callable[..., object], *args: object) -> None:
         """Run ``fn(*args)`` on the single bookkeeping thread (FIFO); ``realise`` waits
@@ -355,25 +398,3 @@ class Builder(Producing, Checking, Scheduling):
         if errors and raise_errors:
             raise errors[0]
         return errors
-
-
-def _refs_first(drv_path: str, drv, produced) -> list:
-    """``drv.outputs`` ordered so an output comes after the sibling outputs it refers to
-    (a ``dev`` output naming ``out``): each is registered after what it references.
-    ``BuildError`` for a cycle between outputs, which Nix refuses too."""
-    by_path = {o.path: name for name, o in drv.outputs}
-    outs = dict(drv.outputs)
-    deps = {n: {by_path[r] for r in produced[n][1] if r in by_path and by_path[r] != n} for n in outs}
-    order: list = []
-    while deps:
-        ready = sorted(n for n, d in deps.items() if not d)
-        if not ready:
-            raise BuildError(
-                drv_path, f"{drv_path}: cycle in the references between its outputs {', '.join(sorted(deps))}"
-            )
-        for n in ready:
-            order.append((n, outs[n]))
-            del deps[n]
-        for d in deps.values():
-            d.difference_update(ready)
-    return order

@@ -9,7 +9,8 @@ pulls in its build closure — the no-op path stays cheap).
 
 ``Graph.ready_order`` is a deterministic topological order (Kahn's algorithm with the
 ready set sorted by path), used for ``--jobs 1`` and for tests; the parallel scheduler
-(``buildsched``) walks ``Graph.inputs_of`` itself.
+(``buildsched``) walks ``Graph.inputs_of`` itself. ``refs_first`` orders one
+derivation's outputs for registration, references first.
 """
 
 from __future__ import annotations
@@ -97,3 +98,27 @@ def plan(graph: Graph, roots: Iterable[str], is_valid: Callable[[str], bool]) ->
         needed.add(p)
         stack.extend(graph.inputs_of(p))
     return graph.ready_order(needed)
+
+
+def refs_first(drv_path: str, drv, produced) -> list:
+    """``drv.outputs`` ordered so an output comes after the sibling outputs it refers to
+    (a ``dev`` output naming ``out``): each is registered after what it references.
+    ``BuildError`` for a cycle between outputs, which Nix refuses too."""
+    from .buildproduce import BuildError
+
+    by_path = {o.path: name for name, o in drv.outputs}
+    outs = dict(drv.outputs)
+    deps = {n: {by_path[r] for r in produced[n][1] if r in by_path and by_path[r] != n} for n in outs}
+    order: list = []
+    while deps:
+        ready = sorted(n for n, d in deps.items() if not d)
+        if not ready:
+            raise BuildError(
+                drv_path, f"{drv_path}: cycle in the references between its outputs {', '.join(sorted(deps))}"
+            )
+        for n in ready:
+            order.append((n, outs[n]))
+            del deps[n]
+        for d in deps.values():
+            d.difference_update(ready)
+    return order

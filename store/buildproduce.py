@@ -1,7 +1,8 @@
 """Producing a derivation's outputs: run its builder (a ``builtin:`` one in-process, any
 other in the sandbox executor), save the log, and collect the declared outputs from the
 scratch store dir with their runtime references (``refscan``). A failed build raises
-``BuildError`` naming the derivation, with the tail of its log.
+``BuildError`` naming the derivation, with the tail of its log (escaped: kiln prints it
+whether or not the user asked for logs, ``buildlogs.shown_output``).
 
 ``Producing`` is a mixin of ``build.Builder`` (it uses the builder's ``store``,
 ``executor``, ``opts``, ``logs``, ``get_drv``, ``_pending`` and ``_background``); the
@@ -14,14 +15,16 @@ import shutil
 import stat
 import sys
 import tempfile
-from collections.abc import Callable
+import threading
+import time
 from contextlib import nullcontext
 from pathlib import Path
 
+from .buildlogs import TerminalSafe, shown_output
 from .derivation import Derivation
 from .errors import KilnError
 from .paths import StorePath
-from .refscan import scan
+from .refscan import ScanStopped, scan
 from .trees import open_up
 from .vary import Variation
 
@@ -47,22 +50,36 @@ class Producing:
         return keep_failed(tmp, self._tmp_root(), drv.name) if self.opts.keep_failed else ""
 
     def _produce(
-        self, drv_path: str, drv: Derivation, tmp: Path, vary: Variation | None = None, defer: bool = False
+        self,
+        drv_path: str,
+        drv: Derivation,
+        tmp: Path,
+        vary: Variation | None = None,
+        defer: bool = False,
+        deadline: float | None = None,
     ) -> dict[str, tuple[Path, list[str]]]:
-        """Run the builder; return {output name: (produced tree, runtime references)}."""
+        """Run the builder; return {output name: (produced tree, runtime references)}.
+        ``deadline`` (``time.monotonic()``, from ``--timeout``) also bounds the reference
+        scan of a sandboxed build's outputs (``BuildError`` past it)."""
         if drv.builder.startswith("builtin:"):
             from .builtins import run_builtin
 
             out = tmp / "out"
             run_builtin(self.store, drv, out, mirrors=list(self.opts.mirrors), progress=self.opts.progress)
             return {"out": (out, [])}
-        produced = self._sandboxed(drv_path, drv, tmp, vary, defer)
+        produced = self._sandboxed(drv_path, drv, tmp, vary, defer, deadline)
         if drv.is_fixed_output:
             _check_fixed(drv_path, drv, produced["out"])
         return produced
 
     def _sandboxed(
-        self, drv_path: str, drv: Derivation, tmp: Path, vary: Variation | None = None, defer: bool = False
+        self,
+        drv_path: str,
+        drv: Derivation,
+        tmp: Path,
+        vary: Variation | None = None,
+        defer: bool = False,
+        deadline: float | None = None,
     ) -> dict[str, tuple[Path, list[str]]]:
         """``defer``: save the log on the bookkeeping thread (the caller deletes ``tmp``
         there too, after it); rebuilds save it synchronously."""
@@ -73,14 +90,18 @@ class Producing:
             self.store, drv, tmp, self.opts, self.get_drv, vary, None if vary else self._pending
         )
         log_path = tmp / "build.log"
-        echo = _echo_to_stderr() if self.opts.print_logs else None
+        echo = _Echo() if self.opts.print_logs else None
         shuffle = (
             shuffled([Path(spec.build_dir), scratch_store])
             if vary and vary.shuffle_dirents
             else nullcontext()
         )
         with open(log_path, "wb") as log, shuffle:
-            result = self.executor.run(spec, log, on_output=echo)
+            try:
+                result = self.executor.run(spec, log, on_output=echo)
+            finally:
+                if echo is not None:
+                    echo.close()
         failed = result.reason != "ok"
         if defer and not failed:
             self._background(self.logs.save, drv_path, log_path)
@@ -119,9 +140,23 @@ class Producing:
             open_up(tree)  # a chmod 000 directory must not stop the scan (as a non-root user)
             _unshare_inode(tree)
             stop = getattr(self, "_stop", None)  # the build loop's: a cancelled build stops scanning
-            res = scan(tree, by_hash, drv.store_dir, stop.is_set if stop is not None else None)
+
+            def stopped(stop: threading.Event | None = stop) -> bool:
+                return (stop is not None and stop.is_set()) or overdue(deadline)
+
+            try:
+                res = scan(tree, by_hash, drv.store_dir, stopped)
+            except ScanStopped:
+                if not overdue(deadline):
+                    raise  # cancelled
+                raise BuildError(
+                    drv_path, output_too_slow(drv_path, self.opts.timeout, "scan for references")
+                ) from None
             if res.stray:
-                shown = "\n".join(f"  {f or '.'}: {drv.store_dir}/{h}-..." for f, h in res.stray[:10])
+                # (file names are the build's: escaped as its log is)
+                shown = "\n".join(
+                    f"  {shown_output(f) or '.'}: {drv.store_dir}/{h}-..." for f, h in res.stray[:10]
+                )
                 raise BuildError(
                     drv_path,
                     f"output {o.path} refers to store paths that are not among the derivation's inputs:\n{shown}"
@@ -131,22 +166,54 @@ class Producing:
         return produced
 
 
-def _echo_to_stderr() -> Callable[[bytes], None]:
-    """``-L``'s log echo: it stops (the build goes on, its log is kept) once stderr's
-    reader has gone (``kiln build -L 2>&1 | head``)."""
-    gone = False
+class _Echo:
+    """``-L``'s log echo, one per build: raw to a pipe or file, escaped on a terminal
+    (``buildlogs.TerminalSafe``: the build's escape sequences are not the terminal's to
+    act on). It stops (the build goes on, its log is kept) once stderr's reader has
+    gone (``kiln build -L 2>&1 | head``). ``close`` writes what the escaper held back."""
 
-    def echo(data: bytes) -> None:
-        nonlocal gone
-        if gone:
+    def __init__(self) -> None:
+        self.gone = False
+        self.safe = TerminalSafe() if _isatty(sys.stderr) else None
+
+    def __call__(self, data: bytes) -> None:
+        self._write(data if self.safe is None else self.safe.feed(data))
+
+    def close(self) -> None:
+        if self.safe is not None:
+            self._write(self.safe.flush())
+
+    def _write(self, data: bytes) -> None:
+        if self.gone or not data:
             return
         try:
             sys.stderr.buffer.write(data)
             sys.stderr.flush()
         except BrokenPipeError:
-            gone = True
+            self.gone = True
 
-    return echo
+
+def _isatty(stream: object) -> bool:
+    try:
+        return bool(stream.isatty())  # type: ignore[attr-defined]
+    except (AttributeError, ValueError):  # no such method, or a closed stream
+        return False
+
+
+def overdue(deadline: float | None) -> bool:
+    """Whether ``deadline`` (``time.monotonic()``; None: none) has passed."""
+    return deadline is not None and time.monotonic() > deadline
+
+
+def output_too_slow(drv_path: str, timeout: float | None, step: str) -> str:
+    """The error for a build whose output was still being processed (``step``: scanned,
+    archived) when its ``--timeout`` ran out: a sandbox can make in a moment what takes
+    hours to read (a sparse file of terabytes), so the limit covers both."""
+    return (
+        f"builder for {drv_path} timed out: its output took too long to {step} "
+        f"(--timeout {timeout:g} s covers the build and the processing of its output); "
+        "nothing was registered"
+    )
 
 
 def _check_fixed(drv_path: str, drv: Derivation, produced: tuple[Path, list[str]]) -> None:
@@ -169,15 +236,20 @@ def _check_fixed(drv_path: str, drv: Derivation, produced: tuple[Path, list[str]
 
 
 def _tail(path: Path, lines: int = 25) -> str:
+    """The last ``lines`` lines of the log, indented, for the error message: escaped
+    (``shown_output``), since they are printed whether or not the user asked for logs."""
     try:
         with open(path, "rb") as f:
             f.seek(0, os.SEEK_END)
             size = f.tell()
             f.seek(max(0, size - 16384))
-            data = f.read().decode(errors="replace")
+            data = f.read().decode(errors="surrogateescape")
     except OSError:
         return "  (no log)"
-    return "\n".join("  " + line for line in data.splitlines()[-lines:]) or "  (empty log)"
+    kept = shown_output(data).split("\n")
+    if kept and not kept[-1]:
+        kept.pop()  # (the log's last newline)
+    return "\n".join("  " + line for line in kept[-lines:]) or "  (empty log)"
 
 
 def _unshare_inode(tree: Path) -> None:

@@ -21,6 +21,11 @@ done with it (``NarSink.wait_consumed``, ``CopyWriter.wait_done``).
 The NAR produced is byte-identical to ``nar.dump`` / ``nix-store --dump``: entries sorted
 by the bytes of their names, a file is ``executable`` iff its owner-execute bit is set,
 no other metadata. Sockets, devices and fifos are rejected with the offending path.
+
+An ingest can be bounded from outside: ``stop()``, when given, is asked once per slot
+queued to the sink (at most 1 MiB of NAR, never per byte) and ends the walk with
+``IngestStopped`` (a build's ``--timeout`` covers archiving its output: a sparse file of
+terabytes is quick to make and slow to archive).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from __future__ import annotations
 import mmap
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 from .copywriter import CopyWriter
@@ -55,6 +61,10 @@ DIRECT_MIN = 128 << 10
 RING_SLOTS = QUEUE_DEPTH + 4
 
 
+class IngestStopped(StoreError):
+    """A ``TreeIngest`` was stopped from outside (its ``stop()`` returned true)."""
+
+
 class TreeIngest:
     """Serialises a file system tree as NAR into a ``NarSink``, in one read pass.
 
@@ -66,8 +76,15 @@ class TreeIngest:
     Sockets, devices and fifos are always rejected with the offending path.
     """
 
-    def __init__(self, sink: NarSink, filter: PathFilter | None = None, direct: bool = DIRECT) -> None:
+    def __init__(
+        self,
+        sink: NarSink,
+        filter: PathFilter | None = None,
+        direct: bool = DIRECT,
+        stop: Callable[[], bool] | None = None,
+    ) -> None:
         self.sink = sink
+        self.stop = stop  # asked once per slot queued (see the module docstring)
         self.filter = filter
         self.direct = direct  # write big files of the copy with O_DIRECT where possible
         self.ring = memoryview(mmap.mmap(-1, RING_SLOTS * CHUNK))  # pages are touched lazily
@@ -91,6 +108,8 @@ class TreeIngest:
         until the sink is done with that slot's previous chunk)."""
         if not self.fill:
             return
+        if self.stop is not None and self.stop():
+            raise IngestStopped("archiving was stopped")
         self.tickets[self.slot] = self.sink.write_pooled(self.cur[: self.fill])
         w = self.writer
         if w is not None:

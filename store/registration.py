@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import BinaryIO
@@ -176,13 +176,20 @@ class Registering:
         return self.import_objects(todo) if todo else []
 
     def register_built(
-        self, path: str, tree: Path, references: Iterable[str], deriver: str | None
+        self,
+        path: str,
+        tree: Path,
+        references: Iterable[str],
+        deriver: str | None,
+        stop: Callable[[], bool] | None = None,
     ) -> PathInfo:
         """Register a finished build output ``tree`` (file or directory, on the same file
         system as the store) as input-addressed ``path``. The tree is canonicalised in
         place (setuid/setgid files, devices, sockets and fifos are rejected), archived,
         and moved to ``real_path(path)``. If ``path`` is already valid the existing info is
-        returned and ``tree`` is left alone."""
+        returned and ``tree`` is left alone. ``stop`` bounds the archiving (a build's
+        ``--timeout``): ``TreeIngest`` asks it per MiB and raises ``IngestStopped``, and
+        nothing is registered."""
         sp = self.parse_path(path)
         path = str(sp)
         refs = tuple(sorted(set(map(str, references))))
@@ -191,7 +198,9 @@ class Registering:
             if existing is not None:
                 self._keep(path)
                 return existing
-            oi = self._ingest(lambda sink: TreeIngest(sink).run(Path(tree), canonicalise=True), tmp)
+            oi = self._ingest(
+                lambda sink: TreeIngest(sink, stop=stop).run(Path(tree), canonicalise=True), tmp
+            )
             info = PathInfo(
                 path, oi.nar_hash, oi.nar_size, refs, deriver, file_hash=oi.file_hash, file_size=oi.file_size
             )

@@ -56,7 +56,7 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -126,6 +126,7 @@ def place(
     deriver: str | None,
     obj: Path,
     canonical: bool = False,
+    stop: Callable[[], bool] | None = None,
 ) -> Placed | PathInfo:
     """Steps 1-2 for one output, on the build thread (``store`` used from this thread
     only): canonicalise ``tree`` in place (refusing setuid/setgid files, devices,
@@ -133,14 +134,15 @@ def place(
     and seal it. Returns the existing info if ``path`` is valid already (``tree`` is
     left alone; a build dir on another file system is registered at once instead).
     ``obj`` is a new file name in the caller's build temp dir for ``archive``;
-    ``canonical`` says the caller ran ``canonicalise_output`` on ``tree`` already."""
+    ``canonical`` says the caller ran ``canonicalise_output`` on ``tree`` already;
+    ``stop`` bounds that immediate registration as it does ``archive``."""
     sp = store.parse_path(path)
     path = str(sp)
     refs = tuple(sorted(set(map(str, references))))
     with FileLock(store.gc_lock_path, shared=True):
         if os.lstat(tree).st_dev != os.stat(store.real_store).st_dev:
             # build dir on another file system: no cheap rename, register the usual way
-            return store.register_built(path, tree, refs, deriver)
+            return store.register_built(path, tree, refs, deriver, stop=stop)
         if not canonical:
             canonicalise_output(Path(tree))
         with FileLock(store._path_lock(sp)):
@@ -171,16 +173,17 @@ def unplace(store: LocalStore, placed: Placed) -> None:
             remove_tree(real)
 
 
-def archive(store: LocalStore, placed: Placed) -> StagedOutput:
+def archive(store: LocalStore, placed: Placed, stop: Callable[[], bool] | None = None) -> StagedOutput:
     """Step 3, on the bookkeeping thread: archive the placed tree (canonical and
     read-only, so reading it while later builds have it mounted is safe) into
     ``placed.obj``, hashing the NAR and the compressed object; no fsync. Raises
-    ``StoreError`` if the tree was replaced meanwhile."""
+    ``StoreError`` if the tree was replaced meanwhile, ``ingest.IngestStopped`` once
+    ``stop()`` is true (asked per MiB archived: a build's ``--timeout`` bounds it)."""
     real = store.real_store / store.parse_path(placed.path).base
     fd = os.open(placed.obj, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
     sink = NarSink(fd)
     try:
-        TreeIngest(sink).run(real)
+        TreeIngest(sink, stop=stop).run(real)
     except BaseException as e:
         sink.abort()
         # the tree vanished under the walk: fine if someone registered the path instead
@@ -260,7 +263,7 @@ def commit(store: LocalStore, staged: list[StagedOutput]) -> list[PathInfo]:
             out: list[PathInfo] = []
             rows: list[tuple[PathInfo, str]] = []
             # staged in build order, each derivation's outputs references-first
-            # (build._refs_first): a path's references are valid or earlier in the batch
+            # (buildplan.refs_first): a path's references are valid or earlier in the batch
             batch: set[str] = set()
             now = int(time.time())
             for s in staged:
@@ -282,22 +285,24 @@ def commit(store: LocalStore, staged: list[StagedOutput]) -> list[PathInfo]:
 
 class Pending:
     """Outputs placed by this builder and not yet committed: ``path -> references``,
-    shared by the builder's threads (the build threads add, the committer removes)."""
+    shared by the builder's threads (the build threads add, the committer removes).
+    Each derivation's outputs are queued with the seconds their archiving may take
+    (what its ``--timeout`` left; None: no limit)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._refs: dict[str, tuple[str, ...]] = {}
-        self._queue: list[tuple[list[Placed], contextlib.ExitStack]] = []
+        self._queue: list[tuple[list[Placed], contextlib.ExitStack, float | None]] = []
 
-    def add(self, placed: list[Placed], locks: contextlib.ExitStack) -> None:
+    def add(self, placed: list[Placed], locks: contextlib.ExitStack, budget: float | None = None) -> None:
         """Queue ``placed`` (one derivation's outputs) with the locks to release once
-        they are committed."""
+        they are committed and the seconds archiving them may take (``budget``)."""
         with self._lock:
             for p in placed:
                 self._refs[p.path] = p.references
-            self._queue.append((placed, locks))
+            self._queue.append((placed, locks, budget))
 
-    def take(self) -> list[tuple[list[Placed], contextlib.ExitStack]]:
+    def take(self) -> list[tuple[list[Placed], contextlib.ExitStack, float | None]]:
         with self._lock:
             q, self._queue = self._queue, []
             return q

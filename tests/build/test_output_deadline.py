@@ -1,0 +1,87 @@
+"""``--timeout`` covers processing a build's output, not only the sandbox: a sparse file
+of a terabyte takes a moment to make and hours to scan, hash and compress. Past the
+deadline the build fails as timed out and nothing of it is registered. Real sandboxes."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+from kiln.sandbox.bwrap import BwrapExecutor
+from kiln.store.build import Builder, BuildError, BuildOptions
+from kiln.store.buildcheck import _hash_until
+from kiln.store.stagedbuild import Placed, place
+
+pytestmark = [
+    pytest.mark.bwrap,
+    pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap not installed"),
+    pytest.mark.skipif(shutil.which("busybox") is None, reason="busybox-static not installed"),
+]
+
+SPARSE = "mkdir $out; busybox truncate -s 1099511627776 $out/big && echo made"
+
+
+def test_a_huge_sparse_output_times_out_instead_of_being_archived_for_hours(store, graph):
+    a, ad = graph.drv("sparse", SPARSE)
+    started = time.monotonic()
+    p = subprocess.run(
+        [sys.executable, "-m", "kiln", "build", "--no-substitute", "--timeout", "3", a],
+        env=dict(os.environ, KILN_HOME=str(store.root)),
+        capture_output=True,
+        text=True,
+        timeout=120,  # unbounded, it would take hours
+    )
+    assert p.returncode == 1, p.stderr
+    assert "timed out: its output took too long to" in p.stderr, p.stderr
+    assert "--timeout 3 s covers the build and the processing of its output" in p.stderr
+    assert time.monotonic() - started < 60
+    assert not store.is_valid(ad.output_path())
+    assert not store.real_path(ad.output_path()).exists()  # and its tree is gone
+
+
+def test_archiving_past_the_deadline_registers_nothing_and_drops_what_was_built_on_it(store, graph, tmp_path):
+    a, ad = graph.drv("slow-to-archive", "mkdir $out; echo x > $out/f")
+    b, bd = graph.drv("on-it", "echo $in0 > $out", inputs=[a])
+    c, cd = graph.drv("independent", "echo c > $out")
+    builder = Builder(store, BwrapExecutor(), BuildOptions(timeout=60), say=lambda m: None)
+    placed = {}
+    for name, drv_path, drv, refs in (("a", a, ad, []), ("b", b, bd, [ad.output_path()]), ("c", c, cd, [])):
+        out = tmp_path / f"built-{name}"
+        if name == "a":
+            out.mkdir()
+            (out / "f").write_text("x\n")
+        else:
+            out.write_text(f"{refs}\n")
+        placed[name] = place(store, drv.output_path(), out, refs, drv_path, tmp_path / f"{name}.object")
+        assert isinstance(placed[name], Placed)
+    # a's build used up its --timeout (nothing left for archiving); b was built on it
+    builder._pending.add([placed["a"]], contextlib.ExitStack(), budget=0.0)
+    builder._pending.add([placed["b"]], contextlib.ExitStack(), budget=30.0)
+    builder._pending.add([placed["c"]], contextlib.ExitStack(), budget=30.0)
+    with pytest.raises(BuildError, match="timed out: its output took too long to archive") as e:
+        builder._commit_pending()
+    assert e.value.drv_path == a and "nothing was registered" in str(e.value)
+    assert not store.is_valid(ad.output_path()) and not store.is_valid(bd.output_path())
+    assert not store.real_path(ad.output_path()).exists()  # unplaced
+    assert store.is_valid(cd.output_path())  # the rest of the batch is committed
+    assert not builder._pending  # later builds do not count the dropped ones as inputs
+    builder._close_bookkeeping_store()
+
+
+def test_a_check_stops_hashing_its_rebuild_at_the_deadline(tmp_path):
+    tree = tmp_path / "out"
+    tree.mkdir()
+    with open(tree / "big", "wb") as f:
+        f.truncate(64 << 20)
+    with pytest.raises(BuildError, match="took too long to hash"):
+        _hash_until(tree, time.monotonic() - 1, "/kiln/store/x.drv", 5)
+    h = _hash_until(tree, time.monotonic() + 600, "/kiln/store/x.drv", 600)
+    from kiln.store import nar
+
+    assert h == nar.hash_path(tree)[0]
