@@ -22,12 +22,15 @@ re-uploading its genuine older PASSED one. Anything else is a 4xx answer; nothin
 written.
 
 Transfer: ``push_attestations`` uploads what the registry lacks (by comparing listings);
-``fetch_attestations`` downloads a registry's attestations for paths that are valid in a
+``fetch_attestations`` (``attest_fetch``) downloads a registry's attestations for paths that are valid in a
 local store, checks each file against the listing's sha256 and its subject against the
 *local* ``PathInfo`` (so an attestation can never attach to other content), and stores
-it with ``attestations.write`` unless the local one of that kind is newer (the same rule
-as admission). Neither decides trust in the signer: that is the verifier's policy
-(``kiln verify``).
+it with ``attestations.write`` only if a key the fetch trusts (the substitution's or
+copy's trusted keys) signed it, and then not over a local one such a key signed that is
+newer (the same age rule as admission); a local one that no trusted key signed gives
+way. So a registry can neither plant a forged attestation in a store nor displace a
+trusted one. Whether an attestation's signer counts for a requirement stays the
+verifier's policy (``kiln verify``).
 """
 
 from __future__ import annotations
@@ -258,69 +261,6 @@ async def _get_listed(client: Any, path: str, kind: str, want: str, sem: asyncio
     return data
 
 
-async def fetch_attestations(client: Any, store: Any, paths: Iterable[str], jobs: int = 8) -> int:
-    """Download the registry's attestations of ``paths`` (each valid in ``store``) and
-    store those the local store lacks or holds in another version. Each file must hash
-    to its listing entry and its subject must be the local path's name and NAR hash;
-    a bad one raises ``AttestationError`` (after the good ones are stored). Returns the
-    number stored."""
-    paths = sorted(set(paths))
-    if not paths:
-        return 0
-    # the listings first (one batched request): most paths have none, and looking up
-    # thousands of local infos for nothing costs more than the request
-    remote = await listings(client, [_hp(p) for p in paths])
-    infos = {p: i for p in paths if remote.get(_hp(p)) and (i := store.query(p)) is not None}
-    if not infos:
-        return 0
-    sem = asyncio.Semaphore(jobs)
-    errors: list[str] = []
-    stored = 0
-
-    async def one(p: str, kind: str, want: str) -> None:
-        # each attestation on its own: one bad entry must not stop the others
-        try:
-            await fetch_one(p, kind, want)
-        except KilnError as e:
-            errors.append(f"{p}: {kind[:80]!r}: {e}")
-
-    async def fetch_one(p: str, kind: str, want: str) -> None:
-        nonlocal stored
-        try:
-            attestations.check_kind(kind)
-        except FormatError as e:  # a listing entry no attestation can have: fetch nothing
-            errors.append(f"{p}: {e}")
-            return
-        try:
-            cur = attestations.read(store, p, kind)
-        except FormatError:
-            cur = None
-        if cur is not None and sha256_hex(cur.dumps().encode()) == want:
-            return
-        try:
-            data = await _get_listed(client, p, kind, want, sem)
-        except KilnError as e:
-            errors.append(f"{p}: {e}")
-            return
-        try:
-            env = check_envelope(data, kind, p.rsplit("/", 1)[1], infos[p].nar_hash.hex, None)
-            if cur is not None and replaces(cur.dumps().encode(), data, kind) is not None:
-                return  # ours is newer: a registry cannot roll it back
-            attestations.write(store, p, kind, env)
-            stored += 1
-        except KilnError as e:
-            errors.append(str(e))
-
-    await asyncio.gather(
-        *(one(p, k, sha) for p in infos for k, sha in sorted(remote.get(_hp(p), {}).items()))
-    )
-    if errors:
-        raise AttestationError(
-            f"{len(errors)} attestation(s) from {client.url} refused:\n  " + "\n  ".join(errors[:20])
-        )
-    return stored
-
-
 async def relay_attestations(
     src: Any, dst: Any, subjects: dict[str, str], jobs: int = 8
 ) -> tuple[int, list[str]]:
@@ -373,14 +313,5 @@ async def relay_attestations(
     return copied, sorted(problems)
 
 
-def fetch_attestations_sync(url: str, store: Any, paths: Iterable[str], token: str | None = None) -> int:
-    """``fetch_attestations`` from the registry at ``url``, for synchronous library
-    callers (the CLI's build loop uses its own session: ``buildglue``). Same contract
-    and errors."""
-    from .client import open_client
-
-    async def run() -> int:
-        async with open_client(url, token, create=False) as client:
-            return await fetch_attestations(client, store, list(paths))
-
-    return asyncio.run(run())
+# (the client side that stores into a local store lives in ``attest_fetch``; re-exported)
+from .attest_fetch import fetch_attestations, fetch_attestations_sync  # noqa: E402, F401

@@ -29,6 +29,7 @@ from kiln.store.hashes import Hash
 from kiln.store.paths import check_store_dir
 
 from . import layout
+from .admitca import merged_ca, refusal
 from .dirlock import NARINFO_LOCK, dir_lock
 from .storage import Durability, FileStorage, GroupSync, Storage, open_storage
 from .verify import Digests, NarVerifier, expect_info
@@ -300,6 +301,10 @@ class DirSource(Source):
             except KilnError as ex:
                 results[n] = (400, f"error: {ex}")
                 continue
+            refused = refusal(self.storage, info, got)  # its (unsigned) CA: as for a PUT
+            if refused:
+                results[n] = (400, refused)
+                continue
             # references: published, or earlier in this batch (published before it below)
             missing = self._missing_reference(info, {entries[k].hash_part for k in ready})
             if missing is not None:
@@ -336,7 +341,8 @@ class DirSource(Source):
         different content → 409. Content is the path, NAR hash and size and references
         (what signatures cover): the same NAR compressed into another file (another
         producer or kiln version, or Nix) is the same content, and the narinfo published
-        first, with its file, stays."""
+        first, with its file, stays. A false published ``CA:`` is repaired by the new
+        (checked) narinfo's (``admitca.merged_ca``)."""
         key = layout.narinfo_key(hash_part)
         missing = self._missing_reference(info)
         if missing is not None:
@@ -363,12 +369,14 @@ class DirSource(Source):
                     f"error: {info.path} is already published with different content (NarHash {old.nar_hash})",
                 )
             sigs = tuple(dict.fromkeys(old.sigs + info.sigs))
-            if sigs == old.sigs:
+            got = self.object_digests(info.file_hash)  # type: ignore[arg-type]  # (admitted: present)
+            ca, repaired = merged_ca(self.storage, old, info, got) if got is not None else (old.ca, "")
+            if sigs == old.sigs and not repaired:
                 return 200, "already published"
-            merged = dataclasses.replace(old, sigs=sigs)
+            merged = dataclasses.replace(old, sigs=sigs, ca=ca)
             self.storage.put_bytes(key, merged.render().encode())
             self._cache.pop(hash_part, None)
-            return 200, "signatures merged"
+            return 200, f"repaired: {repaired}" if repaired else "signatures merged"
 
 
 def _scan_nar_hashes(storage: Storage, store_dir: str) -> dict[str, str]:

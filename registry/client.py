@@ -35,6 +35,7 @@ from urllib.parse import ParseResult, urlparse
 
 from kiln.store.errors import KilnError, redact_urls
 from kiln.store.hashes import Hash
+from kiln.store.signing import PublicKey
 
 from . import layout
 
@@ -69,6 +70,9 @@ def utf8(body: bytes, what: str) -> str:
 class Client(abc.ABC):
     url: str
     store_dir: str = ""
+    #: the keys the caller trusts for what this registry serves (``Substituter`` sets its
+    #: own): ``attest_transfer.fetch_attestations`` stores only attestations they signed
+    trusted: list[PublicKey] | None = None
 
     async def __aenter__(self) -> Client:
         return self

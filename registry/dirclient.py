@@ -90,6 +90,7 @@ class DirClient(Client):
         if kind != "narinfo":
             self.src.storage.put_bytes(key, data)
             return 201
+        from .admitca import refusal
         from .verify import check_narinfo, expect_info
 
         try:
@@ -103,6 +104,9 @@ class DirClient(Client):
             expect_info(info, got)
         except (KilnError, UnicodeDecodeError) as e:
             raise RegistryError(str(e), getattr(e, "status", 400)) from None
+        refused = refusal(self.src.storage, info, got)  # its CA, as the server checks it
+        if refused:
+            raise RegistryError(refused, 400)
         status, msg = self.src.publish_narinfo(arg, info, data)
         if status >= 400:
             raise RegistryError(msg, status)

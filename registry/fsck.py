@@ -15,8 +15,13 @@ links when kiln wrote them) and its digests are compared with *each* narinfo's c
 Hashing runs ``jobs`` objects at a time (hashlib and zstd release the GIL); Ctrl-C
 drops the queued ones.
 
+Its ``CA:`` (unsigned) must be true of the object (``admitca.refusal``, the judge
+``kiln store verify`` uses): a false one is a content problem of the narinfo, which Nix
+clients would refuse ("ca hash mismatch").
+
 ``delete_bad`` unpublishes what is wrong in *content*: the narinfo (so clients get a
-miss, not a corrupt download) and the object when no narinfo describes its bytes. The
+miss, not a corrupt download) and the object when no narinfo describes its bytes (a
+false ``CA:`` is the narinfo's fault: its object stays). The
 next ``kiln mirror sync`` (or ``kiln push``) then fetches both again, verified.
 Policy problems (missing trusted signatures, a compression other than zstd) are
 reported, never deleted: a mistyped ``--trusted-key`` must not empty a registry. A
@@ -38,6 +43,7 @@ from kiln.store.narinfo import NarInfo
 from kiln.store.signing import PublicKey
 
 from . import layout
+from .admitca import refusal
 from .backends import DirSource
 from .progress import Progress
 from .verify import Digests, NarVerifier, check_narinfo, expect
@@ -218,8 +224,10 @@ def _verify(
             for key, info in named:
                 what = got if isinstance(got, str) else _mismatch(group[0], got, info)
                 if what is None:
-                    fits += 1
-                else:
+                    fits += 1  # the bytes are what it says: they are kept even if its CA is false
+                    assert not isinstance(got, str)
+                    what = refusal(src.storage, info, got).removeprefix("error: ") or None
+                if what is not None:
                     problems.setdefault(key, []).append(Problem(info.path, what))
             if not fits:  # no narinfo describes these bytes: they are bad, not the claims
                 bad_blobs += group

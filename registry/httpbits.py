@@ -9,7 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
+from multidict import CIMultiDict
 
 from .pace import Link, Pace
 
@@ -77,7 +78,29 @@ async def drain(request: web.BaseRequest, limit: int) -> None:
             raise HTTPError(413, "body too large")
 
 
-class DigestFile(web.FileResponse):
+def shown_key(key: str) -> str:
+    """A request path as an answer may show it: decoded (``%00`` is a NUL by then), so
+    control and other unprintable characters are escaped (``\\x00``), keeping the
+    one-line answer one line of text."""
+    if key.isprintable():
+        return key
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in key)
+
+
+class RangeFile(web.FileResponse):
+    """FileResponse that ignores a multi-range ``Range`` (``bytes=0-1,5-6``) and sends the
+    whole file with 200, as RFC 9110 (14.2) allows: aiohttp would answer 416, which
+    tells a client asking for a valid range that its range cannot be had."""
+
+    async def prepare(self, request: web.BaseRequest) -> Any:
+        if "," in request.headers.get(hdrs.RANGE, ""):
+            headers = CIMultiDict(request.headers)
+            del headers[hdrs.RANGE]
+            request = request.clone(headers=headers)
+        return await super().prepare(request)
+
+
+class DigestFile(RangeFile):
     """FileResponse whose ETag is the content digest (strong, stable across copies)."""
 
     def __init__(self, path: Path, etag: str, **kw: Any) -> None:

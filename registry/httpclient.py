@@ -23,12 +23,13 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 import aiohttp
+import aiohttp.http_exceptions
 
 from kiln.store.hashes import Hash
 
 from . import layout
 from .client import BATCH, CHUNK, CONNECT_TIMEOUT, Client, RegistryError, Unreachable, utf8
-from .pace import Link, Pace
+from .pace import LINE_TOO_LONG, Link, Pace
 
 #: Largest body read into memory from a registry (narinfos, listings, index files,
 #: batch answers): a hostile server must not exhaust memory with an endless answer.
@@ -50,6 +51,8 @@ def _answer(what: str) -> Iterator[None]:
         raise RegistryError(f"{what}: answer cut short") from None
     except (TimeoutError, aiohttp.ClientError) as e:
         raise RegistryError(f"{what}: answer broken off ({e})") from None
+    except aiohttp.http_exceptions.HttpProcessingError as e:  # e.g. a line too long
+        raise RegistryError(f"{what}: malformed answer ({type(e).__name__})") from None
 
 
 class HttpClient(Client):
@@ -260,7 +263,10 @@ class HttpClient(Client):
             pace = Pace(what, RegistryError, self._link)
             with _answer(what):
                 for _ in range(len(want)):
-                    line = await pace.read(resp.content.readline(), 80)
+                    try:
+                        line = await pace.read(resp.content.readline(), 80)
+                    except LINE_TOO_LONG:
+                        raise RegistryError(f"{what}: an entry line is too long (broken answer)") from None
                     hexd, _, size = line.decode("ascii", "replace").strip().partition(" ")
                     h = want.pop(hexd, None)
                     if h is None or not (size == "-" or size.isdigit()):

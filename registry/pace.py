@@ -17,12 +17,19 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from aiohttp.http_exceptions import HttpProcessingError
+
 from kiln.store import pacing
 
 #: Slowest average pace (bytes/s) accepted once ``GRACE`` seconds have passed: the rule
 #: source fetches keep too (``kiln.store.pacing``).
 MIN_RATE = pacing.MIN_RATE
 GRACE = pacing.GRACE
+
+#: What a ``readline`` of a body raises for a line past aiohttp's buffer limit:
+#: ``LineTooLong`` (an ``HttpProcessingError``, not a ``ClientError``), or ``ValueError``
+#: before aiohttp 3.10. Both ends turn it into their own error (a ``RegistryError``, a 400).
+LINE_TOO_LONG = (HttpProcessingError, ValueError)
 
 
 class Link:

@@ -22,7 +22,9 @@ narinfo without its NAR or its references):
    holds by this push's ``--sign-key`` or by a rotated key of a signer already there
    (``NAME-2`` where ``NAME-1`` signed: ``kiln key rotate --resign``); the registry
    merges what it trusts, and a refusal is reported, not fatal. Other signatures (a
-   local build key's) are never re-sent: they would go on every push, never merged;
+   local build key's) are never re-sent: they would go on every push, never merged.
+   Also every published path whose ``CA:`` differs from the store's (the registry
+   replaces a false one with the checked one it is sent: ``admitca``);
 7. ask the server to republish its signed index (if it holds an index key), which also
    lists each path's attestation digests. Always, even when nothing was uploaded: a
    push cut off after its uploads publishes on the re-run.
@@ -153,7 +155,12 @@ async def push_prepared(
     # published, but without a signature of ours the registry may want: this push's key's,
     # or a rotated key's of a signer whose older key's signature is there (NAME-2 beside
     # NAME-1): the narinfo goes again and the registry merges what it trusts
-    resign = [p for p, i in info_map.items() if p not in missing and _new_sigs(have[_hp(p)], i.sigs, signer)]
+    # Likewise when its (unsigned) CA differs from ours: the registry repairs a false one
+    resign = [
+        p
+        for p, i in info_map.items()
+        if p not in missing and (_new_sigs(have[_hp(p)], i.sigs, signer) or _other_ca(have[_hp(p)], i.ca))
+    ]
     # Blobs are checked for the whole closure, not only for missing narinfos: a published
     # narinfo whose NAR was lost (registry GC, disk trouble) gets its NAR back (repair).
     blobs = await client.have_blobs([i.file_hash for i in info_map.values()])  # type: ignore[misc]
@@ -259,6 +266,14 @@ def _new_sigs(text: str, sigs: tuple[str, ...], signer: str | None) -> bool:
         if s not in published and (name == signer or _family(name) in families):
             return True
     return False
+
+
+def _other_ca(text: str, ca: str | None) -> bool:
+    """Whether the published narinfo ``text`` states another ``CA:`` than ``ca`` (the
+    store's, checked when it came in): the narinfo is sent again and the registry
+    replaces a false one (``admitca``)."""
+    published = next((line[4:].strip() for line in text.splitlines() if line.startswith("CA: ")), "")
+    return published != (ca or "")
 
 
 def _family(key_name: str) -> str:

@@ -7,9 +7,9 @@ process per core without an ASGI layer in between (``workers.serve`` pre-forks
 processes sharing one listening socket). ``make_app`` uses aiohttp's low-level
 ``web.Server``: one handler, no router, since ``layout.parse_key`` classifies every path.
 
-Read API (see docs/registry.md): ``GET /nix-cache-info``, ``GET|HEAD /<h>.narinfo``,
+Read API (see docs/registry.md): ``GET|HEAD /nix-cache-info`` (public even when private), ``GET|HEAD /<h>.narinfo``,
 ``GET|HEAD /nar/<nix32>.nar.zst``, ``GET|HEAD /blobs/sha256:<hex>`` (ETag = digest,
-Range, immutable caching), ``GET /index/...``, ``POST /narinfo-batch``, ``POST
+Range, a multi-range one ignored: ``httpbits.RangeFile``; immutable caching), ``GET /index/...``, ``POST /narinfo-batch``, ``POST
 /blob-batch`` (many small objects in one response), attestations
 ``GET /<h>.att/<kind>.dsse.json`` and their listing ``GET /<h>.att/`` (= ``index.json``),
 and ``POST /verify`` (an AdmissionReview-shaped policy check, ``admission``). Misses
@@ -19,8 +19,8 @@ Write API (handlers in ``writeapi``; dir mode only, bearer token with the ``writ
 scope): ``PUT`` of a NAR or blob streams into a temp file while hashing the compressed
 bytes and the NAR inside; the object appears (under both names) only if the digest equals its name. ``PUT`` of a
 narinfo is admitted only if it parses for this store dir, its FileHash names a NAR the
-registry has, the NAR digests recorded at upload match NarHash/NarSize, and a trusted
-key signed it; publication is create-if-absent, so a different narinfo for a published
+registry has, the NAR digests recorded at upload match NarHash/NarSize, a trusted
+key signed it and its unsigned ``CA:`` is true of the NAR (``admitca``); publication is create-if-absent, so a different narinfo for a published
 path is a 409. ``PUT`` of an attestation is admitted by ``attest_transfer.admit``
 (published narinfo, subject = that path and NarHash, signed by a trusted or attester
 key). Every failure is a 4xx with a one-line reason; no handler lets an
@@ -48,7 +48,7 @@ from kiln.store.signing import PublicKey, SecretKey
 from . import fastpath, layout
 from .auth import AuthError, TokenStore
 from .backends import DirSource, Source
-from .httpbits import CHUNK, DigestFile, HTTPError, plain, read_body
+from .httpbits import CHUNK, DigestFile, HTTPError, RangeFile, plain, read_body, shown_key
 from .storage import FileStorage
 from .storesource import StoreSource
 from .writeapi import WriteAPI
@@ -153,7 +153,8 @@ class Registry(WriteAPI):
     async def _dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
         key = request.path.lstrip("/")
         method = request.method
-        if self.config.private and not (method == "GET" and key == layout.CACHE_INFO):
+        # nix-cache-info is public (clients read it before they send a token): HEAD as GET
+        if self.config.private and not (method in ("GET", "HEAD") and key == layout.CACHE_INFO):
             if self.tokens is None:
                 raise HTTPError(403, "private mode needs a directory registry (tokens live there)")
             self.tokens.check(request.headers.get(hdrs.AUTHORIZATION), "read")
@@ -168,16 +169,16 @@ class Registry(WriteAPI):
                 return await self._verify(request)
             if key == "blob-batch":
                 return await self._blob_batch(request)
-            raise HTTPError(404, f"no such endpoint: POST /{key}")
+            raise HTTPError(404, f"no such endpoint: POST /{shown_key(key)}")
         kind, arg = layout.parse_key(key)
         if not kind:
-            return plain(404, f"not found: /{key}", **self._miss_headers)
+            return plain(404, f"not found: /{shown_key(key)}", **self._miss_headers)
         if method in ("GET", "HEAD"):
             return await self._get(request, key, kind, arg)
         if method == "PUT":
             self._auth(request, "write")
             return await self._put(request, key, kind, arg)
-        raise HTTPError(405, f"method {method} not allowed on /{key}")
+        raise HTTPError(405, f"method {method} not allowed on /{shown_key(key)}")
 
     # ------------------------------------------------------------ reads
 
@@ -195,7 +196,7 @@ class Registry(WriteAPI):
             digest = layout.file_hash_of_key(kind, arg)
             path = self.source.object_file(digest)
             if path is None:
-                return plain(404, f"not found: /{key}", **self._miss_headers)
+                return plain(404, f"not found: /{shown_key(key)}", **self._miss_headers)
             etag = f"sha256:{digest.hex}"
             inm = request.headers.get(hdrs.IF_NONE_MATCH)
             if inm and etag in inm:
@@ -204,10 +205,10 @@ class Registry(WriteAPI):
             return DigestFile(path, etag, headers={"Cache-Control": IMMUTABLE, "Content-Type": ctype})
         path = self.source.file(key)
         if path is None:
-            return plain(404, f"not found: /{key}", **self._miss_headers)
+            return plain(404, f"not found: /{shown_key(key)}", **self._miss_headers)
         mutable = key in ("index/timestamp.json", "index/snapshot.json", "index/root.json")
         cc = "no-cache" if mutable else IMMUTABLE
-        return web.FileResponse(
+        return RangeFile(
             path,
             headers={
                 "Cache-Control": cc,
@@ -227,10 +228,8 @@ class Registry(WriteAPI):
             return web.Response(text=body, content_type="application/json", headers=headers)
         path = self.source.att_file(hash_part, att_kind)
         if path is None:
-            return plain(404, f"not found: /{key}", **self._miss_headers)
-        return web.FileResponse(
-            path, headers={**headers, "Content-Type": "application/vnd.dsse.envelope.v1+json"}
-        )
+            return plain(404, f"not found: /{shown_key(key)}", **self._miss_headers)
+        return RangeFile(path, headers={**headers, "Content-Type": "application/vnd.dsse.envelope.v1+json"})
 
     async def _verify(self, request: web.BaseRequest) -> web.Response:
         """``POST /verify``: see ``admission``."""

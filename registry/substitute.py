@@ -13,7 +13,10 @@
   compressed bytes while they arrive (abort as soon as the size is exceeded; mismatch
   → ``HashMismatch``), then hands the file to the store (``fetch_many`` of one path:
   ``store.import_objects``), which checks the file hash again and the NAR hash while
-  restoring; nothing is registered on mismatch.
+  restoring, then the unsigned ``CA:`` against the content (``pathadmit.check_ca``);
+  nothing is registered on mismatch. The signatures kept are ``pathadmit.keep_sigs``'s:
+  well-formed, each once, valid by a trusted key (when there are trusted keys), at most
+  64, with a warning naming what was dropped.
 - ``fetch_many(store, infos)`` does the same for many paths: small objects in batches
   (``POST /blob-batch``: one round trip for up to 256 paths, in import order), big
   ones one request each, ``jobs`` requests at a time, while one importer thread feeds
@@ -39,6 +42,7 @@ from typing import Any
 
 from kiln.store import narinfo as ni
 from kiln.store.errors import HashMismatch, KilnError
+from kiln.store.pathadmit import admitted_sigs
 from kiln.store.pathinfo import PathInfo
 from kiln.store.signing import PublicKey
 
@@ -137,6 +141,7 @@ class Substituter:
         c = self._clients.get(url)
         if c is None:
             c = self._clients[url] = open_client(url, self.tokens.get(url), jobs=self.jobs, create=False)
+            c.trusted = self.trusted  # what attestations fetched through it must be signed by
         return c
 
     # ------------------------------------------------------------ queries
@@ -343,7 +348,8 @@ class Substituter:
             for p in order:
                 f = results[p].result()
                 with f:
-                    yield by_path[p].to_pathinfo(), f
+                    # junk Sig: lines (unsigned, unbounded) must not reach the database
+                    yield admitted_sigs(by_path[p].to_pathinfo(), self.trusted), f
                 prog.add(1)
 
         try:

@@ -11,13 +11,17 @@ URL and the narinfo promise.
 ``check_narinfo`` is the single admission rule used by the server (uploads), mirror sync
 and substitution: the narinfo must parse for the registry's store dir, point at
 ``nar/<nix32 FileHash>.nar.zst`` with ``Compression: zstd``, and carry at least
-``sigs_needed`` valid signatures from distinct trusted keys.
+``sigs_needed`` valid signatures from distinct trusted keys. Its ``CA:`` (not covered by
+the signatures) is judged against the object by ``ca_refusal`` once the object's
+digests are known: ``NarVerifier`` also hashes the contents of a NAR that is one plain
+file (``Digests.flat_hash``), so a flat or text claim costs no second read.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import zstandard
@@ -25,6 +29,7 @@ import zstandard
 from kiln.store import narinfo as ni
 from kiln.store.errors import FormatError, HashMismatch, KilnError
 from kiln.store.hashes import Hash
+from kiln.store.pathadmit import FlatHasher, ca_problem, nar_content
 from kiln.store.signing import PublicKey, valid_signers
 from kiln.store.zstdframes import FrameTracker
 
@@ -34,16 +39,18 @@ OUT_CHUNK = 1 << 20
 
 
 class _HashSink:
-    __slots__ = ("sha", "size", "limit")
+    __slots__ = ("sha", "size", "limit", "flat")
 
     def __init__(self, limit: int | None) -> None:
         self.sha, self.size, self.limit = hashlib.sha256(), 0, limit
+        self.flat = FlatHasher()  # for a flat or text CA claim (``ca_refusal``)
 
     def write(self, data: bytes) -> int:
         self.size += len(data)
         if self.limit is not None and self.size > self.limit:
             raise FormatError(f"decompressed NAR exceeds {self.limit} bytes")
         self.sha.update(data)
+        self.flat.update(data)
         return len(data)
 
 
@@ -53,6 +60,9 @@ class Digests:
     file_size: int
     nar_hash: Hash
     nar_size: int
+    #: sha256 of the contents when the NAR is one non-executable regular file (what a
+    #: flat ``fixed:sha256`` or ``text:sha256`` CA names), else None
+    flat_hash: Hash | None = None
 
     def to_record(self) -> bytes:
         """The ``.kiln/nars/<hex>`` record a registry directory keeps of these digests."""
@@ -64,6 +74,7 @@ class Digests:
                 "file_size": self.file_size,
                 "nar_hash": self.nar_hash.to_hex(),
                 "nar_size": self.nar_size,
+                "flat_hash": self.flat_hash.to_hex() if self.flat_hash is not None else "",
             }
         ).encode()
 
@@ -76,7 +87,14 @@ class Digests:
 
         try:
             d = json.loads(rec)
-            got = cls(Hash.parse(d["file_hash"]), d["file_size"], Hash.parse(d["nar_hash"]), d["nar_size"])
+            flat = d["flat_hash"]  # (a record older than this field is recomputed)
+            got = cls(
+                Hash.parse(d["file_hash"]),
+                d["file_size"],
+                Hash.parse(d["nar_hash"]),
+                d["nar_size"],
+                Hash.parse(flat) if flat else None,
+            )
         except (ValueError, KeyError, TypeError, AttributeError, RecursionError, KilnError):
             return None
         sizes = (got.file_size, got.nar_size)
@@ -148,6 +166,7 @@ class NarVerifier:
             self._size,
             Hash("sha256", self._sink.sha.digest()),
             self._sink.size,
+            self._sink.flat.result(),
         )
 
 
@@ -173,6 +192,16 @@ def expect(
 def expect_info(info: ni.NarInfo, got: Digests) -> None:
     """``expect`` with every digest and size ``info`` gives (``HashMismatch`` naming its path)."""
     expect(info.path, got, info.file_hash, info.file_size, info.nar_hash, info.nar_size)
+
+
+def ca_refusal(info: ni.NarInfo, got: Digests, nar_chunks: Callable[[], Iterable[bytes]]) -> str:
+    """Why ``info``'s ``CA:`` (unsigned) is not true of its object, whose digests ``got``
+    match ``info`` (checked first, ``expect_info``); "" if it is or there is none. The
+    judge is the store's (``pathadmit.ca_problem``, as ``kiln store verify`` and every
+    import use); ``nar_chunks()`` streams the NAR, read only for a non-sha256 claim."""
+    if not info.ca:
+        return ""
+    return ca_problem(info, nar_content(got.nar_hash, got.flat_hash, nar_chunks))
 
 
 def verifier_for(info: ni.NarInfo) -> NarVerifier:

@@ -15,8 +15,10 @@ from aiohttp import web
 from kiln.store.errors import KilnError
 
 from . import layout
+from .admitca import refusal
 from .backends import BatchEntry, DirSource
-from .httpbits import CHUNK, HTTPError, body_pace, check_length, drain, plain, read_body
+from .httpbits import CHUNK, HTTPError, body_pace, check_length, drain, plain, read_body, shown_key
+from .pace import LINE_TOO_LONG
 from .verify import NarVerifier, check_narinfo, expect_info, trusted_sigs_only
 
 MAX_UPLOAD_BATCH = 2_000
@@ -81,7 +83,7 @@ class WriteAPI:
                 None, admit, src.storage, src.store_dir, arg, layout.att_kind_of_key(key), body, keys
             )
             return plain(status, msg)
-        raise HTTPError(405, f"PUT is not allowed on /{key}")
+        raise HTTPError(405, f"PUT is not allowed on /{shown_key(key)}")
 
     def _admit_narinfo(self, hash_part: str, text: str) -> tuple[int, str]:
         src = self.source
@@ -97,6 +99,9 @@ class WriteAPI:
             expect_info(info, got)
         except KilnError as e:
             return 400, f"error: {e}"
+        refused = refusal(src.storage, info, got)  # its CA: unsigned, so checked here
+        if refused:
+            return 400, refused
         return src.publish_narinfo(hash_part, trusted_sigs_only(info, self.config.trusted), text.encode())
 
     async def _upload_batch(self, request: web.BaseRequest) -> web.Response:
@@ -116,7 +121,10 @@ class WriteAPI:
         loop = asyncio.get_running_loop()
         with contextlib.ExitStack() as stack:
             while True:
-                line = await pace.read(request.content.readline(), 80)
+                try:
+                    line = await pace.read(request.content.readline(), 80)
+                except LINE_TOO_LONG:  # aiohttp's LineTooLong: bad input, not a server error
+                    raise HTTPError(400, "batch frame header line too long") from None
                 if not line:
                     break
                 parts = line.split()

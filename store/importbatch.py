@@ -10,7 +10,9 @@ shared for the whole call and gives a private temp dir:
 1. stage each path: tee the compressed bytes to ``<k>.obj`` while decompressing them,
    restoring the tree canonically at ``<k>`` and hashing both; after the last byte the
    file hash/size (if the info has them) and the NAR hash/size must match, else
-   ``HashMismatch`` and that path is not staged. Every reference must be valid already
+   ``HashMismatch``, and a ``ca`` must be true of the tree (``pathadmit.check_ca``), else
+   ``ContentAddressError``; either way that path is not staged. Its signatures are
+   filtered first (``pathadmit.admitted_sigs``: well-formed, each once, at most 64). Every reference must be valid already
    or staged earlier in the same call (dependencies first). Nothing is fsynced here;
 2. take the (striped) registration locks of the batch's paths, each once, in ascending
    order (two batch importers cannot deadlock; single registrations hold one at a
@@ -66,6 +68,7 @@ from .objread import (
     file_expectation,
     read_object,
 )
+from .pathadmit import admitted_sigs, check_ca, tree_content
 from .pathinfo import PathInfo
 from .trees import move_into_place, remove_tree, restore_canonical
 
@@ -109,6 +112,7 @@ def stage(info: PathInfo, zst: BinaryIO, tmp: Path, k: int) -> Staged:
         restore_canonical(stream, tree)
     finally:
         os.close(tee.fd)
+    check_ca(info, tree_content(tree, info.nar_hash))  # the unsigned CA must be true
     return Staged(replace(info, file_hash=Hash("sha256", tee.sha.digest()), file_size=tee.size), obj, tree)
 
 
@@ -146,6 +150,7 @@ def stage_bytes(info: PathInfo, data: bytes, tmp: Path, k: int) -> Staged:
     finally:
         os.close(fd)
     restore_canonical([nar], tree)
+    check_ca(info, tree_content(tree, info.nar_hash))
     return Staged(replace(info, file_hash=file_hash, file_size=len(data)), obj, tree)
 
 
@@ -259,6 +264,7 @@ def import_objects(
 
     try:
         for k, (info, zst) in enumerate(items):
+            info = admitted_sigs(info)
             store._check_importable(info, also_valid=pending)
             if info.path in pending or info.path in done:
                 results.append(info.path)
@@ -275,7 +281,7 @@ def import_objects(
                 if info.nar_size <= SMALL_NAR:
                     staged.append(pool.submit(stage_bytes, info, data, slots[k % STAGERS], k))
                 else:
-                    staged.append(pool.submit(stage, store, info, io.BytesIO(data), slots[k % STAGERS], k))
+                    staged.append(pool.submit(stage, info, io.BytesIO(data), slots[k % STAGERS], k))
             else:
                 staged.append(stage(info, zst, slots[0], k))
             pending.add(info.path)

@@ -3,9 +3,11 @@ the signed part of a narinfo).
 
 The signature fingerprint is Nix's (``ValidPathInfo::fingerprint``):
 ``1;<path>;<narHash as sha256:nix32>;<narSize>;<comma-separated sorted full ref paths>``.
-It does not cover the compressed file (URL, FileHash, FileSize) or the deriver; kiln
-checks the compressed file against ``file_hash`` separately and always re-derives the
-NAR hash while streaming, so an unsigned FileHash cannot smuggle content in.
+It does not cover the compressed file (URL, FileHash, FileSize), the deriver or the
+content address (``ca``); kiln checks the compressed file against ``file_hash``
+separately and always re-derives the NAR hash while streaming, so an unsigned FileHash
+cannot smuggle content in, and an imported ``ca`` is checked against the content
+(``pathadmit.check_ca``).
 """
 
 from __future__ import annotations

@@ -38,6 +38,7 @@ from .locks import FileLock, PlacerWait, live_rooter, path_lock_file
 from .narsink import NarSink
 from .objects import ZSTD_LEVEL, ObjectInfo, chunks_of, ingest_stream, publish_object
 from .objread import TeeReader, decompress_verified, expect_nar, file_expectation, read_object
+from .pathadmit import admitted_sigs, check_ca, tree_content
 from .pathinfo import PathInfo
 from .paths import StorePath, check_name, make_source_path, make_text_path
 from .trees import move_into_place, remove_tree, restore_canonical
@@ -217,7 +218,9 @@ class Registering:
 
     def import_nar(self, info: PathInfo, nar_src: BinaryIO | Iterable[bytes]) -> PathInfo:
         """Add ``info.path`` from its uncompressed NAR (substitution). The NAR hash and
-        size are checked while streaming; on mismatch nothing is added."""
+        size are checked while streaming, then its ``ca`` (``pathadmit.check_ca``); on a
+        mismatch nothing is added. Signatures: ``pathadmit.admitted_sigs``."""
+        info = admitted_sigs(info)
         with self._importing(info) as (tmp, existing):
             if existing is not None:
                 return existing
@@ -228,6 +231,7 @@ class Registering:
 
             oi = self._ingest(run, tmp)
             expect_nar(info, oi.nar_hash, oi.nar_size)
+            check_ca(info, tree_content(tree, info.nar_hash))
             return self._commit(
                 replace(info, file_hash=oi.file_hash, file_size=oi.file_size), tree, tmp, True
             )
@@ -235,7 +239,8 @@ class Registering:
     def import_object(self, info: PathInfo, zst: BinaryIO) -> PathInfo:
         """Add ``info.path`` from a compressed object (as served by a registry), keeping
         the compressed bytes as the object. Checks ``info.file_hash``/``file_size`` (if
-        set) and the NAR hash and size."""
+        set), the NAR hash and size and the ``ca`` as ``import_nar`` does."""
+        info = admitted_sigs(info)
         with self._importing(info) as (tmp, existing):
             if existing is not None:
                 return existing
@@ -249,6 +254,7 @@ class Registering:
                 os.fsync(tee.fd)
             finally:
                 os.close(tee.fd)
+            check_ca(info, tree_content(tree, info.nar_hash))
             file_hash = Hash("sha256", tee.sha.digest())
             return self._commit(replace(info, file_hash=file_hash, file_size=tee.size), tree, tmp, True)
 

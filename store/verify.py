@@ -6,8 +6,9 @@ For every valid path, ``verify`` checks (two paths at a time, one per core):
   row (``object-missing``, ``object-corrupt`` with expected and found digests);
 - the materialised tree: its NAR hash and size against the row (``tree-missing``,
   ``tree-corrupt``) and its canonical metadata (``tree-metadata``: modes, mtimes);
-- content-address claims: a ``fixed:r:sha256`` path must be the source path of its NAR
-  hash, a ``text:sha256`` path the text path of its content (``ca-mismatch``);
+- content-address claims: the claimed hash must be the content's and the path the one
+  it implies (``ca-mismatch``; judged by ``pathadmit.ca_problem``, the same function
+  every import and registry admission uses);
 - references: each must be valid (``dangling-reference``; only quarantine makes these,
   and a repair that quarantines a path reports them for its referrers in the same run);
 - an object that cannot be read at all (EIO, EACCES, not a file) is
@@ -47,24 +48,21 @@ Unregistered trees and objects (left by crashed writers, removed by GC) are list
 from __future__ import annotations
 
 import contextlib
-import errno
-import hashlib
 import os
-import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import db, nar
-from .errors import FormatError, KilnError
+from .errors import KilnError
 from .gc import object_files, stray_tree_names
 from .hashes import Hash
 from .locks import FileLock
 from .objects import object_rel_path
 from .objread import read_object
+from .pathadmit import ca_problem, tree_content
 from .pathinfo import PathInfo
-from .paths import StorePath, make_fixed_output_path, make_source_path, make_store_path
 from .trees import metadata_problems
 
 if TYPE_CHECKING:
@@ -172,60 +170,9 @@ def _ca_proves_path(info: PathInfo, problems: list[Problem]) -> bool:
 
 
 def _check_ca(info: PathInfo, real: Path) -> str:
-    if not info.ca:
-        return ""
-    try:
-        return _ca_problem(info, real)
-    except FormatError as e:  # a malformed CA is this path's problem, not the whole run's
-        return f"ca {info.ca[:80]!r} is malformed: {e}"
-
-
-def _ca_problem(info: PathInfo, real: Path) -> str:
-    sp = StorePath.parse(info.path)
-    if info.ca.startswith("fixed:r:sha256:"):
-        h = Hash.parse(info.ca.removeprefix("fixed:r:"))
-        if h.digest != info.nar_hash.digest:
-            return f"ca {info.ca} does not match the NAR hash {info.nar_hash.to_nix32()}"
-        want = make_source_path(
-            sp.name, h, [StorePath.parse(r) for r in info.references], store_dir=sp.store_dir
-        )
-    elif info.ca.startswith("fixed:sha256:"):  # a flat file (fetchurl)
-        h = Hash.parse(info.ca.removeprefix("fixed:"))
-        got = _flat_file_hash(real)
-        if got is None or got.digest != h.digest:
-            return f"ca {info.ca}: the file's sha256 is {got.to_nix32() if got else '(not a plain file)'}"
-        want = make_fixed_output_path(sp.name, h, False, sp.store_dir)
-    elif info.ca.startswith("text:sha256:"):
-        h = Hash.parse(info.ca.removeprefix("text:"))
-        got = _flat_file_hash(real)
-        if got is None or got.digest != h.digest:
-            return f"ca {info.ca}: the file's sha256 is {got.to_nix32() if got else '(not a plain file)'}"
-        want = make_store_path(":".join(["text", *info.references]), h, sp.name, sp.store_dir)
-    else:
-        return ""
-    return "" if str(want) == info.path else f"ca {info.ca} gives path {want}, not {info.path}"
-
-
-def _flat_file_hash(real: Path) -> Hash | None:
-    """SHA-256 of the tree at ``real`` if it is what a flat hash covers, a non-executable
-    regular file (as Nix requires), else None. The tree itself, never what it points at:
-    a symlink to a file with the right bytes elsewhere proves nothing about the path."""
-    try:
-        fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-    except OSError as e:
-        if e.errno == errno.ELOOP:  # a symlink
-            return None
-        raise
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_mode & 0o111:
-            return None
-        h = hashlib.sha256()
-        while b := os.read(fd, 1 << 20):
-            h.update(b)
-        return Hash("sha256", h.digest())
-    finally:
-        os.close(fd)
+    """The ``ca-mismatch`` detail for the tree at ``real`` (its NAR hash already checked
+    against the row): ``pathadmit.ca_problem``, the judge every importer uses too."""
+    return ca_problem(info, tree_content(real, info.nar_hash))
 
 
 def _check_path(store: LocalStore, info: PathInfo) -> list[Problem]:

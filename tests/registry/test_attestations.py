@@ -299,7 +299,7 @@ def test_fetch_attestations_into_a_store(tmp_path, keys, kiln_server) -> None:
 
     async def run() -> int:
         async with HttpClient(s.url) as c:
-            return await fetch_attestations(c, other, [s.dep, s.app])
+            return await fetch_attestations(c, other, [s.dep, s.app], trusted=[keys.pk])
 
     assert asyncio.run(run()) == 1
     assert attestations.read_all(other, s.app) == attestations.read_all(s.store, s.app)
@@ -431,7 +431,7 @@ def test_push_to_a_directory_url_carries_attestations(tmp_path, keys) -> None:
     other = make_store(tmp_path / "other")
     with open(store.object_path(app), "rb") as f:
         other.import_object(store.query(app), f)
-    assert fetch_attestations_sync(url, other, [app]) == 1
+    assert fetch_attestations_sync(url, other, [app], trusted=[keys.pk]) == 1
     assert attestations.list(other, app) == ["provenance"]
 
 
@@ -515,7 +515,7 @@ def test_an_older_provenance_cannot_replace_a_newer_one(tmp_path, keys, kiln_ser
 
     async def run() -> int:
         async with HttpClient(s.url) as c:
-            return await fetch_attestations(c, other, [s.app])
+            return await fetch_attestations(c, other, [s.app], trusted=[keys.pk])
 
     assert asyncio.run(run()) == 0
     assert attestations.read(other, s.app, "provenance") == mine

@@ -183,6 +183,7 @@ def test_a_flat_ca_proves_only_a_plain_file(store, tmp_path, kind):
     whose tree is a symlink to a file with those bytes elsewhere, or an executable with
     them, is not proved by it (and so still needs its signatures)."""
     from kiln.store.hashes import Hash
+    from kiln.store.pathadmit import ContentAddressError
     from kiln.store.pathinfo import PathInfo
     from kiln.store.paths import make_fixed_output_path
 
@@ -197,7 +198,13 @@ def test_a_flat_ca_proves_only_a_plain_file(store, tmp_path, kind):
     data = nar.dump_bytes(node)
     h = Hash.sha256_of(b"hello")
     p = str(make_fixed_output_path("hello", h, False, store.store_dir))
-    store.import_nar(PathInfo(p, Hash.sha256_of(data), len(data), ca=f"fixed:sha256:{h.nix32}"), [data])
+    ca = f"fixed:sha256:{h.nix32}"
+    with pytest.raises(ContentAddressError, match=r"\(not a plain file\)"):  # imports refuse it
+        store.import_nar(PathInfo(p, Hash.sha256_of(data), len(data), ca=ca), [data])
+    assert not store.is_valid(p)
+    store.import_nar(PathInfo(p, Hash.sha256_of(data), len(data)), [data])
+    with store.conn:  # as a store that imported it before imports checked CAs has it
+        store.conn.execute("UPDATE paths SET ca=? WHERE path=?", (ca, p))
     r = store.verify(trusted=[], sigs_needed=1)
     kinds = sorted(q.kind for q in r.problems if q.path == p)
     assert kinds == ["ca-mismatch", "signatures"], r.problems

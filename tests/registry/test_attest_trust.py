@@ -1,0 +1,105 @@
+"""A registry cannot plant attestations in a store (``registry.attest_fetch``): a fetched
+attestation is stored only if a key the copy or substitution trusts signed it, and a
+forged one, however future-dated, neither replaces a trusted local one nor keeps a
+genuine one out. Skips are warnings, not failures."""
+
+from __future__ import annotations
+
+import asyncio
+
+from regkit import kiln, make_store
+from test_attestations import Setup, provenance
+
+from kiln.registry import layout
+from kiln.registry.attest_transfer import fetch_attestations, rebuild_listing
+from kiln.registry.httpclient import HttpClient
+from kiln.registry.storage import FileStorage
+from kiln.store import attestations, intoto
+from kiln.store.dsse import Ed25519Signer, Envelope
+from kiln.store.localstore import LocalStore
+from kiln.store.paths import StorePath
+
+
+def _forged(s: Setup, sk, finished: str = "2999-01-01T00:00:00Z") -> Envelope:  # noqa: ANN001
+    """A provenance for ``s.app``'s real content signed by ``sk``, dated ``finished``."""
+    st = intoto.parse_statement(provenance(s.store, s.app, sk, {"forged": True}).payload)
+    st.predicate["runDetails"]["metadata"]["finishedOn"] = finished
+    subject = [intoto.subject(StorePath.parse(s.app).base, s.store.query(s.app).nar_hash.hex)]
+    return attestations.sign(
+        intoto.statement(subject, st.predicate_type, st.predicate), [Ed25519Signer(sk.key)]
+    )
+
+
+def _plant(s: Setup, env: Envelope) -> None:
+    """What a hostile registry serves: the envelope on disk, listed (no admission)."""
+    storage = FileStorage(s.reg)
+    storage.put_bytes(layout.att_key(s.hp(s.app), "provenance"), env.dumps().encode())
+    rebuild_listing(storage, s.hp(s.app))
+
+
+def _copy(s: Setup, store_root, keys) -> tuple[int, str]:  # noqa: ANN001
+    r = kiln(
+        "copy", "--store", str(store_root), "--from", s.url, "--to", "store", s.app,
+        "--trusted-key", str(keys.pk_file),
+    )  # fmt: skip
+    return r.returncode, r.stderr
+
+
+def test_a_forged_attestation_does_not_replace_a_trusted_one(tmp_path, keys, other_keys, kiln_server) -> None:
+    s = Setup(tmp_path, keys, kiln_server)
+    s.push(s.app)
+    d = tmp_path / "d"
+    code, err = _copy(s, d, keys)
+    assert code == 0, err
+    genuine = attestations.read(s.store, s.app, "provenance")
+    with LocalStore.open(d) as other:
+        assert attestations.read(other, s.app, "provenance") == genuine
+    _plant(s, _forged(s, other_keys.sk))
+    # copying the path again (already valid here): the forged one is skipped, with why
+    code, err = _copy(s, d, keys)
+    assert code == 0, err
+    assert "attestation from" in err and "skipped" in err and "not signed by a trusted key" in err, err
+    with LocalStore.open(d) as other:
+        assert attestations.read(other, s.app, "provenance") == genuine
+    # a fresh store gets the path but not the forged attestation
+    code, err = _copy(s, tmp_path / "fresh", keys)
+    assert code == 0 and "not signed by a trusted key" in err, err
+    with LocalStore.open(tmp_path / "fresh") as fresh:
+        assert fresh.is_valid(s.app) and attestations.list(fresh, s.app) == []
+
+
+def test_a_forged_future_dated_local_one_gives_way_to_a_trusted_one(
+    tmp_path, keys, other_keys, kiln_server
+) -> None:
+    """A store that holds a forged, future-dated provenance (fetched before fetches
+    checked signers) takes the genuine one: an untrusted claim of time pins nothing."""
+    s = Setup(tmp_path, keys, kiln_server)
+    s.push(s.app)
+    other = make_store(tmp_path / "other")
+    for p in (s.dep, s.app):
+        with open(s.store.object_path(p), "rb") as f:
+            other.import_object(s.store.query(p), f)
+    attestations.write(other, s.app, "provenance", _forged(s, other_keys.sk))
+
+    async def fetch(trusted) -> int:  # noqa: ANN001
+        async with HttpClient(s.url) as c:
+            return await fetch_attestations(c, other, [s.app], trusted=trusted)
+
+    assert asyncio.run(fetch([keys.pk])) == 1
+    assert attestations.read(other, s.app, "provenance") == attestations.read(s.store, s.app, "provenance")
+    # a trusted, newer local one is kept against an older trusted one
+    newer = _forged(s, keys.sk)  # (signed by the trusted key: genuine, and newer)
+    attestations.write(other, s.app, "provenance", newer)
+    assert asyncio.run(fetch([keys.pk])) == 0
+    assert attestations.read(other, s.app, "provenance") == newer
+    # nothing trusted: nothing stored
+    fresh = make_store(tmp_path / "fresh")
+    for p in (s.dep, s.app):
+        with open(s.store.object_path(p), "rb") as f:
+            fresh.import_object(s.store.query(p), f)
+
+    async def fetch_fresh() -> int:
+        async with HttpClient(s.url) as c:
+            return await fetch_attestations(c, fresh, [s.app], trusted=[])
+
+    assert asyncio.run(fetch_fresh()) == 0 and attestations.list(fresh, s.app) == []
