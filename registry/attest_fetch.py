@@ -5,10 +5,11 @@ Invariants (``docs/security.md``, "Attestations in transit"):
 - a fetched attestation is stored only if its file hashes to the registry's listing,
   its subject names the *local* path and NAR hash, and a key the fetch trusts (the
   substitution's or copy's trusted keys: ``Client.trusted``) validly signed it;
-- it never replaces a local attestation a trusted key signed unless it is not older
-  (``attest_transfer.replaces``): "a store fetching attestations keeps its own when it
-  is newer"; a local one no trusted key signed gives way to a trusted one whatever its
-  claimed time (so a forged, future-dated statement cannot pin itself);
+- it never replaces a local attestation a trusted key or the store's own build key
+  (``keys/default.pub``) signed unless it is not older (``attest_transfer.replaces``):
+  "a store fetching attestations keeps its own when it is newer"; a local one neither
+  signed gives way to a trusted one whatever its claimed time (so a forged,
+  future-dated statement cannot pin itself);
 - what is skipped for trust or age is said on stderr, not raised: attestations are
   evidence, and stripping them can only make a requirement fail, never pass.
 """
@@ -47,6 +48,20 @@ def _trusted_by(data: bytes, kind: str, base: str, nar_hex: str, keys: list[Publ
     return ""
 
 
+def _own_keys(store: Any) -> list[PublicKey]:
+    """The store's own build key (``keys/default.pub``, what ``kiln build`` signs with
+    by default), if it has one."""
+    from kiln.store.keyfiles import load_public_key
+
+    pub = getattr(store, "root", None)
+    if pub is None or not (pub / "keys" / "default.pub").is_file():
+        return []
+    try:
+        return [load_public_key(pub / "keys" / "default.pub")]
+    except (KilnError, OSError):
+        return []
+
+
 async def fetch_attestations(
     client: Any,
     store: Any,
@@ -71,6 +86,9 @@ async def fetch_attestations(
     by the age rule only — for a fresh temporary store whose policy then judges the
     signers (``admission``), never for a user's store."""
     keys = list(trusted if trusted is not None else (getattr(client, "trusted", None) or []))
+    # a local attestation is kept (when newer) if those keys or the store's own build key
+    # signed it: a path built here carries this store's provenance, not the registry's
+    keep_keys = keys + _own_keys(store)
     paths = sorted(set(paths))
     if not paths:
         return 0
@@ -123,7 +141,7 @@ async def fetch_attestations(
                 skipped.append(f"{p} {kind}: not signed by a trusted key ({why})")
                 return
         older = replaces(cur_bytes, data, kind)
-        if older is not None and (any_signer or not _trusted_by(cur_bytes, kind, base, nar_hex, keys)):  # type: ignore[arg-type]
+        if older is not None and (any_signer or not _trusted_by(cur_bytes, kind, base, nar_hex, keep_keys)):  # type: ignore[arg-type]
             skipped.append(f"{p} {kind}: the local one is newer ({older})")
             return  # ours is newer and trusted: a registry cannot roll it back
         try:

@@ -103,3 +103,28 @@ def test_a_forged_future_dated_local_one_gives_way_to_a_trusted_one(
             return await fetch_attestations(c, fresh, [s.app], trusted=[])
 
     assert asyncio.run(fetch_fresh()) == 0 and attestations.list(fresh, s.app) == []
+
+
+def test_a_newer_local_one_signed_by_the_store_s_own_key_is_kept(tmp_path, keys, kiln_server) -> None:
+    """A path whose local provenance the store's own build key (``keys/default.pub``)
+    signed keeps it when a registry offers an older one, even one a trusted key signed:
+    only a local one that neither signed gives way."""
+    from kiln.store.keyfiles import write_public_key, write_secret_key
+    from kiln.store.signing import SecretKey
+
+    s = Setup(tmp_path, keys, kiln_server)
+    s.push(s.app)
+    d = tmp_path / "d"
+    code, err = _copy(s, d, keys)
+    assert code == 0, err
+    own = SecretKey.generate("own-1")
+    (d / "keys").mkdir(mode=0o700, exist_ok=True)
+    write_secret_key(d / "keys" / "default.sec", own)
+    write_public_key(d / "keys" / "default.pub", own.public())
+    mine = _forged(s, own, "2999-01-01T00:00:00Z")
+    with LocalStore.open(d) as st:
+        attestations.write(st, s.app, "provenance", mine)
+    code, err = _copy(s, d, keys)
+    assert code == 0 and "the local one is newer" in err, err
+    with LocalStore.open(d) as st:
+        assert attestations.read(st, s.app, "provenance") == mine
