@@ -41,7 +41,8 @@ from .objread import TeeReader, decompress_verified, expect_nar, file_expectatio
 from .pathadmit import admitted_sigs, check_ca, tree_content
 from .pathinfo import PathInfo
 from .paths import StorePath, check_name, make_source_path, make_text_path
-from .trees import move_into_place, remove_tree, restore_canonical
+from .scratch import Scratch as _Scratch
+from .trees import move_into_place, restore_canonical
 
 
 class Registering:
@@ -380,26 +381,3 @@ class Registering:
             info = replace(info, registration_time=int(time.time()))
             db.insert(self.conn, info, sp.hash_part)
             return info
-
-
-class _Scratch:
-    """A writer's temp names: ``scratch / "object"`` is ``<scratch dir>/<rand>.object``.
-    Plain names in the store object's long-lived scratch directory rather than a temp
-    directory per registration: that would cost a mkdir and an rmdir (two inode
-    operations) each time. GC treats every ``<pid>-…`` entry of ``tmp/`` as a writer's
-    leftover, so these are cleaned up after a crash too."""
-
-    __slots__ = ("base", "used")
-
-    def __init__(self, base: Path) -> None:
-        self.base = base
-        self.used: set[Path] = set()
-
-    def __truediv__(self, what: str) -> Path:
-        p = self.base.with_name(f"{self.base.name}.{what}")
-        self.used.add(p)
-        return p
-
-    def remove(self) -> None:
-        for p in self.used:
-            remove_tree(p)
