@@ -19,7 +19,6 @@ Fixed-output derivations (see docs/recipe-language.md):
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,6 +31,7 @@ from kiln.store.paths import check_name
 from . import nodes as ast
 from . import roots
 from . import stringfns as fns
+from . import urls as url_rules
 from .compile import add_drv, sanitize_name, split_context
 from .errors import (
     BadValue,
@@ -107,27 +107,6 @@ def _sha256(value, node: ast.Node, what: str) -> str:
         raise HashFormat(f"bad hash in {what}: {e}", node.src, node.pos) from None
 
 
-def _url(ev, v, node: ast.Node, what: str) -> str:
-    """A URL argument: a string without whitespace (the fetcher's ``urls`` variable is
-    whitespace-separated, so a space would split one URL in two; write ``%20``) or
-    control characters (no URL holds one), its scheme in lower case (schemes are
-    case-insensitive, RFC 3986, and the fetchers match them exactly)."""
-    url = _string(ev, v, node, what)
-    if not url or any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in url):
-        found = "an empty string" if not url else repr(url)
-        raise BadValue(
-            f"{what} must be a URL without whitespace or control characters (write %20 for a "
-            f"space), found {found}",
-            node.src,
-            node.pos,
-        )
-    m = _SCHEME.match(url)
-    return url if m is None else m.group().lower() + url[m.end() :]
-
-
-_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
-
-
 def _kind(v) -> str:  # noqa: ANN001 - any value
     return "an empty list" if isinstance(v, list | tuple) and not v else type_name(v)
 
@@ -148,21 +127,6 @@ def _given_name(ev, a: dict, what: str) -> str:
     return name
 
 
-def _url_name(url: str, strip_git: bool = False) -> str:
-    base = url.split("?", 1)[0].split("#", 1)[0].rstrip("/").rsplit("/", 1)[-1]
-    if strip_git and base.endswith(".git"):
-        base = base[:-4]
-    return _fetch_name(base)
-
-
-def _fetch_name(base: str) -> str:
-    """The derivation name of a fetch of a file named ``base`` (a URL's or a lock
-    entry's): made a valid store path name, and not ending in ``.drv``
-    (``check_drv_name``): ``x.drv`` fetches as ``x_drv``."""
-    name = sanitize_name(base)
-    return name[:-4] + "_drv" if name.endswith(".drv") else name
-
-
 def _fod(
     ev, name: str, builder: str, env: dict, algo: str, hex_hash: str, fields: dict, attr: str
 ) -> DrvValue:
@@ -178,22 +142,8 @@ def _fod(
 
 
 def _fetch_url(ev, v, node: ast.Node, what: str) -> str:
-    """A ``fetchurl`` URL: ``_url``, with a scheme (``https:``, ``file:``, ``debian:``...)
-    or an absolute path. A relative path would be read from wherever kiln runs (not the
-    recipe's directory), so one recipe would fetch different files from different places."""
-    url = _url(ev, v, node, what)
-    relative = not url.startswith("/") and not _SCHEME.match(url)
-    # file: must name an absolute path on this machine: file:///p or file:/p (file://host/p
-    # would read /p's host part as a directory; the fetcher matches the scheme exactly)
-    if relative or (url.startswith("file:") and not re.match(r"file:(/[^/]|///|//localhost/)", url)):
-        raise BadValue(
-            f"{what} must be a URL with a scheme or an absolute path (a local file: file:///path), "
-            f"found {url!r}, which would be read from wherever kiln runs "
-            '(for a file beside the recipe use path "./...")',
-            node.src,
-            node.pos,
-        )
-    return url
+    """A ``fetchurl`` URL (``urls.fetch_url``)."""
+    return url_rules.fetch_url(_string(ev, v, node, what), node, what)
 
 
 def fetchurl(ev: Evaluator, node: ast.Call, env: Env) -> DrvValue:
@@ -211,7 +161,7 @@ def fetchurl(ev: Evaluator, node: ast.Call, env: Env) -> DrvValue:
     if not urls:
         raise MissingField("fetchurl needs a 'url' (or 'urls') field", node.src, node.pos)
     h = _sha256(a["sha256"][0], a["sha256"][1], "fetchurl 'sha256'")
-    name = _given_name(ev, a, "fetchurl") if "name" in a else _url_name(urls[0])
+    name = _given_name(ev, a, "fetchurl") if "name" in a else url_rules.url_name(urls[0])
     env_vars = {"url": urls[0], "urls": " ".join(urls)}
     return _fod(
         ev,
@@ -227,20 +177,9 @@ def fetchurl(ev: Evaluator, node: ast.Call, env: Env) -> DrvValue:
 
 def fetchgit(ev: Evaluator, node: ast.Call, env: Env) -> DrvValue:
     a = _record_args(ev, node, env, ("url", "rev", "sha256"), ("name",))
-    url = _url(ev, a["url"][0], a["url"][1], "fetchgit 'url'")
-    colon, slash = url.find(":"), url.find("/")
-    if (
-        not url.startswith("/")
-        and not _SCHEME.match(url)
-        and not (colon > 0 and (slash < 0 or colon < slash))
-    ):
-        # git's own rule: a colon before the first slash is scp-like (git@host:repo)
-        raise BadValue(
-            f"fetchgit 'url' must be a URL with a scheme, host:path or an absolute path, found "
-            f"{url!r}, which would be read from wherever kiln runs",
-            a["url"][1].src,
-            a["url"][1].pos,
-        )
+    url = url_rules.git_url(
+        _string(ev, a["url"][0], a["url"][1], "fetchgit 'url'"), a["url"][1], "fetchgit 'url'"
+    )
     rev = _string(ev, a["rev"][0], a["rev"][1], "fetchgit 'rev'")
     if not rev or any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in rev):
         raise BadValue(
@@ -250,7 +189,7 @@ def fetchgit(ev: Evaluator, node: ast.Call, env: Env) -> DrvValue:
             a["rev"][1].pos,
         )
     h = _sha256(a["sha256"][0], a["sha256"][1], "fetchgit 'sha256'")
-    name = _given_name(ev, a, "fetchgit") if "name" in a else _url_name(url, True)
+    name = _given_name(ev, a, "fetchgit") if "name" in a else url_rules.url_name(url, True)
     return _fod(
         ev,
         name,
@@ -356,7 +295,7 @@ def debian_rootfs(ev: Evaluator, node: ast.Call, env: Env) -> DrvValue:
         debs.append(
             _fod(
                 ev,
-                _fetch_name(filename.rsplit("/", 1)[-1]),
+                url_rules.fetch_name(filename.rsplit("/", 1)[-1]),
                 "builtin:fetchurl",
                 fetch_env,
                 "sha256",
