@@ -155,11 +155,12 @@ def test_check_vary_hello_is_hermetic(kiln, built):
 
 
 def test_check_vary_catches_the_wall_clock(kiln, built, tmp_path):
-    # a build that embeds the date: identical on a plain rebuild, caught when varied
-    recipe = tmp_path / "clock.recipe"
+    # a build that embeds the date: identical on a plain rebuild, caught when varied.
+    # Beside a copy of the recipes: a recipe may import only inside its recipe tree
+    shutil.copytree(RECIPES, tmp_path / "recipes")
+    recipe = tmp_path / "recipes" / "clock.recipe"
     recipe.write_text(
-        f'import "{RECIPES / "toolchain.recipe"}"\n\npackage clock {{\n  deps = [toolchain]\n'
-        '  build = "date -u +%Y > $out"\n}\n'
+        'import "toolchain.recipe"\n\npackage clock {\n  deps = [toolchain]\n  build = "date -u +%Y > $out"\n}\n'
     )
     kiln("build", str(recipe), "clock")
     kiln("build", "--check", str(recipe), "clock")
