@@ -138,6 +138,7 @@ class Builder(Producing, Checking, Scheduling):
         self._drvs: dict[str, Derivation] = {}
         self._inner = store
         self._pending = Pending()
+        self._dropped: set[str] = set()  # outputs dropped for --timeout (bookkeeping thread)
         self._dirs = BuildDirs(Path(store.root) / "tmp", getattr(store, "gc_lock_path", None))
         self._bk = None  # the bookkeeping thread's own store object (_bookkeeping_store)
         # set on Ctrl-C and on the first failure: running builds are killed, their
@@ -311,20 +312,19 @@ class Builder(Producing, Checking, Scheduling):
         """Archive every placed output and make them valid (one group commit), then
         release their output locks. Runs on the bookkeeping thread; a no-op if an
         earlier call took them all. A derivation whose outputs outlast their archiving
-        budget (``--timeout``) is dropped with whatever was built on them: none of
-        that is registered, the rest of the batch is, then its ``BuildError`` raises
-        (``realise`` reports it)."""
+        budget (``--timeout``) is dropped with whatever was built on them (``_drop``),
+        the rest is registered, then its ``BuildError`` raises (``realise`` reports it)."""
         from .stagedbuild import archive, commit
 
         batch = self._pending.take()
         try:
             store = self._bookkeeping_store()
             staged = []
-            dropped: set[str] = set()
             late: BuildError | None = None
             for items, _, budget in batch:
-                if any(r in dropped for p in items for r in p.references):
-                    self._drop(store, items, dropped)  # built on a dropped output
+                # (an earlier batch's drops count too: a dependent may come in a later one)
+                if any(r in self._dropped for p in items for r in p.references):
+                    self._drop(items)  # built on a dropped output
                     continue
                 until = None if budget is None else time.monotonic() + budget
                 try:
@@ -332,7 +332,7 @@ class Builder(Producing, Checking, Scheduling):
                     # compressed while the next build already runs with it mounted
                     staged += [archive(store, p, functools.partial(overdue, until)) for p in items]
                 except IngestStopped:
-                    self._drop(store, items, dropped)
+                    self._drop(items)
                     drv_path = items[0].deriver or items[0].path
                     late = late or BuildError(
                         drv_path, output_too_slow(drv_path, self.opts.timeout, "archive")
@@ -345,14 +345,11 @@ class Builder(Producing, Checking, Scheduling):
             for _, locks, _ in batch:
                 locks.close()
 
-    def _drop(self, store, items: list, dropped: set[str]) -> None:
-        """Forget placed outputs that will not be registered: their trees go (GC would
-        take them anyway), and later builds no longer count them as inputs."""
-        from .stagedbuild import unplace
-
-        for p in items:
-            unplace(store, p)
-            dropped.add(p.path)
+    def _drop(self, items: list) -> None:
+        """Forget placed outputs that will not be registered: later builds do not count
+        them as inputs, what is built on them is dropped too, their hooks do not run.
+        Their trees stay for GC (it takes unregistered trees): a build may mount them."""
+        self._dropped.update(p.path for p in items)
         self._pending.done(p.path for p in items)
 
     def _background(self, fn: Callable[..., object], *args: object) -> None:
@@ -378,6 +375,9 @@ class Builder(Producing, Checking, Scheduling):
 
     def _run_hook(self, drv_path: str, drv: Derivation, outputs: dict[str, str], started, finished, marks):
         assert self.after_build is not None
+        if any(o in self._dropped for o in outputs.values()):
+            hookmarks.release(marks, done=True)  # never registered (``_drop``): nothing to sign
+            return
         with hookmarks.running(marks):
             self.after_build(drv_path, drv, outputs, started, finished, store=self._bookkeeping_store())
 

@@ -68,9 +68,38 @@ def test_archiving_past_the_deadline_registers_nothing_and_drops_what_was_built_
         builder._commit_pending()
     assert e.value.drv_path == a and "nothing was registered" in str(e.value)
     assert not store.is_valid(ad.output_path()) and not store.is_valid(bd.output_path())
-    assert not store.real_path(ad.output_path()).exists()  # unplaced
     assert store.is_valid(cd.output_path())  # the rest of the batch is committed
     assert not builder._pending  # later builds do not count the dropped ones as inputs
+    builder._close_bookkeeping_store()
+    # the dropped tree stays (a build started meanwhile may have it mounted), unregistered:
+    # GC takes it once this process, its placer, has gone
+
+
+def test_a_dependent_in_a_later_batch_is_dropped_and_the_rest_registered(store, graph, tmp_path):
+    """The bookkeeping thread may take a dropped output's batch before its dependent's
+    build ends: the dependent comes in a later batch, and was registered against an
+    invalid reference (an error that failed the whole batch, an independent output too)."""
+    a, ad = graph.drv("slow-to-archive", "mkdir $out; echo x > $out/f")
+    b, bd = graph.drv("on-it", "echo $in0 > $out", inputs=[a])
+    c, cd = graph.drv("independent", "echo c > $out")
+    builder = Builder(store, BwrapExecutor(), BuildOptions(timeout=60), say=lambda m: None)
+    placed = {}
+    for name, drv_path, drv, refs in (("a", a, ad, []), ("b", b, bd, [ad.output_path()]), ("c", c, cd, [])):
+        out = tmp_path / f"built-{name}"
+        if name == "a":
+            out.mkdir()
+            (out / "f").write_text("x\n")
+        else:
+            out.write_text(f"{refs}\n")
+        placed[name] = place(store, drv.output_path(), out, refs, drv_path, tmp_path / f"{name}.object")
+    builder._pending.add([placed["a"]], contextlib.ExitStack(), budget=0.0)
+    with pytest.raises(BuildError, match="took too long to archive"):
+        builder._commit_pending()
+    builder._pending.add([placed["b"]], contextlib.ExitStack(), budget=30.0)
+    builder._pending.add([placed["c"]], contextlib.ExitStack(), budget=30.0)
+    builder._commit_pending()  # b is dropped quietly (a's error was reported), c registered
+    assert not store.is_valid(bd.output_path()) and store.is_valid(cd.output_path())
+    assert not builder._pending
     builder._close_bookkeeping_store()
 
 
