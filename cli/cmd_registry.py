@@ -59,7 +59,7 @@ def cmd_push(argv: list[str]) -> int:
         f"pushed {rep.pushed} of {rep.closure} paths ({rep.nars_uploaded} NARs, {rep.bytes_uploaded} bytes, "
         f"{rep.attestations_uploaded} attestations)"
         + (
-            f"; new signatures sent for {rep.signatures_updated} published paths"
+            f"; narinfos sent again (new signatures, a corrected CA) for {rep.signatures_updated} published paths"
             if rep.signatures_updated
             else ""
         )

@@ -271,9 +271,12 @@ def _new_sigs(text: str, sigs: tuple[str, ...], signer: str | None) -> bool:
 def _other_ca(text: str, ca: str | None) -> bool:
     """Whether the published narinfo ``text`` states another ``CA:`` than ``ca`` (the
     store's, checked when it came in): the narinfo is sent again and the registry
-    replaces a false one (``admitca``)."""
+    replaces a false one (``admitca``). A store without a CA has nothing to correct
+    with (the registry keeps a true one: sending it again would never settle)."""
+    if not ca:
+        return False
     published = next((line[4:].strip() for line in text.splitlines() if line.startswith("CA: ")), "")
-    return published != (ca or "")
+    return published != ca
 
 
 def _family(key_name: str) -> str:

@@ -179,6 +179,22 @@ def test_an_honest_push_repairs_a_published_false_ca(tmp_path, keys, kiln_server
     st, body = _put(s.url, f"{s.hp(s.a)}.narinfo", s.narinfo(s.a, None), s.tok)
     assert st == 200 and b"already published" in body, body
     assert f"CA: {s.store.query(s.a).ca}\n" in request(f"{s.url}/{s.hp(s.a)}.narinfo")[2].decode()
+    assert "sent again" not in s.push(s.a)  # settled: nothing to send
+
+
+def test_a_store_without_a_ca_does_not_resend_forever(tmp_path, keys, kiln_server) -> None:
+    """The registry keeps a true CA when a narinfo without one comes; a store without a
+    CA for the path must not send its narinfo again on every push."""
+    import contextlib
+    import sqlite3
+
+    s = Setup(tmp_path, keys, kiln_server)
+    s.push(s.a)
+    with contextlib.closing(sqlite3.connect(s.store.root / "db.sqlite")) as db, db:
+        db.execute("update paths set ca = NULL where path = ?", (s.a,))
+    for _ in range(2):
+        out = s.push(s.a)
+        assert "pushed 0 of 1" in out and "sent again" not in out, out
 
 
 def test_registry_verify_delete_bad_keeps_the_object_of_a_false_ca(tmp_path, keys, kiln_server) -> None:
