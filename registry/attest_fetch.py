@@ -5,8 +5,8 @@ Invariants (``docs/security.md``, "Attestations in transit"):
 - a fetched attestation is stored only if its file hashes to the registry's listing,
   its subject names the *local* path and NAR hash, and a key the fetch trusts (the
   substitution's or copy's trusted keys: ``Client.trusted``) validly signed it;
-- it never replaces a local attestation a trusted key or the store's own build key
-  (``keys/default.pub``) signed unless it is not older (``attest_transfer.replaces``):
+- it never replaces a local attestation a trusted key or one of the store's own keys
+  (``_own_keys``) signed unless it is not older (``attest_transfer.replaces``):
   "a store fetching attestations keeps its own when it is newer"; a local one neither
   signed gives way to a trusted one whatever its claimed time (so a forged,
   future-dated statement cannot pin itself);
@@ -49,17 +49,30 @@ def _trusted_by(data: bytes, kind: str, base: str, nar_hex: str, keys: list[Publ
 
 
 def _own_keys(store: Any) -> list[PublicKey]:
-    """The store's own build key (``keys/default.pub``, what ``kiln build`` signs with
-    by default), if it has one."""
+    """The store's own keys: every ``*.pub`` in its ``keys/`` (``default.pub``, what
+    ``kiln build`` signs with by default, and rotated ones) and in ``$KILN_HOME/keys``
+    (``kiln key generate``'s, for ``--sign-key``). A path built here and signed with one
+    of them keeps its newer local attestations."""
+    import os
+    from pathlib import Path
+
     from kiln.store.keyfiles import load_public_key
 
-    pub = getattr(store, "root", None)
-    if pub is None or not (pub / "keys" / "default.pub").is_file():
-        return []
-    try:
-        return [load_public_key(pub / "keys" / "default.pub")]
-    except (KilnError, OSError):
-        return []
+    dirs = [Path(store.root) / "keys"] if getattr(store, "root", None) is not None else []
+    if os.environ.get("KILN_HOME"):
+        dirs.append(Path(os.environ["KILN_HOME"]) / "keys")
+    out: list[PublicKey] = []
+    for d in dirs:
+        try:
+            pubs = sorted(d.glob("*.pub"))
+        except OSError:
+            continue
+        for pub in pubs:
+            try:
+                out.append(load_public_key(pub))
+            except (KilnError, OSError):
+                continue
+    return out
 
 
 async def fetch_attestations(
