@@ -246,6 +246,9 @@ def _tail(path: Path, lines: int = 25) -> str:
             data = f.read().decode(errors="surrogateescape")
     except OSError:
         return "  (no log)"
+    # a line a progress bar redrew with lone CRs: what a terminal was left showing
+    # (the text after the last one), not every frame run together with \r escapes
+    data = "\n".join(line.rstrip("\r").rsplit("\r", 1)[-1] for line in data.split("\n"))
     kept = shown_output(data).split("\n")
     if kept and not kept[-1]:
         kept.pop()  # (the log's last newline)
