@@ -45,7 +45,9 @@ def test_a_huge_sparse_output_times_out_instead_of_being_archived_for_hours(stor
     assert not store.real_path(ad.output_path()).exists()  # and its tree is gone
 
 
-def test_archiving_past_the_deadline_registers_nothing_and_drops_what_was_built_on_it(store, graph, tmp_path):
+def _three_placed(store, graph, tmp_path):  # noqa: ANN001, ANN202 - fixtures
+    """Outputs of a (slow to archive), b (built on a) and c (independent), placed as the
+    build loop places them; (builder, {name: (drv path, drv, Placed)})."""
     a, ad = graph.drv("slow-to-archive", "mkdir $out; echo x > $out/f")
     b, bd = graph.drv("on-it", "echo $in0 > $out", inputs=[a])
     c, cd = graph.drv("independent", "echo c > $out")
@@ -58,8 +60,17 @@ def test_archiving_past_the_deadline_registers_nothing_and_drops_what_was_built_
             (out / "f").write_text("x\n")
         else:
             out.write_text(f"{refs}\n")
-        placed[name] = place(store, drv.output_path(), out, refs, drv_path, tmp_path / f"{name}.object")
-        assert isinstance(placed[name], Placed)
+        p = place(store, drv.output_path(), out, refs, drv_path, tmp_path / f"{name}.object")
+        assert isinstance(p, Placed)
+        placed[name] = (drv_path, drv, p)
+    return builder, placed
+
+
+def test_archiving_past_the_deadline_registers_nothing_and_drops_what_was_built_on_it(store, graph, tmp_path):
+    builder, three = _three_placed(store, graph, tmp_path)
+    a, ad, _ = three["a"]
+    bd, cd = three["b"][1], three["c"][1]
+    placed = {k: v[2] for k, v in three.items()}
     # a's build used up its --timeout (nothing left for archiving); b was built on it
     builder._pending.add([placed["a"]], contextlib.ExitStack(), budget=0.0)
     builder._pending.add([placed["b"]], contextlib.ExitStack(), budget=30.0)
@@ -79,19 +90,9 @@ def test_a_dependent_in_a_later_batch_is_dropped_and_the_rest_registered(store, 
     """The bookkeeping thread may take a dropped output's batch before its dependent's
     build ends: the dependent comes in a later batch, and was registered against an
     invalid reference (an error that failed the whole batch, an independent output too)."""
-    a, ad = graph.drv("slow-to-archive", "mkdir $out; echo x > $out/f")
-    b, bd = graph.drv("on-it", "echo $in0 > $out", inputs=[a])
-    c, cd = graph.drv("independent", "echo c > $out")
-    builder = Builder(store, BwrapExecutor(), BuildOptions(timeout=60), say=lambda m: None)
-    placed = {}
-    for name, drv_path, drv, refs in (("a", a, ad, []), ("b", b, bd, [ad.output_path()]), ("c", c, cd, [])):
-        out = tmp_path / f"built-{name}"
-        if name == "a":
-            out.mkdir()
-            (out / "f").write_text("x\n")
-        else:
-            out.write_text(f"{refs}\n")
-        placed[name] = place(store, drv.output_path(), out, refs, drv_path, tmp_path / f"{name}.object")
+    builder, three = _three_placed(store, graph, tmp_path)
+    bd, cd = three["b"][1], three["c"][1]
+    placed = {k: v[2] for k, v in three.items()}
     builder._pending.add([placed["a"]], contextlib.ExitStack(), budget=0.0)
     with pytest.raises(BuildError, match="took too long to archive"):
         builder._commit_pending()
