@@ -103,7 +103,7 @@ def _write_atomic(path: str | os.PathLike, text: str, mode: int, overwrite: bool
         raise KilnError(f"{path} is a directory; name the key file to write")
     d = os.path.dirname(os.path.abspath(path))
     _sweep_stale_temps(d)
-    fd, tmp = tempfile.mkstemp(prefix=".key-", dir=d)  # mkstemp creates it 0600
+    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=d)  # mkstemp creates it 0600
     try:
         os.fchmod(fd, mode)
         os.write(fd, text.encode())
@@ -130,17 +130,21 @@ def _write_atomic(path: str | os.PathLike, text: str, mode: int, overwrite: bool
             os.unlink(tmp)
 
 
-#: a ``.key-*`` temp file older than this is a killed writer's (a write takes milliseconds)
-STALE_TEMP_S = 600
+#: kiln's key temp files: a name no one else uses, since the sweep deletes them (``-o``
+#: may name any directory, a home or /tmp)
+TEMP_PREFIX = ".kiln-keyfile-tmp-"
+#: a temp file older than this is a killed writer's (a write takes milliseconds)
+STALE_TEMP_S = 3600
 
 
 def _sweep_stale_temps(d: str) -> None:
-    """Remove ``.key-*`` temp files a writer killed mid-write left in ``d`` (one may hold
-    a secret key; nothing else would ever remove it)."""
+    """Remove ``TEMP_PREFIX`` temp files a writer killed mid-write left in ``d`` (one may
+    hold a secret key; nothing else would ever remove it). Only files this process's
+    user owns: in a shared directory (/tmp) another user's are not ours to judge."""
     import time
 
     try:
-        names = [n for n in os.listdir(d) if n.startswith(".key-")]
+        names = [n for n in os.listdir(d) if n.startswith(TEMP_PREFIX)]
     except OSError:
         return
     old = time.time() - STALE_TEMP_S
@@ -148,7 +152,7 @@ def _sweep_stale_temps(d: str) -> None:
         p = os.path.join(d, n)
         with contextlib.suppress(OSError):
             st = os.lstat(p)
-            if stat.S_ISREG(st.st_mode) and st.st_mtime < old:
+            if stat.S_ISREG(st.st_mode) and st.st_mtime < old and st.st_uid == os.geteuid():
                 os.unlink(p)
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from clikit import kiln_at
 
 from kiln.buildglue import load_sign_key
-from kiln.store.keyfiles import load_public_key, load_secret_key, write_secret_key
+from kiln.store.keyfiles import TEMP_PREFIX, load_public_key, load_secret_key, write_secret_key
 from kiln.store.localstore import LocalStore
 from kiln.store.signing import SecretKey
 
@@ -59,12 +59,15 @@ def test_a_secret_key_left_alone_gets_its_public_half(tmp_path: Path) -> None:
 def test_stale_temp_files_of_a_killed_writer_are_swept(tmp_path: Path) -> None:
     keys = tmp_path / "home" / "keys"
     keys.mkdir(parents=True, mode=0o700)
-    old, fresh = keys / ".key-abc123", keys / ".key-def456"
-    for p in (old, fresh):
+    old, fresh = keys / (TEMP_PREFIX + "abc123"), keys / (TEMP_PREFIX + "def456")
+    users = keys / ".key-notes.txt"  # a user's own file: not kiln's to delete
+    for p in (old, fresh, users):
         p.write_text("k:secret")
-    os.utime(old, (time.time() - 3600, time.time() - 3600))
+    for p in (old, users):
+        os.utime(p, (time.time() - 7200, time.time() - 7200))
     assert kiln_at(tmp_path, "key", "generate", "k2").returncode == 0
     assert not old.exists() and fresh.exists()  # (a write in progress elsewhere is left alone)
+    assert users.exists()
 
 
 def test_two_first_builds_share_the_key_one_of_them_made(tmp_path: Path) -> None:
