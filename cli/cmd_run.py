@@ -136,9 +136,9 @@ def run_forwarding_signals(argv: list[str], env: dict[str, str], through_bwrap: 
     SIGKILL, ``--die-with-parent``); the program gets them back at their default through
     the host's ``env --default-signal``, except one kiln itself was started with ignored
     (``nohup``). Without such an ``env`` bwrap is not shielded. A signal kiln gets while
-    bwrap is still starting is held until the program runs with it at its default
-    (``_ignores``), for up to ``HOLD`` seconds: after that the program is taken to
-    ignore it on purpose and it is dropped.
+    bwrap is still starting (a terminal's too: it reached only bwrap and ``env``) is held
+    until the program runs with it at its default (``_started``), for up to ``HOLD``
+    seconds; after that it is sent anyway (the program ignores it on purpose).
     A signal sent to the whole group by a process (``kill -- -PGID``, a service manager's
     stop) reaches the program directly and is passed on too: it sees it twice."""
     import signal
@@ -166,7 +166,13 @@ def run_forwarding_signals(argv: list[str], env: dict[str, str], through_bwrap: 
         held: dict[int, float] = {}  # signal -> when kiln got it, until the program can take it
         while child.poll() is None:
             info = signal.sigtimedwait(waited, 0.02 if held else 1.0)
-            if info is not None and info.si_signo != signal.SIGCHLD and info.si_code != _SI_KERNEL:
+            # a terminal's signal (SI_KERNEL) reached the program directly, unless it is
+            # not running yet: then it went to bwrap or env, which ignore it
+            if (
+                info is not None
+                and info.si_signo != signal.SIGCHLD
+                and (info.si_code != _SI_KERNEL or not _started(child.pid, info.si_signo, through_bwrap))
+            ):
                 held.setdefault(info.si_signo, time.monotonic())
             for sig, since in list(held.items()):
                 if _pass_on(child.pid, sig, through_bwrap, time.monotonic() - since >= HOLD):
@@ -203,16 +209,22 @@ def _env_with_default_signal(hidden: list[str]) -> str | None:
     return None
 
 
+def _started(child: int, sig: int, through_bwrap: bool) -> bool:
+    """Whether the program ``child`` runs is running with ``sig`` at its default: bwrap
+    has a child and it no longer ignores ``sig`` (``env`` has reset it)."""
+    if not through_bwrap:
+        return True
+    pids = _program_pids(child)
+    return pids != [child] and not any(_ignores(p, sig) for p in pids)
+
+
 def _pass_on(child: int, sig: int, through_bwrap: bool, late: bool) -> bool:
     """Send ``sig`` to the program ``child`` runs (``child`` itself unless
-    ``through_bwrap``). Not yet (False) while bwrap has no child or that child still
-    ignores ``sig`` (``env`` has not reset it yet), unless ``late``."""
-    if not through_bwrap:
-        pids = [child]
-    else:
-        pids = _program_pids(child)
-        if not late and (pids == [child] or any(_ignores(p, sig) for p in pids)):
-            return False
+    ``through_bwrap``). Not yet (False) while it has not started (``_started``),
+    unless ``late``."""
+    if not late and not _started(child, sig, through_bwrap):
+        return False
+    pids = _program_pids(child) if through_bwrap else [child]
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)

@@ -354,6 +354,51 @@ def test_a_sigterm_while_bwrap_is_starting_is_held_for_the_program(world: World,
     )
 
 
+def test_a_terminal_s_ctrl_c_while_bwrap_is_starting_is_not_lost(world: World, tmp_path: Path) -> None:
+    """^C as soon as bwrap exists: the kernel signalled the terminal's group, but the
+    program was not running yet (bwrap and ``env`` ignore it), so kiln, which leaves a
+    terminal's signals to the program, must hold it for the program: it ran on."""
+    import pty
+    import select
+    import time
+
+    _trapper(world, tmp_path)
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.execvpe(sys.executable, [sys.executable, "-m", "kiln", "run", "trapper2", "--", "trap"], world.env)
+
+    def comms() -> list[str]:
+        """The command names of kiln's children ([] once they are gone)."""
+        out = []
+        with contextlib.suppress(OSError):  # (a process may end while being looked at)
+            for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+                with contextlib.suppress(OSError):
+                    out.append(Path(f"/proc/{c}/comm").read_text().strip())
+        return out
+
+    deadline = time.monotonic() + 60
+    while "bwrap" not in comms():
+        assert time.monotonic() < deadline
+    os.write(fd, b"\x03")
+    out, end = b"", time.monotonic() + 30
+    while time.monotonic() < end:
+        if not select.select([fd], [], [], 1)[0]:
+            continue  # (the program sleeps on, waiting for a signal, when it was lost)
+        try:
+            chunk = os.read(fd, 1024)
+        except OSError:  # EIO: the terminal's other side closed
+            break
+        if not chunk:
+            break
+        out += chunk
+    else:
+        os.killpg(os.getpgid(pid), 9)
+    _, status = os.waitpid(pid, 0)
+    text = out.decode(errors="replace")
+    # before its trap or after: the ^C ended it (130) or it cleaned up (7), never ran on
+    assert os.waitstatus_to_exitcode(status) in (7, 130), text
+
+
 def test_a_package_s_own_env_does_not_stand_in_for_the_host_s(world: World, tmp_path: Path) -> None:
     """kiln run resets signals with the host's ``env --default-signal``; a package that
     ships a ``bin/env`` (busybox-style) came first on PATH and failed every run."""
