@@ -50,9 +50,10 @@ def add_source_fn(store: LocalStore) -> Callable[[Path, str], str]:
 
 def add_recipe_source(store: LocalStore, src: Path, name: str) -> str:
     """Add a recipe's ``path`` source ``src`` to ``store``; its store path. A source in
-    or around a key directory (the store's ``keys/``, ``$KILN_HOME/keys``) is refused,
-    even where it lies inside the recipe tree (a project's ``.kiln``): a recipe must not
-    be able to turn a signing key into a signed store path."""
+    or around a key directory (the store's ``keys/``, ``$KILN_HOME/keys``) or the key
+    ``$KILN_SIGN_KEY`` names is refused, even where it lies inside the recipe tree (a
+    project's ``.kiln``, a CI key in the repository), unless a ``.kilnignore`` leaves it
+    out: a recipe must not be able to turn a signing key into a signed store path."""
     from kiln.lang.sources import make_filter
 
     from .common import default_home
@@ -60,21 +61,25 @@ def add_recipe_source(store: LocalStore, src: Path, name: str) -> str:
     keep = make_filter(src)
     parent, base = os.path.split(os.path.abspath(src))
     real = os.path.join(os.path.realpath(parent), base)
-    for keys in sorted({os.path.realpath(store.root / "keys"), os.path.realpath(default_home() / "keys")}):
-        if os.path.commonpath([real, keys]) not in (real, keys):
+    secret = [os.path.realpath(store.root / "keys"), os.path.realpath(default_home() / "keys")]
+    if os.environ.get("KILN_SIGN_KEY"):
+        secret.append(os.path.realpath(os.environ["KILN_SIGN_KEY"]))
+    for key in sorted(set(secret)):
+        if os.path.commonpath([real, key]) not in (real, key):
             continue
-        if real != keys and os.path.commonpath([real, keys]) == real:  # above it: left out?
-            walked = os.fspath(src)  # the filter sees paths spelled from ``src``
-            for part in Path(os.path.relpath(keys, real)).parts:
+        if real != key and os.path.commonpath([real, key]) == real:  # above it: left out?
+            walked, parts = os.fspath(src), Path(os.path.relpath(key, real)).parts
+            for k, part in enumerate(parts):  # the filter sees paths spelled from ``src``
                 walked = os.path.join(walked, part)
-                if not keep(walked, "directory"):
+                kind = "directory" if k < len(parts) - 1 or os.path.isdir(key) else "regular"
+                if not keep(walked, kind):
                     break
             else:
                 raise KilnError(
-                    f"{src} holds the key directory {keys}; a recipe may not take sources from there"
+                    f"{src} holds the signing key or key directory {key}; a recipe may not take it"
                 )
             continue
-        raise KilnError(f"{src} is in the key directory {keys}; a recipe may not take sources from there")
+        raise KilnError(f"{src} is the signing key or in the key directory {key}; a recipe may not take it")
     return store.add_path(src, name, filter=keep).path
 
 

@@ -212,7 +212,7 @@ def path(ev: Evaluator, node: ast.Call, env: Env) -> SourceValue:
     n = a["path"][1]
     base = os.path.dirname(node.src.path) if node.src.path else os.getcwd()
     target = os.path.normpath(os.path.join(base, rel))
-    if node.src.path and ev.root is not None:  # a recipe file's (not a command line's)
+    if node.src.path and ev.root is not None:  # (command-line expressions have the entry's)
         real = roots.source_real(target)
         if not roots.inside(ev.root, real):
             raise BadValue(roots.outside_message(f"path {rel!r}", real, ev.root), n.src, n.pos)

@@ -11,14 +11,17 @@ store paths on other machines.
 
 Rule
 ----
-The *recipe tree* is the top of the git work tree holding the entry file (the recipe
-named on the command line, symlinks resolved), else that file's directory;
-``KILN_RECIPE_ROOT`` replaces it (a directory above a shared ``lib/`` of recipes, say).
+The *recipe tree* is the nearest directory holding a ``.kilnroot`` file at or above the
+entry file (the recipe named on the command line, symlinks resolved), else that file's
+directory; ``KILN_RECIPE_ROOT`` replaces it (a directory above a shared ``lib/`` of
+recipes, say). Not the git work tree: a ``.git`` above an unpacked tarball (a dotfiles
+repository in ``$HOME``, a stray ``/tmp/.git``) would hand the tarball's recipes the
+whole home directory; a marker is something a project's author put there on purpose.
 Every imported file and every ``path`` source must lie in it, judged on the real path
 (symlinks resolved) of an import, and of a source's parent directory: a source that is
 itself a symlink is stored as a symlink, never followed, and so are symlinks inside a
-source tree. Command-line expressions (``kiln build F 'path "./x"'``) are the user's
-own and are not confined.
+source tree. Expressions on the command line (``kiln build F 'path "./x"'``) are
+evaluated in the entry file's scope and confined the same way.
 """
 
 from __future__ import annotations
@@ -29,16 +32,20 @@ import os
 ROOT_VAR = "KILN_RECIPE_ROOT"
 
 
+#: the file that marks a directory as the top of its recipe tree
+MARKER = ".kilnroot"
+
+
 def recipe_root(entry: str, override: str | None = None) -> str:
     """The recipe tree of the entry file ``entry`` (a real path): ``override`` (made
-    absolute and resolved) if given, else the git work tree above ``entry``, else its
-    directory."""
+    absolute and resolved) if given, else the nearest directory at or above ``entry``
+    holding a ``MARKER`` file, else its directory."""
     if override:
         return os.path.realpath(override)
     top = os.path.dirname(entry)
     d = top
     while True:
-        if os.path.lexists(os.path.join(d, ".git")):
+        if os.path.isfile(os.path.join(d, MARKER)):
             return d
         parent = os.path.dirname(d)
         if parent == d:
@@ -62,6 +69,6 @@ def outside_message(what: str, real: str, root: str) -> str:
     """The error for ``what`` (``import "x"``, ``path "x"``) leading to ``real``."""
     return (
         f"{what} leads outside the recipe tree {root} (to {real}); a recipe may read only files "
-        f"in its tree: the git work tree or the directory of the recipe named on the command line "
-        f"(set {ROOT_VAR} to a directory above both to widen it)"
+        f"in its tree: the directory of the recipe named on the command line, or the nearest one "
+        f"above it holding a {MARKER} file (add one to the project's top, or set {ROOT_VAR})"
     )

@@ -1,5 +1,6 @@
-"""The recipe tree (``kiln.lang.roots``): imports and ``path`` sources stay inside the git
-work tree or the entry file's directory (or ``KILN_RECIPE_ROOT``). Before, ``path
+"""The recipe tree (``kiln.lang.roots``): imports and ``path`` sources stay inside the
+entry file's directory or the nearest one above it holding ``.kilnroot`` (or
+``KILN_RECIPE_ROOT``). Before, ``path
 "../home/keys/default.sec"`` in a recipe copied the store's signing key into a signed,
 world-readable store path at evaluation time."""
 
@@ -87,10 +88,10 @@ def test_an_import_outside_the_tree_is_refused(tree: Path) -> None:
     )
 
 
-def test_the_git_work_tree_is_the_tree(tree: Path) -> None:
-    """A recipe in ``pkgs/`` of a git work tree may import ``../lib/`` and take sources
-    from ``../src``; nothing above the work tree."""
-    (tree / ".git").mkdir()
+def test_a_kilnroot_marker_makes_the_tree(tree: Path) -> None:
+    """A recipe in ``pkgs/`` of a project with a ``.kilnroot`` at its top may import
+    ``../lib/`` and take sources from ``../src``; nothing above the marker."""
+    (tree / ".kilnroot").write_text("")
     (tree / "lib").mkdir()
     (tree / "lib" / "common.recipe").write_text('let flags = "-O2"\n')
     (tree / "pkgs").mkdir()
@@ -103,6 +104,24 @@ def test_the_git_work_tree_is_the_tree(tree: Path) -> None:
     (tree / "pkgs" / "q.recipe").write_text('package q { build = "${path "../../secret"}" }\n')
     with pytest.raises(RecipeError, match=f"leads outside the recipe tree {tree} "):
         evaluate_file("pkgs/q.recipe", add_source=add).attributes()
+
+
+def test_a_git_work_tree_above_does_not_widen_the_tree(tree: Path) -> None:
+    """A ``.git`` above an unpacked tarball (a dotfiles repository in ``$HOME``) would
+    hand its recipes everything below it: only a ``.kilnroot`` marks a tree."""
+    (tree.parent / ".git").mkdir()
+    (tree / "r.recipe").write_text('package p { build = "${path "../secret/key"}" }\n')
+    seen, add = _added()
+    with pytest.raises(RecipeError, match=f"leads outside the recipe tree {tree} "):
+        evaluate_file("r.recipe", add_source=add).attributes()
+    assert seen == []
+
+
+def test_command_line_expressions_are_confined_too(tree: Path) -> None:
+    (tree / "r.recipe").write_text('package p { build = "" }\n')
+    ev = evaluate_file("r.recipe")
+    with pytest.raises(RecipeError, match="leads outside the recipe tree"):
+        ev.select('path "../secret/key"')
 
 
 def test_kiln_recipe_root_widens_the_tree(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -134,11 +153,32 @@ def test_a_source_in_the_key_directory_is_refused_even_inside_the_tree(tree: Pat
     assert run_kiln(["key", "generate", "k"], cwd=tree, home=home).returncode == 0
     (tree / "r.recipe").write_text('package p { build = "${path "./.kiln/keys"}" }\n')
     r = run_kiln(["eval", "r.recipe", "--no-cache"], cwd=tree, home=home)
-    assert r.returncode == 1 and "is in the key directory" in r.stderr and "r.recipe:1:" in r.stderr, r.stderr
+    assert r.returncode == 1 and "in the key directory" in r.stderr and "r.recipe:1:" in r.stderr, r.stderr
     (tree / "r.recipe").write_text('package p { build = "${path "."}" }\n')
     r = run_kiln(["eval", "r.recipe", "--no-cache"], cwd=tree, home=home)
-    assert r.returncode == 1 and "holds the key directory" in r.stderr, r.stderr
+    assert r.returncode == 1 and "holds the signing key or key directory" in r.stderr, r.stderr
     (tree / ".kilnignore").write_text(".kiln\n")
     r = run_kiln(["eval", "r.recipe", "--no-cache"], cwd=tree, home=home)
     assert r.returncode == 0, r.stderr
     assert not any("SECRET" in p.name for p in (home / "kiln" / "store").iterdir())
+
+
+def test_the_key_kiln_sign_key_names_is_refused_inside_the_tree(tree: Path) -> None:
+    """A CI signing key kept in the repository (``ci/sign.sec``) and named by
+    ``$KILN_SIGN_KEY`` is out of reach of the recipes beside it."""
+    home = tree / "home"
+    (tree / "ci").mkdir()
+    assert (
+        run_kiln(
+            ["key", "generate", "ci", "-o", str(tree / "ci" / "sign.sec")], cwd=tree, home=home
+        ).returncode
+        == 0
+    )
+    env = {"KILN_SIGN_KEY": str(tree / "ci" / "sign.sec")}
+    for expr, what in (('"./ci/sign.sec"', "is the signing key"), ('"./ci"', "holds the signing key")):
+        (tree / "r.recipe").write_text(f'package p {{ build = "${{path {expr}}}" }}\n')
+        r = run_kiln(["eval", "r.recipe", "--no-cache"], cwd=tree, home=home, env_extra=env)
+        assert r.returncode == 1 and what in r.stderr, r.stderr
+    (tree / "ci" / ".kilnignore").write_text("sign.sec\n")
+    r = run_kiln(["eval", "r.recipe", "--no-cache"], cwd=tree, home=home, env_extra=env)
+    assert r.returncode == 0, r.stderr  # left out of ./ci by its .kilnignore
