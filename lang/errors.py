@@ -52,6 +52,8 @@ class SourceText:
 EXCERPT = 120
 #: C0 controls as their Unicode control pictures (U+2400...), DEL as U+2421, C1 as "?"
 _VISIBLE = {c: 0x2400 + c for c in range(32)} | {127: 0x2421} | {c: ord("?") for c in range(0x80, 0xA0)}
+#: the same for a message, which may span lines and be indented with tabs
+_VISIBLE_TEXT = {c: v for c, v in _VISIBLE.items() if c not in (9, 10)}
 
 
 class RecipeError(KilnError):
@@ -67,10 +69,13 @@ class RecipeError(KilnError):
         super().__init__(self.render())
 
     def render(self) -> str:
+        """``file:line:col: message``, the line and a caret; control characters in any of
+        it (a file's name comes from a tarball) shown as visible ones, not sent to the
+        terminal."""
         if self.src is None:
-            return self.message
+            return self.message.translate(_VISIBLE_TEXT)
         if self.pos is None:
-            return f"{self.src.name}: {self.message}"
+            return f"{self.src.name}: {self.message}".translate(_VISIBLE_TEXT)
         line, col = self.src.line_col(self.pos)
         # one visible character per control character (a lone CR would garble the
         # terminal line, an escape sequence act on it), so the caret stays aligned
@@ -84,7 +89,8 @@ class RecipeError(KilnError):
             at = at - start + len(head)
         gutter = f"{line:>5} | "
         caret = " " * (len(gutter) - 2) + "| " + " " * at + "^"
-        return f"{self.src.name}:{line}:{col}: {self.message}\n{gutter}{code}\n{caret}"
+        head = f"{self.src.name}:{line}:{col}: {self.message}".translate(_VISIBLE_TEXT)
+        return f"{head}\n{gutter}{code}\n{caret}"
 
 
 class RecipeSyntaxError(RecipeError):

@@ -23,7 +23,7 @@ _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
 
 def checked_url(url: str, node: ast.Node, what: str) -> str:
     """``url`` without whitespace or control characters, its scheme lower-cased."""
-    if not url or any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in url):
+    if not url or any(c.isspace() or ord(c) < 32 or 127 <= ord(c) < 160 for c in url):
         found = "an empty string" if not url else repr(url)
         raise BadValue(
             f"{what} must be a URL without whitespace or control characters (write %20 for a "

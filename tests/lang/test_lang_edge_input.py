@@ -481,3 +481,22 @@ def test_fetch_urls_schemes_and_control_characters(tmp_path, call, ok):
             evaluate_file("u.recipe").attributes()
     else:
         assert evaluate_file("u.recipe").packages["g"].env_map["url"] == ok
+
+
+def test_a_file_name_with_escape_sequences_is_shown_not_sent(tmp_path):
+    """A file's name comes from wherever the recipes came from (a tarball): in the
+    ``file:line:col`` header its control characters were printed raw (OSC 0 sets the
+    terminal's title, OSC 52 writes the clipboard)."""
+    evil = "x\x1b]0;PWNED\x07.recipe"
+    _write(tmp_path / evil, "let x = (\n")
+    _write(tmp_path / "r.recipe", f'import "{evil}"\n')
+    with pytest.raises(RecipeError) as info:
+        evaluate_file("r.recipe").attributes()
+    text = str(info.value)
+    assert "PWNED" in text and not any(ord(c) < 32 and c not in "\n" for c in text), repr(text)
+
+
+def test_a_url_with_a_c1_control_character_is_refused(tmp_path):
+    _write(tmp_path / "u.recipe", f'let g = fetchurl {{ url = "https://e.com/a\x9bb", sha256 = "{_H}" }}\n')
+    with pytest.raises(RecipeError, match="'url' must be a URL"):
+        evaluate_file("u.recipe").attributes()
