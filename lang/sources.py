@@ -29,15 +29,25 @@ def _patterns(root: Path) -> list[tuple[str, bool]]:
     """The ``(pattern, directories only)`` rules of ``root``'s ``.kilnignore`` (none if
     there is no such file). Raises ``BadValue`` (not located: the caller knows where the
     source was named) when the file is not UTF-8."""
+    from .errors import BadValue
+
     f = root / ".kilnignore"
-    if not f.is_file():
+    try:
+        st = os.lstat(f)
+    except (FileNotFoundError, NotADirectoryError):
         return []
-    raw = f.read_bytes()
+    if stat.S_ISDIR(st.st_mode):
+        return []  # (a directory of that name is just an entry)
+    if not stat.S_ISREG(st.st_mode):
+        # read where it lies: a symlink would read a file outside the recipe tree (and
+        # let it decide what is stored), a FIFO would block
+        raise BadValue(f"{f} must be a regular file, not a symlink or special file")
+    fd = os.open(f, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as fh:
+        raw = fh.read()
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        from .errors import BadValue
-
         line = raw.count(b"\n", 0, e.start) + 1
         raise BadValue(f"{f} is not valid UTF-8 (byte 0x{raw[e.start]:02x} on line {line})") from None
     out = []
@@ -83,8 +93,8 @@ def needs_filtering(root: Path) -> bool:
     """True when some entry under ``root`` would be left out."""
     if not root.is_dir():
         return False
-    if (root / ".kilnignore").is_file():
-        return True
+    if os.path.lexists(root / ".kilnignore") and not (root / ".kilnignore").is_dir():
+        return True  # (a symlink or FIFO too: _patterns refuses it)
     return any(name == ".git" for _, dirs, files in os.walk(root) for name in (*dirs, *files))
 
 

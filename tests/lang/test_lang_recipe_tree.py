@@ -182,3 +182,16 @@ def test_the_key_kiln_sign_key_names_is_refused_inside_the_tree(tree: Path) -> N
     (tree / "ci" / ".kilnignore").write_text("sign.sec\n")
     r = run_kiln(["eval", "r.recipe", "--no-cache"], cwd=tree, home=home, env_extra=env)
     assert r.returncode == 0, r.stderr  # left out of ./ci by its .kilnignore
+
+
+def test_a_kilnignore_that_is_a_symlink_or_fifo_is_refused(tree: Path) -> None:
+    """A ``.kilnignore`` is read where it lies: a symlink out of the tree made a file
+    outside it decide what was stored (and showed its bytes in errors); a FIFO blocked."""
+    (tree / "src" / ".kilnignore").symlink_to(tree.parent / "secret" / "key")
+    (tree / "r.recipe").write_text('package p { build = "${path "./src"}" }\n')
+    with pytest.raises(RecipeError, match="must be a regular file, not a symlink"):
+        evaluate_file("r.recipe", add_source=_added()[1]).attributes()
+    (tree / "src" / ".kilnignore").unlink()
+    os.mkfifo(tree / "src" / ".kilnignore")
+    with pytest.raises(RecipeError, match="must be a regular file, not a symlink"):
+        evaluate_file("r.recipe", add_source=_added()[1]).attributes()
