@@ -88,6 +88,10 @@ def env_text(v: object, node: ast.Node, field: str, ctx: set) -> str:
     )
 
 
+#: ``Evaluator.instances`` value of a variant whose evaluation went too deep
+TOO_DEEP = object()
+
+
 def instantiate(ev: Evaluator, fn: PackageFn, args: dict, call: ast.Node) -> DrvValue:
     """The derivation of package ``fn`` with ``args`` (name → (value, node))."""
     pkg: ast.Package = fn.node
@@ -115,6 +119,8 @@ def instantiate(ev: Evaluator, fn: PackageFn, args: dict, call: ast.Node) -> Drv
     done = ev.instances.get(key)
     if isinstance(done, DrvValue):
         return done
+    if done is TOO_DEEP:  # failed so before: one runaway variant costs its depth once
+        raise RecursionError(f"variant of package '{pkg.name}' went too deep before")
     if done is not None:
         chain = " → ".join([*(n for n, _ in ev.stack), pkg.name])
         raise InfiniteRecursion(f"package '{pkg.name}' depends on itself: {chain}", call.src, call.pos)
@@ -122,6 +128,12 @@ def instantiate(ev: Evaluator, fn: PackageFn, args: dict, call: ast.Node) -> Drv
     ev.stack.append((pkg.name, pkg))
     try:
         value = _compile(ev, fn, pkg, params)
+    except RecursionError:
+        # remembered (the key is there already: no memory is taken while unwinding),
+        # so every other binding using this variant fails at once instead of recursing
+        # as deep again; a depth kiln's 400,000-frame limit allows is not a recipe's
+        ev.instances[key] = TOO_DEEP
+        raise
     except BaseException:
         del ev.instances[key]
         raise
