@@ -257,7 +257,8 @@ def evaluate_file(
 ) -> Evaluation:
     """Evaluate the recipe file at ``path`` (see the module docstring). Imports and
     ``path`` sources must stay in its recipe tree (``roots``: ``$KILN_RECIPE_ROOT`` if
-    set, else the git work tree holding the file, else its directory)."""
+    set, else the nearest directory above the file holding ``.kilnroot``, else its
+    directory)."""
     from .roots import ROOT_VAR, recipe_root
 
     display = os.fspath(path)
