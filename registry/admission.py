@@ -191,7 +191,7 @@ async def _verify_remote(url: str, target: str, policy: Policy, token: str | Non
     from kiln.store.errors import redact_urls
     from kiln.store.localstore import LocalStore
 
-    from .attest_transfer import fetch_attestations
+    from .attest_fetch import fetch_attestations
     from .client import open_client
     from .push import levels
 

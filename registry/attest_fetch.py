@@ -59,8 +59,11 @@ def _own_keys(store: Any) -> list[PublicKey]:
     from kiln.store.keyfiles import load_public_key
 
     dirs = [Path(store.root) / "keys"] if getattr(store, "root", None) is not None else []
-    if os.environ.get("KILN_HOME"):
-        dirs.append(Path(os.environ["KILN_HOME"]) / "keys")
+    # kiln's home as the command line finds it (cli.common.default_home_dir)
+    home = os.environ.get("KILN_HOME") or os.path.join(
+        os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share"), "kiln"
+    )
+    dirs.append(Path(home) / "keys")
     out: list[PublicKey] = []
     for d in dirs:
         try:

@@ -313,5 +313,4 @@ async def relay_attestations(
     return copied, sorted(problems)
 
 
-# (the client side that stores into a local store lives in ``attest_fetch``; re-exported)
-from .attest_fetch import fetch_attestations, fetch_attestations_sync  # noqa: E402, F401
+# (the client side that stores into a local store lives in ``attest_fetch``)

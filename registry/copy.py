@@ -29,7 +29,8 @@ from kiln.store.paths import StorePath
 from kiln.store.signing import PublicKey
 
 from . import layout
-from .attest_transfer import fetch_attestations, relay_attestations
+from .attest_fetch import fetch_attestations
+from .attest_transfer import relay_attestations
 from .client import Client, open_client
 from .push import MAX_FRAMES, check_results, levels
 from .substitute import Substituter, batchable, batches

@@ -11,7 +11,8 @@ from regkit import kiln, make_store
 from test_attestations import Setup, provenance
 
 from kiln.registry import layout
-from kiln.registry.attest_transfer import fetch_attestations, rebuild_listing
+from kiln.registry.attest_fetch import fetch_attestations
+from kiln.registry.attest_transfer import rebuild_listing
 from kiln.registry.httpclient import HttpClient
 from kiln.registry.storage import FileStorage
 from kiln.store import attestations, intoto

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from regkit import add_built, make_store, request
 
-from kiln.registry.attest_transfer import fetch_attestations
+from kiln.registry.attest_fetch import fetch_attestations
 from kiln.registry.httpclient import HttpClient
 from kiln.store import attestations, intoto
 from kiln.store.dsse import Ed25519Signer, Envelope
@@ -416,7 +416,7 @@ def test_kiln_verify_registry_target(tmp_path, keys, kiln_server, nginx_server) 
 
 
 def test_push_to_a_directory_url_carries_attestations(tmp_path, keys) -> None:
-    from kiln.registry.attest_transfer import fetch_attestations_sync
+    from kiln.registry.attest_fetch import fetch_attestations_sync
     from kiln.registry.client import open_client
     from kiln.registry.push import push
 
