@@ -39,21 +39,23 @@ class Target:
     outputs: dict[str, str]
 
 
-def add_source_fn(store: LocalStore) -> Callable[[Path, str], str]:
-    """``add_source`` callback for ``kiln.lang``: local sources go into the store."""
+def add_source_fn(store: LocalStore, protect: tuple[str, ...] = ()) -> Callable[[Path, str], str]:
+    """``add_source`` callback for ``kiln.lang``: local sources go into the store
+    (``protect``: more secret files, as ``add_recipe_source`` takes them)."""
 
     def add(src: Path, name: str) -> str:
-        return add_recipe_source(store, src, name)
+        return add_recipe_source(store, src, name, protect)
 
     return add
 
 
-def add_recipe_source(store: LocalStore, src: Path, name: str) -> str:
+def add_recipe_source(store: LocalStore, src: Path, name: str, protect: tuple[str, ...] = ()) -> str:
     """Add a recipe's ``path`` source ``src`` to ``store``; its store path. A source in
     or around a key directory (the store's ``keys/``, ``$KILN_HOME/keys``) or the key
-    ``$KILN_SIGN_KEY`` names is refused, even where it lies inside the recipe tree (a
-    project's ``.kiln``, a CI key in the repository), unless a ``.kilnignore`` leaves it
-    out: a recipe must not be able to turn a signing key into a signed store path."""
+    ``$KILN_SIGN_KEY`` names, or any in ``protect`` (``--sign-key``), is refused, even
+    where it lies inside the recipe tree (a project's ``.kiln``, a CI key in the
+    repository), unless a ``.kilnignore`` leaves it out: a recipe must not be able to
+    turn a signing key into a signed store path."""
     from kiln.lang.sources import make_filter
 
     from .common import default_home
@@ -62,8 +64,7 @@ def add_recipe_source(store: LocalStore, src: Path, name: str) -> str:
     parent, base = os.path.split(os.path.abspath(src))
     real = os.path.join(os.path.realpath(parent), base)
     secret = [os.path.realpath(store.root / "keys"), os.path.realpath(default_home() / "keys")]
-    if os.environ.get("KILN_SIGN_KEY"):
-        secret.append(os.path.realpath(os.environ["KILN_SIGN_KEY"]))
+    secret += [os.path.realpath(k) for k in (os.environ.get("KILN_SIGN_KEY"), *protect) if k]
     for key in sorted(set(secret)):
         if os.path.commonpath([real, key]) not in (real, key):
             continue
@@ -98,10 +99,10 @@ def readd_sources(
 
 
 def evaluate(
-    store: LocalStore, file: str, attrs: list[str], use_cache: bool = True
+    store: LocalStore, file: str, attrs: list[str], use_cache: bool = True, protect: tuple[str, ...] = ()
 ) -> tuple[Evaluation, list[Target]]:
     """Evaluate ``file`` and return ``(evaluation, targets)`` for ``attrs`` (all the
-    file's packages when empty)."""
+    file's packages when empty); ``protect``: key files no ``path`` source may take."""
     from kiln.lang import evaluate_file
 
     if not os.path.exists(file):
@@ -109,15 +110,15 @@ def evaluate(
     ev = evaluate_file(
         file,
         store_dir=store.store_dir,
-        add_source=add_source_fn(store),
+        add_source=add_source_fn(store, protect),
         cache_dir=store.root / "eval-cache" if use_cache else None,
     )
     if ev.from_cache:
         # rooted first, then checked: a source GC deletes after the check would leave the
         # derivations written next referring to a path that is gone
         store.keep(sorted(ev.sources))
-        if not readd_sources(store.store_dir, ev.sources, store.is_valid, add_source_fn(store)):
-            return evaluate(store, file, attrs, use_cache=False)
+        if not readd_sources(store.store_dir, ev.sources, store.is_valid, add_source_fn(store, protect)):
+            return evaluate(store, file, attrs, use_cache=False, protect=protect)
     names = attrs or list(ev.attributes())
     if not names:
         raise KilnError(f"{file} defines no packages")
@@ -291,7 +292,7 @@ def _fetch_attestations(sub, regs: list[tuple[str, int]], store, paths: list[str
     """Bring the registries' attestations (provenance, SBOM, VSAs) of substituted paths
     along, each checked against the path's NAR hash. Attestations are evidence, not
     content: a registry without them, or with a bad one, costs a warning, not the build."""
-    from kiln.registry.attest_transfer import fetch_attestations
+    from kiln.registry.attest_fetch import fetch_attestations
 
     for url, _ in sorted(regs, key=lambda r: r[1]):
         try:

@@ -150,7 +150,8 @@ def build(store: LocalStore, args: argparse.Namespace) -> list:
     if drv is not None:
         ev, targets = None, drv_targets(store, [drv, *(_as_drv(store, a) or a for a in args.attrs)])
     else:
-        ev, targets = evaluate(store, args.file, args.attrs, use_cache=not args.no_cache)
+        protect = (args.sign_key,) if getattr(args, "sign_key", None) else ()
+        ev, targets = evaluate(store, args.file, args.attrs, use_cache=not args.no_cache, protect=protect)
     missing = [p for t in targets for p in t.outputs.values() if not store.is_valid(p)]
     if args.check and missing:
         # as Nix: --check compares with an existing output; a first build made by it

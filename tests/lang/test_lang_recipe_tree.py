@@ -195,3 +195,16 @@ def test_a_kilnignore_that_is_a_symlink_or_fifo_is_refused(tree: Path) -> None:
     os.mkfifo(tree / "src" / ".kilnignore")
     with pytest.raises(RecipeError, match="must be a regular file, not a symlink"):
         evaluate_file("r.recipe", add_source=_added()[1]).attributes()
+
+
+def test_the_key_sign_key_names_is_refused_inside_the_tree(tree: Path) -> None:
+    """``kiln build --sign-key ci/sign.sec``: the key is as out of reach as
+    ``$KILN_SIGN_KEY``'s (the refusal comes at evaluation, before any build)."""
+    home = tree / "home"
+    (tree / "ci").mkdir()
+    key = str(tree / "ci" / "sign.sec")
+    assert run_kiln(["key", "generate", "ci", "-o", key], cwd=tree, home=home).returncode == 0
+    (tree / "r.recipe").write_text('package p { build = "${path "./ci"}" }\n')
+    r = run_kiln(["build", "--no-cache", "--sign-key", key, "r.recipe", "p"], cwd=tree, home=home)
+    assert r.returncode == 1 and "holds the signing key" in r.stderr, r.stderr
+    assert not any("sign" in p.name for p in (home / "kiln" / "store").iterdir())
