@@ -88,8 +88,10 @@ def env_text(v: object, node: ast.Node, field: str, ctx: set) -> str:
     )
 
 
-#: ``Evaluator.instances`` value of a variant whose evaluation went too deep
+#: ``Evaluator.instances`` value of a variant whose evaluation went too deep when
+#: reached at most ``SHALLOW`` variants down (so from any binding it would)
 TOO_DEEP = object()
+SHALLOW = 4
 
 
 def instantiate(ev: Evaluator, fn: PackageFn, args: dict, call: ast.Node) -> DrvValue:
@@ -125,13 +127,16 @@ def instantiate(ev: Evaluator, fn: PackageFn, args: dict, call: ast.Node) -> Drv
         chain = " → ".join([*(n for n, _ in ev.stack), pkg.name])
         raise InfiniteRecursion(f"package '{pkg.name}' depends on itself: {chain}", call.src, call.pos)
     ev.instances[key] = False
+    depth = len(ev.stack)
     ev.stack.append((pkg.name, pkg))
     try:
         value = _compile(ev, fn, pkg, params)
     except RecursionError:
-        # remembered (the key is there already: no memory is taken while unwinding),
-        # so every other binding using this variant fails at once instead of recursing
-        # as deep again; a depth kiln's 400,000-frame limit allows is not a recipe's
+        if depth > SHALLOW:
+            del ev.instances[key]  # reached deep: it may be finite, from higher up
+            raise
+        # reached near the top, it fails from anywhere: remembered, so every other
+        # binding using it fails at once instead of recursing as deep again
         ev.instances[key] = TOO_DEEP
         raise
     except BaseException:

@@ -4,6 +4,7 @@ strings, a non-UTF-8 .kilnignore, records nested in ${...}, leading zeros."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from pathlib import Path
@@ -528,3 +529,18 @@ def test_a_runaway_variant_costs_its_depth_once(tmp_path):
         with pytest.raises(E.InfiniteRecursion):
             ev.select(f"u{i}")
     assert time.monotonic() - t < 3 * one + 2, (time.monotonic() - t, one)
+
+
+def test_a_finite_chain_first_reached_too_deep_evaluates_from_the_top(tmp_path):
+    """Only a variant that went too deep when reached near the top is remembered as a
+    failure: ``b``'s finite chain, first reached at the bottom of ``a``'s, overflowed
+    there but fits from the top, and ``b`` must still evaluate."""
+    _write(
+        tmp_path / "r.recipe",
+        'package a(m = 0) { build = if m == 20000 then "${b}" else "${a(m = m + 1)}" }\n'
+        'package b(n = 0) { build = if n == 30000 then "leaf" else "${b(n = n + 1)}" }\n',
+    )
+    ev = _evaluate_within(300, "r.recipe")  # (a fails here, at this machine's depth)
+    with contextlib.suppress(E.InfiniteRecursion):
+        ev.select("a")
+    assert ev.select("b")[1].name == "b"
