@@ -137,8 +137,7 @@ def run_forwarding_signals(argv: list[str], env: dict[str, str], through_bwrap: 
     the host's ``env --default-signal``, except one kiln itself was started with ignored
     (``nohup``). Without such an ``env`` bwrap is not shielded. A signal kiln gets while
     bwrap is still starting (a terminal's too: it reached only bwrap and ``env``) is held
-    until the program runs with it at its default (``_started``), for up to ``HOLD``
-    seconds; after that it is sent anyway (the program ignores it on purpose).
+    until the program has been exec'd (``_starting``), for up to ``HOLD`` seconds.
     A signal sent to the whole group by a process (``kill -- -PGID``, a service manager's
     stop) reaches the program directly and is passed on too: it sees it twice."""
     import signal
@@ -171,11 +170,12 @@ def run_forwarding_signals(argv: list[str], env: dict[str, str], through_bwrap: 
             if (
                 info is not None
                 and info.si_signo != signal.SIGCHLD
-                and (info.si_code != _SI_KERNEL or not _started(child.pid, info.si_signo, through_bwrap))
+                and (info.si_code != _SI_KERNEL or _starting(child.pid, tool, through_bwrap))
             ):
                 held.setdefault(info.si_signo, time.monotonic())
             for sig, since in list(held.items()):
-                if _pass_on(child.pid, sig, through_bwrap, time.monotonic() - since >= HOLD):
+                if time.monotonic() - since >= HOLD or not _starting(child.pid, tool, through_bwrap):
+                    _pass_on(child.pid, sig, through_bwrap)
                     del held[sig]
         # what came after the program ended (its own ^C, say) is not kiln's to act on
         while signal.sigtimedwait(waited, 0) is not None:
@@ -209,38 +209,34 @@ def _env_with_default_signal(hidden: list[str]) -> str | None:
     return None
 
 
-def _started(child: int, sig: int, through_bwrap: bool) -> bool:
-    """Whether the program ``child`` runs is running with ``sig`` at its default: bwrap
-    has a child and it no longer ignores ``sig`` (``env`` has reset it)."""
+def _starting(child: int, tool: str | None, through_bwrap: bool) -> bool:
+    """Whether the program ``child`` (bwrap) is to run has not been exec'd yet: bwrap has
+    no child, or its child is still bwrap (setting up) or the host's ``env`` ``tool``
+    (resetting signals). Judged by what runs, not by what is ignored: a program may
+    ignore a signal for a while on purpose (``system()``, ``git commit`` around an
+    editor), and a terminal's signal it ignored so must not reach it again later."""
     if not through_bwrap:
-        return True
-    pids = _program_pids(child)
-    return pids != [child] and not any(_ignores(p, sig) for p in pids)
-
-
-def _pass_on(child: int, sig: int, through_bwrap: bool, late: bool) -> bool:
-    """Send ``sig`` to the program ``child`` runs (``child`` itself unless
-    ``through_bwrap``). Not yet (False) while it has not started (``_started``),
-    unless ``late``."""
-    if not late and not _started(child, sig, through_bwrap):
         return False
-    pids = _program_pids(child) if through_bwrap else [child]
-    for pid in pids:
+    kids = _program_pids(child)
+    if kids == [child]:
+        return True
+    starting = {"bwrap", os.path.basename(tool)[:15]} if tool else {"bwrap"}
+    for pid in kids:
+        try:
+            with open(f"/proc/{pid}/comm") as f:
+                if f.read().strip() in starting:
+                    return True
+        except OSError:
+            continue
+    return False
+
+
+def _pass_on(child: int, sig: int, through_bwrap: bool) -> None:
+    """Send ``sig`` to the program ``child`` runs (``child`` itself unless
+    ``through_bwrap``)."""
+    for pid in _program_pids(child) if through_bwrap else [child]:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
-    return True
-
-
-def _ignores(pid: int, sig: int) -> bool:
-    """Whether process ``pid`` ignores ``sig`` (its ``SigIgn`` mask); False if it is gone."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("SigIgn:"):
-                    return bool(int(line.split()[1], 16) >> (sig - 1) & 1)
-    except (OSError, ValueError):
-        pass
-    return False
 
 
 def _program_pids(bwrap_pid: int) -> list[int]:

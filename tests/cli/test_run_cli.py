@@ -399,6 +399,46 @@ def test_a_terminal_s_ctrl_c_while_bwrap_is_starting_is_not_lost(world: World, t
     assert os.waitstatus_to_exitcode(status) in (7, 130), text
 
 
+def test_a_ctrl_c_the_program_ignored_on_purpose_is_not_sent_again(world: World, tmp_path: Path) -> None:
+    """A program that ignores SIGINT for a while (``system()``, ``git commit`` around its
+    editor) got a terminal's ^C and ignored it; kiln, which held ^Cs for programs that
+    seemed not to have started (judged by what they ignored), sent it again once the
+    program restored its handler."""
+    import pty
+    import select
+    import time
+
+    pkg = tmp_path / "ignorer"
+    (pkg / "bin").mkdir(parents=True)
+    (pkg / "bin" / "ign").write_text(
+        "#!/bin/sh\ntrap '' INT\necho ready\nsleep 2\ntrap 'echo got INT; exit 9' INT\n"
+        "echo restored\nsleep 2\necho survived\n"
+    )
+    (pkg / "bin" / "ign").chmod(0o755)
+    assert world.kiln("store", "add", str(pkg), "--add-root", "ignorer").returncode == 0
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.execvpe(sys.executable, [sys.executable, "-m", "kiln", "run", "ignorer", "--", "ign"], world.env)
+    out, end, sent = b"", time.monotonic() + 60, False
+    while time.monotonic() < end:
+        if not select.select([fd], [], [], 1)[0]:
+            continue
+        try:
+            chunk = os.read(fd, 1024)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+        if b"ready" in out and not sent:
+            os.write(fd, b"\x03")
+            sent = True
+    _, status = os.waitpid(pid, 0)
+    text = out.decode(errors="replace")
+    assert "survived" in text and "got INT" not in text, text
+    assert os.waitstatus_to_exitcode(status) == 0, text
+
+
 def test_a_package_s_own_env_does_not_stand_in_for_the_host_s(world: World, tmp_path: Path) -> None:
     """kiln run resets signals with the host's ``env --default-signal``; a package that
     ships a ``bin/env`` (busybox-style) came first on PATH and failed every run."""
