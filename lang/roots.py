@@ -11,8 +11,8 @@ store paths on other machines.
 
 Rule
 ----
-The *recipe tree* is the nearest directory holding a ``.kilnroot`` file at or above the
-entry file (the recipe named on the command line, symlinks resolved), else that file's
+The *recipe tree* is the nearest directory holding a ``.kilnroot`` file (a regular
+file, owned by the user running kiln or root) at or above the entry file (the recipe named on the command line, symlinks resolved), else that file's
 directory; ``KILN_RECIPE_ROOT`` replaces it (a directory above a shared ``lib/`` of
 recipes, say). Not the git work tree: a ``.git`` above an unpacked tarball (a dotfiles
 repository in ``$HOME``, a stray ``/tmp/.git``) would hand the tarball's recipes the
@@ -45,12 +45,26 @@ def recipe_root(entry: str, override: str | None = None) -> str:
     top = os.path.dirname(entry)
     d = top
     while True:
-        if os.path.isfile(os.path.join(d, MARKER)):
+        if _is_marker(os.path.join(d, MARKER)):
             return d
         parent = os.path.dirname(d)
         if parent == d:
             return top
         d = parent
+
+
+def _is_marker(path: str) -> bool:
+    """A ``MARKER`` counts if it is a regular file (not a symlink) owned by the user
+    running kiln or by root: one another user left in a shared directory above (a
+    ``/tmp/.kilnroot``) must not widen everyone's tree (git's ``safe.directory`` is for
+    the same case)."""
+    import stat
+
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISREG(st.st_mode) and st.st_uid in (os.geteuid(), 0)
 
 
 def inside(root: str, real: str) -> bool:

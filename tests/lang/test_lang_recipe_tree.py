@@ -208,3 +208,19 @@ def test_the_key_sign_key_names_is_refused_inside_the_tree(tree: Path) -> None:
     r = run_kiln(["build", "--no-cache", "--sign-key", key, "r.recipe", "p"], cwd=tree, home=home)
     assert r.returncode == 1 and "holds the signing key" in r.stderr, r.stderr
     assert not any("sign" in p.name for p in (home / "kiln" / "store").iterdir())
+
+
+def test_a_marker_that_is_a_symlink_or_another_user_s_does_not_count(tree: Path) -> None:
+    """A ``.kilnroot`` another user left in a shared directory above (``/tmp``) must not
+    widen the tree of every recipe below it; nor a symlink named so."""
+    (tree / "r.recipe").write_text('package p { build = "${path "../secret/key"}" }\n')
+    (tree.parent / ".kilnroot").symlink_to(tree / "r.recipe")
+    with pytest.raises(RecipeError, match=f"leads outside the recipe tree {tree} "):
+        evaluate_file("r.recipe", add_source=_added()[1]).attributes()
+    (tree.parent / ".kilnroot").unlink()
+    (tree.parent / ".kilnroot").write_text("")
+    assert "p" in evaluate_file("r.recipe", add_source=_added()[1]).attributes()  # ours: counts
+    if os.geteuid() == 0:  # (only root can give a file to another user)
+        os.chown(tree.parent / ".kilnroot", 12345, 12345)
+        with pytest.raises(RecipeError, match=f"leads outside the recipe tree {tree} "):
+            evaluate_file("r.recipe", add_source=_added()[1]).attributes()
