@@ -252,6 +252,19 @@ def _trapper(world: World, tmp_path: Path) -> None:
     assert world.kiln("store", "add", str(pkg), "--add-root", "trapper2").returncode == 0
 
 
+def _run_trapper(world: World, tmp_path: Path) -> subprocess.Popen:
+    """``kiln run`` of ``_trapper``'s package in a session of its own, output piped."""
+    _trapper(world, tmp_path)
+    return subprocess.Popen(
+        [sys.executable, "-m", "kiln", "run", "trapper2", "--", "trap"],
+        env=world.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
 def test_a_terminal_s_ctrl_c_reaches_the_program_once(world: World, tmp_path: Path) -> None:
     """^C on a terminal goes to the whole foreground group, bwrap included: bwrap, which
     would die of it and take the program down, ignores it, and kiln does not pass it on
@@ -293,15 +306,7 @@ def test_a_sigterm_lets_the_program_clean_up_and_kiln_exits_with_its_status(
     exits with the program's status (it exited 143)."""
     import signal
 
-    _trapper(world, tmp_path)
-    p = subprocess.Popen(
-        [sys.executable, "-m", "kiln", "run", "trapper2", "--", "trap"],
-        env=world.env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    p = _run_trapper(world, tmp_path)
     assert line_within(p.stdout, 60) == "ready\n"
     if to == "kiln":
         p.send_signal(signal.SIGTERM)
@@ -318,15 +323,7 @@ def test_a_sigterm_while_bwrap_is_starting_is_held_for_the_program(world: World,
     import signal
     import time
 
-    _trapper(world, tmp_path)
-    p = subprocess.Popen(
-        [sys.executable, "-m", "kiln", "run", "trapper2", "--", "trap"],
-        env=world.env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    p = _run_trapper(world, tmp_path)
     children = Path(f"/proc/{p.pid}/task/{p.pid}/children")
 
     def bwrap_started() -> bool:  # (kiln runs other children first: probes of env and bwrap)

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import asyncio
 
-from regkit import kiln, make_store
-from test_attestations import Setup, provenance
+from regkit import kiln
+from test_attestations import Setup, provenance, store_with_paths
 
 from kiln.registry import layout
 from kiln.registry.attest_fetch import fetch_attestations
@@ -76,10 +76,7 @@ def test_a_forged_future_dated_local_one_gives_way_to_a_trusted_one(
     checked signers) takes the genuine one: an untrusted claim of time pins nothing."""
     s = Setup(tmp_path, keys, kiln_server)
     s.push(s.app)
-    other = make_store(tmp_path / "other")
-    for p in (s.dep, s.app):
-        with open(s.store.object_path(p), "rb") as f:
-            other.import_object(s.store.query(p), f)
+    other = store_with_paths(s, tmp_path / "other")
     attestations.write(other, s.app, "provenance", _forged(s, other_keys.sk))
 
     async def fetch(trusted) -> int:  # noqa: ANN001
@@ -94,10 +91,7 @@ def test_a_forged_future_dated_local_one_gives_way_to_a_trusted_one(
     assert asyncio.run(fetch([keys.pk])) == 0
     assert attestations.read(other, s.app, "provenance") == newer
     # nothing trusted: nothing stored
-    fresh = make_store(tmp_path / "fresh")
-    for p in (s.dep, s.app):
-        with open(s.store.object_path(p), "rb") as f:
-            fresh.import_object(s.store.query(p), f)
+    fresh = store_with_paths(s, tmp_path / "fresh")
 
     async def fetch_fresh() -> int:
         async with HttpClient(s.url) as c:

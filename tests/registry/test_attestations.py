@@ -21,6 +21,7 @@ from kiln.registry.attest_fetch import fetch_attestations
 from kiln.registry.httpclient import HttpClient
 from kiln.store import attestations, intoto
 from kiln.store.dsse import Ed25519Signer, Envelope
+from kiln.store.localstore import LocalStore
 from kiln.store.paths import StorePath
 
 
@@ -289,13 +290,19 @@ def test_mirror_sync_carries_attestations(tmp_path, keys, kiln_server) -> None:
     assert not (tmp_path / "m2" / f"{s.hp(s.app)}.att").exists()
 
 
-def test_fetch_attestations_into_a_store(tmp_path, keys, kiln_server) -> None:
-    s = Setup(tmp_path, keys, kiln_server)
-    s.push(s.app)
-    other = make_store(tmp_path / "other")
+def store_with_paths(s: Setup, root: Path) -> LocalStore:
+    """A new store at ``root`` holding ``s.dep`` and ``s.app`` (no attestations)."""
+    other = make_store(root)
     for p in (s.dep, s.app):
         with open(s.store.object_path(p), "rb") as f:
             other.import_object(s.store.query(p), f)
+    return other
+
+
+def test_fetch_attestations_into_a_store(tmp_path, keys, kiln_server) -> None:
+    s = Setup(tmp_path, keys, kiln_server)
+    s.push(s.app)
+    other = store_with_paths(s, tmp_path / "other")
 
     async def run() -> int:
         async with HttpClient(s.url) as c:
