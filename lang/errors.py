@@ -74,8 +74,9 @@ class RecipeError(KilnError):
         terminal."""
         if self.src is None:
             return self.message.translate(_VISIBLE_TEXT)
+        name = self.src.name.translate(_VISIBLE)  # (a newline in a file's name too)
         if self.pos is None:
-            return f"{self.src.name}: {self.message}".translate(_VISIBLE_TEXT)
+            return f"{name}: {self.message.translate(_VISIBLE_TEXT)}"
         line, col = self.src.line_col(self.pos)
         # one visible character per control character (a lone CR would garble the
         # terminal line, an escape sequence act on it), so the caret stays aligned
@@ -89,7 +90,7 @@ class RecipeError(KilnError):
             at = at - start + len(head)
         gutter = f"{line:>5} | "
         caret = " " * (len(gutter) - 2) + "| " + " " * at + "^"
-        head = f"{self.src.name}:{line}:{col}: {self.message}".translate(_VISIBLE_TEXT)
+        head = f"{name}:{line}:{col}: {self.message.translate(_VISIBLE_TEXT)}"
         return f"{head}\n{gutter}{code}\n{caret}"
 
 

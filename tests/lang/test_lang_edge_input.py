@@ -496,6 +496,12 @@ def test_a_file_name_with_escape_sequences_is_shown_not_sent(tmp_path):
         evaluate_file("r.recipe").attributes()
     text = str(info.value)
     assert "PWNED" in text and not any(ord(c) < 32 and c not in "\n" for c in text), repr(text)
+    # a newline in the name would add a line that looks like kiln's own
+    _write(tmp_path / "y\nerror: all good.recipe", "let x = (\n")
+    _write(tmp_path / "s.recipe", 'import "y\nerror: all good.recipe"\n')
+    with pytest.raises(RecipeError) as info:
+        evaluate_file("s.recipe").attributes()
+    assert str(info.value).splitlines()[0].startswith("y\u240aerror: all good.recipe:2:1: "), str(info.value)
 
 
 def test_a_url_with_a_c1_control_character_is_refused(tmp_path):
