@@ -16,6 +16,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -265,31 +266,62 @@ def _run_trapper(world: World, tmp_path: Path) -> subprocess.Popen:
     )
 
 
+def _kiln_run_on_a_pty(world: World, root: str, program: str) -> tuple[int, int]:
+    """``kiln run ROOT -- PROGRAM`` on a new pseudo-terminal (the terminal's foreground
+    group); (its pid, the terminal's master side)."""
+    import pty
+
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: kiln on the pty's terminal
+        os.execvpe(sys.executable, [sys.executable, "-m", "kiln", "run", root, "--", program], world.env)
+    return pid, fd
+
+
+def _read_until_closed(
+    fd: int, seconds: float, react: Callable[[bytes], None] | None = None
+) -> tuple[bytes, bool]:
+    """What the terminal ``fd`` shows until its other side closes or ``seconds`` pass
+    (a program that lost a signal sleeps on); ``react(output so far)`` after each read.
+    Returns (output, whether it closed)."""
+    import select
+    import time
+
+    out, end = b"", time.monotonic() + seconds
+    while time.monotonic() < end:
+        if not select.select([fd], [], [], 1)[0]:
+            continue
+        try:
+            chunk = os.read(fd, 1024)
+        except OSError:  # EIO: the terminal's other side closed
+            return out, True
+        if not chunk:
+            return out, True
+        out += chunk
+        if react is not None:
+            react(out)
+    return out, False
+
+
+def _ctrl_c_once_ready(fd: int) -> Callable[[bytes], None]:
+    """A ``react`` for ``_read_until_closed``: type ^C on terminal ``fd`` once the
+    program has printed "ready" (the kernel signals the terminal's foreground group)."""
+    sent: list[bool] = []
+
+    def react(out: bytes) -> None:
+        if b"ready" in out and not sent:
+            os.write(fd, b"\x03")
+            sent.append(True)
+
+    return react
+
+
 def test_a_terminal_s_ctrl_c_reaches_the_program_once(world: World, tmp_path: Path) -> None:
     """^C on a terminal goes to the whole foreground group, bwrap included: bwrap, which
     would die of it and take the program down, ignores it, and kiln does not pass it on
     a second time."""
-    import pty
-    import time
-
     _trapper(world, tmp_path)
-    pid, fd = pty.fork()
-    if pid == 0:  # the child: kiln on the pty's terminal
-        os.execvpe(sys.executable, [sys.executable, "-m", "kiln", "run", "trapper2", "--", "trap"], world.env)
-    out = b""
-    deadline = time.monotonic() + 60
-    while b"ready" not in out:
-        assert time.monotonic() < deadline, out
-        out += os.read(fd, 1024)
-    os.write(fd, b"\x03")  # ^C: the kernel signals the terminal's foreground group
-    while True:
-        try:
-            chunk = os.read(fd, 1024)
-        except OSError:  # EIO: the terminal's other side closed
-            break
-        if not chunk:
-            break
-        out += chunk
+    pid, fd = _kiln_run_on_a_pty(world, "trapper2", "trap")
+    out, _ = _read_until_closed(fd, 60, _ctrl_c_once_ready(fd))
     _, status = os.waitpid(pid, 0)
     text = out.decode(errors="replace")
     assert "got 1" in text and "got 2" not in text and "cleaned up" in text, text
@@ -355,14 +387,10 @@ def test_a_terminal_s_ctrl_c_while_bwrap_is_starting_is_not_lost(world: World, t
     """^C as soon as bwrap exists: the kernel signalled the terminal's group, but the
     program was not running yet (bwrap and ``env`` ignore it), so kiln, which leaves a
     terminal's signals to the program, must hold it for the program: it ran on."""
-    import pty
-    import select
     import time
 
     _trapper(world, tmp_path)
-    pid, fd = pty.fork()
-    if pid == 0:
-        os.execvpe(sys.executable, [sys.executable, "-m", "kiln", "run", "trapper2", "--", "trap"], world.env)
+    pid, fd = _kiln_run_on_a_pty(world, "trapper2", "trap")
 
     def comms() -> list[str]:
         """The command names of kiln's children ([] once they are gone)."""
@@ -377,18 +405,8 @@ def test_a_terminal_s_ctrl_c_while_bwrap_is_starting_is_not_lost(world: World, t
     while "bwrap" not in comms():
         assert time.monotonic() < deadline
     os.write(fd, b"\x03")
-    out, end = b"", time.monotonic() + 30
-    while time.monotonic() < end:
-        if not select.select([fd], [], [], 1)[0]:
-            continue  # (the program sleeps on, waiting for a signal, when it was lost)
-        try:
-            chunk = os.read(fd, 1024)
-        except OSError:  # EIO: the terminal's other side closed
-            break
-        if not chunk:
-            break
-        out += chunk
-    else:
+    out, closed = _read_until_closed(fd, 30)
+    if not closed:
         os.killpg(os.getpgid(pid), 9)
     _, status = os.waitpid(pid, 0)
     text = out.decode(errors="replace")
@@ -401,10 +419,6 @@ def test_a_ctrl_c_the_program_ignored_on_purpose_is_not_sent_again(world: World,
     editor) got a terminal's ^C and ignored it; kiln, which held ^Cs for programs that
     seemed not to have started (judged by what they ignored), sent it again once the
     program restored its handler."""
-    import pty
-    import select
-    import time
-
     pkg = tmp_path / "ignorer"
     (pkg / "bin").mkdir(parents=True)
     (pkg / "bin" / "ign").write_text(
@@ -413,23 +427,8 @@ def test_a_ctrl_c_the_program_ignored_on_purpose_is_not_sent_again(world: World,
     )
     (pkg / "bin" / "ign").chmod(0o755)
     assert world.kiln("store", "add", str(pkg), "--add-root", "ignorer").returncode == 0
-    pid, fd = pty.fork()
-    if pid == 0:
-        os.execvpe(sys.executable, [sys.executable, "-m", "kiln", "run", "ignorer", "--", "ign"], world.env)
-    out, end, sent = b"", time.monotonic() + 60, False
-    while time.monotonic() < end:
-        if not select.select([fd], [], [], 1)[0]:
-            continue
-        try:
-            chunk = os.read(fd, 1024)
-        except OSError:
-            break
-        if not chunk:
-            break
-        out += chunk
-        if b"ready" in out and not sent:
-            os.write(fd, b"\x03")
-            sent = True
+    pid, fd = _kiln_run_on_a_pty(world, "ignorer", "ign")
+    out, _ = _read_until_closed(fd, 60, _ctrl_c_once_ready(fd))
     _, status = os.waitpid(pid, 0)
     text = out.decode(errors="replace")
     assert "survived" in text and "got INT" not in text, text
