@@ -4,7 +4,11 @@ in the current directory for ``HOST:PORT`` without a scheme."""
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import subprocess
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -13,6 +17,34 @@ from clikit import kiln_at
 
 def kiln(tmp: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return kiln_at(tmp, *args, env=env, cwd=tmp)
+
+
+#: (status, headers, body) for a GET request
+Answer = tuple[int, dict[str, str], bytes]
+
+
+@contextlib.contextmanager
+def serving(answer: Callable[[http.server.BaseHTTPRequestHandler], Answer]) -> Iterator[int]:
+    """A local HTTP server answering every GET with ``answer(request)``; yields its port."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            status, headers, body = answer(self)
+            self.send_response(status)
+            for k, v in {**headers, "Content-Length": str(len(body))}.items():
+                self.send_header(k, v)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a: object) -> None:
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        yield srv.server_address[1]
+    finally:
+        srv.shutdown()
 
 
 @pytest.fixture
@@ -69,63 +101,30 @@ def test_a_substituter_that_cannot_be_used_is_said_once(tmp_path: Path, path: st
 def test_a_web_server_that_is_not_a_binary_cache_is_said_so(tmp_path: Path, path: str) -> None:
     """A server answering every URL with a page (no StoreDir) was "registry store dir ''
     differs"; it is not a binary cache."""
-    import http.server
-    import threading
-
-    class Page(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
-            body = b"<html>hello</html>"
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *a: object) -> None:
-            pass
-
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{srv.server_address[1]}"
+    with serving(lambda rq: (200, {}, b"<html>hello</html>")) as port:
+        url = f"http://127.0.0.1:{port}"
         other = "/kiln/store/" + "1" * 32 + "-other"  # (path is valid here already: nothing to ask)
         r = kiln(tmp_path, "copy", "--from", url, "--to", "store", other)
         assert (
             r.returncode == 1 and "is not a binary cache (its nix-cache-info names no StoreDir)" in r.stderr
         ), r.stderr
-    finally:
-        srv.shutdown()
 
 
 def test_credentials_in_a_url_go_as_basic_auth_and_are_never_shown(tmp_path: Path, path: str) -> None:
     """A cache behind basic auth (``https://user:pw@host``) is read with those
     credentials; messages show the URL with ``***`` for the password."""
     import base64
-    import http.server
-    import threading
 
     want = "Basic " + base64.b64encode(b"alice:s3cret-pw").decode()
 
-    class Guarded(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
-            if self.headers.get("Authorization") != want:
-                self.send_response(401)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
-            body = b"StoreDir: /kiln/store\n" if self.path == "/nix-cache-info" else b""
-            self.send_response(200 if body else 404)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    def guarded(rq: http.server.BaseHTTPRequestHandler) -> Answer:
+        if rq.headers.get("Authorization") != want:
+            return 401, {}, b""
+        body = b"StoreDir: /kiln/store\n" if rq.path == "/nix-cache-info" else b""
+        return (200 if body else 404), {}, body
 
-        def log_message(self, *a: object) -> None:
-            pass
-
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Guarded)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
     other = "/kiln/store/" + "1" * 32 + "-other"
-    try:
-        port = srv.server_address[1]
+    with serving(guarded) as port:
         r = kiln(
             tmp_path, "copy", "--from", f"http://alice:s3cret-pw@127.0.0.1:{port}", "--to", "store", other
         )
@@ -139,57 +138,33 @@ def test_credentials_in_a_url_go_as_basic_auth_and_are_never_shown(tmp_path: Pat
         (tmp_path / "x.recipe").write_text('package x { build = "true" }\n')
         r = kiln(tmp_path, "build", "x.recipe", "--substituter", f"http://alice:wrong-pw@127.0.0.1:{port}")
         assert "wrong-pw" not in r.stderr, r.stderr
-    finally:
-        srv.shutdown()
 
 
 def test_basic_auth_is_not_sent_to_another_origin_on_a_redirect(tmp_path: Path) -> None:
     """A registry that redirects to a CDN must not hand it the user's password."""
     import asyncio
-    import http.server
-    import threading
 
     from kiln.registry.httpclient import HttpClient
 
     seen: list[str | None] = []
 
-    class Cdn(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
-            seen.append(self.headers.get("Authorization"))
-            self.send_response(200)
-            self.send_header("Content-Length", "2")
-            self.end_headers()
-            self.wfile.write(b"ok")
+    def cdn(rq: http.server.BaseHTTPRequestHandler) -> Answer:
+        seen.append(rq.headers.get("Authorization"))
+        return 200, {}, b"ok"
 
-        def log_message(self, *a: object) -> None:
-            pass
+    def origin(rq: http.server.BaseHTTPRequestHandler) -> Answer:
+        seen.append(rq.headers.get("Authorization"))
+        return 302, {"Location": f"http://127.0.0.1:{cdn_port}/blob"}, b""
 
-    cdn = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Cdn)
-
-    class Origin(Cdn):
-        def do_GET(self) -> None:  # noqa: N802
-            seen.append(self.headers.get("Authorization"))
-            self.send_response(302)
-            self.send_header("Location", f"http://127.0.0.1:{cdn.server_address[1]}/blob")
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-    origin = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Origin)
-    for srv in (cdn, origin):
-        threading.Thread(target=srv.serve_forever, daemon=True).start()
-
-    async def get() -> bytes | None:
-        c = HttpClient(f"http://alice:s3cret@127.0.0.1:{origin.server_address[1]}")
+    async def get(port: int) -> bytes | None:
+        c = HttpClient(f"http://alice:s3cret@127.0.0.1:{port}")
         try:
             return await c.get("nar/x")
         finally:
             await c.close()
 
-    try:
-        assert asyncio.run(get()) == b"ok"
-    finally:
-        cdn.shutdown()
-        origin.shutdown()
+    with serving(cdn) as cdn_port, serving(origin) as port:
+        assert asyncio.run(get(port)) == b"ok"
     assert seen[0] is not None and seen[0].startswith("Basic ") and seen[1] is None, seen
 
 
