@@ -173,10 +173,12 @@ def run_forwarding_signals(argv: list[str], env: dict[str, str], through_bwrap: 
                 and (info.si_code != _SI_KERNEL or _starting(child.pid, tool, through_bwrap))
             ):
                 held.setdefault(info.si_signo, time.monotonic())
-            for sig, since in list(held.items()):
-                if time.monotonic() - since >= HOLD or not _starting(child.pid, tool, through_bwrap):
-                    _pass_on(child.pid, sig, through_bwrap)
-                    del held[sig]
+            if held:
+                ready = not _starting(child.pid, tool, through_bwrap)
+                for sig, since in list(held.items()):
+                    if ready or time.monotonic() - since >= HOLD:
+                        _pass_on(child.pid, sig, through_bwrap)
+                        del held[sig]
         # what came after the program ended (its own ^C, say) is not kiln's to act on
         while signal.sigtimedwait(waited, 0) is not None:
             pass
