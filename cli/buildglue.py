@@ -57,6 +57,7 @@ def add_recipe_source(store: LocalStore, src: Path, name: str, protect: tuple[st
     repository), unless a ``.kilnignore`` leaves it out: a recipe must not be able to
     turn a signing key into a signed store path."""
     from kiln.lang.sources import make_filter
+    from kiln.store.treeplan import left_out
 
     from .common import default_home
 
@@ -69,13 +70,7 @@ def add_recipe_source(store: LocalStore, src: Path, name: str, protect: tuple[st
         if os.path.commonpath([real, key]) not in (real, key):
             continue
         if real != key and os.path.commonpath([real, key]) == real:  # above it: left out?
-            walked, parts = os.fspath(src), Path(os.path.relpath(key, real)).parts
-            for k, part in enumerate(parts):  # the filter sees paths spelled from ``src``
-                walked = os.path.join(walked, part)
-                kind = "directory" if k < len(parts) - 1 or os.path.isdir(key) else "regular"
-                if not keep(walked, kind):
-                    break
-            else:
+            if not left_out(src, real, key, keep, "directory" if os.path.isdir(key) else "regular"):
                 raise KilnError(
                     f"{src} holds the signing key or key directory {key}; a recipe may not take it"
                 )

@@ -42,6 +42,7 @@ from .pathadmit import admitted_sigs, check_ca, tree_content
 from .pathinfo import PathInfo
 from .paths import StorePath, check_name, make_source_path, make_text_path
 from .scratch import Scratch as _Scratch
+from .treeplan import left_out
 from .trees import move_into_place, restore_canonical
 
 
@@ -108,12 +109,8 @@ class Registering:
                     f"cannot add {src}: it contains the store's temp directory {copies}, where its copy "
                     "would be made (expected a file or directory outside the store)"
                 )
-            if filter is not None:
-                walked = str(src)  # the walker hands the filter paths spelled from ``src``
-                for part in Path(os.path.relpath(root, here)).parts:
-                    walked = os.path.join(walked, part)
-                    if not filter(walked, "directory"):
-                        return
+            if filter is not None and left_out(src, here, root, filter, "directory"):
+                return
             raise StoreError(
                 f"cannot add {src}: it contains the store root {root} (expected a file or directory "
                 "outside the store: its copy would be made inside the directory being copied)"

@@ -40,6 +40,19 @@ def list_dir(path: bytes, filter: PathFilter | None) -> list[tuple[bytes, os.sta
     return out
 
 
+def left_out(src: str | os.PathLike, real_src: str, below: str, filter: PathFilter, last_kind: str) -> bool:
+    """Whether walking the tree ``src`` (real path ``real_src``) down to ``below`` (a real
+    path under it), ``filter`` leaves out a component on the way. The walker hands the
+    filter paths spelled from ``src``; every component is a directory but the last,
+    which is ``last_kind``."""
+    walked, parts = os.fspath(src), os.path.relpath(below, real_src).split(os.sep)
+    for k, part in enumerate(parts):
+        walked = os.path.join(walked, part)
+        if not filter(walked, last_kind if k == len(parts) - 1 else "directory"):
+            return True
+    return False
+
+
 def unstorable(path: bytes, mode: int) -> StoreError:
     return StoreError(
         f"{os.fsdecode(path)}: is a {_kind_name(mode)}; a store path may contain only regular files, "
