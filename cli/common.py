@@ -27,18 +27,9 @@ if TYPE_CHECKING:
 
 def default_home_dir() -> str:
     """``KILN_HOME`` or ``~/.local/share/kiln`` (``$XDG_DATA_HOME/kiln`` if set)."""
-    env = os.environ.get("KILN_HOME")
-    if env:
-        return env
-    xdg = os.environ.get("XDG_DATA_HOME")
-    if xdg:
-        return os.path.join(xdg, "kiln")
-    home = os.path.expanduser("~")
-    if home.startswith("~"):  # no $HOME and no passwd entry: never fall back to ./~
-        from kiln.store.errors import KilnError
+    from kiln.store.home import kiln_home_dir
 
-        raise KilnError("cannot determine the home directory: set KILN_HOME or HOME, or pass --store")
-    return os.path.join(home, ".local", "share", "kiln")
+    return kiln_home_dir()
 
 
 def default_home() -> Path:

@@ -17,6 +17,7 @@ Invariants (``docs/security.md``, "Attestations in transit"):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 from collections.abc import Iterable
 from typing import Any
@@ -53,17 +54,14 @@ def _own_keys(store: Any) -> list[PublicKey]:
     ``kiln build`` signs with by default, and rotated ones) and in ``$KILN_HOME/keys``
     (``kiln key generate``'s, for ``--sign-key``). A path built here and signed with one
     of them keeps its newer local attestations."""
-    import os
     from pathlib import Path
 
+    from kiln.store.home import kiln_home_dir
     from kiln.store.keyfiles import load_public_key
 
     dirs = [Path(store.root) / "keys"] if getattr(store, "root", None) is not None else []
-    # kiln's home as the command line finds it (cli.common.default_home_dir)
-    home = os.environ.get("KILN_HOME") or os.path.join(
-        os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share"), "kiln"
-    )
-    dirs.append(Path(home) / "keys")
+    with contextlib.suppress(KilnError):  # (no home directory: the store's keys only)
+        dirs.append(Path(kiln_home_dir()) / "keys")
     out: list[PublicKey] = []
     for d in dirs:
         try:
