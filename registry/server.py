@@ -145,6 +145,10 @@ class Registry(WriteAPI):
                 return plain(507, f"error: the registry cannot store this: {e.strerror}")
             raise
 
+    def _not_found(self, key: str) -> web.Response:
+        """The 404 for ``key`` (shown escaped), cached for the negative TTL."""
+        return plain(404, f"not found: /{shown_key(key)}", **self._miss_headers)
+
     def _auth(self, request: web.BaseRequest, scope: str) -> None:
         if self.tokens is None:
             raise HTTPError(405, "this server is read-only (serving a store)")
@@ -172,7 +176,7 @@ class Registry(WriteAPI):
             raise HTTPError(404, f"no such endpoint: POST /{shown_key(key)}")
         kind, arg = layout.parse_key(key)
         if not kind:
-            return plain(404, f"not found: /{shown_key(key)}", **self._miss_headers)
+            return self._not_found(key)
         if method in ("GET", "HEAD"):
             return await self._get(request, key, kind, arg)
         if method == "PUT":
@@ -196,7 +200,7 @@ class Registry(WriteAPI):
             digest = layout.file_hash_of_key(kind, arg)
             path = self.source.object_file(digest)
             if path is None:
-                return plain(404, f"not found: /{shown_key(key)}", **self._miss_headers)
+                return self._not_found(key)
             etag = f"sha256:{digest.hex}"
             inm = request.headers.get(hdrs.IF_NONE_MATCH)
             if inm and etag in inm:
@@ -205,7 +209,7 @@ class Registry(WriteAPI):
             return DigestFile(path, etag, headers={"Cache-Control": IMMUTABLE, "Content-Type": ctype})
         path = self.source.file(key)
         if path is None:
-            return plain(404, f"not found: /{shown_key(key)}", **self._miss_headers)
+            return self._not_found(key)
         mutable = key in ("index/timestamp.json", "index/snapshot.json", "index/root.json")
         cc = "no-cache" if mutable else IMMUTABLE
         return RangeFile(
@@ -228,7 +232,7 @@ class Registry(WriteAPI):
             return web.Response(text=body, content_type="application/json", headers=headers)
         path = self.source.att_file(hash_part, att_kind)
         if path is None:
-            return plain(404, f"not found: /{shown_key(key)}", **self._miss_headers)
+            return self._not_found(key)
         return RangeFile(path, headers={**headers, "Content-Type": "application/vnd.dsse.envelope.v1+json"})
 
     async def _verify(self, request: web.BaseRequest) -> web.Response:
