@@ -307,6 +307,8 @@ def _cmd_gc(args) -> int:
         print(f"{t} (leftover working directory)")
     for k in r.kept:
         print(f"warning: kept {k}", file=sys.stderr)
+    for q in r.unread_quarantine:
+        print(f"warning: quarantine record unreadable, its references were not kept: {q}", file=sys.stderr)
     print(
         f"{verb} {len(r.deleted)} paths, {len(r.stray_trees)} unregistered trees, {r.objects_deleted} objects, "
         f"{len(r.tmp_dirs)} leftover working dirs: "

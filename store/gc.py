@@ -8,7 +8,10 @@ registrations hold the lock shared from their first temp file to their committed
    store - e.g. a ``result`` link - or a regular file holding a path) plus the temp
    roots of live processes (``locks.live_temp_roots``; files of dead processes are
    deleted);
-2. live = closure of the valid roots over the ``refs`` table;
+2. live = closure of the roots over the ``refs`` table and derivers, where a path
+   ``verify --repair`` quarantined counts by the references and deriver it recorded
+   (``quarantine``): while it is rooted or referenced and has no row, they are what
+   building or fetching it again needs;
 3. dead = valid paths not live. Their rows are deleted first, in one transaction (from
    then on they are merely garbage files: a crash here is harmless), then their trees
    (renamed into ``tmp/`` and removed) and their attestations
@@ -48,6 +51,7 @@ from .hashes import Hash
 from .locks import FileLock, left_by_dead_writer, live_temp_roots, remove_if_free
 from .mounts import MOUNTINFO, mounts_below, unmount_below
 from .paths import StorePath
+from .quarantine import recorded_closure_edges
 from .trees import remove_tree, tree_size
 
 _WRITER_TMP = re.compile(r"^(\d+-|gc-\d+-)")
@@ -71,6 +75,9 @@ class GcReport:
     tmp_dirs: tuple[str, ...] = ()
     #: leftover dirs kept, each with why: something is mounted there that GC cannot take down
     kept: tuple[str, ...] = ()
+    #: quarantine records (``quarantine``) that could not be read, each with why: what
+    #: those paths referenced was not kept alive for them
+    unread_quarantine: tuple[str, ...] = ()
 
 
 #: ``add_root``'s temporary link (``.<name>.<8 hex>``); present under the exclusive GC
@@ -146,17 +153,24 @@ def collect(store: LocalStore, dry_run: bool = False) -> GcReport:
         # a live output keeps the .drv that built it (Nix's keep-derivations, on by
         # default there too): ``kiln build --check``, rebuilders and ``kiln log`` need it
         derivers = db.derivers_map(store.conn)
+        # a quarantined path has no row but is still wanted while rooted or referenced:
+        # its recorded references and deriver are what building or fetching it again needs
+        quarantined, unread = recorded_closure_edges(store.root)
+        known = refs.keys() | quarantined.keys()
         live: set[str] = set()
-        stack = [r for r in roots if r in refs]
+        stack = [r for r in roots if r in known]
         while stack:
             p = stack.pop()
             if p in live:
                 continue
             live.add(p)
-            stack.extend(r for r in refs.get(p, ()) if r in refs and r not in live)
-            d = derivers.get(p)
-            if d is not None and d in refs and d not in live:
-                stack.append(d)
+            if p in refs:
+                nexts = list(refs[p])
+                if (d := derivers.get(p)) is not None:
+                    nexts.append(d)
+            else:
+                nexts = list(quarantined[p])
+            stack.extend(r for r in nexts if r in known and r not in live)
         dead = sorted(set(refs) - live)
 
         valid_bases = {p.rsplit("/", 1)[1] for p in refs}
@@ -212,6 +226,7 @@ def collect(store: LocalStore, dry_run: bool = False) -> GcReport:
             bytes_freed=freed,
             tmp_dirs=tuple(doomed_tmp),
             kept=tuple(kept),
+            unread_quarantine=tuple(unread),
         )
         if dry_run:
             return report

@@ -25,6 +25,7 @@ from .narsink import NarSink
 from .objects import object_rel_path, publish_object
 from .objread import read_object
 from .pathinfo import PathInfo
+from .quarantine import info_text
 from .trees import canonicalise, exchange, remove_tree
 from .verify import Problem, check_object
 
@@ -138,11 +139,8 @@ def _quarantine(store: LocalStore, info: PathInfo) -> Path:
     fsync_dir(dest.parent)  # the entry itself survives a power cut, as info.txt in it will
     # what was invalidated, written before invalidating: a repair killed in between must
     # not lose the path without a word (the next run finds it broken and starts over)
-    _write_durably(
-        dest / "info.txt",
-        f"path: {info.path}\nnar_hash: {info.nar_hash.to_nix32()}\nnar_size: {info.nar_size}\n"
-        f"file_hash: {info.file_hash.to_nix32() if info.file_hash else ''}\nreferences: {' '.join(info.references)}\n",
-    )
+    # (and what GC must keep alive while the path is wanted: ``quarantine``)
+    _write_durably(dest / "info.txt", info_text(info))
     db.delete(store.conn, [info.path])  # invalidate first, durably (see db.delete)
     att = store.root / "attestations" / sp.hash_part
     if att.is_dir():  # they describe content that is no longer in the store: kept aside

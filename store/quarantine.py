@@ -1,0 +1,78 @@
+"""The record ``verify --repair`` keeps of a path it quarantined, and what GC reads from it.
+
+A quarantine (``repair``) moves a path whose object and tree are both bad to
+``quarantine/<base>-<time>/`` and deletes its row. The row was the only record of the
+path's references and deriver, and the quarantined path is still wanted: a GC root may
+name it, valid paths may reference it, and the way back is to build or fetch it again,
+which needs its closure and its ``.drv``. So ``info.txt`` in that directory keeps them,
+and GC (``gc.collect``) keeps them alive for as long as the quarantined path itself is
+reachable (rooted, or referenced by a live path) and has no row of its own.
+
+Format of ``info.txt`` (written before the row is deleted, fsynced): ``key: value``
+lines, UTF-8; ``path``, ``nar_hash``, ``nar_size``, ``file_hash``, ``references`` (store
+paths separated by single spaces, possibly none), ``deriver`` (empty if none; absent in
+records made before it was kept), and possibly ``object copy: failed (...)`` appended
+later. Store paths cannot contain spaces or newlines (``paths.check_name``), so the
+format needs no quoting. Unknown keys are ignored; a record that cannot be read or has
+no ``path`` holds nothing alive (``recorded_closure_edges`` skips it, and says so).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .pathinfo import PathInfo
+
+
+def info_text(info: PathInfo) -> str:
+    """The ``info.txt`` of a quarantine of ``info``'s path."""
+    return (
+        f"path: {info.path}\nnar_hash: {info.nar_hash.to_nix32()}\nnar_size: {info.nar_size}\n"
+        f"file_hash: {info.file_hash.to_nix32() if info.file_hash else ''}\n"
+        f"references: {' '.join(info.references)}\nderiver: {info.deriver or ''}\n"
+    )
+
+
+def parse_info(text: str) -> tuple[str, tuple[str, ...]] | None:
+    """``(path, paths it keeps alive)`` of one ``info.txt`` (its references other than
+    itself, and its deriver), or None if it names no path."""
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(": ")
+        if sep and key not in fields:
+            fields[key] = value.strip()
+    path = fields.get("path", "")
+    if not path:
+        return None
+    keeps = [r for r in fields.get("references", "").split(" ") if r and r != path]
+    if fields.get("deriver"):
+        keeps.append(fields["deriver"])
+    return path, tuple(keeps)
+
+
+def recorded_closure_edges(root: Path) -> tuple[dict[str, frozenset[str]], list[str]]:
+    """For every path recorded under ``root/quarantine``: the paths it keeps alive (the
+    union over several quarantines of one path), and the records that could not be read
+    (each as ``<dir>: why``). Only reads; never raises for a bad record."""
+    edges: dict[str, set[str]] = {}
+    unreadable: list[str] = []
+    try:
+        entries = sorted(os.scandir(root / "quarantine"), key=lambda e: e.name)
+    except FileNotFoundError:
+        return {}, []
+    for e in entries:
+        if not e.is_dir(follow_symlinks=False):
+            continue
+        try:
+            with open(os.path.join(e.path, "info.txt"), "rb") as f:
+                parsed = parse_info(f.read(1 << 20).decode("utf-8", "replace"))
+        except OSError as err:
+            unreadable.append(f"{e.path}: {err.strerror or err}")
+            continue
+        if parsed is None:
+            unreadable.append(f"{e.path}: info.txt names no path")
+            continue
+        path, keeps = parsed
+        edges.setdefault(path, set()).update(keeps)
+    return {p: frozenset(k) for p, k in edges.items()}, unreadable
