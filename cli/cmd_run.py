@@ -152,6 +152,7 @@ def run_forwarding_signals(argv: list[str], env: dict[str, str], through_bwrap: 
         cut = argv.index("--") + 1
         argv = [*argv[:cut], tool, f"--default-signal={names}", *argv[cut:]]
     waited = [*sigs, signal.SIGCHLD]
+    starters = _identities(argv[0], tool) if through_bwrap else None
 
     def in_child() -> None:  # between fork and exec: what bwrap (or the program) starts with
         signal.pthread_sigmask(signal.SIG_UNBLOCK, waited)
@@ -170,11 +171,11 @@ def run_forwarding_signals(argv: list[str], env: dict[str, str], through_bwrap: 
             if (
                 info is not None
                 and info.si_signo != signal.SIGCHLD
-                and (info.si_code != _SI_KERNEL or _starting(child.pid, tool, through_bwrap))
+                and (info.si_code != _SI_KERNEL or _starting(child.pid, starters))
             ):
                 held.setdefault(info.si_signo, time.monotonic())
             if held:
-                ready = not _starting(child.pid, tool, through_bwrap)
+                ready = not _starting(child.pid, starters)
                 for sig, since in list(held.items()):
                     if ready or time.monotonic() - since >= HOLD:
                         _pass_on(child.pid, sig, through_bwrap)
@@ -211,26 +212,39 @@ def _env_with_default_signal(hidden: list[str]) -> str | None:
     return None
 
 
-def _starting(child: int, tool: str | None, through_bwrap: bool) -> bool:
+def _starting(child: int, starters: frozenset[tuple[int, int]] | None) -> bool:
     """Whether the program ``child`` (bwrap) is to run has not been exec'd yet: bwrap has
-    no child, or its child is still bwrap (setting up) or the host's ``env`` ``tool``
-    (resetting signals). Judged by what runs, not by what is ignored: a program may
-    ignore a signal for a while on purpose (``system()``, ``git commit`` around an
-    editor), and a terminal's signal it ignored so must not reach it again later."""
-    if not through_bwrap:
+    no child, or its child still runs one of ``starters`` (bwrap setting up, the host's
+    ``env`` resetting signals: ``_identities``); None when not run through bwrap. Judged
+    by the file each runs, not by its name (a program may be called ``env`` too), nor by
+    what it ignores: a program may ignore a signal for a while on purpose (``system()``,
+    ``git commit`` around an editor), and a terminal's signal it ignored so must not
+    reach it again later."""
+    if starters is None:
         return False
     kids = _program_pids(child)
     if kids == [child]:
         return True
-    starting = {"bwrap", os.path.basename(tool)[:15]} if tool else {"bwrap"}
     for pid in kids:
         try:
-            with open(f"/proc/{pid}/comm") as f:
-                if f.read().strip() in starting:
-                    return True
+            st = os.stat(f"/proc/{pid}/exe")  # the file it runs, whatever its name or mount
         except OSError:
-            continue
+            continue  # gone (then it is not starting), or a zombie
+        if (st.st_dev, st.st_ino) in starters:
+            return True
     return False
+
+
+def _identities(*paths: str | None) -> frozenset[tuple[int, int]]:
+    """``(device, inode)`` of each existing file of ``paths``."""
+    out = set()
+    for path in paths:
+        if path is None:
+            continue
+        with contextlib.suppress(OSError):
+            st = os.stat(path)
+            out.add((st.st_dev, st.st_ino))
+    return frozenset(out)
 
 
 def _pass_on(child: int, sig: int, through_bwrap: bool) -> None:

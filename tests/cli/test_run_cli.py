@@ -16,6 +16,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -447,3 +448,35 @@ def test_a_package_s_own_env_does_not_stand_in_for_the_host_s(world: World, tmp_
     assert world.kiln("store", "add", str(pkg), "--add-root", "envpkg").returncode == 0
     r = world.kiln("run", "envpkg", "--", "hello")
     assert r.returncode == 0 and r.stdout == "hello from envpkg\n", r.stderr
+
+
+@pytest.mark.parametrize("name", ["env", "bwrap"])
+def test_a_program_named_like_a_starter_gets_a_signal_at_once(
+    world: World, tmp_path: Path, name: str
+) -> None:
+    """Whether the program has started is judged by the file that runs, not its name: a
+    program called ``env`` or ``bwrap`` passed for kiln's own starters, so a SIGTERM sent
+    to kiln was held for it ``HOLD`` (10) seconds."""
+    import signal
+
+    pkg = tmp_path / f"named-{name}"
+    (pkg / "bin").mkdir(parents=True)
+    (pkg / "bin" / name).write_text(
+        "#!/bin/sh\ntrap 'echo got TERM; exit 7' TERM\necho ready\nwhile :; do sleep 0.1; done\n"
+    )
+    (pkg / "bin" / name).chmod(0o755)
+    assert world.kiln("store", "add", str(pkg), "--add-root", f"named-{name}").returncode == 0
+    p = subprocess.Popen(
+        [sys.executable, "-m", "kiln", "run", f"named-{name}", "--", name],
+        env=world.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    assert line_within(p.stdout, 60) == "ready\n"
+    sent = time.monotonic()
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=30)
+    assert out == "got TERM\n" and p.returncode == 7, (out, err, p.returncode)
+    assert time.monotonic() - sent < 5, "the signal was held as if the program were still starting"
