@@ -90,7 +90,11 @@ class Checking:
                 diff = (
                     ""
                     if h == info.nar_hash
-                    else shown_output(describe_differences(self.store.real_path(o.path), produced[name][0]))
+                    else shown_output(
+                        describe_differences(
+                            self.store.real_path(o.path), produced[name][0], deadline=deadline
+                        )
+                    )
                 )
                 out.append(OutputComparison(name, o.path, info.nar_hash, h, diff))
             if not all(c.identical for c in out):

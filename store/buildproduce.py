@@ -10,6 +10,7 @@ build loop and ``--check`` (``buildcheck``) both produce through it."""
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import stat
@@ -17,12 +18,14 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 
 from .buildlogs import TerminalSafe, shown_output
 from .derivation import Derivation
 from .errors import KilnError
+from .nar_restore import write_all
 from .paths import StorePath
 from .refscan import ScanStopped, scan
 from .trees import open_up
@@ -138,20 +141,20 @@ class Producing:
                     + self._kept(tmp, drv),
                 )
             open_up(tree)  # a chmod 000 directory must not stop the scan (as a non-root user)
-            _unshare_inode(tree)
             stop = getattr(self, "_stop", None)  # the build loop's: a cancelled build stops scanning
 
             def stopped(stop: threading.Event | None = stop) -> bool:
                 return (stop is not None and stop.is_set()) or overdue(deadline)
 
             try:
+                step = "copy (it was hard-linked)"
+                _unshare_inode(tree, stopped)
+                step = "scan for references"
                 res = scan(tree, by_hash, drv.store_dir, stopped)
             except ScanStopped:
                 if not overdue(deadline):
                     raise  # cancelled
-                raise BuildError(
-                    drv_path, output_too_slow(drv_path, self.opts.timeout, "scan for references")
-                ) from None
+                raise BuildError(drv_path, output_too_slow(drv_path, self.opts.timeout, step)) from None
             if res.stray:
                 # (file names are the build's: escaped as its log is)
                 shown = "\n".join(
@@ -255,15 +258,55 @@ def _tail(path: Path, lines: int = 25) -> str:
     return "\n".join("  " + line for line in kept[-lines:]) or "  (empty log)"
 
 
-def _unshare_inode(tree: Path) -> None:
+def _unshare_inode(tree: Path, stopped: Callable[[], bool]) -> None:
     """An output that is a file hard-linked elsewhere (``ln $out $dev``) gets an inode of
     its own: two outputs sharing one would change each other's metadata while being
-    registered, and a store path must not share an inode with anything it does not own."""
+    registered, and a store path must not share an inode with anything it does not own.
+    The copy keeps holes holes (a sparse file of terabytes is quick to make: copied
+    byte for byte it filled the disk), and asks ``stopped()`` per MiB of data, raising
+    ``ScanStopped`` (a build's ``--timeout`` covers it)."""
     st = os.lstat(tree)
     if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
-        tmp = tree.with_name(tree.name + ".unshared")
-        shutil.copy2(tree, tmp)
-        os.replace(tmp, tree)
+        # beside it in the scratch store dir, under a name no store path can have
+        fd, tmp = tempfile.mkstemp(prefix=".unshare-", dir=tree.parent)
+        try:
+            with open(tree, "rb") as src, open(fd, "wb") as dst:
+                _copy_data(src.fileno(), dst.fileno(), st.st_size, stopped)
+            shutil.copystat(tree, tmp)
+            os.replace(tmp, tree)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+
+
+def _copy_data(src: int, dst: int, size: int, stopped: Callable[[], bool]) -> None:
+    """Copy the ``size`` bytes of ``src`` to the empty ``dst``, writing only its data
+    extents (``SEEK_DATA``/``SEEK_HOLE``; where those are not supported the whole file
+    counts as data), then setting the length: what ``src`` has as holes reads back as
+    zeros from ``dst`` too."""
+    pos = 0
+    while pos < size:
+        try:
+            start = os.lseek(src, pos, os.SEEK_DATA)
+            end = min(os.lseek(src, start, os.SEEK_HOLE), size)
+        except OSError as e:
+            if e.errno == errno.ENXIO:  # no data past pos: the rest is a hole
+                break
+            if e.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
+                raise
+            start, end = pos, size
+        os.lseek(src, start, os.SEEK_SET)
+        os.lseek(dst, start, os.SEEK_SET)
+        while start < end:
+            chunk = os.read(src, min(1 << 20, end - start))
+            if not chunk:  # the file shrank: the rest reads as zeros
+                return os.ftruncate(dst, size)
+            write_all(dst, chunk)
+            start += len(chunk)
+            if stopped():
+                raise ScanStopped("copying the output was stopped")
+        pos = end
+    os.ftruncate(dst, size)
 
 
 def keep_failed(tmp: Path, tmp_root: Path, name: str) -> str:

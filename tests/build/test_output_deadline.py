@@ -115,3 +115,48 @@ def test_a_check_stops_hashing_its_rebuild_at_the_deadline(tmp_path):
     from kiln.store import nar
 
     assert h == nar.hash_path(tree)[0]
+
+
+def test_a_huge_hard_linked_output_is_unshared_keeping_its_holes_then_times_out(store, graph):
+    """A file output hard-linked to another output is copied (``_unshare_inode``): copied
+    byte for byte, outside the deadline, a sparse terabyte filled the disk."""
+    a, ad = graph.drv(
+        "sparse-linked", "busybox truncate -s 1099511627776 $out; ln $out $dev", outputs=("out", "dev")
+    )
+    started = time.monotonic()
+    p = subprocess.run(
+        [sys.executable, "-m", "kiln", "build", "--no-substitute", "--timeout", "3", a],
+        env=dict(os.environ, KILN_HOME=str(store.root)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert p.returncode == 1, p.stderr
+    assert "timed out: its output took too long to scan for references" in p.stderr, p.stderr
+    assert time.monotonic() - started < 60
+    assert not store.is_valid(ad.output_path()) and not store.is_valid(ad.output_path("dev"))
+
+
+def test_unsharing_an_inode_copies_data_not_holes_and_stops_when_told(tmp_path):
+    from kiln.store.buildproduce import _unshare_inode
+    from kiln.store.refscan import ScanStopped
+
+    out = tmp_path / "out"
+    with open(out, "wb") as f:
+        f.write(b"head")
+        f.seek(5 << 30)
+        f.write(b"middle" * 400_000)  # 2.4 MB of data: the stop is asked per MiB
+        f.truncate(1 << 40)
+    os.chmod(out, 0o751)
+    os.link(out, tmp_path / "dev")
+    with pytest.raises(ScanStopped):
+        _unshare_inode(out, lambda: True)
+    assert os.stat(out).st_nlink == 2 and sorted(os.listdir(tmp_path)) == ["dev", "out"]  # nothing left over
+    _unshare_inode(out, lambda: False)
+    st = os.stat(out)
+    assert st.st_nlink == 1 and st.st_size == 1 << 40 and st.st_blocks * 512 < 16 << 20
+    assert os.stat(tmp_path / "dev").st_nlink == 1 and st.st_mode & 0o777 == 0o751
+    with open(out, "rb") as f:
+        assert f.read(4) == b"head" and f.read(10) == bytes(10)
+        f.seek(5 << 30)
+        assert f.read(2_400_000) == b"middle" * 400_000 and f.read(10) == bytes(10)
