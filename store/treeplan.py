@@ -21,6 +21,7 @@ import resource
 import stat
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 from .errors import StoreError
 from .objects import CANON_MTIME
@@ -44,8 +45,10 @@ def left_out(src: str | os.PathLike, real_src: str, below: str, filter: PathFilt
     """Whether walking the tree ``src`` (real path ``real_src``) down to ``below`` (a real
     path under it), ``filter`` leaves out a component on the way. The walker hands the
     filter paths spelled from ``src``; every component is a directory but the last,
-    which is ``last_kind``."""
-    walked, parts = os.fspath(src), os.path.relpath(below, real_src).split(os.sep)
+    which is ``last_kind``. ``below`` being ``real_src`` itself leaves nothing out: the
+    filter never judges the top of the walk."""
+    walked = os.fspath(src)
+    parts = Path(os.path.relpath(below, real_src)).parts  # () for src itself (str.split gave ".")
     for k, part in enumerate(parts):
         walked = os.path.join(walked, part)
         if not filter(walked, last_kind if k == len(parts) - 1 else "directory"):

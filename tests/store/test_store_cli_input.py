@@ -47,6 +47,20 @@ def test_add_path_refuses_its_own_root(tmp_path):
         assert s.all_paths() == []
 
 
+def test_the_store_root_itself_is_refused_whatever_its_filter_leaves_out(tmp_path):
+    """The filter never judges the top of a walk: a ``.kilnignore`` of ``.*`` in the
+    store root used to match the root's own ``.`` and let the store copy itself into its
+    tmp/ until the names grew too long."""
+    from kiln.lang.sources import make_filter
+
+    root = tmp_path / "st"
+    with LocalStore.open(root, create=True) as s:
+        (root / ".kilnignore").write_text(".*\nkeys\n")
+        with pytest.raises(StoreError, match="contains the store root"):
+            s.add_path(root, name="x", filter=make_filter(root))
+        assert s.all_paths() == []
+
+
 def test_a_missing_source_is_named_as_text(tmp_path):
     missing = tmp_path / "missing"
     r = kiln("store", "add", "--store", str(tmp_path / "st"), str(missing))
