@@ -16,6 +16,8 @@ Steps of one ``kiln build FILE ATTR...``:
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import sys
 from dataclasses import dataclass
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
     from kiln.lang import Evaluation
     from kiln.store.localstore import LocalStore
     from kiln.store.signing import SecretKey
+    from kiln.store.treeplan import PathFilter
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,43 +53,67 @@ def add_source_fn(store: LocalStore, protect: tuple[str, ...] = ()) -> Callable[
 
 
 def add_recipe_source(store: LocalStore, src: Path, name: str, protect: tuple[str, ...] = ()) -> str:
-    """Add a recipe's ``path`` source ``src`` to ``store``; its store path. A source in
-    or around a key directory (the store's ``keys/``, ``$KILN_HOME/keys``) or the key
-    ``$KILN_SIGN_KEY`` names, or any in ``protect`` (``--sign-key``), is refused, even
-    where it lies inside the recipe tree (a project's ``.kiln``, a CI key in the
-    repository), unless a ``.kilnignore`` leaves it out: a recipe must not be able to
-    turn a signing key into a signed store path."""
+    """Add a recipe's ``path`` source ``src`` to ``store`` (once ``check_recipe_source``
+    lets it); its store path."""
+    from kiln.lang.sources import make_filter
+
+    keep = make_filter(src)
+    check_recipe_source(store, src, protect, keep)
+    return store.add_path(src, name, filter=keep).path
+
+
+def check_recipe_source(
+    store: LocalStore, src: Path, protect: tuple[str, ...] = (), keep: PathFilter | None = None
+) -> None:
+    """Refuse (``KilnError``) a ``path`` source in or around a key directory (the store's
+    ``keys/``, ``$KILN_HOME/keys``) or the key ``$KILN_SIGN_KEY`` names, or any in
+    ``protect`` (``--sign-key``), even where it lies inside the recipe tree (a project's
+    ``.kiln``, a CI key in the repository), unless a ``.kilnignore`` leaves it out
+    (``keep``: ``src``'s filter, made here if not given): a recipe must not be able to
+    turn a signing key into a signed store path. Asked of every source, cached
+    evaluations' too (``readd_sources``): the key may have been named after the
+    evaluation was cached."""
     from kiln.lang.sources import make_filter
     from kiln.store.treeplan import left_out
 
     from .common import default_home
 
-    keep = make_filter(src)
     parent, base = os.path.split(os.path.abspath(src))
     real = os.path.join(os.path.realpath(parent), base)
-    secret = [os.path.realpath(store.root / "keys"), os.path.realpath(default_home() / "keys")]
+    secret = [os.path.realpath(store.root / "keys")]
+    with contextlib.suppress(KilnError):  # no home directory (nor KILN_HOME): no keys there
+        secret.append(os.path.realpath(default_home() / "keys"))
     secret += [os.path.realpath(k) for k in (os.environ.get("KILN_SIGN_KEY"), *protect) if k]
     for key in sorted(set(secret)):
         if os.path.commonpath([real, key]) not in (real, key):
             continue
         if real != key and os.path.commonpath([real, key]) == real:  # above it: left out?
+            if keep is None:
+                keep = make_filter(src)
             if not left_out(src, real, key, keep, "directory" if os.path.isdir(key) else "regular"):
                 raise KilnError(
                     f"{src} holds the signing key or key directory {key}; a recipe may not take it"
                 )
             continue
         raise KilnError(f"{src} is the signing key or in the key directory {key}; a recipe may not take it")
-    return store.add_path(src, name, filter=keep).path
 
 
 def readd_sources(
-    store_dir: str, sources: dict[str, str], is_valid: Callable[[str], bool], add: Callable[[Path, str], str]
+    store_dir: str,
+    sources: dict[str, str],
+    is_valid: Callable[[str], bool],
+    add: Callable[[Path, str], str],
+    check: Callable[[Path], None] | None = None,
 ) -> bool:
-    """After a cache hit: add again every cached source that is no longer valid (GC'd).
-    False if one comes back as another path: the source changed in a way its
-    fingerprint missed, and the cached evaluation must not be used."""
+    """After a cache hit: ``check`` every cached source's origin (it raises to refuse
+    one), then add again every cached source that is no longer valid (GC'd). False if
+    one comes back as another path: the source changed in a way its fingerprint missed,
+    and the cached evaluation must not be used."""
     from kiln.store.paths import StorePath
 
+    if check is not None:
+        for origin in sorted(set(sources.values())):
+            check(Path(origin))
     for sp, origin in sorted(sources.items()):
         if not is_valid(sp) and add(Path(origin), StorePath.parse(sp, store_dir).name) != sp:
             return False
@@ -112,7 +139,10 @@ def evaluate(
         # rooted first, then checked: a source GC deletes after the check would leave the
         # derivations written next referring to a path that is gone
         store.keep(sorted(ev.sources))
-        if not readd_sources(store.store_dir, ev.sources, store.is_valid, add_source_fn(store, protect)):
+        check = functools.partial(check_recipe_source, store, protect=protect)
+        if not readd_sources(
+            store.store_dir, ev.sources, store.is_valid, add_source_fn(store, protect), check
+        ):
             return evaluate(store, file, attrs, use_cache=False, protect=protect)
     names = attrs or list(ev.attributes())
     if not names:

@@ -141,11 +141,17 @@ class _Sources:
         False if the cached evaluation must not be used (see ``buildglue.readd_sources``)."""
         if not sources:
             return True
-        from kiln.buildglue import readd_sources
+        from kiln.buildglue import check_recipe_source, readd_sources
 
         store = self._open()
         store.keep(sorted(sources))  # rooted, then checked (see buildglue.evaluate)
-        return readd_sources(self.store_dir, sources, lambda sp: store.query(sp) is not None, self)
+        return readd_sources(
+            self.store_dir,
+            sources,
+            lambda sp: store.query(sp) is not None,
+            self,
+            lambda src: check_recipe_source(store, src),
+        )
 
 
 def _evaluate(args: argparse.Namespace):

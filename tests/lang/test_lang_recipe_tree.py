@@ -224,3 +224,35 @@ def test_a_marker_that_is_a_symlink_or_another_user_s_does_not_count(tree: Path)
         os.chown(tree.parent / ".kilnroot", 12345, 12345)
         with pytest.raises(RecipeError, match=f"leads outside the recipe tree {tree} "):
             evaluate_file("r.recipe", add_source=_added()[1]).attributes()
+
+
+def test_a_key_named_after_the_evaluation_was_cached_is_refused_too(tree: Path) -> None:
+    """A cache hit re-adds only sources that are gone: the key check ran only inside
+    that re-add, so ``--sign-key`` or ``$KILN_SIGN_KEY`` naming a key a cached
+    evaluation's source holds went unnoticed."""
+    home = tree / "home"
+    (tree / "ci").mkdir()
+    key = str(tree / "ci" / "sign.sec")
+    assert run_kiln(["key", "generate", "ci", "-o", key], cwd=tree, home=home).returncode == 0
+    (tree / "r.recipe").write_text('package p { build = "${path "./ci"}" }\n')
+    assert run_kiln(["eval", "r.recipe"], cwd=tree, home=home).returncode == 0  # cached, key unnamed
+    r = run_kiln(["build", "--sign-key", key, "r.recipe", "p"], cwd=tree, home=home)
+    assert r.returncode == 1 and "holds the signing key" in r.stderr, r.stderr
+    r = run_kiln(["eval", "r.recipe"], cwd=tree, home=home, env_extra={"KILN_SIGN_KEY": key})
+    assert r.returncode == 1 and "holds the signing key" in r.stderr, r.stderr
+
+
+def test_path_sources_need_no_home_directory_when_the_store_is_given(
+    tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without a home directory (no ``HOME``, no passwd entry: ``~`` stays ``~``) and no
+    ``KILN_HOME``, a store given with ``--store`` still takes path sources (the home's
+    key directory, which does not exist then, was looked up first and failed)."""
+    from kiln.buildglue import add_recipe_source
+    from kiln.store.localstore import LocalStore
+
+    for var in ("KILN_HOME", "XDG_DATA_HOME", "HOME", "KILN_SIGN_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(os.path, "expanduser", lambda p: p)
+    with LocalStore.open(tree / "st", create=True) as store:
+        assert add_recipe_source(store, tree / "src", "src").endswith("-src")
