@@ -153,6 +153,7 @@ def run_forwarding_signals(argv: list[str], env: dict[str, str], through_bwrap: 
         argv = [*argv[:cut], tool, f"--default-signal={names}", *argv[cut:]]
     waited = [*sigs, signal.SIGCHLD]
     starters = _identities(argv[0], tool) if through_bwrap else None
+    names = frozenset(os.path.basename(p)[:15] for p in (argv[0], tool) if p)  # (comm: 15 bytes)
 
     def in_child() -> None:  # between fork and exec: what bwrap (or the program) starts with
         signal.pthread_sigmask(signal.SIG_UNBLOCK, waited)
@@ -171,11 +172,11 @@ def run_forwarding_signals(argv: list[str], env: dict[str, str], through_bwrap: 
             if (
                 info is not None
                 and info.si_signo != signal.SIGCHLD
-                and (info.si_code != _SI_KERNEL or _starting(child.pid, starters))
+                and (info.si_code != _SI_KERNEL or _starting(child.pid, starters, names))
             ):
                 held.setdefault(info.si_signo, time.monotonic())
             if held:
-                ready = not _starting(child.pid, starters)
+                ready = not _starting(child.pid, starters, names)
                 for sig, since in list(held.items()):
                     if ready or time.monotonic() - since >= HOLD:
                         _pass_on(child.pid, sig, through_bwrap)
@@ -212,11 +213,14 @@ def _env_with_default_signal(hidden: list[str]) -> str | None:
     return None
 
 
-def _starting(child: int, starters: frozenset[tuple[int, int]] | None) -> bool:
+def _starting(
+    child: int, starters: frozenset[tuple[int, int]] | None, starter_names: frozenset[str] = frozenset()
+) -> bool:
     """Whether the program ``child`` (bwrap) is to run has not been exec'd yet: bwrap has
     no child, or its child still runs one of ``starters`` (bwrap setting up, the host's
     ``env`` resetting signals: ``_identities``); None when not run through bwrap. Judged
-    by the file each runs, not by its name (a program may be called ``env`` too), nor by
+    by the file each runs, not by its name (a program may be called ``env`` too; only
+    a process kiln may not inspect is judged by its name, ``starter_names``), nor by
     what it ignores: a program may ignore a signal for a while on purpose (``system()``,
     ``git commit`` around an editor), and a terminal's signal it ignored so must not
     reach it again later."""
@@ -228,11 +232,26 @@ def _starting(child: int, starters: frozenset[tuple[int, int]] | None) -> bool:
     for pid in kids:
         try:
             st = os.stat(f"/proc/{pid}/exe")  # the file it runs, whatever its name or mount
+        except PermissionError:
+            # not ours to look into (a setuid bwrap setting up; a program that made itself
+            # undumpable, as ssh-agent does): judged by its name then
+            if _comm(pid) in starter_names:
+                return True
+            continue
         except OSError:
             continue  # gone (then it is not starting), or a zombie
         if (st.st_dev, st.st_ino) in starters:
             return True
     return False
+
+
+def _comm(pid: int) -> str | None:
+    """The process name of ``pid`` (``/proc/PID/comm``), None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return None
 
 
 def _identities(*paths: str | None) -> frozenset[tuple[int, int]]:

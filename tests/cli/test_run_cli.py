@@ -480,3 +480,36 @@ def test_a_program_named_like_a_starter_gets_a_signal_at_once(
     out, err = p.communicate(timeout=30)
     assert out == "got TERM\n" and p.returncode == 7, (out, err, p.returncode)
     assert time.monotonic() - sent < 5, "the signal was held as if the program were still starting"
+
+
+def test_a_starter_kiln_may_not_inspect_is_judged_by_its_name(tmp_path: Path, monkeypatch) -> None:
+    """A setuid bwrap's processes are not the user's to inspect (``/proc/PID/exe`` is
+    EACCES): judged by the file they run, they passed for the program, and a signal
+    sent while bwrap was setting up went to bwrap. Then the name decides."""
+    from kiln import cmd_run
+
+    real_stat = os.stat
+
+    def setuid_like(path, *a, **kw):  # noqa: ANN001, ANN202 - os.stat's signature
+        if str(path).startswith("/proc/") and str(path).endswith("/exe"):
+            raise PermissionError(13, "Permission denied", path)
+        return real_stat(path, *a, **kw)
+
+    for name, starting in (("bwrap", True), ("program", False)):
+        exe = tmp_path / name
+        shutil.copy("/bin/sleep", exe)
+        parent = subprocess.Popen(["/bin/sh", "-c", f"{exe} 30; :"])  # (so the child is not exec'd in place)
+        try:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:  # the child forked and exec'd (not still "sh")
+                kids = cmd_run._program_pids(parent.pid)
+                if kids != [parent.pid] and cmd_run._comm(kids[0]) == name:
+                    break
+                time.sleep(0.01)
+            monkeypatch.setattr(cmd_run.os, "stat", setuid_like)
+            assert cmd_run._starting(parent.pid, frozenset(), frozenset({"bwrap", "env"})) is starting
+            monkeypatch.undo()
+        finally:
+            parent.kill()
+            subprocess.run(["pkill", "-f", str(exe)], check=False)
+            parent.wait()
