@@ -17,7 +17,6 @@ Invariants (``docs/security.md``, "Attestations in transit"):
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sys
 from collections.abc import Iterable
 from typing import Any
@@ -50,30 +49,12 @@ def _trusted_by(data: bytes, kind: str, base: str, nar_hex: str, keys: list[Publ
 
 
 def _own_keys(store: Any) -> list[PublicKey]:
-    """The store's own keys: every ``*.pub`` in its ``keys/`` (``default.pub``, what
-    ``kiln build`` signs with by default, and rotated ones) and in ``$KILN_HOME/keys``
-    (``kiln key generate``'s, for ``--sign-key``). A path built here and signed with one
-    of them keeps its newer local attestations."""
-    from pathlib import Path
+    """The store's own keys (``pathadmit.local_keys``: its ``keys/`` and
+    ``$KILN_HOME/keys``). A path built here and signed with one of them keeps its newer
+    local attestations."""
+    from kiln.store.pathadmit import local_keys
 
-    from kiln.store.home import kiln_home_dir
-    from kiln.store.keyfiles import load_public_key
-
-    dirs = [Path(store.root) / "keys"] if getattr(store, "root", None) is not None else []
-    with contextlib.suppress(KilnError):  # (no home directory: the store's keys only)
-        dirs.append(Path(kiln_home_dir()) / "keys")
-    out: list[PublicKey] = []
-    for d in dirs:
-        try:
-            pubs = sorted(d.glob("*.pub"))
-        except OSError:
-            continue
-        for pub in pubs:
-            try:
-                out.append(load_public_key(pub))
-            except (KilnError, OSError):
-                continue
-    return out
+    return local_keys(getattr(store, "root", None))
 
 
 async def fetch_attestations(

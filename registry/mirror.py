@@ -14,6 +14,19 @@ Small blobs (up to 1 MiB) travel a few hundred per ``POST /blob-batch`` where th
 is a kiln server, each verified the same way as it arrives; big ones (and all of them
 from other servers) one request each; ``jobs`` requests at a time.
 
+Content addresses: a narinfo's ``CA:`` is not covered by its signature, so the
+source (or whoever wrote into it) could have set a false one; every fetched narinfo
+that has one is judged against its object exactly as an upload or an import is
+(``verify.ca_refusal``, the store's ``pathadmit.ca_problem``), from the digests taken
+while its blob streamed in (a flat or text claim needs no second read). A false or
+unjudgeable claim is *refused*, as an upload refuses it (400) and an import refuses the
+path: that path fails and so does the sync, naming it and what the claim expects. The
+CA cannot be dropped or replaced here instead, as a registry does when an honest
+narinfo arrives (``admitca.merged_ca``): the mirror republishes the source's signed
+index verbatim, which pins each narinfo's sha256, so an edited narinfo would not verify
+for the mirror's clients. The cure is upstream: an honest ``kiln push`` repairs the
+source's narinfo, its next index lists that, and the next sync goes through.
+
 Attestations: the signed index lists, per path, the sha256 of each attestation file
 (``<h>.att/<kind>.dsse.json``). Every listed file DST lacks (or holds in another version)
 is fetched and must hash to that sha256 — so attestations are covered by the index
@@ -45,6 +58,7 @@ from kiln.store.signing import PublicKey
 
 from . import index as ix
 from . import layout
+from .admitca import nar_chunks
 from .attest_transfer import check_envelope, listing, rebuild_listing
 from .backends import DirSource
 from .client import Client, open_client
@@ -52,7 +66,7 @@ from .dirlock import MIRROR_LOCK, dir_lock
 from .progress import Progress
 from .storage import FileStorage
 from .substitute import batchable, batches
-from .verify import check_narinfo, expect_info, verified_bytes, verifier_for
+from .verify import ca_refusal, check_narinfo, expect_info, verified_bytes, verifier_for
 
 STATE_KEY = ".kiln/mirror-state.json"
 
@@ -245,6 +259,10 @@ async def _sync_locked(
             failed[i.path] = str(r)
         else:
             fetched_bytes += r
+    loop = asyncio.get_running_loop()
+    claims = [i for i in infos.values() if i.ca and i.path not in failed]
+    if claims:  # (off the loop: an object that came some other way is hashed again)
+        failed.update(await loop.run_in_executor(None, _false_cas, dst, claims))
     atts = await _fetch_attestations(client, dst, paths, texts, failed, sem)
     if failed:
         lines = "\n".join(f"  {p}: {why}" for p, why in sorted(failed.items())[:20])
@@ -254,7 +272,6 @@ async def _sync_locked(
         )
     # Durability in three barriers instead of an fsync per file: blobs, then the
     # narinfos that point at them, then the index that lists them.
-    loop = asyncio.get_running_loop()
     await loop.run_in_executor(None, dst.storage.barrier)
     for h in infos:
         dst.storage.put_bytes(layout.narinfo_key(h), texts[h].encode(), durable=False)
@@ -276,6 +293,31 @@ async def _sync_locked(
         fetched_bytes,
         sum(len(k) for k in atts.values()),
     )
+
+
+def _false_cas(dst: DirSource, infos: list[ni.NarInfo]) -> dict[str, str]:
+    """``{path: why}`` for each of ``infos`` (narinfos with a ``CA:``, whose objects DST
+    now holds) whose claim is not true of its object (see the module docstring). The
+    digests are those remembered when the object was fetched and verified; an object
+    DST held already is hashed again and must match the narinfo first, as a judgement
+    of the wrong bytes would be worthless."""
+    out: dict[str, str] = {}
+    for i in infos:
+        fh = i.file_hash
+        assert fh is not None  # (``check_narinfo``)
+        got = dst.object_digests(fh)
+        if got is None:
+            out[i.path] = f"{i.url} is not in the mirror after its transfer (deleted meanwhile?)"
+            continue
+        try:
+            expect_info(i, got)
+        except KilnError as e:
+            out[i.path] = f"the mirror's copy of {i.url} does not match the narinfo: {e}"
+            continue
+        why = ca_refusal(i, got, lambda fh=fh: nar_chunks(dst.storage, fh))
+        if why:
+            out[i.path] = f"refusing its CA: {why}"
+    return out
 
 
 async def _fetch_attestations(

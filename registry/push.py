@@ -272,11 +272,13 @@ def _other_ca(text: str, ca: str | None) -> bool:
     """Whether the published narinfo ``text`` states another ``CA:`` than ``ca`` (the
     store's, checked when it came in): the narinfo is sent again and the registry
     replaces a false one (``admitca``). A store without a CA has nothing to correct
-    with (the registry keeps a true one: sending it again would never settle)."""
+    with (the registry keeps a true one: sending it again would never settle). Every
+    ``CA:`` line counts: a second one, even beside ours, makes the narinfo unparseable,
+    which the registry repairs the same way."""
     if not ca:
         return False
-    published = next((line[4:].strip() for line in text.splitlines() if line.startswith("CA: ")), "")
-    return published != ca
+    published = [line[4:].strip() for line in text.splitlines() if line.startswith("CA: ")]
+    return published != [ca]
 
 
 def _family(key_name: str) -> str:

@@ -16,7 +16,8 @@
   restoring, then the unsigned ``CA:`` against the content (``pathadmit.check_ca``);
   nothing is registered on mismatch. The signatures kept are ``pathadmit.keep_sigs``'s:
   well-formed, each once, valid by a trusted key (when there are trusted keys), at most
-  64, with a warning naming what was dropped.
+  64 (over that, ones valid by the store's own keys first), with a warning naming what
+  was dropped.
 - ``fetch_many(store, infos)`` does the same for many paths: small objects in batches
   (``POST /blob-batch``: one round trip for up to 256 paths, in import order), big
   ones one request each, ``jobs`` requests at a time, while one importer thread feeds
@@ -313,6 +314,7 @@ class Substituter:
         sem = asyncio.Semaphore(self.jobs)
         prog = Progress("fetch", len(infos), sum(i.file_size or 0 for i in infos), self.progress)
         by_path = {i.path: i for i in infos}
+        root = getattr(store, "root", None)  # (its keys/: see ``pathadmit.keep_sigs``)
         loop = asyncio.get_running_loop()
         # A level's paths only reference earlier levels: this order is dependencies first.
         order = [p for level in levels(by_path) for p in level]  # type: ignore[arg-type]
@@ -348,8 +350,9 @@ class Substituter:
             for p in order:
                 f = results[p].result()
                 with f:
-                    # junk Sig: lines (unsigned, unbounded) must not reach the database
-                    yield admitted_sigs(by_path[p].to_pathinfo(), self.trusted), f
+                    # junk Sig: lines (unsigned, unbounded) must not reach the database;
+                    # over the limit, ones by this store's own keys are kept first
+                    yield admitted_sigs(by_path[p].to_pathinfo(), self.trusted, root), f
                 prog.add(1)
 
         try:

@@ -10,11 +10,11 @@ Invariants:
 
 - ``ca_problem`` is the one judge of a ``ca`` claim, for every place one is checked:
   ``kiln store verify`` (``verify``), import into a local store (``importbatch``,
-  ``Registering.import_nar``/``import_object``), a registry's upload admission and
-  ``kiln registry verify`` (``registry.verify.ca_refusal``). It follows Nix: the claimed
-  hash must be the content's hash by the claimed method (``LocalStore::addToStore``,
-  "ca hash mismatch") and the store path must be the one the claim implies
-  (``makeFixedOutputPathFromCA``, which ``copyStorePath`` asserts):
+  ``Registering.import_nar``/``import_object``), a registry's upload admission, mirror
+  sync and ``kiln registry verify`` (``registry.verify.ca_refusal``). It follows Nix:
+  the claimed hash must be the content's hash by the claimed method
+  (``LocalStore::addToStore``, "ca hash mismatch") and the store path must be the one
+  the claim implies (``makeFixedOutputPathFromCA``, which ``copyStorePath`` asserts):
 
   - ``fixed:r:<algo>:X``: X is the hash of the NAR (for sha256: the NarHash); the path
     is the source path of X with the references (``self`` for a self-reference), or,
@@ -30,12 +30,20 @@ Invariants:
 - ``keep_sigs`` is the one filter of imported signature lists (copy, substitution,
   ``import_*``): only well-formed signatures, each once, with trusted keys only valid
   ones by them, at most ``MAX_SIGS``. A registry cannot grow a store's database without
-  bound by serving junk ``Sig:`` lines.
+  bound by serving junk ``Sig:`` lines. Nor can whoever wrote a path's ``Sig:`` lines
+  first crowd out a genuine signature listed after theirs: over the limit, which ones
+  are kept is decided by what can be checked, not by their order — first every
+  signature valid by a key known here (``local_keys``: the store's own keys and
+  ``$KILN_HOME/keys``), then those by names no such key has, last those naming a
+  known key but not valid by it (forged, or another key of the same name); within a
+  rank, and in what is kept, the order they came in. Signatures by keys unknown here
+  cannot be told from junk, so among them the limit is first come, first kept.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import errno
 import hashlib
@@ -44,7 +52,7 @@ import stat
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from . import nar
 from .errors import FormatError, KilnError
@@ -52,6 +60,9 @@ from .hashes import Hash
 from .nar_read import HDR_CONTENTS, HDR_REGULAR, HDR_ROOT, TOK_CLOSE
 from .pathinfo import PathInfo
 from .paths import StorePath, make_fixed_output_path, make_source_path, make_store_path
+
+if TYPE_CHECKING:  # (imported where used: kiln imports lazily for start-up time)
+    from .signing import PublicKey
 
 #: ``(algo, recursive)`` -> the content's hash by that method: of its NAR (recursive), or
 #: of the one non-executable regular file it is (flat; None when it is not one)
@@ -243,24 +254,26 @@ def well_formed_sig(sig: str) -> bool:
         return False
 
 
-def keep_sigs(info: _P, trusted: Iterable[object] | None = None) -> tuple[_P, str]:
-    """``info`` with only the signatures worth keeping (see the module docstring), the
-    first ``MAX_SIGS`` in their order, and a one-line warning saying what was dropped
+def keep_sigs(
+    info: _P, trusted: Iterable[PublicKey] | None = None, store_root: Path | None = None
+) -> tuple[_P, str]:
+    """``info`` with only the signatures worth keeping (see the module docstring), at
+    most ``MAX_SIGS`` in their order, and a one-line warning saying what was dropped
     ("" when nothing was). ``trusted``: ``PublicKey``s; when non-empty, only valid
-    signatures by them are kept."""
-    from .signing import valid_signers
-
+    signatures by them are kept. Otherwise, only when more than ``MAX_SIGS`` remain,
+    those valid by ``local_keys(store_root)`` are kept first (the keys are read then,
+    so the common case reads no file)."""
     keys = list(trusted or [])
     seen = dict.fromkeys(s for s in info.sigs if well_formed_sig(s))
     good = list(seen)
     if keys:
-        names = {k.name for k in keys}  # type: ignore[attr-defined]
-        good = [
-            s
-            for s in good
-            if s.partition(":")[0] in names and valid_signers(dataclasses.replace(info, sigs=(s,)), keys)  # type: ignore[arg-type]
-        ]
-    kept = tuple(good[:MAX_SIGS])
+        good = [s for s in good if _rank(info, s, keys) == 0]
+    if len(good) > MAX_SIGS:
+        known = keys or local_keys(store_root)
+        chosen = set(sorted(good, key=lambda s: _rank(info, s, known))[:MAX_SIGS])  # (stable)
+        kept = tuple(s for s in good if s in chosen)
+    else:
+        kept = tuple(good)
     if kept == info.sigs:
         return info, ""
     parts = []
@@ -274,9 +287,46 @@ def keep_sigs(info: _P, trusted: Iterable[object] | None = None) -> tuple[_P, st
     return dataclasses.replace(info, sigs=kept), why
 
 
-def admitted_sigs(info: _P, trusted: Iterable[object] | None = None) -> _P:
+def _rank(info: PathInfo, sig: str, keys: list[PublicKey]) -> int:
+    """0: ``sig`` is valid by one of ``keys``; 1: no key of its name is among them;
+    2: it names one of them but is not valid by it."""
+    from .signing import valid_signers
+
+    name = sig.partition(":")[0]
+    if not any(k.name == name for k in keys):
+        return 1
+    return 0 if valid_signers(dataclasses.replace(info, sigs=(sig,)), keys) else 2
+
+
+def local_keys(store_root: Path | None = None) -> list[PublicKey]:
+    """The ``PublicKey``s of this machine's own signers: every readable ``*.pub`` in the
+    store's ``keys/`` (``default.pub``, what ``kiln build`` signs with by default, and
+    rotated ones) when ``store_root`` is given, and in ``$KILN_HOME/keys`` (``kiln key
+    generate``'s, for ``--sign-key``; the default store's own). A file that is not a
+    public key is skipped: it proves nothing either way."""
+    from .home import kiln_home_dir
+    from .keyfiles import load_public_key
+
+    dirs = [Path(store_root) / "keys"] if store_root is not None else []
+    with contextlib.suppress(KilnError):  # (no home directory: the store's keys only)
+        dirs.append(Path(kiln_home_dir()) / "keys")
+    out: list[PublicKey] = []
+    for d in dict.fromkeys(os.path.realpath(x) for x in dirs):
+        try:
+            pubs = sorted(Path(d).glob("*.pub"))
+        except OSError:
+            continue
+        for pub in pubs:
+            try:
+                out.append(load_public_key(pub))
+            except (KilnError, OSError):
+                continue
+    return out
+
+
+def admitted_sigs(info: _P, trusted: Iterable[PublicKey] | None = None, store_root: Path | None = None) -> _P:
     """``keep_sigs``, saying on stderr what it dropped (every importer calls this)."""
-    kept, why = keep_sigs(info, trusted)
+    kept, why = keep_sigs(info, trusted, store_root)
     if why:
         print(f"warning: {why}", file=sys.stderr)
     return kept

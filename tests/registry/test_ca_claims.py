@@ -207,3 +207,23 @@ def test_registry_verify_delete_bad_keeps_the_object_of_a_false_ca(tmp_path, key
     assert not (s.reg / f"{s.hp(s.a)}.narinfo").exists()
     assert (s.reg / layout.nar_key(s.store.query(s.a).file_hash)).exists()  # its bytes were fine
     assert (s.reg / f"{s.hp(s.b)}.narinfo").exists()
+
+
+def test_an_honest_push_repairs_a_published_unparseable_ca(tmp_path, keys, kiln_server) -> None:
+    """A published ``CA:`` line that does not parse at all is repaired by a push the way a
+    false but well-formed one is (``admitca.published``): the narinfo is sent
+    again for its CA and the registry replaces the line with the checked one."""
+    s = Setup(tmp_path, keys, kiln_server)
+    s.push(s.a, s.b)
+    true_ca = s.store.query(s.a).ca
+    for junk in ("fixed:r:sha256:not-a-hash", "sha256:abc", f"{true_ca}\nCA: {s.lie()}"):
+        s.plant(s.a, true_ca)
+        f = s.reg / f"{s.hp(s.a)}.narinfo"
+        f.write_text(f.read_text().replace(f"CA: {true_ca}\n", f"CA: {junk}\n"))
+        out = s.push(s.a)
+        assert "pushed 0 of 1" in out, out
+        served = request(f"{s.url}/{s.hp(s.a)}.narinfo")[2].decode()
+        assert served.count("CA: ") == 1 and f"CA: {true_ca}\n" in served, (junk, served)
+        ni.parse(served, s.store.store_dir)
+    r = kiln("registry", "verify", "--dir", str(s.reg))
+    assert r.returncode == 0, r.stdout + r.stderr
