@@ -50,8 +50,19 @@ class SourceText:
 
 #: the most characters of a source line an error shows (around the column)
 EXCERPT = 120
-#: C0 controls as their Unicode control pictures (U+2400...), DEL as U+2421, C1 as "?"
-_VISIBLE = {c: 0x2400 + c for c in range(32)} | {127: 0x2421} | {c: ord("?") for c in range(0x80, 0xA0)}
+#: Unicode's Bidi_Control characters (marks, embeddings, overrides, isolates): they change
+#: the order in which a terminal shows the text around them, so an excerpt could read
+#: otherwise than the code it is ("Trojan Source", CVE-2021-42574)
+BIDI_CONTROLS = (0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A))
+#: C0 controls as their Unicode control pictures (U+2400...), DEL as U+2421, C1 as "?",
+#: bidi controls (which have no picture) as ``\u202e``, as build logs show them
+#: (``kiln.store.buildlogs``) and as Python's repr does in messages that quote a value
+_VISIBLE: dict[int, int | str] = (
+    {c: 0x2400 + c for c in range(32)}
+    | {127: 0x2421}
+    | {c: ord("?") for c in range(0x80, 0xA0)}
+    | {c: f"\\u{c:04x}" for c in BIDI_CONTROLS}
+)
 #: the same for a message, which may span lines and be indented with tabs
 _VISIBLE_TEXT = {c: v for c, v in _VISIBLE.items() if c not in (9, 10)}
 
@@ -70,24 +81,29 @@ class RecipeError(KilnError):
 
     def render(self) -> str:
         """``file:line:col: message``, the line and a caret; control characters in any of
-        it (a file's name comes from a tarball) shown as visible ones, not sent to the
-        terminal."""
+        it (a file's name comes from a tarball), bidi controls included, shown as visible
+        ones, not sent to the terminal. The caret is under the character at ``col`` as
+        shown."""
         if self.src is None:
             return self.message.translate(_VISIBLE_TEXT)
         name = self.src.name.translate(_VISIBLE)  # (a newline in a file's name too)
         if self.pos is None:
             return f"{name}: {self.message.translate(_VISIBLE_TEXT)}"
         line, col = self.src.line_col(self.pos)
-        # one visible character per control character (a lone CR would garble the
-        # terminal line, an escape sequence act on it), so the caret stays aligned
-        code = self.src.line_text(line).replace("\t", " ").translate(_VISIBLE)
+        code = self.src.line_text(line).replace("\t", " ")
         at = col - 1
+        cut_head = cut_tail = ""
         if len(code) > EXCERPT:  # a long (generated, minified) line: the part around col
             start = max(0, min(at - EXCERPT // 2, len(code) - EXCERPT))
-            head = "..." if start > 0 else ""
-            tail = "..." if start + EXCERPT < len(code) else ""
-            code = head + code[start : start + EXCERPT] + tail
-            at = at - start + len(head)
+            cut_head = "..." if start > 0 else ""
+            cut_tail = "..." if start + EXCERPT < len(code) else ""
+            code = code[start : start + EXCERPT]
+            at -= start
+        # control characters shown as visible ones (a lone CR would garble the terminal
+        # line, an escape sequence act on it, a bidi override reorder it); a bidi control
+        # shows as several characters, so the caret moves by what precedes it as shown
+        at = len(cut_head) + len(code[:at].translate(_VISIBLE))
+        code = cut_head + code.translate(_VISIBLE) + cut_tail
         gutter = f"{line:>5} | "
         caret = " " * (len(gutter) - 2) + "| " + " " * at + "^"
         head = f"{name}:{line}:{col}: {self.message.translate(_VISIBLE_TEXT)}"

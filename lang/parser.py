@@ -340,6 +340,8 @@ def _lex_error(text: str, src: SourceText, base: int, pos: int) -> RecipeSyntaxE
     if ch == '"' or text.startswith("''", pos):
         msg, at = refused_string(text, pos)
         return RecipeSyntaxError(msg, src, base + at)
+    if text.startswith("/*", pos):  # the only way a block comment fails to lex
+        return RecipeSyntaxError("unterminated comment: '/*' without a closing '*/'", src, base + pos)
     return RecipeSyntaxError(f"unexpected character {ch!r}", src, base + pos)
 
 

@@ -4,78 +4,124 @@ Two literal forms (as in Nix):
 
 - ``"..."``: escapes ``\\n \\t \\r \\\\ \\" \\$``; ``\\${`` is a literal ``${``; ``$$``
   is literal text (so ``$${x}`` is the text ``$${x}``, as in Nix), in both forms.
-- ``''...''`` (indented): the common leading indentation of the non-blank lines is
-  removed, a first line holding only spaces is dropped, and a last line holding only
-  spaces is emptied. Escapes: ``''$`` → ``$`` (so ``''${`` is a literal ``${``),
-  ``'''`` → ``''``, ``''\\n`` / ``''\\t`` / ``''\\r`` / ``''\\<c>``. Interpolated values
-  and escaped characters count as content (they are never stripped).
+- ``''...''`` (indented): indentation is stripped exactly as Nix strips it (Nix's
+  ``stripIndentation``; ``split_indented`` says how, corners included: lines of only
+  spaces, tabs, escaped newlines). Escapes: ``''$`` → ``$`` (so ``''${`` is a literal
+  ``${``), ``'''`` → ``''``, ``''\\n`` / ``''\\t`` / ``''\\r`` / ``''\\<c>``.
 
-``split`` returns a list of pieces: ``str`` for literal text and ``(offset, code)`` for
-interpolations, where ``offset`` is the position of ``code`` inside the token text.
+The code inside ``${...}`` is read as code when looking for its closing ``}``: braces in
+a nested string (``"..."`` or ``''...''``), a ``#`` comment or a ``/* */`` comment do
+not count. recipe.lark's string regexes read it so, and ``_scan_interp`` mirrors them
+(a test checks that the two agree on every short input).
+
+``split_plain`` and ``split_indented`` return a list of pieces: ``str`` for literal text
+and ``(offset, code)`` for interpolations, where ``offset`` is the position of ``code``
+inside the token text. ``refused_string`` words the syntax error for a string literal
+the lexer refused.
 """
 
 from __future__ import annotations
 
 import re
+from typing import Any
 
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r"}
 
 
-def _interp_end(text: str, i: int, indented: bool) -> int:
-    """Index of the ``}`` closing the interpolation whose ``${`` ends just before ``i``
-    (in a ``''`` string if ``indented``, else in a ``"`` string). Skips braces inside
-    nested quoted strings. The token was lexed, so the interpolation is closed: -1 here
-    would mean the lexer and this scan disagree, and is an internal error rather than
-    a loop over the same text."""
-    end = _scan_interp(text, i, indented)[0]
+def _interp_end(text: str, i: int) -> int:
+    """Index of the ``}`` closing the interpolation whose ``${`` ends just before ``i``.
+    The token was lexed, so the interpolation is closed: -1 here would mean the lexer and
+    this scan disagree, and is an internal error rather than a loop over the same text."""
+    end = _scan_interp(text, i)[0]
     if end < 0:
         raise RuntimeError(f"lexed string with an unterminated interpolation at offset {i}")
     return end
 
 
-def _scan_interp(text: str, i: int, indented: bool) -> tuple[int, int]:
-    """From just after a ``${``: (index of its closing ``}`` or -1 if unterminated,
-    position of the first ``{`` nested more than ``MAX_NESTING`` deep in it or -1).
-    Braces inside nested quoted strings do not count: ``"..."``, and ``''...''`` only in
-    an interpolation of an indented string (``indented``), as recipe.lark's regexes
-    read them (in a ``"`` string's interpolation ``''`` is two characters, and ``"${''}"``
-    is a string whose code ``''`` is then refused). A ``${`` in the code itself (not
-    in a string: a syntax error there) counts as that ``{`` whatever its depth, so the
-    error is placed at it rather than at some deeper brace."""
+#: what a nested construct in the code of an interpolation is called in an error
+_NESTED = {'"': "string", "'": "indented string ('' ... '')", "/": "comment (/* ... */)"}
+
+
+def _skip_nested(text: str, i: int) -> int:
+    """If a quoted string, indented string, ``#`` comment or ``/* */`` comment starts at
+    ``text[i]`` (in the code of an interpolation): the index just after it, or -1 if it
+    runs to the end of ``text`` unterminated; else ``i`` itself. As recipe.lark's regexes
+    read them: a string ends at its first unescaped ``"`` (resp. first ``''``), whatever
+    it holds, a ``#`` comment at the end of its line (the end of the text closes it) and
+    a block comment at its first ``*/``."""
+    c = text[i]
+    if c == '"':
+        i, n = i + 1, len(text)
+        while i < n and text[i] != '"':
+            i += 2 if text[i] == "\\" else 1
+        return i + 1 if i < n else -1
+    if c == "'" and text.startswith("''", i):
+        close = text.find("''", i + 2)
+        return close + 2 if close >= 0 else -1
+    if c == "#":
+        eol = text.find("\n", i)
+        return eol if eol >= 0 else len(text)
+    if c == "/" and text.startswith("/*", i):
+        close = text.find("*/", i + 2)
+        return close + 2 if close >= 0 else -1
+    return i
+
+
+def _scan_interp(text: str, i: int) -> tuple[int, int, int]:
+    """From just after a ``${`` (in either kind of string): (index of its closing ``}``
+    or -1 if unterminated, position of the first ``{`` nested more than ``MAX_NESTING``
+    deep in it or -1, the nested string or comment to blame should the string turn out
+    unterminated or -1).
+
+    The code is read as code: a ``}`` inside a nested string or comment does not count
+    (``_skip_nested``). A ``${`` in the code itself (not in a string: a syntax error
+    there) counts as that ``{`` whatever its depth, so the error is placed at it rather
+    than at some deeper brace. The one to blame is the first nested string or comment
+    holding a ``}`` (``"${ x # }"``: the comment takes the brace meant to close the
+    interpolation, which a later ``}`` may then close in the wrong place), else, in an
+    unterminated interpolation, one running to the end of the text. Linear in the text:
+    every step moves forward."""
     depth, deep, n = 1, -1, len(text)
+    blame = -1
     while i < n:
         c = text[i]
+        if c in "\"'#/":
+            after = _skip_nested(text, i)
+            if after != i:
+                if blame < 0 and "}" in text[i : after if after >= 0 else n]:
+                    blame = i
+                if after < 0:
+                    return -1, deep, blame if blame >= 0 else i
+                i = after
+                continue
         if c == "{" and text[i - 1] == "$" and deep < 0:
             deep = i
-        if c == '"':
-            i += 1
-            while i < n and text[i] != '"':
-                i += 2 if text[i] == "\\" else 1
-        elif indented and text.startswith("''", i):  # a plain indented string (the lexer allows no more)
-            close = text.find("''", i + 2)
-            i = n if close < 0 else close + 1
-        elif c == "{":
+        if c == "{":
             depth += 1
             if depth - 1 > MAX_NESTING and deep < 0:
                 deep = i
         elif c == "}":
             depth -= 1
             if depth == 0:
-                return i, deep
+                return i, deep, blame
         i += 1
-    return -1, deep
+    return -1, deep, blame
 
 
 MAX_NESTING = 6  # braces inside one ${...}: the depth recipe.lark's string regexes allow
 
 
-def too_deep_brace(text: str, start: int) -> int:
+def _string_problem(text: str, start: int) -> tuple[int, int]:
     """For a string literal starting at ``text[start]`` (``"`` or ``''``) that the lexer
-    refused: the position of the first ``{`` nested more than ``MAX_NESTING`` deep inside
-    one of its ``${...}``, provided that interpolation is closed further on; else -1 (the
-    string really is unterminated). Only used to word a syntax error."""
+    refused: (the position of the first ``{`` nested more than ``MAX_NESTING`` deep in
+    one of its ``${...}``, or of a ``${`` in the code of one, provided that interpolation
+    is closed further on; else -1, and the nested string or comment to blame for an
+    unterminated interpolation or string, or -1). (-1, -1): the string itself is
+    unterminated and nothing in its interpolations looks like the cause. Only used to
+    word a syntax error."""
     indented = text.startswith("''", start)
     i, n = start + (2 if indented else 1), len(text)
+    blame = -1  # the first string or comment in an interpolation that took a '}'
     while i < n:
         c = text[i]
         if indented and text.startswith("''", i):
@@ -85,28 +131,34 @@ def too_deep_brace(text: str, start: int) -> int:
             if i + 2 < n and text[i + 2] == "\\":
                 i += 4
                 continue
-            return -1
+            return -1, -1
         if not indented and c == '"':
-            return -1
+            return -1, -1
         if not indented and c == "\\":
             i += 2
             continue
+        if text.startswith("$$", i):  # literal text, not an interpolation
+            i += 2
+            continue
         if text.startswith("${", i):
-            end, deep = _scan_interp(text, i + 2, indented)
+            end, deep, took = _scan_interp(text, i + 2)
+            blame = blame if blame >= 0 else took
             if end < 0:
-                return -1
+                return -1, blame
             if deep >= 0:
-                return deep
+                return deep, -1
             i = end
         i += 1
-    return -1
+    return -1, blame
 
 
 def refused_string(text: str, start: int) -> tuple[str, int]:
     """The syntax error (message, position) for a string literal at ``text[start]``
     (``"`` or ``''``) that the lexer refused: a ``${`` in an interpolation's code, a
-    record nested deeper than the lexer reads, or an unterminated string."""
-    deep = too_deep_brace(text, start)
+    record nested deeper than the lexer reads, a string or comment in an interpolation's
+    code that takes the ``}`` meant to close it or is unterminated, or an unterminated
+    string."""
+    deep, blame = _string_problem(text, start)
     if deep >= 0 and text[deep - 1] == "$":
         return "unexpected '${' in the code of an interpolation (only a string may hold one)", deep - 1
     if deep >= 0:
@@ -114,6 +166,15 @@ def refused_string(text: str, start: int) -> tuple[str, int]:
             f"records nested more than {MAX_NESTING} deep inside ${{...}} are not supported; "
             "bind the record with let outside the string"
         ), deep
+    if blame >= 0 and text[blame] == "#":
+        return (
+            "the '}' closing this ${...} is inside a '#' comment (which runs to the end of the "
+            "line), so the ${...} is not closed there"
+        ), blame
+    if blame >= 0:
+        what = _NESTED[text[blame]]
+        takes = ": it takes the '}' meant to close the interpolation" if "}" in text[blame:] else ""
+        return f"unterminated {what} in the code of a ${{...}}{takes}", blame
     if text[start] == '"':
         return "unterminated string (or a '${' in it that is never closed)", start
     return "unterminated indented string ('' ... '') (or a '${' in it that is never closed)", start
@@ -136,7 +197,7 @@ def split_plain(token: str) -> list:
             buf.append("$$")
             i += 2
         elif c == "$" and token.startswith("${", i):
-            close = _interp_end(token, i + 2, False)
+            close = _interp_end(token, i + 2)
             if buf:
                 out.append("".join(buf))
                 buf = []
@@ -151,96 +212,105 @@ def split_plain(token: str) -> list:
 
 
 _IND_SPECIAL = re.compile(r"''(?:'|\$|\\.)|\$\$|\$\{", re.S)
+#: what the lexer drops after the opening ``''``: a first line of only spaces
+_IND_FIRST_LINE = re.compile(r" *\n")
+#: ``split_indented``'s token kinds: literal text, an escape, an interpolation
+_LIT, _ESC, _HOLE = 0, 1, 2
+#: Nix's "no line sets the indentation" (every line is blank): strip every leading space
+_NO_INDENT = 1 << 62
 
 
-def _line_indent(line: list) -> int | None:
-    """Leading spaces of ``line`` (items: literal ``str`` or ``int`` hole index), or
-    None if it holds only spaces. A hole (an escape or an interpolation) is content."""
-    n = 0
-    for item in line:
-        if isinstance(item, int):
-            return n
-        rest = item.lstrip(" ")
-        n += len(item) - len(rest)
-        if rest:
-            return n
-    return None
-
-
-def _dedent(line: list, strip: int) -> list:
-    """``line`` without up to ``strip`` leading spaces (taken from literal text only)."""
-    out = []
-    for item in line:
-        if strip and isinstance(item, str):
-            rest = item.lstrip(" ")
-            cut = min(strip, len(item) - len(rest))
-            strip = strip - cut if not rest else 0
-            item = item[cut:]
-            if not item:
-                continue
-        else:
-            strip = 0
-        out.append(item)
-    return out
-
-
-def split_indented(token: str) -> list:
-    """Pieces of a ``''...''`` token, with indentation stripped.
-
-    Escapes and interpolations are kept apart from the literal text while stripping
-    (as ``int`` indices into ``holes``), so no character of the input, whatever it is,
-    can be mistaken for one."""
-    body = token[2:-2]
-    holes: list = []  # escaped text (str) or an interpolation (offset, code)
-    lines: list[list] = [[]]  # per line: literal str pieces and hole indices
-
-    def add_text(text: str) -> None:
-        first, *rest = text.split("\n")
-        if first:
-            lines[-1].append(first)
-        lines.extend([r] if r else [] for r in rest)
-
-    last = 0
-    for m in _IND_SPECIAL.finditer(body):
+def _indented_tokens(body: str) -> list[tuple[int, Any]]:
+    """The tokens of an indented string's ``body`` as Nix's lexer cuts them: maximal
+    runs of literal text (``$$`` included), each escape apart (its text), each
+    interpolation apart (``(offset in the token, code)``). A first line of only spaces
+    is dropped, as Nix's lexer drops it with the opening ``''``."""
+    tokens: list[tuple[int, Any]] = []
+    m = _IND_FIRST_LINE.match(body)
+    last = m.end() if m else 0
+    for m in _IND_SPECIAL.finditer(body, last):
         if m.start() < last:
             continue  # inside an interpolation already taken whole
-        add_text(body[last : m.start()])
         text = m.group()
-        if text == "$$":  # literal (``$${x}`` is the text ``$${x}``), as in Nix
-            add_text(text)
-            last = m.end()
+        if text == "$$":  # literal (``$${x}`` is the text ``$${x}``), as in Nix: part of the run
             continue
+        if m.start() > last:
+            tokens.append((_LIT, body[last : m.start()]))
         if text == "${":
-            close = _interp_end(body, m.end(), True)
-            holes.append((m.end() + 2, body[m.end() : close]))
+            close = _interp_end(body, m.end())
+            tokens.append((_HOLE, (m.end() + 2, body[m.end() : close])))
             last = close + 1
         else:
             c = text[2:]
-            holes.append("''" if c == "'" else "$" if c == "$" else _ESCAPES.get(c[1], c[1]))
+            tokens.append((_ESC, "''" if c == "'" else "$" if c == "$" else _ESCAPES.get(c[1], c[1])))
             last = m.end()
-        lines[-1].append(len(holes) - 1)
-    add_text(body[last:])
+    if last < len(body):
+        tokens.append((_LIT, body[last:]))
+    return tokens
 
-    if len(lines) > 1 and _line_indent(lines[0]) is None:
-        lines.pop(0)
-    strip = min((i for i in map(_line_indent, lines) if i is not None), default=0)
-    if lines and _line_indent(lines[-1]) is None:
-        lines[-1] = []
 
+def _min_indent(tokens: list[tuple[int, Any]]) -> int:
+    """The indentation to strip: the fewest leading spaces of a line that holds anything
+    but spaces, where an escape or interpolation ends the leading spaces (it is content,
+    even an escaped space or newline) and a tab is content, not indentation. Lines of
+    only spaces, the last one included, do not count; ``_NO_INDENT`` if none counts."""
+    at_start, indent, least = True, 0, _NO_INDENT
+    for kind, value in tokens:
+        if kind != _LIT:
+            if at_start:
+                at_start, least = False, min(least, indent)
+            continue
+        for k, seg in enumerate(value.split("\n")):
+            if k:  # after a newline
+                at_start, indent = True, 0
+            if at_start:
+                rest = seg.lstrip(" ")
+                indent += len(seg) - len(rest)
+                if rest:
+                    at_start, least = False, min(least, indent)
+    return least
+
+
+def split_indented(token: str) -> list:
+    """Pieces of a ``''...''`` token, with indentation stripped exactly as Nix does
+    (``stripIndentation`` in Nix's parser, checked against nix-instantiate in the tests).
+
+    ``_min_indent`` finds the indentation; then at the start of every line up to that
+    many leading spaces are dropped, from literal text and from escapes alike (so a line
+    of only spaces keeps those beyond it, and after an escaped newline ``''\\n`` the
+    next characters count as a line start here though they did not for the
+    indentation); an interpolation ends a line start. Finally, if the last token is
+    literal text holding a newline and only spaces follow its last newline, those spaces
+    go. Escapes and interpolations are tokens apart from the literal text, so no
+    character of the input, whatever it is, can be mistaken for one."""
+    tokens = _indented_tokens(token[2:-2])
+    strip = _min_indent(tokens)
     out: list = []
     buf: list[str] = []
-    for n, line in enumerate(lines):
-        if n:
-            buf.append("\n")
-        for item in _dedent(line, strip):
-            h = holes[item] if isinstance(item, int) else item
-            if isinstance(h, tuple):
-                if buf:
-                    out.append("".join(buf))
-                    buf = []
-                out.append(h)
-            else:
-                buf.append(h)
+    at_start, dropped = True, 0
+    last = len(tokens) - 1
+    for n, (kind, value) in enumerate(tokens):
+        if kind == _HOLE:
+            at_start, dropped = False, 0
+            if buf:
+                out.append("".join(buf))
+                buf = []
+            out.append(value)
+            continue
+        segs = value.split("\n")
+        for k, seg in enumerate(segs):
+            if k:
+                at_start, dropped = True, 0
+            if at_start:
+                rest = seg.lstrip(" ")
+                spaces = len(seg) - len(rest)
+                segs[k] = seg[max(0, min(spaces, strip - dropped)) :]
+                dropped += spaces
+                if rest:
+                    at_start, dropped = False, 0
+        if n == last and kind == _LIT and len(segs) > 1 and not segs[-1].strip(" "):
+            segs[-1] = ""  # the last line, of only spaces (or nothing), is emptied
+        buf.append("\n".join(segs))
     text = "".join(buf)
     if text:
         out.append(text)

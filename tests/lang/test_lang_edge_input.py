@@ -348,10 +348,11 @@ sys.exit(1 if bad else 0)
 
 
 def test_a_quote_pair_in_an_interpolation_of_a_plain_string_is_refused_not_a_hang(tmp_path):
-    """``"${''}"`` lexes (in a ``"`` string's interpolation ``''`` is two characters) but
+    """``"${''}"`` lexed (in a ``"`` string's interpolation ``''`` was two characters) but
     the brace scan read ``''`` as the start of an indented string, found no end, and the
     string splitter restarted at the token's start forever, growing memory: every
-    command on the file hung. Now the code ``''`` is refused, located at it."""
+    command on the file hung. Now (``''`` starts an indented string there too, as in
+    Nix) the error is located at the ``''`` that takes the closing brace."""
     _write(tmp_path / "h.recipe", "let x = \"${''}\"\npackage p { build = \"${''a''}\" }\n")
     with pytest.raises(RecipeError) as e:
         _evaluate_within(30, "h.recipe")
@@ -441,6 +442,39 @@ def test_an_error_excerpt_shows_control_characters_without_sending_them(tmp_path
         first.startswith("cr.recipe:1:11: ") and code == '    1 | let x = 1 +\u240d"a" # \u241b]0;title\u2407'
     )
     assert caret.index("^") == code.index("+") and not any(ord(c) < 32 for c in code)
+
+
+#: Unicode's Bidi_Control characters
+_BIDI = "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+
+
+@pytest.mark.parametrize("bidi", list(_BIDI))
+def test_an_error_shows_bidi_controls_without_sending_them(tmp_path, bidi):
+    """A bidi control (U+202E RIGHT-TO-LEFT OVERRIDE and its kin) reached the terminal
+    raw, in the excerpt, the file's name and the message, so what was shown could read
+    otherwise than the bytes ("Trojan Source"). Each is now ``\\uXXXX``, and the caret
+    still stands under the character the column names."""
+    shown = f"\\u{ord(bidi):04x}"
+    name = _write(tmp_path / f"b{bidi}.recipe", f'let x = "{bidi}a{bidi}" + * 1\n')
+    with pytest.raises(E.RecipeSyntaxError) as info:
+        evaluate_file(name).attributes()
+    first, code, caret = str(info.value).splitlines()
+    assert first.startswith(f"b{shown}.recipe:1:17: unexpected character '*'"), first
+    assert code == f'    1 | let x = "{shown}a{shown}" + * 1'
+    assert caret.index("^") == code.index("*")
+    # in a message (an import's name), and in a line cut around the column
+    _write(tmp_path / "i.recipe", f'let y = "{bidi * 200}"\nimport "x{bidi}.recipe"\n')
+    with pytest.raises(E.ImportNotFound) as info:
+        evaluate_file("i.recipe").attributes()
+    assert f"imported file x{shown}.recipe does not exist" in str(info.value)
+    _write(tmp_path / "long.recipe", f'let y = "{bidi * 300}" + * 1\n')
+    with pytest.raises(E.RecipeSyntaxError) as info:
+        evaluate_file("long.recipe").attributes()
+    first, code, caret = str(info.value).splitlines()
+    assert first.startswith("long.recipe:1:314: ") and code.endswith(f'{shown}" + * 1')
+    assert caret.index("^") == code.index("*")
+    assert not any(ch in str(info.value) for ch in _BIDI)
+    assert tuple(map(ord, _BIDI)) == E.BIDI_CONTROLS
 
 
 def test_an_attribute_that_is_not_a_package_is_located_and_cut(tmp_path):

@@ -4,6 +4,7 @@ derivation → same .drv path and output paths (``nix-instantiate --readonly-mod
 from __future__ import annotations
 
 import json
+import random
 import shutil
 import subprocess
 import textwrap
@@ -113,12 +114,41 @@ STRING_CASES = [
     "''\n  echo $${HOME} \"$${x}\" $$$\n''",
     # an indented string inside ${...} of an indented string (optionalString c ''...'')
     "''\n  ./configure ${ if true then ''--static'' else \"\" }\n  x${''y''}\n''",
+    # indentation (Nix's stripIndentation): lines of only spaces do not count, and when no
+    # line counts every leading space goes; a tab is content, not indentation
+    "''\n  \n''",
+    "''\n  \n\n    \n''",
+    "''\n    a\n      \n   \n    b\n''",
+    "''\n  \ta\n    b\n''",
+    "''\n  a\n \t \n  b\n''",
+    "''  \n    a\n  ''",
+    "''\n    a\n  b  ''",
+    # an escaped newline starts a line for stripping, not for the indentation; an
+    # escape or interpolation at a line start ends its indentation
+    "''\n  a''\\n  b\n''",
+    "''\n    a''\\n''\\ b\n''",
+    "''\n  a''\\n   ''",
+    "''\n  ''\\ a\n    ${\"b\"}\n      c\n''",
+    "''\n    ${\"a\"}\n  ${\"b\"}   \n''",
+    "''\n  a\n  ${\"b\"}  ''",
+    # the code in ${...} is code: a brace in a comment or nested string does not count
+    '"${ "a" # }\n}"',
+    "''${ \"a\" # }\n}''",
+    '"${ "a" # "\n}"',
+    '"${ "a" /* } */ }"',
+    "''${ \"a\" /* '' } */ }''",
+    '"${ { a = "x"; /* } */ }.a }"',
+    '"<${ "}" }>"',
+    "\"<${ ''}'' }>\"",
+    "''<${ ''a}'' }>''",
+    '/* } */ "a" + /**/ "b" /* * / **/ # }',
 ]
 
 
 @pytest.mark.parametrize("text", STRING_CASES)
 def test_strings_like_nix(text):
-    """Indented-string stripping and escapes give what Nix gives."""
+    """Indented-string stripping, escapes and the code in ${...} (comments, nested
+    strings) give what Nix gives."""
     from kiln.lang.evaluator import Evaluator
     from kiln.lang.parser import parse_expr
 
@@ -129,3 +159,115 @@ def test_strings_like_nix(text):
     )
     assert r.returncode == 0, r.stderr
     assert mine == json.loads(r.stdout)
+
+
+def _kiln_value(text: str):
+    from kiln.lang.evaluator import Evaluator
+    from kiln.lang.parser import parse_expr
+
+    ev = Evaluator("/nix/store", None)
+    return ev.eval(parse_expr(text), ev.builtins)
+
+
+def _nix_values(tmp_path, texts: list[str]) -> list:
+    """What Nix makes of each expression in ``texts`` (one nix-instantiate for all)."""
+    f = tmp_path / "cases.nix"
+    f.write_text("[\n" + "\n".join(f"({t})" for t in texts) + "\n]\n")
+    r = subprocess.run(
+        ["nix-instantiate", "--eval", "--strict", "--json", str(f)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    values = json.loads(r.stdout)
+    assert len(values) == len(texts)
+    return values
+
+
+def _generated(seed: int, count: int, make) -> list[str]:
+    rnd = random.Random(seed)
+    return sorted({make(rnd) for _ in range(count)})
+
+
+# Pieces that join into valid indented strings in any order (a lone ' or $ could join with
+# a neighbour into another token): spaces, newlines, tabs, text, escapes (an escaped space
+# and newline included), interpolations of spaces and newlines, $$.
+_IND_PIECES = [" ", " ", "  ", "\n", "\n", "\t", "a", "$$", "''\\n", "''\\ ", "''$", "'''"]
+_IND_PIECES += ['${"x"}', '${" "}', '${"\\n"}']
+
+
+def test_generated_indented_strings_like_nix(tmp_path):
+    """Thousands of indented strings made of the pieces stripping cares about, the same
+    every run, against Nix's own stripping. (Lines of only spaces, all-blank strings,
+    tabs and escaped newlines were each stripped otherwise than Nix strips them.)"""
+    texts = _generated(
+        1, 4000, lambda rnd: "''" + "".join(rnd.choice(_IND_PIECES) for _ in range(rnd.randint(1, 9))) + "''"
+    )
+    nix = _nix_values(tmp_path, texts)
+    differ = [(t, n, m) for t, n in zip(texts, nix, strict=True) if (m := _kiln_value(t)) != n]
+    assert not differ, differ[:10]
+
+
+def _interp_code(rnd: random.Random) -> str:
+    """A string whose ``${...}`` holds comments and nested strings full of braces and
+    quotes, in an order Nix reads as valid code."""
+    junk = ["}", "{", '"', "''", "${", "/*", "#", "x", " ", "*", "/", "\\", "$"]
+
+    def j() -> str:
+        return "".join(rnd.choice(junk) for _ in range(rnd.randint(0, 4)))
+
+    def inside_block() -> str:
+        s = j()
+        while "*/" in s:  # (a '*/' inside would end the comment early)
+            s = s.replace("*/", "")
+        return s
+
+    def around() -> str:
+        return rnd.choice([f"#{j()}\n", f"/*{inside_block()}*/", " ", "\n"])
+
+    value = rnd.choice(
+        [
+            '"' + "".join(c for c in j() if c not in '"\\$') + '"',
+            "''" + "".join(c for c in j() if c not in "'$") + "''",
+            '{ a = "x"; }.a',
+            '"${"q"}"',
+        ]
+    )
+    code = "".join(around() for _ in range(rnd.randint(0, 3))) + value
+    code += "".join(around() for _ in range(rnd.randint(0, 3)))
+    q = rnd.choice(['"', "''"])
+    return f"{q}<${{{code}}}>{q}"
+
+
+def test_generated_interpolation_code_like_nix(tmp_path):
+    """Comments and nested strings holding ``}``, ``{``, quotes and ``${`` in the code of
+    an interpolation, in both kinds of string: what Nix makes of them (a ``}`` in a
+    comment closed the interpolation)."""
+    texts = _generated(2, 3000, _interp_code)
+    nix = _nix_values(tmp_path, texts)
+    differ = [(t, n, m) for t, n in zip(texts, nix, strict=True) if (m := _kiln_value(t)) != n]
+    assert not differ, differ[:10]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '"${ "a" #}"',  # the comment takes the closing brace
+        "''${ \"a\" # }''",
+        '"${ "a" /* }"',
+        "\"${''}\"",
+        '"a" /* never closed',
+    ],
+)
+def test_refused_like_nix(text):
+    """What Nix refuses as unterminated, kiln refuses too (with a located error)."""
+    from kiln.lang.errors import RecipeSyntaxError
+
+    r = subprocess.run(
+        ["nix-instantiate", "--eval", "--json", "-E", text], capture_output=True, text=True, timeout=60
+    )
+    assert r.returncode != 0 and "syntax error" in r.stderr, (r.stdout, r.stderr)
+    with pytest.raises(RecipeSyntaxError) as e:
+        _kiln_value(text)
+    assert e.value.pos is not None
