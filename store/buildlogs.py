@@ -59,9 +59,10 @@ class LogStore:
 
 
 #: what ``shown_output`` escapes: C0 controls but tab and newline, DEL, C1 controls,
-#: bidi embeddings/overrides/isolates (they reorder how the rest of a line displays),
-#: and the surrogates ``surrogateescape`` makes of bytes that are not UTF-8
-_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\udc80-\udcff]")
+#: bidi controls (embeddings, overrides, isolates and the marks U+061C, U+200E/F: they
+#: reorder how the rest of a line displays; the recipe errors' ``BIDI_CONTROLS``), and
+#: the surrogates ``surrogateescape`` makes of bytes that are not UTF-8
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\udc80-\udcff]")
 
 
 def _escape(m: re.Match[str]) -> str:

@@ -116,3 +116,7 @@ def test_terminal_safe_holds_what_a_cut_splits():
     assert out == "a\nb\u00e9\\x1b[1m\\xff\\r".encode()
     assert shown_output("x\u202ey\u009b\tz\r\n") == "x\\u202ey\\x9b\tz\n"
     assert shown_output(shown_output("\x1b\r")) == "\\x1b\\r"  # idempotent
+    # the bidi marks too, as recipe errors show them (the list is one)
+    from kiln.lang.errors import BIDI_CONTROLS
+
+    assert shown_output("".join(map(chr, BIDI_CONTROLS))) == "".join(f"\\u{c:04x}" for c in BIDI_CONTROLS)
