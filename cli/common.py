@@ -230,34 +230,46 @@ def run_command(fn: Callable[[list[str]], int], argv: list[str], debug: bool = F
     except BrokenPipeError:
         return 0
     except UsageError as e:
-        print(f"kiln {argv[0]}: error: {e}", file=sys.stderr)
+        print(f"kiln {argv[0]}: error: {_said(e)}", file=sys.stderr)
         return 2
     except Exception as e:  # noqa: BLE001 - this is the top-level reporter
         if debug:
             raise
         if is_user_error(e):
-            print(f"error: {e}", file=sys.stderr)
+            print(f"error: {_said(e)}", file=sys.stderr)
             return 1
         if isinstance(e, OSError) and e.filename:
             # (a key given where its file belongs is such a file name: the stderr wrapper,
             # _Quiet, hides it)
             both = f"{e.filename} -> {e.filename2}" if e.filename2 is not None else e.filename
-            print(f"error: {e.strerror}: {both}", file=sys.stderr)
+            print(f"error: {_said(e.strerror)}: {_said(both)}", file=sys.stderr)
             return 1
         if type(e).__module__ == "sqlite3" and type(e).__name__ in ("DatabaseError", "OperationalError"):
             # damage or I/O trouble found after opening (opening names the file:
             # ``db.connect``); its other errors (ProgrammingError...) are kiln's bugs
-            print(f"error: store database: {e}", file=sys.stderr)
+            print(f"error: store database: {_said(e)}", file=sys.stderr)
             return 1
         if isinstance(e, OSError) and e.errno in _ENVIRONMENT_ERRNOS:
             # the machine's limits, not a kiln bug (the write that hit them names no file)
-            print(f"error: {e.strerror or e}", file=sys.stderr)
+            print(f"error: {_said(e.strerror or e)}", file=sys.stderr)
             return 1
         print(
-            f"kiln: internal error: {type(e).__name__}: {e} (rerun with KILN_DEBUG=1 for a traceback)",
+            f"kiln: internal error: {type(e).__name__}: {_said(e)} (rerun with KILN_DEBUG=1 for a traceback)",
             file=sys.stderr,
         )
         return 70
+
+
+def _said(what: object) -> str:
+    """An error's text as the terminal gets it: control characters (but newline and
+    tab), bidi controls and undecodable bytes escaped (``buildlogs.shown_output``).
+    The last line of defence: a message may quote what a server, an archive or a build
+    chose (a reason phrase, a file name), and its escape sequences are not theirs to
+    send to the user's terminal. Messages that escape their own parts stay as they are
+    (the escaping is idempotent)."""
+    from kiln.store.buildlogs import shown_output
+
+    return shown_output(str(what))
 
 
 def nonempty(text: str) -> str:

@@ -189,3 +189,15 @@ def test_a_closed_stderr_pipe_does_not_end_the_command(tmp_path: Path):
     )
     assert r.stdout.strip() == "3", r.stderr
     assert (tmp_path / "marker").read_text() == "done"
+
+
+def test_error_text_reaches_the_terminal_escaped(tmp_path: Path):
+    """Whatever an error quotes (a file name here; a server's reason phrase, an archive
+    member elsewhere), its control characters are shown, not sent to the terminal."""
+    name = str(tmp_path / "missing\x1b]0;OWNED\x07\x1b[2K\rall good\u202e")
+    r = kiln("store", "add", "--store", str(tmp_path / "s"), name)
+    assert r.returncode == 1, r.stderr
+    assert "\x1b" not in r.stderr and "\x07" not in r.stderr and "\r" not in r.stderr, repr(r.stderr)
+    assert "\u202e" not in r.stderr and "missing\\x1b]0;OWNED\\x07\\x1b[2K\\rall good\\u202e" in r.stderr, (
+        r.stderr
+    )
