@@ -264,7 +264,7 @@ def import_objects(
 
     try:
         for k, (info, zst) in enumerate(items):
-            info = admitted_sigs(info)
+            info = admitted_sigs(info, store_root=store.root)
             store._check_importable(info, also_valid=pending)
             if info.path in pending or info.path in done:
                 results.append(info.path)

@@ -218,7 +218,7 @@ class Registering:
         """Add ``info.path`` from its uncompressed NAR (substitution). The NAR hash and
         size are checked while streaming, then its ``ca`` (``pathadmit.check_ca``); on a
         mismatch nothing is added. Signatures: ``pathadmit.admitted_sigs``."""
-        info = admitted_sigs(info)
+        info = admitted_sigs(info, store_root=self.root)
         with self._importing(info) as (tmp, existing):
             if existing is not None:
                 return existing
@@ -238,7 +238,7 @@ class Registering:
         """Add ``info.path`` from a compressed object (as served by a registry), keeping
         the compressed bytes as the object. Checks ``info.file_hash``/``file_size`` (if
         set), the NAR hash and size and the ``ca`` as ``import_nar`` does."""
-        info = admitted_sigs(info)
+        info = admitted_sigs(info, store_root=self.root)
         with self._importing(info) as (tmp, existing):
             if existing is not None:
                 return existing

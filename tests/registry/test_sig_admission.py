@@ -93,6 +93,19 @@ def test_an_import_keeps_the_signature_a_known_key_made(tmp_path, _home) -> None
     assert sign_info(a, key) in got.sigs and sign_info(a, key) in dst.query(a.path).sigs
 
 
+def test_an_import_consults_the_destination_store_s_own_keys(tmp_path) -> None:
+    """A store opened with ``--store DIR`` signs with ``DIR/keys``: ``import_object``
+    must count those as known (it looked only in ``$KILN_HOME/keys``)."""
+    src = make_store(tmp_path / "src")
+    a = src.query(add_tree(src, tmp_path, "a", "a\n"))
+    key = SecretKey.generate("store-1")
+    dst = make_store(tmp_path / "dst")
+    _know(tmp_path / "dst" / "keys", key)
+    with open(src.object_path(a.path), "rb") as f:
+        got = dst.import_object(_with_sigs(a, [*_junk(MAX_SIGS + 1), sign_info(a, key)]), f)
+    assert sign_info(a, key) in got.sigs
+
+
 def test_copy_from_a_registry_keeps_the_stores_own_signature(tmp_path, kiln_server) -> None:
     """A registry serves a path whose narinfo lists 70 junk signatures before a genuine
     one by a key of the destination store's own (its ``keys/``): ``kiln copy`` without
