@@ -322,7 +322,10 @@ class DirSource(Source):
             if self.storage.link_staged(e.narinfo_file, layout.narinfo_key(e.hash_part)):  # type: ignore[arg-type]
                 results[n] = (201, "published")
             else:  # exists: identical, mergeable or a conflict
-                results[n] = self.publish_narinfo(e.hash_part, info, e.narinfo)  # type: ignore[arg-type]
+                try:
+                    results[n] = self.publish_narinfo(e.hash_part, info, e.narinfo)  # type: ignore[arg-type]
+                except KilnError as ex:  # the published one is junk: this entry's 400, not the batch's
+                    results[n] = (400, f"error: {ex}")
         return [r if r is not None else (500, "error: not processed") for r in results]
 
     def _missing_reference(self, info: ni.NarInfo, also: Collection[str] = ()) -> str | None:

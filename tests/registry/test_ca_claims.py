@@ -227,3 +227,27 @@ def test_an_honest_push_repairs_a_published_unparseable_ca(tmp_path, keys, kiln_
         ni.parse(served, s.store.store_dir)
     r = kiln("registry", "verify", "--dir", str(s.reg))
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_a_published_narinfo_broken_beyond_its_ca_fails_only_its_own_batch_entry(
+    tmp_path, keys, kiln_server
+) -> None:
+    """A narinfo already in the registry that does not parse (written by hand, another
+    tool): a batch upload meeting it answers 400 for that path alone; the rest of the
+    batch is published (the merge's error escaped and failed the whole request)."""
+    import json
+
+    s = Setup(tmp_path, keys, kiln_server)
+    s.push(s.a, s.b)
+    (s.reg / f"{s.hp(s.a)}.narinfo").write_text("StorePath: nonsense\n")
+    os.unlink(s.reg / f"{s.hp(s.b)}.narinfo")  # its NAR stays: sent with length 0 below
+    body = b""
+    for p in (s.a, s.b):
+        text = s.narinfo(p, s.store.query(p).ca)
+        body += b"%d 0 %s\n" % (len(text), s.hp(p).encode()) + text
+    st, _, data = request(f"{s.url}/upload-batch", "POST", body, {"Authorization": f"Bearer {s.tok}"})
+    assert st == 200, (st, data)
+    results = {r["hash"]: r for r in json.loads(data)["results"]}
+    assert results[s.hp(s.a)]["status"] == 400, results
+    assert results[s.hp(s.b)]["status"] == 201, results
+    assert request(f"{s.url}/{s.hp(s.b)}.narinfo")[0] == 200
