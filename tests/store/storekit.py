@@ -25,6 +25,27 @@ def make_tree(root: Path, files: dict[str, bytes | str]) -> Path:
     return root
 
 
+def corrupt_file(p: Path, data: bytes = b"tampered\n") -> None:
+    """Overwrite the store file ``p`` (its directory and mode kept sealed after)."""
+    d = p.parent
+    os.chmod(d, 0o755)
+    os.chmod(p, 0o644)
+    p.write_bytes(data)
+    os.chmod(p, 0o444)
+    os.utime(p, (1, 1))
+    os.chmod(d, 0o555)
+    os.utime(d, (1, 1))
+
+
+def corrupt_object(store, path: str) -> None:  # noqa: ANN001 - a LocalStore
+    """Flip a byte in the middle of ``path``'s object."""
+    obj = store.object_path(path)
+    data = bytearray(obj.read_bytes())
+    data[len(data) // 2] ^= 0x55
+    os.chmod(obj, 0o644)
+    obj.write_bytes(bytes(data))
+
+
 def run_py(code: str, *args: str, **kw) -> subprocess.Popen:
     """Start ``python -c code args...`` (a real separate process)."""
     return subprocess.Popen([sys.executable, "-c", code, *args], **kw)

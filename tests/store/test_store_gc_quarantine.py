@@ -5,26 +5,17 @@ again. Unrooted and unreferenced, it holds nothing."""
 
 from __future__ import annotations
 
-import os
-
 from clikit import kiln
-from storekit import make_tree
+from storekit import corrupt_file, corrupt_object, make_tree
 
 from kiln.store.localstore import LocalStore
 from kiln.store.quarantine import parse_info
 
 
-def _break_both(store, path):
+def _break_both(store, path):  # noqa: ANN001, ANN202
     """Corrupt ``path``'s object and tree, so a repair can only quarantine it."""
-    obj = store.object_path(path)
-    data = bytearray(obj.read_bytes())
-    data[len(data) // 2] ^= 0x55
-    os.chmod(obj, 0o644)
-    obj.write_bytes(bytes(data))
-    f = store.real_path(path) / "f"
-    os.chmod(f.parent, 0o755)
-    os.chmod(f, 0o644)
-    f.write_bytes(b"tampered\n")
+    corrupt_object(store, path)
+    corrupt_file(store.real_path(path) / "f")
 
 
 def _quarantined(store, tmp_path, before=lambda built: None):

@@ -5,29 +5,10 @@ from __future__ import annotations
 import os
 
 import pytest
-from storekit import make_tree
+from storekit import corrupt_file, corrupt_object, make_tree
 
 from kiln.store import nar
 from kiln.store.signing import SecretKey, sign_info
-
-
-def _corrupt_file(p, data=b"tampered\n"):
-    d = p.parent
-    os.chmod(d, 0o755)
-    os.chmod(p, 0o644)
-    p.write_bytes(data)
-    os.chmod(p, 0o444)
-    os.utime(p, (1, 1))
-    os.chmod(d, 0o555)
-    os.utime(d, (1, 1))
-
-
-def _corrupt_object(store, path):
-    obj = store.object_path(path)
-    data = bytearray(obj.read_bytes())
-    data[len(data) // 2] ^= 0x55
-    os.chmod(obj, 0o644)
-    obj.write_bytes(bytes(data))
 
 
 @pytest.fixture
@@ -63,7 +44,7 @@ def test_symlink_loops_are_plain_symlinks_to_verify_and_repair(store, tmp_path):
 
 def test_corrupt_tree_reported_and_rematerialised(store, two):
     a, b = two
-    _corrupt_file(store.real_path(a.path) / "f")
+    corrupt_file(store.real_path(a.path) / "f")
     r = store.verify()
     assert not r.ok
     [p] = r.problems
@@ -91,7 +72,7 @@ def test_missing_tree_and_bad_metadata(store, two):
 def test_corrupt_object_rebuilt_from_good_tree(store, two):
     a, _ = two
     old = store.object_path(a.path)
-    _corrupt_object(store, a.path)
+    corrupt_object(store, a.path)
     [p] = store.verify().problems
     assert p.kind == "object-corrupt" and p.path == a.path
     r = store.verify(repair=True)
@@ -117,8 +98,8 @@ def test_an_object_that_is_a_fifo_is_reported_not_waited_on(store, two):
 def test_both_bad_quarantines(store, two, tmp_path):
     a, b = two
     top = store.add_text("top.drv", b"x", [a.path])
-    _corrupt_object(store, a.path)
-    _corrupt_file(store.real_path(a.path) / "f")
+    corrupt_object(store, a.path)
+    corrupt_file(store.real_path(a.path) / "f")
     r = store.verify(repair=True)
     assert r.quarantined == (a.path,)
     assert not store.is_valid(a.path) and not store.real_path(a.path).exists()
@@ -137,8 +118,8 @@ def test_a_second_repair_of_a_path_another_one_quarantined_does_not_quarantine_i
     from kiln.store.verify import Problem
 
     a, _b = two
-    _corrupt_object(store, a.path)
-    _corrupt_file(store.real_path(a.path) / "f")
+    corrupt_object(store, a.path)
+    corrupt_file(store.real_path(a.path) / "f")
     found = [Problem(a.path, "tree-corrupt", "x"), Problem(a.path, "object-corrupt", "y")]
     first, q1 = repair_path(store, a, list(found))
     second, q2 = repair_path(store, a, list(found))  # with the findings made before the first
@@ -229,7 +210,7 @@ def test_bad_object_with_a_tree_only_off_in_metadata_is_rebuilt_not_quarantined(
     # The tree's NAR hash still matches the row (only a mode is off): it is good content.
     a, _ = two
     os.chmod(store.real_path(a.path) / "f", 0o644)
-    _corrupt_object(store, a.path)
+    corrupt_object(store, a.path)
     kinds = sorted(p.kind for p in store.verify().problems)
     assert kinds == ["object-corrupt", "tree-metadata"]
     r = store.verify(repair=True)
@@ -245,10 +226,10 @@ def test_a_shared_object_repaired_through_one_path_is_good_for_the_other(store, 
     x = store.add_path(make_tree(tmp_path / "x1", {"f": "same\n"}), name="one")
     y = store.add_path(make_tree(tmp_path / "x2", {"f": "same\n"}), name="two")
     assert store.object_path(x.path) == store.object_path(y.path)
-    _corrupt_object(store, x.path)
+    corrupt_object(store, x.path)
     for damaged in sorted([x, y], key=lambda i: i.path):  # whichever comes first in the scan
-        _corrupt_object(store, x.path)
-        _corrupt_file(store.real_path(damaged.path) / "f")
+        corrupt_object(store, x.path)
+        corrupt_file(store.real_path(damaged.path) / "f")
         r = store.verify(repair=True)
         assert r.quarantined == ()
         assert store.verify().problems == ()
@@ -258,7 +239,7 @@ def test_a_shared_object_repaired_through_one_path_is_good_for_the_other(store, 
 def test_a_content_addressed_path_with_a_bad_object_repairs_clean_under_sigs_needed(store, two):
     # the content-address proof is the tree's: a corrupt object does not take it away
     a, _ = two
-    _corrupt_object(store, a.path)
+    corrupt_object(store, a.path)
     key = SecretKey.generate("test-1")
     r = store.verify(repair=True, trusted=[key.public()], sigs_needed=1)
     assert r.ok, r.problems
@@ -295,8 +276,8 @@ def test_a_quarantine_never_takes_the_object_another_path_just_registered(store,
 
     src = make_tree(tmp_path / "src", {"f": "alpha\n" * 1000})
     a = store.add_path(src, name="qa")
-    _corrupt_file(store.real_path(a.path) / "f")
-    _corrupt_object(store, a.path)
+    corrupt_file(store.real_path(a.path) / "f")
+    corrupt_object(store, a.path)
     r, added = _repair_while_another_registers(
         store, monkeypatch, lambda other: other.add_path(src, name="qb")
     )
@@ -311,7 +292,7 @@ def test_a_quarantine_of_a_path_whose_object_is_a_directory_says_quarantined(sto
     was already invalidated)."""
     src = make_tree(tmp_path / "src", {"f": "alpha\n" * 100})
     a = store.add_path(src, name="qa")
-    _corrupt_file(store.real_path(a.path) / "f")
+    corrupt_file(store.real_path(a.path) / "f")
     obj = store.object_path(a.path)
     obj.unlink()
     obj.mkdir()
@@ -349,7 +330,7 @@ def test_an_object_rebuild_never_deletes_the_old_name_another_path_just_register
         )  # fmt: skip
 
     a = store.import_object(info("qa"), io.BytesIO(foreign))
-    _corrupt_object(store, a.path)
+    corrupt_object(store, a.path)
     r, added = _repair_while_another_registers(
         store, monkeypatch, lambda other: other.import_object(info("qb"), io.BytesIO(foreign))
     )
@@ -366,9 +347,9 @@ def test_a_quarantined_object_is_copied_and_deleted_only_with_the_gc_lock_free(s
     for held in (False, True):
         src = make_tree(tmp_path / f"src{held}", {"f": f"alpha {held}\n" * 100})
         a = store.add_path(src, name=f"q{int(held)}")
-        _corrupt_file(store.real_path(a.path) / "f")
+        corrupt_file(store.real_path(a.path) / "f")
         obj = store.object_path(a.path)
-        _corrupt_object(store, a.path)
+        corrupt_object(store, a.path)
         bad = obj.read_bytes()
         writer = FileLock(store.gc_lock_path, shared=True)  # another process's registration
         if held:
