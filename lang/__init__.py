@@ -36,7 +36,7 @@ import os
 from collections.abc import Callable, Mapping
 
 from . import cache as _cache
-from .errors import RecipeError
+from .errors import RecipeError, visible
 
 # typing.TYPE_CHECKING without importing typing, and no pathlib or threading at import
 # time: a cache hit (see kiln.lang.cache) needs none of them
@@ -165,7 +165,8 @@ class Evaluation:
         node, v = _deep(_recursion_is_recipe_error(run))
         if not isinstance(v, DrvValue):
             shown = expr.strip() if len(expr.strip()) <= 60 else expr.strip()[:57] + "..."
-            raise RecipeError(f"'{shown}' is {type_name(v)}, not a package", node.src, node.pos)
+            # (an expression over lines must not add lines to the message)
+            raise RecipeError(f"'{visible(shown)}' is {type_name(v)}, not a package", node.src, node.pos)
         if isinstance(self.drvs, dict):
             self.drvs.update(ev.drvs)
         return v.path, v.drv

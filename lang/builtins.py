@@ -41,6 +41,7 @@ from .errors import (
     RecipeTypeError,
     UnknownField,
     did_you_mean,
+    visible,
 )
 from .sources import fingerprint
 from .values import CStr, DrvValue, Record, SourceValue, type_name
@@ -231,9 +232,10 @@ def path(ev: Evaluator, node: ast.Call, env: Env) -> SourceValue:
         if e.src is not None:
             raise
         # e.g. a .kilnignore that is not UTF-8: locate it at the path that was named
-        raise BadValue(f"cannot add path {rel!r} to the store: {e.message}", n.src, n.pos) from None
+        raise BadValue(f"cannot add path {rel!r} to the store: {visible(e.message)}", n.src, n.pos) from None
     except (KilnError, OSError) as e:  # a fifo or an unreadable file in the source, ...
-        raise BadValue(f"cannot add path {rel!r} to the store: {e}", n.src, n.pos) from None
+        # (the store's message may name a file of the source as it is, newline and all)
+        raise BadValue(f"cannot add path {rel!r} to the store: {visible(str(e))}", n.src, n.pos) from None
     ev.sources[store_path] = target
     ev.source_fps[store_path] = before if after == before else None
     return SourceValue(store_path, target)

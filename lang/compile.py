@@ -18,6 +18,7 @@ Contract with the build loop (see docs/recipe-language.md, "Derivations"):
 from __future__ import annotations
 
 import re
+import sys
 from typing import TYPE_CHECKING
 
 from kiln.store.derivation import Derivation, Output, check_drv_name
@@ -25,6 +26,7 @@ from kiln.store.errors import FormatError
 from kiln.store.paths import check_name
 
 from . import nodes as ast
+from .deep import handler_depth, has_frames_above
 from .drvhash import finalize_fast
 from .errors import BadValue, InfiniteRecursion, MissingField, RecipeTypeError, UnknownField, did_you_mean
 from .values import CStr, DrvValue, Record, SourceValue, canonical, type_name
@@ -88,10 +90,24 @@ def env_text(v: object, node: ast.Node, field: str, ctx: set) -> str:
     )
 
 
-#: ``Evaluator.instances`` value of a variant whose evaluation went too deep when
-#: reached at most ``SHALLOW`` variants down (so from any binding it would)
-TOO_DEEP = object()
-SHALLOW = 4
+class TooDeep:
+    """``Evaluator.instances`` value of a variant whose evaluation went too deep when
+    entered with ``depth`` Python frames above it: entered again as deep or deeper, it
+    would again (the same evaluation, with less room), so it fails at once instead of
+    recursing as deep again; entered nearer the top, it may fit, and is tried."""
+
+    __slots__ = ("depth",)
+
+    def __init__(self, depth: int) -> None:
+        self.depth = depth
+
+
+#: a variant that went too deep is remembered (``TooDeep``) only if entered within this
+#: fraction of the recursion limit from the top: its runaway then fails every binding that
+#: uses it at once. One entered deeper (below a long chain, or inside an expression nested
+#: deep: it takes frames, not entries of ``ev.stack``) is likely finite, and fits from
+#: nearer the top: remembering it too would only cost memory and a check per use.
+NEAR_TOP = 8
 
 
 def instantiate(ev: Evaluator, fn: PackageFn, args: dict, call: ast.Node) -> DrvValue:
@@ -121,23 +137,32 @@ def instantiate(ev: Evaluator, fn: PackageFn, args: dict, call: ast.Node) -> Drv
     done = ev.instances.get(key)
     if isinstance(done, DrvValue):
         return done
-    if done is TOO_DEEP:  # failed so before: one runaway variant costs its depth once
-        raise RecursionError(f"variant of package '{pkg.name}' went too deep before")
+    if isinstance(done, TooDeep):
+        if has_frames_above(done.depth):  # one runaway variant costs its depth once
+            raise InfiniteRecursion(
+                f"evaluation went too deep: package '{pkg.name}' with these parameters went too deep "
+                "before, from no deeper than here: unbounded recursion through package variants "
+                "(like p(n = n + 1)) or nesting deeper than kiln evaluates",
+                call.src,
+                call.pos,
+            )
+        done = None  # nearer the top than when it failed: it may fit now
     if done is not None:
         chain = " → ".join([*(n for n, _ in ev.stack), pkg.name])
         raise InfiniteRecursion(f"package '{pkg.name}' depends on itself: {chain}", call.src, call.pos)
     ev.instances[key] = False
-    depth = len(ev.stack)
     ev.stack.append((pkg.name, pkg))
     try:
         value = _compile(ev, fn, pkg, params)
-    except RecursionError:
-        if depth > SHALLOW:
-            del ev.instances[key]  # reached deep: it may be finite, from higher up
-            raise
-        # reached near the top, it fails from anywhere: remembered, so every other
-        # binding using it fails at once instead of recursing as deep again
-        ev.instances[key] = TOO_DEEP
+    except RecursionError as e:
+        try:
+            depth: int | None = handler_depth(e)
+        except RecursionError:  # (no room left even to measure: not remembered)
+            depth = None
+        if depth is not None and depth <= sys.getrecursionlimit() // NEAR_TOP:
+            ev.instances[key] = TooDeep(depth)
+        else:
+            del ev.instances[key]
         raise
     except BaseException:
         del ev.instances[key]

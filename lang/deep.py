@@ -1,7 +1,12 @@
 """Evaluating on a thread with a large stack (``_deep``), and turning running out of it
 into a recipe error (``_recursion_is_recipe_error``, ``_too_deep``): long dependency
 chains and nested expressions recurse as deeply as they nest, and unbounded variant
-recursion (``p(n = n + 1)``) is a user's error, never an internal one."""
+recursion (``p(n = n + 1)``) is a user's error, never an internal one.
+
+How deep a frame is (``has_frames_above``, ``handler_depth``) is measured in Python
+frames, only when it matters (a ``RecursionError`` unwinding, a variant that failed so
+reached again): the evaluator's own stack of bindings says nothing about it, as a
+nested expression takes frames without taking entries there."""
 
 from __future__ import annotations
 
@@ -126,21 +131,93 @@ def _recursion_is_recipe_error(fn: Callable[[], T]) -> Callable[[], T]:
     return run
 
 
+#: the evaluator's frames that enter a binding or a package variant (``Evaluator.force``,
+#: ``compile.instantiate``): the frames below the innermost of them are one expression's
+_BINDING_FRAMES = frozenset({"force", "instantiate"})
+
+
 def _too_deep(e: RecursionError | MemoryError) -> RecipeError:
     """The ``InfiniteRecursion`` recipe error for ``e``, located at the innermost recipe
-    node among its traceback's frames (the evaluator's own stack is unwound by now)."""
+    node among its traceback's frames (the evaluator's own stack is unwound by now).
+    When most of the depth lies inside one expression (below the innermost binding or
+    variant entered), it says so: "expression nested too deeply" (a 200,000-term
+    ``1 + 1 + ...``), not a recursion through variants the recipe does not have."""
     from .errors import InfiniteRecursion
 
-    what = "too deep" if isinstance(e, RecursionError) else "out of memory"
     node, tb = None, e.__traceback__
+    frames = last_binding = 0
     while tb is not None:
-        cand = tb.tb_frame.f_locals.get("node")
+        frames += 1
+        frame = tb.tb_frame
+        if frame.f_code.co_name in _BINDING_FRAMES:
+            last_binding = frames
+        cand = frame.f_locals.get("node")
         if getattr(cand, "src", None) is not None:
             node = cand
         tb = tb.tb_next
-    return InfiniteRecursion(
-        f"evaluation went {what}: unbounded recursion through package variants "
-        "(like p(n = n + 1)) or nesting deeper than kiln evaluates",
-        getattr(node, "src", None),
-        getattr(node, "pos", None),
-    )
+    causes = "unbounded recursion through package variants (like p(n = n + 1)) or nesting deeper than kiln evaluates"
+    if isinstance(e, MemoryError):
+        message = f"evaluation went out of memory: {causes}"
+    elif node is not None and frames - last_binding > frames // 2:
+        message = "expression nested too deeply: deeper than kiln evaluates"
+    else:
+        message = f"evaluation went too deep: {causes}"
+    return InfiniteRecursion(message, getattr(node, "src", None), getattr(node, "pos", None))
+
+
+def has_frames_above(n: int) -> bool:
+    """Whether the caller's frame has at least ``n`` Python frames above it (its callers',
+    up to its thread's first). Costs ``n`` steps of C, no Python frames."""
+    try:
+        sys._getframe(n + 1)  # (frame 1 is the caller's)
+    except ValueError:  # "call stack is not deep enough"
+        return False
+    return True
+
+
+def _frames_above(level: int) -> int:
+    """How many Python frames are above the frame ``level`` frames up from this one:
+    a doubling, then a bisection, of ``sys._getframe`` probes (C steps, no frame
+    objects but the probed ones)."""
+    lo, hi = 0, 1  # lo frames above it are known to exist, hi not yet known
+    while True:
+        try:
+            sys._getframe(level + hi)
+        except ValueError:
+            break
+        lo, hi = hi, hi * 2
+    while hi - lo > 1:  # lo exist, hi do not
+        mid = (lo + hi) // 2
+        try:
+            sys._getframe(level + mid)
+            lo = mid
+        except ValueError:
+            hi = mid
+    return lo
+
+
+def handler_depth(e: BaseException) -> int:
+    """How many Python frames are above the caller, which is handling ``e`` (it is the
+    first frame of ``e``'s traceback). One unwinding asks this in every frame of a chain
+    of variants it passes, so it is amortised: the first answer is measured
+    (``_frames_above``) and kept on ``e`` with its traceback entry; a later caller,
+    higher up, counts only its traceback entries down to that one."""
+    tb = e.__traceback__
+    if tb is None or tb.tb_frame is not sys._getframe(1):  # not handling it: just measure
+        return _frames_above(2)
+    memo = getattr(e, "_kiln_depth", None)
+    depth = None
+    if memo is not None:
+        below, below_depth = memo
+        k, t = 0, tb
+        while t is not None and t is not below:
+            # (a frame that raised ``e`` again by name has two entries, side by side)
+            if t.tb_next is None or t.tb_next.tb_frame is not t.tb_frame:
+                k += 1
+            t = t.tb_next
+        if t is not None:
+            depth = below_depth - k
+    if depth is None:  # the first to ask (or the traceback was replaced on the way)
+        depth = _frames_above(2)
+    e._kiln_depth = (tb, depth)  # type: ignore[attr-defined]  # (any exception takes attributes)
+    return depth

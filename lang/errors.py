@@ -10,6 +10,9 @@ where it happened it is rendered as::
 
 Subclasses exist per kind so tests (and callers) can tell them apart; ``kind`` is a
 short stable name used in test expectation files.
+
+A message may span lines; a file's name or path it embeds goes through ``visible``
+(every control character shown, a newline too), so no name can add a line of its own.
 """
 
 from __future__ import annotations
@@ -63,8 +66,19 @@ _VISIBLE: dict[int, int | str] = (
     | {c: ord("?") for c in range(0x80, 0xA0)}
     | {c: f"\\u{c:04x}" for c in BIDI_CONTROLS}
 )
-#: the same for a message, which may span lines and be indented with tabs
+#: the same for a message, which may span lines and be indented with tabs: so every
+#: name a message embeds goes through ``visible`` first
 _VISIBLE_TEXT = {c: v for c, v in _VISIBLE.items() if c not in (9, 10)}
+
+
+def visible(text: str) -> str:
+    """``text`` as a message may embed it when it did not come from kiln (a file's name or
+    path, an expression from the command line): every control character shown as a
+    visible one, a newline and a tab included (``␊``, ``␉``), bidi controls as
+    ``\\u202e``. A message keeps its own newlines (``RecipeError.render``), so a name with a
+    newline embedded raw would start a line of its own, looking like kiln's
+    (``kiln: verified 3 signatures``)."""
+    return text.translate(_VISIBLE)
 
 
 class RecipeError(KilnError):
@@ -86,7 +100,7 @@ class RecipeError(KilnError):
         shown."""
         if self.src is None:
             return self.message.translate(_VISIBLE_TEXT)
-        name = self.src.name.translate(_VISIBLE)  # (a newline in a file's name too)
+        name = visible(self.src.name)  # (a newline in a file's name too)
         if self.pos is None:
             return f"{name}: {self.message.translate(_VISIBLE_TEXT)}"
         line, col = self.src.line_col(self.pos)

@@ -32,6 +32,7 @@ from .errors import (
     RecipeTypeError,
     UnknownName,
     did_you_mean,
+    visible,
 )
 from .parser import parse_module
 from .reading import read_recipe
@@ -105,7 +106,7 @@ class Evaluator:
             return mod
         for i, (p, _, _) in enumerate(self.loading):
             if p == path:
-                chain = [d for _, d, _ in self.loading[i:]] + [display]
+                chain = [visible(d) for _, d, _ in self.loading[i:]] + [visible(display)]
                 raise ImportCycle(
                     "import cycle: " + " → ".join(chain), via.src if via else None, via.pos if via else None
                 )
@@ -137,7 +138,7 @@ class Evaluator:
                     if name in env.vars:
                         where = "defined in this file" if name in own else "imported by an earlier import"
                         raise RecipeError(
-                            f"'{name}' from {rel} clashes with '{name}' {where}", imp.src, imp.pos
+                            f"'{name}' from {visible(rel)} clashes with '{name}' {where}", imp.src, imp.pos
                         )
                     env.vars[name] = sub.env.vars[name]
         finally:

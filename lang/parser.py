@@ -148,31 +148,33 @@ class _Builder:
 
     def binops(self, c: Sequence[Any]) -> ast.Node:
         """Group ``a op b op c ...`` by precedence (all left-associative):
-        ``||`` < ``&&`` < ``==``/``!=`` < ``+``."""
+        ``||`` < ``&&`` < ``==``/``!=`` < ``+``. Recursion goes only as deep as there are
+        levels: a run of one level is folded in a loop (a 400,000-term ``1 + 1 + ...``
+        recursed once per term and overflowed the stack unlocated, while parsing)."""
         operands = c[0::2]
         ops = c[1::2]
 
         def climb(lo: int, hi: int, level: int) -> ast.Node:
-            # split [lo, hi] (operand indices) at the last operator of the weakest level
+            # [lo, hi] (operand indices): split at every operator of the weakest level
+            # present, each part holding only stronger ones, and fold the parts leftwards
             if lo == hi:
                 return operands[lo]
             for lvl in range(level, len(_LEVELS)):
-                for k in range(hi - 1, lo - 1, -1):
-                    if str(ops[k]) in _LEVELS[lvl]:
-                        # chained only if another comparison sits in this same flat run:
-                        # a parenthesised one is a single operand here, and is allowed
-                        # (reported at the second comparison, the one that chains)
-                        if lvl == 2:
-                            chained = [j for j in range(lo, k + 1) if str(ops[j]) in _LEVELS[2]]
-                            if len(chained) > 1:
-                                raise RecipeSyntaxError(
-                                    "comparisons cannot be chained; add parentheses",
-                                    self.src,
-                                    self._p(ops[chained[1]]),
-                                )
-                        left = climb(lo, k, lvl)
-                        right = climb(k + 1, hi, lvl + 1 if lvl == 2 else lvl)
-                        return ast.BinOp(self.src, self._p(ops[k]), str(ops[k]), left, right)
+                ks = [k for k in range(lo, hi) if str(ops[k]) in _LEVELS[lvl]]
+                if not ks:
+                    continue
+                # chained only if another comparison sits in this same flat run: a
+                # parenthesised one is a single operand here, and is allowed (reported at
+                # the second comparison, the one that chains)
+                if lvl == 2 and len(ks) > 1:
+                    raise RecipeSyntaxError(
+                        "comparisons cannot be chained; add parentheses", self.src, self._p(ops[ks[1]])
+                    )
+                node = climb(lo, ks[0], lvl + 1)
+                for i, k in enumerate(ks):
+                    right = climb(k + 1, ks[i + 1] if i + 1 < len(ks) else hi, lvl + 1)
+                    node = ast.BinOp(self.src, self._p(ops[k]), str(ops[k]), node, right)
+                return node
             raise AssertionError("unreachable")
 
         return climb(0, len(operands) - 1, 0)

@@ -4,7 +4,8 @@ Contract: ``read_recipe`` returns the file's raw bytes (what the evaluation cach
 hashes) and its text as the parser must see it, or raises a ``RecipeError``: located at
 the ``import`` that named the file when there is one, naming the file otherwise. It never
 lets an ``OSError``/``ValueError`` escape and never blocks: only regular files are read
-(a FIFO, device, socket or directory is refused before any byte is read).
+(a FIFO, device, socket or directory is refused before any byte is read). Messages name
+the file as ``errors.visible`` shows it (a newline in its name cannot start a line).
 
 The text is UTF-8; a leading byte-order mark is dropped and CRLF line ends become LF (a
 file checked out with ``core.autocrlf`` means the same as its LF original: ``''``
@@ -18,7 +19,7 @@ import os
 import stat
 
 from . import nodes as ast
-from .errors import ImportNotFound, RecipeError
+from .errors import ImportNotFound, RecipeError, visible
 
 _KINDS = (
     (stat.S_ISDIR, "a directory"),
@@ -35,6 +36,7 @@ def _fail(message: str, via: ast.Import | None) -> RecipeError:
 
 def _read_bytes(path: str, display: str, via: ast.Import | None) -> bytes:
     what = "imported file" if via is not None else "recipe file"
+    shown = visible(display)  # (a newline in the name must not start a line of its own)
     if "\0" in path:
         raise _fail(f"cannot read {what} {display!r}: the path contains a NUL character", via)
     try:
@@ -43,20 +45,20 @@ def _read_bytes(path: str, display: str, via: ast.Import | None) -> bytes:
     except OSError as e:
         if e.errno == errno.ENOENT:
             if via is None:
-                raise RecipeError(f"recipe file {display} does not exist") from None
-            raise ImportNotFound(f"imported file {display} does not exist", via.src, via.pos) from None
-        raise _fail(f"cannot read {what} {display}: {e.strerror or e}", via) from None
+                raise RecipeError(f"recipe file {shown} does not exist") from None
+            raise ImportNotFound(f"imported file {shown} does not exist", via.src, via.pos) from None
+        raise _fail(f"cannot read {what} {shown}: {e.strerror or e}", via) from None
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
             kind = next((k for test, k in _KINDS if test(mode)), "not a regular file")
-            raise _fail(f"cannot read {what} {display}: it is {kind}, not a regular file", via)
+            raise _fail(f"cannot read {what} {shown}: it is {kind}, not a regular file", via)
         chunks = []
         while chunk := os.read(fd, 1 << 20):
             chunks.append(chunk)
         return b"".join(chunks)
     except OSError as e:
-        raise _fail(f"cannot read {what} {display}: {e.strerror or e}", via) from None
+        raise _fail(f"cannot read {what} {shown}: {e.strerror or e}", via) from None
     finally:
         os.close(fd)
 
@@ -74,8 +76,10 @@ def read_recipe(path: str, display: str, via: ast.Import | None) -> tuple[bytes,
         col = len(raw[start : e.start].decode("utf-8", "replace")) + 1
         bad = f"not valid UTF-8 (byte 0x{raw[e.start]:02x})"
         if via is not None:
-            raise _fail(f"imported file {display} is {bad} at line {line}, column {col}", via) from None
-        raise RecipeError(f"{display}:{line}:{col}: {bad}; recipe files are UTF-8") from None
+            raise _fail(
+                f"imported file {visible(display)} is {bad} at line {line}, column {col}", via
+            ) from None
+        raise RecipeError(f"{visible(display)}:{line}:{col}: {bad}; recipe files are UTF-8") from None
     text = text.removeprefix("\ufeff")  # a UTF-8 byte-order mark some editors write
     return raw, text.replace("\r\n", "\n")
 
@@ -91,5 +95,5 @@ def check_utf8(text: str, display: str) -> str:
         col = e.start - (text.rfind("\n", 0, e.start) + 1) + 1
         c = ord(text[e.start])
         bad = f"byte 0x{c - 0xDC00:02x}" if 0xDC80 <= c <= 0xDCFF else f"lone surrogate U+{c:04X}"
-        raise RecipeError(f"{display}:{line}:{col}: not valid UTF-8 ({bad})") from None
+        raise RecipeError(f"{visible(display)}:{line}:{col}: not valid UTF-8 ({bad})") from None
     return text

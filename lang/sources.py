@@ -29,7 +29,7 @@ def _patterns(root: Path) -> list[tuple[str, bool]]:
     """The ``(pattern, directories only)`` rules of ``root``'s ``.kilnignore`` (none if
     there is no such file). Raises ``BadValue`` (not located: the caller knows where the
     source was named) when the file is not UTF-8."""
-    from .errors import BadValue
+    from .errors import BadValue, visible
 
     f = root / ".kilnignore"
     try:
@@ -41,7 +41,7 @@ def _patterns(root: Path) -> list[tuple[str, bool]]:
     if not stat.S_ISREG(st.st_mode):
         # read where it lies: a symlink would read a file outside the recipe tree (and
         # let it decide what is stored), a FIFO would block
-        raise BadValue(f"{f} must be a regular file, not a symlink or special file")
+        raise BadValue(f"{visible(str(f))} must be a regular file, not a symlink or special file")
     fd = os.open(f, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     with os.fdopen(fd, "rb") as fh:
         raw = fh.read()
@@ -49,7 +49,9 @@ def _patterns(root: Path) -> list[tuple[str, bool]]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         line = raw.count(b"\n", 0, e.start) + 1
-        raise BadValue(f"{f} is not valid UTF-8 (byte 0x{raw[e.start]:02x} on line {line})") from None
+        raise BadValue(
+            f"{visible(str(f))} is not valid UTF-8 (byte 0x{raw[e.start]:02x} on line {line})"
+        ) from None
     out = []
     for line in text.splitlines():
         line = line.strip()

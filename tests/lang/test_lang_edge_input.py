@@ -74,7 +74,7 @@ def test_huge_attr_expressions_evaluate_or_fail_cleanly(tmp_path):
     _, drv = ev.select("a(n = " + "+".join(["1"] * 3000) + ")")
     assert dict(drv.env)["build"] == "3000"
     deep = "a(n = length(" + "[" * 150_000 + "]" * 150_000 + "))"
-    with pytest.raises(E.InfiniteRecursion, match=r"^<attribute>:1:\d+: evaluation went too deep"):
+    with pytest.raises(E.InfiniteRecursion, match=r"^<attribute>:1:\d+: expression nested too deeply"):
         ev.select(deep)
 
 
@@ -566,8 +566,9 @@ def test_a_runaway_variant_costs_its_depth_once(tmp_path):
     ev = _evaluate_within(300, "r.recipe")
     assert ev.select("ok")[1].name == "ok"
     for i in (0, 14):
-        with pytest.raises(E.InfiniteRecursion):
+        with pytest.raises(E.InfiniteRecursion) as info:
             ev.select(f"u{i}")
+        assert info.value.src is not None, str(info.value)  # (located: at the use, or the recursion)
     assert time.monotonic() - t < 3 * one + 2, (time.monotonic() - t, one)
 
 
@@ -584,3 +585,58 @@ def test_a_finite_chain_first_reached_too_deep_evaluates_from_the_top(tmp_path):
     with contextlib.suppress(E.InfiniteRecursion):
         ev.select("a")
     assert ev.select("b")[1].name == "b"
+
+
+def test_a_finite_chain_reached_inside_a_deep_expression_still_evaluates(tmp_path):
+    """``x`` reaches ``b``'s finite chain from inside 150,000 nested additions, which
+    take Python frames but no entries of the evaluator's stack of bindings: ``b`` was
+    taken as reached near the top and remembered as too deep, so ``b`` and ``use`` (which
+    both evaluate without ``x``) were reported broken, ``b`` without a location."""
+    plus = ' + ""' * 150_000
+    _write(
+        tmp_path / "r.recipe",
+        f'let x = "${{b}}"{plus}\n'
+        'package b(n = 0) { build = if n == 30000 then "leaf" else "${b(n = n + 1)}" }\n'
+        'package use { build = "${b}" }\n',
+    )
+    ev = _evaluate_within(300, "r.recipe")
+    assert sorted(ev.broken) == ["x"], {k: str(v)[:200] for k, v in ev.broken.items()}
+    assert isinstance(ev.broken["x"], E.InfiniteRecursion) and ev.broken["x"].src is not None
+    assert sorted(ev.drv_paths) == ["b", "use"]
+
+
+def test_a_variant_remembered_as_too_deep_fails_at_once_where_it_is_used(tmp_path):
+    """Reached again from no nearer the top than when it failed, a runaway variant fails
+    at once, at the expression that uses it."""
+    _write(tmp_path / "r.recipe", 'package p(n = 0) { build = "${p(n = n + 1)}" }\n')
+    ev = _evaluate_within(120, "r.recipe")
+    assert isinstance(ev.broken["p"], E.InfiniteRecursion)
+    with pytest.raises(E.InfiniteRecursion, match="^<attribute>:1:1: evaluation went too deep: package 'p' "):
+        ev.select("p(n = 0)")  # (deeper than the evaluation's own use of it)
+
+
+def test_a_huge_sum_is_a_located_nesting_error(tmp_path):
+    """A 200,000-term ``1 + 1 + ...`` nests deeper than kiln evaluates: the error says
+    so, at the innermost term reached (it spoke of recursion through package variants,
+    which the file has none of)."""
+    _write(tmp_path / "r.recipe", "let x = 1" + " + 1" * 200_000 + "\n")
+    ev = _evaluate_within(300, "r.recipe")
+    e = ev.broken["x"]
+    assert isinstance(e, E.InfiniteRecursion)
+    assert str(e).startswith("r.recipe:1:"), str(e)[:300]
+    assert str(e).split("\n")[0].endswith(": expression nested too deeply: deeper than kiln evaluates")
+
+
+def test_a_long_sum_parses_without_recursing_per_term():
+    """The parser grouped a run of ``+`` recursing once per term: 400,000 terms overflowed
+    while parsing, unlocated (here, on the interpreter's own stack, a few thousand did)."""
+    import sys
+
+    from kiln.lang import nodes
+    from kiln.lang.parser import parse_module
+
+    n = 5 * sys.getrecursionlimit()
+    tree = parse_module("let x = 1" + " + 1" * n + f" == {n + 1} && a || b\n", "r.recipe")
+    top = tree.lets[0].expr
+    assert isinstance(top, nodes.BinOp) and top.op == "||" and top.left.op == "&&"
+    assert top.left.left.op == "==" and top.left.left.left.op == "+"

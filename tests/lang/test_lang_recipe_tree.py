@@ -19,6 +19,7 @@ from kiln.lang import RecipeError, evaluate_file
 def tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """``tmp_path/proj`` (the recipes, cwd) beside ``tmp_path/secret/key``."""
     monkeypatch.delenv("KILN_RECIPE_ROOT", raising=False)
+    monkeypatch.delenv("SUDO_UID", raising=False)  # (the tests may run under sudo)
     (tmp_path / "secret").mkdir()
     (tmp_path / "secret" / "key").write_text("SECRET\n")
     (tmp_path / "secret" / "x.recipe").write_text('package x { build = "" }\n')
@@ -224,6 +225,60 @@ def test_a_marker_that_is_a_symlink_or_another_user_s_does_not_count(tree: Path)
         os.chown(tree.parent / ".kilnroot", 12345, 12345)
         with pytest.raises(RecipeError, match=f"leads outside the recipe tree {tree} "):
             evaluate_file("r.recipe", add_source=_added()[1]).attributes()
+
+
+def _another_users_marker(path: Path, monkeypatch: pytest.MonkeyPatch) -> int:
+    """Make the ``.kilnroot`` at ``path``, owned by a user other than root, and have kiln
+    run as root (as it does under sudo); returns that user's uid."""
+    path.write_text("")
+    if os.geteuid() == 0:
+        os.chown(path, 12345, 12345)
+        return 12345
+    monkeypatch.setattr(os, "geteuid", lambda: 0)  # (only root can give a file away)
+    return os.getuid()
+
+
+def test_under_sudo_the_invoking_user_s_marker_counts(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``sudo kiln build``: the project's marker, owned by the user who ran sudo, was
+    ignored (a marker counts only if the user running kiln or root owns it), with an error
+    telling them to add the marker that is there. ``SUDO_UID`` names that user, as git's
+    ``safe.directory`` takes it; the error names a marker passed over and its owner."""
+    (tree / "pkgs").mkdir()
+    (tree / "pkgs" / "p.recipe").write_text('package p { build = "${path "../src"}" }\n')
+    uid = _another_users_marker(tree / ".kilnroot", monkeypatch)
+    with pytest.raises(RecipeError) as e:
+        evaluate_file("pkgs/p.recipe", add_source=_added()[1]).attributes()
+    first = str(e.value).splitlines()[0]
+    assert f"leads outside the recipe tree {tree / 'pkgs'} " in first
+    assert f"; {tree / '.kilnroot'} does not count: it is owned by uid {uid}" in first, first
+    assert "SUDO_UID" in first and "add one to the project's top" not in first, first
+    monkeypatch.setenv("SUDO_UID", str(uid))
+    seen, add = _added()
+    assert "p" in evaluate_file("pkgs/p.recipe", add_source=add).attributes()
+    assert seen == [str(tree / "src")]
+    monkeypatch.setenv("SUDO_UID", str(uid + 1))  # another user's sudo: not theirs
+    with pytest.raises(RecipeError, match=f"it is owned by uid {uid}, and a marker counts only if owned"):
+        evaluate_file("pkgs/p.recipe", add_source=_added()[1]).attributes()
+
+
+def test_sudo_uid_counts_only_for_root(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``SUDO_UID`` is only a hint of who ran sudo: kiln not running as root, anyone can
+    set it, and it widens nothing."""
+    (tree / "r.recipe").write_text('package p { build = "${path "../secret/key"}" }\n')
+    uid = _another_users_marker(tree.parent / ".kilnroot", monkeypatch)
+    monkeypatch.setenv("SUDO_UID", str(uid))
+    assert "p" in evaluate_file("r.recipe", add_source=_added()[1]).attributes()
+    monkeypatch.setattr(os, "geteuid", lambda: uid + 1)
+    with pytest.raises(RecipeError, match=f"leads outside the recipe tree {tree} "):
+        evaluate_file("r.recipe", add_source=_added()[1]).attributes()
+
+
+def test_a_marker_passed_over_is_named_in_the_error(tree: Path) -> None:
+    (tree / "r.recipe").write_text('package p { build = "${path "../secret/key"}" }\n')
+    (tree.parent / ".kilnroot").symlink_to(tree / "r.recipe")
+    with pytest.raises(RecipeError) as e:
+        evaluate_file("r.recipe", add_source=_added()[1]).attributes()
+    assert f"; {tree.parent / '.kilnroot'} does not count: it is a symlink; " in str(e.value)
 
 
 def test_a_key_named_after_the_evaluation_was_cached_is_refused_too(tree: Path) -> None:
