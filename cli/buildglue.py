@@ -128,7 +128,9 @@ def evaluate(
     from kiln.lang import evaluate_file
 
     if not os.path.exists(file):
-        raise KilnError(f"recipe file {file} does not exist")
+        from kiln.lang.errors import visible
+
+        raise KilnError(f"recipe file {visible(file)} does not exist")
     ev = evaluate_file(
         file,
         store_dir=store.store_dir,

@@ -227,7 +227,9 @@ def _cmd_show(args) -> int:
 
         target = args.file
         if target.endswith(".recipe"):
-            raise KilnError(f"which package of {target}? usage: kiln show-derivation FILE ATTR")
+            from kiln.lang.errors import visible
+
+            raise KilnError(f"which package of {visible(target)}? usage: kiln show-derivation FILE ATTR")
         if Path(target).is_file():
             if args.recursive:  # its inputs are named by store path: only a store has them
                 raise KilnError(

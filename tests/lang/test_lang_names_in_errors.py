@@ -137,3 +137,17 @@ def test_an_attribute_expression_over_lines(tmp_path: Path) -> None:
     with pytest.raises(RecipeError) as info:
         evaluate_file("r.recipe").select(f'"{EVIL}"')
     assert f"'\"{SHOWN}\"' is a string, not a package" in _checked(str(info.value)).split("\n")[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["build", f"{EVIL}.recipe", "p"], f"recipe file {SHOWN}.recipe does not exist"),
+        (["show-derivation", f"{EVIL}.recipe"], f"which package of {SHOWN}.recipe?"),
+    ],
+)
+def test_the_command_line_s_own_messages_show_names_escaped(
+    tmp_path: Path, args: list[str], said: str
+) -> None:
+    r = run_kiln(args, cwd=tmp_path, home=tmp_path / "home")
+    assert r.returncode == 1 and said in r.stderr and FORGED + "\n" not in r.stderr, r.stderr
