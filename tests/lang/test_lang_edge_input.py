@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import threading
 from pathlib import Path
 
 import pytest
-from lang_helpers import run_kiln, source_hasher
+from lang_helpers import outcome_within, run_kiln, source_hasher
 
 from kiln.lang import RecipeError, evaluate_file
 from kiln.lang import errors as E
@@ -33,21 +32,10 @@ def _write(path: Path, text: str | bytes) -> str:
 
 def _evaluate_within(seconds: float, file: str):
     """evaluate_file(file), failing the test instead of hanging (a FIFO must not block)."""
-    out: list = []
-
-    def run() -> None:
-        try:
-            out.append(evaluate_file(file))
-        except BaseException as e:  # noqa: BLE001 - handed to the test
-            out.append(e)
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    t.join(seconds)
-    assert out, f"evaluating {file} hung"
-    if isinstance(out[0], BaseException):
-        raise out[0]
-    return out[0]
+    got = outcome_within(seconds, lambda: evaluate_file(file), f"evaluating {file}")
+    if isinstance(got, BaseException):
+        raise got
+    return got
 
 
 def _env(ev, attr: str) -> dict[str, str]:

@@ -15,10 +15,10 @@ from __future__ import annotations
 import itertools
 import random
 import re
-import threading
 from pathlib import Path
 
 import pytest
+from lang_helpers import outcome_within
 
 from kiln.lang import RecipeError, evaluate_file
 from kiln.lang import errors as E
@@ -133,20 +133,8 @@ def test_a_comment_in_an_interpolation_in_a_file(tmp_path):
 
 def _parse_within(seconds: float, text: str) -> BaseException | None:
     """The error parsing ``text`` raises (None if it parses); fails the test on a hang."""
-    out: list = []
-
-    def run() -> None:
-        try:
-            parse_module(text, "f.recipe")
-            out.append(None)
-        except BaseException as e:  # noqa: BLE001 - handed to the test
-            out.append(e)
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    t.join(seconds)
-    assert out, f"parsing {text!r} hung"
-    return out[0]
+    got = outcome_within(seconds, lambda: parse_module(text, "f.recipe"), f"parsing {text!r}")
+    return got if isinstance(got, BaseException) else None
 
 
 @pytest.mark.parametrize(
