@@ -14,11 +14,16 @@ asked for the path's narinfo (one batched query per registry, through
 - ``error``: unreachable, not a binary cache, another store dir, or a narinfo that does
   not parse or describes another path.
 
+Registries given twice are asked once: two spellings of one registry (scheme or host
+case, a default port written out, ``localhost`` for ``127.0.0.1``; ``registry_identity``)
+would otherwise count as two sources agreeing; kiln warns about each.
+
 Without a local hash (the path is not valid here and ``--rebuild`` was not given) the
 registries are only compared with each other. A path is *consistent* when every hash
 seen (local and remote) is the same, *inconsistent* when two differ, *unknown* when no
 more than one source has it. Signatures are not checked: the question is which bytes
-are served, not whom to trust (``kiln verify`` and substitution answer that).
+are served, not whom to trust (``kiln verify`` and substitution answer that). A
+registry's error text is shown escaped (``buildlogs.shown_output``) on its one line.
 """
 
 from __future__ import annotations
@@ -28,7 +33,9 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
+from kiln.store.buildlogs import shown_output
 from kiln.store.errors import KilnError, redact_urls
 from kiln.store.hashes import Hash
 from kiln.store.paths import StorePath
@@ -128,12 +135,54 @@ async def _ask_all(
     return list(await asyncio.gather(*(_ask(u, store_dir, paths) for u in urls)))
 
 
+#: one machine's own names for itself: a registry on it answers under each of them
+_LOOPBACK = {"localhost", "127.0.0.1", "::1"}
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def registry_identity(url: str) -> str:
+    """What identifies the registry at ``url``, for telling two spellings of one apart
+    from two registries: scheme and host lower-cased, the scheme's default port
+    written out, ``localhost``/``127.0.0.1``/``::1`` as one host, credentials and
+    trailing slashes dropped (the path is kept as it is: paths are case-sensitive). A
+    URL that does not parse is its own identity."""
+    try:
+        u = urlsplit(url.strip())
+        port = u.port
+    except ValueError:
+        return url
+    scheme, host = u.scheme.lower(), (u.hostname or "").rstrip(".")
+    if not scheme or not host:
+        return url.rstrip("/") or url
+    if host in _LOOPBACK:
+        host = "localhost"
+    port = port if port is not None else _DEFAULT_PORTS.get(scheme)
+    query = f"?{u.query}" if u.query else ""
+    return f"{scheme}://[{host}]:{port}{u.path.rstrip('/')}{query}"
+
+
+def duplicate_registries(urls: list[str]) -> list[tuple[str, str]]:
+    """``(url, earlier url)`` for each of ``urls`` that names the same registry as an
+    earlier one (``registry_identity``)."""
+    first: dict[str, str] = {}
+    out = []
+    for u in urls:
+        key = registry_identity(u)
+        if key in first:
+            out.append((u, first[key]))
+        else:
+            first[key] = u
+    return out
+
+
 def distinct_registries(urls: list[str]) -> list[str]:
-    """``urls`` without repeats (``http://h`` and ``http://h/`` are one registry, which must
-    not count as two sources agreeing), first spelling kept, order kept."""
+    """``urls`` without repeats: spellings of one registry (``http://h``, ``http://h/``,
+    ``HTTP://H:80``, ``http://localhost:8080`` and ``http://127.0.0.1:8080``) are one
+    source, which must not count as two sources agreeing. First spelling kept, order
+    kept."""
     seen: dict[str, str] = {}
     for u in urls:
-        seen.setdefault(u.rstrip("/") or u, u)
+        seen.setdefault(registry_identity(u), u)
     return list(seen.values())
 
 
@@ -177,6 +226,12 @@ def challenge(store_dir: str, locals_: dict[str, tuple[str, str]], urls: list[st
     """Compare ``locals_`` (``{path: (local hash or "", source)}``, in order) with what
     each registry in ``urls`` serves."""
     paths = list(locals_)
+    for dup, first in duplicate_registries(urls):
+        print(
+            f"warning: --registry {redact_urls(dup)} is the same registry as {redact_urls(first)}; "
+            "asked once (one registry is one source, however it is spelled)",
+            file=sys.stderr,
+        )
     urls = distinct_registries(urls)
     per_registry = asyncio.run(_ask_all(urls, store_dir, paths))
     out = []
@@ -208,9 +263,15 @@ def render(results: list[PathChallenge]) -> list[str]:
             elif a.status == "lacks":
                 lines.append(f"  {a.registry}: does not have it")
             else:
-                lines.append(f"  {a.registry}: error: {a.detail}")
+                lines.append(f"  {a.registry}: error: {_one_line(a.detail)}")
     lines.append(summary(results))
     return lines
+
+
+def _one_line(text: str) -> str:
+    """A registry's error text as one line of the report: escaped (``shown_output``), its
+    newlines too, so it can neither drive the terminal nor fake another line."""
+    return shown_output(text).replace("\n", "\\n")
 
 
 def summary(results: list[PathChallenge]) -> str:

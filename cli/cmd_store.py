@@ -60,7 +60,11 @@ def _parser() -> argparse.ArgumentParser:
     sp = cmd("verify", "re-hash every object and tree; exit 1 on problems")
     sp.add_argument("--repair", action="store_true", help="re-materialise / rebuild / quarantine bad paths")
     sp.add_argument(
-        "--trusted-key", action="append", default=[], metavar="PUB", help="public key file or text"
+        "--trusted-key",
+        action="append",
+        default=[],
+        metavar="PUB",
+        help="public key file or text (repeatable); when given, $KILN_TRUSTED_KEYS is ignored",
     )
     sp.add_argument(
         "--sigs-needed",
@@ -244,9 +248,11 @@ def _cmd_info(args) -> int:
 def _cmd_verify(args) -> int:
     from .common import trusted_keys
 
-    trusted = trusted_keys(args.trusted_key)
+    # --trusted-key names the keys asked about: $KILN_TRUSTED_KEYS (a substituter
+    # setting) then counts for nothing, else a key it trusts would satisfy the check
+    trusted = trusted_keys(args.trusted_key, env=not args.trusted_key)
     # keys given here mean "check the signatures" (as registry verify); keys only in
-    # $KILN_TRUSTED_KEYS (a substituter setting) do not make every local build a problem
+    # $KILN_TRUSTED_KEYS do not make every local build a problem
     needed = args.sigs_needed if args.sigs_needed is not None else (1 if args.trusted_key else 0)
     with _open(args) as s:
         r = s.verify(repair=args.repair, trusted=trusted, sigs_needed=needed)

@@ -26,6 +26,17 @@
 
 PATH arguments are store paths (logical or physical), base names, hash parts, NAR
 digests ``sha256:...``, or GC root names (what ``kiln build`` creates per attribute).
+
+Invariants of ``kiln verify``'s report:
+
+- With ``--closure``, every member's references must be valid: ``LocalStore.closure``
+  skips one that is not (quarantined by ``kiln store verify --repair``, say), so each
+  member gets a ``closure`` check naming its dangling references; a closure with a hole
+  never passes.
+- Every text in the printed report that may come from outside (a path, a registry's
+  answer, an attestation's subject names) goes through ``buildlogs.shown_output``, with
+  newlines shown as ``\\n`` too: one check is one line, so a hostile finding can neither
+  drive the terminal nor print a fake check or result line.
 """
 
 from __future__ import annotations
@@ -35,12 +46,15 @@ import functools
 import json
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from kiln.store import attestations, intoto, sbom
+from kiln.store.buildlogs import shown_output
 from kiln.store.errors import KilnError
 from kiln.store.paths import StorePath
-from kiln.store.policy import Policy, PolicyError, load, verify_path
+from kiln.store.policy import Check, Policy, PolicyError, Report, load, verify_path
 
 from . import __version__
 from .common import add_store_arg, nonempty
@@ -127,30 +141,67 @@ def _verify(args: argparse.Namespace) -> int:
             # The target first, then its dependencies.
             paths = [path, *(p for p in paths if p != path)]
             reports = [verify_path(store, p, policy) for p in paths]
+            if args.closure:
+                reports = [_with_closure_check(store, r) for r in reports]
         finally:
             store.close()
     ok = all(r.ok for r in reports)
-    if args.json:
+    if args.json:  # (JSON escapes every control character itself)
         doc = (
             reports[0].to_dict() if not args.closure else {"ok": ok, "paths": [r.to_dict() for r in reports]}
         )
         print(json.dumps(doc, indent=2, sort_keys=True))
         return 0 if ok else 1
+    print("\n".join(render(reports, args.closure)))
+    return 0 if ok else 1
+
+
+def _with_closure_check(store: Any, report: Report) -> Report:
+    """``report`` plus a ``closure`` check: every reference of the path is valid. The
+    closure walk leaves out a reference that is not (quarantined, or deleted behind the
+    store's back), so without this a closure with a hole would pass."""
+    info = store.query(report.path)
+    if info is None:  # (its ``valid`` check failed already)
+        return report
+    refs = [r for r in info.references if r != report.path]
+    gone = [r for r in refs if not store.is_valid(r)]
+    check = (
+        Check(
+            "closure",
+            False,
+            f"references {len(gone)} path(s) not valid in the store (quarantined by 'kiln store verify "
+            f"--repair', or deleted), so the closure is incomplete: {', '.join(gone)}",
+        )
+        if gone
+        else Check("closure", True, f"its {len(refs)} reference(s) are valid in the store")
+    )
+    return replace(report, checks=(*report.checks, check))
+
+
+def _shown(text: str) -> str:
+    """``text`` on one terminal line: escapes as ``shown_output``, and newlines too."""
+    return shown_output(text).replace("\n", "\\n")
+
+
+def render(reports: list[Report], closure: bool) -> list[str]:
+    """The lines ``kiln verify`` prints: per path a header and one line per check, then
+    the result. Every text that may come from outside goes through ``_shown``."""
+    lines: list[str] = []
     for report in reports:
-        print(f"verifying {report.path} against {report.policy}")
-        for line in report.lines():
-            print(f"  {line}")
-    if args.closure:
+        lines.append(f"verifying {_shown(report.path)} against {_shown(report.policy)}")
+        lines += [f"  {c.status:<4} {_shown(c.name)}: {_shown(c.detail)}" for c in report.checks]
+    ok = all(r.ok for r in reports)
+    if closure:
         bad = sum(not r.ok for r in reports)
-        print(
+        lines.append(
             f"result: PASS ({len(reports)} paths)"
             if ok
             else f"result: FAIL ({bad} of {len(reports)} paths failed)"
         )
     else:
         n = len(reports[0].failures())
-        print("result: PASS" if ok else f"result: FAIL ({n} check{'s' if n != 1 else ''} failed)")
-    return 0 if ok else 1
+        lines.append("result: PASS" if ok else f"result: FAIL ({n} check{'s' if n != 1 else ''} failed)")
+    return lines
 
 
 # ---------------------------------------------------------------------------- dispatch

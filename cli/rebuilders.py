@@ -152,7 +152,12 @@ def load_rebuilder_signer(
 
 
 def deriver_of(store: Any, path: str) -> str:
-    """The ``.drv`` that produced valid ``path``; it must be in the store."""
+    """The ``.drv`` that produced valid ``path``; it must be in the store and genuinely
+    define ``path`` (``derivers.Derivers.of``): the recorded deriver is unsigned, and a
+    path imported naming another package's ``.drv`` must not be answered with that
+    package's rebuild."""
+    from kiln.store.derivers import Derivers
+
     info = store.query(path)
     if info is None:
         raise StoreError(f"{path} is not valid in the store at {store.root}: build or fetch it first")
@@ -162,6 +167,12 @@ def deriver_of(store: Any, path: str) -> str:
         raise KilnError(
             f"the deriver {info.deriver} of {path} is not in the store: evaluate its recipe first "
             f"(kiln build FILE ATTR writes the .drv files)"
+        )
+    if Derivers(store).of(path, info.deriver) is None:
+        raise KilnError(
+            f"the recorded deriver {info.deriver} of {path} does not define it (expected a derivation "
+            "whose checked output paths include this path; a recorded deriver is not signed), "
+            "so it cannot be rebuilt"
         )
     return info.deriver
 

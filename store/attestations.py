@@ -114,10 +114,14 @@ def build_dependencies(store: Any, drv_path: str, get_drv: Any = None) -> builti
     """``resolvedDependencies`` for a build of ``drv_path``: the ``.drv`` itself (sha256 of
     its text) and every store path the sandbox saw (the reference closure of the input
     derivations' outputs and input sources) with its NAR sha256; fixed-output paths also
-    carry the URL they were fetched from (from their deriver's ``urls``/``url``).
+    carry the URL they were fetched from (from their deriver's ``urls``/``url``), but
+    only when that deriver genuinely defines the path (``derivers.Derivers.of``): a
+    path's recorded deriver is unsigned, and an import naming another package's
+    ``.drv`` must not lend the path that package's source URL.
     ``get_drv(path) -> Derivation`` may supply already-parsed derivations (the build
     loop has them); by default each ``.drv`` is read and parsed here."""
     from .derivation import parse as parse_drv
+    from .derivers import Derivers
     from .hashes import Hash
 
     def read(p: str) -> bytes:
@@ -138,15 +142,15 @@ def build_dependencies(store: Any, drv_path: str, get_drv: Any = None) -> builti
     deps: builtins.list[dict[str, Any]] = [
         {"name": _parse(drv_path).base, "digest": {"sha256": Hash.sha256_of(raw).hex}}
     ]
+    derivers = Derivers(store, get_drv)
     for p in store.closure(sorted(inputs)):
         info = store.query(p)
         d: dict[str, Any] = {"name": _parse(p).base, "digest": {"sha256": info.nar_hash.hex}}
-        if info.deriver and store.is_valid(info.deriver):
-            env = load(info.deriver)
-            if env.is_fixed_output:
-                urls = env.env_map.get("urls", "").split() or [env.env_map.get("url", "")]
-                if urls[0]:
-                    d["url"] = urls[0]
+        env = derivers.of(p, info.deriver)
+        if env is not None and env.is_fixed_output:
+            urls = env.env_map.get("urls", "").split() or [env.env_map.get("url", "")]
+            if urls[0]:
+                d["url"] = urls[0]
         deps.append(d)
     return deps
 

@@ -13,6 +13,14 @@ attestations whose signed time (provenance ``finishedOn``, VSA ``timeVerified``)
 ``revoked_at``. Store-path signatures carry no signed time, so a revoked key's path
 signature never counts (re-sign paths with the new key when rotating).
 
+Freshness of rebuilders' verdicts
+---------------------------------
+One verdict per (path, rebuilder key) is stored, and registries and stores refuse to roll
+a newer one back; but a stale or hostile mirror can still serve an older genuine
+PASSED VSA where the rebuilder has since signed FAILED. ``[require] reproduced_max_age``
+bounds that replay: a PASSED verdict whose signed ``timeVerified`` is older (or that has
+no time) does not count, so rebuilders must re-attest within that window.
+
 Builder ids and keys
 --------------------
 A provenance statement names the builder that made the path (``runDetails.builder.id``)
@@ -77,6 +85,9 @@ class Policy:
     #: here may claim any id
     key_builders: tuple[tuple[bytes, tuple[str, ...]], ...] = ()
     max_age: timedelta | None = None
+    #: a rebuilder's PASSED verdict counts for ``reproduced`` only if its signed
+    #: ``timeVerified`` is no older than this (None: any age)
+    reproduced_max_age: timedelta | None = None
     source: str = "(built-in default: nothing required)"
     digest: str = field(default="", compare=False)
 

@@ -5,6 +5,9 @@ forged or misfiled attestation, a revoked signer are all *answers* (failed check
 reason), not errors. Attestation handling follows DSSE's order — find which recognised
 keys signed, refuse compromised signers, and only then parse the payload — followed by
 SLSA's: predicate type, subject digest, then expectations (builder id, age).
+
+The compromised-key alarm (``policyalarm``) runs on every signature and attestation,
+whether or not the policy trusts any key for that role.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from .intoto import (
 from .pathinfo import PathInfo
 from .paths import StorePath
 from .policy import Check, Policy
+from .policyalarm import compromised_path_signer, compromised_signer
 from .signing import PublicKey, valid_signers
 
 KILN_EXTERNAL_PARAMETERS = {"recipeFile", "attribute", "parameters", "recipeRepository"}
@@ -89,6 +93,9 @@ def _one_line(e: BaseException) -> str:
 
 def _path_signatures(info: PathInfo, policy: Policy) -> Check:
     need = policy.signatures
+    alarm = compromised_path_signer(info, policy)
+    if alarm is not None:
+        return Check("signatures", False, alarm)
     good: dict[bytes, str] = {}
     refused: list[str] = []
     trusted = {k.key for k in policy.signing}
@@ -216,6 +223,9 @@ def _provenance(
             ], []
         return [Check("provenance", True, "not required and none stored", skipped=True)], []
     if not policy.provenance:
+        stolen = compromised_signer(env, policy)  # the alarm runs whatever the policy trusts
+        if stolen is not None:
+            return [Check("provenance", False, f"signed by {stolen.describe()}")], []
         ok = not required
         return [Check("provenance", ok, "stored, but the policy trusts no provenance key", skipped=ok)], []
     err, st, good = _attestation(env, info, policy.provenance, policy, (PROVENANCE_TYPE,), _finished_on)
@@ -283,6 +293,9 @@ def _sbom(store: Any, info: PathInfo, policy: Policy, prov_signers: list[PublicK
             return Check("sbom", False, "required, but no SBOM attestation is stored for this path")
         return Check("sbom", True, "not required and none stored", skipped=True)
     if not policy.provenance:
+        stolen = compromised_signer(env, policy)
+        if stolen is not None:
+            return Check("sbom", False, f"signed by {stolen.describe()}")
         ok = not policy.require_sbom
         return Check("sbom", ok, "stored, but the policy trusts no provenance key to sign it", skipped=ok)
     err, _, good = _attestation(
@@ -358,13 +371,25 @@ def _reproduced(
             if k.key not in latest or (when, not passed) > latest[k.key][:2]:
                 latest[k.key] = (when, not passed, k.name)
     agree: dict[bytes, str] = {}
-    for key, (_, failed, name) in latest.items():
+    # a stale or hostile source can replay a rebuilder's older genuine PASSED verdict
+    # (policy module doc): with reproduced_max_age only a recent one counts
+    max_age = policy.reproduced_max_age
+    for key, (when, failed, name) in latest.items():
         if key in builder_keys:
             notes.append(f"{name} is a provenance key, so it is not independent")
-        elif not failed:
-            agree[key] = name
-        else:
+        elif failed:
             notes.append(f"{name} reports the rebuild did NOT reproduce (its latest verdict)")
+        elif max_age is not None and now - when > max_age:
+            at = (
+                "is undated"
+                if when == datetime.min.replace(tzinfo=UTC)
+                else f"was verified {when:%Y-%m-%dT%H:%M:%SZ}"
+            )
+            notes.append(
+                f"{name}'s latest verdict {at}, older than reproduced_max_age {max_age}: not counted"
+            )
+        else:
+            agree[key] = name
     names = ", ".join(sorted(agree.values())) or "none"
     extra = f" ({'; '.join(notes)})" if notes else ""
     if bad:

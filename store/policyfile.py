@@ -22,7 +22,9 @@ never weakens a policy::
     sbom        = false
     reproduced  = 2                # distinct rebuilders with a PASSED VSA
     builder_ids = ["https://kiln.dev/builders/local/v1"]   # empty: any
-    max_age     = "90d"            # provenance finishedOn no older than this (s/m/h/d)
+    max_age     = "90d"            # provenance finishedOn no older than this (s/m/h/d/w)
+    reproduced_max_age = "30d"     # a rebuilder's PASSED VSA counts for reproduced only if
+                                   # its timeVerified is no older than this (needs reproduced)
 
 Parsing is strict: an unknown table or setting, a value of the wrong type, a key that is
 neither a public key nor a key file, or a policy no path could ever pass
@@ -46,26 +48,27 @@ from .signing import PublicKey, key_text_hint
 
 _SECTIONS = {"keys", "revoked", "require"}
 _KEY_PURPOSES = {"signing", "provenance", "rebuilders"}
-_REQUIRE = {"signatures", "provenance", "sbom", "reproduced", "builder_ids", "max_age"}
+_REQUIRE = {"signatures", "provenance", "sbom", "reproduced", "builder_ids", "max_age", "reproduced_max_age"}
 _REVOKED = {"key", "revoked_at", "compromised", "reason"}
 _AGE_RE = re.compile(r"^\s*(\d+)\s*([smhdw]?)\s*\Z")
 _AGE_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
-def parse_age(value: Any) -> timedelta:
-    """``"90d"``, ``"12h"``, ``"30m"``, ``"3600s"``, ``"2w"`` or an integer of seconds."""
+def parse_age(value: Any, what: str = "max_age") -> timedelta:
+    """``"90d"``, ``"12h"``, ``"30m"``, ``"3600s"``, ``"2w"`` or an integer of seconds;
+    ``what`` names the setting in errors."""
     if isinstance(value, int) and not isinstance(value, bool) and value > 0:
         try:
             return timedelta(seconds=value)
         except OverflowError:
-            raise PolicyError(f"max_age {value!r} is too large") from None
+            raise PolicyError(f"{what} {value!r} is too large") from None
     m = _AGE_RE.match(value) if isinstance(value, str) else None
     if not m or int(m.group(1)) <= 0:
-        raise PolicyError(f"max_age must be a positive duration like '90d', '12h' or 3600, found {value!r}")
+        raise PolicyError(f"{what} must be a positive duration like '90d', '12h' or 3600, found {value!r}")
     try:
         return timedelta(seconds=int(m.group(1)) * _AGE_UNITS[m.group(2)])
     except OverflowError:
-        raise PolicyError(f"max_age {value!r} is too large") from None
+        raise PolicyError(f"{what} {value!r} is too large") from None
 
 
 def _key(value: Any, where: str, base: Path) -> PublicKey:
@@ -214,7 +217,12 @@ def parse(text: str, *, base_dir: Path | None = None, source: str = "<policy>") 
         reproduced=_int(req.get("reproduced", 0), f"{source} [require] reproduced"),
         builder_ids=tuple(ids),
         key_builders=key_builders,
-        max_age=parse_age(req["max_age"]) if "max_age" in req else None,
+        max_age=parse_age(req["max_age"], f"{source} [require] max_age") if "max_age" in req else None,
+        reproduced_max_age=(
+            parse_age(req["reproduced_max_age"], f"{source} [require] reproduced_max_age")
+            if "reproduced_max_age" in req
+            else None
+        ),
         source=source,
         digest=hashlib.sha256(text.encode()).hexdigest(),
     )
@@ -232,6 +240,12 @@ def _check_satisfiable(p: Policy) -> None:
     if p.signatures > signing:
         raise PolicyError(
             f"{p.source}: requires {p.signatures} signature(s) but trusts {signing} signing key(s)"
+        )
+    if p.reproduced_max_age is not None and p.reproduced == 0:
+        # (it would bound nothing: refused, so a policy meant to need rebuilders says so)
+        raise PolicyError(
+            f"{p.source}: sets reproduced_max_age, which bounds the age of the VSAs counted for "
+            "reproduced, but requires no reproduction (reproduced = 0)"
         )
     if p.reproduced > independent:
         raise PolicyError(

@@ -16,6 +16,12 @@ input derivations (the fetched tarballs), so a package lists where its source ca
 ``cyclonedx`` and ``spdx`` are pure functions of a ``Graph``; they live in ``sbomdoc.py``
 and are re-exported here.
 
+A path's recorded deriver is unsigned (anyone importing a path may name zlib's ``.drv``
+there): it is used only when it genuinely defines the path (``derivers.Derivers.of``:
+valid here, parses, its output paths check out, and this path is one of them). Any
+other path is described as having no derivation: name and version from its name, no
+licence, no URLs, no ``kiln:deriver``.
+
 Invariants
 ----------
 - Deterministic: same graph, same bytes. Components and edges are sorted; the serial
@@ -23,19 +29,21 @@ Invariants
   ``SOURCE_DATE_EPOCH`` (default 315532800, 1980-01-01) — never the wall clock.
 - Every hash is the SHA-256 of the path's uncompressed NAR, as recorded in the store.
 - Every dependency ref resolves to a component in the same document.
+- What a component says about a path (name, version, licence, URLs, deriver) comes from
+  a derivation whose output paths were checked to include that path, or from the path's
+  own name: never from an unchecked ``Deriver``.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote
 
 from .derivation import Derivation
-from .derivation import parse as parse_drv
+from .derivers import Derivers
 from .errors import FormatError, StoreError
 from .paths import StorePath
 
@@ -99,7 +107,16 @@ def _drv_urls(drv: Derivation) -> tuple[list[str], str | None]:
     return urls, env.get("rev")
 
 
-def _node_for(path: str, info: Any, drv: Derivation | None, deps, extra_urls=()) -> Node:
+def _node_for(
+    path: str,
+    info: Any,
+    drv: Derivation | None,
+    deps: list[str],
+    extra_urls: list[str],
+    deriver: str | None,
+) -> Node:
+    """The node of ``path``; ``drv`` (at ``deriver``) must be a checked derivation that
+    defines ``path`` (``Derivers.of``), or ``None``."""
     sp = StorePath.parse(path)
     name, version = split_name(sp.name)
     urls: list[str] = []
@@ -126,18 +143,18 @@ def _node_for(path: str, info: Any, drv: Derivation | None, deps, extra_urls=())
         deps=tuple(sorted(set(deps) - {path})),
         urls=tuple(urls),
         license=lic,
-        deriver=getattr(info, "deriver", None) or None,
+        deriver=deriver if drv is not None else None,
         rev=rev,
         purl=deb[2] if deb else None,
     )
 
 
 class _Reader:
-    """Store access with memoized derivation reads."""
+    """Store access with memoized, checked derivation reads (``derivers``)."""
 
     def __init__(self, store: Any) -> None:
         self.store = store
-        self.drvs: dict[str, Derivation | None] = {}
+        self.derivers = Derivers(store)
 
     def info(self, path: str) -> Any:
         try:
@@ -146,16 +163,16 @@ class _Reader:
             return None
 
     def drv(self, drv_path: str | None) -> Derivation | None:
-        if not drv_path:
-            return None
-        if drv_path not in self.drvs:
-            d = None
-            if self.info(drv_path) is not None:
-                text = Path(self.store.real_path(drv_path)).read_text(encoding="utf-8")
-                sp = StorePath.parse(drv_path)
-                d = parse_drv(text, sp.name.removesuffix(".drv"), sp.store_dir)
-            self.drvs[drv_path] = d
-        return self.drvs[drv_path]
+        """The derivation at ``drv_path`` if it is valid here and defines the outputs it
+        declares; else ``None``."""
+        return self.derivers.load(drv_path)
+
+    def deriver(self, path: str, info: Any) -> tuple[Derivation | None, str | None]:
+        """``(derivation, its path)`` of ``path``'s recorded deriver if that genuinely
+        defines ``path``, else ``(None, None)``: the ``Deriver`` field is unsigned."""
+        drv_path = getattr(info, "deriver", None) or None
+        d = self.derivers.of(path, drv_path)
+        return (d, drv_path) if d is not None else (None, None)
 
     def fixed_input_urls(self, drv: Derivation) -> list[str]:
         out: list[str] = []
@@ -167,7 +184,11 @@ class _Reader:
 
 
 def collect(store: Any, path: str, build: bool = False) -> Graph:
-    """The runtime (default) or build closure of ``path`` in ``store`` (a ``LocalStore``)."""
+    """The runtime (default) or build closure of ``path`` in ``store`` (a ``LocalStore``).
+
+    The build closure needs ``path``'s recorded deriver to genuinely define it
+    (``Derivers.of``) and every input derivation to be valid and check out; otherwise
+    ``StoreError`` saying which."""
     r = _Reader(store)
     root_info = r.info(path)
     if root_info is None:
@@ -178,22 +199,23 @@ def collect(store: Any, path: str, build: bool = False) -> Graph:
         inside = set(members)
         for p in members:
             info = r.info(p)
-            drv = r.drv(info.deriver if info else None)
+            drv, drv_path = r.deriver(p, info)
             extra = r.fixed_input_urls(drv) if drv else []
             # A reference to a path that is no longer valid (quarantined by verify --repair)
             # is left out rather than emitted as a dangling bom-ref.
             refs = [x for x in (info.references if info else ()) if x in inside]
-            nodes.append(_node_for(p, info, drv, refs, extra))
+            nodes.append(_node_for(p, info, drv, refs, extra, drv_path))
         return Graph(path, "runtime", tuple(nodes))
-    root_drv = r.drv(root_info.deriver)
+    root_drv, root_drv_path = r.deriver(path, root_info)
     if root_drv is None:
         raise StoreError(
-            f"cannot compute the build closure of {path}: its derivation "
-            f"{root_info.deriver or '(unknown)'} is not in the store"
+            f"cannot compute the build closure of {path}: its recorded deriver "
+            f"{root_info.deriver or '(none)'} is not a derivation in the store that defines it "
+            "(expected a valid .drv whose checked output paths include this path)"
         )
     found: dict[str, Node] = {}
-    # Worklist of (output path, its derivation or None for sources).
-    todo: list[tuple[str, Derivation | None, str | None]] = [(path, root_drv, root_info.deriver)]
+    # Worklist of (output path, its derivation or None for sources, the derivation's path).
+    todo: list[tuple[str, Derivation | None, str | None]] = [(path, root_drv, root_drv_path)]
     while todo:
         p, drv, drv_path = todo.pop()
         if p in found:
@@ -204,8 +226,16 @@ def collect(store: Any, path: str, build: bool = False) -> Graph:
             for ip, outs in drv.input_drvs:
                 idrv = r.drv(ip)
                 if idrv is None:
-                    raise StoreError(f"cannot compute the build closure of {path}: {ip} is not in the store")
+                    raise StoreError(
+                        f"cannot compute the build closure of {path}: its input derivation {ip} "
+                        "is not in the store, or does not define the output paths it declares"
+                    )
                 for o in outs:
+                    if o not in idrv.outputs_map:
+                        raise StoreError(
+                            f"cannot compute the build closure of {path}: {drv_path} uses output "
+                            f"{o!r} of {ip}, which has only {', '.join(idrv.outputs_map)}"
+                        )
                     op = idrv.output_path(o)
                     deps.append(op)
                     todo.append((op, idrv, ip))
@@ -217,10 +247,8 @@ def collect(store: Any, path: str, build: bool = False) -> Graph:
                 deps.append(ref)
                 todo.append((ref, None, None))
         extra = r.fixed_input_urls(drv) if drv else []
-        n = _node_for(p, info, drv, deps, extra)
-        if drv_path and n.deriver is None:
-            n = replace(n, deriver=drv_path)
-        found[p] = n
+        # (the derivation walked through defines p: its outputs were checked)
+        found[p] = _node_for(p, info, drv, deps, extra, drv_path)
     return Graph(path, "build", tuple(found[k] for k in sorted(found)))
 
 

@@ -1,5 +1,8 @@
 """Fixtures: a real LocalStore holding a small built graph, registered the way the build
 loop registers outputs (``.drv`` text paths + ``register_built``), without running builds.
+The derivations are made as the evaluator makes them (output env vars blank until
+``finalize``), so their output paths check out (``derivation.check_output_paths``): an
+SBOM believes a deriver only then.
 
 Graph::
 
@@ -81,7 +84,7 @@ def built(tmp_path: Path) -> Built:
             outputs={"out": Output()},
             input_drvs={deb_drv: ["out"]},
             builder="/bin/sh",
-            env={"pname": "zlib", "version": "1.3.1", "license": "Zlib"},
+            env={"pname": "zlib", "version": "1.3.1", "license": "Zlib", "out": ""},
         ),
         resolve,
         memo,
@@ -94,7 +97,7 @@ def built(tmp_path: Path) -> Built:
             outputs={"out": Output()},
             input_drvs={src_drv: ["out"], zlib_drv: ["out"]},
             builder="/bin/sh",
-            env={"pname": "hello", "version": "2.12", "license": "GPL-3.0-or-later"},
+            env={"pname": "hello", "version": "2.12", "license": "GPL-3.0-or-later", "out": ""},
         ),
         resolve,
         memo,
