@@ -1,11 +1,13 @@
 """``kiln prefetch`` and ``kiln mirror-sources``: pinning and mirroring fixed-output sources.
 
 ``kiln prefetch URL`` downloads URL (``debian:`` URLs included) to a temporary directory
-and prints the sha256 to pin in a ``fetchurl``. ``--unpack`` unpacks a tar or zip archive
-(a single top-level directory is stripped, as Nix does) and prints the NAR hash of the
-tree instead; ``--git REV`` exports a git revision and prints the NAR hash a ``fetchgit``
-needs. ``--mirror DIR`` also copies the downloaded file (with ``--git``, the NAR of the
-exported tree) into a hashed mirror.
+and prints the sha256 to pin in a ``fetchurl``. ``--unpack`` prints instead the NAR hash
+of the tree a tar (plain, gzip, bzip2, xz or zstd) or zip archive unpacks to, a single
+top-level entry stripped, as ``nix-prefetch-url --unpack`` computes it; the archive is
+never extracted (``kiln.store.archivehash`` reads it into an in-memory tree within
+limits, so no member can write outside it). ``--git REV`` exports a git revision and
+prints the NAR hash a ``fetchgit`` needs. ``--mirror DIR`` also copies the downloaded
+file (with ``--git``, the NAR of the exported tree) into a hashed mirror.
 
 ``kiln mirror-sources DIR FILE...`` evaluates each recipe file and puts the file of every
 ``builtin:fetchurl`` / ``builtin:fetchgit`` derivation in the closure into
@@ -21,9 +23,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import sys
-import tarfile
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,9 +33,7 @@ if TYPE_CHECKING:
 
 def _prefetch_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kiln prefetch", description="download a URL and print the hash to pin")
-    p.add_argument(
-        "url", metavar="URL", help="http(s)/ftp/file URL, debian:<pool path>, or a git URL with --git"
-    )
+    p.add_argument("url", metavar="URL", help="http(s)/file URL, debian:<pool path>, or a git URL with --git")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--unpack", action="store_true", help="print the NAR hash of the unpacked archive")
     g.add_argument("--git", metavar="REV", help="export git revision REV and print its NAR hash")
@@ -60,25 +58,6 @@ def _mirror_parser() -> argparse.ArgumentParser:
 
 def _show(h, fmt: str) -> str:
     return {"hex": h.hex, "nix32": h.nix32, "sri": h.sri}[fmt]
-
-
-def _unpack_archive(archive: Path, dest: Path) -> Path:
-    """Unpack a tar (any compression) or zip into ``dest``; return the tree to hash."""
-    dest.mkdir()
-    if zipfile.is_zipfile(archive):
-        with zipfile.ZipFile(archive) as z:
-            for info in z.infolist():
-                name = Path(info.filename)
-                if name.is_absolute() or ".." in name.parts:
-                    from kiln.store.errors import FormatError
-
-                    raise FormatError(f"refusing zip member {info.filename!r}")
-            z.extractall(dest)
-    else:
-        with tarfile.open(archive) as t:
-            t.extractall(dest, filter="data")  # refuses absolute/.. paths and devices
-    entries = list(dest.iterdir())
-    return entries[0] if len(entries) == 1 and entries[0].is_dir() and not entries[0].is_symlink() else dest
 
 
 def _download_name(url: str) -> str:
@@ -118,7 +97,9 @@ def prefetch(argv: list[str]) -> int:
             copy_to_mirror(dest, args.mirror)
             print(f"mirrored as {args.mirror / 'sha256' / flat.hex}", file=sys.stderr)
         if args.unpack:
-            h, _ = nar.hash_path(_unpack_archive(dest, work / "unpacked"))
+            from kiln.store.archivehash import unpacked_nar_hash
+
+            h = unpacked_nar_hash(dest, work)
             print(f"file sha256 {flat.hex}; unpacked tree NAR hash:", file=sys.stderr)
             print(_show(h, args.format))
         else:
@@ -198,22 +179,23 @@ def _mirror_tree(produce):
 
         with tempfile.TemporaryDirectory(prefix="kiln-mirror-") as tmp:
             tree = Path(tmp) / "out"
-            produce(env, tree)
+            produce(env, expected, tree)
             put_tree_in_mirror(tree, mirror, expected)
 
     return run
 
 
-def _git_tree(env: dict[str, str], tree: Path) -> None:
+def _git_tree(env: dict[str, str], expected: Hash, tree: Path) -> None:
     from kiln.store.fetch import fetch_git
 
     fetch_git(env["url"], env["rev"], tree)
 
 
-def _url_tree(env: dict[str, str], tree: Path) -> None:
+def _url_tree(env: dict[str, str], expected: Hash, tree: Path) -> None:
     from kiln.store.fetch import fetch_url
 
-    fetch_url(_urls(env), None, tree, mirrors=[], progress=True)
+    # the NAR hash checked per URL: one with other content is passed over for the next
+    fetch_url(_urls(env), expected, tree, mirrors=[], progress=True, recursive=True)
 
 
 #: "<builtin>:<hash algo>" -> how to put it in a mirror

@@ -8,6 +8,14 @@ error is a ``BadValue`` located at the node that gave the URL.
 - A URL has a scheme or is an absolute path: a relative path would be read from
   wherever kiln runs, so one recipe would fetch different files in different places.
   ``fetchgit`` also takes git's scp-like ``host:path``.
+- A ``fetchurl`` scheme is one the fetcher speaks: ``http``, ``https``, ``file`` or
+  ``debian``. ``ftp`` is refused with a hint (the fetcher dropped it: no pace rule held
+  an FTP server to time), as is any other scheme, rather than failing at build time.
+- No credentials (``scheme://user:password@host``, ``https://token@host``): kiln sends
+  none, and a URL is recorded in the fetch's name, its ``.drv``, provenance and SBOM,
+  so a secret in it would be published with every one of them. The error shows the URL
+  with them hidden. ``fetchgit`` allows a user name alone in ``ssh://`` and scp-like
+  URLs (``git@host:repo``), where it names an account, not a secret.
 """
 
 from __future__ import annotations
@@ -19,6 +27,28 @@ from .compile import sanitize_name
 from .errors import BadValue
 
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
+_USERINFO = re.compile(r"([a-z][a-z0-9+.-]*://)([^/?#]*)@")
+#: what the fetcher speaks (``kiln.store.fetch``)
+_FETCHURL_SCHEMES = ("http", "https", "file", "debian")
+_SSH_SCHEMES = ("ssh://", "git+ssh://", "ssh+git://")
+
+
+def _refuse_credentials(url: str, node: ast.Node, what: str, ssh_user: bool = False) -> None:
+    """Raise ``BadValue`` (the URL shown with ``***@`` for its credentials) if ``url``
+    (scheme already lower-cased) has a user name or password; ``ssh_user`` lets a user
+    name alone through in an ``ssh://`` URL."""
+    m = _USERINFO.match(url)
+    if m is None or (ssh_user and url.startswith(_SSH_SCHEMES) and ":" not in m.group(2)):
+        return
+    hidden = m.group(1) + "***@" + url[m.end() :]
+    raise BadValue(
+        f"{what} must not carry credentials (user name, password or token before '@'), found "
+        f"{hidden!r}: kiln sends none, and the URL is recorded in the fetch's name, .drv, "
+        "provenance and SBOM; serve the file without them, or from a hashed source mirror "
+        "(KILN_SOURCE_MIRRORS)",
+        node.src,
+        node.pos,
+    )
 
 
 def checked_url(url: str, node: ast.Node, what: str) -> str:
@@ -36,9 +66,20 @@ def checked_url(url: str, node: ast.Node, what: str) -> str:
 
 
 def fetch_url(url: str, node: ast.Node, what: str) -> str:
-    """A ``fetchurl`` URL: ``checked_url``, with a scheme (``https:``, ``file:``,
-    ``debian:``...) or an absolute path; a local file is ``file:///path``."""
+    """A ``fetchurl`` URL: ``checked_url``, without credentials, with a scheme the
+    fetcher speaks (``http:``, ``https:``, ``file:``, ``debian:``) or an absolute path; a
+    local file is ``file:///path``."""
     url = checked_url(url, node, what)
+    _refuse_credentials(url, node, what)
+    scheme = _SCHEME.match(url)
+    if scheme is not None and scheme.group()[:-1] not in _FETCHURL_SCHEMES:
+        hint = "; use the http or https URL of the same file" if scheme.group() == "ftp:" else ""
+        raise BadValue(
+            f"{what} must use one of the schemes {', '.join(_FETCHURL_SCHEMES)}, found {url!r}, "
+            f"which kiln cannot fetch{hint}",
+            node.src,
+            node.pos,
+        )
     relative = not url.startswith("/") and not _SCHEME.match(url)
     # file: must name an absolute path on this machine: file:///p or file:/p (file://host/p
     # would read /p's host part as a directory; the fetcher matches the scheme exactly)
@@ -54,9 +95,11 @@ def fetch_url(url: str, node: ast.Node, what: str) -> str:
 
 
 def git_url(url: str, node: ast.Node, what: str) -> str:
-    """A ``fetchgit`` URL: as ``fetch_url``, or scp-like ``host:path`` (git's own rule:
-    a colon before the first slash)."""
+    """A ``fetchgit`` URL: ``checked_url``, without credentials (a user name alone is
+    allowed in ``ssh://`` URLs), with any scheme, an absolute path, or scp-like
+    ``host:path`` (git's own rule: a colon before the first slash)."""
     url = checked_url(url, node, what)
+    _refuse_credentials(url, node, what, ssh_user=True)
     colon, slash = url.find(":"), url.find("/")
     if (
         not url.startswith("/")

@@ -2,10 +2,10 @@
 
 Theory of operation
 -------------------
-``fetch_url`` produces one file at ``dest`` whose sha256 is ``expected``, or raises and
-leaves nothing at ``dest``. Bytes are written to a temporary file next to ``dest`` while
-being hashed; the temporary is fsynced and renamed onto ``dest`` only after the digest
-matches. Sources are tried in this order:
+``fetch_url`` produces one file at ``dest`` whose sha256 is ``expected`` (for a
+recursive fetchurl, whose NAR hash is), or raises and leaves nothing at ``dest``. Bytes
+are written to a temporary file next to ``dest`` while being hashed; the temporary is
+fsynced and renamed onto ``dest`` only after the digest matches. Sources are tried in this order:
 
 1. each *hashed source mirror* — a directory (or ``file://`` URL) or an ``http(s)`` URL
    laid out as ``<mirror>/sha256/<hex>``; the explicit list first, then the
@@ -20,8 +20,10 @@ matches. Sources are tried in this order:
 
 HTTP transfers (``fetchhttp``) use urllib with a socket timeout (``timeout`` argument,
 ``KILN_FETCH_TIMEOUT``) and up to ``retries`` further attempts per URL after a dropped
-connection or timeout. Redirects are followed (at most 10, to http/https/ftp) without
-reading the 3xx body, which a hostile server could make any size. A socket timeout only
+connection or timeout. Redirects are followed (at most 10, to http and https only: not
+to ``ftp:`` or ``file:``) without reading the 3xx body, which a hostile server could make
+any size. ``ftp://`` is not fetched at all: its sockets were outside the pace rule, and
+an FTP server trickling its banner held a fetch for ever. A socket timeout only
 bounds silence (it applies to each ``recv``, so a byte every timeout - 1 s never trips
 it), so each attempt must also keep a pace: it may last ``PACE_GRACE`` s plus 1 s per
 ``PACE_MIN_RATE`` body bytes - the registry client's rule (``kiln.registry.pace``). The
@@ -42,25 +44,27 @@ A retry resumes with ``Range: bytes=N-`` when the server answers ``206`` with a 
 dropped and the file asked for again without ``Range``, so the hash always covers
 exactly the bytes kept. "Connection refused" and unknown hosts are
 not retried. A source the fetcher cannot use (an unsupported scheme, a ``debian:`` URL
-that does not expand) is reported in its turn; the other sources are still tried (a
+that does not expand, a URL with credentials, which kiln never sends: see
+``fetchtext``) is reported in its turn; the other sources are still tried (a
 mirror is skipped with a warning). ``file:`` URLs may have one slash, as apt writes them.
 
 Mirror lists, layout and NAR-hashed trees in mirrors are in ``kiln.store.fetchmirror``;
 its public names are re-exported here.
 
 If every source fails, a content mismatch wins over transport errors: ``HashMismatch``
-(both hashes printed) is raised if any source delivered wrong bytes, else ``FetchError``
-listing what each source said.
+(both hashes printed, then what every source gave when there were several) is raised if
+any source delivered wrong bytes, else ``FetchError`` listing what each source said. A
+recursive fetch checks each source's NAR hash the same way, so a wrong source is passed
+over for the next. URLs in messages have credentials hidden and server text is escaped
+(``fetchtext``).
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 import tempfile
 import threading
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -89,6 +93,10 @@ from .fetchmirror import (  # noqa: F401 - part of this module's API
     parse_mirror_list,
     put_tree_in_mirror,
 )
+from .fetchsink import Progress as _Progress
+from .fetchsink import Sink as _Sink
+from .fetchsink import nar_hash_of_file as _nar_hash_of_file
+from .fetchtext import refuse_credentials, shown, shown_url
 from .fileopen import open_regular
 from .hashes import Hash
 
@@ -121,61 +129,6 @@ def split_urls(text: str) -> list[str]:
 # --- transfer --------------------------------------------------------------------------
 
 
-class _Progress:
-    """A one-line progress meter on stderr, only when stderr is a terminal."""
-
-    def __init__(self, enabled: bool, label: str) -> None:
-        self.enabled = enabled and sys.stderr.isatty()
-        self.label = label if len(label) <= 50 else "…" + label[-49:]
-        self.last = 0.0
-
-    def update(self, done: int, total: int | None) -> None:
-        if not self.enabled:
-            return
-        now = time.monotonic()
-        if now - self.last < 0.1:
-            return
-        self.last = now
-        mib = done / 1048576
-        tail = (
-            f"{mib:.1f}/{total / 1048576:.1f} MiB {100 * done // max(total, 1)}%"
-            if total
-            else f"{mib:.1f} MiB"
-        )
-        sys.stderr.write(f"\r\x1b[Kfetching {self.label} {tail}")
-        sys.stderr.flush()
-
-    def done(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\r\x1b[K")
-            sys.stderr.flush()
-
-
-class _Sink:
-    """The temporary file plus a running hash of exactly the bytes it holds."""
-
-    def __init__(self, f, algo: str, progress: _Progress) -> None:
-        self.f = f
-        self.algo = algo
-        self.progress = progress
-        self.reset()
-
-    def reset(self) -> None:
-        self.f.seek(0)
-        self.f.truncate()
-        self.h = hashlib.new(self.algo)
-        self.size = 0
-
-    def write(self, chunk: bytes, total: int | None = None) -> None:
-        self.f.write(chunk)
-        self.h.update(chunk)
-        self.size += len(chunk)
-        self.progress.update(self.size, total)
-
-    def digest(self) -> bytes:
-        return self.h.digest()
-
-
 def _copy_local(src: Path, sink: _Sink, limit: _Limit) -> None:
     f = open_regular(src)  # (a FIFO there would block the read for ever, past any timeout)
     if f is None:
@@ -196,10 +149,16 @@ def _transfer(source: str, sink: _Sink, timeout: float, retries: int, limit: _Li
         _copy_local(Path(urllib.request.url2pathname(urllib.parse.urlparse(source).path)), sink, limit)
     elif "://" not in source:
         _copy_local(Path(source), sink, limit)
-    elif source.startswith(("http://", "https://", "ftp://")):
+    elif source.startswith(("http://", "https://")):
+        refuse_credentials(source, FetchError)
         _http_get(source, sink, timeout, retries, limit)
+    elif source.startswith("ftp://"):
+        raise FetchError(
+            f"refusing {shown_url(source)}: ftp is not supported (no timeout or pace rule could "
+            "hold an FTP server to time); use the http or https URL of the same file"
+        )
     else:
-        raise FetchError(f"unsupported URL scheme in {source!r} (use http, https, ftp, file or debian:)")
+        raise FetchError(f"unsupported URL scheme in {shown_url(source)} (use http, https, file or debian:)")
 
 
 # --- mirrors that stopped answering ----------------------------------------------------
@@ -246,56 +205,65 @@ def fetch_url(
     timeout: float | None = None,
     retries: int = 3,
     size: int | None = None,
+    recursive: bool = False,
 ) -> None:
     """Make ``dest`` a file whose ``expected.algo`` digest is ``expected``, from the first
     source that delivers it (mirrors, then ``urls``). Raises ``HashMismatch`` if a source
-    delivered other bytes and none delivered the right ones, ``FetchError`` if nothing
-    could be downloaded; in both cases nothing is left at ``dest``. Any failure of one
-    source (even an unexpected exception) is recorded and the next source is tried.
+    delivered other bytes and none delivered the right ones (listing what each source
+    gave), ``FetchError`` if nothing could be downloaded; in both cases nothing is left at
+    ``dest``. Any failure of one source (even an unexpected exception) is recorded and
+    the next source is tried.
 
     ``size`` is the expected size in bytes when known (a lock entry's): a source is
     dropped as soon as it announces or sends more. Without it, each source is capped at
     ``MAX_DOWNLOAD`` (``KILN_FETCH_MAX_SIZE``).
 
-    ``expected=None`` (a recursive fetchurl, whose NAR hash the caller checks) skips the
-    mirrors, which are keyed by flat hash, and accepts the first URL that downloads."""
+    ``recursive=True`` (a recursive fetchurl): ``expected`` is the NAR hash of ``dest``
+    (a regular, non-executable file), checked per source like a flat hash, so a source
+    with other content is passed over for the next. The mirrors are skipped: they hold
+    the NAR itself (``fetch_tree_from_mirror``), not the file.
+
+    ``expected=None`` accepts the first URL that downloads, unchecked (mirrors skipped):
+    the caller checks it, and no other source is tried if that check fails."""
     dest = Path(dest)
     if timeout is None:
         timeout = fetch_timeout()
     limit = _Limit(size, True) if size is not None else _Limit(_max_download(), False)
     dest.parent.mkdir(parents=True, exist_ok=True)
     algo = expected.algo if expected else "sha256"
+    kind = "NAR hash" if recursive else "hash"
     failures: list[str] = []
     mismatch: tuple[str, str] | None = None
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name[:60]}.", suffix=".part", dir=dest.parent)
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "w+b") as f:
-            for source, mirror, unusable in _sources(urls, expected, mirrors):
+            for source, mirror, unusable in _sources(urls, None if recursive else expected, mirrors):
+                label = shown_url(source)
                 if unusable is not None:  # e.g. a bad debian: URL; the other sources still count
-                    failures.append(f"{source}: {unusable}")
+                    failures.append(f"{label}: {unusable}")
                     continue
                 if mirror is not None and _mirror_down(mirror):
                     continue
-                sink = _Sink(f, algo, _Progress(progress, source))
+                sink = _Sink(f, algo, _Progress(progress, label))
                 try:
                     failed = _try_source(source, mirror, sink, timeout, retries, limit)
                 finally:
                     sink.progress.done()
                 if failed is not None:
                     if failed:
-                        failures.append(f"{source}: {failed}")
+                        failures.append(f"{label}: {failed}")
                     continue
-                got = Hash(algo, sink.digest())
+                got = _nar_hash_of_file(f, algo) if recursive else Hash(algo, sink.digest())
                 if expected is not None and got != expected:
                     if mirror is not None:
                         print(
-                            f"warning: mirror entry {source} has hash {got.to_hex()}, ignoring it",
+                            f"warning: mirror entry {label} has hash {got.to_hex()}, ignoring it",
                             file=sys.stderr,
                         )
                     else:
-                        mismatch = mismatch or (source, got.to_hex())
-                        failures.append(f"{source}: content has hash {got.to_hex()}")
+                        mismatch = mismatch or (label, got.to_hex())
+                        failures.append(f"{label}: content has {kind} {got.to_hex()}")
                     continue
                 f.flush()
                 os.fsync(f.fileno())
@@ -307,10 +275,20 @@ def fetch_url(
         tmp.unlink(missing_ok=True)
     what = expected.to_hex() if expected else "unpinned"
     if mismatch and expected is not None:
-        raise HashMismatch(mismatch[0], expected.to_hex(), mismatch[1])
+        raise _Mismatch(mismatch[0], expected.to_hex(), mismatch[1], failures)
     if not failures:
         raise FetchError(f"no source for {dest.name} ({what}): no URL given and no mirror has it")
     raise FetchError(f"cannot fetch {dest.name} ({what}):\n  " + "\n  ".join(failures))
+
+
+class _Mismatch(HashMismatch):
+    """``HashMismatch`` for the first source with other content; when there were other
+    sources, the message also lists what each one gave."""
+
+    def __init__(self, what: str, expected: str, got: str, failures: list[str]) -> None:
+        super().__init__(what, expected, got)
+        if len(failures) > 1:
+            self.args = (f"{self.args[0]}\nevery source:\n  " + "\n  ".join(failures),)
 
 
 def _try_source(
@@ -327,11 +305,11 @@ def _try_source(
         return None
     except FetchError as e:  # a source this fetcher cannot use (scheme, bad URL, too big)
         if mirror is not None:
-            print(f"warning: skipping mirror {source}: {e}", file=sys.stderr)
+            print(f"warning: skipping mirror {shown_url(source)}: {e}", file=sys.stderr)
             return ""
         return str(e)
     except urllib.error.HTTPError as e:
-        return "" if mirror is not None and e.code in (403, 404, 410) else f"HTTP {e.code} {e.reason}"
+        return "" if mirror is not None and e.code in (403, 404, 410) else _describe(e)
     except FileNotFoundError:
         return "" if mirror is not None else "no such file"
     except OSError as e:  # timeouts, the pace rule, refused, resets: after the retries
@@ -339,7 +317,7 @@ def _try_source(
             _mark_mirror_down(mirror, _describe(e))
         return _describe(e)
     except Exception as e:  # noqa: BLE001 - one odd source must not stop the fallback
-        return f"{type(e).__name__}: {e}"
+        return f"{type(e).__name__}: {shown(str(e))}"
 
 
 def _sources(urls: list[str], expected: Hash | None, mirrors: list[str]):

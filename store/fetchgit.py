@@ -18,24 +18,15 @@ fetch may last ``fetchhttp.PACE_GRACE`` s plus 1 s per ``fetchhttp.PACE_MIN_RATE
 (the HTTP fetcher's pace rule, over the whole fetch); once the pack is in, indexing must
 report progress at least every ``PACE_GRACE`` s. The error names the URL.
 
-The tree is then written out by walking git objects, not by a checkout, so no filters,
-attributes, hooks or the host's git configuration can change the bytes:
-
-- blobs become files, mode 0644, or 0755 when git records them executable;
-- symlinks are kept as symlinks with the target stored in git;
-- directories are 0755; submodules (gitlinks) become empty directories;
-- nothing else (no ``.git``, no timestamps beyond what the filesystem sets).
-
-Git stores an identical tree or blob once however often it is listed, so a repository of
-a few KB can describe billions of files (a "git bomb"). The export therefore stops, before
-anything is hashed, past ``MAX_EXPORT_ENTRIES`` entries or ``MAX_EXPORT_BYTES`` bytes, and
-refuses a blob over ``MAX_BLOB_BYTES`` (libgit2 inflates a blob whole; kiln writes it from
-that buffer without copying it) and directories nested deeper than ``MAX_EXPORT_DEPTH``
-(the walk is iterative, but the NAR hash and tree removal that follow recurse per level).
-A tree that cannot be written (duplicate names in a crafted tree, a path too long) is
-refused with ``GitFetchError`` too. Each limit has an environment variable to raise it
-for a real repository that needs it (``KILN_GIT_MAX_ENTRIES``, ``KILN_GIT_MAX_BYTES``,
+The tree is then written out by walking git objects (``kiln.store.gitexport``, which
+states the rules and the limits of the export: a few KB of repository can describe
+billions of files). Each limit has an environment variable to raise it for a real
+repository that needs it (``KILN_GIT_MAX_ENTRIES``, ``KILN_GIT_MAX_BYTES``,
 ``KILN_GIT_MAX_BLOB``, ``KILN_GIT_MAX_DEPTH``, ``KILN_GIT_MAX_FETCH``).
+
+Whatever the remote said reaches messages escaped (``fetchtext.shown``). A URL with a
+password (or a user name, except an ``ssh://`` one, where it names an account) is
+refused: kiln sends no credentials, and the URL would be echoed in errors.
 
 The export goes to a temporary directory beside ``dest`` and is renamed into place, so
 ``dest`` either holds the whole tree or does not exist. The caller NAR-hashes ``dest``.
@@ -55,6 +46,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import KilnError
+from .fetchtext import refuse_credentials, shown
 
 if TYPE_CHECKING:
     from pygit2.remotes import TransferProgress
@@ -77,7 +69,6 @@ _LIMIT_ENV = {
     "MAX_BLOB_BYTES": "KILN_GIT_MAX_BLOB",
     "MAX_FETCH_BYTES": "KILN_GIT_MAX_FETCH",
 }
-CHUNK = 1 << 20
 
 
 class GitFetchError(KilnError):
@@ -252,9 +243,9 @@ def _fetch_in_child(repo_path: Path, url: str, rev: str) -> str:
                 elif kind == "ok":
                     return rest.strip()
                 elif kind == "error":
-                    raise GitFetchError(rest)
+                    raise GitFetchError(shown(rest))  # libgit2's words, with the remote's in them
                 else:
-                    other = [*other[-19:], line[:500]]
+                    other = [*other[-19:], shown(line[:500])]
             buf = buf[-65536:]  # a line without an end is not ours: do not let it grow
     finally:
         if proc.poll() is None:
@@ -267,101 +258,15 @@ def _fetch_in_child(repo_path: Path, url: str, rev: str) -> str:
     )
 
 
-# --- the export ------------------------------------------------------------------------
-
-
-class _Budget:
-    """What an export may still create."""
-
-    def __init__(self) -> None:
-        self.entries = limit("MAX_EXPORT_ENTRIES")
-        self.bytes = limit("MAX_EXPORT_BYTES")
-        self.blob = limit("MAX_BLOB_BYTES")
-
-    def entry(self, path: str) -> None:
-        self.entries -= 1
-        if self.entries < 0:
-            raise GitFetchError(
-                f"refusing tree: more than {limit('MAX_EXPORT_ENTRIES')} entries (at {path}; "
-                "KILN_GIT_MAX_ENTRIES raises the limit)"
-            )
-
-    def take(self, size: int, path: str) -> None:
-        if size > self.blob:
-            raise GitFetchError(
-                f"refusing tree: {path} is {size} bytes, more than {self.blob} (KILN_GIT_MAX_BLOB raises the limit)"
-            )
-        self.bytes -= size
-        if self.bytes < 0:
-            raise GitFetchError(
-                f"refusing tree: more than {limit('MAX_EXPORT_BYTES')} bytes (at {path}; "
-                "KILN_GIT_MAX_BYTES raises the limit)"
-            )
-
-
-def _export(repo, tree, out: Path) -> None:
-    """Write ``tree`` to ``out`` (which must not exist), within the export limits."""
-    import pygit2
-
-    budget = _Budget()
-    max_depth = limit("MAX_EXPORT_DEPTH")
-    out.mkdir(mode=0o755)
-    dirs = [out]  # chmod at the end: mkdir's mode is cut by the umask
-    stack = [(tree, out, "", 0)]
-    while stack:
-        tree, here, rel, depth = stack.pop()
-        if depth > max_depth:
-            raise GitFetchError(
-                f"refusing tree: directories nested more than {max_depth} deep (at {rel[:200]}...; "
-                "KILN_GIT_MAX_DEPTH raises the limit)"
-            )
-        for entry in tree:
-            name = os.fsdecode(entry.raw_name)  # any bytes git holds, as the filesystem takes them
-            if name in ("", ".", "..") or "/" in name or name == ".git":
-                raise GitFetchError(f"refusing tree entry {name!r}")
-            path = f"{rel}{name}"
-            budget.entry(path)
-            target = here / name
-            mode = entry.filemode
-            if mode == pygit2.GIT_FILEMODE_TREE:
-                target.mkdir(mode=0o755)
-                dirs.append(target)
-                stack.append((repo[entry.id], target, f"{path}/", depth + 1))
-            elif mode == pygit2.GIT_FILEMODE_LINK:
-                budget.take(repo.odb.read_header(entry.id)[1], path)
-                link = repo[entry.id].data
-                if not link or b"\0" in link:
-                    raise GitFetchError(f"refusing symlink {name!r} with an empty target or a NUL byte in it")
-                os.symlink(link, target)
-            elif mode == pygit2.GIT_FILEMODE_COMMIT:
-                target.mkdir(mode=0o755)  # submodule: not fetched, kept as an empty directory
-                dirs.append(target)
-            elif mode in (pygit2.GIT_FILEMODE_BLOB, pygit2.GIT_FILEMODE_BLOB_EXECUTABLE):
-                # the size from the object header, before libgit2 inflates the blob
-                budget.take(repo.odb.read_header(entry.id)[1], path)
-                _write_blob(repo[entry.id], target)
-                os.chmod(target, 0o755 if mode == pygit2.GIT_FILEMODE_BLOB_EXECUTABLE else 0o644)
-            else:
-                raise GitFetchError(f"unsupported git file mode {mode:o} for {name!r}")
-    for d in dirs:
-        os.chmod(d, 0o755)
-
-
-def _write_blob(blob, target: Path) -> None:
-    # a memoryview of libgit2's buffer: no Python copy of the contents (``.data`` would be one)
-    view = memoryview(blob)
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        for i in range(0, len(view), CHUNK):
-            f.write(view[i : i + CHUNK])
-
-
 def fetch_git(url: str, rev: str, dest: Path) -> None:
     """Write the tree of commit ``rev`` of ``url`` to ``dest`` (which must not exist).
     Raises ``GitFetchError`` (leaving nothing at ``dest``) if the fetch fails or stalls,
     or the tree breaks a limit or cannot be written."""
     import pygit2
 
+    from .gitexport import export
+
+    refuse_credentials(url, GitFetchError, ssh_user=True)
     dest = Path(dest)
     if dest.exists() or dest.is_symlink():
         raise GitFetchError(f"{dest} already exists")
@@ -373,9 +278,9 @@ def fetch_git(url: str, rev: str, dest: Path) -> None:
         repo = pygit2.Repository(str(work / "repo"))  # opened after the child wrote to it
         commit = repo.get(commit_id).peel(pygit2.Commit)
         try:
-            _export(repo, commit.tree, work / "tree")
+            export(repo, commit.tree, work / "tree")
         except (OSError, UnicodeError, ValueError) as e:  # a crafted tree: duplicate names, ...
-            raise GitFetchError(f"refusing tree of {url} at {rev}: {e}") from None
+            raise GitFetchError(f"refusing tree of {url} at {rev}: {shown(str(e))}") from None
         os.replace(work / "tree", dest)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -8,10 +8,19 @@ Theory of operation
 under a ``_Pace``: a watchdog thread that shuts the attempt's sockets down once it is
 past ``PACE_GRACE`` s plus 1 s per ``PACE_MIN_RATE`` body bytes, counted from the
 request, so a server trickling its status line, headers, redirects or body cannot hold
-a build. Redirects go through ``_RedirectWithoutBody`` (urllib's rules, the 3xx body
-closed unread). A body over its ``_Limit`` raises ``_TooBig``; a malformed URL or
-``Location`` is a ``FetchError``; neither is retried. The sink (``fetch._Sink``) is
-used through ``write(chunk, total)``, ``size`` and ``reset()``.
+a build. The opener speaks http and https only, the two schemes whose sockets the
+watchdog sees: urllib's default one also opens ``ftp:``, ``file:`` and ``data:`` URLs,
+and its redirect handler follows a ``Location`` to ``ftp:``, where no pace rule held
+(a trickled FTP banner stalled a fetch for ever). Redirects go through
+``_RedirectWithoutBody`` (urllib's rules, the 3xx body closed unread), which refuses any
+target but an http(s) URL without credentials. A body over its ``_Limit`` raises
+``_TooBig``; a malformed URL or ``Location`` is a ``FetchError``; neither is retried. The
+sink (``fetchsink.Sink``) is used through ``write(chunk, total)``, ``size`` and ``reset()``.
+
+Credentials: kiln sends none, so ``fetch`` refuses a URL carrying them before calling
+here (``fetchtext.refuse_credentials``), and a redirect to one is refused here. Text a
+server controls (a reason phrase, a ``Location``, a bad status line) reaches messages
+only through ``fetchtext.shown``, escaped.
 """
 
 from __future__ import annotations
@@ -32,11 +41,12 @@ from typing import IO, TYPE_CHECKING
 
 from . import pacing
 from .errors import KilnError
+from .fetchtext import shown, shown_url
 
 if TYPE_CHECKING:
     import urllib.response
 
-    from .fetch import _Sink
+    from .fetchsink import Sink as _Sink
 
 CHUNK = 1 << 16
 USER_AGENT = "kiln-fetch/0.1"
@@ -225,15 +235,40 @@ class _RedirectWithoutBody(urllib.request.HTTPRedirectHandler):
         headers: http.client.HTTPMessage,
     ) -> http.client.HTTPResponse | urllib.response.addinfourl | None:
         fp.close()
+        location = headers.get("location") or headers.get("uri")
+        if location is not None:
+            # judged before urllib follows it: urllib would go on to ftp: (which no pace
+            # rule covers) and answer file: with an error quoting the Location raw
+            target = urllib.parse.urlsplit(urllib.parse.urljoin(req.full_url, location.strip()))
+            if target.scheme not in ("http", "https"):
+                raise FetchError(
+                    f"refusing a redirect to {shown_url(location)}: only http and https redirects are followed"
+                )
+            if "@" in target.netloc:
+                raise FetchError(
+                    f"refusing a redirect to {shown_url(location)}: credentials in a URL are not supported"
+                )
         return super().http_error_302(req, fp, code, msg, headers)
 
     http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
 
 
 def _opener(pace: _Pace) -> urllib.request.OpenerDirector:
-    # build_opener keeps the defaults (proxies from the environment, ftp, errors) and
-    # replaces the handlers we subclass
-    return urllib.request.build_opener(_HTTPHandler(pace), _HTTPSHandler(pace), _RedirectWithoutBody)
+    """An opener for http and https only, both watched by ``pace``: build_opener's
+    defaults minus the ftp, file and data handlers (proxies from the environment still
+    apply; a proxied request goes through the watched http handler)."""
+    opener = urllib.request.OpenerDirector()
+    for handler in (
+        urllib.request.ProxyHandler(),
+        urllib.request.UnknownHandler(),
+        _HTTPHandler(pace),
+        _HTTPSHandler(pace),
+        urllib.request.HTTPDefaultErrorHandler(),
+        _RedirectWithoutBody(),
+        urllib.request.HTTPErrorProcessor(),
+    ):
+        opener.add_handler(handler)
+    return opener
 
 
 def _http_get(url: str, sink: _Sink, timeout: float, retries: int, limit: _Limit) -> None:
@@ -277,16 +312,16 @@ def _http_get(url: str, sink: _Sink, timeout: float, retries: int, limit: _Limit
                 raise OSError(_describe(e)) from e  # nobody listening / no such host: retrying will not help
             bad = e if isinstance(e, http.client.InvalidURL) else reason
             if isinstance(bad, ValueError | http.client.InvalidURL):  # e.g. "nonnumeric port"
-                raise FetchError(f"bad URL or redirect: {bad}") from None
+                raise FetchError(f"bad URL or redirect: {shown(str(bad))}") from None
             error = e
         except ValueError as e:  # "Invalid IPv6 URL", IDNA UnicodeError, InvalidURL, in a URL or a Location
-            raise FetchError(f"bad URL or redirect: {e}") from None
+            raise FetchError(f"bad URL or redirect: {shown(str(e))}") from None
         attempt += 1
         if attempt > retries:
             raise OSError(f"{_describe(error)} (gave up after {attempt} attempts)") from error
         if sink.progress.enabled:
             sink.progress.done()
-            print(f"{url}: {_describe(error)}; retrying ({attempt}/{retries})", file=sys.stderr)
+            print(f"{shown_url(url)}: {_describe(error)}; retrying ({attempt}/{retries})", file=sys.stderr)
         time.sleep(min(0.2 * 2 ** (attempt - 1), 3.0))
 
 
@@ -336,10 +371,12 @@ def _range_start(content_range: str | None) -> int | None:
 
 
 def _describe(e: BaseException) -> str:
+    """What went wrong, for a message; whatever of it the server sent (a reason phrase,
+    a status line) escaped."""
     if isinstance(e, urllib.error.HTTPError):
-        return f"HTTP {e.code} {e.reason}"
+        return f"HTTP {e.code} {shown(str(e.reason))}"
     if isinstance(e, urllib.error.URLError):
-        return str(e.reason)
+        return shown(str(e.reason))
     if isinstance(e, TimeoutError):
         return str(e) if isinstance(e, _TooSlow) else "timed out"
-    return str(e) or type(e).__name__
+    return shown(str(e) or type(e).__name__)

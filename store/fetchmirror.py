@@ -38,7 +38,8 @@ def parse_mirror_list(text: str) -> list[str]:
     colon separates too, PATH-style, but only where the text after it starts a new entry
     (``/`` for a path, or ``scheme://``), and never the colon of a ``scheme:`` itself. So
     ``/a:/b`` is two paths, ``http://h:8080/m:https://x/y`` two URLs, and a colon inside a
-    URL (a port, an IPv6 literal ``http://[::1]:8080/m``, ``user:password@``) is kept.
+    URL (a port, an IPv6 literal ``http://[::1]:8080/m``, ``user:password@``) is kept
+    (a mirror with credentials is then skipped with a warning: kiln sends none).
     Words without ``://`` are split at every colon, as they always were."""
     out: list[str] = []
     for word in text.split():

@@ -26,6 +26,10 @@ buffers take):
 - ``/huge/<name>``         200 announcing a 1 TB Content-Length (and sending zeros)
 - ``/badlocation/<kind>``  302 to a malformed URL: ``ipv6`` (``http://[::1``), ``longhost``
                            (a 70-character host label), ``port`` (``http://h:8x/``)
+- ``/goto/<name>``         302 to ``server.locations[name]`` (any text: ``ftp://...``,
+                           ``file:///...``, a URL with credentials)
+- ``/status/<name>``       the raw status line ``server.status_lines[name]`` (bytes: a
+                           reason phrase with escape sequences, a malformed line), no body
 
 Every request is logged as ``(method, path, range header)`` in ``server.log``.
 """
@@ -59,6 +63,12 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(data, rng, ranges=True)
         if kind == "stallmirror":
             srv.closing.wait(30)
+            return None
+        if kind == "goto":
+            return self._redirect(srv.locations[name])
+        if kind == "status":
+            self.close_connection = True
+            self.wfile.write(srv.status_lines[name] + b"\r\nContent-Length: 0\r\n\r\n")
             return None
         if kind == "badlocation":
             where = {
@@ -220,6 +230,8 @@ class Server:
         self.by_hash: dict[str, bytes] = {}
         self.log: list[tuple[str, str, str | None]] = []
         self.sent: dict[str, int] = {}
+        self.locations: dict[str, str] = {}
+        self.status_lines: dict[str, bytes] = {}
         self.closing = threading.Event()  # handlers that wait for ever stop waiting
         self._lock = threading.Lock()
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)

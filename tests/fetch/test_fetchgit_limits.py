@@ -111,7 +111,7 @@ def test_a_blob_over_the_blob_limit_is_refused_before_it_is_read(tmp_path, monke
     tb.insert("big", r.create_blob(b"\0" * (8 << 20)), pygit2.GIT_FILEMODE_BLOB)
     rev = commit_tree(r, tb.write())
     monkeypatch.setenv("KILN_GIT_MAX_BLOB", str(1 << 20))
-    with pytest.raises(GitFetchError, match=r"big is 8388608 bytes.*KILN_GIT_MAX_BLOB"):
+    with pytest.raises(GitFetchError, match=r"'big' is 8388608 bytes.*KILN_GIT_MAX_BLOB"):
         fetch_git(str(tmp_path / "up"), rev, tmp_path / "src")
 
 

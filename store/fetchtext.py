@@ -1,0 +1,55 @@
+"""What fetch messages show of URLs and of what servers send, and URLs with credentials.
+
+A fetch error quotes text that someone else chose: a server's reason phrase, status line
+or ``Location``, a git remote's error, a tree entry's name. Printed raw, its escape
+sequences would reach the operator's terminal (set its title, rewrite the line above, the
+clipboard with OSC 52), and a newline in it could forge a line of kiln's own. ``shown``
+escapes such text as build output is escaped (``buildlogs.shown_output``) and writes a
+newline as ``\\n``; every fetch module builds its messages from server text through it.
+
+kiln sends no credentials with a fetch: no ``user:password@`` in URLs, no netrc, no
+tokens. A URL carrying a user name or password is refused (``refuse_credentials``)
+before anything is sent, rather than sent without them and failing in a way that
+echoes them (urllib took ``user:password@host`` for a host and port and quoted the
+password in its error); ``shown_url`` hides them in every message that names a URL.
+"""
+
+from __future__ import annotations
+
+import re
+
+from .errors import KilnError
+
+_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)([^/?#]*)@")
+#: schemes where a user name alone is an account to log in as, not a secret
+_SSH_SCHEMES = ("ssh://", "git+ssh://", "ssh+git://")
+
+
+def shown(text: str) -> str:
+    """``text`` (from a server, a remote or an archive) for a one-line message: control
+    characters, bidi controls and bytes that were not UTF-8 escaped, a newline as ``\\n``."""
+    from .buildlogs import shown_output  # (lazily: it imports zstandard)
+
+    return shown_output(text).replace("\n", "\\n")
+
+
+def shown_url(url: str) -> str:
+    """``url`` for a message: its user name and password replaced by ``***``, then ``shown``."""
+    return shown(_USERINFO.sub(lambda m: m.group(1) + "***@", url, count=1))
+
+
+def refuse_credentials(url: str, error: type[KilnError], *, ssh_user: bool = False) -> None:
+    """Raise ``error`` if ``url`` (``scheme://user:password@host/...``) carries
+    credentials, with them hidden in the message. ``ssh_user``: a user name without a
+    password is allowed in an ``ssh://`` URL (git's ``git@host``), where it names an
+    account and no secret."""
+    m = _USERINFO.match(url)
+    if m is None:
+        return
+    if ssh_user and url.lower().startswith(_SSH_SCHEMES) and ":" not in m.group(2):
+        return
+    raise error(
+        f"refusing {shown_url(url)}: credentials in a URL are not supported (kiln sends no "
+        "user name, password or token); serve it without them, or put the source in a hashed "
+        "source mirror (KILN_SOURCE_MIRRORS)"
+    )
