@@ -4,7 +4,10 @@ rotation, verify): running a registry and administering its directory.
 cli/main.py routes both command names here with ``argv[0]`` = the name; the work is in
 kiln.registry (see docs/registry.md). ``kiln serve`` admits uploads by its own flags only
 (``--trusted-key``, and its ``--index-key``): ``$KILN_TRUSTED_KEYS``, set for builders and
-copiers, must not widen what a server accepts.
+copiers, must not widen what a server accepts. ``--policy FILE`` is loaded at start-up (a
+policy that does not load stops the server before it listens) and then re-read by the
+workers for every ``POST /verify`` (``registry/policywatch.py``), so ``kiln key revoke
+--policy FILE`` takes effect without a restart.
 """
 
 from __future__ import annotations
@@ -120,9 +123,16 @@ def cmd_serve(argv: list[str]) -> int:
         "--attester-key",
         action="append",
         metavar="KEY",
-        help="public key whose DSSE signatures also admit pushed attestations (e.g. a rebuilder's)",
+        help="public key whose DSSE signatures also admit pushed attestations (a rebuilder's VSAs; "
+        "it never replaces a provenance or SBOM that another key signed)",
     )
-    p.add_argument("--policy", type=Path, metavar="FILE", help="TOML policy that POST /verify applies")
+    p.add_argument(
+        "--policy",
+        type=Path,
+        metavar="FILE",
+        help="TOML policy that POST /verify applies to a path and its closure (re-read for every "
+        "review: a revocation applies at once)",
+    )
     p.add_argument("--no-fsync", action="store_true", help="do not fsync uploads (benchmarks, tmpfs)")
     p.add_argument(
         "--no-fast-path",
@@ -146,7 +156,10 @@ def cmd_serve(argv: list[str]) -> int:
         trusted=trusted_keys(args.trusted_key, env=False) + ([index_key.public()] if index_key else []),
         index_key=index_key,
         attesters=[load_trusted_key(k) for k in args.attester_key or []],
+        # loaded now so a bad policy stops the start; the workers re-read the file for
+        # every review, so a revocation written to it applies without a restart
         policy=_policy(args.policy),
+        policy_file=args.policy,
         fast_path=not args.no_fast_path,
         index_refresh=args.index_refresh * 3600,
     )

@@ -10,15 +10,20 @@ Revocation is a statement in a verification policy (``store/policy.py``): ``kiln
 revoke`` appends a ``[[revoked]]`` entry with the time of revocation. A *compromised*
 key (the default) then fails everything it ever signed, whatever time it claims; a
 *retired* key still counts for attestations signed before the revocation. The policy is
-re-read after the change, so a malformed result is never left behind.
+re-read after the change, so a malformed result is never left behind. Whoever reads the
+policy next sees the revocation: ``kiln verify --policy`` at its next run, and a running
+``kiln serve --policy FILE`` at its next ``POST /verify`` (it re-reads the file for every
+review; no restart or signal needed), which ``revoke`` says on stderr.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import stat
+import sys
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
@@ -96,7 +101,8 @@ def _keep_as(keys: Path, old: SecretKey) -> Path | None:
 
 
 def revoke(policy_file: Path, public_key: str, compromised: bool, reason: str, at: datetime | None) -> str:
-    """Append a ``[[revoked]]`` entry to ``policy_file`` (created if missing); return it."""
+    """Append a ``[[revoked]]`` entry to ``policy_file`` (created if missing); return it.
+    Once the file is replaced, says on stderr who picks the change up, and when."""
     from kiln.store import policy
     from kiln.store.errors import FormatError
     from kiln.store.signing import PublicKey, key_text_hint
@@ -136,6 +142,13 @@ def revoke(policy_file: Path, public_key: str, compromised: bool, reason: str, a
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+    # (stdout is the entry itself, which scripts may append elsewhere)
+    print(
+        f"revoked in {policy_file} (sha256:{hashlib.sha256(text.encode()).hexdigest()[:16]}...): "
+        "`kiln verify --policy` applies it from its next run, and a running `kiln serve --policy` "
+        "from its next POST /verify (it re-reads the file for every review: no restart needed)",
+        file=sys.stderr,
+    )
     return entry
 
 

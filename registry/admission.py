@@ -23,7 +23,22 @@ Webhook shape (a Kubernetes ``AdmissionReview``, ``admission.k8s.io/v1``)::
                                             "message": <detail>}, ...]}}}}
 
 ``request.object.metadata.annotations["kiln.dev/artifact"]`` is accepted in place of
-``request.artifact`` (so a webhook configured on a real resource can carry it).
+``request.artifact`` (so a webhook configured on a real resource can carry it). Every
+answer names the policy that judged it in ``response.auditAnnotations``
+(``kiln.dev/policy``, ``kiln.dev/policy-sha256``: the sha256 of the file's text).
+
+**The closure is judged, not just the path.** Deploying a path deploys its runtime
+closure, and a tampered or untrusted library under a verified binary is still a tampered
+system; so both ways (``_verify_store``, ``_verify_remote``) verify every closure member
+against the policy (``judge_closure``, always on): the target's own checks first, then
+one more check, ``dependencies``, that fails naming each dependency that fails the
+policy (with its failing checks) or is missing (a reference the store's closure walk
+left out, quarantined say: a closure with a hole never passes). ``kiln verify --closure``
+makes the same judgement of a local path (one report per member there).
+
+**Fail closed.** A server re-reads its policy file for every review
+(``policywatch.PolicyWatch``); when it does not load, the review is denied with that
+reason (``unjudged``: ``allowed`` false, status 500), never judged by an older policy.
 """
 
 from __future__ import annotations
@@ -31,6 +46,7 @@ from __future__ import annotations
 import asyncio
 import json
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,9 +54,10 @@ from typing import Any
 from kiln.store import narinfo as ni
 from kiln.store.errors import KilnError
 from kiln.store.hashes import Hash
-from kiln.store.policy import Check, Policy, Report, verify_path
+from kiln.store.policy import Check, Policy, PolicyError, Report, verify_path
 
 from .backends import DirSource, Source
+from .policywatch import PolicyWatch
 from .storesource import StoreSource
 from .verify import NarVerifier, check_narinfo
 
@@ -78,30 +95,59 @@ def parse_review(raw: bytes) -> Review:
     return Review(uid, art.strip(), api)
 
 
-def response(review: Review, report: Report) -> dict[str, Any]:
-    """The AdmissionReview answer for ``report``."""
+def _policy_notes(policy: Policy) -> dict[str, str]:
+    """``auditAnnotations`` naming the policy that judged a review (and its text's sha256)."""
+    notes = {"kiln.dev/policy": policy.source}
+    if policy.digest:
+        notes["kiln.dev/policy-sha256"] = policy.digest
+    return notes
+
+
+def response(review: Review, report: Report, policy: Policy | None = None) -> dict[str, Any]:
+    """The AdmissionReview answer for ``report`` (judged by ``policy``, named in the
+    answer when given)."""
     fails = report.failures()
+    shown = report.policy + (
+        f" (sha256:{policy.digest[:16]}...)" if policy is not None and policy.digest else ""
+    )
     if report.ok:
-        msg = f"{report.path} passes {report.policy} ({len(report.checks)} checks)"
+        msg = f"{report.path} passes {shown} ({len(report.checks)} checks)"
     else:
-        msg = f"{report.path} denied: " + "; ".join(f"{c.name}: {c.detail}" for c in fails)
+        msg = f"{report.path} denied by {shown}: " + "; ".join(f"{c.name}: {c.detail}" for c in fails)
+    out: dict[str, Any] = {
+        "uid": review.uid,
+        "allowed": report.ok,
+        "status": {
+            "code": 200 if report.ok else 403,
+            "reason": "" if report.ok else "Forbidden",
+            "message": msg,
+            "details": {
+                "name": report.path,
+                "causes": [
+                    {"field": c.name, "reason": c.status.lower(), "message": c.detail} for c in report.checks
+                ],
+            },
+        },
+    }
+    if policy is not None:
+        out["auditAnnotations"] = _policy_notes(policy)
+    return {"apiVersion": review.api_version, "kind": "AdmissionReview", "response": out}
+
+
+def unjudged(review: Review, why: str) -> dict[str, Any]:
+    """The answer when no policy could judge the review (its file does not load): a
+    denial with the reason, so a gate fails closed whatever its failure policy is for
+    HTTP errors (Kubernetes' ``failurePolicy: Ignore`` would let a 5xx through)."""
     return {
         "apiVersion": review.api_version,
         "kind": "AdmissionReview",
         "response": {
             "uid": review.uid,
-            "allowed": report.ok,
+            "allowed": False,
             "status": {
-                "code": 200 if report.ok else 403,
-                "reason": "" if report.ok else "Forbidden",
-                "message": msg,
-                "details": {
-                    "name": report.path,
-                    "causes": [
-                        {"field": c.name, "reason": c.status.lower(), "message": c.detail}
-                        for c in report.checks
-                    ],
-                },
+                "code": 500,
+                "reason": "InternalError",
+                "message": f"{review.artifact} not judged: the policy does not load ({why})",
             },
         },
     }
@@ -111,9 +157,15 @@ def _failed(target: str, policy: Policy, name: str, why: str) -> Report:
     return Report(target, policy.source, (Check(name, False, why),))
 
 
-def answer(source: Source, review: Review, policy: Policy) -> dict[str, Any]:
-    """Run the policy for ``review.artifact`` against ``source``'s copy; never raises for a
-    bad artifact (it is denied with the reason)."""
+def answer(source: Source, review: Review, policy: Policy | PolicyWatch) -> dict[str, Any]:
+    """Run the policy for ``review.artifact`` and its closure against ``source``'s copy;
+    never raises for a bad artifact (it is denied with the reason). A ``PolicyWatch`` is
+    read now, and a policy file that does not load denies the review (``unjudged``)."""
+    if isinstance(policy, PolicyWatch):
+        try:
+            policy = policy.current()
+        except PolicyError as e:
+            return unjudged(review, str(e))
     try:
         if isinstance(source, StoreSource):
             report = _verify_store(source, review.artifact, policy)
@@ -122,7 +174,55 @@ def answer(source: Source, review: Review, policy: Policy) -> dict[str, Any]:
             report = verify_remote(str(source.storage.url), review.artifact, policy)
     except (KilnError, OSError) as e:  # e.g. no space for the temporary store: deny, say why
         report = _failed(review.artifact, policy, "verify", f"verification could not run: {e}")
-    return response(review, report)
+    return response(review, report, policy)
+
+
+#: failing dependencies named with their failing checks in a ``dependencies`` check; more are
+#: counted (a closure of thousands must not make a megabyte answer)
+MAX_NAMED = 50
+
+
+def judge_closure(store: Any, top: str, closure: Iterable[str], policy: Policy) -> Report:
+    """``top``'s report (``verify_path``) followed by one more check, ``dependencies``:
+    every other member of ``closure`` (paths valid in ``store``) verified against ``policy``
+    too, and every reference of a member is a member (``LocalStore.closure`` leaves out
+    a reference that is not valid, a quarantined one say: a closure with a hole never
+    passes). It fails naming each failing or missing dependency (up to ``MAX_NAMED``,
+    with their failing checks); skipped when ``top`` has no dependencies."""
+    report = verify_path(store, top, policy)
+    members = set(closure) | {top}
+    deps = sorted(members - {top})
+    missing = sorted(
+        {
+            r
+            for p in members
+            if (info := store.query(p)) is not None
+            for r in info.references
+            if r not in members
+        }
+    )
+    failing = [
+        *(f"{r}: not valid here (a reference of the closure)" for r in missing),
+        *(
+            f"{r.path} ({'; '.join(f'{c.name}: {c.detail}' for c in r.failures())})"
+            for r in (verify_path(store, p, policy) for p in deps)
+            if not r.ok
+        ),
+    ]
+    if not deps and not missing:
+        check = Check("dependencies", True, "none: the closure is the path alone", skipped=True)
+    elif not failing:
+        check = Check("dependencies", True, f"all {len(deps)} in the closure pass the policy")
+    else:
+        more = f"; and {len(failing) - MAX_NAMED} more" if len(failing) > MAX_NAMED else ""
+        check = Check(
+            "dependencies",
+            False,
+            f"{len(failing)} of {len(deps) + len(missing)} in the closure fail the policy: "
+            + "; ".join(failing[:MAX_NAMED])
+            + more,
+        )
+    return Report(report.path, report.policy, (*report.checks, check))
 
 
 def _verify_store(source: StoreSource, target: str, policy: Policy) -> Report:
@@ -134,7 +234,7 @@ def _verify_store(source: StoreSource, target: str, policy: Policy) -> Report:
         if body is None:
             return _failed(target, policy, "valid", f"{target} is not served by this registry")
         path = _admit_top(body.decode(), source.store_dir, target).path
-        return verify_path(store, path, policy)
+        return judge_closure(store, path, store.closure([path]), policy)
     except KilnError as e:
         return _failed(target, policy, "valid", str(e))
     finally:
@@ -180,8 +280,9 @@ def _lookup_sync(source: Source, target: str) -> bytes | None:
 def verify_remote(
     url: str, target: str, policy: Policy, *, token: str | None = None, tmp_dir: str | Path | None = None
 ) -> Report:
-    """Verify ``target`` (store path, hash part or ``sha256:`` NAR digest) as served by the
-    registry at ``url`` against ``policy``, through a temporary store that is deleted
+    """Verify ``target`` (store path, hash part or ``sha256:`` NAR digest) and its closure
+    as served by the registry at ``url`` against ``policy`` (``judge_closure``: the
+    target's checks, then ``dependencies``), through a temporary store that is deleted
     afterwards. Fetch failures are failed checks in the report."""
     with tempfile.TemporaryDirectory(prefix="kiln-verify-", dir=tmp_dir) as d:
         return asyncio.run(_verify_remote(url, target, policy, token, Path(d)))
@@ -237,11 +338,12 @@ async def _verify_remote(url: str, target: str, policy: Policy, token: str | Non
                     except KilnError as e:
                         return _failed(top.path, policy, "content", f"{p} as served does not verify: {e}")
             try:
-                # a fresh temporary store: the policy judges the signers, not the fetch
-                await fetch_attestations(client, store, [top.path], any_signer=True)
+                # a fresh temporary store: the policy judges the signers, not the fetch;
+                # every member's, since every member is judged
+                await fetch_attestations(client, store, list(infos), any_signer=True)
             except KilnError as e:
                 return _failed(top.path, policy, "attestations", str(e))
-            return verify_path(store, top.path, policy)
+            return judge_closure(store, top.path, infos, policy)
         finally:
             store.close()
 

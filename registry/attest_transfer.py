@@ -15,11 +15,13 @@ path's narinfo must be published; the envelope must parse, carry an in-toto stat
 whose subject names the path *and* the published NarHash, have a predicate type that
 fits its kind (``provenance`` → SLSA provenance, ``sbom`` → CycloneDX/SPDX, ``vsa-*`` →
 a VSA signed by the key whose keyid prefix the kind names), and — when the caller gives
-trusted keys — a valid DSSE signature by one of them. A provenance or VSA replaces the
-stored one of its kind only if its signed time (``finishedOn``, ``timeVerified``) is not
-older (``replaces``): a rebuilder's newer FAILED verdict cannot be overwritten by
-re-uploading its genuine older PASSED one. Anything else is a 4xx answer; nothing is
-written.
+trusted keys — a valid DSSE signature by one of them; a signed time (``finishedOn``,
+``timeVerified``) no more than the clock skew in the future. It replaces the stored one
+of its kind only under ``attest_rules``: its signed time is not older (``replaces``: a
+rebuilder's newer FAILED verdict cannot be overwritten by re-uploading its genuine older
+PASSED one), and a provenance or SBOM only when a key that signed the stored one, or a
+trusted (builder) key, signed it (an ``--attester-key``, meant for rebuilders' VSAs,
+cannot overwrite the builder's). Anything else is a 4xx answer; nothing is written.
 
 Transfer: ``push_attestations`` uploads what the registry lacks (by comparing listings);
 ``fetch_attestations`` (``attest_fetch``) downloads a registry's attestations for paths that are valid in a
@@ -38,7 +40,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from kiln.store import attestations
@@ -46,17 +49,12 @@ from kiln.store import narinfo as ni
 from kiln.store.dsse import DsseError, Envelope, keyid
 from kiln.store.dsse import verify as dsse_verify
 from kiln.store.errors import FormatError, KilnError
-from kiln.store.intoto import (
-    CYCLONEDX_TYPE,
-    PROVENANCE_TYPE,
-    SPDX_TYPE,
-    VSA_TYPE,
-    parse_statement,
-    statement_time,
-)
+from kiln.store.intoto import CYCLONEDX_TYPE, PROVENANCE_TYPE, SPDX_TYPE, VSA_TYPE, parse_statement
 from kiln.store.signing import PublicKey
 
 from . import layout
+from .attest_rules import future_problem, may_replace
+from .attest_rules import replaces as replaces  # (``attest_fetch`` applies the same age rule)
 from .client import RegistryError
 from .dirlock import dir_lock
 from .storage import Storage
@@ -143,56 +141,49 @@ def rebuild_listing(storage: Storage, hash_part: str) -> dict[str, str]:
 
 
 def admit(
-    storage: Storage, store_dir: str, hash_part: str, kind: str, data: bytes, trusted: list[PublicKey] | None
+    storage: Storage,
+    store_dir: str,
+    hash_part: str,
+    kind: str,
+    data: bytes,
+    trusted: list[PublicKey] | None,
+    attesters: Sequence[PublicKey] = (),
+    *,
+    now: datetime | None = None,
 ) -> tuple[int, str]:
-    """Admit one uploaded attestation into a registry directory (see module docstring).
-    Returns ``(HTTP status, message)``; writes nothing unless the status is 2xx."""
+    """Admit one uploaded attestation into a registry directory (see module docstring):
+    signed by one of ``trusted`` (the registry's builder keys) or ``attesters`` (None:
+    the caller owns the directory and signers are not judged), no signed time past
+    ``now`` (default: the clock) plus the skew, and ``attest_rules.may_replace`` of the
+    stored one. Returns ``(HTTP status, message)``; writes nothing unless 2xx."""
     if len(data) > MAX_ATTESTATION:
         return 413, f"error: attestation over {MAX_ATTESTATION} bytes"
     text = storage.read(layout.narinfo_key(hash_part))
     if text is None:
         return 409, f"error: no narinfo is published for {hash_part}; push the path before its attestations"
+    now = now or datetime.now(UTC)
+    keys = None if trusted is None else [*trusted, *attesters]
     try:
         info = ni.parse(text.decode(), store_dir)
-        check_envelope(data, kind, info.path.rsplit("/", 1)[1], info.nar_hash.hex, trusted)
+        check_envelope(data, kind, info.path.rsplit("/", 1)[1], info.nar_hash.hex, keys)
     except AttestationError as e:
         return e.status, f"error: {e}"
     except KilnError as e:
         return 400, f"error: {e}"
+    why = future_problem(data, kind, now)
+    if why is not None:
+        return 400, f"error: {why}"
     key = layout.att_key(hash_part, kind)
     with dir_lock(storage, LOCK_KEY):  # the check and the write together: no older one slips in between
         old = storage.read(key)
         if old == data:
             return 200, "already published"
-        why = replaces(old, data, kind)
-        if why is not None:
-            return 409, f"error: {why}"
+        refused = may_replace(old, data, kind, trusted=trusted, attesters=attesters, now=now)
+        if refused is not None:
+            return refused[0], f"error: {refused[1]}"
         storage.put_bytes(key, data)
     rebuild_listing(storage, hash_part)
     return 201, "published"
-
-
-def replaces(old: bytes | None, new: bytes, kind: str) -> str | None:
-    """Why envelope ``new`` may not replace ``old`` as the ``kind`` attestation (None: it
-    may): its signed time is older than ``old``'s, or it has none where ``old`` has one.
-    An ``old`` that does not parse may be replaced."""
-    if old is None:
-        return None
-    try:
-        t_old = statement_time(parse_statement(Envelope.loads(old).payload))
-    except FormatError:
-        return None
-    try:
-        t_new = statement_time(parse_statement(Envelope.loads(new).payload))
-    except FormatError as e:
-        return f"{kind}: {e}"
-    if t_old is not None and (t_new is None or t_new < t_old):
-        when = "no time" if t_new is None else f"{t_new:%Y-%m-%dT%H:%M:%SZ}"
-        return (
-            f"refusing to replace the stored {kind} attestation, made {t_old:%Y-%m-%dT%H:%M:%SZ}, "
-            f"with an older one ({when})"
-        )
-    return None
 
 
 # ------------------------------------------------------------------ client side

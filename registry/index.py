@@ -21,7 +21,8 @@ Metadata (canonical JSON: sorted keys, no whitespace, UTF-8) under ``index/``; e
 The publisher's side (new roots, new generations of metadata) is ``indexbuild``.
 
 Client rules (``verify_*``): every file must carry a threshold of valid signatures from
-its role's keys in the trusted root; versions never go down relative to the last state
+its role's keys in the trusted root, counted by distinct raw public key (each root key
+entry must be the key its id names: ``key_id``); versions never go down relative to the last state
 the client saw (rollback); nothing may be past its expiry (freeze); a snapshot must hash
 to what the timestamp says and the index to what the snapshot says (mix-and-match).
 Publication order is index → snapshot → timestamp, each file atomic, so a reader that
@@ -146,24 +147,34 @@ def _check_sigs(
     if type(spec["threshold"]) is not int or spec["threshold"] < 1:
         # 0 would let unsigned metadata through
         raise IndexError_(f"{what}: the {role} role's threshold must be a whole number >= 1")
-    good: set[str] = set()
+    # counted by raw public key: a key id hashes "name:base64", so one key listed under
+    # two names has two ids, and counting ids would let one key meet a threshold of 2
+    good: set[bytes] = set()
     for s in sigs:
         kid = s.get("keyid")
-        if kid not in spec["keyids"] or kid in good:
+        if kid not in spec["keyids"]:
             continue
         try:
             pub = PublicKey.parse(root["keys"][kid]["public"])
         except KilnError as e:
             raise IndexError_(f"{what}: the root's key {kid}: {e}") from None
+        if key_id(pub) != kid:
+            # the root's entry must be the key its id names, or ids mean nothing
+            raise IndexError_(
+                f"{what}: the root lists key id {kid} for key {pub.name!r}, whose key id is {key_id(pub)}"
+            )
+        if pub.key in good:
+            continue
         try:
             ok = pub.verify(body, f"{pub.name}:{s.get('sig', '')}")
         except KilnError:
             ok = False
         if ok:
-            good.add(kid)
+            good.add(pub.key)
     if len(good) < spec["threshold"]:
         raise SignatureError(
-            f"{what}: {len(good)} valid signature(s) from the {role} role's keys, {spec['threshold']} required"
+            f"{what}: {len(good)} valid signature(s) by distinct keys of the {role} role, "
+            f"{spec['threshold']} required"
         )
 
 

@@ -12,7 +12,8 @@ Read API (see docs/registry.md): ``GET|HEAD /nix-cache-info`` (public even when 
 Range, a multi-range one ignored: ``httpbits.RangeFile``; immutable caching), ``GET /index/...``, ``POST /narinfo-batch``, ``POST
 /blob-batch`` (many small objects in one response), attestations
 ``GET /<h>.att/<kind>.dsse.json`` and their listing ``GET /<h>.att/`` (= ``index.json``),
-and ``POST /verify`` (an AdmissionReview-shaped policy check, ``admission``). Misses
+and ``POST /verify`` (an AdmissionReview-shaped policy check of a path and its closure,
+``admission``, by the policy file as it is at that review: ``policywatch``). Misses
 are 404 with ``Cache-Control: max-age=<negative TTL>``.
 
 Write API (handlers in ``writeapi``; dir mode only, bearer token with the ``write``
@@ -23,7 +24,8 @@ registry has, the NAR digests recorded at upload match NarHash/NarSize, a truste
 key signed it and its unsigned ``CA:`` is true of the NAR (``admitca``); publication is create-if-absent, so a different narinfo for a published
 path is a 409. ``PUT`` of an attestation is admitted by ``attest_transfer.admit``
 (published narinfo, subject = that path and NarHash, signed by a trusted or attester
-key). Every failure is a 4xx with a one-line reason; no handler lets an
+key, no signed time in the future; a stored provenance or SBOM is replaced only by its
+own signer or a trusted key: ``attest_rules``). Every failure is a 4xx with a one-line reason; no handler lets an
 exception escape as a 500 for bad input.
 """
 
@@ -49,6 +51,7 @@ from . import fastpath, layout
 from .auth import AuthError, TokenStore
 from .backends import DirSource, Source
 from .httpbits import CHUNK, DigestFile, HTTPError, RangeFile, plain, read_body, shown_key
+from .policywatch import PolicyWatch
 from .storage import FileStorage
 from .storesource import StoreSource
 from .writeapi import WriteAPI
@@ -77,8 +80,10 @@ class ServerConfig:
     index_key: SecretKey | None = None
     #: extra keys whose DSSE signatures admit uploaded attestations (e.g. rebuilders)
     attesters: list[PublicKey] = field(default_factory=list)
-    #: the policy ``POST /verify`` applies (None: the endpoint answers 409)
+    #: the policy ``POST /verify`` applies (None: it answers 409), or with ``policy_file``
+    #: the file's start-up version: the file is re-read for every review (``policywatch``)
     policy: Any = None
+    policy_file: Path | None = None
     #: answer narinfo GETs in ``fastpath`` (False: every request goes through aiohttp)
     fast_path: bool = True
     #: with ``index_key``: re-sign the index timestamp this often, in seconds (0: only
@@ -98,6 +103,10 @@ class Registry(WriteAPI):
             "X-Kiln-Negative-TTL": str(config.negative_ttl),
         }
         self._publish_lock = asyncio.Lock()
+        # what POST /verify judges by: the file as it is at each review, when there is one
+        self.policy: Any = (
+            PolicyWatch(config.policy_file, config.policy) if config.policy_file else config.policy
+        )
         self.narinfo_cache_control = f"public, max-age={config.positive_ttl}"
         self._narinfo_headers = {
             "Content-Type": "text/x-nix-narinfo",
@@ -239,7 +248,7 @@ class Registry(WriteAPI):
         """``POST /verify``: see ``admission``."""
         from . import admission
 
-        if self.config.policy is None:
+        if self.policy is None:
             raise HTTPError(409, "this server has no verification policy (start it with --policy FILE)")
         raw = await read_body(request, admission.MAX_REVIEW, "review")
         try:
@@ -247,7 +256,7 @@ class Registry(WriteAPI):
         except KilnError as e:
             raise HTTPError(400, str(e)) from None
         answer = await asyncio.get_running_loop().run_in_executor(
-            None, admission.answer, self.source, review, self.config.policy
+            None, admission.answer, self.source, review, self.policy
         )
         return web.json_response(answer, headers={"Cache-Control": "no-store"})
 

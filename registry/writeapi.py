@@ -78,9 +78,18 @@ class WriteAPI:
             from .attest_transfer import MAX_ATTESTATION, admit
 
             body = await read_body(request, MAX_ATTESTATION, "attestation")
-            keys = [*self.config.trusted, *self.config.attesters]
+            # builder keys and attester keys apart: only a builder's (or the stored
+            # statement's own signer's) provenance or SBOM replaces a stored one
             status, msg = await asyncio.get_running_loop().run_in_executor(
-                None, admit, src.storage, src.store_dir, arg, layout.att_kind_of_key(key), body, keys
+                None,
+                admit,
+                src.storage,
+                src.store_dir,
+                arg,
+                layout.att_kind_of_key(key),
+                body,
+                self.config.trusted,
+                self.config.attesters,
             )
             return plain(status, msg)
         raise HTTPError(405, f"PUT is not allowed on /{shown_key(key)}")

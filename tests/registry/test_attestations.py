@@ -99,6 +99,11 @@ class Setup:
     def hp(self, path: str) -> str:
         return path.rsplit("/", 1)[1][:32]
 
+    def attest_dep(self) -> None:
+        """Give ``dep`` a provenance too: ``POST /verify`` and ``kiln verify URL#PATH``
+        judge the whole closure, so a policy requiring provenance requires it of ``dep``."""
+        attestations.write(self.store, self.dep, "provenance", provenance(self.store, self.dep, self.keys.sk))
+
     def put(self, path: str, kind: str, data: bytes, token: str | None = None) -> tuple[int, bytes]:
         headers = {"Authorization": f"Bearer {token or self.token}"}
         st, _, body = request(f"{self.url}/{self.hp(path)}.att/{kind}.dsse.json", "PUT", data, headers)
@@ -331,6 +336,7 @@ def test_post_verify_allows_good_and_denies_bad(tmp_path, keys, kiln_server) -> 
         f'[keys]\nsigning = ["{keys.pk}"]\nprovenance = ["{keys.pk}"]\n[require]\nsignatures = 1\nprovenance = true\n'
     )
     s = Setup(tmp_path, keys, kiln_server, "--policy", str(pol))
+    s.attest_dep()
     s.push(s.app, s.bare)
     st, doc = _review(s.url, s.app, "uid-good")
     assert st == 200, doc
@@ -382,6 +388,7 @@ def test_post_verify_allows_good_and_denies_bad(tmp_path, keys, kiln_server) -> 
 
 def test_post_verify_needs_a_policy_and_works_on_a_store(tmp_path, keys, kiln_server) -> None:
     s = Setup(tmp_path, keys, kiln_server)
+    s.attest_dep()
     assert request(f"{s.url}/verify", "POST", b"{}")[0] == 409
     pol = s.policy()
     srv = kiln_server("--store", str(s.store.root), "--sign-key", str(keys.sk_file), "--policy", str(pol))
@@ -403,6 +410,7 @@ def test_post_verify_needs_a_policy_and_works_on_a_store(tmp_path, keys, kiln_se
 
 def test_kiln_verify_registry_target(tmp_path, keys, kiln_server, nginx_server) -> None:
     s = Setup(tmp_path, keys, kiln_server)
+    s.attest_dep()
     s.push(s.app, s.bare)
     pol = s.policy()
     env = {**os.environ, "KILN_HOME": str(tmp_path / "nohome")}  # no local store needed
