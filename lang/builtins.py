@@ -22,7 +22,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kiln.store.aptlock import lock_value_problem
+from kiln.store.aptlock import entry_problem, lock_value_problem
 from kiln.store.derivation import Derivation, Output, check_drv_name
 from kiln.store.errors import FormatError, KilnError
 from kiln.store.hashes import Hash
@@ -288,6 +288,10 @@ def debian_rootfs(ev: Evaluator, node: ast.Call, env: Env) -> DrvValue:
             problem = lock_value_problem(k, entry[k]) if k in entry else None
             if problem:
                 raise BadValue(f"{label}: '{k}': {problem}", lock_node.src, lock_node.pos)
+        # the build pins each .deb by its file name: the entry's other fields must agree
+        ident = [entry.get(k) for k in ("name", "version", "arch", "filename")]
+        if all(isinstance(v, str) for v in ident) and (problem := entry_problem(*ident)):
+            raise BadValue(f"{label}: {problem}", lock_node.src, lock_node.pos)
         filename = _string(ev, entry["filename"], lock_node, f"{where} 'filename'")
         h = _sha256(entry["sha256"], lock_node, f"{where} ({filename}) 'sha256'")
         url = f"debian:{filename}"

@@ -39,6 +39,7 @@ from .aptlock import (
     LOCK_FIELDS,
     LockEntry,
     check_entry,
+    entry_problem,
     lock_value_problem,
     parse_lock,
     read_lock,
@@ -300,8 +301,9 @@ class AptIndex:
 
     def entry(self, name: str) -> LockEntry:
         """The lock entry of ``name``'s candidate. A stanza lacking a field or with a value
-        the lock would refuse (``aptlock.lock_value_problem``) is a ``FormatError`` naming
-        the index file (when known), the package, its version and the field."""
+        the lock would refuse (``aptlock.lock_value_problem``, or a ``Filename`` that does
+        not name the package, ``aptlock.entry_problem``) is a ``FormatError`` naming the
+        index file (when known), the package, its version and the field."""
         p = self.package(name)
         source = self._raw[name][3]
         where = f"{source + ': ' if source else ''}index stanza of {name} {self.version(name)}"
@@ -322,6 +324,9 @@ class AptIndex:
             problem = lock_value_problem(key, value)
             if problem:
                 raise FormatError(f"{where}: {_INDEX_KEYS[key]}: {problem}")
+        problem = entry_problem(name, p["Version"], p["Architecture"], p["Filename"])
+        if problem:  # the build checks the .deb against its file name: it must name the package
+            raise FormatError(f"{where}: Filename: {problem}")
         return LockEntry(**values)
 
 
@@ -333,6 +338,7 @@ __all__ = [
     "LockEntry",
     "archive_bases",
     "check_entry",
+    "entry_problem",
     "index_files",
     "lock_value_problem",
     "parse_lock",

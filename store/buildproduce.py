@@ -68,7 +68,17 @@ class Producing:
             from .builtins import run_builtin
 
             out = tmp / "out"
-            run_builtin(self.store, drv, out, mirrors=list(self.opts.mirrors), progress=self.opts.progress)
+            # (get_drv, pending: what unpack-debs needs to check its .debs are its inputs)
+            run_builtin(
+                self.store,
+                drv,
+                out,
+                mirrors=list(self.opts.mirrors),
+                progress=self.opts.progress,
+                get_drv=self.get_drv,
+                pending=self._pending,
+                say=self.say,
+            )
             return {"out": (out, [])}
         produced = self._sandboxed(drv_path, drv, tmp, vary, defer, deadline)
         if drv.is_fixed_output:

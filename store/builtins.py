@@ -12,19 +12,28 @@ builtin:unpack-debs ``debunpack.unpack_debs`` of input .debs    (inputs are fixe
 =================  ==========================================  =====================
 
 ``unpack-debs`` is not a fixed-output derivation: its inputs are, and unpacking is a
-pure function of them, so its output is input-addressed like any build.
+pure function of them, so its output is input-addressed like any build. Running outside
+the sandbox, it reads only what ``debinputs.deb_inputs`` allows: each ``debs`` entry
+exactly a valid store path among the derivation's inputs (a fixed-output input's output
+or an input source), each checked against its pin (the ``debian:`` pool file name it was
+fetched by) when unpacked. The notes about members it skipped (devices, fifos, unknown
+types) are printed through ``say`` while it builds.
 """
 
 from __future__ import annotations
 
 import hashlib
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .derivation import Derivation
 from .errors import HashMismatch, StoreError
 from .hashes import Hash
+
+if TYPE_CHECKING:
+    from .stagedbuild import Pending
 
 
 def _expected(drv: Derivation) -> tuple[Hash, bool]:
@@ -79,8 +88,16 @@ def run_builtin(
     *,
     mirrors: list[str],
     progress: bool,
+    get_drv: Callable[[str], Derivation] | None = None,
+    pending: Pending | None = None,
+    say: Callable[[str], None] | None = None,
 ) -> None:
-    """Produce ``out`` for ``drv`` (a ``builtin:*`` derivation)."""
+    """Produce ``out`` for ``drv`` (a ``builtin:*`` derivation).
+
+    ``unpack-debs`` needs ``get_drv`` (the build loop's: it trusts a ``.drv`` only for
+    the outputs it really defines, ``buildplan.load_graph``) to see what its input
+    derivations are, and ``pending`` (this build's outputs awaiting their commit) to count
+    those as valid; it reports skipped members through ``say``."""
     env = drv.env_map
     name = drv.builder.removeprefix("builtin:")
     if name == "fetchurl":
@@ -93,7 +110,8 @@ def run_builtin(
 
             # a mirror may hold the NAR itself (its flat sha256 is the recursive hash)
             if not fetch_tree_from_mirror(expected, out, mirrors=mirrors, progress=progress):
-                fetch_url(urls, None, out, mirrors=mirrors, progress=progress)
+                # checked per source: one with other content is passed over for the next
+                fetch_url(urls, expected, out, mirrors=mirrors, progress=progress, recursive=True)
             _check_recursive(out, expected, f"{drv.name} from {urls[0]}")
         else:
             # a lock entry's exact size, when the derivation carries it: a source sending
@@ -107,9 +125,18 @@ def run_builtin(
         fetch_git(env["url"], env["rev"], out, expected=expected, mirrors=mirrors)
         _check_recursive(out, expected, f"{drv.name} ({env['url']} at {env['rev']})")
     elif name == "unpack-debs":
-        from .debunpack import unpack_debs
+        from .debinputs import deb_inputs
+        from .debunpack import unpack_debs_verbose
 
-        debs = [store.real_path(p) for p in env.get("debs", "").split()]
-        unpack_debs(debs, out)
+        if get_drv is None:
+            raise StoreError(
+                f"builtin:unpack-debs {drv.name}: expected get_drv (the build's derivations, to check "
+                "that its .debs are its inputs), found none"
+            )
+        debs = deb_inputs(store, drv, get_drv, pending)
+        notes = unpack_debs_verbose([d.real for d in debs], out, [d.pin for d in debs])
+        for note in notes:
+            if say is not None and not note.startswith("added link "):  # (the links are expected)
+                say(f"{drv.name}: {note}")
     else:
         raise StoreError(f"unknown builtin builder {drv.builder!r} in {drv.name}")

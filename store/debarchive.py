@@ -35,7 +35,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from .debstreams import open_data as open_data  # re-exported: debunpack reads the member through it
 from .errors import FormatError
@@ -258,7 +258,13 @@ def _header_errors() -> Iterator[None]:
         raise tarfile.ReadError(f"malformed tar header: {type(e).__name__}: {e}") from None
 
 
-def open_tar(stream: ReadAhead) -> tarfile.TarFile:
+class Readable(Protocol):
+    """What ``open_tar`` reads: ``read(n)`` (``ReadAhead``, ``Window``, a decoder)."""
+
+    def read(self, n: int = -1, /) -> bytes: ...
+
+
+def open_tar(stream: Readable) -> tarfile.TarFile:
     """``stream`` as a ``tarfile`` stream (``r|``: nothing seeks) of ``BoundedMember``s;
     malformed headers raise ``tarfile.TarError``. ``kiln_ended`` is set."""
     with _header_errors():

@@ -9,6 +9,12 @@ format allows (xz: NUL bytes in fours), are a ``FormatError`` (``lzma.LZMAFile``
 ``bz2.BZ2File`` silently drop trailing bytes, and zstandard's ``stream_reader`` ends
 quietly inside a cut frame). gzip is read with ``gzip.GzipFile``, which already refuses
 trailing bytes other than NUL padding.
+
+Every decoder is read through ``Decoded``, which turns what a decoder says about its
+input (``lzma.LZMAError``, ``zlib.error``, ``zstandard.ZstdError``, ``EOFError`` and the
+``OSError``s without an errno that gzip and bz2 raise for bad data) into a ``FormatError``
+naming the package. An ``OSError`` with an errno is the system's (reading the ``.deb``
+failed) and passes through as it is: it says nothing about the package.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import bz2
 import gzip
 import lzma
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -190,17 +197,48 @@ class Streams:
             )
 
 
-def open_data(name: str, raw: Window, deb: Path) -> Window | Streams | gzip.GzipFile:
-    """A reader of the decompressed ``data.tar`` held in ``raw`` (member ``name``)."""
+class Decoded:
+    """The bytes of ``reader`` (a decoder), with the decoder's complaints about its input
+    raised as ``FormatError`` ``"<prefix>: <complaint>"`` (see the module docstring); a
+    ``FormatError`` and an ``OSError`` with an errno pass through unchanged."""
+
+    def __init__(self, reader: Streams | gzip.GzipFile, prefix: str) -> None:
+        self._reader, self._prefix = reader, prefix
+
+    def read(self, n: int = -1) -> bytes:
+        try:
+            return self._reader.read(n)
+        except FormatError:
+            raise
+        except OSError as e:
+            if e.errno is not None:  # the system's: reading the .deb failed
+                raise
+            raise FormatError(f"{self._prefix}: {e}") from None
+        except (EOFError, lzma.LZMAError, zlib.error, zstandard.ZstdError) as e:
+            raise FormatError(f"{self._prefix}: {e}") from None
+
+    def readable(self) -> bool:
+        return True
+
+
+def open_data(name: str, raw: Window, deb: Path) -> Window | Decoded:
+    """A reader of the decompressed tar held in ``raw``: the ``.deb``'s member ``name``,
+    ``data.tar`` or ``control.tar`` with one of the suffixes below."""
     what = f"{deb.name}: {name}"
-    if name == "data.tar":
-        return raw
-    if name == "data.tar.xz":
-        return Streams(raw, XZ, what)
-    if name == "data.tar.gz":
-        return gzip.GzipFile(fileobj=raw)  # refuses trailing bytes itself (NUL padding aside)
-    if name == "data.tar.bz2":
-        return Streams(raw, BZIP2, what)
-    if name == "data.tar.zst":
-        return Streams(raw, ZSTD, what)  # several frames: zstd -T, pzstd
-    raise FormatError(f"{deb.name}: unsupported data member {name!r} (expected data.tar[.xz|.gz|.bz2|.zst])")
+    kind, dot, suffix = name.partition(".tar")
+    if kind in ("data", "control") and dot:
+        corrupt = f"{deb.name}: corrupt {kind} archive"
+        if suffix == "":
+            return raw
+        if suffix == ".xz":
+            return Decoded(Streams(raw, XZ, what), corrupt)
+        if suffix == ".gz":  # (GzipFile refuses trailing bytes itself, NUL padding aside)
+            return Decoded(gzip.GzipFile(fileobj=raw), corrupt)
+        if suffix == ".bz2":
+            return Decoded(Streams(raw, BZIP2, what), corrupt)
+        if suffix == ".zst":  # several frames: zstd -T, pzstd
+            return Decoded(Streams(raw, ZSTD, what), corrupt)
+    kind = "control" if kind == "control" else "data"
+    raise FormatError(
+        f"{deb.name}: unsupported {kind} member {name!r} (expected {kind}.tar[.xz|.gz|.bz2|.zst])"
+    )

@@ -10,68 +10,82 @@ end with tar's end-of-archive block, followed by nothing but NUL padding up to t
 the compressed stream (``debarchive.check_tail``). No host dpkg is involved, and
 maintainer scripts are never run.
 
+Before its data, each package's control file is read (``debcontrol``): a ``.deb``
+without one is refused, and with a pin (``debpin.DebPin``: the lock entry, or the pool
+file name the build fetched it by) its ``Package``, ``Version`` and ``Architecture`` must
+be what the pin says, else a ``FormatError`` names what was expected and what was found.
+
 Packages are unpacked in the order given (the lock order); a later package's file
 replaces an earlier one at the same path, as dpkg does with ``Replaces``. Each member is
 checked before anything is written:
 
-- absolute names, ``..`` components and NUL bytes (in names and link targets) are
+- absolute names, ``..`` components and NUL bytes (in names and link targets), name
+  components over 255 bytes and link targets over 4095 (what Linux can create) are
   refused (``FormatError``); parents are resolved component by component, following
-  symlinks already in the tree *inside* the tree (absolute link targets are taken
-  relative to the root), so no member can write outside ``out``;
+  symlinks already in the tree *inside* the tree (``debtree``: absolute link targets are
+  taken relative to the root), so no member can write outside ``out``;
 - regular files get mode 0755 if any execute bit was set, else 0644 (setuid, setgid,
   sticky and ownership are dropped: everything belongs to the caller); directories 0755;
 - symlinks are kept verbatim; hard links become copies of their target;
-- device nodes and fifos are skipped with a note (returned, and printed by the CLI);
+- device nodes and fifos are skipped with a note (``unpack_debs_verbose`` returns the
+  notes; ``builtin:unpack-debs`` prints those about skipped members while building);
 - one unpack (all its .debs together) writes at most ``MAX_UNPACKED_BYTES`` of file data
-  (hard-link copies included) and ``MAX_UNPACKED_MEMBERS`` members: a pinned .deb is
-  trusted to be what the lock names, not to be small, and a few MB of xz can expand to
-  terabytes of zeros or millions of empty files.
+  (hard-link copies included) and ``MAX_UNPACKED_MEMBERS`` entries, directories made as
+  parents of a member counted like members, none nested more than
+  ``MAX_UNPACKED_DEPTH`` directories deep (resolved inside the tree), and resolves at
+  most ``MAX_RESOLVE_STEPS`` path components in all (symlink targets included): a pinned
+  .deb is trusted to be what the lock names, not to be small, and a few MB of xz can
+  expand to terabytes of zeros, millions of empty files, a hundred members whose paths
+  imply hundreds of thousands of directories, or symlink chains that make each lookup
+  cost tens of thousands of system calls.
 
-Finally ``add_links`` creates the links Debian's maintainer scripts and the alternatives
-system would have made (``LINKS``), each only if its target exists and the link does not.
-The result depends only on the .deb contents and their order, so its NAR hash is stable.
+Finally ``deblinks.add_links`` creates the links Debian's maintainer scripts and the
+alternatives system would have made, each only if its target exists and the link does
+not. The result depends only on the .deb contents and their order, so its NAR hash is
+stable.
+
+Errors: what is wrong with a package is a ``FormatError`` naming it; an ``OSError`` of
+the destination (a full disk, a quota, a file size limit) or of reading a ``.deb``
+propagates as what it is, never blamed on the package. Either way nothing is left at
+``out``: it is removed without recursion (``trees.remove_tree``), however deep it got.
 """
 
 from __future__ import annotations
 
-import lzma
 import os
 import shutil
 import stat
 import tarfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from zlib import error as zlib_error
 
 from .debarchive import ReadAhead, Window, check_tail, next_member, open_data, open_tar, read_ar
+from .debcontrol import read_control
+from .deblinks import LINKS as LINKS  # re-exported: the list of links added
+from .deblinks import add_links
+from .debpin import DebPin
+from .debtree import inside
 from .errors import FormatError
+from .trees import remove_tree
 
 #: bounds on one unpack (every .deb of it together), far above any real toolchain: the
 #: pinned lock (~90 .debs) unpacks to ~390 MB in ~10,000 members, and the largest Debian
 #: packages to a few GB and ~100,000 members
 MAX_UNPACKED_BYTES = 16 << 30
 MAX_UNPACKED_MEMBERS = 1_000_000
-
-#: (link path, target) — what maintainer scripts / update-alternatives create on a real
-#: Debian system. Targets are relative to the link's directory. First match wins per path.
-LINKS: tuple[tuple[str, str], ...] = (
-    ("bin/sh", "bash"),  # dash's package ships /bin/sh; bash's postinst makes it if missing
-    ("usr/bin/awk", "gawk"),  # alternatives: awk (gawk postinst)
-    ("usr/bin/awk", "mawk"),
-    ("usr/bin/nawk", "gawk"),  # slave of the awk alternative
-    ("usr/bin/cc", "gcc"),  # alternatives: cc (gcc postinst)
-    ("usr/bin/c89", "c89-gcc"),  # alternatives: c89 (gcc postinst)
-    ("usr/bin/c99", "c99-gcc"),  # alternatives: c99 (gcc postinst)
-    ("usr/bin/c++", "g++"),  # alternatives: c++ (g++ postinst)
-    ("usr/bin/cpp", "cpp-12"),  # only if the cpp package's own link is missing
-    ("lib/cpp", "../usr/bin/cpp"),  # alternatives: cpp (cpp postinst); old configure scripts probe it
-    ("usr/bin/touch", "../../bin/touch"),  # coreutils postinst (made relative so it works in any root)
-    ("usr/bin/which", "which.debianutils"),  # alternatives: which (debianutils postinst)
-    ("usr/sbin/rmt", "rmt-tar"),  # alternatives: rmt (tar postinst)
-    ("usr/bin/lzma", "xz"),  # alternatives: lzma and its slaves (xz-utils postinst)
-    ("usr/bin/unlzma", "unxz"),
-    *((f"usr/bin/lz{u}", f"xz{u}") for u in ("cat", "more", "less", "diff", "cmp", "grep", "egrep", "fgrep")),
-)
+#: directory nesting below the root, resolved inside the tree (the real toolchain's
+#: deepest is 9; the same bound as a git export's, fetchgit.MAX_EXPORT_DEPTH)
+MAX_UNPACKED_DEPTH = 256
+#: path components resolved in all, symlink targets' included (each costs a system call:
+#: 16 per member allowed; the real toolchain needs ~5,000): replacing a symlink empties
+#: the cache of resolved directories, so each member may cost a full lookup, and 40 links
+#: with 4 KB targets of ``a/../`` made one lookup ~65,000 steps (a 2 KB .deb: 90 s for 200 members)
+MAX_RESOLVE_STEPS = 16_000_000
+#: what Linux can create: NAME_MAX bytes per name component, PATH_MAX - 1 bytes of
+#: symlink target (longer ones would fail as the host's error, not the package's)
+_NAME_MAX = 255
+_LINK_MAX = 4095
 
 
 @dataclass
@@ -81,23 +95,36 @@ class Budget:
 
     bytes_left: int = field(default_factory=lambda: MAX_UNPACKED_BYTES)
     members_left: int = field(default_factory=lambda: MAX_UNPACKED_MEMBERS)
+    steps_left: int = field(default_factory=lambda: MAX_RESOLVE_STEPS)
 
     def take(self, deb: Path, name: str, size: int, members: int = 1) -> None:
-        """Account for ``members`` members (of ``deb``, the last one ``name``) with ``size``
-        bytes of file data; ``FormatError`` naming both when the tree would go over a limit."""
+        """Account for ``members`` entries (of ``deb``, for member ``name``: the member
+        itself, or a directory made as its parent) with ``size`` bytes of file data;
+        ``FormatError`` naming both when the tree would go over a limit."""
         if size < 0:
             raise FormatError(f"{deb.name}: member {name!r} declares a negative size ({size})")
         self.members_left -= members
         if self.members_left < 0:
             raise FormatError(
                 f"{deb.name}: at {name!r}, the unpacked tree exceeds its limit of "
-                f"{MAX_UNPACKED_MEMBERS} members (kiln.store.debunpack.MAX_UNPACKED_MEMBERS)"
+                f"{MAX_UNPACKED_MEMBERS} members, directories made as parents included "
+                "(kiln.store.debunpack.MAX_UNPACKED_MEMBERS)"
             )
         self.bytes_left -= size
         if self.bytes_left < 0:
             raise FormatError(
                 f"{deb.name}: {name!r} ({size} bytes) takes the unpacked tree over its limit of "
                 f"{MAX_UNPACKED_BYTES} bytes (kiln.store.debunpack.MAX_UNPACKED_BYTES)"
+            )
+
+    def step(self, deb: Path, name: str) -> None:
+        """Account for one path component resolved for member ``name``; ``FormatError``
+        naming both when the unpack has resolved ``MAX_RESOLVE_STEPS``."""
+        self.steps_left -= 1
+        if self.steps_left < 0:
+            raise FormatError(
+                f"{deb.name}: at {name!r}, resolving member paths took more than {MAX_RESOLVE_STEPS} "
+                "steps in all (symlink chains; kiln.store.debunpack.MAX_RESOLVE_STEPS)"
             )
 
 
@@ -110,75 +137,21 @@ def _member_path(name: str, deb: Path) -> PurePosixPath | None:
     parts = [p for p in PurePosixPath(name).parts if p not in ("", ".")]
     if ".." in parts:
         raise FormatError(f"{deb.name}: refusing member path with '..': {name!r}")
+    long = next((p for p in parts if len(os.fsencode(p)) > _NAME_MAX), None)
+    if long is not None:
+        raise FormatError(
+            f"{deb.name}: refusing member path {name[:200]!r}: expected name components of at most "
+            f"{_NAME_MAX} bytes, found one of {len(os.fsencode(long))}"
+        )
     return PurePosixPath(*parts) if parts else None
 
 
-def _inside(root: Path, parts: list[str], what: str, create: bool) -> Path | None:
-    """The real directory inside ``root`` that the directory components ``parts`` name,
-    following symlinks already in the tree *inside* the tree (an absolute target is taken
-    relative to ``root``; ``..`` never climbs above it).
-
-    ``create``: make missing directories, and raise ``FormatError`` for a component that is
-    not a directory or a path that leaves the root. Otherwise return None in those cases
-    (nothing is created)."""
-
-    def fail(message: str) -> None:
-        if create:
-            raise FormatError(message)
-
-    cur: list[str] = []
-    todo = list(parts)
-    hops = 0
-    while todo:
-        part = todo.pop(0)
-        if part in ("", ".", "/"):
-            continue
-        if part == "..":
-            if not cur:
-                return fail(f"{what} escapes the root through a symlink")
-            cur.pop()
-            continue
-        here = root.joinpath(*cur, part)
-        if here.is_symlink():
-            hops += 1
-            if hops > 40:
-                return fail(f"{what}: too many symlinks")
-            target = os.readlink(here)
-            if target.startswith("/"):
-                cur = []
-            todo = [*PurePosixPath(target).parts, *todo]
-            continue
-        if not here.exists():
-            if not create:
-                return None
-            here.mkdir(mode=0o755)
-        elif not here.is_dir():
-            return fail(f"{what} needs {here.relative_to(root)} to be a directory")
-        cur.append(part)
-    return root.joinpath(*cur)
-
-
-def _exists_inside(root: Path, parts: list[str], hops: int = 0) -> bool:
-    """Whether ``parts`` (relative to ``root``) names something that exists, resolving
-    every symlink on the way inside the tree, the last one included."""
-    if not parts or parts[-1] in (".", ".."):
-        return _inside(root, parts, "", create=False) is not None
-    d = _inside(root, parts[:-1], "", create=False)
-    if d is None:
-        return False
-    p = d / parts[-1]
-    if not p.is_symlink():
-        return p.exists()
-    if hops >= 40:
-        return False
-    target = os.readlink(p)
-    base = [] if target.startswith("/") else list(d.relative_to(root).parts)
-    return _exists_inside(root, [*base, *PurePosixPath(target).parts], hops + 1)
-
-
-def _resolve_parent(out: Path, rel: PurePosixPath, deb: Path, cache: dict[PurePosixPath, Path]) -> Path:
+def _resolve_parent(
+    out: Path, rel: PurePosixPath, deb: Path, cache: dict[PurePosixPath, Path], budget: Budget, name: str
+) -> Path:
     """The real directory (inside ``out``) that ``rel``'s parent names, following links
-    inside the tree; creates missing directories.
+    inside the tree; creates missing directories, each counted in ``budget`` as an entry
+    of member ``name``, and refuses directories nested over ``MAX_UNPACKED_DEPTH``.
 
     ``cache`` maps already resolved parents to their directory. A resolved path only runs
     through existing directories and symlinks; a directory is never replaced (``_clear``
@@ -186,7 +159,15 @@ def _resolve_parent(out: Path, rel: PurePosixPath, deb: Path, cache: dict[PurePo
     hit = cache.get(rel.parent)
     if hit is not None:
         return hit
-    found = _inside(out.resolve(), list(rel.parent.parts), f"{deb.name}: path {str(rel)!r}", create=True)
+    found = inside(
+        out.resolve(),
+        list(rel.parent.parts),
+        f"{deb.name}: path {str(rel)!r}",
+        create=True,
+        max_depth=MAX_UNPACKED_DEPTH,
+        on_mkdir=lambda _: budget.take(deb, name, 0),
+        on_step=lambda: budget.step(deb, name),
+    )
     assert found is not None  # create=True raises instead
     cache[rel.parent] = found
     return found
@@ -210,13 +191,14 @@ def unpack_deb(
     notes: list[str],
     cache: dict[PurePosixPath, Path] | None = None,
     budget: Budget | None = None,
+    pin: DebPin | None = None,
 ) -> None:
-    """Unpack the data of one .deb into ``out`` (rules in the module docstring).
-    ``cache`` and ``budget`` may be shared by the calls that fill one ``out`` (see
-    ``_resolve_parent``, ``Budget``). Malformed or hostile input raises ``FormatError``
-    naming the .deb; ``out`` is then left half-written (``unpack_debs`` removes it)."""
-    import zstandard  # here, not at import: only the unpack needs it
-
+    """Unpack the data of one .deb into ``out`` (rules in the module docstring), after
+    checking its control file against ``pin`` (if given). ``cache`` and ``budget`` may
+    be shared by the calls that fill one ``out`` (see ``_resolve_parent``, ``Budget``).
+    Malformed or hostile input raises ``FormatError`` naming the .deb; an ``OSError`` of
+    the destination or of reading ``deb`` propagates. ``out`` is then left half-written
+    (``unpack_debs`` removes it)."""
     cache = {} if cache is None else cache
     budget = Budget() if budget is None else budget
     with open(deb, "rb") as f:
@@ -226,6 +208,9 @@ def unpack_deb(
             raise FormatError(f"{deb.name}: {e}") from None
         if not members or members[0].name != "debian-binary":
             raise FormatError(f"{deb.name}: not a Debian package (first ar member is not debian-binary)")
+        found = read_control(f, members, deb)
+        if pin is not None and (problem := pin.mismatch(found)):
+            raise FormatError(f"{deb.name}: not the package its {pin.source} pins: {problem}")
         data = [m for m in members if m.name.startswith("data.tar")]
         if len(data) != 1:
             raise FormatError(f"{deb.name}: expected one data.tar member, found {len(data)}")
@@ -237,9 +222,9 @@ def unpack_deb(
                 if not tar.kiln_ended:  # type: ignore[attr-defined]
                     raise FormatError(f"{deb.name}: truncated data archive (no end-of-archive marker)")
                 check_tail(tar, f"{deb.name}: {data[0].name}")
-        except (tarfile.TarError, EOFError, lzma.LZMAError, OSError, zlib_error, zstandard.ZstdError) as e:
-            if isinstance(e, FormatError):
-                raise
+        except (tarfile.TarError, EOFError) as e:
+            # (the decoders' own complaints are FormatErrors already: debstreams.Decoded;
+            # an OSError here is the system's, the destination's above all, not the package's)
             raise FormatError(f"{deb.name}: corrupt data archive: {e}") from None
         finally:
             stream.close()
@@ -262,11 +247,16 @@ def _extract(
     if m.ischr() or m.isblk() or m.isfifo():
         notes.append(f"{deb.name}: skipped device/fifo {rel}")
         return
-    parent = _resolve_parent(out, rel, deb, cache)
+    parent = _resolve_parent(out, rel, deb, cache, budget, m.name)
     target = parent / rel.name
     if m.isdir():
         if target.is_symlink():
             return  # dpkg keeps an existing symlink where a package ships a directory
+        if len(parent.relative_to(out.resolve()).parts) >= MAX_UNPACKED_DEPTH:
+            raise FormatError(
+                f"{deb.name}: path {str(rel)!r}: directories nested more than {MAX_UNPACKED_DEPTH} "
+                "levels deep (kiln.store.debunpack.MAX_UNPACKED_DEPTH)"
+            )
         if target.exists() and not target.is_dir():
             target.unlink()
         target.mkdir(mode=0o755, exist_ok=True)
@@ -274,6 +264,11 @@ def _extract(
     elif m.issym():
         if "\0" in m.linkname:
             raise FormatError(f"{deb.name}: symlink {rel} has a NUL byte in its target {m.linkname!r}")
+        if not 0 < len(os.fsencode(m.linkname)) <= _LINK_MAX:
+            raise FormatError(
+                f"{deb.name}: symlink {rel}: expected a target of 1 to {_LINK_MAX} bytes, "
+                f"found {len(os.fsencode(m.linkname))}"
+            )
         _clear(target, rel, deb, cache)
         os.symlink(m.linkname, target)
     elif m.islnk():
@@ -282,7 +277,7 @@ def _extract(
             raise FormatError(f"{deb.name}: hard link {rel} points at the root")
         if src_rel == rel:
             raise FormatError(f"{deb.name}: hard link {rel} points at itself")
-        src = _resolve_parent(out, src_rel, deb, cache) / src_rel.name
+        src = _resolve_parent(out, src_rel, deb, cache, budget, m.name) / src_rel.name
         if not src.is_file() or src.is_symlink():
             raise FormatError(f"{deb.name}: hard link {rel} -> {m.linkname}: target not unpacked")
         budget.take(deb, m.name, src.stat().st_size, members=0)  # the link becomes a copy
@@ -301,38 +296,20 @@ def _extract(
         notes.append(f"{deb.name}: skipped unsupported member type {m.type!r} {rel}")
 
 
-def add_links(out: Path) -> list[str]:
-    """Create the ``LINKS`` whose target exists and whose path is free; returns them as
-    ``path -> target`` strings.
-
-    Both the link's directory and its target are resolved *inside* the tree, as the build
-    will see it (a package may ship ``bin -> /usr/bin`` or ``usr -> ../elsewhere``): the
-    host's files never decide whether a link is made, and nothing is created outside
-    ``out``. A link whose directory is missing or leaves the tree is not made."""
-    root = out.resolve()
-    made: list[str] = []
-    for link, target in LINKS:
-        *dirs, name = link.split("/")
-        d = _inside(root, dirs, link, create=False)
-        if d is None or os.path.lexists(d / name):
-            continue
-        here = list(d.relative_to(root).parts)
-        if not _exists_inside(root, [*here, *PurePosixPath(target).parts]):
-            continue
-        os.symlink(target, d / name)
-        made.append(f"{link} -> {target}")
-    return made
+def unpack_debs(debs: Sequence[Path], out: Path, pins: Sequence[DebPin | None] | None = None) -> None:
+    """Unpack ``debs`` in order into the new directory ``out`` and add the ``LINKS``;
+    ``pins[i]``, when given and not None, is what ``debs[i]`` must say it is. ``out``
+    must not exist; on any error nothing is left there."""
+    unpack_debs_verbose(debs, out, pins)
 
 
-def unpack_debs(debs: list[Path], out: Path) -> None:
-    """Unpack ``debs`` in order into the new directory ``out`` and add ``LINKS``.
-    ``out`` must not exist; on error it is removed again."""
-    unpack_debs_verbose(debs, out)
-
-
-def unpack_debs_verbose(debs: list[Path], out: Path) -> list[str]:
+def unpack_debs_verbose(
+    debs: Sequence[Path], out: Path, pins: Sequence[DebPin | None] | None = None
+) -> list[str]:
     """Like ``unpack_debs`` but returns the notes (skipped members, links added)."""
     out = Path(out)
+    if pins is not None and len(pins) != len(debs):
+        raise ValueError(f"unpack_debs: {len(debs)} .debs but {len(pins)} pins")
     if out.exists() or out.is_symlink():
         raise FormatError(f"unpack target {out} already exists")
     notes: list[str] = []
@@ -340,11 +317,14 @@ def unpack_debs_verbose(debs: list[Path], out: Path) -> list[str]:
     cache: dict[PurePosixPath, Path] = {}
     budget = Budget()
     try:
-        for deb in debs:
-            unpack_deb(Path(deb), out, notes, cache, budget)
+        for i, deb in enumerate(debs):
+            unpack_deb(Path(deb), out, notes, cache, budget, pins[i] if pins is not None else None)
         notes += [f"added link {s}" for s in add_links(out)]
         os.chmod(out, 0o755)
-    except BaseException:
-        shutil.rmtree(out, ignore_errors=True)
+    except BaseException as e:
+        try:
+            remove_tree(out)  # iterative: the tree may be deeper than the recursion limit
+        except Exception as cleanup:  # noqa: BLE001 - the unpack's own error comes first
+            e.add_note(f"(and {out} could not be removed: {cleanup})")
         raise
     return notes

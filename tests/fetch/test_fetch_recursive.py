@@ -66,3 +66,22 @@ def test_mirror_sources_of_a_recursive_fetchurl_tries_the_next_url(server, tmp_p
     env = {"urls": f"{server.url('file/wrong')} {server.url('file/right')}", "url": server.url("file/wrong")}
     _MIRRORABLE["fetchurl:r:sha256"](env, want, tmp_path / "mirror")
     assert (tmp_path / "mirror" / "sha256" / want.hex).read_bytes() == nar.file_nar(RIGHT)
+
+
+def test_the_fetchurl_builtin_passes_a_wrong_first_source_over(server, tmp_path):
+    """What ``kiln build`` runs for a recursive fetchurl derivation."""
+    from kiln.store.builtins import run_builtin
+    from kiln.store.derivation import Derivation, Output
+
+    server.add("wrong", WRONG)
+    server.add("right", RIGHT)
+    want = nar_hash(RIGHT)
+    urls = f"{server.url('file/wrong')} {server.url('file/right')}"
+    drv = Derivation.make(
+        "src",
+        outputs={"out": Output(hash_algo="r:sha256", hash=want.hex)},
+        builder="builtin:fetchurl",
+        env={"urls": urls, "url": server.url("file/wrong"), "out": ""},
+    )
+    run_builtin(None, drv, tmp_path / "out", mirrors=[], progress=False)  # (fetchurl needs no store)
+    assert (tmp_path / "out").read_bytes() == RIGHT

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from lang_helpers import DATA
 
-from kiln.lang import evaluate_file
+from kiln.lang import RecipeError, evaluate_file
 from kiln.store.derivation import Derivation, Output, drv_path, finalize, hash_modulo
 
 REPO = Path(__file__).resolve().parents[2]
@@ -241,15 +241,25 @@ def test_a_fetch_of_a_file_named_x_drv_gets_another_name(tmp_path):
     assert src.name == "x_drv" and src.output_path("out").endswith("-x_drv")
 
 
-def test_a_lock_entry_named_like_a_drv_fetches_under_another_name(tmp_path, monkeypatch):
-    """The reference: no derivation's name may end in ``.drv``; ``fetchurl`` renames
-    ``x.drv`` to ``x_drv``, but a lock entry's ``filename`` made a fetch named ``x.drv``
-    (written as ``…-x.drv.drv``)."""
+def test_a_lock_entry_whose_file_name_does_not_name_it_is_refused(tmp_path, monkeypatch):
+    """The build pins each ``.deb`` by its file name (``<name>_<version>_<arch>.deb``,
+    checked against the package's control data when unpacked), so an entry whose other
+    fields say otherwise would claim a package it does not pin; a file named like a
+    ``.drv`` (which once made a fetch named ``x.drv``) is refused the same way."""
     monkeypatch.chdir(tmp_path)
+    for filename in ("pool/x.drv", "pool/y_1_amd64.deb", "pool/x_2_amd64.deb"):
+        (tmp_path / "r.recipe").write_text(
+            'let t = debian_rootfs { lock = [{ name = "x", version = "1", arch = "amd64", '
+            f'sha256 = "{"0" * 64}", filename = "{filename}" }}] }}\n'
+        )
+        with pytest.raises(
+            RecipeError, match=r"r\.recipe:1:32: debian_rootfs lock entry 1 .*expected a (\.deb )?file name"
+        ):
+            evaluate_file("r.recipe").select("t")
     (tmp_path / "r.recipe").write_text(
-        'let t = debian_rootfs { lock = [{ name = "x", version = "1", arch = "amd64", '
-        f'sha256 = "{"0" * 64}", filename = "pool/x.drv" }}] }}\n'
+        'let t = debian_rootfs { lock = [{ name = "x", version = "1:1.0", arch = "amd64", '
+        f'sha256 = "{"0" * 64}", filename = "pool/x_1.0_amd64.deb" }}] }}\n'
     )
     ev = evaluate_file("r.recipe")
     (fetch,) = [ev.drvs[p] for p, _ in ev.packages["t"].input_drvs]
-    assert fetch.name == "x_drv" and fetch.env_map["url"] == "debian:pool/x.drv"
+    assert fetch.env_map["url"] == "debian:pool/x_1.0_amd64.deb"  # (an epoch is not in pool names)

@@ -72,8 +72,29 @@ COMPRESS = {
 }
 
 
-def make_deb(path: Path, entries: list[Entry], compression: str = ".xz", name: str = "pkg") -> Path:
-    control = tar([Entry("./control", data=f"Package: {name}\nVersion: 1\nArchitecture: amd64\n".encode())])
+def control_tar(name: str = "pkg", version: str = "1", arch: str = "amd64") -> bytes:
+    """A control.tar holding ``./control`` that says ``name``, ``version`` and ``arch``."""
+    text = f"Package: {name}\nVersion: {version}\nArchitecture: {arch}\n".encode()
+    return tar([Entry("./control", data=text)])
+
+
+def make_deb(
+    path: Path,
+    entries: list[Entry],
+    compression: str = ".xz",
+    name: str = "pkg",
+    version: str | None = None,
+    arch: str | None = None,
+) -> Path:
+    """A .deb at ``path`` whose control file says ``name``, ``version`` and ``arch``. When
+    ``path`` is named like a pool file of ``name`` (``<name>_<version>_<arch>.deb``), the
+    version and arch default to what the name says (as the build checks), else to
+    ``1`` and ``amd64``."""
+    parts = path.name.removesuffix(".deb").split("_")
+    named = len(parts) == 3 and parts[0] == name and path.name.endswith(".deb")
+    version = version or (parts[1] if named else "1")
+    arch = arch or (parts[2] if named else "amd64")
+    control = control_tar(name, version, arch)
     path.write_bytes(
         ar(
             [
@@ -93,7 +114,7 @@ END = b"\0" * 1024  # tar's end-of-archive blocks
 
 def deb_with_data(path: Path, data_name: str, data: bytes) -> Path:
     """A .deb whose data member is ``data`` verbatim, named ``data_name``."""
-    control = tar([Entry("./control", data=b"Package: x\n")])
+    control = control_tar("x")
     path.write_bytes(
         ar(
             [

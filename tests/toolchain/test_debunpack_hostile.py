@@ -4,12 +4,10 @@ the package (or be confined to the tree), leaving nothing behind."""
 
 from __future__ import annotations
 
-import gzip
 import io
 import os
 import resource
 import tarfile
-from pathlib import Path
 
 import pytest
 import zstandard
@@ -19,15 +17,7 @@ from kiln.store.debarchive import MAX_TAR_HEADER, read_ar
 from kiln.store.debunpack import unpack_debs
 from kiln.store.errors import FormatError
 
-from .debs import Entry, ar, make_deb, tar
-
-
-def deb_with_data(path: Path, data_name: str, data: bytes) -> Path:
-    control = tar([Entry("./control", data=b"Package: x\n")])
-    path.write_bytes(
-        ar([("debian-binary", b"2.0\n"), ("control.tar.gz", gzip.compress(control)), (data_name, data)])
-    )
-    return path
+from .debs import Entry, ar, deb_with_data, make_deb, tar
 
 
 @pytest.mark.parametrize("bin_link", ["/host-victim/bin", "../host-victim/bin"])

@@ -86,7 +86,7 @@ def test_unsatisfiable_and_unknown():
 def test_render_parse_roundtrip():
     entries = (
         LockEntry("a", "1:2.0-1+b1", "amd64", "ab" * 32, "pool/main/a/a/a_2.0-1+b1_amd64.deb", 12),
-        LockEntry('we"ird$', "1", "all", "cd" * 32, "pool/x", 3),
+        LockEntry('we"ird$', "1", "all", "cd" * 32, 'pool/x/we"ird$_1_all.deb', 3),
     )
     text = render_lock(entries, "a header\nsecond line")
     assert parse_lock(text) == entries
@@ -95,7 +95,7 @@ def test_render_parse_roundtrip():
 
 def test_rendered_lock_parses_as_a_recipe():
     parser = pytest.importorskip("kiln.lang.parser")
-    text = render_lock([LockEntry("a", "1", "amd64", "ab" * 32, "pool/a.deb", 1)])
+    text = render_lock([LockEntry("a", "1", "amd64", "ab" * 32, "pool/a_1_amd64.deb", 1)])
     module = parser.parse_module(text, "lock.recipe")
     assert [let.name for let in module.lets] == ["debian_lock"]
 
@@ -289,7 +289,10 @@ def test_cli_regenerate_line_keeps_arch_and_lists_and_refuses_a_directory(tmp_pa
     lists = tmp_path / "lists"
     lists.mkdir()
     (lists / "x_dists_y_main_binary-arm64_Packages").write_text(
-        "\n\n".join(s.replace("Architecture: amd64", "Architecture: arm64") for s in INDEX)
+        "\n\n".join(
+            s.replace("Architecture: amd64", "Architecture: arm64").replace("_amd64.deb", "_arm64.deb")
+            for s in INDEX
+        )
     )
     out = tmp_path / "arm.lock"
     cmd = [sys.executable, "-m", "kiln", "lock", "debian", "libc", "--arch", "arm64", "--lists", str(lists)]

@@ -28,7 +28,7 @@ GOOD = {
 
 def lock_text(**override: str) -> str:
     """A two-entry lock whose second entry ("bash") has the given raw field texts."""
-    first = render_lock([LockEntry("a", "1", "all", "cd" * 32, "pool/a.deb", 1)]).splitlines()[1]
+    first = render_lock([LockEntry("a", "1", "all", "cd" * 32, "pool/a_1_all.deb", 1)]).splitlines()[1]
     fields = {**GOOD, **override}
     second = "{ " + ", ".join(f"{k} = {v}" for k, v in fields.items() if v is not None) + " },"
     return f"let debian_lock = [\n{first}\n  {second}\n]\n"
@@ -95,14 +95,14 @@ def test_read_lock_names_the_file(tmp_path):
 def test_valid_values_still_round_trip():
     entries = (
         LockEntry("g++", "4:12.2.0-3", "amd64", HASH, "pool/main/g/gcc-defaults/g++_12.2.0-3_amd64.deb", 0),
-        LockEntry('we"ird$', "1~rc1+b2", "all", "cd" * 32, "pool/x", 3),
+        LockEntry('we"ird$', "1~rc1+b2", "all", "cd" * 32, 'pool/x/we"ird$_1~rc1+b2_all.deb', 3),
     )
     assert parse_lock(render_lock(entries)) == entries
     assert lock_value_problem("size", 0) is None and lock_value_problem("size", True) is not None
 
 
 def test_render_lock_refuses_an_invalid_entry():
-    bad = LockEntry("p", "1", "amd64", "abc", "pool/p.deb", 1)
+    bad = LockEntry("p", "1", "amd64", "abc", "pool/p_1_amd64.deb", 1)
     with pytest.raises(FormatError, match=r"refusing to write lock entry 1 \('p'\): 'sha256': expected 64"):
         render_lock([bad])
 

@@ -16,6 +16,7 @@ import pytest
 
 from kiln.store import nar
 from kiln.store.apt import parse_lock
+from kiln.store.debpin import DebPin
 from kiln.store.debunpack import unpack_debs_verbose
 from kiln.store.fetch import fetch_url
 from kiln.store.hashes import Hash
@@ -40,7 +41,10 @@ def rootfs(tmp_path_factory):
         dest = tmp / "debs" / f"{e.sha256}.deb"
         fetch_url([], Hash("sha256", bytes.fromhex(e.sha256)), dest, mirrors=[str(MIRROR)], progress=False)
         debs.append(dest)
-    notes = unpack_debs_verbose(debs, tmp / "rootfs")
+    # every .deb is what its lock entry says (full version), and what its pool file name
+    # says (what the build checks, and what the SBOM reports)
+    notes = unpack_debs_verbose(debs, tmp / "rootfs", [DebPin.of_entry(e) for e in entries])
+    unpack_debs_verbose(debs, tmp / "by-name", [DebPin.of_pool_name(e.filename) for e in entries])
     return tmp / "rootfs", debs, notes
 
 
