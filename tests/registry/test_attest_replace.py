@@ -146,3 +146,27 @@ def test_a_directory_writer_gets_the_time_rule(tmp_path, keys, kiln_server) -> N
         )[0]
         == 201
     )
+
+
+def test_an_attester_that_co_signed_the_builder_s_provenance_still_cannot_replace_it(
+    tmp_path, keys, other_keys, kiln_server
+) -> None:
+    """A stored provenance is public: an attester could add its own signature over the
+    same payload (accepted: the builder's is still on it) and so count as one of its
+    signers, then replace it with one signed by itself alone."""
+    import dataclasses
+
+    from kiln.store.dsse import sign as dsse_sign
+
+    s = Setup(tmp_path, keys, kiln_server, "--attester-key", str(other_keys.pk_file))
+    s.push(s.bare)
+    now = time.time()
+    builders = _prov(s, keys.sk, _stamp(now - 600))
+    assert s.put(s.bare, "provenance", builders)[0] == 201
+    env = Envelope.loads(builders)
+    mine = dsse_sign(env.payload, [Ed25519Signer(other_keys.sk.key)], payload_type=env.payload_type)
+    cosigned = dataclasses.replace(env, signatures=env.signatures + mine.signatures).dumps().encode()
+    assert s.put(s.bare, "provenance", cosigned)[0] == 201  # (the builder's signature is on it)
+    code, body = s.put(s.bare, "provenance", _prov(s, other_keys.sk, _stamp(now)))
+    assert code == 403, body
+    assert _served(s, "provenance") == cosigned
