@@ -327,20 +327,41 @@ def hash_modulo(
     drv: Derivation, resolve: Resolver, memo: dict[str, Hash], mask_outputs: bool = False
 ) -> Hash:
     """Nix ``hashDerivationModulo``. ``resolve`` maps an input ``.drv`` path to its
-    derivation; ``memo`` caches results per ``.drv`` path (keeps the cost linear)."""
+    derivation; ``memo`` caches results per ``.drv`` path (keeps the cost linear). The
+    input derivations are hashed inputs first with an explicit stack: a chain of them
+    may be deeper than Python's recursion limit (a crafted one, say)."""
     if drv.is_fixed_output:
         o = drv.outputs[0][1]
         return Hash.sha256_of(f"fixed:out:{o.hash_algo}:{o.hash}:{o.path}".encode())
+    _hash_inputs(drv, resolve, memo)
     replaced: dict[str, tuple[str, ...]] = {}
     for path, outs in drv.input_drvs:
-        h = memo.get(path)
-        if h is None:
-            h = hash_modulo(resolve(path), resolve, memo)
-            memo[path] = h
-        key = h.hex
+        key = memo[path].hex
         replaced[key] = tuple(sorted(set(replaced.get(key, ())) | set(outs)))
     text = drv.serialize(mask_outputs=mask_outputs, input_drvs=tuple(sorted(replaced.items())))
     return Hash("sha256", hashlib.sha256(text.encode()).digest())
+
+
+def _hash_inputs(drv: Derivation, resolve: Resolver, memo: dict[str, Hash]) -> None:
+    """Put every input derivation of ``drv`` (transitively) not yet in ``memo`` there,
+    each once its own inputs are (a post-order walk; ``hash_modulo`` of each then finds
+    all its inputs in ``memo`` and does not recurse)."""
+    todo: list[tuple[str, Derivation | None]] = [(p, None) for p, _ in reversed(drv.input_drvs)]
+    open_: set[str] = set()  # visited, inputs not all hashed yet
+    while todo:
+        path, d = todo.pop()
+        if path in memo:
+            continue
+        if d is None:  # first visit: its inputs go first
+            if path in open_:  # (a .drv's path hashes its inputs' paths: only a crafted graph loops)
+                raise FormatError(f"derivation {path} depends on itself")
+            open_.add(path)
+            d = resolve(path)
+            todo.append((path, d))
+            todo.extend((p, None) for p, _ in reversed(d.input_drvs) if p not in memo)
+            continue
+        memo[path] = hash_modulo(d, resolve, memo)
+        open_.discard(path)
 
 
 def finalize(drv: Derivation, resolve: Resolver, memo: dict[str, Hash]) -> Derivation:
