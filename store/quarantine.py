@@ -66,7 +66,7 @@ def recorded_closure_edges(root: Path) -> tuple[dict[str, frozenset[str]], list[
             continue
         try:
             with open(os.path.join(e.path, "info.txt"), "rb") as f:
-                parsed = parse_info(f.read(1 << 20).decode("utf-8", "replace"))
+                parsed = parse_info(f.read().decode("utf-8", "replace"))  # (ours: whole, however many refs)
         except OSError as err:
             unreadable.append(f"{e.path}: {err.strerror or err}")
             continue
