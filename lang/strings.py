@@ -11,8 +11,10 @@ Two literal forms (as in Nix):
 
 The code inside ``${...}`` is read as code when looking for its closing ``}``: braces in
 a nested string (``"..."`` or ``''...''``), a ``#`` comment or a ``/* */`` comment do
-not count. recipe.lark's string regexes read it so, and ``_scan_interp`` mirrors them
-(a test checks that the two agree on every short input).
+not count, and a nested string's escapes (``\\"`` in one, ``'''``, ``''$`` and
+``''\\<c>`` in the other) do not end it. recipe.lark's string regexes read it so, and
+``_scan_interp`` mirrors them (a test checks that the two agree on every short input,
+and that both find the end Nix's lexer finds).
 
 ``split_plain`` and ``split_indented`` return a list of pieces: ``str`` for literal text
 and ``(offset, code)`` for interpolations, where ``offset`` is the position of ``code``
@@ -46,9 +48,12 @@ def _skip_nested(text: str, i: int) -> int:
     """If a quoted string, indented string, ``#`` comment or ``/* */`` comment starts at
     ``text[i]`` (in the code of an interpolation): the index just after it, or -1 if it
     runs to the end of ``text`` unterminated; else ``i`` itself. As recipe.lark's regexes
-    read them: a string ends at its first unescaped ``"`` (resp. first ``''``), whatever
-    it holds, a ``#`` comment at the end of its line (the end of the text closes it) and
-    a block comment at its first ``*/``."""
+    (and Nix's lexer) read them: a quoted string ends at its first ``"`` not escaped by a
+    ``\\`` (``\\<c>`` is an escape whatever ``c`` is), an indented string at its first
+    ``''`` that does not start an escape (``'''``, ``''$`` or ``''\\<c>``), a ``#``
+    comment at the end of its line (the end of the text closes it) and a block comment at
+    its first ``*/``. A ``${`` inside a nested string is text here (Nix reads code there,
+    so a quote in that code is read otherwise than Nix reads it)."""
     c = text[i]
     if c == '"':
         i, n = i + 1, len(text)
@@ -56,8 +61,16 @@ def _skip_nested(text: str, i: int) -> int:
             i += 2 if text[i] == "\\" else 1
         return i + 1 if i < n else -1
     if c == "'" and text.startswith("''", i):
-        close = text.find("''", i + 2)
-        return close + 2 if close >= 0 else -1
+        i, n = i + 2, len(text)
+        while (close := text.find("''", i)) >= 0:
+            after = text[close + 2 : close + 3]
+            if after in ("'", "$"):  # the escapes ''' and ''$
+                i = close + 3
+            elif after == "\\" and close + 3 < n:  # ''\<c>
+                i = close + 4
+            else:
+                return close + 2
+        return -1
     if c == "#":
         eol = text.find("\n", i)
         return eol if eol >= 0 else len(text)

@@ -142,6 +142,22 @@ STRING_CASES = [
     "\"<${ ''}'' }>\"",
     "''<${ ''a}'' }>''",
     '/* } */ "a" + /**/ "b" /* * / **/ # }',
+    # a nested string's escapes do not end it ('''a''$b'' in ${...} ended at its first '')
+    "\"${ ''a''$b'' }\"",
+    "\"${ if true then ''echo ''${HOME}'' else \"\" }\"",
+    "\"${ ''a'''b'' }\"",
+    "\"${ ''a''\\nb'' }\"",
+    "\"${ ''''$ '' }\"",
+    "\"${ ''a''\\}b'' }\"",
+    "\"${ ''a'''''$b'' }\"",
+    "'' ${ ''a''$b'' } ''",
+    "'' ${ ''a'''b'' } ''",
+    "''\n  x ${ ''a''\\\n'' } y\n''",
+    "\"${ ''x ${ \"}\" } y'' }\"",
+    '"${ "a\\"}" }"',
+    '"${ "\\${" }"',
+    '"${ "a\\\\" }"',
+    "''${ \"\\\"}\" }''",
 ]
 
 
@@ -210,8 +226,8 @@ def test_generated_indented_strings_like_nix(tmp_path):
 
 
 def _interp_code(rnd: random.Random) -> str:
-    """A string whose ``${...}`` holds comments and nested strings full of braces and
-    quotes, in an order Nix reads as valid code."""
+    """A string whose ``${...}`` holds comments and nested strings full of braces,
+    quotes and escapes, in an order Nix reads as valid code."""
     junk = ["}", "{", '"', "''", "${", "/*", "#", "x", " ", "*", "/", "\\", "$"]
 
     def j() -> str:
@@ -226,12 +242,21 @@ def _interp_code(rnd: random.Random) -> str:
     def around() -> str:
         return rnd.choice([f"#{j()}\n", f"/*{inside_block()}*/", " ", "\n"])
 
+    def escaped(special: str, escapes: list[str]) -> str:
+        """The text of a nested string: ``j()``'s characters but ``special`` ones, and
+        escapes (an indented string taken to end at its first ``''`` broke on them)."""
+        parts = [c for c in j() if c not in special] + [rnd.choice(escapes) for _ in range(rnd.randint(1, 3))]
+        rnd.shuffle(parts)
+        return "".join(parts)
+
     value = rnd.choice(
         [
             '"' + "".join(c for c in j() if c not in '"\\$') + '"',
             "''" + "".join(c for c in j() if c not in "'$") + "''",
             '{ a = "x"; }.a',
             '"${"q"}"',
+            '"' + escaped('"\\$', ['\\"', "\\\\", "\\$", "\\${", "\\n", "\\}", "$$"]) + '"',
+            "''" + escaped("'$", ["'''", "''$", "''${", "''\\n", "''\\}", "''\\'", "''\\\\", "$$"]) + "''",
         ]
     )
     code = "".join(around() for _ in range(rnd.randint(0, 3))) + value
@@ -241,9 +266,10 @@ def _interp_code(rnd: random.Random) -> str:
 
 
 def test_generated_interpolation_code_like_nix(tmp_path):
-    """Comments and nested strings holding ``}``, ``{``, quotes and ``${`` in the code of
-    an interpolation, in both kinds of string: what Nix makes of them (a ``}`` in a
-    comment closed the interpolation)."""
+    """Comments and nested strings holding ``}``, ``{``, quotes, ``${`` and escapes in
+    the code of an interpolation, in both kinds of string: what Nix makes of them (a
+    ``}`` in a comment closed the interpolation; an escape such as ``''$`` ended a nested
+    indented string)."""
     texts = _generated(2, 3000, _interp_code)
     nix = _nix_values(tmp_path, texts)
     differ = [(t, n, m) for t, n in zip(texts, nix, strict=True) if (m := _kiln_value(t)) != n]
