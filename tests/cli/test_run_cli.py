@@ -474,12 +474,17 @@ def test_a_program_named_like_a_starter_gets_a_signal_at_once(
         text=True,
         start_new_session=True,
     )
-    assert line_within(p.stdout, 60) == "ready\n"
-    sent = time.monotonic()
-    p.send_signal(signal.SIGTERM)
-    out, err = p.communicate(timeout=30)
-    assert out == "got TERM\n" and p.returncode == 7, (out, err, p.returncode)
-    assert time.monotonic() - sent < 5, "the signal was held as if the program were still starting"
+    try:
+        assert line_within(p.stdout, 60) == "ready\n"
+        sent = time.monotonic()
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=30)
+        assert out == "got TERM\n" and p.returncode == 7, (out, err, p.returncode)
+        assert time.monotonic() - sent < 5, "the signal was held as if the program were still starting"
+    finally:
+        if p.poll() is None:  # (a failure must not leave the looping program behind)
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
 
 
 def test_a_starter_kiln_may_not_inspect_is_judged_by_its_name(tmp_path: Path, monkeypatch) -> None:
