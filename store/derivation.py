@@ -355,8 +355,11 @@ def _hash_inputs(drv: Derivation, resolve: Resolver, memo: dict[str, Hash]) -> N
         if d is None:  # first visit: its inputs go first
             if path in open_:  # (a .drv's path hashes its inputs' paths: only a crafted graph loops)
                 raise FormatError(f"derivation {path} depends on itself")
-            open_.add(path)
             d = resolve(path)
+            if d.is_fixed_output:  # its hash is its output's: its inputs are not looked at
+                memo[path] = hash_modulo(d, resolve, memo)
+                continue
+            open_.add(path)
             todo.append((path, d))
             todo.extend((p, None) for p, _ in reversed(d.input_drvs) if p not in memo)
             continue

@@ -54,3 +54,28 @@ def test_a_crafted_loop_is_a_format_error() -> None:
     graph = {"/kiln/store/" + "a" * 32 + "-a.drv": a, "/kiln/store/" + "b" * 32 + "-b.drv": b}
     with pytest.raises(FormatError, match="depends on itself"):
         hash_modulo(a, graph.__getitem__, {})
+
+
+def test_the_inputs_of_a_fixed_output_input_are_not_looked_at() -> None:
+    """A fixed-output derivation's hash is its output's (Nix's ``hashDerivationModulo``):
+    its own inputs need not even be there, and a loop through one is no loop."""
+    from kiln.store.derivation import Output
+
+    missing = "/kiln/store/" + "c" * 32 + "-curl.drv"
+    fetch = Derivation.make(
+        "src",
+        outputs={"out": Output(hash_algo="sha256", hash="0" * 64)},
+        input_drvs={missing: ["out"]},
+        builder="builtin:fetchurl",
+        env={"out": ""},
+    )
+    fetch_path = "/kiln/store/" + "f" * 32 + "-src.drv"
+    top = _drv("top", [fetch_path])
+    seen: list[str] = []
+
+    def resolve(p: str) -> Derivation:
+        seen.append(p)
+        return {fetch_path: fetch}[p]
+
+    hash_modulo(top, resolve, {})
+    assert seen == [fetch_path]
