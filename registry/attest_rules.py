@@ -21,7 +21,8 @@ someone who holds a write token and *some* key the registry knows:
   builder's. Now a stored one is replaced only by a statement signed by a key that
   signed it, or by a trusted (builder) key; one a builder signed, only by a builder's
   (an attester may co-sign the stored statement, whose payload is public, and so be one
-  of its signers); an attester-only signature never displaces another signer's (403). A trusted key's statement replaces one that no trusted key
+  of its signers), and without a builder an upload may add no signer to the stored
+  one's; an attester-only signature never displaces another signer's (403). A trusted key's statement replaces one that no trusted key
   signed whatever their times (an attester cannot pin its provenance ahead of the
   builder's by dating it a few minutes on), as a store fetching attestations lets a
   local one that no trusted key signed give way (``attest_fetch``).
@@ -125,9 +126,10 @@ def signer_problem(
     builders = {k.key for k in trusted}
     if new_by & builders:
         return None, bool(old_by & builders)
-    # a builder's statement gives way only to a builder's: an attester that co-signed it
-    # (its payload is public) must not thereby count as one of its signers
-    if new_by & old_by and not old_by & builders:
+    # a builder's statement gives way only to a builder's, and without a builder an upload
+    # may add no signer: an attester that co-signed the stored statement (its payload is
+    # public) must not thereby count as one of its signers and then replace it alone
+    if new_by and new_by <= old_by and not old_by & builders:
         return None, True
     return (
         f"refusing to replace the stored {kind} attestation, signed by {_names(old_by, known)}, with one "
