@@ -19,7 +19,9 @@ no ``path`` holds nothing alive (``recorded_closure_edges`` skips it, and says s
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from pathlib import Path
 
 from .pathinfo import PathInfo
@@ -65,8 +67,13 @@ def recorded_closure_edges(root: Path) -> tuple[dict[str, frozenset[str]], list[
         if not e.is_dir(follow_symlinks=False):
             continue
         try:
-            with open(os.path.join(e.path, "info.txt"), "rb") as f:
-                parsed = parse_info(f.read().decode("utf-8", "replace"))  # (ours: whole, however many refs)
+            # read whole, however many references (it is ours), but only a regular file:
+            # never a FIFO to wait on or a /dev/zero to fill memory with
+            fd = os.open(os.path.join(e.path, "info.txt"), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            with os.fdopen(fd, "rb") as f:
+                if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                    raise OSError(errno.EINVAL, "info.txt is not a regular file")
+                parsed = parse_info(f.read().decode("utf-8", "replace"))
         except OSError as err:
             unreadable.append(f"{e.path}: {err.strerror or err}")
             continue

@@ -5,6 +5,8 @@ again. Unrooted and unreferenced, it holds nothing."""
 
 from __future__ import annotations
 
+import os
+
 from clikit import kiln
 from storekit import corrupt_file, corrupt_object, make_tree
 
@@ -77,12 +79,16 @@ def test_an_unreadable_quarantine_record_is_reported_not_fatal(store, tmp_path):
     dep, drv, built = _quarantined(store, tmp_path, lambda b: store.add_root("built", b.path))
     (q,) = (store.root / "quarantine").iterdir()
     (q / "info.txt").write_text("garbage\n")
+    for other in ("fifo", "zero"):  # neither waited on nor read endlessly
+        (store.root / "quarantine" / other).mkdir()
+    os.mkfifo(store.root / "quarantine" / "fifo" / "info.txt")
+    os.symlink("/dev/zero", store.root / "quarantine" / "zero" / "info.txt")
     store.close()
     s = LocalStore.open(store.root)
     try:
         r = s.gc(dry_run=True)
         assert set(r.deleted) == {dep.path, drv.path}
-        assert len(r.unread_quarantine) == 1 and str(q) in r.unread_quarantine[0]
+        assert len(r.unread_quarantine) == 3 and any(u.startswith(f"{q}:") for u in r.unread_quarantine)
     finally:
         s.close()
     cp = kiln("store", "gc", "--dry-run", "--store", str(store.root))
