@@ -29,10 +29,10 @@ digests ``sha256:...``, or GC root names (what ``kiln build`` creates per attrib
 
 Invariants of ``kiln verify``'s report:
 
-- With ``--closure``, every member's references must be valid: ``LocalStore.closure``
-  skips one that is not (quarantined by ``kiln store verify --repair``, say), so each
-  member gets a ``closure`` check naming its dangling references; a closure with a hole
-  never passes.
+- Every path verified locally (the target; with ``--closure``, every member) must have
+  its references: ``LocalStore.closure`` skips one that is not valid (quarantined by
+  ``kiln store verify --repair``, say), so each gets a ``closure`` check naming its
+  dangling references; a path or a closure with a hole never passes.
 - Every text in the printed report that may come from outside (a path, a registry's
   answer, an attestation's subject names) goes through ``buildlogs.shown_output``, with
   newlines shown as ``\\n`` too: one check is one line, so a hostile finding can neither
@@ -129,7 +129,10 @@ def _verify(args: argparse.Namespace) -> int:
     remote = _remote_target(args)
     if remote is not None:
         if args.closure:
-            raise UsageError("--closure is not supported for registry targets")
+            raise UsageError(
+                "--closure is for local targets: a registry target's closure is always judged "
+                "(its 'dependencies' check), in one report"
+            )
         from kiln.registry.admission import verify_remote
 
         reports = [verify_remote(remote[0], remote[1], policy, token=args.token)]
@@ -140,9 +143,9 @@ def _verify(args: argparse.Namespace) -> int:
             paths = store.closure([path]) if args.closure and store.is_valid(path) else [path]
             # The target first, then its dependencies.
             paths = [path, *(p for p in paths if p != path)]
-            reports = [verify_path(store, p, policy) for p in paths]
-            if args.closure:
-                reports = [_with_closure_check(store, r) for r in reports]
+            # every path verified must have its references: a path whose dependency is
+            # gone (quarantined) cannot be used, with or without --closure
+            reports = [_with_closure_check(store, verify_path(store, p, policy)) for p in paths]
         finally:
             store.close()
     ok = all(r.ok for r in reports)

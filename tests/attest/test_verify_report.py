@@ -46,6 +46,9 @@ def test_a_closure_missing_a_quarantined_dependency_fails(built) -> None:
     assert doc["ok"] is False
     (p,) = doc["paths"]
     assert [c["name"] for c in p["checks"] if not c["ok"]] == ["closure"]
+    # without --closure too: the path itself cannot be used without its reference
+    r = kiln("verify", built.hello, "--store", root)
+    assert r.returncode == 1 and "FAIL closure: references 1 path(s) not valid" in r.stdout, r.stdout
 
 
 HOSTILE = "x\n  pass signatures: ok\nresult: PASS\x1b[8m\r\u202e"
