@@ -176,7 +176,11 @@ def _with_closure_check(store: Any, report: Report) -> Report:
             f"--repair', or deleted), so the closure is incomplete: {', '.join(gone)}",
         )
         if gone
-        else Check("closure", True, f"its {len(refs)} reference(s) are valid in the store")
+        else Check(
+            "closure",
+            True,
+            f"its {len(refs)} reference(s) are valid in the store" if refs else "it references no other path",
+        )
     )
     return replace(report, checks=(*report.checks, check))
 
