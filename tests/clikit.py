@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -47,3 +49,21 @@ def line_within(stream, seconds: float) -> str:  # noqa: ANN001 - a text stream 
     if not got:
         raise AssertionError(f"no line within {seconds} s")
     return got[0]
+
+
+def outcome_within(seconds: float, fn: Callable[[], object], what: str) -> object:
+    """``fn()``'s result, or the exception it raised (returned, not raised), run on a
+    thread: the test fails saying ``what`` hung instead of hanging itself."""
+    out: list = []
+
+    def run() -> None:
+        try:
+            out.append(fn())
+        except BaseException as e:  # noqa: BLE001 - handed to the test
+            out.append(e)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(seconds)
+    assert out, f"{what} hung (still running after {seconds} s)"
+    return out[0]

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from clikit import outcome_within
 
 from kiln.main import main
 from kiln.store.fetch import FetchError, fetch_url
@@ -67,20 +68,12 @@ def trickler():
 def fetch_in_thread(urls: list[str], dest: Path, limit: float = 15.0) -> BaseException | None:
     """Run a fetch that must end by itself within ``limit`` s (a stalled one would hang
     the test run: it is left behind in a daemon thread and the test fails)."""
-    result: list[BaseException | None] = []
-
-    def run() -> None:
-        try:
-            fetch_url(urls, h(DATA), dest, mirrors=[], progress=False, timeout=2, retries=0)
-            result.append(None)
-        except BaseException as e:  # noqa: BLE001 - handed to the test
-            result.append(e)
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    t.join(limit)
-    assert result, f"the fetch of {urls} was still running after {limit} s"
-    return result[0]
+    got = outcome_within(
+        limit,
+        lambda: fetch_url(urls, h(DATA), dest, mirrors=[], progress=False, timeout=2, retries=0),
+        f"the fetch of {urls}",
+    )
+    return got if isinstance(got, BaseException) else None
 
 
 def test_a_redirect_to_ftp_is_refused_and_the_next_source_used(server, trickler, tmp_path):

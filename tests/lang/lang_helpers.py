@@ -6,8 +6,6 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
-from collections.abc import Callable
 from pathlib import Path
 
 from kiln.lang.sources import filtered_copy
@@ -37,21 +35,3 @@ def run_kiln(args: list[str], cwd: Path, env_extra: dict | None = None, home: Pa
     return subprocess.run(
         [sys.executable, "-m", "kiln", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
     )
-
-
-def outcome_within(seconds: float, fn: Callable[[], object], what: str) -> object:
-    """``fn()``'s result, or the exception it raised (returned, not raised), run on a
-    thread: the test fails saying ``what`` hung instead of hanging itself."""
-    out: list = []
-
-    def run() -> None:
-        try:
-            out.append(fn())
-        except BaseException as e:  # noqa: BLE001 - handed to the test
-            out.append(e)
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    t.join(seconds)
-    assert out, f"{what} hung"
-    return out[0]

@@ -9,7 +9,8 @@ import os
 from pathlib import Path
 
 import pytest
-from lang_helpers import outcome_within, run_kiln, source_hasher
+from clikit import outcome_within
+from lang_helpers import run_kiln, source_hasher
 
 from kiln.lang import RecipeError, evaluate_file
 from kiln.lang import errors as E

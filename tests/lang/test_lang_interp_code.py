@@ -20,7 +20,7 @@ import re
 from pathlib import Path
 
 import pytest
-from lang_helpers import outcome_within
+from clikit import outcome_within
 
 from kiln.lang import RecipeError, evaluate_file
 from kiln.lang import errors as E
