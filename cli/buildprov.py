@@ -84,7 +84,7 @@ class ProvenanceHook:
 
 
 def _drv_getter(store):
-    from kiln.store.derivation import decode, parse
+    from kiln.store.drvparse import decode, parse
     from kiln.store.paths import StorePath
 
     cache: dict = {}

@@ -279,7 +279,7 @@ def _build(store, ev, targets, args) -> None:
 
 def drv_targets(store: LocalStore, drv_paths: list[str]) -> list[Target]:
     """Targets for ``.drv`` paths given directly (like ``nix-store -r``)."""
-    from kiln.store.derivation import decode, parse
+    from kiln.store.drvparse import decode, parse
     from kiln.store.errors import KilnError
     from kiln.store.paths import StorePath
 

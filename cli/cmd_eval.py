@@ -221,7 +221,7 @@ def _cmd_show(args) -> int:
     from pathlib import Path
 
     if args.attr is None:
-        from kiln.store.derivation import decode, parse
+        from kiln.store.drvparse import decode, parse
         from kiln.store.errors import KilnError
         from kiln.store.paths import StorePath
 

@@ -120,8 +120,8 @@ def build_dependencies(store: Any, drv_path: str, get_drv: Any = None) -> builti
     ``.drv`` must not lend the path that package's source URL.
     ``get_drv(path) -> Derivation`` may supply already-parsed derivations (the build
     loop has them); by default each ``.drv`` is read and parsed here."""
-    from .derivation import parse as parse_drv
     from .derivers import Derivers
+    from .drvparse import parse as parse_drv
     from .hashes import Hash
 
     def read(p: str) -> bytes:

@@ -49,7 +49,8 @@ from .buildproduce import BuildError as BuildError  # re-exported: callers impor
 from .buildproduce import Producing, output_too_slow, overdue
 from .buildsched import Scheduling
 from .buildtmp import BuildDirs
-from .derivation import Derivation, decode
+from .derivation import Derivation
+from .drvparse import decode
 from .errors import KilnError, StoreError
 from .ingest import IngestStopped
 from .stagedbuild import Pending

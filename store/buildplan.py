@@ -19,7 +19,8 @@ import heapq
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from .derivation import Derivation, check_output_paths, parse
+from .derivation import Derivation, check_output_paths
+from .drvparse import parse
 from .errors import FormatError, StoreError
 from .paths import StorePath
 

@@ -31,7 +31,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .derivation import Derivation, check_output_paths, decode, parse
+from .derivation import Derivation, check_output_paths
+from .drvparse import decode, parse
 from .errors import KilnError, StoreError
 from .hashes import Hash
 from .paths import StorePath

@@ -470,7 +470,7 @@ def test_record_provenance_for_build(built, keys) -> None:
 def test_build_hook_provenance_verifies(built, keys) -> None:
     """What ``kiln build --sign-key`` writes (cli/buildprov.py) passes verify_path."""
     from kiln.buildprov import ProvenanceHook
-    from kiln.store.derivation import parse as parse_drv
+    from kiln.store.drvparse import parse as parse_drv
 
     drv = parse_drv(built.store.real_path(built.hello_drv).read_text(), "hello-2.12")
     hook = ProvenanceHook(

@@ -90,7 +90,7 @@ def test_non_canonical_drv_text_is_refused(mangle, match):
     """A ``.drv`` whose text is not what serializing it gives (unsorted or duplicate
     entries, an escape Nix never writes) would hash as something else than the builder
     sees: ``parse`` refuses it."""
-    from kiln.store.derivation import parse
+    from kiln.store.drvparse import parse
 
     text = _two_outputs().serialize()
     assert parse(text, "swapdemo", "/kiln/store").serialize() == text

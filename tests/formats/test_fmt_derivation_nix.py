@@ -14,6 +14,7 @@ import pytest
 from fmtkit import NIX_OPTS, run
 
 from kiln.store import derivation as drvmod
+from kiln.store import drvparse
 from kiln.store.derivation import Derivation, Output
 from kiln.store.hashes import Hash
 from kiln.store.paths import StorePath
@@ -57,7 +58,7 @@ in derivation {
 
 def _resolve(path: str) -> Derivation:
     sp = StorePath.parse(path, "/nix/store")
-    return drvmod.parse(Path(path).read_text(encoding="utf-8"), sp.name.removesuffix(".drv"), "/nix/store")
+    return drvparse.parse(Path(path).read_text(encoding="utf-8"), sp.name.removesuffix(".drv"), "/nix/store")
 
 
 def _closure(top: str) -> list[str]:

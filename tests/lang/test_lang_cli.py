@@ -8,7 +8,7 @@ import os
 from lang_helpers import run_kiln
 
 from kiln.lang import evaluate_file
-from kiln.store.derivation import parse
+from kiln.store.drvparse import parse
 
 
 def test_eval_text_and_json(features, tmp_path, monkeypatch):

@@ -1,0 +1,155 @@
+"""Reading a ``.drv`` file's text back into a ``Derivation`` (Nix's ATerm ``Derive(...)``).
+
+Pure format code, no I/O. Strict: only the canonical form ``Derivation.serialize``
+writes is accepted (sorted, unique keys; no trailing data), so ``parse(serialize(d)) ==
+d`` (up to the name, which lives in the store path) and a text that parses serializes
+back to the same bytes. Anything else is a ``FormatError`` naming where.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Callable
+
+from .derivation import Derivation, Output
+from .errors import FormatError
+from .paths import DEFAULT_STORE_DIR
+
+# A quoted ATerm string (escapes kept): one regex match instead of a loop per character.
+_STRING = re.compile(r'"((?:[^"\\]|\\.)*)"', re.DOTALL)
+_UNESCAPE = re.compile(r"\\(.)", re.DOTALL)
+_UNESC = {"n": "\n", "r": "\r", "t": "\t"}
+
+
+class _Reader:
+    __slots__ = ("s", "i")
+
+    def __init__(self, s: str) -> None:
+        self.s, self.i = s, 0
+
+    def expect(self, lit: str) -> None:
+        if not self.s.startswith(lit, self.i):
+            found = self.s[self.i : self.i + 10] or "end of input"
+            raise FormatError(f"derivation: expected {lit!r} at offset {self.i}, found {found!r}")
+        self.i += len(lit)
+
+    def peek(self, lit: str) -> bool:
+        return self.s.startswith(lit, self.i)
+
+    def string(self) -> str:
+        m = _STRING.match(self.s, self.i)
+        if m is None:
+            if self.s.startswith('"', self.i):
+                raise FormatError(f"derivation: unterminated string at offset {self.i}")
+            self.expect('"')
+        self.i = m.end()
+        body = m.group(1)
+        if "\\" in body:
+            body = _UNESCAPE.sub(lambda e: _UNESC.get(e.group(1), e.group(1)), body)
+        return body
+
+    def seq(self, item: Callable[[], object], open_: str = "[", close: str = "]") -> list:
+        self.expect(open_)
+        items = []
+        if not self.peek(close):
+            items.append(item())
+            while self.peek(","):
+                self.i += 1
+                items.append(item())
+        self.expect(close)
+        return items
+
+
+def decode(data: bytes, what: str) -> str:
+    """The text of a ``.drv`` file's bytes; ``FormatError`` naming ``what`` if they are
+    not UTF-8 (Nix writes derivations as UTF-8; such a file is not one)."""
+    try:
+        return data.decode()
+    except UnicodeDecodeError as e:
+        raise FormatError(f"{what}: not a derivation (not UTF-8 at byte {e.start})") from None
+
+
+def parse(text: str, name: str, store_dir: str = DEFAULT_STORE_DIR) -> Derivation:
+    """Parse ATerm ``text``. ``name`` is the derivation name (from its ``.drv`` path)."""
+    r = _Reader(text)
+    r.expect("Derive(")
+
+    def output() -> tuple[str, Output]:
+        r.expect("(")
+        k = r.string()
+        r.expect(",")
+        p = r.string()
+        r.expect(",")
+        a = r.string()
+        r.expect(",")
+        h = r.string()
+        r.expect(")")
+        return k, Output(p, a, h)
+
+    def strings() -> tuple[str, ...]:
+        return tuple(r.seq(r.string))
+
+    def input_drv() -> tuple[str, tuple[str, ...]]:
+        r.expect("(")
+        p = r.string()
+        r.expect(",")
+        outs = strings()
+        r.expect(")")
+        return p, outs
+
+    def pair() -> tuple[str, str]:
+        r.expect("(")
+        k = r.string()
+        r.expect(",")
+        v = r.string()
+        r.expect(")")
+        return k, v
+
+    outputs = r.seq(output)
+    r.expect(",")
+    drvs = r.seq(input_drv)
+    r.expect(",")
+    srcs = strings()
+    r.expect(",")
+    platform = r.string()
+    r.expect(",")
+    builder = r.string()
+    r.expect(",")
+    args = strings()
+    r.expect(",")
+    env = r.seq(pair)
+    r.expect(")")
+    if r.i != len(text):
+        raise FormatError(f"derivation: trailing data at offset {r.i}")
+    _sorted_unique([k for k, _ in outputs], "outputs")
+    _sorted_unique([p for p, _ in drvs], "input derivations")
+    for p, outs in drvs:
+        _sorted_unique(list(outs), f"outputs of input {p}")
+    _sorted_unique(list(srcs), "input sources")
+    _sorted_unique([k for k, _ in env], "environment variables")
+    drv = Derivation(
+        name=name,
+        outputs=tuple(outputs),
+        input_drvs=tuple(drvs),
+        input_srcs=srcs,
+        platform=platform,
+        builder=builder,
+        args=args,
+        env=tuple(env),
+        store_dir=store_dir,
+    )
+    # What is hashed is the canonical text; one written otherwise (an escape Nix never
+    # writes, say) would hash as something other than what it says.
+    if drv.serialize() != text:
+        raise FormatError("derivation: not in canonical form (it would not serialize back to the same text)")
+    return drv
+
+
+def _sorted_unique(keys: list[str], what: str) -> None:
+    """Nix keeps these in ordered sets and maps: a ``.drv`` that lists them out of order,
+    or twice, hashes as something other than what the builder would see."""
+    for a, b in itertools.pairwise(keys):
+        if a >= b:
+            how = "twice" if a == b else f"before {b!r}"
+            raise FormatError(f"derivation: {what} are not sorted and unique ({a!r} {how})")
