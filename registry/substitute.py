@@ -14,10 +14,8 @@
   → ``HashMismatch``), then hands the file to the store (``fetch_many`` of one path:
   ``store.import_objects``), which checks the file hash again and the NAR hash while
   restoring, then the unsigned ``CA:`` against the content (``pathadmit.check_ca``);
-  nothing is registered on mismatch. The signatures kept are ``pathadmit.keep_sigs``'s:
-  well-formed, each once, valid by a trusted key (when there are trusted keys), at most
-  64 (over that, ones valid by the store's own keys first), with a warning naming what
-  was dropped.
+  nothing is registered on mismatch. The signatures kept are ``pathadmit.keep_sigs``'s
+  (a warning names what was dropped).
 - ``fetch_many(store, infos)`` does the same for many paths: small objects in batches
   (``POST /blob-batch``: one round trip for up to 256 paths, in import order), big
   ones one request each, ``jobs`` requests at a time, while one importer thread feeds

@@ -191,6 +191,8 @@ def _attestation(
 
 #: how far in the future a signed time may be (clocks differ a little, not by days)
 CLOCK_SKEW = timedelta(minutes=5)
+#: where an undated VSA stands among dated ones (see ``_reproduced``)
+_OLDEST, _NEWEST = datetime.min.replace(tzinfo=UTC), datetime.max.replace(tzinfo=UTC)
 
 
 def _dig(obj: Any, *keys: str) -> Any:
@@ -365,7 +367,7 @@ def _reproduced(
             notes.append(f"{kind}: verified in the future ({when:%Y-%m-%dT%H:%M:%SZ}); ignored")
             continue
         if when is None:  # undated: fail closed (a FAILED overrides, a PASSED is oldest)
-            when = datetime.max.replace(tzinfo=UTC) if not passed else datetime.min.replace(tzinfo=UTC)
+            when = _NEWEST if not passed else _OLDEST
         for k in good:
             # newest wins; at equal times a FAILED verdict beats a PASSED one
             if k.key not in latest or (when, not passed) > latest[k.key][:2]:
@@ -380,11 +382,7 @@ def _reproduced(
         elif failed:
             notes.append(f"{name} reports the rebuild did NOT reproduce (its latest verdict)")
         elif max_age is not None and now - when > max_age:
-            at = (
-                "is undated"
-                if when == datetime.min.replace(tzinfo=UTC)
-                else f"was verified {when:%Y-%m-%dT%H:%M:%SZ}"
-            )
+            at = "is undated" if when == _OLDEST else f"was verified {when:%Y-%m-%dT%H:%M:%SZ}"
             notes.append(
                 f"{name}'s latest verdict {at}, older than reproduced_max_age {max_age}: not counted"
             )
