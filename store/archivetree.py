@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from . import fetchtext
+from .envnumber import whole_number
 from .errors import KilnError
 from .hashes import Hash
 from .nar_read import (
@@ -81,8 +82,8 @@ class Limits:
         """The defaults, raised or lowered by ``KILN_UNPACK_MAX_BYTES`` and
         ``KILN_UNPACK_MAX_ENTRIES``."""
         return cls(
-            _env_int("KILN_UNPACK_MAX_BYTES", MAX_UNPACK_BYTES),
-            _env_int("KILN_UNPACK_MAX_ENTRIES", MAX_UNPACK_ENTRIES),
+            whole_number("KILN_UNPACK_MAX_BYTES", MAX_UNPACK_BYTES, ArchiveError),
+            whole_number("KILN_UNPACK_MAX_ENTRIES", MAX_UNPACK_ENTRIES, ArchiveError),
         )
 
     def too_many_bytes(self) -> ArchiveError:
@@ -90,15 +91,6 @@ class Limits:
             f"refusing archive: it unpacks to more than {self.bytes} bytes "
             "(KILN_UNPACK_MAX_BYTES raises the limit)"
         )
-
-
-def _env_int(var: str, default: int) -> int:
-    raw = os.environ.get(var, "")
-    if not raw:
-        return default
-    if not raw.isdigit():
-        raise ArchiveError(f"{var} must be a whole number, found {raw!r}")
-    return int(raw)
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,6 +45,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .envnumber import whole_number
 from .errors import KilnError
 from .fetchtext import refuse_credentials, shown
 
@@ -77,13 +78,7 @@ class GitFetchError(KilnError):
 
 def limit(name: str) -> int:
     """The limit ``name`` (a module constant's name), raised by its environment variable."""
-    env = _LIMIT_ENV[name]
-    raw = os.environ.get(env, "")
-    if not raw:
-        return int(globals()[name])
-    if not raw.isdigit():
-        raise GitFetchError(f"{env} must be a whole number, found {raw!r}")
-    return int(raw)
+    return whole_number(_LIMIT_ENV[name], int(globals()[name]), GitFetchError)
 
 
 # --- fetching (in the child) -----------------------------------------------------------

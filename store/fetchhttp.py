@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING
 
 from . import pacing
+from .envnumber import whole_number
 from .errors import KilnError
 from .fetchtext import shown, shown_url
 
@@ -100,12 +101,7 @@ def fetch_timeout() -> float:
 
 
 def _max_download() -> int:
-    raw = os.environ.get("KILN_FETCH_MAX_SIZE", "")
-    if not raw:
-        return MAX_DOWNLOAD
-    if not raw.isdigit():
-        raise FetchError(f"KILN_FETCH_MAX_SIZE must be a number of bytes, found {raw!r}")
-    return int(raw)
+    return whole_number("KILN_FETCH_MAX_SIZE", MAX_DOWNLOAD, FetchError, "a number of bytes")
 
 
 class _Pace:
