@@ -32,10 +32,14 @@ def evaluate(tmp_path, call: str):
 def test_fetchurl_refuses_credentials_and_hides_them(tmp_path, url):
     with pytest.raises(RecipeError) as e:
         evaluate(tmp_path, f'fetchurl {{ url = "{url}", sha256 = "{H}" }}')
-    # the message hides them (the source line quoted under it is the recipe's own text)
-    text = str(e.value).splitlines()[0]
-    assert "u.recipe:1:" in text and "must not carry credentials" in text, text
-    assert "s3cr3t" not in text and "***@example.com" in text
+    # the message and the source line quoted under it both hide them (error output ends
+    # up in CI logs); the caret stays under the same character
+    head, code, caret = str(e.value).splitlines()
+    assert "u.recipe:1:" in head and "must not carry credentials" in head, head
+    assert "s3cr3t" not in head and "***@example.com" in head
+    assert "s3cr3t" not in code and "***@example.com" in code, code
+    col = int(head.split(":")[2])
+    assert code[caret.index("^")] == (tmp_path / "u.recipe").read_text()[col - 1]
 
 
 def test_fetchurl_refuses_credentials_in_any_of_its_urls(tmp_path):
@@ -65,8 +69,22 @@ def test_fetchurl_refuses_ftp_with_a_hint(tmp_path):
 def test_fetchgit_refuses_credentials(tmp_path, url):
     with pytest.raises(RecipeError) as e:
         evaluate(tmp_path, f'fetchgit {{ url = "{url}", rev = "main", sha256 = "{H}" }}')
-    text = str(e.value).splitlines()[0]
+    text = str(e.value)
     assert "must not carry credentials" in text and "s3cr3t" not in text
+
+
+def test_an_excerpt_hides_every_urls_credentials_and_keeps_its_caret(tmp_path):
+    """Any error's excerpt: here an unknown name after two URLs with credentials, on a line
+    of their own (the caret must move left by what was hidden)."""
+    line = '{ a = "https://u:long-pw1@e.com/a"; b = "http://tok@e.com"; c = nope; }'
+    (tmp_path / "u.recipe").write_text(f"let g = {line}\n")
+    with pytest.raises(RecipeError) as e:
+        evaluate_file(tmp_path / "u.recipe").attributes()
+    head, code, caret = str(e.value).splitlines()
+    assert "unknown name 'nope'" in head, head
+    assert "pw1" not in code and "tok" not in code, code
+    assert '"https://u:***@e.com/a"' in code and '"http://***@e.com"' in code, code
+    assert code[caret.index("^") :].startswith("nope"), (code, caret)
 
 
 @pytest.mark.parametrize("url", ["ssh://git@example.com/r/x.git", "git@example.com:r/x.git"])
