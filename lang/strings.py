@@ -28,6 +28,7 @@ import re
 from typing import Any
 
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r"}
+_EOL = re.compile(r"[\r\n]")
 
 
 def _interp_end(text: str, i: int) -> int:
@@ -71,9 +72,9 @@ def _skip_nested(text: str, i: int) -> int:
             else:
                 return close + 2
         return -1
-    if c == "#":
-        eol = text.find("\n", i)
-        return eol if eol >= 0 else len(text)
+    if c == "#":  # to the end of the line, a lone CR ending it too (Nix: #[^\r\n]*)
+        m = _EOL.search(text, i)
+        return m.start() if m else len(text)
     if c == "/" and text.startswith("/*", i):
         close = text.find("*/", i + 2)
         return close + 2 if close >= 0 else -1

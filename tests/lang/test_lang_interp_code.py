@@ -44,7 +44,7 @@ def string_terminals() -> tuple[str, str]:
     character of a long string or comment."""
     quoted = r'"(?:[^"\\]|\\.)*+"'
     indented = r"''(?:[^']|'(?!')|'''|''\$|''\\.)*+''"
-    comment = r"#[^\n]*+"
+    comment = r"#[^\r\n]*+"
     block = r"\/\*(?:[^*]|\*++[^*\/])*+\*++\/"
     plain = r"""[^{}"'#\/]|'(?!')|\/(?!\*)"""
     atom = "|".join([plain, quoted, indented, comment, block])
@@ -76,7 +76,7 @@ def test_the_grammar_holds_the_generated_string_terminals():
 
 
 #: what matters to the scan, one character each
-_ALPHABET = "{}\"'#/*\n\\$x"
+_ALPHABET = "{}\"'#/*\n\r\\$x"
 #: and runs of them that a random body of single characters seldom holds: the escapes of
 #: a nested string (an indented string taken to end at its first ``''`` broke on them)
 _PIECES = [*_ALPHABET, "''", "'''", "''''", "''$", "''\\", '\\"', "${", "$$", " "]

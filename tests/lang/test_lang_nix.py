@@ -158,6 +158,10 @@ STRING_CASES = [
     '"${ "\\${" }"',
     '"${ "a\\\\" }"',
     "''${ \"\\\"}\" }''",
+    # a lone CR ends a '#' comment, as a newline does (Nix: #[^\r\n]*)
+    '"${ "a" # c\r+ "b" }"',
+    '"${ # }\r"a" }"',
+    "(1 # c\r+ 2)",
 ]
 
 
