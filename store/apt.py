@@ -89,7 +89,10 @@ def archive_bases(
     kind: str = "deb", sources_dir: Path = APT_SOURCES_DIR, sources_list: Path = APT_SOURCES_LIST
 ) -> list[str]:
     """Base URLs (no trailing slash) of the configured archives of type ``kind``, in
-    configuration order, without duplicates. Only http(s), file and ftp URIs are kept."""
+    configuration order, without duplicates. Only http(s) and file URIs are kept: those
+    the fetcher speaks (an ``ftp:`` archive would only add a source bound to fail, see
+    ``kiln.store.fetch``; ``mirror+http:``, ``tor+http:`` and the like need apt's own
+    methods)."""
     found: list[str] = []
     files: list[tuple[Path, bool]] = []
     if sources_list.is_file():
@@ -105,7 +108,7 @@ def archive_bases(
                     continue
                 for uri in uris:
                     uri = uri.rstrip("/")
-                    if re.match(r"^(https?|ftp|file):", uri) and uri not in found:
+                    if re.match(r"^(https?|file):", uri) and uri not in found:
                         found.append(uri)
         except (OSError, UnicodeDecodeError):
             continue  # an unreadable sources file is apt's problem, not a lock-breaker

@@ -114,7 +114,9 @@ def expand_url(url: str) -> list[str]:
         bases = archive_bases()
         if not bases:
             raise FetchError(
-                f"cannot resolve {url}: no 'deb' archive in /etc/apt/sources.list or /etc/apt/sources.list.d/*.sources"
+                f"cannot resolve {url}: no 'deb' archive with an http, https or file URI in "
+                "/etc/apt/sources.list or /etc/apt/sources.list.d/*.sources (kiln fetches no ftp: "
+                "and no apt method such as mirror+http:); or use a source mirror (KILN_SOURCE_MIRRORS)"
             )
         return [f"{base}/{pool}" for base in bases]
     return [url]
