@@ -15,17 +15,35 @@ someone who holds a write token and *some* key the registry knows:
   of its kind only if its signed time is not older, so nobody can re-upload a signer's
   genuine older verdict over its newer one (a rebuilder's old PASSED over its FAILED).
   SBOMs carry no time, so for them only the next rule protects.
-- **A provenance or SBOM keeps its signer** (``signer_problem``; any kind but a VSA's). Attester keys exist for
-  rebuilders, whose VSAs are filed under their own key's kind; nothing tied the
-  ``provenance`` and ``sbom`` kinds to a key, so any attester could overwrite the
-  builder's. Now a stored one is replaced only by a statement signed by a key that
-  signed it, or by a trusted (builder) key; one a builder signed, only by a builder's
-  (an attester may co-sign the stored statement, whose payload is public, and so be one
-  of its signers), and without a builder an upload may add no signer to the stored
-  one's; an attester-only signature never displaces another signer's (403). A trusted key's statement replaces one that no trusted key
-  signed whatever their times (an attester cannot pin its provenance ahead of the
-  builder's by dating it a few minutes on), as a store fetching attestations lets a
-  local one that no trusted key signed give way (``attest_fetch``).
+- **A provenance or SBOM keeps its signer** (``signer_problem``; any kind but a VSA's).
+  Attester keys exist for rebuilders, whose VSAs are filed under their own key's kind;
+  nothing tied the ``provenance`` and ``sbom`` kinds to a key, so any attester could
+  overwrite the builder's. Who may upload one (403 otherwise; "signed" counts only valid
+  signatures by keys this registry knows):
+
+  ====================================  ==============================================
+  the upload is signed by               it is admitted
+  ====================================  ==============================================
+  a builder (a trusted key), whoever    always; over a stored one no builder signed
+  else signed it too                    whatever their times (an attester cannot pin
+                                        its provenance ahead of the builder's by
+                                        dating it a few minutes on), as a store
+                                        fetching attestations lets a local one that no
+                                        trusted key signed give way (``attest_fetch``)
+  exactly one attester key, A           where none is stored, or over one that A
+                                        alone signed (the time rule decides)
+  several attester keys                 never
+  ====================================  ==============================================
+
+  So a stored one a builder signed gives way only to a builder's, and one A alone signed
+  only to A's or a builder's; one that several attesters or no key known here signed
+  (stored before these rules, or by hand) only to a builder's. Why an attester's upload
+  carries exactly one known signer: anyone holding a statement's payload (public once
+  published, here or at another registry or a mirror) can add a signature over it, so a
+  co-signature says nothing about who filed it. Counting every signer as one that may
+  replace it let attester B co-sign attester A's statement, file it (first, before A's
+  reached this registry, or over A's), and then replace it with B's alone. With one
+  signer, the stored statement names the one attester that may replace it.
 
 The caller that owns the directory (``file://`` clients: ``trusted`` is None) gets the
 time rules only: it has no keys to judge signers by.
@@ -34,6 +52,7 @@ time rules only: it has no keys to judge signers by.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import suppress
 from datetime import datetime
 
 from kiln.store.dsse import Envelope, signers
@@ -112,29 +131,38 @@ def _names(raw: set[bytes], keys: Sequence[PublicKey]) -> str:
 
 
 def signer_problem(
-    old: bytes, new: bytes, kind: str, trusted: Sequence[PublicKey], attesters: Sequence[PublicKey]
+    old: bytes | None, new: bytes, kind: str, trusted: Sequence[PublicKey], attesters: Sequence[PublicKey]
 ) -> tuple[str | None, bool]:
-    """``(why new may not replace old, whether their times still matter)`` for a
-    ``signer_bound`` kind: see the module docstring. ``(None, False)``: a trusted key's
-    statement over one no trusted key signed, which replaces it whatever the times."""
+    """``(why new may not be stored as the kind attestation in place of old, whether their
+    times still matter)`` for a ``signer_bound`` kind (``old`` None: none is stored); see
+    the module docstring's table. ``(None, False)``: a trusted key's statement over one
+    no trusted key signed, which replaces it whatever the times."""
     known = [*trusted, *attesters]
-    try:
-        old_by = _signed_by(old, known)
-    except FormatError:
-        return None, True  # (not an envelope: ``replaces`` lets anything replace it)
+    old_by: set[bytes] | None = None  # (None: nothing stored to protect)
+    if old is not None:
+        with suppress(FormatError):  # (not an envelope: ``replaces`` lets anything replace it)
+            old_by = _signed_by(old, known)
     new_by = _signed_by(new, known)  # (parsed already by ``check_envelope``)
     builders = {k.key for k in trusted}
     if new_by & builders:
-        return None, bool(old_by & builders)
-    # a builder's statement gives way only to a builder's, and without a builder an upload
-    # may add no signer: an attester that co-signed the stored statement (its payload is
-    # public) must not thereby count as one of its signers and then replace it alone
-    if new_by and new_by <= old_by and not old_by & builders:
-        return None, True
+        return None, bool(old_by and old_by & builders)
+    if len(new_by) != 1:
+        # a co-signer could later claim the statement as its own (module docstring)
+        added = new_by - old_by if old_by else set()
+        adds = f" (it adds {_names(added, known)} to the stored one's signers)" if added else ""
+        return (
+            f"refusing the {kind} attestation signed by {_names(new_by, known)}{adds}: without a "
+            f"--trusted-key's signature a {kind} must be signed by exactly one key this registry knows, "
+            "the one attester that may later replace it",
+            True,
+        )
+    if old_by is None or new_by == old_by:
+        return None, True  # the first, or its one attester's own: the time rule decides
     return (
         f"refusing to replace the stored {kind} attestation, signed by {_names(old_by, known)}, with one "
-        f"signed only by {_names(new_by, known)}: a stored {kind} is replaced only by a key that signed it "
-        "or by a --trusted-key (--attester-key is for rebuilders' VSAs)",
+        f"signed only by {_names(new_by, known)}: a stored {kind} is replaced only by a --trusted-key's, "
+        "or, if no --trusted-key signed it, by the one key that alone signed it "
+        "(--attester-key is for rebuilders' VSAs)",
         True,
     )
 
@@ -151,10 +179,8 @@ def may_replace(
     """None if envelope ``new`` (already admitted by ``check_envelope``) may be stored as
     the ``kind`` attestation in place of ``old`` at ``now``; else ``(HTTP status, why
     not)``. ``trusted`` None: the caller owns the directory, and only times are judged."""
-    if old is None:
-        return None
     times = True
-    if trusted is not None and signer_bound(kind):
+    if trusted is not None and signer_bound(kind):  # (even where none is stored: see the table)
         why, times = signer_problem(old, new, kind, trusted, attesters)
         if why is not None:
             return 403, why

@@ -19,9 +19,10 @@ trusted keys — a valid DSSE signature by one of them; a signed time (``finishe
 ``timeVerified``) no more than the clock skew in the future. It replaces the stored one
 of its kind only under ``attest_rules``: its signed time is not older (``replaces``: a
 rebuilder's newer FAILED verdict cannot be overwritten by re-uploading its genuine older
-PASSED one), and a provenance or SBOM only when a key that signed the stored one, or a
-trusted (builder) key, signed it (an ``--attester-key``, meant for rebuilders' VSAs,
-cannot overwrite the builder's). Anything else is a 4xx answer; nothing is written.
+PASSED one), and a provenance or SBOM only when a trusted (builder) key signed it or,
+without one, exactly one known key, the one that alone signed the stored one (an
+``--attester-key``, meant for rebuilders' VSAs, cannot overwrite the builder's: the
+table is in ``attest_rules``). Anything else is a 4xx answer; nothing is written.
 
 Transfer: ``push_attestations`` uploads what the registry lacks (by comparing listings);
 ``fetch_attestations`` (``attest_fetch``) downloads a registry's attestations for paths that are valid in a

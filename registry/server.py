@@ -24,8 +24,8 @@ registry has, the NAR digests recorded at upload match NarHash/NarSize, a truste
 key signed it and its unsigned ``CA:`` is true of the NAR (``admitca``); publication is create-if-absent, so a different narinfo for a published
 path is a 409. ``PUT`` of an attestation is admitted by ``attest_transfer.admit``
 (published narinfo, subject = that path and NarHash, signed by a trusted or attester
-key, no signed time in the future; a stored provenance or SBOM is replaced only by its
-own signer or a trusted key: ``attest_rules``). Every failure is a 4xx with a one-line reason; no handler lets an
+key, no signed time in the future; a provenance or SBOM without a trusted key's signature
+has exactly one known signer, and replaces only one that key alone signed: ``attest_rules``). Every failure is a 4xx with a one-line reason; no handler lets an
 exception escape as a 500 for bad input.
 """
 
