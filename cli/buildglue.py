@@ -233,11 +233,10 @@ def make_substituter(
     keys = load_trusted_keys(trusted_keys)
     if sigs_needed is not None:
         needed = sigs_needed
-    else:
-        raw = os.environ.get("KILN_SIGS_NEEDED", "1")
-        if not raw.strip().isdigit():
-            raise KilnError(f"KILN_SIGS_NEEDED must be a whole number >= 0, found {raw[:40]!r}")
-        needed = int(raw)
+    else:  # the rule of every number read from the environment (unset or empty: 1)
+        from kiln.store.envnumber import whole_number
+
+        needed = whole_number("KILN_SIGS_NEEDED", 1, KilnError, "a whole number >= 0")
     if needed == 0:
         from .common import warn_no_signatures
 

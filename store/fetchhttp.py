@@ -88,15 +88,26 @@ class _Limit:
         return f"the download cap ({self.size} bytes; KILN_FETCH_MAX_SIZE raises it)"
 
 
+#: the longest ``KILN_FETCH_TIMEOUT``: a week of silence is no download any more, and a
+#: bound keeps the value within what its users take (``socket.settimeout`` overflows
+#: near 1e10 s, libgit2 takes ``int`` milliseconds: at most 24.8 days)
+MAX_FETCH_TIMEOUT = 7 * 24 * 3600
+
+
 def fetch_timeout() -> float:
-    """The socket timeout in seconds: ``KILN_FETCH_TIMEOUT``, default 30."""
+    """The socket timeout in seconds: ``KILN_FETCH_TIMEOUT``, default 30; more than 0 and
+    at most ``MAX_FETCH_TIMEOUT`` (so never infinite or NaN), else ``FetchError``."""
     raw = os.environ.get("KILN_FETCH_TIMEOUT", "30")
+    shown_raw = repr(raw) if len(raw) <= 40 else f"{raw[:40]!r}..."
     try:
         timeout = float(raw)
     except ValueError:
-        raise FetchError(f"KILN_FETCH_TIMEOUT must be a number of seconds, found {raw!r}") from None
-    if not timeout > 0:
-        raise FetchError(f"KILN_FETCH_TIMEOUT must be a positive number of seconds, found {raw!r}")
+        raise FetchError(f"KILN_FETCH_TIMEOUT must be a number of seconds, found {shown_raw}") from None
+    if not 0 < timeout <= MAX_FETCH_TIMEOUT:  # (NaN compares false: refused too)
+        raise FetchError(
+            f"KILN_FETCH_TIMEOUT must be a positive number of seconds, at most {MAX_FETCH_TIMEOUT} "
+            f"(a week), found {shown_raw}"
+        )
     return timeout
 
 

@@ -34,8 +34,10 @@ and the kernel drops every lock when its holder dies (also on ``kill -9``).
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
+import stat
 import threading
 import time
 from collections import Counter
@@ -43,6 +45,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from .errors import StoreError
+from .fileopen import FileTooLarge, NotRegularFile, open_regular_fd, read_capped
 
 
 def path_lock_file(root: Path, hash_part: str) -> Path:
@@ -206,12 +209,30 @@ class TempRoots:
             tr.users += 1
             return tr
 
+    @staticmethod
+    def _open_regular(path: Path) -> int:
+        """``path`` opened (created if missing) for writing roots: a regular file, never
+        a symbolic link followed nor a FIFO, which the collector does not read (see
+        ``_temp_root_files``): roots written there would protect nothing."""
+        junk = f"temp-roots file {path} is not a regular file kiln made: remove it"
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            if e.errno in (errno.ELOOP, errno.EISDIR):  # a symbolic link, a directory
+                raise StoreError(junk) from None
+            raise
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise StoreError(junk)
+        os.set_blocking(fd, True)
+        return fd
+
     def _open(self) -> int:
         if self.fd is not None:
             return self.fd
         path = self.dir / str(self.pid)
         for _ in range(100):
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fd = self._open_regular(path)
             # a dead process's file (same pid) may be probed by ``live_rooter`` or GC this
             # very moment: their locks last microseconds, so retry briefly before giving up
             for delay in (0.001, 0.01, 0.1, None):
@@ -304,21 +325,42 @@ class TempRoots:
             self.counts.clear()
 
 
+#: the most of one temp-roots file that is read: some three million paths (a path line is
+#: under 100 bytes), far more than one process keeps (its inputs and what it registered);
+#: a bound because a sparse file of any size costs nothing to make, and reading one whole
+#: would end GC in a MemoryError while it holds the GC lock
+TEMP_ROOTS_MAX_BYTES = 256 << 20
+
+
 def _temp_root_files(dir_: Path, probe: int) -> Iterator[tuple[os.DirEntry, list[bytes] | None]]:
     """Each temp-roots file in ``dir_`` with its lines if its owner is alive (its
     exclusive ``flock`` held, so our non-blocking ``probe`` lock fails), else None; then
-    the probe lock we got is held until the caller moves on (closing drops it)."""
+    the probe lock we got is held until the caller moves on (closing drops it).
+
+    Anything but a regular file there (a FIFO, a symbolic link, a device, a directory) is
+    skipped: opened without waiting or following, never read, never deleted. It holds no
+    live process's roots, as ``TempRoots._open`` writes them only into a regular file it
+    opened without following a link, and refuses anything else at its name. A live
+    process's file over ``TEMP_ROOTS_MAX_BYTES`` is an error (``StoreError``), not
+    skipped: its paths cannot be told, and the readers must not lose them — GC would
+    delete paths it keeps, registration would replace a tree a running build placed."""
     for entry in os.scandir(dir_):
         try:
-            fd = os.open(entry.path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
+            fd = open_regular_fd(entry.path)
+        except (FileNotFoundError, NotRegularFile):
             continue
         try:
             try:
                 fcntl.flock(fd, probe | fcntl.LOCK_NB)
             except BlockingIOError:  # the owner holds it: alive
-                with os.fdopen(os.dup(fd), "rb") as f:
-                    yield entry, [line for line in f.read().splitlines() if line]
+                try:
+                    data = read_capped(fd, TEMP_ROOTS_MAX_BYTES, entry.path)
+                except FileTooLarge as e:
+                    raise StoreError(
+                        f"temp-roots file {entry.path} of a live process {e.strerror}: "
+                        "cannot tell which paths it keeps alive"
+                    ) from None
+                yield entry, [line for line in data.splitlines() if line]
             else:
                 yield entry, None
         finally:

@@ -13,18 +13,23 @@ lines, UTF-8; ``path``, ``nar_hash``, ``nar_size``, ``file_hash``, ``references`
 paths separated by single spaces, possibly none), ``deriver`` (empty if none; absent in
 records made before it was kept), and possibly ``object copy: failed (...)`` appended
 later. Store paths cannot contain spaces or newlines (``paths.check_name``), so the
-format needs no quoting. Unknown keys are ignored; a record that cannot be read or has
-no ``path`` holds nothing alive (``recorded_closure_edges`` skips it, and says so).
+format needs no quoting. Unknown keys are ignored; a record that cannot be read (also:
+not a regular file, or over ``INFO_MAX_BYTES``) or has no ``path`` holds nothing alive
+(``recorded_closure_edges`` skips it, and says so).
 """
 
 from __future__ import annotations
 
-import errno
 import os
-import stat
 from pathlib import Path
 
+from .fileopen import FileTooLarge, NotRegularFile, read_small_file
 from .pathinfo import PathInfo
+
+#: the largest ``info.txt`` read: a record is one line per field, but ``references`` may
+#: name tens of thousands of paths (50,000 references of ~60 bytes are 3 MB); 64 MiB is
+#: twenty times that, and small enough to read into memory during GC
+INFO_MAX_BYTES = 64 << 20
 
 
 def info_text(info: PathInfo) -> str:
@@ -67,16 +72,16 @@ def recorded_closure_edges(root: Path) -> tuple[dict[str, frozenset[str]], list[
         if not e.is_dir(follow_symlinks=False):
             continue
         try:
-            # read whole, however many references (it is ours), but only a regular file:
-            # never a FIFO to wait on or a /dev/zero to fill memory with
-            fd = os.open(os.path.join(e.path, "info.txt"), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-            with os.fdopen(fd, "rb") as f:
-                if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                    raise OSError(errno.EINVAL, "info.txt is not a regular file")
-                parsed = parse_info(f.read().decode("utf-8", "replace"))
-        except OSError as err:
-            unreadable.append(f"{e.path}: {err.strerror or err}")
+            # only a regular file, never a FIFO to wait on nor a link to /dev/zero, and
+            # capped: a sparse info.txt of gigabytes costs nothing to make
+            text = read_small_file(os.path.join(e.path, "info.txt"), INFO_MAX_BYTES)
+        except (NotRegularFile, FileTooLarge) as err:  # (their strerror says what it is)
+            unreadable.append(f"{e.path}: info.txt {err.strerror}")
             continue
+        except OSError as err:
+            unreadable.append(f"{e.path}: info.txt: {err.strerror or err}")
+            continue
+        parsed = parse_info(text.decode("utf-8", "replace"))
         if parsed is None:
             unreadable.append(f"{e.path}: info.txt names no path")
             continue

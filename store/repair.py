@@ -134,8 +134,7 @@ def _rebuild_object(store: LocalStore, info: PathInfo, tmp: Path) -> str:
 
 def _quarantine(store: LocalStore, info: PathInfo) -> Path:
     sp = store.parse_path(info.path)
-    dest = store.root / "quarantine" / f"{sp.base}-{int(time.time())}"
-    dest.mkdir(parents=True, exist_ok=True)
+    dest = _new_quarantine_dir(store.root / "quarantine", sp.base)
     fsync_dir(dest.parent)  # the entry itself survives a power cut, as info.txt in it will
     # what was invalidated, written before invalidating: a repair killed in between must
     # not lose the path without a word (the next run finds it broken and starts over)
@@ -172,6 +171,23 @@ def _quarantine(store: LocalStore, info: PathInfo) -> Path:
     return dest
 
 
+def _new_quarantine_dir(parent: Path, base: str) -> Path:
+    """A new, empty directory ``<base>-<time>`` in ``parent``, or ``<base>-<time>-<n>``
+    if that name is taken: one path may be quarantined twice within a second
+    (quarantined, fetched again, found broken again), and the second must neither
+    overwrite the first one's record nor fail moving its tree into the first one's
+    directory (after the row is gone). ``mkdir`` without ``exist_ok`` decides, so an
+    existing directory is never reused."""
+    stem, n = f"{base}-{int(time.time())}", 1
+    while True:
+        dest = parent / (stem if n == 1 else f"{stem}-{n}")
+        try:
+            dest.mkdir(parents=True)
+            return dest
+        except FileExistsError:
+            n += 1
+
+
 def _set_aside_if_directory(obj: Path, dest: Path) -> None:
     """Move a directory standing at an object's name to ``dest``: no writer can rename a
     file over it, so it is nobody's good copy, and it would stop the next writer of that
@@ -183,7 +199,8 @@ def _set_aside_if_directory(obj: Path, dest: Path) -> None:
 
 
 def _write_durably(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    # O_EXCL: written into a directory just made (``_new_quarantine_dir``), never over a record
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
     try:
         write_all(fd, text.encode())
         os.fsync(fd)
