@@ -7,7 +7,9 @@ build`` would). The package is a temp root of this process until the command end
 GC meanwhile keeps its closure. The closure is mounted at its logical store path
 (``hostrun``); its ``bin`` is put first on PATH. Without a command, ``run`` runs
 ``bin/<name>`` of the package, ``<name>`` being the path's name without its version
-(``package_name``).
+(``package_name``). A package whose closure is incomplete (a dependency quarantined by
+``kiln store verify --repair``) is refused before anything starts
+(``LocalStore.closure_with_holes``).
 """
 
 from __future__ import annotations
@@ -94,11 +96,17 @@ def _run(cmd: str, args, store) -> int:
     """Run the command; the store stays open (its temp roots keep the closure from GC)
     until the command ends."""
     from kiln.store.errors import KilnError
+    from kiln.store.localstore import IncompleteClosure
     from kiln.store.paths import StorePath
 
     from .hostrun import host_argv
 
     path = resolve_package(store, args.package, args.file)
+    # what is mounted is all the program sees of the store: a dependency that is gone
+    # (quarantined) would make it fail later, confusingly, or run without it
+    closure, holes = store.closure_with_holes([path])
+    if holes:
+        raise IncompleteClosure(path, holes, store.root, "run" if cmd == "run" else "open a shell with")
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         if cmd == "shell":
@@ -110,7 +118,6 @@ def _run(cmd: str, args, store) -> int:
                     f"{path} has no bin/{base} to run: give the command after --, e.g. kiln run PKG -- CMD"
                 )
             command = [f"{path}/bin/{base}"]
-    closure = store.closure([path])
     wrapped, env = host_argv(store, closure, command, [f"{path}/bin"])
     if cmd == "shell":
         env["KILN_SHELL_PACKAGE"] = path

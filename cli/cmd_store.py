@@ -205,10 +205,18 @@ def _cmd_restore(args) -> int:
 
 
 def _cmd_info(args) -> int:
+    """Print what the store records about PATH (``--json``: one object, Nix's field names
+    where Nix has one). ``closurePaths``/``closureSize`` count the closure's paths that
+    are valid in the store; ``closureMissing`` maps each path the closure references but
+    the store no longer holds (quarantined by ``kiln store verify --repair``, or deleted)
+    to the closure members referencing it, ``{}`` when the closure is complete. The text
+    form marks such a closure ``INCOMPLETE`` and lists the missing paths. Exit 0 either
+    way: ``kiln verify`` is the check, this only describes."""
     with _open(args) as s:
         path, _ = _path(s, args.path)
         info = s.query(path)
-        closure = s.closure([path])
+        # (not closure(): a hole must show, not make the closure look smaller and whole)
+        closure, holes = s.closure_with_holes([path])
         closure_size = sum(s.query(p).nar_size for p in closure)
         d = {
             "path": info.path,
@@ -223,6 +231,7 @@ def _cmd_info(args) -> int:
             "registrationTime": info.registration_time,
             "closureSize": closure_size,
             "closurePaths": len(closure),
+            "closureMissing": {h: list(by) for h, by in holes.items()},
             "realPath": str(s.real_path(path)),
             "object": str(s.object_path(path)),
         }
@@ -235,7 +244,17 @@ def _cmd_info(args) -> int:
     print(f"file size:     {d['fileSize']} ({_human(d['fileSize'] or 0)}, zstd)")
     print(f"deriver:       {d['deriver'] or '-'}")
     print(f"ca:            {d['ca'] or '-'}")
-    print(f"closure:       {d['closurePaths']} paths, {_human(closure_size)}")
+    if holes:
+        print(
+            f"closure:       INCOMPLETE, {d['closurePaths']} paths, {_human(closure_size)} "
+            f"and {len(holes)} missing (quarantined by 'kiln store verify --repair', or deleted: "
+            "build or substitute again)"
+        )
+        print("missing:")
+        for h, by in holes.items():
+            print(f"  {h}  (referenced by {', '.join(by)})")
+    else:
+        print(f"closure:       {d['closurePaths']} paths, {_human(closure_size)}")
     print("references:" + ("" if d["references"] else "    -"))
     for r in d["references"]:
         print(f"  {r}")

@@ -4,7 +4,9 @@
   SBOM of PATH's runtime closure (``--build``: build closure). ``--attest`` also signs it
   as an in-toto statement and stores it as PATH's ``sbom`` attestation, with ``--key FILE``
   or ``--signer-cmd CMD --signer-key PUB`` (the command reads the bytes to sign on stdin
-  and prints a base64 ed25519 signature; for KMS/HSM keys).
+  and prints a base64 ed25519 signature; for KMS/HSM keys). A PATH whose runtime closure
+  has a hole (a dependency quarantined by ``kiln store verify --repair``) is refused, with
+  or without ``--build``: its SBOM would leave the dependency out (``sbom.collect``).
 - ``kiln verify TARGET [--policy FILE] [--json] [--closure]`` checks a local store path,
   named by path or by its NAR digest ``sha256:...`` (``--closure``: every path of its runtime closure): content against the recorded NAR
   hash, signatures, provenance, SBOM and rebuilder attestations against the policy. One
@@ -32,7 +34,8 @@ Invariants of ``kiln verify``'s report:
 - Every path verified locally (the target; with ``--closure``, every member) must have
   its references: ``LocalStore.closure`` skips one that is not valid (quarantined by
   ``kiln store verify --repair``, say), so each gets a ``closure`` check naming its
-  dangling references; a path or a closure with a hole never passes.
+  dangling references, and the target's names every hole of its closure, however deep
+  (``LocalStore.closure_with_holes``); a path or a closure with a hole never passes.
 - Every text in the printed report that may come from outside (a path, a registry's
   answer, an attestation's subject names) goes through ``buildlogs.shown_output``, with
   newlines shown as ``\\n`` too: one check is one line, so a hostile finding can neither
@@ -140,12 +143,16 @@ def _verify(args: argparse.Namespace) -> int:
         store = open_store(args)
         try:
             path = resolve_target(store, args.target)
-            paths = store.closure([path]) if args.closure and store.is_valid(path) else [path]
-            # The target first, then its dependencies.
-            paths = [path, *(p for p in paths if p != path)]
+            closure, holes = store.closure_with_holes([path]) if store.is_valid(path) else ([path], {})
+            # The target first, then (--closure) its dependencies.
+            paths = [path, *(p for p in closure if p != path)] if args.closure else [path]
             # every path verified must have its references: a path whose dependency is
-            # gone (quarantined) cannot be used, with or without --closure
-            reports = [_with_closure_check(store, verify_path(store, p, policy)) for p in paths]
+            # gone (quarantined) cannot be used, with or without --closure; the target
+            # answers for its whole closure (a hole further down too)
+            reports = [
+                _with_closure_check(store, verify_path(store, p, policy), holes, whole=p == path)
+                for p in paths
+            ]
         finally:
             store.close()
     ok = all(r.ok for r in reports)
@@ -159,27 +166,36 @@ def _verify(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
-def _with_closure_check(store: Any, report: Report) -> Report:
-    """``report`` plus a ``closure`` check: every reference of the path is valid. The
-    closure walk leaves out a reference that is not (quarantined, or deleted behind the
-    store's back), so without this a closure with a hole would pass."""
+def _with_closure_check(
+    store: Any, report: Report, holes: dict[str, tuple[str, ...]], whole: bool = False
+) -> Report:
+    """``report`` plus a ``closure`` check: every path its closure references is valid.
+    ``holes`` are those of the target's closure (``LocalStore.closure_with_holes``, which
+    ``LocalStore.closure`` leaves out silently): the target (``whole``) fails for every
+    one, another member for those it references itself."""
     info = store.query(report.path)
     if info is None:  # (its ``valid`` check failed already)
         return report
     refs = [r for r in info.references if r != report.path]
-    gone = [r for r in refs if not store.is_valid(r)]
+    gone = [h for h, by in holes.items() if whole or report.path in by]
     check = (
         Check(
             "closure",
             False,
             f"references {len(gone)} path(s) not valid in the store (quarantined by 'kiln store verify "
-            f"--repair', or deleted), so the closure is incomplete: {', '.join(gone)}",
+            "--repair', or deleted), so the closure is incomplete: "
+            + ", ".join(h if report.path in holes[h] else f"{h} (via {', '.join(holes[h])})" for h in gone),
         )
         if gone
         else Check(
             "closure",
             True,
-            f"its {len(refs)} reference(s) are valid in the store" if refs else "it references no other path",
+            (
+                f"its {len(refs)} reference(s) are valid in the store"
+                if refs
+                else "it references no other path"
+            )
+            + (", and so is the rest of its closure" if whole and refs else ""),
         )
     )
     return replace(report, checks=(*report.checks, check))

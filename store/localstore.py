@@ -19,7 +19,7 @@ import contextlib
 import json
 import os
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -52,6 +52,28 @@ def check_root_name(name: str) -> str:
             f"invalid GC root name {name!r} (printable characters, no '/', not starting with '.')"
         )
     return name
+
+
+class IncompleteClosure(StoreError):
+    """``path``'s closure has holes (``LocalStore.closure_with_holes``): references that are
+    not valid in the store, mapped to the closure members that reference them. What such a
+    path runs or describes would lack a dependency, so it is refused rather than used.
+
+    The message names every missing path and the way back: ``verify --repair`` only ever
+    quarantines, so the path has to be built or substituted again."""
+
+    def __init__(self, path: str, holes: Mapping[str, Iterable[str]], root: Path, doing: str) -> None:
+        self.path = path
+        self.holes = {h: tuple(by) for h, by in holes.items()}
+        missing = "; ".join(f"{h} (referenced by {', '.join(by)})" for h, by in self.holes.items())
+        super().__init__(
+            f"cannot {doing} {path}: its closure is incomplete, {len(self.holes)} path(s) it needs are "
+            f"not valid in the store at {root} (quarantined by 'kiln store verify --repair', or "
+            f"deleted): {missing}. 'kiln store verify --repair' cannot bring them back: build each again "
+            "('kiln build FILE ATTR' of the attribute that makes it, or 'kiln build DRV' of its deriver, "
+            "recorded in quarantine/<its base name>-<time>/info.txt) or substitute it ('kiln copy --from URL "
+            "--to store PATH')"
+        )
 
 
 class LocalStore(Registering):
@@ -211,8 +233,21 @@ class LocalStore(Registering):
 
     def closure(self, paths: Iterable[str]) -> list[str]:
         """All paths reachable from ``paths`` via references, dependencies first
-        (deterministic: ties broken by path). Raises if a start path is invalid."""
+        (deterministic: ties broken by path). Raises if a start path is invalid.
+
+        A reference that is not valid (quarantined, or deleted behind the store's back) is
+        left out silently: GC, push and copy walk what is there. A command that *uses* or
+        *describes* the closure must not: it asks ``closure_with_holes`` instead."""
+        return self.closure_with_holes(paths)[0]
+
+    def closure_with_holes(self, paths: Iterable[str]) -> tuple[list[str], dict[str, tuple[str, ...]]]:
+        """``(closure(paths), holes)``: ``holes`` maps each reference of a closure member
+        that is not valid in the store to the members that reference it (both sorted; empty
+        when the closure is complete). A path with a hole cannot be used: ``kiln run``,
+        ``kiln sbom`` refuse it (``IncompleteClosure``), ``kiln store info`` and ``kiln
+        verify`` report it. Raises if a start path is invalid."""
         order: list[str] = []
+        holes: dict[str, set[str]] = {}
         state: dict[str, int] = {}
         for start in sorted(set(map(str, paths))):
             if start in state:
@@ -223,7 +258,15 @@ class LocalStore(Registering):
             state[start] = 1
             while stack:
                 node, it = stack[-1]
-                nxt = next((r for r in it if r != node and r not in state), None)
+                nxt = None
+                for r in it:
+                    if r == node:
+                        continue
+                    if r in holes:  # (known dangling: only its referrers grow)
+                        holes[r].add(node)
+                    elif r not in state:
+                        nxt = r
+                        break
                 if nxt is None:
                     stack.pop()
                     state[node] = 2
@@ -232,8 +275,11 @@ class LocalStore(Registering):
                     state[nxt] = 1
                     stack.append((nxt, iter(sorted(db.references(self.conn, nxt)))))
                 else:
-                    state[nxt] = 2  # dangling (quarantined) reference: verify reports it
-        return order
+                    # dangling (quarantined) reference: not a member, but a hole (and, as
+                    # ever, a start path found dangling first is skipped, not raised for)
+                    state[nxt] = 2
+                    holes[nxt] = {node}
+        return order, {h: tuple(sorted(holes[h])) for h in sorted(holes)}
 
     # ------------------------------------------------------------------ roots
 

@@ -45,6 +45,7 @@ from urllib.parse import quote, unquote
 from .derivation import Derivation
 from .derivers import Derivers
 from .errors import FormatError, StoreError
+from .localstore import IncompleteClosure
 from .paths import StorePath
 
 
@@ -188,21 +189,29 @@ def collect(store: Any, path: str, build: bool = False) -> Graph:
 
     The build closure needs ``path``'s recorded deriver to genuinely define it
     (``Derivers.of``) and every input derivation to be valid and check out; otherwise
-    ``StoreError`` saying which."""
+    ``StoreError`` saying which.
+
+    Either way ``path``'s runtime closure must be complete: a path whose dependency is no
+    longer valid (quarantined by ``verify --repair``) cannot be used, and an SBOM of it
+    would leave the dependency out, or (``--build``) list it with no hash, and be signed
+    so (``--attest``) and pushed with the path; ``IncompleteClosure`` naming the holes."""
     r = _Reader(store)
     root_info = r.info(path)
     if root_info is None:
         raise StoreError(f"{path} is not a valid path in the store at {store.root}")
+    runtime, holes = store.closure_with_holes([path])
+    if holes:
+        raise IncompleteClosure(path, holes, store.root, "make an SBOM of")
     if not build:
         nodes = []
-        members = sorted(str(x) for x in store.closure([path]))
+        members = sorted(str(x) for x in runtime)
         inside = set(members)
         for p in members:
             info = r.info(p)
             drv, drv_path = r.deriver(p, info)
             extra = r.fixed_input_urls(drv) if drv else []
-            # A reference to a path that is no longer valid (quarantined by verify --repair)
-            # is left out rather than emitted as a dangling bom-ref.
+            # (every reference is a member: no holes, checked above; a path invalidated
+            # since is left out rather than emitted as a dangling bom-ref)
             refs = [x for x in (info.references if info else ()) if x in inside]
             nodes.append(_node_for(p, info, drv, refs, extra, drv_path))
         return Graph(path, "runtime", tuple(nodes))
