@@ -87,18 +87,33 @@ def load_graph(roots: Iterable[str], read_text: Callable[[str], str], store_dir:
 
 def plan(graph: Graph, roots: Iterable[str], is_valid: Callable[[str], bool]) -> list[str]:
     """The derivations that must be built (inputs first) to realise ``roots``."""
+    return graph.ready_order(_walk(graph, roots, is_valid)[0])
+
+
+def relied_on(graph: Graph, roots: Iterable[str], is_valid: Callable[[str], bool]) -> list[str]:
+    """The derivations whose outputs ``plan(graph, roots, is_valid)`` takes as they are
+    (sorted): the roots already valid and the valid inputs of those it builds. Their
+    outputs' closures are what the builds mount and what a no-op build hands back."""
+    return sorted(_walk(graph, roots, is_valid)[1])
+
+
+def _walk(graph: Graph, roots: Iterable[str], is_valid: Callable[[str], bool]) -> tuple[set[str], set[str]]:
+    """``(to build, taken as they are)``: a derivation whose outputs are all valid is done;
+    otherwise it must be built, and only then are *its* inputs needed."""
     needed: set[str] = set()
+    done: set[str] = set()
     stack = list(roots)
     while stack:
         p = stack.pop()
-        if p in needed:
+        if p in needed or p in done:
             continue
         drv = graph.drvs[p]
         if all(is_valid(o.path) for _, o in drv.outputs):
+            done.add(p)
             continue
         needed.add(p)
         stack.extend(graph.inputs_of(p))
-    return graph.ready_order(needed)
+    return needed, done
 
 
 def refs_first(drv_path: str, drv, produced) -> list:
