@@ -111,7 +111,14 @@ def prepare(
     keep = getattr(store, "keep", None)
     if keep is not None:
         keep(paths)
-    for p in store.closure(paths):
+    closure, holes = store.closure_with_holes(paths)
+    if holes:
+        # a registry would publish the path without what it needs (references are not
+        # checked there), and every substituter would then fail on the missing ones
+        from kiln.store.localstore import IncompleteClosure
+
+        raise IncompleteClosure(", ".join(sorted(map(str, paths))), holes, store.root, "push")
+    for p in closure:
         info = store.query(p)
         if info is None or info.file_hash is None:
             raise KilnError(f"{p} is not valid in the store (or has no object)")

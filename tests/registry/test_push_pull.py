@@ -575,3 +575,27 @@ def test_only_objects_of_known_digest_and_small_size_are_batched(pushed) -> None
     big = replace(info, file_size=BATCH_OBJECT_MAX + 1)
     assert not any(fits_batch(i) for i in (unsized, undigested, big))
     assert batchable([info, unsized, big, undigested]) == ([info], [unsized, big, undigested])
+
+
+def test_push_refuses_a_closure_with_a_hole(tmp_path) -> None:
+    """A path whose dependency ``verify --repair`` quarantined is not pushed: a registry
+    does not check references, so it would publish the path without what it needs."""
+    store = make_store(tmp_path / "store")
+    chain = add_chain(store, tmp_path, 3)
+    obj = store.object_path(chain[0])
+    data = bytearray(obj.read_bytes())
+    data[len(data) // 2] ^= 0x55
+    os.chmod(obj, 0o644)
+    obj.write_bytes(bytes(data))
+    tree = store.real_path(chain[0])
+    mode = tree.parent.stat().st_mode & 0o7777
+    os.chmod(tree.parent, 0o755)
+    os.chmod(tree, 0o644)
+    tree.write_text("tampered\n")
+    os.chmod(tree.parent, mode)
+    assert store.verify(repair=True).quarantined == (chain[0],)
+    r = kiln("push", "--store", str(store.root), chain[-1], "--to", f"file://{tmp_path / 'reg'}")
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert f"cannot push {chain[-1]}: its closure is incomplete" in r.stderr, r.stderr
+    assert f"{chain[0]} (referenced by {chain[1]})" in r.stderr, r.stderr
+    assert not list((tmp_path / "reg").glob("*.narinfo"))
