@@ -15,6 +15,7 @@ Graph::
 from __future__ import annotations
 
 import hashlib
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,9 @@ import pytest
 
 from kiln.store.derivation import Derivation, Output, drv_path, finalize
 from kiln.store.localstore import LocalStore
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "store"))  # storekit: the store tests' helpers
+from storekit import corrupt_file, corrupt_object  # noqa: E402
 
 SRC_URL = "https://ftp.example.org/gnu/hello/hello-2.12.tar.gz"
 DEB_URL = "debian:pool/main/z/zlib/zlib1g_1.2.13.dfsg-1_amd64.deb"
@@ -35,6 +39,14 @@ class Built:
     src: str
     hello_drv: str
     deb: str
+
+    def quarantine_zlib(self) -> None:
+        """Break zlib's object and tree both, so ``verify --repair`` can only quarantine
+        it: hello stays valid with a hole in its closure."""
+        corrupt_object(self.store, self.zlib)
+        corrupt_file(self.store.real_path(self.zlib) / "libz.so")
+        assert self.store.verify(repair=True).quarantined == (self.zlib,)
+        assert not self.store.is_valid(self.zlib) and self.store.is_valid(self.hello)
 
 
 def _register(store: LocalStore, drv: Derivation) -> str:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,17 +16,6 @@ from kiln.store import attestations, sbom
 from kiln.store.keyfiles import write_secret_key
 from kiln.store.localstore import IncompleteClosure
 from kiln.store.signing import SecretKey
-
-sys.path.insert(0, str(Path(__file__).parents[1] / "store"))  # storekit: the store tests' helpers
-from storekit import corrupt_file, corrupt_object  # noqa: E402
-
-
-def _quarantine_zlib(built) -> None:
-    """Break zlib's object and tree both, so ``verify --repair`` can only quarantine it."""
-    corrupt_object(built.store, built.zlib)
-    corrupt_file(built.store.real_path(built.zlib) / "libz.so")
-    assert built.store.verify(repair=True).quarantined == (built.zlib,)
-    assert not built.store.is_valid(built.zlib) and built.store.is_valid(built.hello)
 
 
 def _says_what_is_missing_and_what_to_do(err: str, built, doing: str) -> None:
@@ -42,7 +30,7 @@ def _says_what_is_missing_and_what_to_do(err: str, built, doing: str) -> None:
 def test_closure_with_holes_names_each_missing_path_and_its_referrers(built) -> None:
     st = built.store
     assert st.closure_with_holes([built.hello]) == ([built.zlib, built.hello], {})
-    _quarantine_zlib(built)
+    built.quarantine_zlib()
     assert st.closure_with_holes([built.hello]) == ([built.hello], {built.zlib: (built.hello,)})
     # closure() itself is unchanged: GC, push and copy walk what is there
     assert st.closure([built.hello]) == [built.hello]
@@ -52,7 +40,7 @@ def test_sbom_refuses_a_path_whose_dependency_was_quarantined(built, tmp_path: P
     root = str(built.store.root)
     key = tmp_path / "builder.sec"
     write_secret_key(key, SecretKey.generate("builder-1"))
-    _quarantine_zlib(built)
+    built.quarantine_zlib()
     r = kiln("sbom", built.hello, "--store", root, "--attest", "--key", str(key))
     assert r.returncode == 1, (r.stdout, r.stderr)
     _says_what_is_missing_and_what_to_do(r.stderr, built, "make an SBOM of")
@@ -77,7 +65,7 @@ def test_store_info_reports_an_incomplete_closure(built) -> None:
     root = str(built.store.root)
     doc = json.loads(kiln("store", "info", built.hello, "--store", root, "--json").stdout)
     assert doc["closurePaths"] == 2 and doc["closureMissing"] == {}
-    _quarantine_zlib(built)
+    built.quarantine_zlib()
     r = kiln("store", "info", built.hello, "--store", root)
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
@@ -106,7 +94,7 @@ def test_run_and_shell_refuse_a_package_whose_dependency_was_quarantined(
         r = kiln(*argv)
         assert r.returncode == 0 and Path(built.zlib).name in r.stdout, (r.stdout, r.stderr)
         marker.unlink()
-    _quarantine_zlib(built)
+    built.quarantine_zlib()
     r = kiln(*argv)
     assert r.returncode == 1, (r.stdout, r.stderr)
     _says_what_is_missing_and_what_to_do(r.stderr, built, "run" if cmd == "run" else "open a shell with")
@@ -119,7 +107,7 @@ def test_verify_fails_a_path_whose_closure_has_a_hole_further_down(built) -> Non
     app = built.store.add_text("app", f"exec {built.hello}\n".encode(), [built.hello]).path
     r = kiln("verify", app, "--store", root)
     assert r.returncode == 0 and "pass closure: its 1 reference(s) are valid" in r.stdout, r.stdout
-    _quarantine_zlib(built)
+    built.quarantine_zlib()
     r = kiln("verify", app, "--store", root)
     assert r.returncode == 1, r.stdout
     (line,) = [x for x in r.stdout.splitlines() if "closure:" in x]

@@ -20,23 +20,12 @@ from kiln.store import attestations, dsse, intoto
 from kiln.store.policy import Check, Report
 from kiln.store.signing import SecretKey
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "store"))  # storekit: the store tests' helpers
-from storekit import corrupt_file, corrupt_object  # noqa: E402
-
-
-def _quarantine_zlib(built) -> None:
-    """Break zlib's object and tree both, so ``verify --repair`` can only quarantine it."""
-    corrupt_object(built.store, built.zlib)
-    corrupt_file(built.store.real_path(built.zlib) / "libz.so")
-    assert built.store.verify(repair=True).quarantined == (built.zlib,)
-    assert not built.store.is_valid(built.zlib) and built.store.is_valid(built.hello)
-
 
 def test_a_closure_missing_a_quarantined_dependency_fails(built) -> None:
     root = str(built.store.root)
     r = kiln("verify", built.hello, "--store", root, "--closure")
     assert r.returncode == 0 and "pass closure: its 1 reference(s) are valid" in r.stdout, r.stdout
-    _quarantine_zlib(built)
+    built.quarantine_zlib()
     r = kiln("verify", built.hello, "--store", root, "--closure")
     assert r.returncode == 1, r.stdout
     assert "FAIL closure: references 1 path(s) not valid in the store" in r.stdout
