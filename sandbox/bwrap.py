@@ -25,22 +25,29 @@ group) whose command line is derived from the spec by ``bwrapargv.bwrap_argv``:
   the PID namespace with what is not per-namespace made read-only (``/proc/sys``...)
   and, when kiln runs as root, what only host root may read masked
   (``bwrapargv.proc_flags``), and a private ``/tmp`` tmpfs;
-* environment: ``--clearenv`` then exactly ``build_env(spec)``; ``spec.umask`` (022)
-  set in the child before exec (inherited through bwrap);
+* environment: ``--clearenv`` then exactly ``build_env(spec)``;
+* process state: nothing of the kiln process's (limits, signals, affinity, nice,
+  personality, fds, domain name): ``procstate`` starts bwrap (``posix_spawn`` from one
+  launcher thread, then ``fix_child`` while bwrap waits for its options on ``--args
+  3``) with the fixed state in its table, ``spec.umask`` (022) included;
 * lifetime: ``--die-with-parent``, ``--new-session``; limits and killing in ``limits``.
 
 Availability: the constructor locates bwrap and runs one probe sandbox with the very
 flags builds use; any failure raises ``SandboxUnavailable`` with bwrap's own message.
 The probe result is cached per binary for the life of the process, so per-build cost
-is one ``Popen`` plus five memfds — no file is written to disk.
+is one ``posix_spawn``, four memfds and three pipes — no file is written to disk.
 """
 
 from __future__ import annotations
 
 import array
+import contextlib
 import fcntl
+import io
 import os
+import select
 import shutil
+import signal
 import subprocess
 import termios
 import threading
@@ -51,6 +58,7 @@ from .bwrapargv import bwrap_argv, common_flags, dev_flags, etc_files, proc_flag
 from .errors import SandboxError, SandboxUnavailable
 from .executor import Executor, OutputCallback, Result
 from .limits import Limits, kill_tree, supervise
+from .procstate import ARGS_FD, BLOCK_FD, ETC_FDS, SECCOMP_FD, description, fix_child, high_fd, spawn
 from .seccomp import build_filter
 from .spec import SandboxSpec
 
@@ -67,7 +75,7 @@ def _unread(fd: int) -> int:
 
 def _memfd(name: str, data: bytes) -> int:
     """An anonymous in-memory file holding ``data``, positioned at 0 (close-on-exec;
-    ``pass_fds`` makes it inheritable in the child only)."""
+    ``procstate.spawn`` copies it to the fixed number bwrap reads it from)."""
     fd = os.memfd_create(name, os.MFD_CLOEXEC)
     try:
         view = memoryview(data)
@@ -111,21 +119,34 @@ def probe(bwrap: str) -> str:
     with _probe_lock:
         if bwrap in _probed:
             return _probed[bwrap]
-        sfd = _memfd("kiln-seccomp", build_filter())
-        cmd = [bwrap, *common_flags(False, 1000, 1000, "localhost"), "--seccomp", str(sfd)]
-        cmd += ["--ro-bind", "/", "/", "--proc", "/proc", *proc_flags(), *dev_flags(), "--remount-ro", "/"]
-        cmd += ["--", bwrap, "--version"]
+        # started as builds are (``_start``), so a process state kiln cannot set fails here
+        options = [*common_flags(False, 1000, 1000, "localhost"), "--seccomp", str(SECCOMP_FD)]
+        options += [
+            "--ro-bind",
+            "/",
+            "/",
+            "--proc",
+            "/proc",
+            *proc_flags(),
+            *dev_flags(),
+            "--remount-ro",
+            "/",
+        ]
+        log = io.BytesIO()
+        sfd = high_fd(_memfd("kiln-seccomp", build_filter()))
         try:
-            p = subprocess.run(
-                cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=30, env={}, pass_fds=(sfd,)
-            )
-        except (OSError, subprocess.TimeoutExpired) as e:
+            proc = _start(bwrap, options, ["--", bwrap, "--version"], [(sfd, SECCOMP_FD)], 0o022)
+            with proc:
+                outcome = supervise(proc, log, None, Limits(timeout=30), time.monotonic())
+        except OSError as e:
             raise SandboxUnavailable(f"cannot run the bubblewrap sandbox {bwrap}: {e}") from e
         finally:
             os.close(sfd)
-        out = p.stdout.decode(errors="replace").strip()
-        if p.returncode != 0 or not out.startswith("bubblewrap"):
-            msg = (p.stderr or p.stdout).decode(errors="replace").strip() or f"exit status {p.returncode}"
+        if outcome.breached is not None:
+            raise SandboxUnavailable(f"cannot run the bubblewrap sandbox {bwrap}: no answer within 30 s")
+        out = log.getvalue().decode(errors="replace").strip()
+        if outcome.returncode != 0 or not out.startswith("bubblewrap"):
+            msg = out or f"exit status {outcome.returncode}"
             raise SandboxUnavailable(
                 f"the bubblewrap sandbox does not work on this machine ({bwrap}): {msg}\n"
                 "kiln builds only inside a sandbox (user, mount, pid, net namespaces); "
@@ -136,6 +157,98 @@ def probe(bwrap: str) -> str:
             )
         _probed[bwrap] = out
         return out
+
+
+class _Bwrap:
+    """A started bwrap: what ``limits.supervise`` and ``kill_tree`` use of a ``Popen``
+    (``pid``, ``stdout``, ``wait``, ``kill``, a context that reaps it)."""
+
+    def __init__(self, pid: int, stdout: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+        self.stdout = open(stdout, "rb", buffering=0)  # noqa: SIM115 - closed by __exit__
+        try:  # a handle that cannot name another process once bwrap is reaped
+            self._pidfd: int | None = os.pidfd_open(pid)
+        except OSError:  # kernel < 5.3
+            self._pidfd = None
+        self._wait_lock = threading.Lock()
+
+    def wait(self, timeout: float | None = None) -> int:
+        if (
+            self.returncode is None
+            and timeout is not None
+            and self._pidfd is not None
+            and not select.select([self._pidfd], [], [], max(0.0, timeout))[0]
+        ):
+            raise subprocess.TimeoutExpired("bwrap", timeout)
+        with self._wait_lock:
+            if self.returncode is None:
+                _, status = os.waitpid(self.pid, 0)
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def kill(self) -> None:
+        if self.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            if self._pidfd is not None:
+                signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
+            else:
+                os.kill(self.pid, signal.SIGKILL)
+
+    def __enter__(self) -> _Bwrap:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stdout.close()
+        self.wait()
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+
+
+def _start(
+    bwrap: str, options: list[str], command: list[str], fds: list[tuple[int, int]], umask: int
+) -> _Bwrap:
+    """Start ``bwrap --args 3 <command>`` (``argv[0]`` is ``bwrap``, never its host path)
+    in the fixed process state of ``procstate``, with stdin ``/dev/null``, stdout and
+    stderr one pipe (``.stdout``), and ``fds`` (ours, above ``FIXED_FDS`` -> the
+    child's) as its only other fds. bwrap gets ``options`` through fd 3, a pipe written
+    once ``fix_child`` has set its limits: until then it waits, reading."""
+    args_r, args_w = os.pipe()
+    try:
+        out_r, out_w = os.pipe()
+        try:
+            null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)  # as Popen's DEVNULL
+            args_r, out_w, null = high_fd(args_r), high_fd(out_w), high_fd(null)
+            try:
+                child = [(null, 0), (out_w, 1), (out_w, 2), (args_r, ARGS_FD), *fds]
+                pid = spawn(bwrap, ["bwrap", "--args", str(ARGS_FD), *command], child, umask)
+            finally:
+                os.close(null)
+                os.close(out_w)
+        except BaseException:
+            os.close(out_r)
+            raise
+    except BaseException:
+        os.close(args_w)
+        raise
+    finally:
+        os.close(args_r)
+    proc = _Bwrap(pid, out_r)
+    try:
+        fix_child(pid)
+        with contextlib.suppress(BrokenPipeError):  # bwrap died: its status says why
+            view = memoryview(os.fsencode("\0".join(options) + "\0"))
+            while view:
+                view = view[os.write(args_w, view) :]
+    except BaseException:
+        kill_tree(proc)
+        with proc:
+            pass
+        raise
+    finally:
+        os.close(args_w)
+    return proc
 
 
 class BwrapExecutor(Executor):
@@ -159,7 +272,7 @@ class BwrapExecutor(Executor):
             raise SandboxUnavailable(f"bubblewrap not found at {path} (expected an executable bwrap)")
         self.bwrap = path
         self.version = probe(path)
-        self._live: set[subprocess.Popen[bytes]] = set()
+        self._live: set[_Bwrap] = set()
         self._live_lock = threading.Lock()
 
     def isolation(self) -> dict[str, object]:
@@ -176,6 +289,7 @@ class BwrapExecutor(Executor):
             "gid": 1000,
             "hostname": "localhost",
             "umask": "022",
+            "processState": description(),
         }
 
     def cancel_all(self) -> None:
@@ -189,8 +303,8 @@ class BwrapExecutor(Executor):
 
     def run(self, spec: SandboxSpec, log: BinaryIO, *, on_output: OutputCallback | None = None) -> Result:
         _check_host_paths(spec)
-        # Everything bwrap reads besides the host paths comes from memfds: nothing is
-        # written to disk per build (a temp dir with three files cost ~1-4 ms of ext4
+        # Everything bwrap reads besides the host paths comes from memfds and pipes:
+        # nothing is written to disk per build (a temp dir with three files cost ~1-4 ms of ext4
         # metadata work under load, as much as the sandbox itself).
         fds: list[int] = []
         # One byte the sandbox reads once every mount is made, just before the seccomp
@@ -201,34 +315,27 @@ class BwrapExecutor(Executor):
         os.write(setup_w, b"\0")
         os.close(setup_w)
         try:
-            seccomp_fd = _memfd("kiln-seccomp", build_filter())
+            setup_r = high_fd(setup_r)
+            # Each fd bwrap gets is at a fixed number in the child (``procstate.FIXED_FDS``),
+            # whatever its number here: the sandbox's pid 1 (a fork of bwrap) is always
+            # ``bwrap --args 3 -- <argv>`` and holds the same fds in every build.
+            seccomp_fd = high_fd(_memfd("kiln-seccomp", build_filter()))
             fds.append(seccomp_fd)
-            etc_fds = {}
+            child_fds = [(seccomp_fd, SECCOMP_FD), (setup_r, BLOCK_FD)]
             for name, data in etc_files(spec).items():
-                etc_fds[name] = _memfd("kiln-etc-" + name, data)
-                fds.append(etc_fds[name])
-            argv = bwrap_argv(self.bwrap, spec, etc_fds, seccomp_fd, setup_r)
-            # Options go through a memfd too (``--args FD``; bwrap takes only options from
-            # it, the command stays on the command line): no ARG_MAX limit for large
+                fd = high_fd(_memfd("kiln-etc-" + name, data))
+                fds.append(fd)
+                child_fds.append((fd, ETC_FDS[name]))
+            argv = bwrap_argv("bwrap", spec, ETC_FDS, SECCOMP_FD, BLOCK_FD)
+            # Options go through a pipe (``--args 3``; bwrap takes only options from it,
+            # the command stays on the command line): no ARG_MAX limit for large
             # closures, and the sandbox's pid 1 (a fork of bwrap) shows no host paths.
             sep = argv.index("--")
-            argfd = _memfd("kiln-bwrap-args", os.fsencode("\0".join(argv[1:sep]) + "\0"))
-            fds.append(argfd)
             limits = Limits(spec.timeout, spec.max_silent, spec.max_log_bytes)
             start = time.monotonic()
             # Started under the lock so cancel_all() never misses a run that is starting.
             with self._live_lock:
-                proc = subprocess.Popen(
-                    [self.bwrap, "--args", str(argfd), *argv[sep:]],
-                    pass_fds=[*fds, setup_r],
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,  # own process group: killpg reaches bwrap
-                    umask=spec.umask,  # inherited through bwrap by the builder
-                    env={},
-                    bufsize=0,
-                )
+                proc = _start(self.bwrap, argv[1:sep], argv[sep:], child_fds, spec.umask)
                 self._live.add(proc)
         except OSError as e:
             os.close(setup_r)

@@ -15,7 +15,13 @@ later a Bazel Remote Execution API client. Contract every implementation keeps:
   return reason 'killed' — the build loop calls it when interrupted while builds run in
   worker threads (KeyboardInterrupt is only delivered to the main thread);
 * a sandbox that cannot be set up raises ``SandboxUnavailable``/``SandboxError``; it is
-  never replaced by an unsandboxed run.
+  never replaced by an unsandboxed run;
+* the builder starts in a fixed process state, never the caller's: the table in
+  ``procstate``'s docstring (signals at their defaults and unblocked, personality
+  ``PER_LINUX``, every CPU, nice 0, the listed resource limits, stdin ``/dev/null``
+  and no fds beyond 0-2, ``spec.umask``, NIS domain name ``(none)``). A remote worker
+  must set the same, whatever state its own daemon runs in, and report any of it it
+  cannot (``isolation()``).
 """
 
 from __future__ import annotations

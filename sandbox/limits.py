@@ -27,7 +27,7 @@ import signal
 import subprocess
 import time
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from .executor import OutputCallback
 
@@ -58,7 +58,20 @@ class Outcome:
 _MAX_WAIT_MS = 86_400_000  # a day
 
 
-def kill_tree(proc: subprocess.Popen[bytes]) -> None:
+class Process(Protocol):
+    """What is used of the sandbox leader (a ``subprocess.Popen`` has it all)."""
+
+    pid: int
+
+    @property
+    def stdout(self) -> BinaryIO | None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+    def kill(self) -> None: ...
+
+
+def kill_tree(proc: Process) -> None:
     """SIGKILL the process group led by ``proc`` (started with start_new_session=True)."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
@@ -79,7 +92,7 @@ def _drain(fd: int, deadline: float) -> None:
 
 
 def supervise(
-    proc: subprocess.Popen[bytes],
+    proc: Process,
     log: BinaryIO,
     on_output: OutputCallback | None,
     limits: Limits,

@@ -1,0 +1,329 @@
+"""The process state every build starts with, whatever the state of the kiln process.
+
+A child inherits much of its parent's process state through ``fork`` and ``exec``, and
+bwrap passes all of it on to the builder. A build's output must not depend on how kiln
+was started (``taskset``, ``ulimit``, ``nice``, ``setarch``, ``nohup``...), so bwrap is
+started with every attribute below set to a fixed value (``spawn``, then ``fix_child``).
+Another ``Executor`` must give its builders the same state (``executor.py``).
+
+=====================  ===========================================================
+Attribute              Value the builder starts with
+=====================  ===========================================================
+signal dispositions    ``SIG_DFL`` for every signal that can be caught, whatever
+                       kiln ignores (``nohup``, ``trap '' INT``, ``cmd &``); except
+                       32 and 33, glibc's internal signals, which glibc's
+                       ``posix_spawn`` leaves ignored (a program's glibc installs
+                       its handlers for them when it needs them)
+signal mask            empty (nothing blocked)
+personality            ``PER_LINUX`` (0): ``uname -m`` is the kernel's, ASLR on
+                       (``setarch i686 -R`` does not reach the build)
+CPU affinity           every CPU: the kernel keeps those kiln's cpuset cgroup allows
+                       and that are online, so ``nproc`` counts them (under
+                       ``taskset -c 0 kiln`` too); ``KILN_CORES`` is what to use
+scheduling policy      ``SCHED_OTHER`` when allowed (from ``SCHED_IDLE`` it is not
+                       without privilege: stays)
+nice value             0 when allowed: lowering it (kiln run with ``nice -n 5``)
+                       needs ``CAP_SYS_NICE`` or ``RLIMIT_NICE``; otherwise kiln's
+resource limits        ``RLIMITS`` (soft, hard): ``core`` 0/0, ``nofile``
+                       1024/524288, ``stack`` 8 MiB/kiln's hard limit (normally
+                       unlimited; see ``_Launcher._spawn``), ``memlock`` and
+                       ``msgqueue`` the kernel's defaults, ``nice`` and ``rtprio``
+                       0/0, all others unlimited. Lowering a limit always works;
+                       raising a hard limit needs ``CAP_SYS_RESOURCE``, so a kiln
+                       without it whose hard limit is below the target keeps that
+                       hard limit and uses it as the soft limit too (capped at the
+                       target soft value; ``fallback_limit``)
+file descriptors       0 ``/dev/null``, 1 and 2 the log pipe; bwrap's own fds at
+                       fixed numbers (``--args 3``, ``FIXED_FDS``), nothing else:
+                       the sandbox's pid 1 is ``bwrap --args 3 -- <argv>``
+argv[0] of bwrap       ``bwrap`` (the binary's host path is only the executable)
+umask, cwd             ``spec.umask``; ``/`` (bwrap then enters ``/build``)
+NIS domain name        ``(none)`` when kiln may make a UTS namespace
+                       (``CAP_SYS_ADMIN``: root, or root of its user namespace):
+                       bwrap starts in one whose domain name is ``(none)``, and the
+                       build's, which bwrap unshares, copies it. Otherwise the
+                       host's (see docs/sandbox.md)
+=====================  ===========================================================
+
+How, without ``fork``. A ``preexec_fn`` could set all of this in the child, but it makes
+``Popen`` fork the whole kiln process instead of vfork-ing it (3.5 ms more CPU per
+build here, 9 ms with a 150 MB heap: page tables are copied and every page the parent
+writes afterwards faults), and running Python between fork and exec in a process with
+threads (the build loop's) is unsafe. Instead:
+
+* one long-lived thread, the launcher, starts every bwrap with ``os.posix_spawn``
+  (vfork-like): it resets every signal disposition and the mask, makes a new session,
+  and places bwrap's fds (``dup2`` to ``FIXED_FDS``, closing any other inheritable
+  fd). State that ``posix_spawn`` takes from the *calling thread* is set once in the
+  launcher: its own filesystem context (``unshare(CLONE_FS)``: a umask and cwd of its
+  own, set per build without touching kiln's), personality, and, when allowed, a UTS
+  namespace with the fixed domain name;
+* what is set per process from outside, the parent sets on bwrap (``fix_child``:
+  ``prlimit``, ``sched_setaffinity``, ``sched_setscheduler``, ``setpriority``) while
+  bwrap waits for its options: ``--args 3`` is a pipe the parent writes only after,
+  and bwrap reads it before anything else (parsing its options is the first thing it
+  does, after reading ``/proc/sys/kernel/overflowuid``), so no process of the sandbox
+  exists yet.
+
+The launcher is also the thread bwrap's ``--die-with-parent`` (``PR_SET_PDEATHSIG``)
+watches: it lives as long as the kiln process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import fcntl
+import os
+import queue
+import resource
+import signal
+import threading
+from collections.abc import Mapping, Sequence
+
+INF = resource.RLIM_INFINITY
+MiB = 1 << 20
+
+#: (name, resource, soft, hard) set on bwrap (``fix_child``). Values are those of a stock Linux
+#: login session (systemd's ``nofile`` 1024/524288, the kernel's 8 MiB stack, 8 MiB
+#: ``memlock`` since 5.16, 800 KiB ``msgqueue``), except ``core`` (no core dumps: a
+#: crash would hand the build's memory to the host's ``core_pattern`` handler).
+RLIMITS: tuple[tuple[str, int, int, int], ...] = (
+    ("core", resource.RLIMIT_CORE, 0, 0),
+    ("nofile", resource.RLIMIT_NOFILE, 1024, 524288),
+    ("stack", resource.RLIMIT_STACK, 8 * MiB, INF),  # hard: kiln's (see _Launcher._spawn)
+    ("memlock", resource.RLIMIT_MEMLOCK, 8 * MiB, 8 * MiB),
+    ("msgqueue", resource.RLIMIT_MSGQUEUE, 819200, 819200),
+    ("nice", resource.RLIMIT_NICE, 0, 0),
+    ("rtprio", resource.RLIMIT_RTPRIO, 0, 0),
+    ("cpu", resource.RLIMIT_CPU, INF, INF),
+    ("fsize", resource.RLIMIT_FSIZE, INF, INF),
+    ("data", resource.RLIMIT_DATA, INF, INF),
+    ("rss", resource.RLIMIT_RSS, INF, INF),
+    ("as", resource.RLIMIT_AS, INF, INF),
+    ("locks", getattr(resource, "RLIMIT_LOCKS", 10), INF, INF),  # (Python does not name it; 10 everywhere)
+    ("rttime", resource.RLIMIT_RTTIME, INF, INF),
+    ("nproc", resource.RLIMIT_NPROC, INF, INF),
+    ("sigpending", resource.RLIMIT_SIGPENDING, INF, INF),
+)
+
+_STACK = 8 * MiB
+
+#: bwrap's fds in the child, always at these numbers: ``--args``, ``--seccomp``,
+#: ``--block-fd``, then the generated /etc files (``--file``).
+ARGS_FD = 3
+SECCOMP_FD = 4
+BLOCK_FD = 5
+ETC_FDS: Mapping[str, int] = {"passwd": 6, "group": 7, "hosts": 8}
+FIXED_FDS = (ARGS_FD, SECCOMP_FD, BLOCK_FD, *ETC_FDS.values())
+
+#: The NIS domain name of a fresh kernel (``UTS_DOMAINNAME``), as Nix sets it.
+DOMAINNAME = b"(none)"
+
+#: Every catchable signal (``valid_signals`` leaves out glibc's 32 and 33).
+_SIGNALS = tuple(s for s in signal.valid_signals() if s not in (signal.SIGKILL, signal.SIGSTOP))
+_PER_LINUX = 0
+_CLONE_FS = 0x00000200
+_CLONE_NEWUTS = 0x04000000
+_CPU_BYTES = 8192 // 8  # the kernel reads as much of the mask as it has CPUs (NR_CPUS <= 8192)
+_ALL_CPUS = (ctypes.c_ubyte * _CPU_BYTES)(*([0xFF] * _CPU_BYTES))
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_personality = _libc.personality
+_personality.argtypes, _personality.restype = [ctypes.c_ulong], ctypes.c_int
+_setaffinity = _libc.sched_setaffinity
+_setaffinity.argtypes = [ctypes.c_int, ctypes.c_size_t, ctypes.c_void_p]
+_setaffinity.restype = ctypes.c_int
+_unshare = _libc.unshare
+_unshare.argtypes, _unshare.restype = [ctypes.c_int], ctypes.c_int
+_setdomainname = _libc.setdomainname
+_setdomainname.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
+_setdomainname.restype = ctypes.c_int
+_signal = _libc.signal
+_signal.argtypes, _signal.restype = [ctypes.c_int, ctypes.c_void_p], ctypes.c_void_p
+
+
+def fallback_limit(soft: int, hard: int, cur_hard: int) -> tuple[int, int]:
+    """The limit to set when raising the hard limit to ``hard`` is not allowed: keep
+    ``cur_hard`` and the soft limit ``soft`` if it fits under it, else ``cur_hard``."""
+    if cur_hard == INF or (soft != INF and soft <= cur_hard):
+        return soft, cur_hard
+    return cur_hard, cur_hard
+
+
+def fix_child(pid: int) -> None:
+    """Give process ``pid`` (bwrap, not yet running anything) the fixed limits, CPU
+    affinity, scheduling policy and nice value of the module docstring. What only
+    privilege could change (raising a hard limit or the priority) is left, as the
+    table says; nothing raises."""
+    for _, res, soft, hard in RLIMITS:
+        if res == resource.RLIMIT_STACK:
+            continue  # set by the launcher (``_Launcher._spawn``)
+        try:
+            resource.prlimit(pid, res, (soft, hard))
+        except (ValueError, OSError):  # a hard limit we may not raise
+            with contextlib.suppress(ValueError, OSError):
+                resource.prlimit(pid, res, fallback_limit(soft, hard, resource.prlimit(pid, res)[1]))
+    # Fails (EINVAL) only if no CPU at all were allowed; the kernel intersects the mask
+    # with the cpuset and the online CPUs.
+    _setaffinity(pid, len(_ALL_CPUS), _ALL_CPUS)
+    with contextlib.suppress(OSError):
+        if os.sched_getscheduler(pid) != os.SCHED_OTHER:
+            os.sched_setscheduler(pid, os.SCHED_OTHER, os.sched_param(0))
+    with contextlib.suppress(OSError):  # raising priority needs privilege
+        os.setpriority(os.PRIO_PROCESS, pid, 0)
+
+
+class _Request:
+    __slots__ = ("path", "argv", "fds", "umask", "done", "pid", "error")
+
+    def __init__(self, path: str, argv: Sequence[str], fds: Sequence[tuple[int, int]], umask: int) -> None:
+        self.path, self.argv, self.fds, self.umask = path, list(argv), tuple(fds), umask
+        self.done = threading.Event()
+        self.pid: int | None = None
+        self.error: BaseException | None = None
+
+
+class _Launcher:
+    """The thread that starts every bwrap (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self._requests: queue.SimpleQueue[_Request] = queue.SimpleQueue()
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self.domainname_fixed = False
+        # SIGCHLD ignored (inherited: ``trap '' CHLD``) makes the kernel reap children
+        # at once, and bwrap's exit status is lost. Its default action is to ignore it
+        # too, so the default changes nothing else for kiln.
+        if signal.getsignal(signal.SIGCHLD) == signal.SIG_IGN:
+            _signal(signal.SIGCHLD, signal.SIG_DFL)
+        thread = threading.Thread(target=self._serve, name="kiln-sandbox-launcher", daemon=True)
+        thread.start()
+        self._ready.wait()
+        if self._error is not None:
+            raise self._error
+
+    def spawn(self, path: str, argv: Sequence[str], fds: Sequence[tuple[int, int]], umask: int) -> int:
+        req = _Request(path, argv, fds, umask)
+        self._requests.put(req)
+        req.done.wait()
+        if req.error is not None:
+            raise req.error
+        assert req.pid is not None
+        return req.pid
+
+    def _serve(self) -> None:
+        try:
+            # A filesystem context (umask, cwd) of this thread's own: os.umask below
+            # then changes no other thread's.
+            if _unshare(_CLONE_FS) != 0:
+                raise OSError(ctypes.get_errno(), "unshare(CLONE_FS) for the sandbox launcher thread")
+            os.chdir("/")
+            _personality(_PER_LINUX)
+            # A UTS namespace needs CAP_SYS_ADMIN; without it the host's name stays.
+            if _unshare(_CLONE_NEWUTS) == 0:
+                self.domainname_fixed = _setdomainname(DOMAINNAME, len(DOMAINNAME)) == 0
+        except BaseException as e:
+            self._error = e
+            return
+        finally:
+            self._ready.set()
+        while True:
+            req = self._requests.get()
+            try:
+                req.pid = self._spawn(req)
+            except BaseException as e:
+                req.error = e
+            req.done.set()
+
+    @staticmethod
+    def _spawn(req: _Request) -> int:
+        targets = {dst for _, dst in req.fds}
+        actions: list[tuple[int, ...]] = []
+        # fds kiln (or whoever started it) left inheritable: not for the build
+        for entry in os.listdir("/proc/self/fd"):
+            fd = int(entry)
+            if fd > 2 and fd not in targets:
+                with contextlib.suppress(OSError):  # (the listing's own fd, now closed)
+                    if os.get_inheritable(fd):
+                        actions.append((os.POSIX_SPAWN_CLOSE, fd))
+        actions += [(os.POSIX_SPAWN_DUP2, src, dst) for src, dst in req.fds]
+        os.umask(req.umask)
+        # RLIMIT_STACK cannot be set from outside like the other limits: exec saves it
+        # when it starts and writes it back when it ends, after posix_spawn returned
+        # (vfork resumes the parent as the old memory is released), undoing a
+        # ``prlimit`` made meanwhile. So it is inherited: kiln's soft limit is set
+        # just for the spawn (the hard limit, which kiln could not raise back, is left).
+        soft, hard = resource.getrlimit(resource.RLIMIT_STACK)
+        want = _STACK if hard == INF or hard >= _STACK else hard
+        if want != soft:
+            resource.setrlimit(resource.RLIMIT_STACK, (want, hard))
+        try:
+            return os.posix_spawn(
+                req.path,
+                req.argv,
+                {},
+                file_actions=actions,
+                setsid=True,
+                setsigmask=(),
+                setsigdef=_SIGNALS,
+            )
+        finally:
+            if want != soft:
+                resource.setrlimit(resource.RLIMIT_STACK, (soft, hard))
+
+
+_launcher: _Launcher | None = None
+_launcher_lock = threading.Lock()
+
+
+def spawn(path: str, argv: Sequence[str], fds: Sequence[tuple[int, int]], umask: int) -> int:
+    """Start ``path`` with ``argv`` and no environment in a session of its own, from
+    the launcher thread: signals default and unblocked, personality ``PER_LINUX``,
+    ``umask``, cwd ``/``, the fixed domain name when allowed, and exactly the fds
+    ``fds`` maps (ours -> the child's, 0-2 included). Returns the pid; call
+    ``fix_child`` on it before letting it run on. ``OSError`` if it cannot be started.
+
+    No source fd may be one of the child's numbers but its own (``dup2`` runs in
+    order): see ``high_fd``."""
+    global _launcher
+    with _launcher_lock:
+        if _launcher is None:
+            _launcher = _Launcher()
+    return _launcher.spawn(path, argv, fds, umask)
+
+
+def domainname_fixed() -> bool:
+    """Whether builds get ``DOMAINNAME`` (kiln may make a UTS namespace)."""
+    launcher = _launcher
+    return launcher is not None and launcher.domainname_fixed
+
+
+def high_fd(fd: int) -> int:
+    """``fd``, moved above ``FIXED_FDS`` if it is one of them (a spawn's ``dup2``s
+    would overwrite it before copying it)."""
+    if fd > max(FIXED_FDS):
+        return fd
+    moved = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, max(FIXED_FDS) + 1)
+    os.close(fd)
+    return moved
+
+
+def description() -> dict[str, object]:
+    """The fixed process state, for ``Executor.isolation()`` (JSON-serialisable)."""
+    return {
+        "signals": "default, none blocked",
+        "personality": "linux",
+        "cpuAffinity": "all",
+        "nice": 0,
+        "rlimits": {
+            name: [_lim(soft), "kiln's" if res == resource.RLIMIT_STACK else _lim(hard)]
+            for name, res, soft, hard in RLIMITS
+        },
+        "domainname": DOMAINNAME.decode() if domainname_fixed() else "host's",
+    }
+
+
+def _lim(v: int) -> int | str:
+    return "unlimited" if v == INF else v
