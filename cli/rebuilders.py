@@ -203,7 +203,7 @@ def rebuild_drv(
     """Rebuild ``drv_path`` (outputs valid) and compare; with ``signer``, sign and store a
     VSA beside every output. Returns one verdict per output. ``vary``: rebuild under
     deliberately varied conditions (``kiln.store.vary.standard``: other host dirs,
-    KILN_CORES, umask, shuffled directory order where disorderfs is installed, the wall
+    KILN_CORES, umask, reversed directory order (build dir, outputs, inputs) where disorderfs is installed, the wall
     clock ten years ahead where libfaketime is)."""
     from kiln import __version__
     from kiln.store import attestations

@@ -97,19 +97,24 @@ class Producing:
         """``defer``: save the log on the bookkeeping thread (the caller deletes ``tmp``
         there too, after it); rebuilds save it synchronously."""
         from .sandboxrun import make_spec
-        from .vary import shuffled
+        from .vary import inputs_view, reordered
 
         spec, scratch_store, inputs = make_spec(
             self.store, drv, tmp, self.opts, self.get_drv, vary, None if vary else self._pending
         )
         log_path = tmp / "build.log"
         echo = _Echo() if self.opts.print_logs else None
-        shuffle = (
-            shuffled([Path(spec.build_dir), scratch_store])
-            if vary and vary.shuffle_dirents
+        # a varied rebuild lists /build, its outputs and its inputs in another order
+        # (``make_spec`` bound the inputs from the view mounted here)
+        reorder = (
+            reordered(
+                [Path(spec.build_dir), scratch_store],
+                view=(Path(self.store.real_store), inputs_view(tmp)),
+            )
+            if vary and vary.reorder_dirents
             else nullcontext()
         )
-        with open(log_path, "wb") as log, shuffle:
+        with open(log_path, "wb") as log, reorder:
             try:
                 result = self.executor.run(spec, log, on_output=echo)
             finally:

@@ -12,11 +12,20 @@ process using it, from the moment it exists (made under the shared GC lock, so a
 collector never sees it unlocked) until it is gone. The garbage collector removes the
 ``build-*``/``check-*`` directories whose lock it can take: their owner died (kill -9,
 a crash) without cleaning up, and each can hold a whole build tree.
+
+ACLs: a default POSIX ACL on the store's ``tmp/`` (``setfacl -d -m o::--- tmp``) would be
+inherited by every directory made below it and, in a directory that has one, replaces
+the umask for new files: the build's pinned umask would no longer decide its files'
+modes (644 came out 600), and a harsher one (``d:u::rw-``) made builds fail. Every
+directory made here is stripped of its ACLs (``plain_dir``), so nothing below it
+inherits one. They are removed rather than refused: the parent directories are 0700, so
+an ACL meant to keep others out of ``tmp/`` loses nothing by it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import tempfile
@@ -29,14 +38,38 @@ from .locks import FileLock
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
+_ACL_XATTRS = ("system.posix_acl_default", "system.posix_acl_access")
+
+
+def plain_dir(d: Path, mode: int) -> None:
+    """Make ``d`` if it is missing and leave it a directory of exactly ``mode`` with no
+    POSIX ACL (see the module docstring): not the invoking shell's umask, nor an ACL
+    inherited from a parent. A file system without ACLs is fine; ``StoreError`` if an
+    ACL cannot be removed."""
+    d.mkdir(exist_ok=True)
+    for name in _ACL_XATTRS:
+        try:
+            os.removexattr(d, name, follow_symlinks=False)
+        except OSError as e:
+            if e.errno not in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP):
+                raise StoreError(f"cannot remove the ACL of {d} ({name}): {e.strerror}") from None
+    os.chmod(d, mode)  # (after: removing the access ACL leaves its mask in the group bits)
+
+
 def owned_tmpdir(parent: Path, prefix: str, gc_lock: Path | None) -> tuple[Path, int]:
-    """A new directory under ``parent`` and an fd holding an exclusive ``flock`` on it
-    (close the fd after removing the directory: see ``release_tmpdir``)."""
+    """A new 0700 directory with no ACL (``plain_dir``) under ``parent`` and an fd holding
+    an exclusive ``flock`` on it (close the fd after removing the directory: see
+    ``release_tmpdir``)."""
     parent.mkdir(parents=True, exist_ok=True)
     with FileLock(gc_lock, shared=True) if gc_lock is not None else contextlib.nullcontext():
         d = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
         fd = os.open(d, _DIR_FLAGS)
         fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        plain_dir(d, 0o700)  # (everything below inherits nothing from ``parent``'s ACL)
+    except BaseException:
+        release_tmpdir(d, fd)
+        raise
     return d, fd
 
 
@@ -82,10 +115,9 @@ class BuildDirs:
         with self._lock:
             self._fds[d] = fd
         for sub in ("build", "store"):
-            # the build's /build and store dir: 0755 whatever kiln's umask (a build that
-            # records its directories' modes must not depend on the invoking shell)
-            (d / sub).mkdir()
-            os.chmod(d / sub, 0o755)
+            # the build's /build and store dir: 0755 whatever kiln's umask or an ACL (a
+            # build that records its directories' modes must not depend on the host)
+            plain_dir(d / sub, 0o755)
         return d
 
     def take(self) -> Path:

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .buildtmp import plain_dir
 from .derivation import Derivation
 from .errors import StoreError
 
@@ -68,7 +69,10 @@ def make_spec(
     """Return ``(spec, scratch_store_dir, input_closure)`` for building ``drv`` in ``tmp``
     (``vary``, a ``vary.Variation``, overrides cores and umask for a varied rebuild;
     ``pending``, a ``stagedbuild.Pending``, holds this builder's staged outputs, which
-    count as valid inputs)."""
+    count as valid inputs). With ``vary.reorder_dirents`` the inputs and the toolchain
+    are bound from ``vary.inputs_view(tmp)``, which the caller mounts for the run
+    (``vary.reordered``); ``build/`` and ``store/`` are plain 0755 directories (no ACL:
+    ``buildtmp.plain_dir``)."""
     from kiln.sandbox.spec import SandboxSpec
 
     from .stagedbuild import closure as closure_of
@@ -76,8 +80,7 @@ def make_spec(
     build_dir = tmp / "build"
     scratch = tmp / "store"
     for d in (build_dir, scratch):
-        d.mkdir(exist_ok=True)  # made ahead of time by buildtmp.BuildDirs, or now
-        os.chmod(d, 0o755)  # not the invoking shell's umask (see buildtmp)
+        plain_dir(d, 0o755)  # made ahead of time by buildtmp.BuildDirs, or now
     closure = closure_of(store, input_paths(drv, get_drv), pending)
     # pending first: the committer inserts a row before it forgets the pending entry
     missing = [
@@ -87,7 +90,18 @@ def make_spec(
         raise StoreError(f"inputs of {drv.name} are not valid: {', '.join(missing[:5])}")
     rootfs = rootfs_of(drv, get_drv)
     env = drv.env_map
-    ro = [(str(store.real_path(p)), p) for p in closure]
+
+    def source(p: str) -> str:
+        real = store.real_path(p)
+        if vary is not None and vary.reorder_dirents:
+            # through the rebuild's reordering view of the store dir (``vary.reordered``):
+            # an input's directory order is the store's file system's, so it is varied too
+            from .vary import inputs_view
+
+            return str(inputs_view(tmp) / real.name)
+        return str(real)
+
+    ro = [(source(p), p) for p in closure]
     if vary is not None and vary.faketime:
         from .vary import FAKETIME_IN_SANDBOX, faketime_env
 
@@ -99,7 +113,7 @@ def make_spec(
         env=env,
         rw_mounts=((str(scratch), drv.store_dir),),
         ro_mounts=tuple(ro),
-        rootfs=str(store.real_path(rootfs)) if rootfs else None,
+        rootfs=source(rootfs) if rootfs else None,
         cores=(vary.cores if vary and vary.cores else None) or opts.cores or os.cpu_count() or 1,
         umask=vary.umask if vary and vary.umask is not None else 0o022,
         timeout=opts.timeout,

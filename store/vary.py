@@ -10,8 +10,10 @@ condition                   how                                              nee
 host build/store dirs       a different, deeper scratch directory            —
 ``KILN_CORES``              1 if the first build had more, else 2            —
 umask                       077 instead of 022                               —
-directory order             readdir order of /build and the output dir       disorderfs
-                            shuffled by a disorderfs FUSE mount
+directory order             every directory the build lists (/build, the     disorderfs
+                            scratch store dir, each input and the toolchain)
+                            listed in the reverse of the order the file
+                            system gives, by disorderfs FUSE mounts
 wall clock                  ten years ahead: the host's libfaketime is        libfaketime
                             preloaded into the rebuild (``FAKETIME=+3650d``)
 ==========================  ===============================================  ============
@@ -20,6 +22,20 @@ Linux time namespaces cannot shift ``CLOCK_REALTIME``, hence libfaketime. It is 
 library, so it is mounted only into the varied rebuild, never into a build whose output
 is registered, and it reaches only dynamically linked programs (a static binary reads
 the real clock). ``describe`` says exactly which variations applied.
+
+Directory order is *reversed*, not shuffled: a shuffle of a directory of two entries
+gives the first build's order half the time, and the check would pass by luck; the
+reverse of the order the file system gives differs from it for every directory of two
+entries or more, and the first build saw that order (the same store, and, for the
+directories the build makes, the same file system and names). The inputs (store paths
+of the closure, the toolchain) are read through one read-only disorderfs view of the
+store dir, mounted under the rebuild's scratch directory (``INPUTS_VIEW``) and bound into
+the sandbox in place of the store's own paths: readdir order of a store path depends
+on the file system the store is on (ext4's hash seed, tmpfs's creation order), so a
+build that archives an input (``tar -C $src .``) gets another NAR hash on another
+machine. Through disorderfs inputs also have another ``st_dev`` and one more
+``st_blocks``; inode numbers are the file system's (disorderfs passes them through), so
+a build that records its inputs' inode numbers (``cpio``) is not caught.
 """
 
 from __future__ import annotations
@@ -35,7 +51,7 @@ from typing import Any
 
 from .buildtmp import owned_tmpdir, release_tmpdir
 from .errors import StoreError
-from .mounts import fuse_unmount
+from .mounts import fuse_unmount, mounts_below
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +59,7 @@ class Variation:
     cores: int | None = None
     umask: int | None = None
     tmp_parent: Path | None = None
-    shuffle_dirents: bool = False
+    reorder_dirents: bool = False  # disorderfs: see the module docstring
     faketime: str | None = None  # host path of libfaketime.so.1 to preload, or None
 
     def varied(self) -> list[str]:
@@ -56,7 +72,7 @@ class Variation:
             out.append(f"KILN_CORES={self.cores}")
         if self.umask is not None:
             out.append(f"umask={self.umask:03o}")
-        if self.shuffle_dirents:
+        if self.reorder_dirents:
             out.append("directory-order")
         if self.faketime:
             out.append(f"clock+{FAKETIME_OFFSET}")
@@ -71,8 +87,8 @@ class Variation:
         if self.umask is not None:
             out.append(f"umask {self.umask:03o}")
         out.append(
-            "directory order shuffled (disorderfs)"
-            if self.shuffle_dirents
+            "directory order reversed in /build, the outputs and the inputs (disorderfs)"
+            if self.reorder_dirents
             else "directory order: not varied (disorderfs not installed)"
         )
         if self.faketime:
@@ -110,7 +126,7 @@ def standard(top: Path, avoid_cores: Iterable[int]) -> Variation:
         cores=next(n for n in range(1, len(avoid) + 2) if n not in avoid),
         umask=0o077,
         tmp_parent=top / "a" / "deeper" / "path",
-        shuffle_dirents=shutil.which("disorderfs") is not None and os.path.exists("/dev/fuse"),
+        reorder_dirents=shutil.which("disorderfs") is not None and os.path.exists("/dev/fuse"),
         # resolved: the sandbox makes an input that is a symlink as that symlink
         faketime=next((os.path.realpath(p) for p in FAKETIME_LIBS if os.path.exists(p)), None),
     )
@@ -151,39 +167,81 @@ def first_build_cores(store: Any, drv: Any, current: int) -> set[int]:
     return found
 
 
+#: where a varied rebuild's inputs are read from: a read-only disorderfs view of the store
+#: dir, in the rebuild's scratch directory (so a GC after a kill takes it down, ``mounts``)
+INPUTS_VIEW = "inputs"
+
+#: every listing in the reverse of the order the file system underneath gives (see the
+#: module docstring); inode numbers are passed through whatever the options
+_DISORDERFS = ("disorderfs", "--shuffle-dirents=no", "--reverse-dirents=yes", "--quiet")
+
+#: the view's mount options. Store paths do not change while they are inputs, so the
+#: kernel may keep their pages, names and attributes (FUSE drops them on every open and
+#: after a second by default): reading the toolchain through FUSE otherwise made the
+#: hello check 2.5 times slower. Listings are never cached (FUSE 2), so each is reversed.
+_VIEW_OPTIONS = "ro,kernel_cache,entry_timeout=3600,attr_timeout=3600,negative_timeout=3600"
+
+
+def inputs_view(tmp: Path) -> Path:
+    """Where ``reordered`` mounts the store's view for a rebuild in ``tmp``: a store path
+    ``P`` of the closure is read as ``inputs_view(tmp) / P's base name``."""
+    return tmp / INPUTS_VIEW
+
+
 @contextlib.contextmanager
-def shuffled(dirs: list[Path]) -> Iterator[None]:
-    """Mount a directory-order-shuffling disorderfs over each of ``dirs`` for the body;
-    the contents stay in place (they live in a sibling ``.real`` directory during the
-    mount and are moved back after)."""
-    mounted: list[tuple[Path, Path]] = []
+def reordered(dirs: list[Path], view: tuple[Path, Path] | None = None) -> Iterator[None]:
+    """For the body, mount a directory-order-reversing disorderfs over each of ``dirs``
+    (read-write; the contents stay in place: they live in a sibling ``.real`` directory
+    during the mount and are moved back after) and, if ``view`` is ``(source, point)``,
+    a read-only one of ``source`` at the new directory ``point`` (``inputs_view``).
+    Everything mounted is unmounted on every way out, a failed mount included
+    (``StoreError``); a mount that is busy is detached (``fusermount -z``), so nothing
+    is left mounted under the scratch directory that is removed next (its removal
+    would otherwise descend into the store through the view)."""
+    mounted: list[Path] = []
+    moved: list[tuple[Path, Path]] = []
     try:
         for d in dirs:
             real = d.with_name(d.name + ".real")
             d.rename(real)
+            moved.append((d, real))
             d.mkdir()
-            r = subprocess.run(
-                [
-                    "disorderfs",
-                    "--shuffle-dirents=yes",
-                    "--reverse-dirents=no",
-                    "--quiet",
-                    "-o",
-                    "allow_other",
-                    str(real),
-                    str(d),
-                ],
-                capture_output=True,
-                text=True,
-            )
-            if r.returncode != 0:
-                d.rmdir()
-                real.rename(d)
-                raise StoreError(f"disorderfs could not mount {d}: {r.stderr.strip()}")
-            mounted.append((d, real))
+            mounted.append(d)  # (before mounting: an interrupt during the mount is undone too)
+            _mount(real, d, "rw")
+        if view is not None:
+            source, point = view
+            point.mkdir()
+            mounted.append(point)
+            _mount(source, point, _VIEW_OPTIONS)
         yield
     finally:
-        for d, real in reversed(mounted):
-            fuse_unmount(d)  # (if it fails, rmdir below says so: the dir is still a mount)
-            d.rmdir()
-            real.rename(d)
+        stuck = []
+        for point in reversed(mounted):  # (all of them, whatever one of them does)
+            _unmount(point)
+            try:
+                point.rmdir()
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                stuck.append(f"{point}: {e.strerror}")
+        for d, real in reversed(moved):
+            if not os.path.lexists(d):
+                real.rename(d)
+        if stuck:
+            raise StoreError(f"could not take down the disorderfs mounts: {'; '.join(stuck)}")
+
+
+def _mount(source: Path, point: Path, mode: str) -> None:
+    r = subprocess.run(
+        [*_DISORDERFS, "-o", f"allow_other,{mode}", str(source), str(point)], capture_output=True, text=True
+    )
+    if r.returncode != 0:
+        raise StoreError(f"disorderfs could not mount {point}: {r.stderr.strip()}")
+
+
+def _unmount(point: Path) -> None:
+    """Unmount the disorderfs at ``point`` if it is mounted; detach it if it is busy."""
+    if not mounts_below(point):
+        return
+    if fuse_unmount(point) is not None:
+        fuse_unmount(point, lazy=True)  # (if that fails too, rmdir says so: still a mount)

@@ -45,21 +45,22 @@ def test_gc_takes_down_the_mounts_of_a_killed_vary_check(store, graph):
         start_new_session=True,
     )
     tmp = store.root / "tmp"
-    try:
-        deadline = time.monotonic() + 60
-        # two mounts: the build dir and the scratch store dir
-        # and the 1 MB file written whole
-        while sum(t == "fuse.disorderfs" for _, t in mounts_below(tmp)) < 2 or [
-            f.stat().st_size for f in tmp.glob("vary-*/a/deeper/path/*/build.real/big")
-        ] != [1_000_000]:
-            assert time.monotonic() < deadline and p.poll() is None, "the varied rebuild never mounted"
-            time.sleep(0.05)
-    finally:
-        os.kill(p.pid, signal.SIGKILL)
-        p.wait()
-    assert mounts_below(tmp) and [e.name for e in tmp.iterdir() if e.name.startswith("vary-")]
-    store.close()
-    try:
+    try:  # (the mounts are taken down whatever fails, the wait included)
+        try:
+            deadline = time.monotonic() + 60
+            # three mounts: the build dir, the scratch store dir and the view of the inputs
+            # (read-only: a dry run must not count the store through it, nor GC remove it)
+            # and the 1 MB file written whole
+            while sum(t == "fuse.disorderfs" for _, t in mounts_below(tmp)) < 3 or [
+                f.stat().st_size for f in tmp.glob("vary-*/a/deeper/path/*/build.real/big")
+            ] != [1_000_000]:
+                assert time.monotonic() < deadline and p.poll() is None, "the varied rebuild never mounted"
+                time.sleep(0.05)
+        finally:
+            os.kill(p.pid, signal.SIGKILL)
+            p.wait()
+        assert mounts_below(tmp) and [e.name for e in tmp.iterdir() if e.name.startswith("vary-")]
+        store.close()
         s = LocalStore.open(store.root)
         for i, p in enumerate(s.all_paths()):  # only the leftover dir is garbage
             s.add_root(f"keep-{i}", p)
