@@ -44,7 +44,7 @@ from .buildcheck import Checking
 from .buildcheck import NotDeterministic as NotDeterministic  # re-exported: callers import it from here
 from .buildlocks import Serialized
 from .buildlogs import LogStore
-from .buildplan import Graph, load_graph, plan, refs_first, relied_on
+from .buildplan import Graph, load_graph, plan, refs_first, walk
 from .buildproduce import BuildError as BuildError  # re-exported: callers import it from here
 from .buildproduce import Producing, output_too_slow, overdue
 from .buildsched import Scheduling
@@ -186,7 +186,8 @@ class Builder(Producing, Checking, Scheduling):
                     for i, used in graph.drvs[r].input_drvs
                     if not all(self.store.is_valid(o.path) for n, o in graph.drvs[i].outputs if n in used)
                 ]
-            self._fill_holes(graph, wanted)
+            graph, makers = self._with_holes(graph, wanted)
+            wanted += makers
             todo = plan(graph, wanted, self.store.is_valid)
             if todo and self.substituter is not None:
                 missing = [
@@ -227,31 +228,47 @@ class Builder(Producing, Checking, Scheduling):
                 raise BuildFailures(failed, skipped, results)
         return [BuildResult(r, {k: o.path for k, o in graph.drvs[r].outputs}, r in built) for r in roots]
 
-    def _fill_holes(self, graph: Graph, wanted: list[str]) -> None:
-        """Realise first what is missing from the closures of the outputs a build of
-        ``wanted`` takes as they are (``relied_on``): a path ``verify --repair``
-        quarantined leaves its referrers valid but unusable, and a build mounting such an
-        input's closure would run without it (failing confusingly, or worse, not). A
-        missing path is made by its derivation in ``graph`` (built or substituted, as any);
-        one no derivation here makes (a source) is a ``StoreError`` naming it."""
-        done = relied_on(graph, wanted, self.store.is_valid)
-        if not done:
-            return
-        _, holes = self.store.closure_with_holes([o.path for p in done for _, o in graph.drvs[p].outputs])
-        if not holes:
-            return
-        makers = {o.path: p for p, d in graph.drvs.items() for _, o in d.outputs}
-        orphans = [f"{h} (referenced by {', '.join(by)})" for h, by in holes.items() if h not in makers]
+    def _with_holes(self, graph: Graph, wanted: list[str]) -> tuple[Graph, list[str]]:
+        """``graph`` made to build again first what is missing from the closures of the
+        outputs a build of ``wanted`` takes as they are, and the derivations making what
+        is missing from a root's own closure (to realise as roots too). A path ``verify
+        --repair`` quarantined leaves its referrers valid but unusable: a build mounting
+        such an input's closure would run without it (failing confusingly, or worse, not).
+        Each missing path is made by its derivation in ``graph`` (built or substituted,
+        with ``-k`` and failures handled as any; not ``--check``ed: it is no root), and
+        each derivation taking that input waits for it (``Graph.waits``: the input itself
+        does not list it as an input derivation when the path is a deeper dependency). A
+        missing path no derivation here makes (a source) is a ``StoreError`` naming it."""
+        needed, done = walk(graph, wanted, self.store.is_valid)
+        outputs = {p: [o.path for _, o in graph.drvs[p].outputs] for p in sorted(done)}
+        # one walk for the usual case, a complete closure; one per input only if not
+        if not done or not self.store.closure_with_holes([o for os_ in outputs.values() for o in os_])[1]:
+            return graph, []
+        made_by = {o.path: p for p, d in graph.drvs.items() for _, o in d.outputs}
+        makers: dict[str, set[str]] = {}  # a derivation taken as it is -> what it waits for
+        orphans: list[str] = []
+        for p, outs in outputs.items():
+            for h, by in self.store.closure_with_holes(outs)[1].items():
+                if h not in made_by:
+                    orphans.append(f"{h} (referenced by {', '.join(by)})")
+                    continue
+                if made_by[h] not in makers.get(p, ()):
+                    self.say(f"{h} is missing from the closure of {', '.join(by)}: realising it again")
+                makers.setdefault(p, set()).add(made_by[h])
         if orphans:
             raise StoreError(
-                f"cannot build: {'; '.join(orphans)} is not valid in the store (quarantined by 'kiln store "
-                "verify --repair', or deleted) and no derivation of this build makes it: add it again "
-                "(a recipe's source: 'kiln build' of the recipe adds it again) or substitute it ('kiln "
-                "copy --from URL --to store PATH')"
+                f"cannot build: {'; '.join(sorted(set(orphans)))} is not valid in the store (quarantined by "
+                "'kiln store verify --repair', or deleted) and no derivation of this build makes it: add "
+                "it again (a recipe's source: 'kiln build' of the recipe adds it again) or substitute it "
+                "('kiln copy --from URL --to store PATH')"
             )
-        for h, by in holes.items():
-            self.say(f"{h} is missing from the closure of {', '.join(by)}: realising it again")
-        self.realise(sorted({makers[h] for h in holes}))
+        waits = {
+            x: tuple(sorted({m for i in graph.inputs_of(x) for m in makers.get(i, ())}))
+            for x in needed
+            if any(i in makers for i in graph.inputs_of(x))
+        }
+        roots_makers = sorted({m for r in wanted for m in makers.get(r, ())})
+        return Graph(graph.drvs, waits), roots_makers
 
     # ------------------------------------------------------------------ one derivation
 

@@ -16,8 +16,8 @@ derivation's outputs for registration, references first.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 
 from .derivation import Derivation, check_output_paths
 from .drvparse import parse
@@ -27,10 +27,15 @@ from .paths import StorePath
 
 @dataclass(frozen=True, slots=True)
 class Graph:
+    """The derivations by path; ``waits`` adds, per derivation, others it must wait for
+    besides its input derivations (those that make again what is missing from the
+    closure of an input it takes as it is: ``Builder._with_holes``)."""
+
     drvs: dict[str, Derivation]
+    waits: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def inputs_of(self, drv_path: str) -> list[str]:
-        return [p for p, _ in self.drvs[drv_path].input_drvs]
+        return [p for p, _ in self.drvs[drv_path].input_drvs] + list(self.waits.get(drv_path, ()))
 
     def ready_order(self, subset: Iterable[str]) -> list[str]:
         """Topological order (inputs first) of ``subset``, ties broken by path."""
@@ -90,11 +95,12 @@ def plan(graph: Graph, roots: Iterable[str], is_valid: Callable[[str], bool]) ->
     return graph.ready_order(_walk(graph, roots, is_valid)[0])
 
 
-def relied_on(graph: Graph, roots: Iterable[str], is_valid: Callable[[str], bool]) -> list[str]:
-    """The derivations whose outputs ``plan(graph, roots, is_valid)`` takes as they are
-    (sorted): the roots already valid and the valid inputs of those it builds. Their
-    outputs' closures are what the builds mount and what a no-op build hands back."""
-    return sorted(_walk(graph, roots, is_valid)[1])
+def walk(graph: Graph, roots: Iterable[str], is_valid: Callable[[str], bool]) -> tuple[set[str], set[str]]:
+    """``(to build, taken as they are)`` for ``roots``: what ``plan`` orders, and the
+    derivations whose outputs it relies on as they are (the roots already valid and the
+    valid inputs of those it builds: their closures are what the builds mount and what a
+    no-op build hands back)."""
+    return _walk(graph, roots, is_valid)
 
 
 def _walk(graph: Graph, roots: Iterable[str], is_valid: Callable[[str], bool]) -> tuple[set[str], set[str]]:

@@ -324,23 +324,31 @@ class Pending:
 
 def closure(store: Any, paths: Iterable[str], pending: Pending | None) -> list[str]:
     """The closure of ``paths`` over references, counting pending outputs as valid
-    (``store``: a ``LocalStore`` or the builder's serialising proxy of one)."""
+    (``store``: a ``LocalStore`` or the builder's serialising proxy of one). A valid path
+    may reference a pending one too: an input registered long ago whose dependency this
+    builder has just made again (``Builder._with_holes``), which ``store.closure`` skips
+    as not valid."""
     paths = sorted(set(map(str, paths)))
     if not pending:
         return store.closure(paths)
     seen: set[str] = set()
-    valid: list[str] = []
+    valid: set[str] = set()
     stack = list(paths)
     while stack:
-        p = stack.pop()
-        if p in seen:
-            continue
-        seen.add(p)
-        refs = pending.get(p)
-        if refs is None:
-            valid.append(p)
-        else:
-            stack.extend(r for r in refs if r not in seen)
-    out = store.closure(valid) if valid else []
+        while stack:
+            p = stack.pop()
+            if p in seen:
+                continue
+            seen.add(p)
+            refs = pending.get(p)
+            if refs is None:
+                valid.add(p)
+            else:
+                stack.extend(r for r in refs if r not in seen)
+        for h in store.closure_with_holes(sorted(valid))[1]:
+            # pending, or committed since (then valid): walk it; else it is missing
+            if h not in seen and (pending.get(h) is not None or store.is_valid(h)):
+                stack.append(h)
+    out = store.closure(sorted(valid)) if valid else []
     have = set(out)
     return out + sorted(p for p in seen if p not in have)
