@@ -18,10 +18,9 @@ A message may span lines; a file's name or path it embeds goes through ``visible
 from __future__ import annotations
 
 import bisect
-import re
 from collections.abc import Iterable
 
-from kiln.store.errors import KilnError
+from kiln.store.errors import KilnError, credential_spans
 
 
 class SourceText:
@@ -54,12 +53,6 @@ class SourceText:
 
 #: the most characters of a source line an error shows (around the column)
 EXCERPT = 120
-#: a URL's user information (``scheme://user:password@``, ``scheme://token@``) in a source
-#: line: an excerpt hides the password, or a user name alone (often a token), as ``***``,
-#: as ``kiln.store.errors.redact_urls`` does for all stderr (error output ends up in CI
-#: logs; a recipe with credentials in a URL is refused, and that error quotes the line),
-#: but here the caret must move with the text
-_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)([^/?#@\s\"'`]+)@")
 #: Unicode's Bidi_Control characters (marks, embeddings, overrides, isolates): they change
 #: the order in which a terminal shows the text around them, so an excerpt could read
 #: otherwise than the code it is ("Trojan Source", CVE-2021-42574)
@@ -79,16 +72,15 @@ _VISIBLE_TEXT = {c: v for c, v in _VISIBLE.items() if c not in (9, 10)}
 
 
 def _hide_userinfo(code: str, at: int) -> tuple[str, int]:
-    """``code`` with each URL's user information shown as ``***``, and ``at`` (an index
-    into it) moved with the character it points at (onto the ``***`` if inside one)."""
+    """``code`` with each URL's credentials shown as ``***``, as ``redact_urls`` shows
+    them on stderr (a password, or a user name alone: often a token), and ``at`` (an
+    index into it) moved with the character it points at (onto the ``***`` if inside
+    one): redacting after rendering would shift the text under the caret."""
     out: list[str] = []
     shown = 0  # len("".join(out))
     last = 0
     new_at = at
-    for m in _USERINFO.finditer(code):
-        start, end = m.span(2)
-        colon = m.group(2).find(":")
-        start += colon + 1  # (0 without a password: all of it)
+    for start, end in credential_spans(code):
         piece = code[last:start] + "***"
         if start <= at < end:
             new_at = shown + len(piece) - 3

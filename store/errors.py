@@ -141,18 +141,29 @@ def _wrapped_like_a_key(starts: list[int], i: int, j: int) -> bool:
     return all(b - a >= 16 for a, b in zip(inner, inner[1:], strict=False))
 
 
+def credential_spans(text: str) -> list[tuple[int, int]]:
+    """Where ``redact_urls`` hides the credentials of a URL in ``text``, in order: each
+    span (a password, or a user name alone: often a token) is shown as ``***``. For
+    text whose other positions matter (the caret under a recipe error's excerpt)."""
+    if "@" not in text:
+        return []
+    spans = []
+    for m in _USERINFO.finditer(text):
+        if m.group(3) is not None:
+            spans.append(m.span(3))
+        elif not _PORT_PATH.match(m.group(2)):  # (a host, its port and a path with an @ in it)
+            spans.append(m.span(2))
+    return spans
+
+
 def redact_urls(text: str) -> str:
     """``text`` with the credentials of every URL in it hidden: a password becomes
     ``***``, and a user name alone (often a token: ``https://ghp_...@host``) too."""
-
-    def hide(m: re.Match) -> str:
-        if m.group(3) is not None:
-            return "***@"
-        if _PORT_PATH.match(m.group(2)):  # a host, its port and a path with an @ in it
-            return m.group(0)
-        return f"{m.group(1)}:***@"
-
-    return _USERINFO.sub(hide, text) if "@" in text else text
+    out, last = [], 0
+    for start, end in credential_spans(text):
+        out += [text[last:start], "***"]
+        last = end
+    return "".join(out) + text[last:] if out else text
 
 
 class KilnError(Exception):

@@ -103,3 +103,25 @@ def test_the_fetchers_refuse_credentials_too(tmp_path):
         fetch_git("https://user:s3cr3t@127.0.0.1:9/r.git", "0" * 40, tmp_path / "src")
     assert "s3cr3t" not in str(e.value) and "credentials in a URL are not supported" in str(e.value)
     assert not (tmp_path / "src").exists()
+
+
+@pytest.mark.parametrize(
+    "url, shown",
+    [
+        ("https://user:pa/ss@host/a", "https://user:***@host/a"),  # a password holding '/'
+        ("https://user:p@ss@host", "https://user:***@host"),  # ... or '@'
+        ("https://user:s3#cr@host", "https://user:***@host"),
+        ("http://h:8080/p/@v/x", "http://h:8080/p/@v/x"),  # a port and a path, no password
+    ],
+)
+def test_an_excerpt_hides_credentials_as_stderr_does(url, shown):
+    """The excerpt hides exactly what ``redact_urls`` hides on stderr (a narrower rule
+    left part of a password through the API, and stderr's redaction then moved the
+    caret)."""
+    from kiln.lang.errors import SourceText
+    from kiln.store.errors import redact_urls
+
+    line = f'x = "{url}"; y = nope;'
+    _, code, caret = str(RecipeError("m", SourceText("u.recipe", line), line.index("nope"))).splitlines()
+    assert f'"{shown}"' in code and redact_urls(line) in code, code
+    assert code[caret.index("^") :].startswith("nope"), (code, caret)
