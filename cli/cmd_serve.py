@@ -55,6 +55,33 @@ def _hours(text: str) -> float:
     return h
 
 
+def _seconds(text: str) -> float:
+    """An argparse type: a timeout in seconds, more than 0 and at most a day."""
+    try:
+        v = float(text)
+    except ValueError:
+        v = -1.0
+    if not 0 < v <= 86400:
+        raise argparse.ArgumentTypeError(f"expected seconds from 0 (excluded) to 86400, found {text!r}")
+    return v
+
+
+def _raise_nofile() -> None:
+    """Raise the soft limit on open files to the hard limit: every connection is a
+    descriptor, and at the common soft limit (1024, or 256) a few hundred idle sockets
+    would make every further ``accept`` fail. The hard limit is the administrator's."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        # (the kernel refuses an infinite soft limit; nr_open is 1 Mi by default)
+        target = 1 << 20 if hard == resource.RLIM_INFINITY else hard
+        if soft != resource.RLIM_INFINITY and soft < target:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ImportError, ValueError, OSError):
+        pass  # not fatal: serving with the lower limit
+
+
 def _listen(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit() or int(port) > 65535:
@@ -133,6 +160,53 @@ def cmd_serve(argv: list[str]) -> int:
         help="TOML policy that POST /verify applies to a path and its closure (re-read for every "
         "review: a revocation applies at once)",
     )
+    p.add_argument(
+        "--keepalive-timeout",
+        type=_seconds,
+        default=60.0,
+        metavar="S",
+        help="close a connection idle this long between requests (default 60)",
+    )
+    p.add_argument(
+        "--header-timeout",
+        type=_seconds,
+        default=30.0,
+        metavar="S",
+        help="answer 408 and close when a request head is not complete this long after its first "
+        "byte (default 30)",
+    )
+    p.add_argument(
+        "--write-timeout",
+        type=_seconds,
+        default=60.0,
+        metavar="S",
+        help="drop a client that reads nothing of an answer for this long (default 60)",
+    )
+    p.add_argument(
+        "--body-timeout",
+        type=_seconds,
+        default=60.0,
+        metavar="S",
+        help="answer 408 when a request body brings no byte for this long (default 60)",
+    )
+    p.add_argument(
+        "--max-blob-batches",
+        type=whole_number(1, 100_000),
+        default=64,
+        help="POST /blob-batch answers sent at once per worker; more get 503 (default 64)",
+    )
+    p.add_argument(
+        "--max-reviews",
+        type=whole_number(1, 1024),
+        default=4,
+        help="POST /verify reviews at once per worker, each on its own thread; more get 503 (default 4)",
+    )
+    p.add_argument(
+        "--access-log",
+        metavar="FILE",
+        help="append one line per request to FILE ('-': standard output): time, client, method, "
+        "path, status, bytes, token id",
+    )
     p.add_argument("--no-fsync", action="store_true", help="do not fsync uploads (benchmarks, tmpfs)")
     p.add_argument(
         "--no-fast-path",
@@ -145,6 +219,14 @@ def cmd_serve(argv: list[str]) -> int:
     if args.sign_key and args.dir:
         p.error("--sign-key signs the narinfos of a --store; a --dir registry serves narinfos as pushed")
     from kiln.registry import server, workers
+    from kiln.registry.guard import Timeouts
+
+    _raise_nofile()
+    if args.access_log and args.access_log != "-":
+        try:
+            open(args.access_log, "a").close()  # noqa: SIM115 - a writability check, before forking
+        except OSError as e:
+            raise KilnError(f"cannot write the access log {args.access_log}: {e.strerror or e}") from None
 
     index_key = load_secret_key(args.index_key) if args.index_key else None
     cfg = server.ServerConfig(
@@ -162,6 +244,15 @@ def cmd_serve(argv: list[str]) -> int:
         policy_file=args.policy,
         fast_path=not args.no_fast_path,
         index_refresh=args.index_refresh * 3600,
+        timeouts=Timeouts(
+            keepalive=args.keepalive_timeout,
+            head=args.header_timeout,
+            write=args.write_timeout,
+            body=args.body_timeout,
+        ),
+        max_blob_batches=args.max_blob_batches,
+        max_reviews=args.max_reviews,
+        access_log=args.access_log,
     )
     sign_key = load_secret_key(args.sign_key) if args.sign_key else None
     # Open once in the parent so configuration errors are reported before forking.

@@ -6,8 +6,9 @@ Theory of operation
 aiohttp spends ~50 µs of Python on every request (parser callbacks, request and response
 objects, a task per request, header rendering) where the narinfo lookup itself takes a
 couple of µs, and substituters send one narinfo GET per path. ``FastHandler`` is
-aiohttp's own connection protocol (``web_protocol.RequestHandler``) with one method
-overridden: ``data_received`` answers a narinfo GET itself, writing a pre-rendered
+aiohttp's own connection protocol (``web_protocol.RequestHandler``, through
+``guard.GuardedHandler``, whose timeouts apply as to any connection) with one more
+method overridden: ``data_received`` answers a narinfo GET itself, writing a pre-rendered
 response to the transport, when and only when all of this holds:
 
 1. the connection is **idle**: aiohttp's request loop is waiting for a message, none is
@@ -36,7 +37,8 @@ aiohttp's request loop would.
 
 The override relies on private attributes of aiohttp's ``RequestHandler``; ``supported()``
 checks the version (``MIN_AIOHTTP``) and that they exist, and otherwise ``make_server``
-returns a plain ``web.Server``.
+returns a plain ``web.Server``. With an access log, each fast answer is logged too
+(``log_fast``).
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ import aiohttp
 from aiohttp import web
 from aiohttp.http import SERVER_SOFTWARE
 from aiohttp.web_protocol import RequestHandler
+
+from .guard import DEFAULT, GuardedHandler, GuardedServer, Timeouts
 
 MAX_READ = 4096
 MAX_FIELDS = 64
@@ -80,6 +84,7 @@ _NEEDED = (
     "_next_keepalive_close_time",
     "_process_keepalive",
     "_request_count",
+    "_current_request",
     "_manager",
     "_loop",
     "transport",
@@ -87,6 +92,8 @@ _NEEDED = (
 
 #: hash part -> narinfo bytes, or None when not served
 Lookup = Callable[[str], "bytes | None"]
+#: (connection, path, status, bytes sent): an access-log line for a fast answer
+FastLog = Callable[[RequestHandler, str, int, int], None]
 
 
 #: the oldest aiohttp whose RequestHandler the override was checked against (3.14.5);
@@ -132,12 +139,18 @@ class _Date:
         return self.value
 
 
-class FastServer(web.Server):
-    """``web.Server`` whose connections use ``FastHandler``. ``lookup`` finds a
-    narinfo; ``cache_control`` is the value aiohttp's path sends with one."""
+class FastServer(GuardedServer):
+    """``GuardedServer`` whose connections use ``FastHandler``. ``lookup`` finds a
+    narinfo; ``cache_control`` is the value aiohttp's path sends with one; ``log_fast``
+    (if given) is told of each fast answer ``(handler, path, status, bytes)``, for the
+    access log."""
 
-    def __init__(self, handler, *, lookup: Lookup, cache_control: str, **kwargs) -> None:
+    def __init__(
+        self, handler, *, lookup: Lookup, cache_control: str, log_fast: FastLog | None = None, **kwargs
+    ) -> None:
         super().__init__(handler, **kwargs)
+        self.handler_class = FastHandler
+        self.log_fast = log_fast
         self.fast_lookup = lookup
         # the header fields aiohttp renders for the same response, in its order
         self.fast_head = (
@@ -149,11 +162,8 @@ class FastServer(web.Server):
         #: requests answered by the fast path (tests read it)
         self.fast_answers = 0
 
-    def __call__(self) -> RequestHandler:
-        return FastHandler(self, loop=self._loop, **self._kwargs)
 
-
-class FastHandler(RequestHandler):
+class FastHandler(GuardedHandler):
     """aiohttp's connection protocol, answering qualifying narinfo GETs itself (see the
     module docstring for when)."""
 
@@ -193,7 +203,10 @@ class FastHandler(RequestHandler):
             return False
         if body is None:
             return False
-        self.transport.write(srv.fast_head % (len(body), srv.fast_date.now()) + body)
+        answer = srv.fast_head % (len(body), srv.fast_date.now()) + body
+        self.transport.write(answer)
+        if srv.log_fast is not None:
+            srv.log_fast(self, m.group(0).split(b" ", 2)[1].decode("ascii"), 200, len(answer))
         srv.requests_count += 1
         srv.fast_answers += 1
         self._request_count += 1
@@ -212,10 +225,18 @@ def make_server(
     *,
     lookup: Lookup | None,
     cache_control: str,
+    timeouts: Timeouts = DEFAULT,
+    log_fast: FastLog | None = None,
     **kwargs: Any,
 ) -> web.Server:
     """A ``FastServer`` when ``lookup`` is given and this aiohttp is supported, else a
-    plain ``web.Server`` (same behaviour, slower narinfo GETs)."""
-    if lookup is None or not supported():
-        return web.Server(handler, **kwargs)
-    return FastServer(handler, lookup=lookup, cache_control=cache_control, **kwargs)
+    ``guard.GuardedServer`` (same behaviour, slower narinfo GETs), or on an aiohttp
+    without the attributes both rely on a plain ``web.Server`` with the keep-alive
+    timeout only."""
+    if not supported():
+        return web.Server(handler, keepalive_timeout=timeouts.keepalive, **kwargs)
+    if lookup is None:
+        return GuardedServer(handler, timeouts=timeouts, **kwargs)
+    return FastServer(
+        handler, lookup=lookup, cache_control=cache_control, timeouts=timeouts, log_fast=log_fast, **kwargs
+    )

@@ -1,17 +1,23 @@
 """Small HTTP pieces shared by the registry's read and write handlers: the error that
-becomes a 4xx answer, plain-text answers, body readers that enforce size limits and
-a minimum pace (``pace``: a client trickling a body is answered 408, so a slowloris
-cannot hold connections open; aiohttp itself bounds only the wait for headers), and a
-file answer whose ETag is its digest."""
+becomes a 4xx answer, plain-text answers (a 4xx/5xx reason is one line), body readers
+that enforce size limits and a minimum pace (``pace``: a client trickling a body is
+answered 408, so a slowloris cannot hold connections open; request heads and idle
+connections are ``guard``'s), and file answers that honour ``If-Range`` by entity tag
+and send in pieces under the write timeout, one of them with its digest as ETag."""
 
 from __future__ import annotations
 
+import asyncio
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-from aiohttp import hdrs, web
+from aiohttp import hdrs, web, web_fileresponse
+from aiohttp.abc import AbstractStreamWriter
 from multidict import CIMultiDict
 
+from . import pace as _pace
+from .guard import SENDFILE_PIECE, timeouts_of
 from .pace import Link, Pace
 
 CHUNK = 1 << 20
@@ -20,13 +26,17 @@ CHUNK = 1 << 20
 class HTTPError(Exception):
     """Answered as ``status`` with ``msg`` by ``Registry.handle``."""
 
-    def __init__(self, status: int, msg: str) -> None:
+    def __init__(self, status: int, msg: str, **headers: str) -> None:
         super().__init__(msg)
-        self.status, self.msg = status, msg
+        self.status, self.msg, self.headers = status, msg, headers
 
 
 def plain(status: int, msg: str, **headers: str) -> web.Response:
-    return web.Response(status=status, text=msg.rstrip("\n") + "\n", headers=headers)
+    """A text answer; a failure's reason is kept to one line (clients and logs show it as one)."""
+    msg = msg.rstrip("\n")
+    if status >= 400:
+        msg = " ".join(msg.split("\n"))
+    return web.Response(status=status, text=msg + "\n", headers=headers)
 
 
 def check_length(request: web.BaseRequest, limit: int) -> None:
@@ -36,20 +46,31 @@ def check_length(request: web.BaseRequest, limit: int) -> None:
 
 
 #: per client address: the bytes all its request bodies brought (``pace.Link``), so a
-#: ``kiln push -j 8`` over a slow uplink is judged as one link, not eight trickles
-_PEER_LINKS: dict[str, Link] = {}
+#: ``kiln push -j 8`` over a slow uplink is judged as one link, not eight trickles;
+#: least recently used first. Past ``_MAX_PEERS`` the least recently used address is
+#: forgotten (never all at once: a client rotating addresses must not reset the credit
+#: of everyone else's links)
+_PEER_LINKS: OrderedDict[str, Link] = OrderedDict()
 _MAX_PEERS = 4096
 
 
-def body_pace(request: web.BaseRequest, what: str) -> Pace:
-    """The pace ``request``'s body must keep (408 when it falls behind)."""
+def body_pace(request: web.BaseRequest, what: str, size: int | None = None) -> Pace:
+    """The pace ``request``'s body must keep (408 when it falls behind): the pace rule
+    over its address's link, and on its own connection the body timeout (no byte for
+    that long) and, for a body of at most ``size`` bytes, the time that size takes at
+    the minimum pace (a link's credit never stretches it further)."""
     peer = request.remote or ""
     link = _PEER_LINKS.get(peer)
     if link is None:
-        if len(_PEER_LINKS) >= _MAX_PEERS:
-            _PEER_LINKS.clear()  # a fresh link only makes its transfers judged alone
+        while len(_PEER_LINKS) >= _MAX_PEERS:
+            _PEER_LINKS.popitem(last=False)
         link = _PEER_LINKS[peer] = Link()
-    return Pace(what, lambda msg: HTTPError(408, msg), link)
+    else:
+        _PEER_LINKS.move_to_end(peer)
+    deadline = None if size is None else _pace.GRACE + size / _pace.MIN_RATE
+    return Pace(
+        what, lambda msg: HTTPError(408, msg), link, idle=timeouts_of(request).body, deadline=deadline
+    )
 
 
 async def read_body(request: web.BaseRequest, limit: int, what: str) -> bytes:
@@ -60,7 +81,7 @@ async def read_body(request: web.BaseRequest, limit: int, what: str) -> bytes:
         raise HTTPError(413, f"{what} of {request.content_length} bytes is over the limit of {limit}")
     parts: list[bytes] = []
     total = 0
-    pace = body_pace(request, what)
+    pace = body_pace(request, what, limit)
     while chunk := await pace.read(request.content.read(min(CHUNK, limit + 1 - total)), 1):
         total += len(chunk)
         if total > limit:
@@ -88,16 +109,67 @@ def shown_key(key: str) -> str:
 
 
 class RangeFile(web.FileResponse):
-    """FileResponse that ignores a multi-range ``Range`` (``bytes=0-1,5-6``) and sends the
-    whole file with 200, as RFC 9110 (14.2) allows: aiohttp would answer 416, which
-    tells a client asking for a valid range that its range cannot be had."""
+    """FileResponse that
+
+    - ignores a multi-range ``Range`` (``bytes=0-1,5-6``) and sends the whole file with
+      200, as RFC 9110 (14.2) allows: aiohttp would answer 416, which tells a client
+      asking for a valid range that its range cannot be had;
+    - honours ``If-Range`` with an entity tag (aiohttp understands only dates, and
+      would send a range of a file that changed since the client's copy, which the
+      client would splice into stale bytes): the range only if the tag is the file's
+      current strong ETag (``current_etag``), else the whole file (RFC 9110 13.1.5);
+    - sends with ``sendfile`` in pieces of ``guard.SENDFILE_PIECE`` bytes, each within
+      the write timeout (``guard.Timeouts.write``): ``sendfile`` waits for as long as
+      the client does not read, and bypasses the transport's flow control that
+      ``guard`` watches for other writes."""
+
+    def current_etag(self) -> str | None:
+        """The ETag value the file is served with now (as aiohttp computes it)."""
+        try:
+            st = self._path.stat()
+        except OSError:
+            return None
+        return f"{st.st_mtime_ns:x}-{st.st_size:x}"
 
     async def prepare(self, request: web.BaseRequest) -> Any:
-        if "," in request.headers.get(hdrs.RANGE, ""):
+        rng = request.headers.get(hdrs.RANGE, "")
+        if_range = request.headers.get(hdrs.IF_RANGE, "").strip()
+        drop = "," in rng
+        if rng and if_range.startswith(('"', "W/")):
+            drop = drop or if_range.startswith("W/") or if_range.strip('"') != self.current_etag()
+        if drop:
             headers = CIMultiDict(request.headers)
-            del headers[hdrs.RANGE]
+            headers.popall(hdrs.RANGE, None)
+            headers.popall(hdrs.IF_RANGE, None)
             request = request.clone(headers=headers)
         return await super().prepare(request)
+
+    async def _sendfile(
+        self, request: web.BaseRequest, fobj: Any, offset: int, count: int
+    ) -> AbstractStreamWriter:
+        if web_fileresponse.NOSENDFILE or self.compression:
+            return await super()._sendfile(request, fobj, offset, count)
+        writer = await web.StreamResponse.prepare(self, request)
+        assert writer is not None
+        loop = asyncio.get_running_loop()
+        timeout = timeouts_of(request).write
+        while count > 0:
+            transport = request.transport
+            if transport is None:
+                raise ConnectionResetError("Connection lost")
+            n = min(count, SENDFILE_PIECE)
+            try:
+                async with asyncio.timeout(timeout):
+                    await loop.sendfile(transport, fobj, offset, n)
+            except NotImplementedError:
+                return await self._sendfile_fallback(writer, fobj, offset, count)
+            except TimeoutError:
+                transport.abort()
+                raise ConnectionResetError(f"client read nothing for {timeout:g} s") from None
+            offset += n
+            count -= n
+        await web.StreamResponse.write_eof(self)
+        return writer
 
 
 class DigestFile(RangeFile):
@@ -106,6 +178,9 @@ class DigestFile(RangeFile):
     def __init__(self, path: Path, etag: str, **kw: Any) -> None:
         super().__init__(path, chunk_size=CHUNK, **kw)
         self._digest_etag = etag
+
+    def current_etag(self) -> str | None:
+        return self._digest_etag
 
     @property
     def etag(self) -> Any:  # type: ignore[override]

@@ -17,6 +17,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,22 @@ MAX_BODY = 64 << 20
 #: of an error answer's body, only this much is read (to quote it), for at most this long
 ERROR_PEEK = 4096
 ERROR_PEEK_S = 10.0
+#: a 503 answer is asked again this many times, after its Retry-After (capped at
+#: BUSY_WAIT_MAX seconds; 1 s without one or with one that is not a number of seconds)
+BUSY_RETRIES = 8
+BUSY_WAIT_MAX = 10.0
+
+
+def _retry_after(value: str | None) -> float:
+    """The seconds a ``Retry-After`` asks for, within ``[0, BUSY_WAIT_MAX]`` (an HTTP
+    date, or junk, counts as 1 s: the server's clock is not ours to trust)."""
+    try:
+        seconds = float(value or "1")
+    except ValueError:
+        seconds = 1.0
+    return min(max(seconds if math.isfinite(seconds) else 1.0, 0.0), BUSY_WAIT_MAX)
+
+
 #: Longest wait for the status line and headers of an answer (not for uploads, whose
 #: answer comes only after the body has been sent).
 HEADERS_TIMEOUT = 300.0
@@ -102,6 +119,20 @@ class HttpClient(Client):
             self._session = None
 
     async def _request(self, method: str, key: str, **kw: Any) -> aiohttp.ClientResponse:
+        """The answer to one request; a ``503`` (a busy ``kiln serve``: its blob batches
+        and reviews are bounded) is asked again after its ``Retry-After`` (at most
+        ``BUSY_WAIT_MAX`` s), ``BUSY_RETRIES`` times, unless the request is an upload
+        (its body may be a stream that cannot be sent twice)."""
+        for attempt in range(BUSY_RETRIES + 1):
+            resp = await self._request_once(method, key, **kw)
+            if resp.status != 503 or attempt == BUSY_RETRIES or "data" in kw:
+                return resp
+            wait = _retry_after(resp.headers.get("Retry-After"))
+            resp.release()
+            await asyncio.sleep(wait)
+        raise AssertionError("unreachable")
+
+    async def _request_once(self, method: str, key: str, **kw: Any) -> aiohttp.ClientResponse:
         req = self._sess().request(method, f"{self.url}/{key}", **kw)
         try:
             if "data" in kw:

@@ -8,6 +8,12 @@ client's 16 parallel downloads from one registry): it is too slow only if both i
 the link as a whole fell behind, so a slow but healthy link is not mistaken for a
 trickle. Used by ``httpclient`` (answers from a registry) and by the server's body
 readers (``httpbits``, ``writeapi``: requests from clients).
+
+A link's credit excuses a transfer's own slowness only so far: ``idle`` bounds how long
+one read may bring nothing at all, and ``deadline`` how long the whole transfer may
+take, whatever the link does. The server needs both: behind a reverse proxy every client
+shares one address (one link), and one connection sending steadily must not keep a
+hundred silent ones open.
 """
 
 from __future__ import annotations
@@ -43,18 +49,34 @@ class Pace:
     """One transfer's allowance. ``error(message)`` makes the exception raised when the
     transfer falls behind (``RegistryError`` on the client, a 408 on the server)."""
 
-    def __init__(self, what: str, error: Callable[[str], Exception], link: Link | None = None) -> None:
+    def __init__(
+        self,
+        what: str,
+        error: Callable[[str], Exception],
+        link: Link | None = None,
+        *,
+        idle: float | None = None,
+        deadline: float | None = None,
+    ) -> None:
         self.what = what
         self.error = error
         self.link = link
         self.start = time.monotonic()
         self.link_start = link.n if link is not None else 0
         self.n = 0
+        #: seconds one read may bring nothing (None: only the pace rule)
+        self.idle = idle
+        #: seconds the whole transfer may take (None: as long as the pace allows)
+        self.deadline = deadline
 
     def left(self, more: int = 0) -> float:
         """Seconds left to receive ``more`` further bytes (negative: too slow already)."""
         done = self.n if self.link is None else max(self.n, self.link.n - self.link_start)
-        return self.start + GRACE + (done + more) / MIN_RATE - time.monotonic()
+        now = time.monotonic()
+        left = self.start + GRACE + (done + more) / MIN_RATE - now
+        if self.deadline is not None:
+            left = min(left, self.start + self.deadline - now)
+        return left
 
     def got(self, n: int) -> None:
         """Count ``n`` bytes received; raise if the transfer has fallen behind."""
@@ -66,6 +88,10 @@ class Pace:
 
     def too_slow(self) -> Exception:
         secs = time.monotonic() - self.start
+        if self.deadline is not None and secs >= self.deadline:
+            return self.error(
+                f"{self.what}: not complete within {self.deadline:g} s ({self.n} bytes received)"
+            )
         return self.error(
             f"{self.what}: too slow ({self.n} bytes in {secs:.0f} s; "
             f"at least {MIN_RATE} bytes/s is expected after {GRACE:g} s)"
@@ -75,13 +101,19 @@ class Pace:
         """Await the read ``aw`` of up to ``more`` bytes and count what it returns (bytes),
         no longer than the pace allows (re-judged as the link makes progress meanwhile)."""
         task = asyncio.ensure_future(aw)
+        silent_until = None if self.idle is None else time.monotonic() + self.idle
         try:
             while True:
-                done, _ = await asyncio.wait({task}, timeout=max(self.left(more), 0.001))
+                wait = self.left(more)
+                if silent_until is not None:
+                    wait = min(wait, silent_until - time.monotonic())
+                done, _ = await asyncio.wait({task}, timeout=max(wait, 0.001))
                 if done:
                     data = task.result()
                     self.got(len(data))
                     return data
+                if silent_until is not None and time.monotonic() >= silent_until:
+                    raise self.error(f"{self.what}: no data for {self.idle:g} s ({self.n} bytes received)")
                 if self.left(more) <= 0:
                     raise self.too_slow()
         finally:

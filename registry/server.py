@@ -32,10 +32,9 @@ exception escape as a 500 for bad input.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import json
-import os
+import logging
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,23 +43,22 @@ from typing import Any
 from aiohttp import hdrs, web
 
 from kiln.store.errors import KilnError
-from kiln.store.hashes import Hash
 from kiln.store.signing import PublicKey, SecretKey
 
-from . import fastpath, layout
+from . import fastpath, layout, servelog
 from .auth import AuthError, TokenStore
 from .backends import DirSource, Source
-from .httpbits import CHUNK, DigestFile, HTTPError, RangeFile, plain, read_body, shown_key
+from .batchapi import BLOB_BATCH_TYPE, MAX_BATCH, MAX_BLOB_BATCH, BatchAPI
+from .guard import Timeouts
+from .httpbits import DigestFile, HTTPError, RangeFile, plain, shown_key
 from .policywatch import PolicyWatch
 from .storage import FileStorage
 from .storesource import StoreSource
 from .writeapi import WriteAPI
 
+__all__ = ["BLOB_BATCH_TYPE", "MAX_BATCH", "MAX_BLOB_BATCH", "Registry", "ServerConfig", "make_app"]
+
 IMMUTABLE = "public, max-age=31536000, immutable"
-MAX_BATCH = 10_000
-#: at most this many objects per ``POST /blob-batch`` (clients send small objects only)
-MAX_BLOB_BATCH = 4096
-BLOB_BATCH_TYPE = "application/x-kiln-blob-batch"
 #: write errors that mean the registry's storage is full (or the file too big for it)
 _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
@@ -89,9 +87,17 @@ class ServerConfig:
     #: with ``index_key``: re-sign the index timestamp this often, in seconds (0: only
     #: after pushes), so a registry without pushes does not look frozen (``refresh_index``)
     index_refresh: float = 6 * 3600
+    #: how long a client may take over its part of a connection (``guard``)
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    #: ``POST /blob-batch`` answers in progress at once per worker (503 beyond)
+    max_blob_batches: int = 64
+    #: ``POST /verify`` reviews at once per worker, each on its own thread (503 beyond)
+    max_reviews: int = 4
+    #: ``--access-log``: a file to append one line per request to, ``-`` for stdout
+    access_log: str | None = None
 
 
-class Registry(WriteAPI):
+class Registry(WriteAPI, BatchAPI):
     """Request handling for one source (dir or store)."""
 
     def __init__(self, source: Source, config: ServerConfig) -> None:
@@ -112,6 +118,7 @@ class Registry(WriteAPI):
             "Content-Type": "text/x-nix-narinfo",
             "Cache-Control": self.narinfo_cache_control,
         }
+        self._init_batch_api()
 
     # ------------------------------------------------------------ dispatch
 
@@ -133,24 +140,25 @@ class Registry(WriteAPI):
             status = 403 if "lacks" in str(e) else 401
             return plain(status, f"error: {e}", **({"WWW-Authenticate": "Bearer"} if status == 401 else {}))
         except HTTPError as e:
-            return plain(e.status, f"error: {e.msg}")
+            return plain(e.status, f"error: {e.msg}", **e.headers)
         except KilnError as e:
             return plain(400, f"error: {e}")
         except asyncio.CancelledError:
             raise
-        except ConnectionResetError as e:
-            # the client went away mid-request (a cancelled push): normal, one line, no
+        except ConnectionError as e:
+            # the client went away mid-request (a cancelled push, a dropped blob batch;
+            # aiohttp raises a plain ConnectionError from a write): normal, one line, no
             # traceback; the answer is never seen (aiohttp drops it quietly)
             # (repr: a %0A in the path must not forge log lines)
             print(
-                f"kiln serve: {request.method} {path[:200]!r}: client went away ({e})",
+                f"kiln serve: {request.method} {path[:200]!r}: client went away ({servelog.one_line(str(e))})",
                 file=sys.stderr,
                 flush=True,
             )
             return plain(400, "error: connection lost")
         except OSError as e:
             if e.errno in _FULL:  # the registry's disk, not the request: say so (507)
-                print(f"kiln serve: {request.method} {path}: {e}", file=sys.stderr, flush=True)
+                print(f"kiln serve: {request.method} {path[:200]!r}: {e}", file=sys.stderr, flush=True)
                 return plain(507, f"error: the registry cannot store this: {e.strerror}")
             raise
 
@@ -160,8 +168,13 @@ class Registry(WriteAPI):
 
     def _auth(self, request: web.BaseRequest, scope: str) -> None:
         if self.tokens is None:
-            raise HTTPError(405, "this server is read-only (serving a store)")
-        self.tokens.check(request.headers.get(hdrs.AUTHORIZATION), scope)
+            raise HTTPError(405, "this server is read-only (serving a store)", Allow="GET, HEAD")
+        self._check_token(request, scope)
+
+    def _check_token(self, request: web.BaseRequest, scope: str) -> None:
+        assert self.tokens is not None
+        rec = self.tokens.check(request.headers.get(hdrs.AUTHORIZATION), scope)
+        request[servelog.TOKEN_ID] = rec.token_id  # for the access log (never the token)
 
     async def _dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
         key = request.path.lstrip("/")
@@ -170,7 +183,7 @@ class Registry(WriteAPI):
         if self.config.private and not (method in ("GET", "HEAD") and key == layout.CACHE_INFO):
             if self.tokens is None:
                 raise HTTPError(403, "private mode needs a directory registry (tokens live there)")
-            self.tokens.check(request.headers.get(hdrs.AUTHORIZATION), "read")
+            self._check_token(request, "read")
         if method == "POST":
             if key == "narinfo-batch":
                 return await self._batch(request)
@@ -191,7 +204,8 @@ class Registry(WriteAPI):
         if method == "PUT":
             self._auth(request, "write")
             return await self._put(request, key, kind, arg)
-        raise HTTPError(405, f"method {method} not allowed on /{shown_key(key)}")
+        allow = "GET, HEAD, PUT" if self.tokens is not None else "GET, HEAD"
+        raise HTTPError(405, f"method {shown_key(method)} not allowed on /{shown_key(key)}", Allow=allow)
 
     # ------------------------------------------------------------ reads
 
@@ -211,8 +225,9 @@ class Registry(WriteAPI):
             if path is None:
                 return self._not_found(key)
             etag = f"sha256:{digest.hex}"
-            inm = request.headers.get(hdrs.IF_NONE_MATCH)
-            if inm and etag in inm:
+            # the list of entity tags, or "*" (weak comparison, RFC 9110 13.1.2)
+            inm = request.if_none_match
+            if inm and any(t.value in (etag, "*") for t in inm):
                 return web.Response(status=304, headers={"ETag": f'"{etag}"', "Cache-Control": IMMUTABLE})
             ctype = "application/zstd" if kind == "blob" else "application/x-nix-nar"
             return DigestFile(path, etag, headers={"Cache-Control": IMMUTABLE, "Content-Type": ctype})
@@ -244,133 +259,30 @@ class Registry(WriteAPI):
             return self._not_found(key)
         return RangeFile(path, headers={**headers, "Content-Type": "application/vnd.dsse.envelope.v1+json"})
 
-    async def _verify(self, request: web.BaseRequest) -> web.Response:
-        """``POST /verify``: see ``admission``."""
-        from . import admission
-
-        if self.policy is None:
-            raise HTTPError(409, "this server has no verification policy (start it with --policy FILE)")
-        raw = await read_body(request, admission.MAX_REVIEW, "review")
-        try:
-            review = admission.parse_review(raw)
-        except KilnError as e:
-            raise HTTPError(400, str(e)) from None
-        answer = await asyncio.get_running_loop().run_in_executor(
-            None, admission.answer, self.source, review, self.policy
-        )
-        return web.json_response(answer, headers={"Cache-Control": "no-store"})
-
-    async def _batch(self, request: web.BaseRequest) -> web.Response:
-        raw = await read_body(request, 4 << 20, "batch request")
-        try:
-            data = (
-                json.loads(raw) if raw.strip().startswith((b"{", b"[")) else {"hashes": raw.decode().split()}
-            )
-            if isinstance(data, list):
-                data = {"hashes": data}
-            hashes, blobs = data.get("hashes", []), data.get("blobs", [])
-            atts, nar_hashes = data.get("attestations", []), data.get("nar_hashes", [])
-            if not all(isinstance(x, list) for x in (hashes, blobs, atts, nar_hashes)):
-                raise ValueError("hashes, blobs, attestations and nar_hashes must be lists")
-        except (ValueError, AttributeError, RecursionError) as e:  # (nesting too deep to parse)
-            raise HTTPError(400, f"malformed batch request: {e}") from None
-        if len(hashes) + len(blobs) + len(atts) + 100 * len(nar_hashes) > MAX_BATCH:
-            raise HTTPError(413, f"at most {MAX_BATCH} entries per batch")
-        found: dict[str, str] = {}
-        for h in hashes:
-            if isinstance(h, str) and layout.is_hash_part(h):
-                body = self.source.narinfo(h)
-                if body is not None:
-                    found[h] = body.decode(errors="replace")  # junk on disk: the client rejects it
-        have = []
-        for b in blobs:
-            try:
-                digest = Hash.parse(b, "sha256")
-            except (KilnError, TypeError, AttributeError):
-                continue
-            if self.source.object_file(digest) is not None:
-                have.append(b)
-        answer: dict[str, Any] = {"narinfos": found, "blobs": have}
-        if atts:
-            listings = {}
-            for h in atts:
-                if isinstance(h, str) and layout.is_hash_part(h):
-                    kinds = self.source.att_listing(h)
-                    if kinds:
-                        listings[h] = kinds
-            answer["attestations"] = listings
-        if nar_hashes:
-            # off the event loop: a lookup may wait for a scan of every narinfo
-            wanted = [nh for nh in nar_hashes if isinstance(nh, str) and len(nh) == 64]
-            answer["by_nar_hash"] = await asyncio.get_running_loop().run_in_executor(
-                None, self._by_nar_hash, wanted
-            )
-        return web.json_response(answer, headers={"Cache-Control": "no-store"})
-
-    def _by_nar_hash(self, wanted: list[str]) -> dict[str, str]:
-        out = {}
-        for nh in wanted:
-            body = self.source.narinfo_by_nar_hash(nh.lower())
-            if body is not None:
-                out[nh] = body.decode(errors="replace")
-        return out
-
-    async def _blob_batch(self, request: web.BaseRequest) -> web.StreamResponse:
-        """``POST /blob-batch``: many compressed objects in one response, so a client
-        copying thousands of small paths pays one round trip per batch instead of one
-        per path. Body ``{"blobs": ["<sha256 hex>" | "sha256:<hex>", ...]}``; the
-        answer, in request order, is for each object a line ``<hex> <size>\n``
-        followed by exactly ``size`` bytes, or ``<hex> -\n`` if this registry lacks it.
-        The client verifies every object's digest as for a single download."""
-        raw = await read_body(request, 1 << 20, "blob batch request")
-        try:
-            blobs = json.loads(raw).get("blobs")
-            if not isinstance(blobs, list) or not all(isinstance(b, str) for b in blobs):
-                raise ValueError("'blobs' must be a list of sha256 digests")
-            digests = [Hash.parse(b, "sha256") for b in blobs]
-        except (ValueError, AttributeError, RecursionError, KilnError) as e:
-            raise HTTPError(400, f"malformed blob batch request: {e}") from None
-        if len(digests) > MAX_BLOB_BATCH:
-            raise HTTPError(413, f"at most {MAX_BLOB_BATCH} objects per blob batch")
-        resp = web.StreamResponse(headers={"Content-Type": BLOB_BATCH_TYPE, "Cache-Control": "no-store"})
-        await resp.prepare(request)
-        for d in digests:
-            path = self.source.object_file(d)
-            f = None
-            if path is not None:
-                with contextlib.suppress(FileNotFoundError):
-                    f = open(path, "rb")  # noqa: SIM115 - closed below
-            if f is None:
-                await resp.write(f"{d.hex} -\n".encode())
-                continue
-            with f:
-                size = os.fstat(f.fileno()).st_size
-                # header and (small) body in one write; big ones in chunks
-                chunk = f.read(CHUNK)
-                await resp.write(f"{d.hex} {size}\n".encode() + chunk)
-                sent = len(chunk)
-                while sent < size and (chunk := f.read(min(CHUNK, size - sent))):
-                    await resp.write(chunk)
-                    sent += len(chunk)
-                if sent != size:  # the file changed under us: the framing is broken, stop
-                    raise ConnectionResetError(f"object {d.hex} shrank while being sent")
-        await resp.write_eof()
-        return resp
-
 
 def make_app(source: Source, config: ServerConfig) -> web.Server:
     """The low-level aiohttp server: one handler, no router or middleware layers (every
     path is classified by ``layout.parse_key`` anyway), which is measurably faster for
     small narinfo responses, plus ``fastpath`` for narinfo GETs."""
     reg = Registry(source, config)
+    # aiohttp's and asyncio's own log records: one line each, no request bytes
+    servelog.quiet_library_logs()
+    access = servelog.AccessLog(config.access_log) if config.access_log else None
+    logging_kw: dict = (
+        {"access_log": logging.getLogger("kiln.access"), "access_log_class": access.logger_class()}
+        if access is not None
+        else {"access_log": None}
+    )
     # a public registry answers most narinfo GETs without aiohttp's per-request machinery
     # (``fastpath``: same bytes on the wire, ~2x the requests per second)
     app = fastpath.make_server(
         reg.handle,
         lookup=None if config.private or not config.fast_path else source.narinfo,
         cache_control=reg.narinfo_cache_control,
-        access_log=None,
+        timeouts=config.timeouts,
+        log_fast=access.fast if access is not None else None,
         max_field_size=16384,
+        **logging_kw,
     )
     # what one worker runs beside serving (``workers``)
     app.kiln_background = (  # type: ignore[attr-defined]

@@ -39,7 +39,7 @@ class WriteAPI:
                 return plain(200, "already present")
             ver = NarVerifier(max_nar_size=self.config.max_nar)
             total = 0
-            pace = body_pace(request, f"PUT /{key}")
+            pace = body_pace(request, f"PUT /{key}", request.content_length)
             loop = asyncio.get_running_loop()
             with src.storage.staged() as (f, _tmp):
                 while chunk := await pace.read(request.content.read(CHUNK), 1):
@@ -92,7 +92,7 @@ class WriteAPI:
                 self.config.attesters,
             )
             return plain(status, msg)
-        raise HTTPError(405, f"PUT is not allowed on /{shown_key(key)}")
+        raise HTTPError(405, f"PUT is not allowed on /{shown_key(key)}", Allow="GET, HEAD")
 
     def _admit_narinfo(self, hash_part: str, text: str) -> tuple[int, str]:
         src = self.source
@@ -126,7 +126,7 @@ class WriteAPI:
         check_length(request, self.config.max_body)
         entries: list[BatchEntry] = []
         total = 0
-        pace = body_pace(request, "upload batch")
+        pace = body_pace(request, "upload batch", request.content_length)
         loop = asyncio.get_running_loop()
         with contextlib.ExitStack() as stack:
             while True:

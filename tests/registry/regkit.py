@@ -73,9 +73,12 @@ class Server:
                 self.proc.wait()
 
 
-def start_kiln(args: list[str], max_file_bytes: int | None = None) -> Server:
+def start_kiln(
+    args: list[str], max_file_bytes: int | None = None, nofile: tuple[int, int] | None = None
+) -> Server:
     """``kiln serve ARGS`` on a free port; ``max_file_bytes`` caps the size of every file
-    it writes (RLIMIT_FSIZE: writes past it fail with EFBIG, a full disk's stand-in)."""
+    it writes (RLIMIT_FSIZE: writes past it fail with EFBIG, a full disk's stand-in);
+    ``nofile`` is its (soft, hard) limit on open files."""
     import resource
 
     # port 0: the server binds a free port itself and says which (no window in which
@@ -85,6 +88,8 @@ def start_kiln(args: list[str], max_file_bytes: int | None = None) -> Server:
     def limit() -> None:
         if max_file_bytes is not None:
             resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_bytes, max_file_bytes))
+        if nofile is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, nofile)
 
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=limit)
     line = proc.stdout.readline()  # type: ignore[union-attr]

@@ -324,3 +324,37 @@ def test_a_redirect_loop_is_named_as_one() -> None:
         RegistryError, match=r"nix-cache-info: too many redirects \(\d+, the last at http://.*/loop\)"
     ):
         asyncio.run(loop(lambda c: c.cache_info()))
+
+
+@pytest.mark.parametrize("retry_after", ["0", "nan", "Wed, 21 Oct 2015 07:28:00 GMT", "1e9"])
+def test_a_busy_answer_is_asked_again(monkeypatch, retry_after: str) -> None:
+    """``kiln serve`` answers 503 when its blob batches or reviews are all taken: a
+    substitution waits and asks again rather than failing (a Retry-After that is not a
+    small number of seconds counts as 1 s, at most ``BUSY_WAIT_MAX``)."""
+    monkeypatch.setattr(client_mod, "BUSY_WAIT_MAX", 0.05)
+    asked = 0
+
+    async def busy_then_ok(r, w) -> None:
+        nonlocal asked
+        asked += 1
+        if asked < 3:
+            w.write(f"HTTP/1.1 503 Busy\r\nRetry-After: {retry_after}\r\nContent-Length: 0\r\n\r\n".encode())
+        else:
+            body = b'{"narinfos": {}}'
+            _head(w, f"Content-Length: {len(body)}\r\n")
+            w.write(body)
+        await w.drain()
+
+    assert run(busy_then_ok, lambda c: c.narinfos(["a" * 32])) == {}
+    assert asked == 3
+
+
+def test_busy_for_ever_is_an_error_not_a_hang(monkeypatch) -> None:
+    monkeypatch.setattr(client_mod, "BUSY_WAIT_MAX", 0.01)
+
+    async def busy(r, w) -> None:
+        w.write(b"HTTP/1.1 503 Busy\r\nRetry-After: 0\r\nContent-Length: 0\r\n\r\n")
+        await w.drain()
+
+    with pytest.raises(RegistryError, match="503"):
+        run(busy, lambda c: c.narinfos(["a" * 32]))

@@ -69,3 +69,49 @@ def test_a_slow_but_steady_request_body_is_served(tmp_path, impatient) -> None:
     body = b'{"narinfos": ["' + b"a" * 32 + b'"]}'
     status, _ = asyncio.run(_with_server(tmp_path / "reg", lambda port: _post(port, body, 0.05)))
     assert status.startswith(b"HTTP/1.1 200"), status
+
+
+def test_the_peer_table_forgets_the_least_recently_used_address(monkeypatch) -> None:
+    from types import SimpleNamespace
+
+    from kiln.registry import httpbits
+
+    monkeypatch.setattr(httpbits, "_MAX_PEERS", 3)
+    monkeypatch.setattr(httpbits, "_PEER_LINKS", httpbits.OrderedDict())
+
+    def pace(ip: str) -> pace.Pace:
+        return httpbits.body_pace(SimpleNamespace(remote=ip, protocol=None), "body")
+
+    busy = pace("10.0.0.1").link
+    busy.n = 123
+    for i in range(2, 20):  # a client rotating addresses
+        pace(f"10.0.0.{i}")
+        assert pace("10.0.0.1").link is busy  # (used again: kept)
+    assert busy.n == 123 and len(httpbits._PEER_LINKS) == 3
+
+
+def test_a_bounded_body_has_a_deadline_whatever_its_link_does(tmp_path, impatient, monkeypatch) -> None:
+    from kiln.registry import batchapi
+
+    monkeypatch.setattr(batchapi, "MAX_QUERY_BODY", 1500)  # deadline 0.5 s + 1500 / 1000 B/s = 2 s
+
+    async def talk(port: int) -> tuple[bytes, float]:
+        async def keeper() -> None:  # the same address sends plenty meanwhile
+            body = b"[" + b" " * 1400 + b"]"
+            for _ in range(200):
+                r, w = await asyncio.open_connection("127.0.0.1", port)
+                w.write(b"POST /narinfo-batch HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body))
+                w.write(body)
+                await r.readline()
+                w.close()
+                await asyncio.sleep(0.02)
+
+        k = asyncio.ensure_future(keeper())
+        try:
+            return await _post(port, b"[" + b" " * 1400 + b"]", 0.3)  # 20 B per 0.3 s: never silent
+        finally:
+            k.cancel()
+
+    status, secs = asyncio.run(_with_server(tmp_path / "reg", talk))
+    assert status.startswith(b"HTTP/1.1 408"), status
+    assert secs < 4

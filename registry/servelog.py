@@ -1,0 +1,149 @@
+"""What ``kiln serve`` writes to its logs: one line per event, never request bytes.
+
+Invariants
+----------
+- **One line per event.** Every line goes through ``one_line``: control characters
+  (a CR or LF in a path or a reason could forge log lines) and non-ASCII are escaped.
+- **No request bytes, no tracebacks from protocol errors.** aiohttp logs a request it
+  cannot parse with ``logger.exception`` (traceback included), and the exception's
+  message quotes the offending bytes: a header line ``Authorization: Bearer
+  kiln_...\\r`` (a token file with a CRLF) or a whole overlong header would reach the
+  log. ``quiet_library_logs`` puts ``OneLineHandler`` on aiohttp's and asyncio's
+  loggers instead of Python's last-resort handler: it writes the log message (aiohttp's
+  ``"Error handling request from %s"``, with the peer address) and the exception's type
+  name, never its message or traceback.
+- **Bursts are one line.** A flood of the same event (``accept()`` failing with EMFILE
+  every second while the descriptor table is full; a scan of malformed requests) is
+  written once per ``BURST`` seconds per message (by its first 40 characters), the
+  next line saying how many were left out.
+- **The access log** (``kiln serve --access-log FILE|-``) has one line per answered
+  request: ``<UTC time> <peer> <method> "<path>" <status> <bytes> <token id or ->``.
+  The path is escaped (``one_line``; ``"`` and ``\\`` too); the token id is that of the
+  token that authenticated the request (``TOKEN_ID``), never the token.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import IO, Any
+
+from aiohttp.abc import AbstractAccessLogger
+
+#: seconds during which repeats of one message are counted, not written
+BURST = 10.0
+#: request key under which ``server.Registry`` records the id of the token it accepted
+TOKEN_ID = "kiln_token_id"
+
+
+def one_line(text: str, limit: int = 300) -> str:
+    """``text`` cut to ``limit`` characters with everything but printable ASCII escaped."""
+    text = text[:limit]
+    if text.isascii() and text.isprintable():
+        return text
+    return "".join(
+        c if c.isascii() and c.isprintable() else c.encode("unicode_escape").decode() for c in text
+    )
+
+
+class OneLineHandler(logging.Handler):
+    """Writes ``kiln serve: <message>[: <exception type>]`` to ``stream`` (stderr), one
+    line per record, rate-limited per message (see the module docstring)."""
+
+    def __init__(self, stream: IO[str] | None = None) -> None:
+        super().__init__(logging.WARNING)
+        self.stream = stream
+        self._last: dict[str, tuple[float, int]] = {}  # message -> (written at, left out since)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            msg = record.msg if isinstance(record.msg, str) else type(record.msg).__name__
+            # (the start of the message: asyncio's embed a handle's repr, different each time)
+            key = f"{record.name}:{msg[:40]}"
+            now = time.monotonic()
+            at, left_out = self._last.get(key, (-BURST, 0))
+            if now - at < BURST:
+                self._last[key] = (at, left_out + 1)
+                return
+            if len(self._last) > 1000:  # distinct messages are few; bound it anyway
+                self._last.clear()
+            self._last[key] = (now, 0)
+            try:
+                text = record.getMessage()
+            except (TypeError, ValueError):
+                text = msg
+            exc = record.exc_info[1] if record.exc_info else None
+            line = one_line(text) + (f": {type(exc).__name__}" if exc is not None else "")
+            if left_out:
+                line += f" (and {left_out} more like it in the last {now - at:.0f} s)"
+            stream = self.stream or sys.stderr
+            stream.write(f"kiln serve: {line}\n")
+            stream.flush()
+        except Exception:  # noqa: BLE001 - logging must never take the server down
+            pass
+
+
+_LIBRARY_LOGGERS = ("aiohttp.server", "aiohttp.access", "aiohttp.web", "aiohttp.internal", "asyncio")
+
+
+def quiet_library_logs(stream: IO[str] | None = None) -> None:
+    """Route aiohttp's and asyncio's log records through one ``OneLineHandler`` (and not
+    to Python's last-resort handler, which prints tracebacks and request bytes)."""
+    handler = OneLineHandler(stream)
+    for name in _LIBRARY_LOGGERS:
+        log = logging.getLogger(name)
+        for h in list(log.handlers):
+            if isinstance(h, OneLineHandler):
+                log.removeHandler(h)
+        log.addHandler(handler)
+        log.propagate = False
+
+
+def access_line(peer: str, method: str, path: str, status: int, size: int, token_id: str | None) -> str:
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    shown = one_line(path, 1000).replace('"', '\\"')
+    return f'{stamp} {one_line(peer, 64) or "-"} {one_line(method, 16)} "{shown}" {status} {size} {token_id or "-"}\n'
+
+
+class AccessLog:
+    """The access-log file (``-``: stdout), shared by aiohttp's requests (``Logger``)
+    and the fast path's answers (``fast``)."""
+
+    def __init__(self, target: str) -> None:
+        self.out: IO[str] = sys.stdout if target == "-" else open(target, "a", encoding="ascii")  # noqa: SIM115
+
+    def write(self, line: str) -> None:
+        try:
+            self.out.write(line)
+            self.out.flush()
+        except (OSError, ValueError):  # a full disk must not fail the requests
+            pass
+
+    def fast(self, conn: Any, path: str, status: int, size: int) -> None:
+        peer = conn.transport.get_extra_info("peername") if conn.transport is not None else None
+        self.write(access_line(peer[0] if peer else "", "GET", path, status, size, None))
+
+    def logger_class(self) -> type[AbstractAccessLogger]:
+        log = self
+
+        class Logger(AbstractAccessLogger):
+            def log(self, request: Any, response: Any, time: float) -> None:
+                token_id = request.get(TOKEN_ID) if hasattr(request, "get") else None
+                size = getattr(response, "body_length", 0) or 0
+                log.write(
+                    access_line(
+                        request.remote or "",
+                        request.method,
+                        request.raw_path,
+                        response.status,
+                        size,
+                        token_id,
+                    )
+                )
+
+            @property
+            def enabled(self) -> bool:
+                return True
+
+        return Logger
