@@ -89,8 +89,14 @@ def proc_flags(as_root: bool | None = None) -> tuple[str, ...]:
     return tuple(flags)
 
 
+#: The options every bwrap command line starts with, which ``bwrap._start`` sends last,
+#: once bwrap's process state is set: bwrap refuses the rest without them (``--hostname``
+#: requires ``--unshare-uts``).
+GATED = ("--unshare-all", "--unshare-user")
+
+
 def common_flags(spec_network: bool, uid: int, gid: int, hostname: str) -> list[str]:
-    flags = ["--unshare-all", "--unshare-user"]
+    flags = [*GATED]
     if spec_network:
         flags.append("--share-net")
     flags += ["--die-with-parent", "--new-session", "--cap-drop", "ALL"]

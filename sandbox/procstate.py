@@ -34,8 +34,8 @@ resource limits        ``RLIMITS`` (soft, hard): ``core`` 0/0, ``nofile``
                        hard limit and uses it as the soft limit too (capped at the
                        target soft value; ``fallback_limit``)
 file descriptors       0 ``/dev/null``, 1 and 2 the log pipe; bwrap's own fds at
-                       fixed numbers (``--args 3``, ``FIXED_FDS``), nothing else:
-                       the sandbox's pid 1 is ``bwrap --args 3 -- <argv>``
+                       fixed numbers (``--args 3 --args 4``, ``FIXED_FDS``), nothing
+                       else: the sandbox's pid 1 is ``bwrap --args 3 --args 4 -- <argv>``
 argv[0] of bwrap       ``bwrap`` (the binary's host path is only the executable)
 umask, cwd             ``spec.umask``; ``/`` (bwrap then enters ``/build``)
 NIS domain name        ``(none)`` when kiln may make a UTS namespace
@@ -60,13 +60,29 @@ threads (the build loop's) is unsafe. Instead:
   namespace with the fixed domain name;
 * what is set per process from outside, the parent sets on bwrap (``fix_child``:
   ``prlimit``, ``sched_setaffinity``, ``sched_setscheduler``, ``setpriority``) while
-  bwrap waits for its options: ``--args 3`` is a pipe the parent writes only after,
-  and bwrap reads it before anything else (parsing its options is the first thing it
-  does, after reading ``/proc/sys/kernel/overflowuid``), so no process of the sandbox
-  exists yet.
+  bwrap waits for its options: ``--args 3`` is a pipe the parent writes only after
+  (``bwrap._start``), and bwrap reads it before anything else (parsing its options is
+  the first thing it does, after reading ``/proc/sys/kernel/overflowuid``), so no
+  process of the sandbox exists yet.
 
 The launcher is also the thread bwrap's ``--die-with-parent`` (``PR_SET_PDEATHSIG``)
-watches: it lives as long as the kiln process.
+watches: it lives as long as the kiln process. It blocks every signal, from its birth
+(it is started with them blocked): a signal sent to the kiln process goes to a thread
+that does not block it, and code that blocks a signal in the main thread to collect it
+with ``sigtimedwait`` (``kiln run``'s forwarding) must find it pending, not taken by
+the launcher and handled as if kiln had got it. ``posix_spawn`` gives bwrap an empty
+mask whatever the launcher's.
+
+Interrupts. ``spawn`` may be called on the main thread (the probe, ``--check``
+rebuilds), where a signal handler can raise (``KeyboardInterrupt``) at any bytecode.
+The fds of a request belong to the caller, but the launcher reads them until the
+request is done, so a request is either withdrawn before the launcher takes it
+(``_Request.claim``: whoever takes it first decides) or waited for to the end, through
+further interrupts. The launcher hands the pid over in the caller's ``started`` list as
+it starts the child, so even an interrupt landing as ``spawn`` returns leaves the caller
+its pid to reap (without ``started``, an interrupted ``spawn`` kills and reaps the child
+itself). So when ``spawn`` returns or raises, the launcher no longer uses the caller's
+fds and no child is left unowned.
 """
 
 from __future__ import annotations
@@ -110,13 +126,15 @@ RLIMITS: tuple[tuple[str, int, int, int], ...] = (
 
 _STACK = 8 * MiB
 
-#: bwrap's fds in the child, always at these numbers: ``--args``, ``--seccomp``,
-#: ``--block-fd``, then the generated /etc files (``--file``).
-ARGS_FD = 3
-SECCOMP_FD = 4
-BLOCK_FD = 5
-ETC_FDS: Mapping[str, int] = {"passwd": 6, "group": 7, "hosts": 8}
-FIXED_FDS = (ARGS_FD, SECCOMP_FD, BLOCK_FD, *ETC_FDS.values())
+#: bwrap's fds in the child, always at these numbers: the two ``--args`` (the gate pipe,
+#: then the options; see ``bwrap._start``), ``--seccomp``, ``--block-fd``, then the
+#: generated /etc files (``--file``).
+GATE_FD = 3
+OPTIONS_FD = 4
+SECCOMP_FD = 5
+BLOCK_FD = 6
+ETC_FDS: Mapping[str, int] = {"passwd": 7, "group": 8, "hosts": 9}
+FIXED_FDS = (GATE_FD, OPTIONS_FD, SECCOMP_FD, BLOCK_FD, *ETC_FDS.values())
 
 #: The NIS domain name of a fresh kernel (``UTS_DOMAINNAME``), as Nix sets it.
 DOMAINNAME = b"(none)"
@@ -176,13 +194,39 @@ def fix_child(pid: int) -> None:
 
 
 class _Request:
-    __slots__ = ("path", "argv", "fds", "umask", "done", "pid", "error")
+    __slots__ = ("path", "argv", "fds", "umask", "started", "claim", "done", "pid", "error")
 
-    def __init__(self, path: str, argv: Sequence[str], fds: Sequence[tuple[int, int]], umask: int) -> None:
+    def __init__(
+        self,
+        path: str,
+        argv: Sequence[str],
+        fds: Sequence[tuple[int, int]],
+        umask: int,
+        started: list[int] | None,
+    ) -> None:
         self.path, self.argv, self.fds, self.umask = path, list(argv), tuple(fds), umask
+        self.started = started
+        # Taken (never blocking: an interrupt cannot stop it halfway) by the launcher
+        # before it reads the request, or by an interrupted caller withdrawing it.
+        self.claim = threading.Lock()
         self.done = threading.Event()
         self.pid: int | None = None
         self.error: BaseException | None = None
+
+
+def kill_and_reap(pid: int) -> None:
+    """SIGKILL and reap our child ``pid`` (not yet anyone else's to reap), whatever
+    interrupts come meanwhile (they are dropped: the caller is propagating one)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    while True:
+        try:
+            os.waitpid(pid, 0)
+            return
+        except ChildProcessError:
+            return
+        except BaseException:  # another Ctrl-C: finish reaping first
+            continue
 
 
 class _Launcher:
@@ -196,18 +240,49 @@ class _Launcher:
         # SIGCHLD ignored (inherited: ``trap '' CHLD``) makes the kernel reap children
         # at once, and bwrap's exit status is lost. Its default action is to ignore it
         # too, so the default changes nothing else for kiln.
+        # (Through Python when it can, so that ``signal.getsignal`` says so too; only the
+        # main thread may, and the launcher may be made by a build loop's worker.)
         if signal.getsignal(signal.SIGCHLD) == signal.SIG_IGN:
-            _signal(signal.SIGCHLD, signal.SIG_DFL)
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            else:
+                _signal(signal.SIGCHLD, signal.SIG_DFL)
         thread = threading.Thread(target=self._serve, name="kiln-sandbox-launcher", daemon=True)
-        thread.start()
+        # A new thread starts with its creator's mask: all blocked from its first
+        # instruction (see the module docstring), ours restored at once.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+        try:
+            thread.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         self._ready.wait()
         if self._error is not None:
             raise self._error
 
-    def spawn(self, path: str, argv: Sequence[str], fds: Sequence[tuple[int, int]], umask: int) -> int:
-        req = _Request(path, argv, fds, umask)
-        self._requests.put(req)
-        req.done.wait()
+    def spawn(
+        self,
+        path: str,
+        argv: Sequence[str],
+        fds: Sequence[tuple[int, int]],
+        umask: int,
+        started: list[int] | None,
+    ) -> int:
+        req = _Request(path, argv, fds, umask, started)
+        try:
+            self._requests.put(req)
+            req.done.wait()
+        except BaseException:
+            # Interrupted. Not yet taken (or not even queued): withdrawn, the launcher
+            # will skip it. Taken: it may be using our fds right now, so wait for the
+            # end, then undo what it started.
+            if req.claim.acquire(blocking=False):
+                raise
+            while not req.done.is_set():
+                with contextlib.suppress(BaseException):  # another Ctrl-C: still wait
+                    req.done.wait()
+            if req.pid is not None and started is None:  # (else the caller's, in ``started``)
+                kill_and_reap(req.pid)
+            raise
         if req.error is not None:
             raise req.error
         assert req.pid is not None
@@ -231,8 +306,12 @@ class _Launcher:
             self._ready.set()
         while True:
             req = self._requests.get()
+            if not req.claim.acquire(blocking=False):
+                continue  # withdrawn by its interrupted caller, whose fds may be closed
             try:
                 req.pid = self._spawn(req)
+                if req.started is not None:
+                    req.started.append(req.pid)
             except BaseException as e:
                 req.error = e
             req.done.set()
@@ -240,15 +319,19 @@ class _Launcher:
     @staticmethod
     def _spawn(req: _Request) -> int:
         targets = {dst for _, dst in req.fds}
+        sources = {src for src, _ in req.fds}
         actions: list[tuple[int, ...]] = []
-        # fds kiln (or whoever started it) left inheritable: not for the build
+        after: list[tuple[int, ...]] = []
+        # fds kiln (or whoever started it) left inheritable: not for the build; an
+        # inheritable source only once it is copied
         for entry in os.listdir("/proc/self/fd"):
             fd = int(entry)
             if fd > 2 and fd not in targets:
                 with contextlib.suppress(OSError):  # (the listing's own fd, now closed)
                     if os.get_inheritable(fd):
-                        actions.append((os.POSIX_SPAWN_CLOSE, fd))
+                        (after if fd in sources else actions).append((os.POSIX_SPAWN_CLOSE, fd))
         actions += [(os.POSIX_SPAWN_DUP2, src, dst) for src, dst in req.fds]
+        actions += after
         os.umask(req.umask)
         # RLIMIT_STACK cannot be set from outside like the other limits: exec saves it
         # when it starts and writes it back when it ends, after posix_spawn returned
@@ -278,12 +361,24 @@ _launcher: _Launcher | None = None
 _launcher_lock = threading.Lock()
 
 
-def spawn(path: str, argv: Sequence[str], fds: Sequence[tuple[int, int]], umask: int) -> int:
+def spawn(
+    path: str,
+    argv: Sequence[str],
+    fds: Sequence[tuple[int, int]],
+    umask: int,
+    started: list[int] | None = None,
+) -> int:
     """Start ``path`` with ``argv`` and no environment in a session of its own, from
     the launcher thread: signals default and unblocked, personality ``PER_LINUX``,
     ``umask``, cwd ``/``, the fixed domain name when allowed, and exactly the fds
     ``fds`` maps (ours -> the child's, 0-2 included). Returns the pid; call
     ``fix_child`` on it before letting it run on. ``OSError`` if it cannot be started.
+
+    The launcher also appends the pid to ``started`` as it starts the child, so a
+    caller interrupted before it has the return value still has the pid to reap: with
+    ``started``, an interrupted ``spawn`` leaves the child to the caller (else it kills
+    and reaps it itself). When ``spawn`` returns or raises, the launcher no longer uses
+    ``fds``.
 
     No source fd may be one of the child's numbers but its own (``dup2`` runs in
     order): see ``high_fd``."""
@@ -291,7 +386,7 @@ def spawn(path: str, argv: Sequence[str], fds: Sequence[tuple[int, int]], umask:
     with _launcher_lock:
         if _launcher is None:
             _launcher = _Launcher()
-    return _launcher.spawn(path, argv, fds, umask)
+    return _launcher.spawn(path, argv, fds, umask, started)
 
 
 def domainname_fixed() -> bool:
@@ -302,11 +397,14 @@ def domainname_fixed() -> bool:
 
 def high_fd(fd: int) -> int:
     """``fd``, moved above ``FIXED_FDS`` if it is one of them (a spawn's ``dup2``s
-    would overwrite it before copying it)."""
+    would overwrite it before copying it). Takes ``fd`` over: closed if it cannot be
+    moved (``EMFILE``), so the caller owns exactly what it returns."""
     if fd > max(FIXED_FDS):
         return fd
-    moved = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, max(FIXED_FDS) + 1)
-    os.close(fd)
+    try:
+        moved = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, max(FIXED_FDS) + 1)
+    finally:
+        os.close(fd)
     return moved
 
 

@@ -220,7 +220,7 @@ def test_host_nis_domain_name_does_not_reach_the_build(kiln_build, baseline) -> 
 
 
 def test_sandbox_pid1_command_line_and_fds_are_fixed(rootfs, build_dir, tmp_path) -> None:
-    """PID 1 of the sandbox is ``bwrap --args 3 -- <argv>`` and holds the same fds,
+    """PID 1 of the sandbox is ``bwrap --args 3 --args 4 -- <argv>`` and holds the same fds,
     whatever bwrap's host path (``KILN_BWRAP``) and however many fds kiln has open;
     an inheritable fd of kiln's reaches neither it nor the build."""
     other = tmp_path / "bin" / "bwrap"
@@ -245,6 +245,6 @@ def test_sandbox_pid1_command_line_and_fds_are_fixed(rootfs, build_dir, tmp_path
         seen.append(buf.getvalue().decode())
     assert seen[0] == seen[1], seen
     cmdline, pid1_fds, build_fds = seen[0].splitlines()
-    assert cmdline == f"bwrap --args 3 -- /bin/sh -c {script} ", cmdline
+    assert cmdline == f"bwrap --args 3 --args 4 -- /bin/sh -c {script} ", cmdline
     assert pid1_fds.split()[:3] == ["0", "1", "2"] and len(pid1_fds.split()) <= 4, pid1_fds  # (+ an eventfd)
     assert build_fds.split() == ["0", "1", "2", "3"], build_fds  # 3: ls's own directory
