@@ -32,27 +32,8 @@ group) whose command line is derived from the spec by ``bwrapargv.bwrap_argv``:
   ``--args 3``) with the fixed state in its table, ``spec.umask`` (022) included;
 * lifetime: ``--die-with-parent``, ``--new-session``; limits and killing in ``limits``.
 
-Options hand-over (``_start``): all or nothing, whenever kiln dies. bwrap takes its
-options from two files, ``bwrap --args 3 --args 4 -- <command>``, reading each to EOF:
-
-* fd 4, a memfd written in full before bwrap exists: every option but ``GATED``
-  (``--unshare-all --unshare-user``), of any size (no pipe-size or ``ARG_MAX`` limit);
-* fd 3, the gate, a pipe read first: ``GATED``, written once ``fix_child`` is done, in
-  one write of under ``PIPE_BUF`` bytes, which the kernel makes atomic. Until then bwrap
-  blocks reading it.
-
-If kiln dies before the gate write (``SIGKILL``, the OOM killer), bwrap reads EOF on
-fd 3 and refuses the options of fd 4, which set ``--hostname`` (``Specifying --hostname
-requires --unshare-uts``): nothing runs. A single pipe of all the options could not
-guarantee that: over 64 KiB it takes several writes, and bwrap takes a list cut at an
-option boundary as complete (the build then ran orphaned, without ``--remount-ro`` or
-the seccomp filter). ``GATED`` first also keeps option order: ``--share-net`` comes after
-``--unshare-all``.
-
-Reaping: ``_Bwrap.wait`` honours its timeout with or without a pidfd (kernel < 5.3:
-``WNOHANG`` polls), and a bwrap already reaped (a Ctrl-C that landed after ``waitpid``
-returned) raises ``SandboxError`` saying its status is lost, never ``ChildProcessError``
-in place of the interrupt.
+Starting one bwrap (``bwrapstart.start``): its options are handed over all or nothing,
+whenever kiln dies, and it is reaped whatever interrupts kiln.
 
 Availability: the constructor locates bwrap and runs one probe sandbox with the very
 flags builds use; any failure raises ``SandboxUnavailable`` with bwrap's own message.
@@ -63,34 +44,27 @@ is one ``posix_spawn``, five memfds and three pipes — no file is written to di
 from __future__ import annotations
 
 import array
-import contextlib
 import fcntl
 import io
 import os
-import select
 import shutil
-import signal
-import subprocess
 import termios
 import threading
 import time
 from typing import BinaryIO
 
-from .bwrapargv import GATED, bwrap_argv, common_flags, dev_flags, etc_files, proc_flags
+from . import bwrapstart
+from .bwrapargv import bwrap_argv, common_flags, dev_flags, etc_files, proc_flags
+from .bwrapstart import Bwrap, memfd
 from .errors import SandboxError, SandboxUnavailable
 from .executor import Executor, OutputCallback, Result
 from .limits import Limits, kill_tree, supervise
 from .procstate import (
     BLOCK_FD,
     ETC_FDS,
-    GATE_FD,
-    OPTIONS_FD,
     SECCOMP_FD,
     description,
-    fix_child,
     high_fd,
-    kill_and_reap,
-    spawn,
 )
 from .seccomp import build_filter
 from .spec import SandboxSpec
@@ -104,21 +78,6 @@ def _unread(fd: int) -> int:
     buf = array.array("i", [0])
     fcntl.ioctl(fd, termios.FIONREAD, buf)
     return buf[0]
-
-
-def _memfd(name: str, data: bytes) -> int:
-    """An anonymous in-memory file holding ``data``, positioned at 0 (close-on-exec;
-    ``procstate.spawn`` copies it to the fixed number bwrap reads it from)."""
-    fd = os.memfd_create(name, os.MFD_CLOEXEC)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.lseek(fd, 0, os.SEEK_SET)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
 
 
 def _check_host_paths(spec: SandboxSpec) -> None:
@@ -169,12 +128,12 @@ def probe(bwrap: str) -> str:
     with _probe_lock:
         if bwrap in _probed:
             return _probed[bwrap]
-        # started as builds are (``_start``), so a process state kiln cannot set fails here
+        # started as builds are (``bwrapstart.start``), so a process state kiln cannot set fails here
         options = probe_options()
         log = io.BytesIO()
-        sfd = high_fd(_memfd("kiln-seccomp", build_filter()))
+        sfd = high_fd(memfd("kiln-seccomp", build_filter()))
         try:
-            proc = _start(bwrap, options, ["--", bwrap, "--version"], [(sfd, SECCOMP_FD)], 0o022)
+            proc = bwrapstart.start(bwrap, options, ["--", bwrap, "--version"], [(sfd, SECCOMP_FD)], 0o022)
             with proc:
                 outcome = supervise(proc, log, None, Limits(timeout=30), time.monotonic())
         except OSError as e:
@@ -198,179 +157,6 @@ def probe(bwrap: str) -> str:
         return out
 
 
-class _Bwrap:
-    """A started bwrap: what ``limits.supervise`` and ``kill_tree`` use of a ``Popen``
-    (``pid``, ``stdout``, ``wait``, ``kill``, a context that reaps it). Takes over the fd
-    ``stdout``."""
-
-    def __init__(self, pid: int, stdout: int) -> None:
-        self.pid = pid
-        self.returncode: int | None = None
-        self.stdout = open(stdout, "rb", buffering=0)  # noqa: SIM115 - closed by __exit__
-        self._lost = False  # reaped, status unknown (see ``_reap``)
-        self._closed = False
-        try:  # a handle that cannot name another process once bwrap is reaped
-            self._pidfd: int | None = os.pidfd_open(pid)
-        except OSError:  # kernel < 5.3
-            self._pidfd = None
-        self._wait_lock = threading.Lock()
-        self._pidfd_lock = threading.Lock()  # kill() (any thread) vs closing the pidfd
-
-    def wait(self, timeout: float | None = None) -> int:
-        """bwrap's exit status (-N: killed by signal N), waiting at most ``timeout``
-        seconds (``TimeoutExpired``). ``SandboxError`` if it was reaped elsewhere."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        pause = 0.001
-        while not self._reap(block=deadline is None):
-            assert deadline is not None
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise subprocess.TimeoutExpired("bwrap", timeout)  # type: ignore[arg-type]
-            if self._pidfd is not None:
-                select.select([self._pidfd], [], [], left)
-            else:  # kernel < 5.3: nothing to wait on but time
-                time.sleep(min(pause, left))
-                pause = min(2 * pause, 0.05)
-        assert self.returncode is not None
-        return self.returncode
-
-    def _reap(self, block: bool) -> bool:
-        """Reap bwrap if it has exited (wait for it if ``block``); whether it is reaped."""
-        with self._wait_lock:
-            if self.returncode is not None:
-                return True
-            if not self._lost:
-                try:
-                    pid, status = os.waitpid(self.pid, 0 if block else os.WNOHANG)
-                except ChildProcessError:
-                    # Already reaped: by our own waitpid, interrupted (Ctrl-C) after it
-                    # returned and before its status was kept, or by someone else.
-                    self._lost = True
-                else:
-                    if pid == 0:
-                        return False
-                    self.returncode = os.waitstatus_to_exitcode(status)
-                    return True
-        raise SandboxError(f"bwrap (pid {self.pid}) was reaped before kiln could read its exit status")
-
-    def kill(self) -> None:
-        with self._pidfd_lock:
-            if self.returncode is not None or self._lost or self._closed:
-                return  # reaped (the pid may be another process's now) or being reaped
-            with contextlib.suppress(ProcessLookupError):
-                if self._pidfd is not None:
-                    signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
-                else:
-                    os.kill(self.pid, signal.SIGKILL)
-
-    def __enter__(self) -> _Bwrap:
-        return self
-
-    def __exit__(self, exc_type: object, *exc: object) -> None:
-        try:
-            self.stdout.close()
-            try:
-                self.wait()
-            except SandboxError:
-                if exc_type is None:
-                    raise
-                # else the exception in flight says more (it interrupted our waitpid)
-        finally:
-            with self._pidfd_lock:
-                self._closed = True
-                if self._pidfd is not None:
-                    os.close(self._pidfd)
-                    self._pidfd = None
-
-
-def _nul_joined(options: list[str]) -> bytes:
-    return os.fsencode("\0".join(options) + "\0")
-
-
-#: What the gate pipe carries (see the module docstring): atomic as one write.
-_GATE = _nul_joined(list(GATED))
-assert len(_GATE) <= select.PIPE_BUF
-
-
-def _pipe() -> tuple[int, int]:
-    """A pipe (close-on-exec) whose ends are above ``procstate.FIXED_FDS``; nothing left
-    open if that fails."""
-    r, w = os.pipe()
-    try:
-        r = high_fd(r)
-    except BaseException:
-        os.close(w)
-        raise
-    try:
-        w = high_fd(w)
-    except BaseException:
-        os.close(r)
-        raise
-    return r, w
-
-
-def _start(
-    bwrap: str, options: list[str], command: list[str], fds: list[tuple[int, int]], umask: int
-) -> _Bwrap:
-    """Start ``bwrap --args 3 --args 4 <command>`` (``argv[0]`` is ``bwrap``, never its
-    host path) in the fixed process state of ``procstate``, with stdin ``/dev/null``,
-    stdout and stderr one pipe (``.stdout``), and ``fds`` (ours, above ``FIXED_FDS`` ->
-    the child's) as its only other fds. ``options`` start with ``GATED`` and set
-    ``--hostname``: the rest go in a memfd (fd 4), ``GATED`` through the gate pipe (fd
-    3) once ``fix_child`` has set bwrap's limits; until then it waits, reading. See the
-    module docstring for why this is all or nothing.
-
-    Every fd made here is in ``owned`` from the statement that makes it until closed
-    (or, for ``.stdout``, taken over by the ``_Bwrap``), and the started bwrap in
-    ``started`` (filled by the launcher) until a ``_Bwrap`` has it: whatever fails, a
-    Ctrl-C included, each is closed, or killed and reaped, once."""
-    if tuple(options[: len(GATED)]) != GATED or "--hostname" not in options:
-        raise ValueError(f"bwrap options must start with {GATED} and set --hostname (see _start)")
-    owned: list[int] = []
-    started: list[int] = []
-    proc: _Bwrap | None = None
-    try:
-        owned.append(high_fd(_memfd("kiln-bwrap-options", _nul_joined(options[len(GATED) :]))))
-        owned.extend(_pipe())
-        owned.extend(_pipe())
-        owned.append(high_fd(os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)))  # as Popen's DEVNULL
-        opts, gate_r, gate_w, out_r, out_w, null = owned
-        child = [(null, 0), (out_w, 1), (out_w, 2), (gate_r, GATE_FD), (opts, OPTIONS_FD), *fds]
-        argv = ["bwrap", "--args", str(GATE_FD), "--args", str(OPTIONS_FD), *command]
-        spawn(bwrap, argv, child, umask, started)
-        owned.remove(out_r)  # (first: a Ctrl-C between the two leaks it, never closes it twice)
-        proc = _Bwrap(started[0], out_r)
-        fix_child(proc.pid)
-        # One write of under PIPE_BUF bytes: all of it or nothing reaches bwrap.
-        with contextlib.suppress(BrokenPipeError):  # bwrap died: its status says why
-            os.write(gate_w, _GATE)
-        _close_all(owned)  # (here, where an interrupt still finds bwrap in ``proc``)
-        result, proc = proc, None
-        return result
-    except BaseException:
-        if proc is not None:
-            kill_tree(proc)
-            with contextlib.suppress(SandboxError), proc:
-                pass
-        elif started:
-            kill_and_reap(started[0])
-        raise
-    finally:
-        _close_all(owned)  # bwrap has its copies; the gate's write end closed: EOF (failures)
-
-
-def _close_all(fds: list[int]) -> None:
-    """Close the fds of ``fds``, emptying it, even through a Ctrl-C (raised after)."""
-    interrupt: BaseException | None = None
-    while fds:
-        try:
-            os.close(fds.pop())  # (popped first: a Ctrl-C between leaks one, never closes it twice)
-        except BaseException as e:
-            interrupt = interrupt or e
-    if interrupt is not None:
-        raise interrupt
-
-
 class BwrapExecutor(Executor):
     """Runs builds under bubblewrap. See the module docstring.
 
@@ -392,7 +178,7 @@ class BwrapExecutor(Executor):
             raise SandboxUnavailable(f"bubblewrap not found at {path} (expected an executable bwrap)")
         self.bwrap = path
         self.version = probe(path)
-        self._live: set[_Bwrap] = set()
+        self._live: set[Bwrap] = set()
         self._live_lock = threading.Lock()
 
     def isolation(self) -> dict[str, object]:
@@ -439,11 +225,11 @@ class BwrapExecutor(Executor):
             # Each fd bwrap gets is at a fixed number in the child (``procstate.FIXED_FDS``),
             # whatever its number here: the sandbox's pid 1 (a fork of bwrap) is always
             # ``bwrap --args 3 --args 4 -- <argv>`` and holds the same fds in every build.
-            seccomp_fd = high_fd(_memfd("kiln-seccomp", build_filter()))
+            seccomp_fd = high_fd(memfd("kiln-seccomp", build_filter()))
             fds.append(seccomp_fd)
             child_fds = [(seccomp_fd, SECCOMP_FD), (setup_r, BLOCK_FD)]
             for name, data in etc_files(spec).items():
-                fd = high_fd(_memfd("kiln-etc-" + name, data))
+                fd = high_fd(memfd("kiln-etc-" + name, data))
                 fds.append(fd)
                 child_fds.append((fd, ETC_FDS[name]))
             argv = bwrap_argv("bwrap", spec, ETC_FDS, SECCOMP_FD, BLOCK_FD)
@@ -455,7 +241,7 @@ class BwrapExecutor(Executor):
             start = time.monotonic()
             # Started under the lock so cancel_all() never misses a run that is starting.
             with self._live_lock:
-                proc = _start(self.bwrap, argv[1:sep], argv[sep:], child_fds, spec.umask)
+                proc = bwrapstart.start(self.bwrap, argv[1:sep], argv[sep:], child_fds, spec.umask)
                 self._live.add(proc)
         except OSError as e:
             os.close(setup_r)

@@ -89,7 +89,7 @@ def proc_flags(as_root: bool | None = None) -> tuple[str, ...]:
     return tuple(flags)
 
 
-#: The options every bwrap command line starts with, which ``bwrap._start`` sends last,
+#: The options every bwrap command line starts with, which ``bwrapstart.start`` sends last,
 #: once bwrap's process state is set: bwrap refuses the rest without them (``--hostname``
 #: requires ``--unshare-uts``).
 GATED = ("--unshare-all", "--unshare-user")

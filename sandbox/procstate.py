@@ -61,7 +61,7 @@ threads (the build loop's) is unsafe. Instead:
 * what is set per process from outside, the parent sets on bwrap (``fix_child``:
   ``prlimit``, ``sched_setaffinity``, ``sched_setscheduler``, ``setpriority``) while
   bwrap waits for its options: ``--args 3`` is a pipe the parent writes only after
-  (``bwrap._start``), and bwrap reads it before anything else (parsing its options is
+  (``bwrapstart.start``), and bwrap reads it before anything else (parsing its options is
   the first thing it does, after reading ``/proc/sys/kernel/overflowuid``), so no
   process of the sandbox exists yet.
 
@@ -127,7 +127,7 @@ RLIMITS: tuple[tuple[str, int, int, int], ...] = (
 _STACK = 8 * MiB
 
 #: bwrap's fds in the child, always at these numbers: the two ``--args`` (the gate pipe,
-#: then the options; see ``bwrap._start``), ``--seccomp``, ``--block-fd``, then the
+#: then the options; see ``bwrapstart.start``), ``--seccomp``, ``--block-fd``, then the
 #: generated /etc files (``--file``).
 GATE_FD = 3
 OPTIONS_FD = 4

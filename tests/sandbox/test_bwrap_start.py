@@ -1,4 +1,4 @@
-"""Starting and reaping bwrap (``bwrap._start``, ``_Bwrap``, ``procstate``'s launcher)
+"""Starting and reaping bwrap (``bwrapstart.start``, ``Bwrap``, ``procstate``'s launcher)
 when things go wrong: a signal sent to kiln, kiln dying while handing bwrap its
 options, a Ctrl-C or ``EMFILE`` at any step, a kernel without pidfds.
 
@@ -24,6 +24,7 @@ import pytest
 
 from kiln.sandbox import BwrapExecutor, SandboxSpec, procstate
 from kiln.sandbox import bwrap as B
+from kiln.sandbox import bwrapstart as S
 from kiln.sandbox.bwrapargv import common_flags
 from kiln.sandbox.limits import Limits, kill_tree, supervise
 from kiln.sandbox.seccomp import build_filter
@@ -45,9 +46,9 @@ def _fds() -> dict[int, str]:
 def _start(command: list[str], extra: list[str] | None = None, fds: list[tuple[int, int]] | None = None):
     """``_start`` as the probe does it (host root read-only, the seccomp filter), plus
     ``extra`` options."""
-    sfd = procstate.high_fd(B._memfd("kiln-seccomp", build_filter()))
+    sfd = procstate.high_fd(S.memfd("kiln-seccomp", build_filter()))
     try:
-        return B._start(
+        return S.start(
             BWRAP,
             B.probe_options() + (extra or []),
             ["--", *command],
@@ -172,7 +173,7 @@ def test_large_options_reach_bwrap(executor: BwrapExecutor, rootfs, build_dir) -
 
 DYING = """
 import os, select, stat, sys
-from kiln.sandbox import bwrap as B, procstate
+from kiln.sandbox import bwrap as B, bwrapstart as S, procstate
 from kiln.sandbox.bwrapargv import common_flags
 die_at, report = int(sys.argv[1]), procstate.high_fd(int(sys.argv[2]))
 real, calls = os.write, 0
@@ -193,7 +194,7 @@ options = [*common_flags(False, 1000, 1000, "localhost"), "--ro-bind", "/", "/"]
 for i in range(4):  # (one string of an environment may have 128 KiB at most)
     options += ["--setenv", f"BIG{i}", "x" * 50000]
 options += ["--tmpfs", "/tmp", "--remount-ro", "/"]
-proc = B._start("BWRAP", options, ["--", "/bin/sh", "-c", "echo ran >&7"], [(report, 7)], 0o022)
+proc = S.start("BWRAP", options, ["--", "/bin/sh", "-c", "echo ran >&7"], [(report, 7)], 0o022)
 with proc:
     proc.wait()
 sys.exit(proc.returncode)
@@ -228,14 +229,14 @@ def test_kiln_dying_during_the_options_hand_over_starts_nothing(tmp_path) -> Non
 def test_without_the_gate_bwrap_refuses_the_options(monkeypatch: pytest.MonkeyPatch, spawned) -> None:
     """What bwrap does when kiln dies before opening the gate (EOF on fd 3)."""
     real = os.write
-    monkeypatch.setattr(os, "write", lambda fd, data: len(data) if data == B._GATE else real(fd, data))
+    monkeypatch.setattr(os, "write", lambda fd, data: len(data) if data == S._GATE else real(fd, data))
     rc, log = _run(["/bin/echo", "ran"])
     assert rc == 1 and "ran" not in log.split() and "requires --unshare" in log, (rc, log)
 
 
 def test_options_must_start_with_the_gated_ones() -> None:
     with pytest.raises(ValueError):
-        B._start(BWRAP, ["--ro-bind", "/", "/", "--hostname", "x"], ["--", "/bin/true"], [], 0o022)
+        S.start(BWRAP, ["--ro-bind", "/", "/", "--hostname", "x"], ["--", "/bin/true"], [], 0o022)
 
 
 # --- interrupts and EMFILE at every step leak nothing -----------------------------------
@@ -257,7 +258,7 @@ def test_every_fd_and_process_is_released_whatever_step_fails(monkeypatch, spawn
         def step(*a, **kw):
             if name == "fcntl" and a[1] != fcntl.F_DUPFD_CLOEXEC:
                 return real(*a, **kw)
-            if name == "write" and a[1] != B._GATE:
+            if name == "write" and a[1] != S._GATE:
                 return real(*a, **kw)
             calls.append(name)
             if len(calls) == fail.get("at"):
@@ -269,11 +270,11 @@ def test_every_fd_and_process_is_released_whatever_step_fails(monkeypatch, spawn
     for name, mod in creators.items():
         monkeypatch.setattr(mod, name, wrap(name, getattr(mod, name)))
     monkeypatch.setattr(os, "write", wrap("write", os.write))
-    monkeypatch.setattr(B, "spawn", wrap("spawn", B.spawn))
-    monkeypatch.setattr(B, "fix_child", wrap("fix_child", B.fix_child))
+    monkeypatch.setattr(S, "spawn", wrap("spawn", S.spawn))
+    monkeypatch.setattr(S, "fix_child", wrap("fix_child", S.fix_child))
 
     options = [*common_flags(False, 1000, 1000, "localhost"), "--ro-bind", "/", "/"]
-    with B._start(BWRAP, options, ["--", "/bin/true"], [], 0o022) as proc:
+    with S.start(BWRAP, options, ["--", "/bin/true"], [], 0o022) as proc:
         assert proc.wait() == 0
     complete = list(calls)
     assert {"pipe", "open", "spawn", "fix_child"} <= set(complete), complete  # (high_fd dups only low fds)
@@ -283,7 +284,7 @@ def test_every_fd_and_process_is_released_whatever_step_fails(monkeypatch, spawn
             fail.update(at=at, exc=exc)
             before = _fds()
             with pytest.raises(type(exc)):
-                B._start(BWRAP, options, ["--", "/bin/true"], [], 0o022)
+                S.start(BWRAP, options, ["--", "/bin/true"], [], 0o022)
             where = f"{type(exc).__name__} at {complete[at - 1]} (step {at})"
             assert _fds() == before, where
             for pid in spawned:
@@ -395,7 +396,7 @@ def test_interrupt_after_waitpid_reaped_bwrap(monkeypatch) -> None:
     with pytest.raises(KeyboardInterrupt), proc:
         proc.wait()
     assert _fds() == before
-    with pytest.raises(B.SandboxError, match="exit status"):
+    with pytest.raises(S.SandboxError, match="exit status"):
         proc.wait()
 
 

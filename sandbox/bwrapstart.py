@@ -1,0 +1,227 @@
+"""Starting one bwrap in the fixed process state (``procstate``), and reaping it.
+
+Options hand-over (``start``): all or nothing, whenever kiln dies. bwrap takes its
+options from two files, ``bwrap --args 3 --args 4 -- <command>``, reading each to EOF:
+
+* fd 4, a memfd written in full before bwrap exists: every option but ``GATED``
+  (``--unshare-all --unshare-user``), of any size (no pipe-size or ``ARG_MAX`` limit);
+* fd 3, the gate, a pipe read first: ``GATED``, written once ``fix_child`` is done, in
+  one write of under ``PIPE_BUF`` bytes, which the kernel makes atomic. Until then bwrap
+  blocks reading it.
+
+If kiln dies before the gate write (``SIGKILL``, the OOM killer), bwrap reads EOF on
+fd 3 and refuses the options of fd 4, which set ``--hostname`` (``Specifying --hostname
+requires --unshare-uts``): nothing runs. A single pipe of all the options could not
+guarantee that: over 64 KiB it takes several writes, and bwrap takes a list cut at an
+option boundary as complete (the build then ran orphaned, without ``--remount-ro`` or
+the seccomp filter). ``GATED`` first also keeps option order: ``--share-net`` comes after
+``--unshare-all``.
+
+Reaping: ``Bwrap.wait`` honours its timeout with or without a pidfd (kernel < 5.3:
+``WNOHANG`` polls), and a bwrap already reaped (a Ctrl-C that landed after ``waitpid``
+returned) raises ``SandboxError`` saying its status is lost, never ``ChildProcessError``
+in place of the interrupt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+import subprocess
+import threading
+import time
+
+from .bwrapargv import GATED
+from .errors import SandboxError
+from .limits import kill_tree
+from .procstate import GATE_FD, OPTIONS_FD, fix_child, high_fd, kill_and_reap, spawn
+
+
+def memfd(name: str, data: bytes) -> int:
+    """An anonymous in-memory file holding ``data``, positioned at 0 (close-on-exec;
+    ``procstate.spawn`` copies it to the fixed number bwrap reads it from)."""
+    fd = os.memfd_create(name, os.MFD_CLOEXEC)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.lseek(fd, 0, os.SEEK_SET)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+class Bwrap:
+    """A started bwrap: what ``limits.supervise`` and ``kill_tree`` use of a ``Popen``
+    (``pid``, ``stdout``, ``wait``, ``kill``, a context that reaps it). Takes over the fd
+    ``stdout``."""
+
+    def __init__(self, pid: int, stdout: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+        self.stdout = open(stdout, "rb", buffering=0)  # noqa: SIM115 - closed by __exit__
+        self._lost = False  # reaped, status unknown (see ``_reap``)
+        self._closed = False
+        try:  # a handle that cannot name another process once bwrap is reaped
+            self._pidfd: int | None = os.pidfd_open(pid)
+        except OSError:  # kernel < 5.3
+            self._pidfd = None
+        self._wait_lock = threading.Lock()
+        self._pidfd_lock = threading.Lock()  # kill() (any thread) vs closing the pidfd
+
+    def wait(self, timeout: float | None = None) -> int:
+        """bwrap's exit status (-N: killed by signal N), waiting at most ``timeout``
+        seconds (``TimeoutExpired``). ``SandboxError`` if it was reaped elsewhere."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = 0.001
+        while not self._reap(block=deadline is None):
+            assert deadline is not None
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise subprocess.TimeoutExpired("bwrap", timeout)  # type: ignore[arg-type]
+            if self._pidfd is not None:
+                select.select([self._pidfd], [], [], left)
+            else:  # kernel < 5.3: nothing to wait on but time
+                time.sleep(min(pause, left))
+                pause = min(2 * pause, 0.05)
+        assert self.returncode is not None
+        return self.returncode
+
+    def _reap(self, block: bool) -> bool:
+        """Reap bwrap if it has exited (wait for it if ``block``); whether it is reaped."""
+        with self._wait_lock:
+            if self.returncode is not None:
+                return True
+            if not self._lost:
+                try:
+                    pid, status = os.waitpid(self.pid, 0 if block else os.WNOHANG)
+                except ChildProcessError:
+                    # Already reaped: by our own waitpid, interrupted (Ctrl-C) after it
+                    # returned and before its status was kept, or by someone else.
+                    self._lost = True
+                else:
+                    if pid == 0:
+                        return False
+                    self.returncode = os.waitstatus_to_exitcode(status)
+                    return True
+        raise SandboxError(f"bwrap (pid {self.pid}) was reaped before kiln could read its exit status")
+
+    def kill(self) -> None:
+        with self._pidfd_lock:
+            if self.returncode is not None or self._lost or self._closed:
+                return  # reaped (the pid may be another process's now) or being reaped
+            with contextlib.suppress(ProcessLookupError):
+                if self._pidfd is not None:
+                    signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
+                else:
+                    os.kill(self.pid, signal.SIGKILL)
+
+    def __enter__(self) -> Bwrap:
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        try:
+            self.stdout.close()
+            try:
+                self.wait()
+            except SandboxError:
+                if exc_type is None:
+                    raise
+                # else the exception in flight says more (it interrupted our waitpid)
+        finally:
+            with self._pidfd_lock:
+                self._closed = True
+                if self._pidfd is not None:
+                    os.close(self._pidfd)
+                    self._pidfd = None
+
+
+def _nul_joined(options: list[str]) -> bytes:
+    return os.fsencode("\0".join(options) + "\0")
+
+
+#: What the gate pipe carries (see the module docstring): atomic as one write.
+_GATE = _nul_joined(list(GATED))
+assert len(_GATE) <= select.PIPE_BUF
+
+
+def _pipe() -> tuple[int, int]:
+    """A pipe (close-on-exec) whose ends are above ``procstate.FIXED_FDS``; nothing left
+    open if that fails."""
+    r, w = os.pipe()
+    try:
+        r = high_fd(r)
+    except BaseException:
+        os.close(w)
+        raise
+    try:
+        w = high_fd(w)
+    except BaseException:
+        os.close(r)
+        raise
+    return r, w
+
+
+def start(
+    bwrap: str, options: list[str], command: list[str], fds: list[tuple[int, int]], umask: int
+) -> Bwrap:
+    """Start ``bwrap --args 3 --args 4 <command>`` (``argv[0]`` is ``bwrap``, never its
+    host path) in the fixed process state of ``procstate``, with stdin ``/dev/null``,
+    stdout and stderr one pipe (``.stdout``), and ``fds`` (ours, above ``FIXED_FDS`` ->
+    the child's) as its only other fds. ``options`` start with ``GATED`` and set
+    ``--hostname``: the rest go in a memfd (fd 4), ``GATED`` through the gate pipe (fd
+    3) once ``fix_child`` has set bwrap's limits; until then it waits, reading. See the
+    module docstring for why this is all or nothing.
+
+    Every fd made here is in ``owned`` from the statement that makes it until closed
+    (or, for ``.stdout``, taken over by the ``Bwrap``), and the started bwrap in
+    ``started`` (filled by the launcher) until a ``Bwrap`` has it: whatever fails, a
+    Ctrl-C included, each is closed, or killed and reaped, once."""
+    if tuple(options[: len(GATED)]) != GATED or "--hostname" not in options:
+        raise ValueError(f"bwrap options must start with {GATED} and set --hostname (see bwrapstart.start)")
+    owned: list[int] = []
+    started: list[int] = []
+    proc: Bwrap | None = None
+    try:
+        owned.append(high_fd(memfd("kiln-bwrap-options", _nul_joined(options[len(GATED) :]))))
+        owned.extend(_pipe())
+        owned.extend(_pipe())
+        owned.append(high_fd(os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)))  # as Popen's DEVNULL
+        opts, gate_r, gate_w, out_r, out_w, null = owned
+        child = [(null, 0), (out_w, 1), (out_w, 2), (gate_r, GATE_FD), (opts, OPTIONS_FD), *fds]
+        argv = ["bwrap", "--args", str(GATE_FD), "--args", str(OPTIONS_FD), *command]
+        spawn(bwrap, argv, child, umask, started)
+        owned.remove(out_r)  # (first: a Ctrl-C between the two leaks it, never closes it twice)
+        proc = Bwrap(started[0], out_r)
+        fix_child(proc.pid)
+        # One write of under PIPE_BUF bytes: all of it or nothing reaches bwrap.
+        with contextlib.suppress(BrokenPipeError):  # bwrap died: its status says why
+            os.write(gate_w, _GATE)
+        _close_all(owned)  # (here, where an interrupt still finds bwrap in ``proc``)
+        result, proc = proc, None
+        return result
+    except BaseException:
+        if proc is not None:
+            kill_tree(proc)
+            with contextlib.suppress(SandboxError), proc:
+                pass
+        elif started:
+            kill_and_reap(started[0])
+        raise
+    finally:
+        _close_all(owned)  # bwrap has its copies; the gate's write end closed: EOF (failures)
+
+
+def _close_all(fds: list[int]) -> None:
+    """Close the fds of ``fds``, emptying it, even through a Ctrl-C (raised after)."""
+    interrupt: BaseException | None = None
+    while fds:
+        try:
+            os.close(fds.pop())  # (popped first: a Ctrl-C between leaks one, never closes it twice)
+        except BaseException as e:
+            interrupt = interrupt or e
+    if interrupt is not None:
+        raise interrupt
