@@ -285,11 +285,12 @@ def make_app(source: Source, config: ServerConfig) -> web.Server:
         **logging_kw,
     )
     # what one worker runs beside serving (``workers``)
-    app.kiln_background = (  # type: ignore[attr-defined]
-        [reg.refresh_index]
-        if config.index_key is not None and config.index_refresh > 0 and isinstance(source, DirSource)
-        else []
-    )
+    background = []
+    if config.index_key is not None and config.index_refresh > 0 and isinstance(source, DirSource):
+        background.append(reg.refresh_index)
+    if isinstance(source, DirSource) and isinstance(source.storage, FileStorage):
+        background.append(reg.sweep_temp)
+    app.kiln_background = background  # type: ignore[attr-defined]
     return app
 
 

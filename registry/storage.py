@@ -14,16 +14,16 @@ Contract every backend keeps:
   reports whether it created the key, which is how the server detects conflicts (409)
   without a lock: ``link(2)`` is an atomic create-if-absent.
 - Readers never see partial objects, and objects are never modified in place.
+
+Temp files (FileStorage) are named for their writer's lock, so a sweep tells exactly which
+a dead writer left: ``tempwriters``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import re
-import tempfile
 import threading
-import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -32,13 +32,10 @@ from urllib.parse import unquote, urlparse
 
 from kiln.store.errors import KilnError
 from kiln.store.fileopen import open_regular
-from kiln.store.locks import left_by_dead_writer
 
+from . import tempwriters
 from .layout import PRIVATE_DIR
-
-#: a staged upload's temp file: ``up-<writer pid>-...`` (``sweep_temp``)
-_TEMP_PID = re.compile(r"up-(\d+)-")
-
+from .tempwriters import SWEEP_EVERY as SWEEP_EVERY  # (re-exported: the server's sweep period)
 
 #: per-write durability: None = the storage default, False = no fsync (caller will call
 #: ``barrier()``), True = fsync, or a callable run after the data is written and before
@@ -134,6 +131,7 @@ class FileStorage(Storage):
         self.url = f"file://{self.root}"
         self.durable = durable
         self._tmp = self.root / PRIVATE_DIR / "tmp"
+        self._writers = self.root / PRIVATE_DIR / "writers"
         if create:
             for d in (self._tmp, self.root / "nar", self.root / "blobs", self.root / "index"):
                 d.mkdir(parents=True, exist_ok=True)
@@ -164,22 +162,10 @@ class FileStorage(Storage):
             return None
 
     def sweep_temp(self) -> int:
-        """Remove temp files left in ``.kiln/tmp`` by writers that died (kill -9 of a
-        server or a sync mid-upload; ``locks.left_by_dead_writer``: the writer pid, when
-        the name records it, is gone, and the file is an hour old). Returns how many
-        went."""
-        now, gone = time.time(), 0
-        try:
-            entries = list(os.scandir(self._tmp))
-        except FileNotFoundError:
-            return 0
-        for e in entries:
-            m = _TEMP_PID.match(e.name)
-            if left_by_dead_writer(e, int(m.group(1)) if m else None, now):
-                with contextlib.suppress(FileNotFoundError, IsADirectoryError, PermissionError):
-                    os.unlink(e.path)
-                    gone += 1
-        return gone
+        """Remove the temp files in ``.kiln/tmp`` that writers which died left, and the
+        writer lock files of dead writers that have none left (``tempwriters.sweep``);
+        returns how many temp files went. Safe at any time, beside live writers."""
+        return tempwriters.sweep(self._tmp, self._writers)
 
     def size(self, key: str) -> int | None:
         try:
@@ -188,12 +174,10 @@ class FileStorage(Storage):
             return None
         return st.st_size
 
-    def _tempfile(self) -> BinaryIO:
-        self._tmp.mkdir(parents=True, exist_ok=True)
-        # named by the writer's pid, so ``sweep_temp`` can tell a dead writer's leftover
-        f = tempfile.NamedTemporaryFile(dir=self._tmp, prefix=f"up-{os.getpid()}-", delete=False)  # noqa: SIM115
-        os.fchmod(f.fileno(), 0o644)  # published objects are world-readable (static servers)
-        return f
+    def _temp(self) -> contextlib.AbstractContextManager[BinaryIO]:
+        """A new temp file in ``.kiln/tmp`` for a block, named for this process's writer
+        lock (``tempwriters.temp_file``)."""
+        return tempwriters.temp_file(self._tmp, self._writers)
 
     def _finish(self, f: BinaryIO, durable: Durability) -> None:
         f.flush()
@@ -221,25 +205,15 @@ class FileStorage(Storage):
     @contextlib.contextmanager
     def writer(self, key: str, *, exclusive: bool = False, durable: Durability = None) -> Iterator[BinaryIO]:
         dest = self._path(key)
-        f = self._tempfile()
-        try:
+        with self._temp() as f:
             yield f
             self._finish(f, durable)
             _place(f.name, dest, exclusive)  # link = atomic create-if-absent (FileExistsError)
-        finally:
-            f.close()
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(f.name)
 
     @contextlib.contextmanager
     def staged(self) -> Iterator[tuple[BinaryIO, Path | None]]:
-        f = self._tempfile()
-        try:
+        with self._temp() as f:
             yield f, Path(f.name)
-        finally:
-            f.close()
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(f.name)
 
     def commit_staged(self, tmp: BinaryIO, keys: list[str], durable: Durability = None) -> None:
         if not tmp.closed:

@@ -217,6 +217,30 @@ class WriteAPI:
                 print(f"kiln serve: cannot re-sign the index timestamp: {e}", file=sys.stderr, flush=True)
             await asyncio.sleep(max(1.0, min(every / 4, 600.0)))
 
+    async def sweep_temp(self) -> None:
+        """Every ``storage.SWEEP_EVERY`` seconds, remove the temp files of writers that
+        died since the start-up sweep (``FileStorage.sweep_temp``: those whose writer
+        lock is free), for ever. One worker runs it; it covers every worker's and every
+        other writer's files. A failure is said and tried again at the next wake-up."""
+        from .storage import SWEEP_EVERY, FileStorage
+
+        storage = self.source.storage
+        assert isinstance(storage, FileStorage)
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(SWEEP_EVERY)
+            try:
+                gone = await loop.run_in_executor(None, storage.sweep_temp)
+            except Exception as e:  # noqa: BLE001 - serving goes on; tried again at the next wake-up
+                print(f"kiln serve: cannot sweep {storage.url}/.kiln/tmp: {e}", file=sys.stderr, flush=True)
+                continue
+            if gone:
+                print(
+                    f"kiln serve: removed {gone} temp file(s) left by killed writers",
+                    file=sys.stderr,
+                    flush=True,
+                )
+
     async def _publish_index(self, request: web.BaseRequest) -> web.Response:
         self._auth(request, "write")
         if self.config.index_key is None:
