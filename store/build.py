@@ -239,36 +239,50 @@ class Builder(Producing, Checking, Scheduling):
         each derivation taking that input waits for it (``Graph.waits``: the input itself
         does not list it as an input derivation when the path is a deeper dependency). A
         missing path no derivation here makes (a source) is a ``StoreError`` naming it."""
-        needed, done = walk(graph, wanted, self.store.is_valid)
-        outputs = {p: [o.path for _, o in graph.drvs[p].outputs] for p in sorted(done)}
+        is_valid = self.store.is_valid
+        needed, done = walk(graph, wanted, is_valid)
+        outs = {p: [o.path for _, o in d.outputs] for p, d in graph.drvs.items()}
         # one walk for the usual case, a complete closure; one per input only if not
-        if not done or not self.store.closure_with_holes([o for os_ in outputs.values() for o in os_])[1]:
+        if not done or not self.store.closure_with_holes([o for p in sorted(done) for o in outs[p]])[1]:
             return graph, []
-        made_by = {o.path: p for p, d in graph.drvs.items() for _, o in d.outputs}
+        made_by = {o: p for p, os_ in outs.items() for o in os_}
         makers: dict[str, set[str]] = {}  # a derivation taken as it is -> what it waits for
-        orphans: list[str] = []
-        for p, outs in outputs.items():
-            for h, by in self.store.closure_with_holes(outs)[1].items():
-                if h not in made_by:
-                    orphans.append(f"{h} (referenced by {', '.join(by)})")
-                    continue
-                if made_by[h] not in makers.get(p, ()):
-                    self.say(f"{h} is missing from the closure of {', '.join(by)}: realising it again")
-                makers.setdefault(p, set()).add(made_by[h])
+        orphans: set[str] = set()
+        checked: set[str] = set()
+        extra: set[str] = set()  # makers for the roots' own closures
+        waits: dict[str, tuple[str, ...]] = {}
+        # to a fixed point: a maker to build may itself take an input whose closure has a
+        # hole (found only once the maker is planned)
+        while new := sorted(done - checked):
+            for p in new:
+                checked.add(p)
+                for h, by in self.store.closure_with_holes(outs[p])[1].items():
+                    if h not in made_by:
+                        orphans.add(f"{h} (referenced by {', '.join(by)})")
+                    elif made_by[h] not in makers.setdefault(p, set()):
+                        self.say(f"{h} is missing from the closure of {', '.join(by)}: realising it again")
+                        makers[p].add(made_by[h])
+            extra |= {m for r in wanted for m in makers.get(r, ())}
+            waits = {
+                x: ws
+                for x in needed | extra
+                if (ws := tuple(sorted({m for i, _ in graph.drvs[x].input_drvs for m in makers.get(i, ())})))
+            }
+            needed, done = walk(Graph(graph.drvs, waits), [*wanted, *sorted(extra)], is_valid)
         if orphans:
             raise StoreError(
-                f"cannot build: {'; '.join(sorted(set(orphans)))} is not valid in the store (quarantined by "
+                f"cannot build: {'; '.join(sorted(orphans))} is not valid in the store (quarantined by "
                 "'kiln store verify --repair', or deleted) and no derivation of this build makes it: add "
                 "it again (a recipe's source: 'kiln build' of the recipe adds it again) or substitute it "
                 "('kiln copy --from URL --to store PATH')"
             )
+        # (the waits of what the last walk added: planned now, their inputs checked above)
         waits = {
-            x: tuple(sorted({m for i in graph.inputs_of(x) for m in makers.get(i, ())}))
+            x: ws
             for x in needed
-            if any(i in makers for i in graph.inputs_of(x))
+            if (ws := tuple(sorted({m for i, _ in graph.drvs[x].input_drvs for m in makers.get(i, ())})))
         }
-        roots_makers = sorted({m for r in wanted for m in makers.get(r, ())})
-        return Graph(graph.drvs, waits), roots_makers
+        return Graph(graph.drvs, waits), sorted(extra)
 
     # ------------------------------------------------------------------ one derivation
 

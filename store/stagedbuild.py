@@ -330,7 +330,9 @@ def closure(store: Any, paths: Iterable[str], pending: Pending | None) -> list[s
     as not valid."""
     paths = sorted(set(map(str, paths)))
     if not pending:
-        return store.closure(paths)
+        out, holes = store.closure_with_holes(paths)
+        _no_holes(holes)
+        return out
     seen: set[str] = set()
     valid: set[str] = set()
     stack = list(paths)
@@ -345,10 +347,27 @@ def closure(store: Any, paths: Iterable[str], pending: Pending | None) -> list[s
                 valid.add(p)
             else:
                 stack.extend(r for r in refs if r not in seen)
-        for h in store.closure_with_holes(sorted(valid))[1]:
+        missing = {}
+        for h, by in store.closure_with_holes(sorted(valid))[1].items():
             # pending, or committed since (then valid): walk it; else it is missing
             if h not in seen and (pending.get(h) is not None or store.is_valid(h)):
                 stack.append(h)
+            elif h not in seen:
+                missing[h] = by
+        if not stack:
+            _no_holes(missing)
     out = store.closure(sorted(valid)) if valid else []
     have = set(out)
     return out + sorted(p for p in seen if p not in have)
+
+
+def _no_holes(holes: dict[str, tuple[str, ...]]) -> None:
+    """A build's input closure must be whole (``Builder._with_holes`` makes what is
+    missing again before planning): a hole left is a ``StoreError`` naming it, never a
+    sandbox quietly missing a dependency."""
+    if holes:
+        raise StoreError(
+            "the input closure is incomplete: "
+            + "; ".join(f"{h} (referenced by {', '.join(by)})" for h, by in sorted(holes.items()))
+            + " is not valid in the store"
+        )

@@ -60,6 +60,23 @@ def test_a_build_whose_input_lost_a_dependency_builds_it_again_first(store, grap
     assert any(libd.output_path() in m and "missing" in m for m in said), said
 
 
+def test_a_hole_in_the_closure_of_what_is_made_again_is_made_again_too(store, graph):
+    """m, made again for r, reads j through its own input i: j, quarantined too, must be
+    made again before m (the first version looked one level deep only)."""
+    j, jd = graph.drv("j", "mkdir $out; echo j-data > $out/lib")
+    i, _ = graph.drv("i", "mkdir $out; echo $in0 > $out/ref", inputs=[j])  # i -> j at run time
+    m, md = graph.drv("m", 'mkdir $out; cat "$(cat $in0/ref)/lib" > $out/lib; echo m >> $out/lib', inputs=[i])
+    p, _ = graph.drv("p", "mkdir $out; echo $in0 > $out/ref", inputs=[m])  # p -> m at run time
+    r, rd = graph.drv("r", 'cat "$(cat $in0/ref)/lib" > $out', inputs=[p])  # m through p
+    _builder(store).realise([p, i])
+    for path in (jd.output_path(), md.output_path()):
+        corrupt_object(store, path)
+        corrupt_file(store.real_path(path) / "lib")
+    assert set(store.verify(repair=True).quarantined) == {jd.output_path(), md.output_path()}
+    _builder(store, []).realise([r])
+    assert store.real_path(rd.output_path()).read_text() == "j-data\nm\n"
+
+
 def test_building_a_valid_path_with_a_hole_makes_it_whole(store, graph):
     (lib, libd), (app, appd), _ = _chain(graph)
     _builder(store).realise([app])
