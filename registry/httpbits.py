@@ -58,7 +58,9 @@ def body_pace(request: web.BaseRequest, what: str, size: int | None = None) -> P
     """The pace ``request``'s body must keep (408 when it falls behind): the pace rule
     over its address's link, and on its own connection the body timeout (no byte for
     that long) and, for a body of at most ``size`` bytes, the time that size takes at
-    the minimum pace (a link's credit never stretches it further)."""
+    the minimum pace (a link's credit never stretches it further). Unauthenticated
+    bodies (batch queries) give ``size``; authenticated uploads do not, so parallel
+    uploads over one slow link are judged as that link (``writeapi``)."""
     peer = request.remote or ""
     link = _PEER_LINKS.get(peer)
     if link is None:

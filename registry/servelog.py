@@ -29,12 +29,14 @@ import sys
 import time
 from typing import IO, Any
 
+from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 #: seconds during which repeats of one message are counted, not written
 BURST = 10.0
-#: request key under which ``server.Registry`` records the id of the token it accepted
-TOKEN_ID = "kiln_token_id"
+#: request key under which ``server.Registry`` records the id of the token it accepted (a
+#: typed key where aiohttp has them: a plain string key warns there)
+TOKEN_ID: Any = web.RequestKey("kiln_token_id", str) if hasattr(web, "RequestKey") else "kiln_token_id"
 
 
 def one_line(text: str, limit: int = 300) -> str:
@@ -102,7 +104,8 @@ def quiet_library_logs(stream: IO[str] | None = None) -> None:
 
 def access_line(peer: str, method: str, path: str, status: int, size: int, token_id: str | None) -> str:
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    shown = one_line(path, 1000).replace('"', '\\"')
+    # a backslash first: an escape must be told from a path's own "\x0a" (four characters)
+    shown = one_line(path.replace("\\", "\\\\"), 1000).replace('"', '\\"')
     return f'{stamp} {one_line(peer, 64) or "-"} {one_line(method, 16)} "{shown}" {status} {size} {token_id or "-"}\n'
 
 

@@ -45,7 +45,7 @@ from kiln.store.pathadmit import admitted_sigs
 from kiln.store.pathinfo import PathInfo
 from kiln.store.signing import PublicKey
 
-from .client import Client, Unreachable, open_client
+from .client import Client, RegistryError, Unreachable, open_client
 from .progress import Progress
 from .push import levels
 from .verify import check_narinfo
@@ -268,18 +268,28 @@ class Substituter:
 
         try:
             async with sem:
-                ok = await self._client(url).blob_batch(
-                    [by_hex[h][0].file_hash for h in by_hex],  # type: ignore[misc]
-                    got,
-                    {h: by_hex[h][0].file_size for h in by_hex if by_hex[h][0].file_size is not None},
-                )
+                try:
+                    ok = await self._client(url).blob_batch(
+                        [by_hex[h][0].file_hash for h in by_hex],  # type: ignore[misc]
+                        got,
+                        {h: by_hex[h][0].file_size for h in by_hex if by_hex[h][0].file_size is not None},
+                    )
+                except RegistryError as e:
+                    # busy through every retry (its batches are bounded, and slow clients
+                    # may hold them all): plain downloads are not bounded so, and what a
+                    # batch delivered before it failed is already resolved
+                    if e.status != 503:
+                        raise
+                    ok = False
         except BaseException as e:
             for i in batch:
                 if not results[i.path].done():
                     results[i.path].set_exception(e if isinstance(e, Exception) else KilnError(str(e)))
             raise
-        if not ok:  # no batch endpoint here: one request per object, as for big ones
-            await asyncio.gather(*(self._one(i, results, sem, prog) for i in batch))
+        if not ok:  # no batch endpoint here (or busy): one request per object, as for big ones
+            await asyncio.gather(
+                *(self._one(i, results, sem, prog) for i in batch if not results[i.path].done())
+            )
             return
         for i in batch:
             if not results[i.path].done():

@@ -39,7 +39,10 @@ class WriteAPI:
                 return plain(200, "already present")
             ver = NarVerifier(max_nar_size=self.config.max_nar)
             total = 0
-            pace = body_pace(request, f"PUT /{key}", request.content_length)
+            # no deadline of its own (the size given): a write-token holder's upload is
+            # judged with its address's link, so `kiln push -j 8` over a slow uplink
+            # passes as one link; a silent connection still gets 408 (body timeout)
+            pace = body_pace(request, f"PUT /{key}")
             loop = asyncio.get_running_loop()
             with src.storage.staged() as (f, _tmp):
                 while chunk := await pace.read(request.content.read(CHUNK), 1):
@@ -126,7 +129,7 @@ class WriteAPI:
         check_length(request, self.config.max_body)
         entries: list[BatchEntry] = []
         total = 0
-        pace = body_pace(request, "upload batch", request.content_length)
+        pace = body_pace(request, "upload batch")  # (no deadline of its own: see _put)
         loop = asyncio.get_running_loop()
         with contextlib.ExitStack() as stack:
             while True:

@@ -599,3 +599,26 @@ def test_push_refuses_a_closure_with_a_hole(tmp_path) -> None:
     assert f"cannot push {chain[-1]}: its closure is incomplete" in r.stderr, r.stderr
     assert f"{chain[0]} (referenced by {chain[1]})" in r.stderr, r.stderr
     assert not list((tmp_path / "reg").glob("*.narinfo"))
+
+
+def test_a_registry_busy_for_blob_batches_is_read_one_object_at_a_time(
+    pushed, keys, tmp_path, monkeypatch
+) -> None:
+    """``kiln serve`` bounds its blob batches (503 when all are taken, and slow clients
+    can hold them): once the client's retries are spent, the objects come by plain
+    downloads instead of the copy failing. (The 503 is put in the client's place here:
+    making a real server busy for every retry would take minutes.)"""
+    from kiln.registry.client import RegistryError
+    from kiln.registry.httpclient import HttpClient
+
+    _store, chain, leaf, _reg, _tok, srv = pushed
+    asked = []
+
+    async def busy(self, *args, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
+        asked.append(args[0])
+        raise RegistryError(f"POST {self.url}/blob-batch: HTTP 503: busy", 503)
+
+    monkeypatch.setattr(HttpClient, "blob_batch", busy)
+    dest = make_store(tmp_path / "dest")
+    assert to_store(srv.url, dest, [chain[-1], leaf], [keys.pk]) == 6
+    assert asked and all(dest.is_valid(p) for p in [*chain, leaf])

@@ -196,3 +196,16 @@ def test_if_range_if_none_match_and_allow(pushed) -> None:
     assert request(url, headers={"If-None-Match": f'"xsha256:{digest}x"'})[0] == 200
     st, h, _ = request(f"{srv.url}/nix-cache-info", "DELETE")
     assert st == 405 and h.get("allow") == "GET, HEAD, PUT"
+
+
+def test_an_access_log_path_reads_back_unambiguously() -> None:
+    """A path's own backslash is escaped before anything else: ``/a\\x0a`` (four
+    characters) and ``/a`` + LF log differently, and a quote cannot close the field."""
+    from kiln.registry.servelog import access_line
+
+    literal = access_line("1.2.3.4", "GET", "/a\\x0a", 200, 1, None)
+    newline = access_line("1.2.3.4", "GET", "/a\n", 200, 1, None)
+    quoted = access_line("1.2.3.4", "GET", '/a\\"b', 200, 1, None)
+    assert literal.split('"')[1] == "/a\\\\x0a" and newline.split('"')[1] == "/a\\n", (literal, newline)
+    assert literal.count("\n") == newline.count("\n") == 1
+    assert quoted.count('"') - quoted.count('\\"') == 2, quoted

@@ -115,3 +115,46 @@ def test_a_bounded_body_has_a_deadline_whatever_its_link_does(tmp_path, impatien
     status, secs = asyncio.run(_with_server(tmp_path / "reg", talk))
     assert status.startswith(b"HTTP/1.1 408"), status
     assert secs < 4
+
+
+def test_parallel_uploads_over_one_slow_link_are_judged_as_that_link(tmp_path, impatient) -> None:
+    """Two authenticated uploads from one address, each below the minimum pace but the
+    link above it, past the time either's size takes at that pace: not 408 (a deadline
+    per upload cut `kiln push -j 8` over a slow uplink; the body here is junk, so the
+    answer is the digest's 400)."""
+    import subprocess
+    import sys
+
+    reg = tmp_path / "reg"
+    DirClient(str(reg), "/kiln/store")
+    token = subprocess.run(
+        [sys.executable, "-m", "kiln", "registry", "token", "create", "--scope", "write", "--dir", str(reg)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+
+    async def upload(port: int, n: int) -> bytes:
+        body = bytes([n]) * 3000  # at 1000 B/s: 0.5 + 3 s; sent over ~5 s at 600 B/s
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        w.write(
+            f"PUT /blobs/sha256:{f'{n:02x}' * 32} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n".encode()
+        )
+        answer = asyncio.ensure_future(r.readline())
+        for i in range(0, len(body), 60):
+            if answer.done():
+                break
+            w.write(body[i : i + 60])
+            await w.drain()
+            await asyncio.sleep(0.1)
+        status = await answer
+        w.close()
+        return status
+
+    async def talk(port: int) -> list[bytes]:
+        return list(await asyncio.gather(upload(port, 1), upload(port, 2)))
+
+    for status in asyncio.run(_with_server(reg, talk)):
+        assert not status.startswith(b"HTTP/1.1 408"), status
+        assert status.startswith(b"HTTP/1.1 4"), status
