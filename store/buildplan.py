@@ -92,20 +92,15 @@ def load_graph(roots: Iterable[str], read_text: Callable[[str], str], store_dir:
 
 def plan(graph: Graph, roots: Iterable[str], is_valid: Callable[[str], bool]) -> list[str]:
     """The derivations that must be built (inputs first) to realise ``roots``."""
-    return graph.ready_order(_walk(graph, roots, is_valid)[0])
+    return graph.ready_order(walk(graph, roots, is_valid)[0])
 
 
 def walk(graph: Graph, roots: Iterable[str], is_valid: Callable[[str], bool]) -> tuple[set[str], set[str]]:
-    """``(to build, taken as they are)`` for ``roots``: what ``plan`` orders, and the
-    derivations whose outputs it relies on as they are (the roots already valid and the
-    valid inputs of those it builds: their closures are what the builds mount and what a
-    no-op build hands back)."""
-    return _walk(graph, roots, is_valid)
-
-
-def _walk(graph: Graph, roots: Iterable[str], is_valid: Callable[[str], bool]) -> tuple[set[str], set[str]]:
-    """``(to build, taken as they are)``: a derivation whose outputs are all valid is done;
-    otherwise it must be built, and only then are *its* inputs needed."""
+    """``(to build, taken as they are)`` for ``roots``: a derivation whose outputs are all
+    valid is done; otherwise it must be built, and only then are *its* inputs needed.
+    The first is what ``plan`` orders; the second the derivations whose outputs it relies
+    on as they are (the roots already valid and the valid inputs of those it builds:
+    their closures are what the builds mount and what a no-op build hands back)."""
     needed: set[str] = set()
     done: set[str] = set()
     stack = list(roots)
