@@ -105,7 +105,8 @@ def quiet_library_logs(stream: IO[str] | None = None) -> None:
 def access_line(peer: str, method: str, path: str, status: int, size: int, token_id: str | None) -> str:
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     # a backslash first: an escape must be told from a path's own "\x0a" (four characters)
-    shown = one_line(path.replace("\\", "\\\\"), 1000).replace('"', '\\"')
+    # (cut first: a cut after doubling could split a pair and escape the closing quote)
+    shown = one_line(path[:1000].replace("\\", "\\\\"), 2000).replace('"', '\\"')
     return f'{stamp} {one_line(peer, 64) or "-"} {one_line(method, 16)} "{shown}" {status} {size} {token_id or "-"}\n'
 
 

@@ -186,7 +186,10 @@ class Builder(Producing, Checking, Scheduling):
                     for i, used in graph.drvs[r].input_drvs
                     if not all(self.store.is_valid(o.path) for n, o in graph.drvs[i].outputs if n in used)
                 ]
-            graph, makers = self._with_holes(graph, wanted)
+            # (--check/--rounds rebuild the roots: their inputs' closures must be whole too)
+            checking = self.opts.check or self.opts.rounds > 1
+            rebuilt = [i for r in roots for i, _ in graph.drvs[r].input_drvs] if checking else []
+            graph, makers = self._with_holes(graph, [*wanted, *rebuilt])
             wanted += makers
             todo = plan(graph, wanted, self.store.is_valid)
             if todo and self.substituter is not None:

@@ -98,6 +98,17 @@ def test_what_is_made_again_is_not_checked_with_the_root(store, graph):
     assert store.is_valid(libd.output_path())
 
 
+def test_checking_a_valid_root_whose_input_lost_a_dependency_makes_it_again(store, graph):
+    """``--check`` rebuilds a root that is valid: the closures of its inputs must be whole
+    for that rebuild too (the plan never looked below a valid root, and the check's
+    sandbox refused the incomplete closure)."""
+    (lib, libd), _, (use, used) = _chain(graph)
+    _builder(store).realise([use])
+    _quarantine(store, libd.output_path())
+    _builder(store, [], check=True).realise([use])
+    assert store.is_valid(libd.output_path())
+
+
 def test_a_hole_no_derivation_of_the_build_makes_is_an_error_naming_it(store, graph):
     # lib's output names busybox (a source added to the store, made by no derivation)
     lib, libd = graph.drv("lib-bb", 'mkdir $out; echo "$PATH" > $out/lib')

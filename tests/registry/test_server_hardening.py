@@ -209,3 +209,6 @@ def test_an_access_log_path_reads_back_unambiguously() -> None:
     assert literal.split('"')[1] == "/a\\\\x0a" and newline.split('"')[1] == "/a\\n", (literal, newline)
     assert literal.count("\n") == newline.count("\n") == 1
     assert quoted.count('"') - quoted.count('\\"') == 2, quoted
+    cut = access_line("1.2.3.4", "GET", "/" + "a" * 998 + "\\" + "b" * 10, 200, 1, None)
+    field = cut.rsplit('" 200', 1)[0]
+    assert (len(field) - len(field.rstrip("\\"))) % 2 == 0, cut  # no escape pair split by the cut
