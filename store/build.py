@@ -42,9 +42,10 @@ from pathlib import Path
 from . import hookmarks
 from .buildcheck import Checking
 from .buildcheck import NotDeterministic as NotDeterministic  # re-exported: callers import it from here
+from .buildholes import with_holes
 from .buildlocks import Serialized
 from .buildlogs import LogStore
-from .buildplan import Graph, load_graph, plan, refs_first, walk
+from .buildplan import Graph, load_graph, plan, refs_first
 from .buildproduce import BuildError as BuildError  # re-exported: callers import it from here
 from .buildproduce import Producing, output_too_slow, overdue
 from .buildsched import Scheduling
@@ -189,7 +190,7 @@ class Builder(Producing, Checking, Scheduling):
             # (--check/--rounds rebuild the roots: their inputs' closures must be whole too)
             checking = self.opts.check or self.opts.rounds > 1
             rebuilt = [i for r in roots for i, _ in graph.drvs[r].input_drvs] if checking else []
-            graph, makers = self._with_holes(graph, [*wanted, *rebuilt])
+            graph, makers = with_holes(graph, [*wanted, *rebuilt], self.store, self.say)
             wanted += makers
             todo = plan(graph, wanted, self.store.is_valid)
             if todo and self.substituter is not None:
@@ -230,62 +231,6 @@ class Builder(Producing, Checking, Scheduling):
                 ]
                 raise BuildFailures(failed, skipped, results)
         return [BuildResult(r, {k: o.path for k, o in graph.drvs[r].outputs}, r in built) for r in roots]
-
-    def _with_holes(self, graph: Graph, wanted: list[str]) -> tuple[Graph, list[str]]:
-        """``graph`` made to build again first what is missing from the closures of the
-        outputs a build of ``wanted`` takes as they are, and the derivations making what
-        is missing from a root's own closure (to realise as roots too). A path ``verify
-        --repair`` quarantined leaves its referrers valid but unusable: a build mounting
-        such an input's closure would run without it (failing confusingly, or worse, not).
-        Each missing path is made by its derivation in ``graph`` (built or substituted,
-        with ``-k`` and failures handled as any; not ``--check``ed: it is no root), and
-        each derivation taking that input waits for it (``Graph.waits``: the input itself
-        does not list it as an input derivation when the path is a deeper dependency). A
-        missing path no derivation here makes (a source) is a ``StoreError`` naming it."""
-        is_valid = self.store.is_valid
-        needed, done = walk(graph, wanted, is_valid)
-        outs = {p: [o.path for _, o in d.outputs] for p, d in graph.drvs.items()}
-        # one walk for the usual case, a complete closure; one per input only if not
-        if not done or not self.store.closure_with_holes([o for p in sorted(done) for o in outs[p]])[1]:
-            return graph, []
-        made_by = {o: p for p, os_ in outs.items() for o in os_}
-        makers: dict[str, set[str]] = {}  # a derivation taken as it is -> what it waits for
-        orphans: set[str] = set()
-        checked: set[str] = set()
-        extra: set[str] = set()  # makers for the roots' own closures
-        waits: dict[str, tuple[str, ...]] = {}
-        # to a fixed point: a maker to build may itself take an input whose closure has a
-        # hole (found only once the maker is planned)
-        while new := sorted(done - checked):
-            for p in new:
-                checked.add(p)
-                for h, by in self.store.closure_with_holes(outs[p])[1].items():
-                    if h not in made_by:
-                        orphans.add(f"{h} (referenced by {', '.join(by)})")
-                    elif made_by[h] not in makers.setdefault(p, set()):
-                        self.say(f"{h} is missing from the closure of {', '.join(by)}: realising it again")
-                        makers[p].add(made_by[h])
-            extra |= {m for r in wanted for m in makers.get(r, ())}
-            waits = {
-                x: ws
-                for x in needed | extra
-                if (ws := tuple(sorted({m for i, _ in graph.drvs[x].input_drvs for m in makers.get(i, ())})))
-            }
-            needed, done = walk(Graph(graph.drvs, waits), [*wanted, *sorted(extra)], is_valid)
-        if orphans:
-            raise StoreError(
-                f"cannot build: {'; '.join(sorted(orphans))} is not valid in the store (quarantined by "
-                "'kiln store verify --repair', or deleted) and no derivation of this build makes it: add "
-                "it again (a recipe's source: 'kiln build' of the recipe adds it again) or substitute it "
-                "('kiln copy --from URL --to store PATH')"
-            )
-        # (the waits of what the last walk added: planned now, their inputs checked above)
-        waits = {
-            x: ws
-            for x in needed
-            if (ws := tuple(sorted({m for i, _ in graph.drvs[x].input_drvs for m in makers.get(i, ())})))
-        }
-        return Graph(graph.drvs, waits), sorted(extra)
 
     # ------------------------------------------------------------------ one derivation
 

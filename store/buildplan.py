@@ -29,7 +29,7 @@ from .paths import StorePath
 class Graph:
     """The derivations by path; ``waits`` adds, per derivation, others it must wait for
     besides its input derivations (those that make again what is missing from the
-    closure of an input it takes as it is: ``Builder._with_holes``)."""
+    closure of an input it takes as it is: ``buildholes.with_holes``)."""
 
     drvs: dict[str, Derivation]
     waits: Mapping[str, tuple[str, ...]] = field(default_factory=dict)

@@ -54,6 +54,12 @@ def check_root_name(name: str) -> str:
     return name
 
 
+def holes_text(holes: Mapping[str, Iterable[str]]) -> str:
+    """``<path> (referenced by <a>, <b>); ...`` for ``{missing path: referrers}``
+    (``LocalStore.closure_with_holes``), as every refusal of a hole names them."""
+    return "; ".join(f"{h} (referenced by {', '.join(by)})" for h, by in sorted(holes.items()))
+
+
 class IncompleteClosure(StoreError):
     """``path``'s closure has holes (``LocalStore.closure_with_holes``): references that are
     not valid in the store, mapped to the closure members that reference them. What such a
@@ -65,7 +71,7 @@ class IncompleteClosure(StoreError):
     def __init__(self, path: str, holes: Mapping[str, Iterable[str]], root: Path, doing: str) -> None:
         self.path = path
         self.holes = {h: tuple(by) for h, by in holes.items()}
-        missing = "; ".join(f"{h} (referenced by {', '.join(by)})" for h, by in self.holes.items())
+        missing = holes_text(self.holes)
         super().__init__(
             f"cannot {doing} {path}: its closure is incomplete, {len(self.holes)} path(s) it needs are "
             f"not valid in the store at {root} (quarantined by 'kiln store verify --repair', or "

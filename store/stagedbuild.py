@@ -326,7 +326,7 @@ def closure(store: Any, paths: Iterable[str], pending: Pending | None) -> list[s
     """The closure of ``paths`` over references, counting pending outputs as valid
     (``store``: a ``LocalStore`` or the builder's serialising proxy of one). A valid path
     may reference a pending one too: an input registered long ago whose dependency this
-    builder has just made again (``Builder._with_holes``), which ``store.closure`` skips
+    builder has just made again (``buildholes.with_holes``), which ``store.closure`` skips
     as not valid."""
     paths = sorted(set(map(str, paths)))
     if not pending:
@@ -362,12 +362,10 @@ def closure(store: Any, paths: Iterable[str], pending: Pending | None) -> list[s
 
 
 def _no_holes(holes: dict[str, tuple[str, ...]]) -> None:
-    """A build's input closure must be whole (``Builder._with_holes`` makes what is
+    """A build's input closure must be whole (``buildholes.with_holes`` makes what is
     missing again before planning): a hole left is a ``StoreError`` naming it, never a
     sandbox quietly missing a dependency."""
     if holes:
-        raise StoreError(
-            "the input closure is incomplete: "
-            + "; ".join(f"{h} (referenced by {', '.join(by)})" for h, by in sorted(holes.items()))
-            + " is not valid in the store"
-        )
+        from .localstore import holes_text
+
+        raise StoreError(f"the input closure is incomplete: {holes_text(holes)} is not valid in the store")
