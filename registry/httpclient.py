@@ -123,14 +123,14 @@ class HttpClient(Client):
         and reviews are bounded) is asked again after its ``Retry-After`` (at most
         ``BUSY_WAIT_MAX`` s), ``BUSY_RETRIES`` times, unless the request is an upload
         (its body may be a stream that cannot be sent twice)."""
-        for attempt in range(BUSY_RETRIES + 1):
+        for _ in range(BUSY_RETRIES):
             resp = await self._request_once(method, key, **kw)
-            if resp.status != 503 or attempt == BUSY_RETRIES or "data" in kw:
+            if resp.status != 503 or "data" in kw:
                 return resp
             wait = _retry_after(resp.headers.get("Retry-After"))
             resp.release()
             await asyncio.sleep(wait)
-        raise AssertionError("unreachable")
+        return await self._request_once(method, key, **kw)
 
     async def _request_once(self, method: str, key: str, **kw: Any) -> aiohttp.ClientResponse:
         req = self._sess().request(method, f"{self.url}/{key}", **kw)

@@ -53,17 +53,21 @@ def _what_it_is(mode: int) -> str:
     return "is not a regular file"
 
 
-def open_regular_fd(path: str | os.PathLike) -> int:
-    """A descriptor of ``path`` open for reading (the caller closes it), never following a
-    symbolic link at its last component; ``NotRegularFile`` if it is a link or anything
-    but a regular file. Nothing here waits (``O_NONBLOCK``: a FIFO is refused, not waited
-    on). ``FileNotFoundError`` and other ``OSError`` propagate."""
+def open_regular_fd(path: str | os.PathLike, flags: int = os.O_RDONLY, mode: int = 0o644) -> int:
+    """A descriptor of ``path`` opened with ``flags`` (default: for reading; ``O_CREAT``
+    makes it with ``mode``; the caller closes it), never following a symbolic link at its
+    last component; ``NotRegularFile`` if it is a link or anything but a regular file.
+    Nothing here waits (``O_NONBLOCK``: a FIFO is refused, not waited on).
+    ``FileNotFoundError`` and other ``OSError`` propagate."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode)
     except OSError as e:
-        # ELOOP is all O_NOFOLLOW says of a link; say what it is
+        # ELOOP is all O_NOFOLLOW says of a link, EISDIR all a write-open says of a
+        # directory; say what it is
         if e.errno == errno.ELOOP and os.path.islink(path):
             raise NotRegularFile(errno.ELOOP, "is a symbolic link", os.fspath(path)) from None
+        if e.errno == errno.EISDIR:
+            raise NotRegularFile(errno.EISDIR, "is a directory", os.fspath(path)) from None
         raise
     mode = os.fstat(fd).st_mode
     if not stat.S_ISREG(mode):

@@ -34,10 +34,8 @@ and the kernel drops every lock when its holder dies (also on ``kill -9``).
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import os
-import stat
 import threading
 import time
 from collections import Counter
@@ -214,18 +212,10 @@ class TempRoots:
         """``path`` opened (created if missing) for writing roots: a regular file, never
         a symbolic link followed nor a FIFO, which the collector does not read (see
         ``_temp_root_files``): roots written there would protect nothing."""
-        junk = f"temp-roots file {path} is not a regular file kiln made: remove it"
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
-        except OSError as e:
-            if e.errno in (errno.ELOOP, errno.EISDIR):  # a symbolic link, a directory
-                raise StoreError(junk) from None
-            raise
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            os.close(fd)
-            raise StoreError(junk)
-        os.set_blocking(fd, True)
-        return fd
+            return open_regular_fd(path, os.O_RDWR | os.O_CREAT)
+        except NotRegularFile:
+            raise StoreError(f"temp-roots file {path} is not a regular file kiln made: remove it") from None
 
     def _open(self) -> int:
         if self.fd is not None:
