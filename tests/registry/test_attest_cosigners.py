@@ -6,29 +6,18 @@ replaced only by that key's or a builder's. Builders' co-signatures are unaffect
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from pathlib import Path
 
 from regkit import Keys
-from test_attest_replace import _prov, _sbom, _served, _stamp
+from test_attest_replace import _cosigned, _prov, _sbom, _served, _stamp
 from test_attestations import Setup
 
 from kiln.registry import layout
 from kiln.registry.attest_transfer import rebuild_listing
 from kiln.registry.storage import FileStorage
-from kiln.store.dsse import Ed25519Signer, Envelope
-from kiln.store.dsse import sign as dsse_sign
 from kiln.store.keyfiles import write_public_key
 from kiln.store.signing import SecretKey
-
-
-def _cosigned(data: bytes, sk: SecretKey) -> bytes:
-    """Envelope ``data`` with ``sk``'s signature over its payload added (what anyone who
-    holds a published statement and a key can do)."""
-    env = Envelope.loads(data)
-    extra = dsse_sign(env.payload, [Ed25519Signer(sk.key)], payload_type=env.payload_type)
-    return dataclasses.replace(env, signatures=env.signatures + extra.signatures).dumps().encode()
 
 
 def _two_attesters(tmp_path: Path, keys: Keys, other_keys: Keys, kiln_server) -> tuple[Setup, SecretKey]:  # noqa: ANN001
@@ -134,3 +123,21 @@ def test_builders_co_signatures_and_an_attester_s_own_statements_still_pass(
     again = _sbom(s, other_keys.sk, "again")
     assert s.put(s.bare, "sbom", again)[0] == 201
     assert _served(s, "sbom") == again
+
+
+def test_an_attester_may_add_no_signer_to_another_attester_s_statement(
+    tmp_path, keys, other_keys, kiln_server
+) -> None:
+    """Without a builder, an upload may add no signer: a second attester co-signing the
+    first one's provenance counted as its signer and could then replace it alone."""
+    s, a2 = _two_attesters(tmp_path, keys, other_keys, kiln_server)
+    now = time.time()
+    first = _prov(s, other_keys.sk, _stamp(now - 60))
+    assert s.put(s.bare, "provenance", first)[0] == 201  # (none there: an attester may file one)
+    cosigned = _cosigned(first, a2)
+    code, body = s.put(s.bare, "provenance", cosigned)
+    assert code == 403 and b"attester-2" in body, body
+    assert s.put(s.bare, "provenance", _prov(s, a2, _stamp(now)))[0] == 403
+    own = _prov(s, other_keys.sk, _stamp(now))
+    assert s.put(s.bare, "provenance", own)[0] == 201  # its own, newer: the time rule decides
+    assert _served(s, "provenance") == own
