@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from kiln.store.locks import DEAD_WRITER_MIN_AGE, left_by_dead_writer
+from kiln.store.mounts import mount_table
 
 #: a temp file: ``up-<writer pid>-<writer id>-...``, or ``up-<writer pid>-...`` when its writer
 #: holds no writer lock (older kiln; no flock there) (``sweep``)
@@ -263,8 +264,6 @@ _EXACT_FLOCK_FS = frozenset(
         "exfat",
     }
 )
-_MOUNTINFO = "/proc/self/mountinfo"
-_ESCAPE = re.compile(rb"\\([0-7]{3})")
 
 
 def flock_is_exact(d: Path) -> bool:
@@ -272,21 +271,14 @@ def flock_is_exact(d: Path) -> bool:
     process anywhere holds it: the file system ``d`` is on (from the mount table) is in
     ``_EXACT_FLOCK_FS``. False when unsure (no mount table: not Linux)."""
     try:
-        with open(_MOUNTINFO, "rb") as f:
-            table = f.read()
+        table = mount_table()
     except OSError:
         return False
     top = os.path.realpath(d)
     best, fstype = -1, ""
-    for line in table.splitlines():
-        left, sep, right = line.partition(b" - ")
-        fields = left.split()
-        if not sep or len(fields) < 5 or not right.split():
-            continue
-        # the kernel writes space, tab, newline and backslash as octal escapes
-        point = os.fsdecode(_ESCAPE.sub(lambda m: bytes([int(m.group(1), 8)]), fields[4]))
+    for point, kind in table:
         if (top == point or top.startswith(point.rstrip("/") + "/")) and len(point) >= best:
-            best, fstype = len(point), os.fsdecode(right.split()[0])  # (a later mount hides an earlier one)
+            best, fstype = len(point), kind  # (a later mount hides an earlier one)
     return fstype in _EXACT_FLOCK_FS
 
 

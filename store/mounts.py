@@ -20,13 +20,13 @@ MOUNTINFO = "/proc/self/mountinfo"
 _ESCAPE = re.compile(rb"\\([0-7]{3})")
 
 
-def mounts_below(d: Path, mountinfo: bytes | None = None) -> list[tuple[str, str]]:
-    """``(mount point, file system type)`` of every mount at or below ``d`` (resolved),
-    deepest first. ``mountinfo`` is the text of ``/proc/self/mountinfo`` (read if None)."""
+def mount_table(mountinfo: bytes | None = None) -> list[tuple[str, str]]:
+    """``(mount point, file system type)`` of every mount, in the kernel's order (a later
+    one may hide an earlier one at the same point), from ``mountinfo``, the text of
+    ``/proc/self/mountinfo`` (read if None; ``OSError`` if it cannot be)."""
     if mountinfo is None:
         with open(MOUNTINFO, "rb") as f:
             mountinfo = f.read()
-    top = os.path.realpath(d)
     out = []
     for line in mountinfo.splitlines():
         left, sep, right = line.partition(b" - ")
@@ -35,8 +35,15 @@ def mounts_below(d: Path, mountinfo: bytes | None = None) -> list[tuple[str, str
             continue
         # the kernel writes space, tab, newline and backslash as octal escapes
         point = os.fsdecode(_ESCAPE.sub(lambda m: bytes([int(m.group(1), 8)]), fields[4]))
-        if point == top or point.startswith(top + "/"):
-            out.append((point, os.fsdecode(right.split()[0])))
+        out.append((point, os.fsdecode(right.split()[0])))
+    return out
+
+
+def mounts_below(d: Path, mountinfo: bytes | None = None) -> list[tuple[str, str]]:
+    """``(mount point, file system type)`` of every mount at or below ``d`` (resolved),
+    deepest first. ``mountinfo`` is the text of ``/proc/self/mountinfo`` (read if None)."""
+    top = os.path.realpath(d)
+    out = [(p, t) for p, t in mount_table(mountinfo) if p == top or p.startswith(top + "/")]
     return sorted(out, key=lambda m: m[0].count("/"), reverse=True)
 
 
