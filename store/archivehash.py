@@ -56,7 +56,7 @@ _READ_ERRORS = (
     lzma.LZMAError,
     zstandard.ZstdError,
     zipfile.BadZipFile,
-    NotImplementedError,
+    NotImplementedError,  # (zipfile: a compression method it does not implement)
 )
 #: the most central-directory bytes per allowed entry: zipfile parses all of it into memory
 _ZIP_DIR_BYTES_PER_ENTRY = 128
