@@ -27,9 +27,9 @@ group) whose command line is derived from the spec by ``bwrapargv.bwrap_argv``:
   (``bwrapargv.proc_flags``), and a private ``/tmp`` tmpfs;
 * environment: ``--clearenv`` then exactly ``build_env(spec)``;
 * process state: nothing of the kiln process's (limits, signals, affinity, nice,
-  personality, fds, domain name): ``procstate`` starts bwrap (``posix_spawn`` from one
+  personality, fds, domain name): ``launcher`` starts bwrap (``posix_spawn`` from one
   launcher thread, then ``fix_child`` while bwrap waits for the rest of its options on
-  ``--args 3``) with the fixed state in its table, ``spec.umask`` (022) included;
+  ``--args 3``) with the fixed state in ``procstate``'s table, ``spec.umask`` (022) included;
 * lifetime: ``--die-with-parent``, ``--new-session``; limits and killing in ``limits``.
 
 Starting one bwrap (``bwrapstart.start``): its options are handed over all or nothing,
@@ -58,6 +58,7 @@ from .bwrapargv import bwrap_argv, common_flags, dev_flags, etc_files, proc_flag
 from .bwrapstart import Bwrap, memfd
 from .errors import SandboxError, SandboxUnavailable
 from .executor import Executor, OutputCallback, Result
+from .launcher import domainname_fixed
 from .limits import Limits, kill_tree, supervise
 from .procstate import (
     BLOCK_FD,
@@ -195,7 +196,7 @@ class BwrapExecutor(Executor):
             "gid": 1000,
             "hostname": "localhost",
             "umask": "022",
-            "processState": description(),
+            "processState": description(domainname_fixed()),
         }
 
     def cancel_all(self) -> None:

@@ -35,13 +35,14 @@ import time
 
 from .bwrapargv import GATED
 from .errors import SandboxError
+from .launcher import kill_and_reap, spawn
 from .limits import kill_tree
-from .procstate import GATE_FD, OPTIONS_FD, fix_child, high_fd, kill_and_reap, spawn
+from .procstate import GATE_FD, OPTIONS_FD, fix_child, high_fd
 
 
 def memfd(name: str, data: bytes) -> int:
     """An anonymous in-memory file holding ``data``, positioned at 0 (close-on-exec;
-    ``procstate.spawn`` copies it to the fixed number bwrap reads it from)."""
+    ``launcher.spawn`` copies it to the fixed number bwrap reads it from)."""
     fd = os.memfd_create(name, os.MFD_CLOEXEC)
     try:
         view = memoryview(data)

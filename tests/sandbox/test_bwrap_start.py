@@ -22,7 +22,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from kiln.sandbox import BwrapExecutor, SandboxSpec, procstate
+from kiln.sandbox import BwrapExecutor, SandboxSpec, launcher, procstate
 from kiln.sandbox import bwrap as B
 from kiln.sandbox import bwrapstart as S
 from kiln.sandbox.bwrapargv import common_flags
@@ -99,7 +99,7 @@ def spawned(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
 def _launcher() -> threading.Thread:
     fd = procstate.high_fd(os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC))
     try:
-        os.waitpid(procstate.spawn("/bin/true", ["true"], [(fd, 0)], 0o022), 0)
+        os.waitpid(launcher.spawn("/bin/true", ["true"], [(fd, 0)], 0o022), 0)
     finally:
         os.close(fd)
     return next(t for t in threading.enumerate() if t.name == "kiln-sandbox-launcher")
@@ -115,9 +115,9 @@ def test_launcher_thread_blocks_every_signal() -> None:
 
 SIGTIMEDWAIT = """
 import os, signal, time
-from kiln.sandbox import procstate
+from kiln.sandbox import launcher, procstate
 fd = procstate.high_fd(os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC))
-os.waitpid(procstate.spawn("/bin/true", ["true"], [(fd, 0)], 0o022), 0)
+os.waitpid(launcher.spawn("/bin/true", ["true"], [(fd, 0)], 0o022), 0)
 signal.signal(signal.SIGTERM, lambda *_: print("handled by a thread that did not block it"))
 signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # as kiln run's forwarding loop
 os.kill(os.getpid(), signal.SIGTERM)  # process-directed: any thread not blocking it may take it
@@ -295,7 +295,7 @@ def test_every_fd_and_process_is_released_whatever_step_fails(monkeypatch, spawn
 def _interrupting_done(monkeypatch, first_wait) -> None:
     """Make the first ``wait`` on a spawn request's ``done`` run ``first_wait(event)``
     (which raises, as a Ctrl-C in the caller would); later waits are the real ones."""
-    real_init = procstate._Request.__init__
+    real_init = launcher._Request.__init__
 
     class Done(threading.Event):
         calls = 0
@@ -310,7 +310,7 @@ def _interrupting_done(monkeypatch, first_wait) -> None:
         real_init(self, *a, **kw)
         self.done = Done()
 
-    monkeypatch.setattr(procstate._Request, "__init__", init)
+    monkeypatch.setattr(launcher._Request, "__init__", init)
 
 
 def test_interrupt_once_bwrap_is_started_reaps_it(monkeypatch, spawned) -> None:
