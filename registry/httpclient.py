@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -30,7 +29,8 @@ from kiln.store.hashes import Hash
 
 from . import layout
 from .client import BATCH, CHUNK, CONNECT_TIMEOUT, Client, RegistryError, Unreachable, utf8
-from .pace import LINE_TOO_LONG, Link, Pace
+from .httpbatch import answer_errors, checked_batch, read_blob_batch, upload_batch_body
+from .pace import Link, Pace
 
 #: Largest body read into memory from a registry (narinfos, listings, index files,
 #: batch answers): a hostile server must not exhaust memory with an endless answer.
@@ -57,19 +57,6 @@ def _retry_after(value: str | None) -> float:
 #: Longest wait for the status line and headers of an answer (not for uploads, whose
 #: answer comes only after the body has been sent).
 HEADERS_TIMEOUT = 300.0
-
-
-@contextlib.contextmanager
-def _answer(what: str) -> Iterator[None]:
-    """Reading an answer's body: a cut or broken one is a ``RegistryError``."""
-    try:
-        yield
-    except asyncio.IncompleteReadError:
-        raise RegistryError(f"{what}: answer cut short") from None
-    except (TimeoutError, aiohttp.ClientError) as e:
-        raise RegistryError(f"{what}: answer broken off ({e})") from None
-    except aiohttp.http_exceptions.HttpProcessingError as e:  # e.g. a line too long
-        raise RegistryError(f"{what}: malformed answer ({type(e).__name__})") from None
 
 
 class HttpClient(Client):
@@ -179,7 +166,7 @@ class HttpClient(Client):
         ``RegistryError`` (a miss for substitution, never an internal error)."""
         buf = bytearray()
         pace = Pace(what, RegistryError, self._link)
-        with _answer(what):
+        with answer_errors(what):
             async for chunk in resp.content.iter_chunked(CHUNK):
                 buf += chunk
                 pace.got(len(chunk))
@@ -209,7 +196,7 @@ class HttpClient(Client):
             res = json.loads(raw)
         except (ValueError, RecursionError) as e:
             raise RegistryError(f"{what}: not JSON ({e or 'nested too deep'})") from None
-        return _checked_batch(res, what)
+        return checked_batch(res, what)
 
     async def narinfos(self, hash_parts: list[str]) -> dict[str, str]:
         out: dict[str, str] = {}
@@ -292,28 +279,7 @@ class HttpClient(Client):
             if resp.status != 200:
                 raise await self._fail(resp, what)
             pace = Pace(what, RegistryError, self._link)
-            with _answer(what):
-                for _ in range(len(want)):
-                    try:
-                        line = await pace.read(resp.content.readline(), 80)
-                    except LINE_TOO_LONG:
-                        raise RegistryError(f"{what}: an entry line is too long (broken answer)") from None
-                    hexd, _, size = line.decode("ascii", "replace").strip().partition(" ")
-                    h = want.pop(hexd, None)
-                    if h is None or not (size == "-" or size.isdigit()):
-                        raise RegistryError(f"{what}: unexpected entry {line[:100]!r}")
-                    if size == "-":
-                        got(h, None)
-                        continue
-                    n = int(size)
-                    expect = (sizes or {}).get(hexd)
-                    if (expect is not None and n != expect) or n > MAX_BODY:
-                        raise RegistryError(
-                            f"{what}: object {hexd} announced at {n} bytes, expected "
-                            f"{expect if expect is not None else f'at most {MAX_BODY}'}"
-                        )
-                    data = await pace.read(resp.content.readexactly(n), n)
-                    got(h, data)
+            await read_blob_batch(resp, what, want, sizes, got, pace, MAX_BODY)
         return True
 
     async def download(self, key: str, write: Callable[[bytes], Any]) -> bool:
@@ -323,7 +289,7 @@ class HttpClient(Client):
             if resp.status != 200:
                 raise await self._fail(resp, f"GET {self.url}/{key}")
             pace = Pace(f"GET {self.url}/{key}", RegistryError, self._link)
-            with _answer(pace.what):
+            with answer_errors(pace.what):
                 async for chunk in resp.content.iter_chunked(CHUNK):
                     pace.got(len(chunk))
                     write(chunk)
@@ -352,30 +318,9 @@ class HttpClient(Client):
     async def upload_batch(self, frames: list[tuple[str, bytes, Path | None]]) -> list[dict[str, Any]] | None:
         """Upload many (hash part, narinfo, optional NAR file) in one ``POST /upload-batch``.
         Returns the per-path results, or None when the server has no such endpoint."""
-        sizes = [p.stat().st_size if p is not None else 0 for _, _, p in frames]
-        heads = [f"{len(text)} {z} {h}\n".encode() for (h, text, _), z in zip(frames, sizes, strict=True)]
-        total = sum(len(hd) + len(fr[1]) + z for hd, fr, z in zip(heads, frames, sizes, strict=True))
-
-        async def body() -> Any:
-            buf = bytearray()
-            for hd, (_, text, path) in zip(heads, frames, strict=True):
-                buf += hd
-                buf += text
-                if path is not None:
-                    with open(path, "rb") as f:
-                        while chunk := f.read(CHUNK):
-                            buf += chunk
-                            if len(buf) >= CHUNK:
-                                yield bytes(buf)
-                                buf.clear()
-                if len(buf) >= 1 << 16:
-                    yield bytes(buf)
-                    buf.clear()
-            if buf:
-                yield bytes(buf)
-
+        total, body = upload_batch_body(frames)
         headers = {"Content-Length": str(total), "Content-Type": "application/x-kiln-upload-batch"}
-        async with await self._request("POST", "upload-batch", data=body(), headers=headers) as resp:
+        async with await self._request("POST", "upload-batch", data=body, headers=headers) as resp:
             if resp.status in (404, 405):
                 return None
             what = f"POST {self.url}/upload-batch"
@@ -399,25 +344,3 @@ class HttpClient(Client):
             if resp.status != 200:
                 raise await self._fail(resp, what)
             return (await self._read(resp, what)).decode(errors="replace").strip()
-
-
-def _checked_batch(res: Any, what: str) -> dict[str, Any]:
-    """A ``narinfo-batch`` answer with the shape the callers rely on, else
-    ``RegistryError``: a dict whose ``narinfos`` maps str to str, ``blobs`` is a list of
-    str, ``attestations``/``by_nar_hash`` are dicts (each present or not)."""
-
-    def bad(field: str) -> RegistryError:
-        return RegistryError(f"{what}: malformed answer ({field})")
-
-    if not isinstance(res, dict):
-        raise bad("not an object")
-    ni = res.get("narinfos", {})
-    if not isinstance(ni, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in ni.items()):
-        raise bad("narinfos")
-    blobs = res.get("blobs", [])
-    if not isinstance(blobs, list) or not all(isinstance(b, str) for b in blobs):
-        raise bad("blobs")
-    for key in ("attestations", "by_nar_hash"):
-        if not isinstance(res.get(key, {}), dict):
-            raise bad(key)
-    return res

@@ -1,0 +1,123 @@
+"""The batch requests of ``HttpClient`` (``httpclient``): the ``upload-batch`` body, and
+reading and checking the ``blob-batch`` and ``narinfo-batch`` answers. Nothing a server
+sends is trusted for its size or shape (see ``httpclient``'s docstring).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import aiohttp.http_exceptions
+
+from kiln.store.hashes import Hash
+
+from .client import CHUNK, RegistryError
+from .pace import LINE_TOO_LONG, Pace
+
+
+@contextlib.contextmanager
+def answer_errors(what: str) -> Iterator[None]:
+    """Reading an answer's body: a cut or broken one is a ``RegistryError``."""
+    try:
+        yield
+    except asyncio.IncompleteReadError:
+        raise RegistryError(f"{what}: answer cut short") from None
+    except (TimeoutError, aiohttp.ClientError) as e:
+        raise RegistryError(f"{what}: answer broken off ({e})") from None
+    except aiohttp.http_exceptions.HttpProcessingError as e:  # e.g. a line too long
+        raise RegistryError(f"{what}: malformed answer ({type(e).__name__})") from None
+
+
+async def read_blob_batch(
+    resp: aiohttp.ClientResponse,
+    what: str,
+    want: dict[str, Hash],
+    sizes: dict[str, int] | None,
+    got: Callable[[Hash, bytes | None], Any],
+    pace: Pace,
+    max_body: int,
+) -> None:
+    """Read a ``blob-batch`` answer: for each of ``want`` (hex digest -> digest, emptied
+    as entries come), a line ``<hex> <size>`` then the bytes, or ``<hex> -`` for a
+    missing object; ``got(digest, bytes or None)`` for each. An entry not asked for, a
+    size other than ``sizes`` says (or over ``max_body``), a long line, or a cut answer
+    is a ``RegistryError``, raised before the object's bytes are read."""
+    with answer_errors(what):
+        for _ in range(len(want)):
+            try:
+                line = await pace.read(resp.content.readline(), 80)
+            except LINE_TOO_LONG:
+                raise RegistryError(f"{what}: an entry line is too long (broken answer)") from None
+            hexd, _, size = line.decode("ascii", "replace").strip().partition(" ")
+            h = want.pop(hexd, None)
+            if h is None or not (size == "-" or size.isdigit()):
+                raise RegistryError(f"{what}: unexpected entry {line[:100]!r}")
+            if size == "-":
+                got(h, None)
+                continue
+            n = int(size)
+            expect = (sizes or {}).get(hexd)
+            if (expect is not None and n != expect) or n > max_body:
+                raise RegistryError(
+                    f"{what}: object {hexd} announced at {n} bytes, expected "
+                    f"{expect if expect is not None else f'at most {max_body}'}"
+                )
+            data = await pace.read(resp.content.readexactly(n), n)
+            got(h, data)
+
+
+def upload_batch_body(frames: list[tuple[str, bytes, Path | None]]) -> tuple[int, AsyncIterator[bytes]]:
+    """The ``upload-batch`` body for (hash part, narinfo, optional NAR file) frames: each
+    is a line ``<narinfo length> <file size> <hash part>``, the narinfo, then the file.
+    Returns its total length (for ``Content-Length``) and the body, read from the files
+    as it is sent."""
+    sizes = [p.stat().st_size if p is not None else 0 for _, _, p in frames]
+    heads = [f"{len(text)} {z} {h}\n".encode() for (h, text, _), z in zip(frames, sizes, strict=True)]
+    total = sum(len(hd) + len(fr[1]) + z for hd, fr, z in zip(heads, frames, sizes, strict=True))
+
+    async def body() -> Any:
+        buf = bytearray()
+        for hd, (_, text, path) in zip(heads, frames, strict=True):
+            buf += hd
+            buf += text
+            if path is not None:
+                with open(path, "rb") as f:
+                    while chunk := f.read(CHUNK):
+                        buf += chunk
+                        if len(buf) >= CHUNK:
+                            yield bytes(buf)
+                            buf.clear()
+            if len(buf) >= 1 << 16:
+                yield bytes(buf)
+                buf.clear()
+        if buf:
+            yield bytes(buf)
+
+    return total, body()
+
+
+def checked_batch(res: Any, what: str) -> dict[str, Any]:
+    """A ``narinfo-batch`` answer with the shape the callers rely on, else
+    ``RegistryError``: a dict whose ``narinfos`` maps str to str, ``blobs`` is a list of
+    str, ``attestations``/``by_nar_hash`` are dicts (each present or not)."""
+
+    def bad(field: str) -> RegistryError:
+        return RegistryError(f"{what}: malformed answer ({field})")
+
+    if not isinstance(res, dict):
+        raise bad("not an object")
+    ni = res.get("narinfos", {})
+    if not isinstance(ni, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in ni.items()):
+        raise bad("narinfos")
+    blobs = res.get("blobs", [])
+    if not isinstance(blobs, list) or not all(isinstance(b, str) for b in blobs):
+        raise bad("blobs")
+    for key in ("attestations", "by_nar_hash"):
+        if not isinstance(res.get(key, {}), dict):
+            raise bad(key)
+    return res
