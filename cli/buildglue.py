@@ -175,6 +175,21 @@ def write_drvs(store: LocalStore, ev: Evaluation, roots: list[str]) -> None:
             )
 
 
+def default_key_name() -> str:
+    """``kiln-<user>@<host>-1``: the name of a store's generated signing key. The user is
+    in it because trust goes by key name (``signing``): every user of one host would
+    otherwise sign as the same ``kiln-<host>-1``. Characters a key name may not hold
+    (``:``, whitespace) become ``_``."""
+    import pwd
+
+    try:
+        user = pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:  # a uid without a passwd entry (containers)
+        user = str(os.geteuid())
+    name = f"kiln-{user}@{os.uname().nodename}-1"
+    return "".join("_" if c == ":" or c.isspace() else c for c in name)
+
+
 def load_sign_key(store: LocalStore, key_file: str | None, create: bool) -> SecretKey | None:
     """The key that signs builds: ``--sign-key``, ``$KILN_SIGN_KEY``, or the store's
     ``keys/default.sec`` (generated on first use when ``create``)."""
@@ -191,7 +206,7 @@ def load_sign_key(store: LocalStore, key_file: str | None, create: bool) -> Secr
         from .common import private_keys_dir
 
         private_keys_dir(default.parent)
-        key = signing.SecretKey.generate(f"kiln-{os.uname().nodename}-1")
+        key = signing.SecretKey.generate(default_key_name())
         try:
             keyfiles.write_secret_key(default, key)
         except KilnError:

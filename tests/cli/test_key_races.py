@@ -106,3 +106,14 @@ def test_a_default_key_without_its_public_half_gets_it(tmp_path: Path) -> None:
     write_secret_key(store.root / "keys" / "default.sec", key)
     assert load_sign_key(store, None, create=True).to_text() == key.to_text()  # type: ignore[union-attr]
     assert load_public_key(store.root / "keys" / "default.pub") == key.public()
+
+
+def test_generated_key_names_the_user_and_host() -> None:
+    """Two users of one host get store keys of different names (trust goes by name)."""
+    import pwd
+
+    from kiln.buildglue import default_key_name
+
+    name = default_key_name()
+    assert name == f"kiln-{pwd.getpwuid(os.geteuid()).pw_name}@{os.uname().nodename}-1"
+    assert ":" not in name and not any(c.isspace() for c in name)
