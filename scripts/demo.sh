@@ -8,7 +8,7 @@
 # .debs come from the machine's Debian archive.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup-debian.sh
+bash scripts/setup-debian.sh --demo
 PY=${PYTHON:-python3}
 kiln() { "$PY" -m kiln "$@"; }
 export KILN_HOME=${KILN_HOME:-$HOME/.local/share/kiln}

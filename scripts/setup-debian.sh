@@ -1,26 +1,41 @@
 #!/usr/bin/env bash
 # Install what kiln and its tests need on a fresh Debian 12 machine (run as root, or
 # with sudo available). Idempotent. Used by scripts/test.sh, scripts/demo.sh and CI.
+# `--demo`: only what the main job (scripts/demo.sh) needs, so that a user without
+# root or sudo can run it where bubblewrap is installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SUDO=""
-[ "$(id -u)" = 0 ] || SUDO="sudo"
 export DEBIAN_FRONTEND=noninteractive
+# (nginx and friends live in /usr/sbin, which is not on a normal user's PATH)
+PATH=$PATH:/usr/sbin:/sbin
+
+tools="bwrap:bubblewrap nix-store:nix-bin zstd:zstd nginx:nginx-light wrk:wrk busybox:busybox-static
+       git:git /usr/bin/time:time curl:curl disorderfs:disorderfs diffoscope:diffoscope-minimal faketime:faketime"
+[ "${1:-}" = --demo ] && tools="bwrap:bubblewrap"
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"
+  elif command -v sudo >/dev/null 2>&1; then sudo "$@"
+  else
+    echo "setup: needs root to run: $*" >&2
+    echo "setup: run this script as root (or install sudo), or run that command as root first" >&2
+    exit 1
+  fi
+}
 
 need=()
-for cmd in bwrap:bubblewrap nix-store:nix-bin zstd:zstd nginx:nginx-light wrk:wrk busybox:busybox-static \
-           git:git /usr/bin/time:time curl:curl disorderfs:disorderfs diffoscope:diffoscope-minimal faketime:faketime; do
+for cmd in $tools; do
   bin=${cmd%%:*} pkg=${cmd##*:}
   command -v "$bin" >/dev/null 2>&1 || [ -x "$bin" ] || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}"
-  $SUDO apt-get update -qq
-  $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+  as_root apt-get update -qq
+  as_root apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 # apt indexes are read by `kiln lock debian` and name the Debian archive that
 # `debian:` source URLs resolve against.
-ls /var/lib/apt/lists/*_Packages >/dev/null 2>&1 || $SUDO apt-get update -qq
+ls /var/lib/apt/lists/*_Packages* >/dev/null 2>&1 || as_root apt-get update -qq
 
 PY=${PYTHON:-python3}
 # (Re)install when kiln is missing, when the installed kiln is another checkout's (an
