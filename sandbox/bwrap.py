@@ -18,12 +18,13 @@ group) whose command line is derived from the spec by ``bwrapargv.bwrap_argv``:
   place; rootfs dirs (``usr``, ``bin``, ``lib``...) read-only at the same names (a
   top-level symlink such as Debian's ``bin -> usr/bin`` is reproduced as a symlink);
   inputs read-only, outputs read-write, ``/build`` read-write and the cwd; a fresh
-  ``/dev`` tmpfs with the host's null, zero, full, random, urandom and tty bound in,
+  ``/dev`` tmpfs with null, zero, full, random, urandom and tty bound in (the host's,
+  or, when kiln owns those (root), copies no build can ``chmod``: ``devnodes``),
   ``fd``/``stdin``/``stdout``/``stderr`` links and a sticky ``shm`` dir, but no ``pts``:
   mounting a devpts needs uid 0 in the namespace, i.e. a second user namespace for the
   build's uid 1000 (what ``--dev`` does), and builds need no terminals; ``/proc`` of
-  the PID namespace with what is not per-namespace made read-only (``/proc/sys``...)
-  and, when kiln runs as root, what only host root may read masked
+  the PID namespace with what is not per-namespace made read-only (``/proc/sys``...),
+  the key lists and, when kiln runs as root, what only host root may read masked
   (``bwrapargv.proc_flags``), and a private ``/tmp`` tmpfs;
 * environment: ``--clearenv`` then exactly ``build_env(spec)``;
 * process state: nothing of the kiln process's (limits, signals, affinity, nice,
@@ -51,14 +52,16 @@ import shutil
 import termios
 import threading
 import time
+from collections.abc import Mapping
 from typing import BinaryIO
 
-from . import bwrapstart
+from . import bwrapstart, devnodes
 from .bwrapargv import bwrap_argv, common_flags, dev_flags, etc_files, proc_flags
 from .bwrapstart import Bwrap, memfd
+from .devnodes import HOST
 from .errors import SandboxError, SandboxUnavailable
 from .executor import Executor, OutputCallback, Result
-from .launcher import domainname_fixed
+from .launcher import domainname_fixed, groups_dropped
 from .limits import Limits, kill_tree, supervise
 from .procstate import (
     BLOCK_FD,
@@ -102,9 +105,9 @@ def _check_host_paths(spec: SandboxSpec) -> None:
             raise SandboxError(f"output directory {host} (for {dest}) does not exist on the host")
 
 
-def probe_options() -> list[str]:
-    """The probe's options: a build's flags, the host root bound read-only (so it needs
-    nothing else), ``--seccomp`` on ``SECCOMP_FD``."""
+def probe_options(dev_sources: Mapping[str, str] = HOST) -> list[str]:
+    """The probe's options: a build's flags (/dev's nodes from ``dev_sources``), the
+    host root bound read-only (so it needs nothing else), ``--seccomp`` on ``SECCOMP_FD``."""
     options = [*common_flags(False, 1000, 1000, "localhost"), "--seccomp", str(SECCOMP_FD)]
     return options + [
         "--ro-bind",
@@ -113,13 +116,13 @@ def probe_options() -> list[str]:
         "--proc",
         "/proc",
         *proc_flags(),
-        *dev_flags(),
+        *dev_flags(dev_sources),
         "--remount-ro",
         "/",
     ]
 
 
-def probe(bwrap: str) -> str:
+def probe(bwrap: str, dev_sources: Mapping[str, str] = HOST) -> str:
     """Check that ``bwrap`` can create a build sandbox here; return its version.
 
     Runs ``bwrap --version`` inside a sandbox made with the flags builds use (the host
@@ -130,7 +133,7 @@ def probe(bwrap: str) -> str:
         if bwrap in _probed:
             return _probed[bwrap]
         # started as builds are (``bwrapstart.start``), so a process state kiln cannot set fails here
-        options = probe_options()
+        options = probe_options(dev_sources)
         log = io.BytesIO()
         sfd = high_fd(memfd("kiln-seccomp", build_filter()))
         try:
@@ -178,7 +181,10 @@ class BwrapExecutor(Executor):
         if not (os.path.isfile(path) and os.access(path, os.X_OK)):
             raise SandboxUnavailable(f"bubblewrap not found at {path} (expected an executable bwrap)")
         self.bwrap = path
-        self.version = probe(path)
+        # kiln's copies of /dev's nodes when it owns the host's (``devnodes``)
+        self._dev_needed = devnodes.needs_copies()
+        self._dev_copied = self._dev_needed and devnodes.copies() is not None
+        self.version = probe(path, self._dev_sources())
         self._live: set[Bwrap] = set()
         self._live_lock = threading.Lock()
 
@@ -196,8 +202,21 @@ class BwrapExecutor(Executor):
             "gid": 1000,
             "hostname": "localhost",
             "umask": "022",
-            "processState": description(domainname_fixed()),
+            "devNodes": devnodes.describe(self._dev_copied, self._dev_needed),
+            "processState": description(domainname_fixed(), groups_dropped()),
         }
+
+    def _dev_sources(self) -> Mapping[str, str]:
+        """The files to bind as /dev's nodes in the next run (``SandboxError`` if kiln's
+        copies are gone and cannot be remade)."""
+        if not self._dev_copied:
+            return HOST
+        try:
+            sources = devnodes.copies()
+        except OSError as e:
+            raise SandboxError(str(e)) from e
+        assert sources is not None
+        return sources
 
     def cancel_all(self) -> None:
         """Kill every build this executor is running (from any thread); each ``run``
@@ -210,6 +229,7 @@ class BwrapExecutor(Executor):
 
     def run(self, spec: SandboxSpec, log: BinaryIO, *, on_output: OutputCallback | None = None) -> Result:
         _check_host_paths(spec)
+        dev_sources = self._dev_sources()
         # Everything bwrap reads besides the host paths comes from memfds and pipes:
         # nothing is written to disk per build (a temp dir with three files cost ~1-4 ms of ext4
         # metadata work under load, as much as the sandbox itself).
@@ -233,7 +253,7 @@ class BwrapExecutor(Executor):
                 fd = high_fd(memfd("kiln-etc-" + name, data))
                 fds.append(fd)
                 child_fds.append((fd, ETC_FDS[name]))
-            argv = bwrap_argv("bwrap", spec, ETC_FDS, SECCOMP_FD, BLOCK_FD)
+            argv = bwrap_argv("bwrap", spec, ETC_FDS, SECCOMP_FD, BLOCK_FD, dev_sources)
             # Options go through fds (``--args``; bwrap takes only options from them,
             # the command stays on the command line): no ARG_MAX limit for large
             # closures, and the sandbox's pid 1 (a fork of bwrap) shows no host paths.

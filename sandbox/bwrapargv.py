@@ -12,6 +12,7 @@ import os
 import posixpath
 from collections.abc import Mapping
 
+from .devnodes import DEV_NODES, HOST
 from .spec import BUILD_TOP, HOMELESS, SandboxSpec, build_env
 
 #: Top-level rootfs entries mapped into the sandbox, in mount order.
@@ -19,8 +20,6 @@ ROOTFS_DIRS = ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32")
 #: Debian's update-alternatives links live under /etc; a toolchain tree needs them.
 ROOTFS_ETC = ("etc/alternatives",)
 
-#: Host device nodes bound into the sandbox's /dev (what bwrap's --dev binds, minus pts).
-DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
 _DEV_LINKS = (
     ("/proc/self/fd", "/dev/fd"),
     ("/proc/self/fd/0", "/dev/stdin"),
@@ -55,35 +54,39 @@ _HOSTS = "127.0.0.1 localhost\n::1 localhost\n"
 #: but skips it when access(W_OK) on the 0555 directory fails, which it always does.
 #: (/proc/sys/net reads the *reader's* namespace, so the host's /proc/sys serves.)
 PROC_READONLY = ("sys", "sysrq-trigger", "irq", "bus")
-#: /proc files hidden behind /dev/null when kiln runs as root, so the build is host uid
-#: 0 (uid 1000 maps to it): the 0400 files whose only guard is the file mode (host slab,
-#: vmalloc, timer, page-type and per-page data: ``kpagecount`` gave a build 50 MB;
-#: ``kmsg`` and ``kcore`` are 0400 too but need capabilities a build does not have),
-#: and ``keys``/``key-users``, which list the
-#: reading uid's keys: host root's. An unprivileged kiln's builds could read none of
-#: these, and every other /proc file is one any host user may read. OCI runtimes mask
-#: more (``timer_stats``, ``sched_debug``, ...: world-readable here); each mount costs
-#: ~0.1 ms per sandbox, which a build loop pays per derivation.
+#: /proc files hidden behind /dev/null from every build: ``keys`` and ``key-users`` are
+#: 0444 and list the reading uid's keys (descriptions, ids) and key quotas: the keys of
+#: the user running kiln, host root's for a root kiln (an audit's unprivileged build
+#: wrote its user's key descriptions into its output).
+PROC_MASKED = ("keys", "key-users")
+#: ... and, when kiln runs as root, so the build is host uid 0 (uid 1000 maps to it):
+#: the 0400 files whose only guard is the file mode (host slab, vmalloc, timer,
+#: page-type and per-page data: ``kpagecount`` gave a build 50 MB; ``kmsg`` and
+#: ``kcore`` are 0400 too but need capabilities a build does not have). An unprivileged
+#: kiln's builds cannot read these, and every other /proc file is one any host user
+#: may read. OCI runtimes mask more (``timer_stats``, ``sched_debug``, ...:
+#: world-readable here); each mount costs ~0.1 ms per sandbox, which a build loop pays
+#: per derivation.
 PROC_MASKED_AS_ROOT = (
-    *("slabinfo", "vmallocinfo", "pagetypeinfo", "timer_list", "kpagecount", "kpageflags", "kpagecgroup"),
-    *("keys", "key-users"),
+    *("slabinfo", "vmallocinfo", "pagetypeinfo", "timer_list"),
+    *("kpagecount", "kpageflags", "kpagecgroup"),
 )
 
 
 @functools.cache
 def proc_flags(as_root: bool | None = None) -> tuple[str, ...]:
     """The bwrap options, after ``--proc /proc``, that make ``PROC_READONLY`` read-only
-    and, when kiln runs as root (``as_root``; default: the effective uid is 0), mask
-    ``PROC_MASKED_AS_ROOT``. Only entries this kernel has (seen in the host's /proc,
-    the same kernel's): bwrap cannot mount over one that does not exist. Cached: the
-    set of /proc entries does not change while kiln runs."""
+    and mask ``PROC_MASKED`` and, when kiln runs as root (``as_root``; default: the
+    effective uid is 0), ``PROC_MASKED_AS_ROOT``. Only entries this kernel has (seen in
+    the host's /proc, the same kernel's): bwrap cannot mount over one that does not
+    exist. Cached: the set of /proc entries does not change while kiln runs."""
     if as_root is None:
         as_root = os.geteuid() == 0
     flags: list[str] = []
     for name in PROC_READONLY:
         if os.path.lexists("/proc/" + name):
             flags += ["--ro-bind", "/proc/" + name, "/proc/" + name]
-    for name in PROC_MASKED_AS_ROOT if as_root else ():
+    for name in PROC_MASKED + (PROC_MASKED_AS_ROOT if as_root else ()):
         if os.path.isfile("/proc/" + name):
             flags += ["--ro-bind", "/dev/null", "/proc/" + name]
     return tuple(flags)
@@ -104,11 +107,12 @@ def common_flags(spec_network: bool, uid: int, gid: int, hostname: str) -> list[
     return flags
 
 
-def dev_flags() -> list[str]:
-    """The sandbox's /dev (see the module docstring)."""
+def dev_flags(sources: Mapping[str, str] = HOST) -> list[str]:
+    """The sandbox's /dev (see the module docstring): each of ``DEV_NODES`` bound from
+    ``sources`` (default: the host's; ``devnodes.copies()`` when kiln owns those)."""
     flags = ["--perms", "0755", "--tmpfs", "/dev"]
     for name in DEV_NODES:
-        flags += ["--dev-bind", "/dev/" + name, "/dev/" + name]
+        flags += ["--dev-bind", sources[name], "/dev/" + name]
     for target, link in _DEV_LINKS:
         flags += ["--symlink", target, link]
     # /dev/shm: a sticky dir on that tmpfs rather than a tmpfs of its own (each mount
@@ -122,11 +126,13 @@ def bwrap_argv(
     etc_fds: Mapping[str, int],
     seccomp_fd: int | None = None,
     block_fd: int | None = None,
+    dev_sources: Mapping[str, str] = HOST,
 ) -> list[str]:
     """The full bwrap command line for ``spec``. ``etc_fds`` maps ``passwd``, ``group``,
     ``hosts`` to fds bwrap inherits holding their contents (``etc_files(spec)``);
     ``seccomp_fd`` (if given) is an inherited fd holding ``build_filter()``; ``block_fd``
-    (if given) one the sandbox reads a byte from once it is set up (``--block-fd``)."""
+    (if given) one the sandbox reads a byte from once it is set up (``--block-fd``);
+    ``dev_sources`` the files bound as /dev's nodes (``dev_flags``)."""
     argv = [bwrap, *common_flags(spec.network, spec.uid, spec.gid, spec.hostname), "--clearenv"]
     if seccomp_fd is not None:
         argv += ["--seccomp", str(seccomp_fd)]
@@ -147,7 +153,7 @@ def bwrap_argv(
             elif os.path.isdir(host):
                 argv += ["--ro-bind", host, "/" + name]
     argv += [
-        *dev_flags(),
+        *dev_flags(dev_sources),
         "--proc",
         "/proc",
         *proc_flags(),

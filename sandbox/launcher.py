@@ -13,7 +13,9 @@ threads (the build loop's) is unsafe. Instead:
   fd). State that ``posix_spawn`` takes from the *calling thread* is set once in the
   launcher: its own filesystem context (``unshare(CLONE_FS)``: a umask and cwd of its
   own, set per build without touching kiln's), personality, and, when allowed, a UTS
-  namespace with the fixed domain name;
+  namespace with the fixed domain name and no supplementary groups (``setgroups`` by
+  the raw system call, which changes the calling thread's credentials alone; glibc's
+  wrapper would change every thread's, kiln's own included);
 * what is set per process from outside, the parent sets on bwrap (``fix_child``:
   ``prlimit``, ``sched_setaffinity``, ``sched_setscheduler``, ``setpriority``) while
   bwrap waits for its options: ``--args 3`` is a pipe the parent writes only after
@@ -46,6 +48,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import platform
 import queue
 import resource
 import signal
@@ -59,6 +62,8 @@ _SIGNALS = tuple(s for s in signal.valid_signals() if s not in (signal.SIGKILL, 
 _PER_LINUX = 0
 _CLONE_FS = 0x00000200
 _CLONE_NEWUTS = 0x04000000
+#: ``setgroups`` system call numbers (64-bit group ids) where kiln knows them.
+_SYS_SETGROUPS = {"x86_64": 116, "aarch64": 159}
 
 _personality = libc.personality
 _personality.argtypes, _personality.restype = [ctypes.c_ulong], ctypes.c_int
@@ -115,6 +120,7 @@ class _Launcher:
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self.domainname_fixed = False
+        self.groups_dropped = False
         # SIGCHLD ignored (inherited: ``trap '' CHLD``) makes the kernel reap children
         # at once, and bwrap's exit status is lost. Its default action is to ignore it
         # too, so the default changes nothing else for kiln.
@@ -177,6 +183,11 @@ class _Launcher:
             # A UTS namespace needs CAP_SYS_ADMIN; without it the host's name stays.
             if _unshare(_CLONE_NEWUTS) == 0:
                 self.domainname_fixed = _setdomainname(DOMAINNAME, len(DOMAINNAME)) == 0
+            # bwrap passes kiln's supplementary groups on (those the sandbox does not
+            # map as 65534); dropping them needs CAP_SETGID (root). This thread only.
+            nr = _SYS_SETGROUPS.get(platform.machine())
+            if nr is not None:
+                self.groups_dropped = libc.syscall(ctypes.c_long(nr), ctypes.c_int(0), None) == 0
         except BaseException as e:
             self._error = e
             return
@@ -271,3 +282,9 @@ def domainname_fixed() -> bool:
     """Whether builds get ``DOMAINNAME`` (kiln may make a UTS namespace)."""
     launcher = _launcher
     return launcher is not None and launcher.domainname_fixed
+
+
+def groups_dropped() -> bool:
+    """Whether builds start without supplementary groups (kiln may ``setgroups``)."""
+    launcher = _launcher
+    return launcher is not None and launcher.groups_dropped

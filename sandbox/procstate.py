@@ -43,6 +43,9 @@ NIS domain name        ``(none)`` when kiln may make a UTS namespace
                        bwrap starts in one whose domain name is ``(none)``, and the
                        build's, which bwrap unshares, copies it. Otherwise the
                        host's (see docs/sandbox.md)
+supplementary groups   none when kiln may ``setgroups`` (``CAP_SETGID``: root; the
+                       launcher drops them); otherwise kiln's, each shown as 65534
+                       unless it is kiln's primary group (see docs/sandbox.md)
 =====================  ===========================================================
 
 How: the launcher thread (``launcher``) starts bwrap with ``os.posix_spawn`` in the
@@ -118,12 +121,18 @@ def fallback_limit(soft: int, hard: int, cur_hard: int) -> tuple[int, int]:
     return cur_hard, cur_hard
 
 
+#: The limits ``fix_child`` could not set to the target, by name: what it set instead
+#: (read back), for ``description``. Kiln's hard limits do not change while it runs, so
+#: every build gets the same (the probe, ``bwrap.probe``, is the first).
+FELL_BACK: dict[str, tuple[int, int]] = {}
+
+
 def fix_child(pid: int) -> None:
     """Give process ``pid`` (bwrap, not yet running anything) the fixed limits, CPU
     affinity, scheduling policy and nice value of the module docstring. What only
     privilege could change (raising a hard limit or the priority) is left, as the
-    table says; nothing raises."""
-    for _, res, soft, hard in RLIMITS:
+    table says (``FELL_BACK``); nothing raises."""
+    for name, res, soft, hard in RLIMITS:
         if res == resource.RLIMIT_STACK:
             continue  # set by the launcher (``launcher._Launcher._spawn``)
         try:
@@ -131,6 +140,8 @@ def fix_child(pid: int) -> None:
         except (ValueError, OSError):  # a hard limit we may not raise
             with contextlib.suppress(ValueError, OSError):
                 resource.prlimit(pid, res, fallback_limit(soft, hard, resource.prlimit(pid, res)[1]))
+            with contextlib.suppress(ValueError, OSError):
+                FELL_BACK[name] = resource.prlimit(pid, res)
     # Fails (EINVAL) only if no CPU at all were allowed; the kernel intersects the mask
     # with the cpuset and the online CPUs.
     _setaffinity(pid, len(_ALL_CPUS), _ALL_CPUS)
@@ -154,19 +165,28 @@ def high_fd(fd: int) -> int:
     return moved
 
 
-def description(domainname_fixed: bool) -> dict[str, object]:
+def description(domainname_fixed: bool, groups_dropped: bool) -> dict[str, object]:
     """The fixed process state, for ``Executor.isolation()`` (JSON-serialisable);
-    ``domainname_fixed``: whether builds get ``DOMAINNAME`` (``launcher.domainname_fixed``)."""
+    ``domainname_fixed``: whether builds get ``DOMAINNAME`` (``launcher.domainname_fixed``),
+    ``groups_dropped``: whether they start without supplementary groups. The resource
+    limits are those builds get: the target, or what ``fix_child`` set instead
+    (``FELL_BACK``), and the hard stack limit is kiln's."""
+    rlimits: dict[str, list[int | str]] = {}
+    for name, res, soft, hard in RLIMITS:
+        if res == resource.RLIMIT_STACK:  # (as ``launcher._Launcher._spawn`` sets it)
+            kiln_hard = resource.getrlimit(res)[1]
+            rlimits[name] = [STACK if kiln_hard == INF or kiln_hard >= STACK else kiln_hard, "kiln's"]
+            continue
+        soft, hard = FELL_BACK.get(name, (soft, hard))
+        rlimits[name] = [_lim(soft), _lim(hard)]
     return {
         "signals": "default, none blocked",
         "personality": "linux",
         "cpuAffinity": "all",
         "nice": 0,
-        "rlimits": {
-            name: [_lim(soft), "kiln's" if res == resource.RLIMIT_STACK else _lim(hard)]
-            for name, res, soft, hard in RLIMITS
-        },
+        "rlimits": rlimits,
         "domainname": DOMAINNAME.decode() if domainname_fixed else "host's",
+        "supplementaryGroups": "none" if groups_dropped else "host's",
     }
 
 

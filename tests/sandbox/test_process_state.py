@@ -3,15 +3,16 @@
 Each test starts a small kiln (a Python process running one build through
 ``BwrapExecutor`` from a worker thread, as the build loop does) in a state an audit
 found leaking: ``taskset -c 0``, ``ulimit -n/-c/-s``, ``nice -n 5``, ``setarch i686 -R``,
-ignored and blocked signals (``nohup``, ``trap '' INT``), a host NIS domain name. The
-build reports what it sees; it must match what an unperturbed kiln's build sees and the
-fixed values of ``procstate``.
+ignored and blocked signals (``nohup``, ``trap '' INT``), a host NIS domain name,
+supplementary groups. The build reports what it sees; it must match what an unperturbed
+kiln's build sees, the fixed values of ``procstate`` and what ``isolation()`` records.
 """
 
 from __future__ import annotations
 
 import ctypes
 import io
+import json
 import os
 import re
 import resource
@@ -38,27 +39,52 @@ echo uname=$(uname -m)
 echo personality=$(cat /proc/self/personality)
 echo nice=$(cut -d' ' -f19 /proc/self/stat)
 echo domainname=$(cat /proc/sys/kernel/domainname)
+echo groups=$(sed -n 's/^Groups:\t*//p' /proc/self/status)
 sed -n 's/^Max /limit=/p' /proc/self/limits
 """
 
-#: One build, run from a worker thread: ``python HELPER rootfs build_dir`` prints its log.
+#: One build, run from a worker thread: ``python HELPER rootfs build_dir`` prints its log,
+#: then ``iso=`` and the ``processState`` of ``isolation()`` (JSON).
 HELPER = """
-import io, sys, threading
+import io, json, sys, threading
 from kiln.sandbox import BwrapExecutor, SandboxSpec
 spec = SandboxSpec(argv=("/bin/sh", "-c", sys.argv[3]), build_dir=sys.argv[2], env={"PATH": "/bin"},
                    rootfs=sys.argv[1], cores=1)
 out = []
 def build():
     buf = io.BytesIO()
-    r = BwrapExecutor().run(spec, buf)
-    out.append((r, buf.getvalue().decode()))
+    ex = BwrapExecutor()
+    r = ex.run(spec, buf)
+    out.append((r, buf.getvalue().decode(), ex.isolation()["processState"]))
 t = threading.Thread(target=build)
 t.start()
 t.join()
-r, log = out[0]
+r, log, state = out[0]
 assert r.ok, (r, log)
 sys.stdout.write(log)
+print("iso=" + json.dumps(state))
 """
+
+#: ``procstate.RLIMITS`` names -> /proc/PID/limits names
+NAMES = {
+    "core": "core file size",
+    "nofile": "open files",
+    "stack": "stack size",
+    "memlock": "locked memory",
+    "msgqueue": "msgqueue size",
+    "nice": "nice priority",
+    "rtprio": "realtime priority",
+    "cpu": "cpu time",
+    "fsize": "file size",
+    "data": "data size",
+    "rss": "resident set",
+    "as": "address space",
+    "locks": "file locks",
+    "rttime": "realtime timeout",
+    "nproc": "processes",
+    "sigpending": "pending signals",
+}
+
 
 _libc = ctypes.CDLL(None, use_errno=True)
 PER_LINUX32, ADDR_NO_RANDOMIZE = 0x0008, 0x0040000
@@ -84,6 +110,8 @@ def _kiln_build(rootfs: Path, build_dir: Path, tmp_path: Path, perturb: Callable
             m = re.match(r"(.+?)\s{2,}(\S+)\s+(\S+)", value)
             assert m, line
             report["limit"][m[1]] = (m[2], m[3])
+        elif key == "iso":
+            report[key] = json.loads(value)
         else:
             report[key] = value
     return report
@@ -137,32 +165,62 @@ def test_resource_limits_of_kiln_do_not_reach_the_build(kiln_build, baseline) ->
 def test_every_limit_is_procstates(baseline) -> None:
     """Each limit the build sees is the target, or (a hard limit kiln may not raise)
     the fallback computed from this process's hard limit."""
-    names = {
-        "core": "core file size",
-        "nofile": "open files",
-        "stack": "stack size",
-        "memlock": "locked memory",
-        "msgqueue": "msgqueue size",
-        "nice": "nice priority",
-        "rtprio": "realtime priority",
-        "cpu": "cpu time",
-        "fsize": "file size",
-        "data": "data size",
-        "rss": "resident set",
-        "as": "address space",
-        "locks": "file locks",
-        "rttime": "realtime timeout",
-        "nproc": "processes",
-        "sigpending": "pending signals",
-    }
-    assert len(names) == len(RLIMITS) and set(baseline["limit"]) == set(names.values())
+    assert len(NAMES) == len(RLIMITS) and set(baseline["limit"]) == set(NAMES.values())
     for name, res, soft, hard in RLIMITS:
         cur_hard = resource.getrlimit(res)[1]
-        seen = tuple(INF if v == "unlimited" else int(v) for v in baseline["limit"][names[name]])
+        seen = tuple(INF if v == "unlimited" else int(v) for v in baseline["limit"][NAMES[name]])
         if cur_hard == INF or (hard != INF and hard <= cur_hard):  # lowering: always allowed
             assert seen == (soft, hard), (name, seen)
         else:  # the target with CAP_SYS_RESOURCE, else the fallback
             assert seen in {(soft, hard), fallback_limit(soft, hard, cur_hard)}, (name, seen)
+
+
+def _recorded_limits_are_seen(report: dict) -> None:
+    for name, res, _, _ in RLIMITS:
+        recorded = report["iso"]["rlimits"][name]
+        seen = [v if v == "unlimited" else int(v) for v in report["limit"][NAMES[name]]]
+        if res == resource.RLIMIT_STACK:
+            assert recorded == [seen[0], "kiln's"], (name, recorded, seen)
+        else:
+            assert recorded == seen, (name, recorded, seen)
+
+
+def test_provenance_records_the_limits_builds_get(baseline) -> None:
+    _recorded_limits_are_seen(baseline)
+
+
+def test_provenance_records_the_limits_a_kiln_without_cap_sys_resource_could_not_set(kiln_build) -> None:
+    """Root in a container without CAP_SYS_RESOURCE (or any user) may not raise a hard
+    limit: the build gets kiln's (here ``nproc`` 5000), and provenance must say that,
+    not the target (it said ``unlimited``); likewise the soft stack limit under a hard
+    one below 8 MiB."""
+    with open("/proc/self/status") as f:
+        caps = int(next(ln for ln in f if ln.startswith("CapEff:")).split()[1], 16)
+    if not caps & (1 << 8):  # CAP_SETPCAP, to drop CAP_SYS_RESOURCE from the bounding set
+        pytest.skip("cannot drop capabilities here (no CAP_SETPCAP)")
+
+    def perturb() -> None:
+        resource.setrlimit(resource.RLIMIT_NPROC, (1000, 5000))
+        resource.setrlimit(resource.RLIMIT_STACK, (4 << 20, 4 << 20))  # (below the 8 MiB target)
+        if _libc.prctl(24, 24, 0, 0, 0) != 0:  # PR_CAPBSET_DROP CAP_SYS_RESOURCE: gone after exec
+            os._exit(98)
+
+    r = kiln_build(perturb)
+    assert r["limit"]["processes"] == ("5000", "5000")
+    assert r["iso"]["rlimits"]["nproc"] == [5000, 5000]
+    assert r["iso"]["rlimits"]["stack"] == [4 << 20, "kiln's"]
+    _recorded_limits_are_seen(r)
+
+
+def test_supplementary_groups_of_a_root_kiln_do_not_reach_the_build(kiln_build, baseline) -> None:
+    """Root started with supplementary groups (``sudo`` gives root those /etc/group
+    lists): its builds have none (they saw ``1000 65534 65534``). An unprivileged
+    kiln's builds keep its groups: ``test_unprivileged``."""
+    if os.geteuid() != 0:
+        pytest.skip("an unprivileged kiln cannot drop its groups")
+    r = kiln_build(lambda: os.setgroups([0, 5, 27]))
+    assert r["groups"] == baseline["groups"] == "", r["groups"]
+    assert r["iso"]["supplementaryGroups"] == baseline["iso"]["supplementaryGroups"] == "none"
 
 
 def test_fallback_limit() -> None:
