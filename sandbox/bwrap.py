@@ -73,6 +73,11 @@ from .procstate import (
 from .seccomp import build_filter
 from .spec import SandboxSpec
 
+#: bubblewrap refuses more arguments than this in all (``MAX_ARGS``; ``--args`` files
+#: included): ``Exceeded maximum number of arguments 9000``. Each input is one mount of
+#: three, so a build's input closure can hold about 2,900 paths.
+BWRAP_MAX_ARGS = 9000
+
 _probe_lock = threading.Lock()
 _probed: dict[str, str] = {}  # bwrap path -> version string, for probes that passed
 
@@ -254,6 +259,14 @@ class BwrapExecutor(Executor):
                 fds.append(fd)
                 child_fds.append((fd, ETC_FDS[name]))
             argv = bwrap_argv("bwrap", spec, ETC_FDS, SECCOMP_FD, BLOCK_FD, dev_sources)
+            # bwrap counts its command line (``--args 3 --args 4 -- <argv>``, argv[0] aside)
+            # and the options read from the fds: len(argv) - 1 + 4
+            if (n := len(argv) + 3) > BWRAP_MAX_ARGS:
+                raise SandboxError(
+                    f"this build needs {n} bubblewrap arguments, with its {len(spec.ro_mounts)} "
+                    f"inputs (one mount of three each); bubblewrap takes at most {BWRAP_MAX_ARGS}, "
+                    f"about {BWRAP_MAX_ARGS // 3 - 100} inputs"
+                )
             # Options go through fds (``--args``; bwrap takes only options from them,
             # the command stays on the command line): no ARG_MAX limit for large
             # closures, and the sandbox's pid 1 (a fork of bwrap) shows no host paths.

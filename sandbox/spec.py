@@ -20,6 +20,7 @@ or ``HOME``. Nothing of the caller's environment leaks in.
 
 from __future__ import annotations
 
+import collections
 import os
 import posixpath
 from collections.abc import Mapping, Sequence
@@ -118,8 +119,8 @@ class SandboxSpec:
         put(self, "env", MappingProxyType(env))
         ro = _mounts(self.ro_mounts, "ro_mounts")
         rw = _mounts(self.rw_mounts, "rw_mounts")
-        dests = [d for _, d in ro + rw]
-        dup = {d for d in dests if dests.count(d) > 1}
+        counts = collections.Counter(d for _, d in ro + rw)  # (linear: closures of thousands)
+        dup = {d for d, n in counts.items() if n > 1}
         if dup:
             raise ValueError(f"mounts: destination(s) mounted twice: {sorted(dup)}")
         put(self, "ro_mounts", ro)
