@@ -7,9 +7,10 @@ one regex alternation built from the grammar's own terminals. The parser is buil
 per process (about 40 ms) and only when a recipe must really be parsed: an evaluation
 cache hit never imports this module.
 
-String tokens are lexed whole; ``strings`` splits them, and each ``${...}`` body is
-parsed by the same parser with the ``expr`` start symbol, with its node positions
-shifted to the right place in the file. A bare ``${name}`` skips the parser.
+String tokens are lexed whole (``strscan``); ``strings`` splits them, and each
+``${...}`` body is parsed by the same parser with the ``expr`` start symbol, with its
+node positions shifted to the right place in the file. A bare ``${name}`` skips the
+parser.
 
 Lark's exceptions never escape: they become ``RecipeSyntaxError`` with the position,
 the offending token and the expected tokens in words.
@@ -27,8 +28,9 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 
 from . import nodes as ast
 from .errors import DuplicateField, RecipeSyntaxError, SourceText
-from .lexer import FastLexer, LexError
-from .strings import refused_string, split_indented, split_plain
+from .lexer import FastLexer, LexError, Span
+from .strings import split_indented, split_plain
+from .strscan import refused_string
 from .values import INT_MAX
 
 _LEVELS = ({"||"}, {"&&"}, {"==", "!="}, {"+"})
@@ -95,6 +97,8 @@ class _Builder:
         self.src: SourceText = SourceText("<none>", "")
         self.base = 0
         self.parser: Lark | None = None
+        #: the ends of the strings nested in interpolations read so far in ``src`` (lexer.Span)
+        self.ends: dict[int, int] = {}
 
     def _p(self, tok: Token) -> int:
         return self.base + tok.start_pos
@@ -241,7 +245,8 @@ class _Builder:
         tok = c[0]
         text = str(tok)
         pos = self._p(tok)
-        pieces = split_plain(text) if tok.type == "STRING" else split_indented(text)
+        split = split_plain if tok.type == "STRING" else split_indented
+        pieces = split(text, self.ends, pos)
         parts: list[str | ast.Node] = []
         for piece in pieces:
             if isinstance(piece, str):
@@ -324,24 +329,31 @@ def _describe_token(tok: Token, end: str) -> str:
 
 def _parse(parser: Lark, text: str, src: SourceText, start: str, base: int, end: str = "end of file"):
     """Parse ``text`` (at offset ``base`` of ``src``) from rule ``start``; errors say ``end``
-    for the end of ``text`` (an interpolation's or attribute's end is not the file's)."""
-    saved_src = _BUILDER.src
-    _BUILDER.src = src
+    for the end of ``text`` (an interpolation's or attribute's end is not the file's). The
+    ends of strings read in ``src`` are remembered while it is parsed (``lexer.Span``)."""
+    saved = _BUILDER.src, _BUILDER.ends
+    if src is not _BUILDER.src:  # a new text (not an interpolation in this one)
+        _BUILDER.src, _BUILDER.ends = src, {}
     try:
-        return parser.parse(text, start=start)
+        return parser.parse(Span.of(text, base, _BUILDER.ends), start=start)
     except UnexpectedInput as e:
         raise _syntax_error(parser, e, src, base, len(text), end) from None
     except LexError as e:
-        raise _lex_error(text, src, base, e.pos) from None
+        raise _lex_error(text, src, base, e.pos, end == _END_OF_INTERP) from None
     finally:
-        _BUILDER.src = saved_src
+        _BUILDER.src, _BUILDER.ends = saved
 
 
-def _lex_error(text: str, src: SourceText, base: int, pos: int) -> RecipeSyntaxError:
+def _lex_error(text: str, src: SourceText, base: int, pos: int, interp: bool) -> RecipeSyntaxError:
+    """The error for ``text[pos]``, where no token starts (``interp``: ``text`` is the
+    code of an interpolation)."""
     ch = text[pos]
     if ch == '"' or text.startswith("''", pos):
         msg, at = refused_string(text, pos)
         return RecipeSyntaxError(msg, src, base + at)
+    if text.startswith("${", pos):
+        where = " in the code of an interpolation" if interp else ""
+        return RecipeSyntaxError(f"unexpected '${{'{where} (only a string may hold one)", src, base + pos)
     if text.startswith("/*", pos):  # the only way a block comment fails to lex
         return RecipeSyntaxError("unterminated comment: '/*' without a closing '*/'", src, base + pos)
     return RecipeSyntaxError(f"unexpected character {ch!r}", src, base + pos)
@@ -364,12 +376,9 @@ def _syntax_error(
                 "an 'if' must be in parentheses here: (if ... then ... else ...)", src, pos
             )
         return RecipeSyntaxError(msg + (f"; expected {expected}" if expected else ""), src, pos)
-    if isinstance(e, UnexpectedCharacters):
+    if isinstance(e, UnexpectedCharacters):  # (lark's own lexers: FastLexer raises LexError)
         pos = base + e.pos_in_stream
         ch = src.text[pos] if pos < len(src.text) else ""
-        if ch in "\"'":
-            what = "an unterminated string" if ch == '"' else "an unterminated indented string ('' ... '')"
-            return RecipeSyntaxError(f"{what} (or a '${{' inside it that is never closed)", src, pos)
         expected = _describe_expected(parser, e.allowed or ())
         return RecipeSyntaxError(
             f"unexpected character {ch!r}" + (f"; expected {expected}" if expected else ""), src, pos

@@ -179,7 +179,7 @@ def test_an_import_that_is_not_utf8_names_the_place_once(tmp_path):
     )
 
 
-# -- 7. six levels of records inside ${...} --------------------------------------------------
+# -- 7. records nested inside ${...} (six levels were once the most) ------------------------
 def test_six_levels_of_records_in_an_interpolation(tmp_path):
     six = "{a={b={c={d={e={f=1}}}}}}.a.b.c.d.e.f"
     f = _write(
@@ -315,7 +315,7 @@ def test_a_long_quoted_string_lexes_in_bounded_memory(tmp_path):
     assert int(r.stdout) < 250_000  # KiB; ~800 MB before
 
 
-# -- strings: the brace scan agrees with the lexer ------------------------------------------
+# -- strings: every short interpolation parses or fails cleanly -----------------------------
 _FUZZ = r"""
 import itertools, sys
 from kiln.lang.errors import RecipeError

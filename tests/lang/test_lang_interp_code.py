@@ -1,66 +1,29 @@
 """The code inside ``${...}`` is read as code, as in Nix: a ``}`` in a ``#`` comment (to
 the end of its line), a ``/* */`` comment or a nested string (``"..."`` or ``''...''``,
-in either kind of string) does not close the interpolation. It did: ``"${ x # }"``
-closed at the comment's brace, and ``/* */`` was not a comment at all. A nested string's
-escapes do not end it: a nested ``''...''`` was taken to end at its first ``''``, so
-``"${ ''a''$b'' }"`` (``'''``, ``''\\<c>`` alike) broke the enclosing string.
+in either kind of string) does not close the interpolation, a nested string's escapes
+do not end it, and a nested string's own ``${...}`` is code again, to any depth.
 
-The lexer reads strings with recipe.lark's regexes and ``strings._scan_interp`` finds
-each interpolation's end again when splitting the token; the two must agree, or a
-string is cut in the wrong place. ``string_terminals`` generates the regexes (a regex
-cannot count braces, so they are nested ``MAX_NESTING`` levels deep by hand); the
-grammar must hold exactly what it makes. The same expressions against real Nix are in
+``strscan.scan`` reads every string literal, for the lexer (where the token ends) and
+for ``strings`` (its pieces) alike. Here it is checked against ``_nix_end``, a reference
+written from Nix's lexer rules (lexer.l), recursive where the scanner keeps a stack, on
+every short input and many random ones. It replaced regexes that read a nested string to
+its first closing quote (a quote in the nested string's own ``${...}`` ended it early)
+and records only six deep. The same expressions against real Nix are in
 test_lang_nix.py."""
 
 from __future__ import annotations
 
 import itertools
 import random
-import re
-from pathlib import Path
 
 import pytest
 from clikit import outcome_within
 
-from kiln.lang import RecipeError, evaluate_file
+from kiln.lang import RecipeError, evaluate_file, strscan
 from kiln.lang import errors as E
 from kiln.lang.evaluator import Evaluator
 from kiln.lang.parser import parse_expr, parse_module
-from kiln.lang.strings import MAX_NESTING, _scan_interp
-
-GRAMMAR = Path(__file__).resolve().parents[2] / "lang" / "recipe.lark"
-
-
-def string_terminals() -> tuple[str, str]:
-    """(STRING, IND_STRING) as written in recipe.lark (lark's ``/.../`` syntax: ``/`` is
-    ``\\/``). Inside ``${...}``, each level is a repetition of: a plain character, a
-    quoted string, an indented string, a ``#`` comment, a ``/* */`` comment, or a
-    ``{...}`` one level deeper. A nested string ends at its first closing quote that is
-    not part of an escape (``\\<c>`` in a quoted string; ``'''``, ``''$`` and ``''\\<c>``
-    in an indented one, as in Nix), whatever else it holds: a ``${`` in it is text.
-    Their first characters differ, so at most one alternative applies anywhere (and in a
-    nested indented string, a ``''`` either starts an escape or closes it) and every
-    repetition can be possessive (``*+``): no backtracking, and no memory kept per
-    character of a long string or comment."""
-    quoted = r'"(?:[^"\\]|\\.)*+"'
-    indented = r"''(?:[^']|'(?!')|'''|''\$|''\\.)*+''"
-    comment = r"#[^\r\n]*+"
-    block = r"\/\*(?:[^*]|\*++[^*\/])*+\*++\/"
-    plain = r"""[^{}"'#\/]|'(?!')|\/(?!\*)"""
-    atom = "|".join([plain, quoted, indented, comment, block])
-    body = f"(?:{atom})*+"
-    for _ in range(MAX_NESTING):
-        body = f"(?:{atom}|\\{{{body}\\}})*+"
-    interp = r"\$\{" + body + r"\}"
-    string = r'"(?:[^"\\$]|\\.|\$\$|\$(?!\{)|' + interp + r')*+"'
-    ind_string = r"''(?:[^'$]|'(?!')|'''|''\$|''\\.|\$\$|\$(?!\{)|" + interp + r")*+''"
-    return string, ind_string
-
-
-def _interp_regex() -> re.Pattern:
-    """The ``${...}`` part of the string terminals, as Python compiles it."""
-    string = string_terminals()[0]
-    return re.compile(string[string.index(r"\$\{") : -len(r')*+"')], re.S)
+from kiln.lang.strscan import HOLE, Unterminated, scan
 
 
 def _value(text: str):
@@ -68,18 +31,12 @@ def _value(text: str):
     return ev.eval(parse_expr(text), ev.builtins)
 
 
-def test_the_grammar_holds_the_generated_string_terminals():
-    lines = GRAMMAR.read_text().splitlines()
-    string, ind_string = string_terminals()
-    assert f"STRING: /{string}/s" in lines
-    assert f"IND_STRING: /{ind_string}/s" in lines
-
-
 #: what matters to the scan, one character each
 _ALPHABET = "{}\"'#/*\n\r\\$x"
 #: and runs of them that a random body of single characters seldom holds: the escapes of
-#: a nested string (an indented string taken to end at its first ``''`` broke on them)
+#: a nested string, and nested strings opening an interpolation or closing after one
 _PIECES = [*_ALPHABET, "''", "'''", "''''", "''$", "''\\", '\\"', "${", "$$", " "]
+_PIECES += ['"${', "''${", '}"', "}''"]
 
 
 def _bodies():
@@ -92,93 +49,172 @@ def _bodies():
     for _ in range(20_000):
         yield "".join(rnd.choice(_ALPHABET) for _ in range(rnd.randint(5, 14)))
     for _ in range(40_000):
-        yield "".join(rnd.choice(_PIECES) for _ in range(rnd.randint(2, 10)))
+        yield "".join(rnd.choice(_PIECES) for _ in range(rnd.randint(2, 12)))
 
 
-def _nix_interp_end(text: str, i: int) -> int | None:
-    """Where Nix's lexer (lexer.l: its DEFAULT, STRING and IND_STRING states, comments)
-    closes the interpolation whose ``${`` ends just before ``i``: the index of its ``}``,
-    or -1 if it never closes; None if a nested string holds a ``${`` of its own (code
-    that kiln reads as text, see the docs). A reference written from Nix's rules, not
-    from kiln's regexes. (Nix's names may hold a ``'`` and kiln's may not: a ``''``
-    after a name starts a string here, as in kiln.)"""
-    depth, n = 1, len(text)
+def _nix_end(text: str, i: int, holes: list | None = None) -> int:
+    """Where Nix's lexer (lexer.l: STRING, IND_STRING, INSIDE_DOLLAR_CURLY, comments)
+    ends the string literal opening at ``text[i]``: the index just after it, or -1 if
+    the text ends first. ``holes`` gets the (start, end) of the code of each of its own
+    interpolations. A reference written from Nix's rules, not from kiln's scanner. (Nix's
+    names may hold a ``'`` and kiln's may not: a ``''`` after a name starts a string
+    here, as in kiln.)"""
+    n = len(text)
+    indented = text.startswith("''", i)
+    i += 2 if indented else 1
     while i < n:
-        if text[i] == '"':  # STRING: \<any>, $\<any> and $<c> for c not { " \ are text
-            i += 1
-            while i < n and text[i] != '"':
-                if text.startswith("${", i):
-                    return None
-                if text[i] == "\\" or (text[i] == "$" and text[i + 1 : i + 2] not in ("", '"', "\\")):
-                    i += 2
-                else:
-                    i += 1
-            if i >= n:
-                return -1
-            i += 1
-        elif text.startswith("''", i):  # IND_STRING: ''' ''$ ''\<any> escapes; $<c> for c not { '
-            i += 2
-            while True:
-                if i >= n:
-                    return -1
-                if text.startswith("''", i):
-                    if text[i + 2 : i + 3] in ("'", "$"):
-                        i += 3
-                    elif text[i + 2 : i + 3] == "\\" and i + 3 < n:
-                        i += 4
-                    else:
-                        i += 2
-                        break
-                elif text.startswith("${", i):
-                    return None
-                elif text[i] == "$" and text[i + 1 : i + 2] not in ("", "'"):
-                    i += 2
-                else:
-                    i += 1
-        elif text[i] == "#":  # #[^\r\n]*
-            while i < n and text[i] not in "\r\n":
-                i += 1
-        elif text.startswith("/*", i):  # \/\*([^*]|\*+[^*/])*\*+\/
-            close = text.find("*/", i + 2)
+        if text.startswith("${", i):
+            close = _nix_code(text, i + 2)
             if close < 0:
                 return -1
-            i = close + 2
+            if holes is not None:
+                holes.append((i + 2, close))
+            i = close + 1
+        elif indented and text.startswith("''", i):  # the escapes ''' ''$ ''\<any>; else the end
+            after = text[i + 2 : i + 3]
+            if after in ("'", "$") or (after == "\\" and i + 3 < n):
+                i += 4 if after == "\\" else 3
+            else:
+                return i + 2
+        elif not indented and text[i] == '"':
+            return i + 1
+        elif not indented and text[i] == "\\":  # \<any>
+            i += 2
+        elif text[i] == "$" and text[i + 1 : i + 2] not in ("", "'" if indented else '"', "\\"):
+            i += 2  # $<c> is text: so $$ is, and $${ opens nothing
         else:
-            if text[i] == "{":  # a ${ in code counts as its {: Nix pushes a state for both
-                depth += 1
-            elif text[i] == "}":
-                depth -= 1
-                if depth == 0:
-                    return i
             i += 1
     return -1
 
 
-def test_the_brace_scan_agrees_with_the_lexer():
-    """Where the grammar's regex closes an interpolation, ``_scan_interp`` closes it
-    too; where the regex finds no end, the scan finds none either, or a brace nested
-    deeper than the regex reads (which it reports)."""
-    interp = _interp_regex()
+def _nix_code(text: str, i: int) -> int:
+    """From just after a ``${`` or ``{`` in code: the index of its closing ``}``, or -1."""
+    n = len(text)
+    while i < n:
+        c = text[i]
+        if c == "}":
+            return i
+        if c == "{":  # (a ${ in code too: Nix pushes a state for both)
+            close = _nix_code(text, i + 1)
+        elif c == '"' or text.startswith("''", i):
+            close = _nix_end(text, i) - 1
+        elif c == "#":  # #[^\r\n]*
+            while i < n and text[i] not in "\r\n":
+                i += 1
+            continue
+        elif text.startswith("/*", i):  # \/\*([^*]|\*+[^*/])*\*+\/
+            close = text.find("*/", i + 2)
+            close = close + 1 if close >= 0 else -1
+        else:
+            i += 1
+            continue
+        if close < 0:
+            return -1
+        i = close + 1
+    return -1
+
+
+def _kiln_end(text: str) -> tuple[int, list]:
+    """``scan``'s end of the literal at ``text[0]`` (-1: unterminated) and hole spans."""
+    pieces: list = []
+    try:
+        end = scan(text, 0, pieces)
+    except Unterminated:
+        return -1, []
+    assert scan(text, 0) == end  # as the lexer calls it (no pieces: its fast path too)
+    return end, [(off, off + len(code)) for kind, (off, code) in (p for p in pieces if p[0] == HOLE)]
+
+
+def test_the_scanner_ends_strings_where_nix_does():
+    """Quoted and indented strings, with an interpolation opened at their start or not,
+    around every short body and many random ones: ``scan`` ends each where Nix's lexer
+    does (or finds it unterminated where Nix does) and cuts the same interpolations."""
     bad = []
     for body in _bodies():
-        text = "${" + body
-        m = interp.match(text)
-        end, deep, _ = _scan_interp(text, 2)
-        if (m is not None and end != m.end() - 1) or (m is None and end >= 0 and deep < 0):
-            bad.append((body, m and m.end() - 1, end))
+        for text in ('"' + body, "''" + body, '"${' + body, "''${" + body, '"${' + body + '}"'):
+            holes: list = []
+            nix = _nix_end(text, 0, holes)
+            kiln, kiln_holes = _kiln_end(text)
+            if kiln != nix or (nix >= 0 and kiln_holes != holes):
+                bad.append((text, nix, holes, kiln, kiln_holes))
     assert not bad, bad[:10]
 
 
-def test_the_brace_scan_finds_the_end_nix_finds():
-    """Where Nix's lexer closes an interpolation, ``_scan_interp`` closes it too (and so
-    does the grammar's regex, by the test above), nested strings' escapes included."""
-    bad = []
-    for body in _bodies():
-        text = "${" + body
-        nix = _nix_interp_end(text, 2)
-        if nix is not None and _scan_interp(text, 2)[0] != nix:
-            bad.append((body, nix, _scan_interp(text, 2)[0]))
-    assert not bad, bad[:10]
+def _nested(depth: int) -> str:
+    """A string ``depth`` strings deep, the two kinds in turn, each nested one in the
+    ``${...}`` of the one around it and quotes around each: ``''["${ "({${ ...``."""
+    s = '"x"'
+    for k in range(depth):
+        s = f'"({{${{ {s} }}}}"' if k % 2 else f"''[\"${{ {s} }}\"]''"
+    return s
+
+
+def _nested_value(depth: int) -> str:
+    s = "x"
+    for k in range(depth):
+        s = f"({{{s}}}" if k % 2 else f'["{s}"]'
+    return s
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3, 20])
+def test_strings_nest_in_interpolations_to_any_depth(depth):
+    """A nested string's own ``${...}`` holding a quote ended that string early (the
+    regexes read a nested string to its first closing quote): a syntax error."""
+    assert _value(_nested(depth)) == _nested_value(depth)
+
+
+def test_records_nest_in_interpolations_to_any_depth():
+    """Six levels were the most (a regex cannot count braces); a seventh was refused."""
+    for depth in (7, 20, 100):
+        text = '"${ ' + "{ a = " * depth + '"v"' + "; }" * depth + ".a" * depth + ' }"'
+        assert _value(text) == "v", depth
+        assert _value("''${ " + text + " }''") == "v", depth
+
+
+def test_deep_nesting_in_a_file_reads_in_linear_time(tmp_path, monkeypatch):
+    """Strings nested 1,000 deep in a file evaluate, and the scanner reads each character
+    a few times, not once per level of nesting (the lexer and the splitter meet each
+    ``${...}`` again at each level: ``strscan.scan``'s ``ends`` remember what they read)."""
+    read = [0]
+
+    def counting(run):
+        def counted(text: str, i: int):
+            m = run(text, i)
+            read[0] += m.end() - i + 1
+            return m
+
+        return counted
+
+    for name in ("_STR_RUN", "_IND_RUN", "_CODE_RUN"):
+        monkeypatch.setattr(strscan, name, counting(getattr(strscan, name)))
+    text = f"package p {{ build = {_nested(1000)} }}\n"
+    (tmp_path / "d.recipe").write_text(text)
+    got = outcome_within(120, lambda: evaluate_file(tmp_path / "d.recipe"), "deep nesting")
+    assert not isinstance(got, BaseException), got
+    assert dict(got.packages["p"].env)["build"] == _nested_value(1000)
+    assert read[0] < 10 * len(text), (read[0], len(text))  # ~500 times over without ends
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        # a quote in a nested string's own ${...}: Nix reads code there
+        ('"${ "a${ "b" }c" }"', "abc"),
+        ("''x ${ \"${ ''y ${ \"''\" } z'' }\" } w''", "x y '' z w"),
+        ("\"${ ''x ${ \"''\" } y'' }\"", "x '' y"),
+        ("''${ ''x ${ \"''\" } y'' }''", "x '' y"),
+        ('"${ "${ "}" }" }"', "}"),
+        ("\"${ ''${ ''}'' }'' }\"", "}"),
+        # comments holding quotes and braces in a nested string's ${...}
+        ('"${ "a${ "b" # " } \'\'\n}c" }"', "abc"),
+        ('"${ "a${ /* " } \'\' { */ "b" }c" }"', "abc"),
+        ("''${ \"a${ \"b\" # }\r}c\" }''", "abc"),
+        # records in a nested string's ${...}, holding strings
+        ('"${ "<${ { a = "}"; }.a }>" }"', "<}>"),
+    ],
+)
+def test_quotes_in_nested_interpolations_end_nothing(text, value):
+    assert _value(text) == value
 
 
 @pytest.mark.parametrize(
@@ -217,7 +253,7 @@ def test_braces_in_comments_and_nested_strings_do_not_count(text, value):
         ("''${ ''a''$b'' }''", "a$b"),
         ("'' ${ ''a'''b'' } ''", "a''b "),
         ("''\n  x ${ ''a''\\\n'' } y\n''", "x a\n y\n"),
-        # a ${ in the nested string (text to the scan, code to the parser)
+        # a ${ in the nested string: code, to the scanner as to the parser
         ("\"${ ''x ${ \"}\" } y'' }\"", "x } y"),
         # a quoted string nested in ${...}: \<c> is an escape
         ('"${ "a\\"}" }"', 'a"}'),
@@ -251,6 +287,10 @@ def _parse_within(seconds: float, text: str) -> BaseException | None:
     return got if isinstance(got, BaseException) else None
 
 
+_UNCLOSED = "unterminated ${...}: no '}' closes this '${'"
+_TAKES = "it takes the '}' meant to close the interpolation"
+
+
 @pytest.mark.parametrize(
     ("text", "first_line"),
     [
@@ -266,36 +306,36 @@ def _parse_within(seconds: float, text: str) -> BaseException | None:
         ),
         (
             'let x = "${ x /* }"\n',
-            "f.recipe:1:15: unterminated comment (/* ... */) in the code of a ${...}: it takes the "
-            "'}' meant to close the interpolation",
+            f"f.recipe:1:15: unterminated comment (/* ... */) in the code of a ${{...}}: {_TAKES}",
         ),
         (
             "let x = \"${ ''x }\"\n",
-            "f.recipe:1:13: unterminated indented string ('' ... '') in the code of a ${...}: it "
-            "takes the '}' meant to close the interpolation",
+            f"f.recipe:1:13: unterminated indented string ('' ... '') in the code of a ${{...}}: {_TAKES}",
         ),
-        ('let x = "${ "x"\n', "f.recipe:1:9: unterminated string (or a '${' in it that is never closed)"),
         ("let x = 1 /* } \n", "f.recipe:1:11: unterminated comment: '/*' without a closing '*/'"),
-        # an escape does not end a nested string: the '}' is in it
+        ('let x = "a${ "b" }\n', "f.recipe:1:9: unterminated string: no '\"' closes it"),
+        ("let x = ''a\n", "f.recipe:1:9: unterminated indented string ('' ... ''): no '' closes it"),
+        # the '${' left open, not a closed nested string holding a '}' (or quotes) after it
+        ('let x = "${ "x"\n', f"f.recipe:1:10: {_UNCLOSED}"),
+        ('let x = "${ "}"\n', f"f.recipe:1:10: {_UNCLOSED}"),
+        ('let x = "${ "a${ "b" }c" \n', f"f.recipe:1:10: {_UNCLOSED}"),
+        ("let x = ''${ ''a'''' }''\n", f"f.recipe:1:11: {_UNCLOSED}"),  # ('''' are escapes)
+        ('let x = "${ "a\\" }"\n', f"f.recipe:1:10: {_UNCLOSED}"),
+        # the innermost thing left open: a nested string's ${, a record, a nested string
+        ('let x = "${ "a${ b c" }"\n', f"f.recipe:1:15: {_UNCLOSED}"),
         (
-            "let x = \"${ ''a''$b }\"\n",
-            "f.recipe:1:13: unterminated indented string ('' ... '') in the code of a ${...}: it "
-            "takes the '}' meant to close the interpolation",
+            'let x = "${ {a = "}";\n',
+            "f.recipe:1:13: unterminated record in the code of a ${...}: no '}' closes this '{'",
         ),
         (
-            "let x = ''${ ''a'''' }''\n",
-            "f.recipe:1:14: unterminated indented string ('' ... '') in the code of a ${...}: it "
-            "takes the '}' meant to close the interpolation",
-        ),
-        (
-            'let x = "${ "a\\" }"\n',
-            "f.recipe:1:13: unterminated string in the code of a ${...}: it takes the '}' meant to "
-            "close the interpolation",
+            "let x = ''${ \"a${ ''b\n",
+            "f.recipe:1:19: unterminated indented string ('' ... '') in the code of a ${...}",
         ),
     ],
 )
 def test_an_unterminated_interpolation_or_comment_is_located(text, first_line):
-    """At the comment or string that took the closing brace, not just at the string."""
+    """At what is left open (the innermost), or at the comment that took the closing
+    brace; never at a nested string that is closed (one holding a '}' was blamed)."""
     e = _parse_within(30, text)
     assert isinstance(e, E.RecipeSyntaxError), e
     assert str(e).splitlines()[0] == first_line
@@ -321,12 +361,14 @@ def test_short_interpolations_with_comments_parse_or_fail_cleanly():
         'let x = "${ "' + '\\"\\$' * 100_000 + "\n",
         'let x = "${ ' + "''a''$''\\}'' " * 100_000 + "\n",
         "let x = ''${ " + "{ ''a''$'' " * 100_000 + "\n",
+        'let x = "' + '${ "' * 100_000 + "\n",  # 200,000 things left open
+        "let x = ''${ " + "{ ''${ " * 100_000 + "\n",
     ],
 )
 def test_long_unterminated_escape_runs_fail_quickly_and_located(text):
     """Nested strings full of escapes that never end (or an interpolation that never
-    does): a located syntax error in linear time, not a hang (the string regexes'
-    repetitions are possessive: no backtracking into a nested string)."""
+    does, or nesting that never closes): a located syntax error in linear time, not a
+    hang (the scanner only moves forward, and its runs are possessive regexes)."""
     e = _parse_within(30, text)
     assert isinstance(e, E.RecipeSyntaxError) and e.pos is not None, e
     assert str(e).startswith("f.recipe:1:"), str(e)[:200]

@@ -162,6 +162,19 @@ STRING_CASES = [
     '"${ "a" # c\r+ "b" }"',
     '"${ # }\r"a" }"',
     "(1 # c\r+ 2)",
+    # a nested string's own ${...} is code: a quote there ends nothing (it ended the
+    # nested string early), in both kinds of string, and comments there hide quotes too
+    '"${ "a${ "b" }c" }"',
+    "''x ${ \"${ ''y ${ \"''\" } z'' }\" } w''",
+    "\"${ ''x ${ \"''\" } y'' }\"",
+    "''${ ''x ${ \"''\" } y'' }''",
+    '"${ "${ "}" }" }"',
+    "\"${ ''${ ''}'' }'' }\"",
+    '"${ "a${ "b" # " } \'\'\n}c" }"',
+    '"${ "a${ /* " } \'\' { */ "b" }c" }"',
+    "''${ \"a${ \"b\" # }\r}c\" }''",
+    '"${ "<${ { a = "}"; }.a }>" }"',
+    "''\n  a ${ \"b ${ ''\n    c\n  '' }\" }\n    d\n''",
 ]
 
 
@@ -288,6 +301,13 @@ def test_generated_interpolation_code_like_nix(tmp_path):
         '"${ "a" /* }"',
         "\"${''}\"",
         '"a" /* never closed',
+        # unterminated at some depth of nesting (each left open in another way)
+        '"${ "a${ "b" }c" ',
+        "''x ${ \"''\" } y",
+        '"${ { a = { b = "}"; }; }',
+        '"${ \'\'a ${ "b" }"',
+        '"${ "${ "${ "x" }" }"',
+        '"${ "a${ /* " } */ "b" }',
     ],
 )
 def test_refused_like_nix(text):
@@ -301,3 +321,72 @@ def test_refused_like_nix(text):
     with pytest.raises(RecipeSyntaxError) as e:
         _kiln_value(text)
     assert e.value.pos is not None
+
+
+def _deep_string(rnd: random.Random, depth: int) -> str:
+    """A string whose ``${...}`` holds code with strings of both kinds nested ``depth``
+    deep, each holding quotes, braces, escapes and comments, Nix reading all of it."""
+    q = rnd.choice(['"', "''"])
+    # the text around the ${...}: no lone ' in an indented string (before its closing ''
+    # it would be the escape ''')
+    if q == "''":
+        text = rnd.choice(["a", "}", "{", '"', "$$", "''$", "'''", "''\\n"])
+    else:
+        text = rnd.choice(["a", "}", "{", "'", "''", "$$", '\\"'])
+    around = rnd.choice([" ", "\n", "#\"'}{\n", "/* \" '' } { */", " "])
+    if depth == 0:
+        inner = rnd.choice(['"q"', "''q''", '{ a = "}"; }.a'])
+    else:
+        inner = _deep_string(rnd, depth - 1)
+        if rnd.random() < 0.3:
+            inner = f'{{ a = {inner}; b = {{ c = "{{"; }}; }}.a'
+    return f"{q}{text}${{{around}{inner}{around}}}{text}{q}"
+
+
+def test_generated_nested_strings_like_nix(tmp_path):
+    """Strings nested in interpolations up to six deep, with quotes, braces, escapes
+    and comments at every level: what Nix makes of them (a quote in a nested string's
+    own ``${...}`` ended that string early; records nested only six deep)."""
+    texts = _generated(3, 1500, lambda rnd: _deep_string(rnd, rnd.randint(1, 6)))
+    nix = _nix_values(tmp_path, texts)
+    differ = [(t, n, m) for t, n in zip(texts, nix, strict=True) if (m := _kiln_value(t)) != n]
+    assert not differ, differ[:10]
+
+
+def test_twenty_levels_deep_like_nix(tmp_path):
+    """Twenty records deep in an interpolation, and twenty strings each in the ``${...}``
+    of the one around it (the two kinds in turn), as Nix reads them."""
+    strings = '"x"'
+    for k in range(20):
+        strings = f'"({{${{ {strings} }}}}"' if k % 2 else f"''[\"${{ {strings} }}\"]''"
+    records = '"${ ' + "{ a = " * 20 + '"v"' + "; }" * 20 + ".a" * 20 + ' }"'
+    texts = [strings, records, "''${ " + records + " }''"]
+    assert [_kiln_value(t) for t in texts] == _nix_values(tmp_path, texts)
+
+
+def _nix_refuses(text: str) -> bool:
+    r = subprocess.run(["nix-instantiate", "--parse", "-E", text], capture_output=True, text=True, timeout=60)
+    return r.returncode != 0 and "syntax error" in r.stderr
+
+
+def test_truncated_nested_strings_are_refused_like_nix():
+    """Nested strings cut short at random places: where Nix gives a syntax error, kiln
+    gives a located one (never another error, a value or a hang)."""
+    from kiln.lang.errors import RecipeSyntaxError
+
+    rnd = random.Random(4)
+    texts = []
+    while len(texts) < 40:
+        whole = _deep_string(rnd, rnd.randint(1, 4))
+        texts.append(whole[: rnd.randint(1, len(whole) - 1)])
+    bad = []
+    for text in texts:
+        if not _nix_refuses(text):
+            continue
+        try:
+            _kiln_value(text)
+            bad.append((text, "a value"))
+        except RecipeSyntaxError as e:
+            if e.pos is None:
+                bad.append((text, str(e)))
+    assert not bad, bad[:10]
