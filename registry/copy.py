@@ -28,7 +28,7 @@ from kiln.store.hashes import Hash
 from kiln.store.paths import StorePath
 from kiln.store.signing import PublicKey
 
-from . import layout
+from . import layout, uploadplan
 from .attest_fetch import fetch_attestations
 from .attest_transfer import relay_attestations
 from .client import Client, open_client
@@ -140,12 +140,14 @@ async def between(
     the asked paths (``attest_transfer.relay_attestations``: one either side refuses is
     reported in ``Copied.refused``, not raised), then publish the destination's index.
 
-    Dependencies first, in groups of at most ``GROUP_OBJECTS`` paths or about
-    ``GROUP_BYTES`` bytes (which bounds the scratch space): each group's objects the
-    destination lacks are downloaded into a scratch directory, verified (file and NAR
-    digests; small ones a few hundred per ``blob_batch`` from a kiln server), then
-    uploaded with their narinfos (``upload_batch`` to a kiln server, else one PUT per
-    object and narinfo, a narinfo only after its object)."""
+    Dependencies first (one topological order), in groups of at most ``GROUP_OBJECTS``
+    paths or about ``GROUP_BYTES`` bytes (which bounds the scratch space), one group
+    after the other: each group's objects the destination lacks are downloaded into a
+    scratch directory, verified (file and NAR digests; small ones a few hundred per
+    ``blob_batch`` from a kiln server), then uploaded with their narinfos
+    (``upload_batch`` to a kiln server or a directory, in chunks ordered by
+    ``uploadplan``; else one PUT per object and narinfo, a narinfo only after its
+    object and its references')."""
     async with open_client(src_url, src_token, jobs=jobs, create=False) as src, dst_factory() as dst:
         await src.cache_info()
         dinfo = await dst.cache_info()
@@ -156,14 +158,16 @@ async def between(
         sem = asyncio.Semaphore(jobs)
         relay = _Relay(src, dst, sem, jobs)
         with tempfile.TemporaryDirectory(prefix="kiln-copy-") as scratch:
-            for level in levels(wanted):  # type: ignore[arg-type]
-                for group in batches([wanted[p] for p in level], GROUP_OBJECTS, GROUP_BYTES):
-                    need = {i.file_hash.hex: i for i in group if i.file_hash.hex not in blobs}  # type: ignore[union-attr]
-                    files = await relay.fetch(list(need.values()), Path(scratch))
-                    await relay.publish(group, files)
-                    blobs |= set(need)
-                    for f in files.values():
-                        f.unlink()
+            # one topological order (references first), cut into groups done one after
+            # the other: a group's references are in it or published with an earlier one
+            order = [p for level in levels(wanted) for p in level]  # type: ignore[arg-type]
+            for group in batches([wanted[p] for p in order], GROUP_OBJECTS, GROUP_BYTES):
+                need = {i.file_hash.hex: i for i in group if i.file_hash.hex not in blobs}  # type: ignore[union-attr]
+                files = await relay.fetch(list(need.values()), Path(scratch))
+                await relay.publish(group, files)
+                blobs |= set(need)
+                for f in files.values():
+                    f.unlink()
         subjects = {**present, **{p: i.nar_hash.hex for p, i in wanted.items()}}
         failed: KilnError | None = None
         try:
@@ -270,8 +274,9 @@ class _Relay:
             files[info.file_hash.hex] = f  # type: ignore[union-attr]
 
     async def publish(self, group: list[ni.NarInfo], files: dict[str, Path]) -> None:
-        """Upload ``group``'s new objects (``files``) and narinfos (all of whose
-        references are published already)."""
+        """Upload ``group``'s new objects (``files``) and narinfos (in topological order;
+        references outside it are published already): chunks ordered by
+        ``uploadplan`` (a chunk once those holding its references are in)."""
 
         def key(i: ni.NarInfo) -> str:
             return i.path.rsplit("/", 1)[1][:32]
@@ -279,23 +284,41 @@ class _Relay:
         # every path whose object is new carries it, also where two paths share one: the
         # chunks go up concurrently, and a narinfo must never arrive before its object
         # (the server keeps one copy of each object)
-        frames = [(key(i), i.render().encode(), files.get(i.file_hash.hex)) for i in group]  # type: ignore[union-attr]
-        size = max(1, min(MAX_FRAMES, -(-len(frames) // self.jobs)))
-        chunks = [frames[k : k + size] for k in range(0, len(frames), size)]
-        first = await self.dst.upload_batch(chunks[0])
+        info = {i.path: i for i in group}
+        frames = {i.path: (key(i), i.render().encode(), files.get(i.file_hash.hex)) for i in group}  # type: ignore[union-attr]
+
+        def refs(p: str) -> tuple[str, ...]:
+            return info[p].references
+
+        def size(p: str) -> int:
+            return (info[p].file_size or 0) if frames[p][2] is not None else 0
+
+        chunks = uploadplan.plan(list(info), refs, size, self.jobs, MAX_FRAMES)
+        first = await self.dst.upload_batch([frames[p] for p in chunks[0].paths])
         if first is not None:
             check_results(first)
-            for res in await asyncio.gather(*(self.dst.upload_batch(c) for c in chunks[1:])):
-                check_results(res or [])
+
+            async def send(paths: list[str]) -> None:
+                res = await self.dst.upload_batch([frames[p] for p in paths])
+                if res is None:
+                    raise KilnError(f"{self.dst.url} stopped taking upload batches during the copy")
+                check_results(res)
+
+            await uploadplan.run(chunks, send, self.jobs, done={0})
             return
 
         async def put_nar(h: str, f: Path) -> None:
             async with self.sem:
                 await self.dst.put_file(layout.nar_key(Hash.parse(h, "sha256")), f)
 
-        async def put_info(h: str, text: bytes) -> None:
-            async with self.sem:
-                await self.dst.put_bytes(layout.narinfo_key(h), text)
+        async def put_info(paths: list[str]) -> None:
+            h, text, _ = frames[paths[0]]
+            await self.dst.put_bytes(layout.narinfo_key(h), text)
 
-        await asyncio.gather(*(put_nar(f.name, f) for f in {f for _, _, f in frames if f is not None}))
-        await asyncio.gather(*(put_info(h, text) for h, text, _ in frames))
+        await asyncio.gather(
+            *(put_nar(f.name, f) for f in {f for _, _, f in frames.values() if f is not None})
+        )
+        # one narinfo per request, each once its references' are in
+        await uploadplan.run(
+            uploadplan.plan(list(info), refs, lambda p: 0, self.jobs, 1), put_info, self.jobs
+        )

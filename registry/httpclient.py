@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import errno
 import json
 import math
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -59,6 +61,17 @@ def _retry_after(value: str | None) -> float:
 HEADERS_TIMEOUT = 300.0
 
 
+class _Resolver(aiohttp.DefaultResolver):  # type: ignore[misc,valid-type]
+    """aiohttp's resolver, with a name lookup bounded by ``CONNECT_TIMEOUT`` (the
+    session's ``connect`` timeout, which bounded it before, is off: see ``_sess``)."""
+
+    async def resolve(self, host: str, port: int = 0, family: int = socket.AF_INET) -> Any:
+        try:
+            return await asyncio.wait_for(super().resolve(host, port, family), CONNECT_TIMEOUT)
+        except TimeoutError:  # (an errno: aiohttp reports it as a connection error)
+            raise OSError(errno.ETIMEDOUT, f"looking up {host} took over {CONNECT_TIMEOUT:g} s") from None
+
+
 class HttpClient(Client):
     def __init__(self, url: str, token: str | None = None, jobs: int = 16) -> None:
         # credentials in the URL go as basic auth; self.url, which every message shows,
@@ -90,10 +103,15 @@ class HttpClient(Client):
             headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
             if self._basic is not None:
                 headers["Authorization"] = self._basic
+            # connect=None: aiohttp's connect timeout also counts the wait for a free
+            # pooled connection, so more requests at once than the pool holds failed as
+            # "unreachable" (`kiln push` of a wide level); making a connection stays
+            # bounded by sock_connect, and the name lookup by _Resolver
+            self._resolver = _Resolver()
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self.jobs, force_close=False),
+                connector=aiohttp.TCPConnector(limit=self.jobs, force_close=False, resolver=self._resolver),
                 timeout=aiohttp.ClientTimeout(
-                    total=None, connect=CONNECT_TIMEOUT, sock_connect=CONNECT_TIMEOUT, sock_read=120
+                    total=None, connect=None, sock_connect=CONNECT_TIMEOUT, sock_read=120
                 ),
                 headers=headers,
                 auto_decompress=False,
@@ -104,6 +122,7 @@ class HttpClient(Client):
         if self._session is not None:
             await self._session.close()
             self._session = None
+            await self._resolver.close()  # (the connector closes only a resolver it made)
 
     async def _request(self, method: str, key: str, **kw: Any) -> aiohttp.ClientResponse:
         """The answer to one request; a ``503`` (a busy ``kiln serve``: its blob batches
