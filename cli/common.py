@@ -84,10 +84,16 @@ def warn_no_signatures(what: str) -> None:
 
 
 def private_keys_dir(d: Path) -> Path:
-    """Make the keys directory ``d`` (``$KILN_HOME/keys``) 0700: created so, or narrowed
-    if it is ours and others may list it (a first ``kiln build`` made it 0755 before).
-    The secret key files in it are 0600 regardless."""
-    d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    """Make the keys directory ``d`` (``$KILN_HOME/keys``) 0700: created so (its parents
+    0755), or narrowed if it is ours and others may list it (a first ``kiln build`` made
+    it 0755 before). The secret key files in it are 0600 regardless. Refused
+    (``perms.UnsafeStore``) if it or the directory it is in is another user's or
+    writable by group or others, before anything is written there: another user could
+    plant the key kiln signs with, or take the one it writes."""
+    from kiln.store.perms import PRIVATE_DIR_MODE, check_keys_dir, make_dir
+
+    check_keys_dir(d)
+    make_dir(d, PRIVATE_DIR_MODE)
     st = d.stat()
     if st.st_uid == os.geteuid() and st.st_mode & 0o077:
         os.chmod(d, 0o700)
@@ -216,9 +222,26 @@ class UsageError(Exception):
     exit status 2, as argparse's own usage errors."""
 
 
+#: the umask kiln was started with (``run_command`` narrows it by 022)
+ORIGINAL_UMASK: int | None = None
+
+
+def narrow_umask() -> None:
+    """Take group and others' write bits out of the umask (as Nix sets 022 at start): what
+    kiln makes in a store or a registry with a default mode is then not writable by other
+    users whatever the umask it was started with (``kiln.store.perms``: the store's own
+    directories and files get explicit modes besides). A stricter umask (077) stays."""
+    global ORIGINAL_UMASK
+    old = os.umask(0o022)
+    os.umask(old | 0o022)
+    if ORIGINAL_UMASK is None:
+        ORIGINAL_UMASK = old
+
+
 def run_command(fn: Callable[[list[str]], int], argv: list[str], debug: bool = False) -> int:
     if sys.stderr is not None and not isinstance(sys.stderr, _Quiet):
         sys.stderr = _Quiet(sys.stderr)  # a BrokenPipeError below is then stdout's
+    narrow_umask()
     try:
         # every command unwinds on SIGTERM/SIGHUP as on ^C: its temp files and dirs go
         with terminate_as_interrupt():

@@ -16,6 +16,8 @@ import fcntl
 import os
 from collections.abc import Callable, Iterator
 
+from kiln.store.perms import make_dir
+
 from .storage import Storage
 
 #: the signed index (publish-index, root rotation)
@@ -34,7 +36,7 @@ def dir_lock(storage: Storage, key: str, on_wait: Callable[[], None] | None = No
     if path is None:
         yield
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dir(path.parent)  # (0755 whatever the umask: ``.kiln/`` is not for others to write)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         try:

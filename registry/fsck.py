@@ -40,6 +40,7 @@ from kiln.store import narinfo as ni
 from kiln.store.errors import KilnError
 from kiln.store.hashes import Hash
 from kiln.store.narinfo import NarInfo
+from kiln.store.perms import make_dir
 from kiln.store.signing import PublicKey
 
 from . import layout
@@ -82,7 +83,7 @@ def hold_serving_lock(src: DirSource, exclusive: bool) -> int | None:
     lock = src.storage.local_path(SERVING_LOCK)
     if lock is None:
         return None
-    lock.parent.mkdir(parents=True, exist_ok=True)
+    make_dir(lock.parent)  # (0755 whatever the umask)
     fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)

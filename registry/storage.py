@@ -32,6 +32,7 @@ from urllib.parse import unquote, urlparse
 
 from kiln.store.errors import KilnError
 from kiln.store.fileopen import open_regular
+from kiln.store.perms import make_dir
 
 from . import tempwriters
 from .layout import PRIVATE_DIR
@@ -133,8 +134,10 @@ class FileStorage(Storage):
         self._tmp = self.root / PRIVATE_DIR / "tmp"
         self._writers = self.root / PRIVATE_DIR / "writers"
         if create:
+            # explicit modes (``kiln.store.perms``): under a umask of 000 these, and the
+            # private ``.kiln/``, were world-writable
             for d in (self._tmp, self.root / "nar", self.root / "blobs", self.root / "index"):
-                d.mkdir(parents=True, exist_ok=True)
+                make_dir(d)
         elif not self.root.is_dir():
             raise StorageError(f"registry directory {self.root} does not exist")
 
@@ -252,7 +255,7 @@ def _place(src: str, dest: Path, exclusive: bool) -> None:
     try:
         op(src, dest)
     except FileNotFoundError:
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        make_dir(dest.parent)
         op(src, dest)
 
 

@@ -33,6 +33,7 @@ from typing import BinaryIO
 
 from kiln.store.locks import DEAD_WRITER_MIN_AGE, left_by_dead_writer
 from kiln.store.mounts import mount_table
+from kiln.store.perms import make_dir
 
 #: a temp file: ``up-<writer pid>-<writer id>-...``, or ``up-<writer pid>-...`` when its writer
 #: holds no writer lock (older kiln; no flock there) (``sweep``)
@@ -94,7 +95,7 @@ def temp_file(tmp: Path, writers: Path) -> Iterator[BinaryIO]:
     """A new temp file in ``.kiln/tmp`` for the block, named for this process's writer
     lock (module docstring) so ``sweep`` leaves it alone while this process
     lives, and removed when the block ends (published by then, or dropped)."""
-    tmp.mkdir(parents=True, exist_ok=True)
+    make_dir(tmp)  # (0755 whatever the umask: no other user may put files there)
     w = _writer(writers)
     prefix = f"up-{os.getpid()}-{w.id}-" if w.id else f"up-{os.getpid()}-"
     f = tempfile.NamedTemporaryFile(dir=tmp, prefix=prefix, delete=False)  # noqa: SIM115
@@ -157,7 +158,7 @@ def _take_writer_lock(writers: Path) -> _Writer:
     that fails (the directory not writable by this user, no ``flock`` on its file system)."""
     pid = os.getpid()
     try:
-        writers.mkdir(parents=True, exist_ok=True)
+        make_dir(writers)
         while True:
             wid = secrets.token_hex(8)
             path = writers / f"{wid}.lock"

@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .locks import FileLock
+from .lockwait import holder_text
 from .paths import StorePath
+from .perms import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, give_to_owner_of, make_dir
 
 if TYPE_CHECKING:
     from .localstore import LocalStore
@@ -29,11 +31,14 @@ def prepare(store: LocalStore, paths: Iterable[str]) -> None:
     thread's fsyncs can take a millisecond or more (the build loop calls this on its
     bookkeeping thread for the derivations still to build)."""
     d = Path(store.root) / "locks"
-    d.mkdir(parents=True, exist_ok=True)
+    make_dir(d, PRIVATE_DIR_MODE)
     for p in sorted(set(paths)):
         fd = os.open(
-            d / f"{StorePath.parse(p).hash_part}.build", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644
+            d / f"{StorePath.parse(p).hash_part}.build",
+            os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC,
+            PRIVATE_FILE_MODE,  # (``locks``: nobody else may open it, so nobody else holds it)
         )
+        give_to_owner_of(fd, d)
         os.close(fd)
 
 
@@ -47,16 +52,30 @@ def output_lock(
     A lock another process holds is waited for after saying so through ``say`` (as Nix
     says "waiting for lock"): that process may be building it, or stopped."""
     d = Path(store.root) / "locks"
-    d.mkdir(parents=True, exist_ok=True)
+    make_dir(d, PRIVATE_DIR_MODE)
     with contextlib.ExitStack() as stack:
         for p in sorted(set(paths)):
             lock = FileLock(d / f"{StorePath.parse(p).hash_part}.build")
             if not lock.acquire(blocking=False):
                 if say is not None:
-                    say(f"waiting for another kiln process to finish with {p} (it holds the build lock)")
-                lock.acquire()
+                    say(
+                        f"waiting for another kiln process to finish with {p}: its build lock is {_holder(lock)}"
+                    )
+                lock.acquire(notice=say is None)  # (said already)
             stack.callback(lock.release)
         yield
+
+
+def _holder(lock: FileLock) -> str:
+    """Who holds ``lock`` (``lockwait.holder_text``), read through a descriptor of its own."""
+    try:
+        fd = os.open(lock.path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return "held by another process"
+    try:
+        return holder_text(fd)
+    finally:
+        os.close(fd)
 
 
 class Serialized:

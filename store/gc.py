@@ -16,7 +16,11 @@ registrations hold the lock shared from their first temp file to their committed
    then on they are merely garbage files: a crash here is harmless), then their trees
    (renamed into ``tmp/`` and removed) and their attestations
    (``attestations.remove``: they describe content that is gone), and any attestation
-   directory whose hash part has no row (left by a GC killed after deleting rows);
+   directory whose hash part has no row (left by a GC killed after deleting rows).
+   A path whose tree this user cannot remove (a directory in it another user owns:
+   root wrote into this store) is not dead: it keeps its row and its closure, and is
+   reported as kept; a removal that fails anyway is reported, the rest goes on, and
+   nothing stays in ``tmp/gc-*`` (``gcremove``);
 4. objects no remaining row uses are deleted (one object can back several paths with
    identical NARs; it goes only when none of them is valid), as are unregistered trees
    left by crashed registrations (only entries named like a store path base,
@@ -37,22 +41,24 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import stat
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import attestations, db, hookmarks
 from .buildtmp import owner_gone
 from .errors import FormatError, KilnError, StoreError
+from .gcremove import inspect_tree, remove, remove_via, size, size_beside_mounts
 from .hashes import Hash
 from .locks import FileLock, left_by_dead_writer, live_temp_roots, remove_if_free
 from .mounts import MOUNTINFO, mounts_below, unmount_below
 from .paths import StorePath
+from .perms import PRIVATE_DIR_MODE, make_dir
 from .quarantine import recorded_closure_edges
-from .trees import remove_tree, tree_size
 
 _WRITER_TMP = re.compile(r"^(\d+-|gc-\d+-)")
 _OWNED_TMP = re.compile(r"^(build|check|vary)-")
@@ -158,19 +164,23 @@ def collect(store: LocalStore, dry_run: bool = False) -> GcReport:
         quarantined, unread = recorded_closure_edges(store.root)
         known = refs.keys() | quarantined.keys()
         live: set[str] = set()
-        stack = [r for r in roots if r in known]
-        while stack:
-            p = stack.pop()
-            if p in live:
-                continue
-            live.add(p)
-            if p in refs:
-                nexts = list(refs[p])
-                if (d := derivers.get(p)) is not None:
-                    nexts.append(d)
-            else:
-                nexts = list(quarantined[p])
-            stack.extend(r for r in nexts if r in known and r not in live)
+
+        def keep_alive(starts: list[str]) -> None:
+            stack = [r for r in starts if r in known]
+            while stack:
+                p = stack.pop()
+                if p in live:
+                    continue
+                live.add(p)
+                if p in refs:
+                    nexts = list(refs[p])
+                    if (d := derivers.get(p)) is not None:
+                        nexts.append(d)
+                else:
+                    nexts = list(quarantined[p])
+                stack.extend(r for r in nexts if r in known and r not in live)
+
+        keep_alive(list(roots))
         dead = sorted(set(refs) - live)
 
         valid_bases = {p.rsplit("/", 1)[1] for p in refs}
@@ -180,6 +190,25 @@ def collect(store: LocalStore, dry_run: bool = False) -> GcReport:
         stray = [
             name for name in stray_tree_names(store) if name not in valid_bases and name not in rooted_bases
         ]
+        kept: list[str] = []
+        # a tree this user cannot remove (another user's: root wrote into this store with
+        # ``sudo -E kiln build``) keeps its row, and so its closure: deleting the row first
+        # left it unregistered for good, and the collection stopped at it, every time
+        sizes: dict[str, int] = {}
+        blocked: dict[str, str] = {}
+        euid = os.geteuid()
+        for base in [p.rsplit("/", 1)[1] for p in dead] + stray:
+            sizes[base], why = inspect_tree(store.real_store / base, euid)
+            if why is not None:
+                blocked[base] = why
+        if blocked:
+            keep_alive([p for p in dead if p.rsplit("/", 1)[1] in blocked])
+            dead = sorted(set(refs) - live)
+            stray = [s for s in stray if s not in blocked]
+            for base, why in sorted(blocked.items()):
+                what = "its row is kept, with what it references" if base in valid_bases else "unregistered"
+                fix = f"as root: chown -R {euid} {shlex.quote(str(store.real_store / base))}"
+                kept.append(f"{store.store_dir}/{base}: {why}; {what} (for GC to remove it, {fix})")
         # attestations of paths without a row (a GC killed between deleting rows and
         # removing them, a quarantine): they would attach to the path if it came back
         # with other content. Paths being registered have rows before attestations.
@@ -201,7 +230,6 @@ def collect(store: LocalStore, dry_run: bool = False) -> GcReport:
             if _WRITER_TMP.match(e.name)
             or (_OWNED_TMP.match(e.name) and e.is_dir(follow_symlinks=False) and owner_gone(e.path))
         )
-        kept = []
         # a killed ``--check --vary`` leaves its disorderfs mounts in ``vary-*``: taken down
         # first; a dry run does not count such a dir's bytes (the mounts show them twice)
         table = Path(MOUNTINFO).read_bytes() if doomed_tmp else b""
@@ -210,11 +238,11 @@ def collect(store: LocalStore, dry_run: bool = False) -> GcReport:
             if (why := unmount_below(Path(t), table)) is not None:
                 doomed_tmp.remove(t)
                 kept.append(f"{t}: {why}")
-        freed = sum(_size(store.real_path(p)) for p in dead)
-        freed += sum(_size(store.real_store / s) for s in stray)
-        freed += sum(_size(o) for o in doomed_objects)
+        freed = sum(sizes[p.rsplit("/", 1)[1]] for p in dead)
+        freed += sum(sizes[s] for s in stray)
+        freed += sum(size(o) for o in doomed_objects)
         freed += sum(
-            _size_beside_mounts(Path(t), table) if dry_run and t in mounted else _size(Path(t))
+            size_beside_mounts(Path(t), table) if dry_run and t in mounted else size(Path(t))
             for t in doomed_tmp
         )
         report = GcReport(
@@ -237,13 +265,14 @@ def collect(store: LocalStore, dry_run: bool = False) -> GcReport:
         for link in stale_root_links:
             os.unlink(link)
         trash = store.tmp / f"gc-{os.getpid()}-{os.urandom(4).hex()}"
-        trash.mkdir()
-        for base in [p.rsplit("/", 1)[1] for p in dead] + stray:
-            real = store.real_store / base
-            if os.path.lexists(real):
-                if real.is_dir() and not real.is_symlink():
-                    os.chmod(real, 0o755)  # renaming a directory needs write access to it
-                os.rename(real, trash / base)
+        make_dir(trash, PRIVATE_DIR_MODE)
+        try:
+            for base in [p.rsplit("/", 1)[1] for p in dead] + stray:
+                if (why := remove_via(store.real_store / base, trash)) is not None:
+                    kept.append(f"{store.store_dir}/{base}: {why} (unregistered now; a later GC tries again)")
+        finally:
+            if (why := remove(trash)) is not None:
+                kept.append(f"{trash}: {why}")
         for p in dead:
             attestations.remove(store, p)
         for h in orphan_atts:
@@ -251,10 +280,13 @@ def collect(store: LocalStore, dry_run: bool = False) -> GcReport:
         for t in att_temp:  # a killed attestation writer's
             t.unlink(missing_ok=True)
         for o in doomed_objects:
-            remove_tree(o)  # (a directory or a symlink at an object's name goes too)
-        for t in doomed_tmp + [str(trash)]:
-            remove_tree(Path(t))
-        # small temp files of writers killed mid-write (``_init_config``, build logs)
+            # (a directory or a symlink at an object's name goes too)
+            if (why := remove(o)) is not None:
+                kept.append(f"{o}: {why}")
+        for t in doomed_tmp:
+            if (why := remove(Path(t))) is not None:
+                kept.append(f"{t}: {why}")
+        # small temp files of writers killed mid-write (``storeconfig.init_config``, build logs)
         for d, pattern in (
             (store.root, _CONFIG_TMP),
             (store.root / "logs", _LOG_TMP),
@@ -271,7 +303,7 @@ def collect(store: LocalStore, dry_run: bool = False) -> GcReport:
                 remove_if_free(Path(e.path))
             elif (h := hookmarks.is_marker(e.name)) is not None and h not in live_hash_parts:
                 remove_if_free(Path(e.path))  # a dead builder's, of a path never committed
-        return report
+        return replace(report, kept=tuple(kept))  # (with what could not be removed)
 
 
 _CONFIG_TMP = re.compile(r"^\.config\.json\.(\d+)\.[0-9a-f]{8}\Z")
@@ -345,19 +377,3 @@ def _used_objects(store: LocalStore, exclude: set[str]) -> set[str]:
         if path not in exclude:
             used.add(Hash.parse(fh).hex)
     return used
-
-
-def _size_beside_mounts(p: Path, table: bytes) -> int:
-    """``_size`` of ``p`` without what is mounted below it (a dry run leaves a killed
-    rebuild's disorderfs mounts up: through them its real files would count twice).
-    Walked resolved, as mountinfo names the mount points (a KILN_HOME under a symlink)."""
-    return _size(Path(os.path.realpath(p)), frozenset(os.fsencode(m) for m, _ in mounts_below(p, table)))
-
-
-def _size(p: Path, skip: frozenset[bytes] = frozenset()) -> int:
-    """Bytes under ``p`` for the report; 0 where it cannot be read (a leftover a build
-    made unreadable): a size is never a reason to stop collecting."""
-    try:
-        return tree_size(p, skip)
-    except OSError:
-        return 0

@@ -24,13 +24,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import db
-from .errors import FormatError, StoreError
+from .errors import StoreError
 from .locks import FileLock, TempRoots
 from .objects import fsync_dir, object_rel_path
 from .objread import read_object
 from .pathinfo import PathInfo
 from .paths import DEFAULT_STORE_DIR, StorePath, check_store_dir, new_store_dir_problem
+from .perms import DIR_MODE, PRIVATE_DIR_MODE, check_store, make_dir
 from .registration import Registering
+from .storeconfig import CONFIG_VERSION as CONFIG_VERSION  # (moved there; imported from here too)
+from .storeconfig import config_store_dir as config_store_dir
+from .storeconfig import init_config
 from .trees import mark_topdir
 
 if TYPE_CHECKING:
@@ -40,9 +44,16 @@ if TYPE_CHECKING:
     from .signing import PublicKey
     from .verify import VerifyReport
 
-CONFIG_VERSION = 1
-#: each is also in ``paths.STORE_ROOT_ENTRIES``, which no store dir may start with
-_SUBDIRS = ("objects", "gcroots", "temproots", "quarantine", "tmp", "locks")
+#: each is also in ``paths.STORE_ROOT_ENTRIES``, which no store dir may start with; with
+#: its mode (explicit: the umask only narrows it; ``perms``)
+_SUBDIRS = {
+    "objects": DIR_MODE,
+    "gcroots": DIR_MODE,
+    "temproots": PRIVATE_DIR_MODE,
+    "quarantine": DIR_MODE,
+    "tmp": DIR_MODE,
+    "locks": PRIVATE_DIR_MODE,
+}
 
 
 def check_root_name(name: str) -> str:
@@ -119,7 +130,8 @@ class LocalStore(Registering):
     def open(cls, root: Path, store_dir: str | None = None, create: bool = True) -> LocalStore:
         """Open the store at ``root``; create it (with ``store_dir``, default
         ``/kiln/store``) if missing and ``create``. An existing store's dir must equal
-        ``store_dir`` when that is given."""
+        ``store_dir`` when that is given. A store another user could change is refused
+        (``perms.check_store``)."""
         root = Path(os.path.abspath(root))
         cfg = root / "config.json"
         try:
@@ -134,19 +146,22 @@ class LocalStore(Registering):
             # otherwise create them on its way (a mkdir each, ~0.1-0.4 ms on ext4). Before
             # the config, which marks the store made: a creation killed in between is
             # redone by the next open, not left with some shards for good
+            if root.is_dir():  # (someone else's directory is refused before kiln writes in it)
+                check_store(root, wanted)
             objects = root / "objects"
-            objects.mkdir(parents=True, exist_ok=True)
+            make_dir(objects)
             for i in range(256):
-                (objects / f"{i:02x}").mkdir(exist_ok=True)
+                make_dir(objects / f"{i:02x}")
             fsync_dir(objects)
-            data = _init_config(root, wanted)
+            data = init_config(root, wanted)
         except (OSError, ValueError) as e:
             raise StoreError(f"cannot read store config {cfg}: {e}") from None
         found = config_store_dir(cfg, data)
         if store_dir is not None and store_dir != found:
             raise StoreError(f"store at {root} uses store dir {found!r}, not {store_dir!r}")
-        for d in (*_SUBDIRS, found.lstrip("/")):
-            (root / d).mkdir(parents=True, exist_ok=True)
+        check_store(root, found)
+        for d, mode in (*_SUBDIRS.items(), (found.lstrip("/"), DIR_MODE)):
+            make_dir(root / d, mode)
         mark_topdir(root / "tmp")  # writers' temp trees land in uncluttered inode groups
         return cls(root, found)
 
@@ -357,44 +372,3 @@ def _release(conn: sqlite3.Connection, scratch: Path) -> None:
     conn.close()
     with contextlib.suppress(OSError):
         os.rmdir(scratch)
-
-
-def config_store_dir(cfg: Path, data: object) -> str:
-    """The store dir of config ``data`` read from ``cfg``, checked as ``open`` checks it
-    (``StoreError``); ``kiln eval`` uses it to evaluate without opening the store."""
-    if not isinstance(data, dict):
-        raise StoreError(
-            f"cannot read store config {cfg}: expected a JSON object like "
-            f'{{"store_dir": "{DEFAULT_STORE_DIR}", "version": {CONFIG_VERSION}}}, '
-            f"found a JSON {type(data).__name__}"
-        )
-    found = data.get("store_dir")
-    if not isinstance(found, str):
-        raise StoreError(f"store config {cfg} has no 'store_dir' string (found {found!r})")
-    try:
-        # a hand-edited config is checked like a new one: ``/kiln/..`` would put the
-        # trees on the store root itself, and GC would delete the store
-        return check_store_dir(found, local=True)
-    except FormatError as e:
-        raise StoreError(f"store config {cfg}: {e}") from None
-
-
-def _init_config(root: Path, store_dir: str) -> dict:
-    """Create ``root`` and its ``config.json`` atomically (another process may race us:
-    ``link`` fails if the config appeared, and then that one wins)."""
-    root.mkdir(parents=True, exist_ok=True)
-    data = {"store_dir": store_dir, "version": CONFIG_VERSION}
-    tmp = root / f".config.json.{os.getpid()}.{os.urandom(4).hex()}"
-    with open(tmp, "w") as f:
-        json.dump(data, f)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    try:
-        os.link(tmp, root / "config.json")
-    except FileExistsError:
-        data = json.loads((root / "config.json").read_text())
-    finally:
-        os.unlink(tmp)
-    fsync_dir(root)
-    return data

@@ -29,6 +29,10 @@ and the kernel drops every lock when its holder dies (also on ``kill -9``).
   being appended may be cut short there, and a file being rewritten may look empty for
   a moment; that reader only asks whether a path is named, and a miss is harmless (see
   ``registration``).
+
+``flock`` needs no write access, so lock and temp-roots files are 0600 in 0700 ``locks/``
+and ``temproots/`` whatever the umask (``perms``); one root makes in a user's store is
+the user's. A ``FileLock`` not had within a second says who holds it (``lockwait``).
 """
 
 from __future__ import annotations
@@ -44,6 +48,9 @@ from pathlib import Path
 
 from .errors import StoreError
 from .fileopen import FileTooLarge, NotRegularFile, open_regular_fd, read_capped
+from .lockwait import PlacerWait as PlacerWait  # (moved there; imported from here too)
+from .lockwait import flock_with_notice
+from .perms import PRIVATE_FILE_MODE, give_to_owner_of
 
 
 def path_lock_file(root: Path, hash_part: str) -> Path:
@@ -63,17 +70,26 @@ class FileLock:
         self.fd: int | None = None
         self.depth = 0
 
-    def acquire(self, blocking: bool = True) -> bool:
+    def acquire(self, blocking: bool = True, notice: bool = True) -> bool:
         """Take the lock; with ``blocking=False`` return False instead of waiting.
-        Re-entrant within one ``FileLock`` object."""
+        Re-entrant within one ``FileLock`` object. A wait of over a second is said on
+        stderr unless ``notice`` is false (the caller said it)."""
         if self.fd is not None:
             self.depth += 1
             return True
         op = (fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX) | (0 if blocking else fcntl.LOCK_NB)
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            # 0600: another user who could open it could flock it and hang us (``perms``)
             try:
-                fcntl.flock(fd, op)
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE_MODE)
+            except PermissionError:  # root's, made by an older kiln: flock needs no write access
+                fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            give_to_owner_of(fd, self.path.parent)
+            try:
+                if blocking and notice:  # (says who holds it if it is not had within a second)
+                    flock_with_notice(fd, op, self.path)
+                else:
+                    fcntl.flock(fd, op)
             except BlockingIOError:
                 os.close(fd)
                 return False
@@ -164,8 +180,8 @@ def remove_if_free(path: Path) -> bool:
     process that opened it before and waits for it: ``FileLock.acquire`` notices the
     file was unlinked once it gets the lock, and opens the path afresh."""
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-    except FileNotFoundError:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)  # (flock needs no write access)
+    except (FileNotFoundError, PermissionError):  # (another user's, unreadable: left alone)
         return False
     try:
         try:
@@ -213,9 +229,11 @@ class TempRoots:
         a symbolic link followed nor a FIFO, which the collector does not read (see
         ``_temp_root_files``): roots written there would protect nothing."""
         try:
-            return open_regular_fd(path, os.O_RDWR | os.O_CREAT)
+            fd = open_regular_fd(path, os.O_RDWR | os.O_CREAT, PRIVATE_FILE_MODE)
         except NotRegularFile:
             raise StoreError(f"temp-roots file {path} is not a regular file kiln made: remove it") from None
+        give_to_owner_of(fd, path.parent)
+        return fd
 
     def _open(self) -> int:
         if self.fd is not None:
@@ -379,32 +397,3 @@ def live_rooter(dir_: Path, path: str) -> int | None:
         if entry.name != me and lines is not None and want in lines:
             return int(entry.name) if entry.name.isdigit() else -1
     return None
-
-
-class PlacerWait:
-    """Waiting, with backoff, for a live process that placed a path's tree and has not
-    registered it yet (a build commits its outputs a little after placing them, see
-    ``stagedbuild``). Says once, after ``NOTICE_S``, which process is waited for: a
-    process that placed a tree and then hung keeps its waiters waiting, as a held lock
-    would."""
-
-    NOTICE_S = 2.0
-
-    def __init__(self, what: str) -> None:
-        self.what = what
-        self.start = time.monotonic()
-        self.delay = 0.005
-        self.told = False
-
-    def sleep(self, pid: int) -> None:
-        if not self.told and time.monotonic() - self.start >= self.NOTICE_S:
-            import sys
-
-            print(
-                f"kiln: waiting for process {pid}, which has built {self.what} and is registering it",
-                file=sys.stderr,
-                flush=True,
-            )
-            self.told = True
-        time.sleep(self.delay)
-        self.delay = min(0.25, self.delay * 2)

@@ -18,6 +18,13 @@ wall clock                  ten years ahead: the host's libfaketime is        li
                             preloaded into the rebuild (``FAKETIME=+3650d``)
 ==========================  ===============================================  ============
 
+Where disorderfs is installed but cannot mount (FUSE not usable by this user, as in
+some containers), ``varied`` finds it out with a trial mount and the rebuild goes
+without reordering, as without disorderfs; ``describe`` says why. The mounts are made
+without ``allow_other``, which ``fusermount`` grants only to root unless
+``user_allow_other`` is set in /etc/fuse.conf: the sandbox's user namespace maps its uid
+back to the user who mounted them, which FUSE lets in.
+
 Linux time namespaces cannot shift ``CLOCK_REALTIME``, hence libfaketime. It is a host
 library, so it is mounted only into the varied rebuild, never into a build whose output
 is registered, and it reaches only dynamically linked programs (a static binary reads
@@ -45,7 +52,7 @@ import os
 import shutil
 import subprocess
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +68,8 @@ class Variation:
     tmp_parent: Path | None = None
     reorder_dirents: bool = False  # disorderfs: see the module docstring
     faketime: str | None = None  # host path of libfaketime.so.1 to preload, or None
+    #: why directory order is not varied, when disorderfs is there but could not mount
+    reorder_skipped: str | None = None
 
     def varied(self) -> list[str]:
         """What this variation actually changes, as stable labels (no host paths) for a
@@ -89,7 +98,7 @@ class Variation:
         out.append(
             "directory order reversed in /build, the outputs and the inputs (disorderfs)"
             if self.reorder_dirents
-            else "directory order: not varied (disorderfs not installed)"
+            else f"directory order: not varied ({self.reorder_skipped or 'disorderfs not installed'})"
         )
         if self.faketime:
             out.append(f"wall clock +{FAKETIME_OFFSET} (libfaketime)")
@@ -139,9 +148,33 @@ def varied(store_root: Path, gc_lock: Path | None, avoid_cores: Iterable[int]) -
     disorderfs mounts a killed rebuild left in it, ``mounts``)."""
     top, owner = owned_tmpdir(store_root / "tmp", "vary-", gc_lock)
     try:
-        yield standard(top, avoid_cores)
+        v = standard(top, avoid_cores)
+        if v.reorder_dirents and (why := mount_problem(top)) is not None:
+            v = replace(v, reorder_dirents=False, reorder_skipped=f"disorderfs cannot mount here: {why}")
+        yield v
     finally:
         release_tmpdir(top, owner)
+
+
+def mount_problem(top: Path) -> str | None:
+    """Why disorderfs cannot mount in ``top`` (as this user, here: ``/dev/fuse`` not
+    open to them, no ``fusermount``, a container without FUSE), or None: a trial mount of
+    an empty directory, taken down at once. A rebuild whose mounts would fail goes
+    without reordering, as where disorderfs is not installed, and says why."""
+    src, point = top / ".probe", top / ".probe-view"
+    try:
+        src.mkdir(mode=0o700)
+        point.mkdir(mode=0o700)
+        try:
+            return _try_mount(src, point, "ro")
+        finally:
+            _unmount(point)
+    except OSError as e:
+        return f"{e.strerror or e}: {e.filename}"
+    finally:
+        for d in (point, src):
+            with contextlib.suppress(OSError):
+                d.rmdir()
 
 
 def first_build_cores(store: Any, drv: Any, current: int) -> set[int]:
@@ -232,11 +265,25 @@ def reordered(dirs: list[Path], view: tuple[Path, Path] | None = None) -> Iterat
 
 
 def _mount(source: Path, point: Path, mode: str) -> None:
-    r = subprocess.run(
-        [*_DISORDERFS, "-o", f"allow_other,{mode}", str(source), str(point)], capture_output=True, text=True
-    )
+    if (why := _try_mount(source, point, mode)) is not None:
+        raise StoreError(f"disorderfs could not mount {point}: {why}")
+
+
+def _try_mount(source: Path, point: Path, mode: str) -> str | None:
+    """Mount ``source`` at ``point`` reordered; what went wrong, or None. No
+    ``allow_other``: the sandbox's user namespace maps its uid back to this user, whom
+    FUSE lets in (root too), and the option needs ``user_allow_other`` in
+    /etc/fuse.conf, which a stock system lacks: ``fusermount`` refused it to every user
+    but root, and with it every non-root ``--vary``."""
+    try:
+        r = subprocess.run(
+            [*_DISORDERFS, "-o", mode, str(source), str(point)], capture_output=True, text=True
+        )
+    except OSError as e:
+        return e.strerror or str(e)
     if r.returncode != 0:
-        raise StoreError(f"disorderfs could not mount {point}: {r.stderr.strip()}")
+        return r.stderr.strip() or f"disorderfs exited with status {r.returncode}"
+    return None
 
 
 def _unmount(point: Path) -> None:

@@ -126,7 +126,7 @@ def test_same_path_by_two_processes_registers_once(tmp_path):
 GC = """
 import os, sys
 from pathlib import Path
-from kiln.store import gc
+from kiln.store import gc, gcremove
 from kiln.store.localstore import LocalStore
 
 where, n = sys.argv[2], int(sys.argv[3])
@@ -151,8 +151,8 @@ if where.endswith("delete"):  # the rows
     gc.db.delete = dying(gc.db.delete)
 elif where.endswith("rename"):  # the trees, moved to the trash one by one
     gc.os.rename = dying(gc.os.rename)
-else:  # the objects, then the trash
-    gc.remove_tree = dying(gc.remove_tree)
+else:  # the trees, one by one, then the objects (GC removes them through ``gcremove``)
+    gcremove.remove_tree = dying(gcremove.remove_tree)
 s = LocalStore.open(Path(sys.argv[1]))
 s.gc()
 print("done", flush=True)

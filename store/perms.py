@@ -1,0 +1,204 @@
+"""Who may write a store: the modes kiln gives what it makes there, and the check that a
+store it opens is writable by nobody but its owner.
+
+Modes are explicit. Every directory and file kiln makes in a store (or in a registry's
+``.kiln/``) is created with the mode it means (``DIR_MODE``, ``PRIVATE_DIR_MODE``...):
+the umask can only take bits away, so a umask of 000 no longer makes the store, its
+trees' directory or its locks world-writable (it did: another local user then swapped a
+materialised toolchain and the owner's next build ran their ``ls`` and signed the
+result). The kiln command also narrows its umask by 022 (``cli/common.py``), for what
+the rest of kiln makes with a default mode.
+
+Opening a store refuses one that another user could change (``check_store``): the
+root, each directory down to the store dir, the store's own entries (``ENTRIES``) and
+``keys/`` must be owned by the user running kiln (or by root) and writable by neither
+group nor others, as ssh treats ``~/.ssh``. Root may use a store any user owns (``sudo
+-E kiln build`` with the user's ``KILN_HOME``), but not one group or others can write.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shlex
+import stat
+from pathlib import Path
+
+from .errors import StoreError
+
+#: a directory others may read (the store's trees are meant to be readable)
+DIR_MODE = 0o755
+#: a directory only its owner may enter: ``locks/``, ``temproots/``, ``keys/``
+PRIVATE_DIR_MODE = 0o700
+FILE_MODE = 0o644
+#: lock files: another user who can open one can ``flock`` it and hang builds and GC
+PRIVATE_FILE_MODE = 0o600
+
+#: the store root's entries that are checked when present (``keys/`` besides)
+ENTRIES = (
+    "objects",
+    "gcroots",
+    "temproots",
+    "quarantine",
+    "tmp",
+    "locks",
+    "attestations",
+    "logs",
+    "eval-cache",
+    "config.json",
+    "db.sqlite",
+    "gc.lock",
+)
+#: entries narrowed to the owner when they are ours and others may read them (an older
+#: kiln made them 0755/0644): another user could open a lock and hold it
+PRIVATE_ENTRIES = {"locks": PRIVATE_DIR_MODE, "temproots": PRIVATE_DIR_MODE, "gc.lock": PRIVATE_FILE_MODE}
+
+
+def make_dir(path: str | os.PathLike, mode: int = DIR_MODE, parents_mode: int = DIR_MODE) -> bool:
+    """``mkdir -p`` with explicit modes: ``path`` gets ``mode``, each missing parent
+    ``parents_mode`` (both narrowed by the umask only). True if ``path`` was made here;
+    ``FileExistsError`` if something else than a directory is at its name."""
+    path = Path(path)
+    try:
+        os.mkdir(path, mode)
+        return True
+    except FileNotFoundError:
+        if path.parent == path:
+            raise
+        make_dir(path.parent, parents_mode, parents_mode)
+        try:
+            os.mkdir(path, mode)
+            return True
+        except FileExistsError:
+            pass
+    except FileExistsError:
+        pass
+    if not path.is_dir():
+        raise FileExistsError(errno.EEXIST, "exists and is not a directory", str(path))
+    return False
+
+
+def _user(uid: int) -> str:
+    try:
+        import pwd
+
+        return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
+    except (KeyError, ImportError):
+        return f"uid {uid}"
+
+
+def owner_text(uid: int) -> str:
+    """``owned by uid 0 (root)``."""
+    return f"owned by {_user(uid)}"
+
+
+def problem(st: os.stat_result, euid: int | None = None) -> str | None:
+    """Why a user other than the owner (or root) could change what ``st`` describes, or
+    None. ``euid``: who asks (default: this process)."""
+    euid = os.geteuid() if euid is None else euid
+    if euid != 0 and st.st_uid not in (euid, 0):
+        return f"{owner_text(st.st_uid)}, not by you ({_user(euid)})"
+    who = [w for bit, w in ((stat.S_IWGRP, "group"), (stat.S_IWOTH, "others")) if st.st_mode & bit]
+    if who and not stat.S_ISLNK(st.st_mode):
+        return f"writable by {' and '.join(who)} (mode {stat.S_IMODE(st.st_mode):04o})"
+    return None
+
+
+class UnsafeStore(StoreError):
+    """A store (or a keys directory) that another user could change: refused."""
+
+
+def refuse(what: str, bad: list[tuple[Path, str]], euid: int, root: Path | None = None) -> UnsafeStore:
+    """The refusal of ``what`` for the ``(path, problem)`` list ``bad``: each path with why,
+    then the commands that fix it (``root``: the store root, to fix as a whole)."""
+    lines = [f"  {p}: {why}" for p, why in bad]
+    fixes = []
+    writable = [p for p, why in bad if why.startswith("writable")]
+    foreign = [p for p, why in bad if why.startswith("owned")]
+    if writable:
+        fixes.append(f"  chmod go-w {' '.join(shlex.quote(str(p)) for p in writable)}")
+        if root is not None:
+            fixes.append(
+                f"  (what kiln made in it under the same umask is open too: chmod -R go-w {shlex.quote(str(root))};"
+                " then check what it holds: kiln store verify)"
+            )
+    if foreign:
+        fixes.append(
+            "  a directory another user owns is theirs to change: use another KILN_HOME or --store, or "
+            f"have root give it to you: chown -R {euid} {' '.join(shlex.quote(str(p)) for p in foreign)}"
+        )
+    return UnsafeStore(
+        f"refusing to use {what}: another user could change what kiln builds, runs and signs there:\n"
+        + "\n".join(lines)
+        + "\nto fix it:\n"
+        + "\n".join(fixes)
+    )
+
+
+def store_chain(root: Path, store_dir: str) -> list[Path]:
+    """The root and each directory from it down to the store's trees' directory."""
+    out = [root]
+    here = root
+    for part in store_dir.strip("/").split("/"):
+        here = here / part
+        out.append(here)
+    return out
+
+
+def check_store(root: Path, store_dir: str) -> None:
+    """Refuse (``UnsafeStore``) the store at ``root`` if another user could change it (see
+    the module docstring); narrow ``PRIVATE_ENTRIES`` that are ours and open to others.
+    Absent entries are skipped; symbolic links are judged by what they point to."""
+    euid = os.geteuid()
+    bad: list[tuple[Path, str]] = []
+    for p in [*store_chain(root, store_dir), *(root / e for e in ENTRIES), root / "keys"]:
+        try:
+            st = os.stat(p)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except OSError as e:
+            raise StoreError(f"cannot check the permissions of {p}: {e.strerror}") from None
+        if (why := problem(st, euid)) is not None:
+            bad.append((p, why))
+        elif (
+            (want := PRIVATE_ENTRIES.get(p.name)) is not None
+            and p.parent == root
+            and st.st_uid == euid
+            and stat.S_IMODE(st.st_mode) & 0o077
+        ):
+            os.chmod(p, stat.S_IMODE(st.st_mode) & want)
+    if bad:
+        raise refuse(f"the store at {root}", bad, euid, root)
+
+
+def check_keys_dir(d: Path) -> None:
+    """Refuse (``UnsafeStore``) the keys directory ``d`` and the directory it is in if
+    another user could change them: they could plant or replace a key kiln signs with."""
+    euid = os.geteuid()
+    bad = []
+    for p in (d.parent, d):
+        try:
+            st = os.stat(p)
+        except FileNotFoundError:
+            continue
+        if (why := problem(st, euid)) is not None:
+            bad.append((p, why))
+    if bad:
+        raise refuse(f"the keys directory {d}", bad, euid)
+
+
+def give_to_owner_of(fd: int, directory: Path) -> None:
+    """When root made the file open at ``fd`` in a directory another user owns (``sudo -E
+    kiln ...`` in that user's store), hand it to that user: a root-owned lock file 0600
+    would lock its owner out of their own store. A no-op for everyone but root."""
+    if os.geteuid() != 0:
+        return
+    try:
+        st = os.fstat(fd)
+        if st.st_uid != 0:
+            return
+        owner = os.stat(directory)
+        if owner.st_uid != 0:
+            os.fchown(fd, owner.st_uid, owner.st_gid)
+    except OSError:
+        pass

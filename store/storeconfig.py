@@ -1,0 +1,57 @@
+"""A local store's ``config.json`` (``{"store_dir": "/kiln/store", "version": 1}``):
+made atomically when the store is (``init_config``), read and checked by every open
+(``config_store_dir``; ``kiln eval`` reads it without opening the store)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from .errors import FormatError, StoreError
+from .objects import fsync_dir
+from .paths import DEFAULT_STORE_DIR, check_store_dir
+from .perms import FILE_MODE, make_dir
+
+CONFIG_VERSION = 1
+
+
+def config_store_dir(cfg: Path, data: object) -> str:
+    """The store dir of config ``data`` read from ``cfg``, checked as ``open`` checks it
+    (``StoreError``); ``kiln eval`` uses it to evaluate without opening the store."""
+    if not isinstance(data, dict):
+        raise StoreError(
+            f"cannot read store config {cfg}: expected a JSON object like "
+            f'{{"store_dir": "{DEFAULT_STORE_DIR}", "version": {CONFIG_VERSION}}}, '
+            f"found a JSON {type(data).__name__}"
+        )
+    found = data.get("store_dir")
+    if not isinstance(found, str):
+        raise StoreError(f"store config {cfg} has no 'store_dir' string (found {found!r})")
+    try:
+        # a hand-edited config is checked like a new one: ``/kiln/..`` would put the
+        # trees on the store root itself, and GC would delete the store
+        return check_store_dir(found, local=True)
+    except FormatError as e:
+        raise StoreError(f"store config {cfg}: {e}") from None
+
+
+def init_config(root: Path, store_dir: str) -> dict:
+    """Create ``root`` and its ``config.json`` atomically (another process may race us:
+    ``link`` fails if the config appeared, and then that one wins)."""
+    make_dir(root)
+    data = {"store_dir": store_dir, "version": CONFIG_VERSION}
+    tmp = root / f".config.json.{os.getpid()}.{os.urandom(4).hex()}"
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE), "w") as f:
+        json.dump(data, f)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    try:
+        os.link(tmp, root / "config.json")
+    except FileExistsError:
+        data = json.loads((root / "config.json").read_text())
+    finally:
+        os.unlink(tmp)
+    fsync_dir(root)
+    return data
