@@ -19,6 +19,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import dataclasses
+import errno
 import fcntl
 import os
 import re
@@ -98,9 +99,18 @@ def temp_file(tmp: Path, writers: Path) -> Iterator[BinaryIO]:
     make_dir(tmp)  # (0755 whatever the umask: no other user may put files there)
     w = _writer(writers)
     prefix = f"up-{os.getpid()}-{w.id}-" if w.id else f"up-{os.getpid()}-"
-    f = tempfile.NamedTemporaryFile(dir=tmp, prefix=prefix, delete=False)  # noqa: SIM115
+    # counted before the file exists, so an exit meanwhile (``_release_at_exit``, another
+    # thread) keeps the lock file that names it: a sweep then removes it once we are gone
     with _writers_lock:
+        if _exiting:
+            raise OSError(errno.ESHUTDOWN, "the process is exiting: no new temp file", str(tmp))
         w.active += 1
+    try:
+        f = tempfile.NamedTemporaryFile(dir=tmp, prefix=prefix, delete=False)  # noqa: SIM115
+    except BaseException:
+        with _writers_lock:
+            w.active -= 1
+        raise
     try:
         os.fchmod(f.fileno(), 0o644)  # published objects are world-readable (static servers)
         yield f
@@ -130,6 +140,8 @@ class _Writer:
 _writers: dict[Path, _Writer] = {}
 _writers_lock = threading.Lock()
 _exit_hook = False
+#: set by ``_release_at_exit``: no temp file is begun after it
+_exiting = False
 
 _ALIVE, _DEAD, _UNKNOWN = "alive", "dead", "unknown"
 
@@ -187,14 +199,19 @@ def _release_at_exit() -> None:
     """Remove this process's lock files at a normal exit when none of its temp files is in
     use, so each ``kiln push`` does not leave one for a sweep. The process holds the lock
     until it is gone anyway; one still in use (a thread cut off by the exit) keeps its
-    file, so its temp file goes at the next sweep."""
-    for w in list(_writers.values()):
-        if w.pid != os.getpid() or w.fd is None or w.path is None or w.active:
-            continue
-        with contextlib.suppress(OSError):
-            a, b = os.stat(w.path), os.fstat(w.fd)
-            if (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino):
-                os.unlink(w.path)
+    file, so its temp file goes at the next sweep. Under ``_writers_lock``, and no temp
+    file is begun after it: a thread still running (an interrupted ``mirror sync``'s
+    workers) cannot slip a new one past the check."""
+    global _exiting
+    with _writers_lock:
+        _exiting = True
+        for w in list(_writers.values()):
+            if w.pid != os.getpid() or w.fd is None or w.path is None or w.active:
+                continue
+            with contextlib.suppress(OSError):
+                a, b = os.stat(w.path), os.fstat(w.fd)
+                if (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino):
+                    os.unlink(w.path)
 
 
 def _forget_in_child() -> None:

@@ -315,3 +315,48 @@ def test_many_dead_writers_are_swept_with_few_descriptors(reg: Path) -> None:
     r = subprocess.run([sys.executable, "-c", code, str(reg)], capture_output=True, text=True, check=True)
     assert r.stdout.strip() == "60"
     assert temp_files(reg) == [] and os.listdir(reg / ".kiln" / "writers") == []
+
+
+def test_a_temp_file_begun_as_the_process_exits_is_swept(reg: Path) -> None:
+    """An interrupted ``mirror sync``: a worker thread creates a temp file just as the exit
+    handler removes the writer's lock file. The file is counted before it exists, so the
+    lock file naming it stays and a sweep removes the file once the process is gone
+    (before, the lock went and the file waited for the hour-old fallback rule)."""
+    script = textwrap.dedent(
+        """
+        import os, sys, tempfile, threading, time
+        from kiln.registry import tempwriters
+        from kiln.registry.storage import FileStorage
+
+        created = threading.Event()
+        real = tempfile.NamedTemporaryFile
+
+        def slow(*a, **kw):  # the file exists; the thread is cut off before it goes on
+            f = real(*a, **kw)
+            created.set()
+            time.sleep(30)
+            return f
+
+        tempfile.NamedTemporaryFile = slow
+        st = FileStorage(sys.argv[1])
+
+        def worker():
+            with st.staged() as (f, path):
+                pass
+
+        threading.Thread(target=worker, daemon=True).start()
+        created.wait()
+        tempwriters._release_at_exit()  # what atexit runs
+        try:  # and no temp file is begun after it
+            with st.staged():
+                pass
+        except OSError as e:
+            print("refused", e.errno, flush=True)
+        os._exit(0)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script, str(reg)], capture_output=True, text=True, timeout=60)
+    assert "refused" in out.stdout, out.stdout + out.stderr
+    assert len(temp_files(reg)) == 1
+    assert FileStorage(reg).sweep_temp() == 1
+    assert temp_files(reg) == []
