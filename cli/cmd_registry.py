@@ -192,6 +192,12 @@ def cmd_mirror(argv: list[str]) -> int:
     s.add_argument(
         "--token", default=os.environ.get("KILN_REGISTRY_TOKEN"), help="read token of a private SRC"
     )
+    s.add_argument(
+        "--full",
+        action="store_true",
+        help="download the index again and compare every narinfo and listing in DST "
+        "(a sync otherwise checks only what changed since the last one)",
+    )
     args = p.parse_args(argv)
     from kiln.registry.mirror import sync
 
@@ -203,6 +209,7 @@ def cmd_mirror(argv: list[str]) -> int:
         trusted=trusted_keys(args.trusted_key),
         jobs=args.jobs,
         token=args.token,
+        full=args.full,
     )
     print(
         f"mirror at index version {rep.index_version} (timestamp {rep.timestamp_version}): {rep.paths} paths, "

@@ -308,6 +308,9 @@ def cmd_registry(argv: list[str]) -> int:
     pi = sub.add_parser("publish-index", help="sign and publish the registry index")
     pi.add_argument("--dir", type=nonempty_path, required=True)
     pi.add_argument("--key", type=Path, required=True)
+    pi.add_argument(
+        "--full", action="store_true", help="read every narinfo again, not only those that changed"
+    )
     ve = sub.add_parser(
         "verify", help="check every narinfo and blob of a registry directory (exit 1 if any is bad)"
     )
@@ -363,7 +366,7 @@ def cmd_registry(argv: list[str]) -> int:
     from kiln.registry import publish
 
     if args.cmd == "publish-index":
-        pub = publish.publish_index(src.storage, load_secret_key(args.key))
+        pub = publish.publish_index(src.storage, load_secret_key(args.key), full=args.full)
         print(f"index version {pub.index_version}, timestamp version {pub.timestamp_version}")
         return 0
     # each key read once, before anything is written (a key may come from a pipe)

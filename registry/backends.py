@@ -17,7 +17,6 @@ import contextlib
 import dataclasses
 import os
 import threading
-import time
 from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import BinaryIO
@@ -31,14 +30,13 @@ from kiln.store.paths import check_store_dir
 from . import layout
 from .admitca import merged_ca, published, refusal
 from .dirlock import NARINFO_LOCK, dir_lock
+from .narhashmap import NarHashMap
 from .storage import Durability, FileStorage, GroupSync, Storage, open_storage
 from .verify import Digests, NarVerifier, expect_info
 
 CACHE_MAX = 200_000
 #: objects at least this large get an on-disk digest record (re-hashing them is costly)
 RECORD_MIN = 1 << 20
-#: a lookup by NAR hash that misses rescans the narinfos at most this often
-RESCAN_S = 10.0
 
 
 @dataclasses.dataclass(slots=True)
@@ -127,9 +125,7 @@ class DirSource(Source):
         self._cache: dict[str, tuple[tuple[int, int, int], bytes]] = {}  # hash part -> (file stamp, bytes)
         self._digests: dict[str, Digests] = {}
         self._lock = threading.Lock()
-        self._by_nar: dict[str, str] = {}  # NarHash hex -> hash part (see narinfo_by_nar_hash)
-        self._by_nar_at = float("-inf")  # time.monotonic() of the last full scan
-        self._scan_lock = threading.Lock()
+        self.by_nar = NarHashMap(self.storage, self.store_dir)  # (see narinfo_by_nar_hash)
         #: one file-system barrier shared by concurrent uploads (group commit)
         self.group_sync = GroupSync(self.storage.barrier)
 
@@ -187,20 +183,11 @@ class DirSource(Source):
         return listing(self.storage, hash_part)
 
     def narinfo_by_nar_hash(self, nar_sha256_hex: str) -> bytes | None:
-        """From a map of every narinfo's NarHash (a lookup for deploy-time checks, not a
-        hot path). The map learns what this process publishes at once; what others
-        (other workers, ``kiln push`` into the directory) publish, from a full scan of the
-        narinfos, which a miss starts at most once per ``RESCAN_S``: unknown hashes are
-        cheap to ask for, so they must not each cost a scan. May block for a scan: callers
-        on an event loop run it in an executor."""
-        h = self._by_nar.get(nar_sha256_hex)
-        if h is None:
-            with self._scan_lock:  # one scan at a time; those waiting then see its result
-                h = self._by_nar.get(nar_sha256_hex)
-                if h is None and time.monotonic() - self._by_nar_at >= RESCAN_S:
-                    self._by_nar_at = time.monotonic()
-                    self._by_nar = _scan_nar_hashes(self.storage, self.store_dir)
-                    h = self._by_nar.get(nar_sha256_hex)
+        """From a map of every narinfo's NarHash (``narhashmap``: what this process
+        publishes at once, what others publish when a miss finds the directory changed,
+        reading only the narinfos that changed). May block for that: callers on an
+        event loop run it in an executor."""
+        h = self.by_nar.lookup(nar_sha256_hex)
         return self.narinfo(h) if h is not None else None
 
     # -------------------------------------------------------- write side
@@ -320,6 +307,7 @@ class DirSource(Source):
         for n in ready:
             e, info = entries[n], infos[n]
             if self.storage.link_staged(e.narinfo_file, layout.narinfo_key(e.hash_part)):  # type: ignore[arg-type]
+                self.by_nar.learn(info.nar_hash.hex, e.hash_part)  # type: ignore[union-attr]
                 results[n] = (201, "published")
             else:  # exists: identical, mergeable or a conflict
                 try:
@@ -352,7 +340,7 @@ class DirSource(Source):
             return 409, missing
         # create-if-absent is atomic (link), so only the rare compare/merge needs the lock
         if self.storage.put_bytes(key, body, exclusive=True, durable=self.group_sync):
-            self._by_nar[info.nar_hash.hex] = hash_part
+            self.by_nar.learn(info.nar_hash.hex, hash_part)
             return 201, "published"
         # a read-modify-write of the file: other writer processes (workers) too
         with self._lock, dir_lock(self.storage, NARINFO_LOCK):
@@ -381,19 +369,3 @@ class DirSource(Source):
             self.storage.put_bytes(key, merged.render().encode())
             self._cache.pop(hash_part, None)
             return 200, f"repaired: {repaired}" if repaired else "signatures merged"
-
-
-def _scan_nar_hashes(storage: Storage, store_dir: str) -> dict[str, str]:
-    """``{NarHash sha256 hex: hash part}`` over every narinfo in ``storage``."""
-    out: dict[str, str] = {}
-    for key in storage.list(""):
-        if not key.endswith(".narinfo"):
-            continue
-        data = storage.read(key)
-        try:
-            info = ni.parse(data.decode(), store_dir) if data else None
-        except (KilnError, UnicodeDecodeError):
-            continue
-        if info is not None:
-            out[info.nar_hash.hex] = key[:32]
-    return out

@@ -123,7 +123,11 @@ class RangeFile(web.FileResponse):
     - sends with ``sendfile`` in pieces of ``guard.SENDFILE_PIECE`` bytes, each within
       the write timeout (``guard.Timeouts.write``): ``sendfile`` waits for as long as
       the client does not read, and bypasses the transport's flow control that
-      ``guard`` watches for other writes."""
+      ``guard`` watches for other writes — and aiohttp's count of the bytes written, so
+      ``sendfile_sent`` counts them for the access log (``servelog``)."""
+
+    #: body bytes sent with ``sendfile`` (aiohttp's ``body_length`` has only the rest)
+    sendfile_sent = 0
 
     def current_etag(self) -> str | None:
         """The ETag value the file is served with now (as aiohttp computes it)."""
@@ -162,7 +166,7 @@ class RangeFile(web.FileResponse):
             n = min(count, SENDFILE_PIECE)
             try:
                 async with asyncio.timeout(timeout):
-                    await loop.sendfile(transport, fobj, offset, n)
+                    self.sendfile_sent += await loop.sendfile(transport, fobj, offset, n)
             except NotImplementedError:
                 return await self._sendfile_fallback(writer, fobj, offset, count)
             except TimeoutError:

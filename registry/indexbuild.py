@@ -14,7 +14,7 @@ from typing import Any
 
 from kiln.store.signing import PublicKey, SecretKey
 
-from .index import ROLES, expiry, key_id, parse_expiry, sha256_hex, sign_envelope, utcnow
+from .index import ROLES, canonical, expiry, key_id, parse_expiry, sha256_hex, sign_envelope, utcnow
 
 ROOT_DAYS = 365
 #: a publisher that may sign roots alone renews the root when it expires within this
@@ -82,7 +82,7 @@ def build_metadata(
             "store_dir": store_dir,
             "paths": paths,
         }
-        ib = sign_envelope(index, [key])
+        ib = envelope(index, [key])
         snap = {
             "_type": "snapshot",
             "version": idx_v,
@@ -105,6 +105,18 @@ def build_metadata(
     }
     files.append(("index/timestamp.json", sign_envelope(ts, [key])))
     return Published(files, idx_v, ts_v)
+
+
+def envelope(signed: dict[str, Any], keys: list[SecretKey]) -> bytes:
+    """``index.sign_envelope(signed, keys)``, byte for byte, with ``signed`` serialised
+    once instead of twice (the index is the whole path table: megabytes). Canonical
+    JSON sorts keys, and ``"signatures"`` sorts before ``"signed"``."""
+    body = canonical(signed)
+    sigs = []
+    for k in keys:
+        sig = k.sign(body)
+        sigs.append({"keyid": key_id(k.public()), "sig": sig.split(":", 1)[1] if ":" in sig else sig})
+    return b'{"signatures":' + canonical(sigs) + b',"signed":' + body + b"}\n"
 
 
 def expires_within(expires: str | None, now: dt.datetime, margin: dt.timedelta) -> bool:

@@ -2,11 +2,14 @@
 
 Trust: the mirror pins the source's root metadata (``--root FILE`` on the first sync,
 then ``DST/.kiln/mirror-state.json``, which also remembers the highest timestamp and
-snapshot versions seen). Every sync runs the full ``index.update`` check (root chain,
-signatures, rollback, freeze, mix-and-match) before touching DST.
+snapshot versions seen). Every sync runs the ``index.update`` checks (root chain,
+signatures, rollback, freeze, mix-and-match; ``mirrorplan.update``, which takes a
+snapshot or index DST already holds with the verified bytes from DST instead of the
+wire) before touching DST.
 
-Transfer: for each path in the verified index whose narinfo DST does not already hold
-byte-for-byte, the narinfo is fetched (batched) and must hash to the sha256 the signed
+Transfer: for each candidate path (``mirrorplan.plan``: its index entry changed, or its
+files in DST did, or ``full``; every path on a first sync) whose narinfo DST does not
+already hold byte-for-byte, the narinfo is fetched (batched) and must hash to the sha256 the signed
 index lists (and, with ``trusted`` keys, carry a valid signature); then the NAR blob, if
 DST lacks it, is streamed into a temp file while the compressed bytes and the NAR inside
 are hashed, and published under ``nar/`` and ``blobs/`` only if both match the narinfo.
@@ -39,7 +42,9 @@ DST is itself a verifiable registry and never shows a half-synced index. Any fai
 raises ``MirrorError`` naming the bad paths and leaves DST's narinfos and index as they
 were; verified blobs already fetched stay (content-addressed, invisible without a
 narinfo), which is what makes an interrupted sync resume. A sync with nothing new
-transfers no blobs.
+transfers no blobs; one whose timestamp names the snapshot DST holds fetches nothing
+past the timestamp and reads no narinfo. Old index generations are pruned as the
+source prunes them (``indexprune``).
 """
 
 from __future__ import annotations
@@ -57,7 +62,7 @@ from kiln.store.hashes import Hash
 from kiln.store.signing import PublicKey
 
 from . import index as ix
-from . import layout
+from . import indexprune, layout, mirrorplan
 from .admitca import nar_chunks
 from .attest_transfer import check_envelope, listing, rebuild_listing
 from .backends import DirSource
@@ -150,7 +155,12 @@ async def sync_async(
     jobs: int = 16,
     progress: bool | None = None,
     token: str | None = None,
+    full: bool = False,
 ) -> SyncReport:
+    """Sync ``dst_dir`` from ``src_url`` (see the module docstring). ``full``: download
+    and verify the index afresh and compare every narinfo and listing in DST with it
+    (what also repairs one edited in place or rotted on disk), not only the candidates
+    ``mirrorplan`` finds."""
     async with open_client(src_url, token, jobs=jobs, create=False) as client:  # token: a --private source
         info = await client.cache_info()
         dst = DirSource(dst_dir, store_dir=info.get("StoreDir") or None)
@@ -162,7 +172,7 @@ async def sync_async(
         # and the one that verified the older index but finished last would roll DST (and
         # its remembered versions) back
         with dir_lock(dst.storage, MIRROR_LOCK, waiting):
-            return await _sync_locked(client, src_url, dst, dst_dir, root, trusted, jobs, progress)
+            return await _sync_locked(client, src_url, dst, dst_dir, root, trusted, jobs, progress, full)
 
 
 async def _sync_locked(
@@ -174,6 +184,7 @@ async def _sync_locked(
     trusted: list[PublicKey] | None,
     jobs: int,
     progress: bool | None,
+    full: bool = False,
 ) -> SyncReport:
     """The sync proper (see the module docstring), run holding DST's mirror lock."""
     if isinstance(dst.storage, FileStorage):
@@ -187,8 +198,9 @@ async def _sync_locked(
         raise MirrorError(
             f"first sync into {dst_dir}: pass the source's pinned root metadata with --root FILE"
         )
+    rec = None if full else mirrorplan.load_record(dst.storage)
     try:
-        vi = await ix.update(client.get, state)
+        meta = await mirrorplan.update(client.get, state, dst.storage, rec, full)
     except ix.NoIndex as e:
         elsewhere = getattr(client, "missed_at", {}).get("index/timestamp.json")
         if elsewhere is None:
@@ -197,8 +209,10 @@ async def _sync_locked(
             f"the source redirects index/timestamp.json to {elsewhere}, which answers that it has "
             "no such file (is the redirect target a copy of the registry?)"
         ) from e
-    paths: dict[str, dict] = vi.index["paths"]
-    todo = [h for h, e in paths.items() if _sha(dst.narinfo(h)) != e["narinfo_sha256"]]
+    plan = mirrorplan.plan(dst.storage, meta, rec, full)
+    paths: dict[str, dict] = plan.paths or {}
+    # (only candidates: paths whose entry or whose copy in DST changed, or all with ``full``)
+    todo = [h for h in plan.candidates if _sha(dst.narinfo(h)) != paths[h]["narinfo_sha256"]]
     texts = await client.narinfos(todo) if todo else {}
     failed: dict[str, str] = {}
     infos = {}
@@ -263,7 +277,7 @@ async def _sync_locked(
     claims = [i for i in infos.values() if i.ca and i.path not in failed]
     if claims:  # (off the loop: an object that came some other way is hashed again)
         failed.update(await loop.run_in_executor(None, _false_cas, dst, claims))
-    atts = await _fetch_attestations(client, dst, paths, texts, failed, sem)
+    atts = await _fetch_attestations(client, dst, {h: paths[h] for h in plan.candidates}, texts, failed, sem)
     if failed:
         lines = "\n".join(f"  {p}: {why}" for p, why in sorted(failed.items())[:20])
         more = f"\n  ... and {len(failed) - 20} more" if len(failed) > 20 else ""
@@ -280,14 +294,16 @@ async def _sync_locked(
             dst.storage.put_bytes(layout.att_key(h, kind), data, durable=False)
         rebuild_listing(dst.storage, h)
     await loop.run_in_executor(None, dst.storage.barrier)
-    for key, data in vi.files:
+    for key, data in meta.files:
         if dst.storage.read(key) != data:
             dst.storage.put_bytes(key, data, durable=key == "index/timestamp.json")
     dst.storage.put_bytes(STATE_KEY, state.to_json())
+    mirrorplan.finish(dst.storage, meta, plan, set(infos) | set(atts), state.root["version"])
+    indexprune.prune(dst.storage, state.snapshot_version)
     return SyncReport(
-        vi.index["version"],
-        vi.timestamp["version"],
-        len(paths),
+        meta.index_version,
+        meta.timestamp["version"],
+        plan.count,
         len(infos),
         len(need),
         fetched_bytes,

@@ -1,12 +1,16 @@
 """Publishing and rotating a registry's signed index (the writer side of ``index``).
 
-``publish_index`` lists every narinfo in the storage, builds the path table, and writes
-index → snapshot → timestamp atomically in that order (see ``index``). It is called by
-``kiln registry publish-index`` and by the server after a push when it holds an index
-key. Each path's entry also lists its attestations (``attestations``: kind → sha256 of
-the file, from ``<h>.att/index.json``) when it has any, so the signed index covers them
-and a mirror can verify every attestation file it copies. ``init_root`` creates root v1 (all roles on one key); ``rotate_root`` writes root
-v+1 signed by the old and the new root keys.
+``publish_index`` builds the path table and writes index → snapshot → timestamp
+atomically in that order (see ``index``). It is called by ``kiln registry
+publish-index`` and by the server after a push when it holds an index key. Each path's
+entry also lists its attestations (``attestations``: kind → sha256 of the file, from
+``<h>.att/index.json``) when it has any, so the signed index covers them and a mirror
+can verify every attestation file it copies. The table is the previous index's plus
+what changed since (``indexscan``: only changed narinfos and listings are read), which
+is exactly the table ``collect_paths`` builds from scratch by reading them all. After
+publishing, generations no reader can still fetch are removed (``indexprune``).
+``init_root`` creates root v1 (all roles on one key); ``rotate_root`` writes root v+1
+signed by the old and the new root keys.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from kiln.store.errors import KilnError
 from kiln.store.signing import SecretKey
 
 from . import index as ix
-from . import indexbuild, layout
+from . import indexbuild, indexprune, indexscan, layout
 from .dirlock import INDEX_LOCK, dir_lock
 from .layout import CACHE_INFO, cache_info_of
 from .storage import Storage
@@ -53,6 +57,8 @@ def narinfo_entry(text: bytes, key: str = "narinfo") -> tuple[str, dict[str, Any
 
 
 def collect_paths(storage: Storage) -> dict[str, dict[str, Any]]:
+    """The path table from scratch: every narinfo and listing read (``indexscan.collect``
+    reads only what changed, and must give the same)."""
     from .attest_transfer import listing
 
     out: dict[str, dict[str, Any]] = {}
@@ -106,12 +112,14 @@ def _rotate_root(storage: Storage, old_key: SecretKey, new_key: SecretKey) -> in
     return v
 
 
-def publish_index(storage: Storage, key: SecretKey) -> indexbuild.Published:
-    """Sign and publish a new index generation for everything the storage holds. Two
-    publishers (server workers, the CLI beside a server) would both read version v and
-    write different v+1 files over each other: the directory's index lock serialises them."""
+def publish_index(storage: Storage, key: SecretKey, *, full: bool = False) -> indexbuild.Published:
+    """Sign and publish a new index generation for everything the storage holds (with
+    ``full``, every narinfo read again rather than only those that changed: the result
+    is the same). Two publishers (server workers, the CLI beside a server) would both
+    read version v and write different v+1 files over each other: the directory's index
+    lock serialises them."""
     with dir_lock(storage, INDEX_LOCK):
-        return _publish_index(storage, key)
+        return _publish_index(storage, key, full)
 
 
 def refresh_due(storage: Storage, every: float, now: dt.datetime | None = None) -> bool:
@@ -147,8 +155,17 @@ def renew_root(storage: Storage, root: dict[str, Any], key: SecretKey, now: dt.d
     return new
 
 
-def _publish_index(storage: Storage, key: SecretKey) -> indexbuild.Published:
-    paths = collect_paths(storage)  # first: a directory that cannot be indexed gets no root
+def _publish_index(storage: Storage, key: SecretKey, full: bool = False) -> indexbuild.Published:
+    prev_ts = load_signed(storage, "index/timestamp.json")
+    prev_paths = prev_expires = prev_sha = None
+    if prev_ts:
+        data = storage.read(f"index/{prev_ts['meta']['snapshot.json']['version']}.index.json")
+        idx = json.loads(data)["signed"] if data else None
+        prev_paths = idx["paths"] if idx else None
+        prev_expires = idx.get("expires") if idx else None
+        prev_sha = hashlib.sha256(data).hexdigest() if data else None
+    # first: a directory that cannot be indexed gets no root
+    col = indexscan.collect(storage, prev_paths, prev_sha, full=full)
     root = renew_root(storage, init_root(storage, key), key, ix.utcnow())
     kid = ix.key_id(key.public())
     for role in ("timestamp", "snapshot", "index"):
@@ -156,14 +173,8 @@ def _publish_index(storage: Storage, key: SecretKey) -> indexbuild.Published:
             raise KilnError(f"key {key.name} is not a {role} key of this registry's root v{root['version']}")
     info = storage.read(CACHE_INFO)
     store_dir = cache_info_of(info, "the registry").get("StoreDir", "") if info else ""
-    prev_ts = load_signed(storage, "index/timestamp.json")
-    prev_paths = prev_expires = None
-    if prev_ts:
-        idx = load_signed(storage, f"index/{prev_ts['meta']['snapshot.json']['version']}.index.json")
-        prev_paths = idx["paths"] if idx else None
-        prev_expires = idx.get("expires") if idx else None
     pub = indexbuild.build_metadata(
-        paths,
+        col.paths,
         store_dir,
         key,
         prev_timestamp=prev_ts,
@@ -173,4 +184,9 @@ def _publish_index(storage: Storage, key: SecretKey) -> indexbuild.Published:
     )
     for k, data in pub.files:
         storage.put_bytes(k, data)
+    written = dict(pub.files).get(f"index/{pub.index_version}.index.json")
+    current_sha = hashlib.sha256(written).hexdigest() if written is not None else prev_sha
+    if current_sha is not None:
+        indexscan.remember(storage, col, current_sha)
+    indexprune.prune(storage, pub.index_version)
     return pub

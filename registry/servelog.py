@@ -17,7 +17,9 @@ Invariants
   written once per ``BURST`` seconds per message (by its first 40 characters), the
   next line saying how many were left out.
 - **The access log** (``kiln serve --access-log FILE|-``) has one line per answered
-  request: ``<UTC time> <peer> <method> "<path>" <status> <bytes> <token id or ->``.
+  request: ``<UTC time> <peer> <method> "<path>" <status> <bytes> <token id or ->``,
+  where ``<bytes>`` is what was sent for the answer, header and body (a file's body
+  sent with ``sendfile`` included, as far as it went).
   The path is escaped (``one_line``; ``"`` and ``\\`` too); the token id is that of the
   token that authenticated the request (``TOKEN_ID``), never the token.
 """
@@ -134,7 +136,10 @@ class AccessLog:
         class Logger(AbstractAccessLogger):
             def log(self, request: Any, response: Any, time: float) -> None:
                 token_id = request.get(TOKEN_ID) if hasattr(request, "get") else None
-                size = getattr(response, "body_length", 0) or 0
+                # what aiohttp wrote (the header, and a body it wrote itself) plus the
+                # body a file answer sent with sendfile(2), which aiohttp does not count
+                sent = getattr(response, "sendfile_sent", 0) or 0
+                size = (getattr(response, "body_length", 0) or 0) + sent
                 log.write(
                     access_line(
                         request.remote or "",

@@ -101,7 +101,7 @@ class StoreSource(Source):
         return out
 
     def narinfo_by_nar_hash(self, nar_sha256_hex: str) -> bytes | None:
-        """One query (SQLite scans the table in C: milliseconds for 100k paths)."""
+        """One query, through the database's index on ``paths(nar_hash)``."""
         try:
             want = Hash("sha256", bytes.fromhex(nar_sha256_hex))
         except ValueError:

@@ -5,7 +5,8 @@ Schema (version ``SCHEMA_VERSION``, kept in ``PRAGMA user_version``):
 
 - ``paths``: one row per valid path: ``path`` (full logical path), ``hash_part``,
   ``nar_hash``/``file_hash`` (``sha256:<nix32>``), ``nar_size``, ``file_size``,
-  ``deriver``, ``registration_time``, ``ca``.
+  ``deriver``, ``registration_time``, ``ca``; ``nar_hash`` is indexed (``NAR_HASH_INDEX``,
+  added to older databases when they are opened).
 - ``refs(referrer, reference)``: full logical paths; ``reference`` is indexed so GC and
   ``referrers`` are cheap.
 - ``sigs(path, sig)``: ``keyname:base64`` signatures over the path's fingerprint.
@@ -89,7 +90,9 @@ def connect(path: Path) -> sqlite3.Connection:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version != SCHEMA_VERSION:
             _create_schema(conn, version)
-        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()  # reads the schema pages
+        # (reads the schema pages)
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE name=?", (NAR_HASH_INDEX,)).fetchone() is None:
+            _add_nar_hash_index(conn)
     except sqlite3.OperationalError as e:
         if "locked" in str(e):  # busy beyond the timeout: not damage
             conn.close()
@@ -143,12 +146,32 @@ def _create_schema(conn: sqlite3.Connection, version: int) -> None:
             {"referrer": str, "reference": str}, pk=("referrer", "reference"), if_not_exists=True
         )
         db["refs"].create_index(["reference"], if_not_exists=True)
+        conn.execute(f"CREATE INDEX IF NOT EXISTS {NAR_HASH_INDEX} ON paths(nar_hash)")
         db["sigs"].create({"path": str, "sig": str}, pk=("path", "sig"), if_not_exists=True)
         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+
+
+#: lookups by NAR hash (a registry's ``by_nar_hash``, ``kiln serve --store``)
+NAR_HASH_INDEX = "paths_nar_hash"
+
+
+def _add_nar_hash_index(conn: sqlite3.Connection) -> None:
+    """Add ``NAR_HASH_INDEX`` to a database made before it existed (once; it is part of
+    the schema of new ones, so no version change: an older kiln opens the file as
+    before). Skipped for now, and tried at the next open, if the database cannot be
+    written (read-only) or stays busy for a second."""
+    conn.execute("PRAGMA busy_timeout=1000")
+    try:
+        with _transaction(conn):
+            conn.execute(f"CREATE INDEX IF NOT EXISTS {NAR_HASH_INDEX} ON paths(nar_hash)")
+    except sqlite3.OperationalError:
+        pass
+    finally:
+        conn.execute("PRAGMA busy_timeout=60000")
 
 
 _COLS = "path, nar_hash, nar_size, file_hash, file_size, deriver, registration_time, ca"
@@ -183,8 +206,8 @@ def query_by_hash_part(conn: sqlite3.Connection, hash_part: str) -> PathInfo | N
 
 
 def path_by_nar_hash(conn: sqlite3.Connection, nar_hash: Hash) -> str | None:
-    """A valid path with this NAR hash (any one, if several), found by SQLite's scan of
-    the table: no index, as only deploy-time lookups (a registry's ``by_nar_hash``) ask."""
+    """A valid path with this NAR hash (any one, if several), through ``NAR_HASH_INDEX``
+    (deploy-time lookups: a registry's ``by_nar_hash``)."""
     row = conn.execute("SELECT path FROM paths WHERE nar_hash=? LIMIT 1", (nar_hash.to_nix32(),)).fetchone()
     return None if row is None else row[0]
 

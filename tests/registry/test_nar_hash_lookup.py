@@ -1,7 +1,7 @@
 """Lookups by NAR hash (``POST /narinfo-batch {"nar_hashes": [...]}``, used by
 ``kiln verify URL#sha256:...``): found for every published path, and a flood of unknown
-hashes costs at most one scan of the narinfos per ``RESCAN_S`` (it used to cost one per
-hash, on the server's event loop)."""
+hashes costs at most one refresh of the map per ``RESCAN_S`` (it used to cost a scan
+per hash, on the server's event loop)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import json
 
 from regkit import request
 
-from kiln.registry import backends
+from kiln.registry import narhashmap
 from kiln.registry.backends import DirSource
 from kiln.registry.storesource import StoreSource
 from kiln.store import narinfo as ni
@@ -17,25 +17,17 @@ from kiln.store import narinfo as ni
 
 def test_unknown_hashes_cost_one_scan_per_interval(pushed, monkeypatch) -> None:
     store, chain, leaf, reg, tok, srv = pushed
-    scans = []
-    real = backends._scan_nar_hashes
-
-    def counting(storage, store_dir):  # noqa: ANN001 - the real scan, counted
-        scans.append(1)
-        return real(storage, store_dir)
-
-    monkeypatch.setattr(backends, "_scan_nar_hashes", counting)
     src = DirSource(reg)
     for i in range(100):
         assert src.narinfo_by_nar_hash(f"{i:064x}") is None
-    assert len(scans) == 1
-    for p in (*chain, leaf):  # all found from that one scan
+    assert src.by_nar.reads == 6  # one refresh, each narinfo read once
+    for p in (*chain, leaf):  # all found from that one refresh
         body = src.narinfo_by_nar_hash(store.query(p).nar_hash.hex)
         assert body is not None and ni.parse(body.decode(), store.store_dir).path == p
-    assert len(scans) == 1
-    # once the interval is over, a miss scans again (for what others published meanwhile)
-    monkeypatch.setattr(backends, "RESCAN_S", 0.0)
-    assert src.narinfo_by_nar_hash("f" * 64) is None and len(scans) == 2
+    assert src.by_nar.reads == 6
+    # (what a later refresh reads, and when it happens at all: test_nar_hash_refresh.py)
+    monkeypatch.setattr(narhashmap, "RESCAN_S", 0.0)
+    assert src.narinfo_by_nar_hash("f" * 64) is None and src.by_nar.reads <= 12
 
 
 def test_server_and_store_source_answer_by_nar_hash(pushed, kiln_server) -> None:

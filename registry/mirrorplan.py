@@ -1,0 +1,258 @@
+"""What a mirror sync must fetch and check, without re-reading what it verified before
+(``mirror``).
+
+Metadata (``update``): the same walk and checks as ``index.update`` — root chain,
+timestamp, snapshot, index, each verified — except that a snapshot or index file DST
+already holds with exactly the bytes (length and sha256) its verified parent names is
+taken from DST instead of downloaded. When that index is the one the last sync
+verified (``RECORD_KEY`` remembers its sha256, expiry and the root version it was
+verified under) and the root has not changed, its signatures and shape are not checked
+again (same bytes, same keys: same outcome) and it is not even parsed; its expiry still
+is (freeze). A sync whose timestamp names the snapshot DST holds therefore fetches the
+root probe and the timestamp and nothing else.
+
+Paths (``Plan``): the old sync compared every local narinfo with the index. Now only
+*candidates* are: paths whose entry differs between the index DST held and the new one
+(an index diff), paths whose narinfo or attestation listing in DST changed since the
+last sync (file stamps, ``dirstamps``: deleted by ``registry verify --delete-bad``,
+replaced, edited), and paths the last sync could not stamp (written by it, or too
+recent). Those stamps are checked one by one only when DST's top directory changed
+since the last sync (a narinfo added, removed or replaced there changes it): a sync of
+an unchanged index into an unchanged mirror reads nothing but its small record. A
+candidate is then handled exactly as every path was before (its narinfo read and
+compared with the index; fetched and verified if it differs), so nothing a sync takes is
+checked less. With ``full`` (``kiln mirror sync --full``), every path is a candidate and
+the index is downloaded and verified afresh, as before: what also finds a narinfo
+edited in place or rotted on disk, which no stamp shows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import dirstamps
+from . import index as ix
+from .storage import Storage
+
+RECORD_KEY = ".kiln/mirror-index.json"
+STAMPS_KEY = ".kiln/mirror-stamps.json"
+
+
+@dataclass(slots=True)
+class Metadata:
+    """The verified metadata of one sync: ``index`` is None when it is the index DST
+    already holds (``unchanged``; ``index_bytes`` then are DST's)."""
+
+    timestamp: dict[str, Any]
+    index_version: int
+    index_sha256: str
+    index_expires: str
+    index_bytes: bytes
+    index: dict[str, Any] | None
+    unchanged: bool
+    #: to publish after the narinfos, in order (the index file only when fetched)
+    files: list[tuple[str, bytes]] = field(default_factory=list)
+
+
+def _local(storage: Storage, key: str, meta: dict[str, Any]) -> bytes | None:
+    """DST's file ``key`` if it is exactly what ``meta`` (verified) names."""
+    data = storage.read(key)
+    if data is None or len(data) != meta["length"] or hashlib.sha256(data).hexdigest() != meta["sha256"]:
+        return None
+    return data
+
+
+def load_record(storage: Storage) -> dict[str, Any] | None:
+    data = storage.read(RECORD_KEY)
+    try:
+        rec = json.loads(data) if data else None
+    except (ValueError, RecursionError):
+        return None
+    return rec if isinstance(rec, dict) else None
+
+
+async def update(
+    fetch: Any, state: ix.TrustState, storage: Storage, rec: dict[str, Any] | None, full: bool = False
+) -> Metadata:
+    """``index.update``'s walk (see the module docstring), reusing DST's files."""
+    now = ix.utcnow()
+    files: list[tuple[str, bytes]] = []
+    while True:
+        nxt = await fetch(f"index/{state.root['version'] + 1}.root.json")
+        if nxt is None:
+            break
+        ix.verify_next_root(state, nxt)
+        files.append((f"index/{state.root['version']}.root.json", nxt))
+    if files:
+        files.append(("index/root.json", state.root_bytes))
+    tb = await fetch("index/timestamp.json")
+    if tb is None:
+        raise ix.NoIndex("the source publishes no index (index/timestamp.json is missing)")
+    ts = ix.verify_timestamp(state, tb, now)
+    v = ts["meta"]["snapshot.json"]["version"]
+    sb = None if full else _local(storage, f"index/{v}.snapshot.json", ts["meta"]["snapshot.json"])
+    if sb is None:
+        sb = await fetch(f"index/{v}.snapshot.json")
+    if sb is None:
+        raise ix.MixAndMatchError(f"timestamp names snapshot version {v}, which the source does not have")
+    snap = ix.verify_snapshot(state, ts, sb, now)
+    imeta = snap["meta"]["index.json"]
+    ib = None if full else _local(storage, f"index/{v}.index.json", imeta)
+    index: dict[str, Any] | None = None
+    same = (
+        ib is not None
+        and rec is not None
+        and rec.get("index_sha256") == imeta["sha256"]
+        and rec.get("root_version") == state.root["version"]
+        and isinstance(rec.get("index_expires"), str)
+    )
+    if same:
+        assert rec is not None and ib is not None
+        expires = rec["index_expires"]
+        try:
+            fresh = ix.parse_expiry(expires) > now
+        except ValueError:
+            fresh = same = False
+        if same and not fresh:
+            raise ix.FreezeError(f"index expired at {expires}; the source may be frozen")
+    if not same:
+        local = ib is not None
+        if ib is None:
+            ib = await fetch(f"index/{v}.index.json")
+        if ib is None:
+            raise ix.MixAndMatchError(f"snapshot names index version {v}, which the source does not have")
+        index = ix.verify_index(state, snap, ib, now)
+        expires = index["expires"]
+        if not local:
+            files.append((f"index/{v}.index.json", ib))
+    files += [(f"index/{v}.snapshot.json", sb), ("index/snapshot.json", sb), ("index/timestamp.json", tb)]
+    state.timestamp_version, state.snapshot_version = ts["version"], v
+    return Metadata(ts, imeta["version"], imeta["sha256"], expires, ib, index, same, files)
+
+
+def _old_paths(storage: Storage, rec: dict[str, Any]) -> dict[str, Any] | None:
+    """The path table of the index DST held (the one ``rec`` names), if it is still there."""
+    v = rec.get("snapshot_version")
+    data = storage.read(f"index/{v}.index.json") if isinstance(v, int) else None
+    if data is None or hashlib.sha256(data).hexdigest() != rec.get("index_sha256"):
+        return None
+    return json.loads(data)["signed"]["paths"]
+
+
+def _stamp(root: Path, h: str, names: set[str] | None) -> list[int] | None:
+    try:
+        nar = dirstamps.stamp_of(os.stat(root / f"{h}{dirstamps.NARINFO}"))
+    except OSError:
+        return None
+    att = dirstamps.att_stamp(root, h, names if names is not None else {f"{h}.att"})
+    return dirstamps.pack(nar, att)
+
+
+@dataclass(slots=True)
+class Plan:
+    """The paths a sync checks (``candidates``, each with its stamp taken before it is
+    read: ``before``) and what to remember afterwards (``finish``). ``paths`` is the new
+    index's table, None when nothing needs it (an unchanged index, no candidate)."""
+
+    paths: dict[str, Any] | None
+    candidates: list[str]
+    count: int
+    clock: int | None = None
+    before: dict[str, list[int] | None] = field(default_factory=dict)
+    #: stamps of the other paths, still good (None: the stamps file stays as it is)
+    kept: dict[str, Any] | None = None
+    dir: list[int] | None = None
+
+
+def _listify(s: dirstamps.Stamp | None) -> list[int] | None:
+    return list(s) if s is not None else None
+
+
+def _check_all(storage: Storage, meta: Metadata) -> Plan:
+    """Every path is a candidate (no usable record, or ``full``): the old sync."""
+    paths = meta.index["paths"] if meta.index is not None else json.loads(meta.index_bytes)["signed"]["paths"]
+    root = dirstamps.local_root(storage)
+    if root is None:
+        return Plan(paths, list(paths), len(paths), kept={})
+    clock, d = dirstamps.fs_clock(root), dirstamps.dir_stamp(root)
+    scanned, names = dirstamps.scan(root)
+    before = {
+        h: dirstamps.pack(scanned[h], dirstamps.att_stamp(root, h, names)) if h in scanned else None
+        for h in paths
+    }
+    return Plan(paths, list(paths), len(paths), clock, before, {}, _listify(d))
+
+
+def plan(storage: Storage, meta: Metadata, rec: dict[str, Any] | None, full: bool) -> Plan:
+    """Which paths to check this sync (see the module docstring)."""
+    root = dirstamps.local_root(storage)
+    if root is None or rec is None or full:
+        return _check_all(storage, meta)
+    clock, d = dirstamps.fs_clock(root), _listify(dirstamps.dir_stamp(root))
+    gate = rec.get("dir") is not None and d == rec["dir"]
+    if meta.unchanged and gate and rec.get("pending") == 0 and isinstance(rec.get("paths"), int):
+        return Plan(None, [], rec["paths"], clock, dir=rec["dir"])  # the same index, an untouched mirror
+    srec = dirstamps.load(storage, STAMPS_KEY)
+    if srec is None or srec.get("index_sha256") != rec.get("index_sha256"):
+        return _check_all(storage, meta)
+    stamps: dict[str, Any] = srec["stamps"]
+    old = None if meta.unchanged else _old_paths(storage, rec)
+    if not meta.unchanged and old is None:
+        return _check_all(storage, meta)
+    names: set[str] | None = None
+    current: dict[str, list[int] | None] = {}
+    if gate:  # no narinfo added, removed or replaced in DST: only the unstamped ones
+        changed = {h for h, s in stamps.items() if s is None}
+    else:
+        scanned, names = dirstamps.scan(root)
+        for h in stamps:
+            current[h] = (
+                dirstamps.pack(scanned[h], dirstamps.att_stamp(root, h, names)) if h in scanned else None
+            )
+        changed = {h for h, s in stamps.items() if s is None or current[h] != s}
+    if meta.unchanged:
+        cands = changed
+        paths = json.loads(meta.index_bytes)["signed"]["paths"] if cands else None
+        if paths is not None:
+            cands |= paths.keys() - stamps.keys()  # (none: the record lists every path)
+    else:
+        assert meta.index is not None and old is not None
+        paths = meta.index["paths"]
+        cands = {h for h, e in paths.items() if old.get(h) != e or h not in stamps} | (changed & paths.keys())
+    before = {h: current[h] if h in current else _stamp(root, h, names) for h in cands}
+    universe = paths.keys() if paths is not None else stamps.keys()
+    kept = {h: stamps[h] for h in universe if h not in cands}
+    return Plan(paths, sorted(cands), len(universe), clock, before, kept, rec["dir"] if gate else d)
+
+
+def finish(storage: Storage, meta: Metadata, p: Plan, written: set[str], root_version: int) -> None:
+    """Remember, after a successful sync, which index DST holds and the stamps of the
+    paths (those this sync rewrote, or could not stamp settled, are read next time)."""
+    pending = 0
+    if p.kept is not None:
+        stamps = dict(p.kept)
+        for h in p.candidates:
+            s = p.before.get(h)
+            ok = h not in written and s is not None and dirstamps.settled(tuple(s[:4]), p.clock)  # type: ignore[arg-type]
+            ok = ok and (len(s) == 4 or dirstamps.settled(tuple(s[4:]), p.clock))  # type: ignore[arg-type]
+            stamps[h] = s if ok else None
+        pending = sum(1 for s in stamps.values() if s is None)
+        dirstamps.save(storage, STAMPS_KEY, {"index_sha256": meta.index_sha256, "stamps": stamps})
+    settled_dir = p.dir is not None and dirstamps.settled(tuple(p.dir), p.clock)  # type: ignore[arg-type]
+    rec = {
+        "index_sha256": meta.index_sha256,
+        "snapshot_version": meta.timestamp["meta"]["snapshot.json"]["version"],
+        "index_version": meta.index_version,
+        "index_expires": meta.index_expires,
+        "root_version": root_version,
+        "paths": p.count,
+        "pending": pending,
+        # the top directory's stamp vouches only if this sync put nothing there
+        "dir": p.dir if settled_dir and not written else None,
+    }
+    dirstamps.save(storage, RECORD_KEY, rec)
