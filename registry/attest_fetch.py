@@ -22,18 +22,20 @@ from collections.abc import Iterable
 from typing import Any
 
 from kiln.store import attestations
+from kiln.store.attestgroup import GroupWriter
 from kiln.store.errors import FormatError, KilnError, redact_urls
 from kiln.store.signing import PublicKey
 
 from .attest_transfer import (
     AttestationError,
-    _get_listed,
     _hp,
     check_envelope,
+    listed_bytes,
     listings,
     replaces,
     sha256_hex,
 )
+from .attest_wire import fetch_many
 
 
 def _trusted_by(data: bytes, kind: str, base: str, nar_hex: str, keys: list[PublicKey]) -> str:
@@ -93,34 +95,32 @@ async def fetch_attestations(
     infos = {p: i for p in paths if remote.get(_hp(p)) and (i := store.query(p)) is not None}
     if not infos:
         return 0
-    sem = asyncio.Semaphore(jobs)
     errors: list[str] = []
     skipped: list[str] = []
-    stored = 0
+    # what to fetch: (hash part, kind) -> (path, listed sha256, the local file's bytes)
+    todo: dict[tuple[str, str], tuple[str, str, bytes | None]] = {}
+    for p in infos:
+        for kind, want in sorted(remote[_hp(p)].items()):
+            try:
+                attestations.check_kind(kind)
+            except FormatError as e:  # a listing entry no attestation can have: fetch nothing
+                errors.append(f"{p}: {e}")
+                continue
+            try:
+                cur = attestations.read(store, p, kind)
+            except FormatError:
+                cur = None
+            cur_bytes = cur.dumps().encode() if cur is not None else None
+            if cur_bytes is None or sha256_hex(cur_bytes) != want:
+                todo[(_hp(p), kind)] = (p, want, cur_bytes)
+    # each one on its own (one bad entry must not stop the others), all written at the
+    # end with one group sync (``GroupWriter``) instead of two fsyncs each
+    group = GroupWriter(store)
 
-    async def one(p: str, kind: str, want: str) -> None:
-        # each attestation on its own: one bad entry must not stop the others
+    def got(h: str, kind: str, result: bytes | None | KilnError) -> None:
+        p, want, cur_bytes = todo[(h, kind)]
         try:
-            await fetch_one(p, kind, want)
-        except KilnError as e:
-            errors.append(f"{p}: {kind[:80]!r}: {e}")
-
-    async def fetch_one(p: str, kind: str, want: str) -> None:
-        nonlocal stored
-        try:
-            attestations.check_kind(kind)
-        except FormatError as e:  # a listing entry no attestation can have: fetch nothing
-            errors.append(f"{p}: {e}")
-            return
-        try:
-            cur = attestations.read(store, p, kind)
-        except FormatError:
-            cur = None
-        cur_bytes = cur.dumps().encode() if cur is not None else None
-        if cur_bytes is not None and sha256_hex(cur_bytes) == want:
-            return
-        try:
-            data = await _get_listed(client, p, kind, want, sem)
+            data = listed_bytes(client, kind, want, result)
         except KilnError as e:
             errors.append(f"{p}: {e}")
             return
@@ -140,15 +140,13 @@ async def fetch_attestations(
             skipped.append(f"{p} {kind}: the local one is newer ({older})")
             return  # ours is newer and trusted: a registry cannot roll it back
         try:
-            attestations.write(store, p, kind, env)
+            group.add(p, kind, env)
         except KilnError as e:
-            errors.append(str(e))
-            return
-        stored += 1
+            errors.append(f"{p}: {kind}: {e}")
 
-    await asyncio.gather(
-        *(one(p, k, sha) for p in infos for k, sha in sorted(remote.get(_hp(p), {}).items()))
-    )
+    with group:  # (committed also when the transfer fails: what was checked is stored)
+        await fetch_many(client, list(todo), got, jobs=jobs)
+    stored = len(group.written)
     shown = redact_urls(client.url)
     for line in sorted(skipped)[:20]:
         print(f"warning: attestation from {shown} skipped: {line}", file=sys.stderr)

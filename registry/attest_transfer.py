@@ -24,11 +24,16 @@ without one, exactly one known key, the one that alone signed the stored one (an
 ``--attester-key``, meant for rebuilders' VSAs, cannot overwrite the builder's: the
 table is in ``attest_rules``). Anything else is a 4xx answer; nothing is written.
 
-Transfer: ``push_attestations`` uploads what the registry lacks (by comparing listings);
+Many uploads at once (``POST /attestation-upload-batch``, ``file://`` pushes) go through
+``attest_batch.admit_many``: each judged by the same ``check_upload`` and
+``check_replace`` as ``admit``, all written under one lock with one barrier.
+
+Transfer (in batches where the registry can: ``attest_wire``): ``push_attestations``
+uploads what the registry lacks (by comparing listings);
 ``fetch_attestations`` (``attest_fetch``) downloads a registry's attestations for paths that are valid in a
 local store, checks each file against the listing's sha256 and its subject against the
 *local* ``PathInfo`` (so an attestation can never attach to other content), and stores
-it with ``attestations.write`` only if a key the fetch trusts (the substitution's or
+it (``attestgroup.GroupWriter``: one group sync) only if a key the fetch trusts (the substitution's or
 copy's trusted keys) signed it, and then not over a local one such a key signed that is
 newer (the same age rule as admission); a local one that no trusted key signed gives
 way. So a registry can neither plant a forged attestation in a store nor displace a
@@ -58,7 +63,7 @@ from .attest_rules import future_problem, may_replace
 from .attest_rules import replaces as replaces  # (``attest_fetch`` applies the same age rule)
 from .client import RegistryError
 from .dirlock import dir_lock
-from .storage import Storage
+from .storage import Durability, Storage
 
 MAX_ATTESTATION = 4 << 20
 LOCK_KEY = ".kiln/att.lock"
@@ -126,19 +131,80 @@ def listing(storage: Storage, hash_part: str) -> dict[str, str]:
     return layout.parse_att_listing(storage.read(layout.att_listing_key(hash_part)))
 
 
-def rebuild_listing(storage: Storage, hash_part: str) -> dict[str, str]:
+def listing_body(kinds: dict[str, str]) -> bytes:
+    """The bytes of ``<h>.att/index.json`` for ``kinds``."""
+    return json.dumps({"kinds": kinds}, sort_keys=True, separators=(",", ":")).encode() + b"\n"
+
+
+def stored_kinds(storage: Storage, hash_part: str) -> dict[str, str]:
+    """``{kind: sha256}`` of the files in ``<h>.att/`` (the caller holds ``LOCK_KEY``)."""
+    kinds = {}
+    for key in storage.list(f"{hash_part}.att/"):
+        kind = layout.att_kind_of_key(key)
+        data = storage.read(key) if kind else None
+        if kind and data is not None:
+            kinds[kind] = sha256_hex(data)
+    return kinds
+
+
+def rebuild_listing(storage: Storage, hash_part: str, *, durable: Durability = None) -> dict[str, str]:
     """Rewrite ``<h>.att/index.json`` from the directory's files (under a lock shared by
-    every server process, so a concurrent upload's entry is never lost)."""
+    every server process, so a concurrent upload's entry is never lost). ``durable``
+    as for ``Storage.put_bytes`` (False: the caller's barrier follows)."""
     with dir_lock(storage, LOCK_KEY):
-        kinds = {}
-        for key in storage.list(f"{hash_part}.att/"):
-            kind = layout.att_kind_of_key(key)
-            data = storage.read(key) if kind else None
-            if kind and data is not None:
-                kinds[kind] = sha256_hex(data)
-        body = json.dumps({"kinds": kinds}, sort_keys=True, separators=(",", ":")).encode() + b"\n"
-        storage.put_bytes(layout.att_listing_key(hash_part), body)
+        kinds = stored_kinds(storage, hash_part)
+        storage.put_bytes(layout.att_listing_key(hash_part), listing_body(kinds), durable=durable)
         return kinds
+
+
+def check_upload(
+    storage: Storage,
+    store_dir: str,
+    hash_part: str,
+    kind: str,
+    data: bytes,
+    trusted: list[PublicKey] | None,
+    attesters: Sequence[PublicKey],
+    now: datetime,
+) -> tuple[int, str] | None:
+    """``admit``'s checks of an upload on its own (None: it passes them): its size, the
+    path's published narinfo, ``check_envelope`` (signers: ``trusted`` and ``attesters``,
+    not judged when ``trusted`` is None) and ``future_problem``."""
+    if len(data) > MAX_ATTESTATION:
+        return 413, f"error: attestation over {MAX_ATTESTATION} bytes"
+    text = storage.read(layout.narinfo_key(hash_part))
+    if text is None:
+        return 409, f"error: no narinfo is published for {hash_part}; push the path before its attestations"
+    keys = None if trusted is None else [*trusted, *attesters]
+    try:
+        info = ni.parse(text.decode(), store_dir)
+        check_envelope(data, kind, info.path.rsplit("/", 1)[1], info.nar_hash.hex, keys)
+    except AttestationError as e:
+        return e.status, f"error: {e}"
+    except (KilnError, UnicodeDecodeError) as e:
+        return 400, f"error: {e}"
+    why = future_problem(data, kind, now)
+    if why is not None:
+        return 400, f"error: {why}"
+    return None
+
+
+def check_replace(
+    old: bytes | None,
+    data: bytes,
+    kind: str,
+    trusted: list[PublicKey] | None,
+    attesters: Sequence[PublicKey],
+    now: datetime,
+) -> tuple[int, str] | None:
+    """What ``admit`` answers for ``data`` where ``old`` is stored (read under
+    ``LOCK_KEY``): 200 when identical, ``may_replace``'s refusal, or None: write it."""
+    if old == data:
+        return 200, "already published"
+    refused = may_replace(old, data, kind, trusted=trusted, attesters=attesters, now=now)
+    if refused is not None:
+        return refused[0], f"error: {refused[1]}"
+    return None
 
 
 def admit(
@@ -156,32 +222,17 @@ def admit(
     signed by one of ``trusted`` (the registry's builder keys) or ``attesters`` (None:
     the caller owns the directory and signers are not judged), no signed time past
     ``now`` (default: the clock) plus the skew, and ``attest_rules.may_replace`` of the
-    stored one. Returns ``(HTTP status, message)``; writes nothing unless 2xx."""
-    if len(data) > MAX_ATTESTATION:
-        return 413, f"error: attestation over {MAX_ATTESTATION} bytes"
-    text = storage.read(layout.narinfo_key(hash_part))
-    if text is None:
-        return 409, f"error: no narinfo is published for {hash_part}; push the path before its attestations"
+    stored one. Returns ``(HTTP status, message)``; writes nothing unless 2xx. (Many at
+    once, under one lock and one barrier: ``attest_batch.admit_many``.)"""
     now = now or datetime.now(UTC)
-    keys = None if trusted is None else [*trusted, *attesters]
-    try:
-        info = ni.parse(text.decode(), store_dir)
-        check_envelope(data, kind, info.path.rsplit("/", 1)[1], info.nar_hash.hex, keys)
-    except AttestationError as e:
-        return e.status, f"error: {e}"
-    except KilnError as e:
-        return 400, f"error: {e}"
-    why = future_problem(data, kind, now)
-    if why is not None:
-        return 400, f"error: {why}"
+    refused = check_upload(storage, store_dir, hash_part, kind, data, trusted, attesters, now)
+    if refused is not None:
+        return refused
     key = layout.att_key(hash_part, kind)
     with dir_lock(storage, LOCK_KEY):  # the check and the write together: no older one slips in between
-        old = storage.read(key)
-        if old == data:
-            return 200, "already published"
-        refused = may_replace(old, data, kind, trusted=trusted, attesters=attesters, now=now)
-        if refused is not None:
-            return refused[0], f"error: {refused[1]}"
+        decided = check_replace(storage.read(key), data, kind, trusted, attesters, now)
+        if decided is not None:
+            return decided
         storage.put_bytes(key, data)
     rebuild_listing(storage, hash_part)
     return 201, "published"
@@ -214,7 +265,10 @@ async def push_attestations(
     holds in another version; their narinfos must already be published. Returns the
     number uploaded and ``"path kind: why"`` for each the registry refused (not signed
     by a key it trusts, a subject it disagrees with): evidence it does not take, not a
-    failure of the push. Any other error is raised."""
+    failure of the push. Any other error is raised. Against ``kiln serve`` they go
+    in ``POST /attestation-upload-batch`` requests (``attest_wire.upload_many``)."""
+    from .attest_wire import upload_many
+
     local = {p: f for p in paths if (f := _local_files(store, p))}
     if not local:
         return 0, []
@@ -225,19 +279,8 @@ async def push_attestations(
         for kind, data in files.items()
         if remote.get(_hp(p), {}).get(kind) != sha256_hex(data)
     ]
-    sem = asyncio.Semaphore(jobs)
-    refused: list[str] = []
-
-    async def up(p: str, kind: str, data: bytes) -> None:
-        async with sem:
-            try:
-                await client.put_bytes(layout.att_key(_hp(p), kind), data)
-            except RegistryError as e:
-                if e.status not in REFUSED:
-                    raise
-                refused.append(f"{p} {kind}: {e}")
-
-    await asyncio.gather(*(up(*t) for t in todo))
+    answers = await upload_many(client, [(_hp(p), kind, data) for p, kind, data in todo], jobs)
+    refused = [f"{p} {kind}: {e}" for (p, kind, _), e in zip(todo, answers, strict=True) if e is not None]
     return len(todo) - len(refused), sorted(refused)
 
 
@@ -246,11 +289,24 @@ async def _get_listed(client: Any, path: str, kind: str, want: str, sem: asyncio
     ``want`` (sha256 hex); ``KilnError`` if it is missing or hashes otherwise."""
     async with sem:
         data = await client.get(layout.att_key(_hp(path), kind))
+    return listed_bytes(client, kind, want, data)
+
+
+def listed_bytes(client: Any, kind: str, want: str, data: bytes | None | KilnError) -> bytes:
+    """``data``, the ``kind`` file a listing says hashes to ``want``, as fetched from
+    ``client`` (``attest_wire``'s result: None when missing there, or the error that
+    stopped it); ``KilnError`` if it is not what was listed."""
+    if isinstance(data, KilnError):
+        raise data
     if data is None:
         raise KilnError(f"{kind} is listed but missing at {client.url}")
     if sha256_hex(data) != want:
         raise KilnError(f"{kind} does not hash to its listing entry at {client.url}")
     return data
+
+
+#: attestations fetched, then uploaded, at a time by ``relay_attestations``
+RELAY_GROUP = 1000
 
 
 async def relay_attestations(
@@ -262,46 +318,52 @@ async def relay_attestations(
     ``src``'s listing entry and name its path and NAR hash before it is uploaded;
     ``dst`` then admits it by its own rules. Returns the number copied and ``"path
     kind: why"`` for each file one side refused (evidence not copied, not a failure of
-    the copy); any other error is raised."""
+    the copy); any other error is raised. Both sides in batches where they can
+    (``attest_wire``), ``RELAY_GROUP`` files at a time."""
+    from .attest_wire import fetch_many, upload_many
+
     hps = {_hp(p): p for p in subjects}
     remote = await listings(src, sorted(hps))
     if not remote:
         return 0, []
     there = await listings(dst, sorted(h for h in hps if h in remote))
-    todo = [
-        (hps[h], kind, sha)
-        for h in sorted(remote)
-        if h in hps
-        for kind, sha in sorted(remote[h].items())
-        if there.get(h, {}).get(kind) != sha
-    ]
-    sem = asyncio.Semaphore(jobs)
+    todo: dict[tuple[str, str], str] = {}
     problems: list[str] = []
-    copied = 0
+    for h in sorted(remote):
+        for kind, sha in sorted(remote[h].items()) if h in hps else ():
+            if there.get(h, {}).get(kind) == sha:
+                continue
+            try:
+                attestations.check_kind(kind)
+            except FormatError as e:
+                problems.append(f"{hps[h]} {kind[:80]!r}: {e}")
+                continue
+            todo[(h, kind)] = sha
+    ready: list[tuple[str, str, bytes]] = []
 
-    async def one(p: str, kind: str, want: str) -> None:
-        nonlocal copied
+    def got(h: str, kind: str, data: bytes | None | KilnError) -> None:
+        p = hps[h]
+        if isinstance(data, RegistryError) and data.status not in REFUSED:
+            raise data
         try:
-            attestations.check_kind(kind)
-        except FormatError as e:
-            problems.append(f"{p} {kind[:80]!r}: {e}")
-            return
-        try:
-            data = await _get_listed(src, p, kind, want, sem)
-            check_envelope(data, kind, p.rsplit("/", 1)[1], subjects[p], None)
-            async with sem:
-                await dst.put_bytes(layout.att_key(_hp(p), kind), data)
-        except RegistryError as e:
-            if e.status not in REFUSED:
-                raise
-            problems.append(f"{p} {kind}: {e}")
-            return
+            ok = listed_bytes(src, kind, todo[(h, kind)], data)
+            check_envelope(ok, kind, p.rsplit("/", 1)[1], subjects[p], None)
         except KilnError as e:  # missing, not what was listed, not an attestation of this path
             problems.append(f"{p} {kind}: {e}")
             return
-        copied += 1
+        ready.append((h, kind, ok))
 
-    await asyncio.gather(*(one(*t) for t in todo))
+    copied = 0
+    pairs = list(todo)
+    for i in range(0, len(pairs), RELAY_GROUP):
+        ready.clear()
+        await fetch_many(src, pairs[i : i + RELAY_GROUP], got, jobs=jobs)
+        answers = await upload_many(dst, ready, jobs)
+        for (h, kind, _), e in zip(ready, answers, strict=True):
+            if e is None:
+                copied += 1
+            else:
+                problems.append(f"{hps[h]} {kind}: {e}")
     return copied, sorted(problems)
 
 

@@ -64,7 +64,8 @@ from kiln.store.signing import PublicKey
 from . import index as ix
 from . import indexprune, layout, mirrorplan
 from .admitca import nar_chunks
-from .attest_transfer import check_envelope, listing, rebuild_listing
+from .attest_batch import staged_many
+from .attest_wire import fetch_indexed
 from .backends import DirSource
 from .client import Client, open_client
 from .dirlock import MIRROR_LOCK, dir_lock
@@ -277,7 +278,7 @@ async def _sync_locked(
     claims = [i for i in infos.values() if i.ca and i.path not in failed]
     if claims:  # (off the loop: an object that came some other way is hashed again)
         failed.update(await loop.run_in_executor(None, _false_cas, dst, claims))
-    atts = await _fetch_attestations(client, dst, {h: paths[h] for h in plan.candidates}, texts, failed, sem)
+    atts = await fetch_indexed(client, dst, {h: paths[h] for h in plan.candidates}, texts, failed, sem)
     if failed:
         lines = "\n".join(f"  {p}: {why}" for p, why in sorted(failed.items())[:20])
         more = f"\n  ... and {len(failed) - 20} more" if len(failed) > 20 else ""
@@ -286,13 +287,14 @@ async def _sync_locked(
         )
     # Durability in three barriers instead of an fsync per file: blobs, then the
     # narinfos that point at them, then the index that lists them.
-    await loop.run_in_executor(None, dst.storage.barrier)
-    for h in infos:
-        dst.storage.put_bytes(layout.narinfo_key(h), texts[h].encode(), durable=False)
-    for h, kinds in atts.items():
-        for kind, data in kinds.items():
-            dst.storage.put_bytes(layout.att_key(h, kind), data, durable=False)
-        rebuild_listing(dst.storage, h)
+    # (the attestations and their new listings are staged first, so the first barrier
+    # makes them durable too; renamed into place after it: ``attest_batch.staged_many``)
+    files = [(h, kind, data) for h, kinds in atts.items() for kind, data in kinds.items()]
+    with staged_many(dst.storage, files) as place_attestations:
+        await loop.run_in_executor(None, dst.storage.barrier)
+        for h in infos:
+            dst.storage.put_bytes(layout.narinfo_key(h), texts[h].encode(), durable=False)
+        place_attestations()
     await loop.run_in_executor(None, dst.storage.barrier)
     for key, data in meta.files:
         if dst.storage.read(key) != data:
@@ -333,51 +335,6 @@ def _false_cas(dst: DirSource, infos: list[ni.NarInfo]) -> dict[str, str]:
         why = ca_refusal(i, got, lambda fh=fh: nar_chunks(dst.storage, fh))
         if why:
             out[i.path] = f"refusing its CA: {why}"
-    return out
-
-
-async def _fetch_attestations(
-    client: Client,
-    dst: DirSource,
-    paths: dict[str, dict],
-    texts: dict[str, str],
-    failed: dict[str, str],
-    sem: asyncio.Semaphore,
-) -> dict[str, dict[str, bytes]]:
-    """Fetch the attestation files the index lists and DST lacks; each must hash to the
-    index's sha256 and name its path with the narinfo's NarHash. Problems go to
-    ``failed``; returns ``{hash part: {kind: bytes}}`` to publish."""
-    out: dict[str, dict[str, bytes]] = {}
-
-    async def one(h: str, kind: str, want: str) -> None:
-        e = paths[h]
-        async with sem:
-            data = await client.get(layout.att_key(h, kind))
-        if data is None:
-            failed[e["path"]] = f"{kind} attestation listed in the index is missing at the source"
-            return
-        if hashlib.sha256(data).hexdigest() != want:
-            failed[e["path"]] = (
-                f"{kind} attestation does not match the sha256 in the signed index (tampered?)"
-            )
-            return
-        text = texts.get(h) or (dst.narinfo(h) or b"").decode(errors="replace")
-        try:
-            nar_hex = ni.parse(text, dst.store_dir).nar_hash.hex
-            check_envelope(data, kind, e["path"].rsplit("/", 1)[1], nar_hex, None)
-        except KilnError as ex:
-            failed[e["path"]] = str(ex)
-            return
-        out.setdefault(h, {})[kind] = data
-
-    jobs = []
-    for h, e in paths.items():
-        listed = e.get("attestations") or {}
-        if not isinstance(listed, dict) or not listed:
-            continue
-        have = listing(dst.storage, h)
-        jobs += [one(h, k, sha) for k, sha in sorted(listed.items()) if have.get(k) != sha]
-    await asyncio.gather(*jobs)
     return out
 
 

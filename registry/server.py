@@ -12,7 +12,7 @@ Read API (see docs/registry.md): ``GET|HEAD /nix-cache-info`` (public even when 
 Range, a multi-range one ignored: ``httpbits.RangeFile``; immutable caching), ``GET /index/...``, ``POST /narinfo-batch``, ``POST
 /blob-batch`` (many small objects in one response), attestations
 ``GET /<h>.att/<kind>.dsse.json`` and their listing ``GET /<h>.att/`` (= ``index.json``),
-and ``POST /verify`` (an AdmissionReview-shaped policy check of a path and its closure,
+many at once with ``POST /attestation-batch`` (``attestapi``), and ``POST /verify`` (an AdmissionReview-shaped policy check of a path and its closure,
 ``admission``, by the policy file as it is at that review: ``policywatch``). Misses
 are 404 with ``Cache-Control: max-age=<negative TTL>``.
 
@@ -25,7 +25,9 @@ key signed it and its unsigned ``CA:`` is true of the NAR (``admitca``); publica
 path is a 409. ``PUT`` of an attestation is admitted by ``attest_transfer.admit``
 (published narinfo, subject = that path and NarHash, signed by a trusted or attester
 key, no signed time in the future; a provenance or SBOM without a trusted key's signature
-has exactly one known signer, and replaces only one that key alone signed: ``attest_rules``). Every failure is a 4xx with a one-line reason; no handler lets an
+has exactly one known signer, and replaces only one that key alone signed: ``attest_rules``);
+``POST /attestation-upload-batch`` admits many by the same rules under one lock and one
+barrier (``attestapi``, ``attest_batch``). Every failure is a 4xx with a one-line reason; no handler lets an
 exception escape as a 500 for bad input.
 """
 
@@ -46,6 +48,7 @@ from kiln.store.errors import KilnError
 from kiln.store.signing import PublicKey, SecretKey
 
 from . import fastpath, layout, servelog
+from .attestapi import AttestAPI
 from .auth import AuthError, TokenStore
 from .backends import DirSource, Source
 from .batchapi import BLOB_BATCH_TYPE, MAX_BATCH, MAX_BLOB_BATCH, BatchAPI
@@ -97,7 +100,7 @@ class ServerConfig:
     access_log: str | None = None
 
 
-class Registry(WriteAPI, BatchAPI):
+class Registry(WriteAPI, BatchAPI, AttestAPI):
     """Request handling for one source (dir or store)."""
 
     def __init__(self, source: Source, config: ServerConfig) -> None:
@@ -195,6 +198,10 @@ class Registry(WriteAPI, BatchAPI):
                 return await self._verify(request)
             if key == "blob-batch":
                 return await self._blob_batch(request)
+            if key == "attestation-batch":
+                return await self._att_batch(request)
+            if key == "attestation-upload-batch":
+                return await self._att_upload_batch(request)
             raise HTTPError(404, f"no such endpoint: POST /{shown_key(key)}")
         kind, arg = layout.parse_key(key)
         if not kind:

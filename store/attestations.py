@@ -11,7 +11,9 @@ Layout: ``<root>/attestations/<hashpart>/<kind>.dsse.json``, one DSSE envelope p
 Invariants
 ----------
 - Writes are atomic (temp file in the same directory, fsync, rename, fsync dir): a
-  reader sees the old envelope or the new one, never a torn file.
+  reader sees the old envelope or the new one, never a torn file. Only durable bytes are
+  ever renamed into place; ``attestgroup.GroupWriter`` keeps this for many files with
+  one file-system barrier before the renames and one after, instead of two fsyncs each.
 - ``write`` refuses an envelope whose payload is not an in-toto statement naming this
   path (by base name) as a subject, so a misfiled attestation cannot be stored.
 - Nothing here decides trust: envelopes are stored and returned as-is; verification is
@@ -223,10 +225,9 @@ def _dir(store: Any, path: str | StorePath) -> Path:
     return Path(store.root) / "attestations" / _parse(path).hash_part
 
 
-def write(store: Any, path: str | StorePath, kind: str, envelope: Envelope) -> Path:
-    """Store ``envelope`` as ``path``'s attestation of ``kind`` (replacing an older one);
-    return the file written. ``store`` is anything with a ``root`` (a ``LocalStore``)."""
-    sp = _parse(path)
+def check_writable(sp: StorePath, kind: str, envelope: Envelope) -> None:
+    """What every write requires (``write``, ``attestgroup.GroupWriter``): a valid kind,
+    an in-toto statement naming ``sp`` as a subject, and at least one signature."""
     check_kind(kind)
     st = parse_statement(envelope.payload)
     if not any(name == sp.base for name, _ in st.subjects):
@@ -236,6 +237,13 @@ def write(store: Any, path: str | StorePath, kind: str, envelope: Envelope) -> P
         )
     if not envelope.signatures:
         raise StoreError(f"refusing to store an unsigned {kind!r} attestation for {sp}")
+
+
+def write(store: Any, path: str | StorePath, kind: str, envelope: Envelope) -> Path:
+    """Store ``envelope`` as ``path``'s attestation of ``kind`` (replacing an older one);
+    return the file written. ``store`` is anything with a ``root`` (a ``LocalStore``)."""
+    sp = _parse(path)
+    check_writable(sp, kind, envelope)
     d = _dir(store, sp)
     d.mkdir(parents=True, exist_ok=True)
     target = d / f"{kind}{SUFFIX}"
