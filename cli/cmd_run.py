@@ -137,7 +137,9 @@ def run_forwarding_signals(argv: list[str], env: dict[str, str], through_bwrap: 
     exit status (128 + N if signal N ended it). SIGINT, SIGTERM and SIGHUP reach the
     program once, however they are sent:
     - from the terminal (^C, a hangup) the kernel signals the whole process group, the
-      program included; kiln does not pass those on (``si_code``);
+      program included; kiln does not pass those on (``si_code``). Except a hangup when
+      kiln leads its session (``ssh -t host kiln run ...``, a terminal running kiln
+      itself): the kernel sends that SIGHUP to the session leader alone, so kiln passes it on;
     - sent to kiln alone (``kill PID``, ``timeout``), kiln passes them on.
     bwrap runs with them ignored (it would die of them and take the program down with
     SIGKILL, ``--die-with-parent``); the program gets them back at their default through
@@ -161,6 +163,7 @@ def run_forwarding_signals(argv: list[str], env: dict[str, str], through_bwrap: 
     waited = [*sigs, signal.SIGCHLD]
     starters = _identities(argv[0], tool) if through_bwrap else None
     names = frozenset(os.path.basename(p)[:15] for p in (argv[0], tool) if p)  # (comm: 15 bytes)
+    leader = os.getsid(0) == os.getpid()  # a hangup then reaches kiln alone
 
     def in_child() -> None:  # between fork and exec: what bwrap (or the program) starts with
         signal.pthread_sigmask(signal.SIG_UNBLOCK, waited)
@@ -175,11 +178,16 @@ def run_forwarding_signals(argv: list[str], env: dict[str, str], through_bwrap: 
         while child.poll() is None:
             info = signal.sigtimedwait(waited, 0.02 if held else 1.0)
             # a terminal's signal (SI_KERNEL) reached the program directly, unless it is
-            # not running yet: then it went to bwrap or env, which ignore it
+            # not running yet (then it went to bwrap or env, which ignore it), or it is a
+            # hangup and kiln leads the session (the kernel signals the leader alone)
             if (
                 info is not None
                 and info.si_signo != signal.SIGCHLD
-                and (info.si_code != _SI_KERNEL or _starting(child.pid, starters, names))
+                and (
+                    info.si_code != _SI_KERNEL
+                    or (leader and info.si_signo == signal.SIGHUP)
+                    or _starting(child.pid, starters, names)
+                )
             ):
                 held.setdefault(info.si_signo, time.monotonic())
             if held:

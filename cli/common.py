@@ -8,12 +8,14 @@ traceback only with ``KILN_DEBUG=1``).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 from kiln.store.errors import hide_keys, redact_urls
+
+from .interrupts import Terminated as Terminated  # re-exported: the commands import them from here
+from .interrupts import terminate_as_interrupt as terminate_as_interrupt
 
 # No argparse or pathlib at import time: every command imports this module, and a
 # cached ``kiln eval FILE`` uses neither (see cmd_eval.main).
@@ -131,48 +133,12 @@ def is_user_error(e: BaseException) -> bool:
     return isinstance(e, KilnError) or getattr(type(e), "kiln_user_error", False)
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM or SIGHUP in a command that builds (``terminate_as_interrupt``): unwound
-    like Ctrl-C; the exit status is 128 + ``signum``."""
-
-    signum = 15
-
-
-@contextlib.contextmanager
-def terminate_as_interrupt() -> Iterator[None]:
-    """For the block, SIGTERM (a CI cancel, ``timeout``) and SIGHUP (the terminal or the
-    ssh session went away; unless it is ignored, as under ``nohup``) raise
-    ``Terminated`` in the main thread instead of ending the process on the spot, so it
-    unwinds as Ctrl-C does: sandboxes killed, scratch trees, disorderfs mounts and locks
-    released. Exit 143 or 129."""
-    import signal  # (not threading: a cached eval runs here too, and must stay light)
-
-    def on_term(signum: int, frame: object) -> None:
-        e = Terminated()
-        e.signum = signum
-        raise e
-
-    try:
-        old = {signal.SIGTERM: signal.signal(signal.SIGTERM, on_term)}
-    except ValueError:  # not the main thread: signals are the main thread's to handle
-        old = None
-    if old is None:
-        yield
-        return
-    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
-        old[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_term)
-    try:
-        yield
-    finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
-
-
 class _Quiet:
     """A stream (stderr, or its ``buffer``) that stops writing, silently, once its reader
-    has gone (a closed pipe: ``kiln build -L 2>&1 | head``). Messages are a courtesy; the
-    command's work and its exit status must not end with them. Text written to it has
-    the credentials of any URL hidden (``errors.redact_urls``)."""
+    has gone (a closed pipe: ``kiln build -L 2>&1 | head``; a terminal that hung up, whose
+    writes fail with EIO: the SIGHUP's "kiln: terminated" must still exit 129). Messages
+    are a courtesy; the command's work and its exit status must not end with them. Text
+    written to it has the credentials of any URL hidden (``errors.redact_urls``)."""
 
     def __init__(self, stream) -> None:  # noqa: ANN001 - a text or binary stream
         self._stream = stream
@@ -184,16 +150,23 @@ class _Quiet:
                 # a message never shows a registry URL's password nor a secret key
                 # (both exact rules; build logs go through the binary side, untouched)
                 self._stream.write(hide_keys(redact_urls(data)) if isinstance(data, str) else data)
-            except BrokenPipeError:
-                self._gone = True
+            except OSError as e:
+                self._reader_gone(e)
         return len(data)
 
     def flush(self) -> None:
         if not self._gone:
             try:
                 self._stream.flush()
-            except BrokenPipeError:
-                self._gone = True
+            except OSError as e:
+                self._reader_gone(e)
+
+    def _reader_gone(self, e: OSError) -> None:
+        import errno
+
+        if not isinstance(e, BrokenPipeError) and e.errno != errno.EIO:
+            raise e
+        self._gone = True
 
     @property
     def buffer(self) -> _Quiet:  # the binary side, as quiet

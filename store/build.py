@@ -48,6 +48,8 @@ from .buildlogs import LogStore
 from .buildplan import Graph, load_graph, plan, refs_first
 from .buildproduce import BuildError as BuildError  # re-exported: callers import it from here
 from .buildproduce import Producing, output_too_slow, overdue
+from .buildresult import BuildFailures as BuildFailures  # re-exported: callers import it from here
+from .buildresult import BuildResult
 from .buildsched import Scheduling
 from .buildtmp import BuildDirs
 from .derivation import Derivation
@@ -74,37 +76,6 @@ class BuildOptions:
     vary: bool = False  # --check --vary: rebuild under varied conditions (store/vary.py)
     mirrors: tuple[str, ...] = ()
     progress: bool = field(default_factory=lambda: sys.stderr.isatty())
-
-
-@dataclass(frozen=True, slots=True)
-class BuildResult:
-    drv_path: str
-    outputs: dict[str, str]
-    built: bool  # False when already valid (or substituted)
-
-
-class BuildFailures(BuildError):
-    """Builds or ``--check``s failed under ``keep_going``: ``failed`` maps each failed
-    derivation to its error (each was reported as it happened), ``skipped`` lists the
-    derivations not attempted because an input failed, ``results`` the roots that were
-    realised (and passed their checks)."""
-
-    def __init__(
-        self, failed: dict[str, BaseException], skipped: list[str], results: list[BuildResult]
-    ) -> None:
-        names = sorted(failed)
-        msg = f"{len(names)} derivation{'s' if len(names) > 1 else ''} failed (reported above): " + ", ".join(
-            names
-        )
-        if skipped:
-            msg += f"; {len(skipped)} not attempted because an input failed: " + ", ".join(
-                sorted(skipped)[:5]
-            )
-            msg += f" (and {len(skipped) - 5} more)" if len(skipped) > 5 else ""
-        super().__init__(names[0], msg)
-        self.failed = failed
-        self.skipped = skipped
-        self.results = results
 
 
 Substituter = Callable[[list[str]], set[str]]
@@ -204,6 +175,8 @@ class Builder(Producing, Checking, Scheduling):
                 built = set(self._run_all(graph, todo, failed))
             except BaseException:
                 self._wait_hooks(raise_errors=False)  # the build's own error is the one to report
+                # after ^C under -jN: the dirs of builds that did not unwind (``buildsched``)
+                self._dirs.release_all()
                 raise
             for e in self._wait_hooks(raise_errors=not failed):
                 self.say(f"error: {e}")  # (under -k with failures: reported, and the failures raised)
@@ -304,7 +277,7 @@ class Builder(Producing, Checking, Scheduling):
             finally:
                 # after the commit and the log (same FIFO thread); GC leaves tmp/build-* alone
                 self._background(self._dirs.release, tmp)
-                if position[0] < position[1]:
+                if position[0] < position[1] and not self._stop.is_set():
                     self._background(self._dirs.prepare)  # the next build's, while it runs
             if self.after_build:
                 # signing and provenance overlap the next sandbox; realise() waits for them

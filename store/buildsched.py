@@ -5,15 +5,27 @@ Without ``keep_going`` the first failure, or Ctrl-C, stops the others at once (t
 sandboxes killed, their reference scans stopped, nothing more placed), as Nix does; with
 it (``-k``) a derivation that fails with a ``KilnError`` is reported when it happens and
 only the derivations that need it, directly or through others, are dropped.
+
+After Ctrl-C (or SIGTERM, SIGHUP) the sandboxed builds still running are given up to
+``UNWIND_WAIT`` seconds to unwind (a killed sandbox takes milliseconds), so that each
+hands its temp directory back; an in-process fetch or unpack is not waited for (it
+cannot be cancelled). ``realise`` then removes every build directory still held
+(``BuildDirs.release_all``), a partial download included. The scheduler's own waits
+run in ``sigshield`` regions: a signal's exception cut into ``concurrent.futures``'
+locking could leave a future's lock held and its worker blocked for ever.
 """
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
-from . import hookmarks
+from . import hookmarks, sigshield
 from .buildplan import Graph
 from .errors import KilnError
+
+#: seconds an interrupted ``-jN`` build waits for its running sandboxed builds to unwind
+UNWIND_WAIT = 3.0
 
 
 class Scheduling:
@@ -57,8 +69,8 @@ class Scheduling:
         failure: BaseException | None = None
         pool = ThreadPoolExecutor(max_workers=max(1, self.opts.jobs))
         interrupted = False
+        running: dict[Future, str] = {}
         try:
-            running: dict[Future, str] = {}
             while pending or running:
                 if failure is None:
                     for p in sorted(p for p, deps in pending.items() if not deps):
@@ -70,14 +82,7 @@ class Scheduling:
                         ] = p
                 if not running:
                     break
-                try:
-                    finished, _ = wait(running, return_when=FIRST_COMPLETED)
-                except KeyboardInterrupt:
-                    # Ctrl-C reaches only this thread: stop the workers' sandboxes and scans
-                    self._stop.set()
-                    self.executor.cancel_all()
-                    interrupted = True
-                    raise
+                finished = _wait_first(running)
                 for fut in finished:
                     p = running.pop(fut)
                     try:
@@ -99,6 +104,15 @@ class Scheduling:
                     done.append(p)
                     for deps in pending.values():
                         deps.discard(p)
+        except KeyboardInterrupt:
+            # Ctrl-C reaches only this thread: stop the workers' sandboxes and scans, and
+            # let the sandboxed builds unwind (their temp dirs handed back; see the module doc)
+            self._stop.set()
+            self.executor.cancel_all()
+            interrupted = True
+            sandboxed = [f for f, p in running.items() if not graph.drvs[p].builder.startswith("builtin:")]
+            _wait_all(sandboxed, UNWIND_WAIT)
+            raise
         finally:
             # After ^C a worker may still be in an in-process fetch or .deb unpack, which
             # has no way to be cancelled: it is not waited for (the command then ends
@@ -147,6 +161,26 @@ class Scheduling:
                     hook(d, drv, outs, when, when, store=self._inner)
             except Exception as e:  # noqa: BLE001 - the builds succeeded; the marker stays for the next run
                 self.say(f"warning: cannot sign {d}'s outputs: {e}")
+
+
+def _wait_first(running: dict[Future, str]) -> set[Future]:
+    """``wait(running, return_when=FIRST_COMPLETED)``'s done set, in a shielded region
+    (polled: a signal is raised within ``sigshield.POLL``)."""
+    with sigshield.shielded:
+        while True:
+            finished, _ = wait(running, timeout=sigshield.POLL, return_when=FIRST_COMPLETED)
+            if finished or sigshield.pending():
+                return finished
+
+
+def _wait_all(futures: list[Future], timeout: float) -> None:
+    """Wait up to ``timeout`` seconds for ``futures`` to finish (a signal meanwhile ends
+    the wait; it is raised after it)."""
+    end = time.monotonic() + timeout
+    with sigshield.shielded:
+        while futures and not sigshield.pending() and time.monotonic() < end:
+            _, left = wait(futures, timeout=min(sigshield.POLL, max(0.0, end - time.monotonic())))
+            futures = list(left)
 
 
 def _dependents(pending: dict[str, set[str]], failed: str) -> list[str]:

@@ -135,14 +135,25 @@ class BuildDirs:
             self._ready.append(d)
 
     def release(self, d: Path) -> None:
-        """Remove a directory ``take`` gave out (and drop its lock)."""
+        """Remove a directory ``take`` gave out (and drop its lock); nothing if it is gone
+        already (``release_all``)."""
         with self._lock:
-            fd = self._fds.pop(d)
-        release_tmpdir(d, fd)
+            fd = self._fds.pop(d, None)
+        if fd is not None:
+            release_tmpdir(d, fd)
 
     def discard(self) -> None:
         """Remove the prepared directories nobody took."""
         with self._lock:
             ready, self._ready = self._ready, []
         for d in ready:
+            self.release(d)
+
+    def release_all(self) -> None:
+        """Remove every directory still held, taken or not: after ^C, those of builds that
+        did not unwind in time (an in-process download cannot be cancelled; its partial
+        file goes with its directory, while it may still be writing to it)."""
+        with self._lock:
+            held, self._ready = list(self._fds), []
+        for d in held:
             self.release(d)

@@ -52,8 +52,16 @@ def restore(
     if scratch is None:
         _sweep_dead(parent, prefix)
     where = os.fsencode(os.path.abspath(scratch)) if scratch is not None else parent
-    tmp = _mkdtemp(where, prefix + str(os.getpid()).encode() + b"-")
+    # the name first, made inside the ``try``: a ^C's exception just after the mkdir
+    # (before an assignment) must not leave the directory behind
+    tmp = _temp_name(where, prefix + str(os.getpid()).encode() + b"-")
     try:
+        while True:
+            try:
+                os.mkdir(tmp, 0o700)
+                break
+            except FileExistsError:
+                tmp = _temp_name(where, prefix + str(os.getpid()).encode() + b"-")
         root = os.path.join(tmp, b"root")
         inp = _Input(src)
         dirs: list[bytes] = []
@@ -81,7 +89,7 @@ def restore(
         if fsync:
             fsync_dir(parent)
     finally:
-        rmtree_iter(tmp)
+        rmtree_iter(tmp)  # (nothing if the mkdir did not happen)
 
 
 def _sweep_dead(parent: bytes, prefix: bytes) -> None:
@@ -111,15 +119,9 @@ def _sweep_dead(parent: bytes, prefix: bytes) -> None:
                 rmtree_iter(entry.path, writable=True)
 
 
-def _mkdtemp(parent: bytes, prefix: bytes) -> bytes:
-    """A fresh 0700 directory in ``parent`` (``tempfile.mkdtemp`` without its import cost)."""
-    while True:
-        path = os.path.join(parent, prefix + os.urandom(6).hex().encode())
-        try:
-            os.mkdir(path, 0o700)
-            return path
-        except FileExistsError:
-            continue
+def _temp_name(parent: bytes, prefix: bytes) -> bytes:
+    """A name for a fresh directory in ``parent`` (``restore`` makes it 0700)."""
+    return os.path.join(parent, prefix + os.urandom(6).hex().encode())
 
 
 def _rename_noreplace(src: bytes, dst: bytes) -> None:

@@ -32,14 +32,24 @@ Invariants
   chunks 1..t (a frame is new memory; the output thread holds no producer memory).
 - Errors: each thread records its first error and drains on; ``wait_consumed`` raises
   one as soon as it is seen, ``finish`` after the threads end.
+- Signals: the producer's queue, condition and thread operations run inside
+  ``sigshield.shielded`` regions (a ^C's exception cut into ``queue.Queue`` or
+  ``threading.Condition`` would leave a lock held or a stale waiter, and the threads, or
+  ``abort``, waiting for ever; one cut into ``Thread.join`` marks a running thread
+  stopped); their waits poll for a deferred signal, so it is raised within ``POLL``.
+  ``abort`` waits at most ``ABORT_WAIT`` seconds in all: a thread that has not stopped by
+  then is left behind (a daemon), and the object's descriptor is pointed at
+  ``/dev/null`` rather than closed (its number is never reused under a writer).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable
 
 import zstandard
@@ -59,9 +69,14 @@ from .objects import (
     ObjectInfo,
     start_writeback,
 )
+from .sigshield import join as join_shielded
+from .sigshield import shielded
+from .sigshield import wait_for as wait_shielded
 
 #: chunks compressed (or queued for it) but not yet written out, before ``write`` waits
 OUT_LAG = 2 * QUEUE_DEPTH
+#: seconds ``abort`` waits, in all, for the threads to stop
+ABORT_WAIT = 2.0
 
 
 class _Worker(threading.Thread):
@@ -98,8 +113,9 @@ class _Worker(threading.Thread):
                 cond.notify_all()
 
     def join_checked(self) -> None:
-        self.q.put(None)
-        self.join()
+        with shielded:
+            self.q.put(None)
+            join_shielded(self)
         if self.error is not None:
             raise self.error
 
@@ -195,8 +211,9 @@ class NarSink:
         self.hasher = _Worker(self.nar_sha.update, self.consumed)
         self.compressors = [_Compressor(self.level, self.consumed) for _ in range(self.threads)]
         self.output = _Output(self.compressors, self._out, self.consumed)
-        for t in (self.hasher, *self.compressors, self.output):
-            t.start()
+        with shielded:  # (``start`` waits on a Condition)
+            for t in (self.hasher, *self.compressors, self.output):
+                t.start()
         data = b"".join(held)  # at most INLINE_MAX + CHUNK: whole chunks, not a frame per write
         whole = len(data) - len(data) % CHUNK
         for i in range(0, whole, CHUNK):
@@ -205,13 +222,16 @@ class NarSink:
 
     def _queue(self, chunk: bytes | bytearray | memoryview) -> None:
         assert self.hasher is not None and self.output is not None
-        self.hasher.q.put(chunk)
-        self.compressors[self.queued % self.threads].q.put(chunk)
-        self.queued += 1
-        out = self.output
-        if self.queued - out.done > OUT_LAG:
-            with self.consumed:
-                self.consumed.wait_for(lambda: self.queued - out.done <= OUT_LAG or not out.is_alive())
+        with shielded:  # (see the module docstring; the puts wait only for a thread that never blocks)
+            self.hasher.q.put(chunk)
+            self.compressors[self.queued % self.threads].q.put(chunk)
+            self.queued += 1
+            out = self.output
+            if self.queued - out.done > OUT_LAG:
+                with self.consumed:
+                    wait_shielded(
+                        self.consumed, lambda: self.queued - out.done <= OUT_LAG or not out.is_alive()
+                    )
 
     def _out(self, data: bytes) -> None:
         if data:
@@ -292,8 +312,8 @@ class NarSink:
             )
 
         if not consumed():
-            with self.consumed:
-                self.consumed.wait_for(consumed)
+            with shielded, self.consumed:
+                wait_shielded(self.consumed, consumed)
         for w in (h, self.output):
             if w is not None and w.error is not None:
                 raise w.error
@@ -321,7 +341,8 @@ class NarSink:
             self.hasher.join_checked()
             for c in self.compressors:
                 c.join_checked()
-            self.output.join()
+            with shielded:
+                join_shielded(self.output)
             if self.output.error is not None:
                 raise self.output.error
             if self.writer is not None:
@@ -338,17 +359,38 @@ class NarSink:
         )
 
     def abort(self) -> None:
-        """Stop every thread, free the staging buffer, close the file (idempotent)."""
-        for w in (self.hasher, *self.compressors):
-            if w is not None and w.is_alive():
-                w.error = w.error or StoreError("aborted")
-                w.q.put(None)
-                w.join()
-        if self.output is not None and self.output.is_alive():
-            self.output.error = self.output.error or StoreError("aborted")
-            self.output.join()  # every compressor has queued its None
-        if self.writer is not None:
+        """Stop every thread, free the staging buffer, close the file (idempotent). Never
+        waits more than about ``ABORT_WAIT`` seconds (see the module docstring); a signal
+        meanwhile is raised when it returns."""
+        with shielded:
+            self._abort(time.monotonic() + ABORT_WAIT)
+
+    def _abort(self, deadline: float) -> None:
+        workers = [w for w in (self.hasher, *self.compressors) if w is not None and w.is_alive()]
+        for w in workers:
+            w.error = w.error or StoreError("aborted")
+            # (a full queue empties at once: a worker with an error only drains). The lock is
+            # tried first: one a signal's exception left held (a handler other than kiln's,
+            # which defers to ``sigshield``) would block ``put`` for ever
+            if not w.q.mutex.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                continue
+            w.q.mutex.release()
+            with contextlib.suppress(queue.Full):
+                w.q.put(None, timeout=max(0.0, deadline - time.monotonic()))
+        for w in workers:
+            join_shielded(w, deadline - time.monotonic())
+        out = self.output
+        if out is not None and out.is_alive():
+            out.error = out.error or StoreError("aborted")
+            join_shielded(out, deadline - time.monotonic())  # every compressor has queued its None
+        writing = out is not None and out.is_alive()
+        if self.writer is not None and not writing:
             self.writer.release()
         if self.fd >= 0:
             fd, self.fd = self.fd, -1
-            os.close(fd)
+            if writing:  # the output thread may still write to ``fd``: never to a file opened later
+                null = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+                os.dup2(null, fd, inheritable=False)
+                os.close(null)
+            else:
+                os.close(fd)

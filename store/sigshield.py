@@ -1,0 +1,97 @@
+"""Deferring a signal's exception over a few lines that must not be cut in the middle.
+
+Why: kiln's handlers for SIGINT, SIGTERM and SIGHUP (``kiln.common``) raise an exception
+in the main thread, wherever it is. Python runs a handler between two bytecodes, so the
+exception can come out of the pure-Python parts of ``queue.Queue`` and
+``threading.Condition``: between a notify's ``waiter.release()`` and its removal of that
+waiter (which then stays behind and eats a later notify meant for a thread that is
+waiting: that thread sleeps for ever), or just after a ``with cond:`` took the lock
+(which is then never released: every other thread blocks on it). A producer feeding
+worker threads (``narsink.NarSink``) could so leave the command waiting for ever on ^C.
+
+How: ``shielded`` is a context manager; while the main thread is inside one (nesting
+counts), ``deliver`` (called by the handler with the exception it would raise) records
+the exception instead of raising it, and leaving the outermost region raises it. Keep
+regions short, or let them end soon once ``pending()`` says a signal came (a wait in a
+region polls it: ``wait_for``, ``join``): a signal is held only while one runs. The first
+signal of a region wins; a second one is dropped (one exception ends the command either
+way). In a thread other than the main one a region does nothing (handlers run only in
+the main thread), and without a handler that calls ``deliver`` (a library caller's
+default ^C handler) it changes nothing either.
+"""
+
+from __future__ import annotations
+
+import _thread  # (not threading: the CLI's handlers import this module on every command)
+import time
+
+#: seconds a ``wait_for`` sleeps before it looks for a deferred signal again
+POLL = 0.05
+
+
+class _State(_thread._local):
+    depth = 0  # shielded regions the thread is in
+    pending: BaseException | None = None  # the exception deferred meanwhile
+
+
+_state = _State()
+
+
+class _Shield:
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        # (a signal before the depth is raised lands before the region: nothing was done)
+        _state.depth += 1
+
+    def __exit__(self, *exc: object) -> bool:
+        s = _state
+        s.depth -= 1
+        if not s.depth and s.pending is not None:
+            e, s.pending = s.pending, None
+            raise e
+        return False
+
+
+#: ``with shielded: ...`` defers ``deliver``'s exception to the end of the block
+shielded = _Shield()
+
+
+def deliver(exc: BaseException) -> None:
+    """For a signal handler: raise ``exc`` now, or, inside a shielded region, when the
+    region ends."""
+    s = _state
+    if s.depth:
+        if s.pending is None:
+            s.pending = exc
+        return
+    s.pending = None
+    raise exc
+
+
+def pending() -> bool:
+    """True if a signal's exception waits for the current region to end."""
+    return _state.pending is not None
+
+
+def wait_for(cond, predicate) -> None:  # noqa: ANN001 - a threading.Condition, a callable
+    """``cond.wait_for(predicate)`` (``cond`` held, inside a shielded region) that also
+    returns once a signal is deferred, so the region ends and raises it."""
+    while not predicate():
+        if _state.pending is not None:
+            return
+        cond.wait(POLL)
+
+
+def join(thread, timeout: float | None = None) -> None:  # noqa: ANN001 - a threading.Thread
+    """``thread.join(timeout)`` inside a shielded region, returning early once a signal is
+    deferred. (Not only for the signal's sake: CPython 3.11's ``Thread.join`` and
+    ``is_alive``, cut by a signal's exception while the thread runs, mark it stopped.)"""
+    end = None if timeout is None else time.monotonic() + timeout
+    while thread.is_alive():
+        if _state.pending is not None:
+            return
+        left = POLL if end is None else min(POLL, end - time.monotonic())
+        if left <= 0:
+            return
+        thread.join(left)
