@@ -165,8 +165,14 @@ def run_forwarding_signals(argv: list[str], env: dict[str, str], through_bwrap: 
     names = frozenset(os.path.basename(p)[:15] for p in (argv[0], tool) if p)  # (comm: 15 bytes)
     leader = os.getsid(0) == os.getpid()  # a hangup then reaches kiln alone
 
+    from . import common
+
+    umask = common.ORIGINAL_UMASK  # (kiln narrowed its own: the program gets the user's)
+
     def in_child() -> None:  # between fork and exec: what bwrap (or the program) starts with
         signal.pthread_sigmask(signal.SIG_UNBLOCK, waited)
+        if umask is not None:
+            os.umask(umask)
         for s in sigs:
             if tool is not None or s not in wanted:
                 signal.signal(s, signal.SIG_IGN)

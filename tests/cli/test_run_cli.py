@@ -518,3 +518,17 @@ def test_a_starter_kiln_may_not_inspect_is_judged_by_its_name(tmp_path: Path, mo
             parent.kill()
             subprocess.run(["pkill", "-f", str(exe)], check=False)
             parent.wait()
+
+
+def test_the_program_gets_the_umask_kiln_was_started_with(world: World, tmp_path: Path) -> None:
+    """kiln narrows its own umask by 022 (its store's files); a program it runs creates
+    its files as the user's umask says, as it would run outside kiln."""
+    pkg = tmp_path / "umasker"
+    (pkg / "bin").mkdir(parents=True)
+    (pkg / "bin" / "umasker").write_text("#!/bin/sh\numask\n")
+    (pkg / "bin" / "umasker").chmod(0o755)
+    assert world.kiln("store", "add", str(pkg), "--add-root", "umasker").returncode == 0
+    for mask, shown in ((0o002, "0002"), (0o077, "0077"), (0o000, "0000")):
+        r = world.kiln("run", "umasker", "--", "umasker", umask=mask)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.strip() == shown
