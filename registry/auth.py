@@ -10,6 +10,12 @@ constant-time.
 
 Scopes: ``read`` (needed only when the server runs with ``--private``) and ``write``
 (PUT of NARs, blobs and narinfos). ``write`` implies ``read``.
+
+Tokens are refused (``UnsafeStore``, naming the ``chmod``/``chown``) when another local
+user could change them: the registry directory, ``.kiln/`` or the token file owned by
+another user than the one reading them (root excepted) or writable by group or others.
+Such a user could add a ``write`` token of their own (``kiln.store.perms``' rule for a
+store, applied to the registry's private state).
 """
 
 from __future__ import annotations
@@ -20,9 +26,11 @@ import hmac
 import json
 import os
 import secrets
+import sys
 import time
 from dataclasses import dataclass
 
+from kiln.store import perms
 from kiln.store.errors import KilnError
 
 from .storage import Storage
@@ -76,7 +84,27 @@ class TokenStore:
             return (0, 0, 0)
         return (st.st_ino, st.st_mtime_ns, st.st_size)
 
+    def _check_private(self) -> None:
+        """Refuse tokens another user could change (module docstring)."""
+        path = self.storage.local_path(TOKENS_KEY)
+        if path is None:
+            return
+        euid = os.geteuid()
+        bad = []
+        for p in (path.parent.parent, path.parent, path):
+            try:
+                st = os.stat(p)
+            except FileNotFoundError:
+                continue
+            if (why := perms.problem(st, euid)) is not None:
+                bad.append((p, why))
+        if bad:
+            raise perms.refuse(
+                f"the tokens of the registry at {path.parent.parent}", bad, euid, harm="who may push there"
+            )
+
     def reload(self) -> None:
+        self._check_private()
         self._stamp = self._current_stamp()
         data = self.storage.read(TOKENS_KEY)
         recs: dict[str, TokenRecord] = {}
@@ -144,7 +172,12 @@ class TokenStore:
         # running server about tokens created or revoked since it last looked.
         stamp = self._current_stamp()
         if stamp is None or stamp != self._stamp:
-            self.reload()
+            try:
+                self.reload()
+            except perms.UnsafeStore as e:
+                # the detail (paths, modes) is the operator's, on the server's stderr
+                print(f"kiln serve: {e}", file=sys.stderr, flush=True)
+                raise AuthError("the server refuses its own tokens (see its log)") from None
         rec = self._records.get(token_id)
         if rec is None or not hmac.compare_digest(rec.secret_sha256, _hash_secret(secret)):
             raise AuthError("unknown or revoked token")

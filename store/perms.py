@@ -108,9 +108,16 @@ class UnsafeStore(StoreError):
     """A store (or a keys directory) that another user could change: refused."""
 
 
-def refuse(what: str, bad: list[tuple[Path, str]], euid: int, root: Path | None = None) -> UnsafeStore:
+def refuse(
+    what: str,
+    bad: list[tuple[Path, str]],
+    euid: int,
+    root: Path | None = None,
+    harm: str = "what kiln builds, runs and signs there",
+) -> UnsafeStore:
     """The refusal of ``what`` for the ``(path, problem)`` list ``bad``: each path with why,
-    then the commands that fix it (``root``: the store root, to fix as a whole)."""
+    then the commands that fix it (``root``: the store root, to fix as a whole); ``harm``:
+    what another user could change."""
     lines = [f"  {p}: {why}" for p, why in bad]
     fixes = []
     writable = [p for p, why in bad if why.startswith("writable")]
@@ -128,7 +135,7 @@ def refuse(what: str, bad: list[tuple[Path, str]], euid: int, root: Path | None 
             f"have root give it to you: chown -R {euid} {' '.join(shlex.quote(str(p)) for p in foreign)}"
         )
     return UnsafeStore(
-        f"refusing to use {what}: another user could change what kiln builds, runs and signs there:\n"
+        f"refusing to use {what}: another user could change {harm}:\n"
         + "\n".join(lines)
         + "\nto fix it:\n"
         + "\n".join(fixes)
