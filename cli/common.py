@@ -117,7 +117,14 @@ def add_store_arg(p: argparse.ArgumentParser) -> None:
 def store_root_dir(args: argparse.Namespace) -> str:
     """``--store`` if given, else ``default_home_dir()`` (a string: no pathlib needed)."""
     store = getattr(args, "store", None)
-    return os.fspath(store) if store else default_home_dir()
+    root = os.fspath(store) if store else default_home_dir()
+    STORES_USED.append(root)
+    return root
+
+
+#: the store roots this command opened (``store_root_dir``): where a full disk is looked
+#: for when a write fails without naming its file
+STORES_USED: list[str] = []
 
 
 def store_root(args: argparse.Namespace) -> Path:
@@ -161,11 +168,9 @@ class _Quiet:
             except OSError as e:
                 self._reader_gone(e)
 
-    def _reader_gone(self, e: OSError) -> None:
-        import errno
-
-        if not isinstance(e, BrokenPipeError) and e.errno != errno.EIO:
-            raise e
+    def _reader_gone(self, e: OSError) -> None:  # noqa: ARG002 - any error: see below
+        # a closed pipe, a hung-up terminal (EIO), or a full disk under ``2> file``: the
+        # message cannot be written, and saying so would need the same stream
         self._gone = True
 
     @property
@@ -232,28 +237,63 @@ def run_command(fn: Callable[[list[str]], int], argv: list[str], debug: bool = F
         if debug:
             raise
         if is_user_error(e):
-            print(f"error: {_said(e)}", file=sys.stderr)
+            # (one that stands for a full disk's OSError says what to do about it too)
+            under = e.__cause__ or e.__context__
+            hint = _space_hint(under) if isinstance(under, OSError) else ""
+            print(f"error: {_said(e)}{hint}", file=sys.stderr)
             return 1
         if isinstance(e, OSError) and e.filename:
             # (a key given where its file belongs is such a file name: the stderr wrapper,
             # _Quiet, hides it)
             both = f"{e.filename} -> {e.filename2}" if e.filename2 is not None else e.filename
-            print(f"error: {_said(e.strerror)}: {_said(both)}", file=sys.stderr)
+            print(f"error: {_said(e.strerror)}: {_said(both)}{_space_hint(e)}", file=sys.stderr)
             return 1
         if type(e).__module__ == "sqlite3" and type(e).__name__ in ("DatabaseError", "OperationalError"):
             # damage or I/O trouble found after opening (opening names the file:
             # ``db.connect``); its other errors (ProgrammingError...) are kiln's bugs
-            print(f"error: store database: {_said(e)}", file=sys.stderr)
+            where = f" {STORES_USED[-1]}/db.sqlite" if STORES_USED else ""
+            print(f"error: store database{where}: {_said(e)}{_space_hint(e)}", file=sys.stderr)
             return 1
         if isinstance(e, OSError) and e.errno in _ENVIRONMENT_ERRNOS:
             # the machine's limits, not a kiln bug (the write that hit them names no file)
-            print(f"error: {_said(e.strerror or e)}", file=sys.stderr)
+            print(f"error: {_said(e.strerror or e)}{_space_hint(e)}", file=sys.stderr)
             return 1
         print(
             f"kiln: internal error: {type(e).__name__}: {_said(e)} (rerun with KILN_DEBUG=1 for a traceback)",
             file=sys.stderr,
         )
         return 70
+
+
+def _space_hint(e: BaseException) -> str:
+    """For an error a full, read-only or failing disk may explain (``WRITE_LIMIT_ERRNOS``,
+    EIO, SQLite's "full" and "I/O" errors): a line per store this command opened whose
+    file system is read-only or nearly full, with what to do; else ``""``. (A write that
+    failed so names no file: the stores are where kiln writes most.)"""
+    import errno
+
+    text = str(e)
+    if not (
+        (isinstance(e, OSError) and (e.errno in WRITE_LIMIT_ERRNOS or e.errno == errno.EIO))
+        or "full" in text
+        or "I/O" in text
+    ):
+        return ""
+    lines = []
+    for root in dict.fromkeys(STORES_USED):
+        try:
+            st = os.statvfs(root)
+        except OSError:
+            continue
+        free = st.f_bavail * st.f_frsize
+        if st.f_flag & os.ST_RDONLY:
+            lines.append(f"\n  the store at {root} is on a read-only file system")
+        elif free < (64 << 20):
+            lines.append(
+                f"\n  the file system holding the store at {root} has {free:,} bytes free: free "
+                "some space (kiln store gc removes what no root needs) and run the command again"
+            )
+    return "".join(lines)
 
 
 def _said(what: object) -> str:

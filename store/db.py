@@ -33,6 +33,7 @@ connection, which keeps ``kiln store add`` fast.
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import threading
 import time
@@ -69,13 +70,45 @@ def _transaction(conn: sqlite3.Connection, durable: bool = False) -> Iterator[No
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield
+                conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                _rollback(conn)
                 raise
-            conn.execute("COMMIT")
         finally:
             if durable:
                 conn.execute("PRAGMA synchronous=NORMAL")
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    """Roll back the open transaction, if SQLite has not already: on a full disk or an
+    I/O error it rolls back by itself, and a ``ROLLBACK`` then fails with "no transaction
+    is active", an error that would replace the one that says what happened."""
+    if conn.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+
+
+def _file_system_state(path: Path) -> str:
+    """Why the file system holding ``path`` may refuse SQLite's files (its ``-wal`` and
+    ``-shm`` are made at every open): ``" (the file system ... is read-only)"``, ``" (...
+    is full: N bytes free)"``, or ``""``."""
+    try:
+        st = os.statvfs(path.parent)
+    except OSError:
+        return ""
+    if st.f_flag & os.ST_RDONLY:
+        return f" (the file system holding {path.parent} is read-only)"
+    free = st.f_bavail * st.f_frsize
+    if free < LOW_SPACE:
+        return (
+            f" (the file system holding {path.parent} is full: {free:,} bytes free; free some space "
+            "and run the command again)"
+        )
+    return ""
+
+
+#: below this many free bytes, a database error is put down to a full disk
+LOW_SPACE = 1 << 20
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -98,7 +131,7 @@ def connect(path: Path) -> sqlite3.Connection:
             conn.close()
             raise
         conn.close()
-        raise StoreError(f"cannot open the store database {path}: {e}") from None
+        raise StoreError(f"cannot open the store database {path}: {e}{_file_system_state(path)}") from None
     except sqlite3.DatabaseError as e:
         conn.close()
         raise StoreError(
@@ -151,7 +184,7 @@ def _create_schema(conn: sqlite3.Connection, version: int) -> None:
         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        _rollback(conn)
         raise
 
 

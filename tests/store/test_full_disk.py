@@ -1,70 +1,148 @@
-"""A store on a file system that fills up mid-ingest: the real ENOSPC (a small ext4
-image, loop-mounted), not an injected one. Needs root and loop devices; skipped
-otherwise, with the reason."""
+"""A full, read-only or failing disk is reported as such: what failed, the file system,
+how much is free and what to do, never SQLite's "cannot rollback" nor a traceback.
+
+The file-system tests make a real ext4 file system (4 KiB blocks, as a real disk's) in
+a loop-mounted image, so they need root and a loop device; they fill it with
+``fallocate`` and run the ``kiln`` command against a store on it."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from storekit import make_tree, tmp_leftovers
 
-from kiln.store.localstore import LocalStore
+from kiln.store import db
 
-IMAGE_MIB = 48
+KILN = [sys.executable, "-m", "kiln"]
 
 
-@pytest.fixture
-def small_fs(tmp_path: Path):
-    """A 48 MiB ext4 file system mounted at ``tmp_path / "mnt"``."""
-    if os.geteuid() != 0 or not shutil.which("mkfs.ext4"):
-        pytest.skip("needs root and mkfs.ext4 to loop-mount a small file system")
+def test_a_write_transaction_on_a_full_database_says_it_is_full(tmp_path: Path) -> None:
+    """SQLite rolls a transaction back by itself when the disk is full; kiln's ROLLBACK
+    then failed with "cannot rollback - no transaction is active", hiding the cause."""
+    conn = db.connect(tmp_path / "db.sqlite")
+    pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    conn.execute(f"PRAGMA max_page_count={pages}")  # (the database file cannot grow: full)
+    with pytest.raises(sqlite3.OperationalError, match="database or disk is full"), db._transaction(conn):
+        conn.execute(
+            "INSERT INTO paths (path, hash_part, nar_hash, nar_size, file_hash, file_size) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            ("/kiln/store/x" * 1000, "x" * 32, "h" * 5000, 1, "f" * 5000, 1),
+        )
+    assert not conn.in_transaction
+    with db._transaction(conn):  # the connection is usable afterwards
+        pass
+
+
+class _FailingStream:
+    """A stderr whose first write fails as a full disk's does (``2> file`` on it)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def write(self, data: str) -> int:
+        self.calls += 1
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def flush(self) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_message_that_cannot_be_written_ends_quietly_with_the_status(monkeypatch) -> None:
+    from kiln.common import _Quiet, run_command
+    from kiln.store.errors import StoreError
+
+    stream = _FailingStream()
+    monkeypatch.setattr(sys, "stderr", _Quiet(stream))
+
+    def command(argv: list[str]) -> int:
+        raise StoreError("no such path")
+
+    assert run_command(command, ["x"]) == 1  # (no exception out of the reporter)
+    assert stream.calls == 1  # then silent
+
+
+@contextlib.contextmanager
+def _small_file_system(tmp_path: Path, size_mb: int = 32) -> Iterator[Path]:
+    if os.geteuid() != 0 or shutil.which("mkfs.ext4") is None:
+        pytest.skip("needs root and mkfs.ext4 (a loop-mounted file system)")
     img, mnt = tmp_path / "fs.img", tmp_path / "mnt"
     with open(img, "wb") as f:
-        f.truncate(IMAGE_MIB << 20)
-    subprocess.run(["mkfs.ext4", "-q", "-F", str(img)], check=True)
+        f.truncate(size_mb << 20)
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-m", "0", "-b", "4096", str(img)], check=True)
     mnt.mkdir()
     r = subprocess.run(["mount", "-o", "loop", str(img), str(mnt)], capture_output=True, text=True)
     if r.returncode != 0:
-        pytest.skip(f"cannot loop-mount here: {r.stderr.strip()}")
+        pytest.skip(f"cannot loop-mount a file system here: {r.stderr.strip()}")
     try:
         yield mnt
     finally:
-        # lazily if something (a failing test's leaked descriptor) still holds it
-        if subprocess.run(["umount", str(mnt)], capture_output=True).returncode != 0:
-            subprocess.run(["umount", "-l", str(mnt)], check=False)
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
-def test_a_full_disk_fails_cleanly_and_the_store_stays_usable(small_fs: Path, tmp_path: Path):
-    # 64 MiB of random bytes: neither the copy nor the object fits in 48 MiB
-    src = make_tree(tmp_path / "big", {f"f{i}": os.urandom(4 << 20) for i in range(16)})
-    store = LocalStore.open(small_fs / "store")
-    try:
-        with pytest.raises(OSError) as e:
-            store.add_path(src)
-        assert e.value.errno == 28  # the disk error itself, not a clean-up error hiding it
-        assert store.all_paths() == []
-        assert tmp_leftovers(store) == []
-        assert not list((store.root / "objects").rglob("*.nar.zst"))
-        # space is back and the store works
-        small = make_tree(tmp_path / "small", {"a": b"hello\n"})
-        info = store.add_path(small)
-        assert store.is_valid(info.path)
-        assert store.verify().ok
-    finally:
-        store.close()
+def _fill(mnt: Path, leave: int = 0) -> None:
+    """Take all but ``leave`` bytes of ``mnt``'s free space."""
+    for n in range(8):  # (an extent tree's own blocks: ask for a little less each time)
+        os.sync()
+        st = os.statvfs(mnt)
+        want = st.f_bavail * st.f_frsize - leave - n * (64 << 10)
+        if want <= 0:
+            return
+        with contextlib.suppress(OSError):
+            with open(mnt / f"filler{n}", "wb") as f:
+                os.posix_fallocate(f.fileno(), 0, want)
+            os.sync()
+            return
 
 
-def test_cli_reports_a_full_disk(small_fs: Path, tmp_path: Path):
-    src = make_tree(tmp_path / "big", {f"f{i}": os.urandom(4 << 20) for i in range(16)})
-    env = dict(os.environ, KILN_HOME=str(small_fs / "store"))
-    r = subprocess.run(
-        [sys.executable, "-m", "kiln", "store", "add", str(src)], capture_output=True, text=True, env=env
-    )
-    assert r.returncode != 0
-    assert "No space left on device" in r.stderr
-    assert "Traceback" not in r.stderr and "BufferError" not in r.stderr
+def _kiln(*args: str, home: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, KILN_HOME=str(home))
+    return subprocess.run([*KILN, *args], env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_a_full_disk_is_named_with_what_to_do(tmp_path: Path) -> None:
+    with _small_file_system(tmp_path) as mnt:
+        home = mnt / "home"
+        src = tmp_path / "src"
+        src.mkdir()
+        (src / "f").write_bytes(os.urandom(1 << 20))
+        assert _kiln("store", "add", str(src), home=home).returncode == 0
+        (src / "g").write_bytes(os.urandom(4 << 20))
+        _fill(mnt)
+        r = _kiln("store", "add", str(src), home=home)
+        assert r.returncode == 1, r.stderr
+        assert "Traceback" not in r.stderr and "cannot rollback" not in r.stderr
+        assert f"the file system holding the store at {home} has" in r.stderr or "is full" in r.stderr, (
+            r.stderr
+        )
+        assert "kiln store gc" in r.stderr, r.stderr
+        for f in mnt.glob("filler*"):
+            f.unlink()
+        assert _kiln("store", "add", str(src), home=home).returncode == 0
+        assert _kiln("store", "verify", home=home).returncode == 0
+
+
+def test_a_read_only_store_says_it_is_read_only(tmp_path: Path) -> None:
+    with _small_file_system(tmp_path) as mnt:
+        home = mnt / "home"
+        src = tmp_path / "src"
+        src.mkdir()
+        (src / "f").write_text("x")
+        r = _kiln("store", "add", str(src), home=home)
+        assert r.returncode == 0, r.stderr
+        subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
+        try:
+            r = _kiln("store", "info", r.stdout.strip(), home=home)
+            if r.returncode == 0:
+                pytest.skip("SQLite opened the WAL database read-only here")
+            assert "read-only" in r.stderr, r.stderr
+            assert "Traceback" not in r.stderr
+        finally:
+            subprocess.run(["mount", "-o", "remount,rw", str(mnt)], check=False)
