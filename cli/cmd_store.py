@@ -320,9 +320,30 @@ def _cmd_verify(args) -> int:
     return 0 if r.ok else 1
 
 
+def _gc_meter():
+    """A ``progress`` for ``gc`` on a terminal (else None): the deletion it reports runs
+    after the GC lock is released, so other commands may already go on meanwhile."""
+    if not sys.stderr.isatty():
+        return None
+    import time
+
+    last = [0.0]
+
+    def show(done: int, total: int) -> None:
+        now = time.monotonic()
+        if done < total and now - last[0] < 0.1:
+            return
+        last[0] = now
+        end = "\r\x1b[K" if done == total else ""
+        sys.stderr.write(f"\r\x1b[Kremoving garbage (the store is unlocked): {done}/{total}{end}")
+        sys.stderr.flush()
+
+    return show
+
+
 def _cmd_gc(args) -> int:
     with _open(args) as s:
-        r = s.gc(dry_run=args.dry_run)
+        r = s.gc(dry_run=args.dry_run, progress=None if args.dry_run else _gc_meter())
     verb = "would delete" if r.dry_run else "deleted"
     for p in r.deleted:
         print(p)

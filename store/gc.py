@@ -1,7 +1,9 @@
 """Garbage collection of the local store.
 
-Algorithm (all under the *exclusive* GC lock, so no registration is in flight:
-registrations hold the lock shared from their first temp file to their committed row):
+GC decides what goes and moves it out of the store under the *exclusive* GC lock, so no
+registration is in flight (they hold it shared from their first temp file to their
+committed row), and deletes it after releasing the lock (``gcremove.Trash``): a writer
+waits for the decisions and renames, not for the unlinks. Under the lock:
 
 1. roots = every store path named by ``gcroots/`` (recursively: a symlink to a logical
    or real store path or to a path inside one, a symlink to a symlink that ends in the
@@ -12,25 +14,31 @@ registrations hold the lock shared from their first temp file to their committed
    ``verify --repair`` quarantined counts by the references and deriver it recorded
    (``quarantine``): while it is rooted or referenced and has no row, they are what
    building or fetching it again needs;
-3. dead = valid paths not live. Their rows are deleted first, in one transaction (from
-   then on they are merely garbage files: a crash here is harmless), then their trees
-   (renamed into ``tmp/`` and removed) and their attestations
-   (``attestations.remove``: they describe content that is gone), and any attestation
-   directory whose hash part has no row (left by a GC killed after deleting rows).
+3. dead = valid paths not live. Their rows are deleted first, in one transaction, made
+   durable (from then on they are merely garbage files: a crash here is harmless), then
+   their trees are renamed into this GC's ``tmp/gc-<pid>-<rand>/`` (its trash), as are
+   their attestations (they describe content that is gone) and any attestation directory
+   whose hash part has no row (left by a GC killed after deleting rows).
    A path whose tree this user cannot remove (a directory in it another user owns:
    root wrote into this store) is not dead: it keeps its row and its closure, and is
-   reported as kept; a removal that fails anyway is reported, the rest goes on, and
-   nothing stays in ``tmp/gc-*`` (``gcremove``);
-4. objects no remaining row uses are deleted (one object can back several paths with
-   identical NARs; it goes only when none of them is valid), as are unregistered trees
-   left by crashed registrations (only entries named like a store path base,
-   ``<hash>-<name>``: anything else in the store dir is never touched; and not those a
-   live process roots: a build's staged
-   outputs, ``stagedbuild``), store writers' dirs in ``tmp/``, the build loop's and
-   ``--check``'s dirs whose owner died (each is flocked while in use, ``buildtmp``; the
-   FUSE mounts a killed ``--vary`` rebuild left in one are taken down first, ``mounts``)
-   and the per-path lock files (a build lock only if nobody holds it; a signing-hook
-   marker, ``hookmarks``, only if nobody holds it and its path is not valid).
+   reported as kept; a rename or removal that fails anyway is reported, and the rest
+   goes on (``gcremove``);
+4. objects no remaining row uses are renamed into the trash (one object can back several
+   paths with identical NARs; it goes only when none of them is valid), as are
+   unregistered trees left by crashed registrations (only entries named like a store
+   path base, ``<hash>-<name>``: anything else in the store dir is never touched; and
+   not those a live process roots: a build's staged outputs, ``stagedbuild``) and store
+   writers' entries in ``tmp/``; the build loop's and ``--check``'s dirs and other GCs'
+   trash whose owner died (each is flocked while in use, ``buildtmp``; the FUSE mounts a
+   killed ``--vary`` rebuild left in one are taken down first, ``mounts``) are adopted:
+   GC takes their lock; the per-path lock files go (a build lock only if nobody holds
+   it; a signing-hook marker, ``hookmarks``, only if nobody holds it and its path is not
+   valid).
+
+Then, without the lock, the trash, the adopted dirs and the small temp files of killed
+writers are deleted: nothing there is any other process's (a writer registering a dead
+path again meanwhile writes a new tree and object). A GC killed before it finished
+leaves its trash unlocked: the next GC adopts it; a running GC's (locked) is left alone.
 
 ``dry_run`` does the same computation and reports what would go (paths, unregistered
 trees, objects, leftover ``tmp/`` dirs, with their bytes) without deleting anything, not
@@ -52,16 +60,16 @@ from typing import TYPE_CHECKING
 from . import attestations, db, hookmarks
 from .buildtmp import owner_gone
 from .errors import FormatError, KilnError, StoreError
-from .gcremove import inspect_tree, remove, remove_via, size, size_beside_mounts
+from .gcremove import Progress, Trash, inspect_tree, remove, size, size_beside_mounts
 from .hashes import Hash
 from .locks import FileLock, left_by_dead_writer, live_temp_roots, remove_if_free
 from .mounts import MOUNTINFO, mounts_below, unmount_below
 from .paths import StorePath
-from .perms import PRIVATE_DIR_MODE, make_dir
 from .quarantine import recorded_closure_edges
 
-_WRITER_TMP = re.compile(r"^(\d+-|gc-\d+-)")
-_OWNED_TMP = re.compile(r"^(build|check|vary)-")
+_WRITER_TMP = re.compile(r"^\d+-")
+#: dirs flocked by their owner while in use (``buildtmp``; a GC's trash, ``gcremove``)
+_OWNED_TMP = re.compile(r"^(build|check|vary|gc)-")
 
 if TYPE_CHECKING:
     from .localstore import LocalStore
@@ -149,144 +157,21 @@ def find_roots(store: LocalStore, stale_tmp: list[str] | None = None) -> set[str
     return out
 
 
-def collect(store: LocalStore, dry_run: bool = False) -> GcReport:
-    with FileLock(store.gc_lock_path):
-        stale_root_links: list[str] = []
-        roots = find_roots(store, stale_root_links) | live_temp_roots(
-            store.root / "temproots", delete_dead=not dry_run
-        )
-        refs = db.references_map(store.conn)
-        # a live output keeps the .drv that built it (Nix's keep-derivations, on by
-        # default there too): ``kiln build --check``, rebuilders and ``kiln log`` need it
-        derivers = db.derivers_map(store.conn)
-        # a quarantined path has no row but is still wanted while rooted or referenced:
-        # its recorded references and deriver are what building or fetching it again needs
-        quarantined, unread = recorded_closure_edges(store.root)
-        known = refs.keys() | quarantined.keys()
-        live: set[str] = set()
-
-        def keep_alive(starts: list[str]) -> None:
-            stack = [r for r in starts if r in known]
-            while stack:
-                p = stack.pop()
-                if p in live:
-                    continue
-                live.add(p)
-                if p in refs:
-                    nexts = list(refs[p])
-                    if (d := derivers.get(p)) is not None:
-                        nexts.append(d)
-                else:
-                    nexts = list(quarantined[p])
-                stack.extend(r for r in nexts if r in known and r not in live)
-
-        keep_alive(list(roots))
-        dead = sorted(set(refs) - live)
-
-        valid_bases = {p.rsplit("/", 1)[1] for p in refs}
-        # an unregistered tree that a live process roots is being registered (a build's
-        # staged output, ``stagedbuild``): not garbage
-        rooted_bases = {p.rsplit("/", 1)[1] for p in roots}
-        stray = [
-            name for name in stray_tree_names(store) if name not in valid_bases and name not in rooted_bases
-        ]
-        kept: list[str] = []
-        # a tree this user cannot remove (another user's: root wrote into this store with
-        # ``sudo -E kiln build``) keeps its row, and so its closure: deleting the row first
-        # left it unregistered for good, and the collection stopped at it, every time
-        sizes: dict[str, int] = {}
-        blocked: dict[str, str] = {}
-        euid = os.geteuid()
-        for base in [p.rsplit("/", 1)[1] for p in dead] + stray:
-            sizes[base], why = inspect_tree(store.real_store / base, euid)
-            if why is not None:
-                blocked[base] = why
-        if blocked:
-            keep_alive([p for p in dead if p.rsplit("/", 1)[1] in blocked])
-            dead = sorted(set(refs) - live)
-            stray = [s for s in stray if s not in blocked]
-            for base, why in sorted(blocked.items()):
-                what = "its row is kept, with what it references" if base in valid_bases else "unregistered"
-                fix = f"as root: chown -R {euid} {shlex.quote(str(store.real_store / base))}"
-                kept.append(f"{store.store_dir}/{base}: {why}; {what} (for GC to remove it, {fix})")
-        # attestations of paths without a row (a GC killed between deleting rows and
-        # removing them, a quarantine): they would attach to the path if it came back
-        # with other content. Paths being registered have rows before attestations.
-        live_hash_parts = {b[:32] for b in valid_bases - {p.rsplit("/", 1)[1] for p in dead}}
-        live_hash_parts |= {b[:32] for b in rooted_bases}
-        att_dirs = _attestation_dirs(store)
-        orphan_atts = [h for h in att_dirs if h not in live_hash_parts]
-        att_temp = attestations.stale_temp(store, [h for h in att_dirs if h in live_hash_parts])
-        used_after = _used_objects(store, exclude=set(dead))
-        doomed_objects = [o for o in object_files(store) if o.name.split(".", 1)[0] not in used_after]
-
-        # store writers' dirs (``<pid>-<hex>``, ``gc-...``) are stale: every writer is
-        # excluded now. The build loop's ``build-*`` and ``check-*`` live longer than the
-        # GC lock: each is flocked by its owner (``buildtmp``), as is ``--vary``'s
-        # ``vary-*``, so one nobody holds is a dead process's. ``kiln-failed-*`` are kept.
-        doomed_tmp = sorted(
-            e.path
-            for e in os.scandir(store.tmp)
-            if _WRITER_TMP.match(e.name)
-            or (_OWNED_TMP.match(e.name) and e.is_dir(follow_symlinks=False) and owner_gone(e.path))
-        )
-        # a killed ``--check --vary`` leaves its disorderfs mounts in ``vary-*``: taken down
-        # first; a dry run does not count such a dir's bytes (the mounts show them twice)
-        table = Path(MOUNTINFO).read_bytes() if doomed_tmp else b""
-        mounted = [t for t in doomed_tmp if mounts_below(Path(t), table)]
-        for t in mounted if not dry_run else ():
-            if (why := unmount_below(Path(t), table)) is not None:
-                doomed_tmp.remove(t)
-                kept.append(f"{t}: {why}")
-        freed = sum(sizes[p.rsplit("/", 1)[1]] for p in dead)
-        freed += sum(sizes[s] for s in stray)
-        freed += sum(size(o) for o in doomed_objects)
-        freed += sum(
-            size_beside_mounts(Path(t), table) if dry_run and t in mounted else size(Path(t))
-            for t in doomed_tmp
-        )
-        report = GcReport(
-            dry_run=dry_run,
-            roots=tuple(sorted(roots & set(refs))),
-            deleted=tuple(dead),
-            stray_trees=tuple(f"{store.store_dir}/{s}" for s in stray),
-            objects_deleted=len(doomed_objects),
-            bytes_freed=freed,
-            tmp_dirs=tuple(doomed_tmp),
-            kept=tuple(kept),
-            unread_quarantine=tuple(unread),
-        )
-        if dry_run:
+def collect(store: LocalStore, dry_run: bool = False, progress: Progress | None = None) -> GcReport:
+    """Collect (see the module docstring); ``progress`` is told how the deletion after
+    the lock is released goes (entries removed, entries in all)."""
+    trash: Trash | None = None
+    try:
+        with FileLock(store.gc_lock_path):
+            if not dry_run:
+                trash = Trash(store.tmp)
+            report = _under_lock(store, trash)
+        if trash is None:
             return report
-
-        # invalidate first: files without rows are only garbage; durably (db.delete), as
-        # after a power cut a row must never come back without its files
-        db.delete(store.conn, dead)
-        for link in stale_root_links:
-            os.unlink(link)
-        trash = store.tmp / f"gc-{os.getpid()}-{os.urandom(4).hex()}"
-        make_dir(trash, PRIVATE_DIR_MODE)
-        try:
-            for base in [p.rsplit("/", 1)[1] for p in dead] + stray:
-                if (why := remove_via(store.real_store / base, trash)) is not None:
-                    kept.append(f"{store.store_dir}/{base}: {why} (unregistered now; a later GC tries again)")
-        finally:
-            if (why := remove(trash)) is not None:
-                kept.append(f"{trash}: {why}")
-        for p in dead:
-            attestations.remove(store, p)
-        for h in orphan_atts:
-            shutil.rmtree(store.root / "attestations" / h, ignore_errors=True)
-        for t in att_temp:  # a killed attestation writer's
-            t.unlink(missing_ok=True)
-        for o in doomed_objects:
-            # (a directory or a symlink at an object's name goes too)
-            if (why := remove(o)) is not None:
-                kept.append(f"{o}: {why}")
-        for t in doomed_tmp:
-            if (why := remove(Path(t))) is not None:
-                kept.append(f"{t}: {why}")
-        # small temp files of writers killed mid-write (``storeconfig.init_config``, build logs)
+        # the GC lock is free: writers and builds go on while the garbage is deleted
+        kept = [*report.kept, *trash.empty(progress)]
+        # small temp files of writers killed mid-write (``storeconfig.init_config``, build
+        # logs, the eval cache): told by their pid and age, not by the lock
         for d, pattern in (
             (store.root, _CONFIG_TMP),
             (store.root / "logs", _LOG_TMP),
@@ -294,16 +179,162 @@ def collect(store: LocalStore, dry_run: bool = False) -> GcReport:
         ):
             for f in _dead_writers_files(d, pattern):
                 f.unlink(missing_ok=True)
-        for e in os.scandir(store.root / "locks"):
-            # registration locks are only taken under the GC lock (shared), so none is held
-            # now; the build loop's ``*.build`` locks go only when nobody holds them
-            if e.name.endswith(".lock"):
-                os.unlink(e.path)
-            elif e.name.endswith(".build"):
-                remove_if_free(Path(e.path))
-            elif (h := hookmarks.is_marker(e.name)) is not None and h not in live_hash_parts:
-                remove_if_free(Path(e.path))  # a dead builder's, of a path never committed
         return replace(report, kept=tuple(kept))  # (with what could not be removed)
+    finally:
+        if trash is not None:
+            trash.close()  # (after an error: what is in it is the next GC's)
+
+
+def _under_lock(store: LocalStore, trash: Trash | None) -> GcReport:
+    """Decide what goes and, unless this is a dry run (``trash`` None), delete the rows
+    and move it into ``trash`` (or adopt it there). Call with the exclusive GC lock."""
+    dry_run = trash is None
+    stale_root_links: list[str] = []
+    roots = find_roots(store, stale_root_links) | live_temp_roots(
+        store.root / "temproots", delete_dead=not dry_run
+    )
+    refs = db.references_map(store.conn)
+    # a live output keeps the .drv that built it (Nix's keep-derivations, on by
+    # default there too): ``kiln build --check``, rebuilders and ``kiln log`` need it
+    derivers = db.derivers_map(store.conn)
+    # a quarantined path has no row but is still wanted while rooted or referenced:
+    # its recorded references and deriver are what building or fetching it again needs
+    quarantined, unread = recorded_closure_edges(store.root)
+    known = refs.keys() | quarantined.keys()
+    live: set[str] = set()
+
+    def keep_alive(starts: list[str]) -> None:
+        stack = [r for r in starts if r in known]
+        while stack:
+            p = stack.pop()
+            if p in live:
+                continue
+            live.add(p)
+            if p in refs:
+                nexts = list(refs[p])
+                if (d := derivers.get(p)) is not None:
+                    nexts.append(d)
+            else:
+                nexts = list(quarantined[p])
+            stack.extend(r for r in nexts if r in known and r not in live)
+
+    keep_alive(list(roots))
+    dead = sorted(set(refs) - live)
+
+    valid_bases = {p.rsplit("/", 1)[1] for p in refs}
+    # an unregistered tree that a live process roots is being registered (a build's
+    # staged output, ``stagedbuild``): not garbage
+    rooted_bases = {p.rsplit("/", 1)[1] for p in roots}
+    stray = [name for name in stray_tree_names(store) if name not in valid_bases and name not in rooted_bases]
+    kept: list[str] = []
+    # a tree this user cannot remove (another user's: root wrote into this store with
+    # ``sudo -E kiln build``) keeps its row, and so its closure: deleting the row first
+    # left it unregistered for good, and the collection stopped at it, every time
+    sizes: dict[str, int] = {}
+    blocked: dict[str, str] = {}
+    euid = os.geteuid()
+    for base in [p.rsplit("/", 1)[1] for p in dead] + stray:
+        sizes[base], why = inspect_tree(store.real_store / base, euid)
+        if why is not None:
+            blocked[base] = why
+    if blocked:
+        keep_alive([p for p in dead if p.rsplit("/", 1)[1] in blocked])
+        dead = sorted(set(refs) - live)
+        stray = [s for s in stray if s not in blocked]
+        for base, why in sorted(blocked.items()):
+            what = "its row is kept, with what it references" if base in valid_bases else "unregistered"
+            fix = f"as root: chown -R {euid} {shlex.quote(str(store.real_store / base))}"
+            kept.append(f"{store.store_dir}/{base}: {why}; {what} (for GC to remove it, {fix})")
+    # attestations of paths without a row (a GC killed between deleting rows and
+    # removing them, a quarantine): they would attach to the path if it came back
+    # with other content. Paths being registered have rows before attestations.
+    live_hash_parts = {b[:32] for b in valid_bases - {p.rsplit("/", 1)[1] for p in dead}}
+    live_hash_parts |= {b[:32] for b in rooted_bases}
+    att_dirs = _attestation_dirs(store)
+    orphan_atts = [h for h in att_dirs if h not in live_hash_parts]
+    att_temp = attestations.stale_temp(store, [h for h in att_dirs if h in live_hash_parts])
+    used_after = _used_objects(store, exclude=set(dead))
+    doomed_objects = [o for o in object_files(store) if o.name.split(".", 1)[0] not in used_after]
+
+    # store writers' dirs (``<pid>-<hex>``) are stale: every writer is excluded now. The
+    # build loop's ``build-*`` and ``check-*`` live longer than the GC lock: each is
+    # flocked by its owner (``buildtmp``), as are ``--vary``'s ``vary-*`` and another
+    # GC's trash ``gc-*`` (it deletes without the lock), so one nobody holds is a dead
+    # process's: adopted right here (its lock taken and kept, ``gcremove.Trash``).
+    # ``kiln-failed-*`` are kept.
+    tmp_entries = list(os.scandir(store.tmp))
+    writers_tmp = [e.path for e in tmp_entries if _WRITER_TMP.match(e.name)]
+    doomed_tmp = sorted(
+        writers_tmp
+        + [
+            e.path
+            for e in tmp_entries
+            if _OWNED_TMP.match(e.name)
+            and e.is_dir(follow_symlinks=False)
+            and (owner_gone(e.path) if trash is None else trash.adopt(e.path))
+        ]
+    )
+    # a killed ``--check --vary`` leaves its disorderfs mounts in ``vary-*``: taken down
+    # first; a dry run does not count such a dir's bytes (the mounts show them twice)
+    table = Path(MOUNTINFO).read_bytes() if doomed_tmp else b""
+    mounted = [t for t in doomed_tmp if mounts_below(Path(t), table)]
+    for t in mounted if trash is not None else ():
+        if (why := unmount_below(Path(t), table)) is not None:
+            doomed_tmp.remove(t)
+            trash.disown(t)
+            kept.append(f"{t}: {why}")
+    freed = sum(sizes[p.rsplit("/", 1)[1]] for p in dead)
+    freed += sum(sizes[s] for s in stray)
+    freed += sum(size(o) for o in doomed_objects)
+    freed += sum(
+        size_beside_mounts(Path(t), table) if dry_run and t in mounted else size(Path(t)) for t in doomed_tmp
+    )
+    report = GcReport(
+        dry_run=dry_run,
+        roots=tuple(sorted(roots & set(refs))),
+        deleted=tuple(dead),
+        stray_trees=tuple(f"{store.store_dir}/{s}" for s in stray),
+        objects_deleted=len(doomed_objects),
+        bytes_freed=freed,
+        tmp_dirs=tuple(doomed_tmp),
+        kept=tuple(kept),
+        unread_quarantine=tuple(unread),
+    )
+    if trash is None:
+        return report
+
+    # invalidate first: files without rows are only garbage; durably (db.delete), as
+    # after a power cut a row must never come back without its files
+    db.delete(store.conn, dead)
+    for link in stale_root_links:
+        os.unlink(link)
+    # out of the store by renames (O(1) each, whatever the tree holds); what cannot be
+    # moved stays in place, a tree unregistered, for a later GC
+    for base in [p.rsplit("/", 1)[1] for p in dead] + stray:
+        name = f"{store.store_dir}/{base}"
+        if (why := trash.move(store.real_store / base, name)) is not None:
+            kept.append(f"{name}: {why} (unregistered now; a later GC tries again)")
+    atts = store.root / "attestations"
+    for h in sorted(set(orphan_atts) | {p.rsplit("/", 1)[1][:32] for p in dead}):
+        if trash.move(atts / h) is not None:
+            shutil.rmtree(atts / h, ignore_errors=True)
+    for t in att_temp:  # a killed attestation writer's
+        t.unlink(missing_ok=True)
+    # (a directory or a symlink at an object's name goes too); a writer's ``tmp/``
+    # entry is moved, not deleted later in place: its live owner may make it again
+    for o in [*doomed_objects, *map(Path, writers_tmp)]:
+        if trash.move(o) is not None and (why := remove(o)) is not None:
+            kept.append(f"{o}: {why}")
+    for e in os.scandir(store.root / "locks"):
+        # registration locks are only taken under the GC lock (shared), so none is held
+        # now; the build loop's ``*.build`` locks go only when nobody holds them
+        if e.name.endswith(".lock"):
+            os.unlink(e.path)
+        elif e.name.endswith(".build"):
+            remove_if_free(Path(e.path))
+        elif (h := hookmarks.is_marker(e.name)) is not None and h not in live_hash_parts:
+            remove_if_free(Path(e.path))  # a dead builder's, of a path never committed
+    return replace(report, kept=tuple(kept))
 
 
 _CONFIG_TMP = re.compile(r"^\.config\.json\.(\d+)\.[0-9a-f]{8}\Z")

@@ -1,20 +1,40 @@
 """Removing what GC collects, and sizing it for the report (``gc``).
 
-A tree is removed by renaming it into GC's ``tmp/gc-*`` directory and deleting it
-there. What this user cannot remove is found before any row is deleted
-(``inspect_tree``: a directory in it that another user owns, as after ``sudo -E kiln
-build`` wrote into this user's store), so its row is kept; what fails anyway is put
-back under its name and reported, never left in ``tmp/gc-*`` or allowed to stop the
-collection.
+What GC deletes leaves its place under the exclusive GC lock and is deleted after the
+lock is released (``Trash``), so a store writer or build waits for GC's decisions and
+renames, O(1) per entry, not for its unlinks, O(files):
+
+- under the lock, each dead tree, unused object, unneeded attestation directory and
+  stale writer's ``tmp/<pid>-<rand>`` entry is *renamed* into this GC's own
+  ``tmp/gc-<pid>-<rand>/`` (same file system: atomic), where no other process looks
+  for anything; a leftover directory with an owner lock (``build-*``, ``check-*``,
+  ``vary-*``, a dead GC's ``gc-*``: see ``buildtmp``) whose owner is gone is *adopted*
+  instead: GC takes its lock and keeps it until the directory is gone;
+- after the lock is released, the trash and the adopted directories are deleted.
+
+The trash directory is ``flock``ed by its GC from creation (under the exclusive lock)
+until it is gone, exactly as a build dir is by its build: another GC leaves a running
+GC's trash alone, and adopts and deletes one whose GC was killed (kill -9) before it
+finished. A name is never reused, so nothing another process writes can end up there.
+
+What this user cannot remove is found before any row is deleted (``inspect_tree``: a
+directory in it that another user owns, as after ``sudo -E kiln build`` wrote into this
+user's store), so its row is kept and it is never moved. A rename that fails leaves the
+entry where it was (a tree is then unregistered, for a later GC); a removal that fails
+in the trash is reported and left there, for the next GC, which adopts the trash.
+Neither stops the collection.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
+from .buildtmp import owned_tmpdir
 from .errors import StoreError
 from .mounts import mounts_below
 from .perms import owner_text
@@ -67,25 +87,6 @@ def remove(p: Path) -> str | None:
     return None
 
 
-def remove_via(real: Path, trash: Path) -> str | None:
-    """Move the tree (or file) ``real`` into ``trash`` and remove it there; why it could
-    not, or None. What could not be removed goes back to its name: nothing stays in
-    ``trash``, and a later GC finds it again (an unregistered tree)."""
-    if not os.path.lexists(real):
-        return None
-    moved = trash / real.name
-    try:
-        if real.is_dir() and not real.is_symlink():
-            os.chmod(real, 0o755)  # renaming a directory needs write access to it
-        os.rename(real, moved)
-    except OSError as e:
-        return f"could not be removed: {e.strerror or e}"
-    if (why := remove(moved)) is not None and os.path.lexists(moved):
-        with contextlib.suppress(OSError):
-            os.rename(moved, real)
-    return why
-
-
 def size_beside_mounts(p: Path, table: bytes) -> int:
     """``size`` of ``p`` without what is mounted below it (a dry run leaves a killed
     rebuild's disorderfs mounts up: through them its real files would count twice).
@@ -100,3 +101,93 @@ def size(p: Path, skip: frozenset[bytes] = frozenset()) -> int:
         return tree_size(p, skip)
     except OSError:
         return 0
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+#: what ``Trash.empty`` reports as it goes: (entries removed, entries in all)
+Progress = Callable[[int, int], None]
+
+
+class Trash:
+    """One collection's ``tmp/gc-<pid>-<rand>/`` and the leftover directories it adopted
+    (see the module docstring). Make it, ``move``/``adopt`` under the exclusive GC lock,
+    then ``empty`` it after the lock is released; ``close`` (always) drops the locks that
+    ``empty`` did not, so whatever is left is a dead GC's leftover for the next one."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.dir, self._fd = owned_tmpdir(tmp, f"gc-{os.getpid()}-", None)
+        self._moved: list[tuple[Path, str]] = []  # (its name in here, what to report it as)
+        self._adopted: dict[str, int] = {}  # leftover dir -> the fd holding its lock
+
+    def move(self, p: Path, label: str | None = None) -> str | None:
+        """Rename ``p`` (a tree, file or directory; missing is fine) into the trash; why
+        it could not, or None. ``label`` names it in what ``empty`` reports."""
+        dest = self.dir / str(len(self._moved))
+        try:
+            st = os.lstat(p)
+            if stat.S_ISDIR(st.st_mode) and st.st_mode & 0o700 != 0o700:
+                # renaming a directory to another parent needs write access to it (``..``)
+                os.chmod(p, stat.S_IMODE(st.st_mode) | 0o700)
+            os.rename(p, dest)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            return f"could not be removed: {e.strerror or e}"
+        self._moved.append((dest, label or str(p)))
+        return None
+
+    def adopt(self, d: str) -> bool:
+        """Take the owner lock of the leftover directory ``d`` and keep it (True), or
+        leave ``d`` alone: its owner (a build, a running GC) is alive, or it is gone."""
+        if d == str(self.dir):
+            return False
+        try:
+            fd = os.open(d, _DIR_FLAGS)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return False
+        self._adopted[d] = fd
+        return True
+
+    def disown(self, d: str) -> None:
+        """Give up the adopted ``d`` (kept after all: a mount on it stays)."""
+        if (fd := self._adopted.pop(d, None)) is not None:
+            os.close(fd)
+
+    def empty(self, progress: Progress | None = None) -> list[str]:
+        """Delete everything moved into the trash, then the adopted directories, then the
+        trash itself (call without the GC lock); what could not be removed, each with why
+        (left where it is, for the next GC). ``progress`` is told after each entry."""
+        kept: list[str] = []
+        total, done = len(self._moved) + len(self._adopted), 0
+        for dest, label in self._moved:
+            if (why := remove(dest)) is not None:
+                kept.append(f"{label}: {why} (left in {self.dir} for a later GC)")
+            done += 1
+            if progress is not None:
+                progress(done, total)
+        for d in list(self._adopted):
+            if (why := remove(Path(d))) is not None:
+                kept.append(f"{d}: {why}")
+            self.disown(d)
+            done += 1
+            if progress is not None:
+                progress(done, total)
+        self.close()
+        return kept
+
+    def close(self) -> None:
+        """Remove the trash if it is empty and drop every lock still held (idempotent)."""
+        for d in list(self._adopted):
+            self.disown(d)
+        if self._fd is not None:
+            # (unless something is still in it: left for the next GC, which adopts it)
+            with contextlib.suppress(OSError):
+                os.rmdir(self.dir)
+            os.close(self._fd)
+            self._fd = None

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     import sqlite3
 
     from .gc import GcReport
+    from .gcremove import Progress
     from .signing import PublicKey
     from .verify import VerifyReport
 
@@ -342,11 +343,12 @@ class LocalStore(Registering):
 
         return verify(self, repair=repair, trusted=trusted, sigs_needed=sigs_needed)
 
-    def gc(self, dry_run: bool = False) -> GcReport:
-        """Delete everything not reachable from a root; see ``store.gc``. Returns a GcReport."""
+    def gc(self, dry_run: bool = False, progress: Progress | None = None) -> GcReport:
+        """Delete everything not reachable from a root; see ``store.gc``. Returns a GcReport.
+        ``progress(done, total)`` is told how the deletion goes once the GC lock is free."""
         from .gc import collect
 
-        return collect(self, dry_run=dry_run)
+        return collect(self, dry_run=dry_run, progress=progress)
 
     # ------------------------------------------------------------------ internals
 

@@ -9,8 +9,9 @@ and the kernel drops every lock when its holder dies (also on ``kill -9``).
 
 - ``gc.lock``: registration holds it *shared* for the whole time it writes into the
   store (temporary files, object, tree, database row, temp root); the garbage collector
-  holds it *exclusive* for its whole run. So GC never sees a half-registered path, and
-  everything in ``tmp/`` while GC holds the lock belongs to a dead or finished writer.
+  holds it *exclusive* while it decides what goes and renames it into its own flocked
+  ``tmp/gc-*``, where it deletes it after releasing the lock (``gcremove``). So GC never
+  sees a half-registered path, and a writer's ``tmp/<pid>-*`` is stale while GC holds it.
 - ``locks/reg-<c>.lock`` (``path_lock_file``): the registration lock of every path whose
   hash part starts with ``c`` (32 stripes). Held exclusive while a path is being
   registered, so two processes adding the same path register it once (the second sees it
