@@ -114,12 +114,22 @@ def temp_file(tmp: Path, writers: Path) -> Iterator[BinaryIO]:
     try:
         os.fchmod(f.fileno(), 0o644)  # published objects are world-readable (static servers)
         yield f
+    except BaseException:
+        # closing flushes what is buffered: on a full disk that fails too, and its error
+        # would replace the one that says what happened
+        with contextlib.suppress(OSError):
+            f.close()
+        raise
     finally:
-        f.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(f.name)
-        with _writers_lock:
-            w.active -= 1
+        try:
+            f.close()  # (after a failed close above: a no-op)
+        finally:
+            # whatever the close did: a temp file left here would stay until this
+            # process ends (its writer lock is held), on a disk that is full already
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f.name)
+            with _writers_lock:
+                w.active -= 1
 
 
 @dataclasses.dataclass(slots=True)

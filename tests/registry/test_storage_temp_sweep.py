@@ -360,3 +360,34 @@ def test_a_temp_file_begun_as_the_process_exits_is_swept(reg: Path) -> None:
     assert len(temp_files(reg)) == 1
     assert FileStorage(reg).sweep_temp() == 1
     assert temp_files(reg) == []
+
+
+#: a writer whose file size limit (a full disk's stand-in: writes fail with EFBIG) is hit
+#: by the flush at close, after its block has failed for another reason
+FULL_DISK_WRITER = textwrap.dedent(
+    """
+    import os, resource, signal, sys
+    from kiln.registry.storage import FileStorage
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    st = FileStorage(sys.argv[1])
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1000, 1000))
+    try:
+        with st.staged() as (f, path):
+            f.write(b"x" * 5000)  # (buffered: the close writes it)
+            raise ValueError("the upload broke off")
+    except ValueError as e:
+        print("raised", e, flush=True)
+    print("left", sorted(os.listdir(st._tmp)), flush=True)
+    """
+)
+
+
+def test_a_temp_file_whose_close_fails_is_removed_and_the_first_error_kept(reg: Path) -> None:
+    """On a full disk the close's flush failed, which skipped the unlink (and kept the
+    writer counted): each failed upload left a file that ``kiln serve`` never swept."""
+    r = subprocess.run(
+        [sys.executable, "-c", FULL_DISK_WRITER, str(reg)], capture_output=True, text=True, timeout=60
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["raised the upload broke off", "left []"], r.stdout
