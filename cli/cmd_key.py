@@ -65,7 +65,15 @@ def _generate(args: argparse.Namespace) -> int:
                 raise
             _heal_public(sec, pub)
             raise KilnError(f"{sec} already exists; pass --force to replace it") from None
-        write_public_key(pub, key.public(), overwrite=True)  # derived from what we wrote
+        try:
+            write_public_key(pub, key.public(), overwrite=True)  # derived from what we wrote
+        except OSError as e:
+            # (a full disk) no half pair: the secret key is this run's, and nobody has seen
+            # its public half; left, a rerun would say it exists and never show that half
+            sec.unlink(missing_ok=True)
+            raise KilnError(
+                f"cannot write the public key {pub}: {e.strerror}; no key was made (its secret half is removed)"
+            ) from e
     print(key.public().to_text())
     print(f"secret key: {sec}")
     return 0

@@ -123,6 +123,11 @@ def _write_atomic(path: str | os.PathLike, text: str, mode: int, overwrite: bool
             os.fsync(dfd)
         finally:
             os.close(dfd)
+    except OSError as e:
+        if e.filename is not None:
+            raise
+        # a write or fsync (a full disk) names no file: this one's
+        raise OSError(e.errno, e.strerror, path) from None
     finally:
         if fd >= 0:
             os.close(fd)

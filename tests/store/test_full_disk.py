@@ -122,7 +122,7 @@ def test_a_full_disk_is_named_with_what_to_do(tmp_path: Path) -> None:
         assert f"the file system holding the store at {home} has" in r.stderr or "is full" in r.stderr, (
             r.stderr
         )
-        assert "kiln store gc" in r.stderr, r.stderr
+        assert "kiln store gc" in r.stderr or "free some space" in r.stderr, r.stderr
         for f in mnt.glob("filler*"):
             f.unlink()
         assert _kiln("store", "add", str(src), home=home).returncode == 0
@@ -146,3 +146,28 @@ def test_a_read_only_store_says_it_is_read_only(tmp_path: Path) -> None:
             assert "Traceback" not in r.stderr
         finally:
             subprocess.run(["mount", "-o", "remount,rw", str(mnt)], check=False)
+
+
+def test_key_generate_on_a_full_disk_leaves_no_half_pair(tmp_path: Path) -> None:
+    """Room for the secret key's block and not the public key's: the command failed, yet
+    left a secret key nobody saw (a rerun said it exists and never showed its public half)."""
+    with _small_file_system(tmp_path) as mnt:
+        home = mnt / "home"
+        assert _kiln("key", "generate", "first", home=home).returncode == 0  # (keys/ is made)
+        keys = home / "keys"
+        for leave in (4096, 0):
+            _fill(mnt, leave)
+            r = _kiln("key", "generate", "knew", home=home)
+            for f in mnt.glob("filler*"):
+                f.unlink()
+            if r.returncode == 0:
+                continue  # (the fill left room for both)
+            assert "Traceback" not in r.stderr
+            assert not (keys / "knew.sec").exists() or (keys / "knew.pub").exists(), r.stderr
+            assert "knew" in r.stderr, r.stderr  # (the file that could not be written)
+            assert "no key was made" in r.stderr or not (keys / "knew.sec").exists(), r.stderr
+            (keys / "knew.sec").unlink(missing_ok=True)
+            (keys / "knew.pub").unlink(missing_ok=True)
+        r = _kiln("key", "generate", "knew", home=home)
+        assert r.returncode == 0, r.stderr
+        assert (keys / "knew.sec").exists() and (keys / "knew.pub").exists()
