@@ -57,9 +57,12 @@ def _sha256(data: bytes) -> str:
 
 
 def _version() -> str:
-    """kiln's version plus the size and mtime of every module that decides what a recipe
-    evaluates to, so an upgraded or edited evaluator never serves stale derivations
-    (about 20 stat calls: cheap next to reading the cache entry)."""
+    """kiln's version plus the size, mtime, ctime and inode of every module that decides
+    what a recipe evaluates to, so an upgraded or edited evaluator never serves stale
+    derivations (about 90 stat calls: cheap next to reading the cache entry). The ctime
+    and inode matter: an install that sets every mtime to one value (a Nix store path,
+    a reproducible package) and an edit of the same size would otherwise look unchanged,
+    and ctime cannot be set back by a user; a reinstall or ``chmod`` only costs a miss."""
     from kiln import __version__
 
     here = os.path.dirname(os.path.abspath(__file__))
@@ -81,7 +84,7 @@ def _version() -> str:
             st = os.stat(f)
         except OSError:
             continue
-        stamp.append(f"{os.path.basename(f)}:{st.st_size}:{st.st_mtime_ns}")
+        stamp.append(f"{os.path.basename(f)}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}")
     return "|".join(stamp)
 
 

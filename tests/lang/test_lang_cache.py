@@ -257,3 +257,51 @@ def test_a_fifo_in_the_cache_is_a_miss_not_a_hang(tmp_path):
     d.mkdir()
     os.mkfifo(cache.entry_path(d, "x.recipe", "/kiln/store"))
     assert cache.load(d, "x.recipe", "/kiln/store") is None
+
+
+def _kiln_copy(where: Path) -> Path:
+    """A copy of this kiln, importable from ``where`` (as an installed package lays it
+    out: ``kiln/`` with ``lang/``, ``store/``... inside)."""
+    import shutil
+
+    repo = Path(__file__).parents[2]
+    pkg = where / "kiln"
+    shutil.copytree(repo / "cli", pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    for sub in ("lang", "store", "sandbox", "registry"):
+        shutil.copytree(repo / sub, pkg / sub, ignore=shutil.ignore_patterns("__pycache__"))
+    return where
+
+
+def test_an_evaluator_edit_with_every_mtime_pinned_is_a_miss(tmp_path: Path) -> None:
+    """An install whose files all carry one mtime (a Nix store path, a reproducible
+    package), then an edit of the same size with that mtime: the old answer was served."""
+    site = _kiln_copy(tmp_path / "site")
+    recipe = tmp_path / "a.recipe"
+    recipe.write_text('package a { version = "1" build = "echo hi > $out" }\n')
+    compile_py = site / "kiln" / "lang" / "compile.py"
+
+    def pin() -> None:
+        for f in site.rglob("*"):
+            os.utime(f, ns=(1_000_000_000, 1_000_000_000), follow_symlinks=False)
+
+    def builder() -> str:
+        env = dict(os.environ, PYTHONPATH=str(site), KILN_HOME=str(tmp_path / "home"))
+        r = subprocess.run(
+            [sys.executable, "-m", "kiln", "show-derivation", str(recipe), "a"],
+            env=env,
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            timeout=120,
+        )
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    pin()
+    assert '"/bin/bash"' in builder()
+    assert '"/bin/bash"' in builder()  # (a hit)
+    text = compile_py.read_text()
+    assert 'builder="/bin/bash"' in text
+    compile_py.write_text(text.replace('builder="/bin/bash"', 'builder="/bin/dash"'))  # (same size)
+    pin()
+    assert '"/bin/dash"' in builder()
