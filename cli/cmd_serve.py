@@ -1,5 +1,6 @@
 """``kiln serve`` and ``kiln registry ...`` (init, tokens, index publishing and root
-rotation, verify): running a registry and administering its directory.
+rotation, verify: in ``registry_admin``): running a registry and administering its
+directory.
 
 cli/main.py routes both command names here with ``argv[0]`` = the name; the work is in
 kiln.registry (see docs/registry.md). ``kiln serve`` admits uploads by its own flags only
@@ -20,7 +21,8 @@ from typing import TYPE_CHECKING
 from kiln.store.errors import KilnError
 from kiln.store.keyfiles import load_secret_key
 
-from .common import load_trusted_key, nonempty_path, trusted_keys, warn_no_signatures, whole_number
+from .common import load_trusted_key, nonempty_path, trusted_keys, whole_number
+from .registry_admin import cmd_registry
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -286,121 +288,6 @@ def cmd_serve(argv: list[str]) -> int:
 
     workers.serve(make, sock, args.workers, ready)
     return 0
-
-
-def cmd_registry(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="kiln registry", description="registry administration")
-    sub = p.add_subparsers(dest="cmd", required=True)
-    init = sub.add_parser("init", help="create a registry directory")
-    init.add_argument("--dir", type=nonempty_path, required=True)
-    init.add_argument("--store-dir", default="/kiln/store")
-    tok = sub.add_parser("token", help="manage bearer tokens")
-    toks = tok.add_subparsers(dest="tcmd", required=True)
-    tc = toks.add_parser("create", help="create a token and print it once")
-    tc.add_argument("--scope", action="append", choices=["read", "write"], required=True)
-    tc.add_argument("--dir", type=nonempty_path, required=True)
-    tc.add_argument("--comment", default="")
-    tl = toks.add_parser("list", help="list token ids and scopes")
-    tl.add_argument("--dir", type=nonempty_path, required=True)
-    tr = toks.add_parser("revoke", help="revoke a token by id")
-    tr.add_argument("--dir", type=nonempty_path, required=True)
-    tr.add_argument("token_id")
-    pi = sub.add_parser("publish-index", help="sign and publish the registry index")
-    pi.add_argument("--dir", type=nonempty_path, required=True)
-    pi.add_argument("--key", type=Path, required=True)
-    pi.add_argument(
-        "--full", action="store_true", help="read every narinfo again, not only those that changed"
-    )
-    ve = sub.add_parser(
-        "verify", help="check every narinfo and blob of a registry directory (exit 1 if any is bad)"
-    )
-    ve.add_argument("--dir", type=nonempty_path, required=True)
-    ve.add_argument(
-        "--trusted-key",
-        action="append",
-        metavar="KEY",
-        help="also require signatures by these keys (repeatable)",
-    )
-    ve.add_argument(
-        "--sigs-needed", type=whole_number(0), default=None, help="default: 1 with trusted keys, else 0"
-    )
-    ve.add_argument(
-        "--delete-bad",
-        action="store_true",
-        help="unpublish what fails (its narinfo and bad blob), so the next sync or push fetches it again",
-    )
-    ve.add_argument(
-        "-j", "--jobs", type=whole_number(1), default=None, help="blobs checked at once (default: cores)"
-    )
-    ve.add_argument("--json", action="store_true")
-    rr = sub.add_parser("rotate-root", help="move the index to a new key (root v+1 signed by old and new)")
-    rr.add_argument("--dir", type=nonempty_path, required=True)
-    rr.add_argument("--old-key", type=Path, required=True)
-    rr.add_argument("--new-key", type=Path, required=True)
-    args = p.parse_args(argv)
-    from kiln.registry.backends import DirSource
-
-    if args.cmd == "init":
-        src = DirSource(args.dir, store_dir=args.store_dir)
-        print(f"registry at {src.storage.url} (StoreDir {src.store_dir})")
-        return 0
-    from kiln.registry.layout import CACHE_INFO
-
-    if not (args.dir / CACHE_INFO).is_file():
-        raise KilnError(f"{args.dir} is not a registry directory (no {CACHE_INFO}); see kiln registry init")
-    src = DirSource(args.dir)
-    if args.cmd == "token":
-        from kiln.registry.auth import TokenStore
-
-        ts = TokenStore(src.storage)
-        if args.tcmd == "create":
-            print(ts.create(args.scope, args.comment))
-        elif args.tcmd == "list":
-            for r in ts.records():
-                print(f"{r.token_id}\t{','.join(r.scopes)}\t{r.created}\t{r.comment}")
-        elif not ts.revoke(args.token_id):
-            raise KilnError(f"no token with id {args.token_id}")
-        return 0
-    if args.cmd == "verify":
-        return _verify_registry(src, args)
-    from kiln.registry import publish
-
-    if args.cmd == "publish-index":
-        pub = publish.publish_index(src.storage, load_secret_key(args.key), full=args.full)
-        print(f"index version {pub.index_version}, timestamp version {pub.timestamp_version}")
-        return 0
-    # each key read once, before anything is written (a key may come from a pipe)
-    old_key, new_key = load_secret_key(args.old_key), load_secret_key(args.new_key)
-    v = publish.rotate_root(src.storage, old_key, new_key)
-    pub = publish.publish_index(src.storage, new_key)
-    print(f"root version {v}; index version {pub.index_version}, timestamp version {pub.timestamp_version}")
-    return 0
-
-
-def _verify_registry(src, args: argparse.Namespace) -> int:  # noqa: ANN001 - a DirSource
-    import json
-
-    from kiln.registry.fsck import verify_dir
-
-    trusted = trusted_keys(args.trusted_key)
-    needed = args.sigs_needed if args.sigs_needed is not None else (1 if trusted else 0)
-    if needed == 0 and trusted:  # keys given, and then not used
-        warn_no_signatures("the registry is verified")
-    rep = verify_dir(src, trusted=trusted, sigs_needed=needed, delete_bad=args.delete_bad, jobs=args.jobs)
-    if args.json:
-        doc = {
-            "checked": rep.checked,
-            "problems": [{"path": p.path, "problem": p.what} for p in rep.problems],
-            "removed": list(rep.removed),
-        }
-        print(json.dumps(doc, indent=2))
-    else:
-        for p in rep.problems:
-            print(f"{p.path}: {p.what}")
-        for k in rep.removed:
-            print(f"removed {k}")
-        print(f"checked {rep.checked} narinfos: {len(rep.problems)} problem(s)")
-    return 1 if rep.problems else 0
 
 
 COMMANDS = {"serve": cmd_serve, "registry": cmd_registry}

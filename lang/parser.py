@@ -13,7 +13,7 @@ node positions shifted to the right place in the file. A bare ``${name}`` skips 
 parser.
 
 Lark's exceptions never escape: they become ``RecipeSyntaxError`` with the position,
-the offending token and the expected tokens in words.
+the offending token and the expected tokens in words (``parseerrors``).
 """
 
 from __future__ import annotations
@@ -24,41 +24,18 @@ from pathlib import Path
 from typing import Any
 
 from lark import Lark, Token
-from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+from lark.exceptions import UnexpectedInput
 
 from . import nodes as ast
 from .errors import DuplicateField, RecipeSyntaxError, SourceText
 from .lexer import FastLexer, LexError, Span
+from .parseerrors import KEYWORDS, lex_error, syntax_error
 from .strings import split_indented, split_plain
-from .strscan import refused_string
 from .values import INT_MAX
 
 _LEVELS = ({"||"}, {"&&"}, {"==", "!="}, {"+"})
 _SIMPLE_VAR = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*\Z")
 _END_OF_INTERP = "end of the ${...} interpolation"
-_KEYWORDS = {"import", "let", "package", "if", "then", "else", "true", "false"}
-
-_WORDS = {
-    "NAME": "a name",
-    "NUMBER": "a number",
-    "STRING": "a string",
-    "IND_STRING": "an indented string",
-    "$END": "end of file",
-}
-_EXPR_START = {
-    "NAME",
-    "NUMBER",
-    "STRING",
-    "IND_STRING",
-    "LSQB",
-    "LBRACE",
-    "LPAR",
-    "TRUE",
-    "FALSE",
-    "IF",
-    "BANG",
-    "MINUS",
-}
 
 
 def _check_duplicates(fields, src: SourceText, what: str) -> None:
@@ -261,7 +238,7 @@ class _Builder:
 
     def _interp(self, pos: int, code: str) -> ast.Node:
         m = _SIMPLE_VAR.match(code)
-        if m and m.group(1) not in _KEYWORDS:
+        if m and m.group(1) not in KEYWORDS:
             return ast.Var(self.src, pos + m.start(1), m.group(1))
         saved = self.base
         self.base = pos
@@ -291,42 +268,6 @@ def _lark() -> Lark:
     return _LARK
 
 
-def _describe_expected(parser: Lark, names) -> str:
-    names = set(names)
-    words = []
-    if {"NAME", "NUMBER", "STRING", "LSQB"} <= names:
-        words.append("an expression")
-        names -= _EXPR_START
-    for n in sorted(names):
-        if n in _WORDS:
-            words.append(_WORDS[n])
-            continue
-        try:
-            pattern = parser.get_terminal(n).pattern
-        except KeyError:
-            words.append(n)
-            continue
-        words.append(f"'{pattern.value}'" if pattern.type == "str" else n.lower())
-    words = sorted(set(words), key=lambda w: (w[0] == "'", w))
-    if not words:
-        return ""
-    if len(words) == 1:
-        return words[0]
-    return ", ".join(words[:-1]) + " or " + words[-1]
-
-
-def _describe_token(tok: Token, end: str) -> str:
-    if tok.type == "$END":
-        return end
-    if tok.type == "NAME":
-        return f"name '{tok}'"
-    if tok.type in ("STRING", "IND_STRING"):
-        return "string"
-    if tok.type == "NUMBER":
-        return f"number {tok}"
-    return f"'{tok}'"
-
-
 def _parse(parser: Lark, text: str, src: SourceText, start: str, base: int, end: str = "end of file"):
     """Parse ``text`` (at offset ``base`` of ``src``) from rule ``start``; errors say ``end``
     for the end of ``text`` (an interpolation's or attribute's end is not the file's). The
@@ -337,55 +278,11 @@ def _parse(parser: Lark, text: str, src: SourceText, start: str, base: int, end:
     try:
         return parser.parse(Span.of(text, base, _BUILDER.ends), start=start)
     except UnexpectedInput as e:
-        raise _syntax_error(parser, e, src, base, len(text), end) from None
+        raise syntax_error(parser, e, src, base, len(text), end) from None
     except LexError as e:
-        raise _lex_error(text, src, base, e.pos, end == _END_OF_INTERP) from None
+        raise lex_error(text, src, base, e.pos, end == _END_OF_INTERP) from None
     finally:
         _BUILDER.src, _BUILDER.ends = saved
-
-
-def _lex_error(text: str, src: SourceText, base: int, pos: int, interp: bool) -> RecipeSyntaxError:
-    """The error for ``text[pos]``, where no token starts (``interp``: ``text`` is the
-    code of an interpolation)."""
-    ch = text[pos]
-    if ch == '"' or text.startswith("''", pos):
-        msg, at = refused_string(text, pos)
-        return RecipeSyntaxError(msg, src, base + at)
-    if text.startswith("${", pos):
-        where = " in the code of an interpolation" if interp else ""
-        return RecipeSyntaxError(f"unexpected '${{'{where} (only a string may hold one)", src, base + pos)
-    if text.startswith("/*", pos):  # the only way a block comment fails to lex
-        return RecipeSyntaxError("unterminated comment: '/*' without a closing '*/'", src, base + pos)
-    return RecipeSyntaxError(f"unexpected character {ch!r}", src, base + pos)
-
-
-def _syntax_error(
-    parser: Lark, e: UnexpectedInput, src: SourceText, base: int, length: int, end: str
-) -> RecipeSyntaxError:
-    if isinstance(e, UnexpectedToken):
-        tok = e.token
-        pos = base + (tok.start_pos if tok.type != "$END" and tok.start_pos is not None else length)
-        expected = _describe_expected(parser, e.accepts or e.expected)
-        msg = f"unexpected {_describe_token(tok, end)}"
-        if tok.type == "NAME" and str(tok) in _KEYWORDS:
-            msg = f"unexpected keyword '{tok}'"
-        names = set(e.accepts or e.expected)
-        if tok.type == "IF" and "IF" not in names and {"NAME", "NUMBER"} <= names:
-            # an operand is expected, and `if` is one only in parentheses (as in Nix)
-            return RecipeSyntaxError(
-                "an 'if' must be in parentheses here: (if ... then ... else ...)", src, pos
-            )
-        return RecipeSyntaxError(msg + (f"; expected {expected}" if expected else ""), src, pos)
-    if isinstance(e, UnexpectedCharacters):  # (lark's own lexers: FastLexer raises LexError)
-        pos = base + e.pos_in_stream
-        ch = src.text[pos] if pos < len(src.text) else ""
-        expected = _describe_expected(parser, e.allowed or ())
-        return RecipeSyntaxError(
-            f"unexpected character {ch!r}" + (f"; expected {expected}" if expected else ""), src, pos
-        )
-    if isinstance(e, UnexpectedEOF):
-        return RecipeSyntaxError(f"unexpected {end}", src, base + length)
-    return RecipeSyntaxError(str(e), src, base)
 
 
 def parse_module(text: str, name: str, path: str | None = None) -> ast.Module:

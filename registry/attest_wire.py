@@ -11,14 +11,14 @@ written with ``attest_batch.admit_many`` (one lock, one barrier).
 Nothing a server sends is trusted for size or shape: an entry not asked for, a broken
 line, an entry over ``MAX_BODY`` or a cut answer is a ``RegistryError`` for the entries
 not yet received (the caller's ``got`` sees each), and the callers check every file
-against its listing's sha256 as for a single ``GET``. (These use ``HttpClient``'s
-request helpers: ``_request``, ``_fail``, ``_link``.)
+against its listing's sha256 as for a single ``GET``. (The batch requests themselves
+are ``HttpClient``'s: ``attestation_batch`` and ``attestation_upload_batch``, in
+``httpattest``.)
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -28,8 +28,6 @@ from . import layout
 from .attest_batch import MAX_UPLOAD_BODY, Upload, admit_many
 from .attest_transfer import MAX_ATTESTATION
 from .client import RegistryError
-from .httpbatch import answer_errors
-from .pace import LINE_TOO_LONG, Pace
 
 #: (hash part, kind) pairs per ``POST /attestation-batch`` (the server takes 4,096)
 FETCH_BATCH = 1000
@@ -37,9 +35,11 @@ FETCH_BATCH = 1000
 #: and 64 MiB); one over ``MAX_ATTESTATION`` goes alone as a ``PUT`` (and is refused there)
 UPLOAD_BATCH = 1000
 UPLOAD_BYTES = 16 << 20
+# a batch ``_chunks`` cuts (at most ``UPLOAD_BATCH`` files of ``UPLOAD_BYTES`` in all, each
+# with a header line of under 128 bytes) is never more than the server takes
+assert UPLOAD_BYTES + MAX_ATTESTATION + 128 * UPLOAD_BATCH <= MAX_UPLOAD_BODY
 #: batch requests in flight at once per call
 CONCURRENT = 2
-UPLOAD_TYPE = "application/x-kiln-attestation-upload-batch"
 
 #: ``got(hash part, kind, result)``: the file's bytes, None if the registry has none, or
 #: the ``KilnError`` that stopped its transfer
@@ -66,14 +66,14 @@ async def fetch_many(
     sem = sem or asyncio.Semaphore(jobs)
     if not pairs:
         return
-    if not (_http(client) and getattr(client, "_att_fetch_ok", True)):
+    if not _http(client):
         await _fetch_each(client, pairs, got, sem)
         return
     gate = asyncio.Semaphore(CONCURRENT)
 
     async def part(p: list[tuple[str, str]]) -> None:
         async with gate:
-            done = getattr(client, "_att_fetch_ok", True) and await _fetch_batch(client, p, got)
+            done = await client.attestation_batch(p, got)
         if not done:
             await _fetch_each(client, p, got, sem)
 
@@ -91,64 +91,6 @@ async def _fetch_each(client: Any, pairs: list[tuple[str, str]], got: Got, sem: 
         got(h, kind, data)
 
     await asyncio.gather(*(one(h, k) for h, k in pairs))
-
-
-async def _fetch_batch(client: Any, pairs: list[tuple[str, str]], got: Got) -> bool:
-    """One ``POST /attestation-batch``; False, having called ``got`` for nothing, if the
-    server has no such endpoint."""
-    from .httpclient import MAX_BODY
-
-    what = f"POST {client.url}/attestation-batch"
-    want = dict.fromkeys(pairs)
-    try:
-        resp = await client._request(
-            "POST", "attestation-batch", json={"attestations": [list(p) for p in want]}
-        )
-    except KilnError as e:
-        for h, k in want:
-            got(h, k, e)
-        return True
-    async with resp:
-        if resp.status in (404, 405, 501):
-            client._att_fetch_ok = False
-            return False
-        if resp.status != 200:
-            e = await client._fail(resp, what)
-            for h, k in want:
-                got(h, k, e)
-            return True
-        pace = Pace(what, RegistryError, client._link)
-        while want:
-            try:
-                h, k, data = await _read_entry(resp, what, want, pace, MAX_BODY)
-            except RegistryError as e:
-                for h, k in want:
-                    got(h, k, e)
-                return True
-            got(h, k, data)
-    return True
-
-
-async def _read_entry(
-    resp: Any, what: str, want: dict[tuple[str, str], None], pace: Pace, max_entry: int
-) -> tuple[str, str, bytes | None]:
-    """The next entry of an ``attestation-batch`` answer (removed from ``want``)."""
-    with answer_errors(what):
-        try:
-            line = await pace.read(resp.content.readline(), 120)
-        except LINE_TOO_LONG:
-            raise RegistryError(f"{what}: an entry line is too long (broken answer)") from None
-        if not line:
-            raise RegistryError(f"{what}: answer cut short")
-        parts = line.decode("ascii", "replace").split()
-        if len(parts) != 3 or (parts[0], parts[1]) not in want or not (parts[2] == "-" or parts[2].isdigit()):
-            raise RegistryError(f"{what}: unexpected entry {line[:100]!r}")
-        h, k, size = parts
-        if size != "-" and int(size) > max_entry:
-            raise RegistryError(f"{what}: {h} {k} announced at {size} bytes, over {max_entry}")
-        data = None if size == "-" else await pace.read(resp.content.readexactly(int(size)), int(size))
-        del want[(h, k)]  # (only now: a cut entry is one of those that failed)
-        return h, k, data
 
 
 async def upload_many(
@@ -197,15 +139,13 @@ async def upload_many(
 
     small = [n for n, it in enumerate(items) if len(it[2]) <= MAX_ATTESTATION]
     alone = [n for n, it in enumerate(items) if len(it[2]) > MAX_ATTESTATION]
-    if _http(client) and getattr(client, "_att_upload_ok", True):
+    if _http(client):
         gate = asyncio.Semaphore(CONCURRENT)
 
         async def part(ns: list[int]) -> None:
             async with gate:
-                ok = getattr(client, "_att_upload_ok", True)
-                res = await _upload_batch(client, [items[n] for n in ns]) if ok else None
+                res = await client.attestation_upload_batch([items[n] for n in ns])
             if res is None:
-                client._att_upload_ok = False
                 await asyncio.gather(*(one(n) for n in ns))
                 return
             for n, (st, msg) in zip(ns, res, strict=True):
@@ -229,30 +169,6 @@ def _chunks(ns: list[int], items: list[tuple[str, str, bytes]]) -> Iterator[list
         size += len(items[n][2])
     if cur:
         yield cur
-
-
-async def _upload_batch(client: Any, part: list[tuple[str, str, bytes]]) -> list[tuple[int, str]] | None:
-    """One ``POST /attestation-upload-batch``: each entry's (status, message), or None if
-    the server has no such endpoint."""
-    body = b"".join(b"%d %s %s\n%s" % (len(d), h.encode(), k.encode(), d) for h, k, d in part)
-    assert len(body) <= MAX_UPLOAD_BODY
-    what = f"POST {client.url}/attestation-upload-batch"
-    async with await client._request(
-        "POST", "attestation-upload-batch", data=body, headers={"Content-Type": UPLOAD_TYPE}
-    ) as resp:
-        if resp.status in (404, 405, 501):
-            return None
-        if resp.status != 200:
-            raise await client._fail(resp, what)
-        raw = await client._read(resp, what)
-    try:
-        results = json.loads(raw)["results"]
-        out = [(int(r["status"]), str(r.get("message", ""))) for r in results]
-    except (ValueError, TypeError, KeyError, RecursionError, AttributeError):
-        raise RegistryError(f"{what}: malformed answer (expected a JSON object with results)") from None
-    if len(out) != len(part):
-        raise RegistryError(f"{what}: {len(out)} results for {len(part)} attestations")
-    return out
 
 
 async def fetch_indexed(

@@ -25,8 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-from typing import Any
+from typing import Any, BinaryIO
 
 from aiohttp import web
 
@@ -38,7 +37,7 @@ from . import layout
 from .attest_batch import MAX_UPLOAD_BODY, MAX_UPLOAD_ENTRIES, Upload, admit_many
 from .attest_transfer import MAX_ATTESTATION
 from .backends import DirSource
-from .batchapi import BLOB_PIECE, MAX_QUERY_BODY, RETRY_AFTER
+from .batchapi import MAX_QUERY_BODY, stream_files
 from .httpbits import CHUNK, HTTPError, body_pace, check_length, read_body
 from .pace import LINE_TOO_LONG
 
@@ -83,38 +82,21 @@ class AttestAPI:
         /<h>.att/<kind>.dsse.json`` would send it), or ``<hash part> <kind> -\\n`` if
         there is none. The client checks each file against the listing's sha256."""
         pairs = parse_fetch(await read_body(request, MAX_QUERY_BODY, "attestation batch request"))
-        if self._blob_batches.locked():
-            raise HTTPError(
-                503,
-                f"busy: {self.config.max_blob_batches} batches in progress",
-                **{"Retry-After": RETRY_AFTER},
-            )
-        async with self._blob_batches:
-            resp = web.StreamResponse(headers={"Content-Type": ATT_BATCH_TYPE, "Cache-Control": "no-store"})
-            await resp.prepare(request)
-            for h, kind in pairs:
-                await self._send_att(resp, h, kind)
-            await resp.write_eof()
-            return resp
+        return await stream_files(
+            request,
+            self._blob_batches,
+            f"{self.config.max_blob_batches} batches",
+            ATT_BATCH_TYPE,
+            "attestation",
+            (self._open_att(h, kind) for h, kind in pairs),
+        )
 
-    async def _send_att(self, resp: web.StreamResponse, h: str, kind: str) -> None:
+    def _open_att(self, h: str, kind: str) -> tuple[str, BinaryIO | None]:
         path = self.source.att_file(h, kind)
-        f = None
         if path is not None:
             with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-                f = open_regular(path)  # (a FIFO put there is no file: never waited on)
-        if f is None:
-            await resp.write(f"{h} {kind} -\n".encode())
-            return
-        with f:
-            size = os.fstat(f.fileno()).st_size
-            await resp.write(f"{h} {kind} {size}\n".encode())
-            sent = 0
-            while sent < size and (chunk := f.read(min(BLOB_PIECE, size - sent))):
-                await resp.write(chunk)
-                sent += len(chunk)
-            if sent != size:  # replaced in place under us: the framing is broken, stop
-                raise ConnectionResetError(f"attestation {h} {kind} shrank while being sent")
+                return f"{h} {kind}", open_regular(path)  # (a FIFO put there is no file: never waited on)
+        return f"{h} {kind}", None
 
     async def _att_upload_batch(self, request: web.BaseRequest) -> web.Response:
         """``POST /attestation-upload-batch`` (write token): per attestation a line

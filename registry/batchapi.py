@@ -22,8 +22,9 @@ import asyncio
 import contextlib
 import json
 import os
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, BinaryIO
 
 from aiohttp import web
 
@@ -153,38 +154,63 @@ class BatchAPI:
             raise HTTPError(400, f"malformed blob batch request: {e}") from None
         if len(digests) > MAX_BLOB_BATCH:
             raise HTTPError(413, f"at most {MAX_BLOB_BATCH} objects per blob batch")
-        if self._blob_batches.locked():
-            raise HTTPError(
-                503,
-                f"busy: {self.config.max_blob_batches} blob batches in progress",
-                **{"Retry-After": RETRY_AFTER},
-            )
-        async with self._blob_batches:
-            resp = web.StreamResponse(headers={"Content-Type": BLOB_BATCH_TYPE, "Cache-Control": "no-store"})
-            await resp.prepare(request)
-            for d in digests:
-                await self._send_blob(resp, d)
-            await resp.write_eof()
-            return resp
+        return await stream_files(
+            request,
+            self._blob_batches,
+            f"{self.config.max_blob_batches} blob batches",
+            BLOB_BATCH_TYPE,
+            "object",
+            ((d.hex, self._open_blob(d)) for d in digests),
+        )
 
-    async def _send_blob(self, resp: web.StreamResponse, d: Hash) -> None:
-        """One entry of a blob batch, written in ``BLOB_PIECE`` pieces: each write
-        waits (``drain``) while the client is behind, and ``guard`` drops a client
-        that stops reading, so a connection holds a bounded amount of memory."""
+    def _open_blob(self, d: Hash) -> BinaryIO | None:
         path = self.source.object_file(d)
-        f = None
         if path is not None:
             with contextlib.suppress(FileNotFoundError):
-                f = open(path, "rb")  # noqa: SIM115 - closed below
-        if f is None:
-            await resp.write(f"{d.hex} -\n".encode())
-            return
-        with f:
-            size = os.fstat(f.fileno()).st_size
-            await resp.write(f"{d.hex} {size}\n".encode())
-            sent = 0
-            while sent < size and (chunk := f.read(min(BLOB_PIECE, size - sent))):
-                await resp.write(chunk)
-                sent += len(chunk)
-            if sent != size:  # the file changed under us: the framing is broken, stop
-                raise ConnectionResetError(f"object {d.hex} shrank while being sent")
+                return open(path, "rb")  # noqa: SIM115 - closed by ``send_file``
+        return None
+
+
+async def stream_files(
+    request: web.BaseRequest,
+    slots: asyncio.Semaphore,
+    busy: str,
+    content_type: str,
+    what: str,
+    files: Iterable[tuple[str, BinaryIO | None]],
+) -> web.StreamResponse:
+    """A streamed batch answer (``blob-batch``, ``attestation-batch``): 503 with
+    ``Retry-After`` (``busy: <busy> in progress``) while every one of ``slots`` is taken;
+    else, holding one, ``send_file`` for each ``(name, open file or None)`` of ``files``
+    in order. ``files`` should open each file only when it is reached (a generator), so
+    an answer holds one descriptor at a time."""
+    if slots.locked():
+        raise HTTPError(503, f"busy: {busy} in progress", **{"Retry-After": RETRY_AFTER})
+    async with slots:
+        resp = web.StreamResponse(headers={"Content-Type": content_type, "Cache-Control": "no-store"})
+        await resp.prepare(request)
+        for name, f in files:
+            await send_file(resp, name, f, what)
+        await resp.write_eof()
+        return resp
+
+
+async def send_file(resp: web.StreamResponse, name: str, f: BinaryIO | None, what: str) -> None:
+    """One entry of a streamed batch answer: ``<name> -\\n`` for no file, else ``<name>
+    <size>\\n`` and exactly ``size`` bytes of ``f`` (closed here), written in
+    ``BLOB_PIECE`` pieces: each write waits (``drain``) while the client is behind, and
+    ``guard`` drops a client that stops reading, so a connection holds a bounded amount
+    of memory. A file that shrinks while it is sent breaks the framing: the connection
+    is cut (``ConnectionResetError``, naming ``what``)."""
+    if f is None:
+        await resp.write(f"{name} -\n".encode())
+        return
+    with f:
+        size = os.fstat(f.fileno()).st_size
+        await resp.write(f"{name} {size}\n".encode())
+        sent = 0
+        while sent < size and (chunk := f.read(min(BLOB_PIECE, size - sent))):
+            await resp.write(chunk)
+            sent += len(chunk)
+        if sent != size:  # the file changed under us: the framing is broken, stop
+            raise ConnectionResetError(f"{what} {name} shrank while being sent")

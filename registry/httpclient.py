@@ -31,6 +31,7 @@ from kiln.store.hashes import Hash
 
 from . import layout
 from .client import BATCH, CHUNK, CONNECT_TIMEOUT, Client, RegistryError, Unreachable, utf8
+from .httpattest import AttestationBatches
 from .httpbatch import answer_errors, checked_batch, read_blob_batch, upload_batch_body
 from .pace import Link, Pace
 
@@ -72,7 +73,10 @@ class _Resolver(aiohttp.DefaultResolver):  # type: ignore[misc,valid-type]
             raise OSError(errno.ETIMEDOUT, f"looking up {host} took over {CONNECT_TIMEOUT:g} s") from None
 
 
-class HttpClient(Client):
+class HttpClient(AttestationBatches, Client):
+    """The ``Client`` API over HTTP(S), and the attestation batch calls
+    (``httpattest.AttestationBatches``, used by ``attest_wire``)."""
+
     def __init__(self, url: str, token: str | None = None, jobs: int = 16) -> None:
         # credentials in the URL go as basic auth; self.url, which every message shows,
         # has none
@@ -92,6 +96,8 @@ class HttpClient(Client):
         self._link = Link()
         self._batch_ok = True
         self._blob_batch_ok = True
+        self._att_fetch_ok = True
+        self._att_upload_ok = True
         #: key -> the URL on another origin that answered 404/403 for it after a redirect
         #: (``get`` returns None for those as for any miss; errors use this to say where)
         self.missed_at: dict[str, str] = {}
@@ -203,14 +209,22 @@ class HttpClient(Client):
                 raise await self._fail(resp, f"GET {self.url}/{key}")
             return await self._read(resp, f"GET {self.url}/{key}")
 
-    async def _batch(self, body: dict[str, list[str]]) -> dict[str, Any] | None:
-        what = f"POST {self.url}/narinfo-batch"
-        async with await self._request("POST", "narinfo-batch", json=body) as resp:
+    async def _post(self, key: str, **kw: Any) -> bytes | None:
+        """The body of the 200 answer to ``POST /<key>``, or None if the server has no such
+        endpoint (404, 405, 501); any other answer is a ``RegistryError``."""
+        what = f"POST {self.url}/{key}"
+        async with await self._request("POST", key, **kw) as resp:
             if resp.status in (404, 405, 501):
                 return None
             if resp.status != 200:
                 raise await self._fail(resp, what)
-            raw = await self._read(resp, what)
+            return await self._read(resp, what)
+
+    async def _batch(self, body: dict[str, list[str]]) -> dict[str, Any] | None:
+        what = f"POST {self.url}/narinfo-batch"
+        raw = await self._post("narinfo-batch", json=body)
+        if raw is None:
+            return None
         try:
             res = json.loads(raw)
         except (ValueError, RecursionError) as e:

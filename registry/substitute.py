@@ -22,7 +22,8 @@
   them, dependencies first, to
   ``store.import_objects`` (group commit: a few hundred paths share one ``syncfs`` and
   one database transaction instead of paying fsyncs and a commit each). The importer
-  waits for each download in import order, so importing overlaps downloading.
+  waits for each download in import order, so importing overlaps downloading. (The
+  downloads themselves: ``substitute_downloads``.)
 
 A Substituter owns an event loop; use it from one thread. ``close()`` when done. The
 fetched paths stay temp roots of the caller's store object until it is closed.
@@ -33,21 +34,19 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import hashlib
-import io
-import tempfile
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 from kiln.store import narinfo as ni
-from kiln.store.errors import HashMismatch, KilnError
+from kiln.store.errors import KilnError
 from kiln.store.pathadmit import admitted_sigs
 from kiln.store.pathinfo import PathInfo
 from kiln.store.signing import PublicKey
 
-from .client import Client, RegistryError, Unreachable, open_client
+from .client import Client, Unreachable, open_client
 from .progress import Progress
 from .push import levels
+from .substitute_downloads import Downloads
 from .verify import check_narinfo
 
 #: Objects up to this size are fetched in batches (``Client.blob_batch``) of up to
@@ -90,7 +89,7 @@ def fits_batch(info: ni.NarInfo) -> bool:
     return info.file_hash is not None and info.file_size is not None and info.file_size <= BATCH_OBJECT_MAX
 
 
-class Substituter:
+class Substituter(Downloads):
     def __init__(
         self,
         registries: list[tuple[str, int]],
@@ -190,133 +189,6 @@ class Substituter:
         return self._loop.run_until_complete(self._query(list(paths)))
 
     # ------------------------------------------------------------ fetching
-
-    async def _download(self, info: ni.NarInfo, sem: asyncio.Semaphore, prog: Progress) -> Any:
-        url = self._source.get(info.path)
-        if url is None:
-            raise KilnError(f"{info.path} was not obtained from query_many of this substituter")
-        f = tempfile.SpooledTemporaryFile(max_size=8 << 20)  # noqa: SIM115 - returned to the caller
-        sha = hashlib.sha256()
-        size = 0
-        limit = info.file_size or 0
-
-        def write(chunk: bytes) -> None:
-            nonlocal size
-            size += len(chunk)
-            if size > limit:
-                raise HashMismatch(f"download of {info.path}", f"{limit} bytes", f"more than {limit} bytes")
-            sha.update(chunk)
-            f.write(chunk)
-            prog.add(0, len(chunk))
-
-        try:
-            async with sem:
-                ok = await self._client(url).download(info.url, write)
-            if not ok:
-                raise KilnError(f"{url}/{info.url} is missing although the registry lists {info.path}")
-            if sha.digest() != info.file_hash.digest or size != limit:  # type: ignore[union-attr]
-                raise HashMismatch(
-                    f"download of {info.path} from {url}",
-                    info.file_hash.to_nix32(),
-                    f"sha256:{sha.hexdigest()} ({size} bytes)",
-                )  # type: ignore[union-attr]
-        except BaseException:
-            f.close()
-            raise
-        f.seek(0)
-        return f
-
-    def _check(self, info: ni.NarInfo, url: str, data: bytes) -> None:
-        if len(data) != info.file_size or hashlib.sha256(data).digest() != info.file_hash.digest:  # type: ignore[union-attr]
-            raise HashMismatch(
-                f"download of {info.path} from {url}",
-                info.file_hash.to_nix32(),  # type: ignore[union-attr]
-                f"sha256:{hashlib.sha256(data).hexdigest()} ({len(data)} bytes)",
-            )
-
-    async def _batch(
-        self,
-        url: str,
-        batch: list[ni.NarInfo],
-        results: dict[str, concurrent.futures.Future],
-        sem: asyncio.Semaphore,
-        prog: Progress,
-    ) -> None:
-        """Fetch ``batch`` (small objects, all from ``url``) with one ``blob_batch``;
-        where the registry cannot, one download each. Resolves ``results[path]``."""
-        by_hex: dict[str, list[ni.NarInfo]] = {}
-        for i in batch:
-            by_hex.setdefault(i.file_hash.hex, []).append(i)  # type: ignore[union-attr]
-
-        def got(h: Any, data: bytes | None) -> None:
-            for info in by_hex.get(h.hex, []):
-                fut = results[info.path]
-                if fut.done():
-                    continue
-                if data is None:
-                    fut.set_exception(
-                        KilnError(f"{url} lacks the object of {info.path} although it lists the path")
-                    )
-                    continue
-                try:
-                    self._check(info, url, data)
-                except HashMismatch as e:
-                    fut.set_exception(e)
-                    continue
-                prog.add(0, len(data))
-                fut.set_result(io.BytesIO(data))
-
-        try:
-            async with sem:
-                try:
-                    ok = await self._client(url).blob_batch(
-                        [by_hex[h][0].file_hash for h in by_hex],  # type: ignore[misc]
-                        got,
-                        {h: by_hex[h][0].file_size for h in by_hex if by_hex[h][0].file_size is not None},
-                    )
-                except RegistryError as e:
-                    # busy through every retry (its batches are bounded, and slow clients
-                    # may hold them all): plain downloads are not bounded so, and what a
-                    # batch delivered before it failed is already resolved
-                    if e.status != 503:
-                        raise
-                    ok = False
-        except BaseException as e:
-            for i in batch:
-                if not results[i.path].done():
-                    results[i.path].set_exception(e if isinstance(e, Exception) else KilnError(str(e)))
-            raise
-        if not ok:  # no batch endpoint here (or busy): one request per object, as for big ones
-            await asyncio.gather(
-                *(self._one(i, results, sem, prog) for i in batch if not results[i.path].done())
-            )
-            return
-        for i in batch:
-            if not results[i.path].done():
-                results[i.path].set_exception(KilnError(f"{url} did not send the object of {i.path}"))
-
-    async def _one(
-        self,
-        info: ni.NarInfo,
-        results: dict[str, concurrent.futures.Future],
-        sem: asyncio.Semaphore,
-        prog: Progress,
-    ) -> None:
-        fut = results[info.path]
-        try:
-            f = await self._download(info, sem, prog)
-        except BaseException as e:  # handed to whoever waits for this path
-            if not fut.done():
-                fut.set_exception(
-                    e if isinstance(e, Exception) else KilnError(f"download of {info.path} stopped")
-                )
-            if not isinstance(e, Exception):
-                raise
-            return
-        if fut.done():
-            f.close()
-        else:
-            fut.set_result(f)
 
     async def _fetch_many(self, store: Any, infos: list[ni.NarInfo]) -> list[PathInfo]:
         sem = asyncio.Semaphore(self.jobs)

@@ -9,36 +9,20 @@ import time
 from pathlib import Path
 
 import pytest
+from attestkit import signed_provenance
 
-from kiln.store import attestations, attestgroup, intoto, objects
+from kiln.store import attestations, attestgroup, objects
 from kiln.store.attestgroup import GroupWriter
-from kiln.store.dsse import Ed25519Signer, Envelope
+from kiln.store.dsse import Envelope
 from kiln.store.errors import KilnError
 from kiln.store.localstore import LocalStore
-from kiln.store.paths import StorePath
 from kiln.store.signing import SecretKey
 
 SK = SecretKey.generate("group-test-1")
 
 
 def _prov(store: LocalStore, path: str, when: float) -> Envelope:
-    st = intoto.provenance(
-        StorePath.parse(path).base,
-        store.query(path).nar_hash.hex,
-        recipe_file="x.recipe",
-        attribute="x",
-        parameters={},
-        git_commit=None,
-        git_dirty=False,
-        sandbox_settings={},
-        toolchain_path=None,
-        resolved_dependencies=[],
-        builder_version="test",
-        invocation_id="inv",
-        started_on=when - 1,
-        finished_on=when,
-    )
-    return attestations.sign(st, [Ed25519Signer(SK.key)])
+    return signed_provenance(store, path, SK, finished=when)
 
 
 @pytest.fixture

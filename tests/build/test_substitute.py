@@ -13,6 +13,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from attestkit import signed_provenance
 from buildkit import APPLETS, BUSYBOX, Graph
 
 from kiln.sandbox.bwrap import BwrapExecutor
@@ -70,28 +71,12 @@ def served(tmp_path):
     ga = Graph(a_store, bb)
     lib, _ = ga.drv("lib", "mkdir $out; echo lib > $out/data")
     app, app_drv = ga.drv("app", "mkdir $out; echo $in0 > $out/uses", inputs=[lib])
-    from kiln.store import attestations, intoto
-    from kiln.store.dsse import Ed25519Signer
+    from kiln.store import attestations
 
     def provenance(drv_path, drv, outputs, started, finished, store):
         for out in outputs.values():
-            st = intoto.provenance(
-                out.rsplit("/", 1)[1],
-                store.query(out).nar_hash.hex,
-                recipe_file="t.recipe",
-                attribute="app",
-                parameters={},
-                git_commit=None,
-                git_dirty=False,
-                sandbox_settings={},
-                toolchain_path=None,
-                resolved_dependencies=[],
-                builder_version="test",
-                invocation_id="1",
-                started_on=started,
-                finished_on=finished,
-            )
-            attestations.write(store, out, "provenance", attestations.sign(st, [Ed25519Signer(key.key)]))
+            env = signed_provenance(store, out, key, finished=finished, started=started)
+            attestations.write(store, out, "provenance", env)
 
     Builder(a_store, BwrapExecutor(), BuildOptions(), after_build=provenance, say=lambda m: None).realise(
         [app]

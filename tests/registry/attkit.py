@@ -10,17 +10,16 @@ import re
 import subprocess
 import sys
 import threading
-import time
 from collections import Counter
 from pathlib import Path
 
 from aiohttp import ClientSession, web
+from attestkit import signed_provenance
 from regkit import add_built, make_store
 
-from kiln.store import attestations, intoto
-from kiln.store.dsse import Ed25519Signer, Envelope
+from kiln.store import attestations
+from kiln.store.dsse import Envelope
 from kiln.store.localstore import LocalStore
-from kiln.store.paths import StorePath
 
 BATCH_ENDPOINTS = ("/attestation-batch", "/attestation-upload-batch")
 
@@ -30,24 +29,7 @@ def kiln(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
 
 
 def provenance(store: LocalStore, path: str, sk, when: float | None = None) -> Envelope:  # noqa: ANN001
-    now = when or time.time()
-    st = intoto.provenance(
-        StorePath.parse(path).base,
-        store.query(path).nar_hash.hex,
-        recipe_file="x.recipe",
-        attribute="x",
-        parameters={},
-        git_commit=None,
-        git_dirty=False,
-        sandbox_settings={"network": False},
-        toolchain_path=None,
-        resolved_dependencies=[],
-        builder_version="test",
-        invocation_id="inv",
-        started_on=now - 5,
-        finished_on=now,
-    )
-    return attestations.sign(st, [Ed25519Signer(sk.key)])
+    return signed_provenance(store, path, sk, finished=when)
 
 
 def attested_store(root: Path, tmp: Path, keys, n: int) -> tuple[LocalStore, list[str]]:  # noqa: ANN001

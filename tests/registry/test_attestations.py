@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from attestkit import signed_provenance
 from regkit import add_built, make_store, request
 
 from kiln.registry.attest_fetch import fetch_attestations
@@ -30,25 +31,7 @@ def kiln(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
 
 
 def provenance(store, path: str, sk, parameters: dict | None = None) -> Envelope:  # noqa: ANN001
-    info = store.query(path)
-    now = time.time()
-    st = intoto.provenance(
-        StorePath.parse(path).base,
-        info.nar_hash.hex,
-        recipe_file="hello.recipe",
-        attribute="hello",
-        parameters=parameters or {},
-        git_commit=None,
-        git_dirty=False,
-        sandbox_settings={"network": False},
-        toolchain_path=None,
-        resolved_dependencies=[],
-        builder_version="test",
-        invocation_id="inv-1",
-        started_on=now - 5,
-        finished_on=now,
-    )
-    return attestations.sign(st, [Ed25519Signer(sk.key)])
+    return signed_provenance(store, path, sk, parameters=parameters)
 
 
 def vsa(store, path: str, sk) -> bytes:  # noqa: ANN001

@@ -3,40 +3,17 @@ registry goes through ``LocalStore.import_objects`` and brings the path's attest
 
 from __future__ import annotations
 
-import time
-
+from attestkit import signed_provenance
 from storekit import make_tree
 
 from kiln.registry.client import open_client
 from kiln.registry.copy import to_store
 from kiln.registry.push import push
-from kiln.store import attestations, intoto
-from kiln.store.dsse import Ed25519Signer
+from kiln.store import attestations
 from kiln.store.hashes import Hash
 from kiln.store.localstore import LocalStore
-from kiln.store.paths import StorePath, make_output_path
+from kiln.store.paths import make_output_path
 from kiln.store.signing import SecretKey
-
-
-def _provenance(store: LocalStore, path: str, sk: SecretKey):  # noqa: ANN202
-    now = time.time()
-    st = intoto.provenance(
-        StorePath.parse(path).base,
-        store.query(path).nar_hash.hex,
-        recipe_file="app.recipe",
-        attribute="app",
-        parameters={},
-        git_commit=None,
-        git_dirty=False,
-        sandbox_settings={"network": False},
-        toolchain_path=None,
-        resolved_dependencies=[],
-        builder_version="test",
-        invocation_id="inv-1",
-        started_on=now - 5,
-        finished_on=now,
-    )
-    return attestations.sign(st, [Ed25519Signer(sk.key)])
 
 
 def test_copy_a_closure_with_attestations(tmp_path):
@@ -48,7 +25,7 @@ def test_copy_a_closure_with_attestations(tmp_path):
         app_path = str(make_output_path(Hash.sha256_of(b"app"), "out", "app", src.store_dir))
         tree = make_tree(tmp_path / "build" / "app", {"bin/app": f"x:#!/bin/sh\n# {dep.path}\n"})
         app = src.register_built(app_path, tree, [dep.path], None).path
-        attestations.write(src, app, "provenance", _provenance(src, app, sk))
+        attestations.write(src, app, "provenance", signed_provenance(src, app, sk))
         url = f"file://{tmp_path / 'reg'}"
         push(src, [app], lambda: open_client(url, store_dir=src.store_dir), sign_key=sk)
 

@@ -1,0 +1,120 @@
+"""The ``RecipeSyntaxError`` for what the parser (``parser``, lark) or its lexer
+(``lexer.FastLexer``) refused: the position, the offending token and the tokens that
+were expected, in words ("an expression", "a name", "';'") rather than lark's terminal
+names. Nothing here parses; the parser calls these once a parse has failed.
+"""
+
+from __future__ import annotations
+
+from lark import Lark, Token
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+
+from .errors import RecipeSyntaxError, SourceText
+from .strscan import refused_string
+
+#: words that are tokens of their own, never names
+KEYWORDS = {"import", "let", "package", "if", "then", "else", "true", "false"}
+
+_WORDS = {
+    "NAME": "a name",
+    "NUMBER": "a number",
+    "STRING": "a string",
+    "IND_STRING": "an indented string",
+    "$END": "end of file",
+}
+_EXPR_START = {
+    "NAME",
+    "NUMBER",
+    "STRING",
+    "IND_STRING",
+    "LSQB",
+    "LBRACE",
+    "LPAR",
+    "TRUE",
+    "FALSE",
+    "IF",
+    "BANG",
+    "MINUS",
+}
+
+
+def _describe_expected(parser: Lark, names) -> str:
+    names = set(names)
+    words = []
+    if {"NAME", "NUMBER", "STRING", "LSQB"} <= names:
+        words.append("an expression")
+        names -= _EXPR_START
+    for n in sorted(names):
+        if n in _WORDS:
+            words.append(_WORDS[n])
+            continue
+        try:
+            pattern = parser.get_terminal(n).pattern
+        except KeyError:
+            words.append(n)
+            continue
+        words.append(f"'{pattern.value}'" if pattern.type == "str" else n.lower())
+    words = sorted(set(words), key=lambda w: (w[0] == "'", w))
+    if not words:
+        return ""
+    if len(words) == 1:
+        return words[0]
+    return ", ".join(words[:-1]) + " or " + words[-1]
+
+
+def _describe_token(tok: Token, end: str) -> str:
+    if tok.type == "$END":
+        return end
+    if tok.type == "NAME":
+        return f"name '{tok}'"
+    if tok.type in ("STRING", "IND_STRING"):
+        return "string"
+    if tok.type == "NUMBER":
+        return f"number {tok}"
+    return f"'{tok}'"
+
+
+def lex_error(text: str, src: SourceText, base: int, pos: int, interp: bool) -> RecipeSyntaxError:
+    """The error for ``text[pos]``, where no token starts (``interp``: ``text`` is the
+    code of an interpolation)."""
+    ch = text[pos]
+    if ch == '"' or text.startswith("''", pos):
+        msg, at = refused_string(text, pos)
+        return RecipeSyntaxError(msg, src, base + at)
+    if text.startswith("${", pos):
+        where = " in the code of an interpolation" if interp else ""
+        return RecipeSyntaxError(f"unexpected '${{'{where} (only a string may hold one)", src, base + pos)
+    if text.startswith("/*", pos):  # the only way a block comment fails to lex
+        return RecipeSyntaxError("unterminated comment: '/*' without a closing '*/'", src, base + pos)
+    return RecipeSyntaxError(f"unexpected character {ch!r}", src, base + pos)
+
+
+def syntax_error(
+    parser: Lark, e: UnexpectedInput, src: SourceText, base: int, length: int, end: str
+) -> RecipeSyntaxError:
+    """The error for lark's ``e``, raised parsing the ``length`` characters at ``base`` of
+    ``src``; ``end`` is what to call the end of those (file, interpolation, attribute)."""
+    if isinstance(e, UnexpectedToken):
+        tok = e.token
+        pos = base + (tok.start_pos if tok.type != "$END" and tok.start_pos is not None else length)
+        expected = _describe_expected(parser, e.accepts or e.expected)
+        msg = f"unexpected {_describe_token(tok, end)}"
+        if tok.type == "NAME" and str(tok) in KEYWORDS:
+            msg = f"unexpected keyword '{tok}'"
+        names = set(e.accepts or e.expected)
+        if tok.type == "IF" and "IF" not in names and {"NAME", "NUMBER"} <= names:
+            # an operand is expected, and `if` is one only in parentheses (as in Nix)
+            return RecipeSyntaxError(
+                "an 'if' must be in parentheses here: (if ... then ... else ...)", src, pos
+            )
+        return RecipeSyntaxError(msg + (f"; expected {expected}" if expected else ""), src, pos)
+    if isinstance(e, UnexpectedCharacters):  # (lark's own lexers: FastLexer raises LexError)
+        pos = base + e.pos_in_stream
+        ch = src.text[pos] if pos < len(src.text) else ""
+        expected = _describe_expected(parser, e.allowed or ())
+        return RecipeSyntaxError(
+            f"unexpected character {ch!r}" + (f"; expected {expected}" if expected else ""), src, pos
+        )
+    if isinstance(e, UnexpectedEOF):
+        return RecipeSyntaxError(f"unexpected {end}", src, base + length)
+    return RecipeSyntaxError(str(e), src, base)
