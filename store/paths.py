@@ -133,7 +133,9 @@ def _clash(store_dir: str) -> str:
     if first in STORE_ROOT_ENTRIES:
         return (
             f"its first component {first!r} clashes with the store root's own entries "
-            f"({', '.join(sorted(STORE_ROOT_ENTRIES))})"
+            f"({', '.join(sorted(STORE_ROOT_ENTRIES))}), so a local store cannot use it; the paths "
+            "of a store an older kiln made with it stay usable from a registry (any store dir): "
+            "push them there with that kiln (kiln push --to file:///DIR)"
         )
     return ""
 
