@@ -275,6 +275,7 @@ class DirSource(Source):
             for e, _n in staged:
                 self.commit_object(e.nar_file, e.nar_digests, durable=False)  # type: ignore[arg-type]
         ready: list[int] = []
+        ready_hashes: set[str] = set()  # of the entries in ``ready`` (grown, never rebuilt)
         for n, e in enumerate(entries):
             info = infos[n]
             if results[n] is not None or info is None:
@@ -293,7 +294,7 @@ class DirSource(Source):
                 results[n] = (400, refused)
                 continue
             # references: published, or earlier in this batch (published before it below)
-            missing = self._missing_reference(info, {entries[k].hash_part for k in ready})
+            missing = self._missing_reference(info, ready_hashes)
             if missing is not None:
                 results[n] = (409, missing)
                 continue
@@ -302,6 +303,7 @@ class DirSource(Source):
             f.close()  # flushed; made durable by the shared barrier below
             e.narinfo_file = f
             ready.append(n)
+            ready_hashes.add(e.hash_part)
         if ready:
             self.group_sync()
         for n in ready:

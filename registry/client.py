@@ -11,6 +11,8 @@ not care where a registry lives:
 - ``have_blobs(hashes)`` — which compressed NARs the registry already holds (batched);
 - ``attestation_listings(hash_parts)`` — ``{hash part: {kind: sha256}}`` of attestations
   (batched through ``narinfo-batch``; else one ``<h>.att/index.json`` GET per path);
+- ``narinfo_closure(hash_parts)`` — the narinfos of a whole closure in one answer
+  (kiln servers; a hint, {} elsewhere: ``closurewalk``);
 - ``narinfo_by_nar_hash(hex)`` — the narinfo whose NarHash is that sha256 (kiln servers
   and directories only);
 - ``blob_batch(hashes, got)`` — many small compressed objects in one ``POST
@@ -73,6 +75,8 @@ class Client(abc.ABC):
     #: the keys the caller trusts for what this registry serves (``Substituter`` sets its
     #: own): ``attest_transfer.fetch_attestations`` stores only attestations they signed
     trusted: list[PublicKey] | None = None
+    #: False once the registry showed it has no ``narinfo_closure`` endpoint
+    _closure_ok = True
 
     async def __aenter__(self) -> Client:
         return self
@@ -129,6 +133,34 @@ class Client(abc.ABC):
         await asyncio.gather(*(one(h) for h in hash_parts))
         return out
 
+    async def narinfo_closure(self, hash_parts: list[str]) -> dict[str, str]:
+        """``{hash part: narinfo text}`` for the closure of ``hash_parts`` as far as the
+        registry sends it in one answer per ``layout.CLOSURE_ROOTS`` of them (``GET
+        narinfo-closure/...``, kiln servers: ``closurewalk``). A hint only: maybe partial,
+        ``{}`` from a registry without the endpoint (asked once); callers check every
+        narinfo they use as any other."""
+        if not self._closure_ok or not hash_parts:
+            return {}
+        out: dict[str, str] = {}
+        roots = list(dict.fromkeys(hash_parts))
+        parts = [roots[i : i + layout.CLOSURE_ROOTS] for i in range(0, len(roots), layout.CLOSURE_ROOTS)]
+
+        async def one(part: list[str]) -> None:
+            key = layout.closure_key(part)
+            try:
+                body = await self.get(key)
+            except Unreachable:
+                raise
+            except RegistryError:  # (another kind of server answering 400, 405, ...)
+                body = None
+            if body is None:
+                self._closure_ok = False
+                return
+            out.update(_closure_texts(body, f"{self.url}/{key}"))
+
+        await asyncio.gather(*(one(part) for part in parts))
+        return out
+
     async def narinfo_by_nar_hash(self, nar_sha256_hex: str) -> str | None:
         raise RegistryError(f"{self.url} cannot look paths up by NAR hash; name the store path")
 
@@ -143,6 +175,22 @@ class Client(abc.ABC):
 
     async def upload_batch(self, frames: list[tuple[str, bytes, Path | None]]) -> list[dict[str, Any]] | None:
         return None  # not supported: callers fall back to one PUT per object
+
+
+def _closure_texts(body: bytes, what: str) -> dict[str, str]:
+    """The ``narinfos`` of a ``narinfo-closure`` answer; ``RegistryError`` for one
+    that is not the JSON object it must be."""
+    import json
+
+    try:
+        texts = json.loads(body).get("narinfos")
+    except (ValueError, AttributeError, RecursionError):
+        texts = None
+    if not isinstance(texts, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in texts.items()
+    ):
+        raise RegistryError(f"{what}: malformed answer")
+    return texts
 
 
 def open_client(

@@ -1,8 +1,11 @@
 """``kiln copy``: closures from a registry into a local store or into another registry.
 
-Closure discovery walks narinfo ``References`` breadth-first, one batched narinfo query
-per level, skipping what the destination already has. Every narinfo must pass
-``verify.check_narinfo`` (trusted signatures) before anything is transferred, and every
+Closure discovery walks narinfo ``References`` breadth-first, skipping what the
+destination already has. From a kiln server it first takes the whole closure's narinfos
+in one answer (``closurewalk``: a hint, each narinfo used still checked) and then asks
+for everything below the first level at once, so a deep chain costs a few round trips,
+not one per level; from other registries, one batched narinfo query per level. Every
+narinfo must pass ``verify.check_narinfo`` (trusted signatures) before anything is transferred, and every
 NAR is verified while it streams (file hash, and the NAR hash — by the store on import,
 or by ``NarVerifier`` when relaying to another registry). Into a store, the paths are
 registered by ``LocalStore.import_objects`` (group commit, see ``store.importbatch``) and
@@ -17,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +35,8 @@ from . import layout, uploadplan
 from .attest_fetch import fetch_attestations
 from .attest_transfer import relay_attestations
 from .client import Client, open_client
-from .push import MAX_FRAMES, check_results, levels
+from .closurewalk import hinted_closure
+from .push import MAX_FRAMES, check_sizes, levels, upload_sliced
 from .substitute import Substituter, batchable, batches
 from .verify import check_narinfo, expect_info, verified_bytes, verifier_for
 
@@ -64,8 +68,12 @@ def to_store(
         # collect a valid path we skip, which a copied path refers to, before the import
         store.keep(paths)
         frontier = sorted({p for p in paths if not store.is_valid(p)})
+        hint = sub.run(_hint(sub, src, frontier))
         while frontier:
-            infos = sub.query_many(frontier)
+            # this level and what the hint says lies below it that the store lacks: all
+            # of it in one query (a batch per 2,000) when the hint is right
+            below = _lacking(store, hinted_closure(frontier, hint, store.store_dir).values(), wanted)
+            infos = sub.query_many(sorted(set(frontier) | below))
             missing = [p for p in frontier if p not in infos]
             if missing:
                 raise KilnError(_explain(sub, src, missing))
@@ -78,6 +86,28 @@ def to_store(
         # attestations (provenance, SBOMs, VSAs) travel with the paths, checked against them
         sub.run(fetch_attestations(sub.client(src), store, sorted(set(wanted) | set(paths))))
         return len(wanted)
+
+
+async def _hint(sub: Substituter, src: str, paths: list[str]) -> dict[str, str]:
+    """``narinfo_closure`` of ``paths`` from registry ``src`` ({} if none are asked for
+    or it fails: the walk asks anyway, and reports what is wrong as it always did)."""
+    if not paths:
+        return {}
+    try:
+        client = sub.client(src)
+        if not client.store_dir:
+            await client.cache_info()
+        return await client.narinfo_closure([p.rsplit("/", 1)[1][:32] for p in paths])
+    except KilnError:
+        return {}
+
+
+def _lacking(store: Any, paths: Iterable[str], wanted: Collection[str]) -> set[str]:
+    """Those of ``paths`` neither in ``wanted`` nor valid in ``store`` (rooted first, as
+    every path the copy checks: a GC must not collect one it then skips)."""
+    todo = [p for p in paths if p not in wanted]
+    store.keep(todo)
+    return {p for p in todo if not store.is_valid(p)}
 
 
 def _store_path_line(text: str) -> str | None:
@@ -97,9 +127,21 @@ async def _closure(
     present: dict[str, str] = {}
     asked = set(paths)
     frontier = sorted(asked)
+    hint = await src.narinfo_closure([p.rsplit("/", 1)[1][:32] for p in frontier])
+    # the destination is asked about the whole hinted closure with the first level (what
+    # it has is not walked, so some of these answers go unused), then about what the
+    # hint missed, level by level
+    at_dst: dict[str, str] = {}  # hash part -> the destination's narinfo
+    asked_dst: set[str] = set()
+    below = list(hinted_closure(frontier, hint, src.store_dir))
     while frontier:
         hs = {p.rsplit("/", 1)[1][:32]: p for p in frontier}
-        have = await dst.narinfos(list(hs))
+        ask_dst = [h for h in dict.fromkeys([*hs, *below]) if h not in asked_dst]
+        below = []
+        if ask_dst:
+            at_dst.update(await dst.narinfos(ask_dst))
+            asked_dst.update(ask_dst)
+        have = {h: at_dst[h] for h in hs if h in at_dst}
         for h, text in have.items():
             there = _store_path_line(text)
             if there != hs[h]:  # one hash part, two names: the asked path is not there
@@ -112,7 +154,9 @@ async def _closure(
                 with contextlib.suppress(FormatError):
                     present[hs[h]] = ni.parse(text, dst.store_dir).nar_hash.hex
         ask = [h for h in hs if h not in have]
-        texts = await src.narinfos(ask) if ask else {}
+        texts = {h: hint[h] for h in ask if h in hint}  # (checked below as any other)
+        rest = [h for h in ask if h not in texts]
+        texts |= await src.narinfos(rest) if rest else {}
         nxt: set[str] = set()
         for h in ask:
             if h not in texts:
@@ -154,6 +198,8 @@ async def between(
         if dinfo.get("StoreDir") != src.store_dir:
             raise KilnError(f"store dirs differ: {src.store_dir} vs {dinfo.get('StoreDir')}")
         wanted, present = await _closure(src, dst, paths, trusted, sigs_needed)
+        # no registry takes a narinfo over the limit: refused before anything is relayed
+        check_sizes({p: i.render().encode() for p, i in wanted.items()})
         blobs = await dst.have_blobs([i.file_hash for i in wanted.values()]) if wanted else set()  # type: ignore[misc]
         sem = asyncio.Semaphore(jobs)
         relay = _Relay(src, dst, sem, jobs)
@@ -294,15 +340,11 @@ class _Relay:
             return (info[p].file_size or 0) if frames[p][2] is not None else 0
 
         chunks = uploadplan.plan(list(info), refs, size, self.jobs, MAX_FRAMES)
-        first = await self.dst.upload_batch([frames[p] for p in chunks[0].paths])
-        if first is not None:
-            check_results(first)
+        if await upload_sliced(self.dst, [frames[p] for p in chunks[0].paths]):
 
             async def send(paths: list[str]) -> None:
-                res = await self.dst.upload_batch([frames[p] for p in paths])
-                if res is None:
+                if not await upload_sliced(self.dst, [frames[p] for p in paths]):
                     raise KilnError(f"{self.dst.url} stopped taking upload batches during the copy")
-                check_results(res)
 
             await uploadplan.run(chunks, send, self.jobs, done={0})
             return

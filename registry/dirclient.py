@@ -46,6 +46,9 @@ class DirClient(Client):
                 out[h] = utf8(body, f"{self.url}/{layout.narinfo_key(h)}")
         return out
 
+    async def narinfo_closure(self, hash_parts: list[str]) -> dict[str, str]:
+        return {}  # no round trips to save: the per-level walk reads the files directly
+
     async def have_blobs(self, hashes: list[Hash]) -> set[str]:
         return {h.to_hex() for h in hashes if self.src.object_file(h) is not None}
 

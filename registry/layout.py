@@ -40,6 +40,30 @@ _ATT_DIR_RE = re.compile(r"^([0-9a-df-np-sv-z]{32})\.att/?\Z")
 ATT_SUFFIX = ".dsse.json"
 ATT_LISTING = "index.json"
 
+#: ``GET narinfo-closure/<h>[,<h>...]`` (kiln servers, ``closureapi``): the narinfos of
+#: the closure of at most ``CLOSURE_ROOTS`` paths, as far as one answer holds them
+CLOSURE_PREFIX = "narinfo-closure/"
+CLOSURE_ROOTS = 64
+_CLOSURE_RE = re.compile(r"^narinfo-closure/([0-9a-df-np-sv-z]{32}(?:,[0-9a-df-np-sv-z]{32}){0,63})\Z")
+
+
+def closure_key(hash_parts: list[str]) -> str:
+    """The key of the closure answer for ``hash_parts`` (1 to ``CLOSURE_ROOTS`` of them)."""
+    assert 0 < len(hash_parts) <= CLOSURE_ROOTS
+    return CLOSURE_PREFIX + ",".join(hash_parts)
+
+
+def parse_closure_key(key: str) -> list[str] | None:
+    """The hash parts a ``closure_key`` names, or None if ``key`` is not one."""
+    m = _CLOSURE_RE.match(key)
+    return m.group(1).split(",") if m else None
+
+
+#: The narinfos of one ``POST /upload-batch`` total at most this many bytes (the server
+#: holds them in memory until the batch is committed; each is at most
+#: ``narinfo.MAX_SIZE``). Clients cut their batches to fit (``push.narinfo_slices``).
+UPLOAD_BATCH_NARINFO_BYTES = 64 << 20
+
 
 def narinfo_key(hash_part: str) -> str:
     return f"{hash_part}.narinfo"

@@ -13,7 +13,8 @@ narinfo without its NAR or its references):
    references. Against ``kiln serve`` and ``file://`` steps 3-4 are fused: ``upload_batch``
    carries narinfo + NAR per path, the closure in one topological order cut into chunks
    of at most 500 paths (``uploadplan``: a chunk goes once the chunks holding its
-   references are committed, independent ones ``jobs`` at a time), so a chain of 2,000
+   references are committed, independent ones ``jobs`` at a time; a chunk whose narinfos
+   are large goes as several requests in turn, ``narinfo_slices``), so a chain of 2,000
    paths takes a handful of requests, each two file-system barriers instead of two
    fsyncs per path; other servers get one write per object, a narinfo once its
    references' are in;
@@ -33,7 +34,8 @@ narinfo without its NAR or its references):
    push cut off after its uploads publishes on the re-run.
 
 A re-run skips everything already published (step 2), so resuming costs one round trip
-and the publication.
+and the publication. A narinfo over ``narinfo.MAX_SIZE`` (which no registry takes) stops
+the push before anything is uploaded.
 """
 
 from __future__ import annotations
@@ -47,7 +49,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kiln.store import narinfo as ni
+from kiln.store.closurequery import closure_infos
 from kiln.store.errors import KilnError
+from kiln.store.objects import object_rel_path
 from kiln.store.pathinfo import PathInfo
 from kiln.store.signing import SecretKey, sign_info
 
@@ -114,7 +118,11 @@ def prepare(
     keep = getattr(store, "keep", None)
     if keep is not None:
         keep(paths)
-    closure, holes = store.closure_with_holes(paths)
+    # the whole closure with every info in one database query, not several per path
+    # (a push of what the registry already has is mostly this)
+    closure, infos, holes = closure_infos(store.conn, paths)
+    if any(p not in infos for p in map(str, paths)):
+        store.closure_with_holes(paths)  # raises the usual error for the invalid one
     if holes:
         # a registry would publish the path without what it needs (references are not
         # checked there), and every substituter would then fail on the missing ones
@@ -122,18 +130,58 @@ def prepare(
 
         raise IncompleteClosure(", ".join(sorted(map(str, paths))), holes, store.root, "push")
     for p in closure:
-        info = store.query(p)
-        if info is None or info.file_hash is None:
+        info = infos[p]
+        if info.file_hash is None:
             raise KilnError(f"{p} is not valid in the store (or has no object)")
         if sign_key is not None and not any(s.startswith(sign_key.name + ":") for s in info.sigs):
             sig = sign_info(info, sign_key)
             store.add_signatures(p, [sig])
             info = dataclasses.replace(info, sigs=(*info.sigs, sig))
-        out.append((info, store.object_path(p)))
+        out.append((info, store.objects / object_rel_path(info.file_hash)))
     return out
 
 
 MAX_FRAMES = uploadplan.MAX_COUNT  # paths per upload batch
+
+#: one frame of an upload batch: (hash part, narinfo text, the object's file if it goes too)
+Frame = tuple[str, bytes, Path | None]
+
+
+def narinfo_slices(frames: list[Frame]) -> list[list[Frame]]:
+    """``frames`` cut, in order, into runs whose narinfos total at most
+    ``layout.UPLOAD_BATCH_NARINFO_BYTES`` (what a server takes in one upload batch; each
+    narinfo is at most ``narinfo.MAX_SIZE``, checked before: ``check_sizes``). Sent one
+    after the other they keep the frames' order, so references still come first."""
+    out: list[list[Frame]] = [[]]
+    total = 0
+    for f in frames:
+        if out[-1] and total + len(f[1]) > layout.UPLOAD_BATCH_NARINFO_BYTES:
+            out.append([])
+            total = 0
+        out[-1].append(f)
+        total += len(f[1])
+    return out
+
+
+async def upload_sliced(client: Client, frames: list[Frame]) -> bool:
+    """``client.upload_batch`` of ``frames`` in ``narinfo_slices``, one after the other,
+    each answer checked (``check_results``); False if the client takes no upload
+    batches (the first slice tells; ``RegistryError`` if a later one says so)."""
+    for k, part in enumerate(narinfo_slices(frames)):
+        res = await client.upload_batch(part)
+        if res is None:
+            if k:
+                raise RegistryError(f"{client.url} stopped taking upload batches")
+            return False
+        check_results(res)
+    return True
+
+
+def check_sizes(texts: dict[str, bytes]) -> None:
+    """``FormatError`` for the first ``{path: narinfo}`` over ``narinfo.MAX_SIZE``: no
+    registry would take it, so nothing is uploaded."""
+    for p, text in texts.items():
+        ni.check_size(text, p)
 
 
 def check_results(results: list[dict]) -> None:
@@ -180,9 +228,14 @@ async def push_prepared(
     prog = Progress("push", len(missing), total, progress)
     sem = asyncio.Semaphore(jobs)
 
-    def text_of(p: str) -> bytes:
+    def render(p: str) -> bytes:
         i = info_map[p]
         return ni.NarInfo.from_pathinfo(i, layout.nar_key(i.file_hash), "zstd").render().encode()  # type: ignore[arg-type]
+
+    # every narinfo that will go, rendered once and checked before anything is uploaded
+    texts = {p: render(p) for p in (*missing, *resign)}
+    check_sizes(texts)
+    text_of = texts.__getitem__
 
     async def up_nar(p: str) -> None:
         async with sem:
@@ -195,13 +248,12 @@ async def push_prepared(
         prog.add(1)
 
     async def up_chunk(chunk: list[str]) -> bool:
-        """One POST /upload-batch; False if the server does not support it."""
-        res = await client.upload_batch(
-            [(_hp(p), text_of(p), obj[p] if p in need_nar else None) for p in chunk]
-        )
-        if res is None:
+        """POST /upload-batch (more than one if the narinfos are large); False if the
+        server does not support it."""
+        if not await upload_sliced(
+            client, [(_hp(p), text_of(p), obj[p] if p in need_nar else None) for p in chunk]
+        ):
             return False
-        check_results(res)
         prog.add(len(chunk), sum(info_map[p].file_size or 0 for p in chunk if p in need_nar))
         return True
 

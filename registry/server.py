@@ -12,6 +12,7 @@ Read API (see docs/registry.md): ``GET|HEAD /nix-cache-info`` (public even when 
 Range, a multi-range one ignored: ``httpbits.RangeFile``; immutable caching), ``GET /index/...``, ``POST /narinfo-batch``, ``POST
 /blob-batch`` (many small objects in one response), attestations
 ``GET /<h>.att/<kind>.dsse.json`` and their listing ``GET /<h>.att/`` (= ``index.json``),
+``GET /narinfo-closure/<h>[,<h>...]`` (the narinfos of a closure in one answer: ``closurewalk``),
 many at once with ``POST /attestation-batch`` (``attestapi``), and ``POST /verify`` (an AdmissionReview-shaped policy check of a path and its closure,
 ``admission``, by the policy file as it is at that review: ``policywatch``). Misses
 are 404 with ``Cache-Control: max-age=<negative TTL>``.
@@ -44,10 +45,11 @@ from typing import Any
 
 from aiohttp import hdrs, web
 
+from kiln.store import narinfo as ni
 from kiln.store.errors import KilnError
 from kiln.store.signing import PublicKey, SecretKey
 
-from . import fastpath, layout, servelog
+from . import closurewalk, fastpath, layout, servelog
 from .attestapi import AttestAPI
 from .auth import AuthError, TokenStore
 from .backends import DirSource, Source
@@ -62,6 +64,9 @@ from .writeapi import WriteAPI
 __all__ = ["BLOB_BATCH_TYPE", "MAX_BATCH", "MAX_BLOB_BATCH", "Registry", "ServerConfig", "make_app"]
 
 IMMUTABLE = "public, max-age=31536000, immutable"
+#: ``GET narinfo-closure/...`` answers computed at once per worker (each reads up to
+#: ``closurewalk.MAX_ENTRIES`` narinfos on a worker thread)
+CLOSURES = 4
 #: write errors that mean the registry's storage is full (or the file too big for it)
 _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
@@ -75,7 +80,8 @@ class ServerConfig:
     max_body: int = 8 << 30
     #: largest NAR an uploaded object may decompress to (a zstd bomb stops here)
     max_nar: int = 64 << 30
-    max_narinfo: int = 64 << 10
+    #: largest narinfo accepted (kiln's one narinfo limit: ``narinfo.MAX_SIZE``)
+    max_narinfo: int = ni.MAX_SIZE
     private: bool = False
     trusted: list[PublicKey] = field(default_factory=list)
     index_key: SecretKey | None = None
@@ -122,6 +128,7 @@ class Registry(WriteAPI, BatchAPI, AttestAPI):
             "Cache-Control": self.narinfo_cache_control,
         }
         self._init_batch_api()
+        self._closures = asyncio.Semaphore(CLOSURES)
 
     # ------------------------------------------------------------ dispatch
 
@@ -203,6 +210,8 @@ class Registry(WriteAPI, BatchAPI, AttestAPI):
             if key == "attestation-upload-batch":
                 return await self._att_upload_batch(request)
             raise HTTPError(404, f"no such endpoint: POST /{shown_key(key)}")
+        if method in ("GET", "HEAD") and key.startswith(layout.CLOSURE_PREFIX):
+            return await self._closure(key)
         kind, arg = layout.parse_key(key)
         if not kind:
             return self._not_found(key)
@@ -250,6 +259,21 @@ class Registry(WriteAPI, BatchAPI, AttestAPI):
                 "Content-Type": "application/json" if kind == "index" else "application/octet-stream",
             },
         )
+
+    async def _closure(self, key: str) -> web.Response:
+        """``GET narinfo-closure/<h>[,<h>...]`` (``closurewalk``): walked on a worker
+        thread, at most ``CLOSURES`` at once per worker (503 beyond: the client waits
+        and asks again, as for any busy answer)."""
+        roots = layout.parse_closure_key(key)
+        if roots is None:
+            return self._not_found(key)
+        if self._closures.locked():
+            raise HTTPError(503, "busy: closure queries in progress", **{"Retry-After": "1"})
+        async with self._closures:
+            body = await asyncio.get_running_loop().run_in_executor(
+                None, closurewalk.closure_answer, self.source.narinfo, roots
+            )
+        return web.Response(body=body, content_type="application/json", headers={"Cache-Control": "no-store"})
 
     def _get_att(self, key: str, kind: str, hash_part: str) -> web.StreamResponse:
         # Attestations can be replaced (a newer provenance) and listings grow: revalidate.

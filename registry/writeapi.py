@@ -122,13 +122,14 @@ class WriteAPI:
         ``.nar.zst`` bytes (length 0 when the registry already has that NAR). Each NAR
         is hashed while it streams in; then everything is admitted exactly as the
         single-object PUTs would, with two shared barriers instead of 2 fsyncs per path.
-        Answer: ``{"results": [{"hash", "status", "message"}]}`` in request order."""
+        The narinfos are held in memory: each at most ``max_narinfo`` bytes, together at
+        most ``layout.UPLOAD_BATCH_NARINFO_BYTES`` (413 beyond). Answer: ``{"results": [{"hash", "status", "message"}]}`` in request order."""
         self._auth(request, "write")
         src = self.source
         assert isinstance(src, DirSource)
         check_length(request, self.config.max_body)
         entries: list[BatchEntry] = []
-        total = 0
+        total = texts = 0  # bytes of the body, of its narinfos (held in memory)
         pace = body_pace(request, "upload batch")  # (no deadline of its own: see _put)
         loop = asyncio.get_running_loop()
         with contextlib.ExitStack() as stack:
@@ -152,6 +153,11 @@ class WriteAPI:
                     raise HTTPError(400, f"invalid hash part {h[:40]!r} in batch frame")
                 if nlen > self.config.max_narinfo:
                     raise HTTPError(413, f"narinfo over {self.config.max_narinfo} bytes in batch frame")
+                texts += nlen
+                if texts > layout.UPLOAD_BATCH_NARINFO_BYTES:
+                    raise HTTPError(
+                        413, f"the batch's narinfos exceed {layout.UPLOAD_BATCH_NARINFO_BYTES} bytes in all"
+                    )
                 total += nlen + zlen
                 if total > self.config.max_body:
                     raise HTTPError(413, f"batch exceeds the limit of {self.config.max_body} bytes")

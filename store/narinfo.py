@@ -21,6 +21,14 @@ duplicated single-valued key, a bad hash, size or store path, or a missing requi
 line. Unknown keys are ignored, as Nix ignores them, so newer writers stay readable.
 Like Nix, a missing ``Compression`` means ``bzip2`` and ``Deriver: unknown-deriver``
 means no deriver.
+
+Size: Nix sets no limit on a narinfo, but every kiln reader holds one in memory, so a
+server must not read an unbounded one. ``MAX_SIZE`` is the one limit every kiln
+program agrees on: a server accepts narinfos up to it, push and copy refuse (before
+uploading anything) to send a larger one, and no reader refuses one within it. A
+reference costs at most 213 bytes (hash, ``-``, a name of at most 211 characters, a
+space), so it holds over 19,000 references of the longest names and about 90,000 of
+typical ones; the widest paths real closures hold have a few thousand.
 """
 
 from __future__ import annotations
@@ -46,6 +54,21 @@ _SINGLE = (
     "CA",
 )
 _REQUIRED = ("StorePath", "URL", "NarHash", "NarSize")
+
+#: The largest narinfo, in bytes, a kiln server accepts and a kiln client sends (see
+#: the module docstring).
+MAX_SIZE = 4 << 20
+
+
+def check_size(text: bytes | str, path: str) -> None:
+    """``FormatError`` naming ``path`` if the narinfo ``text`` is over ``MAX_SIZE``
+    bytes (what a producer checks before it sends one)."""
+    n = len(text if isinstance(text, bytes) else text.encode())
+    if n > MAX_SIZE:
+        raise FormatError(
+            f"the narinfo of {path} is {n} bytes, over the limit of {MAX_SIZE} bytes "
+            f"(too many references to publish)"
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,6 +4,8 @@ For every valid path, ``verify`` checks (two paths at a time, one per core):
 
 - the object: decompresses it, re-hashing the compressed bytes and the NAR against the
   row (``object-missing``, ``object-corrupt`` with expected and found digests);
+  each object and each tree is read once: a content-address check takes the flat file
+  hash from the object's NAR stream when the object is good;
 - the materialised tree: its NAR hash and size against the row (``tree-missing``,
   ``tree-corrupt``) and its canonical metadata (``tree-metadata``: modes, mtimes);
 - content-address claims: the claimed hash must be the content's and the path the one
@@ -61,7 +63,7 @@ from .hashes import Hash
 from .locks import FileLock
 from .objects import object_rel_path
 from .objread import read_object
-from .pathadmit import ca_problem, tree_content
+from .pathadmit import FlatHasher, ca_problem, nar_content, tree_content
 from .pathinfo import PathInfo
 from .trees import metadata_problems
 
@@ -99,15 +101,23 @@ class VerifyReport:
 
 
 def check_object(store: LocalStore, info: PathInfo) -> Problem | None:
+    """The problem with ``info``'s object (missing, corrupt, unreadable), or None."""
+    return _read_object(store, info, None)
+
+
+def _read_object(store: LocalStore, info: PathInfo, flat: FlatHasher | None) -> Problem | None:
+    """``check_object``, feeding the NAR to ``flat`` as it goes (when given): the
+    content hash a ``ca`` check needs, from the one read of the object."""
     assert info.file_hash is not None and info.file_size is not None
     obj = store.objects / object_rel_path(info.file_hash)
     if not obj.exists():
         return Problem(info.path, "object-missing", f"{obj} does not exist")
     try:
-        for _ in read_object(
+        for chunk in read_object(
             obj, info.path, (info.file_hash, info.file_size), (info.nar_hash, info.nar_size)
         ):
-            pass
+            if flat is not None:
+                flat.update(chunk)
     except KilnError as e:
         return Problem(info.path, "object-corrupt", f"{obj}: {e}")
     except OSError as e:
@@ -121,7 +131,12 @@ def _os_text(e: OSError) -> str:
     return f"{e.strerror} (errno {e.errno})" if e.strerror else str(e)
 
 
-def _check_tree(store: LocalStore, info: PathInfo) -> list[Problem]:
+def _check_tree(
+    store: LocalStore, info: PathInfo, flat: Hash | None = None, flat_known: bool = False
+) -> list[Problem]:
+    """The tree's problems. With ``flat_known``, ``flat`` is the sha256 of the one plain
+    file the path's NAR holds (None: it holds none), taken from its object, which
+    matched the row's NAR hash as the tree must too; else a ``ca`` check reads the tree."""
     real = store.real_path(info.path)
     if not os.path.lexists(real):
         return [Problem(info.path, "tree-missing", f"{real} does not exist")]
@@ -140,7 +155,7 @@ def _check_tree(store: LocalStore, info: PathInfo) -> list[Problem]:
         ]
     try:
         meta = metadata_problems(real)
-        ca = "" if meta else _check_ca(info, real)
+        ca = "" if meta else _check_ca(info, real, flat, flat_known)
     except OSError as e:  # it was just archived: unreadable now is as bad as wrong content
         return [Problem(info.path, "tree-corrupt", f"{real}: cannot read: {_os_text(e)}")]
     if meta:
@@ -169,15 +184,24 @@ def _ca_proves_path(info: PathInfo, problems: list[Problem]) -> bool:
     )
 
 
-def _check_ca(info: PathInfo, real: Path) -> str:
+def _check_ca(info: PathInfo, real: Path, flat: Hash | None = None, flat_known: bool = False) -> str:
     """The ``ca-mismatch`` detail for the tree at ``real`` (its NAR hash already checked
-    against the row): ``pathadmit.ca_problem``, the judge every importer uses too."""
-    return ca_problem(info, tree_content(real, info.nar_hash))
+    against the row): ``pathadmit.ca_problem``, the judge every importer uses too. With
+    ``flat_known`` (see ``_check_tree``) the tree is not read again: its NAR is the
+    object's (both hash to the row's NAR hash)."""
+    if not flat_known:
+        return ca_problem(info, tree_content(real, info.nar_hash))
+    return ca_problem(info, nar_content(info.nar_hash, flat, lambda: nar.dump(real)))
 
 
 def _check_path(store: LocalStore, info: PathInfo) -> list[Problem]:
-    obj = check_object(store, info)
-    return ([obj] if obj else []) + _check_tree(store, info)
+    """The object's and the tree's problems, each read once: a ``ca`` check takes the
+    flat content hash from the object's NAR stream (``FlatHasher``) when the object is
+    good, instead of reading the tree a second time."""
+    flat = FlatHasher() if info.ca else None
+    obj = _read_object(store, info, flat)
+    known = flat is not None and obj is None
+    return ([obj] if obj else []) + _check_tree(store, info, flat.result() if known else None, known)  # type: ignore[union-attr]
 
 
 def _drop_unused_objects(store: LocalStore, hashes: list) -> set[str]:

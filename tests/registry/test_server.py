@@ -314,7 +314,7 @@ def test_oversized_and_malformed(setup, keys) -> None:
     big = b"\0" * 1_100_000
     s, _, _ = request(f"{srv.url}/blobs/sha256:{Hash.sha256_of(big).hex}", "PUT", big, auth)
     assert s == 413
-    s, _, _ = request(f"{srv.url}/{'0' * 32}.narinfo", "PUT", b"x" * 70000, auth)
+    s, _, _ = request(f"{srv.url}/{'0' * 32}.narinfo", "PUT", b"x" * (ni.MAX_SIZE + 1), auth)
     assert s == 413
     s, _, _ = request(f"{srv.url}/blobs/sha256:{Hash.sha256_of(b'abc').hex}", "PUT", b"abc", auth)
     assert s == 400  # not a zstd stream: refused, nothing stored
