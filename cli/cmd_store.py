@@ -87,10 +87,12 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _open(args, create: bool = False):
+def _open(args, create: bool = False, full_disk_read: bool = False):
+    """The store; ``full_disk_read``: a command that reads, and ends soon, still opens it
+    on a disk too full for SQLite's shared-memory file (``LocalStore.open``)."""
     from kiln.store.localstore import LocalStore
 
-    return LocalStore.open(store_root(args), create=create)
+    return LocalStore.open(store_root(args), create=create, full_disk_read=full_disk_read)
 
 
 def _path(store, arg: str) -> tuple[str, str]:
@@ -211,10 +213,17 @@ def _cmd_info(args) -> int:
     the store no longer holds (quarantined by ``kiln store verify --repair``, or deleted)
     to the closure members referencing it, ``{}`` when the closure is complete. The text
     form marks such a closure ``INCOMPLETE`` and lists the missing paths. Exit 0 either
-    way: ``kiln verify`` is the check, this only describes."""
-    with _open(args) as s:
-        path, _ = _path(s, args.path)
+    way: ``kiln verify`` is the check, this only describes. Works on a full disk: the
+    path is kept from GC by the shared GC lock for the command's short run, not by a temp
+    root, which would have to be written."""
+    from kiln.store.errors import StoreError
+    from kiln.store.locks import FileLock
+
+    with _open(args, full_disk_read=True) as s, FileLock(s.gc_lock_path, shared=True):
+        path, _ = s.resolve(args.path)
         info = s.query(path)
+        if info is None:
+            raise StoreError(f"path {path} is not valid in the store at {s.root}")
         # (not closure(): a hole must show, not make the closure look smaller and whole)
         closure, holes = s.closure_with_holes([path])
         closure_size = sum(s.query(p).nar_size for p in closure)
@@ -273,7 +282,7 @@ def _cmd_verify(args) -> int:
     # keys given here mean "check the signatures" (as registry verify); keys only in
     # $KILN_TRUSTED_KEYS do not make every local build a problem
     needed = args.sigs_needed if args.sigs_needed is not None else (1 if args.trusted_key else 0)
-    with _open(args) as s:
+    with _open(args, full_disk_read=True) as s:
         r = s.verify(repair=args.repair, trusted=trusted, sigs_needed=needed)
     if args.json:
         print(
@@ -342,7 +351,11 @@ def _gc_meter():
 
 
 def _cmd_gc(args) -> int:
-    with _open(args) as s:
+    from kiln.store.localstore import LocalStore
+
+    # the store's reserved space goes first: on a full disk the database cannot be opened
+    # without it (GC makes it again when it is done)
+    with LocalStore.open(store_root(args), create=False, release_reserve=True) as s:
         r = s.gc(dry_run=args.dry_run, progress=None if args.dry_run else _gc_meter())
     verb = "would delete" if r.dry_run else "deleted"
     for p in r.deleted:

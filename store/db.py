@@ -25,6 +25,11 @@ or repoints rows is made durable (``delete``/``set_file`` commit with
 any file it released is unlinked, so a power cut cannot bring back a row whose object or
 tree is gone.
 
+SQLite deletes the ``-wal`` and ``-shm`` when the last connection closes and makes them
+again at the next open, so an open needs free space: on a full disk ``kiln store gc``
+first releases the store's reserved space (``reserve``), and a command that only reads
+opens the database without a ``-shm`` (``connect(full_disk_read=True)``).
+
 The schema is created with ``sqlite-utils`` (only when the file is new or old, so the
 import is not paid by every command); the hot paths use the plain ``sqlite3``
 connection, which keeps ``kiln store add`` fast.
@@ -91,7 +96,8 @@ def _rollback(conn: sqlite3.Connection) -> None:
 def _file_system_state(path: Path) -> str:
     """Why the file system holding ``path`` may refuse SQLite's files (its ``-wal`` and
     ``-shm`` are made at every open): ``" (the file system ... is read-only)"``, ``" (...
-    is full: N bytes free)"``, or ``""``."""
+    is full: N bytes free ...)"``, or ``""``. When the store holds reserved space
+    (``reserve``), it says that ``kiln store gc`` can run: it deletes that first."""
     try:
         st = os.statvfs(path.parent)
     except OSError:
@@ -100,9 +106,17 @@ def _file_system_state(path: Path) -> str:
         return f" (the file system holding {path.parent} is read-only)"
     free = st.f_bavail * st.f_frsize
     if free < LOW_SPACE:
+        from .reserve import held
+
+        gc = ""
+        if (kept := held(path.parent)) > 0:
+            gc = (
+                f"; 'kiln store gc' can run, as it first releases the {kept:,} bytes the store keeps "
+                f"in reserve ({path.parent / 'reserved'}) for it"
+            )
         return (
             f" (the file system holding {path.parent} is full: {free:,} bytes free; free some space "
-            "and run the command again)"
+            f"and run the command again{gc})"
         )
     return ""
 
@@ -111,13 +125,51 @@ def _file_system_state(path: Path) -> str:
 LOW_SPACE = 1 << 20
 
 
-def connect(path: Path) -> sqlite3.Connection:
+def _full(path: Path) -> bool:
+    """Whether the file system holding ``path`` is writable but (nearly) full."""
+    try:
+        st = os.statvfs(path.parent)
+    except OSError:
+        return False
+    return not st.f_flag & os.ST_RDONLY and st.f_bavail * st.f_frsize < LOW_SPACE
+
+
+def connect(path: Path, full_disk_read: bool = False) -> sqlite3.Connection:
     """Open (and create or migrate) the database at ``path``. A file that is not a
-    database, or one SQLite finds damaged on opening, is a ``StoreError`` naming it."""
+    database, or one SQLite finds damaged on opening, is a ``StoreError`` naming it.
+
+    ``full_disk_read``: when the open fails on a full file system (SQLite cannot grow the
+    ``-shm`` it makes at every open), open it again in exclusive locking mode, which keeps
+    the WAL index in this process's memory and needs no ``-shm``: a command that reads
+    (``kiln store info``, ``verify``) still works. Other connections then wait until this
+    one is closed (they could not open without space anyway), so only for a command
+    that ends soon, never a server."""
+    try:
+        return _connect(path, exclusive=False)
+    except StoreError as e:
+        if not (full_disk_read and isinstance(e, _OpenFailed) and e.full):
+            raise
+        try:
+            return _connect(path, exclusive=True)
+        except StoreError:
+            raise e from None
+
+
+class _OpenFailed(StoreError):
+    """SQLite could not open the database (``full``: the file system is full)."""
+
+    def __init__(self, message: str, full: bool) -> None:
+        super().__init__(message)
+        self.full = full
+
+
+def _connect(path: Path, exclusive: bool) -> sqlite3.Connection:
     conn = sqlite3.connect(
         path, timeout=60.0, isolation_level=None, check_same_thread=False, factory=Connection
     )
     try:
+        if exclusive:  # (before the first access, or SQLite maps the ``-shm`` after all)
+            conn.execute("PRAGMA locking_mode=EXCLUSIVE")
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -131,7 +183,9 @@ def connect(path: Path) -> sqlite3.Connection:
             conn.close()
             raise
         conn.close()
-        raise StoreError(f"cannot open the store database {path}: {e}{_file_system_state(path)}") from None
+        raise _OpenFailed(
+            f"cannot open the store database {path}: {e}{_file_system_state(path)}", full=_full(path)
+        ) from None
     except sqlite3.DatabaseError as e:
         conn.close()
         raise StoreError(

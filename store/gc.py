@@ -40,6 +40,12 @@ writers are deleted: nothing there is any other process's (a writer registering 
 path again meanwhile writes a new tree and object). A GC killed before it finished
 leaves its trash unlocked: the next GC adopts it; a running GC's (locked) is left alone.
 
+The store's reserved space (``reserve``) is deleted first, so a collection runs on a
+full disk (its trash, and the deletion of the rows in the WAL, need space; ``kiln store
+gc`` deletes it before it even opens the database, which needs space too), and made
+again at the end, even after an error (``reserve.restore``). The trash is made before
+any row is deleted: a full disk stops a collection there, with every row in place.
+
 ``dry_run`` does the same computation and reports what would go (paths, unregistered
 trees, objects, leftover ``tmp/`` dirs, with their bytes) without deleting anything, not
 even dead processes' temp-roots files.
@@ -57,7 +63,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import attestations, db, hookmarks
+from . import attestations, db, hookmarks, reserve
 from .buildtmp import owner_gone
 from .errors import FormatError, KilnError, StoreError
 from .gcremove import Progress, Trash, inspect_tree, remove, size, size_beside_mounts
@@ -161,6 +167,8 @@ def collect(store: LocalStore, dry_run: bool = False, progress: Progress | None 
     """Collect (see the module docstring); ``progress`` is told how the deletion after
     the lock is released goes (entries removed, entries in all)."""
     trash: Trash | None = None
+    released = store.reserve_released + reserve.release(store.root)
+    store.reserve_released = 0
     try:
         with FileLock(store.gc_lock_path):
             if not dry_run:
@@ -183,6 +191,7 @@ def collect(store: LocalStore, dry_run: bool = False, progress: Progress | None 
     finally:
         if trash is not None:
             trash.close()  # (after an error: what is in it is the next GC's)
+        reserve.restore(store.root, store.reserved, released)
 
 
 def _under_lock(store: LocalStore, trash: Trash | None) -> GcReport:

@@ -7,6 +7,7 @@ Layout under ``root`` (see docs/store.md)::
     objects/<aa>/<sha256 of file>.nar.zst
     <store_dir minus "/">/<hash>-<name>   materialised read-only trees
     gcroots/  temproots/<pid>  locks/  gc.lock  tmp/  quarantine/
+    reserved               space kept for ``kiln store gc`` on a full disk (``reserve``)
     attestations/<hash part>/  logs/  keys/  eval-cache/   (beside the store: docs/store.md)
 
 Writing paths (``add_*``, ``import_*``, ``register_built``) and the registration protocol
@@ -23,7 +24,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import db
+from . import db, reserve
 from .errors import StoreError
 from .locks import FileLock, TempRoots
 from .objects import fsync_dir, object_rel_path
@@ -33,8 +34,8 @@ from .paths import DEFAULT_STORE_DIR, StorePath, check_store_dir, new_store_dir_
 from .perms import DIR_MODE, PRIVATE_DIR_MODE, check_store, make_dir
 from .registration import Registering
 from .storeconfig import CONFIG_VERSION as CONFIG_VERSION  # (moved there; imported from here too)
+from .storeconfig import config_reserved, init_config
 from .storeconfig import config_store_dir as config_store_dir
-from .storeconfig import init_config
 from .trees import mark_topdir
 
 if TYPE_CHECKING:
@@ -100,14 +101,24 @@ class LocalStore(Registering):
     Thread-safety: one ``LocalStore`` per thread (it owns one SQLite connection);
     several objects, threads and processes may share a root."""
 
-    def __init__(self, root: Path, store_dir: str) -> None:
+    def __init__(
+        self,
+        root: Path,
+        store_dir: str,
+        reserved: int = reserve.DEFAULT_RESERVED,
+        full_disk_read: bool = False,
+    ) -> None:
         self.root = root
         self.store_dir = store_dir
+        #: bytes of reserved space (``reserve``; config.json's ``reserved``), and what
+        #: ``open(release_reserve=True)`` released of it (for ``gc`` to take back)
+        self.reserved = reserved
+        self.reserve_released = 0
         self.real_store = root / store_dir.lstrip("/")
         self.objects = root / "objects"
         self.tmp = root / "tmp"
         self.gc_lock_path = root / "gc.lock"
-        self._conn: sqlite3.Connection | None = db.connect(root / "db.sqlite")
+        self._conn: sqlite3.Connection | None = db.connect(root / "db.sqlite", full_disk_read)
         self.temproots = TempRoots.get(root / "temproots", self.gc_lock_path)
         self._registered: list[str] = []  # our permanent temp roots, dropped by close()
         # this object's scratch directory: made on the first write (and again after a GC
@@ -128,11 +139,23 @@ class LocalStore(Registering):
     # ------------------------------------------------------------------ opening
 
     @classmethod
-    def open(cls, root: Path, store_dir: str | None = None, create: bool = True) -> LocalStore:
+    def open(
+        cls,
+        root: Path,
+        store_dir: str | None = None,
+        create: bool = True,
+        release_reserve: bool = False,
+        full_disk_read: bool = False,
+    ) -> LocalStore:
         """Open the store at ``root``; create it (with ``store_dir``, default
         ``/kiln/store``) if missing and ``create``. An existing store's dir must equal
         ``store_dir`` when that is given. A store another user could change is refused
-        (``perms.check_store``)."""
+        (``perms.check_store``). Its reserved space is made once the database is open, if
+        missing and the disk has room (``reserve.ensure``); ``release_reserve`` deletes it
+        before the database is opened instead (``kiln store gc`` on a full disk: the open
+        itself needs space; ``gc.collect`` makes it again). ``full_disk_read``: a
+        command that reads and ends soon may open the database on a disk too full for
+        SQLite's ``-shm`` (``db.connect``)."""
         root = Path(os.path.abspath(root))
         cfg = root / "config.json"
         try:
@@ -158,13 +181,25 @@ class LocalStore(Registering):
         except (OSError, ValueError) as e:
             raise StoreError(f"cannot read store config {cfg}: {e}") from None
         found = config_store_dir(cfg, data)
+        reserved = config_reserved(cfg, data)
         if store_dir is not None and store_dir != found:
             raise StoreError(f"store at {root} uses store dir {found!r}, not {store_dir!r}")
         check_store(root, found)
         for d, mode in (*_SUBDIRS.items(), (found.lstrip("/"), DIR_MODE)):
             make_dir(root / d, mode)
         mark_topdir(root / "tmp")  # writers' temp trees land in uncluttered inode groups
-        return cls(root, found)
+        if not release_reserve:
+            store = cls(root, found, reserved, full_disk_read)
+            reserve.ensure(root, reserved)  # (after the database: never taking what it needs)
+            return store
+        released = reserve.release(root)
+        try:
+            store = cls(root, found, reserved, full_disk_read)
+        except BaseException:
+            reserve.restore(root, reserved, released)  # (no collection to make it again)
+            raise
+        store.reserve_released = released
+        return store
 
     def close(self) -> None:
         """Drop this object's temp roots and close the database."""

@@ -48,6 +48,7 @@ ENTRIES = (
     "config.json",
     "db.sqlite",
     "gc.lock",
+    "reserved",
 )
 #: entries narrowed to the owner when they are ours and others may read them (an older
 #: kiln made them 0755/0644): another user could open a lock and hold it

@@ -1,6 +1,10 @@
 """A local store's ``config.json`` (``{"store_dir": "/kiln/store", "version": 1}``):
 made atomically when the store is (``init_config``), read and checked by every open
-(``config_store_dir``; ``kiln eval`` reads it without opening the store)."""
+(``config_store_dir``; ``kiln eval`` reads it without opening the store).
+
+Optional keys, absent from a new store's config and added by hand: ``reserved``, the
+bytes of the store's reserved space (``reserve``; default 8 MiB, 0: none), read by
+``config_reserved``."""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from .errors import FormatError, StoreError
 from .objects import fsync_dir
 from .paths import DEFAULT_STORE_DIR, check_store_dir
 from .perms import FILE_MODE, make_dir
+from .reserve import DEFAULT_RESERVED
 
 CONFIG_VERSION = 1
 
@@ -34,6 +39,19 @@ def config_store_dir(cfg: Path, data: object) -> str:
         return check_store_dir(found, local=True)
     except FormatError as e:
         raise StoreError(f"store config {cfg}: {e}") from None
+
+
+def config_reserved(cfg: Path, data: dict) -> int:
+    """The bytes of reserved space the config ``data`` (read from ``cfg``, checked by
+    ``config_store_dir``) asks for: its ``reserved`` (a whole number, 0 for none), else
+    ``reserve.DEFAULT_RESERVED``; ``StoreError`` for anything else."""
+    found = data.get("reserved", DEFAULT_RESERVED)
+    if isinstance(found, bool) or not isinstance(found, int) or found < 0:
+        raise StoreError(
+            f"store config {cfg}: 'reserved' must be a whole number of bytes kept in reserve for "
+            f"'kiln store gc' on a full disk (default {DEFAULT_RESERVED}, 0 for none), found {found!r}"
+        )
+    return found
 
 
 def init_config(root: Path, store_dir: str) -> dict:
