@@ -100,9 +100,11 @@ class GcReport:
     unread_quarantine: tuple[str, ...] = ()
 
 
-#: ``add_root``'s temporary link (``.<name>.<8 hex>``); present under the exclusive GC
-#: lock only if its writer died (``add_root`` holds the lock shared while it exists)
-_ROOT_TMP = re.compile(r"^\..+\.[0-9a-f]{8}\Z")
+#: ``add_root``'s temporary link (``localstore.ROOT_TEMP_PREFIX<name>.<8 hex>``); present
+#: under the exclusive GC lock only if its writer died (``add_root`` holds the lock shared
+#: while it exists). Only that prefix: a user's own ``.pin.20261130`` is a root (kilns
+#: before used ``.<name>.<8 hex>``, and GC took such a root for a temp link and deleted it)
+_ROOT_TMP = re.compile(r"^\.kiln-tmp-root\..+\.[0-9a-f]{8}\Z")
 
 
 def _by_store_dir(store: LocalStore, target: str) -> list[str]:

@@ -58,6 +58,12 @@ _SUBDIRS = {
 }
 
 
+#: ``add_root``'s temporary link is ``gcroots/<this><name>.<8 hex>``: a name kept for it
+#: (GC deletes such a link, left by a killed ``add_root``; any other link is a root, hand-made
+#: ``.name`` ones included)
+ROOT_TEMP_PREFIX = ".kiln-tmp-root."
+
+
 def check_root_name(name: str) -> str:
     """``name`` if it can name a GC root (``gcroots/<name>``), else ``StoreError``."""
     if not name or "/" in name or name.startswith(".") or not name.isprintable():
@@ -345,7 +351,7 @@ class LocalStore(Registering):
         existing root of that name atomically)."""
         check_root_name(name)
         link = self.root / "gcroots" / name
-        tmp = self.root / "gcroots" / f".{name}.{os.urandom(4).hex()}"
+        tmp = self.root / "gcroots" / f"{ROOT_TEMP_PREFIX}{name}.{os.urandom(4).hex()}"
         # under the GC lock: a collector that already listed the roots cannot delete
         # the path between the validity check and the new link
         with FileLock(self.gc_lock_path, shared=True):

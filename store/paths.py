@@ -68,6 +68,7 @@ STORE_ROOT_ENTRIES = frozenset(
         "logs",
         "objects",
         "quarantine",
+        "reserved",
         "temproots",
         "tmp",
     }

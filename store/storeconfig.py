@@ -30,6 +30,14 @@ def config_store_dir(cfg: Path, data: object) -> str:
             f'{{"store_dir": "{DEFAULT_STORE_DIR}", "version": {CONFIG_VERSION}}}, '
             f"found a JSON {type(data).__name__}"
         )
+    version = data.get("version", CONFIG_VERSION)
+    if isinstance(version, int) and not isinstance(version, bool) and version > CONFIG_VERSION:
+        # a later kiln's layout (object naming, say): acting on it as this one knows it
+        # (verify, repair, GC) could damage it
+        raise StoreError(
+            f"store config {cfg} has version {version}; this kiln understands up to {CONFIG_VERSION}: "
+            "upgrade kiln to use this store"
+        )
     found = data.get("store_dir")
     if not isinstance(found, str):
         raise StoreError(f"store config {cfg} has no 'store_dir' string (found {found!r})")

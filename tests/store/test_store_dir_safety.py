@@ -106,3 +106,20 @@ def test_a_new_store_refuses_a_store_dir_builds_cannot_pass(tmp_path, store_dir)
     with pytest.raises(StoreError, match="cannot make a store with store dir"):
         LocalStore.open(tmp_path / "s", store_dir=store_dir)
     assert not (tmp_path / "s" / "config.json").exists()
+
+
+def test_a_later_kilns_config_version_is_refused_before_anything_is_touched(tmp_path: Path):
+    """``config.json``'s ``version`` was written and never read: a store a later kiln
+    laid out otherwise (objects named by NAR hash, say) was verified, repaired and
+    collected as this kiln knows stores."""
+    root = tmp_path / "st"
+    with LocalStore.open(root) as s:
+        s.add_path(make_tree(tmp_path / "src", {"f": "data\n"}))
+    (root / "config.json").write_text(json.dumps({"store_dir": "/kiln/store", "version": 99}))
+    before = sorted(os.listdir(root))
+    for args in (("store", "gc"), ("store", "verify", "--repair")):
+        r = kiln(*args, "--store", str(root))
+        assert r.returncode == 1 and "has version 99" in r.stderr and "upgrade kiln" in r.stderr, r.stderr
+    assert sorted(os.listdir(root)) == before
+    (root / "config.json").write_text(json.dumps({"store_dir": "/kiln/store", "version": 1}))
+    assert kiln("store", "verify", "--store", str(root)).returncode == 0

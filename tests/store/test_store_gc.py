@@ -381,13 +381,33 @@ def test_roots_survive_another_spelling_of_the_root_and_a_move(store, tmp_path):
 def test_an_interrupted_add_root_leaves_no_permanent_root(store, tmp_path):
     a = store.add_path(make_tree(tmp_path / "a", {"x": "1"}))
     # what a kill -9 between add_root's symlink and its rename leaves behind
-    leftover = store.root / "gcroots" / ".keep.0123abcd"
+    from kiln.store.localstore import ROOT_TEMP_PREFIX
+
+    leftover = store.root / "gcroots" / f"{ROOT_TEMP_PREFIX}keep.0123abcd"
     os.symlink(store.real_path(a.path), leftover)
     store.close()
     s = _fresh_store(store.root)
     assert s.gc(dry_run=True).deleted == (a.path,) and os.path.lexists(leftover)
     assert s.gc().deleted == (a.path,)
     assert not os.path.lexists(leftover)
+    s.close()
+
+
+def test_a_hand_made_hidden_root_is_a_root(store, tmp_path):
+    """``gcroots/.pin.20261130`` (a date ends in 8 hex digits) is the user's root: GC took
+    it for a killed ``add_root``'s temp link, deleted it and collected the path, silently
+    (older kilns honoured it)."""
+    a = store.add_path(make_tree(tmp_path / "a", {"x": "1"}))
+    b = store.add_path(make_tree(tmp_path / "b", {"x": "2"}))
+    pin = store.root / "gcroots" / ".pin.20261130"
+    os.symlink(store.real_path(a.path), pin)
+    old_style = store.root / "gcroots" / ".keep.0123abcd"  # (an older kiln's temp link: kept too)
+    os.symlink(store.real_path(b.path), old_style)
+    store.close()
+    s = _fresh_store(store.root)
+    report = s.gc()
+    assert report.deleted == () and set(report.roots) == {a.path, b.path}
+    assert os.path.islink(pin) and os.path.islink(old_style)
     s.close()
 
 
