@@ -12,7 +12,6 @@ whether or not the policy trusts any key for that role.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -60,13 +59,11 @@ def run_checks(store: Any, path: str, policy: Policy, now: datetime | None) -> l
 def _content(store: Any, info: PathInfo) -> list[Check]:
     """The compressed object and the materialised tree both against the recorded NAR hash."""
     out = []
-    h, n = hashlib.sha256(), 0
     try:
-        for chunk in store.nar(info.path):
-            h.update(chunk)
-            n += len(chunk)
-        if (h.digest(), n) != (info.nar_hash.digest, info.nar_size):
-            raise KilnError(f"object gives NAR sha256:{h.hexdigest()} ({n} bytes)")
+        # (``nar`` checks the object's file hash and its NAR's hash and size against the
+        # row as it goes, raising after the last chunk: hashing here again doubled the CPU)
+        for _ in store.nar(info.path):
+            pass
         out.append(Check("content", True, "stored object decompresses to the recorded NAR hash"))
     except (KilnError, OSError) as e:
         out.append(
