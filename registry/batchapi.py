@@ -7,6 +7,16 @@ Invariants (what one anonymous client can make a worker hold):
 - a batch query body is at most ``MAX_QUERY_BODY`` bytes (``kiln``'s own client sends at
   most 2,000 entries per batch, under 160 KB), read under the body pace and timeouts
   (``httpbits.body_pace``);
+- a ``narinfo-batch`` answer is bounded although a narinfo may be 4 MiB
+  (``narinfo.MAX_SIZE``): its entries (narinfos, attestation listings, lookups by NAR
+  hash, in that order) are measured as they are added, as JSON (``_Budget``). A request
+  that says ``"defer": true`` (kiln's client since narinfos grew past 64 KiB) gets
+  entries up to ``DEFER_AT`` bytes and the rest listed, unread, under ``"deferred":
+  {field: [...]}`` (its request fields: the client sends that object back, with
+  ``defer``, for the next answer); the first entry found always goes in, so every answer
+  resolves at least one asked entry. A request without it (an older client, which treats
+  a missing entry as absent and reads at most 64 MiB) gets the whole answer as before,
+  or 413 once it would exceed ``MAX_ANSWER``: the server stops reading there;
 - a ``blob-batch`` answer holds at most one ``BLOB_PIECE`` read of a file plus what
   the transport buffers before flow control pauses it (``guard``: a client that stops
   reading is dropped after the write timeout); at most ``ServerConfig.max_blob_batches``
@@ -22,7 +32,7 @@ import asyncio
 import contextlib
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, BinaryIO
 
@@ -35,6 +45,13 @@ from . import layout
 from .httpbits import HTTPError, read_body
 
 MAX_BATCH = 10_000
+#: a ``narinfo-batch`` answer to a ``"defer": true`` request stops taking entries at about
+#: this many bytes (one entry goes in whatever its size: at most ~4 MiB more)
+DEFER_AT = 32 << 20
+#: a ``narinfo-batch`` answer to a request without ``defer`` is at most this many bytes
+#: (the 64 MiB older kiln clients read, less room for the object around the entries);
+#: a bigger one is 413
+MAX_ANSWER = (64 << 20) - 4096
 #: largest ``POST /narinfo-batch`` body (the client's 2,000-entry batches are < 160 KB)
 MAX_QUERY_BODY = 1 << 20
 #: at most this many objects per ``POST /blob-batch`` (clients send small objects only)
@@ -98,12 +115,8 @@ class BatchAPI:
             raise HTTPError(400, f"malformed batch request: {e}") from None
         if len(hashes) + len(blobs) + len(atts) + 100 * len(nar_hashes) > MAX_BATCH:
             raise HTTPError(413, f"at most {MAX_BATCH} entries per batch")
-        found: dict[str, str] = {}
-        for h in hashes:
-            if isinstance(h, str) and layout.is_hash_part(h):
-                body = self.source.narinfo(h)
-                if body is not None:
-                    found[h] = body.decode(errors="replace")  # junk on disk: the client rejects it
+        defer = data.get("defer") is True
+        budget = _Budget(DEFER_AT if defer else MAX_ANSWER, defer)
         have = []
         for b in blobs:
             try:
@@ -112,30 +125,32 @@ class BatchAPI:
                 continue
             if self.source.object_file(digest) is not None:
                 have.append(b)
-        answer: dict[str, Any] = {"narinfos": found, "blobs": have}
+        budget.charge(have)  # (never deferred: at most the 1 MiB request's worth)
+        answer: dict[str, Any] = {"blobs": have}
+        answer["narinfos"] = budget.fill("hashes", _hash_parts(hashes), self._narinfo_text)
         if atts:
-            listings = {}
-            for h in atts:
-                if isinstance(h, str) and layout.is_hash_part(h):
-                    kinds = self.source.att_listing(h)
-                    if kinds:
-                        listings[h] = kinds
-            answer["attestations"] = listings
+            answer["attestations"] = budget.fill("attestations", _hash_parts(atts), self._listing)
         if nar_hashes:
             # off the event loop: a lookup may wait for a scan of every narinfo
-            wanted = [nh for nh in nar_hashes if isinstance(nh, str) and len(nh) == 64]
+            wanted = list(dict.fromkeys(nh for nh in nar_hashes if isinstance(nh, str) and len(nh) == 64))
             answer["by_nar_hash"] = await asyncio.get_running_loop().run_in_executor(
-                None, self._by_nar_hash, wanted
+                None, budget.fill, "nar_hashes", wanted, self._by_nar_hash
             )
-        return web.json_response(answer, headers={"Cache-Control": "no-store"})
+        if budget.deferred:
+            answer["deferred"] = budget.deferred
+        # (compact: as the budget measured it)
+        return web.json_response(answer, headers={"Cache-Control": "no-store"}, dumps=_compact)
 
-    def _by_nar_hash(self, wanted: list[str]) -> dict[str, str]:
-        out = {}
-        for nh in wanted:
-            body = self.source.narinfo_by_nar_hash(nh.lower())
-            if body is not None:
-                out[nh] = body.decode(errors="replace")
-        return out
+    def _narinfo_text(self, h: str) -> str | None:
+        body = self.source.narinfo(h)
+        return body.decode(errors="replace") if body is not None else None  # junk: the client rejects it
+
+    def _listing(self, h: str) -> dict[str, str] | None:
+        return self.source.att_listing(h) or None
+
+    def _by_nar_hash(self, nh: str) -> str | None:
+        body = self.source.narinfo_by_nar_hash(nh.lower())
+        return body.decode(errors="replace") if body is not None else None
 
     async def _blob_batch(self, request: web.BaseRequest) -> web.StreamResponse:
         """``POST /blob-batch``: many compressed objects in one response, so a client
@@ -214,3 +229,54 @@ async def send_file(resp: web.StreamResponse, name: str, f: BinaryIO | None, wha
             sent += len(chunk)
         if sent != size:  # the file changed under us: the framing is broken, stop
             raise ConnectionResetError(f"{what} {name} shrank while being sent")
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _hash_parts(asked: list[Any]) -> list[str]:
+    """The well-formed hash parts of ``asked``, each once, in order (others are ignored)."""
+    return list(dict.fromkeys(h for h in asked if isinstance(h, str) and layout.is_hash_part(h)))
+
+
+class _Budget:
+    """What one ``narinfo-batch`` answer may still hold (see the module docstring): each
+    entry is charged its size as JSON. Once full, a deferring answer lists every entry
+    not yet looked up under ``deferred`` (none is read any more); any other is a 413."""
+
+    def __init__(self, limit: int, defer: bool) -> None:
+        self.limit = limit
+        self.defer = defer
+        self.used = 0
+        self.entries = 0
+        self.deferred: dict[str, list[str]] = {}
+
+    def charge(self, value: Any) -> None:
+        self.used += len(json.dumps(value))
+
+    def fill(self, field: str, asked: list[str], lookup: Callable[[str], Any | None]) -> dict[str, Any]:
+        """``{entry: lookup(entry)}`` for those of ``asked`` (distinct) found, as far as
+        the budget goes; the rest go to ``deferred[field]``."""
+        found: dict[str, Any] = {}
+        for i, key in enumerate(asked):
+            if self.deferred:  # full: an earlier field was cut
+                self.deferred[field] = asked[i:]
+                break
+            value = lookup(key)
+            if value is None:
+                continue
+            size = len(json.dumps(key)) + len(json.dumps(value)) + 2  # ("key":value,)
+            if self.entries and self.used + size > self.limit:
+                if not self.defer:
+                    raise HTTPError(
+                        413,
+                        f"this answer would be over {self.limit} bytes: ask for fewer entries at once "
+                        '(or send "defer": true and ask again for the deferred ones)',
+                    )
+                self.deferred[field] = asked[i:]
+                break
+            found[key] = value
+            self.used += size
+            self.entries += 1
+        return found

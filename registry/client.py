@@ -5,9 +5,10 @@ one by URL) expose the same async API so push, copy, substitution and mirror syn
 not care where a registry lives:
 
 - ``cache_info()``; ``get(key)`` for small objects (None on 404);
-- ``narinfos(hash_parts)`` — batched: one ``POST /narinfo-batch`` per 2,000 hashes; a
-  server without that endpoint (nginx, a plain file server: 404/405) falls back to
-  parallel ``GET``s;
+- ``narinfos(hash_parts)`` — batched: one ``POST /narinfo-batch`` per 2,000 hashes (more
+  where wide narinfos make a kiln server defer part of an answer: about 32 MiB each,
+  ``httpbatch``); a server without that endpoint (nginx, a plain file server: 404/405)
+  falls back to parallel ``GET``s;
 - ``have_blobs(hashes)`` — which compressed NARs the registry already holds (batched);
 - ``attestation_listings(hash_parts)`` — ``{hash part: {kind: sha256}}`` of attestations
   (batched through ``narinfo-batch``; else one ``<h>.att/index.json`` GET per path);

@@ -29,7 +29,7 @@ from .layout import is_hash_part
 
 #: an answer holds at most this many narinfos ...
 MAX_ENTRIES = 10_000
-#: ... and about this many bytes of them (the client reads at most 64 MiB)
+#: ... and at most this many bytes of them as JSON (the client reads at most 64 MiB)
 MAX_BYTES = 16 << 20
 
 
@@ -56,12 +56,14 @@ def closure_answer(narinfo: Callable[[str], bytes | None], roots: list[str]) -> 
         body = narinfo(h)
         if body is None:
             continue
-        if len(found) >= MAX_ENTRIES or size + len(body) > MAX_BYTES:
+        text = body.decode(errors="replace")  # junk on disk: the client rejects it
+        # (measured as sent: JSON escapes make junk up to 6 times its size on disk)
+        n = len(json.dumps(text)) + 37  # ("<hash part>":...,)
+        if len(found) >= MAX_ENTRIES or size + n > MAX_BYTES:
             complete = False
             break
-        text = body.decode(errors="replace")  # junk on disk: the client rejects it
         found[h] = text
-        size += len(body)
+        size += n
         for base in references_of(text):
             r = base[:32]
             if r not in seen and is_hash_part(r):

@@ -1,12 +1,20 @@
 """The batch requests of ``HttpClient`` (``httpclient``): the ``upload-batch`` body, and
 reading and checking the ``blob-batch`` and ``narinfo-batch`` answers. Nothing a server
 sends is trusted for its size or shape (see ``httpclient``'s docstring).
+
+A ``narinfo-batch`` query is sent with ``"defer": true``: a kiln server then answers
+about ``batchapi.DEFER_AT`` bytes of entries at a time and lists what it left out under
+``"deferred": {request field: [entries]}``, which the client asks for again
+(``deferred_of`` checks that such a list names only entries asked for and answers at
+least one of them, so the loop ends: a server that defers everything is an error);
+``merge_batch`` joins the answers. An older server ignores ``defer`` and answers whole.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -101,6 +109,15 @@ def upload_batch_body(frames: list[tuple[str, bytes, Path | None]]) -> tuple[int
     return total, body()
 
 
+def batch_answer(raw: bytes, what: str) -> dict[str, Any]:
+    """The ``narinfo-batch`` answer ``raw``, parsed and ``checked_batch``."""
+    try:
+        res = json.loads(raw)
+    except (ValueError, RecursionError) as e:
+        raise RegistryError(f"{what}: not JSON ({e or 'nested too deep'})") from None
+    return checked_batch(res, what)
+
+
 def checked_batch(res: Any, what: str) -> dict[str, Any]:
     """A ``narinfo-batch`` answer with the shape the callers rely on, else
     ``RegistryError``: a dict whose ``narinfos`` maps str to str, ``blobs`` is a list of
@@ -121,3 +138,43 @@ def checked_batch(res: Any, what: str) -> dict[str, Any]:
         if not isinstance(res.get(key, {}), dict):
             raise bad(key)
     return res
+    deferred = res.get("deferred", {})
+    if not isinstance(deferred, dict) or not all(
+        isinstance(v, list) and all(isinstance(x, str) for x in v) for v in deferred.values()
+    ):
+        raise bad("deferred")
+    return res
+
+
+#: the request fields an answer may defer entries of, and the answer field of each
+DEFERRABLE = {"hashes": "narinfos", "attestations": "attestations", "nar_hashes": "by_nar_hash"}
+
+
+def deferred_of(res: dict[str, Any], asked: dict[str, Any], what: str) -> dict[str, list[str]]:
+    """The entries a (``checked_batch``) answer to the request ``asked`` deferred, as the
+    next request's fields (``{}``: none). ``RegistryError`` if it defers a field or
+    entry not asked for, or one it also answered, or every entry asked for (no progress:
+    the client would ask forever)."""
+    deferred = res.get("deferred", {})
+    out: dict[str, list[str]] = {}
+    for field, entries in deferred.items():
+        mine = set(asked.get(field, [])) if field in DEFERRABLE else set()
+        answered = res.get(DEFERRABLE.get(field, ""), {})
+        if not set(entries) <= mine or any(e in answered for e in entries):
+            raise RegistryError(f"{what}: malformed answer (deferred {field} not asked for or answered)")
+        if entries:
+            out[field] = list(dict.fromkeys(entries))
+    if out and sum(map(len, out.values())) >= sum(len(set(asked.get(f, []))) for f in DEFERRABLE):
+        raise RegistryError(f"{what}: the answer deferred every entry asked for")
+    return out
+
+
+def merge_batch(into: dict[str, Any] | None, res: dict[str, Any]) -> dict[str, Any]:
+    """``res`` (a later answer to the deferred entries) merged into ``into`` (the answers
+    so far; None for the first): a field is present if any answer had it."""
+    if into is None:
+        return {k: v for k, v in res.items() if k != "deferred"}
+    for field in DEFERRABLE.values():
+        if field in res:
+            into.setdefault(field, {}).update(res[field])
+    return into

@@ -32,7 +32,14 @@ from kiln.store.hashes import Hash
 from . import layout
 from .client import BATCH, CHUNK, CONNECT_TIMEOUT, Client, RegistryError, Unreachable, utf8
 from .httpattest import AttestationBatches
-from .httpbatch import answer_errors, checked_batch, read_blob_batch, upload_batch_body
+from .httpbatch import (
+    answer_errors,
+    batch_answer,
+    deferred_of,
+    merge_batch,
+    read_blob_batch,
+    upload_batch_body,
+)
 from .pace import Link, Pace
 
 #: Largest body read into memory from a registry (narinfos, listings, index files,
@@ -221,15 +228,26 @@ class HttpClient(AttestationBatches, Client):
             return await self._read(resp, what)
 
     async def _batch(self, body: dict[str, list[str]]) -> dict[str, Any] | None:
+        """The ``narinfo-batch`` answer to ``body``, whole: asked with ``"defer": true``,
+        a kiln server answers in parts of about 32 MiB, each listing what it deferred,
+        and those are asked again until none is (``httpbatch.deferred_of``: every answer
+        must resolve at least one entry), so no one answer grows with the narinfos'
+        size. None if the server has no such endpoint."""
         what = f"POST {self.url}/narinfo-batch"
-        raw = await self._post("narinfo-batch", json=body)
-        if raw is None:
-            return None
-        try:
-            res = json.loads(raw)
-        except (ValueError, RecursionError) as e:
-            raise RegistryError(f"{what}: not JSON ({e or 'nested too deep'})") from None
-        return checked_batch(res, what)
+        req: dict[str, Any] = {**body, "defer": True}
+        out: dict[str, Any] | None = None
+        while True:
+            raw = await self._post("narinfo-batch", json=req)
+            if raw is None:
+                if out is None:
+                    return None
+                raise RegistryError(f"{what}: the endpoint went away while answering in parts")
+            res = batch_answer(raw, what)
+            more = deferred_of(res, req, what)
+            out = merge_batch(out, res)
+            if not more:
+                return out
+            req = {**more, "defer": True}
 
     async def narinfos(self, hash_parts: list[str]) -> dict[str, str]:
         out: dict[str, str] = {}
