@@ -22,7 +22,7 @@ from kiln.store.objects import object_rel_path
 from kiln.store.signing import SecretKey, sign_info
 
 from . import layout
-from .backends import CACHE_MAX, Source
+from .backends import CACHE_BYTES, CACHE_MAX, CACHE_ONE_MAX, Source
 
 
 class StoreSource(Source):
@@ -37,6 +37,7 @@ class StoreSource(Source):
         self.storage = None  # type: ignore[assignment]  # read-only: nothing to write to
         self._info = layout.cache_info_text(self.store_dir, priority).encode()
         self._cache: dict[str, tuple[bytes, Path]] = {}  # hash part -> (narinfo, its object)
+        self._cache_bytes = 0  # (at most ``CACHE_BYTES``: roughly, as a pop does not count down)
         self._lock = threading.Lock()
         self._version = -1  # the store database's data_version the cache was filled at
 
@@ -51,6 +52,7 @@ class StoreSource(Source):
             version = self.store.conn.execute("PRAGMA data_version").fetchone()[0]
             if version != self._version:
                 self._cache.clear()
+                self._cache_bytes = 0
                 self._version = version
         hit = self._cache.get(hash_part)
         if hit is not None:
@@ -69,9 +71,14 @@ class StoreSource(Source):
             ):
                 info = dataclasses.replace(info, sigs=(*info.sigs, sign_info(info, self.sign_key)))
         rendered = ni.NarInfo.from_pathinfo(info, layout.nar_key(info.file_hash), "zstd").render().encode()
-        if len(self._cache) >= CACHE_MAX:
-            self._cache.clear()
-        self._cache[hash_part] = (rendered, self.store.objects / object_rel_path(info.file_hash))
+        if len(rendered) <= CACHE_ONE_MAX:  # (a wide one is rendered each time: memory, see backends)
+            with self._lock:
+                self._cache.pop(hash_part, None)
+                if len(self._cache) >= CACHE_MAX or self._cache_bytes + len(rendered) > CACHE_BYTES:
+                    self._cache.clear()
+                    self._cache_bytes = 0
+                self._cache[hash_part] = (rendered, self.store.objects / object_rel_path(info.file_hash))
+                self._cache_bytes += len(rendered)
         return rendered
 
     def object_file(self, digest: Hash) -> Path | None:
