@@ -37,6 +37,7 @@ class ProvenanceHook:
 
     def __post_init__(self) -> None:
         self.invocation_id = self.invocation_id or str(uuid.uuid4())
+        self._cache = None  # (``_cache_of``)
         if isinstance(self.key, tuple):
             self.key_name, self.signer = self.key
         else:
@@ -54,7 +55,7 @@ class ProvenanceHook:
 
         store = store or self.store
         get = self.get_drv or _drv_getter(store)
-        deps = attestations.build_dependencies(store, drv_path, get)
+        deps = attestations.build_dependencies(store, drv_path, get, self._cache_of(store, get))
         if drv.builder.startswith("builtin:"):
             # fetchers and the .deb unpacker run in kiln itself, checked against fixed hashes
             sandbox = {"executor": "builtin", "builder": drv.builder, "network": drv.is_fixed_output}
@@ -63,11 +64,13 @@ class ProvenanceHook:
             sandbox = {**self.isolation, "network": False, "cores": self.cores}
             toolchain = rootfs_of(drv, get)
         for name, out in outputs.items():
-            attestations.sign_path(store, out, self.key_name, self.signer)
+            info = store.query(out)  # (one query for both: only the signatures change between)
+            attestations.sign_path(store, out, self.key_name, self.signer, info=info)
             attestations.record_provenance(
                 store,
                 out,
                 [self.signer],
+                info=info,
                 recipe_file=self.recipe_file,
                 attribute=self.attrs_by_drv.get(drv_path, drv.name),
                 parameters={"output": name, "drv": drv_path},
@@ -81,6 +84,17 @@ class ProvenanceHook:
                 started_on=started,
                 finished_on=finished,
             )
+
+    def _cache_of(self, store, get):
+        """The ``depscache.DependencyCache`` this hook keeps across builds for ``store`` (a
+        new one for another store object: the builder's bookkeeping store is reopened
+        per ``realise``). ``Builder.realise`` temp-roots the graph and its outputs, which
+        keeps its answers true (see ``depscache``)."""
+        from kiln.store.depscache import DependencyCache
+
+        if self._cache is None or self._cache.store is not store:
+            self._cache = DependencyCache(store, get)
+        return self._cache
 
 
 def _drv_getter(store):

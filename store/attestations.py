@@ -43,6 +43,7 @@ from .nar_restore import fsync_dir
 from .paths import StorePath
 
 if TYPE_CHECKING:
+    from .depscache import DependencyCache
     from .derivation import Derivation
 
 _KIND_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}\Z")
@@ -66,13 +67,16 @@ def sign(statement: dict[str, Any], signers: builtins.list[Signer]) -> Envelope:
     return dsse_sign(canonical_json(statement), signers)
 
 
-def record_provenance(store: Any, path: str, signers: builtins.list[Signer], **provenance_kw: Any) -> Path:
+def record_provenance(
+    store: Any, path: str, signers: builtins.list[Signer], *, info: Any = None, **provenance_kw: Any
+) -> Path:
     """Build loop entry point: make the SLSA provenance for valid ``path`` (subject = its
     base name and recorded NAR sha256; ``provenance_kw`` are ``intoto.provenance``'s
-    keyword arguments), sign it with ``signers`` and store it as ``provenance``."""
+    keyword arguments), sign it with ``signers`` and store it as ``provenance``.
+    ``info``: ``path``'s ``PathInfo`` if the caller has just queried it (else queried here)."""
     from .intoto import provenance
 
-    info = store.query(str(path))
+    info = info or store.query(str(path))
     if info is None:
         raise StoreError(f"cannot attest {path}: not a valid path in the store at {store.root}")
     st = provenance(_parse(path).base, info.nar_hash.hex, **provenance_kw)
@@ -112,7 +116,9 @@ def record_vsa(
     return write(store, path, vsa_kind(signer.public_key), sign(st, [signer]))
 
 
-def build_dependencies(store: Any, drv_path: str, get_drv: Any = None) -> builtins.list[dict[str, Any]]:
+def build_dependencies(
+    store: Any, drv_path: str, get_drv: Any = None, cache: DependencyCache | None = None
+) -> builtins.list[dict[str, Any]]:
     """``resolvedDependencies`` for a build of ``drv_path``: the ``.drv`` itself (sha256 of
     its text) and every store path the sandbox saw (the reference closure of the input
     derivations' outputs and input sources) with its NAR sha256; fixed-output paths also
@@ -121,8 +127,11 @@ def build_dependencies(store: Any, drv_path: str, get_drv: Any = None) -> builti
     path's recorded deriver is unsigned, and an import naming another package's
     ``.drv`` must not lend the path that package's source URL.
     ``get_drv(path) -> Derivation`` may supply already-parsed derivations (the build
-    loop has them); by default each ``.drv`` is read and parsed here."""
-    from .derivers import Derivers
+    loop has them); by default each ``.drv`` is read and parsed here. ``cache``: a
+    ``depscache.DependencyCache`` of ``store`` that the caller keeps across the builds
+    of one command (the build loop's hook does: each dependency is then looked up and
+    its deriver checked once, not once per build that uses it); by default a new one."""
+    from .depscache import DependencyCache
     from .drvparse import parse as parse_drv
     from .hashes import Hash
 
@@ -144,11 +153,14 @@ def build_dependencies(store: Any, drv_path: str, get_drv: Any = None) -> builti
     deps: builtins.list[dict[str, Any]] = [
         {"name": _parse(drv_path).base, "digest": {"sha256": Hash.sha256_of(raw).hex}}
     ]
-    derivers = Derivers(store, get_drv)
-    for p in store.closure(sorted(inputs)):
-        info = store.query(p)
+    # (one call alone: one walk of the whole closure, not one per start path)
+    closure = store.closure if cache is None else cache.closure
+    if cache is None:
+        cache = DependencyCache(store, get_drv)
+    for p in closure(sorted(inputs)):
+        info = cache.query(p)
         d: dict[str, Any] = {"name": _parse(p).base, "digest": {"sha256": info.nar_hash.hex}}
-        env = derivers.of(p, info.deriver)
+        env = cache.derivers.of(p, info.deriver)
         if env is not None and env.is_fixed_output:
             urls = env.env_map.get("urls", "").split() or [env.env_map.get("url", "")]
             if urls[0]:
@@ -204,12 +216,13 @@ def load_named_signer(
     return sk.name, Ed25519Signer(sk.key)
 
 
-def sign_path(store: Any, path: str, key_name: str, signer: Signer) -> str:
+def sign_path(store: Any, path: str, key_name: str, signer: Signer, info: Any = None) -> str:
     """Add a Nix-style signature ``<key_name>:<base64>`` over valid ``path``'s fingerprint,
-    made by ``signer`` (so path signing works with an external signer command too)."""
+    made by ``signer`` (so path signing works with an external signer command too).
+    ``info``: ``path``'s ``PathInfo`` if the caller has just queried it (else queried here)."""
     import base64
 
-    info = store.query(str(path))
+    info = info or store.query(str(path))
     if info is None:
         raise StoreError(f"cannot sign {path}: not a valid path in the store at {store.root}")
     sig = f"{key_name}:{base64.b64encode(signer.sign(info.fingerprint())).decode()}"

@@ -78,6 +78,12 @@ class BuildOptions:
     progress: bool = field(default_factory=lambda: sys.stderr.isatty())
 
 
+def _say(msg: str) -> None:
+    """The default ``say``: a line on stderr, in one write (``print`` makes two)."""
+    sys.stderr.write(msg + "\n")
+    sys.stderr.flush()
+
+
 Substituter = Callable[[list[str]], set[str]]
 """Given missing output paths, fetch what registries have; return the paths now valid."""
 
@@ -106,7 +112,7 @@ class Builder(Producing, Checking, Scheduling):
         self.opts = options
         self.substituter = substituter
         self.after_build = after_build
-        self.say = say or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        self.say = say or _say
         self.logs = LogStore(Path(store.root) / "logs")
         self._drvs: dict[str, Derivation] = {}
         self._inner = store
@@ -121,6 +127,8 @@ class Builder(Producing, Checking, Scheduling):
         self._hook_futures: list[Future] = []
         # derivations whose hook this builder ran (or tried): never resumed as left behind
         self._hooked: set[str] = set()
+        # hook markers held for a derivation's coming hook (bookkeeping thread only)
+        self._marks: dict[str, list] = {}
 
     # ------------------------------------------------------------------ graph level
 
@@ -231,7 +239,7 @@ class Builder(Producing, Checking, Scheduling):
             deadline = None if self.opts.timeout is None else time.monotonic() + self.opts.timeout
             tmp = self._dirs.take()
             try:
-                produced = self._produce(drv_path, drv, tmp, defer=True, deadline=deadline)
+                produced = self._produce(drv_path, drv, tmp, defer=True, deadline=deadline, dirs_made=True)
                 if self._stop.is_set():  # cancelled meanwhile: nothing is placed after that
                     raise BuildError(drv_path, f"build of {drv_path} cancelled")
                 placed: list[Placed] = []
@@ -266,12 +274,14 @@ class Builder(Producing, Checking, Scheduling):
                             drv_path, output_too_slow(drv_path, self.opts.timeout, "archive")
                         ) from None
                     raise BuildError(drv_path, f"{drv_path}: {e}{self._kept(tmp, drv)}") from e
-                # before the commit: a kill after it leaves the hook to the next run (hookmarks)
-                marks = hookmarks.hold_or_warn(self._inner, outs, self.say) if self.after_build else []
+                # the hook's markers are held before the commit (a kill after it leaves the
+                # hook to the next run: hookmarks), by the committing bookkeeping thread:
+                # making a marker file is an inode on the journal, off this critical path
+                hold = functools.partial(self._hold_marks, drv_path, outs) if self.after_build else None
                 # archiving may take what the build left of its --timeout, counted from
                 # when the bookkeeping thread starts on it (not from waiting for it)
                 budget = None if deadline is None else max(0.0, deadline - time.monotonic())
-                self._pending.add(placed, locks, budget)
+                self._pending.add(placed, locks, budget, before_commit=hold)
                 handed = True
                 self._background(self._commit_pending)
             finally:
@@ -283,7 +293,7 @@ class Builder(Producing, Checking, Scheduling):
                 # signing and provenance overlap the next sandbox; realise() waits for them
                 self._hooked.add(drv_path)
                 outputs = {k: o.path for k, o in drv.outputs}
-                self._background(self._run_hook, drv_path, drv, outputs, started, time.time(), marks)
+                self._background(self._run_hook, drv_path, drv, outputs, started, time.time())
         finally:
             if not handed:
                 locks.close()
@@ -301,11 +311,13 @@ class Builder(Producing, Checking, Scheduling):
             store = self._bookkeeping_store()
             staged = []
             late: BuildError | None = None
-            for items, _, budget in batch:
+            for items, _, budget, before_commit in batch:
                 # (an earlier batch's drops count too: a dependent may come in a later one)
                 if any(r in self._dropped for p in items for r in p.references):
                     self._drop(items)  # built on a dropped output
                     continue
+                if before_commit is not None:
+                    before_commit()  # (``_hold_marks``)
                 until = None if budget is None else time.monotonic() + budget
                 try:
                     # archiving (NAR, hashes, zstd) happens here too: a big output is
@@ -322,7 +334,7 @@ class Builder(Producing, Checking, Scheduling):
             if late is not None:
                 raise late
         finally:
-            for _, locks, _ in batch:
+            for _, locks, _, _ in batch:
                 locks.close()
 
     def _drop(self, items: list) -> None:
@@ -353,8 +365,14 @@ class Builder(Producing, Checking, Scheduling):
             self._bk.close()
             self._bk = None
 
-    def _run_hook(self, drv_path: str, drv: Derivation, outputs: dict[str, str], started, finished, marks):
+    def _hold_marks(self, drv_path: str, outs: list[str]) -> None:
+        """Hold the hook markers of ``drv_path``'s outputs (``hookmarks``) for its
+        ``_run_hook``: on the bookkeeping thread, before ``_commit_pending`` commits them."""
+        self._marks[drv_path] = hookmarks.hold_or_warn(self._inner, outs, self.say)
+
+    def _run_hook(self, drv_path: str, drv: Derivation, outputs: dict[str, str], started, finished):
         assert self.after_build is not None
+        marks = self._marks.pop(drv_path, [])  # (none: dropped before its commit, or not markable)
         if any(o in self._dropped for o in outputs.values()):
             hookmarks.release(marks, done=True)  # never registered (``_drop``): nothing to sign
             return

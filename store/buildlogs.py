@@ -33,12 +33,15 @@ from .errors import StoreError
 class LogStore:
     def __init__(self, directory: Path) -> None:
         self.dir = directory
+        self._dir_made = False  # (one mkdir per LogStore, not one per log saved)
 
     def _file(self, drv_path: str) -> Path:
         return self.dir / (drv_path.rsplit("/", 1)[-1] + ".zst")
 
     def save(self, drv_path: str, log_file: Path) -> Path:
-        self.dir.mkdir(parents=True, exist_ok=True)
+        if not self._dir_made:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self._dir_made = True
         dest = self._file(drv_path)
         tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
         with (

@@ -23,6 +23,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from .buildlogs import TerminalSafe, shown_output
+from .buildtmp import LOG_NAME
 from .derivation import Derivation
 from .errors import KilnError
 from .nar_restore import write_all
@@ -60,10 +61,13 @@ class Producing:
         vary: Variation | None = None,
         defer: bool = False,
         deadline: float | None = None,
+        dirs_made: bool = False,
     ) -> dict[str, tuple[Path, list[str]]]:
         """Run the builder; return {output name: (produced tree, runtime references)}.
         ``deadline`` (``time.monotonic()``, from ``--timeout``) also bounds the reference
-        scan of a sandboxed build's outputs (``BuildError`` past it)."""
+        scan of a sandboxed build's outputs (``BuildError`` past it). ``dirs_made``:
+        ``tmp`` is a ``buildtmp.BuildDirs`` directory (its ``build/`` and ``store/``
+        are ready)."""
         if drv.builder.startswith("builtin:"):
             from .builtins import run_builtin
 
@@ -80,7 +84,7 @@ class Producing:
                 say=self.say,
             )
             return {"out": (out, [])}
-        produced = self._sandboxed(drv_path, drv, tmp, vary, defer, deadline)
+        produced = self._sandboxed(drv_path, drv, tmp, vary, defer, deadline, dirs_made)
         if drv.is_fixed_output:
             _check_fixed(drv_path, drv, produced["out"])
         return produced
@@ -93,6 +97,7 @@ class Producing:
         vary: Variation | None = None,
         defer: bool = False,
         deadline: float | None = None,
+        dirs_made: bool = False,
     ) -> dict[str, tuple[Path, list[str]]]:
         """``defer``: save the log on the bookkeeping thread (the caller deletes ``tmp``
         there too, after it); rebuilds save it synchronously."""
@@ -100,9 +105,9 @@ class Producing:
         from .vary import inputs_view, reordered
 
         spec, scratch_store, inputs = make_spec(
-            self.store, drv, tmp, self.opts, self.get_drv, vary, None if vary else self._pending
+            self.store, drv, tmp, self.opts, self.get_drv, vary, None if vary else self._pending, dirs_made
         )
-        log_path = tmp / "build.log"
+        log_path = tmp / LOG_NAME  # (made ahead with ``tmp`` by ``BuildDirs``: opened, not created)
         echo = _Echo() if self.opts.print_logs else None
         # a varied rebuild lists /build, its outputs and its inputs in another order
         # (``make_spec`` bound the inputs from the view mounted here)

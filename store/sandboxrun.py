@@ -65,6 +65,7 @@ def make_spec(
     get_drv: Callable[[str], Derivation],
     vary: Variation | None = None,
     pending: Pending | None = None,
+    dirs_made: bool = False,
 ) -> tuple[SandboxSpec, Path, list[str]]:
     """Return ``(spec, scratch_store_dir, input_closure)`` for building ``drv`` in ``tmp``
     (``vary``, a ``vary.Variation``, overrides cores and umask for a varied rebuild;
@@ -72,19 +73,27 @@ def make_spec(
     count as valid inputs). With ``vary.reorder_dirents`` the inputs and the toolchain
     are bound from ``vary.inputs_view(tmp)``, which the caller mounts for the run
     (``vary.reordered``); ``build/`` and ``store/`` are plain 0755 directories (no ACL:
-    ``buildtmp.plain_dir``)."""
+    ``buildtmp.plain_dir``), made here unless ``dirs_made`` says ``tmp`` came from
+    ``buildtmp.BuildDirs``, which makes them so (the build loop's critical path then
+    does not redo it)."""
     from kiln.sandbox.spec import SandboxSpec
 
-    from .stagedbuild import closure as closure_of
+    from .stagedbuild import closure_parts
 
     build_dir = tmp / "build"
     scratch = tmp / "store"
-    for d in (build_dir, scratch):
-        plain_dir(d, 0o755)  # made ahead of time by buildtmp.BuildDirs, or now
-    closure = closure_of(store, input_paths(drv, get_drv), pending)
-    # pending first: the committer inserts a row before it forgets the pending entry
+    if not dirs_made:
+        for d in (build_dir, scratch):
+            plain_dir(d, 0o755)
+    walked, from_pending = closure_parts(store, input_paths(drv, get_drv), pending)
+    closure = walked + from_pending
+    # (``walked`` the store's walk has just found valid, and the build's temp roots keep
+    # them; a pending output may have been dropped since.) Pending first: the committer
+    # inserts a row before it forgets the pending entry
     missing = [
-        p for p in closure if not ((pending is not None and pending.get(p) is not None) or store.is_valid(p))
+        p
+        for p in from_pending
+        if not ((pending is not None and pending.get(p) is not None) or store.is_valid(p))
     ]
     if missing:
         raise StoreError(f"inputs of {drv.name} are not valid: {', '.join(missing[:5])}")
