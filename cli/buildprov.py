@@ -16,7 +16,7 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from kiln import __version__
+from .version import full_version
 
 if TYPE_CHECKING:
     from kiln.store.derivation import Derivation
@@ -79,7 +79,7 @@ class ProvenanceHook:
                 sandbox_settings=sandbox,
                 toolchain_path=toolchain,
                 resolved_dependencies=deps,
-                builder_version=__version__,
+                builder_version=full_version(),
                 invocation_id=self.invocation_id,
                 started_on=started,
                 finished_on=finished,

@@ -59,9 +59,9 @@ from kiln.store.errors import KilnError
 from kiln.store.paths import StorePath
 from kiln.store.policy import Check, Policy, PolicyError, Report, load, verify_path
 
-from . import __version__
 from .common import add_store_arg, nonempty
 from .targets import EXIT_USAGE, UsageError, open_store, resolve_target, signer_args
+from .version import full_version
 
 # ---------------------------------------------------------------------------- sbom
 
@@ -73,7 +73,7 @@ def _sbom(args: argparse.Namespace) -> int:
         if not store.is_valid(path):
             raise KilnError(f"{path} is not valid in the store at {store.root}")
         graph = sbom.collect(store, path, build=args.build)
-        doc = sbom.document(graph, args.format, tool_version=__version__)
+        doc = sbom.document(graph, args.format, tool_version=full_version())
         text = json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
         if args.attest:
             signer = attestations.load_signer(

@@ -65,9 +65,9 @@ def main(argv: list[str] | None = None, *, whole_process: bool = False) -> int:
         print(usage())
         return 0
     if argv[0] == "--version":
-        from . import __version__
+        from .version import full_version
 
-        print(f"kiln {__version__}")
+        print(f"kiln {full_version()}")
         return 0
     entry = COMMANDS.get(argv[0])
     if entry is None:

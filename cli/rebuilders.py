@@ -205,9 +205,10 @@ def rebuild_drv(
     deliberately varied conditions (``kiln.store.vary.standard``: other host dirs,
     KILN_CORES, umask, reversed directory order (build dir, outputs, inputs) where disorderfs is installed, the wall
     clock ten years ahead where libfaketime is)."""
-    from kiln import __version__
     from kiln.store import attestations
     from kiln.store.sandboxrun import input_paths
+
+    from .version import full_version
 
     say = say or _stderr
     drv = builder.load([drv_path]).drvs[drv_path]
@@ -240,7 +241,7 @@ def rebuild_drv(
                     c.path,
                     signer,
                     passed=c.identical,
-                    verifier_version=__version__,
+                    verifier_version=full_version(),
                     time_verified=now,
                     rebuilt_nar_sha256_hex=c.rebuilt.hex,
                     derivation=drv_path,

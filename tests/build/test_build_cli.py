@@ -108,6 +108,10 @@ def test_provenance_lists_the_inputs_with_digests(store, graph):
     env = attestations.read(store, ad.output_path(), "provenance")
     st = json.loads(env.payload)
     assert st["predicate"]["runDetails"]["builder"]["id"]
+    from kiln.version import full_version
+
+    # (which kiln built it: the release and a digest of its source, cli/version.py)
+    assert st["predicate"]["runDetails"]["builder"]["version"] == {"kiln": full_version()}
     assert any(
         d["name"].endswith("busybox-static")
         for d in st["predicate"]["buildDefinition"]["resolvedDependencies"]
