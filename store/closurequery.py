@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 from .hashes import Hash
 from .pathinfo import PathInfo
@@ -60,19 +60,33 @@ def closure_infos(
             ca=row[7],
             registration_time=row[6] or 0,
         )
-    order, holes = _walk(first, infos)
+    order, holes = walk(first, lambda p: infos[p].references, infos.__contains__)
     return order, {p: infos[p] for p in order}, holes
 
 
-def _walk(first: list[str], infos: dict[str, PathInfo]) -> tuple[list[str], dict[str, tuple[str, ...]]]:
-    """The depth-first order and holes of ``closure_with_holes``, over ``infos``."""
+def walk(
+    starts: Iterable[str],
+    references: Callable[[str], Iterable[str]],
+    valid: Callable[[str], bool],
+    invalid_start: Callable[[str], object] | None = None,
+) -> tuple[list[str], dict[str, tuple[str, ...]]]:
+    """``(order, holes)`` of the closure of ``starts``, as ``closure_with_holes`` gives
+    them: depth first from the sorted start paths through each path's sorted
+    ``references``, dependencies first, each path once; ``holes`` maps each reference
+    that is not ``valid`` to the members that reference it. A start path that is not
+    valid (and not already found as a hole) is passed to ``invalid_start`` (which may
+    raise), else skipped."""
     order: list[str] = []
     holes: dict[str, set[str]] = {}
     state: dict[str, int] = {}
-    for start in first:
-        if start in state or start not in infos:
+    for start in sorted(set(map(str, starts))):
+        if start in state:
             continue
-        stack = [(start, iter(sorted(infos[start].references)))]
+        if not valid(start):
+            if invalid_start is not None:
+                invalid_start(start)
+            continue
+        stack: list[tuple[str, Iterator[str]]] = [(start, iter(sorted(references(start))))]
         state[start] = 1
         while stack:
             node, it = stack[-1]
@@ -80,7 +94,7 @@ def _walk(first: list[str], infos: dict[str, PathInfo]) -> tuple[list[str], dict
             for r in it:
                 if r == node:
                     continue
-                if r in holes:
+                if r in holes:  # (known dangling: only its referrers grow)
                     holes[r].add(node)
                 elif r not in state:
                     nxt = r
@@ -89,9 +103,9 @@ def _walk(first: list[str], infos: dict[str, PathInfo]) -> tuple[list[str], dict
                 stack.pop()
                 state[node] = 2
                 order.append(node)
-            elif nxt in infos:
+            elif valid(nxt):
                 state[nxt] = 1
-                stack.append((nxt, iter(sorted(infos[nxt].references))))
+                stack.append((nxt, iter(sorted(references(nxt)))))
             else:  # a reference that is not valid: a hole, not a member
                 state[nxt] = 2
                 holes[nxt] = {node}

@@ -309,40 +309,12 @@ class LocalStore(Registering):
         when the closure is complete). A path with a hole cannot be used: ``kiln run``,
         ``kiln sbom`` refuse it (``IncompleteClosure``), ``kiln store info`` and ``kiln
         verify`` report it. Raises if a start path is invalid."""
-        order: list[str] = []
-        holes: dict[str, set[str]] = {}
-        state: dict[str, int] = {}
-        for start in sorted(set(map(str, paths))):
-            if start in state:
-                continue
-            if not self.is_valid(start):
-                self._info(start)  # raises the usual "not valid" error
-            stack: list[tuple[str, Iterator[str]]] = [(start, iter(sorted(db.references(self.conn, start))))]
-            state[start] = 1
-            while stack:
-                node, it = stack[-1]
-                nxt = None
-                for r in it:
-                    if r == node:
-                        continue
-                    if r in holes:  # (known dangling: only its referrers grow)
-                        holes[r].add(node)
-                    elif r not in state:
-                        nxt = r
-                        break
-                if nxt is None:
-                    stack.pop()
-                    state[node] = 2
-                    order.append(node)
-                elif self.is_valid(nxt):
-                    state[nxt] = 1
-                    stack.append((nxt, iter(sorted(db.references(self.conn, nxt)))))
-                else:
-                    # dangling (quarantined) reference: not a member, but a hole (and, as
-                    # ever, a start path found dangling first is skipped, not raised for)
-                    state[nxt] = 2
-                    holes[nxt] = {node}
-        return order, {h: tuple(sorted(holes[h])) for h in sorted(holes)}
+        from .closurequery import walk
+
+        # (a dangling reference, quarantined: not a member but a hole; a start path
+        # found dangling first is skipped, not raised for; another raises the usual
+        # "not valid" error)
+        return walk(paths, lambda p: db.references(self.conn, p), self.is_valid, self._info)
 
     # ------------------------------------------------------------------ roots
 
