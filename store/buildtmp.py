@@ -106,18 +106,28 @@ def release_tmpdir(d: Path, fd: int) -> None:
         os.close(fd)
 
 
-def owner_gone(d: str) -> bool:
-    """True if nobody holds ``d``'s lock (for the collector; ``d`` a directory)."""
+def take_if_owner_gone(d: str) -> int | None:
+    """An open descriptor of directory ``d`` holding its owner lock, if nobody held it
+    (its owner is gone: the caller now owns it, until it closes the descriptor); None if
+    its owner is alive or ``d`` cannot be opened (gone, not a directory, a symlink)."""
     try:
         fd = os.open(d, _DIR_FLAGS)
     except OSError:
-        return False
+        return None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    finally:
+    except OSError:
         os.close(fd)
+        return None
+    return fd
+
+
+def owner_gone(d: str) -> bool:
+    """True if nobody holds ``d``'s lock (for the collector; ``d`` a directory)."""
+    fd = take_if_owner_gone(d)
+    if fd is None:
+        return False
+    os.close(fd)
     return True
 
 

@@ -28,7 +28,6 @@ Neither stops the collection.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import stat
 from collections.abc import Callable
@@ -103,8 +102,6 @@ def size(p: Path, skip: frozenset[bytes] = frozenset()) -> int:
         return 0
 
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-
 #: what ``Trash.empty`` reports as it goes: (entries removed, entries in all)
 Progress = Callable[[int, int], None]
 
@@ -142,14 +139,10 @@ class Trash:
         leave ``d`` alone: its owner (a build, a running GC) is alive, or it is gone."""
         if d == str(self.dir):
             return False
-        try:
-            fd = os.open(d, _DIR_FLAGS)
-        except OSError:
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
+        from .buildtmp import take_if_owner_gone
+
+        fd = take_if_owner_gone(d)
+        if fd is None:
             return False
         self._adopted[d] = fd
         return True
