@@ -34,7 +34,11 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("-f", "--file", help="recipe file to evaluate and build PKG from")
     p.add_argument("package", help="store path, GC root name (from kiln build), or attribute with -f")
     default = "$SHELL, else /bin/sh" if prog == "shell" else "bin/<name without version>"
-    p.add_argument("command", nargs=argparse.REMAINDER, help=f"-- CMD ARGS... (default: {default})")
+    p.add_argument(
+        "command",
+        nargs=argparse.REMAINDER,
+        help=f"-- CMD ARGS... (default: {default}; words starting with '-' are its arguments)",
+    )
     return p
 
 
@@ -108,16 +112,20 @@ def _run(cmd: str, args, store) -> int:
     if holes:
         raise IncompleteClosure(path, holes, store.root, "run" if cmd == "run" else "open a shell with")
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
-    if not command:
+    # a command name never starts with '-': such words are the default program's
+    # arguments (``kiln run file -- --version``, as ``nix run PKG -- ARGS``); they went to
+    # the host's ``env`` that starts the program, which printed its own version
+    if not command or command[0].startswith("-"):
         if cmd == "shell":
-            command = [os.environ.get("SHELL") or "/bin/sh"]  # (an empty SHELL too)
+            default = os.environ.get("SHELL") or "/bin/sh"  # (an empty SHELL too)
         else:
             base = package_name(StorePath.parse(path).name)
             if not os.path.isfile(os.path.join(store.real_path(path), "bin", base)):
                 raise KilnError(
                     f"{path} has no bin/{base} to run: give the command after --, e.g. kiln run PKG -- CMD"
                 )
-            command = [f"{path}/bin/{base}"]
+            default = f"{path}/bin/{base}"
+        command = [default, *command]
     wrapped, env = host_argv(store, closure, command, [f"{path}/bin"])
     if cmd == "shell":
         env["KILN_SHELL_PACKAGE"] = path
@@ -159,7 +167,8 @@ def run_forwarding_signals(argv: list[str], env: dict[str, str], through_bwrap: 
     if tool is not None:
         names = ",".join(signal.Signals(s).name[3:] for s in wanted)
         cut = argv.index("--") + 1
-        argv = [*argv[:cut], tool, f"--default-signal={names}", *argv[cut:]]
+        # (``--``: a program named like an option is still the program, not env's option)
+        argv = [*argv[:cut], tool, f"--default-signal={names}", "--", *argv[cut:]]
     waited = [*sigs, signal.SIGCHLD]
     starters = _identities(argv[0], tool) if through_bwrap else None
     names = frozenset(os.path.basename(p)[:15] for p in (argv[0], tool) if p)  # (comm: 15 bytes)

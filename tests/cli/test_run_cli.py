@@ -532,3 +532,14 @@ def test_the_program_gets_the_umask_kiln_was_started_with(world: World, tmp_path
         r = world.kiln("run", "umasker", "--", "umasker", umask=mask)
         assert r.returncode == 0, r.stderr
         assert r.stdout.strip() == shown
+
+
+def test_words_that_start_with_a_dash_are_the_default_program_s_arguments(world: World) -> None:
+    """``kiln run hello --version`` (and after ``--``) ran the host's ``env --version``:
+    the words went to the ``env`` that starts the program."""
+    assert world.kiln("build", str(world.recipe), "hello").returncode == 0
+    for args in (["--", "-n", "x"], ["-n", "x"]):
+        r = world.kiln("run", "-f", str(world.recipe), "hello", *args)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout == "hello -n x\n", r.stdout  # (its echo got them)
+        assert "coreutils" not in r.stdout + r.stderr
