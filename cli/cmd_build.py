@@ -152,6 +152,10 @@ def build(store: LocalStore, args: argparse.Namespace) -> list:
     else:
         protect = (args.sign_key,) if getattr(args, "sign_key", None) else ()
         ev, targets = evaluate(store, args.file, args.attrs, use_cache=not args.no_cache, protect=protect)
+    if getattr(args, "require_clean", False):
+        # before anything is built or found built: a CI gate on it passed on outputs
+        # that were valid already
+        _require_clean(args.file if ev is not None else None, args.file)
     missing = [p for t in targets for p in t.outputs.values() if not store.is_valid(p)]
     if args.check and missing:
         # as Nix: --check compares with an existing output; a first build made by it
@@ -175,6 +179,20 @@ def build(store: LocalStore, args: argparse.Namespace) -> list:
             raise
     _root(store, targets)
     return targets
+
+
+def _require_clean(recipe: str | None, given: str) -> None:
+    """``--require-clean``: refuse (``KilnError``) unless the recipe file ``recipe`` is in
+    a git repository without uncommitted changes (``given``: what the user named; a
+    ``.drv`` target, ``recipe`` None, has no recipe repository)."""
+    from kiln.store.errors import KilnError
+
+    from .gitinfo import git_info
+
+    commit, dirty = git_info(os.path.dirname(os.path.abspath(recipe))) if recipe else (None, False)
+    if commit is None or dirty:
+        why = "is not in a git repository" if commit is None else "has uncommitted changes"
+        raise KilnError(f"--require-clean: the recipe repository of {given} {why}")
 
 
 def _as_drv(store, arg: str) -> str | None:
@@ -218,11 +236,6 @@ def _build(store, ev, targets, args) -> None:
 
     recipe = args.file if ev is not None else None
     commit, dirty = git_info(os.path.dirname(os.path.abspath(recipe))) if recipe else (None, False)
-    if args.require_clean and (commit is None or dirty):
-        from kiln.store.errors import KilnError
-
-        why = "is not in a git repository" if commit is None else "has uncommitted changes"
-        raise KilnError(f"--require-clean: the recipe repository of {args.file} {why}")
     roots = [t.drv_path for t in targets]
     if ev is not None:
         write_drvs(store, ev, roots)

@@ -543,3 +543,12 @@ def test_words_that_start_with_a_dash_are_the_default_program_s_arguments(world:
         assert r.returncode == 0, r.stderr
         assert r.stdout == "hello -n x\n", r.stdout  # (its echo got them)
         assert "coreutils" not in r.stdout + r.stderr
+
+
+def test_require_clean_is_checked_when_every_output_is_built_already(world: World) -> None:
+    """A CI gate on ``--require-clean`` passed on outputs that were valid already (the
+    check ran only when something was to be built)."""
+    assert world.kiln("build", str(world.recipe), "hello").returncode == 0
+    r = world.kiln("build", "--require-clean", str(world.recipe), "hello")
+    assert r.returncode == 1 and "--require-clean" in r.stderr and "not in a git repository" in r.stderr
+    assert r.stdout == ""
