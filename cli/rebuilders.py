@@ -341,14 +341,17 @@ def reproducibility(
 
     say = say or _stderr
     results: list[PackageResult] = []
+    # every file evaluated before anything is built: a typo in the last file name (or a
+    # recipe error) is found at once, not after the builds of the ones before it
+    evaluated = []
     for f in files:
         try:
-            ev, targets = evaluate(store, f, [])
+            evaluated.append((f, *evaluate(store, f, [])))
         except KilnError as e:
             if str(e) != f"{f} defines no packages":
                 raise
             say(f"{f}: no packages (skipped)")  # e.g. a lock file among recipes/*.recipe
-            continue
+    for f, ev, targets in evaluated:
         write_drvs(store, ev, [t.drv_path for t in targets])
         attrs = {t.drv_path: t.attr for t in targets}
         builder = make_builder(

@@ -143,3 +143,12 @@ def test_a_report_that_checked_nothing_fails(kiln, tmp_path):
     empty.write_text("let a = 1\n")
     r = kiln("report", "reproducibility", str(empty), expect=1)
     assert "no package in" in r.stderr and "was checked" in r.stderr
+
+
+def test_a_missing_recipe_file_is_found_before_anything_is_built(kiln, tmp_path, store):
+    """A typo in the last file name threw away the builds and rebuilds of the ones
+    before it: every file is evaluated first."""
+    _, good = write_recipes(tmp_path)
+    r = kiln("report", "reproducibility", str(good), str(tmp_path / "typo.recipe"), expect=1)
+    assert "typo.recipe does not exist" in r.stderr
+    assert "building" not in r.stderr and "reproducible" not in r.stdout
