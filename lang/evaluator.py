@@ -41,6 +41,10 @@ from .values import INT_MAX, INT_MIN, CStr, DrvValue, Record, SourceValue, type_
 
 AddSource = Callable[[Path, str], str]
 
+#: names a build script gets from the sandbox (``$out``, ``$src``...), which an author
+#: may write as kiln's ``${...}`` by mistake
+SHELL_NAMES = frozenset({"out", "src", "HOME", "TMPDIR", "PWD", "KILN_CORES", "KILN_BUILD_TOP", "PATH"})
+
 
 class Evaluator:
     """One evaluation: shares modules, derivations and hash memo across all files."""
@@ -174,7 +178,11 @@ class Evaluator:
             if v is not UNSET:
                 return self.force(v) if isinstance(v, Thunk) else v
             e = e.parent
-        raise UnknownName(f"unknown name '{name}'{did_you_mean(name, env.names())}", node.src, node.pos)
+        hint = did_you_mean(name, env.names())
+        if not hint and name in SHELL_NAMES:
+            # ``${out}`` in a build script is kiln's interpolation, not the shell's
+            hint = f" (the build's ${name} is the shell's: write ${name}, not ${{{name}}}, in a build script)"
+        raise UnknownName(f"unknown name '{name}'{hint}", node.src, node.pos)
 
     # ------------------------------------------------------------------ expressions
     def eval(self, node: ast.Node, env: Env) -> object:

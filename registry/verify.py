@@ -250,8 +250,10 @@ def check_narinfo(
         good = valid_signers(info, trusted)
         if len(good) < sigs_needed:
             have = ", ".join(s.partition(":")[0] for s in info.sigs) or "none"
+            # (no key trusted at all: the usual cause is a missing flag, so say which)
+            fix = "" if trusted else "; a key is trusted with --trusted-key PUB"
             raise UntrustedError(
                 f"{info.path}: {len(good)} valid signature(s) from trusted keys, {sigs_needed} required "
-                f"(signatures by: {have}; trusted: {', '.join(k.name for k in trusted) or 'none'})"
+                f"(signatures by: {have}; trusted: {', '.join(k.name for k in trusted) or 'none'}{fix})"
             )
     return info
