@@ -46,7 +46,9 @@ def cmd_push(argv: list[str]) -> int:
     from kiln.registry.push import push
 
     with _open_store(args) as store:
-        paths = [store.resolve(a)[0] for a in args.paths]
+        from .targets import resolve_path_or_root
+
+        paths = [resolve_path_or_root(store, a) for a in args.paths]
         sk = load_secret_key(args.sign_key) if args.sign_key else None
         rep = push(
             store,

@@ -220,7 +220,9 @@ def _cmd_info(args) -> int:
     from kiln.store.locks import FileLock
 
     with _open(args, full_disk_read=True) as s, FileLock(s.gc_lock_path, shared=True):
-        path, _ = s.resolve(args.path)
+        from .targets import resolve_path_or_root
+
+        path = resolve_path_or_root(s, args.path)
         info = s.query(path)
         if info is None:
             raise StoreError(f"path {path} is not valid in the store at {s.root}")

@@ -65,6 +65,17 @@ def resolve_target(store: LocalStore, arg: str) -> str:
     return path
 
 
+def resolve_path_or_root(store: LocalStore, arg: str) -> str:
+    """The store path ``arg`` names, as ``store.resolve`` reads it (a path inside a store
+    path names that path), else as ``resolve_target`` does (a GC root name, a base
+    name, a hash part, a NAR digest): what ``kiln run``, ``sbom``, ``verify`` and ``log``
+    accept, ``kiln store info`` and ``kiln push`` accept too."""
+    try:
+        return store.resolve(arg)[0]
+    except (KilnError, ValueError):
+        return resolve_target(store, arg)
+
+
 def signer_args(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--key", metavar="FILE", help=f"secret key that signs {what} (mode 0600)")
     p.add_argument(
