@@ -248,8 +248,8 @@ class Builder(Producing, Checking, Scheduling):
                     # every output is checked before any is placed: a sibling of a refused
                     # output (a FIFO, a setuid file...) is never placed, nor registered, as
                     # one on another file system would be at once
-                    for name, _o in order:
-                        canonicalise_output(Path(produced[name][0]))
+                    for name, o in order:
+                        canonicalise_output(Path(produced[name][0]), shown=o.path)
                     with self.store.exclusive():
                         for name, o in order:
                             tree, refs = produced[name]

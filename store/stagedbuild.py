@@ -144,7 +144,7 @@ def place(
             # build dir on another file system: no cheap rename, register the usual way
             return store.register_built(path, tree, refs, deriver, stop=stop)
         if not canonical:
-            canonicalise_output(Path(tree))
+            canonicalise_output(Path(tree), shown=path)
         with FileLock(store._path_lock(sp)):
             existing = store.query(path)
             store._keep(path)

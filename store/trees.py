@@ -106,13 +106,26 @@ def open_up(top: Path) -> None:
                     os.chmod(e.path, stat.S_IMODE(est.st_mode) | 0o600)
 
 
-def canonicalise_output(top: Path) -> None:
+def canonicalise_output(top: Path, shown: str | None = None) -> None:
     """Make a finished build output canonical in place (as ``canonicalise``, top left
     writable for ``seal_top``), refusing first what a store path may not hold:
     setuid/setgid files or directories and anything but regular files, directories and
-    symlinks (``StoreError`` naming the path; the tree may then be half canonical, it
-    is the build's scratch). Directories the build left unreadable are opened up before
-    they are listed. Iterative: deep trees cannot overflow the stack."""
+    symlinks (``StoreError`` naming the path, under ``shown`` — the output's store path —
+    instead of ``top`` when given: the build's scratch dir means nothing to its author;
+    the tree may then be half canonical, it is the build's scratch). Directories the
+    build left unreadable are opened up before they are listed. Iterative: deep trees
+    cannot overflow the stack."""
+    from .errors import StoreError
+
+    try:
+        _canonicalise_output(top)
+    except StoreError as e:
+        if shown is None:
+            raise
+        raise StoreError(str(e).replace(os.fsdecode(os.fsencode(top)), shown, 1)) from None
+
+
+def _canonicalise_output(top: Path) -> None:
     t = os.fsencode(top)
     st = os.lstat(t)
     _refuse(t, st)
