@@ -230,6 +230,23 @@ def _compile(ev, fn, pkg: ast.Package, params: dict) -> DrvValue:
                 f"'deps' entries must be packages or sources, found {type_name(d)}", node.src, node.pos
             )
         bins.append(f"{d.out if isinstance(d, DrvValue) else d.path}/bin")
+    toolchains = [
+        i for i, d in enumerate(deps) if isinstance(d, DrvValue) and dict(d.drv.env).get("kilnRootfs") == "1"
+    ]
+    if len(toolchains) > 1:
+        # (the build loop mounts one as /usr, /bin, /lib: found here, not at build time)
+        b = by_name["deps"]
+        second = toolchains[1]
+        node = (
+            b.expr.items[second]
+            if isinstance(b.expr, ast.ListExpr) and len(b.expr.items) == len(deps)
+            else b.expr
+        )
+        raise BadValue(
+            f"'deps' holds {len(toolchains)} toolchains (debian_rootfs); a package builds on one",
+            node.src,
+            node.pos,
+        )
     if "PATH" not in fields:
         env_vars["PATH"] = ":".join([*bins, BASE_PATH])
     if "name" in fields:
