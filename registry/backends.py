@@ -30,6 +30,7 @@ from kiln.store.paths import check_store_dir
 from . import layout
 from .admitca import merged_ca, published, refusal
 from .dirlock import NARINFO_LOCK, dir_lock
+from .narcache import NarinfoCache
 from .narhashmap import NarHashMap
 from .storage import Durability, FileStorage, GroupSync, Storage, open_storage
 from .verify import Digests, NarVerifier, expect_info
@@ -126,9 +127,8 @@ class DirSource(Source):
             if store_dir and store_dir != self.store_dir:
                 raise KilnError(f"registry {directory} has StoreDir {self.store_dir}, not {store_dir}")
         self._info = self.storage.read(layout.CACHE_INFO) or b""
-        self._cache: dict[str, tuple[tuple[int, int, int], bytes]] = {}  # hash part -> (file stamp, bytes)
-        self._cache_bytes = 0
-        self._cache_lock = threading.Lock()  # (batch answers read narinfos on worker threads)
+        # hash part -> (file stamp, bytes)
+        self._cache = NarinfoCache(CACHE_MAX, CACHE_BYTES, CACHE_ONE_MAX)
         self._digests: dict[str, Digests] = {}
         self._lock = threading.Lock()
         self.by_nar = NarHashMap(self.storage, self.store_dir)  # (see narinfo_by_nar_hash)
@@ -149,32 +149,18 @@ class DirSource(Source):
         try:
             st = os.stat(p)
         except OSError:
-            self._uncache(hash_part)
+            self._cache.drop(hash_part)
             return None
         stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
         hit = self._cache.get(hash_part)
         if hit is not None and hit[0] == stamp:
             return hit[1]
         body = self.storage.read(key)
-        if body is not None and len(body) <= CACHE_ONE_MAX:
-            with self._cache_lock:
-                self._uncache_locked(hash_part)
-                if len(self._cache) >= CACHE_MAX or self._cache_bytes + len(body) > CACHE_BYTES:
-                    self._cache.clear()
-                    self._cache_bytes = 0
-                # the stamp is from before the read: a file replaced in between is read
-                # again next time, never served stale
-                self._cache[hash_part] = (stamp, body)
-                self._cache_bytes += len(body)
+        if body is not None:
+            # the stamp is from before the read: a file replaced in between is read again
+            # next time, never served stale
+            self._cache.put(hash_part, stamp, body)
         return body
-
-    def _uncache(self, hash_part: str) -> None:
-        with self._cache_lock:
-            self._uncache_locked(hash_part)
-
-    def _uncache_locked(self, hash_part: str) -> None:
-        if (old := self._cache.pop(hash_part, None)) is not None:
-            self._cache_bytes -= len(old[1])
 
     def object_file(self, digest: Hash) -> Path | None:
         """The file holding the compressed NAR with this digest: ``blobs/`` first, then
@@ -387,5 +373,5 @@ class DirSource(Source):
                 return 200, "already published"
             merged = dataclasses.replace(old, sigs=sigs, ca=ca)
             self.storage.put_bytes(key, merged.render().encode())
-            self._uncache(hash_part)
+            self._cache.drop(hash_part)
             return 200, f"repaired: {repaired}" if repaired else "signatures merged"

@@ -23,6 +23,7 @@ from kiln.store.signing import SecretKey, sign_info
 
 from . import layout
 from .backends import CACHE_BYTES, CACHE_MAX, CACHE_ONE_MAX, Source
+from .narcache import NarinfoCache
 
 
 class StoreSource(Source):
@@ -36,8 +37,8 @@ class StoreSource(Source):
         self.sign_key = sign_key
         self.storage = None  # type: ignore[assignment]  # read-only: nothing to write to
         self._info = layout.cache_info_text(self.store_dir, priority).encode()
-        self._cache: dict[str, tuple[bytes, Path]] = {}  # hash part -> (narinfo, its object)
-        self._cache_bytes = 0  # (at most ``CACHE_BYTES``: roughly, as a pop does not count down)
+        # hash part -> (its object, narinfo)
+        self._cache = NarinfoCache(CACHE_MAX, CACHE_BYTES, CACHE_ONE_MAX)
         self._lock = threading.Lock()
         self._version = -1  # the store database's data_version the cache was filled at
 
@@ -52,16 +53,15 @@ class StoreSource(Source):
             version = self.store.conn.execute("PRAGMA data_version").fetchone()[0]
             if version != self._version:
                 self._cache.clear()
-                self._cache_bytes = 0
                 self._version = version
         hit = self._cache.get(hash_part)
         if hit is not None:
-            body, obj = hit
+            obj, body = hit
             # a path GC deleted since it was rendered must not be advertised any more
             # (its NAR GET would 404): the object is what is served, one stat is cheap
             if os.path.exists(obj):
                 return body
-            self._cache.pop(hash_part, None)
+            self._cache.drop(hash_part)
         with self._lock:
             info = self.store.query_by_hash_part(hash_part)
             if info is None or info.file_hash is None:
@@ -71,14 +71,8 @@ class StoreSource(Source):
             ):
                 info = dataclasses.replace(info, sigs=(*info.sigs, sign_info(info, self.sign_key)))
         rendered = ni.NarInfo.from_pathinfo(info, layout.nar_key(info.file_hash), "zstd").render().encode()
-        if len(rendered) <= CACHE_ONE_MAX:  # (a wide one is rendered each time: memory, see backends)
-            with self._lock:
-                self._cache.pop(hash_part, None)
-                if len(self._cache) >= CACHE_MAX or self._cache_bytes + len(rendered) > CACHE_BYTES:
-                    self._cache.clear()
-                    self._cache_bytes = 0
-                self._cache[hash_part] = (rendered, self.store.objects / object_rel_path(info.file_hash))
-                self._cache_bytes += len(rendered)
+        # (a wide one is rendered each time: ``narcache``)
+        self._cache.put(hash_part, self.store.objects / object_rel_path(info.file_hash), rendered)
         return rendered
 
     def object_file(self, digest: Hash) -> Path | None:

@@ -23,6 +23,6 @@ def test_the_narinfo_cache_stays_within_its_byte_bound(tmp_path: Path, monkeypat
             body = src.narinfo(h)
             assert body is not None and len(body) == ((400 << 10) if i % 10 == 0 else (100 << 10))
             held = sum(len(b) for _, b in src._cache.values())
-            assert held == src._cache_bytes <= backends.CACHE_BYTES
+            assert held == src._cache.bytes <= backends.CACHE_BYTES
     assert all(len(b) <= backends.CACHE_ONE_MAX for _, b in src._cache.values())
     assert src._cache  # (it still caches)
