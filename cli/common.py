@@ -265,6 +265,11 @@ def run_command(fn: Callable[[list[str]], int], argv: list[str], debug: bool = F
         return 70
 
 
+#: below this many free bytes, an error a full disk may explain gets the hint (more than
+#: ``fsstate.LOW_SPACE``: the write that failed may have been a big one)
+_HINT_SPACE = 64 << 20
+
+
 def _space_hint(e: BaseException) -> str:
     """For an error a full, read-only or failing disk may explain (``WRITE_LIMIT_ERRNOS``,
     EIO, SQLite's "full" and "I/O" errors): a line per store this command opened whose
@@ -279,18 +284,18 @@ def _space_hint(e: BaseException) -> str:
         or "I/O" in text
     ):
         return ""
+    from kiln.store.fsstate import state_of
+
     lines = []
     for root in dict.fromkeys(STORES_USED):
-        try:
-            st = os.statvfs(root)
-        except OSError:
+        state = state_of(root)
+        if state is None:
             continue
-        free = st.f_bavail * st.f_frsize
-        if st.f_flag & os.ST_RDONLY:
+        if state.read_only:
             lines.append(f"\n  the store at {root} is on a read-only file system")
-        elif free < (64 << 20):
+        elif state.full(below=_HINT_SPACE):
             lines.append(
-                f"\n  the file system holding the store at {root} has {free:,} bytes free: free "
+                f"\n  the file system holding the store at {root} has {state.free:,} bytes free: free "
                 "some space (kiln store gc removes what no root needs) and run the command again"
             )
     return "".join(lines)

@@ -38,7 +38,6 @@ connection, which keeps ``kiln store add`` fast.
 from __future__ import annotations
 
 import contextlib
-import os
 import sqlite3
 import threading
 import time
@@ -46,6 +45,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from .errors import StoreError
+from .fsstate import FsState, state_of
 from .hashes import Hash
 from .pathinfo import PathInfo
 
@@ -93,19 +93,17 @@ def _rollback(conn: sqlite3.Connection) -> None:
             conn.execute("ROLLBACK")
 
 
-def _file_system_state(path: Path) -> str:
-    """Why the file system holding ``path`` may refuse SQLite's files (its ``-wal`` and
-    ``-shm`` are made at every open): ``" (the file system ... is read-only)"``, ``" (...
-    is full: N bytes free ...)"``, or ``""``. When the store holds reserved space
-    (``reserve``), it says that ``kiln store gc`` can run: it deletes that first."""
-    try:
-        st = os.statvfs(path.parent)
-    except OSError:
+def _file_system_state(path: Path, state: FsState | None) -> str:
+    """Why the file system holding ``path`` (in ``state``) may refuse SQLite's files (its
+    ``-wal`` and ``-shm`` are made at every open): ``" (the file system ... is
+    read-only)"``, ``" (... is full: N bytes free ...)"``, or ``""``. When the store holds
+    reserved space (``reserve``), it says that ``kiln store gc`` can run: it deletes that
+    first."""
+    if state is None:
         return ""
-    if st.f_flag & os.ST_RDONLY:
+    if state.read_only:
         return f" (the file system holding {path.parent} is read-only)"
-    free = st.f_bavail * st.f_frsize
-    if free < LOW_SPACE:
+    if state.full():
         from .reserve import held
 
         gc = ""
@@ -115,23 +113,10 @@ def _file_system_state(path: Path) -> str:
                 f"in reserve ({path.parent / 'reserved'}) for it"
             )
         return (
-            f" (the file system holding {path.parent} is full: {free:,} bytes free; free some space "
-            f"and run the command again{gc})"
+            f" (the file system holding {path.parent} is full: {state.free:,} bytes free; free some "
+            f"space and run the command again{gc})"
         )
     return ""
-
-
-#: below this many free bytes, a database error is put down to a full disk
-LOW_SPACE = 1 << 20
-
-
-def _full(path: Path) -> bool:
-    """Whether the file system holding ``path`` is writable but (nearly) full."""
-    try:
-        st = os.statvfs(path.parent)
-    except OSError:
-        return False
-    return not st.f_flag & os.ST_RDONLY and st.f_bavail * st.f_frsize < LOW_SPACE
 
 
 def connect(path: Path, full_disk_read: bool = False) -> sqlite3.Connection:
@@ -183,8 +168,10 @@ def _connect(path: Path, exclusive: bool) -> sqlite3.Connection:
             conn.close()
             raise
         conn.close()
+        state = state_of(path.parent)
         raise _OpenFailed(
-            f"cannot open the store database {path}: {e}{_file_system_state(path)}", full=_full(path)
+            f"cannot open the store database {path}: {e}{_file_system_state(path, state)}",
+            full=state is not None and state.full(),
         ) from None
     except sqlite3.DatabaseError as e:
         conn.close()

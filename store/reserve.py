@@ -36,6 +36,7 @@ import os
 import stat
 from pathlib import Path
 
+from .fsstate import state_of
 from .perms import PRIVATE_FILE_MODE, give_to_owner_of
 
 #: the reserve's name in the store root
@@ -51,13 +52,8 @@ _OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CL
 
 def _free(root: Path) -> int | None:
     """Bytes this user may still write on ``root``'s file system (None: unknown)."""
-    try:
-        st = os.statvfs(root)
-    except OSError:
-        return None
-    if st.f_flag & os.ST_RDONLY:
-        return None
-    return st.f_bavail * st.f_frsize
+    state = state_of(root)
+    return None if state is None or state.read_only else state.free
 
 
 def held(root: Path) -> int:

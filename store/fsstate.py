@@ -1,0 +1,40 @@
+"""The state of the file system under a store: read-only, or how many bytes are free.
+
+One ``statvfs`` answers every question kiln asks before it explains a failed write or
+a failed database open (``db``), keeps or restores its reserved space (``reserve``),
+or adds a hint to an error (``kiln.common``): so they all count free space the same
+way (``f_bavail``: what this user may still write, not what root could).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+#: below this many free bytes, a failed write or database open is put down to a full disk
+LOW_SPACE = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class FsState:
+    """What ``statvfs`` said of one file system."""
+
+    read_only: bool
+    #: bytes this user may still write (0 on a read-only file system)
+    free: int
+
+    def full(self, below: int = LOW_SPACE) -> bool:
+        """Writable but with fewer than ``below`` bytes free."""
+        return not self.read_only and self.free < below
+
+
+def state_of(path: str | os.PathLike[str]) -> FsState | None:
+    """The state of the file system holding ``path`` (None: ``statvfs`` failed, e.g. the
+    path is gone)."""
+    try:
+        st = os.statvfs(Path(path))
+    except OSError:
+        return None
+    read_only = bool(st.f_flag & os.ST_RDONLY)
+    return FsState(read_only, 0 if read_only else st.f_bavail * st.f_frsize)
