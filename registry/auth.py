@@ -89,19 +89,11 @@ class TokenStore:
         path = self.storage.local_path(TOKENS_KEY)
         if path is None:
             return
-        euid = os.geteuid()
-        bad = []
-        for p in (path.parent.parent, path.parent, path):
-            try:
-                st = os.stat(p)
-            except FileNotFoundError:
-                continue
-            if (why := perms.problem(st, euid)) is not None:
-                bad.append((p, why))
-        if bad:
-            raise perms.refuse(
-                f"the tokens of the registry at {path.parent.parent}", bad, euid, harm="who may push there"
-            )
+        perms.check_chain(
+            [path.parent.parent, path.parent, path],
+            f"the tokens of the registry at {path.parent.parent}",
+            harm="who may push there",
+        )
 
     def reload(self) -> None:
         self._check_private()

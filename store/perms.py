@@ -182,9 +182,16 @@ def check_store(root: Path, store_dir: str) -> None:
 def check_keys_dir(d: Path) -> None:
     """Refuse (``UnsafeStore``) the keys directory ``d`` and the directory it is in if
     another user could change them: they could plant or replace a key kiln signs with."""
+    check_chain([d.parent, d], f"the keys directory {d}")
+
+
+def check_chain(paths: list[Path], what: str, harm: str | None = None) -> None:
+    """Refuse (``UnsafeStore``, naming ``what`` and, if given, the ``harm``) if another
+    user could change any of ``paths`` (each a directory or file; absent ones are
+    skipped, symbolic links judged by what they point to)."""
     euid = os.geteuid()
     bad = []
-    for p in (d.parent, d):
+    for p in paths:
         try:
             st = os.stat(p)
         except FileNotFoundError:
@@ -192,7 +199,7 @@ def check_keys_dir(d: Path) -> None:
         if (why := problem(st, euid)) is not None:
             bad.append((p, why))
     if bad:
-        raise refuse(f"the keys directory {d}", bad, euid)
+        raise refuse(what, bad, euid) if harm is None else refuse(what, bad, euid, harm=harm)
 
 
 def give_to_owner_of(fd: int, directory: Path) -> None:
