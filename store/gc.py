@@ -58,20 +58,18 @@ import re
 import shlex
 import shutil
 import stat
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import attestations, db, hookmarks, reserve
 from .buildtmp import owner_gone
-from .errors import FormatError, KilnError, StoreError
+from .errors import KilnError, StoreError
 from .gcremove import Progress, Trash, inspect_tree, remove, size, size_beside_mounts
-from .hashes import Hash
-from .locks import FileLock, left_by_dead_writer, live_temp_roots, remove_if_free
+from .locks import FileLock, live_temp_roots, remove_if_free
 from .mounts import MOUNTINFO, mounts_below, unmount_below
-from .paths import StorePath
 from .quarantine import recorded_closure_edges
+from .storescan import attestation_dirs, dead_writers_files, object_files, stray_tree_names, used_objects
 
 _WRITER_TMP = re.compile(r"^\d+-")
 #: dirs flocked by their owner while in use (``buildtmp``; a GC's trash, ``gcremove``)
@@ -182,13 +180,8 @@ def collect(store: LocalStore, dry_run: bool = False, progress: Progress | None 
         kept = [*report.kept, *trash.empty(progress)]
         # small temp files of writers killed mid-write (``storeconfig.init_config``, build
         # logs, the eval cache): told by their pid and age, not by the lock
-        for d, pattern in (
-            (store.root, _CONFIG_TMP),
-            (store.root / "logs", _LOG_TMP),
-            (store.root / "eval-cache", _EVAL_CACHE_TMP),
-        ):
-            for f in _dead_writers_files(d, pattern):
-                f.unlink(missing_ok=True)
+        for f in dead_writers_files(store.root):
+            f.unlink(missing_ok=True)
         return replace(report, kept=tuple(kept))  # (with what could not be removed)
     finally:
         if trash is not None:
@@ -261,10 +254,10 @@ def _under_lock(store: LocalStore, trash: Trash | None) -> GcReport:
     # with other content. Paths being registered have rows before attestations.
     live_hash_parts = {b[:32] for b in valid_bases - {p.rsplit("/", 1)[1] for p in dead}}
     live_hash_parts |= {b[:32] for b in rooted_bases}
-    att_dirs = _attestation_dirs(store)
+    att_dirs = attestation_dirs(store)
     orphan_atts = [h for h in att_dirs if h not in live_hash_parts]
     att_temp = attestations.stale_temp(store, [h for h in att_dirs if h in live_hash_parts])
-    used_after = _used_objects(store, exclude=set(dead))
+    used_after = used_objects(store, exclude=set(dead))
     doomed_objects = [o for o in object_files(store) if o.name.split(".", 1)[0] not in used_after]
 
     # store writers' dirs (``<pid>-<hex>``) are stale: every writer is excluded now. The
@@ -346,76 +339,3 @@ def _under_lock(store: LocalStore, trash: Trash | None) -> GcReport:
         elif (h := hookmarks.is_marker(e.name)) is not None and h not in live_hash_parts:
             remove_if_free(Path(e.path))  # a dead builder's, of a path never committed
     return replace(report, kept=tuple(kept))
-
-
-_CONFIG_TMP = re.compile(r"^\.config\.json\.(\d+)\.[0-9a-f]{8}\Z")
-_LOG_TMP = re.compile(r"^\..+\.(\d+)\.tmp\Z")
-#: ``lang/cache.py``'s ``.tmp-<pid>-<rand>`` (before the pid was in it: ``.tmp-<rand>``)
-_EVAL_CACHE_TMP = re.compile(r"^\.tmp-(?:(\d+)-)?[^/]+\Z")
-
-
-def _dead_writers_files(d: Path, pattern: re.Pattern) -> list[Path]:
-    """Files in ``d`` named by ``pattern`` (group 1: the writer's pid, if the name has
-    it) that a killed writer left (``locks.left_by_dead_writer``)."""
-    try:
-        entries = list(os.scandir(d))
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-    now = time.time()
-    return [
-        Path(e.path)
-        for e in entries
-        if (m := pattern.match(e.name)) is not None
-        and left_by_dead_writer(e, int(m.group(1)) if m.group(1) else None, now)
-    ]
-
-
-def _attestation_dirs(store: LocalStore) -> list[str]:
-    """Hash parts that have an ``attestations/<hash part>/`` directory."""
-    try:
-        return sorted(
-            e.name for e in os.scandir(store.root / "attestations") if e.is_dir(follow_symlinks=False)
-        )
-    except FileNotFoundError:
-        return []
-
-
-def stray_tree_names(store: LocalStore) -> list[str]:
-    """Sorted names of the store dir's entries that are store path bases
-    (``<32 nix32 chars>-<name>``): the only entries GC may ever delete there, whatever
-    else a misconfiguration (a store dir overlapping the root's own entries) or a user
-    put beside them. Registered or not: the caller subtracts the valid ones."""
-    out = []
-    for e in os.scandir(store.real_store):
-        try:
-            StorePath.parse_base(e.name, store.store_dir)
-        except FormatError:
-            continue
-        out.append(e.name)
-    return sorted(out)
-
-
-def object_files(store: LocalStore) -> list[Path]:
-    """The object files in ``objects/`` (``<2 hex>/<hex digest>.nar.zst``): the only
-    entries GC may delete there; anything else a user put there is left alone."""
-    out = []
-    for sub in os.scandir(store.objects):
-        if _SHARD.fullmatch(sub.name) and sub.is_dir(follow_symlinks=False):
-            out.extend(
-                Path(e.path)
-                for e in os.scandir(sub.path)
-                if _OBJECT.fullmatch(e.name) and e.name[:2] == sub.name
-            )
-    return out
-
-
-_SHARD = re.compile(r"[0-9a-f]{2}")
-_OBJECT = re.compile(r"[0-9a-f]{64}\.nar\.zst")
-
-
-def _used_objects(store: LocalStore, exclude: set[str]) -> set[str]:
-    used = set()
-    for path, fh in store.conn.execute("SELECT path, file_hash FROM paths"):
-        if path not in exclude:
-            used.add(Hash.parse(fh).hex)
-    return used
