@@ -198,6 +198,12 @@ def cmd_serve(argv: list[str]) -> int:
         help="POST /blob-batch answers sent at once per worker; more get 503 (default 64)",
     )
     p.add_argument(
+        "--max-narinfo-batches",
+        type=whole_number(1, 1024),
+        default=8,
+        help="POST /narinfo-batch answers made or sent at once per worker; more get 503 (default 8)",
+    )
+    p.add_argument(
         "--max-reviews",
         type=whole_number(1, 1024),
         default=4,
@@ -254,6 +260,7 @@ def cmd_serve(argv: list[str]) -> int:
         ),
         max_blob_batches=args.max_blob_batches,
         max_reviews=args.max_reviews,
+        max_narinfo_batches=args.max_narinfo_batches,
         access_log=args.access_log,
     )
     sign_key = load_secret_key(args.sign_key) if args.sign_key else None

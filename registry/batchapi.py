@@ -16,7 +16,11 @@ Invariants (what one anonymous client can make a worker hold):
   ``defer``, for the next answer); the first entry found always goes in, so every answer
   resolves at least one asked entry. A request without it (an older client, which treats
   a missing entry as absent and reads at most 64 MiB) gets the whole answer as before,
-  or 413 once it would exceed ``MAX_ANSWER``: the server stops reading there;
+  or 413 once it would exceed ``MAX_ANSWER``: the server stops reading there. At most
+  ``ServerConfig.max_narinfo_batches`` answers are made or sent at once per worker, each
+  on a thread of their own (the reads, and the JSON, stay off the event loop; a slot is
+  held until the answer is out, so a client that does not read pins one answer, until
+  ``guard`` drops it); more get 503 with ``Retry-After``, which kiln's client honours;
 - a ``blob-batch`` answer holds at most one ``BLOB_PIECE`` read of a file plus what
   the transport buffers before flow control pauses it (``guard``: a client that stops
   reading is dropped after the write timeout); at most ``ServerConfig.max_blob_batches``
@@ -59,6 +63,8 @@ MAX_BLOB_BATCH = 4096
 BLOB_BATCH_TYPE = "application/x-kiln-blob-batch"
 #: bytes of an object read and written at a time by ``blob-batch``
 BLOB_PIECE = 64 << 10
+#: bytes of a ``narinfo-batch`` answer written at a time
+ANSWER_PIECE = 1 << 20
 #: what a 503 of a full endpoint tells the client to wait, in seconds
 RETRY_AFTER = "1"
 
@@ -75,6 +81,8 @@ class BatchAPI:
         self._blob_batches = asyncio.Semaphore(self.config.max_blob_batches)
         self._reviews = asyncio.Semaphore(self.config.max_reviews)
         self._review_pool: ThreadPoolExecutor | None = None  # made at the first review
+        self._narinfo_batches = asyncio.Semaphore(self.config.max_narinfo_batches)
+        self._batch_pool: ThreadPoolExecutor | None = None  # made at the first batch
 
     async def _verify(self, request: web.BaseRequest) -> web.Response:
         """``POST /verify``: see ``admission``."""
@@ -99,7 +107,7 @@ class BatchAPI:
             )
         return web.json_response(answer, headers={"Cache-Control": "no-store"})
 
-    async def _batch(self, request: web.BaseRequest) -> web.Response:
+    async def _batch(self, request: web.BaseRequest) -> web.StreamResponse:
         raw = await read_body(request, MAX_QUERY_BODY, "batch request")
         try:
             data = (
@@ -116,6 +124,40 @@ class BatchAPI:
         if len(hashes) + len(blobs) + len(atts) + 100 * len(nar_hashes) > MAX_BATCH:
             raise HTTPError(413, f"at most {MAX_BATCH} entries per batch")
         defer = data.get("defer") is True
+        if self._narinfo_batches.locked():
+            raise HTTPError(
+                503,
+                f"busy: {self.config.max_narinfo_batches} narinfo batches in progress",
+                **{"Retry-After": RETRY_AFTER},
+            )
+        async with self._narinfo_batches:
+            if self._batch_pool is None:
+                self._batch_pool = ThreadPoolExecutor(
+                    self.config.max_narinfo_batches, thread_name_prefix="narinfo-batch"
+                )
+            # off the event loop: thousands of narinfo reads, a lookup by NAR hash that may
+            # wait for a scan of every narinfo, and the encoding of up to 64 MiB of JSON
+            body = await asyncio.get_running_loop().run_in_executor(
+                self._batch_pool, self._batch_answer, hashes, blobs, atts, nar_hashes, defer
+            )
+            # sent while the slot is held: an answer's memory is bounded until it is out
+            resp = web.StreamResponse(
+                headers={"Content-Type": "application/json; charset=utf-8", "Cache-Control": "no-store"}
+            )
+            resp.content_length = len(body)
+            await resp.prepare(request)
+            view = memoryview(body)
+            for at in range(0, len(body), ANSWER_PIECE):
+                await resp.write(view[at : at + ANSWER_PIECE])
+            await resp.write_eof()
+            return resp
+
+    def _batch_answer(
+        self, hashes: list[Any], blobs: list[Any], atts: list[Any], nar_hashes: list[Any], defer: bool
+    ) -> bytes:
+        """The ``narinfo-batch`` answer to a parsed request, as compact JSON (as the budget
+        measured it). Runs on a batch thread; raises ``HTTPError`` 413 when an answer
+        without ``defer`` would be over ``MAX_ANSWER``."""
         budget = _Budget(DEFER_AT if defer else MAX_ANSWER, defer)
         have = []
         for b in blobs:
@@ -131,15 +173,11 @@ class BatchAPI:
         if atts:
             answer["attestations"] = budget.fill("attestations", _hash_parts(atts), self._listing)
         if nar_hashes:
-            # off the event loop: a lookup may wait for a scan of every narinfo
             wanted = list(dict.fromkeys(nh for nh in nar_hashes if isinstance(nh, str) and len(nh) == 64))
-            answer["by_nar_hash"] = await asyncio.get_running_loop().run_in_executor(
-                None, budget.fill, "nar_hashes", wanted, self._by_nar_hash
-            )
+            answer["by_nar_hash"] = budget.fill("nar_hashes", wanted, self._by_nar_hash)
         if budget.deferred:
             answer["deferred"] = budget.deferred
-        # (compact: as the budget measured it)
-        return web.json_response(answer, headers={"Cache-Control": "no-store"}, dumps=_compact)
+        return _compact(answer).encode()
 
     def _narinfo_text(self, h: str) -> str | None:
         body = self.source.narinfo(h)

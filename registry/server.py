@@ -100,6 +100,9 @@ class ServerConfig:
     timeouts: Timeouts = field(default_factory=Timeouts)
     #: ``POST /blob-batch`` answers in progress at once per worker (503 beyond)
     max_blob_batches: int = 64
+    #: ``POST /narinfo-batch`` answers made or sent at once per worker, each on its own
+    #: thread (503 beyond): each holds up to ~36 MiB (64 MiB for a pre-``defer`` client)
+    max_narinfo_batches: int = 8
     #: ``POST /verify`` reviews at once per worker, each on its own thread (503 beyond)
     max_reviews: int = 4
     #: ``--access-log``: a file to append one line per request to, ``-`` for stdout
