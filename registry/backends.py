@@ -96,6 +96,11 @@ def _record_key(file_hash: Hash) -> str:
     return f"{layout.PRIVATE_DIR}/nars/{file_hash.hex}"
 
 
+def _is_store_root(d: Path) -> bool:
+    """Whether ``d`` holds a kiln store (its database and config, ``kiln store init``)."""
+    return (d / "db.sqlite").is_file() and (d / "config.json").is_file()
+
+
 class DirSource(Source):
     def __init__(
         self,
@@ -108,11 +113,20 @@ class DirSource(Source):
     ) -> None:
         """A registry directory; one without ``nix-cache-info`` is made a new registry if
         ``create``, else refused (``KilnError``: a reader never makes one)."""
-        if not create:
-            local = urlparse(str(directory))
-            where = Path(local.path if local.scheme == "file" else str(directory))
-            if local.scheme in ("", "file") and not (where / layout.CACHE_INFO).is_file():
+        local = urlparse(str(directory))
+        where = Path(local.path if local.scheme == "file" else str(directory))
+        if local.scheme in ("", "file") and not (where / layout.CACHE_INFO).is_file():
+            if not create:
                 raise KilnError(f"{directory} is not a registry (no {layout.CACHE_INFO} there)")
+            if _is_store_root(where):
+                # (making a registry there would scatter one over the store and copy nothing
+                # into the store itself, while reporting success)
+                raise KilnError(
+                    f"{directory} is a kiln store, not a registry (a registry made there would "
+                    f"hold the paths, the store would not): copy into a store from a registry with "
+                    f"'kiln copy --from URL --to store --store {where} PATH...' (from another local "
+                    "store, through a registry: push the paths to one first, or 'kiln serve --store' it)"
+                )
         self.storage = open_storage(directory, durable=durable)
         info = self.storage.read(layout.CACHE_INFO)
         if info is None:
