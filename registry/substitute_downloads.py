@@ -23,6 +23,7 @@ from typing import Any
 
 from kiln.store import narinfo as ni
 from kiln.store.errors import HashMismatch, KilnError
+from kiln.store.hashes import Hash
 
 from .client import Client, RegistryError
 from .progress import Progress
@@ -61,9 +62,9 @@ class Downloads:
             if sha.digest() != info.file_hash.digest or size != limit:  # type: ignore[union-attr]
                 raise HashMismatch(
                     f"download of {info.path} from {url}",
-                    info.file_hash.to_nix32(),
-                    f"sha256:{sha.hexdigest()} ({size} bytes)",
-                )  # type: ignore[union-attr]
+                    f"{info.file_hash.to_nix32()} ({info.file_size} bytes)",  # type: ignore[union-attr]
+                    f"{Hash('sha256', sha.digest()).to_nix32()} ({size} bytes)",
+                )
         except BaseException:
             f.close()
             raise
@@ -74,8 +75,8 @@ class Downloads:
         if len(data) != info.file_size or hashlib.sha256(data).digest() != info.file_hash.digest:  # type: ignore[union-attr]
             raise HashMismatch(
                 f"download of {info.path} from {url}",
-                info.file_hash.to_nix32(),  # type: ignore[union-attr]
-                f"sha256:{hashlib.sha256(data).hexdigest()} ({len(data)} bytes)",
+                f"{info.file_hash.to_nix32()} ({info.file_size} bytes)",  # type: ignore[union-attr]
+                f"{Hash.sha256_of(data).to_nix32()} ({len(data)} bytes)",
             )
 
     async def _batch(

@@ -17,6 +17,7 @@ from kiln.registry.copy import to_store
 from kiln.registry.push import PushReport, prepare, push, push_prepared
 from kiln.registry.substitute import Substituter
 from kiln.store.errors import HashMismatch, KilnError
+from kiln.store.hashes import Hash
 
 
 def test_push_skips_what_registry_has(pushed, keys, kiln_server) -> None:
@@ -336,9 +337,13 @@ def test_tampered_blob_rejected(pushed, keys, tmp_path) -> None:
     data[-3] ^= 0xFF
     blob.write_bytes(bytes(data))
     dest = make_store(tmp_path / "dest")
-    with pytest.raises(HashMismatch):
+    with pytest.raises(HashMismatch) as e:
         to_store(srv.url, dest, [leaf], [keys.pk])
     assert not dest.is_valid(leaf)
+    # what was expected and what was found, in one form (nix32, as the narinfo has it)
+    got = Hash.sha256_of(bytes(data)).to_nix32()
+    assert e.value.expected == f"{info.file_hash.to_nix32()} ({info.file_size} bytes)"
+    assert e.value.got == f"{got} ({len(data)} bytes)", str(e.value)
 
 
 def test_substituter_priorities_and_unreachable(pushed, keys, tmp_path) -> None:
