@@ -324,9 +324,39 @@ def local_keys(store_root: Path | None = None) -> list[PublicKey]:
     return out
 
 
+#: dropped-signature warnings shown in full per process; the rest are counted and
+#: summed up in one line at exit (a copy after a key rotation drops one on every path)
+SHOWN_DROPS = 3
+_drops = {"paths": 0}
+
+
 def admitted_sigs(info: _P, trusted: Iterable[PublicKey] | None = None, store_root: Path | None = None) -> _P:
-    """``keep_sigs``, saying on stderr what it dropped (every importer calls this)."""
+    """``keep_sigs``, saying on stderr what it dropped (every importer calls this): the
+    first ``SHOWN_DROPS`` paths' warnings in full, then one line at exit for all."""
     kept, why = keep_sigs(info, trusted, store_root)
     if why:
-        print(f"warning: {why}", file=sys.stderr)
+        _drops["paths"] += 1
+        if _drops["paths"] <= SHOWN_DROPS:
+            print(f"warning: {why}", file=sys.stderr)
+        if _drops["paths"] == SHOWN_DROPS + 1 and not _drops.get("registered"):
+            import atexit
+
+            atexit.register(_sum_drops)
+            _drops["registered"] = 1
     return kept
+
+
+def reset_drop_warnings() -> None:
+    """Show the next dropped-signature warnings in full again (for a process that runs
+    many commands, and tests)."""
+    _drops["paths"] = 0
+
+
+def _sum_drops() -> None:
+    if _drops["paths"] <= SHOWN_DROPS:
+        return  # (reset since)
+    print(
+        f"warning: signatures were dropped from {_drops['paths']} paths in all (only the first "
+        f"{SHOWN_DROPS} are shown above)",
+        file=sys.stderr,
+    )

@@ -13,7 +13,7 @@ from storekit import make_tree
 from kiln.store import db, nar
 from kiln.store.hashes import Hash
 from kiln.store.localstore import LocalStore
-from kiln.store.pathadmit import MAX_SIGS, ContentAddressError, FlatHasher, keep_sigs
+from kiln.store.pathadmit import MAX_SIGS, ContentAddressError, FlatHasher, keep_sigs, reset_drop_warnings
 from kiln.store.pathinfo import PathInfo
 from kiln.store.paths import make_fixed_output_path, make_output_path
 from kiln.store.signing import SecretKey, sign_info
@@ -36,6 +36,13 @@ def _nothing_registered(store: LocalStore, path: str) -> None:
 
 
 HOWS = ["nar", "object", "objects", "objects-big"]
+
+
+@pytest.fixture(autouse=True)
+def _every_drop_shown() -> None:
+    """These tests read each path's warning: earlier imports in this process must not
+    have used up the ones shown in full (``pathadmit.SHOWN_DROPS``)."""
+    reset_drop_warnings()
 
 
 @pytest.fixture(params=HOWS)
