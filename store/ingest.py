@@ -22,6 +22,13 @@ The NAR produced is byte-identical to ``nar.dump`` / ``nix-store --dump``: entri
 by the bytes of their names, a file is ``executable`` iff its owner-execute bit is set,
 no other metadata. Sockets, devices and fifos are rejected with the offending path.
 
+A source that changes under the walk is refused, never archived half old and half new
+(``treeplan.changed``): every directory, file and symlink opened must be the node its
+directory's listing saw (device, inode and kind, ``treeplan.open_listed``: an entry replaced
+meanwhile, or a directory on the way swapped for a symbolic link to elsewhere, is not
+followed), and a file's size, mtime and ctime must be the same after it was read as
+when it was opened.
+
 An ingest can be bounded from outside: ``stop()``, when given, is asked once per slot
 queued to the sink (at most 1 MiB of NAR, never per byte) and ends the walk with
 ``IngestStopped`` (a build's ``--timeout`` covers archiving its output: a sparse file of
@@ -51,8 +58,11 @@ from .nar_read import nar_str as _nar_str
 from .nar_restore import write_all
 from .narsink import NarSink
 from .objects import CANON_MTIME, CHUNK, DIRECT, QUEUE_DEPTH
-from .treeplan import Creator, PathFilter, Plan, list_dir, unstorable
+from .treeplan import Creator, PathFilter, Plan, changed, list_dir, open_listed, read_link, unstorable
 
+#: O_NONBLOCK: an entry that became a FIFO since it was listed fails the identity check
+#: (``check_same``) instead of hanging the open
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 #: files at least this big are written to the copy with O_DIRECT (see ``directio``)
 DIRECT_MIN = 128 << 10
 #: 1 MiB read buffers: enough for the hasher's queue, the chunks being worked on and the
@@ -179,7 +189,7 @@ class TreeIngest:
                     self.plan.creator.take()  # created (with its mtime) by the creator
                     target = self.plan.targets[path]  # read by the creator before that
                 else:
-                    target = os.readlink(path)
+                    target = read_link(path, st)
                     if self.canon:
                         os.utime(path, (CANON_MTIME, CANON_MTIME), follow_symlinks=False)
                 self._emit(_SYMLINK + _nar_str(target) + _CLOSE)
@@ -197,21 +207,31 @@ class TreeIngest:
     def _regular(self, path: bytes, st: os.stat_result, dest: bytes | None) -> None:
         self._check_special_bits(path, st.st_mode)
         exe = bool(st.st_mode & stat.S_IXUSR)
+        # (the node listed: not a FIFO, device, directory or symlink put there since)
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = open_listed(path, _OPEN_FLAGS, st)
         except PermissionError:
             if not self.canon:
                 raise
             os.chmod(path, stat.S_IMODE(st.st_mode) | stat.S_IRUSR)  # a build output we own
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = open_listed(path, _OPEN_FLAGS, st)
         dfd = -1
         try:
-            size = os.fstat(fd).st_size
+            opened = os.fstat(fd)
+            size = opened.st_size
             self._emit((_REGULAR + _EXEC if exe else _REGULAR) + _CONTENTS + size.to_bytes(8, "little"))
             if dest is not None:
                 dfd = self.plan.creator.take()
             mode = 0o555 if exe else 0o444
-            if self._copy(path, fd, dfd, size):
+            big = self._copy(path, fd, dfd, size)
+            after = os.fstat(fd)
+            if (after.st_size, after.st_mtime_ns, after.st_ctime_ns) != (
+                size,
+                opened.st_mtime_ns,
+                opened.st_ctime_ns,
+            ):  # written to while read: the copy may mix old and new bytes (tar's "file changed")
+                raise changed(path, "a file was written to while it was read")
+            if big:
                 assert self.writer is not None
                 handed, dfd = dfd, -1  # the writer's from here on (end_file closes it on failure)
                 self.writer.end_file(handed, mode)
@@ -279,7 +299,7 @@ class TreeIngest:
             return self.plan.children[path]
         if self.canon and st.st_mode & 0o700 != 0o700:
             os.chmod(path, 0o755)  # we must list it and may need to fix children's modes
-        return list_dir(path, self.filter)
+        return list_dir(path, st, self.filter)
 
     def _close_directory(self, path: bytes, dest: bytes | None, top: bool) -> None:
         """End a directory node (after its entries) and seal the copy or the tree."""

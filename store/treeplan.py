@@ -15,6 +15,7 @@ Invariants
 
 from __future__ import annotations
 
+import errno
 import os
 import queue
 import resource
@@ -30,15 +31,85 @@ from .objects import CANON_MTIME
 PathFilter = Callable[[str, str], bool]
 
 
-def list_dir(path: bytes, filter: PathFilter | None) -> list[tuple[bytes, os.stat_result]]:
-    """Entries of directory ``path`` in NAR order (by name bytes), filtered."""
-    out = []
-    for name in sorted(os.listdir(path)):
-        child = path + b"/" + name
-        cst = os.lstat(child)
-        if filter is None or filter(os.fsdecode(child), _filter_kind(cst.st_mode)):
-            out.append((name, cst))
-    return out
+def list_dir(
+    path: bytes, st: os.stat_result, filter: PathFilter | None
+) -> list[tuple[bytes, os.stat_result]]:
+    r"""Entries of directory ``path`` in NAR order (by name bytes), filtered; ``st`` is its
+    ``lstat`` from its parent's listing. The directory is opened without following a
+    symbolic link and must be that same directory (``changed``): one replaced meanwhile
+    by a symbolic link to a directory elsewhere is not listed, nor what it points to
+    copied. Its entries are ``lstat``\ ed relative to it (one gone by then: ``changed``)."""
+    fd = open_listed(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, st)
+    try:
+        out = []
+        for name in sorted(map(os.fsencode, os.listdir(fd))):  # (str names from a descriptor)
+            try:
+                cst = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                raise changed(path + b"/" + name, "listed, then gone") from None
+            if filter is None or filter(os.fsdecode(path + b"/" + name), _filter_kind(cst.st_mode)):
+                out.append((name, cst))
+        return out
+    finally:
+        os.close(fd)
+
+
+def read_link(path: bytes, st: os.stat_result) -> bytes:
+    """The target of the symbolic link ``path`` whose ``lstat`` (from its parent's
+    listing) is ``st``: read from the link itself, opened without following it, so a
+    directory on the way replaced meanwhile cannot make it another link's target."""
+    fd = open_listed(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, st)
+    try:
+        return os.readlink(b"", dir_fd=fd)
+    finally:
+        os.close(fd)
+
+
+def open_listed(path: bytes, flags: int, listed: os.stat_result) -> int:
+    """``os.open(path, flags)`` (``flags`` with ``O_NOFOLLOW``, and ``O_NONBLOCK`` for a
+    read: a FIFO put there must not block) of the node whose ``lstat`` from its
+    directory's listing is ``listed``, checked to be that node (``check_same``). An
+    entry gone or replaced by a symbolic link meanwhile is ``changed`` too."""
+    try:
+        fd = os.open(path, flags)
+    except OSError as e:
+        if e.errno not in (errno.ENOENT, errno.ELOOP, errno.ENOTDIR):
+            raise
+        try:
+            now = os.lstat(path)
+        except OSError:
+            raise changed(path, f"a {_kind_name(listed.st_mode)} when listed, gone when opened") from None
+        check_same(path, now, listed)
+        raise  # (the same node after all: the error is its own)
+    try:
+        check_same(path, os.fstat(fd), listed)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def check_same(path: bytes, now: os.stat_result, listed: os.stat_result) -> None:
+    """Raise ``changed`` unless ``now`` (an ``fstat`` of what was opened at ``path``) is
+    the file system node ``listed`` (its ``lstat`` when its directory was listed), of the
+    same kind: else the source changed in between (an entry replaced, a directory on the
+    way swapped for a symbolic link)."""
+    if (now.st_dev, now.st_ino) != (listed.st_dev, listed.st_ino) or stat.S_IFMT(now.st_mode) != stat.S_IFMT(
+        listed.st_mode
+    ):
+        was, found = _kind_name(listed.st_mode), _kind_name(now.st_mode)
+        what = (
+            f"a {was} when listed, now a {found}" if was != found else f"another {found} than the one listed"
+        )
+        raise changed(path, f"replaced while being read: {what}")
+
+
+def changed(path: bytes, what: str) -> StoreError:
+    """The error for a source that changed under the walk (``what``: how)."""
+    return StoreError(
+        f"{os.fsdecode(path)}: the source changed while it was being added ({what}); add it again "
+        "once nothing is changing it"
+    )
 
 
 def left_out(src: str | os.PathLike, real_src: str, below: str, filter: PathFilter, last_kind: str) -> bool:
@@ -88,10 +159,10 @@ class Plan:
             if stat.S_ISREG(mode):
                 yield REG, path, dest
             elif stat.S_ISLNK(mode):
-                self.targets[path] = os.readlink(path)
+                self.targets[path] = read_link(path, st)
                 yield LNK, path, dest
             elif stat.S_ISDIR(mode):
-                kids = self.children[path] = list_dir(path, self.filter)
+                kids = self.children[path] = list_dir(path, st, self.filter)
                 for name, cst in reversed(kids):  # popped in NAR order
                     todo.append((path + b"/" + name, cst, dest + b"/" + name))
                 yield DIRK, path, dest
@@ -195,6 +266,12 @@ def _filter_kind(mode: int) -> str:
 
 
 def _kind_name(mode: int) -> str:
+    if stat.S_ISREG(mode):
+        return "regular file"
+    if stat.S_ISDIR(mode):
+        return "directory"
+    if stat.S_ISLNK(mode):
+        return "symlink"
     if stat.S_ISSOCK(mode):
         return "socket"
     if stat.S_ISCHR(mode):
