@@ -8,7 +8,11 @@ Build options mirror Nix's where Nix has one: ``--jobs/-j``, ``--cores``, ``-L``
 ``--max-silent-time``, ``--max-log-size``, ``--keep-going/-k``. Registries to substitute from are given with ``--substituter
 URL`` (repeatable) plus ``--trusted-key`` (public key text or file); ``--no-substitute``
 turns them off. Outputs are printed on stdout, one per line; a GC root named after
-the attribute (``root_name``) is created so ``kiln run ATTR`` finds the result.
+the attribute (``storeroots.root_name``) is created so ``kiln run ATTR`` finds the result, or named
+``--root NAME`` (one attribute; another output ``NAME-<output>``), or none with
+``--no-root`` (the outputs are then temp roots of the command only). Root names are
+per store, shared by every recipe: replacing one that named another path is said on
+stderr (``storeroots.add_root``).
 
 There is no option to build without the sandbox: if bubblewrap cannot run, the build
 is refused with the reason. ``KILN_BWRAP`` names the bwrap binary (default: on PATH).
@@ -110,6 +114,17 @@ def _parser() -> argparse.ArgumentParser:
         "--source-mirror", action="append", default=[], metavar="DIR|URL", help="hashed source mirror"
     )
     p.add_argument("--no-cache", action="store_true", help="do not use the evaluation cache")
+    roots = p.add_mutually_exclusive_group()
+    roots.add_argument(
+        "--root",
+        metavar="NAME",
+        default=None,
+        help="name the GC root NAME (one attribute; default: the attribute's name, shared by every "
+        "recipe using the store)",
+    )
+    roots.add_argument(
+        "--no-root", action="store_true", help="make no GC root (the next GC may delete the outputs)"
+    )
     return p
 
 
@@ -119,6 +134,10 @@ def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv[1:])
     if args.vary and not args.check:
         raise UsageError("--vary goes with --check (it varies the conditions of the rebuild)")
+    if args.root is not None:
+        from kiln.store.localstore import check_root_name
+
+        check_root_name(args.root)  # before anything is evaluated or built
     if args.signer_key and not args.signer_cmd:
         # (ignored, kiln made a new key on the build machine: the opposite of the intent)
         raise UsageError("--signer-key names the public key of --signer-cmd; give both, or --sign-key FILE")
@@ -156,6 +175,10 @@ def build(store: LocalStore, args: argparse.Namespace) -> list:
         # before anything is built or found built: a CI gate on it passed on outputs
         # that were valid already
         _require_clean(args.file if ev is not None else None, args.file)
+    if getattr(args, "root", None) is not None and len(targets) != 1:
+        raise UsageError(f"--root {args.root} names the root of one attribute, not of {len(targets)}")
+    if getattr(args, "no_root", False):  # what is valid now must stay so until printed
+        store.keep([p for t in targets for p in t.outputs.values()])
     missing = [p for t in targets for p in t.outputs.values() if not store.is_valid(p)]
     if args.check and missing:
         # as Nix: --check compares with an existing output; a first build made by it
@@ -175,9 +198,9 @@ def build(store: LocalStore, args: argparse.Namespace) -> list:
             _build(store, ev, targets, args)
         except BuildFailures as e:  # -k: root what was realised before failing
             done = {r.drv_path for r in e.results}
-            _root(store, [t for t in targets if t.drv_path in done])
+            _root(store, [t for t in targets if t.drv_path in done], args)
             raise
-    _root(store, targets)
+    _root(store, targets, args)
     return targets
 
 
@@ -311,25 +334,11 @@ def drv_targets(store: LocalStore, drv_paths: list[str]) -> list[Target]:
     return out
 
 
-def _root(store, targets) -> None:
-    """A GC root per output, named after the attribute (``root_name``)."""
-    for t in targets:
-        for name, out in t.outputs.items():
-            store.add_root(root_name(t.attr if name == "out" else f"{t.attr}-{name}"), out)
+def _root(store, targets, args: argparse.Namespace) -> None:
+    """The outputs' GC roots (``storeroots.root_outputs``): ``--root NAME``, ``--no-root``."""
+    from .storeroots import root_outputs
 
-
-def root_name(attr: str) -> str:
-    """The GC root name for an attribute as given on the command line: itself if it is a
-    plain name; a variant such as ``zlib(static = true)`` becomes ``zlib-static-true-``
-    plus 8 hex digits of the exact text, so two variants never share (and overwrite) a
-    root."""
-    if attr and all(c.isalnum() or c in "-_.+" for c in attr) and not attr.startswith("."):
-        return attr
-    import hashlib
-    import re
-
-    words = "-".join(w for w in re.split(r"[^A-Za-z0-9_.+]+", attr) if w).lstrip(".")[:80]
-    return f"{words or 'attr'}-{hashlib.sha256(attr.encode()).hexdigest()[:8]}"
+    root_outputs(store, targets, getattr(args, "root", None), getattr(args, "no_root", False))
 
 
 def _log(argv: list[str]) -> int:
@@ -351,10 +360,12 @@ def _log(argv: list[str]) -> int:
         if "/" in path:  # a path (logical, physical or ./result): the store path it names
             path = store.resolve(path)[0]
         else:
-            root = store.root / "gcroots" / path
-            if not root.is_symlink():
+            from .storeroots import root_path
+
+            # (read as GC reads it: through a moved store too; an invalid one names itself)
+            if (rooted := root_path(store, path)) is None:
                 raise KilnError(f"no GC root named {path!r}: give a .drv or output path, or a root name")
-            path = store.resolve(os.readlink(root))[0]
+            path = rooted
         if not path.endswith(".drv"):
             info = store.query(path)
             if info is None:

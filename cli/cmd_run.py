@@ -58,20 +58,16 @@ def resolve_package(store: LocalStore, spec: str, recipe_file: str | None) -> st
         if store.is_valid(path) and not sub:
             return path
         raise KilnError(f"{spec} is not a valid path in the store at {store.root}")
-    from .cmd_build import root_name
+    from .storeroots import root_name, root_path
 
     # a root of that name (``--add-root NAME``), else the one ``kiln build FILE SPEC``
-    # made: a variant's is named after its exact text
-    root = store.root / "gcroots" / spec
-    if not root.is_symlink():
-        root = store.root / "gcroots" / root_name(spec)
-    if root.is_symlink():
-        path, _ = store.resolve(os.readlink(root))
-        store.keep([path])  # (the root may be replaced by a later build meanwhile)
-        if store.is_valid(path):
+    # made: a variant's is named after its exact text. Kept first: the root may be
+    # replaced by a later build meanwhile
+    for name in dict.fromkeys((spec, root_name(spec))):
+        if (path := root_path(store, name, keep=True)) is not None:
             return path
     raise KilnError(
-        f"no package named {spec!r} (no GC root {root.name}): build it first (kiln build FILE {spec!r}), "
+        f"no package named {spec!r} (no GC root {name}): build it first (kiln build FILE {spec!r}), "
         "or give a store path or -f FILE"
     )
 

@@ -1,6 +1,7 @@
 """``kiln store``: inspect and maintain the local store.
 
-Subcommands: init, add, cat, ls, dump, restore, info, verify, gc, sign, add-root.
+Subcommands: init, add, cat, ls, dump, restore, info, verify, gc, sign, and the roots'
+add-root, roots, remove-root, why (``storeroots``).
 Paths may be given as logical store paths (``/kiln/store/<hash>-<name>[/sub]``) or as
 real paths under the store root (or symlinks to either, like a ``result`` link).
 Exit status: 0 success, 1 error or (verify) problems found, 2 usage.
@@ -81,9 +82,9 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--key", required=True, type=Path, metavar="FILE")
     sp.add_argument("paths", nargs="*")
     sp.add_argument("--all", action="store_true", help="sign every valid path")
-    sp = cmd("add-root", "make gcroots/NAME point at PATH")
-    sp.add_argument("name")
-    sp.add_argument("path")
+    from .storeroots import add_parsers
+
+    add_parsers(cmd)  # add-root, roots, remove-root, why
     return p
 
 
@@ -119,6 +120,9 @@ def main(argv: list[str]) -> int:
     if args.store is None:
         args.store = args.store_top
     try:
+        if (run := getattr(args, "run", None)) is not None:  # (``storeroots``: on the open store)
+            with _open(args) as s:
+                return run(s, args)
         return globals()["_cmd_" + args.cmd.replace("-", "_")](args)
     except OSError as e:
         # tree walkers use bytes paths: report the file name as text, not b'...'
@@ -155,7 +159,9 @@ def _cmd_add(args) -> int:
 
             raise StoreError(f"cannot write into the store at {s.root}: {e.strerror}") from None
         if args.add_root is not None:
-            s.add_root(args.add_root, path)  # still held by this store object's temp root
+            from .storeroots import add_root
+
+            add_root(s, args.add_root, path)  # still held by this store object's temp root
         print(path)
     return 0
 
@@ -399,12 +405,4 @@ def _cmd_sign(args) -> int:
                 s.add_signatures(p, [sign_info(info, key)])
                 signed += 1
     print(f"signed {signed} paths", file=sys.stderr)
-    return 0
-
-
-def _cmd_add_root(args) -> int:
-    with _open(args) as s:
-        path, _ = _path(s, args.path)
-        link = s.add_root(args.name, path)
-        print(f"{link} -> {path}")
     return 0

@@ -5,7 +5,6 @@ creating it, usage errors (exit status 2), and the signer options."""
 from __future__ import annotations
 
 import argparse
-import os
 
 from kiln.store.errors import FormatError, KilnError, StoreError
 from kiln.store.hashes import Hash
@@ -13,6 +12,7 @@ from kiln.store.localstore import LocalStore
 from kiln.store.paths import StorePath
 
 from .common import store_root
+from .storeroots import root_path
 
 EXIT_USAGE = 2
 
@@ -51,9 +51,8 @@ def resolve_target(store: LocalStore, arg: str) -> str:
     try:
         path, sub = store.resolve(arg)
     except (KilnError, ValueError):
-        root = store.root / "gcroots" / arg
-        if "/" not in arg and root.is_symlink():
-            path, _ = store.resolve(os.readlink(root))
+        # (read as GC reads it, through a moved store too; an invalid one is an error naming it)
+        if "/" not in arg and (path := root_path(store, arg)) is not None:
             return path
         base = arg.rstrip("/").rsplit("/", 1)[-1]
         info = store.query_by_hash_part(base[:32]) if len(base) >= 32 else None

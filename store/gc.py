@@ -7,7 +7,8 @@ waits for the decisions and renames, not for the unlinks. Under the lock:
 
 1. roots = every store path named by ``gcroots/`` (recursively: a symlink to a logical
    or real store path or to a path inside one, a symlink to a symlink that ends in the
-   store - e.g. a ``result`` link - or a regular file holding a path) plus the temp
+   store - e.g. a ``result`` link - or a regular file holding a path; each read by
+   ``roots.named_path``, which also finds a path through a moved store root) plus the temp
    roots of live processes (``locks.live_temp_roots``; files of dead processes are
    deleted);
 2. live = closure of the roots over the ``refs`` table and derivers, where a path
@@ -57,18 +58,17 @@ import os
 import re
 import shlex
 import shutil
-import stat
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import attestations, db, hookmarks, reserve
 from .buildtmp import owner_gone
-from .errors import KilnError, StoreError
 from .gcremove import Progress, Trash, inspect_tree, remove, size, size_beside_mounts
 from .locks import FileLock, live_temp_roots, remove_if_free
 from .mounts import MOUNTINFO, mounts_below, unmount_below
 from .quarantine import recorded_closure_edges
+from .roots import each_root
 from .storescan import attestation_dirs, dead_writers_files, object_files, stray_tree_names, used_objects
 
 _WRITER_TMP = re.compile(r"^\d+-")
@@ -98,69 +98,11 @@ class GcReport:
     unread_quarantine: tuple[str, ...] = ()
 
 
-#: ``add_root``'s temporary link (``localstore.ROOT_TEMP_PREFIX<name>.<8 hex>``); present
-#: under the exclusive GC lock only if its writer died (``add_root`` holds the lock shared
-#: while it exists). Only that prefix: a user's own ``.pin.20261130`` is a root (kilns
-#: before used ``.<name>.<8 hex>``, and GC took such a root for a temp link and deleted it)
-_ROOT_TMP = re.compile(r"^\.kiln-tmp-root\..+\.[0-9a-f]{8}\Z")
-
-
-def _by_store_dir(store: LocalStore, target: str) -> list[str]:
-    """Store paths a link target may name when spelled through *any* location of this
-    store's tree (``<anything>/kiln/store/<base>[/sub]``): a root made before the store was
-    moved, or through another spelling of its root (a symlink), still names its path.
-    Leftmost first: a subpath of the rooted path may itself hold ``kiln/store/...``."""
-    marker = "/" + store.store_dir.strip("/") + "/"
-    out = []
-    i = target.find(marker)
-    while i >= 0:
-        out.append(f"{store.store_dir}/{target[i + len(marker) :].split('/', 1)[0]}")
-        i = target.find(marker, i + 1)
-    return out
-
-
 def find_roots(store: LocalStore, stale_tmp: list[str] | None = None) -> set[str]:
-    """Store paths named by ``gcroots/`` (see module docstring). ``add_root``'s leftover
-    temporary links are not roots; they are appended to ``stale_tmp`` if given."""
-    out: set[str] = set()
-
-    def unreadable(e: OSError) -> None:
-        # a root directory that cannot be listed would silently protect nothing
-        raise StoreError(f"cannot read GC roots in {e.filename}: {e.strerror}; not collecting")
-
-    top = str(store.root / "gcroots")
-    for dirpath, dirnames, filenames in os.walk(top, onerror=unreadable):
-        for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
-            p = os.path.join(dirpath, name)
-            if dirpath == top and _ROOT_TMP.match(name) and os.path.islink(p):
-                if stale_tmp is not None:
-                    stale_tmp.append(p)
-                continue
-            cands: list[str] = []
-            st = os.lstat(p)
-            if stat.S_ISLNK(st.st_mode):
-                target = os.path.join(dirpath, os.readlink(p))
-                cands.append(target)
-                cands.append(os.path.realpath(p))
-                cands += _by_store_dir(store, target) + _by_store_dir(store, cands[1])
-            elif stat.S_ISREG(st.st_mode):
-                # O_NONBLOCK: never wait on something swapped in for the file (a FIFO)
-                # while holding the exclusive GC lock
-                try:
-                    fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
-                    with os.fdopen(fd, "rb") as f:
-                        cands.append(f.read(8192).decode("utf-8", "replace").strip())
-                except OSError:
-                    continue
-            else:
-                continue  # FIFOs, sockets, devices name nothing
-            for c in cands:
-                try:
-                    out.add(store.resolve(c)[0])
-                    break
-                except (KilnError, ValueError):  # names no store path: protects nothing
-                    continue
-    return out
+    """Store paths named by ``gcroots/``, each read as ``roots.named_path`` reads it (see
+    the module docstring). ``add_root``'s leftover temporary links are not roots; they
+    are appended to ``stale_tmp`` if given."""
+    return {r.path for r in each_root(store, stale_tmp) if r.path is not None}
 
 
 def collect(store: LocalStore, dry_run: bool = False, progress: Progress | None = None) -> GcReport:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from . import db, reserve
 from .errors import StoreError
-from .locks import FileLock, TempRoots
+from .locks import TempRoots
 from .objects import fsync_dir, object_rel_path
 from .objread import read_object
 from .pathinfo import PathInfo
@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 
     from .gc import GcReport
     from .gcremove import Progress
+    from .roots import RootChange
     from .signing import PublicKey
     from .verify import VerifyReport
 
@@ -318,19 +319,14 @@ class LocalStore(Registering):
 
     # ------------------------------------------------------------------ roots
 
-    def add_root(self, name: str, path: str) -> Path:
-        """Make ``gcroots/<name>`` a symlink to the tree of valid ``path`` (replacing an
-        existing root of that name atomically)."""
-        check_root_name(name)
-        link = self.root / "gcroots" / name
-        tmp = self.root / "gcroots" / f"{ROOT_TEMP_PREFIX}{name}.{os.urandom(4).hex()}"
-        # under the GC lock: a collector that already listed the roots cannot delete
-        # the path between the validity check and the new link
-        with FileLock(self.gc_lock_path, shared=True):
-            self._info(path)
-            os.symlink(self.real_path(path), tmp)
-            os.rename(tmp, link)
-        return link
+    def add_root(self, name: str, path: str) -> RootChange:
+        """Make ``gcroots/<name>`` a link to the tree of valid ``path``, relative
+        (``../kiln/store/<base>``: right wherever the store is moved), replacing an
+        existing root of that name atomically; returns what changed, with what the
+        replaced root named (``roots.add_root``)."""
+        from .roots import add_root
+
+        return add_root(self, check_root_name(name), path, ROOT_TEMP_PREFIX)
 
     def temp_root(self, paths: Iterable[str]) -> contextlib.AbstractContextManager[None]:
         """Context manager: keep ``paths`` (and their closures) alive while it is open.

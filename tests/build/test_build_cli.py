@@ -232,7 +232,7 @@ def test_keep_going_prints_and_roots_what_was_built(store, graph):
     assert r.returncode == 1, r.stderr
     assert r.stdout.split() == [okd.output_path()]
     assert "exit status 3" in r.stderr and f"1 derivation failed (reported above): {boom}" in r.stderr
-    assert os.readlink(store.root / "gcroots" / "fine") == str(store.real_path(okd.output_path()))
+    assert os.path.realpath(store.root / "gcroots" / "fine") == str(store.real_path(okd.output_path()))
     assert not (store.root / "gcroots" / "boom").exists()
     # without -k the first failure ends the command: nothing is printed
     r = kiln(store.root, "build", boom, ok)
