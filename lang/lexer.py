@@ -2,6 +2,11 @@
 the grammar's own terminals, about twice as fast as lark's general lexer, and
 ``strscan.scan`` for string literals. ``parser`` plugs it into the LALR parser and turns
 ``LexError`` into a located syntax error.
+
+It lexes a ``Span`` of a file's text in place (the code of a ``${...}`` is a span of its
+file), and a string token holds no text, only where it starts and ends in the file: the
+parser keeps every level of a nested string open while it parses the next, so a copy
+per level would make memory quadratic in the depth of nesting.
 """
 
 from __future__ import annotations
@@ -18,25 +23,22 @@ from .strscan import Unterminated, scan
 _STRINGS = {"STRING": '"', "IND_STRING": "''"}
 
 
-class Span(str):
-    """Text to lex that remembers where it sits in its file (``base``) and the ends of the
-    string literals nested in interpolations read so far in that file (``ends``, by
-    position in the file: ``strscan.scan`` says why). A plain ``str`` lexes too (base 0,
-    nothing remembered)."""
+class Span:
+    """What to lex: ``text[begin:end]``, ``text`` being a whole file's text (token
+    positions are positions in it), and the ends of the string literals nested in
+    interpolations read so far in that file (``ends``, by position in the file:
+    ``strscan.scan`` says why). Not a ``str``: lark hands it to the lexer as it is. A
+    plain ``str`` lexes too (all of it, nothing remembered)."""
 
-    base: int
-    ends: dict[int, int]
+    __slots__ = ("text", "begin", "end", "ends")
 
-    @classmethod
-    def of(cls, text: str, base: int, ends: dict[int, int]) -> Span:
-        span = cls(text)
-        span.base, span.ends = base, ends
-        return span
+    def __init__(self, text: str, begin: int, end: int, ends: dict[int, int]) -> None:
+        self.text, self.begin, self.end, self.ends = text, begin, end, ends
 
 
 class LexError(Exception):
-    """No token starts at ``pos`` (relative to the text being lexed), or a string literal
-    starts there that the text ends inside."""
+    """No token starts at ``pos`` (a position in the ``Span``'s text), or a string
+    literal starts there that the span ends inside."""
 
     def __init__(self, pos: int) -> None:
         self.pos = pos
@@ -51,8 +53,9 @@ class FastLexer(Lexer):
 
     A string literal (the declared ``STRING`` and ``IND_STRING``) is matched by its
     opening quote only; ``strscan.scan`` then reads it whole, as Nix's lexer reads it
-    (nested strings and braces in its interpolations to any depth), and the token is
-    everything it read."""
+    (nested strings and braces in its interpolations to any depth). The token's value is
+    only the opening quote; its ``start_pos`` and ``end_pos`` say where it is in the text,
+    which ``parser`` reads it from."""
 
     def __init__(self, lexer_conf) -> None:
         words: dict[str, str] = {}
@@ -76,16 +79,17 @@ class FastLexer(Lexer):
         self.master = re.compile("|".join(alts))
         self.words = words
 
-    def lex(self, text: str) -> Iterator[Token]:
+    def lex(self, span: Span | str) -> Iterator[Token]:
         match = self.master.match
         words = self.words
-        ends: dict[int, int] | None = getattr(text, "ends", None)
-        base: int = getattr(text, "base", 0)
+        if isinstance(span, Span):
+            text, pos, end, ends = span.text, span.begin, span.end, span.ends
+        else:
+            text, pos, end, ends = span, 0, len(span), None
         # Token() only forwards to _future_new after a deprecation check; skip the hop
         new = getattr(Token, "_future_new", Token)
-        pos, end = 0, len(text)
         while pos < end:
-            m = match(text, pos)
+            m = match(text, pos, end)
             if m is None:
                 raise LexError(pos)
             kind = m.lastgroup
@@ -97,10 +101,12 @@ class FastLexer(Lexer):
                 pos = m.end()
             elif kind in _STRINGS:
                 try:
-                    after = scan(text, pos, None, ends, base)
+                    after = scan(text, pos, None, ends)
                 except Unterminated:
                     raise LexError(pos) from None
-                yield new(kind, text[pos:after], pos)
+                if after > end:  # (cannot be: the code of a ${...} was read by the same scan)
+                    raise LexError(pos)
+                yield new(kind, m.group(), pos, end_pos=after)
                 pos = after
             else:
                 yield new(kind, m.group(), pos)

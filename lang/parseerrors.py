@@ -90,13 +90,14 @@ def lex_error(text: str, src: SourceText, base: int, pos: int, interp: bool) -> 
 
 
 def syntax_error(
-    parser: Lark, e: UnexpectedInput, src: SourceText, base: int, length: int, end: str
+    parser: Lark, e: UnexpectedInput, src: SourceText, begin: int, stop: int, end: str
 ) -> RecipeSyntaxError:
-    """The error for lark's ``e``, raised parsing the ``length`` characters at ``base`` of
-    ``src``; ``end`` is what to call the end of those (file, interpolation, attribute)."""
+    """The error for lark's ``e``, raised parsing ``src.text[begin:stop]`` (its tokens'
+    positions are positions in ``src.text``); ``end`` is what to call ``stop`` (the end
+    of the file, an interpolation, an attribute)."""
     if isinstance(e, UnexpectedToken):
         tok = e.token
-        pos = base + (tok.start_pos if tok.type != "$END" and tok.start_pos is not None else length)
+        pos = tok.start_pos if tok.type != "$END" and tok.start_pos is not None else stop
         expected = _describe_expected(parser, e.accepts or e.expected)
         msg = f"unexpected {_describe_token(tok, end)}"
         if tok.type == "NAME" and str(tok) in KEYWORDS:
@@ -109,12 +110,12 @@ def syntax_error(
             )
         return RecipeSyntaxError(msg + (f"; expected {expected}" if expected else ""), src, pos)
     if isinstance(e, UnexpectedCharacters):  # (lark's own lexers: FastLexer raises LexError)
-        pos = base + e.pos_in_stream
+        pos = e.pos_in_stream
         ch = src.text[pos] if pos < len(src.text) else ""
         expected = _describe_expected(parser, e.allowed or ())
         return RecipeSyntaxError(
             f"unexpected character {ch!r}" + (f"; expected {expected}" if expected else ""), src, pos
         )
     if isinstance(e, UnexpectedEOF):
-        return RecipeSyntaxError(f"unexpected {end}", src, base + length)
-    return RecipeSyntaxError(str(e), src, base)
+        return RecipeSyntaxError(f"unexpected {end}", src, stop)
+    return RecipeSyntaxError(str(e), src, begin)

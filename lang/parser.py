@@ -8,9 +8,17 @@ per process (about 40 ms) and only when a recipe must really be parsed: an evalu
 cache hit never imports this module.
 
 String tokens are lexed whole (``strscan``); ``strings`` splits them, and each
-``${...}`` body is parsed by the same parser with the ``expr`` start symbol, with its
-node positions shifted to the right place in the file. A bare ``${name}`` skips the
-parser.
+``${...}`` body is parsed by the same parser with the ``expr`` start symbol. A bare
+``${name}`` skips the parser.
+
+Memory stays linear in the file however deep strings nest: every parse reads its span
+of the one text of the file in place (``lexer.Span``), a string token is only where it
+starts and ends, and the pieces of a string hold the positions of its interpolations,
+not copies. (Each level of a nested string stays open while the next is parsed: with
+a copy per level, a file of 250 KB took more than 24 GB.) Each level also takes Python
+frames: a string nested deeper than the interpreter's recursion limit allows (the limit
+every other nesting meets, in the evaluator) is an ``InfiniteRecursion`` error,
+"expression nested too deeply", at the deepest ``${`` reached.
 
 Lark's exceptions never escape: they become ``RecipeSyntaxError`` with the position,
 the offending token and the expected tokens in words (``parseerrors``).
@@ -27,7 +35,7 @@ from lark import Lark, Token
 from lark.exceptions import UnexpectedInput
 
 from . import nodes as ast
-from .errors import DuplicateField, RecipeSyntaxError, SourceText
+from .errors import DuplicateField, InfiniteRecursion, RecipeSyntaxError, SourceText
 from .lexer import FastLexer, LexError, Span
 from .parseerrors import KEYWORDS, lex_error, syntax_error
 from .strings import split_indented, split_plain
@@ -72,13 +80,16 @@ class _Builder:
 
     def __init__(self) -> None:
         self.src: SourceText = SourceText("<none>", "")
-        self.base = 0
         self.parser: Lark | None = None
         #: the ends of the strings nested in interpolations read so far in ``src`` (lexer.Span)
         self.ends: dict[int, int] = {}
+        #: how many ``${...}`` deep the parse of ``src`` is, and the deepest (depth, position
+        #: of its ``${``) it has reached
+        self.depth = 0
+        self.deepest = (0, 0)
 
     def _p(self, tok: Token) -> int:
-        return self.base + tok.start_pos
+        return tok.start_pos
 
     # -- top level
     def start(self, items: Sequence[Any]) -> ast.Module:
@@ -219,33 +230,34 @@ class _Builder:
         return ast.RecordExpr(self.src, self._p(c[0]), fields)
 
     def string(self, c: Sequence[Any]) -> ast.Const | ast.Str:
-        tok = c[0]
-        text = str(tok)
+        tok = c[0]  # (its value is only its opening quote: lexer.FastLexer)
         pos = self._p(tok)
         split = split_plain if tok.type == "STRING" else split_indented
-        pieces = split(text, self.ends, pos)
+        pieces = split(self.src.text, pos, tok.end_pos, self.ends)
         parts: list[str | ast.Node] = []
         for piece in pieces:
             if isinstance(piece, str):
                 parts.append(piece)
             else:
-                parts.append(self._interp(pos + piece[0], piece[1]))
+                parts.append(self._interp(*piece))
         if len(parts) == 1 and isinstance(parts[0], str):
             return ast.Const(self.src, pos, parts[0])
         if not parts:
             return ast.Const(self.src, pos, "")
         return ast.Str(self.src, pos, tuple(parts))
 
-    def _interp(self, pos: int, code: str) -> ast.Node:
-        m = _SIMPLE_VAR.match(code)
+    def _interp(self, begin: int, end: int) -> ast.Node:
+        """The node of the code ``src.text[begin:end]`` of a ``${...}``."""
+        m = _SIMPLE_VAR.match(self.src.text, begin, end)
         if m and m.group(1) not in KEYWORDS:
-            return ast.Var(self.src, pos + m.start(1), m.group(1))
-        saved = self.base
-        self.base = pos
+            return ast.Var(self.src, m.start(1), m.group(1))
+        self.depth += 1
+        if self.depth > self.deepest[0]:
+            self.deepest = (self.depth, begin - 2)
         try:
-            return _parse(self.parser, code, self.src, "expr", pos, _END_OF_INTERP)
+            return _parse(self.parser, self.src, "expr", begin, end, _END_OF_INTERP)
         finally:
-            self.base = saved
+            self.depth -= 1
 
 
 _LARK: Lark | None = None
@@ -268,31 +280,46 @@ def _lark() -> Lark:
     return _LARK
 
 
-def _parse(parser: Lark, text: str, src: SourceText, start: str, base: int, end: str = "end of file"):
-    """Parse ``text`` (at offset ``base`` of ``src``) from rule ``start``; errors say ``end``
-    for the end of ``text`` (an interpolation's or attribute's end is not the file's). The
-    ends of strings read in ``src`` are remembered while it is parsed (``lexer.Span``)."""
-    saved = _BUILDER.src, _BUILDER.ends
-    if src is not _BUILDER.src:  # a new text (not an interpolation in this one)
-        _BUILDER.src, _BUILDER.ends = src, {}
+def _parse(parser: Lark, src: SourceText, start: str, begin: int, stop: int, end: str = "end of file"):
+    """Parse ``src.text[begin:stop]`` from rule ``start``; errors say ``end`` for ``stop``
+    (an interpolation's or attribute's end is not the file's). The ends of strings read in
+    ``src`` are remembered while it is parsed (``lexer.Span``), and how deep in ``${...}``
+    the parse is (``_Builder.depth``)."""
+    b = _BUILDER
+    outer = src is not b.src  # a new text (not an interpolation in this one)
+    if outer:
+        saved = b.src, b.ends, b.depth, b.deepest
+        b.src, b.ends, b.depth, b.deepest = src, {}, 0, (0, 0)
     try:
-        return parser.parse(Span.of(text, base, _BUILDER.ends), start=start)
+        return parser.parse(Span(src.text, begin, stop, b.ends), start=start)
     except UnexpectedInput as e:
-        raise syntax_error(parser, e, src, base, len(text), end) from None
+        raise syntax_error(parser, e, src, begin, stop, end) from None
     except LexError as e:
-        raise lex_error(text, src, base, e.pos, end == _END_OF_INTERP) from None
+        # (a copy of the span, once, for the error: what is left open is read in it alone)
+        raise lex_error(src.text[begin:stop], src, begin, e.pos - begin, end == _END_OF_INTERP) from None
+    except RecursionError:
+        # unwound to the parse of the whole text, where there is room to report it
+        if not outer or b.deepest[0] == 0:
+            raise
+        depth, at = b.deepest
+        raise InfiniteRecursion(
+            f"expression nested too deeply: strings nested {depth:,} deep in ${{...}}, deeper than kiln reads",
+            src,
+            at,
+        ) from None
     finally:
-        _BUILDER.src, _BUILDER.ends = saved
+        if outer:
+            b.src, b.ends, b.depth, b.deepest = saved
 
 
 def parse_module(text: str, name: str, path: str | None = None) -> ast.Module:
     """Parse a whole recipe file; ``name`` is how errors refer to it, ``path`` its
     absolute location (imports and ``path "..."`` are relative to its directory)."""
     src = SourceText(name, text, path)
-    return _parse(_lark(), text, src, "start", 0)
+    return _parse(_lark(), src, "start", 0, len(text))
 
 
 def parse_expr(text: str, name: str = "<expression>", path: str | None = None) -> ast.Node:
     """Parse one expression (e.g. an attribute argument on the command line)."""
     src = SourceText(name, text, path)
-    return _parse(_lark(), text, src, "expr", 0, "end of the attribute expression")
+    return _parse(_lark(), src, "expr", 0, len(text), "end of the attribute expression")

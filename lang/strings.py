@@ -13,9 +13,12 @@ A token is cut by ``strscan.scan``, the scanner the lexer found its end with, so
 cannot disagree on where an interpolation ends (its code is read as code, nested
 strings and their interpolations included, to any depth: ``strscan`` says how).
 
-``split_plain`` and ``split_indented`` return a list of pieces: ``str`` for literal text
-and ``(offset, code)`` for interpolations, where ``offset`` is the position of ``code``
-inside the token text.
+``split_plain`` and ``split_indented`` read a literal in place, in the text of its file
+(``text[start:end]``), and return a list of pieces: ``str`` for literal text and
+``(begin, end)`` for interpolations, their code being ``text[begin:end]``. No piece copies
+the code of an interpolation: a literal nested ``n`` deep in interpolations is read once
+per level, and copies would make memory quadratic in ``n`` (the parser keeps every level
+open while it parses the next).
 """
 
 from __future__ import annotations
@@ -30,23 +33,27 @@ from .strscan import scan
 _NO_INDENT = 1 << 62
 
 
-def _pieces(token: str, ends: dict[int, int] | None, base: int) -> list[tuple[int, Any]]:
-    """The token's pieces as ``strscan.scan`` cuts them (``_LIT``, ``_ESC``, ``_HOLE``).
-    The lexer found the token's end with the same scan, so it is whole here. ``ends`` and
-    ``base`` (the token's position in its file) are as for ``scan``: the ends of the
+def _pieces(text: str, start: int, ends: dict[int, int] | None) -> list[tuple[int, Any]]:
+    """The pieces of the literal at ``text[start]`` as ``strscan.scan`` cuts them
+    (``_LIT``, ``_ESC``, ``_HOLE``). The lexer found its end with the same scan, so it is
+    whole. ``ends`` is as for ``scan`` (``text`` being the whole file): the ends of the
     strings nested in it, which the lexer read."""
     pieces: list[tuple[int, Any]] = []
-    scan(token, 0, pieces, ends, base)
+    scan(text, start, pieces, ends)
     return pieces
 
 
-def split_plain(token: str, ends: dict[int, int] | None = None, base: int = 0) -> list:
-    """Pieces of a ``"..."`` token (quotes included in ``token``); ``ends`` and ``base``
-    as for ``_pieces``."""
-    if "\\" not in token and "${" not in token:
-        return [token[1:-1]]
+def split_plain(
+    text: str, start: int = 0, end: int | None = None, ends: dict[int, int] | None = None
+) -> list:
+    """Pieces of the ``"..."`` literal ``text[start:end]`` (quotes included; ``end``
+    defaults to the end of ``text``); ``ends`` as for ``_pieces``."""
+    end = len(text) if end is None else end
+    # (``${`` first: a literal holding one usually holds it early, so the test stays short)
+    if text.find("${", start, end) < 0 and text.find("\\", start, end) < 0:
+        return [text[start + 1 : end - 1]]
     out: list = []
-    for kind, value in _pieces(token, ends, base):
+    for kind, value in _pieces(text, start, ends):
         if kind != _HOLE and out and isinstance(out[-1], str):
             out[-1] += value
         else:
@@ -76,8 +83,10 @@ def _min_indent(tokens: list[tuple[int, Any]]) -> int:
     return least
 
 
-def split_indented(token: str, ends: dict[int, int] | None = None, base: int = 0) -> list:
-    """Pieces of a ``''...''`` token (``ends`` and ``base`` as for ``_pieces``), with
+def split_indented(
+    text: str, start: int = 0, end: int | None = None, ends: dict[int, int] | None = None
+) -> list:
+    """Pieces of the ``''...''`` literal ``text[start:end]`` (as ``split_plain``), with
     indentation stripped exactly as Nix does (``stripIndentation`` in Nix's parser,
     checked against nix-instantiate in the tests).
 
@@ -89,7 +98,7 @@ def split_indented(token: str, ends: dict[int, int] | None = None, base: int = 0
     literal text holding a newline and only spaces follow its last newline, those spaces
     go. Escapes and interpolations are tokens apart from the literal text, so no
     character of the input, whatever it is, can be mistaken for one."""
-    tokens = _pieces(token, ends, base)
+    tokens = _pieces(text, start, ends)
     strip = _min_indent(tokens)
     out: list = []
     buf: list[str] = []

@@ -82,9 +82,10 @@ def scan(
     cuts them: ``(LIT, text)`` for a maximal run of literal text (a quoted string's
     escapes already read in it; ``$$`` is text), ``(ESC, text)`` for each escape of an
     indented string (apart: indentation stripping treats it as content), ``(HOLE,
-    (offset, code))`` for each interpolation, ``offset`` being where ``code`` starts in
-    ``text``. An indented string's first line, when only spaces, is not a piece (Nix's
-    lexer takes it with the opening ``''``).
+    (begin, end))`` for each interpolation, its code being ``text[begin:end]`` (positions,
+    not a copy: a string nested ``n`` deep would otherwise be copied at each of its ``n``
+    levels, memory quadratic in the depth). An indented string's first line, when only
+    spaces, is not a piece (Nix's lexer takes it with the opening ``''``).
 
     ``ends`` (with ``base``, the position of ``text`` in its file) remembers the end of
     every string nested in an interpolation, by position in the file: ``scan`` records
@@ -168,7 +169,7 @@ def scan(
                 if opener == "${":
                     mode = _MODE[stack[-1][0]]
                     if pieces is not None and len(stack) == 1:
-                        pieces.append((HOLE, (at + 2, text[at + 2 : i])))
+                        pieces.append((HOLE, (at + 2, i)))
                 i += 1
             elif ends is not None and (known := ends.get(base + i)) is not None:
                 i = known - base  # a string read before (c is '"' or "'")

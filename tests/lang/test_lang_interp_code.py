@@ -122,7 +122,7 @@ def _kiln_end(text: str) -> tuple[int, list]:
     except Unterminated:
         return -1, []
     assert scan(text, 0) == end  # as the lexer calls it (no pieces: its fast path too)
-    return end, [(off, off + len(code)) for kind, (off, code) in (p for p in pieces if p[0] == HOLE)]
+    return end, [span for kind, span in pieces if kind == HOLE]  # (begin, end) of each code
 
 
 def test_the_scanner_ends_strings_where_nix_does():
