@@ -11,10 +11,19 @@ Rules (also in docs/recipe-language.md):
 ``filtered_copy`` makes a temporary copy holding only the kept files (modes and symlinks
 preserved) so any NAR hasher sees exactly them; ``fingerprint`` summarises the kept
 files' metadata so the evaluation cache can tell when a source tree changed.
+
+A copy holds what a store path may hold and nothing else, read where it lies: a
+device, FIFO or socket is refused with the message the store's own ingest gives (a
+character device was read until the disk was full, ``/dev/null`` copied as an empty
+file); every directory and file is opened relative to its parent's descriptor without
+following a symbolic link (``O_NOFOLLOW``) and must be the entry that was listed, so a
+directory replaced meanwhile by a link cannot make the copy read outside the tree; and
+no open waits (``O_NONBLOCK``: a FIFO put in a file's place is refused, not waited on).
 """
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import hashlib
 import os
@@ -23,6 +32,10 @@ import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see kiln.lang)
+if TYPE_CHECKING:
+    from .errors import BadValue
 
 
 def _patterns(root: Path) -> list[tuple[str, bool]]:
@@ -100,21 +113,102 @@ def needs_filtering(root: Path) -> bool:
     return any(name == ".git" for _, dirs, files in os.walk(root) for name in (*dirs, *files))
 
 
+#: what ``kiln.store``'s ingest calls what a store path cannot hold (``treeplan``)
+_UNSTORABLE = (
+    (stat.S_ISSOCK, "socket"),
+    (stat.S_ISCHR, "character device"),
+    (stat.S_ISBLK, "block device"),
+    (stat.S_ISFIFO, "fifo"),
+)
+
+
+def _unstorable(path: Path, mode: int) -> BadValue:
+    """The error for an entry a store path cannot hold, worded as the store's ingest
+    words it (``kiln build`` adds the same tree without a copy)."""
+    from .errors import BadValue
+
+    kind = next((k for test, k in _UNSTORABLE if test(mode)), f"file of unknown type (mode {mode:o})")
+    return BadValue(
+        f"{path}: is a {kind}; a store path may contain only regular files, directories and symlinks"
+    )
+
+
+def _changed(path: Path, what: str) -> BadValue:
+    from .errors import BadValue
+
+    return BadValue(
+        f"{path}: the source changed while it was being copied ({what}); add it again once nothing "
+        "is changing it"
+    )
+
+
+def _open_listed(name: str, dir_fd: int, flags: int, listed: os.stat_result, path: Path) -> int:
+    """``name`` in the directory ``dir_fd`` opened with ``flags`` (plus ``O_NOFOLLOW``,
+    ``O_NONBLOCK``), which must be the entry listed there as ``listed`` (same type, device
+    and inode): else ``_changed``, or ``_unstorable`` for what a store path cannot hold."""
+    try:
+        fd = os.open(name, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC, dir_fd=dir_fd)
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.ENOTDIR, errno.ENOENT):  # a link, or gone
+            raise _changed(path, f"listed, then {e.strerror or e} when opened") from None
+        raise
+    st = os.fstat(fd)
+    if stat.S_IFMT(st.st_mode) != stat.S_IFMT(listed.st_mode) or (st.st_dev, st.st_ino) != (
+        listed.st_dev,
+        listed.st_ino,
+    ):
+        os.close(fd)
+        if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+            raise _unstorable(path, st.st_mode)
+        raise _changed(path, "another entry when opened than when listed")
+    return fd
+
+
+def _copy_dir(src_fd: int, root: Path, rel: str, dest: Path, patterns: list[tuple[str, bool]]) -> None:
+    """Copy the kept entries of the directory open at ``src_fd`` (``root/rel``) into the
+    existing directory ``dest``."""
+    for name in sorted(os.listdir(src_fd)):
+        sub = f"{rel}{name}"
+        path, dst = root / sub, dest / name
+        st = os.stat(name, dir_fd=src_fd, follow_symlinks=False)
+        mode = st.st_mode
+        if _ignored(sub, stat.S_ISDIR(mode), patterns):
+            continue
+        if stat.S_ISLNK(mode):
+            os.symlink(os.readlink(name, dir_fd=src_fd), dst)
+        elif stat.S_ISDIR(mode):
+            fd = _open_listed(name, src_fd, os.O_RDONLY | os.O_DIRECTORY, st, path)
+            try:
+                dst.mkdir()
+                _copy_dir(fd, root, sub + "/", dst, patterns)
+            finally:
+                os.close(fd)
+        elif stat.S_ISREG(mode):
+            fd = _open_listed(name, src_fd, os.O_RDONLY, st, path)
+            os.set_blocking(fd, True)
+            with open(fd, "rb") as fin, open(dst, "xb") as fout:
+                shutil.copyfileobj(fin, fout, 1 << 20)
+            os.chmod(dst, stat.S_IMODE(mode))
+            os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
+        else:
+            raise _unstorable(path, mode)
+
+
 def filtered_copy(root: Path, tmp_parent: Path | None = None) -> Path:
-    """A temporary directory ``<tmp>/<basename>`` with only the kept entries of ``root``.
-    The caller removes ``path.parent`` when done."""
+    """A temporary directory ``<tmp>/<basename>`` with only the kept entries of the
+    directory ``root`` (the module docstring says how they are read: a device, FIFO or
+    socket is a ``BadValue``, worded as the store words it). The caller removes
+    ``path.parent`` when done."""
+    patterns = _patterns(root)
     tmp = Path(tempfile.mkdtemp(prefix="kiln-src-", dir=tmp_parent))
     dest = tmp / root.name
     try:
         dest.mkdir()
-        for rel, _st in kept(root):
-            src, dst = root / rel, dest / rel
-            if os.path.islink(src):
-                os.symlink(os.readlink(src), dst)
-            elif os.path.isdir(src):
-                dst.mkdir()
-            else:
-                shutil.copy2(src, dst)
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            _copy_dir(fd, root, "", dest, patterns)
+        finally:
+            os.close(fd)
     except BaseException:
         # an unreadable file, a full disk or ^C must not leave a half copy behind
         shutil.rmtree(tmp, ignore_errors=True)
