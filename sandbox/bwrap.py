@@ -26,7 +26,9 @@ group) whose command line is derived from the spec by ``bwrapargv.bwrap_argv``:
   the PID namespace with what is not per-namespace made read-only (``/proc/sys``...),
   the key lists and, when kiln runs as root, what only host root may read masked
   (``bwrapargv.proc_flags``), and a private ``/tmp`` tmpfs;
-* environment: ``--clearenv`` then exactly ``build_env(spec)``;
+* environment: ``--clearenv`` then exactly ``build_env(spec)``; one too large for
+  ``execve`` (a variable or argument over 128 KiB, or 2 MiB in all) is refused before
+  bwrap starts, naming it (``execsize``);
 * process state: nothing of the kiln process's (limits, signals, affinity, nice,
   personality, fds, domain name): ``launcher`` starts bwrap (``posix_spawn`` from one
   launcher thread, then ``fix_child`` while bwrap waits for the rest of its options on
@@ -55,7 +57,7 @@ import time
 from collections.abc import Mapping
 from typing import BinaryIO
 
-from . import bwrapstart, devnodes
+from . import bwrapstart, devnodes, execsize
 from .bwrapargv import bwrap_argv, common_flags, dev_flags, etc_files, proc_flags
 from .bwrapstart import Bwrap, memfd
 from .devnodes import HOST
@@ -234,6 +236,8 @@ class BwrapExecutor(Executor):
 
     def run(self, spec: SandboxSpec, log: BinaryIO, *, on_output: OutputCallback | None = None) -> Result:
         _check_host_paths(spec)
+        # a command or environment execve refuses (E2BIG), named here, not by errno
+        execsize.check(spec, self.bwrap)
         dev_sources = self._dev_sources()
         # Everything bwrap reads besides the host paths comes from memfds and pipes:
         # nothing is written to disk per build (a temp dir with three files cost ~1-4 ms of ext4
