@@ -136,6 +136,8 @@ def cmd_copy(argv: list[str]) -> int:
     if args.sigs_needed == 0:
         warn_no_signatures("paths are copied")
     if args.dst == "store":
+        from .storeroots import add_root
+
         with _open_store(args, args.store_dir, create=True) as store:
             n = rcopy.to_store(
                 args.src,
@@ -147,7 +149,7 @@ def cmd_copy(argv: list[str]) -> int:
                 token=args.from_token or args.token,  # --token has no other use here
             )
             for name, path in zip(roots, args.paths, strict=False):  # no roots: none asked for
-                store.add_root(name, path)  # to_store holds them as temp roots until we close
+                add_root(store, name, path)  # to_store holds them as temp roots until we close
         print(f"copied {n} paths into {store.root}")
         return 0
     rep = asyncio.run(
@@ -180,10 +182,23 @@ def _root_names(name: str, n: int) -> list[str]:
     return names
 
 
+#: ``kiln mirror sync``'s exit status when the source could not be read for a reason a
+#: later sync may not meet (unreachable, 5xx, timeouts): sysexits.h's EX_TEMPFAIL
+EX_TEMPFAIL = 75
+
+
 def cmd_mirror(argv: list[str]) -> int:
+    """``kiln mirror sync``. Exit status: 0 synced; 1 some paths bad or refused (a data
+    problem: someone must look), or any other error; 75 the source unreachable or
+    answering 5xx or too slowly (retry later); 2 usage (a first sync without --root)."""
     p = argparse.ArgumentParser(prog="kiln mirror", description="mirror a registry")
     sub = p.add_subparsers(dest="cmd", required=True)
-    s = sub.add_parser("sync", help="sync DST (a directory) from SRC (a registry URL)")
+    s = sub.add_parser(
+        "sync",
+        help="sync DST (a directory) from SRC (a registry URL)",
+        epilog="exit status: 0 synced, 1 paths bad or refused (or another error), 75 SRC unreachable "
+        "or answering 5xx/too slowly (retry later), 2 usage",
+    )
     s.add_argument("src", metavar="SRC")
     s.add_argument("dst", type=Path, metavar="DST")
     s.add_argument("--root", type=Path, help="pinned root metadata of SRC (required on the first sync)")
@@ -197,28 +212,78 @@ def cmd_mirror(argv: list[str]) -> int:
     s.add_argument(
         "--full",
         action="store_true",
-        help="download the index again and compare every narinfo and listing in DST "
-        "(a sync otherwise checks only what changed since the last one)",
+        help="download the index again, compare every narinfo and listing in DST and check that every "
+        "published narinfo's object is there at its size (a sync otherwise checks only what changed "
+        "since the last one)",
+    )
+    s.add_argument(
+        "--rehash",
+        action="store_true",
+        help="--full, and also read every object and check its sha256 (finds rot that kept the size; "
+        "reads the whole mirror)",
+    )
+    s.add_argument(
+        "--prune",
+        action="store_true",
+        help="after the sync, remove the paths SRC no longer lists (narinfos, attestations) and the "
+        "objects no narinfo names any more",
     )
     args = p.parse_args(argv)
-    from kiln.registry.mirror import sync
+    from kiln.registry.mirror import MirrorError, MirrorUsageError, sync
+    from kiln.registry.retryable import retryable
 
     dst = Path(str(args.dst).removeprefix("file://"))
-    rep = sync(
-        args.src,
-        dst,
-        root=args.root.read_bytes() if args.root else None,
-        trusted=trusted_keys(args.trusted_key),
-        jobs=args.jobs,
-        token=args.token,
-        full=args.full,
-    )
+    try:
+        rep = sync(
+            args.src,
+            dst,
+            root=args.root.read_bytes() if args.root else None,
+            trusted=trusted_keys(args.trusted_key),
+            jobs=args.jobs,
+            token=args.token,
+            full=args.full,
+            rehash=args.rehash,
+            prune=args.prune,
+        )
+    except MirrorUsageError as e:
+        raise UsageError(str(e)) from None
+    except Exception as e:  # noqa: BLE001 - only sorted here; run_command reports the rest
+        if not (e.transient if isinstance(e, MirrorError) else retryable(e)):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        print(
+            "(a temporary failure of the source: the mirror keeps its previous state; retry later)",
+            file=sys.stderr,
+        )
+        return EX_TEMPFAIL
     print(
         f"mirror at index version {rep.index_version} (timestamp {rep.timestamp_version}): {rep.paths} paths, "
         f"{rep.narinfos_fetched} narinfos and {rep.blobs_fetched} blobs ({rep.bytes_fetched} bytes) fetched, "
         f"{rep.attestations_fetched} attestations"
+        + (f"; {rep.objects_repaired} missing or bad objects fetched again" if rep.objects_repaired else "")
     )
+    if rep.pruned is not None:
+        _print_pruned(rep.pruned)
+    elif rep.stale:
+        print(
+            f"note: the mirror holds {rep.stale} path(s) its source no longer lists "
+            "(kiln mirror sync --prune removes them)",
+            file=sys.stderr,
+        )
     return 0
+
+
+def _print_pruned(pr) -> None:  # noqa: ANN001 - a mirrorprune.PruneReport (imported lazily)
+    for path in pr.paths[:20]:
+        print(f"pruned {path}")
+    if len(pr.paths) > 20:
+        print(f"pruned ... and {len(pr.paths) - 20} more")
+    print(
+        f"pruned {len(pr.paths)} path(s) no longer listed by the source and {pr.objects} object file(s) "
+        f"no narinfo names ({pr.bytes_freed} bytes freed)"
+    )
+    if pr.objects_kept:
+        print(f"warning: objects not pruned: {pr.objects_kept}", file=sys.stderr)
 
 
 COMMANDS = {

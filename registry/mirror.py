@@ -7,15 +7,22 @@ signatures, rollback, freeze, mix-and-match; ``mirrorplan.update``, which takes 
 snapshot or index DST already holds with the verified bytes from DST instead of the
 wire) before touching DST.
 
-Transfer: for each candidate path (``mirrorplan.plan``: its index entry changed, or its
+Narinfos: each candidate path (``mirrorplan.plan``: its index entry changed, or its
 files in DST did, or ``full``; every path on a first sync) whose narinfo DST does not
-already hold byte-for-byte, the narinfo is fetched (batched) and must hash to the sha256 the signed
-index lists (and, with ``trusted`` keys, carry a valid signature); then the NAR blob, if
-DST lacks it, is streamed into a temp file while the compressed bytes and the NAR inside
-are hashed, and published under ``nar/`` and ``blobs/`` only if both match the narinfo.
-Small blobs (up to 1 MiB) travel a few hundred per ``POST /blob-batch`` where the source
-is a kiln server, each verified the same way as it arrives; big ones (and all of them
-from other servers) one request each; ``jobs`` requests at a time.
+already hold byte-for-byte is fetched (batched) and must hash to the sha256 the signed
+index lists (and, with ``trusted`` keys, carry a valid signature). One that does not is
+named with its likely cause: the source rewrote it after its last index publish (a
+signature merge by ``kiln push``) and must publish its index again, or it was tampered
+with. A candidate whose narinfo DST already holds as the index lists it is not fetched
+again, but its object is checked like the others'.
+
+Objects (``mirrorobjects``, ``mirrorfetch``): the object each candidate's narinfo
+names is checked in DST (present, at FileSize; hashed when its size differs, and every
+one with ``rehash``): a missing or bad one is fetched, verified, and linked in or
+renamed over the bad file; a good one (it hashes to its name) is never deleted or
+replaced, and a narinfo whose FileSize contradicts it fails that path instead (FileSize
+is not signed). With ``full`` every path is a candidate, so every published narinfo's
+object is checked: what repairs objects lost or truncated in DST.
 
 Content addresses: a narinfo's ``CA:`` is not covered by its signature, so the
 source (or whoever wrote into it) could have set a false one; every fetched narinfo
@@ -37,20 +44,25 @@ signature, not by trusting their DSSE signers, which stays the verifier's policy
 its subject must name the path with the narinfo's NarHash.
 
 Publication: only when every path succeeded are the narinfos written, then the
-attestations (and their listings), then the metadata exactly as the source signed it (roots, index, snapshot, timestamp last), so
-DST is itself a verifiable registry and never shows a half-synced index. Any failure
-raises ``MirrorError`` naming the bad paths and leaves DST's narinfos and index as they
-were; verified blobs already fetched stay (content-addressed, invisible without a
+attestations (and their listings), then the metadata exactly as the source signed it
+(roots from the pinned one on, index, snapshot, timestamp last), so DST is itself a
+verifiable registry and never shows a half-synced index. Any failure raises
+``MirrorError`` naming the bad paths (``transient`` when each failed only for a
+temporary reason, ``retryable``) and leaves DST's narinfos and index as they were;
+verified objects already fetched stay (content-addressed, invisible without a
 narinfo), which is what makes an interrupted sync resume. A sync with nothing new
 transfers no blobs; one whose timestamp names the snapshot DST holds fetches nothing
 past the timestamp and reads no narinfo. Old index generations are pruned as the
-source prunes them (``indexprune``).
+source prunes them (``indexprune``); paths the source no longer lists are counted
+(``SyncReport.stale``) and, with ``prune``, removed after publication (``mirrorprune``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,27 +70,38 @@ from typing import Any
 
 from kiln.store import narinfo as ni
 from kiln.store.errors import KilnError
-from kiln.store.hashes import Hash
 from kiln.store.signing import PublicKey
 
 from . import index as ix
-from . import indexprune, layout, mirrorplan
+from . import indexprune, layout, mirrorplan, mirrorprune
 from .admitca import nar_chunks
 from .attest_batch import staged_many
 from .attest_wire import fetch_indexed
 from .backends import DirSource
 from .client import Client, open_client
 from .dirlock import MIRROR_LOCK, dir_lock
-from .progress import Progress
+from .mirrorfetch import fetch_objects
+from .mirrorobjects import judge_all
+from .mirrorprune import PruneReport
+from .retryable import retryable
 from .storage import FileStorage
-from .substitute import batchable, batches
-from .verify import ca_refusal, check_narinfo, expect_info, verified_bytes, verifier_for
+from .verify import ca_refusal, check_narinfo, expect_info
 
 STATE_KEY = ".kiln/mirror-state.json"
 
 
 class MirrorError(KilnError):
-    """A sync could not complete; the mirror kept its previous state."""
+    """A sync could not complete; the mirror kept its previous state. ``transient``:
+    every path that failed did so for a temporary reason (``retryable``: the source
+    unreachable, 5xx, timeouts), so a later sync may well succeed."""
+
+    def __init__(self, msg: str, transient: bool = False) -> None:
+        super().__init__(msg)
+        self.transient = transient
+
+
+class MirrorUsageError(MirrorError):
+    """The sync was not given what it needs to start (a first sync without ``--root``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,61 +113,23 @@ class SyncReport:
     blobs_fetched: int
     bytes_fetched: int
     attestations_fetched: int = 0
+    #: of ``blobs_fetched``: objects fetched for narinfos DST held already (lost or
+    #: truncated there) or renamed over a bad file
+    objects_repaired: int = 0
+    #: narinfos DST holds that the source's index no longer lists (0 after a prune)
+    stale: int = 0
+    pruned: PruneReport | None = None
 
 
-async def _fetch_blob(client: Client, dst: DirSource, info, sem: asyncio.Semaphore, prog: Progress) -> int:  # noqa: ANN001
-    async with sem:
-        # bounded: the download stops at FileSize, the NAR inside at NarSize
-        ver = verifier_for(info)
-        with dst.storage.staged() as (f, _):
-
-            def write(chunk: bytes) -> None:
-                ver.update(chunk)
-                f.write(chunk)
-                prog.add(0, len(chunk))
-
-            if not await client.download(info.url, write):
-                raise KilnError(f"{info.path}: source has no {info.url}")
-            got = ver.finish()
-            expect_info(info, got)
-            dst.commit_object(f, got, durable=False)  # one barrier for all blobs, below
-        return got.file_size
-
-
-async def _fetch_batch(
-    client: Client, dst: DirSource, batch: list, sem: asyncio.Semaphore, prog: Progress
-) -> dict[str, int | BaseException] | None:
-    """Fetch ``batch`` (small objects, distinct digests) with one ``blob_batch``, each
-    verified (file and NAR digests) and written to DST as it arrives: path -> bytes
-    fetched, or the error for that path. None if the source has no batch endpoint."""
-    by_hex = {i.file_hash.hex: i for i in batch}
-    out: dict[str, int | BaseException] = {}
-
-    def got(h: Hash, data: bytes | None) -> None:
-        info = by_hex.get(h.hex)
-        if info is None:
-            return
-        if data is None:
-            out[info.path] = KilnError(f"{info.path}: source has no {info.url}")
-            return
-        try:
-            digests = verified_bytes(info, data)
-            with dst.storage.staged() as (f, _):
-                f.write(data)
-                dst.commit_object(f, digests, durable=False)  # one barrier for all blobs
-        except Exception as e:  # noqa: BLE001 - that path's failure, reported with the others
-            out[info.path] = e
-            return
-        prog.add(0, len(data))
-        out[info.path] = len(data)
-
-    async with sem:
-        sizes = {x: i.file_size for x, i in by_hex.items() if i.file_size is not None}
-        if not await client.blob_batch([i.file_hash for i in batch], got, sizes):
-            return None
-    for i in batch:
-        out.setdefault(i.path, KilnError(f"{i.path}: the source did not send {i.url}"))
-    return out
+@dataclass(frozen=True, slots=True)
+class _Options:
+    root: bytes | None
+    trusted: list[PublicKey]
+    jobs: int
+    progress: bool | None
+    full: bool
+    rehash: bool
+    prune: bool
 
 
 async def sync_async(
@@ -157,11 +142,16 @@ async def sync_async(
     progress: bool | None = None,
     token: str | None = None,
     full: bool = False,
+    rehash: bool = False,
+    prune: bool = False,
 ) -> SyncReport:
     """Sync ``dst_dir`` from ``src_url`` (see the module docstring). ``full``: download
-    and verify the index afresh and compare every narinfo and listing in DST with it
-    (what also repairs one edited in place or rotted on disk), not only the candidates
-    ``mirrorplan`` finds."""
+    and verify the index afresh and compare every narinfo and listing in DST with it,
+    and check every published narinfo's object (present, at its size), not only the
+    candidates ``mirrorplan`` finds. ``rehash`` (implies ``full``): also hash every
+    object, which finds rot that kept the size. ``prune``: afterwards remove what the
+    source no longer lists (``mirrorprune``)."""
+    o = _Options(root, trusted or [], jobs, progress, full or rehash, rehash, prune)
     async with open_client(src_url, token, jobs=jobs, create=False) as client:  # token: a --private source
         info = await client.cache_info()
         dst = DirSource(dst_dir, store_dir=info.get("StoreDir") or None)
@@ -173,19 +163,11 @@ async def sync_async(
         # and the one that verified the older index but finished last would roll DST (and
         # its remembered versions) back
         with dir_lock(dst.storage, MIRROR_LOCK, waiting):
-            return await _sync_locked(client, src_url, dst, dst_dir, root, trusted, jobs, progress, full)
+            return await _sync_locked(client, src_url, dst, dst_dir, o)
 
 
 async def _sync_locked(
-    client: Client,
-    src_url: str,
-    dst: DirSource,
-    dst_dir: Path,
-    root: bytes | None,
-    trusted: list[PublicKey] | None,
-    jobs: int,
-    progress: bool | None,
-    full: bool = False,
+    client: Client, src_url: str, dst: DirSource, dst_dir: Path, o: _Options
 ) -> SyncReport:
     """The sync proper (see the module docstring), run holding DST's mirror lock."""
     if isinstance(dst.storage, FileStorage):
@@ -193,15 +175,15 @@ async def _sync_locked(
     prev = dst.storage.read(STATE_KEY)
     if prev is not None:
         state = ix.TrustState.from_json(prev)
-    elif root is not None:
-        state = ix.TrustState.pin(root)
+    elif o.root is not None:
+        state = ix.TrustState.pin(o.root)
     else:
-        raise MirrorError(
+        raise MirrorUsageError(
             f"first sync into {dst_dir}: pass the source's pinned root metadata with --root FILE"
         )
-    rec = None if full else mirrorplan.load_record(dst.storage)
+    rec = None if o.full else mirrorplan.load_record(dst.storage)
     try:
-        meta = await mirrorplan.update(client.get, state, dst.storage, rec, full)
+        meta = await mirrorplan.update(client.get, state, dst.storage, rec, o.full)
     except ix.NoIndex as e:
         elsewhere = getattr(client, "missed_at", {}).get("index/timestamp.json")
         if elsewhere is None:
@@ -210,80 +192,50 @@ async def _sync_locked(
             f"the source redirects index/timestamp.json to {elsewhere}, which answers that it has "
             "no such file (is the redirect target a copy of the registry?)"
         ) from e
-    plan = mirrorplan.plan(dst.storage, meta, rec, full)
+    plan = mirrorplan.plan(dst.storage, meta, rec, o.full)
     paths: dict[str, dict] = plan.paths or {}
-    # (only candidates: paths whose entry or whose copy in DST changed, or all with ``full``)
-    todo = [h for h in plan.candidates if _sha(dst.narinfo(h)) != paths[h]["narinfo_sha256"]]
-    texts = await client.narinfos(todo) if todo else {}
     failed: dict[str, str] = {}
-    infos = {}
-    for h in todo:
-        e = paths[h]
-        text = texts.get(h)
-        if text is None:
-            failed[e["path"]] = "narinfo missing at the source"
-            continue
-        if hashlib.sha256(text.encode()).hexdigest() != e["narinfo_sha256"]:
-            failed[e["path"]] = "narinfo does not match the sha256 in the signed index (tampered?)"
-            continue
-        try:
-            infos[h] = check_narinfo(text, dst.store_dir, trusted or [], 1 if trusted else 0, h)
-        except KilnError as ex:
-            failed[e["path"]] = str(ex)
-    need = {}
-    for i in infos.values():
-        have = dst.object_file(i.file_hash)
-        # a blob of the wrong size (truncated by a crash, emptied by hand) is fetched
-        # again rather than trusted for being there; a stat is cheap, rehashing every
-        # blob on each sync is not
-        if have is None or (i.file_size is not None and have.stat().st_size != i.file_size):
-            if have is not None:  # objects are never overwritten in place: drop the bad one
-                for key in (layout.blob_key(i.file_hash), layout.nar_key(i.file_hash)):
-                    dst.storage.delete(key)
-            need.setdefault(i.file_hash.hex, i)
-    prog = Progress("mirror", len(need), sum(i.file_size or 0 for i in need.values()), progress)
-    sem = asyncio.Semaphore(jobs)
-    # small objects a few hundred per request (``blob_batch``), big ones one each: a
-    # mirror of many small paths must not cost a round trip per path
-    small, alone = batchable(need.values())
-    outcome: dict[str, int | BaseException] = {}
-    cut = list(batches(small))
-    answers = await asyncio.gather(
-        *(_fetch_batch(client, dst, b, sem, prog) for b in cut), return_exceptions=True
-    )
-    for b, a in zip(cut, answers, strict=True):
-        if a is None:  # no batch endpoint there (nginx, a plain file server)
-            alone += b
-        elif isinstance(a, BaseException):
-            if not isinstance(a, Exception):
-                raise a
-            outcome.update((i.path, a) for i in b)
-        else:
-            outcome.update(a)
-    results = await asyncio.gather(
-        *(_fetch_blob(client, dst, i, sem, prog) for i in alone), return_exceptions=True
-    )
-    outcome.update((i.path, r) for i, r in zip(alone, results, strict=True))
-    prog.done()
-    fetched_bytes = 0
-    for i in need.values():
-        r = outcome[i.path]
-        if isinstance(r, BaseException):
-            if not isinstance(r, Exception):
-                raise r
-            failed[i.path] = str(r)
-        else:
-            fetched_bytes += r
+    flaky: set[str] = set()  # of ``failed``: those that failed for a temporary reason
+    texts, fetched, held = await _narinfos(client, dst, plan.candidates, paths, o.trusted, failed)
     loop = asyncio.get_running_loop()
-    claims = [i for i in infos.values() if i.ca and i.path not in failed]
+    infos = [*fetched.values(), *held.values()]
+    workers = max(1, min(o.jobs, os.cpu_count() or 1))
+    verdicts = await loop.run_in_executor(None, judge_all, dst, infos, o.rehash, workers) if infos else {}
+    need: dict[str, ni.NarInfo] = {}
+    replace: dict[str, set[str]] = {}
+    repairs: set[str] = set()
+    for i in infos:
+        v, hx = verdicts[i.path], i.file_hash.hex  # type: ignore[union-attr]
+        if v.problem is not None:
+            failed[i.path] = v.problem
+        elif v.fetch:
+            need.setdefault(hx, i)
+            replace.setdefault(hx, set()).update(v.replace)
+            if v.replace or _hp(i.path) in held:
+                repairs.add(hx)
+    outcome = await fetch_objects(client, dst, need, replace, o.jobs, o.progress) if need else {}
+    for i in infos:
+        r = outcome.get(i.file_hash.hex)  # type: ignore[union-attr]
+        if r is None or i.path in failed:
+            continue
+        if isinstance(r, BaseException):
+            failed[i.path] = str(r)
+            if retryable(r):
+                flaky.add(i.path)
+        elif r != i.file_size:  # (another narinfo naming the same object fetched it)
+            failed[i.path] = f"its FileSize {i.file_size} is not the size of {i.url} ({r} bytes)"
+    claims = [i for i in fetched.values() if i.ca and i.path not in failed]
     if claims:  # (off the loop: an object that came some other way is hashed again)
         failed.update(await loop.run_in_executor(None, _false_cas, dst, claims))
+    sem = asyncio.Semaphore(o.jobs)
     atts = await fetch_indexed(client, dst, {h: paths[h] for h in plan.candidates}, texts, failed, sem)
     if failed:
         lines = "\n".join(f"  {p}: {why}" for p, why in sorted(failed.items())[:20])
         more = f"\n  ... and {len(failed) - 20} more" if len(failed) > 20 else ""
         raise MirrorError(
-            f"mirror sync from {src_url} failed for {len(failed)} path(s); the mirror keeps its previous index:\n{lines}{more}"
+            f"mirror sync from {src_url} failed for {len(failed)} path(s); the mirror keeps its previous "
+            f"index:\n{lines}{more}",
+            transient=failed.keys() <= flaky,
         )
     # Durability in three barriers instead of an fsync per file: blobs, then the
     # narinfos that point at them, then the index that lists them.
@@ -292,7 +244,7 @@ async def _sync_locked(
     files = [(h, kind, data) for h, kinds in atts.items() for kind, data in kinds.items()]
     with staged_many(dst.storage, files) as place_attestations:
         await loop.run_in_executor(None, dst.storage.barrier)
-        for h in infos:
+        for h in fetched:
             dst.storage.put_bytes(layout.narinfo_key(h), texts[h].encode(), durable=False)
         place_attestations()
     await loop.run_in_executor(None, dst.storage.barrier)
@@ -300,17 +252,82 @@ async def _sync_locked(
         if dst.storage.read(key) != data:
             dst.storage.put_bytes(key, data, durable=key == "index/timestamp.json")
     dst.storage.put_bytes(STATE_KEY, state.to_json())
-    mirrorplan.finish(dst.storage, meta, plan, set(infos) | set(atts), state.root["version"])
+
+    def listed() -> dict[str, Any]:  # the new index's path table
+        if plan.paths is not None:
+            return plan.paths
+        return (
+            meta.index["paths"] if meta.index is not None else json.loads(meta.index_bytes)["signed"]["paths"]
+        )
+
+    pruned = None
+    if o.prune:
+        pruned = await loop.run_in_executor(None, mirrorprune.prune, dst, listed().keys())
+        stale = 0
+    else:  # (counted in the scan of DST a plan made, or remembered, or by a listing)
+        stale = plan.stale if plan.stale is not None else mirrorprune.stale(dst.storage, listed().keys())
+    mirrorplan.finish(dst.storage, meta, plan, set(fetched) | set(atts), state.root["version"], stale)
     indexprune.prune(dst.storage, state.snapshot_version)
+    got = [r for r in outcome.values() if isinstance(r, int)]
     return SyncReport(
         meta.index_version,
         meta.timestamp["version"],
         plan.count,
-        len(infos),
-        len(need),
-        fetched_bytes,
+        len(fetched),
+        len(got),
+        sum(got),
         sum(len(k) for k in atts.values()),
+        len([hx for hx in repairs if isinstance(outcome.get(hx), int)]),
+        stale,
+        pruned,
     )
+
+
+async def _narinfos(
+    client: Client,
+    dst: DirSource,
+    candidates: list[str],
+    paths: dict[str, dict],
+    trusted: list[PublicKey],
+    failed: dict[str, str],
+) -> tuple[dict[str, str], dict[str, ni.NarInfo], dict[str, ni.NarInfo]]:
+    """``(texts, fetched, held)``: the narinfos of ``candidates`` DST lacks (or holds in
+    another version), fetched and checked against the index (``texts``, and parsed:
+    ``fetched``), and those DST holds as the index lists them (parsed: ``held``; their
+    objects are checked too). Problems go to ``failed`` (path -> why)."""
+    held: dict[str, ni.NarInfo] = {}
+    todo: list[str] = []
+    for h in candidates:
+        mine = dst.narinfo(h)
+        if _sha(mine) != paths[h]["narinfo_sha256"]:
+            todo.append(h)
+            continue
+        assert mine is not None
+        try:  # (checked with its signatures when it was fetched)
+            held[h] = check_narinfo(mine.decode(), dst.store_dir, [], 0, h)
+        except (KilnError, UnicodeDecodeError) as ex:
+            failed[paths[h]["path"]] = f"the mirror's narinfo (the one the index lists) does not check: {ex}"
+    texts = await client.narinfos(todo) if todo else {}
+    fetched: dict[str, ni.NarInfo] = {}
+    for h in todo:
+        e = paths[h]
+        text = texts.get(h)
+        if text is None:
+            failed[e["path"]] = "narinfo missing at the source"
+            continue
+        if hashlib.sha256(text.encode()).hexdigest() != e["narinfo_sha256"]:
+            failed[e["path"]] = (
+                "the source's narinfo does not hash to the sha256 its signed index lists: the source "
+                "rewrote it after its last index publish (e.g. a signature merge by kiln push) and must "
+                "publish its index again (kiln registry publish-index; a kiln serve --index-key does it "
+                "at its next refresh), or the narinfo was tampered with"
+            )
+            continue
+        try:
+            fetched[h] = check_narinfo(text, dst.store_dir, trusted, 1 if trusted else 0, h)
+        except KilnError as ex:
+            failed[e["path"]] = str(ex)
+    return texts, fetched, held
 
 
 def _false_cas(dst: DirSource, infos: list[ni.NarInfo]) -> dict[str, str]:
@@ -336,6 +353,10 @@ def _false_cas(dst: DirSource, infos: list[ni.NarInfo]) -> dict[str, str]:
         if why:
             out[i.path] = f"refusing its CA: {why}"
     return out
+
+
+def _hp(path: str) -> str:
+    return path.rsplit("/", 1)[1][:32]
 
 
 def _sha(data: bytes | None) -> str | None:

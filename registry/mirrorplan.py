@@ -9,7 +9,11 @@ verified (``RECORD_KEY`` remembers its sha256, expiry and the root version it wa
 verified under) and the root has not changed, its signatures and shape are not checked
 again (same bytes, same keys: same outcome) and it is not even parsed; its expiry still
 is (freeze). A sync whose timestamp names the snapshot DST holds therefore fetches the
-root probe and the timestamp and nothing else.
+root probe and the timestamp and nothing else. The roots are published with the rest:
+the one DST trusts (pinned on the first sync: ``<v>.root.json``), each rotated one
+after it, and ``root.json``, so a client of the mirror walks the chain from its pinned
+root there as at the source (roots older than the one DST pinned are not carried: the
+mirror cannot verify them).
 
 Paths (``Plan``): the old sync compared every local narinfo with the index. Now only
 *candidates* are: paths whose entry differs between the index DST held and the new one
@@ -37,6 +41,7 @@ from typing import Any
 
 from . import dirstamps
 from . import index as ix
+from .layout import HASH_PART_RE
 from .storage import Storage
 
 RECORD_KEY = ".kiln/mirror-index.json"
@@ -81,15 +86,16 @@ async def update(
 ) -> Metadata:
     """``index.update``'s walk (see the module docstring), reusing DST's files."""
     now = ix.utcnow()
-    files: list[tuple[str, bytes]] = []
+    # the roots from the one DST trusts (pinned on the first sync) on: a client of the
+    # mirror walks the chain from the root it pinned, as from the source's
+    files: list[tuple[str, bytes]] = [(f"index/{state.root['version']}.root.json", state.root_bytes)]
     while True:
         nxt = await fetch(f"index/{state.root['version'] + 1}.root.json")
         if nxt is None:
             break
         ix.verify_next_root(state, nxt)
         files.append((f"index/{state.root['version']}.root.json", nxt))
-    if files:
-        files.append(("index/root.json", state.root_bytes))
+    files.append(("index/root.json", state.root_bytes))
     tb = await fetch("index/timestamp.json")
     if tb is None:
         raise ix.NoIndex("the source publishes no index (index/timestamp.json is missing)")
@@ -167,6 +173,9 @@ class Plan:
     #: stamps of the other paths, still good (None: the stamps file stays as it is)
     kept: dict[str, Any] | None = None
     dir: list[int] | None = None
+    #: how many narinfos DST holds that the index does not list, when known without
+    #: another listing of DST (from a scan made here, or remembered: ``finish``)
+    stale: int | None = None
 
 
 def _listify(s: dirstamps.Stamp | None) -> list[int] | None:
@@ -185,7 +194,13 @@ def _check_all(storage: Storage, meta: Metadata) -> Plan:
         h: dirstamps.pack(scanned[h], dirstamps.att_stamp(root, h, names)) if h in scanned else None
         for h in paths
     }
-    return Plan(paths, list(paths), len(paths), clock, before, {}, _listify(d))
+    stale = len(_hash_parts(scanned) - paths.keys())
+    return Plan(paths, list(paths), len(paths), clock, before, {}, _listify(d), stale)
+
+
+def _hash_parts(scanned: dict[str, Any]) -> set[str]:
+    """The stems of ``dirstamps.scan`` that are hash parts (narinfos a registry serves)."""
+    return {h for h in scanned if HASH_PART_RE.match(h)}
 
 
 def plan(storage: Storage, meta: Metadata, rec: dict[str, Any] | None, full: bool) -> Plan:
@@ -196,7 +211,9 @@ def plan(storage: Storage, meta: Metadata, rec: dict[str, Any] | None, full: boo
     clock, d = dirstamps.fs_clock(root), _listify(dirstamps.dir_stamp(root))
     gate = rec.get("dir") is not None and d == rec["dir"]
     if meta.unchanged and gate and rec.get("pending") == 0 and isinstance(rec.get("paths"), int):
-        return Plan(None, [], rec["paths"], clock, dir=rec["dir"])  # the same index, an untouched mirror
+        # the same index, an untouched mirror
+        stale = rec.get("stale") if isinstance(rec.get("stale"), int) else None
+        return Plan(None, [], rec["paths"], clock, dir=rec["dir"], stale=stale)
     srec = dirstamps.load(storage, STAMPS_KEY)
     if srec is None or srec.get("index_sha256") != rec.get("index_sha256"):
         return _check_all(storage, meta)
@@ -206,10 +223,12 @@ def plan(storage: Storage, meta: Metadata, rec: dict[str, Any] | None, full: boo
         return _check_all(storage, meta)
     names: set[str] | None = None
     current: dict[str, list[int] | None] = {}
+    held: set[str] | None = None
     if gate:  # no narinfo added, removed or replaced in DST: only the unstamped ones
         changed = {h for h, s in stamps.items() if s is None}
     else:
         scanned, names = dirstamps.scan(root)
+        held = _hash_parts(scanned)
         for h in stamps:
             current[h] = (
                 dirstamps.pack(scanned[h], dirstamps.att_stamp(root, h, names)) if h in scanned else None
@@ -227,12 +246,16 @@ def plan(storage: Storage, meta: Metadata, rec: dict[str, Any] | None, full: boo
     before = {h: current[h] if h in current else _stamp(root, h, names) for h in cands}
     universe = paths.keys() if paths is not None else stamps.keys()
     kept = {h: stamps[h] for h in universe if h not in cands}
-    return Plan(paths, sorted(cands), len(universe), clock, before, kept, rec["dir"] if gate else d)
+    stale = len(held - universe) if held is not None else None
+    return Plan(paths, sorted(cands), len(universe), clock, before, kept, rec["dir"] if gate else d, stale)
 
 
-def finish(storage: Storage, meta: Metadata, p: Plan, written: set[str], root_version: int) -> None:
-    """Remember, after a successful sync, which index DST holds and the stamps of the
-    paths (those this sync rewrote, or could not stamp settled, are read next time)."""
+def finish(
+    storage: Storage, meta: Metadata, p: Plan, written: set[str], root_version: int, stale: int | None = None
+) -> None:
+    """Remember, after a successful sync, which index DST holds, the stamps of the
+    paths (those this sync rewrote, or could not stamp settled, are read next time) and
+    how many narinfos DST holds that the index does not list (``stale``)."""
     pending = 0
     if p.kept is not None:
         stamps = dict(p.kept)
@@ -254,5 +277,6 @@ def finish(storage: Storage, meta: Metadata, p: Plan, written: set[str], root_ve
         "pending": pending,
         # the top directory's stamp vouches only if this sync put nothing there
         "dir": p.dir if settled_dir and not written else None,
+        "stale": stale,
     }
     dirstamps.save(storage, RECORD_KEY, rec)

@@ -215,4 +215,5 @@ def test_the_mirror_prunes_old_generations(source, keys, tmp_path) -> None:
         os.utime(p, (old, old))
     sync(url, dst)
     names = {p.name for p in (dst / "index").glob("*.*.json")}
-    assert names == {"3.index.json", "3.snapshot.json", "4.index.json", "4.snapshot.json"}
+    # (the root is carried and never pruned: ``indexprune``)
+    assert names == {"1.root.json", "3.index.json", "3.snapshot.json", "4.index.json", "4.snapshot.json"}

@@ -1,0 +1,173 @@
+"""``kiln mirror sync --prune``: take out of a mirror the paths its source no longer lists.
+
+A sync only adds: a path removed at the source stays in the mirror, published, until
+it is pruned. ``stale`` counts such paths (the sync prints a note when there are any);
+``prune``, run by a sync after it has published the source's new index, removes them:
+
+1. each narinfo ``<h>.narinfo`` of DST whose hash part the signed index does not list
+   is deleted, holding ``dirlock.NARINFO_LOCK`` (a signature merge — a read-modify-write
+   of the file by ``DirSource.publish_narinfo`` — must not write one back);
+2. then the attestations of every path without a narinfo that the index does not list
+   (``<h>.att/``, holding ``attest_transfer.LOCK_KEY``): those of step 1, and any a
+   pruning cut short left behind;
+3. a file-system barrier: the unlinks above are durable before any object goes;
+4. every object file (``blobs/sha256:<hex>``, ``nar/<nix32>.nar.zst``: only files
+   named like objects) that no narinfo then in DST names, by its FileHash or its URL.
+   Every narinfo is read for that; if one cannot be read, no object is deleted.
+
+Crash safety: a narinfo goes before anything it names, so a client never finds a
+published path whose object is gone; a prune cut short leaves only unpublished files,
+which the next prune finds (steps 2 and 4 look at DST as it is, not at step 1's list).
+
+Who else writes: the caller holds the mirror's lock (``MIRROR_LOCK``: no other sync).
+A ``kiln serve`` may serve DST meanwhile: it checks each narinfo against its file on
+every request (``DirSource.narinfo``) and opens objects per request, so a pruned path
+is a miss at once (as with nginx; a CDN or client cache may still hold its narinfo for
+its TTL, and then gets a 404 for the object, as after any removal). Uploads into a
+mirror (a ``kiln push`` to it) take no lock a prune could wait for, and are no part of
+a mirror: their narinfos are not in the source's index, so a prune removes them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Collection
+from dataclasses import dataclass
+
+from kiln.store.errors import KilnError
+from kiln.store.hashes import Hash
+
+from . import dirstamps, layout
+from .attest_transfer import LOCK_KEY as ATT_LOCK
+from .backends import DirSource
+from .dirlock import NARINFO_LOCK, dir_lock
+from .storage import Storage
+
+NARINFO = ".narinfo"
+ATT_DIR = ".att"
+
+
+@dataclass(frozen=True, slots=True)
+class PruneReport:
+    #: the store paths unpublished (a hash part where the narinfo did not say)
+    paths: tuple[str, ...]
+    #: object files deleted, and the bytes that freed
+    objects: int
+    bytes_freed: int
+    #: why no object was deleted ("" if objects were collected)
+    objects_kept: str = ""
+
+
+def published(storage: Storage) -> set[str]:
+    """The hash parts of the narinfos at the top of DST."""
+    return {
+        k[: -len(NARINFO)]
+        for k in storage.list()
+        if k.endswith(NARINFO) and layout.is_hash_part(k[: -len(NARINFO)])
+    }
+
+
+def stale(storage: Storage, listed: Collection[str]) -> int:
+    """How many paths DST publishes that the index (``listed`` hash parts) does not."""
+    return len(published(storage).difference(listed))
+
+
+def prune(dst: DirSource, listed: Collection[str]) -> PruneReport:
+    """Remove from DST what the index (``listed`` hash parts) does not list (module
+    docstring). The caller holds DST's mirror lock."""
+    storage = dst.storage
+    listed = set(listed)
+    gone: list[str] = []
+    with dir_lock(storage, NARINFO_LOCK):
+        for h in sorted(published(storage) - listed):
+            key = layout.narinfo_key(h)
+            gone.append(_store_path(storage.read(key)) or h)
+            storage.delete(key)
+    with dir_lock(storage, ATT_LOCK):
+        left = published(storage)
+        for h in sorted(_att_dirs(storage) - listed - left):
+            _remove_att_dir(storage, h)
+    storage.barrier()  # (every unlink above is durable before an object goes)
+    try:
+        named = _named(storage)
+    except KilnError as e:
+        return PruneReport(tuple(gone), 0, 0, f"{e}: no object deleted")
+    count, freed = 0, 0
+    seen: set[tuple[int, int]] = set()
+    for sub in ("blobs", "nar"):
+        for key in sorted(storage.list(sub)):
+            kind, arg = layout.parse_key(key)
+            if kind not in ("blob", "nar") or key in named:
+                continue
+            p = storage.local_path(key)
+            try:
+                st = os.stat(p) if p is not None else None
+            except OSError:
+                st = None
+            storage.delete(key)
+            count += 1
+            if st is not None and (st.st_dev, st.st_ino) not in seen:
+                seen.add((st.st_dev, st.st_ino))
+                freed += st.st_size
+            # its digest record (a cache: ``DirSource.commit_object``), if it has one
+            storage.delete(f"{layout.PRIVATE_DIR}/nars/{layout.file_hash_of_key(kind, arg).hex}")
+    return PruneReport(tuple(gone), count, freed)
+
+
+def _store_path(body: bytes | None) -> str | None:
+    for line in (body or b"").decode(errors="replace").splitlines():
+        if line.startswith("StorePath: "):
+            return line[len("StorePath: ") :].strip()
+    return None
+
+
+def _att_dirs(storage: Storage) -> set[str]:
+    root = dirstamps.local_root(storage)
+    if root is None:
+        return set()
+    with os.scandir(root) as it:
+        return {
+            e.name[: -len(ATT_DIR)]
+            for e in it
+            if e.name.endswith(ATT_DIR) and layout.is_hash_part(e.name[: -len(ATT_DIR)]) and e.is_dir()
+        }
+
+
+def _remove_att_dir(storage: Storage, h: str) -> None:
+    """``<h>.att/``: its files (the listing last), then the directory if that left it empty."""
+    keys = sorted(storage.list(f"{h}{ATT_DIR}"), key=lambda k: k.endswith(f"/{layout.ATT_LISTING}"))
+    for key in keys:
+        storage.delete(key)
+    d = storage.local_path(f"{h}{ATT_DIR}")
+    if d is not None:
+        with contextlib.suppress(OSError):
+            os.rmdir(d)
+
+
+def _named(storage: Storage) -> set[str]:
+    """The object keys the narinfos in DST name: ``blobs/`` and ``nar/`` of each one's
+    FileHash, and its URL. ``KilnError`` if a narinfo cannot be read or names nothing."""
+    named: set[str] = set()
+    for h in published(storage):
+        key = layout.narinfo_key(h)
+        body = storage.read(key)
+        if body is None:
+            continue  # (removed meanwhile)
+        url = fh = None
+        try:
+            for line in body.decode().splitlines():
+                name, _, value = line.partition(": ")
+                if name == "URL":
+                    url = value.strip()
+                elif name == "FileHash":
+                    fh = Hash.parse(value.strip())
+        except (UnicodeDecodeError, ValueError, KilnError) as e:
+            raise KilnError(f"{key} cannot be read ({e})") from None
+        if url is None and fh is None:
+            raise KilnError(f"{key} names no object (no URL, no FileHash)")
+        if url is not None:
+            named.add(url)
+        if fh is not None:
+            named |= {layout.blob_key(fh), layout.nar_key(fh)}
+    return named
