@@ -78,6 +78,13 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true")
     sp = cmd("gc", "delete paths not reachable from a GC root")
     sp.add_argument("--dry-run", action="store_true", help="only list what would be deleted")
+    sp.add_argument(
+        "--keep-outputs",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="keep the outputs of live derivations: what building a rooted result again takes "
+        "(default: the store's keep_outputs, true unless config.json says false)",
+    )
     sp = cmd("sign", "sign paths with a secret key")
     sp.add_argument("--key", required=True, type=Path, metavar="FILE")
     sp.add_argument("paths", nargs="*")
@@ -364,7 +371,11 @@ def _cmd_gc(args) -> int:
     # the store's reserved space goes first: on a full disk the database cannot be opened
     # without it (GC makes it again when it is done)
     with LocalStore.open(store_root(args), create=False, release_reserve=True) as s:
-        r = s.gc(dry_run=args.dry_run, progress=None if args.dry_run else _gc_meter())
+        r = s.gc(
+            dry_run=args.dry_run,
+            progress=None if args.dry_run else _gc_meter(),
+            keep_outputs=args.keep_outputs,
+        )
     verb = "would delete" if r.dry_run else "deleted"
     for p in r.deleted:
         print(p)

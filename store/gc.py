@@ -11,10 +11,12 @@ waits for the decisions and renames, not for the unlinks. Under the lock:
    ``roots.named_path``, which also finds a path through a moved store root) plus the temp
    roots of live processes (``locks.live_temp_roots``; files of dead processes are
    deleted);
-2. live = closure of the roots over the ``refs`` table and derivers, where a path
-   ``verify --repair`` quarantined counts by the references and deriver it recorded
-   (``quarantine``): while it is rooted or referenced and has no row, they are what
-   building or fetching it again needs;
+2. live = closure of the roots over ``gcedges``: references, recorded derivers
+   (keep-derivations), the outputs of live ``.drv`` files unless the store's
+   ``keep_outputs`` is false (keep-outputs: what building a rooted result again takes),
+   and, for a path ``verify --repair`` quarantined, the references and deriver it
+   recorded (``quarantine``): while it is rooted or referenced and has no row, they are
+   what building or fetching it again needs;
 3. dead = valid paths not live. Their rows are deleted first, in one transaction, made
    durable (from then on they are merely garbage files: a crash here is harmless), then
    their trees are renamed into this GC's ``tmp/gc-<pid>-<rand>/`` (its trash), as are
@@ -64,10 +66,10 @@ from typing import TYPE_CHECKING
 
 from . import attestations, db, hookmarks, reserve
 from .buildtmp import owner_gone
+from .gcedges import gc_edges
 from .gcremove import Progress, Trash, inspect_tree, remove, size, size_beside_mounts
 from .locks import FileLock, live_temp_roots, remove_if_free
 from .mounts import MOUNTINFO, mounts_below, unmount_below
-from .quarantine import recorded_closure_edges
 from .roots import each_root
 from .storescan import attestation_dirs, dead_writers_files, object_files, stray_tree_names, used_objects
 
@@ -105,9 +107,15 @@ def find_roots(store: LocalStore, stale_tmp: list[str] | None = None) -> set[str
     return {r.path for r in each_root(store, stale_tmp) if r.path is not None}
 
 
-def collect(store: LocalStore, dry_run: bool = False, progress: Progress | None = None) -> GcReport:
+def collect(
+    store: LocalStore,
+    dry_run: bool = False,
+    progress: Progress | None = None,
+    keep_outputs: bool | None = None,
+) -> GcReport:
     """Collect (see the module docstring); ``progress`` is told how the deletion after
-    the lock is released goes (entries removed, entries in all)."""
+    the lock is released goes (entries removed, entries in all); ``keep_outputs``: keep
+    the outputs of live derivations (``gcedges``; None: the store's setting)."""
     trash: Trash | None = None
     released = store.reserve_released + reserve.release(store.root)
     store.reserve_released = 0
@@ -115,7 +123,7 @@ def collect(store: LocalStore, dry_run: bool = False, progress: Progress | None 
         with FileLock(store.gc_lock_path):
             if not dry_run:
                 trash = Trash(store.tmp)
-            report = _under_lock(store, trash)
+            report = _under_lock(store, trash, keep_outputs)
         if trash is None:
             return report
         # the GC lock is free: writers and builds go on while the garbage is deleted
@@ -131,7 +139,7 @@ def collect(store: LocalStore, dry_run: bool = False, progress: Progress | None 
         reserve.restore(store.root, store.reserved, released)
 
 
-def _under_lock(store: LocalStore, trash: Trash | None) -> GcReport:
+def _under_lock(store: LocalStore, trash: Trash | None, keep_outputs: bool | None = None) -> GcReport:
     """Decide what goes and, unless this is a dry run (``trash`` None), delete the rows
     and move it into ``trash`` (or adopt it there). Call with the exclusive GC lock."""
     dry_run = trash is None
@@ -139,14 +147,11 @@ def _under_lock(store: LocalStore, trash: Trash | None) -> GcReport:
     roots = find_roots(store, stale_root_links) | live_temp_roots(
         store.root / "temproots", delete_dead=not dry_run
     )
-    refs = db.references_map(store.conn)
-    # a live output keeps the .drv that built it (Nix's keep-derivations, on by
-    # default there too): ``kiln build --check``, rebuilders and ``kiln log`` need it
-    derivers = db.derivers_map(store.conn)
-    # a quarantined path has no row but is still wanted while rooted or referenced:
-    # its recorded references and deriver are what building or fetching it again needs
-    quarantined, unread = recorded_closure_edges(store.root)
-    known = refs.keys() | quarantined.keys()
+    # references, derivers (keep-derivations), outputs of live .drvs (keep-outputs) and
+    # quarantine records: ``gcedges``, shared with ``kiln store why``
+    edges = gc_edges(store, keep_outputs)
+    refs, unread = edges.refs, edges.unread
+    known = edges.known
     live: set[str] = set()
 
     def keep_alive(starts: list[str]) -> None:
@@ -156,13 +161,7 @@ def _under_lock(store: LocalStore, trash: Trash | None) -> GcReport:
             if p in live:
                 continue
             live.add(p)
-            if p in refs:
-                nexts = list(refs[p])
-                if (d := derivers.get(p)) is not None:
-                    nexts.append(d)
-            else:
-                nexts = list(quarantined[p])
-            stack.extend(r for r in nexts if r in known and r not in live)
+            stack.extend(r for r in edges(p) if r in known and r not in live)
 
     keep_alive(list(roots))
     dead = sorted(set(refs) - live)

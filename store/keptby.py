@@ -3,8 +3,8 @@
 
 The roots are GC's: every ``gcroots/`` entry (``roots.each_root``) and the temp roots of
 live processes (``temproots/<pid>`` files whose owner holds its lock), and the edges are
-GC's too: a valid path's references and its recorded deriver, a quarantined path's
-recorded references and deriver (``quarantine.recorded_closure_edges``). So a path no
+GC's too (``gcedges``: references, recorded derivers, the outputs of live ``.drv``
+files when the store keeps outputs, quarantine records). So a path no
 root reaches is exactly one the next collection deletes (unless its tree is another
 user's, which GC keeps and warns about).
 
@@ -24,12 +24,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from . import db
 from .closurequery import walk
 from .errors import StoreError
+from .gcedges import gc_edges
 from .locks import FileLock, _temp_root_files
 from .lockwait import describe_process
-from .quarantine import recorded_closure_edges
 from .roots import each_root
 
 if TYPE_CHECKING:
@@ -51,18 +50,10 @@ def kept_by(store: LocalStore, path: str) -> list[Keeper]:
     next GC deletes it). Raises ``StoreError`` if ``path`` is neither valid nor
     quarantined. This process's own temp roots do not count."""
     with FileLock(store.gc_lock_path, shared=True):
-        refs = db.references_map(store.conn)
-        derivers = db.derivers_map(store.conn)
-        quarantined, _ = recorded_closure_edges(store.root)
-        if path not in refs and path not in quarantined:
+        edges = gc_edges(store)  # (what GC follows, keep-outputs included)
+        known = edges.known
+        if path not in known:
             raise StoreError(f"path {path} is not valid in the store at {store.root}")
-
-        def edges(p: str) -> list[str]:
-            if p not in refs:
-                return sorted(quarantined[p])
-            return [*refs[p], derivers[p]] if p in derivers else refs[p]
-
-        known = refs.keys() | quarantined.keys()
         out = [
             Keeper(f"root {r.name}", chain)
             for r in each_root(store)

@@ -34,7 +34,7 @@ from .paths import DEFAULT_STORE_DIR, StorePath, check_store_dir, new_store_dir_
 from .perms import DIR_MODE, PRIVATE_DIR_MODE, check_store, make_dir
 from .registration import Registering
 from .storeconfig import CONFIG_VERSION as CONFIG_VERSION  # (moved there; imported from here too)
-from .storeconfig import config_reserved, init_config
+from .storeconfig import config_keep_outputs, config_reserved, init_config
 from .storeconfig import config_store_dir as config_store_dir
 from .trees import mark_topdir
 
@@ -114,9 +114,12 @@ class LocalStore(Registering):
         store_dir: str,
         reserved: int = reserve.DEFAULT_RESERVED,
         full_disk_read: bool = False,
+        keep_outputs: bool = True,
     ) -> None:
         self.root = root
         self.store_dir = store_dir
+        #: GC keeps the outputs of live derivations (config.json's ``keep_outputs``, ``gcedges``)
+        self.keep_outputs = keep_outputs
         #: bytes of reserved space (``reserve``; config.json's ``reserved``), and what
         #: ``open(release_reserve=True)`` released of it (for ``gc`` to take back)
         self.reserved = reserved
@@ -189,6 +192,7 @@ class LocalStore(Registering):
             raise StoreError(f"cannot read store config {cfg}: {e}") from None
         found = config_store_dir(cfg, data)
         reserved = config_reserved(cfg, data)
+        keep_outputs = config_keep_outputs(cfg, data)
         if store_dir is not None and store_dir != found:
             raise StoreError(f"store at {root} uses store dir {found!r}, not {store_dir!r}")
         check_store(root, found)
@@ -196,12 +200,12 @@ class LocalStore(Registering):
             make_dir(root / d, mode)
         mark_topdir(root / "tmp")  # writers' temp trees land in uncluttered inode groups
         if not release_reserve:
-            store = cls(root, found, reserved, full_disk_read)
+            store = cls(root, found, reserved, full_disk_read, keep_outputs)
             reserve.ensure(root, reserved)  # (after the database: never taking what it needs)
             return store
         released = reserve.release(root)
         try:
-            store = cls(root, found, reserved, full_disk_read)
+            store = cls(root, found, reserved, full_disk_read, keep_outputs)
         except BaseException:
             reserve.restore(root, reserved, released)  # (no collection to make it again)
             raise
@@ -352,12 +356,15 @@ class LocalStore(Registering):
 
         return verify(self, repair=repair, trusted=trusted, sigs_needed=sigs_needed)
 
-    def gc(self, dry_run: bool = False, progress: Progress | None = None) -> GcReport:
+    def gc(
+        self, dry_run: bool = False, progress: Progress | None = None, keep_outputs: bool | None = None
+    ) -> GcReport:
         """Delete everything not reachable from a root; see ``store.gc``. Returns a GcReport.
-        ``progress(done, total)`` is told how the deletion goes once the GC lock is free."""
+        ``progress(done, total)`` is told how the deletion goes once the GC lock is free;
+        ``keep_outputs`` None: the store's setting."""
         from .gc import collect
 
-        return collect(self, dry_run=dry_run, progress=progress)
+        return collect(self, dry_run=dry_run, progress=progress, keep_outputs=keep_outputs)
 
     # ------------------------------------------------------------------ internals
 

@@ -4,7 +4,8 @@ made atomically when the store is (``init_config``), read and checked by every o
 
 Optional keys, absent from a new store's config and added by hand: ``reserved``, the
 bytes of the store's reserved space (``reserve``; default 8 MiB, 0: none), read by
-``config_reserved``."""
+``config_reserved``; ``keep_outputs``, whether GC keeps the outputs of live derivations
+(``gcedges``; default true), read by ``config_keep_outputs``."""
 
 from __future__ import annotations
 
@@ -58,6 +59,19 @@ def config_reserved(cfg: Path, data: dict) -> int:
         raise StoreError(
             f"store config {cfg}: 'reserved' must be a whole number of bytes kept in reserve for "
             f"'kiln store gc' on a full disk (default {DEFAULT_RESERVED}, 0 for none), found {found!r}"
+        )
+    return found
+
+
+def config_keep_outputs(cfg: Path, data: dict) -> bool:
+    """Whether GC keeps the outputs of live derivations (``gcedges``): the config
+    ``data``'s ``keep_outputs`` (read from ``cfg``), default true; ``StoreError`` for
+    anything but a boolean."""
+    found = data.get("keep_outputs", True)
+    if not isinstance(found, bool):
+        raise StoreError(
+            f"store config {cfg}: 'keep_outputs' must be true (GC keeps what building a rooted result "
+            f"again takes: the toolchain, fetched sources) or false, found {found!r}"
         )
     return found
 
