@@ -298,7 +298,13 @@ def _cmd_verify(args) -> int:
     # $KILN_TRUSTED_KEYS do not make every local build a problem
     needed = args.sigs_needed if args.sigs_needed is not None else (1 if args.trusted_key else 0)
     with _open(args, full_disk_read=True) as s:
-        r = s.verify(repair=args.repair, trusted=trusted, sigs_needed=needed)
+        # (GC waits for the shared GC lock verify holds: the meter says why it takes long)
+        r = s.verify(
+            repair=args.repair,
+            trusted=trusted,
+            sigs_needed=needed,
+            progress=_meter("verifying (a GC waits until this is done)"),
+        )
     if args.json:
         print(
             json.dumps(
@@ -347,6 +353,12 @@ def _cmd_verify(args) -> int:
 def _gc_meter():
     """A ``progress`` for ``gc`` on a terminal (else None): the deletion it reports runs
     after the GC lock is released, so other commands may already go on meanwhile."""
+    return _meter("removing garbage (the store is unlocked)")
+
+
+def _meter(what: str):
+    """A ``progress(done, total)`` that shows ``what: done/total`` on stderr when it is a
+    terminal (else None), at most ten times a second, cleared at the end."""
     if not sys.stderr.isatty():
         return None
     import time
@@ -359,7 +371,7 @@ def _gc_meter():
             return
         last[0] = now
         end = "\r\x1b[K" if done == total else ""
-        sys.stderr.write(f"\r\x1b[Kremoving garbage (the store is unlocked): {done}/{total}{end}")
+        sys.stderr.write(f"\r\x1b[K{what}: {done}/{total}{end}")
         sys.stderr.flush()
 
     return show

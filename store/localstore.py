@@ -349,12 +349,17 @@ class LocalStore(Registering):
     # ------------------------------------------------------------------ maintenance
 
     def verify(
-        self, repair: bool = False, trusted: list[PublicKey] | None = None, sigs_needed: int = 0
+        self,
+        repair: bool = False,
+        trusted: list[PublicKey] | None = None,
+        sigs_needed: int = 0,
+        progress: Progress | None = None,
     ) -> VerifyReport:
-        """Re-hash every object and tree; see ``store.verify``. Returns a VerifyReport."""
+        """Re-hash every object and tree; see ``store.verify``. Returns a VerifyReport.
+        ``progress(checked, total)`` is told as paths are read."""
         from .verify import verify
 
-        return verify(self, repair=repair, trusted=trusted, sigs_needed=sigs_needed)
+        return verify(self, repair=repair, trusted=trusted, sigs_needed=sigs_needed, progress=progress)
 
     def gc(
         self, dry_run: bool = False, progress: Progress | None = None, keep_outputs: bool | None = None

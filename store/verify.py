@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -229,8 +230,13 @@ def _drop_unused_objects(store: LocalStore, hashes: list) -> set[str]:
 
 
 def verify(
-    store: LocalStore, repair: bool = False, trusted: list[PublicKey] | None = None, sigs_needed: int = 0
+    store: LocalStore,
+    repair: bool = False,
+    trusted: list[PublicKey] | None = None,
+    sigs_needed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
 ) -> VerifyReport:
+    """See the module docstring; ``progress(checked, total)`` is told as paths are read."""
     from .signing import valid_signers
 
     problems: list[Problem] = []
@@ -241,7 +247,11 @@ def verify(
         valid = {i.path for i in infos}
         with ThreadPoolExecutor(2) as pool:
             # each worker only reads files; the database stays on this thread
-            results = list(pool.map(lambda i: _check_path(store, i), infos))
+            results = []
+            for r in pool.map(lambda i: _check_path(store, i), infos):
+                results.append(r)
+                if progress is not None:
+                    progress(len(results), len(infos))
         per_path: list[tuple[PathInfo, list[Problem]]] = []
         for info, found in zip(infos, results, strict=True):
             for r in info.references:
