@@ -122,6 +122,13 @@ class Producing:
         with open(log_path, "wb") as log, reorder:
             try:
                 result = self.executor.run(spec, log, on_output=echo)
+            except Exception as e:
+                from kiln.sandbox.errors import SandboxError  # (imported already if it is one)
+
+                if not isinstance(e, SandboxError):
+                    raise
+                # with -j, which build could not start must be said
+                raise BuildError(drv_path, f"cannot start the build of {drv_path}: {e}") from None
             finally:
                 if echo is not None:
                     echo.close()

@@ -276,3 +276,16 @@ def test_max_log_size_stops_a_chatty_build(store, graph):
     r = kiln(store.root, "build", a, "--max-log-size", "4096")
     assert r.returncode == 1 and "log reached its size limit (4096 bytes)" in r.stderr, r.stderr
     assert kiln(store.root, "build", a).returncode == 0  # under the default 64 MiB
+
+
+def test_a_build_too_big_to_start_is_named(store, tmp_path):
+    """A field over Linux's limit for one variable is refused before the sandbox starts
+    (``sandbox/execsize.py``), and the error names the derivation that could not start:
+    with -j, several builds run at once."""
+    f = tmp_path / "big.recipe"
+    f.write_text('package big {\n  blob = "' + "a" * 200_000 + '"\n  build = "echo > $out"\n}\n')
+    r = kiln(store.root, "build", str(f), "big")
+    assert r.returncode == 1, r.stderr
+    line = next(ln for ln in r.stderr.splitlines() if ln.startswith("error:"))
+    assert line.startswith("error: cannot start the build of /kiln/store/"), line
+    assert "-big.drv: the build's environment variable 'blob' is too large" in line
