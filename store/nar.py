@@ -153,7 +153,8 @@ def _batches(root: bytes, chunk_size: int) -> Iterator[list[bytes]]:
                 todo.append((False, _ENTRY + _str(name) + _NODE))
         else:
             raise FormatError(
-                f"{os.fsdecode(path)}: cannot archive a {_kind(mode)} (a NAR holds only files, symlinks, directories)"
+                f"{os.fsdecode(path)}: is a {_kind(mode)}; a store path may contain only regular files, "
+                "directories and symlinks"
             )
         if pending >= chunk_size:
             yield batch
@@ -166,10 +167,12 @@ def _kind(mode: int) -> str:
     if stat.S_ISSOCK(mode):
         return "socket"
     if stat.S_ISFIFO(mode):
-        return "FIFO"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "device file"
-    return f"file of mode {oct(mode)}"
+        return "fifo"
+    if stat.S_ISCHR(mode):
+        return "character device"
+    if stat.S_ISBLK(mode):
+        return "block device"
+    return f"file of unknown type (mode {mode:o})"
 
 
 def _walk(root: bytes, chunk_size: int) -> Iterator[bytes]:
