@@ -8,7 +8,9 @@ kiln.registry (see docs/registry.md). ``kiln serve`` admits uploads by its own f
 copiers, must not widen what a server accepts. ``--policy FILE`` is loaded at start-up (a
 policy that does not load stops the server before it listens) and then re-read by the
 workers for every ``POST /verify`` (``registry/policywatch.py``), so ``kiln key revoke
---policy FILE`` takes effect without a restart.
+--policy FILE`` takes effect without a restart. Signals (``registry/workers.py``):
+SIGTERM/SIGINT stop the server (exit 0), SIGHUP reopens the access log and serving goes
+on (unlike other commands, which SIGHUP ends as ``cli/interrupts.py`` says).
 """
 
 from __future__ import annotations
@@ -130,7 +132,9 @@ def cmd_serve(argv: list[str]) -> int:
         "--workers",
         type=whole_number(1, MAX_WORKERS),
         default=1,
-        help=f"processes sharing the socket (default 1, at most {MAX_WORKERS})",
+        help=f"processes sharing the socket (default 1, at most {MAX_WORKERS}); with more than one, a "
+        "worker that dies is logged and restarted, and a worker dying 6 times within 60 s stops the "
+        "server (exit 1)",
     )
     p.add_argument(
         "--max-body-size", type=whole_number(1), default=8 << 30, help="largest accepted upload in bytes"
@@ -213,7 +217,7 @@ def cmd_serve(argv: list[str]) -> int:
         "--access-log",
         metavar="FILE",
         help="append one line per request to FILE ('-': standard output): time, client, method, "
-        "path, status, bytes, token id",
+        "path, status, bytes, token id; SIGHUP reopens FILE (log rotation)",
     )
     p.add_argument("--no-fsync", action="store_true", help="do not fsync uploads (benchmarks, tmpfs)")
     p.add_argument(

@@ -1,12 +1,14 @@
 """``kiln registry ...``: administering a registry directory (``init``, bearer
 ``token``s, ``publish-index``, ``rotate-root``, ``verify``). Reached through
 ``cmd_serve.main`` (cli/main.py routes ``registry`` there); the work is in
-kiln.registry (see docs/registry.md).
+kiln.registry (see docs/registry.md). ``token list`` prints a token per line,
+tab-separated: id, scopes, creation time (ISO 8601, UTC), comment.
 """
 
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
 from kiln.store.errors import KilnError
@@ -84,7 +86,8 @@ def cmd_registry(argv: list[str]) -> int:
             print(ts.create(args.scope, args.comment))
         elif args.tcmd == "list":
             for r in ts.records():
-                print(f"{r.token_id}\t{','.join(r.scopes)}\t{r.created}\t{r.comment}")
+                created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(r.created))  # ISO 8601, UTC
+                print(f"{r.token_id}\t{','.join(r.scopes)}\t{created}\t{r.comment}")
         elif not ts.revoke(args.token_id):
             raise KilnError(f"no token with id {args.token_id}")
         return 0

@@ -65,6 +65,21 @@ def _split(token: str) -> tuple[str, str]:
     return parts[1], parts[2]
 
 
+def presented_token_id(authorization: str | None) -> str | None:
+    """The id of the token an ``Authorization: Bearer kiln_<id>_<secret>`` header value
+    presents, if the token is well formed (``kiln_``, 8 lowercase hex digits, ``_``, a
+    secret); else None. For the access log of a refused request: the id is not secret
+    (``token list`` shows it), and only an id of that shape can reach the log line."""
+    kind, _, token = (authorization or "").partition(" ")
+    if kind.lower() != "bearer":
+        return None
+    parts = token.strip().split("_", 2)
+    if len(parts) != 3 or parts[0] != "kiln" or not parts[2]:
+        return None
+    token_id = parts[1]
+    return token_id if len(token_id) == 8 and all(c in "0123456789abcdef" for c in token_id) else None
+
+
 class TokenStore:
     """Token records of one registry, read from and written to its storage."""
 

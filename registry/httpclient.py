@@ -9,6 +9,12 @@ an internal error). Nor is its pace: silence is cut by the per-read timeout, a t
 (a byte now and then, which resets that timeout) by ``pace.Pace``, judged with the
 client's whole link, and response headers must arrive within ``HEADERS_TIMEOUT``. The
 caller checks digests (``verify``, ``objread``).
+
+A request that only reads (``GET``, ``HEAD``, ``READ_ONLY_POSTS``; never an upload) is
+sent again when its connection is refused, reset or closed before any byte of an answer
+(``kiln serve`` restarting), for ``RETRY_WAIT`` s at most once the registry has answered
+this client, ``COLD_RETRY_WAIT`` s before (a port nobody listens on stays "unreachable"
+within a few seconds).
 """
 
 from __future__ import annotations
@@ -52,6 +58,31 @@ ERROR_PEEK_S = 10.0
 #: BUSY_WAIT_MAX seconds; 1 s without one or with one that is not a number of seconds)
 BUSY_RETRIES = 8
 BUSY_WAIT_MAX = 10.0
+#: a dropped read-only request (module docstring) waits RETRY_FIRST s, doubling to
+#: RETRY_MAX, before each new attempt, at most RETRY_WAIT (COLD_RETRY_WAIT) s in all
+RETRY_WAIT, COLD_RETRY_WAIT, RETRY_FIRST, RETRY_MAX = 10.0, 2.0, 0.1, 2.0
+#: POSTs that only read (queries with a JSON body): sent again as GETs are
+READ_ONLY_POSTS = frozenset({"narinfo-batch", "blob-batch", "attestation-batch"})
+_DROPPED = frozenset({errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.EPIPE})
+
+
+class _Dropped(Exception):
+    """A connection refused, reset or closed before an answer; ``error`` is the caller's."""
+
+    def __init__(self, error: RegistryError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _dropped(e: BaseException) -> bool:
+    """Whether ``e`` (before the answer's headers), or the error under it (aiohttp's "Can
+    not write request body" wraps a reset), is a connection refused, reset or closed."""
+    for x in (e, e.__cause__):
+        if isinstance(x, (aiohttp.ServerDisconnectedError, ConnectionError)):
+            return True
+        if isinstance(x, OSError) and x.errno in _DROPPED:  # (aiohttp's ClientOSError, ...)
+            return True
+    return False
 
 
 def _retry_after(value: str | None) -> float:
@@ -105,6 +136,7 @@ class HttpClient(AttestationBatches, Client):
         self._blob_batch_ok = True
         self._att_fetch_ok = True
         self._att_upload_ok = True
+        self._answered = False  # (once the registry answered: the longer retries)
         #: key -> the URL on another origin that answered 404/403 for it after a redirect
         #: (``get`` returns None for those as for any miss; errors use this to say where)
         self.missed_at: dict[str, str] = {}
@@ -138,20 +170,34 @@ class HttpClient(AttestationBatches, Client):
             await self._resolver.close()  # (the connector closes only a resolver it made)
 
     async def _request(self, method: str, key: str, **kw: Any) -> aiohttp.ClientResponse:
-        """The answer to one request; a ``503`` (a busy ``kiln serve``: its blob batches
+        """The answer to one request. A ``503`` (a busy ``kiln serve``: its blob batches
         and reviews are bounded) is asked again after its ``Retry-After`` (at most
-        ``BUSY_WAIT_MAX`` s), ``BUSY_RETRIES`` times, unless the request is an upload
-        (its body may be a stream that cannot be sent twice)."""
-        for _ in range(BUSY_RETRIES):
-            resp = await self._request_once(method, key, **kw)
-            if resp.status != 503 or "data" in kw:
+        ``BUSY_WAIT_MAX`` s), ``BUSY_RETRIES`` times; a read-only request whose connection
+        was refused, reset or closed before an answer is sent again (module docstring).
+        Never an upload (its body may be a stream that cannot be sent twice)."""
+        upload = "data" in kw
+        again = not upload and (method in ("GET", "HEAD") or method == "POST" and key in READ_ONLY_POSTS)
+        busy, waited, delay = 0, 0.0, RETRY_FIRST
+        while True:
+            try:
+                resp = await self._request_once(method, key, **kw)
+            except _Dropped as e:
+                budget = RETRY_WAIT if self._answered else COLD_RETRY_WAIT
+                if not again or waited + delay > budget:
+                    raise e.error from None
+                await asyncio.sleep(delay)
+                waited, delay = waited + delay, min(delay * 2, RETRY_MAX)
+                continue
+            self._answered = True
+            if resp.status != 503 or upload or busy >= BUSY_RETRIES:
                 return resp
+            busy += 1
             wait = _retry_after(resp.headers.get("Retry-After"))
             resp.release()
             await asyncio.sleep(wait)
-        return await self._request_once(method, key, **kw)
 
     async def _request_once(self, method: str, key: str, **kw: Any) -> aiohttp.ClientResponse:
+        """One attempt; ``_Dropped`` for a connection refused, reset or closed before it."""
         req = self._sess().request(method, f"{self.url}/{key}", **kw)
         try:
             if "data" in kw:
@@ -170,14 +216,16 @@ class HttpClient(AttestationBatches, Client):
             aiohttp.ServerTimeoutError,
             aiohttp.ServerDisconnectedError,
         ) as e:
-            raise Unreachable(f"registry {self.url} is unreachable: {e}") from None
+            err: RegistryError = Unreachable(f"registry {self.url} is unreachable: {e}")
+            raise (_Dropped(err) if _dropped(e) else err) from None
         except aiohttp.TooManyRedirects as e:
             last = e.history[-1].url if e.history else e.request_info.url
             raise RegistryError(
                 f"{method} {self.url}/{key}: too many redirects ({len(e.history)}, the last at {str(last)[:300]})"
             ) from None
         except aiohttp.ClientError as e:
-            raise RegistryError(f"registry {self.url}: {e}") from None
+            err = RegistryError(f"registry {self.url}: {e}")
+            raise (_Dropped(err) if _dropped(e) else err) from None
         except ValueError as e:  # aiohttp's refusal of a header or URL it cannot send
             raise RegistryError(f"registry {self.url}: cannot send the request: {e}") from None
 

@@ -21,18 +21,29 @@ Invariants
   where ``<bytes>`` is what was sent for the answer, header and body (a file's body
   sent with ``sendfile`` included, as far as it went).
   The path is escaped (``one_line``; ``"`` and ``\\`` too); the token id is that of the
-  token that authenticated the request (``TOKEN_ID``), never the token.
+  token that authenticated the request (``TOKEN_ID``), never the token; on a 401 or 403
+  answer without one, the id of the token the client presented, if it is well formed
+  (``auth.presented_token_id``: the id alone, never the secret), so an operator sees
+  which revoked or wrong token is still in use.
+- **Log rotation.** ``reopen_access_logs`` (``kiln serve``'s SIGHUP, in every worker:
+  ``workers``) opens each access-log file again by its name, so after logrotate's ``mv
+  access.log access.log.1`` new lines go to a new ``access.log``; until it succeeds (a
+  file that cannot be created) lines keep going to the old file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import time
+import weakref
 from typing import IO, Any
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
+
+from .auth import presented_token_id
 
 #: seconds during which repeats of one message are counted, not written
 BURST = 10.0
@@ -112,12 +123,43 @@ def access_line(peer: str, method: str, path: str, status: int, size: int, token
     return f'{stamp} {one_line(peer, 64) or "-"} {one_line(method, 16)} "{shown}" {status} {size} {token_id or "-"}\n'
 
 
+#: the access logs of this process, for ``reopen_access_logs``
+_OPEN: weakref.WeakSet[AccessLog] = weakref.WeakSet()
+
+
+def reopen_access_logs() -> None:
+    """Open every access log of this process again by its name (``AccessLog.reopen``)."""
+    for log in list(_OPEN):
+        log.reopen()
+
+
 class AccessLog:
     """The access-log file (``-``: stdout), shared by aiohttp's requests (``Logger``)
     and the fast path's answers (``fast``)."""
 
     def __init__(self, target: str) -> None:
+        self.target = target
         self.out: IO[str] = sys.stdout if target == "-" else open(target, "a", encoding="ascii")  # noqa: SIM115
+        _OPEN.add(self)
+
+    def reopen(self) -> None:
+        """Write to the file named ``target`` from now on (a rotated log's new file); if
+        it cannot be opened, say so on stderr and go on with the old one."""
+        if self.target == "-":
+            return
+        try:
+            new = open(self.target, "a", encoding="ascii")  # noqa: SIM115 - kept open until the next reopen
+        except OSError as e:
+            print(
+                f"kiln serve: cannot reopen the access log {one_line(self.target)}: {e.strerror or e}; "
+                "still writing to the old file",
+                file=sys.stderr,
+                flush=True,
+            )
+            return
+        old, self.out = self.out, new
+        with contextlib.suppress(OSError):  # (a full disk failing the last flush: lost either way)
+            old.close()
 
     def write(self, line: str) -> None:
         try:
@@ -136,6 +178,11 @@ class AccessLog:
         class Logger(AbstractAccessLogger):
             def log(self, request: Any, response: Any, time: float) -> None:
                 token_id = request.get(TOKEN_ID) if hasattr(request, "get") else None
+                if token_id is None and response.status in (401, 403):
+                    # (refused: the id it presented, which names a revoked or wrong token)
+                    token_id = presented_token_id(
+                        (getattr(request, "headers", None) or {}).get("Authorization")
+                    )
                 # what aiohttp wrote (the header, and a body it wrote itself) plus the
                 # body a file answer sent with sendfile(2), which aiohttp does not count
                 sent = getattr(response, "sendfile_sent", 0) or 0
