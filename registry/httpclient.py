@@ -12,9 +12,8 @@ caller checks digests (``verify``, ``objread``).
 
 A request that only reads (``GET``, ``HEAD``, ``READ_ONLY_POSTS``; never an upload) is
 sent again when its connection is refused, reset or closed before any byte of an answer
-(``kiln serve`` restarting), for ``RETRY_WAIT`` s at most once the registry has answered
-this client, ``COLD_RETRY_WAIT`` s before (a port nobody listens on stays "unreachable"
-within a few seconds).
+(``kiln serve`` restarting), and a busy server's 503 is waited out: ``httpretry`` says
+when and how long.
 """
 
 from __future__ import annotations
@@ -23,7 +22,6 @@ import asyncio
 import base64
 import errno
 import json
-import math
 import socket
 from collections.abc import Callable
 from pathlib import Path
@@ -46,6 +44,17 @@ from .httpbatch import (
     read_blob_batch,
     upload_batch_body,
 )
+from .httpretry import (
+    BUSY_RETRIES,
+    COLD_RETRY_WAIT,
+    READ_ONLY_POSTS,
+    RETRY_FIRST,
+    RETRY_MAX,
+    RETRY_WAIT,
+    Dropped,
+    dropped,
+    retry_after,
+)
 from .pace import Link, Pace
 
 #: Largest body read into memory from a registry (narinfos, listings, index files,
@@ -54,47 +63,6 @@ MAX_BODY = 64 << 20
 #: of an error answer's body, only this much is read (to quote it), for at most this long
 ERROR_PEEK = 4096
 ERROR_PEEK_S = 10.0
-#: a 503 answer is asked again this many times, after its Retry-After (capped at
-#: BUSY_WAIT_MAX seconds; 1 s without one or with one that is not a number of seconds)
-BUSY_RETRIES = 8
-BUSY_WAIT_MAX = 10.0
-#: a dropped read-only request (module docstring) waits RETRY_FIRST s, doubling to
-#: RETRY_MAX, before each new attempt, at most RETRY_WAIT (COLD_RETRY_WAIT) s in all
-RETRY_WAIT, COLD_RETRY_WAIT, RETRY_FIRST, RETRY_MAX = 10.0, 2.0, 0.1, 2.0
-#: POSTs that only read (queries with a JSON body): sent again as GETs are
-READ_ONLY_POSTS = frozenset({"narinfo-batch", "blob-batch", "attestation-batch"})
-_DROPPED = frozenset({errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.EPIPE})
-
-
-class _Dropped(Exception):
-    """A connection refused, reset or closed before an answer; ``error`` is the caller's."""
-
-    def __init__(self, error: RegistryError) -> None:
-        super().__init__(str(error))
-        self.error = error
-
-
-def _dropped(e: BaseException) -> bool:
-    """Whether ``e`` (before the answer's headers), or the error under it (aiohttp's "Can
-    not write request body" wraps a reset), is a connection refused, reset or closed."""
-    for x in (e, e.__cause__):
-        if isinstance(x, (aiohttp.ServerDisconnectedError, ConnectionError)):
-            return True
-        if isinstance(x, OSError) and x.errno in _DROPPED:  # (aiohttp's ClientOSError, ...)
-            return True
-    return False
-
-
-def _retry_after(value: str | None) -> float:
-    """The seconds a ``Retry-After`` asks for, within ``[0, BUSY_WAIT_MAX]`` (an HTTP
-    date, or junk, counts as 1 s: the server's clock is not ours to trust)."""
-    try:
-        seconds = float(value or "1")
-    except ValueError:
-        seconds = 1.0
-    return min(max(seconds if math.isfinite(seconds) else 1.0, 0.0), BUSY_WAIT_MAX)
-
-
 #: Longest wait for the status line and headers of an answer (not for uploads, whose
 #: answer comes only after the body has been sent).
 HEADERS_TIMEOUT = 300.0
@@ -181,7 +149,7 @@ class HttpClient(AttestationBatches, Client):
         while True:
             try:
                 resp = await self._request_once(method, key, **kw)
-            except _Dropped as e:
+            except Dropped as e:
                 budget = RETRY_WAIT if self._answered else COLD_RETRY_WAIT
                 if not again or waited + delay > budget:
                     raise e.error from None
@@ -192,12 +160,12 @@ class HttpClient(AttestationBatches, Client):
             if resp.status != 503 or upload or busy >= BUSY_RETRIES:
                 return resp
             busy += 1
-            wait = _retry_after(resp.headers.get("Retry-After"))
+            wait = retry_after(resp.headers.get("Retry-After"))
             resp.release()
             await asyncio.sleep(wait)
 
     async def _request_once(self, method: str, key: str, **kw: Any) -> aiohttp.ClientResponse:
-        """One attempt; ``_Dropped`` for a connection refused, reset or closed before it."""
+        """One attempt; ``Dropped`` for a connection refused, reset or closed before it."""
         req = self._sess().request(method, f"{self.url}/{key}", **kw)
         try:
             if "data" in kw:
@@ -217,7 +185,7 @@ class HttpClient(AttestationBatches, Client):
             aiohttp.ServerDisconnectedError,
         ) as e:
             err: RegistryError = Unreachable(f"registry {self.url} is unreachable: {e}")
-            raise (_Dropped(err) if _dropped(e) else err) from None
+            raise (Dropped(err) if dropped(e) else err) from None
         except aiohttp.TooManyRedirects as e:
             last = e.history[-1].url if e.history else e.request_info.url
             raise RegistryError(
@@ -225,7 +193,7 @@ class HttpClient(AttestationBatches, Client):
             ) from None
         except aiohttp.ClientError as e:
             err = RegistryError(f"registry {self.url}: {e}")
-            raise (_Dropped(err) if _dropped(e) else err) from None
+            raise (Dropped(err) if dropped(e) else err) from None
         except ValueError as e:  # aiohttp's refusal of a header or URL it cannot send
             raise RegistryError(f"registry {self.url}: cannot send the request: {e}") from None
 

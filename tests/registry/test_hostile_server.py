@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 
 from kiln.registry import httpclient as client_mod
-from kiln.registry import pace
+from kiln.registry import httpretry, pace
 from kiln.registry.client import RegistryError, Unreachable
 from kiln.registry.httpclient import HttpClient
 from kiln.store.hashes import Hash
@@ -331,7 +331,7 @@ def test_a_busy_answer_is_asked_again(monkeypatch, retry_after: str) -> None:
     """``kiln serve`` answers 503 when its blob batches or reviews are all taken: a
     substitution waits and asks again rather than failing (a Retry-After that is not a
     small number of seconds counts as 1 s, at most ``BUSY_WAIT_MAX``)."""
-    monkeypatch.setattr(client_mod, "BUSY_WAIT_MAX", 0.05)
+    monkeypatch.setattr(httpretry, "BUSY_WAIT_MAX", 0.05)
     asked = 0
 
     async def busy_then_ok(r, w) -> None:
@@ -350,7 +350,7 @@ def test_a_busy_answer_is_asked_again(monkeypatch, retry_after: str) -> None:
 
 
 def test_busy_for_ever_is_an_error_not_a_hang(monkeypatch) -> None:
-    monkeypatch.setattr(client_mod, "BUSY_WAIT_MAX", 0.01)
+    monkeypatch.setattr(httpretry, "BUSY_WAIT_MAX", 0.01)
 
     async def busy(r, w) -> None:
         w.write(b"HTTP/1.1 503 Busy\r\nRetry-After: 0\r\nContent-Length: 0\r\n\r\n")
