@@ -63,6 +63,8 @@ _SUBDIRS = {
 #: (GC deletes such a link, left by a killed ``add_root``; any other link is a root, hand-made
 #: ``.name`` ones included)
 ROOT_TEMP_PREFIX = ".kiln-tmp-root."
+#: longest root name, in bytes: ``ROOT_TEMP_PREFIX<name>.<8 hex>`` fits in 255
+ROOT_NAME_MAX = 255 - len(ROOT_TEMP_PREFIX) - 9
 
 
 def check_root_name(name: str) -> str:
@@ -70,6 +72,11 @@ def check_root_name(name: str) -> str:
     if not name or "/" in name or name.startswith(".") or not name.isprintable():
         raise StoreError(
             f"invalid GC root name {name!r} (printable characters, no '/', not starting with '.')"
+        )
+    if len(os.fsencode(name)) > ROOT_NAME_MAX:
+        raise StoreError(
+            f"GC root name too long: {len(os.fsencode(name))} bytes, at most {ROOT_NAME_MAX} (its "
+            f"temporary link, {ROOT_TEMP_PREFIX}<name>.<8 hex>, must fit a file name's 255)"
         )
     return name
 

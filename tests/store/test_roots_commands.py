@@ -113,3 +113,19 @@ def test_why_names_the_process_whose_temp_root_keeps_a_path(tmp_path: Path) -> N
         holder.wait(30)
     r = kiln_at(tmp_path, "store", "why", loose)
     assert "no root keeps it alive" in r.stdout, r.stdout
+
+
+def test_a_root_name_too_long_for_its_temporary_link_is_refused_before_the_copy(tmp_path: Path) -> None:
+    """A name of 241-255 bytes failed as "File name too long" naming kiln's temporary
+    link, after the path was added; it is refused first, with the limit."""
+    from kiln.store.localstore import ROOT_NAME_MAX
+
+    (tmp_path / "f").write_text("x\n")
+    r = kiln_at(tmp_path, "store", "add", str(tmp_path / "f"), "--add-root", "a" * (ROOT_NAME_MAX + 1))
+    assert r.returncode == 1
+    assert f"GC root name too long: {ROOT_NAME_MAX + 1} bytes, at most {ROOT_NAME_MAX}" in r.stderr
+    with LocalStore.open(tmp_path / "home") as store:
+        assert store.all_paths() == []
+    r = kiln_at(tmp_path, "store", "add", str(tmp_path / "f"), "--add-root", "a" * ROOT_NAME_MAX)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "home" / "gcroots" / ("a" * ROOT_NAME_MAX)).is_symlink()
