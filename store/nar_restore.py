@@ -62,6 +62,10 @@ def restore(
                 break
             except FileExistsError:
                 tmp = _temp_name(where, prefix + str(os.getpid()).encode() + b"-")
+            except OSError as e:  # (named by the destination, not the hidden directory)
+                raise type(e)(
+                    e.errno, f"cannot restore there ({e.strerror}: no directory can be made beside it)", dest
+                ) from None
         root = os.path.join(tmp, b"root")
         inp = _Input(src)
         dirs: list[bytes] = []

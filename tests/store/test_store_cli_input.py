@@ -383,6 +383,10 @@ def test_messages_name_what_the_user_gave(tmp_path):
     r = k("store", "restore", str(tmp_path / "nodir" / "x"), stdin=b"")
     assert r.returncode == 1 and b"restore destination's directory does not exist" in r.stderr, r.stderr
     assert b".restore-" not in r.stderr
+    # a directory where nothing can be made (procfs): named by what was given too
+    r = k("store", "restore", "/proc/x", stdin=b"")
+    assert r.returncode == 1 and b"cannot restore there" in r.stderr and b"/proc/x" in r.stderr, r.stderr
+    assert b".restore-" not in r.stderr
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "f").write_text("x")
     assert k("store", "init").returncode == 0
