@@ -1,7 +1,7 @@
 """``kiln store``: inspect and maintain the local store.
 
 Subcommands: init, add, cat, ls, dump, restore, info, verify, gc, sign, and the roots'
-add-root, roots, remove-root, why (``storeroots``).
+add-root, roots, remove-root, why (``storeroots``), diff (``storediff``).
 Paths may be given as logical store paths (``/kiln/store/<hash>-<name>[/sub]``) or as
 real paths under the store root (or symlinks to either, like a ``result`` link).
 Exit status: 0 success, 1 error or (verify) problems found, 2 usage.
@@ -89,9 +89,11 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--key", required=True, type=Path, metavar="FILE")
     sp.add_argument("paths", nargs="*")
     sp.add_argument("--all", action="store_true", help="sign every valid path")
+    from .storediff import add_parser
     from .storeroots import add_parsers
 
     add_parsers(cmd)  # add-root, roots, remove-root, why
+    add_parser(cmd)  # diff
     return p
 
 

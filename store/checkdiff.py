@@ -50,9 +50,15 @@ def _entries(root: Path, stop: Callable[[], bool]) -> dict[str, tuple[str, objec
     return out
 
 
-def differing_files(a: Path, b: Path, stop: Callable[[], bool] = lambda: False) -> list[str] | None:
+def differing_files(
+    a: Path,
+    b: Path,
+    stop: Callable[[], bool] = lambda: False,
+    names: tuple[str, str] = ("the registered output", "the rebuild"),
+) -> list[str] | None:
     """Human-readable lines, one per differing file (relative paths, '.' for the root);
-    None if ``stop()`` said to stop before both trees were read."""
+    None if ``stop()`` said to stop before both trees were read. ``names``: how a file
+    only in ``a`` or only in ``b`` names where it is."""
     ea = _entries(a, stop)
     eb = None if ea is None else _entries(b, stop)
     if ea is None or eb is None:
@@ -61,9 +67,9 @@ def differing_files(a: Path, b: Path, stop: Callable[[], bool] = lambda: False) 
     for rel in sorted(set(ea) | set(eb)):
         name = rel or "."
         if rel not in eb:
-            lines.append(f"  {name}: only in the registered output")
+            lines.append(f"  {name}: only in {names[0]}")
         elif rel not in ea:
-            lines.append(f"  {name}: only in the rebuild")
+            lines.append(f"  {name}: only in {names[1]}")
         elif ea[rel] != eb[rel]:
             (ka, va), (kb, vb) = ea[rel], eb[rel]
             if ka != kb:
