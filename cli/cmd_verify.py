@@ -114,7 +114,10 @@ def _remote_target(args: argparse.Namespace) -> tuple[str, str] | None:
     """``(registry URL, path or digest)`` for a registry target, else None."""
     if args.registry:
         return args.registry, args.target
-    if "://" not in args.target:
+    # a store path never holds '#' (store names: [A-Za-z0-9+-._?=]): DIR#PATH names a
+    # registry directory by a plain path (as every registry option takes one), never the
+    # local store's copy of PATH, which would leave the media unread
+    if "://" not in args.target and "#" not in args.target:
         return None
     url, sep, what = args.target.partition("#")
     if not sep or not what:

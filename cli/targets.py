@@ -54,7 +54,14 @@ def resolve_target(store: LocalStore, arg: str) -> str:
         # (read as GC reads it, through a moved store too; an invalid one is an error naming it)
         if "/" not in arg and (path := root_path(store, arg)) is not None:
             return path
-        base = arg.rstrip("/").rsplit("/", 1)[-1]
+        if "/" in arg.rstrip("/"):
+            # a path outside this store names nothing here, whatever its last component:
+            # another store's or a registry's copy must not be taken for this store's
+            raise KilnError(
+                f"{arg!r} is not a path in the store at {store.root} (to verify what a registry "
+                "directory holds: DIR#PATH, file:///DIR#PATH or --registry DIR PATH)"
+            ) from None
+        base = arg.rstrip("/")
         info = store.query_by_hash_part(base[:32]) if len(base) >= 32 else None
         if info is None or (len(base) > 32 and StorePath.parse(info.path).base != base):
             raise KilnError(f"{arg!r} is not a path in the store at {store.root}") from None
