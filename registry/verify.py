@@ -252,8 +252,18 @@ def check_narinfo(
             have = ", ".join(s.partition(":")[0] for s in info.sigs) or "none"
             # (no key trusted at all: the usual cause is a missing flag, so say which)
             fix = "" if trusted else "; a key is trusted with --trusted-key PUB"
+            # a signature under a trusted key's name that does not verify is no missing
+            # signature: the narinfo (or its content's hash) was changed after signing
+            names = {k.name for k in trusted}
+            forged = sorted({s.partition(":")[0] for s in info.sigs} & names - set(good))
+            bad = (
+                f"; {', '.join(forged)}'s signature does not verify: the narinfo was changed after it "
+                "was signed (NarHash, NarSize, references or path), or the signature is forged"
+                if forged
+                else ""
+            )
             raise UntrustedError(
                 f"{info.path}: {len(good)} valid signature(s) from trusted keys, {sigs_needed} required "
-                f"(signatures by: {have}; trusted: {', '.join(k.name for k in trusted) or 'none'}{fix})"
+                f"(signatures by: {have}; trusted: {', '.join(k.name for k in trusted) or 'none'}{fix}){bad}"
             )
     return info

@@ -30,3 +30,23 @@ def test_no_trusted_key_names_the_flag(tmp_path: Path) -> None:
         check_narinfo(text, "/kiln/store", [SecretKey.generate("other-1").public()], 1)
     assert "--trusted-key" not in str(e.value)
     assert check_narinfo(text, "/kiln/store", [sk.public()], 1).path == path
+
+
+def test_a_trusted_keys_signature_that_does_not_verify_is_named(tmp_path: Path) -> None:
+    """A narinfo changed after signing (its NarSize here) said only "0 valid signature(s)
+    ... (signatures by: me-1; trusted: me-1)", as if a signature were missing."""
+    store = make_store(tmp_path / "store")
+    path = add_tree(store, tmp_path, "hello", "hello\n")
+    info = store.query(path)
+    sk = SecretKey.generate("me-1")
+    signed = PathInfo(
+        **{**{f: getattr(info, f) for f in PathInfo.__slots__ if f != "sigs"}, "sigs": (sign_info(info, sk),)}
+    )
+    text = ni.NarInfo.from_pathinfo(signed, layout.nar_key(info.file_hash), "zstd").render()
+    edited = text.replace(f"NarSize: {info.nar_size}\n", f"NarSize: {info.nar_size + 8}\n")
+    assert edited != text
+    with pytest.raises(UntrustedError, match=r"me-1's signature does not verify: the narinfo was changed"):
+        check_narinfo(edited, "/kiln/store", [sk.public()], 1)
+    with pytest.raises(UntrustedError) as e:  # (a key of another name: nothing forged to name)
+        check_narinfo(edited, "/kiln/store", [SecretKey.generate("other-1").public()], 1)
+    assert "does not verify" not in str(e.value)
