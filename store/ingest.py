@@ -209,15 +209,14 @@ class TreeIngest:
         exe = bool(st.st_mode & stat.S_IXUSR)
         # (the node listed: not a FIFO, device, directory or symlink put there since)
         try:
-            fd = open_listed(path, _OPEN_FLAGS, st)
+            fd, opened = open_listed(path, _OPEN_FLAGS, st)
         except PermissionError:
             if not self.canon:
                 raise
             os.chmod(path, stat.S_IMODE(st.st_mode) | stat.S_IRUSR)  # a build output we own
-            fd = open_listed(path, _OPEN_FLAGS, st)
+            fd, opened = open_listed(path, _OPEN_FLAGS, st)
         dfd = -1
         try:
-            opened = os.fstat(fd)
             size = opened.st_size
             self._emit((_REGULAR + _EXEC if exe else _REGULAR) + _CONTENTS + size.to_bytes(8, "little"))
             if dest is not None:

@@ -153,7 +153,7 @@ def _batches(root: bytes, chunk_size: int) -> Iterator[list[bytes]]:
                 todo.append((False, _ENTRY + _str(name) + _NODE))
         else:
             raise FormatError(
-                f"{os.fsdecode(path)}: is a {_kind(mode)}; a store path may contain only regular files, "
+                f"{os.fsdecode(path)}: is a {kind_name(mode)}; a store path may contain only regular files, "
                 "directories and symlinks"
             )
         if pending >= chunk_size:
@@ -163,15 +163,19 @@ def _batches(root: bytes, chunk_size: int) -> Iterator[list[bytes]]:
         yield batch
 
 
-def _kind(mode: int) -> str:
-    if stat.S_ISSOCK(mode):
-        return "socket"
-    if stat.S_ISFIFO(mode):
-        return "fifo"
-    if stat.S_ISCHR(mode):
-        return "character device"
-    if stat.S_ISBLK(mode):
-        return "block device"
+def kind_name(mode: int) -> str:
+    """What a file of ``mode`` is, in words (the store's messages use it: ``treeplan``)."""
+    for test, name in (
+        (stat.S_ISREG, "regular file"),
+        (stat.S_ISDIR, "directory"),
+        (stat.S_ISLNK, "symlink"),
+        (stat.S_ISSOCK, "socket"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+        (stat.S_ISFIFO, "fifo"),
+    ):
+        if test(mode):
+            return name
     return f"file of unknown type (mode {mode:o})"
 
 

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .errors import StoreError
+from .nar import kind_name
 from .objects import CANON_MTIME
 
 #: filter(path, kind) -> keep?; kind is "regular", "directory" or "symlink"
@@ -39,7 +40,7 @@ def list_dir(
     symbolic link and must be that same directory (``changed``): one replaced meanwhile
     by a symbolic link to a directory elsewhere is not listed, nor what it points to
     copied. Its entries are ``lstat``\ ed relative to it (one gone by then: ``changed``)."""
-    fd = open_listed(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, st)
+    fd, _ = open_listed(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, st)
     try:
         out = []
         for name in sorted(map(os.fsencode, os.listdir(fd))):  # (str names from a descriptor)
@@ -58,35 +59,38 @@ def read_link(path: bytes, st: os.stat_result) -> bytes:
     """The target of the symbolic link ``path`` whose ``lstat`` (from its parent's
     listing) is ``st``: read from the link itself, opened without following it, so a
     directory on the way replaced meanwhile cannot make it another link's target."""
-    fd = open_listed(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, st)
+    fd, _ = open_listed(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, st)
     try:
         return os.readlink(b"", dir_fd=fd)
     finally:
         os.close(fd)
 
 
-def open_listed(path: bytes, flags: int, listed: os.stat_result) -> int:
+def open_listed(path: bytes, flags: int, listed: os.stat_result) -> tuple[int, os.stat_result]:
     """``os.open(path, flags)`` (``flags`` with ``O_NOFOLLOW``, and ``O_NONBLOCK`` for a
     read: a FIFO put there must not block) of the node whose ``lstat`` from its
-    directory's listing is ``listed``, checked to be that node (``check_same``). An
-    entry gone or replaced by a symbolic link meanwhile is ``changed`` too."""
+    directory's listing is ``listed``, checked to be that node (``check_same``); returns
+    the descriptor and its ``fstat``. An entry gone or replaced by a symbolic link or a
+    socket meanwhile is ``changed`` too."""
     try:
         fd = os.open(path, flags)
     except OSError as e:
-        if e.errno not in (errno.ENOENT, errno.ELOOP, errno.ENOTDIR):
+        # (ENXIO: a socket, which cannot be opened, put in its place)
+        if e.errno not in (errno.ENOENT, errno.ELOOP, errno.ENOTDIR, errno.ENXIO):
             raise
         try:
             now = os.lstat(path)
         except OSError:
-            raise changed(path, f"a {_kind_name(listed.st_mode)} when listed, gone when opened") from None
+            raise changed(path, f"a {kind_name(listed.st_mode)} when listed, gone when opened") from None
         check_same(path, now, listed)
         raise  # (the same node after all: the error is its own)
     try:
-        check_same(path, os.fstat(fd), listed)
+        now = os.fstat(fd)
+        check_same(path, now, listed)
     except BaseException:
         os.close(fd)
         raise
-    return fd
+    return fd, now
 
 
 def check_same(path: bytes, now: os.stat_result, listed: os.stat_result) -> None:
@@ -97,7 +101,7 @@ def check_same(path: bytes, now: os.stat_result, listed: os.stat_result) -> None
     if (now.st_dev, now.st_ino) != (listed.st_dev, listed.st_ino) or stat.S_IFMT(now.st_mode) != stat.S_IFMT(
         listed.st_mode
     ):
-        was, found = _kind_name(listed.st_mode), _kind_name(now.st_mode)
+        was, found = kind_name(listed.st_mode), kind_name(now.st_mode)
         what = (
             f"a {was} when listed, now a {found}" if was != found else f"another {found} than the one listed"
         )
@@ -129,7 +133,7 @@ def left_out(src: str | os.PathLike, real_src: str, below: str, filter: PathFilt
 
 def unstorable(path: bytes, mode: int) -> StoreError:
     return StoreError(
-        f"{os.fsdecode(path)}: is a {_kind_name(mode)}; a store path may contain only regular files, "
+        f"{os.fsdecode(path)}: is a {kind_name(mode)}; a store path may contain only regular files, "
         "directories and symlinks"
     )
 
@@ -263,21 +267,3 @@ def _filter_kind(mode: int) -> str:
     if stat.S_ISLNK(mode):
         return "symlink"
     return "regular" if stat.S_ISREG(mode) else "unknown"
-
-
-def _kind_name(mode: int) -> str:
-    if stat.S_ISREG(mode):
-        return "regular file"
-    if stat.S_ISDIR(mode):
-        return "directory"
-    if stat.S_ISLNK(mode):
-        return "symlink"
-    if stat.S_ISSOCK(mode):
-        return "socket"
-    if stat.S_ISCHR(mode):
-        return "character device"
-    if stat.S_ISBLK(mode):
-        return "block device"
-    if stat.S_ISFIFO(mode):
-        return "fifo"
-    return f"file of unknown type (mode {mode:o})"

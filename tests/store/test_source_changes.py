@@ -152,3 +152,20 @@ def test_a_file_written_while_it_is_read_is_refused(store: LocalStore, tmp_path:
     assert db.all_infos(store.conn) == []
     # once nothing writes to it, it is added
     assert store.add_path(src).nar_size > 64 << 20
+
+
+def test_a_file_swapped_for_a_socket_is_named(store: LocalStore, src: Path) -> None:
+    """A socket cannot be opened (ENXIO): the error was a bare errno naming the path."""
+    import socket
+
+    sock = socket.socket(socket.AF_UNIX)
+
+    def swap() -> None:
+        (src / "z").unlink()
+        sock.bind(str(src / "z"))
+
+    try:
+        msg = _refused(store, src, _when_listed(src / "z", swap), src / "z")
+    finally:
+        sock.close()
+    assert "a regular file when listed, now a socket" in msg
