@@ -360,12 +360,19 @@ def _log(argv: list[str]) -> int:
         if "/" in path:  # a path (logical, physical or ./result): the store path it names
             path = store.resolve(path)[0]
         else:
+            from kiln.store.roots import root_at
+
+            # (read as GC reads it: through a moved store too; a root naming a collected
+            # .drv still finds its log, which GC keeps)
+            root = root_at(store, path)
+            if root is None:
+                raise KilnError(f"no GC root named {path!r}: give a .drv or output path, or a root name")
             from .storeroots import root_path
 
-            # (read as GC reads it: through a moved store too; an invalid one names itself)
-            if (rooted := root_path(store, path)) is None:
-                raise KilnError(f"no GC root named {path!r}: give a .drv or output path, or a root name")
-            path = rooted
+            # an output must be valid (its deriver is in its row): root_path's error names the root
+            path = (
+                root.path if root.path is not None and root.path.endswith(".drv") else root_path(store, path)
+            )
         if not path.endswith(".drv"):
             info = store.query(path)
             if info is None:

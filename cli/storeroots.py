@@ -128,14 +128,20 @@ def cmd_roots(store: LocalStore, args: argparse.Namespace) -> int:
     from kiln.store.locks import FileLock
     from kiln.store.roots import each_root
 
+    lines = []
     with FileLock(store.gc_lock_path, shared=True):  # (no GC between reading and checking)
         for r in each_root(store):
             if r.path is None:
-                print(f"{r.name} -> {r.target} (names no store path: keeps nothing)")
+                lines.append(f"{r.name} -> {r.target} (names no store path: keeps nothing)")
             elif not store.is_valid(r.path):
-                print(f"{r.name} -> {r.path} (dangling: not valid in the store, collected or quarantined)")
+                lines.append(
+                    f"{r.name} -> {r.path} (dangling: not valid in the store, collected or quarantined)"
+                )
             else:
-                print(f"{r.name} -> {r.path}")
+                lines.append(f"{r.name} -> {r.path}")
+    # printed after the lock is released: a pager left open must not hold GC off
+    for line in lines:
+        print(line)
     return 0
 
 

@@ -123,12 +123,14 @@ class Producing:
             try:
                 result = self.executor.run(spec, log, on_output=echo)
             except Exception as e:
-                from kiln.sandbox.errors import SandboxError  # (imported already if it is one)
+                # (imported already if it is one)
+                from kiln.sandbox.errors import SandboxError, SandboxUnavailable
 
-                if not isinstance(e, SandboxError):
+                # a sandbox that cannot run at all stops every build, as before; one that
+                # refuses this build fails this build only, named (with -j, several run)
+                if not isinstance(e, SandboxError) or isinstance(e, SandboxUnavailable):
                     raise
-                # with -j, which build could not start must be said
-                raise BuildError(drv_path, f"cannot start the build of {drv_path}: {e}") from None
+                raise BuildError(drv_path, f"building {drv_path}: {e}") from None
             finally:
                 if echo is not None:
                     echo.close()

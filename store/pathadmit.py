@@ -50,6 +50,7 @@ import hashlib
 import os
 import stat
 import sys
+import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -328,6 +329,7 @@ def local_keys(store_root: Path | None = None) -> list[PublicKey]:
 #: summed up in one line at exit (a copy after a key rotation drops one on every path)
 SHOWN_DROPS = 3
 _drops = {"paths": 0}
+_drops_lock = threading.Lock()
 
 
 def admitted_sigs(info: _P, trusted: Iterable[PublicKey] | None = None, store_root: Path | None = None) -> _P:
@@ -335,14 +337,16 @@ def admitted_sigs(info: _P, trusted: Iterable[PublicKey] | None = None, store_ro
     first ``SHOWN_DROPS`` paths' warnings in full, then one line at exit for all."""
     kept, why = keep_sigs(info, trusted, store_root)
     if why:
-        _drops["paths"] += 1
-        if _drops["paths"] <= SHOWN_DROPS:
-            print(f"warning: {why}", file=sys.stderr)
-        if _drops["paths"] == SHOWN_DROPS + 1 and not _drops.get("registered"):
-            import atexit
+        with _drops_lock:  # (importers run on several threads)
+            _drops["paths"] += 1
+            show = _drops["paths"] <= SHOWN_DROPS
+            if not show and not _drops.get("registered"):
+                import atexit
 
-            atexit.register(_sum_drops)
-            _drops["registered"] = 1
+                atexit.register(_sum_drops)
+                _drops["registered"] = 1
+        if show:
+            print(f"warning: {why}", file=sys.stderr)
     return kept
 
 
