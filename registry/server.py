@@ -101,7 +101,8 @@ class ServerConfig:
     #: ``POST /blob-batch`` answers in progress at once per worker (503 beyond)
     max_blob_batches: int = 64
     #: ``POST /narinfo-batch`` answers made or sent at once per worker, each on its own
-    #: thread (503 beyond): each holds up to ~36 MiB (64 MiB for a pre-``defer`` client)
+    #: thread (503 beyond): each holds up to ~36 MiB of answer (64 MiB for a pre-``defer``
+    #: client), about three times that while it is encoded (entries, JSON text, bytes)
     max_narinfo_batches: int = 8
     #: ``POST /verify`` reviews at once per worker, each on its own thread (503 beyond)
     max_reviews: int = 4
