@@ -142,14 +142,14 @@ def _changed(path: Path, what: str) -> BadValue:
     )
 
 
-def _open_listed(name: str, dir_fd: int, flags: int, listed: os.stat_result, path: Path) -> int:
+def _open_listed(name: str, dir_fd: int | None, flags: int, listed: os.stat_result, path: Path) -> int:
     """``name`` in the directory ``dir_fd`` opened with ``flags`` (plus ``O_NOFOLLOW``,
     ``O_NONBLOCK``), which must be the entry listed there as ``listed`` (same type, device
     and inode): else ``_changed``, or ``_unstorable`` for what a store path cannot hold."""
     try:
         fd = os.open(name, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC, dir_fd=dir_fd)
     except OSError as e:
-        if e.errno in (errno.ELOOP, errno.ENOTDIR, errno.ENOENT):  # a link, or gone
+        if e.errno in (errno.ELOOP, errno.ENOTDIR, errno.ENOENT, errno.ENXIO):  # a link, gone, a socket
             raise _changed(path, f"listed, then {e.strerror or e} when opened") from None
         raise
     st = os.fstat(fd)
@@ -164,34 +164,45 @@ def _open_listed(name: str, dir_fd: int, flags: int, listed: os.stat_result, pat
     return fd
 
 
-def _copy_dir(src_fd: int, root: Path, rel: str, dest: Path, patterns: list[tuple[str, bool]]) -> None:
-    """Copy the kept entries of the directory open at ``src_fd`` (``root/rel``) into the
-    existing directory ``dest``."""
-    for name in sorted(os.listdir(src_fd)):
-        sub = f"{rel}{name}"
-        path, dst = root / sub, dest / name
-        st = os.stat(name, dir_fd=src_fd, follow_symlinks=False)
-        mode = st.st_mode
-        if _ignored(sub, stat.S_ISDIR(mode), patterns):
-            continue
-        if stat.S_ISLNK(mode):
-            os.symlink(os.readlink(name, dir_fd=src_fd), dst)
-        elif stat.S_ISDIR(mode):
-            fd = _open_listed(name, src_fd, os.O_RDONLY | os.O_DIRECTORY, st, path)
-            try:
-                dst.mkdir()
-                _copy_dir(fd, root, sub + "/", dst, patterns)
-            finally:
-                os.close(fd)
-        elif stat.S_ISREG(mode):
-            fd = _open_listed(name, src_fd, os.O_RDONLY, st, path)
-            os.set_blocking(fd, True)
-            with open(fd, "rb") as fin, open(dst, "xb") as fout:
-                shutil.copyfileobj(fin, fout, 1 << 20)
-            os.chmod(dst, stat.S_IMODE(mode))
-            os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
+def _copy_tree(root: Path, dest: Path, patterns: list[tuple[str, bool]]) -> None:
+    """Copy the kept entries of the directory ``root`` into the existing directory
+    ``dest``. Iterative, one directory open at a time (each opened by its path without
+    following a link and checked to be the one its parent listed), so a tree of any
+    depth needs neither deep recursion nor a descriptor per level."""
+    todo: list[tuple[str, Path, os.stat_result | None]] = [("", dest, None)]  # (rel dir, its copy, listed)
+    while todo:
+        rel, dst_dir, listed = todo.pop()
+        here = root / rel if rel else root
+        if listed is None:  # the top, as given (it may be reached through a link)
+            src_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NONBLOCK | os.O_CLOEXEC)
         else:
-            raise _unstorable(path, mode)
+            src_fd = _open_listed(os.fspath(here), None, os.O_RDONLY | os.O_DIRECTORY, listed, here)
+        subdirs = []
+        try:
+            for name in sorted(os.listdir(src_fd)):
+                sub = f"{rel}{name}"
+                path, dst = root / sub, dst_dir / name
+                st = os.stat(name, dir_fd=src_fd, follow_symlinks=False)
+                mode = st.st_mode
+                if _ignored(sub, stat.S_ISDIR(mode), patterns):
+                    continue
+                if stat.S_ISLNK(mode):
+                    os.symlink(os.readlink(name, dir_fd=src_fd), dst)
+                elif stat.S_ISDIR(mode):
+                    dst.mkdir()
+                    subdirs.append((sub + "/", dst, st))
+                elif stat.S_ISREG(mode):
+                    fd = _open_listed(name, src_fd, os.O_RDONLY, st, path)
+                    os.set_blocking(fd, True)
+                    with open(fd, "rb") as fin, open(dst, "xb") as fout:
+                        shutil.copyfileobj(fin, fout, 1 << 20)
+                    os.chmod(dst, stat.S_IMODE(mode))
+                    os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
+                else:
+                    raise _unstorable(path, mode)
+        finally:
+            os.close(src_fd)
+        todo.extend(reversed(subdirs))  # (popped in name order)
 
 
 def filtered_copy(root: Path, tmp_parent: Path | None = None) -> Path:
@@ -204,11 +215,7 @@ def filtered_copy(root: Path, tmp_parent: Path | None = None) -> Path:
     dest = tmp / root.name
     try:
         dest.mkdir()
-        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NONBLOCK | os.O_CLOEXEC)
-        try:
-            _copy_dir(fd, root, "", dest, patterns)
-        finally:
-            os.close(fd)
+        _copy_tree(root, dest, patterns)
     except BaseException:
         # an unreadable file, a full disk or ^C must not leave a half copy behind
         shutil.rmtree(tmp, ignore_errors=True)

@@ -130,3 +130,30 @@ def test_a_directory_swapped_for_a_link_is_not_followed(tmp_path):
             _open_listed("sub", fd, os.O_RDONLY | os.O_DIRECTORY, listed, d / "sub")
     finally:
         os.close(fd)
+
+
+def test_a_deep_tree_is_copied_with_few_descriptors(tmp_path: Path) -> None:
+    """The copy held a descriptor per directory level: a tree 1,100 deep failed with
+    "Too many open files" under ``ulimit -n 1024``; one directory is open at a time."""
+    import subprocess
+    import sys
+
+    top = tmp_path / "deep"
+    top.mkdir()
+    d = top
+    for _ in range(1100):  # (level by level: Path.mkdir(parents=True) recurses per level)
+        d = d / "d"
+        d.mkdir()
+    (d / "leaf").write_text("deep\n")
+    code = (
+        "import resource, sys\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))\n"
+        "from pathlib import Path\n"
+        "from kiln.lang.sources import filtered_copy\n"
+        "out = filtered_copy(Path(sys.argv[1]))\n"
+        "print(out)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code, str(top)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    copy = Path(r.stdout.strip())
+    assert (copy / ("d/" * 1100) / "leaf").read_text() == "deep\n"
