@@ -9,9 +9,7 @@ so a failed resolution never leaves a half-written lock.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -41,21 +39,6 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via temp file + fsync + rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv[1:])
     from kiln.store import apt
@@ -78,7 +61,10 @@ def main(argv: list[str]) -> int:
         f"{len(entries)} packages, {sum(e.size for e in entries)} bytes of .deb files."
     )
     old = _previous(args.output)
-    write_atomic(args.output, apt.render_lock(entries, header))
+    from .outfile import write_output
+
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    write_output(args.output, apt.render_lock(entries, header))
     print(f"wrote {args.output}: {len(entries)} packages", file=sys.stderr)
     if old is not None:
         for line in lock_changes(old, entries):

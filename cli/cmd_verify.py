@@ -50,7 +50,6 @@ import json
 import os
 import sys
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 from kiln.store import attestations, intoto, sbom
@@ -86,25 +85,14 @@ def _sbom(args: argparse.Namespace) -> int:
             written = attestations.write(store, path, "sbom", attestations.sign(st, [signer]))
             print(f"stored signed SBOM attestation {written}", file=sys.stderr)
         if args.output:
-            _write_atomic(Path(args.output), text)
+            from .outfile import write_output
+
+            write_output(args.output, text)
         else:
             sys.stdout.write(text)
     finally:
         store.close()
     return 0
-
-
-def _write_atomic(target: Path, text: str) -> None:
-    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 # ---------------------------------------------------------------------------- verify

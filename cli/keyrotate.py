@@ -18,13 +18,9 @@ review; no restart or signal needed), which ``revoke`` says on stderr.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import os
 import re
-import stat
 import sys
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -129,19 +125,10 @@ def revoke(policy_file: Path, public_key: str, compromised: bool, reason: str, a
     # never write a policy that does not load; key files are relative to the policy's
     # directory, as when it is loaded
     policy.parse(text, base_dir=policy_file.resolve().parent, source=str(policy_file))
-    mode = stat.S_IMODE(os.stat(policy_file).st_mode) if old else 0o644
-    fd, tmp = tempfile.mkstemp(dir=policy_file.parent, prefix=f".{policy_file.name}.")
-    try:
-        os.fchmod(fd, mode)  # readable as before by whoever serves or verifies with it
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, policy_file)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    from .outfile import write_output
+
+    # readable as before by whoever serves or verifies with it
+    write_output(policy_file, text, mode=None)
     # (stdout is the entry itself, which scripts may append elsewhere)
     print(
         f"revoked in {policy_file} (sha256:{hashlib.sha256(text.encode()).hexdigest()[:16]}...): "

@@ -101,6 +101,9 @@ def _write_atomic(path: str | os.PathLike, text: str, mode: int, overwrite: bool
     path = os.fspath(path)
     if os.path.isdir(path):  # else the error would name the temp file renamed over it
         raise KilnError(f"{path} is a directory; name the key file to write")
+    with contextlib.suppress(FileNotFoundError):
+        if not stat.S_ISREG(os.lstat(path).st_mode):  # (a rename would put a key where /dev/null was)
+            raise KilnError(f"{path} is not a regular file; refusing to replace it with a key file")
     d = os.path.dirname(os.path.abspath(path))
     _sweep_stale_temps(d)
     fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=d)  # mkstemp creates it 0600
