@@ -11,6 +11,7 @@ import argparse
 import time
 from pathlib import Path
 
+from kiln.registry.indexbuild import MAX_TIMESTAMP_HOURS, MIN_TIMESTAMP_HOURS, TIMESTAMP_HOURS
 from kiln.store.errors import KilnError
 from kiln.store.keyfiles import load_secret_key
 
@@ -39,6 +40,14 @@ def cmd_registry(argv: list[str]) -> int:
     pi.add_argument("--key", type=Path, required=True)
     pi.add_argument(
         "--full", action="store_true", help="read every narinfo again, not only those that changed"
+    )
+    pi.add_argument(
+        "--timestamp-hours",
+        type=whole_number(MIN_TIMESTAMP_HOURS, MAX_TIMESTAMP_HOURS),
+        default=TIMESTAMP_HOURS,
+        metavar="N",
+        help=f"the signed timestamp is valid N hours (default {TIMESTAMP_HOURS}, at most "
+        f"{MAX_TIMESTAMP_HOURS}): a mirror sync after that fails as frozen (docs/airgap.md)",
     )
     ve = sub.add_parser(
         "verify", help="check every narinfo and blob of a registry directory (exit 1 if any is bad)"
@@ -96,8 +105,14 @@ def cmd_registry(argv: list[str]) -> int:
     from kiln.registry import publish
 
     if args.cmd == "publish-index":
-        pub = publish.publish_index(src.storage, load_secret_key(args.key), full=args.full)
-        print(f"index version {pub.index_version}, timestamp version {pub.timestamp_version}")
+        pub = publish.publish_index(
+            src.storage, load_secret_key(args.key), full=args.full, timestamp_hours=args.timestamp_hours
+        )
+        ts = publish.load_signed(src.storage, "index/timestamp.json") or {}
+        print(
+            f"index version {pub.index_version}, timestamp version {pub.timestamp_version}"
+            f" (expires {ts.get('expires', '?')})"
+        )
         return 0
     # each key read once, before anything is written (a key may come from a pipe)
     old_key, new_key = load_secret_key(args.old_key), load_secret_key(args.new_key)

@@ -4,6 +4,14 @@ files of a new index generation, signed and in the order they must be written.
 The index and snapshot get a new version only when the path table changed; the
 timestamp always does, with a short expiry (freshness). Pure: the caller
 (``publish``) writes the files, index → snapshot → timestamp.
+
+The timestamp's lifetime is ``TIMESTAMP_HOURS`` unless a publisher asks for another one
+(``kiln registry publish-index --timestamp-hours N``, for media carried to a machine
+that syncs days later): at least ``MIN_TIMESTAMP_HOURS``, at most ``MAX_TIMESTAMP_HOURS``.
+Whatever it is, nothing a timestamp names expires before it: the index and snapshot live
+at least twice as long and are renewed once less than half their lifetime is left, and
+the longest lifetime is ``ROOT_RENEW_DAYS``, so a root the publisher renews outlives it too.
+The reader (``index``) needs no setting: it reads each file's ``expires``.
 """
 
 from __future__ import annotations
@@ -21,6 +29,17 @@ ROOT_DAYS = 365
 ROOT_RENEW_DAYS = 60
 INDEX_DAYS = 30
 TIMESTAMP_HOURS = 24
+MIN_TIMESTAMP_HOURS = 1
+#: a root renewed by the publisher (``ROOT_RENEW_DAYS`` before it expires) outlives any timestamp
+MAX_TIMESTAMP_HOURS = ROOT_RENEW_DAYS * 24
+
+
+def check_timestamp_hours(hours: float) -> None:
+    """``ValueError`` unless ``hours`` is a timestamp lifetime this module signs."""
+    if not MIN_TIMESTAMP_HOURS <= hours <= MAX_TIMESTAMP_HOURS:
+        raise ValueError(
+            f"a timestamp lifetime must be {MIN_TIMESTAMP_HOURS} to {MAX_TIMESTAMP_HOURS} hours, not {hours:g}"
+        )
 
 
 def make_root(
@@ -56,20 +75,28 @@ def build_metadata(
     root_version: int = 1,
     now: dt.datetime | None = None,
     prev_index_expires: str | None = None,
+    timestamp_hours: float | None = None,
 ) -> Published:
     """Metadata files for a new index generation. The index and snapshot get a new
     version when ``paths`` changed, or when the previous ones (which expire at
     ``prev_index_expires``) would expire within half their lifetime: re-signing only
     the timestamp would leave a registry whose content stays the same frozen once they
-    expire. The timestamp always gets a new version (freshness)."""
+    expire. The timestamp always gets a new version (freshness), valid
+    ``timestamp_hours`` (default ``TIMESTAMP_HOURS``);
+    the index and snapshot are valid ``INDEX_DAYS`` or twice the timestamp's lifetime,
+    whichever is longer, so (renewed at half that) they never expire before a timestamp
+    naming them."""
     now = now or utcnow()
+    ts_hours = TIMESTAMP_HOURS if timestamp_hours is None else timestamp_hours
+    check_timestamp_hours(ts_hours)
+    index_hours = max(INDEX_DAYS * 24, 2 * ts_hours)
     ts_v = (prev_timestamp["version"] + 1) if prev_timestamp else 1
     files: list[tuple[str, bytes]] = []
     if (
         prev_timestamp
         and prev_index_paths == paths
         and prev_timestamp.get("root_version", 1) == root_version
-        and not expires_within(prev_index_expires, now, dt.timedelta(days=INDEX_DAYS / 2))
+        and not expires_within(prev_index_expires, now, dt.timedelta(hours=index_hours / 2))
     ):
         snap_meta = prev_timestamp["meta"]["snapshot.json"]
         idx_v = snap_meta["version"]
@@ -78,7 +105,7 @@ def build_metadata(
         index = {
             "_type": "index",
             "version": idx_v,
-            "expires": expiry(now, days=INDEX_DAYS),
+            "expires": expiry(now, hours=index_hours),
             "store_dir": store_dir,
             "paths": paths,
         }
@@ -86,7 +113,7 @@ def build_metadata(
         snap = {
             "_type": "snapshot",
             "version": idx_v,
-            "expires": expiry(now, days=INDEX_DAYS),
+            "expires": expiry(now, hours=index_hours),
             "meta": {"index.json": {"version": idx_v, "sha256": sha256_hex(ib), "length": len(ib)}},
         }
         sb = sign_envelope(snap, [key])
@@ -100,7 +127,7 @@ def build_metadata(
         "_type": "timestamp",
         "root_version": root_version,
         "version": ts_v,
-        "expires": expiry(now, hours=TIMESTAMP_HOURS),
+        "expires": expiry(now, hours=ts_hours),
         "meta": {"snapshot.json": snap_meta},
     }
     files.append(("index/timestamp.json", sign_envelope(ts, [key])))

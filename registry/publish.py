@@ -112,14 +112,17 @@ def _rotate_root(storage: Storage, old_key: SecretKey, new_key: SecretKey) -> in
     return v
 
 
-def publish_index(storage: Storage, key: SecretKey, *, full: bool = False) -> indexbuild.Published:
+def publish_index(
+    storage: Storage, key: SecretKey, *, full: bool = False, timestamp_hours: float | None = None
+) -> indexbuild.Published:
     """Sign and publish a new index generation for everything the storage holds (with
     ``full``, every narinfo read again rather than only those that changed: the result
-    is the same). Two publishers (server workers, the CLI beside a server) would both
-    read version v and write different v+1 files over each other: the directory's index
-    lock serialises them."""
+    is the same); the timestamp is valid ``timestamp_hours`` (default
+    ``indexbuild.TIMESTAMP_HOURS``; ``ValueError`` outside its bounds). Two publishers
+    (server workers, the CLI beside a server) would both read version v and write
+    different v+1 files over each other: the directory's index lock serialises them."""
     with dir_lock(storage, INDEX_LOCK):
-        return _publish_index(storage, key, full)
+        return _publish_index(storage, key, full, timestamp_hours)
 
 
 def refresh_due(storage: Storage, every: float, now: dt.datetime | None = None) -> bool:
@@ -155,7 +158,9 @@ def renew_root(storage: Storage, root: dict[str, Any], key: SecretKey, now: dt.d
     return new
 
 
-def _publish_index(storage: Storage, key: SecretKey, full: bool = False) -> indexbuild.Published:
+def _publish_index(
+    storage: Storage, key: SecretKey, full: bool = False, timestamp_hours: float | None = None
+) -> indexbuild.Published:
     prev_ts = load_signed(storage, "index/timestamp.json")
     prev_paths = prev_expires = prev_sha = None
     if prev_ts:
@@ -181,6 +186,7 @@ def _publish_index(storage: Storage, key: SecretKey, full: bool = False) -> inde
         prev_index_paths=prev_paths,
         root_version=root["version"],
         prev_index_expires=prev_expires,
+        timestamp_hours=timestamp_hours,
     )
     for k, data in pub.files:
         storage.put_bytes(k, data)
