@@ -7,7 +7,11 @@ kiln.registry (see docs/registry.md).
 
 Credentials: ``--token`` or ``$KILN_REGISTRY_TOKEN`` for pushes; trusted public keys
 with ``--trusted-key KEY`` (repeatable; a key file, or ``name:base64`` itself) or
-``$KILN_TRUSTED_KEYS`` (space-separated ``name:base64`` keys, ``common.trusted_keys``).
+``$KILN_TRUSTED_KEYS`` (space-separated ``name:base64`` keys, ``common.trusted_keys``);
+``kiln copy --to store --attester-key KEY`` (repeatable): keys trusted for attestations
+only, never for paths (``registry.attest_fetch``). A copy into a store that refuses an
+attestation (tampered with, or not the path's) still imports and roots the paths, which
+their own signatures vouch for, and then fails (exit 1) naming each refused one.
 """
 
 from __future__ import annotations
@@ -20,7 +24,15 @@ from pathlib import Path
 
 from kiln.store.keyfiles import load_secret_key
 
-from .common import UsageError, add_store_arg, store_root, trusted_keys, warn_no_signatures, whole_number
+from .common import (
+    UsageError,
+    add_store_arg,
+    load_trusted_key,
+    store_root,
+    trusted_keys,
+    warn_no_signatures,
+    whole_number,
+)
 
 
 def _open_store(args: argparse.Namespace, store_dir: str | None = None, create: bool = False):  # noqa: ANN202
@@ -103,7 +115,20 @@ def cmd_copy(argv: list[str]) -> int:
         default=os.environ.get("KILN_REGISTRY_FROM_TOKEN"),
         help="bearer token of a private --from registry (between two registries)",
     )
-    p.add_argument("--trusted-key", action="append", metavar="KEY")
+    p.add_argument(
+        "--trusted-key",
+        action="append",
+        metavar="KEY",
+        help="public key whose signatures admit paths and their attestations (repeatable)",
+    )
+    p.add_argument(
+        "--attester-key",
+        action="append",
+        metavar="KEY",
+        help="with --to store: public key whose DSSE signatures also admit attestations (provenance, "
+        "SBOMs, VSAs), never paths (repeatable; a provenance or SBOM it alone signed does not replace "
+        "a local one another key signed)",
+    )
     p.add_argument("--sigs-needed", type=whole_number(0), default=1)
     p.add_argument("-j", "--jobs", type=whole_number(1), default=16)
     p.add_argument("--store-dir", default=None, help="logical store dir when --to store creates a new store")
@@ -121,6 +146,11 @@ def cmd_copy(argv: list[str]) -> int:
     roots = _root_names(args.add_root, len(args.paths)) if args.add_root is not None else []
     if roots and args.dst != "store":
         raise UsageError("--add-root needs --to store: only a local store has GC roots")
+    if args.attester_key and args.dst != "store":
+        raise UsageError(
+            "--attester-key needs --to store: a registry copied to judges attestations by its own keys "
+            "(kiln serve --attester-key)"
+        )
     from kiln.registry.client import open_client
     from kiln.store.errors import redact_urls
 
@@ -136,20 +166,36 @@ def cmd_copy(argv: list[str]) -> int:
     if args.sigs_needed == 0:
         warn_no_signatures("paths are copied")
     if args.dst == "store":
+        from kiln.registry.attest_transfer import AttestationError
+
         from .storeroots import add_root
 
+        attesters = [load_trusted_key(k) for k in args.attester_key or []]
         with _open_store(args, args.store_dir, create=True) as store:
-            n = rcopy.to_store(
-                args.src,
-                store,
-                args.paths,
-                trusted,
-                args.sigs_needed,
-                args.jobs,
-                token=args.from_token or args.token,  # --token has no other use here
-            )
+            refused: AttestationError | None = None
+            try:
+                n = rcopy.to_store(
+                    args.src,
+                    store,
+                    args.paths,
+                    trusted,
+                    args.sigs_needed,
+                    args.jobs,
+                    token=args.from_token or args.token,  # --token has no other use here
+                    attesters=attesters,
+                )
+            except AttestationError as e:
+                # raised last, after the paths were imported (each checked by its own
+                # signatures and NAR hash) and the good attestations stored: the paths are
+                # valid, so they get their roots; the command still fails
+                refused, n = e, 0
             for name, path in zip(roots, args.paths, strict=False):  # no roots: none asked for
                 add_root(store, name, path)  # to_store holds them as temp roots until we close
+        if refused is not None:  # (run_command reports it: exit status 1)
+            raise AttestationError(
+                f"{refused}\nthe paths were copied into {store.root} (their content checked by their "
+                "signatures); the attestations refused above were not stored"
+            ) from None
         print(f"copied {n} paths into {store.root}")
         return 0
     rep = asyncio.run(

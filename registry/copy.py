@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import tempfile
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,10 +55,14 @@ def to_store(
     jobs: int = 16,
     progress: bool | None = None,
     token: str | None = None,
+    attesters: Sequence[PublicKey] = (),
 ) -> int:
     """Copy the closures of ``paths`` from registry ``src`` (bearer ``token`` for a
-    private one) into ``store``; returns the number of paths fetched (already-valid
-    paths are skipped)."""
+    private one) into ``store``, then the registry's attestations of them (signed by
+    ``trusted`` or ``attesters``, keys trusted for attestations only:
+    ``attest_fetch.fetch_attestations``, whose ``AttestationError`` it raises after
+    the paths are imported); returns the number of paths fetched (already-valid paths
+    are skipped)."""
     for p in paths:
         StorePath.parse(p, store.store_dir)
     tokens = {src: token} if token else None
@@ -84,7 +88,8 @@ def to_store(
         if wanted:
             sub.fetch_many(store, list(wanted.values()))
         # attestations (provenance, SBOMs, VSAs) travel with the paths, checked against them
-        sub.run(fetch_attestations(sub.client(src), store, sorted(set(wanted) | set(paths))))
+        done = sorted(set(wanted) | set(paths))
+        sub.run(fetch_attestations(sub.client(src), store, done, attesters=attesters))
         return len(wanted)
 
 

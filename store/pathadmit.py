@@ -267,8 +267,10 @@ def keep_sigs(
     keys = list(trusted or [])
     seen = dict.fromkeys(s for s in info.sigs if well_formed_sig(s))
     good = list(seen)
+    rank: dict[str, int] = {}  # (with trusted keys: each one's, for the filter and the warning)
     if keys:
-        good = [s for s in good if _rank(info, s, keys) == 0]
+        rank = {s: _rank(info, s, keys) for s in good}
+        good = [s for s in good if rank[s] == 0]
     if len(good) > MAX_SIGS:
         known = keys or local_keys(store_root)
         chosen = set(sorted(good, key=lambda s: _rank(info, s, known))[:MAX_SIGS])  # (stable)
@@ -281,7 +283,13 @@ def keep_sigs(
     if len(seen) < len(info.sigs):
         parts.append(f"{len(info.sigs) - len(seen)} malformed or repeated")
     if len(good) < len(seen):
-        parts.append(f"{len(seen) - len(good)} not valid by a trusted key")
+        # told apart: a valid signature by a key not trusted here (a rotation, another
+        # cache) is no alarm; one in a trusted key's name that does not verify is
+        ranks = list(rank.values())
+        if n := ranks.count(1):
+            parts.append(f"{n} not by a trusted key")
+        if n := ranks.count(2):
+            parts.append(f"{n} in a trusted key's name but not valid by it")
     if len(good) > MAX_SIGS:
         parts.append(f"{len(good) - MAX_SIGS} over the limit of {MAX_SIGS}")
     why = f"{info.path}: keeping {len(kept)} of its {len(info.sigs)} signatures ({', '.join(parts)} dropped)"
