@@ -274,10 +274,14 @@ def test_a_forked_child_does_not_keep_its_dead_parents_files(reg: Path) -> None:
         st = FileStorage(sys.argv[1])
         with st.staged() as (f, path):
             f.write(b"parent")
+            r, w = os.pipe()
             pid = os.fork()
             if pid == 0:
+                # (the at-fork handler has run: the parent's lock is let go of by now)
+                os.write(w, b"x")
                 time.sleep(60)
                 os._exit(0)
+            os.read(r, 1)  # without this, a loaded machine let the test sweep first
             print(path, pid, flush=True)
             time.sleep(60)
         """
