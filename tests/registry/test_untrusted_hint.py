@@ -15,7 +15,8 @@ from kiln.store.pathinfo import PathInfo
 from kiln.store.signing import SecretKey, sign_info
 
 
-def test_no_trusted_key_names_the_flag(tmp_path: Path) -> None:
+def _signed(tmp_path: Path) -> tuple[str, PathInfo, SecretKey, str]:
+    """A path of a new store, its info, the key ``me-1`` and its narinfo signed by it."""
     store = make_store(tmp_path / "store")
     path = add_tree(store, tmp_path, "hello", "hello\n")
     info = store.query(path)
@@ -24,6 +25,11 @@ def test_no_trusted_key_names_the_flag(tmp_path: Path) -> None:
         **{**{f: getattr(info, f) for f in PathInfo.__slots__ if f != "sigs"}, "sigs": (sign_info(info, sk),)}
     )
     text = ni.NarInfo.from_pathinfo(signed, layout.nar_key(info.file_hash), "zstd").render()
+    return path, info, sk, text
+
+
+def test_no_trusted_key_names_the_flag(tmp_path: Path) -> None:
+    path, info, sk, text = _signed(tmp_path)
     with pytest.raises(UntrustedError, match=r"trusted: none; a key is trusted with --trusted-key PUB\)"):
         check_narinfo(text, "/kiln/store", [], 1)
     with pytest.raises(UntrustedError) as e:  # (a key trusted, just not this one: no hint)
@@ -35,14 +41,7 @@ def test_no_trusted_key_names_the_flag(tmp_path: Path) -> None:
 def test_a_trusted_keys_signature_that_does_not_verify_is_named(tmp_path: Path) -> None:
     """A narinfo changed after signing (its NarSize here) said only "0 valid signature(s)
     ... (signatures by: me-1; trusted: me-1)", as if a signature were missing."""
-    store = make_store(tmp_path / "store")
-    path = add_tree(store, tmp_path, "hello", "hello\n")
-    info = store.query(path)
-    sk = SecretKey.generate("me-1")
-    signed = PathInfo(
-        **{**{f: getattr(info, f) for f in PathInfo.__slots__ if f != "sigs"}, "sigs": (sign_info(info, sk),)}
-    )
-    text = ni.NarInfo.from_pathinfo(signed, layout.nar_key(info.file_hash), "zstd").render()
+    path, info, sk, text = _signed(tmp_path)
     edited = text.replace(f"NarSize: {info.nar_size}\n", f"NarSize: {info.nar_size + 8}\n")
     assert edited != text
     with pytest.raises(UntrustedError, match=r"me-1's signature does not verify: the narinfo was changed"):
