@@ -150,10 +150,27 @@ def test_a_deep_tree_is_copied_with_few_descriptors(tmp_path: Path) -> None:
         "resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))\n"
         "from pathlib import Path\n"
         "from kiln.lang.sources import filtered_copy\n"
-        "out = filtered_copy(Path(sys.argv[1]))\n"
+        "out = filtered_copy(Path(sys.argv[1]), Path(sys.argv[2]))\n"
         "print(out)\n"
     )
-    r = subprocess.run([sys.executable, "-c", code, str(top)], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-c", code, str(top), str(tmp_path)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     copy = Path(r.stdout.strip())
-    assert (copy / ("d/" * 1100) / "leaf").read_text() == "deep\n"
+    try:
+        assert (copy / ("d/" * 1100) / "leaf").read_text() == "deep\n"
+    finally:
+        # (level by level: shutil.rmtree recurses per level too, and pytest's clean-up of
+        # old tmp dirs in a later session would die of it)
+        for chain in (top, copy):
+            _remove_chain(chain, 1100)
+        copy.parent.rmdir()
+
+
+def _remove_chain(top: Path, depth: int) -> None:
+    """Remove ``top``, a chain of ``depth`` directories ``d`` holding one file ``leaf``."""
+    d = top / ("d/" * depth)
+    (d / "leaf").unlink()
+    while d != top:
+        d.rmdir()
+        d = d.parent
+    top.rmdir()
