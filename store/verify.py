@@ -65,7 +65,7 @@ from .objects import object_rel_path
 from .objread import read_object
 from .pathadmit import FlatHasher, ca_problem, nar_content, tree_content
 from .pathinfo import PathInfo
-from .storescan import object_files, stray_tree_names
+from .storescan import object_files, stray_tree_names, used_objects
 from .trees import metadata_problems
 
 if TYPE_CHECKING:
@@ -297,7 +297,7 @@ def verify(
         valid_bases = {p.rsplit("/", 1)[1] for p in valid}
         # what GC would remove: entries named like store paths (see ``storescan.stray_tree_names``)
         stray_trees = [f"{store.store_dir}/{n}" for n in stray_tree_names(store) if n not in valid_bases]
-        used = {Hash.parse(fh).hex for (fh,) in store.conn.execute("SELECT file_hash FROM paths")}
+        used = used_objects(store, exclude=set())
         # likewise only object files (``storescan.object_files``): what GC would delete
         stray_objects = sorted(str(o) for o in object_files(store) if o.name.split(".", 1)[0] not in used)
     if repair and todo:
