@@ -222,8 +222,8 @@ class Builder(Producing, Checking, Scheduling):
         from contextlib import ExitStack
 
         from .buildlocks import output_lock
+        from .outputcanon import canonicalise_output
         from .stagedbuild import Placed, place, unplace
-        from .trees import canonicalise_output
 
         outs = [o.path for _, o in drv.outputs]
         locks = ExitStack()

@@ -68,8 +68,9 @@ from .ingest import TreeIngest
 from .locks import FileLock
 from .narsink import NarSink
 from .objects import fsync_dir, object_rel_path
+from .outputcanon import canonicalise_output
 from .pathinfo import PathInfo
-from .trees import canonicalise_output, move_into_place, remove_tree
+from .trees import move_into_place, remove_tree
 
 if TYPE_CHECKING:
     from .localstore import LocalStore

@@ -65,7 +65,7 @@ def canonicalise(top: Path, keep_top_writable: bool = True) -> None:
         for dirpath, dirnames, filenames in walk(t, topdown=False):
             for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
                 p = os.path.join(dirpath, name)
-                _canon_leaf(p, os.lstat(p))
+                canon_leaf(p, os.lstat(p))
             for name in dirnames:
                 p = os.path.join(dirpath, name)
                 if not os.path.islink(p):
@@ -74,7 +74,7 @@ def canonicalise(top: Path, keep_top_writable: bool = True) -> None:
         os.chmod(t, 0o755 if keep_top_writable else 0o555)
         os.utime(t, _MTIME)
     else:
-        _canon_leaf(t, st)
+        canon_leaf(t, st)
 
 
 def open_up(top: Path) -> None:
@@ -106,100 +106,8 @@ def open_up(top: Path) -> None:
                     os.chmod(e.path, stat.S_IMODE(est.st_mode) | 0o600)
 
 
-def canonicalise_output(top: Path, shown: str | None = None) -> None:
-    """Make a finished build output canonical in place (as ``canonicalise``, top left
-    writable for ``seal_top``), refusing first what a store path may not hold:
-    setuid/setgid files or directories and anything but regular files, directories and
-    symlinks (``StoreError`` naming the path, under ``shown`` — the output's store path —
-    instead of ``top`` when given: the build's scratch dir means nothing to its author;
-    the tree may then be half canonical, it is the build's scratch). Directories the
-    build left unreadable are opened up before they are listed. Iterative: deep trees
-    cannot overflow the stack."""
-    from .errors import StoreError
-
-    try:
-        _canonicalise_output(top)
-    except StoreError as e:
-        if shown is None:
-            raise
-        raise StoreError(str(e).replace(os.fsdecode(os.fsencode(top)), shown, 1)) from None
-
-
-def _canonicalise_output(top: Path) -> None:
-    t = os.fsencode(top)
-    st = os.lstat(t)
-    _refuse(t, st)
-    if not stat.S_ISDIR(st.st_mode):
-        _canon_leaf(t, st)
-        return
-    os.chmod(t, 0o755)
-    stack: list[tuple[bytes, bool]] = [(t, False)]  # (dir, its entries done)
-    while stack:
-        d, done = stack.pop()
-        if done:
-            if d != t:
-                os.chmod(d, 0o555)
-            os.utime(d, _MTIME)
-            continue
-        stack.append((d, True))
-        for name in os.listdir(d):
-            p = d + b"/" + name
-            cst = os.lstat(p)
-            _refuse(p, cst)
-            if stat.S_ISDIR(cst.st_mode):
-                os.chmod(p, 0o755)
-                stack.append((p, False))
-            else:
-                _canon_leaf(p, cst)
-
-
-def _refuse(p: bytes, st: os.stat_result) -> None:
-    from .errors import StoreError
-    from .treeplan import unstorable as _unstorable
-
-    m = st.st_mode
-    if not (stat.S_ISREG(m) or stat.S_ISDIR(m) or stat.S_ISLNK(m)):
-        raise _unstorable(p, m)
-    _strip_xattrs(p)
-    if not stat.S_ISLNK(m) and m & (stat.S_ISUID | stat.S_ISGID):
-        bits = "setuid" if m & stat.S_ISUID else "setgid"
-        raise StoreError(
-            f"{os.fsdecode(p)}: has the {bits} bit (mode {stat.S_IMODE(m):04o}); "
-            "store paths may not contain setuid/setgid files"
-        )
-
-
-#: extended attributes a build output keeps (as Nix's canonicalisePathMetaData)
-_KEEP_XATTRS = ("security.selinux", "system.nfs4_acl")
-
-
-def _strip_xattrs(p: bytes) -> None:
-    """Remove the extended attributes (and POSIX ACLs, which are xattrs) a build left on
-    ``p``: the NAR does not record them, so the materialised tree would hold metadata
-    that no other copy of the path has. Unsupported file systems are fine."""
-    try:
-        names = os.listxattr(p, follow_symlinks=False)
-    except OSError as e:
-        if e.errno in (errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM, errno.EACCES):
-            return
-        raise
-    doomed = [n for n in names if n not in _KEEP_XATTRS]
-    if not doomed:
-        return
-    st = os.lstat(p)
-    if not stat.S_ISLNK(st.st_mode) and not st.st_mode & stat.S_IWUSR:
-        # removing a user.* attribute needs write access, which a build may have taken
-        # away (0444); canonicalisation sets the final mode afterwards
-        os.chmod(p, stat.S_IMODE(st.st_mode) | stat.S_IWUSR)
-    for name in doomed:
-        try:
-            os.removexattr(p, name, follow_symlinks=False)
-        except OSError as e:
-            if e.errno not in (errno.ENODATA, errno.ENOTSUP, errno.EPERM):
-                raise
-
-
-def _canon_leaf(p: bytes, st: os.stat_result) -> None:
+def canon_leaf(p: AnyStr, st: os.stat_result) -> None:
+    """Canonical mode (files) and mtime (everything) for one non-directory entry."""
     if stat.S_ISREG(st.st_mode):
         os.chmod(p, 0o555 if st.st_mode & stat.S_IXUSR else 0o444)
     os.utime(p, _MTIME, follow_symlinks=False)

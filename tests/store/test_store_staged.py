@@ -240,7 +240,7 @@ def test_canonicalise_output_strips_extended_attributes(tmp_path):
 
     import pytest
 
-    from kiln.store.trees import canonicalise_output
+    from kiln.store.outputcanon import canonicalise_output
 
     out = tmp_path / "out"
     (out / "d").mkdir(parents=True)

@@ -36,7 +36,7 @@ print("scan-after", sorted(scan(root / "a", [], "/kiln/store").found))
 print("nar", nar.hash_path(root / "a")[1] > 0)
 rmtree_iter(os.fsencode(root / "b"))
 print("removed", not (root / "b").exists())
-from kiln.store.trees import canonicalise_output
+from kiln.store.outputcanon import canonicalise_output
 c = root / "c"
 c.mkdir()
 (c / "f").write_text("z")
