@@ -45,7 +45,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from .errors import StoreError
-from .fsstate import FsState, state_of
+from .fsstate import state_of, why_refused
 from .hashes import Hash
 from .pathinfo import PathInfo
 
@@ -91,32 +91,6 @@ def _rollback(conn: sqlite3.Connection) -> None:
     if conn.in_transaction:
         with contextlib.suppress(sqlite3.Error):
             conn.execute("ROLLBACK")
-
-
-def _file_system_state(path: Path, state: FsState | None) -> str:
-    """Why the file system holding ``path`` (in ``state``) may refuse SQLite's files (its
-    ``-wal`` and ``-shm`` are made at every open): ``" (the file system ... is
-    read-only)"``, ``" (... is full: N bytes free ...)"``, or ``""``. When the store holds
-    reserved space (``reserve``), it says that ``kiln store gc`` can run: it deletes that
-    first."""
-    if state is None:
-        return ""
-    if state.read_only:
-        return f" (the file system holding {path.parent} is read-only)"
-    if state.full():
-        from .reserve import held
-
-        gc = ""
-        if (kept := held(path.parent)) > 0:
-            gc = (
-                f"; 'kiln store gc' can run, as it first releases the {kept:,} bytes the store keeps "
-                f"in reserve ({path.parent / 'reserved'}) for it"
-            )
-        return (
-            f" (the file system holding {path.parent} is full: {state.free:,} bytes free; free some "
-            f"space and run the command again{gc})"
-        )
-    return ""
 
 
 def connect(path: Path, full_disk_read: bool = False) -> sqlite3.Connection:
@@ -170,7 +144,7 @@ def _connect(path: Path, exclusive: bool) -> sqlite3.Connection:
         conn.close()
         state = state_of(path.parent)
         raise _OpenFailed(
-            f"cannot open the store database {path}: {e}{_file_system_state(path, state)}",
+            f"cannot open the store database {path}: {e}{why_refused(path, state)}",
             full=state is not None and state.full(),
         ) from None
     except sqlite3.DatabaseError as e:

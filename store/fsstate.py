@@ -38,3 +38,29 @@ def state_of(path: str | os.PathLike[str]) -> FsState | None:
         return None
     read_only = bool(st.f_flag & os.ST_RDONLY)
     return FsState(read_only, 0 if read_only else st.f_bavail * st.f_frsize)
+
+
+def why_refused(path: Path, state: FsState | None) -> str:
+    """Why the file system holding ``path`` (in ``state``) may refuse SQLite's files (its
+    ``-wal`` and ``-shm`` are made at every open): ``" (the file system ... is
+    read-only)"``, ``" (... is full: N bytes free ...)"``, or ``""``. When the store holds
+    reserved space (``reserve``), it says that ``kiln store gc`` can run: it deletes that
+    first."""
+    if state is None:
+        return ""
+    if state.read_only:
+        return f" (the file system holding {path.parent} is read-only)"
+    if state.full():
+        from .reserve import held
+
+        gc = ""
+        if (kept := held(path.parent)) > 0:
+            gc = (
+                f"; 'kiln store gc' can run, as it first releases the {kept:,} bytes the store keeps "
+                f"in reserve ({path.parent / 'reserved'}) for it"
+            )
+        return (
+            f" (the file system holding {path.parent} is full: {state.free:,} bytes free; free some "
+            f"space and run the command again{gc})"
+        )
+    return ""
