@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import errno
 import json
-import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,7 +32,7 @@ import aiohttp.http_exceptions
 from kiln.store.hashes import Hash
 
 from . import layout
-from .client import BATCH, CHUNK, CONNECT_TIMEOUT, Client, RegistryError, Unreachable, utf8
+from .client import BATCH, CHUNK, Client, RegistryError, Unreachable, utf8
 from .httpattest import AttestationBatches
 from .httpbatch import (
     answer_errors,
@@ -55,6 +53,7 @@ from .httpretry import (
     dropped,
     retry_after,
 )
+from .httpsession import new_session
 from .pace import Link, Pace
 
 #: Largest body read into memory from a registry (narinfos, listings, index files,
@@ -66,17 +65,6 @@ ERROR_PEEK_S = 10.0
 #: Longest wait for the status line and headers of an answer (not for uploads, whose
 #: answer comes only after the body has been sent).
 HEADERS_TIMEOUT = 300.0
-
-
-class _Resolver(aiohttp.DefaultResolver):  # type: ignore[misc,valid-type]
-    """aiohttp's resolver, with a name lookup bounded by ``CONNECT_TIMEOUT`` (the
-    session's ``connect`` timeout, which bounded it before, is off: see ``_sess``)."""
-
-    async def resolve(self, host: str, port: int = 0, family: int = socket.AF_INET) -> Any:
-        try:
-            return await asyncio.wait_for(super().resolve(host, port, family), CONNECT_TIMEOUT)
-        except TimeoutError:  # (an errno: aiohttp reports it as a connection error)
-            raise OSError(errno.ETIMEDOUT, f"looking up {host} took over {CONNECT_TIMEOUT:g} s") from None
 
 
 class HttpClient(AttestationBatches, Client):
@@ -116,19 +104,7 @@ class HttpClient(AttestationBatches, Client):
             headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
             if self._basic is not None:
                 headers["Authorization"] = self._basic
-            # connect=None: aiohttp's connect timeout also counts the wait for a free
-            # pooled connection, so more requests at once than the pool holds failed as
-            # "unreachable" (`kiln push` of a wide level); making a connection stays
-            # bounded by sock_connect, and the name lookup by _Resolver
-            self._resolver = _Resolver()
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self.jobs, force_close=False, resolver=self._resolver),
-                timeout=aiohttp.ClientTimeout(
-                    total=None, connect=None, sock_connect=CONNECT_TIMEOUT, sock_read=120
-                ),
-                headers=headers,
-                auto_decompress=False,
-            )
+            self._session, self._resolver = new_session(self.jobs, headers)
         return self._session
 
     async def close(self) -> None:

@@ -18,7 +18,7 @@ from urllib.parse import urlparse
 import pytest
 from regkit import add_chain, add_tree, kiln, make_store
 
-from kiln.registry import httpclient, layout, storage, uploadplan
+from kiln.registry import httpclient, httpsession, layout, storage, uploadplan
 from kiln.registry import push as push_mod
 from kiln.registry.client import Unreachable, open_client
 from kiln.registry.dirclient import DirClient
@@ -261,7 +261,7 @@ class SlowProxy:
 @pytest.fixture
 def slow(tmp_path, keys, kiln_server, monkeypatch):  # noqa: ANN201
     """A served registry behind a 0.5 s ``SlowProxy``, and a connect timeout of 0.2 s."""
-    monkeypatch.setattr(httpclient, "CONNECT_TIMEOUT", 0.2)
+    monkeypatch.setattr(httpsession, "CONNECT_TIMEOUT", 0.2)
     reg, tok = _registry(tmp_path, "reg")
     srv = kiln_server("--dir", str(reg), "--trusted-key", str(keys.pk_file))
     proxy = SlowProxy(srv.url, 0.5)
@@ -300,7 +300,7 @@ def test_a_name_lookup_is_still_bounded(monkeypatch) -> None:
     async def hang(*_a: object, **_k: object) -> None:
         await asyncio.sleep(30)
 
-    monkeypatch.setattr(httpclient, "CONNECT_TIMEOUT", 0.3)
+    monkeypatch.setattr(httpsession, "CONNECT_TIMEOUT", 0.3)
     monkeypatch.setattr(aiohttp.DefaultResolver, "resolve", hang)
 
     async def get() -> None:

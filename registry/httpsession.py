@@ -1,0 +1,54 @@
+"""The aiohttp session behind one ``HttpClient`` (``httpclient``): its connection pool,
+timeouts and a name lookup bounded in time.
+
+Timeouts: no total (a download of gigabytes takes what it takes; a trickle is cut by
+``pace.Pace`` instead), ``sock_connect`` = ``CONNECT_TIMEOUT`` for making a connection,
+``sock_read`` 120 s of silence. aiohttp's own ``connect`` timeout is off: it also counts
+the wait for a free pooled connection (see ``new_session``). Bodies are not
+decompressed: the registry's objects are zstd as stored, and their digests are of the
+bytes sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import socket
+from typing import Any
+
+import aiohttp
+import aiohttp.abc
+
+from .client import CONNECT_TIMEOUT
+
+
+class _Resolver(aiohttp.DefaultResolver):  # type: ignore[misc,valid-type]
+    """aiohttp's resolver, with a name lookup bounded by ``CONNECT_TIMEOUT`` (the
+    session's ``connect`` timeout, which bounded it before, is off: see ``_sess``)."""
+
+    async def resolve(self, host: str, port: int = 0, family: int = socket.AF_INET) -> Any:
+        try:
+            return await asyncio.wait_for(super().resolve(host, port, family), CONNECT_TIMEOUT)
+        except TimeoutError:  # (an errno: aiohttp reports it as a connection error)
+            raise OSError(errno.ETIMEDOUT, f"looking up {host} took over {CONNECT_TIMEOUT:g} s") from None
+
+
+def new_session(
+    jobs: int, headers: dict[str, str]
+) -> tuple[aiohttp.ClientSession, aiohttp.abc.AbstractResolver]:
+    """A session with at most ``jobs`` connections, sending ``headers`` with every
+    request (aiohttp drops default headers on a redirect to another origin), and its
+    resolver, which the caller closes after the session (a connector closes only a
+    resolver it made itself)."""
+    # connect=None: aiohttp's connect timeout also counts the wait for a free
+    # pooled connection, so more requests at once than the pool holds failed as
+    # "unreachable" (`kiln push` of a wide level); making a connection stays
+    # bounded by sock_connect, and the name lookup by _Resolver
+    resolver = _Resolver()
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=jobs, force_close=False, resolver=resolver),
+        timeout=aiohttp.ClientTimeout(total=None, connect=None, sock_connect=CONNECT_TIMEOUT, sock_read=120),
+        headers=headers,
+        auto_decompress=False,
+    )
+    return session, resolver
