@@ -96,7 +96,7 @@ def _run(cmd: str, args, store) -> int:
     """Run the command; the store stays open (its temp roots keep the closure from GC)
     until the command ends."""
     from kiln.store.errors import KilnError
-    from kiln.store.localstore import IncompleteClosure
+    from kiln.store.holes import IncompleteClosure
     from kiln.store.paths import StorePath
 
     from .hostrun import host_argv

@@ -126,7 +126,7 @@ def prepare(
     if holes:
         # a registry would publish the path without what it needs (references are not
         # checked there), and every substituter would then fail on the missing ones
-        from kiln.store.localstore import IncompleteClosure
+        from kiln.store.holes import IncompleteClosure
 
         raise IncompleteClosure(", ".join(sorted(map(str, paths))), holes, store.root, "push")
     for p in closure:

@@ -21,7 +21,7 @@ from typing import Any
 
 from .buildplan import Graph, walk
 from .errors import StoreError
-from .localstore import holes_text
+from .holes import holes_text
 
 
 def with_holes(

@@ -45,7 +45,7 @@ from urllib.parse import quote, unquote
 from .derivation import Derivation
 from .derivers import Derivers
 from .errors import FormatError, StoreError
-from .localstore import IncompleteClosure
+from .holes import IncompleteClosure
 from .paths import StorePath
 
 

@@ -390,6 +390,6 @@ def _no_holes(holes: dict[str, tuple[str, ...]]) -> None:
     missing again before planning): a hole left is a ``StoreError`` naming it, never a
     sandbox quietly missing a dependency."""
     if holes:
-        from .localstore import holes_text
+        from .holes import holes_text
 
         raise StoreError(f"the input closure is incomplete: {holes_text(holes)} is not valid in the store")

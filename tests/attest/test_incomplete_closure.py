@@ -13,8 +13,8 @@ import pytest
 from clikit import kiln
 
 from kiln.store import attestations, sbom
+from kiln.store.holes import IncompleteClosure
 from kiln.store.keyfiles import write_secret_key
-from kiln.store.localstore import IncompleteClosure
 from kiln.store.signing import SecretKey
 
 
