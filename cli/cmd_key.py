@@ -74,8 +74,10 @@ def _generate(args: argparse.Namespace) -> int:
             raise KilnError(
                 f"cannot write the public key {pub}: {e.strerror}; no key was made (its secret half is removed)"
             ) from e
+    # stdout is the public key alone, for PUB=$(kiln key generate NAME); where the
+    # secret half went is for the person reading the terminal
     print(key.public().to_text())
-    print(f"secret key: {sec}")
+    print(f"secret key: {sec}", file=sys.stderr)
     return 0
 
 
