@@ -1,4 +1,5 @@
-"""A minimal progress line for terminals (stderr); silent when stderr is not a TTY.
+"""A minimal progress line for terminals (stderr); silent unless ``wants_progress``
+(stderr a terminal, not ``TERM=dumb`` nor ``KILN_PROGRESS=0``).
 
 Redraws at most 10 times a second so it never costs measurable time."""
 
@@ -7,6 +8,8 @@ from __future__ import annotations
 import sys
 import time
 
+from kiln.store.progressmode import wants_progress
+
 
 class Progress:
     def __init__(
@@ -14,7 +17,7 @@ class Progress:
     ) -> None:
         self.label, self.total_items, self.total_bytes = label, total_items, total_bytes
         self.items = self.bytes = 0
-        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.enabled = wants_progress() if enabled is None else enabled
         self._last = 0.0
         self._t0 = time.monotonic()
 

@@ -14,15 +14,16 @@ from typing import IO
 
 from .hashes import Hash
 from .nar_read import HDR_CONTENTS, HDR_REGULAR, HDR_ROOT, TOK_CLOSE
+from .progressmode import wants_progress
 
 CHUNK = 1 << 16
 
 
 class Progress:
-    """A one-line progress meter on stderr, only when stderr is a terminal."""
+    """A one-line progress meter on stderr, only when ``wants_progress``."""
 
     def __init__(self, enabled: bool, label: str) -> None:
-        self.enabled = enabled and sys.stderr.isatty()
+        self.enabled = enabled and wants_progress()
         self.label = label if len(label) <= 50 else "…" + label[-49:]
         self.last = 0.0
 
