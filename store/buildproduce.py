@@ -14,7 +14,6 @@ import errno
 import os
 import shutil
 import stat
-import sys
 import tempfile
 import threading
 import time
@@ -22,10 +21,11 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 
-from .buildlogs import TerminalSafe, shown_output
+from .buildlogs import shown_output
 from .buildtmp import LOG_NAME
 from .derivation import Derivation
 from .errors import KilnError
+from .logecho import LogEcho
 from .nar_restore import write_all
 from .paths import StorePath
 from .refscan import ScanStopped, scan
@@ -108,7 +108,7 @@ class Producing:
             self.store, drv, tmp, self.opts, self.get_drv, vary, None if vary else self._pending, dirs_made
         )
         log_path = tmp / LOG_NAME  # (made ahead with ``tmp`` by ``BuildDirs``: opened, not created)
-        echo = _Echo() if self.opts.print_logs else None
+        echo = LogEcho(drv.name) if self.opts.print_logs else None
         # a varied rebuild lists /build, its outputs and its inputs in another order
         # (``make_spec`` bound the inputs from the view mounted here)
         reorder = (
@@ -196,40 +196,6 @@ class Producing:
                 )
             produced[name] = (tree, sorted(by_hash[h] for h in res.found))
         return produced
-
-
-class _Echo:
-    """``-L``'s log echo, one per build: raw to a pipe or file, escaped on a terminal
-    (``buildlogs.TerminalSafe``: the build's escape sequences are not the terminal's to
-    act on). It stops (the build goes on, its log is kept) once stderr's reader has
-    gone (``kiln build -L 2>&1 | head``). ``close`` writes what the escaper held back."""
-
-    def __init__(self) -> None:
-        self.gone = False
-        self.safe = TerminalSafe() if _isatty(sys.stderr) else None
-
-    def __call__(self, data: bytes) -> None:
-        self._write(data if self.safe is None else self.safe.feed(data))
-
-    def close(self) -> None:
-        if self.safe is not None:
-            self._write(self.safe.flush())
-
-    def _write(self, data: bytes) -> None:
-        if self.gone or not data:
-            return
-        try:
-            sys.stderr.buffer.write(data)
-            sys.stderr.flush()
-        except BrokenPipeError:
-            self.gone = True
-
-
-def _isatty(stream: object) -> bool:
-    try:
-        return bool(stream.isatty())  # type: ignore[attr-defined]
-    except (AttributeError, ValueError):  # no such method, or a closed stream
-        return False
 
 
 def overdue(deadline: float | None) -> bool:
