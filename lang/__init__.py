@@ -149,7 +149,7 @@ class Evaluation:
             raise self.broken[expr.strip()]
         from .reading import check_utf8
 
-        check_utf8(expr, "<attribute>")
+        expr = check_utf8(expr, "<attribute>")
         ev, mod = self._evaluator()
         from .parser import parse_expr
         from .values import DrvValue, type_name

@@ -11,6 +11,15 @@ where it happened it is rendered as::
 Subclasses exist per kind so tests (and callers) can tell them apart; ``kind`` is a
 short stable name used in test expectation files.
 
+Positions: ``line`` is one more than the LFs before the position, ``col`` one more than
+the characters since the last (a tab, a wide or a combining character each count one).
+A recipe's text holds no other line end (``reading``: a CRLF is read as LF, a lone CR is
+refused), so that is the line an editor shows; the end of a file is the end of its last
+line (``SourceText.line_col``). The excerpt under the message shows the line as a
+terminal shows it (tabs expanded to stops of ``TAB``, control and invisible characters
+made visible), and the caret is padded by the terminal columns of what precedes the
+character (``_width``), so it stands under it whatever the line holds.
+
 A message may span lines; a file's name or path it embeds goes through ``visible``
 (every control character shown, a newline too), so no name can add a line of its own.
 """
@@ -35,7 +44,12 @@ class SourceText:
         self._starts: list[int] | None = None
 
     def line_col(self, pos: int) -> tuple[int, int]:
-        """1-based line and column of character offset ``pos``."""
+        """1-based line and column of character offset ``pos``. The end of a text that
+        ends with a line end (an error at the end of the file) is the end of its last
+        line: editors differ on whether a line follows the last LF (VS Code shows an
+        empty one; vim, ``less`` and ``cat -n`` none), but all show that one."""
+        if pos == len(self.text) and self.text.endswith("\n"):
+            pos -= 1
         if self._starts is None:
             starts = [0]
             i = self.text.find("\n")
@@ -69,6 +83,56 @@ _VISIBLE: dict[int, int | str] = (
 #: the same for a message, which may span lines and be indented with tabs: so every
 #: name a message embeds goes through ``visible`` first
 _VISIBLE_TEXT = {c: v for c, v in _VISIBLE.items() if c not in (9, 10)}
+#: the same for the excerpt, where the invisible characters a syntax error may be at (a
+#: byte-order mark past the start, a zero-width space) are shown too, else the caret
+#: would stand under nothing, and so are the Unicode line and paragraph separators (no
+#: line end in a recipe, nor in an editor; a terminal might show them as one)
+_VISIBLE_CODE: dict[int, int | str] = _VISIBLE | {c: f"\\u{c:04x}" for c in (0x200B, 0x2028, 0x2029, 0xFEFF)}
+#: tab stops in the excerpt, as a terminal (and ``less``, and vim's default) sets them
+TAB = 8
+
+
+def _width(text: str) -> int:
+    """How many terminal columns ``text`` (as shown: no control characters) takes: two
+    for a wide (East Asian) character, none for a combining mark or a format character
+    (U+00AD aside, which shows as a hyphen), one for any other, as ``wcwidth`` counts."""
+    if text.isascii():
+        return len(text)
+    import unicodedata  # (only for an error)
+
+    n = 0
+    for c in text:
+        if c.isascii():
+            n += 1
+        elif unicodedata.category(c) in ("Mn", "Me", "Cf") and c != "\xad":
+            continue
+        else:
+            n += 2 if unicodedata.east_asian_width(c) in ("W", "F") else 1
+    return n
+
+
+def _expand_tabs(code: str, at: int) -> tuple[str, int]:
+    """``code`` with each tab as the spaces up to the next tab stop (``TAB``), counted in
+    columns as shown (``_width``), and ``at`` (an index into it) moved with its character:
+    the line looks as an editor shows it, and the caret stays under the column."""
+    if "\t" not in code:
+        return code, at
+    if code.isascii() and "\r" not in code:  # one column a character (str.expandtabs restarts at CR)
+        return code.expandtabs(TAB), len(code[:at].expandtabs(TAB)) + max(0, at - len(code))
+    out: list[str] = []
+    shown = width = 0  # len("".join(out)), and its columns as shown
+    new_at = None
+    for i, c in enumerate(code):
+        if i == at:
+            new_at = shown
+        if c == "\t":
+            c = " " * (TAB - width % TAB)
+            width += len(c)
+        else:
+            width += _width(c.translate(_VISIBLE_CODE))
+        out.append(c)
+        shown += len(c)
+    return "".join(out), shown + at - len(code) if new_at is None else new_at
 
 
 def _hide_userinfo(code: str, at: int) -> tuple[str, int]:
@@ -121,14 +185,16 @@ class RecipeError(KilnError):
         """``file:line:col: message``, the line and a caret; control characters in any of
         it (a file's name comes from a tarball), bidi controls included, shown as visible
         ones, not sent to the terminal. The caret is under the character at ``col`` as
-        shown."""
+        shown: tabs are expanded to stops every ``TAB`` columns (as a terminal shows
+        them), and wide and zero-width characters are counted as the terminal counts
+        them. ``col`` itself counts characters (a tab is one), as the line's text does."""
         if self.src is None:
             return self.message.translate(_VISIBLE_TEXT)
         name = visible(self.src.name)  # (a newline in a file's name too)
         if self.pos is None:
             return f"{name}: {self.message.translate(_VISIBLE_TEXT)}"
         line, col = self.src.line_col(self.pos)
-        code, at = _hide_userinfo(self.src.line_text(line).replace("\t", " "), col - 1)
+        code, at = _expand_tabs(*_hide_userinfo(self.src.line_text(line), col - 1))
         cut_head = cut_tail = ""
         if len(code) > EXCERPT:  # a long (generated, minified) line: the part around col
             start = max(0, min(at - EXCERPT // 2, len(code) - EXCERPT))
@@ -138,9 +204,10 @@ class RecipeError(KilnError):
             at -= start
         # control characters shown as visible ones (a lone CR would garble the terminal
         # line, an escape sequence act on it, a bidi override reorder it); a bidi control
-        # shows as several characters, so the caret moves by what precedes it as shown
-        at = len(cut_head) + len(code[:at].translate(_VISIBLE))
-        code = cut_head + code.translate(_VISIBLE) + cut_tail
+        # shows as several characters, a wide one takes two columns, a combining one
+        # none: so the caret moves by the columns what precedes it takes as shown
+        at = _width(cut_head + code[:at].translate(_VISIBLE_CODE))
+        code = cut_head + code.translate(_VISIBLE_CODE) + cut_tail
         gutter = f"{line:>5} | "
         caret = " " * (len(gutter) - 2) + "| " + " " * at + "^"
         head = f"{name}:{line}:{col}: {self.message.translate(_VISIBLE_TEXT)}"

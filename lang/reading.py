@@ -1,15 +1,40 @@
 """Reading a recipe file's text (for ``Evaluator.load``).
 
 Contract: ``read_recipe`` returns the file's raw bytes (what the evaluation cache
-hashes) and its text as the parser must see it, or raises a ``RecipeError``: located at
-the ``import`` that named the file when there is one, naming the file otherwise. It never
+hashes) and its text as the parser must see it, or raises a ``RecipeError``: one that
+stops the file being read is located at the ``import`` that named it when there is one,
+naming the file otherwise; one in its text is located in the text (below). It never
 lets an ``OSError``/``ValueError`` escape and never blocks: only regular files are read
 (a FIFO, device, socket or directory is refused before any byte is read). Messages name
 the file as ``errors.visible`` shows it (a newline in its name cannot start a line).
 
-The text is UTF-8; a leading byte-order mark is dropped and CRLF line ends become LF (a
-file checked out with ``core.autocrlf`` means the same as its LF original: ``''``
-strings are de-indented and no ``\\r`` reaches a build script). A lone ``\\r`` is kept.
+The text is UTF-8; a leading UTF-8 byte-order mark is dropped (editors hide it, so
+columns on line 1 count from after it) and CRLF line ends become LF (a file checked out
+with ``core.autocrlf`` means the same as its LF original: ``''`` strings are de-indented
+and no ``\\r`` reaches a build script). Refused, each located at its own
+``file:line:col`` in the file that holds it (an imported file too, as a syntax error in
+it is), with the line shown and a caret under it:
+
+- a byte that is not UTF-8: the line is shown decoded with U+FFFD for what is not; a
+  UTF-16 file (which Windows tools write with a byte-order mark) is named as such;
+- a carriage return not followed by a line feed (a stray ``\\r`` in a file of LF or CRLF
+  lines, or classic Mac OS's CR-only line ends). Why refuse rather than count it as a
+  line end, as Python's universal newlines, VS Code, Emacs and Nix's error positions do:
+  other editors (vim, less, git's diffs) show it as ``^M`` inside a line, so no
+  ``line:col`` after one is what every editor shows; refused, every position (its own
+  included: nothing before it is ambiguous) is. And counting it as a line end would make
+  the positions describe lines the evaluator does not read: a ``''`` string is not
+  de-indented at it, bash does not end a command at it (``$'\\r': command not found``),
+  while reading it as LF would silently change what existing recipes' strings hold.
+  A carriage return meant as one is written ``\\r`` (``''\\r`` in an indented string);
+- a NUL character: a recipe is text (git takes a file with a NUL for binary and shows
+  no diff of it, so a change in it would escape review; and no build variable can hold
+  one).
+
+So in every text the parser sees, a line is what an editor shows as one: lines end at
+LF, and nothing else ends one (not a form feed or U+2028, which ``str.splitlines``
+would take, but editors show inside a line). ``check_utf8`` holds a recipe expression
+given on the command line to the same rules (a CRLF in one is left as it is).
 """
 
 from __future__ import annotations
@@ -19,7 +44,7 @@ import os
 import stat
 
 from . import nodes as ast
-from .errors import ImportNotFound, RecipeError, visible
+from .errors import ImportNotFound, RecipeError, RecipeSyntaxError, SourceText, visible
 
 _KINDS = (
     (stat.S_ISDIR, "a directory"),
@@ -63,37 +88,78 @@ def _read_bytes(path: str, display: str, via: ast.Import | None) -> bytes:
         os.close(fd)
 
 
+def _problem(text: str, crlf: bool) -> int:
+    """The position of the first lone carriage return or NUL in ``text`` (``crlf``: a
+    CR before an LF is not lone), or -1."""
+    cr = text.find("\r")
+    while crlf and cr >= 0 and text.startswith("\n", cr + 1):
+        cr = text.find("\r", cr + 2)
+    nul = text.find("\0")
+    return min(cr, nul) if cr >= 0 and nul >= 0 else max(cr, nul)
+
+
+def _refused(
+    text: str, at: int, display: str, path: str | None, bad: str = "", hint: str = ""
+) -> RecipeSyntaxError:
+    """The syntax error for the character at ``text[at]``: a lone CR or a NUL, or
+    (``bad``, what to call it, and a ``hint``) what UTF-8 could not decode, which
+    ``text`` shows as U+FFFD."""
+    if bad:
+        msg = f"not valid UTF-8 ({bad}){hint}"
+    elif text[at] == "\0":
+        msg = "NUL character (byte 0x00): a recipe file is text"
+    elif "\n" not in text:
+        msg = (
+            "carriage return not followed by a line feed: this file's lines end in CR alone "
+            "(classic Mac OS); recipe lines end in LF or CRLF"
+        )
+    else:
+        msg = (
+            "carriage return not followed by a line feed: recipe lines end in LF or CRLF "
+            '(in a string, write "\\r")'
+        )
+    return RecipeSyntaxError(msg, SourceText(display, text, path), at)
+
+
 def read_recipe(path: str, display: str, via: ast.Import | None) -> tuple[bytes, str]:
     """``(raw bytes, text)`` of the recipe file at ``path`` (reported as ``display``),
     ``via`` the import that named it (None for the entry file). See the module docstring."""
     raw = _read_bytes(path, display, via)
     try:
-        text = raw.decode("utf-8")
+        text, bad = raw.decode("utf-8"), -1
     except UnicodeDecodeError as e:
-        start = raw.rfind(b"\n", 0, e.start) + 1
-        line = raw.count(b"\n", 0, e.start) + 1
-        # columns count characters, as every other error's do
-        col = len(raw[start : e.start].decode("utf-8", "replace")) + 1
-        bad = f"not valid UTF-8 (byte 0x{raw[e.start]:02x})"
-        if via is not None:
-            raise _fail(
-                f"imported file {visible(display)} is {bad} at line {line}, column {col}", via
-            ) from None
-        raise RecipeError(f"{visible(display)}:{line}:{col}: {bad}; recipe files are UTF-8") from None
-    text = text.removeprefix("\ufeff")  # a UTF-8 byte-order mark some editors write
-    return raw, text.replace("\r\n", "\n")
+        # what precedes the byte decodes, so it is where the byte is in the text (the
+        # byte becomes U+FFFD: no CRLF straddles it, CRLF can become LF on each side)
+        head = raw[: e.start].decode("utf-8").removeprefix("\ufeff")
+        text = head + raw[e.start :].decode("utf-8", "replace")
+        bad = len(head.replace("\r\n", "\n"))
+        byte, hint = f"byte 0x{raw[e.start]:02x}", ""
+        if raw.startswith((b"\xff\xfe", b"\xfe\xff")):  # (what Windows tools save as "Unicode")
+            hint = ": the file starts with a UTF-16 byte-order mark; recipe files are UTF-8"
+    else:
+        text = text.removeprefix("\ufeff")  # a UTF-8 byte-order mark some editors write
+    text = text.replace("\r\n", "\n")
+    at = _problem(text, crlf=False)  # (CRLF is gone: a CR left is lone)
+    if bad >= 0 and not 0 <= at < bad:
+        raise _refused(text, bad, display, path, byte, hint)
+    if at >= 0:
+        raise _refused(text, at, display, path)
+    return raw, text
 
 
 def check_utf8(text: str, display: str) -> str:
     """``text`` (a recipe expression given on the command line, where undecodable bytes
-    arrive as lone surrogates) if it is valid Unicode text, else the same located error
-    a recipe file gets."""
+    arrive as lone surrogates) with CRLF made LF, as in a recipe file, if it is valid
+    Unicode text without a lone carriage return or NUL; else the same located error a
+    recipe file gets."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as e:
-        line = text.count("\n", 0, e.start) + 1
-        col = e.start - (text.rfind("\n", 0, e.start) + 1) + 1
         c = ord(text[e.start])
         bad = f"byte 0x{c - 0xDC00:02x}" if 0xDC80 <= c <= 0xDCFF else f"lone surrogate U+{c:04X}"
-        raise RecipeError(f"{visible(display)}:{line}:{col}: not valid UTF-8 ({bad})") from None
-    return text
+        shown = "".join("\ufffd" if 0xD800 <= ord(ch) <= 0xDFFF else ch for ch in text)
+        raise _refused(shown, e.start, display, None, bad) from None
+    at = _problem(text, crlf=True)
+    if at >= 0:
+        raise _refused(text, at, display, None)
+    return text.replace("\r\n", "\n")

@@ -73,7 +73,7 @@ def test_an_import_that_cannot_be_opened(tmp_path: Path) -> None:
 def test_an_import_that_is_not_utf8(tmp_path: Path) -> None:
     (tmp_path / f"{EVIL}.recipe").write_bytes(b"let x = 1\n\xff\n")
     (tmp_path / "r.recipe").write_text(f'import "{EVIL}.recipe"\n')
-    assert f"imported file {SHOWN}.recipe is not valid UTF-8 (byte 0xff)" in _error("r.recipe")
+    assert f"{SHOWN}.recipe:2:1: not valid UTF-8 (byte 0xff)" in _error("r.recipe")
 
 
 def test_an_entry_file_that_is_not_utf8(tmp_path: Path) -> None:
