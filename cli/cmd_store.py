@@ -1,7 +1,8 @@
 """``kiln store``: inspect and maintain the local store.
 
-Subcommands: init, add, cat, ls, dump, restore, info, verify, gc, sign, and the roots'
-add-root, roots, remove-root, why (``storeroots``), diff (``storediff``).
+Subcommands: init, add (``dashvalue``: a --name starting with '-'), cat, ls, dump,
+restore, info, verify, gc (``storegc``), sign, and the roots' add-root, roots,
+remove-root, why (``storeroots``), diff (``storediff``).
 Paths may be given as logical store paths (``/kiln/store/<hash>-<name>[/sub]``) or as
 real paths under the store root (or symlinks to either, like a ``result`` link).
 Exit status: 0 success, 1 error or (verify) problems found, 2 usage.
@@ -37,7 +38,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     sp = cmd("add", "add a file or directory as a content-addressed path; prints the path")
     sp.add_argument("path", type=nonempty_path)
-    sp.add_argument("--name", default=None, help="name of the store path (default: the file name)")
+    sp.add_argument(
+        "--name",
+        default=None,
+        help="name of the store path (default: the file name); it may start with '-' (--name -x)",
+    )
+    p.set_defaults(add_options=frozenset(sp._option_string_actions))  # (``dashvalue``)
     sp.add_argument(
         "--add-root",
         metavar="NAME",
@@ -76,15 +82,9 @@ def _parser() -> argparse.ArgumentParser:
         "a content-addressed path is proved by its content instead)",
     )
     sp.add_argument("--json", action="store_true")
-    sp = cmd("gc", "delete paths not reachable from a GC root")
-    sp.add_argument("--dry-run", action="store_true", help="only list what would be deleted")
-    sp.add_argument(
-        "--keep-outputs",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="keep the outputs of live derivations: what building a rooted result again takes "
-        "(default: the store's keep_outputs, true unless config.json says false)",
-    )
+    from .storegc import add_gc_parser
+
+    add_gc_parser(cmd)  # gc
     sp = cmd("sign", "sign paths with a secret key")
     sp.add_argument("--key", required=True, type=Path, metavar="FILE")
     sp.add_argument("paths", nargs="*")
@@ -125,7 +125,11 @@ def _human(n: int) -> str:
 
 
 def main(argv: list[str]) -> int:
-    args = _parser().parse_args(argv[1:] if argv and argv[0] == "store" else argv)
+    argv = argv[1:] if argv and argv[0] == "store" else argv
+    parser = _parser()
+    from .dashvalue import dash_name
+
+    args = parser.parse_args(dash_name(argv, parser.get_default("add_options")))
     if args.store is None:
         args.store = args.store_top
     try:
@@ -289,12 +293,6 @@ def _cmd_verify(args) -> int:
     return 0 if r.ok else 1
 
 
-def _gc_meter():
-    """A ``progress`` for ``gc`` on a terminal (else None): the deletion it reports runs
-    after the GC lock is released, so other commands may already go on meanwhile."""
-    return _meter("removing garbage (the store is unlocked)")
-
-
 def _meter(what: str):
     """A ``progress(done, total)`` that shows ``what: done/total`` on stderr when it is a
     terminal (else None), at most ten times a second, cleared at the end."""
@@ -317,34 +315,9 @@ def _meter(what: str):
 
 
 def _cmd_gc(args) -> int:
-    from kiln.store.localstore import LocalStore
+    from .storegc import cmd_gc
 
-    # the store's reserved space goes first: on a full disk the database cannot be opened
-    # without it (GC makes it again when it is done)
-    with LocalStore.open(store_root(args), create=False, release_reserve=True) as s:
-        r = s.gc(
-            dry_run=args.dry_run,
-            progress=None if args.dry_run else _gc_meter(),
-            keep_outputs=args.keep_outputs,
-        )
-    verb = "would delete" if r.dry_run else "deleted"
-    for p in r.deleted:
-        print(p)
-    for p in r.stray_trees:
-        print(f"{p} (unregistered)")
-    for t in r.tmp_dirs:
-        print(f"{t} (leftover working directory)")
-    for k in r.kept:
-        print(f"warning: kept {k}", file=sys.stderr)
-    for q in r.unread_quarantine:
-        print(f"warning: quarantine record unreadable, its references were not kept: {q}", file=sys.stderr)
-    print(
-        f"{verb} {len(r.deleted)} paths, {len(r.stray_trees)} unregistered trees, {r.objects_deleted} objects, "
-        f"{len(r.tmp_dirs)} leftover working dirs: "
-        f"{_human(r.bytes_freed)} ({r.bytes_freed} bytes); {len(r.roots)} roots",
-        file=sys.stderr,
-    )
-    return 0
+    return cmd_gc(args)
 
 
 def _cmd_sign(args) -> int:

@@ -16,7 +16,10 @@ one (``LazyDrvs``): listing the packages (``kiln eval``) touches neither.
 
 Writes go to a temp file in the cache dir, are fsynced and renamed into place, so a
 reader sees a whole entry or none. An entry starts with the sha256 of the rest, checked
-before decoding: a corrupt or foreign entry is just a miss (and is overwritten). A
+before decoding: a corrupt or foreign entry is just a miss (and is overwritten). A hit
+sets the entry's mtime to now when it is over an hour old (``TOUCH_AFTER_S``; one
+``utime`` an hour at most): ``kiln store gc`` deletes the entries whose mtime is
+``eval_cache_days`` old (``store/gcside.py``), and atime cannot tell (``noatime``). A
 source's fingerprint is the one taken before it was added (``builtins.path``); a source
 that changed while being added makes the evaluation uncacheable.
 
@@ -38,6 +41,8 @@ if TYPE_CHECKING:  # a cache hit must not pay for importing the derivation modul
     from kiln.store.derivation import Derivation
 
 FORMAT = 3
+#: a hit refreshes an entry's mtime when it is older than this (see the module docstring)
+TOUCH_AFTER_S = 3600
 
 
 # CPython's builtin sha256 (``_sha2`` from 3.12, ``_sha256`` before): the same function
@@ -185,11 +190,11 @@ def load(cache_dir: str | os.PathLike, entry: str, store_dir: str, root: str = "
     """The cached evaluation of ``entry`` if still valid, else ``None``."""
     try:
         # without blocking, and a regular file only: a FIFO there would hang every eval
-        fd = os.open(
-            entry_path(cache_dir, entry, store_dir, root), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
-        )
+        entry_file = entry_path(cache_dir, entry, store_dir, root)
+        fd = os.open(entry_file, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         with open(fd, "rb") as f:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
                 return None
             os.set_blocking(fd, True)
             raw = f.read()
@@ -215,9 +220,22 @@ def load(cache_dir: str | os.PathLike, entry: str, store_dir: str, root: str = "
             for _store_path, origin, fp in data["sources"]:
                 if fingerprint(Path(origin)) != fp:
                     return None
+        _touch(entry_file, st.st_mtime)
         return data
     except Exception:  # noqa: BLE001 - any unreadable entry is a miss, never an error
         return None
+
+
+def _touch(path: str, mtime: float) -> None:
+    """Mark the entry at ``path`` (last modified at ``mtime``) used now, if that is over
+    ``TOUCH_AFTER_S`` ago; a cache another user owns stays as it is."""
+    import time  # (built in: no import cost)
+
+    if time.time() - mtime > TOUCH_AFTER_S:
+        try:  # noqa: SIM105 - contextlib is not imported on the cache-hit path
+            os.utime(path, follow_symlinks=False)  # (a symlink there: its own times, never its target's)
+        except OSError:
+            pass
 
 
 def save(

@@ -36,7 +36,11 @@ waits for the decisions and renames, not for the unlinks. Under the lock:
    killed ``--vary`` rebuild left in one are taken down first, ``mounts``) are adopted:
    GC takes their lock; the per-path lock files go (a build lock only if nobody holds
    it; a signing-hook marker, ``hookmarks``, only if nobody holds it and its path is not
-   valid).
+   valid);
+5. beside the store paths (``gcside``): the build logs of derivations nothing live or
+   rooted leads to, failed builds' ``tmp/kiln-failed-*`` dirs older than
+   ``keep_failed_days`` that no running build may still be filling, and eval-cache
+   entries unused for ``eval_cache_days`` are renamed into the trash too.
 
 Then, without the lock, the trash, the adopted dirs and the small temp files of killed
 writers are deleted: nothing there is any other process's (a writer registering a dead
@@ -50,8 +54,10 @@ again at the end, even after an error (``reserve.restore``). The trash is made b
 any row is deleted: a full disk stops a collection there, with every row in place.
 
 ``dry_run`` does the same computation and reports what would go (paths, unregistered
-trees, objects, leftover ``tmp/`` dirs, with their bytes) without deleting anything, not
-even dead processes' temp-roots files.
+trees, objects, leftover ``tmp/`` dirs, logs, failed builds' dirs, eval-cache entries,
+with their bytes) without deleting anything, not even dead processes' temp-roots files.
+The bytes are counted twice (``gcremove.Sizes``): the blocks freed on disk, and the
+apparent size of the regular files.
 """
 
 from __future__ import annotations
@@ -64,13 +70,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import attestations, db, hookmarks, reserve
+from . import attestations, db, gcside, hookmarks, reserve
 from .buildtmp import owner_gone
 from .gcedges import gc_edges
-from .gcremove import Progress, Trash, inspect_tree, remove, size, size_beside_mounts
+from .gcremove import Progress, Sizes, Trash, inspect_tree, remove, size, size_beside_mounts, total
 from .locks import FileLock, live_temp_roots, remove_if_free
 from .mounts import MOUNTINFO, mounts_below, unmount_below
 from .roots import each_root
+from .storeconfig import config_gc_days
 from .storescan import attestation_dirs, dead_writers_files, object_files, stray_tree_names, used_objects
 
 _WRITER_TMP = re.compile(r"^\d+-")
@@ -90,14 +97,22 @@ class GcReport:
     deleted: tuple[str, ...]
     stray_trees: tuple[str, ...]
     objects_deleted: int
+    #: the apparent size of what goes (its regular files' bytes: ``gcremove.Sizes``)
     bytes_freed: int
-    #: leftover working dirs in ``tmp/`` (of dead writers and builds), counted in bytes_freed
+    #: leftover working dirs in ``tmp/`` (of dead writers and builds), counted in the bytes
     tmp_dirs: tuple[str, ...] = ()
     #: leftover dirs kept, each with why: something is mounted there that GC cannot take down
     kept: tuple[str, ...] = ()
     #: quarantine records (``quarantine``) that could not be read, each with why: what
     #: those paths referenced was not kept alive for them
     unread_quarantine: tuple[str, ...] = ()
+    #: the blocks what goes frees on disk (``st_blocks * 512``; ``gcremove.Sizes``)
+    disk_bytes_freed: int = 0
+    #: build logs of derivations nothing keeps (``gcside``), failed builds' ``tmp/kiln-failed-*``
+    #: dirs past ``keep_failed_days`` and eval-cache entries unused for ``eval_cache_days``
+    logs: tuple[str, ...] = ()
+    failed_dirs: tuple[str, ...] = ()
+    eval_cache_entries: tuple[str, ...] = ()
 
 
 def find_roots(store: LocalStore, stale_tmp: list[str] | None = None) -> set[str]:
@@ -112,18 +127,27 @@ def collect(
     dry_run: bool = False,
     progress: Progress | None = None,
     keep_outputs: bool | None = None,
+    keep_failed_days: int | None = None,
+    eval_cache_days: int | None = None,
 ) -> GcReport:
     """Collect (see the module docstring); ``progress`` is told how the deletion after
     the lock is released goes (entries removed, entries in all); ``keep_outputs``: keep
-    the outputs of live derivations (``gcedges``; None: the store's setting)."""
+    the outputs of live derivations (``gcedges``; None: the store's setting);
+    ``keep_failed_days``, ``eval_cache_days``: how old a failed build's dir and an unused
+    eval-cache entry get before they go (``gcside``; None: the store's config, else 7
+    and 30 days; 0: any age)."""
     trash: Trash | None = None
     released = store.reserve_released + reserve.release(store.root)
     store.reserve_released = 0
     try:
+        days = (
+            config_gc_days(store.root, "keep_failed_days") if keep_failed_days is None else keep_failed_days,
+            config_gc_days(store.root, "eval_cache_days") if eval_cache_days is None else eval_cache_days,
+        )
         with FileLock(store.gc_lock_path):
             if not dry_run:
                 trash = Trash(store.tmp)
-            report = _under_lock(store, trash, keep_outputs)
+            report = _under_lock(store, trash, keep_outputs, days)
         if trash is None:
             return report
         # the GC lock is free: writers and builds go on while the garbage is deleted
@@ -139,7 +163,9 @@ def collect(
         reserve.restore(store.root, store.reserved, released)
 
 
-def _under_lock(store: LocalStore, trash: Trash | None, keep_outputs: bool | None = None) -> GcReport:
+def _under_lock(
+    store: LocalStore, trash: Trash | None, keep_outputs: bool | None, days: tuple[int, int]
+) -> GcReport:
     """Decide what goes and, unless this is a dry run (``trash`` None), delete the rows
     and move it into ``trash`` (or adopt it there). Call with the exclusive GC lock."""
     dry_run = trash is None
@@ -175,7 +201,7 @@ def _under_lock(store: LocalStore, trash: Trash | None, keep_outputs: bool | Non
     # a tree this user cannot remove (another user's: root wrote into this store with
     # ``sudo -E kiln build``) keeps its row, and so its closure: deleting the row first
     # left it unregistered for good, and the collection stopped at it, every time
-    sizes: dict[str, int] = {}
+    sizes: dict[str, Sizes] = {}
     blocked: dict[str, str] = {}
     euid = os.geteuid()
     for base in [p.rsplit("/", 1)[1] for p in dead] + stray:
@@ -200,13 +226,17 @@ def _under_lock(store: LocalStore, trash: Trash | None, keep_outputs: bool | Non
     att_temp = attestations.stale_temp(store, [h for h in att_dirs if h in live_hash_parts])
     used_after = used_objects(store, exclude=set(dead))
     doomed_objects = [o for o in object_files(store) if o.name.split(".", 1)[0] not in used_after]
+    # logs, kept failed builds, the eval cache: before the ``tmp/`` dirs are adopted below
+    # (its check of who holds a build dir must not find this GC's own locks)
+    side = gcside.plan(store.root, store.store_dir, live, roots, edges, *days)
+    kept.extend(side.kept)
 
     # store writers' dirs (``<pid>-<hex>``) are stale: every writer is excluded now. The
     # build loop's ``build-*`` and ``check-*`` live longer than the GC lock: each is
     # flocked by its owner (``buildtmp``), as are ``--vary``'s ``vary-*`` and another
     # GC's trash ``gc-*`` (it deletes without the lock), so one nobody holds is a dead
     # process's: adopted right here (its lock taken and kept, ``gcremove.Trash``).
-    # ``kiln-failed-*`` are kept.
+    # ``kiln-failed-*`` go by age (``gcside``, above).
     tmp_entries = list(os.scandir(store.tmp))
     writers_tmp = [e.path for e in tmp_entries if _WRITER_TMP.match(e.name)]
     doomed_tmp = sorted(
@@ -228,11 +258,17 @@ def _under_lock(store: LocalStore, trash: Trash | None, keep_outputs: bool | Non
             doomed_tmp.remove(t)
             trash.disown(t)
             kept.append(f"{t}: {why}")
-    freed = sum(sizes[p.rsplit("/", 1)[1]] for p in dead)
-    freed += sum(sizes[s] for s in stray)
-    freed += sum(size(o) for o in doomed_objects)
-    freed += sum(
-        size_beside_mounts(Path(t), table) if dry_run and t in mounted else size(Path(t)) for t in doomed_tmp
+    freed = total(
+        [
+            *(sizes[p.rsplit("/", 1)[1]] for p in dead),
+            *(sizes[s] for s in stray),
+            *(size(o) for o in doomed_objects),
+            *(
+                size_beside_mounts(Path(t), table) if dry_run and t in mounted else size(Path(t))
+                for t in doomed_tmp
+            ),
+            side.sizes,
+        ]
     )
     report = GcReport(
         dry_run=dry_run,
@@ -240,10 +276,14 @@ def _under_lock(store: LocalStore, trash: Trash | None, keep_outputs: bool | Non
         deleted=tuple(dead),
         stray_trees=tuple(f"{store.store_dir}/{s}" for s in stray),
         objects_deleted=len(doomed_objects),
-        bytes_freed=freed,
+        bytes_freed=freed.apparent,
         tmp_dirs=tuple(doomed_tmp),
         kept=tuple(kept),
         unread_quarantine=tuple(unread),
+        disk_bytes_freed=freed.disk,
+        logs=tuple(map(str, side.logs)),
+        failed_dirs=tuple(map(str, side.failed_dirs)),
+        eval_cache_entries=tuple(map(str, side.eval_entries)),
     )
     if trash is None:
         return report
@@ -265,6 +305,9 @@ def _under_lock(store: LocalStore, trash: Trash | None, keep_outputs: bool | Non
             shutil.rmtree(atts / h, ignore_errors=True)
     for t in att_temp:  # a killed attestation writer's
         t.unlink(missing_ok=True)
+    for e in side.entries:  # (a log, failed build or cache entry that cannot move is left as it is)
+        if (why := trash.move(e)) is not None:
+            kept.append(f"{e}: {why}")
     # (a directory or a symlink at an object's name goes too); a writer's ``tmp/``
     # entry is moved, not deleted later in place: its live owner may make it again
     for o in [*doomed_objects, *map(Path, writers_tmp)]:

@@ -23,6 +23,12 @@ user's store), so its row is kept and it is never moved. A rename that fails lea
 entry where it was (a tree is then unregistered, for a later GC); a removal that fails
 in the trash is reported and left there, for the next GC, which adopts the trash.
 Neither stops the collection.
+
+Sizes. What goes is measured before it moves, for the report (``Sizes``): the apparent
+size (regular files' ``st_size``) and the blocks freed on disk (``st_blocks * 512`` of
+every entry; a file with other hard links only when all its links are in the same
+entry, as its blocks are freed only then). Neither is ever a reason to stop: what
+cannot be read counts 0.
 """
 
 from __future__ import annotations
@@ -30,31 +36,77 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from .buildtmp import owned_tmpdir
 from .errors import StoreError
 from .mounts import mounts_below
 from .perms import owner_text
-from .trees import remove_tree, tree_size
+from .trees import remove_tree
 
 
-def inspect_tree(p: Path, euid: int) -> tuple[int, str | None]:
-    """Bytes under ``p`` for the report, and why this user cannot remove it (``None``: it
-    can): a directory in it that another user owns (``euid`` 0, root, removes anything).
-    What cannot be read counts 0 bytes and no reason: the removal tries (and opens up
-    what is ours), and a failure there is reported then."""
+@dataclass(frozen=True, slots=True)
+class Sizes:
+    """What deleting an entry frees, for the report: ``apparent``, the bytes of its regular
+    files (``st_size``, what ``du --apparent-size`` counts); ``disk``, the blocks of all its
+    entries, directories and symlinks included (``st_blocks * 512``, what ``du`` counts):
+    what the file system gets back. A sparse file is large and frees little; a tree of
+    tiny files frees a block each. A file with other hard links counts on disk only when
+    every link is in the same entry (else its blocks stay in use)."""
+
+    apparent: int = 0
+    disk: int = 0
+
+    def __add__(self, other: Sizes) -> Sizes:
+        return Sizes(self.apparent + other.apparent, self.disk + other.disk)
+
+
+def total(sizes: Iterable[Sizes]) -> Sizes:
+    """The sum of ``sizes``."""
+    return sum(sizes, Sizes())
+
+
+class _Tally:
+    """Adds up one entry's ``Sizes`` stat by stat (its hard-linked files' links counted)."""
+
+    def __init__(self) -> None:
+        self.apparent = 0
+        self.disk = 0
+        self._links: dict[tuple[int, int], int] = {}  # (dev, inode) -> links seen
+
+    def add(self, st: os.stat_result) -> None:
+        if stat.S_ISREG(st.st_mode):
+            self.apparent += st.st_size
+        if stat.S_ISDIR(st.st_mode) or st.st_nlink <= 1:
+            self.disk += st.st_blocks * 512
+            return
+        key = (st.st_dev, st.st_ino)
+        seen = self._links[key] = self._links.get(key, 0) + 1
+        if seen == st.st_nlink:  # its last link: its blocks go with this entry
+            self.disk += st.st_blocks * 512
+
+    def sizes(self) -> Sizes:
+        return Sizes(self.apparent, self.disk)
+
+
+def _measure(p: Path, euid: int | None, skip: frozenset[bytes] = frozenset()) -> tuple[Sizes, str | None]:
+    """``Sizes`` of ``p`` and, when ``euid`` is given, why this user cannot remove it (see
+    ``inspect_tree``). Not descending into the directories in ``skip`` (full paths, as ``p``
+    spells them). What cannot be read counts 0."""
     b = os.fsencode(p)
     try:
         st = os.lstat(b)
     except OSError:
-        return 0, None
+        return Sizes(), None
+    tally = _Tally()
+    tally.add(st)
     if not stat.S_ISDIR(st.st_mode):
-        return (st.st_size if stat.S_ISREG(st.st_mode) else 0), None
-    if euid != 0 and st.st_uid != euid:
-        return 0, owner_text(st.st_uid)
-    total, todo = 0, [b]
+        return tally.sizes(), None
+    if euid is not None and euid != 0 and st.st_uid != euid:
+        return Sizes(), owner_text(st.st_uid)
+    todo = [b]
     while todo:  # (iterative: a tree may be deeper than the recursion limit)
         try:
             with os.scandir(todo.pop()) as it:
@@ -66,13 +118,22 @@ def inspect_tree(p: Path, euid: int) -> tuple[int, str | None]:
                 s = e.stat(follow_symlinks=False)
             except OSError:
                 continue
+            tally.add(s)
             if stat.S_ISDIR(s.st_mode):
-                if euid != 0 and s.st_uid != euid:
-                    return 0, f"{os.fsdecode(e.path)} in it is {owner_text(s.st_uid)}"
-                todo.append(e.path)
-            elif stat.S_ISREG(s.st_mode):
-                total += s.st_size
-    return total, None
+                if euid is not None and euid != 0 and s.st_uid != euid:
+                    return Sizes(), f"{os.fsdecode(e.path)} in it is {owner_text(s.st_uid)}"
+                if e.path not in skip:
+                    todo.append(e.path)
+    return tally.sizes(), None
+
+
+def inspect_tree(p: Path, euid: int) -> tuple[Sizes, str | None]:
+    """What removing ``p`` frees (``Sizes``), and why this user cannot remove it (``None``:
+    it can): a directory in it that another user owns (``euid`` 0, root, removes
+    anything; the sizes are then empty). What cannot be read counts 0 bytes and no
+    reason: the removal tries (and opens up what is ours), and a failure there is
+    reported then."""
+    return _measure(p, euid)
 
 
 def remove(p: Path) -> str | None:
@@ -86,20 +147,18 @@ def remove(p: Path) -> str | None:
     return None
 
 
-def size_beside_mounts(p: Path, table: bytes) -> int:
+def size_beside_mounts(p: Path, table: bytes) -> Sizes:
     """``size`` of ``p`` without what is mounted below it (a dry run leaves a killed
     rebuild's disorderfs mounts up: through them its real files would count twice).
     Walked resolved, as mountinfo names the mount points (a KILN_HOME under a symlink)."""
     return size(Path(os.path.realpath(p)), frozenset(os.fsencode(m) for m, _ in mounts_below(p, table)))
 
 
-def size(p: Path, skip: frozenset[bytes] = frozenset()) -> int:
-    """Bytes under ``p`` for the report; 0 where it cannot be read (a leftover a build
-    made unreadable): a size is never a reason to stop collecting."""
-    try:
-        return tree_size(p, skip)
-    except OSError:
-        return 0
+def size(p: Path, skip: frozenset[bytes] = frozenset()) -> Sizes:
+    """``Sizes`` of ``p`` for the report, not descending into ``skip`` (full paths); 0
+    where it cannot be read (a leftover a build made unreadable): a size is never a
+    reason to stop collecting."""
+    return _measure(p, None, skip)[0]
 
 
 #: what ``Trash.empty`` reports as it goes: (entries removed, entries in all)

@@ -5,7 +5,10 @@ made atomically when the store is (``init_config``), read and checked by every o
 Optional keys, absent from a new store's config and added by hand: ``reserved``, the
 bytes of the store's reserved space (``reserve``; default 8 MiB, 0: none), read by
 ``config_reserved``; ``keep_outputs``, whether GC keeps the outputs of live derivations
-(``gcedges``; default true), read by ``config_keep_outputs``."""
+(``gcedges``; default true), read by ``config_keep_outputs``; ``keep_failed_days`` and
+``eval_cache_days``, how many days GC keeps a failed build's ``tmp/kiln-failed-*`` dir
+and an evaluation-cache entry nobody used (``gcside``; defaults 7 and 30, 0: none),
+read at collection time by ``config_gc_days``."""
 
 from __future__ import annotations
 
@@ -72,6 +75,35 @@ def config_keep_outputs(cfg: Path, data: dict) -> bool:
         raise StoreError(
             f"store config {cfg}: 'keep_outputs' must be true (GC keeps what building a rooted result "
             f"again takes: the toolchain, fetched sources) or false, found {found!r}"
+        )
+    return found
+
+
+#: ``config_gc_days``' keys and their defaults (days)
+GC_DAYS_DEFAULTS = {"keep_failed_days": 7, "eval_cache_days": 30}
+
+_GC_DAYS_MEANING = {
+    "keep_failed_days": "a failed build's kiln-failed-* dir is kept",
+    "eval_cache_days": "an evaluation-cache entry nobody uses is kept",
+}
+
+
+def config_gc_days(root: Path, key: str) -> int:
+    """The whole number of days the config of the store at ``root`` sets for ``key``
+    (``GC_DAYS_DEFAULTS``: ``keep_failed_days``, ``eval_cache_days``), else its default;
+    ``StoreError`` for anything but a whole number >= 0 (or a config that cannot be read).
+    Read when GC needs it, not by ``LocalStore.open``: no other command uses it."""
+    cfg = root / "config.json"
+    try:
+        data = json.loads(cfg.read_text())
+    except (OSError, ValueError) as e:
+        raise StoreError(f"cannot read store config {cfg}: {e}") from None
+    default = GC_DAYS_DEFAULTS[key]
+    found = data.get(key, default) if isinstance(data, dict) else default
+    if isinstance(found, bool) or not isinstance(found, int) or found < 0:
+        raise StoreError(
+            f"store config {cfg}: {key!r} must be a whole number of days {_GC_DAYS_MEANING[key]} "
+            f"by 'kiln store gc' (default {default}, 0: none), found {found!r}"
         )
     return found
 
