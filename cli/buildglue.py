@@ -12,6 +12,14 @@ Steps of one ``kiln build FILE ATTR...``:
 5. After each build: sign the outputs (``Sig`` like Nix) and write signed SLSA
    provenance beside them (``provenance``). Then a GC root per attribute, so
    ``kiln run ATTR`` finds it.
+
+Attestations of substituted paths (``_fetch_attestations``) follow ``kiln copy --to
+store``: they are stored when a ``--trusted-key`` or ``--attester-key`` signed them;
+one of an unknown signer, or older than the local one, is a warning; one refused as
+tampered with or not what the registry listed for that path (``attest_fetch.Refused``:
+``tampered``, ``bad``) does not stop the build — the substituted paths are vouched for
+by their own signatures — but is named again after it (``AttestationsRefused``, raised
+by ``cmd_build`` once the outputs are rooted): the command exits 1.
 """
 
 from __future__ import annotations
@@ -223,8 +231,17 @@ def load_sign_key(store: LocalStore, key_file: str | None, create: bool) -> Secr
     return key
 
 
+class AttestationsRefused(KilnError):
+    """Attestations of substituted paths were refused (module docstring); ``targets``:
+    what the build produced and rooted, set by ``cmd_build`` before it raises this."""
+
+    def __init__(self, msg: str) -> None:
+        super().__init__(msg)
+        self.targets: list[Target] = []
+
+
 def make_substituter(
-    urls: list[str], trusted_keys: list[str], sigs_needed: int | None
+    urls: list[str], trusted_keys: list[str], sigs_needed: int | None, attester_keys: list[str] | None = None
 ) -> Callable[[LocalStore, list[str]], set[str]] | None:
     """A substitution callback for ``Builder`` (None when no registry is configured).
 
@@ -235,17 +252,24 @@ def make_substituter(
     whitespace-separated; each token goes to its own URL only). Each missing path is
     fetched with its whole closure; a path whose closure cannot be completed from the
     registries, or that fails verification, stays missing (and is built), with a
-    warning. An unreachable registry is a miss, never a failure. Call its ``close()``
-    when done (it holds HTTP sessions and an event loop)."""
+    warning. An unreachable registry is a miss, never a failure. Attestations come along
+    (``_fetch_attestations``), judged by the trusted keys and ``attester_keys``
+    (``--attester-key``: key text or a .pub file, for attestations only). Call its
+    ``close()`` when done (it holds HTTP sessions and an event loop), then its
+    ``refusal()``: the ``AttestationsRefused`` to raise once the outputs are rooted, or
+    None."""
     env_urls = os.environ.get("KILN_SUBSTITUTERS", "")
     if not urls and not env_urls.strip():
         return None
     from kiln.registry.substitute import Substituter, parse_registries
 
+    from .common import load_trusted_key
     from .common import trusted_keys as load_trusted_keys
 
     regs = [(u, i) for i, u in enumerate(urls)] + parse_registries(env_urls, default_priority=len(urls) + 40)
     keys = load_trusted_keys(trusted_keys)
+    attesters = [load_trusted_key(k) for k in attester_keys or []]
+    refused: list[str] = []  # attestation refusals that fail the command after the build
     if sigs_needed is not None:
         needed = sigs_needed
     else:  # the rule of every number read from the environment (unset or empty: 1)
@@ -322,21 +346,46 @@ def make_substituter(
             return set()
         fetched = sorted(g.path for g in got)
         if fetched:
-            _fetch_attestations(sub, regs, store, fetched)
+            _fetch_attestations(sub, regs, store, fetched, attesters, refused)
         return set(fetched)
 
+    def refusal() -> AttestationsRefused | None:
+        if not refused:
+            return None
+        return AttestationsRefused(
+            "\n".join(refused) + "\nthe build went on: the substituted paths (each checked by its own "
+            "signatures) and what was built are in the store; the attestations refused above were not stored"
+        )
+
     substitute.close = sub.close  # type: ignore[attr-defined]  # the caller closes it when done
+    substitute.refusal = refusal  # type: ignore[attr-defined]
     return substitute
 
 
-def _fetch_attestations(sub, regs: list[tuple[str, int]], store, paths: list[str]) -> None:
+def _fetch_attestations(
+    sub, regs: list[tuple[str, int]], store, paths: list[str], attesters: list, refused: list[str]
+) -> None:
     """Bring the registries' attestations (provenance, SBOM, VSAs) of substituted paths
-    along, each checked against the path's NAR hash. Attestations are evidence, not
-    content: a registry without them, or with a bad one, costs a warning, not the build."""
-    from kiln.registry.attest_fetch import fetch_attestations
+    along, each checked against the path's NAR hash and judged by the substitution's
+    trusted keys and ``attesters``. Attestations are evidence, not content: a registry
+    without them, one it could not send, or one signed by a key unknown here costs a
+    warning. One refused as tampered with or not as listed is added to ``refused``
+    (the command fails after the build, module docstring) and said now in one line."""
+    from kiln.registry.attest_fetch import Refused, fetch_attestations
 
     for url, _ in sorted(regs, key=lambda r: r[1]):
         try:
-            sub.run(fetch_attestations(sub.client(url), store, paths))
+            sub.run(fetch_attestations(sub.client(url), store, paths, attesters=attesters))
+        except Refused as e:
+            if not (e.tampered or e.bad):  # (only files not received: as any transfer error)
+                print(f"warning: attestations from {redact_urls(url)}: {e}", file=sys.stderr)
+                continue
+            refused.append(str(e))
+            what = "tampering found" if e.tampered else "attestations refused"
+            print(
+                f"warning: {what} in the attestations from {redact_urls(url)}; the build goes on and "
+                "the command fails at its end, naming them",
+                file=sys.stderr,
+            )
         except KilnError as e:
             print(f"warning: attestations from {redact_urls(url)}: {e}", file=sys.stderr)

@@ -6,8 +6,12 @@ its control characters escaped (``buildlogs.TerminalSafe``), as ``-L`` does on o
 Build options mirror Nix's where Nix has one: ``--jobs/-j``, ``--cores``, ``-L``
 (print build logs), ``--keep-failed/-K``, ``--check``, ``--rounds N``, ``--timeout``,
 ``--max-silent-time``, ``--max-log-size``, ``--keep-going/-k``. Registries to substitute from are given with ``--substituter
-URL`` (repeatable) plus ``--trusted-key`` (public key text or file); ``--no-substitute``
-turns them off. Outputs are printed on stdout, one per line; a GC root named after
+URL`` (repeatable) plus ``--trusted-key`` (public key text or file), and ``--attester-key``
+for keys that sign substituted paths' attestations only; ``--no-substitute`` turns them
+off (the options: ``buildargs``). An attestation of a substituted path refused as
+tampered with or not as listed (``buildglue``) fails the command, exit 1, after the
+build: its outputs are still built, rooted and printed first.
+Outputs are printed on stdout, one per line; a GC root named after
 the attribute (``storeroots.root_name``) is created so ``kiln run ATTR`` finds the result, or named
 ``--root NAME`` (one attribute; another output ``NAME-<output>``), or none with
 ``--no-root`` (the outputs are then temp roots of the command only). Root names are
@@ -25,107 +29,13 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
-from .common import (
-    UsageError,
-    add_store_arg,
-    nonempty,
-    seconds,
-    store_root,
-    terminate_as_interrupt,
-    whole_number,
-)
+from .buildargs import build_parser as _parser
+from .common import UsageError, add_store_arg, store_root, terminate_as_interrupt
 
 if TYPE_CHECKING:
     from kiln.store.localstore import LocalStore
 
     from .buildglue import Target
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="kiln build", description="build packages from a recipe file")
-    add_store_arg(p)
-    p.add_argument("file", help="recipe file, or a .drv store path (then ATTRs are more .drv paths)")
-    p.add_argument(
-        "attrs",
-        nargs="*",
-        type=nonempty,
-        help="packages to build, e.g. hello or 'zlib(static = true)' (default: all)",
-    )
-    p.add_argument(
-        "-j", "--jobs", type=whole_number(1), default=1, help="derivations built in parallel (default 1)"
-    )
-    p.add_argument(
-        "--cores", type=whole_number(0), default=0, help="KILN_CORES for each build (default: all cores)"
-    )
-    p.add_argument("-L", "--print-build-logs", action="store_true", help="stream build logs to stderr")
-    p.add_argument(
-        "-K", "--keep-failed", action="store_true", help="keep the build directory of a failed build"
-    )
-    p.add_argument(
-        "-k",
-        "--keep-going",
-        action="store_true",
-        help="after a failure, go on building what does not depend on it",
-    )
-    p.add_argument("--check", action="store_true", help="rebuild and compare with the existing output")
-    p.add_argument(
-        "--vary",
-        action="store_true",
-        help="with --check: rebuild under varied conditions (dirs, cores, umask, order, clock)",
-    )
-    p.add_argument(
-        "--rounds", type=whole_number(1), default=1, help="build N times and compare (N >= 2 checks)"
-    )
-    p.add_argument("--timeout", type=seconds, default=None, help="wall-clock limit per build, seconds")
-    p.add_argument("--max-silent-time", type=seconds, default=None, help="limit on seconds without output")
-    p.add_argument(
-        "--max-log-size",
-        type=whole_number(1),
-        default=None,
-        metavar="BYTES",
-        help="stop a build whose log reaches this size (default 64 MiB)",
-    )
-    p.add_argument("--substituter", action="append", default=[], metavar="URL", help="registry to fetch from")
-    p.add_argument(
-        "--no-substitute",
-        action="store_true",
-        help="fetch nothing from registries (neither --substituter nor KILN_SUBSTITUTERS)",
-    )
-    p.add_argument(
-        "--trusted-key", action="append", default=[], metavar="KEY", help="trusted public key or file"
-    )
-    p.add_argument(
-        "--sigs-needed",
-        type=whole_number(0),
-        default=None,
-        help="distinct trusted signatures required (default 1)",
-    )
-    p.add_argument("--sign-key", metavar="FILE", help="secret key that signs outputs and provenance")
-    p.add_argument(
-        "--signer-cmd", metavar="CMD", help="external signer (KMS/HSM): bytes on stdin, base64 sig out"
-    )
-    p.add_argument(
-        "--signer-key", metavar="PUB", help="public key (name:base64 or .pub file) of --signer-cmd"
-    )
-    p.add_argument(
-        "--require-clean", action="store_true", help="refuse to build from a dirty recipe repository"
-    )
-    p.add_argument(
-        "--source-mirror", action="append", default=[], metavar="DIR|URL", help="hashed source mirror"
-    )
-    p.add_argument("--no-cache", action="store_true", help="do not use the evaluation cache")
-    roots = p.add_mutually_exclusive_group()
-    roots.add_argument(
-        "--root",
-        metavar="NAME",
-        default=None,
-        help="name the GC root NAME (one attribute; default: the attribute's name, shared by every "
-        "recipe using the store)",
-    )
-    roots.add_argument(
-        "--no-root", action="store_true", help="make no GC root (the next GC may delete the outputs)"
-    )
-    return p
 
 
 def main(argv: list[str]) -> int:
@@ -144,12 +54,19 @@ def main(argv: list[str]) -> int:
     from kiln.store.build import BuildFailures
     from kiln.store.localstore import LocalStore
 
+    from .buildglue import AttestationsRefused
+
     with terminate_as_interrupt(), LocalStore.open(store_root(args)) as store:
         try:
             targets = build(store, args)
         except BuildFailures as e:  # -k: what was built is printed (and rooted) too
             for r in e.results:
                 for out in r.outputs.values():
+                    print(out)
+            raise
+        except AttestationsRefused as e:  # built and rooted: printed, then the command fails
+            for t in e.targets:
+                for out in t.outputs.values():
                     print(out)
             raise
         for t in targets:
@@ -191,16 +108,20 @@ def build(store: LocalStore, args: argparse.Namespace) -> list:
 
     # a valid output whose builder was killed before signing it: the builder runs its hook
     outputs = [p for t in targets for p in t.outputs.values()]
+    refused = None
     if args.check or args.rounds > 1 or missing or hookmarks.any_left(store, outputs):
         from kiln.store.build import BuildFailures
 
         try:
-            _build(store, ev, targets, args)
+            refused = _build(store, ev, targets, args)
         except BuildFailures as e:  # -k: root what was realised before failing
             done = {r.drv_path for r in e.results}
             _root(store, [t for t in targets if t.drv_path in done], args)
             raise
     _root(store, targets, args)
+    if refused is not None:  # attestations refused (``buildglue``): the outputs stand, the command fails
+        refused.targets = targets
+        raise refused
     return targets
 
 
@@ -247,7 +168,9 @@ def build_attrs(store: LocalStore, file: str, attrs: list[str]) -> list[str]:
     return [t.outputs.get("out") or next(iter(t.outputs.values())) for t in targets]
 
 
-def _build(store, ev, targets, args) -> None:
+def _build(store, ev, targets, args):  # noqa: ANN202 - buildglue.AttestationsRefused | None
+    """Write the derivations and realise ``targets``; returns the attestation refusals to
+    raise once the outputs are rooted (``buildglue.make_substituter``), or None."""
     import functools
 
     from kiln.sandbox.bwrap import BwrapExecutor
@@ -285,7 +208,9 @@ def _build(store, ev, targets, args) -> None:
             executor.isolation(),
         )
     sub = (
-        None if args.no_substitute else make_substituter(args.substituter, args.trusted_key, args.sigs_needed)
+        None
+        if args.no_substitute
+        else make_substituter(args.substituter, args.trusted_key, args.sigs_needed, args.attester_key)
     )
     opts = BuildOptions(
         jobs=args.jobs,
@@ -308,9 +233,14 @@ def _build(store, ev, targets, args) -> None:
         hook.get_drv = builder.get_drv  # reuse the parsed derivation graph
     try:
         builder.realise(roots)
+    except Exception:
+        if sub is not None and (refused := sub.refusal()) is not None:  # (said too: what fails is the build)
+            print(f"error: {refused}", file=sys.stderr)
+        raise
     finally:
         if sub is not None:
             sub.close()  # its HTTP sessions and event loop
+    return sub.refusal() if sub is not None else None
 
 
 def drv_targets(store: LocalStore, drv_paths: list[str]) -> list[Target]:

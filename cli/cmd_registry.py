@@ -1,5 +1,5 @@
-"""``kiln push``, ``kiln copy``, ``kiln mirror sync``: moving paths to, from and between
-registries (the server and its administration: ``cmd_serve``).
+"""``kiln push``, ``kiln copy``, ``kiln mirror sync`` and ``status``: moving paths to, from
+and between registries (the server and its administration: ``cmd_serve``).
 
 cli/main.py routes each of those command names here with ``argv[0]`` = the name. This
 module only parses arguments and glues kiln.store to kiln.registry; the work is in
@@ -12,6 +12,9 @@ with ``--trusted-key KEY`` (repeatable; a key file, or ``name:base64`` itself) o
 only, never for paths (``registry.attest_fetch``). A copy into a store that refuses an
 attestation (tampered with, or not the path's) still imports and roots the paths, which
 their own signatures vouch for, and then fails (exit 1) naming each refused one.
+``kiln copy --to store --index-root ROOT``: the source's signed index is checked first,
+as ``kiln mirror sync --root`` checks it, and only what it lists is taken
+(``registry.indexstate``: the versions seen are kept under the store root).
 """
 
 from __future__ import annotations
@@ -129,6 +132,14 @@ def cmd_copy(argv: list[str]) -> int:
         "SBOMs, VSAs), never paths (repeatable; a provenance or SBOM it alone signed does not replace "
         "a local one another key signed)",
     )
+    p.add_argument(
+        "--index-root",
+        type=Path,
+        metavar="ROOT",
+        help="with --to store: pinned root metadata of the source's signed index (as kiln mirror sync "
+        "--root); the index is checked first (signatures, expiry, rollback against the versions this "
+        "store saw) and only the narinfos and attestations it lists, as it lists them, are taken",
+    )
     p.add_argument("--sigs-needed", type=whole_number(0), default=1)
     p.add_argument("-j", "--jobs", type=whole_number(1), default=16)
     p.add_argument("--store-dir", default=None, help="logical store dir when --to store creates a new store")
@@ -151,6 +162,11 @@ def cmd_copy(argv: list[str]) -> int:
             "--attester-key needs --to store: a registry copied to judges attestations by its own keys "
             "(kiln serve --attester-key)"
         )
+    if args.index_root is not None and args.dst != "store":
+        raise UsageError(
+            "--index-root needs --to store (the versions seen are kept in the store); to check a "
+            "registry's index on the way to another, kiln mirror sync it first"
+        )
     from kiln.registry.client import open_client
     from kiln.store.errors import redact_urls
 
@@ -171,6 +187,7 @@ def cmd_copy(argv: list[str]) -> int:
         from .storeroots import add_root
 
         attesters = [load_trusted_key(k) for k in args.attester_key or []]
+        index_root = args.index_root.read_bytes() if args.index_root is not None else None
         with _open_store(args, args.store_dir, create=True) as store:
             refused: AttestationError | None = None
             try:
@@ -183,6 +200,7 @@ def cmd_copy(argv: list[str]) -> int:
                     args.jobs,
                     token=args.from_token or args.token,  # --token has no other use here
                     attesters=attesters,
+                    index_root=index_root,
                 )
             except AttestationError as e:
                 # raised last, after the paths were imported (each checked by its own
@@ -234,9 +252,10 @@ EX_TEMPFAIL = 75
 
 
 def cmd_mirror(argv: list[str]) -> int:
-    """``kiln mirror sync``. Exit status: 0 synced; 1 some paths bad or refused (a data
-    problem: someone must look), or any other error; 75 the source unreachable or
-    answering 5xx or too slowly (retry later); 2 usage (a first sync without --root)."""
+    """``kiln mirror sync``, and ``kiln mirror status`` (``mirrorstatus``). Exit status of
+    a sync: 0 synced; 1 some paths bad or refused (a data problem: someone must look), or
+    any other error; 75 the source unreachable or answering 5xx or too slowly (retry
+    later); 2 usage (a first sync without --root)."""
     p = argparse.ArgumentParser(prog="kiln mirror", description="mirror a registry")
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser(
@@ -274,7 +293,12 @@ def cmd_mirror(argv: list[str]) -> int:
         help="after the sync, remove the paths SRC no longer lists (narinfos, attestations) and the "
         "objects no narinfo names any more",
     )
+    from . import mirrorstatus
+
+    mirrorstatus.add_parser(sub)
     args = p.parse_args(argv)
+    if args.cmd == "status":
+        return mirrorstatus.run(args)
     from kiln.registry.mirror import MirrorError, MirrorUsageError, sync
     from kiln.registry.retryable import retryable
 

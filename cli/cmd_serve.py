@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from kiln.registry.indexbuild import MAX_TIMESTAMP_HOURS, MIN_TIMESTAMP_HOURS, TIMESTAMP_HOURS
 from kiln.store.errors import KilnError
 from kiln.store.keyfiles import load_secret_key
 
@@ -43,19 +44,26 @@ def _policy(path: Path | None):  # noqa: ANN202 - a kiln.store.policy.Policy or 
 MAX_WORKERS = 256
 
 
-def _hours(text: str) -> float:
-    """An argparse type: hours from 0 to an hour less than the timestamp's lifetime (the
-    refresh loop wakes up to 10 minutes late, and a late refresh must still come before
-    expiry)."""
-    from kiln.registry.indexbuild import TIMESTAMP_HOURS
+def refresh_bounds(timestamp_hours: float) -> tuple[float, float]:
+    """``(default, most)`` of ``--index-refresh`` for timestamps valid ``timestamp_hours``:
+    every 6 hours or a quarter of the lifetime if that is shorter; at most the lifetime
+    less an hour, or less a quarter of it if that is shorter (the refresh loop wakes up
+    to 10 minutes late, and a late re-sign must still come before expiry). For the
+    default 24 h: 6 and 23."""
+    return min(6.0, timestamp_hours / 4), timestamp_hours - min(1.0, timestamp_hours / 4)
 
-    most = TIMESTAMP_HOURS - 1
+
+def _refresh_hours(text: str | None, timestamp_hours: float) -> float:
+    """``--index-refresh`` as hours, or ``ValueError`` saying the bounds (``refresh_bounds``)."""
+    default, most = refresh_bounds(timestamp_hours)
+    if text is None:
+        return default
     try:
         h = float(text)
     except ValueError:
         h = -1.0
     if not 0 <= h <= most:
-        raise argparse.ArgumentTypeError(f"expected hours from 0 to {most:g}, found {text!r}")
+        raise ValueError(f"expected hours from 0 to {most:g}, found {text!r}")
     return h
 
 
@@ -121,12 +129,22 @@ def cmd_serve(argv: list[str]) -> int:
         "also admits pushed narinfos",
     )
     p.add_argument(
+        "--timestamp-hours",
+        type=whole_number(MIN_TIMESTAMP_HOURS, MAX_TIMESTAMP_HOURS),
+        default=None,
+        metavar="N",
+        help=f"with --index-key: every index timestamp it signs is valid N hours (default "
+        f"{TIMESTAMP_HOURS}, at most {MAX_TIMESTAMP_HOURS}; as kiln registry publish-index "
+        "--timestamp-hours); one valid longer is re-signed at the next refresh",
+    )
+    p.add_argument(
         "--index-refresh",
-        type=_hours,
-        default=6.0,
+        default=None,
         metavar="HOURS",
-        help="with --index-key: re-sign the index timestamp (valid 24 h) this often, so a registry "
-        "without pushes does not look frozen to mirrors (default 6, at most 23; 0: only after pushes)",
+        help="with --index-key: re-sign the index timestamp this often, so a registry without pushes "
+        "does not look frozen to mirrors (default 6, or a quarter of --timestamp-hours if that is "
+        "less; at most --timestamp-hours less an hour, or less a quarter of it if that is less: 23 "
+        "for 24; 0: only after pushes)",
     )
     p.add_argument(
         "--workers",
@@ -230,6 +248,13 @@ def cmd_serve(argv: list[str]) -> int:
         p.error("--private needs --dir (tokens are kept in the registry directory)")
     if args.sign_key and args.dir:
         p.error("--sign-key signs the narinfos of a --store; a --dir registry serves narinfos as pushed")
+    if args.timestamp_hours is not None and (args.index_key is None or args.dir is None):
+        p.error("--timestamp-hours is the lifetime of the timestamps --index-key signs for a --dir registry")
+    timestamp_hours = TIMESTAMP_HOURS if args.timestamp_hours is None else args.timestamp_hours
+    try:
+        index_refresh = _refresh_hours(args.index_refresh, timestamp_hours)
+    except ValueError as e:
+        p.error(f"argument --index-refresh: {e}")
     from kiln.registry import server, workers
     from kiln.registry.guard import Timeouts
 
@@ -255,7 +280,8 @@ def cmd_serve(argv: list[str]) -> int:
         policy=_policy(args.policy),
         policy_file=args.policy,
         fast_path=not args.no_fast_path,
-        index_refresh=args.index_refresh * 3600,
+        index_refresh=index_refresh * 3600,
+        timestamp_hours=timestamp_hours,
         timeouts=Timeouts(
             keepalive=args.keepalive_timeout,
             head=args.header_timeout,
@@ -272,11 +298,6 @@ def cmd_serve(argv: list[str]) -> int:
     src = server.open_source(
         store=args.store, directory=args.dir, sign_key=sign_key, store_dir=args.store_dir
     )
-    if args.dir is not None:
-        from kiln.registry.fsck import hold_serving_lock
-
-        # held (and inherited by the workers) until the server exits: see registry/fsck.py
-        hold_serving_lock(src, exclusive=False)
     host, port = _listen(args.listen)
     try:
         sock = workers.bind(host, port)

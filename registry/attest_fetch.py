@@ -22,15 +22,22 @@ Invariants (``docs/security.md``, "Attestations in transit"):
   or attester key's) that does not verify, or that has no signature at all (no registry
   admits one), was changed after it was signed: that is tampering, and it is refused
   like a file that does not match its listing or its path. Every refusal is raised
-  (``AttestationError``, naming the path, the kind and why) after the rest are stored,
-  so the command fails while what was checked is kept.
+  (``Refused``, an ``AttestationError`` naming the path, the kind and why) after the rest
+  are stored, so the command fails while what was checked is kept. ``Refused`` sorts
+  them: ``tampered``, ``bad`` (not as listed, of another path, malformed) and
+  ``unavailable`` (a transfer that failed, a listed file the registry lacks, a local
+  write that failed): a build that substitutes fails for the first two only
+  (``cli/buildglue``);
+- ``listed`` (``kiln copy --index-root``): the listings a verified signed index gives
+  replace the registry's own, so only files the index lists are fetched, and each must
+  hash to the sha256 the index lists (``indexcheck``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import suppress
 from typing import Any
 
@@ -51,6 +58,23 @@ from .attest_transfer import (
     sha256_hex,
 )
 from .attest_wire import fetch_many
+
+
+class Refused(AttestationError):
+    """Attestations ``fetch_attestations`` refused (the message names each). Each tuple
+    holds ``"path kind: why"`` lines: ``tampered`` (a false claim of a judged signer, or
+    unsigned), ``bad`` (not as listed, of another path, malformed) and ``unavailable``
+    (not received: a transfer error, a listed file missing there, a local write)."""
+
+    def __init__(
+        self, msg: str, tampered: Sequence[str] = (), bad: Sequence[str] = (), unavailable: Sequence[str] = ()
+    ) -> None:
+        super().__init__(msg)
+        self.tampered, self.bad, self.unavailable = tuple(tampered), tuple(bad), tuple(unavailable)
+
+
+#: what a file not hashing to the signed index's entry is called (as ``kiln mirror sync``)
+NOT_AS_INDEXED = "attestation does not match the sha256 in the signed index (tampered?)"
 
 
 def _trusted_by(data: bytes, kind: str, base: str, nar_hex: str, keys: list[PublicKey]) -> str:
@@ -157,6 +181,7 @@ async def fetch_attestations(
     trusted: list[PublicKey] | None = None,
     attesters: Sequence[PublicKey] = (),
     any_signer: bool = False,
+    listed: Mapping[str, Mapping[str, str]] | None = None,
 ) -> int:
     """Download the registry's attestations of ``paths`` (each valid in ``store``) and
     store those the local store lacks or holds in another version. Each file must hash
@@ -176,7 +201,10 @@ async def fetch_attestations(
     is refused: after the good ones are stored, ``AttestationError`` names each (path,
     kind, why; "tampering found" leads when any was tampered with). ``any_signer``:
     store whatever is signed, by the age rule only — for a fresh temporary store whose
-    policy then judges the signers (``admission``), never for a user's store."""
+    policy then judges the signers (``admission``), never for a user's store.
+    ``listed``: ``{hash part: {kind: sha256}}`` from a verified signed index, used
+    instead of the registry's listings (module docstring). Refusals are raised as
+    ``Refused``."""
     trusted = list(trusted if trusted is not None else (getattr(client, "trusted", None) or []))
     keys = [*trusted, *attesters]  # what a fetched one must be signed by
     # the "builders" (as kiln serve calls its --trusted-key keys): a local attestation is
@@ -188,11 +216,16 @@ async def fetch_attestations(
         return 0
     # the listings first (one batched request): most paths have none, and looking up
     # thousands of local infos for nothing costs more than the request
-    remote = await listings(client, [_hp(p) for p in paths])
+    hps = [_hp(p) for p in paths]
+    if listed is None:
+        remote = await listings(client, hps)
+    else:
+        remote = {h: dict(kinds) for h in hps if (kinds := listed.get(h))}
     infos = {p: i for p in paths if remote.get(_hp(p)) and (i := store.query(p)) is not None}
     if not infos:
         return 0
     errors: list[str] = []
+    lost: set[str] = set()  # of ``errors``: files not received (``Refused.unavailable``)
     tampered: list[str] = []
     skipped: list[str] = []
     # what to fetch: (hash part, kind) -> (path, listed sha256, the local file's bytes)
@@ -217,10 +250,15 @@ async def fetch_attestations(
 
     def got(h: str, kind: str, result: bytes | None | KilnError) -> None:
         p, want, cur_bytes = todo[(h, kind)]
+        if listed is not None and isinstance(result, bytes) and sha256_hex(result) != want:
+            errors.append(f"{p}: {kind} {NOT_AS_INDEXED}")
+            return
         try:
             data = listed_bytes(client, kind, want, result)
         except KilnError as e:
             errors.append(f"{p}: {e}")
+            if not isinstance(result, bytes):  # (not received: a transfer error, or missing there)
+                lost.add(errors[-1])
             return
         base, nar_hex = p.rsplit("/", 1)[1], infos[p].nar_hash.hex
         try:
@@ -265,6 +303,7 @@ async def fetch_attestations(
             group.add(p, kind, env)
         except KilnError as e:
             errors.append(f"{p}: {kind}: {e}")
+            lost.add(errors[-1])
 
     with group:  # (committed also when the transfer fails: what was checked is stored)
         await fetch_many(client, list(todo), got, jobs=jobs)
@@ -279,11 +318,14 @@ async def fetch_attestations(
         head = f"{len(refused)} attestation(s) from {shown} refused"
         if tampered:
             head = f"tampering found: {head}, {len(tampered)} of them tampered with"
-        raise AttestationError(
+        raise Refused(
             head
             + ":\n  "
             + "\n  ".join(refused[:20])
-            + (f"\n  ... and {len(refused) - 20} more" if len(refused) > 20 else "")
+            + (f"\n  ... and {len(refused) - 20} more" if len(refused) > 20 else ""),
+            sorted(tampered),
+            [e for e in errors if e not in lost],
+            [e for e in errors if e in lost],
         )
     return stored
 

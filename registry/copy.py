@@ -13,6 +13,13 @@ then the registry's attestations of the copied and requested paths are fetched
 (``attest_transfer.fetch_attestations``: each checked against the local path's NAR hash);
 into another registry, they are relayed once the paths are published
 (``attest_transfer.relay_attestations``), before the destination's index.
+
+With a pinned index root (``kiln copy --to store --index-root``), a copy into a store
+first verifies the source's signed index as a mirror sync does, against the versions
+the store remembers for that root (``indexstate``: signatures, expiry, rollback), and
+then reads the source only through it (``indexcheck``): every narinfo must be listed
+and hash to its entry, attestations are those the index lists, each hashing to its
+entry. A path the index does not vouch for fails the copy before anything is fetched.
 """
 
 from __future__ import annotations
@@ -36,12 +43,19 @@ from .attest_fetch import fetch_attestations
 from .attest_transfer import relay_attestations
 from .client import Client, open_client
 from .closurewalk import hinted_closure
+from .indexcheck import IndexedClient, IndexedSubstituter, attestation_listings
+from .indexstate import indexed
 from .push import MAX_FRAMES, check_sizes, levels, upload_sliced
 from .substitute import Substituter, batchable, batches
 from .verify import check_narinfo, expect_info, verified_bytes, verifier_for
 
 
-def _explain(sub: Substituter, src: str, missing: list[str]) -> str:
+def _explain(sub: Substituter, src: str, missing: list[str], view: IndexedClient | None = None) -> str:
+    refused = view.refused if view is not None else {}
+    for p in missing:  # (the index's verdict first: it is why the path was not taken)
+        if (why := refused.get(p.rsplit("/", 1)[1][:32])) is not None:
+            n = sum(1 for m in missing if m.rsplit("/", 1)[1][:32] in refused)
+            return f"{redact_urls(src)}: {n} path(s) refused by the signed index, e.g. {p}: {why}"
     why = sub.down.get(src) or next((sub.rejected[p] for p in missing if p in sub.rejected), "not found")
     return f"{redact_urls(src)} cannot provide {len(missing)} path(s), e.g. {missing[0]}: {why}"
 
@@ -56,17 +70,23 @@ def to_store(
     progress: bool | None = None,
     token: str | None = None,
     attesters: Sequence[PublicKey] = (),
+    index_root: bytes | None = None,
 ) -> int:
     """Copy the closures of ``paths`` from registry ``src`` (bearer ``token`` for a
     private one) into ``store``, then the registry's attestations of them (signed by
     ``trusted`` or ``attesters``, keys trusted for attestations only:
     ``attest_fetch.fetch_attestations``, whose ``AttestationError`` it raises after
     the paths are imported); returns the number of paths fetched (already-valid paths
-    are skipped)."""
+    are skipped). ``index_root``: the bytes of the source's pinned index root; then
+    only what its verified signed index vouches for is taken (module docstring), and
+    an index that fails its checks (``index.IndexError_``) fails the copy first."""
     for p in paths:
         StorePath.parse(p, store.store_dir)
     tokens = {src: token} if token else None
-    with Substituter([(src, 0)], trusted, sigs_needed, jobs, progress, tokens=tokens) as sub:
+    with IndexedSubstituter([(src, 0)], trusted, sigs_needed, jobs, progress, tokens=tokens) as sub:
+        view = None if index_root is None else sub.run(indexed(sub.client(src), store.root, index_root))
+        if view is not None:
+            sub.views[src] = view
         wanted: dict[str, ni.NarInfo] = {}
         # rooted first, then checked (here and for references below): a GC must not
         # collect a valid path we skip, which a copied path refers to, before the import
@@ -80,7 +100,7 @@ def to_store(
             infos = sub.query_many(sorted(set(frontier) | below))
             missing = [p for p in frontier if p not in infos]
             if missing:
-                raise KilnError(_explain(sub, src, missing))
+                raise KilnError(_explain(sub, src, missing, view))
             wanted.update(infos)
             refs = sorted({r for i in infos.values() for r in i.references if r != i.path} - set(wanted))
             store.keep(refs)
@@ -89,7 +109,9 @@ def to_store(
             sub.fetch_many(store, list(wanted.values()))
         # attestations (provenance, SBOMs, VSAs) travel with the paths, checked against them
         done = sorted(set(wanted) | set(paths))
-        sub.run(fetch_attestations(sub.client(src), store, done, attesters=attesters))
+        raw = view.inner if view is not None else sub.client(src)  # (batched where it can be)
+        listed = attestation_listings(view.paths) if view is not None else None
+        sub.run(fetch_attestations(raw, store, done, attesters=attesters, listed=listed))
         return len(wanted)
 
 

@@ -24,9 +24,24 @@ miss, not a corrupt download) and the object when no narinfo describes its bytes
 false ``CA:`` is the narinfo's fault: its object stays). The
 next ``kiln mirror sync`` (or ``kiln push``) then fetches both again, verified.
 Policy problems (missing trusted signatures, a compression other than zstd) are
-reported, never deleted: a mistyped ``--trusted-key`` must not empty a registry. A
-``kiln serve`` caches narinfos in memory, so deleting under it would leave them served:
-the server holds ``SERVING_LOCK`` shared and ``delete_bad`` refuses to run while it does.
+reported, never deleted: a mistyped ``--trusted-key`` must not empty a registry.
+
+``delete_bad`` may run while ``kiln serve`` serves the directory. What a server keeps
+in memory about narinfos and objects is checked against the files on every use, so a
+deletion is seen by the next request: a cached narinfo body by one ``stat`` of its file
+(``backends.DirSource.narinfo``: a deleted one is a miss, in the fast path too); an
+object is looked up on disk for every request (``object_file``: a deleted one is a 404,
+and an upload of it is accepted again); the digests remembered for an object are used
+only while a file of their size is there (``object_digests``), and so are the verdicts
+on which files may be served immutable (``objtrust``: by file stamp); the NAR-hash map
+answers through the narinfo lookup, so a deleted path is a miss there too (another path
+with the same NAR is then found by NAR hash only after the map's next refresh, as after
+a mirror prune). Misses are never cached by the server. (Until that was so the server held ``SERVING_LOCK`` shared
+and a deletion refused to run beside it; the deletion still takes the lock
+exclusively, so it refuses only beside a server of an older kiln that holds it, which
+may be one that cached narinfos without checking them.) What the server cannot take
+back is what HTTP caches already hold: a narinfo for its TTL (an hour), and an object
+it served as immutable, which it does only for files it knew to be good (``objtrust``).
 """
 
 from __future__ import annotations
@@ -50,9 +65,8 @@ from .progress import Progress
 from .verify import Digests, NarVerifier, check_narinfo, expect
 
 CHUNK = 1 << 20
-#: held shared by ``kiln serve --dir`` for its lifetime and exclusively by a deleting
-#: verify: a server keeps narinfos in memory, so deleting one under it would leave it
-#: served (and a push would then skip re-uploading it)
+#: held exclusively by a deleting verify; ``kiln serve --dir`` of older kilns held it
+#: shared for their lifetime (module docstring), the current one does not
 SERVING_LOCK = ".kiln/serving.lock"
 
 
@@ -77,9 +91,9 @@ class FsckReport:
 
 
 def hold_serving_lock(src: DirSource, exclusive: bool) -> int | None:
-    """Take ``SERVING_LOCK``, shared (a server) or exclusive (a deleting verify), failing
-    at once with a ``KilnError`` if the other side holds it; returns the descriptor that
-    holds it (None where the storage is not a local directory)."""
+    """Take ``SERVING_LOCK``, shared (an older server) or exclusive (a deleting verify),
+    failing at once with a ``KilnError`` if the other side holds it; returns the
+    descriptor that holds it (None where the storage is not a local directory)."""
     lock = src.storage.local_path(SERVING_LOCK)
     if lock is None:
         return None
@@ -91,8 +105,10 @@ def hold_serving_lock(src: DirSource, exclusive: bool) -> int | None:
         os.close(fd)
         if exclusive:
             raise KilnError(
-                f"a kiln serve is using {src.storage.url} (it keeps narinfos in memory, so it would "
-                "go on serving what --delete-bad removes); stop it first, or verify without --delete-bad"
+                f"a kiln serve of an older kiln is using {src.storage.url} (it holds {SERVING_LOCK}: "
+                "such a server may keep narinfos in memory, and go on serving what --delete-bad "
+                "removes); restart it with this kiln (which checks them on every request) or stop it "
+                "first, or verify without --delete-bad"
             ) from None
         raise KilnError(
             f"kiln registry verify --delete-bad is running on {src.storage.url}; serve it when that is done"

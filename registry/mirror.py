@@ -2,8 +2,9 @@
 
 Trust: the mirror pins the source's root metadata (``--root FILE`` on the first sync,
 then ``DST/.kiln/mirror-state.json``, which also remembers the highest timestamp and
-snapshot versions seen). Every sync runs the ``index.update`` checks (root chain,
-signatures, rollback, freeze, mix-and-match; ``mirrorplan.update``, which takes a
+snapshot versions seen, and for ``kiln mirror status`` the source and the time of the
+last successful sync: ``state_record``). Every sync runs the ``index.update`` checks
+(root chain, signatures, rollback, freeze, mix-and-match; ``mirrorplan.update``, which takes a
 snapshot or index DST already holds with the verified bytes from DST instead of the
 wire) before touching DST.
 
@@ -11,7 +12,8 @@ Narinfos: each candidate path (``mirrorplan.plan``: its index entry changed, or 
 files in DST did, or ``full``; every path on a first sync) whose narinfo DST does not
 already hold byte-for-byte is fetched (batched) and must hash to the sha256 the signed
 index lists (and, with ``trusted`` keys, carry a valid signature). One that does not is
-named with its likely cause: the source rewrote it after its last index publish (a
+named with its likely cause (``indexcheck.narinfo_problem``, shared with ``kiln copy
+--index-root``): the source rewrote it after its last index publish (a
 signature merge by ``kiln push``) and must publish its index again, or it was tampered
 with. A candidate whose narinfo DST already holds as the index lists it is not fetched
 again, but its object is checked like the others'.
@@ -69,7 +71,7 @@ from pathlib import Path
 from typing import Any
 
 from kiln.store import narinfo as ni
-from kiln.store.errors import KilnError
+from kiln.store.errors import KilnError, redact_urls
 from kiln.store.signing import PublicKey
 
 from . import index as ix
@@ -80,6 +82,7 @@ from .attest_wire import fetch_indexed
 from .backends import DirSource
 from .client import Client, open_client
 from .dirlock import MIRROR_LOCK, dir_lock
+from .indexcheck import narinfo_problem
 from .mirrorfetch import fetch_objects
 from .mirrorobjects import judge_all
 from .mirrorprune import PruneReport
@@ -251,7 +254,7 @@ async def _sync_locked(
     for key, data in meta.files:
         if dst.storage.read(key) != data:
             dst.storage.put_bytes(key, data, durable=key == "index/timestamp.json")
-    dst.storage.put_bytes(STATE_KEY, state.to_json())
+    dst.storage.put_bytes(STATE_KEY, state_record(state, src_url))
 
     def listed() -> dict[str, Any]:  # the new index's path table
         if plan.paths is not None:
@@ -315,13 +318,9 @@ async def _narinfos(
         if text is None:
             failed[e["path"]] = "narinfo missing at the source"
             continue
-        if hashlib.sha256(text.encode()).hexdigest() != e["narinfo_sha256"]:
-            failed[e["path"]] = (
-                "the source's narinfo does not hash to the sha256 its signed index lists: the source "
-                "rewrote it after its last index publish (e.g. a signature merge by kiln push) and must "
-                "publish its index again (kiln registry publish-index; a kiln serve --index-key does it "
-                "at its next refresh), or the narinfo was tampered with"
-            )
+        why = narinfo_problem(text, e)
+        if why is not None:
+            failed[e["path"]] = why
             continue
         try:
             fetched[h] = check_narinfo(text, dst.store_dir, trusted, 1 if trusted else 0, h)
@@ -353,6 +352,16 @@ def _false_cas(dst: DirSource, infos: list[ni.NarInfo]) -> dict[str, str]:
         if why:
             out[i.path] = f"refusing its CA: {why}"
     return out
+
+
+def state_record(state: ix.TrustState, src_url: str) -> bytes:
+    """``STATE_KEY``'s bytes after a successful sync: the trust state (``TrustState``,
+    which reads only its own fields back) plus, for ``kiln mirror status``, the source
+    (its credentials hidden) and when the sync finished (ISO 8601, UTC)."""
+    doc = json.loads(state.to_json())
+    doc["source"] = redact_urls(src_url)
+    doc["synced_at"] = ix.utcnow().strftime(ix.EXPIRY_FORMAT)
+    return ix.canonical(doc)
 
 
 def _hp(path: str) -> str:

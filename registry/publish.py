@@ -29,6 +29,11 @@ from .dirlock import INDEX_LOCK, dir_lock
 from .layout import CACHE_INFO, cache_info_of
 from .storage import Storage
 
+#: a timestamp expiring later than a publisher's lifetime from now by more than this was
+#: signed with a longer lifetime (``refresh_due``); the slack covers the expiry's
+#: one-second resolution and a clock stepped back a little
+LIFETIME_SLACK = dt.timedelta(minutes=5)
+
 
 def narinfo_entry(text: bytes, key: str = "narinfo") -> tuple[str, dict[str, Any]]:
     """(hash part, index entry) for one narinfo file (cheap line parse); ``KilnError``
@@ -125,18 +130,26 @@ def publish_index(
         return _publish_index(storage, key, full, timestamp_hours)
 
 
-def refresh_due(storage: Storage, every: float, now: dt.datetime | None = None) -> bool:
-    """Whether the index timestamp was signed ``every`` seconds ago or more (it is valid
-    for ``TIMESTAMP_HOURS`` from signing): a publisher holding the key should re-sign it
-    (``publish_index``, which also renews an index about to expire). False while the
-    registry has no index (a server does not create one on its own)."""
+def refresh_due(
+    storage: Storage, every: float, now: dt.datetime | None = None, *, hours: float | None = None
+) -> bool:
+    """Whether a publisher holding the key, which signs timestamps valid ``hours``
+    (default ``indexbuild.TIMESTAMP_HOURS``) and wants them re-signed every ``every``
+    seconds, should re-sign now (``publish_index``, which also renews an index about to
+    expire): when the timestamp was signed ``every`` seconds ago or more (it expires
+    within ``hours`` less ``every``), or when it is valid longer than ``hours`` from now
+    (signed with a longer lifetime: ``kiln registry publish-index --timestamp-hours``, or
+    this publisher before its lifetime was shortened), so the expiry served follows the
+    publisher's lifetime. False while the registry has no index (a server does not
+    create one on its own)."""
     ts = load_signed(storage, "index/timestamp.json")
     if ts is None:
         return False
-    life = dt.timedelta(hours=indexbuild.TIMESTAMP_HOURS)
-    return indexbuild.expires_within(
-        ts.get("expires"), now or ix.utcnow(), life - dt.timedelta(seconds=every)
-    )
+    now = now or ix.utcnow()
+    life = dt.timedelta(hours=indexbuild.TIMESTAMP_HOURS if hours is None else hours)
+    if indexbuild.expires_within(ts.get("expires"), now, life - dt.timedelta(seconds=every)):
+        return True
+    return not indexbuild.expires_within(ts.get("expires"), now, life + LIFETIME_SLACK)
 
 
 def renew_root(storage: Storage, root: dict[str, Any], key: SecretKey, now: dt.datetime) -> dict[str, Any]:

@@ -8,17 +8,19 @@ processes sharing one listening socket). ``make_app`` uses aiohttp's low-level
 ``web.Server``: one handler, no router, since ``layout.parse_key`` classifies every path.
 
 Read API (see docs/registry.md): ``GET|HEAD /nix-cache-info`` (public even when private), ``GET|HEAD /<h>.narinfo``,
-``GET|HEAD /nar/<nix32>.nar.zst``, ``GET|HEAD /blobs/sha256:<hex>`` (ETag = digest,
-Range, a multi-range one ignored: ``httpbits.RangeFile``; immutable caching), ``GET /index/...``, ``POST /narinfo-batch``, ``POST
+``GET|HEAD /nar/<nix32>.nar.zst``, ``GET|HEAD /blobs/sha256:<hex>`` (Range, a multi-range
+one ignored: ``httpbits.RangeFile``; ETag = digest and immutable caching only for a file
+known to hash to its name: ``objtrust``), ``GET /index/...``, ``POST /narinfo-batch``, ``POST
 /blob-batch`` (many small objects in one response), attestations
 ``GET /<h>.att/<kind>.dsse.json`` and their listing ``GET /<h>.att/`` (= ``index.json``),
 ``GET /narinfo-closure/<h>[,<h>...]`` (the narinfos of a closure in one answer: ``closurewalk``),
 many at once with ``POST /attestation-batch`` (``attestapi``), and ``POST /verify`` (an AdmissionReview-shaped policy check of a path and its closure,
-``admission``, by the policy file as it is at that review: ``policywatch``). Misses
-are 404 with ``Cache-Control: max-age=<negative TTL>``.
+``admission``, by the policy file as it is at that review: ``policywatch``), and
+``GET|HEAD /healthz`` (``health``: 200 or 503; a read like the others, so ``--private``
+asks a read token for it). Misses are 404 with ``Cache-Control: max-age=<negative TTL>``.
 
-Write API (handlers in ``writeapi``; dir mode only, bearer token with the ``write``
-scope): ``PUT`` of a NAR or blob streams into a temp file while hashing the compressed
+Write API (handlers in ``writeapi``, index publishing in ``indexapi``; dir mode only,
+bearer token with the ``write`` scope): ``PUT`` of a NAR or blob streams into a temp file while hashing the compressed
 bytes and the NAR inside; the object appears (under both names) only if the digest equals its name. ``PUT`` of a
 narinfo is admitted only if it parses for this store dir, its FileHash names a NAR the
 registry has, the NAR digests recorded at upload match NarHash/NarSize, a trusted
@@ -49,13 +51,16 @@ from kiln.store import narinfo as ni
 from kiln.store.errors import KilnError
 from kiln.store.signing import PublicKey, SecretKey
 
-from . import closurewalk, fastpath, layout, servelog
+from . import closurewalk, fastpath, health, layout, servelog
 from .attestapi import AttestAPI
 from .auth import AuthError, TokenStore
 from .backends import DirSource, Source
 from .batchapi import BLOB_BATCH_TYPE, MAX_BATCH, MAX_BLOB_BATCH, BatchAPI
 from .guard import Timeouts
-from .httpbits import DigestFile, HTTPError, RangeFile, plain, shown_key
+from .httpbits import CHUNK, DigestFile, HTTPError, RangeFile, plain, shown_key
+from .indexapi import IndexAPI
+from .indexbuild import TIMESTAMP_HOURS
+from .objtrust import ObjectTrust
 from .policywatch import PolicyWatch
 from .storage import FileStorage
 from .storesource import StoreSource
@@ -96,6 +101,9 @@ class ServerConfig:
     #: with ``index_key``: re-sign the index timestamp this often, in seconds (0: only
     #: after pushes), so a registry without pushes does not look frozen (``refresh_index``)
     index_refresh: float = 6 * 3600
+    #: with ``index_key``: every timestamp this server signs is valid this many hours
+    #: (``kiln serve --timestamp-hours``; ``indexapi``)
+    timestamp_hours: float = TIMESTAMP_HOURS
     #: how long a client may take over its part of a connection (``guard``)
     timeouts: Timeouts = field(default_factory=Timeouts)
     #: ``POST /blob-batch`` answers in progress at once per worker (503 beyond)
@@ -110,7 +118,7 @@ class ServerConfig:
     access_log: str | None = None
 
 
-class Registry(WriteAPI, BatchAPI, AttestAPI):
+class Registry(IndexAPI, WriteAPI, BatchAPI, AttestAPI):
     """Request handling for one source (dir or store)."""
 
     def __init__(self, source: Source, config: ServerConfig) -> None:
@@ -133,6 +141,8 @@ class Registry(WriteAPI, BatchAPI, AttestAPI):
         }
         self._init_batch_api()
         self._closures = asyncio.Semaphore(CLOSURES)
+        # which object files may be served as immutable (``objtrust``): a store's all
+        self.objects = ObjectTrust(source.storage if isinstance(source, DirSource) else None)
 
     # ------------------------------------------------------------ dispatch
 
@@ -216,6 +226,10 @@ class Registry(WriteAPI, BatchAPI, AttestAPI):
             raise HTTPError(404, f"no such endpoint: POST /{shown_key(key)}")
         if method in ("GET", "HEAD") and key.startswith(layout.CLOSURE_PREFIX):
             return await self._closure(key)
+        if key == health.PATH:
+            if method not in ("GET", "HEAD"):
+                raise HTTPError(405, f"method {shown_key(method)} not allowed on /{key}", Allow="GET, HEAD")
+            return await self._health()
         kind, arg = layout.parse_key(key)
         if not kind:
             return self._not_found(key)
@@ -244,12 +258,16 @@ class Registry(WriteAPI, BatchAPI, AttestAPI):
             path = self.source.object_file(digest)
             if path is None:
                 return self._not_found(key)
+            ctype = "application/zstd" if kind == "blob" else "application/x-nix-nar"
+            good = await self.objects.judge(path, digest)
+            if not good:  # not known to hash to its name: no promise a cache would keep (``objtrust``)
+                cc = "no-store" if good is False else self.narinfo_cache_control
+                return RangeFile(path, chunk_size=CHUNK, headers={"Cache-Control": cc, "Content-Type": ctype})
             etag = f"sha256:{digest.hex}"
             # the list of entity tags, or "*" (weak comparison, RFC 9110 13.1.2)
             inm = request.if_none_match
             if inm and any(t.value in (etag, "*") for t in inm):
                 return web.Response(status=304, headers={"ETag": f'"{etag}"', "Cache-Control": IMMUTABLE})
-            ctype = "application/zstd" if kind == "blob" else "application/x-nix-nar"
             return DigestFile(path, etag, headers={"Cache-Control": IMMUTABLE, "Content-Type": ctype})
         path = self.source.file(key)
         if path is None:
@@ -263,6 +281,13 @@ class Registry(WriteAPI, BatchAPI, AttestAPI):
                 "Content-Type": "application/json" if kind == "index" else "application/octet-stream",
             },
         )
+
+    async def _health(self) -> web.Response:
+        """``GET /healthz`` (``health``): 200 or 503, JSON, never cached."""
+        status, doc = await asyncio.get_running_loop().run_in_executor(
+            None, health.check, self.source, self.config.index_key is not None
+        )
+        return web.json_response(doc, status=status, headers={"Cache-Control": "no-store"})
 
     async def _closure(self, key: str) -> web.Response:
         """``GET narinfo-closure/<h>[,<h>...]`` (``closurewalk``): walked on a worker

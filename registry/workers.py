@@ -26,6 +26,10 @@ Theory of operation
   caller's only once its event loop handles those signals, so a signal sent meanwhile
   waits instead of ending a half-started worker. Workers ask the kernel for SIGTERM when
   the parent dies (even by SIGKILL), so none outlives it holding the port.
+- **Who is alive** (``live_workers``, for ``GET /healthz``): the parent keeps one byte
+  per slot in an anonymous shared mapping made before the first fork, 1 from a worker's
+  fork to its reaping, so every worker reads how many are running. Only the parent
+  writes it; a worker may read a count a moment old.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import mmap
 import os
 import signal
 import socket
@@ -59,6 +64,21 @@ _TICK = 1.0
 _SIGNALS = frozenset({signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
 
 App = Callable[[], Awaitable[web.Server]] | Callable[[], web.Server]
+
+#: one byte per worker slot, shared by the parent and its workers (module docstring);
+#: None outside ``serve`` or with one worker (``_SINGLE``)
+_LIVE: mmap.mmap | None = None
+_SINGLE = False
+
+
+def live_workers() -> tuple[int, int] | None:
+    """``(running, configured)`` workers of the server this process belongs to, or None
+    when not run by ``serve`` (an app made by a test, say)."""
+    if _SINGLE:
+        return 1, 1
+    if _LIVE is None:
+        return None
+    return sum(_LIVE[:]), len(_LIVE)
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -154,6 +174,12 @@ def describe(status: int) -> str:
     return f"exited with status {os.WEXITSTATUS(status)}"
 
 
+def _mark(slot: int, alive: bool) -> None:
+    """Record in the shared map whether ``slot`` has a worker (the parent only)."""
+    if _LIVE is not None:
+        _LIVE[slot] = 1 if alive else 0
+
+
 @dataclass
 class _Slot:
     """One worker place: its process (None while it waits to be forked again), when it
@@ -167,16 +193,23 @@ class _Slot:
 def serve(make: App, sock: socket.socket, workers: int = 1, ready: Callable[[], None] | None = None) -> None:
     """Run the app on ``sock`` in ``workers`` processes until SIGTERM/SIGINT (module
     docstring); ``KilnError`` once one worker slot is in a crash loop."""
+    global _LIVE, _SINGLE
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
     try:
         if workers <= 1:
+            _SINGLE = True
             if ready:
                 ready()
             asyncio.run(_run(make, sock, True, old_mask))
             return
+        _LIVE = mmap.mmap(-1, workers)  # (MAP_SHARED | MAP_ANONYMOUS: inherited by every fork)
         _Supervisor(make, sock, workers, old_mask).run(ready)
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        _SINGLE = False
+        if _LIVE is not None:
+            _LIVE.close()
+            _LIVE = None
 
 
 class _Supervisor:
@@ -199,6 +232,7 @@ class _Supervisor:
         try:
             for i, slot in enumerate(self.slots):
                 slot.pid = _fork(self.make, self.sock, i, self.mask)
+                _mark(i, True)
             if ready:
                 ready()
             self._loop()
@@ -223,6 +257,7 @@ class _Supervisor:
                         except OSError as e:  # (no memory or processes left: as a death)
                             self._died(i, f"worker {i} could not be forked ({e.strerror or e})")
                             continue
+                        _mark(i, True)
                         _say(f"worker {i} restarted (pid {slot.pid})")
             dues = [s.due - now for s in self.slots if s.due is not None]
             got = signal.sigtimedwait(_SIGNALS, max(0.0, min([_TICK, *dues])))
@@ -262,6 +297,7 @@ class _Supervisor:
                 continue  # (not a worker)
             i, slot = found[0]
             slot.pid = None
+            _mark(i, False)
             if self.stopping:
                 continue
             self._died(i, f"worker {i} (pid {pid}) {describe(status)}")

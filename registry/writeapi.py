@@ -1,5 +1,5 @@
 """The registry's write API (directory registries only): ``PUT`` of NARs/blobs,
-narinfos and attestations, ``POST /upload-batch`` and ``POST /publish-index``. Mixed
+narinfos and attestations, ``POST /upload-batch`` (``POST /publish-index``: ``indexapi``). Mixed
 into ``server.Registry``; every upload is verified before anything is published (see
 the module docstring of ``server``)."""
 
@@ -25,8 +25,8 @@ MAX_UPLOAD_BATCH = 2_000
 
 
 class WriteAPI:
-    """Write handlers; the class mixing this in provides ``source``, ``config``,
-    ``_auth(request, scope)`` and ``_publish_lock``."""
+    """Write handlers; the class mixing this in provides ``source``, ``config``
+    and ``_auth(request, scope)``."""
 
     async def _put(self, request: web.BaseRequest, key: str, kind: str, arg: str) -> web.Response:
         src = self.source
@@ -201,31 +201,6 @@ class WriteAPI:
         ]
         return web.json_response({"results": out})
 
-    async def refresh_index(self) -> None:
-        """Re-sign the index timestamp whenever ``config.index_refresh`` seconds have
-        passed since it was signed (``publish.refresh_due``), for ever (one worker runs
-        it). A registry without pushes would otherwise look frozen to mirrors and
-        clients once the timestamp expires. A failure is said and tried again later."""
-        from .publish import publish_index, refresh_due
-
-        every = self.config.index_refresh
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                if await loop.run_in_executor(None, refresh_due, self.source.storage, every):
-                    async with self._publish_lock:
-                        pub = await loop.run_in_executor(
-                            None, publish_index, self.source.storage, self.config.index_key
-                        )
-                    print(
-                        f"kiln serve: index timestamp re-signed (version {pub.timestamp_version})",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-            except Exception as e:  # noqa: BLE001 - serving goes on; tried again at the next wake-up
-                print(f"kiln serve: cannot re-sign the index timestamp: {e}", file=sys.stderr, flush=True)
-            await asyncio.sleep(max(1.0, min(every / 4, 600.0)))
-
     async def sweep_temp(self) -> None:
         """Every ``storage.SWEEP_EVERY`` seconds, remove the temp files of writers that
         died since the start-up sweep (``FileStorage.sweep_temp``: those whose writer
@@ -249,18 +224,6 @@ class WriteAPI:
                     file=sys.stderr,
                     flush=True,
                 )
-
-    async def _publish_index(self, request: web.BaseRequest) -> web.Response:
-        self._auth(request, "write")
-        if self.config.index_key is None:
-            return plain(409, "error: this server has no index key (start it with --index-key)")
-        async with self._publish_lock:
-            from .publish import publish_index
-
-            pub = await asyncio.get_running_loop().run_in_executor(
-                None, publish_index, self.source.storage, self.config.index_key
-            )
-        return plain(200, f"index version {pub.index_version}, timestamp version {pub.timestamp_version}")
 
 
 def _absorb(f: Any, ver: NarVerifier, chunk: bytes) -> None:

@@ -63,6 +63,7 @@ STORE_ROOT_ENTRIES = frozenset(
         "eval-cache",
         "gc.lock",
         "gcroots",
+        "index-state",
         "keys",
         "locks",
         "logs",

@@ -200,7 +200,7 @@ def test_a_store_without_a_ca_does_not_resend_forever(tmp_path, keys, kiln_serve
 def test_registry_verify_delete_bad_keeps_the_object_of_a_false_ca(tmp_path, keys, kiln_server) -> None:
     s = Setup(tmp_path, keys, kiln_server)
     s.push(s.a, s.b)
-    s.srv.stop()  # --delete-bad refuses to run under a server
+    s.srv.stop()  # (the registry as it is at rest: nothing serves it while it is checked)
     s.plant(s.a, s.lie())
     r = kiln("registry", "verify", "--dir", str(s.reg), "--delete-bad")
     assert r.returncode == 1, r.stdout + r.stderr
