@@ -7,11 +7,17 @@
   and prints a base64 ed25519 signature; for KMS/HSM keys). A PATH whose runtime closure
   has a hole (a dependency quarantined by ``kiln store verify --repair``) is refused, with
   or without ``--build``: its SBOM would leave the dependency out (``sbom.collect``).
-- ``kiln verify TARGET [--policy FILE] [--json] [--closure]`` checks a local store path,
-  named by path or by its NAR digest ``sha256:...`` (``--closure``: every path of its runtime closure): content against the recorded NAR
-  hash, signatures, provenance, SBOM and rebuilder attestations against the policy. One
-  line per check. Exit status: 0 every check passed, 1 a check
-  failed, 2 usage error (bad arguments, unreadable or invalid policy, no store).
+- ``kiln verify TARGET [--policy FILE] [--json] [--closure] [--verbose]`` checks a local
+  store path, named by path or by its NAR digest ``sha256:...`` (``--closure``: every
+  path of its runtime closure): content against the recorded NAR hash, signatures,
+  provenance, SBOM and rebuilder attestations against the policy. One line per check,
+  and what the path's provenance records (``verifyshow``). Exit status: 0 every check
+  passed; 1 a check failed (rejected); 2 usage error (bad arguments, unreadable or
+  invalid policy, no store); 3 no check failed but some could not be run (TARGET not in
+  the store, an object, tree or attestation missing or unreadable, a registry that
+  refused or that answered 4xx); 75 the same, but only for reasons a later attempt may
+  not meet (a registry unreachable, answering 5xx or too slowly). A failure wins: with
+  ``--closure``, one failing path makes it 1 whatever could not be checked.
   A registry target, ``URL#PATH`` (PATH: store path, hash part or ``sha256:`` NAR digest)
   or ``--registry URL PATH``, is fetched (narinfo, NAR checked against its digests,
   closure, attestations) into a temporary store and checked the same way
@@ -39,7 +45,11 @@ Invariants of ``kiln verify``'s report:
 - Every text in the printed report that may come from outside (a path, a registry's
   answer, an attestation's subject names) goes through ``buildlogs.shown_output``, with
   newlines shown as ``\\n`` too: one check is one line, so a hostile finding can neither
-  drive the terminal nor print a fake check or result line.
+  drive the terminal nor print a fake check or result line (``verifyshow``).
+- A failure to read or fetch is never reported as a rejection, nor as a pass: it is a
+  failed check marked ``unchecked`` (``policy`` module doc), and an error escaping the
+  checks becomes one (``_unchecked``), so the exit status and ``--json``'s ``verdict``
+  tell "this is bad" (1) from "I could not tell" (3, 75).
 """
 
 from __future__ import annotations
@@ -48,18 +58,21 @@ import argparse
 import functools
 import json
 import os
+import sqlite3
 import sys
 from dataclasses import replace
 from typing import Any
 
 from kiln.store import attestations, intoto, sbom
-from kiln.store.buildlogs import shown_output
-from kiln.store.errors import KilnError
+from kiln.store.errors import FormatError, KilnError
+from kiln.store.hashes import Hash
 from kiln.store.paths import StorePath
-from kiln.store.policy import Check, Policy, PolicyError, Report, load, verify_path
+from kiln.store.policy import TRANSIENT, UNAVAILABLE, Check, Policy, PolicyError, Report, load, verify_path
 
 from .common import add_store_arg, nonempty
 from .targets import EXIT_USAGE, UsageError, open_store, resolve_target, signer_args
+from .verifyshow import document, exit_status
+from .verifyshow import render as render
 from .version import full_version
 
 # ---------------------------------------------------------------------------- sbom
@@ -115,6 +128,36 @@ def _remote_target(args: argparse.Namespace) -> tuple[str, str] | None:
     return url, what
 
 
+def _check_digest(what: str) -> None:
+    """A ``sha256:`` target must be a digest: a malformed one is a usage error, not a path
+    that cannot be found."""
+    if what.startswith(("sha256:", "sha256-")):
+        try:
+            Hash.parse(what)
+        except FormatError as e:
+            raise UsageError(f"{what!r} is not a NAR digest: {e}") from None
+
+
+def _check_url(url: str) -> None:
+    """A registry URL that is no URL (``http://[::1``, ``HOST:PORT``) or of a scheme no
+    client speaks is a usage error, not a registry that could not be asked."""
+    from kiln.registry.client import parse_registry_url
+
+    try:
+        scheme = parse_registry_url(url).scheme
+    except KilnError as e:
+        raise UsageError(str(e)) from None
+    if scheme not in ("http", "https", "file", ""):
+        raise UsageError(
+            f"unsupported registry URL scheme {scheme!r} (expected http://, https:// or file:///dir)"
+        )
+
+
+def _unchecked(target: str, policy: Policy, name: str, why: str, how: str = UNAVAILABLE) -> Report:
+    """The report of a ``target`` that could not be checked (check ``name``), and ``why``."""
+    return Report(target, policy.source, (Check(name, False, why, unchecked=how),))
+
+
 def _verify(args: argparse.Namespace) -> int:
     try:
         policy = load(args.policy) if args.policy else Policy()
@@ -127,34 +170,59 @@ def _verify(args: argparse.Namespace) -> int:
                 "--closure is for local targets: a registry target's closure is always judged "
                 "(its 'dependencies' check), in one report"
             )
-        from kiln.registry.admission import verify_remote
-
-        reports = [verify_remote(remote[0], remote[1], policy, token=args.token)]
+        _check_digest(remote[1])
+        _check_url(remote[0])
+        reports = [_verify_remote(remote[0], remote[1], policy, args.token)]
     else:
+        _check_digest(args.target)
         store = open_store(args)
         try:
-            path = resolve_target(store, args.target)
-            closure, holes = store.closure_with_holes([path]) if store.is_valid(path) else ([path], {})
-            # The target first, then (--closure) its dependencies.
-            paths = [path, *(p for p in closure if p != path)] if args.closure else [path]
+            reports = _verify_local(store, args.target, policy, args.closure)
+        finally:
+            store.close()
+    if args.json:  # (JSON escapes every control character itself)
+        print(json.dumps(document(reports, args.closure), indent=2, sort_keys=True))
+    else:
+        print("\n".join(render(reports, args.closure, args.verbose)))
+    return exit_status(reports)
+
+
+def _verify_remote(url: str, what: str, policy: Policy, token: str | None) -> Report:
+    """``verify_remote``'s report; an error it raises (a directory that is no registry,
+    no room for its temporary store) is a check that could not be run."""
+    from kiln.registry.admission import verify_remote
+    from kiln.registry.retryable import retryable
+    from kiln.store.errors import redact_urls
+
+    try:
+        return verify_remote(url, what, policy, token=token)
+    except (KilnError, OSError) as e:
+        why = redact_urls(f"cannot verify it at {url}: {e}")  # (stdout is not filtered)
+        return _unchecked(what, policy, "valid", why, TRANSIENT if retryable(e) else UNAVAILABLE)
+
+
+def _verify_local(store: Any, target: str, policy: Policy, closure: bool) -> list[Report]:
+    """The reports of ``target`` (``closure``: and of its closure) in ``store``. A target
+    not in the store, or an error while checking a path (a database or disk that fails
+    under the checks), gives a report of a check that could not be run."""
+    try:
+        path = resolve_target(store, target)
+        valid = store.is_valid(path)
+        members, holes = store.closure_with_holes([path]) if valid else ([path], {})
+    except (KilnError, OSError, sqlite3.DatabaseError) as e:
+        return [_unchecked(target, policy, "valid", str(e))]
+    # The target first, then (--closure) its dependencies.
+    paths = [path, *(p for p in members if p != path)] if closure else [path]
+    reports = []
+    for p in paths:
+        try:
             # every path verified must have its references: a path whose dependency is
             # gone (quarantined) cannot be used, with or without --closure; the target
             # answers for its whole closure (a hole further down too)
-            reports = [
-                _with_closure_check(store, verify_path(store, p, policy), holes, whole=p == path)
-                for p in paths
-            ]
-        finally:
-            store.close()
-    ok = all(r.ok for r in reports)
-    if args.json:  # (JSON escapes every control character itself)
-        doc = (
-            reports[0].to_dict() if not args.closure else {"ok": ok, "paths": [r.to_dict() for r in reports]}
-        )
-        print(json.dumps(doc, indent=2, sort_keys=True))
-        return 0 if ok else 1
-    print("\n".join(render(reports, args.closure)))
-    return 0 if ok else 1
+            reports.append(_with_closure_check(store, verify_path(store, p, policy), holes, whole=p == path))
+        except (KilnError, OSError, sqlite3.DatabaseError) as e:
+            reports.append(_unchecked(p, policy, "verify", f"the checks could not run: {e}"))
+    return reports
 
 
 def _with_closure_check(
@@ -192,32 +260,6 @@ def _with_closure_check(
     return replace(report, checks=(*report.checks, check))
 
 
-def _shown(text: str) -> str:
-    """``text`` on one terminal line: escapes as ``shown_output``, and newlines too."""
-    return shown_output(text).replace("\n", "\\n")
-
-
-def render(reports: list[Report], closure: bool) -> list[str]:
-    """The lines ``kiln verify`` prints: per path a header and one line per check, then
-    the result. Every text that may come from outside goes through ``_shown``."""
-    lines: list[str] = []
-    for report in reports:
-        lines.append(f"verifying {_shown(report.path)} against {_shown(report.policy)}")
-        lines += [f"  {c.status:<4} {_shown(c.name)}: {_shown(c.detail)}" for c in report.checks]
-    ok = all(r.ok for r in reports)
-    if closure:
-        bad = sum(not r.ok for r in reports)
-        lines.append(
-            f"result: PASS ({len(reports)} paths)"
-            if ok
-            else f"result: FAIL ({bad} of {len(reports)} paths failed)"
-        )
-    else:
-        n = len(reports[0].failures())
-        lines.append("result: PASS" if ok else f"result: FAIL ({n} check{'s' if n != 1 else ''} failed)")
-    return lines
-
-
 # ---------------------------------------------------------------------------- dispatch
 
 
@@ -239,7 +281,12 @@ def _verify_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="kiln verify",
         description="verify a store path against a policy",
-        epilog="exit status: 0 all checks passed, 1 a check failed, 2 usage error",
+        epilog="exit status: 0 all checks passed; 1 a check failed (rejected); 2 usage error (bad "
+        "arguments, policy file missing or invalid, no store); 3 could not check (TARGET not in the store "
+        "or registry, an object or file unreadable, a registry refusing); 75 could not check for now "
+        "(registry unreachable or answering 5xx: try again later). A failed check wins over one that "
+        "could not run. --json gives it as 'verdict' (passed, rejected, unchecked, tempfail) and "
+        "'exit_status'",
     )
     p.add_argument(
         "target",
@@ -253,6 +300,9 @@ def _verify_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy", metavar="FILE", help="TOML policy (default: check content only)")
     p.add_argument("--json", action="store_true", help="machine-readable report")
     p.add_argument("--closure", action="store_true", help="verify every path of the runtime closure")
+    p.add_argument(
+        "-v", "--verbose", action="store_true", help="show every fact the provenance records, one a line"
+    )
     p.set_defaults(fn=_verify)
     return p
 

@@ -9,7 +9,8 @@ narinfo while it streams in and imported, and the path's attestations are copied
 ``attest_transfer.fetch_attestations``. A store-backed server checks its own store
 directly. Failures to fetch (no such path, a NAR that does not match its narinfo, a
 misfiled attestation) become failed checks, never exceptions, so a tampered artifact is
-*denied with the reason*.
+*denied with the reason*; a failure to *ask* (no answer, an error status, a path or
+object not served) is no verdict: its check is ``unchecked`` (``_cause``).
 
 Webhook shape (a Kubernetes ``AdmissionReview``, ``admission.k8s.io/v1``)::
 
@@ -47,16 +48,17 @@ import asyncio
 import json
 import tempfile
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from kiln.store import narinfo as ni
 from kiln.store.errors import KilnError
 from kiln.store.hashes import Hash
-from kiln.store.policy import Check, Policy, PolicyError, Report, verify_path
+from kiln.store.policy import TRANSIENT, UNAVAILABLE, Check, Policy, PolicyError, Report, verify_path
 
 from .backends import DirSource, Source
+from .client import RegistryError
 from .policywatch import PolicyWatch
 from .storesource import StoreSource
 from .verify import NarVerifier, check_narinfo
@@ -153,8 +155,20 @@ def unjudged(review: Review, why: str) -> dict[str, Any]:
     }
 
 
-def _failed(target: str, policy: Policy, name: str, why: str) -> Report:
-    return Report(target, policy.source, (Check(name, False, why),))
+def _failed(target: str, policy: Policy, name: str, why: str, unchecked: str = "") -> Report:
+    """A report of one failed check (``unchecked``: it could not be run, and why)."""
+    return Report(target, policy.source, (Check(name, False, why, unchecked=unchecked),))
+
+
+def _cause(e: BaseException) -> str:
+    """``Check.unchecked`` for ``e`` (raised fetching from a registry): ``TRANSIENT`` if a
+    later attempt may answer (``retryable``), ``UNAVAILABLE`` for another failure to ask,
+    "" for a verdict (what the registry sent failed a check)."""
+    from .retryable import retryable
+
+    if retryable(e):
+        return TRANSIENT
+    return UNAVAILABLE if isinstance(e, (RegistryError, OSError)) else ""
 
 
 def answer(source: Source, review: Review, policy: Policy | PolicyWatch) -> dict[str, Any]:
@@ -173,7 +187,8 @@ def answer(source: Source, review: Review, policy: Policy | PolicyWatch) -> dict
             assert isinstance(source, DirSource)
             report = verify_remote(str(source.storage.url), review.artifact, policy)
     except (KilnError, OSError) as e:  # e.g. no space for the temporary store: deny, say why
-        report = _failed(review.artifact, policy, "verify", f"verification could not run: {e}")
+        why = f"verification could not run: {e}"
+        report = _failed(review.artifact, policy, "verify", why, _cause(e) or UNAVAILABLE)
     return response(review, report, policy)
 
 
@@ -222,7 +237,7 @@ def judge_closure(store: Any, top: str, closure: Iterable[str], policy: Policy) 
             + "; ".join(failing[:MAX_NAMED])
             + more,
         )
-    return Report(report.path, report.policy, (*report.checks, check))
+    return replace(report, checks=(*report.checks, check))
 
 
 def _verify_store(source: StoreSource, target: str, policy: Policy) -> Report:
@@ -232,7 +247,8 @@ def _verify_store(source: StoreSource, target: str, policy: Policy) -> Report:
     try:
         body = _lookup_sync(source, target)
         if body is None:
-            return _failed(target, policy, "valid", f"{target} is not served by this registry")
+            why = f"{target} is not served by this registry"
+            return _failed(target, policy, "valid", why, UNAVAILABLE)
         path = _admit_top(body.decode(), source.store_dir, target).path
         return judge_closure(store, path, store.closure([path]), policy)
     except KilnError as e:
@@ -306,8 +322,12 @@ async def _verify_remote(url: str, target: str, policy: Policy, token: str | Non
             else:
                 h = _hash_part(target)
                 text = (await client.narinfos([h])).get(h) if h else None
-            if text is None:
-                return _failed(target, policy, "valid", f"{shown} serves no path for {target}")
+        except KilnError as e:  # (whatever it is, the registry did not answer)
+            why = f"cannot fetch {target} from {shown}: {e}"
+            return _failed(target, policy, "valid", why, _cause(e) or UNAVAILABLE)
+        if text is None:
+            return _failed(target, policy, "valid", f"{shown} serves no path for {target}", UNAVAILABLE)
+        try:
             top = _admit_top(text, store_dir, target)
         except KilnError as e:
             return _failed(target, policy, "valid", f"cannot fetch {target} from {shown}: {e}")
@@ -328,7 +348,7 @@ async def _verify_remote(url: str, target: str, policy: Policy, token: str | Non
                     infos[i.path] = i
                     frontier += [r for r in i.references if r not in infos]
         except KilnError as e:
-            return _failed(top.path, policy, "valid", str(e))
+            return _failed(top.path, policy, "valid", str(e), _cause(e))
         store = LocalStore.open(tmp / "store", store_dir=store_dir)
         try:
             for level in levels({p: i.to_pathinfo() for p, i in infos.items()}):
@@ -336,13 +356,14 @@ async def _verify_remote(url: str, target: str, policy: Policy, token: str | Non
                     try:
                         await _import(client, store, infos[p], tmp)
                     except KilnError as e:
-                        return _failed(top.path, policy, "content", f"{p} as served does not verify: {e}")
+                        why = f"{p} as served does not verify: {e}"
+                        return _failed(top.path, policy, "content", why, _cause(e))
             try:
                 # a fresh temporary store: the policy judges the signers, not the fetch;
                 # every member's, since every member is judged
                 await fetch_attestations(client, store, list(infos), any_signer=True)
             except KilnError as e:
-                return _failed(top.path, policy, "attestations", str(e))
+                return _failed(top.path, policy, "attestations", str(e), _cause(e))
             return judge_closure(store, top.path, infos, policy)
         finally:
             store.close()
@@ -350,10 +371,10 @@ async def _verify_remote(url: str, target: str, policy: Policy, token: str | Non
 
 async def _import(client: Any, store: Any, info: Any, tmp: Path) -> None:
     """Download one NAR, check it against its narinfo while it streams, import it."""
-    from .verify import expect_info
+    from .verify import expect_info, object_of
 
     f = tmp / "nar.zst"
-    ver = NarVerifier()
+    ver = NarVerifier(what=object_of(info))  # (errors name the path and the object's URL)
     with open(f, "wb") as out:
 
         def write(chunk: bytes) -> None:
@@ -363,7 +384,7 @@ async def _import(client: Any, store: Any, info: Any, tmp: Path) -> None:
             ver.update(chunk)
 
         if not await client.download(info.url, write):
-            raise KilnError(f"{info.url} is missing")
+            raise RegistryError(f"{info.url} is missing", 404)
     expect_info(info, ver.finish())
     with open(f, "rb") as src:
         store.import_object(info.to_pathinfo(), src)

@@ -15,6 +15,9 @@ and substitution: the narinfo must parse for the registry's store dir, point at
 the signatures) is judged against the object by ``ca_refusal`` once the object's
 digests are known: ``NarVerifier`` also hashes the contents of a NAR that is one plain
 file (``Digests.flat_hash``), so a flat or text claim costs no second read.
+
+A ``HashMismatch`` about a narinfo's object names the store path and the object's URL in
+the registry (``object_of``), so an operator can find the bad file.
 """
 
 from __future__ import annotations
@@ -108,7 +111,11 @@ class NarVerifier:
     (a narinfo's NarSize/FileSize when downloading), ``update`` raises ``FormatError`` as
     soon as either side grows past its limit: no unbounded download or decompression."""
 
-    def __init__(self, max_nar_size: int | None = None, max_file_size: int | None = None) -> None:
+    def __init__(
+        self, max_nar_size: int | None = None, max_file_size: int | None = None, what: str = ""
+    ) -> None:
+        """``what`` names the object in ``finish``'s errors (``object_of``; "": unnamed)."""
+        self.what = what
         self._file = hashlib.sha256()
         self._size = 0
         self._max_file = max_file_size
@@ -144,10 +151,11 @@ class NarVerifier:
         """The digests; ``HashMismatch`` if the bytes were not whole, valid zstd frames,
         or, first, if ``file_hash`` is given and the bytes are not that file (the most
         telling answer for a damaged copy of a known object)."""
+        of = f" of {self.what}" if self.what else ""
         if file_hash is not None and self._file.digest() != file_hash.digest:
             got = Hash("sha256", self._file.digest())
             raise HashMismatch(
-                "compressed file", file_hash.to_nix32(), f"{got.to_nix32()} ({self._size} bytes)"
+                f"compressed file{of}", file_hash.to_nix32(), f"{got.to_nix32()} ({self._size} bytes)"
             )
         if self._bad is None:
             try:
@@ -160,7 +168,7 @@ class NarVerifier:
             except FormatError as e:
                 self._bad = str(e)
         if self._bad is not None:
-            raise HashMismatch("compressed NAR", "a valid zstd stream", f"corrupt data ({self._bad})")
+            raise HashMismatch(f"compressed NAR{of}", "a valid zstd stream", f"corrupt data ({self._bad})")
         return Digests(
             Hash("sha256", self._file.digest()),
             self._size,
@@ -189,9 +197,15 @@ def expect(
         raise HashMismatch(f"NAR size of {what}", str(nar_size), str(got.nar_size))
 
 
+def object_of(info: ni.NarInfo) -> str:
+    """``info``'s path and the URL of its object in the registry, as errors name them."""
+    return f"{info.path} (object {info.url})"
+
+
 def expect_info(info: ni.NarInfo, got: Digests) -> None:
-    """``expect`` with every digest and size ``info`` gives (``HashMismatch`` naming its path)."""
-    expect(info.path, got, info.file_hash, info.file_size, info.nar_hash, info.nar_size)
+    """``expect`` with every digest and size ``info`` gives (``HashMismatch`` naming its path
+    and object: ``object_of``)."""
+    expect(object_of(info), got, info.file_hash, info.file_size, info.nar_hash, info.nar_size)
 
 
 def ca_refusal(info: ni.NarInfo, got: Digests, nar_chunks: Callable[[], Iterable[bytes]]) -> str:
@@ -207,7 +221,7 @@ def ca_refusal(info: ni.NarInfo, got: Digests, nar_chunks: Callable[[], Iterable
 def verifier_for(info: ni.NarInfo) -> NarVerifier:
     """A verifier bounded by ``info``'s FileSize and NarSize: a download stops at the
     first, the NAR inside at the second."""
-    return NarVerifier(max_nar_size=info.nar_size, max_file_size=info.file_size)
+    return NarVerifier(max_nar_size=info.nar_size, max_file_size=info.file_size, what=object_of(info))
 
 
 def verified_bytes(info: ni.NarInfo, data: bytes) -> Digests:

@@ -103,12 +103,23 @@ class Staged:
     tree: Path
 
 
+def incoming(info: PathInfo) -> str:
+    """How errors name the object being imported for ``info``: its path and the object's
+    digest, which is its name in a registry (``nar/<nix32>.nar.zst``) and in a store
+    (``objects/``, in hex); the staging file in the temp dir is gone by then."""
+    if info.file_hash is None:
+        return f"{info.path} (its object, of no recorded FileHash)"
+    return f"{info.path} (object nar/{info.file_hash.nix32}.nar.zst)"
+
+
 def stage(info: PathInfo, zst: BinaryIO, tmp: Path, k: int) -> Staged:
     """Step 1 for one path (see module docstring)."""
     tree, obj = tmp / str(k), tmp / f"{k}.obj"
     tee = TeeReader(zst, os.open(obj, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644))
     try:
-        stream = decompress_verified(tee, info.path, file_expectation(info), (info.nar_hash, info.nar_size))
+        stream = decompress_verified(
+            tee, incoming(info), file_expectation(info), (info.nar_hash, info.nar_size)
+        )
         restore_canonical(stream, tree)
     finally:
         os.close(tee.fd)
@@ -125,7 +136,7 @@ def stage_bytes(info: PathInfo, data: bytes, tmp: Path, k: int) -> Staged:
     """``stage`` for a small object held in memory (``len(data) <= SMALL`` and
     ``info.nar_size <= SMALL_NAR``): every digest is checked before anything is
     written, and the NAR is decompressed and hashed in one call each."""
-    what = info.path
+    what = incoming(info)
     file_hash = Hash("sha256", hashlib.sha256(data).digest())
     expect_file = file_expectation(info)
     if expect_file is not None:

@@ -11,6 +11,10 @@ NarSize or the file passes FileSize (a zstd bomb behind a small NarSize writes n
 than NarSize), and multi-frame zstd is read as one stream. The stream must end at a
 frame boundary (``zstdframes``): the decompressor alone accepts a stream cut after a
 block. ``TeeReader`` keeps a copy of what is read (the object being imported).
+
+Every ``HashMismatch`` names ``what``; ``read_object`` makes that the store path *and*
+the object file (``object_named``), so an operator told of a corrupt object can find
+it; an import names the object by its digest (``importbatch``).
 """
 
 from __future__ import annotations
@@ -157,10 +161,16 @@ def check_digest(what: str, kind: str, expect: tuple[Hash, int | None], got: Has
         )
 
 
+def object_named(what: str, obj: Path | str) -> str:
+    """``what`` (a store path) and its object file ``obj``, as errors name them."""
+    return what if what == str(obj) else f"{what} (object {obj})"
+
+
 def read_object(
     obj: Path, what: str, file: tuple[Hash, int] | None, nar: tuple[Hash, int] | None
 ) -> Iterator[bytes]:
-    """The NAR in object file ``obj``, verified against the recorded digests."""
+    """The NAR in object file ``obj``, verified against the recorded digests; an error
+    names ``what`` and ``obj`` (``object_named``)."""
     try:
         f = open_regular(obj, buffering=0)  # (a FIFO would block verify for ever)
     except FileNotFoundError:
@@ -168,7 +178,7 @@ def read_object(
     if f is None:  # (as reading a directory there would be: unreadable, not corrupt)
         raise OSError(errno.EINVAL, "not a regular file", str(obj))
     with f:
-        yield from decompress_verified(f, what, file, nar)
+        yield from decompress_verified(f, object_named(what, obj), file, nar)
 
 
 def expect_nar(info: PathInfo, got: Hash, size: int) -> None:

@@ -40,6 +40,24 @@ sense (only valid evidence satisfies them, so stripping attestations never helps
 detectors fail on presence: an invalid attestation, and a compromised key's signature.
 DSSE envelopes are verified before their payload is believed; a payload's subject must
 name this path and carry its recorded NAR sha256.
+
+Verdicts and checks that could not run
+--------------------------------------
+A failed check is either a *verdict* (the artifact failed it: a digest that does not
+match, a missing or invalid signature, a policy requirement not met) or *unchecked*
+(``Check.unchecked``): the check could not be run, because what it reads is missing or
+unreadable (a path not in the store, an object or tree that cannot be read) or, for a
+registry, because the registry could not be asked (``TRANSIENT``: unreachable, 5xx;
+``UNAVAILABLE``: any other refusal). An unchecked check never passes; ``Report.verdict``
+says which it was, a verdict winning over an unchecked check: ``PASSED``, ``REJECTED``,
+``UNCHECKED`` or ``TEMPFAIL`` (every unchecked check transient: asking again later may
+answer). ``kiln verify`` exits 0, 1, 3 and 75 for them.
+
+Source commit
+-------------
+``[require] clean_source`` holds only if the path's valid provenance records the git
+commit of the recipe's repository and that the tree had no uncommitted changes (what
+``kiln build --require-clean`` makes sure of; ``policyprov``).
 """
 
 from __future__ import annotations
@@ -49,6 +67,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from .errors import KilnError
+from .provsummary import ProvenanceSummary
 from .signing import PublicKey
 
 
@@ -88,6 +107,8 @@ class Policy:
     #: a rebuilder's PASSED verdict counts for ``reproduced`` only if its signed
     #: ``timeVerified`` is no older than this (None: any age)
     reproduced_max_age: timedelta | None = None
+    #: the provenance must record a git commit of the recipe's repository, and a clean tree
+    clean_source: bool = False
     source: str = "(built-in default: nothing required)"
     digest: str = field(default="", compare=False)
 
@@ -130,31 +151,63 @@ class Policy:
 # ---------------------------------------------------------------------------- evaluation
 
 
+#: ``Check.unchecked``: the check could not be run (something missing or unreadable, a
+#: registry that refused); ``TRANSIENT``: it could not be run now (a registry unreachable
+#: or answering 5xx), so a later attempt may answer
+UNAVAILABLE = "unavailable"
+TRANSIENT = "transient"
+
+#: ``Report.verdict`` values (module doc), strictest first as ``combined`` orders them
+REJECTED, UNCHECKED, TEMPFAIL, PASSED = "rejected", "unchecked", "tempfail", "passed"
+_RANK = {REJECTED: 0, UNCHECKED: 1, TEMPFAIL: 2, PASSED: 3}
+#: a failed check's ``unchecked`` -> the verdict it alone would give
+_VERDICT_OF = {"": REJECTED, UNAVAILABLE: UNCHECKED, TRANSIENT: TEMPFAIL}
+
+
 @dataclass(frozen=True, slots=True)
 class Check:
-    """One verification step. ``skipped``: nothing was required and nothing was there."""
+    """One verification step. ``skipped``: nothing was required and nothing was there.
+    ``unchecked`` (only on a failed check): why it could not be run, ``UNAVAILABLE`` or
+    ``TRANSIENT``; "" when it ran and this is its verdict."""
 
     name: str
     ok: bool
     detail: str
     skipped: bool = False
+    unchecked: str = ""
 
     @property
     def status(self) -> str:
         return "skip" if self.skipped else ("pass" if self.ok else "FAIL")
 
 
+def combined(verdicts: list[str]) -> str:
+    """The verdict of several: any rejection wins, then a permanent ``UNCHECKED`` (asking
+    again cannot answer it all), then ``TEMPFAIL``; ``PASSED`` only if all passed."""
+    return min(verdicts, key=_RANK.__getitem__, default=PASSED)
+
+
 @dataclass(frozen=True, slots=True)
 class Report:
-    """The outcome of ``verify_path``; ``ok`` iff every check passed (or was skipped)."""
+    """The outcome of ``verify_path``; ``ok`` iff every check passed (or was skipped).
+    ``provenance``: what the path's provenance records (``provsummary``), when it has
+    one that is its own (verified, or stored where the policy trusts no provenance key)."""
 
     path: str
     policy: str
     checks: tuple[Check, ...]
+    provenance: ProvenanceSummary | None = None
 
     @property
     def ok(self) -> bool:
         return all(c.ok for c in self.checks)
+
+    @property
+    def verdict(self) -> str:
+        """``PASSED``, ``REJECTED`` (a check failed), ``UNCHECKED`` or ``TEMPFAIL`` (no
+        check failed, but some could not be run: module doc)."""
+        kinds = {_VERDICT_OF.get(c.unchecked, UNCHECKED) for c in self.failures()}
+        return combined(list(kinds))
 
     def failures(self) -> list[Check]:
         return [c for c in self.checks if not c.ok]
@@ -167,10 +220,18 @@ class Report:
             "path": self.path,
             "policy": self.policy,
             "ok": self.ok,
+            "verdict": self.verdict,
             "checks": [
-                {"name": c.name, "status": c.status.lower(), "ok": c.ok, "detail": c.detail}
+                {
+                    "name": c.name,
+                    "status": c.status.lower(),
+                    "ok": c.ok,
+                    "detail": c.detail,
+                    "unchecked": c.unchecked or None,
+                }
                 for c in self.checks
             ],
+            "provenance": self.provenance.to_dict() if self.provenance is not None else None,
         }
 
 
@@ -183,11 +244,13 @@ def verify_path(
     to the recorded NAR hash; path signatures (threshold of distinct trusted keys); the
     provenance attestation (signature, subject, builder id, age); the SBOM attestation;
     independent rebuilders' VSAs. Never raises for a failing artifact: every problem is a
-    failed check. ``now`` overrides the clock (for max_age)."""
+    failed check (one that could not be run says so: ``Check.unchecked``). ``now``
+    overrides the clock (for max_age)."""
     from .policyeval import run_checks
 
     pol = policy or Policy()
-    return Report(str(path), pol.source, tuple(run_checks(store, str(path), pol, now)))
+    checks, summary = run_checks(store, str(path), pol, now)
+    return Report(str(path), pol.source, tuple(checks), summary)
 
 
 # the file format (it imports the values above)

@@ -25,6 +25,8 @@ never weakens a policy::
     max_age     = "90d"            # provenance finishedOn no older than this (s/m/h/d/w)
     reproduced_max_age = "30d"     # a rebuilder's PASSED VSA counts for reproduced only if
                                    # its timeVerified is no older than this (needs reproduced)
+    clean_source = true            # the provenance records the recipe repository's git
+                                   # commit and a clean tree (kiln build --require-clean)
 
 Parsing is strict: an unknown table or setting, a value of the wrong type, a key that is
 neither a public key nor a key file, or a policy no path could ever pass
@@ -48,7 +50,16 @@ from .signing import PublicKey, key_text_hint
 
 _SECTIONS = {"keys", "revoked", "require"}
 _KEY_PURPOSES = {"signing", "provenance", "rebuilders"}
-_REQUIRE = {"signatures", "provenance", "sbom", "reproduced", "builder_ids", "max_age", "reproduced_max_age"}
+_REQUIRE = {
+    "signatures",
+    "provenance",
+    "sbom",
+    "reproduced",
+    "builder_ids",
+    "max_age",
+    "reproduced_max_age",
+    "clean_source",
+}
 _REVOKED = {"key", "revoked_at", "compromised", "reason"}
 _AGE_RE = re.compile(r"^\s*(\d+)\s*([smhdw]?)\s*\Z")
 _AGE_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -223,6 +234,7 @@ def parse(text: str, *, base_dir: Path | None = None, source: str = "<policy>") 
             if "reproduced_max_age" in req
             else None
         ),
+        clean_source=_bool(req.get("clean_source", False), f"{source} [require] clean_source"),
         source=source,
         digest=hashlib.sha256(text.encode()).hexdigest(),
     )
@@ -253,11 +265,11 @@ def _check_satisfiable(p: Policy) -> None:
             f"provenance keys ({len(rebuilders)} rebuilder key(s), a builder cannot vouch for itself)"
         )
     if (
-        p.require_provenance or p.require_sbom or p.builder_ids or p.max_age is not None
+        p.require_provenance or p.require_sbom or p.builder_ids or p.max_age is not None or p.clean_source
     ) and not p.provenance:
         raise PolicyError(
-            f"{p.source}: requires provenance/SBOM attestations (or checks builder ids or age) "
-            "but trusts no provenance key"
+            f"{p.source}: requires provenance/SBOM attestations (or checks builder ids, age or a clean "
+            "source commit) but trusts no provenance key"
         )
     bound = [p.bound_ids(k.key) for k in p.provenance]
     if (

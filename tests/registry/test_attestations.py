@@ -410,7 +410,7 @@ def test_kiln_verify_registry_target(tmp_path, keys, kiln_server, nginx_server) 
     r = kiln("verify", f"{ng.url}#{s.app}", "--policy", str(pol), env=env)
     assert r.returncode == 0, r.stdout + r.stderr
     r = kiln("verify", f"{ng.url}#sha256:{s.store.query(s.app).nar_hash.hex}", env=env)
-    assert r.returncode == 1 and "cannot look paths up by NAR hash" in r.stdout
+    assert r.returncode == 3 and "cannot look paths up by NAR hash" in r.stdout
 
 
 def test_push_to_a_directory_url_carries_attestations(tmp_path, keys) -> None:

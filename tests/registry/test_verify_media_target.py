@@ -41,4 +41,4 @@ def test_a_plain_directory_target_reads_the_media_not_the_local_store(tmp_path: 
         assert r.returncode == 1, (target, r.stdout, r.stderr)
     # a path outside the store is not the store's path of the same name
     r = kiln("verify", f"/nonexistent/x/{path.rsplit('/', 1)[1]}", "--policy", str(policy), env=env)
-    assert r.returncode == 1 and "is not a path in the store" in r.stderr and "DIR#PATH" in r.stderr
+    assert r.returncode == 3 and "is not a path in the store" in r.stdout and "DIR#PATH" in r.stdout
