@@ -95,6 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--source-mirror", action="append", default=[], metavar="DIR|URL", help="hashed source mirror"
     )
     p.add_argument("--no-cache", action="store_true", help="do not use the evaluation cache")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON list on stdout instead of the output paths: each target's attribute, "
+        "drvPath, outputs and whether it was realised (-k: the failed ones too)",
+    )
     roots = p.add_mutually_exclusive_group()
     roots.add_argument(
         "--root",

@@ -60,19 +60,38 @@ def main(argv: list[str]) -> int:
         try:
             targets = build(store, args)
         except BuildFailures as e:  # -k: what was built is printed (and rooted) too
-            for r in e.results:
-                for out in r.outputs.values():
-                    print(out)
+            _print(store, e.targets, {r.drv_path for r in e.results}, args.json)
             raise
         except AttestationsRefused as e:  # built and rooted: printed, then the command fails
-            for t in e.targets:
+            _print(store, e.targets, {t.drv_path for t in e.targets}, args.json)
+            raise
+        _print(store, targets, {t.drv_path for t in targets}, args.json)
+    return 0
+
+
+def _print(store: LocalStore, targets: list, realised: set[str], as_json: bool) -> None:
+    """The outputs of the ``realised`` targets, a path a line; or (``as_json``) one JSON
+    list of every target, in the order given: ``attribute``, ``drvPath``, ``outputs``
+    and ``realised`` (all its outputs are valid now), for a script to tell which of
+    ``-k``'s targets failed."""
+    if not as_json:
+        for t in targets:
+            if t.drv_path in realised:
                 for out in t.outputs.values():
                     print(out)
-            raise
-        for t in targets:
-            for out in t.outputs.values():
-                print(out)
-    return 0
+        return
+    import json
+
+    doc = [
+        {
+            "attribute": t.attr,
+            "drvPath": t.drv_path,
+            "outputs": dict(t.outputs),
+            "realised": t.drv_path in realised and all(store.is_valid(p) for p in t.outputs.values()),
+        }
+        for t in targets
+    ]
+    print(json.dumps(doc, indent=2))
 
 
 def build(store: LocalStore, args: argparse.Namespace) -> list:
@@ -117,6 +136,7 @@ def build(store: LocalStore, args: argparse.Namespace) -> list:
         except BuildFailures as e:  # -k: root what was realised before failing
             done = {r.drv_path for r in e.results}
             _root(store, [t for t in targets if t.drv_path in done], args)
+            e.targets = targets  # (for ``main`` to print: what was realised, or all with --json)
             raise
     _root(store, targets, args)
     if refused is not None:  # attestations refused (``buildglue``): the outputs stand, the command fails

@@ -240,6 +240,25 @@ def test_keep_going_prints_and_roots_what_was_built(store, graph):
     assert r.returncode == 1 and r.stdout == "" and "exit status 3" in r.stderr
 
 
+def test_build_json_names_each_target_and_whether_it_was_realised(store, graph):
+    """``kiln build --json``: one JSON list on stdout (a CI script could not tell which
+    of ``-k``'s targets failed: only the built outputs were printed, unnamed)."""
+    boom, _ = graph.drv("boom2", "exit 3")
+    ok, okd = graph.drv("fine2", "echo fine > $out")
+    r = kiln(store.root, "build", "-k", "--json", boom, ok)
+    assert r.returncode == 1, r.stderr
+    doc = json.loads(r.stdout)
+    assert [(d["drvPath"], d["realised"]) for d in doc] == [(boom, False), (ok, True)]
+    assert doc[1]["outputs"] == {"out": okd.output_path()} and set(doc[0]) == {
+        "attribute",
+        "drvPath",
+        "outputs",
+        "realised",
+    }
+    r = kiln(store.root, "build", "--json", ok)  # already valid: realised, nothing built
+    assert r.returncode == 0 and json.loads(r.stdout)[0]["realised"] is True, r.stderr
+
+
 def test_a_build_of_a_valid_root_runs_the_hook_its_builder_left(store, graph, tmp_path):
     """``kiln build`` of a root whose outputs are all valid builds nothing, but a signing
     hook its builder left undone (killed after the commit: unsigned, a free marker)
