@@ -8,18 +8,13 @@ Steps of one ``kiln build FILE ATTR...``:
    ``.drv`` is written, the sandbox and HTTP stacks are never imported.
 3. ``write_drvs``: the ``.drv`` closure is added to the store (text paths, inputs first).
 4. ``Builder.realise`` (``kiln.store.build``) with the bubblewrap executor and, when
-   registries are configured, a substituter.
+   registries are configured, a substituter (``buildsubst``).
 5. After each build: sign the outputs (``Sig`` like Nix) and write signed SLSA
    provenance beside them (``provenance``). Then a GC root per attribute, so
    ``kiln run ATTR`` finds it.
 
-Attestations of substituted paths (``_fetch_attestations``) follow ``kiln copy --to
-store``: they are stored when a ``--trusted-key`` or ``--attester-key`` signed them;
-one of an unknown signer, or older than the local one, is a warning; one refused as
-tampered with or not what the registry listed for that path (``attest_fetch.Refused``:
-``tampered``, ``bad``) does not stop the build — the substituted paths are vouched for
-by their own signatures — but is named again after it (``AttestationsRefused``, raised
-by ``cmd_build`` once the outputs are rooted): the command exits 1.
+Substitution (``make_substituter``, the attestations that come along, and what fails the
+command after the build): ``buildsubst``.
 """
 
 from __future__ import annotations
@@ -32,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kiln.store.errors import KilnError, redact_urls
+from kiln.store.errors import KilnError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -229,163 +224,3 @@ def load_sign_key(store: LocalStore, key_file: str | None, create: bool) -> Secr
     if not pub.exists():  # a run killed between the two writes, or a race's loser got here first
         keyfiles.write_public_key(pub, key.public(), overwrite=True)
     return key
-
-
-class AttestationsRefused(KilnError):
-    """Attestations of substituted paths were refused (module docstring); ``targets``:
-    what the build produced and rooted, set by ``cmd_build`` before it raises this."""
-
-    def __init__(self, msg: str) -> None:
-        super().__init__(msg)
-        self.targets: list[Target] = []
-
-
-def make_substituter(
-    urls: list[str], trusted_keys: list[str], sigs_needed: int | None, attester_keys: list[str] | None = None
-) -> Callable[[LocalStore, list[str]], set[str]] | None:
-    """A substitution callback for ``Builder`` (None when no registry is configured).
-
-    Registries come from ``--substituter`` plus ``KILN_SUBSTITUTERS``; trusted keys from
-    ``--trusted-key`` (key text or a .pub file) plus ``KILN_TRUSTED_KEYS``; the threshold
-    from ``--sigs-needed`` or ``KILN_SIGS_NEEDED`` (default 1). A ``--private``
-    registry's read token comes from ``KILN_SUBSTITUTER_TOKENS`` (``URL=TOKEN`` pairs,
-    whitespace-separated; each token goes to its own URL only). Each missing path is
-    fetched with its whole closure; a path whose closure cannot be completed from the
-    registries, or that fails verification, stays missing (and is built), with a
-    warning. An unreachable registry is a miss, never a failure. Attestations come along
-    (``_fetch_attestations``), judged by the trusted keys and ``attester_keys``
-    (``--attester-key``: key text or a .pub file, for attestations only). Call its
-    ``close()`` when done (it holds HTTP sessions and an event loop), then its
-    ``refusal()``: the ``AttestationsRefused`` to raise once the outputs are rooted, or
-    None."""
-    env_urls = os.environ.get("KILN_SUBSTITUTERS", "")
-    if not urls and not env_urls.strip():
-        return None
-    from kiln.registry.substitute import Substituter, parse_registries
-
-    from .common import load_trusted_key
-    from .common import trusted_keys as load_trusted_keys
-
-    regs = [(u, i) for i, u in enumerate(urls)] + parse_registries(env_urls, default_priority=len(urls) + 40)
-    keys = load_trusted_keys(trusted_keys)
-    attesters = [load_trusted_key(k) for k in attester_keys or []]
-    refused: list[str] = []  # attestation refusals that fail the command after the build
-    if sigs_needed is not None:
-        needed = sigs_needed
-    else:  # the rule of every number read from the environment (unset or empty: 1)
-        from kiln.store.envnumber import whole_number
-
-        needed = whole_number("KILN_SIGS_NEEDED", 1, KilnError, "a whole number >= 0")
-    if needed == 0:
-        from .common import warn_no_signatures
-
-        warn_no_signatures("substitutes are fetched")
-    tokens = {}
-    for item in os.environ.get("KILN_SUBSTITUTER_TOKENS", "").split():
-        url, eq, token = item.rpartition("=")
-        if not eq or not url or not token:
-            raise KilnError("KILN_SUBSTITUTER_TOKENS: expected URL=TOKEN pairs separated by spaces")
-        tokens[url] = token
-    sub = Substituter(regs, keys, needed, tokens=tokens)
-    said: set[str] = set()
-
-    def say_what_was_not_used() -> None:
-        """Registries that could not be used and narinfos refused, once each: a build
-        that quietly builds what a registry has (a typo in its URL, a wrong key) is
-        what users of other caches complain about."""
-        for url, why in sorted(sub.down.items()):
-            if url not in said:
-                said.add(url)
-                print(f"warning: substituter {redact_urls(url)} not used: {why}", file=sys.stderr)
-        refused = sorted(p for p in sub.rejected if p not in said)
-        if refused:
-            said.update(refused)
-            print(
-                f"warning: {len(refused)} narinfo(s) refused, those paths are built instead; "
-                f"e.g. {refused[0]}: {redact_urls(sub.rejected[refused[0]])}",
-                file=sys.stderr,
-            )
-
-    def substitute(store: LocalStore, missing: list[str]) -> set[str]:
-        try:
-            return fetch_from_registries(store, missing)
-        finally:
-            say_what_was_not_used()
-
-    def fetch_from_registries(store: LocalStore, missing: list[str]) -> set[str]:
-        infos = sub.query_many(missing)
-        wanted = dict(infos)
-        frontier = list(infos.values())
-        while frontier:
-            refs = {r for i in frontier for r in i.references if r not in wanted}
-            # rooted first, then checked: a GC must not collect a reference we count on
-            # between the check and the import that needs it
-            store.keep(sorted(refs))
-            refs = {r for r in refs if not store.is_valid(r)}
-            more = sub.query_many(sorted(refs)) if refs else {}
-            wanted.update(more)
-            frontier = list(more.values())
-        # keep only paths whose whole closure is available (fixpoint: drop, re-check)
-        complete = set(wanted)
-        changed = True
-        while changed:
-            changed = False
-            for p in list(complete):
-                if not all(r == p or r in complete or store.is_valid(r) for r in wanted[p].references):
-                    complete.discard(p)
-                    changed = True
-        if complete != set(wanted):
-            print(
-                f"warning: {len(wanted) - len(complete)} path(s) lack part of their closure on the registries",
-                file=sys.stderr,
-            )
-        try:
-            got = sub.fetch_many(store, [wanted[p] for p in sorted(complete)])
-        except KilnError as e:
-            print(f"warning: substitution failed, building instead: {e}", file=sys.stderr)
-            return set()
-        fetched = sorted(g.path for g in got)
-        if fetched:
-            _fetch_attestations(sub, regs, store, fetched, attesters, refused)
-        return set(fetched)
-
-    def refusal() -> AttestationsRefused | None:
-        if not refused:
-            return None
-        return AttestationsRefused(
-            "\n".join(refused) + "\nthe build went on: the substituted paths (each checked by its own "
-            "signatures) and what was built are in the store; the attestations refused above were not stored"
-        )
-
-    substitute.close = sub.close  # type: ignore[attr-defined]  # the caller closes it when done
-    substitute.refusal = refusal  # type: ignore[attr-defined]
-    return substitute
-
-
-def _fetch_attestations(
-    sub, regs: list[tuple[str, int]], store, paths: list[str], attesters: list, refused: list[str]
-) -> None:
-    """Bring the registries' attestations (provenance, SBOM, VSAs) of substituted paths
-    along, each checked against the path's NAR hash and judged by the substitution's
-    trusted keys and ``attesters``. Attestations are evidence, not content: a registry
-    without them, one it could not send, or one signed by a key unknown here costs a
-    warning. One refused as tampered with or not as listed is added to ``refused``
-    (the command fails after the build, module docstring) and said now in one line."""
-    from kiln.registry.attest_fetch import Refused, fetch_attestations
-
-    for url, _ in sorted(regs, key=lambda r: r[1]):
-        try:
-            sub.run(fetch_attestations(sub.client(url), store, paths, attesters=attesters))
-        except Refused as e:
-            if not (e.tampered or e.bad):  # (only files not received: as any transfer error)
-                print(f"warning: attestations from {redact_urls(url)}: {e}", file=sys.stderr)
-                continue
-            refused.append(str(e))
-            what = "tampering found" if e.tampered else "attestations refused"
-            print(
-                f"warning: {what} in the attestations from {redact_urls(url)}; the build goes on and "
-                "the command fails at its end, naming them",
-                file=sys.stderr,
-            )
-        except KilnError as e:
-            print(f"warning: attestations from {redact_urls(url)}: {e}", file=sys.stderr)

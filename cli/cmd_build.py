@@ -54,7 +54,7 @@ def main(argv: list[str]) -> int:
     from kiln.store.build import BuildFailures
     from kiln.store.localstore import LocalStore
 
-    from .buildglue import AttestationsRefused
+    from .buildsubst import AttestationsRefused
 
     with terminate_as_interrupt(), LocalStore.open(store_root(args)) as store:
         try:
@@ -188,16 +188,17 @@ def build_attrs(store: LocalStore, file: str, attrs: list[str]) -> list[str]:
     return [t.outputs.get("out") or next(iter(t.outputs.values())) for t in targets]
 
 
-def _build(store, ev, targets, args):  # noqa: ANN202 - buildglue.AttestationsRefused | None
+def _build(store, ev, targets, args):  # noqa: ANN202 - buildsubst.AttestationsRefused | None
     """Write the derivations and realise ``targets``; returns the attestation refusals to
-    raise once the outputs are rooted (``buildglue.make_substituter``), or None."""
+    raise once the outputs are rooted (``buildsubst.make_substituter``), or None."""
     import functools
 
     from kiln.sandbox.bwrap import BwrapExecutor
     from kiln.store.build import Builder, BuildOptions
 
-    from .buildglue import load_sign_key, make_substituter, write_drvs
+    from .buildglue import load_sign_key, write_drvs
     from .buildprov import ProvenanceHook
+    from .buildsubst import make_substituter
     from .gitinfo import git_info
 
     recipe = args.file if ev is not None else None

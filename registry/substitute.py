@@ -184,6 +184,10 @@ class Substituter(Downloads):
                 del want[h]
         return found
 
+    def source_of(self, path: str) -> str | None:
+        """The registry whose narinfo for ``path`` ``query_many`` took, if any."""
+        return self._source.get(path)
+
     def query_many(self, paths: list[str]) -> dict[str, ni.NarInfo]:
         """Trusted narinfos for those ``paths`` some registry has (see module docstring)."""
         return self._loop.run_until_complete(self._query(list(paths)))

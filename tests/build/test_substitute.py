@@ -4,6 +4,7 @@ only with enough trusted signatures, and treats an unreachable registry as a mis
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -112,6 +113,8 @@ def test_substitutes_signed_closure_instead_of_building(served):
     r = _build(home, app, "--substituter", url, "--trusted-key", key.public().to_text())
     assert r.returncode == 0, r.stderr
     assert "building" not in r.stderr
+    # the log says where the paths came from (it said nothing when all were substituted)
+    assert re.search(r"^substituted 2 path\(s\), [0-9.]+ MiB, from http://", r.stderr, re.M), r.stderr
     out = app_drv.output_path()
     assert r.stdout.strip() == out
     info = b_store.query(out)

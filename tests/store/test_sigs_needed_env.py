@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from kiln.buildglue import make_substituter
+from kiln.buildsubst import make_substituter
 from kiln.registry import substitute
 from kiln.store.errors import KilnError
 
