@@ -224,5 +224,5 @@ def _replace(storage: FileStorage, f: BinaryIO, key: str) -> None:
     try:
         os.replace(f.name, dest)
     except FileNotFoundError:
-        make_dir(dest.parent)
+        make_dir(dest.parent, exact=True)  # (0755 whatever the umask: docs/registry.md)
         os.replace(f.name, dest)

@@ -36,7 +36,7 @@ def dir_lock(storage: Storage, key: str, on_wait: Callable[[], None] | None = No
     if path is None:
         yield
         return
-    make_dir(path.parent)  # (0755 whatever the umask: ``.kiln/`` is not for others to write)
+    make_dir(path.parent, exact=True)  # (0755 whatever the umask: ``.kiln/`` is not for others to write)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         try:

@@ -97,7 +97,7 @@ def hold_serving_lock(src: DirSource, exclusive: bool) -> int | None:
     lock = src.storage.local_path(SERVING_LOCK)
     if lock is None:
         return None
-    make_dir(lock.parent)  # (0755 whatever the umask)
+    make_dir(lock.parent, exact=True)  # (0755 whatever the umask)
     fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)

@@ -134,10 +134,11 @@ class FileStorage(Storage):
         self._tmp = self.root / PRIVATE_DIR / "tmp"
         self._writers = self.root / PRIVATE_DIR / "writers"
         if create:
-            # explicit modes (``kiln.store.perms``): under a umask of 000 these, and the
-            # private ``.kiln/``, were world-writable
+            # exact modes (``kiln.store.perms``), whatever the umask: under 000 these, and
+            # the private ``.kiln/``, were world-writable; under 077 no other user (a
+            # static server's) could read what is published here
             for d in (self._tmp, self.root / "nar", self.root / "blobs", self.root / "index"):
-                make_dir(d)
+                make_dir(d, exact=True)
         elif not self.root.is_dir():
             raise StorageError(f"registry directory {self.root} does not exist")
 
@@ -255,7 +256,7 @@ def _place(src: str, dest: Path, exclusive: bool) -> None:
     try:
         op(src, dest)
     except FileNotFoundError:
-        make_dir(dest.parent)
+        make_dir(dest.parent, exact=True)  # (0755 whatever the umask: published)
         op(src, dest)
 
 

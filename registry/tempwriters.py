@@ -96,7 +96,7 @@ def temp_file(tmp: Path, writers: Path) -> Iterator[BinaryIO]:
     """A new temp file in ``.kiln/tmp`` for the block, named for this process's writer
     lock (module docstring) so ``sweep`` leaves it alone while this process
     lives, and removed when the block ends (published by then, or dropped)."""
-    make_dir(tmp)  # (0755 whatever the umask: no other user may put files there)
+    make_dir(tmp, exact=True)  # (0755 whatever the umask: no other user may put files there)
     w = _writer(writers)
     prefix = f"up-{os.getpid()}-{w.id}-" if w.id else f"up-{os.getpid()}-"
     # counted before the file exists, so an exit meanwhile (``_release_at_exit``, another
@@ -180,7 +180,7 @@ def _take_writer_lock(writers: Path) -> _Writer:
     that fails (the directory not writable by this user, no ``flock`` on its file system)."""
     pid = os.getpid()
     try:
-        make_dir(writers)
+        make_dir(writers, exact=True)
         while True:
             wid = secrets.token_hex(8)
             path = writers / f"{wid}.lock"

@@ -28,7 +28,10 @@ tree is gone.
 SQLite deletes the ``-wal`` and ``-shm`` when the last connection closes and makes them
 again at the next open, so an open needs free space: on a full disk ``kiln store gc``
 first releases the store's reserved space (``reserve``), and a command that only reads
-opens the database without a ``-shm`` (``connect(full_disk_read=True)``).
+opens the database without a ``-shm`` (``connect(full_disk_read=True)``). On a read-only
+file system, where neither can be made, every open falls back to reading it as SQLite
+can there (``dbreadonly``: immutable, or through a ``-wal`` and ``-shm`` left in place);
+a write transaction on such a connection is refused (``ReadOnlyDatabase``).
 
 The schema is created with ``sqlite-utils`` (only when the file is new or old, so the
 import is not paid by every command); the hot paths use the plain ``sqlite3``
@@ -44,6 +47,7 @@ import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from .dbreadonly import ReadOnlyDatabase, open_read_only
 from .errors import StoreError
 from .fsstate import state_of, why_refused
 from .hashes import Hash
@@ -60,6 +64,8 @@ class Connection(sqlite3.Connection):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.lock = threading.RLock()
+        #: why this connection may not write (opened on a read-only file system), or None
+        self.read_only: str | None = None
 
 
 @contextlib.contextmanager
@@ -68,6 +74,8 @@ def _transaction(conn: sqlite3.Connection, durable: bool = False) -> Iterator[No
     connection's lock. ``durable``: the commit is synced to disk before it returns
     (``synchronous=FULL`` for this transaction: the WAL is fsynced at commit, whatever
     other connections are reading, which a checkpoint would wait for)."""
+    if (why := getattr(conn, "read_only", None)) is not None:
+        raise ReadOnlyDatabase(why)
     with getattr(conn, "lock", None) or contextlib.nullcontext():
         if durable:
             conn.execute("PRAGMA synchronous=FULL")
@@ -102,10 +110,19 @@ def connect(path: Path, full_disk_read: bool = False) -> sqlite3.Connection:
     the WAL index in this process's memory and needs no ``-shm``: a command that reads
     (``kiln store info``, ``verify``) still works. Other connections then wait until this
     one is closed (they could not open without space anyway), so only for a command
-    that ends soon, never a server."""
+    that ends soon, never a server.
+
+    On a read-only file system (whatever ``full_disk_read``) the database is opened for
+    reading only (``dbreadonly.open_read_only``), its connection marked ``read_only``:
+    nothing can write there anyway. Told by ``statvfs`` first: where a ``-wal`` and
+    ``-shm`` are left in place SQLite would open it read-only unasked, unmarked."""
+    if (state := state_of(path.parent)) is not None and state.read_only:
+        return open_read_only(path, Connection, SCHEMA_VERSION)
     try:
         return _connect(path, exclusive=False)
     except StoreError as e:
+        if isinstance(e, _OpenFailed) and e.read_only:
+            return open_read_only(path, Connection, SCHEMA_VERSION)
         if not (full_disk_read and isinstance(e, _OpenFailed) and e.full):
             raise
         try:
@@ -115,11 +132,13 @@ def connect(path: Path, full_disk_read: bool = False) -> sqlite3.Connection:
 
 
 class _OpenFailed(StoreError):
-    """SQLite could not open the database (``full``: the file system is full)."""
+    """SQLite could not open the database (``full``: the file system is full;
+    ``read_only``: it is read-only)."""
 
-    def __init__(self, message: str, full: bool) -> None:
+    def __init__(self, message: str, full: bool, read_only: bool = False) -> None:
         super().__init__(message)
         self.full = full
+        self.read_only = read_only
 
 
 def _connect(path: Path, exclusive: bool) -> sqlite3.Connection:
@@ -146,6 +165,7 @@ def _connect(path: Path, exclusive: bool) -> sqlite3.Connection:
         raise _OpenFailed(
             f"cannot open the store database {path}: {e}{why_refused(path, state)}",
             full=state is not None and state.full(),
+            read_only=state is not None and state.read_only,
         ) from None
     except sqlite3.DatabaseError as e:
         conn.close()

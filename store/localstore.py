@@ -12,11 +12,16 @@ Layout under ``root`` (see docs/store.md)::
 
 Writing paths (``add_*``, ``import_*``, ``register_built``) and the registration protocol
 live in ``registration`` (the ``Registering`` mixin).
+
+A store on a read-only file system is opened for reading (``read_only``): its database
+as SQLite can read it there (``dbreadonly``), temp roots kept by holding the GC lock
+(``readonlyroots``); writing to it fails, saying the file system is read-only.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import weakref
@@ -32,6 +37,7 @@ from .objread import read_object
 from .pathinfo import PathInfo
 from .paths import DEFAULT_STORE_DIR, StorePath, check_store_dir, new_store_dir_problem
 from .perms import DIR_MODE, PRIVATE_DIR_MODE, check_store, make_dir
+from .readonlyroots import ReadOnlyRoots
 from .registration import Registering
 from .storeconfig import CONFIG_VERSION as CONFIG_VERSION  # (moved there; imported from here too)
 from .storeconfig import config_keep_outputs, config_reserved, init_config
@@ -108,7 +114,13 @@ class LocalStore(Registering):
         self.tmp = root / "tmp"
         self.gc_lock_path = root / "gc.lock"
         self._conn: sqlite3.Connection | None = db.connect(root / "db.sqlite", full_disk_read)
-        self.temproots = TempRoots.get(root / "temproots", self.gc_lock_path)
+        #: why this store cannot be written (it is on a read-only file system), or None
+        self.read_only: str | None = getattr(self._conn, "read_only", None)
+        self.temproots: TempRoots | ReadOnlyRoots = (
+            TempRoots.get(root / "temproots", self.gc_lock_path)
+            if self.read_only is None
+            else ReadOnlyRoots(self.gc_lock_path)
+        )
         self._registered: list[str] = []  # our permanent temp roots, dropped by close()
         # this object's scratch directory: made on the first write (and again after a GC
         # removed it), so a registration does not pay a mkdir + rmdir, and - ``tmp/``
@@ -176,7 +188,11 @@ class LocalStore(Registering):
             raise StoreError(f"store at {root} uses store dir {found!r}, not {store_dir!r}")
         check_store(root, found)
         for d, mode in (*_SUBDIRS.items(), (found.lstrip("/"), DIR_MODE)):
-            make_dir(root / d, mode)
+            try:
+                make_dir(root / d, mode)
+            except OSError as e:
+                if e.errno != errno.EROFS:  # (read-only: opened for reading, below)
+                    raise
         mark_topdir(root / "tmp")  # writers' temp trees land in uncluttered inode groups
         if not release_reserve:
             store = cls(root, found, reserved, full_disk_read, keep_outputs)
@@ -341,14 +357,15 @@ class LocalStore(Registering):
         return verify(self, repair=repair, trusted=trusted, sigs_needed=sigs_needed, progress=progress)
 
     def gc(
-        self, dry_run: bool = False, progress: Progress | None = None, keep_outputs: bool | None = None
+        self, dry_run: bool = False, progress: Progress | None = None, **settings: bool | int | None
     ) -> GcReport:
         """Delete everything not reachable from a root; see ``store.gc``. Returns a GcReport.
         ``progress(done, total)`` is told how the deletion goes once the GC lock is free;
-        ``keep_outputs`` None: the store's setting."""
+        ``settings``: ``gc.collect``'s ``keep_outputs``, ``keep_failed_days``,
+        ``eval_cache_days`` (each None or left out: the store's setting)."""
         from .gc import collect
 
-        return collect(self, dry_run=dry_run, progress=progress, keep_outputs=keep_outputs)
+        return collect(self, dry_run=dry_run, progress=progress, **settings)  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------ internals
 

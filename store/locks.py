@@ -39,6 +39,7 @@ the user's. A ``FileLock`` not had within a second says who holds it (``lockwait
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import threading
@@ -83,7 +84,11 @@ class FileLock:
             # 0600: another user who could open it could flock it and hang us (``perms``)
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE_MODE)
-            except PermissionError:  # root's, made by an older kiln: flock needs no write access
+            except OSError as e:
+                # root's, made by an older kiln, or on a read-only file system: flock needs
+                # no write access
+                if not (isinstance(e, PermissionError) or e.errno == errno.EROFS):
+                    raise
                 fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
             give_to_owner_of(fd, self.path.parent)
             try:

@@ -9,6 +9,13 @@ materialised toolchain and the owner's next build ran their ``ls`` and signed th
 result). The kiln command also narrows its umask by 022 (``cli/common.py``), for what
 the rest of kiln makes with a default mode.
 
+A store's modes are narrowed by the umask (a user under umask 077 keeps a private
+store). A registry directory is published to other users (a static server, ``kiln serve``
+run as another user), so what kiln makes there has its mode exactly, whatever the umask
+(``make_dir(..., exact=True)``): the mode is set on the directory just made through a
+descriptor opened without following symbolic links, so nothing swapped in at its name
+meanwhile is changed. Directories that were there already are left as they are.
+
 Opening a store refuses one that another user could change (``check_store``): the
 root, each directory down to the store dir, the store's own entries (``ENTRIES``) and
 ``keys/`` must be owned by the user running kiln (or by root) and writable by neither
@@ -55,20 +62,24 @@ ENTRIES = (
 PRIVATE_ENTRIES = {"locks": PRIVATE_DIR_MODE, "temproots": PRIVATE_DIR_MODE, "gc.lock": PRIVATE_FILE_MODE}
 
 
-def make_dir(path: str | os.PathLike, mode: int = DIR_MODE, parents_mode: int = DIR_MODE) -> bool:
+def make_dir(
+    path: str | os.PathLike, mode: int = DIR_MODE, parents_mode: int = DIR_MODE, *, exact: bool = False
+) -> bool:
     """``mkdir -p`` with explicit modes: ``path`` gets ``mode``, each missing parent
-    ``parents_mode`` (both narrowed by the umask only). True if ``path`` was made here;
-    ``FileExistsError`` if something else than a directory is at its name."""
+    ``parents_mode``, narrowed by the umask only, or with ``exact`` set to exactly those
+    modes whatever the umask (a registry's directories; module docstring). Only the
+    directories made here are set. True if ``path`` was made here; ``FileExistsError``
+    if something else than a directory is at its name."""
     path = Path(path)
     try:
-        os.mkdir(path, mode)
+        _mkdir(path, mode, exact)
         return True
     except FileNotFoundError:
         if path.parent == path:
             raise
-        make_dir(path.parent, parents_mode, parents_mode)
+        make_dir(path.parent, parents_mode, parents_mode, exact=exact)
         try:
-            os.mkdir(path, mode)
+            _mkdir(path, mode, exact)
             return True
         except FileExistsError:
             pass
@@ -77,6 +88,40 @@ def make_dir(path: str | os.PathLike, mode: int = DIR_MODE, parents_mode: int = 
     if not path.is_dir():
         raise FileExistsError(errno.EEXIST, "exists and is not a directory", str(path))
     return False
+
+
+def _mkdir(path: Path, mode: int, exact: bool) -> None:
+    """``mkdir`` ``path``; with ``exact``, then give the directory made exactly ``mode``."""
+    os.mkdir(path, mode)
+    if exact:
+        _set_made_dir_mode(path, mode)
+
+
+def _set_made_dir_mode(path: Path, mode: int) -> None:
+    """Give the directory just made at ``path`` exactly ``mode``, through a descriptor
+    opened without following a symbolic link (``O_NOFOLLOW``) and only if it is a
+    directory this user owns: whatever another user could have put at the name since
+    the ``mkdir`` is not changed. Read access is not needed (a umask of 0277 leaves the
+    directory made unreadable to its owner): where ``O_RDONLY`` is refused, an
+    ``O_PATH`` descriptor is changed through ``/proc/self/fd``, as glibc's
+    ``fchmodat(AT_SYMLINK_NOFOLLOW)`` does."""
+    flags = os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(path, os.O_RDONLY | flags)
+        by_path = False
+    except PermissionError:
+        fd = os.open(path, os.O_PATH | flags)
+        by_path = True
+    try:
+        st = os.fstat(fd)
+        if st.st_uid != os.geteuid() or stat.S_IMODE(st.st_mode) == mode:
+            return
+        if by_path:
+            os.chmod(f"/proc/self/fd/{fd}", mode)
+        else:
+            os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
 
 
 def _user(uid: int) -> str:
@@ -174,7 +219,11 @@ def check_store(root: Path, store_dir: str) -> None:
             and st.st_uid == euid
             and stat.S_IMODE(st.st_mode) & 0o077
         ):
-            os.chmod(p, stat.S_IMODE(st.st_mode) & want)
+            try:
+                os.chmod(p, stat.S_IMODE(st.st_mode) & want)
+            except OSError as e:
+                if e.errno != errno.EROFS:  # (a read-only store: cannot be narrowed there)
+                    raise
     if bad:
         raise refuse(f"the store at {root}", bad, euid, root)
 

@@ -44,7 +44,8 @@ is judged again under its path lock before deciding.
 
 The whole run holds the GC lock shared, so GC cannot delete things under our feet.
 Unregistered trees and objects (left by crashed writers, removed by GC) are listed as
-``stray_*`` but are not problems.
+``stray_*`` but are not problems; writers go on beside verify, and what they register
+while it runs is not listed (``verifystray``).
 """
 
 from __future__ import annotations
@@ -65,8 +66,8 @@ from .objects import object_rel_path
 from .objread import read_object
 from .pathadmit import FlatHasher, ca_problem, nar_content, tree_content
 from .pathinfo import PathInfo
-from .storescan import object_files, stray_tree_names, used_objects
 from .trees import metadata_problems
+from .verifystray import stray_entries
 
 if TYPE_CHECKING:
     from .localstore import LocalStore
@@ -120,7 +121,7 @@ def _read_object(store: LocalStore, info: PathInfo, flat: FlatHasher | None) -> 
             if flat is not None:
                 flat.update(chunk)
     except KilnError as e:
-        return Problem(info.path, "object-corrupt", f"{obj}: {e}")
+        return Problem(info.path, "object-corrupt", str(e))  # (it names the object file: objread)
     except OSError as e:
         # EIO from a failing disk, EACCES, EISDIR: this path's problem, not the run's
         return Problem(info.path, "object-unreadable", f"{obj}: cannot read: {_os_text(e)}")
@@ -294,12 +295,9 @@ def verify(
             incomplete = _now_dangling(per_path, set(quarantined))
         for _, found in per_path:
             problems.extend(found)
-        valid_bases = {p.rsplit("/", 1)[1] for p in valid}
-        # what GC would remove: entries named like store paths (see ``storescan.stray_tree_names``)
-        stray_trees = [f"{store.store_dir}/{n}" for n in stray_tree_names(store) if n not in valid_bases]
-        used = used_objects(store, exclude=set())
-        # likewise only object files (``storescan.object_files``): what GC would delete
-        stray_objects = sorted(str(o) for o in object_files(store) if o.name.split(".", 1)[0] not in used)
+        # what GC would remove (entries named like store paths, object files), judged
+        # against the database after the scan, once registrations under way are done
+        stray_trees, stray_objects = stray_entries(store, valid)
     if repair and todo:
         gone = _drop_unused_objects(store, [per_path[i][0].file_hash for i in todo])
         stray_objects = [o for o in stray_objects if o not in gone]
