@@ -26,7 +26,6 @@ an ACL meant to keep others out of ``tmp/`` loses nothing by it.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import os
 import tempfile
@@ -35,14 +34,12 @@ from pathlib import Path
 
 from .errors import StoreError
 from .locks import FileLock
+from .perms import strip_acls
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 #: the build log's file in a build's directory
 LOG_NAME = "build.log"
-
-
-_ACL_XATTRS = ("system.posix_acl_default", "system.posix_acl_access")
 
 
 def plain_dir(d: Path, mode: int) -> None:
@@ -55,14 +52,11 @@ def plain_dir(d: Path, mode: int) -> None:
 
 
 def _strip_acls(d: Path, mode: int) -> None:
-    """``plain_dir`` for the existing directory ``d``."""
-    for name in _ACL_XATTRS:
-        try:
-            os.removexattr(d, name, follow_symlinks=False)
-        except OSError as e:
-            if e.errno not in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP):
-                raise StoreError(f"cannot remove the ACL of {d} ({name}): {e.strerror}") from None
-    os.chmod(d, mode)  # (after: removing the access ACL leaves its mask in the group bits)
+    """``plain_dir`` for the existing directory ``d`` (``perms.strip_acls``)."""
+    try:
+        strip_acls(d, mode)
+    except OSError as e:
+        raise StoreError(f"cannot remove the ACL of {d}: {e.strerror}") from None
 
 
 def plain_subdir(d: Path, mode: int) -> None:

@@ -36,7 +36,7 @@ from .objects import fsync_dir, object_rel_path
 from .objread import read_object
 from .pathinfo import PathInfo
 from .paths import DEFAULT_STORE_DIR, StorePath, check_store_dir, new_store_dir_problem
-from .perms import DIR_MODE, PRIVATE_DIR_MODE, check_store, make_dir
+from .perms import DIR_MODE, PRIVATE_DIR_MODE, check_store, make_dir, strip_store_acls
 from .readonlyroots import ReadOnlyRoots
 from .registration import Registering
 from .storeconfig import CONFIG_VERSION as CONFIG_VERSION  # (moved there; imported from here too)
@@ -175,6 +175,7 @@ class LocalStore(Registering):
                 check_store(root, wanted)
             objects = root / "objects"
             make_dir(objects)
+            strip_store_acls(root, wanted)  # (before anything is made in them: perms docstring)
             for i in range(256):
                 make_dir(objects / f"{i:02x}")
             fsync_dir(objects)
@@ -193,6 +194,7 @@ class LocalStore(Registering):
             except OSError as e:
                 if e.errno != errno.EROFS:  # (read-only: opened for reading, below)
                     raise
+        strip_store_acls(root, found)  # (a store made by an older kiln, or its new entries)
         mark_topdir(root / "tmp")  # writers' temp trees land in uncluttered inode groups
         if not release_reserve:
             store = cls(root, found, reserved, full_disk_read, keep_outputs)

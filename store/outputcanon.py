@@ -3,7 +3,7 @@ the rest is given canonical metadata.
 
 Invariants: after ``canonicalise_output`` succeeds the tree holds only regular files,
 directories and symlinks; no setuid/setgid bit; no extended attributes but those Nix
-keeps (``_KEEP_XATTRS``); files 0444/0555, directories 0555 (the top one 0755 until
+keeps (``trees.KEEP_XATTRS``); files 0444/0555, directories 0555 (the top one 0755 until
 ``trees.seal_top``), every mtime ``CANON_MTIME``. On refusal the tree may be half
 canonical: it is the build's scratch, never a store path. Iterative: deep trees cannot
 overflow the stack. (Trees made by restoring a NAR are canonical by construction:
@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .errors import StoreError
 from .objects import CANON_MTIME
-from .trees import canon_leaf
+from .trees import KEEP_XATTRS, canon_leaf
 
 _MTIME = (CANON_MTIME, CANON_MTIME)
 
@@ -84,10 +84,6 @@ def _refuse(p: bytes, st: os.stat_result) -> None:
         )
 
 
-#: extended attributes a build output keeps (as Nix's canonicalisePathMetaData)
-_KEEP_XATTRS = ("security.selinux", "system.nfs4_acl")
-
-
 def _strip_xattrs(p: bytes) -> None:
     """Remove the extended attributes (and POSIX ACLs, which are xattrs) a build left on
     ``p``: the NAR does not record them, so the materialised tree would hold metadata
@@ -98,7 +94,7 @@ def _strip_xattrs(p: bytes) -> None:
         if e.errno in (errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM, errno.EACCES):
             return
         raise
-    doomed = [n for n in names if n not in _KEEP_XATTRS]
+    doomed = [n for n in names if n not in KEEP_XATTRS]
     if not doomed:
         return
     st = os.lstat(p)

@@ -21,6 +21,16 @@ root, each directory down to the store dir, the store's own entries (``ENTRIES``
 ``keys/`` must be owned by the user running kiln (or by root) and writable by neither
 group nor others, as ssh treats ``~/.ssh``. Root may use a store any user owns (``sudo
 -E kiln build`` with the user's ``KILN_HOME``), but not one group or others can write.
+
+ACLs: a store made under a directory with a default POSIX ACL (``setfacl -d -m
+u:nobody:r-x``) would pass it down to everything made in it: its trees would carry an
+ACL their NAR does not record (a build listing its input with ``ls -l`` sees ``+``, so
+the same path gave different outputs), and in a directory with a default ACL the umask
+no longer applies (a mask ``rwx`` made ``logs/`` 0775 and the store then refused
+itself). So opening a writable store removes the ACLs of its root, the directories down
+to its store dir and its own entries (``strip_store_acls``; one ``listxattr`` each when
+there are none), before anything is made in them, as ``buildtmp`` does for build
+directories; what is made beneath then inherits none.
 """
 
 from __future__ import annotations
@@ -32,6 +42,8 @@ import stat
 from pathlib import Path
 
 from .errors import StoreError
+from .fsstate import state_of
+from .paths import STORE_ROOT_ENTRIES
 
 #: a directory others may read (the store's trees are meant to be readable)
 DIR_MODE = 0o755
@@ -60,6 +72,9 @@ ENTRIES = (
 #: entries narrowed to the owner when they are ours and others may read them (an older
 #: kiln made them 0755/0644): another user could open a lock and hold it
 PRIVATE_ENTRIES = {"locks": PRIVATE_DIR_MODE, "temproots": PRIVATE_DIR_MODE, "gc.lock": PRIVATE_FILE_MODE}
+#: the POSIX ACLs, as extended attributes: the default one is inherited by what is made in
+#: a directory (and replaces the umask there), the access one is a file's own
+ACL_XATTRS = ("system.posix_acl_default", "system.posix_acl_access")
 
 
 def make_dir(
@@ -249,6 +264,51 @@ def check_chain(paths: list[Path], what: str, harm: str | None = None) -> None:
             bad.append((p, why))
     if bad:
         raise refuse(what, bad, euid) if harm is None else refuse(what, bad, euid, harm=harm)
+
+
+def strip_acls(p: Path, mode: int | None = None, *, follow_symlinks: bool = False) -> bool:
+    """Remove the POSIX ACLs (``ACL_XATTRS``) of ``p``, then give it ``mode`` if given
+    (removing the access ACL leaves its mask in the group bits), else take the group's
+    and others' write bits away if an access ACL was removed. True if an ACL was there.
+    One ``listxattr`` when there is none; a file system without xattrs has none.
+    ``OSError`` otherwise (``FileNotFoundError`` if ``p`` is missing)."""
+    try:
+        names = os.listxattr(p, follow_symlinks=follow_symlinks)
+    except OSError as e:
+        if e.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
+        names = []
+    found = [n for n in ACL_XATTRS if n in names]
+    for name in found:
+        try:
+            os.removexattr(p, name, follow_symlinks=follow_symlinks)
+        except OSError as e:
+            if e.errno != errno.ENODATA:
+                raise
+    if mode is not None:
+        os.chmod(p, mode)  # (Linux cannot chmod a symbolic link itself: buildtmp's are directories)
+    elif ACL_XATTRS[1] in found and (m := stat.S_IMODE(os.stat(p).st_mode)) & 0o022:
+        os.chmod(p, m & ~0o022)
+    return bool(found)
+
+
+def strip_store_acls(root: Path, store_dir: str) -> None:
+    """Remove the ACLs of the store at ``root`` (its root, each directory down to
+    ``store_dir`` and its entries, ``paths.STORE_ROOT_ENTRIES``, symbolic links followed;
+    module docstring). Nothing on a read-only file system; an entry another user owns
+    (root's, in a user's store) is left as it is. ``StoreError`` if an ACL of ours
+    cannot be removed."""
+    if (state := state_of(root)) is None or state.read_only:
+        return
+    for p in [*store_chain(root, store_dir), *(root / e for e in sorted(STORE_ROOT_ENTRIES))]:
+        try:
+            strip_acls(p, follow_symlinks=True)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except OSError as e:
+            if e.errno == errno.EPERM and os.stat(p).st_uid != os.geteuid():
+                continue  # (not ours to change: root's directory in a user's store)
+            raise StoreError(f"cannot remove the inherited ACL of {p}: {e.strerror}") from None
 
 
 def give_to_owner_of(fd: int, directory: Path) -> None:

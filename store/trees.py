@@ -2,10 +2,11 @@
 
 A materialised tree is read-only and canonical: regular files 0444 (0555 when the
 owner-execute bit was set), directories 0555, symlinks as they are, every mtime 1, no
-setuid/setgid/sticky bits, nothing but files, directories and symlinks. The top
-directory is left writable while a tree is prepared in ``tmp/`` (renaming a directory
-to another parent needs write permission on it for ``..``) and made 0555 right after
-the rename into the store directory.
+setuid/setgid/sticky bits, nothing but files, directories and symlinks, no extended
+attribute (a POSIX ACL is one) but those ``outputcanon`` keeps: the NAR records none.
+The top directory is left writable while a tree is prepared in ``tmp/`` (renaming a
+directory to another parent needs write permission on it for ``..``) and made 0555
+right after the rename into the store directory.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ from .nar_restore import rmtree_iter
 from .objects import CANON_MTIME
 
 _MTIME = (CANON_MTIME, CANON_MTIME)
+#: extended attributes a store tree may keep (as Nix's canonicalisePathMetaData);
+#: ``outputcanon`` strips every other one from a build output
+KEEP_XATTRS = ("security.selinux", "system.nfs4_acl")
 
 
 def walk(top: AnyStr, topdown: bool = True) -> Iterator[tuple[AnyStr, list[AnyStr], list[AnyStr]]]:
@@ -135,7 +139,9 @@ def seal_top(top: Path) -> None:
 
 
 def metadata_problems(top: Path, limit: int = 5) -> list[str]:
-    """Deviations from canonical metadata (mode, mtime, file type), at most ``limit``."""
+    """Deviations from canonical metadata (mode, mtime, file type, an extended attribute
+    such as a POSIX ACL that canonicalisation removes), at most ``limit``."""
+
     out: list[str] = []
 
     def check(p: bytes, st: os.stat_result) -> None:
@@ -154,6 +160,10 @@ def metadata_problems(top: Path, limit: int = 5) -> list[str]:
             out.append(f"{rel}: mode {stat.S_IMODE(m):04o} is not canonical")
         if int(st.st_mtime) != CANON_MTIME:
             out.append(f"{rel}: mtime {int(st.st_mtime)} is not {CANON_MTIME}")
+        if extra := [n for n in _xattrs(p) if n not in KEEP_XATTRS]:
+            out.append(
+                f"{rel}: extended attributes {', '.join(extra)} (an ACL or xattr the NAR does not record)"
+            )
 
     t = os.fsencode(top)
     check(t, os.lstat(t))
@@ -165,6 +175,16 @@ def metadata_problems(top: Path, limit: int = 5) -> list[str]:
                 p = os.path.join(dirpath, name)
                 check(p, os.lstat(p))
     return out[:limit]
+
+
+def _xattrs(p: bytes) -> list[str]:
+    """The names of the extended attributes of ``p`` itself (none where unsupported)."""
+    try:
+        return os.listxattr(p, follow_symlinks=False)
+    except OSError as e:
+        if e.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            return []
+        raise
 
 
 def remove_tree(p: Path) -> None:
