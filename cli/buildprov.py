@@ -8,6 +8,15 @@ command (KMS/HSM), so no secret key need be on the build machine. Timestamps go 
 into the attestation, never into the output or its path. The recipe repository's
 commit is recorded with pygit2; a dirty tree is recorded as dirty (``--require-clean``
 refuses to build one, checked earlier).
+
+What the provenance records must be recordable before anything is built: an in-toto
+statement is UTF-8 JSON, and a recipe path that is not UTF-8 (``bad\xff.recipe``) has
+no faithful text form (an escape would be kiln's private convention, and could name
+another file that really is called ``bad\xff.recipe``). So making the hook refuses
+such a path (``check_recordable``), before the build; before, the outputs were built
+and signed, then writing their provenance failed, and the command ended with an
+internal error. The attribute text is UTF-8 already (the recipe language refuses
+anything else).
 """
 
 from __future__ import annotations
@@ -15,6 +24,8 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from kiln.store.errors import KilnError
 
 from .version import full_version
 
@@ -36,6 +47,7 @@ class ProvenanceHook:
     get_drv: object = None  # path -> Derivation (the builder's parsed graph), optional
 
     def __post_init__(self) -> None:
+        check_recordable(self.recipe_file)
         self.invocation_id = self.invocation_id or str(uuid.uuid4())
         self._cache = None  # (``_cache_of``)
         if isinstance(self.key, tuple):
@@ -95,6 +107,27 @@ class ProvenanceHook:
         if self._cache is None or self._cache.store is not store:
             self._cache = DependencyCache(store, get)
         return self._cache
+
+
+class NotRecordable(KilnError):
+    """A recipe path the provenance cannot record (``check_recordable``)."""
+
+
+def check_recordable(recipe_file: str) -> None:
+    """Raise ``NotRecordable`` if ``recipe_file`` (a path as Python holds it: a byte
+    that is not UTF-8 is a lone surrogate) has no UTF-8 form, naming it escaped."""
+    try:
+        recipe_file.encode("utf-8")
+    except UnicodeEncodeError:
+        try:
+            raw = recipe_file.encode("utf-8", "surrogateescape")  # the name's own bytes
+        except UnicodeEncodeError:  # (a surrogate that stands for no byte)
+            raw = recipe_file.encode("utf-8", "backslashreplace")
+        shown = raw.decode("utf-8", "backslashreplace")
+        raise NotRecordable(
+            f"the recipe path '{shown}' is not valid UTF-8, and its provenance (UTF-8 JSON) could not "
+            "record it: rename the file, or the directory on its path, to a UTF-8 name"
+        ) from None
 
 
 def _drv_getter(store):

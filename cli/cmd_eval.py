@@ -2,7 +2,8 @@
 
 All four evaluate a recipe file with ``kiln.lang.evaluate_file`` (served from the
 evaluation cache under ``<store root>/eval-cache`` when nothing changed; ``--no-cache``
-skips it) and print derivations; none of them builds anything. ``ATTR`` is a top-level
+skips it, and so does a store root holding no store: evaluating never creates one, see
+``_cache_dir``) and print derivations; none of them builds anything. ``ATTR`` is a top-level
 name, a variant such as ``'zlib(static = true)'`` or any expression in the file's scope.
 Local ``path "..."`` sources are added to the local store (they have to be hashed anyway).
 The logical store dir is the store's own (its ``config.json``), else ``/kiln/store``,
@@ -30,6 +31,9 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 DEFAULT_STORE_DIR = "/kiln/store"
+#: the config ``storeconfig.init_config`` writes for a store with the default store dir:
+#: known without json (a cached eval uses an existing store's cache, and json costs ms)
+_DEFAULT_CONFIG = b'{"store_dir": "/kiln/store", "version": 1}\n'
 
 
 def _parser(cmd: str) -> argparse.ArgumentParser:
@@ -93,6 +97,8 @@ def _store_dir(args: argparse.Namespace) -> str:
         return DEFAULT_STORE_DIR
     except OSError as e:
         raise KilnError(f"cannot read store config {cfg}: {e}") from None
+    if text == _DEFAULT_CONFIG:
+        return DEFAULT_STORE_DIR
     import json
 
     try:
@@ -154,18 +160,24 @@ class _Sources:
         )
 
 
+def _cache_dir(args: argparse.Namespace, root: str) -> str | None:
+    """The evaluation cache to use: ``<root>/eval-cache`` of an existing store (its
+    ``config.json``, as ``LocalStore.open`` decides), else None. Evaluating only reads:
+    it never creates a store, nor the directories of one (``HOME=/nonexistent kiln path``
+    made ``/nonexistent/.local/share/kiln/eval-cache``, a store ``kiln store roots``
+    then said was not there)."""
+    if args.no_cache or not os.path.isfile(os.path.join(root, "config.json")):
+        return None
+    return os.path.join(root, "eval-cache")
+
+
 def _evaluate(args: argparse.Namespace):
     from kiln.lang import evaluate_file
 
     root = store_root_dir(args)
     store_dir = _store_dir(args)
     sources = _Sources(root, store_dir)
-    ev = evaluate_file(
-        args.file,
-        store_dir=store_dir,
-        add_source=sources,
-        cache_dir=None if args.no_cache else os.path.join(root, "eval-cache"),
-    )
+    ev = evaluate_file(args.file, store_dir=store_dir, add_source=sources, cache_dir=_cache_dir(args, root))
     if ev.from_cache and not sources.ensure(ev.sources):
         ev = evaluate_file(args.file, store_dir=store_dir, add_source=sources, cache_dir=None)
     # The evaluation's objects live until exit: keep the cyclic GC from re-scanning them

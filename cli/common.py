@@ -217,7 +217,12 @@ def narrow_umask() -> None:
 
 
 def run_command(fn: Callable[[list[str]], int], argv: list[str], debug: bool = False) -> int:
-    if sys.stderr is not None and not isinstance(sys.stderr, _Quiet):
+    """Run command ``fn(argv)``; return its exit status (see the module docstring)."""
+    if sys.stderr is None:
+        # a caller in the same process started without fd 2 (``main`` opens it for the
+        # ``kiln`` command): ``print(file=None)`` would write messages to stdout
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
+    if not isinstance(sys.stderr, _Quiet):
         sys.stderr = _Quiet(sys.stderr)  # a BrokenPipeError below is then stdout's
     narrow_umask()
     try:

@@ -9,6 +9,12 @@ The ``kiln`` command (the console script, and ``python -m kiln``) enters at ``cl
 which runs ``main`` and then ends the process without the interpreter's teardown
 (``exit_now``). ``main`` itself returns, for callers in the same process.
 
+A descriptor among 0, 1 and 2 that the process was started without is opened on
+``/dev/null`` before anything else (``open_closed_std_fds``), as daemons and coreutils
+do: with stderr closed messages are discarded, with stdin closed input is empty. With
+stdout closed every command fails at once (status 1, saying so on stderr): its results
+would be lost, and a script that closed it by mistake must not see success.
+
 Errors derived from ``KilnError`` (and the lang package's errors) are printed as
 ``error: <message>`` with exit status 1; usage errors exit 2 (argparse's, and
 ``common.UsageError`` for options that do not go together). No traceback
@@ -60,6 +66,17 @@ def main(argv: list[str] | None = None, *, whole_process: bool = False) -> int:
     """Run ``kiln ARGV``; return the exit status. ``whole_process``: the command is all
     this process will do (``cli``), so what is imported by then is frozen out of the
     cyclic GC."""
+    closed = open_closed_std_fds()  # before anything else can open a file
+    if 1 in closed:
+        try:  # noqa: SIM105 - contextlib is not imported here (see the module docstring)
+            print(
+                "kiln: error: standard output is closed, so what kiln prints there would be lost "
+                "(redirect it to /dev/null to discard it)",
+                file=sys.stderr,
+            )
+        except OSError:  # (stderr's reader gone too: the status says it)
+            pass
+        return 1
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
@@ -96,6 +113,36 @@ def main(argv: list[str] | None = None, *, whole_process: bool = False) -> int:
         # it again and again (a few ms per command; young collections still run)
         gc.freeze()
     return run_command(module.main, argv, debug=os.environ.get("KILN_DEBUG") == "1")
+
+
+def open_closed_std_fds() -> frozenset[int]:
+    """Open ``/dev/null`` on each of descriptors 0, 1 and 2 that the process was started
+    without (``kiln ... 2>&-``), and give ``sys`` a stream on it; return the ones that
+    were closed. Otherwise the next file kiln opens would take that number: a build's
+    sandbox would inherit a store file as its stderr, and results meant for stdout would
+    go to whatever file happened to get descriptor 1. ``sys.stderr`` is then never None
+    (``print(file=None)`` writes to stdout). Inheritable, as the standard descriptors
+    are: a child given "the same stdin" must not find it closed and reuse its number."""
+    closed = []
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            closed.append(fd)
+    for fd in closed:  # ascending, so the lowest free descriptor is the one wanted
+        new = os.open(os.devnull, os.O_RDWR)
+        if new != fd:
+            os.dup2(new, fd)  # (inheritable)
+            os.close(new)
+        else:
+            os.set_inheritable(fd, True)
+        if fd == 0 and sys.stdin is None:
+            sys.stdin = open(0, closefd=False)  # noqa: SIM115 - lives as long as the process
+        elif fd == 1 and sys.stdout is None:
+            sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115
+        elif fd == 2 and sys.stderr is None:
+            sys.stderr = open(2, "w", buffering=1, errors="backslashreplace", closefd=False)  # noqa: SIM115
+    return frozenset(closed)
 
 
 def cli() -> None:

@@ -56,6 +56,7 @@ from .derivation import Derivation
 from .drvparse import decode
 from .errors import KilnError, StoreError
 from .ingest import IngestStopped
+from .progressmode import wants_progress
 from .stagedbuild import Pending
 
 DEFAULT_LOG_LIMIT = 64 << 20
@@ -75,7 +76,7 @@ class BuildOptions:
     print_logs: bool = False  # -L: stream build logs to stderr
     vary: bool = False  # --check --vary: rebuild under varied conditions (store/vary.py)
     mirrors: tuple[str, ...] = ()
-    progress: bool = field(default_factory=lambda: sys.stderr.isatty())
+    progress: bool = field(default_factory=wants_progress)  # (asked when made: never at import)
 
 
 def _say(msg: str) -> None:
@@ -100,7 +101,7 @@ class Builder(Producing, Checking, Scheduling):
         self,
         store,
         executor,
-        options: BuildOptions = BuildOptions(),
+        options: BuildOptions | None = None,
         substituter: Substituter | None = None,
         after_build: Callable[..., None] | None = None,
         say: Callable[[str], None] | None = None,
@@ -109,7 +110,7 @@ class Builder(Producing, Checking, Scheduling):
         # be used from several threads at once: worker threads share it through a lock.
         self.store = Serialized(store)
         self.executor = executor
-        self.opts = options
+        self.opts = options if options is not None else BuildOptions()
         self.substituter = substituter
         self.after_build = after_build
         self.say = say or _say

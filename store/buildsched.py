@@ -17,12 +17,21 @@ locking could leave a future's lock held and its worker blocked for ever.
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import hookmarks, sigshield
 from .buildplan import Graph
-from .errors import KilnError
+from .errors import KilnError, StoreError
+from .locks import FileLock, path_lock_file
+from .paths import StorePath
+
+if TYPE_CHECKING:
+    from .localstore import LocalStore
 
 #: seconds an interrupted ``-jN`` build waits for its running sandboxed builds to unwind
 UNWIND_WAIT = 3.0
@@ -130,37 +139,71 @@ class Scheduling:
 
     def _finish_left_hooks(self, graph: Graph, roots: list[str], todo: list[str]) -> None:
         """Run ``after_build`` (signing, provenance) for outputs whose builder left its
-        hook undone (``hookmarks``: killed between the commit and the hook, or the hook
-        failed), where planning stopped: the roots, what was to be built (a build that
-        waited on a dead builder's lock finds its outputs valid and builds nothing) and
-        its inputs. Hooks this builder ran itself are not run again; a live builder's
+        hook unfinished (``hookmarks``: killed between the commit and the hook, or the
+        hook failed), where planning stopped: the roots, what was to be built (a build
+        that waited on a dead builder's lock finds its outputs valid and builds nothing)
+        and its inputs. Hooks this builder ran itself are not run again; a live builder's
         pending hook and paths without a marker (substitutes) are left alone; ``--check``
         compares only. The provenance gives the registration time as start and end (the
-        build's own times were lost). A hook that fails again is a warning, and its
-        marker stays."""
+        build's own times were lost).
+
+        Invariant: a free marker on a valid path means the build that committed the path
+        did not finish its hook, whatever part of it ran; so the hook is run again in
+        full (it must be idempotent: the same signature is added once, provenance is
+        replaced). A signature on the path says nothing: a hook that failed, or was
+        killed, after signing and before writing provenance left one (before, such a path
+        was taken for a substitute and its marker dropped: the next build passed with no
+        provenance). An import never leaves a free marker on the path it makes valid: it
+        drops free markers before its row goes in, both under the path's registration
+        lock (``hookmarks.drop_free``), and the markers are judged here under the same
+        locks, so no import is between the two steps.
+
+        A hook that fails again fails the build (as the hook of a build just made does),
+        after the others were tried; its marker stays for the next run."""
         hook = self.after_build
         if hook is None or self.opts.check or self.opts.rounds > 1:
             return
         reached = set(roots) | set(todo) | {i for p in todo for i, _ in graph.drvs[p].input_drvs}
+        failures: list[tuple[str, Exception]] = []
         for d in sorted(reached - self._hooked):
             drv = graph.drvs[d]
             outs = {n: o.path for n, o in drv.outputs}
-            marks = hookmarks.left_behind(self._inner, list(outs.values()))
-            if not marks:
-                continue
-            infos = [self.store.query(p) for p in outs.values()]
-            # never committed: nothing to sign; already signed: a substitute that came
-            # after a builder died before its commit (or a hook that failed after signing)
-            if any(i is None or i.sigs for i in infos):
-                hookmarks.release(marks, done=True)
-                continue
+            if not hookmarks.any_left(self._inner, outs.values()):
+                continue  # (the usual case: a stat per output, no lock)
+            with _registration_locks(self._inner, outs.values()):
+                marks = hookmarks.left_behind(self._inner, list(outs.values()))
+                if not marks:
+                    continue
+                infos = [self.store.query(p) for p in outs.values()]
+                if any(i is None for i in infos):  # never committed: nothing to sign
+                    hookmarks.release(marks, done=True)
+                    continue
             self.say(f"signing {', '.join(outs.values())}: its build stopped before that")
-            when = min(i.registration_time for i in infos)  # (all valid: checked above)
+            when = min(i.registration_time for i in infos if i is not None)  # (all valid: checked above)
             try:
                 with hookmarks.running(marks):
                     hook(d, drv, outs, when, when, store=self._inner)
-            except Exception as e:  # noqa: BLE001 - the builds succeeded; the marker stays for the next run
-                self.say(f"warning: cannot sign {d}'s outputs: {e}")
+            except Exception as e:  # noqa: BLE001 - the others are still tried; raised below
+                failures.append((d, e))
+        for d, e in failures[1:]:
+            self.say(f"error: cannot sign {d}'s outputs: {e}")
+        if failures:
+            d, e = failures[0]
+            if isinstance(e, KilnError):
+                raise StoreError(
+                    f"cannot sign {d}'s outputs, left unsigned by an earlier build (the next build "
+                    f"tries again): {e}"
+                ) from e
+            raise e
+
+
+@contextlib.contextmanager
+def _registration_locks(store: LocalStore, paths: Iterable[str]) -> Iterator[None]:
+    """Hold the registration (stripe) locks of ``paths``, in ascending order (``locks``)."""
+    with contextlib.ExitStack() as held:
+        for f in sorted({path_lock_file(Path(store.root), StorePath.parse(p).hash_part) for p in paths}):
+            held.enter_context(FileLock(f))
+        yield
 
 
 def _wait_first(running: dict[Future, str]) -> set[Future]:

@@ -15,10 +15,15 @@ A later build that reaches such an output reads the marker without creating it:
   then delete the marker; a marker of a path never committed is just deleted.
 A marker unlinked while being opened is seen by its link count (``st_nlink == 0``).
 
-A free marker must not outlive the build it belongs to: a path that becomes valid by
-import (a substitute, ``kiln copy``) after its builder died before the commit drops it
-(``drop_free``), else the next build would sign that import as its own; GC drops the
-free markers of paths that are not valid.
+The invariant: a free marker on a valid path stands for exactly one thing, a hook that
+did not finish for the build that committed the path, whatever part of it ran. The
+path's signatures do not tell: a hook that failed after signing and before writing the
+provenance leaves a signed path (``buildsched._finish_left_hooks`` runs the whole hook
+again; it is idempotent). So a free marker must not outlive the build it belongs to: a
+path that becomes valid by import (a substitute, ``kiln copy``) after its builder died
+before the commit drops it (``drop_free``, called under the path's registration lock
+before the row goes in, where the markers are judged too), else the next build would
+sign that import as its own; GC drops the free markers of paths that are not valid.
 """
 
 from __future__ import annotations
@@ -114,8 +119,9 @@ def release(marks: list[Mark], done: bool) -> None:
 
 
 def drop_free(store: LocalStore, paths: Iterable[str]) -> None:
-    """Delete the markers of ``paths`` that nobody holds: they were just imported, so a
-    builder that left such a marker died before its commit and has nothing to sign."""
+    """Delete the markers of ``paths`` that nobody holds: they are being imported, so a
+    builder that left such a marker died before its commit and has nothing to sign.
+    The caller holds the paths' registration locks and makes them valid after this."""
     for p in paths:
         remove_if_free(_marker(store, p))
 

@@ -50,8 +50,16 @@ _HEX = frozenset("0123456789abcdef")
 
 
 def canonical_json(obj: Any) -> bytes:
-    """The bytes kiln signs: sorted keys, no whitespace, UTF-8."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    """The bytes kiln signs: sorted keys, no whitespace, UTF-8. ``FormatError`` if some
+    text in ``obj`` has no UTF-8 form: a lone surrogate, which is how Python holds a
+    byte of a file name or an argument that is not UTF-8 (an in-toto statement is UTF-8
+    JSON; callers refuse such names before any work, ``buildprov.check_recordable``)."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        near = text[max(0, e.start - 40) : e.end + 20].encode("utf-8", "backslashreplace").decode("utf-8")
+        raise FormatError(f"cannot sign a statement holding text that is not UTF-8 (near {near!r})") from None
 
 
 def rfc3339(t: datetime | int | float | str) -> str:

@@ -92,6 +92,7 @@ def test_graph(features, tmp_path):
 
 
 def test_cli_cache_is_used(features, tmp_path):
+    assert run_kiln(["store", "init"], cwd=features, home=tmp_path).returncode == 0  # (only a store's)
     a = run_kiln(["eval", "values.recipe"], cwd=features, home=tmp_path)
     assert (tmp_path / "eval-cache").is_dir()
     b = run_kiln(["eval", "values.recipe"], cwd=features, home=tmp_path)
@@ -142,6 +143,9 @@ def test_cached_cli_eval_imports_little(features, tmp_path):
         )
         return r.stderr.split("LOADED")[1].split()
 
+    from kiln.store.localstore import LocalStore
+
+    LocalStore.open(tmp_path).close()  # (evaluating uses the cache of an existing store only)
     assert "lark" in run()  # the first run evaluates
     assert run() == []
 

@@ -140,6 +140,7 @@ def test_the_eval_cache_does_not_serve_a_wider_tree_s_evaluation(tree: Path, tmp
     recipe must fail, not be served from the cache."""
     (tree / "r.recipe").write_text('import "../secret/x.recipe"\npackage p { build = "" }\n')
     home = tmp_path / "home"
+    assert run_kiln(["store", "init"], cwd=tree, home=home).returncode == 0  # (only a store's cache)
     wide = run_kiln(["eval", "r.recipe"], cwd=tree, home=home, env_extra={"KILN_RECIPE_ROOT": str(tmp_path)})
     assert wide.returncode == 0, wide.stderr
     assert any((home / "eval-cache").iterdir())
