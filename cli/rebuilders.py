@@ -98,9 +98,11 @@ def make_builder(
     from kiln.store.build import Builder, BuildOptions
 
     from .buildglue import load_sign_key
-    from .buildprov import ProvenanceHook
+    from .buildprov import ProvenanceHook, check_recordable
     from .gitinfo import git_info
 
+    if recipe_file:  # before anything is built: its provenance must be able to name it
+        check_recordable(os.path.relpath(recipe_file))
     executor = BwrapExecutor(os.environ.get("KILN_BWRAP") or None)
     cores = cores or os.cpu_count() or 1
     commit, dirty = git_info(os.path.dirname(os.path.abspath(recipe_file))) if recipe_file else (None, False)

@@ -95,6 +95,10 @@ def test_a_recipe_path_that_is_not_utf8_is_refused_before_building(tmp_path: Pat
         assert not list((tmp_path / "home" / "locks").glob("*.hook"))
     finally:
         store.close()
+    # kiln report reproducibility builds what it reports on: refused up front too
+    r = _kiln(env, "report", "reproducibility", bad, cwd=tmp_path)
+    assert r.returncode == 1 and "the recipe path 'bad\\xff.recipe' is not valid UTF-8" in r.stderr, r.stderr
+    assert "building" not in r.stderr, r.stderr  # (it built the toolchain first, then refused)
     # the same recipe under a UTF-8 name (not ASCII) builds, its name recorded as it is
     (tmp_path / "café.recipe").write_text(text)
     r = _kiln(env, "build", "café.recipe", "hello", cwd=tmp_path)
