@@ -16,6 +16,8 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
+from kiln.store.shownname import shown_name as shown
+
 from .common import WRITE_LIMIT_ERRNOS
 
 if TYPE_CHECKING:
@@ -78,27 +80,6 @@ def write_stdout(data: bytes | memoryview) -> None:
     from kiln.store.nar_restore import write_all
 
     write_all(sys.stdout.fileno(), data)
-
-
-_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\t": "\\t", "\r": "\\r"}
-
-
-def shown(name: str) -> str:
-    """A name on one line, unambiguously (as ``ls -b``): ``\\``, ``\\n``, ``\\t``,
-    ``\\r``, and every other byte of an unprintable character, or a byte that is not
-    UTF-8, as ``\\xNN``. Printable characters are themselves, so two names never show
-    alike: the escapes spell the name's bytes."""
-    if name.isprintable() and "\\" not in name:
-        return name
-    out = []
-    for c in name:
-        if c in _ESCAPES:
-            out.append(_ESCAPES[c])
-        elif c.isprintable():
-            out.append(c)
-        else:  # its bytes (a surrogate from surrogateescape is the raw byte)
-            out.extend(f"\\x{b:02x}" for b in c.encode("utf-8", "surrogateescape"))
-    return "".join(out)
 
 
 def info(args) -> int:

@@ -223,7 +223,7 @@ class Builder(Producing, Checking, Scheduling):
         from contextlib import ExitStack
 
         from .buildlocks import output_lock
-        from .outputcanon import canonicalise_output
+        from .outputerrors import canonicalise_named
         from .stagedbuild import Placed, place, unplace
 
         outs = [o.path for _, o in drv.outputs]
@@ -250,7 +250,7 @@ class Builder(Producing, Checking, Scheduling):
                     # output (a FIFO, a setuid file...) is never placed, nor registered, as
                     # one on another file system would be at once
                     for name, o in order:
-                        canonicalise_output(Path(produced[name][0]), shown=o.path)
+                        canonicalise_named(Path(produced[name][0]), o.path)
                     with self.store.exclusive():
                         for name, o in order:
                             tree, refs = produced[name]

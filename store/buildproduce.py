@@ -2,7 +2,10 @@
 other in the sandbox executor), save the log, and collect the declared outputs from the
 scratch store dir with their runtime references (``refscan``). A failed build raises
 ``BuildError`` naming the derivation, with the tail of its log (escaped: kiln prints it
-whether or not the user asked for logs, ``buildlogs.shown_output``).
+whether or not the user asked for logs, ``buildlogs.shown_output``); so does an output
+refused for stray references or one kiln could not process (an ``OSError``, e.g. a path
+too long on the host), named by its store path and output-relative paths
+(``outputerrors``): ``-k`` goes on with the other builds, ``-K`` keeps the directory.
 
 ``Producing`` is a mixin of ``build.Builder`` (it uses the builder's ``store``,
 ``executor``, ``opts``, ``logs``, ``get_drv``, ``_pending`` and ``_background``); the
@@ -27,6 +30,7 @@ from .derivation import Derivation
 from .errors import KilnError
 from .logecho import LogEcho
 from .nar_restore import write_all
+from .outputerrors import output_os_error, stray_refusal
 from .paths import StorePath
 from .refscan import ScanStopped, scan
 from .trees import open_up
@@ -169,33 +173,38 @@ class Producing:
                     f"builder for {drv_path} succeeded but did not create output '{name}' ({o.path})"
                     + self._kept(tmp, drv),
                 )
-            open_up(tree)  # a chmod 000 directory must not stop the scan (as a non-root user)
             stop = getattr(self, "_stop", None)  # the build loop's: a cancelled build stops scanning
 
             def stopped(stop: threading.Event | None = stop) -> bool:
                 return (stop is not None and stop.is_set()) or overdue(deadline)
 
             try:
+                step = "read"
+                open_up(tree)  # a chmod 000 directory must not stop the scan (as a non-root user)
                 step = "copy (it was hard-linked)"
                 _unshare_inode(tree, stopped)
                 step = "scan for references"
-                res = scan(tree, by_hash, drv.store_dir, stopped)
+                res = scan(tree, by_hash, drv.store_dir, stopped, logical=o.path)
             except ScanStopped:
                 if not overdue(deadline):
                     raise  # cancelled
                 raise BuildError(drv_path, output_too_slow(drv_path, self.opts.timeout, step)) from None
+            except OSError as e:  # (a path too long on this host, say): this build's failure, named
+                raise BuildError(
+                    drv_path, f"{drv_path}: {output_os_error(o.path, tree, step, e)}" + self._kept(tmp, drv)
+                ) from None
             if res.stray:
-                # (file names are the build's: escaped as its log is)
-                shown = "\n".join(
-                    f"  {shown_output(f) or '.'}: {drv.store_dir}/{h}-..." for f, h in res.stray[:10]
-                )
                 raise BuildError(
                     drv_path,
-                    f"output {o.path} refers to store paths that are not among the derivation's inputs:\n{shown}"
-                    + self._kept(tmp, drv),
+                    stray_refusal(drv, o.path, res, self._stray_lookup, self.get_drv) + self._kept(tmp, drv),
                 )
             produced[name] = (tree, sorted(by_hash[h] for h in res.found))
         return produced
+
+    def _stray_lookup(self, hash_part: str) -> str | None:
+        """The valid store path with ``hash_part``, for a stray reference's message."""
+        info = self.store.query_by_hash_part(hash_part)
+        return None if info is None else info.path
 
 
 def overdue(deadline: float | None) -> bool:

@@ -6,6 +6,10 @@ the sizes). Listing stops after ``limit`` files. If ``diffoscope`` is installed 
 run on the two trees and its (truncated) output appended: it explains *how* contents
 differ (timestamps in archives, embedded paths, ...), which a file list cannot. A
 ``deadline`` (a build's ``--timeout``) bounds both: it is asked per file and per MiB.
+
+The names are the build's: each is shown on one line (``shownname``: a newline in it as
+``\\n``), and diffoscope's output, which prints them raw, is indented, so no line of
+it can pass for one of kiln's own (``error: ...``).
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from .shownname import shown_name
 
 
 def _entries(root: Path, stop: Callable[[], bool]) -> dict[str, tuple[str, object]] | None:
@@ -65,7 +71,7 @@ def differing_files(
         return None
     lines = []
     for rel in sorted(set(ea) | set(eb)):
-        name = rel or "."
+        name = shown_name(rel) if rel else "."
         if rel not in eb:
             lines.append(f"  {name}: only in {names[0]}")
         elif rel not in ea:
@@ -116,9 +122,10 @@ def describe_differences(a: Path, b: Path, limit: int = 50, deadline: float | No
                 ],
                 capture_output=True,
                 text=True,
+                errors="surrogateescape",  # (a name that is not UTF-8 is printed raw; shown_output escapes it)
                 timeout=left,
             )
-            text += "\ndiffoscope:\n" + "\n".join(r.stdout.splitlines()[:200])
+            text += "\ndiffoscope:\n" + "\n".join("  " + line for line in r.stdout.splitlines()[:200])
         except (OSError, subprocess.TimeoutExpired) as e:
             text += f"\n(diffoscope failed: {e})"
     return text

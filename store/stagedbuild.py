@@ -68,7 +68,7 @@ from .ingest import TreeIngest
 from .locks import FileLock
 from .narsink import NarSink
 from .objects import fsync_dir, object_rel_path
-from .outputcanon import canonicalise_output
+from .outputerrors import canonicalise_named, output_os_error
 from .pathinfo import PathInfo
 from .trees import move_into_place, remove_tree
 
@@ -145,7 +145,7 @@ def place(
             # build dir on another file system: no cheap rename, register the usual way
             return store.register_built(path, tree, refs, deriver, stop=stop)
         if not canonical:
-            canonicalise_output(Path(tree), shown=path)
+            canonicalise_named(Path(tree), path)
         with FileLock(store._path_lock(sp)):
             existing = store.query(path)
             store._keep(path)
@@ -191,6 +191,8 @@ def archive(store: LocalStore, placed: Placed, stop: Callable[[], bool] | None =
         other = _registered_meanwhile(store, placed) if isinstance(e, (OSError, KilnError)) else None
         if other is not None:
             return other
+        if isinstance(e, OSError):  # named: the output, and the file in it
+            raise StoreError(output_os_error(placed.path, real, "archive", e)) from None
         raise
     oi = sink.finish(sync=False)
     if _identity(real) != placed.identity:

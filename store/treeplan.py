@@ -109,9 +109,12 @@ def check_same(path: bytes, now: os.stat_result, listed: os.stat_result) -> None
 
 
 def changed(path: bytes, what: str) -> StoreError:
-    """The error for a source that changed under the walk (``what``: how)."""
+    """The error for a source that changed under the walk (``what``: how); ``path``
+    shown escaped, as in ``unstorable``."""
+    from .shownname import shown_name
+
     return StoreError(
-        f"{os.fsdecode(path)}: the source changed while it was being added ({what}); add it again "
+        f"{shown_name(path)}: the source changed while it was being added ({what}); add it again "
         "once nothing is changing it"
     )
 
@@ -132,8 +135,13 @@ def left_out(src: str | os.PathLike, real_src: str, below: str, filter: PathFilt
 
 
 def unstorable(path: bytes, mode: int) -> StoreError:
+    """The refusal of ``path``, a file of ``mode``'s kind, which no store path may hold.
+    Its name is whoever made the tree's (a build's): shown escaped, a newline in it as
+    ``\\n`` (``shownname``; imported here, on the error path only)."""
+    from .shownname import shown_name
+
     return StoreError(
-        f"{os.fsdecode(path)}: is a {kind_name(mode)}; a store path may contain only regular files, "
+        f"{shown_name(path)}: is a {kind_name(mode)}; a store path may contain only regular files, "
         "directories and symlinks"
     )
 
