@@ -78,7 +78,10 @@ def main(argv: list[str] | None = None, *, whole_process: bool = False) -> int:
             pass
         return 1
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("-h", "--help", "help"):
+    if not argv:  # a usage error, as for `kiln store` alone: a script that lost its argument must fail
+        print(usage(), file=sys.stderr)
+        return 2
+    if argv[0] in ("-h", "--help", "help"):
         print(usage())
         return 0
     if argv[0] == "--version":

@@ -203,3 +203,13 @@ def test_error_text_reaches_the_terminal_escaped(tmp_path: Path):
     assert "\u202e" not in r.stderr and "missing\\x1b]0;OWNED\\x07\\x1b[2K\\rall good\\u202e" in r.stderr, (
         r.stderr
     )
+
+
+def test_kiln_alone_is_a_usage_error_and_help_is_not():
+    """``kiln`` with no command exits 2 with the usage on stderr, as ``kiln store`` alone
+    does (it exited 0, usage on stdout: a script whose variable holding the command was
+    empty went on as if it had run); ``kiln --help`` prints it on stdout, status 0."""
+    r = subprocess.run([sys.executable, "-m", "kiln"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and r.stdout == "" and r.stderr.startswith("usage: kiln COMMAND"), r
+    r = subprocess.run([sys.executable, "-m", "kiln", "--help"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.startswith("usage: kiln COMMAND"), r
