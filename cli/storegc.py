@@ -76,7 +76,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
     for p in r.stray_trees:
         print(f"{p} (unregistered)")
     for t in r.tmp_dirs:
-        print(f"{t} (leftover working directory)")
+        print(f"{t} (working directory no process is using)")  # (a live writer recreates its own)
     for t in r.failed_dirs:
         print(f"{t} (failed build's directory)")
     for k in r.kept:

@@ -141,9 +141,9 @@ def test_a_gc_killed_while_deleting_leaves_its_trash_to_the_next(tmp_path):
     with LocalStore.open(root) as s:  # the rows went first, durably
         assert s.all_paths() == []
     dry = kiln("store", "gc", "--store", str(root), "--dry-run")
-    assert f"{trash} (leftover working directory)" in dry.stdout and _entries(trash) == left
+    assert f"{trash} (working directory no process is using)" in dry.stdout and _entries(trash) == left
     r = kiln("store", "gc", "--store", str(root))
-    assert f"{trash} (leftover working directory)" in r.stdout and "warning" not in r.stderr
+    assert f"{trash} (working directory no process is using)" in r.stdout and "warning" not in r.stderr
     assert not trash.exists() and os.listdir(root / "tmp") == []
     with LocalStore.open(root) as s:
         v = s.verify()
