@@ -58,6 +58,7 @@ from .nar_read import nar_str as _nar_str
 from .nar_restore import write_all
 from .narsink import NarSink
 from .objects import CANON_MTIME, CHUNK, DIRECT, QUEUE_DEPTH
+from .shownname import shown_name
 from .treeplan import Creator, PathFilter, Plan, changed, list_dir, open_listed, read_link, unstorable
 
 #: O_NONBLOCK: an entry that became a FIFO since it was listed fails the identity check
@@ -200,7 +201,7 @@ class TreeIngest:
         if self.canon and mode & (stat.S_ISUID | stat.S_ISGID):
             bits = "setuid" if mode & stat.S_ISUID else "setgid"
             raise StoreError(
-                f"{os.fsdecode(path)}: has the {bits} bit (mode {stat.S_IMODE(mode):04o}); "
+                f"{shown_name(path)}: has the {bits} bit (mode {stat.S_IMODE(mode):04o}); "
                 "store paths may not contain setuid/setgid files"
             )
 
@@ -276,7 +277,7 @@ class TreeIngest:
                 k = os.readv(fd, [piece[got:]])
                 if k == 0:
                     raise StoreError(
-                        f"{os.fsdecode(path)}: file shrank while being read (expected {size} bytes)"
+                        f"{shown_name(path)}: file shrank while being read (expected {size} bytes)"
                     )
                 got += k
             self.fill += n

@@ -61,6 +61,7 @@ from .nar_read import NODE as _NODE
 from .nar_read import TOK_CLOSE as _CLOSE
 from .nar_read import nar_str as _str
 from .nar_restore import restore
+from .shownname import shown_name
 
 __all__ = [
     "MAGIC",
@@ -110,7 +111,7 @@ def _batches(root: bytes, chunk_size: int) -> Iterator[list[bytes]]:
             with open(fd, "rb", buffering=0) as f:
                 st = os.fstat(fd)
                 if not stat.S_ISREG(st.st_mode):
-                    raise FormatError(f"{os.fsdecode(path)}: changed type while being archived")
+                    raise FormatError(f"{shown_name(path)}: changed type while being archived")
                 size = st.st_size
                 head = _HDR_REGULAR + (_HDR_EXEC if st.st_mode & stat.S_IXUSR else b"") + _HDR_CONTENTS
                 batch.append(head + _pack_u64(size))
@@ -126,7 +127,7 @@ def _batches(root: bytes, chunk_size: int) -> Iterator[list[bytes]]:
                     data = f.read(min(left, room))
                     if not data:
                         raise FormatError(
-                            f"{os.fsdecode(path)}: file shrank while being archived "
+                            f"{shown_name(path)}: file shrank while being archived "
                             f"(expected {size} bytes, got {size - left})"
                         )
                     batch.append(data)
@@ -153,7 +154,7 @@ def _batches(root: bytes, chunk_size: int) -> Iterator[list[bytes]]:
                 todo.append((False, _ENTRY + _str(name) + _NODE))
         else:
             raise FormatError(
-                f"{os.fsdecode(path)}: is a {kind_name(mode)}; a store path may contain only regular files, "
+                f"{shown_name(path)}: is a {kind_name(mode)}; a store path may contain only regular files, "
                 "directories and symlinks"
             )
         if pending >= chunk_size:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from .errors import StoreError
 from .objects import CANON_MTIME
+from .shownname import shown_name
 from .trees import KEEP_XATTRS, canon_leaf
 
 _MTIME = (CANON_MTIME, CANON_MTIME)
@@ -79,7 +80,7 @@ def _refuse(p: bytes, st: os.stat_result) -> None:
     if not stat.S_ISLNK(m) and m & (stat.S_ISUID | stat.S_ISGID):
         bits = "setuid" if m & stat.S_ISUID else "setgid"
         raise StoreError(
-            f"{os.fsdecode(p)}: has the {bits} bit (mode {stat.S_IMODE(m):04o}); "
+            f"{shown_name(p)}: has the {bits} bit (mode {stat.S_IMODE(m):04o}); "
             "store paths may not contain setuid/setgid files"
         )
 

@@ -409,3 +409,16 @@ def test_a_closed_store_says_so(store, sample):
         with pytest.raises(StoreError, match="is closed; open it again"):
             use()
     assert os.listdir(store.tmp) == []  # nothing was begun
+
+
+def test_a_setuid_files_name_is_shown_on_one_line(store, tmp_path):
+    """The refusal names the file escaped (``shownname``): a newline in its name printed
+    raw started a line of its own (``error: forged``) under kiln's message."""
+    tree = make_tree(tmp_path / "n", {"ok": "x"})
+    evil = tree / "x\nerror: forged"
+    evil.write_text("x")
+    os.chmod(evil, 0o4755)
+    out = "/kiln/store/" + "5" * 32 + "-n"
+    with pytest.raises(StoreError, match="setuid") as e:
+        store.register_built(out, tree, [], None)
+    assert "x\\nerror: forged" in str(e.value) and "\n" not in str(e.value), str(e.value)
