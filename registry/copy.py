@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import tempfile
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
@@ -34,20 +35,19 @@ from typing import Any
 
 from kiln.store import narinfo as ni
 from kiln.store.errors import FormatError, KilnError, redact_urls
-from kiln.store.hashes import Hash
 from kiln.store.paths import StorePath
 from kiln.store.signing import PublicKey
 
-from . import layout, uploadplan
 from .attest_fetch import fetch_attestations
 from .attest_transfer import relay_attestations
 from .client import Client, open_client
 from .closurewalk import hinted_closure
 from .indexcheck import IndexedClient, IndexedSubstituter, attestation_listings
 from .indexstate import indexed
-from .push import MAX_FRAMES, check_sizes, levels, upload_sliced
-from .substitute import Substituter, batchable, batches
-from .verify import check_narinfo, expect_info, verified_bytes, verifier_for
+from .push import check_sizes, levels
+from .relay import GROUP_BYTES, GROUP_OBJECTS, Relay, scratch_full
+from .substitute import Substituter, batches
+from .verify import check_narinfo
 
 
 def _explain(sub: Substituter, src: str, missing: list[str], view: IndexedClient | None = None) -> str:
@@ -229,14 +229,19 @@ async def between(
         check_sizes({p: i.render().encode() for p, i in wanted.items()})
         blobs = await dst.have_blobs([i.file_hash for i in wanted.values()]) if wanted else set()  # type: ignore[misc]
         sem = asyncio.Semaphore(jobs)
-        relay = _Relay(src, dst, sem, jobs)
+        relay = Relay(src, dst, sem, jobs)
         with tempfile.TemporaryDirectory(prefix="kiln-copy-") as scratch:
             # one topological order (references first), cut into groups done one after
             # the other: a group's references are in it or published with an earlier one
             order = [p for level in levels(wanted) for p in level]  # type: ignore[arg-type]
             for group in batches([wanted[p] for p in order], GROUP_OBJECTS, GROUP_BYTES):
                 need = {i.file_hash.hex: i for i in group if i.file_hash.hex not in blobs}  # type: ignore[union-attr]
-                files = await relay.fetch(list(need.values()), Path(scratch))
+                try:
+                    files = await relay.fetch(list(need.values()), Path(scratch))
+                except OSError as e:
+                    if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                        raise
+                    raise KilnError(scratch_full(scratch, e)) from None
                 await relay.publish(group, files)
                 blobs |= set(need)
                 for f in files.values():
@@ -266,128 +271,3 @@ class Copied:
     paths: int
     attestations: int
     refused: tuple[str, ...] = ()
-
-
-#: a relay group: at most this many paths, or about this many bytes of objects
-GROUP_OBJECTS = 500
-GROUP_BYTES = 256 << 20
-
-
-class _Relay:
-    """Moves verified objects and their narinfos from ``src`` to ``dst`` (see
-    ``between``)."""
-
-    def __init__(self, src: Client, dst: Client, sem: asyncio.Semaphore, jobs: int) -> None:
-        self.src, self.dst, self.sem, self.jobs = src, dst, sem, jobs
-
-    async def fetch(self, infos: list[ni.NarInfo], scratch: Path) -> dict[str, Path]:
-        """Download and verify the objects of ``infos`` (distinct digests) into
-        ``scratch``: hex digest -> file. Raises for the first that fails."""
-        files: dict[str, Path] = {}
-        small, alone = batchable(infos)
-        cut = list(batches(small))
-        for k, batch in enumerate(cut):
-            if not await self._batch(batch, scratch, files):
-                alone += [i for b in cut[k:] for i in b]  # no batch endpoint: one request each
-                break
-        await asyncio.gather(*(self._one(i, scratch, files) for i in alone))
-        return files
-
-    async def _batch(self, batch: list[ni.NarInfo], scratch: Path, files: dict[str, Path]) -> bool:
-        by_hex = {i.file_hash.hex: i for i in batch}  # type: ignore[union-attr]
-        errors: list[KilnError] = []
-
-        def got(h: Hash, data: bytes | None) -> None:
-            info = by_hex.get(h.hex)
-            if info is None or errors:
-                return
-            if data is None:
-                errors.append(KilnError(f"{self.src.url}/{info.url} is missing"))
-                return
-            try:
-                verified_bytes(info, data)
-            except FormatError as e:  # past a limit: name the path
-                errors.append(KilnError(f"{info.path}: {e}"))
-                return
-            except KilnError as e:
-                errors.append(e)
-                return
-            f = scratch / h.hex
-            f.write_bytes(data)
-            files[h.hex] = f
-
-        async with self.sem:
-            sizes = {x: i.file_size for x, i in by_hex.items() if i.file_size is not None}
-            if not await self.src.blob_batch([i.file_hash for i in batch], got, sizes):  # type: ignore[misc]
-                return False
-        if errors:
-            raise errors[0]
-        for x, i in by_hex.items():
-            if x not in files:
-                raise KilnError(f"{self.src.url} did not send {i.url}")
-        return True
-
-    async def _one(self, info: ni.NarInfo, scratch: Path, files: dict[str, Path]) -> None:
-        async with self.sem:
-            f = scratch / info.file_hash.hex  # type: ignore[union-attr]
-            # bounded: the download stops at FileSize, the NAR inside at NarSize
-            ver = verifier_for(info)
-            with open(f, "wb") as out:
-
-                def write(chunk: bytes) -> None:
-                    ver.update(chunk)
-                    out.write(chunk)
-
-                try:
-                    if not await self.src.download(info.url, write):
-                        raise KilnError(f"{self.src.url}/{info.url} is missing")
-                except FormatError as e:  # past a limit: name the path
-                    raise KilnError(f"{info.path}: {e}") from None
-            expect_info(info, ver.finish())
-            files[info.file_hash.hex] = f  # type: ignore[union-attr]
-
-    async def publish(self, group: list[ni.NarInfo], files: dict[str, Path]) -> None:
-        """Upload ``group``'s new objects (``files``) and narinfos (in topological order;
-        references outside it are published already): chunks ordered by
-        ``uploadplan`` (a chunk once those holding its references are in)."""
-
-        def key(i: ni.NarInfo) -> str:
-            return i.path.rsplit("/", 1)[1][:32]
-
-        # every path whose object is new carries it, also where two paths share one: the
-        # chunks go up concurrently, and a narinfo must never arrive before its object
-        # (the server keeps one copy of each object)
-        info = {i.path: i for i in group}
-        frames = {i.path: (key(i), i.render().encode(), files.get(i.file_hash.hex)) for i in group}  # type: ignore[union-attr]
-
-        def refs(p: str) -> tuple[str, ...]:
-            return info[p].references
-
-        def size(p: str) -> int:
-            return (info[p].file_size or 0) if frames[p][2] is not None else 0
-
-        chunks = uploadplan.plan(list(info), refs, size, self.jobs, MAX_FRAMES)
-        if await upload_sliced(self.dst, [frames[p] for p in chunks[0].paths]):
-
-            async def send(paths: list[str]) -> None:
-                if not await upload_sliced(self.dst, [frames[p] for p in paths]):
-                    raise KilnError(f"{self.dst.url} stopped taking upload batches during the copy")
-
-            await uploadplan.run(chunks, send, self.jobs, done={0})
-            return
-
-        async def put_nar(h: str, f: Path) -> None:
-            async with self.sem:
-                await self.dst.put_file(layout.nar_key(Hash.parse(h, "sha256")), f)
-
-        async def put_info(paths: list[str]) -> None:
-            h, text, _ = frames[paths[0]]
-            await self.dst.put_bytes(layout.narinfo_key(h), text)
-
-        await asyncio.gather(
-            *(put_nar(f.name, f) for f in {f for _, _, f in frames.values() if f is not None})
-        )
-        # one narinfo per request, each once its references' are in
-        await uploadplan.run(
-            uploadplan.plan(list(info), refs, lambda p: 0, self.jobs, 1), put_info, self.jobs
-        )
