@@ -206,7 +206,15 @@ class DirSource(Source):
         reading only the narinfos that changed). May block for that: callers on an
         event loop run it in an executor."""
         h = self.by_nar.lookup(nar_sha256_hex)
-        return self.narinfo(h) if h is not None else None
+        if h is None:
+            return None
+        body = self.narinfo(h)
+        if body is None:  # deleted since it was mapped (--delete-bad, a prune): another
+            # path with the same NAR may still be served; the map finds it once refreshed
+            self.by_nar.forget(nar_sha256_hex, h)
+            again = self.by_nar.lookup(nar_sha256_hex)
+            body = self.narinfo(again) if again is not None and again != h else None
+        return body
 
     # -------------------------------------------------------- write side
 

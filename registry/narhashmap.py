@@ -64,6 +64,13 @@ class NarHashMap:
         """This process published ``hash_part`` with that NarHash."""
         self._map[nar_hex] = hash_part
 
+    def forget(self, nar_hex: str, hash_part: str) -> None:
+        """``hash_part`` no longer serves that NarHash (its narinfo is gone): drop it, so
+        the next ``lookup`` refreshes and may find another path with the same NAR."""
+        with self._lock:
+            if self._map.get(nar_hex) == hash_part:
+                del self._map[nar_hex]
+
     def lookup(self, nar_hex: str) -> str | None:
         """The hash part of a served narinfo with this NarHash (hex), if any; may refresh
         (see the module docstring), so it may block: run it off an event loop."""

@@ -113,3 +113,27 @@ def test_a_read_only_store_database_is_used_without_the_index(tmp_path) -> None:
     db._add_nar_hash_index(ro)  # cannot write: skipped (tried again at the next open), no error
     assert db.path_by_nar_hash(ro, want) == p
     ro.close()
+
+
+def test_a_deleted_narinfo_gives_way_to_another_path_with_the_same_nar(
+    pushed, keys, tmp_path, monkeypatch
+) -> None:
+    """Two paths with one NAR (the same tree under two names): once the mapped one's
+    narinfo is deleted (``registry verify --delete-bad``, a mirror prune) the lookup found
+    nothing until something else made the map refresh; now it finds the other."""
+    monkeypatch.setattr(dirstamps, "MARGIN_NS", 30_000_000)
+    monkeypatch.setattr(narhashmap, "RESCAN_S", 0.0)
+    store, _chain, _leaf, reg, _tok, _srv = pushed
+    a = add_tree(store, tmp_path / "a", "twin-a", "the same bytes\n")
+    b = add_tree(store, tmp_path / "b", "twin-b", "the same bytes\n")
+    nar = store.query(a).nar_hash.hex
+    assert store.query(b).nar_hash.hex == nar
+    push(store, [a, b], lambda: open_client(f"file://{reg}", store_dir=store.store_dir), sign_key=keys.sk)
+    time.sleep(0.08)
+    serving = DirSource(reg)
+    first = ni.parse(serving.narinfo_by_nar_hash(nar).decode(), store.store_dir).path
+    other = b if first == a else a
+    (reg / f"{first.rsplit('/', 1)[1][:32]}.narinfo").unlink()
+    time.sleep(0.08)
+    body = serving.narinfo_by_nar_hash(nar)
+    assert body is not None and ni.parse(body.decode(), store.store_dir).path == other
