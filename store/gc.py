@@ -9,7 +9,7 @@ waits for the decisions and renames, not for the unlinks. Under the lock:
    or real store path or to a path inside one, a symlink to a symlink that ends in the
    store - e.g. a ``result`` link - or a regular file holding a path; each read by
    ``roots.named_path``, which also finds a path through a moved store root) plus the temp
-   roots of live processes (``locks.live_temp_roots``; files of dead processes are
+   roots of live processes (``temprootscan.live_temp_roots``; files of dead processes are
    deleted);
 2. live = closure of the roots over ``gcedges``: references, recorded derivers
    (keep-derivations), the outputs of live ``.drv`` files unless the store's
@@ -74,11 +74,12 @@ from . import attestations, db, gcside, hookmarks, reserve
 from .buildtmp import owner_gone
 from .gcedges import gc_edges
 from .gcremove import Progress, Sizes, Trash, inspect_tree, remove, size, size_beside_mounts, total
-from .locks import FileLock, live_temp_roots, remove_if_free
+from .locks import FileLock, remove_if_free
 from .mounts import MOUNTINFO, mounts_below, unmount_below
 from .roots import each_root
 from .storeconfig import config_gc_days
 from .storescan import attestation_dirs, dead_writers_files, object_files, stray_tree_names, used_objects
+from .temprootscan import live_temp_roots
 
 _WRITER_TMP = re.compile(r"^\d+-")
 #: dirs flocked by their owner while in use (``buildtmp``; a GC's trash, ``gcremove``)

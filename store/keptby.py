@@ -27,9 +27,10 @@ from typing import TYPE_CHECKING
 from .closurequery import walk
 from .errors import StoreError
 from .gcedges import gc_edges
-from .locks import FileLock, _temp_root_files
+from .locks import FileLock
 from .lockwait import describe_process
 from .roots import each_root
+from .temprootscan import temp_root_files
 
 if TYPE_CHECKING:
     from .localstore import LocalStore
@@ -61,7 +62,7 @@ def kept_by(store: LocalStore, path: str) -> list[Keeper]:
         ]
         me = str(os.getpid())
         temp: list[tuple[int, list[str]]] = []
-        for entry, lines in _temp_root_files(store.root / "temproots", fcntl.LOCK_SH):
+        for entry, lines in temp_root_files(store.root / "temproots", fcntl.LOCK_SH):
             if lines is not None and entry.name != me and entry.name.isdigit():
                 temp.append((int(entry.name), [line.decode("utf-8", "replace") for line in lines]))
         for pid, starts in sorted(temp):

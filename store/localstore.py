@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 
 from . import db, reserve
 from .errors import StoreError
-from .locks import TempRoots
+from .locks import RootHolder, TempRoots
 from .objects import fsync_dir, object_rel_path
 from .objread import read_object
 from .pathinfo import PathInfo
@@ -116,7 +116,7 @@ class LocalStore(Registering):
         self._conn: sqlite3.Connection | None = db.connect(root / "db.sqlite", full_disk_read)
         #: why this store cannot be written (it is on a read-only file system), or None
         self.read_only: str | None = getattr(self._conn, "read_only", None)
-        self.temproots: TempRoots | ReadOnlyRoots = (
+        self.temproots: RootHolder = (
             TempRoots.get(root / "temproots", self.gc_lock_path)
             if self.read_only is None
             else ReadOnlyRoots(self.gc_lock_path)

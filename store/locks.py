@@ -26,10 +26,10 @@ and the kernel drops every lock when its holder dies (also on ``kill -9``).
   treats a file it *can* lock as stale (its owner is dead - immune to pid reuse) and
   deletes it. Appends and rewrites happen under the shared GC lock and the collector
   reads under the exclusive one, so it never reads a half-written line. Registration
-  also reads other processes' files (``live_rooter``), under the shared lock: a line
+  also reads other processes' files (``temprootscan.live_rooter``), under the shared lock: a line
   being appended may be cut short there, and a file being rewritten may look empty for
   a moment; that reader only asks whether a path is named, and a miss is harmless (see
-  ``registration``).
+  ``registration``). Reading other processes' files: ``temprootscan``.
 
 ``flock`` needs no write access, so lock and temp-roots files are 0600 in 0700 ``locks/``
 and ``temproots/`` whatever the umask (``perms``); one root makes in a user's store is
@@ -38,6 +38,7 @@ the user's. A ``FileLock`` not had within a second says who holds it (``lockwait
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import errno
 import fcntl
@@ -49,7 +50,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from .errors import StoreError
-from .fileopen import FileTooLarge, NotRegularFile, open_regular_fd, read_capped
+from .fileopen import NotRegularFile, open_regular_fd
 from .lockwait import PlacerWait as PlacerWait  # (moved there; imported from here too)
 from .lockwait import flock_with_notice
 from .perms import PRIVATE_FILE_MODE, give_to_owner_of
@@ -84,11 +85,9 @@ class FileLock:
             # 0600: another user who could open it could flock it and hang us (``perms``)
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE_MODE)
-            except OSError as e:
-                # root's, made by an older kiln, or on a read-only file system: flock needs
-                # no write access
-                if not (isinstance(e, PermissionError) or e.errno == errno.EROFS):
-                    raise
+            except OSError as e:  # root's (an older kiln's), or a read-only file system
+                if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                    raise  # (flock needs no write access: opened for reading below)
                 fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
             give_to_owner_of(fd, self.path.parent)
             try:
@@ -200,7 +199,31 @@ def remove_if_free(path: Path) -> bool:
         os.close(fd)
 
 
-class TempRoots:
+class RootHolder(abc.ABC):
+    """Temp roots a ``LocalStore`` keeps (``TempRoots``, ``readonlyroots.ReadOnlyRoots``):
+    ``hold(paths)`` ``add``s them for a ``with`` block, then ``remove``s them."""
+
+    @abc.abstractmethod
+    def add(self, paths: Iterable[str], *, locked: bool = False) -> None: ...
+
+    @abc.abstractmethod
+    def remove(self, paths: Iterable[str]) -> None: ...
+
+    @abc.abstractmethod
+    def release(self) -> None:
+        """The store object holding these roots is closed."""
+
+    @contextlib.contextmanager
+    def hold(self, paths: Iterable[str]) -> Iterator[None]:
+        paths = list(paths)
+        self.add(paths)
+        try:
+            yield
+        finally:
+            self.remove(paths)
+
+
+class TempRoots(RootHolder):
     """This process's ``temproots/<pid>`` file, shared by every ``LocalStore`` of one root
     in the process (get it with ``TempRoots.get``; a second ``flock`` on the same file from
     the same process would conflict). Paths are counted so nested holders of one path
@@ -233,7 +256,7 @@ class TempRoots:
     def _open_regular(path: Path) -> int:
         """``path`` opened (created if missing) for writing roots: a regular file, never
         a symbolic link followed nor a FIFO, which the collector does not read (see
-        ``_temp_root_files``): roots written there would protect nothing."""
+        ``temprootscan.temp_root_files``): roots written there would protect nothing."""
         try:
             fd = open_regular_fd(path, os.O_RDWR | os.O_CREAT, PRIVATE_FILE_MODE)
         except NotRegularFile:
@@ -311,15 +334,6 @@ class TempRoots:
                 # of the file, after a hole of NULs that the collector cannot parse
                 os.lseek(self.fd, done, os.SEEK_SET)
 
-    @contextlib.contextmanager
-    def hold(self, paths: Iterable[str]) -> Iterator[None]:
-        paths = list(paths)
-        self.add(paths)
-        try:
-            yield
-        finally:
-            self.remove(paths)
-
     def release(self) -> None:
         """One user fewer; the last one deletes the file.
 
@@ -337,69 +351,3 @@ class TempRoots:
                 os.close(self.fd)
             self.fd = None
             self.counts.clear()
-
-
-#: the most of one temp-roots file that is read: some three million paths (a path line is
-#: under 100 bytes), far more than one process keeps (its inputs and what it registered);
-#: a bound because a sparse file of any size costs nothing to make, and reading one whole
-#: would end GC in a MemoryError while it holds the GC lock
-TEMP_ROOTS_MAX_BYTES = 256 << 20
-
-
-def _temp_root_files(dir_: Path, probe: int) -> Iterator[tuple[os.DirEntry, list[bytes] | None]]:
-    """Each temp-roots file in ``dir_`` with its lines if its owner is alive (its
-    exclusive ``flock`` held, so our non-blocking ``probe`` lock fails), else None; then
-    the probe lock we got is held until the caller moves on (closing drops it).
-
-    Anything but a regular file there (a FIFO, a symbolic link, a device, a directory) is
-    skipped: opened without waiting or following, never read, never deleted. It holds no
-    live process's roots, as ``TempRoots._open`` writes them only into a regular file it
-    opened without following a link, and refuses anything else at its name. A live
-    process's file over ``TEMP_ROOTS_MAX_BYTES`` is an error (``StoreError``), not
-    skipped: its paths cannot be told, and the readers must not lose them — GC would
-    delete paths it keeps, registration would replace a tree a running build placed."""
-    for entry in os.scandir(dir_):
-        try:
-            fd = open_regular_fd(entry.path)
-        except (FileNotFoundError, NotRegularFile):
-            continue
-        try:
-            try:
-                fcntl.flock(fd, probe | fcntl.LOCK_NB)
-            except BlockingIOError:  # the owner holds it: alive
-                try:
-                    data = read_capped(fd, TEMP_ROOTS_MAX_BYTES, entry.path)
-                except FileTooLarge as e:
-                    raise StoreError(
-                        f"temp-roots file {entry.path} of a live process {e.strerror}: "
-                        "cannot tell which paths it keeps alive"
-                    ) from None
-                yield entry, [line for line in data.splitlines() if line]
-            else:
-                yield entry, None
-        finally:
-            os.close(fd)
-
-
-def live_temp_roots(dir_: Path, delete_dead: bool = True) -> set[str]:
-    """Paths in the temp-roots files of live processes; deletes files of dead ones
-    (unless ``delete_dead`` is false: a dry run changes nothing). Call with the GC lock
-    held exclusively."""
-    roots: set[str] = set()
-    for entry, lines in _temp_root_files(dir_, fcntl.LOCK_EX):
-        if lines is not None:
-            roots.update(line.decode() for line in lines)
-        elif delete_dead:
-            os.unlink(entry.path)  # we hold its lock: the owner is gone
-    return roots
-
-
-def live_rooter(dir_: Path, path: str) -> int | None:
-    """The pid of a live process other than this one whose temp-roots file names
-    ``path``, or None. Probes with a shared lock and deletes nothing, so this may run
-    under the shared GC lock."""
-    me, want = str(os.getpid()), path.encode()
-    for entry, lines in _temp_root_files(dir_, fcntl.LOCK_SH):
-        if entry.name != me and lines is not None and want in lines:
-            return int(entry.name) if entry.name.isdigit() else -1
-    return None

@@ -13,18 +13,18 @@ is written. Counts are kept per path, as ``TempRoots`` keeps them, so nested hol
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import os
 import threading
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
+from .locks import RootHolder
 from .lockwait import flock_with_notice
 
 
-class ReadOnlyRoots:
+class ReadOnlyRoots(RootHolder):
     """``TempRoots``' interface (``add``, ``remove``, ``hold``, ``release``) for a store on
     a read-only file system; see the module docstring."""
 
@@ -69,15 +69,6 @@ class ReadOnlyRoots:
                     del self.counts[p]
             if not self.counts:
                 self._unlock()
-
-    @contextlib.contextmanager
-    def hold(self, paths: Iterable[str]) -> Iterator[None]:
-        paths = list(paths)
-        self.add(paths)
-        try:
-            yield
-        finally:
-            self.remove(paths)
 
     def release(self) -> None:
         """The store object is closed: let everything go."""

@@ -34,7 +34,7 @@ from . import db, hookmarks
 from .errors import FormatError, StoreError
 from .hashes import Hash
 from .ingest import PathFilter, TreeIngest
-from .locks import FileLock, PlacerWait, live_rooter, path_lock_file
+from .locks import FileLock, PlacerWait, path_lock_file
 from .narsink import NarSink
 from .objects import ZSTD_LEVEL, ObjectInfo, chunks_of, ingest_stream, publish_object
 from .objread import TeeReader, decompress_verified, expect_nar, file_expectation, read_object
@@ -42,6 +42,7 @@ from .pathadmit import admitted_sigs, check_ca, tree_content
 from .pathinfo import PathInfo
 from .paths import StorePath, check_name, make_source_path, make_text_path
 from .scratch import Scratch as _Scratch
+from .temprootscan import live_rooter
 from .treeplan import left_out
 from .trees import move_into_place, restore_canonical
 

@@ -37,8 +37,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import db
-from .locks import live_rooter, path_lock_file
+from .locks import path_lock_file
 from .storescan import object_files, stray_tree_names, used_objects
+from .temprootscan import live_rooter
 
 if TYPE_CHECKING:
     from .localstore import LocalStore

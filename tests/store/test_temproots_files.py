@@ -1,5 +1,5 @@
 """What GC and registration do with a ``temproots/`` entry that is not a temp-roots file
-kiln wrote (``locks._temp_root_files``): a FIFO is not waited on (GC would hang holding
+kiln wrote (``temprootscan.temp_root_files``): a FIFO is not waited on (GC would hang holding
 the exclusive GC lock, and every writer with it), a link to ``/dev/zero`` is not read
 until memory runs out, a directory does not crash GC — and none of it costs a live
 process its roots. A live process's file too large to read fails GC rather than losing
@@ -51,7 +51,7 @@ print("deleted", *r.deleted)
 
 _ROOTER = """
 import sys
-from kiln.store.locks import live_rooter
+from kiln.store.temprootscan import live_rooter
 print("rooter", live_rooter(__import__("pathlib").Path(sys.argv[1]), sys.argv[2]))
 """
 
