@@ -22,7 +22,15 @@ clients would refuse ("ca hash mismatch").
 ``delete_bad`` unpublishes what is wrong in *content*: the narinfo (so clients get a
 miss, not a corrupt download) and the object when no narinfo describes its bytes (a
 false ``CA:`` is the narinfo's fault: its object stays). The
-next ``kiln mirror sync`` (or ``kiln push``) then fetches both again, verified.
+next ``kiln mirror sync`` (or ``kiln push``) then fetches both again, verified. What it
+deletes is what it judged: the deletions run holding ``dirlock.MIRROR_LOCK`` and
+``NARINFO_LOCK`` (a mirror sync into the directory, or a signature merge, finishes
+first), and a narinfo whose bytes, or an object whose file (device, inode, size, mtime,
+ctime), changed since it was read is not deleted but reported ("replaced while being
+checked"): a sync or push that put the good file there meanwhile is never undone. A
+narinfo judged bad only by such an object is spared with it. (An upload through a
+server does not take those locks; the window left is between that last comparison and
+the unlink.)
 Policy problems (missing trusted signatures, a compression other than zstd) are
 reported, never deleted: a mistyped ``--trusted-key`` must not empty a registry.
 
@@ -49,6 +57,7 @@ from __future__ import annotations
 import concurrent.futures
 import fcntl
 import os
+import sys
 from dataclasses import dataclass
 
 from kiln.store import narinfo as ni
@@ -61,6 +70,7 @@ from kiln.store.signing import PublicKey
 from . import layout
 from .admitca import refusal
 from .backends import DirSource
+from .dirlock import MIRROR_LOCK, NARINFO_LOCK, dir_lock
 from .progress import Progress
 from .verify import Digests, NarVerifier, check_narinfo, expect
 
@@ -116,20 +126,38 @@ def hold_serving_lock(src: DirSource, exclusive: bool) -> int | None:
     return fd
 
 
-def _digest(src: DirSource, key: str, file_hash: Hash, max_nar: int, max_file: int) -> Digests | str:
+#: what identifies the file read: (device, inode, size, mtime, ctime); None where the
+#: storage gives no file descriptor
+Stamp = tuple[int, int, int, int, int] | None
+
+
+def _stamp(st: os.stat_result) -> Stamp:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _digest(
+    src: DirSource, key: str, file_hash: Hash, max_nar: int, max_file: int
+) -> tuple[Digests | str, Stamp]:
     """The digests of the object at ``key``, which should be the file ``file_hash`` (reading
-    no more than the sizes any of its narinfos claims), or what went wrong reading it."""
+    no more than the sizes any of its narinfos claims), or what went wrong reading it; and
+    the stamp of the file read (taken after reading it: ``_delete_judged`` deletes the file
+    only if it is still that one)."""
     f = src.storage.open(key)
     if f is None:
-        return f"{key} vanished while being checked"
+        return f"{key} vanished while being checked", None
     ver = NarVerifier(max_nar_size=max_nar, max_file_size=max_file)
+    stamp: Stamp = None
     try:
         with f:
             while chunk := f.read(CHUNK):
                 ver.update(chunk)
-        return ver.finish(file_hash)
+            try:
+                stamp = _stamp(os.fstat(f.fileno()))
+            except (OSError, AttributeError, ValueError):  # (no descriptor: not a local file)
+                stamp = None
+        return ver.finish(file_hash), stamp
     except (KilnError, OSError) as e:
-        return f"{key}: {e}"
+        return f"{key}: {e}", stamp
 
 
 def _same_file(src: DirSource, keys: list[str]) -> list[list[str]]:
@@ -177,9 +205,10 @@ def _verify(
     problems: dict[str, list[Problem]] = {}  # narinfo key -> problems
     # object file hash -> the narinfos (key, info) that name it
     users: dict[str, list[tuple[str, NarInfo]]] = {}
+    judged: dict[str, bytes | None] = {}  # narinfo key -> the bytes judged
     for key in keys:
         hash_part = key[: -len(".narinfo")]
-        raw = src.storage.read(key)
+        raw = judged[key] = src.storage.read(key)
         try:
             if raw is None:
                 raise KilnError("vanished while being checked")
@@ -209,7 +238,9 @@ def _verify(
                     problems.setdefault(key, []).append(
                         Problem(info.path, f"its reference {r} is not published", False)
                     )
-    bad_blobs: list[str] = []
+    bad_blobs: list[tuple[str, Stamp]] = []  # (key, the file judged)
+    # narinfo key -> the objects (key, file judged) whose bytes were its problem
+    blamed: dict[str, list[tuple[str, Stamp]]] = {}
     checks: list[tuple[list[str], list[tuple[str, NarInfo]]]] = []
     for named in users.values():
         fh = named[0][1].file_hash
@@ -235,7 +266,7 @@ def _verify(
         }
         for fut in concurrent.futures.as_completed(futures):
             group, named = futures[fut]
-            got = fut.result()
+            got, stamp = fut.result()
             bar.add(1, named[0][1].file_size or 0)
             fits = 0
             for key, info in named:
@@ -246,22 +277,70 @@ def _verify(
                     what = refusal(src.storage, info, got).removeprefix("error: ") or None
                 if what is not None:
                     problems.setdefault(key, []).append(Problem(info.path, what))
+                    blamed.setdefault(key, []).extend((k, stamp) for k in group)
             if not fits:  # no narinfo describes these bytes: they are bad, not the claims
-                bad_blobs += group
+                bad_blobs += [(b, stamp) for b in group]
     finally:
         pool.shutdown(wait=True, cancel_futures=True)  # Ctrl-C: queued checks are dropped
     bar.done()
     removed: list[str] = []
     if delete_bad:
-        # the narinfo first: from then on clients get a miss, never a corrupt blob
-        for key in sorted(k for k, ps in problems.items() if any(p.content for p in ps)):
-            src.storage.delete(key)
-            removed.append(key)
-        for b in sorted(bad_blobs):
-            src.storage.delete(b)
-            removed.append(b)
+        doomed = sorted(k for k, ps in problems.items() if any(p.content for p in ps))
+        removed = _delete_judged(src, doomed, judged, blamed, sorted(bad_blobs), problems)
     out = tuple(p for key in sorted(problems) for p in problems[key])
     return FsckReport(len(keys), out, tuple(removed))
+
+
+def _delete_judged(
+    src: DirSource,
+    narinfos: list[str],
+    judged: dict[str, bytes | None],
+    blamed: dict[str, list[tuple[str, Stamp]]],
+    blobs: list[tuple[str, Stamp]],
+    problems: dict[str, list[Problem]],
+) -> list[str]:
+    """Delete the bad ``narinfos`` and ``blobs`` that are still the bytes judged (module
+    docstring); a spared one gets a ``Problem`` saying so. Returns the keys deleted."""
+
+    def still(key: str, stamp: Stamp) -> bool:
+        path = src.storage.local_path(key)
+        if path is None or stamp is None:
+            return True  # (no file identity to compare: as judged)
+        try:
+            return _stamp(os.stat(path)) == stamp
+        except FileNotFoundError:
+            return True  # gone already: deleting it is a no-op
+        except OSError:
+            return False
+
+    def spare(key: str, path: str) -> None:
+        problems.setdefault(key, []).append(
+            Problem(path, "replaced while being checked: not deleted; verify again", False)
+        )
+
+    removed: list[str] = []
+
+    def waiting() -> None:
+        print(f"waiting for a kiln mirror sync into {src.storage.url} to finish ...", file=sys.stderr)
+
+    with dir_lock(src.storage, MIRROR_LOCK, on_wait=waiting), dir_lock(src.storage, NARINFO_LOCK):
+        # every file compared before any is unlinked (unlinking one name of a hard-linked
+        # object changes the ctime the other name is compared by)
+        replaced = {k for k, st in [*blobs, *(x for v in blamed.values() for x in v)] if not still(k, st)}
+        # the narinfo first: from then on clients get a miss, never a corrupt blob
+        for key in narinfos:
+            if src.storage.read(key) != judged.get(key) or any(k in replaced for k, _ in blamed.get(key, [])):
+                spare(key, problems[key][0].path)
+                continue
+            src.storage.delete(key)
+            removed.append(key)
+        for b, _ in blobs:
+            if b in replaced:
+                spare(b, b)
+                continue
+            src.storage.delete(b)
+            removed.append(b)
+    return removed
 
 
 def _mismatch(key: str, got: Digests, info: NarInfo) -> str | None:
