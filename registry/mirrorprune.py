@@ -25,13 +25,18 @@ every request (``DirSource.narinfo``) and opens objects per request, so a pruned
 is a miss at once (as with nginx; a CDN or client cache may still hold its narinfo for
 its TTL, and then gets a 404 for the object, as after any removal). Uploads into a
 mirror (a ``kiln push`` to it) take no lock a prune could wait for, and are no part of
-a mirror: their narinfos are not in the source's index, so a prune removes them.
+a mirror: their narinfos are not in the source's index, so a prune removes them. But
+a push uploads an object before the narinfo that names it, so step 4 spares object
+files written in the last ``YOUNG`` seconds (by mtime): a prune between a push's
+object and its narinfo would otherwise publish a narinfo whose object it had just
+deleted. They are counted (``objects_young``) and go at a later prune if still unnamed.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Collection
 from dataclasses import dataclass
 
@@ -45,6 +50,9 @@ from .dirlock import NARINFO_LOCK, dir_lock
 from .storage import Storage
 
 NARINFO = ".narinfo"
+#: object files changed this recently are not pruned (module docstring: an upload in
+#: flight); an hour is far more than a push's gap between an object and its narinfo
+YOUNG = 3600.0
 ATT_DIR = ".att"
 
 
@@ -57,6 +65,8 @@ class PruneReport:
     bytes_freed: int
     #: why no object was deleted ("" if objects were collected)
     objects_kept: str = ""
+    #: unnamed object files spared because they were written within ``YOUNG`` seconds
+    objects_young: int = 0
 
 
 def published(storage: Storage) -> set[str]:
@@ -73,9 +83,10 @@ def stale(storage: Storage, listed: Collection[str]) -> int:
     return len(published(storage).difference(listed))
 
 
-def prune(dst: DirSource, listed: Collection[str]) -> PruneReport:
+def prune(dst: DirSource, listed: Collection[str], young: float = YOUNG) -> PruneReport:
     """Remove from DST what the index (``listed`` hash parts) does not list (module
-    docstring). The caller holds DST's mirror lock."""
+    docstring). The caller holds DST's mirror lock. ``young``: spare object files written
+    in the last that many seconds (``YOUNG``)."""
     storage = dst.storage
     listed = set(listed)
     gone: list[str] = []
@@ -93,8 +104,9 @@ def prune(dst: DirSource, listed: Collection[str]) -> PruneReport:
         named = _named(storage)
     except KilnError as e:
         return PruneReport(tuple(gone), 0, 0, f"{e}: no object deleted")
-    count, freed = 0, 0
+    count, freed, spared = 0, 0, 0
     seen: set[tuple[int, int]] = set()
+    cutoff = time.time() - young
     for sub in ("blobs", "nar"):
         for key in sorted(storage.list(sub)):
             kind, arg = layout.parse_key(key)
@@ -105,6 +117,9 @@ def prune(dst: DirSource, listed: Collection[str]) -> PruneReport:
                 st = os.stat(p) if p is not None else None
             except OSError:
                 st = None
+            if st is not None and st.st_mtime > cutoff:
+                spared += 1  # (an upload in flight: its narinfo may come next)
+                continue
             storage.delete(key)
             count += 1
             if st is not None and (st.st_dev, st.st_ino) not in seen:
@@ -112,7 +127,7 @@ def prune(dst: DirSource, listed: Collection[str]) -> PruneReport:
                 freed += st.st_size
             # its digest record (a cache: ``DirSource.commit_object``), if it has one
             storage.delete(f"{layout.PRIVATE_DIR}/nars/{layout.file_hash_of_key(kind, arg).hex}")
-    return PruneReport(tuple(gone), count, freed)
+    return PruneReport(tuple(gone), count, freed, objects_young=spared)
 
 
 def _store_path(body: bytes | None) -> str | None:

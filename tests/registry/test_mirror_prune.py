@@ -4,8 +4,11 @@ an object a remaining narinfo names; without it a sync says how many there are."
 
 from __future__ import annotations
 
+import hashlib
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +23,7 @@ from kiln.registry.publish import publish_index
 from kiln.registry.push import push
 from kiln.registry.storage import open_storage
 from kiln.store import narinfo as ni
+from kiln.store.hashes import Hash
 
 
 def _hp(path: str) -> str:
@@ -57,6 +61,14 @@ def _unlist(reg: Path, keys, *paths: str) -> None:
     publish_index(open_storage(reg), keys.sk)
 
 
+def _age(d: Path, seconds: float = 2 * mirrorprune.YOUNG) -> None:
+    """Make every object file of ``d`` look written ``seconds`` ago (a prune spares
+    younger ones: an upload may be about to publish them)."""
+    then = time.time() - seconds
+    for f in [*d.glob("blobs/*"), *d.glob("nar/*")]:
+        os.utime(f, (then, then))
+
+
 def _cli(url: str, dst: Path, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "kiln", "mirror", "sync", url, str(dst), *extra],
@@ -88,6 +100,7 @@ def test_prune_removes_what_the_source_no_longer_lists(source, keys, tmp_path, k
     srv = kiln_server("--dir", str(dst))
     assert request(f"{srv.url}/{_hp(twin1)}.narinfo")[0] == 200
     size = big_info.file_size
+    _age(dst)
     r = _cli(url, dst, "--prune")
     assert r.returncode == 0, r.stderr
     assert f"pruned {twin1}\n" in r.stdout and f"pruned {big}\n" in r.stdout, r.stdout
@@ -130,7 +143,28 @@ def test_a_prune_cut_short_is_finished_by_the_next(source, keys, tmp_path, monke
     assert not (dst / layout.narinfo_key(_hp(paths[4]))).exists()
     assert att.exists() and all(p.exists() for p in _objects(dst, big))
     monkeypatch.undo()
+    _age(dst)
     rep = sync(url, dst, prune=True)
     assert rep.pruned is not None and rep.pruned.paths == () and rep.pruned.objects == 2
     assert not att.exists() and not any(p.exists() for p in _objects(dst, big))
     assert len(list(dst.glob("*.narinfo"))) == 4
+
+
+def test_a_prune_spares_an_object_an_upload_may_be_about_to_publish(source, tmp_path) -> None:
+    """A push uploads an object before the narinfo that names it: an unnamed object file
+    written in the last hour is not pruned (a narinfo published after the prune would
+    name a deleted object), and is counted; once older, a prune takes it."""
+    _store, paths, reg, url = source
+    dst = tmp_path / "mirror"
+    sync(url, dst, root=(reg / "index/root.json").read_bytes())
+    _age(dst)  # the mirror's objects are old; a push to it has just uploaded one more
+    body = os.urandom(1000)
+    uploaded = dst / layout.blob_key(Hash("sha256", hashlib.sha256(body).digest()))
+    uploaded.write_bytes(body)
+    rep = sync(url, dst, prune=True)
+    assert rep.pruned is not None and rep.pruned.objects == 0 and rep.pruned.objects_young == 1
+    assert uploaded.exists()
+    _age(dst)  # an hour on, and still no narinfo names it: it goes
+    rep = sync(url, dst, prune=True)
+    assert rep.pruned is not None and rep.pruned.objects == 1 and rep.pruned.objects_young == 0
+    assert not uploaded.exists() and len(list(dst.glob("*.narinfo"))) == 5
