@@ -76,6 +76,7 @@ def build_metadata(
     now: dt.datetime | None = None,
     prev_index_expires: str | None = None,
     timestamp_hours: float | None = None,
+    min_version: int = 0,
 ) -> Published:
     """Metadata files for a new index generation. The index and snapshot get a new
     version when ``paths`` changed, or when the previous ones (which expire at
@@ -85,23 +86,27 @@ def build_metadata(
     ``timestamp_hours`` (default ``TIMESTAMP_HOURS``);
     the index and snapshot are valid ``INDEX_DAYS`` or twice the timestamp's lifetime,
     whichever is longer, so (renewed at half that) they never expire before a timestamp
-    naming them."""
+    naming them. ``min_version``: no version written is lower (a registry restored from
+    a backup must not publish versions its clients already saw: they refuse a rollback)."""
     now = now or utcnow()
     ts_hours = TIMESTAMP_HOURS if timestamp_hours is None else timestamp_hours
     check_timestamp_hours(ts_hours)
     index_hours = max(INDEX_DAYS * 24, 2 * ts_hours)
-    ts_v = (prev_timestamp["version"] + 1) if prev_timestamp else 1
+    ts_v = max((prev_timestamp["version"] + 1) if prev_timestamp else 1, min_version)
     files: list[tuple[str, bytes]] = []
     if (
         prev_timestamp
         and prev_index_paths == paths
         and prev_timestamp.get("root_version", 1) == root_version
         and not expires_within(prev_index_expires, now, dt.timedelta(hours=index_hours / 2))
+        and prev_timestamp["meta"]["snapshot.json"]["version"] >= min_version
     ):
         snap_meta = prev_timestamp["meta"]["snapshot.json"]
         idx_v = snap_meta["version"]
     else:
-        idx_v = (prev_timestamp["meta"]["snapshot.json"]["version"] + 1) if prev_timestamp else 1
+        idx_v = max(
+            (prev_timestamp["meta"]["snapshot.json"]["version"] + 1) if prev_timestamp else 1, min_version
+        )
         index = {
             "_type": "index",
             "version": idx_v,

@@ -118,16 +118,22 @@ def _rotate_root(storage: Storage, old_key: SecretKey, new_key: SecretKey) -> in
 
 
 def publish_index(
-    storage: Storage, key: SecretKey, *, full: bool = False, timestamp_hours: float | None = None
+    storage: Storage,
+    key: SecretKey,
+    *,
+    full: bool = False,
+    timestamp_hours: float | None = None,
+    min_version: int = 0,
 ) -> indexbuild.Published:
     """Sign and publish a new index generation for everything the storage holds (with
     ``full``, every narinfo read again rather than only those that changed: the result
     is the same); the timestamp is valid ``timestamp_hours`` (default
-    ``indexbuild.TIMESTAMP_HOURS``; ``ValueError`` outside its bounds). Two publishers
+    ``indexbuild.TIMESTAMP_HOURS``; ``ValueError`` outside its bounds); no index, snapshot
+    or timestamp version is below ``min_version`` (after restoring from a backup). Two publishers
     (server workers, the CLI beside a server) would both read version v and write
     different v+1 files over each other: the directory's index lock serialises them."""
     with dir_lock(storage, INDEX_LOCK):
-        return _publish_index(storage, key, full, timestamp_hours)
+        return _publish_index(storage, key, full, timestamp_hours, min_version)
 
 
 def refresh_due(
@@ -172,7 +178,11 @@ def renew_root(storage: Storage, root: dict[str, Any], key: SecretKey, now: dt.d
 
 
 def _publish_index(
-    storage: Storage, key: SecretKey, full: bool = False, timestamp_hours: float | None = None
+    storage: Storage,
+    key: SecretKey,
+    full: bool = False,
+    timestamp_hours: float | None = None,
+    min_version: int = 0,
 ) -> indexbuild.Published:
     prev_ts = load_signed(storage, "index/timestamp.json")
     prev_paths = prev_expires = prev_sha = None
@@ -200,6 +210,7 @@ def _publish_index(
         root_version=root["version"],
         prev_index_expires=prev_expires,
         timestamp_hours=timestamp_hours,
+        min_version=min_version,
     )
     for k, data in pub.files:
         storage.put_bytes(k, data)
