@@ -24,6 +24,8 @@ seen (local and remote) is the same, *inconsistent* when two differ, *unknown* w
 more than one source has it. Signatures are not checked: the question is which bytes
 are served, not whom to trust (``kiln verify`` and substitution answer that). A
 registry's error text is shown escaped (``buildlogs.shown_output``) on its one line.
+Every NAR hash, local or served, is shown, compared and printed as ``sha256:<nix32>``
+(``jsonout.hash_text``: as Nix prints it, and as ``kiln store info`` does).
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ from kiln.store.errors import KilnError, redact_urls
 from kiln.store.hashes import Hash
 from kiln.store.paths import StorePath
 
+from .jsonout import hash_text
+
 
 @dataclass(frozen=True, slots=True)
 class Answer:
@@ -55,7 +59,7 @@ class Answer:
 @dataclass(frozen=True, slots=True)
 class PathChallenge:
     path: str
-    local: str  # sha256:<hex>, "" when unknown
+    local: str  # sha256:<nix32> (``jsonout.hash_text``), "" when unknown
     local_source: str  # "store", "rebuild" or ""
     answers: tuple[Answer, ...] = field(default=())
 
@@ -89,8 +93,10 @@ class PathChallenge:
         }
 
 
-def _hex(h: Hash) -> str:
-    return f"sha256:{h.hex}"
+def _hash(h: Hash) -> str:
+    """A NAR hash as the report shows and compares it: ``sha256:<nix32>``, as the local
+    rebuild's (``rebuilders.OutputVerdict``) and every ``--json`` of kiln."""
+    return hash_text(h)
 
 
 async def _ask(url: str, store_dir: str, paths: list[str]) -> dict[str, tuple[str, str, str]]:
@@ -125,7 +131,7 @@ async def _ask(url: str, store_dir: str, paths: list[str]) -> dict[str, tuple[st
         if info.path != p:
             out[p] = ("error", "", f"narinfo describes {info.path}")
             continue
-        out[p] = ("has", _hex(info.nar_hash), "")
+        out[p] = ("has", _hash(info.nar_hash), "")
     return out
 
 
@@ -210,7 +216,7 @@ def local_hashes(
             path = resolve(store, arg)
         info = store.query(path)
         if not rebuild:
-            out[path] = (_hex(info.nar_hash), "store") if info else ("", "")
+            out[path] = (_hash(info.nar_hash), "store") if info else ("", "")
             continue
         if info is None:
             raise KilnError(f"--rebuild: {path} is not valid here; build it first (kiln build)")

@@ -1,16 +1,19 @@
 """The rebuilder commands: ``kiln rebuild``, ``kiln challenge`` and ``kiln report
 reproducibility`` (usage in ``cmd_verify``'s docstring; dispatched from there). The work
-is in ``rebuilders`` and ``challenge``; this module parses arguments and prints."""
+is in ``rebuilders`` and ``challenge``; this module parses arguments and prints. Each
+``--json`` is one object on stdout with ``ok`` (the exit status is 0) and NAR hashes as
+``sha256:<nix32>`` (``jsonout``): ``rebuild``'s ``outputs``, ``challenge``'s ``summary``
+and ``paths``, ``report``'s ``summary`` and ``packages``."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from kiln.store.localstore import LocalStore
 
 from .common import store_root, whole_number
+from .jsonout import emit
 from .targets import open_store, resolve_target, signer_args
 
 
@@ -35,7 +38,7 @@ def _rebuild(args: argparse.Namespace) -> int:
         store.close()
     ok = all(v.identical for v in verdicts)
     if args.json:
-        print(json.dumps({"ok": ok, "outputs": [v.to_dict() for v in verdicts]}, indent=2, sort_keys=True))
+        emit(ok, {"outputs": [v.to_dict() for v in verdicts]})
     else:
         print("\n".join(rebuilders.render_verdicts(verdicts)))
     return 0 if ok else 1
@@ -56,8 +59,7 @@ def _challenge(args: argparse.Namespace) -> int:
     # run did not check what it was asked to: exit 1, as the help says
     bad = any(r.verdict == "inconsistent" or any(a.status == "error" for a in r.answers) for r in results)
     if args.json:
-        doc = {"ok": not bad, "summary": challenge.summary(results), "paths": [r.to_dict() for r in results]}
-        print(json.dumps(doc, indent=2, sort_keys=True))
+        emit(not bad, {"summary": challenge.summary(results), "paths": [r.to_dict() for r in results]})
     else:
         print("\n".join(challenge.render(results)))
     return 1 if bad else 0
@@ -88,8 +90,7 @@ def _report(args: argparse.Namespace) -> int:
     if not results:
         print(f"kiln report: no package in {', '.join(args.files)} was checked", file=sys.stderr)
     if args.json:
-        doc = {"ok": ok, "summary": rebuilders.summary(results), "packages": [r.to_dict() for r in results]}
-        print(json.dumps(doc, indent=2, sort_keys=True))
+        emit(ok, {"summary": rebuilders.summary(results), "packages": [r.to_dict() for r in results]})
         return 0 if ok else 1
     print("\n".join(rebuilders.render_report(results)))
     return 0 if ok else 1

@@ -6,12 +6,17 @@ remove-root, why (``storeroots``), diff (``storediff``).
 Paths may be given as logical store paths (``/kiln/store/<hash>-<name>[/sub]``) or as
 real paths under the store root (or symlinks to either, like a ``result`` link).
 Exit status: 0 success, 1 error or (verify) problems found, 2 usage.
+
+Streams (README, "In scripts"): ``--json`` (``info``, ``verify``) prints one object with
+``ok`` on stdout (``jsonout``); otherwise the summary of what a command did goes to
+stdout when stdout carries nothing else (``verify``'s ``checked N paths``, ``sign``'s
+``signed N paths``), findings, warnings and progress to stderr. ``gc`` lists what it
+deleted on stdout, so its summary goes to stderr, as ``nix-store --gc`` does.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -249,23 +254,20 @@ def _cmd_verify(args) -> int:
             progress=_meter("verifying (a GC waits until this is done)"),
         )
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "checked": r.checked,
-                    "ok": r.ok,
-                    "problems": [
-                        {"path": p.path, "kind": p.kind, "detail": p.detail, "repaired": p.repaired}
-                        for p in r.problems
-                    ],
-                    "quarantined": list(r.quarantined),
-                    "incomplete": list(r.incomplete),
-                    "strayTrees": list(r.stray_trees),
-                    "strayObjects": list(r.stray_objects),
-                },
-                indent=2,
-            )
-        )
+        from .jsonout import emit
+
+        doc = {
+            "checked": r.checked,
+            "problems": [
+                {"path": p.path, "kind": p.kind, "detail": p.detail, "repaired": p.repaired}
+                for p in r.problems
+            ],
+            "quarantined": list(r.quarantined),
+            "incomplete": list(r.incomplete),
+            "strayTrees": list(r.stray_trees),
+            "strayObjects": list(r.stray_objects),
+        }
+        emit(r.ok, doc, sort_keys=False)
     else:
         for p in r.problems:
             print(f"{p.path}: {p.kind}: {p.detail}", file=sys.stderr)
@@ -339,5 +341,5 @@ def _cmd_sign(args) -> int:
             if info is not None:
                 s.add_signatures(p, [sign_info(info, key)])
                 signed += 1
-    print(f"signed {signed} paths", file=sys.stderr)
+    print(f"signed {signed} paths")  # (what it did, on stdout: it prints nothing else)
     return 0

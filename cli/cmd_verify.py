@@ -50,6 +50,10 @@ Invariants of ``kiln verify``'s report:
   failed check marked ``unchecked`` (``policy`` module doc), and an error escaping the
   checks becomes one (``_unchecked``), so the exit status and ``--json``'s ``verdict``
   tell "this is bad" (1) from "I could not tell" (3, 75).
+
+Every ``--json`` here prints one object with ``ok`` (the exit status is 0) on stdout,
+NAR hashes as ``sha256:<nix32>`` (``jsonout``); ``verify``'s has ``paths``, a report per
+path, with or without ``--closure`` (``verifyshow.document``).
 """
 
 from __future__ import annotations
@@ -70,6 +74,7 @@ from kiln.store.paths import StorePath
 from kiln.store.policy import TRANSIENT, UNAVAILABLE, Check, Policy, PolicyError, Report, load, verify_path
 
 from .common import add_store_arg, nonempty
+from .jsonout import emit
 from .targets import EXIT_USAGE, UsageError, open_store, resolve_target, signer_args
 from .verifyshow import document, exit_status
 from .verifyshow import render as render
@@ -181,7 +186,8 @@ def _verify(args: argparse.Namespace) -> int:
         finally:
             store.close()
     if args.json:  # (JSON escapes every control character itself)
-        print(json.dumps(document(reports, args.closure), indent=2, sort_keys=True))
+        doc = document(reports, args.closure)
+        emit(doc["ok"], doc)
     else:
         print("\n".join(render(reports, args.closure, args.verbose)))
     return exit_status(reports)

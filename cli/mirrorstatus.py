@@ -5,13 +5,13 @@ Exit status: 0 fresh; 1 frozen (the mirror's index timestamp, or its trusted roo
 expired: its clients refuse its index until a sync brings a newer one; or it publishes
 no timestamp), or another error; 2 usage, including a directory that is not a mirror.
 With ``--json`` one JSON object on stdout (``MirrorStatus.to_json``: every field, plus
-``fresh``), whatever the exit status.
+``fresh``, and ``ok``: fresh, the exit status 0; ``jsonout``), whatever the exit status.
+``root_sha256`` is the root metadata file's digest in hex, as ``sha256sum`` prints it.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +54,9 @@ def run(args: argparse.Namespace) -> int:
     except NotAMirror as e:
         raise UsageError(str(e)) from None
     if args.json:
-        print(json.dumps(st.to_json(), indent=2, sort_keys=True))
+        from .jsonout import emit
+
+        emit(st.frozen is None, st.to_json())
         return 0 if st.frozen is None else 1
     rows = [
         ("source", st.source or "(not recorded: last synced by an older kiln)"),

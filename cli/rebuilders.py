@@ -54,7 +54,8 @@ def _stderr(msg: str) -> None:
 
 @dataclass(frozen=True, slots=True)
 class OutputVerdict:
-    """One output of one rebuild. Hashes are ``sha256:<hex>``; ``vsa`` is the file the
+    """One output of one rebuild. Hashes are ``sha256:<nix32>``, as Nix prints a NAR hash
+    and every ``--json`` of kiln does (``jsonout.hash_text``); ``vsa`` is the file the
     signed verdict was stored in (``None`` when nothing was signed)."""
 
     path: str
@@ -210,6 +211,7 @@ def rebuild_drv(
     from kiln.store import attestations
     from kiln.store.sandboxrun import input_paths
 
+    from .jsonout import hash_text
     from .version import full_version
 
     say = say or _stderr
@@ -255,8 +257,8 @@ def rebuild_drv(
                 c.path,
                 c.output,
                 drv_path,
-                f"sha256:{c.registered.hex}",
-                f"sha256:{c.rebuilt.hex}",
+                hash_text(c.registered),
+                hash_text(c.rebuilt),
                 c.identical,
                 c.differences,
                 vsa,

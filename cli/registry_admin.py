@@ -2,7 +2,9 @@
 ``token``s, ``publish-index``, ``rotate-root``, ``verify``). Reached through
 ``cmd_serve.main`` (cli/main.py routes ``registry`` there); the work is in
 kiln.registry (see docs/registry.md). ``token list`` prints a token per line,
-tab-separated: id, scopes, creation time (ISO 8601, UTC), comment.
+tab-separated: id, scopes, creation time (ISO 8601, UTC), comment. ``verify --json``
+prints one object on stdout, ``{"ok", "checked", "problems", "removed"}``, ``ok`` true
+when there is no problem (exit 0; ``jsonout``).
 """
 
 from __future__ import annotations
@@ -123,8 +125,6 @@ def cmd_registry(argv: list[str]) -> int:
 
 
 def _verify_registry(src, args: argparse.Namespace) -> int:  # noqa: ANN001 - a DirSource
-    import json
-
     from kiln.registry.fsck import verify_dir
 
     trusted = trusted_keys(args.trusted_key)
@@ -133,12 +133,14 @@ def _verify_registry(src, args: argparse.Namespace) -> int:  # noqa: ANN001 - a 
         warn_no_signatures("the registry is verified")
     rep = verify_dir(src, trusted=trusted, sigs_needed=needed, delete_bad=args.delete_bad, jobs=args.jobs)
     if args.json:
+        from .jsonout import emit
+
         doc = {
             "checked": rep.checked,
             "problems": [{"path": p.path, "problem": p.what} for p in rep.problems],
             "removed": list(rep.removed),
         }
-        print(json.dumps(doc, indent=2))
+        emit(not rep.problems, doc, sort_keys=False)
     else:
         for p in rep.problems:
             print(f"{p.path}: {p.what}")

@@ -11,7 +11,6 @@ never a silent truncation. Names are printed with backslash escapes (``shown``).
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from typing import TYPE_CHECKING
@@ -83,8 +82,8 @@ def write_stdout(data: bytes | memoryview) -> None:
 
 
 def info(args) -> int:
-    """Print what the store records about PATH (``--json``: one object, Nix's field names
-    where Nix has one). ``closurePaths``/``closureSize`` count the closure's paths that
+    """Print what the store records about PATH (``--json``: one object, ``ok`` then Nix's
+    field names where Nix has one, hashes ``sha256:<nix32>`` as Nix prints them). ``closurePaths``/``closureSize`` count the closure's paths that
     are valid in the store; ``closureMissing`` maps each path the closure references but
     the store no longer holds (quarantined by ``kiln store verify --repair``, or deleted)
     to the closure members referencing it, ``{}`` when the closure is complete. The text
@@ -96,6 +95,7 @@ def info(args) -> int:
     from kiln.store.locks import FileLock
 
     from .cmd_store import _human, _open
+    from .jsonout import hash_text
 
     with _open(args, full_disk_read=True) as s, FileLock(s.gc_lock_path, shared=True):
         from .targets import resolve_path_or_root
@@ -109,9 +109,9 @@ def info(args) -> int:
         closure_size = sum(s.query(p).nar_size for p in closure)
         d = {
             "path": info.path,
-            "narHash": info.nar_hash.to_nix32(),
+            "narHash": hash_text(info.nar_hash),
             "narSize": info.nar_size,
-            "fileHash": info.file_hash.to_nix32() if info.file_hash else None,
+            "fileHash": hash_text(info.file_hash) if info.file_hash else None,
             "fileSize": info.file_size,
             "references": list(info.references),
             "deriver": info.deriver,
@@ -124,8 +124,10 @@ def info(args) -> int:
             "realPath": str(s.real_path(path)),
             "object": str(s.object_path(path)),
         }
-    if args.json:
-        print(json.dumps(d, indent=2))
+    if args.json:  # (``ok``: exit 0; an incomplete closure is described, not a failure)
+        from .jsonout import emit
+
+        emit(True, d, sort_keys=False)
         return 0
     print(f"path:          {d['path']}")
     print(f"nar hash:      {d['narHash']}")

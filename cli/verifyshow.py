@@ -1,5 +1,6 @@
 """How ``kiln verify`` shows its reports: the lines it prints (``render``), the JSON it
-prints with ``--json`` (``document``), and its exit status (``exit_status``).
+prints with ``--json`` (``document``: one object with ``ok`` and ``paths``, as every
+``--json`` of kiln, ``jsonout``), and its exit status (``exit_status``).
 
 Report lines, per path::
 
@@ -142,12 +143,17 @@ def provenance_lines(p: ProvenanceSummary, verbose: bool) -> list[str]:
 
 
 def document(reports: list[Report], closure: bool) -> dict[str, Any]:
-    """The ``--json`` document: the report (``--closure``: ``{"ok", "paths"}``), with
-    ``verdict`` (``passed``, ``rejected``, ``unchecked``, ``tempfail``) and the
-    ``exit_status`` it gives."""
+    """The ``--json`` document, one shape with or without ``--closure``: ``ok`` (the
+    exit status is 0), ``verdict`` (``passed``, ``rejected``, ``unchecked``,
+    ``tempfail``), the ``exit_status`` it gives, and ``paths``: a report per path (the
+    target first). Without ``--closure`` the target's report's keys are also at the top,
+    as before ``paths`` was added (``ok`` and ``verdict`` are then the same)."""
     v = verdict(reports)
-    doc = (
-        reports[0].to_dict() if not closure else {"ok": v == PASSED, "paths": [r.to_dict() for r in reports]}
-    )
-    doc["verdict"], doc["exit_status"] = v, EXIT[v]
-    return doc
+    top = reports[0].to_dict() if not closure else {}
+    return {
+        **top,
+        "ok": v == PASSED,
+        "verdict": v,
+        "exit_status": EXIT[v],
+        "paths": [r.to_dict() for r in reports],
+    }

@@ -38,7 +38,7 @@ def test_challenge_reports_agreement_disagreement_and_absence(store, graph, kiln
     honest, evil = serve_store(honest_root), serve_store(evil_root)
     local_only = graph.drv("local-only", "echo mine > $out")
     kiln("build", local_only[0])
-    local_hash = f"sha256:{store.query(out).nar_hash.hex}"
+    local_hash = f"sha256:{store.query(out).nar_hash.nix32}"  # as Nix (and kiln store info) prints it
 
     r = kiln("challenge", out, local_only[1], "--registry", honest.url, "--registry", evil.url, expect=1)
     text = r.stdout
