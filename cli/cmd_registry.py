@@ -354,6 +354,12 @@ def _print_pruned(pr) -> None:  # noqa: ANN001 - a mirrorprune.PruneReport (impo
     )
     if pr.objects_kept:
         print(f"warning: objects not pruned: {pr.objects_kept}", file=sys.stderr)
+    if pr.objects_young:
+        print(
+            f"note: {pr.objects_young} unnamed object file(s) written in the last hour kept "
+            "(an upload may be about to publish them; a later prune takes them if not)",
+            file=sys.stderr,
+        )
 
 
 COMMANDS = {

@@ -51,6 +51,15 @@ def cmd_registry(argv: list[str]) -> int:
         help=f"the signed timestamp is valid N hours (default {TIMESTAMP_HOURS}, at most "
         f"{MAX_TIMESTAMP_HOURS}): a mirror sync after that fails as frozen (docs/airgap.md)",
     )
+    pi.add_argument(
+        "--min-version",
+        type=whole_number(1, 2**53),
+        default=0,
+        metavar="N",
+        help="publish no index, snapshot or timestamp version below N: after restoring the "
+        "directory from a backup, one above any version a mirror or client saw (they refuse "
+        "a rollback; docs/registry.md)",
+    )
     ve = sub.add_parser(
         "verify", help="check every narinfo and blob of a registry directory (exit 1 if any is bad)"
     )
@@ -108,7 +117,11 @@ def cmd_registry(argv: list[str]) -> int:
 
     if args.cmd == "publish-index":
         pub = publish.publish_index(
-            src.storage, load_secret_key(args.key), full=args.full, timestamp_hours=args.timestamp_hours
+            src.storage,
+            load_secret_key(args.key),
+            full=args.full,
+            timestamp_hours=args.timestamp_hours,
+            min_version=args.min_version,
         )
         ts = publish.load_signed(src.storage, "index/timestamp.json") or {}
         print(

@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from regkit import add_tree, make_store
+from regkit import add_tree, kiln, make_store
 
 from kiln.registry.client import open_client
 from kiln.registry.mirror import sync
@@ -43,9 +43,10 @@ def test_a_restored_registry_publishes_above_the_versions_seen(tmp_path: Path, k
     with pytest.raises(KilnError, match="rollback|lower than|older"):
         sync(srv.url, mirror)
 
-    pub = publish_index(open_storage(reg), keys.sk, min_version=4)
-    assert pub.index_version == 4 and pub.timestamp_version >= 4
+    r = kiln("registry", "publish-index", "--dir", str(reg), "--key", str(keys.sk_file), "--min-version", "4")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("index version 4, timestamp version 4 "), r.stdout
     rep = sync(srv.url, mirror)
     assert rep.index_version == 4 and rep.paths == 1  # the mirror follows the restored registry
     # later publications go on from there
-    assert publish_index(open_storage(reg), keys.sk).timestamp_version == pub.timestamp_version + 1
+    assert publish_index(open_storage(reg), keys.sk).timestamp_version == 5
