@@ -47,7 +47,7 @@ def run_checks(
     if info is None:
         why = f"{path} is not a valid path in the store at {store.root}"
         return [Check("valid", False, why, unchecked=UNAVAILABLE)], None
-    checks = [Check("valid", True, f"registered, NAR {info.nar_hash.to_hex()} ({info.nar_size} bytes)")]
+    checks = [Check("valid", True, f"registered, NAR {info.nar_hash.to_nix32()} ({info.nar_size} bytes)")]
     checks += _content(store, info)
     checks.append(_path_signatures(info, policy))
     prov, prov_signers, summary = provenance_checks(store, info, policy, now)
@@ -80,7 +80,7 @@ def _content(store: Any, info: PathInfo) -> list[Check]:
         got, size = nar.hash_path(store.real_path(info.path))
         if (got, size) != (info.nar_hash, info.nar_size):
             raise KilnError(
-                f"tree hashes to {got.to_hex()} ({size} bytes), recorded {info.nar_hash.to_hex()}"
+                f"tree hashes to {got.to_nix32()} ({size} bytes), recorded {info.nar_hash.to_nix32()}"
             )
         out.append(Check("tree", True, "materialised tree hashes to the recorded NAR hash"))
     except OSError as e:
