@@ -15,7 +15,9 @@ Invariants
 - **Bursts are one line.** A flood of the same event (``accept()`` failing with EMFILE
   every second while the descriptor table is full; a scan of malformed requests) is
   written once per ``BURST`` seconds per message (by its first 40 characters), the
-  next line saying how many were left out.
+  next line saying how many were left out. kiln serve's own per-request events (``events``:
+  a client that went away mid-request, a full disk) follow the same rule: any client
+  can cause them at will.
 - **The access log** (``kiln serve --access-log FILE|-``) has one line per answered
   request: ``<UTC time> <peer> <method> "<path>" <status> <bytes> <token id or ->``,
   where ``<bytes>`` is what was sent for the answer, header and body (a file's body
@@ -100,13 +102,17 @@ class OneLineHandler(logging.Handler):
 
 
 _LIBRARY_LOGGERS = ("aiohttp.server", "aiohttp.access", "aiohttp.web", "aiohttp.internal", "asyncio")
+#: kiln serve's own per-request events (a client gone mid-request, a full disk): anyone
+#: can cause them, as often as they like, so they go through the same burst rule
+EVENTS = "kiln.serve"
+events = logging.getLogger(EVENTS)
 
 
 def quiet_library_logs(stream: IO[str] | None = None) -> None:
     """Route aiohttp's and asyncio's log records through one ``OneLineHandler`` (and not
     to Python's last-resort handler, which prints tracebacks and request bytes)."""
     handler = OneLineHandler(stream)
-    for name in _LIBRARY_LOGGERS:
+    for name in (*_LIBRARY_LOGGERS, EVENTS):
         log = logging.getLogger(name)
         for h in list(log.handlers):
             if isinstance(h, OneLineHandler):

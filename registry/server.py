@@ -40,7 +40,6 @@ import asyncio
 import errno
 import json
 import logging
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -174,15 +173,12 @@ class Registry(IndexAPI, WriteAPI, BatchAPI, AttestAPI):
             # aiohttp raises a plain ConnectionError from a write): normal, one line, no
             # traceback; the answer is never seen (aiohttp drops it quietly)
             # (repr: a %0A in the path must not forge log lines)
-            print(
-                f"kiln serve: {request.method} {path[:200]!r}: client went away ({servelog.one_line(str(e))})",
-                file=sys.stderr,
-                flush=True,
-            )
+            # (through the burst rule: a client can cut requests off as often as it likes)
+            servelog.events.warning("%s %r: client went away (%s)", request.method, path[:200], e)
             return plain(400, "error: connection lost")
         except OSError as e:
             if e.errno in _FULL:  # the registry's disk, not the request: say so (507)
-                print(f"kiln serve: {request.method} {path[:200]!r}: {e}", file=sys.stderr, flush=True)
+                servelog.events.warning("%s %r: %s", request.method, path[:200], e)
                 return plain(507, f"error: the registry cannot store this: {e.strerror}")
             raise
 

@@ -212,3 +212,27 @@ def test_an_access_log_path_reads_back_unambiguously() -> None:
     cut = access_line("1.2.3.4", "GET", "/" + "a" * 998 + "\\" + "b" * 10, 200, 1, None)
     field = cut.rsplit('" 200', 1)[0]
     assert (len(field) - len(field.rstrip("\\"))) % 2 == 0, cut  # no escape pair split by the cut
+
+
+def test_a_flood_of_cut_off_requests_is_one_log_line(pushed) -> None:
+    """Any client can cut requests off mid-body as often as it likes: the server says
+    "client went away" once per burst, not once per request (``servelog.events``)."""
+    _store, _chain, _leaf, reg, _tok, _srv = pushed
+    srv = start_kiln(["--dir", str(reg)])
+    try:
+        body = json.dumps({"hashes": ["0" * 32] * 2000}).encode()
+        for _ in range(30):
+            s = socket.socket()
+            s.connect(("127.0.0.1", _port(srv.url)))
+            s.sendall(b"POST /narinfo-batch HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % len(body))
+            s.sendall(body[: len(body) // 2])
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
+            s.close()  # RST, half the body sent
+        time.sleep(1)
+        assert request(f"{srv.url}/nix-cache-info")[0] == 200
+    finally:
+        srv.stop()
+    err = srv.proc.stderr.read()  # type: ignore[union-attr]
+    gone = [ln for ln in err.splitlines() if "client went away" in ln]
+    assert 1 <= len(gone) <= 2, err[:3000]
+    assert gone[0].startswith("kiln serve: POST '/narinfo-batch': client went away"), gone
