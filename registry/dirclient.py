@@ -8,7 +8,11 @@ admission checks as the server's write API, except that no trusted signer is req
 server, through the same ``DirSource.commit_batch``: every NAR is hashed while it is
 staged, then NAR data → barrier → NAR links and narinfo data → barrier → narinfo links,
 each narinfo admitted as ``put_bytes`` admits one (its references published or earlier
-in the batch). Two ``syncfs`` per batch instead of an fsync and a ``syncfs`` per path."""
+in the batch). Two ``syncfs`` per batch instead of an fsync and a ``syncfs`` per path.
+
+Opened to write (``create``), it sweeps the temp files killed writers left in
+``.kiln/tmp`` (``FileStorage.sweep_temp``), as ``kiln serve`` and ``kiln mirror sync``
+do: a directory only ever pushed to (and served by nginx) is otherwise never swept."""
 
 from __future__ import annotations
 
@@ -34,6 +38,9 @@ class DirClient(Client):
         self.src = DirSource(path, store_dir=store_dir, create=create)
         self.url = self.src.storage.url
         self.store_dir = self.src.store_dir
+        if create:  # a writer (push, copy): what killed writers left goes, as a server's start does
+            with contextlib.suppress(OSError):  # (a directory we may not write: nothing to sweep)
+                self.src.storage.sweep_temp()
 
     async def get(self, key: str) -> bytes | None:
         return self.src.storage.read(key)

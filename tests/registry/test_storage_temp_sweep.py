@@ -395,3 +395,23 @@ def test_a_temp_file_whose_close_fails_is_removed_and_the_first_error_kept(reg: 
     )
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines() == ["raised the upload broke off", "left []"], r.stdout
+
+
+def test_a_push_to_the_directory_sweeps_a_killed_writers_file(reg: Path) -> None:
+    """A directory only ever pushed to (served by nginx, say) is swept by the pushes:
+    ``DirClient``, opened to write, sweeps as a server's start does."""
+    from kiln.registry.client import open_client
+
+    p, tmp = start_writer(reg)
+    kill(p)
+    assert tmp.exists()
+    open_client(f"file://{reg}")  # what kiln push / kiln copy --to file:// open
+    assert temp_files(reg) == []
+    p, tmp = start_writer(reg)  # ... but never a live writer's
+    try:
+        open_client(f"file://{reg}")
+        assert tmp.exists()
+    finally:
+        kill(p)
+    open_client(f"file://{reg}", create=False)  # a reader changes nothing
+    assert tmp.exists()
