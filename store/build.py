@@ -25,8 +25,11 @@ Theory of operation
    bookkeeping thread archives them (NAR, hashes, zstd) and makes them valid with one
    group commit per batch, overlapping the next sandbox. A crash before that commit
    leaves only temp dirs and unregistered trees, never a valid path; one between the
-   commit and the signing hook leaves its hook to the next run (``hookmarks``). ``--check``
-   (``buildcheck``) rebuilds a valid derivation into a scratch dir and compares NAR hashes."""
+   commit and the signing hook leaves its hook to the next run (``hookmarks``). A
+   derivation whose outputs cannot be archived or registered there (a full disk, its
+   ``--timeout``) fails as a build does, alone (``buildcommit``); under ``-k`` so does a
+   signing hook that fails, a left-behind one included. ``--check`` (``buildcheck``)
+   rebuilds a valid derivation into a scratch dir and compares NAR hashes."""
 
 from __future__ import annotations
 
@@ -35,13 +38,12 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import hookmarks
 from .buildcheck import Checking
 from .buildcheck import NotDeterministic as NotDeterministic  # re-exported: callers import it from here
+from .buildcommit import Committing
 from .buildholes import with_holes
 from .buildlocks import Serialized
 from .buildlogs import LogStore
@@ -89,7 +91,7 @@ Substituter = Callable[[list[str]], set[str]]
 """Given missing output paths, fetch what registries have; return the paths now valid."""
 
 
-class Builder(Producing, Checking, Scheduling):
+class Builder(Producing, Checking, Scheduling, Committing):
     """Realises derivations in ``store`` with ``executor`` (a ``kiln.sandbox`` executor).
 
     ``after_build(drv_path, drv, outputs, started, finished, store)`` is called after
@@ -118,18 +120,13 @@ class Builder(Producing, Checking, Scheduling):
         self._drvs: dict[str, Derivation] = {}
         self._inner = store
         self._pending = Pending()
-        self._dropped: set[str] = set()  # outputs dropped for --timeout (bookkeeping thread)
         self._dirs = BuildDirs(Path(store.root) / "tmp", getattr(store, "gc_lock_path", None))
-        self._bk = None  # the bookkeeping thread's own store object (_bookkeeping_store)
         # set on Ctrl-C and on the first failure: running builds are killed, their
         # reference scans stop, and nothing more is placed or started
         self._stop = threading.Event()
-        self._hook_pool: ThreadPoolExecutor | None = None
-        self._hook_futures: list[Future] = []
         # derivations whose hook this builder ran (or tried): never resumed as left behind
         self._hooked: set[str] = set()
-        # hook markers held for a derivation's coming hook (bookkeeping thread only)
-        self._marks: dict[str, list] = {}
+        self._init_committing()  # the bookkeeping thread's state (``buildcommit``)
 
     # ------------------------------------------------------------------ graph level
 
@@ -180,16 +177,30 @@ class Builder(Producing, Checking, Scheduling):
                 self.substituter(missing)
                 todo = plan(graph, wanted, self.store.is_valid)
             failed: dict[str, BaseException] = {}
+            self._stop.clear()
+            self._forget_failures()
             try:
                 built = set(self._run_all(graph, todo, failed))
-            except BaseException:
+            except BaseException as e:
                 self._wait_hooks(raise_errors=False)  # the build's own error is the one to report
                 # after ^C under -jN: the dirs of builds that did not unwind (``buildsched``)
                 self._dirs.release_all()
+                late = self._late_failures()
+                if late and isinstance(e, KilnError) and not self.opts.keep_going:
+                    raise next(iter(late.values())) from None  # (it stopped the builds that failed after it)
                 raise
-            for e in self._wait_hooks(raise_errors=not failed):
+            errors = self._wait_hooks(raise_errors=False)
+            late = self._late_failures()  # archiving or registering failed (``buildcommit``)
+            if late and not self.opts.keep_going:
+                raise next(iter(late.values()))
+            for d, e in [*late.items(), *self._hook_failures().items()]:
+                failed.setdefault(d, e)  # (-k: said when it happened)
+            built -= self._dropped_drvs  # built, then dropped: its input failed late
+            if errors and not failed:
+                raise errors[0]
+            for e in errors:
                 self.say(f"error: {e}")  # (under -k with failures: reported, and the failures raised)
-            self._finish_left_hooks(graph, roots, todo)
+            self._finish_left_hooks(graph, roots, todo, failed)
             # --check means "build it once more and compare" (a root built just now too);
             # --rounds N, with or without it, N builds in all: N - 1 comparisons
             checks = max(1 if self.opts.check else 0, self.opts.rounds - 1)
@@ -298,102 +309,3 @@ class Builder(Producing, Checking, Scheduling):
         finally:
             if not handed:
                 locks.close()
-
-    def _commit_pending(self) -> None:
-        """Archive every placed output and make them valid (one group commit), then
-        release their output locks. Runs on the bookkeeping thread; a no-op if an
-        earlier call took them all. A derivation whose outputs outlast their archiving
-        budget (``--timeout``) is dropped with whatever was built on them (``_drop``),
-        the rest is registered, then its ``BuildError`` raises (``realise`` reports it)."""
-        from .stagedbuild import archive, commit
-
-        batch = self._pending.take()
-        try:
-            store = self._bookkeeping_store()
-            staged = []
-            late: BuildError | None = None
-            for items, _, budget, before_commit in batch:
-                # (an earlier batch's drops count too: a dependent may come in a later one)
-                if any(r in self._dropped for p in items for r in p.references):
-                    self._drop(items)  # built on a dropped output
-                    continue
-                if before_commit is not None:
-                    before_commit()  # (``_hold_marks``)
-                until = None if budget is None else time.monotonic() + budget
-                try:
-                    # archiving (NAR, hashes, zstd) happens here too: a big output is
-                    # compressed while the next build already runs with it mounted
-                    staged += [archive(store, p, functools.partial(overdue, until)) for p in items]
-                except IngestStopped:
-                    self._drop(items)
-                    drv_path = items[0].deriver or items[0].path
-                    late = late or BuildError(
-                        drv_path, output_too_slow(drv_path, self.opts.timeout, "archive")
-                    )
-            commit(store, staged)
-            self._pending.done(s.info.path for s in staged)
-            if late is not None:
-                raise late
-        finally:
-            for _, locks, _, _ in batch:
-                locks.close()
-
-    def _drop(self, items: list) -> None:
-        """Forget placed outputs that will not be registered: later builds do not count
-        them as inputs, what is built on them is dropped too, their hooks do not run.
-        Their trees stay for GC (it takes unregistered trees): a build may mount them."""
-        self._dropped.update(p.path for p in items)
-        self._pending.done(p.path for p in items)
-
-    def _background(self, fn: Callable[..., object], *args: object) -> None:
-        """Run ``fn(*args)`` on the single bookkeeping thread (FIFO); ``realise`` waits
-        for it and re-raises the first error."""
-        if self._hook_pool is None:
-            self._hook_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kiln-bookkeeping")
-        self._hook_futures.append(self._hook_pool.submit(fn, *args))
-
-    def _bookkeeping_store(self):
-        """The bookkeeping thread's own store object, opened on first use. With its own
-        SQLite connection, commits, signing and provenance (fsyncs included) never hold
-        the lock the build threads share ``self.store`` under, so the next build's
-        staging does not wait for them (SQLite's WAL lets both connections work)."""
-        if self._bk is None:
-            self._bk = type(self._inner).open(Path(self._inner.root))
-        return self._bk
-
-    def _close_bookkeeping_store(self) -> None:
-        if self._bk is not None:
-            self._bk.close()
-            self._bk = None
-
-    def _hold_marks(self, drv_path: str, outs: list[str]) -> None:
-        """Hold the hook markers of ``drv_path``'s outputs (``hookmarks``) for its
-        ``_run_hook``: on the bookkeeping thread, before ``_commit_pending`` commits them."""
-        self._marks[drv_path] = hookmarks.hold_or_warn(self._inner, outs, self.say)
-
-    def _run_hook(self, drv_path: str, drv: Derivation, outputs: dict[str, str], started, finished):
-        assert self.after_build is not None
-        marks = self._marks.pop(drv_path, [])  # (none: dropped before its commit, or not markable)
-        if any(o in self._dropped for o in outputs.values()):
-            hookmarks.release(marks, done=True)  # never registered (``_drop``): nothing to sign
-            return
-        with hookmarks.running(marks):
-            self.after_build(drv_path, drv, outputs, started, finished, store=self._bookkeeping_store())
-
-    def _wait_hooks(self, raise_errors: bool = True) -> list[BaseException]:
-        """Wait for the bookkeeping thread's work; raise its first error, or (when not
-        ``raise_errors``) return them all."""
-        if self._hook_futures:
-            self._background(self._dirs.discard)  # temp dirs prepared for builds not run
-            self._background(self._close_bookkeeping_store)
-        futures, self._hook_futures = self._hook_futures, []
-        errors = [e for f in futures if (e := f.exception()) is not None]
-        # the thread ends with its work: an idle pool thread would outlive the build (and
-        # keep the process from ending at once, see ``kiln.main.exit_now``); the next
-        # ``_background`` starts a new one
-        pool, self._hook_pool = self._hook_pool, None
-        if pool is not None:
-            pool.shutdown(wait=True)
-        if errors and raise_errors:
-            raise errors[0]
-        return errors

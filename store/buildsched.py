@@ -4,7 +4,11 @@ derivations, inputs first, one at a time or up to ``jobs`` at once on threads.
 Without ``keep_going`` the first failure, or Ctrl-C, stops the others at once (their
 sandboxes killed, their reference scans stopped, nothing more placed), as Nix does; with
 it (``-k``) a derivation that fails with a ``KilnError`` is reported when it happens and
-only the derivations that need it, directly or through others, are dropped.
+only the derivations that need it, directly or through others, are dropped. A
+derivation whose outputs could not be archived or registered after its build
+(``buildcommit``'s late failures) counts the same from when the scheduler sees it,
+before each start: without ``-k`` it ends the run, with it what needs it is not started
+(what was built on it meanwhile is dropped, and listed as not attempted).
 
 After Ctrl-C (or SIGTERM, SIGHUP) the sandboxed builds still running are given up to
 ``UNWIND_WAIT`` seconds to unwind (a killed sandbox takes milliseconds), so that each
@@ -39,7 +43,8 @@ UNWIND_WAIT = 3.0
 
 class Scheduling:
     """Uses the builder's ``opts``, ``build_one``, ``say``, ``executor``, ``_stop``,
-    ``store``, ``after_build``, ``_background``, ``_hooked`` and ``_inner``."""
+    ``store``, ``after_build``, ``_background``, ``_hooked``, ``_inner``,
+    ``_late_failures`` and ``_dropped_drvs``."""
 
     def _run_all(self, graph: Graph, todo: list[str], failed: dict[str, BaseException]) -> list[str]:
         """Build ``todo`` (inputs first); return what was built. Under ``keep_going`` a
@@ -58,6 +63,7 @@ class Scheduling:
             done_seq: list[str] = []
             skipped: set[str] = set()
             for i, p in enumerate(todo, 1):
+                self._late_news(failed)  # (-k: in ``failed`` now; else raised)
                 if any(d in failed or d in skipped for d in graph.inputs_of(p)):
                     skipped.add(p)
                     continue  # an input failed (keep_going): not attempted
@@ -66,7 +72,10 @@ class Scheduling:
                 except KilnError as e:
                     if not self.opts.keep_going:
                         raise
-                    self._failed(p, e, failed)
+                    if self._input_dropped(graph, p):
+                        skipped.add(p)  # (its build found an input gone: that input's failure)
+                    else:
+                        self._failed(p, e, failed)
                     continue
                 done_seq.append(p)
             return done_seq
@@ -81,6 +90,13 @@ class Scheduling:
         running: dict[Future, str] = {}
         try:
             while pending or running:
+                if failure is None:
+                    try:
+                        late = self._late_news(failed)
+                    except KilnError as e:  # (it stopped the running builds already)
+                        failure, late = e, []
+                    for q in _needing(graph, pending, late):
+                        del pending[q]  # not attempted: an input failed after it was built
                 if failure is None:
                     for p in sorted(p for p, deps in pending.items() if not deps):
                         if len(running) >= max(1, self.opts.jobs):
@@ -98,7 +114,8 @@ class Scheduling:
                         fut.result()
                     except BaseException as e:  # noqa: BLE001 - re-raised below, first failure wins
                         if self.opts.keep_going and isinstance(e, KilnError) and failure is None:
-                            self._failed(p, e, failed)
+                            if not self._input_dropped(graph, p):  # (else: not attempted, as below)
+                                self._failed(p, e, failed)
                             for q in _dependents(pending, p):
                                 del pending[q]  # not attempted: an input failed
                             continue
@@ -132,12 +149,31 @@ class Scheduling:
             raise failure
         return done
 
+    def _late_news(self, failed: dict[str, BaseException]) -> list[str]:
+        """The derivations that failed on the bookkeeping thread (``buildcommit``: their
+        outputs could not be archived or registered) and are not in ``failed`` yet: under
+        ``keep_going`` put there (they were reported already) and returned; otherwise the
+        first one's ``BuildError`` is raised."""
+        late = {d: e for d, e in self._late_failures().items() if d not in failed}
+        if late and not self.opts.keep_going:
+            raise next(iter(late.values()))
+        failed.update(late)
+        return list(late)
+
+    def _input_dropped(self, graph: Graph, drv_path: str) -> bool:
+        """Whether an input of ``drv_path`` failed late, after it was built (its outputs
+        dropped, ``buildcommit``): a build of ``drv_path`` that then fails is listed as
+        not attempted because an input failed, not as a failure of its own."""
+        return any(i in self._dropped_drvs for i in graph.inputs_of(drv_path))
+
     def _failed(self, drv_path: str, e: KilnError, failed: dict[str, BaseException]) -> None:
         """Under ``keep_going``: report a failure now (``BuildFailures`` lists it again)."""
         failed[drv_path] = e
         self.say(f"error: {e}")
 
-    def _finish_left_hooks(self, graph: Graph, roots: list[str], todo: list[str]) -> None:
+    def _finish_left_hooks(
+        self, graph: Graph, roots: list[str], todo: list[str], failed: dict[str, BaseException]
+    ) -> None:
         """Run ``after_build`` (signing, provenance) for outputs whose builder left its
         hook unfinished (``hookmarks``: killed between the commit and the hook, or the
         hook failed), where planning stopped: the roots, what was to be built (a build
@@ -159,7 +195,10 @@ class Scheduling:
         locks, so no import is between the two steps.
 
         A hook that fails again fails the build (as the hook of a build just made does),
-        after the others were tried; its marker stays for the next run."""
+        after the others were tried; its marker stays for the next run. Under
+        ``keep_going`` one that fails with a ``KilnError`` is put in ``failed`` instead
+        (said now), so that ``BuildFailures`` lists it and what was built is still
+        printed and rooted."""
         hook = self.after_build
         if hook is None or self.opts.check or self.opts.rounds > 1:
             return
@@ -185,16 +224,26 @@ class Scheduling:
                     hook(d, drv, outs, when, when, store=self._inner)
             except Exception as e:  # noqa: BLE001 - the others are still tried; raised below
                 failures.append((d, e))
+        if self.opts.keep_going:
+            for d, e in failures:
+                if isinstance(e, KilnError):
+                    self._failed(d, _left_unsigned(d, e), failed)
+            failures = [(d, e) for d, e in failures if not isinstance(e, KilnError)]
         for d, e in failures[1:]:
             self.say(f"error: cannot sign {d}'s outputs: {e}")
         if failures:
             d, e = failures[0]
             if isinstance(e, KilnError):
-                raise StoreError(
-                    f"cannot sign {d}'s outputs, left unsigned by an earlier build (the next build "
-                    f"tries again): {e}"
-                ) from e
+                raise _left_unsigned(d, e) from e
             raise e
+
+
+def _left_unsigned(drv_path: str, e: KilnError) -> StoreError:
+    """The error for a left-behind hook of ``drv_path`` that failed again with ``e``."""
+    return StoreError(
+        f"cannot sign {drv_path}'s outputs, left unsigned by an earlier build (the next build tries "
+        f"again): {e}"
+    )
 
 
 @contextlib.contextmanager
@@ -224,6 +273,21 @@ def _wait_all(futures: list[Future], timeout: float) -> None:
         while futures and not sigshield.pending() and time.monotonic() < end:
             _, left = wait(futures, timeout=min(sigshield.POLL, max(0.0, end - time.monotonic())))
             futures = list(left)
+
+
+def _needing(graph: Graph, pending: dict[str, set[str]], failed: list[str]) -> list[str]:
+    """The derivations in ``pending`` that need one of ``failed``, directly or through
+    others, by the graph (``pending`` no longer lists the inputs that were built)."""
+    bad, out = set(failed), []
+    grew = bool(bad)
+    while grew:
+        grew = False
+        for q in pending:
+            if q not in bad and any(i in bad for i in graph.inputs_of(q)):
+                bad.add(q)
+                out.append(q)
+                grew = True
+    return out
 
 
 def _dependents(pending: dict[str, set[str]], failed: str) -> list[str]:

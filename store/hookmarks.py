@@ -9,7 +9,8 @@ valid path again. So before its outputs can be committed, a builder creates
 then it deletes the file (a failed hook leaves it, to be run again).
 
 A later build that reaches such an output reads the marker without creating it:
-- no file: nothing pending (a substitute, or a hook that ran);
+- no file: nothing pending (a substitute, or a hook that ran); anything but a regular
+  file there (a directory...) is no marker either, never an error;
 - locked: a live process will run the hook; leave it alone;
 - free: its builder is gone (or its hook failed): run the hook if the path is valid,
   then delete the marker; a marker of a path never committed is just deleted.
@@ -32,6 +33,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import stat
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -43,6 +45,10 @@ if TYPE_CHECKING:
     from .localstore import LocalStore
 
 Mark = tuple[Path, int]  # (marker file, a descriptor holding its flock)
+
+#: what opening something other than a regular file at a marker's name fails with (a
+#: directory, a symbolic link, a socket): it is no marker
+_NOT_A_MARKER = frozenset({errno.EISDIR, errno.ELOOP, errno.ENXIO, errno.EOPNOTSUPP, errno.ENOTDIR})
 
 
 def _marker(store: LocalStore, path: str) -> Path:
@@ -75,29 +81,49 @@ def hold_or_warn(store: LocalStore, paths: Iterable[str], say: Callable[[str], N
         return []
 
 
+def _is_file(m: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(m).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+
+
 def any_left(store: LocalStore, paths: Iterable[str]) -> bool:
     """Whether any of ``paths`` has a marker (held or not): cheap (a stat each), for a
-    command that would otherwise not look at valid paths at all."""
-    return any(os.path.lexists(_marker(store, p)) for p in paths)
+    command that would otherwise not look at valid paths at all. Only a regular file is
+    a marker (see ``left_behind``)."""
+    return any(_is_file(_marker(store, p)) for p in paths)
 
 
 def left_behind(store: LocalStore, paths: Iterable[str]) -> list[Mark] | None:
     """The markers of ``paths`` whose owner is gone, locked now by this process; None if
-    a live process holds one of them (its hook will run), [] if there are none."""
+    a live process holds one of them (its hook will run), [] if there are none. Only a
+    regular file is a marker: anything else at a marker's name (a directory, a symbolic
+    link, a FIFO: never made by kiln) is not one, and is left alone (a builder cannot
+    hold its marker at a directory's name either: ``hold_or_warn`` warns)."""
     got: list[Mark] = []
     for p in sorted(set(paths)):
         m = _marker(store, p)
         try:
-            fd = os.open(m, os.O_RDWR | os.O_CLOEXEC)
+            # (O_NONBLOCK: a FIFO put there does not hang the open)
+            fd = os.open(m, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
         except FileNotFoundError:
+            continue
+        except OSError as e:
+            if e.errno in _NOT_A_MARKER:
+                continue
+            release(got, done=False)
+            raise
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
             continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
             os.close(fd)
+            release(got, done=False)
             if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
                 raise
-            release(got, done=False)
             return None
         if os.fstat(fd).st_nlink == 0:  # its hook finished while we opened it
             os.close(fd)
@@ -123,7 +149,8 @@ def drop_free(store: LocalStore, paths: Iterable[str]) -> None:
     builder that left such a marker died before its commit and has nothing to sign.
     The caller holds the paths' registration locks and makes them valid after this."""
     for p in paths:
-        remove_if_free(_marker(store, p))
+        if _is_file(m := _marker(store, p)):  # (a directory there is no marker: see ``left_behind``)
+            remove_if_free(m)
 
 
 def is_marker(name: str) -> str | None:

@@ -48,18 +48,24 @@ after its object is durable under its final name; a crash before 5 leaves only
 unregistered trees and stray objects (GC removes them, verify ignores them). Outputs
 are committed in build order, so a path's references are always committed no later
 than the path itself.
+
+Step 3 fails with a ``StoreError`` naming the output and what failed (an ``OSError``
+writing the object, a full disk or ``ulimit -f``, included); steps 4-5 with a
+``StoreError`` or an ``OSError`` (an object that cannot be put in place). The build loop
+takes either as the failure of that derivation alone (``buildcommit``). ``Pending`` and
+the closures that count its outputs live in ``pendingoutputs`` (re-exported here).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
-import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from . import db
 from .errors import KilnError, StoreError
@@ -70,6 +76,10 @@ from .narsink import NarSink
 from .objects import fsync_dir, object_rel_path
 from .outputerrors import canonicalise_named, output_os_error
 from .pathinfo import PathInfo
+from .pendingoutputs import Pending as Pending  # re-exported: callers import it from here
+from .pendingoutputs import Queued as Queued
+from .pendingoutputs import closure as closure
+from .pendingoutputs import closure_parts as closure_parts
 from .trees import move_into_place, remove_tree
 
 if TYPE_CHECKING:
@@ -178,15 +188,21 @@ def archive(store: LocalStore, placed: Placed, stop: Callable[[], bool] | None =
     """Step 3, on the bookkeeping thread: archive the placed tree (canonical and
     read-only, so reading it while later builds have it mounted is safe) into
     ``placed.obj``, hashing the NAR and the compressed object; no fsync. Raises
-    ``StoreError`` if the tree was replaced meanwhile, ``ingest.IngestStopped`` once
-    ``stop()`` is true (asked per MiB archived: a build's ``--timeout`` bounds it)."""
+    ``StoreError`` if the tree was replaced meanwhile or the object cannot be written
+    (an ``OSError``, named), ``ingest.IngestStopped`` once ``stop()`` is true (asked per
+    MiB archived: a build's ``--timeout`` bounds it)."""
     real = store.real_store / store.parse_path(placed.path).base
-    fd = os.open(placed.obj, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        fd = os.open(placed.obj, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    except OSError as e:
+        raise StoreError(_object_error(placed.path, e)) from None
     sink = NarSink(fd)
     try:
         TreeIngest(sink, stop=stop).run(real)
     except BaseException as e:
         sink.abort()
+        if isinstance(e, OSError) and e is getattr(sink.output, "error", None):  # writing, not reading
+            raise StoreError(_object_error(placed.path, e)) from None
         # the tree vanished under the walk: fine if someone registered the path instead
         other = _registered_meanwhile(store, placed) if isinstance(e, (OSError, KilnError)) else None
         if other is not None:
@@ -194,7 +210,10 @@ def archive(store: LocalStore, placed: Placed, stop: Callable[[], bool] | None =
         if isinstance(e, OSError):  # named: the output, and the file in it
             raise StoreError(output_os_error(placed.path, real, "archive", e)) from None
         raise
-    oi = sink.finish(sync=False)
+    try:
+        oi = sink.finish(sync=False)  # (aborts the sink if it fails)
+    except OSError as e:  # the last pieces of the object: its own write failed
+        raise StoreError(_object_error(placed.path, e)) from None
     if _identity(real) != placed.identity:
         other = _registered_meanwhile(store, placed)
         if other is not None:
@@ -210,6 +229,13 @@ def archive(store: LocalStore, placed: Placed, stop: Callable[[], bool] | None =
         file_size=oi.file_size,
     )
     return StagedOutput(info, placed.obj, placed.identity)
+
+
+def _object_error(path: str, e: OSError) -> str:
+    """The error for an ``OSError`` writing the object of output ``path`` (``archive``)."""
+    limit = " (above this process's file size limit, ulimit -f)" if e.errno == errno.EFBIG else ""
+    why = e.strerror or type(e).__name__
+    return f"cannot archive output {path}: {why} writing its compressed copy in the store's tmp/{limit}"
 
 
 def _registered_meanwhile(store: LocalStore, placed: Placed) -> StagedOutput | None:
@@ -284,114 +310,3 @@ def commit(store: LocalStore, staged: list[StagedOutput]) -> list[PathInfo]:
                 batch.add(info.path)
             db.insert_many(store.conn, rows)
     return out
-
-
-Queued = tuple[list[Placed], contextlib.ExitStack, float | None, Callable[[], None] | None]
-
-
-class Pending:
-    """Outputs placed by this builder and not yet committed: ``path -> references``,
-    shared by the builder's threads (the build threads add, the committer removes).
-    Each derivation's outputs are queued with the seconds their archiving may take
-    (what its ``--timeout`` left; None: no limit) and what the committer is to do
-    before it commits them (``before_commit``, or None)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._refs: dict[str, tuple[str, ...]] = {}
-        self._queue: list[Queued] = []
-
-    def add(
-        self,
-        placed: list[Placed],
-        locks: contextlib.ExitStack,
-        budget: float | None = None,
-        before_commit: Callable[[], None] | None = None,
-    ) -> None:
-        """Queue ``placed`` (one derivation's outputs) with the locks to release once
-        they are committed, the seconds archiving them may take (``budget``) and
-        ``before_commit``, for the committing thread to call before it archives and
-        commits them (the build loop holds its signing hook's markers there)."""
-        with self._lock:
-            for p in placed:
-                self._refs[p.path] = p.references
-            self._queue.append((placed, locks, budget, before_commit))
-
-    def take(self) -> list[Queued]:
-        with self._lock:
-            q, self._queue = self._queue, []
-            return q
-
-    def done(self, paths: Iterable[str]) -> None:
-        with self._lock:
-            for p in paths:
-                self._refs.pop(p, None)
-
-    def get(self, path: str) -> tuple[str, ...] | None:
-        """The references of pending ``path``, or None if it is not pending."""
-        with self._lock:
-            return self._refs.get(path)
-
-    def __bool__(self) -> bool:
-        with self._lock:
-            return bool(self._refs)
-
-
-def closure(store: Any, paths: Iterable[str], pending: Pending | None) -> list[str]:
-    """The closure of ``paths`` over references, counting pending outputs as valid
-    (``store``: a ``LocalStore`` or the builder's serialising proxy of one). A valid path
-    may reference a pending one too: an input registered long ago whose dependency this
-    builder has just made again (``buildholes.with_holes``), which ``store.closure`` skips
-    as not valid."""
-    valid, pending_part = closure_parts(store, paths, pending)
-    return valid + pending_part
-
-
-def closure_parts(store: Any, paths: Iterable[str], pending: Pending | None) -> tuple[list[str], list[str]]:
-    """``closure``'s paths in two parts: those the store's closure walk found valid (in
-    its order), then the pending ones it did not (sorted). Only the second part can stop
-    being usable before the build runs (a pending output dropped, ``Builder._drop``):
-    ``sandboxrun.make_spec`` checks just that part again."""
-    paths = sorted(set(map(str, paths)))
-    if not pending:
-        out, holes = store.closure_with_holes(paths)
-        _no_holes(holes)
-        return out, []
-    seen: set[str] = set()
-    valid: set[str] = set()
-    stack = list(paths)
-    while True:
-        while stack:
-            p = stack.pop()
-            if p in seen:
-                continue
-            seen.add(p)
-            refs = pending.get(p)
-            if refs is None:
-                valid.add(p)
-            else:
-                stack.extend(r for r in refs if r not in seen)
-        # (the last walk is of the final ``valid``: its closure is the answer, not walked twice)
-        out, holes = store.closure_with_holes(sorted(valid)) if valid else ([], {})
-        missing = {}
-        for h, by in holes.items():
-            # pending, or committed since (then valid): walk it; else it is missing
-            if h not in seen and (pending.get(h) is not None or store.is_valid(h)):
-                stack.append(h)
-            elif h not in seen:
-                missing[h] = by
-        if not stack:
-            _no_holes(missing)
-            break
-    have = set(out)
-    return out, sorted(p for p in seen if p not in have)
-
-
-def _no_holes(holes: dict[str, tuple[str, ...]]) -> None:
-    """A build's input closure must be whole (``buildholes.with_holes`` makes what is
-    missing again before planning): a hole left is a ``StoreError`` naming it, never a
-    sandbox quietly missing a dependency."""
-    if holes:
-        from .holes import holes_text
-
-        raise StoreError(f"the input closure is incomplete: {holes_text(holes)} is not valid in the store")
