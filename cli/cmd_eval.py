@@ -5,7 +5,9 @@ evaluation cache under ``<store root>/eval-cache`` when nothing changed; ``--no-
 skips it, and so does a store root holding no store: evaluating never creates one, see
 ``_cache_dir``) and print derivations; none of them builds anything. ``ATTR`` is a top-level
 name, a variant such as ``'zlib(static = true)'`` or any expression in the file's scope.
-Local ``path "..."`` sources are added to the local store (they have to be hashed anyway).
+Local ``path "..."`` sources are added to the local store when there is one (they have
+to be hashed anyway); with none, their paths are computed without writing anything
+(``_Sources``), and ``kiln eval --write`` creates the store it writes into.
 The logical store dir is the store's own (its ``config.json``), else ``/kiln/store``,
 unless ``--store-dir`` says otherwise. ``kiln eval --write`` also writes the ``.drv``
 closure into the local store (what ``nix-instantiate`` does by default).
@@ -115,11 +117,17 @@ def _store_dir(args: argparse.Namespace) -> str:
 
 
 class _Sources:
-    """The ``add_source`` callback: adds local sources to the local store (opened lazily)."""
+    """The ``add_source`` callback: adds local sources to the local store (opened lazily)
+    when the store exists (``_has_store``) or ``create`` (``eval --write``, whose
+    derivations name them); otherwise computes the path a source would get without
+    writing anything (``kiln.lang.sources.hash_only``: the NAR hash of the files the store
+    would keep), once the source passed the same key check (``buildglue.check_recipe_source``):
+    evaluating never creates a store."""
 
-    def __init__(self, root: str, store_dir: str) -> None:
+    def __init__(self, root: str, store_dir: str, create: bool = False) -> None:
         self.root = root
         self.store_dir = store_dir
+        self.create = create
         self.store = None
 
     def _open(self):
@@ -138,6 +146,16 @@ class _Sources:
         return self.store
 
     def __call__(self, src: Path, name: str) -> str:
+        if self.store is None and not self.create and not _has_store(self.root):
+            from pathlib import Path
+            from types import SimpleNamespace
+
+            from kiln.buildglue import check_recipe_source
+            from kiln.lang.sources import hash_only
+
+            # (the check reads only the store root, for its ``keys/``)
+            check_recipe_source(SimpleNamespace(root=Path(self.root)), src)  # type: ignore[arg-type]
+            return hash_only(self.store_dir)(src, name)
         from kiln.buildglue import add_recipe_source
 
         return add_recipe_source(self._open(), src, name)
@@ -160,13 +178,18 @@ class _Sources:
         )
 
 
+def _has_store(root: str) -> bool:
+    """Whether ``root`` holds a store (its ``config.json``, as ``LocalStore.open`` decides)."""
+    return os.path.isfile(os.path.join(root, "config.json"))
+
+
 def _cache_dir(args: argparse.Namespace, root: str) -> str | None:
     """The evaluation cache to use: ``<root>/eval-cache`` of an existing store (its
     ``config.json``, as ``LocalStore.open`` decides), else None. Evaluating only reads:
     it never creates a store, nor the directories of one (``HOME=/nonexistent kiln path``
     made ``/nonexistent/.local/share/kiln/eval-cache``, a store ``kiln store roots``
     then said was not there)."""
-    if args.no_cache or not os.path.isfile(os.path.join(root, "config.json")):
+    if args.no_cache or not _has_store(root):
         return None
     return os.path.join(root, "eval-cache")
 
@@ -176,7 +199,7 @@ def _evaluate(args: argparse.Namespace):
 
     root = store_root_dir(args)
     store_dir = _store_dir(args)
-    sources = _Sources(root, store_dir)
+    sources = _Sources(root, store_dir, create=getattr(args, "write", False))
     ev = evaluate_file(args.file, store_dir=store_dir, add_source=sources, cache_dir=_cache_dir(args, root))
     if ev.from_cache and not sources.ensure(ev.sources):
         ev = evaluate_file(args.file, store_dir=store_dir, add_source=sources, cache_dir=None)

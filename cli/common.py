@@ -216,6 +216,23 @@ def narrow_umask() -> None:
         ORIGINAL_UMASK = old
 
 
+def absolute_kiln_home() -> None:
+    """Make a relative ``KILN_HOME`` absolute in this process's environment (against the
+    directory kiln was started in, ``kiln.store.home.absolute``), so what kiln starts
+    (``kiln run``, ``kiln shell``, a signer command) uses the same store wherever it runs
+    ``kiln``. Left as it is when there is no current directory: the command fails saying
+    so if it needs the store."""
+    home = os.environ.get("KILN_HOME")
+    if home and not home.startswith("/"):
+        import contextlib
+
+        from kiln.store.errors import KilnError
+        from kiln.store.home import absolute
+
+        with contextlib.suppress(KilnError):
+            os.environ["KILN_HOME"] = absolute(home, "KILN_HOME")
+
+
 def run_command(fn: Callable[[list[str]], int], argv: list[str], debug: bool = False) -> int:
     """Run command ``fn(argv)``; return its exit status (see the module docstring)."""
     if sys.stderr is None:
@@ -225,6 +242,7 @@ def run_command(fn: Callable[[list[str]], int], argv: list[str], debug: bool = F
     if not isinstance(sys.stderr, _Quiet):
         sys.stderr = _Quiet(sys.stderr)  # a BrokenPipeError below is then stdout's
     narrow_umask()
+    absolute_kiln_home()
     try:
         # every command unwinds on SIGTERM/SIGHUP as on ^C: its temp files and dirs go
         with terminate_as_interrupt():

@@ -4,7 +4,9 @@ stdout lists each deleted path, unregistered tree, leftover working dir and fail
 build dir (one a line; build logs and eval-cache entries only by count: a store months
 old has thousands); stderr has the warnings (what was kept, and why) and the summary:
 the count of each kind, the bytes freed on disk and the apparent size
-(``gcremove.Sizes``). ``--dry-run`` says the same with "would delete".
+(``gcremove.Sizes``), and, when the collection compacted the database
+(``store/dbcompact.py``), the bytes its file gave back. ``--dry-run`` says the same
+with "would delete" (it never compacts).
 """
 
 from __future__ import annotations
@@ -88,7 +90,12 @@ def cmd_gc(args: argparse.Namespace) -> int:
         f"{len(r.tmp_dirs)} leftover working dirs, {len(r.logs)} build logs, "
         f"{len(r.failed_dirs)} failed build dirs, {len(r.eval_cache_entries)} eval-cache entries: "
         f"{_human(r.disk_bytes_freed)} on disk ({r.disk_bytes_freed} bytes; apparent size "
-        f"{_human(r.bytes_freed)}, {r.bytes_freed} bytes); {len(r.roots)} roots",
+        f"{_human(r.bytes_freed)}, {r.bytes_freed} bytes); {len(r.roots)} roots"
+        + (
+            f"; the database gave back {_human(r.db_bytes_freed)} ({r.db_bytes_freed} bytes)"
+            if r.db_bytes_freed
+            else ""
+        ),
         file=sys.stderr,
     )
     return 0

@@ -51,6 +51,10 @@ mirror is skipped with a warning). ``file:`` URLs may have one slash, as apt wri
 Mirror lists, layout and NAR-hashed trees in mirrors are in ``kiln.store.fetchmirror``;
 its public names are re-exported here.
 
+A failure to write the download's own file (a full disk, a quota, a read-only file
+system, an I/O error: ``fetchsink.LocalWriteError``) ends the fetch at once, naming the
+file: it is not retried and no other source is tried, as each would fail the same way.
+
 If every source fails, a content mismatch wins over transport errors: ``HashMismatch``
 (both hashes printed, then what every source gave when there were several) is raised if
 any source delivered wrong bytes, else ``FetchError`` listing what each source said. A
@@ -93,6 +97,7 @@ from .fetchmirror import (  # noqa: F401 - part of this module's API
     parse_mirror_list,
     put_tree_in_mirror,
 )
+from .fetchsink import LocalWriteError
 from .fetchsink import Progress as _Progress
 from .fetchsink import Sink as _Sink
 from .fetchsink import nar_hash_of_file as _nar_hash_of_file
@@ -231,15 +236,18 @@ def fetch_url(
     if timeout is None:
         timeout = fetch_timeout()
     limit = _Limit(size, True) if size is not None else _Limit(_max_download(), False)
-    dest.parent.mkdir(parents=True, exist_ok=True)
     algo = expected.algo if expected else "sha256"
     kind = "NAR hash" if recursive else "hash"
     failures: list[str] = []
     mismatch: tuple[str, str] | None = None
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name[:60]}.", suffix=".part", dir=dest.parent)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name[:60]}.", suffix=".part", dir=dest.parent)
+    except OSError as e:
+        raise LocalWriteError.of(e, dest) from e
     tmp = Path(tmp_name)
     try:
-        with os.fdopen(fd, "w+b") as f:
+        with os.fdopen(fd, "w+b", buffering=0) as f:  # (unbuffered: ``fetchsink.Sink``)
             for source, mirror, unusable in _sources(urls, None if recursive else expected, mirrors):
                 label = shown_url(source)
                 if unusable is not None:  # e.g. a bad debian: URL; the other sources still count
@@ -247,7 +255,7 @@ def fetch_url(
                     continue
                 if mirror is not None and _mirror_down(mirror):
                     continue
-                sink = _Sink(f, algo, _Progress(progress, label))
+                sink = _Sink(f, algo, _Progress(progress, label), tmp)
                 try:
                     failed = _try_source(source, mirror, sink, timeout, retries, limit)
                 finally:
@@ -256,6 +264,7 @@ def fetch_url(
                     if failed:
                         failures.append(f"{label}: {failed}")
                     continue
+                sink.flush()  # (before the NAR hash reads the file back; and durable)
                 got = _nar_hash_of_file(f, algo) if recursive else Hash(algo, sink.digest())
                 if expected is not None and got != expected:
                     if mirror is not None:
@@ -267,10 +276,11 @@ def fetch_url(
                         mismatch = mismatch or (label, got.to_hex())
                         failures.append(f"{label}: content has {kind} {got.to_hex()}")
                     continue
-                f.flush()
-                os.fsync(f.fileno())
-                os.chmod(tmp, 0o644)
-                os.replace(tmp, dest)
+                try:
+                    os.chmod(tmp, 0o644)
+                    os.replace(tmp, dest)
+                except OSError as e:
+                    raise LocalWriteError.of(e, dest) from e
                 _fsync_dir(dest.parent)
                 return
     finally:
@@ -305,6 +315,8 @@ def _try_source(
             retries = min(retries, MIRROR_RETRIES)
         _transfer(source, sink, timeout, retries, limit)
         return None
+    except LocalWriteError:
+        raise  # this machine's trouble: no other source would fare better
     except FetchError as e:  # a source this fetcher cannot use (scheme, bad URL, too big)
         if mirror is not None:
             print(f"warning: skipping mirror {shown_url(source)}: {e}", file=sys.stderr)

@@ -15,7 +15,9 @@ and its redirect handler follows a ``Location`` to ``ftp:``, where no pace rule 
 ``_RedirectWithoutBody`` (urllib's rules, the 3xx body closed unread), which refuses any
 target but an http(s) URL without credentials. A body over its ``_Limit`` raises
 ``_TooBig``; a malformed URL or ``Location`` is a ``FetchError``; neither is retried. The
-sink (``fetchsink.Sink``) is used through ``write(chunk, total)``, ``size`` and ``reset()``.
+sink (``fetchsink.Sink``) is used through ``write(chunk, total)``, ``size`` and ``reset()``;
+their ``LocalWriteError`` (the download's own file could not be written) is neither an
+``OSError`` nor a ``FetchError``, so it passes every handler here untouched: never retried.
 
 Credentials: kiln sends none, so ``fetch`` refuses a URL carrying them before calling
 here (``fetchtext.refuse_credentials``), and a redirect to one is refused here. Text a

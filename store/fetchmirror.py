@@ -9,7 +9,8 @@ file stored is the tree's NAR serialisation, and the sha256 of a NAR *is* the re
 hash, so fetching it is an ordinary verified flat fetch followed by a restore
 (``fetch_tree_from_mirror``); ``put_tree_in_mirror`` stores one after checking the hash.
 Writes into a mirror directory go through a temporary file and a rename, so a reader never
-sees a partial entry.
+sees a partial entry; a write that fails there (a full disk) is a ``LocalWriteError``
+naming the file.
 """
 
 from __future__ import annotations
@@ -21,9 +22,12 @@ import sys
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
+from typing import BinaryIO
 
 from .errors import FormatError, HashMismatch
+from .fetchsink import LocalWriteError
 from .hashes import Hash
+from .nar_restore import write_all
 
 CHUNK = 1 << 16
 
@@ -121,16 +125,14 @@ def put_tree_in_mirror(tree: Path, mirror_dir: Path, expected: Hash) -> None:
     from . import nar
 
     target_dir = Path(mirror_dir) / expected.algo
-    target_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=".in.", suffix=".nar", dir=target_dir)
+    fd, tmp_name = _temp_in(target_dir, ".nar")
     try:
         h = hashlib.new(expected.algo)
-        with os.fdopen(fd, "wb") as out:
+        with os.fdopen(fd, "wb", buffering=0) as out:
             for chunk in nar.dump(tree):
-                out.write(chunk)
+                _write(out, chunk, tmp_name)
                 h.update(chunk)
-            out.flush()
-            os.fsync(out.fileno())
+            _sync(out, tmp_name)
         got = Hash(expected.algo, h.digest())
         if got != expected:
             raise HashMismatch(str(tree), expected.to_hex(), got.to_hex())
@@ -144,18 +146,42 @@ def copy_to_mirror(src: Path, mirror_dir: Path, algo: str = "sha256") -> Hash:
     """Copy a file into a hashed mirror directory (atomically) and return its hash."""
     h = hashlib.new(algo)
     target_dir = Path(mirror_dir) / algo
-    target_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=".in.", dir=target_dir)
+    fd, tmp_name = _temp_in(target_dir, "")
     try:
-        with os.fdopen(fd, "wb") as out, open(src, "rb") as f:
+        with os.fdopen(fd, "wb", buffering=0) as out, open(src, "rb") as f:
             while chunk := f.read(CHUNK):
-                out.write(chunk)
+                _write(out, chunk, tmp_name)
                 h.update(chunk)
-            out.flush()
-            os.fsync(out.fileno())
+            _sync(out, tmp_name)
         digest = Hash(algo, h.digest())
         os.chmod(tmp_name, 0o644)
         os.replace(tmp_name, target_dir / digest.hex)
         return digest
     finally:
         Path(tmp_name).unlink(missing_ok=True)
+
+
+def _temp_in(target_dir: Path, suffix: str) -> tuple[int, str]:
+    """A new temporary file in ``target_dir`` (made if missing): ``mkstemp``'s pair."""
+    try:
+        target_dir.mkdir(parents=True, exist_ok=True)
+        return tempfile.mkstemp(prefix=".in.", suffix=suffix, dir=target_dir)
+    except OSError as e:
+        raise LocalWriteError.of(e, target_dir / ".in.", "a mirror entry") from e
+
+
+def _write(out: BinaryIO, chunk: bytes, name: str) -> None:
+    """Write ``chunk`` to the unbuffered ``out`` (a buffer would be written again at its
+    close after a failure, and fail again, without a name)."""
+    try:
+        write_all(out.fileno(), chunk)
+    except OSError as e:
+        raise LocalWriteError.of(e, name, "a mirror entry") from e
+
+
+def _sync(out: BinaryIO, name: str) -> None:
+    try:
+        out.flush()
+        os.fsync(out.fileno())
+    except OSError as e:
+        raise LocalWriteError.of(e, name, "a mirror entry") from e

@@ -2,6 +2,13 @@
 exactly them, reset when a retry restarts from zero), its progress line on a terminal,
 and the NAR hash of what it holds (for a recursive fetchurl). Used by ``fetch`` and,
 through ``write(chunk, total)``, ``size`` and ``reset()``, by ``fetchhttp``.
+
+A failure to write that file (a full disk, a quota, a read-only file system, an I/O
+error) is this machine's, not the source's: ``Sink`` raises it as ``LocalWriteError``,
+which is neither an ``OSError`` nor a ``FetchError``, so no retry takes it for a dropped
+connection and no other source is tried (each would fail the same way, after the
+network retries: ``kiln prefetch`` of a big file into a full ``$TMPDIR`` tried it four
+times). The message names the file and how much its file system has free.
 """
 
 from __future__ import annotations
@@ -12,8 +19,11 @@ import sys
 import time
 from typing import IO
 
+from .errors import KilnError
+from .fsstate import state_of
 from .hashes import Hash
 from .nar_read import HDR_CONTENTS, HDR_REGULAR, HDR_ROOT, TOK_CLOSE
+from .nar_restore import write_all
 from .progressmode import wants_progress
 
 CHUNK = 1 << 16
@@ -49,23 +59,59 @@ class Progress:
             sys.stderr.flush()
 
 
-class Sink:
-    """The temporary file plus a running hash of exactly the bytes it holds."""
+class LocalWriteError(KilnError):
+    """A download's own file (or the directory it goes in) could not be written: not
+    retried, no other source tried (see the module docstring)."""
 
-    def __init__(self, f: IO[bytes], algo: str, progress: Progress) -> None:
+    @classmethod
+    def of(cls, e: OSError, path: str | os.PathLike[str], what: str = "the download") -> LocalWriteError:
+        """The error for ``e``, raised writing ``what`` at ``path``."""
+        where = os.path.dirname(os.fspath(path)) or "."
+        state = state_of(where)
+        if state is not None and state.read_only:
+            fs = f"; the file system holding {where} is read-only"
+        elif state is not None:
+            fs = f"; the file system holding {where} has {state.free:,} bytes free"
+        else:
+            fs = ""
+        return cls(f"cannot write {what} to {os.fspath(path)}: {e.strerror or e}{fs}")
+
+
+class Sink:
+    """The temporary file (at ``path``) plus a running hash of exactly the bytes it
+    holds. Writing it fails with ``LocalWriteError``. Its bytes go straight to the file's
+    descriptor: ``f`` is to be unbuffered, or the close after a failed write would try
+    to write what a buffer still holds, and fail again with a bare ``OSError``."""
+
+    def __init__(self, f: IO[bytes], algo: str, progress: Progress, path: str | os.PathLike[str]) -> None:
         self.f = f
         self.algo = algo
         self.progress = progress
+        self.path = path
         self.reset()
 
     def reset(self) -> None:
-        self.f.seek(0)
-        self.f.truncate()
+        try:
+            self.f.seek(0)
+            self.f.truncate()
+        except OSError as e:
+            raise LocalWriteError.of(e, self.path) from e
         self.h = hashlib.new(self.algo)
         self.size = 0
 
+    def flush(self) -> None:
+        """What is buffered to the file, and the file to the disk."""
+        try:
+            self.f.flush()
+            os.fsync(self.f.fileno())
+        except OSError as e:
+            raise LocalWriteError.of(e, self.path) from e
+
     def write(self, chunk: bytes, total: int | None = None) -> None:
-        self.f.write(chunk)
+        try:
+            write_all(self.f.fileno(), chunk)
+        except OSError as e:
+            raise LocalWriteError.of(e, self.path) from e
         self.h.update(chunk)
         self.size += len(chunk)
         self.progress.update(self.size, total)

@@ -47,6 +47,9 @@ writers are deleted: nothing there is any other process's (a writer registering 
 path again meanwhile writes a new tree and object). A GC killed before it finished
 leaves its trash unlocked: the next GC adopts it; a running GC's (locked) is left alone.
 
+At the end (not in a dry run) the database gives back its free pages when a large share
+of it is free (``dbcompact``: a ``VACUUM``; a failure there is a warning, never an error).
+
 The store's reserved space (``reserve``) is deleted first, so a collection runs on a
 full disk (its trash, and the deletion of the rows in the WAL, need space; ``kiln store
 gc`` deletes it before it even opens the database, which needs space too), and made
@@ -72,6 +75,7 @@ from typing import TYPE_CHECKING
 
 from . import attestations, db, gcside, hookmarks, reserve
 from .buildtmp import owner_gone
+from .dbcompact import compact
 from .gcedges import gc_edges
 from .gcremove import Progress, Sizes, Trash, inspect_tree, remove, size, size_beside_mounts, total
 from .locks import FileLock, remove_if_free
@@ -114,6 +118,8 @@ class GcReport:
     logs: tuple[str, ...] = ()
     failed_dirs: tuple[str, ...] = ()
     eval_cache_entries: tuple[str, ...] = ()
+    #: the bytes the database file gave back (``dbcompact``; 0: not compacted)
+    db_bytes_freed: int = 0
 
 
 def find_roots(store: LocalStore, stale_tmp: list[str] | None = None) -> set[str]:
@@ -157,11 +163,15 @@ def collect(
         # logs, the eval cache): told by their pid and age, not by the lock
         for f in dead_writers_files(store.root):
             f.unlink(missing_ok=True)
-        return replace(report, kept=tuple(kept))  # (with what could not be removed)
+        report = replace(report, kept=tuple(kept))  # (with what could not be removed)
     finally:
         if trash is not None:
             trash.close()  # (after an error: what is in it is the next GC's)
         reserve.restore(store.root, store.reserved, released)
+    # after the reserve is back: the WAL a VACUUM fills must not take the space kept for GC
+    done = compact(store.conn, store.root / "db.sqlite")
+    why = () if done.not_done is None else (f"{store.root / 'db.sqlite'} at its size: {done.not_done}",)
+    return replace(report, kept=(*report.kept, *why), db_bytes_freed=done.freed)
 
 
 def _under_lock(
@@ -321,6 +331,10 @@ def _under_lock(
             os.unlink(e.path)
         elif e.name.endswith(".build"):
             remove_if_free(Path(e.path))
-        elif (h := hookmarks.is_marker(e.name)) is not None and h not in live_hash_parts:
+        elif (
+            (h := hookmarks.is_marker(e.name)) is not None
+            and h not in live_hash_parts
+            and e.is_file(follow_symlinks=False)  # (anything else there is no marker: hookmarks)
+        ):
             remove_if_free(Path(e.path))  # a dead builder's, of a path never committed
     return replace(report, kept=tuple(kept))

@@ -153,6 +153,7 @@ def test_a_source_in_the_key_directory_is_refused_even_inside_the_tree(tree: Pat
     keys are still out of reach; the project itself is fine once ``.kiln`` is ignored."""
     home = tree / ".kiln"
     assert run_kiln(["key", "generate", "k"], cwd=tree, home=home).returncode == 0
+    assert run_kiln(["store", "init"], cwd=tree, home=home).returncode == 0  # (sources go in a store)
     (tree / "r.recipe").write_text('package p { build = "${path "./.kiln/keys"}" }\n')
     r = run_kiln(["eval", "r.recipe", "--no-cache"], cwd=tree, home=home)
     assert r.returncode == 1 and "in the key directory" in r.stderr and "r.recipe:1:" in r.stderr, r.stderr
