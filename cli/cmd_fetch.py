@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import sys
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -73,9 +72,10 @@ def prefetch(argv: list[str]) -> int:
     from kiln.store import nar
     from kiln.store.fetch import copy_to_mirror, fetch_git, fetch_url
     from kiln.store.hashes import Hash
+    from kiln.store.systemp import owned_tmpdir
 
-    with tempfile.TemporaryDirectory(prefix="kiln-prefetch-") as tmp:
-        work = Path(tmp)
+    # (not TemporaryDirectory: a kill -9 would leave the download in $TMPDIR for good)
+    with owned_tmpdir("prefetch") as work:
         if args.git:
             fetch_git(args.url, args.git, work / "tree")
             h, _ = nar.hash_path(work / "tree")
@@ -176,9 +176,10 @@ def _mirror_tree(produce):
 
     def run(env: dict[str, str], expected: Hash, mirror: Path) -> None:
         from kiln.store.fetch import put_tree_in_mirror
+        from kiln.store.systemp import owned_tmpdir
 
-        with tempfile.TemporaryDirectory(prefix="kiln-mirror-") as tmp:
-            tree = Path(tmp) / "out"
+        with owned_tmpdir("mirror") as tmp:
+            tree = tmp / "out"
             produce(env, expected, tree)
             put_tree_in_mirror(tree, mirror, expected)
 

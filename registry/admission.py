@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -300,8 +299,11 @@ def verify_remote(
     as served by the registry at ``url`` against ``policy`` (``judge_closure``: the
     target's checks, then ``dependencies``), through a temporary store that is deleted
     afterwards. Fetch failures are failed checks in the report."""
-    with tempfile.TemporaryDirectory(prefix="kiln-verify-", dir=tmp_dir) as d:
-        return asyncio.run(_verify_remote(url, target, policy, token, Path(d)))
+    from kiln.store.systemp import owned_tmpdir
+
+    # (owned: a server worker killed mid-review must not leave the closure's copy behind)
+    with owned_tmpdir("verify", Path(tmp_dir) if tmp_dir is not None else None) as d:
+        return asyncio.run(_verify_remote(url, target, policy, token, d))
 
 
 async def _verify_remote(url: str, target: str, policy: Policy, token: str | None, tmp: Path) -> Report:

@@ -194,7 +194,7 @@ def test_ctrl_c_does_not_wait_for_downloads_in_flight(server, tmp_path):
 
 def test_sigterm_during_a_prefetch_leaves_nothing_behind(server, tmp_path):
     """Every command unwinds on SIGTERM (a CI cancel, ``timeout``) as on ^C: a prefetch
-    left its ``kiln-prefetch-*`` directory with a ``.part`` file in it."""
+    left its ``kiln-owned-prefetch-*`` directory with a ``.part`` file in it."""
     import os
     import signal
     import sys
@@ -212,7 +212,7 @@ def test_sigterm_during_a_prefetch_leaves_nothing_behind(server, tmp_path):
         text=True,
     )
     deadline = time.monotonic() + 30
-    while not any(d.name.startswith("kiln-prefetch-") and any(d.iterdir()) for d in tmp.iterdir()):
+    while not any(d.name.startswith("kiln-owned-prefetch-") and any(d.iterdir()) for d in tmp.iterdir()):
         assert time.monotonic() < deadline and p.poll() is None, "the download never started"
         time.sleep(0.05)
     p.send_signal(signal.SIGTERM)

@@ -47,7 +47,7 @@ def test_a_path_max_symlink_chain_writes_nothing_outside(server, capsys, tmp_pat
     target = tmp_path / "target"
     target.mkdir()
     (target / "victim").write_bytes(b"precious\n")
-    dest = f"{private_tmp}/kiln-prefetch-XXXXXXXX/unpacked"  # (mkdtemp's names are 8 characters)
+    dest = f"{private_tmp}/kiln-owned-prefetch-XXXXXXXX/unpacked"  # (mkdtemp's names are 8 characters)
     code, out, err = prefetch_unpack(server, capsys, "poc.tar", path_max_escape(dest, target, hardlink))
     assert sorted(p.name for p in target.iterdir()) == ["victim"]
     assert (target / "victim").read_bytes() == b"precious\n"

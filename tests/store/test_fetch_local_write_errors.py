@@ -102,7 +102,7 @@ def test_prefetch_into_a_full_tmpdir_fails_at_once(server: _Server, tmp_path: Pa
         )
         assert os.listdir(fs) == []  # (its temp dir is gone)
     assert r.returncode == 1 and r.stdout == "", r.stderr
-    assert r.stderr.startswith(f"error: cannot write the download to {fs}/kiln-prefetch-"), r.stderr
+    assert r.stderr.startswith(f"error: cannot write the download to {fs}/kiln-owned-prefetch-"), r.stderr
     assert "No space left on device" in r.stderr and "bytes free" in r.stderr, r.stderr
     assert "attempts" not in r.stderr and "retrying" not in r.stderr, r.stderr
     assert server.gets == 1
