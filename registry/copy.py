@@ -42,7 +42,7 @@ from .attest_fetch import fetch_attestations
 from .attest_transfer import relay_attestations
 from .client import Client, open_client
 from .closurewalk import hinted_closure
-from .indexcheck import IndexedClient, IndexedSubstituter, attestation_listings
+from .indexcheck import IndexedClient, attestation_listings
 from .indexstate import indexed
 from .push import check_sizes, levels
 from .relay import GROUP_BYTES, GROUP_OBJECTS, Relay, scratch_full
@@ -83,10 +83,10 @@ def to_store(
     for p in paths:
         StorePath.parse(p, store.store_dir)
     tokens = {src: token} if token else None
-    with IndexedSubstituter([(src, 0)], trusted, sigs_needed, jobs, progress, tokens=tokens) as sub:
-        view = None if index_root is None else sub.run(indexed(sub.client(src), store.root, index_root))
+    with Substituter([(src, 0)], trusted, sigs_needed, jobs, progress, tokens=tokens) as sub:
+        view = None if index_root is None else sub.run(indexed(sub.opened(src), store.root, index_root))
         if view is not None:
-            sub.views[src] = view
+            sub.views[src] = view  # (queries, the hint and downloads go through it)
         wanted: dict[str, ni.NarInfo] = {}
         # rooted first, then checked (here and for references below): a GC must not
         # collect a valid path we skip, which a copied path refers to, before the import

@@ -19,8 +19,9 @@ arrives.
 
 ``IndexedClient`` is that view of a ``Client`` for a substitution (``Substituter``'s
 narinfo queries and the closure hint): a narinfo failing the checks is left out, as
-if the registry lacked it, and why is kept in ``refused`` for the caller's error.
-``IndexedSubstituter`` reads the registries given a view (``views``) through it.
+if the registry lacked it, and why is kept in ``refused`` for the caller's error. A
+``Substituter`` reads a registry through it once it is put in the substituter's
+``views`` (its public hook for that).
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ from kiln.store.hashes import Hash
 from kiln.store.signing import PublicKey
 
 from .client import Client
-from .substitute import Substituter
 
 #: why a narinfo that does not hash to its index entry is refused (``kiln mirror sync``
 #: says it too)
@@ -144,15 +144,3 @@ class IndexedClient(Client):
 
     async def put_bytes(self, key: str, data: bytes) -> int:
         raise NotImplementedError("a copy's source is read, never written")
-
-
-class IndexedSubstituter(Substituter):
-    """A ``Substituter`` that reads each registry in ``views`` (url -> ``IndexedClient``,
-    filled by the caller once the index is verified) through that view."""
-
-    def __init__(self, *args: Any, **kw: Any) -> None:
-        super().__init__(*args, **kw)
-        self.views: dict[str, IndexedClient] = {}
-
-    def _client(self, url: str) -> Client:
-        return self.views.get(url) or super()._client(url)

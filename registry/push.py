@@ -8,7 +8,10 @@ narinfo without its NAR or its references):
    which NAR blobs it already has (a second batched request; a published narinfo whose
    NAR went missing gets its NAR re-uploaded, which repairs the registry);
 3. upload the missing NARs in parallel (``jobs`` at a time), streamed from the store's
-   object files (the store keeps exactly the zstd bytes a registry serves);
+   object files (the store keeps exactly the zstd bytes a registry serves), each hashed
+   against the store's FileHash/FileSize just before the request carrying it starts
+   (``pushcheck``): a bad one stops the push naming the path and the object, before
+   that object or the narinfo of its path, or of a path referring to it, is sent;
 4. upload the narinfos dependencies first — a path only after everything it
    references. Against ``kiln serve`` and ``file://`` steps 3-4 are fused: ``upload_batch``
    carries narinfo + NAR per path, the closure in one topological order cut into chunks
@@ -58,6 +61,7 @@ from kiln.store.signing import SecretKey, sign_info
 from . import layout, uploadplan
 from .client import Client, RegistryError
 from .progress import Progress
+from .pushcheck import ObjectCheck
 
 if TYPE_CHECKING:
     from kiln.store.localstore import LocalStore
@@ -227,6 +231,8 @@ async def push_prepared(
     total = sum(info_map[p].file_size or 0 for p in to_upload)
     prog = Progress("push", len(missing), total, progress)
     sem = asyncio.Semaphore(jobs)
+    # every object goes only once it hashes to the store's record (``pushcheck``)
+    checks = ObjectCheck(store.root if store is not None else None)
 
     def render(p: str) -> bytes:
         i = info_map[p]
@@ -239,6 +245,7 @@ async def push_prepared(
 
     async def up_nar(p: str) -> None:
         async with sem:
+            await checks.check([(info_map[p], obj[p])])
             await client.put_file(layout.nar_key(info_map[p].file_hash), obj[p])  # type: ignore[arg-type]
         prog.add(0, info_map[p].file_size or 0)
 
@@ -249,7 +256,10 @@ async def push_prepared(
 
     async def up_chunk(chunk: list[str]) -> bool:
         """POST /upload-batch (more than one if the narinfos are large); False if the
-        server does not support it."""
+        server does not support it. Its objects are checked first: a bad one fails the
+        chunk before anything of it is sent, and no chunk depending on it is sent
+        (``uploadplan.run``)."""
+        await checks.check([(info_map[p], obj[p]) for p in chunk if p in need_nar])
         if not await upload_sliced(
             client, [(_hp(p), text_of(p), obj[p] if p in need_nar else None) for p in chunk]
         ):

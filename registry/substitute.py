@@ -27,6 +27,11 @@
 
 A Substituter owns an event loop; use it from one thread. ``close()`` when done. The
 fetched paths stay temp roots of the caller's store object until it is closed.
+
+``views`` (url -> ``Client``) is the one hook for reading a registry some other way: a
+client put there is used for that URL, for queries and downloads alike, instead of the
+one ``opened(url)`` opens (``copy.to_store`` puts an ``indexcheck.IndexedClient`` there,
+which reads the registry through its verified signed index). Its owner closes it.
 """
 
 from __future__ import annotations
@@ -110,6 +115,9 @@ class Substituter(Downloads):
         self._source: dict[str, str] = {}
         self._loop = asyncio.new_event_loop()
         self._clients: dict[str, Client] = {}
+        #: url -> the client to read that registry through instead (module docstring);
+        #: filled before the first query of that URL
+        self.views: dict[str, Client] = {}
         self._importer = concurrent.futures.ThreadPoolExecutor(max_workers=1)
 
     def close(self) -> None:
@@ -132,10 +140,14 @@ class Substituter(Downloads):
         return self._loop.run_until_complete(coro)
 
     def client(self, url: str) -> Client:
-        """The open client for registry ``url`` (with its token, if one was given)."""
-        return self._client(url)
+        """What this substituter reads registry ``url`` through: its view if one is set
+        (``views``), else its open client (``opened``)."""
+        view = self.views.get(url)
+        return view if view is not None else self.opened(url)
 
-    def _client(self, url: str) -> Client:
+    def opened(self, url: str) -> Client:
+        """The client this substituter opened for registry ``url`` (with its token, if one
+        was given; opened on first use), which a view of it wraps."""
         c = self._clients.get(url)
         if c is None:
             c = self._clients[url] = open_client(url, self.tokens.get(url), jobs=self.jobs, create=False)
@@ -153,7 +165,7 @@ class Substituter(Downloads):
             if url in self.down:
                 continue
             try:
-                client = self._client(url)  # (a directory that holds no registry: a miss)
+                client = self.client(url)  # (a directory that holds no registry: a miss)
                 if not client.store_dir:
                     await client.cache_info()
                 texts = await client.narinfos(list(want))

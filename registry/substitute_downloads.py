@@ -3,8 +3,10 @@ importer through the ``concurrent.futures.Future`` of its path: one request each
 (``_one``), hashed while it arrives into a spooled temp file and aborted as soon as it
 exceeds the narinfo's ``FileSize``, or many small ones in one ``blob_batch``
 (``_batch``), each checked against the narinfo's ``FileHash`` and size before it is
-handed on. A mismatch is a ``HashMismatch`` on that path's future; a registry without
-the batch endpoint (or one busy through every retry) gets one request per object.
+handed on. A mismatch is a ``HashMismatch`` on that path's future, naming the path, the
+object (``nar/<nix32>.nar.zst``: ``verify.object_of``) and the registry, with the
+narinfo's digest and size against what came; a registry without the batch endpoint (or
+one busy through every retry) gets one request per object.
 
 Invariant: when ``_one`` or ``_batch`` returns or raises, the future of each of its
 paths is resolved (a file, or an exception); a file the importer never takes is closed
@@ -27,14 +29,16 @@ from kiln.store.hashes import Hash
 
 from .client import Client, RegistryError
 from .progress import Progress
+from .verify import object_of
 
 
 class Downloads:
     """The download half of ``Substituter``, which provides ``_source`` (path -> the
-    registry URL that answered for it) and ``_client(url)``."""
+    registry URL that answered for it) and ``client(url)`` (what it reads that registry
+    through)."""
 
     _source: dict[str, str]
-    _client: Callable[[str], Client]
+    client: Callable[[str], Client]
 
     async def _download(self, info: ni.NarInfo, sem: asyncio.Semaphore, prog: Progress) -> Any:
         url = self._source.get(info.path)
@@ -49,19 +53,23 @@ class Downloads:
             nonlocal size
             size += len(chunk)
             if size > limit:
-                raise HashMismatch(f"download of {info.path}", f"{limit} bytes", f"more than {limit} bytes")
+                raise HashMismatch(
+                    f"download of {object_of(info)} from {url}",
+                    f"{info.file_hash.to_nix32()} ({limit} bytes)",  # type: ignore[union-attr]
+                    f"more than {limit} bytes",
+                )
             sha.update(chunk)
             f.write(chunk)
             prog.add(0, len(chunk))
 
         try:
             async with sem:
-                ok = await self._client(url).download(info.url, write)
+                ok = await self.client(url).download(info.url, write)
             if not ok:
                 raise KilnError(f"{url}/{info.url} is missing although the registry lists {info.path}")
             if sha.digest() != info.file_hash.digest or size != limit:  # type: ignore[union-attr]
                 raise HashMismatch(
-                    f"download of {info.path} from {url}",
+                    f"download of {object_of(info)} from {url}",
                     f"{info.file_hash.to_nix32()} ({info.file_size} bytes)",  # type: ignore[union-attr]
                     f"{Hash('sha256', sha.digest()).to_nix32()} ({size} bytes)",
                 )
@@ -74,7 +82,7 @@ class Downloads:
     def _check(self, info: ni.NarInfo, url: str, data: bytes) -> None:
         if len(data) != info.file_size or hashlib.sha256(data).digest() != info.file_hash.digest:  # type: ignore[union-attr]
             raise HashMismatch(
-                f"download of {info.path} from {url}",
+                f"download of {object_of(info)} from {url}",
                 f"{info.file_hash.to_nix32()} ({info.file_size} bytes)",  # type: ignore[union-attr]
                 f"{Hash.sha256_of(data).to_nix32()} ({len(data)} bytes)",
             )
@@ -100,7 +108,7 @@ class Downloads:
                     continue
                 if data is None:
                     fut.set_exception(
-                        KilnError(f"{url} lacks the object of {info.path} although it lists the path")
+                        KilnError(f"{url} lacks the object of {object_of(info)} although it lists the path")
                     )
                     continue
                 try:
@@ -114,7 +122,7 @@ class Downloads:
         try:
             async with sem:
                 try:
-                    ok = await self._client(url).blob_batch(
+                    ok = await self.client(url).blob_batch(
                         [by_hex[h][0].file_hash for h in by_hex],  # type: ignore[misc]
                         got,
                         {h: by_hex[h][0].file_size for h in by_hex if by_hex[h][0].file_size is not None},
@@ -138,7 +146,7 @@ class Downloads:
             return
         for i in batch:
             if not results[i.path].done():
-                results[i.path].set_exception(KilnError(f"{url} did not send the object of {i.path}"))
+                results[i.path].set_exception(KilnError(f"{url} did not send the object of {object_of(i)}"))
 
     async def _one(
         self,

@@ -238,7 +238,10 @@ class Registering:
     def import_object(self, info: PathInfo, zst: BinaryIO) -> PathInfo:
         """Add ``info.path`` from a compressed object (as served by a registry), keeping
         the compressed bytes as the object. Checks ``info.file_hash``/``file_size`` (if
-        set), the NAR hash and size and the ``ca`` as ``import_nar`` does."""
+        set), the NAR hash and size and the ``ca`` as ``import_nar`` does; a mismatch names
+        the path and the object by its digest (``importbatch.incoming``), as a batch does."""
+        from .importbatch import incoming
+
         info = admitted_sigs(info, store_root=self.root)
         with self._importing(info) as (tmp, existing):
             if existing is not None:
@@ -247,7 +250,7 @@ class Registering:
             tee = TeeReader(zst, os.open(obj, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
             try:
                 stream = decompress_verified(
-                    tee, info.path, file_expectation(info), (info.nar_hash, info.nar_size)
+                    tee, incoming(info), file_expectation(info), (info.nar_hash, info.nar_size)
                 )
                 restore_canonical(stream, tree)
                 os.fsync(tee.fd)
