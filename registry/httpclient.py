@@ -380,8 +380,11 @@ class HttpClient(AttestationBatches, Client):
             return results
 
     async def publish_index(self) -> str | None:
+        """Ask the server to republish its signed index; its answer, or None when it
+        keeps none: 409 (a kiln serve without --index-key), or 404/405/501 (a plain HTTP
+        server taking PUTs, e.g. nginx's WebDAV module, which has no such endpoint)."""
         async with await self._request("POST", "publish-index") as resp:
-            if resp.status == 409:
+            if resp.status in (404, 405, 409, 501):
                 return None
             what = f"POST {self.url}/publish-index"
             if resp.status != 200:

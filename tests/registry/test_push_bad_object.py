@@ -186,3 +186,15 @@ def test_a_server_that_stores_anything_never_gets_the_corrupt_object(tmp_path, k
     for p in (b, c):
         assert not (dav / layout.narinfo_key(_hp(p))).exists(), p
     _assert_named(r.stderr, root, b, info, obj, found)
+
+
+@pytest.mark.skipif(not HAVE_NGINX, reason="needs Debian nginx")
+def test_a_push_to_a_plain_put_server_succeeds(tmp_path, keys, dav_server) -> None:
+    """Such a server has no ``POST /publish-index`` (nginx: 405): a push of sound paths
+    is a success with no index, not an error after everything was uploaded."""
+    srv, dav = dav_server
+    root, (a, b, c, d), info, obj, found = _setup(tmp_path)
+    r = kiln("push", "--to", srv.url, a, d, "--store", str(root), "--sign-key", str(keys.sk_file))
+    assert r.returncode == 0, r.stderr
+    for p in (a, d):
+        assert (dav / layout.narinfo_key(_hp(p))).exists(), p
