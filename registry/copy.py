@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import tempfile
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +36,7 @@ from kiln.store import narinfo as ni
 from kiln.store.errors import FormatError, KilnError, redact_urls
 from kiln.store.paths import StorePath
 from kiln.store.signing import PublicKey
+from kiln.store.systemp import owned_tmpdir
 
 from .attest_fetch import fetch_attestations
 from .attest_transfer import relay_attestations
@@ -230,7 +230,8 @@ async def between(
         blobs = await dst.have_blobs([i.file_hash for i in wanted.values()]) if wanted else set()  # type: ignore[misc]
         sem = asyncio.Semaphore(jobs)
         relay = Relay(src, dst, sem, jobs)
-        with tempfile.TemporaryDirectory(prefix="kiln-copy-") as scratch:
+        # (owned: a kill -9 must not leave the spooled objects in $TMPDIR for good)
+        with owned_tmpdir("copy") as scratch:
             # one topological order (references first), cut into groups done one after
             # the other: a group's references are in it or published with an earlier one
             order = [p for level in levels(wanted) for p in level]  # type: ignore[arg-type]
