@@ -98,8 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--json",
         action="store_true",
-        help="print one JSON list on stdout instead of the output paths: each target's attribute, "
-        "drvPath, outputs and whether it was realised (-k: the failed ones too)",
+        help="print one JSON object on stdout instead of the output paths: ok, and targets, each "
+        "target's attribute, drvPath, outputs and whether it was realised (-k: the failed ones too)",
     )
     roots = p.add_mutually_exclusive_group()
     roots.add_argument(

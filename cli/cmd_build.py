@@ -60,29 +60,30 @@ def main(argv: list[str]) -> int:
         try:
             targets = build(store, args)
         except BuildFailures as e:  # -k: what was built is printed (and rooted) too
-            _print(store, e.targets, {r.drv_path for r in e.results}, args.json)
+            _print(store, e.targets, {r.drv_path for r in e.results}, args.json, ok=False)
             raise
         except AttestationsRefused as e:  # built and rooted: printed, then the command fails
-            _print(store, e.targets, {t.drv_path for t in e.targets}, args.json)
+            _print(store, e.targets, {t.drv_path for t in e.targets}, args.json, ok=False)
             raise
-        _print(store, targets, {t.drv_path for t in targets}, args.json)
+        _print(store, targets, {t.drv_path for t in targets}, args.json, ok=True)
     return 0
 
 
-def _print(store: LocalStore, targets: list, realised: set[str], as_json: bool) -> None:
+def _print(store: LocalStore, targets: list, realised: set[str], as_json: bool, ok: bool) -> None:
     """The outputs of the ``realised`` targets, a path a line; or (``as_json``) one JSON
-    list of every target, in the order given: ``attribute``, ``drvPath``, ``outputs``
-    and ``realised`` (all its outputs are valid now), for a script to tell which of
-    ``-k``'s targets failed."""
+    object (``jsonout``: ``ok``, the command's exit status is 0) whose ``targets`` lists
+    every target, in the order given: ``attribute``, ``drvPath``, ``outputs`` and
+    ``realised`` (all its outputs are valid now), for a script to tell which of ``-k``'s
+    targets failed."""
     if not as_json:
         for t in targets:
             if t.drv_path in realised:
                 for out in t.outputs.values():
                     print(out)
         return
-    import json
+    from .jsonout import emit
 
-    doc = [
+    targets_doc = [
         {
             "attribute": t.attr,
             "drvPath": t.drv_path,
@@ -91,7 +92,7 @@ def _print(store: LocalStore, targets: list, realised: set[str], as_json: bool) 
         }
         for t in targets
     ]
-    print(json.dumps(doc, indent=2))
+    emit(ok, {"targets": targets_doc})
 
 
 def build(store: LocalStore, args: argparse.Namespace) -> list:

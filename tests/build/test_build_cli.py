@@ -241,13 +241,16 @@ def test_keep_going_prints_and_roots_what_was_built(store, graph):
 
 
 def test_build_json_names_each_target_and_whether_it_was_realised(store, graph):
-    """``kiln build --json``: one JSON list on stdout (a CI script could not tell which
-    of ``-k``'s targets failed: only the built outputs were printed, unnamed)."""
+    """``kiln build --json``: one JSON object on stdout, ``ok`` and ``targets`` (a CI
+    script could not tell which of ``-k``'s targets failed: only the built outputs were
+    printed, unnamed)."""
     boom, _ = graph.drv("boom2", "exit 3")
     ok, okd = graph.drv("fine2", "echo fine > $out")
     r = kiln(store.root, "build", "-k", "--json", boom, ok)
     assert r.returncode == 1, r.stderr
-    doc = json.loads(r.stdout)
+    top = json.loads(r.stdout)
+    assert top["ok"] is False
+    doc = top["targets"]
     assert [(d["drvPath"], d["realised"]) for d in doc] == [(boom, False), (ok, True)]
     assert doc[1]["outputs"] == {"out": okd.output_path()} and set(doc[0]) == {
         "attribute",
@@ -256,7 +259,8 @@ def test_build_json_names_each_target_and_whether_it_was_realised(store, graph):
         "realised",
     }
     r = kiln(store.root, "build", "--json", ok)  # already valid: realised, nothing built
-    assert r.returncode == 0 and json.loads(r.stdout)[0]["realised"] is True, r.stderr
+    top = json.loads(r.stdout)
+    assert r.returncode == 0 and top["ok"] is True and top["targets"][0]["realised"] is True, r.stderr
 
 
 def test_a_build_of_a_valid_root_runs_the_hook_its_builder_left(store, graph, tmp_path):
