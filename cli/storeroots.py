@@ -149,7 +149,7 @@ def cmd_remove_root(store: LocalStore, args: argparse.Namespace) -> int:
     from kiln.store.roots import remove_root
 
     r = remove_root(store, args.name)
-    print(f"removed root {r.name} (-> {r.path or r.target})", file=sys.stderr)
+    print(f"removed root {r.name} (-> {r.path or r.target})")  # (what it did: stdout holds nothing else)
     return 0
 
 

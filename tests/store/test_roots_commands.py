@@ -56,7 +56,7 @@ def test_remove_root_removes_a_root_and_nothing_else(tmp_path: Path) -> None:
         assert r.returncode == 1 and "error:" in r.stderr, (bad, r.stderr)
     assert (outside / "victim").exists() and (home / "config.json").exists()
     r = kiln_at(tmp_path, "store", "remove-root", "sub/pin")
-    assert r.returncode == 0 and f"removed root sub/pin (-> {mid})" in r.stderr, r.stderr
+    assert r.returncode == 0 and f"removed root sub/pin (-> {mid})" in r.stdout, r.stderr
     r = kiln_at(tmp_path, "store", "remove-root", "esc")
     assert r.returncode == 0 and (outside / "victim").exists(), r.stderr
     r = kiln_at(tmp_path, "store", "remove-root", "top")
