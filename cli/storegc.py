@@ -1,9 +1,10 @@
 """``kiln store gc``: collect the local store (``store/gc.py``) and say what went.
 
-stdout lists each deleted path, unregistered tree, leftover working dir and failed
-build dir (one a line; build logs and eval-cache entries only by count: a store months
-old has thousands); stderr has the warnings (what was kept, and why) and the summary:
-the count of each kind, the bytes freed on disk and the apparent size
+stdout lists each deleted path, unregistered tree, leftover working dir, failed build
+dir and quarantine record (with why it no longer matters; one a line; build logs and
+eval-cache entries only by count: a store months old has thousands); stderr has the
+warnings (what was kept, and why; an unreadable quarantine record is never deleted)
+and the summary: the count of each kind, the bytes freed on disk and the apparent size
 (``gcremove.Sizes``), and, when the collection compacted the database
 (``store/dbcompact.py``), the bytes its file gave back. ``--dry-run`` says the same
 with "would delete" (it never compacts).
@@ -45,6 +46,15 @@ def add_gc_parser(cmd: Callable[[str, str], argparse.ArgumentParser]) -> None:
         help="delete evaluation-cache entries not used for N days, 0: all "
         "(default: config.json's eval_cache_days, else 30)",
     )
+    sp.add_argument(
+        "--keep-quarantine",
+        type=whole_number(0),
+        default=None,
+        metavar="DAYS",
+        help="delete quarantine/ records (kiln store verify --repair) older than DAYS, 0: all, once they "
+        "can no longer matter: their path is valid again, or nothing keeps it (default: 30); a record "
+        "of a rooted or referenced path with no row is kept",
+    )
 
 
 def _gc_meter():
@@ -71,6 +81,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
             keep_outputs=args.keep_outputs,
             keep_failed_days=args.keep_failed,
             eval_cache_days=args.eval_cache_days,
+            keep_quarantine_days=args.keep_quarantine,
         )
     verb = "would delete" if r.dry_run else "deleted"
     for p in r.deleted:
@@ -81,14 +92,21 @@ def cmd_gc(args: argparse.Namespace) -> int:
         print(f"{t} (working directory no process is using)")  # (a live writer recreates its own)
     for t in r.failed_dirs:
         print(f"{t} (failed build's directory)")
+    for q in r.quarantine_dirs:
+        print(f"{q.dir} (quarantine record of {q.path}: {q.why})")
     for k in r.kept:
         print(f"warning: kept {k}", file=sys.stderr)
     for q in r.unread_quarantine:
-        print(f"warning: quarantine record unreadable, its references were not kept: {q}", file=sys.stderr)
+        print(
+            f"warning: quarantine record unreadable, its references were not kept: {q} "
+            "(GC leaves it: inspect it and delete it by hand)",
+            file=sys.stderr,
+        )
     print(
         f"{verb} {len(r.deleted)} paths, {len(r.stray_trees)} unregistered trees, {r.objects_deleted} objects, "
         f"{len(r.tmp_dirs)} leftover working dirs, {len(r.logs)} build logs, "
-        f"{len(r.failed_dirs)} failed build dirs, {len(r.eval_cache_entries)} eval-cache entries: "
+        f"{len(r.failed_dirs)} failed build dirs, {len(r.eval_cache_entries)} eval-cache entries, "
+        f"{len(r.quarantine_dirs)} quarantine records: "
         f"{_human(r.disk_bytes_freed)} on disk ({r.disk_bytes_freed} bytes; apparent size "
         f"{_human(r.bytes_freed)}, {r.bytes_freed} bytes); {len(r.roots)} roots"
         + (

@@ -16,7 +16,7 @@ waits for the decisions and renames, not for the unlinks. Under the lock:
    ``keep_outputs`` is false (keep-outputs: what building a rooted result again takes),
    and, for a path ``verify --repair`` quarantined, the references and deriver it
    recorded (``quarantine``): while it is rooted or referenced and has no row, they are
-   what building or fetching it again needs;
+   what building or fetching it again needs, and its record is never deleted;
 3. dead = valid paths not live. Their rows are deleted first, in one transaction, made
    durable (from then on they are merely garbage files: a crash here is harmless), then
    their trees are renamed into this GC's ``tmp/gc-<pid>-<rand>/`` (its trash), as are
@@ -39,8 +39,10 @@ waits for the decisions and renames, not for the unlinks. Under the lock:
    valid);
 5. beside the store paths (``gcside``): the build logs of derivations nothing live or
    rooted leads to, failed builds' ``tmp/kiln-failed-*`` dirs older than
-   ``keep_failed_days`` that no running build may still be filling, and eval-cache
-   entries unused for ``eval_cache_days`` are renamed into the trash too.
+   ``keep_failed_days`` that no running build may still be filling, eval-cache
+   entries unused for ``eval_cache_days``, and the quarantine records that can no longer
+   matter (their path valid and live again, or not live: ``gcquarantine``) older than
+   ``keep_quarantine_days`` are renamed into the trash too.
 
 Then, without the lock, the trash, the adopted dirs and the small temp files of killed
 writers are deleted: nothing there is any other process's (a writer registering a dead
@@ -58,7 +60,8 @@ any row is deleted: a full disk stops a collection there, with every row in plac
 
 ``dry_run`` does the same computation and reports what would go (paths, unregistered
 trees, objects, leftover ``tmp/`` dirs, logs, failed builds' dirs, eval-cache entries,
-with their bytes) without deleting anything, not even dead processes' temp-roots files.
+quarantine records, with their bytes) without deleting anything, not even dead
+processes' temp-roots files.
 The bytes are counted twice (``gcremove.Sizes``): the blocks freed on disk, and the
 apparent size of the regular files.
 """
@@ -77,6 +80,7 @@ from . import attestations, db, gcside, hookmarks, reserve
 from .buildtmp import owner_gone
 from .dbcompact import compact
 from .gcedges import gc_edges
+from .gcquarantine import KEEP_QUARANTINE_DAYS, StaleRecord
 from .gcremove import Progress, Sizes, Trash, inspect_tree, remove, size, size_beside_mounts, total
 from .locks import FileLock, remove_if_free
 from .mounts import MOUNTINFO, mounts_below, unmount_below
@@ -118,6 +122,8 @@ class GcReport:
     logs: tuple[str, ...] = ()
     failed_dirs: tuple[str, ...] = ()
     eval_cache_entries: tuple[str, ...] = ()
+    #: quarantine records that can no longer matter, past ``keep_quarantine_days`` (``gcquarantine``)
+    quarantine_dirs: tuple[StaleRecord, ...] = ()
     #: the bytes the database file gave back (``dbcompact``; 0: not compacted)
     db_bytes_freed: int = 0
 
@@ -136,13 +142,16 @@ def collect(
     keep_outputs: bool | None = None,
     keep_failed_days: int | None = None,
     eval_cache_days: int | None = None,
+    keep_quarantine_days: int | None = None,
 ) -> GcReport:
     """Collect (see the module docstring); ``progress`` is told how the deletion after
     the lock is released goes (entries removed, entries in all); ``keep_outputs``: keep
     the outputs of live derivations (``gcedges``; None: the store's setting);
     ``keep_failed_days``, ``eval_cache_days``: how old a failed build's dir and an unused
     eval-cache entry get before they go (``gcside``; None: the store's config, else 7
-    and 30 days; 0: any age)."""
+    and 30 days; 0: any age); ``keep_quarantine_days``: how old a quarantine record that
+    can no longer matter gets before it goes (``gcquarantine``; None: 30 days; 0: any
+    age)."""
     trash: Trash | None = None
     released = store.reserve_released + reserve.release(store.root)
     store.reserve_released = 0
@@ -150,6 +159,7 @@ def collect(
         days = (
             config_gc_days(store.root, "keep_failed_days") if keep_failed_days is None else keep_failed_days,
             config_gc_days(store.root, "eval_cache_days") if eval_cache_days is None else eval_cache_days,
+            KEEP_QUARANTINE_DAYS if keep_quarantine_days is None else keep_quarantine_days,
         )
         with FileLock(store.gc_lock_path):
             if not dry_run:
@@ -175,7 +185,7 @@ def collect(
 
 
 def _under_lock(
-    store: LocalStore, trash: Trash | None, keep_outputs: bool | None, days: tuple[int, int]
+    store: LocalStore, trash: Trash | None, keep_outputs: bool | None, days: tuple[int, int, int]
 ) -> GcReport:
     """Decide what goes and, unless this is a dry run (``trash`` None), delete the rows
     and move it into ``trash`` (or adopt it there). Call with the exclusive GC lock."""
@@ -237,8 +247,9 @@ def _under_lock(
     att_temp = attestations.stale_temp(store, [h for h in att_dirs if h in live_hash_parts])
     used_after = used_objects(store, exclude=set(dead))
     doomed_objects = [o for o in object_files(store) if o.name.split(".", 1)[0] not in used_after]
-    # logs, kept failed builds, the eval cache: before the ``tmp/`` dirs are adopted below
-    # (its check of who holds a build dir must not find this GC's own locks)
+    # logs, kept failed builds, the eval cache, quarantine records: before the ``tmp/``
+    # dirs are adopted below (its check of who holds a build dir must not find this GC's
+    # own locks)
     side = gcside.plan(store.root, store.store_dir, live, roots, edges, *days)
     kept.extend(side.kept)
 
@@ -295,6 +306,7 @@ def _under_lock(
         logs=tuple(map(str, side.logs)),
         failed_dirs=tuple(map(str, side.failed_dirs)),
         eval_cache_entries=tuple(map(str, side.eval_entries)),
+        quarantine_dirs=side.quarantine,
     )
     if trash is None:
         return report
@@ -316,7 +328,7 @@ def _under_lock(
             shutil.rmtree(atts / h, ignore_errors=True)
     for t in att_temp:  # a killed attestation writer's
         t.unlink(missing_ok=True)
-    for e in side.entries:  # (a log, failed build or cache entry that cannot move is left as it is)
+    for e in side.entries:  # (an entry that cannot move is left as it is)
         if (why := trash.move(e)) is not None:
             kept.append(f"{e}: {why}")
     # (a directory or a symlink at an object's name goes too); a writer's ``tmp/``

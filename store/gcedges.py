@@ -9,7 +9,8 @@ result keeps what building it again takes — the toolchain, the fetched sources
 ``.deb`` files — and a one-line recipe change does not fetch and unpack everything
 again after a GC (nor fail, once a mirror no longer has a locked package). From a path
 ``kiln store verify --repair`` quarantined (no row): the references and deriver it
-recorded (``quarantine``).
+recorded (``quarantine``): only a record's path has them, and while it has no row (a
+record of a path valid again adds nothing; GC deletes it in time: ``gcquarantine``).
 
 An unsigned deriver (a path imported from a registry) can only keep more alive, never
 less: edges add liveness, they never remove it.
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from . import db
-from .quarantine import recorded_closure_edges
+from .quarantine import Record, closure_edges, read_records
 
 if TYPE_CHECKING:
     from .localstore import LocalStore
@@ -41,6 +42,9 @@ class Edges:
     unread: tuple[str, ...]
     #: ``.drv`` -> the valid paths it is the recorded deriver of (empty unless keeping outputs)
     outputs_of: dict[str, list[str]]
+    #: the readable quarantine records ``quarantined`` was made of (GC deletes those that
+    #: no longer matter: ``gcquarantine``)
+    records: tuple[Record, ...] = ()
 
     @property
     def known(self) -> set[str]:
@@ -63,9 +67,9 @@ def gc_edges(store: LocalStore, keep_outputs: bool | None = None) -> Edges:
     keep = store.keep_outputs if keep_outputs is None else keep_outputs
     refs = db.references_map(store.conn)
     derivers = db.derivers_map(store.conn)
-    quarantined, unread = recorded_closure_edges(store.root)
+    records, unread = read_records(store.root)
     outputs_of: dict[str, list[str]] = {}
     if keep:
         for out, drv in derivers.items():
             outputs_of.setdefault(drv, []).append(out)
-    return Edges(refs, derivers, quarantined, tuple(unread), outputs_of)
+    return Edges(refs, derivers, closure_edges(records), tuple(unread), outputs_of, tuple(records))

@@ -1,6 +1,7 @@
-"""What GC deletes beside store paths: build logs, failed builds' kept directories and
-evaluation-cache entries (``gc`` plans it under the exclusive GC lock, after deciding
-which paths live, and renames what goes into its trash with the rest).
+"""What GC deletes beside store paths: build logs, failed builds' kept directories,
+evaluation-cache entries and quarantine records (``gc`` plans it under the exclusive GC
+lock, after deciding which paths live, and renames what goes into its trash with the
+rest).
 
 - **Build logs** (``logs/<drv base>.zst``, and the latest check's or rebuild's
   ``logs/<drv base>.check.zst``: ``buildlogs``) are keyed by derivation, and ``kiln log``
@@ -28,9 +29,15 @@ which paths live, and renames what goes into its trash with the rest).
   modification time is ``eval_cache_days`` days old (0: any age): an entry's mtime is
   when it was written or last hit (a hit refreshes it, at most once an hour). A writer's
   temp file (``.tmp-<pid>-*``) never matches; ``storescan.dead_writers_files`` has those.
+- **Quarantine records** (``quarantine/<base>-<time>[-<n>]/``, ``verify --repair``) go
+  when they can no longer matter (``gcquarantine``: the path is valid and live again, or
+  not live at all) and their modification time is ``keep_quarantine_days`` days old (0:
+  any age). A record whose edges this collection follows (its path live, without a row)
+  stays at any age. One with a directory another user owns is left, with a warning.
 
 Only names kiln makes are ever chosen (regular files for logs and entries, real
-directories for failed builds); anything else in those directories is left alone.
+directories for failed builds and quarantine records); anything else in those
+directories is left alone.
 Each chosen entry is renamed whole into GC's trash (``gcremove.Trash``): a collection
 killed at any point leaves every entry whole, in place or in a trash the next GC adopts.
 """
@@ -43,14 +50,19 @@ import re
 import shlex
 import stat
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import FormatError
+from .gcquarantine import StaleRecord, unneeded
 from .gcremove import Sizes, inspect_tree, size, total
 from .lockwait import lock_holders
 from .paths import StorePath
+
+if TYPE_CHECKING:
+    from .gcedges import Edges
 
 #: ``buildproduce.keep_dir``'s ``tempfile.mkdtemp(prefix=f"kiln-failed-{name}-")``
 FAILED_DIR = re.compile(r"^kiln-failed-[A-Za-z0-9+\-._?=]+-[a-z0-9_]{8}\Z")
@@ -73,14 +85,15 @@ class SidePlan:
     logs: tuple[Path, ...] = ()
     failed_dirs: tuple[Path, ...] = ()
     eval_entries: tuple[Path, ...] = ()
+    quarantine: tuple[StaleRecord, ...] = ()
     #: what deleting them all frees
     sizes: Sizes = Sizes()
-    #: failed dirs old enough but left, each with why
+    #: failed dirs and quarantine records old enough but left, each with why
     kept: tuple[str, ...] = ()
 
     @property
     def entries(self) -> tuple[Path, ...]:
-        return (*self.logs, *self.failed_dirs, *self.eval_entries)
+        return (*self.logs, *self.failed_dirs, *self.eval_entries, *(q.dir for q in self.quarantine))
 
 
 def plan(
@@ -88,31 +101,43 @@ def plan(
     store_dir: str,
     live: set[str],
     roots: set[str],
-    edges: Callable[[str], list[str]],
+    edges: Edges,
     keep_failed_days: int,
     eval_cache_days: int,
+    keep_quarantine_days: int,
     now: float | None = None,
 ) -> SidePlan:
     """What goes from the store at ``root`` (see the module docstring): ``live`` is what
     this collection keeps, ``roots`` its roots and temp roots (valid or not), ``edges``
-    what a live path keeps alive (``gcedges``). Call under the exclusive GC lock."""
+    what a live path keeps alive and the quarantine records read with them
+    (``gcedges``). Call under the exclusive GC lock."""
     now = time.time() if now is None else now
     failed, kept = failed_dirs(root / "tmp", keep_failed_days, now)  # (first: see the docstring)
     keep = set(live) | set(roots)
     keep.update(q for p in live for q in edges(p) if q.endswith(".drv"))
     logs = stale_logs(root / "logs", store_dir, keep)
     entries = stale_files(root / "eval-cache", EVAL_ENTRY, eval_cache_days, now)
+    records = [
+        q
+        for q in unneeded(edges.records, store_dir, edges.refs.keys(), live)
+        if _is_old_dir(q.dir, keep_quarantine_days, now)
+    ]
     euid = os.geteuid()
     sizes: list[Sizes] = [size(p) for p in (*logs, *entries)]
-    chosen: list[Path] = []
-    for d in failed:
+
+    def removable(d: Path) -> bool:  # (counted if so, else kept with why)
         s, why = inspect_tree(d, euid)
         if why is not None:
             kept.append(f"{d}: {why} (for GC to remove it, as root: chown -R {euid} {shlex.quote(str(d))})")
-            continue
-        chosen.append(d)
+            return False
         sizes.append(s)
-    return SidePlan(tuple(logs), tuple(chosen), tuple(entries), total(sizes), tuple(kept))
+        return True
+
+    chosen = [d for d in failed if removable(d)]
+    chosen_records = [q for q in records if removable(q.dir)]
+    return SidePlan(
+        tuple(logs), tuple(chosen), tuple(entries), tuple(chosen_records), total(sizes), tuple(kept)
+    )
 
 
 def log_drv(name: str, store_dir: str) -> str | None:
@@ -246,6 +271,15 @@ def _flocked(fd: int) -> bool:
         return True
     fcntl.flock(fd, fcntl.LOCK_UN)
     return False
+
+
+def _is_old_dir(d: Path, days: int, now: float) -> bool:
+    """Whether ``d`` is a real directory (not a link to one) not modified for ``days`` days."""
+    try:
+        st = os.lstat(d)
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and _old(st.st_mtime, days, now)
 
 
 def _old(mtime: float, days: int, now: float) -> bool:

@@ -15,12 +15,18 @@ records made before it was kept), and possibly ``object copy: failed (...)`` app
 later. Store paths cannot contain spaces or newlines (``paths.check_name``), so the
 format needs no quoting. Unknown keys are ignored; a record that cannot be read (also:
 not a regular file, or over ``INFO_MAX_BYTES``) or has no ``path`` holds nothing alive
-(``recorded_closure_edges`` skips it, and says so).
+(``read_records`` skips it, and says so).
+
+A record is not kept for good: once its path is valid again (its row records its
+edges) or nothing keeps the path alive, GC deletes it when it is old enough
+(``gcquarantine``: the age is the operator's time to inspect the bad bytes).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from .fileopen import FileTooLarge, NotRegularFile, read_small_file
@@ -58,16 +64,26 @@ def parse_info(text: str) -> tuple[str, tuple[str, ...]] | None:
     return path, tuple(keeps)
 
 
-def recorded_closure_edges(root: Path) -> tuple[dict[str, frozenset[str]], list[str]]:
-    """For every path recorded under ``root/quarantine``: the paths it keeps alive (the
-    union over several quarantines of one path), and the records that could not be read
-    (each as ``<dir>: why``). Only reads; never raises for a bad record."""
-    edges: dict[str, set[str]] = {}
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One readable quarantine record: its directory (``quarantine/<base>-<time>[-<n>]``),
+    the path its ``info.txt`` names, and what that path keeps alive (``parse_info``)."""
+
+    dir: Path
+    path: str
+    keeps: tuple[str, ...]
+
+
+def read_records(root: Path) -> tuple[list[Record], list[str]]:
+    """Every record in ``root/quarantine`` that can be read (by directory name), and the
+    ones that could not be read (each as ``<dir>: why``). Only reads; never raises for a
+    bad record. Entries that are not directories are no records and are skipped."""
+    records: list[Record] = []
     unreadable: list[str] = []
     try:
         entries = sorted(os.scandir(root / "quarantine"), key=lambda e: e.name)
     except FileNotFoundError:
-        return {}, []
+        return [], []
     for e in entries:
         if not e.is_dir(follow_symlinks=False):
             continue
@@ -85,6 +101,21 @@ def recorded_closure_edges(root: Path) -> tuple[dict[str, frozenset[str]], list[
         if parsed is None:
             unreadable.append(f"{e.path}: info.txt names no path")
             continue
-        path, keeps = parsed
-        edges.setdefault(path, set()).update(keeps)
-    return {p: frozenset(k) for p, k in edges.items()}, unreadable
+        records.append(Record(Path(e.path), *parsed))
+    return records, unreadable
+
+
+def closure_edges(records: Iterable[Record]) -> dict[str, frozenset[str]]:
+    """For every path ``records`` record: the paths it keeps alive (the union over
+    several quarantines of one path)."""
+    edges: dict[str, set[str]] = {}
+    for r in records:
+        edges.setdefault(r.path, set()).update(r.keeps)
+    return {p: frozenset(k) for p, k in edges.items()}
+
+
+def recorded_closure_edges(root: Path) -> tuple[dict[str, frozenset[str]], list[str]]:
+    """``closure_edges`` of the records under ``root/quarantine``, and the records that
+    could not be read (``read_records``)."""
+    records, unreadable = read_records(root)
+    return closure_edges(records), unreadable
