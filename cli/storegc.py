@@ -52,7 +52,8 @@ def add_gc_parser(cmd: Callable[[str, str], argparse.ArgumentParser]) -> None:
         default=None,
         metavar="DAYS",
         help="delete quarantine/ records (kiln store verify --repair) older than DAYS, 0: all, once they "
-        "can no longer matter: their path is valid again, or nothing keeps it (default: 30); a record "
+        "can no longer matter: their path is valid again, or nothing keeps it (default: config.json's "
+        "keep_quarantine_days, else 30); a record "
         "of a rooted or referenced path with no row is kept",
     )
 

@@ -80,7 +80,7 @@ from . import attestations, db, gcside, hookmarks, reserve
 from .buildtmp import owner_gone
 from .dbcompact import compact
 from .gcedges import gc_edges
-from .gcquarantine import KEEP_QUARANTINE_DAYS, StaleRecord
+from .gcquarantine import StaleRecord
 from .gcremove import Progress, Sizes, Trash, inspect_tree, remove, size, size_beside_mounts, total
 from .locks import FileLock, remove_if_free
 from .mounts import MOUNTINFO, mounts_below, unmount_below
@@ -150,8 +150,8 @@ def collect(
     ``keep_failed_days``, ``eval_cache_days``: how old a failed build's dir and an unused
     eval-cache entry get before they go (``gcside``; None: the store's config, else 7
     and 30 days; 0: any age); ``keep_quarantine_days``: how old a quarantine record that
-    can no longer matter gets before it goes (``gcquarantine``; None: 30 days; 0: any
-    age)."""
+    can no longer matter gets before it goes (``gcquarantine``; None: the store's config,
+    else 30 days; 0: any age)."""
     trash: Trash | None = None
     released = store.reserve_released + reserve.release(store.root)
     store.reserve_released = 0
@@ -159,7 +159,9 @@ def collect(
         days = (
             config_gc_days(store.root, "keep_failed_days") if keep_failed_days is None else keep_failed_days,
             config_gc_days(store.root, "eval_cache_days") if eval_cache_days is None else eval_cache_days,
-            KEEP_QUARANTINE_DAYS if keep_quarantine_days is None else keep_quarantine_days,
+            config_gc_days(store.root, "keep_quarantine_days")
+            if keep_quarantine_days is None
+            else keep_quarantine_days,
         )
         with FileLock(store.gc_lock_path):
             if not dry_run:

@@ -364,7 +364,8 @@ class LocalStore(Registering):
         """Delete everything not reachable from a root; see ``store.gc``. Returns a GcReport.
         ``progress(done, total)`` is told how the deletion goes once the GC lock is free;
         ``settings``: ``gc.collect``'s ``keep_outputs``, ``keep_failed_days``,
-        ``eval_cache_days`` (each None or left out: the store's setting)."""
+        ``eval_cache_days``, ``keep_quarantine_days`` (each None or left out: the store's
+        setting)."""
         from .gc import collect
 
         return collect(self, dry_run=dry_run, progress=progress, **settings)  # type: ignore[arg-type]

@@ -80,17 +80,19 @@ def config_keep_outputs(cfg: Path, data: dict) -> bool:
 
 
 #: ``config_gc_days``' keys and their defaults (days)
-GC_DAYS_DEFAULTS = {"keep_failed_days": 7, "eval_cache_days": 30}
+GC_DAYS_DEFAULTS = {"keep_failed_days": 7, "eval_cache_days": 30, "keep_quarantine_days": 30}
 
 _GC_DAYS_MEANING = {
     "keep_failed_days": "a failed build's kiln-failed-* dir is kept",
     "eval_cache_days": "an evaluation-cache entry nobody uses is kept",
+    "keep_quarantine_days": "a quarantine record that can no longer matter is kept",
 }
 
 
 def config_gc_days(root: Path, key: str) -> int:
     """The whole number of days the config of the store at ``root`` sets for ``key``
-    (``GC_DAYS_DEFAULTS``: ``keep_failed_days``, ``eval_cache_days``), else its default;
+    (``GC_DAYS_DEFAULTS``: ``keep_failed_days``, ``eval_cache_days``,
+    ``keep_quarantine_days``), else its default;
     ``StoreError`` for anything but a whole number >= 0 (or a config that cannot be read).
     Read when GC needs it, not by ``LocalStore.open``: no other command uses it."""
     cfg = root / "config.json"

@@ -198,3 +198,25 @@ def test_only_records_kiln_made_and_can_read_go(tmp_path):
     assert unread in err and "(GC leaves it: inspect it and delete it by hand)" in err, err
     assert all(d.exists() for d in kept.values()) and (outside / "info.txt").is_file()
     assert sorted(records(root)) == sorted([*kept.values(), q / f"{base}-1700000002"])
+
+
+def test_the_stores_config_sets_the_default_age(tmp_path):
+    """``config.json``'s ``keep_quarantine_days`` is the default of ``--keep-quarantine``,
+    as ``keep_failed_days`` is of ``--keep-failed``."""
+    import json
+
+    root = tmp_path / "store"
+    src = make_tree(tmp_path / "pkg", {"f": "x" * 3000})
+    path = cli(root, "add", "--add-root", "pkg", str(src))[0].strip()
+    rec = break_and_repair(root, path)
+    cli(root, "add", str(src))  # valid again
+    age(rec, 3)
+    cli(root, "gc")
+    assert records(root) == [rec]  # 3 days: young by the default 30
+    cfg = root / "config.json"
+    cfg.write_text(json.dumps({**json.loads(cfg.read_text()), "keep_quarantine_days": 2}))
+    out, _ = cli(root, "gc")
+    assert records(root) == [] and f"quarantine record of {path}" in out
+    cfg.write_text(json.dumps({**json.loads(cfg.read_text()), "keep_quarantine_days": -1}))
+    cp = kiln("store", "gc", "--store", str(root))
+    assert cp.returncode == 1 and "'keep_quarantine_days' must be a whole number of days" in cp.stderr
