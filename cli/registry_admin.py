@@ -3,13 +3,16 @@
 ``cmd_serve.main`` (cli/main.py routes ``registry`` there); the work is in
 kiln.registry (see docs/registry.md). ``token list`` prints a token per line,
 tab-separated: id, scopes, creation time (ISO 8601, UTC), comment. ``verify --json``
-prints one object on stdout, ``{"ok", "checked", "problems", "removed"}``, ``ok`` true
-when there is no problem (exit 0; ``jsonout``).
+prints one object on stdout, ``{"ok", "checked", "problems", "removed", "unnamed",
+"unnamed_bytes"}`` (with ``--delete-unnamed`` also ``"unnamed_young"`` and
+``"unnamed_kept"``), ``ok`` true when there is no problem (exit 0; ``jsonout``):
+unnamed object files are counted, never a problem.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -79,6 +82,11 @@ def cmd_registry(argv: list[str]) -> int:
         help="unpublish what fails (its narinfo and bad blob), so the next sync or push fetches it again",
     )
     ve.add_argument(
+        "--delete-unnamed",
+        action="store_true",
+        help="remove the object files no narinfo names (a refused or killed push's) written over an hour ago",
+    )
+    ve.add_argument(
         "-j", "--jobs", type=whole_number(1), default=None, help="blobs checked at once (default: cores)"
     )
     ve.add_argument("--json", action="store_true")
@@ -144,7 +152,16 @@ def _verify_registry(src, args: argparse.Namespace) -> int:  # noqa: ANN001 - a 
     needed = args.sigs_needed if args.sigs_needed is not None else (1 if trusted else 0)
     if needed == 0 and trusted:  # keys given, and then not used
         warn_no_signatures("the registry is verified")
-    rep = verify_dir(src, trusted=trusted, sigs_needed=needed, delete_bad=args.delete_bad, jobs=args.jobs)
+    rep = verify_dir(
+        src,
+        trusted=trusted,
+        sigs_needed=needed,
+        delete_bad=args.delete_bad,
+        jobs=args.jobs,
+        delete_unnamed=args.delete_unnamed,
+    )
+    if rep.unnamed_kept:
+        print(f"note: {rep.unnamed_kept}", file=sys.stderr)
     if args.json:
         from .jsonout import emit
 
@@ -152,12 +169,21 @@ def _verify_registry(src, args: argparse.Namespace) -> int:  # noqa: ANN001 - a 
             "checked": rep.checked,
             "problems": [{"path": p.path, "problem": p.what} for p in rep.problems],
             "removed": list(rep.removed),
+            "unnamed": rep.unnamed,
+            "unnamed_bytes": rep.unnamed_bytes,
         }
+        if args.delete_unnamed:
+            doc |= {"unnamed_young": rep.unnamed_young, "unnamed_kept": rep.unnamed_kept}
         emit(not rep.problems, doc, sort_keys=False)
     else:
         for p in rep.problems:
             print(f"{p.path}: {p.what}")
         for k in rep.removed:
             print(f"removed {k}")
-        print(f"checked {rep.checked} narinfos: {len(rep.problems)} problem(s)")
+        unnamed = f"{rep.unnamed} unnamed object file(s) ({rep.unnamed_bytes} bytes)"
+        if args.delete_unnamed:
+            unnamed += f", {rep.unnamed_young} written in the last hour kept"
+        elif rep.unnamed:
+            unnamed += ", which --delete-unnamed removes once an hour old"
+        print(f"checked {rep.checked} narinfos: {len(rep.problems)} problem(s); {unnamed}")
     return 1 if rep.problems else 0

@@ -8,12 +8,16 @@ push must become visible at once). The digests computed while a NAR streamed
 in are remembered (in memory; on disk in ``.kiln/nars/<hex>`` for large NARs) so
 admitting its narinfo does not re-read a large NAR; a small NAR, or one that arrived
 some other way (a mirror, ``nix copy``), is re-hashed on demand.
+
+What an upload batch stores is kept only for a narinfo admitted: a batch links in only
+the NARs its admitted narinfos name (``batchcommit``). A NAR ``PUT`` on its own stays
+until ``kiln registry verify --delete-unnamed`` (or a mirror prune) finds no narinfo
+naming it an hour later (``unnamedobjects``).
 """
 
 from __future__ import annotations
 
 import abc
-import contextlib
 import dataclasses
 import os
 import threading
@@ -28,12 +32,12 @@ from kiln.store.hashes import Hash
 from kiln.store.paths import check_store_dir
 
 from . import layout
-from .admitca import merged_ca, published, refusal
+from .admitca import merged_ca, published
 from .dirlock import NARINFO_LOCK, dir_lock
 from .narcache import NarinfoCache
 from .narhashmap import NarHashMap
 from .storage import Durability, FileStorage, GroupSync, Storage, open_storage
-from .verify import Digests, NarVerifier, expect_info
+from .verify import Digests, NarVerifier
 
 CACHE_MAX = 200_000
 #: ... and at most this many bytes of narinfo (a narinfo may be 4 MiB: entries alone do
@@ -55,6 +59,10 @@ class BatchEntry:
     nar_file: BinaryIO | None = None
     nar_digests: Digests | None = None
     error: str | None = None
+    #: the status of ``error``: 400, or 403 for a narinfo without trusted signatures
+    error_status: int = 400
+    #: the narinfo, admitted (by the server before it read the NAR; else by ``commit_batch``)
+    info: ni.NarInfo | None = None
 
 
 class Source(abc.ABC):
@@ -264,87 +272,15 @@ class DirSource(Source):
         self, entries: list[BatchEntry], admit: Callable[[str, str], ni.NarInfo]
     ) -> list[tuple[int, str]]:
         """Publish many (narinfo, optional staged NAR) pairs with two file-system barriers
-        in total: NAR data → (barrier) → NAR links and narinfo data → (barrier) →
-        narinfo links. ``admit(hash_part, text)`` parses and checks signatures (raises
-        ``KilnError``). Each entry gets its own (status, message); one bad entry does not
-        stop the others."""
-        with contextlib.ExitStack() as stack:
-            return self._commit_batch(entries, admit, stack)
+        in total (``batchcommit``: a NAR is linked in only if an admitted narinfo of the
+        batch names it). ``admit(hash_part, text)`` parses and checks signatures (raises
+        ``KilnError``) for the entries without ``info``. Each entry gets its own (status,
+        message); one bad entry does not stop the others."""
+        from .batchcommit import commit
 
-    def _commit_batch(
-        self, entries: list[BatchEntry], admit: Callable[[str, str], ni.NarInfo], stack: contextlib.ExitStack
-    ) -> list[tuple[int, str]]:
-        results: list[tuple[int, str] | None] = [None] * len(entries)
-        infos: list[ni.NarInfo | None] = [None] * len(entries)
-        for n, e in enumerate(entries):
-            if e.error is not None:
-                results[n] = (400, f"error: {e.error}")
-                continue
-            try:
-                infos[n] = admit(e.hash_part, e.narinfo.decode())
-            except (KilnError, UnicodeDecodeError) as ex:
-                results[n] = (403 if type(ex).__name__ == "UntrustedError" else 400, f"error: {ex}")
-                continue
-            if e.nar_digests is not None and e.nar_digests.file_hash.digest != infos[n].file_hash.digest:  # type: ignore[union-attr]
-                results[n] = (400, f"error: {infos[n].path}: the NAR sent does not hash to its FileHash")  # type: ignore[union-attr]
-        # A NAR that verified and matches what its narinfo claims is kept even if the
-        # narinfo was refused (as with PUT /nar: content-addressed, invisible without one).
-        staged = [
-            (e, n)
-            for n, e in enumerate(entries)
-            if e.nar_file is not None
-            and e.nar_digests is not None
-            and (infos[n] is None or infos[n].file_hash.digest == e.nar_digests.file_hash.digest)  # type: ignore[union-attr]
-        ]
-        if staged:
-            self.group_sync()
-            for e, _n in staged:
-                self.commit_object(e.nar_file, e.nar_digests, durable=False)  # type: ignore[arg-type]
-        ready: list[int] = []
-        ready_hashes: set[str] = set()  # of the entries in ``ready`` (grown, never rebuilt)
-        for n, e in enumerate(entries):
-            info = infos[n]
-            if results[n] is not None or info is None:
-                continue
-            got = self.object_digests(info.file_hash)  # type: ignore[arg-type]
-            if got is None:
-                results[n] = (400, f"error: {info.path}: upload the NAR ({info.url}) before its narinfo")
-                continue
-            try:
-                expect_info(info, got)
-            except KilnError as ex:
-                results[n] = (400, f"error: {ex}")
-                continue
-            refused = refusal(self.storage, info, got)  # its (unsigned) CA: as for a PUT
-            if refused:
-                results[n] = (400, refused)
-                continue
-            # references: published, or earlier in this batch (published before it below)
-            missing = self._missing_reference(info, ready_hashes)
-            if missing is not None:
-                results[n] = (409, missing)
-                continue
-            f, _ = stack.enter_context(self.storage.staged())
-            f.write(e.narinfo)
-            f.close()  # flushed; made durable by the shared barrier below
-            e.narinfo_file = f
-            ready.append(n)
-            ready_hashes.add(e.hash_part)
-        if ready:
-            self.group_sync()
-        for n in ready:
-            e, info = entries[n], infos[n]
-            if self.storage.link_staged(e.narinfo_file, layout.narinfo_key(e.hash_part)):  # type: ignore[arg-type]
-                self.by_nar.learn(info.nar_hash.hex, e.hash_part)  # type: ignore[union-attr]
-                results[n] = (201, "published")
-            else:  # exists: identical, mergeable or a conflict
-                try:
-                    results[n] = self.publish_narinfo(e.hash_part, info, e.narinfo)  # type: ignore[arg-type]
-                except KilnError as ex:  # the published one is junk: this entry's 400, not the batch's
-                    results[n] = (400, f"error: {ex}")
-        return [r if r is not None else (500, "error: not processed") for r in results]
+        return commit(self, entries, admit)
 
-    def _missing_reference(self, info: ni.NarInfo, also: Collection[str] = ()) -> str | None:
+    def missing_reference(self, info: ni.NarInfo, also: Collection[str] = ()) -> str | None:
         """The error for a path one of whose references (but itself) is neither
         published here nor among the hash parts ``also``; None if all are. A path is
         published only after its references (pushes go dependencies first), so a client
@@ -363,7 +299,7 @@ class DirSource(Source):
         first, with its file, stays. A false published ``CA:`` is repaired by the new
         (checked) narinfo's (``admitca.merged_ca``)."""
         key = layout.narinfo_key(hash_part)
-        missing = self._missing_reference(info)
+        missing = self.missing_reference(info)
         if missing is not None:
             return 409, missing
         # create-if-absent is atomic (link), so only the rare compare/merge needs the lock

@@ -34,6 +34,13 @@ the unlink.)
 Policy problems (missing trusted signatures, a compression other than zstd) are
 reported, never deleted: a mistyped ``--trusted-key`` must not empty a registry.
 
+Object files no narinfo names (``unnamedobjects``: a push killed between an object and
+its narinfo, a narinfo refused after its object was stored) are counted with their
+bytes, not problems: nothing serves them as a path. ``delete_unnamed`` removes those
+written over an hour ago, after the check (and ``delete_bad``), holding ``MIRROR_LOCK``
+and ``NARINFO_LOCK``, with the narinfos read again under them (``unnamedobjects.sweep``,
+step 4 of ``kiln mirror sync --prune``).
+
 ``delete_bad`` may run while ``kiln serve`` serves the directory. What a server keeps
 in memory about narinfos and objects is checked against the files on every use, so a
 deletion is seen by the next request: a cached narinfo body by one ``stat`` of its file
@@ -55,9 +62,12 @@ it served as immutable, which it does only for files it knew to be good (``objtr
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+import dataclasses
 import fcntl
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from kiln.store import narinfo as ni
@@ -67,7 +77,7 @@ from kiln.store.narinfo import NarInfo
 from kiln.store.perms import make_dir
 from kiln.store.signing import PublicKey
 
-from . import layout
+from . import layout, unnamedobjects
 from .admitca import refusal
 from .backends import DirSource
 from .dirlock import MIRROR_LOCK, NARINFO_LOCK, dir_lock
@@ -96,8 +106,15 @@ class Problem:
 class FsckReport:
     checked: int
     problems: tuple[Problem, ...]
-    #: storage keys deleted (``delete_bad``)
+    #: storage keys deleted (``delete_bad``, ``delete_unnamed``)
     removed: tuple[str, ...]
+    #: object files no narinfo names, and their bytes (each file once): not problems
+    unnamed: int = 0
+    unnamed_bytes: int = 0
+    #: ``delete_unnamed``: unnamed files kept for being written in the last hour, and why
+    #: none was deleted ("" if it looked: ``unnamedobjects.Sweep``)
+    unnamed_young: int = 0
+    unnamed_kept: str = ""
 
 
 def hold_serving_lock(src: DirSource, exclusive: bool) -> int | None:
@@ -182,15 +199,44 @@ def verify_dir(
     delete_bad: bool = False,
     jobs: int | None = None,
     progress: bool | None = None,
+    delete_unnamed: bool = False,
 ) -> FsckReport:
     """Check the registry directory behind ``src`` (see the module docstring);
-    ``progress``: a progress line on stderr (None: when it is a terminal)."""
+    ``progress``: a progress line on stderr (None: when it is a terminal);
+    ``delete_unnamed``: then remove the object files no narinfo names that were written
+    over an hour ago (``unnamedobjects.sweep``, step 4 of ``kiln mirror sync --prune``),
+    holding ``MIRROR_LOCK`` and ``NARINFO_LOCK``."""
     lock = hold_serving_lock(src, exclusive=True) if delete_bad else None
     try:
-        return _verify(src, trusted or [], sigs_needed, delete_bad, jobs, progress)
+        rep = _verify(src, trusted or [], sigs_needed, delete_bad, jobs, progress)
     finally:
         if lock is not None:
             os.close(lock)
+    if not delete_unnamed:
+        return rep
+    with dir_lock(src.storage, MIRROR_LOCK, on_wait=_waiting(src)), dir_lock(src.storage, NARINFO_LOCK):
+        swept = unnamedobjects.sweep(src.storage)
+    return dataclasses.replace(
+        rep, removed=rep.removed + swept.deleted, unnamed_young=swept.young, unnamed_kept=swept.kept
+    )
+
+
+def _waiting(src: DirSource) -> Callable[[], None]:
+    def say() -> None:
+        print(f"waiting for a kiln mirror sync into {src.storage.url} to finish ...", file=sys.stderr)
+
+    return say
+
+
+def _unnamed(src: DirSource, judged: dict[str, bytes | None]) -> tuple[int, int]:
+    """How many object files the narinfos ``judged`` (as read) do not name, and their
+    bytes; a narinfo that cannot be read names nothing here (it is a problem already)."""
+    named: set[str] = set()
+    for key, raw in judged.items():
+        with contextlib.suppress(KilnError):
+            named |= unnamedobjects.names_of(key, raw or b"")
+    files = unnamedobjects.unnamed(src.storage, named)
+    return len(files), unnamedobjects.total_bytes(files)
 
 
 def _verify(
@@ -288,7 +334,8 @@ def _verify(
         doomed = sorted(k for k, ps in problems.items() if any(p.content for p in ps))
         removed = _delete_judged(src, doomed, judged, blamed, sorted(bad_blobs), problems)
     out = tuple(p for key in sorted(problems) for p in problems[key])
-    return FsckReport(len(keys), out, tuple(removed))
+    count, size = _unnamed(src, {k: v for k, v in judged.items() if k not in removed})
+    return FsckReport(len(keys), out, tuple(removed), count, size)
 
 
 def _delete_judged(
@@ -319,11 +366,7 @@ def _delete_judged(
         )
 
     removed: list[str] = []
-
-    def waiting() -> None:
-        print(f"waiting for a kiln mirror sync into {src.storage.url} to finish ...", file=sys.stderr)
-
-    with dir_lock(src.storage, MIRROR_LOCK, on_wait=waiting), dir_lock(src.storage, NARINFO_LOCK):
+    with dir_lock(src.storage, MIRROR_LOCK, on_wait=_waiting(src)), dir_lock(src.storage, NARINFO_LOCK):
         # every file compared before any is unlinked (unlinking one name of a hard-linked
         # object changes the ctime the other name is compared by)
         replaced = {k for k, st in [*blobs, *(x for v in blamed.values() for x in v)] if not still(k, st)}

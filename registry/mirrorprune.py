@@ -12,8 +12,10 @@ it is pruned. ``stale`` counts such paths (the sync prints a note when there are
    pruning cut short left behind;
 3. a file-system barrier: the unlinks above are durable before any object goes;
 4. every object file (``blobs/sha256:<hex>``, ``nar/<nix32>.nar.zst``: only files
-   named like objects) that no narinfo then in DST names, by its FileHash or its URL.
-   Every narinfo is read for that; if one cannot be read, no object is deleted.
+   named like objects) that no narinfo then in DST names, by its FileHash or its URL
+   (``unnamedobjects.sweep``, which ``kiln registry verify --delete-unnamed`` runs too).
+   Every narinfo is read for that; if one cannot be read, no object is deleted; those
+   published meanwhile are read again just before the unlinks.
 
 Crash safety: a narinfo goes before anything it names, so a client never finds a
 published path whose object is gone; a prune cut short leaves only unpublished files,
@@ -36,23 +38,18 @@ from __future__ import annotations
 
 import contextlib
 import os
-import time
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from kiln.store.errors import KilnError
-from kiln.store.hashes import Hash
-
-from . import dirstamps, layout
+from . import dirstamps, layout, unnamedobjects
 from .attest_transfer import LOCK_KEY as ATT_LOCK
 from .backends import DirSource
 from .dirlock import NARINFO_LOCK, dir_lock
 from .storage import Storage
 
 NARINFO = ".narinfo"
-#: object files changed this recently are not pruned (module docstring: an upload in
-#: flight); an hour is far more than a push's gap between an object and its narinfo
-YOUNG = 3600.0
+#: object files changed this recently are not pruned (module docstring; ``unnamedobjects``)
+YOUNG = unnamedobjects.YOUNG
 ATT_DIR = ".att"
 
 
@@ -100,34 +97,8 @@ def prune(dst: DirSource, listed: Collection[str], young: float = YOUNG) -> Prun
         for h in sorted(_att_dirs(storage) - listed - left):
             _remove_att_dir(storage, h)
     storage.barrier()  # (every unlink above is durable before an object goes)
-    try:
-        named = _named(storage)
-    except KilnError as e:
-        return PruneReport(tuple(gone), 0, 0, f"{e}: no object deleted")
-    count, freed, spared = 0, 0, 0
-    seen: set[tuple[int, int]] = set()
-    cutoff = time.time() - young
-    for sub in ("blobs", "nar"):
-        for key in sorted(storage.list(sub)):
-            kind, arg = layout.parse_key(key)
-            if kind not in ("blob", "nar") or key in named:
-                continue
-            p = storage.local_path(key)
-            try:
-                st = os.stat(p) if p is not None else None
-            except OSError:
-                st = None
-            if st is not None and st.st_mtime > cutoff:
-                spared += 1  # (an upload in flight: its narinfo may come next)
-                continue
-            storage.delete(key)
-            count += 1
-            if st is not None and (st.st_dev, st.st_ino) not in seen:
-                seen.add((st.st_dev, st.st_ino))
-                freed += st.st_size
-            # its digest record (a cache: ``DirSource.commit_object``), if it has one
-            storage.delete(f"{layout.PRIVATE_DIR}/nars/{layout.file_hash_of_key(kind, arg).hex}")
-    return PruneReport(tuple(gone), count, freed, objects_young=spared)
+    res = unnamedobjects.sweep(storage, young)
+    return PruneReport(tuple(gone), len(res.deleted), res.bytes_freed, res.kept, res.young)
 
 
 def _store_path(body: bytes | None) -> str | None:
@@ -158,31 +129,3 @@ def _remove_att_dir(storage: Storage, h: str) -> None:
     if d is not None:
         with contextlib.suppress(OSError):
             os.rmdir(d)
-
-
-def _named(storage: Storage) -> set[str]:
-    """The object keys the narinfos in DST name: ``blobs/`` and ``nar/`` of each one's
-    FileHash, and its URL. ``KilnError`` if a narinfo cannot be read or names nothing."""
-    named: set[str] = set()
-    for h in published(storage):
-        key = layout.narinfo_key(h)
-        body = storage.read(key)
-        if body is None:
-            continue  # (removed meanwhile)
-        url = fh = None
-        try:
-            for line in body.decode().splitlines():
-                name, _, value = line.partition(": ")
-                if name == "URL":
-                    url = value.strip()
-                elif name == "FileHash":
-                    fh = Hash.parse(value.strip())
-        except (UnicodeDecodeError, ValueError, KilnError) as e:
-            raise KilnError(f"{key} cannot be read ({e})") from None
-        if url is None and fh is None:
-            raise KilnError(f"{key} names no object (no URL, no FileHash)")
-        if url is not None:
-            named.add(url)
-        if fh is not None:
-            named |= {layout.blob_key(fh), layout.nar_key(fh)}
-    return named

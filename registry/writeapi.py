@@ -1,7 +1,8 @@
 """The registry's write API (directory registries only): ``PUT`` of NARs/blobs,
 narinfos and attestations, ``POST /upload-batch`` (``POST /publish-index``: ``indexapi``). Mixed
 into ``server.Registry``; every upload is verified before anything is published (see
-the module docstring of ``server``)."""
+the module docstring of ``server``), and an upload batch keeps no NAR for a refused
+narinfo (``batchcommit``)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from kiln.store.errors import KilnError
 from . import layout
 from .admitca import refusal
 from .backends import BatchEntry, DirSource
+from .batchcommit import admit_entry, status_of
 from .httpbits import CHUNK, HTTPError, body_pace, check_length, drain, plain, read_body, shown_key
 from .pace import LINE_TOO_LONG
 from .verify import NarVerifier, check_narinfo, expect_info, trusted_sigs_only
@@ -103,7 +105,7 @@ class WriteAPI:
         try:
             info = check_narinfo(text, src.store_dir, self.config.trusted, 1, hash_part)
         except KilnError as e:
-            return (403 if type(e).__name__ == "UntrustedError" else 400), f"error: {e}"
+            return status_of(e), f"error: {e}"
         got = src.object_digests(info.file_hash)
         if got is None:
             return 400, f"error: {info.path}: upload the NAR ({info.url}) before its narinfo"
@@ -119,9 +121,11 @@ class WriteAPI:
     async def _upload_batch(self, request: web.BaseRequest) -> web.Response:
         """``POST /upload-batch``: many paths in one request. Body: per path a line
         ``<narinfo length> <nar length> <hash part>\n``, the narinfo bytes, then the
-        ``.nar.zst`` bytes (length 0 when the registry already has that NAR). Each NAR
-        is hashed while it streams in; then everything is admitted exactly as the
-        single-object PUTs would, with two shared barriers instead of 2 fsyncs per path.
+        ``.nar.zst`` bytes (length 0 when the registry already has that NAR). Each
+        narinfo is admitted before its NAR is read: a refused one's NAR is read past,
+        never stored. Each NAR is hashed while it streams in; then everything is admitted
+        exactly as the single-object PUTs would, with two shared barriers instead of 2
+        fsyncs per path, and only the NARs admitted narinfos name are kept (``batchcommit``).
         The narinfos are held in memory: each at most ``max_narinfo`` bytes, together at
         most ``layout.UPLOAD_BATCH_NARINFO_BYTES`` (413 beyond). Answer: ``{"results": [{"hash", "status", "message"}]}`` in request order."""
         self._auth(request, "write")
@@ -129,6 +133,11 @@ class WriteAPI:
         assert isinstance(src, DirSource)
         check_length(request, self.config.max_body)
         entries: list[BatchEntry] = []
+
+        def admit(hash_part: str, text: str) -> Any:
+            info = check_narinfo(text, src.store_dir, self.config.trusted, 1, hash_part)
+            return trusted_sigs_only(info, self.config.trusted)  # (what a merge may add)
+
         total = texts = 0  # bytes of the body, of its narinfos (held in memory)
         pace = body_pace(request, "upload batch")  # (no deadline of its own: see _put)
         loop = asyncio.get_running_loop()
@@ -169,8 +178,13 @@ class WriteAPI:
                     raise HTTPError(400, "batch body truncated") from None
                 e = BatchEntry(h, body)
                 if zlen:
-                    f, _ = stack.enter_context(src.storage.staged())
-                    ver = NarVerifier(max_nar_size=self.config.max_nar)
+                    # the narinfo first (it comes first in the frame): a refused one's NAR
+                    # is read past, never stored
+                    await loop.run_in_executor(None, admit_entry, e, admit)
+                    f = ver = None
+                    if e.error is None:
+                        f, _ = stack.enter_context(src.storage.staged())
+                        ver = NarVerifier(max_nar_size=self.config.max_nar)
                     left = zlen
                     while left:
                         chunk = await pace.read(request.content.read(min(CHUNK, left)), 1)
@@ -182,18 +196,14 @@ class WriteAPI:
                             except KilnError as ex:  # over max_nar: this entry fails
                                 e.error = str(ex)
                         left -= len(chunk)
-                    f.close()
-                    if e.error is None:
-                        try:
-                            e.nar_digests, e.nar_file = ver.finish(), f
-                        except KilnError as ex:
-                            e.error = str(ex)
+                    if f is not None and ver is not None:
+                        f.close()
+                        if e.error is None:
+                            try:
+                                e.nar_digests, e.nar_file = ver.finish(), f
+                            except KilnError as ex:
+                                e.error = str(ex)
                 entries.append(e)
-
-            def admit(hash_part: str, text: str) -> Any:
-                info = check_narinfo(text, src.store_dir, self.config.trusted, 1, hash_part)
-                return trusted_sigs_only(info, self.config.trusted)  # (what a merge may add)
-
             results = await asyncio.get_running_loop().run_in_executor(None, src.commit_batch, entries, admit)
         out = [
             {"hash": e.hash_part, "status": st, "message": msg}

@@ -29,7 +29,9 @@ def _verify(reg, *extra: str) -> tuple[int, dict]:
 def test_a_clean_registry_verifies(pushed, keys) -> None:
     store, chain, leaf, reg, tok, srv = pushed
     rc, doc = _verify(reg)
-    assert rc == 0 and doc == {"ok": True, "checked": 6, "problems": [], "removed": []}
+    assert rc == 0 and doc == {
+        "ok": True, "checked": 6, "problems": [], "removed": [], "unnamed": 0, "unnamed_bytes": 0,
+    }  # fmt: skip
     rc, doc = _verify(reg, "--trusted-key", str(keys.pk_file))  # signed by the pushing key
     assert rc == 0 and doc["problems"] == []
 

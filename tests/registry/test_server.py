@@ -404,7 +404,11 @@ def test_upload_batch(setup, keys, other_keys, tmp_path) -> None:
     body = _frame(hp2, _narinfo_text(i2, other_keys.sk).encode(), store.object_path(p2).read_bytes())
     res = json.loads(request(f"{srv.url}/upload-batch", "POST", body, auth)[2])["results"]
     assert res[0]["status"] == 403
-    body = _frame(hp2, _narinfo_text(i2, keys.sk).encode())  # the NAR stayed (content-addressed)
+    assert not (reg / layout.blob_key(i2.file_hash)).exists()  # the refused narinfo's NAR was not kept
+    body = _frame(hp2, _narinfo_text(i2, keys.sk).encode())  # so the NAR must come again
+    res = json.loads(request(f"{srv.url}/upload-batch", "POST", body, auth)[2])["results"]
+    assert res[0]["status"] == 400 and "upload the NAR" in res[0]["message"], res
+    body = _frame(hp2, _narinfo_text(i2, keys.sk).encode(), store.object_path(p2).read_bytes())
     res = json.loads(request(f"{srv.url}/upload-batch", "POST", body, auth)[2])["results"]
     assert res[0]["status"] == 201
     for junk in (b"garbage\n", b"10 0 notahash\n0123456789", b"5 0 " + hp.encode() + b"\nab"):
