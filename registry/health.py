@@ -15,6 +15,10 @@ The answer is JSON, ``Cache-Control: no-store``; 200 when ``problems`` is empty,
   unknown);
 - ``index``: the signed timestamp's ``expires``, ``expired`` and ``version`` (null when
   there is no index), and ``signed_here`` (the server holds ``--index-key``);
+- ``clock`` (servers that sign the index): ``"ok"``, or ``"wrong"`` when this server's
+  clock must not sign (``publish.clock_problem``: behind the index root's or the
+  timestamp's signing time, or the timestamp expires further ahead than any publisher
+  signs); it then keeps the timestamp it has rather than sign one already expired;
 - ``writable`` and ``free_bytes`` (directory registries): whether uploads can be written
   (``os.access``, which sees a read-only mount; a full disk is in ``free_bytes``).
 
@@ -22,7 +26,8 @@ What makes it 503: the registry directory's ``nix-cache-info`` cannot be read no
 directory removed, its disk unmounted or unreadable: every read would fail), the store
 database cannot be queried (``--store``), or, on a server that signs the index, the
 timestamp has expired (its re-signing fails, so every client and mirror refuses the
-index as frozen). A mirror served without the key has an expired timestamp whenever
+index as frozen) or the server's clock is wrong (``clock``: the timestamp will expire
+unrenewed). A mirror served without the key has an expired timestamp whenever
 its syncs stop; that is reported (``expired``) but is the mirror's state, not the
 server's (``kiln mirror status``), and narinfos and objects are still served. Not
 writable is reported, not a 503: reads go on.
@@ -67,6 +72,16 @@ def _timestamp(source: DirSource, now: dt.datetime) -> tuple[dict[str, Any] | No
     return {"expires": expires, "expired": expired, "version": version}, None
 
 
+def _clock(source: DirSource, now: dt.datetime) -> str | None:
+    """Why this server's clock must not sign the index (``publish.clock_problem``), or None."""
+    from .publish import clock_problem
+
+    try:
+        return clock_problem(source.storage, now)
+    except (OSError, KilnError, ValueError, KeyError, TypeError, RecursionError):
+        return None  # (an unreadable index is the timestamp check's problem)
+
+
 def check(source: Source, index_key: bool, now: dt.datetime | None = None) -> tuple[int, dict[str, Any]]:
     """``(HTTP status, body)`` of ``GET /healthz`` for a server of ``source``;
     ``index_key``: the server signs the index (module docstring)."""
@@ -94,6 +109,11 @@ def check(source: Source, index_key: bool, now: dt.datetime | None = None) -> tu
                     f"the index timestamp expired at {ts['expires']} (re-signing fails: see this server's "
                     "stderr); clients and mirrors refuse the index as frozen"
                 )
+            if index_key and not why:
+                clock = _clock(source, now)
+                doc["clock"] = "ok" if clock is None else "wrong"
+                if clock is not None:
+                    problems.append(f"this server does not re-sign the index: {clock}")
         if isinstance(source.storage, FileStorage):
             root = source.storage.root
             doc["writable"] = all(

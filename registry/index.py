@@ -23,7 +23,9 @@ The publisher's side (new roots, new generations of metadata) is ``indexbuild``.
 Client rules (``verify_*``): every file must carry a threshold of valid signatures from
 its role's keys in the trusted root, counted by distinct raw public key (each root key
 entry must be the key its id names: ``key_id``); versions never go down relative to the last state
-the client saw (rollback); nothing may be past its expiry (freeze); a snapshot must hash
+the client saw (rollback); nothing may be past its expiry (freeze), nor expire further ahead than any publisher
+signs, and the clock must not be before the trusted root was signed (``indexclock``:
+a wrong clock on either side); a snapshot must hash
 to what the timestamp says and the index to what the snapshot says (mix-and-match).
 Publication order is index → snapshot → timestamp, each file atomic, so a reader that
 sees a timestamp can always fetch what it points to.
@@ -67,6 +69,11 @@ class FreezeError(IndexError_):
 
 class MixAndMatchError(IndexError_):
     pass
+
+
+class ClockError(IndexError_):
+    """A clock is wrong: this machine's is behind, or the publisher's was ahead
+    (``indexclock``)."""
 
 
 class NoIndex(IndexError_):
@@ -184,7 +191,11 @@ def parse_expiry(text: str) -> dt.datetime:
     return dt.datetime.strptime(text, EXPIRY_FORMAT).replace(tzinfo=dt.UTC)
 
 
-def _check_fresh(signed: dict[str, Any], now: dt.datetime, what: str) -> None:
+def _check_fresh(signed: dict[str, Any], now: dt.datetime, what: str, role: str) -> None:
+    """``signed`` (of ``role``) has not expired at ``now``, nor does it expire further
+    ahead than any publisher signs (``indexclock``: a clock ahead or behind)."""
+    from .indexclock import too_far_ahead
+
     try:
         exp = parse_expiry(signed["expires"])
     except (KeyError, ValueError) as e:
@@ -193,6 +204,20 @@ def _check_fresh(signed: dict[str, Any], now: dt.datetime, what: str) -> None:
         raise FreezeError(
             f"{what} expired at {signed['expires']} (now {now:%Y-%m-%dT%H:%M:%SZ}); the source may be frozen"
         )
+    problem = too_far_ahead(signed, role, now, what)
+    if problem is not None:
+        raise ClockError(problem)
+
+
+def check_clock(state: TrustState, now: dt.datetime) -> None:
+    """``ClockError`` when ``now`` is before the trusted root was signed: this machine's
+    clock is behind (``indexclock``), and every expiry check would pass on metadata long
+    expired. Called before anything is fetched."""
+    from .indexclock import reader_clock_behind
+
+    problem = reader_clock_behind(state.root, now)
+    if problem is not None:
+        raise ClockError(problem)
 
 
 def _check_type(signed: dict[str, Any], typ: str, what: str) -> int:
@@ -265,13 +290,13 @@ def verify_timestamp(state: TrustState, data: bytes, now: dt.datetime) -> dict[s
         raise RollbackError(
             f"timestamp version {v} is older than the last seen {state.timestamp_version} (rollback)"
         )
-    _check_fresh(signed, now, "timestamp")
+    _check_fresh(signed, now, "timestamp", "timestamp")
     snap_v = _check_meta(signed, "snapshot.json", "timestamp")
     if snap_v < state.snapshot_version:
         raise RollbackError(
             f"snapshot version {snap_v} is older than the last seen {state.snapshot_version} (rollback)"
         )
-    _check_fresh(state.root, now, "root")
+    _check_fresh(state.root, now, "root", "root")
     return signed
 
 
@@ -304,7 +329,7 @@ def verify_snapshot(
     _check_meta(signed, "index.json", "snapshot")
     if v != meta["version"]:
         raise MixAndMatchError(f"snapshot version {v} but the timestamp lists {meta['version']}")
-    _check_fresh(signed, now, "snapshot")
+    _check_fresh(signed, now, "snapshot", "snapshot")
     return signed
 
 
@@ -319,7 +344,7 @@ def verify_index(
     _check_sigs(signed, sigs, state.root, "index", "index")
     if v != meta["version"]:
         raise MixAndMatchError(f"index version {v} but the snapshot lists {meta['version']}")
-    _check_fresh(signed, now, "index")
+    _check_fresh(signed, now, "index", "index")
     problem = path_table_problem(signed.get("paths"))
     if problem is not None:
         raise IndexError_(problem)
@@ -341,6 +366,7 @@ async def update(fetch: Any, state: TrustState, now: dt.datetime | None = None) 
     root and versions (the caller persists it); on failure it raises and the caller
     keeps its previous state."""
     now = now or utcnow()
+    check_clock(state, now)
     files: list[tuple[str, bytes]] = []
     while True:
         nxt = await fetch(f"index/{state.root['version'] + 1}.root.json")

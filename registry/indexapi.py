@@ -10,7 +10,11 @@ The refresh re-signs when the timestamp is ``config.index_refresh`` seconds old,
 it is valid longer than that lifetime from now (``publish.refresh_due``: signed with a
 longer one, e.g. before a restart with a shorter ``--timestamp-hours``); it wakes every
 quarter of the refresh period, at most every 10 minutes, so a re-sign comes at most 10
-minutes late, which ``kiln serve``'s bound on ``--index-refresh`` leaves room for. One
+minutes late, which ``kiln serve``'s bound on ``--index-refresh`` leaves room for. It
+never signs while this server's clock is wrong (``publish.clock_problem``: behind the
+root's or the timestamp's signing time, ``indexclock``): the timestamp served stays the
+good one, the problem is said on stderr once (and again when it changes or goes away),
+and ``/healthz`` reports it. One
 process runs the refresh (``workers``: slot 0); publishers in several processes are
 serialised by the directory's index lock (``publish.publish_index``) and, within one,
 by ``_publish_lock``.
@@ -53,14 +57,24 @@ class IndexAPI:
         (one worker runs it). A registry without pushes would otherwise look frozen to
         mirrors and clients once the timestamp expires. A failure is said on stderr and
         tried again at the next wake-up."""
-        from .publish import refresh_due
+        from .publish import clock_problem, refresh_due
 
         every = self.config.index_refresh
         hours = self.config.timestamp_hours
         loop = asyncio.get_running_loop()
+        wrong = False  # a clock problem was said (once per burst: its text names the time)
         while True:
             try:
-                due = await loop.run_in_executor(
+                problem = await loop.run_in_executor(None, lambda: clock_problem(self.source.storage))
+                if (problem is not None) != wrong:
+                    wrong = problem is not None
+                    what = (
+                        f"not re-signing the index timestamp (the one served stays): {problem}"
+                        if problem
+                        else "the clock is right again: re-signing the index timestamp as due"
+                    )
+                    print(f"kiln serve: {what}", file=sys.stderr, flush=True)
+                due = problem is None and await loop.run_in_executor(
                     None, lambda: refresh_due(self.source.storage, every, hours=hours)
                 )
                 if due:

@@ -11,7 +11,8 @@ that syncs days later): at least ``MIN_TIMESTAMP_HOURS``, at most ``MAX_TIMESTAM
 Whatever it is, nothing a timestamp names expires before it: the index and snapshot live
 at least twice as long and are renewed once less than half their lifetime is left, and
 the longest lifetime is ``ROOT_RENEW_DAYS``, so a root the publisher renews outlives it too.
-The reader (``index``) needs no setting: it reads each file's ``expires``.
+The reader (``index``) needs no setting: it reads each file's ``expires``. The timestamp
+also carries ``signed_at``, the signer's clock (``indexclock``: clock checks).
 """
 
 from __future__ import annotations
@@ -133,6 +134,9 @@ def build_metadata(
         "root_version": root_version,
         "version": ts_v,
         "expires": expiry(now, hours=ts_hours),
+        # the signer's clock (readers ignore it): a publisher whose clock is before it
+        # refuses to sign (``indexclock``), and its lifetime is exact (``refresh_due``)
+        "signed_at": expiry(now),
         "meta": {"snapshot.json": snap_meta},
     }
     files.append(("index/timestamp.json", sign_envelope(ts, [key])))

@@ -86,6 +86,7 @@ async def update(
 ) -> Metadata:
     """``index.update``'s walk (see the module docstring), reusing DST's files."""
     now = ix.utcnow()
+    ix.check_clock(state, now)
     # the roots from the one DST trusts (pinned on the first sync) on: a client of the
     # mirror walks the chain from the root it pinned, as from the source's
     files: list[tuple[str, bytes]] = [(f"index/{state.root['version']}.root.json", state.root_bytes)]

@@ -24,15 +24,17 @@ from kiln.store.errors import KilnError
 from kiln.store.signing import SecretKey
 
 from . import index as ix
-from . import indexbuild, indexprune, indexscan, layout
+from . import indexbuild, indexclock, indexprune, indexscan, layout
 from .dirlock import INDEX_LOCK, dir_lock
 from .layout import CACHE_INFO, cache_info_of
 from .storage import Storage
 
-#: a timestamp expiring later than a publisher's lifetime from now by more than this was
-#: signed with a longer lifetime (``refresh_due``); the slack covers the expiry's
-#: one-second resolution and a clock stepped back a little
-LIFETIME_SLACK = dt.timedelta(minutes=5)
+#: a timestamp without ``signed_at`` (signed before it existed) expiring later than a
+#: publisher's lifetime from now by more than this was signed with a longer lifetime
+#: (``refresh_due``); the slack covers the expiry's one-second resolution and clocks of
+#: two publishers as far apart as ``indexclock.SKEW`` allows (with 5 minutes, two whose
+#: clocks differed by more re-signed after each other)
+LIFETIME_SLACK = indexclock.SKEW
 
 
 def narinfo_entry(text: bytes, key: str = "narinfo") -> tuple[str, dict[str, Any]]:
@@ -84,13 +86,14 @@ def load_signed(storage: Storage, key: str) -> dict[str, Any] | None:
     return json.loads(data)["signed"] if data else None
 
 
-def init_root(storage: Storage, key: SecretKey) -> dict[str, Any]:
-    """Create root v1 if there is none; return the current root."""
+def init_root(storage: Storage, key: SecretKey, now: dt.datetime | None = None) -> dict[str, Any]:
+    """Create root v1 (signed at ``now``, default the clock) if there is none; return the
+    current root."""
     cur = load_signed(storage, "index/root.json")
     if cur is not None:
         return cur
     pub = key.public()
-    root = indexbuild.make_root(1, {r: [pub] for r in ix.ROLES}, ix.utcnow())
+    root = indexbuild.make_root(1, {r: [pub] for r in ix.ROLES}, now or ix.utcnow())
     data = ix.sign_envelope(root, [key])
     storage.put_bytes("index/1.root.json", data)
     storage.put_bytes("index/root.json", data)
@@ -98,7 +101,9 @@ def init_root(storage: Storage, key: SecretKey) -> dict[str, Any]:
 
 
 def rotate_root(storage: Storage, old_key: SecretKey, new_key: SecretKey) -> int:
-    """Root v+1 moving every role to ``new_key``; signed by old and new key. Returns v+1."""
+    """Root v+1 moving every role to ``new_key``; signed by old and new key. Returns v+1.
+    No clock check (``indexclock``): the operator's rotation, with a correct clock, is
+    the way out when a publisher whose clock was ahead signed the current root."""
     with dir_lock(storage, INDEX_LOCK):
         return _rotate_root(storage, old_key, new_key)
 
@@ -124,16 +129,31 @@ def publish_index(
     full: bool = False,
     timestamp_hours: float | None = None,
     min_version: int = 0,
+    now: dt.datetime | None = None,
 ) -> indexbuild.Published:
     """Sign and publish a new index generation for everything the storage holds (with
     ``full``, every narinfo read again rather than only those that changed: the result
     is the same); the timestamp is valid ``timestamp_hours`` (default
     ``indexbuild.TIMESTAMP_HOURS``; ``ValueError`` outside its bounds); no index, snapshot
-    or timestamp version is below ``min_version`` (after restoring from a backup). Two publishers
-    (server workers, the CLI beside a server) would both read version v and write
-    different v+1 files over each other: the directory's index lock serialises them."""
+    or timestamp version is below ``min_version`` (after restoring from a backup). ``now``
+    (default: the clock) is the signing time; ``KilnError`` and nothing signed when it is
+    wrong (``clock_problem``). Two publishers (server workers, the CLI beside a server)
+    would both read version v and write different v+1 files over each other: the
+    directory's index lock serialises them."""
     with dir_lock(storage, INDEX_LOCK):
-        return _publish_index(storage, key, full, timestamp_hours, min_version)
+        return _publish_index(storage, key, full, timestamp_hours, min_version, now or ix.utcnow())
+
+
+def clock_problem(storage: Storage, now: dt.datetime | None = None) -> str | None:
+    """Why this publisher, its clock reading ``now``, must not sign the index of
+    ``storage`` (``indexclock.publisher_problem``: its clock is behind the root's or the
+    current timestamp's signing time, or the timestamp expires further ahead than any
+    publisher signs), or None."""
+    return indexclock.publisher_problem(
+        load_signed(storage, "index/root.json"),
+        load_signed(storage, "index/timestamp.json"),
+        now or ix.utcnow(),
+    )
 
 
 def refresh_due(
@@ -145,17 +165,25 @@ def refresh_due(
     expire): when the timestamp was signed ``every`` seconds ago or more (it expires
     within ``hours`` less ``every``), or when it is valid longer than ``hours`` from now
     (signed with a longer lifetime: ``kiln registry publish-index --timestamp-hours``, or
-    this publisher before its lifetime was shortened), so the expiry served follows the
-    publisher's lifetime. False while the registry has no index (a server does not
-    create one on its own)."""
+    this publisher before its lifetime was shortened: by its ``signed_at``, or, signed
+    before that field, by its expiry), so the expiry served follows the publisher's
+    lifetime. False while the registry has no index (a server does not create one on its
+    own), and while ``clock_problem`` says this publisher's clock must not sign (a
+    timestamp valid longer than expected is then not a lifetime to follow)."""
     ts = load_signed(storage, "index/timestamp.json")
     if ts is None:
         return False
     now = now or ix.utcnow()
+    if clock_problem(storage, now) is not None:
+        return False  # signing would fail: the server says why (``indexapi``), and keeps it
     life = dt.timedelta(hours=indexbuild.TIMESTAMP_HOURS if hours is None else hours)
     if indexbuild.expires_within(ts.get("expires"), now, life - dt.timedelta(seconds=every)):
         return True
-    return not indexbuild.expires_within(ts.get("expires"), now, life + LIFETIME_SLACK)
+    try:
+        signed_life = ix.parse_expiry(ts["expires"]) - ix.parse_expiry(ts["signed_at"])
+    except (KeyError, TypeError, ValueError):
+        return not indexbuild.expires_within(ts.get("expires"), now, life + LIFETIME_SLACK)
+    return abs(signed_life - life) > dt.timedelta(seconds=1)
 
 
 def renew_root(storage: Storage, root: dict[str, Any], key: SecretKey, now: dt.datetime) -> dict[str, Any]:
@@ -183,8 +211,13 @@ def _publish_index(
     full: bool = False,
     timestamp_hours: float | None = None,
     min_version: int = 0,
+    now: dt.datetime | None = None,
 ) -> indexbuild.Published:
+    now = now or ix.utcnow()
     prev_ts = load_signed(storage, "index/timestamp.json")
+    problem = indexclock.publisher_problem(load_signed(storage, "index/root.json"), prev_ts, now)
+    if problem is not None:
+        raise KilnError(f"cannot sign the index: {problem}")
     prev_paths = prev_expires = prev_sha = None
     if prev_ts:
         data = storage.read(f"index/{prev_ts['meta']['snapshot.json']['version']}.index.json")
@@ -194,7 +227,7 @@ def _publish_index(
         prev_sha = hashlib.sha256(data).hexdigest() if data else None
     # first: a directory that cannot be indexed gets no root
     col = indexscan.collect(storage, prev_paths, prev_sha, full=full)
-    root = renew_root(storage, init_root(storage, key), key, ix.utcnow())
+    root = renew_root(storage, init_root(storage, key, now), key, now)
     kid = ix.key_id(key.public())
     for role in ("timestamp", "snapshot", "index"):
         if kid not in root["roles"][role]["keyids"]:
@@ -211,6 +244,7 @@ def _publish_index(
         prev_index_expires=prev_expires,
         timestamp_hours=timestamp_hours,
         min_version=min_version,
+        now=now,
     )
     for k, data in pub.files:
         storage.put_bytes(k, data)

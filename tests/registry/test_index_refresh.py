@@ -123,13 +123,13 @@ def test_a_root_about_to_expire_is_renewed_by_its_publisher(reg) -> None:
     new = renew_root(reg, root, key, late)
     assert new["version"] == 2 and new["keys"] == root["keys"] and new["expires"] > root["expires"]
     assert _signed(reg, "index/root.json")["version"] == 2
-    publish_index(reg, key)
+    publish_index(reg, key, now=late)  # (a clock that read "now" would be refused: behind the root)
     import asyncio
 
     async def fetch(k):  # noqa: ANN001, ANN202
         return reg.read(k)
 
-    asyncio.run(ix.update(fetch, state))
+    asyncio.run(ix.update(fetch, state, late))
     assert state.root["version"] == 2
     # another publisher's key may not renew it alone
     assert renew_root(reg, new, SecretKey.generate("idx-1"), late + dt.timedelta(days=400)) is new
