@@ -31,7 +31,7 @@ from kiln.store.errors import KilnError
 from kiln.store.hashes import Hash
 from kiln.store.paths import check_store_dir
 
-from . import layout
+from . import layout, objstamp
 from .admitca import merged_ca, published
 from .dirlock import NARINFO_LOCK, dir_lock
 from .narcache import NarinfoCache
@@ -102,6 +102,14 @@ class Source(abc.ABC):
 def _record_key(file_hash: Hash) -> str:
     """Where a directory keeps the digests of a large object (``Digests.to_record``)."""
     return f"{layout.PRIVATE_DIR}/nars/{file_hash.hex}"
+
+
+def _fstamp(f: BinaryIO) -> objstamp.Stamp | None:
+    """The stamp of an open file (``objstamp``), None if it has no descriptor."""
+    try:
+        return objstamp.stamp_of(os.fstat(f.fileno()))
+    except (OSError, AttributeError, ValueError):
+        return None
 
 
 def _is_store_root(d: Path) -> bool:
@@ -229,23 +237,47 @@ class DirSource(Source):
     def commit_object(self, tmp: BinaryIO, got: Digests, durable: Durability = None) -> None:
         """Publish a verified staged NAR under ``nar/`` and ``blobs/`` and remember its
         digests: in memory, and for large objects also in ``.kiln/nars/<hex>`` so
-        admitting the narinfo later (maybe in another worker) need not re-read it. The
-        record is a cache (recomputed if lost or torn), so it is never fsynced; it is
-        written after the object, so a record never speaks for an object that failed."""
-        self.storage.commit_staged(
-            tmp, [layout.blob_key(got.file_hash), layout.nar_key(got.file_hash)], durable
-        )
+        admitting the narinfo later (maybe in another worker) need not re-read it, and
+        ``kiln serve`` may call it immutable. The record is a cache (recomputed if lost or
+        torn), so it is never fsynced; it is written after the object, so a record never
+        speaks for an object that failed. It vouches for the files published here by
+        their stamps (``objstamp``), taken once the temp name is gone (its unlink would
+        change their ctime): ``tmp``'s name is removed here, callers use it no more."""
+        keys = [layout.blob_key(got.file_hash), layout.nar_key(got.file_hash)]
+        self.storage.commit_staged(tmp, keys, durable)
         if got.file_size >= RECORD_MIN:
-            self.storage.put_bytes(_record_key(got.file_hash), got.to_record(), durable=False)
+            inode = None
+            if self.storage.local_path(keys[0]) is not None:
+                try:
+                    st = os.stat(tmp.name)
+                    inode = (st.st_dev, st.st_ino)
+                    os.unlink(tmp.name)  # (the staging block's exit tolerates its absence)
+                except OSError:
+                    inode = None
+            self._write_record(got, keys, inode, None)
         if len(self._digests) >= CACHE_MAX:
             self._digests.clear()
         self._digests[got.file_hash.hex] = got
+
+    def _write_record(
+        self, got: Digests, keys: list[str], inode: tuple[int, int] | None, read: objstamp.Stamp | None
+    ) -> None:
+        """Write ``got``'s digest record, vouching for the files at ``keys`` that are the
+        verified ``inode``, for the stamp ``read`` (of a file hashed just now), and for
+        those an earlier record vouched for that are unchanged (``objstamp``)."""
+        key = _record_key(got.file_hash)
+        paths = [p for k in keys if (p := self.storage.local_path(k)) is not None]
+        stamps = objstamp.current(paths, inode, objstamp.stamps_of(self.storage.read(key)))
+        if read is not None:
+            stamps.append(read)
+        self.storage.put_bytes(key, objstamp.record(got, stamps), durable=False)
 
     def object_digests(self, file_hash: Hash) -> Digests | None:
         """The digests of object ``file_hash`` if it is in the registry, else None: from
         memory or its record when the object is there with the size remembered (``registry
         verify --delete-bad`` deletes a bad object and leaves both behind), else by
-        hashing it."""
+        hashing it (and recording it, vouching for the file read if it did not change
+        while it was read)."""
         sizes = (self.storage.size(layout.nar_key(file_hash)), self.storage.size(layout.blob_key(file_hash)))
         known = self._digests.get(file_hash.hex)
         if known is not None and known.file_size in sizes:
@@ -261,11 +293,14 @@ class DirSource(Source):
             return None
         ver = NarVerifier()
         with f:
+            before = _fstamp(f)
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 ver.update(chunk)
+            after = _fstamp(f)
         got = ver.finish()
         if got.file_hash.digest == file_hash.digest and got.file_size >= RECORD_MIN:
-            self.storage.put_bytes(_record_key(file_hash), got.to_record(), durable=False)
+            keys = [layout.blob_key(file_hash), layout.nar_key(file_hash)]
+            self._write_record(got, keys, None, before if before is not None and before == after else None)
         return got
 
     def commit_batch(

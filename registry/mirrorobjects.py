@@ -17,7 +17,8 @@ Invariants:
 - a bad object (its content does not match its name, or it cannot be read) is replaced
   only by a download verified against the narinfo (file and NAR digests, ``mirror``),
   renamed over it: a reader finds the bad file or the good one, never none;
-- a missing object is fetched, verified, and linked in (``DirSource.commit_object``).
+- a missing object is fetched, verified, and linked in (``DirSource.commit_object``, which
+  records it, vouching for the files it placed: ``objstamp``).
 
 Cost: a ``stat`` per key. A file is hashed (the sha256 of the file, which is what its
 name claims; no decompression) only when its size is not the FileSize every narinfo
@@ -137,10 +138,11 @@ def _sha256(storage: Storage, key: str) -> str | None:
 
 
 def place(dst: DirSource, f: BinaryIO, got: Digests, replace: Collection[str]) -> None:
-    """Publish the verified staged object ``f`` (digests ``got``): linked where DST has
-    no file, then renamed over each bad file at ``replace`` (one rename each: no moment
-    without a file there). Not made durable (the sync's barrier does that)."""
-    dst.commit_object(f, got, durable=False)
+    """Publish the verified staged object ``f`` (digests ``got``): renamed over each bad
+    file at ``replace`` (one rename each: no moment without a file there), then linked
+    where DST has no file. Not made durable (the sync's barrier does that). The links
+    come first: ``commit_object`` records the file's stamp (``objstamp``) last, once no
+    other link to it is made or removed (each changes its ctime), and takes ``f``'s name."""
     for key in replace:
         dest = dst.storage.local_path(key)
         assert dest is not None  # (``replace`` names files ``judge_all`` found)
@@ -152,3 +154,4 @@ def place(dst: DirSource, f: BinaryIO, got: Digests, replace: Collection[str]) -
             os.unlink(gpath)
             os.link(f.name, gpath)
             os.replace(gpath, dest)
+    dst.commit_object(f, got, durable=False)

@@ -18,9 +18,13 @@ written (``ObjectTrust.judge``):
   or changed in place is hashed again;
 - a larger one is trusted when the directory holds its digest record
   (``.kiln/nars/<hex>``, written by kiln when it verified the object: an upload, a
-  mirror sync, an admission that hashed it) for the file's size, and the file has not
-  been modified since the record was written (its mtime is not later): hashing
-  gigabytes on a GET is not cheap;
+  mirror sync, an admission that hashed it) for the file's size that vouches for this
+  very file: the record holds the file's stamp as kiln left it (``objstamp``: device,
+  inode, size, mtime, ctime) and the file still has it. Not "mtime not later than the
+  record": a clock stepped back, ``touch``, ``cp -p``, ``rsync -t`` or a tar restore
+  set an old mtime on other bytes; ctime cannot be set. A record older than stamps
+  vouches for nothing (the object is served revalidated until kiln verifies it again):
+  hashing gigabytes on a GET is not cheap;
 - a store's objects (``kiln serve --store``) are trusted: the store verifies every
   object it imports (``kiln store verify`` is its check).
 
@@ -42,7 +46,7 @@ from pathlib import Path
 
 from kiln.store.hashes import Hash
 
-from . import layout
+from . import layout, objstamp
 from .backends import RECORD_MIN
 from .storage import Storage
 from .verify import Digests
@@ -107,19 +111,15 @@ class ObjectTrust:
         return verdict
 
     def _recorded(self, digest: Hash, st: os.stat_result) -> bool | None:
-        """True if kiln's digest record of ``digest`` vouches for a file of ``st``'s size
-        not modified since the record was written; else None (unknown)."""
+        """True if kiln's digest record of ``digest`` vouches for this very file: a
+        record for its size holding its stamp (``objstamp``: device, inode, size, mtime,
+        ctime, all equal); else None (unknown). A record written before stamps vouches
+        for nothing (the file is not hashed here: served revalidated, not immutable)."""
         assert self.storage is not None
-        key = f"{layout.PRIVATE_DIR}/nars/{digest.hex}"  # (``backends._record_key``)
-        rec = self.storage.read(key)
-        p = self.storage.local_path(key)
-        if rec is None or p is None:
+        rec = self.storage.read(f"{layout.PRIVATE_DIR}/nars/{digest.hex}")  # (``backends._record_key``)
+        if rec is None:
             return None
         got = Digests.from_record(rec, digest)
-        try:
-            written = os.stat(p).st_mtime_ns
-        except OSError:
-            return None
-        if got is None or got.file_size != st.st_size or st.st_mtime_ns > written:
+        if got is None or got.file_size != st.st_size or objstamp.stamp_of(st) not in objstamp.stamps_of(rec):
             return None
         return True

@@ -50,7 +50,7 @@ from kiln.store import narinfo as ni
 from kiln.store.errors import KilnError
 from kiln.store.signing import PublicKey, SecretKey
 
-from . import closurewalk, fastpath, health, layout, servelog
+from . import closurewalk, fastpath, health, layout, mutablefile, servelog
 from .attestapi import AttestAPI
 from .auth import AuthError, TokenStore
 from .backends import DirSource, Source
@@ -248,7 +248,7 @@ class Registry(IndexAPI, WriteAPI, BatchAPI, AttestAPI):
                 return plain(404, f"no narinfo for {arg}", **self._miss_headers)
             return web.Response(body=body, headers=self._narinfo_headers)
         if kind in ("att", "att-dir"):
-            return self._get_att(key, kind, arg)
+            return await self._get_att(request, key, kind, arg)
         if kind in ("nar", "blob"):
             digest = layout.file_hash_of_key(kind, arg)
             path = self.source.object_file(digest)
@@ -268,15 +268,19 @@ class Registry(IndexAPI, WriteAPI, BatchAPI, AttestAPI):
         path = self.source.file(key)
         if path is None:
             return self._not_found(key)
-        mutable = key in ("index/timestamp.json", "index/snapshot.json", "index/root.json")
-        cc = "no-cache" if mutable else IMMUTABLE
-        return RangeFile(
-            path,
-            headers={
-                "Cache-Control": cc,
-                "Content-Type": "application/json" if kind == "index" else "application/octet-stream",
-            },
-        )
+        headers = {"Content-Type": "application/json" if kind == "index" else "application/octet-stream"}
+        if key in mutablefile.MUTABLE:  # revalidated, by a tag of the content only (``mutablefile``)
+            return await self._mutable(key, path, request, {"Cache-Control": "no-cache", **headers})
+        return RangeFile(path, headers={"Cache-Control": IMMUTABLE, **headers})
+
+    async def _mutable(
+        self, key: str, path: Path, request: web.BaseRequest, headers: dict[str, str]
+    ) -> web.Response:
+        """A file replaced under its name (``mutablefile``): no date validators."""
+        body = await asyncio.get_running_loop().run_in_executor(None, mutablefile.read, path)
+        if body is None:
+            return self._not_found(key)
+        return mutablefile.answer(request, body, headers)
 
     async def _health(self) -> web.Response:
         """``GET /healthz`` (``health``): 200 or 503, JSON, never cached."""
@@ -300,7 +304,9 @@ class Registry(IndexAPI, WriteAPI, BatchAPI, AttestAPI):
             )
         return web.Response(body=body, content_type="application/json", headers={"Cache-Control": "no-store"})
 
-    def _get_att(self, key: str, kind: str, hash_part: str) -> web.StreamResponse:
+    async def _get_att(
+        self, request: web.BaseRequest, key: str, kind: str, hash_part: str
+    ) -> web.StreamResponse:
         # Attestations can be replaced (a newer provenance) and listings grow: revalidate.
         headers = {"Cache-Control": "no-cache"}
         att_kind = layout.att_kind_of_key(key) if kind == "att" else None
@@ -313,7 +319,9 @@ class Registry(IndexAPI, WriteAPI, BatchAPI, AttestAPI):
         path = self.source.att_file(hash_part, att_kind)
         if path is None:
             return self._not_found(key)
-        return RangeFile(path, headers={**headers, "Content-Type": "application/vnd.dsse.envelope.v1+json"})
+        return await self._mutable(
+            key, path, request, {**headers, "Content-Type": "application/vnd.dsse.envelope.v1+json"}
+        )
 
 
 def make_app(source: Source, config: ServerConfig) -> web.Server:
