@@ -272,6 +272,12 @@ class DirSource(Source):
             stamps.append(read)
         self.storage.put_bytes(key, objstamp.record(got, stamps), durable=False)
 
+    def vouch(self, got: Digests, keys: list[str], stamp: objstamp.Stamp) -> None:
+        """Record that the files at ``keys`` (names of one file) with ``stamp`` hash to
+        ``got``: a verifier read them whole, found them unchanged meanwhile and as their
+        narinfo says (``registry verify``; ``objtrust`` then serves them immutable)."""
+        self._write_record(got, keys, None, stamp)
+
     def object_digests(self, file_hash: Hash) -> Digests | None:
         """The digests of object ``file_hash`` if it is in the registry, else None: from
         memory or its record when the object is there with the size remembered (``registry

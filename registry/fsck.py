@@ -154,27 +154,34 @@ def _stamp(st: os.stat_result) -> Stamp:
 
 def _digest(
     src: DirSource, key: str, file_hash: Hash, max_nar: int, max_file: int
-) -> tuple[Digests | str, Stamp]:
+) -> tuple[Digests | str, Stamp, bool]:
     """The digests of the object at ``key``, which should be the file ``file_hash`` (reading
     no more than the sizes any of its narinfos claims), or what went wrong reading it; and
     the stamp of the file read (taken after reading it: ``_delete_judged`` deletes the file
-    only if it is still that one)."""
+    only if it is still that one), and whether it was the same before (``steady``: then a
+    good file may be vouched for, ``DirSource.vouch``)."""
     f = src.storage.open(key)
     if f is None:
-        return f"{key} vanished while being checked", None
+        return f"{key} vanished while being checked", None, False
     ver = NarVerifier(max_nar_size=max_nar, max_file_size=max_file)
     stamp: Stamp = None
+    before: Stamp = None
     try:
         with f:
+            before = _fstamp(f)
             while chunk := f.read(CHUNK):
                 ver.update(chunk)
-            try:
-                stamp = _stamp(os.fstat(f.fileno()))
-            except (OSError, AttributeError, ValueError):  # (no descriptor: not a local file)
-                stamp = None
-        return ver.finish(file_hash), stamp
+            stamp = _fstamp(f)
+        return ver.finish(file_hash), stamp, stamp is not None and stamp == before
     except (KilnError, OSError) as e:
-        return f"{key}: {e}", stamp
+        return f"{key}: {e}", stamp, False
+
+
+def _fstamp(f: object) -> Stamp:
+    try:
+        return _stamp(os.fstat(f.fileno()))  # type: ignore[attr-defined]
+    except (OSError, AttributeError, ValueError):  # (no descriptor: not a local file)
+        return None
 
 
 def _same_file(src: DirSource, keys: list[str]) -> list[list[str]]:
@@ -312,7 +319,7 @@ def _verify(
         }
         for fut in concurrent.futures.as_completed(futures):
             group, named = futures[fut]
-            got, stamp = fut.result()
+            got, stamp, steady = fut.result()
             bar.add(1, named[0][1].file_size or 0)
             fits = 0
             for key, info in named:
@@ -326,6 +333,11 @@ def _verify(
                     blamed.setdefault(key, []).extend((k, stamp) for k in group)
             if not fits:  # no narinfo describes these bytes: they are bad, not the claims
                 bad_blobs += [(b, stamp) for b in group]
+            elif steady and stamp is not None and not isinstance(got, str):
+                # good, and read whole unchanged: the server may promise it immutable
+                # (``objtrust``; a record of an older kiln vouches for no file)
+                with contextlib.suppress(OSError, KilnError):  # (a directory we may not write)
+                    src.vouch(got, group, stamp)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)  # Ctrl-C: queued checks are dropped
     bar.done()

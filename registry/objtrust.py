@@ -105,6 +105,10 @@ class ObjectTrust:
                 )
         else:
             verdict = await loop.run_in_executor(None, self._recorded, digest, st)
+            if verdict is None:
+                # not remembered: a record may vouch for it later without the file
+                # changing (``kiln registry verify`` read it whole and found it good)
+                return None
         if len(self._known) >= MAX_KNOWN:
             self._known.clear()
         self._known[digest.hex] = (stamp, verdict)

@@ -118,6 +118,13 @@ def test_a_record_without_stamps_vouches_for_nothing(tmp_path, keys, kiln_server
     srv = kiln_server("--dir", str(reg))
     cc, etag = _headers(srv.url, layout.nar_key(info.file_hash))
     assert cc == REVALIDATED and "sha256" not in etag
+    # kiln registry verify reads it whole, finds it good and unchanged: it vouches for it
+    r = kiln("registry", "verify", "--dir", str(reg))
+    assert r.returncode == 0, r.stderr
+    assert b'"stamps"' in rec.read_bytes()
+    for key in (layout.nar_key(info.file_hash), layout.blob_key(info.file_hash)):
+        cc, etag = _headers(srv.url, key)
+        assert "immutable" in cc and etag == f'"sha256:{info.file_hash.hex}"', (key, cc, etag)
 
 
 def test_a_mirror_sync_vouches_for_the_objects_it_places(tmp_path, keys, kiln_server) -> None:
