@@ -11,7 +11,9 @@ with ``--trusted-key KEY`` (repeatable; a key file, or ``name:base64`` itself) o
 ``kiln copy --to store --attester-key KEY`` (repeatable): keys trusted for attestations
 only, never for paths (``registry.attest_fetch``). A copy into a store that refuses an
 attestation (tampered with, or not the path's) still imports and roots the paths, which
-their own signatures vouch for, and then fails (exit 1) naming each refused one.
+their own signatures vouch for, and then fails (exit 1) naming each refused one; so does a
+push whose registry refuses an attestation (not signed by a key it trusts, signed time
+ahead of its clock, ...): the paths and the index are published, the command exits 1.
 ``kiln copy --to store --index-root ROOT``: the source's signed index is checked first,
 as ``kiln mirror sync --root`` checks it, and only what it lists is taken
 (``registry.indexstate``: the versions seen are kept under the store root).
@@ -85,7 +87,7 @@ def cmd_push(argv: list[str]) -> int:
     for why in rep.signatures_refused[:10]:
         print(f"warning: the registry did not take the new signature of {why}", file=sys.stderr)
     for why in rep.attestations_refused[:10]:
-        print(f"warning: the registry did not take the attestation {why}", file=sys.stderr)
+        print(f"error: the registry refused the attestation {why}", file=sys.stderr)
     if any("trusted" in why for why in rep.attestations_refused):
         print(
             "  (kiln serve admits attestations signed by one of its --trusted-key or --attester-key "
@@ -98,7 +100,31 @@ def cmd_push(argv: list[str]) -> int:
     ):
         if n > 10:
             print(f"warning: ... and {n - 10} more {what} not taken", file=sys.stderr)
-    return 0
+    return _attestations_refused(rep.attestations_refused)
+
+
+#: what ``registry.attest_rules.future_problem`` says of a signed time ahead of the registry's clock
+_AHEAD = "ahead of this registry's clock"
+
+
+def _attestations_refused(refused: tuple[str, ...]) -> int:
+    """``kiln push``'s exit status once everything else is done: 1 if the registry refused
+    any attestation (the paths are published without it: verifiers requiring it will
+    fail them), with a closing line saying so; 0 otherwise."""
+    if not refused:
+        return 0
+    print(
+        f"error: the registry refused {len(refused)} attestation(s) (named above): the paths were pushed "
+        "and published without them",
+        file=sys.stderr,
+    )
+    if any(_AHEAD in why for why in refused):
+        print(
+            "  (a signed time ahead of the registry's clock: check this machine's clock (NTP), or that of "
+            "the machine that signed it, and the registry's)",
+            file=sys.stderr,
+        )
+    return 1
 
 
 def cmd_copy(argv: list[str]) -> int:

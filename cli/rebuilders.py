@@ -15,7 +15,8 @@ The verdict is signed as a SLSA Verification Summary (``intoto.vsa``, PASSED wit
 output as ``vsa-<keyid>`` (``attestations.record_vsa``), stored and carried exactly
 like provenance, and ``policy.verify_path`` counts independent rebuilders. A later
 verdict by the same key replaces the earlier one: the newest rebuild is what a key
-attests.
+attests; it is dated no earlier than one second after that key's stored verdict
+(``verdicttime``: a clock gone back must not leave the older verdict standing).
 
 Signing happens in this process after the sandbox has exited; the key file is never
 mounted into a build. A rebuilder key that also signed the path's provenance is stored
@@ -212,6 +213,7 @@ def rebuild_drv(
     from kiln.store.sandboxrun import input_paths
 
     from .jsonout import hash_text
+    from .verdicttime import verdict_time
     from .version import full_version
 
     say = say or _stderr
@@ -246,7 +248,8 @@ def rebuild_drv(
                     signer,
                     passed=c.identical,
                     verifier_version=full_version(),
-                    time_verified=now,
+                    # not before this key's stored verdict (a clock gone back: ``verdicttime``)
+                    time_verified=verdict_time(store, c.path, signer.public_key, now, say),
                     rebuilt_nar_sha256_hex=c.rebuilt.hex,
                     derivation=drv_path,
                     varied=variation.varied() if variation is not None else None,

@@ -20,7 +20,8 @@ A record *can no longer matter* once, after this collection, its path is either
   from its recipe; ``kiln store why`` then says it is not valid.
 
 Such a record goes (``gcside``) once its directory is also ``keep_quarantine_days`` old
-(its mtime: when the quarantine filled it; ``touch`` keeps one longer; 0: any age): that
+(its mtime: when the quarantine filled it; ``touch`` keeps one longer, but an mtime more
+than a day ahead counts as now and is set to now, ``gcside._mtime``; 0: any age): that
 is the operator's time to look at the bad bytes, counted from the quarantine, not from
 when the record stopped mattering. Several records of one path are judged each by its
 own age, and all stay while the path needs them (``quarantine.closure_edges`` unites

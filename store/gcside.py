@@ -35,6 +35,13 @@ rest).
   any age). A record whose edges this collection follows (its path live, without a row)
   stays at any age. One with a directory another user owns is left, with a warning.
 
+A modification time more than a day ahead of the clock (a clock that was wrong when the
+entry was written, or ``touch -d`` far ahead) counts as now and is set to now
+(``_mtime``): the entry then goes its ``days`` later, never earlier, instead of surviving
+until that date (a ``kiln-failed-*`` dir dated five years ahead outlived
+``keep_failed_days`` 7 by five years). A dry run sets it too (it only moves a date no
+clock has reached).
+
 Only names kiln makes are ever chosen (regular files for logs and entries, real
 directories for failed builds and quarantine records); anything else in those
 directories is left alone.
@@ -44,6 +51,7 @@ killed at any point leaves every entry whole, in place or in a trash the next GC
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import re
@@ -75,6 +83,8 @@ _BUILDING_DIR = re.compile(r"^(build|check|vary)-")
 #: before a running build started is left too
 START_MARGIN_S = 60.0
 _DAY_S = 86400.0
+#: a modification time further ahead than this counts (and is reset) as now: see ``_mtime``
+FUTURE_S = _DAY_S
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -175,7 +185,7 @@ def stale_files(d: Path, pattern: re.Pattern, days: int, now: float) -> list[Pat
             st = e.stat(follow_symlinks=False)
         except OSError:
             continue
-        if stat.S_ISREG(st.st_mode) and _old(st.st_mtime, days, now):
+        if stat.S_ISREG(st.st_mode) and _old(_mtime(e.path, st.st_mtime, now), days, now):
             out.append(Path(e.path))
     return sorted(out)
 
@@ -191,8 +201,11 @@ def failed_dirs(tmp: Path, days: int, now: float) -> tuple[list[Path], list[str]
             st = e.stat(follow_symlinks=False)
         except OSError:
             continue
-        if stat.S_ISDIR(st.st_mode) and _old(st.st_mtime, days, now):
-            aged.append((Path(e.path), st.st_mtime))
+        if not stat.S_ISDIR(st.st_mode):
+            continue
+        mtime = _mtime(e.path, st.st_mtime, now)
+        if _old(mtime, days, now):
+            aged.append((Path(e.path), mtime))
     if not aged:
         return [], []
     starts = building_since(tmp)  # (after the listing: see the module docstring)
@@ -279,11 +292,23 @@ def _is_old_dir(d: Path, days: int, now: float) -> bool:
         st = os.lstat(d)
     except OSError:
         return False
-    return stat.S_ISDIR(st.st_mode) and _old(st.st_mtime, days, now)
+    return stat.S_ISDIR(st.st_mode) and _old(_mtime(d, st.st_mtime, now), days, now)
 
 
 def _old(mtime: float, days: int, now: float) -> bool:
     return days == 0 or now - mtime >= days * _DAY_S
+
+
+def _mtime(p: str | Path, mtime: float, now: float) -> float:
+    """The modification time to age ``p`` by, given its ``mtime``: ``now`` for one more than
+    ``FUTURE_S`` ahead of ``now``, which is then set to ``now`` (so it goes ``days`` later;
+    if it cannot be set, each collection counts it as new). Never a time that ages it."""
+    if mtime <= now + FUTURE_S:
+        return mtime
+    # a clock that was years ahead (or ``touch -d 2099``) would keep it until then
+    with contextlib.suppress(OSError):  # (e.g. another user's: it is left, aged from now)
+        os.utime(p, (now, now), follow_symlinks=False)
+    return now
 
 
 def _scan(d: Path) -> Iterable[os.DirEntry]:

@@ -230,8 +230,16 @@ def _reproduced(
         )
         when = _vsa_time(st)
         if when is not None and when > now + CLOCK_SKEW:
-            notes.append(f"{kind}: verified in the future ({when:%Y-%m-%dT%H:%M:%SZ}); ignored")
-            continue
+            # fail closed: a future time is not believed, but only a PASSED gains by being
+            # ignored (its key's older PASSED would count); a FAILED counts as the newest
+            # verdict any believed time can carry, so no PASSED of its key is newer
+            if passed:
+                notes.append(f"{kind}: verified in the future ({when:%Y-%m-%dT%H:%M:%SZ}); ignored")
+                continue
+            notes.append(
+                f"{kind}: FAILED verified in the future ({when:%Y-%m-%dT%H:%M:%SZ}); counted as of now"
+            )
+            when = now + CLOCK_SKEW
         if when is None:  # undated: fail closed (a FAILED overrides, a PASSED is oldest)
             when = _NEWEST if not passed else _OLDEST
         for k in good:

@@ -73,10 +73,11 @@ class Setup:
         )
         self.url = self.server.url
 
-    def push(self, *paths: str) -> subprocess.CompletedProcess:
+    def push(self, *paths: str, expect: int = 0) -> subprocess.CompletedProcess:
+        """``kiln push`` of ``paths``; it must exit ``expect`` (1: the registry refused an attestation)."""
         args = ["push", *paths, "--to", self.url, "--token", self.token, "--sign-key", str(self.keys.sk_file)]
         r = kiln(*args, "--store", str(self.store.root))
-        assert r.returncode == 0, r.stderr
+        assert r.returncode == expect, r.stderr
         return r
 
     def hp(self, path: str) -> str:
@@ -158,18 +159,20 @@ def test_tampered_or_untrusted_attestation_upload_is_refused(tmp_path, keys, oth
     assert s.put(s.bare, "provenance", good.dumps().encode())[0] == 200
 
 
-def test_a_refused_attestation_is_a_warning_and_the_push_publishes(
+def test_a_refused_attestation_fails_the_push_after_it_publishes(
     tmp_path, keys, other_keys, kiln_server
 ) -> None:
     """An attestation the registry does not trust (here: provenance signed by a key it
-    does not know) is left out with a warning; the paths, their other attestations and
-    the index are still published, and a re-run behaves the same (it used to fail at
+    does not know) is left out and named; the paths, their other attestations and the
+    index are still published, and the push then exits 1 (it exited 0, and the path went
+    out without its provenance unnoticed); a re-run behaves the same (it used to fail at
     that attestation every time, before publishing the index)."""
     s = Setup(tmp_path, keys, kiln_server)
     attestations.write(s.store, s.bare, "provenance", provenance(s.store, s.bare, other_keys.sk))
     for _ in range(2):
-        r = s.push(s.app, s.bare)
-        assert f"warning: the registry did not take the attestation {s.bare} provenance" in r.stderr
+        r = s.push(s.app, s.bare, expect=1)
+        assert f"error: the registry refused the attestation {s.bare} provenance" in r.stderr
+        assert "error: the registry refused 1 attestation(s)" in r.stderr and "NTP" not in r.stderr
         assert "trusted" in r.stderr and "index" in r.stdout
         assert "admits attestations signed by one of its --trusted-key or --attester-key" in r.stderr
     assert request(f"{s.url}/{s.hp(s.app)}.att/provenance.dsse.json")[0] == 200
@@ -190,16 +193,16 @@ def _second_registry(tmp_path: Path, keys, kiln_server) -> tuple[Path, str, obje
     return reg2, tok2, srv2
 
 
-def test_an_attestation_too_big_for_the_registry_is_a_warning(tmp_path, keys, kiln_server) -> None:
+def test_an_attestation_too_big_for_the_registry_fails_the_push_last(tmp_path, keys, kiln_server) -> None:
     """The registry answers 413 to an attestation over its limit; the push goes on (it
-    failed every run before publishing the index)."""
+    failed every run before publishing the index) and exits 1 at the end."""
     from kiln.registry.attest_transfer import MAX_ATTESTATION
 
     s = Setup(tmp_path, keys, kiln_server)
     big = provenance(s.store, s.bare, keys.sk, parameters={"padding": "x" * MAX_ATTESTATION})
     attestations.write(s.store, s.bare, "provenance", big)
-    r = s.push(s.app, s.bare)
-    assert f"warning: the registry did not take the attestation {s.bare} provenance" in r.stderr, r.stderr
+    r = s.push(s.app, s.bare, expect=1)
+    assert f"error: the registry refused the attestation {s.bare} provenance" in r.stderr, r.stderr
     assert request(f"{s.url}/{s.hp(s.app)}.att/provenance.dsse.json")[0] == 200
 
 
