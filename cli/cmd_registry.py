@@ -359,7 +359,7 @@ def cmd_mirror(argv: list[str]) -> int:
         + (f"; {rep.objects_repaired} missing or bad objects fetched again" if rep.objects_repaired else "")
     )
     if rep.pruned is not None:
-        _print_pruned(rep.pruned)
+        mirrorstatus.print_pruned(rep.pruned)
     elif rep.stale:
         print(
             f"note: the mirror holds {rep.stale} path(s) its source no longer lists "
@@ -367,25 +367,6 @@ def cmd_mirror(argv: list[str]) -> int:
             file=sys.stderr,
         )
     return 0
-
-
-def _print_pruned(pr) -> None:  # noqa: ANN001 - a mirrorprune.PruneReport (imported lazily)
-    for path in pr.paths[:20]:
-        print(f"pruned {path}")
-    if len(pr.paths) > 20:
-        print(f"pruned ... and {len(pr.paths) - 20} more")
-    print(
-        f"pruned {len(pr.paths)} path(s) no longer listed by the source and {pr.objects} object file(s) "
-        f"no narinfo names ({pr.bytes_freed} bytes freed)"
-    )
-    if pr.objects_kept:
-        print(f"warning: objects not pruned: {pr.objects_kept}", file=sys.stderr)
-    if pr.objects_young:
-        print(
-            f"note: {pr.objects_young} unnamed object file(s) written in the last hour kept "
-            "(an upload may be about to publish them; a later prune takes them if not)",
-            file=sys.stderr,
-        )
 
 
 COMMANDS = {

@@ -7,11 +7,13 @@ no timestamp), or another error; 2 usage, including a directory that is not a mi
 With ``--json`` one JSON object on stdout (``MirrorStatus.to_json``: every field, plus
 ``fresh``, and ``ok``: fresh, the exit status 0; ``jsonout``), whatever the exit status.
 ``root_sha256`` is the root metadata file's digest in hex, as ``sha256sum`` prints it.
+Also ``print_pruned``: what ``kiln mirror sync --prune`` says it took out.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -86,3 +88,23 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(f"FROZEN: {st.frozen}; its clients refuse its index until a sync brings a newer one")
     return 1
+
+
+def print_pruned(pr) -> None:  # noqa: ANN001 - a mirrorprune.PruneReport (imported lazily)
+    """What ``kiln mirror sync --prune`` took out (``mirrorprune.PruneReport``)."""
+    for path in pr.paths[:20]:
+        print(f"pruned {path}")
+    if len(pr.paths) > 20:
+        print(f"pruned ... and {len(pr.paths) - 20} more")
+    print(
+        f"pruned {len(pr.paths)} path(s) no longer listed by the source and {pr.objects} object file(s) "
+        f"no narinfo names ({pr.bytes_freed} bytes freed)"
+    )
+    if pr.objects_kept:
+        print(f"warning: objects not pruned: {pr.objects_kept}", file=sys.stderr)
+    if pr.objects_young:
+        print(
+            f"note: {pr.objects_young} unnamed object file(s) written in the last hour kept "
+            "(an upload may be about to publish them; a later prune takes them if not)",
+            file=sys.stderr,
+        )

@@ -66,8 +66,6 @@ import contextlib
 import dataclasses
 import fcntl
 import os
-import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from kiln.store import narinfo as ni
@@ -81,6 +79,7 @@ from . import layout, unnamedobjects
 from .admitca import refusal
 from .backends import DirSource
 from .dirlock import MIRROR_LOCK, NARINFO_LOCK, dir_lock
+from .fsckdelete import Stamp, delete_judged, fstamp, waiting
 from .progress import Progress
 from .verify import Digests, NarVerifier, check_narinfo, expect
 
@@ -145,19 +144,12 @@ def hold_serving_lock(src: DirSource, exclusive: bool) -> int | None:
 
 #: what identifies the file read: (device, inode, size, mtime, ctime); None where the
 #: storage gives no file descriptor
-Stamp = tuple[int, int, int, int, int] | None
-
-
-def _stamp(st: os.stat_result) -> Stamp:
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-
 def _digest(
     src: DirSource, key: str, file_hash: Hash, max_nar: int, max_file: int
 ) -> tuple[Digests | str, Stamp, bool]:
     """The digests of the object at ``key``, which should be the file ``file_hash`` (reading
     no more than the sizes any of its narinfos claims), or what went wrong reading it; and
-    the stamp of the file read (taken after reading it: ``_delete_judged`` deletes the file
+    the stamp of the file read (taken after reading it: ``fsckdelete.delete_judged`` deletes the file
     only if it is still that one), and whether it was the same before (``steady``: then a
     good file may be vouched for, ``DirSource.vouch``)."""
     f = src.storage.open(key)
@@ -168,20 +160,13 @@ def _digest(
     before: Stamp = None
     try:
         with f:
-            before = _fstamp(f)
+            before = fstamp(f)
             while chunk := f.read(CHUNK):
                 ver.update(chunk)
-            stamp = _fstamp(f)
+            stamp = fstamp(f)
         return ver.finish(file_hash), stamp, stamp is not None and stamp == before
     except (KilnError, OSError) as e:
         return f"{key}: {e}", stamp, False
-
-
-def _fstamp(f: object) -> Stamp:
-    try:
-        return _stamp(os.fstat(f.fileno()))  # type: ignore[attr-defined]
-    except (OSError, AttributeError, ValueError):  # (no descriptor: not a local file)
-        return None
 
 
 def _same_file(src: DirSource, keys: list[str]) -> list[list[str]]:
@@ -221,18 +206,11 @@ def verify_dir(
             os.close(lock)
     if not delete_unnamed:
         return rep
-    with dir_lock(src.storage, MIRROR_LOCK, on_wait=_waiting(src)), dir_lock(src.storage, NARINFO_LOCK):
+    with dir_lock(src.storage, MIRROR_LOCK, on_wait=waiting(src)), dir_lock(src.storage, NARINFO_LOCK):
         swept = unnamedobjects.sweep(src.storage)
     return dataclasses.replace(
         rep, removed=rep.removed + swept.deleted, unnamed_young=swept.young, unnamed_kept=swept.kept
     )
-
-
-def _waiting(src: DirSource) -> Callable[[], None]:
-    def say() -> None:
-        print(f"waiting for a kiln mirror sync into {src.storage.url} to finish ...", file=sys.stderr)
-
-    return say
 
 
 def _unnamed(src: DirSource, judged: dict[str, bytes | None]) -> tuple[int, int]:
@@ -344,58 +322,14 @@ def _verify(
     removed: list[str] = []
     if delete_bad:
         doomed = sorted(k for k, ps in problems.items() if any(p.content for p in ps))
-        removed = _delete_judged(src, doomed, judged, blamed, sorted(bad_blobs), problems)
+        removed, spared = delete_judged(src, doomed, judged, blamed, sorted(bad_blobs))
+        for key in spared:  # (a narinfo: the path its problems name; an object: its key)
+            shown = problems[key][0].path if problems.get(key) else key
+            why = "replaced while being checked: not deleted; verify again"
+            problems.setdefault(key, []).append(Problem(shown, why, False))
     out = tuple(p for key in sorted(problems) for p in problems[key])
     count, size = _unnamed(src, {k: v for k, v in judged.items() if k not in removed})
     return FsckReport(len(keys), out, tuple(removed), count, size)
-
-
-def _delete_judged(
-    src: DirSource,
-    narinfos: list[str],
-    judged: dict[str, bytes | None],
-    blamed: dict[str, list[tuple[str, Stamp]]],
-    blobs: list[tuple[str, Stamp]],
-    problems: dict[str, list[Problem]],
-) -> list[str]:
-    """Delete the bad ``narinfos`` and ``blobs`` that are still the bytes judged (module
-    docstring); a spared one gets a ``Problem`` saying so. Returns the keys deleted."""
-
-    def still(key: str, stamp: Stamp) -> bool:
-        path = src.storage.local_path(key)
-        if path is None or stamp is None:
-            return True  # (no file identity to compare: as judged)
-        try:
-            return _stamp(os.stat(path)) == stamp
-        except FileNotFoundError:
-            return True  # gone already: deleting it is a no-op
-        except OSError:
-            return False
-
-    def spare(key: str, path: str) -> None:
-        problems.setdefault(key, []).append(
-            Problem(path, "replaced while being checked: not deleted; verify again", False)
-        )
-
-    removed: list[str] = []
-    with dir_lock(src.storage, MIRROR_LOCK, on_wait=_waiting(src)), dir_lock(src.storage, NARINFO_LOCK):
-        # every file compared before any is unlinked (unlinking one name of a hard-linked
-        # object changes the ctime the other name is compared by)
-        replaced = {k for k, st in [*blobs, *(x for v in blamed.values() for x in v)] if not still(k, st)}
-        # the narinfo first: from then on clients get a miss, never a corrupt blob
-        for key in narinfos:
-            if src.storage.read(key) != judged.get(key) or any(k in replaced for k, _ in blamed.get(key, [])):
-                spare(key, problems[key][0].path)
-                continue
-            src.storage.delete(key)
-            removed.append(key)
-        for b, _ in blobs:
-            if b in replaced:
-                spare(b, b)
-                continue
-            src.storage.delete(b)
-            removed.append(b)
-    return removed
 
 
 def _mismatch(key: str, got: Digests, info: NarInfo) -> str | None:
