@@ -12,8 +12,9 @@ with ``--trusted-key KEY`` (repeatable; a key file, or ``name:base64`` itself) o
 only, never for paths (``registry.attest_fetch``). A copy into a store that refuses an
 attestation (tampered with, or not the path's) still imports and roots the paths, which
 their own signatures vouch for, and then fails (exit 1) naming each refused one; so does a
-push whose registry refuses an attestation (not signed by a key it trusts, signed time
-ahead of its clock, ...): the paths and the index are published, the command exits 1.
+push, or a copy between registries, whose destination refuses an attestation (not
+signed by a key it trusts, signed time ahead of its clock, ...): the paths and the index
+are published, the command exits 1.
 ``kiln copy --to store --index-root ROOT``: the source's signed index is checked first,
 as ``kiln mirror sync --root`` checks it, and only what it lists is taken
 (``registry.indexstate``: the versions seen are kept under the store root).
@@ -108,14 +109,15 @@ _AHEAD = "ahead of this registry's clock"
 
 
 def _attestations_refused(refused: tuple[str, ...]) -> int:
-    """``kiln push``'s exit status once everything else is done: 1 if the registry refused
-    any attestation (the paths are published without it: verifiers requiring it will
-    fail them), with a closing line saying so; 0 otherwise."""
+    """``kiln push``'s and ``kiln copy``'s (between registries) exit status once everything
+    else is done: 1 if the registry refused any attestation (the paths are published
+    without it: verifiers requiring it will fail them), with a closing line saying so; 0
+    otherwise."""
     if not refused:
         return 0
     print(
-        f"error: the registry refused {len(refused)} attestation(s) (named above): the paths were pushed "
-        "and published without them",
+        f"error: the registry refused {len(refused)} attestation(s) (named above): the paths were "
+        "published without them",
         file=sys.stderr,
     )
     if any(_AHEAD in why for why in refused):
@@ -255,10 +257,10 @@ def cmd_copy(argv: list[str]) -> int:
     )
     print(f"copied {rep.paths} paths and {rep.attestations} attestations to {redact_urls(args.dst)}")
     for why in rep.refused[:10]:
-        print(f"warning: attestation not copied: {why}", file=sys.stderr)
+        print(f"error: attestation not copied: {why}", file=sys.stderr)
     if len(rep.refused) > 10:
-        print(f"warning: ... and {len(rep.refused) - 10} more attestations not copied", file=sys.stderr)
-    return 0
+        print(f"error: ... and {len(rep.refused) - 10} more attestations not copied", file=sys.stderr)
+    return _attestations_refused(tuple(rep.refused))
 
 
 def _root_names(name: str, n: int) -> list[str]:

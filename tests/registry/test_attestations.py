@@ -234,8 +234,9 @@ def test_a_copy_whose_attestations_fail_still_publishes(tmp_path, keys, kiln_ser
 
 def test_copy_between_registries_carries_attestations(tmp_path, keys, other_keys, kiln_server) -> None:
     """``kiln copy --from URL --to URL`` relays the paths' attestations after the paths
-    (it dropped them all); one the destination refuses is a warning; a re-run copies
-    the attestations of asked paths that are already there."""
+    (it dropped them all); one the destination refuses is named and fails the copy (exit
+    1, after the paths and the rest); a re-run copies the attestations of asked paths
+    that are already there."""
     s = Setup(tmp_path, keys, kiln_server, "--attester-key", str(other_keys.pk_file))
     s.push(s.app)
     # a rebuilder's VSA the source admits (it trusts that attester) and the destination will not
@@ -244,8 +245,9 @@ def test_copy_between_registries_carries_attestations(tmp_path, keys, other_keys
     reg2, tok2, srv2 = _second_registry(tmp_path, keys, kiln_server)
     copy = ["copy", "--from", s.url, "--to", srv2.url, "--token", tok2, "--trusted-key", str(keys.pk_file)]
     r = kiln(*copy, s.app)
-    assert r.returncode == 0 and "copied 2 paths and 1 attestations" in r.stdout, r.stderr
-    assert f"warning: attestation not copied: {s.app} {kind}" in r.stderr
+    assert r.returncode == 1 and "copied 2 paths and 1 attestations" in r.stdout, r.stderr
+    assert f"error: attestation not copied: {s.app} {kind}" in r.stderr
+    assert "error: the registry refused 1 attestation(s)" in r.stderr
     local = (s.store.root / "attestations" / s.hp(s.app) / "provenance.dsse.json").read_bytes()
     assert request(f"{srv2.url}/{s.hp(s.app)}.att/provenance.dsse.json")[2] == local
     assert request(f"{srv2.url}/{s.hp(s.app)}.att/{kind}.dsse.json")[0] == 404
@@ -254,8 +256,8 @@ def test_copy_between_registries_carries_attestations(tmp_path, keys, other_keys
     # a newer provenance at the source follows on a re-run, though the path is there
     newer = provenance(s.store, s.app, keys.sk).dumps().encode()
     assert s.put(s.app, "provenance", newer)[0] == 201
-    r = kiln(*copy, s.app)
-    assert r.returncode == 0 and "copied 0 paths and 1 attestations" in r.stdout, r.stderr
+    r = kiln(*copy, s.app)  # (the VSA is refused again: still exit 1)
+    assert r.returncode == 1 and "copied 0 paths and 1 attestations" in r.stdout, r.stderr
     assert request(f"{srv2.url}/{s.hp(s.app)}.att/provenance.dsse.json")[2] == newer
 
 
