@@ -23,10 +23,9 @@ mounted into a build. A rebuilder key that also signed the path's provenance is 
 but not counted as independent by verifiers (a warning says so).
 
 ``report`` evaluates recipe files, builds each package if needed, rebuilds it once and
-prints a yes/no line per package plus the overall rate. It signs VSAs only when a key
-is given. Build failures are reported per package and do not stop the report.
-Fixed-output derivations (fetches) are left out: their output is pinned by hash, so a
-"rebuild" would only download the same bytes again.
+prints a yes/no line per package plus the overall rate; it signs VSAs only when a key is
+given; build failures are reported per package. Fixed-output derivations (fetches) are
+left out: their output is pinned by hash (a "rebuild" would download the same bytes).
 """
 
 from __future__ import annotations
