@@ -104,14 +104,6 @@ def _record_key(file_hash: Hash) -> str:
     return f"{layout.PRIVATE_DIR}/nars/{file_hash.hex}"
 
 
-def _fstamp(f: BinaryIO) -> objstamp.Stamp | None:
-    """The stamp of an open file (``objstamp``), None if it has no descriptor."""
-    try:
-        return objstamp.stamp_of(os.fstat(f.fileno()))
-    except (OSError, AttributeError, ValueError):
-        return None
-
-
 def _is_store_root(d: Path) -> bool:
     """Whether ``d`` holds a kiln store (its database and config, ``kiln store init``)."""
     return (d / "db.sqlite").is_file() and (d / "config.json").is_file()
@@ -299,10 +291,10 @@ class DirSource(Source):
             return None
         ver = NarVerifier()
         with f:
-            before = _fstamp(f)
+            before = objstamp.fstamp(f)
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 ver.update(chunk)
-            after = _fstamp(f)
+            after = objstamp.fstamp(f)
         got = ver.finish()
         if got.file_hash.digest == file_hash.digest and got.file_size >= RECORD_MIN:
             keys = [layout.blob_key(file_hash), layout.nar_key(file_hash)]

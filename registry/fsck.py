@@ -79,7 +79,8 @@ from . import layout, unnamedobjects
 from .admitca import refusal
 from .backends import DirSource
 from .dirlock import MIRROR_LOCK, NARINFO_LOCK, dir_lock
-from .fsckdelete import Stamp, delete_judged, fstamp, waiting
+from .fsckdelete import Stamp, delete_judged, waiting
+from .objstamp import fstamp
 from .progress import Progress
 from .verify import Digests, NarVerifier, check_narinfo, expect
 

@@ -10,24 +10,13 @@ import os
 import sys
 from collections.abc import Callable
 
+from . import objstamp
 from .backends import DirSource
 from .dirlock import MIRROR_LOCK, NARINFO_LOCK, dir_lock
 
-#: what identifies the file read: (device, inode, size, mtime, ctime); None where the
-#: storage gives no file descriptor
-Stamp = tuple[int, int, int, int, int] | None
-
-
-def stamp(st: os.stat_result) -> Stamp:
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-
-def fstamp(f: object) -> Stamp:
-    """The stamp of open file ``f``; None if it has no descriptor (not a local file)."""
-    try:
-        return stamp(os.fstat(f.fileno()))  # type: ignore[attr-defined]
-    except (OSError, AttributeError, ValueError):
-        return None
+#: what identifies the file read (``objstamp``: device, inode, size, mtime, ctime); None
+#: where the storage gives no file descriptor
+Stamp = objstamp.Stamp | None
 
 
 def waiting(src: DirSource) -> Callable[[], None]:
@@ -53,7 +42,7 @@ def delete_judged(
         if path is None or st is None:
             return True  # (no file identity to compare: as judged)
         try:
-            return stamp(os.stat(path)) == st
+            return objstamp.stamp_of(os.stat(path)) == st
         except FileNotFoundError:
             return True  # gone already: deleting it is a no-op
         except OSError:

@@ -42,6 +42,14 @@ def stamp_of(st: os.stat_result) -> Stamp:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
+def fstamp(f: object) -> Stamp | None:
+    """The stamp of open file ``f``; None if it has no descriptor (not a local file)."""
+    try:
+        return stamp_of(os.fstat(f.fileno()))  # type: ignore[attr-defined]
+    except (OSError, AttributeError, ValueError):
+        return None
+
+
 def record(got: Digests, stamps: Iterable[Stamp]) -> bytes:
     """``got``'s digest record (``Digests.to_record``) vouching for ``stamps``."""
     d = json.loads(got.to_record())

@@ -87,7 +87,7 @@ class ObjectTrust:
             st = os.stat(path)
         except OSError:
             return None
-        stamp = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        stamp = objstamp.stamp_of(st)
         hit = self._known.get(digest.hex)
         if hit is not None and hit[0] == stamp:
             return hit[1]
