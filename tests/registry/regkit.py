@@ -3,6 +3,7 @@ and Debian's nginx) started as subprocesses and stopped by pid, and a raw HTTP h
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import shutil
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -180,3 +182,33 @@ def add_built(store: LocalStore, tmp: Path, name: str, content: str, refs: tuple
     tree.mkdir(parents=True)
     (tree / "data").write_text(content + " ".join(refs))
     return store.register_built(path, tree, refs, None).path
+
+
+@contextlib.contextmanager
+def verify_waiting_for_a_sync(reg: Path, *flags: str) -> Iterator[subprocess.Popen]:
+    """``kiln registry verify --dir reg FLAGS --json`` started while "a mirror sync" (this
+    test, holding ``.kiln/mirror.lock``) holds the directory; yields the process once it
+    says it is waiting, i.e. has checked everything and is about to delete. The lock is
+    released when the block ends: collect the process's output after it."""
+    import fcntl
+
+    from clikit import line_within
+
+    from kiln.registry.dirlock import MIRROR_LOCK
+
+    lock = reg / MIRROR_LOCK
+    lock.parent.mkdir(exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        p = subprocess.Popen(
+            [sys.executable, "-m", "kiln", "registry", "verify", "--dir", str(reg), *flags, "--json"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        while "waiting for a kiln mirror sync" not in (line := line_within(p.stderr, 60)):
+            assert line, "verify ended without waiting for the sync"
+        yield p
+    finally:
+        os.close(fd)

@@ -4,18 +4,13 @@ the narinfo judged bad by it; what is still the bad file goes."""
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
-from clikit import line_within
-from regkit import kiln
+from regkit import kiln, verify_waiting_for_a_sync
 
 from kiln.registry import layout
-from kiln.registry.dirlock import MIRROR_LOCK
 from kiln.store import narinfo as ni
 
 
@@ -40,26 +35,12 @@ def test_delete_bad_spares_an_object_replaced_while_it_was_checked(pushed) -> No
     _flip(reg / layout.blob_key(rotten.file_hash))
 
     # a mirror sync holds the directory: the deleting verify checks everything, then waits
-    lock = reg / MIRROR_LOCK
-    lock.parent.mkdir(exist_ok=True)
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
-    fcntl.flock(fd, fcntl.LOCK_EX)
-    p = subprocess.Popen(
-        [sys.executable, "-m", "kiln", "registry", "verify", "--dir", str(reg), "--delete-bad", "--json"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        while "waiting for a kiln mirror sync" not in (line := line_within(p.stderr, 60)):
-            assert line, "verify ended without waiting for the sync"
+    with verify_waiting_for_a_sync(reg, "--delete-bad") as p:
         # ... meanwhile the sync puts the good bytes back (a new file renamed over each name)
         for dest in fixed_files:
             tmp = dest.with_name(dest.name + ".new")
             tmp.write_bytes(good)
             os.replace(tmp, dest)
-    finally:
-        os.close(fd)
     out, err = p.communicate(timeout=60)
     assert p.returncode == 1, err  # (problems were found)
     doc = json.loads(out)

@@ -7,19 +7,14 @@ mirror and narinfo locks and reading the narinfos under them."""
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-from clikit import line_within
-from regkit import add_chain, add_tree, kiln, make_store
+from regkit import add_chain, add_tree, kiln, make_store, verify_waiting_for_a_sync
 
 from kiln.registry import layout
-from kiln.registry.dirlock import MIRROR_LOCK
 from kiln.registry.unnamedobjects import YOUNG
 from kiln.store import narinfo as ni
 from kiln.store.signing import sign_info
@@ -94,25 +89,12 @@ def test_delete_unnamed_waits_for_a_mirror_sync_and_spares_what_it_published(tmp
     store, chain, old, _young, reg = _setup(tmp_path, keys)
     stale = _plant(reg, store, old)
     _age(stale)
-    lock = reg / MIRROR_LOCK
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
-    fcntl.flock(fd, fcntl.LOCK_EX)
-    p = subprocess.Popen(
-        [sys.executable, "-m", "kiln", "registry", "verify", "--dir", str(reg), "--delete-unnamed", "--json"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        while "waiting for a kiln mirror sync" not in (line := line_within(p.stderr, 60)):
-            assert line, "verify ended without waiting for the sync"
+    with verify_waiting_for_a_sync(reg, "--delete-unnamed") as p:
         # ... meanwhile the sync publishes the path whose object it had fetched first
         info = store.query(old)
         signed = dataclasses.replace(info, sigs=(sign_info(info, keys.sk),))
         text = ni.NarInfo.from_pathinfo(signed, layout.nar_key(info.file_hash), "zstd").render()
         (reg / f"{old.rsplit('/', 1)[1][:32]}.narinfo").write_text(text)
-    finally:
-        os.close(fd)
     out, err = p.communicate(timeout=120)
     doc = json.loads(out)
     assert p.returncode == 0 and doc["removed"] == [] and doc["unnamed"] == 2, (doc, err)
