@@ -8,7 +8,8 @@ Contract with the build loop (see docs/recipe-language.md, "Derivations"):
 - ``env`` holds every field as a string (lists space-joined, booleans ``"1"``/``""``,
   numbers in decimal, packages as their ``out`` path, sources as their store path), plus
   ``name``, ``out`` and ``PATH`` = ``<dep>/bin:...:/usr/bin:/bin`` over ``deps`` (unless a
-  ``PATH`` field is given).
+  ``PATH`` field is given). A list inside ``deps`` is spliced into it (one level:
+  ``toolchain`` is a list of packages), so ``deps = [toolchain, zlib]`` lists three.
 - Inputs are the union of the string contexts of all fields: every package or source
   mentioned (in ``deps`` or interpolated anywhere) is an input.
 - Variants: a package is memoized per full parameter assignment (after defaults), so
@@ -192,6 +193,9 @@ def _compile(ev, fn, pkg: ast.Package, params: dict) -> DrvValue:
                 b.pos,
             )
         fields[b.name] = ev.force(env.vars[b.name])
+    dep_nodes: list[ast.Node] = []
+    if isinstance(fields.get("deps"), tuple):
+        fields["deps"], dep_nodes = splice_deps(fields["deps"], by_name["deps"].expr)
     if "build" not in fields:
         raise MissingField(
             f"package '{pkg.name}' has no 'build' field (the shell script that builds it)", pkg.src, pkg.pos
@@ -220,14 +224,11 @@ def _compile(ev, fn, pkg: ast.Package, params: dict) -> DrvValue:
     bins = []
     for i, d in enumerate(deps):
         if not isinstance(d, DrvValue | SourceValue):
-            b = by_name["deps"]
-            node = (
-                b.expr.items[i]
-                if isinstance(b.expr, ast.ListExpr) and len(b.expr.items) == len(deps)
-                else b.expr
-            )
+            node = dep_nodes[i]
             raise RecipeTypeError(
-                f"'deps' entries must be packages or sources, found {type_name(d)}", node.src, node.pos
+                f"'deps' entries must be packages or sources (or lists of them), found {type_name(d)}",
+                node.src,
+                node.pos,
             )
         bins.append(f"{d.out if isinstance(d, DrvValue) else d.path}/bin")
     toolchains = [
@@ -235,13 +236,7 @@ def _compile(ev, fn, pkg: ast.Package, params: dict) -> DrvValue:
     ]
     if len(toolchains) > 1:
         # (the build loop mounts one as /usr, /bin, /lib: found here, not at build time)
-        b = by_name["deps"]
-        second = toolchains[1]
-        node = (
-            b.expr.items[second]
-            if isinstance(b.expr, ast.ListExpr) and len(b.expr.items) == len(deps)
-            else b.expr
-        )
+        node = dep_nodes[toolchains[1]]
         raise BadValue(
             f"'deps' holds {len(toolchains)} toolchains (debian_rootfs); a package builds on one",
             node.src,
@@ -280,6 +275,27 @@ def _compile(ev, fn, pkg: ast.Package, params: dict) -> DrvValue:
         store_dir=ev.store_dir,
     )
     return add_drv(ev, drv, fields, pkg.name)
+
+
+def splice_deps(deps: tuple, expr: ast.Node) -> tuple[tuple, list[ast.Node]]:
+    """``deps`` with each list in it spliced in its place (one level; a list in such a list
+    is refused), and for each entry the node it came from, for error positions: its item
+    when the field is a list literal, else the whole expression."""
+    items = expr.items if isinstance(expr, ast.ListExpr) and len(expr.items) == len(deps) else None
+    out: list = []
+    nodes: list[ast.Node] = []
+    for i, d in enumerate(deps):
+        node = items[i] if items is not None else expr
+        for x in d if isinstance(d, tuple) else (d,):
+            if isinstance(x, tuple):
+                raise RecipeTypeError(
+                    "'deps' entries must be packages or sources (or lists of them), found a list of lists",
+                    node.src,
+                    node.pos,
+                )
+            out.append(x)
+            nodes.append(node)
+    return tuple(out), nodes
 
 
 def split_context(ctx: set) -> tuple[dict[str, list[str]], list[str]]:
