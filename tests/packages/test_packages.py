@@ -79,6 +79,56 @@ def test_toolchain_is_not_in_the_runtime_closure(kiln, built):
     assert all("toolchain" not in r for r in refs), refs
 
 
+def _interpreter(elf: bytes) -> str:
+    """The PT_INTERP of a little-endian ELF64 executable ("" without one)."""
+    assert elf[:5] == b"\x7fELF\x02", "not an ELF64 file"
+    phoff = int.from_bytes(elf[0x20:0x28], "little")
+    size, count = int.from_bytes(elf[0x36:0x38], "little"), int.from_bytes(elf[0x38:0x3A], "little")
+    for i in range(count):
+        ph = elf[phoff + i * size : phoff + (i + 1) * size]
+        if int.from_bytes(ph[0:4], "little") == 3:  # PT_INTERP
+            off, n = int.from_bytes(ph[8:16], "little"), int.from_bytes(ph[32:40], "little")
+            return elf[off : off + n].rstrip(b"\0").decode()
+    return ""
+
+
+def _store_cat(kiln: Kiln, path: str) -> bytes:
+    return subprocess.run(
+        [sys.executable, "-m", "kiln", "store", "cat", path], env=kiln.env, capture_output=True, check=True
+    ).stdout
+
+
+@pytest.mark.parametrize(("name", "program"), [("hello", "hello"), ("pigz", "pigz"), ("lua", "lua")])
+def test_programs_use_the_runtime_in_the_store(kiln, built, name, program):
+    # linked by the toolchain's cc wrappers: the dynamic loader is glibc-runtime's, a
+    # reference of the package, so its closure holds what it runs with
+    interp = _interpreter(_store_cat(kiln, f"{built[name]}/bin/{program}"))
+    runtime = interp.split("/lib/", 1)[0]
+    assert runtime.startswith("/kiln/store/") and runtime.endswith("-glibc-runtime"), interp
+    info = json.loads(kiln("store", "info", "--json", built[name]).stdout)
+    assert runtime in info["references"]
+
+
+def test_shared_libraries_get_no_interpreter(kiln, built):
+    lib = _store_cat(kiln, f"{built['zlib']}/lib/libz.so.1.2.13")
+    assert _interpreter(lib) == ""
+    info = json.loads(kiln("store", "info", "--json", built["zlib"]).stdout)
+    assert any(r.endswith("-glibc-runtime") for r in info["references"])  # its run path
+
+
+def test_run_loads_libc_from_the_store_not_the_host(kiln, built):
+    interp = _interpreter(_store_cat(kiln, f"{built['hello']}/bin/hello"))
+    runtime = interp.split("/lib/", 1)[0]
+    r = subprocess.run(
+        [sys.executable, "-m", "kiln", "run", "hello", "--", "hello"],
+        env=dict(kiln.env, LD_DEBUG="libs"),
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0 and r.stdout == "Hello, world!\n", r.stderr[-2000:]
+    assert f"calling init: {runtime}/lib/libc.so.6" in r.stderr
+
+
 def test_pigz_refers_to_zlib_and_round_trips(kiln, built, tmp_path):
     info = json.loads(kiln("store", "info", "--json", built["pigz"]).stdout)
     assert built["zlib"] in info["references"]
