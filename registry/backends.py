@@ -9,6 +9,14 @@ in are remembered (in memory; on disk in ``.kiln/nars/<hex>`` for large NARs) so
 admitting its narinfo does not re-read a large NAR; a small NAR, or one that arrived
 some other way (a mirror, ``nix copy``), is re-hashed on demand.
 
+A server's ``DirSource`` (``zstd_only``) serves only zstd narinfos (``layout.served_narinfo``):
+a directory ``nix copy --to file://`` wrote with its default xz (or none, bzip2) holds
+narinfos naming files it never serves, and a narinfo answered 200 whose NAR is a 404
+makes Nix fail instead of falling back to its next substituter. The verdict is cached
+with the bytes (a refused narinfo is kept as ``b""`` under its file's stamp), so the hot
+path reads no file more than before. Readers (``dirclient``) see every narinfo, so a
+client can say why it cannot use one (``verify.check_narinfo``).
+
 What an upload batch stores is kept only for a narinfo admitted: a batch links in only
 the NARs its admitted narinfos name (``batchcommit``). A NAR ``PUT`` on its own stays
 until ``kiln registry verify --delete-unnamed`` (or a mirror prune) finds no narinfo
@@ -118,9 +126,12 @@ class DirSource(Source):
         durable: bool = True,
         priority: int = 40,
         create: bool = True,
+        zstd_only: bool = False,
     ) -> None:
         """A registry directory; one without ``nix-cache-info`` is made a new registry if
-        ``create``, else refused (``KilnError``: a reader never makes one)."""
+        ``create``, else refused (``KilnError``: a reader never makes one). ``zstd_only``
+        (servers): ``narinfo`` answers None for a narinfo that is not ``Compression: zstd``."""
+        self.zstd_only = zstd_only
         local = urlparse(str(directory))
         where = Path(local.path if local.scheme == "file" else str(directory))
         if local.scheme in ("", "file") and not (where / layout.CACHE_INFO).is_file():
@@ -167,7 +178,7 @@ class DirSource(Source):
         key = layout.narinfo_key(hash_part)
         p = self.storage.local_path(key)
         if p is None:  # no cheap way to see a rewrite: not cached
-            return self.storage.read(key)
+            return self._served(self.storage.read(key))
         try:
             st = os.stat(p)
         except OSError:
@@ -176,13 +187,34 @@ class DirSource(Source):
         stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
         hit = self._cache.get(hash_part)
         if hit is not None and hit[0] == stamp:
-            return hit[1]
+            return (hit[1] or None) if self.zstd_only else hit[1]
         body = self.storage.read(key)
         if body is not None:
+            body = self._served(body)
             # the stamp is from before the read: a file replaced in between is read again
-            # next time, never served stale
-            self._cache.put(hash_part, stamp, body)
+            # next time, never served stale (a refused one is kept as b"": no re-read either)
+            self._cache.put(hash_part, stamp, b"" if body is None else body)
         return body
+
+    def _served(self, body: bytes | None) -> bytes | None:
+        """``body`` unless this source is ``zstd_only`` and it names a file not served."""
+        if body is None or not self.zstd_only or layout.served_narinfo(body):
+            return body
+        return None
+
+    def unserved_narinfos(self) -> dict[str, int]:
+        """``{compression: count}`` of the narinfos here that ``zstd_only`` does not serve
+        ({} for a registry kiln wrote). Cheap unless there are some: only when ``nar/``
+        holds a file not named ``.nar.zst`` are the narinfos read."""
+        if all(k.endswith(".nar.zst") for k in self.storage.list("nar")):
+            return {}
+        out: dict[str, int] = {}
+        for k in self.storage.list():
+            if k.endswith(".narinfo"):
+                c = layout.narinfo_compression(self.storage.read(k) or b"")
+                if c != "zstd":
+                    out[c] = out.get(c, 0) + 1
+        return out
 
     def object_file(self, digest: Hash) -> Path | None:
         """The file holding the compressed NAR with this digest: ``blobs/`` first, then

@@ -188,7 +188,7 @@ async def _closure(
         for h in ask:
             if h not in texts:
                 raise KilnError(f"{src.url} has no narinfo for {hs[h]}")
-            info = check_narinfo(texts[h], src.store_dir, trusted, sigs_needed, h)
+            info = check_narinfo(texts[h], src.store_dir, trusted, sigs_needed, h, source=src.url)
             if info.path != hs[h]:  # same hash part, another name: not the path asked for
                 raise KilnError(f"{src.url}: the narinfo for {hs[h]} is for {info.path}")
             wanted[info.path] = info

@@ -15,6 +15,10 @@ serve read-only::
     index/<v>.index.json                             signed list of every published path
     .kiln/...                           private server state (token hashes); never served
 
+Only zstd: a narinfo is served only with ``Compression: zstd`` (``served_narinfo``), and
+an upload of another file Nix writes (``nar/<nix32>.nar.xz`` and other compressions,
+``<hash>.ls`` listings) is refused with a reason (``refused_upload``), not a 404.
+
 Invariants: every key produced or accepted here matches one of the regular expressions
 below, so a key can never escape the registry directory (no ``..``, no absolute paths,
 no hidden files outside ``.kiln``), and a parsed key tells what kind of object it names.
@@ -37,6 +41,15 @@ _BLOB_RE = re.compile(r"^blobs/sha256:([0-9a-f]{64})\Z")
 _INDEX_RE = re.compile(r"^index/(root|timestamp|snapshot|[1-9][0-9]{0,9}\.(?:root|snapshot|index))\.json\Z")
 _ATT_RE = re.compile(r"^([0-9a-df-np-sv-z]{32})\.att/(?:[a-z0-9][a-z0-9_-]{0,63}\.dsse|index)\.json\Z")
 _ATT_DIR_RE = re.compile(r"^([0-9a-df-np-sv-z]{32})\.att/?\Z")
+#: what ``nix copy --to`` writes that kiln does not store: a NAR in another compression
+#: (xz, Nix's default; bzip2; none: ``.nar``), a file listing (``write-nar-listing=true``)
+_FOREIGN_NAR_RE = re.compile(r"^nar/[0-9a-df-np-sv-z]{52}\.nar(?:\.[A-Za-z0-9]{1,8})?\Z")
+_LISTING_RE = re.compile(r"^[0-9a-df-np-sv-z]{32}\.ls\Z")
+#: how a zstd narinfo spells it (kiln and Nix render ``Compression`` as the third line)
+_ZSTD_LINE = b"\nCompression: zstd\n"
+_COMPRESSION_RE = re.compile(rb"(?:\A|\n)Compression: ([^\n]*)")
+#: how to make a Nix binary cache kiln serves and reads
+ZSTD_HINT = "re-create it with nix copy --to 'file://DIR?compression=zstd'"
 ATT_SUFFIX = ".dsse.json"
 ATT_LISTING = "index.json"
 
@@ -134,6 +147,39 @@ def parse_key(key: str) -> tuple[str, str]:
     if m:
         return "index", m.group(1) + ".json"
     return "", ""
+
+
+def narinfo_compression(body: bytes) -> str:
+    """The ``Compression`` a narinfo's bytes give (``bzip2`` when absent, as Nix and
+    ``narinfo.parse`` read it); a cheap scan, no parse."""
+    if _ZSTD_LINE in body:
+        return "zstd"
+    m = _COMPRESSION_RE.search(body)
+    return m.group(1).decode("utf-8", "replace").strip() if m else "bzip2"
+
+
+def served_narinfo(body: bytes) -> bool:
+    """Whether a server serves this narinfo: only a zstd one names a file it serves
+    (``nar/<nix32>.nar.zst``); any other would answer 200 for the narinfo and 404 for its
+    NAR, which makes Nix fail instead of trying its next substituter."""
+    return _ZSTD_LINE in body or narinfo_compression(body) == "zstd"
+
+
+def refused_upload(key: str) -> tuple[int, str] | None:
+    """``(status, reason)`` for a key ``nix copy --to http://...`` uploads that kiln does not
+    store (a NAR in another compression: 415; a ``.ls`` listing: 400), else None (the key
+    is a registry object, or not one at all: 404)."""
+    if _FOREIGN_NAR_RE.match(key) and not _NAR_RE.match(key):
+        return 415, (
+            f"kiln stores only zstd NARs (nar/<nix32>.nar.zst) and their narinfos, not /{key}: upload "
+            "with nix copy --to 'http://...?compression=zstd'"
+        )
+    if _LISTING_RE.match(key):
+        return 400, (
+            f"kiln stores no NAR listings (/{key}): upload with write-nar-listing=false (Nix's default) "
+            "and compression=zstd"
+        )
+    return None
 
 
 def file_hash_of_key(kind: str, arg: str) -> Hash:

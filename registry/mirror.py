@@ -48,7 +48,9 @@ its subject must name the path with the narinfo's NarHash.
 Publication: only when every path succeeded are the narinfos written, then the
 attestations (and their listings), then the metadata exactly as the source signed it
 (roots from the pinned one on, index, snapshot, timestamp last), so DST is itself a
-verifiable registry and never shows a half-synced index. Any failure raises
+verifiable registry and never shows a half-synced index. A first sync refused for its
+arguments (no ``--root``, or no self-signed one; a source with no signed index, as ``nix
+copy`` writes: said so, pointing to ``kiln copy``) does not create DST. Any failure raises
 ``MirrorError`` naming the bad paths (``transient`` when each failed only for a
 temporary reason, ``retryable``) and leaves DST's narinfos and index as they were;
 verified objects already fetched stay (content-addressed, invisible without a
@@ -157,6 +159,10 @@ async def sync_async(
     o = _Options(root, trusted or [], jobs, progress, full or rehash, rehash, prune)
     async with open_client(src_url, token, jobs=jobs, create=False) as client:  # token: a --private source
         info = await client.cache_info()
+        if not (Path(dst_dir) / STATE_KEY).is_file():  # a first sync: refused before DST is made
+            if o.root is None:
+                await _refuse_unpinned(client, src_url, dst_dir)
+            ix.TrustState.pin(o.root)  # a file that is no self-signed root: refused here too
         dst = DirSource(dst_dir, store_dir=info.get("StoreDir") or None)
 
         def waiting() -> None:
@@ -167,6 +173,26 @@ async def sync_async(
         # its remembered versions) back
         with dir_lock(dst.storage, MIRROR_LOCK, waiting):
             return await _sync_locked(client, src_url, dst, dst_dir, o)
+
+
+async def _refuse_unpinned(client: Client, src_url: str, dst_dir: Path) -> None:
+    """A first sync without ``--root``: refused (``MirrorUsageError``), or, if the source
+    publishes no signed index at all (a plain binary cache, as ``nix copy`` writes),
+    ``ix.NoIndex`` saying so and what copies from such a cache."""
+    if await client.get("index/timestamp.json") is None:
+        raise ix.NoIndex(_no_index(src_url))
+    raise MirrorUsageError(
+        f"first sync into {dst_dir}: pass the source's pinned root metadata with --root FILE"
+    )
+
+
+def _no_index(src_url: str) -> str:
+    """Why a source without a signed index cannot be mirrored, and what to use instead."""
+    return (
+        f"the source publishes no index (no signed index/timestamp.json at {src_url}): it is a plain binary "
+        "cache (one written by nix copy, say), which kiln mirror sync cannot verify; copy paths from it "
+        f"with kiln copy --from {src_url} --to DST --trusted-key KEY PATH... (DST a registry or 'store')"
+    )
 
 
 async def _sync_locked(
@@ -190,7 +216,7 @@ async def _sync_locked(
     except ix.NoIndex as e:
         elsewhere = getattr(client, "missed_at", {}).get("index/timestamp.json")
         if elsewhere is None:
-            raise
+            raise ix.NoIndex(_no_index(src_url)) from e
         raise ix.NoIndex(
             f"the source redirects index/timestamp.json to {elsewhere}, which answers that it has "
             "no such file (is the redirect target a copy of the registry?)"
@@ -323,7 +349,9 @@ async def _narinfos(
             failed[e["path"]] = why
             continue
         try:
-            fetched[h] = check_narinfo(text, dst.store_dir, trusted, 1 if trusted else 0, h)
+            fetched[h] = check_narinfo(
+                text, dst.store_dir, trusted, 1 if trusted else 0, h, source=client.url
+            )
         except KilnError as ex:
             failed[e["path"]] = str(ex)
     return texts, fetched, held

@@ -7,7 +7,8 @@ process per core without an ASGI layer in between (``workers.serve`` pre-forks
 processes sharing one listening socket). ``make_app`` uses aiohttp's low-level
 ``web.Server``: one handler, no router, since ``layout.parse_key`` classifies every path.
 
-Read API (see docs/registry.md): ``GET|HEAD /nix-cache-info`` (public even when private), ``GET|HEAD /<h>.narinfo``,
+Read API (see docs/registry.md): ``GET|HEAD /nix-cache-info`` (public even when private), ``GET|HEAD /<h>.narinfo`` (zstd
+ones only: ``backends.DirSource.zstd_only``; ``unserved_note`` says at start-up how many are not),
 ``GET|HEAD /nar/<nix32>.nar.zst``, ``GET|HEAD /blobs/sha256:<hex>`` (Range, a multi-range
 one ignored: ``httpbits.RangeFile``; ETag = digest and immutable caching only for a file
 known to hash to its name: ``objtrust``), ``GET /index/...``, ``POST /narinfo-batch``, ``POST
@@ -30,7 +31,8 @@ path is a 409. ``PUT`` of an attestation is admitted by ``attest_transfer.admit`
 key, no signed time in the future; a provenance or SBOM without a trusted key's signature
 has exactly one known signer, and replaces only one that key alone signed: ``attest_rules``);
 ``POST /attestation-upload-batch`` admits many by the same rules under one lock and one
-barrier (``attestapi``, ``attest_batch``). Every failure is a 4xx with a one-line reason; no handler lets an
+barrier (``attestapi``, ``attest_batch``). A ``PUT`` of a file Nix writes that kiln does not store (an xz NAR: 415; a ``.ls``
+listing: 400) says so (``layout.refused_upload``). Every failure is a 4xx with a one-line reason; no handler lets an
 exception escape as a 500 for bad input.
 """
 
@@ -228,6 +230,10 @@ class Registry(IndexAPI, WriteAPI, BatchAPI, AttestAPI):
             return await self._health()
         kind, arg = layout.parse_key(key)
         if not kind:
+            refused = layout.refused_upload(key) if method == "PUT" else None
+            if refused is not None:  # what ``nix copy --to http://`` sends by default: say why
+                self._auth(request, "write")
+                raise HTTPError(*refused)
             return self._not_found(key)
         if method in ("GET", "HEAD"):
             return await self._get(request, key, kind, arg)
@@ -370,7 +376,24 @@ def open_source(
         raise KilnError("give exactly one of --store DIR or --dir DIR")
     if store is not None:
         return StoreSource(store, sign_key, store_dir)
-    src = DirSource(directory, store_dir=store_dir, durable=durable)
+    src = DirSource(directory, store_dir=store_dir, durable=durable, zstd_only=True)
     if isinstance(src.storage, FileStorage):
         src.storage.sweep_temp()  # uploads a killed server or sync left behind
     return src
+
+
+def unserved_note(source: Source) -> str | None:
+    """What ``kiln serve`` says once at start-up of a directory holding narinfos it does not
+    serve (not zstd: ``DirSource.zstd_only``), or None when there are none."""
+    if not isinstance(source, DirSource):
+        return None
+    counts = source.unserved_narinfos()
+    if not counts:
+        return None
+    n = sum(counts.values())
+    how = ", ".join(f"{c} {k}" for k, c in sorted(counts.items()))
+    return (
+        f"kiln serve: warning: {n} narinfo(s) in {source.storage.url} are not zstd ({how}); they are not "
+        "served (404, so Nix tries its next substituter): kiln serves zstd NARs only; "
+        f"{layout.ZSTD_HINT.replace('DIR', str(source.storage.url).removeprefix('file://'))}"
+    )

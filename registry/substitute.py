@@ -184,7 +184,7 @@ class Substituter(Downloads):
                 if p is None:
                     continue
                 try:
-                    info = check_narinfo(text, store_dir, self.trusted, self.sigs_needed, h)
+                    info = check_narinfo(text, store_dir, self.trusted, self.sigs_needed, h, source=url)
                 except KilnError as e:
                     self.rejected[p] = f"{url}: {e}"
                     continue

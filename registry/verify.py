@@ -11,7 +11,9 @@ URL and the narinfo promise.
 ``check_narinfo`` is the single admission rule used by the server (uploads), mirror sync
 and substitution: the narinfo must parse for the registry's store dir, point at
 ``nar/<nix32 FileHash>.nar.zst`` with ``Compression: zstd``, and carry at least
-``sigs_needed`` valid signatures from distinct trusted keys. Its ``CA:`` (not covered by
+``sigs_needed`` valid signatures from distinct trusted keys. A client names the cache it
+read (``source``): a narinfo that is not zstd is then the source's (say, a cache ``nix
+copy`` wrote with its default xz), with how to re-create it. Its ``CA:`` (not covered by
 the signatures) is judged against the object by ``ca_refusal`` once the object's
 digests are known: ``NarVerifier`` also hashes the contents of a NAR that is one plain
 file (``Digests.flat_hash``), so a flat or text claim costs no second read.
@@ -36,6 +38,7 @@ from kiln.store.pathadmit import FlatHasher, ca_problem, nar_content
 from kiln.store.signing import PublicKey, valid_signers
 from kiln.store.zstdframes import FrameTracker
 
+from . import layout
 from .layout import nar_key
 
 OUT_CHUNK = 1 << 20
@@ -247,14 +250,27 @@ class UntrustedError(KilnError):
 
 
 def check_narinfo(
-    text: str, store_dir: str, trusted: list[PublicKey], sigs_needed: int = 1, hash_part: str | None = None
+    text: str,
+    store_dir: str,
+    trusted: list[PublicKey],
+    sigs_needed: int = 1,
+    hash_part: str | None = None,
+    source: str | None = None,
 ) -> ni.NarInfo:
-    """Parse and admit a narinfo (see module docstring); raise a ``KilnError`` if not."""
+    """Parse and admit a narinfo (see module docstring); raise a ``KilnError`` if not.
+    ``source``: the cache a client read it from (its URL), for a client's wording of a
+    narinfo that is not zstd; None: a registry admitting an upload."""
     info = ni.parse(text, store_dir)
     base = info.path.rsplit("/", 1)[1]
     if hash_part is not None and base[:32] != hash_part:
         raise FormatError(f"narinfo for {hash_part} describes another path: {info.path}")
     if info.compression != "zstd":
+        if source is not None:  # a cache Nix wrote with its default (xz): not kiln's to fix
+            raise FormatError(
+                f"{info.path}: the source cache {source} is {info.compression}-compressed "
+                f"(Compression: {info.compression}); kiln reads only zstd binary caches: "
+                f"{layout.ZSTD_HINT}"
+            )
         raise FormatError(f"{info.path}: Compression is {info.compression!r}; this registry stores zstd only")
     if info.file_hash is None or info.file_size is None or info.file_hash.algo != "sha256":
         raise FormatError(f"{info.path}: narinfo needs a sha256 FileHash and a FileSize")

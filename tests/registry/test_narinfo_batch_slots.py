@@ -19,14 +19,15 @@ from kiln.store.nixbase32 import encode
 
 N = 12
 SIZE = 3 << 20  # each narinfo 3 MiB: the deferring answer is ~32 MiB, far above socket buffers
+HEAD = b"StorePath: x\nCompression: zstd\n"  # kiln serve answers only zstd narinfos
 
 
 def _registry(tmp_path: Path) -> tuple[Path, list[str]]:
     reg = tmp_path / "reg"
     assert kiln("registry", "init", "--dir", str(reg)).returncode == 0
     hashes = [encode(bytes([i]) * 20) for i in range(N)]
-    for h in hashes:  # served as the bytes on disk (a client checks them)
-        (reg / f"{h}.narinfo").write_bytes(b"StorePath: x\n" + b"#" * SIZE)
+    for h in hashes:  # served as the bytes on disk (a client checks them); zstd, or not served
+        (reg / f"{h}.narinfo").write_bytes(HEAD + b"#" * SIZE)
     return reg, hashes
 
 
@@ -77,7 +78,7 @@ def test_a_client_that_does_not_read_pins_one_slot_and_others_get_503(tmp_path: 
     ans = _until(answered)
     assert ans is not None, "closing the stuck connection did not free its slot"
     assert sorted(ans["narinfos"]) == sorted(hashes[:2])
-    assert len(ans["narinfos"][hashes[0]]) == 13 + SIZE
+    assert len(ans["narinfos"][hashes[0]]) == len(HEAD) + SIZE
 
 
 def test_a_deferring_answer_arrives_whole_in_pieces(tmp_path: Path, kiln_server) -> None:
