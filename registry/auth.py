@@ -1,4 +1,4 @@
-"""Bearer tokens with scopes, stored hashed in the registry's private state.
+"""Tokens with scopes (Bearer, or HTTP Basic passwords), stored hashed in the registry's private state.
 
 A token is ``kiln_<id>_<secret>`` where ``id`` is 8 random hex characters (lets the
 server find the record without scanning) and ``secret`` 32 random bytes in urlsafe
@@ -10,6 +10,14 @@ constant-time.
 
 Scopes: ``read`` (needed only when the server runs with ``--private``) and ``write``
 (PUT of NARs, blobs and narinfos). ``write`` implies ``read``.
+
+A token is presented as ``Authorization: Bearer <token>`` (kiln's clients) or as the
+password of HTTP Basic auth, under any user name (``Basic base64(user:token)``: what Nix
+sends from a ``netrc-file``, as for attic). Both lead to the same checks, scopes and
+constant-time comparison (``presented_token`` then ``TokenStore.check``); a Basic value
+that does not decode (not base64, not UTF-8, no ``:``) is an ``AuthError`` naming why
+(a 401), never another exception. A token is ASCII by construction, so one holding any
+other character is malformed before it is hashed.
 
 Tokens are refused (``UnsafeStore``, naming the ``chmod``/``chown``) when another local
 user could change them: the registry directory, ``.kiln/`` or the token file owned by
@@ -60,18 +68,54 @@ def _hash_secret(secret: str) -> str:
 
 def _split(token: str) -> tuple[str, str]:
     parts = token.strip().split("_", 2)
-    if len(parts) != 3 or parts[0] != "kiln" or len(parts[1]) != 8 or not parts[2]:
+    # (isascii: tokens are ASCII; any other character, however the header was decoded, is
+    # malformed and never hashed)
+    if len(parts) != 3 or parts[0] != "kiln" or len(parts[1]) != 8 or not parts[2] or not token.isascii():
         raise AuthError("malformed token (expected kiln_<id>_<secret>)")
     return parts[1], parts[2]
 
 
+_EXPECTED = "expected 'Authorization: Bearer <token>', or the token as the Basic-auth password"
+
+
+def presented_token(authorization: str | None) -> str:
+    """The token an ``Authorization`` header value presents: ``Bearer <token>``, or
+    ``Basic <base64(user:token)>`` with any user name (the password is the token).
+    Raises ``AuthError`` saying what is wrong when there is none or the value is
+    malformed; does not check the token's own shape (``_split`` does)."""
+    if not authorization:
+        raise AuthError(f"missing token ({_EXPECTED})")
+    kind, _, value = authorization.strip().partition(" ")
+    value = value.strip()
+    if kind.lower() == "bearer" and value:
+        return value
+    if kind.lower() != "basic" or not value:
+        raise AuthError(_EXPECTED)
+    try:
+        decoded = base64.b64decode(value, validate=True)
+    except ValueError:  # binascii.Error, and non-ASCII text
+        raise AuthError("malformed Basic credentials: not base64") from None
+    try:
+        text = decoded.decode()
+    except UnicodeDecodeError:
+        raise AuthError("malformed Basic credentials: not UTF-8") from None
+    _user, colon, password = text.partition(":")
+    if not colon:
+        raise AuthError("malformed Basic credentials: no ':' between user name and password")
+    if not password:
+        raise AuthError("malformed Basic credentials: empty password (the password is the token)")
+    return password
+
+
 def presented_token_id(authorization: str | None) -> str | None:
-    """The id of the token an ``Authorization: Bearer kiln_<id>_<secret>`` header value
-    presents, if the token is well formed (``kiln_``, 8 lowercase hex digits, ``_``, a
-    secret); else None. For the access log of a refused request: the id is not secret
-    (``token list`` shows it), and only an id of that shape can reach the log line."""
-    kind, _, token = (authorization or "").partition(" ")
-    if kind.lower() != "bearer":
+    """The id of the token an ``Authorization`` header value presents (Bearer, or Basic
+    with the token as password), if the token is well formed (``kiln_``, 8 lowercase hex
+    digits, ``_``, a secret); else None. For the access log of a refused request: the id
+    is not secret (``token list`` shows it), and only an id of that shape can reach the
+    log line."""
+    try:
+        token = presented_token(authorization)
+    except AuthError:
         return None
     parts = token.strip().split("_", 2)
     if len(parts) != 3 or parts[0] != "kiln" or not parts[2]:
@@ -168,13 +212,9 @@ class TokenStore:
             os.chmod(path, 0o600)
 
     def check(self, authorization: str | None, scope: str) -> TokenRecord:
-        """Validate an ``Authorization`` header value for ``scope``; raise ``AuthError``."""
-        if not authorization:
-            raise AuthError("missing bearer token")
-        kind, _, token = authorization.partition(" ")
-        if kind.lower() != "bearer" or not token:
-            raise AuthError("expected 'Authorization: Bearer <token>'")
-        token_id, secret = _split(token)
+        """Validate an ``Authorization`` header value (Bearer, or Basic with the token as
+        password: ``presented_token``) for ``scope``; raise ``AuthError``."""
+        token_id, secret = _split(presented_token(authorization))
         # The token file is replaced atomically on every change, so one stat tells a
         # running server about tokens created or revoked since it last looked.
         stamp = self._current_stamp()
