@@ -220,13 +220,36 @@ def _cmd_dump(args) -> int:
     return 0
 
 
+#: how a ``nix-store --export`` stream begins: u64 1 ("a path follows"), then that path's
+#: NAR, whose first token is the magic; an export of no paths is u64 0 alone
+_EXPORT_HEAD = (1).to_bytes(8, "little") + (13).to_bytes(8, "little") + b"nix-archive-1"
+_EMPTY_EXPORT = bytes(8)
+
+
 def _cmd_restore(args) -> int:
+    """Unpack the NAR on stdin at DIR. A ``nix-store --export`` stream (a NAR framed with
+    path metadata) is refused from its first bytes, before anything is made, with the
+    way across (the NAR reader alone would only say its magic is wrong)."""
+    import itertools
+
     from kiln.store import nar
+    from kiln.store.errors import KilnError
 
     from .common import terminate_as_interrupt
 
     with terminate_as_interrupt():  # SIGTERM/SIGHUP unwind: the half-made tree is removed
-        nar.restore(sys.stdin.buffer, args.dir)
+        stdin = sys.stdin.buffer
+        head = b""
+        while len(head) < len(_EXPORT_HEAD) and (more := stdin.read(len(_EXPORT_HEAD) - len(head))):
+            head += more
+        if head in (_EXPORT_HEAD, _EMPTY_EXPORT):
+            raise KilnError(
+                "stdin is a 'nix-store --export' stream, not a NAR: kiln does not import those. "
+                "To bring store paths across: nix copy --to 'file://DIR?compression=zstd&secret-key=SK' "
+                "PATH..., then kiln copy --from file://DIR --to store --trusted-key PUB PATH... "
+                "(PUB: SK's public key); to unpack one path's tree: nix-store --dump PATH | kiln store restore DIR"
+            )
+        nar.restore(itertools.chain((head,), iter(lambda: stdin.read(1 << 20), b"")), args.dir)
     return 0
 
 
