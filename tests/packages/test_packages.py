@@ -129,6 +129,69 @@ def test_run_loads_libc_from_the_store_not_the_host(kiln, built):
     assert f"calling init: {runtime}/lib/libc.so.6" in r.stderr
 
 
+RT_RECIPE = r"""import "toolchain.recipe"
+
+package rt {
+  deps = [toolchain]
+  build = ''
+    mkdir -p $out/bin
+    cat > cxx.cc <<'SRC'
+#include <cmath>
+#include <iostream>
+#include <stdexcept>
+int main(int argc, char **) {
+  try { throw std::runtime_error("boom"); } catch (const std::exception &e) { std::cout << "caught " << e.what(); }
+  std::cout << " " << std::lround(std::sqrt(argc * 49.0)) << std::endl;
+}
+SRC
+    cat > thr.c <<'SRC'
+#include <pthread.h>
+#include <stdio.h>
+static void *run(void *a) { pthread_exit((void *)42); return a; }
+int main(void) { pthread_t t; void *r; pthread_create(&t, 0, run, 0); pthread_join(t, &r); printf("%ld\n", (long)r); return 0; }
+SRC
+    g++ -O2 -o $out/bin/cxx cxx.cc
+    gcc -O2 -pthread -o $out/bin/thr thr.c
+  ''
+}
+"""
+
+
+def _closure(kiln: Kiln, path: str) -> set[str]:
+    seen, todo = set(), [path]
+    while todo:
+        p = todo.pop()
+        if p not in seen:
+            seen.add(p)
+            todo += json.loads(kiln("store", "info", "--json", p).stdout)["references"]
+    return seen
+
+
+def _run_with_only_the_closure(kiln: Kiln, path: str, program: str) -> subprocess.CompletedProcess:
+    """``path``'s ``bin/program`` in bwrap with its closure mounted and nothing else of the
+    host's file system: no /lib, /lib64, /usr, /etc."""
+    home = Path(kiln.env["KILN_HOME"])
+    argv = ["bwrap", "--die-with-parent", "--unshare-all", "--tmpfs", "/", "--proc", "/proc", "--dev", "/dev"]
+    for p in sorted(_closure(kiln, path)):
+        argv += ["--ro-bind", str(home / p.lstrip("/")), p]
+    return subprocess.run([*argv, "--", f"{path}/bin/{program}"], capture_output=True, text=True)
+
+
+def test_programs_run_with_nothing_of_the_hosts_libraries(kiln, built, tmp_path):
+    # C, C++ (libstdc++ needs libm: found through the program's DT_RPATH) and a thread
+    # exit (libc dlopens libgcc_s itself): all from glibc-runtime
+    r = _run_with_only_the_closure(kiln, built["hello"], "hello")
+    assert r.returncode == 0 and r.stdout == "Hello, world!\n", r.stderr
+    shutil.copytree(RECIPES, tmp_path / "recipes")
+    (tmp_path / "recipes" / "rt.recipe").write_text(RT_RECIPE)
+    out = kiln("build", str(tmp_path / "recipes" / "rt.recipe"), "rt").stdout.strip().splitlines()[-1]
+    assert {p.rsplit("-", 1)[-1] for p in _closure(kiln, out)} == {"rt", "runtime"}  # rt and glibc-runtime
+    r = _run_with_only_the_closure(kiln, out, "cxx")
+    assert r.returncode == 0 and r.stdout == "caught boom 7\n", r.stderr
+    r = _run_with_only_the_closure(kiln, out, "thr")
+    assert r.returncode == 0 and r.stdout == "42\n", r.stderr
+
+
 def test_pigz_refers_to_zlib_and_round_trips(kiln, built, tmp_path):
     info = json.loads(kiln("store", "info", "--json", built["pigz"]).stdout)
     assert built["zlib"] in info["references"]
