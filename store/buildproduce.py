@@ -198,6 +198,8 @@ class Producing:
                     drv_path,
                     stray_refusal(drv, o.path, res, self._stray_lookup, self.get_drv) + self._kept(tmp, drv),
                 )
+            if res.host_loaders:
+                self.say(host_loader_warning(drv_path, o.path, res.host_loaders))
             produced[name] = (tree, sorted(by_hash[h] for h in res.found))
         return produced
 
@@ -205,6 +207,19 @@ class Producing:
         """The valid store path with ``hash_part``, for a stray reference's message."""
         info = self.store.query_by_hash_part(hash_part)
         return None if info is None else info.path
+
+
+def host_loader_warning(drv_path: str, out_path: str, found: tuple[tuple[str, str], ...]) -> str:
+    """The warning for an output whose ELF programs ask for a loader outside the store
+    (``refscan.ScanResult.host_loaders``): named, first one shown, the others counted."""
+    rel, interp = found[0]
+    where = f"{out_path}/{rel}" if rel else out_path
+    more = f" (and {len(found) - 1} more program(s) in it)" if len(found) > 1 else ""
+    return (
+        f"warning: {drv_path}: {where} asks for the host's program loader {interp}{more}: it will run "
+        "with whatever C library the host has, which its closure does not hold (linked without the "
+        'toolchain\'s cc wrappers? docs/toolchain.md, "Run time")'
+    )
 
 
 def overdue(deadline: float | None) -> bool:

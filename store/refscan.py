@@ -37,6 +37,11 @@ before the hash is longer than 4096 bytes or 32 segments (a run of ``/`` counts 
 A bare hash part without the store dir is a reference only when it is a candidate
 (Nix's rule), never a stray.
 
+Besides references, each file's first chunk tells whether it is an ELF program whose
+loader (``PT_INTERP``) lies outside the store dir (``host_loaders``: it would start with
+the host's C library; ``elfinterp``), shared libraries (``*.so``, ``*.so.N``: ``libc.so.6``
+has one to run as a program) aside. Free: the chunk is read anyway.
+
 Cost: no Python per byte outside runs of 32+ nix32 characters (~1 CPU-s per GiB of
 zeros or random bytes, ~6 for text full of store paths, against ~12 and ~18 for the
 regex scan this replaced); at most ``_STEPS`` steps per non-candidate hash after a
@@ -48,10 +53,12 @@ from __future__ import annotations
 
 import os
 import posixpath
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .elfinterp import interpreter
 from .errors import KilnError
 from .trees import walk
 
@@ -70,6 +77,9 @@ _ONES = bytes(1 if c in _NIX32 else 0 for c in range(256))
 _RUN = b"\x01" * 32
 _NAME_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+-._?=")
 _SLASH, _DASH = ord("/"), ord("-")
+#: a shared library's name (``libc.so.6`` has a PT_INTERP too, to run as a program: not one
+#: a build made to be started)
+_LIBRARY = re.compile(r"\.so(?:\.[0-9]+)*\Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +93,9 @@ class ScanResult:
     found: frozenset[str]
     stray: tuple[tuple[str, str], ...]
     names: tuple[tuple[str, str], ...] = ()
+    #: (file, interpreter) of ELF programs whose loader is outside the store dir (the
+    #: host's: ``elfinterp``), in scan order; not an error, the build loop warns
+    host_loaders: tuple[tuple[str, str], ...] = ()
 
 
 class ScanStopped(KilnError):
@@ -105,6 +118,8 @@ def scan(
     stopped = stop or (lambda: False)
     s = _Scanner({c.encode() for c in candidates}, store_dir.encode())
     top = os.fsencode(logical if logical is not None else f"{store_dir}/{root.name}")
+    sd_slash = store_dir + "/"
+    host_loaders: list[tuple[str, str]] = []
 
     def scan_file(p: Path, rel: str) -> None:
         with open(p, "rb", buffering=0) as f:
@@ -112,6 +127,10 @@ def scan(
             if stopped():
                 raise ScanStopped(f"the reference scan of {root} was stopped")
             chunk = f.read(_CHUNK)
+            if chunk[:4] == b"\x7fELF":
+                interp = interpreter(chunk)
+                if interp is not None and not interp.startswith(sd_slash) and not _LIBRARY.search(rel):
+                    host_loaders.append((rel, interp))
             while chunk:
                 if stopped():
                     raise ScanStopped(f"the reference scan of {root} was stopped")
@@ -149,6 +168,7 @@ def scan(
         frozenset(h.decode() for h in s.found),
         tuple(s.stray),
         tuple((h, n) for h, n in s.names.items()),
+        tuple(host_loaders),
     )
 
 
