@@ -298,7 +298,9 @@ def cmd_serve(argv: list[str]) -> int:
     src = server.open_source(
         store=args.store, directory=args.dir, sign_key=sign_key, store_dir=args.store_dir
     )
-    note = server.unserved_note(src)  # (a cache Nix wrote with xz: said once, not per request)
+    from kiln.registry.foreigncache import unserved_note
+
+    note = unserved_note(src)  # (a cache Nix wrote with xz: said once, not per request)
     if note is not None:
         print(note, file=sys.stderr, flush=True)
     host, port = _listen(args.listen)

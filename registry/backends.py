@@ -9,13 +9,11 @@ in are remembered (in memory; on disk in ``.kiln/nars/<hex>`` for large NARs) so
 admitting its narinfo does not re-read a large NAR; a small NAR, or one that arrived
 some other way (a mirror, ``nix copy``), is re-hashed on demand.
 
-A server's ``DirSource`` (``zstd_only``) serves only zstd narinfos (``layout.served_narinfo``):
-a directory ``nix copy --to file://`` wrote with its default xz (or none, bzip2) holds
-narinfos naming files it never serves, and a narinfo answered 200 whose NAR is a 404
-makes Nix fail instead of falling back to its next substituter. The verdict is cached
-with the bytes (a refused narinfo is kept as ``b""`` under its file's stamp), so the hot
-path reads no file more than before. Readers (``dirclient``) see every narinfo, so a
-client can say why it cannot use one (``verify.check_narinfo``).
+A server's ``DirSource`` (``zstd_only``) serves only zstd narinfos (a 200 narinfo whose
+NAR, xz as ``nix copy`` writes by default, is a 404 makes Nix fail instead of trying its
+next substituter; ``foreigncache``); the verdict is cached with the bytes (``b""`` under
+the file's stamp), and a zstd upload replaces such a narinfo. Readers see every
+narinfo, so a client can say why it cannot use one (``verify.check_narinfo``).
 
 What an upload batch stores is kept only for a narinfo admitted: a batch links in only
 the NARs its admitted narinfos name (``batchcommit``). A NAR ``PUT`` on its own stays
@@ -202,20 +200,6 @@ class DirSource(Source):
             return body
         return None
 
-    def unserved_narinfos(self) -> dict[str, int]:
-        """``{compression: count}`` of the narinfos here that ``zstd_only`` does not serve
-        ({} for a registry kiln wrote). Cheap unless there are some: only when ``nar/``
-        holds a file not named ``.nar.zst`` are the narinfos read."""
-        if all(k.endswith(".nar.zst") for k in self.storage.list("nar")):
-            return {}
-        out: dict[str, int] = {}
-        for k in self.storage.list():
-            if k.endswith(".narinfo"):
-                c = layout.narinfo_compression(self.storage.read(k) or b"")
-                if c != "zstd":
-                    out[c] = out.get(c, 0) + 1
-        return out
-
     def object_file(self, digest: Hash) -> Path | None:
         """The file holding the compressed NAR with this digest: ``blobs/`` first, then
         ``nar/`` (directories written by ``nix copy --to file://...?compression=zstd``
@@ -249,7 +233,7 @@ class DirSource(Source):
         if h is None:
             return None
         body = self.narinfo(h)
-        if body is None:  # deleted since it was mapped (--delete-bad, a prune): another
+        if body is None:  # deleted since it was mapped (--delete-bad, a prune) or not served: another
             # path with the same NAR may still be served; the map finds it once refreshed
             self.by_nar.forget(nar_sha256_hex, h)
             again = self.by_nar.lookup(nar_sha256_hex)
@@ -352,7 +336,14 @@ class DirSource(Source):
         that substitutes it finds its whole closure here."""
         for r in info.references:
             h = r.rsplit("/", 1)[1][:32]
-            if r != info.path and h not in also and not self.storage.exists(layout.narinfo_key(h)):
+            if r == info.path or h in also:
+                continue
+            # a server's narinfo it does not serve (xz) is not published for its clients
+            if (
+                (self.narinfo(h) is None)
+                if self.zstd_only
+                else not self.storage.exists(layout.narinfo_key(h))
+            ):
                 return f"error: {info.path} refers to {r}, which is not published here; push it first"
         return None
 
@@ -376,6 +367,16 @@ class DirSource(Source):
             old_body = self.storage.read(key) or b""
             if old_body == body:
                 return 200, "already published"
+            if self.zstd_only and old_body and not layout.served_narinfo(old_body):
+                # a narinfo this server does not serve (xz, as nix copy writes by default):
+                # the zstd upload takes its place, or the path stayed a 404 for ever
+                self.storage.put_bytes(key, body)
+                self._cache.drop(hash_part)
+                self.by_nar.learn(info.nar_hash.hex, hash_part)
+                return (
+                    201,
+                    f"published (replaced a {layout.narinfo_compression(old_body)} narinfo not served)",
+                )
             # junk: a 400; an unparseable CA is read as a false one (repaired below)
             old = published(old_body, self.store_dir)
             same = (old.path, old.nar_hash, old.nar_size, old.references) == (

@@ -49,7 +49,10 @@ _LISTING_RE = re.compile(r"^[0-9a-df-np-sv-z]{32}\.ls\Z")
 _ZSTD_LINE = b"\nCompression: zstd\n"
 _COMPRESSION_RE = re.compile(rb"(?:\A|\n)Compression: ([^\n]*)")
 #: how to make a Nix binary cache kiln serves and reads
-ZSTD_HINT = "re-create it with nix copy --to 'file://DIR?compression=zstd'"
+ZSTD_HINT = (
+    "re-create it in a new, empty directory with nix copy --to 'file://NEWDIR?compression=zstd' "
+    "(nix copy skips a path whose narinfo is there already)"
+)
 ATT_SUFFIX = ".dsse.json"
 ATT_LISTING = "index.json"
 

@@ -48,9 +48,9 @@ its subject must name the path with the narinfo's NarHash.
 Publication: only when every path succeeded are the narinfos written, then the
 attestations (and their listings), then the metadata exactly as the source signed it
 (roots from the pinned one on, index, snapshot, timestamp last), so DST is itself a
-verifiable registry and never shows a half-synced index. A first sync refused for its
-arguments (no ``--root``, or no self-signed one; a source with no signed index, as ``nix
-copy`` writes: said so, pointing to ``kiln copy``) does not create DST. Any failure raises
+verifiable registry and never shows a half-synced index. A first sync is refused before
+DST is made when the source has no signed index (as ``nix copy`` writes: said so,
+pointing to ``kiln copy``) or ``--root`` is missing or no self-signed root. Any failure raises
 ``MirrorError`` naming the bad paths (``transient`` when each failed only for a
 temporary reason, ``retryable``) and leaves DST's narinfos and index as they were;
 verified objects already fetched stay (content-addressed, invisible without a
@@ -160,9 +160,7 @@ async def sync_async(
     async with open_client(src_url, token, jobs=jobs, create=False) as client:  # token: a --private source
         info = await client.cache_info()
         if not (Path(dst_dir) / STATE_KEY).is_file():  # a first sync: refused before DST is made
-            if o.root is None:
-                await _refuse_unpinned(client, src_url, dst_dir)
-            ix.TrustState.pin(o.root)  # a file that is no self-signed root: refused here too
+            await _first_sync_allowed(client, src_url, dst_dir, o.root)
         dst = DirSource(dst_dir, store_dir=info.get("StoreDir") or None)
 
         def waiting() -> None:
@@ -175,20 +173,28 @@ async def sync_async(
             return await _sync_locked(client, src_url, dst, dst_dir, o)
 
 
-async def _refuse_unpinned(client: Client, src_url: str, dst_dir: Path) -> None:
-    """A first sync without ``--root``: refused (``MirrorUsageError``), or, if the source
-    publishes no signed index at all (a plain binary cache, as ``nix copy`` writes),
-    ``ix.NoIndex`` saying so and what copies from such a cache."""
+async def _first_sync_allowed(client: Client, src_url: str, dst_dir: Path, root: bytes | None) -> None:
+    """A first sync: refused, before DST is made, when the source publishes no signed index
+    (``_no_index``: a plain binary cache, as ``nix copy`` writes), without ``--root``
+    (``MirrorUsageError``) or with one that is no self-signed root."""
     if await client.get("index/timestamp.json") is None:
-        raise ix.NoIndex(_no_index(src_url))
-    raise MirrorUsageError(
-        f"first sync into {dst_dir}: pass the source's pinned root metadata with --root FILE"
-    )
+        raise _no_index(client, src_url)
+    if root is None:
+        raise MirrorUsageError(
+            f"first sync into {dst_dir}: pass the source's pinned root metadata with --root FILE"
+        )
+    ix.TrustState.pin(root)
 
 
-def _no_index(src_url: str) -> str:
+def _no_index(client: Client, src_url: str) -> ix.NoIndex:
     """Why a source without a signed index cannot be mirrored, and what to use instead."""
-    return (
+    elsewhere = getattr(client, "missed_at", {}).get("index/timestamp.json")
+    if elsewhere is not None:
+        return ix.NoIndex(
+            f"the source redirects index/timestamp.json to {elsewhere}, which answers that it has "
+            "no such file (is the redirect target a copy of the registry?)"
+        )
+    return ix.NoIndex(
         f"the source publishes no index (no signed index/timestamp.json at {src_url}): it is a plain binary "
         "cache (one written by nix copy, say), which kiln mirror sync cannot verify; copy paths from it "
         f"with kiln copy --from {src_url} --to DST --trusted-key KEY PATH... (DST a registry or 'store')"
@@ -214,13 +220,7 @@ async def _sync_locked(
     try:
         meta = await mirrorplan.update(client.get, state, dst.storage, rec, o.full)
     except ix.NoIndex as e:
-        elsewhere = getattr(client, "missed_at", {}).get("index/timestamp.json")
-        if elsewhere is None:
-            raise ix.NoIndex(_no_index(src_url)) from e
-        raise ix.NoIndex(
-            f"the source redirects index/timestamp.json to {elsewhere}, which answers that it has "
-            "no such file (is the redirect target a copy of the registry?)"
-        ) from e
+        raise _no_index(client, src_url) from e
     plan = mirrorplan.plan(dst.storage, meta, rec, o.full)
     paths: dict[str, dict] = plan.paths or {}
     failed: dict[str, str] = {}

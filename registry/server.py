@@ -8,7 +8,7 @@ processes sharing one listening socket). ``make_app`` uses aiohttp's low-level
 ``web.Server``: one handler, no router, since ``layout.parse_key`` classifies every path.
 
 Read API (see docs/registry.md): ``GET|HEAD /nix-cache-info`` (public even when private), ``GET|HEAD /<h>.narinfo`` (zstd
-ones only: ``backends.DirSource.zstd_only``; ``unserved_note`` says at start-up how many are not),
+ones only: ``backends.DirSource.zstd_only``; ``foreigncache.unserved_note`` says at start-up how many are not),
 ``GET|HEAD /nar/<nix32>.nar.zst``, ``GET|HEAD /blobs/sha256:<hex>`` (Range, a multi-range
 one ignored: ``httpbits.RangeFile``; ETag = digest and immutable caching only for a file
 known to hash to its name: ``objtrust``), ``GET /index/...``, ``POST /narinfo-batch``, ``POST
@@ -380,20 +380,3 @@ def open_source(
     if isinstance(src.storage, FileStorage):
         src.storage.sweep_temp()  # uploads a killed server or sync left behind
     return src
-
-
-def unserved_note(source: Source) -> str | None:
-    """What ``kiln serve`` says once at start-up of a directory holding narinfos it does not
-    serve (not zstd: ``DirSource.zstd_only``), or None when there are none."""
-    if not isinstance(source, DirSource):
-        return None
-    counts = source.unserved_narinfos()
-    if not counts:
-        return None
-    n = sum(counts.values())
-    how = ", ".join(f"{c} {k}" for k, c in sorted(counts.items()))
-    return (
-        f"kiln serve: warning: {n} narinfo(s) in {source.storage.url} are not zstd ({how}); they are not "
-        "served (404, so Nix tries its next substituter): kiln serves zstd NARs only; "
-        f"{layout.ZSTD_HINT.replace('DIR', str(source.storage.url).removeprefix('file://'))}"
-    )

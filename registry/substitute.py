@@ -185,8 +185,8 @@ class Substituter(Downloads):
                     continue
                 try:
                     info = check_narinfo(text, store_dir, self.trusted, self.sigs_needed, h, source=url)
-                except KilnError as e:
-                    self.rejected[p] = f"{url}: {e}"
+                except KilnError as e:  # (a narinfo that is not zstd names the source itself)
+                    self.rejected[p] = str(e) if url in str(e) else f"{url}: {e}"
                     continue
                 if info.path != p:
                     self.rejected[p] = f"{url}: narinfo is for {info.path}"

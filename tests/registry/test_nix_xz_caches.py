@@ -147,3 +147,51 @@ def test_refused_first_sync_without_root_leaves_nothing(tmp_path, keys, kiln_ser
     assert not (tmp_path / "m").exists()
     r = _mirror(srv.url, tmp_path / "m", "--root", str(reg / "index/root.json"))
     assert r.returncode == 0 and "1 paths" in r.stdout, r.stderr
+
+
+def test_a_zstd_push_replaces_a_narinfo_not_served(tmp_path, keys, kiln_server) -> None:
+    # what the start-up warning advises: push the path again with zstd. Before, the upload
+    # answered "already published" and the xz narinfo stayed, a 404 for ever
+    cache = tmp_path / "cache"
+    path = _nix_cache(tmp_path, cache, "xz", keys, "replaced")
+    tok = kiln("registry", "token", "create", "--scope", "write", "--dir", str(cache)).stdout.strip()
+    srv = kiln_server("--dir", str(cache), "--trusted-key", str(keys.pk_file))
+    assert request(f"{srv.url}/{_h(path)}.narinfo")[0] == 404
+    netrc = tmp_path / "netrc"
+    netrc.write_text(f"machine 127.0.0.1\nlogin nix\npassword {tok}\n")
+    root = tmp_path / "nixroot"
+    to = f"{srv.url}?compression=zstd&secret-key={keys.sk_file}"
+    r = subprocess.run(
+        [
+            *NIX,
+            "copy",
+            "--option",
+            "netrc-file",
+            str(netrc),
+            "--from",
+            f"local?root={root}",
+            "--to",
+            to,
+            path,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    status, _hd, body = request(f"{srv.url}/{_h(path)}.narinfo")
+    assert status == 200 and b"Compression: zstd" in body, body
+    dest = make_store(tmp_path / "dest", "/nix/store")
+    r = kiln(
+        "copy",
+        "--from",
+        srv.url,
+        "--to",
+        "store",
+        "--store",
+        str(dest.root),
+        "--trusted-key",
+        keys.pk.to_text(),
+        path,
+    )
+    assert r.returncode == 0 and dest.is_valid(path), r.stderr
