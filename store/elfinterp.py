@@ -9,14 +9,19 @@ whatever C library the machine has (docs/toolchain.md, "Run time").
 Only what the head holds is read: the ELF header, the program header table and the
 interpreter string must lie inside ``head`` (the scan's first 1 MiB chunk; linkers put
 them in the first page). A file whose table or string lies further, or is cut, gives
-None, as a file without ``PT_INTERP`` (static programs, shared libraries, objects) does.
-Both classes (32/64-bit) and byte orders are read.
+None, as a file without ``PT_INTERP`` (static programs, shared libraries, objects) does;
+so does one whose ``PT_INTERP`` comes after a ``PT_LOAD`` (the ELF specification puts it
+before any) or past the first 64 program headers: bounded work per file whatever its
+header says. Both classes (32/64-bit) and byte orders are read.
 """
 
 from __future__ import annotations
 
 _MAGIC = b"\x7fELF"
-_PT_INTERP = 3
+_PT_LOAD, _PT_INTERP = 1, 3
+#: program headers looked at (real programs have ~13; a hostile e_phnum of 65,535 must
+#: not cost 65,535 steps per file)
+_MAX_HEADERS = 64
 #: an interpreter path longer than this is not one (PATH_MAX)
 _MAX_INTERP = 4096
 
@@ -44,11 +49,14 @@ def interpreter(head: bytes) -> str | None:
         need, at_off, at_size, word = 32, 4, 16, 4
     if entsize < need or phoff <= 0:
         return None
-    for i in range(count):
+    for i in range(min(count, _MAX_HEADERS)):
         ph = phoff + i * entsize
         if ph + need > len(head):
             return None
-        if u(ph, 4) != _PT_INTERP:
+        kind = u(ph, 4)
+        if kind == _PT_LOAD:  # PT_INTERP must come before any loadable segment
+            return None
+        if kind != _PT_INTERP:
             continue
         off, size = u(ph + at_off, word), u(ph + at_size, word)
         if size == 0 or size > _MAX_INTERP or off + size > len(head):

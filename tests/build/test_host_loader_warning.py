@@ -39,6 +39,15 @@ def test_a_program_asking_for_the_hosts_loader_is_warned_about(store, graph):
     assert "(and 1 more program(s) in it)" in warnings[0] and "cc wrappers" in warnings[0]
 
 
+def test_a_program_whose_loader_is_in_the_store_is_not(store, graph, busybox_path):
+    # what every program linked by the toolchain's cc wrappers asks for (here: under an
+    # input of the build, so also a reference, not a stray)
+    prog = crafted_octal(f"{busybox_path}/lib/ld-linux-x86-64.so.2".encode() + b"\0")
+    said, out = _build(store, graph, f"mkdir -p $out/bin; printf '{prog}' > $out/bin/a")
+    assert not [m for m in said if "program loader" in m], said
+    assert busybox_path in store.query(out).references
+
+
 def test_a_file_without_an_interpreter_or_a_shared_library_is_not(store, graph):
     # libc.so.6 has a PT_INTERP too (it runs as a program), and so do the copies of it a
     # runtime package holds: a library's name is not warned about

@@ -10,6 +10,7 @@ import random
 import shutil
 import struct
 import subprocess
+import time
 
 import pytest
 
@@ -32,17 +33,18 @@ def _readelf_interp(path: str) -> str | None:
 
 
 def crafted(interp: bytes, *, cls: int = 2, order: str = "<", at: int = 0x100) -> bytes:
-    """An ELF header, one PT_LOAD and one PT_INTERP program header, ``interp`` at ``at``."""
+    """An ELF header, a PT_INTERP and a PT_LOAD program header (in that order, as linkers
+    write them), ``interp`` at ``at``."""
     if cls == 2:
         ehdr = b"\x7fELF" + bytes([2, 1 if order == "<" else 2, 1]) + bytes(9)
         ehdr += struct.pack(order + "HHIQQQIHHHHHH", 2, 62, 1, 0, 64, 0, 0, 64, 56, 2, 64, 0, 0)
-        ph = struct.pack(order + "IIQQQQQQ", 1, 5, 0, 0, 0, 0x200, 0x200, 0x1000)
-        ph += struct.pack(order + "IIQQQQQQ", 3, 4, at, at, at, len(interp), len(interp), 1)
+        ph = struct.pack(order + "IIQQQQQQ", 3, 4, at, at, at, len(interp), len(interp), 1)
+        ph += struct.pack(order + "IIQQQQQQ", 1, 5, 0, 0, 0, 0x200, 0x200, 0x1000)
     else:
         ehdr = b"\x7fELF" + bytes([1, 1 if order == "<" else 2, 1]) + bytes(9)
         ehdr += struct.pack(order + "HHIIIIIHHHHHH", 2, 3, 1, 0, 52, 0, 0, 52, 32, 2, 40, 0, 0)
-        ph = struct.pack(order + "IIIIIIII", 1, 0, 0, 0, 0x200, 0x200, 5, 0x1000)
-        ph += struct.pack(order + "IIIIIIII", 3, at, at, at, len(interp), len(interp), 4, 1)
+        ph = struct.pack(order + "IIIIIIII", 3, at, at, at, len(interp), len(interp), 4, 1)
+        ph += struct.pack(order + "IIIIIIII", 1, 0, 0, 0, 0x200, 0x200, 5, 0x1000)
     data = ehdr + ph
     return data + bytes(at - len(data)) + interp
 
@@ -90,3 +92,22 @@ def test_hostile_bytes_never_raise():
     huge = bytearray(crafted(b"/x\0"))
     struct.pack_into("<QHHH", huge, 0x20, 2**63, 0, 0, 0)
     assert interpreter(bytes(huge)) is None
+
+
+def test_work_is_bounded_whatever_the_header_says():
+    # e_phnum 65,535 of null headers: at most a few dozen looked at, not 65,535
+    many = bytearray(HEAD)
+    many[:64] = crafted(b"/x\0")[:64]
+    struct.pack_into("<H", many, 0x38, 0xFFFF)
+    start = time.process_time()
+    for _ in range(200):
+        assert interpreter(bytes(many)) is None
+    assert time.process_time() - start < 0.5  # ~65,535 steps each would take seconds
+
+
+def test_an_interpreter_after_a_loadable_segment_is_not_read():
+    data = bytearray(crafted(b"/lib/ld.so\0"))
+    assert interpreter(bytes(data)) == "/lib/ld.so"
+    interp, load = bytes(data[64:120]), bytes(data[120:176])
+    data[64:120], data[120:176] = load, interp
+    assert interpreter(bytes(data)) is None  # PT_LOAD, then PT_INTERP: not a valid program
