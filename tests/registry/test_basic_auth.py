@@ -20,6 +20,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
+from nixkit import nix_store_path
 from regkit import add_built, kiln, make_store, request
 
 from kiln.registry.client import open_client
@@ -50,11 +51,8 @@ def netrc(path: Path, password: str) -> Path:
 
 def nix_path(tmp_path: Path) -> tuple[Path, str]:
     """A path in a throwaway Nix store (root, store path)."""
-    root, src = tmp_path / "nixroot", tmp_path / "payload.txt"
-    src.write_text(f"pushed by nix {tmp_path}\n")
-    r = subprocess.run(["nix-store", "--store", str(root), "--add", str(src)], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    return root, r.stdout.strip()
+    root = tmp_path / "nixroot"
+    return root, nix_store_path(root, tmp_path / "payload.txt", f"pushed by nix {tmp_path}\n")
 
 
 def nix_push(

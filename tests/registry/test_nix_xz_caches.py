@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from nixkit import nix_store_path
 from regkit import add_chain, kiln, make_store, request
 
 from kiln.registry.client import open_client
@@ -34,12 +35,7 @@ NIX = ["nix", "--extra-experimental-features", "nix-command"]
 def _nix_path(tmp: Path, name: str) -> tuple[Path, str]:
     """A path added to a throwaway Nix store (root ``tmp/nixroot``)."""
     root = tmp / "nixroot"
-    src = tmp / "src" / name
-    src.parent.mkdir(parents=True, exist_ok=True)
-    src.write_text(f"{name} {tmp}\n")
-    r = subprocess.run(["nix-store", "--store", str(root), "--add", str(src)], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    return root, r.stdout.strip()
+    return root, nix_store_path(root, tmp / "src" / name, f"{name} {tmp}\n")
 
 
 def _nix_cache(tmp: Path, cache: Path, compression: str, keys, name: str) -> str:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from clikit import kiln
+from nixkit import nix_store_path
 
 pytestmark = [
     pytest.mark.nix,
@@ -29,11 +30,8 @@ def restore(data: bytes, dest: Path) -> subprocess.CompletedProcess:
 @pytest.fixture
 def nix_path(tmp_path: Path) -> tuple[Path, str]:
     """A path in a throwaway Nix store (root, store path)."""
-    root, src = tmp_path / "nixroot", tmp_path / "payload.txt"
-    src.write_text(f"exported by nix {tmp_path}\n")
-    r = subprocess.run(["nix-store", "--store", str(root), "--add", str(src)], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    return root, r.stdout.strip()
+    root = tmp_path / "nixroot"
+    return root, nix_store_path(root, tmp_path / "payload.txt", f"exported by nix {tmp_path}\n")
 
 
 def test_an_export_stream_is_refused_with_the_way_across(tmp_path: Path, nix_path) -> None:
