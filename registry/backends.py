@@ -4,10 +4,9 @@
 ``DirSource`` wraps a ``Storage``. A narinfo's bytes are cached in memory after the
 first read and checked against the file on each use (one ``stat``: a signature merge, a
 mirror sync or another worker replaces the file by rename); misses are never cached (a
-push must become visible at once). The digests computed while a NAR streamed
-in are remembered (in memory; on disk in ``.kiln/nars/<hex>`` for large NARs) so
-admitting its narinfo does not re-read a large NAR; a small NAR, or one that arrived
-some other way (a mirror, ``nix copy``), is re-hashed on demand.
+push must become visible at once). The digests computed while a NAR streamed in are
+remembered (in memory; on disk in ``.kiln/nars/<hex>`` for large NARs) so admitting its
+narinfo does not re-read a large NAR; one that arrived otherwise is re-hashed on demand.
 
 A server's ``DirSource`` (``zstd_only``) serves only zstd narinfos (a 200 narinfo whose
 NAR, xz as ``nix copy`` writes by default, is a 404 makes Nix fail instead of trying its
