@@ -366,8 +366,10 @@ class DirSource(Source):
             old_body = self.storage.read(key) or b""
             if old_body == body:
                 return 200, "already published"
-            if self.zstd_only and old_body and not layout.served_narinfo(old_body):
-                # a narinfo this server does not serve (xz, as nix copy writes by default):
+            # junk: a 400; an unparseable CA is read as a false one (repaired below)
+            old = published(old_body, self.store_dir)
+            if self.zstd_only and not layout.served_narinfo(old_body):
+                # a narinfo (parsed: not junk) this server does not serve (xz, nix copy's default):
                 # the zstd upload takes its place, or the path stayed a 404 for ever
                 self.storage.put_bytes(key, body)
                 self._cache.drop(hash_part)
@@ -376,8 +378,6 @@ class DirSource(Source):
                     201,
                     f"published (replaced a {layout.narinfo_compression(old_body)} narinfo not served)",
                 )
-            # junk: a 400; an unparseable CA is read as a false one (repaired below)
-            old = published(old_body, self.store_dir)
             same = (old.path, old.nar_hash, old.nar_size, old.references) == (
                 info.path,
                 info.nar_hash,
