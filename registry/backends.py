@@ -335,16 +335,16 @@ class DirSource(Source):
         that substitutes it finds its whole closure here."""
         for r in info.references:
             h = r.rsplit("/", 1)[1][:32]
-            if r == info.path or h in also:
-                continue
-            # a server's narinfo it does not serve (xz) is not published for its clients
-            if (
-                (self.narinfo(h) is None)
-                if self.zstd_only
-                else not self.storage.exists(layout.narinfo_key(h))
-            ):
+            if r != info.path and h not in also and not self._published(h):
                 return f"error: {info.path} refers to {r}, which is not published here; push it first"
         return None
+
+    def _published(self, hash_part: str) -> bool:
+        """Whether a narinfo for ``hash_part`` is published here: for a server
+        (``zstd_only``), one it serves; else any (a ``stat``, not a read)."""
+        if self.zstd_only:
+            return self.narinfo(hash_part) is not None
+        return self.storage.exists(layout.narinfo_key(hash_part))
 
     def publish_narinfo(self, hash_part: str, info: ni.NarInfo, body: bytes) -> tuple[int, str]:
         """Create-if-absent; identical → 200; same content with other signatures → merged;

@@ -165,7 +165,7 @@ def served_narinfo(body: bytes) -> bool:
     """Whether a server serves this narinfo: only a zstd one names a file it serves
     (``nar/<nix32>.nar.zst``); any other would answer 200 for the narinfo and 404 for its
     NAR, which makes Nix fail instead of trying its next substituter."""
-    return _ZSTD_LINE in body or narinfo_compression(body) == "zstd"
+    return narinfo_compression(body) == "zstd"
 
 
 def refused_upload(key: str) -> tuple[int, str] | None:
