@@ -8,7 +8,7 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from elfkit import crafted_octal
+from elfkit import crafted, printf_octal
 
 from kiln.sandbox.bwrap import BwrapExecutor
 from kiln.store.build import Builder, BuildOptions
@@ -29,7 +29,7 @@ def _build(store, graph, script: str) -> tuple[list[str], str]:
 
 
 def test_a_program_asking_for_the_hosts_loader_is_warned_about(store, graph):
-    prog = crafted_octal(b"/lib64/ld-linux-x86-64.so.2\0")
+    prog = printf_octal(crafted(b"/lib64/ld-linux-x86-64.so.2\0"))
     said, out = _build(
         store, graph, f"mkdir -p $out/bin; printf '{prog}' > $out/bin/a; cp $out/bin/a $out/bin/b"
     )
@@ -42,7 +42,7 @@ def test_a_program_asking_for_the_hosts_loader_is_warned_about(store, graph):
 def test_a_program_whose_loader_is_in_the_store_is_not(store, graph, busybox_path):
     # what every program linked by the toolchain's cc wrappers asks for (here: under an
     # input of the build, so also a reference, not a stray)
-    prog = crafted_octal(f"{busybox_path}/lib/ld-linux-x86-64.so.2".encode() + b"\0")
+    prog = printf_octal(crafted(f"{busybox_path}/lib/ld-linux-x86-64.so.2".encode() + b"\0"))
     said, out = _build(store, graph, f"mkdir -p $out/bin; printf '{prog}' > $out/bin/a")
     assert not [m for m in said if "program loader" in m], said
     assert busybox_path in store.query(out).references
@@ -51,7 +51,7 @@ def test_a_program_whose_loader_is_in_the_store_is_not(store, graph, busybox_pat
 def test_a_file_without_an_interpreter_or_a_shared_library_is_not(store, graph):
     # libc.so.6 has a PT_INTERP too (it runs as a program), and so do the copies of it a
     # runtime package holds: a library's name is not warned about
-    lib = crafted_octal(b"/lib64/ld-linux-x86-64.so.2\0")
+    lib = printf_octal(crafted(b"/lib64/ld-linux-x86-64.so.2\0"))
     said, _ = _build(
         store,
         graph,

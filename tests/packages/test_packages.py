@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from kiln.store.elfinterp import interpreter
+
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.bwrap,
@@ -80,16 +82,10 @@ def test_toolchain_is_not_in_the_runtime_closure(kiln, built):
 
 
 def _interpreter(elf: bytes) -> str:
-    """The PT_INTERP of a little-endian ELF64 executable ("" without one)."""
-    assert elf[:5] == b"\x7fELF\x02", "not an ELF64 file"
-    phoff = int.from_bytes(elf[0x20:0x28], "little")
-    size, count = int.from_bytes(elf[0x36:0x38], "little"), int.from_bytes(elf[0x38:0x3A], "little")
-    for i in range(count):
-        ph = elf[phoff + i * size : phoff + (i + 1) * size]
-        if int.from_bytes(ph[0:4], "little") == 3:  # PT_INTERP
-            off, n = int.from_bytes(ph[8:16], "little"), int.from_bytes(ph[32:40], "little")
-            return elf[off : off + n].rstrip(b"\0").decode()
-    return ""
+    """The PT_INTERP of an ELF file ("" without one): ``elfinterp``, which
+    tests/store/test_elfinterp.py holds to readelf."""
+    assert elf[:4] == b"\x7fELF", "not an ELF file"
+    return interpreter(elf) or ""
 
 
 def _store_cat(kiln: Kiln, path: str) -> bytes:

@@ -13,6 +13,7 @@ import subprocess
 import time
 
 import pytest
+from elfkit import crafted
 
 from kiln.store.elfinterp import interpreter
 
@@ -30,23 +31,6 @@ def _readelf_interp(path: str) -> str | None:
         if "Requesting program interpreter:" in line:
             return line.split("interpreter:", 1)[1].strip().rstrip("]")
     return None
-
-
-def crafted(interp: bytes, *, cls: int = 2, order: str = "<", at: int = 0x100) -> bytes:
-    """An ELF header, a PT_INTERP and a PT_LOAD program header (in that order, as linkers
-    write them), ``interp`` at ``at``."""
-    if cls == 2:
-        ehdr = b"\x7fELF" + bytes([2, 1 if order == "<" else 2, 1]) + bytes(9)
-        ehdr += struct.pack(order + "HHIQQQIHHHHHH", 2, 62, 1, 0, 64, 0, 0, 64, 56, 2, 64, 0, 0)
-        ph = struct.pack(order + "IIQQQQQQ", 3, 4, at, at, at, len(interp), len(interp), 1)
-        ph += struct.pack(order + "IIQQQQQQ", 1, 5, 0, 0, 0, 0x200, 0x200, 0x1000)
-    else:
-        ehdr = b"\x7fELF" + bytes([1, 1 if order == "<" else 2, 1]) + bytes(9)
-        ehdr += struct.pack(order + "HHIIIIIHHHHHH", 2, 3, 1, 0, 52, 0, 0, 52, 32, 2, 40, 0, 0)
-        ph = struct.pack(order + "IIIIIIII", 3, at, at, at, len(interp), len(interp), 4, 1)
-        ph += struct.pack(order + "IIIIIIII", 1, 0, 0, 0, 0x200, 0x200, 5, 0x1000)
-    data = ehdr + ph
-    return data + bytes(at - len(data)) + interp
 
 
 @pytest.mark.skipif(shutil.which("readelf") is None, reason="binutils not installed")
