@@ -11,7 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # for ``import regkit`` in any import mode
 
-from regkit import Keys, Server, add_chain, add_tree, kiln, make_store, start_kiln, start_nginx  # noqa: E402
+from regkit import Keys, Server, add_chain, add_tree, kiln, make_store, push_cli, start_kiln, start_nginx  # noqa: E402
 
 
 @pytest.fixture
@@ -62,19 +62,7 @@ def pushed(tmp_path: Path, keys, kiln_server):
     assert kiln("registry", "init", "--dir", str(reg)).returncode == 0
     tok = kiln("registry", "token", "create", "--scope", "write", "--dir", str(reg)).stdout.strip()
     srv = kiln_server("--dir", str(reg), "--trusted-key", str(keys.pk_file), "--index-key", str(keys.sk_file))
-    r = kiln(
-        "push",
-        "--store",
-        str(store.root),
-        chain[-1],
-        leaf,
-        "--to",
-        srv.url,
-        "--token",
-        tok,
-        "--sign-key",
-        str(keys.sk_file),
-    )
+    r = push_cli(store, [chain[-1], leaf], srv.url, tok, keys.sk_file)
     assert r.returncode == 0, r.stderr
     assert "pushed 6 of 6 paths" in r.stdout and "index version 1" in r.stdout
     return store, chain, leaf, reg, tok, srv

@@ -184,6 +184,15 @@ def add_built(store: LocalStore, tmp: Path, name: str, content: str, refs: tuple
     return store.register_built(path, tree, refs, None).path
 
 
+def push_cli(
+    store: LocalStore, paths: list[str], url: str, token: str, sign_key: Path
+) -> subprocess.CompletedProcess:
+    """``kiln push --store STORE PATHS... --to URL --token TOKEN --sign-key SIGN_KEY``."""
+    return kiln(
+        "push", "--store", str(store.root), *paths, "--to", url, "--token", token, "--sign-key", str(sign_key)
+    )
+
+
 @contextlib.contextmanager
 def verify_waiting_for_a_sync(reg: Path, *flags: str) -> Iterator[subprocess.Popen]:
     """``kiln registry verify --dir reg FLAGS --json`` started while "a mirror sync" (this

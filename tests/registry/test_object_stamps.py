@@ -10,7 +10,7 @@ import os
 import time
 from pathlib import Path
 
-from regkit import kiln, make_store, request
+from regkit import kiln, make_store, push_cli, request
 
 from kiln.registry import layout
 from kiln.registry.client import open_client
@@ -51,18 +51,7 @@ def test_changed_bytes_with_an_old_mtime_are_not_promised(tmp_path, keys, kiln_s
     assert kiln("registry", "init", "--dir", str(reg)).returncode == 0
     tok = kiln("registry", "token", "create", "--scope", "write", "--dir", str(reg)).stdout.strip()
     srv = kiln_server("--dir", str(reg), "--trusted-key", str(keys.pk_file))
-    r = kiln(
-        "push",
-        "--store",
-        str(store.root),
-        path,
-        "--to",
-        srv.url,
-        "--token",
-        tok,
-        "--sign-key",
-        str(keys.sk_file),
-    )
+    r = push_cli(store, [path], srv.url, tok, keys.sk_file)
     assert r.returncode == 0, r.stderr
     info = _info(reg, store, path)
     keys_ = (layout.blob_key(info.file_hash), layout.nar_key(info.file_hash))

@@ -9,7 +9,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from regkit import Keys, add_built, kiln, make_store
+from regkit import Keys, add_built, kiln, make_store, push_cli
 from test_attestations import _review
 
 
@@ -28,18 +28,7 @@ def _registry(tmp: Path, signer: Keys, kiln_server, *serve: str) -> tuple[str, o
     assert kiln("registry", "init", "--dir", str(reg)).returncode == 0
     tok = kiln("registry", "token", "create", "--scope", "write", "--dir", str(reg)).stdout.strip()
     srv = kiln_server("--dir", str(reg), "--trusted-key", str(signer.pk_file), *serve)
-    r = kiln(
-        "push",
-        app,
-        "--store",
-        str(store.root),
-        "--to",
-        srv.url,
-        "--token",
-        tok,
-        "--sign-key",
-        str(signer.sk_file),
-    )
+    r = push_cli(store, [app], srv.url, tok, signer.sk_file)
     assert r.returncode == 0, r.stderr
     return app, srv
 

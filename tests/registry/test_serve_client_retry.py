@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from regkit import Server, add_chain, free_port, kiln, make_store, start_kiln
+from regkit import Server, add_chain, free_port, kiln, make_store, push_cli, start_kiln
 
 from kiln.registry.client import Unreachable
 from kiln.registry.httpclient import HttpClient
@@ -191,18 +191,7 @@ def test_kiln_copy_rides_out_a_restart(tmp_path: Path, reg: Path, keys) -> None:
     with _Restarts(
         reg, "--workers", "2", "--trusted-key", str(keys.pk_file), "--access-log", str(log)
     ) as srv:
-        r = kiln(
-            "push",
-            "--store",
-            str(store.root),
-            *tips,
-            "--to",
-            srv.url,
-            "--token",
-            tok,
-            "--sign-key",
-            str(keys.sk_file),
-        )
+        r = push_cli(store, tips, srv.url, tok, keys.sk_file)
         assert r.returncode == 0, r.stderr
         pushed = len(log.read_text().splitlines())
         dest = make_store(tmp_path / "dest")
