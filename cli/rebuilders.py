@@ -12,11 +12,10 @@ are deleted.
 
 The verdict is signed as a SLSA Verification Summary (``intoto.vsa``, PASSED with level
 ``KILN_REPRODUCED`` on a match, FAILED otherwise) and stored beside every compared
-output as ``vsa-<keyid>`` (``attestations.record_vsa``), stored and carried exactly
-like provenance, and ``policy.verify_path`` counts independent rebuilders. A later
-verdict by the same key replaces the earlier one: the newest rebuild is what a key
-attests; it is dated no earlier than one second after that key's stored verdict
-(``verdicttime``: a clock gone back must not leave the older verdict standing).
+output as ``vsa-<keyid>`` (``attestations.record_vsa``), carried like provenance;
+``policy.verify_path`` counts independent rebuilders. A later verdict by the same key
+replaces the earlier one, dated at least one second after it (``verdicttime``: a clock
+gone back must not leave the older verdict standing).
 
 Signing happens in this process after the sandbox has exited; the key file is never
 mounted into a build. A rebuilder key that also signed the path's provenance is stored

@@ -2,11 +2,9 @@
 
 Trust: the mirror pins the source's root metadata (``--root FILE`` on the first sync,
 then ``DST/.kiln/mirror-state.json``, which also remembers the highest timestamp and
-snapshot versions seen, and for ``kiln mirror status`` the source and the time of the
-last successful sync: ``state_record``). Every sync runs the ``index.update`` checks
-(root chain, signatures, rollback, freeze, mix-and-match; ``mirrorplan.update``, which takes a
-snapshot or index DST already holds with the verified bytes from DST instead of the
-wire) before touching DST.
+snapshot versions seen, and the source and time of the last good sync: ``state_record``).
+Every sync runs the ``index.update`` checks (root chain, signatures, rollback, freeze,
+mix-and-match; ``mirrorplan.update`` takes a snapshot or index DST holds from DST) first.
 
 Narinfos: each candidate path (``mirrorplan.plan``: its index entry changed, or its
 files in DST did, or ``full``; every path on a first sync) whose narinfo DST does not
@@ -18,13 +16,11 @@ signature merge by ``kiln push``) and must publish its index again, or it was ta
 with. A candidate whose narinfo DST already holds as the index lists it is not fetched
 again, but its object is checked like the others'.
 
-Objects (``mirrorobjects``, ``mirrorfetch``): the object each candidate's narinfo
-names is checked in DST (present, at FileSize; hashed when its size differs, and every
-one with ``rehash``): a missing or bad one is fetched, verified, and linked in or
-renamed over the bad file; a good one (it hashes to its name) is never deleted or
-replaced, and a narinfo whose FileSize contradicts it fails that path instead (FileSize
-is not signed). With ``full`` every path is a candidate, so every published narinfo's
-object is checked: what repairs objects lost or truncated in DST.
+Objects (``mirrorobjects``, ``mirrorfetch``): the object each candidate's narinfo names
+is checked in DST (present, at FileSize; hashed when its size differs, or always with
+``rehash``): a missing or bad one is fetched, verified, and linked in or renamed over
+the bad file; a good one is never deleted or replaced; a narinfo whose FileSize (not
+signed) contradicts it fails that path. ``full`` makes every path a candidate (a repair).
 
 Content addresses: a narinfo's ``CA:`` is not covered by its signature, so the
 source (or whoever wrote into it) could have set a false one; every fetched narinfo
@@ -37,7 +33,7 @@ CA cannot be dropped or replaced here instead, as a registry does when an honest
 narinfo arrives (``admitca.merged_ca``): the mirror republishes the source's signed
 index verbatim, which pins each narinfo's sha256, so an edited narinfo would not verify
 for the mirror's clients. The cure is upstream: an honest ``kiln push`` repairs the
-source's narinfo, its next index lists that, and the next sync goes through.
+source's narinfo; its next index lists that, and the next sync goes through.
 
 Attestations: the signed index lists, per path, the sha256 of each attestation file
 (``<h>.att/<kind>.dsse.json``). Every listed file DST lacks (or holds in another version)
