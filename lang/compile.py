@@ -10,6 +10,8 @@ Contract with the build loop (see docs/recipe-language.md, "Derivations"):
   ``name``, ``out`` and ``PATH`` = ``<dep>/bin:...:/usr/bin:/bin`` over ``deps`` (unless a
   ``PATH`` field is given). A list inside ``deps`` is spliced into it (one level:
   ``toolchain`` is a list of packages), so ``deps = [toolchain, zlib]`` lists three.
+  ``debian_packages`` (names in the toolchain's lock, for the SBOM) becomes those
+  entries' ``pkg:deb`` purls (``debpkgs``).
 - Inputs are the union of the string contexts of all fields: every package or source
   mentioned (in ``deps`` or interpolated anywhere) is an input.
 - Variants: a package is memoized per full parameter assignment (after defaults), so
@@ -26,6 +28,7 @@ from kiln.store.derivation import Derivation, Output, check_drv_name
 from kiln.store.errors import FormatError
 from kiln.store.paths import check_name
 
+from . import debpkgs
 from . import nodes as ast
 from .deep import handler_depth, has_frames_above
 from .drvhash import finalize_fast
@@ -242,6 +245,9 @@ def _compile(ev, fn, pkg: ast.Package, params: dict) -> DrvValue:
             node.src,
             node.pos,
         )
+    if debpkgs.FIELD in fields:
+        tc = deps[toolchains[0]] if toolchains else None
+        env_vars[debpkgs.FIELD] = debpkgs.resolve(fields[debpkgs.FIELD], by_name[debpkgs.FIELD].expr, tc)
     if "PATH" not in fields:
         env_vars["PATH"] = ":".join([*bins, BASE_PATH])
     if "name" in fields:

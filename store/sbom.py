@@ -4,7 +4,8 @@ Theory of operation
 -------------------
 ``collect`` turns a store path into a ``Graph``: one ``Node`` per store path with its
 NAR sha256, its dependency edges, and what the path's derivation says about it
-(``pname``/``version``, source ``url``/``urls`` and ``rev``, ``license``). Two closures:
+(``pname``/``version``, source ``url``/``urls`` and ``rev``, ``license``, and the Debian
+packages it holds files of: ``debian_packages``, as ``pkg:deb`` purls). Two closures:
 
 - *runtime*: the reference closure of the path (what a deployment carries);
 - *build*: everything the path was built from, walked through the deriver ``.drv``'s
@@ -63,6 +64,9 @@ class Node:
     deriver: str | None = None
     rev: str | None = None
     purl: str | None = None
+    #: Debian packages whose files the path holds, as ``(name, version, purl)``: the
+    #: ``debian_packages`` of its derivation (e.g. libc6 in glibc-runtime)
+    contains: tuple[tuple[str, str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +103,16 @@ def deb_package(url: str) -> tuple[str, str, str] | None:
     return name, version, f"pkg:deb/debian/{quote(name, safe='')}@{quote(version, safe='')}?arch={arch}"
 
 
+_DEB_PURL = re.compile(r"pkg:deb/debian/([^/@?#\s]+)@([^/@?#\s]+)\?arch=([A-Za-z0-9_-]+)\Z")
+
+
+def deb_purl(purl: str) -> tuple[str, str, str] | None:
+    """``(name, version, purl)`` of a ``pkg:deb/debian/<name>@<version>?arch=<arch>`` purl
+    (as ``kiln.lang.debpkgs`` writes ``debian_packages``); ``None`` for anything else."""
+    m = _DEB_PURL.match(purl)
+    return (unquote(m[1]), unquote(m[2]), purl) if m else None
+
+
 # ---------------------------------------------------------------------------- collecting
 
 
@@ -122,8 +136,10 @@ def _node_for(
     name, version = split_name(sp.name)
     urls: list[str] = []
     lic = rev = None
+    contains: tuple[tuple[str, str, str], ...] = ()
     if drv is not None:
         env = drv.env_map
+        contains = tuple(d for d in map(deb_purl, env.get("debian_packages", "").split()) if d)
         name = env.get("pname") or name
         version = env.get("version") or version
         urls, rev = _drv_urls(drv)
@@ -147,6 +163,7 @@ def _node_for(
         deriver=deriver if drv is not None else None,
         rev=rev,
         purl=deb[2] if deb else None,
+        contains=contains,
     )
 
 

@@ -118,6 +118,17 @@ def _cdx_component(n: Node, type_: str) -> dict[str, Any]:
     if n.deriver:
         props.append({"name": "kiln:deriver", "value": n.deriver})
     c["properties"] = props
+    if n.contains:  # what a scanner matching pkg:deb purls must see (libc6 in glibc-runtime)
+        c["components"] = [
+            {
+                "type": "library",
+                "bom-ref": f"{n.path}#{purl_}",
+                "name": name,
+                "version": version,
+                "purl": purl_,
+            }
+            for name, version, purl_ in n.contains
+        ]
     return c
 
 
@@ -188,6 +199,24 @@ def _spdx_package(n: Node) -> dict[str, Any]:
     return p
 
 
+def _spdx_contained(n: Node, name: str, version: str, purl_: str) -> dict[str, Any]:
+    """The SPDX package of a Debian package whose files store path ``n`` holds."""
+    return {
+        "name": name,
+        "SPDXID": re.sub(r"[^A-Za-z0-9.-]", "-", f"{_spdx_id(n.path)}-deb-{name}"),
+        "versionInfo": version,
+        "downloadLocation": "NOASSERTION",
+        "filesAnalyzed": False,
+        "licenseConcluded": "NOASSERTION",
+        "licenseDeclared": "NOASSERTION",
+        "copyrightText": "NOASSERTION",
+        "externalRefs": [
+            {"referenceCategory": "PACKAGE-MANAGER", "referenceType": "purl", "referenceLocator": purl_}
+        ],
+        "comment": f"Debian package whose files kiln store path {n.path} holds",
+    }
+
+
 def spdx(g: Graph, *, tool_version: str = "0", epoch: int | None = None) -> dict:
     """An SPDX 2.3 document for ``g``; the root package is what the document DESCRIBES."""
     epoch = source_date_epoch() if epoch is None else epoch
@@ -199,6 +228,7 @@ def spdx(g: Graph, *, tool_version: str = "0", epoch: int | None = None) -> dict
             "relatedSpdxElement": _spdx_id(g.root),
         }
     ]
+    contained: list[dict[str, Any]] = []
     for n in g.nodes:
         rels += [
             {
@@ -208,6 +238,15 @@ def spdx(g: Graph, *, tool_version: str = "0", epoch: int | None = None) -> dict
             }
             for d in n.deps
         ]
+        for name, version, purl_ in n.contains:
+            contained.append(_spdx_contained(n, name, version, purl_))
+            rels.append(
+                {
+                    "spdxElementId": _spdx_id(n.path),
+                    "relationshipType": "CONTAINS",
+                    "relatedSpdxElement": contained[-1]["SPDXID"],
+                }
+            )
     return {
         "spdxVersion": "SPDX-2.3",
         "dataLicense": "CC0-1.0",
@@ -215,7 +254,7 @@ def spdx(g: Graph, *, tool_version: str = "0", epoch: int | None = None) -> dict
         "name": base,
         "documentNamespace": f"https://kiln.dev/spdx/{base}-{serial_number(g).removeprefix('urn:uuid:')}",
         "creationInfo": {"created": rfc3339(epoch), "creators": [f"Tool: kiln-{tool_version}"]},
-        "packages": [_spdx_package(n) for n in g.nodes],
+        "packages": [_spdx_package(n) for n in g.nodes] + contained,
         "relationships": rels,
     }
 

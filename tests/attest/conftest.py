@@ -9,7 +9,8 @@ Graph::
     hello-2.12  (drv: pname/version/license GPL-3.0-or-later, inputs: zlib, src)
       runtime refs -> zlib-1.3.1 (drv: license Zlib)
       build inputs -> hello-2.12.tar.gz (fixed output, urls=...)
-    zlib-1.3.1 build input -> zlib1g_1.2.13.dfsg-1_amd64.deb (fixed output, debian: URL)
+    zlib-1.3.1 build input -> zlib1g_1.2.13.dfsg-1_amd64.deb (fixed output, debian: URL);
+      debian_packages = zlib1g (it holds that package's files)
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from storekit import corrupt_file, corrupt_object  # noqa: E402
 
 SRC_URL = "https://ftp.example.org/gnu/hello/hello-2.12.tar.gz"
 DEB_URL = "debian:pool/main/z/zlib/zlib1g_1.2.13.dfsg-1_amd64.deb"
+#: as kiln.lang.debpkgs writes it for the lock entry (with the epoch the pool name leaves out)
+ZLIB1G_PURL = "pkg:deb/debian/zlib1g@1%3A1.2.13.dfsg-1?arch=amd64"
 
 
 @dataclass
@@ -96,7 +99,14 @@ def built(tmp_path: Path) -> Built:
             outputs={"out": Output()},
             input_drvs={deb_drv: ["out"]},
             builder="/bin/sh",
-            env={"pname": "zlib", "version": "1.3.1", "license": "Zlib", "out": ""},
+            # (its library copied out of the .deb, as glibc-runtime copies libc6's)
+            env={
+                "pname": "zlib",
+                "version": "1.3.1",
+                "license": "Zlib",
+                "debian_packages": ZLIB1G_PURL,
+                "out": "",
+            },
         ),
         resolve,
         memo,

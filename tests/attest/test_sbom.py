@@ -56,6 +56,19 @@ def test_runtime_cyclonedx(built) -> None:
     assert deps[built.hello] == [built.zlib]
     assert doc["metadata"]["timestamp"] == "1980-01-01T00:00:00Z"
     assert doc["serialNumber"].startswith("urn:uuid:")
+    # zlib's derivation names the Debian package it holds files of: a scanner matching
+    # pkg:deb purls finds it in the runtime SBOM, not only in the build one
+    (zlib,) = [c for c in doc["components"] if c["bom-ref"] == built.zlib]
+    assert zlib["components"] == [
+        {
+            "type": "library",
+            "bom-ref": f"{built.zlib}#pkg:deb/debian/zlib1g@1%3A1.2.13.dfsg-1?arch=amd64",
+            "name": "zlib1g",
+            "version": "1:1.2.13.dfsg-1",
+            "purl": "pkg:deb/debian/zlib1g@1%3A1.2.13.dfsg-1?arch=amd64",
+        }
+    ]
+    assert "components" not in root
 
 
 def test_deterministic(built, monkeypatch) -> None:
@@ -94,6 +107,14 @@ def test_spdx(built, tmp_path: Path) -> None:
     assert pkgs["zlib"]["licenseDeclared"] == "Zlib"
     assert pkgs["hello"]["downloadLocation"] == "https://ftp.example.org/gnu/hello/hello-2.12.tar.gz"
     assert any(r["relationshipType"] == "DESCRIBES" for r in doc["relationships"])
+    deb = pkgs["zlib1g"]
+    assert deb["versionInfo"] == "1:1.2.13.dfsg-1"
+    assert deb["externalRefs"][0]["referenceLocator"] == "pkg:deb/debian/zlib1g@1%3A1.2.13.dfsg-1?arch=amd64"
+    assert {
+        "spdxElementId": pkgs["zlib"]["SPDXID"],
+        "relationshipType": "CONTAINS",
+        "relatedSpdxElement": deb["SPDXID"],
+    } in doc["relationships"]
 
 
 def test_validators_catch_breakage(built, tmp_path: Path) -> None:
@@ -114,6 +135,22 @@ def test_deb_package() -> None:
     )
     assert sbom.deb_package("https://example.org/x_1_amd64.deb") is None
     assert sbom.deb_package("debian:pool/main/x/x.deb") is None
+
+
+def test_deb_purl() -> None:
+    assert sbom.deb_purl("pkg:deb/debian/libstdc%2B%2B6@12.2.0-14%2Bdeb12u1?arch=amd64") == (
+        "libstdc++6",
+        "12.2.0-14+deb12u1",
+        "pkg:deb/debian/libstdc%2B%2B6@12.2.0-14%2Bdeb12u1?arch=amd64",
+    )
+    for junk in (
+        "debian:pool/main/z/zlib/zlib1g_1.2.13_amd64.deb",
+        "pkg:deb/ubuntu/x@1?arch=amd64",
+        "pkg:deb/debian/x@1",
+        "pkg:deb/debian/x@1?arch=amd64&distro=x",
+        "pkg:deb/debian/@1?arch=amd64",
+    ):
+        assert sbom.deb_purl(junk) is None, junk
 
 
 def test_split_name() -> None:

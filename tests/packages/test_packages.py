@@ -81,6 +81,29 @@ def test_toolchain_is_not_in_the_runtime_closure(kiln, built):
     assert all("toolchain" not in r for r in refs), refs
 
 
+def test_runtime_sbom_names_the_debian_packages_of_the_c_runtime(kiln, built):
+    # glibc-runtime holds files of libc6 and gcc's run-time packages: the runtime SBOM
+    # of hello lists them inside its component with the lock's versions, so a scanner
+    # matching pkg:deb purls finds libc6 (the lock is the recipe's, read here as text)
+    lock = (RECIPES / "toolchain.lock.recipe").read_text()
+    doc = json.loads(kiln("sbom", built["hello"]).stdout)
+    (rt,) = [c for c in doc["components"] if c["name"] == "glibc-runtime"]
+    inner = {c["name"]: c for c in rt["components"]}
+    assert set(inner) == {
+        "libc6",
+        "libcrypt1",
+        "libgcc-s1",
+        "libstdc++6",
+        "libgomp1",
+        "libatomic1",
+        "libquadmath0",
+        "libitm1",
+    }
+    for name, c in inner.items():
+        assert f'{{ name = "{name}", version = "{c["version"]}", arch = "amd64"' in lock, c
+        assert c["purl"].startswith("pkg:deb/debian/") and c["purl"].endswith("?arch=amd64"), c
+
+
 def _interpreter(elf: bytes) -> str:
     """The PT_INTERP of an ELF file ("" without one): ``elfinterp``, which
     tests/store/test_elfinterp.py holds to readelf."""
