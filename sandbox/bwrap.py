@@ -47,9 +47,12 @@ is one ``posix_spawn``, five memfds and three pipes — no file is written to di
 from __future__ import annotations
 
 import array
+import contextlib
 import fcntl
 import io
+import json
 import os
+import select
 import shutil
 import termios
 import threading
@@ -68,6 +71,7 @@ from .limits import Limits, kill_tree, supervise
 from .procstate import (
     BLOCK_FD,
     ETC_FDS,
+    INFO_FD,
     SECCOMP_FD,
     description,
     high_fd,
@@ -89,6 +93,44 @@ def _unread(fd: int) -> int:
     buf = array.array("i", [0])
     fcntl.ioctl(fd, termios.FIONREAD, buf)
     return buf[0]
+
+
+def _close(*fds: int) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+#: How long bwrap may take to name the sandbox's init on ``--info-fd`` (s): it writes it
+#: right after forking it.
+_INFO_TIMEOUT = 30.0
+
+
+def _adopt_init(proc: Bwrap, info_fd: int) -> None:
+    """Read bwrap's ``--info-fd`` JSON from ``info_fd`` and hand the sandbox's init (its
+    pid and PID namespace) to ``proc.adopt_init``. Nothing if bwrap closed the fd without
+    (it failed before making the sandbox: its status says why); ``SandboxError`` if it
+    says nothing in ``_INFO_TIMEOUT`` or names no init."""
+    buf = b""
+    deadline = time.monotonic() + _INFO_TIMEOUT
+    while True:
+        # (bwrap's init may keep the write end open: the JSON ends the message, not EOF)
+        with contextlib.suppress(ValueError):
+            info = json.loads(buf)
+            try:
+                proc.adopt_init(int(info["child-pid"]), int(info["pid-namespace"]))
+            except (KeyError, TypeError, ValueError):
+                raise SandboxError(
+                    f"bwrap's --info-fd names no init and PID namespace: {buf[:200]!r}"
+                ) from None
+            return
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([info_fd], [], [], left)[0]:
+            raise SandboxError(f"bwrap did not name the sandbox's init within {_INFO_TIMEOUT:.0f} s")
+        chunk = os.read(info_fd, 4096)
+        if not chunk:
+            return
+        buf += chunk
 
 
 def _check_host_paths(spec: SandboxSpec) -> None:
@@ -244,25 +286,25 @@ class BwrapExecutor(Executor):
         # metadata work under load, as much as the sandbox itself).
         fds: list[int] = []
         # One byte the sandbox reads once every mount is made, just before the seccomp
-        # filter and the builder's exec (bwrap's ``--block-fd``). Still unread after a
-        # failed run, it says bwrap failed to set the sandbox up: not the builder's
-        # failure (both exit with status 1). Our read end stays open to look.
+        # filter and the builder's exec (bwrap's ``--block-fd``), written once kiln holds
+        # the sandbox's init (``_adopt_init``). Still unread after a failed run, it says
+        # bwrap failed to set the sandbox up: not the builder's failure (both exit with
+        # status 1). Our read end stays open to look.
         setup_r, setup_w = os.pipe()
-        os.write(setup_w, b"\0")
-        os.close(setup_w)
+        info_r, info_w = os.pipe()  # bwrap's ``--info-fd``: the init's pid
         try:
-            setup_r = high_fd(setup_r)
+            setup_r, setup_w, info_r, info_w = (high_fd(fd) for fd in (setup_r, setup_w, info_r, info_w))
             # Each fd bwrap gets is at a fixed number in the child (``procstate.FIXED_FDS``),
             # whatever its number here: the sandbox's pid 1 (a fork of bwrap) is always
             # ``bwrap --args 3 --args 4 -- <argv>`` and holds the same fds in every build.
             seccomp_fd = high_fd(memfd("kiln-seccomp", build_filter()))
             fds.append(seccomp_fd)
-            child_fds = [(seccomp_fd, SECCOMP_FD), (setup_r, BLOCK_FD)]
+            child_fds = [(seccomp_fd, SECCOMP_FD), (setup_r, BLOCK_FD), (info_w, INFO_FD)]
             for name, data in etc_files(spec).items():
                 fd = high_fd(memfd("kiln-etc-" + name, data))
                 fds.append(fd)
                 child_fds.append((fd, ETC_FDS[name]))
-            argv = bwrap_argv("bwrap", spec, ETC_FDS, SECCOMP_FD, BLOCK_FD, dev_sources)
+            argv = bwrap_argv("bwrap", spec, ETC_FDS, SECCOMP_FD, BLOCK_FD, dev_sources, INFO_FD)
             # bwrap counts its command line (``--args 3 --args 4 -- <argv>``, argv[0] aside)
             # and the options read from the fds: len(argv) - 1 + 4
             if (n := len(argv) + 3) > BWRAP_MAX_ARGS:
@@ -282,17 +324,24 @@ class BwrapExecutor(Executor):
                 proc = bwrapstart.start(self.bwrap, argv[1:sep], argv[sep:], child_fds, spec.umask)
                 self._live.add(proc)
         except OSError as e:
-            os.close(setup_r)
+            _close(setup_r, setup_w, info_r)
             raise SandboxUnavailable(f"cannot start the sandbox {self.bwrap}: {e}") from e
         except BaseException:
-            os.close(setup_r)
+            _close(setup_r, setup_w, info_r)
             raise
         finally:
-            for fd in fds:
-                os.close(fd)
+            _close(info_w, *fds)
         try:
             try:
                 with proc:
+                    try:
+                        _adopt_init(proc, info_r)
+                        os.write(setup_w, b"\0")  # the sandbox may run the builder now
+                    except BaseException:
+                        kill_tree(proc)
+                        raise
+                    finally:
+                        _close(info_r, setup_w)
                     outcome = supervise(proc, log, on_output, limits, start)
             finally:
                 with self._live_lock:
@@ -302,6 +351,10 @@ class BwrapExecutor(Executor):
             os.close(setup_r)
         duration = time.monotonic() - start
         rc = outcome.returncode
+        if proc.outlived:  # bwrap's exit was forged: whatever it said, the build is not ok
+            note = b"\nkiln: the build took over its sandbox's init and outlived bwrap; killed\n"
+            log.write(note)
+            return Result(None, 9, "killed", duration, outcome.log_bytes + len(note))
         if outcome.breached is not None:
             return Result(None, -rc if rc < 0 else None, outcome.breached, duration, outcome.log_bytes)  # type: ignore[arg-type]
         if rc < 0:

@@ -107,10 +107,19 @@ def common_flags(spec_network: bool, uid: int, gid: int, hostname: str) -> list[
     return flags
 
 
+#: Sizes of the sandbox's in-memory file systems (bytes). A tmpfs's pages belong to no
+#: process, so the out-of-memory killer would pick host processes, not the build, if
+#: one filled RAM (bwrap's default is half of RAM each). Builds write temporary files
+#: to /build (``TMPDIR``); /tmp is for tools that ignore it, /dev for POSIX shared
+#: memory (/dev/shm).
+TMP_SIZE = 1 << 30
+DEV_SIZE = 512 << 20
+
+
 def dev_flags(sources: Mapping[str, str] = HOST) -> list[str]:
     """The sandbox's /dev (see the module docstring): each of ``DEV_NODES`` bound from
     ``sources`` (default: the host's; ``devnodes.copies()`` when kiln owns those)."""
-    flags = ["--perms", "0755", "--tmpfs", "/dev"]
+    flags = ["--perms", "0755", "--size", str(DEV_SIZE), "--tmpfs", "/dev"]
     for name in DEV_NODES:
         flags += ["--dev-bind", sources[name], "/dev/" + name]
     for target, link in _DEV_LINKS:
@@ -127,17 +136,21 @@ def bwrap_argv(
     seccomp_fd: int | None = None,
     block_fd: int | None = None,
     dev_sources: Mapping[str, str] = HOST,
+    info_fd: int | None = None,
 ) -> list[str]:
     """The full bwrap command line for ``spec``. ``etc_fds`` maps ``passwd``, ``group``,
     ``hosts`` to fds bwrap inherits holding their contents (``etc_files(spec)``);
     ``seccomp_fd`` (if given) is an inherited fd holding ``build_filter()``; ``block_fd``
     (if given) one the sandbox reads a byte from once it is set up (``--block-fd``);
-    ``dev_sources`` the files bound as /dev's nodes (``dev_flags``)."""
+    ``dev_sources`` the files bound as /dev's nodes (``dev_flags``); ``info_fd`` (if
+    given) one bwrap writes the sandbox init's pid and namespaces to (``--info-fd``)."""
     argv = [bwrap, *common_flags(spec.network, spec.uid, spec.gid, spec.hostname), "--clearenv"]
     if seccomp_fd is not None:
         argv += ["--seccomp", str(seccomp_fd)]
     if block_fd is not None:
         argv += ["--block-fd", str(block_fd)]
+    if info_fd is not None:
+        argv += ["--info-fd", str(info_fd)]
     for k, v in build_env(spec).items():
         argv += ["--setenv", k, v]
     # /etc first: bwrap makes a missing parent of a mount point (/etc/alternatives
@@ -157,6 +170,8 @@ def bwrap_argv(
         "--proc",
         "/proc",
         *proc_flags(),
+        "--size",
+        str(TMP_SIZE),
         "--tmpfs",
         "/tmp",
     ]

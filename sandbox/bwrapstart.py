@@ -21,6 +21,16 @@ Reaping: ``Bwrap.wait`` honours its timeout with or without a pidfd (kernel < 5.
 ``WNOHANG`` polls), and a bwrap already reaped (a Ctrl-C that landed after ``waitpid``
 returned) raises ``SandboxError`` saying its status is lost, never ``ChildProcessError``
 in place of the interrupt.
+
+The sandbox's init (``Bwrap.adopt_init``): bwrap's exit does not prove the build over.
+Its init (pid 1 of the PID namespace, which bwrap forks) runs as the build's uid and is
+dumpable, so a build may ptrace it, clear its parent-death signal and write the eventfd
+bwrap's monitor waits on: bwrap then exits 0 while the build runs on (it could rewrite
+an output kiln is registering). So kiln holds a pidfd on the init and, once bwrap is
+reaped, waits ``INIT_GRACE`` seconds for it to end as it does by itself right after
+bwrap's monitor is told the command's status (with every process of its namespace: the
+kernel kills them when the init exits, and reports the init's exit only after), then
+kills it (``outlived``). Killing a sandbox (``kill``) kills the init too.
 """
 
 from __future__ import annotations
@@ -38,6 +48,13 @@ from .errors import SandboxError
 from .launcher import kill_and_reap, spawn
 from .limits import kill_tree
 from .procstate import GATE_FD, OPTIONS_FD, fix_child, high_fd
+
+#: How long the sandbox's init may take to end by itself once bwrap has exited (s); it
+#: is killed after. It normally ends within microseconds: only a build that took it
+#: over (ptrace) keeps it alive.
+INIT_GRACE = 5.0
+#: How long a killed init (and its namespace) may take to be gone (s)
+_INIT_KILLED = 10.0
 
 
 def memfd(name: str, data: bytes) -> int:
@@ -71,7 +88,33 @@ class Bwrap:
         except OSError:  # kernel < 5.3
             self._pidfd = None
         self._wait_lock = threading.Lock()
-        self._pidfd_lock = threading.Lock()  # kill() (any thread) vs closing the pidfd
+        self._pidfd_lock = threading.Lock()  # kill() (any thread) vs closing the pidfds
+        self._init_pidfd: int | None = None  # the sandbox's init (``adopt_init``)
+        #: whether the init had to be killed after bwrap exited: the build forged its end
+        self.outlived = False
+
+    def adopt_init(self, pid: int, pid_ns: int) -> None:
+        """Hold a pidfd on the sandbox's init: process ``pid`` here, whose PID namespace's
+        inode is ``pid_ns`` (both from bwrap's ``--info-fd``). Kept only if the process
+        is that namespace's (an init that died during set-up leaves a pid the kernel may
+        give to anyone: never signalled then)."""
+        try:
+            fd = os.pidfd_open(pid)
+        except OSError:  # gone (with its namespace), or kernel < 5.3
+            return
+        try:
+            ours = os.stat(f"/proc/{pid}/ns/pid").st_ino == pid_ns
+        except OSError:
+            ours = False
+        # (checked after the pidfd was opened: alive now, the pid is still that process's)
+        if not ours or _ended(fd, 0):
+            os.close(fd)
+            return
+        with self._pidfd_lock:
+            if self._closed:
+                os.close(fd)
+            else:
+                self._init_pidfd = fd
 
     def wait(self, timeout: float | None = None) -> int:
         """bwrap's exit status (-N: killed by signal N), waiting at most ``timeout``
@@ -119,6 +162,29 @@ class Bwrap:
                     signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
                 else:
                     os.kill(self.pid, signal.SIGKILL)
+            self._kill_init()
+
+    def _kill_init(self) -> None:
+        """SIGKILL the sandbox's init, if held (under ``_pidfd_lock``)."""
+        if self._init_pidfd is not None:
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(self._init_pidfd, signal.SIGKILL)
+
+    def _end_init(self) -> None:
+        """Once bwrap is reaped: see the init end by itself within ``INIT_GRACE``, else
+        kill it (``outlived``) and see it end. ``SandboxError`` if it does not."""
+        fd = self._init_pidfd
+        if fd is None:
+            return
+        if _ended(fd, INIT_GRACE):
+            return
+        self.outlived = True
+        with self._pidfd_lock:
+            self._kill_init()
+        if not _ended(fd, _INIT_KILLED):
+            raise SandboxError(
+                f"the sandbox's processes did not end within {_INIT_KILLED:.0f} s of being killed"
+            )
 
     def __enter__(self) -> Bwrap:
         return self
@@ -128,6 +194,10 @@ class Bwrap:
             self.stdout.close()
             try:
                 self.wait()
+                if exc_type is not None:  # (an interrupted run: no grace)
+                    with self._pidfd_lock:
+                        self._kill_init()
+                self._end_init()
             except SandboxError:
                 if exc_type is None:
                     raise
@@ -135,9 +205,16 @@ class Bwrap:
         finally:
             with self._pidfd_lock:
                 self._closed = True
-                if self._pidfd is not None:
-                    os.close(self._pidfd)
-                    self._pidfd = None
+                for fd in (self._pidfd, self._init_pidfd):
+                    if fd is not None:
+                        os.close(fd)
+                self._pidfd = self._init_pidfd = None
+
+
+def _ended(pidfd: int, timeout: float) -> bool:
+    """Whether the process of ``pidfd`` has exited, waiting up to ``timeout`` seconds
+    (a pidfd polls readable once its process has exited)."""
+    return bool(select.select([pidfd], [], [], timeout)[0])
 
 
 def _nul_joined(options: list[str]) -> bytes:

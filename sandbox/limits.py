@@ -7,14 +7,14 @@ interval: it wakes exactly when output arrives, when the leader exits, or when t
 nearest deadline (wall clock or silence) passes. Output is copied to the log as it
 arrives (and to ``on_output``), truncated at the log limit.
 
-Killing: ``kill_tree`` sends SIGKILL to the leader's process group. Everything inside
-the sandbox is in a PID namespace whose init is a child of bwrap started with
-``--die-with-parent`` (PR_SET_PDEATHSIG=SIGKILL), so the leader's death kills the
-namespace init, and the kernel then kills every process of the namespace — including
-ones that called setsid() or double-forked. ``supervise`` returns only after the pipe
-reached EOF (every process holding it is gone) and the leader was reaped, so when it
-returns nothing of the build is left. Any exception while supervising (Ctrl-C, an
-``on_output`` that raises) kills the tree before propagating.
+Killing: ``kill_tree`` sends SIGKILL to the leader's process group and ``proc.kill()``
+(for a ``bwrapstart.Bwrap``: bwrap and the sandbox's init, held by a pidfd). Everything
+inside the sandbox is in a PID namespace whose init the kernel tears down with every
+process in it — including ones that called setsid() or double-forked. ``supervise``
+returns only after the pipe reached EOF and the leader was reaped; the leader's context
+(``Bwrap.__exit__``) then sees the init gone, killing it if it outlived bwrap (a build
+can take it over and forge bwrap's exit: ``bwrapstart``). Any exception while
+supervising (Ctrl-C, an ``on_output`` that raises) kills the tree before propagating.
 """
 
 from __future__ import annotations

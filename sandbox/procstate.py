@@ -92,14 +92,16 @@ RLIMITS: tuple[tuple[str, int, int, int], ...] = (
 STACK = 8 * MiB
 
 #: bwrap's fds in the child, always at these numbers: the two ``--args`` (the gate pipe,
-#: then the options; see ``bwrapstart.start``), ``--seccomp``, ``--block-fd``, then the
-#: generated /etc files (``--file``).
+#: then the options; see ``bwrapstart.start``), ``--seccomp``, ``--block-fd``, the
+#: generated /etc files (``--file``), then ``--info-fd`` (where bwrap names the
+#: sandbox's init: ``bwrap.BwrapExecutor.run``).
 GATE_FD = 3
 OPTIONS_FD = 4
 SECCOMP_FD = 5
 BLOCK_FD = 6
 ETC_FDS: Mapping[str, int] = {"passwd": 7, "group": 8, "hosts": 9}
-FIXED_FDS = (GATE_FD, OPTIONS_FD, SECCOMP_FD, BLOCK_FD, *ETC_FDS.values())
+INFO_FD = 10
+FIXED_FDS = (GATE_FD, OPTIONS_FD, SECCOMP_FD, BLOCK_FD, *ETC_FDS.values(), INFO_FD)
 
 #: The NIS domain name of a fresh kernel (``UTS_DOMAINNAME``), as Nix sets it.
 DOMAINNAME = b"(none)"

@@ -14,7 +14,7 @@ import pytest
 
 from kiln.sandbox import BwrapExecutor, SandboxError, SandboxSpec, bwrap_argv
 from kiln.sandbox.bwrap import BWRAP_MAX_ARGS
-from kiln.sandbox.procstate import BLOCK_FD, ETC_FDS, SECCOMP_FD
+from kiln.sandbox.procstate import BLOCK_FD, ETC_FDS, INFO_FD, SECCOMP_FD
 
 
 def _spec(rootfs: Path, build_dir: Path, extra: int, ro_mounts=()) -> SandboxSpec:
@@ -29,7 +29,7 @@ def _spec(rootfs: Path, build_dir: Path, extra: int, ro_mounts=()) -> SandboxSpe
 
 
 def _count(spec: SandboxSpec) -> int:
-    return len(bwrap_argv("bwrap", spec, ETC_FDS, SECCOMP_FD, BLOCK_FD)) + 3
+    return len(bwrap_argv("bwrap", spec, ETC_FDS, SECCOMP_FD, BLOCK_FD, info_fd=INFO_FD)) + 3
 
 
 def test_the_largest_build_bwrap_takes_runs_and_one_argument_more_is_refused_by_kiln(

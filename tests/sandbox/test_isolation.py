@@ -405,3 +405,17 @@ def test_dev_has_the_usual_nodes_and_nothing_of_the_host(sh) -> None:
     assert lines[1].split() == ["00"] * 4 and lines[2].strip() == "16"
     assert "null-ok" in r.log and "full-rc=1" in r.log
     assert "/proc/self/fd" in r.log and "/proc/self/fd/0" in r.log and lines[-1] == "s"
+
+
+def test_in_memory_file_systems_are_bounded(sh) -> None:
+    """/tmp and /dev (with /dev/shm) are tmpfs of fixed sizes, not half of RAM each: a
+    build filling them cannot take the host's memory (tmpfs pages belong to no process,
+    so the OOM killer would pick someone else)."""
+    from kiln.sandbox.bwrapargv import DEV_SIZE, TMP_SIZE
+
+    r = sh("df -k /tmp /dev/shm | tail -n +2")
+    assert r.result.ok, r.log
+    sizes = [int(line.split()[1]) * 1024 for line in r.log.splitlines()]
+    assert sizes == [TMP_SIZE, DEV_SIZE], r.log
+    r = sh("dd if=/dev/zero of=/dev/shm/f bs=1M count=600 2>&1; echo rc=$?")
+    assert "No space left on device" in r.log and "rc=1" in r.log, r.log

@@ -1,0 +1,63 @@
+"""Nothing of a build outlives ``run``: not even a build that ptraces bwrap's init, clears
+its parent-death signal and forges the monitor's exit (``ptrace_escape.py``, run by the
+host's python3 with / as the rootfs). Before kiln held a pidfd on the sandbox's init,
+``run`` returned "ok" while the build ran on, free to rewrite an output kiln was
+registering and signing."""
+
+from __future__ import annotations
+
+import io
+import os
+import platform
+import time
+from pathlib import Path
+
+import pytest
+
+from kiln.sandbox import SandboxSpec, bwrapstart
+
+SCRIPT = Path(__file__).with_name("ptrace_escape.py")
+DELAY = 1.5
+
+pytestmark = [
+    pytest.mark.skipif(
+        not os.path.exists("/usr/bin/python3"), reason="needs the host's python3 as a toolchain"
+    ),
+    pytest.mark.skipif(platform.machine() != "x86_64", reason="the injector is x86_64 code"),
+]
+
+
+def test_a_build_that_forges_its_end_is_killed_with_it(
+    executor, build_dir: Path, tmp_path: Path, monkeypatch
+) -> None:
+    # the init ends by itself within INIT_GRACE after bwrap, or is killed: shortened here
+    # below the script's delay, so the kill is what stops it
+    monkeypatch.setattr(bwrapstart, "INIT_GRACE", 0.5)
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    (tools / "escape.py").write_bytes(SCRIPT.read_bytes())
+    spec = SandboxSpec(
+        argv=("/usr/bin/python3", "/tools/escape.py", str(DELAY)),
+        build_dir=str(build_dir),
+        rootfs="/",
+        ro_mounts=((str(tools), "/tools"),),
+    )
+    log = io.BytesIO()
+    t0 = time.monotonic()
+    res = executor.run(spec, log)
+    took = time.monotonic() - t0
+    time.sleep(DELAY + 1.5)
+    assert not (build_dir / "late").exists(), f"the build ran on after run() returned ({res}, {took:.1f} s)"
+    assert took < DELAY, (res, took, log.getvalue())
+    # and the forged end is no success
+    assert (res.reason, res.ok) == ("killed", False), res
+    assert b"outlived bwrap" in log.getvalue()
+
+
+def test_an_ordinary_build_waits_no_grace(sh) -> None:
+    """The init ends right after bwrap's monitor learns the command's status: no build
+    waits for ``INIT_GRACE``, and background processes it left die with it."""
+    t0 = time.monotonic()
+    r = sh("sleep 30 & echo started")
+    assert r.result.ok and r.log == "started\n", r
+    assert time.monotonic() - t0 < bwrapstart.INIT_GRACE / 2
