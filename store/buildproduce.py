@@ -123,21 +123,27 @@ class Producing:
             if vary and vary.reorder_dirents
             else nullcontext()
         )
-        with open(log_path, "wb") as log, reorder:
-            try:
-                result = self.executor.run(spec, log, on_output=echo)
-            except Exception as e:
-                # (imported already if it is one)
-                from kiln.sandbox.errors import SandboxError, SandboxUnavailable
+        try:
+            with open(log_path, "wb") as log, reorder:
+                try:
+                    result = self.executor.run(spec, log, on_output=echo)
+                except Exception as e:
+                    # (imported already if it is one)
+                    from kiln.sandbox.errors import SandboxError, SandboxUnavailable
 
-                # a sandbox that cannot run at all stops every build, as before; one that
-                # refuses this build fails this build only, named (with -j, several run)
-                if not isinstance(e, SandboxError) or isinstance(e, SandboxUnavailable):
-                    raise
-                raise BuildError(drv_path, f"building {drv_path}: {e}") from None
-            finally:
-                if echo is not None:
-                    echo.close()
+                    # a sandbox that cannot run at all stops every build, as before; one that
+                    # refuses this build fails this build only, named (with -j, several run)
+                    if not isinstance(e, SandboxError) or isinstance(e, SandboxUnavailable):
+                        raise
+                    raise BuildError(drv_path, f"building {drv_path}: {e}") from None
+                finally:
+                    if echo is not None:
+                        echo.close()
+        except OSError as e:
+            # its log (a build that filled the disk) or its directories: this build's
+            # failure, named, so -k builds the others (the executor has ended the sandbox)
+            where = e.filename or f"writing its log {log_path}"
+            raise BuildError(drv_path, f"building {drv_path}: {e.strerror or e} ({where})") from None
         failed = result.reason != "ok"
         if defer and not failed:
             self._background(self.logs.save, drv_path, log_path)

@@ -7,17 +7,15 @@ a loop-mounted image, so they need root and a loop device; they fill it with
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
-import shutil
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fskit import fill, small_file_system
 
 from kiln.store import db
 
@@ -69,53 +67,20 @@ def test_a_message_that_cannot_be_written_ends_quietly_with_the_status(monkeypat
     assert stream.calls == 1  # then silent
 
 
-@contextlib.contextmanager
-def _small_file_system(tmp_path: Path, size_mb: int = 32) -> Iterator[Path]:
-    if os.geteuid() != 0 or shutil.which("mkfs.ext4") is None:
-        pytest.skip("needs root and mkfs.ext4 (a loop-mounted file system)")
-    img, mnt = tmp_path / "fs.img", tmp_path / "mnt"
-    with open(img, "wb") as f:
-        f.truncate(size_mb << 20)
-    subprocess.run(["mkfs.ext4", "-q", "-F", "-m", "0", "-b", "4096", str(img)], check=True)
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-o", "loop", str(img), str(mnt)], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot loop-mount a file system here: {r.stderr.strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
-def _fill(mnt: Path, leave: int = 0) -> None:
-    """Take all but ``leave`` bytes of ``mnt``'s free space."""
-    for n in range(8):  # (an extent tree's own blocks: ask for a little less each time)
-        os.sync()
-        st = os.statvfs(mnt)
-        want = st.f_bavail * st.f_frsize - leave - n * (64 << 10)
-        if want <= 0:
-            return
-        with contextlib.suppress(OSError):
-            with open(mnt / f"filler{n}", "wb") as f:
-                os.posix_fallocate(f.fileno(), 0, want)
-            os.sync()
-            return
-
-
 def _kiln(*args: str, home: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, KILN_HOME=str(home))
     return subprocess.run([*KILN, *args], env=env, capture_output=True, text=True, timeout=120)
 
 
 def test_a_full_disk_is_named_with_what_to_do(tmp_path: Path) -> None:
-    with _small_file_system(tmp_path) as mnt:
+    with small_file_system(tmp_path) as mnt:
         home = mnt / "home"
         src = tmp_path / "src"
         src.mkdir()
         (src / "f").write_bytes(os.urandom(1 << 20))
         assert _kiln("store", "add", str(src), home=home).returncode == 0
         (src / "g").write_bytes(os.urandom(4 << 20))
-        _fill(mnt)
+        fill(mnt)
         r = _kiln("store", "add", str(src), home=home)
         assert r.returncode == 1, r.stderr
         assert "Traceback" not in r.stderr and "cannot rollback" not in r.stderr
@@ -130,7 +95,7 @@ def test_a_full_disk_is_named_with_what_to_do(tmp_path: Path) -> None:
 
 
 def test_a_read_only_store_says_it_is_read_only(tmp_path: Path) -> None:
-    with _small_file_system(tmp_path) as mnt:
+    with small_file_system(tmp_path) as mnt:
         home = mnt / "home"
         src = tmp_path / "src"
         src.mkdir()
@@ -154,12 +119,12 @@ def test_a_read_only_store_says_it_is_read_only(tmp_path: Path) -> None:
 def test_key_generate_on_a_full_disk_leaves_no_half_pair(tmp_path: Path) -> None:
     """Room for the secret key's block and not the public key's: the command failed, yet
     left a secret key nobody saw (a rerun said it exists and never showed its public half)."""
-    with _small_file_system(tmp_path) as mnt:
+    with small_file_system(tmp_path) as mnt:
         home = mnt / "home"
         assert _kiln("key", "generate", "first", home=home).returncode == 0  # (keys/ is made)
         keys = home / "keys"
         for leave in (4096, 0):
-            _fill(mnt, leave)
+            fill(mnt, leave)
             r = _kiln("key", "generate", "knew", home=home)
             for f in mnt.glob("filler*"):
                 f.unlink()
