@@ -86,6 +86,11 @@ def prefetch(argv: list[str]) -> int:
                 print(f"mirrored as {args.mirror / 'sha256' / h.hex}", file=sys.stderr)
             print(_show(h, args.format))
             return 0
+        from kiln.store.fetch import FetchError
+        from kiln.store.fetchtext import refuse_credentials
+
+        # (first: the file's name, which messages show, comes from the URL)
+        refuse_credentials(args.url, FetchError)
         dest = work / _download_name(args.url)
         fetch_url([args.url], None, dest, mirrors=[], progress=True)
         digest = hashlib.sha256()

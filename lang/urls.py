@@ -11,44 +11,61 @@ error is a ``BadValue`` located at the node that gave the URL.
 - A ``fetchurl`` scheme is one the fetcher speaks: ``http``, ``https``, ``file`` or
   ``debian``. ``ftp`` is refused with a hint (the fetcher dropped it: no pace rule held
   an FTP server to time), as is any other scheme, rather than failing at build time.
-- No credentials (``scheme://user:password@host``, ``https://token@host``): kiln sends
-  none, and a URL is recorded in the fetch's name, its ``.drv``, provenance and SBOM,
-  so a secret in it would be published with every one of them. The error shows the URL
-  with them hidden. ``fetchgit`` allows a user name alone in ``ssh://`` and scp-like
+- No credentials (``kiln.store.errors.url_credentials``): no ``user:password@`` or
+  ``token@`` (also when an unencoded ``/``, ``?`` or ``#`` in the password made it look
+  like a port and a path), and no query parameter that carries one (a pre-signed S3,
+  GCS or Azure URL's signature, ``private_token``, ``access_token``, ``token``...). kiln
+  sends none, and a URL is recorded in the fetch's name, its ``.drv``, provenance and
+  SBOM, so a secret in it would be published with every one of them: a source must be
+  public, or come from a hashed source mirror. The error shows the URL with them hidden
+  (``redact_urls``). ``fetchgit`` allows a user name alone in ``ssh://`` and scp-like
   URLs (``git@host:repo``), where it names an account, not a secret.
+- A ``scheme://`` URL's host and port parse (a port is a number up to 65535, an IPv6
+  literal is closed), so that a build does not fail on it later, quoting what urllib
+  took for a port (once the start of a password).
 """
 
 from __future__ import annotations
 
 import re
+import urllib.parse
+
+from kiln.store.errors import redact_urls, url_credentials
 
 from . import nodes as ast
 from .compile import sanitize_name
 from .errors import BadValue
 
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
-_USERINFO = re.compile(r"([a-z][a-z0-9+.-]*://)([^/?#]*)@")
 #: what the fetcher speaks (``kiln.store.fetch``)
 _FETCHURL_SCHEMES = ("http", "https", "file", "debian")
-_SSH_SCHEMES = ("ssh://", "git+ssh://", "ssh+git://")
 
 
 def _refuse_credentials(url: str, node: ast.Node, what: str, ssh_user: bool = False) -> None:
-    """Raise ``BadValue`` (the URL shown with ``***@`` for its credentials) if ``url``
-    (scheme already lower-cased) has a user name or password; ``ssh_user`` lets a user
-    name alone through in an ``ssh://`` URL."""
-    m = _USERINFO.match(url)
-    if m is None or (ssh_user and url.startswith(_SSH_SCHEMES) and ":" not in m.group(2)):
-        return
-    hidden = m.group(1) + "***@" + url[m.end() :]
-    raise BadValue(
-        f"{what} must not carry credentials (user name, password or token before '@'), found "
-        f"{hidden!r}: kiln sends none, and the URL is recorded in the fetch's name, .drv, "
-        "provenance and SBOM; serve the file without them, or from a hashed source mirror "
-        "(KILN_SOURCE_MIRRORS)",
-        node.src,
-        node.pos,
-    )
+    """Raise ``BadValue`` (the URL shown with its credentials hidden) if ``url`` (scheme
+    already lower-cased) carries any (``url_credentials``; ``ssh_user`` lets a user name
+    alone through in an ``ssh://`` URL), or has a host or port that does not parse."""
+    found = url_credentials(url, ssh_user=ssh_user)
+    if found is not None:
+        raise BadValue(
+            f"{what} must not carry credentials, found {found} in {redact_urls(url)!r}: kiln sends "
+            "none, and the URL is recorded in the fetch's name, .drv, provenance and SBOM, and "
+            "published with them; a source must be public: serve the file without them, or "
+            "from a hashed source mirror (KILN_SOURCE_MIRRORS)",
+            node.src,
+            node.pos,
+        )
+    if re.match(r"[a-z][a-z0-9+.-]*://", url):  # (not git's scp-like host:path)
+        try:
+            urllib.parse.urlsplit(url).port  # noqa: B018 - raises for a bad port or IPv6 literal
+        except ValueError:
+            # (not urllib's words: they quote what it took for a port)
+            raise BadValue(
+                f"{what} must have a host and a port that parse (a port is a number up to 65535, "
+                f"an IPv6 address is closed by ']'), found {redact_urls(url)!r}",
+                node.src,
+                node.pos,
+            ) from None
 
 
 def checked_url(url: str, node: ast.Node, what: str) -> str:

@@ -190,7 +190,9 @@ def _mark_mirror_down(mirror: str, why: str) -> None:
         if mirror in _down_mirrors:
             return
         _down_mirrors[mirror] = why
-    print(f"warning: mirror {mirror} failed ({why}); not using it again in this run", file=sys.stderr)
+    print(
+        f"warning: mirror {shown_url(mirror)} failed ({why}); not using it again in this run", file=sys.stderr
+    )
 
 
 def forget_down_mirrors() -> None:

@@ -25,8 +25,10 @@ repository that needs it (``KILN_GIT_MAX_ENTRIES``, ``KILN_GIT_MAX_BYTES``,
 ``KILN_GIT_MAX_BLOB``, ``KILN_GIT_MAX_DEPTH``, ``KILN_GIT_MAX_FETCH``).
 
 Whatever the remote said reaches messages escaped (``fetchtext.shown``). A URL with a
-password (or a user name, except an ``ssh://`` one, where it names an account) is
-refused: kiln sends no credentials, and the URL would be echoed in errors.
+password (or a user name, except an ``ssh://`` one, where it names an account) or a
+token in its query is refused before the child is started with it on its command line
+(``fetchtext.refuse_credentials``): kiln sends no credentials, and the URL would be
+echoed in errors.
 
 The export goes to a temporary directory beside ``dest`` and is renamed into place, so
 ``dest`` either holds the whole tree or does not exist. The caller NAR-hashes ``dest``.

@@ -8,21 +8,21 @@ escapes such text as build output is escaped (``buildlogs.shown_output``) and wr
 newline as ``\\n``; every fetch module builds its messages from server text through it.
 
 kiln sends no credentials with a fetch: no ``user:password@`` in URLs, no netrc, no
-tokens. A URL carrying a user name or password is refused (``refuse_credentials``)
-before anything is sent, rather than sent without them and failing in a way that
-echoes them (urllib took ``user:password@host`` for a host and port and quoted the
-password in its error); ``shown_url`` hides them in every message that names a URL.
+tokens. A URL carrying any (``errors.url_credentials``: a user name or password, also
+one whose unencoded ``/``, ``?`` or ``#`` made it look like a port and a path; a
+pre-signed URL's signature or a token in its query) is refused (``refuse_credentials``)
+before anything is sent or a child is started with it, rather than sent and failing in a
+way that echoes them (urllib took ``user:password@host`` for a host and port and quoted
+the password in its error); ``shown_url`` hides them in every message that names a URL.
 """
 
 from __future__ import annotations
 
 import re
 
-from .errors import KilnError
+from .errors import KilnError, redact_urls, url_credentials
 
 _USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)([^/?#]*)@")
-#: schemes where a user name alone is an account to log in as, not a secret
-_SSH_SCHEMES = ("ssh://", "git+ssh://", "ssh+git://")
 
 
 def shown(text: str) -> str:
@@ -34,22 +34,21 @@ def shown(text: str) -> str:
 
 
 def shown_url(url: str) -> str:
-    """``url`` for a message: its user name and password replaced by ``***``, then ``shown``."""
-    return shown(_USERINFO.sub(lambda m: m.group(1) + "***@", url, count=1))
+    """``url`` for a message: its user name and password replaced by ``***``, whatever else
+    ``errors.redact_urls`` hides hidden too, then ``shown``."""
+    return shown(redact_urls(_USERINFO.sub(lambda m: m.group(1) + "***@", url, count=1)))
 
 
 def refuse_credentials(url: str, error: type[KilnError], *, ssh_user: bool = False) -> None:
-    """Raise ``error`` if ``url`` (``scheme://user:password@host/...``) carries
-    credentials, with them hidden in the message. ``ssh_user``: a user name without a
-    password is allowed in an ``ssh://`` URL (git's ``git@host``), where it names an
-    account and no secret."""
-    m = _USERINFO.match(url)
-    if m is None:
-        return
-    if ssh_user and url.lower().startswith(_SSH_SCHEMES) and ":" not in m.group(2):
+    """Raise ``error`` if ``url`` carries credentials (``errors.url_credentials``), with
+    them hidden in the message. ``ssh_user``: a user name without a password is allowed
+    in an ``ssh://`` URL (git's ``git@host``), where it names an account and no secret."""
+    found = url_credentials(url, ssh_user=ssh_user)
+    if found is None:
         return
     raise error(
-        f"refusing {shown_url(url)}: credentials in a URL are not supported (kiln sends no "
-        "user name, password or token); serve it without them, or put the source in a hashed "
-        "source mirror (KILN_SOURCE_MIRRORS)"
+        f"refusing {shown_url(url)}: credentials in a URL are not supported (found {found}; "
+        "kiln sends no user name, password or token, and a URL is recorded in the fetch's "
+        ".drv, provenance and SBOM); a source must be public: serve it without them, or put "
+        "it in a hashed source mirror (KILN_SOURCE_MIRRORS)"
     )
