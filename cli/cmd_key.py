@@ -4,9 +4,13 @@
   ``NAME:base64``) to FILE, default ``$KILN_HOME/keys/NAME.sec``, created 0600
   atomically, and the public key beside it (``.pub`` instead of ``.sec``, or FILE +
   ``.pub``). It prints only the public key and the secret key's path: secret key
-  material never goes to stdout or stderr.
+  material never goes to stdout or stderr. Either file there and not a regular file (a
+  symbolic link, a directory) is refused before either is written, ``--force`` or not:
+  no run leaves a ``.pub`` whose secret half it discarded, or a ``.sec`` without its ``.pub``.
 - ``kiln key public [FILE|NAME]`` prints the public key of a secret or public key file,
-  or of key NAME under ``$KILN_HOME/keys``; with no argument, of the only key there.
+  or of key NAME under ``$KILN_HOME/keys``; with no argument, of the only key there. A
+  secret key file by name or mode that holds no secret key is refused, not printed
+  (``keyfiles.public_key_of``: a seed alone looks like a public key).
 
 Keys are interchangeable with ``nix key generate-secret`` / ``convert-secret-to-public``.
 """
@@ -16,12 +20,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import stat
 import sys
 from pathlib import Path
 
-from kiln.store.errors import FormatError, KilnError
-from kiln.store.keyfiles import load_public_key, write_public_key, write_secret_key
-from kiln.store.signing import PublicKey, SecretKey
+from kiln.store.errors import KilnError
+from kiln.store.keyfiles import public_key_of, write_public_key, write_secret_key
+from kiln.store.signing import SecretKey
 
 from .common import default_home, private_keys_dir
 
@@ -45,13 +50,20 @@ def _generate(args: argparse.Namespace) -> int:
     if not sec.parent.exists():
         sec.parent.mkdir(parents=True, mode=0o700)
     pub = _pub_path(sec)
-    for p in (sec, pub):  # checked before writing either: --force must not half-replace a pair
-        if p.is_dir():
-            raise KilnError(f"{p} is a directory; name the key file to write")
+    for p in (sec, pub):  # checked before writing either: no run may leave a pair half-replaced
+        _check_target(p)
     if args.force:
         # the public half first: if it cannot be written, the old secret key is still there
         write_public_key(pub, key.public(), overwrite=True)
-        write_secret_key(sec, key, overwrite=True)
+        try:
+            write_secret_key(sec, key, overwrite=True)
+        except (KilnError, OSError):
+            # (a full disk; a link put there since the check) the .pub just written is
+            # the half of a discarded key: the pair is again whatever the .sec holds
+            with contextlib.suppress(OSError):
+                pub.unlink()
+            _heal_public(sec, pub)
+            raise
     else:
         # the secret half first and exclusively: of two runs at once only the one that
         # made it writes the public half (a loser wrote its own .pub over the winner's,
@@ -67,18 +79,38 @@ def _generate(args: argparse.Namespace) -> int:
             raise KilnError(f"{sec} already exists; pass --force to replace it") from None
         try:
             write_public_key(pub, key.public(), overwrite=True)  # derived from what we wrote
-        except OSError as e:
-            # (a full disk) no half pair: the secret key is this run's, and nobody has seen
-            # its public half; left, a rerun would say it exists and never show that half
+        except (OSError, KilnError) as e:
+            # (a full disk; a link put there since the check) no half pair: the secret key
+            # is this run's, and nobody has seen its public half; left, a rerun would say
+            # it exists and never show that half
             sec.unlink(missing_ok=True)
+            why = (e.strerror or str(e)) if isinstance(e, OSError) else str(e)
             raise KilnError(
-                f"cannot write the public key {pub}: {e.strerror}; no key was made (its secret half is removed)"
+                f"cannot write the public key {pub}: {why}; no key was made (its secret half is removed)"
             ) from e
     # stdout is the public key alone, for PUB=$(kiln key generate NAME); where the
     # secret half went is for the person reading the terminal
     print(key.public().to_text())
     print(f"secret key: {sec}", file=sys.stderr)
     return 0
+
+
+def _check_target(p: Path) -> None:
+    """Refuse to write a key file at ``p`` if something other than a regular file is
+    there (a directory, a symbolic link, a device): ``_write_atomic`` would refuse it only
+    once the other half of the pair was written, and ``--force`` never replaces it."""
+    try:
+        st = p.lstat()
+    except FileNotFoundError:
+        return
+    if p.is_dir():
+        raise KilnError(f"{p} is a directory; name the key file to write")
+    if not stat.S_ISREG(st.st_mode):
+        what = "a symbolic link" if stat.S_ISLNK(st.st_mode) else "something else"
+        raise KilnError(
+            f"{p} is not a regular file; refusing to replace it with a key file, even with --force "
+            f"(it is {what}: remove it, or name the file to write with -o FILE)"
+        )
 
 
 def _heal_public(sec: Path, pub: Path) -> None:
@@ -90,22 +122,6 @@ def _heal_public(sec: Path, pub: Path) -> None:
         return
     with contextlib.suppress(KilnError, OSError):
         write_public_key(pub, load_secret_key(sec).public())
-
-
-def _read_any(path: Path) -> PublicKey:
-    """Public key of a secret- or public-key file."""
-    try:
-        text = path.read_text(encoding="ascii").strip()
-    except UnicodeDecodeError:
-        raise FormatError(f"{path}: not a key file") from None
-    name, _, b64 = text.partition(":")
-    # 64 bytes -> 88 base64 chars (secret); 32 bytes -> 44 (public).
-    if len(b64) > 60:
-        try:
-            return SecretKey.parse(text).public()
-        except FormatError as e:
-            raise FormatError(f"{path}: {e}") from None
-    return load_public_key(path)
 
 
 def _public(args: argparse.Namespace) -> int:
@@ -129,7 +145,7 @@ def _public(args: argparse.Namespace) -> int:
         if may_be_secret(arg):  # key text given instead of a file: never echo it
             raise KilnError("expected a key file or key name, found key text (not shown)")
         raise KilnError(f"no key file {path} (create one with 'kiln key generate NAME')")
-    print(_read_any(path).to_text())
+    print(public_key_of(path).to_text())
     return 0
 
 
@@ -163,7 +179,7 @@ def _revoke(args: argparse.Namespace) -> int:
 
     text = args.key
     if ":" not in text or Path(text).exists() or (keys_dir() / f"{text}.sec").exists():
-        text = _read_any(_key_file(text) if not Path(text).exists() else Path(text)).to_text()
+        text = public_key_of(_key_file(text) if not Path(text).exists() else Path(text)).to_text()
     entry = revoke(Path(args.policy), text, not args.retired, args.reason, None)
     print(entry.strip())
     return 0

@@ -3,12 +3,15 @@
 Secret key files are written 0600 through a temporary file in the same directory and
 hard-linked into place (never replacing an existing key unless asked), so a crash never
 leaves a partial key and a key is never world-readable for an instant. A secret key file
-that group or others may read is refused, as ssh does.
+that group or others may read is refused, as ssh does. A file that is a secret key file
+by its name or mode is never shown as a public key unless it holds a secret key
+(``public_key_of``): a seed alone is spelled as a public key is.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 import tempfile
@@ -62,6 +65,44 @@ def load_public_key(path: str | os.PathLike) -> PublicKey:
         raise FormatError(f"{os.fspath(path)}: {e}") from None
 
 
+def public_key_of(path: str | os.PathLike) -> PublicKey:
+    """The public key of a secret or public key file (``kiln key public``): derived from a
+    secret key (whatever the file's mode: nothing secret is shown), else the file's own.
+
+    A file that is a secret key file by its name (``.sec``, or a link to one) or by its
+    mode (a regular file that neither group nor others may read, unless named ``.pub``:
+    a public key fetched under umask 077) but holds no secret key is refused: a 32-byte
+    seed alone is spelled as a public key is, and printed as one it would leak."""
+    mode, raw = _read_key_file(path, "secret or public")
+    text = _ascii(raw, path, "secret or public")
+    if len(text.strip().partition(":")[2]) > 60:  # 64 bytes are 88 base64 characters, 32 are 44
+        try:
+            return SecretKey.parse(text).public()
+        except FormatError as e:
+            raise FormatError(f"{os.fspath(path)}: {e}") from None
+    try:
+        key = PublicKey.parse(text)
+    except FormatError as e:
+        raise FormatError(f"{os.fspath(path)}: {e}") from None
+    if why := _secret_file(path, mode):
+        raise FormatError(
+            f"{os.fspath(path)} is a secret key file by its {why} but holds no secret key: what it holds "
+            "is not shown as a public key, as it may be a secret seed (a public key file is NAME.pub, mode 644)"
+        )
+    return key
+
+
+def _secret_file(path: str | os.PathLike, mode: int) -> str:
+    """Why ``path`` (of ``mode``, fstat'ed) is a secret key file: ``name (.sec)``, ``mode
+    (600)``, or ``""`` if it is not one by either."""
+    names = {os.path.basename(os.fspath(path)), os.path.basename(os.path.realpath(path))}
+    if any(n.endswith(".sec") for n in names):
+        return "name (.sec)"
+    if stat.S_ISREG(mode) and not mode & 0o044 and not any(n.endswith(".pub") for n in names):
+        return f"mode ({mode & 0o777:o}: no one else may read it)"
+    return ""
+
+
 def _read_key_file(path: str | os.PathLike, what: str) -> tuple[int, bytes]:
     """(mode, bytes) of a key file or pipe, at most ``MAX_KEY_FILE`` bytes. Opened without
     blocking: a FIFO nobody writes to then reads as empty instead of hanging the open."""
@@ -109,7 +150,11 @@ def _write_atomic(path: str | os.PathLike, text: str, mode: int, overwrite: bool
     fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=d)  # mkstemp creates it 0600
     try:
         os.fchmod(fd, mode)
-        os.write(fd, text.encode())
+        data = memoryview(text.encode())
+        while data:  # a short write (a file size limit) must not link half a key into place
+            if not (n := os.write(fd, data)):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            data = data[n:]
         os.fsync(fd)
         os.close(fd)
         fd = -1

@@ -15,6 +15,10 @@ signature verifies against that key's bytes. ``valid_signers`` returns the set o
 of distinct trusted keys with a valid signature; thresholds compare against its size, so
 one key signing twice never counts twice.
 
+Parse errors never quote the text they fail on, only a key's name when it is a plausible
+one (``showable_name``): handed the wrong file (``--key .env``), the text before its first
+``:`` is that file's tokens and passwords.
+
 Reading and writing key files is ``keyfiles``'s: this module does no I/O.
 """
 
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -31,10 +36,42 @@ import nacl.signing
 from .errors import FormatError, looks_like_key
 from .pathinfo import PathInfo
 
+#: what a key name may be for an error message to show it: Nix's names are like
+#: ``cache.nixos.org-1`` and kiln's ``kiln-user@host-1``; ``=``, ``/`` and quotes are
+#: left out, as the start of a ``.env`` line (``TOKEN=value``) or a URL would have them
+_SHOWABLE_NAME = re.compile(r"[A-Za-z0-9._@+~-]{1,64}")
+#: a run that random tokens have and names do not: long, mixing upper, lower and digits
+_TOKENISH = re.compile(r"(?=[A-Za-z0-9]*[A-Z])(?=[A-Za-z0-9]*[a-z])(?=[A-Za-z0-9]*[0-9])[A-Za-z0-9]{16,}")
+
+
+def showable_name(name: str) -> bool:
+    """Whether an error message may show ``name`` (the text before a key's first ``:``):
+    only a plausible key name. A key file's parse error must not print the file: given the
+    wrong file (``--key .env``), the text before its first ``:`` is whatever it holds
+    (tokens, passwords, a whole key without its name)."""
+    return bool(_SHOWABLE_NAME.fullmatch(name)) and not _TOKENISH.search(name) and not looks_like_key(name)
+
+
+def name_hint(name: str) -> str:
+    """``name`` quoted if ``showable_name``, else only its size."""
+    if showable_name(name):
+        return repr(name)
+    return f"({_size(name)}; not shown)"
+
+
+def _size(text: str) -> str:
+    lines = text.count("\n") + 1
+    return f"{len(text)} character{'s' * (len(text) != 1)}, {lines} line{'s' * (lines != 1)}"
+
+
+def _labelled(what: str, name: str) -> str:
+    """``secret key 'ci-1'``, or without the name if it is not ``showable_name``."""
+    return f"{what} {name!r}" if showable_name(name) else f"{what} (its name: {_size(name)}; not shown)"
+
 
 def _check_name(name: str, what: str) -> str:
     if not name or ":" in name or any(c.isspace() for c in name):
-        raise FormatError(f"{what} name {name!r} must be non-empty, without ':' or whitespace")
+        raise FormatError(f"{what} name {name_hint(name)} must be non-empty, without ':' or whitespace")
     return name
 
 
@@ -42,13 +79,19 @@ def _split(text: str, what: str, size: int) -> tuple[str, bytes]:
     name, sep, b64 = text.strip().partition(":")
     if not sep:
         raise FormatError(f"{what} must look like '<name>:<base64>', found no ':'")
-    _check_name(name, what)
+    if not name:
+        raise FormatError(f"{what} name must be non-empty, without ':' or whitespace")
+    if any(c.isspace() for c in name):  # (so never showable: another file's lines, most likely)
+        raise FormatError(
+            f"{what}: the text before the first ':' is not a key name ({_size(name)}; not shown): "
+            "a key name must be non-empty, without ':' or whitespace"
+        )
     try:
         raw = base64.b64decode(b64, validate=True)
     except ValueError:  # binascii.Error, or a non-ASCII str
-        raise FormatError(f"{what} {name!r}: invalid base64") from None
+        raise FormatError(f"{_labelled(what, name)}: invalid base64") from None
     if len(raw) != size:
-        raise FormatError(f"{what} {name!r}: expected {size} bytes, found {len(raw)}")
+        raise FormatError(f"{_labelled(what, name)}: expected {size} bytes, found {len(raw)}")
     return name, raw
 
 
@@ -103,7 +146,7 @@ class SecretKey:
     def __post_init__(self) -> None:
         seed, pub = self.key[:32], self.key[32:]
         if len(self.key) != 64 or bytes(nacl.signing.SigningKey(seed).verify_key) != pub:
-            raise FormatError(f"secret key {self.name!r}: public half does not match the seed")
+            raise FormatError(f"{_labelled('secret key', self.name)}: public half does not match the seed")
 
     def __repr__(self) -> str:
         return f"SecretKey(name={self.name!r}, public={_b64(self.key[32:])!r})"
