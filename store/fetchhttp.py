@@ -44,7 +44,7 @@ from typing import IO, TYPE_CHECKING
 from . import pacing
 from .envnumber import whole_number
 from .errors import KilnError, url_credentials
-from .fetchtext import shown, shown_url
+from .fetchtext import bad_url_reason, shown, shown_url
 
 if TYPE_CHECKING:
     import urllib.response
@@ -322,10 +322,10 @@ def _http_get(url: str, sink: _Sink, timeout: float, retries: int, limit: _Limit
                 raise OSError(_describe(e)) from e  # nobody listening / no such host: retrying will not help
             bad = e if isinstance(e, http.client.InvalidURL) else reason
             if isinstance(bad, ValueError | http.client.InvalidURL):  # e.g. "nonnumeric port"
-                raise FetchError(f"bad URL or redirect: {_bad_url(bad)}") from None
+                raise FetchError(f"bad URL or redirect: {bad_url_reason(bad)}") from None
             error = e
         except ValueError as e:  # "Invalid IPv6 URL", IDNA UnicodeError, InvalidURL, in a URL or a Location
-            raise FetchError(f"bad URL or redirect: {_bad_url(e)}") from None
+            raise FetchError(f"bad URL or redirect: {bad_url_reason(e)}") from None
         attempt += 1
         if attempt > retries:
             raise OSError(f"{_describe(error)} (gave up after {attempt} attempts)") from error
@@ -378,21 +378,6 @@ def _quote_spaces(url: str) -> str:
 def _range_start(content_range: str | None) -> int | None:
     m = re.match(r"bytes (\d+)-", content_range or "")
     return int(m.group(1)) if m else None
-
-
-def _bad_url(e: ValueError) -> str:
-    """Why urllib or http.client refused a URL or ``Location``, in kiln's words: theirs
-    quote what they took for a port ("nonnumeric port: 'PASS'": a password's start)."""
-    text = str(e).lower()
-    if isinstance(e, UnicodeError):  # (IDNA)
-        return "a host name that cannot be encoded (a label empty or over 63 characters)"
-    if "port" in text:
-        return "a port that is not a number from 0 to 65535"
-    if "ipv6" in text:
-        return "an IPv6 address not closed by ']'"
-    if "control character" in text:
-        return "a control character"
-    return "a host or port that does not parse"
 
 
 def _describe(e: BaseException) -> str:

@@ -13,7 +13,8 @@ one whose unencoded ``/``, ``?`` or ``#`` made it look like a port and a path; a
 pre-signed URL's signature or a token in its query) is refused (``refuse_credentials``)
 before anything is sent or a child is started with it, rather than sent and failing in a
 way that echoes them (urllib took ``user:password@host`` for a host and port and quoted
-the password in its error); ``shown_url`` hides them in every message that names a URL.
+the password in its error); ``shown_url`` hides them in every message that names a URL,
+and ``bad_url_reason`` says why a URL did not parse without quoting urllib's words.
 """
 
 from __future__ import annotations
@@ -52,3 +53,18 @@ def refuse_credentials(url: str, error: type[KilnError], *, ssh_user: bool = Fal
         ".drv, provenance and SBOM); a source must be public: serve it without them, or put "
         "it in a hashed source mirror (KILN_SOURCE_MIRRORS)"
     )
+
+
+def bad_url_reason(e: ValueError) -> str:
+    """Why urllib or http.client refused a URL or ``Location``, in kiln's words: theirs
+    quote what they took for a port ("nonnumeric port: 'PASS'": a password's start)."""
+    text = str(e).lower()
+    if isinstance(e, UnicodeError):  # (IDNA)
+        return "a host name that cannot be encoded (a label empty or over 63 characters)"
+    if "port" in text:
+        return "a port that is not a number from 0 to 65535"
+    if "ipv6" in text:
+        return "an IPv6 address not closed by ']'"
+    if "control character" in text:
+        return "a control character"
+    return "a host or port that does not parse"
