@@ -5,7 +5,9 @@ cli/main.py routes each of those command names here with ``argv[0]`` = the name.
 module only parses arguments and glues kiln.store to kiln.registry; the work is in
 kiln.registry (see docs/registry.md).
 
-Credentials: ``--token`` or ``$KILN_REGISTRY_TOKEN`` for pushes; trusted public keys
+Credentials: ``$KILN_REGISTRY_TOKEN``, ``--token-file FILE`` or ``--token`` (which every
+local user can read in ``/proc``: ``tokenargs``) for pushes; a ``--to``/``--from`` that is
+a kiln token is refused before anything is made of it; trusted public keys
 with ``--trusted-key KEY`` (repeatable; a key file, or ``name:base64`` itself) or
 ``$KILN_TRUSTED_KEYS`` (space-separated ``name:base64`` keys, ``common.trusted_keys``);
 ``kiln copy --to store --attester-key KEY`` (repeatable): keys trusted for attestations
@@ -24,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 from pathlib import Path
 
@@ -39,6 +40,7 @@ from .common import (
     warn_no_signatures,
     whole_number,
 )
+from .tokenargs import FROM_TOKEN, TOKEN, add_token_args, check_not_token, resolve
 
 
 def _open_store(args: argparse.Namespace, store_dir: str | None = None, create: bool = False):  # noqa: ANN202
@@ -55,11 +57,13 @@ def cmd_push(argv: list[str]) -> int:
     )
     p.add_argument("paths", nargs="+", metavar="PATH")
     p.add_argument("--to", required=True, metavar="URL")
-    p.add_argument("--token", default=os.environ.get("KILN_REGISTRY_TOKEN"))
+    add_token_args(p, TOKEN, "write token of the registry")
     p.add_argument("--sign-key", type=Path, help="sign paths that lack this key's signature before pushing")
     p.add_argument("-j", "--jobs", type=whole_number(1), default=8)
     add_store_arg(p)
     args = p.parse_args(argv)
+    check_not_token(args.to, "--to")
+    resolve(args, TOKEN)
     from kiln.registry.client import open_client
     from kiln.registry.push import push
 
@@ -136,16 +140,8 @@ def cmd_copy(argv: list[str]) -> int:
     p.add_argument("paths", nargs="+", metavar="PATH")
     p.add_argument("--from", dest="src", required=True, metavar="URL|store")
     p.add_argument("--to", dest="dst", required=True, metavar="URL|store")
-    p.add_argument(
-        "--token",
-        default=os.environ.get("KILN_REGISTRY_TOKEN"),
-        help="bearer token of the registry written to, or read from when --to store",
-    )
-    p.add_argument(
-        "--from-token",
-        default=os.environ.get("KILN_REGISTRY_FROM_TOKEN"),
-        help="bearer token of a private --from registry (between two registries)",
-    )
+    add_token_args(p, TOKEN, "bearer token of the registry written to, or read from when --to store")
+    add_token_args(p, FROM_TOKEN, "bearer token of a private --from registry (between two registries)")
     p.add_argument(
         "--trusted-key",
         action="append",
@@ -180,6 +176,9 @@ def cmd_copy(argv: list[str]) -> int:
     )
     add_store_arg(p)
     args = p.parse_args(argv)
+    check_not_token(args.src, "--from")
+    check_not_token(args.dst, "--to")
+    resolve(args, TOKEN, FROM_TOKEN)
     from kiln.registry import copy as rcopy
 
     roots = _root_names(args.add_root, len(args.paths)) if args.add_root is not None else []
@@ -299,9 +298,7 @@ def cmd_mirror(argv: list[str]) -> int:
         "--trusted-key", action="append", metavar="KEY", help="also require narinfo signatures by these keys"
     )
     s.add_argument("-j", "--jobs", type=whole_number(1), default=16)
-    s.add_argument(
-        "--token", default=os.environ.get("KILN_REGISTRY_TOKEN"), help="read token of a private SRC"
-    )
+    add_token_args(s, TOKEN, "read token of a private SRC")
     s.add_argument(
         "--full",
         action="store_true",
@@ -327,6 +324,9 @@ def cmd_mirror(argv: list[str]) -> int:
     args = p.parse_args(argv)
     if args.cmd == "status":
         return mirrorstatus.run(args)
+    check_not_token(args.src, "SRC")
+    check_not_token(str(args.dst), "DST")
+    resolve(args, TOKEN)
     from kiln.registry.mirror import MirrorError, MirrorUsageError, sync
     from kiln.registry.retryable import retryable
 

@@ -61,7 +61,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
 import sqlite3
 import sys
 from dataclasses import replace
@@ -76,6 +75,7 @@ from kiln.store.policy import TRANSIENT, UNAVAILABLE, Check, Policy, PolicyError
 from .common import add_store_arg, nonempty
 from .jsonout import emit
 from .targets import EXIT_USAGE, UsageError, open_store, resolve_target, signer_args
+from .tokenargs import TOKEN, add_token_args, check_not_token, resolve
 from .verifyshow import document, exit_status
 from .verifyshow import render as render
 from .version import full_version
@@ -168,6 +168,8 @@ def _verify(args: argparse.Namespace) -> int:
         policy = load(args.policy) if args.policy else Policy()
     except PolicyError as e:
         raise UsageError(str(e)) from None
+    check_not_token(args.target, "TARGET")  # (the report, on stdout, would show it: not filtered)
+    check_not_token(args.registry or "", "--registry")
     remote = _remote_target(args)
     if remote is not None:
         if args.closure:
@@ -177,6 +179,7 @@ def _verify(args: argparse.Namespace) -> int:
             )
         _check_digest(remote[1])
         _check_url(remote[0])
+        resolve(args, TOKEN)
         reports = [_verify_remote(remote[0], remote[1], policy, args.token)]
     else:
         _check_digest(args.target)
@@ -300,9 +303,7 @@ def _verify_parser() -> argparse.ArgumentParser:
         help="store path (logical, physical, base name, hash part, sha256: digest) or URL#PATH of a registry",
     )
     p.add_argument("--registry", metavar="URL", help="verify TARGET as this registry serves it")
-    p.add_argument(
-        "--token", default=os.environ.get("KILN_REGISTRY_TOKEN"), help="bearer token (private registry)"
-    )
+    add_token_args(p, TOKEN, "bearer token of a private registry")
     p.add_argument("--policy", metavar="FILE", help="TOML policy (default: check content only)")
     p.add_argument("--json", action="store_true", help="machine-readable report")
     p.add_argument("--closure", action="store_true", help="verify every path of the runtime closure")

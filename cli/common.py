@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Callable
 
+from kiln.registry.tokentext import hide_tokens
 from kiln.store.errors import hide_keys, redact_urls
 
 from .interrupts import Terminated as Terminated  # re-exported: the commands import them from here
@@ -145,7 +146,9 @@ class _Quiet:
     has gone (a closed pipe: ``kiln build -L 2>&1 | head``; a terminal that hung up, whose
     writes fail with EIO: the SIGHUP's "kiln: terminated" must still exit 129). Messages
     are a courtesy; the command's work and its exit status must not end with them. Text
-    written to it has the credentials of any URL hidden (``errors.redact_urls``)."""
+    written to it has the credentials of any URL hidden (``errors.redact_urls``), and
+    every ed25519 secret key (``errors.hide_keys``) and kiln registry token
+    (``tokentext.hide_tokens``: ``kiln_<id>_***``) in it."""
 
     def __init__(self, stream) -> None:  # noqa: ANN001 - a text or binary stream
         self._stream = stream
@@ -154,9 +157,11 @@ class _Quiet:
     def write(self, data: str | bytes) -> int:  # as the stream's
         if not self._gone:
             try:
-                # a message never shows a registry URL's password nor a secret key
-                # (both exact rules; build logs go through the binary side, untouched)
-                self._stream.write(hide_keys(redact_urls(data)) if isinstance(data, str) else data)
+                # a message never shows a registry URL's password, a secret key nor a
+                # registry token (exact rules; build logs go through the binary side, untouched)
+                self._stream.write(
+                    hide_tokens(hide_keys(redact_urls(data))) if isinstance(data, str) else data
+                )
             except OSError as e:
                 self._reader_gone(e)
         return len(data)

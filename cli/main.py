@@ -95,12 +95,12 @@ def main(argv: list[str] | None = None, *, whole_process: bool = False) -> int:
 
         near = difflib.get_close_matches(argv[0], COMMANDS, n=1)
         hint = f" (did you mean '{near[0]}'?)" if near else ""
+        from kiln.registry.tokentext import hide_tokens
         from kiln.store.errors import hide_keys, redact_urls
 
-        # (before run_command's stderr filter: the "command" may be a pasted key or URL)
-        print(
-            hide_keys(redact_urls(f"kiln: unknown command '{argv[0]}'{hint}\n\n{usage()}")), file=sys.stderr
-        )
+        # (before run_command's stderr filter: the "command" may be a pasted key, token or URL)
+        text = f"kiln: unknown command '{argv[0]}'{hint}\n\n{usage()}"
+        print(hide_tokens(hide_keys(redact_urls(text))), file=sys.stderr)
         return 2
     try:
         module = importlib.import_module(entry[0])

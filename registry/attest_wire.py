@@ -28,6 +28,7 @@ from . import layout
 from .attest_batch import MAX_UPLOAD_BODY, Upload, admit_many
 from .attest_transfer import MAX_ATTESTATION
 from .client import RegistryError
+from .tokentext import scrub, sent_by
 
 #: (hash part, kind) pairs per ``POST /attestation-batch`` (the server takes 4,096)
 FETCH_BATCH = 1000
@@ -103,12 +104,16 @@ async def upload_many(
     from .attest_transfer import REFUSED
 
     out: list[RegistryError | None] = [None] * len(items)
+    secrets = sent_by(client)
 
     def judge(n: int, status: int, msg: str) -> None:
         if status in (200, 201):
             return
         h, k, _ = items[n]
-        e = RegistryError(f"{client.url}/{layout.att_key(h, k)}: HTTP {status}: {msg}", status)
+        # (the server's message, with the credentials the client sent hidden)
+        e = RegistryError(
+            f"{client.url}/{layout.att_key(h, k)}: HTTP {status}: {scrub(msg, secrets)}", status
+        )
         if status not in REFUSED:
             raise e
         out[n] = e

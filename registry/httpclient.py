@@ -8,7 +8,9 @@ broken, cut or malformed answer is a ``RegistryError`` (a miss for substitution,
 an internal error). Nor is its pace: silence is cut by the per-read timeout, a trickle
 (a byte now and then, which resets that timeout) by ``pace.Pace``, judged with the
 client's whole link, and response headers must arrive within ``HEADERS_TIMEOUT``. The
-caller checks digests (``verify``, ``objread``).
+caller checks digests (``verify``, ``objread``). Text it quotes from a server (error
+bodies, ``publish-index``'s answer) never shows the credentials it sent
+(``tokentext.scrub``).
 
 A request that only reads (``GET``, ``HEAD``, ``READ_ONLY_POSTS``; never an upload) is
 sent again when its connection is refused, reset or closed before any byte of an answer
@@ -55,6 +57,7 @@ from .httpretry import (
 )
 from .httpsession import new_session
 from .pace import Link, Pace
+from .tokentext import scrub, sent_secrets
 
 #: Largest body read into memory from a registry (narinfos, listings, index files,
 #: batch answers): a hostile server must not exhaust memory with an endless answer.
@@ -85,6 +88,8 @@ class HttpClient(AttestationBatches, Client):
             p = p._replace(netloc=p.netloc.rpartition("@")[2])
         self.url = p.geturl().rstrip("/")
         self.token = token
+        #: what a server's text must never show back (``tokentext.scrub``)
+        self.sent_secrets = sent_secrets(token, self._basic)
         self.jobs = jobs
         self._session: aiohttp.ClientSession | None = None
         self._link = Link()
@@ -167,22 +172,23 @@ class HttpClient(AttestationBatches, Client):
             raise RegistryError(
                 f"{method} {self.url}/{key}: too many redirects ({len(e.history)}, the last at {str(last)[:300]})"
             ) from None
-        except aiohttp.ClientError as e:
-            err = RegistryError(f"registry {self.url}: {e}")
+        except aiohttp.ClientError as e:  # (its text may quote what the server sent)
+            err = RegistryError(scrub(f"registry {self.url}: {e}", self.sent_secrets))
             raise (Dropped(err) if dropped(e) else err) from None
         except ValueError as e:  # aiohttp's refusal of a header or URL it cannot send
             raise RegistryError(f"registry {self.url}: cannot send the request: {e}") from None
 
-    @staticmethod
-    async def _fail(resp: aiohttp.ClientResponse, what: str) -> RegistryError:
+    async def _fail(self, resp: aiohttp.ClientResponse, what: str) -> RegistryError:
         """The error for a non-success answer, quoting the start of its body: at most
         ``ERROR_PEEK`` bytes, waited for at most ``ERROR_PEEK_S`` (the rest is never read,
-        so a hostile registry cannot make an error page cost memory or time)."""
+        so a hostile registry cannot make an error page cost memory or time), with the
+        credentials this client sent hidden (a server may quote the ``Authorization``
+        header back: ``tokentext.scrub``, before the quote is cut)."""
         try:
             head = await asyncio.wait_for(resp.content.read(ERROR_PEEK), ERROR_PEEK_S)
         except (TimeoutError, aiohttp.ClientError):
             head = b""
-        text = head.decode(errors="replace")[:500].strip()
+        text = scrub(head.decode(errors="replace"), self.sent_secrets)[:500].strip()
         return RegistryError(f"{what}: HTTP {resp.status}: {text}", resp.status)
 
     async def _read(self, resp: aiohttp.ClientResponse, what: str) -> bytes:
@@ -389,4 +395,4 @@ class HttpClient(AttestationBatches, Client):
             what = f"POST {self.url}/publish-index"
             if resp.status != 200:
                 raise await self._fail(resp, what)
-            return (await self._read(resp, what)).decode(errors="replace").strip()
+            return scrub((await self._read(resp, what)).decode(errors="replace"), self.sent_secrets).strip()

@@ -62,6 +62,7 @@ from . import layout, uploadplan
 from .client import Client, RegistryError
 from .progress import Progress
 from .pushcheck import ObjectCheck
+from .tokentext import scrub, sent_by
 
 if TYPE_CHECKING:
     from kiln.store.localstore import LocalStore
@@ -177,7 +178,7 @@ async def upload_sliced(client: Client, frames: list[Frame]) -> bool:
             if k:
                 raise RegistryError(f"{client.url} stopped taking upload batches")
             return False
-        check_results(res)
+        check_results(res, sent_by(client))
     return True
 
 
@@ -188,11 +189,13 @@ def check_sizes(texts: dict[str, bytes]) -> None:
         ni.check_size(text, p)
 
 
-def check_results(results: list[dict]) -> None:
+def check_results(results: list[dict], secrets: tuple[str, ...] = ()) -> None:
+    """``KilnError`` quoting the first refusals of an ``upload_batch`` answer, if any, with
+    ``secrets`` (the credentials the client sent: ``tokentext.sent_by``) hidden."""
     bad = [r for r in results if r.get("status", 500) >= 400]
     if bad:
         lines = "\n".join(f"  {r.get('hash')}: HTTP {r.get('status')}: {r.get('message')}" for r in bad[:10])
-        raise KilnError(f"the registry refused {len(bad)} path(s):\n{lines}")
+        raise KilnError(scrub(f"the registry refused {len(bad)} path(s):\n{lines}", secrets))
 
 
 async def push_prepared(

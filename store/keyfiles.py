@@ -35,7 +35,7 @@ def load_secret_key(path: str | os.PathLike) -> SecretKey:
             "a key goes in a file with mode 0600, and the file is given)"
         )
     try:
-        mode, raw = _read_key_file(path, "secret")
+        mode, raw = read_key_file(path, "secret key")
     except FileNotFoundError:
         raise FormatError(f"{os.fspath(path)}: no such secret key file") from None
     text = _ascii(raw, path, "secret")
@@ -58,7 +58,7 @@ def load_secret_key(path: str | os.PathLike) -> SecretKey:
 
 def load_public_key(path: str | os.PathLike) -> PublicKey:
     """Read a public key file (Nix format), or a pipe."""
-    _, raw = _read_key_file(path, "public")
+    _, raw = read_key_file(path, "public key")
     try:
         return PublicKey.parse(_ascii(raw, path, "public"))
     except FormatError as e:
@@ -73,7 +73,7 @@ def public_key_of(path: str | os.PathLike) -> PublicKey:
     mode (a regular file that neither group nor others may read, unless named ``.pub``:
     a public key fetched under umask 077) but holds no secret key is refused: a 32-byte
     seed alone is spelled as a public key is, and printed as one it would leak."""
-    mode, raw = _read_key_file(path, "secret or public")
+    mode, raw = read_key_file(path, "secret or public key")
     text = _ascii(raw, path, "secret or public")
     if len(text.strip().partition(":")[2]) > 60:  # 64 bytes are 88 base64 characters, 32 are 44
         try:
@@ -103,21 +103,22 @@ def _secret_file(path: str | os.PathLike, mode: int) -> str:
     return ""
 
 
-def _read_key_file(path: str | os.PathLike, what: str) -> tuple[int, bytes]:
-    """(mode, bytes) of a key file or pipe, at most ``MAX_KEY_FILE`` bytes. Opened without
-    blocking: a FIFO nobody writes to then reads as empty instead of hanging the open."""
+def read_key_file(path: str | os.PathLike, what: str) -> tuple[int, bytes]:
+    """(mode, bytes) of a key file or pipe (a ``what`` file: "secret key", "token"...), at
+    most ``MAX_KEY_FILE`` bytes. Opened without blocking: a FIFO nobody writes to then
+    reads as empty instead of hanging the open."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         mode = os.fstat(fd).st_mode
         if stat.S_ISDIR(mode):
-            raise FormatError(f"{os.fspath(path)} is a directory, not a {what} key file")
+            raise FormatError(f"{os.fspath(path)} is a directory, not a {what} file")
         os.set_blocking(fd, True)
         chunks, size = [], 0
         while size <= MAX_KEY_FILE and (b := os.read(fd, 4096)):
             chunks.append(b)
             size += len(b)
         if size > MAX_KEY_FILE:
-            raise FormatError(f"{os.fspath(path)}: not a {what} key file (over {MAX_KEY_FILE} bytes)")
+            raise FormatError(f"{os.fspath(path)}: not a {what} file (over {MAX_KEY_FILE} bytes)")
         return mode, b"".join(chunks)
     finally:
         os.close(fd)

@@ -1,9 +1,17 @@
 """Signing by an external command, for keys held in a KMS or an HSM: no secret key
 touches this machine. Beside ``dsse`` (pure: envelopes, PAE, verification), because it
-runs a process; it implements ``dsse.Signer``."""
+runs a process; it implements ``dsse.Signer``.
+
+The command gets kiln's environment without kiln's registry tokens: every variable whose
+name starts with ``KILN_`` and holds ``TOKEN`` (``KILN_REGISTRY_TOKEN``,
+``KILN_REGISTRY_FROM_TOKEN``, ``KILN_SUBSTITUTER_TOKENS``, ...) is left out
+(``signer_env``). A signer needs its own credentials (a KMS's), never a registry's: a
+signing service, a wrapper script or what it runs in turn must not be handed a push token.
+"""
 
 from __future__ import annotations
 
+import os
 import shlex
 import subprocess
 from dataclasses import dataclass
@@ -28,7 +36,9 @@ class CommandSigner:
         if not argv:
             raise KilnError("signer command is empty")
         try:
-            r = subprocess.run(argv, input=data, capture_output=True, timeout=self.timeout, check=False)
+            r = subprocess.run(
+                argv, input=data, capture_output=True, timeout=self.timeout, check=False, env=signer_env()
+            )
         except (OSError, subprocess.TimeoutExpired) as e:
             raise KilnError(f"signer command {argv[0]!r} failed to run: {e}") from None
         if r.returncode != 0:
@@ -44,3 +54,8 @@ class CommandSigner:
                 f"public key {keyid(self.public_key)[:16]}... (wrong key configured?)"
             )
         return sig
+
+
+def signer_env() -> dict[str, str]:
+    """This process's environment without the registry tokens (module docstring)."""
+    return {k: v for k, v in os.environ.items() if not (k.startswith("KILN_") and "TOKEN" in k)}
