@@ -41,6 +41,23 @@ class OutputComparison:
         return self.registered == self.rebuilt
 
 
+#: the longest ``_after_the_second_of`` waits (s): a registration time further ahead is a
+#: clock that stepped, not a build that just ended
+_SAME_SECOND_WAIT = 2.0
+
+
+def _after_the_second_of(registered: int) -> None:
+    """Return once the wall clock is past the second after ``registered`` (a path's
+    ``registration_time``, in whole seconds, rounded down). A rebuild run in the same
+    second as the build it checks (``--rounds 2``, or ``--check`` right after a build)
+    reads the same ``date +%s`` and writes the same gzip or tar mtimes, and so hides the
+    commonest non-determinism there is: started a second after the build ended, it reads
+    a clock at least a second later than the build read it."""
+    wait = registered + 2 - time.time()
+    if 0 < wait <= _SAME_SECOND_WAIT:
+        time.sleep(wait)
+
+
 class Checking:
     """The rebuild half of ``build.Builder`` (a mixin: it uses the builder's ``store``,
     ``opts``, ``say``, ``get_drv``, ``_produce`` and ``_tmp_root``)."""
@@ -67,6 +84,7 @@ class Checking:
         for name, o in drv.outputs:
             if infos[name] is None:
                 self.say(f"not comparing {o.path}: it is not valid here (collected, or never built)")
+        _after_the_second_of(max(i.registration_time for i in infos.values() if i is not None))
         parent = self._tmp_root()
         if vary is not None and vary.tmp_parent is not None:
             parent = vary.tmp_parent

@@ -114,7 +114,9 @@ def describe_differences(a: Path, b: Path, limit: int = 50, deadline: float | No
                 [
                     "diffoscope",
                     "--no-progress",
-                    "--exclude-directory-metadata=recursive",
+                    # (``yes``, not ``recursive``: the metadata of an archive's members, a
+                    # tar's mtimes and modes, is what differs most often)
+                    "--exclude-directory-metadata=yes",
                     "--text",
                     "-",
                     str(a),

@@ -629,3 +629,13 @@ def test_a_stopped_reference_scan_raises(tmp_path):
     with pytest.raises(ScanStopped):
         scan(tmp_path / "out", [], "/kiln/store", stop)
     assert scan(tmp_path / "out", [], "/kiln/store", lambda: False).found == frozenset()
+
+
+def test_check_right_after_the_build_sees_another_second(store, graph):
+    """--check (or --rounds 2) right after a build would run in the same second and read
+    the same `date +%s`; the rebuild waits for the next second, so a clock-second output
+    is caught every time."""
+    a, _ = graph.drv("clock", "date +%s > $out")
+    builder(store).realise([a])
+    with pytest.raises(NotDeterministic):
+        builder(store, check=True).realise([a])
