@@ -8,7 +8,9 @@ is tested on its own; recipes are covered end to end in ``test_packages.py``.
 
 from __future__ import annotations
 
+import os
 import shutil
+from pathlib import Path
 
 from kiln.store.derivation import Derivation, Output, drv_path, finalize
 from kiln.store.localstore import LocalStore
@@ -30,6 +32,17 @@ APPLETS = [
     "true",
     "find",
 ]
+
+
+def add_busybox(store: LocalStore, work: Path, applets: list[str] = APPLETS) -> str:
+    """Add a static busybox with ``applets`` linked to ``store`` (made in ``work/bb``);
+    its store path, the ``Graph``'s toolchain."""
+    d = work / "bb"
+    (d / "bin").mkdir(parents=True)
+    shutil.copy(BUSYBOX, d / "bin" / "busybox")
+    for a in applets:
+        os.symlink("busybox", d / "bin" / a)
+    return store.add_path(d, "busybox-static").path
 
 
 class Graph:

@@ -3,12 +3,10 @@ busybox added to it as a source, and a ``Graph`` that writes derivations using i
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 import pytest
-from buildkit import APPLETS, BUSYBOX, Graph
+from buildkit import Graph, add_busybox
 
 from kiln.store.localstore import LocalStore
 
@@ -22,12 +20,7 @@ def store(tmp_path: Path) -> LocalStore:
 
 @pytest.fixture
 def busybox_path(store: LocalStore, tmp_path: Path) -> str:
-    d = tmp_path / "bb"
-    (d / "bin").mkdir(parents=True)
-    shutil.copy(BUSYBOX, d / "bin" / "busybox")
-    for a in APPLETS:
-        os.symlink("busybox", d / "bin" / a)
-    return store.add_path(d, "busybox-static").path
+    return add_busybox(store, tmp_path)
 
 
 @pytest.fixture

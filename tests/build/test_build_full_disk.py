@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from buildkit import Graph
+from buildkit import Graph, add_busybox
 from fskit import small_file_system
 
 from kiln.sandbox import BwrapExecutor
@@ -19,7 +19,7 @@ def test_a_build_that_fills_the_disk_fails_alone(tmp_path: Path) -> None:
     with small_file_system(tmp_path, 48) as mnt:
         store = LocalStore.open(mnt / "home")
         try:
-            graph = Graph(store, _add_busybox(store, tmp_path))
+            graph = Graph(store, add_busybox(store, tmp_path))
             filler, _ = graph.drv(
                 "filler",
                 "dd if=/dev/zero of=big bs=1M 2>/dev/null; yes filling | head -c 20000000; echo x > $out",
@@ -35,17 +35,3 @@ def test_a_build_that_fills_the_disk_fails_alone(tmp_path: Path) -> None:
             assert store.real_path(od.output_path()).read_text() == "fine\n"
         finally:
             store.close()
-
-
-def _add_busybox(store: LocalStore, tmp_path: Path) -> str:
-    import os
-    import shutil
-
-    from buildkit import APPLETS, BUSYBOX
-
-    d = tmp_path / "bb"
-    (d / "bin").mkdir(parents=True)
-    shutil.copy(BUSYBOX, d / "bin" / "busybox")
-    for a in APPLETS:
-        os.symlink("busybox", d / "bin" / a)
-    return store.add_path(d, "busybox-static").path

@@ -7,8 +7,6 @@ Everything runs for real: bubblewrap sandboxes, stores, HTTP servers. Nothing is
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,8 +15,10 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # for ``import rbkit`` in any import mode
+sys.path.insert(0, str(Path(__file__).parents[1] / "build"))  # buildkit's add_busybox
 
-from rbkit import APPLETS, BUSYBOX, Graph, Keys, Kiln, Server  # noqa: E402
+from buildkit import add_busybox  # noqa: E402
+from rbkit import APPLETS, Graph, Keys, Kiln, Server  # noqa: E402
 
 from kiln.store.localstore import LocalStore  # noqa: E402
 
@@ -32,12 +32,7 @@ def store(tmp_path: Path) -> Iterator[LocalStore]:
 
 @pytest.fixture
 def busybox_path(store: LocalStore, tmp_path: Path) -> str:
-    d = tmp_path / "bb"
-    (d / "bin").mkdir(parents=True)
-    shutil.copy(BUSYBOX, d / "bin" / "busybox")
-    for a in APPLETS:
-        os.symlink("busybox", d / "bin" / a)
-    return store.add_path(d, "busybox-static").path
+    return add_busybox(store, tmp_path, APPLETS)
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from kiln.store.buildproduce import check_log_key
 from kiln.store.localstore import LocalStore
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "build"))
-from buildkit import APPLETS, BUSYBOX, Graph  # noqa: E402
+from buildkit import Graph, add_busybox  # noqa: E402
 
 pytestmark = [
     pytest.mark.bwrap,
@@ -30,12 +30,7 @@ pytestmark = [
 
 def busybox_graph(store: LocalStore, tmp_path: Path) -> Graph:
     """A ``Graph`` (tests/build/buildkit.py) over a static busybox added to ``store``."""
-    d = tmp_path / "bb"
-    (d / "bin").mkdir(parents=True)
-    shutil.copy(BUSYBOX, d / "bin" / "busybox")
-    for a in APPLETS:
-        os.symlink("busybox", d / "bin" / a)
-    return Graph(store, store.add_path(d, "busybox-static").path)
+    return Graph(store, add_busybox(store, tmp_path))
 
 
 def build(store: LocalStore, drv: str, **opts) -> None:
