@@ -32,7 +32,8 @@ group) whose command line is derived from the spec by ``bwrapargv.bwrap_argv``:
 * process state: nothing of the kiln process's (limits, signals, affinity, nice,
   personality, fds, domain name): ``launcher`` starts bwrap (``posix_spawn`` from one
   launcher thread, then ``fix_child`` while bwrap waits for the rest of its options on
-  ``--args 3``) with the fixed state in ``procstate``'s table, ``spec.umask`` (022) included;
+  ``--args 3``) with the fixed state in ``procstate``'s table, ``spec.umask`` (022) and
+  ``spec.cpus`` (every CPU unless set) included;
 * lifetime: ``--die-with-parent``, ``--new-session``; limits and killing in ``limits``.
 
 Starting one bwrap (``bwrapstart.start``): its options are handed over all or nothing,
@@ -321,7 +322,7 @@ class BwrapExecutor(Executor):
             start = time.monotonic()
             # Started under the lock so cancel_all() never misses a run that is starting.
             with self._live_lock:
-                proc = bwrapstart.start(self.bwrap, argv[1:sep], argv[sep:], child_fds, spec.umask)
+                proc = bwrapstart.start(self.bwrap, argv[1:sep], argv[sep:], child_fds, spec.umask, spec.cpus)
                 self._live.add(proc)
         except OSError as e:
             _close(setup_r, setup_w, info_r)

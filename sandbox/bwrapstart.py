@@ -244,15 +244,21 @@ def _pipe() -> tuple[int, int]:
 
 
 def start(
-    bwrap: str, options: list[str], command: list[str], fds: list[tuple[int, int]], umask: int
+    bwrap: str,
+    options: list[str],
+    command: list[str],
+    fds: list[tuple[int, int]],
+    umask: int,
+    cpus: int | None = None,
 ) -> Bwrap:
     """Start ``bwrap --args 3 --args 4 <command>`` (``argv[0]`` is ``bwrap``, never its
     host path) in the fixed process state of ``procstate``, with stdin ``/dev/null``,
     stdout and stderr one pipe (``.stdout``), and ``fds`` (ours, above ``FIXED_FDS`` ->
     the child's) as its only other fds. ``options`` start with ``GATED`` and set
     ``--hostname``: the rest go in a memfd (fd 4), ``GATED`` through the gate pipe (fd
-    3) once ``fix_child`` has set bwrap's limits; until then it waits, reading. See the
-    module docstring for why this is all or nothing.
+    3) once ``fix_child`` has set bwrap's limits (and its CPUs: at most ``cpus``, ``None``
+    all); until then it waits, reading. See the module docstring for why this is all or
+    nothing.
 
     Every fd made here is in ``owned`` from the statement that makes it until closed
     (or, for ``.stdout``, taken over by the ``Bwrap``), and the started bwrap in
@@ -274,7 +280,7 @@ def start(
         spawn(bwrap, argv, child, umask, started)
         owned.remove(out_r)  # (first: a Ctrl-C between the two leaks it, never closes it twice)
         proc = Bwrap(started[0], out_r)
-        fix_child(proc.pid)
+        fix_child(proc.pid, cpus)
         # One write of under PIPE_BUF bytes: all of it or nothing reaches bwrap.
         with contextlib.suppress(BrokenPipeError):  # bwrap died: its status says why
             os.write(gate_w, _GATE)

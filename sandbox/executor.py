@@ -18,8 +18,9 @@ later a Bazel Remote Execution API client. Contract every implementation keeps:
   never replaced by an unsandboxed run;
 * the builder starts in a fixed process state, never the caller's: the table in
   ``procstate``'s docstring (signals at their defaults and unblocked, personality
-  ``PER_LINUX``, every CPU, nice 0, the listed resource limits, stdin ``/dev/null``
-  and no fds beyond 0-2, ``spec.umask``, NIS domain name ``(none)``). A remote worker
+  ``PER_LINUX``, every CPU (at most ``spec.cpus`` of them when set), nice 0, the listed
+  resource limits, stdin ``/dev/null`` and no fds beyond 0-2, ``spec.umask``, NIS domain
+  name ``(none)``). A remote worker
   must set the same, whatever state its own daemon runs in, and report any of it it
   cannot (``isolation()``).
 """

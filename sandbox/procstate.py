@@ -19,7 +19,9 @@ personality            ``PER_LINUX`` (0): ``uname -m`` is the kernel's, ASLR on
                        (``setarch i686 -R`` does not reach the build)
 CPU affinity           every CPU: the kernel keeps those kiln's cpuset cgroup allows
                        and that are online, so ``nproc`` counts them (under
-                       ``taskset -c 0 kiln`` too); ``KILN_CORES`` is what to use
+                       ``taskset -c 0 kiln`` too; ``visible_cpus``); ``KILN_CORES``
+                       is what to use. With ``spec.cpus`` set (``--check --vary``
+                       sets 1), only the lowest-numbered ``spec.cpus`` of those
 scheduling policy      ``SCHED_OTHER`` when allowed (from ``SCHED_IDLE`` it is not
                        without privilege: stays)
 nice value             0 when allowed: lowering it (kiln run with ``nice -n 5``)
@@ -61,6 +63,7 @@ import ctypes.util
 import fcntl
 import os
 import resource
+import threading
 from collections.abc import Mapping
 
 INF = resource.RLIM_INFINITY
@@ -129,11 +132,14 @@ def fallback_limit(soft: int, hard: int, cur_hard: int) -> tuple[int, int]:
 FELL_BACK: dict[str, tuple[int, int]] = {}
 
 
-def fix_child(pid: int) -> None:
+def fix_child(pid: int, cpus: int | None = None) -> None:
     """Give process ``pid`` (bwrap, not yet running anything) the fixed limits, CPU
-    affinity, scheduling policy and nice value of the module docstring. What only
+    affinity, scheduling policy and nice value of the module docstring; ``cpus``: at most
+    that many CPUs in its affinity (``SandboxSpec.cpus``), ``None`` all. What only
     privilege could change (raising a hard limit or the priority) is left, as the
-    table says (``FELL_BACK``); nothing raises."""
+    table says (``FELL_BACK``); nothing else raises. Narrowing the affinity needs no
+    privilege (``pid`` is our child), so failing to (``OSError``: ``pid`` gone) raises:
+    a rebuild meant to see fewer CPUs never runs seeing all."""
     for name, res, soft, hard in RLIMITS:
         if res == resource.RLIMIT_STACK:
             continue  # set by the launcher (``launcher._Launcher._spawn``)
@@ -147,11 +153,35 @@ def fix_child(pid: int) -> None:
     # Fails (EINVAL) only if no CPU at all were allowed; the kernel intersects the mask
     # with the cpuset and the online CPUs.
     _setaffinity(pid, len(_ALL_CPUS), _ALL_CPUS)
+    if cpus is not None:
+        # The lowest-numbered of what the kernel left, not of kiln's own affinity
+        # (``taskset -c 1 kiln`` must not make the rebuild's CPU depend on it).
+        allowed = sorted(os.sched_getaffinity(pid))
+        if len(allowed) > cpus:
+            os.sched_setaffinity(pid, allowed[:cpus])
     with contextlib.suppress(OSError):
         if os.sched_getscheduler(pid) != os.SCHED_OTHER:
             os.sched_setscheduler(pid, os.SCHED_OTHER, os.sched_param(0))
     with contextlib.suppress(OSError):  # raising priority needs privilege
         os.setpriority(os.PRIO_PROCESS, pid, 0)
+
+
+def visible_cpus() -> int:
+    """How many CPUs a build sees here when its spec sets no ``cpus`` (its ``nproc``):
+    those the kernel leaves of an every-CPU affinity (the online CPUs kiln's cpuset
+    allows), whatever kiln's own affinity. Found on a short-lived thread of ours, whose
+    affinity is its own (``sched_setaffinity`` with pid 0 is per thread), as
+    ``fix_child`` finds it on bwrap."""
+    found: list[int] = []
+
+    def count() -> None:
+        if _setaffinity(0, len(_ALL_CPUS), _ALL_CPUS) == 0:
+            found.append(len(os.sched_getaffinity(0)))
+
+    t = threading.Thread(target=count, name="kiln-cpu-count", daemon=True)
+    t.start()
+    t.join()
+    return found[0] if found else len(os.sched_getaffinity(0))
 
 
 def high_fd(fd: int) -> int:

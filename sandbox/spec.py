@@ -11,7 +11,8 @@ Invariants (checked in ``__post_init__``, violations raise ``ValueError``):
   ``/proc``, ``/dev``, ``/etc``, ``/tmp`` or ``/build`` (those are the executor's), and
   no two mounts share a destination.
 * env names are non-empty, contain no ``=`` or NUL; values contain no NUL.
-* ``cores >= 1``; limits are ``None`` (unlimited) or positive.
+* ``cores >= 1``; ``cpus`` is ``None`` (every CPU) or ``>= 1``; limits are ``None``
+  (unlimited) or positive.
 
 The environment a build sees is exactly ``spec.env`` overlaid with ``fixed_env(spec)``:
 the fixed variables always win, so a recipe cannot change e.g. ``SOURCE_DATE_EPOCH``
@@ -74,7 +75,12 @@ class SandboxSpec:
     ``timeout`` is wall-clock seconds, ``max_silent`` seconds without output,
     ``max_log_bytes`` the log size cap; ``None`` means unlimited. ``umask`` is 022 for
     builds; ``kiln build --check --vary`` rebuilds with another one to expose builds
-    that depend on it.
+    that depend on it. ``cpus`` is how many CPUs the build may see at most (its CPU
+    affinity, hence ``nproc``: the lowest-numbered of those it would otherwise get);
+    ``None``, for every build, means all the CPUs the executor's machine allows
+    (``procstate``'s table). ``--check --vary`` sets 1 to expose builds whose output
+    depends on the CPU count (``make -j$(nproc)``); ``cores`` (``KILN_CORES``) is
+    independent of it.
     """
 
     argv: tuple[str, ...]
@@ -92,6 +98,7 @@ class SandboxSpec:
     gid: int = 1000
     hostname: str = "localhost"
     umask: int = 0o022
+    cpus: int | None = None
 
     def __post_init__(self) -> None:
         put = object.__setattr__
@@ -127,6 +134,10 @@ class SandboxSpec:
         put(self, "rw_mounts", rw)
         if not isinstance(self.cores, int) or self.cores < 1:
             raise ValueError(f"cores: expected an integer >= 1, found {self.cores!r}")
+        if self.cpus is not None and (
+            not isinstance(self.cpus, int) or isinstance(self.cpus, bool) or self.cpus < 1
+        ):
+            raise ValueError(f"cpus: expected an integer >= 1 or None, found {self.cpus!r}")
         for name in ("timeout", "max_silent", "max_log_bytes"):
             v = getattr(self, name)
             if v is not None and not v > 0:

@@ -68,7 +68,7 @@ def make_spec(
     dirs_made: bool = False,
 ) -> tuple[SandboxSpec, Path, list[str]]:
     """Return ``(spec, scratch_store_dir, input_closure)`` for building ``drv`` in ``tmp``
-    (``vary``, a ``vary.Variation``, overrides cores and umask for a varied rebuild;
+    (``vary``, a ``vary.Variation``, overrides cores, umask and CPUs for a varied rebuild;
     ``pending``, a ``stagedbuild.Pending``, holds this builder's staged outputs, which
     count as valid inputs). With ``vary.reorder_dirents`` the inputs and the toolchain
     are bound from ``vary.inputs_view(tmp)``, which the caller mounts for the run
@@ -125,6 +125,7 @@ def make_spec(
         rootfs=source(rootfs) if rootfs else None,
         cores=(vary.cores if vary and vary.cores else None) or opts.cores or os.cpu_count() or 1,
         umask=vary.umask if vary and vary.umask is not None else 0o022,
+        cpus=vary.cpus if vary else None,  # (None: every CPU, as every ordinary build)
         timeout=opts.timeout,
         max_silent=opts.max_silent,
         max_log_bytes=opts.max_log_bytes,

@@ -9,6 +9,9 @@ condition                   how                                              nee
 ==========================  ===============================================  ============
 host build/store dirs       a different, deeper scratch directory            —
 ``KILN_CORES``              1 if the first build had more, else 2            —
+CPUs the build can use      1 (its CPU affinity: ``nproc`` says 1) where     2 CPUs
+                            builds here see more; on a 1-CPU machine not
+                            varied, and ``describe`` says so
 umask                       077 instead of 022                               —
 directory order             every directory the build lists (/build, the     disorderfs
                             scratch store dir, each input and the toolchain)
@@ -24,6 +27,14 @@ without reordering, as without disorderfs; ``describe`` says why. The mounts are
 without ``allow_other``, which ``fusermount`` grants only to root unless
 ``user_allow_other`` is set in /etc/fuse.conf: the sandbox's user namespace maps its uid
 back to the user who mounted them, which FUSE lets in.
+
+The CPU count is this machine's (``kiln.sandbox.procstate.visible_cpus``: what an
+ordinary build's ``nproc`` says here), not the first build's, which provenance does not
+record: an output first built on a 1-CPU machine and checked here on one CPU is not
+caught. Only what reads the affinity sees the change (``nproc``, ``sched_getaffinity``,
+which e.g. ninja, Rust's ``available_parallelism`` and Go's ``NumCPU`` use); glibc's
+``get_nprocs`` (``getconf _NPROCESSORS_ONLN``, ``sysconf``) counts the CPUs online in
+``/sys`` or ``/proc/stat``, and ``/proc/cpuinfo`` lists them all: those are not varied.
 
 Linux time namespaces cannot shift ``CLOCK_REALTIME``, hence libfaketime. It is a host
 library, so it is mounted only into the varied rebuild, never into a build whose output
@@ -70,6 +81,10 @@ class Variation:
     faketime: str | None = None  # host path of libfaketime.so.1 to preload, or None
     #: why directory order is not varied, when disorderfs is there but could not mount
     reorder_skipped: str | None = None
+    #: at most this many CPUs for the rebuild (``SandboxSpec.cpus``), or None: all, as
+    #: the first build (a 1-CPU machine: ``cpus_seen`` says how many that is)
+    cpus: int | None = None
+    cpus_seen: int | None = None  # how many CPUs an ordinary build sees here
 
     def varied(self) -> list[str]:
         """What this variation actually changes, as stable labels (no host paths) for a
@@ -79,6 +94,8 @@ class Variation:
             out.append("build-directory")
         if self.cores is not None:
             out.append(f"KILN_CORES={self.cores}")
+        if self.cpus is not None:
+            out.append(f"cpus={self.cpus}")
         if self.umask is not None:
             out.append(f"umask={self.umask:03o}")
         if self.reorder_dirents:
@@ -93,6 +110,11 @@ class Variation:
             out.append(f"host build directory under {self.tmp_parent}")
         if self.cores is not None:
             out.append(f"KILN_CORES={self.cores}")
+        if self.cpus is not None:
+            seen = f" instead of {self.cpus_seen}" if self.cpus_seen is not None else ""
+            out.append(f"{_cpus(self.cpus)} visible (nproc){seen}")
+        elif self.cpus_seen is not None:
+            out.append(f"CPUs visible: not varied (builds here see {_cpus(self.cpus_seen)})")
         if self.umask is not None:
             out.append(f"umask {self.umask:03o}")
         out.append(
@@ -105,6 +127,10 @@ class Variation:
         else:
             out.append("wall clock: not shifted (libfaketime not installed)")
         return out
+
+
+def _cpus(n: int) -> str:
+    return f"{n} CPU" if n == 1 else f"{n} CPUs"
 
 
 FAKETIME_LIBS = (
@@ -125,14 +151,23 @@ def faketime_env() -> dict[str, str]:
     }
 
 
-def standard(top: Path, avoid_cores: Iterable[int]) -> Variation:
+def standard(top: Path, avoid_cores: Iterable[int], cpus_seen: int | None = None) -> Variation:
     """The variation ``--vary`` uses against a first build made with any of
     ``avoid_cores`` (``first_build_cores``): KILN_CORES is the smallest count not among
     them, so it really differs. ``top`` is a fresh directory (``varied``) the host
-    build directory goes three levels under, so its path differs in length too."""
+    build directory goes three levels under, so its path differs in length too.
+    ``cpus_seen``: how many CPUs an ordinary build sees (default: here,
+    ``procstate.visible_cpus``); the rebuild sees 1 if that is more, else all (not
+    varied)."""
+    if cpus_seen is None:
+        from kiln.sandbox.procstate import visible_cpus
+
+        cpus_seen = visible_cpus()
     avoid = set(avoid_cores)
     return Variation(
         cores=next(n for n in range(1, len(avoid) + 2) if n not in avoid),
+        cpus=1 if cpus_seen > 1 else None,
+        cpus_seen=cpus_seen,
         umask=0o077,
         tmp_parent=top / "a" / "deeper" / "path",
         reorder_dirents=shutil.which("disorderfs") is not None and os.path.exists("/dev/fuse"),

@@ -103,7 +103,8 @@ def test_argv_shape(tmp_path: Path) -> None:
     s = " ".join(a)
     for frag in (
         "--unshare-all --unshare-user --die-with-parent --new-session --cap-drop ALL",
-        "--perms 0755 --tmpfs /dev --dev-bind /dev/null /dev/null",
+        "--perms 0755 --size 536870912 --tmpfs /dev --dev-bind /dev/null /dev/null",
+        "--size 1073741824 --tmpfs /tmp",
         "--uid 1000 --gid 1000 --hostname localhost --clearenv",
         f"--ro-bind {root}/usr /usr --symlink usr/bin /bin",
         "--clearenv --seccomp 6",
