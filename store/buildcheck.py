@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .buildlogs import shown_output
 from .buildproduce import BuildError, keep_dir, output_too_slow, overdue
-from .buildtmp import owned_tmpdir, release_tmpdir
+from .buildtmp import LOG_NAME, owned_tmpdir, release_tmpdir
 from .derivation import Derivation
 from .errors import KilnError, StoreError
 from .hashes import Hash
@@ -96,6 +96,8 @@ class Checking:
             timeout = self.opts.timeout
             deadline = None if timeout is None else time.monotonic() + timeout
             produced = self._produce(drv_path, drv, tmp, vary, deadline=deadline)
+            if vary is not None and vary.faketime:
+                _clock_shift_took(drv_path, tmp / LOG_NAME)
             for name, o in drv.outputs:
                 info = infos[name]
                 if info is None:
@@ -168,6 +170,26 @@ class Checking:
                     f"  registered NAR hash: {c.registered}\n  rebuilt NAR hash:    {c.rebuilt}\n{c.differences}"
                 )
         self.say(f"{drv_path}: rebuild is bit-for-bit identical")
+
+
+def _clock_shift_took(drv_path: str, log: Path) -> None:
+    """``StoreError`` if the varied rebuild's log at ``log`` says the dynamic loader could
+    not preload libfaketime (one built for another glibc than the toolchain's, a broken
+    file): its programs then read the real clock, and a verdict labelled ``clock+3650d``
+    would claim a shift that was never made. glibc says so on the stderr of every
+    program that could not preload it, the build's first one included."""
+    from .vary import FAKETIME_IN_SANDBOX
+
+    sign = f"object '{FAKETIME_IN_SANDBOX}' from LD_PRELOAD cannot be preloaded".encode()
+    with contextlib.suppress(OSError), open(log, "rb") as f:
+        for line in f:
+            if sign in line:
+                raise StoreError(
+                    f"cannot check {drv_path} with a shifted clock: the rebuild's programs could not "
+                    f"load libfaketime ({shown_output(line.strip()[:300].decode(errors='replace'))}); its result would "
+                    "claim a clock shift that was not made. Install a libfaketime that works with the "
+                    "toolchain's C library, or remove it (the rebuild then says the clock was not varied)"
+                )
 
 
 def _hash_until(tree: Path, deadline: float, drv_path: str, timeout: float | None) -> Hash:

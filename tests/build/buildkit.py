@@ -55,9 +55,10 @@ class Graph:
         self.drvs: dict[str, Derivation] = {}
 
     def drv(
-        self, name: str, script: str, inputs: list[str] = (), outputs=("out",), env=None
+        self, name: str, script: str, inputs: list[str] = (), outputs=("out",), env=None, srcs=()
     ) -> tuple[str, Derivation]:
-        """A derivation running ``sh -c script``; ``inputs`` are .drv paths (their ``out``)."""
+        """A derivation running ``sh -c script``; ``inputs`` are .drv paths (their ``out``),
+        ``srcs`` more store paths it may read (sources)."""
         e = {"PATH": f"{self.bb}/bin", "name": name, **(env or {})}
         for i, p in enumerate(inputs):
             e[f"in{i}"] = self.drvs[p].output_path("out")
@@ -65,7 +66,7 @@ class Graph:
             name,
             outputs={o: Output() for o in outputs},
             input_drvs={p: ["out"] for p in inputs},
-            input_srcs=[self.bb],
+            input_srcs=[self.bb, *srcs],
             builder=f"{self.bb}/bin/busybox",
             args=["sh", "-c", script],
             env={**e, **{o: "" for o in outputs}},

@@ -14,6 +14,7 @@ import pytest
 
 from kiln.sandbox.bwrap import BwrapExecutor
 from kiln.store.build import Builder, BuildError, BuildFailures, BuildOptions, NotDeterministic
+from kiln.store.errors import StoreError
 
 pytestmark = [
     pytest.mark.bwrap,
@@ -639,3 +640,30 @@ def test_check_right_after_the_build_sees_another_second(store, graph):
     builder(store).realise([a])
     with pytest.raises(NotDeterministic):
         builder(store, check=True).realise([a])
+
+
+def test_check_vary_refuses_a_clock_shift_that_did_not_take(store, graph, tmp_path, monkeypatch):
+    """A libfaketime the toolchain's loader cannot preload leaves the rebuild on the real
+    clock: the check says so instead of passing under a shift it never made (a
+    dynamically linked program, run by the host's loader copied into the store, with a
+    garbage file as libfaketime)."""
+    from kiln.store import vary
+
+    if not (os.path.exists("/lib64/ld-linux-x86-64.so.2") and os.path.exists("/usr/bin/true")):
+        pytest.skip("needs the host's x86_64 loader, libc and /usr/bin/true")
+    rt = tmp_path / "rt"
+    (rt / "lib").mkdir(parents=True)
+    (rt / "bin").mkdir()
+    for lib in ("/lib64/ld-linux-x86-64.so.2", "/lib/x86_64-linux-gnu/libc.so.6"):
+        shutil.copy(os.path.realpath(lib), rt / "lib" / os.path.basename(lib))
+    shutil.copy("/usr/bin/true", rt / "bin" / "true")
+    p = store.add_path(rt, "host-runtime").path
+    garbage = tmp_path / "libfaketime.so.1"
+    garbage.write_bytes(b"not an ELF file\n")
+    monkeypatch.setattr(vary, "FAKETIME_LIBS", (str(garbage),))
+    a, _ = graph.drv(
+        "dyn", f"{p}/lib/ld-linux-x86-64.so.2 --library-path {p}/lib {p}/bin/true; echo > $out", srcs=[p]
+    )
+    builder(store).realise([a])
+    with pytest.raises(StoreError, match="could not load libfaketime"):
+        builder(store, check=True, vary=True).realise([a])
