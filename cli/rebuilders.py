@@ -11,11 +11,13 @@ hash is compared with the registered one; nothing is registered and the rebuilt 
 are deleted.
 
 The verdict is signed as a SLSA Verification Summary (``intoto.vsa``, PASSED with level
-``KILN_REPRODUCED`` on a match, FAILED otherwise) and stored beside every compared
-output as ``vsa-<keyid>`` (``attestations.record_vsa``), carried like provenance;
-``policy.verify_path`` counts independent rebuilders. A later verdict by the same key
-replaces the earlier one, dated at least one second after it (``verdicttime``: a clock
-gone back must not leave the older verdict standing).
+``KILN_REPRODUCED`` on a match, FAILED otherwise, also when the rebuild does not build)
+and stored beside every compared output as ``vsa-<keyid>`` (``rebuildverdict``,
+``attestations.record_vsa``), carried like provenance; ``policy.verify_path`` counts
+independent rebuilders. A later verdict by the same key replaces the earlier one, dated
+at least one second after it (``verdicttime``: a clock gone back must not leave the
+older verdict standing), except a PASSED made under fewer variations than the key's
+stored FAILED, which is refused with a warning (``store/vsareplace.py``).
 
 Signing happens in this process after the sandbox has exited; the key file is never
 mounted into a build. A rebuilder key that also signed the path's provenance is stored
@@ -32,13 +34,14 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kiln.store.errors import KilnError, StoreError
+
+from .rebuildverdict import OutputVerdict, render_verdicts  # noqa: F401 - cmd_rebuild renders through here
 
 if TYPE_CHECKING:
     from kiln.store.build import Builder
@@ -49,34 +52,6 @@ Say = Callable[[str], None]
 
 def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-@dataclass(frozen=True, slots=True)
-class OutputVerdict:
-    """One output of one rebuild. Hashes are ``sha256:<nix32>``, as Nix prints a NAR hash
-    and every ``--json`` of kiln does (``jsonout.hash_text``); ``vsa`` is the file the
-    signed verdict was stored in (``None`` when nothing was signed)."""
-
-    path: str
-    output: str
-    drv_path: str
-    registered: str
-    rebuilt: str
-    identical: bool
-    differences: str
-    vsa: str | None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "path": self.path,
-            "output": self.output,
-            "derivation": self.drv_path,
-            "registered": self.registered,
-            "rebuilt": self.rebuilt,
-            "reproduced": self.identical,
-            "differences": self.differences,
-            "vsa": self.vsa,
-        }
 
 
 def make_builder(
@@ -203,23 +178,25 @@ def rebuild_drv(
     store: Any, builder: Any, drv_path: str, signer: Any | None, *, say: Say | None = None, vary: bool = False
 ) -> list[OutputVerdict]:
     """Rebuild ``drv_path`` (outputs valid) and compare; with ``signer``, sign and store a
-    VSA beside every output. Returns one verdict per output. ``vary``: rebuild under
-    deliberately varied conditions (``kiln.store.vary.standard``: other host dirs,
-    KILN_CORES, umask, reversed directory order (build dir, outputs, inputs) where disorderfs is installed, the wall
-    clock ten years ahead where libfaketime is)."""
-    from kiln.store import attestations
+    VSA beside every output (``rebuildverdict``). Returns one verdict per output. ``vary``:
+    rebuild under deliberately varied conditions (``kiln.store.vary.standard``: other host
+    dirs, KILN_CORES, umask, reversed directory order (build dir, outputs, inputs) where
+    disorderfs is installed, the wall clock ten years ahead where libfaketime is).
+    A rebuild that does not build (``BuildError``) is a FAILED verdict, signed with
+    ``signer``; without a signer the ``BuildError`` is raised (nothing to record)."""
+    from kiln.store.build import BuildError
     from kiln.store.sandboxrun import input_paths
 
-    from .jsonout import hash_text
-    from .verdicttime import verdict_time
-    from .version import full_version
+    from . import rebuildverdict
 
     say = say or _stderr
     drv = builder.load([drv_path]).drvs[drv_path]
     # Keep the derivation, its outputs and the sandbox's inputs alive against a
     # concurrent GC for the whole rebuild (the .drv's own closure has no outputs in it).
     inputs = input_paths(drv, lambda p: builder.load([p]).drvs[p])
+    failure: BuildError | None = None
     with store.temp_root([drv_path, *(o.path for _, o in drv.outputs), *inputs]):
+        # (an input that does not build is no verdict about this path: its error goes up)
         ensure_inputs(builder, drv_path)
         with contextlib.ExitStack() as stack:
             variation = None
@@ -233,39 +210,16 @@ def rebuild_drv(
                 say(f"rebuilding {drv_path} with varied conditions: {'; '.join(variation.describe())}")
             else:
                 say(f"rebuilding {drv_path}")
-            comparisons = builder.rebuild(drv_path, variation)
-    now = time.time()
-    out = []
-    for c in comparisons:
-        vsa = None
-        if signer is not None:
-            vsa = str(
-                attestations.record_vsa(
-                    store,
-                    c.path,
-                    signer,
-                    passed=c.identical,
-                    verifier_version=full_version(),
-                    # not before this key's stored verdict (a clock gone back: ``verdicttime``)
-                    time_verified=verdict_time(store, c.path, signer.public_key, now, say),
-                    rebuilt_nar_sha256_hex=c.rebuilt.hex,
-                    derivation=drv_path,
-                    varied=variation.varied() if variation is not None else None,
-                )
-            )
-        out.append(
-            OutputVerdict(
-                c.path,
-                c.output,
-                drv_path,
-                hash_text(c.registered),
-                hash_text(c.rebuilt),
-                c.identical,
-                c.differences,
-                vsa,
-            )
-        )
-    return out
+            try:
+                comparisons = builder.rebuild(drv_path, variation)
+            except BuildError as e:
+                if signer is None:
+                    raise
+                failure = e
+    labels = variation.varied() if variation is not None else None
+    if failure is not None:
+        return rebuildverdict.failed_build(store, drv, drv_path, failure, signer, labels, say)
+    return rebuildverdict.compared(store, drv_path, comparisons, signer, labels, say)
 
 
 def rebuild_path(
@@ -275,30 +229,14 @@ def rebuild_path(
     return rebuild_drv(store, builder, deriver_of(store, path), signer, say=say, vary=vary)
 
 
-def render_verdicts(verdicts: list[OutputVerdict]) -> list[str]:
-    """Human-readable lines for ``kiln rebuild``: per output the verdict, and for a
-    mismatch both hashes and the differing files (with diffoscope's explanation)."""
-    lines = []
-    for v in verdicts:
-        if v.identical:
-            lines.append(f"{v.path}: reproduced (NAR {v.registered})")
-        else:
-            lines.append(f"{v.path}: NOT reproduced")
-            lines.append(f"  registered NAR hash: {v.registered}")
-            lines.append(f"  rebuilt NAR hash:    {v.rebuilt}")
-            lines += ["  " + line for line in v.differences.splitlines()]
-        if v.vsa:
-            lines.append(f"  signed {'PASSED' if v.identical else 'FAILED'} verification summary: {v.vsa}")
-    return lines
-
-
 # ---------------------------------------------------------------------------- report
 
 
 @dataclass(frozen=True, slots=True)
 class PackageResult:
     """One package of a reproducibility report. ``status``: ``reproduced``,
-    ``not reproduced`` or ``build failed`` (``error`` says why)."""
+    ``not reproduced`` or ``build failed`` (``error`` says why: the build, or the rebuild,
+    whose FAILED verdicts are then in ``outputs`` when a key signed them)."""
 
     file: str
     attr: str
@@ -343,6 +281,7 @@ def reproducibility(
     from kiln.store.build import BuildError
 
     from .buildglue import evaluate, write_drvs
+    from .rebuildverdict import build_failure_reason
 
     say = say or _stderr
     results: list[PackageResult] = []
@@ -367,11 +306,17 @@ def reproducibility(
                 continue
             try:
                 builder.realise([t.drv_path])
-                verdicts = rebuild_drv(store, builder, t.drv_path, signer, say=say, vary=vary)
             except BuildError as e:
                 results.append(PackageResult(f, t.attr, t.drv_path, (), str(e).splitlines()[0]))
                 continue
-            results.append(PackageResult(f, t.attr, t.drv_path, tuple(verdicts)))
+            try:
+                verdicts = rebuild_drv(store, builder, t.drv_path, signer, say=say, vary=vary)
+            except BuildError as e:  # (no signer: nothing recorded)
+                results.append(PackageResult(f, t.attr, t.drv_path, (), build_failure_reason(e)))
+                continue
+            failed = next((v for v in verdicts if v.build_error), None)
+            why = build_failure_reason(BuildError(t.drv_path, failed.build_error)) if failed else ""
+            results.append(PackageResult(f, t.attr, t.drv_path, tuple(verdicts), why))
     return results
 
 
@@ -383,9 +328,11 @@ def render_report(results: list[PackageResult]) -> list[str]:
         answer = {"reproduced": "yes", "not reproduced": "NO", "build failed": "build failed"}[r.status]
         lines.append(f"{r.attr:<{width}}  reproducible: {answer}")
         for v in r.outputs:
-            if not v.identical:
+            if not v.identical and not v.build_error:  # (a rebuild that did not build: ``error``)
                 lines.append(f"  {v.path}:")
                 lines += ["    " + line for line in v.differences.splitlines()]
+            if v.not_recorded:
+                lines.append(f"  {v.path}: no verification summary signed: {v.not_recorded}")
         if r.error:
             lines.append(f"  {r.error}")
     lines.append(summary(results))

@@ -18,6 +18,9 @@ Invariants
   path (by base name) as a subject, so a misfiled attestation cannot be stored.
 - Nothing here decides trust: envelopes are stored and returned as-is; verification is
   ``policy.verify_path``'s job.
+- A rebuilder's verdict replaces its stored one, except that ``record_vsa`` never lets
+  a PASSED made under fewer variations replace the same key's FAILED (``vsareplace``):
+  the latest verdict a verifier counts does not hide a failure the key found.
 - The directory is keyed by hash part only, so it survives nothing but the path itself:
   ``remove`` is for the garbage collector when the path goes.
 """
@@ -30,7 +33,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -94,14 +97,23 @@ def record_vsa(
     rebuilt_nar_sha256_hex: str | None = None,
     derivation: str | None = None,
     varied: list[str] | None = None,
+    build_error: str | None = None,
+    say: Callable[[str], None] | None = None,
 ) -> Path:
     """Rebuilder entry point: sign a VSA saying whether rebuilding valid ``path`` gave its
-    recorded NAR hash, and store it under this rebuilder's kind (``vsa_kind``)."""
+    recorded NAR hash, and store it under this rebuilder's kind (``vsa_kind``), replacing
+    the key's stored verdict. A PASSED never silently replaces the key's FAILED: one made
+    under fewer variations is refused (``vsareplace.VerdictKept``, before anything is
+    signed) and one under as many is reported to ``say`` (``vsareplace.check``).
+    ``build_error``: the rebuild did not build, and why (a FAILED, ``intoto.vsa``)."""
     from .intoto import vsa
+    from .vsareplace import check, stored_verdict
 
     info = store.query(str(path))
     if info is None:
         raise StoreError(f"cannot attest {path}: not a valid path in the store at {store.root}")
+    stored = stored_verdict(store, str(path), signer.public_key, info.nar_hash.hex)
+    notice = check(str(path), stored, passed=passed, varied=varied)
     st = vsa(
         _parse(path).base,
         info.nar_hash.hex,
@@ -112,8 +124,12 @@ def record_vsa(
         derivation=derivation,
         rebuilt_nar_sha256_hex=rebuilt_nar_sha256_hex,
         varied=varied,
+        build_error=build_error,
     )
-    return write(store, path, vsa_kind(signer.public_key), sign(st, [signer]))
+    written = write(store, path, vsa_kind(signer.public_key), sign(st, [signer]))
+    if notice is not None and say is not None:
+        say(notice)
+    return written
 
 
 def build_dependencies(
@@ -238,6 +254,11 @@ def _dir(store: Any, path: str | StorePath) -> Path:
     return Path(store.root) / "attestations" / _parse(path).hash_part
 
 
+def file_of(store: Any, path: str | StorePath, kind: str) -> Path:
+    """The file that holds (or would hold) ``path``'s attestation of ``kind``."""
+    return _dir(store, path) / f"{check_kind(kind)}{SUFFIX}"
+
+
 def check_writable(sp: StorePath, kind: str, envelope: Envelope) -> None:
     """What every write requires (``write``, ``attestgroup.GroupWriter``): a valid kind,
     an in-toto statement naming ``sp`` as a subject, and at least one signature."""
@@ -259,7 +280,7 @@ def write(store: Any, path: str | StorePath, kind: str, envelope: Envelope) -> P
     check_writable(sp, kind, envelope)
     d = _dir(store, sp)
     d.mkdir(parents=True, exist_ok=True)
-    target = d / f"{kind}{SUFFIX}"
+    target = file_of(store, sp, kind)
     # named by the writer's pid: GC removes the ones a killed writer left (``stale_temp``)
     fd, tmp = tempfile.mkstemp(prefix=f".{kind}-{os.getpid()}-", suffix=".tmp", dir=d)
     try:
@@ -280,7 +301,7 @@ def write(store: Any, path: str | StorePath, kind: str, envelope: Envelope) -> P
 def read(store: Any, path: str | StorePath, kind: str) -> Envelope | None:
     """The stored envelope of ``kind`` for ``path``, or ``None`` when there is none.
     A file that exists but does not parse raises ``FormatError`` naming it."""
-    f = _dir(store, path) / f"{check_kind(kind)}{SUFFIX}"
+    f = file_of(store, path, kind)
     try:
         data = f.read_bytes()
     except FileNotFoundError:

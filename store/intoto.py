@@ -22,7 +22,9 @@ URIs (stable; documented in docs/security.md):
 - ``BUILDER_LOCAL`` ``https://kiln.dev/builders/local/v1``: the local CLI, key held by the
   user (SLSA Build L1). Other modes must use other builder ids.
 - ``VERIFIER_REBUILD`` ``https://kiln.dev/verifiers/rebuild/v1``: ``kiln rebuild``'s VSA;
-  ``verifiedLevels`` contains ``KILN_REPRODUCED`` when the rebuild matched.
+  ``verifiedLevels`` contains ``KILN_REPRODUCED`` when the rebuild matched. Its
+  ``kiln_rebuild`` extension: ``derivation``, ``narSha256`` (the rebuilt digest),
+  ``varied`` (``--vary``), ``buildError`` (a FAILED whose rebuild did not build: why).
 """
 
 from __future__ import annotations
@@ -241,13 +243,18 @@ def vsa(
     derivation: str | None = None,
     rebuilt_nar_sha256_hex: str | None = None,
     varied: Iterable[str] | None = None,
+    build_error: str | None = None,
 ) -> dict[str, Any]:
     """A SLSA VSA v1 from a rebuilder: "this subject's NAR was (or was not) reproduced".
 
     ``verifiedLevels`` is ``["KILN_REPRODUCED"]`` when ``passed`` (an org-specific level, as
     the VSA spec allows), else ``["FAILED"]``. ``kiln_rebuild`` (an extension field) names
     the derivation, the digest the rebuild produced and, for a rebuild under varied
-    conditions (``--vary``), what was varied (``varied``, from ``Variation.varied``)."""
+    conditions (``--vary``), what was varied (``varied``, from ``Variation.varied``).
+    ``build_error``: the rebuild did not build (so there is no rebuilt digest), and why,
+    in one line (``kiln_rebuild.buildError``); only for a verdict that is not ``passed``."""
+    if build_error is not None and passed:
+        raise ValueError("a rebuild that did not build cannot have reproduced")
     policy: dict[str, Any] = {"uri": policy_uri}
     if policy_digest:
         policy["digest"] = dict(policy_digest)
@@ -268,6 +275,8 @@ def vsa(
         ext["narSha256"] = _check_hex(rebuilt_nar_sha256_hex, "rebuilt NAR digest")
     if varied is not None:
         ext["varied"] = list(varied)
+    if build_error is not None:
+        ext["buildError"] = build_error
     if ext:
         predicate["kiln_rebuild"] = ext
     return statement([subject(subject_name, nar_sha256_hex)], VSA_TYPE, predicate)
