@@ -42,7 +42,7 @@ whenever kiln dies, and it is reaped whatever interrupts kiln.
 Availability: the constructor locates bwrap and runs one probe sandbox with the very
 flags builds use; any failure raises ``SandboxUnavailable`` with bwrap's own message.
 The probe result is cached per binary for the life of the process, so per-build cost
-is one ``posix_spawn``, five memfds and three pipes — no file is written to disk.
+is one ``posix_spawn``, four memfds and five pipes — no file is written to disk.
 """
 
 from __future__ import annotations
@@ -126,7 +126,9 @@ def _adopt_init(proc: Bwrap, info_fd: int) -> None:
                 ) from None
             return
         left = deadline - time.monotonic()
-        if left <= 0 or not select.select([info_fd], [], [], left)[0]:
+        poller = select.poll()
+        poller.register(info_fd, select.POLLIN)
+        if left <= 0 or not poller.poll(int(left * 1000) + 1):
             raise SandboxError(f"bwrap did not name the sandbox's init within {_INFO_TIMEOUT:.0f} s")
         chunk = os.read(info_fd, 4096)
         if not chunk:
@@ -287,20 +289,35 @@ class BwrapExecutor(Executor):
         # metadata work under load, as much as the sandbox itself).
         fds: list[int] = []
         # One byte the sandbox reads once every mount is made, just before the seccomp
-        # filter and the builder's exec (bwrap's ``--block-fd``), written once kiln holds
-        # the sandbox's init (``_adopt_init``). Still unread after a failed run, it says
-        # bwrap failed to set the sandbox up: not the builder's failure (both exit with
-        # status 1). Our read end stays open to look.
-        setup_r, setup_w = os.pipe()
-        info_r, info_w = os.pipe()  # bwrap's ``--info-fd``: the init's pid
+        # filter and the builder's exec (bwrap's ``--block-fd``). Still unread after a
+        # failed run, it says bwrap failed to set the sandbox up: not the builder's
+        # failure (both exit with status 1). Our read end stays open to look.
+        # The seccomp filter goes through a pipe written (in one write of under PIPE_BUF
+        # bytes: all or nothing) once kiln holds the sandbox's init (``_adopt_init``):
+        # bwrap reads it to EOF right after the block byte, so the builder waits for it.
+        # If kiln dies first, bwrap reads nothing and both the init and the builder die
+        # applying an empty filter (EINVAL): no build runs orphaned.
+        # ``keep``: ours for the run (closed on a failure here); ``fds``: bwrap's (closed
+        # once it has its copies). Each fd is in one of them from the statement that
+        # makes it: nothing leaks, nothing is closed twice.
+        keep: list[int] = []
         try:
-            setup_r, setup_w, info_r, info_w = (high_fd(fd) for fd in (setup_r, setup_w, info_r, info_w))
+            setup_r, block_w = bwrapstart.pipe_above()
+            keep.append(setup_r)
+            fds.append(block_w)
+            os.write(block_w, b"\0")
+            info_r, info_w = bwrapstart.pipe_above()  # bwrap's ``--info-fd``: the init's pid
+            keep.append(info_r)
+            fds.append(info_w)
+            sec_r, setup_w = bwrapstart.pipe_above()
+            keep.append(setup_w)
+            fds.append(sec_r)
             # Each fd bwrap gets is at a fixed number in the child (``procstate.FIXED_FDS``),
             # whatever its number here: the sandbox's pid 1 (a fork of bwrap) is always
             # ``bwrap --args 3 --args 4 -- <argv>`` and holds the same fds in every build.
-            seccomp_fd = high_fd(memfd("kiln-seccomp", build_filter()))
-            fds.append(seccomp_fd)
-            child_fds = [(seccomp_fd, SECCOMP_FD), (setup_r, BLOCK_FD), (info_w, INFO_FD)]
+            seccomp = build_filter()
+            assert len(seccomp) <= select.PIPE_BUF
+            child_fds = [(sec_r, SECCOMP_FD), (setup_r, BLOCK_FD), (info_w, INFO_FD)]
             for name, data in etc_files(spec).items():
                 fd = high_fd(memfd("kiln-etc-" + name, data))
                 fds.append(fd)
@@ -325,19 +342,20 @@ class BwrapExecutor(Executor):
                 proc = bwrapstart.start(self.bwrap, argv[1:sep], argv[sep:], child_fds, spec.umask, spec.cpus)
                 self._live.add(proc)
         except OSError as e:
-            _close(setup_r, setup_w, info_r)
+            _close(*keep)
             raise SandboxUnavailable(f"cannot start the sandbox {self.bwrap}: {e}") from e
         except BaseException:
-            _close(setup_r, setup_w, info_r)
+            _close(*keep)
             raise
         finally:
-            _close(info_w, *fds)
+            _close(*fds)
         try:
             try:
                 with proc:
                     try:
                         _adopt_init(proc, info_r)
-                        os.write(setup_w, b"\0")  # the sandbox may run the builder now
+                        with contextlib.suppress(BrokenPipeError):  # bwrap failed: its status says why
+                            os.write(setup_w, seccomp)  # the sandbox may run the builder now
                     except BaseException:
                         kill_tree(proc)
                         raise

@@ -26,16 +26,22 @@ The sandbox's init (``Bwrap.adopt_init``): bwrap's exit does not prove the build
 Its init (pid 1 of the PID namespace, which bwrap forks) runs as the build's uid and is
 dumpable, so a build may ptrace it, clear its parent-death signal and write the eventfd
 bwrap's monitor waits on: bwrap then exits 0 while the build runs on (it could rewrite
-an output kiln is registering). So kiln holds a pidfd on the init and, once bwrap is
-reaped, waits ``INIT_GRACE`` seconds for it to end as it does by itself right after
-bwrap's monitor is told the command's status (with every process of its namespace: the
-kernel kills them when the init exits, and reports the init's exit only after), then
-kills it (``outlived``). Killing a sandbox (``kill``) kills the init too.
+an output kiln is registering). So kiln holds a pidfd on the init (``adopt_init``: the
+pid bwrap names, kept only if it is bwrap's child in the sandbox's PID namespace) and,
+once bwrap is reaped, kills it and waits for it to be gone: the kernel reports the
+init's exit only once every process of its namespace has exited. A legitimate init is
+then already ending: bwrap's exit sent it its parent-death SIGKILL, or it exited after
+telling bwrap the command's status. One that is not (alive, not exiting, no SIGKILL
+pending, seen twice 1 ms apart) had its parent-death signal cleared: ``outlived``, and
+the run is reported killed. No timing decides it: a process in uninterruptible sleep
+(a slow file system) only delays the end. Killing a sandbox (``kill``), an exception in
+the ``with`` block and closing it always kill the init too.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import select
 import signal
@@ -49,12 +55,9 @@ from .launcher import kill_and_reap, spawn
 from .limits import kill_tree
 from .procstate import GATE_FD, OPTIONS_FD, fix_child, high_fd
 
-#: How long the sandbox's init may take to end by itself once bwrap has exited (s); it
-#: is killed after. It normally ends within microseconds: only a build that took it
-#: over (ptrace) keeps it alive.
-INIT_GRACE = 5.0
-#: How long a killed init (and its namespace) may take to be gone (s)
-_INIT_KILLED = 10.0
+#: How long a killed init (and its namespace) may take to be gone (s): a process in
+#: uninterruptible sleep (a hung network file system) holds it up; kiln gives up then
+_INIT_KILLED = 60.0
 
 
 def memfd(name: str, data: bytes) -> int:
@@ -90,6 +93,7 @@ class Bwrap:
         self._wait_lock = threading.Lock()
         self._pidfd_lock = threading.Lock()  # kill() (any thread) vs closing the pidfds
         self._init_pidfd: int | None = None  # the sandbox's init (``adopt_init``)
+        self._init_pid = 0
         #: whether the init had to be killed after bwrap exited: the build forged its end
         self.outlived = False
 
@@ -100,10 +104,12 @@ class Bwrap:
         give to anyone: never signalled then)."""
         try:
             fd = os.pidfd_open(pid)
-        except OSError:  # gone (with its namespace), or kernel < 5.3
+        except ProcessLookupError:  # gone, with its namespace
             return
+        except OSError as e:  # kernel < 5.3, EMFILE...: never build unprotected, silently
+            raise SandboxError(f"cannot hold the sandbox's init (pidfd_open: {e.strerror})") from None
         try:
-            ours = os.stat(f"/proc/{pid}/ns/pid").st_ino == pid_ns
+            ours = os.stat(f"/proc/{pid}/ns/pid").st_ino == pid_ns and _ppid(pid) == self.pid
         except OSError:
             ours = False
         # (checked after the pidfd was opened: alive now, the pid is still that process's)
@@ -114,7 +120,7 @@ class Bwrap:
             if self._closed:
                 os.close(fd)
             else:
-                self._init_pidfd = fd
+                self._init_pidfd, self._init_pid = fd, pid
 
     def wait(self, timeout: float | None = None) -> int:
         """bwrap's exit status (-N: killed by signal N), waiting at most ``timeout``
@@ -127,7 +133,7 @@ class Bwrap:
             if left <= 0:
                 raise subprocess.TimeoutExpired("bwrap", timeout)  # type: ignore[arg-type]
             if self._pidfd is not None:
-                select.select([self._pidfd], [], [], left)
+                _ended(self._pidfd, left)
             else:  # kernel < 5.3: nothing to wait on but time
                 time.sleep(min(pause, left))
                 pause = min(2 * pause, 0.05)
@@ -155,7 +161,10 @@ class Bwrap:
 
     def kill(self) -> None:
         with self._pidfd_lock:
-            if self.returncode is not None or self._lost or self._closed:
+            if self._closed:
+                return
+            self._kill_init()
+            if self.returncode is not None or self._lost:
                 return  # reaped (the pid may be another process's now) or being reaped
             with contextlib.suppress(ProcessLookupError):
                 if self._pidfd is not None:
@@ -171,14 +180,16 @@ class Bwrap:
                 signal.pidfd_send_signal(self._init_pidfd, signal.SIGKILL)
 
     def _end_init(self) -> None:
-        """Once bwrap is reaped: see the init end by itself within ``INIT_GRACE``, else
-        kill it (``outlived``) and see it end. ``SandboxError`` if it does not."""
+        """Once bwrap is reaped: note whether the init outlived it (alive, not ending: see
+        the module docstring), kill it and see it end. ``SandboxError`` if it does not
+        within ``_INIT_KILLED``."""
         fd = self._init_pidfd
         if fd is None:
             return
-        if _ended(fd, INIT_GRACE):
-            return
-        self.outlived = True
+        if not (_ended(fd, 0) or _dying(self._init_pid)):
+            time.sleep(0.001)  # (seen twice: bwrap's exit and the signal it sends race our look)
+            if not (_ended(fd, 0) or _dying(self._init_pid)):
+                self.outlived = not _ended(fd, 0)  # (after: the /proc reads were of the init)
         with self._pidfd_lock:
             self._kill_init()
         if not _ended(fd, _INIT_KILLED):
@@ -191,12 +202,13 @@ class Bwrap:
 
     def __exit__(self, exc_type: object, *exc: object) -> None:
         try:
+            if exc_type is not None:  # an interrupted run: nothing of it is waited for alive
+                if self.returncode is None and not self._lost:
+                    kill_tree(self)  # (its group: bwrap's pid is still ours)
+                self.kill()
             self.stdout.close()
             try:
                 self.wait()
-                if exc_type is not None:  # (an interrupted run: no grace)
-                    with self._pidfd_lock:
-                        self._kill_init()
                 self._end_init()
             except SandboxError:
                 if exc_type is None:
@@ -204,6 +216,7 @@ class Bwrap:
                 # else the exception in flight says more (it interrupted our waitpid)
         finally:
             with self._pidfd_lock:
+                self._kill_init()  # (a no-op for an init seen gone; else it must not outlive us)
                 self._closed = True
                 for fd in (self._pidfd, self._init_pidfd):
                     if fd is not None:
@@ -213,8 +226,37 @@ class Bwrap:
 
 def _ended(pidfd: int, timeout: float) -> bool:
     """Whether the process of ``pidfd`` has exited, waiting up to ``timeout`` seconds
-    (a pidfd polls readable once its process has exited)."""
-    return bool(select.select([pidfd], [], [], timeout)[0])
+    (a pidfd polls readable once its process has exited). poll, not select: any fd number."""
+    p = select.poll()
+    p.register(pidfd, select.POLLIN)
+    return bool(p.poll(max(0, math.ceil(timeout * 1000))))
+
+
+#: ``PF_EXITING`` in the flags of ``/proc/PID/stat`` (the kernel's task flags)
+_PF_EXITING = 0x4
+#: SIGKILL's bit in the pending-signal masks of ``/proc/PID/status``
+_SIGKILL_BIT = 1 << (signal.SIGKILL - 1)
+
+
+def _ppid(pid: int) -> int:
+    """The parent pid of ``pid`` (``/proc/PID/stat``; ``OSError`` if it is gone)."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        return int(f.read().rsplit(b")", 1)[1].split()[1])
+
+
+def _dying(pid: int) -> bool:
+    """Whether ``pid`` is exiting or has SIGKILL pending (as bwrap's exit leaves a
+    legitimate init: its parent-death signal). True if it cannot be read (gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        with open(f"/proc/{pid}/status", "rb") as f:
+            pend = [int(line.split()[1], 16) for line in f if line.startswith((b"SigPnd:", b"ShdPnd:"))]
+    except (OSError, ValueError, IndexError):
+        return True
+    return (
+        fields[0] in (b"Z", b"X") or bool(int(fields[6]) & _PF_EXITING) or any(p & _SIGKILL_BIT for p in pend)
+    )
 
 
 def _nul_joined(options: list[str]) -> bytes:
@@ -226,7 +268,7 @@ _GATE = _nul_joined(list(GATED))
 assert len(_GATE) <= select.PIPE_BUF
 
 
-def _pipe() -> tuple[int, int]:
+def pipe_above() -> tuple[int, int]:
     """A pipe (close-on-exec) whose ends are above ``procstate.FIXED_FDS``; nothing left
     open if that fails."""
     r, w = os.pipe()
@@ -271,8 +313,8 @@ def start(
     proc: Bwrap | None = None
     try:
         owned.append(high_fd(memfd("kiln-bwrap-options", _nul_joined(options[len(GATED) :]))))
-        owned.extend(_pipe())
-        owned.extend(_pipe())
+        owned.extend(pipe_above())
+        owned.extend(pipe_above())
         owned.append(high_fd(os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)))  # as Popen's DEVNULL
         opts, gate_r, gate_w, out_r, out_w, null = owned
         child = [(null, 0), (out_w, 1), (out_w, 2), (gate_r, GATE_FD), (opts, OPTIONS_FD), *fds]

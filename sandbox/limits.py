@@ -72,9 +72,11 @@ class Process(Protocol):
 
 
 def kill_tree(proc: Process) -> None:
-    """SIGKILL the process group led by ``proc`` (started with start_new_session=True)."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
+    """SIGKILL the process group led by ``proc`` (started with start_new_session=True),
+    unless ``proc`` is reaped (its group id may be someone else's now), and ``proc.kill()``."""
+    if getattr(proc, "returncode", None) is None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
     with contextlib.suppress(ProcessLookupError):
         proc.kill()
 
@@ -86,8 +88,9 @@ def _drain(fd: int, deadline: float) -> None:
         left = deadline - time.monotonic()
         if left <= 0:
             return
-        r, _, _ = select.select([fd], [], [], left)
-        if r and not os.read(fd, _CHUNK):
+        p = select.poll()  # (not select: any fd number, a kiln with over 1024 open)
+        p.register(fd, select.POLLIN)
+        if p.poll(int(left * 1000) + 1) and not os.read(fd, _CHUNK):
             return
 
 
