@@ -199,6 +199,11 @@ def probe(bwrap: str, dev_sources: Mapping[str, str] = HOST) -> str:
         if outcome.breached is not None:
             raise SandboxUnavailable(f"cannot run the bubblewrap sandbox {bwrap}: no answer within 30 s")
         out = log.getvalue().decode(errors="replace").strip()
+        if outcome.returncode != 0 and "Unknown option" in out:  # (not a user-namespace problem)
+            raise SandboxUnavailable(
+                f"the bubblewrap at {bwrap} is too old for kiln ({out}): kiln needs bubblewrap 0.5 or "
+                "later (Debian 12 and Ubuntu 22.04 have it)"
+            )
         if outcome.returncode != 0 or not out.startswith("bubblewrap"):
             msg = out or f"exit status {outcome.returncode}"
             raise SandboxUnavailable(

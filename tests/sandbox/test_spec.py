@@ -34,6 +34,18 @@ def test_broken_bwrap_fails_the_probe(tmp_path: Path) -> None:
     assert "only inside a sandbox" in str(e.value)
 
 
+def test_an_old_bwrap_is_named_too_old(tmp_path: Path) -> None:
+    """bubblewrap < 0.5 has no --size (the tmpfs caps): said as such, not as a
+    user-namespace problem (bwrap 0.4's own words)."""
+    fake = tmp_path / "bwrap"
+    fake.write_text("#!/bin/busybox sh\necho 'bwrap: Unknown option --size' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    with pytest.raises(SandboxUnavailable) as e:
+        BwrapExecutor(fake)
+    assert "Unknown option --size" in str(e.value) and "0.5 or later" in str(e.value)
+    assert "user.max_user_namespaces" not in str(e.value)
+
+
 def test_probe_reports_version(executor: BwrapExecutor) -> None:
     assert executor.version.startswith("bubblewrap ")
 
