@@ -12,7 +12,8 @@ import os
 import sqlite3
 from pathlib import Path
 
-from test_full_disk import _fill, _kiln, _small_file_system
+from fskit import fill, small_file_system
+from test_full_disk import _kiln
 
 from kiln.store.reserve import DEFAULT_RESERVED
 
@@ -25,7 +26,7 @@ def _free(mnt: Path) -> int:
 
 def _fill_up(mnt: Path) -> None:
     """Take every free byte of ``mnt`` (``_fill`` may leave the last few blocks)."""
-    _fill(mnt)
+    fill(mnt)
     for i in range(1024):
         if _free(mnt) == 0:
             return
@@ -66,7 +67,7 @@ def _set_reserved(home: Path, value: object) -> None:
 
 
 def test_gc_on_a_disk_with_no_byte_free_frees_the_dead_paths_and_keeps_its_reserve(tmp_path: Path) -> None:
-    with _small_file_system(tmp_path, 64) as mnt:
+    with small_file_system(tmp_path, 64) as mnt:
         home = mnt / "home"
         dead = _add(home, tmp_path / "src", 3, 3 << 20)
         (live,) = _add(home, tmp_path / "live", 1, 1 << 10)
@@ -90,7 +91,7 @@ def test_gc_on_a_disk_with_no_byte_free_frees_the_dead_paths_and_keeps_its_reser
 
 
 def test_gc_that_frees_nothing_on_a_full_disk_leaves_the_reserve_for_the_next(tmp_path: Path) -> None:
-    with _small_file_system(tmp_path) as mnt:
+    with small_file_system(tmp_path) as mnt:
         home = mnt / "home"
         (live,) = _add(home, tmp_path / "src", 1, 1 << 10)
         assert _kiln("store", "add-root", "r", live, home=home).returncode == 0
@@ -107,7 +108,7 @@ def test_gc_that_frees_nothing_on_a_full_disk_leaves_the_reserve_for_the_next(tm
 def test_info_and_verify_read_a_store_on_a_full_disk(tmp_path: Path) -> None:
     """Neither can make SQLite's -shm there: they open the database in exclusive locking
     mode instead, and ``info`` keeps its path from GC without writing a temp root."""
-    with _small_file_system(tmp_path) as mnt:
+    with small_file_system(tmp_path) as mnt:
         home = mnt / "home"
         (path,) = _add(home, tmp_path / "src", 1, 1 << 10)
         _fill_up(mnt)
@@ -121,12 +122,12 @@ def test_info_and_verify_read_a_store_on_a_full_disk(tmp_path: Path) -> None:
 
 
 def test_a_store_with_less_room_than_the_reserve_opens_and_works_without_one(tmp_path: Path) -> None:
-    with _small_file_system(tmp_path) as mnt:
+    with small_file_system(tmp_path) as mnt:
         home = mnt / "home"
         assert _kiln("store", "init", home=home).returncode == 0
         (home / "reserved").unlink()
         # 12 MiB free: a reserve of 8 would leave less than its own size free
-        _fill(mnt, leave=12 << 20)
+        fill(mnt, leave=12 << 20)
         assert 8 << 20 < _free(mnt) < 16 << 20
         (path,) = _add(home, tmp_path / "src", 1, 1 << 20)
         assert not (home / "reserved").exists()
@@ -146,7 +147,7 @@ def test_a_store_with_less_room_than_the_reserve_opens_and_works_without_one(tmp
 
 
 def test_the_reserve_follows_the_config(tmp_path: Path) -> None:
-    with _small_file_system(tmp_path) as mnt:
+    with small_file_system(tmp_path) as mnt:
         home = mnt / "home"
         assert _kiln("store", "init", home=home).returncode == 0
         assert _allocated(home / "reserved") == DEFAULT_RESERVED
@@ -167,7 +168,7 @@ def test_the_reserve_follows_the_config(tmp_path: Path) -> None:
 def test_without_a_reserve_a_gc_whose_trash_cannot_be_made_deletes_no_row(tmp_path: Path) -> None:
     """The trash (``tmp/gc-*``) is made before any row is deleted: a GC that cannot make
     it stops with every dead path still valid, not unregistered with its files in place."""
-    with _small_file_system(tmp_path) as mnt:
+    with small_file_system(tmp_path) as mnt:
         home = mnt / "home"
         assert _kiln("store", "init", home=home).returncode == 0
         _set_reserved(home, 0)
