@@ -6,6 +6,11 @@ leaves a partial key and a key is never world-readable for an instant. A secret 
 that group or others may read is refused, as ssh does. A file that is a secret key file
 by its name or mode is never shown as a public key unless it holds a secret key
 (``public_key_of``): a seed alone is spelled as a public key is.
+
+A process that has loaded a secret key writes no core dump (``load_secret_key`` sets
+its soft ``RLIMIT_CORE`` to 0): a crash of a long-running ``kiln serve --sign-key``
+would otherwise hand the key, in its memory, to the host's ``core_pattern`` handler
+(systemd-coredump keeps dumps on disk).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import resource
 import stat
 import tempfile
 
@@ -47,13 +53,22 @@ def load_secret_key(path: str | os.PathLike) -> SecretKey:
             f"run: chmod 600 {os.fspath(path)}"
         )
     try:
-        return SecretKey.parse(text)
+        key = SecretKey.parse(text)
     except FormatError as e:
         if _is_public_key(text):
             raise FormatError(
                 f"{os.fspath(path)} is a public key; signing needs the secret key (NAME.sec)"
             ) from None
         raise FormatError(f"{os.fspath(path)}: {e}") from None
+    _no_core_dumps()
+    return key
+
+
+def _no_core_dumps() -> None:
+    """No core dump of this process from now on (the module docstring): soft limit 0,
+    the hard one left (lowering it is for good)."""
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
 
 
 def load_public_key(path: str | os.PathLike) -> PublicKey:
