@@ -315,7 +315,7 @@ def reproducibility(
                 results.append(PackageResult(f, t.attr, t.drv_path, (), build_failure_reason(e)))
                 continue
             failed = next((v for v in verdicts if v.build_error), None)
-            why = build_failure_reason(BuildError(t.drv_path, failed.build_error)) if failed else ""
+            why = build_failure_reason(failed.build_error) if failed else ""
             results.append(PackageResult(f, t.attr, t.drv_path, tuple(verdicts), why))
     return results
 

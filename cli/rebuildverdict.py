@@ -69,7 +69,7 @@ class OutputVerdict:
         }
 
 
-def build_failure_reason(error: BaseException) -> str:
+def build_failure_reason(error: BaseException | str) -> str:
     """What a FAILED VSA says of a rebuild that did not build: the error's first line
     (not the log tail: the whole log is ``kiln log --check``'s), printable, at most
     ``REASON_MAX`` characters. Control characters and undecodable bytes are escaped, so

@@ -24,7 +24,7 @@ Contract:
 
 from __future__ import annotations
 
-from urllib.parse import quote
+from kiln.store.aptlock import package_url
 
 from . import nodes as ast
 from .errors import BadValue, RecipeTypeError, did_you_mean
@@ -69,7 +69,7 @@ def resolve(value: object, expr: ast.Node, toolchain: DrvValue | None) -> str:
                 node.pos,
             )
         e = lock[name]
-        purl = f"pkg:deb/debian/{quote(name, safe='')}@{quote(e['version'], safe='')}?arch={quote(e['arch'], safe='')}"
+        purl = package_url(name, e["version"], e["arch"])
         if purl not in purls:
             purls.append(purl)
     return " ".join(purls)

@@ -171,7 +171,6 @@ class Bwrap:
                     signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
                 else:
                     os.kill(self.pid, signal.SIGKILL)
-            self._kill_init()
 
     def _kill_init(self) -> None:
         """SIGKILL the sandbox's init, if held (under ``_pidfd_lock``)."""
@@ -204,8 +203,9 @@ class Bwrap:
         try:
             if exc_type is not None:  # an interrupted run: nothing of it is waited for alive
                 if self.returncode is None and not self._lost:
-                    kill_tree(self)  # (its group: bwrap's pid is still ours)
-                self.kill()
+                    kill_tree(self)  # (its group too: bwrap's pid is still ours; and ``kill``)
+                else:
+                    self.kill()  # (the init)
             self.stdout.close()
             try:
                 self.wait()

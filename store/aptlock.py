@@ -19,6 +19,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 from .debpin import DebIdentity, DebPin
 from .errors import FormatError
@@ -45,6 +46,13 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 _BAD_CHAR = re.compile(r"[\s\x00-\x1f\x7f-\x9f]")
 # a lone surrogate cannot be written to the (UTF-8) lock file at all
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
+def package_url(name: str, version: str, arch: str) -> str:
+    """The package URL (purl) of a Debian package: ``pkg:deb/debian/<name>@<version>?arch=<arch>``,
+    name and version percent-encoded (``+`` as ``%2B``, an epoch's ``:`` as ``%3A``), as
+    SBOMs name a lock entry (``sbom``) and ``debian_packages`` records it (``kiln.lang``)."""
+    return f"pkg:deb/debian/{quote(name, safe='')}@{quote(version, safe='')}?arch={quote(arch, safe='')}"
 
 
 def lock_value_problem(field: str, value: object) -> str | None:

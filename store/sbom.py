@@ -41,8 +41,9 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, unquote
+from urllib.parse import unquote
 
+from .aptlock import package_url
 from .derivation import Derivation
 from .derivers import Derivers
 from .errors import FormatError, StoreError
@@ -100,7 +101,7 @@ def deb_package(url: str) -> tuple[str, str, str] | None:
     if len(parts) != 3 or not all(parts):
         return None
     name, version, arch = parts[0], unquote(parts[1]), parts[2]
-    return name, version, f"pkg:deb/debian/{quote(name, safe='')}@{quote(version, safe='')}?arch={arch}"
+    return name, version, package_url(name, version, arch)
 
 
 _DEB_PURL = re.compile(r"pkg:deb/debian/([^/@?#\s]+)@([^/@?#\s]+)\?arch=([A-Za-z0-9_-]+)\Z")
