@@ -16,7 +16,8 @@ attestation (tampered with, or not the path's) still imports and roots the paths
 their own signatures vouch for, and then fails (exit 1) naming each refused one; so does a
 push, or a copy between registries, whose destination refuses an attestation (not
 signed by a key it trusts, signed time ahead of its clock, ...): the paths and the index
-are published, the command exits 1.
+are published, the command exits 1. Likewise a push whose ``--sign-key`` signature (or a
+rotated key's) the registry did not merge into a path it had.
 ``kiln copy --to store --index-root ROOT``: the source's signed index is checked first,
 as ``kiln mirror sync --root`` checks it, and only what it lists is taken
 (``registry.indexstate``: the versions seen are kept under the store root).
@@ -90,7 +91,7 @@ def cmd_push(argv: list[str]) -> int:
         + (f"; {rep.index}" if rep.index else "")
     )
     for why in rep.signatures_refused[:10]:
-        print(f"warning: the registry did not take the new signature of {why}", file=sys.stderr)
+        print(f"error: the registry did not take the new signature of {why}", file=sys.stderr)
     for why in rep.attestations_refused[:10]:
         print(f"error: the registry refused the attestation {why}", file=sys.stderr)
     if any("trusted" in why for why in rep.attestations_refused):
@@ -104,8 +105,14 @@ def cmd_push(argv: list[str]) -> int:
         ("attestations", len(rep.attestations_refused)),
     ):
         if n > 10:
-            print(f"warning: ... and {n - 10} more {what} not taken", file=sys.stderr)
-    return _attestations_refused(rep.attestations_refused)
+            print(f"error: ... and {n - 10} more {what} not taken", file=sys.stderr)
+    if rep.signatures_refused:
+        print(
+            f"error: the registry did not keep {len(rep.signatures_refused)} signature(s) (named above): the "
+            "paths are published without them (does it trust the key? kiln serve --trusted-key)",
+            file=sys.stderr,
+        )
+    return _attestations_refused(rep.attestations_refused) or (1 if rep.signatures_refused else 0)
 
 
 #: what ``registry.attest_rules.future_problem`` says of a signed time ahead of the registry's clock

@@ -28,7 +28,8 @@ narinfo without its NAR or its references):
 6. send again the narinfo of every published path that lacks a signature the store
    holds by this push's ``--sign-key`` or by a rotated key of a signer already there
    (``NAME-2`` where ``NAME-1`` signed: ``kiln key rotate --resign``); the registry
-   merges what it trusts, and a refusal is reported, not fatal. Other signatures (a
+   merges what it trusts; one it does not keep is reported, and ``kiln push`` then exits
+   1 (a new path's narinfo keeps every signature it came with). Other signatures (a
    local build key's) are never re-sent: they would go on every push, never merged.
    Also every published path whose ``CA:`` differs from the store's (the registry
    replaces a false one with the checked one it is sent: ``admitca``);

@@ -78,6 +78,27 @@ def test_push_sends_new_signatures_of_published_paths(pushed, keys, tmp_path, ki
     assert rep.signatures_updated == 0 and len(rep.signatures_refused) == 5
 
 
+def test_a_push_whose_signature_the_registry_drops_exits_1(pushed, keys, tmp_path) -> None:
+    """``--sign-key`` with a key the registry does not trust: the push publishes what is
+    new (the narinfo keeps every signature it came with) but fails, naming each published
+    path whose new signature the registry did not merge."""
+    from kiln.store.signing import sign_info
+
+    store, chain, _leaf, reg, tok, srv = pushed
+    (tmp_path / "other").mkdir()
+    other = Keys(tmp_path / "other", "elsewhere-1")
+    new = add_tree(store, tmp_path, "fresh", "fresh\n")
+    store.add_signatures(new, [sign_info(store.query(new), keys.sk)])
+    r = kiln("push", "--store", str(store.root), chain[0], new, "--to", srv.url, "--token", tok,
+             "--sign-key", str(other.sk_file))  # fmt: skip
+    assert r.returncode == 1, r.stderr
+    assert "pushed 1 of 2 paths" in r.stdout
+    assert f"error: the registry did not take the new signature of {chain[0]}: not kept" in r.stderr
+    assert "did not keep 1 signature(s)" in r.stderr and "--trusted-key" in r.stderr
+    assert "elsewhere-1" not in (reg / f"{chain[0].split('/')[-1][:32]}.narinfo").read_text()
+    assert "Sig: elsewhere-1:" in (reg / f"{new.split('/')[-1][:32]}.narinfo").read_text()
+
+
 def test_a_push_cut_off_before_publishing_publishes_on_the_rerun(pushed, keys, tmp_path) -> None:
     """Uploads that landed without the index publication (the connection dropped after
     them): the re-run has nothing to upload but still publishes, so the signed index lists
