@@ -10,7 +10,11 @@ by its name or mode is never shown as a public key unless it holds a secret key
 A process that has loaded a secret key writes no core dump (``load_secret_key`` sets
 its soft ``RLIMIT_CORE`` to 0): a crash of a long-running ``kiln serve --sign-key``
 would otherwise hand the key, in its memory, to the host's ``core_pattern`` handler
-(systemd-coredump keeps dumps on disk).
+(systemd-coredump keeps dumps on disk). It also makes itself non-dumpable
+(``PR_SET_DUMPABLE`` 0): another process of the same user can no longer attach to it or
+read its memory through ``/proc/PID/mem`` (Debian's default ``ptrace_scope`` is 0, so any
+of that user's processes could); root still can. Programs it runs are dumpable again
+(``execve`` resets the flag).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import os
 import resource
 import stat
 import tempfile
+from typing import Any
 
 from .errors import FormatError, KilnError
 from .signing import PublicKey, SecretKey, may_be_secret
@@ -65,10 +70,24 @@ def load_secret_key(path: str | os.PathLike) -> SecretKey:
 
 
 def _no_core_dumps() -> None:
-    """No core dump of this process from now on (the module docstring): soft limit 0,
-    the hard one left (lowering it is for good)."""
+    """No core dump of this process from now on, and no same-user ptrace (the module
+    docstring): soft limit 0, the hard one left (lowering it is for good); then
+    ``PR_SET_DUMPABLE`` 0 where the C library offers ``prctl``."""
     with contextlib.suppress(ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
+    global _prctl
+    if _prctl is None:
+        import ctypes
+
+        try:
+            _prctl = ctypes.CDLL(None, use_errno=True).prctl
+        except (OSError, AttributeError):  # not glibc/musl on Linux: the rlimit alone
+            return
+    _prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
+
+
+_PR_SET_DUMPABLE = 4
+_prctl: Any = None  # libc.prctl, once looked up
 
 
 def load_public_key(path: str | os.PathLike) -> PublicKey:

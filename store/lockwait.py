@@ -47,7 +47,7 @@ def describe_process(pid: int) -> str:
     with contextlib.suppress(OSError):
         bits.append(Path(f"/proc/{pid}/comm").read_text().strip())
     try:
-        uid = os.stat(f"/proc/{pid}").st_uid
+        uid = _real_uid(pid)
         try:
             import pwd
 
@@ -57,6 +57,15 @@ def describe_process(pid: int) -> str:
     except OSError:
         pass
     return f"process {pid}" + (f" ({', '.join(bits)})" if bits else "")
+
+
+def _real_uid(pid: int) -> int:
+    """The real uid of ``pid``, from its ``status`` (not the owner of ``/proc/PID``, which
+    is root for a process that made itself non-dumpable, as one holding a key does)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Uid:"):
+            return int(line.split()[1])
+    raise OSError(f"no Uid in /proc/{pid}/status")
 
 
 def lock_name(path: Path) -> str:
