@@ -47,7 +47,8 @@ def make_substituter(
     ``--trusted-key`` (key text or a .pub file) plus ``KILN_TRUSTED_KEYS``; the threshold
     from ``--sigs-needed`` or ``KILN_SIGS_NEEDED`` (default 1). A ``--private``
     registry's read token comes from ``KILN_SUBSTITUTER_TOKENS`` (``URL=TOKEN`` pairs,
-    whitespace-separated; each token goes to its own URL only). Each missing path is
+    whitespace-separated; each token goes to its own URL only) or the file
+    ``KILN_SUBSTITUTER_TOKENS_FILE`` names (``tokenargs.substituter_tokens``). Each missing path is
     fetched with its whole closure; a path whose closure cannot be completed from the
     registries, or that fails verification, stays missing (and is built), with a
     warning. An unreachable registry is a miss, never a failure. Attestations come along
@@ -78,13 +79,9 @@ def make_substituter(
         from .common import warn_no_signatures
 
         warn_no_signatures("substitutes are fetched")
-    tokens = {}
-    for item in os.environ.get("KILN_SUBSTITUTER_TOKENS", "").split():
-        url, eq, token = item.rpartition("=")
-        if not eq or not url or not token:
-            raise KilnError("KILN_SUBSTITUTER_TOKENS: expected URL=TOKEN pairs separated by spaces")
-        tokens[url] = token
-    sub = Substituter(regs, keys, needed, tokens=tokens)
+    from .tokenargs import substituter_tokens
+
+    sub = Substituter(regs, keys, needed, tokens=substituter_tokens())
     said: set[str] = set()
 
     def say_what_was_not_used() -> None:

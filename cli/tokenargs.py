@@ -20,6 +20,10 @@ file, or one holding more than one word or a control character, is refused witho
 showing its content. ``-`` is standard input (a pipe; a file redirected there is held to
 the mode rule too), for one option only.
 
+``kiln build``'s substituters take their tokens from ``KILN_SUBSTITUTER_TOKENS`` or, kept
+out of the environment, from the file ``KILN_SUBSTITUTER_TOKENS_FILE`` names
+(``substituter_tokens``).
+
 A URL or directory option (or ``kiln verify``'s TARGET) given a kiln token (pasted into
 the wrong place: ``check_not_token``) is a usage error that names only the token's id: a
 directory named after the token would otherwise be created, and the token shown in
@@ -96,13 +100,27 @@ def resolve(args: argparse.Namespace, *opts: TokenOption) -> None:
 def read_token_file(path: str, flag: str) -> str:
     """The token in file ``path`` (``-``: standard input), given as ``flag``; ``KilnError``
     if it cannot be read or is refused (module docstring). The content is never shown."""
-    from kiln.store.keyfiles import read_key_file  # bounded, FIFO-safe
-
     if path != STDIN and looks_like_token(path) and not os.path.lexists(path):
         raise UsageError(
             f"{flag} was given {shown_token(path)}, which looks like a token itself, not a file: put the "
             "token in a file with mode 0600 and give the file"
         )
+    name = "standard input" if path == STDIN else path
+    text = _secret_text(path, flag)
+    if any(c.isspace() or not c.isprintable() for c in text):
+        raise KilnError(
+            f"token file {name} holds more than a token (a space, a second line or a control "
+            "character; not shown): a token file holds the token alone"
+        )
+    return text
+
+
+def _secret_text(path: str, flag: str) -> str:
+    """The ASCII text of the token file ``path`` (``-``: standard input) given as ``flag``,
+    stripped; ``KilnError`` if it cannot be read, group or others may access it, or it is
+    not ASCII or empty. Nothing of its content is ever shown."""
+    from kiln.store.keyfiles import read_key_file  # bounded, FIFO-safe
+
     name = "standard input" if path == STDIN else path
     try:
         mode, raw = read_key_file("/dev/stdin" if path == STDIN else path, "token")
@@ -119,12 +137,38 @@ def read_token_file(path: str, flag: str) -> str:
         raise KilnError(f"token file {name} holds non-ASCII bytes: not a token") from None
     if not text:
         raise KilnError(f"token file {name} is empty")
-    if any(c.isspace() or not c.isprintable() for c in text):
-        raise KilnError(
-            f"token file {name} holds more than a token (a space, a second line or a control "
-            "character; not shown): a token file holds the token alone"
-        )
     return text
+
+
+SUBSTITUTER_TOKENS = "KILN_SUBSTITUTER_TOKENS"
+SUBSTITUTER_TOKENS_FILE = "KILN_SUBSTITUTER_TOKENS_FILE"
+
+
+def substituter_tokens() -> dict[str, str]:
+    """The read token of each ``--private`` substituter of ``kiln build``, by URL:
+    ``URL=TOKEN`` pairs separated by spaces or newlines, from the file that
+    ``$KILN_SUBSTITUTER_TOKENS_FILE`` names (held to the token file rules; lines starting
+    with ``#`` are skipped) or from ``$KILN_SUBSTITUTER_TOKENS``. Both set is an error, as
+    an option and its file form are. ``KilnError`` on a malformed pair, never showing it."""
+    path = os.environ.get(SUBSTITUTER_TOKENS_FILE) or None
+    inline = os.environ.get(SUBSTITUTER_TOKENS, "")
+    if path is not None and inline.strip():
+        raise KilnError(
+            f"{SUBSTITUTER_TOKENS} and {SUBSTITUTER_TOKENS_FILE} are both set: give the tokens one way"
+        )
+    text = _secret_text(path, SUBSTITUTER_TOKENS_FILE) if path is not None else inline
+    source = f"{SUBSTITUTER_TOKENS_FILE} {path}" if path is not None else SUBSTITUTER_TOKENS
+    tokens: dict[str, str] = {}
+    for n, line in enumerate(text.splitlines(), 1):
+        if line.lstrip().startswith("#"):
+            continue
+        for item in line.split():
+            url, eq, token = item.rpartition("=")
+            if not eq or not url or not token:
+                where = f", line {n}" if path is not None else ""
+                raise KilnError(f"{source}{where}: expected URL=TOKEN pairs separated by spaces (not shown)")
+            tokens[url] = token
+    return tokens
 
 
 def _stdin_file() -> str:

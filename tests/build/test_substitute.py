@@ -182,8 +182,9 @@ def test_unreachable_registry_is_a_miss(served):
 
 
 def test_a_private_registry_is_read_with_its_token(served, tmp_path):
-    """``KILN_SUBSTITUTER_TOKENS`` gives each substituter URL its read token; without one
-    a ``--private`` registry answers 401, a miss, and the build runs locally."""
+    """``KILN_SUBSTITUTER_TOKENS`` (or, here, the file ``KILN_SUBSTITUTER_TOKENS_FILE``
+    names) gives each substituter URL its read token; without one a ``--private``
+    registry answers 401, a miss, and the build runs locally."""
     url, key, app, app_drv, b_store, home = served
     reg = tmp_path / "private-reg"
 
@@ -199,7 +200,10 @@ def test_a_private_registry_is_read_with_its_token(served, tmp_path):
     srv, private = _serve("--dir", str(reg), "--private")
     try:
         trust = ("--substituter", private, "--trusted-key", key.public().to_text())
-        r = kiln("build", app, *trust, env_home=home, KILN_SUBSTITUTER_TOKENS=f"{private}={token}")
+        tokens = tmp_path / "tokens"
+        tokens.write_text(f"# read tokens\n{private}={token}\nhttp://elsewhere=kiln_x_y\n")
+        tokens.chmod(0o600)
+        r = kiln("build", app, *trust, env_home=home, KILN_SUBSTITUTER_TOKENS_FILE=str(tokens))
         assert r.returncode == 0, r.stderr
         assert "building" not in r.stderr and r.stdout.strip() == app_drv.output_path()
         assert b_store.query(app_drv.output_path()).sigs
