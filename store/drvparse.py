@@ -3,7 +3,9 @@
 Pure format code, no I/O. Strict: only the canonical form ``Derivation.serialize``
 writes is accepted (sorted, unique keys; no trailing data), so ``parse(serialize(d)) ==
 d`` (up to the name, which lives in the store path) and a text that parses serializes
-back to the same bytes. Anything else is a ``FormatError`` naming where.
+back to the same bytes. Anything else is a ``FormatError`` naming where. Beyond syntax
+it checks what Nix checks of the fields (``_check_meaning``): outputs, store paths, hash
+algorithms.
 """
 
 from __future__ import annotations
@@ -14,12 +16,14 @@ from collections.abc import Callable
 
 from .derivation import Derivation, Output
 from .errors import FormatError
-from .paths import DEFAULT_STORE_DIR
+from .hashes import DIGEST_SIZES
+from .paths import DEFAULT_STORE_DIR, StorePath
 
 # A quoted ATerm string (escapes kept): one regex match instead of a loop per character.
 _STRING = re.compile(r'"((?:[^"\\]|\\.)*)"', re.DOTALL)
 _UNESCAPE = re.compile(r"\\(.)", re.DOTALL)
 _UNESC = {"n": "\n", "r": "\r", "t": "\t"}
+_HEX = re.compile(r"[0-9a-f]+")
 
 
 class _Reader:
@@ -128,6 +132,7 @@ def parse(text: str, name: str, store_dir: str = DEFAULT_STORE_DIR) -> Derivatio
         _sorted_unique(list(outs), f"outputs of input {p}")
     _sorted_unique(list(srcs), "input sources")
     _sorted_unique([k for k, _ in env], "environment variables")
+    _check_meaning(outputs, drvs, srcs, store_dir)
     drv = Derivation(
         name=name,
         outputs=tuple(outputs),
@@ -153,3 +158,46 @@ def _sorted_unique(keys: list[str], what: str) -> None:
         if a >= b:
             how = "twice" if a == b else f"before {b!r}"
             raise FormatError(f"derivation: {what} are not sorted and unique ({a!r} {how})")
+
+
+def _check_meaning(
+    outputs: list[tuple[str, Output]],
+    drvs: list[tuple[str, tuple[str, ...]]],
+    srcs: tuple[str, ...],
+    store_dir: str,
+) -> None:
+    """What Nix checks of a derivation's fields beyond their syntax: at least one output;
+    output paths, input sources and input derivations (``.drv`` files) are store paths of
+    ``store_dir``; a fixed output names a known hash algorithm (``r:`` for recursive) and
+    a hex digest of its size, an input-addressed one neither. ``FormatError`` naming the
+    field otherwise."""
+    if not outputs:
+        raise FormatError("derivation: no outputs")
+
+    def in_store(p: str, what: str) -> None:
+        try:
+            StorePath.parse(p, store_dir)
+        except FormatError as e:
+            raise FormatError(f"derivation: {what} {p!r} is not a store path of {store_dir}: {e}") from None
+
+    for k, o in outputs:
+        in_store(o.path, f"output {k!r} path")
+        if not o.hash_algo and not o.hash:
+            continue
+        size = DIGEST_SIZES.get(o.hash_algo.removeprefix("r:"))
+        if size is None:
+            raise FormatError(
+                f"derivation: output {k!r} has unknown hash algorithm {o.hash_algo!r} "
+                f"(expected one of {', '.join(DIGEST_SIZES)}, with r: for a recursive hash)"
+            )
+        if len(o.hash) != 2 * size or not _HEX.fullmatch(o.hash):
+            raise FormatError(
+                f"derivation: output {k!r} hash {o.hash[:80]!r} is not {2 * size} lowercase hex digits "
+                f"({o.hash_algo})"
+            )
+    for p, _ in drvs:
+        in_store(p, "input derivation")
+        if not p.endswith(".drv"):
+            raise FormatError(f"derivation: input derivation {p!r} is not a .drv file")
+    for p in srcs:
+        in_store(p, "input source")
