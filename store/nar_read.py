@@ -19,7 +19,10 @@ Everything ``nix-store --restore`` rejects is rejected here too, with the byte o
 and what was expected: bad magic, unknown or misplaced tags, entries out of order or
 duplicated, names that are empty, ``.``, ``..`` or contain ``/`` or NUL, empty
 symlink targets or targets containing NUL, non-zero padding, absurd lengths,
-truncated input and trailing data after the root node.
+truncated input and trailing data after the root node. Names longer than 255 bytes and
+symlink targets longer than 4095 (which no Linux file system takes, so no restore
+could make them) are refused here too, with their offset, rather than when the file is
+made.
 
 ``restore`` (``nar_restore``) materialises into a fresh temporary sibling of ``dest`` and
 renames it into place only after the whole archive validated, so bad input leaves nothing
@@ -37,8 +40,12 @@ from typing import BinaryIO
 from .errors import FormatError
 
 MAGIC = b"nix-archive-1"
-#: Longest tag, name or symlink target accepted (Linux PATH_MAX).
+#: Longest tag or symlink target accepted (Linux PATH_MAX, counting the NUL a target
+#: gets when it is made: 4095 bytes of target).
 MAX_TOKEN = 4096
+MAX_TARGET = MAX_TOKEN - 1
+#: Longest entry name (Linux NAME_MAX: no file system kiln restores to takes more)
+MAX_NAME = 255
 #: Longest file accepted; anything bigger is a corrupt length field, not a file.
 MAX_CONTENTS = 1 << 48
 _unpack_u64 = struct.Struct("<Q").unpack
@@ -169,7 +176,7 @@ def _token(inp: _Input, what: str, limit: int = MAX_TOKEN) -> bytes:
     start = inp.offset
     n = _u64(inp, what)
     if n > limit:
-        raise FormatError(f"NAR: {what} at offset {start} has absurd length {n} (max {limit})")
+        raise FormatError(f"NAR: {what} at offset {start} is {n} bytes long (at most {limit} accepted)")
     data = inp.read(n, what)
     _padding(inp, n, what)
     return data
@@ -255,7 +262,7 @@ def _parse(inp: _Input) -> Iterator[NarEntry]:
             elif kind == "symlink":
                 _expect(inp, b"target", f"in symlink {path!r}")
                 at = inp.offset
-                target = _token(inp, "symlink target")
+                target = _token(inp, "symlink target", MAX_TARGET)
                 if not target or b"\0" in target:
                     raise FormatError(
                         f"NAR: symlink {path!r} at offset {at} has an empty target or one with NUL"
@@ -279,7 +286,7 @@ def _parse(inp: _Input) -> Iterator[NarEntry]:
             _expect(inp, b"(", "after 'entry'")
             _expect(inp, b"name", "in directory entry")
             at = inp.offset
-            name = _token(inp, "entry name")
+            name = _token(inp, "entry name", MAX_NAME)
             why = _bad_name(name)
             if why:
                 raise FormatError(

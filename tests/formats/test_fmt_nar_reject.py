@@ -46,7 +46,7 @@ def _bad_pad_string(data: bytes) -> bytes:
 CASES: dict[str, tuple[bytes, str]] = {
     "empty input": (b"", r"truncated at offset 0"),
     "bad magic": (s("nix-archive-2") + nar_file(b"")[0:0], r"expected magic 'nix-archive-1' at offset 0"),
-    "not a nar": (b"PK\x03\x04" + b"\0" * 60, r"not a NAR|absurd length"),
+    "not a nar": (b"PK\x03\x04" + b"\0" * 60, r"not a NAR|bytes long"),
     "truncated header": (nar(nar_file(b"hi"))[:30], r"truncated"),
     "truncated contents": (nar(nar_file(b"hello world"))[:-20], r"truncated"),
     "missing close": (nar(nar_file(b"x"))[: -len(s(")"))], r"truncated"),
@@ -73,7 +73,10 @@ CASES: dict[str, tuple[bytes, str]] = {
         nar(s("(") + s("type") + s("regular") + s("contents") + _bad_pad_string(b"abc") + s(")")),
         r"non-zero padding after contents of '' at offset 99",
     ),
-    "absurd token length": (s("nix-archive-1") + struct.pack("<Q", 1 << 40), r"absurd length 1099511627776"),
+    "absurd token length": (
+        s("nix-archive-1") + struct.pack("<Q", 1 << 40),
+        r"at offset 24 is 1099511627776 bytes long \(at most 64 accepted\)",
+    ),
     "absurd contents length": (
         nar(s("(") + s("type") + s("regular") + s("contents")) + struct.pack("<Q", 1 << 62),
         r"absurd length",
@@ -96,6 +99,15 @@ CASES: dict[str, tuple[bytes, str]] = {
     "name slash": (nar(_raw_dir(_entry("a/b", _reg(b"")))), r"contains '/'"),
     "name traversal": (nar(_raw_dir(_entry("../../etc", _reg(b"")))), r"contains '/'"),
     "name NUL": (nar(_raw_dir(_entry(b"a\0b", _reg(b"")))), r"contains NUL"),
+    # longer than NAME_MAX / PATH_MAX: no restore could make them; said with the offset
+    "name 256 bytes": (
+        nar(_raw_dir(_entry("n" * 256, _reg(b"")))),
+        r"entry name at offset \d+ is 256 bytes long",
+    ),
+    "symlink target 4096 bytes": (
+        nar(nar_link(b"t" * 4096)),
+        r"symlink target at offset \d+ is 4096 bytes long",
+    ),
     "empty symlink target": (nar(nar_link(b"")), r"empty target"),
     "symlink target NUL": (nar(nar_link(b"a\0b")), r"NUL"),
     "junk instead of entry": (
