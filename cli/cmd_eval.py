@@ -91,6 +91,13 @@ def _store_dir(args: argparse.Namespace) -> str:
             return check_store_dir(args.store_dir)  # (a store using it checks more, when opened)
         except FormatError as e:
             raise KilnError(f"--store-dir: {e}") from None
+    return _own_store_dir(args)
+
+
+def _own_store_dir(args: argparse.Namespace) -> str:
+    """The store's logical dir (its config), else the default (``_store_dir``)."""
+    from kiln.store.errors import KilnError
+
     cfg = os.path.join(store_root_dir(args), "config.json")
     try:
         with open(cfg, "rb") as f:
@@ -122,12 +129,14 @@ class _Sources:
     derivations name them); otherwise computes the path a source would get without
     writing anything (``kiln.lang.sources.hash_only``: the NAR hash of the files the store
     would keep), once the source passed the same key check (``buildglue.check_recipe_source``):
-    evaluating never creates a store."""
+    evaluating never creates a store. Likewise for ``--store-dir`` naming another store dir
+    than the existing store's (``foreign``)."""
 
-    def __init__(self, root: str, store_dir: str, create: bool = False) -> None:
+    def __init__(self, root: str, store_dir: str, create: bool = False, foreign: bool = False) -> None:
         self.root = root
         self.store_dir = store_dir
         self.create = create
+        self.foreign = foreign  # the store at root uses another store dir: computed only
         self.store = None
 
     def _open(self):
@@ -146,7 +155,7 @@ class _Sources:
         return self.store
 
     def __call__(self, src: Path, name: str) -> str:
-        if self.store is None and not self.create and not _has_store(self.root):
+        if self.store is None and not self.create and (self.foreign or not _has_store(self.root)):
             from pathlib import Path
             from types import SimpleNamespace
 
@@ -199,8 +208,13 @@ def _evaluate(args: argparse.Namespace):
 
     root = store_root_dir(args)
     store_dir = _store_dir(args)
-    sources = _Sources(root, store_dir, create=getattr(args, "write", False))
-    ev = evaluate_file(args.file, store_dir=store_dir, add_source=sources, cache_dir=_cache_dir(args, root))
+    write = getattr(args, "write", False)
+    # paths for another store dir than the store's (``--store-dir``): computed as with no
+    # store, without its sources or its cache (``--write`` still opens it, and refuses)
+    foreign = bool(args.store_dir) and not write and _has_store(root) and _own_store_dir(args) != store_dir
+    sources = _Sources(root, store_dir, create=write, foreign=foreign)
+    cache = None if foreign else _cache_dir(args, root)
+    ev = evaluate_file(args.file, store_dir=store_dir, add_source=sources, cache_dir=cache)
     if ev.from_cache and not sources.ensure(ev.sources):
         ev = evaluate_file(args.file, store_dir=store_dir, add_source=sources, cache_dir=None)
     # The evaluation's objects live until exit: keep the cyclic GC from re-scanning them

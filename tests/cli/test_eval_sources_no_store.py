@@ -86,3 +86,23 @@ def test_a_key_directory_is_refused_with_no_store_too(tmp_path: Path):
     r = _kiln(proj, home, "path", "r.recipe", "p")
     assert r.returncode == 1 and "a recipe may not take it" in r.stderr, r.stderr
     assert sorted(os.listdir(home)) == ["keys"]
+
+
+def test_paths_for_another_store_dir_than_the_stores(tmp_path: Path):
+    """``--store-dir`` naming another store dir than an existing store's: the paths are
+    computed as with no store (they were refused for a recipe with a ``path`` source,
+    which the store could not take, while one without printed its paths), and nothing is
+    added to the store; ``eval --write`` still refuses (it writes into the store)."""
+    proj = _project(tmp_path)
+    none, home = tmp_path / "none", tmp_path / "home"
+    assert _kiln(proj, home, "store", "init").returncode == 0
+    want = _kiln(proj, none, "path", "r.recipe", "p", "--store-dir", "/other/store")
+    assert want.returncode == 0 and want.stdout.startswith("/other/store/"), want.stderr
+    for _ in range(2):  # (a second run: no cache entry of the first stands in)
+        got = _kiln(proj, home, "path", "r.recipe", "p", "--store-dir", "/other/store")
+        assert (got.returncode, got.stdout) == (0, want.stdout), got.stderr
+    assert not [p for p in home.rglob("*-src") if p.is_dir()]  # nothing added
+    own = _kiln(proj, home, "path", "r.recipe", "p")
+    assert own.returncode == 0 and own.stdout.startswith("/kiln/store/"), own.stderr
+    w = _kiln(proj, home, "eval", "--write", "r.recipe", "--store-dir", "/other/store")
+    assert w.returncode == 1 and "/kiln/store" in w.stderr and "/other/store" in w.stderr, w.stderr
