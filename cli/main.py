@@ -15,6 +15,13 @@ do: with stderr closed messages are discarded, with stdin closed input is empty.
 stdout closed every command fails at once (status 1, saying so on stderr): its results
 would be lost, and a script that closed it by mistake must not see success.
 
+File names are UTF-8 whatever the locale: ``cli`` re-executes the interpreter in
+Python's UTF-8 mode (``-X utf8``) when the locale would decode them otherwise
+(``en_US.ISO-8859-1``, ``ja_JP.EUC-JP``; UTF-8 and the C locale need nothing).
+Recipes are UTF-8 text, and a name they match or make (``.kilnignore`` patterns, ``path
+"./données"``, a source named after its directory) must mean the same bytes on every
+machine, or the same recipe would give other store paths there.
+
 Errors derived from ``KilnError`` (and the lang package's errors) are printed as
 ``error: <message>`` with exit status 1; usage errors exit 2 (argparse's, and
 ``common.UsageError`` for options that do not go together). No traceback
@@ -153,12 +160,26 @@ def cli() -> None:
     modules are still being imported ends it as one during the command does (status
     130, one line), not with a traceback; only one during the interpreter's own start-up,
     before this runs, still prints Python's."""
+    utf8_file_names()
     try:
         code = main(whole_process=True)
     except KeyboardInterrupt:
         print("kiln: interrupted", file=sys.stderr)
         code = 130
     exit_now(code)
+
+
+def utf8_file_names() -> None:
+    """Re-execute this process in Python's UTF-8 mode unless file names already decode as
+    UTF-8 (module docstring); if that cannot be done, go on as it is."""
+    if sys.flags.utf8_mode or sys.getfilesystemencoding().lower().replace("-", "") == "utf8":
+        return
+    if not sys.executable or not getattr(sys, "orig_argv", None):
+        return
+    try:
+        os.execv(sys.executable, [sys.executable, "-X", "utf8", *sys.orig_argv[1:]])
+    except OSError:
+        return
 
 
 def exit_now(code: int) -> None:

@@ -77,3 +77,35 @@ def test_the_same_file_imported_by_two_spellings_is_one_import(tmp_path):
         'import "lib.recipe"\nimport "./lib.recipe"\npackage q { build = v }\n'
     )
     assert "q" in evaluate_file(tmp_path / "r.recipe").drv_paths
+
+
+#: Python decodes file names as ASCII here (no UTF-8 mode, no locale coercion), as it
+#: would in any non-UTF-8 locale (``en_US.ISO-8859-1``): kiln must still read them as UTF-8
+ASCII_NAMES = {"LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+
+
+def test_non_ascii_file_names_mean_the_same_in_every_locale(tmp_path):
+    """A ``.kilnignore`` pattern with non-ASCII characters, a ``path`` to a directory with
+    a non-ASCII name and a source named after one give the same store paths whatever the
+    locale decodes file names as (they did not: the patterns were UTF-8 and the names the
+    locale's, so ``brouillé*`` kept ``brouillé.txt`` there, and ``path "."`` in ``projé``
+    was named ``proj__`` instead of ``proj_``)."""
+    proj = tmp_path / "projé"
+    (proj / "données").mkdir(parents=True)
+    (proj / ".kilnroot").write_text("")
+    (proj / "données" / ".kilnignore").write_text("brouillé*\ncaf?.bak\n")
+    for name in ("keep.txt", "brouillé.txt", "café.bak"):
+        (proj / "données" / name).write_text(name)
+    (proj / "p.recipe").write_text(
+        'package p {\n  src = path "./données"\n  whole = path "."\n  build = "cp -r $src $out"\n}\n'
+    )
+    runs = []
+    for env in ({}, ASCII_NAMES):
+        r = run_kiln(
+            ["show-derivation", "p.recipe", "p", "--no-cache"], cwd=proj, env_extra=env, home=tmp_path / "h"
+        )
+        assert r.returncode == 0, r.stderr
+        runs.append(r.stdout)
+    assert runs[0] == runs[1]
+    assert "-proj_" in runs[0] and "-proj__" not in runs[0], runs[0]  # é is one character, one _
+    assert "-donn_es" in runs[0], runs[0]
