@@ -14,6 +14,11 @@ Fixed-output derivations (see docs/recipe-language.md):
 - ``debian_rootfs``: one ``builtin:fetchurl`` FOD per lock entry (``url`` =
   ``debian:<filename>``) and a ``builtin:unpack-debs`` derivation with env ``debs`` (the
   .deb paths in lock order) and ``kilnRootfs = "1"``.
+
+Sizes (``limits``): a joined list (``urls``, ``debs``) is measured before it is joined,
+and each derivation's environment is held to ``limits.check_derivation``. A list built
+by doubling repeats one object millions of times: a URL or lock entry is checked, and a
+lock entry's fetch made, once per distinct object (by identity).
 """
 
 from __future__ import annotations
@@ -28,8 +33,8 @@ from kiln.store.errors import FormatError, KilnError
 from kiln.store.hashes import Hash
 from kiln.store.paths import check_name
 
+from . import limits, roots
 from . import nodes as ast
-from . import roots
 from . import stringfns as fns
 from . import urls as url_rules
 from .compile import add_drv, sanitize_name, split_context
@@ -129,9 +134,10 @@ def _given_name(ev, a: dict, what: str) -> str:
 
 
 def _fod(
-    ev, name: str, builder: str, env: dict, algo: str, hex_hash: str, fields: dict, attr: str
+    ev, name: str, builder: str, env: dict, algo: str, hex_hash: str, fields: dict, attr: str, node: ast.Node
 ) -> DrvValue:
     env = {**env, "name": name, "out": ""}
+    limits.check_derivation(env, (), node, f"{attr} '{name}'")
     drv = Derivation.make(
         name,
         outputs={"out": Output("", algo, hex_hash)},
@@ -158,7 +164,15 @@ def fetchurl(ev: Evaluator, node: ast.Call, env: Env) -> DrvValue:
             raise RecipeTypeError(
                 f"fetchurl 'urls' must be a non-empty list of strings, found {_kind(v)}", n.src, n.pos
             )
-        urls += [_fetch_url(ev, u, n, "each of fetchurl 'urls'") for u in v]
+        # the space-joined 'urls' variable, measured first: the list may hold one long URL
+        # millions of times (the checks keep a URL's length)
+        size = sum(map(len, urls)) + sum(len(u) for u in v if isinstance(u, str)) + len(urls) + len(v) - 1
+        limits.check_string(size, n, "fetchurl's 'urls', joined,")
+        checked: dict[int, str] = {}  # by identity: each distinct URL is checked once
+        for u in v:
+            if id(u) not in checked:
+                checked[id(u)] = _fetch_url(ev, u, n, "each of fetchurl 'urls'")
+            urls.append(checked[id(u)])
     if not urls:
         raise MissingField("fetchurl needs a 'url' (or 'urls') field", node.src, node.pos)
     h = _sha256(a["sha256"][0], a["sha256"][1], "fetchurl 'sha256'")
@@ -173,6 +187,7 @@ def fetchurl(ev: Evaluator, node: ast.Call, env: Env) -> DrvValue:
         h,
         {k: v for k, (v, _) in a.items()},
         "fetchurl",
+        node,
     )
 
 
@@ -200,6 +215,7 @@ def fetchgit(ev: Evaluator, node: ast.Call, env: Env) -> DrvValue:
         h,
         {k: v for k, (v, _) in a.items()},
         "fetchgit",
+        node,
     )
 
 
@@ -244,6 +260,64 @@ def path(ev: Evaluator, node: ast.Call, env: Env) -> SourceValue:
 _LOCK_FIELDS = ("name", "version", "arch", "sha256", "filename")
 
 
+def _lock_entry(ev: Evaluator, i: int, entry: object, lock_node: ast.Node) -> DrvValue:
+    """The fetch of ``debian_rootfs`` lock entry ``i`` (from 0), its rules checked."""
+    where = f"debian_rootfs lock entry {i + 1}"
+    if not isinstance(entry, Record):
+        raise RecipeTypeError(
+            f"{where} must be a record, found {type_name(entry)}", lock_node.src, lock_node.pos
+        )
+    for k in _LOCK_FIELDS:
+        if k not in entry:
+            raise MissingField(
+                f"{where} has no '{k}' field (needs {', '.join(_LOCK_FIELDS)})",
+                lock_node.src,
+                lock_node.pos,
+            )
+    # the lock's own value rules (a filename with a space would split the URL, one
+    # with '..' leave the archive), located at the lock
+    label = f"{where} ({entry['name']!r})" if isinstance(entry["name"], str) else where
+    for k in (*_LOCK_FIELDS, "size"):
+        v = entry.get(k, "")
+        if isinstance(v, CStr):  # (the lock's own wording would show its repr)
+            raise BadValue(
+                f"{label}: '{k}': expected a plain string, found a string that refers to store paths",
+                lock_node.src,
+                lock_node.pos,
+            )
+        if not isinstance(v, str | int) or isinstance(v, bool):  # a package, a list...: named, not shown
+            raise BadValue(
+                f"{label}: '{k}': expected {'a whole number' if k == 'size' else 'a string'}, "
+                f"found {type_name(v)}",
+                lock_node.src,
+                lock_node.pos,
+            )
+        problem = lock_value_problem(k, entry[k]) if k in entry else None
+        if problem:
+            raise BadValue(f"{label}: '{k}': {problem}", lock_node.src, lock_node.pos)
+    # the build pins each .deb by its file name: the entry's other fields must agree
+    ident = [entry.get(k) for k in ("name", "version", "arch", "filename")]
+    if all(isinstance(v, str) for v in ident) and (problem := entry_problem(*ident)):
+        raise BadValue(f"{label}: {problem}", lock_node.src, lock_node.pos)
+    filename = _string(ev, entry["filename"], lock_node, f"{where} 'filename'")
+    h = _sha256(entry["sha256"], lock_node, f"{where} ({filename}) 'sha256'")
+    url = f"debian:{filename}"
+    fetch_env = {"url": url, "urls": url}
+    if "size" in entry:  # the fetcher stops a source at the exact size
+        fetch_env["size"] = str(entry["size"])
+    return _fod(
+        ev,
+        url_rules.fetch_name(filename.rsplit("/", 1)[-1]),
+        "builtin:fetchurl",
+        fetch_env,
+        "sha256",
+        h,
+        dict(entry),
+        "deb",
+        lock_node,
+    )
+
+
 def debian_rootfs(ev: Evaluator, node: ast.Call, env: Env) -> DrvValue:
     a = _record_args(ev, node, env, ("lock",), ("name",))
     lock, lock_node = a["lock"]
@@ -254,67 +328,20 @@ def debian_rootfs(ev: Evaluator, node: ast.Call, env: Env) -> DrvValue:
             lock_node.pos,
         )
     debs: list[DrvValue] = []
+    done: dict[int, DrvValue] = {}  # by identity: a lock built by doubling repeats entries
     for i, entry in enumerate(lock):
-        where = f"debian_rootfs lock entry {i + 1}"
-        if not isinstance(entry, Record):
-            raise RecipeTypeError(
-                f"{where} must be a record, found {type_name(entry)}", lock_node.src, lock_node.pos
-            )
-        for k in _LOCK_FIELDS:
-            if k not in entry:
-                raise MissingField(
-                    f"{where} has no '{k}' field (needs {', '.join(_LOCK_FIELDS)})",
-                    lock_node.src,
-                    lock_node.pos,
-                )
-        # the lock's own value rules (a filename with a space would split the URL, one
-        # with '..' leave the archive), located at the lock
-        label = f"{where} ({entry['name']!r})" if isinstance(entry["name"], str) else where
-        for k in (*_LOCK_FIELDS, "size"):
-            v = entry.get(k, "")
-            if isinstance(v, CStr):  # (the lock's own wording would show its repr)
-                raise BadValue(
-                    f"{label}: '{k}': expected a plain string, found a string that refers to store paths",
-                    lock_node.src,
-                    lock_node.pos,
-                )
-            if not isinstance(v, str | int) or isinstance(v, bool):  # a package, a list...: named, not shown
-                raise BadValue(
-                    f"{label}: '{k}': expected {'a whole number' if k == 'size' else 'a string'}, "
-                    f"found {type_name(v)}",
-                    lock_node.src,
-                    lock_node.pos,
-                )
-            problem = lock_value_problem(k, entry[k]) if k in entry else None
-            if problem:
-                raise BadValue(f"{label}: '{k}': {problem}", lock_node.src, lock_node.pos)
-        # the build pins each .deb by its file name: the entry's other fields must agree
-        ident = [entry.get(k) for k in ("name", "version", "arch", "filename")]
-        if all(isinstance(v, str) for v in ident) and (problem := entry_problem(*ident)):
-            raise BadValue(f"{label}: {problem}", lock_node.src, lock_node.pos)
-        filename = _string(ev, entry["filename"], lock_node, f"{where} 'filename'")
-        h = _sha256(entry["sha256"], lock_node, f"{where} ({filename}) 'sha256'")
-        url = f"debian:{filename}"
-        fetch_env = {"url": url, "urls": url}
-        if "size" in entry:  # the fetcher stops a source at the exact size
-            fetch_env["size"] = str(entry["size"])
-        debs.append(
-            _fod(
-                ev,
-                url_rules.fetch_name(filename.rsplit("/", 1)[-1]),
-                "builtin:fetchurl",
-                fetch_env,
-                "sha256",
-                h,
-                dict(entry),
-                "deb",
-            )
-        )
+        deb = done.get(id(entry))
+        if deb is None:
+            deb = done[id(entry)] = _lock_entry(ev, i, entry, lock_node)
+        debs.append(deb)
+    size = sum(len(d.out) for d in debs) + len(debs) - 1
+    limits.check_string(size, lock_node, "debian_rootfs' list of .deb paths, joined,")
     # a given name is used as written, as for the fetchers and ``path`` (an error at it if
     # it cannot be a store path name); the env's ``name`` is the derivation's
     name = _given_name(ev, a, "debian_rootfs") if "name" in a else "debian-rootfs"
     input_drvs, _ = split_context({("d", d.path, "out") for d in debs})
     env_vars = {"debs": " ".join(d.out for d in debs), "kilnRootfs": "1", "name": name, "out": ""}
+    limits.check_derivation(env_vars, (), node, f"debian_rootfs '{name}'")
     drv = Derivation.make(
         name,
         outputs={"out": Output()},

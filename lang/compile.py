@@ -16,6 +16,10 @@ Contract with the build loop (see docs/recipe-language.md, "Derivations"):
   mentioned (in ``deps`` or interpolated anywhere) is an input.
 - Variants: a package is memoized per full parameter assignment (after defaults), so
   ``zlib`` and ``zlib(static = false)`` are the same derivation.
+- Sizes (``limits``): a list field's space-joined text is held to the string limit
+  before it is joined (a list built by doubling may hold one long string millions of
+  times), and so is ``PATH``; a package's environment and arguments together are held to it too
+  (``limits.check_derivation``), as each field within it does not bound their sum.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from kiln.store.derivation import Derivation, Output, check_drv_name
 from kiln.store.errors import FormatError
 from kiln.store.paths import check_name
 
-from . import debpkgs
+from . import debpkgs, limits
 from . import nodes as ast
 from .deep import handler_depth, has_frames_above
 from .drvhash import finalize_fast
@@ -85,6 +89,8 @@ def env_text(v: object, node: ast.Node, field: str, ctx: set) -> str:
                     node.pos,
                 )
             parts.append(env_text(x, node, field, ctx))
+        # (measured before joining: the list may repeat one long string millions of times)
+        limits.check_string(sum(map(len, parts)) + len(parts) - 1, node, f"field '{field}', joined,")
         return " ".join(parts)
     raise RecipeTypeError(
         f"field '{field}' is {type_name(v)}, which cannot become an environment variable "
@@ -249,6 +255,9 @@ def _compile(ev, fn, pkg: ast.Package, params: dict) -> DrvValue:
         tc = deps[toolchains[0]] if toolchains else None
         env_vars[debpkgs.FIELD] = debpkgs.resolve(fields[debpkgs.FIELD], by_name[debpkgs.FIELD].expr, tc)
     if "PATH" not in fields:
+        if bins:
+            size = sum(map(len, bins)) + len(bins) + len(BASE_PATH)
+            limits.check_string(size, by_name["deps"].expr, "the PATH made of 'deps'")
         env_vars["PATH"] = ":".join([*bins, BASE_PATH])
     if "name" in fields:
         name = env_vars["name"]
@@ -269,6 +278,7 @@ def _compile(ev, fn, pkg: ast.Package, params: dict) -> DrvValue:
         raise BadValue(f"package name: {e}", node.src, node.pos) from None
     env_vars["name"] = name
     env_vars["out"] = ""
+    limits.check_derivation(env_vars, (*BASH_ARGS, env_vars["build"]), pkg, f"package '{pkg.name}'")
     input_drvs, input_srcs = split_context(ctx)
     drv = Derivation.make(
         name,

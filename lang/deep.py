@@ -1,7 +1,9 @@
 """Evaluating on a thread with a large stack (``_deep``), and turning running out of it
 into a recipe error (``_recursion_is_recipe_error``, ``_too_deep``): long dependency
 chains and nested expressions recurse as deeply as they nest, and unbounded variant
-recursion (``p(n = n + 1)``) is a user's error, never an internal one.
+recursion (``p(n = n + 1)``) is a user's error, never an internal one. So is running out
+of memory (``MemoryError``): each string and list is held to ``limits``, but many large
+values together can still exhaust memory, and the message says that too.
 
 How deep a frame is (``has_frames_above``, ``handler_depth``) is measured in Python
 frames, only when it matters (a ``RecursionError`` unwinding, a variant that failed so
@@ -119,8 +121,9 @@ def _unwind(t, done, e: BaseException) -> None:  # noqa: ANN001 - a Thread and i
 def _recursion_is_recipe_error(fn: Callable[[], T]) -> Callable[[], T]:
     """``fn`` wrapped so that a ``RecursionError``/``MemoryError`` it raises becomes an
     ``InfiniteRecursion`` recipe error located at the innermost recipe node found in the
-    traceback (unbounded variant recursion like ``p(n = n + 1)``, or absurd nesting): a
-    user error, never an internal one. Other exceptions pass through unchanged."""
+    traceback (unbounded variant recursion like ``p(n = n + 1)``, absurd nesting, or for
+    a ``MemoryError`` values grown too large together): a user error, never an internal
+    one. Other exceptions pass through unchanged."""
 
     def run() -> T:
         try:
@@ -157,7 +160,11 @@ def _too_deep(e: RecursionError | MemoryError) -> RecipeError:
         tb = tb.tb_next
     causes = "unbounded recursion through package variants (like p(n = n + 1)) or nesting deeper than kiln evaluates"
     if isinstance(e, MemoryError):
-        message = f"evaluation went out of memory: {causes}"
+        # (each string or list is held to ``limits``, but many values together may not fit)
+        message = (
+            "evaluation went out of memory: values grew too large (many long strings or lists, "
+            f"each within kiln's size limits), {causes}"
+        )
     elif node is not None and frames - last_binding > frames // 2:
         message = "expression nested too deeply: deeper than kiln evaluates"
     else:

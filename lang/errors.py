@@ -258,6 +258,12 @@ class BadValue(RecipeError):
     kind = "value"
 
 
+class TooLarge(BadValue):
+    """A string or list that would grow past ``kiln.lang.limits`` (a bad value too)."""
+
+    kind = "too-large"
+
+
 def did_you_mean(name: str, candidates: Iterable[str]) -> str:
     """`` (did you mean 'x'?)`` for the closest candidate, or ``""``."""
     import difflib  # only for an error: a cached evaluation must not pay for it

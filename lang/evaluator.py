@@ -22,8 +22,8 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from . import limits, roots
 from . import nodes as ast
-from . import roots
 from .errors import (
     BadValue,
     ImportCycle,
@@ -37,7 +37,7 @@ from .errors import (
 from .parser import parse_module
 from .reading import read_recipe
 from .scope import RUNNING, UNSET, Builtin, Env, Module, PackageFn, Thunk
-from .values import INT_MAX, INT_MIN, CStr, DrvValue, Record, SourceValue, type_name
+from .values import INT_MAX, INT_MIN, CStr, DrvValue, Record, SourceValue, equal, type_name
 
 AddSource = Callable[[Path, str], str]
 
@@ -202,6 +202,8 @@ class Evaluator:
                 texts.append(t)
                 if c:
                     ctx |= c
+        # measured before joining: ``"${s}${s}"`` doubles a string as ``s + s`` does
+        limits.check_string(sum(map(len, texts)), node, '"${...}"')
         text = "".join(texts)
         return CStr(text, frozenset(ctx)) if ctx else text
 
@@ -308,9 +310,9 @@ class Evaluator:
             return self._bool(self.eval(node.right, env), node.right, op)
         a, b = self.eval(node.left, env), self.eval(node.right, env)
         if op == "==":
-            return _eq(a, b)
+            return equal(a, b)
         if op == "!=":
-            return not _eq(a, b)
+            return not equal(a, b)
         return self._add(a, b, node)
 
     def _bool(self, v, node: ast.Node, op: str) -> bool:
@@ -324,9 +326,11 @@ class Evaluator:
         ):
             ta, ca = self.to_text(a, node.left, "in '+'")
             tb, cb = self.to_text(b, node.right, "in '+'")
+            limits.check_string(len(ta) + len(tb), node, "'+'")
             ctx = (ca or frozenset()) | (cb or frozenset())
             return CStr(ta + tb, ctx) if ctx else ta + tb
         if isinstance(a, tuple) and isinstance(b, tuple):
+            limits.check_list(len(a) + len(b), node, "'+'")
             return a + b
         if isinstance(a, int) and isinstance(b, int) and not isinstance(a, bool) and not isinstance(b, bool):
             r = a + b
@@ -357,21 +361,3 @@ class Evaluator:
                 raise BadValue(f"integer overflow: -({v}) is outside the 64-bit range", node.src, node.pos)
             return -v
         raise RecipeTypeError(f"'-' needs a number, found {type_name(v)}", node.expr.src, node.expr.pos)
-
-
-def _eq(a, b) -> bool:
-    if isinstance(a, bool) != isinstance(b, bool):
-        return False
-    if isinstance(a, CStr) or isinstance(b, CStr):
-        ta = a.text if isinstance(a, CStr) else a
-        tb = b.text if isinstance(b, CStr) else b
-        return ta == tb
-    if isinstance(a, DrvValue) and isinstance(b, DrvValue):
-        return a.path == b.path
-    if isinstance(a, SourceValue) and isinstance(b, SourceValue):
-        return a.path == b.path
-    if isinstance(a, tuple) and isinstance(b, tuple):
-        return len(a) == len(b) and all(_eq(x, y) for x, y in zip(a, b, strict=True))
-    if isinstance(a, Record) and isinstance(b, Record):
-        return a.keys() == b.keys() and all(_eq(a[k], b[k]) for k in a)
-    return type(a) is type(b) and a == b

@@ -5,6 +5,11 @@ Each takes positional arguments only, checked by ``_positional`` against a signa
 of type names, and keeps the string context of its inputs (the store paths a string
 refers to) on what it returns, so a path that flows through ``join`` or ``replace``
 still makes its derivation an input.
+
+A builtin that can return a longer string or list than it was given (``join``,
+``replace``, ``split``, ``upper``/``lower``) checks the length against ``limits``
+before building the result, located at the call; ``elem`` compares with
+``values.equal``, linear in the distinct parts compared.
 """
 
 from __future__ import annotations
@@ -12,9 +17,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from . import limits
 from . import nodes as ast
 from .errors import BadValue, RecipeTypeError
-from .values import CStr, Record, type_name
+from .values import CStr, Record, equal, type_name
 
 if TYPE_CHECKING:
     from .evaluator import Evaluator
@@ -54,7 +60,10 @@ def str_fn(op: Callable[[str], str]) -> Callable[[Evaluator, ast.Call, Env], str
     def fn(ev: Evaluator, node: ast.Call, env: Env) -> str | CStr:
         ((s, _),) = _positional(ev, node, env, ("string",))
         t, c = _text(s)
-        return _mk(op(t), c)
+        r = op(t)
+        # (only upper/lower grow a string, at most threefold: 'ß' → 'SS', 'ﬃ' → 'FFI')
+        limits.check_string(len(r), node, f"{node.name}()")
+        return _mk(r, c)
 
     return fn
 
@@ -68,22 +77,28 @@ def join(ev: Evaluator, node: ast.Call, env: Env) -> str | CStr:
         texts.append(t)
         if c:
             ctx = ctx | c
+    limits.check_string(sum(map(len, texts)) + len(sep_t) * max(0, len(texts) - 1), node, "join()")
     return _mk(sep_t.join(texts), ctx)
 
 
 def split(ev: Evaluator, node: ast.Call, env: Env) -> tuple[str | CStr, ...]:
     (s, _), (sep, n) = _positional(ev, node, env, ("string", "string"))
     t, c = _text(s)
-    if not _text(sep)[0]:
+    sep_t = _text(sep)[0]
+    if not sep_t:
         raise BadValue("split: the separator is empty", n.src, n.pos)
-    return tuple(_mk(p, c) for p in t.split(_text(sep)[0]))
+    limits.check_list(t.count(sep_t) + 1, node, "split()")
+    return tuple(_mk(p, c) for p in t.split(sep_t))
 
 
 def replace(ev: Evaluator, node: ast.Call, env: Env) -> str | CStr:
     (s, _), (old, _), (new, _) = _positional(ev, node, env, ("string", "string", "string"))
     t, c = _text(s)
     nt, nc = _text(new)
-    return _mk(t.replace(_text(old)[0], nt), c | nc)
+    ot = _text(old)[0]
+    if len(nt) > len(ot):  # (an empty ``old`` matches len(t) + 1 times, as str.count says)
+        limits.check_string(len(t) + t.count(ot) * (len(nt) - len(ot)), node, "replace()")
+    return _mk(t.replace(ot, nt), c | nc)
 
 
 def pred(op: Callable[[str, str], bool]) -> Callable[[Evaluator, ast.Call, Env], bool]:
@@ -118,7 +133,11 @@ def optional(ev: Evaluator, node: ast.Call, env: Env) -> tuple:
 
 
 def elem(ev: Evaluator, node: ast.Call, env: Env) -> bool:
-    from .evaluator import _eq
-
     (x, _), (items, _) = _positional(ev, node, env, ("any", "list"))
-    return any(_eq(x, y) for y in items)
+    unequal: set[int] = set()  # a list built by doubling holds few distinct objects
+    for y in items:
+        if id(y) not in unequal:
+            if equal(x, y):
+                return True
+            unequal.add(id(y))
+    return False
