@@ -7,7 +7,12 @@ one of an unknown signer, or older than the local one, is a warning; one refused
 tampered with or not what the registry listed for that path (``attest_fetch.Refused``:
 ``tampered``, ``bad``) does not stop the build — the substituted paths are vouched for
 by their own signatures — but is named again after it (``AttestationsRefused``, raised
-by ``cmd_build`` once the outputs are rooted): the command exits 1.
+by ``cmd_build`` once the outputs are rooted): the command exits 1. One the registry could
+not send (a 500, a stall, a cut answer: ``Refused.unavailable``, or its listings not
+received) is a warning that says so — "could not be fetched (temporary: ...)", not
+"refused" — and names the ``kiln copy --from URL --to store ... PATH...`` that fetches it
+later: the path is valid once substituted, so no later build asks for it again. The
+command still exits 0 for it: the paths are vouched for by their own signatures.
 
 A build's stderr says which registries could not be used, which narinfos were refused,
 and how many paths (and bytes) came from each registry.
@@ -16,7 +21,11 @@ and how many paths (and bytes) came from each registry.
 from __future__ import annotations
 
 import os
+import shlex
 import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kiln.store.errors import KilnError, redact_urls
@@ -142,7 +151,8 @@ def make_substituter(
         fetched = sorted(g.path for g in got)
         _say_substituted(sub, fetched, wanted)
         if fetched:
-            _fetch_attestations(sub, regs, store, fetched, attesters, refused)
+            later = _LaterCopy(store.root, tuple(trusted_keys or ()), tuple(attester_keys or ()), sub.tokens)
+            _fetch_attestations(sub, regs, store, fetched, attesters, refused, later)
         return set(fetched)
 
     def refusal() -> AttestationsRefused | None:
@@ -171,22 +181,30 @@ def _say_substituted(sub, fetched: list[str], wanted: dict) -> None:
 
 
 def _fetch_attestations(
-    sub, regs: list[tuple[str, int]], store, paths: list[str], attesters: list, refused: list[str]
+    sub,
+    regs: list[tuple[str, int]],
+    store,
+    paths: list[str],
+    attesters: list,
+    refused: list[str],
+    later: _LaterCopy,
 ) -> None:
     """Bring the registries' attestations (provenance, SBOM, VSAs) of substituted paths
     along, each checked against the path's NAR hash and judged by the substitution's
     trusted keys and ``attesters``. Attestations are evidence, not content: a registry
-    without them, one it could not send, or one signed by a key unknown here costs a
-    warning. One refused as tampered with or not as listed is added to ``refused``
-    (the command fails after the build, module docstring) and said now in one line."""
+    without them, one signed by a key unknown here, or one it could not send costs a
+    warning — the last one naming the ``kiln copy`` that fetches them later (``later``),
+    since no later build asks for the attestations of a path it has. One refused as
+    tampered with or not as listed is added to ``refused`` (the command fails after the
+    build, module docstring) and said now in one line."""
     from kiln.registry.attest_fetch import Refused, fetch_attestations
 
     for url, _ in sorted(regs, key=lambda r: r[1]):
         try:
             sub.run(fetch_attestations(sub.client(url), store, paths, attesters=attesters))
         except Refused as e:
-            if not (e.tampered or e.bad):  # (only files not received: as any transfer error)
-                print(f"warning: attestations from {redact_urls(url)}: {e}", file=sys.stderr)
+            if not (e.tampered or e.bad):  # only files not received: a transfer error, most likely
+                print(later.unfetched(url, e.unavailable), file=sys.stderr)
                 continue
             refused.append(str(e))
             what = "tampering found" if e.tampered else "attestations refused"
@@ -195,5 +213,59 @@ def _fetch_attestations(
                 "the command fails at its end, naming them",
                 file=sys.stderr,
             )
-        except KilnError as e:
-            print(f"warning: attestations from {redact_urls(url)}: {e}", file=sys.stderr)
+        except KilnError as e:  # (the listings could not be asked for: any path's may be missing)
+            print(later.unfetched(url, [f"{p}: {e}" for p in paths], listed=False), file=sys.stderr)
+
+
+@dataclass(frozen=True)
+class _LaterCopy:
+    """What ``kiln copy`` needs to fetch the attestations a build could not: the store,
+    the build's ``--trusted-key`` and ``--attester-key`` arguments (``KILN_TRUSTED_KEYS``
+    counts for both commands) and the registries that have a read token."""
+
+    store_root: Path
+    trusted_keys: tuple[str, ...]
+    attester_keys: tuple[str, ...]
+    tokens: Mapping[str, str]
+
+    def unfetched(self, url: str, lines: Sequence[str], listed: bool = True) -> str:
+        """The warning for attestations from ``url`` not received: ``lines`` are ``"path:
+        why"`` (``Refused.unavailable``); ``listed``: they are files the registry listed,
+        not every path substituted (its listings could not be read)."""
+        by_path: dict[str, list[str]] = {}
+        for line in lines:
+            path, _, why = line.partition(": ")
+            by_path.setdefault(path, []).append(why)
+        reasons = sorted({w for ws in by_path.values() for w in ws})
+        why = redact_urls(reasons[0]) + (
+            f"; and {len(reasons) - 1} other reason(s)" if len(reasons) > 1 else ""
+        )
+        what = (
+            f"{len(lines)} attestation(s) of {len(by_path)}"
+            if listed
+            else f"the attestations of {len(by_path)}"
+        )
+        shown = sorted(by_path)[:_PATHS_SHOWN]
+        cmd = [
+            "kiln", "copy", "--from", redact_urls(url), "--to", "store", "--store", str(self.store_root),
+            *(a for k in self.trusted_keys for a in ("--trusted-key", k)),
+            *(a for k in self.attester_keys for a in ("--attester-key", k)),
+            *shown,
+        ]  # fmt: skip
+        more = len(by_path) - len(shown)
+        return (
+            f"warning: {what} substituted path(s) could not be fetched from {redact_urls(url)} (temporary: "
+            f"{why}); the paths are used (each vouched for by its own signatures), but no later build asks "
+            "for these again: fetch them later with\n  "
+            + shlex.join(cmd)
+            + (f" ... ({more} more path(s))" if more else "")
+            + (
+                "\n  with the registry's read token in KILN_REGISTRY_TOKEN (or --token-file)"
+                if url in self.tokens
+                else ""
+            )
+        )
+
+
+#: the most paths a "fetch them later" command names (a stall can fail a thousand at once)
+_PATHS_SHOWN = 20

@@ -10,17 +10,19 @@ fsynced and renamed onto ``dest`` only after the digest matches. Sources are tri
 1. each *hashed source mirror* — a directory (or ``file://`` URL) or an ``http(s)`` URL
    laid out as ``<mirror>/sha256/<hex>``; the explicit list first, then the
    ``KILN_SOURCE_MIRRORS`` environment variable (whitespace-separated; colons between
-   plain paths still separate, see ``parse_mirror_list``). A mirror miss is silent; a
-   corrupt or oversized mirror entry is reported as a warning and the next source is
-   tried. A network mirror gets one retry, not ``retries``, and a mirror that times out,
-   trickles or refuses is skipped for the rest of the process (``forget_down_mirrors``);
+   plain paths still separate, see ``parse_mirror_list``). A mirror miss (404, 403, 410)
+   is silent; a corrupt or oversized mirror entry, or another error status, is reported
+   as a warning and the next source is tried. A network mirror gets one retry, not
+   ``retries`` (and heeds a ``Retry-After`` up to 5 s, not 60), and a mirror that times
+   out, trickles or refuses is skipped for the rest of the process (``forget_down_mirrors``);
 2. each URL in order. ``debian:<pool path>`` is expanded to ``<base>/<pool path>`` for
    every archive base the machine's apt sources name (read at run time, see
    ``kiln.store.apt.archive_bases``), so no host name is ever written into a recipe.
 
 HTTP transfers (``fetchhttp``) use urllib with a socket timeout (``timeout`` argument,
 ``KILN_FETCH_TIMEOUT``) and up to ``retries`` further attempts per URL after a dropped
-connection or timeout. Redirects are followed (at most 10, to http and https only: not
+connection, a timeout or a transient status (429, 5xx), waiting as ``fetchretry`` says: a
+backoff from 0.2 s, or what a 429's or 503's ``Retry-After`` asks, up to 60 s. Redirects are followed (at most 10, to http and https only: not
 to ``ftp:`` or ``file:``) without reading the 3xx body, which a hostile server could make
 any size. ``ftp://`` is not fetched at all: its sockets were outside the pace rule, and
 an FTP server trickling its banner held a fetch for ever. A socket timeout only
@@ -57,7 +59,8 @@ file: it is not retried and no other source is tried, as each would fail the sam
 
 If every source fails, a content mismatch wins over transport errors: ``HashMismatch``
 (both hashes printed, then what every source gave when there were several) is raised if
-any source delivered wrong bytes, else ``FetchError`` listing what each source said. A
+any source delivered wrong bytes, else ``FetchError`` naming the file as its first URL
+does (not ``dest``, which may be a build's ``out``) and listing what each source said. A
 recursive fetch checks each source's NAR hash the same way, so a wrong source is passed
 over for the next. URLs in messages have credentials hidden and server text is escaped
 (``fetchtext``).
@@ -97,11 +100,12 @@ from .fetchmirror import (  # noqa: F401 - part of this module's API
     parse_mirror_list,
     put_tree_in_mirror,
 )
+from .fetchretry import MIRROR_RETRY_AFTER_CAP, RETRY_AFTER_CAP
 from .fetchsink import LocalWriteError
 from .fetchsink import Progress as _Progress
 from .fetchsink import Sink as _Sink
 from .fetchsink import nar_hash_of_file as _nar_hash_of_file
-from .fetchtext import refuse_credentials, shown, shown_url
+from .fetchtext import file_name, refuse_credentials, shown, shown_url
 from .fileopen import open_regular
 from .hashes import Hash
 
@@ -150,15 +154,18 @@ def _copy_local(src: Path, sink: _Sink, limit: _Limit) -> None:
             sink.write(chunk, total)
 
 
-def _transfer(source: str, sink: _Sink, timeout: float, retries: int, limit: _Limit) -> None:
-    """Fill ``sink`` from a path, ``file://`` URL or network URL."""
+def _transfer(
+    source: str, sink: _Sink, timeout: float, retries: int, limit: _Limit, wait_cap: float = RETRY_AFTER_CAP
+) -> None:
+    """Fill ``sink`` from a path, ``file://`` URL or network URL (``wait_cap``: the longest
+    ``Retry-After`` heeded, ``fetchretry``)."""
     if source.startswith("file:"):  # file:///p and apt's file:/p
         _copy_local(Path(urllib.request.url2pathname(urllib.parse.urlparse(source).path)), sink, limit)
     elif "://" not in source:
         _copy_local(Path(source), sink, limit)
     elif source.startswith(("http://", "https://")):
         refuse_credentials(source, FetchError)
-        _http_get(source, sink, timeout, retries, limit)
+        _http_get(source, sink, timeout, retries, limit, wait_cap)
     elif source.startswith("ftp://"):
         raise FetchError(
             f"refusing {shown_url(source)}: ftp is not supported (no timeout or pace rule could "
@@ -290,9 +297,11 @@ def fetch_url(
     what = expected.to_hex() if expected else "unpinned"
     if mismatch and expected is not None:
         raise _Mismatch(mismatch[0], expected.to_hex(), mismatch[1], failures)
+    # the file's name as its URLs give it: ``dest`` may be a build's ``out`` or a temporary
+    name = next((n for u in urls if (n := file_name(u))), None) or shown(dest.name)
     if not failures:
-        raise FetchError(f"no source for {dest.name} ({what}): no URL given and no mirror has it")
-    raise FetchError(f"cannot fetch {dest.name} ({what}):\n  " + "\n  ".join(failures))
+        raise FetchError(f"no source for {name} ({what}): no URL given and no mirror has it")
+    raise FetchError(f"cannot fetch {name} ({what}):\n  " + "\n  ".join(failures))
 
 
 class _Mismatch(HashMismatch):
@@ -310,12 +319,13 @@ def _try_source(
 ) -> str | None:
     """Fill ``sink`` from one source. Returns None if it delivered bytes (the caller checks
     the hash), else why it failed ("" for a silent mirror miss)."""
+    wait_cap = RETRY_AFTER_CAP
     try:
         if mirror is not None:
             if "://" not in source and not Path(source).is_file():
                 return ""  # a plain mirror miss
-            retries = min(retries, MIRROR_RETRIES)
-        _transfer(source, sink, timeout, retries, limit)
+            retries, wait_cap = min(retries, MIRROR_RETRIES), MIRROR_RETRY_AFTER_CAP
+        _transfer(source, sink, timeout, retries, limit, wait_cap)
         return None
     except LocalWriteError:
         raise  # this machine's trouble: no other source would fare better
@@ -325,7 +335,12 @@ def _try_source(
             return ""
         return str(e)
     except urllib.error.HTTPError as e:
-        return "" if mirror is not None and e.code in (403, 404, 410) else _describe(e)
+        if mirror is not None:
+            if e.code in (403, 404, 410):
+                return ""  # a miss
+            # (a 500 or 429 after its retry: said now, as a reset or a corrupt entry is)
+            print(f"warning: skipping mirror {shown_url(source)}: {_describe(e)}", file=sys.stderr)
+        return _describe(e)
     except FileNotFoundError:
         return "" if mirror is not None else "no such file"
     except OSError as e:  # timeouts, the pace rule, refused, resets: after the retries

@@ -13,7 +13,8 @@ watchdog sees: urllib's default one also opens ``ftp:``, ``file:`` and ``data:``
 and its redirect handler follows a ``Location`` to ``ftp:``, where no pace rule held
 (a trickled FTP banner stalled a fetch for ever). Redirects go through
 ``_RedirectWithoutBody`` (urllib's rules, the 3xx body closed unread), which refuses any
-target but an http(s) URL without credentials. A body over its ``_Limit`` raises
+target but an http(s) URL without credentials, and says a loop in one line. The waits
+between attempts (``Retry-After`` heeded) are ``fetchretry``'s. A body over its ``_Limit`` raises
 ``_TooBig``; a malformed URL or ``Location`` is a ``FetchError``; neither is retried. The
 sink (``fetchsink.Sink``) is used through ``write(chunk, total)``, ``size`` and ``reset()``;
 their ``LocalWriteError`` (the download's own file could not be written) is neither an
@@ -44,6 +45,7 @@ from typing import IO, TYPE_CHECKING
 from . import pacing
 from .envnumber import whole_number
 from .errors import KilnError, url_credentials
+from .fetchretry import RETRY_AFTER_CAP, RETRY_STATUS, SAY_WAIT_FROM, wait_after
 from .fetchtext import bad_url_reason, shown, shown_url
 
 if TYPE_CHECKING:
@@ -59,7 +61,6 @@ class FetchError(KilnError):
     """No source could deliver the file."""
 
 
-_RETRY_STATUS = (408, 425, 429, 500, 502, 503, 504)
 #: an attempt is too slow once it has run ``PACE_GRACE`` s plus 1 s per ``PACE_MIN_RATE``
 #: bytes of body received: far below any real link, far above a trickle. The clock starts
 #: when the request is sent, so the response head and any redirects count against it.
@@ -245,6 +246,7 @@ class _RedirectWithoutBody(urllib.request.HTTPRedirectHandler):
     ) -> http.client.HTTPResponse | urllib.response.addinfourl | None:
         fp.close()
         location = headers.get("location") or headers.get("uri")
+        target = None
         if location is not None:
             # judged before urllib follows it: urllib would go on to ftp: (which no pace
             # rule covers) and answer file: with an error quoting the Location raw
@@ -258,7 +260,14 @@ class _RedirectWithoutBody(urllib.request.HTTPRedirectHandler):
                 raise FetchError(
                     f"refusing a redirect to {shown_url(location)}: credentials in a URL are not supported"
                 )
-        return super().http_error_302(req, fp, code, msg, headers)
+        try:
+            return super().http_error_302(req, fp, code, msg, headers)
+        except urllib.error.HTTPError as e:  # urllib's loop check: a message of three lines
+            if not str(e.reason).startswith(self.inf_msg) or target is None:
+                raise
+            seen = getattr(req, "redirect_dict", {})
+            how = "a loop at" if seen.get(target) else f"more than {self.max_redirections}, the last to"
+            raise FetchError(f"too many redirects ({how} {shown_url(target)})") from None
 
     http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
 
@@ -281,12 +290,15 @@ def _opener(pace: _Pace) -> urllib.request.OpenerDirector:
     return opener
 
 
-def _http_get(url: str, sink: _Sink, timeout: float, retries: int, limit: _Limit) -> None:
-    """Download ``url`` into ``sink``. HTTP errors other than transient ones raise
-    ``urllib.error.HTTPError`` at once; transport errors (timeouts and the pace rule
-    included) are retried (resuming when the server honours ``Range``) and raise
-    ``OSError`` once ``retries`` are spent. A body larger than ``limit`` raises
-    ``_TooBig``, a malformed URL or redirect ``FetchError``, neither retried."""
+def _http_get(
+    url: str, sink: _Sink, timeout: float, retries: int, limit: _Limit, wait_cap: float = RETRY_AFTER_CAP
+) -> None:
+    """Download ``url`` into ``sink``. HTTP errors raise ``urllib.error.HTTPError``: at
+    once, or a transient one with ``attempts`` set once ``retries`` are spent; transport
+    errors (timeouts and the pace rule included) are retried (resuming when the server
+    honours ``Range``), then raise ``OSError``. Waits: ``fetchretry`` (``Retry-After`` up
+    to ``wait_cap`` s). A body larger than ``limit`` raises ``_TooBig``, a malformed URL,
+    a refused redirect or a redirect loop ``FetchError``, neither retried."""
     attempt = 0
     use_range = True
     while True:
@@ -314,7 +326,10 @@ def _http_get(url: str, sink: _Sink, timeout: float, retries: int, limit: _Limit
             error = e
             if e.code == 416 and sink.size:
                 sink.reset()  # range not satisfiable: our partial data is suspect
-            elif e.code not in _RETRY_STATUS or attempt >= retries:
+            elif e.code not in RETRY_STATUS:
+                raise
+            elif attempt >= retries:
+                e.attempts = attempt + 1  # type: ignore[attr-defined]  # said by _describe
                 raise
         except (OSError, http.client.HTTPException) as e:  # URLError, timeouts, resets, IncompleteRead
             reason = getattr(e, "reason", None)
@@ -329,10 +344,12 @@ def _http_get(url: str, sink: _Sink, timeout: float, retries: int, limit: _Limit
         attempt += 1
         if attempt > retries:
             raise OSError(f"{_describe(error)} (gave up after {attempt} attempts)") from error
-        if sink.progress.enabled:
+        wait = wait_after(attempt, error, wait_cap)
+        if sink.progress.enabled or wait.seconds >= SAY_WAIT_FROM:  # (a long wait is said anyway)
             sink.progress.done()
-            print(f"{shown_url(url)}: {_describe(error)}; retrying ({attempt}/{retries})", file=sys.stderr)
-        time.sleep(min(0.2 * 2 ** (attempt - 1), 3.0))
+            said = f"{_describe(error)}; retrying{wait.said()} ({attempt}/{retries})"
+            print(f"{shown_url(url)}: {said}", file=sys.stderr)
+        time.sleep(wait.seconds)
 
 
 class _WrongRange(Exception):
@@ -384,7 +401,8 @@ def _describe(e: BaseException) -> str:
     """What went wrong, for a message; whatever of it the server sent (a reason phrase,
     a status line) escaped."""
     if isinstance(e, urllib.error.HTTPError):
-        return f"HTTP {e.code} {shown(str(e.reason))}"
+        n = getattr(e, "attempts", 0)  # (set by _http_get on a transient status it gave up on)
+        return f"HTTP {e.code} {shown(str(e.reason))}" + (f" (gave up after {n} attempts)" if n > 1 else "")
     if isinstance(e, urllib.error.URLError):
         return shown(str(e.reason))
     if isinstance(e, TimeoutError):

@@ -40,6 +40,19 @@ def shown_url(url: str) -> str:
     return shown(redact_urls(_USERINFO.sub(lambda m: m.group(1) + "***@", url, count=1)))
 
 
+def file_name(url: str) -> str | None:
+    """The file name ``url`` gives (its path's last component, without query or fragment),
+    for a message, escaped; None if it names none (``http://host/``, ``.``, ``..``) or
+    carries credentials (which may hide where the path starts: ``u:PASS#x@host/f``)."""
+    if url_credentials(url) is not None:
+        return None
+    url = url.split("?", 1)[0].split("#", 1)[0].rstrip("/")
+    name = url.rsplit("/", 1)[-1]
+    if "://" in url and url.split("://", 1)[1] == name:  # only a host: no file name
+        return None
+    return shown(name) if name not in ("", ".", "..") else None
+
+
 def refuse_credentials(url: str, error: type[KilnError], *, ssh_user: bool = False) -> None:
     """Raise ``error`` if ``url`` carries credentials (``errors.url_credentials``), with
     them hidden in the message. ``ssh_user``: a user name without a password is allowed
