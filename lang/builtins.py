@@ -237,7 +237,7 @@ def path(ev: Evaluator, node: ast.Call, env: Env) -> SourceValue:
         raise BadValue(
             f"path {rel!r} does not exist (paths are relative to the recipe's directory)", n.src, n.pos
         )
-    name = _given_name(ev, a, "path") if "name" in a else sanitize_name(os.path.basename(target))
+    name = _given_name(ev, a, "path") if "name" in a else _source_name(rel)
     # Fingerprinted before and after adding: the cache pairs this store path with what
     # the source looked like *when it was read*; an edit during the add is not cached.
     try:
@@ -255,6 +255,16 @@ def path(ev: Evaluator, node: ast.Call, env: Env) -> SourceValue:
     ev.sources[store_path] = target
     ev.source_fps[store_path] = before if after == before else None
     return SourceValue(store_path, target)
+
+
+def _source_name(rel: str) -> str:
+    """A ``path`` source's default name: the last component of the path *as the recipe
+    writes it*, made valid (``sanitize_name``); ``source`` where that names no component
+    (``"."``, ``".."``, ``"./x/.."``), as Nix flakes name theirs. The name of the directory
+    a checkout happens to sit in must not enter the store path: the same recipe gives the
+    same paths in ``~/app`` and in ``~/app-main``."""
+    last = os.path.basename(os.path.normpath(rel))
+    return "source" if last in ("", ".", "..") else sanitize_name(last)
 
 
 _LOCK_FIELDS = ("name", "version", "arch", "sha256", "filename")

@@ -88,8 +88,8 @@ def test_non_ascii_file_names_mean_the_same_in_every_locale(tmp_path):
     """A ``.kilnignore`` pattern with non-ASCII characters, a ``path`` to a directory with
     a non-ASCII name and a source named after one give the same store paths whatever the
     locale decodes file names as (they did not: the patterns were UTF-8 and the names the
-    locale's, so ``brouillé*`` kept ``brouillé.txt`` there, and ``path "."`` in ``projé``
-    was named ``proj__`` instead of ``proj_``)."""
+    locale's, so ``brouillé*`` kept ``brouillé.txt`` there, and ``path "../projé"`` was
+    named ``proj__`` instead of ``proj_``)."""
     proj = tmp_path / "projé"
     (proj / "données").mkdir(parents=True)
     (proj / ".kilnroot").write_text("")
@@ -97,7 +97,7 @@ def test_non_ascii_file_names_mean_the_same_in_every_locale(tmp_path):
     for name in ("keep.txt", "brouillé.txt", "café.bak"):
         (proj / "données" / name).write_text(name)
     (proj / "p.recipe").write_text(
-        'package p {\n  src = path "./données"\n  whole = path "."\n  build = "cp -r $src $out"\n}\n'
+        'package p {\n  src = path "./données"\n  whole = path "../projé"\n  build = "cp -r $src $out"\n}\n'
     )
     runs = []
     for env in ({}, ASCII_NAMES):
@@ -109,3 +109,26 @@ def test_non_ascii_file_names_mean_the_same_in_every_locale(tmp_path):
     assert runs[0] == runs[1]
     assert "-proj_" in runs[0] and "-proj__" not in runs[0], runs[0]  # é is one character, one _
     assert "-donn_es" in runs[0], runs[0]
+
+
+def test_the_checkout_directory_name_does_not_enter_store_paths(tmp_path):
+    """``path "."`` (or ``".."``, ``"./x/.."``) is named ``source``, not after the directory
+    the checkout sits in: ``~/app`` and ``~/app-main`` give the same paths (they did not).
+    A path that names its last component keeps it (``path "./src"`` is ``src``)."""
+    recipe = (
+        "package p {\n"
+        '  whole = path "."\n  up = path "./src/.."\n  src = path "./src"\n'
+        '  build = "cp -r $whole $out"\n}\n'
+    )
+    outs = []
+    for checkout in ("app", "app-main"):
+        proj = tmp_path / checkout
+        (proj / "src").mkdir(parents=True)
+        (proj / ".kilnroot").write_text("")
+        (proj / "src" / "f").write_text("f\n")
+        (proj / "p.recipe").write_text(recipe)
+        r = run_kiln(["show-derivation", "p.recipe", "p", "--no-cache"], cwd=proj, home=tmp_path / "h")
+        assert r.returncode == 0, r.stderr
+        outs.append(r.stdout)
+    assert outs[0] == outs[1]
+    assert "-source" in outs[0] and "-src" in outs[0] and "-app" not in outs[0], outs[0]
