@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="with --check: rebuild under varied conditions (dirs, cores, umask, order, clock)",
     )
+    add_vary_only(p)
     p.add_argument(
         "--rounds", type=whole_number(1), default=1, help="build N times and compare (N >= 2 checks)"
     )
@@ -113,3 +114,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-root", action="store_true", help="make no GC root (the next GC may delete the outputs)"
     )
     return p
+
+
+def add_vary_only(p: argparse.ArgumentParser) -> None:
+    """``--vary-only NAMES``: ``--vary`` changing only the named conditions (``kiln build
+    --check``, ``kiln rebuild``, ``kiln report``)."""
+
+    def names(text: str) -> frozenset[str]:
+        from kiln.store.vary import parse_names
+
+        try:
+            return parse_names(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    p.add_argument(
+        "--vary-only",
+        type=names,
+        default=None,
+        metavar="NAMES",
+        help="--vary changing only these (comma-separated: dirs, cores, cpus, umask, order, clock)",
+    )

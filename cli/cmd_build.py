@@ -42,8 +42,10 @@ def main(argv: list[str]) -> int:
     if argv[0] == "log":
         return _log(argv[1:])
     args = _parser().parse_args(argv[1:])
+    args.vary = args.vary or args.vary_only is not None
     if args.vary and not args.check:
-        raise UsageError("--vary goes with --check (it varies the conditions of the rebuild)")
+        flag = "--vary-only" if args.vary_only is not None else "--vary"
+        raise UsageError(f"{flag} goes with --check (it varies the conditions of the rebuild)")
     if args.root is not None:
         from kiln.store.localstore import check_root_name
 
@@ -241,6 +243,7 @@ def _build(store, ev, targets, args):  # noqa: ANN202 - buildsubst.AttestationsR
         keep_going=args.keep_going,
         check=args.check,
         vary=args.vary,
+        vary_only=args.vary_only,
         rounds=args.rounds,
         timeout=args.timeout,
         max_silent=args.max_silent_time,

@@ -12,6 +12,7 @@ import sys
 
 from kiln.store.localstore import LocalStore
 
+from .buildargs import add_vary_only
 from .common import store_root, whole_number
 from .jsonout import emit
 from .targets import open_store, resolve_target, signer_args
@@ -33,7 +34,7 @@ def _rebuild(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
         builder = rebuilders.make_builder(store, cores=args.cores, mirrors=tuple(args.source_mirror))
-        verdicts = rebuilders.rebuild_path(store, builder, path, signer, vary=args.vary)
+        verdicts = rebuilders.rebuild_path(store, builder, path, signer, vary=_vary(args))
     finally:
         store.close()
     ok = all(v.identical for v in verdicts)
@@ -81,7 +82,7 @@ def _report(args: argparse.Namespace) -> int:
             signer=signer,
             mirrors=tuple(args.source_mirror),
             cores=args.cores,
-            vary=args.vary,
+            vary=_vary(args),
         )
     finally:
         store.close()
@@ -96,6 +97,11 @@ def _report(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def _vary(args: argparse.Namespace) -> bool | frozenset[str]:
+    """``rebuilders``' ``vary``: the ``--vary-only`` names, else whether ``--vary``."""
+    return args.vary_only if args.vary_only is not None else args.vary
+
+
 def _source_mirror_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--source-mirror", action="append", default=[], metavar="DIR|URL", help="hashed source mirror"
@@ -108,6 +114,7 @@ def _build_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="rebuild under varied host conditions (dirs, KILN_CORES, umask, directory order, clock +10 years)",
     )
+    add_vary_only(p)
     p.add_argument(
         "--cores", type=whole_number(0), default=0, help="KILN_CORES for the builds (default: all cores)"
     )

@@ -175,13 +175,20 @@ def provenance_signed_by(store: Any, path: str, public_key: bytes) -> bool:
 
 
 def rebuild_drv(
-    store: Any, builder: Any, drv_path: str, signer: Any | None, *, say: Say | None = None, vary: bool = False
+    store: Any,
+    builder: Any,
+    drv_path: str,
+    signer: Any | None,
+    *,
+    say: Say | None = None,
+    vary: bool | frozenset[str] = False,
 ) -> list[OutputVerdict]:
     """Rebuild ``drv_path`` (outputs valid) and compare; with ``signer``, sign and store a
     VSA beside every output (``rebuildverdict``). Returns one verdict per output. ``vary``:
     rebuild under deliberately varied conditions (``kiln.store.vary.standard``: other host
     dirs, KILN_CORES, umask, reversed directory order (build dir, outputs, inputs) where
-    disorderfs is installed, the wall clock ten years ahead where libfaketime is).
+    disorderfs is installed, the wall clock ten years ahead where libfaketime is); a set of
+    ``kiln.store.vary.NAMES``: only those (``--vary-only``).
     A rebuild that does not build (``BuildError``) is a FAILED verdict, signed with
     ``signer``; without a signer the ``BuildError`` is raised (nothing to record)."""
     from kiln.store.build import BuildError
@@ -204,8 +211,11 @@ def rebuild_drv(
                 from kiln.store.vary import first_build_cores, varied
 
                 current = builder.opts.cores or os.cpu_count() or 1
+                names = vary if isinstance(vary, frozenset) else None
                 variation = stack.enter_context(
-                    varied(Path(store.root), store.gc_lock_path, first_build_cores(store, drv, current))
+                    varied(
+                        Path(store.root), store.gc_lock_path, first_build_cores(store, drv, current), names
+                    )
                 )
                 say(f"rebuilding {drv_path} with varied conditions: {'; '.join(variation.describe())}")
             else:
@@ -223,7 +233,12 @@ def rebuild_drv(
 
 
 def rebuild_path(
-    store: Any, builder: Any, path: str, signer: Any | None, say: Say | None = None, vary: bool = False
+    store: Any,
+    builder: Any,
+    path: str,
+    signer: Any | None,
+    say: Say | None = None,
+    vary: bool | frozenset[str] = False,
 ) -> list[OutputVerdict]:
     """``rebuild_drv`` for the deriver of valid output ``path``."""
     return rebuild_drv(store, builder, deriver_of(store, path), signer, say=say, vary=vary)
@@ -274,7 +289,7 @@ def reproducibility(
     mirrors: tuple[str, ...] = (),
     cores: int = 0,
     say: Say | None = None,
-    vary: bool = False,
+    vary: bool | frozenset[str] = False,
 ) -> list[PackageResult]:
     """Evaluate ``files``; build every package they define (if not valid), rebuild it
     once, and return a result per package, in file then definition order."""

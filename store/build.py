@@ -77,6 +77,7 @@ class BuildOptions:
     max_log_bytes: int = DEFAULT_LOG_LIMIT
     print_logs: bool = False  # -L: stream build logs to stderr
     vary: bool = False  # --check --vary: rebuild under varied conditions (store/vary.py)
+    vary_only: frozenset[str] | None = None  # --vary-only: only these of vary.NAMES
     mirrors: tuple[str, ...] = ()
     progress: bool = field(default_factory=wants_progress)  # (asked when made: never at import)
 

@@ -157,7 +157,12 @@ class Checking:
                 current = self.opts.cores or os.cpu_count() or 1
                 gc_lock = getattr(self.store, "gc_lock_path", None)
                 vary = stack.enter_context(
-                    varied(Path(self.store.root), gc_lock, first_build_cores(self.store, drv, current))
+                    varied(
+                        Path(self.store.root),
+                        gc_lock,
+                        first_build_cores(self.store, drv, current),
+                        self.opts.vary_only,
+                    )
                 )
                 self.say(f"checking {drv_path} with varied conditions: {'; '.join(vary.describe())}")
             else:
@@ -168,8 +173,25 @@ class Checking:
                 raise NotDeterministic(
                     f"derivation {drv_path} may not be deterministic: output {c.path} differs\n"
                     f"  registered NAR hash: {c.registered}\n  rebuilt NAR hash:    {c.rebuilt}\n{c.differences}"
+                    + _which_variation(vary)
                 )
         self.say(f"{drv_path}: rebuild is bit-for-bit identical")
+
+
+def _which_variation(vary: Variation | None) -> str:
+    """For a varied rebuild that differed: which conditions were changed, and, when more
+    than one, how to find the one that matters (``--vary-only``, one at a time; a plain
+    ``--check`` first: a build that differs from itself needs no variation at all)."""
+    if vary is None:
+        return ""
+    names = vary.names()
+    text = f"\nthe rebuild varied: {', '.join(names) or 'nothing'}"
+    if len(names) > 1:
+        text += (
+            "; to find which one the build depends on, check again without --vary, then with "
+            + " / ".join(f"--vary-only {n}" for n in names)
+        )
+    return text
 
 
 def _clock_shift_took(drv_path: str, log: Path) -> None:

@@ -21,6 +21,10 @@ wall clock                  ten years ahead: the host's libfaketime is        li
                             preloaded into the rebuild (``FAKETIME=+3650d``)
 ==========================  ===============================================  ============
 
+``--vary-only NAMES`` (``dirs``, ``cores``, ``cpus``, ``umask``, ``order``, ``clock``,
+comma-separated) changes only those (``only``): a check that fails under ``--vary``
+names the conditions it changed, and one at a time finds which one the build depends on.
+
 Where disorderfs is installed but cannot mount (FUSE not usable by this user, as in
 some containers), ``varied`` finds it out with a trial mount and the rebuild goes
 without reordering, as without disorderfs; ``describe`` says why. The mounts are made
@@ -85,6 +89,9 @@ class Variation:
     #: the first build (a 1-CPU machine: ``cpus_seen`` says how many that is)
     cpus: int | None = None
     cpus_seen: int | None = None  # how many CPUs an ordinary build sees here
+    #: the conditions (``NAMES``) left as the first build had them because ``--vary-only``
+    #: did not name them
+    not_asked: frozenset[str] = frozenset()
 
     def varied(self) -> list[str]:
         """What this variation actually changes, as stable labels (no host paths) for a
@@ -104,6 +111,19 @@ class Variation:
             out.append(f"clock+{FAKETIME_OFFSET}")
         return out
 
+    def names(self) -> list[str]:
+        """The ``NAMES`` of the conditions this variation changes (what ``--vary-only``
+        takes: a mismatch under several says to try them one at a time)."""
+        took = {
+            "dirs": self.tmp_parent is not None,
+            "cores": self.cores is not None,
+            "cpus": self.cpus is not None,
+            "umask": self.umask is not None,
+            "order": self.reorder_dirents,
+            "clock": self.faketime is not None,
+        }
+        return [n for n in NAMES if took[n]]
+
     def describe(self) -> list[str]:
         out = []
         if self.tmp_parent is not None:
@@ -113,20 +133,55 @@ class Variation:
         if self.cpus is not None:
             seen = f" instead of {self.cpus_seen}" if self.cpus_seen is not None else ""
             out.append(f"{_cpus(self.cpus)} visible (nproc){seen}")
-        elif self.cpus_seen is not None:
+        elif self.cpus_seen is not None and "cpus" not in self.not_asked:
             out.append(f"CPUs visible: not varied (builds here see {_cpus(self.cpus_seen)})")
         if self.umask is not None:
             out.append(f"umask {self.umask:03o}")
-        out.append(
-            "directory order reversed in /build, the outputs and the inputs (disorderfs)"
-            if self.reorder_dirents
-            else f"directory order: not varied ({self.reorder_skipped or 'disorderfs not installed'})"
-        )
+        if self.reorder_dirents:
+            out.append("directory order reversed in /build, the outputs and the inputs (disorderfs)")
+        elif "order" not in self.not_asked:
+            out.append(f"directory order: not varied ({self.reorder_skipped or 'disorderfs not installed'})")
         if self.faketime:
             out.append(f"wall clock +{FAKETIME_OFFSET} (libfaketime)")
-        else:
+        elif "clock" not in self.not_asked:
             out.append("wall clock: not shifted (libfaketime not installed)")
+        if self.not_asked:
+            out.append(f"not asked for (--vary-only): {', '.join(n for n in NAMES if n in self.not_asked)}")
         return out
+
+
+#: the conditions ``--vary`` changes, as ``--vary-only`` names them (module docstring):
+#: host build/store dirs, ``KILN_CORES``, the CPUs visible, umask, directory order, clock
+NAMES = ("dirs", "cores", "cpus", "umask", "order", "clock")
+
+
+def parse_names(text: str) -> frozenset[str]:
+    """``--vary-only``'s comma-separated ``NAMES``; ``ValueError`` saying which are known."""
+    got = [n.strip() for n in text.split(",") if n.strip()]
+    bad = [n for n in got if n not in NAMES]
+    if bad or not got:
+        raise ValueError(
+            f"{', '.join(bad) or 'nothing'}: expected one or more of {', '.join(NAMES)}, comma-separated"
+        )
+    return frozenset(got)
+
+
+def only(v: Variation, names: frozenset[str] | None) -> Variation:
+    """``v`` changing only the conditions in ``names`` (all when None): the others are as
+    the first build had them, and ``describe`` says they were not asked for."""
+    if names is None:
+        return v
+    keep = names.__contains__
+    return replace(
+        v,
+        tmp_parent=v.tmp_parent if keep("dirs") else None,
+        cores=v.cores if keep("cores") else None,
+        cpus=v.cpus if keep("cpus") else None,
+        umask=v.umask if keep("umask") else None,
+        reorder_dirents=v.reorder_dirents and keep("order"),
+        faketime=v.faketime if keep("clock") else None,
+        not_asked=frozenset(NAMES) - names,
+    )
 
 
 def _cpus(n: int) -> str:
@@ -177,13 +232,16 @@ def standard(top: Path, avoid_cores: Iterable[int], cpus_seen: int | None = None
 
 
 @contextlib.contextmanager
-def varied(store_root: Path, gc_lock: Path | None, avoid_cores: Iterable[int]) -> Iterator[Variation]:
-    """``standard`` in a ``tmp/vary-*`` directory this process owns (``buildtmp``) until
-    the body ends, when it is removed: after a kill, GC removes it (and unmounts the
-    disorderfs mounts a killed rebuild left in it, ``mounts``)."""
+def varied(
+    store_root: Path, gc_lock: Path | None, avoid_cores: Iterable[int], names: frozenset[str] | None = None
+) -> Iterator[Variation]:
+    """``standard`` (changing only ``names``, when given: ``only``) in a ``tmp/vary-*``
+    directory this process owns (``buildtmp``) until the body ends, when it is removed:
+    after a kill, GC removes it (and unmounts the disorderfs mounts a killed rebuild left
+    in it, ``mounts``)."""
     top, owner = owned_tmpdir(store_root / "tmp", "vary-", gc_lock)
     try:
-        v = standard(top, avoid_cores)
+        v = only(standard(top, avoid_cores), names)
         if v.reorder_dirents and (why := mount_problem(top)) is not None:
             v = replace(v, reorder_dirents=False, reorder_skipped=f"disorderfs cannot mount here: {why}")
         yield v

@@ -140,6 +140,17 @@ def test_vary_changes_the_core_count_the_first_build_used(store, graph):
     assert r.returncode == 1 and "may not be deterministic" in r.stderr, r.stderr
 
 
+def test_vary_only_from_the_command_line(store, graph):
+    """``kiln build --check --vary-only NAMES`` varies only those, and says what it left."""
+    a, _ = graph.drv("cores-only", 'echo "cores=$KILN_CORES" > $out')
+    assert kiln(store.root, "build", "--cores", "2", a).returncode == 0
+    r = kiln(store.root, "build", "--check", "--vary-only", "umask,order", a)
+    assert r.returncode == 0, r.stderr
+    assert "not asked for (--vary-only): dirs, cores, cpus, clock" in r.stderr, r.stderr
+    r = kiln(store.root, "build", "--check", "--vary-only", "cores", a)
+    assert r.returncode == 1 and "the rebuild varied: cores" in r.stderr, r.stderr
+
+
 @pytest.mark.skipif(shutil.which("disorderfs") is None, reason="disorderfs not installed")
 def test_sigterm_during_a_varied_check_leaves_nothing_behind(store, graph):
     """SIGTERM (a CI cancel, ``timeout``) used to end kiln on the spot: the check's two

@@ -614,6 +614,39 @@ def test_check_vary_catches_dependence_on_umask(store, graph):
         builder(store, check=True, vary=True).realise([a])
 
 
+def test_check_vary_only_varies_what_it_names_and_a_mismatch_says_what_varied(store, graph):
+    """``--vary-only``: the rebuild changes only the named conditions, so one at a time
+    finds the one a build depends on; a varied mismatch names what it varied and, when
+    several, says to try them one at a time (it named none: the user had to guess)."""
+    a, _ = graph.drv("umask-only", "umask > $out")
+    builder(store).realise([a])
+    with pytest.raises(NotDeterministic) as e:
+        builder(store, check=True, vary=True).realise([a])
+    said = str(e.value)
+    assert "the rebuild varied: dirs, cores" in said and "umask" in said, said
+    assert "--vary-only dirs / --vary-only cores" in said and "--vary-only umask" in said, said
+    for names in ({"dirs"}, {"cores"}, {"clock", "order"}):
+        builder(store, check=True, vary=True, vary_only=frozenset(names)).realise([a])  # not the cause
+    with pytest.raises(NotDeterministic) as e:
+        builder(store, check=True, vary=True, vary_only=frozenset({"umask"})).realise([a])
+    assert str(e.value).splitlines()[-1] == "the rebuild varied: umask", str(e.value)
+
+
+def test_vary_only_says_what_it_left_alone():
+    from kiln.store.vary import Variation, only, parse_names
+
+    v = only(
+        Variation(cores=2, umask=0o077, faketime="/x/libfaketime.so.1", cpus=1, cpus_seen=2),
+        parse_names("umask"),
+    )
+    assert v.names() == ["umask"]
+    assert v.describe() == ["umask 077", "not asked for (--vary-only): dirs, cores, cpus, order, clock"]
+    with pytest.raises(
+        ValueError, match="bogus: expected one or more of dirs, cores, cpus, umask, order, clock"
+    ):
+        parse_names("umask,bogus")
+
+
 def test_a_stopped_reference_scan_raises(tmp_path):
     """The build loop's stop event reaches the reference scan: a cancelled build does
     not go on scanning (possibly gigabytes of) output, nor get placed afterwards."""
