@@ -286,7 +286,8 @@ def _cmd_show(args) -> int:
                 )
             text = decode(Path(target).read_bytes(), target)
             name = Path(target).name.split("-", 1)[-1].removesuffix(".drv")
-            drvs = {target: parse(text, name, args.store_dir or DEFAULT_STORE_DIR)}
+            # a loose file may be made for any store dir: its own, unless --store-dir says
+            drvs = {target: parse(text, name, args.store_dir or None)}
             paths = list(drvs)
         else:
             from kiln.store.localstore import LocalStore

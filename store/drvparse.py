@@ -74,8 +74,10 @@ def decode(data: bytes, what: str) -> str:
         raise FormatError(f"{what}: not a derivation (not UTF-8 at byte {e.start})") from None
 
 
-def parse(text: str, name: str, store_dir: str = DEFAULT_STORE_DIR) -> Derivation:
-    """Parse ATerm ``text``. ``name`` is the derivation name (from its ``.drv`` path)."""
+def parse(text: str, name: str, store_dir: str | None = DEFAULT_STORE_DIR) -> Derivation:
+    """Parse ATerm ``text``. ``name`` is the derivation name (from its ``.drv`` path).
+    ``store_dir`` None: the store dir of its first output path (a loose ``.drv`` file, made
+    for any store dir), which every other path must then share."""
     r = _Reader(text)
     r.expect("Derive(")
 
@@ -132,6 +134,8 @@ def parse(text: str, name: str, store_dir: str = DEFAULT_STORE_DIR) -> Derivatio
         _sorted_unique(list(outs), f"outputs of input {p}")
     _sorted_unique(list(srcs), "input sources")
     _sorted_unique([k for k, _ in env], "environment variables")
+    if store_dir is None:
+        store_dir = _store_dir_of(outputs)
     _check_meaning(outputs, drvs, srcs, store_dir)
     drv = Derivation(
         name=name,
@@ -160,6 +164,22 @@ def _sorted_unique(keys: list[str], what: str) -> None:
             raise FormatError(f"derivation: {what} are not sorted and unique ({a!r} {how})")
 
 
+def _store_dir_of(outputs: list[tuple[str, Output]]) -> str:
+    """The store dir of a derivation's first output path (``parse``'s ``store_dir=None``)."""
+    from .paths import check_store_dir
+
+    first = outputs[0][1].path if outputs else ""
+    if not first:  # no outputs, or a floating one: ``_check_meaning`` says which
+        return DEFAULT_STORE_DIR
+    d = first.rpartition("/")[0]
+    try:
+        return check_store_dir(d)
+    except FormatError:
+        raise FormatError(
+            f"derivation: cannot tell its store dir from its first output path {first[:200]!r}"
+        ) from None
+
+
 def _check_meaning(
     outputs: list[tuple[str, Output]],
     drvs: list[tuple[str, tuple[str, ...]]],
@@ -175,6 +195,11 @@ def _check_meaning(
         raise FormatError("derivation: no outputs")
 
     def in_store(p: str, what: str) -> None:
+        if not p and what.startswith("output"):
+            raise FormatError(
+                f"derivation: {what} is empty: a floating content-addressed, impure or deferred "
+                "derivation (Nix's ca-derivations, impure-derivations), which kiln does not build"
+            )
         try:
             StorePath.parse(p, store_dir)
         except FormatError as e:

@@ -2,14 +2,17 @@
 refused by ``drvparse.parse``, as Nix refuses it when it parses a derivation (here:
 ``nix-store --add`` of a ``.drv`` file into a chroot store, which parses it): an output
 path or input source outside the store, an unknown hash algorithm. Also refused (kiln's
-own rules, which a derivation kiln or Nix writes always meets): no outputs, an input
-derivation that is not a ``.drv``, a fixed output's digest of the wrong length or not
-lowercase hex, a digest without an algorithm."""
+own rules, which every input-addressed or fixed-output derivation kiln or Nix writes
+meets): no outputs, an input derivation that is not a ``.drv``, a fixed output's digest
+of the wrong length or not lowercase hex, a digest without an algorithm; and a floating
+output (Nix's content-addressed or impure derivations), which kiln does not build."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -107,3 +110,24 @@ def test_nix_refuses_the_same_ones_and_takes_the_good_one(tmp_path: Path) -> Non
         assert nix_says in nix(text, n), text
         with pytest.raises(FormatError):
             drvparse.parse(text, "foo", SD)
+
+
+def test_a_loose_drv_is_read_in_its_own_store_dir(tmp_path: Path) -> None:
+    """``store_dir=None`` (a loose ``.drv`` file, ``kiln show-derivation FILE``): the store
+    dir is its first output's, and every path must share it. A floating output (Nix's
+    content-addressed or impure derivations, an empty path) is named as such."""
+    other = drv().replace(SD, "/opt/store")
+    assert drvparse.parse(other, "foo", None).store_dir == "/opt/store"
+    with pytest.raises(FormatError, match="is not a store path of /opt/store"):
+        drvparse.parse(other.replace(f'"/opt/store/{"b" * 32}-src"', f'"{SRC}"'), "foo", None)
+    with pytest.raises(FormatError, match="floating content-addressed, impure or deferred"):
+        drvparse.parse(drv(outputs='("out","","r:sha256","")', drvs="", srcs=""), "foo", None)
+    f = tmp_path / "x-foo.drv"
+    f.write_text(other)
+    r = subprocess.run(
+        [sys.executable, "-m", "kiln", "show-derivation", str(f)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "KILN_HOME": str(tmp_path / "none")},
+    )
+    assert r.returncode == 0 and "/opt/store/" in r.stdout, r.stderr
