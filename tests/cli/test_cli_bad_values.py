@@ -84,7 +84,10 @@ def test_signer_key_without_signer_cmd_is_refused(tmp_path: Path) -> None:
             ["build", "--check", "--vary-only", "umask,tz", "x.recipe"],
             "argument --vary-only: tz: expected one or more of dirs, cores",
         ),
-        (["rebuild", "--vary-only", "", "/kiln/store/x"], "argument --vary-only: nothing: expected one or more of"),
+        (
+            ["rebuild", "--vary-only", "", "/kiln/store/x"],
+            "argument --vary-only: nothing: expected one or more of",
+        ),
         (["store", "sign", "--key", "k.sec"], "give store paths to sign, or --all"),
         (
             ["store", "sign", "--key", "k.sec", "--all", "/kiln/store/x"],
