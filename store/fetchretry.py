@@ -8,9 +8,10 @@ Rules:
   waits what it asks, up to a cap: ``RETRY_AFTER_CAP`` (60 s) for a URL,
   ``MIRROR_RETRY_AFTER_CAP`` (5 s) for a hashed source mirror, whose fallback is the
   URLs and which every source of a build would wait for again. A server asking for more
-  than the cap is asked again after the cap (and given up on once the retries are
-  spent), so one URL never waits more than ``retries`` times the cap in all (3 minutes
-  with the default 3 retries) — a rate-limiting server is no longer asked again within
+  than the cap is given up on at once (``Wait.too_long``: the next mirror or URL is
+  tried, and the error says what it asked), so one URL never waits more than
+  ``retries`` times the cap in all (3 minutes with the default 3 retries, each wait
+  one the server asked for) — a rate-limiting server is no longer asked again within
   0.2 s and given up on 1.4 s after its first answer;
 - a ``Retry-After`` that does not parse, or on another status, is ignored (the backoff);
 - a wait of ``SAY_WAIT_FROM`` s or more is said on stderr even without a progress
@@ -71,14 +72,19 @@ class Wait:
     seconds: float
     asked: float | None = None
 
+    def too_long(self) -> str:
+        """Why not to wait at all ("" to wait): the server asked for longer than the cap."""
+        if self.asked is not None and self.asked > self.seconds:
+            return (
+                f"the server asks to come back in {self.asked:.0f} s (Retry-After), longer than kiln "
+                f"waits ({self.seconds:.0f} s): giving up on this URL"
+            )
+        return ""
+
     def said(self) -> str:
         """The wait for a "retrying ..." line ("" for a short one the server did not ask for)."""
         if self.asked is None:
             return f" in {self.seconds:.0f} s" if self.seconds >= SAY_WAIT_FROM else ""
-        if self.asked > self.seconds:
-            return (
-                f" in {self.seconds:.0f} s (the server asked for {self.asked:.0f} s, longer than kiln waits)"
-            )
         return f" in {self.seconds:.0f} s, as the server asked (Retry-After)"
 
 

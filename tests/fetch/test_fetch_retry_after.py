@@ -145,7 +145,8 @@ def test_retry_after_is_capped_and_only_heeded_for_429_and_503() -> None:
     cap; a 500's Retry-After, a bad one, or one shorter than the backoff is the backoff."""
     assert wait_before(1, 429, "3600", RETRY_AFTER_CAP) == Wait(RETRY_AFTER_CAP, 3600.0)
     assert wait_before(1, 503, "3600", 5.0) == Wait(5.0, 3600.0)  # (a mirror's cap)
-    assert "asked for 3600 s" in Wait(60.0, 3600.0).said()
+    assert "come back in 3600 s (Retry-After), longer than kiln waits (60 s)" in Wait(60.0, 3600.0).too_long()
+    assert Wait(2.0, 2.0).too_long() == "" and Wait(0.2).too_long() == ""
     assert wait_before(1, 500, "5", RETRY_AFTER_CAP) == Wait(0.2)
     assert wait_before(2, 429, "soon", RETRY_AFTER_CAP) == Wait(0.4)
     assert wait_before(3, 429, "0", RETRY_AFTER_CAP) == Wait(0.8)
@@ -194,3 +195,22 @@ def test_the_error_names_the_file_and_the_attempts(busy: _Busy, tmp_path: Path) 
     msg = str(e.value)
     assert msg.startswith(f"cannot fetch pkg-1.0.tar.gz (sha256:{SHA}):"), msg
     assert msg.endswith("HTTP 500 Internal Server Error (gave up after 2 attempts)"), msg
+
+
+def test_a_server_asking_for_longer_than_kiln_waits_is_given_up_on_at_once(
+    busy: _Busy, tmp_path: Path
+) -> None:
+    """A 429 asking to come back in an hour: the URL is given up on at its first answer,
+    saying what it asked, and the next URL serves the file (it slept the 60 s cap, three
+    times per URL, before)."""
+    route = "ra/429/3600/9/pkg.tar"
+    started = time.monotonic()
+    dest = _fetch([busy.url(route), busy.url("ra/429/-/0/pkg.tar")], tmp_path, mirrors=[], retries=3)
+    assert dest.read_bytes() == DATA and time.monotonic() - started < 10
+    assert len(busy.stamps[f"/{route}"]) == 1  # asked once
+    (tmp_path / "out").unlink()
+    started = time.monotonic()
+    with pytest.raises(FetchError) as e:
+        _fetch([busy.url(route)], tmp_path, mirrors=[], retries=3)
+    assert time.monotonic() - started < 10
+    assert "come back in 3600 s (Retry-After), longer than kiln waits (60 s)" in str(e.value), e.value
