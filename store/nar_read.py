@@ -19,10 +19,10 @@ Everything ``nix-store --restore`` rejects is rejected here too, with the byte o
 and what was expected: bad magic, unknown or misplaced tags, entries out of order or
 duplicated, names that are empty, ``.``, ``..`` or contain ``/`` or NUL, empty
 symlink targets or targets containing NUL, non-zero padding, absurd lengths,
-truncated input and trailing data after the root node. Names longer than 255 bytes and
-symlink targets longer than 4095 (which no Linux file system takes, so no restore
-could make them) are refused here too, with their offset, rather than when the file is
-made.
+truncated input and trailing data after the root node. ``restore`` also refuses, with
+the entry and its offset rather than the error of the file it could not make, names
+longer than 255 bytes and symlink targets longer than 4095 (no Linux file system takes
+them; a NAR made elsewhere may hold them, and is listed and hashed all the same).
 
 ``restore`` (``nar_restore``) materialises into a fresh temporary sibling of ``dest`` and
 renames it into place only after the whole archive validated, so bad input leaves nothing
@@ -40,12 +40,14 @@ from typing import BinaryIO
 from .errors import FormatError
 
 MAGIC = b"nix-archive-1"
-#: Longest tag or symlink target accepted (Linux PATH_MAX, counting the NUL a target
-#: gets when it is made: 4095 bytes of target).
+#: Longest tag, name or symlink target accepted (Linux PATH_MAX). A NAR from another
+#: system may hold longer names than Linux takes (APFS: 765 bytes), so the parser takes
+#: them; ``nar_restore`` refuses what it cannot make (``MAX_NAME``, ``MAX_TARGET``).
 MAX_TOKEN = 4096
-MAX_TARGET = MAX_TOKEN - 1
-#: Longest entry name (Linux NAME_MAX: no file system kiln restores to takes more)
+#: Longest entry name and symlink target a restore makes (Linux NAME_MAX; PATH_MAX
+#: counting the NUL a target gets when it is made)
 MAX_NAME = 255
+MAX_TARGET = MAX_TOKEN - 1
 #: Longest file accepted; anything bigger is a corrupt length field, not a file.
 MAX_CONTENTS = 1 << 48
 _unpack_u64 = struct.Struct("<Q").unpack
@@ -262,7 +264,7 @@ def _parse(inp: _Input) -> Iterator[NarEntry]:
             elif kind == "symlink":
                 _expect(inp, b"target", f"in symlink {path!r}")
                 at = inp.offset
-                target = _token(inp, "symlink target", MAX_TARGET)
+                target = _token(inp, "symlink target")
                 if not target or b"\0" in target:
                     raise FormatError(
                         f"NAR: symlink {path!r} at offset {at} has an empty target or one with NUL"
@@ -286,7 +288,7 @@ def _parse(inp: _Input) -> Iterator[NarEntry]:
             _expect(inp, b"(", "after 'entry'")
             _expect(inp, b"name", "in directory entry")
             at = inp.offset
-            name = _token(inp, "entry name", MAX_NAME)
+            name = _token(inp, "entry name")
             why = _bad_name(name)
             if why:
                 raise FormatError(

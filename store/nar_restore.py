@@ -12,7 +12,8 @@ import os
 from collections.abc import Iterable
 from typing import BinaryIO
 
-from .nar_read import _Input, _parse
+from .errors import FormatError
+from .nar_read import MAX_NAME, MAX_TARGET, NarEntry, _Input, _parse
 
 
 def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
@@ -70,6 +71,7 @@ def restore(
         inp = _Input(src)
         dirs: list[bytes] = []
         for e in _parse(inp):
+            _makeable(e, inp.offset)
             p = os.path.join(root, os.fsencode(e.path)) if e.path else root
             if e.type == "directory":
                 os.mkdir(p)
@@ -94,6 +96,24 @@ def restore(
             fsync_dir(parent)
     finally:
         rmtree_iter(tmp)  # (nothing if the mkdir did not happen)
+
+
+def _makeable(e: NarEntry, offset: int) -> None:
+    """``FormatError`` if Linux cannot make entry ``e`` (read up to ``offset``): a name
+    over ``MAX_NAME`` bytes or a symlink target over ``MAX_TARGET`` (the NAR format has
+    no such limit; the file system's error would name kiln's hidden temp directory)."""
+    name = os.fsencode(e.path).rpartition(b"/")[2]
+    if len(name) > MAX_NAME:
+        raise FormatError(
+            f"NAR: entry {e.path[:80]!r}... (before offset {offset}) has a name of {len(name)} bytes; "
+            f"Linux takes at most {MAX_NAME}: it cannot be restored here"
+        )
+    target = os.fsencode(e.target or "")
+    if len(target) > MAX_TARGET:
+        raise FormatError(
+            f"NAR: symlink {e.path[:80]!r} (before offset {offset}) has a target of {len(target)} bytes; "
+            f"Linux takes at most {MAX_TARGET}: it cannot be restored here"
+        )
 
 
 def _sweep_dead(parent: bytes, prefix: bytes) -> None:
