@@ -30,6 +30,7 @@ reaches the user unless ``KILN_DEBUG=1``.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import importlib
 import os
@@ -173,6 +174,9 @@ def utf8_file_names() -> None:
     """Re-execute this process in Python's UTF-8 mode unless file names already decode as
     UTF-8 (module docstring); if that cannot be done, go on as it is."""
     if sys.flags.utf8_mode or sys.getfilesystemencoding().lower().replace("-", "") == "utf8":
+        argv = getattr(sys, "orig_argv", [])
+        if argv[1:3] == ["-X", "utf8"] and len(argv) > 3 and not argv[3].startswith("-"):
+            _name_process(os.path.basename(argv[3]))  # re-executed: ``kiln``, as before, not ``python3``
         return
     if not sys.executable or not getattr(sys, "orig_argv", None):
         return
@@ -180,6 +184,15 @@ def utf8_file_names() -> None:
         os.execv(sys.executable, [sys.executable, "-X", "utf8", *sys.orig_argv[1:]])
     except OSError:
         return
+
+
+def _name_process(name: str) -> None:
+    """Set this process's name (``ps``, ``pgrep``, ``/proc/PID/comm``) to ``name``, as the
+    kernel named the console script before ``utf8_file_names`` re-executed Python."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).prctl(15, os.fsencode(name)[:15], 0, 0, 0)  # PR_SET_NAME
 
 
 def exit_now(code: int) -> None:
