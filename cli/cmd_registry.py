@@ -90,6 +90,8 @@ def cmd_push(argv: list[str]) -> int:
         )
         + (f"; {rep.index}" if rep.index else "")
     )
+    for why in rep.ca_refused[:10]:  # (the published CA stays: a repair, not a failure of the push)
+        print(f"warning: the registry did not take the corrected CA of {why}", file=sys.stderr)
     for why in rep.signatures_refused[:10]:
         print(f"error: the registry did not take the new signature of {why}", file=sys.stderr)
     for why in rep.attestations_refused[:10]:

@@ -80,6 +80,7 @@ class PushReport:
     signatures_updated: int = 0  # published paths whose narinfo went again for new signatures
     signatures_refused: tuple[str, ...] = ()  # "path: why" where the registry refused them
     attestations_refused: tuple[str, ...] = ()  # "path kind: why" where the registry refused them
+    ca_refused: tuple[str, ...] = ()  # "path: why": a CA correction alone the registry refused
 
 
 def levels(infos: dict[str, PathInfo]) -> list[list[str]]:
@@ -295,6 +296,7 @@ async def push_prepared(
         await uploadplan.run(uploadplan.plan(order, refs, lambda p: 0, jobs, 1), up_one_info, jobs)
     prog.done()
     refused: list[str] = []
+    ca_refused: list[str] = []
 
     async def up_sigs(p: str) -> None:
         try:
@@ -302,7 +304,8 @@ async def push_prepared(
         except RegistryError as e:  # not trusted there: the path stays as published
             if e.status not in (400, 403, 409):
                 raise
-            refused.append(f"{p}: {e}")
+            signed = _new_sigs(have[_hp(p)], info_map[p].sigs, signer)  # else sent for its CA alone
+            (refused if signed else ca_refused).append(f"{p}: {e}")
 
     await asyncio.gather(*(up_sigs(p) for p in resign))
     if resign:  # a registry admits a narinfo it already has and drops signatures it does not trust
@@ -329,9 +332,10 @@ async def push_prepared(
         total,
         index,
         atts,
-        len(resign) - len(refused),
+        len(resign) - len(refused) - len(ca_refused),
         tuple(refused),
         tuple(atts_refused),
+        tuple(ca_refused),
     )
 
 

@@ -251,3 +251,25 @@ def test_a_published_narinfo_broken_beyond_its_ca_fails_only_its_own_batch_entry
     assert results[s.hp(s.a)]["status"] == 400, results
     assert results[s.hp(s.b)]["status"] == 201, results
     assert request(f"{s.url}/{s.hp(s.b)}.narinfo")[0] == 200
+
+
+def test_a_refused_ca_correction_is_a_warning_not_a_refused_signature(tmp_path, keys, kiln_server) -> None:
+    """A narinfo sent again only for its CA (here the store's own CA is the false one) that
+    the registry refuses: a warning naming the CA, the push exits 0 (the published path is
+    as it was); it was reported as a signature the registry did not trust, and failed."""
+    import contextlib
+    import sqlite3
+
+    s = Setup(tmp_path, keys, kiln_server)
+    s.push(s.a, s.b)
+    with contextlib.closing(sqlite3.connect(s.store.root / "db.sqlite")) as db, db:
+        db.execute("update paths set ca = ? where path = ?", (s.lie(), s.a))
+    r = kiln(
+        "push", "--store", str(s.store.root), s.a, "--to", s.url, "--token", s.tok,
+        "--sign-key", str(s.keys.sk_file),
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert f"warning: the registry did not take the corrected CA of {s.a}: " in r.stderr, r.stderr
+    assert "new signature" not in r.stderr, r.stderr
+    served = request(f"{s.url}/{s.hp(s.a)}.narinfo")[2].decode()
+    assert s.lie() not in served, served
