@@ -8,10 +8,16 @@ source can be downloaded from are read *at run time* from the machine's own apt 
 ``/etc/apt/sources.list``), see ``archive_bases``.
 
 ``kiln lock debian`` resolves a closure against the indexes apt has already downloaded
-(``/var/lib/apt/lists/*_Packages``, possibly compressed; apt's own ``apt-helper cat-file``
-is used for lz4, the standard library and ``zstandard`` for the rest). The index is scanned
-once with a cheap field scan; only the stanzas of packages that end up in the closure are
-parsed with python-debian's ``debian.deb822.Packages`` (relations, version constraints).
+(``/var/lib/apt/lists/*_Packages``, possibly compressed: apt's own ``apt-helper cat-file``
+for lz4, ``gzip`` and ``debstreams.Streams`` for the rest, so a cut or corrupt file is an
+``AptError`` naming it, never a silently shorter index). Nothing here verifies them: they
+are trusted as ``apt-get update`` verified them (InRelease signature, Release hashes); a
+``--lists DIR`` is not verified at all (docs/toolchain.md). Every stanza is scanned once
+with one regex (field names case-insensitive; a field given twice is a ``FormatError``,
+as deb822 and a first-match scan would read it two ways); only the stanzas of packages
+that end up in the closure are parsed with python-debian's ``debian.deb822.Packages``.
+Versions (``Version``, and those in ``Provides``) must be what dpkg accepts
+(``valid_version``): python-debian raises ``ValueError`` comparing some others.
 
 Candidates (``AptIndex``) follow apt's default pins:
 
@@ -26,15 +32,18 @@ its result (``LockEntry`` records) is in ``aptlock``, whose names are re-exporte
 
 from __future__ import annotations
 
-import bz2
 import gzip
 import lzma
+import os
 import re
 import subprocess
+import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .aptfields import fields as fields_of
+from .aptfields import valid_version as valid_version  # re-exported: aptresolve and tests import it here
 from .aptlock import (
     LOCK_FIELDS,
     LockEntry,
@@ -131,52 +140,44 @@ def index_files(lists_dir: Path = APT_LISTS) -> list[Path]:
 
 
 def read_index(path: Path) -> str:
-    """The text of one (possibly compressed) index file."""
+    """The text of one (possibly compressed) index file. ``AptError`` naming the file if it
+    cannot be read or decompressed: corrupt data, data cut inside a compressed stream (a
+    torn download; zstandard's ``stream_reader`` would end quietly inside a cut frame,
+    losing the packages after it), or data after the last stream that is not padding
+    (xz, bzip2 and zstd are decoded as ``.deb`` members are, by ``debstreams.Streams``)."""
     name = path.name
     if name.endswith(".lz4"):
         # apt's own helper knows every compressor apt uses; no lz4 binding needed
         proc = subprocess.run(["/usr/lib/apt/apt-helper", "cat-file", str(path)], capture_output=True)
         if proc.returncode != 0:
             raise AptError(f"cannot decompress {path}: {proc.stderr.decode(errors='replace').strip()}")
-        data = proc.stdout
-    else:
-        import zstandard
+        return proc.stdout.decode("utf-8", errors="replace")
+    import zstandard
 
-        try:
-            if name.endswith(".gz"):
-                data = gzip.decompress(path.read_bytes())
-            elif name.endswith(".xz"):
-                data = lzma.decompress(path.read_bytes())
-            elif name.endswith(".bz2"):
-                data = bz2.decompress(path.read_bytes())
-            elif name.endswith(".zst"):
-                with open(path, "rb") as f:
-                    data = zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True).read()
+    from .debarchive import Window
+    from .debstreams import BZIP2, XZ, ZSTD, Streams
+
+    codec = {".xz": XZ, ".bz2": BZIP2, ".zst": ZSTD}.get(path.suffix)
+    try:
+        with open(path, "rb") as f:
+            if name.endswith(".gz"):  # (GzipFile refuses a cut stream and trailing bytes itself)
+                data = gzip.GzipFile(fileobj=f).read()
+            elif codec is not None:
+                data = Streams(Window(f, 0, os.fstat(f.fileno()).st_size), codec, f"{codec.name} data").read()
             else:
-                data = path.read_bytes()
-        except (EOFError, lzma.LZMAError, zstandard.ZstdError, gzip.BadGzipFile, OSError) as e:
-            # a torn download or a stray file in the lists dir: name it
-            raise AptError(f"cannot read apt index {path}: {e}") from None
+                data = f.read()
+    # FormatError: Streams' (cut, garbage after); OSError: BadGzipFile, bz2's "Invalid data
+    # stream", reading the file; ValueError: bz2.decompress's "ended before the end-of-stream"
+    except (FormatError, EOFError, ValueError, lzma.LZMAError, zlib.error, zstandard.ZstdError, OSError) as e:
+        # a torn download or a stray file in the lists dir: name it
+        raise AptError(f"cannot read apt index {path}: {e}") from None
     return data.decode("utf-8", errors="replace")
-
-
-def _field(stanza: str, key: str) -> str:
-    """The one-line value of ``key`` in a raw stanza ("" if absent). Plain string search:
-    this runs for every stanza of a 50 MB index."""
-    if stanza.startswith(key + ":"):
-        i = len(key) + 1
-    else:
-        i = stanza.find("\n" + key + ":")
-        if i < 0:
-            return ""
-        i += len(key) + 2
-    j = stanza.find("\n", i)
-    return stanza[i : j if j >= 0 else len(stanza)].strip()
 
 
 #: apt's default pin priorities
 PRIORITY_DEFAULT, PRIORITY_UPGRADES_ONLY, PRIORITY_NOT_AUTOMATIC = 500, 100, 1
-_VERSION_RE = re.compile(r"^(\d+:)?[0-9][A-Za-z0-9.+~:-]*\Z")
+
+
 _PROVIDE_RE = re.compile(r"^\s*([^\s(]+)\s*(?:\(\s*=\s*([^)\s]+)\s*\))?\s*\Z")
 
 
@@ -220,6 +221,11 @@ _INDEX_KEYS = {
 }
 
 
+def _where(source: str) -> str:
+    """The prefix naming the index file an error is in (none if unknown)."""
+    return f"{source}: " if source else ""
+
+
 class AptIndex:
     """Candidates by name and providers of virtual names, for one architecture.
 
@@ -234,36 +240,46 @@ class AptIndex:
 
         self.arch = arch
         self.arch_packages = 0  # stanzas of exactly ``arch`` (not "all"): none means a wrong arch
-        # name -> (version, stanza, priority, index file or "")
-        self._raw: dict[str, tuple[str, str, int, str]] = {}
+        # name -> (version, stanza, priority, index file or "", Provides)
+        self._raw: dict[str, tuple[str, str, int, str, str]] = {}
         for item in stanzas:
             if isinstance(item, str):
                 stanza, prio, source = item, PRIORITY_DEFAULT, ""
             else:
                 stanza, prio, source = item[0], item[1], item[2] if len(item) > 2 else ""
             stanza = stanza.strip("\n")
-            name = _field(stanza, "Package")
-            pkg_arch = _field(stanza, "Architecture")
+            try:
+                fields = fields_of(stanza)
+            except FormatError as e:
+                raise FormatError(f"{_where(source)}{e}") from None
+            name = fields.get("package", "").strip()
+            pkg_arch = fields.get("architecture", "").strip()
             if not name or pkg_arch not in (arch, "all"):
                 continue
             self.arch_packages += pkg_arch == arch
-            version = _field(stanza, "Version")
-            if not _VERSION_RE.match(version):
-                raise FormatError(f"package {name}: bad or missing Version {version!r}")
+            version = fields.get("version", "").strip()
+            if not valid_version(version):
+                raise FormatError(f"{_where(source)}package {name}: bad or missing Version {version!r}")
             best = self._raw.get(name)
             if best is None or (prio, 0) > (best[2], version_compare(best[0], version)):
-                self._raw[name] = (version, stanza, prio, source)
+                self._raw[name] = (version, stanza, prio, source, fields.get("provides", ""))
         # virtual name -> [(candidate providing it, provided version or None)], from
         # candidates only, as apt does
         self.providers: dict[str, list[tuple[str, str | None]]] = {}
         #: the reverse: candidate -> [(virtual name, provided version or None)]
         self.provides: dict[str, list[tuple[str, str | None]]] = {}
-        for name, (_, stanza, _, _) in sorted(self._raw.items()):
-            for item in _field(stanza, "Provides").split(","):
+        for name, (version, _, _, source, provides) in sorted(self._raw.items()):
+            for item in provides.split(","):
                 m = _PROVIDE_RE.match(item)
-                if m:
-                    self.providers.setdefault(m.group(1), []).append((name, m.group(2)))
-                    self.provides.setdefault(name, []).append((m.group(1), m.group(2)))
+                if not m:
+                    continue
+                if m.group(2) is not None and not valid_version(m.group(2)):
+                    raise FormatError(
+                        f"{_where(source)}package {name} {version}: Provides {item.strip()!r}: "
+                        f"expected a Debian version after '=', found {m.group(2)!r}"
+                    )
+                self.providers.setdefault(m.group(1), []).append((name, m.group(2)))
+                self.provides.setdefault(name, []).append((m.group(1), m.group(2)))
         self._parsed: dict[str, Packages] = {}
 
     @classmethod
@@ -271,19 +287,14 @@ class AptIndex:
         files = index_files(lists_dir)
         if not files:
             raise AptError(f"no package indexes in {lists_dir} (run 'apt-get update' first)")
-        current = [files[0]]
 
         def stanzas() -> Iterator[tuple[str, int, str]]:
             for f in files:
-                current[0] = f
                 prio = release_priority(f)
                 for s in read_index(f).split("\n\n"):
                     yield s, prio, str(f)
 
-        try:
-            index = cls(stanzas(), arch)
-        except FormatError as e:
-            raise FormatError(f"{current[0]}: {e}") from None
+        index = cls(stanzas(), arch)  # (its errors name the file)
         if not index.arch_packages:
             raise AptError(f"no packages for architecture {arch!r} in the apt indexes of {lists_dir}")
         return index
@@ -302,14 +313,17 @@ class AptIndex:
     def version(self, name: str) -> str:
         return self._raw[name][0]
 
+    def where(self, name: str) -> str:
+        """``"<index file>: "`` for errors about ``name``'s candidate ("" if unknown)."""
+        return _where(self._raw[name][3])
+
     def entry(self, name: str) -> LockEntry:
         """The lock entry of ``name``'s candidate. A stanza lacking a field or with a value
         the lock would refuse (``aptlock.lock_value_problem``, or a ``Filename`` that does
         not name the package, ``aptlock.entry_problem``) is a ``FormatError`` naming the
         index file (when known), the package, its version and the field."""
         p = self.package(name)
-        source = self._raw[name][3]
-        where = f"{source + ': ' if source else ''}index stanza of {name} {self.version(name)}"
+        where = f"{self.where(name)}index stanza of {name} {self.version(name)}"
         missing = [k for k in ("SHA256", "Filename", "Size") if not p.get(k)]
         if missing:
             raise FormatError(f"{where} lacks {', '.join(missing)}")

@@ -20,24 +20,37 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterable
 
-from .apt import AptError, AptIndex
+from .apt import AptError, AptIndex, valid_version
 from .aptlock import LockEntry
 from .errors import FormatError
 
 
 def _satisfies(version: str, rel: dict) -> bool:
+    """Whether ``version`` meets ``rel``'s constraint; ``FormatError`` for a constraint
+    that is not a Debian version or an unknown relation (``version`` is one: the index
+    checked candidates' and provided versions)."""
     from debian.debian_support import version_compare
 
     constraint = rel.get("version")
     if not constraint:
         return True
     op, want = constraint
-    c = version_compare(version, want)
+    if not valid_version(want):
+        raise FormatError(f"in ({op} {want}): expected a Debian version, found {want!r}")
+    try:
+        c = version_compare(version, want)
+    except ValueError as e:  # python-debian's own checks (a backstop: both are valid)
+        raise FormatError(f"cannot compare {version!r} with ({op} {want}): {e}") from None
     # "<" and ">" are the obsolete spellings of "<=" and ">=" (Debian policy 7.1)
     ok = {"<<": c < 0, "<=": c <= 0, "<": c <= 0, "=": c == 0, ">=": c >= 0, ">": c >= 0, ">>": c > 0}.get(op)
     if ok is None:
         raise FormatError(f"unknown version relation {op!r} in ({op} {want})")
     return ok
+
+
+def _pkg_field(field: str) -> str:
+    """``Pre-Depends`` for python-debian's ``pre-depends``."""
+    return "-".join(w.capitalize() for w in field.split("-"))
 
 
 def _rel_text(alts: list[dict]) -> str:
@@ -99,10 +112,16 @@ def resolve(
         pkg = index.package(name)
         for field in ("pre-depends", "depends"):
             for alts in pkg.relations[field]:
-                if any(satisfied(a) for a in alts):
-                    continue
-                pick = _first_satisfiable(index, alts, excluded, chosen)
                 text = _rel_text(alts)
+                try:
+                    if any(satisfied(a) for a in alts):
+                        continue
+                    pick = _first_satisfiable(index, alts, excluded, chosen)
+                except FormatError as e:  # a bad version in the relation: name where it is
+                    raise FormatError(
+                        f"{index.where(name)}package {name} {index.version(name)}: "
+                        f"{_pkg_field(field)} '{text}': {e}"
+                    ) from None
                 if pick is None:
                     # an alternative is excluded if it is, or if it is a virtual name that
                     # only excluded packages provide (awk when gawk and mawk are excluded)

@@ -22,7 +22,9 @@ members (dpkg does not support them either; their maps are read whole). It recor
 so a stream cut at a member boundary is told from a complete one. ``open_tar`` and
 ``next_member`` turn the other exceptions ``tarfile``'s header parser raises on malformed
 input (``ValueError`` from pax numbers, ``IndexError`` from short sparse blocks, ...) into
-``tarfile.ReadError``; ``check_tail`` reads what follows the end-of-archive block, which
+``tarfile.ReadError``, and refuse a member that carries no data (a link, directory,
+device or fifo) but declares a size: ``tarfile`` would read what that size covers as
+the next headers, where other readers skip it; ``check_tail`` reads what follows the end-of-archive block, which
 must be NUL record padding, to the end of the stream (so the decoder sees the end too).
 """
 
@@ -277,13 +279,31 @@ def open_tar(stream: Readable) -> tarfile.TarFile:
     return tar
 
 
+#: member types that carry no data: their header's size must be 0
+_DATALESS = (
+    tarfile.SYMTYPE,
+    tarfile.LNKTYPE,
+    tarfile.DIRTYPE,
+    tarfile.CHRTYPE,
+    tarfile.BLKTYPE,
+    tarfile.FIFOTYPE,
+)
+
+
 def next_member(tar: tarfile.TarFile) -> tarfile.TarInfo | None:
     """The next member of ``tar`` (None at the end); malformed headers raise
-    ``tarfile.TarError``. Members are not kept (``tarfile`` would keep every one in
+    ``tarfile.TarError``, and so does a symlink, hard link, directory, device or fifo
+    whose size (in its header or a pax ``size`` record) is not 0. Members are not kept (``tarfile`` would keep every one in
     ``tar.members``: unbounded memory for millions of tiny members)."""
     with _header_errors():
         member = tar.next()
     tar.members.clear()
+    if member is not None and member.type in _DATALESS and member.size != 0:
+        # tarfile reads no data after such a header, so whatever the size covers would
+        # be read as the next headers, where other tar readers skip it
+        raise tarfile.HeaderError(
+            f"member {member.name!r} of type {member.type!r} (no data) declares {member.size} bytes"
+        )
     return member
 
 

@@ -10,7 +10,9 @@ the ``postinst`` of every package in the lock (docs/toolchain.md, "Links added, 
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
 from .debtree import exists_inside, inside
@@ -37,9 +39,12 @@ LINKS: tuple[tuple[str, str], ...] = (
 )
 
 
-def add_links(out: Path) -> list[str]:
+def add_links(out: Path, on_step: Callable[[str], None]) -> list[str]:
     """Create the ``LINKS`` whose target exists and whose path is free; returns them as
-    ``path -> target`` strings.
+    ``path -> target`` strings. ``on_step(link)`` is called for every path component
+    resolved while judging ``link`` (it may raise: ``debunpack`` counts them in the
+    unpack's ``MAX_RESOLVE_STEPS``, since the tree's symlinks can make each lookup cost
+    tens of thousands of system calls).
 
     Both the link's directory and its target are resolved *inside* the tree, as the build
     will see it (a package may ship ``bin -> /usr/bin`` or ``usr -> ../elsewhere``): the
@@ -48,12 +53,13 @@ def add_links(out: Path) -> list[str]:
     root = out.resolve()
     made: list[str] = []
     for link, target in LINKS:
+        step = functools.partial(on_step, link)
         *dirs, name = link.split("/")
-        d = inside(root, dirs, link, create=False)
+        d = inside(root, dirs, link, create=False, on_step=step)
         if d is None or os.path.lexists(d / name):
             continue
         here = list(d.relative_to(root).parts)
-        if not exists_inside(root, [*here, *PurePosixPath(target).parts]):
+        if not exists_inside(root, [*here, *PurePosixPath(target).parts], on_step=step):
             continue
         os.symlink(target, d / name)
         made.append(f"{link} -> {target}")

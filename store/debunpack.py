@@ -33,7 +33,8 @@ checked before anything is written:
   (hard-link copies included) and ``MAX_UNPACKED_MEMBERS`` entries, directories made as
   parents of a member counted like members, none nested more than
   ``MAX_UNPACKED_DEPTH`` directories deep (resolved inside the tree), and resolves at
-  most ``MAX_RESOLVE_STEPS`` path components in all (symlink targets included): a pinned
+  most ``MAX_RESOLVE_STEPS`` path components in all (symlink targets included, and the
+  lookups that decide which ``LINKS`` to add after the last package): a pinned
   .deb is trusted to be what the lock names, not to be small, and a few MB of xz can
   expand to terabytes of zeros, millions of empty files, a hundred members whose paths
   imply hundreds of thousands of directories, or symlink chains that make each lookup
@@ -125,6 +126,19 @@ class Budget:
             raise FormatError(
                 f"{deb.name}: at {name!r}, resolving member paths took more than {MAX_RESOLVE_STEPS} "
                 "steps in all (symlink chains; kiln.store.debunpack.MAX_RESOLVE_STEPS)"
+            )
+
+    def link_step(self, after: str, link: str) -> None:
+        """Account for one path component resolved while judging the added link ``link``
+        (``deblinks.add_links``, after unpacking ``after``: the packages, in words);
+        ``FormatError`` when the unpack has resolved ``MAX_RESOLVE_STEPS``. No one package
+        is to blame: the symlinks followed may come from any of them."""
+        self.steps_left -= 1
+        if self.steps_left < 0:
+            raise FormatError(
+                f"after unpacking {after}, adding the link /{link}: resolving paths took "
+                f"more than {MAX_RESOLVE_STEPS} steps in all, the packages' members included "
+                "(symlink chains in the tree; kiln.store.debunpack.MAX_RESOLVE_STEPS)"
             )
 
 
@@ -280,6 +294,11 @@ def _extract(
         src = _resolve_parent(out, src_rel, deb, cache, budget, m.name) / src_rel.name
         if not src.is_file() or src.is_symlink():
             raise FormatError(f"{deb.name}: hard link {rel} -> {m.linkname}: target not unpacked")
+        if src == target:  # both resolved: a symlinked directory made the names differ
+            raise FormatError(
+                f"{deb.name}: hard link {rel} -> {m.linkname}: both name the same file "
+                f"({target.relative_to(out.resolve())}) through symlinks: it would replace its own target"
+            )
         budget.take(deb, m.name, src.stat().st_size, members=0)  # the link becomes a copy
         _clear(target, rel, deb, cache)
         shutil.copyfile(src, target)
@@ -319,7 +338,8 @@ def unpack_debs_verbose(
     try:
         for i, deb in enumerate(debs):
             unpack_deb(Path(deb), out, notes, cache, budget, pins[i] if pins is not None else None)
-        notes += [f"added link {s}" for s in add_links(out)]
+        after = Path(debs[0]).name if len(debs) == 1 else f"{len(debs)} packages"
+        notes += [f"added link {s}" for s in add_links(out, lambda link: budget.link_step(after, link))]
         os.chmod(out, 0o755)
     except BaseException as e:
         try:
