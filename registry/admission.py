@@ -58,6 +58,7 @@ from kiln.store.policy import TRANSIENT, UNAVAILABLE, Check, Policy, PolicyError
 
 from .backends import DirSource, Source
 from .client import RegistryError
+from .downloadsink import Sink
 from .policywatch import PolicyWatch
 from .storesource import StoreSource
 from .verify import NarVerifier, check_narinfo
@@ -385,7 +386,13 @@ async def _import(client: Any, store: Any, info: Any, tmp: Path) -> None:
             out.write(chunk)
             ver.update(chunk)
 
-        if not await client.download(info.url, write):
+        def restart() -> None:  # (a cut download starting over: what came is discarded)
+            nonlocal ver
+            out.seek(0)
+            out.truncate()
+            ver = NarVerifier(what=object_of(info))
+
+        if not await client.download(info.url, Sink(write, restart)):
             raise RegistryError(f"{info.url} is missing", 404)
     expect_info(info, ver.finish())
     with open(f, "rb") as src:

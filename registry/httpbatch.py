@@ -12,33 +12,18 @@ least one of them, so the loop ends: a server that defers everything is an error
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import aiohttp.http_exceptions
 
 from kiln.store.hashes import Hash
 
 from .client import CHUNK, RegistryError
+from .httperrors import answer_errors as answer_errors  # (re-exported: ``httpattest``)
 from .pace import LINE_TOO_LONG, Pace
-
-
-@contextlib.contextmanager
-def answer_errors(what: str) -> Iterator[None]:
-    """Reading an answer's body: a cut or broken one is a ``RegistryError``."""
-    try:
-        yield
-    except asyncio.IncompleteReadError:
-        raise RegistryError(f"{what}: answer cut short") from None
-    except (TimeoutError, aiohttp.ClientError) as e:
-        raise RegistryError(f"{what}: answer broken off ({e})") from None
-    except aiohttp.http_exceptions.HttpProcessingError as e:  # e.g. a line too long
-        raise RegistryError(f"{what}: malformed answer ({type(e).__name__})") from None
 
 
 async def read_blob_batch(

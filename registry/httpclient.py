@@ -14,8 +14,11 @@ bodies, ``publish-index``'s answer) never shows the credentials it sent
 
 A request that only reads (``GET``, ``HEAD``, ``READ_ONLY_POSTS``; never an upload) is
 sent again when its connection is refused, reset or closed before any byte of an answer
-(``kiln serve`` restarting), and a busy server's 503 is waited out: ``httpretry`` says
-when and how long.
+(``kiln serve`` restarting), and answers that say "not now" (a busy server's 503 or
+429, a proxy's 502 or 504, a few 500s) are waited out, honouring ``Retry-After``; a
+write waits out only a 503: ``httpretry`` says when and how long. A download cut
+mid-body is resumed or started over (``httpdownload``). Failures name the request and
+say what happened (``httperrors``).
 """
 
 from __future__ import annotations
@@ -29,33 +32,33 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 import aiohttp
-import aiohttp.http_exceptions
 
 from kiln.store.hashes import Hash
 
 from . import layout
-from .client import BATCH, CHUNK, Client, RegistryError, Unreachable, utf8
+from .client import BATCH, CHUNK, Client, RegistryError, utf8
 from .httpattest import AttestationBatches
 from .httpbatch import (
-    answer_errors,
     batch_answer,
     deferred_of,
     merge_batch,
     read_blob_batch,
     upload_batch_body,
 )
+from .httpdownload import ObjectDownloads
+from .httperrors import answer_errors, request_error
 from .httpretry import (
-    BUSY_RETRIES,
     COLD_RETRY_WAIT,
     READ_ONLY_POSTS,
     RETRY_FIRST,
     RETRY_MAX,
     RETRY_WAIT,
     Dropped,
+    ask_again,
     dropped,
     retry_after,
 )
-from .httpsession import new_session
+from .httpsession import new_session, watch
 from .pace import Link, Pace
 from .tokentext import scrub, sent_secrets
 
@@ -70,9 +73,10 @@ ERROR_PEEK_S = 10.0
 HEADERS_TIMEOUT = 300.0
 
 
-class HttpClient(AttestationBatches, Client):
-    """The ``Client`` API over HTTP(S), and the attestation batch calls
-    (``httpattest.AttestationBatches``, used by ``attest_wire``)."""
+class HttpClient(AttestationBatches, ObjectDownloads, Client):
+    """The ``Client`` API over HTTP(S), the attestation batch calls
+    (``httpattest.AttestationBatches``, used by ``attest_wire``) and downloads
+    (``httpdownload.ObjectDownloads``)."""
 
     def __init__(self, url: str, token: str | None = None, jobs: int = 16) -> None:
         # credentials in the URL go as basic auth; self.url, which every message shows,
@@ -98,6 +102,7 @@ class HttpClient(AttestationBatches, Client):
         self._att_fetch_ok = True
         self._att_upload_ok = True
         self._answered = False  # (once the registry answered: the longer retries)
+        self._watches: set[asyncio.Task[None]] = set()  # (``httpsession.watch``)
         #: key -> the URL on another origin that answered 404/403 for it after a redirect
         #: (``get`` returns None for those as for any miss; errors use this to say where)
         self.missed_at: dict[str, str] = {}
@@ -113,41 +118,47 @@ class HttpClient(AttestationBatches, Client):
         return self._session
 
     async def close(self) -> None:
+        for task in list(self._watches):  # (each would end within a second anyway)
+            task.cancel()
         if self._session is not None:
             await self._session.close()
             self._session = None
             await self._resolver.close()  # (the connector closes only a resolver it made)
 
     async def _request(self, method: str, key: str, **kw: Any) -> aiohttp.ClientResponse:
-        """The answer to one request. A ``503`` (a busy ``kiln serve``: its blob batches
-        and reviews are bounded) is asked again after its ``Retry-After`` (at most
-        ``BUSY_WAIT_MAX`` s), ``BUSY_RETRIES`` times; a read-only request whose connection
-        was refused, reset or closed before an answer is sent again (module docstring).
-        Never an upload (its body may be a stream that cannot be sent twice)."""
+        """The answer to one request. An answer that says "not now" (``httpretry.ask_again``:
+        503 for any request but an upload; for a read-only one also 429, 502, 504 and a
+        few 500s) is asked again after its ``Retry-After`` (at most ``BUSY_WAIT_MAX`` s),
+        ``BUSY_RETRIES`` times; a read-only request whose connection was refused, reset or
+        closed before an answer is sent again (module docstring). Never an upload (its body
+        may be a stream that cannot be sent twice)."""
         upload = "data" in kw
-        again = not upload and (method in ("GET", "HEAD") or method == "POST" and key in READ_ONLY_POSTS)
-        busy, waited, delay = 0, 0.0, RETRY_FIRST
+        read_only = not upload and (method in ("GET", "HEAD") or method == "POST" and key in READ_ONLY_POSTS)
+        busy, errors, waited, delay = 0, 0, 0.0, RETRY_FIRST
         while True:
             try:
                 resp = await self._request_once(method, key, **kw)
             except Dropped as e:
                 budget = RETRY_WAIT if self._answered else COLD_RETRY_WAIT
-                if not again or waited + delay > budget:
+                if not read_only or waited + delay > budget:
                     raise e.error from None
                 await asyncio.sleep(delay)
                 waited, delay = waited + delay, min(delay * 2, RETRY_MAX)
                 continue
             self._answered = True
-            if resp.status != 503 or upload or busy >= BUSY_RETRIES:
+            if not ask_again(resp.status, read_only, upload, busy, errors):
+                watch(resp, self._watches)
                 return resp
-            busy += 1
+            busy, errors = busy + 1, errors + (resp.status == 500)
             wait = retry_after(resp.headers.get("Retry-After"))
             resp.release()
             await asyncio.sleep(wait)
 
     async def _request_once(self, method: str, key: str, **kw: Any) -> aiohttp.ClientResponse:
         """One attempt; ``Dropped`` for a connection refused, reset or closed before it."""
-        req = self._sess().request(method, f"{self.url}/{key}", **kw)
+        what = f"{method} {self.url}/{key}"
+        sess = self._sess()
+        req = sess.request(method, f"{self.url}/{key}", **kw)
         try:
             if "data" in kw:
                 return await req  # an upload: its answer follows the whole body
@@ -155,25 +166,17 @@ class HttpClient(AttestationBatches, Client):
                 return await asyncio.wait_for(req, HEADERS_TIMEOUT)
             except TimeoutError as e:
                 if isinstance(e, aiohttp.ClientError):
-                    raise  # aiohttp's own connect/read timeouts: unreachable (below)
-                raise RegistryError(
-                    f"{method} {self.url}/{key}: no answer within {HEADERS_TIMEOUT:g} s"
-                ) from None
-        except (
-            TimeoutError,
-            aiohttp.ClientConnectorError,
-            aiohttp.ServerTimeoutError,
-            aiohttp.ServerDisconnectedError,
-        ) as e:
-            err: RegistryError = Unreachable(f"registry {self.url} is unreachable: {e}")
-            raise (Dropped(err) if dropped(e) else err) from None
+                    raise  # aiohttp's own connect/read timeouts (below)
+                raise RegistryError(f"{what}: no answer within {HEADERS_TIMEOUT:g} s") from None
         except aiohttp.TooManyRedirects as e:
             last = e.history[-1].url if e.history else e.request_info.url
             raise RegistryError(
-                f"{method} {self.url}/{key}: too many redirects ({len(e.history)}, the last at {str(last)[:300]})"
+                f"{what}: too many redirects ({len(e.history)}, the last at {str(last)[:300]})"
             ) from None
-        except aiohttp.ClientError as e:  # (its text may quote what the server sent)
-            err = RegistryError(scrub(f"registry {self.url}: {e}", self.sent_secrets))
+        except (TimeoutError, aiohttp.ClientError) as e:  # (its text may quote what the server sent)
+            # a write that did not get its answer may have been done: say so (httperrors)
+            write = "data" in kw or method in ("PUT", "DELETE") or key == "publish-index"
+            err = request_error(e, what, self.url, sess.timeout.sock_read, write, self.sent_secrets)
             raise (Dropped(err) if dropped(e) else err) from None
         except ValueError as e:  # aiohttp's refusal of a header or URL it cannot send
             raise RegistryError(f"registry {self.url}: cannot send the request: {e}") from None
@@ -191,12 +194,13 @@ class HttpClient(AttestationBatches, Client):
         text = scrub(head.decode(errors="replace"), self.sent_secrets)[:500].strip()
         return RegistryError(f"{what}: HTTP {resp.status}: {text}", resp.status)
 
-    async def _read(self, resp: aiohttp.ClientResponse, what: str) -> bytes:
+    async def _read(self, resp: aiohttp.ClientResponse, what: str, write: bool = False) -> bytes:
         """The whole body, at most ``MAX_BODY`` bytes; a longer, cut or broken body is a
-        ``RegistryError`` (a miss for substitution, never an internal error)."""
+        ``RegistryError`` (a miss for substitution, never an internal error); ``write``:
+        the answer to a write (``httperrors.WRITE_NOTE``)."""
         buf = bytearray()
         pace = Pace(what, RegistryError, self._link)
-        with answer_errors(what):
+        with answer_errors(what, write):
             async for chunk in resp.content.iter_chunked(CHUNK):
                 buf += chunk
                 pace.got(len(chunk))
@@ -331,19 +335,6 @@ class HttpClient(AttestationBatches, Client):
             await read_blob_batch(resp, what, want, sizes, got, pace, MAX_BODY)
         return True
 
-    async def download(self, key: str, write: Callable[[bytes], Any]) -> bool:
-        async with await self._request("GET", key) as resp:
-            if resp.status == 404:
-                return False
-            if resp.status != 200:
-                raise await self._fail(resp, f"GET {self.url}/{key}")
-            pace = Pace(f"GET {self.url}/{key}", RegistryError, self._link)
-            with answer_errors(pace.what):
-                async for chunk in resp.content.iter_chunked(CHUNK):
-                    pace.got(len(chunk))
-                    write(chunk)
-        return True
-
     async def put_file(self, key: str, path: Path) -> None:
         size = path.stat().st_size
 
@@ -376,7 +367,7 @@ class HttpClient(AttestationBatches, Client):
             if resp.status != 200:
                 raise await self._fail(resp, what)
             try:
-                results = json.loads(await self._read(resp, what))["results"]
+                results = json.loads(await self._read(resp, what, write=True))["results"]
             except (ValueError, TypeError, KeyError, RecursionError):
                 raise RegistryError(
                     f"{what}: malformed answer (expected a JSON object with results)"
@@ -395,4 +386,5 @@ class HttpClient(AttestationBatches, Client):
             what = f"POST {self.url}/publish-index"
             if resp.status != 200:
                 raise await self._fail(resp, what)
-            return scrub((await self._read(resp, what)).decode(errors="replace"), self.sent_secrets).strip()
+            text = await self._read(resp, what, write=True)
+            return scrub(text.decode(errors="replace"), self.sent_secrets).strip()

@@ -1,10 +1,23 @@
-"""When ``HttpClient`` asks a registry again: a busy server's 503 (after its
-``Retry-After``, ``BUSY_RETRIES`` times), and a read-only request (``GET``, ``HEAD``,
-``READ_ONLY_POSTS``; never an upload) whose connection was refused, reset or closed
-before any byte of an answer (``kiln serve`` restarting): ``RETRY_FIRST`` s, doubling
-to ``RETRY_MAX``, at most ``RETRY_WAIT`` s in all once the registry has answered the
-client, ``COLD_RETRY_WAIT`` s before (a port nobody listens on stays "unreachable"
-within a few seconds). Pure decisions; the requests are ``httpclient``'s."""
+"""When ``HttpClient`` asks a registry again. Pure decisions; the requests are
+``httpclient``'s.
+
+- An answer that says "not now" (``ask_again``): a busy server's 503 for any request
+  but an upload (the server did not take it), and for a read-only request (``GET``,
+  ``HEAD``, ``READ_ONLY_POSTS``) also a 429 (rate limited) and a reverse proxy's 502 or
+  504 (its upstream failed or was slow): each asked again after its ``Retry-After``
+  (``retry_after``: 1 s without one, at most ``BUSY_WAIT_MAX``), ``BUSY_RETRIES`` times
+  in all; a read-only request's 500 (maybe the server's own bug, which would come again)
+  only ``ERROR_RETRIES`` of those times. Writes (uploads, ``publish-index``) get only
+  the 503: a 429 or 5xx may have come after the server acted on them, and whether it
+  did is for the command to find out (a push run again sends only what is missing).
+- A read-only request whose connection was refused, reset or closed before any byte of
+  an answer (``kiln serve`` restarting): ``RETRY_FIRST`` s, doubling to ``RETRY_MAX``,
+  at most ``RETRY_WAIT`` s in all once the registry has answered the client,
+  ``COLD_RETRY_WAIT`` s before (a port nobody listens on stays "unreachable" within a
+  few seconds).
+- A download of a content-addressed object cut mid-body (``httpdownload``):
+  ``CUT_RETRIES`` times, after ``CUT_WAIT`` s doubling.
+"""
 
 from __future__ import annotations
 
@@ -15,10 +28,17 @@ import aiohttp
 
 from .client import RegistryError
 
-#: a 503 answer is asked again this many times, after its Retry-After (capped at
-#: BUSY_WAIT_MAX seconds; 1 s without one or with one that is not a number of seconds)
+#: a "not now" answer (module docstring) is asked again this many times, after its
+#: Retry-After (capped at BUSY_WAIT_MAX seconds; 1 s without one or with one that is not
+#: a number of seconds); a 500 at most ERROR_RETRIES of those times
 BUSY_RETRIES = 8
 BUSY_WAIT_MAX = 10.0
+ERROR_RETRIES = 2
+#: the statuses a read-only request waits out (503 alone for other requests but uploads)
+NOT_NOW = frozenset({429, 500, 502, 503, 504})
+#: a download cut mid-body is tried again this many times, after CUT_WAIT s, doubling
+CUT_RETRIES = 3
+CUT_WAIT = 0.5
 #: a dropped read-only request (module docstring) waits RETRY_FIRST s, doubling to
 #: RETRY_MAX, before each new attempt, at most RETRY_WAIT (COLD_RETRY_WAIT) s in all
 RETRY_WAIT, COLD_RETRY_WAIT, RETRY_FIRST, RETRY_MAX = 10.0, 2.0, 0.1, 2.0
@@ -44,6 +64,16 @@ def dropped(e: BaseException) -> bool:
         if isinstance(x, OSError) and x.errno in _DROPPED:  # (aiohttp's ClientOSError, ...)
             return True
     return False
+
+
+def ask_again(status: int, read_only: bool, upload: bool, busy: int, errors: int) -> bool:
+    """Whether an answer of ``status`` is waited out and the request sent again, after
+    ``busy`` such answers to it so far, ``errors`` of them 500s (module docstring)."""
+    if upload or busy >= BUSY_RETRIES:
+        return False
+    if status == 503:
+        return True
+    return read_only and status in NOT_NOW and (status != 500 or errors < ERROR_RETRIES)
 
 
 def retry_after(value: str | None) -> float:

@@ -2,7 +2,8 @@
 streamed from the source, verified and published (``mirrorobjects.place``).
 
 Each object is streamed into a temp file while the compressed bytes and the NAR inside
-are hashed (bounded: the download stops at FileSize, the NAR inside at NarSize), and
+are hashed (bounded: the download stops at FileSize, the NAR inside at NarSize; a cut
+download starting over empties the file and the hashes: ``downloadsink.Sink``), and
 published under ``nar/`` and ``blobs/`` only if both digests match the narinfo — linked
 where DST has no file, renamed over a bad one. Small objects (up to 1 MiB) travel a few
 hundred per ``POST /blob-batch`` where the source is a kiln server, each verified the
@@ -22,6 +23,7 @@ from kiln.store.narinfo import NarInfo
 
 from .backends import DirSource
 from .client import Client
+from .downloadsink import Sink
 from .mirrorobjects import place
 from .progress import Progress
 from .substitute import batchable, batches
@@ -96,7 +98,14 @@ async def _fetch_blob(
                 f.write(chunk)
                 prog.add(0, len(chunk))
 
-            if not await client.download(info.url, write):
+            def restart() -> None:  # (a cut download starting over: what came is discarded)
+                nonlocal ver
+                prog.add(0, -f.tell())
+                f.seek(0)
+                f.truncate()
+                ver = verifier_for(info)
+
+            if not await client.download(info.url, Sink(write, restart)):
                 raise KilnError(f"{info.path}: source has no {info.url}")
             got = ver.finish()
             expect_info(info, got)

@@ -21,6 +21,7 @@ from kiln.store.hashes import Hash
 
 from . import layout, uploadplan
 from .client import Client
+from .downloadsink import Sink
 from .push import MAX_FRAMES, upload_sliced
 from .substitute import batchable, batches
 from .verify import expect_info, verified_bytes, verifier_for
@@ -95,8 +96,14 @@ class Relay:
                     ver.update(chunk)
                     out.write(chunk)
 
+                def restart() -> None:  # (a cut download starting over: what came is discarded)
+                    nonlocal ver
+                    out.seek(0)
+                    out.truncate()
+                    ver = verifier_for(info)
+
                 try:
-                    if not await self.src.download(info.url, write):
+                    if not await self.src.download(info.url, Sink(write, restart)):
                         raise KilnError(f"{self.src.url}/{info.url} is missing")
                 except FormatError as e:  # past a limit: name the path
                     raise KilnError(f"{info.path}: {e}") from None

@@ -1,7 +1,8 @@
 """A ``Substituter``'s downloads of compressed objects (mixed into it), each handed to the
 importer through the ``concurrent.futures.Future`` of its path: one request each
 (``_one``), hashed while it arrives into a spooled temp file and aborted as soon as it
-exceeds the narinfo's ``FileSize``, or many small ones in one ``blob_batch``
+exceeds the narinfo's ``FileSize`` (and emptied again if a cut download must start
+over: ``downloadsink.Sink``), or many small ones in one ``blob_batch``
 (``_batch``), each checked against the narinfo's ``FileHash`` and size before it is
 handed on. A mismatch is a ``HashMismatch`` on that path's future, naming the path, the
 object (``nar/<nix32>.nar.zst``: ``verify.object_of``) and the registry, with the
@@ -28,6 +29,7 @@ from kiln.store.errors import HashMismatch, KilnError
 from kiln.store.hashes import Hash
 
 from .client import Client, RegistryError
+from .downloadsink import Sink
 from .progress import Progress
 from .verify import object_of
 
@@ -62,9 +64,16 @@ class Downloads:
             f.write(chunk)
             prog.add(0, len(chunk))
 
+        def restart() -> None:  # (a cut download starting over: what came is discarded)
+            nonlocal size, sha
+            prog.add(0, -size)
+            f.seek(0)
+            f.truncate()
+            sha, size = hashlib.sha256(), 0
+
         try:
             async with sem:
-                ok = await self.client(url).download(info.url, write)
+                ok = await self.client(url).download(info.url, Sink(write, restart))
             if not ok:
                 raise KilnError(f"{url}/{info.url} is missing although the registry lists {info.path}")
             if sha.digest() != info.file_hash.digest or size != limit:  # type: ignore[union-attr]
