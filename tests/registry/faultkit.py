@@ -256,3 +256,18 @@ def copy_to_store(src: str, dest, served: Served, *paths: str):  # noqa: ANN001,
         str(served.pk_file),
         *want,
     )
+
+
+def mirror_sync(src: str, dest, served: Served):  # noqa: ANN001, ANN201
+    """``kiln mirror sync SRC DEST --root`` the served registry's pinned root."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    return subprocess.run(
+        [sys.executable, "-m", "kiln", "mirror", "sync", src, str(dest)]
+        + ["--root", str(Path(str(served.reg)) / "index/root.json")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )

@@ -10,12 +10,10 @@ the object is 3 MB, so it travels alone (``GET /nar/``)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from faultkit import Fault, FaultProxy, Served, copy_to_store, serve_registry
+from faultkit import Fault, FaultProxy, Served, copy_to_store, mirror_sync, serve_registry
 from regkit import kiln, make_store
 
 K = 100_000  # bytes of the body the proxy lets through before the cut
@@ -95,13 +93,7 @@ def test_a_download_cut_every_time_fails_naming_the_request(served: Served, tmp_
 def test_mirror_sync_resumes_a_cut_download(served: Served, tmp_path: Path) -> None:
     with FaultProxy(served.url) as p:
         p.set(Fault("GET /nar/", "reset_mid", k=K), Fault("GET /nar/", "strip_range"))
-        r = subprocess.run(
-            [sys.executable, "-m", "kiln", "mirror", "sync", p.url, str(tmp_path / "m")]
-            + ["--root", str(Path(str(served.reg)) / "index/root.json")],
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        r = mirror_sync(p.url, tmp_path / "m", served)
         assert r.returncode == 0, r.stderr
         assert [s.status for s in p.requests("GET /nar/")] == [200, 200]  # (started over)
     assert kiln("registry", "verify", "--dir", str(tmp_path / "m")).returncode == 0

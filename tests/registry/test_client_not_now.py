@@ -9,12 +9,10 @@ A real ``kiln serve`` behind the test's fault proxy (``faultkit``)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from faultkit import Fault, FaultProxy, Served, copy_to_store, serve_registry
+from faultkit import Fault, FaultProxy, Served, copy_to_store, mirror_sync, serve_registry
 from regkit import kiln, make_store, push_cli
 
 
@@ -67,13 +65,7 @@ def test_mirror_sync_rides_out_a_502(served: Served, tmp_path: Path) -> None:
         p.set(
             Fault("GET /nar/", "status", status=502), Fault("GET /index/timestamp.json", "status", status=504)
         )
-        r = subprocess.run(
-            [sys.executable, "-m", "kiln", "mirror", "sync", p.url, str(tmp_path / "m")]
-            + ["--root", str(Path(str(served.reg)) / "index/root.json")],
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        r = mirror_sync(p.url, tmp_path / "m", served)
         assert r.returncode == 0, r.stderr
         assert [s.mode for s in p.requests("GET /nar/")] == ["status", "pass"]
 
