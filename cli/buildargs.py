@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--vary",
         action="store_true",
-        help="with --check: rebuild under varied conditions (dirs, cores, umask, order, clock)",
+        help="with --check: rebuild under varied conditions (dirs, cores, cpus, umask, order, clock)",
     )
     add_vary_only(p)
     p.add_argument(

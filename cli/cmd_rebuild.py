@@ -112,7 +112,7 @@ def _build_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--vary",
         action="store_true",
-        help="rebuild under varied host conditions (dirs, KILN_CORES, umask, directory order, clock +10 years)",
+        help="rebuild under varied host conditions (dirs, KILN_CORES, one CPU, umask, directory order, clock +10 years)",
     )
     add_vary_only(p)
     p.add_argument(
