@@ -48,11 +48,14 @@ from .httpbatch import (
 from .httpdownload import ObjectDownloads
 from .httperrors import answer_errors, request_error
 from .httpretry import (
+    BUSY_RETRIES,
     COLD_RETRY_WAIT,
+    NOT_NOW,
     READ_ONLY_POSTS,
     RETRY_FIRST,
     RETRY_MAX,
     RETRY_WAIT,
+    WORN_RETRIES,
     Dropped,
     ask_again,
     dropped,
@@ -102,6 +105,7 @@ class HttpClient(AttestationBatches, ObjectDownloads, Client):
         self._att_fetch_ok = True
         self._att_upload_ok = True
         self._answered = False  # (once the registry answered: the longer retries)
+        self._worn = False  # a request used up its "not now" waits (``httpretry.WORN_RETRIES``)
         self._watches: set[asyncio.Task[None]] = set()  # (``httpsession.watch``)
         #: key -> the URL on another origin that answered 404/403 for it after a redirect
         #: (``get`` returns None for those as for any miss; errors use this to say where)
@@ -146,7 +150,12 @@ class HttpClient(AttestationBatches, ObjectDownloads, Client):
                 waited, delay = waited + delay, min(delay * 2, RETRY_MAX)
                 continue
             self._answered = True
-            if not ask_again(resp.status, read_only, upload, busy, errors):
+            limit = WORN_RETRIES if self._worn else BUSY_RETRIES
+            if not ask_again(resp.status, read_only, upload, busy, errors, limit):
+                if busy and resp.status in NOT_NOW:
+                    self._worn = True  # still "not now" after every wait: the others wait less
+                elif resp.status < 400:
+                    self._worn = False
                 watch(resp, self._watches)
                 return resp
             busy, errors = busy + 1, errors + (resp.status == 500)

@@ -95,9 +95,12 @@ class ObjectDownloads:
                         done = 0
                     tag = _Validator.of(resp)
                 elif resp.status == 206 and done:
-                    tag = None  # not the continuation asked for: start over without a range
-                    if restart is None:
+                    # not the continuation asked for: start over, without a range (a 206
+                    # to that is an error below, so this cannot repeat)
+                    if restart is None or cuts >= CUT_RETRIES:
                         raise RegistryError(f"{what}: the server resumed a cut answer with other bytes")
+                    restart()
+                    done, tag = 0, None
                     cuts += 1
                     continue
                 else:

@@ -7,7 +7,11 @@
   504 (its upstream failed or was slow): each asked again after its ``Retry-After``
   (``retry_after``: 1 s without one, at most ``BUSY_WAIT_MAX``), ``BUSY_RETRIES`` times
   in all; a read-only request's 500 (maybe the server's own bug, which would come again)
-  only ``ERROR_RETRIES`` of those times. Writes (uploads, ``publish-index``) get only
+  only ``ERROR_RETRIES`` of those times. Once one request of a client has used up its
+  waits and is still answered "not now", the client's other requests wait at most
+  ``WORN_RETRIES`` times, until an answer is not an error again: thousands of objects
+  of a mirror sync or a substitution would otherwise each wait out the same outage
+  (8 waits of up to 10 s apiece). Writes (uploads, ``publish-index``) get only
   the 503: a 429 or 5xx may have come after the server acted on them, and whether it
   did is for the command to find out (a push run again sends only what is missing).
 - A read-only request whose connection was refused, reset or closed before any byte of
@@ -32,6 +36,9 @@ from .client import RegistryError
 #: Retry-After (capped at BUSY_WAIT_MAX seconds; 1 s without one or with one that is not
 #: a number of seconds); a 500 at most ERROR_RETRIES of those times
 BUSY_RETRIES = 8
+#: ... and only this many times once a request of the same client was still answered
+#: "not now" after all its waits, until an answer is not an error again
+WORN_RETRIES = 1
 BUSY_WAIT_MAX = 10.0
 ERROR_RETRIES = 2
 #: the statuses a read-only request waits out (503 alone for other requests but uploads)
@@ -66,10 +73,13 @@ def dropped(e: BaseException) -> bool:
     return False
 
 
-def ask_again(status: int, read_only: bool, upload: bool, busy: int, errors: int) -> bool:
+def ask_again(
+    status: int, read_only: bool, upload: bool, busy: int, errors: int, limit: int = BUSY_RETRIES
+) -> bool:
     """Whether an answer of ``status`` is waited out and the request sent again, after
-    ``busy`` such answers to it so far, ``errors`` of them 500s (module docstring)."""
-    if upload or busy >= BUSY_RETRIES:
+    ``busy`` such answers to it so far, ``errors`` of them 500s, at most ``limit`` times
+    (``BUSY_RETRIES``, or ``WORN_RETRIES`` on a worn client: module docstring)."""
+    if upload or busy >= limit:
         return False
     if status == 503:
         return True

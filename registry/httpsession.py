@@ -77,7 +77,12 @@ def watch(resp: aiohttp.ClientResponse, tasks: set[asyncio.Task[None]]) -> None:
             if proto is None or resp.content.is_eof() or resp.content.exception() is not None:
                 return
             if (exc := proto.exception()) is not None:
-                resp.content.set_exception(exc)
+                # as a ClientPayloadError, which every reader's ``except aiohttp.ClientError``
+                # takes (the parser's HttpProcessingError is not one); its cause says what
+                # was malformed (``httperrors.body_error``)
+                err = aiohttp.ClientPayloadError("malformed answer")
+                err.__cause__ = exc
+                resp.content.set_exception(err)
                 return
 
     if resp.content.is_eof():  # (all of it came with the head: nothing to watch)

@@ -178,6 +178,7 @@ def read_index(path: Path) -> str:
 PRIORITY_DEFAULT, PRIORITY_UPGRADES_ONLY, PRIORITY_NOT_AUTOMATIC = 500, 100, 1
 
 
+_PACKAGE_RE = re.compile(r"^package[ \t]*:[ \t]*(\S+)", re.I | re.M)
 _PROVIDE_RE = re.compile(r"^\s*([^\s(]+)\s*(?:\(\s*=\s*([^)\s]+)\s*\))?\s*\Z")
 
 
@@ -242,6 +243,10 @@ class AptIndex:
         self.arch_packages = 0  # stanzas of exactly ``arch`` (not "all"): none means a wrong arch
         # name -> (version, stanza, priority, index file or "", Provides)
         self._raw: dict[str, tuple[str, str, int, str, str]] = {}
+        # name -> why a stanza of it cannot be read (a field twice, a version dpkg refuses):
+        # said when the package is used (``_usable``), so one bad stanza of an unrelated
+        # package, or of another architecture, in a third-party list does not refuse every lock
+        self._bad: dict[str, str] = {}
         for item in stanzas:
             if isinstance(item, str):
                 stanza, prio, source = item, PRIORITY_DEFAULT, ""
@@ -251,7 +256,9 @@ class AptIndex:
             try:
                 fields = fields_of(stanza)
             except FormatError as e:
-                raise FormatError(f"{_where(source)}{e}") from None
+                if (m := _PACKAGE_RE.search(stanza)) is not None:
+                    self._bad.setdefault(m.group(1), f"{_where(source)}{e}")
+                continue
             name = fields.get("package", "").strip()
             pkg_arch = fields.get("architecture", "").strip()
             if not name or pkg_arch not in (arch, "all"):
@@ -259,7 +266,10 @@ class AptIndex:
             self.arch_packages += pkg_arch == arch
             version = fields.get("version", "").strip()
             if not valid_version(version):
-                raise FormatError(f"{_where(source)}package {name}: bad or missing Version {version!r}")
+                self._bad.setdefault(
+                    name, f"{_where(source)}package {name}: bad or missing Version {version!r}"
+                )
+                continue
             best = self._raw.get(name)
             if best is None or (prio, 0) > (best[2], version_compare(best[0], version)):
                 self._raw[name] = (version, stanza, prio, source, fields.get("provides", ""))
@@ -274,10 +284,11 @@ class AptIndex:
                 if not m:
                     continue
                 if m.group(2) is not None and not valid_version(m.group(2)):
-                    raise FormatError(
+                    self._bad.setdefault(
+                        name,
                         f"{_where(source)}package {name} {version}: Provides {item.strip()!r}: "
-                        f"expected a Debian version after '=', found {m.group(2)!r}"
-                    )
+                        f"expected a Debian version after '=', found {m.group(2)!r}",
+                    )  # (still listed as a provider: choosing it says why it cannot be)
                 self.providers.setdefault(m.group(1), []).append((name, m.group(2)))
                 self.provides.setdefault(name, []).append((m.group(1), m.group(2)))
         self._parsed: dict[str, Packages] = {}
@@ -300,17 +311,24 @@ class AptIndex:
         return index
 
     def __contains__(self, name: str) -> bool:
-        return name in self._raw
+        return name in self._raw or name in self._bad
+
+    def _usable(self, name: str) -> None:
+        """``FormatError`` if a stanza of ``name`` could not be read (``_bad``)."""
+        if name in self._bad:
+            raise FormatError(self._bad[name])
 
     def package(self, name: str) -> Packages:
         """The parsed candidate stanza (``debian.deb822.Packages``) of ``name``."""
         from debian.deb822 import Packages
 
+        self._usable(name)
         if name not in self._parsed:
             self._parsed[name] = Packages(self._raw[name][1])
         return self._parsed[name]
 
     def version(self, name: str) -> str:
+        self._usable(name)
         return self._raw[name][0]
 
     def where(self, name: str) -> str:

@@ -152,12 +152,13 @@ def _first_satisfiable(index: AptIndex, alts: list[dict], excluded: set[str], ch
             return name
         # a virtual name: an unversioned dependency takes any provider, a versioned one only
         # a provider whose Provides carries a version that meets it; a chosen one first
-        fits = [
-            p
-            for p, ver in index.providers.get(name, [])
-            if p not in excluded
-            and (alt.get("version") is None or (ver is not None and _satisfies(ver, alt)))
-        ]
+        fits = []
+        for p, ver in index.providers.get(name, []):
+            if p in excluded:
+                continue
+            index.version(p)  # (a provider whose stanza could not be read says so: ``AptIndex._bad``)
+            if alt.get("version") is None or (ver is not None and _satisfies(ver, alt)):
+                fits.append(p)
         if fits:
             return next((p for p in fits if p in chosen), fits[0])
     return None

@@ -15,7 +15,8 @@ requests matching none pass untouched. Modes:
 - ``corrupt``: flip the low bit of byte ``k`` of the answer's body (as sent, framing
   included); ``corrupt_lf``: of its first LF (a chunked body's framing);
 - ``strip_range``: forward without ``Range``/``If-Range`` (a server without ranges);
-- ``etag``: forward, with the answer's ``ETag`` replaced by another.
+- ``etag``: forward, with the answer's ``ETag`` replaced by another;
+- ``bogus_206``: answer a 206 of 4 bytes of another object itself, whatever was asked.
 
 The proxy runs its own event loop on a thread, on a port the system picks on 127.0.0.1.
 """
@@ -161,6 +162,14 @@ class FaultProxy:
                 f"HTTP/1.1 {fault.status} Fault\r\nContent-Length: {len(msg)}\r\n{extra}"
                 f"Connection: close\r\n\r\n".encode()
                 + msg
+            )
+            await writer.drain()
+            return
+        if fault is not None and mode == "bogus_206":
+            self._log(method, path, hdrs.get("range"), mode, None)
+            writer.write(
+                b'HTTP/1.1 206 Partial Content\r\nETag: "another-object"\r\nContent-Range: bytes 0-3/4\r\n'
+                b"Content-Length: 4\r\nConnection: close\r\n\r\nabcd"
             )
             await writer.drain()
             return

@@ -69,6 +69,22 @@ def test_a_resumed_answer_of_another_object_is_not_continued(served: Served, tmp
     assert make_store(tmp_path / "dest").is_valid(served.big)
 
 
+def test_a_server_that_answers_206_to_everything_does_not_loop(served: Served, tmp_path: Path) -> None:
+    """A 206 of another object, to the resume and then to the whole object asked for
+    again without a range (a broken CDN, a hostile registry): the download starts over
+    once and then fails. It asked again at once, for ever."""
+    with FaultProxy(served.url) as p:
+        p.set(Fault("GET /nar/", "reset_mid", k=K), Fault("GET /nar/", "bogus_206", count=None))
+        r = copy_to_store(p.url, tmp_path / "dest", served, served.big)
+        assert r.returncode == 1, r.stderr
+        assert [(s.mode, s.range is not None) for s in p.requests("GET /nar/")] == [
+            ("reset_mid", False),
+            ("bogus_206", True),
+            ("bogus_206", False),
+        ]
+    assert not make_store(tmp_path / "dest").is_valid(served.big)
+
+
 def test_the_digest_covers_the_resumed_bytes(served: Served, tmp_path: Path) -> None:
     """A byte flipped in the resumed part fails the copy as a hash mismatch: the digest
     is of the whole file, the first answer's bytes and the 206's."""

@@ -173,15 +173,17 @@ def test_versioned_dependencies_against_provides_and_chosen_versions():
 
 def test_malformed_index_entries_are_format_errors(tmp_path):
     with pytest.raises(FormatError, match="package p: bad or missing Version"):
-        AptIndex(["Package: p\nArchitecture: amd64"])
+        resolve(AptIndex(["Package: p\nArchitecture: amd64"]), ["p"])  # (said when p is used)
     idx = AptIndex([stanza("p").replace("Size: 100", "Size: 10k")])
     with pytest.raises(FormatError, match="Size must be a number of bytes, found '10k'"):
         resolve(idx, ["p"])
     (tmp_path / "h_dists_s_main_binary-amd64_Packages").write_text(
-        "Package: q\nVersion: !\nArchitecture: all\n"
+        "Package: q\nVersion: !\nArchitecture: all\n\n" + stanza("r") + "\n"
     )
+    idx = AptIndex.load(tmp_path)
+    assert [e.name for e in resolve(idx, ["r"])] == ["r"]
     with pytest.raises(FormatError, match="h_dists_s_main_binary-amd64_Packages: package q"):
-        AptIndex.load(tmp_path)
+        resolve(idx, ["q"])
 
 
 def test_not_automatic_suites_are_taken_only_for_what_nothing_else_has(tmp_path):
