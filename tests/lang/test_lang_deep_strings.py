@@ -11,14 +11,12 @@ stack is reserved address space too), which the copying parser exceeded."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import resource
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from lang_helpers import run_kiln
 
 from kiln.lang import RecipeError, evaluate_file
 from kiln.lang import errors as E
@@ -35,20 +33,7 @@ def _nested(depth: int, inner: str = '"1"', sep: str = "") -> str:
 
 
 def _kiln_limited(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    def limit() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (_AS_LIMIT, _AS_LIMIT))
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KILN_")}
-    env["KILN_HOME"] = str(cwd / "home")
-    return subprocess.run(
-        [sys.executable, "-m", "kiln", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        preexec_fn=limit,
-    )
+    return run_kiln(args, cwd, home=cwd / "home", mem=_AS_LIMIT, timeout=300)
 
 
 def test_deep_strings_evaluate_in_bounded_memory(tmp_path):

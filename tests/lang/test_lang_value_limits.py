@@ -14,15 +14,10 @@ check the real limits; here they are lowered so each operation is cheap to test)
 from __future__ import annotations
 
 import json
-import os
 import random
-import resource
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-from lang_helpers import DATA
+from lang_helpers import DATA, run_kiln
 
 from kiln.lang import errors as E
 from kiln.lang import evaluate_file, limits
@@ -32,35 +27,16 @@ from kiln.lang.values import CStr, DrvValue, Record, SourceValue, canonical, equ
 _CPU_LIMIT = 20
 
 
-def _kiln(args: list[str], cwd: Path, home: Path, cpu: int | None = None, mem: int | None = None):
-    def limit() -> None:
-        if cpu is not None:
-            resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
-        if mem is not None:
-            resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KILN_")}
-    env["KILN_HOME"] = str(home)
-    return subprocess.run(
-        [sys.executable, "-m", "kiln", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        preexec_fn=limit,
-    )
-
-
 def test_shared_values_compare_in_time_linear_in_their_parts(tmp_path):
     """``==``, ``!=``, ``elem`` and variant keys on lists and records of 2^40 leaves (built
     apart but equal, or differing in the last leaf only) finish within the CPU limit with
     the right answers; before, the process was killed by it."""
-    r = _kiln(
+    r = run_kiln(
         ["show-derivation", "shared_values.recipe", "dag", "--no-cache"],
         DATA / "features",
-        tmp_path / "home",
+        home=tmp_path / "home",
         cpu=_CPU_LIMIT,
+        timeout=300,
     )
     assert r.returncode == 0, r.stderr[-2000:]
     ((_, drv),) = json.loads(r.stdout).items()
@@ -259,7 +235,14 @@ def test_running_out_of_memory_blames_large_values_too(tmp_path):
     lets = ['let s0 = "0123456789abcdef"', *(f"let s{i} = s{i - 1} + s{i - 1}" for i in range(1, 21))]
     lets += [f'let f{i} = s20 + "{i}"' for i in range(80)]  # 80 strings of 16 MiB
     (tmp_path / "r.recipe").write_text("\n".join(lets) + '\npackage p { build = "true" }\n')
-    r = _kiln(["eval", "r.recipe", "--no-cache"], tmp_path, tmp_path / "home", cpu=60, mem=1536 << 20)
+    r = run_kiln(
+        ["eval", "r.recipe", "--no-cache"],
+        tmp_path,
+        home=tmp_path / "home",
+        cpu=60,
+        mem=1536 << 20,
+        timeout=300,
+    )
     assert r.returncode == 1, r.stderr[-2000:]
     assert "evaluation went out of memory: values grew too large (many long strings or lists" in r.stderr
     assert "Traceback" not in r.stderr
