@@ -96,20 +96,15 @@ class Variation:
     def varied(self) -> list[str]:
         """What this variation actually changes, as stable labels (no host paths) for a
         VSA's ``kiln_rebuild.varied``: only what took effect on this machine."""
-        out = []
-        if self.tmp_parent is not None:
-            out.append("build-directory")
-        if self.cores is not None:
-            out.append(f"KILN_CORES={self.cores}")
-        if self.cpus is not None:
-            out.append(f"cpus={self.cpus}")
-        if self.umask is not None:
-            out.append(f"umask={self.umask:03o}")
-        if self.reorder_dirents:
-            out.append("directory-order")
-        if self.faketime:
-            out.append(f"clock+{FAKETIME_OFFSET}")
-        return out
+        label = {
+            "dirs": "build-directory",
+            "cores": f"KILN_CORES={self.cores}",
+            "cpus": f"cpus={self.cpus}",
+            "umask": f"umask={self.umask or 0:03o}",
+            "order": "directory-order",
+            "clock": f"clock+{FAKETIME_OFFSET}",
+        }
+        return [label[n] for n in self.names()]
 
     def names(self) -> list[str]:
         """The ``NAMES`` of the conditions this variation changes (what ``--vary-only``
@@ -120,7 +115,7 @@ class Variation:
             "cpus": self.cpus is not None,
             "umask": self.umask is not None,
             "order": self.reorder_dirents,
-            "clock": self.faketime is not None,
+            "clock": bool(self.faketime),
         }
         return [n for n in NAMES if took[n]]
 
