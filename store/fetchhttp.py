@@ -345,8 +345,8 @@ def _http_get(
         if attempt > retries:
             raise OSError(f"{_describe(error)} (gave up after {attempt} attempts)") from error
         wait = wait_after(attempt, error, wait_cap)
-        if wait.too_long():  # coming back later than kiln waits: the next source now
-            raise OSError(f"{_describe(error)}; {wait.too_long()}") from error
+        if why := wait.too_long():  # coming back later than kiln waits: the next source now
+            raise OSError(f"{_describe(error)}; {why}") from error
         if sink.progress.enabled or wait.seconds >= SAY_WAIT_FROM:  # (a long wait is said anyway)
             sink.progress.done()
             said = f"{_describe(error)}; retrying{wait.said()} ({attempt}/{retries})"
