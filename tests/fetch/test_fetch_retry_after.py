@@ -21,10 +21,11 @@ import itertools
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
+from httpkit import answer, serve
 
 from kiln.store.fetch import FetchError, fetch_url
 from kiln.store.fetchretry import RETRY_AFTER_CAP, Wait, retry_after, wait_before
@@ -44,49 +45,31 @@ class _Busy:
     def __init__(self) -> None:
         self.stamps: dict[str, list[float]] = {}
         self._lock = threading.Lock()
-        owner = self
+        self.base = ""  # (set once it serves: ``busy``)
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-                with owner._lock:
-                    seen = owner.stamps.setdefault(self.path, [])
-                    seen.append(time.monotonic())
-                    n = len(seen)
-                parts = self.path.strip("/").split("/")
-                if parts[0] == "ra" and n <= int(parts[3]):
-                    value = parts[2]
-                    if value.startswith("date+"):
-                        value = email.utils.formatdate(time.time() + int(value[5:]), usegmt=True)
-                    return self._answer(int(parts[1]), {"Retry-After": value} if value != "-" else {})
-                if parts[0] == "ra":
-                    return self._answer(200, {}, DATA)
-                if parts[0] == "loop":
-                    return self._answer(302, {"Location": self.path})
-                if parts[0] == "pingpong":
-                    return self._answer(302, {"Location": "b" if parts[1] == "a" else "a"})
-                if parts[0] == "chain":
-                    return self._answer(302, {"Location": str(int(parts[1]) + 1)})
-                return self._answer(500 if parts[0] == "e500" else 404, {})
-
-            def _answer(self, status: int, headers: dict[str, str], body: bytes = b"") -> None:
-                self.send_response(status)
-                for k, v in headers.items():
-                    self.send_header(k, v)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True).start()
+    def get(self, h: BaseHTTPRequestHandler) -> None:
+        with self._lock:
+            seen = self.stamps.setdefault(h.path, [])
+            seen.append(time.monotonic())
+            n = len(seen)
+        parts = h.path.strip("/").split("/")
+        if parts[0] == "ra" and n <= int(parts[3]):
+            value = parts[2]
+            if value.startswith("date+"):
+                value = email.utils.formatdate(time.time() + int(value[5:]), usegmt=True)
+            return answer(h, int(parts[1]), {"Retry-After": value} if value != "-" else {})
+        if parts[0] == "ra":
+            return answer(h, 200, {}, DATA)
+        if parts[0] == "loop":
+            return answer(h, 302, {"Location": h.path})
+        if parts[0] == "pingpong":
+            return answer(h, 302, {"Location": "b" if parts[1] == "a" else "a"})
+        if parts[0] == "chain":
+            return answer(h, 302, {"Location": str(int(parts[1]) + 1)})
+        return answer(h, 500 if parts[0] == "e500" else 404, {})
 
     def url(self, route: str) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_port}/{route}"
+        return f"{self.base}/{route}"
 
     def gaps(self, route: str) -> list[float]:
         t = self.stamps.get(f"/{route}", [])
@@ -96,9 +79,8 @@ class _Busy:
 @pytest.fixture
 def busy() -> Iterator[_Busy]:
     b = _Busy()
-    yield b
-    b.httpd.shutdown()
-    b.httpd.server_close()
+    with serve(b.get) as b.base:
+        yield b
 
 
 def _fetch(urls: list[str], tmp_path: Path, **kw) -> Path:

@@ -7,12 +7,12 @@ full (8 waits of up to 10 s apiece), hours before the command gave up."""
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections import Counter
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
+from httpkit import answer, serve
 
 from kiln.registry.client import RegistryError
 from kiln.registry.httpclient import HttpClient
@@ -25,34 +25,19 @@ class _Flaky:
     def __init__(self) -> None:
         self.down = True
         self.seen: Counter[str] = Counter()
-        owner = self
+        self.url = ""  # (set once it serves: ``flaky``)
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-                owner.seen[self.path] += 1
-                status, body = (502, b"down\n") if owner.down else (200, b"ok\n")
-                self.send_response(status)
-                self.send_header("Retry-After", "0")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.httpd.server_port}"
+    def get(self, h: BaseHTTPRequestHandler) -> None:
+        self.seen[h.path] += 1
+        status, body = (502, b"down\n") if self.down else (200, b"ok\n")
+        answer(h, status, {"Retry-After": "0"}, body)
 
 
 @pytest.fixture
 def flaky() -> Iterator[_Flaky]:
     f = _Flaky()
-    yield f
-    f.httpd.shutdown()
-    f.httpd.server_close()
+    with serve(f.get) as f.url:
+        yield f
 
 
 def test_after_one_request_waited_in_vain_the_others_wait_less(flaky: _Flaky) -> None:

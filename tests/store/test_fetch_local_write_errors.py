@@ -16,12 +16,12 @@ import hashlib
 import os
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
+from httpkit import serve
 
 from kiln.store.fetch import fetch_url, forget_down_mirrors
 from kiln.store.fetchsink import LocalWriteError
@@ -35,37 +35,23 @@ class _Server:
 
     def __init__(self) -> None:
         self.gets = 0
-        owner = self
+        self.url = ""  # (set once it serves: ``server``)
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-                owner.gets += 1
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(BIG)))
-                self.end_headers()
-                with contextlib.suppress(OSError):  # the client gave up, as it should
-                    self.wfile.write(BIG)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.httpd.server_port}/big"
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+    def get(self, h: BaseHTTPRequestHandler) -> None:
+        self.gets += 1
+        h.send_response(200)
+        h.send_header("Content-Length", str(len(BIG)))
+        h.end_headers()
+        with contextlib.suppress(OSError):  # the client gave up, as it should
+            h.wfile.write(BIG)
 
 
 @pytest.fixture
 def server() -> Iterator[_Server]:
     s = _Server()
-    yield s
-    s.close()
+    with serve(s.get) as base:
+        s.url = f"{base}/big"
+        yield s
 
 
 @contextlib.contextmanager
