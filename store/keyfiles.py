@@ -25,7 +25,6 @@ import os
 import resource
 import stat
 import tempfile
-from typing import Any
 
 from .errors import FormatError, KilnError
 from .signing import PublicKey, SecretKey, may_be_secret
@@ -75,19 +74,10 @@ def _no_core_dumps() -> None:
     ``PR_SET_DUMPABLE`` 0 where the C library offers ``prctl``."""
     with contextlib.suppress(ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
-    global _prctl
-    if _prctl is None:
-        import ctypes
+    import ctypes
 
-        try:
-            _prctl = ctypes.CDLL(None, use_errno=True).prctl
-        except (OSError, AttributeError):  # not glibc/musl on Linux: the rlimit alone
-            return
-    _prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
-
-
-_PR_SET_DUMPABLE = 4
-_prctl: Any = None  # libc.prctl, once looked up
+    with contextlib.suppress(OSError, AttributeError):  # not glibc/musl on Linux: the rlimit alone
+        ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE
 
 
 def load_public_key(path: str | os.PathLike) -> PublicKey:
