@@ -17,7 +17,7 @@ from collections.abc import Callable
 from .derivation import Derivation, Output
 from .errors import FormatError
 from .hashes import DIGEST_SIZES
-from .paths import DEFAULT_STORE_DIR, StorePath
+from .paths import DEFAULT_STORE_DIR, StorePath, check_store_dir
 
 # A quoted ATerm string (escapes kept): one regex match instead of a loop per character.
 _STRING = re.compile(r'"((?:[^"\\]|\\.)*)"', re.DOTALL)
@@ -166,8 +166,6 @@ def _sorted_unique(keys: list[str], what: str) -> None:
 
 def _store_dir_of(outputs: list[tuple[str, Output]]) -> str:
     """The store dir of a derivation's first output path (``parse``'s ``store_dir=None``)."""
-    from .paths import check_store_dir
-
     first = outputs[0][1].path if outputs else ""
     if not first:  # no outputs, or a floating one: ``_check_meaning`` says which
         return DEFAULT_STORE_DIR
