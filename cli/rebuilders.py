@@ -50,7 +50,8 @@ if TYPE_CHECKING:
 Say = Callable[[str], None]
 
 
-def _stderr(msg: str) -> None:
+def stderr_say(msg: str) -> None:
+    """The default ``say``: a line on stderr."""
     print(msg, file=sys.stderr, flush=True)
 
 
@@ -105,7 +106,7 @@ def make_builder(
         hooks[0](*args, **kw)
 
     opts = BuildOptions(cores=cores, mirrors=mirrors, progress=False)
-    builder = Builder(store, executor, opts, after_build=after_build, say=say or _stderr)
+    builder = Builder(store, executor, opts, after_build=after_build, say=say or stderr_say)
     get_drv = builder.get_drv  # the hook reuses the builder's parsed derivations
     return builder
 
@@ -191,12 +192,13 @@ def rebuild_drv(
     ``kiln.store.vary.NAMES``: only those (``--vary-only``).
     A rebuild that does not build (``BuildError``) is a FAILED verdict, signed with
     ``signer``; without a signer the ``BuildError`` is raised (nothing to record)."""
+    from kiln.store.attestations import build_dependencies
     from kiln.store.build import BuildError
     from kiln.store.sandboxrun import input_paths
 
     from . import rebuildverdict
 
-    say = say or _stderr
+    say = say or stderr_say
     drv = builder.load([drv_path]).drvs[drv_path]
     # Keep the derivation, its outputs and the sandbox's inputs alive against a
     # concurrent GC for the whole rebuild (the .drv's own closure has no outputs in it).
@@ -226,10 +228,12 @@ def rebuild_drv(
                 if signer is None:
                     raise
                 failure = e
+        # which copies of the inputs the verdict is about (still rooted here)
+        deps = build_dependencies(store, drv_path, builder.get_drv) if signer is not None else None
     labels = variation.varied() if variation is not None else None
     if failure is not None:
-        return rebuildverdict.failed_build(store, drv, drv_path, failure, signer, labels, say)
-    return rebuildverdict.compared(store, drv_path, comparisons, signer, labels, say)
+        return rebuildverdict.failed_build(store, drv, drv_path, failure, signer, labels, say, deps)
+    return rebuildverdict.compared(store, drv_path, comparisons, signer, labels, say, deps)
 
 
 def rebuild_path(
@@ -298,7 +302,7 @@ def reproducibility(
     from .buildglue import evaluate, write_drvs
     from .rebuildverdict import build_failure_reason
 
-    say = say or _stderr
+    say = say or stderr_say
     results: list[PackageResult] = []
     # every file evaluated before anything is built: a typo in the last file name (or a
     # recipe error) is found at once, not after the builds of the ones before it

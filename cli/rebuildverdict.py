@@ -92,6 +92,7 @@ def _record(
     varied: Sequence[str] | None,
     rebuilt_hex: str | None = None,
     build_error: str | None = None,
+    inputs: list[dict[str, Any]] | None = None,
 ) -> tuple[str | None, str]:
     """Sign and store one verdict: ``(file, "")``, or ``(None, why)`` when ``record_vsa``
     kept the key's stored FAILED (said as a warning)."""
@@ -117,6 +118,7 @@ def _record(
                     varied=list(varied) if varied is not None else None,
                     build_error=build_error,
                     say=say,
+                    inputs=inputs,
                 )
             ),
             "",
@@ -133,9 +135,11 @@ def compared(
     signer: Any | None,
     varied: Sequence[str] | None,
     say: Say,
+    inputs: list[dict[str, Any]] | None = None,
 ) -> list[OutputVerdict]:
     """The verdicts of a rebuild that built (``buildcheck.OutputComparison`` each),
-    signed with ``signer`` if given."""
+    signed with ``signer`` if given; ``inputs``: what the rebuild's sandbox saw, recorded
+    in each (``attestations.record_vsa``)."""
     from .jsonout import hash_text
 
     now = time.time()
@@ -146,6 +150,7 @@ def compared(
             vsa, why = _record(
                 store, c.path, signer, say, now,
                 passed=c.identical, derivation=drv_path, varied=varied, rebuilt_hex=c.rebuilt.hex,
+                inputs=inputs,
             )  # fmt: skip
         out.append(
             OutputVerdict(
@@ -171,9 +176,11 @@ def failed_build(
     signer: Any,
     varied: Sequence[str] | None,
     say: Say,
+    inputs: list[dict[str, Any]] | None = None,
 ) -> list[OutputVerdict]:
     """FAILED verdicts, signed, for every valid output of ``drv`` (the ``Derivation`` at
-    ``drv_path``), whose rebuild raised ``error`` (a ``BuildError``)."""
+    ``drv_path``), whose rebuild raised ``error`` (a ``BuildError``); ``inputs`` as for
+    ``compared``."""
     from .jsonout import hash_text
 
     now = time.time()
@@ -193,6 +200,7 @@ def failed_build(
             derivation=drv_path,
             varied=varied,
             build_error=reason,
+            inputs=inputs,
         )
         out.append(
             OutputVerdict(

@@ -99,13 +99,16 @@ def record_vsa(
     varied: list[str] | None = None,
     build_error: str | None = None,
     say: Callable[[str], None] | None = None,
+    inputs: builtins.list[dict[str, Any]] | None = None,
 ) -> Path:
     """Rebuilder entry point: sign a VSA saying whether rebuilding valid ``path`` gave its
     recorded NAR hash, and store it under this rebuilder's kind (``vsa_kind``), replacing
     the key's stored verdict. A PASSED never silently replaces the key's FAILED: one made
     under fewer variations is refused (``vsareplace.VerdictKept``, before anything is
     signed) and one under as many is reported to ``say`` (``vsareplace.check``).
-    ``build_error``: the rebuild did not build, and why (a FAILED, ``intoto.vsa``)."""
+    ``build_error``: the rebuild did not build, and why (a FAILED, ``intoto.vsa``).
+    ``inputs``: what the rebuild's sandbox saw (``build_dependencies`` of ``derivation``
+    in the rebuilder's store), recorded as ``kiln_rebuild.inputs``."""
     from .intoto import vsa
     from .vsareplace import check, stored_verdict
 
@@ -125,6 +128,7 @@ def record_vsa(
         rebuilt_nar_sha256_hex=rebuilt_nar_sha256_hex,
         varied=varied,
         build_error=build_error,
+        inputs=inputs,
     )
     written = write(store, path, vsa_kind(signer.public_key), sign(st, [signer]))
     if notice is not None and say is not None:

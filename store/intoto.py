@@ -244,6 +244,7 @@ def vsa(
     rebuilt_nar_sha256_hex: str | None = None,
     varied: Iterable[str] | None = None,
     build_error: str | None = None,
+    inputs: Iterable[Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """A SLSA VSA v1 from a rebuilder: "this subject's NAR was (or was not) reproduced".
 
@@ -252,7 +253,11 @@ def vsa(
     the derivation, the digest the rebuild produced and, for a rebuild under varied
     conditions (``--vary``), what was varied (``varied``, from ``Variation.varied``).
     ``build_error``: the rebuild did not build (so there is no rebuilt digest), and why,
-    in one line (``kiln_rebuild.buildError``); only for a verdict that is not ``passed``."""
+    in one line (``kiln_rebuild.buildError``); only for a verdict that is not ``passed``.
+    ``inputs``: what the rebuild's sandbox saw, as provenance's ``resolvedDependencies``
+    records it for a build (``attestations.build_dependencies``): the ``.drv`` and every
+    input path with its NAR sha256 (``kiln_rebuild.inputs``, name and digest of each;
+    ``vsainputs`` compares them with the provenance's)."""
     if build_error is not None and passed:
         raise ValueError("a rebuild that did not build cannot have reproduced")
     policy: dict[str, Any] = {"uri": policy_uri}
@@ -277,6 +282,8 @@ def vsa(
         ext["varied"] = list(varied)
     if build_error is not None:
         ext["buildError"] = build_error
+    if inputs is not None:
+        ext["inputs"] = [{k: v for k, v in _descriptor(a).items() if k in ("name", "digest")} for a in inputs]
     if ext:
         predicate["kiln_rebuild"] = ext
     return statement([subject(subject_name, nar_sha256_hex)], VSA_TYPE, predicate)

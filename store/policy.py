@@ -107,6 +107,9 @@ class Policy:
     #: a rebuilder's PASSED verdict counts for ``reproduced`` only if its signed
     #: ``timeVerified`` is no older than this (None: any age)
     reproduced_max_age: timedelta | None = None
+    #: a rebuilder's PASSED verdict counts for ``reproduced`` only if it records the inputs
+    #: it rebuilt from and they are the verified provenance's (``vsainputs``)
+    reproduced_same_inputs: bool = False
     #: the provenance must record a git commit of the recipe's repository, and a clean tree
     clean_source: bool = False
     source: str = "(built-in default: nothing required)"

@@ -33,6 +33,7 @@ from .policyattest import CLOCK_SKEW, one_line, unique_keys, verify_envelope
 from .policyprov import provenance_checks
 from .provsummary import ProvenanceSummary
 from .signing import PublicKey, valid_signers
+from .vsainputs import compare, digests
 
 __all__ = ["CLOCK_SKEW", "run_checks"]  # (CLOCK_SKEW: what registry.attest_rules imports from here)
 
@@ -53,7 +54,8 @@ def run_checks(
     prov, prov_signers, summary = provenance_checks(store, info, policy, now)
     checks += prov
     checks.append(_sbom(store, info, policy, prov_signers))
-    checks.append(_reproduced(store, info, policy, prov_signers, now))
+    prov_inputs = summary.dependencies if summary is not None and summary.verified else None
+    checks.append(_reproduced(store, info, policy, prov_signers, now, prov_inputs))
     return checks, summary
 
 
@@ -192,15 +194,51 @@ def _vsas(store: Any, info: PathInfo) -> list[tuple[str, dsse.Envelope | None, s
     return out
 
 
+def _inputs(st: Statement) -> dict[str, str] | None:
+    """The inputs a VSA records (``kiln_rebuild.inputs``); None: none, or unreadable."""
+    ext = st.predicate.get("kiln_rebuild")
+    return digests(ext.get("inputs")) if isinstance(ext, dict) else None
+
+
+def _inputs_note(
+    name: str, inputs: dict[str, str] | None, prov: dict[str, str] | None, required: bool
+) -> str:
+    """What to say of a PASSED verdict's inputs against the provenance's ("" for
+    nothing); under ``reproduced_same_inputs`` any note means the verdict is not counted.
+    Without the requirement only a difference is worth a note (older verdicts record no
+    inputs)."""
+    if prov is None:
+        return (
+            f"{name}'s PASSED: no verified provenance records inputs to compare with: not counted"
+            if required
+            else ""
+        )
+    if inputs is None:
+        return f"{name}'s PASSED records no inputs (or none readable): not counted" if required else ""
+    diff = compare(prov, inputs)
+    if not diff:
+        return ""
+    counted = ": not counted" if required else ""
+    return f"{name} rebuilt from inputs other than the provenance's ({diff.describe()}){counted}"
+
+
 def _reproduced(
-    store: Any, info: PathInfo, policy: Policy, builders: list[PublicKey], now: datetime
+    store: Any,
+    info: PathInfo,
+    policy: Policy,
+    builders: list[PublicKey],
+    now: datetime,
+    prov_inputs: dict[str, str] | None = None,
 ) -> Check:
+    """``prov_inputs``: the verified provenance's dependencies (``vsainputs.digests``),
+    which each counted PASSED's recorded inputs are compared with."""
     need = policy.reproduced
     # Not independent: a key that signed this path's provenance, or that the policy
     # trusts for provenance at all (else deleting the provenance would make the builder
     # its own "independent" rebuilder).
     builder_keys = {k.key for k in builders} | {k.key for k in policy.provenance}
-    latest: dict[bytes, tuple[datetime, bool, str]] = {}  # key -> (time, failed, name) of its newest verdict
+    # key -> (time, failed, name, recorded inputs) of its newest verdict
+    latest: dict[bytes, tuple[datetime, bool, str, dict[str, str] | None]] = {}
     notes: list[str] = []
     # detectors (policy module doc): a VSA that a key this policy knows (a rebuilder or a
     # revoked key) validly signed but that is invalid, or any compromised key's, fails
@@ -245,12 +283,12 @@ def _reproduced(
         for k in good:
             # newest wins; at equal times a FAILED verdict beats a PASSED one
             if k.key not in latest or (when, not passed) > latest[k.key][:2]:
-                latest[k.key] = (when, not passed, k.name)
+                latest[k.key] = (when, not passed, k.name, _inputs(st))
     agree: dict[bytes, str] = {}
     # a stale or hostile source can replay a rebuilder's older genuine PASSED verdict
     # (policy module doc): with reproduced_max_age only a recent one counts
     max_age = policy.reproduced_max_age
-    for key, (when, failed, name) in latest.items():
+    for key, (when, failed, name, inputs) in latest.items():
         if key in builder_keys:
             notes.append(f"{name} is a provenance key, so it is not independent")
         elif failed:
@@ -261,7 +299,11 @@ def _reproduced(
                 f"{name}'s latest verdict {at}, older than reproduced_max_age {max_age}: not counted"
             )
         else:
-            agree[key] = name
+            why = _inputs_note(name, inputs, prov_inputs, policy.reproduced_same_inputs)
+            if why:
+                notes.append(why)
+            if not (why and policy.reproduced_same_inputs):
+                agree[key] = name
     names = ", ".join(sorted(agree.values())) or "none"
     extra = f" ({'; '.join(notes)})" if notes else ""
     if bad:

@@ -25,6 +25,9 @@ never weakens a policy::
     max_age     = "90d"            # provenance finishedOn no older than this (s/m/h/d/w)
     reproduced_max_age = "30d"     # a rebuilder's PASSED VSA counts for reproduced only if
                                    # its timeVerified is no older than this (needs reproduced)
+    reproduced_same_inputs = true  # ... and only if it rebuilt from the inputs the verified
+                                   # provenance names, with the same digests (needs
+                                   # reproduced and a provenance key)
     clean_source = true            # the provenance records the recipe repository's git
                                    # commit and a clean tree (kiln build --require-clean)
 
@@ -58,6 +61,7 @@ _REQUIRE = {
     "builder_ids",
     "max_age",
     "reproduced_max_age",
+    "reproduced_same_inputs",
     "clean_source",
 }
 _REVOKED = {"key", "revoked_at", "compromised", "reason"}
@@ -234,6 +238,9 @@ def parse(text: str, *, base_dir: Path | None = None, source: str = "<policy>") 
             if "reproduced_max_age" in req
             else None
         ),
+        reproduced_same_inputs=_bool(
+            req.get("reproduced_same_inputs", False), f"{source} [require] reproduced_same_inputs"
+        ),
         clean_source=_bool(req.get("clean_source", False), f"{source} [require] clean_source"),
         source=source,
         digest=hashlib.sha256(text.encode()).hexdigest(),
@@ -258,6 +265,17 @@ def _check_satisfiable(p: Policy) -> None:
         raise PolicyError(
             f"{p.source}: sets reproduced_max_age, which bounds the age of the VSAs counted for "
             "reproduced, but requires no reproduction (reproduced = 0)"
+        )
+    if p.reproduced_same_inputs and (p.reproduced == 0 or not p.provenance):
+        # (the inputs are compared with a verified provenance's: without both it bounds nothing)
+        raise PolicyError(
+            f"{p.source}: sets reproduced_same_inputs, which compares rebuilders' inputs with the "
+            "verified provenance's, but "
+            + (
+                "requires no reproduction (reproduced = 0)"
+                if p.reproduced == 0
+                else "trusts no provenance key"
+            )
         )
     if p.reproduced > independent:
         raise PolicyError(

@@ -4,7 +4,8 @@
 of the same shape) out of a parsed statement: the builder id and version, the build
 type, the recipe file and attribute, the recipe repository's git commit and whether its
 tree was dirty, the start and finish times, the number of resolved dependencies
-("materials") and the invocation id. Only what is there, of the right type, is kept: a
+("materials") and the invocation id, and those dependencies' digests (for comparing
+with what rebuilders rebuilt from, ``vsainputs``). Only what is there, of the right type, is kept: a
 field that is absent, not a string or not a valid time is left out, never guessed.
 
 Invariants:
@@ -20,11 +21,12 @@ Invariants:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .errors import FormatError
 from .intoto import Statement, parse_time, rfc3339
+from .vsainputs import digests
 
 #: longest text kept from a statement (longer ones end in "...")
 MAX_TEXT = 200
@@ -47,11 +49,17 @@ class ProvenanceSummary:
     finished_on: str | None = None
     materials: int | None = None
     invocation_id: str | None = None
+    #: ``resolvedDependencies`` as ``{name: sha256 hex}`` (``vsainputs.digests``): what
+    #: rebuilders' recorded inputs are compared with; not in the report's JSON (the
+    #: count is, as ``materials``)
+    dependencies: dict[str, str] | None = field(default=None, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form: ``verified`` and ``signed_by`` always, the rest when recorded."""
         out: dict[str, Any] = {"verified": self.verified, "signed_by": list(self.signed_by)}
         for f in fields(self)[2:]:
+            if f.name == "dependencies":
+                continue
             v = getattr(self, f.name)
             if v is not None:
                 out[f.name] = v
@@ -109,4 +117,5 @@ def summarize(st: Statement, *, verified: bool, signed_by: tuple[str, ...] = ())
         finished_on=_time(_dig(pred, "runDetails", "metadata", "finishedOn")),
         materials=len(deps) if isinstance(deps, list) else None,
         invocation_id=_text(_dig(pred, "runDetails", "metadata", "invocationId")),
+        dependencies=digests(deps),
     )
