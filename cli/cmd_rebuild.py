@@ -34,7 +34,13 @@ def _rebuild(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
         builder = rebuilders.make_builder(store, cores=args.cores, mirrors=tuple(args.source_mirror))
-        verdicts = rebuilders.rebuild_path(store, builder, path, signer, vary=_vary(args))
+        if args.deep:
+            from .rebuilddeep import rebuild_deep
+
+            drv = rebuilders.deriver_of(store, path)
+            verdicts = rebuild_deep(store, builder, drv, signer, rebuilders.stderr_say, vary=_vary(args))
+        else:
+            verdicts = rebuilders.rebuild_path(store, builder, path, signer, vary=_vary(args))
     finally:
         store.close()
     ok = all(v.identical for v in verdicts)
@@ -131,6 +137,11 @@ def _rebuild_parser() -> argparse.ArgumentParser:
         "path", metavar="PATH", help="store path, base name, hash part, GC root name or sha256:<NAR digest>"
     )
     signer_args(p, "the verification summary (default: the store's build key)")
+    p.add_argument(
+        "--deep",
+        action="store_true",
+        help="also rebuild every derivation below it (inputs first; not fetches), each with its own verdict",
+    )
     _build_args(p)
     p.add_argument("--json", action="store_true", help="machine-readable result")
     p.set_defaults(fn=_rebuild)

@@ -22,10 +22,11 @@
   or ``--registry URL PATH``, is fetched (narinfo, NAR checked against its digests,
   closure, attestations) into a temporary store and checked the same way
   (``kiln.registry.admission.verify_remote``); no local store is needed.
-- ``kiln rebuild PATH [--key FILE | --signer-cmd CMD --signer-key PUB] [--json]`` rebuilds
-  PATH from its derivation in a fresh sandbox, compares NAR hashes and signs a SLSA VSA
-  (PASSED "reproduced" / FAILED) stored beside it (``rebuilders``). Exit 0 reproduced,
-  1 not reproduced (differing files printed), 2 usage error.
+- ``kiln rebuild PATH [--key FILE | --signer-cmd CMD --signer-key PUB] [--deep] [--json]``
+  rebuilds PATH from its derivation in a fresh sandbox, compares NAR hashes and signs a
+  SLSA VSA (PASSED "reproduced" / FAILED) stored beside it (``rebuilders``); ``--deep``
+  also every derivation below it (``rebuilddeep``). Exit 0 reproduced (every one), 1 not
+  reproduced (differing files printed), 2 usage error.
 - ``kiln challenge PATH... --registry URL [--registry URL...] [--rebuild] [--json]``
   compares what registries serve with the local build (``challenge``). Exit 0 when no
   two sources disagree, 1 otherwise.
