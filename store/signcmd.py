@@ -11,8 +11,10 @@ signing service, a wrapper script or what it runs in turn must not be handed a p
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
+import signal
 import subprocess
 from dataclasses import dataclass
 
@@ -25,7 +27,8 @@ class CommandSigner:
     """Signs by running ``command`` (a shell-style string): the bytes to sign go to its
     stdin, it prints the base64 signature on stdout. For KMS/HSM-held keys, so no secret
     key touches this machine. ``public_key`` is the signer's 32-byte public key; every
-    returned signature is checked against it."""
+    returned signature is checked against it. A signature not given within ``timeout``
+    seconds is an error, and the command is killed with its children (``_run``)."""
 
     command: str
     public_key: bytes
@@ -35,17 +38,12 @@ class CommandSigner:
         argv = shlex.split(self.command)
         if not argv:
             raise KilnError("signer command is empty")
+        code, out, err = _run(argv, data, self.timeout)
+        if code != 0:
+            text = err.decode(errors="replace").strip()[:500]
+            raise KilnError(f"signer command {argv[0]!r} exited with status {code}: {text}")
         try:
-            r = subprocess.run(
-                argv, input=data, capture_output=True, timeout=self.timeout, check=False, env=signer_env()
-            )
-        except (OSError, subprocess.TimeoutExpired) as e:
-            raise KilnError(f"signer command {argv[0]!r} failed to run: {e}") from None
-        if r.returncode != 0:
-            err = r.stderr.decode(errors="replace").strip()[:500]
-            raise KilnError(f"signer command {argv[0]!r} exited with status {r.returncode}: {err}")
-        try:
-            sig = b64decode(r.stdout.decode("ascii").strip())
+            sig = b64decode(out.decode("ascii").strip())
         except (FormatError, UnicodeDecodeError):
             raise KilnError(f"signer command {argv[0]!r} did not print a base64 signature") from None
         if not verify_raw(self.public_key, data, sig):
@@ -54,6 +52,43 @@ class CommandSigner:
                 f"public key {keyid(self.public_key)[:16]}... (wrong key configured?)"
             )
         return sig
+
+
+def _run(argv: list[str], data: bytes, timeout: float) -> tuple[int, bytes, bytes]:
+    """Run the signer in a session of its own: ``(exit status, stdout, stderr)``. A
+    signer that overruns ``timeout`` is killed with everything it started (its process
+    group: a wrapper script's children too, which would otherwise outlive kiln), and
+    that is an error."""
+    try:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=signer_env(),
+            start_new_session=True,
+        )
+    except OSError as e:
+        raise KilnError(f"signer command {argv[0]!r} failed to run: {e}") from None
+    try:
+        out, err = proc.communicate(data, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        try:  # (what left the group may still hold the pipes: not waited for long)
+            proc.communicate(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        raise KilnError(
+            f"signer command {argv[0]!r} did not answer within {timeout:g} s (killed with its children)"
+        ) from None
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
+    return proc.returncode, out, err
 
 
 def signer_env() -> dict[str, str]:

@@ -4,7 +4,9 @@ Ed25519 RFC 8032 keys), plus round trips with kiln's keyids and an external sign
 from __future__ import annotations
 
 import json
+import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -87,3 +89,26 @@ def test_command_signer(tmp_path: Path) -> None:
         dsse.sign(b"payload", [CommandSigner(cmd, KEYS["B"])])
     with pytest.raises(KilnError, match="exited with status"):
         dsse.sign(b"payload", [CommandSigner(f"{sys.executable} -c 'import sys; sys.exit(3)'", KEYS["A"])])
+
+
+def test_command_signer_that_hangs_is_killed_with_its_children(tmp_path: Path) -> None:
+    # a wrapper script whose child hangs: the timeout must not leave the child running
+    pidfile = tmp_path / "child.pid"
+    script = tmp_path / "hang.sh"
+    script.write_text(f"#!/bin/sh\nsleep 300 &\necho $! > {pidfile}\nwait\n")
+    script.chmod(0o755)
+    t0 = time.monotonic()
+    with pytest.raises(KilnError, match=r"did not answer within 1 s \(killed with its children\)"):
+        dsse.sign(b"payload", [CommandSigner(str(script), KEYS["A"], timeout=1.0)])
+    assert time.monotonic() - t0 < 30
+    child = int(pidfile.read_text())
+    for _ in range(50):  # (the kernel reaps it once init has waited)
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        if Path(f"/proc/{child}/stat").read_text().split()[2] == "Z":
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"the signer's child {child} outlived the timeout")
