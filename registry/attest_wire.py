@@ -9,8 +9,9 @@ does. A ``file://`` registry (``DirClient``) is read file by file (no round trip
 written with ``attest_batch.admit_many`` (one lock, one barrier).
 
 Nothing a server sends is trusted for size or shape: an entry not asked for, a broken
-line, an entry over ``MAX_BODY`` or a cut answer is a ``RegistryError`` for the entries
-not yet received (the caller's ``got`` sees each), and the callers check every file
+line or an entry over ``MAX_BODY`` is a ``RegistryError`` for the entries not yet
+received (the caller's ``got`` sees each), as is an answer that broke off once asking
+again for those has been given up (``httpremainder``); the callers check every file
 against its listing's sha256 as for a single ``GET``. (The batch requests themselves
 are ``HttpClient``'s: ``attestation_batch`` and ``attestation_upload_batch``, in
 ``httpattest``.)

@@ -5,13 +5,17 @@ file where a registry has no such endpoint (as each call remembers for the clien
 lifetime, as ``blob_batch`` does).
 
 Nothing the server sends is trusted for its size or shape: an entry not asked for, a
-broken or long line, an entry over ``httpclient.MAX_BODY`` or a cut answer is a
-``RegistryError`` for each entry not yet received; the callers check every file
-against its listing's sha256 as for a single ``GET``.
+broken or long line or an entry over ``httpclient.MAX_BODY`` is a ``RegistryError`` for
+each entry not yet received; an answer that breaks off on the way is asked again for
+those (``httpremainder``), and is their error only once that is given up. The callers
+check every file against its listing's sha256 as for a single ``GET``. An upload batch
+is a write: an error once it was sent says its outcome is unknown
+(``httperrors.WRITE_NOTE``), and it is never sent again.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from typing import Any
@@ -20,6 +24,9 @@ from kiln.store.errors import KilnError
 
 from .client import RegistryError
 from .httpbatch import answer_errors
+from .httperrors import WRITE_NOTE, Broken
+from .httpremainder import until_whole
+from .httpretry import Cuts
 from .pace import LINE_TOO_LONG, Pace
 
 UPLOAD_TYPE = "application/x-kiln-attestation-upload-batch"
@@ -28,11 +35,12 @@ Got = Callable[[str, str, Any], Any]
 
 
 class AttestationBatches:
-    """The two calls; ``HttpClient`` provides ``url``, ``_link``, ``_request``, ``_fail``,
-    ``_post`` and the flags ``_att_fetch_ok`` and ``_att_upload_ok``."""
+    """The two calls; ``HttpClient`` provides ``url``, ``_link``, ``_cuts``, ``_request``,
+    ``_fail``, ``_post`` and the flags ``_att_fetch_ok`` and ``_att_upload_ok``."""
 
     url: str
     _link: Any
+    _cuts: Cuts
     _request: Callable[..., Any]
     _fail: Callable[..., Any]
     _post: Callable[..., Any]
@@ -41,32 +49,39 @@ class AttestationBatches:
 
     async def attestation_batch(self, pairs: list[tuple[str, str]], got: Got) -> bool:
         """Fetch attestation files (hash part, kind) with one ``POST /attestation-batch``:
-        ``got`` once for each (``attest_wire.Got``; the bytes are as received). False, having called
-        ``got`` for nothing, if the server has no such endpoint (remembered)."""
+        ``got`` once for each (``attest_wire.Got``; the bytes are as received). An answer
+        that breaks off is asked again for the files not yet received (``httpremainder``).
+        False, having called ``got`` for nothing, if the server has no such endpoint
+        (remembered)."""
         from .httpclient import MAX_BODY
 
         if not self._att_fetch_ok:
             return False
         what = f"POST {self.url}/attestation-batch"
         want = dict.fromkeys(pairs)
-        try:
-            resp = await self._request(
-                "POST", "attestation-batch", json={"attestations": [list(p) for p in want]}
-            )
-        except KilnError as e:
-            failed = e
-        else:
+
+        async def ask(first: bool) -> bool | KilnError:
+            try:
+                resp = await self._request(
+                    "POST", "attestation-batch", json={"attestations": [list(p) for p in want]}
+                )
+            except KilnError as e:
+                return e
             async with resp:
-                if resp.status in (404, 405, 501):
+                if first and resp.status in (404, 405, 501):
                     self._att_fetch_ok = False
                     return False
-                if resp.status == 200:
-                    await read_batch(resp, what, want, got, Pace(what, RegistryError, self._link), MAX_BODY)
-                    return True
-                failed = await self._fail(resp, what)
-        for h, k in want:
-            got(h, k, failed)
-        return True
+                if resp.status != 200:
+                    return await self._fail(resp, what)
+                pace = Pace(what, RegistryError, self._link)
+                failed = await read_batch(resp, what, want, got, pace, MAX_BODY)
+            return True if failed is None else failed
+
+        out = await until_whole(self._cuts, ask)
+        if isinstance(out, KilnError):
+            for h, k in want:
+                got(h, k, out)
+        return out is not False
 
     async def attestation_upload_batch(
         self, items: list[tuple[str, str, bytes]]
@@ -74,7 +89,8 @@ class AttestationBatches:
         """Upload attestation files (hash part, kind, bytes) with one ``POST
         /attestation-upload-batch``: each one's (HTTP status, message), in order, as its
         own ``PUT`` would have been answered; None if the server has no such endpoint
-        (remembered)."""
+        (remembered). A write: never sent again once sent, and an error after it was
+        sent says whether the registry took it is unknown (``httperrors.WRITE_NOTE``)."""
         if not self._att_upload_ok:
             return None
         body = upload_body(items)
@@ -87,33 +103,35 @@ class AttestationBatches:
 
 async def read_batch(
     resp: Any, what: str, want: dict[tuple[str, str], None], got: Got, pace: Pace, max_entry: int
-) -> None:
-    """Read an ``attestation-batch`` answer: for each of ``want`` ((hash part, kind),
-    emptied as entries come) a line ``<hash part> <kind> <size>`` then the bytes, or
-    ``<hash part> <kind> -``; ``got(hash part, kind, bytes or None)`` for each. An entry
-    not asked for, one over ``max_entry`` bytes, a long line or a cut answer ends it
-    with ``got(hash part, kind, that RegistryError)`` for each entry not yet received."""
+) -> RegistryError | None:
+    """Read an ``attestation-batch`` answer: for each of ``want`` ((hash part, kind)) a
+    line ``<hash part> <kind> <size>`` then the bytes, or ``<hash part> <kind> -``;
+    ``got(hash part, kind, bytes or None)`` for each, then taken out of ``want`` (which
+    so holds exactly the entries not received whole: ``httpremainder``). Returns None
+    once all came, or the ``RegistryError`` that ended the answer early: an entry not
+    asked for, one over ``max_entry`` bytes, a long line, or the answer breaking off (a
+    ``Broken``). What ``got`` raises is raised."""
     while want:
         try:
             h, k, data = await _read_entry(resp, what, want, pace, max_entry)
         except RegistryError as e:
-            for h, k in want:
-                got(h, k, e)
-            return
+            return e
+        del want[(h, k)]
         got(h, k, data)
+    return None
 
 
 async def _read_entry(
     resp: Any, what: str, want: dict[tuple[str, str], None], pace: Pace, max_entry: int
 ) -> tuple[str, str, bytes | None]:
-    """The next entry of an ``attestation-batch`` answer (removed from ``want``)."""
+    """The next entry of an ``attestation-batch`` answer (left in ``want``)."""
     with answer_errors(what):
         try:
             line = await pace.read(resp.content.readline(), 120)
         except LINE_TOO_LONG:
             raise RegistryError(f"{what}: an entry line is too long (broken answer)") from None
-        if not line:
-            raise RegistryError(f"{what}: answer cut short")
+        if not line:  # (the body ended: as a cut, which retryable tells as temporary)
+            raise Broken(f"{what}: answer cut short") from asyncio.IncompleteReadError(b"", None)
         parts = line.decode("ascii", "replace").split()
         if len(parts) != 3 or (parts[0], parts[1]) not in want or not (parts[2] == "-" or parts[2].isdigit()):
             raise RegistryError(f"{what}: unexpected entry {line[:100]!r}")
@@ -121,7 +139,6 @@ async def _read_entry(
         if size != "-" and int(size) > max_entry:
             raise RegistryError(f"{what}: {h} {k} announced at {size} bytes, over {max_entry}")
         data = None if size == "-" else await pace.read(resp.content.readexactly(int(size)), int(size))
-        del want[(h, k)]  # (only now: a cut entry is one of those that failed)
         return h, k, data
 
 
@@ -139,7 +156,9 @@ def upload_results(raw: bytes, what: str, count: int) -> list[tuple[int, str]]:
         results = json.loads(raw)["results"]
         out = [(int(r["status"]), str(r.get("message", ""))) for r in results]
     except (ValueError, TypeError, KeyError, RecursionError, AttributeError):
-        raise RegistryError(f"{what}: malformed answer (expected a JSON object with results)") from None
+        raise RegistryError(
+            f"{what}: malformed answer (expected a JSON object with results){WRITE_NOTE}"
+        ) from None
     if len(out) != count:
-        raise RegistryError(f"{what}: {len(out)} results for {count} attestations")
+        raise RegistryError(f"{what}: {len(out)} results for {count} attestations{WRITE_NOTE}")
     return out

@@ -1,6 +1,8 @@
-"""The batch requests of ``HttpClient`` (``httpclient``): the ``upload-batch`` body, and
-reading and checking the ``blob-batch`` and ``narinfo-batch`` answers. Nothing a server
-sends is trusted for its size or shape (see ``httpclient``'s docstring).
+"""The batch requests of ``HttpClient`` (``httpclient``): ``blob_batch`` (``BlobBatches``,
+mixed into it), the ``upload-batch`` body, and reading and checking the ``blob-batch``
+and ``narinfo-batch`` answers. Nothing a server sends is trusted for its size or shape
+(see ``httpclient``'s docstring). A ``blob-batch`` answer that breaks off on the way is
+asked again for the objects not received whole (``httpremainder``).
 
 A ``narinfo-batch`` query is sent with ``"defer": true``: a kiln server then answers
 about ``batchapi.DEFER_AT`` bytes of entries at a time and lists what it left out under
@@ -12,6 +14,7 @@ least one of them, so the loop ends: a server that defers everything is an error
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -19,11 +22,15 @@ from typing import Any
 
 import aiohttp
 
+from kiln.store.errors import KilnError
 from kiln.store.hashes import Hash
 
 from .client import CHUNK, RegistryError
+from .httperrors import Broken
 from .httperrors import answer_errors as answer_errors  # (re-exported: ``httpattest``)
-from .pace import LINE_TOO_LONG, Pace
+from .httpremainder import until_whole
+from .httpretry import Cuts
+from .pace import LINE_TOO_LONG, Link, Pace
 
 
 async def read_blob_batch(
@@ -35,22 +42,27 @@ async def read_blob_batch(
     pace: Pace,
     max_body: int,
 ) -> None:
-    """Read a ``blob-batch`` answer: for each of ``want`` (hex digest -> digest, emptied
-    as entries come), a line ``<hex> <size>`` then the bytes, or ``<hex> -`` for a
-    missing object; ``got(digest, bytes or None)`` for each. An entry not asked for, a
-    size other than ``sizes`` says (or over ``max_body``), a long line, or a cut answer
-    is a ``RegistryError``, raised before the object's bytes are read."""
+    """Read a ``blob-batch`` answer: for each of ``want`` (hex digest -> digest), a line
+    ``<hex> <size>`` then the bytes, or ``<hex> -`` for a missing object; ``got(digest,
+    bytes or None)`` for each, then taken out of ``want`` (which so holds exactly the
+    objects not received whole: ``httpremainder``). An entry not asked for, a size other
+    than ``sizes`` says (or over ``max_body``) or a long line is a ``RegistryError``,
+    raised before the object's bytes are read; an answer that breaks off (ends before
+    its entries did, among others) a ``Broken``."""
     with answer_errors(what):
-        for _ in range(len(want)):
+        while want:
             try:
                 line = await pace.read(resp.content.readline(), 80)
             except LINE_TOO_LONG:
                 raise RegistryError(f"{what}: an entry line is too long (broken answer)") from None
+            if not line:  # (the body ended: as a cut, which retryable tells as temporary)
+                raise Broken(f"{what}: answer cut short") from asyncio.IncompleteReadError(b"", None)
             hexd, _, size = line.decode("ascii", "replace").strip().partition(" ")
-            h = want.pop(hexd, None)
+            h = want.get(hexd)
             if h is None or not (size == "-" or size.isdigit()):
                 raise RegistryError(f"{what}: unexpected entry {line[:100]!r}")
             if size == "-":
+                del want[hexd]
                 got(h, None)
                 continue
             n = int(size)
@@ -61,7 +73,61 @@ async def read_blob_batch(
                     f"{expect if expect is not None else f'at most {max_body}'}"
                 )
             data = await pace.read(resp.content.readexactly(n), n)
+            del want[hexd]  # (only now: an object cut short is asked for again)
             got(h, data)
+
+
+class BlobBatches:
+    """``blob_batch``, mixed into ``HttpClient``, which provides ``url``, ``_link``,
+    ``_cuts``, ``_request``, ``_fail`` and the flag ``_blob_batch_ok``."""
+
+    url: str
+    _link: Link
+    _cuts: Cuts
+    _request: Callable[..., Any]
+    _fail: Callable[..., Any]
+    _blob_batch_ok: bool
+
+    async def blob_batch(
+        self,
+        hashes: list[Hash],
+        got: Callable[[Hash, bytes | None], Any],
+        sizes: dict[str, int] | None = None,
+    ) -> bool:
+        """Fetch whole compressed objects (small ones: each is held in memory) with one
+        ``POST /blob-batch``: ``got(digest, bytes)`` per object, ``got(digest, None)``
+        for one the registry lacks, in request order. The bytes are as received: the
+        caller checks them against the digest. ``sizes`` (hex digest -> expected size)
+        refuses, before reading it, an object announced at another size; without it an
+        object may be at most ``MAX_BODY`` bytes. An answer that breaks off is asked
+        again for the objects not yet received (``httpremainder``); ``got`` is called
+        once per object at most. Returns False, having fetched nothing, if the server
+        has no such endpoint (the caller then downloads one by one)."""
+        from .httpclient import MAX_BODY
+
+        if not self._blob_batch_ok:
+            return False
+        want = {h.hex: h for h in hashes}
+        what = f"POST {self.url}/blob-batch"
+
+        async def ask(first: bool) -> bool | KilnError:
+            async with await self._request("POST", "blob-batch", json={"blobs": list(want)}) as resp:
+                if first and resp.status in (404, 405, 501):
+                    self._blob_batch_ok = False
+                    return False
+                if resp.status != 200:
+                    raise await self._fail(resp, what)
+                pace = Pace(what, RegistryError, self._link)
+                try:
+                    await read_blob_batch(resp, what, want, sizes, got, pace, MAX_BODY)
+                except Broken as e:
+                    return e
+            return True
+
+        out = await until_whole(self._cuts, ask)
+        if isinstance(out, KilnError):
+            raise out
+        return out
 
 
 def upload_batch_body(frames: list[tuple[str, bytes, Path | None]]) -> tuple[int, AsyncIterator[bytes]]:
@@ -106,7 +172,8 @@ def batch_answer(raw: bytes, what: str) -> dict[str, Any]:
 def checked_batch(res: Any, what: str) -> dict[str, Any]:
     """A ``narinfo-batch`` answer with the shape the callers rely on, else
     ``RegistryError``: a dict whose ``narinfos`` maps str to str, ``blobs`` is a list of
-    str, ``attestations``/``by_nar_hash`` are dicts (each present or not)."""
+    str, ``attestations``/``by_nar_hash`` are dicts and ``deferred`` maps to lists of str
+    (each present or not)."""
 
     def bad(field: str) -> RegistryError:
         return RegistryError(f"{what}: malformed answer ({field})")
@@ -122,7 +189,6 @@ def checked_batch(res: Any, what: str) -> dict[str, Any]:
     for key in ("attestations", "by_nar_hash"):
         if not isinstance(res.get(key, {}), dict):
             raise bad(key)
-    return res
     deferred = res.get("deferred", {})
     if not isinstance(deferred, dict) or not all(
         isinstance(v, list) and all(isinstance(x, str) for x in v) for v in deferred.values()

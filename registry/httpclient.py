@@ -17,8 +17,11 @@ sent again when its connection is refused, reset or closed before any byte of an
 (``kiln serve`` restarting), and answers that say "not now" (a busy server's 503 or
 429, a proxy's 502 or 504, a few 500s) are waited out, honouring ``Retry-After``; a
 write waits out only a 503: ``httpretry`` says when and how long. A download cut
-mid-body is resumed or started over (``httpdownload``). Failures name the request and
-say what happened (``httperrors``).
+mid-body (reset, closed short, or silent past the read timeout) is resumed or started
+over (``httpdownload``), and a ``blob-batch`` or ``attestation-batch`` answer broken
+off is asked again for the entries not yet received (``httpremainder``): how often is
+``httpretry``'s, never for a write. Failures name the request and say what happened
+(``httperrors``).
 """
 
 from __future__ import annotations
@@ -26,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -38,15 +40,9 @@ from kiln.store.hashes import Hash
 from . import layout
 from .client import BATCH, CHUNK, Client, RegistryError, utf8
 from .httpattest import AttestationBatches
-from .httpbatch import (
-    batch_answer,
-    deferred_of,
-    merge_batch,
-    read_blob_batch,
-    upload_batch_body,
-)
+from .httpbatch import BlobBatches, batch_answer, deferred_of, merge_batch, upload_batch_body
 from .httpdownload import ObjectDownloads
-from .httperrors import answer_errors, request_error
+from .httperrors import WRITE_NOTE, answer_errors, request_error
 from .httpretry import (
     BUSY_RETRIES,
     COLD_RETRY_WAIT,
@@ -56,6 +52,7 @@ from .httpretry import (
     RETRY_MAX,
     RETRY_WAIT,
     WORN_RETRIES,
+    Cuts,
     Dropped,
     ask_again,
     dropped,
@@ -76,10 +73,10 @@ ERROR_PEEK_S = 10.0
 HEADERS_TIMEOUT = 300.0
 
 
-class HttpClient(AttestationBatches, ObjectDownloads, Client):
+class HttpClient(AttestationBatches, BlobBatches, ObjectDownloads, Client):
     """The ``Client`` API over HTTP(S), the attestation batch calls
-    (``httpattest.AttestationBatches``, used by ``attest_wire``) and downloads
-    (``httpdownload.ObjectDownloads``)."""
+    (``httpattest.AttestationBatches``, used by ``attest_wire``), ``blob_batch``
+    (``httpbatch.BlobBatches``) and downloads (``httpdownload.ObjectDownloads``)."""
 
     def __init__(self, url: str, token: str | None = None, jobs: int = 16) -> None:
         # credentials in the URL go as basic auth; self.url, which every message shows,
@@ -106,6 +103,7 @@ class HttpClient(AttestationBatches, ObjectDownloads, Client):
         self._att_upload_ok = True
         self._answered = False  # (once the registry answered: the longer retries)
         self._worn = False  # a request used up its "not now" waits (``httpretry.WORN_RETRIES``)
+        self._cuts = Cuts()  # answers broken off mid-body: how often to ask again (``httpretry``)
         self._watches: set[asyncio.Task[None]] = set()  # (``httpsession.watch``)
         #: key -> the URL on another origin that answered 404/403 for it after a redirect
         #: (``get`` returns None for those as for any miss; errors use this to say where)
@@ -229,14 +227,15 @@ class HttpClient(AttestationBatches, ObjectDownloads, Client):
 
     async def _post(self, key: str, **kw: Any) -> bytes | None:
         """The body of the 200 answer to ``POST /<key>``, or None if the server has no such
-        endpoint (404, 405, 501); any other answer is a ``RegistryError``."""
+        endpoint (404, 405, 501); any other answer is a ``RegistryError`` (for an upload,
+        a ``data`` body, one saying its outcome is unknown: ``httperrors.WRITE_NOTE``)."""
         what = f"POST {self.url}/{key}"
         async with await self._request("POST", key, **kw) as resp:
             if resp.status in (404, 405, 501):
                 return None
             if resp.status != 200:
                 raise await self._fail(resp, what)
-            return await self._read(resp, what)
+            return await self._read(resp, what, write="data" in kw)
 
     async def _batch(self, body: dict[str, list[str]]) -> dict[str, Any] | None:
         """The ``narinfo-batch`` answer to ``body``, whole: asked with ``"defer": true``,
@@ -317,33 +316,6 @@ class HttpClient(AttestationBatches, ObjectDownloads, Client):
         found = res["by_nar_hash"].get(nar_sha256_hex)
         return found if isinstance(found, str) else None
 
-    async def blob_batch(
-        self,
-        hashes: list[Hash],
-        got: Callable[[Hash, bytes | None], Any],
-        sizes: dict[str, int] | None = None,
-    ) -> bool:
-        """Fetch whole compressed objects (small ones: each is held in memory) with one
-        ``POST /blob-batch``: ``got(digest, bytes)`` per object, ``got(digest, None)``
-        for one the registry lacks, in request order. The bytes are as received: the
-        caller checks them against the digest. ``sizes`` (hex digest -> expected size)
-        refuses, before reading it, an object announced at another size; without it an
-        object may be at most ``MAX_BODY`` bytes. Returns False, having fetched nothing,
-        if the server has no such endpoint (the caller then downloads one by one)."""
-        if not self._blob_batch_ok:
-            return False
-        want = {h.hex: h for h in hashes}
-        what = f"POST {self.url}/blob-batch"
-        async with await self._request("POST", "blob-batch", json={"blobs": list(want)}) as resp:
-            if resp.status in (404, 405, 501):
-                self._blob_batch_ok = False
-                return False
-            if resp.status != 200:
-                raise await self._fail(resp, what)
-            pace = Pace(what, RegistryError, self._link)
-            await read_blob_batch(resp, what, want, sizes, got, pace, MAX_BODY)
-        return True
-
     async def put_file(self, key: str, path: Path) -> None:
         size = path.stat().st_size
 
@@ -379,10 +351,10 @@ class HttpClient(AttestationBatches, ObjectDownloads, Client):
                 results = json.loads(await self._read(resp, what, write=True))["results"]
             except (ValueError, TypeError, KeyError, RecursionError):
                 raise RegistryError(
-                    f"{what}: malformed answer (expected a JSON object with results)"
+                    f"{what}: malformed answer (expected a JSON object with results){WRITE_NOTE}"
                 ) from None
             if not isinstance(results, list):
-                raise RegistryError(f"{what}: malformed answer (results is not a list)")
+                raise RegistryError(f"{what}: malformed answer (results is not a list){WRITE_NOTE}")
             return results
 
     async def publish_index(self) -> str | None:

@@ -3,8 +3,9 @@ caller's ``write``, asked again when the answer is cut mid-body.
 
 The objects downloaded are named by their digest, which the caller checks over the
 whole file, so a ``GET`` whose body broke off (a reset, or a close short of the promised
-``Content-Length``: ``httperrors.cut``) is asked again ``CUT_RETRIES`` times, after
-``CUT_WAIT`` s doubling:
+``Content-Length``: ``httperrors.cut``; or silence past the read timeout, the connection
+left open: ``httperrors.stalled``) is asked again as ``httpretry.Cuts`` allows
+(``CUT_RETRIES`` times, after ``CUT_WAIT`` s doubling; fewer once the client is worn):
 
 - resumed where the first answer had a strong ``ETag`` and a ``Content-Length`` L: with
   ``Range: bytes=N-`` and ``If-Range: <that ETag>``, N the bytes handed to ``write`` so
@@ -17,9 +18,9 @@ whole file, so a ``GET`` whose body broke off (a reset, or a close short of the 
   naming the cut, as it did before it was ever asked again.
 
 Not asked again: an error raised by ``write`` (too many bytes, a bad NAR: the caller's
-verdict), a trickle (``pace``) or silence past the read timeout (a stalled server has had
-its 120 s), a malformed answer, and any answer but 200/206 to a retry (``_request``
-has already waited out those worth it; a 404 then is an error, not a miss).
+verdict), a trickle (``pace``: a server that sends, but too slowly, would be as slow
+again), a malformed answer, and any answer but 200/206 to a retry (``_request`` has
+already waited out those worth it; a 404 then is an error, not a miss).
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from .client import CHUNK, RegistryError
 from .downloadsink import Sink
-from .httperrors import body_error, cut, cut_how
-from .httpretry import CUT_RETRIES, CUT_WAIT
+from .httperrors import Broken, body_error, cut, cut_how, stalled
+from .httpretry import CUT_RETRIES, Cuts
 from .pace import Pace
 
 
@@ -62,10 +63,12 @@ class _Validator:
 
 
 class ObjectDownloads:
-    """``download``; ``HttpClient`` provides ``url``, ``_link``, ``_request`` and ``_fail``."""
+    """``download``; ``HttpClient`` provides ``url``, ``_link``, ``_cuts``, ``_request``
+    and ``_fail``."""
 
     url: str
     _link: Any
+    _cuts: Cuts
     _request: Callable[..., Any]
     _fail: Callable[..., Any]
 
@@ -111,6 +114,7 @@ class ObjectDownloads:
                         pace.got(len(chunk))
                         write(chunk)
                         done += len(chunk)
+                    self._cuts.whole()
                     return True
                 except (
                     asyncio.IncompleteReadError,
@@ -122,13 +126,14 @@ class ObjectDownloads:
                     if err is None:
                         raise
                     resumable = done == 0 or tag is not None or restart is not None
-                    if not cut(e) or cuts >= CUT_RETRIES or not resumable:
-                        if cut(e) and cuts:  # (the bytes of all the answers, not the last's)
+                    broke = cut(e) or stalled(e)
+                    if not (broke and resumable and self._cuts.again(cuts)):
+                        if broke and cuts:  # (the bytes of all the answers, not the last's)
                             of = f" of {tag.length}" if tag is not None else ""
-                            err = RegistryError(
+                            err = Broken(
                                 f"{what}: answer broken off: {cut_how(e)} after {done}{of} bytes "
                                 f"(asked {cuts + 1} times)"
                             )
                         raise err from None
             cuts += 1
-            await asyncio.sleep(CUT_WAIT * 2 ** (cuts - 1))
+            await asyncio.sleep(Cuts.wait(cuts))

@@ -5,9 +5,12 @@ Every message names the request (``METHOD URL/key``) and says what happened in w
 "no answer within 120 s", "connection reset before an answer came", "answer broken
 off: connection reset after 100000 of 3000388 bytes", "malformed answer (...)" (a
 framing error of aiohttp's parser is not the server's "400"). Only a connection that
-could not be made (refused, DNS, connect timeout) is "unreachable". A failed write
-(an upload, ``publish-index``) adds that its outcome is unknown and that running the
-push again is safe (``WRITE_NOTE``): a push sends only what the registry still lacks.
+could not be made (refused, DNS, connect timeout) is "unreachable". An answer whose
+body broke off on the way (cut, silent past the read timeout, framing broken) is a
+``Broken``: what asking again may not meet (``httpretry``). A failed write (an upload,
+a batch upload, ``publish-index``), before its answer or while reading it, adds that
+its outcome is unknown and that running the push again is safe (``WRITE_NOTE``): a push
+sends only what the registry still lacks.
 
 Each error is raised inside the handler of the transport's error, so that error stays
 its ``__context__`` (``retryable`` tells a temporary failure by it). Text quoted from
@@ -24,8 +27,8 @@ from collections.abc import Collection, Iterator
 import aiohttp
 import aiohttp.http_exceptions
 
+from . import httpsession
 from .client import RegistryError, Unreachable
-from .httpsession import READ_TIMEOUT
 from .tokentext import scrub
 
 WRITE_NOTE = (
@@ -35,6 +38,13 @@ WRITE_NOTE = (
 #: aiohttp's error for a connection that could not be made in time (3.10 on)
 _CONNECT_TIMEOUT = getattr(aiohttp, "ConnectionTimeoutError", ())
 _RESET = frozenset({errno.ECONNRESET, errno.ECONNABORTED, errno.EPIPE})
+
+
+class Broken(RegistryError):
+    """The body of an answer broke off on the way: the connection reset or closed short
+    of it, silent past the read timeout (``stalled``), or its framing broken. The entries
+    or bytes read before it are sound; a read-only request may be asked again for the
+    rest (``httpretry``)."""
 
 
 class NoAnswer(Unreachable):
@@ -101,8 +111,17 @@ def cut(e: BaseException) -> bool:
     return isinstance(e, (aiohttp.ClientOSError, ConnectionError)) and _reset(e)
 
 
+def stalled(e: BaseException) -> bool:
+    """Whether ``e``, met while reading a body, is the read timeout: no byte came for
+    ``httpsession.READ_TIMEOUT`` s (the connection still open). Not a trickle (``pace``)."""
+    return isinstance(e, aiohttp.ServerTimeoutError)
+
+
 def cut_how(e: BaseException) -> str:
-    """How a ``cut`` body ended: "connection reset" or "connection closed"."""
+    """How a ``cut`` or ``stalled`` body ended: "connection reset", "connection closed"
+    or "no data for N s"."""
+    if stalled(e):
+        return f"no data for {httpsession.READ_TIMEOUT:g} s"
     return "connection reset" if _reset(e) or "ConnectionResetError" in str(e) else "connection closed"
 
 
@@ -113,37 +132,40 @@ def _received(e: BaseException) -> str:
     return " after " + text[at + 10 : text.index(")", at)] if at >= 0 and ")" in text[at:] else ""
 
 
-def body_error(e: BaseException, what: str, write: bool = False) -> RegistryError | None:
+def body_error(e: BaseException, what: str, write: bool = False) -> Broken | None:
     """The error for ``e``, met while reading the body of the answer to ``what``; None if
     ``e`` is not a transport or parser error (the caller's own, raised as is)."""
     note = WRITE_NOTE if write else ""
     if isinstance(e, asyncio.IncompleteReadError):
-        return RegistryError(f"{what}: answer cut short{note}")
-    if isinstance(e, aiohttp.http_exceptions.HttpProcessingError):  # e.g. a line too long
-        return RegistryError(f"{what}: malformed answer ({malformed(e)}){note}")
-    if isinstance(e, aiohttp.ServerTimeoutError):
-        return RegistryError(f"{what}: answer broken off: no data for {READ_TIMEOUT:g} s{note}")
+        return Broken(f"{what}: answer cut short{note}")
+    if isinstance(e, aiohttp.http_exceptions.HttpProcessingError):  # e.g. a chunk header broken
+        return Broken(f"{what}: malformed answer ({malformed(e)}){note}")
+    if stalled(e):
+        return Broken(f"{what}: answer broken off: {cut_how(e)}{note}")
     if isinstance(e, aiohttp.ClientPayloadError) and not cut(e):
         under = e.__cause__
         if isinstance(under, aiohttp.http_exceptions.HttpProcessingError):
-            return RegistryError(f"{what}: malformed answer ({malformed(under)}){note}")
+            return Broken(f"{what}: malformed answer ({malformed(under)}){note}")
     if cut(e):
-        return RegistryError(f"{what}: answer broken off: {cut_how(e)}{_received(e)}{note}")
+        return Broken(f"{what}: answer broken off: {cut_how(e)}{_received(e)}{note}")
     if isinstance(e, (TimeoutError, aiohttp.ClientError)):
-        return RegistryError(f"{what}: answer broken off ({e}){note}")
+        return Broken(f"{what}: answer broken off ({e}){note}")
     return None
 
 
 @contextlib.contextmanager
 def answer_errors(what: str, write: bool = False) -> Iterator[None]:
     """Reading the body of the answer to ``what``: a cut, broken or malformed one is a
-    ``RegistryError`` (``body_error``); ``write``: the request was a write."""
+    ``Broken`` (``body_error``); ``write``: the request was a write (``WRITE_NOTE``)."""
     try:
         yield
-    except (asyncio.IncompleteReadError, TimeoutError, aiohttp.ClientError) as e:
+    except (
+        asyncio.IncompleteReadError,
+        TimeoutError,
+        aiohttp.ClientError,
+        aiohttp.http_exceptions.HttpProcessingError,
+    ) as e:
         err = body_error(e, what, write)
         if err is None:
             raise
         raise err from None
-    except aiohttp.http_exceptions.HttpProcessingError as e:
-        raise RegistryError(f"{what}: malformed answer ({malformed(e)})") from None

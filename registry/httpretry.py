@@ -19,8 +19,16 @@
   at most ``RETRY_WAIT`` s in all once the registry has answered the client,
   ``COLD_RETRY_WAIT`` s before (a port nobody listens on stays "unreachable" within a
   few seconds).
-- A download of a content-addressed object cut mid-body (``httpdownload``):
-  ``CUT_RETRIES`` times, after ``CUT_WAIT`` s doubling.
+- An answer that broke off in its body (reset, closed short, silent past the read
+  timeout, its framing broken on the way: ``httperrors.Broken``) to a read-only request
+  that can be continued: a download of a content-addressed object (``httpdownload``:
+  resumed or started over) or a ``blob-batch``/``attestation-batch`` answer
+  (``httpremainder``: the entries not yet received asked for again), ``CUT_RETRIES``
+  times, after ``CUT_WAIT`` s doubling (``Cuts``). As for "not now": once one request
+  of a client broke off again after all those, the client's other requests are asked
+  again at most ``WORN_RETRIES`` times, until an answer arrives whole (thousands of
+  objects must not each wait out the same broken link). A trickle (``pace``) is not
+  asked again.
 """
 
 from __future__ import annotations
@@ -43,7 +51,8 @@ BUSY_WAIT_MAX = 10.0
 ERROR_RETRIES = 2
 #: the statuses a read-only request waits out (503 alone for other requests but uploads)
 NOT_NOW = frozenset({429, 500, 502, 503, 504})
-#: a download cut mid-body is tried again this many times, after CUT_WAIT s, doubling
+#: an answer broken off mid-body is asked again this many times, after CUT_WAIT s,
+#: doubling (``Cuts``)
 CUT_RETRIES = 3
 CUT_WAIT = 0.5
 #: a dropped read-only request (module docstring) waits RETRY_FIRST s, doubling to
@@ -94,3 +103,29 @@ def retry_after(value: str | None) -> float:
     except ValueError:
         seconds = 1.0
     return min(max(seconds if math.isfinite(seconds) else 1.0, 0.0), BUSY_WAIT_MAX)
+
+
+class Cuts:
+    """One client's budget for answers broken off mid-body (module docstring): each
+    request is asked again ``CUT_RETRIES`` times, or ``WORN_RETRIES`` once one of the
+    client's requests broke off after all its retries, until an answer arrives whole."""
+
+    def __init__(self) -> None:
+        self.worn = False
+
+    def again(self, cuts: int) -> bool:
+        """Whether a request whose answer broke off for the ``cuts + 1``-th time is asked
+        again; when it is not, the client is worn."""
+        if cuts < (WORN_RETRIES if self.worn else CUT_RETRIES):
+            return True
+        self.worn = True
+        return False
+
+    def whole(self) -> None:
+        """An answer (a download, a batch) arrived whole: the full budget again."""
+        self.worn = False
+
+    @staticmethod
+    def wait(cuts: int) -> float:
+        """Seconds to wait before asking again for the ``cuts``-th time (from 1)."""
+        return CUT_WAIT * 2 ** (cuts - 1)

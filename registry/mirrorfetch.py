@@ -123,8 +123,9 @@ async def _fetch_batch(
 ) -> Outcome | None:
     """Fetch ``batch`` (small objects, distinct digests) with one ``blob_batch``, each
     verified (file and NAR digests) and written to DST as it arrives: hex digest ->
-    bytes fetched, or the error for that object. None if the source has no batch
-    endpoint."""
+    bytes fetched, or the error for that object (a transfer that failed part way is the
+    error of the objects it did not bring, not of those it did). None if the source has
+    no batch endpoint."""
     by_hex = {_hex(i): i for i in batch}
     out: Outcome = {}
 
@@ -146,10 +147,16 @@ async def _fetch_batch(
         prog.add(0, len(data))
         out[h.hex] = len(data)
 
+    failed: Exception | None = None
     async with sem:
         sizes = {x: i.file_size for x, i in by_hex.items() if i.file_size is not None}
-        if not await client.blob_batch([i.file_hash for i in batch if i.file_hash is not None], got, sizes):
-            return None
+        try:
+            if not await client.blob_batch(
+                [i.file_hash for i in batch if i.file_hash is not None], got, sizes
+            ):
+                return None
+        except Exception as e:  # noqa: BLE001 - the error of the objects it did not bring
+            failed = e
     for x, i in by_hex.items():
-        out.setdefault(x, KilnError(f"{i.path}: the source did not send {i.url}"))
+        out.setdefault(x, failed or KilnError(f"{i.path}: the source did not send {i.url}"))
     return out

@@ -11,7 +11,8 @@ requests matching none pass untouched. Modes:
 - ``reset_req``: read ``k`` bytes of the request body, then reset the connection;
 - ``stall_head``: read the request, never answer;
 - ``reset_mid`` / ``close_early``: forward the head and ``k`` bytes of the answer's body,
-  then reset / close the connection;
+  then reset / close the connection; ``stall_mid``: then send nothing more, the
+  connection left open (until the proxy stops);
 - ``corrupt``: flip the low bit of byte ``k`` of the answer's body (as sent, framing
   included); ``corrupt_lf``: of its first LF (a chunked body's framing);
 - ``strip_range``: forward without ``Range``/``If-Range`` (a server without ranges);
@@ -54,6 +55,7 @@ class Seen:
     mode: str
     status: int | None
     at: float
+    body: bytes = b""  # (of a request forwarded upstream)
 
 
 def _rst(writer: asyncio.StreamWriter) -> None:
@@ -122,9 +124,11 @@ class FaultProxy:
                     return f
         return None
 
-    def _log(self, method: str, path: str, rng: str | None, mode: str, status: int | None) -> None:
+    def _log(
+        self, method: str, path: str, rng: str | None, mode: str, status: int | None, body: bytes = b""
+    ) -> None:
         with self._lock:
-            self.seen.append(Seen(method, path, rng, mode, status, time.monotonic()))
+            self.seen.append(Seen(method, path, rng, mode, status, time.monotonic(), body))
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -181,7 +185,7 @@ class FaultProxy:
         rest = await ur.read()
         uw.close()
         status = int(rhead.split(b" ", 2)[1])
-        self._log(method, path, None if drop else hdrs.get("range"), mode, status)
+        self._log(method, path, None if drop else hdrs.get("range"), mode, status, body)
         rhead = _closing(rhead, ("etag",) if mode == "etag" else ())
         if mode == "etag":
             rhead = rhead[:-2] + b'ETag: "not-the-same-object"\r\n\r\n'
@@ -189,9 +193,12 @@ class FaultProxy:
         if mode in ("corrupt", "corrupt_lf") and rest:
             i = rest.index(b"\n") if mode == "corrupt_lf" else min(k, len(rest) - 1)
             rest = rest[:i] + bytes([rest[i] ^ 0x01]) + rest[i + 1 :]
-        if mode in ("reset_mid", "close_early"):
+        if mode in ("reset_mid", "close_early", "stall_mid"):
             writer.write(rhead + rest[:k])
             await writer.drain()
+            if mode == "stall_mid":
+                await self._stop.wait()
+                return
             await asyncio.sleep(0.2)
             if mode == "reset_mid":
                 _rst(writer)
