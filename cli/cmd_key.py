@@ -3,14 +3,22 @@
 - ``kiln key generate NAME [-o FILE] [--force]`` writes the secret key (Nix format,
   ``NAME:base64``) to FILE, default ``$KILN_HOME/keys/NAME.sec``, created 0600
   atomically, and the public key beside it (``.pub`` instead of ``.sec``, or FILE +
-  ``.pub``). It prints only the public key and the secret key's path: secret key
-  material never goes to stdout or stderr. Either file there and not a regular file (a
-  symbolic link, a directory) is refused before either is written, ``--force`` or not:
-  no run leaves a ``.pub`` whose secret half it discarded, or a ``.sec`` without its ``.pub``.
+  ``.pub``). An ``-o`` ending in ``.pub`` is refused (a secret key there would pass for
+  a public one), and so is a NAME kiln could not read back or show safely
+  (``check_key_name``: printable ASCII, no space, ':', '"' or '\\'). It prints only the
+  public key and the secret key's path: secret key material never goes to stdout or
+  stderr. Either file there and not a regular file (a symbolic link, a directory) is
+  refused before either is written, ``--force`` or not: no run leaves a ``.pub`` whose
+  secret half it discarded, or a ``.sec`` without its ``.pub``.
 - ``kiln key public [FILE|NAME]`` prints the public key of a secret or public key file,
   or of key NAME under ``$KILN_HOME/keys``; with no argument, of the only key there. A
   secret key file by name or mode that holds no secret key is refused, not printed
   (``keyfiles.public_key_of``: a seed alone looks like a public key).
+- ``kiln key rotate FILE|NAME [--resign] [--store DIR]`` and ``kiln key revoke
+  FILE|NAME|PUBKEY --policy P``: ``keyrotate``. ``rotate`` looks a NAME up as
+  ``NAME.sec`` in the ``keys/`` of its store (``--store DIR``, else ``$KILN_HOME``);
+  ``revoke`` in ``$KILN_HOME/keys``, as ``NAME.sec`` or else ``NAME.pub`` (a revoked key's
+  secret half may be gone).
 
 Keys are interchangeable with ``nix key generate-secret`` / ``convert-secret-to-public``.
 """
@@ -28,11 +36,32 @@ from kiln.store.errors import KilnError
 from kiln.store.keyfiles import public_key_of, write_public_key, write_secret_key
 from kiln.store.signing import SecretKey
 
-from .common import default_home, private_keys_dir
+from .common import add_store_arg, default_home, private_keys_dir, store_root
 
 
 def keys_dir() -> Path:
     return default_home() / "keys"
+
+
+#: characters a key name may not hold besides whitespace and non-ASCII (``check_key_name``)
+_NOT_IN_NAMES = ':"\\'
+
+
+def check_key_name(name: str, what: str) -> str:
+    """``name`` if kiln may make a key of that name (``what``: how to call it), else a
+    ``KilnError``: the one rule for ``generate`` and ``rotate``. Key files are read as ASCII
+    and a name ends at its first ':' or whitespace (``keyfiles``, ``signing``): a name
+    outside printable ASCII or holding either makes a key kiln cannot read back. '"' and
+    '\\' would break the TOML strings keys are written in (``revoke``, policies), and
+    control characters the terminal that shows them."""
+    bad = sorted({c for c in name if not " " < c <= "~" or c in _NOT_IN_NAMES})
+    if not name or bad:
+        shown = ", ".join(ascii(c) for c in bad) if bad else "empty"
+        raise KilnError(
+            f"{what} name {ascii(name)} is not allowed ({shown}): a key name is printable ASCII "
+            "without spaces, ':', '\"' or '\\' (e.g. cache.example.org-1)"
+        )
+    return name
 
 
 def _pub_path(sec: Path) -> Path:
@@ -40,9 +69,14 @@ def _pub_path(sec: Path) -> Path:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    key = SecretKey.generate(args.name)
+    key = SecretKey.generate(check_key_name(args.name, "key"))
     if args.output:
         sec = Path(args.output)
+        if sec.name.lower().endswith(".pub"):
+            raise KilnError(
+                f"-o {sec}: -o names the secret key file, and a .pub file is where a public key goes; "
+                "give NAME.sec (the public key is written beside it, as NAME.pub)"
+            )
     else:
         if "/" in args.name:
             raise KilnError(f"key name {args.name!r} must not contain '/' (use -o FILE to choose the file)")
@@ -149,37 +183,63 @@ def _public(args: argparse.Namespace) -> int:
     return 0
 
 
-def _key_file(arg: str) -> Path:
+def _key_file(arg: str, keys: Path, public: bool = False) -> Path:
+    """The key file ``arg`` names: a file, else ``keys/ARG.sec`` (``public``: else
+    ``keys/ARG.pub`` too)."""
     p = Path(arg)
-    if p.exists():
+    if os.path.lexists(p):
         return p
-    named = keys_dir() / f"{arg}.sec"
-    if named.exists():
-        return named
+    for suffix in (".sec", ".pub") if public else (".sec",):
+        if (named := keys / f"{arg}{suffix}").exists():
+            return named
     from kiln.store.signing import key_text_hint, may_be_secret
 
     if may_be_secret(arg):
-        raise KilnError(f"{key_text_hint(arg)}: give the key's file, or its name in {keys_dir()}")
-    raise KilnError(f"no key file {arg} and no key named {arg!r} in {keys_dir()}")
+        raise KilnError(f"{key_text_hint(arg)}: give the key's file, or its name in {keys}")
+    raise KilnError(f"no key file {arg} and no key named {arg!r} in {keys}")
 
 
 def _rotate(args: argparse.Namespace) -> int:
     from .keyrotate import rotate
 
-    new_file, new, count = rotate(default_home(), _key_file(args.key), args.resign)
-    print(new.public().to_text())
-    print(f"new key: {new_file} (public key beside it)", file=sys.stderr)
+    home = store_root(args)
+    old_file = _key_file(args.key, home / "keys")
+    r = rotate(home, old_file, args.resign)
+    print(r.key.public().to_text())
+    print(f"new key: {r.new_file} (public key beside it)", file=sys.stderr)
     if args.resign:
-        print(f"re-signed {count} path(s) with {new.name}", file=sys.stderr)
+        print(
+            f"re-signed {r.resigned} path(s) made in the store at {home} with {r.key.name}", file=sys.stderr
+        )
+    if r.imported or r.unknown:
+        kinds = [f"{len(r.imported)} imported (copied or substituted)"] if r.imported else []
+        if r.unknown:
+            kinds.append(f"{len(r.unknown)} of unknown origin (registered before kiln recorded it)")
+        store = "" if args.store is None else f" --store {home}"
+        print(
+            f"left {len(r.imported) + len(r.unknown)} path(s) signed by {r.old_name} unsigned by "
+            f"{r.key.name}, as they were not made in this store: {' and '.join(kinds)}; a leaked "
+            f"{r.old_name} may have made them. Sign those you trust with: kiln store sign --key "
+            f"{r.new_file}{store} PATH...",
+            file=sys.stderr,
+        )
+        for p in r.imported:
+            print(f"  imported  {p}", file=sys.stderr)
+        for p in r.unknown:
+            print(f"  unknown   {p}", file=sys.stderr)
     return 0
 
 
 def _revoke(args: argparse.Namespace) -> int:
     from .keyrotate import revoke
 
-    text = args.key
-    if ":" not in text or Path(text).exists() or (keys_dir() / f"{text}.sec").exists():
-        text = public_key_of(_key_file(text) if not Path(text).exists() else Path(text)).to_text()
+    text, keys = args.key, keys_dir()
+    if (
+        ":" not in text
+        or os.path.lexists(text)
+        or any((keys / f"{text}{x}").exists() for x in (".sec", ".pub"))
+    ):
+        text = public_key_of(_key_file(text, keys, public=True)).to_text()
     entry = revoke(Path(args.policy), text, not args.retired, args.reason, None)
     print(entry.strip())
     return 0
@@ -200,7 +260,12 @@ def main(argv: list[str]) -> int:
     pk.set_defaults(fn=_public)
     r = sub.add_parser("rotate", help="make the successor of a key (name-1 -> name-2)")
     r.add_argument("key", metavar="FILE|NAME", help="the current key")
-    r.add_argument("--resign", action="store_true", help="also sign every path the old key signed")
+    r.add_argument(
+        "--resign",
+        action="store_true",
+        help="also sign every path made in the store that the old key signed (imported ones are listed)",
+    )
+    add_store_arg(r)  # (its keys/ holds NAME.sec and default.sec)
     r.set_defaults(fn=_rotate)
     rv = sub.add_parser("revoke", help="revoke a key in a verification policy file")
     rv.add_argument(

@@ -1,8 +1,8 @@
 """``kiln store``: inspect and maintain the local store.
 
 Subcommands: init, add (``dashvalue``: a --name starting with '-'), cat, ls, dump,
-restore, info, verify, gc (``storegc``), sign, and the roots' add-root, roots,
-remove-root, why (``storeroots``), diff (``storediff``).
+restore, info, verify, gc (``storegc``), sign, unsign (``storeunsign``), and the roots'
+add-root, roots, remove-root, why (``storeroots``), diff (``storediff``).
 Paths may be given as logical store paths (``/kiln/store/<hash>-<name>[/sub]``) or as
 real paths under the store root (or symlinks to either, like a ``result`` link).
 Exit status: 0 success, 1 error or (verify) problems found, 2 usage.
@@ -11,7 +11,8 @@ Streams (README, "In scripts"): ``--json`` (``info``, ``verify``) prints one obj
 ``ok`` on stdout (``jsonout``); otherwise the summary of what a command did goes to
 stdout when stdout carries nothing else (``verify``'s ``checked N paths``, ``sign``'s
 ``signed N paths``), findings, warnings and progress to stderr. ``gc`` lists what it
-deleted on stdout, so its summary goes to stderr, as ``nix-store --gc`` does.
+deleted on stdout, so its summary goes to stderr, as ``nix-store --gc`` does; so does
+``unsign``, which lists the signatures it removed.
 """
 
 from __future__ import annotations
@@ -96,7 +97,9 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--all", action="store_true", help="sign every valid path")
     from .storediff import add_parser
     from .storeroots import add_parsers
+    from .storeunsign import add_parser as add_unsign
 
+    add_unsign(cmd)  # unsign
     add_parsers(cmd)  # add-root, roots, remove-root, why
     add_parser(cmd)  # diff
     return p

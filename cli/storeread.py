@@ -90,9 +90,13 @@ def info(args) -> int:
     form marks such a closure ``INCOMPLETE`` and lists the missing paths. Exit 0 either
     way: ``kiln verify`` is the check, this only describes. Works on a full disk: the
     path is kept from GC by the shared GC lock for the command's short run, not by a temp
-    root, which would have to be written."""
+    root, which would have to be written. ``ultimate`` (Nix's name; text: ``made here``)
+    is true for a path built or added in this store, false for one imported (copied,
+    substituted), null when unknown (registered before kiln recorded it: treated as
+    imported; ``store.madehere``)."""
     from kiln.store.errors import StoreError
     from kiln.store.locks import FileLock
+    from kiln.store.madehere import describe
 
     from .cmd_store import _human, _open
     from .jsonout import hash_text
@@ -118,6 +122,7 @@ def info(args) -> int:
             "signatures": list(info.sigs),
             "ca": info.ca,
             "registrationTime": info.registration_time,
+            "ultimate": s.made_here(path),
             "closureSize": closure_size,
             "closurePaths": len(closure),
             "closureMissing": {h: list(by) for h, by in holes.items()},
@@ -135,6 +140,7 @@ def info(args) -> int:
     print(f"file size:     {d['fileSize']} ({_human(d['fileSize'] or 0)}, zstd)")
     print(f"deriver:       {d['deriver'] or '-'}")
     print(f"ca:            {d['ca'] or '-'}")
+    print(f"made here:     {describe(d['ultimate'])}")
     if holes:
         print(
             f"closure:       INCOMPLETE, {d['closurePaths']} paths, {_human(closure_size)} "

@@ -10,6 +10,9 @@ Schema (version ``SCHEMA_VERSION``, kept in ``PRAGMA user_version``):
 - ``refs(referrer, reference)``: full logical paths; ``reference`` is indexed so GC and
   ``referrers`` are cheap.
 - ``sigs(path, sig)``: ``keyname:base64`` signatures over the path's fingerprint.
+- ``paths.ultimate``: whether the path was made in this store (``madehere``: 1 built or
+  added here, 0 imported, NULL unknown), a column added to older databases when they are
+  opened (as ``NAR_HASH_INDEX``; their rows stay NULL).
 
 Invariants: a row exists only for a path whose object is durable and whose tree is in
 place (registration inserts the row last, in one transaction with its refs and sigs);
@@ -40,20 +43,23 @@ connection, which keeps ``kiln store add`` fast.
 
 from __future__ import annotations
 
-import contextlib
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from .dbreadonly import ReadOnlyDatabase, open_read_only
+from .dbreadonly import open_read_only
+from .dbschema import NAR_HASH_INDEX as NAR_HASH_INDEX
+from .dbschema import SCHEMA_VERSION
+from .dbschema import create_schema as _create_schema
+from .dbschema import has_ultimate as _has_ultimate
+from .dbschema import upgrade as _upgrade
+from .dbtx import transaction as _transaction
 from .errors import StoreError
 from .fsstate import state_of, why_refused
 from .hashes import Hash
 from .pathinfo import PathInfo
-
-SCHEMA_VERSION = 1
 
 
 class Connection(sqlite3.Connection):
@@ -66,39 +72,13 @@ class Connection(sqlite3.Connection):
         self.lock = threading.RLock()
         #: why this connection may not write (opened on a read-only file system), or None
         self.read_only: str | None = None
+        #: whether ``paths`` has its ``ultimate`` column (``madehere``): an older database
+        #: that could not be changed yet has not (read-only, or busy: ``dbschema.upgrade``)
+        self.ultimate = True
 
 
-@contextlib.contextmanager
-def _transaction(conn: sqlite3.Connection, durable: bool = False) -> Iterator[None]:
-    """``BEGIN IMMEDIATE`` … ``COMMIT`` (``ROLLBACK`` on any error) under the
-    connection's lock. ``durable``: the commit is synced to disk before it returns
-    (``synchronous=FULL`` for this transaction: the WAL is fsynced at commit, whatever
-    other connections are reading, which a checkpoint would wait for)."""
-    if (why := getattr(conn, "read_only", None)) is not None:
-        raise ReadOnlyDatabase(why)
-    with getattr(conn, "lock", None) or contextlib.nullcontext():
-        if durable:
-            conn.execute("PRAGMA synchronous=FULL")
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield
-                conn.execute("COMMIT")
-            except BaseException:
-                _rollback(conn)
-                raise
-        finally:
-            if durable:
-                conn.execute("PRAGMA synchronous=NORMAL")
-
-
-def _rollback(conn: sqlite3.Connection) -> None:
-    """Roll back the open transaction, if SQLite has not already: on a full disk or an
-    I/O error it rolls back by itself, and a ``ROLLBACK`` then fails with "no transaction
-    is active", an error that would replace the one that says what happened."""
-    if conn.in_transaction:
-        with contextlib.suppress(sqlite3.Error):
-            conn.execute("ROLLBACK")
+#: (``upgrade``'s former name, which tests call)
+_add_nar_hash_index = _upgrade
 
 
 def connect(path: Path, full_disk_read: bool = False) -> sqlite3.Connection:
@@ -117,18 +97,24 @@ def connect(path: Path, full_disk_read: bool = False) -> sqlite3.Connection:
     nothing can write there anyway. Told by ``statvfs`` first: where a ``-wal`` and
     ``-shm`` are left in place SQLite would open it read-only unasked, unmarked."""
     if (state := state_of(path.parent)) is not None and state.read_only:
-        return open_read_only(path, Connection, SCHEMA_VERSION)
+        return _read_only(path)
     try:
         return _connect(path, exclusive=False)
     except StoreError as e:
         if isinstance(e, _OpenFailed) and e.read_only:
-            return open_read_only(path, Connection, SCHEMA_VERSION)
+            return _read_only(path)
         if not (full_disk_read and isinstance(e, _OpenFailed) and e.full):
             raise
         try:
             return _connect(path, exclusive=True)
         except StoreError:
             raise e from None
+
+
+def _read_only(path: Path) -> sqlite3.Connection:
+    conn = open_read_only(path, Connection, SCHEMA_VERSION)
+    conn.ultimate = _has_ultimate(conn)  # type: ignore[attr-defined]  (nothing can add it there)
+    return conn
 
 
 class _OpenFailed(StoreError):
@@ -153,9 +139,7 @@ def _connect(path: Path, exclusive: bool) -> sqlite3.Connection:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version != SCHEMA_VERSION:
             _create_schema(conn, version)
-        # (reads the schema pages)
-        if conn.execute("SELECT 1 FROM sqlite_master WHERE name=?", (NAR_HASH_INDEX,)).fetchone() is None:
-            _add_nar_hash_index(conn)
+        _upgrade(conn)
     except sqlite3.OperationalError as e:
         if "locked" in str(e):  # busy beyond the timeout: not damage
             conn.close()
@@ -174,72 +158,6 @@ def _connect(path: Path, exclusive: bool) -> sqlite3.Connection:
             "rebuild it from the objects and trees)"
         ) from None
     return conn
-
-
-def _create_schema(conn: sqlite3.Connection, version: int) -> None:
-    if version > SCHEMA_VERSION:
-        raise StoreError(
-            f"store database has schema version {version}, this kiln understands up to {SCHEMA_VERSION}; "
-            "upgrade kiln"
-        )
-    import sqlite_utils  # slow import (~0.1 s), paid only when the schema changes
-
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        # re-check under the write lock: another process may have just created it
-        if conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
-            conn.execute("COMMIT")
-            return
-        db = sqlite_utils.Database(conn)
-        db["paths"].create(
-            {
-                "id": int,
-                "path": str,
-                "hash_part": str,
-                "nar_hash": str,
-                "nar_size": int,
-                "file_hash": str,
-                "file_size": int,
-                "deriver": str,
-                "registration_time": int,
-                "ca": str,
-            },
-            pk="id",
-            not_null={"path", "hash_part", "nar_hash", "nar_size", "file_hash", "file_size"},
-            if_not_exists=True,
-        )
-        db["paths"].create_index(["path"], unique=True, if_not_exists=True)
-        db["paths"].create_index(["hash_part"], unique=True, if_not_exists=True)
-        db["refs"].create(
-            {"referrer": str, "reference": str}, pk=("referrer", "reference"), if_not_exists=True
-        )
-        db["refs"].create_index(["reference"], if_not_exists=True)
-        conn.execute(f"CREATE INDEX IF NOT EXISTS {NAR_HASH_INDEX} ON paths(nar_hash)")
-        db["sigs"].create({"path": str, "sig": str}, pk=("path", "sig"), if_not_exists=True)
-        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        conn.execute("COMMIT")
-    except BaseException:
-        _rollback(conn)
-        raise
-
-
-#: lookups by NAR hash (a registry's ``by_nar_hash``, ``kiln serve --store``)
-NAR_HASH_INDEX = "paths_nar_hash"
-
-
-def _add_nar_hash_index(conn: sqlite3.Connection) -> None:
-    """Add ``NAR_HASH_INDEX`` to a database made before it existed (once; it is part of
-    the schema of new ones, so no version change: an older kiln opens the file as
-    before). Skipped for now, and tried at the next open, if the database cannot be
-    written (read-only) or stays busy for a second."""
-    conn.execute("PRAGMA busy_timeout=1000")
-    try:
-        with _transaction(conn):
-            conn.execute(f"CREATE INDEX IF NOT EXISTS {NAR_HASH_INDEX} ON paths(nar_hash)")
-    except sqlite3.OperationalError:
-        pass
-    finally:
-        conn.execute("PRAGMA busy_timeout=60000")
 
 
 _COLS = "path, nar_hash, nar_size, file_hash, file_size, deriver, registration_time, ca"
@@ -320,35 +238,27 @@ def file_hash_in_use(conn: sqlite3.Connection, file_hash: str) -> bool:
     return conn.execute("SELECT 1 FROM paths WHERE file_hash=? LIMIT 1", (file_hash,)).fetchone() is not None
 
 
-def insert(conn: sqlite3.Connection, info: PathInfo, hash_part: str) -> None:
+def insert(conn: sqlite3.Connection, info: PathInfo, hash_part: str, ultimate: bool | None = None) -> None:
     """Insert a row with its refs and sigs in one transaction. The caller has checked
-    that references are valid and holds the path lock."""
+    that references are valid and holds the path lock. ``ultimate``: the path was made in
+    this store (``madehere``): True for a build's output or a path added here, False for
+    one imported; None (not said) is recorded as unknown, which counts as imported."""
     assert info.file_hash is not None and info.file_size is not None
-    with _transaction(conn):
-        conn.execute(
-            f"INSERT INTO paths (hash_part, {_COLS}) VALUES (?,?,?,?,?,?,?,?,?)",
-            (
-                hash_part,
-                info.path,
-                info.nar_hash.to_nix32(),
-                info.nar_size,
-                info.file_hash.to_nix32(),
-                info.file_size,
-                info.deriver,
-                info.registration_time or int(time.time()),
-                info.ca,
-            ),
-        )
-        conn.executemany("INSERT INTO refs VALUES (?,?)", [(info.path, r) for r in info.references])
-        conn.executemany("INSERT OR IGNORE INTO sigs VALUES (?,?)", [(info.path, s) for s in info.sigs])
+    insert_many(conn, [(info, hash_part)], ultimate)
 
 
-def insert_many(conn: sqlite3.Connection, rows: list[tuple[PathInfo, str]]) -> None:
+def insert_many(
+    conn: sqlite3.Connection, rows: list[tuple[PathInfo, str]], ultimate: bool | None = None
+) -> None:
     """Insert ``(info, hash_part)`` rows with their refs and sigs in one transaction
-    (group commit for a batch import; same preconditions as ``insert``)."""
+    (group commit for a batch import; same preconditions and ``ultimate`` as ``insert``,
+    for every row)."""
+    # (a database whose column could not be added yet: the rows read as unknown once it is)
+    extra = ((", ultimate", ",?"), (None if ultimate is None else int(ultimate),))
+    (cols, mark), value = extra if getattr(conn, "ultimate", True) else (("", ""), ())
     with _transaction(conn):
         conn.executemany(
-            f"INSERT INTO paths (hash_part, {_COLS}) VALUES (?,?,?,?,?,?,?,?,?)",
+            f"INSERT INTO paths (hash_part, {_COLS}{cols}) VALUES (?,?,?,?,?,?,?,?,?{mark})",
             [
                 (
                     hash_part,
@@ -360,6 +270,7 @@ def insert_many(conn: sqlite3.Connection, rows: list[tuple[PathInfo, str]]) -> N
                     info.deriver,
                     info.registration_time or int(time.time()),
                     info.ca,
+                    *value,
                 )
                 for info, hash_part in rows
             ],
@@ -384,6 +295,19 @@ def set_file(conn: sqlite3.Connection, path: str, file_hash: Hash, file_size: in
 def add_signatures(conn: sqlite3.Connection, path: str, sigs: Iterable[str]) -> None:
     with _transaction(conn):
         conn.executemany("INSERT OR IGNORE INTO sigs VALUES (?,?)", [(path, s) for s in sigs])
+
+
+def remove_signatures(
+    conn: sqlite3.Connection, path: str, which: Callable[[PathInfo, str], bool]
+) -> list[str]:
+    """Delete the signatures ``sig`` of ``path`` for which ``which(info, sig)`` holds, and
+    return them: read, judged and deleted in one write transaction, so a signature added
+    meanwhile is judged too (none for a path that is not valid)."""
+    with _transaction(conn):
+        info = query(conn, path)
+        gone = [] if info is None else [s for s in info.sigs if which(info, s)]
+        conn.executemany("DELETE FROM sigs WHERE path=? AND sig=?", [(path, s) for s in gone])
+    return gone
 
 
 def delete(conn: sqlite3.Connection, paths: Iterable[str]) -> None:

@@ -27,7 +27,8 @@ shared for the whole call and gives a private temp dir:
    tree left by a crash is moved away first) and seal their tops;
 5. ``syncfs`` on the store's file system: one journal commit makes every staged object,
    its name and every tree durable (group commit instead of per-path fsyncs);
-6. insert every row (with refs and sigs) in one transaction; release the locks.
+6. insert every row (with refs and sigs) in one transaction, each recorded as imported
+   (``madehere``; made here only for ``add_texts``' own derivations); release the locks.
 
 A crash anywhere before 6 leaves only stray objects and unregistered trees (GC removes
 them, verify ignores them); a row is inserted only after its object is durable under
@@ -179,7 +180,9 @@ def place_object(obj: Path, final: Path, file_hash: Hash, file_size: int) -> Non
             os.rename(obj, final)
 
 
-def commit(store: LocalStore, staged: list[Staged], tmp: Path) -> dict[str, PathInfo]:
+def commit(
+    store: LocalStore, staged: list[Staged], tmp: Path, made_here: bool = False
+) -> dict[str, PathInfo]:
     """Steps 2-6 for ``staged`` (paths sorted or not; each path once). Returns the
     registered (or meanwhile registered by someone else) info of every path."""
     if not staged:
@@ -228,12 +231,12 @@ def commit(store: LocalStore, staged: list[Staged], tmp: Path) -> dict[str, Path
             sync_filesystem(store.objects)
             # before the rows: a kill between the two leaves no free marker on a valid import
             hookmarks.drop_free(store, [info.path for info, _ in rows])
-            db.insert_many(store.conn, rows)
+            db.insert_many(store.conn, rows, ultimate=made_here)
     return out
 
 
 def import_objects(
-    store: LocalStore, items: Iterable[tuple[PathInfo, BinaryIO]], tmp: Path
+    store: LocalStore, items: Iterable[tuple[PathInfo, BinaryIO]], tmp: Path, made_here: bool = False
 ) -> list[PathInfo]:
     """The body of ``LocalStore.import_objects`` (caller holds the shared GC lock and
     owns ``tmp``).
@@ -262,7 +265,7 @@ def import_objects(
             except BaseException as e:  # noqa: BLE001 - re-raised below, after the prefix commits
                 error = e
                 break
-        done.update(commit(store, ok, tmp))
+        done.update(commit(store, ok, tmp, made_here))
         for st in ok:
             with contextlib.suppress(FileNotFoundError):
                 remove_tree(st.tree)  # only there if someone else registered the path

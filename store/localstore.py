@@ -11,7 +11,8 @@ Layout under ``root`` (see docs/store.md)::
     attestations/<hash part>/  logs/  keys/  eval-cache/   (beside the store: docs/store.md)
 
 Writing paths (``add_*``, ``import_*``, ``register_built``) and the registration protocol
-live in ``registration`` (the ``Registering`` mixin).
+live in ``registration`` (the ``Registering`` mixin); whether a path was made here or
+imported (Nix's ``ultimate``) is recorded with its row (``madehere``).
 
 A store on a read-only file system is opened for reading (``read_only``): its database
 as SQLite can read it there (``dbreadonly``), temp roots kept by holding the GC lock
@@ -25,7 +26,7 @@ import errno
 import json
 import os
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -342,6 +343,17 @@ class LocalStore(Registering):
     def add_signatures(self, path: str, sigs: Iterable[str]) -> None:
         self._info(path)
         db.add_signatures(self.conn, path, sigs)
+
+    def remove_signatures(self, path: str, which: Callable[[PathInfo, str], bool]) -> list[str]:
+        """Delete the signatures of ``path`` that ``which(info, sig)`` picks, atomically
+        (``db.remove_signatures``); return them."""
+        return db.remove_signatures(self.conn, path, which)
+
+    def made_here(self, path: str) -> bool | None:
+        """Whether valid ``path`` was made in this store (``madehere``; None: unknown)."""
+        from .madehere import made_here
+
+        return made_here(self.conn, path)
 
     # ------------------------------------------------------------------ maintenance
 

@@ -16,6 +16,9 @@ Registration protocol of single paths (``Registering._commit``; batches: ``impor
 6. remove any stale unregistered tree at the real path, rename ours there, seal it;
 7. insert the row (with refs and sigs) in one transaction: now the path is valid.
 
+Every row says whether the path was made here (``add_*``, ``register_built``) or imported
+(``import_*``): ``madehere``, for ``kiln key rotate --resign``.
+
 A crash before 7 leaves at most unregistered files (GC removes them, verify ignores
 them); after 7 everything the row promises is in place. Readers re-verify digests.
 """
@@ -91,7 +94,7 @@ class Registering:
                 file_size=oi.file_size,
                 ca=f"fixed:r:sha256:{oi.nar_hash.nix32}",
             )
-            return self._commit(info, tree, tmp)
+            return self._commit(info, tree, tmp, made_here=True)
 
     def _check_source(self, src: Path, filter: PathFilter | None) -> None:
         """Refuse a missing ``src`` or one whose walk would reach this store's ``tmp/``, where
@@ -142,7 +145,7 @@ class Registering:
                 file_size=oi.file_size,
                 ca=f"text:sha256:{Hash.sha256_of(text).nix32}",
             )
-            return self._commit(info, tree, tmp)
+            return self._commit(info, tree, tmp, made_here=True)
 
     def add_texts(self, items: Iterable[tuple[str, bytes, Iterable[str]]]) -> list[PathInfo]:
         """``add_text`` for many ``(name, text, references)`` at once, in dependency
@@ -173,7 +176,7 @@ class Registering:
                 ca=f"text:sha256:{Hash.sha256_of(text).nix32}",
             )
             todo.append((info, io.BytesIO(obj)))
-        return self.import_objects(todo) if todo else []
+        return self.import_objects(todo, made_here=True) if todo else []
 
     def register_built(
         self,
@@ -205,7 +208,7 @@ class Registering:
                 path, oi.nar_hash, oi.nar_size, refs, deriver, file_hash=oi.file_hash, file_size=oi.file_size
             )
             if os.lstat(tree).st_dev == os.stat(self.real_store).st_dev:
-                return self._commit(info, Path(tree), tmp, have_lock=True)
+                return self._commit(info, Path(tree), tmp, have_lock=True, made_here=True)
             # build dir on another file system: materialise from the new object instead
             copy = tmp / "tree"
             assert info.file_hash is not None and info.file_size is not None
@@ -213,7 +216,7 @@ class Registering:
                 tmp / "object", path, (info.file_hash, info.file_size), (info.nar_hash, info.nar_size)
             )
             restore_canonical(stream, copy)
-            return self._commit(info, copy, tmp, have_lock=True)
+            return self._commit(info, copy, tmp, have_lock=True, made_here=True)
 
     def import_nar(self, info: PathInfo, nar_src: BinaryIO | Iterable[bytes]) -> PathInfo:
         """Add ``info.path`` from its uncompressed NAR (substitution). The NAR hash and
@@ -260,19 +263,23 @@ class Registering:
             file_hash = Hash("sha256", tee.sha.digest())
             return self._commit(replace(info, file_hash=file_hash, file_size=tee.size), tree, tmp, True)
 
-    def import_objects(self, items: Iterable[tuple[PathInfo, BinaryIO]]) -> list[PathInfo]:
+    def import_objects(
+        self, items: Iterable[tuple[PathInfo, BinaryIO]], made_here: bool = False
+    ) -> list[PathInfo]:
         """``import_object`` for many paths with group commit (see ``store.importbatch``):
         ``items`` in dependency order (a path's references must be valid or come earlier),
         each compressed object verified while it streams (file hash/size if set, NAR
         hash/size always). Returns the infos in ``items`` order (already-valid paths: the
         existing info). On a mismatch the paths before the bad one are registered, the
         bad one and those after it are not, and the error is raised. ``items`` may be a
-        generator that blocks (e.g. on downloads): batches commit as they fill."""
+        generator that blocks (e.g. on downloads): batches commit as they fill. The paths
+        are recorded as imported (``madehere``), unless ``made_here`` (``add_texts``: this
+        store's own derivations)."""
         from .importbatch import import_objects
 
         with self._writing() as tmp:
             (tmp / "batch").mkdir()
-            return import_objects(self, items, tmp / "batch")
+            return import_objects(self, items, tmp / "batch", made_here)
 
     # ------------------------------------------------------------------ registration internals
 
@@ -358,8 +365,12 @@ class Registering:
                 + (f" (and {len(missing) - 5} more)" if len(missing) > 5 else "")
             )
 
-    def _commit(self, info: PathInfo, tree: Path, tmp: _Scratch, have_lock: bool = False) -> PathInfo:
-        """Steps 3-7 of the registration protocol (caller holds the shared GC lock)."""
+    def _commit(
+        self, info: PathInfo, tree: Path, tmp: _Scratch, have_lock: bool = False, made_here: bool = False
+    ) -> PathInfo:
+        """Steps 3-7 of the registration protocol (caller holds the shared GC lock);
+        ``made_here``: the row says the path was made in this store, else imported
+        (``madehere``)."""
         sp = self.parse_path(info.path)
         self._check_refs(info)
         with contextlib.nullcontext() if have_lock else self._registration_lock(sp):
@@ -380,5 +391,5 @@ class Registering:
             # before the row: a kill between the two leaves no free marker on a valid import
             hookmarks.drop_free(self, [info.path])
             info = replace(info, registration_time=int(time.time()))
-            db.insert(self.conn, info, sp.hash_part)
+            db.insert(self.conn, info, sp.hash_part, ultimate=made_here)
             return info

@@ -308,5 +308,5 @@ def commit(store: LocalStore, staged: list[StagedOutput]) -> list[PathInfo]:
                 rows.append((info, sp.hash_part))
                 out.append(info)
                 batch.add(info.path)
-            db.insert_many(store.conn, rows)
+            db.insert_many(store.conn, rows, ultimate=True)  # (made here: ``madehere``)
     return out
