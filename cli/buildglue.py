@@ -182,7 +182,8 @@ def default_key_name() -> str:
     """``kiln-<user>@<host>-1``: the name of a store's generated signing key. The user is
     in it because trust goes by key name (``signing``): every user of one host would
     otherwise sign as the same ``kiln-<host>-1``. Characters a key name may not hold
-    (``:``, whitespace) become ``_``."""
+    (``cmd_key.check_key_name``: anything outside printable ASCII, whitespace, ``:``,
+    ``"``, ``\\``) become ``_``: a key of such a name could not be read back."""
     import pwd
 
     try:
@@ -190,7 +191,7 @@ def default_key_name() -> str:
     except KeyError:  # a uid without a passwd entry (containers)
         user = str(os.geteuid())
     name = f"kiln-{user}@{os.uname().nodename}-1"
-    return "".join("_" if c == ":" or c.isspace() else c for c in name)
+    return "".join(c if " " < c <= "~" and c not in ':"\\' else "_" for c in name)
 
 
 def load_sign_key(store: LocalStore, key_file: str | None, create: bool) -> SecretKey | None:
