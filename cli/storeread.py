@@ -96,7 +96,7 @@ def info(args) -> int:
     imported; ``store.madehere``)."""
     from kiln.store.errors import StoreError
     from kiln.store.locks import FileLock
-    from kiln.store.madehere import describe
+    from kiln.store.madehere import describe, made_here
 
     from .cmd_store import _human, _open
     from .jsonout import hash_text
@@ -122,7 +122,7 @@ def info(args) -> int:
             "signatures": list(info.sigs),
             "ca": info.ca,
             "registrationTime": info.registration_time,
-            "ultimate": s.made_here(path),
+            "ultimate": made_here(s.conn, path),
             "closureSize": closure_size,
             "closurePaths": len(closure),
             "closureMissing": {h: list(by) for h, by in holes.items()},

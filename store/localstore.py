@@ -11,8 +11,7 @@ Layout under ``root`` (see docs/store.md)::
     attestations/<hash part>/  logs/  keys/  eval-cache/   (beside the store: docs/store.md)
 
 Writing paths (``add_*``, ``import_*``, ``register_built``) and the registration protocol
-live in ``registration`` (the ``Registering`` mixin); whether a path was made here or
-imported (Nix's ``ultimate``) is recorded with its row (``madehere``).
+live in ``registration`` (the ``Registering`` mixin), as does ``madehere``'s flag.
 
 A store on a read-only file system is opened for reading (``read_only``): its database
 as SQLite can read it there (``dbreadonly``), temp roots kept by holding the GC lock
@@ -345,15 +344,8 @@ class LocalStore(Registering):
         db.add_signatures(self.conn, path, sigs)
 
     def remove_signatures(self, path: str, which: Callable[[PathInfo, str], bool]) -> list[str]:
-        """Delete the signatures of ``path`` that ``which(info, sig)`` picks, atomically
-        (``db.remove_signatures``); return them."""
+        """Delete, atomically, and return the signatures of ``path`` ``which(info, sig)`` picks."""
         return db.remove_signatures(self.conn, path, which)
-
-    def made_here(self, path: str) -> bool | None:
-        """Whether valid ``path`` was made in this store (``madehere``; None: unknown)."""
-        from .madehere import made_here
-
-        return made_here(self.conn, path)
 
     # ------------------------------------------------------------------ maintenance
 

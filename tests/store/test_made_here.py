@@ -56,7 +56,7 @@ def test_every_way_into_the_store_says_where_the_path_came_from(tmp_path: Path) 
         tree = make_tree(tmp_path / "built", {"x": "built\n"})
         built = dst.register_built(out, tree, [], None).path
         for p in (added, text, many.path, built):
-            assert dst.made_here(p) is True, p
+            assert made_here(dst.conn, p) is True, p
         # imported: from a NAR, an object, a batch of objects
         theirs = [src.add_path(make_tree(tmp_path / f"s{i}", {"f": f"{i}\n"}), f"s{i}") for i in range(4)]
         dst.import_nar(theirs[0], src.nar(theirs[0].path))
@@ -68,10 +68,10 @@ def test_every_way_into_the_store_says_where_the_path_came_from(tmp_path: Path) 
         ):
             dst.import_objects([(theirs[2], f2), (theirs[3], f3)])
         for i in theirs:
-            assert dst.made_here(i.path) is False, i.path
+            assert made_here(dst.conn, i.path) is False, i.path
         # the same content added here afterwards: already valid, it stays imported
         again = dst.add_path(make_tree(tmp_path / "again", {"f": "0\n"}), "s0")
-        assert again.path == theirs[0].path and dst.made_here(again.path) is False
+        assert again.path == theirs[0].path and made_here(dst.conn, again.path) is False
     finally:
         src.close()
         dst.close()
@@ -176,4 +176,4 @@ def test_a_connection_that_cannot_add_the_column_registers_rows_as_unknown(tmp_p
     finally:
         s.close()
     with LocalStore.open(home) as s:
-        assert s.conn.ultimate is True and s.made_here(p) is None
+        assert s.conn.ultimate is True and made_here(s.conn, p) is None
