@@ -20,6 +20,16 @@ the store remembers for that root (``indexstate``: signatures, expiry, rollback)
 then reads the source only through it (``indexcheck``): every narinfo must be listed
 and hash to its entry, attestations are those the index lists, each hashing to its
 entry. A path the index does not vouch for fails the copy before anything is fetched.
+
+Signatures of paths the store holds already (``_add_signatures``, as ``nix store
+copy-sigs``): a copy into a store does not fetch a valid path again, but a publisher may
+have re-signed it since (a key rotation), and ``kiln store verify --trusted-key NEW``
+would fail on it for good. So the paths of the requested closures that were valid
+before the copy and lack a valid signature by some key trusted for the copy are asked
+for at the source (one batched query, through the index with ``--index-root``), and of
+each narinfo the copy accepts, the signatures valid by a trusted key for the *local*
+path's fingerprint are added (``pathadmit.sigs_to_add``: only added, never removed).
+A copy whose paths all carry a valid signature by every trusted key asks nothing more.
 """
 
 from __future__ import annotations
@@ -27,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import sys
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,8 +45,9 @@ from typing import Any
 
 from kiln.store import narinfo as ni
 from kiln.store.errors import FormatError, KilnError, redact_urls
+from kiln.store.pathadmit import sigs_to_add
 from kiln.store.paths import StorePath
-from kiln.store.signing import PublicKey
+from kiln.store.signing import PublicKey, valid_signers
 from kiln.store.systemp import owned_tmpdir
 
 from .attest_fetch import fetch_attestations
@@ -77,7 +89,8 @@ def to_store(
     ``trusted`` or ``attesters``, keys trusted for attestations only:
     ``attest_fetch.fetch_attestations``, whose ``AttestationError`` it raises after
     the paths are imported); returns the number of paths fetched (already-valid paths
-    are skipped). ``index_root``: the bytes of the source's pinned index root; then
+    are skipped, but get the source's new signatures: ``_add_signatures``, which says
+    on stderr how many it added). ``index_root``: the bytes of the source's pinned index root; then
     only what its verified signed index vouches for is taken (module docstring), and
     an index that fails its checks (``index.IndexError_``) fails the copy first."""
     for p in paths:
@@ -107,12 +120,40 @@ def to_store(
             frontier = [r for r in refs if not store.is_valid(r)]
         if wanted:
             sub.fetch_many(store, list(wanted.values()))
+        _add_signatures(sub, store, src, [p for p in store.closure(paths) if p not in wanted], trusted)
         # attestations (provenance, SBOMs, VSAs) travel with the paths, checked against them
         done = sorted(set(wanted) | set(paths))
         raw = view.inner if view is not None else sub.client(src)  # (batched where it can be)
         listed = attestation_listings(view.paths) if view is not None else None
         sub.run(fetch_attestations(raw, store, done, attesters=attesters, listed=listed))
         return len(wanted)
+
+
+def _add_signatures(sub: Substituter, store: Any, src: str, held: list[str], trusted: list[PublicKey]) -> int:
+    """Add to the paths ``held`` (valid before this copy) the signatures of ``src``'s
+    narinfos for them that are valid by ``trusted`` keys for the local path (module
+    docstring); only those lacking a valid signature by some trusted key are asked for.
+    Says how many were added (stderr); returns that number."""
+    names = {k.name for k in trusted}
+    lacking = {}
+    for p in held:
+        info = store.query(p)
+        if info is not None and not names <= valid_signers(info, trusted):
+            lacking[p] = info
+    if not lacking:
+        return 0
+    added = touched = 0
+    for p, offered in sub.query_many(sorted(lacking)).items():
+        new = sigs_to_add(lacking[p], offered.sigs, trusted)
+        if new:
+            store.add_signatures(p, new)
+            added, touched = added + len(new), touched + 1
+    if added:
+        print(
+            f"added {added} signature(s) from {redact_urls(src)} to {touched} path(s) the store held already",
+            file=sys.stderr,
+        )
+    return added
 
 
 async def _hint(sub: Substituter, src: str, paths: list[str]) -> dict[str, str]:

@@ -14,7 +14,11 @@ named with its likely cause (``indexcheck.narinfo_problem``, shared with ``kiln 
 --index-root``): the source rewrote it after its last index publish (a
 signature merge by ``kiln push``) and must publish its index again, or it was tampered
 with. A candidate whose narinfo DST already holds as the index lists it is not fetched
-again, but its object is checked like the others'.
+again, but its object is checked like the others', and its signatures against the keys
+trusted now (a key trusted when it was fetched may be dropped since: then every path is
+a candidate, ``mirrorplan.must_recheck``). One they refuse is refused as a fetched one
+is (the sync fails); it stays published unless ``prune`` (``mirrorprune.refuse_held``).
+These checks, and those of ``CA:`` claims, are ``mirrorchecks``'.
 
 Objects (``mirrorobjects``, ``mirrorfetch``): the object each candidate's narinfo names
 is checked in DST (present, at FileSize; hashed when its size differs, or always with
@@ -60,7 +64,6 @@ source prunes them (``indexprune``); paths the source no longer lists are counte
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import os
 import sys
@@ -74,19 +77,17 @@ from kiln.store.signing import PublicKey
 
 from . import index as ix
 from . import indexprune, layout, mirrorplan, mirrorprune
-from .admitca import nar_chunks
 from .attest_batch import staged_many
 from .attest_wire import fetch_indexed
 from .backends import DirSource
 from .client import Client, open_client
 from .dirlock import MIRROR_LOCK, dir_lock
-from .indexcheck import narinfo_problem
+from .mirrorchecks import false_cas, held_and_fetched
 from .mirrorfetch import fetch_objects
 from .mirrorobjects import judge_all
 from .mirrorprune import PruneReport
 from .retryable import retryable
 from .storage import FileStorage
-from .verify import ca_refusal, check_narinfo, expect_info
 
 STATE_KEY = ".kiln/mirror-state.json"
 
@@ -217,11 +218,16 @@ async def _sync_locked(
         meta = await mirrorplan.update(client.get, state, dst.storage, rec, o.full)
     except ix.NoIndex as e:
         raise _no_index(client, src_url) from e
-    plan = mirrorplan.plan(dst.storage, meta, rec, o.full)
+    # (a key dropped since the last sync: every narinfo DST holds is checked again)
+    recheck = mirrorplan.must_recheck(rec, o.trusted)
+    plan = mirrorplan.plan(dst.storage, meta, rec, o.full or recheck)
     paths: dict[str, dict] = plan.paths or {}
     failed: dict[str, str] = {}
     flaky: set[str] = set()  # of ``failed``: those that failed for a temporary reason
-    texts, fetched, held = await _narinfos(client, dst, plan.candidates, paths, o.trusted, failed)
+    refused: dict[str, str] = {}  # held narinfos the trusted keys refuse: hash part -> sha256
+    texts, fetched, held = await held_and_fetched(
+        client, dst, plan.candidates, paths, o.trusted, failed, refused
+    )
     loop = asyncio.get_running_loop()
     infos = [*fetched.values(), *held.values()]
     workers = max(1, min(o.jobs, os.cpu_count() or 1))
@@ -251,9 +257,14 @@ async def _sync_locked(
             failed[i.path] = f"its FileSize {i.file_size} is not the size of {i.url} ({r} bytes)"
     claims = [i for i in fetched.values() if i.ca and i.path not in failed]
     if claims:  # (off the loop: an object that came some other way is hashed again)
-        failed.update(await loop.run_in_executor(None, _false_cas, dst, claims))
+        failed.update(await loop.run_in_executor(None, false_cas, dst, claims))
     sem = asyncio.Semaphore(o.jobs)
-    atts = await fetch_indexed(client, dst, {h: paths[h] for h in plan.candidates}, texts, failed, sem)
+    atts = await fetch_indexed(
+        client, dst, {h: paths[h] for h in plan.candidates if h not in refused}, texts, failed, sem
+    )
+    if refused:  # (said per path; with ``prune`` unpublished first)
+        why = await loop.run_in_executor(None, mirrorprune.refuse_held, dst, refused, o.prune)
+        failed.update({paths[h]["path"]: f"{failed[paths[h]['path']]}; {w}" for h, w in why.items()})
     if failed:
         lines = "\n".join(f"  {p}: {why}" for p, why in sorted(failed.items())[:20])
         more = f"\n  ... and {len(failed) - 20} more" if len(failed) > 20 else ""
@@ -291,7 +302,8 @@ async def _sync_locked(
         stale = 0
     else:  # (counted in the scan of DST a plan made, or remembered, or by a listing)
         stale = plan.stale if plan.stale is not None else mirrorprune.stale(dst.storage, listed().keys())
-    mirrorplan.finish(dst.storage, meta, plan, set(fetched) | set(atts), state.root["version"], stale)
+    written = set(fetched) | set(atts)
+    mirrorplan.finish(dst.storage, meta, plan, written, state.root["version"], stale, o.trusted)
     indexprune.prune(dst.storage, state.snapshot_version)
     got = [r for r in outcome.values() if isinstance(r, int)]
     return SyncReport(
@@ -308,76 +320,6 @@ async def _sync_locked(
     )
 
 
-async def _narinfos(
-    client: Client,
-    dst: DirSource,
-    candidates: list[str],
-    paths: dict[str, dict],
-    trusted: list[PublicKey],
-    failed: dict[str, str],
-) -> tuple[dict[str, str], dict[str, ni.NarInfo], dict[str, ni.NarInfo]]:
-    """``(texts, fetched, held)``: the narinfos of ``candidates`` DST lacks (or holds in
-    another version), fetched and checked against the index (``texts``, and parsed:
-    ``fetched``), and those DST holds as the index lists them (parsed: ``held``; their
-    objects are checked too). Problems go to ``failed`` (path -> why)."""
-    held: dict[str, ni.NarInfo] = {}
-    todo: list[str] = []
-    for h in candidates:
-        mine = dst.narinfo(h)
-        if _sha(mine) != paths[h]["narinfo_sha256"]:
-            todo.append(h)
-            continue
-        assert mine is not None
-        try:  # (checked with its signatures when it was fetched)
-            held[h] = check_narinfo(mine.decode(), dst.store_dir, [], 0, h)
-        except (KilnError, UnicodeDecodeError) as ex:
-            failed[paths[h]["path"]] = f"the mirror's narinfo (the one the index lists) does not check: {ex}"
-    texts = await client.narinfos(todo) if todo else {}
-    fetched: dict[str, ni.NarInfo] = {}
-    for h in todo:
-        e = paths[h]
-        text = texts.get(h)
-        if text is None:
-            failed[e["path"]] = "narinfo missing at the source"
-            continue
-        why = narinfo_problem(text, e)
-        if why is not None:
-            failed[e["path"]] = why
-            continue
-        try:
-            fetched[h] = check_narinfo(
-                text, dst.store_dir, trusted, 1 if trusted else 0, h, source=client.url
-            )
-        except KilnError as ex:
-            failed[e["path"]] = str(ex)
-    return texts, fetched, held
-
-
-def _false_cas(dst: DirSource, infos: list[ni.NarInfo]) -> dict[str, str]:
-    """``{path: why}`` for each of ``infos`` (narinfos with a ``CA:``, whose objects DST
-    now holds) whose claim is not true of its object (see the module docstring). The
-    digests are those remembered when the object was fetched and verified; an object
-    DST held already is hashed again and must match the narinfo first, as a judgement
-    of the wrong bytes would be worthless."""
-    out: dict[str, str] = {}
-    for i in infos:
-        fh = i.file_hash
-        assert fh is not None  # (``check_narinfo``)
-        got = dst.object_digests(fh)
-        if got is None:
-            out[i.path] = f"{i.url} is not in the mirror after its transfer (deleted meanwhile?)"
-            continue
-        try:
-            expect_info(i, got)
-        except KilnError as e:
-            out[i.path] = f"the mirror's copy of {i.url} does not match the narinfo: {e}"
-            continue
-        why = ca_refusal(i, got, lambda fh=fh: nar_chunks(dst.storage, fh))
-        if why:
-            out[i.path] = f"refusing its CA: {why}"
-    return out
-
-
 def state_record(state: ix.TrustState, src_url: str) -> bytes:
     """``STATE_KEY``'s bytes after a successful sync: the trust state (``TrustState``,
     which reads only its own fields back) plus, for ``kiln mirror status``, the source
@@ -390,10 +332,6 @@ def state_record(state: ix.TrustState, src_url: str) -> bytes:
 
 def _hp(path: str) -> str:
     return path.rsplit("/", 1)[1][:32]
-
-
-def _sha(data: bytes | None) -> str | None:
-    return hashlib.sha256(data).hexdigest() if data is not None else None
 
 
 def sync(src_url: str, dst_dir: Path, **kw: Any) -> SyncReport:  # the keywords of sync_async

@@ -28,6 +28,15 @@ compared with the index; fetched and verified if it differs), so nothing a sync 
 checked less. With ``full`` (``kiln mirror sync --full``), every path is a candidate and
 the index is downloaded and verified afresh, as before: what also finds a narinfo
 edited in place or rotted on disk, which no stamp shows.
+
+Trusted keys: the record also remembers the narinfo keys the sync trusted (``trusted``,
+``PublicKey.to_text`` each). Every narinfo DST publishes passed a check against them
+(one of them signed it; none needed when there were none). A sync that trusts a
+superset of them needs no recheck of what it does not fetch; one that trusts a key set
+that is not (a key dropped, or keys trusted where the last sync had none, or a record
+without them, by an older kiln) must check every narinfo DST holds again
+(``must_recheck``: the caller then plans as ``full`` does, without downloading the
+index again).
 """
 
 from __future__ import annotations
@@ -35,14 +44,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import dirstamps
 from . import index as ix
 from .layout import HASH_PART_RE
 from .storage import Storage
+
+if TYPE_CHECKING:
+    from kiln.store.signing import PublicKey
 
 RECORD_KEY = ".kiln/mirror-index.json"
 STAMPS_KEY = ".kiln/mirror-stamps.json"
@@ -79,6 +92,17 @@ def load_record(storage: Storage) -> dict[str, Any] | None:
     except (ValueError, RecursionError):
         return None
     return rec if isinstance(rec, dict) else None
+
+
+def must_recheck(rec: dict[str, Any] | None, trusted: Iterable[PublicKey]) -> bool:
+    """Whether every narinfo DST holds must be checked against ``trusted`` (the keys this
+    sync trusts) because the last successful sync (``rec``: its record) did not check them
+    against a subset of those keys (see the module docstring)."""
+    now = {k.to_text() for k in trusted}
+    was = rec.get("trusted") if rec is not None else None
+    if not now:
+        return False  # (no signature required)
+    return not isinstance(was, list) or not was or not set(was) <= now
 
 
 async def update(
@@ -252,11 +276,18 @@ def plan(storage: Storage, meta: Metadata, rec: dict[str, Any] | None, full: boo
 
 
 def finish(
-    storage: Storage, meta: Metadata, p: Plan, written: set[str], root_version: int, stale: int | None = None
+    storage: Storage,
+    meta: Metadata,
+    p: Plan,
+    written: set[str],
+    root_version: int,
+    stale: int | None = None,
+    trusted: Iterable[PublicKey] = (),
 ) -> None:
     """Remember, after a successful sync, which index DST holds, the stamps of the
-    paths (those this sync rewrote, or could not stamp settled, are read next time) and
-    how many narinfos DST holds that the index does not list (``stale``)."""
+    paths (those this sync rewrote, or could not stamp settled, are read next time),
+    how many narinfos DST holds that the index does not list (``stale``) and the keys
+    every narinfo it publishes was checked against (``trusted``: ``must_recheck``)."""
     pending = 0
     if p.kept is not None:
         stamps = dict(p.kept)
@@ -279,5 +310,6 @@ def finish(
         # the top directory's stamp vouches only if this sync put nothing there
         "dir": p.dir if settled_dir and not written else None,
         "stale": stale,
+        "trusted": sorted({k.to_text() for k in trusted}),
     }
     dirstamps.save(storage, RECORD_KEY, rec)

@@ -17,6 +17,13 @@ it is pruned. ``stale`` counts such paths (the sync prints a note when there are
    Every narinfo is read for that; if one cannot be read, no object is deleted; those
    published meanwhile are read again just before the unlinks.
 
+``refuse_held``: a sync with ``--trusted-key`` that finds narinfos DST held refused by
+the keys trusted now fails (``mirror``); with ``--prune`` it also takes them out, as step
+1 does (holding ``NARINFO_LOCK``, each only if DST still holds the bytes refused: a
+signature merge meanwhile may have made it pass). Nothing else goes: the path is still
+listed, so its attestations stay, and its object is named by nothing only until the
+source's re-signed narinfo is fetched; a later ``prune`` collects it if it never is.
+
 Crash safety: a narinfo goes before anything it names, so a client never finds a
 published path whose object is gone; a prune cut short leaves only unpublished files,
 which the next prune finds (steps 2 and 4 look at DST as it is, not at step 1's list).
@@ -37,6 +44,7 @@ deleted. They are counted (``objects_young``) and go at a later prune if still u
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -99,6 +107,31 @@ def prune(dst: DirSource, listed: Collection[str], young: float = YOUNG) -> Prun
     storage.barrier()  # (every unlink above is durable before an object goes)
     res = unnamedobjects.sweep(storage, young)
     return PruneReport(tuple(gone), len(res.deleted), res.bytes_freed, res.kept, res.young)
+
+
+def refuse_held(dst: DirSource, refused: dict[str, str], unpublish: bool) -> dict[str, str]:
+    """What becomes of the narinfos DST held that a sync's trusted keys refused
+    (``refused``: hash part -> the sha256 of the bytes refused), said per hash part: with
+    ``unpublish`` (``--prune``) each is deleted if DST still holds exactly those bytes
+    (module docstring), else it stays published. The caller holds DST's mirror lock."""
+    storage = dst.storage
+    gone: set[str] = set()
+    if unpublish:
+        with dir_lock(storage, NARINFO_LOCK):
+            for h, sha in sorted(refused.items()):
+                body = storage.read(key := layout.narinfo_key(h))
+                if body is not None and hashlib.sha256(body).hexdigest() == sha:
+                    storage.delete(key)
+                    gone.add(h)
+    return {
+        h: "held by the mirror from an earlier sync: "
+        + (
+            "unpublished (--prune)"
+            if h in gone
+            else "still published (kiln mirror sync --prune unpublishes it)"
+        )
+        for h in refused
+    }
 
 
 def _store_path(body: bytes | None) -> str | None:

@@ -176,12 +176,17 @@ class Scheduling:
     ) -> None:
         """Run ``after_build`` (signing, provenance) for outputs whose builder left its
         hook unfinished (``hookmarks``: killed between the commit and the hook, or the
-        hook failed), where planning stopped: the roots, what was to be built (a build
-        that waited on a dead builder's lock finds its outputs valid and builds nothing)
-        and its inputs. Hooks this builder ran itself are not run again; a live builder's
-        pending hook and paths without a marker (substitutes) are left alone; ``--check``
-        compares only. The provenance gives the registration time as start and end (the
-        build's own times were lost).
+        hook failed), for every derivation of the requested graph (``graph``: the roots
+        and everything they are built from), inputs first. Not only where planning
+        stopped (the roots, what was to be built and its inputs): a run whose signer
+        failed leaves the dependencies it built unsigned as well as the target, and the
+        re-run that finds them all valid builds nothing and plans nothing but the roots,
+        so a dependency would stay unsigned until its own ``.drv`` was built. The cost is
+        a stat per output of the graph (``hookmarks.any_left``). Hooks this builder ran
+        itself are not run again; a live builder's pending hook and paths without a
+        marker (substitutes) are left alone; ``--check`` compares only. The provenance
+        gives the registration time as start and end (the build's own times were lost).
+        (``roots`` and ``todo`` are no longer needed: the graph holds them.)
 
         Invariant: a free marker on a valid path means the build that committed the path
         did not finish its hook, whatever part of it ran; so the hook is run again in
@@ -202,9 +207,8 @@ class Scheduling:
         hook = self.after_build
         if hook is None or self.opts.check or self.opts.rounds > 1:
             return
-        reached = set(roots) | set(todo) | {i for p in todo for i, _ in graph.drvs[p].input_drvs}
         failures: list[tuple[str, Exception]] = []
-        for d in sorted(reached - self._hooked):
+        for d in graph.ready_order(graph.drvs.keys() - self._hooked):
             drv = graph.drvs[d]
             outs = {n: o.path for n, o in drv.outputs}
             if not hookmarks.any_left(self._inner, outs.values()):

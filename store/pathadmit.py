@@ -38,6 +38,12 @@ Invariants:
   known key but not valid by it (forged, or another key of the same name); within a
   rank, and in what is kept, the order they came in. Signatures by keys unknown here
   cannot be told from junk, so among them the limit is first come, first kept.
+- ``sigs_to_add`` is the one filter of signatures added to a path the store already
+  holds (``kiln copy`` of a valid path whose source re-signed it, as ``nix store
+  copy-sigs``): only well-formed ones, each once, not there already, valid by a key
+  trusted for that copy for the *local* path's fingerprint (its NarHash, NarSize and
+  references as this store has them: a signature of another build of the same path is
+  no signature of this one), at most up to ``MAX_SIGS`` in all. It only ever adds.
 """
 
 from __future__ import annotations
@@ -241,6 +247,24 @@ def nar_content(
 # ------------------------------------------------------------------ signatures
 
 _P = TypeVar("_P", bound=PathInfo)
+
+
+def sigs_to_add(local: PathInfo, offered: Iterable[str], trusted: Iterable[PublicKey]) -> tuple[str, ...]:
+    """The signatures of ``offered`` to add to the valid path ``local`` (see the module
+    docstring), in their order; () without ``trusted`` keys."""
+    from .signing import valid_signers
+
+    keys = list(trusted)
+    room = MAX_SIGS - len(local.sigs)
+    out: list[str] = []
+    for sig in dict.fromkeys(offered):
+        if len(out) >= room:
+            break
+        if sig in local.sigs or not well_formed_sig(sig):
+            continue
+        if valid_signers(dataclasses.replace(local, sigs=(sig,)), keys):
+            out.append(sig)
+    return tuple(out)
 
 
 def well_formed_sig(sig: str) -> bool:
