@@ -91,8 +91,10 @@ def _parser() -> argparse.ArgumentParser:
     from .storegc import add_gc_parser
 
     add_gc_parser(cmd)  # gc
-    sp = cmd("sign", "sign paths with a secret key")
-    sp.add_argument("--key", required=True, type=Path, metavar="FILE")
+    from .targets import signer_args
+
+    sp = cmd("sign", "sign paths with a secret key or an external signer (KMS/HSM)")
+    signer_args(sp, "the paths")
     sp.add_argument("paths", nargs="*")
     sp.add_argument("--all", action="store_true", help="sign every valid path")
     from .storediff import add_parser
@@ -349,23 +351,35 @@ def _cmd_gc(args) -> int:
 
 
 def _cmd_sign(args) -> int:
-    from kiln.store.keyfiles import load_secret_key
-    from kiln.store.signing import sign_info
+    """``--key FILE`` or ``--signer-cmd CMD --signer-key PUB`` (the signature is checked
+    against PUB before it is added: ``signcmd``). Ed25519 signatures are deterministic, so a
+    path that carries this key's signature already is counted apart, not signed again."""
+    from kiln.store.attestations import load_named_signer, sign_path
 
     if args.all == bool(args.paths):
         raise UsageError("give store paths to sign, or --all (not both)")
-    key = load_secret_key(args.key)
+    if not (args.key or args.signer_cmd):
+        raise UsageError("give the signing key: --key FILE, or --signer-cmd CMD --signer-key PUB")
+    if args.signer_key and not args.signer_cmd:
+        raise UsageError("--signer-key is only meaningful with --signer-cmd")
+    name, signer = load_named_signer(args.key, signer_cmd=args.signer_cmd, signer_public=args.signer_key)
     with _open(args) as s:
         if args.all:
             paths = s.all_paths()
             s.keep(paths)  # (a path a GC deleted before this is skipped below)
         else:
             paths = [_path(s, p)[0] for p in args.paths]
-        signed = 0
+        signed = already = 0
         for p in paths:
             info = s.query(p)
-            if info is not None:
-                s.add_signatures(p, [sign_info(info, key)])
+            if info is None:
+                continue
+            if sign_path(s, p, name, signer, info) in info.sigs:
+                already += 1
+            else:
                 signed += 1
-    print(f"signed {signed} paths")  # (what it did, on stdout: it prints nothing else)
+    # (what it did, on stdout: it prints nothing else)
+    print(
+        f"signed {signed} paths" + (f" ({already} carried this key's signature already)" if already else "")
+    )
     return 0

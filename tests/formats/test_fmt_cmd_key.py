@@ -62,7 +62,7 @@ def test_generate_to_file_and_refuse_overwrite(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "code", "msg"),
     [
-        (["generate", "bad:name"], 1, "must be non-empty, without ':'"),
+        (["generate", "bad:name"], 1, "key name 'bad:name' is not allowed (':')"),
         (["public", "missing"], 1, "no key file"),
         (["public"], 1, "name a key: 0 keys"),
         (["frobnicate"], 2, "invalid choice"),
