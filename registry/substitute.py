@@ -276,10 +276,14 @@ class Substituter(Downloads):
         except BaseException:
             # Interrupted (Ctrl-C stops the loop with the task still suspended): cancel it
             # and let its cleanup run, which releases the importer thread; otherwise that
-            # thread waits forever for downloads nobody will finish, and so does close()
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                self._loop.run_until_complete(task)
+            # thread waits forever for downloads nobody will finish, and so does close().
+            # Not when the interrupt landed while the task ran: it then ended with it, and
+            # the loop never stops for a task that ended in KeyboardInterrupt or
+            # SystemExit (bpo-22429): running it again would wait for ever.
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    self._loop.run_until_complete(task)
             raise
 
 

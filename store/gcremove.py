@@ -241,5 +241,7 @@ class Trash:
             # (unless something is still in it: left for the next GC, which adopts it)
             with contextlib.suppress(OSError):
                 os.rmdir(self.dir)
-            os.close(self._fd)
-            self._fd = None
+            # (cleared before it is closed: an interrupt in between must not leave a number
+            # that a later close() would close again, by then maybe another file's)
+            fd, self._fd = self._fd, None
+            os.close(fd)

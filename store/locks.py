@@ -114,8 +114,10 @@ class FileLock:
             return
         self.depth -= 1
         if self.depth == 0:
-            os.close(self.fd)  # closing the last descriptor drops the flock
-            self.fd = None
+            # closing the last descriptor drops the flock; cleared first, as in
+            # ``gcremove.Trash.close``: never closed twice, whatever interrupts
+            fd, self.fd = self.fd, None
+            os.close(fd)
 
     def __enter__(self) -> FileLock:
         self.acquire()
@@ -345,9 +347,9 @@ class TempRoots(RootHolder):
             if self.users > 0:
                 return
             self._shared.pop((str(self.dir), self.pid), None)
-            if self.fd is not None and self.pid == os.getpid():
+            fd, self.fd = self.fd, None  # (cleared first: never closed twice)
+            if fd is not None and self.pid == os.getpid():
                 with contextlib.suppress(OSError):
                     os.unlink(self.dir / str(self.pid))
-                os.close(self.fd)
-            self.fd = None
+                os.close(fd)
             self.counts.clear()

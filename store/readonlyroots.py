@@ -77,6 +77,6 @@ class ReadOnlyRoots(RootHolder):
             self._unlock()
 
     def _unlock(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)  # (closing drops the flock)
-        self.fd = None
+        fd, self.fd = self.fd, None  # (cleared first: never closed twice)
+        if fd is not None:
+            os.close(fd)  # (closing drops the flock)

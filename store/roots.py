@@ -29,6 +29,7 @@ removes anything outside ``gcroots/``, and removes only a symbolic link or a reg
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import stat
@@ -138,13 +139,21 @@ def each_root(store: LocalStore, stale_tmp: list[str] | None = None) -> Iterator
     links are not roots: appended to ``stale_tmp`` if given. A directory that cannot be
     listed raises ``StoreError`` (it would silently protect nothing)."""
 
+    top = str(store.root / "gcroots")
+
     def unreadable(e: OSError) -> None:
+        # An entry listed as a directory and gone when the walk came to it was a root
+        # link removed (or renamed into place) meanwhile, or a directory removed: not
+        # unreadable. Only the listings that are there must be read.
+        if e.errno in (errno.ENOENT, errno.ENOTDIR) and e.filename != top:
+            return
         raise StoreError(f"cannot read GC roots in {e.filename}: {e.strerror} (GC collects nothing while so)")
 
-    top = str(store.root / "gcroots")
     for dirpath, dirnames, filenames in os.walk(top, onerror=unreadable):
         dirnames.sort()
         links = [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]
+        # (taken out here, so the walk never asks again whether they are links)
+        dirnames[:] = [d for d in dirnames if d not in links]
         for name in sorted(filenames + links):
             p = os.path.join(dirpath, name)
             if dirpath == top and TEMP_LINK.match(name) and os.path.islink(p):
