@@ -77,3 +77,35 @@ class Graph:
         self.store.add_text(f"{name}.drv", d.serialize().encode(), [str(r) for r in d.references()])
         self.drvs[p] = d
         return p, d
+
+
+def flaky_signer(tmp_path: Path, key, flag: Path, *, dsse_only: bool = False) -> str:
+    """A ``--signer-cmd`` standing in for a KMS that holds ``key`` (a ``SecretKey``) and
+    refuses to sign while ``flag`` exists (``dsse_only``: refuses only DSSE envelopes, so
+    path signatures still work)."""
+    import sys
+    import textwrap
+
+    from kiln.store.keyfiles import write_secret_key
+
+    kf = tmp_path / "hsm.sec"
+    write_secret_key(kf, key)
+    script = tmp_path / "signer.py"
+    refuse = (
+        f'data.startswith(b"DSSEv1 ") and os.path.exists({str(flag)!r})'
+        if dsse_only
+        else f"os.path.exists({str(flag)!r})"
+    )
+    script.write_text(
+        textwrap.dedent(f"""\
+        import base64, os, sys
+        import nacl.signing
+        from kiln.store.keyfiles import load_secret_key
+        data = sys.stdin.buffer.read()
+        if {refuse}:
+            sys.exit("the KMS is unavailable")
+        sk = load_secret_key({str(kf)!r})
+        print(base64.b64encode(nacl.signing.SigningKey(sk.key[:32]).sign(data).signature).decode())
+        """)
+    )
+    return f"{sys.executable} {script}"

@@ -14,13 +14,11 @@ import os
 import shutil
 import subprocess
 import sys
-import textwrap
-from pathlib import Path
 
 import pytest
+from buildkit import flaky_signer
 
 from kiln.store import attestations, dsse
-from kiln.store.keyfiles import write_secret_key
 from kiln.store.signing import SecretKey, valid_signers
 
 pytestmark = [
@@ -30,31 +28,11 @@ pytestmark = [
 ]
 
 
-def _signer(tmp_path: Path, key: SecretKey, flag: Path) -> str:
-    """A signer command that refuses everything while ``flag`` exists."""
-    kf = tmp_path / "hsm.sec"
-    write_secret_key(kf, key)
-    script = tmp_path / "signer.py"
-    script.write_text(
-        textwrap.dedent(f"""\
-        import base64, os, sys
-        import nacl.signing
-        from kiln.store.keyfiles import load_secret_key
-        data = sys.stdin.buffer.read()
-        if os.path.exists({str(flag)!r}):
-            sys.exit("the KMS is unavailable")
-        sk = load_secret_key({str(kf)!r})
-        print(base64.b64encode(nacl.signing.SigningKey(sk.key[:32]).sign(data).signature).decode())
-        """)
-    )
-    return f"{sys.executable} {script}"
-
-
 def test_a_dependency_left_unsigned_is_signed_by_the_next_build_of_the_target(store, graph, tmp_path):
     key = SecretKey.generate("hsm-1")
     flag = tmp_path / "kms-down"
     flag.touch()
-    cmd = _signer(tmp_path, key, flag)
+    cmd = flaky_signer(tmp_path, key, flag)
     a, ad = graph.drv("liba", "mkdir -p $out; echo lib > $out/lib")
     app, appd = graph.drv("app", "mkdir -p $out; cat $in0/lib > $out/app; echo $in0 >> $out/app", inputs=[a])
     outs = [ad.output_path(), appd.output_path()]

@@ -14,13 +14,11 @@ import os
 import shutil
 import subprocess
 import sys
-import textwrap
-from pathlib import Path
 
 import pytest
+from buildkit import flaky_signer
 
 from kiln.store import attestations, dsse
-from kiln.store.keyfiles import write_secret_key
 from kiln.store.signing import SecretKey, valid_signers
 
 pytestmark = [
@@ -30,30 +28,11 @@ pytestmark = [
 ]
 
 
-def _signer(tmp_path: Path, key: SecretKey, flag: Path) -> str:
-    kf = tmp_path / "hsm.sec"
-    write_secret_key(kf, key)
-    script = tmp_path / "signer.py"
-    script.write_text(
-        textwrap.dedent(f"""\
-        import base64, os, sys
-        import nacl.signing
-        from kiln.store.keyfiles import load_secret_key
-        data = sys.stdin.buffer.read()
-        if data.startswith(b"DSSEv1 ") and os.path.exists({str(flag)!r}):
-            sys.exit("the KMS is unavailable")
-        sk = load_secret_key({str(kf)!r})
-        print(base64.b64encode(nacl.signing.SigningKey(sk.key[:32]).sign(data).signature).decode())
-        """)
-    )
-    return f"{sys.executable} {script}"
-
-
 def test_a_hook_that_failed_after_signing_is_finished_by_the_next_build(store, graph, tmp_path):
     key = SecretKey.generate("hsm-1")
     flag = tmp_path / "kms-down"
     flag.touch()
-    cmd = _signer(tmp_path, key, flag)
+    cmd = flaky_signer(tmp_path, key, flag, dsse_only=True)
     a, ad = graph.drv("half-hooked", "echo half > $out")
     out = ad.output_path()
     marker = store.root / "locks" / f"{out.split('/')[-1][:32]}.hook"
