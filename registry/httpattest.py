@@ -73,7 +73,8 @@ class AttestationBatches:
                     return False
                 if resp.status != 200:
                     return await self._fail(resp, what)
-                pace = Pace(what, RegistryError, self._link)
+                # (``body``: a silent answer is told from a trickle, and asked again)
+                pace = Pace(what, RegistryError, self._link, body=resp.content)
                 failed = await read_batch(resp, what, want, got, pace, MAX_BODY)
             return True if failed is None else failed
 

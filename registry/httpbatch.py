@@ -1,8 +1,9 @@
 """The batch requests of ``HttpClient`` (``httpclient``): ``blob_batch`` (``BlobBatches``,
 mixed into it), the ``upload-batch`` body, and reading and checking the ``blob-batch``
 and ``narinfo-batch`` answers. Nothing a server sends is trusted for its size or shape
-(see ``httpclient``'s docstring). A ``blob-batch`` answer that breaks off on the way is
-asked again for the objects not received whole (``httpremainder``).
+(see ``httpclient``'s docstring). A ``blob-batch`` answer that breaks off on the way
+(among others, one silent for the pace's grace period: ``pace``, not one that trickles)
+is asked again for the objects not received whole (``httpremainder``).
 
 A ``narinfo-batch`` query is sent with ``"defer": true``: a kiln server then answers
 about ``batchapi.DEFER_AT`` bytes of entries at a time and lists what it left out under
@@ -117,7 +118,8 @@ class BlobBatches:
                     return False
                 if resp.status != 200:
                     raise await self._fail(resp, what)
-                pace = Pace(what, RegistryError, self._link)
+                # (``body``: a silent answer is told from a trickle, ``pace``)
+                pace = Pace(what, RegistryError, self._link, body=resp.content)
                 try:
                     await read_blob_batch(resp, what, want, sizes, got, pace, MAX_BODY)
                 except Broken as e:

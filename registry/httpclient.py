@@ -18,9 +18,12 @@ sent again when its connection is refused, reset or closed before any byte of an
 429, a proxy's 502 or 504, a few 500s) are waited out, honouring ``Retry-After``; a
 write waits out only a 503: ``httpretry`` says when and how long. A download cut
 mid-body (reset, closed short, or silent past the read timeout) is resumed or started
-over (``httpdownload``), and a ``blob-batch`` or ``attestation-batch`` answer broken
-off is asked again for the entries not yet received (``httpremainder``): how often is
-``httpretry``'s, never for a write. Failures name the request and say what happened
+over (``httpdownload``), a ``blob-batch`` or ``attestation-batch`` answer broken off is
+asked again for the entries not yet received, and any other read-only answer broken
+off (a ``GET``'s, a ``narinfo-batch``'s) is asked again whole (``httpremainder``): how
+often is ``httpretry``'s, never for a write. A small answer silent for the pace's grace
+period is broken off as one silent past the read timeout is (``pace``: the client's
+``Link`` says so), a trickle is not. Failures name the request and say what happened
 (``httperrors``).
 """
 
@@ -42,12 +45,12 @@ from .client import BATCH, CHUNK, Client, RegistryError, utf8
 from .httpattest import AttestationBatches
 from .httpbatch import BlobBatches, batch_answer, deferred_of, merge_batch, upload_batch_body
 from .httpdownload import ObjectDownloads
-from .httperrors import WRITE_NOTE, answer_errors, request_error
+from .httperrors import WRITE_NOTE, Broken, answer_errors, request_error
+from .httpremainder import until_read
 from .httpretry import (
     BUSY_RETRIES,
     COLD_RETRY_WAIT,
     NOT_NOW,
-    READ_ONLY_POSTS,
     RETRY_FIRST,
     RETRY_MAX,
     RETRY_WAIT,
@@ -56,6 +59,7 @@ from .httpretry import (
     Dropped,
     ask_again,
     dropped,
+    read_only,
     retry_after,
 )
 from .httpsession import new_session, watch
@@ -96,7 +100,7 @@ class HttpClient(AttestationBatches, BlobBatches, ObjectDownloads, Client):
         self.sent_secrets = sent_secrets(token, self._basic)
         self.jobs = jobs
         self._session: aiohttp.ClientSession | None = None
-        self._link = Link()
+        self._link = Link(silent=Broken)  # (a silent answer is a stall: ``pace``)
         self._batch_ok = True
         self._blob_batch_ok = True
         self._att_fetch_ok = True
@@ -135,21 +139,21 @@ class HttpClient(AttestationBatches, BlobBatches, ObjectDownloads, Client):
         closed before an answer is sent again (module docstring). Never an upload (its body
         may be a stream that cannot be sent twice)."""
         upload = "data" in kw
-        read_only = not upload and (method in ("GET", "HEAD") or method == "POST" and key in READ_ONLY_POSTS)
+        reads = read_only(method, key, upload)
         busy, errors, waited, delay = 0, 0, 0.0, RETRY_FIRST
         while True:
             try:
                 resp = await self._request_once(method, key, **kw)
             except Dropped as e:
                 budget = RETRY_WAIT if self._answered else COLD_RETRY_WAIT
-                if not read_only or waited + delay > budget:
+                if not reads or waited + delay > budget:
                     raise e.error from None
                 await asyncio.sleep(delay)
                 waited, delay = waited + delay, min(delay * 2, RETRY_MAX)
                 continue
             self._answered = True
             limit = WORN_RETRIES if self._worn else BUSY_RETRIES
-            if not ask_again(resp.status, read_only, upload, busy, errors, limit):
+            if not ask_again(resp.status, reads, upload, busy, errors, limit):
                 if busy and resp.status in NOT_NOW:
                     self._worn = True  # still "not now" after every wait: the others wait less
                 elif resp.status < 400:
@@ -202,9 +206,11 @@ class HttpClient(AttestationBatches, BlobBatches, ObjectDownloads, Client):
         return RegistryError(f"{what}: HTTP {resp.status}: {text}", resp.status)
 
     async def _read(self, resp: aiohttp.ClientResponse, what: str, write: bool = False) -> bytes:
-        """The whole body, at most ``MAX_BODY`` bytes; a longer, cut or broken body is a
-        ``RegistryError`` (a miss for substitution, never an internal error); ``write``:
-        the answer to a write (``httperrors.WRITE_NOTE``)."""
+        """The whole body, at most ``MAX_BODY`` bytes; a longer or too slow body is a
+        ``RegistryError``, a cut or broken one a ``Broken`` (a miss for substitution,
+        never an internal error; asked again by the read-only callers); ``write``: the
+        answer to a write (``httperrors.WRITE_NOTE``). A whole body restores the
+        client's budget for broken answers (``httpretry.Cuts``)."""
         buf = bytearray()
         pace = Pace(what, RegistryError, self._link)
         with answer_errors(what, write):
@@ -213,29 +219,44 @@ class HttpClient(AttestationBatches, BlobBatches, ObjectDownloads, Client):
                 pace.got(len(chunk))
                 if len(buf) > MAX_BODY:
                     raise RegistryError(f"{what}: answer larger than {MAX_BODY} bytes")
+        self._cuts.whole()
         return bytes(buf)
 
     async def get(self, key: str) -> bytes | None:
-        async with await self._request("GET", key) as resp:
-            if resp.status == 404 or resp.status == 403 and key.startswith("index/"):
-                if resp.history and resp.url.origin() != resp.history[0].url.origin():
-                    self.missed_at[key] = str(resp.url)[:300]
-                return None
-            if resp.status != 200:
-                raise await self._fail(resp, f"GET {self.url}/{key}")
-            return await self._read(resp, f"GET {self.url}/{key}")
+        """``Client.get``; an answer whose body breaks off is asked again
+        (``httpremainder.until_read``)."""
+        what = f"GET {self.url}/{key}"
+
+        async def once() -> bytes | None:
+            async with await self._request("GET", key) as resp:
+                if resp.status == 404 or resp.status == 403 and key.startswith("index/"):
+                    if resp.history and resp.url.origin() != resp.history[0].url.origin():
+                        self.missed_at[key] = str(resp.url)[:300]
+                    return None
+                if resp.status != 200:
+                    raise await self._fail(resp, what)
+                return await self._read(resp, what)
+
+        return await until_read(self._cuts, once)
 
     async def _post(self, key: str, **kw: Any) -> bytes | None:
         """The body of the 200 answer to ``POST /<key>``, or None if the server has no such
         endpoint (404, 405, 501); any other answer is a ``RegistryError`` (for an upload,
-        a ``data`` body, one saying its outcome is unknown: ``httperrors.WRITE_NOTE``)."""
+        a ``data`` body, one saying its outcome is unknown: ``httperrors.WRITE_NOTE``).
+        A read-only request (``httpretry.read_only``) whose answer breaks off is asked
+        again (``httpremainder.until_read``); any other never is."""
         what = f"POST {self.url}/{key}"
-        async with await self._request("POST", key, **kw) as resp:
-            if resp.status in (404, 405, 501):
-                return None
-            if resp.status != 200:
-                raise await self._fail(resp, what)
-            return await self._read(resp, what, write="data" in kw)
+        upload = "data" in kw
+
+        async def once() -> bytes | None:
+            async with await self._request("POST", key, **kw) as resp:
+                if resp.status in (404, 405, 501):
+                    return None
+                if resp.status != 200:
+                    raise await self._fail(resp, what)
+                return await self._read(resp, what, write=upload)
+
+        return await until_read(self._cuts, once) if read_only("POST", key, upload) else await once()
 
     async def _batch(self, body: dict[str, list[str]]) -> dict[str, Any] | None:
         """The ``narinfo-batch`` answer to ``body``, whole: asked with ``"defer": true``,

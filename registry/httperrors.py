@@ -6,15 +6,17 @@ Every message names the request (``METHOD URL/key``) and says what happened in w
 off: connection reset after 100000 of 3000388 bytes", "malformed answer (...)" (a
 framing error of aiohttp's parser is not the server's "400"). Only a connection that
 could not be made (refused, DNS, connect timeout) is "unreachable". An answer whose
-body broke off on the way (cut, silent past the read timeout, framing broken) is a
-``Broken``: what asking again may not meet (``httpretry``). A failed write (an upload,
-a batch upload, ``publish-index``), before its answer or while reading it, adds that
-its outcome is unknown and that running the push again is safe (``WRITE_NOTE``): a push
-sends only what the registry still lacks.
+body broke off on the way (cut, silent past the read timeout or, a small one, for the
+pace's grace period, framing broken) is a ``Broken``: what asking again may not meet
+(``httpretry``), and a temporary failure by its class (``retryable``). A failed write
+(an upload, a batch upload, ``publish-index``), before its answer or while reading it,
+adds that its outcome is unknown and that running the push again is safe
+(``WRITE_NOTE``): a push sends only what the registry still lacks.
 
 Each error is raised inside the handler of the transport's error, so that error stays
-its ``__context__`` (``retryable`` tells a temporary failure by it). Text quoted from
-the server has the client's credentials hidden (``tokentext.scrub``).
+its ``__context__`` (``retryable`` tells a temporary failure by it, a ``Broken`` by its
+class even without one). Text quoted from the server has the client's credentials
+hidden (``tokentext.scrub``).
 """
 
 from __future__ import annotations
@@ -42,9 +44,10 @@ _RESET = frozenset({errno.ECONNRESET, errno.ECONNABORTED, errno.EPIPE})
 
 class Broken(RegistryError):
     """The body of an answer broke off on the way: the connection reset or closed short
-    of it, silent past the read timeout (``stalled``), or its framing broken. The entries
-    or bytes read before it are sound; a read-only request may be asked again for the
-    rest (``httpretry``)."""
+    of it, silent past the read timeout (``stalled``) or, a small answer, silent for the
+    pace's grace period (``pace.Link.silent``), or its framing broken. The entries or
+    bytes read before it are sound; a read-only request may be asked again for the rest
+    (``httpretry``). Always temporary (``retryable``), whatever its chain."""
 
 
 class NoAnswer(Unreachable):

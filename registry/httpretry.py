@@ -20,15 +20,17 @@
   ``COLD_RETRY_WAIT`` s before (a port nobody listens on stays "unreachable" within a
   few seconds).
 - An answer that broke off in its body (reset, closed short, silent past the read
-  timeout, its framing broken on the way: ``httperrors.Broken``) to a read-only request
-  that can be continued: a download of a content-addressed object (``httpdownload``:
-  resumed or started over) or a ``blob-batch``/``attestation-batch`` answer
-  (``httpremainder``: the entries not yet received asked for again), ``CUT_RETRIES``
-  times, after ``CUT_WAIT`` s doubling (``Cuts``). As for "not now": once one request
-  of a client broke off again after all those, the client's other requests are asked
-  again at most ``WORN_RETRIES`` times, until an answer arrives whole (thousands of
-  objects must not each wait out the same broken link). A trickle (``pace``) is not
-  asked again.
+  timeout or, for a small answer, silent for the pace's grace period, its framing
+  broken on the way: ``httperrors.Broken``) to a read-only request (``read_only``): a
+  download of a content-addressed object (``httpdownload``: resumed or started over), a
+  ``blob-batch``/``attestation-batch`` answer (``httpremainder.until_whole``: the
+  entries not yet received asked for again), any other body (``GET`` of a narinfo, an
+  index file, an attestation; a ``narinfo-batch`` answer: ``httpremainder.until_read``,
+  the whole request sent again), ``CUT_RETRIES`` times, after ``CUT_WAIT`` s doubling
+  (``Cuts``). As for "not now": once one request of a client broke off again after all
+  those, the client's other requests are asked again at most ``WORN_RETRIES`` times,
+  until an answer arrives whole (thousands of objects must not each wait out the same
+  broken link). A trickle (``pace``) is not asked again, nor ever a write.
 """
 
 from __future__ import annotations
@@ -61,6 +63,12 @@ RETRY_WAIT, COLD_RETRY_WAIT, RETRY_FIRST, RETRY_MAX = 10.0, 2.0, 0.1, 2.0
 #: POSTs that only read (queries with a JSON body): sent again as GETs are
 READ_ONLY_POSTS = frozenset({"narinfo-batch", "blob-batch", "attestation-batch"})
 _DROPPED = frozenset({errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.EPIPE})
+
+
+def read_only(method: str, key: str, upload: bool) -> bool:
+    """Whether a request only reads (``GET``, ``HEAD``, ``READ_ONLY_POSTS``; never one with
+    a body to upload): what may be sent again (module docstring)."""
+    return not upload and (method in ("GET", "HEAD") or method == "POST" and key in READ_ONLY_POSTS)
 
 
 class Dropped(Exception):

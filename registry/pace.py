@@ -14,6 +14,20 @@ one read may bring nothing at all, and ``deadline`` how long the whole transfer 
 take, whatever the link does. The server needs both: behind a reverse proxy every client
 shares one address (one link), and one connection sending steadily must not keep a
 hundred silent ones open.
+
+Silence is not a trickle. A small transfer that stops sending runs out of its allowance
+(``GRACE`` s and a little) before a per-read timeout would notice. If, when ``read``
+gives up on it, no byte has arrived for ``GRACE`` s, the link's ``silent`` error is
+raised instead of "too slow" (the client's: ``httperrors.Broken``, a stall its caller
+may ask again, as one silent past the read timeout; the server's links have none); a
+transfer that had bytes within that time is trickling: "too slow", not asked again.
+Bytes arrive before a read returns them (a ``readexactly`` of 1 MB returns once all
+came), so arrivals are seen on the ``body`` stream the transfer reads (aiohttp's
+``StreamReader.total_bytes``), looked at every ``GRACE / LOOKS`` s while a read waits,
+and silence is judged to within that; without a ``body`` a transfer is never taken for
+silent. Only the error differs: the transfer ends at the same moment either way, so no
+limit grows, and how often a stall is asked again is bounded by the caller
+(``httpretry.Cuts``).
 """
 
 from __future__ import annotations
@@ -36,18 +50,25 @@ GRACE = pacing.GRACE
 #: ``LineTooLong`` (an ``HttpProcessingError``, not a ``ClientError``), or ``ValueError``
 #: before aiohttp 3.10. Both ends turn it into their own error (a ``RegistryError``, a 400).
 LINE_TOO_LONG = (HttpProcessingError, ValueError)
+#: while a read waits, a ``body`` is looked at every ``GRACE / LOOKS`` s (module docstring)
+LOOKS = 60
 
 
 class Link:
-    """Bytes received by all transfers judged together."""
+    """Bytes received by all transfers judged together, and ``silent``: the error for one
+    of them given up on while silent for ``GRACE`` s (module docstring; None: "too slow"
+    as any other)."""
 
-    def __init__(self) -> None:
+    def __init__(self, silent: Callable[[str], Exception] | None = None) -> None:
         self.n = 0
+        self.silent = silent
 
 
 class Pace:
     """One transfer's allowance. ``error(message)`` makes the exception raised when the
-    transfer falls behind (``RegistryError`` on the client, a 408 on the server)."""
+    transfer falls behind (``RegistryError`` on the client, a 408 on the server); ``body``
+    (with a ``total_bytes`` count of the bytes arrived) lets a silent transfer be told
+    from a trickle (module docstring)."""
 
     def __init__(
         self,
@@ -57,6 +78,7 @@ class Pace:
         *,
         idle: float | None = None,
         deadline: float | None = None,
+        body: Any = None,
     ) -> None:
         self.what = what
         self.error = error
@@ -64,6 +86,11 @@ class Pace:
         self.start = time.monotonic()
         self.link_start = link.n if link is not None else 0
         self.n = 0
+        self.body = body
+        self.arrived = self._arrived()
+        #: the error for a silent transfer, if silence is told from a trickle (``given_up``)
+        self.silent = link.silent if link is not None and self.arrived is not None else None
+        self.last = self.start  # (when a byte was last seen arriving)
         #: seconds one read may bring nothing (None: only the pace rule)
         self.idle = idle
         #: seconds the whole transfer may take (None: as long as the pace allows)
@@ -81,6 +108,7 @@ class Pace:
     def got(self, n: int) -> None:
         """Count ``n`` bytes received; raise if the transfer has fallen behind."""
         self.n += n
+        self._look()
         if self.link is not None:
             self.link.n += n
         if self.left() < 0:
@@ -107,14 +135,39 @@ class Pace:
                 wait = self.left(more)
                 if silent_until is not None:
                     wait = min(wait, silent_until - time.monotonic())
+                if self.silent is not None:
+                    wait = min(wait, GRACE / LOOKS)
                 done, _ = await asyncio.wait({task}, timeout=max(wait, 0.001))
                 if done:
                     data = task.result()
                     self.got(len(data))
                     return data
+                self._look()
                 if silent_until is not None and time.monotonic() >= silent_until:
                     raise self.error(f"{self.what}: no data for {self.idle:g} s ({self.n} bytes received)")
                 if self.left(more) <= 0:
-                    raise self.too_slow()
+                    raise self.given_up()
         finally:
             task.cancel()
+
+    def given_up(self) -> Exception:
+        """The error for a transfer whose allowance ran out while a read brought nothing:
+        the link's ``silent`` one if no byte was seen arriving for ``GRACE`` s (to within a
+        look: a stall, not a trickle; module docstring), else ``too_slow``."""
+        quiet = time.monotonic() - self.last
+        if self.silent is None or self.deadline is not None or quiet < GRACE - GRACE / LOOKS:
+            return self.too_slow()
+        return self.silent(
+            f"{self.what}: answer broken off: silent for {quiet:.0f} s ({self.n} bytes received)"
+        )
+
+    def _arrived(self) -> int | None:
+        """Bytes arrived on ``body`` so far (None: not known)."""
+        n = getattr(self.body, "total_bytes", None)
+        return n if isinstance(n, int) else None
+
+    def _look(self) -> None:
+        """Note when bytes were last seen arriving on ``body``."""
+        n = self._arrived()
+        if n is not None and n != self.arrived:
+            self.arrived, self.last = n, time.monotonic()

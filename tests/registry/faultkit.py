@@ -12,7 +12,8 @@ requests matching none pass untouched. Modes:
 - ``stall_head``: read the request, never answer;
 - ``reset_mid`` / ``close_early``: forward the head and ``k`` bytes of the answer's body,
   then reset / close the connection; ``stall_mid``: then send nothing more, the
-  connection left open (until the proxy stops);
+  connection left open (until the proxy stops); ``trickle``: then the rest one byte every
+  ``pause`` s (until it is sent, the client hangs up or the proxy stops);
 - ``corrupt``: flip the low bit of byte ``k`` of the answer's body (as sent, framing
   included); ``corrupt_lf``: of its first LF (a chunked body's framing);
 - ``strip_range``: forward without ``Range``/``If-Range`` (a server without ranges);
@@ -29,6 +30,7 @@ import contextlib
 import re
 import socket
 import struct
+import subprocess
 import threading
 import time
 from dataclasses import dataclass
@@ -42,6 +44,7 @@ class Fault:
     k: int = 1000
     status: int = 503
     retry_after: str | None = None
+    pause: float = 0.05
 
 
 @dataclass(frozen=True)
@@ -193,6 +196,16 @@ class FaultProxy:
         if mode in ("corrupt", "corrupt_lf") and rest:
             i = rest.index(b"\n") if mode == "corrupt_lf" else min(k, len(rest) - 1)
             rest = rest[:i] + bytes([rest[i] ^ 0x01]) + rest[i + 1 :]
+        if mode == "trickle":
+            writer.write(rhead + rest[:k])
+            for i in range(k, len(rest)):
+                await writer.drain()
+                if self._stop.is_set() or writer.transport.is_closing():
+                    return
+                await asyncio.sleep(fault.pause)  # type: ignore[union-attr]
+                writer.write(rest[i : i + 1])
+            await writer.drain()
+            return
         if mode in ("reset_mid", "close_early", "stall_mid"):
             writer.write(rhead + rest[:k])
             await writer.drain()
@@ -287,3 +300,17 @@ def mirror_sync(src: str, dest, served: Served):  # noqa: ANN001, ANN201
         text=True,
         timeout=300,
     )
+
+
+def kiln_patched(settings: dict[str, float], *args: str) -> subprocess.CompletedProcess:
+    """``kiln ARGS...`` in a process whose registry client has ``settings`` ("module.NAME"
+    -> value, modules of ``kiln.registry``: e.g. ``{"httpsession.READ_TIMEOUT": 1}``,
+    ``{"pace.GRACE": 2}``) set before it runs."""
+    import sys
+
+    sets = ""
+    for name, value in settings.items():
+        module = name.partition(".")[0]
+        sets += f"import kiln.registry.{module}\nkiln.registry.{name} = {value!r}\n"
+    code = sets + "import sys\nfrom kiln.main import cli\nsys.argv[0] = 'kiln'\ncli()\n"
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300)
