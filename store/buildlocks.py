@@ -10,6 +10,7 @@ even within one process, so sharing the file would deadlock the builder on itsel
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .locks import FileLock
-from .lockwait import holder_text
+from .lockwait import take_or_name_holder
 from .paths import StorePath
 from .perms import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, give_to_owner_of, make_dir
 
@@ -56,26 +57,31 @@ def output_lock(
     with contextlib.ExitStack() as stack:
         for p in sorted(set(paths)):
             lock = FileLock(d / f"{StorePath.parse(p).hash_part}.build")
-            if not lock.acquire(blocking=False):
-                if say is not None:
-                    say(
-                        f"waiting for another kiln process to finish with {p}: its build lock is {_holder(lock)}"
-                    )
-                lock.acquire(notice=say is None)  # (said already)
+            while not lock.acquire(blocking=False):
+                if say is None:
+                    lock.acquire()  # (says who holds it after a second)
+                    break
+                who = _holder(lock)
+                if who is None:
+                    continue  # it came free meanwhile: take it
+                say(f"waiting for another kiln process to finish with {p}: its build lock is {who}")
+                lock.acquire(notice=False)  # (said already)
+                break
             stack.callback(lock.release)
         yield
 
 
-def _holder(lock: FileLock) -> str:
-    """Who holds ``lock`` (``lockwait.holder_text``), read through a descriptor of its own."""
+def _holder(lock: FileLock) -> str | None:
+    """Who holds ``lock`` (``lockwait.take_or_name_holder``, through a descriptor of its
+    own), or None if it is free (it was taken on that descriptor, and let go again)."""
     try:
         fd = os.open(lock.path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return "held by another process"
     try:
-        return holder_text(fd)
+        return take_or_name_holder(fd, fcntl.LOCK_EX)
     finally:
-        os.close(fd)
+        os.close(fd)  # (lets the lock go if it was taken)
 
 
 class Serialized:

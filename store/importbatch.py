@@ -36,6 +36,13 @@ its final name — the same guarantee as single registration (docs/store.md). St
 never puts a not-yet-durable file in place of an object that hashes right, so a
 concurrent registration's row cannot end up naming our unsynced bytes. If staging a
 path fails, the paths staged before it are still committed, then the error is raised.
+
+Stager threads write into ``tmp``, which the caller removes as soon as this returns or
+raises: so it never returns or raises (an error, or Ctrl-C's/SIGTERM's
+``KeyboardInterrupt``) while a staging runs. ``stop_stagers`` cancels the queued ones,
+stops a streaming one at its next chunk and waits for the rest (in memory: at most
+``SMALL_NAR`` bytes); a signal meanwhile is raised after that wait, not instead of it.
+The main thread's calls into ``concurrent.futures`` run in ``sigshield`` regions.
 """
 
 from __future__ import annotations
@@ -46,16 +53,16 @@ import hashlib
 import io
 import os
 import resource
-import sys
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 import zstandard
 
-from . import db, hookmarks
+from . import db, hookmarks, sigshield
 from .errors import HashMismatch, StoreError
 from .hashes import Hash
 from .locks import FileLock, PlacerWait
@@ -113,15 +120,27 @@ def incoming(info: PathInfo) -> str:
     return f"{info.path} (object nar/{info.file_hash.nix32}.nar.zst)"
 
 
-def stage(info: PathInfo, zst: BinaryIO, tmp: Path, k: int) -> Staged:
-    """Step 1 for one path (see module docstring)."""
+class StagingStopped(Exception):
+    """A staging on a stager thread stopped early: the import is being abandoned."""
+
+
+def _until(stop: threading.Event, chunks: Iterator[bytes]) -> Iterator[bytes]:
+    for chunk in chunks:
+        if stop.is_set():
+            raise StagingStopped("staging stopped: the import is abandoned")
+        yield chunk
+
+
+def stage(info: PathInfo, zst: BinaryIO, tmp: Path, k: int, stop: threading.Event | None = None) -> Staged:
+    """Step 1 for one path (see module docstring). Once ``stop`` is set the restore
+    stops at its next chunk (``StagingStopped``): a small object may hold a large NAR."""
     tree, obj = tmp / str(k), tmp / f"{k}.obj"
     tee = TeeReader(zst, os.open(obj, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644))
     try:
         stream = decompress_verified(
             tee, incoming(info), file_expectation(info), (info.nar_hash, info.nar_size)
         )
-        restore_canonical(stream, tree)
+        restore_canonical(stream if stop is None else _until(stop, stream), tree)
     finally:
         os.close(tee.fd)
     check_ca(info, tree_content(tree, info.nar_hash))  # the unsigned CA must be true
@@ -164,6 +183,65 @@ def stage_bytes(info: PathInfo, data: bytes, tmp: Path, k: int) -> Staged:
     restore_canonical([nar], tree)
     check_ca(info, tree_content(tree, info.nar_hash))
     return Staged(replace(info, file_hash=file_hash, file_size=len(data)), obj, tree)
+
+
+def submit(
+    pool: concurrent.futures.ThreadPoolExecutor,
+    submitted: list[concurrent.futures.Future[Staged]],
+    fn: Callable[..., Staged],
+    *args: object,
+) -> concurrent.futures.Future[Staged]:
+    """``pool.submit(fn, *args)``, recorded in ``submitted`` (for ``stop_stagers``), in a
+    ``sigshield`` region: a signal's exception cut into it could leave the pool's lock
+    held, or a future that runs but is not recorded."""
+    with sigshield.shielded:
+        f = pool.submit(fn, *args)
+        submitted.append(f)
+    return f
+
+
+def result(f: concurrent.futures.Future[Staged] | Staged) -> Staged:
+    """``f.result()`` (or ``f`` itself), waited for in a ``sigshield`` region, polled: a
+    signal that comes meanwhile is raised within ``sigshield.POLL``."""
+    if not isinstance(f, concurrent.futures.Future):
+        return f
+    with sigshield.shielded:
+        while not f.done() and not sigshield.pending():
+            concurrent.futures.wait([f], timeout=sigshield.POLL)
+    return f.result()
+
+
+def stop_stagers(
+    pool: concurrent.futures.ThreadPoolExecutor,
+    submitted: list[concurrent.futures.Future[Staged]],
+    stop: threading.Event,
+    abandon: bool,
+) -> None:
+    """Shut ``pool`` down; return once none of ``submitted`` runs. If the import is
+    abandoned (``abandon``, or an interrupt comes meanwhile) the queued stagings are
+    cancelled and ``stop`` is set; else every one finishes. An interrupt meanwhile
+    (deferred by kiln's handlers; another handler's is caught) is raised after the wait:
+    the temp dir the stagers write in is removed next."""
+    interrupt: BaseException | None = None
+    shut: bool | None = None  # the last shutdown: with cancelling or not
+    with sigshield.shielded:
+        while True:
+            try:
+                abandon = abandon or interrupt is not None or sigshield.pending()
+                if abandon:
+                    stop.set()
+                if shut is None or (abandon and not shut):
+                    pool.shutdown(wait=False, cancel_futures=abandon)
+                    shut = abandon
+                running = [f for f in submitted if not f.done()]
+                if not running:
+                    break
+                concurrent.futures.wait(running, timeout=sigshield.POLL)
+            except KeyboardInterrupt as e:
+                interrupt = interrupt or e
+        pool.shutdown(wait=True)  # (idle workers, told to exit: no wait to speak of)
+    if interrupt is not None:
+        raise interrupt
 
 
 def place_object(obj: Path, final: Path, file_hash: Hash, file_size: int) -> None:
@@ -250,7 +328,9 @@ def import_objects(
     results: list[PathInfo | str] = []  # an info, or the path whose batch is pending
     done: dict[str, PathInfo] = {}
     staged: list[concurrent.futures.Future[Staged] | Staged] = []
+    submitted: list[concurrent.futures.Future[Staged]] = []  # not known to be done
     pending: set[str] = set()
+    stop = threading.Event()
     pool = concurrent.futures.ThreadPoolExecutor(STAGERS, thread_name_prefix="kiln-stage")
     slots = [tmp / f"s{i}" for i in range(STAGERS)]
     for d in slots:
@@ -261,8 +341,8 @@ def import_objects(
         error: BaseException | None = None
         for f in staged:
             try:
-                ok.append(f.result() if isinstance(f, concurrent.futures.Future) else f)
-            except BaseException as e:  # noqa: BLE001 - re-raised below, after the prefix commits
+                ok.append(result(f))
+            except Exception as e:  # noqa: BLE001 - re-raised below, after the prefix commits
                 error = e
                 break
         done.update(commit(store, ok, tmp, made_here))
@@ -273,6 +353,7 @@ def import_objects(
                 os.unlink(st.obj)
         staged.clear()
         pending.clear()
+        submitted[:] = [f for f in submitted if not f.done()]
         if error is not None:
             raise error
 
@@ -292,24 +373,25 @@ def import_objects(
                 data = zst.read(SMALL + 1)  # more than announced: the file check reports it
                 # one directory per slot: creating entries in one directory from two
                 # threads makes them spin on its inode lock instead of working in parallel
+                slot = slots[k % STAGERS]
                 if info.nar_size <= SMALL_NAR:
-                    staged.append(pool.submit(stage_bytes, info, data, slots[k % STAGERS], k))
+                    staged.append(submit(pool, submitted, stage_bytes, info, data, slot, k))
                 else:
-                    staged.append(pool.submit(stage, info, io.BytesIO(data), slots[k % STAGERS], k))
+                    staged.append(submit(pool, submitted, stage, info, io.BytesIO(data), slot, k, stop))
             else:
                 staged.append(stage(info, zst, slots[0], k))
             pending.add(info.path)
             results.append(info.path)
             if len(staged) >= limit:
                 flush()
-    except BaseException:
-        with contextlib.suppress(BaseException):
-            # what verified so far is registered (not on Ctrl-C); then report the failure
-            pool.shutdown(wait=True, cancel_futures=True)
-            if not isinstance(sys.exc_info()[1], KeyboardInterrupt):
+    except BaseException as e:
+        stop_stagers(pool, submitted, stop, True)  # (an interrupt meanwhile is raised from here)
+        if not isinstance(e, KeyboardInterrupt):
+            # what verified so far is registered, then the failure is reported (an
+            # interrupt meanwhile is reported instead)
+            with contextlib.suppress(Exception):
                 flush()
         raise
-    finally:
-        pool.shutdown(wait=True)
+    stop_stagers(pool, submitted, stop, False)
     flush()
     return [done[r] if isinstance(r, str) else r for r in results]

@@ -6,6 +6,16 @@ A wait is never silent for long. Any process that can open a lock file can ``flo
 a GC that waits on it must say, once, on stderr, which lock it waits for and who holds
 it (the pid ``/proc/locks`` gives for it, with that process's user and command, when
 they can be read).
+
+The holder is named only while it is known to hold the lock: the waiter polls
+(non-blocking ``flock``) until the notice is due, so no descriptor of its own can hold
+the lock unseen, reads the holders, and tries the lock once more; if that succeeds it
+has the lock and says nothing (the holder let go meanwhile), and if nobody could be
+named while the lock stayed busy (it changed hands between the reads) it reads again.
+Only then does it say who holds the lock and wait for it blocking. So "this very
+process" means another descriptor of this process holds it, never the waiter's own.
+(The price: in its first second a waiter takes a lock let go within ``POLL_MAX_S``,
+not at once.)
 """
 
 from __future__ import annotations
@@ -14,7 +24,6 @@ import contextlib
 import fcntl
 import os
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -82,9 +91,16 @@ def lock_name(path: Path) -> str:
     return f"the lock {path}"
 
 
-def holder_text(fd: int) -> str:
-    """Who holds the lock open at ``fd``, in words."""
-    pids = [p for p in lock_holders(fd) if p > 0]
+#: polling before the notice: the first pause and the longest
+POLL_FIRST_S, POLL_MAX_S = 0.001, 0.01
+#: how often the holders are read again while the lock is busy but nobody is named
+UNNAMED_RETRIES = 5
+
+
+def holders_text(pids: list[int]) -> str:
+    """Who holds a lock, in words, from the ``lock_holders`` of a descriptor that does
+    not hold it itself (so this process's pid there is another descriptor of it)."""
+    pids = [p for p in pids if p > 0]
     if pids == [os.getpid()]:
         return "held by this very process (through another descriptor)"
     pids = [p for p in pids if p != os.getpid()]
@@ -93,30 +109,54 @@ def holder_text(fd: int) -> str:
     return "held by " + ", ".join(describe_process(p) for p in pids)
 
 
-def flock_with_notice(fd: int, op: int, path: Path, notice_s: float | None = None) -> None:
-    """``flock(fd, op)`` (blocking), saying on stderr once, after ``notice_s`` (default
-    ``LOCK_NOTICE_S``), which lock it waits for and who holds it."""
+def _try(fd: int, op: int) -> bool:
     try:
         fcntl.flock(fd, op | fcntl.LOCK_NB)
-        return
+        return True
     except BlockingIOError:
-        pass
-    delay = LOCK_NOTICE_S if notice_s is None else notice_s
+        return False
 
-    def say() -> None:
+
+def take_or_name_holder(fd: int, op: int) -> str | None:
+    """For ``fd``, which does not hold the lock (``op``: ``LOCK_EX``/``LOCK_SH``) and is
+    in no ``flock`` call meanwhile: take the lock (None), or say who holds it
+    (``holders_text``), read while the lock stayed busy for ``fd``."""
+    unnamed = 0
+    while True:
+        if _try(fd, op):
+            return None
         try:
-            who = holder_text(fd)
+            pids: list[int] | None = [p for p in lock_holders(fd) if p > 0]
         except OSError:
-            who = "held by another process"
-        print(f"kiln: waiting for {lock_name(path)}, {who}", file=sys.stderr, flush=True)
+            pids = None
+        if _try(fd, op):
+            return None  # let go meanwhile: whoever was read may hold it no longer
+        if pids is None:
+            return "held by another process"
+        if pids or unnamed == UNNAMED_RETRIES:
+            return holders_text(pids)
+        unnamed += 1  # it changed hands between the reads (or: another pid namespace)
+        time.sleep(POLL_FIRST_S)
 
-    timer = threading.Timer(delay, say)
-    timer.daemon = True
-    timer.start()
-    try:
-        fcntl.flock(fd, op)
-    finally:
-        timer.cancel()
+
+def flock_with_notice(fd: int, op: int, path: Path, notice_s: float | None = None) -> None:
+    """``flock(fd, op)`` (blocking) on a descriptor of the caller's that is in no other
+    ``flock`` call, saying on stderr once, after ``notice_s`` (default
+    ``LOCK_NOTICE_S``), which lock it waits for and who holds it (module docstring)."""
+    if _try(fd, op):
+        return
+    due = time.monotonic() + (LOCK_NOTICE_S if notice_s is None else notice_s)
+    pause = POLL_FIRST_S
+    while (left := due - time.monotonic()) > 0:
+        time.sleep(min(pause, left))
+        pause = min(POLL_MAX_S, pause * 2)
+        if _try(fd, op):
+            return
+    who = take_or_name_holder(fd, op)
+    if who is None:
+        return
+    print(f"kiln: waiting for {lock_name(path)}, {who}", file=sys.stderr, flush=True)
+    fcntl.flock(fd, op)
 
 
 class PlacerWait:

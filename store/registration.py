@@ -8,16 +8,14 @@ Registration protocol of single paths (``Registering._commit``; batches: ``impor
    and the compressed object, hashing both (``objects.TreeIngest``/``NarSink``); fsync the object;
 3. take the path's (striped) lock; if the path became valid meanwhile, drop our copy and return;
    if another live process has placed the path's tree and not registered it yet (a build,
-   see ``stagedbuild``), release the lock, wait for that process, and start step 3 again
-   (``_registration_lock``): its tree may be mounted in a running sandbox and must not
-   be replaced;
+   ``stagedbuild``), release the lock, wait for that process, and start step 3 again
+   (``_registration_lock``): its tree may be mounted in a running sandbox;
 4. add the path to this process's temp roots;
 5. rename the object into ``objects/`` and fsync its directory;
 6. remove any stale unregistered tree at the real path, rename ours there, seal it;
 7. insert the row (with refs and sigs) in one transaction: now the path is valid.
 
-Every row says whether the path was made here (``add_*``, ``register_built``) or imported
-(``import_*``): ``madehere``, for ``kiln key rotate --resign``.
+Each row says if the path was made here (``add_*``, ``register_built``) or imported: ``madehere``.
 
 A crash before 7 leaves at most unregistered files (GC removes them, verify ignores
 them); after 7 everything the row promises is in place. Readers re-verify digests.
@@ -47,7 +45,7 @@ from .paths import StorePath, check_name, make_source_path, make_text_path
 from .scratch import Scratch as _Scratch
 from .temprootscan import live_rooter
 from .treeplan import left_out
-from .trees import move_into_place, restore_canonical
+from .trees import move_into_place, remove_tree, restore_canonical
 
 
 class Registering:
@@ -326,7 +324,7 @@ class Registering:
     @contextlib.contextmanager
     def _writing(self) -> Iterator[_Scratch]:
         """Shared GC lock + private temp names ``tmp/<pid>-<rand>/<rand>.<what>`` (in this
-        object's scratch directory), removed on exit."""
+        object's scratch directory), removed on exit (on an interrupt, as far as can be)."""
         self.conn  # noqa: B018 - a closed store says so before anything is written
         with FileLock(self.gc_lock_path, shared=True):
             # GC (which excludes us now) deletes writers' scratch dirs: recreate if needed
@@ -335,8 +333,15 @@ class Registering:
             scratch = _Scratch(self._scratch_dir / os.urandom(6).hex())
             try:
                 yield scratch
-            finally:
+            except KeyboardInterrupt:  # (a failure to remove must not replace it: GC removes the rest)
+                for p in scratch.used:
+                    with contextlib.suppress(OSError, StoreError):
+                        remove_tree(p)
+                raise
+            except BaseException:
                 scratch.remove()
+                raise
+            scratch.remove()
 
     def _ingest(self, run, tmp: _Scratch, threads: int | None = None) -> ObjectInfo:
         fd = os.open(tmp / "object", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
