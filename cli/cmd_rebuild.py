@@ -43,7 +43,14 @@ def _rebuild(args: argparse.Namespace) -> int:
             verdicts = rebuilders.rebuild_path(store, builder, path, signer, vary=_vary(args))
     finally:
         store.close()
-    ok = all(v.identical for v in verdicts)
+    # a rebuild that compared nothing proves nothing (--deep of a fetch's output: its
+    # closure holds nothing to rebuild)
+    ok = bool(verdicts) and all(v.identical for v in verdicts)
+    if not verdicts:
+        print(
+            f"kiln rebuild: nothing to rebuild for {path} (a fetch's output is pinned by its hash)",
+            file=sys.stderr,
+        )
     if args.json:
         emit(ok, {"outputs": [v.to_dict() for v in verdicts]})
     else:

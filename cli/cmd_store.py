@@ -355,6 +355,7 @@ def _cmd_sign(args) -> int:
     against PUB before it is added: ``signcmd``). Ed25519 signatures are deterministic, so a
     path that carries this key's signature already is counted apart, not signed again."""
     from kiln.store.attestations import load_named_signer, sign_path
+    from kiln.store.signing import PublicKey
 
     if args.all == bool(args.paths):
         raise UsageError("give store paths to sign, or --all (not both)")
@@ -369,15 +370,18 @@ def _cmd_sign(args) -> int:
             s.keep(paths)  # (a path a GC deleted before this is skipped below)
         else:
             paths = [_path(s, p)[0] for p in args.paths]
+        pub = PublicKey(name, signer.public_key)
         signed = already = 0
         for p in paths:
             info = s.query(p)
             if info is None:
                 continue
-            if sign_path(s, p, name, signer, info) in info.sigs:
+            # (not signed again: with --signer-cmd that would be a KMS call per path)
+            if any(sig.startswith(name + ":") and pub.verify(info.fingerprint(), sig) for sig in info.sigs):
                 already += 1
-            else:
-                signed += 1
+                continue
+            sign_path(s, p, name, signer, info)
+            signed += 1
     # (what it did, on stdout: it prints nothing else)
     print(
         f"signed {signed} paths" + (f" ({already} carried this key's signature already)" if already else "")

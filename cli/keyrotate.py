@@ -179,7 +179,7 @@ def _store_to_resign(home: Path) -> LocalStore:
 def _resign(store: LocalStore, old: SecretKey, new: SecretKey, new_file: Path) -> Rotation:
     """Sign with ``new`` every path made in ``store`` that carries a valid signature by
     ``old`` (under its name); count the others so signed that were not made here."""
-    from kiln.store.madehere import made_here_all
+    from kiln.store.madehere import made_here, made_here_all
     from kiln.store.signing import sign_info
 
     prefix, oldpub = old.name + ":", old.public()
@@ -193,7 +193,12 @@ def _resign(store: LocalStore, old: SecretKey, new: SecretKey, new_file: Path) -
     store.keep(mine)  # (a path a GC deleted before this is skipped below)
     count = 0
     for p in mine:
-        if (info := store.query(p)) is not None:
+        # judged again now it is kept: a path GC took in between and that came back
+        # imported (maybe other bytes the old key signed) must not get the new key
+        info = store.query(p)
+        if info is None or made_here(store.conn, p) is not True:
+            continue
+        if any(s.startswith(prefix) and oldpub.verify(info.fingerprint(), s) for s in info.sigs):
             store.add_signatures(p, [sign_info(info, new)])
             count += 1
     return Rotation(new_file, new, old.name, count, tuple(imported), tuple(unknown))

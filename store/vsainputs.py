@@ -18,8 +18,11 @@ count.
 Invariants:
 
 - Both lists come from signed statements but are outside input all the same: a list
-  that is not a list of objects each with a name (or uri) and a 64-hex sha256, or that
-  names one thing twice, is unreadable (``digests`` returns None), never half read.
+  that is not a list of objects each with a name (or uri) and a digest, an entry whose
+  sha256 is not 64 hex digits, or a list naming one thing twice, is unreadable
+  (``digests`` returns None), never half read. An entry with digests but no sha256 is
+  no store input (the recipe repository's git commit, which provenance records among
+  its dependencies) and is left out of the comparison.
 - Pure: no I/O.
 """
 
@@ -47,7 +50,11 @@ def digests(entries: Any) -> dict[str, str] | None:
             return None
         name = e.get("name") or e.get("uri")
         digest = e.get("digest")
-        sha = digest.get("sha256") if isinstance(digest, dict) else None
+        if not isinstance(digest, dict) or not digest:
+            return None
+        if "sha256" not in digest:
+            continue  # (no store input: the recipe repository's ``gitCommit``, say)
+        sha = digest["sha256"]
         if not isinstance(name, str) or not isinstance(sha, str) or not _HEX64.match(sha) or name in out:
             return None
         out[name] = sha

@@ -149,7 +149,11 @@ def test_unreadable_input_lists_compare_as_absent():
 
     h = "ab" * 32
     assert digests([{"name": "x", "digest": {"sha256": h}}]) == {"x": h}
-    for bad in (None, {}, [1], [{"name": "x"}], [{"name": "x", "digest": {"sha256": "zz"}}],
+    # provenance of a recipe in a git checkout: the commit is among the dependencies
+    git = {"uri": "git+file:recipes/a.recipe", "digest": {"gitCommit": "ab" * 20}}
+    assert digests([{"name": "x", "digest": {"sha256": h}}, git]) == {"x": h}
+    for bad in (None, {}, [1], [{"name": "x"}], [{"name": "x", "digest": {}}],
+                [{"name": "x", "digest": {"sha256": "zz"}}],
                 [{"name": "x", "digest": {"sha256": h}}] * 2):  # fmt: skip
         assert digests(bad) is None, bad
     d = compare({"a": h, "b": h}, {"a": "cd" * 32, "c": h})
