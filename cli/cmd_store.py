@@ -377,7 +377,7 @@ def _cmd_sign(args) -> int:
             if info is None:
                 continue
             # (not signed again: with --signer-cmd that would be a KMS call per path)
-            if any(sig.startswith(name + ":") and pub.verify(info.fingerprint(), sig) for sig in info.sigs):
+            if any(pub.verify(info.fingerprint(), sig) for sig in info.sigs):  # (name checked too)
                 already += 1
                 continue
             sign_path(s, p, name, signer, info)

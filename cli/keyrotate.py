@@ -46,6 +46,7 @@ from kiln.store.errors import KilnError
 
 if TYPE_CHECKING:
     from kiln.store.localstore import LocalStore
+    from kiln.store.pathinfo import PathInfo
     from kiln.store.signing import SecretKey
 
 
@@ -182,13 +183,17 @@ def _resign(store: LocalStore, old: SecretKey, new: SecretKey, new_file: Path) -
     from kiln.store.madehere import made_here, made_here_all
     from kiln.store.signing import sign_info
 
-    prefix, oldpub = old.name + ":", old.public()
+    oldpub = old.public()
+
+    def signed_by_old(info: PathInfo | None) -> bool:
+        # (``verify`` checks the key name as well as the signature)
+        return info is not None and any(oldpub.verify(info.fingerprint(), s) for s in info.sigs)
+
     mine: list[str] = []
     imported: list[str] = []
     unknown: list[str] = []
     for p, made in made_here_all(store.conn).items():
-        info = store.query(p)
-        if info and any(s.startswith(prefix) and oldpub.verify(info.fingerprint(), s) for s in info.sigs):
+        if signed_by_old(store.query(p)):
             (mine if made else imported if made is False else unknown).append(p)
     store.keep(mine)  # (a path a GC deleted before this is skipped below)
     count = 0
@@ -196,9 +201,7 @@ def _resign(store: LocalStore, old: SecretKey, new: SecretKey, new_file: Path) -
         # judged again now it is kept: a path GC took in between and that came back
         # imported (maybe other bytes the old key signed) must not get the new key
         info = store.query(p)
-        if info is None or made_here(store.conn, p) is not True:
-            continue
-        if any(s.startswith(prefix) and oldpub.verify(info.fingerprint(), s) for s in info.sigs):
+        if info is not None and made_here(store.conn, p) is True and signed_by_old(info):
             store.add_signatures(p, [sign_info(info, new)])
             count += 1
     return Rotation(new_file, new, old.name, count, tuple(imported), tuple(unknown))

@@ -77,10 +77,6 @@ class Connection(sqlite3.Connection):
         self.ultimate = True
 
 
-#: (``upgrade``'s former name, which tests call)
-_add_nar_hash_index = _upgrade
-
-
 def connect(path: Path, full_disk_read: bool = False) -> sqlite3.Connection:
     """Open (and create or migrate) the database at ``path``. A file that is not a
     database, or one SQLite finds damaged on opening, is a ``StoreError`` naming it.
