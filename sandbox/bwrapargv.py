@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import os
 import posixpath
+import stat
 from collections.abc import Mapping
 
 from .devnodes import DEV_NODES, HOST
@@ -73,11 +74,29 @@ PROC_MASKED_AS_ROOT = (
 )
 
 
+def root_only_proc_files() -> tuple[str, ...]:
+    """Top-level regular files of the host's /proc that only root may read, beyond the
+    named ones: kernels and hypervisors add their own (a Firecracker guest here had a
+    0400 ``program_cpu`` that gave a root kiln's build 17 KB of host data), so a root
+    kiln masks whatever this kernel has, not only what was audited."""
+    out = []
+    for name in sorted(os.listdir("/proc")):
+        if name.isdigit():
+            continue  # (a process's directory)
+        try:
+            st = os.lstat("/proc/" + name)
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode) and not st.st_mode & stat.S_IROTH:
+            out.append(name)
+    return tuple(out)
+
+
 @functools.cache
 def proc_flags(as_root: bool | None = None) -> tuple[str, ...]:
     """The bwrap options, after ``--proc /proc``, that make ``PROC_READONLY`` read-only
     and mask ``PROC_MASKED`` and, when kiln runs as root (``as_root``; default: the
-    effective uid is 0), ``PROC_MASKED_AS_ROOT``. Only entries this kernel has (seen in
+    effective uid is 0), ``PROC_MASKED_AS_ROOT`` and ``root_only_proc_files()``. Only entries this kernel has (seen in
     the host's /proc, the same kernel's): bwrap cannot mount over one that does not
     exist. Cached: the set of /proc entries does not change while kiln runs."""
     if as_root is None:
@@ -86,7 +105,8 @@ def proc_flags(as_root: bool | None = None) -> tuple[str, ...]:
     for name in PROC_READONLY:
         if os.path.lexists("/proc/" + name):
             flags += ["--ro-bind", "/proc/" + name, "/proc/" + name]
-    for name in PROC_MASKED + (PROC_MASKED_AS_ROOT if as_root else ()):
+    masked = PROC_MASKED + (PROC_MASKED_AS_ROOT + root_only_proc_files() if as_root else ())
+    for name in dict.fromkeys(masked):  # (in order, each once)
         if os.path.isfile("/proc/" + name):
             flags += ["--ro-bind", "/dev/null", "/proc/" + name]
     return tuple(flags)
