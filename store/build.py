@@ -40,10 +40,11 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .buildcheck import Checking
 from .buildcheck import NotDeterministic as NotDeterministic  # re-exported: callers import it from here
-from .buildcommit import Committing
+from .buildcommit import AfterBuild, Committing
 from .buildholes import with_holes
 from .buildlocks import Serialized
 from .buildlogs import LogStore
@@ -60,6 +61,11 @@ from .errors import KilnError, StoreError
 from .ingest import IngestStopped
 from .progressmode import wants_progress
 from .stagedbuild import Pending
+
+if TYPE_CHECKING:
+    from kiln.sandbox.executor import Executor
+
+    from .localstore import LocalStore
 
 DEFAULT_LOG_LIMIT = 64 << 20
 
@@ -102,11 +108,11 @@ class Builder(Producing, Checking, Scheduling, Committing):
 
     def __init__(
         self,
-        store,
-        executor,
+        store: LocalStore,
+        executor: Executor,
         options: BuildOptions | None = None,
         substituter: Substituter | None = None,
-        after_build: Callable[..., None] | None = None,
+        after_build: AfterBuild | None = None,
         say: Callable[[str], None] | None = None,
     ) -> None:
         # A LocalStore owns one SQLite connection and one temp-roots file, which must not
@@ -194,13 +200,13 @@ class Builder(Producing, Checking, Scheduling, Committing):
             late = self._late_failures()  # archiving or registering failed (``buildcommit``)
             if late and not self.opts.keep_going:
                 raise next(iter(late.values()))
-            for d, e in [*late.items(), *self._hook_failures().items()]:
-                failed.setdefault(d, e)  # (-k: said when it happened)
+            for d, err in [*late.items(), *self._hook_failures().items()]:
+                failed.setdefault(d, err)  # (-k: said when it happened)
             built -= self._dropped_drvs  # built, then dropped: its input failed late
             if errors and not failed:
                 raise errors[0]
-            for e in errors:
-                self.say(f"error: {e}")  # (under -k with failures: reported, and the failures raised)
+            for error in errors:
+                self.say(f"error: {error}")  # (under -k with failures: reported, and the failures raised)
             self._finish_left_hooks(graph, roots, todo, failed)
             # --check means "build it once more and compare" (a root built just now too);
             # --rounds N, with or without it, N builds in all: N - 1 comparisons

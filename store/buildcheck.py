@@ -9,8 +9,10 @@ import contextlib
 import hashlib
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .buildlogs import shown_output
 from .buildproduce import BuildError, keep_dir, output_too_slow, overdue
@@ -19,6 +21,10 @@ from .derivation import Derivation
 from .errors import KilnError, StoreError
 from .hashes import Hash
 from .vary import Variation
+
+if TYPE_CHECKING:
+    from .build import BuildOptions
+    from .buildlocks import Serialized
 
 
 class NotDeterministic(KilnError):
@@ -61,6 +67,24 @@ def _after_the_second_of(registered: int) -> None:
 class Checking:
     """The rebuild half of ``build.Builder`` (a mixin: it uses the builder's ``store``,
     ``opts``, ``say``, ``get_drv``, ``_produce`` and ``_tmp_root``)."""
+
+    if TYPE_CHECKING:
+        store: Serialized
+        opts: BuildOptions
+        say: Callable[[str], None]
+
+        def get_drv(self, drv_path: str) -> Derivation: ...
+        def _tmp_root(self) -> Path: ...
+        def _produce(
+            self,
+            drv_path: str,
+            drv: Derivation,
+            tmp: Path,
+            vary: Variation | None = None,
+            defer: bool = False,
+            deadline: float | None = None,
+            dirs_made: bool = False,
+        ) -> dict[str, tuple[Path, list[str]]]: ...
 
     def rebuild(
         self, drv_path: str, vary: Variation | None = None, keep_hint: str = ""
@@ -124,7 +148,12 @@ class Checking:
         return out
 
     def _keep_rebuild(
-        self, out: list[OutputComparison], tmp: Path, produced: dict, drv: Derivation, hint: str
+        self,
+        out: list[OutputComparison],
+        tmp: Path,
+        produced: dict[str, tuple[Path, list[str]]],
+        drv: Derivation,
+        hint: str,
     ) -> list[OutputComparison]:
         """Under ``keep_failed`` move the differing rebuild out of the scratch dir (about
         to be removed) and say where each rebuilt output is; otherwise say the rebuild is

@@ -33,8 +33,9 @@ import functools
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 from . import hookmarks
 from .buildproduce import BuildError, output_too_slow, overdue
@@ -42,10 +43,46 @@ from .derivation import Derivation
 from .errors import KilnError
 from .ingest import IngestStopped
 
+if TYPE_CHECKING:
+    from kiln.sandbox.executor import Executor
+
+    from .build import BuildOptions
+    from .buildtmp import BuildDirs
+    from .localstore import LocalStore
+    from .stagedbuild import Pending, Placed, StagedOutput
+
+
+class AfterBuild(Protocol):
+    """``Builder``'s ``after_build`` hook (signing, provenance): called with a derivation
+    built (or left unsigned) and its valid outputs, on the thread whose ``store`` it is."""
+
+    def __call__(
+        self,
+        drv_path: str,
+        drv: Derivation,
+        outputs: dict[str, str],
+        started: float,
+        finished: float,
+        *,
+        store: LocalStore,
+    ) -> None: ...
+
 
 class Committing:
     """Uses the builder's ``opts``, ``say``, ``executor``, ``_stop``, ``_inner``,
-    ``_pending``, ``_drvs`` and ``after_build``; ``_init_committing`` sets up the rest."""
+    ``_pending``, ``_drvs``, ``_dirs`` and ``after_build``; ``_init_committing`` sets up
+    the rest."""
+
+    if TYPE_CHECKING:
+        opts: BuildOptions
+        say: Callable[[str], None]
+        executor: Executor
+        _stop: threading.Event
+        _inner: LocalStore
+        _pending: Pending
+        _drvs: dict[str, Derivation]
+        _dirs: BuildDirs
+        after_build: AfterBuild | None
 
     def _init_committing(self) -> None:
         self._dropped: set[str] = set()  # outputs dropped, never to be registered (``_drop``)
@@ -53,11 +90,11 @@ class Committing:
         self._late: dict[str, BuildError] = {}  # late failures, in the order they happened
         self._hook_failed: dict[str, BuildError] = {}  # -k: hooks that failed (outputs valid)
         self._late_lock = threading.Lock()
-        self._bk = None  # the bookkeeping thread's own store object (_bookkeeping_store)
+        self._bk: LocalStore | None = None  # the bookkeeping thread's own store (_bookkeeping_store)
         self._hook_pool: ThreadPoolExecutor | None = None
-        self._hook_futures: list = []
+        self._hook_futures: list[Future[object]] = []
         # hook markers held for a derivation's coming hook (bookkeeping thread only)
-        self._marks: dict[str, list] = {}
+        self._marks: dict[str, list[hookmarks.Mark]] = {}
 
     def _forget_failures(self) -> None:
         """At the start of a ``realise``: nothing of this builder is pending then."""
@@ -87,7 +124,7 @@ class Committing:
         batch = self._pending.take()
         try:
             store = self._bookkeeping_store()
-            groups: list[tuple[list, list]] = []
+            groups: list[tuple[list[Placed], list[StagedOutput]]] = []
             first: BuildError | None = None
             for items, _, budget, before_commit in batch:
                 # (an earlier batch's drops count too: a dependent may come in a later one)
@@ -112,7 +149,9 @@ class Committing:
             for _, locks, _, _ in batch:
                 locks.close()
 
-    def _commit_groups(self, store, groups: list[tuple[list, list]]) -> BuildError | None:
+    def _commit_groups(
+        self, store: LocalStore, groups: list[tuple[list[Placed], list[StagedOutput]]]
+    ) -> BuildError | None:
         """Commit the archived ``groups`` (a derivation's placed outputs and their staged
         archives, in build order) in one transaction; if that fails, one derivation at a
         time. Returns the first late failure made here."""
@@ -139,7 +178,7 @@ class Committing:
             self._pending.done(s.info.path for s in staged)
         return first
 
-    def _built_on_dropped(self, items: list) -> bool:
+    def _built_on_dropped(self, items: list[Placed]) -> bool:
         """Whether a derivation's placed outputs reference a dropped output, or it had a
         dropped derivation as an input."""
         if any(r in self._dropped for p in items for r in p.references):
@@ -147,7 +186,7 @@ class Committing:
         drv = self._drvs.get(items[0].deriver) if items and items[0].deriver else None
         return drv is not None and any(i in self._dropped_drvs for i, _ in drv.input_drvs)
 
-    def _fail_late(self, items: list, e: BaseException, step: str = "archive") -> BuildError:
+    def _fail_late(self, items: list[Placed], e: BaseException, step: str = "archive") -> BuildError:
         """Record the late failure of the derivation that placed ``items`` (``e``: what
         archiving or registering them raised) and drop them; without ``keep_going``, stop
         the other builds as a build failure does. Returns its ``BuildError``."""
@@ -171,7 +210,7 @@ class Committing:
             self.executor.cancel_all()
         return err
 
-    def _drop(self, items: list) -> None:
+    def _drop(self, items: list[Placed]) -> None:
         """Forget placed outputs that will not be registered: later builds do not count
         them as inputs, what is built on them is dropped too, their hooks do not run.
         Their trees stay for GC (it takes unregistered trees): a build may mount them."""
@@ -186,7 +225,7 @@ class Committing:
             self._hook_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kiln-bookkeeping")
         self._hook_futures.append(self._hook_pool.submit(fn, *args))
 
-    def _bookkeeping_store(self):
+    def _bookkeeping_store(self) -> LocalStore:
         """The bookkeeping thread's own store object, opened on first use. With its own
         SQLite connection, commits, signing and provenance (fsyncs included) never hold
         the lock the build threads share ``self.store`` under, so the next build's
@@ -205,7 +244,9 @@ class Committing:
         ``_run_hook``: on the bookkeeping thread, before ``_commit_pending`` commits them."""
         self._marks[drv_path] = hookmarks.hold_or_warn(self._inner, outs, self.say)
 
-    def _run_hook(self, drv_path: str, drv: Derivation, outputs: dict[str, str], started, finished):
+    def _run_hook(
+        self, drv_path: str, drv: Derivation, outputs: dict[str, str], started: float, finished: float
+    ) -> None:
         """``after_build`` for a derivation built (and committed) just now. Under
         ``keep_going`` a ``KilnError`` from it is that derivation's failure, said now and
         listed by ``BuildFailures``; otherwise it raises (``realise`` reports it)."""

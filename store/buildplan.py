@@ -18,10 +18,12 @@ from __future__ import annotations
 import heapq
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from .derivation import Derivation, check_output_paths
+from .derivation import Derivation, Output, check_output_paths
 from .drvparse import parse
 from .errors import FormatError, StoreError
+from .hashes import Hash
 from .paths import StorePath
 
 
@@ -81,7 +83,7 @@ def load_graph(roots: Iterable[str], read_text: Callable[[str], str], store_dir:
         drv = parse(read_text(p), sp.name[: -len(".drv")], store_dir)
         drvs[p] = drv
         stack.extend(i for i, _ in drv.input_drvs if i not in drvs)
-    memo: dict = {}
+    memo: dict[str, Hash] = {}
     for p, drv in drvs.items():
         try:
             check_output_paths(drv, drvs.__getitem__, memo)
@@ -117,7 +119,9 @@ def walk(graph: Graph, roots: Iterable[str], is_valid: Callable[[str], bool]) ->
     return needed, done
 
 
-def refs_first(drv_path: str, drv, produced) -> list:
+def refs_first(
+    drv_path: str, drv: Derivation, produced: Mapping[str, tuple[Path, list[str]]]
+) -> list[tuple[str, Output]]:
     """``drv.outputs`` ordered so an output comes after the sibling outputs it refers to
     (a ``dev`` output naming ``out``): each is registered after what it references.
     ``BuildError`` for a cycle between outputs, which Nix refuses too."""
@@ -126,7 +130,7 @@ def refs_first(drv_path: str, drv, produced) -> list:
     by_path = {o.path: name for name, o in drv.outputs}
     outs = dict(drv.outputs)
     deps = {n: {by_path[r] for r in produced[n][1] if r in by_path and by_path[r] != n} for n in outs}
-    order: list = []
+    order: list[tuple[str, Output]] = []
     while deps:
         ready = sorted(n for n, d in deps.items() if not d)
         if not ready:

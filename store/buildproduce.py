@@ -8,8 +8,8 @@ too long on the host), named by its store path and output-relative paths
 (``outputerrors``): ``-k`` goes on with the other builds, ``-K`` keeps the directory.
 
 ``Producing`` is a mixin of ``build.Builder`` (it uses the builder's ``store``,
-``executor``, ``opts``, ``logs``, ``get_drv``, ``_pending`` and ``_background``); the
-build loop and ``--check`` (``buildcheck``) both produce through it."""
+``executor``, ``opts``, ``logs``, ``say``, ``get_drv``, ``_pending``, ``_stop`` and
+``_background``); the build loop and ``--check`` (``buildcheck``) both produce through it."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .buildlogs import shown_output
 from .buildtmp import LOG_NAME
@@ -36,6 +37,14 @@ from .refscan import ScanStopped, scan
 from .trees import open_up
 from .vary import Variation
 
+if TYPE_CHECKING:
+    from kiln.sandbox.executor import Executor
+
+    from .build import BuildOptions
+    from .buildlocks import Serialized
+    from .buildlogs import LogStore
+    from .stagedbuild import Pending
+
 
 class BuildError(KilnError):
     """A derivation failed to build. ``drv_path`` names it; the message carries the log tail."""
@@ -48,14 +57,27 @@ class BuildError(KilnError):
 class Producing:
     """Runs builders and collects outputs; see the module docstring."""
 
+    if TYPE_CHECKING:
+        store: Serialized
+        executor: Executor
+        opts: BuildOptions
+        logs: LogStore
+        say: Callable[[str], None]
+        _pending: Pending
+        _stop: threading.Event
+
+        def get_drv(self, drv_path: str) -> Derivation: ...
+        def _background(self, fn: Callable[..., object], *args: object) -> None: ...
+
     def _tmp_root(self) -> Path:
         d = Path(self.store.root) / "tmp"
         d.mkdir(parents=True, exist_ok=True)
         return d
 
     def _kept(self, tmp: Path, drv: Derivation) -> str:
-        """``keep_failed``'s note under ``--keep-failed``, else nothing."""
-        return keep_failed(tmp, self._tmp_root(), drv.name) if self.opts.keep_failed else ""
+        """Under ``--keep-failed`` keep the failed build's directory (``keep_dir``) and return
+        the note for its error; else nothing."""
+        return keep_dir(tmp, self._tmp_root(), drv.name)[1] if self.opts.keep_failed else ""
 
     def _produce(
         self,
@@ -161,7 +183,7 @@ class Producing:
             show = f"kiln log --check {drv_path}"
         if failed:
             tail = _tail(log_path)  # (before --keep-failed moves it)
-            kept = keep_failed(tmp, self._tmp_root(), drv.name) if self.opts.keep_failed else ""
+            kept = self._kept(tmp, drv)
             raise BuildError(
                 drv_path,
                 f"builder for {drv_path} failed: {result.describe()}{kept}\n"
@@ -170,6 +192,10 @@ class Producing:
         by_hash = {StorePath.parse(p).hash_part: p for p in inputs}
         by_hash.update({StorePath.parse(o.path).hash_part: o.path for _, o in drv.outputs})
         produced: dict[str, tuple[Path, list[str]]] = {}
+
+        def stopped() -> bool:  # (a cancelled build stops scanning, as one past its deadline)
+            return self._stop.is_set() or overdue(deadline)
+
         for name, o in drv.outputs:
             sp = StorePath.parse(o.path)
             tree = scratch_store / sp.base
@@ -179,11 +205,6 @@ class Producing:
                     f"builder for {drv_path} succeeded but did not create output '{name}' ({o.path})"
                     + self._kept(tmp, drv),
                 )
-            stop = getattr(self, "_stop", None)  # the build loop's: a cancelled build stops scanning
-
-            def stopped(stop: threading.Event | None = stop) -> bool:
-                return (stop is not None and stop.is_set()) or overdue(deadline)
-
             try:
                 step = "read"
                 open_up(tree)  # a chmod 000 directory must not stop the scan (as a non-root user)
@@ -332,11 +353,6 @@ def _copy_data(src: int, dst: int, size: int, stopped: Callable[[], bool]) -> No
                 raise ScanStopped("copying the output was stopped")
         pos = end
     os.ftruncate(dst, size)
-
-
-def keep_failed(tmp: Path, tmp_root: Path, name: str) -> str:
-    """Keep a failed build's directory for ``--keep-failed``; the note for the error."""
-    return keep_dir(tmp, tmp_root, name)[1]
 
 
 def keep_dir(tmp: Path, tmp_root: Path, name: str) -> tuple[Path | None, str]:

@@ -22,19 +22,27 @@ locking could leave a future's lock held and its worker blocked for ever.
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import hookmarks, sigshield
 from .buildplan import Graph
+from .derivation import Derivation
 from .errors import KilnError, StoreError
 from .locks import FileLock, path_lock_file
 from .paths import StorePath
 
 if TYPE_CHECKING:
+    from kiln.sandbox.executor import Executor
+
+    from .build import BuildOptions
+    from .buildcommit import AfterBuild
+    from .buildlocks import Serialized
+    from .buildproduce import BuildError
     from .localstore import LocalStore
 
 #: seconds an interrupted ``-jN`` build waits for its running sandboxed builds to unwind
@@ -45,6 +53,21 @@ class Scheduling:
     """Uses the builder's ``opts``, ``build_one``, ``say``, ``executor``, ``_stop``,
     ``store``, ``after_build``, ``_background``, ``_hooked``, ``_inner``,
     ``_late_failures`` and ``_dropped_drvs``."""
+
+    if TYPE_CHECKING:
+        opts: BuildOptions
+        say: Callable[[str], None]
+        executor: Executor
+        _stop: threading.Event
+        store: Serialized
+        after_build: AfterBuild | None
+        _hooked: set[str]
+        _inner: LocalStore
+        _dropped_drvs: set[str]
+
+        def build_one(self, drv_path: str, drv: Derivation, position: tuple[int, int] = (1, 1)) -> None: ...
+        def _background(self, fn: Callable[..., object], *args: object) -> None: ...
+        def _late_failures(self) -> dict[str, BuildError]: ...
 
     def _run_all(self, graph: Graph, todo: list[str], failed: dict[str, BaseException]) -> list[str]:
         """Build ``todo`` (inputs first); return what was built. Under ``keep_going`` a
@@ -87,7 +110,7 @@ class Scheduling:
         failure: BaseException | None = None
         pool = ThreadPoolExecutor(max_workers=max(1, self.opts.jobs))
         interrupted = False
-        running: dict[Future, str] = {}
+        running: dict[Future[None], str] = {}
         try:
             while pending or running:
                 if failure is None:
@@ -229,17 +252,17 @@ class Scheduling:
             except Exception as e:  # noqa: BLE001 - the others are still tried; raised below
                 failures.append((d, e))
         if self.opts.keep_going:
-            for d, e in failures:
-                if isinstance(e, KilnError):
-                    self._failed(d, _left_unsigned(d, e), failed)
-            failures = [(d, e) for d, e in failures if not isinstance(e, KilnError)]
-        for d, e in failures[1:]:
-            self.say(f"error: cannot sign {d}'s outputs: {e}")
+            for d, err in failures:
+                if isinstance(err, KilnError):
+                    self._failed(d, _left_unsigned(d, err), failed)
+            failures = [(d, err) for d, err in failures if not isinstance(err, KilnError)]
+        for d, err in failures[1:]:
+            self.say(f"error: cannot sign {d}'s outputs: {err}")
         if failures:
-            d, e = failures[0]
-            if isinstance(e, KilnError):
-                raise _left_unsigned(d, e) from e
-            raise e
+            d, err = failures[0]
+            if isinstance(err, KilnError):
+                raise _left_unsigned(d, err) from err
+            raise err
 
 
 def _left_unsigned(drv_path: str, e: KilnError) -> StoreError:
@@ -259,7 +282,7 @@ def _registration_locks(store: LocalStore, paths: Iterable[str]) -> Iterator[Non
         yield
 
 
-def _wait_first(running: dict[Future, str]) -> set[Future]:
+def _wait_first(running: dict[Future[None], str]) -> set[Future[None]]:
     """``wait(running, return_when=FIRST_COMPLETED)``'s done set, in a shielded region
     (polled: a signal is raised within ``sigshield.POLL``)."""
     with sigshield.shielded:
@@ -269,7 +292,7 @@ def _wait_first(running: dict[Future, str]) -> set[Future]:
                 return finished
 
 
-def _wait_all(futures: list[Future], timeout: float) -> None:
+def _wait_all(futures: list[Future[None]], timeout: float) -> None:
     """Wait up to ``timeout`` seconds for ``futures`` to finish (a signal meanwhile ends
     the wait; it is raised after it)."""
     end = time.monotonic() + timeout
