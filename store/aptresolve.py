@@ -111,7 +111,7 @@ def resolve(
         name = queue.pop(0)
         pkg = index.package(name)
         for field in ("pre-depends", "depends"):
-            for alts in pkg.relations[field]:
+            for alts in pkg.relations[field] or ():  # (python-debian: [] for a missing field; typed Optional)
                 text = _rel_text(alts)
                 try:
                     if any(satisfied(a) for a in alts):

@@ -38,13 +38,14 @@ import stat
 import tempfile
 import zipfile
 import zlib
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import BinaryIO
 
 import zstandard
 
 from .archivetar import read_tar
-from .archivetree import ArchiveError, Limits, Tree, shown
+from .archivetree import ArchiveError, Limits, Reader, Tree, shown
 from .hashes import Hash
 
 #: errors the decompressors and ``zipfile`` raise for malformed input
@@ -119,7 +120,7 @@ def _tar_header(f: BinaryIO) -> bool:
     return want == sum(block[:148]) + 8 * 32 + sum(block[156:])
 
 
-def _decompressed(f: BinaryIO, head: bytes) -> BinaryIO:
+def _decompressed(f: BinaryIO, head: bytes) -> AbstractContextManager[Reader]:
     kind = _compression(head)
     if kind == "gzip":
         return gzip.GzipFile(fileobj=f, mode="rb")
@@ -134,13 +135,16 @@ def _decompressed(f: BinaryIO, head: bytes) -> BinaryIO:
 
 def _read_zip(f: BinaryIO, tree: Tree) -> None:
     limits = tree.limits
-    end = zipfile._EndRecData(f)  # noqa: SLF001 - the end record, read before zipfile parses the directory
+    # the end record, read before zipfile parses the directory (zipfile's private reader and
+    # field indexes: not in typeshed)
+    end = zipfile._EndRecData(f)  # type: ignore[attr-defined]  # noqa: SLF001
     if end is None:
         raise ArchiveError("damaged zip archive: no end of central directory record")
-    dir_size, most = end[zipfile._ECD_SIZE], limits.entries * _ZIP_DIR_BYTES_PER_ENTRY  # noqa: SLF001
-    if dir_size > most or end[zipfile._ECD_ENTRIES_TOTAL] > limits.entries:  # noqa: SLF001
+    size_at, entries_at = zipfile._ECD_SIZE, zipfile._ECD_ENTRIES_TOTAL  # type: ignore[attr-defined]  # noqa: SLF001
+    dir_size, entries, most = end[size_at], end[entries_at], limits.entries * _ZIP_DIR_BYTES_PER_ENTRY
+    if dir_size > most or entries > limits.entries:
         raise ArchiveError(
-            f"refusing archive: its central directory lists {end[zipfile._ECD_ENTRIES_TOTAL]} entries in "  # noqa: SLF001
+            f"refusing archive: its central directory lists {entries} entries in "
             f"{dir_size} bytes, more than {limits.entries} entries or {most} bytes "
             "(KILN_UNPACK_MAX_ENTRIES raises the limit)"
         )

@@ -29,9 +29,7 @@ older formats) is refused too.
 
 from __future__ import annotations
 
-from typing import BinaryIO
-
-from .archivetree import ArchiveError, Limits, Tree, shown
+from .archivetree import ArchiveError, Limits, Reader, Tree, shown
 
 BLOCK = 512
 #: the largest pax extended header or GNU long name/link body accepted
@@ -43,7 +41,7 @@ _NO_BODY = (b"1", b"2", b"5")  # their size field is not a body length (libarchi
 class _Input:
     """The uncompressed stream, every byte counted against the limit."""
 
-    def __init__(self, stream: BinaryIO, limits: Limits) -> None:
+    def __init__(self, stream: Reader, limits: Limits) -> None:
         self.stream = stream
         self.limits = limits
         self.total = 0
@@ -89,7 +87,7 @@ class _Body:
         return data
 
 
-def read_tar(stream: BinaryIO, tree: Tree) -> None:
+def read_tar(stream: Reader, tree: Tree) -> None:
     """Add every member of the tar ``stream`` to ``tree``; raises ``ArchiveError`` for
     a malformed archive, a refused member or a broken limit."""
     src = _Input(stream, tree.limits)

@@ -36,7 +36,7 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from . import fetchtext
 from .envnumber import whole_number
@@ -54,6 +54,13 @@ from .nar_read import (
     TOK_CLOSE,
     nar_str,
 )
+
+
+class Reader(Protocol):
+    """A stream of bytes read forwards, up to ``n`` at a time (fewer only at its end)."""
+
+    def read(self, n: int, /) -> bytes: ...
+
 
 CHUNK = 1 << 20
 #: the longest member name or link target accepted (Linux PATH_MAX)
@@ -143,7 +150,7 @@ class Tree:
             self._count()
             parent.entries[last] = Dir()
 
-    def add_file(self, name: bytes, data: BinaryIO, size: int, executable: bool) -> None:
+    def add_file(self, name: bytes, data: Reader, size: int, executable: bool) -> None:
         """A regular file of exactly ``size`` bytes read from ``data``."""
         parent, last = self._placeable(name)
         if self.spooled + size > self.limits.bytes:

@@ -96,7 +96,7 @@ def record_vsa(
     time_verified: Any,
     rebuilt_nar_sha256_hex: str | None = None,
     derivation: str | None = None,
-    varied: list[str] | None = None,
+    varied: builtins.list[str] | None = None,
     build_error: str | None = None,
     say: Callable[[str], None] | None = None,
     inputs: builtins.list[dict[str, Any]] | None = None,

@@ -25,12 +25,15 @@ from pathlib import Path
 
 from .shownname import shown_name
 
+#: what the NAR holds of an entry: a symlink's target, a file's (size, sha256 hex), None (a directory)
+_Held = str | tuple[int, str] | None
 
-def _entries(root: Path, stop: Callable[[], bool]) -> dict[str, tuple[str, object]] | None:
+
+def _entries(root: Path, stop: Callable[[], bool]) -> dict[str, tuple[str, _Held]] | None:
     """Every entry below ``root`` (relative path -> kind and what the NAR holds of it),
     or None once ``stop()`` says so (asked per file and per MiB read). Iterative: an
     output may be deeper than Python's recursion limit."""
-    out: dict[str, tuple[str, object]] = {}
+    out: dict[str, tuple[str, _Held]] = {}
     todo: list[tuple[Path, str]] = [(root, "")]
     while todo:
         p, rel = todo.pop()
@@ -82,7 +85,8 @@ def differing_files(
                 lines.append(f"  {name}: {ka} vs {kb}")
             elif ka == "symlink":
                 lines.append(f"  {name}: symlink target {va!r} vs {vb!r}")
-            else:
+            else:  # files of one kind: (size, sha256) each
+                assert isinstance(va, tuple) and isinstance(vb, tuple)
                 lines.append(f"  {name}: contents differ ({va[0]} vs {vb[0]} bytes)")
     return lines
 

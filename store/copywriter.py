@@ -30,11 +30,15 @@ from __future__ import annotations
 import os
 import threading
 from collections import deque
+from typing import Final, Literal
 
 from .directio import ALIGN, DirectRate, set_direct
 from .nar_restore import write_all
 
-_WRITE, _END = 0, 1
+_WRITE: Final = 0
+_END: Final = 1
+#: a queued operation: (_WRITE, fd, piece) or (_END, fd, mode); None stops the thread
+_Op = tuple[Literal[0], int, memoryview] | tuple[Literal[1], int, int]
 
 
 class CopyWriter(threading.Thread):
@@ -47,7 +51,7 @@ class CopyWriter(threading.Thread):
         self.rate = DirectRate()
         self.mtime = mtime
         self.max_files = max(1, max_files)
-        self.ops: deque[tuple] = deque()
+        self.ops: deque[_Op | None] = deque()
         self.cond = threading.Condition()
         self.queued = 0  # ops handed over
         self.done = 0  # ops finished with
@@ -115,7 +119,7 @@ class CopyWriter(threading.Thread):
         self.files_queued += 1
         self.queued_fd = fd
 
-    def _push(self, op: tuple | None, check: bool = True) -> int:
+    def _push(self, op: _Op | None, check: bool = True) -> int:
         if check and self.error is not None:
             raise self.error
         with self.cond:
@@ -134,9 +138,11 @@ class CopyWriter(threading.Thread):
                 op = ops.popleft()
             last, ended = op is None, op is not None and op[0] == _END
             try:
-                if ended:
+                if op is None:
+                    pass
+                elif op[0] == _END:
                     self._end(op[1], op[2])
-                elif not last and self.error is None:
+                elif self.error is None:
                     self._write(op[1], op[2])
             except BaseException as e:  # noqa: BLE001 - handed to the walk
                 self.error = self.error or e

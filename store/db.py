@@ -48,8 +48,9 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
-from .dbreadonly import open_read_only
+from .dbreadonly import open_read_only, read_only_text
 from .dbschema import NAR_HASH_INDEX as NAR_HASH_INDEX
 from .dbschema import SCHEMA_VERSION
 from .dbschema import create_schema as _create_schema
@@ -67,7 +68,7 @@ class Connection(sqlite3.Connection):
     store object (against its contract, but cheaply survivable) cannot interleave
     ``BEGIN``s on one connection."""
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:  # (``sqlite3.connect``'s, passed on)
         super().__init__(*args, **kwargs)
         self.lock = threading.RLock()
         #: why this connection may not write (opened on a read-only file system), or None
@@ -77,7 +78,7 @@ class Connection(sqlite3.Connection):
         self.ultimate = True
 
 
-def connect(path: Path, full_disk_read: bool = False) -> sqlite3.Connection:
+def connect(path: Path, full_disk_read: bool = False) -> Connection:
     """Open (and create or migrate) the database at ``path``. A file that is not a
     database, or one SQLite finds damaged on opening, is a ``StoreError`` naming it.
 
@@ -107,9 +108,10 @@ def connect(path: Path, full_disk_read: bool = False) -> sqlite3.Connection:
             raise e from None
 
 
-def _read_only(path: Path) -> sqlite3.Connection:
+def _read_only(path: Path) -> Connection:
     conn = open_read_only(path, Connection, SCHEMA_VERSION)
-    conn.ultimate = _has_ultimate(conn)  # type: ignore[attr-defined]  (nothing can add it there)
+    conn.read_only = read_only_text(path)
+    conn.ultimate = _has_ultimate(conn)  # (nothing can add it there)
     return conn
 
 
@@ -123,7 +125,7 @@ class _OpenFailed(StoreError):
         self.read_only = read_only
 
 
-def _connect(path: Path, exclusive: bool) -> sqlite3.Connection:
+def _connect(path: Path, exclusive: bool) -> Connection:
     conn = sqlite3.connect(
         path, timeout=60.0, isolation_level=None, check_same_thread=False, factory=Connection
     )

@@ -25,7 +25,7 @@ file"). So:
   ``immutable`` would lose what it holds: refused (``ReadOnlyDatabase``), saying to open
   the store once where it is writable (which merges the log into ``db.sqlite``).
 
-A connection opened here is marked (``Connection.read_only``): ``db``'s write
+A connection opened here is marked (``db.Connection.read_only``, by ``db``): its write
 transactions refuse it with a ``ReadOnlyDatabase`` error naming the file system, instead
 of SQLite's "attempt to write a readonly database". A database that needs its schema
 created or migrated cannot be used here either.
@@ -36,6 +36,7 @@ from __future__ import annotations
 import os
 import sqlite3
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import quote
 
 from .errors import StoreError
@@ -61,10 +62,14 @@ def _size(p: Path) -> int | None:
         return None
 
 
-def open_read_only(path: Path, factory: type[sqlite3.Connection], schema_version: int) -> sqlite3.Connection:
+_Conn = TypeVar("_Conn", bound=sqlite3.Connection)
+
+
+def open_read_only(path: Path, factory: type[_Conn], schema_version: int) -> _Conn:
     """Open the database at ``path``, on a read-only file system, for reading (module
-    docstring); ``ReadOnlyDatabase`` where that is not possible without losing data, or
-    the schema is not ``schema_version``."""
+    docstring) as a ``factory``; ``ReadOnlyDatabase`` where that is not possible without
+    losing data, or the schema is not ``schema_version``. The caller marks it read-only
+    (``db.Connection.read_only``: ``read_only_text``)."""
     wal_size = _size(Path(f"{path}-wal"))
     logged = wal_size is not None and wal_size > WAL_HEADER
     if logged and _size(Path(f"{path}-shm")) is None:
@@ -97,5 +102,4 @@ def open_read_only(path: Path, factory: type[sqlite3.Connection], schema_version
             else f"store database has schema version {version}, this kiln understands up to "
             f"{schema_version}; upgrade kiln"
         )
-    conn.read_only = read_only_text(path)  # type: ignore[attr-defined]  (``db.Connection``)
     return conn

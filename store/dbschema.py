@@ -5,9 +5,13 @@ lacks added when it is opened (``upgrade``). The tables and columns are describe
 from __future__ import annotations
 
 import sqlite3
+from typing import TYPE_CHECKING
 
 from .dbtx import rollback, transaction
 from .errors import StoreError
+
+if TYPE_CHECKING:
+    from .db import Connection
 
 SCHEMA_VERSION = 1
 
@@ -27,7 +31,7 @@ def create_schema(conn: sqlite3.Connection, version: int) -> None:
             conn.execute("COMMIT")
             return
         db = sqlite_utils.Database(conn)
-        db["paths"].create(
+        db.table("paths").create(
             {
                 "id": int,
                 "path": str,
@@ -45,14 +49,14 @@ def create_schema(conn: sqlite3.Connection, version: int) -> None:
             not_null={"path", "hash_part", "nar_hash", "nar_size", "file_hash", "file_size"},
             if_not_exists=True,
         )
-        db["paths"].create_index(["path"], unique=True, if_not_exists=True)
-        db["paths"].create_index(["hash_part"], unique=True, if_not_exists=True)
-        db["refs"].create(
+        db.table("paths").create_index(["path"], unique=True, if_not_exists=True)
+        db.table("paths").create_index(["hash_part"], unique=True, if_not_exists=True)
+        db.table("refs").create(
             {"referrer": str, "reference": str}, pk=("referrer", "reference"), if_not_exists=True
         )
-        db["refs"].create_index(["reference"], if_not_exists=True)
+        db.table("refs").create_index(["reference"], if_not_exists=True)
         conn.execute(f"CREATE INDEX IF NOT EXISTS {NAR_HASH_INDEX} ON paths(nar_hash)")
-        db["sigs"].create({"path": str, "sig": str}, pk=("path", "sig"), if_not_exists=True)
+        db.table("sigs").create({"path": str, "sig": str}, pk=("path", "sig"), if_not_exists=True)
         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except BaseException:
@@ -64,7 +68,7 @@ def create_schema(conn: sqlite3.Connection, version: int) -> None:
 NAR_HASH_INDEX = "paths_nar_hash"
 
 
-def upgrade(conn: sqlite3.Connection) -> None:
+def upgrade(conn: Connection) -> None:
     """Add what databases made by an older kiln lack: ``NAR_HASH_INDEX`` and the
     ``paths.ultimate`` column (``madehere``). Both are part of the schema of new ones, so no
     version change: an older kiln opens the file as before (and the rows it inserts get
@@ -86,7 +90,7 @@ def upgrade(conn: sqlite3.Connection) -> None:
         pass
     finally:
         conn.execute("PRAGMA busy_timeout=60000")
-    conn.ultimate = has_ultimate(conn)  # type: ignore[attr-defined]
+    conn.ultimate = has_ultimate(conn)
 
 
 def has_ultimate(conn: sqlite3.Connection) -> bool:

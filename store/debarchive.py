@@ -37,7 +37,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Protocol, Self
 
 from .debstreams import open_data as open_data  # re-exported: debunpack reads the member through it
 from .errors import FormatError
@@ -124,8 +124,9 @@ class ReadAhead:
     the source is raised by the ``read`` that reaches it and by every ``read`` after it
     (the helper has stopped: waiting for more would hang)."""
 
-    def __init__(self, src, chunk: int = 1 << 20, depth: int = 8) -> None:
-        self._q: queue.Queue = queue.Queue(depth)
+    def __init__(self, src: Readable, chunk: int = 1 << 20, depth: int = 8) -> None:
+        # chunks read (b"" at the end) or the exception that stopped the helper
+        self._q: queue.Queue[bytes | BaseException] = queue.Queue(depth)
         self._stop = threading.Event()
         self._buf = b""
         self._pos = 0
@@ -134,7 +135,7 @@ class ReadAhead:
         self._thread = threading.Thread(target=self._run, args=(src, chunk), daemon=True)
         self._thread.start()
 
-    def _run(self, src, chunk: int) -> None:
+    def _run(self, src: Readable, chunk: int) -> None:
         try:
             while not self._stop.is_set():
                 data = src.read(chunk)
@@ -144,7 +145,7 @@ class ReadAhead:
         except BaseException as e:  # noqa: BLE001 - handed to the reading thread
             self._put(e)
 
-    def _put(self, item) -> None:
+    def _put(self, item: bytes | BaseException) -> None:
         while not self._stop.is_set():
             try:
                 self._q.put(item, timeout=0.1)
@@ -203,10 +204,10 @@ class BoundedMember(tarfile.TarInfo):
     for a complete one."""
 
     @classmethod
-    def fromtarfile(cls, tf: tarfile.TarFile) -> tarfile.TarInfo:
+    def fromtarfile(cls, tf: tarfile.TarFile) -> Self:
         try:
             return super().fromtarfile(tf)
-        except tarfile.EOFHeaderError:
+        except tarfile.EOFHeaderError:  # type: ignore[attr-defined]  # (tarfile's, not in typeshed)
             tf.kiln_ended = True  # type: ignore[attr-defined]
             raise
 
@@ -271,7 +272,7 @@ def open_tar(stream: Readable) -> tarfile.TarFile:
     malformed headers raise ``tarfile.TarError``. ``kiln_ended`` is set."""
     with _header_errors():
         # (a stream only reads; typeshed's fileobj type also asks for write, tell and seek)
-        tar = tarfile.open(  # type: ignore[call-overload]  # noqa: SIM115 - the caller closes it
+        tar: tarfile.TarFile = tarfile.open(  # type: ignore[call-overload]  # noqa: SIM115 - the caller closes it
             fileobj=stream, mode="r|", tarinfo=BoundedMember
         )
     # (already True if the archive is empty: open() read the end marker)
@@ -297,7 +298,7 @@ def next_member(tar: tarfile.TarFile) -> tarfile.TarInfo | None:
     ``tar.members``: unbounded memory for millions of tiny members)."""
     with _header_errors():
         member = tar.next()
-    tar.members.clear()
+    tar.members.clear()  # type: ignore[attr-defined]  # (TarFile's list, not in typeshed)
     if member is not None and member.type in _DATALESS and member.size != 0:
         # tarfile reads no data after such a header, so whatever the size covers would
         # be read as the next headers, where other tar readers skip it
@@ -313,7 +314,7 @@ def check_tail(tar: tarfile.TarFile, what: str) -> None:
     Reading it to the end also makes the decoder check what follows the compressed stream.
     Raises ``FormatError`` starting with ``what``."""
     seen = 0
-    while chunk := tar.fileobj.read(1 << 16):  # type: ignore[union-attr]
+    while chunk := tar.fileobj.read(1 << 16):
         seen += len(chunk)
         if chunk.count(0) != len(chunk):
             raise FormatError(f"{what}: data after the tar end-of-archive marker (expected only NUL padding)")

@@ -46,11 +46,15 @@ _ZSTD_PIECE = 512
 
 
 class _Decoder(Protocol):
-    """The incremental interface of ``lzma.LZMADecompressor`` and ``bz2.BZ2Decompressor``."""
+    """The incremental interface of ``lzma.LZMADecompressor`` and ``bz2.BZ2Decompressor``
+    (read-only attributes to a reader)."""
 
-    eof: bool
-    unused_data: bytes
-    needs_input: bool
+    @property
+    def eof(self) -> bool: ...
+    @property
+    def unused_data(self) -> bytes: ...
+    @property
+    def needs_input(self) -> bool: ...
 
     def decompress(self, data: bytes, max_length: int = -1) -> bytes: ...
 
@@ -233,7 +237,8 @@ def open_data(name: str, raw: Window, deb: Path) -> Window | Decoded:
         if suffix == ".xz":
             return Decoded(Streams(raw, XZ, what), corrupt)
         if suffix == ".gz":  # (GzipFile refuses trailing bytes itself, NUL padding aside)
-            return Decoded(gzip.GzipFile(fileobj=raw), corrupt)
+            # (typeshed asks the file for seek too: GzipFile seeks only to rewind, never done here)
+            return Decoded(gzip.GzipFile(fileobj=raw), corrupt)  # type: ignore[call-overload]
         if suffix == ".bz2":
             return Decoded(Streams(raw, BZIP2, what), corrupt)
         if suffix == ".zst":  # several frames: zstd -T, pzstd

@@ -52,7 +52,7 @@ def inside(
     called for each component resolved, symlink targets' included (it may raise: each
     costs a system call, and symlinks can make a short path cost many)."""
 
-    def fail(message: str) -> None:
+    def fail(message: str) -> None:  # raises if creating; otherwise the caller returns None
         if create:
             raise FormatError(message)
 
@@ -68,7 +68,8 @@ def inside(
             on_step()
         if part == "..":
             if not dirs:
-                return fail(f"{what} escapes the root through a symlink")
+                fail(f"{what} escapes the root through a symlink")
+                return None
             dirs.pop()
             continue
         here = f"{dirs[-1] if dirs else top}/{part}"
@@ -79,17 +80,19 @@ def inside(
         if mode is not None and stat.S_ISLNK(mode):
             hops += 1
             if hops > MAX_SYMLINK_HOPS:
-                return fail(f"{what}: too many symlinks")
+                fail(f"{what}: too many symlinks")
+                return None
             target = os.readlink(here)
             if target.startswith("/"):
                 dirs = []
             todo.extend(reversed(PurePosixPath(target).parts))
             continue
         if max_depth is not None and len(dirs) >= max_depth:
-            return fail(
+            fail(
                 f"{what}: directories nested more than {max_depth} levels deep "
                 "(kiln.store.debunpack.MAX_UNPACKED_DEPTH)"
             )
+            return None
         if mode is None:
             if not create:
                 return None
@@ -97,7 +100,8 @@ def inside(
                 on_mkdir(Path(here))
             os.mkdir(here, 0o755)
         elif not stat.S_ISDIR(mode):
-            return fail(f"{what} needs {here[len(top) + 1 :]} to be a directory")
+            fail(f"{what} needs {here[len(top) + 1 :]} to be a directory")
+            return None
         dirs.append(here)
     return Path(dirs[-1]) if dirs else root
 

@@ -305,11 +305,11 @@ def _extract(
         os.chmod(target, stat.S_IMODE(src.stat().st_mode))
     elif m.isreg():
         _clear(target, rel, deb, cache)
-        src = tar.extractfile(m)
-        assert src is not None
+        body = tar.extractfile(m)
+        assert body is not None  # (a regular member has a body)
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as dst:
-            shutil.copyfileobj(src, dst, 1 << 20)
+            shutil.copyfileobj(body, dst, 1 << 20)
         os.chmod(target, 0o755 if m.mode & 0o111 else 0o644)
     else:
         notes.append(f"{deb.name}: skipped unsupported member type {m.type!r} {rel}")

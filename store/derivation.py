@@ -159,7 +159,7 @@ def _q(s: str) -> str:
     return f'"{s}"'
 
 
-def _list(items) -> str:
+def _list(items: Iterable[str]) -> str:
     return "[" + ",".join(_q(i) for i in items) + "]"
 
 

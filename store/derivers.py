@@ -68,10 +68,10 @@ class Derivers:
                 text = decode(self.store.real_path(drv_path).read_bytes(), drv_path)
                 d = parse(text, sp.name.removesuffix(".drv"), self.store.store_dir)
             self._parsed[drv_path] = d
-        d = self._parsed[drv_path]
-        if d is None:
+        parsed = self._parsed[drv_path]
+        if parsed is None:  # (an earlier attempt raised)
             raise StoreError(f"derivation {drv_path} could not be read")
-        return d
+        return parsed
 
     def load(self, drv_path: str | None) -> Derivation | None:
         """The derivation at ``drv_path`` if it is valid here, parses and defines the

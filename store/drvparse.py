@@ -44,9 +44,9 @@ class _Reader:
     def string(self) -> str:
         m = _STRING.match(self.s, self.i)
         if m is None:
-            if self.s.startswith('"', self.i):
-                raise FormatError(f"derivation: unterminated string at offset {self.i}")
-            self.expect('"')
+            if not self.s.startswith('"', self.i):
+                self.expect('"')  # raises, naming what is there instead
+            raise FormatError(f"derivation: unterminated string at offset {self.i}")
         self.i = m.end()
         body = m.group(1)
         if "\\" in body:

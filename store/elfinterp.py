@@ -17,6 +17,8 @@ header says. Both classes (32/64-bit) and byte orders are read.
 
 from __future__ import annotations
 
+from typing import Literal
+
 _MAGIC = b"\x7fELF"
 _PT_LOAD, _PT_INTERP = 1, 3
 #: program headers looked at (real programs have ~13; a hostile e_phnum of 65,535 must
@@ -34,7 +36,7 @@ def interpreter(head: bytes) -> str | None:
     cls, order = head[4], head[5]
     if cls not in (1, 2) or order not in (1, 2):
         return None
-    endian = "little" if order == 1 else "big"
+    endian: Literal["little", "big"] = "little" if order == 1 else "big"
 
     def u(off: int, size: int) -> int:
         return int.from_bytes(head[off : off + size], endian)

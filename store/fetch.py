@@ -19,8 +19,8 @@ fsynced and renamed onto ``dest`` only after the digest matches. Sources are tri
    every archive base the machine's apt sources name (read at run time, see
    ``kiln.store.apt.archive_bases``), so no host name is ever written into a recipe.
 
-HTTP transfers (``fetchhttp``) use urllib with a socket timeout (``timeout`` argument,
-``KILN_FETCH_TIMEOUT``) and up to ``retries`` further attempts per URL after a dropped
+HTTP transfers (``fetchdownload`` over ``fetchhttp``) use urllib with a socket timeout
+(``timeout`` argument, ``KILN_FETCH_TIMEOUT``) and up to ``retries`` further attempts per URL after a dropped
 connection, a timeout or a transient status (429, 5xx), waiting as ``fetchretry`` says: a
 backoff from 0.2 s, or what a 429's or 503's ``Retry-After`` asks, up to 60 s. Redirects are followed (at most 10, to http and https only: not
 to ``ftp:`` or ``file:``) without reading the 3xx body, which a hostile server could make
@@ -75,17 +75,16 @@ import threading
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from .errors import HashMismatch
+from .fetchdownload import describe, http_get
 from .fetchhttp import (  # noqa: F401 - FetchError, CHUNK, USER_AGENT: part of this module's API
     CHUNK,
     MAX_DOWNLOAD,
     USER_AGENT,
     FetchError,
-    _describe,
-    _http_get,
     _Limit,
     _max_download,
     _TooBig,
@@ -165,7 +164,7 @@ def _transfer(
         _copy_local(Path(source), sink, limit)
     elif source.startswith(("http://", "https://")):
         refuse_credentials(source, FetchError)
-        _http_get(source, sink, timeout, retries, limit, wait_cap)
+        http_get(source, sink, timeout, retries, limit, wait_cap)
     elif source.startswith("ftp://"):
         raise FetchError(
             f"refusing {shown_url(source)}: ftp is not supported (no timeout or pace rule could "
@@ -339,30 +338,33 @@ def _try_source(
             if e.code in (403, 404, 410):
                 return ""  # a miss
             # (a 500 or 429 after its retry: said now, as a reset or a corrupt entry is)
-            print(f"warning: skipping mirror {shown_url(source)}: {_describe(e)}", file=sys.stderr)
-        return _describe(e)
+            print(f"warning: skipping mirror {shown_url(source)}: {describe(e)}", file=sys.stderr)
+        return describe(e)
     except FileNotFoundError:
         return "" if mirror is not None else "no such file"
     except OSError as e:  # timeouts, the pace rule, refused, resets: after the retries
         if mirror is not None:
-            _mark_mirror_down(mirror, _describe(e))
-        return _describe(e)
+            _mark_mirror_down(mirror, describe(e))
+        return describe(e)
     except Exception as e:  # noqa: BLE001 - one odd source must not stop the fallback
         return f"{type(e).__name__}: {shown(str(e))}"
 
 
-def _sources(urls: list[str], expected: Hash | None, mirrors: list[str]):
+def _sources(
+    urls: list[str], expected: Hash | None, mirrors: list[str]
+) -> Iterator[tuple[str, str | None, str | None]]:
     """(location, its mirror or None, why unusable or None) in the order they are tried.
     A URL that cannot be expanded is reported in its turn rather than stopping the others."""
-    for m in mirrors_from_env(mirrors) if expected is not None else ():
-        loc = mirror_location(m, expected)
-        if loc.startswith("file:"):
-            try:
-                loc = urllib.request.url2pathname(urllib.parse.urlparse(loc).path)
-            except ValueError as e:
-                yield loc, None, f"bad mirror URL: {e}"
-                continue
-        yield loc, m, None
+    if expected is not None:  # (mirrors hold files by their hash)
+        for m in mirrors_from_env(mirrors):
+            loc = mirror_location(m, expected)
+            if loc.startswith("file:"):
+                try:
+                    loc = urllib.request.url2pathname(urllib.parse.urlparse(loc).path)
+                except ValueError as e:
+                    yield loc, None, f"bad mirror URL: {e}"
+                    continue
+            yield loc, m, None
     for url in urls:
         try:
             concrete = expand_url(url)

@@ -44,6 +44,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -52,6 +53,7 @@ from .errors import KilnError
 from .fetchtext import refuse_credentials, shown
 
 if TYPE_CHECKING:
+    import pygit2
     from pygit2.remotes import TransferProgress
 
 #: the most entries (files, directories, links) one export may create
@@ -86,7 +88,7 @@ def limit(name: str) -> int:
 # --- fetching (in the child) -----------------------------------------------------------
 
 
-def _callbacks(max_bytes: int, report):
+def _callbacks(max_bytes: int, report: Callable[[TransferProgress], None]) -> pygit2.RemoteCallbacks:
     """pygit2 callbacks: report transfer progress, stop a pack over ``max_bytes``."""
     import pygit2
 
@@ -101,7 +103,9 @@ def _callbacks(max_bytes: int, report):
     return Callbacks()
 
 
-def _fetch_into(repo, url: str, rev: str, callbacks=None):
+def _fetch_into(
+    repo: pygit2.Repository, url: str, rev: str, callbacks: pygit2.RemoteCallbacks | None = None
+) -> pygit2.Commit:
     """Fetch ``rev`` from ``url`` into ``repo`` and return the commit."""
     import pygit2
 
@@ -112,8 +116,10 @@ def _fetch_into(repo, url: str, rev: str, callbacks=None):
         for depth in (0,) if local else (1, 0):
             try:
                 remote.fetch([f"+{rev}:refs/kiln/want"], depth=depth, callbacks=callbacks)
-                return repo.get(rev).peel(pygit2.Commit)
-            except (pygit2.GitError, KeyError, ValueError, AttributeError) as e:
+                if (found := repo.get(rev)) is not None:
+                    return found.peel(pygit2.Commit)
+                errors.append(f"the fetch did not bring {rev}")
+            except (pygit2.GitError, KeyError, ValueError) as e:
                 if "timed out" in str(e):  # the remote stalls: asking again will not help
                     raise GitFetchError(f"cannot fetch {url}: {e}") from None
                 errors.append(str(e))
@@ -216,6 +222,8 @@ def _fetch_in_child(repo_path: Path, url: str, rev: str) -> str:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
+    out = proc.stdout
+    assert out is not None  # (stdout=PIPE)
     watch = _Watch(url, network="://" in url and not url.startswith("file:"))
     other: list[str] = []  # anything else the child said (a traceback), kept short
     buf = b""
@@ -224,10 +232,10 @@ def _fetch_in_child(repo_path: Path, url: str, rev: str) -> str:
             wait = watch.deadline() - time.monotonic()
             if wait <= 0:
                 raise watch.error()
-            ready, _, _ = select.select([proc.stdout], [], [], wait)
+            ready, _, _ = select.select([out], [], [], wait)
             if not ready:
                 continue
-            data = os.read(proc.stdout.fileno(), 65536)
+            data = os.read(out.fileno(), 65536)
             if not data:
                 break
             buf += data
@@ -248,7 +256,7 @@ def _fetch_in_child(repo_path: Path, url: str, rev: str) -> str:
         if proc.poll() is None:
             proc.kill()
         proc.wait()
-        proc.stdout.close()
+        out.close()
     raise GitFetchError(
         f"cannot fetch {url}: the git fetch process ended with status {proc.returncode}"
         + (":\n" + "\n".join(other[-5:]) if other else "")
@@ -273,7 +281,10 @@ def fetch_git(url: str, rev: str, dest: Path) -> None:
         pygit2.init_repository(str(work / "repo"), bare=True)
         commit_id = _fetch_in_child(work / "repo", url, rev)
         repo = pygit2.Repository(str(work / "repo"))  # opened after the child wrote to it
-        commit = repo.get(commit_id).peel(pygit2.Commit)
+        obj = repo.get(commit_id)
+        if obj is None:  # (the child said it fetched it)
+            raise GitFetchError(f"cannot fetch {url}: commit {commit_id} is missing after the fetch")
+        commit = obj.peel(pygit2.Commit)
         try:
             export(repo, commit.tree, work / "tree")
         except (OSError, UnicodeError, ValueError) as e:  # a crafted tree: duplicate names, ...

@@ -1,29 +1,25 @@
-"""HTTP(S) transfers for ``fetch``: one download with retries, resumption, redirects that
-are never read, the pace rule and size limits (``fetch``'s docstring states the rules;
-this module is how they are enforced on urllib and http.client).
+"""The HTTP(S) transport of ``fetch``'s downloads (``fetchdownload``): the pace rule, an
+opener whose redirects are never read, size limits and the socket timeout (``fetch``'s
+docstring states the rules; this module is how they are enforced on urllib and
+http.client).
 
 Theory of operation
 -------------------
-``_http_get`` makes up to ``1 + retries`` attempts. Each attempt (``_attempt``) runs
-under a ``_Pace``: a watchdog thread that shuts the attempt's sockets down once it is
-past ``PACE_GRACE`` s plus 1 s per ``PACE_MIN_RATE`` body bytes, counted from the
-request, so a server trickling its status line, headers, redirects or body cannot hold
-a build. The opener speaks http and https only, the two schemes whose sockets the
-watchdog sees: urllib's default one also opens ``ftp:``, ``file:`` and ``data:`` URLs,
-and its redirect handler follows a ``Location`` to ``ftp:``, where no pace rule held
-(a trickled FTP banner stalled a fetch for ever). Redirects go through
-``_RedirectWithoutBody`` (urllib's rules, the 3xx body closed unread), which refuses any
-target but an http(s) URL without credentials, and says a loop in one line. The waits
-between attempts (``Retry-After`` heeded) are ``fetchretry``'s. A body over its ``_Limit`` raises
-``_TooBig``; a malformed URL or ``Location`` is a ``FetchError``; neither is retried. The
-sink (``fetchsink.Sink``) is used through ``write(chunk, total)``, ``size`` and ``reset()``;
-their ``LocalWriteError`` (the download's own file could not be written) is neither an
-``OSError`` nor a ``FetchError``, so it passes every handler here untouched: never retried.
+Each attempt of a download runs under a ``Pace``: a watchdog thread that shuts the
+attempt's sockets down once it is past ``PACE_GRACE`` s plus 1 s per ``PACE_MIN_RATE``
+body bytes, counted from the request, so a server trickling its status line, headers,
+redirects or body cannot hold a build. The ``opener`` speaks http and https only, the two
+schemes whose sockets the watchdog sees: urllib's default one also opens ``ftp:``,
+``file:`` and ``data:`` URLs, and its redirect handler follows a ``Location`` to ``ftp:``,
+where no pace rule held (a trickled FTP banner stalled a fetch for ever). Redirects go
+through ``_RedirectWithoutBody`` (urllib's rules, the 3xx body closed unread), which
+refuses any target but an http(s) URL without credentials, and says a loop in one line.
+The most bytes one source may bring is its ``_Limit`` (``_TooBig`` past it).
 
 Credentials: kiln sends none, so ``fetch`` refuses a URL carrying them before calling
-here (``fetchtext.refuse_credentials``), and a redirect to one is refused here. Text a
-server controls (a reason phrase, a ``Location``, a bad status line) reaches messages
-only through ``fetchtext.shown``, escaped.
+here (``fetchtext.refuse_credentials``), and a redirect to one is refused here. A
+``Location`` (text a server controls) reaches messages only through
+``fetchtext.shown_url``, escaped.
 """
 
 from __future__ import annotations
@@ -31,27 +27,23 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
-import re
 import socket
-import sys
 import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
 
 from . import pacing
 from .envnumber import whole_number
 from .errors import KilnError, url_credentials
-from .fetchretry import RETRY_AFTER_CAP, RETRY_STATUS, SAY_WAIT_FROM, wait_after
-from .fetchtext import bad_url_reason, shown, shown_url
+from .fetchtext import shown_url
 
 if TYPE_CHECKING:
     import urllib.response
 
-    from .fetchsink import Sink as _Sink
 
 CHUNK = 1 << 16
 USER_AGENT = "kiln-fetch/0.1"
@@ -118,7 +110,7 @@ def _max_download() -> int:
     return whole_number("KILN_FETCH_MAX_SIZE", MAX_DOWNLOAD, FetchError, "a number of bytes")
 
 
-class _Pace:
+class Pace:
     """The pace rule for one attempt, enforced even while http.client is blocked.
 
     The attempt may last ``PACE_GRACE`` s plus 1 s per ``PACE_MIN_RATE`` body bytes, from
@@ -139,7 +131,7 @@ class _Pace:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="kiln-fetch-pace", daemon=True)
 
-    def __enter__(self) -> _Pace:
+    def __enter__(self) -> Pace:
         self._thread.start()
         return self
 
@@ -194,13 +186,13 @@ def _shutdown(sock: socket.socket) -> None:
         socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
-def _watched(cls: type[http.client.HTTPConnection], pace: _Pace):
+def _watched(cls: type[http.client.HTTPConnection], pace: Pace) -> type[http.client.HTTPConnection]:
     """An ``http.client`` connection class whose sockets ``pace`` can shut down: the raw
     socket as soon as it is connected (so a TLS handshake is covered), then the socket the
     connection reads from (the SSLSocket for https)."""
 
     class Watched(cls):  # type: ignore[misc, valid-type]
-        def __init__(self, *a, **kw) -> None:
+        def __init__(self, *a: Any, **kw: Any) -> None:  # (``cls``'s, passed on)
             super().__init__(*a, **kw)
             self._create_connection = lambda *ca, **ckw: pace.add(socket.create_connection(*ca, **ckw))
 
@@ -212,7 +204,7 @@ def _watched(cls: type[http.client.HTTPConnection], pace: _Pace):
 
 
 class _HTTPHandler(urllib.request.HTTPHandler):
-    def __init__(self, pace: _Pace) -> None:
+    def __init__(self, pace: Pace) -> None:
         super().__init__()
         self.pace = pace
 
@@ -221,7 +213,7 @@ class _HTTPHandler(urllib.request.HTTPHandler):
 
 
 class _HTTPSHandler(urllib.request.HTTPSHandler):
-    def __init__(self, pace: _Pace) -> None:
+    def __init__(self, pace: Pace) -> None:
         super().__init__()
         self.pace = pace
 
@@ -272,11 +264,11 @@ class _RedirectWithoutBody(urllib.request.HTTPRedirectHandler):
     http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
 
 
-def _opener(pace: _Pace) -> urllib.request.OpenerDirector:
+def opener(pace: Pace) -> urllib.request.OpenerDirector:
     """An opener for http and https only, both watched by ``pace``: build_opener's
     defaults minus the ftp, file and data handlers (proxies from the environment still
     apply; a proxied request goes through the watched http handler)."""
-    opener = urllib.request.OpenerDirector()
+    director = urllib.request.OpenerDirector()
     for handler in (
         urllib.request.ProxyHandler(),
         urllib.request.UnknownHandler(),
@@ -286,127 +278,5 @@ def _opener(pace: _Pace) -> urllib.request.OpenerDirector:
         _RedirectWithoutBody(),
         urllib.request.HTTPErrorProcessor(),
     ):
-        opener.add_handler(handler)
-    return opener
-
-
-def _http_get(
-    url: str, sink: _Sink, timeout: float, retries: int, limit: _Limit, wait_cap: float = RETRY_AFTER_CAP
-) -> None:
-    """Download ``url`` into ``sink``. HTTP errors raise ``urllib.error.HTTPError``: at
-    once, or a transient one with ``attempts`` set once ``retries`` are spent; transport
-    errors (timeouts and the pace rule included) are retried (resuming when the server
-    honours ``Range``), then raise ``OSError``. Waits: ``fetchretry`` (``Retry-After`` up
-    to ``wait_cap`` s). A body larger than ``limit`` raises ``_TooBig``, a malformed URL,
-    a refused redirect or a redirect loop ``FetchError``, neither retried."""
-    attempt = 0
-    use_range = True
-    while True:
-        headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
-        if sink.size and use_range:
-            headers["Range"] = f"bytes={sink.size}-"
-        elif sink.size:
-            sink.reset()
-        try:
-            with _Pace() as pace:
-                try:
-                    _attempt(url, headers, sink, timeout, limit, pace)
-                    return
-                except (OSError, http.client.HTTPException) as e:
-                    if pace.fired is None or isinstance(e, urllib.error.HTTPError):
-                        raise
-                    # the watchdog cut the connection: say why, not what the reader saw
-                    raise _TooSlow(pace.fired) from e
-        except _WrongRange:
-            # A part we did not ask for (wrong offset, multipart, or a range nobody
-            # requested): never take it for the file; ask for all of it.
-            use_range = False
-            error: BaseException = ConnectionError("the server answered with the wrong byte range")
-        except urllib.error.HTTPError as e:
-            error = e
-            if e.code == 416 and sink.size:
-                sink.reset()  # range not satisfiable: our partial data is suspect
-            elif e.code not in RETRY_STATUS:
-                raise
-            elif attempt >= retries:
-                e.attempts = attempt + 1  # type: ignore[attr-defined]  # said by _describe
-                raise
-        except (OSError, http.client.HTTPException) as e:  # URLError, timeouts, resets, IncompleteRead
-            reason = getattr(e, "reason", None)
-            if isinstance(reason, ConnectionRefusedError | socket.gaierror):
-                raise OSError(_describe(e)) from e  # nobody listening / no such host: retrying will not help
-            bad = e if isinstance(e, http.client.InvalidURL) else reason
-            if isinstance(bad, ValueError | http.client.InvalidURL):  # e.g. "nonnumeric port"
-                raise FetchError(f"bad URL or redirect: {bad_url_reason(bad)}") from None
-            error = e
-        except ValueError as e:  # "Invalid IPv6 URL", IDNA UnicodeError, InvalidURL, in a URL or a Location
-            raise FetchError(f"bad URL or redirect: {bad_url_reason(e)}") from None
-        attempt += 1
-        if attempt > retries:
-            raise OSError(f"{_describe(error)} (gave up after {attempt} attempts)") from error
-        wait = wait_after(attempt, error, wait_cap)
-        if why := wait.too_long():  # coming back later than kiln waits: the next source now
-            raise OSError(f"{_describe(error)}; {why}") from error
-        if sink.progress.enabled or wait.seconds >= SAY_WAIT_FROM:  # (a long wait is said anyway)
-            sink.progress.done()
-            said = f"{_describe(error)}; retrying{wait.said()} ({attempt}/{retries})"
-            print(f"{shown_url(url)}: {said}", file=sys.stderr)
-        time.sleep(wait.seconds)
-
-
-class _WrongRange(Exception):
-    """A 206 for another offset than the one asked for."""
-
-
-def _attempt(
-    url: str, headers: dict[str, str], sink: _Sink, timeout: float, limit: _Limit, pace: _Pace
-) -> None:
-    """One request (following redirects) and its body into ``sink``."""
-    req = urllib.request.Request(_quote_spaces(url), headers=headers)
-    with _opener(pace).open(req, timeout=timeout) as resp:
-        pace.check()
-        if resp.status == 206 and _range_start(resp.headers.get("Content-Range")) != sink.size:
-            raise _WrongRange
-        if sink.size and resp.status != 206:
-            sink.reset()  # the server ignored the range: this body is the whole file
-        length = resp.headers.get("Content-Length")
-        total = sink.size + int(length) if length and length.isdigit() else None
-        if total is not None and total > limit.size:
-            raise _TooBig(f"the server announces {total} bytes, more than {limit}")
-        pace.in_body = True
-        # read1: one socket read at a time, so the pace is judged as bytes come
-        # (read(n) would wait, however long, until it has n of them)
-        read = getattr(resp, "read1", resp.read)
-        while chunk := read(CHUNK):
-            if sink.size + len(chunk) > limit.size:
-                raise _TooBig(f"more than {limit}")
-            sink.write(chunk, total)
-            pace.got += len(chunk)
-            pace.check()
-        pace.check()  # an EOF may be the watchdog's doing
-        if total is not None and sink.size < total:
-            raise ConnectionError(f"connection closed after {sink.size} of {total} bytes")
-
-
-def _quote_spaces(url: str) -> str:
-    # http.client refuses a request line with a space in it; a space in a URL can only
-    # mean %20 (the same as urllib does for a Location header)
-    return re.sub(r"\s", lambda m: urllib.parse.quote(m.group()), url)
-
-
-def _range_start(content_range: str | None) -> int | None:
-    m = re.match(r"bytes (\d+)-", content_range or "")
-    return int(m.group(1)) if m else None
-
-
-def _describe(e: BaseException) -> str:
-    """What went wrong, for a message; whatever of it the server sent (a reason phrase,
-    a status line) escaped."""
-    if isinstance(e, urllib.error.HTTPError):
-        n = getattr(e, "attempts", 0)  # (set by _http_get on a transient status it gave up on)
-        return f"HTTP {e.code} {shown(str(e.reason))}" + (f" (gave up after {n} attempts)" if n > 1 else "")
-    if isinstance(e, urllib.error.URLError):
-        return shown(str(e.reason))
-    if isinstance(e, TimeoutError):
-        return str(e) if isinstance(e, _TooSlow) else "timed out"
-    return shown(str(e) or type(e).__name__)
+        director.add_handler(handler)
+    return director

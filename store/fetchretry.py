@@ -1,4 +1,4 @@
-"""How long a source fetch waits before it asks a URL again (``fetchhttp._http_get``).
+"""How long a source fetch waits before it asks a URL again (``fetchdownload.http_get``).
 
 Rules:
 

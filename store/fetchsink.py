@@ -1,7 +1,7 @@
 """The temporary file a download fills (``Sink``: the bytes and a running hash of
 exactly them, reset when a retry restarts from zero), its progress line on a terminal,
 and the NAR hash of what it holds (for a recursive fetchurl). Used by ``fetch`` and,
-through ``write(chunk, total)``, ``size`` and ``reset()``, by ``fetchhttp``.
+through ``write(chunk, total)``, ``size`` and ``reset()``, by ``fetchdownload``.
 
 A failure to write that file (a full disk, a quota, a read-only file system, an I/O
 error) is this machine's, not the source's: ``Sink`` raises it as ``LocalWriteError``,

@@ -20,8 +20,12 @@ and ``bad_url_reason`` says why a URL did not parse without quoting urllib's wor
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
 from .errors import KilnError, redact_urls, url_credentials
+
+if TYPE_CHECKING:
+    import http.client
 
 _USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)([^/?#]*)@")
 
@@ -68,7 +72,7 @@ def refuse_credentials(url: str, error: type[KilnError], *, ssh_user: bool = Fal
     )
 
 
-def bad_url_reason(e: ValueError) -> str:
+def bad_url_reason(e: ValueError | http.client.InvalidURL) -> str:
     """Why urllib or http.client refused a URL or ``Location``, in kiln's words: theirs
     quote what they took for a port ("nonnumeric port: 'PASS'": a password's start)."""
     text = str(e).lower()

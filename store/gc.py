@@ -277,11 +277,12 @@ def _under_lock(
     # first; a dry run does not count such a dir's bytes (the mounts show them twice)
     table = Path(MOUNTINFO).read_bytes() if doomed_tmp else b""
     mounted = [t for t in doomed_tmp if mounts_below(Path(t), table)]
-    for t in mounted if trash is not None else ():
-        if (why := unmount_below(Path(t), table)) is not None:
-            doomed_tmp.remove(t)
-            trash.disown(t)
-            kept.append(f"{t}: {why}")
+    if trash is not None:
+        for t in mounted:
+            if (why := unmount_below(Path(t), table)) is not None:
+                doomed_tmp.remove(t)
+                trash.disown(t)
+                kept.append(f"{t}: {why}")
     freed = total(
         [
             *(sizes[p.rsplit("/", 1)[1]] for p in dead),
@@ -328,11 +329,11 @@ def _under_lock(
     for h in sorted(set(orphan_atts) | {p.rsplit("/", 1)[1][:32] for p in dead}):
         if trash.move(atts / h) is not None:
             shutil.rmtree(atts / h, ignore_errors=True)
-    for t in att_temp:  # a killed attestation writer's
-        t.unlink(missing_ok=True)
-    for e in side.entries:  # (an entry that cannot move is left as it is)
-        if (why := trash.move(e)) is not None:
-            kept.append(f"{e}: {why}")
+    for leftover in att_temp:  # a killed attestation writer's
+        leftover.unlink(missing_ok=True)
+    for entry in side.entries:  # (an entry that cannot move is left as it is)
+        if (why := trash.move(entry)) is not None:
+            kept.append(f"{entry}: {why}")
     # (a directory or a symlink at an object's name goes too); a writer's ``tmp/``
     # entry is moved, not deleted later in place: its live owner may make it again
     for o in [*doomed_objects, *map(Path, writers_tmp)]:
@@ -346,8 +347,8 @@ def _under_lock(
         elif e.name.endswith(".build"):
             remove_if_free(Path(e.path))
         elif (
-            (h := hookmarks.is_marker(e.name)) is not None
-            and h not in live_hash_parts
+            (marked := hookmarks.is_marker(e.name)) is not None
+            and marked not in live_hash_parts
             and e.is_file(follow_symlinks=False)  # (anything else there is no marker: hookmarks)
         ):
             remove_if_free(Path(e.path))  # a dead builder's, of a path never committed

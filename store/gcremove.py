@@ -172,7 +172,8 @@ class Trash:
     ``empty`` did not, so whatever is left is a dead GC's leftover for the next one."""
 
     def __init__(self, tmp: Path) -> None:
-        self.dir, self._fd = owned_tmpdir(tmp, f"gc-{os.getpid()}-", None)
+        self.dir, fd = owned_tmpdir(tmp, f"gc-{os.getpid()}-", None)
+        self._fd: int | None = fd  # holds the trash's lock; None once closed
         self._moved: list[tuple[Path, str]] = []  # (its name in here, what to report it as)
         self._adopted: dict[str, int] = {}  # leftover dir -> the fd holding its lock
 

@@ -31,9 +31,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .fetchgit import GitFetchError, limit
 from .fetchtext import shown
+
+if TYPE_CHECKING:
+    import pygit2
 
 CHUNK = 1 << 20
 
@@ -68,7 +72,7 @@ class _Budget:
             )
 
 
-def export(repo, tree, out: Path) -> None:
+def export(repo: pygit2.Repository, tree: pygit2.Tree, out: Path) -> None:
     """Write ``tree`` to ``out`` (which must not exist), within the export limits."""
     import pygit2
 
@@ -85,6 +89,7 @@ def export(repo, tree, out: Path) -> None:
                 "KILN_GIT_MAX_DEPTH raises the limit)"
             )
         for entry in tree:
+            assert entry.raw_name is not None  # (pygit2 names every entry of a tree)
             name = os.fsdecode(entry.raw_name)  # any bytes git holds, as the filesystem takes them
             if name in ("", ".", "..") or "/" in name or name == ".git":
                 raise GitFetchError(f"refusing tree entry {_shown(rel + name)}")
@@ -96,10 +101,14 @@ def export(repo, tree, out: Path) -> None:
                 _checked_size(repo, entry, path, "tree")
                 target.mkdir(mode=0o755)
                 dirs.append(target)
-                stack.append((repo[entry.id], target, f"{path}/", depth + 1))
+                sub = repo[entry.id]
+                assert isinstance(sub, pygit2.Tree)  # (``_checked_size`` said it is one)
+                stack.append((sub, target, f"{path}/", depth + 1))
             elif mode == pygit2.GIT_FILEMODE_LINK:
                 budget.take(_checked_size(repo, entry, path, "blob"), path)
-                link = repo[entry.id].data
+                blob = repo[entry.id]
+                assert isinstance(blob, pygit2.Blob)  # (``_checked_size`` said it is one)
+                link = blob.data
                 if not link or b"\0" in link:
                     raise GitFetchError(
                         f"refusing symlink {_shown(path)} with an empty target or a NUL byte in it"
@@ -111,7 +120,9 @@ def export(repo, tree, out: Path) -> None:
             elif mode in (pygit2.GIT_FILEMODE_BLOB, pygit2.GIT_FILEMODE_BLOB_EXECUTABLE):
                 # the size from the object header, before libgit2 inflates the blob
                 budget.take(_checked_size(repo, entry, path, "blob"), path)
-                _write_blob(repo[entry.id], target)
+                blob = repo[entry.id]
+                assert isinstance(blob, pygit2.Blob)  # (``_checked_size`` said it is one)
+                _write_blob(blob, target)
                 os.chmod(target, 0o755 if mode == pygit2.GIT_FILEMODE_BLOB_EXECUTABLE else 0o644)
             else:
                 raise GitFetchError(f"unsupported git file mode {mode:o} for {_shown(path)}")
@@ -122,7 +133,7 @@ def export(repo, tree, out: Path) -> None:
 _KIND_OF_MODE = {"tree": "a directory", "blob": "a file or symlink"}
 
 
-def _checked_size(repo, entry, path: str, want: str) -> int:
+def _checked_size(repo: pygit2.Repository, entry: pygit2.Object, path: str, want: str) -> int:
     """The size of ``entry``'s object, from its header; raises ``GitFetchError`` naming
     the entry if the object is missing or is not a ``want`` (``"tree"`` or ``"blob"``:
     what the entry's mode says it is). A crafted tree may say "file" of a tree, and the
@@ -154,7 +165,7 @@ def _shown(path: str) -> str:
     return f"'{shown(path[:300])}'" + ("..." if len(path) > 300 else "")
 
 
-def _write_blob(blob, target: Path) -> None:
+def _write_blob(blob: pygit2.Blob, target: Path) -> None:
     # a memoryview of libgit2's buffer: no Python copy of the contents (``.data`` would be one)
     view = memoryview(blob)
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

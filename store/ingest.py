@@ -221,7 +221,9 @@ class TreeIngest:
             size = opened.st_size
             self._emit((_REGULAR + _EXEC if exe else _REGULAR) + _CONTENTS + size.to_bytes(8, "little"))
             if dest is not None:
-                dfd = self.plan.creator.take()
+                made = self.plan.creator.take()
+                assert made is not None  # (a file's node: the creator hands its copy's descriptor)
+                dfd = made
             mode = 0o555 if exe else 0o444
             big = self._copy(path, fd, dfd, size)
             after = os.fstat(fd)
@@ -262,8 +264,8 @@ class TreeIngest:
         ``O_DIRECT``; always, with or without a copy or ``O_DIRECT``, because the slots
         are the sink's chunks and so its zstd frames: the object is then the same for
         the same tree on any file system. Smaller files are written here, buffered."""
-        w = self.writer
-        big = dfd >= 0 and w is not None and size >= DIRECT_MIN
+        w = self.writer if dfd >= 0 and size >= DIRECT_MIN else None  # (None: written here)
+        big = w is not None
         if size >= DIRECT_MIN:
             self._flush()
         left = size
@@ -282,7 +284,7 @@ class TreeIngest:
                 got += k
             self.fill += n
             left -= n
-            if big:
+            if w is not None:
                 w.put(dfd, piece)
             elif dfd >= 0:
                 write_all(dfd, piece)

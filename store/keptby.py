@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import fcntl
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -71,7 +71,9 @@ def kept_by(store: LocalStore, path: str) -> list[Keeper]:
     return out
 
 
-def _chain(starts: Iterable[str], target: str, edges, known) -> tuple[str, ...] | None:  # noqa: ANN001
+def _chain(
+    starts: Iterable[str], target: str, edges: Callable[[str], list[str]], known: set[str]
+) -> tuple[str, ...] | None:
     """The first chain of ``edges`` found from one of ``starts`` to ``target``, None if
     none reaches it."""
     parent: dict[str, str | None] = {s: None for s in starts if s in known}

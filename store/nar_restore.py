@@ -70,19 +70,19 @@ def restore(
         root = os.path.join(tmp, b"root")
         inp = _Input(src)
         dirs: list[bytes] = []
-        for e in _parse(inp):
-            _makeable(e, inp.offset)
-            p = os.path.join(root, os.fsencode(e.path)) if e.path else root
-            if e.type == "directory":
+        for entry in _parse(inp):
+            _makeable(entry, inp.offset)
+            p = os.path.join(root, os.fsencode(entry.path)) if entry.path else root
+            if entry.type == "directory":
                 os.mkdir(p)
                 dirs.append(p)
-            elif e.type == "symlink":
-                os.symlink(os.fsencode(e.target or ""), p)
+            elif entry.type == "symlink":
+                os.symlink(os.fsencode(entry.target or ""), p)
             else:
-                mode = 0o777 if e.type == "executable" else 0o666
+                mode = 0o777 if entry.type == "executable" else 0o666
                 fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
                 try:
-                    for piece in inp.chunks(e.size, f"contents of {e.path!r}"):
+                    for piece in inp.chunks(entry.size, f"contents of {entry.path!r}"):
                         write_all(fd, piece)
                     if fsync:
                         os.fsync(fd)

@@ -195,7 +195,7 @@ class NarSink:
         self.synced = 0
         self.fd = obj_fd
         self.level, self.threads = level, max(1, threads)
-        self.held: list[bytes | bytearray] | None = []  # None once the threads run
+        self.held: list[bytes | bytearray | memoryview] | None = []  # None once the threads run
         self.hasher: _Worker | None = None
         self.compressors: list[_Compressor] = []
         self.output: _Output | None = None

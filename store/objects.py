@@ -24,10 +24,10 @@ the tail. ``KILN_NO_DIRECT=1`` turns ``O_DIRECT`` off for objects and copies ali
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, Literal
 
 from .hashes import Hash
 from .nar_restore import fsync_dir as fsync_dir  # re-exported: the store's modules import it from here
@@ -92,7 +92,8 @@ def ingest_stream(chunks: Iterable[bytes], sink: NarSink) -> Iterator[bytes]:
             yield c
 
 
-_sync_file_range = None
+#: libc's ``sync_file_range`` once looked up (False: it has none); ctypes is imported on first use
+_sync_file_range: Callable[..., int] | Literal[False] | None = None
 
 
 def start_writeback(fd: int, offset: int, nbytes: int) -> None:
@@ -103,15 +104,17 @@ def start_writeback(fd: int, offset: int, nbytes: int) -> None:
         try:
             import ctypes
 
-            _sync_file_range = ctypes.CDLL(None, use_errno=True).sync_file_range
-            _sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+            found = ctypes.CDLL(None, use_errno=True).sync_file_range
+            found.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+            _sync_file_range = found
         except (OSError, AttributeError):
             _sync_file_range = False
     if _sync_file_range:
         _sync_file_range(fd, offset, nbytes, 2)  # SYNC_FILE_RANGE_WRITE
 
 
-_syncfs = None
+#: libc's ``syncfs`` once looked up (False: it has none)
+_syncfs: Callable[[int], int] | Literal[False] | None = None
 
 
 def sync_filesystem(d: Path) -> None:
@@ -123,8 +126,9 @@ def sync_filesystem(d: Path) -> None:
         try:
             import ctypes
 
-            _syncfs = ctypes.CDLL(None, use_errno=True).syncfs
-            _syncfs.argtypes = [ctypes.c_int]
+            found = ctypes.CDLL(None, use_errno=True).syncfs
+            found.argtypes = [ctypes.c_int]
+            _syncfs = found
         except (OSError, AttributeError):
             _syncfs = False
     if not _syncfs:

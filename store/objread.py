@@ -46,7 +46,7 @@ class _HashingReader:
 
     __slots__ = ("f", "sha", "size", "what", "expect", "frames", "bad")
 
-    def __init__(self, f, what: str, expect: tuple[Hash, int | None] | None) -> None:
+    def __init__(self, f: BinaryIO | TeeReader, what: str, expect: tuple[Hash, int | None] | None) -> None:
         self.f, self.sha, self.size, self.what, self.expect = f, hashlib.sha256(), 0, what, expect
         self.frames = FrameTracker()
         self.bad: FormatError | None = None
@@ -56,7 +56,7 @@ class _HashingReader:
         self.sha.update(data)
         self.size += len(data)
         if self.expect is not None and self.expect[1] is not None and self.size > self.expect[1]:
-            raise _too_long(self.what, "compressed file", self.expect)  # type: ignore[arg-type]
+            raise _too_long(self.what, "compressed file", (self.expect[0], self.expect[1]))
         if self.bad is None:
             try:
                 self.frames.update(data)
@@ -114,15 +114,18 @@ def decompress_verified(
     reader = _HashingReader(zst, what, expect_file)
     nar_sha = hashlib.sha256()
     nar_size = 0
-    limit = expect_nar[1] if expect_nar is not None else None
     try:
+        # (zstandard reads any object with ``read``; its stubs ask for an IO[bytes])
         with zstandard.ZstdDecompressor().stream_reader(
-            reader, read_size=CHUNK, read_across_frames=True, closefd=False
+            reader,  # type: ignore[arg-type]
+            read_size=CHUNK,
+            read_across_frames=True,
+            closefd=False,
         ) as stream:
             while chunk := stream.read(CHUNK):
                 nar_size += len(chunk)
-                if limit is not None and nar_size > limit:
-                    raise _too_long(what, "NAR", expect_nar)  # type: ignore[arg-type]
+                if expect_nar is not None and nar_size > expect_nar[1]:
+                    raise _too_long(what, "NAR", expect_nar)
                 nar_sha.update(chunk)
                 yield chunk
     except zstandard.ZstdError as e:
@@ -194,7 +197,7 @@ def expect_nar(info: PathInfo, got: Hash, size: int) -> None:
 class TeeReader:
     """A reader that copies and hashes what it reads (for ``import_object``)."""
 
-    def __init__(self, f, fd: int) -> None:
+    def __init__(self, f: BinaryIO, fd: int) -> None:
         self.f, self.fd, self.sha, self.size = f, fd, hashlib.sha256(), 0
 
     def read(self, n: int = CHUNK) -> bytes:

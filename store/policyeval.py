@@ -256,9 +256,9 @@ def _reproduced(
         if env is None:
             bad.append(f"{kind}: {err}")
             continue
-        e, st, good = verify_envelope(env, info, policy.rebuilders, policy, (VSA_TYPE,), _vsa_time)
-        if e is not None or st is None:
-            (bad if dsse.signers(env, known) else notes).append(f"{kind}: {e}")
+        problem, st, good = verify_envelope(env, info, policy.rebuilders, policy, (VSA_TYPE,), _vsa_time)
+        if problem is not None or st is None:
+            (bad if dsse.signers(env, known) else notes).append(f"{kind}: {problem}")
             continue
         levels = st.predicate.get("verifiedLevels")
         passed = (

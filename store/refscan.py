@@ -273,7 +273,9 @@ class _Scanner:
             self.names.setdefault(hs, after[:n].decode())
 
 
-def _scan_entry(p: Path, rel: str, scan_file, scan_link) -> None:
+def _scan_entry(
+    p: Path, rel: str, scan_file: Callable[[Path, str], None], scan_link: Callable[[Path, str], None]
+) -> None:
     if p.is_symlink():
         scan_link(p, rel)
     elif p.is_file():

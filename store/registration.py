@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from . import db, hookmarks
 from .errors import FormatError, StoreError
@@ -43,15 +43,36 @@ from .pathadmit import admitted_sigs, check_ca, tree_content
 from .pathinfo import PathInfo
 from .paths import StorePath, check_name, make_source_path, make_text_path
 from .scratch import Scratch as _Scratch
+from .scratch import writing
 from .temprootscan import live_rooter
-from .treeplan import left_out
-from .trees import move_into_place, remove_tree, restore_canonical
+from .treeplan import check_source
+from .trees import move_into_place, restore_canonical
+
+if TYPE_CHECKING:
+    import sqlite3
+
+    from .localstore import LocalStore
 
 
 class Registering:
     """The write half of ``LocalStore`` (a mixin: it uses the store's ``root``,
     ``store_dir``, ``real_store``, ``objects``, ``conn``, ``gc_lock_path``,
     ``_scratch_dir``, ``query``/``is_valid``/``parse_path``/``_keep``)."""
+
+    if TYPE_CHECKING:  # that contract, as the host (``LocalStore``) defines it
+        root: Path
+        store_dir: str
+        real_store: Path
+        objects: Path
+        gc_lock_path: Path
+        _scratch_dir: Path
+
+        @property
+        def conn(self) -> sqlite3.Connection: ...
+        def query(self, path: str) -> PathInfo | None: ...
+        def is_valid(self, path: str) -> bool: ...
+        def parse_path(self, path: str | StorePath) -> StorePath: ...
+        def _keep(self, path: str, locked: bool = True) -> None: ...
 
     def add_path(self, src: Path, name: str | None = None, filter: PathFilter | None = None) -> PathInfo:
         """Add a file or tree as a content-addressed source path (``nix-store --add``):
@@ -60,7 +81,7 @@ class Registering:
         ``src`` must exist and must not contain the store root (the copy, made under the
         root's ``tmp/``, would be walked and copied again, endlessly)."""
         src = Path(src)
-        self._check_source(src, filter)
+        check_source(src, filter, self.root, self._scratch_dir.parent)  # (tmp/, where the copy is made)
         if name is None:
             base = Path(os.path.abspath(src)).name
             try:
@@ -93,30 +114,6 @@ class Registering:
                 ca=f"fixed:r:sha256:{oi.nar_hash.nix32}",
             )
             return self._commit(info, tree, tmp, made_here=True)
-
-    def _check_source(self, src: Path, filter: PathFilter | None) -> None:
-        """Refuse a missing ``src`` or one whose walk would reach this store's ``tmp/``, where
-        the copy is made: the root or ``tmp/`` itself (unless ``filter`` skips a directory
-        on the way to the root, e.g. a ``.kilnignore``d ``.kiln``). The
-        last component is not resolved: a symlink is added as a symlink, never followed."""
-        if not os.path.lexists(src):
-            raise StoreError(f"cannot add {src}: no such file or directory")
-        a = os.path.abspath(src)
-        here = os.path.join(os.path.realpath(os.path.dirname(a)), os.path.basename(a))
-        root = os.path.realpath(self.root)
-        copies = os.path.realpath(self._scratch_dir.parent)  # tmp/, where the copy is made
-        if os.path.isdir(here) and not os.path.islink(here) and os.path.commonpath([here, copies]) == here:
-            if os.path.commonpath([here, root]) != here:  # inside the store, around tmp/
-                raise StoreError(
-                    f"cannot add {src}: it contains the store's temp directory {copies}, where its copy "
-                    "would be made (expected a file or directory outside the store)"
-                )
-            if filter is not None and left_out(src, here, root, filter, "directory"):
-                return
-            raise StoreError(
-                f"cannot add {src}: it contains the store root {root} (expected a file or directory "
-                "outside the store: its copy would be made inside the directory being copied)"
-            )
 
     def add_text(self, name: str, text: bytes, references: Iterable[str]) -> PathInfo:
         """Add a text path (a ``.drv`` file): a non-executable file whose path is
@@ -277,9 +274,16 @@ class Registering:
 
         with self._writing() as tmp:
             (tmp / "batch").mkdir()
-            return import_objects(self, items, tmp / "batch", made_here)
+            return import_objects(self._store(), items, tmp / "batch", made_here)
 
     # ------------------------------------------------------------------ registration internals
+
+    def _store(self) -> LocalStore:
+        """This object as the whole store it is the write half of (for the functions taking one)."""
+        from .localstore import LocalStore
+
+        assert isinstance(self, LocalStore), type(self)
+        return self
 
     def _path_lock(self, sp: StorePath) -> Path:
         return path_lock_file(self.root, sp.hash_part)
@@ -321,29 +325,14 @@ class Registering:
                 self._keep(info.path)
             yield tmp, existing
 
-    @contextlib.contextmanager
-    def _writing(self) -> Iterator[_Scratch]:
-        """Shared GC lock + private temp names ``tmp/<pid>-<rand>/<rand>.<what>`` (in this
-        object's scratch directory), removed on exit (on an interrupt, as far as can be)."""
+    def _writing(self) -> contextlib.AbstractContextManager[_Scratch]:
+        """``scratch.writing`` in this object's scratch directory."""
         self.conn  # noqa: B018 - a closed store says so before anything is written
-        with FileLock(self.gc_lock_path, shared=True):
-            # GC (which excludes us now) deletes writers' scratch dirs: recreate if needed
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(self._scratch_dir, 0o700)
-            scratch = _Scratch(self._scratch_dir / os.urandom(6).hex())
-            try:
-                yield scratch
-            except KeyboardInterrupt:  # (a failure to remove must not replace it: GC removes the rest)
-                for p in scratch.used:
-                    with contextlib.suppress(OSError, StoreError):
-                        remove_tree(p)
-                raise
-            except BaseException:
-                scratch.remove()
-                raise
-            scratch.remove()
+        return writing(self.gc_lock_path, self._scratch_dir)
 
-    def _ingest(self, run, tmp: _Scratch, threads: int | None = None) -> ObjectInfo:
+    def _ingest(
+        self, run: Callable[[NarSink], object], tmp: _Scratch, threads: int | None = None
+    ) -> ObjectInfo:
         fd = os.open(tmp / "object", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         sink = NarSink(fd) if threads is None else NarSink(fd, threads=threads)
         try:
@@ -394,7 +383,7 @@ class Registering:
                 # lock makes deleting an object safe)
                 raise OSError(e.errno, f"{e.strerror} (placing {info.path})", str(self.real_store)) from None
             # before the row: a kill between the two leaves no free marker on a valid import
-            hookmarks.drop_free(self, [info.path])
+            hookmarks.drop_free(self._store(), [info.path])
             info = replace(info, registration_time=int(time.time()))
             db.insert(self.conn, info, sp.hash_part, ultimate=made_here)
             return info

@@ -1,10 +1,16 @@
 """``Scratch``: the temp names one registration writes under the store's ``tmp/``
-(see ``registration``: its tree and its object, then renamed into place)."""
+(see ``registration``: its tree and its object, then renamed into place), and ``writing``,
+which hands them out under the shared GC lock."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
+from .errors import StoreError
+from .locks import FileLock
 from .trees import remove_tree
 
 
@@ -29,3 +35,25 @@ class Scratch:
     def remove(self) -> None:
         for p in self.used:
             remove_tree(p)
+
+
+@contextlib.contextmanager
+def writing(gc_lock_path: Path, scratch_dir: Path) -> Iterator[Scratch]:
+    """Shared GC lock + private temp names ``tmp/<pid>-<rand>/<rand>.<what>`` (in the store
+    object's ``scratch_dir``), removed on exit (on an interrupt, as far as can be)."""
+    with FileLock(gc_lock_path, shared=True):
+        # GC (which excludes us now) deletes writers' scratch dirs: recreate if needed
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(scratch_dir, 0o700)
+        scratch = Scratch(scratch_dir / os.urandom(6).hex())
+        try:
+            yield scratch
+        except KeyboardInterrupt:  # (a failure to remove must not replace it: GC removes the rest)
+            for p in scratch.used:
+                with contextlib.suppress(OSError, StoreError):
+                    remove_tree(p)
+            raise
+        except BaseException:
+            scratch.remove()
+            raise
+        scratch.remove()

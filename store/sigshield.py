@@ -24,6 +24,11 @@ from __future__ import annotations
 
 import _thread  # (not threading: the CLI's handlers import this module on every command)
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import threading
 
 #: seconds a ``wait_for`` sleeps before it looks for a deferred signal again
 POLL = 0.05
@@ -44,13 +49,12 @@ class _Shield:
         # (a signal before the depth is raised lands before the region: nothing was done)
         _state.depth += 1
 
-    def __exit__(self, *exc: object) -> bool:
+    def __exit__(self, *exc: object) -> None:
         s = _state
         s.depth -= 1
         if not s.depth and s.pending is not None:
             e, s.pending = s.pending, None
             raise e
-        return False
 
 
 #: ``with shielded: ...`` defers ``deliver``'s exception to the end of the block
@@ -74,7 +78,7 @@ def pending() -> bool:
     return _state.pending is not None
 
 
-def wait_for(cond, predicate) -> None:  # noqa: ANN001 - a threading.Condition, a callable
+def wait_for(cond: threading.Condition, predicate: Callable[[], object]) -> None:
     """``cond.wait_for(predicate)`` (``cond`` held, inside a shielded region) that also
     returns once a signal is deferred, so the region ends and raises it."""
     while not predicate():
@@ -83,7 +87,7 @@ def wait_for(cond, predicate) -> None:  # noqa: ANN001 - a threading.Condition, 
         cond.wait(POLL)
 
 
-def join(thread, timeout: float | None = None) -> None:  # noqa: ANN001 - a threading.Thread
+def join(thread: threading.Thread, timeout: float | None = None) -> None:
     """``thread.join(timeout)`` inside a shielded region, returning early once a signal is
     deferred. (Not only for the signal's sake: CPython 3.11's ``Thread.join`` and
     ``is_alive``, cut by a signal's exception while the thread runs, mark it stopped.)"""

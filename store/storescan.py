@@ -74,7 +74,7 @@ def stray_tree_names(store: LocalStore) -> list[str]:
 def object_files(store: LocalStore) -> list[Path]:
     """The object files in ``objects/`` (``<2 hex>/<hex digest>.nar.zst``): the only
     entries GC may delete there; anything else a user put there is left alone."""
-    out = []
+    out: list[Path] = []
     for sub in os.scandir(store.objects):
         if _SHARD.fullmatch(sub.name) and sub.is_dir(follow_symlinks=False):
             out.extend(

@@ -134,6 +134,32 @@ def left_out(src: str | os.PathLike, real_src: str, below: str, filter: PathFilt
     return False
 
 
+def check_source(src: Path, filter: PathFilter | None, root: Path, copies: Path) -> None:
+    """Refuse a missing ``src`` (to copy into the store at ``root``) or one whose walk would
+    reach ``copies``, the store's ``tmp/`` where the copy is made: the root or ``tmp/``
+    itself (unless ``filter`` skips a directory on the way to the root, e.g. a
+    ``.kilnignore``d ``.kiln``). The last component is not resolved: a symlink is added as
+    a symlink, never followed."""
+    if not os.path.lexists(src):
+        raise StoreError(f"cannot add {src}: no such file or directory")
+    a = os.path.abspath(src)
+    here = os.path.join(os.path.realpath(os.path.dirname(a)), os.path.basename(a))
+    real_root = os.path.realpath(root)
+    real_copies = os.path.realpath(copies)
+    if os.path.isdir(here) and not os.path.islink(here) and os.path.commonpath([here, real_copies]) == here:
+        if os.path.commonpath([here, real_root]) != here:  # inside the store, around tmp/
+            raise StoreError(
+                f"cannot add {src}: it contains the store's temp directory {real_copies}, where its copy "
+                "would be made (expected a file or directory outside the store)"
+            )
+        if filter is not None and left_out(src, here, real_root, filter, "directory"):
+            return
+        raise StoreError(
+            f"cannot add {src}: it contains the store root {real_root} (expected a file or directory "
+            "outside the store: its copy would be made inside the directory being copied)"
+        )
+
+
 def unstorable(path: bytes, mode: int) -> StoreError:
     """The refusal of ``path``, a file of ``mode``'s kind, which no store path may hold.
     Its name is whoever made the tree's (a build's): shown escaped, a newline in it as

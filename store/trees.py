@@ -14,9 +14,9 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import AnyStr
+from typing import AnyStr, Literal
 
 from .errors import StoreError
 from .nar_restore import rmtree_iter
@@ -222,7 +222,8 @@ def tree_size(p: Path, skip: frozenset[bytes] = frozenset()) -> int:
     return total
 
 
-_renameat2 = None
+#: libc's ``renameat2`` once looked up (False: it has none); ctypes is imported on first use
+_renameat2: Callable[..., int] | Literal[False] | None = None
 
 
 def exchange(a: Path, b: Path) -> None:

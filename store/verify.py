@@ -178,7 +178,7 @@ def _ca_proves_path(info: PathInfo, problems: list[Problem]) -> bool:
     Only such a path may go without signatures: ``ca`` itself is unsigned (a narinfo's
     ``CA:`` field, a database column)."""
     return (
-        bool(info.ca)
+        info.ca is not None
         and info.ca.startswith(_CA_METHODS)
         # the proof is the tree's (its NAR hash, then the ca recomputation); an object or
         # reference problem says nothing about it
@@ -249,8 +249,8 @@ def verify(
         with ThreadPoolExecutor(2) as pool:
             # each worker only reads files; the database stays on this thread
             results = []
-            for r in pool.map(lambda i: _check_path(store, i), infos):
-                results.append(r)
+            for checked in pool.map(lambda i: _check_path(store, i), infos):
+                results.append(checked)
                 if progress is not None:
                     progress(len(results), len(infos))
         per_path: list[tuple[PathInfo, list[Problem]]] = []
@@ -316,7 +316,7 @@ def _now_dangling(per_path: list[tuple[PathInfo, list[Problem]]], quarantined: s
     that references a path they quarantined (its closure is now incomplete: nothing
     repairs that but building or fetching the quarantined path again). Returns those
     referrers, in ``per_path`` order."""
-    out = []
+    out: list[str] = []
     if not quarantined:
         return out
     for info, found in per_path:

@@ -1,5 +1,5 @@
 """How the source fetcher waits, and what it says, when a server is busy or misbehaves
-(``store/fetchretry``, ``fetchhttp._http_get``, ``fetch._try_source``):
+(``store/fetchretry``, ``fetchdownload.http_get``, ``fetch._try_source``):
 
 - a 429 or 503 with ``Retry-After`` (seconds or an HTTP date) is asked again after what
   it asked for, not 0.2, 0.4, 0.8 s later (which gave up 1.4 s after a "come back in 5 s"),
