@@ -276,13 +276,13 @@ def _admit_top(text: str, store_dir: str, target: str) -> ni.NarInfo:
                 f"(NAR hash {info.nar_hash})"
             )
         return info
-    want = target.rstrip("/")
-    base = want.rsplit("/", 1)[-1]
+    want_path = target.rstrip("/")
+    base = want_path.rsplit("/", 1)[-1]
     info = check_narinfo(text, store_dir, [], 0, _hash_part(target))
-    if (want.startswith("/") and info.path != want) or (
+    if (want_path.startswith("/") and info.path != want_path) or (
         len(base) > 32 and info.path.rsplit("/", 1)[1] != base
     ):
-        raise KilnError(f"asked for {want}, the registry answered with {info.path}")
+        raise KilnError(f"asked for {want_path}, the registry answered with {info.path}")
     return info
 
 

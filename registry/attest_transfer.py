@@ -359,11 +359,11 @@ async def relay_attestations(
         ready.clear()
         await fetch_many(src, pairs[i : i + RELAY_GROUP], got, jobs=jobs)
         answers = await upload_many(dst, ready, jobs)
-        for (h, kind, _), e in zip(ready, answers, strict=True):
-            if e is None:
+        for (h, kind, _), why in zip(ready, answers, strict=True):
+            if why is None:
                 copied += 1
             else:
-                problems.append(f"{hps[h]} {kind}: {e}")
+                problems.append(f"{hps[h]} {kind}: {why}")
     return copied, sorted(problems)
 
 

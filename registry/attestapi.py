@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from aiohttp import web
 
@@ -39,7 +39,11 @@ from .attest_transfer import MAX_ATTESTATION
 from .backends import DirSource
 from .batchapi import MAX_QUERY_BODY, stream_files
 from .httpbits import CHUNK, HTTPError, body_pace, check_length, read_body
-from .pace import LINE_TOO_LONG
+from .pace import LINE_TOO_LONG, Pace
+
+if TYPE_CHECKING:
+    from .backends import Source
+    from .server import ServerConfig
 
 #: at most this many (hash part, kind) pairs per ``POST /attestation-batch``
 MAX_FETCH = 4096
@@ -71,9 +75,12 @@ class AttestAPI:
     """The two handlers; the class mixing this in provides ``source``, ``config``,
     ``_auth`` and ``_blob_batches`` (``batchapi``)."""
 
-    source: Any
-    config: Any
-    _blob_batches: asyncio.Semaphore
+    if TYPE_CHECKING:
+        source: Source
+        config: ServerConfig
+        _blob_batches: asyncio.Semaphore
+
+        def _auth(self, request: web.BaseRequest, scope: str) -> None: ...
 
     async def _att_batch(self, request: web.BaseRequest) -> web.StreamResponse:
         """``POST /attestation-batch``: body ``{"attestations": [["<hash part>", "<kind>"],
@@ -154,7 +161,7 @@ class AttestAPI:
         return web.json_response({"results": out})
 
 
-async def _skip(request: web.BaseRequest, pace: Any, size: int) -> None:
+async def _skip(request: web.BaseRequest, pace: Pace, size: int) -> None:
     left = size
     while left:
         chunk = await pace.read(request.content.read(min(CHUNK, left)), 1)

@@ -41,8 +41,8 @@ from .admitca import merged_ca, published
 from .dirlock import NARINFO_LOCK, dir_lock
 from .narcache import NarinfoCache
 from .narhashmap import NarHashMap
-from .storage import Durability, FileStorage, GroupSync, Storage, open_storage
-from .verify import Digests, NarVerifier
+from .storage import Durability, FileStorage, GroupSync, open_storage
+from .verify import Digests, NarVerifier, nar_file_hash
 
 CACHE_MAX = 200_000
 #: ... and at most this many bytes of narinfo (a narinfo may be 4 MiB: entries alone do
@@ -71,10 +71,10 @@ class BatchEntry:
 
 
 class Source(abc.ABC):
-    """Read side shared by both sources."""
+    """Read side shared by both sources (a ``DirSource`` also has its ``storage``; a
+    store has none: nothing is written to it)."""
 
     store_dir: str
-    storage: Storage
 
     @abc.abstractmethod
     def cache_info(self) -> bytes: ...
@@ -390,7 +390,7 @@ class DirSource(Source):
                     f"error: {info.path} is already published with different content (NarHash {old.nar_hash})",
                 )
             sigs = tuple(dict.fromkeys(old.sigs + info.sigs))
-            got = self.object_digests(info.file_hash)  # type: ignore[arg-type]  # (admitted: present)
+            got = self.object_digests(nar_file_hash(info))  # (admitted)
             ca, repaired = merged_ca(self.storage, old, info, got) if got is not None else (old.ca, "")
             if sigs == old.sigs and not repaired:
                 return 200, "already published"

@@ -38,7 +38,7 @@ import json
 import os
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from aiohttp import web
 
@@ -47,6 +47,13 @@ from kiln.store.hashes import Hash
 
 from . import layout
 from .httpbits import HTTPError, read_body
+
+if TYPE_CHECKING:
+    from kiln.store.policy import Policy
+
+    from .backends import Source
+    from .policywatch import PolicyWatch
+    from .server import ServerConfig
 
 MAX_BATCH = 10_000
 #: a ``narinfo-batch`` answer to a ``"defer": true`` request stops taking entries at about
@@ -73,9 +80,10 @@ class BatchAPI:
     """POST handlers; the class mixing this in provides ``source``, ``config`` and
     ``policy``, and calls ``_init_batch_api`` from its ``__init__``."""
 
-    source: Any
-    config: Any
-    policy: Any
+    if TYPE_CHECKING:
+        source: Source
+        config: ServerConfig
+        policy: Policy | PolicyWatch | None
 
     def _init_batch_api(self) -> None:
         self._blob_batches = asyncio.Semaphore(self.config.max_blob_batches)

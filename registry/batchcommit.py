@@ -125,14 +125,16 @@ def _commit(
         src.group_sync()  # the NARs' data (and the narinfos') before any NAR is linked
         for h, e in carried.items():
             if h in used:
-                src.commit_object(e.nar_file, e.nar_digests, durable=False)  # type: ignore[arg-type]
+                # (a carried entry has both: ``writeapi`` sets them together)
+                assert e.nar_file is not None and e.nar_digests is not None
+                src.commit_object(e.nar_file, e.nar_digests, durable=False)
     if ready:
         src.group_sync()
     for n in ready:
         e = entries[n]
         info = e.info
-        assert info is not None
-        if src.storage.link_staged(e.narinfo_file, layout.narinfo_key(e.hash_part)):  # type: ignore[arg-type]
+        assert info is not None and e.narinfo_file is not None  # (staged when it was made ready)
+        if src.storage.link_staged(e.narinfo_file, layout.narinfo_key(e.hash_part)):
             src.by_nar.learn(info.nar_hash.hex, e.hash_part)
             results[n] = (201, "published")
         else:  # exists: identical, mergeable or a conflict

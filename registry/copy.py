@@ -40,7 +40,6 @@ import errno
 import sys
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from kiln.store import narinfo as ni
@@ -59,7 +58,7 @@ from .indexstate import indexed
 from .push import check_sizes, levels
 from .relay import GROUP_BYTES, GROUP_OBJECTS, Relay, scratch_full
 from .substitute import Substituter, batches
-from .verify import check_narinfo
+from .verify import check_narinfo, nar_file_hash
 
 
 def _explain(sub: Substituter, src: str, missing: list[str], view: IndexedClient | None = None) -> str:
@@ -268,18 +267,18 @@ async def between(
         wanted, present = await _closure(src, dst, paths, trusted, sigs_needed)
         # no registry takes a narinfo over the limit: refused before anything is relayed
         check_sizes({p: i.render().encode() for p, i in wanted.items()})
-        blobs = await dst.have_blobs([i.file_hash for i in wanted.values()]) if wanted else set()  # type: ignore[misc]
+        blobs = await dst.have_blobs([nar_file_hash(i) for i in wanted.values()]) if wanted else set()
         sem = asyncio.Semaphore(jobs)
         relay = Relay(src, dst, sem, jobs)
         # (owned: a kill -9 must not leave the spooled objects in $TMPDIR for good)
         with owned_tmpdir("copy") as scratch:
             # one topological order (references first), cut into groups done one after
             # the other: a group's references are in it or published with an earlier one
-            order = [p for level in levels(wanted) for p in level]  # type: ignore[arg-type]
+            order = [p for level in levels(wanted) for p in level]
             for group in batches([wanted[p] for p in order], GROUP_OBJECTS, GROUP_BYTES):
-                need = {i.file_hash.hex: i for i in group if i.file_hash.hex not in blobs}  # type: ignore[union-attr]
+                need = {nar_file_hash(i).hex: i for i in group if nar_file_hash(i).hex not in blobs}
                 try:
-                    files = await relay.fetch(list(need.values()), Path(scratch))
+                    files = await relay.fetch(list(need.values()), scratch)
                 except OSError as e:
                     if e.errno not in (errno.ENOSPC, errno.EDQUOT):
                         raise

@@ -28,6 +28,7 @@ from kiln.store.hashes import Hash
 from . import layout
 from .backends import BatchEntry, DirSource
 from .client import CHUNK, Client, RegistryError, utf8
+from .storage import FileStorage
 
 
 class DirClient(Client):
@@ -38,9 +39,12 @@ class DirClient(Client):
         self.src = DirSource(path, store_dir=store_dir, create=create)
         self.url = self.src.storage.url
         self.store_dir = self.src.store_dir
-        if create:  # a writer (push, copy): what killed writers left goes, as a server's start does
+        storage = self.src.storage
+        # a writer (push, copy): what killed writers left goes, as a server's start does
+        # (only a directory has temp files to sweep: ``FileStorage.sweep_temp``)
+        if create and isinstance(storage, FileStorage):
             with contextlib.suppress(OSError):  # (a directory we may not write: nothing to sweep)
-                self.src.storage.sweep_temp()
+                storage.sweep_temp()
 
     async def get(self, key: str) -> bytes | None:
         return self.src.storage.read(key)
@@ -94,13 +98,11 @@ class DirClient(Client):
 
     async def put_bytes(self, key: str, data: bytes) -> int:
         kind, arg = layout.parse_key(key)
-        if kind == "att" and layout.att_kind_of_key(key):
+        if kind == "att" and (att_kind := layout.att_kind_of_key(key)):
             from .attest_transfer import admit
 
             # the caller owns the directory: subject and shape are checked, not the signer
-            status, msg = admit(
-                self.src.storage, self.store_dir, arg, layout.att_kind_of_key(key), data, None
-            )
+            status, msg = admit(self.src.storage, self.store_dir, arg, att_kind, data, None)
             if status >= 400:
                 raise RegistryError(msg, status)
             return status
@@ -108,14 +110,14 @@ class DirClient(Client):
             self.src.storage.put_bytes(key, data)
             return 201
         from .admitca import refusal
-        from .verify import check_narinfo, expect_info
+        from .verify import check_narinfo, expect_info, nar_file_hash
 
         try:
             # the server's admission rules but the signature check (the caller owns the
             # directory): its own hash part, zstd, the URL, and the NAR present with
             # exactly the digests the narinfo states
             info = check_narinfo(data.decode(), self.store_dir, [], 0, arg)
-            got = self.src.object_digests(info.file_hash)
+            got = self.src.object_digests(nar_file_hash(info))
             if got is None:
                 raise RegistryError(f"{info.path}: upload the NAR ({info.url}) before its narinfo", 400)
             expect_info(info, got)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -67,8 +68,9 @@ def fs_clock(root: Path) -> int | None:
         os.close(fd)
 
 
-def settled(stamp: Stamp | None, clock: int | None) -> bool:
-    """Whether ``stamp`` (taken after ``clock`` was read) may vouch for its file later."""
+def settled(stamp: Sequence[int] | None, clock: int | None) -> bool:
+    """Whether ``stamp`` (taken after ``clock`` was read; a ``Stamp``, or its four numbers
+    as a JSON record holds them) may vouch for its file later."""
     return stamp is not None and clock is not None and stamp[3] < clock - MARGIN_NS
 
 

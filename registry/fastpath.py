@@ -146,7 +146,13 @@ class FastServer(GuardedServer):
     access log."""
 
     def __init__(
-        self, handler, *, lookup: Lookup, cache_control: str, log_fast: FastLog | None = None, **kwargs
+        self,
+        handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]],
+        *,
+        lookup: Lookup,
+        cache_control: str,
+        log_fast: FastLog | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(handler, **kwargs)
         self.handler_class = FastHandler
@@ -196,7 +202,8 @@ class FastHandler(GuardedHandler):
     def _answer(self, m: re.Match) -> bool:
         if not _fields_ok(m.group(2)):
             return False
-        srv: FastServer = self._manager  # type: ignore[assignment]
+        srv = self._manager
+        assert isinstance(srv, FastServer)  # (FastServer makes every FastHandler; set while connected)
         try:
             body = srv.fast_lookup(m.group(1).decode("ascii"))
         except Exception:  # noqa: BLE001 - aiohttp's path asks again and answers 500
@@ -204,6 +211,7 @@ class FastHandler(GuardedHandler):
         if body is None:
             return False
         answer = srv.fast_head % (len(body), srv.fast_date.now()) + body
+        assert self.transport is not None  # (data arrives only on an open connection)
         self.transport.write(answer)
         if srv.log_fast is not None:
             srv.log_fast(self, m.group(0).split(b" ", 2)[1].decode("ascii"), 200, len(answer))

@@ -82,7 +82,7 @@ from .dirlock import MIRROR_LOCK, NARINFO_LOCK, dir_lock
 from .fsckdelete import Stamp, delete_judged, waiting
 from .objstamp import fstamp
 from .progress import Progress
-from .verify import Digests, NarVerifier, check_narinfo, expect
+from .verify import Digests, NarVerifier, check_narinfo, expect, nar_file_hash
 
 CHUNK = 1 << 20
 #: held exclusively by a deleting verify; ``kiln serve --dir`` of older kilns held it
@@ -290,7 +290,7 @@ def _verify(
                 _digest,
                 src,
                 group[0],
-                named[0][1].file_hash,
+                nar_file_hash(named[0][1]),
                 max(i.nar_size for _, i in named),
                 max(i.file_size or 0 for _, i in named),
             ): (group, named)

@@ -164,7 +164,9 @@ class GuardedHandler(RequestHandler):
 
     # ------------------------------------------------------------ half-close
 
-    def eof_received(self) -> bool | None:
+    # (asyncio's Protocol.eof_received returns bool | None, True keeping the transport
+    # open; aiohttp annotates its no-op override as returning None)
+    def eof_received(self) -> bool | None:  # type: ignore[override]
         """Keep the connection open for the answer to a request the client sent before it
         half-closed (``shutdown(SHUT_WR)``, ``nc -N``), then close it. A partial head, or
         a request whose body is incomplete, can never be completed: close at once (the

@@ -18,7 +18,9 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
 
 from kiln.store.errors import KilnError
 
@@ -27,7 +29,7 @@ from .httpbatch import answer_errors
 from .httperrors import WRITE_NOTE, Broken
 from .httpremainder import until_whole
 from .httpretry import Cuts
-from .pace import LINE_TOO_LONG, Pace
+from .pace import LINE_TOO_LONG, Link, Pace
 
 UPLOAD_TYPE = "application/x-kiln-attestation-upload-batch"
 #: ``got(hash part, kind, result)``, as ``attest_wire.Got``
@@ -38,14 +40,18 @@ class AttestationBatches:
     """The two calls; ``HttpClient`` provides ``url``, ``_link``, ``_cuts``, ``_request``,
     ``_fail``, ``_post`` and the flags ``_att_fetch_ok`` and ``_att_upload_ok``."""
 
-    url: str
-    _link: Any
-    _cuts: Cuts
-    _request: Callable[..., Any]
-    _fail: Callable[..., Any]
-    _post: Callable[..., Any]
-    _att_fetch_ok: bool
-    _att_upload_ok: bool
+    if TYPE_CHECKING:
+        url: str
+        _link: Link
+        _cuts: Cuts
+        _att_fetch_ok: bool
+        _att_upload_ok: bool
+
+        async def _request(self, method: str, key: str, **kw: Any) -> aiohttp.ClientResponse: ...
+
+        async def _fail(self, resp: aiohttp.ClientResponse, what: str) -> RegistryError: ...
+
+        async def _post(self, key: str, **kw: Any) -> bytes | None: ...
 
     async def attestation_batch(self, pairs: list[tuple[str, str]], got: Got) -> bool:
         """Fetch attestation files (hash part, kind) with one ``POST /attestation-batch``:

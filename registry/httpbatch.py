@@ -19,7 +19,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
@@ -82,12 +82,15 @@ class BlobBatches:
     """``blob_batch``, mixed into ``HttpClient``, which provides ``url``, ``_link``,
     ``_cuts``, ``_request``, ``_fail`` and the flag ``_blob_batch_ok``."""
 
-    url: str
-    _link: Link
-    _cuts: Cuts
-    _request: Callable[..., Any]
-    _fail: Callable[..., Any]
-    _blob_batch_ok: bool
+    if TYPE_CHECKING:
+        url: str
+        _link: Link
+        _cuts: Cuts
+        _blob_batch_ok: bool
+
+        async def _request(self, method: str, key: str, **kw: Any) -> aiohttp.ClientResponse: ...
+
+        async def _fail(self, resp: aiohttp.ClientResponse, what: str) -> RegistryError: ...
 
     async def blob_batch(
         self,

@@ -12,7 +12,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-from aiohttp import hdrs, web, web_fileresponse
+from aiohttp import ETag, hdrs, web, web_fileresponse
 from aiohttp.abc import AbstractStreamWriter
 from multidict import CIMultiDict
 
@@ -189,9 +189,11 @@ class DigestFile(RangeFile):
         return self._digest_etag
 
     @property
-    def etag(self) -> Any:  # type: ignore[override]
-        return web.FileResponse.etag.fget(self)  # type: ignore[attr-defined]
+    def etag(self) -> ETag | None:
+        return super().etag
 
     @etag.setter
-    def etag(self, value: Any) -> None:
+    def etag(self, value: ETag | str | None) -> None:
+        # whatever FileResponse sets, the digest goes out (through aiohttp's own setter;
+        # mypy gives no property object for ``Class.attr``, hence the ignore)
         web.FileResponse.etag.fset(self, self._digest_etag)  # type: ignore[attr-defined]

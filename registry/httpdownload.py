@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp.http_exceptions import HttpProcessingError
@@ -37,7 +37,7 @@ from .client import CHUNK, RegistryError
 from .downloadsink import Sink
 from .httperrors import Broken, body_error, cut, cut_how, stalled
 from .httpretry import CUT_RETRIES, Cuts
-from .pace import Pace
+from .pace import Link, Pace
 
 
 @dataclass(frozen=True)
@@ -66,11 +66,14 @@ class ObjectDownloads:
     """``download``; ``HttpClient`` provides ``url``, ``_link``, ``_cuts``, ``_request``
     and ``_fail``."""
 
-    url: str
-    _link: Any
-    _cuts: Cuts
-    _request: Callable[..., Any]
-    _fail: Callable[..., Any]
+    if TYPE_CHECKING:
+        url: str
+        _link: Link
+        _cuts: Cuts
+
+        async def _request(self, method: str, key: str, **kw: Any) -> aiohttp.ClientResponse: ...
+
+        async def _fail(self, resp: aiohttp.ClientResponse, what: str) -> RegistryError: ...
 
     async def download(self, key: str, write: Callable[[bytes], Any]) -> bool:
         """Stream ``GET /key``'s body to ``write``; False on a 404 to the first request.

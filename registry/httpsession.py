@@ -27,6 +27,7 @@ READ_TIMEOUT = 120.0
 WATCH_EVERY = 1.0
 
 
+# (aiohttp annotates DefaultResolver as a variable (of a class type): mypy takes no base from it)
 class _Resolver(aiohttp.DefaultResolver):  # type: ignore[misc,valid-type]
     """aiohttp's resolver, with a name lookup bounded by ``CONNECT_TIMEOUT`` (the
     session's ``connect`` timeout, which bounded it before, is off: see ``_sess``)."""

@@ -40,7 +40,7 @@ import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from kiln.store.errors import KilnError
 from kiln.store.signing import PublicKey, SecretKey
@@ -48,7 +48,8 @@ from kiln.store.signing import PublicKey, SecretKey
 from .indexpaths import path_table_problem
 
 ROLES = ("root", "timestamp", "snapshot", "index")
-F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class IndexError_(KilnError):  # noqa: N801 - avoid shadowing the builtin IndexError
@@ -114,23 +115,23 @@ def sign_envelope(signed: dict[str, Any], keys: list[SecretKey]) -> bytes:
     return canonical({"signed": signed, "signatures": sigs}) + b"\n"
 
 
-def _malformed(what: str) -> Callable[[F], F]:
+def _malformed(what: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """Decorate a ``verify_*`` step so metadata of the wrong shape (a signature that is
     not an object, a role without keys, a ``meta`` entry without a version...) is an
     ``IndexError_`` naming ``what``, not a KeyError or TypeError from deep inside: the
     files come from the source, which may be broken or hostile, and a well-signed file
     can still be malformed."""
 
-    def wrap(fn: F) -> F:
+    def wrap(fn: Callable[P, R]) -> Callable[P, R]:
         @functools.wraps(fn)
-        def checked(*args: Any, **kw: Any) -> Any:
+        def checked(*args: P.args, **kw: P.kwargs) -> R:
             try:
                 return fn(*args, **kw)
             except (KeyError, TypeError, AttributeError, ValueError, IndexError) as e:
                 # (chained: under KILN_DEBUG a caller's bug still shows where it happened)
                 raise IndexError_(f"{what}: malformed metadata ({type(e).__name__}: {e})") from e
 
-        return checked  # type: ignore[return-value]
+        return checked
 
     return wrap
 

@@ -24,11 +24,18 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from typing import Any
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from .backends import DirSource
 from .httpbits import plain
+
+if TYPE_CHECKING:
+    from .backends import Source
+    from .indexbuild import Published
+    from .server import ServerConfig
+    from .storage import Storage
 
 #: the refresh loop sleeps a quarter of the refresh period, but at most this long
 MAX_SLEEP = 600.0
@@ -39,18 +46,28 @@ class IndexAPI:
     ``config`` (with ``index_key``, ``index_refresh``, ``timestamp_hours``), ``_auth``
     and ``_publish_lock``."""
 
-    source: Any
-    config: Any
-    _publish_lock: asyncio.Lock
+    if TYPE_CHECKING:
+        source: Source
+        config: ServerConfig
+        _publish_lock: asyncio.Lock
 
-    def _sign_index(self) -> Any:
-        """Publish a new index generation (an ``indexbuild.Published``); blocking: run
-        it on an executor thread."""
+        def _auth(self, request: web.BaseRequest, scope: str) -> None: ...
+
+    def _storage(self) -> Storage:
+        """The registry directory's storage: an index is published for a directory only
+        (``make_app`` runs ``refresh_index`` for one; ``_auth`` refuses a store's writes)."""
+        src = self.source
+        assert isinstance(src, DirSource)
+        return src.storage
+
+    def _sign_index(self) -> Published:
+        """Publish a new index generation; blocking: run it on an executor thread. Only
+        with ``config.index_key`` (its callers check)."""
         from .publish import publish_index
 
-        return publish_index(
-            self.source.storage, self.config.index_key, timestamp_hours=self.config.timestamp_hours
-        )
+        key = self.config.index_key
+        assert key is not None  # (refresh_index runs, and publish-index signs, only with one)
+        return publish_index(self._storage(), key, timestamp_hours=self.config.timestamp_hours)
 
     async def refresh_index(self) -> None:
         """Re-sign the index timestamp whenever ``publish.refresh_due`` says so, for ever
@@ -65,7 +82,7 @@ class IndexAPI:
         wrong = False  # a clock problem was said (once per burst: its text names the time)
         while True:
             try:
-                problem = await loop.run_in_executor(None, lambda: clock_problem(self.source.storage))
+                problem = await loop.run_in_executor(None, lambda: clock_problem(self._storage()))
                 if (problem is not None) != wrong:
                     wrong = problem is not None
                     what = (
@@ -75,7 +92,7 @@ class IndexAPI:
                     )
                     print(f"kiln serve: {what}", file=sys.stderr, flush=True)
                 due = problem is None and await loop.run_in_executor(
-                    None, lambda: refresh_due(self.source.storage, every, hours=hours)
+                    None, lambda: refresh_due(self._storage(), every, hours=hours)
                 )
                 if due:
                     async with self._publish_lock:
@@ -92,7 +109,7 @@ class IndexAPI:
 
     async def _publish_index(self, request: web.BaseRequest) -> web.Response:
         """``POST /publish-index`` (a ``write`` token): sign a new generation now."""
-        self._auth(request, "write")  # type: ignore[attr-defined]
+        self._auth(request, "write")
         if self.config.index_key is None:
             return plain(409, "error: this server has no index key (start it with --index-key)")
         async with self._publish_lock:

@@ -84,14 +84,23 @@ class IndexedClient(Client):
         #: hash part -> why its narinfo was left out
         self.refused: dict[str, str] = {}
 
-    # (what the wrapped client knows: its store dir once asked, the keys it trusts)
-    @property  # type: ignore[override]
+    # (what the wrapped client knows: its store dir once asked, the keys it trusts; the
+    # view keeps none of its own, so what is set on it is set on the client it wraps)
+    @property
     def store_dir(self) -> str:
         return self.inner.store_dir
 
-    @property  # type: ignore[override]
+    @store_dir.setter
+    def store_dir(self, value: str) -> None:
+        self.inner.store_dir = value
+
+    @property
     def trusted(self) -> list[PublicKey] | None:
         return self.inner.trusted
+
+    @trusted.setter
+    def trusted(self, value: list[PublicKey] | None) -> None:
+        self.inner.trusted = value
 
     def _checked(self, texts: Mapping[str, str]) -> dict[str, str]:
         out: dict[str, str] = {}

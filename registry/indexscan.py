@@ -69,14 +69,15 @@ def collect(
             known, full_at = rec["stamps"], at
     clock = dirstamps.fs_clock(root)  # before the scan: stamps are compared with it
     stamps, names = dirstamps.scan(root)
-    paths: dict[str, dict[str, Any]] = {}
+    paths = {}
     keep: dict[str, list[int]] = {}
     read = 0
     for stem, nar in stamps.items():
         att = dirstamps.att_stamp(root, stem, names)
         packed = dirstamps.pack(nar, att)
-        if known and known.get(stem) == packed and stem in prev_paths:  # type: ignore[operator]
-            paths[stem] = prev_paths[stem]  # type: ignore[index]
+        # (``known`` is only filled from a record of ``prev_paths``)
+        if known and prev_paths is not None and known.get(stem) == packed and stem in prev_paths:
+            paths[stem] = prev_paths[stem]
             keep[stem] = packed
             continue
         key = stem + dirstamps.NARINFO

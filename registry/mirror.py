@@ -88,6 +88,7 @@ from .mirrorobjects import judge_all
 from .mirrorprune import PruneReport
 from .retryable import retryable
 from .storage import FileStorage
+from .verify import nar_file_hash
 
 STATE_KEY = ".kiln/mirror-state.json"
 
@@ -236,7 +237,7 @@ async def _sync_locked(
     replace: dict[str, set[str]] = {}
     repairs: set[str] = set()
     for i in infos:
-        v, hx = verdicts[i.path], i.file_hash.hex  # type: ignore[union-attr]
+        v, hx = verdicts[i.path], nar_file_hash(i).hex
         if v.problem is not None:
             failed[i.path] = v.problem
         elif v.fetch:
@@ -246,7 +247,7 @@ async def _sync_locked(
                 repairs.add(hx)
     outcome = await fetch_objects(client, dst, need, replace, o.jobs, o.progress) if need else {}
     for i in infos:
-        r = outcome.get(i.file_hash.hex)  # type: ignore[union-attr]
+        r = outcome.get(nar_file_hash(i).hex)
         if r is None or i.path in failed:
             continue
         if isinstance(r, BaseException):

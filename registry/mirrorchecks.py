@@ -5,6 +5,7 @@ their objects (``false_cas``). Nothing here writes to the mirror."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 
 from kiln.store import narinfo as ni
@@ -92,7 +93,7 @@ def false_cas(dst: DirSource, infos: list[ni.NarInfo]) -> dict[str, str]:
         except KilnError as e:
             out[i.path] = f"the mirror's copy of {i.url} does not match the narinfo: {e}"
             continue
-        why = ca_refusal(i, got, lambda fh=fh: nar_chunks(dst.storage, fh))
+        why = ca_refusal(i, got, functools.partial(nar_chunks, dst.storage, fh))
         if why:
             out[i.path] = f"refusing its CA: {why}"
     return out

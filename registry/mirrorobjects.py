@@ -43,7 +43,7 @@ from kiln.store.narinfo import NarInfo
 from . import layout
 from .backends import DirSource
 from .storage import Storage
-from .verify import Digests
+from .verify import Digests, nar_file_hash
 
 CHUNK = 1 << 20
 
@@ -85,7 +85,7 @@ def judge_all(dst: DirSource, infos: Collection[NarInfo], rehash: bool, workers:
         with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             got = pool.map(lambda k: _sha256(dst.storage, k), hash_these.values())
             sums = dict(zip(hash_these, got, strict=True))
-    return {i.path: _verdict(i, present[i.file_hash.hex], sums) for i in infos}  # type: ignore[union-attr]
+    return {i.path: _verdict(i, present[nar_file_hash(i).hex], sums) for i in infos}
 
 
 def _verdict(info: NarInfo, files: _Files, sums: dict[tuple[int, int], str | None]) -> Verdict:

@@ -163,6 +163,7 @@ async def update(
             files.append((f"index/{v}.index.json", ib))
     files += [(f"index/{v}.snapshot.json", sb), ("index/snapshot.json", sb), ("index/timestamp.json", tb)]
     state.timestamp_version, state.snapshot_version = ts["version"], v
+    assert ib is not None  # (DST's when ``same``, else fetched above)
     return Metadata(ts, imeta["version"], imeta["sha256"], expires, ib, index, same, files)
 
 
@@ -293,12 +294,16 @@ def finish(
         stamps = dict(p.kept)
         for h in p.candidates:
             s = p.before.get(h)
-            ok = h not in written and s is not None and dirstamps.settled(tuple(s[:4]), p.clock)  # type: ignore[arg-type]
-            ok = ok and (len(s) == 4 or dirstamps.settled(tuple(s[4:]), p.clock))  # type: ignore[arg-type]
+            ok = (
+                h not in written
+                and s is not None
+                and dirstamps.settled(s[:4], p.clock)
+                and (len(s) == 4 or dirstamps.settled(s[4:], p.clock))
+            )
             stamps[h] = s if ok else None
         pending = sum(1 for s in stamps.values() if s is None)
         dirstamps.save(storage, STAMPS_KEY, {"index_sha256": meta.index_sha256, "stamps": stamps})
-    settled_dir = p.dir is not None and dirstamps.settled(tuple(p.dir), p.clock)  # type: ignore[arg-type]
+    settled_dir = p.dir is not None and dirstamps.settled(p.dir, p.clock)
     rec = {
         "index_sha256": meta.index_sha256,
         "snapshot_version": meta.timestamp["meta"]["snapshot.json"]["version"],

@@ -44,8 +44,11 @@ def stamp_of(st: os.stat_result) -> Stamp:
 
 def fstamp(f: object) -> Stamp | None:
     """The stamp of open file ``f``; None if it has no descriptor (not a local file)."""
+    fileno = getattr(f, "fileno", None)
+    if fileno is None:
+        return None
     try:
-        return stamp_of(os.fstat(f.fileno()))  # type: ignore[attr-defined]
+        return stamp_of(os.fstat(fileno()))
     except (OSError, AttributeError, ValueError):
         return None
 

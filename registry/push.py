@@ -47,7 +47,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -64,6 +64,7 @@ from .client import Client, RegistryError
 from .progress import Progress
 from .pushcheck import ObjectCheck
 from .tokentext import scrub, sent_by
+from .verify import nar_file_hash
 
 if TYPE_CHECKING:
     from kiln.store.localstore import LocalStore
@@ -83,7 +84,7 @@ class PushReport:
     ca_refused: tuple[str, ...] = ()  # "path: why": a CA correction alone the registry refused
 
 
-def levels(infos: dict[str, PathInfo]) -> list[list[str]]:
+def levels(infos: Mapping[str, PathInfo]) -> list[list[str]]:
     """Group ``infos`` into dependency levels (references inside the set come first).
     ``KilnError`` for a reference cycle, which no real store holds (a narinfo from a
     hostile or broken registry): it used to loop for ever."""
@@ -138,13 +139,14 @@ def prepare(
         raise IncompleteClosure(", ".join(sorted(map(str, paths))), holes, store.root, "push")
     for p in closure:
         info = infos[p]
-        if info.file_hash is None:
+        file_hash = info.file_hash
+        if file_hash is None:
             raise KilnError(f"{p} is not valid in the store (or has no object)")
         if sign_key is not None and not any(s.startswith(sign_key.name + ":") for s in info.sigs):
             sig = sign_info(info, sign_key)
             store.add_signatures(p, [sig])
             info = dataclasses.replace(info, sigs=(*info.sigs, sig))
-        out.append((info, store.objects / object_rel_path(info.file_hash)))
+        out.append((info, store.objects / object_rel_path(file_hash)))
     return out
 
 
@@ -230,8 +232,8 @@ async def push_prepared(
     ]
     # Blobs are checked for the whole closure, not only for missing narinfos: a published
     # narinfo whose NAR was lost (registry GC, disk trouble) gets its NAR back (repair).
-    blobs = await client.have_blobs([i.file_hash for i in info_map.values()])  # type: ignore[misc]
-    to_upload = [p for p, i in info_map.items() if i.file_hash.to_hex() not in blobs]  # type: ignore[union-attr]
+    blobs = await client.have_blobs([nar_file_hash(i) for i in info_map.values()])
+    to_upload = [p for p, i in info_map.items() if nar_file_hash(i).to_hex() not in blobs]
     need_nar = set(to_upload)
     total = sum(info_map[p].file_size or 0 for p in to_upload)
     prog = Progress("push", len(missing), total, progress)
@@ -241,7 +243,7 @@ async def push_prepared(
 
     def render(p: str) -> bytes:
         i = info_map[p]
-        return ni.NarInfo.from_pathinfo(i, layout.nar_key(i.file_hash), "zstd").render().encode()  # type: ignore[arg-type]
+        return ni.NarInfo.from_pathinfo(i, layout.nar_key(nar_file_hash(i)), "zstd").render().encode()
 
     # every narinfo that will go, rendered once and checked before anything is uploaded
     texts = {p: render(p) for p in (*missing, *resign)}
@@ -251,7 +253,7 @@ async def push_prepared(
     async def up_nar(p: str) -> None:
         async with sem:
             await checks.check([(info_map[p], obj[p])])
-            await client.put_file(layout.nar_key(info_map[p].file_hash), obj[p])  # type: ignore[arg-type]
+            await client.put_file(layout.nar_key(nar_file_hash(info_map[p])), obj[p])
         prog.add(0, info_map[p].file_size or 0)
 
     async def up_info(p: str) -> None:
@@ -316,7 +318,8 @@ async def push_prepared(
             for p in sent
             if _new_sigs(now.get(_hp(p), ""), info_map[p].sigs, signer)
         ]
-    atts, atts_refused = 0, []
+    atts = 0
+    atts_refused: list[str] = []
     if store is not None:
         from .attest_transfer import push_attestations
 

@@ -41,6 +41,8 @@ from kiln.store.hashes import Hash
 from kiln.store.objects import CHUNK
 from kiln.store.pathinfo import PathInfo
 
+from .verify import nar_file_hash
+
 
 class BadObject(KilnError):
     """A store object that push was about to upload is missing, unreadable as a file, or
@@ -110,7 +112,7 @@ class ObjectCheck:
         thread; raises the first ``BadObject``."""
         todo: dict[str, tuple[PathInfo, Path]] = {}
         for info, obj in items:
-            h = info.file_hash.hex  # type: ignore[union-attr]
+            h = nar_file_hash(info).hex
             if h not in self.done:
                 todo.setdefault(h, (info, obj))
         if not todo:

@@ -24,7 +24,7 @@ from .client import Client
 from .downloadsink import Sink
 from .push import MAX_FRAMES, upload_sliced
 from .substitute import batchable, batches
-from .verify import expect_info, verified_bytes, verifier_for
+from .verify import expect_info, nar_file_hash, verified_bytes, verifier_for
 
 #: a relay group: at most this many paths, or about this many bytes of objects
 GROUP_OBJECTS = 500
@@ -52,7 +52,7 @@ class Relay:
         return files
 
     async def _batch(self, batch: list[ni.NarInfo], scratch: Path, files: dict[str, Path]) -> bool:
-        by_hex = {i.file_hash.hex: i for i in batch}  # type: ignore[union-attr]
+        by_hex = {nar_file_hash(i).hex: i for i in batch}
         errors: list[KilnError] = []
 
         def got(h: Hash, data: bytes | None) -> None:
@@ -76,7 +76,7 @@ class Relay:
 
         async with self.sem:
             sizes = {x: i.file_size for x, i in by_hex.items() if i.file_size is not None}
-            if not await self.src.blob_batch([i.file_hash for i in batch], got, sizes):  # type: ignore[misc]
+            if not await self.src.blob_batch([nar_file_hash(i) for i in batch], got, sizes):
                 return False
         if errors:
             raise errors[0]
@@ -87,7 +87,7 @@ class Relay:
 
     async def _one(self, info: ni.NarInfo, scratch: Path, files: dict[str, Path]) -> None:
         async with self.sem:
-            f = scratch / info.file_hash.hex  # type: ignore[union-attr]
+            f = scratch / nar_file_hash(info).hex
             # bounded: the download stops at FileSize, the NAR inside at NarSize
             ver = verifier_for(info)
             with open(f, "wb") as out:
@@ -108,7 +108,7 @@ class Relay:
                 except FormatError as e:  # past a limit: name the path
                     raise KilnError(f"{info.path}: {e}") from None
             expect_info(info, ver.finish())
-            files[info.file_hash.hex] = f  # type: ignore[union-attr]
+            files[nar_file_hash(info).hex] = f
 
     async def publish(self, group: list[ni.NarInfo], files: dict[str, Path]) -> None:
         """Upload ``group``'s new objects (``files``) and narinfos (in topological order;
@@ -122,7 +122,7 @@ class Relay:
         # chunks go up concurrently, and a narinfo must never arrive before its object
         # (the server keeps one copy of each object)
         info = {i.path: i for i in group}
-        frames = {i.path: (key(i), i.render().encode(), files.get(i.file_hash.hex)) for i in group}  # type: ignore[union-attr]
+        frames = {i.path: (key(i), i.render().encode(), files.get(nar_file_hash(i).hex)) for i in group}
 
         def refs(p: str) -> tuple[str, ...]:
             return info[p].references
@@ -157,7 +157,7 @@ class Relay:
         )
 
 
-def scratch_full(scratch: str, e: OSError) -> str:
+def scratch_full(scratch: Path, e: OSError) -> str:
     """Why a copy between registries stopped on a full scratch file system: it names the
     directory, where it comes from (``$TMPDIR``) and how much it needs."""
     return (

@@ -44,13 +44,16 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import hdrs, web
 
 from kiln.store import narinfo as ni
 from kiln.store.errors import KilnError
 from kiln.store.signing import PublicKey, SecretKey
+
+if TYPE_CHECKING:
+    from kiln.store.policy import Policy
 
 from . import closurewalk, fastpath, health, layout, mutablefile, servelog
 from .attestapi import AttestAPI
@@ -95,7 +98,7 @@ class ServerConfig:
     attesters: list[PublicKey] = field(default_factory=list)
     #: the policy ``POST /verify`` applies (None: it answers 409), or with ``policy_file``
     #: the file's start-up version: the file is re-read for every review (``policywatch``)
-    policy: Any = None
+    policy: Policy | None = None
     policy_file: Path | None = None
     #: answer narinfo GETs in ``fastpath`` (False: every request goes through aiohttp)
     fast_path: bool = True
@@ -132,7 +135,7 @@ class Registry(IndexAPI, WriteAPI, BatchAPI, AttestAPI):
         }
         self._publish_lock = asyncio.Lock()
         # what POST /verify judges by: the file as it is at each review, when there is one
-        self.policy: Any = (
+        self.policy: Policy | PolicyWatch | None = (
             PolicyWatch(config.policy_file, config.policy) if config.policy_file else config.policy
         )
         self.narinfo_cache_control = f"public, max-age={config.positive_ttl}"
@@ -338,7 +341,7 @@ def make_app(source: Source, config: ServerConfig) -> web.Server:
     # aiohttp's and asyncio's own log records: one line each, no request bytes
     servelog.quiet_library_logs()
     access = servelog.AccessLog(config.access_log) if config.access_log else None
-    logging_kw: dict = (
+    logging_kw: dict[str, Any] = (
         {"access_log": logging.getLogger("kiln.access"), "access_log_class": access.logger_class()}
         if access is not None
         else {"access_log": None}
@@ -360,6 +363,7 @@ def make_app(source: Source, config: ServerConfig) -> web.Server:
         background.append(reg.refresh_index)
     if isinstance(source, DirSource) and isinstance(source.storage, FileStorage):
         background.append(reg.sweep_temp)
+    # (an attribute of kiln's own on aiohttp's server object, which ``workers`` reads)
     app.kiln_background = background  # type: ignore[attr-defined]
     return app
 
@@ -376,6 +380,7 @@ def open_source(
         raise KilnError("give exactly one of --store DIR or --dir DIR")
     if store is not None:
         return StoreSource(store, sign_key, store_dir)
+    assert directory is not None  # (exactly one of the two: checked above)
     src = DirSource(directory, store_dir=store_dir, durable=durable, zstd_only=True)
     if isinstance(src.storage, FileStorage):
         src.storage.sweep_temp()  # uploads a killed server or sync left behind

@@ -260,7 +260,8 @@ def _place(src: str, dest: Path, exclusive: bool) -> None:
         op(src, dest)
 
 
-def _load_syncfs():  # noqa: ANN202
+def _load_syncfs() -> Callable[[int], int] | None:
+    """libc's ``syncfs(fd)`` (Linux), or None where there is none."""
     try:
         import ctypes
 

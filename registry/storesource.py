@@ -35,7 +35,6 @@ class StoreSource(Source):
         self.store = LocalStore.open(root, store_dir=store_dir, create=False)  # never serve an empty new one
         self.store_dir = self.store.store_dir
         self.sign_key = sign_key
-        self.storage = None  # type: ignore[assignment]  # read-only: nothing to write to
         self._info = layout.cache_info_text(self.store_dir, priority).encode()
         # hash part -> (its object, narinfo)
         self._cache = NarinfoCache(CACHE_MAX, CACHE_BYTES, CACHE_ONE_MAX)
@@ -66,13 +65,14 @@ class StoreSource(Source):
             info = self.store.query_by_hash_part(hash_part)
             if info is None or info.file_hash is None:
                 return None
+            file_hash = info.file_hash
             if self.sign_key is not None and not any(
                 s.startswith(self.sign_key.name + ":") for s in info.sigs
             ):
                 info = dataclasses.replace(info, sigs=(*info.sigs, sign_info(info, self.sign_key)))
-        rendered = ni.NarInfo.from_pathinfo(info, layout.nar_key(info.file_hash), "zstd").render().encode()
+        rendered = ni.NarInfo.from_pathinfo(info, layout.nar_key(file_hash), "zstd").render().encode()
         # (a wide one is rendered each time: ``narcache``)
-        self._cache.put(hash_part, self.store.objects / object_rel_path(info.file_hash), rendered)
+        self._cache.put(hash_part, self.store.objects / object_rel_path(file_hash), rendered)
         return rendered
 
     def object_file(self, digest: Hash) -> Path | None:

@@ -213,7 +213,7 @@ class Substituter(Downloads):
         root = getattr(store, "root", None)  # (its keys/: see ``pathadmit.keep_sigs``)
         loop = asyncio.get_running_loop()
         # A level's paths only reference earlier levels: this order is dependencies first.
-        order = [p for level in levels(by_path) for p in level]  # type: ignore[arg-type]
+        order = [p for level in levels(by_path) for p in level]
         # concurrent (not asyncio) futures: resolved on the event loop, waited for on the
         # importer thread directly, without a coroutine hop per path
         results: dict[str, concurrent.futures.Future] = {p: concurrent.futures.Future() for p in order}

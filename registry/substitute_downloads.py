@@ -21,8 +21,7 @@ import concurrent.futures
 import hashlib
 import io
 import tempfile
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kiln.store import narinfo as ni
 from kiln.store.errors import HashMismatch, KilnError
@@ -31,7 +30,7 @@ from kiln.store.hashes import Hash
 from .client import Client, RegistryError
 from .downloadsink import Sink
 from .progress import Progress
-from .verify import object_of
+from .verify import nar_file_hash, object_of
 
 
 class Downloads:
@@ -39,8 +38,10 @@ class Downloads:
     registry URL that answered for it) and ``client(url)`` (what it reads that registry
     through)."""
 
-    _source: dict[str, str]
-    client: Callable[[str], Client]
+    if TYPE_CHECKING:
+        _source: dict[str, str]
+
+        def client(self, url: str) -> Client: ...
 
     async def _download(self, info: ni.NarInfo, sem: asyncio.Semaphore, prog: Progress) -> Any:
         url = self._source.get(info.path)
@@ -57,7 +58,7 @@ class Downloads:
             if size > limit:
                 raise HashMismatch(
                     f"download of {object_of(info)} from {url}",
-                    f"{info.file_hash.to_nix32()} ({limit} bytes)",  # type: ignore[union-attr]
+                    f"{nar_file_hash(info).to_nix32()} ({limit} bytes)",
                     f"more than {limit} bytes",
                 )
             sha.update(chunk)
@@ -76,10 +77,10 @@ class Downloads:
                 ok = await self.client(url).download(info.url, Sink(write, restart))
             if not ok:
                 raise KilnError(f"{url}/{info.url} is missing although the registry lists {info.path}")
-            if sha.digest() != info.file_hash.digest or size != limit:  # type: ignore[union-attr]
+            if sha.digest() != nar_file_hash(info).digest or size != limit:
                 raise HashMismatch(
                     f"download of {object_of(info)} from {url}",
-                    f"{info.file_hash.to_nix32()} ({info.file_size} bytes)",  # type: ignore[union-attr]
+                    f"{nar_file_hash(info).to_nix32()} ({info.file_size} bytes)",
                     f"{Hash('sha256', sha.digest()).to_nix32()} ({size} bytes)",
                 )
         except BaseException:
@@ -89,10 +90,10 @@ class Downloads:
         return f
 
     def _check(self, info: ni.NarInfo, url: str, data: bytes) -> None:
-        if len(data) != info.file_size or hashlib.sha256(data).digest() != info.file_hash.digest:  # type: ignore[union-attr]
+        if len(data) != info.file_size or hashlib.sha256(data).digest() != nar_file_hash(info).digest:
             raise HashMismatch(
                 f"download of {object_of(info)} from {url}",
-                f"{info.file_hash.to_nix32()} ({info.file_size} bytes)",  # type: ignore[union-attr]
+                f"{nar_file_hash(info).to_nix32()} ({info.file_size} bytes)",
                 f"{Hash.sha256_of(data).to_nix32()} ({len(data)} bytes)",
             )
 
@@ -108,9 +109,9 @@ class Downloads:
         where the registry cannot, one download each. Resolves ``results[path]``."""
         by_hex: dict[str, list[ni.NarInfo]] = {}
         for i in batch:
-            by_hex.setdefault(i.file_hash.hex, []).append(i)  # type: ignore[union-attr]
+            by_hex.setdefault(nar_file_hash(i).hex, []).append(i)
 
-        def got(h: Any, data: bytes | None) -> None:
+        def got(h: Hash, data: bytes | None) -> None:
             for info in by_hex.get(h.hex, []):
                 fut = results[info.path]
                 if fut.done():
@@ -132,9 +133,9 @@ class Downloads:
             async with sem:
                 try:
                     ok = await self.client(url).blob_batch(
-                        [by_hex[h][0].file_hash for h in by_hex],  # type: ignore[misc]
+                        [nar_file_hash(by_hex[h][0]) for h in by_hex],
                         got,
-                        {h: by_hex[h][0].file_size for h in by_hex if by_hex[h][0].file_size is not None},
+                        {h: size for h in by_hex if (size := by_hex[h][0].file_size) is not None},
                     )
                 except RegistryError as e:
                     # busy through every retry (its batches are bounded, and slow clients

@@ -113,7 +113,8 @@ def temp_file(tmp: Path, writers: Path) -> Iterator[BinaryIO]:
         raise
     try:
         os.fchmod(f.fileno(), 0o644)  # published objects are world-readable (static servers)
-        yield f
+        # (typeshed types the wrapper IO[bytes]; it hands every call to a binary file)
+        yield f  # type: ignore[misc]
     except BaseException:
         # closing flushes what is buffered: on a full disk that fails too, and its error
         # would replace the one that says what happened

@@ -26,6 +26,7 @@ Clients without credentials (``DirClient``) have no ``sent_secrets``; ``sent_by`
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 
 #: the shortest run of secret characters after ``kiln_<id>_`` that is hidden as a token
 MIN_SECRET = 16
@@ -88,7 +89,7 @@ def sent_by(client: object) -> tuple[str, ...]:
     return getattr(client, "sent_secrets", ())
 
 
-def scrub(text: str, secrets: tuple[str, ...]) -> str:
+def scrub(text: str, secrets: Collection[str]) -> str:
     """``text`` (a server's) with each of ``secrets`` replaced by ``***``, and a start of
     one at least ``MIN_CUT`` characters long that ends the text (a cut quote) too."""
     for s in secrets:

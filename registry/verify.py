@@ -35,6 +35,7 @@ from kiln.store import narinfo as ni
 from kiln.store.errors import FormatError, HashMismatch, KilnError
 from kiln.store.hashes import Hash
 from kiln.store.pathadmit import FlatHasher, ca_problem, nar_content
+from kiln.store.pathinfo import PathInfo
 from kiln.store.signing import PublicKey, valid_signers
 from kiln.store.zstdframes import FrameTracker
 
@@ -123,8 +124,12 @@ class NarVerifier:
         self._size = 0
         self._max_file = max_file_size
         self._sink = _HashSink(max_nar_size)
+        # (zstandard calls only the sink's write(); its stubs ask for a whole IO[bytes])
         self._dec = zstandard.ZstdDecompressor().stream_writer(
-            self._sink, write_size=OUT_CHUNK, write_return_read=True, closefd=False
+            self._sink,  # type: ignore[arg-type]
+            write_size=OUT_CHUNK,
+            write_return_read=True,
+            closefd=False,
         )
         self._frames = FrameTracker()  # the decompressor accepts a stream cut after a block
         self._bad: str | None = None
@@ -297,3 +302,12 @@ def check_narinfo(
                 f"(signatures by: {have}; trusted: {', '.join(k.name for k in trusted) or 'none'}{fix}){bad}"
             )
     return info
+
+
+def nar_file_hash(info: PathInfo) -> Hash:
+    """The hash of ``info``'s compressed object (its FileHash), which every narinfo
+    ``check_narinfo`` admits has, and every store path a push sends (``push`` refuses
+    one without first); ``FormatError`` for one without (a caller that skipped those)."""
+    if info.file_hash is None:
+        raise FormatError(f"{info.path}: no FileHash (no compressed object is known for it)")
+    return info.file_hash

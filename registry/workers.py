@@ -95,9 +95,8 @@ async def _run(make: App, sock: socket.socket, background: bool, mask: Iterable[
     """Serve ``make()``'s app on ``sock`` until SIGTERM/SIGINT, reopening the access log
     on SIGHUP; with ``background``, also run the coroutines of its ``kiln_background``
     list. The signal mask becomes ``mask`` once the loop handles those signals."""
-    app = make()
-    if asyncio.iscoroutine(app):
-        app = await app
+    made = make()
+    app = made if isinstance(made, web.Server) else await made
     # Every request allocates a few dozen short-lived objects: with the default
     # threshold (700) the cyclic GC runs every few requests and re-scans the long-lived
     # ones (the app, the caches). Move those out of its sight and let it run less often

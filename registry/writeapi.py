@@ -9,10 +9,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, BinaryIO
 
 from aiohttp import web
 
+from kiln.store import narinfo as ni
 from kiln.store.errors import KilnError
 
 from . import layout
@@ -21,7 +22,11 @@ from .backends import BatchEntry, DirSource
 from .batchcommit import admit_entry, status_of
 from .httpbits import CHUNK, HTTPError, body_pace, check_length, drain, plain, read_body, shown_key
 from .pace import LINE_TOO_LONG
-from .verify import NarVerifier, check_narinfo, expect_info, trusted_sigs_only
+from .verify import NarVerifier, check_narinfo, expect_info, nar_file_hash, trusted_sigs_only
+
+if TYPE_CHECKING:
+    from .backends import Source
+    from .server import ServerConfig
 
 MAX_UPLOAD_BATCH = 2_000
 
@@ -29,6 +34,12 @@ MAX_UPLOAD_BATCH = 2_000
 class WriteAPI:
     """Write handlers; the class mixing this in provides ``source``, ``config``
     and ``_auth(request, scope)``."""
+
+    if TYPE_CHECKING:
+        source: Source
+        config: ServerConfig
+
+        def _auth(self, request: web.BaseRequest, scope: str) -> None: ...
 
     async def _put(self, request: web.BaseRequest, key: str, kind: str, arg: str) -> web.Response:
         src = self.source
@@ -79,7 +90,7 @@ class WriteAPI:
                 None, self._admit_narinfo, arg, text
             )
             return plain(status, msg)
-        if kind == "att" and layout.att_kind_of_key(key):
+        if kind == "att" and (att_kind := layout.att_kind_of_key(key)):
             from .attest_transfer import MAX_ATTESTATION, admit
 
             body = await read_body(request, MAX_ATTESTATION, "attestation")
@@ -91,7 +102,7 @@ class WriteAPI:
                 src.storage,
                 src.store_dir,
                 arg,
-                layout.att_kind_of_key(key),
+                att_kind,
                 body,
                 self.config.trusted,
                 self.config.attesters,
@@ -106,7 +117,7 @@ class WriteAPI:
             info = check_narinfo(text, src.store_dir, self.config.trusted, 1, hash_part)
         except KilnError as e:
             return status_of(e), f"error: {e}"
-        got = src.object_digests(info.file_hash)
+        got = src.object_digests(nar_file_hash(info))
         if got is None:
             return 400, f"error: {info.path}: upload the NAR ({info.url}) before its narinfo"
         try:
@@ -134,7 +145,7 @@ class WriteAPI:
         check_length(request, self.config.max_body)
         entries: list[BatchEntry] = []
 
-        def admit(hash_part: str, text: str) -> Any:
+        def admit(hash_part: str, text: str) -> ni.NarInfo:
             info = check_narinfo(text, src.store_dir, self.config.trusted, 1, hash_part)
             return trusted_sigs_only(info, self.config.trusted)  # (what a merge may add)
 
@@ -181,7 +192,8 @@ class WriteAPI:
                     # the narinfo first (it comes first in the frame): a refused one's NAR
                     # is read past, never stored
                     await loop.run_in_executor(None, admit_entry, e, admit)
-                    f = ver = None
+                    f: BinaryIO | None = None
+                    ver: NarVerifier | None = None
                     if e.error is None:
                         f, _ = stack.enter_context(src.storage.staged())
                         ver = NarVerifier(max_nar_size=self.config.max_nar)
@@ -191,6 +203,8 @@ class WriteAPI:
                         if not chunk:
                             raise HTTPError(400, "batch body truncated")
                         if e.error is None:
+                            # (staged above: an entry's error, once set, stays)
+                            assert f is not None and ver is not None
                             try:  # off the event loop, as for a single PUT
                                 await loop.run_in_executor(None, _absorb, f, ver, chunk)
                             except KilnError as ex:  # over max_nar: this entry fails
@@ -218,7 +232,9 @@ class WriteAPI:
         other writer's files. A failure is said and tried again at the next wake-up."""
         from .storage import SWEEP_EVERY, FileStorage
 
-        storage = self.source.storage
+        src = self.source
+        assert isinstance(src, DirSource)  # (``make_app`` runs this for a directory only)
+        storage = src.storage
         assert isinstance(storage, FileStorage)
         loop = asyncio.get_running_loop()
         while True:
@@ -236,7 +252,7 @@ class WriteAPI:
                 )
 
 
-def _absorb(f: Any, ver: NarVerifier, chunk: bytes) -> None:
+def _absorb(f: BinaryIO, ver: NarVerifier, chunk: bytes) -> None:
     """Stage and verify one piece of an uploaded object (on an executor thread)."""
     f.write(chunk)
     ver.update(chunk)

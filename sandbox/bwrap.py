@@ -380,7 +380,7 @@ class BwrapExecutor(Executor):
             log.write(note)
             return Result(None, 9, "killed", duration, outcome.log_bytes + len(note))
         if outcome.breached is not None:
-            return Result(None, -rc if rc < 0 else None, outcome.breached, duration, outcome.log_bytes)  # type: ignore[arg-type]
+            return Result(None, -rc if rc < 0 else None, outcome.breached, duration, outcome.log_bytes)
         if rc < 0:
             return Result(None, -rc, "killed", duration, outcome.log_bytes)
         if rc != 0 and not set_up:

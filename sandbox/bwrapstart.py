@@ -128,10 +128,10 @@ class Bwrap:
         deadline = None if timeout is None else time.monotonic() + timeout
         pause = 0.001
         while not self._reap(block=deadline is None):
-            assert deadline is not None
+            assert deadline is not None and timeout is not None  # (a deadline: a timeout)
             left = deadline - time.monotonic()
             if left <= 0:
-                raise subprocess.TimeoutExpired("bwrap", timeout)  # type: ignore[arg-type]
+                raise subprocess.TimeoutExpired("bwrap", timeout)
             if self._pidfd is not None:
                 _ended(self._pidfd, left)
             else:  # kernel < 5.3: nothing to wait on but time

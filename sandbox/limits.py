@@ -27,7 +27,7 @@ import signal
 import subprocess
 import time
 from dataclasses import dataclass
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Literal, Protocol
 
 from .executor import OutputCallback
 
@@ -46,11 +46,15 @@ class Limits:
     max_log_bytes: int | None = None
 
 
+#: the limit a run broke (``Outcome.breached``; a ``Result.reason`` too)
+Breach = Literal["timeout", "silent", "log-limit"]
+
+
 @dataclass(frozen=True, slots=True)
 class Outcome:
     """What ``supervise`` saw: the limit that was breached (if any) and the log size."""
 
-    breached: str | None  # 'timeout' | 'silent' | 'log-limit' | None
+    breached: Breach | None
     log_bytes: int
     returncode: int
 
@@ -118,7 +122,7 @@ def supervise(
     if pidfd is not None:
         poller.register(pidfd, select.POLLIN)
     written = 0
-    breached: str | None = None
+    breached: Breach | None = None
     eof = exited = False
     last_output = start
     end = start + limits.timeout if limits.timeout is not None else None
@@ -127,7 +131,7 @@ def supervise(
         while not (eof and exited):
             now = time.monotonic()
             deadline = end
-            reason = "timeout"
+            reason: Breach = "timeout"
             if limits.max_silent is not None and (
                 deadline is None or last_output + limits.max_silent < deadline
             ):
