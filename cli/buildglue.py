@@ -25,7 +25,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal, overload
 
 from kiln.store.errors import KilnError
 
@@ -61,19 +61,19 @@ def add_recipe_source(store: LocalStore, src: Path, name: str, protect: tuple[st
     from kiln.lang.sources import make_filter
 
     keep = make_filter(src)
-    check_recipe_source(store, src, protect, keep)
+    check_recipe_source(store.root, src, protect, keep)
     return store.add_path(src, name, filter=keep).path
 
 
 def check_recipe_source(
-    store: LocalStore, src: Path, protect: tuple[str, ...] = (), keep: PathFilter | None = None
+    store_root: Path, src: Path, protect: tuple[str, ...] = (), keep: PathFilter | None = None
 ) -> None:
-    """Refuse (``KilnError``) a ``path`` source in or around a key directory (the store's
-    ``keys/``, ``$KILN_HOME/keys``) or the key ``$KILN_SIGN_KEY`` names, or any in
-    ``protect`` (``--sign-key``), even where it lies inside the recipe tree (a project's
-    ``.kiln``, a CI key in the repository), unless a ``.kilnignore`` leaves it out
-    (``keep``: ``src``'s filter, made here if not given): a recipe must not be able to
-    turn a signing key into a signed store path. Asked of every source, cached
+    """Refuse (``KilnError``) a ``path`` source in or around a key directory (the
+    ``keys/`` of the store at ``store_root``, ``$KILN_HOME/keys``) or the key
+    ``$KILN_SIGN_KEY`` names, or any in ``protect`` (``--sign-key``), even where it lies
+    inside the recipe tree (a project's ``.kiln``, a CI key in the repository), unless a
+    ``.kilnignore`` leaves it out (``keep``: ``src``'s filter, made here if not given): a
+    recipe must not be able to turn a signing key into a signed store path. Asked of every source, cached
     evaluations' too (``readd_sources``): the key may have been named after the
     evaluation was cached."""
     from kiln.lang.sources import make_filter
@@ -83,7 +83,7 @@ def check_recipe_source(
 
     parent, base = os.path.split(os.path.abspath(src))
     real = os.path.join(os.path.realpath(parent), base)
-    secret = [os.path.realpath(store.root / "keys")]
+    secret = [os.path.realpath(store_root / "keys")]
     with contextlib.suppress(KilnError):  # no home directory (nor KILN_HOME): no keys there
         secret.append(os.path.realpath(default_home() / "keys"))
     secret += [os.path.realpath(k) for k in (os.environ.get("KILN_SIGN_KEY"), *protect) if k]
@@ -144,7 +144,7 @@ def evaluate(
         # rooted first, then checked: a source GC deletes after the check would leave the
         # derivations written next referring to a path that is gone
         store.keep(sorted(ev.sources))
-        check = functools.partial(check_recipe_source, store, protect=protect)
+        check = functools.partial(check_recipe_source, store.root, protect=protect)
         if not readd_sources(
             store.store_dir, ev.sources, store.is_valid, add_source_fn(store, protect), check
         ):
@@ -194,9 +194,14 @@ def default_key_name() -> str:
     return "".join(c if " " < c <= "~" and c not in ':"\\' else "_" for c in name)
 
 
+@overload
+def load_sign_key(store: LocalStore, key_file: str | None, create: Literal[True]) -> SecretKey: ...
+@overload
+def load_sign_key(store: LocalStore, key_file: str | None, create: bool) -> SecretKey | None: ...
 def load_sign_key(store: LocalStore, key_file: str | None, create: bool) -> SecretKey | None:
     """The key that signs builds: ``--sign-key``, ``$KILN_SIGN_KEY``, or the store's
-    ``keys/default.sec`` (generated on first use when ``create``)."""
+    ``keys/default.sec`` (generated on first use when ``create``; else None if there is
+    none)."""
     from kiln.store import keyfiles, signing
 
     path = key_file or os.environ.get("KILN_SIGN_KEY")

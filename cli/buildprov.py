@@ -30,26 +30,34 @@ from kiln.store.errors import KilnError
 from .version import full_version
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from kiln.store.depscache import DependencyCache
     from kiln.store.derivation import Derivation
+    from kiln.store.dsse import Signer
+    from kiln.store.localstore import LocalStore
+    from kiln.store.signing import SecretKey
 
 
 @dataclass
 class ProvenanceHook:
-    store: object
-    key: object  # a kiln.store.signing.SecretKey, or (name, kiln.store.dsse Signer)
+    store: LocalStore
+    key: SecretKey | tuple[str, Signer]  # an in-process key, or (its name, an external signer)
     recipe_file: str
     attrs_by_drv: dict[str, str]
     git_commit: str | None
     git_dirty: bool
     cores: int
-    isolation: dict  # the executor's description of its sandbox (Executor.isolation())
+    isolation: dict[str, object]  # the executor's description of its sandbox (Executor.isolation())
     invocation_id: str = ""
-    get_drv: object = None  # path -> Derivation (the builder's parsed graph), optional
+    get_drv: Callable[[str], Derivation] | None = None  # the builder's parsed graph, optional
 
     def __post_init__(self) -> None:
         check_recordable(self.recipe_file)
         self.invocation_id = self.invocation_id or str(uuid.uuid4())
-        self._cache = None  # (``_cache_of``)
+        self._cache: DependencyCache | None = None  # (``_cache_of``)
+        self.key_name: str
+        self.signer: Signer
         if isinstance(self.key, tuple):
             self.key_name, self.signer = self.key
         else:
@@ -58,7 +66,13 @@ class ProvenanceHook:
             self.key_name, self.signer = self.key.name, Ed25519Signer(self.key.key)
 
     def __call__(
-        self, drv_path, drv, outputs: dict[str, str], started: float, finished: float, store=None
+        self,
+        drv_path: str,
+        drv: Derivation,
+        outputs: dict[str, str],
+        started: float,
+        finished: float,
+        store: LocalStore | None = None,
     ) -> None:
         """``store``: the store object to use on the calling thread (the builder's
         bookkeeping thread has its own); default ``self.store``."""
@@ -97,7 +111,7 @@ class ProvenanceHook:
                 finished_on=finished,
             )
 
-    def _cache_of(self, store, get):
+    def _cache_of(self, store: LocalStore, get: Callable[[str], Derivation]) -> DependencyCache:
         """The ``depscache.DependencyCache`` this hook keeps across builds for ``store`` (a
         new one for another store object: the builder's bookkeeping store is reopened
         per ``realise``). ``Builder.realise`` temp-roots the graph and its outputs, which
@@ -130,11 +144,12 @@ def check_recordable(recipe_file: str) -> None:
         ) from None
 
 
-def _drv_getter(store):
+def _drv_getter(store: LocalStore) -> Callable[[str], Derivation]:
+    """``get_drv`` for ``store``: a ``.drv`` path's parsed derivation, each read once."""
     from kiln.store.drvparse import decode, parse
     from kiln.store.paths import StorePath
 
-    cache: dict = {}
+    cache: dict[str, Derivation] = {}
 
     def get(p: str) -> Derivation:
         d = cache.get(p)

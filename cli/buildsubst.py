@@ -35,7 +35,10 @@ from .buildglue import Target
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from kiln.registry.substitute import Substituter
     from kiln.store.localstore import LocalStore
+    from kiln.store.narinfo import NarInfo
+    from kiln.store.signing import PublicKey
 
 
 class AttestationsRefused(KilnError):
@@ -47,9 +50,22 @@ class AttestationsRefused(KilnError):
         self.targets: list[Target] = []
 
 
+@dataclass(frozen=True)
+class Substitution:
+    """What ``make_substituter`` makes: called as ``Builder``'s substitution callback
+    (``fetch``); ``close`` and ``refusal`` as its docstring says."""
+
+    fetch: Callable[[LocalStore, list[str]], set[str]]
+    close: Callable[[], None]
+    refusal: Callable[[], AttestationsRefused | None]
+
+    def __call__(self, store: LocalStore, missing: list[str]) -> set[str]:
+        return self.fetch(store, missing)
+
+
 def make_substituter(
     urls: list[str], trusted_keys: list[str], sigs_needed: int | None, attester_keys: list[str] | None = None
-) -> Callable[[LocalStore, list[str]], set[str]] | None:
+) -> Substitution | None:
     """A substitution callback for ``Builder`` (None when no registry is configured).
 
     Registries come from ``--substituter`` plus ``KILN_SUBSTITUTERS``; trusted keys from
@@ -163,12 +179,10 @@ def make_substituter(
             "signatures) and what was built are in the store; the attestations refused above were not stored"
         )
 
-    substitute.close = sub.close  # type: ignore[attr-defined]  # the caller closes it when done
-    substitute.refusal = refusal  # type: ignore[attr-defined]
-    return substitute
+    return Substitution(substitute, sub.close, refusal)
 
 
-def _say_substituted(sub, fetched: list[str], wanted: dict) -> None:
+def _say_substituted(sub: Substituter, fetched: list[str], wanted: dict[str, NarInfo]) -> None:
     """One stderr line per registry: how many paths (and compressed bytes) came from it,
     so a build log says where its inputs came from, not only what was built."""
     per: dict[str, tuple[int, int]] = {}
@@ -181,11 +195,11 @@ def _say_substituted(sub, fetched: list[str], wanted: dict) -> None:
 
 
 def _fetch_attestations(
-    sub,
+    sub: Substituter,
     regs: list[tuple[str, int]],
-    store,
+    store: LocalStore,
     paths: list[str],
-    attesters: list,
+    attesters: list[PublicKey],
     refused: list[str],
     later: _LaterCopy,
 ) -> None:

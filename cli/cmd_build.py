@@ -33,9 +33,13 @@ from .buildargs import build_parser as _parser
 from .common import UsageError, add_store_arg, store_root, terminate_as_interrupt
 
 if TYPE_CHECKING:
+    from kiln.lang import Evaluation
+    from kiln.store.dsse import Signer
     from kiln.store.localstore import LocalStore
+    from kiln.store.signing import SecretKey
 
     from .buildglue import Target
+    from .buildsubst import AttestationsRefused
 
 
 def main(argv: list[str]) -> int:
@@ -59,19 +63,20 @@ def main(argv: list[str]) -> int:
     from .buildsubst import AttestationsRefused
 
     with terminate_as_interrupt(), LocalStore.open(store_root(args)) as store:
+        ev, targets = _targets(store, args)
         try:
-            targets = build(store, args)
+            _realise(store, ev, targets, args)
         except BuildFailures as e:  # -k: what was built is printed (and rooted) too
-            _print(store, e.targets, {r.drv_path for r in e.results}, args.json, ok=False)
+            _print(store, targets, {r.drv_path for r in e.results}, args.json, ok=False)
             raise
-        except AttestationsRefused as e:  # built and rooted: printed, then the command fails
-            _print(store, e.targets, {t.drv_path for t in e.targets}, args.json, ok=False)
+        except AttestationsRefused:  # built and rooted: printed, then the command fails
+            _print(store, targets, {t.drv_path for t in targets}, args.json, ok=False)
             raise
         _print(store, targets, {t.drv_path for t in targets}, args.json, ok=True)
     return 0
 
 
-def _print(store: LocalStore, targets: list, realised: set[str], as_json: bool, ok: bool) -> None:
+def _print(store: LocalStore, targets: list[Target], realised: set[str], as_json: bool, ok: bool) -> None:
     """The outputs of the ``realised`` targets, a path a line; or (``as_json``) one JSON
     object (``jsonout``: ``ok``, the command's exit status is 0) whose ``targets`` lists
     every target, in the order given: ``attribute``, ``drvPath``, ``outputs`` and
@@ -97,11 +102,17 @@ def _print(store: LocalStore, targets: list, realised: set[str], as_json: bool, 
     emit(ok, {"targets": targets_doc})
 
 
-def build(store: LocalStore, args: argparse.Namespace) -> list:
+def build(store: LocalStore, args: argparse.Namespace) -> list[Target]:
     """Evaluate ``args.file`` (or read ``.drv`` targets), build or substitute what is
     missing, root the outputs (``_root``); return the targets. Raises on failure."""
-    from kiln.store.errors import KilnError
+    ev, targets = _targets(store, args)
+    _realise(store, ev, targets, args)
+    return targets
 
+
+def _targets(store: LocalStore, args: argparse.Namespace) -> tuple[Evaluation | None, list[Target]]:
+    """The evaluation of ``args.file`` (None for ``.drv`` targets) and the targets, checked
+    against the options (``--require-clean``, ``--root``); kept alive with ``--no-root``."""
     from .buildglue import evaluate
 
     drv = _as_drv(store, args.file)
@@ -118,6 +129,17 @@ def build(store: LocalStore, args: argparse.Namespace) -> list:
         raise UsageError(f"--root {args.root} names the root of one attribute, not of {len(targets)}")
     if getattr(args, "no_root", False):  # what is valid now must stay so until printed
         store.keep([p for t in targets for p in t.outputs.values()])
+    return ev, targets
+
+
+def _realise(
+    store: LocalStore, ev: Evaluation | None, targets: list[Target], args: argparse.Namespace
+) -> None:
+    """Build or substitute what ``targets`` miss and root their outputs (``_root``). Raises
+    ``BuildFailures`` (``-k``: what was realised is rooted first) or, once all is built and
+    rooted, ``AttestationsRefused``."""
+    from kiln.store.errors import KilnError
+
     missing = [p for t in targets for p in t.outputs.values() if not store.is_valid(p)]
     if args.check and missing:
         # as Nix: --check compares with an existing output; a first build made by it
@@ -139,13 +161,11 @@ def build(store: LocalStore, args: argparse.Namespace) -> list:
         except BuildFailures as e:  # -k: root what was realised before failing
             done = {r.drv_path for r in e.results}
             _root(store, [t for t in targets if t.drv_path in done], args)
-            e.targets = targets  # (for ``main`` to print: what was realised, or all with --json)
             raise
     _root(store, targets, args)
     if refused is not None:  # attestations refused (``buildglue``): the outputs stand, the command fails
         refused.targets = targets
         raise refused
-    return targets
 
 
 def _require_clean(recipe: str | None, given: str) -> None:
@@ -162,7 +182,7 @@ def _require_clean(recipe: str | None, given: str) -> None:
         raise KilnError(f"--require-clean: the recipe repository of {given} {why}")
 
 
-def _as_drv(store, arg: str) -> str | None:
+def _as_drv(store: LocalStore, arg: str) -> str | None:
     """The ``.drv`` store path ``arg`` names (logical, or physical under the store root),
     else None; a store path that is not a derivation is an error (not a recipe file)."""
     from kiln.store.errors import KilnError, StoreError
@@ -191,7 +211,9 @@ def build_attrs(store: LocalStore, file: str, attrs: list[str]) -> list[str]:
     return [t.outputs.get("out") or next(iter(t.outputs.values())) for t in targets]
 
 
-def _build(store, ev, targets, args):  # noqa: ANN202 - buildsubst.AttestationsRefused | None
+def _build(
+    store: LocalStore, ev: Evaluation | None, targets: list[Target], args: argparse.Namespace
+) -> AttestationsRefused | None:
     """Write the derivations and realise ``targets``; returns the attestation refusals to
     raise once the outputs are rooted (``buildsubst.make_substituter``), or None."""
     import functools
@@ -212,6 +234,7 @@ def _build(store, ev, targets, args):  # noqa: ANN202 - buildsubst.AttestationsR
     # raises SandboxUnavailable (with the reason) if bwrap is missing or cannot sandbox
     executor = BwrapExecutor(os.environ.get("KILN_BWRAP") or None)
     cores = args.cores or os.cpu_count() or 1
+    key: SecretKey | tuple[str, Signer] | None
     if args.signer_cmd:
         from kiln.store.attestations import load_named_signer
 
@@ -289,7 +312,7 @@ def drv_targets(store: LocalStore, drv_paths: list[str]) -> list[Target]:
     return out
 
 
-def _root(store, targets, args: argparse.Namespace) -> None:
+def _root(store: LocalStore, targets: list[Target], args: argparse.Namespace) -> None:
     """The outputs' GC roots (``storeroots.root_outputs``): ``--root NAME``, ``--no-root``."""
     from .storeroots import root_outputs
 

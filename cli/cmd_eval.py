@@ -30,7 +30,16 @@ from .common import add_store_arg, nonempty, store_root_dir
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing
 if TYPE_CHECKING:
     import argparse
+    from collections.abc import Mapping
     from pathlib import Path
+    from types import SimpleNamespace
+
+    from kiln.lang import Evaluation
+    from kiln.store.derivation import Derivation
+    from kiln.store.localstore import LocalStore
+
+    #: parsed arguments: argparse's, or ``_plain_eval_args``' (made without importing it)
+    EvalArgs = argparse.Namespace | SimpleNamespace
 
 DEFAULT_STORE_DIR = "/kiln/store"
 #: the config ``storeconfig.init_config`` writes for a store with the default store dir:
@@ -68,16 +77,16 @@ def _parser(cmd: str) -> argparse.ArgumentParser:
     return p
 
 
-def _plain_eval_args(file: str) -> argparse.Namespace:
+def _plain_eval_args(file: str) -> SimpleNamespace:
     """What ``_parser("eval").parse_args([file])`` returns, without argparse."""
     from types import SimpleNamespace
 
-    return SimpleNamespace(  # type: ignore[return-value]
+    return SimpleNamespace(
         file=file, attr=None, json=False, write=False, store=None, store_dir=None, no_cache=False
     )
 
 
-def _store_dir(args: argparse.Namespace) -> str:
+def _store_dir(args: EvalArgs) -> str:
     """``--store-dir``, else the store's (its config checked as opening the store checks
     it: a damaged one is an error, never a silent default), else the default. The usual
     case, no store or the default dir, imports nothing heavy (a cached eval is fast)."""
@@ -94,7 +103,7 @@ def _store_dir(args: argparse.Namespace) -> str:
     return _own_store_dir(args)
 
 
-def _own_store_dir(args: argparse.Namespace) -> str:
+def _own_store_dir(args: EvalArgs) -> str:
     """The store's logical dir (its config), else the default (``_store_dir``)."""
     from kiln.store.errors import KilnError
 
@@ -137,9 +146,9 @@ class _Sources:
         self.store_dir = store_dir
         self.create = create
         self.foreign = foreign  # the store at root uses another store dir: computed only
-        self.store = None
+        self.store: LocalStore | None = None
 
-    def _open(self):
+    def _open(self) -> LocalStore:
         if self.store is None:
             try:
                 from kiln.store.localstore import LocalStore
@@ -157,13 +166,12 @@ class _Sources:
     def __call__(self, src: Path, name: str) -> str:
         if self.store is None and not self.create and (self.foreign or not _has_store(self.root)):
             from pathlib import Path
-            from types import SimpleNamespace
 
             from kiln.buildglue import check_recipe_source
             from kiln.lang.sources import hash_only
 
             # (the check reads only the store root, for its ``keys/``)
-            check_recipe_source(SimpleNamespace(root=Path(self.root)), src)  # type: ignore[arg-type]
+            check_recipe_source(Path(self.root), src)
             return hash_only(self.store_dir)(src, name)
         from kiln.buildglue import add_recipe_source
 
@@ -183,7 +191,7 @@ class _Sources:
             sources,
             lambda sp: store.query(sp) is not None,
             self,
-            lambda src: check_recipe_source(store, src),
+            lambda src: check_recipe_source(store.root, src),
         )
 
 
@@ -192,7 +200,7 @@ def _has_store(root: str) -> bool:
     return os.path.isfile(os.path.join(root, "config.json"))
 
 
-def _cache_dir(args: argparse.Namespace, root: str) -> str | None:
+def _cache_dir(args: EvalArgs, root: str) -> str | None:
     """The evaluation cache to use: ``<root>/eval-cache`` of an existing store (its
     ``config.json``, as ``LocalStore.open`` decides), else None. Evaluating only reads:
     it never creates a store, nor the directories of one (``HOME=/nonexistent kiln path``
@@ -203,7 +211,7 @@ def _cache_dir(args: argparse.Namespace, root: str) -> str | None:
     return os.path.join(root, "eval-cache")
 
 
-def _evaluate(args: argparse.Namespace):
+def _evaluate(args: EvalArgs) -> tuple[Evaluation, _Sources]:
     from kiln.lang import evaluate_file
 
     root = store_root_dir(args)
@@ -223,8 +231,8 @@ def _evaluate(args: argparse.Namespace):
     return ev, sources
 
 
-def _show_json(ev_drvs, paths: list[str]) -> dict:
-    out = {}
+def _show_json(ev_drvs: Mapping[str, Derivation], paths: list[str]) -> dict[str, object]:
+    out: dict[str, object] = {}
     for p in paths:
         d = ev_drvs[p]
         outputs = {}
@@ -242,7 +250,7 @@ def _show_json(ev_drvs, paths: list[str]) -> dict:
     return out
 
 
-def _cmd_eval(args) -> int:
+def _cmd_eval(args: EvalArgs) -> int:
     ev, sources = _evaluate(args)
     if args.attr:
         p, _ = ev.select(args.attr)
@@ -265,10 +273,11 @@ def _cmd_eval(args) -> int:
     return 0
 
 
-def _cmd_show(args) -> int:
+def _cmd_show(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
+    drvs: Mapping[str, Derivation]
     if args.attr is None:
         from kiln.store.drvparse import decode, parse
         from kiln.store.errors import KilnError
@@ -296,20 +305,22 @@ def _cmd_show(args) -> int:
             sp = StorePath.parse(target, store.store_dir)
             if not sp.name.endswith(".drv"):
                 raise KilnError(f"{target} is not a .drv path")
-            drvs, paths = {}, []
+            read: dict[str, Derivation] = {}
+            paths = []
             todo = [str(sp)]
             while todo:  # -r: every input derivation, read from the store, inputs first
                 p = todo.pop()
-                if p in drvs:
+                if p in read:
                     continue
                 if store.query(p) is None:
                     raise KilnError(f"{p} is not in the store (write it with 'kiln eval --write FILE')")
-                drvs[p] = parse(
+                read[p] = parse(
                     decode(store.real_path(p).read_bytes(), p), StorePath.parse(p).name[:-4], store.store_dir
                 )
                 paths.append(p)
                 if args.recursive:
-                    todo.extend(k for k, _ in drvs[p].input_drvs)
+                    todo.extend(k for k, _ in read[p].input_drvs)
+            drvs = read
             paths.sort(key=lambda p: p != str(sp))  # the one asked for first, then its inputs
     else:
         ev, _ = _evaluate(args)
@@ -324,18 +335,18 @@ def _cmd_show(args) -> int:
     return 0
 
 
-def _cmd_path(args) -> int:
+def _cmd_path(args: argparse.Namespace) -> int:
     ev, _ = _evaluate(args)
     _, d = ev.select(args.attr)
     print(d.output_path("out"))
     return 0
 
 
-def _label(d) -> str:
+def _label(d: Derivation) -> str:
     return d.name
 
 
-def _cmd_graph(args) -> int:
+def _cmd_graph(args: argparse.Namespace) -> int:
     ev, _ = _evaluate(args)
     top, _ = ev.select(args.attr)
     drvs = ev.drvs

@@ -27,7 +27,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from kiln.store.hashes import Hash
+
+    #: a mirrorer: put the source a fixed-output derivation's ``env`` names, of hash
+    #: ``expected``, into the mirror directory
+    Mirrorer = Callable[[dict[str, str], Hash, Path], None]
 
 
 def _prefetch_parser() -> argparse.ArgumentParser:
@@ -55,7 +61,7 @@ def _mirror_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _show(h, fmt: str) -> str:
+def _show(h: Hash, fmt: str) -> str:
     return {"hex": h.hex, "nix32": h.nix32, "sri": h.sri}[fmt]
 
 
@@ -162,7 +168,7 @@ def _urls(env: dict[str, str]) -> list[str]:
     return split_urls(env.get("urls", "")) or [env["url"]]
 
 
-def _mirror_flat(env: dict[str, str], expected, mirror: Path) -> None:
+def _mirror_flat(env: dict[str, str], expected: Hash, mirror: Path) -> None:
     from kiln.store.fetch import fetch_url
 
     size = env.get("size", "")  # a lock entry's exact size, when the derivation carries it
@@ -176,8 +182,9 @@ def _mirror_flat(env: dict[str, str], expected, mirror: Path) -> None:
     )
 
 
-def _mirror_tree(produce):
-    """A mirrorer for NAR-hashed sources: produce the tree in a temp dir, store its NAR."""
+def _mirror_tree(produce: Callable[[dict[str, str], Hash, Path], None]) -> Mirrorer:
+    """A mirrorer for NAR-hashed sources: ``produce(env, expected, tree)`` makes the tree
+    in a temp dir, its NAR is stored."""
 
     def run(env: dict[str, str], expected: Hash, mirror: Path) -> None:
         from kiln.store.fetch import put_tree_in_mirror
@@ -205,7 +212,7 @@ def _url_tree(env: dict[str, str], expected: Hash, tree: Path) -> None:
 
 
 #: "<builtin>:<hash algo>" -> how to put it in a mirror
-_MIRRORABLE = {
+_MIRRORABLE: dict[str, Mirrorer] = {
     "fetchurl:sha256": _mirror_flat,
     "fetchurl:r:sha256": _mirror_tree(_url_tree),
     "fetchgit:r:sha256": _mirror_tree(_git_tree),

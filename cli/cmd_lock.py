@@ -72,7 +72,7 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def _previous(path: Path):
+def _previous(path: Path) -> tuple[LockEntry, ...] | None:
     """The entries of an existing lock at ``path`` (None if absent or unreadable)."""
     from kiln.store import apt
     from kiln.store.errors import KilnError
@@ -89,11 +89,10 @@ def lock_changes(old: Iterable[LockEntry], new: Iterable[LockEntry]) -> list[str
     after = {e.name: e for e in new}
     out = []
     for name in sorted(before.keys() | after.keys()):
-        a, b = before.get(name), after.get(name)
-        if a is None:
-            out.append(f"+ {name} {b.version}")
-        elif b is None:
-            out.append(f"- {name} {a.version}")
-        elif a.sha256 != b.sha256:
-            out.append(f"~ {name} {a.version} -> {b.version}")
+        if name not in before:
+            out.append(f"+ {name} {after[name].version}")
+        elif name not in after:
+            out.append(f"- {name} {before[name].version}")
+        elif before[name].sha256 != after[name].sha256:
+            out.append(f"~ {name} {before[name].version} -> {after[name].version}")
     return out or ["(no package changed)"]

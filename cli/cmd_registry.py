@@ -29,6 +29,7 @@ import argparse
 import asyncio
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kiln.store.keyfiles import load_secret_key
 
@@ -43,8 +44,11 @@ from .common import (
 )
 from .tokenargs import FROM_TOKEN, TOKEN, add_token_args, check_not_token, resolve
 
+if TYPE_CHECKING:
+    from kiln.store.localstore import LocalStore
 
-def _open_store(args: argparse.Namespace, store_dir: str | None = None, create: bool = False):  # noqa: ANN202
+
+def _open_store(args: argparse.Namespace, store_dir: str | None = None, create: bool = False) -> LocalStore:
     """The local store of ``--store``/``KILN_HOME``; made only if ``create`` (copying into
     it): reading from a mistyped path must not make a new, empty store there."""
     from kiln.store.localstore import LocalStore

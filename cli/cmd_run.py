@@ -64,8 +64,8 @@ def resolve_package(store: LocalStore, spec: str, recipe_file: str | None) -> st
     # made: a variant's is named after its exact text. Kept first: the root may be
     # replaced by a later build meanwhile
     for name in dict.fromkeys((spec, root_name(spec))):
-        if (path := root_path(store, name, keep=True)) is not None:
-            return path
+        if (rooted := root_path(store, name, keep=True)) is not None:
+            return rooted
     raise KilnError(
         f"no package named {spec!r} (no GC root {name}): build it first (kiln build FILE {spec!r}), "
         "or give a store path or -f FILE"
@@ -92,7 +92,7 @@ def package_name(name: str) -> str:
     return name
 
 
-def _run(cmd: str, args, store) -> int:
+def _run(cmd: str, args: argparse.Namespace, store: LocalStore) -> int:
     """Run the command; the store stays open (its temp roots keep the closure from GC)
     until the command ends."""
     from kiln.store.errors import KilnError
@@ -161,10 +161,10 @@ def run_forwarding_signals(argv: list[str], env: dict[str, str], through_bwrap: 
     # reset signals (coreutils >= 8.31); else bwrap is not shielded (as before)
     tool = _env_with_default_signal(hidden=argv) if through_bwrap else None
     if tool is not None:
-        names = ",".join(signal.Signals(s).name[3:] for s in wanted)
+        defaults = ",".join(signal.Signals(s).name[3:] for s in wanted)
         cut = argv.index("--") + 1
         # (``--``: a program named like an option is still the program, not env's option)
-        argv = [*argv[:cut], tool, f"--default-signal={names}", "--", *argv[cut:]]
+        argv = [*argv[:cut], tool, f"--default-signal={defaults}", "--", *argv[cut:]]
     waited = [*sigs, signal.SIGCHLD]
     starters = _identities(argv[0], tool) if through_bwrap else None
     names = frozenset(os.path.basename(p)[:15] for p in (argv[0], tool) if p)  # (comm: 15 bytes)

@@ -30,8 +30,10 @@ from .registry_admin import cmd_registry
 if TYPE_CHECKING:
     from aiohttp import web
 
+    from kiln.store.policy import Policy
 
-def _policy(path: Path | None):  # noqa: ANN202 - a kiln.store.policy.Policy or None
+
+def _policy(path: Path | None) -> Policy | None:
     if path is None:
         return None
     from kiln.store.policy import load
@@ -105,9 +107,9 @@ def cmd_serve(argv: list[str]) -> int:
     p = argparse.ArgumentParser(
         prog="kiln serve", description="serve a kiln store or a registry directory over HTTP"
     )
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--store", type=Path, metavar="DIR", help="serve this local kiln store (read-only)")
-    src.add_argument(
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--store", type=Path, metavar="DIR", help="serve this local kiln store (read-only)")
+    source.add_argument(
         "--dir",
         type=nonempty_path,
         metavar="DIR",

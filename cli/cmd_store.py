@@ -21,8 +21,14 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .common import WRITE_LIMIT_ERRNOS, UsageError, add_store_arg, nonempty_path, store_root, whole_number
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from kiln.store.localstore import LocalStore
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -107,7 +113,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _open(args, create: bool = False, full_disk_read: bool = False):
+def _open(args: argparse.Namespace, create: bool = False, full_disk_read: bool = False) -> LocalStore:
     """The store; ``full_disk_read``: a command that reads, and ends soon, still opens it
     on a disk too full for SQLite's shared-memory file (``LocalStore.open``)."""
     from kiln.store.localstore import LocalStore
@@ -115,7 +121,7 @@ def _open(args, create: bool = False, full_disk_read: bool = False):
     return LocalStore.open(store_root(args), create=create, full_disk_read=full_disk_read)
 
 
-def _path(store, arg: str) -> tuple[str, str]:
+def _path(store: LocalStore, arg: str) -> tuple[str, str]:
     from kiln.store.errors import StoreError
 
     path, sub = store.resolve(arg)
@@ -127,10 +133,11 @@ def _path(store, arg: str) -> tuple[str, str]:
 
 
 def _human(n: int) -> str:
+    size: float = n
     for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
-        n /= 1024
+        if size < 1024 or unit == "GiB":
+            return f"{size:.1f} {unit}" if unit != "B" else f"{n} B"
+        size /= 1024
     return f"{n} B"
 
 
@@ -158,7 +165,7 @@ def _text(name: str | bytes | None) -> str | None:
     return os.fsdecode(name) if isinstance(name, bytes) else name
 
 
-def _cmd_init(args) -> int:
+def _cmd_init(args: argparse.Namespace) -> int:
     from kiln.store.localstore import LocalStore
 
     with LocalStore.open(store_root(args), store_dir=args.store_dir, create=True) as s:
@@ -166,7 +173,7 @@ def _cmd_init(args) -> int:
     return 0
 
 
-def _cmd_add(args) -> int:
+def _cmd_add(args: argparse.Namespace) -> int:
     if args.add_root is not None:
         from kiln.store.localstore import check_root_name
 
@@ -189,7 +196,7 @@ def _cmd_add(args) -> int:
     return 0
 
 
-def _cmd_cat(args) -> int:
+def _cmd_cat(args: argparse.Namespace) -> int:
     from .storeread import cat
 
     with _open(args) as s:
@@ -198,7 +205,7 @@ def _cmd_cat(args) -> int:
     return 0
 
 
-def _cmd_ls(args) -> int:
+def _cmd_ls(args: argparse.Namespace) -> int:
     from .storeread import ls
 
     with _open(args) as s:
@@ -212,7 +219,7 @@ def _join(sub: str, subpath: str) -> str:
     return "/".join(x for x in (sub, subpath.strip("/")) if x)
 
 
-def _cmd_dump(args) -> int:
+def _cmd_dump(args: argparse.Namespace) -> int:
     from .storeread import dump
 
     with _open(args) as s:
@@ -231,7 +238,7 @@ _EXPORT_HEAD = (1).to_bytes(8, "little") + (13).to_bytes(8, "little") + b"nix-ar
 _EMPTY_EXPORT = bytes(8)
 
 
-def _cmd_restore(args) -> int:
+def _cmd_restore(args: argparse.Namespace) -> int:
     """Unpack the NAR on stdin at DIR. A ``nix-store --export`` stream (a NAR framed with
     path metadata) is refused from its first bytes, before anything is made, with the
     way across (the NAR reader alone would only say its magic is wrong)."""
@@ -258,13 +265,13 @@ def _cmd_restore(args) -> int:
     return 0
 
 
-def _cmd_info(args) -> int:
+def _cmd_info(args: argparse.Namespace) -> int:
     from .storeread import info
 
     return info(args)
 
 
-def _cmd_verify(args) -> int:
+def _cmd_verify(args: argparse.Namespace) -> int:
     from .common import trusted_keys
 
     # --trusted-key names the keys asked about: $KILN_TRUSTED_KEYS (a substituter
@@ -323,7 +330,7 @@ def _cmd_verify(args) -> int:
     return 0 if r.ok else 1
 
 
-def _meter(what: str):
+def _meter(what: str) -> Callable[[int, int], None] | None:
     """A ``progress(done, total)`` that shows ``what: done/total`` on stderr when it is a
     terminal (else None), at most ten times a second, cleared at the end."""
     if not sys.stderr.isatty():
@@ -344,13 +351,13 @@ def _meter(what: str):
     return show
 
 
-def _cmd_gc(args) -> int:
+def _cmd_gc(args: argparse.Namespace) -> int:
     from .storegc import cmd_gc
 
     return cmd_gc(args)
 
 
-def _cmd_sign(args) -> int:
+def _cmd_sign(args: argparse.Namespace) -> int:
     """``--key FILE`` or ``--signer-cmd CMD --signer-key PUB`` (the signature is checked
     against PUB before it is added: ``signcmd``). Ed25519 signatures are deterministic, so a
     path that carries this key's signature already is counted apart, not signed again."""

@@ -64,6 +64,7 @@ import functools
 import json
 import sqlite3
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -321,7 +322,7 @@ def _rebuilder_parser(name: str) -> argparse.ArgumentParser:
     return cmd_rebuild.PARSERS[name]()
 
 
-_PARSERS = {
+_PARSERS: dict[str, Callable[[], argparse.ArgumentParser]] = {
     "sbom": _sbom_parser,
     "verify": _verify_parser,
     **{name: functools.partial(_rebuilder_parser, name) for name in ("rebuild", "challenge", "report")},

@@ -24,6 +24,8 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing
 if TYPE_CHECKING:
     import argparse
     from pathlib import Path
+    from types import SimpleNamespace
+    from typing import Any, BinaryIO, TextIO
 
     from kiln.store.signing import PublicKey
 
@@ -115,8 +117,9 @@ def add_store_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
-def store_root_dir(args: argparse.Namespace) -> str:
-    """``--store`` if given, else ``default_home_dir()`` (a string: no pathlib needed)."""
+def store_root_dir(args: argparse.Namespace | SimpleNamespace) -> str:
+    """``--store`` if given, else ``default_home_dir()`` (a string: no pathlib needed).
+    (``args`` may be a SimpleNamespace: ``cmd_eval``'s, made without importing argparse.)"""
     store = getattr(args, "store", None)
     root = os.fspath(store) if store else default_home_dir()
     STORES_USED.append(root)
@@ -150,8 +153,9 @@ class _Quiet:
     every ed25519 secret key (``errors.hide_keys``) and kiln registry token
     (``tokentext.hide_tokens``: ``kiln_<id>_***``) in it."""
 
-    def __init__(self, stream) -> None:  # noqa: ANN001 - a text or binary stream
-        self._stream = stream
+    def __init__(self, stream: TextIO | BinaryIO) -> None:
+        # (Any: written str or bytes as the stream takes, and asked whatever a caller asks)
+        self._stream: Any = stream
         self._gone = False
 
     def write(self, data: str | bytes) -> int:  # as the stream's
@@ -182,7 +186,7 @@ class _Quiet:
     def buffer(self) -> _Quiet:  # the binary side, as quiet
         return _Quiet(self._stream.buffer)
 
-    def __getattr__(self, name: str):  # noqa: ANN204 - isatty, fileno, encoding, ...
+    def __getattr__(self, name: str) -> Any:  # isatty, fileno, encoding, ...: the stream's
         return getattr(self._stream, name)
 
 

@@ -68,7 +68,7 @@ def terminate_as_interrupt() -> Iterator[None]:
             signal.pthread_kill(main, again.pop(0))  # (a real signal: a blocking call returns)
         sending[0] = False
 
-    def on_unraisable(unraisable) -> None:  # noqa: ANN001 - sys.unraisablehook's
+    def on_unraisable(unraisable: sys.UnraisableHookArgs) -> None:
         if _thread.get_ident() != main:  # (the handlers run in the main thread only)
             old_hook(unraisable)
             return

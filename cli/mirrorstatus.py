@@ -15,9 +15,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .common import UsageError
+
+if TYPE_CHECKING:
+    from kiln.registry.mirrorprune import PruneReport
 
 
 def add_parser(sub: Any) -> None:
@@ -90,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     return 1
 
 
-def print_pruned(pr) -> None:  # noqa: ANN001 - a mirrorprune.PruneReport (imported lazily)
+def print_pruned(pr: PruneReport) -> None:
     """What ``kiln mirror sync --prune`` took out (``mirrorprune.PruneReport``)."""
     for path in pr.paths[:20]:
         print(f"pruned {path}")

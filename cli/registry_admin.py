@@ -15,12 +15,16 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kiln.registry.indexbuild import MAX_TIMESTAMP_HOURS, MIN_TIMESTAMP_HOURS, TIMESTAMP_HOURS
 from kiln.store.errors import KilnError
 from kiln.store.keyfiles import load_secret_key
 
 from .common import nonempty_path, trusted_keys, warn_no_signatures, whole_number
+
+if TYPE_CHECKING:
+    from kiln.registry.backends import DirSource
 
 
 def cmd_registry(argv: list[str]) -> int:
@@ -131,10 +135,10 @@ def cmd_registry(argv: list[str]) -> int:
             timestamp_hours=args.timestamp_hours,
             min_version=args.min_version,
         )
-        ts = publish.load_signed(src.storage, "index/timestamp.json") or {}
+        stamp = publish.load_signed(src.storage, "index/timestamp.json") or {}
         print(
             f"index version {pub.index_version}, timestamp version {pub.timestamp_version}"
-            f" (expires {ts.get('expires', '?')})"
+            f" (expires {stamp.get('expires', '?')})"
         )
         return 0
     # each key read once, before anything is written (a key may come from a pipe)
@@ -145,7 +149,7 @@ def cmd_registry(argv: list[str]) -> int:
     return 0
 
 
-def _verify_registry(src, args: argparse.Namespace) -> int:  # noqa: ANN001 - a DirSource
+def _verify_registry(src: DirSource, args: argparse.Namespace) -> int:
     from kiln.registry.fsck import verify_dir
 
     trusted = trusted_keys(args.trusted_key)

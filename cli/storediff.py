@@ -109,8 +109,9 @@ def _signed(delta: int) -> str:
     if delta == 0:
         return ""
     sign, n = ("+" if delta > 0 else "-"), abs(delta)
+    size: float = n
     for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f", {sign}{n:.1f} {unit}" if unit != "B" else f", {sign}{n} B"
-        n /= 1024
+        if size < 1024 or unit == "GiB":
+            return f", {sign}{size:.1f} {unit}" if unit != "B" else f", {sign}{n} B"
+        size /= 1024
     return ""

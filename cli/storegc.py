@@ -58,7 +58,7 @@ def add_gc_parser(cmd: Callable[[str, str], argparse.ArgumentParser]) -> None:
     )
 
 
-def _gc_meter():
+def _gc_meter() -> Callable[[int, int], None] | None:
     """A ``progress`` for ``gc`` on a terminal (else None): the deletion it reports runs
     after the GC lock is released, so other commands may already go on meanwhile."""
     from .cmd_store import _meter
@@ -97,9 +97,9 @@ def cmd_gc(args: argparse.Namespace) -> int:
         print(f"{q.dir} (quarantine record of {q.path}: {q.why})")
     for k in r.kept:
         print(f"warning: kept {k}", file=sys.stderr)
-    for q in r.unread_quarantine:
+    for unread in r.unread_quarantine:
         print(
-            f"warning: quarantine record unreadable, its references were not kept: {q} "
+            f"warning: quarantine record unreadable, its references were not kept: {unread} "
             "(GC leaves it: inspect it and delete it by hand)",
             file=sys.stderr,
         )

@@ -20,6 +20,8 @@ from kiln.store.shownname import shown_name as shown
 from .common import WRITE_LIMIT_ERRNOS
 
 if TYPE_CHECKING:
+    import argparse
+
     from kiln.store.localstore import LocalStore
 
 #: ``store cat`` keeps this much of a file in memory; the rest is spooled to the store's
@@ -34,7 +36,7 @@ def cat(store: LocalStore, path: str, subpath: str) -> None:
     from kiln.store import nar
 
     spool = store.root / "tmp"
-    with tempfile.SpooledTemporaryFile(CAT_IN_MEMORY, dir=spool, prefix=f"{os.getpid()}-cat-") as f:
+    with tempfile.SpooledTemporaryFile(CAT_IN_MEMORY, dir=str(spool), prefix=f"{os.getpid()}-cat-") as f:
         try:
             nar.cat_into(store.nar(path), subpath, f.write)
         except OSError as e:  # the spool's disk is full: not the store's contents
@@ -81,7 +83,7 @@ def write_stdout(data: bytes | memoryview) -> None:
     write_all(sys.stdout.fileno(), data)
 
 
-def info(args) -> int:
+def info(args: argparse.Namespace) -> int:
     """Print what the store records about PATH (``--json``: one object, ``ok`` then Nix's
     field names where Nix has one, hashes ``sha256:<nix32>`` as Nix prints them). ``closurePaths``/``closureSize`` count the closure's paths that
     are valid in the store; ``closureMissing`` maps each path the closure references but
@@ -110,7 +112,11 @@ def info(args) -> int:
             raise StoreError(f"path {path} is not valid in the store at {s.root}")
         # (not closure(): a hole must show, not make the closure look smaller and whole)
         closure, holes = s.closure_with_holes([path])
-        closure_size = sum(s.query(p).nar_size for p in closure)
+        # (a member quarantined meanwhile by ``verify --repair``, which holds the GC lock
+        # shared too, is no longer valid: not counted)
+        members = [i for i in map(s.query, closure) if i is not None]
+        closure_size = sum(i.nar_size for i in members)
+        ultimate = made_here(s.conn, path)
         d = {
             "path": info.path,
             "narHash": hash_text(info.nar_hash),
@@ -122,9 +128,9 @@ def info(args) -> int:
             "signatures": list(info.sigs),
             "ca": info.ca,
             "registrationTime": info.registration_time,
-            "ultimate": made_here(s.conn, path),
+            "ultimate": ultimate,
             "closureSize": closure_size,
-            "closurePaths": len(closure),
+            "closurePaths": len(members),
             "closureMissing": {h: list(by) for h, by in holes.items()},
             "realPath": str(s.real_path(path)),
             "object": str(s.object_path(path)),
@@ -136,11 +142,11 @@ def info(args) -> int:
         return 0
     print(f"path:          {d['path']}")
     print(f"nar hash:      {d['narHash']}")
-    print(f"nar size:      {d['narSize']} ({_human(d['narSize'])})")
-    print(f"file size:     {d['fileSize']} ({_human(d['fileSize'] or 0)}, zstd)")
+    print(f"nar size:      {info.nar_size} ({_human(info.nar_size)})")
+    print(f"file size:     {info.file_size} ({_human(info.file_size or 0)}, zstd)")
     print(f"deriver:       {d['deriver'] or '-'}")
     print(f"ca:            {d['ca'] or '-'}")
-    print(f"made here:     {describe(d['ultimate'])}")
+    print(f"made here:     {describe(ultimate)}")
     if holes:
         print(
             f"closure:       INCOMPLETE, {d['closurePaths']} paths, {_human(closure_size)} "
@@ -152,10 +158,10 @@ def info(args) -> int:
             print(f"  {h}  (referenced by {', '.join(by)})")
     else:
         print(f"closure:       {d['closurePaths']} paths, {_human(closure_size)}")
-    print("references:" + ("" if d["references"] else "    -"))
-    for r in d["references"]:
+    print("references:" + ("" if info.references else "    -"))
+    for r in info.references:
         print(f"  {r}")
-    print("signatures:" + ("" if d["signatures"] else "    -"))
-    for sig in d["signatures"]:
+    print("signatures:" + ("" if info.sigs else "    -"))
+    for sig in info.sigs:
         print(f"  {sig}")
     return 0

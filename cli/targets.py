@@ -52,8 +52,8 @@ def resolve_target(store: LocalStore, arg: str) -> str:
         path, sub = store.resolve(arg)
     except (KilnError, ValueError):
         # (read as GC reads it, through a moved store too; an invalid one is an error naming it)
-        if "/" not in arg and (path := root_path(store, arg)) is not None:
-            return path
+        if "/" not in arg and (rooted := root_path(store, arg)) is not None:
+            return rooted
         if "/" in arg.rstrip("/"):
             # a path outside this store names nothing here, whatever its last component:
             # another store's or a registry's copy must not be taken for this store's

@@ -88,6 +88,7 @@ def resolve(args: argparse.Namespace, *opts: TokenOption) -> None:
     if files.count(STDIN) > 1:
         raise UsageError("standard input (-) can give only one token")
     for o, f in zip(opts, files, strict=True):
+        token: str | None
         if f is not None:
             token = read_token_file(f, f"{o.flag}-file")
         else:

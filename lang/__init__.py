@@ -46,6 +46,8 @@ if TYPE_CHECKING:  # not imported at run time: a cache hit needs no Derivation o
 
     from kiln.store.derivation import Derivation
 
+    from .evaluator import Evaluator
+    from .nodes import Node
     from .scope import Module
 
 __all__ = ["Evaluation", "RecipeError", "evaluate_file", "DEFAULT_STORE_DIR"]
@@ -68,7 +70,7 @@ class Evaluation:
         sources: dict[str, str],
         files: dict[str, str],
         from_cache: bool,
-        live=None,
+        live: tuple[Evaluator, Module] | None = None,
         broken: dict[str, RecipeError] | None = None,
         root: str = "",
     ) -> None:
@@ -130,14 +132,18 @@ class Evaluation:
                     stack.append((dep, False))
         return out
 
-    def _evaluator(self):
+    def _evaluator(self) -> tuple[Evaluator, Module]:
+        """The evaluator and module of this evaluation (on a cache hit, the file is
+        evaluated now, once)."""
         if self._live is None:
             fresh = _evaluate(self.file, self.display, self.store_dir, self._add_source, self.root)
             self._live = fresh._live
             merged = dict(self.drvs)
             merged.update(fresh.drvs)
             self.drvs = merged
-        return self._live
+        live = self._live
+        assert live is not None, "_evaluate keeps the evaluator and module it made"
+        return live
 
     def select(self, expr: str) -> tuple[str, Derivation]:
         """The derivation an attribute expression denotes: a top-level name, a variant
@@ -154,7 +160,7 @@ class Evaluation:
         from .parser import parse_expr
         from .values import DrvValue, type_name
 
-        def run() -> tuple:
+        def run() -> tuple[Node, object]:
             # parsed on the deep thread too: a long ATTR expression nests as deeply as
             # one in a file, and must fail the same way (a recipe error, not a crash)
             node = parse_expr(expr, "<attribute>", self.file)
@@ -180,7 +186,7 @@ class Evaluation:
         return self.select(f"{name}({args})")[1]
 
 
-def _literal(v) -> str:
+def _literal(v: object) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, int):
@@ -292,7 +298,7 @@ def evaluate_file(
                 file,
                 store_dir,
                 result.files,
-                result._live[0].source_fps,
+                result._evaluator()[0].source_fps,
                 result.sources,
                 result.drv_paths,
                 result.drvs,

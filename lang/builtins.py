@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from kiln.store.aptlock import entry_problem, lock_value_problem
 from kiln.store.derivation import Derivation, Output, check_drv_name
@@ -53,12 +53,17 @@ from .values import CStr, DrvValue, Record, SourceValue, type_name
 
 if TYPE_CHECKING:
     from .evaluator import Evaluator
-    from .scope import Env
+    from .scope import BuiltinFn, Env
+
+#: a builtin's arguments: name -> (value, the node it came from)
+Args = dict[str, tuple[object, ast.Node]]
 
 
-def _record_args(ev, node: ast.Call, env, required: tuple, optional: tuple) -> dict:
+def _record_args(
+    ev: Evaluator, node: ast.Call, env: Env, required: tuple[str, ...], optional: tuple[str, ...]
+) -> Args:
     """Arguments of ``f { k = v }`` or ``f(k = v)`` as name → (value, node)."""
-    out: dict = {}
+    out: Args = {}
     args = node.args
     if len(args) == 1 and args[0][0] is None:
         arg = args[0][1]
@@ -90,12 +95,12 @@ def _record_args(ev, node: ast.Call, env, required: tuple, optional: tuple) -> d
     return out
 
 
-def _unknown(fn: str, name: str, allowed: tuple, node: ast.Node):
+def _unknown(fn: str, name: str, allowed: tuple[str, ...], node: ast.Node) -> NoReturn:
     hint = did_you_mean(name, allowed) or f" (its fields: {', '.join(allowed)})"
     raise UnknownField(f"{fn} has no field '{name}'{hint}", node.src, node.pos)
 
 
-def _string(ev, value, node: ast.Node, what: str) -> str:
+def _string(ev: Evaluator | None, value: object, node: ast.Node, what: str) -> str:
     if isinstance(value, str):
         return value
     if isinstance(value, CStr):
@@ -105,7 +110,7 @@ def _string(ev, value, node: ast.Node, what: str) -> str:
     raise RecipeTypeError(f"{what} must be a string, found {type_name(value)}", node.src, node.pos)
 
 
-def _sha256(value, node: ast.Node, what: str) -> str:
+def _sha256(value: object, node: ast.Node, what: str) -> str:
     text = _string(None, value, node, what)
     try:
         return Hash.parse(text, "sha256").hex
@@ -113,11 +118,11 @@ def _sha256(value, node: ast.Node, what: str) -> str:
         raise HashFormat(f"bad hash in {what}: {e}", node.src, node.pos) from None
 
 
-def _kind(v) -> str:  # noqa: ANN001 - any value
+def _kind(v: object) -> str:
     return "an empty list" if isinstance(v, list | tuple) and not v else type_name(v)
 
 
-def _given_name(ev, a: dict, what: str) -> str:
+def _given_name(ev: Evaluator, a: Args, what: str) -> str:
     """A ``name`` the recipe gives: used as written, or an error at it (a name derived
     from a file or URL is made valid instead, ``sanitize_name``)."""
     value, node = a["name"]
@@ -134,7 +139,15 @@ def _given_name(ev, a: dict, what: str) -> str:
 
 
 def _fod(
-    ev, name: str, builder: str, env: dict, algo: str, hex_hash: str, fields: dict, attr: str, node: ast.Node
+    ev: Evaluator,
+    name: str,
+    builder: str,
+    env: dict[str, str],
+    algo: str,
+    hex_hash: str,
+    fields: dict[str, object],
+    attr: str,
+    node: ast.Node,
 ) -> DrvValue:
     env = {**env, "name": name, "out": ""}
     limits.check_derivation(env, (), node, f"{attr} '{name}'")
@@ -148,7 +161,7 @@ def _fod(
     return add_drv(ev, drv, fields, attr)
 
 
-def _fetch_url(ev, v, node: ast.Node, what: str) -> str:
+def _fetch_url(ev: Evaluator, v: object, node: ast.Node, what: str) -> str:
     """A ``fetchurl`` URL (``urls.fetch_url``)."""
     return url_rules.fetch_url(_string(ev, v, node, what), node, what)
 
@@ -306,8 +319,8 @@ def _lock_entry(ev: Evaluator, i: int, entry: object, lock_node: ast.Node) -> Dr
         if problem:
             raise BadValue(f"{label}: '{k}': {problem}", lock_node.src, lock_node.pos)
     # the build pins each .deb by its file name: the entry's other fields must agree
-    ident = [entry.get(k) for k in ("name", "version", "arch", "filename")]
-    if all(isinstance(v, str) for v in ident) and (problem := entry_problem(*ident)):
+    ident = [v for k in ("name", "version", "arch", "filename") if isinstance(v := entry.get(k), str)]
+    if len(ident) == 4 and (problem := entry_problem(*ident)):
         raise BadValue(f"{label}: {problem}", lock_node.src, lock_node.pos)
     filename = _string(ev, entry["filename"], lock_node, f"{where} 'filename'")
     h = _sha256(entry["sha256"], lock_node, f"{where} ({filename}) 'sha256'")
@@ -363,7 +376,7 @@ def debian_rootfs(ev: Evaluator, node: ast.Call, env: Env) -> DrvValue:
     return add_drv(ev, drv, {"debs": tuple(debs)}, "debian_rootfs")
 
 
-BUILTINS = {
+BUILTINS: dict[str, BuiltinFn] = {
     "fetchurl": fetchurl,
     "fetchgit": fetchgit,
     "path": path,

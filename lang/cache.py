@@ -47,13 +47,14 @@ TOUCH_AFTER_S = 3600
 
 # CPython's builtin sha256 (``_sha2`` from 3.12, ``_sha256`` before): the same function
 # as ``hashlib.sha256`` without OpenSSL's start-up; ``hashlib`` where neither exists
+# (typeshed has no stubs for these private modules)
 try:
     from _sha2 import sha256 as _sha256_impl  # type: ignore[import-not-found]
 except ImportError:
     try:
-        from _sha256 import sha256 as _sha256_impl  # type: ignore[import-not-found,no-redef]
+        from _sha256 import sha256 as _sha256_impl  # type: ignore[import-not-found]
     except ImportError:
-        from hashlib import sha256 as _sha256_impl  # type: ignore[assignment]
+        from hashlib import sha256 as _sha256_impl
 
 
 def _sha256(data: bytes) -> str:

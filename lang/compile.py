@@ -120,10 +120,12 @@ class TooDeep:
 NEAR_TOP = 8
 
 
-def instantiate(ev: Evaluator, fn: PackageFn, args: dict, call: ast.Node) -> DrvValue:
+def instantiate(
+    ev: Evaluator, fn: PackageFn, args: dict[str, tuple[object, ast.Node]], call: ast.Node
+) -> DrvValue:
     """The derivation of package ``fn`` with ``args`` (name → (value, node))."""
     pkg: ast.Package = fn.node
-    params: dict = {}
+    params: dict[str, object] = {}
     known = {p.name for p in pkg.params}
     for name, (_, node) in args.items():
         if name not in known:
@@ -183,12 +185,13 @@ def instantiate(ev: Evaluator, fn: PackageFn, args: dict, call: ast.Node) -> Drv
     return value
 
 
-def _compile(ev, fn, pkg: ast.Package, params: dict) -> DrvValue:
+def _compile(ev: Evaluator, fn: PackageFn, pkg: ast.Package, params: dict[str, object]) -> DrvValue:
     from .scope import Env, Thunk
 
     env = Env(dict(params), fn.env)
+    thunks: dict[str, Thunk] = {}
     for b in (*pkg.lets, *pkg.fields):
-        env.vars[b.name] = Thunk(b.expr, env, b.name)
+        env.vars[b.name] = thunks[b.name] = Thunk(b.expr, env, b.name)
     fields: dict = {}
     by_name = {b.name: b for b in pkg.fields}
     for b in pkg.fields:
@@ -201,7 +204,7 @@ def _compile(ev, fn, pkg: ast.Package, params: dict) -> DrvValue:
                 b.src,
                 b.pos,
             )
-        fields[b.name] = ev.force(env.vars[b.name])
+        fields[b.name] = ev.force(thunks[b.name])
     dep_nodes: list[ast.Node] = []
     if isinstance(fields.get("deps"), tuple):
         fields["deps"], dep_nodes = splice_deps(fields["deps"], by_name["deps"].expr)

@@ -18,18 +18,20 @@ from .errors import RecipeError
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see kiln.lang)
 if TYPE_CHECKING:
+    import threading
     from collections.abc import Callable
+    from types import TracebackType
     from typing import TypeVar
 
     T = TypeVar("T")
 
 
-def _deep(fn):
+def _deep(fn: Callable[[], T]) -> T:
     """Run ``fn`` on a thread with a large stack: long dependency chains recurse deeply."""
     import threading
 
-    result: list = []
-    error: list = []
+    result: list[T] = []
+    error: list[BaseException] = []
     done = threading.Event()
 
     def target() -> None:
@@ -77,7 +79,7 @@ def _deep(fn):
 UNWIND_S = 10.0
 
 
-def _unwind(t, done, e: BaseException) -> None:  # noqa: ANN001 - a Thread and its Event
+def _unwind(t: threading.Thread, done: threading.Event, e: BaseException) -> None:
     """Raise ``e``'s kind in the evaluation thread ``t`` and give it ``UNWIND_S`` to
     unwind (``done`` is set when it has): it may be adding a ``path`` source to the
     store, whose clean-up (a half-written tree and object under ``tmp/``) only runs if
@@ -216,7 +218,8 @@ def handler_depth(e: BaseException) -> int:
     depth = None
     if memo is not None:
         below, below_depth = memo
-        k, t = 0, tb
+        k = 0
+        t: TracebackType | None = tb
         while t is not None and t is not below:
             # (a frame that raised ``e`` again by name has two entries, side by side)
             if t.tb_next is None or t.tb_next.tb_frame is not t.tb_frame:

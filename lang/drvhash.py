@@ -17,6 +17,7 @@ caller stores in ``memo``).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 
 from kiln.store.derivation import Derivation, Output
 from kiln.store.hashes import Hash
@@ -43,7 +44,7 @@ def _store_path(type_: str, inner_hex: str, name: str, store_dir: str) -> str:
     return f"{store_dir}/{digest}-{name}"
 
 
-def _list(items) -> str:
+def _list(items: Iterable[str]) -> str:
     return "[" + ",".join(map(_q, items)) + "]"
 
 

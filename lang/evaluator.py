@@ -21,6 +21,7 @@ import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from . import limits, roots
 from . import nodes as ast
@@ -38,6 +39,12 @@ from .parser import parse_module
 from .reading import read_recipe
 from .scope import RUNNING, UNSET, Builtin, Env, Module, PackageFn, Thunk
 from .values import INT_MAX, INT_MIN, CStr, DrvValue, Record, SourceValue, equal, type_name
+
+if TYPE_CHECKING:
+    from kiln.store.derivation import Derivation
+    from kiln.store.hashes import Hash
+
+    from .compile import TooDeep
 
 AddSource = Callable[[Path, str], str]
 
@@ -63,18 +70,21 @@ class Evaluator:
         self.add_source = add_source
         self.modules: dict[str, Module] = {}
         self.loading: list[tuple[str, str, ast.Import | None]] = []
-        self.drvs: dict = {}  # drv path -> Derivation (the whole closure)
-        self.memo: dict = {}  # drv path -> hash modulo
+        self.drvs: dict[str, Derivation] = {}  # drv path -> Derivation (the whole closure)
+        self.memo: dict[str, Hash] = {}  # drv path -> hash modulo
         self.sources: dict[str, str] = {}  # store path -> absolute origin
         #: store path -> the origin's fingerprint taken *before* it was added, or None if
         #: it changed while being added (then the evaluation is not cached)
         self.source_fps: dict[str, str | None] = {}
         self.files: dict[str, str] = {}  # absolute path -> sha256 of its bytes (every file read)
-        self.instances: dict = {}
+        #: (id of the PackageFn, its parameters' ``canonical`` keys) -> the variant's value,
+        #: False while it is being computed, or ``TooDeep`` (``compile.instantiate``)
+        self.instances: dict[tuple[int, tuple[object, ...]], DrvValue | TooDeep | bool] = {}
         self.stack: list[tuple[str, ast.Node]] = []
         self.builtins = Env({n: Builtin(n, f) for n, f in builtins.BUILTINS.items()}, None)
         self._instantiate = compile.instantiate
-        self._dispatch = {
+        # each method takes a node of its key's type, which a dict's type cannot say (Any)
+        self._dispatch: dict[type[ast.Node], Callable[[Any, Env], object]] = {
             ast.Const: self._const,
             ast.Str: self._str,
             ast.Var: self._var,
@@ -122,10 +132,11 @@ class Evaluator:
             env = Env({}, self.builtins)
             for b in tree.lets:
                 env.vars[b.name] = Thunk(b.expr, env, b.name)
-            for p in tree.packages:
-                env.vars[p.name] = PackageFn(p, env)
+            for pkg in tree.packages:
+                env.vars[pkg.name] = PackageFn(pkg, env)
             # source order, lets and packages interleaved as written
-            own = [d.name for d in sorted([*tree.lets, *tree.packages], key=lambda d: d.pos)]
+            defs: list[ast.Let | ast.Package] = [*tree.lets, *tree.packages]
+            own = [d.name for d in sorted(defs, key=lambda d: d.pos)]
             # imported files are named from this file's directory as the user named it,
             # unless that name reached it through a symlinked directory: then relative
             # names would point beside the link, where the files are not
@@ -188,10 +199,10 @@ class Evaluator:
     def eval(self, node: ast.Node, env: Env) -> object:
         return self._dispatch[type(node)](node, env)
 
-    def _const(self, node: ast.Const, env: Env):
+    def _const(self, node: ast.Const, env: Env) -> object:
         return node.value
 
-    def _str(self, node: ast.Str, env: Env):
+    def _str(self, node: ast.Str, env: Env) -> str | CStr:
         texts: list[str] = []
         ctx: set = set()
         for part in node.parts:
@@ -225,7 +236,7 @@ class Evaluator:
             node.pos,
         )
 
-    def _var(self, node: ast.Var, env: Env):
+    def _var(self, node: ast.Var, env: Env) -> object:
         v = self.lookup(env, node.name, node)
         if isinstance(v, PackageFn):
             return self._instantiate(self, v, {}, node)
@@ -233,13 +244,13 @@ class Evaluator:
             raise RecipeTypeError(f"builtin '{node.name}' must be called with arguments", node.src, node.pos)
         return v
 
-    def _list(self, node: ast.ListExpr, env: Env):
+    def _list(self, node: ast.ListExpr, env: Env) -> tuple[object, ...]:
         return tuple(self.eval(x, env) for x in node.items)
 
-    def _record(self, node: ast.RecordExpr, env: Env):
+    def _record(self, node: ast.RecordExpr, env: Env) -> Record:
         return Record((f.name, self.eval(f.expr, env)) for f in node.fields)
 
-    def _select(self, node: ast.Select, env: Env):
+    def _select(self, node: ast.Select, env: Env) -> object:
         v = self.eval(node.expr, env)
         if isinstance(v, Record):
             if node.name in v:
@@ -262,7 +273,7 @@ class Evaluator:
             )
         raise RecipeTypeError(f"cannot select '.{node.name}' from {type_name(v)}", node.src, node.pos)
 
-    def _call(self, node: ast.Call, env: Env):
+    def _call(self, node: ast.Call, env: Env) -> object:
         # Only packages and builtins can be called, and no expression evaluates to one,
         # so only those are considered: a field may share a builtin's or package's name
         # (``zlib = zlib(static = true)``, ``upper = upper(x)``) without shadowing it.
@@ -277,7 +288,7 @@ class Evaluator:
         if f is UNSET:
             f = self.lookup(env, node.name, node)
         if isinstance(f, PackageFn):
-            args = {}
+            args: dict[str, tuple[object, ast.Node]] = {}
             for name, arg in node.args:
                 if name is None:
                     raise RecipeTypeError(
@@ -295,13 +306,13 @@ class Evaluator:
             node.pos,
         )
 
-    def _if(self, node: ast.If, env: Env):
+    def _if(self, node: ast.If, env: Env) -> object:
         c = self.eval(node.cond, env)
         if not isinstance(c, bool):
             raise RecipeTypeError(f"'if' needs a boolean, found {type_name(c)}", node.cond.src, node.cond.pos)
         return self.eval(node.then if c else node.else_, env)
 
-    def _binop(self, node: ast.BinOp, env: Env):
+    def _binop(self, node: ast.BinOp, env: Env) -> object:
         op = node.op
         if op in ("&&", "||"):
             left = self._bool(self.eval(node.left, env), node.left, op)
@@ -315,12 +326,12 @@ class Evaluator:
             return not equal(a, b)
         return self._add(a, b, node)
 
-    def _bool(self, v, node: ast.Node, op: str) -> bool:
+    def _bool(self, v: object, node: ast.Node, op: str) -> bool:
         if not isinstance(v, bool):
             raise RecipeTypeError(f"'{op}' needs booleans, found {type_name(v)}", node.src, node.pos)
         return v
 
-    def _add(self, a, b, node: ast.BinOp):
+    def _add(self, a: object, b: object, node: ast.BinOp) -> object:
         if isinstance(a, str | CStr | DrvValue | SourceValue) and isinstance(
             b, str | CStr | DrvValue | SourceValue
         ):
@@ -352,7 +363,7 @@ class Evaluator:
             node.pos,
         )
 
-    def _unop(self, node: ast.UnOp, env: Env):
+    def _unop(self, node: ast.UnOp, env: Env) -> object:
         v = self.eval(node.expr, env)
         if node.op == "!":
             return not self._bool(v, node.expr, "!")

@@ -15,7 +15,8 @@ import re
 from collections.abc import Iterator
 
 from lark import Token
-from lark.lexer import Lexer
+from lark.common import LexerConf
+from lark.lexer import Lexer, LexerState
 
 from .strscan import Unterminated, scan
 
@@ -27,8 +28,8 @@ class Span:
     """What to lex: ``text[begin:end]``, ``text`` being a whole file's text (token
     positions are positions in it), and the ends of the string literals nested in
     interpolations read so far in that file (``ends``, by position in the file:
-    ``strscan.scan`` says why). Not a ``str``: lark hands it to the lexer as it is. A
-    plain ``str`` lexes too (all of it, nothing remembered)."""
+    ``strscan.scan`` says why). Not a ``str``: lark hands it to the lexer as it is (as
+    ``LexerState.text``)."""
 
     __slots__ = ("text", "begin", "end", "ends")
 
@@ -55,9 +56,16 @@ class FastLexer(Lexer):
     opening quote only; ``strscan.scan`` then reads it whole, as Nix's lexer reads it
     (nested strings and braces in its interpolations to any depth). The token's value is
     only the opening quote; its ``start_pos`` and ``end_pos`` say where it is in the text,
-    which ``parser`` reads it from."""
+    which ``parser`` reads it from.
 
-    def __init__(self, lexer_conf) -> None:
+    It implements lark's current lexer interface (``__future_interface__``), the one
+    ``Lexer.lex`` declares: lark calls it with no wrapper around it."""
+
+    #: ``lex(lexer_state, parser_state)``, as ``Lexer`` declares it (lark >= 1.3 reads
+    #: the number; older versions take any true value)
+    __future_interface__ = 2
+
+    def __init__(self, lexer_conf: LexerConf) -> None:
         words: dict[str, str] = {}
         literals: list[tuple[str, str]] = []
         regexps: dict[str, str] = {}
@@ -79,13 +87,15 @@ class FastLexer(Lexer):
         self.master = re.compile("|".join(alts))
         self.words = words
 
-    def lex(self, span: Span | str) -> Iterator[Token]:
+    def lex(self, lexer_state: LexerState, parser_state: object) -> Iterator[Token]:
+        """The tokens of ``lexer_state.text``: what ``Lark.parse`` was given, which must
+        be a ``Span`` (lark hands on any input that is not a ``str`` as it is)."""
+        span: object = lexer_state.text  # (lark declares a str slice, its own lexers' input)
+        if not isinstance(span, Span):
+            raise TypeError(f"FastLexer lexes a lexer.Span, not {type(span).__name__}")
         match = self.master.match
         words = self.words
-        if isinstance(span, Span):
-            text, pos, end, ends = span.text, span.begin, span.end, span.ends
-        else:
-            text, pos, end, ends = span, 0, len(span), None
+        text, pos, end, ends = span.text, span.begin, span.end, span.ends
         # Token() only forwards to _future_new after a deprecation check; skip the hop
         new = getattr(Token, "_future_new", Token)
         while pos < end:
@@ -93,6 +103,7 @@ class FastLexer(Lexer):
             if m is None:
                 raise LexError(pos)
             kind = m.lastgroup
+            assert kind is not None  # (every alternative of the master pattern is a named group)
             if kind == "_":
                 pos = m.end()
             elif kind == "NAME":

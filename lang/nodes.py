@@ -34,7 +34,7 @@ class Str(Node):
 
     __slots__ = ("parts",)
 
-    def __init__(self, src: SourceText, pos: int, parts: tuple) -> None:
+    def __init__(self, src: SourceText, pos: int, parts: tuple[str | Node, ...]) -> None:
         super().__init__(src, pos)
         self.parts = parts
 
@@ -96,7 +96,12 @@ class Call(Node):
     __slots__ = ("name", "args", "name_pos")
 
     def __init__(
-        self, src: SourceText, pos: int, name: str, args: tuple, name_pos: dict | None = None
+        self,
+        src: SourceText,
+        pos: int,
+        name: str,
+        args: tuple[tuple[str | None, Node], ...],
+        name_pos: dict[str, int] | None = None,
     ) -> None:
         super().__init__(src, pos)
         self.name = name
@@ -149,7 +154,15 @@ class Package(Node):
 
     __slots__ = ("name", "params", "fields", "lets")
 
-    def __init__(self, src, pos, name: str, params: tuple, fields: tuple, lets: tuple) -> None:
+    def __init__(
+        self,
+        src: SourceText,
+        pos: int,
+        name: str,
+        params: tuple[Param, ...],
+        fields: tuple[Binding, ...],
+        lets: tuple[Let, ...],
+    ) -> None:
         super().__init__(src, pos)
         self.name = name
         self.params = params
@@ -170,7 +183,9 @@ class Module:
 
     __slots__ = ("src", "imports", "lets", "packages")
 
-    def __init__(self, src: SourceText, imports: list, lets: list, packages: list) -> None:
+    def __init__(
+        self, src: SourceText, imports: list[Import], lets: list[Let], packages: list[Package]
+    ) -> None:
         self.src = src
         self.imports = imports
         self.lets = lets

@@ -6,6 +6,8 @@ names. Nothing here parses; the parser calls these once a parse has failed.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from lark import Lark, Token
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
@@ -38,13 +40,14 @@ _EXPR_START = {
 }
 
 
-def _describe_expected(parser: Lark, names) -> str:
-    names = set(names)
+def _describe_expected(parser: Lark, names: Iterable[str]) -> str:
+    """The terminals ``names`` in words, as one phrase ("a name, ';' or '}'"); "" if none."""
+    wanted = set(names)
     words = []
-    if {"NAME", "NUMBER", "STRING", "LSQB"} <= names:
+    if {"NAME", "NUMBER", "STRING", "LSQB"} <= wanted:
         words.append("an expression")
-        names -= _EXPR_START
-    for n in sorted(names):
+        wanted -= _EXPR_START
+    for n in sorted(wanted):
         if n in _WORDS:
             words.append(_WORDS[n])
             continue
@@ -110,11 +113,13 @@ def syntax_error(
             )
         return RecipeSyntaxError(msg + (f"; expected {expected}" if expected else ""), src, pos)
     if isinstance(e, UnexpectedCharacters):  # (lark's own lexers: FastLexer raises LexError)
-        pos = e.pos_in_stream
-        ch = src.text[pos] if pos < len(src.text) else ""
+        # (lark declares pos_in_stream as the base class's `= None`, unannotated; the
+        # lexer's error sets it to where no token starts)
+        at: int = e.pos_in_stream  # type: ignore[assignment]
+        ch = src.text[at] if at < len(src.text) else ""
         expected = _describe_expected(parser, e.allowed or ())
         return RecipeSyntaxError(
-            f"unexpected character {ch!r}" + (f"; expected {expected}" if expected else ""), src, pos
+            f"unexpected character {ch!r}" + (f"; expected {expected}" if expected else ""), src, at
         )
     if isinstance(e, UnexpectedEOF):
         return RecipeSyntaxError(f"unexpected {end}", src, stop)

@@ -27,7 +27,7 @@ the offending token and the expected tokens in words (``parseerrors``).
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +46,10 @@ _SIMPLE_VAR = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*\Z")
 _END_OF_INTERP = "end of the ${...} interpolation"
 
 
-def _check_duplicates(fields, src: SourceText, what: str) -> None:
-    seen: dict[str, ast.Binding] = {}
+def _check_duplicates(
+    fields: Iterable[ast.Binding | ast.Param | ast.Package], src: SourceText, what: str
+) -> None:
+    seen: dict[str, ast.Binding | ast.Param | ast.Package] = {}
     for f in sorted(fields, key=lambda f: f.pos):  # source order: the later one is the duplicate
         first = seen.get(f.name)
         if first is not None:
@@ -56,7 +58,7 @@ def _check_duplicates(fields, src: SourceText, what: str) -> None:
         seen[f.name] = f
 
 
-def _check_shadowed_params(params, body, src: SourceText) -> None:
+def _check_shadowed_params(params: Sequence[ast.Param], body: Sequence[ast.Binding], src: SourceText) -> None:
     """Refuse a field or local ``let`` named like a parameter of its package: they share
     one scope, so it would silently replace the argument (or, as ``version = version``,
     refer to itself). Raised at the field, naming the parameter's line."""
@@ -80,7 +82,6 @@ class _Builder:
 
     def __init__(self) -> None:
         self.src: SourceText = SourceText("<none>", "")
-        self.parser: Lark | None = None
         #: the ends of the strings nested in interpolations read so far in ``src`` (lexer.Span)
         self.ends: dict[int, int] = {}
         #: how many ``${...}`` deep the parse of ``src`` is, and the deepest (depth, position
@@ -89,6 +90,8 @@ class _Builder:
         self.deepest = (0, 0)
 
     def _p(self, tok: Token) -> int:
+        """Where ``tok`` starts in ``src.text`` (``FastLexer`` gives every token its start)."""
+        assert tok.start_pos is not None, f"token {tok.type} without a position"
         return tok.start_pos
 
     # -- top level
@@ -108,7 +111,8 @@ class _Builder:
         s = self.string([c[1]])
         if not isinstance(s, ast.Const):
             raise RecipeSyntaxError("an import path cannot contain ${...}", self.src, self._p(c[1]))
-        return ast.Import(self.src, self._p(c[0]), s.value)  # type: ignore[arg-type]  # a str Const
+        assert isinstance(s.value, str)  # (the Const of a string holds a str)
+        return ast.Import(self.src, self._p(c[0]), s.value)
 
     def let_stmt(self, c: Sequence[Any]) -> ast.Let:
         return ast.Let(self.src, self._p(c[1]), str(c[1]), c[2])
@@ -255,9 +259,11 @@ class _Builder:
         if self.depth > self.deepest[0]:
             self.deepest = (self.depth, begin - 2)
         try:
-            return _parse(self.parser, self.src, "expr", begin, end, _END_OF_INTERP)
+            node = _parse(_lark(), self.src, "expr", begin, end, _END_OF_INTERP)
         finally:
             self.depth -= 1
+        assert isinstance(node, ast.Node)
+        return node
 
 
 _LARK: Lark | None = None
@@ -276,12 +282,15 @@ def _lark() -> Lark:
             maybe_placeholders=True,
             lexer=FastLexer,
         )
-        _BUILDER.parser = _LARK
     return _LARK
 
 
-def _parse(parser: Lark, src: SourceText, start: str, begin: int, stop: int, end: str = "end of file"):
-    """Parse ``src.text[begin:stop]`` from rule ``start``; errors say ``end`` for ``stop``
+def _parse(
+    parser: Lark, src: SourceText, start: str, begin: int, stop: int, end: str = "end of file"
+) -> object:
+    """Parse ``src.text[begin:stop]`` from rule ``start``: what ``_Builder`` made of it (an
+    ``ast.Module`` for ``start``, an ``ast.Node`` for ``expr``; lark's types say a tree, as
+    without an inline transformer). Errors say ``end`` for ``stop``
     (an interpolation's or attribute's end is not the file's). The ends of strings read in
     ``src`` are remembered while it is parsed (``lexer.Span``), and how deep in ``${...}``
     the parse is (``_Builder.depth``)."""
@@ -316,10 +325,14 @@ def parse_module(text: str, name: str, path: str | None = None) -> ast.Module:
     """Parse a whole recipe file; ``name`` is how errors refer to it, ``path`` its
     absolute location (imports and ``path "..."`` are relative to its directory)."""
     src = SourceText(name, text, path)
-    return _parse(_lark(), src, "start", 0, len(text))
+    module = _parse(_lark(), src, "start", 0, len(text))
+    assert isinstance(module, ast.Module)
+    return module
 
 
 def parse_expr(text: str, name: str = "<expression>", path: str | None = None) -> ast.Node:
     """Parse one expression (e.g. an attribute argument on the command line)."""
     src = SourceText(name, text, path)
-    return _parse(_lark(), src, "expr", 0, len(text), "end of the attribute expression")
+    node = _parse(_lark(), src, "expr", 0, len(text), "end of the attribute expression")
+    assert isinstance(node, ast.Node)
+    return node

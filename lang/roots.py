@@ -64,7 +64,7 @@ def _trusted_uids() -> tuple[int, ...]:
     whose project it is (git's ``safe.directory`` trusts ``SUDO_UID`` the same way). A
     ``SUDO_UID`` that is not a number is ignored."""
     euid = os.geteuid()
-    uids = (euid, 0)
+    uids: tuple[int, ...] = (euid, 0)
     sudo = os.environ.get("SUDO_UID", "")
     if euid == 0 and sudo.isascii() and sudo.isdigit():
         uids += (int(sudo),)

@@ -9,8 +9,16 @@ A ``Thunk``'s ``value`` is ``UNSET`` until forced and ``RUNNING`` while being co
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from . import nodes as ast
+
+if TYPE_CHECKING:
+    from .evaluator import Evaluator
+
+#: a builtin: it gets the evaluator, its ``Call`` node and the calling scope, evaluates
+#: its own arguments and returns its value (``builtins``)
+BuiltinFn = Callable[["Evaluator", ast.Call, "Env"], object]
 
 RUNNING = object()
 UNSET = object()
@@ -24,14 +32,15 @@ class Thunk:
     def __init__(self, node: ast.Node, env: Env, name: str) -> None:
         self.node = node
         self.env = env
-        self.value = UNSET
+        self.value: object = UNSET
         self.name = name
 
 
 class Env:
     __slots__ = ("vars", "parent")
 
-    def __init__(self, vars: dict, parent: Env | None) -> None:
+    def __init__(self, vars: dict[str, object], parent: Env | None) -> None:
+        """``vars``: name -> a ``Thunk``, ``PackageFn``, ``Builtin`` or value."""
         self.vars = vars
         self.parent = parent
 
@@ -57,7 +66,7 @@ class PackageFn:
 class Builtin:
     __slots__ = ("name", "fn")
 
-    def __init__(self, name: str, fn: Callable) -> None:
+    def __init__(self, name: str, fn: BuiltinFn) -> None:
         self.name = name
         self.fn = fn
 

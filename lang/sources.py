@@ -61,9 +61,9 @@ def _patterns(root: Path) -> list[tuple[str, bool]]:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        line = raw.count(b"\n", 0, e.start) + 1
+        line_no = raw.count(b"\n", 0, e.start) + 1
         raise BadValue(
-            f"{visible(str(f))} is not valid UTF-8 (byte 0x{raw[e.start]:02x} on line {line})"
+            f"{visible(str(f))} is not valid UTF-8 (byte 0x{raw[e.start]:02x} on line {line_no})"
         ) from None
     out = []
     for line in text.splitlines():

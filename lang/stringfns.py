@@ -15,7 +15,7 @@ before building the result, located at the call; ``elem`` compares with
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from . import limits
 from . import nodes as ast
@@ -27,7 +27,13 @@ if TYPE_CHECKING:
     from .scope import Env
 
 
-def _positional(ev, node: ast.Call, env, types: tuple) -> list:
+def _positional(
+    ev: Evaluator, node: ast.Call, env: Env, types: tuple[str, ...]
+) -> list[tuple[Any, ast.Node]]:
+    """The arguments of ``node`` as (value, node), ``types`` naming each one's type
+    ("string", "list", "boolean", "any"), checked here; a ``RecipeTypeError`` if they
+    are not positional, as many or of those types. (Any: each value has the type named,
+    which a static type cannot follow.)"""
     if any(name is not None for name, _ in node.args) or len(node.args) != len(types):
         sig = ", ".join(t for t in types)
         raise RecipeTypeError(
@@ -48,11 +54,11 @@ def _positional(ev, node: ast.Call, env, types: tuple) -> list:
     return out
 
 
-def _text(v) -> tuple[str, frozenset]:
+def _text(v: str | CStr) -> tuple[str, frozenset]:
     return (v.text, v.ctx) if isinstance(v, CStr) else (v, frozenset())
 
 
-def _mk(text: str, ctx: frozenset):
+def _mk(text: str, ctx: frozenset) -> str | CStr:
     return CStr(text, ctx) if ctx else text
 
 

@@ -23,6 +23,7 @@ string without interpolations costs a match or two.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 # No possessive quantifiers (``*+``, ``++``) in these runs: CPython before 3.11.3 (Debian
 # 12's 3.11.2) gets a possessive repeat of a group holding a lookahead wrong (it read
@@ -40,6 +41,14 @@ _EOL = re.compile(r"[\r\n]").search
 #: what Nix's lexer takes with an opening ``''``: a first line of only spaces
 _IND_FIRST_LINE = re.compile(r" *\n").match
 _UNESCAPE = re.compile(r"\\(.)", re.S)
+
+
+def _end(run: re.Match[str] | None) -> int:
+    """Where a run (``_STR_RUN``, ``_IND_RUN``, ``_CODE_RUN``) ends: each is a repeat
+    (``(...)*``), which matches anywhere, if only the empty string."""
+    assert run is not None, "a repeat matched nowhere"
+    return run.end()
+
 
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r"}
 
@@ -72,7 +81,11 @@ class Unterminated(Exception):  # noqa: N818 - what it reports, not an error of 
 
 
 def scan(
-    text: str, start: int, pieces: list | None = None, ends: dict[int, int] | None = None, base: int = 0
+    text: str,
+    start: int,
+    pieces: list[tuple[int, Any]] | None = None,
+    ends: dict[int, int] | None = None,
+    base: int = 0,
 ) -> int:
     """The index just after the string literal starting at ``text[start]`` (``"`` or
     ``''``), read as Nix's lexer reads it (the module docstring says how). Raises
@@ -97,7 +110,7 @@ def scan(
     if ends is not None and pieces is None and (known := ends.get(base + start)) is not None:
         return known - base
     if pieces is None and text[start] == '"':  # the usual one: no ${...}, read by one match
-        i = _STR_RUN(text, start + 1).end()
+        i = _end(_STR_RUN(text, start + 1))
         if text.startswith('"', i):
             return i + 1
     n = len(text)
@@ -110,7 +123,7 @@ def scan(
     comment = -1
     while True:
         if mode == _QUOTED:
-            j = _STR_RUN(text, i).end()
+            j = _end(_STR_RUN(text, i))
             if pieces is not None and j > i and len(stack) == 1:
                 raw = text[i:j]
                 pieces.append((LIT, _unescape(raw) if "\\" in raw else raw))
@@ -129,7 +142,7 @@ def scan(
             stack.append(("${", i))  # the run stops only at '"', '${' or the end
             mode, i = _CODE, i + 2
         elif mode == _INDENTED:
-            j = _IND_RUN(text, i).end()
+            j = _end(_IND_RUN(text, i))
             if pieces is not None and j > i and len(stack) == 1:
                 pieces.append((LIT, text[i:j]))
             i = j
@@ -157,7 +170,7 @@ def scan(
                 ends[base + at] = base + i
             mode = _MODE[stack[-1][0]]
         else:
-            i = _CODE_RUN(text, i).end()
+            i = _end(_CODE_RUN(text, i))
             if i >= n:
                 break
             c = text[i]
