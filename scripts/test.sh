@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up (scripts/setup-debian.sh) and run the whole test suite: lint, then pytest,
+# Set up (scripts/setup-debian.sh) and run the whole test suite: lint, type check, then pytest,
 # including the slow group that builds the real packages in recipes/ from source.
 # Extra arguments go to pytest (e.g. `-m "not slow"` to skip the package builds).
 set -euo pipefail
@@ -15,6 +15,8 @@ echo "== source mirror $KILN_MIRROR"
 export KILN_SOURCE_MIRRORS=${KILN_SOURCE_MIRRORS:-$KILN_MIRROR}
 echo "== ruff"
 "$PY" -m ruff check .
+echo "== mypy"
+PYTHON="$PY" bash scripts/typecheck.sh
 echo "== pytest"
 # -rs: every skip is listed with its reason (CI installs what the tests need: a skip there
 # means a check did not run)
