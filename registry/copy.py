@@ -132,7 +132,8 @@ def _add_signatures(sub: Substituter, store: Any, src: str, held: list[str], tru
     """Add to the paths ``held`` (valid before this copy) the signatures of ``src``'s
     narinfos for them that are valid by ``trusted`` keys for the local path (module
     docstring); only those lacking a valid signature by some trusted key are asked for.
-    Says how many were added (stderr); returns that number."""
+    Says how many were added (stderr); returns that number. A source that fails to
+    answer, or a narinfo it refuses, is a warning: the copy itself is done by then."""
     names = {k.name for k in trusted}
     lacking = {}
     for p in held:
@@ -141,8 +142,18 @@ def _add_signatures(sub: Substituter, store: Any, src: str, held: list[str], tru
             lacking[p] = info
     if not lacking:
         return 0
+    offered_infos = sub.query_many(sorted(lacking))
+    # (query_many does not raise for a registry that fails: it marks it down, or a
+    # narinfo rejected; what was asked for is copied by now, so a warning, not a failure)
+    why = sub.down.get(src) or next((sub.rejected[p] for p in sorted(lacking) if p in sub.rejected), None)
+    if why is not None:
+        print(
+            f"warning: could not get new signatures from {redact_urls(src)} for some of the "
+            f"{len(lacking)} path(s) the store held already: {redact_urls(why)}",
+            file=sys.stderr,
+        )
     added = touched = 0
-    for p, offered in sub.query_many(sorted(lacking)).items():
+    for p, offered in offered_infos.items():
         new = sigs_to_add(lacking[p], offered.sigs, trusted)
         if new:
             store.add_signatures(p, new)

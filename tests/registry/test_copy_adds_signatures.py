@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from httpkit import answer, serve
 from regkit import add_built, kiln, make_store, push_cli
 
 from kiln.store.signing import valid_signers
@@ -87,5 +88,37 @@ def test_a_signature_over_another_build_of_the_path_is_not_added(served, keys, o
     try:
         assert valid_signers(s.query(lib), [keys.pk, other_keys.pk]) == {"kiln-test-1"}
         assert len(s.query(lib).sigs) == 1
+    finally:
+        s.close()
+
+
+def test_a_failing_signature_query_after_the_copy_is_a_warning(served, keys, other_keys, tmp_path):
+    """The copy itself succeeded; asking the source for new signatures of held paths
+    then fails (here: a source that answers 500 for one of them, every time): a
+    warning, exit 0, the copied path valid."""
+    pub, lib, app, url, tok = served
+    client = tmp_path / "client"
+    assert _copy(url, client, keys.pk_file, app).returncode == 0
+    tool = add_built(pub, tmp_path, "tool", "tool v1")
+    assert push_cli(pub, [app, tool], url, tok, other_keys.sk_file).returncode == 0
+    reg = tmp_path / "reg"
+    broken = "/" + lib.split("/")[-1].split("-")[0] + ".narinfo"
+
+    def do_get(h) -> None:  # the registry's files, as a static server gives them
+        f = reg / h.path.lstrip("/")
+        if h.path == broken:
+            answer(h, 500, {}, b"broken")
+        elif f.is_file() and reg in f.resolve().parents:
+            answer(h, 200, {}, f.read_bytes())
+        else:
+            answer(h, 404, {}, b"")
+
+    with serve(do_get) as src:
+        r = _copy(src, client, other_keys.pk_file, tool, app)
+    assert r.returncode == 0 and "copied 1 path" in r.stdout, r.stdout + r.stderr
+    assert "warning: could not get new signatures from" in r.stderr and "held already" in r.stderr, r.stderr
+    s = make_store(client)
+    try:
+        assert s.is_valid(tool)
     finally:
         s.close()
