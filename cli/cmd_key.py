@@ -1,4 +1,4 @@
-"""``kiln key``: generate signing keys and show public keys.
+"""``kiln key``: generate signing keys, show public keys, rotate and revoke keys.
 
 - ``kiln key generate NAME [-o FILE] [--force]`` writes the secret key (Nix format,
   ``NAME:base64``) to FILE, default ``$KILN_HOME/keys/NAME.sec``, created 0600
@@ -246,7 +246,9 @@ def _revoke(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="kiln key", description="generate signing keys and show public keys")
+    p = argparse.ArgumentParser(
+        prog="kiln key", description="generate signing keys, show public keys, rotate and revoke keys"
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
     g = sub.add_parser("generate", help="generate an ed25519 signing key")
     g.add_argument("name", metavar="NAME", help="key name (appears in every signature, e.g. cache.example-1)")

@@ -39,7 +39,7 @@ import sys
 #: command name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "store": ("kiln.cmd_store", "inspect and maintain the local store"),
-    "key": ("kiln.cmd_key", "generate and show signing keys"),
+    "key": ("kiln.cmd_key", "generate, show, rotate and revoke signing keys"),
     "eval": ("kiln.cmd_eval", "evaluate a recipe file to derivations"),
     "show-derivation": ("kiln.cmd_eval", "print a derivation"),
     "path": ("kiln.cmd_eval", "print an output path without building"),
