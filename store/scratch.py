@@ -33,8 +33,16 @@ class Scratch:
         return p
 
     def remove(self) -> None:
-        for p in self.used:
-            remove_tree(p)
+        """Remove every name used; one that cannot be removed does not keep the others:
+        all are tried, then the first failure is raised (GC removes what is left)."""
+        first: OSError | StoreError | None = None
+        for p in sorted(self.used):
+            try:
+                remove_tree(p)
+            except (OSError, StoreError) as e:
+                first = first or e
+        if first is not None:
+            raise first
 
 
 @contextlib.contextmanager
@@ -48,12 +56,8 @@ def writing(gc_lock_path: Path, scratch_dir: Path) -> Iterator[Scratch]:
         scratch = Scratch(scratch_dir / os.urandom(6).hex())
         try:
             yield scratch
-        except KeyboardInterrupt:  # (a failure to remove must not replace it: GC removes the rest)
-            for p in scratch.used:
-                with contextlib.suppress(OSError, StoreError):
-                    remove_tree(p)
-            raise
-        except BaseException:
-            scratch.remove()
+        except BaseException:  # (a failure to remove must not replace it: GC removes the rest)
+            with contextlib.suppress(OSError, StoreError):
+                scratch.remove()
             raise
         scratch.remove()
