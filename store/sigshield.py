@@ -24,11 +24,11 @@ from __future__ import annotations
 
 import _thread  # (not threading: the CLI's handlers import this module on every command)
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (cached `kiln eval`)
 if TYPE_CHECKING:
     import threading
+    from collections.abc import Callable
 
 #: seconds a ``wait_for`` sleeps before it looks for a deferred signal again
 POLL = 0.05
