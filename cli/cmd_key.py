@@ -36,11 +36,13 @@ from kiln.store.errors import KilnError
 from kiln.store.keyfiles import public_key_of, write_public_key, write_secret_key
 from kiln.store.signing import SecretKey
 
-from .common import add_store_arg, default_home, private_keys_dir, store_root
+from .common import add_store_arg, private_keys_dir, store_root
 
 
-def keys_dir() -> Path:
-    return default_home() / "keys"
+def keys_dir(args: argparse.Namespace) -> Path:
+    """The named keys' directory: ``keys/`` of ``--store`` if given, else of the default
+    store root (as ``rotate`` and the signing commands look for NAME)."""
+    return store_root(args) / "keys"
 
 
 #: characters a key name may not hold besides whitespace and non-ASCII (``check_key_name``)
@@ -80,7 +82,7 @@ def _generate(args: argparse.Namespace) -> int:
     else:
         if "/" in args.name:
             raise KilnError(f"key name {args.name!r} must not contain '/' (use -o FILE to choose the file)")
-        sec = private_keys_dir(keys_dir()) / f"{args.name}.sec"
+        sec = private_keys_dir(keys_dir(args)) / f"{args.name}.sec"
     if not sec.parent.exists():
         sec.parent.mkdir(parents=True, mode=0o700)
     pub = _pub_path(sec)
@@ -161,7 +163,7 @@ def _heal_public(sec: Path, pub: Path) -> None:
 def _public(args: argparse.Namespace) -> int:
     arg = args.key
     if arg is None:
-        d = keys_dir()
+        d = keys_dir(args)
         found = sorted(d.glob("*.sec")) if d.is_dir() else []
         if len(found) != 1:
             names = ", ".join(p.stem for p in found) or "none"
@@ -170,9 +172,10 @@ def _public(args: argparse.Namespace) -> int:
     elif "/" in arg or os.path.exists(arg):
         path = Path(arg)
     else:
-        path = keys_dir() / f"{arg}.sec"
-        if not path.exists() and (keys_dir() / f"{arg}.pub").exists():
-            path = keys_dir() / f"{arg}.pub"
+        d = keys_dir(args)
+        path = d / f"{arg}.sec"
+        if not path.exists() and (d / f"{arg}.pub").exists():
+            path = d / f"{arg}.pub"
     if not path.exists():
         from kiln.store.signing import may_be_secret
 
@@ -233,7 +236,7 @@ def _rotate(args: argparse.Namespace) -> int:
 def _revoke(args: argparse.Namespace) -> int:
     from .keyrotate import revoke
 
-    text, keys = args.key, keys_dir()
+    text, keys = args.key, keys_dir(args)
     if (
         ":" not in text
         or os.path.lexists(text)
@@ -256,9 +259,11 @@ def main(argv: list[str]) -> int:
         "-o", "--output", metavar="FILE", help="secret key file (default: $KILN_HOME/keys/NAME.sec)"
     )
     g.add_argument("--force", action="store_true", help="replace an existing key file")
+    add_store_arg(g)  # (NAME.sec goes to its keys/)
     g.set_defaults(fn=_generate)
     pk = sub.add_parser("public", help="print the public key of a key file or named key")
     pk.add_argument("key", nargs="?", metavar="FILE|NAME")
+    add_store_arg(pk)
     pk.set_defaults(fn=_public)
     r = sub.add_parser("rotate", help="make the successor of a key (name-1 -> name-2)")
     r.add_argument("key", metavar="FILE|NAME", help="the current key")
@@ -276,6 +281,7 @@ def main(argv: list[str]) -> int:
     rv.add_argument("--policy", required=True, metavar="FILE", help="policy file to add the revocation to")
     rv.add_argument("--retired", action="store_true", help="not compromised: earlier attestations stay valid")
     rv.add_argument("--reason", default="", help="why (recorded in the policy)")
+    add_store_arg(rv)  # (a NAME is looked for in its keys/)
     rv.set_defaults(fn=_revoke)
     args = p.parse_args(argv[1:] if argv and argv[0] == "key" else argv)
     return args.fn(args)
