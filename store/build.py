@@ -207,7 +207,7 @@ class Builder(Producing, Checking, Scheduling, Committing):
                 raise errors[0]
             for error in errors:
                 self.say(f"error: {error}")  # (under -k with failures: reported, and the failures raised)
-            self._finish_left_hooks(graph, roots, todo, failed)
+            self._finish_left_hooks(graph, failed)
             # --check means "build it once more and compare" (a root built just now too);
             # --rounds N, with or without it, N builds in all: N - 1 comparisons
             checks = max(1 if self.opts.check else 0, self.opts.rounds - 1)

@@ -194,9 +194,7 @@ class Scheduling:
         failed[drv_path] = e
         self.say(f"error: {e}")
 
-    def _finish_left_hooks(
-        self, graph: Graph, roots: list[str], todo: list[str], failed: dict[str, BaseException]
-    ) -> None:
+    def _finish_left_hooks(self, graph: Graph, failed: dict[str, BaseException]) -> None:
         """Run ``after_build`` (signing, provenance) for outputs whose builder left its
         hook unfinished (``hookmarks``: killed between the commit and the hook, or the
         hook failed), for every derivation of the requested graph (``graph``: the roots
@@ -209,7 +207,6 @@ class Scheduling:
         itself are not run again; a live builder's pending hook and paths without a
         marker (substitutes) are left alone; ``--check`` compares only. The provenance
         gives the registration time as start and end (the build's own times were lost).
-        (``roots`` and ``todo`` are no longer needed: the graph holds them.)
 
         Invariant: a free marker on a valid path means the build that committed the path
         did not finish its hook, whatever part of it ran; so the hook is run again in
