@@ -10,7 +10,8 @@ export DEBIAN_FRONTEND=noninteractive
 PATH=$PATH:/usr/sbin:/sbin
 
 tools="bwrap:bubblewrap nix-store:nix-bin zstd:zstd nginx:nginx-light wrk:wrk busybox:busybox-static
-       git:git /usr/bin/time:time curl:curl disorderfs:disorderfs diffoscope:diffoscope-minimal faketime:faketime"
+       git:git /usr/bin/time:time curl:curl disorderfs:disorderfs diffoscope:diffoscope-minimal faketime:faketime
+       gpg:gpg gpgv:gpgv"
 [ "${1:-}" = --demo ] && tools="bwrap:bubblewrap"
 
 as_root() {

@@ -1,21 +1,21 @@
-"""Reading the machine's apt configuration and metadata: archive base URLs and package indexes.
+"""Reading the package indexes apt downloaded into candidates for a lock.
 
 Theory of operation
 -------------------
-kiln never writes an archive host into the repository. The places a ``debian:<pool path>``
-source can be downloaded from are read *at run time* from the machine's own apt sources
-(``/etc/apt/sources.list.d/*.sources`` in deb822 form, and the one-line
-``/etc/apt/sources.list``), see ``archive_bases``.
+The machine's apt sources (archive URLs for ``debian:`` sources, ``archive_bases``, and
+the keys each archive is signed by) are read by ``aptsources``.
 
 ``kiln lock debian`` resolves a closure against the indexes apt has already downloaded
 (``/var/lib/apt/lists/*_Packages``, possibly compressed: apt's own ``apt-helper cat-file``
 for lz4, ``gzip`` and ``debstreams.Streams`` for the rest, so a cut or corrupt file is an
-``AptError`` naming it, never a silently shorter index). Nothing here verifies them: they
-are trusted as ``apt-get update`` verified them (InRelease signature, Release hashes); a
-``--lists DIR`` is not verified at all (docs/toolchain.md). Every stanza is scanned once
-with one regex (field names case-insensitive; a field given twice is a ``FormatError``,
-as deb822 and a first-match scan would read it two ways); only the stanzas of packages
-that end up in the closure are parsed with python-debian's ``debian.deb822.Packages``.
+``AptError`` naming it, never a silently shorter index). ``AptIndex.load`` hands each
+index's bytes to a ``check`` before reading them: the command's is ``aptverify``'s, which
+verifies them against their suite's signed ``Release`` file as ``apt-get update`` did.
+
+Every stanza is scanned once with one regex (field names case-insensitive; a field given
+twice is a ``FormatError``, as deb822 and a first-match scan would read it two ways); only
+the stanzas of packages that end up in the closure are parsed with python-debian's
+``debian.deb822.Packages``.
 Versions (``Version``, and those in ``Provides``) must be what dpkg accepts
 (``valid_version``): python-debian raises ``ValueError`` comparing some others.
 
@@ -40,7 +40,7 @@ import subprocess
 import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from .aptfields import fields as fields_of
 from .aptfields import valid_version as valid_version  # re-exported: aptresolve and tests import it here
@@ -54,79 +54,32 @@ from .aptlock import (
     read_lock,
     render_lock,
 )
+from .aptsources import APT_SOURCES_DIR as APT_SOURCES_DIR
+from .aptsources import APT_SOURCES_LIST as APT_SOURCES_LIST
+from .aptsources import archive_bases as archive_bases  # re-exported: fetch and tests use it here
 from .errors import FormatError, KilnError
 
 if TYPE_CHECKING:
     from debian.deb822 import Packages
 
 APT_LISTS = Path("/var/lib/apt/lists")
-APT_SOURCES_LIST = Path("/etc/apt/sources.list")
-APT_SOURCES_DIR = Path("/etc/apt/sources.list.d")
 
 
 class AptError(KilnError):
     """The apt metadata is missing or cannot satisfy a request."""
 
 
-# --- sources ---------------------------------------------------------------------------
+class IndexVerifier(Protocol):
+    """What ``AptIndex.load`` asks of a verifier (``aptverify.ListsVerifier``)."""
 
+    def check(self, index: Path, data: bytes) -> None: ...
 
-def _deb822_sources(path: Path) -> Iterator[tuple[list[str], list[str]]]:
-    """(types, uris) of each stanza of a ``.sources`` file."""
-    from debian.deb822 import Deb822
-
-    with open(path, encoding="utf-8") as f:
-        for para in Deb822.iter_paragraphs(f, use_apt_pkg=False):
-            if para.get("Enabled", "yes").strip().lower() == "no":
-                continue
-            yield para.get("Types", "").split(), para.get("URIs", "").split()
-
-
-def _one_line_sources(path: Path) -> Iterator[tuple[list[str], list[str]]]:
-    for line in path.read_text(encoding="utf-8").splitlines():
-        line = line.split("#", 1)[0].strip()
-        if not line:
-            continue
-        # "deb [opt=val ...] URI suite comp..." — options are bracketed
-        line = re.sub(r"\[[^\]]*\]", " ", line)
-        words = line.split()
-        if len(words) >= 2:
-            yield [words[0]], [words[1]]
-
-
-def archive_bases(
-    kind: str = "deb", sources_dir: Path = APT_SOURCES_DIR, sources_list: Path = APT_SOURCES_LIST
-) -> list[str]:
-    """Base URLs (no trailing slash) of the configured archives of type ``kind``, in
-    configuration order, without duplicates. Only http(s) and file URIs are kept: those
-    the fetcher speaks (an ``ftp:`` archive would only add a source bound to fail, see
-    ``kiln.store.fetch``; ``mirror+http:``, ``tor+http:`` and the like need apt's own
-    methods)."""
-    found: list[str] = []
-    files: list[tuple[Path, bool]] = []
-    if sources_list.is_file():
-        files.append((sources_list, False))
-    if sources_dir.is_dir():
-        files += [(p, True) for p in sorted(sources_dir.glob("*.sources"))]
-        files += [(p, False) for p in sorted(sources_dir.glob("*.list"))]
-    for path, deb822 in files:
-        try:
-            entries = _deb822_sources(path) if deb822 else _one_line_sources(path)
-            for types, uris in entries:
-                if kind not in types:
-                    continue
-                for uri in uris:
-                    uri = uri.rstrip("/")
-                    if re.match(r"^(https?|file):", uri) and uri not in found:
-                        found.append(uri)
-        except (OSError, UnicodeDecodeError):
-            continue  # an unreadable sources file is apt's problem, not a lock-breaker
-    return found
+    def priority(self, index: Path) -> int: ...
 
 
 # --- indexes ---------------------------------------------------------------------------
 
-_INDEX_SUFFIXES = ("", ".lz4", ".gz", ".xz", ".bz2", ".zst")
+INDEX_SUFFIXES = ("", ".lz4", ".gz", ".xz", ".bz2", ".zst")
 
 
 def index_files(lists_dir: Path = APT_LISTS) -> list[Path]:
@@ -134,13 +87,13 @@ def index_files(lists_dir: Path = APT_LISTS) -> list[Path]:
     out = []
     for p in sorted(lists_dir.glob("*_Packages*")):
         suffix = p.name.split("_Packages", 1)[1]
-        if suffix in _INDEX_SUFFIXES and p.is_file():
+        if suffix in INDEX_SUFFIXES and p.is_file():
             out.append(p)
     return out
 
 
-def read_index(path: Path) -> str:
-    """The text of one (possibly compressed) index file. ``AptError`` naming the file if it
+def read_index_bytes(path: Path) -> bytes:
+    """The (decompressed) bytes of one (possibly compressed) index file. ``AptError`` naming the file if it
     cannot be read or decompressed: corrupt data, data cut inside a compressed stream (a
     torn download; zstandard's ``stream_reader`` would end quietly inside a cut frame,
     losing the packages after it), or data after the last stream that is not padding
@@ -151,7 +104,7 @@ def read_index(path: Path) -> str:
         proc = subprocess.run(["/usr/lib/apt/apt-helper", "cat-file", str(path)], capture_output=True)
         if proc.returncode != 0:
             raise AptError(f"cannot decompress {path}: {proc.stderr.decode(errors='replace').strip()}")
-        return proc.stdout.decode("utf-8", errors="replace")
+        return proc.stdout
     import zstandard
 
     from .debarchive import Window
@@ -171,7 +124,12 @@ def read_index(path: Path) -> str:
     except (FormatError, EOFError, ValueError, lzma.LZMAError, zlib.error, zstandard.ZstdError, OSError) as e:
         # a torn download or a stray file in the lists dir: name it
         raise AptError(f"cannot read apt index {path}: {e}") from None
-    return data.decode("utf-8", errors="replace")
+    return data
+
+
+def read_index(path: Path) -> str:
+    """The text of one (possibly compressed) index file (``read_index_bytes``)."""
+    return read_index_bytes(path).decode("utf-8", errors="replace")
 
 
 #: apt's default pin priorities
@@ -182,9 +140,10 @@ _PACKAGE_RE = re.compile(r"^package[ \t]*:[ \t]*(\S+)", re.I | re.M)
 _PROVIDE_RE = re.compile(r"^\s*([^\s(]+)\s*(?:\(\s*=\s*([^)\s]+)\s*\))?\s*\Z")
 
 
-def release_priority(index: Path) -> int:
-    """The default pin priority of the suite an index belongs to, from apt's Release file
-    beside it (the longest ``*_InRelease``/``*_Release`` whose name prefixes the index's)."""
+def release_file(index: Path) -> Path | None:
+    """apt's Release file of the suite an index belongs to: the ``*_InRelease`` or
+    ``*_Release`` beside it with the longest name whose stem prefixes the index's name
+    (so ``InRelease`` over ``Release``, as apt prefers it); None if there is none."""
     best: Path | None = None
     for rel in index.parent.glob("*Release"):
         stem = rel.name.removesuffix("InRelease").removesuffix("Release")
@@ -194,6 +153,20 @@ def release_priority(index: Path) -> int:
             and (best is None or len(rel.name) > len(best.name))
         ):
             best = rel
+    return best
+
+
+def pin_priority(not_automatic: bool, but_automatic_upgrades: bool) -> int:
+    """apt's default pin priority of a suite whose Release says so."""
+    if not_automatic:
+        return PRIORITY_UPGRADES_ONLY if but_automatic_upgrades else PRIORITY_NOT_AUTOMATIC
+    return PRIORITY_DEFAULT
+
+
+def release_priority(index: Path) -> int:
+    """The default pin priority of the suite an index belongs to, read (unverified) from
+    its ``release_file``; 500 if there is none."""
+    best = release_file(index)
     if best is None:
         return PRIORITY_DEFAULT
     try:
@@ -204,11 +177,7 @@ def release_priority(index: Path) -> int:
         k.strip().lower(): v.strip().lower()
         for k, _, v in (ln.partition(":") for ln in text.splitlines()[:80])
     }
-    if fields.get("notautomatic") == "yes":
-        return (
-            PRIORITY_UPGRADES_ONLY if fields.get("butautomaticupgrades") == "yes" else PRIORITY_NOT_AUTOMATIC
-        )
-    return PRIORITY_DEFAULT
+    return pin_priority(fields.get("notautomatic") == "yes", fields.get("butautomaticupgrades") == "yes")
 
 
 #: the index field each lock field comes from
@@ -294,15 +263,27 @@ class AptIndex:
         self._parsed: dict[str, Packages] = {}
 
     @classmethod
-    def load(cls, lists_dir: Path = APT_LISTS, arch: str = "amd64") -> AptIndex:
+    def load(
+        cls,
+        lists_dir: Path = APT_LISTS,
+        arch: str = "amd64",
+        verifier: IndexVerifier | None = None,
+    ) -> AptIndex:
+        """The candidates of every index in ``lists_dir``. A ``verifier`` sees each index's
+        decompressed bytes before they are read (and raises to refuse them), and then
+        gives its suite's pin priority (from the Release it verified); without one, the
+        priority is ``release_priority``'s."""
         files = index_files(lists_dir)
         if not files:
             raise AptError(f"no package indexes in {lists_dir} (run 'apt-get update' first)")
 
         def stanzas() -> Iterator[tuple[str, int, str]]:
             for f in files:
-                prio = release_priority(f)
-                for s in read_index(f).split("\n\n"):
+                data = read_index_bytes(f)
+                if verifier is not None:
+                    verifier.check(f, data)
+                prio = release_priority(f) if verifier is None else verifier.priority(f)
+                for s in data.decode("utf-8", errors="replace").split("\n\n"):
                     yield s, prio, str(f)
 
         index = cls(stanzas(), arch)  # (its errors name the file)
@@ -378,7 +359,9 @@ __all__ = [
     "lock_value_problem",
     "parse_lock",
     "read_index",
+    "read_index_bytes",
     "read_lock",
+    "release_file",
     "release_priority",
     "render_lock",
 ]

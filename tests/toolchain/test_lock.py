@@ -241,6 +241,8 @@ def test_cli_writes_lock(tmp_path):
     entries = parse_lock(out.read_text())
     assert "bash" in names(entries) and "base-files" not in names(entries)
     assert "--exclude base-files" in out.read_text()
+    # the machine's lists were verified against their signed Release files
+    assert "# Indexes verified against their suites' signed Release files:" in out.read_text()
 
 
 @machine
@@ -300,9 +302,10 @@ def test_cli_regenerate_line_keeps_arch_and_lists_and_refuses_a_directory(tmp_pa
     )
     out = tmp_path / "arm.lock"
     cmd = [sys.executable, "-m", "kiln", "lock", "debian", "libc", "--arch", "arm64", "--lists", str(lists)]
+    cmd.append("--trust-lists")  # (unsigned: verification is tests/toolchain/test_lock_verify.py's)
     proc = subprocess.run([*cmd, "-o", str(out)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    assert f"kiln lock debian libc --arch arm64 --lists {lists} -o {out}" in out.read_text()
+    assert f"kiln lock debian libc --arch arm64 --lists {lists} --trust-lists -o {out}" in out.read_text()
     proc = subprocess.run([*cmd, "-o", str(tmp_path)], capture_output=True, text=True)
     assert proc.returncode == 1 and "is a directory (expected the lock file to write)" in proc.stderr, (
         proc.stderr

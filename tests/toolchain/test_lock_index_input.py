@@ -87,7 +87,8 @@ def test_a_bad_provided_version_names_the_file_package_and_relation(tmp_path):
         resolve(AptIndex.load(d), ["a"])
     # the command says so as an error, not an internal error
     proc = subprocess.run(
-        [sys.executable, "-m", "kiln", "lock", "debian", "a", "--lists", str(d), "-o", str(tmp_path / "l")],
+        [sys.executable, "-m", "kiln", "lock", "debian", "a", "--lists", str(d), "--trust-lists"]
+        + ["-o", str(tmp_path / "l")],
         capture_output=True,
         text=True,
     )

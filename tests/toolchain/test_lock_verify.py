@@ -1,0 +1,239 @@
+"""``kiln lock debian`` verifies apt's indexes against their suites' signed Release files.
+
+Keys and signatures are real gpg's (``gpgkit``); the machine's own lists are verified in
+``test_lock.py``'s ``test_cli_writes_lock``. Every refusal is an error naming the file and
+what was expected and found, and leaves no lock behind.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from kiln.store.apt import AptError, AptIndex
+from kiln.store.aptverify import ListsVerifier
+
+from .gpgkit import INDEX, PREFIX, Key, make_key, release_text, stanza
+
+PACKAGES = (stanza("a") + "\n" + stanza("b", "2.0")).encode()
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Key, Key]]:
+    out = tmp_path_factory.mktemp("keys")
+    made = [make_key("archive", out), make_key("stranger", out)]
+    yield made[0], made[1]
+    for k in made:
+        k.close()
+
+
+def signed_lists(tmp_path: Path, key: Key, release: bytes | None = None, packages: bytes = PACKAGES) -> Path:
+    d = tmp_path / "lists"
+    d.mkdir(exist_ok=True)
+    (d / INDEX).write_bytes(packages)
+    (d / f"{PREFIX}InRelease").write_bytes(key.clearsign(release or release_text(PACKAGES)))
+    return d
+
+
+def lock(lists: Path, out: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "kiln", "lock", "debian", "b", "--lists", str(lists), *args, "-o", str(out)]
+    return subprocess.run(cmd, capture_output=True, text=True)
+
+
+def refused(proc: subprocess.CompletedProcess[str], out: Path, *words: str) -> None:
+    assert proc.returncode == 1 and "internal error" not in proc.stderr, proc.stderr
+    for w in words:
+        assert w in proc.stderr, proc.stderr
+    assert not out.exists()
+
+
+def test_a_signed_suite_is_verified_and_named_in_the_lock(tmp_path, keys):
+    archive, _ = keys
+    lists = signed_lists(tmp_path, archive)
+    for keyring in (archive.keyring, archive.armored):  # binary and armored keyrings
+        out = tmp_path / f"{keyring.suffix}.lock"
+        proc = lock(lists, out, "--keyring", str(keyring))
+        assert proc.returncode == 0, proc.stderr
+        text = out.read_text()
+        assert f"#   s: key {archive.fingerprint}\n" in text
+        assert f"--keyring {keyring}" in text  # the regenerate line keeps it
+        assert 'name = "b", version = "2.0"' in text
+
+
+def test_an_index_that_differs_from_the_signed_release_is_refused(tmp_path, keys):
+    archive, _ = keys
+    lists = signed_lists(tmp_path, archive, packages=PACKAGES.replace(b"Version: 2.0", b"Version: 2.1"))
+    out = tmp_path / "l"
+    refused(
+        lock(lists, out, "--keyring", str(archive.keyring)),
+        out,
+        f"{lists / INDEX}: expected SHA256 ",
+        "as the signed h_debian_dists_s_InRelease lists, found ",
+        "the index is not what the archive signed",
+    )
+
+
+def test_a_release_signed_by_an_untrusted_key_is_refused(tmp_path, keys):
+    archive, stranger = keys
+    lists = signed_lists(tmp_path, stranger)
+    out = tmp_path / "l"
+    refused(
+        lock(lists, out, "--keyring", str(archive.keyring)),
+        out,
+        "InRelease: no good signature by a trusted key",
+        "not in the trusted keyrings",
+        f"keyrings: {archive.keyring}",
+    )
+
+
+def test_a_release_altered_after_signing_is_a_bad_signature(tmp_path, keys):
+    archive, _ = keys
+    lists = signed_lists(tmp_path, archive)
+    inrelease = lists / f"{PREFIX}InRelease"
+    inrelease.write_bytes(inrelease.read_bytes().replace(b"Origin: Test", b"Origin: Evil"))
+    out = tmp_path / "l"
+    refused(lock(lists, out, "--keyring", str(archive.keyring)), out, "InRelease: bad signature by key")
+
+
+def test_text_outside_the_signed_block_is_not_read(tmp_path, keys):
+    """An attacker appending a Release of their own after the signature (hashes of their
+    index, NotAutomatic) changes nothing: only the text gpgv says was signed is read."""
+    archive, _ = keys
+    evil = PACKAGES.replace(b"Version: 2.0", b"Version: 9.0")
+    lists = signed_lists(tmp_path, archive, packages=evil)
+    inrelease = lists / f"{PREFIX}InRelease"
+    inrelease.write_bytes(inrelease.read_bytes() + b"\n" + release_text(evil, "NotAutomatic: yes"))
+    out = tmp_path / "l"
+    refused(
+        lock(lists, out, "--keyring", str(archive.keyring)), out, "the index is not what the archive signed"
+    )
+
+
+def test_a_detached_signature_is_verified_and_a_missing_one_refused(tmp_path, keys):
+    archive, _ = keys
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    (lists / INDEX).write_bytes(PACKAGES)
+    release = release_text(PACKAGES)
+    (lists / f"{PREFIX}Release").write_bytes(release)
+    out = tmp_path / "l"
+    refused(lock(lists, out, "--keyring", str(archive.keyring)), out, "Release: unsigned (no ")
+    (lists / f"{PREFIX}Release.gpg").write_bytes(archive.detach_sign(release))
+    proc = lock(lists, out, "--keyring", str(archive.keyring))
+    assert proc.returncode == 0 and f"s: key {archive.fingerprint}" in out.read_text(), proc.stderr
+
+
+def test_no_release_file_is_refused_unless_the_lists_are_trusted(tmp_path, keys):
+    archive, _ = keys
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    (lists / INDEX).write_bytes(PACKAGES)
+    out = tmp_path / "l"
+    refused(lock(lists, out), out, f"{lists / INDEX}: no InRelease or Release file", "--trust-lists")
+    refused(lock(lists, out, "--trust-lists", "--keyring", str(archive.keyring)), out, "choose one")
+    proc = lock(lists, out, "--trust-lists")
+    assert proc.returncode == 0, proc.stderr
+    assert f"# Indexes NOT verified (--trust-lists): read as found in {lists}." in out.read_text()
+
+
+def test_a_release_without_the_index_or_hashes_is_refused(tmp_path, keys):
+    archive, _ = keys
+    out = tmp_path / "l"
+    lists = signed_lists(tmp_path, archive, release_text(PACKAGES, path="contrib/binary-amd64/Packages"))
+    refused(
+        lock(lists, out, "--keyring", str(archive.keyring)),
+        out,
+        "InRelease lists no SHA256 for main/binary-amd64/Packages",
+    )
+    (lists / f"{PREFIX}InRelease").write_bytes(archive.clearsign(b"Origin: Test\nCodename: s\n"))
+    refused(lock(lists, out, "--keyring", str(archive.keyring)), out, "InRelease: no SHA256 hashes")
+
+
+def test_a_missing_keyring_is_refused(tmp_path, keys):
+    archive, _ = keys
+    out = tmp_path / "l"
+    missing = tmp_path / "nope.gpg"
+    refused(
+        lock(signed_lists(tmp_path, archive), out, "--keyring", str(missing)), out, f"--keyring {missing}"
+    )
+
+
+def test_an_expired_release_is_a_warning(tmp_path, keys):
+    archive, _ = keys
+    lists = signed_lists(
+        tmp_path, archive, release_text(PACKAGES, "Valid-Until: Sat, 01 Jan 2000 00:00:00 UTC")
+    )
+    out = tmp_path / "l"
+    proc = lock(lists, out, "--keyring", str(archive.keyring))
+    assert proc.returncode == 0, proc.stderr
+    assert "InRelease: expired on 2000-01-01 00:00 UTC (Valid-Until)" in proc.stderr
+    assert "run 'apt-get update'" in proc.stderr
+
+
+def test_the_pin_priority_comes_from_the_signed_release(tmp_path, keys):
+    archive, _ = keys
+    lists = signed_lists(
+        tmp_path, archive, release_text(PACKAGES, "NotAutomatic: yes", "ButAutomaticUpgrades: yes")
+    )
+    with ListsVerifier([archive.keyring], sources=[], global_trust=[]) as v:
+        AptIndex.load(lists, "amd64", v)
+        assert v.priority(lists / INDEX) == 100
+        [suite] = v.suites
+        assert suite.signers == (archive.fingerprint,) and suite.release.suite == "s"
+
+
+def test_compressed_indexes_are_checked_decompressed_or_as_downloaded(tmp_path, keys):
+    import lzma
+
+    archive, _ = keys
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    xz = lzma.compress(PACKAGES)
+    (lists / (INDEX + ".xz")).write_bytes(xz)
+    # a Release listing only the compressed file: the file itself is compared
+    release = release_text(xz, path="main/binary-amd64/Packages.xz")
+    (lists / f"{PREFIX}InRelease").write_bytes(archive.clearsign(release))
+    with ListsVerifier([archive.keyring], sources=[], global_trust=[]) as v:
+        assert "b" in AptIndex.load(lists, "amd64", v)
+    (lists / (INDEX + ".xz")).write_bytes(lzma.compress(PACKAGES, preset=1))  # same text, other bytes
+    with (
+        ListsVerifier([archive.keyring], sources=[], global_trust=[]) as v,
+        pytest.raises(AptError, match="Packages.xz"),
+    ):
+        AptIndex.load(lists, "amd64", v)
+
+
+def test_default_keys_are_the_sources_signed_by_for_that_archive(tmp_path, keys):
+    """Without --keyring, the keys are those the machine's apt trusts for the archive:
+    the stranger's key, trusted for another archive only, does not verify this one."""
+    from kiln.store.aptsources import SourceEntry
+
+    archive, stranger = keys
+    lists = signed_lists(tmp_path, stranger)
+    sources = [
+        SourceEntry(("deb",), ("http://h/debian",), ("s",), (str(archive.keyring),)),
+        SourceEntry(("deb",), ("http://other.invalid/x",), ("s",), (str(stranger.armored),)),
+    ]
+    verifier = ListsVerifier(None, sources, global_trust=[str(stranger.keyring)])
+    with verifier as v, pytest.raises(AptError, match="no good signature by a trusted key"):
+        AptIndex.load(lists, "amd64", v)
+    # an inline Signed-By block for the right archive verifies it
+    inline = SourceEntry(("deb",), ("http://h/debian",), ("s",), (stranger.armored.read_text(),))
+    with ListsVerifier(None, [inline], global_trust=[]) as v:
+        assert "b" in AptIndex.load(lists, "amd64", v)
+        assert v.suites[0].signers == (stranger.fingerprint,)
+
+
+def test_the_verifier_uses_its_clock_for_valid_until(tmp_path, keys):
+    archive, _ = keys
+    release = release_text(PACKAGES, "Valid-Until: Sat, 01 Jan 2000 00:00:00 UTC")
+    lists = signed_lists(tmp_path, archive, release)
+    then = datetime(1999, 12, 31, tzinfo=UTC)
+    with ListsVerifier([archive.keyring], sources=[], global_trust=[], now=then) as v:
+        AptIndex.load(lists, "amd64", v)
+        assert v.warnings == []
