@@ -7,7 +7,6 @@ and starts nothing; what each flag is for, and why, is in
 
 from __future__ import annotations
 
-import functools
 import os
 import posixpath
 import stat
@@ -74,17 +73,18 @@ PROC_MASKED_AS_ROOT = (
 )
 
 
-def root_only_proc_files() -> tuple[str, ...]:
-    """Top-level regular files of the host's /proc that only root may read, beyond the
-    named ones: kernels and hypervisors add their own (a Firecracker guest here had a
-    0400 ``program_cpu`` that gave a root kiln's build 17 KB of host data), so a root
-    kiln masks whatever this kernel has, not only what was audited."""
+def root_only_proc_files(proc: str = "/proc") -> tuple[str, ...]:
+    """Top-level regular files of the host's /proc (``proc``) that only root may read,
+    beyond the named ones: kernels and hypervisors add their own (a Firecracker guest
+    here had a 0400 ``program_cpu`` that gave a root kiln's build 17 KB of host data), so
+    a root kiln masks whatever this kernel has, not only what was audited. ``OSError``
+    if /proc cannot be listed: a root kiln does not build without knowing what to mask."""
     out = []
-    for name in sorted(os.listdir("/proc")):
+    for name in sorted(os.listdir(proc)):
         if name.isdigit():
             continue  # (a process's directory)
         try:
-            st = os.lstat("/proc/" + name)
+            st = os.lstat(f"{proc}/{name}")
         except OSError:
             continue
         if stat.S_ISREG(st.st_mode) and not st.st_mode & stat.S_IROTH:
@@ -92,22 +92,23 @@ def root_only_proc_files() -> tuple[str, ...]:
     return tuple(out)
 
 
-@functools.cache
-def proc_flags(as_root: bool | None = None) -> tuple[str, ...]:
+def proc_flags(as_root: bool | None = None, proc: str = "/proc") -> tuple[str, ...]:
     """The bwrap options, after ``--proc /proc``, that make ``PROC_READONLY`` read-only
     and mask ``PROC_MASKED`` and, when kiln runs as root (``as_root``; default: the
-    effective uid is 0), ``PROC_MASKED_AS_ROOT`` and ``root_only_proc_files()``. Only entries this kernel has (seen in
-    the host's /proc, the same kernel's): bwrap cannot mount over one that does not
-    exist. Cached: the set of /proc entries does not change while kiln runs."""
+    effective uid is 0), ``PROC_MASKED_AS_ROOT`` and ``root_only_proc_files()``. Only
+    entries this kernel has (seen in the host's /proc, ``proc``, the same kernel's): bwrap
+    cannot mount over one that does not exist. Computed for every sandbox, not cached: a
+    module loaded during a long ``kiln build`` can add a root-only file, and listing
+    /proc costs under 0.5 ms."""
     if as_root is None:
         as_root = os.geteuid() == 0
     flags: list[str] = []
     for name in PROC_READONLY:
-        if os.path.lexists("/proc/" + name):
-            flags += ["--ro-bind", "/proc/" + name, "/proc/" + name]
-    masked = PROC_MASKED + (PROC_MASKED_AS_ROOT + root_only_proc_files() if as_root else ())
+        if os.path.lexists(f"{proc}/{name}"):
+            flags += ["--ro-bind", f"{proc}/{name}", "/proc/" + name]
+    masked = PROC_MASKED + (PROC_MASKED_AS_ROOT + root_only_proc_files(proc) if as_root else ())
     for name in dict.fromkeys(masked):  # (in order, each once)
-        if os.path.isfile("/proc/" + name):
+        if os.path.isfile(f"{proc}/{name}"):
             flags += ["--ro-bind", "/dev/null", "/proc/" + name]
     return tuple(flags)
 

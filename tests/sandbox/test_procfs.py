@@ -11,6 +11,8 @@ import shutil
 import stat
 from pathlib import Path
 
+import pytest
+
 from kiln.sandbox import SandboxSpec
 from kiln.sandbox.bwrapargv import (
     PROC_MASKED,
@@ -78,6 +80,35 @@ def test_a_root_kiln_masks_root_only_files_it_was_not_told_of() -> None:
     masked = set(proc_flags(as_root=True))
     assert {f"/proc/{n}" for n in _root_only_files()} <= masked
     assert root_only_proc_files() == tuple(_root_only_files())
+
+
+def test_the_masks_follow_what_proc_has_now(tmp_path: Path) -> None:
+    """The mask list is made for each sandbox, not once per process: a root-only file that
+    appears while kiln runs (a module loaded) is masked in the next build. Only regular
+    top-level files others may not read count (not directories, processes' directories,
+    symlinks or readable files); a /proc that cannot be listed is an error, not a build
+    with fewer masks."""
+    proc = tmp_path / "proc"
+    proc.mkdir()
+    for name, mode in (("keys", 0o444), ("open", 0o444), ("sys", 0o555)):
+        (proc / name).mkdir() if name == "sys" else (proc / name).write_text("")
+        (proc / name).chmod(mode)
+    (proc / "1234").mkdir(mode=0o500)
+    (proc / "link").symlink_to("keys")
+
+    def masked() -> list[str]:
+        flags = proc_flags(as_root=True, proc=str(proc))
+        return [flags[i + 1] for i, a in enumerate(flags) if a == "/dev/null"]
+
+    assert masked() == ["/proc/keys"]
+    (proc / "new_driver").write_text("secret")
+    (proc / "new_driver").chmod(0o400)
+    assert masked() == ["/proc/keys", "/proc/new_driver"]
+    assert root_only_proc_files(str(proc)) == ("new_driver",)
+    assert proc_flags(as_root=False, proc=str(proc)).count("/dev/null") == 1
+    assert proc_flags(as_root=True, proc=str(proc))[:3] == ("--ro-bind", f"{proc}/sys", "/proc/sys")
+    with pytest.raises(FileNotFoundError):
+        proc_flags(as_root=True, proc=str(tmp_path / "absent"))
 
 
 def test_host_wide_proc_entries_are_read_only(sh) -> None:
