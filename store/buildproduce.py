@@ -258,10 +258,10 @@ def output_too_slow(drv_path: str, timeout: float | None, step: str) -> str:
     """The error for a build whose output was still being processed (``step``: scanned,
     archived) when its ``--timeout`` ran out: a sandbox can make in a moment what takes
     hours to read (a sparse file of terabytes), so the limit covers both."""
+    limit = "the time limit" if timeout is None else f"--timeout {timeout:g} s"
     return (
         f"builder for {drv_path} timed out: its output took too long to {step} "
-        f"(--timeout {timeout:g} s covers the build and the processing of its output); "
-        "nothing was registered"
+        f"({limit} covers the build and the processing of its output); nothing was registered"
     )
 
 

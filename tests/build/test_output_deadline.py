@@ -158,3 +158,10 @@ def test_unsharing_an_inode_copies_data_not_holes_and_stops_when_told(tmp_path):
         assert f.read(4) == b"head" and f.read(10) == bytes(10)
         f.seek(5 << 30)
         assert f.read(2_400_000) == b"middle" * 400_000 and f.read(10) == bytes(10)
+
+
+def test_the_timeout_message_names_the_limit_or_says_there_was_one():
+    from kiln.store.buildproduce import output_too_slow
+
+    assert "(--timeout 2.5 s covers the build" in output_too_slow("/d.drv", 2.5, "archive")
+    assert "(the time limit covers the build" in output_too_slow("/d.drv", None, "hash")
