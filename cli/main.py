@@ -55,7 +55,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "registry": ("kiln.cmd_serve", "registry administration (tokens)"),
     "push": ("kiln.cmd_registry", "push closures to a registry"),
     "copy": ("kiln.cmd_registry", "copy paths between stores and registries"),
-    "mirror": ("kiln.cmd_registry", "sync a mirror of a registry"),
+    "mirror": ("kiln.cmd_mirror", "sync a mirror of a registry"),
     "sbom": ("kiln.cmd_verify", "print an SBOM for a store path"),
     "verify": ("kiln.cmd_verify", "verify a path against a policy"),
     "rebuild": ("kiln.cmd_verify", "rebuild a path and attest reproducibility"),

@@ -3,6 +3,11 @@
 Trust: the mirror pins the source's root metadata (``--root FILE`` on the first sync,
 then ``DST/.kiln/mirror-state.json``, which also remembers the highest timestamp and
 snapshot versions seen, and the source and time of the last good sync: ``state_record``).
+A later ``--root`` is checked against the root DST trusts (``_given_root``): the same
+root, or an older version (the one pinned first, as a cron line passes it every time), is
+fine; another root of the same version is refused, naming both, and so is a newer one
+unless the source's signed rotations reach it, the same, in this sync. ``repin_root`` trusts ``--root`` instead, forgetting the versions
+seen: for a source whose keys were replaced out of band, without a signed rotation.
 Every sync runs the ``index.update`` checks (root chain, signatures, rollback, freeze,
 mix-and-match; ``mirrorplan.update`` takes a snapshot or index DST holds from DST) first.
 
@@ -64,6 +69,7 @@ source prunes them (``indexprune``); paths the source no longer lists are counte
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import sys
@@ -133,6 +139,7 @@ class _Options:
     full: bool
     rehash: bool
     prune: bool
+    repin_root: bool = False
 
 
 async def sync_async(
@@ -147,14 +154,18 @@ async def sync_async(
     full: bool = False,
     rehash: bool = False,
     prune: bool = False,
+    repin_root: bool = False,
 ) -> SyncReport:
     """Sync ``dst_dir`` from ``src_url`` (see the module docstring). ``full``: download
     and verify the index afresh and compare every narinfo and listing in DST with it,
     and check every published narinfo's object (present, at its size), not only the
     candidates ``mirrorplan`` finds. ``rehash`` (implies ``full``): also hash every
     object, which finds rot that kept the size. ``prune``: afterwards remove what the
-    source no longer lists (``mirrorprune``)."""
-    o = _Options(root, trusted or [], jobs, progress, full or rehash, rehash, prune)
+    source no longer lists (``mirrorprune``). ``repin_root``: trust ``root`` instead of the
+    root DST trusts (module docstring)."""
+    if repin_root and root is None:
+        raise MirrorUsageError("--repin-root needs the root to trust: pass it with --root FILE")
+    o = _Options(root, trusted or [], jobs, progress, full or rehash, rehash, prune, repin_root)
     async with open_client(src_url, token, jobs=jobs, create=False) as client:  # token: a --private source
         info = await client.cache_info()
         if not (Path(dst_dir) / STATE_KEY).is_file():  # a first sync: refused before DST is made
@@ -184,6 +195,49 @@ async def _first_sync_allowed(client: Client, src_url: str, dst_dir: Path, root:
     ix.TrustState.pin(root)
 
 
+def _trusted_state(prev: bytes | None, o: _Options, dst_dir: Path) -> ix.TrustState:
+    """The trust state this sync starts from: DST's (``prev``), with a ``--root`` given
+    again checked against it (``_given_root``), or ``o.root`` pinned afresh on a first
+    sync or a re-pin."""
+    if o.root is None:
+        if prev is None:
+            raise MirrorUsageError(
+                f"first sync into {dst_dir}: pass the source's pinned root metadata with --root FILE"
+            )
+        return ix.TrustState.from_json(prev)
+    given = ix.TrustState.pin(o.root)
+    if prev is None or o.repin_root:
+        if prev is not None:
+            print(f"note: {dst_dir} re-pinned to the given root; versions seen forgotten", file=sys.stderr)
+        return given
+    state = ix.TrustState.from_json(prev)
+    _given_root(state, given, dst_dir, walked=False)
+    return state
+
+
+def _given_root(state: ix.TrustState, given: ix.TrustState, dst_dir: Path, walked: bool) -> None:
+    """``MirrorUsageError`` if ``--root`` (``given``) is not a root DST trusts or may
+    reach: another root of the root's version, or (``walked``: after the chain walk) a
+    newer one than the source's rotations reach."""
+    have, want = state.root["version"], given.root["version"]
+    if want < have or (want > have and not walked) or given.root_bytes == state.root_bytes:
+        return
+
+    def sha(b: bytes) -> str:
+        return hashlib.sha256(b).hexdigest()[:16] + "..."
+
+    which = (
+        f"another root of version {have} (sha256 {sha(state.root_bytes)}, given {sha(given.root_bytes)})"
+        if want == have
+        else f"root version {have}, the newest the source's signed rotations reach (given version {want})"
+    )
+    raise MirrorUsageError(
+        f"--root: {dst_dir} trusts {which}: a mirror keeps the root it pinned and follows the "
+        "source's signed rotations; if the source's keys were replaced out of band, pass "
+        "--repin-root to trust the given root instead"
+    )
+
+
 def _no_index(client: Client, src_url: str) -> ix.NoIndex:
     """Why a source without a signed index cannot be mirrored, and what to use instead."""
     elsewhere = getattr(client, "missed_at", {}).get("index/timestamp.json")
@@ -205,20 +259,14 @@ async def _sync_locked(
     """The sync proper (see the module docstring), run holding DST's mirror lock."""
     if isinstance(dst.storage, FileStorage):
         dst.storage.sweep_temp()  # blobs a killed sync (or server) was writing
-    prev = dst.storage.read(STATE_KEY)
-    if prev is not None:
-        state = ix.TrustState.from_json(prev)
-    elif o.root is not None:
-        state = ix.TrustState.pin(o.root)
-    else:
-        raise MirrorUsageError(
-            f"first sync into {dst_dir}: pass the source's pinned root metadata with --root FILE"
-        )
+    state = _trusted_state(dst.storage.read(STATE_KEY), o, dst_dir)
     rec = None if o.full else mirrorplan.load_record(dst.storage)
     try:
         meta = await mirrorplan.update(client.get, state, dst.storage, rec, o.full)
     except ix.NoIndex as e:
         raise _no_index(client, src_url) from e
+    if o.root is not None and not o.repin_root:
+        _given_root(state, ix.TrustState.pin(o.root), dst_dir, walked=True)
     # (a key dropped since the last sync: every narinfo DST holds is checked again)
     recheck = mirrorplan.must_recheck(rec, o.trusted)
     plan = mirrorplan.plan(dst.storage, meta, rec, o.full or recheck)
