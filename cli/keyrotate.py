@@ -47,7 +47,7 @@ from kiln.store.errors import KilnError
 if TYPE_CHECKING:
     from kiln.store.localstore import LocalStore
     from kiln.store.pathinfo import PathInfo
-    from kiln.store.signing import SecretKey
+    from kiln.store.signing import PublicKey, SecretKey
 
 
 def next_name(name: str) -> str:
@@ -253,7 +253,7 @@ def revoke(policy_file: Path, public_key: str, compromised: bool, reason: str, a
     text = old + ("" if old.endswith("\n") or not old else "\n") + entry
     # never write a policy that does not load; key files are relative to the policy's
     # directory, as when it is loaded
-    policy.parse(text, base_dir=policy_file.resolve().parent, source=str(policy_file))
+    parsed = policy.parse(text, base_dir=policy_file.resolve().parent, source=str(policy_file))
     from .outfile import write_output
 
     # readable as before by whoever serves or verifies with it
@@ -265,7 +265,27 @@ def revoke(policy_file: Path, public_key: str, compromised: bool, reason: str, a
         "from its next POST /verify (it re-reads the file for every review: no restart needed)",
         file=sys.stderr,
     )
+    listed = [p for p in ("signing", "provenance", "rebuilders") if _lists(getattr(parsed, p), key_text)]
+    if listed:  # harmless (the revocation wins) but confusing to whoever reads the policy next
+        counts = (
+            "the key counts for nothing at all"
+            if compromised
+            else f"its path signatures count for nothing, its attestations only if signed before {when}"
+        )
+        print(
+            f"note: {policy_file} still lists this key under [keys] {', '.join(listed)}; the revocation "
+            f"overrides that ({counts}): remove it there when convenient",
+            file=sys.stderr,
+        )
     return entry
+
+
+def _lists(keys: tuple[PublicKey, ...], key_text: str) -> bool:
+    """Whether ``keys`` holds the key of ``key_text``, under any name."""
+    from kiln.store.signing import PublicKey
+
+    raw = PublicKey.parse(key_text).key
+    return any(k.key == raw for k in keys)
 
 
 def _toml_escape(s: str) -> str:

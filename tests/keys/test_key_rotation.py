@@ -41,6 +41,9 @@ def test_rotate_resigns_and_revoke_compromised_rejects_old_signatures(tmp_path):
 
     r = kiln(home, "key", "revoke", "rel-1", "--policy", str(policy), "--reason", "laptop stolen")
     assert r.returncode == 0, r.stderr
+    # the policy still trusts the key for signing: said, as the revocation wins
+    assert f"note: {policy} still lists this key under [keys] signing; the revocation overrides" in r.stderr
+    assert "(the key counts for nothing at all)" in r.stderr
     v = kiln(home, "verify", path, "--policy", str(policy))
     assert v.returncode == 1 and "rel-1" in v.stdout and "compromised" in v.stdout
 
@@ -50,7 +53,8 @@ def test_revoke_retired_keeps_paths_signed_by_the_successor(tmp_path):
     new_pub = kiln(home, "key", "rotate", "rel-1", "--resign").stdout.strip()
     policy = tmp_path / "policy.toml"
     policy.write_text(f'[keys]\nsigning = ["{new_pub}"]\n[require]\nsignatures = 1\n')
-    assert kiln(home, "key", "revoke", "rel-1", "--policy", str(policy), "--retired").returncode == 0
+    r = kiln(home, "key", "revoke", "rel-1", "--policy", str(policy), "--retired")
+    assert r.returncode == 0 and "note:" not in r.stderr, r.stderr  # (not listed: nothing to say)
     assert "compromised = false" in policy.read_text()
     v = kiln(home, "verify", path, "--policy", str(policy))
     assert v.returncode == 0, v.stdout
