@@ -18,12 +18,12 @@ from .errors import FormatError
 _FIELD_RE = re.compile(r"^([^\s:#][^\s:]*)[ \t]*:([^\n]*(?:\n[ \t][^\n]*)*)", re.M)
 
 
-def fields(stanza: str) -> dict[str, str]:
+def fields(stanza: str, what: str = "") -> dict[str, str]:
     """The fields of a raw stanza by lowercase name (deb822 names are case-insensitive),
     values unstripped, continuation lines included. ``FormatError`` for a field given
     twice: ``debian.deb822`` keeps the last value, a first-match scan the first, so the
     candidate and the lock could disagree. One regex scan: this runs for every stanza of
-    a 50 MB index."""
+    a 50 MB index. ``what`` names the stanza in that error (default: its package)."""
     pairs = _FIELD_RE.findall(stanza)
     fields = {k.lower(): v for k, v in pairs}
     if len(fields) != len(pairs):
@@ -31,7 +31,8 @@ def fields(stanza: str) -> dict[str, str]:
         for k, _ in pairs:
             if k.lower() in seen:
                 name = fields.get("package", "").strip()
-                raise FormatError(f"package {name or '(no Package field)'}: field {k!r} is given twice")
+                what = what or f"package {name or '(no Package field)'}"
+                raise FormatError(f"{what}: field {k!r} is given twice")
             seen.add(k.lower())
     return fields
 

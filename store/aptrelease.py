@@ -10,11 +10,14 @@ its size. apt checks the signature, then each downloaded index against that list
 
 - ``parse_release`` reads the signed text (never the file around a clear-signed block:
   text outside the signature is not signed) into a ``Release``;
+- ``clearsigned_problem`` refuses an ``InRelease`` that is not exactly one clear-signed
+  text, as apt's own split of the file does (gpgv would verify the first of two blocks);
 - ``good_signers`` reads ``gpgv --status-fd`` output as apt does: a signature counts when
   gpgv reports both ``GOODSIG`` and ``VALIDSIG`` for it, with a digest apt does not call
-  weak (MD5, SHA-1, RIPEMD-160); any ``BADSIG`` refuses the whole file; a signature by
-  an expired, revoked or unknown key counts for nothing (``EXPKEYSIG``, ``REVKEYSIG``,
-  ``ERRSIG``/``NO_PUBKEY`` never come with ``GOODSIG``);
+  weak (MD5, SHA-1, RIPEMD-160); any ``BADSIG``, ``ERROR`` or ``NODATA`` refuses the
+  whole file; a signature by an expired, revoked or unknown key counts for nothing
+  (``EXPKEYSIG``, ``REVKEYSIG``, ``ERRSIG``/``NO_PUBKEY`` never come with ``GOODSIG``);
+  ``Signatures.by`` keeps those by a source's ``Signed-By`` fingerprints;
 - ``dearmor`` turns an ASCII-armored key (apt's ``*.asc`` keyrings, an inline
   ``Signed-By`` block) into the binary keyring gpgv reads, checking the armor's CRC-24.
 """
@@ -24,7 +27,7 @@ from __future__ import annotations
 import base64
 import re
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
 from .aptfields import fields as fields_of
@@ -42,6 +45,8 @@ class Release:
     valid_until: datetime | None = None
     not_automatic: bool = False
     but_automatic_upgrades: bool = False
+    #: its ``Suite`` and ``Codename`` (a source names the suite by either)
+    names: tuple[str, ...] = ()
 
 
 _HASH_LINE = re.compile(r"^([0-9a-fA-F]{64})\s+(\d+)\s+(\S+)$")
@@ -51,10 +56,7 @@ def parse_release(text: str, where: str) -> Release:
     """The ``Release`` read from a (signed) Release text. ``FormatError`` prefixed with
     ``where`` for a field given twice, a malformed ``SHA256`` line or ``Valid-Until``, or
     a Release listing no SHA256 hash at all (apt refuses those too)."""
-    try:
-        fields = fields_of(text.strip("\n"))
-    except FormatError as e:
-        raise FormatError(f"{where}: {e}") from None
+    fields = fields_of(text.strip("\n"), where)
     sha256: dict[str, tuple[str, int]] = {}
     for n, line in enumerate(fields.get("sha256", "").splitlines()):
         line = line.strip()
@@ -77,12 +79,14 @@ def parse_release(text: str, where: str) -> Release:
             raise FormatError(f"{where}: Valid-Until: expected an RFC 2822 date, found {value!r}") from None
         if valid_until.tzinfo is None:
             raise FormatError(f"{where}: Valid-Until: expected a date with a time zone, found {value!r}")
+        valid_until = valid_until.astimezone(UTC)
     suite = (fields.get("codename") or fields.get("suite") or "").strip()
+    suites = tuple(v for v in (fields.get("suite", "").strip(), fields.get("codename", "").strip()) if v)
 
     def yes(name: str) -> bool:
         return fields.get(name, "").strip().lower() == "yes"
 
-    return Release(suite, sha256, valid_until, yes("notautomatic"), yes("butautomaticupgrades"))
+    return Release(suite, sha256, valid_until, yes("notautomatic"), yes("butautomaticupgrades"), suites)
 
 
 #: OpenPGP hash algorithm ids apt counts as weak for signing Release files
@@ -91,45 +95,81 @@ WEAK_DIGESTS = {"1": "MD5", "2": "SHA1", "3": "RIPEMD160"}
 
 @dataclass(frozen=True)
 class Signatures:
-    """What gpgv said of a signed file: the primary-key fingerprints of the good
-    signatures, and why each other signature did not count (for the error)."""
+    """What gpgv said of a signed file: the (signing key, primary key) fingerprints of the
+    good signatures, and why each other signature did not count (for the error)."""
 
-    good: tuple[str, ...]
+    good: tuple[tuple[str, str], ...]
     other: tuple[str, ...]
+
+    def by(self, allowed: tuple[str, ...]) -> tuple[str, ...]:
+        """The primary fingerprints of the good signatures by keys in ``allowed`` (apt's
+        ``Signed-By`` fingerprints: a primary key's counts for its subkeys; one ending in
+        ``!`` only for that exact key); every good one if ``allowed`` is empty."""
+        out = []
+        for fpr, primary in self.good:
+            if not allowed or fpr + "!" in allowed or fpr in allowed or primary in allowed:
+                out.append(primary)
+        return tuple(dict.fromkeys(out))
+
+
+_WHY = {"EXPKEYSIG": "expired key", "REVKEYSIG": "revoked key", "EXPSIG": "expired signature"}
 
 
 def good_signers(status: str) -> Signatures:
     """The signatures gpgv's ``--status-fd`` lines report (see the module docstring).
-    ``FormatError`` if any signature is bad: apt refuses a file with a bad signature even
-    when another is good."""
-    good: list[str] = []
+    ``FormatError`` if any signature is bad, or gpgv reports an error or no signed data
+    (``ERROR``, ``NODATA``: several plaintexts, say): apt refuses the file then, even
+    when another signature is good."""
+    good: list[tuple[str, str]] = []
     other: list[str] = []
     goodsig = None  # long key id of the current signature's GOODSIG
+    noted = False  # the current signature's failure is already in ``other``
     for line in status.splitlines():
         words = line.split()
         if len(words) < 2 or words[0] != "[GNUPG:]":
             continue
         kind, args = words[1], words[2:]
         if kind == "NEWSIG":
-            goodsig = None
+            goodsig, noted = None, False
         elif kind == "BADSIG":
             raise FormatError(f"bad signature by key {args[0] if args else '?'}: the file was altered")
+        elif kind in ("ERROR", "NODATA"):
+            raise FormatError(f"gpgv: {kind} {' '.join(args)} (not one well-formed signed text)")
         elif kind == "GOODSIG" and args:
             goodsig = args[0].upper()
         elif kind == "VALIDSIG" and len(args) >= 10:
             fpr, digest, primary = args[0].upper(), args[7], args[9].upper()
             if goodsig is None or not fpr.endswith(goodsig):
-                other.append(f"key {fpr}: valid but not good (expired or revoked key?)")
+                if not noted:
+                    other.append(f"key {fpr}: valid but not good")
             elif digest in WEAK_DIGESTS:
                 other.append(f"key {fpr}: weak digest {WEAK_DIGESTS[digest]}")
             else:
-                good.append(primary)
-        elif kind in ("EXPKEYSIG", "REVKEYSIG", "EXPSIG") and args:
-            what = {"EXPKEYSIG": "expired key", "REVKEYSIG": "revoked key", "EXPSIG": "expired signature"}
-            other.append(f"key {args[0]}: {what[kind]}")
+                good.append((fpr, primary))
+        elif kind in _WHY and args:
+            other.append(f"key {args[0]}: {_WHY[kind]}")
+            noted = True
         elif kind == "NO_PUBKEY" and args:
             other.append(f"key {args[0]}: not in the trusted keyrings")
     return Signatures(tuple(dict.fromkeys(good)), tuple(dict.fromkeys(other)))
+
+
+_CLEARSIGNED = re.compile(
+    rb"\A(?:[ \t]*\r?\n)*-----BEGIN PGP SIGNED MESSAGE-----\r?\n"
+    rb"(?:(?!-----BEGIN PGP ).*\n)*?"
+    rb"-----BEGIN PGP SIGNATURE-----\r?\n"
+    rb"(?:(?!-----(?:BEGIN|END) PGP ).*\n)*?"
+    rb"-----END PGP SIGNATURE-----[ \t]*(?:\r?\n[ \t]*)*\Z"
+)
+
+
+def clearsigned_problem(data: bytes) -> str | None:
+    """Why ``data`` is not exactly one clear-signed text (as apt splits an InRelease:
+    nothing but blank lines before it or after its signature, no second block, no
+    armored message instead), or None."""
+    if _CLEARSIGNED.match(data) is None:
+        return "not exactly one clear-signed text (apt refuses other data around or inside it)"
+    return None
 
 
 _ARMOR_RE = re.compile(

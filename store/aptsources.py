@@ -121,20 +121,32 @@ def archive_bases(
 
 
 # the characters apt's URItoFileName quotes as %xx (besides controls, space and non-ASCII)
-_QUOTED = set('\\|{}[]<>"^~_=!@#$%^&*')
+_QUOTED = frozenset(b'\\|{}[]<>"^~_=!@#$%^&*')
 
 
 def list_prefix(uri: str, suite: str) -> str:
     """The file-name prefix apt gives the lists of ``suite`` of the archive at ``uri``
     (``http://deb.debian.org/debian`` + ``bookworm`` →
-    ``deb.debian.org_debian_dists_bookworm_``): the URL without scheme and credentials,
-    quoted, with ``/`` turned into ``_``. A flat repository's suite ends with ``/``
-    (``./``) and is joined to the URL directly, as apt does."""
+    ``deb.debian.org_debian_dists_bookworm_``), as apt's ``URItoFileName``: the URL
+    without scheme and credentials (up to the last ``@`` of the host part), an IPv6
+    host without its brackets, quoted byte by byte (UTF-8), with ``/`` turned into
+    ``_``. A flat repository's suite ends with ``/`` (``./``) and is joined to the URL
+    directly, as apt does."""
     rest = re.sub(r"^[A-Za-z][A-Za-z0-9+.-]*:(//)?", "", uri)
-    rest = re.sub(r"^[^/@]*@", "", rest)  # user:password@
-    rest = rest.rstrip("/") + "/"
+    host, slash, path = rest.partition("/")
+    host = host.rsplit("@", 1)[-1].replace("[", "").replace("]", "")
+    rest = (host + slash + path).rstrip("/") + "/"
     rest += suite if suite.endswith("/") else f"dists/{suite}/"
     quoted = "".join(
-        f"%{ord(c):02x}" if c in _QUOTED or ord(c) <= 0x20 or ord(c) >= 0x7F else c for c in rest
+        f"%{b:02x}" if b in _QUOTED or b <= 0x20 or b >= 0x7F else chr(b) for b in rest.encode("utf-8")
     )
     return quoted.replace("/", "_")
+
+
+def signed_by_parts(signed_by: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """A ``Signed-By`` split as apt reads it: (keyring files and inline key blocks, key
+    fingerprints). An item that is not an absolute path or a key block is a fingerprint
+    (upper case; a trailing ``!`` kept: that exact key, not its primary's subkeys)."""
+    files = tuple(k for k in signed_by if k.startswith("/") or "\n" in k)
+    fingerprints = tuple(k.upper() for k in signed_by if not (k.startswith("/") or "\n" in k))
+    return files, fingerprints

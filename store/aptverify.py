@@ -2,31 +2,41 @@
 
 Theory of operation
 -------------------
-An index in apt's lists directory (``<prefix>main_binary-amd64_Packages.lz4``) belongs to
-the suite whose Release file shares its name prefix (``apt.release_file``:
-``<prefix>InRelease``, or ``<prefix>Release`` with ``<prefix>Release.gpg``). For each
-suite, once (``ListsVerifier``):
+Which suite an index belongs to, and which keys may sign that suite, come from the
+machine's apt sources, as for apt: an index (``<prefix>main_binary-amd64_Packages.lz4``)
+belongs to the ``deb`` entry whose list prefix (``aptsources.list_prefix``, apt's
+``URItoFileName``) is the longest that starts its name, and is checked against
+``<prefix>InRelease`` (or ``<prefix>Release`` with ``<prefix>Release.gpg``) with that
+entry's ``Signed-By`` keyrings, or apt's global ``/etc/apt/trusted.gpg`` and
+``trusted.gpg.d/`` when it names none; ``Signed-By`` fingerprints narrow which keys'
+signatures count. An index no ``deb`` entry names (a stray file; another machine's
+``--lists DIR``) is refused — apt would not read it either — unless ``--keyring`` files
+are given: then those keys alone, and the Release file beside the index with the longest
+name that prefixes it (``apt.release_file``). No Release is ever checked with keys that
+apt trusts for another archive only.
 
-1. the Release file is read once into memory and ``gpgv`` checks the copy against the
-   keys apt trusts for that archive (``keyrings_for``); the text kiln then reads is the
-   one gpgv says was signed (``--output``), never the file around it;
+For each suite, once (``ListsVerifier``):
+
+1. the Release file is read once into memory; an ``InRelease`` must be exactly one
+   clear-signed text (``aptrelease.clearsigned_problem``); ``gpgv`` checks the copy, and
+   the text kiln then reads is the one gpgv says was signed (``--output``);
 2. gpgv's status lines decide (``aptrelease.good_signers``): at least one good signature
-   with a strong digest by a trusted key, and no bad one — otherwise ``AptError``;
-3. each index's decompressed bytes must have the SHA-256 and size the signed Release
+   with a strong digest by an allowed key, and no bad one, no error — else ``AptError``;
+3. the signed ``Suite`` or ``Codename`` must be the suite the file is named for (the
+   part after ``_dists_``): a Release of another suite (sid's, under bookworm's name)
+   is refused;
+4. each index's decompressed bytes must have the SHA-256 and size the signed Release
    lists for its path (``main/binary-amd64/Packages``; apt keeps indexes recompressed,
    and Debian's Release lists every index uncompressed too). An index stored exactly as
-   downloaded (``Packages.xz``) may match the compressed entry instead.
+   downloaded (``Packages.xz``) may match the compressed entry instead: then those very
+   bytes are decompressed again and must be what was read.
 
 A Release whose ``Valid-Until`` has passed is a warning, not an error: apt refuses it at
 ``apt-get update`` but installs from the lists it has, and a lock pins every ``.deb`` by
-its hash anyway; the warning says the indexes may be old.
-
-Keys (``keyrings_for``): the ``--keyring`` files if given; else what the machine's apt
-would trust for that archive (the ``Signed-By`` of the sources entries whose lists carry
-that prefix, or apt's global ``/etc/apt/trusted.gpg`` and ``trusted.gpg.d/`` when such an
-entry names none); for lists no source entry matches (another machine's ``--lists``),
-every key the machine's apt trusts. Armored keyrings (``*.asc``, inline ``Signed-By``) are
-dearmored into a private temporary directory, which is also gpgv's home (so no user's
+its hash anyway. What this cannot catch: an older genuine Release of the same suite put
+back in place (Debian's main suites set no ``Valid-Until``) — apt remembers the last one
+it saw, kiln does not. Armored keyrings (``*.asc``, inline ``Signed-By``) are dearmored
+into a private temporary directory, which is also gpgv's home (so no user's
 ``~/.gnupg`` keys take part).
 """
 
@@ -42,8 +52,8 @@ from pathlib import Path
 from urllib.parse import unquote
 
 from .apt import INDEX_SUFFIXES, AptError, pin_priority, release_file
-from .aptrelease import Release, dearmor, good_signers, parse_release
-from .aptsources import SourceEntry, list_prefix, read_sources
+from .aptrelease import Release, clearsigned_problem, dearmor, good_signers, parse_release
+from .aptsources import SourceEntry, list_prefix, read_sources, signed_by_parts
 from .errors import FormatError
 
 APT_TRUSTED = Path("/etc/apt/trusted.gpg")
@@ -67,21 +77,45 @@ def global_keyrings(trusted: Path = APT_TRUSTED, trusted_dir: Path = APT_TRUSTED
     return out
 
 
-def keyrings_for(prefix: str, sources: list[SourceEntry], global_trust: list[str]) -> list[str]:
-    """The keyrings (paths or inline armored blocks) apt would check the Release of the
-    lists named ``prefix`` against (module docstring, "Keys")."""
-    matched = [
-        e
-        for e in sources
-        if "deb" in e.types and any(list_prefix(u, s) == prefix for u in e.uris for s in e.suites)
-    ]
-    if not matched:
-        every = [k for e in sources for k in e.signed_by]
-        return list(dict.fromkeys(global_trust + every))
-    out: list[str] = []
-    for e in matched:
-        out += list(e.signed_by) if e.signed_by else global_trust
-    return list(dict.fromkeys(out))
+@dataclass(frozen=True)
+class SuiteKeys:
+    """The keys a suite's Release is checked with: keyring files or inline key blocks, and
+    the fingerprints whose signatures count (all, if none)."""
+
+    keyrings: tuple[str, ...]
+    fingerprints: tuple[str, ...] = ()
+
+
+def source_prefixes(sources: list[SourceEntry]) -> dict[str, list[SourceEntry]]:
+    """The ``deb`` entries by the list prefix of each of their (URI, suite) pairs."""
+    out: dict[str, list[SourceEntry]] = {}
+    for e in sources:
+        if "deb" in e.types:
+            for u in e.uris:
+                for suite in e.suites:
+                    out.setdefault(list_prefix(u, suite), []).append(e)
+    return out
+
+
+def keys_for(entries: list[SourceEntry], global_trust: list[str]) -> SuiteKeys:
+    """The keys apt would check the Release of a suite these entries name with: their
+    ``Signed-By`` files (apt's global keyrings where one names no file) and fingerprints."""
+    keyrings: list[str] = []
+    fingerprints: list[str] = []
+    for e in entries:
+        files, fprs = signed_by_parts(e.signed_by)
+        keyrings += files or global_trust
+        fingerprints += fprs
+    return SuiteKeys(tuple(dict.fromkeys(keyrings)), tuple(dict.fromkeys(fingerprints)))
+
+
+def named_suite(release_name: str) -> str | None:
+    """The suite a Release file is named for (``host_debian_dists_bookworm_InRelease`` →
+    ``bookworm``); None for a flat repository's (no ``_dists_``)."""
+    stem = release_name.removesuffix("InRelease").removesuffix("Release").removesuffix("_")
+    if "_dists_" not in stem:
+        return None
+    return "/".join(unquote(p) for p in stem.rsplit("_dists_", 1)[1].split("_"))
 
 
 class ListsVerifier:
@@ -96,20 +130,23 @@ class ListsVerifier:
         global_trust: list[str] | None = None,
         now: datetime | None = None,
     ) -> None:
-        self._explicit = [str(k) for k in keyrings] if keyrings else None
-        self._sources = read_sources() if sources is None else sources
+        self._explicit = SuiteKeys(tuple(str(k) for k in keyrings)) if keyrings else None
+        self._prefixes = source_prefixes(read_sources() if sources is None else sources)
         self._global = global_keyrings() if global_trust is None else global_trust
         self._now = now or datetime.now(UTC)
-        self._tmp = tempfile.TemporaryDirectory(prefix="kiln-aptverify-")
-        self._home = Path(self._tmp.name) / "home"
-        self._home.mkdir(mode=0o700)
         self._keyfiles: dict[str, Path | None] = {}
         self._suites: dict[Path, VerifiedSuite] = {}
         self.warnings: list[str] = []
-        if self._explicit:  # named on the command line: every one must be readable
-            for k in self._explicit:
+        self._tmp = tempfile.TemporaryDirectory(prefix="kiln-aptverify-")
+        try:
+            self._home = Path(self._tmp.name) / "home"
+            self._home.mkdir(mode=0o700)
+            for k in self._explicit.keyrings if self._explicit else ():  # named: each must be there
                 if self._keyfile(k) is None:
                     raise AptError(f"--keyring {k}: no such file")
+        except BaseException:
+            self._tmp.cleanup()
+            raise
 
     def __enter__(self) -> ListsVerifier:
         return self
@@ -146,6 +183,9 @@ class ListsVerifier:
                 f"{suite.path.name} lists, found {digest} and {size} bytes: the index is not what the "
                 "archive signed (run 'apt-get update')"
             )
+        if got is not data and self._decompressed(got, index.name) != data:
+            # (the file changed between the two reads: what was read is not what was checked)
+            raise AptError(f"{index}: changed while it was read; run kiln lock again")
 
     def priority(self, index: Path) -> int:
         """The pin priority of ``index``'s suite, from its verified Release."""
@@ -155,26 +195,50 @@ class ListsVerifier:
     # --- one suite -----------------------------------------------------------------------
 
     def _suite(self, index: Path) -> VerifiedSuite:
-        path = release_file(index)
-        if path is None:
-            raise AptError(
-                f"{index}: no InRelease or Release file beside it to verify it against "
-                "(apt keeps one per suite; --trust-lists reads indexes unverified)"
-            )
+        path, keys = self._release_and_keys(index)
         if path not in self._suites:
-            self._suites[path] = self._verify(path)
+            self._suites[path] = self._verify(path, keys)
         return self._suites[path]
 
-    def _verify(self, path: Path) -> VerifiedSuite:
-        stem = path.name.removesuffix("InRelease").removesuffix("Release")
-        specs = self._explicit or keyrings_for(stem, self._sources, self._global)
-        keyfiles = [f for f in (self._keyfile(k) for k in specs) if f is not None]
+    def _release_and_keys(self, index: Path) -> tuple[Path, SuiteKeys]:
+        """The Release file ``index`` is checked against, and with which keys (module
+        docstring)."""
+        if self._explicit is not None:
+            path = release_file(index)
+            if path is None:
+                raise AptError(
+                    f"{index}: no InRelease or Release file beside it to verify it against "
+                    "(apt keeps one per suite; --trust-lists reads indexes unverified)"
+                )
+            return path, self._explicit
+        prefix = max((p for p in self._prefixes if index.name.startswith(p)), key=len, default=None)
+        if prefix is None:
+            raise AptError(
+                f"{index}: no deb entry of the machine's apt sources has lists of this name, so no "
+                "key is trusted for it (apt would not read it either): pass --keyring FILE to verify "
+                "it with chosen keys, or --trust-lists"
+            )
+        for name in ("InRelease", "Release"):
+            if (index.parent / f"{prefix}{name}").is_file():
+                return index.parent / f"{prefix}{name}", keys_for(self._prefixes[prefix], self._global)
+        raise AptError(
+            f"{index}: no {prefix}InRelease or {prefix}Release beside it to verify it against "
+            "(run 'apt-get update'; --trust-lists reads indexes unverified)"
+        )
+
+    def _verify(self, path: Path, keys: SuiteKeys) -> VerifiedSuite:
+        keyfiles = [f for f in (self._keyfile(k) for k in keys.keyrings) if f is not None]
+        named = ", ".join("inline Signed-By key" if "\n" in k else k for k in keys.keyrings)
         if not keyfiles:
-            raise AptError(f"{path}: no keyring to verify it with (looked for: {', '.join(specs) or 'none'})")
+            raise AptError(f"{path}: no keyring to verify it with (looked for: {named or 'none'})")
         work = Path(tempfile.mkdtemp(dir=self._tmp.name))
         copy = work / "Release"
-        copy.write_bytes(_read(path))
+        data = _read(path)
+        copy.write_bytes(data)
         if path.name.endswith("InRelease"):
+            problem = clearsigned_problem(data)
+            if problem:
+                raise AptError(f"{path}: {problem}")
             signed = work / "signed"
             args = ["--output", str(signed), str(copy)]
         else:
@@ -194,26 +258,49 @@ class ListsVerifier:
             raise AptError(
                 "gpgv not found: install it (apt-get install gpgv) to verify apt's indexes"
             ) from None
-        status = proc.stdout.decode(errors="replace")
         try:
-            sigs = good_signers(status)
+            sigs = good_signers(proc.stdout.decode(errors="replace"))
         except FormatError as e:
             raise AptError(f"{path}: {e}") from None
-        if not sigs.good:
-            last = proc.stderr.decode(errors="replace").strip().splitlines()[-1:]
-            why = "; ".join(sigs.other) or "".join(last) or "gpgv found no signature"
-            named = ", ".join("inline Signed-By key" if "\n" in s else s for s in specs)
-            raise AptError(f"{path}: no good signature by a trusted key ({why}); keyrings: {named}")
+        signers = sigs.by(keys.fingerprints)
+        if not signers:
+            why = list(sigs.other)
+            if sigs.good:
+                why.append(
+                    f"good signatures only by keys Signed-By does not name ({', '.join(keys.fingerprints)})"
+                )
+            if not why:
+                lines = proc.stderr.decode(errors="replace").strip().splitlines()
+                why = ["gpgv: " + " / ".join(ln.removeprefix("gpgv: ") for ln in lines[-3:])]
+            raise AptError(
+                f"{path}: no good signature by a trusted key ({'; '.join(why)}); keyrings: {named}"
+            )
         try:
             release = parse_release(_read(signed).decode("utf-8", errors="replace"), str(path))
         except FormatError as e:
             raise AptError(str(e)) from None
+        expected = named_suite(path.name)
+        # (a "<codename>/updates" suite, as old security archives named theirs, is its codename's)
+        if expected is not None and not {expected, expected.split("/")[0]} & set(release.names):
+            raise AptError(
+                f"{path}: expected the Release of suite {expected} (its name says so), found one of "
+                f"{' / '.join(release.names) or 'no named suite'}: a Release of another suite under this one's name"
+            )
         if release.valid_until is not None and release.valid_until < self._now:
             self.warnings.append(
                 f"{path}: expired on {release.valid_until:%Y-%m-%d %H:%M} UTC (Valid-Until): its indexes "
                 "may be old; run 'apt-get update' for current ones"
             )
-        return VerifiedSuite(path, release, sigs.good)
+        return VerifiedSuite(path, release, signers)
+
+    def _decompressed(self, raw: bytes, name: str) -> bytes:
+        """``raw`` decompressed as an index file called ``name`` is."""
+        from .apt import read_index_bytes
+
+        fd, tmp = tempfile.mkstemp(dir=self._tmp.name, suffix="_" + name)
+        with os.fdopen(fd, "wb") as f:
+            f.write(raw)
+        return read_index_bytes(Path(tmp))
 
     def _keyfile(self, spec: str) -> Path | None:
         """A binary keyring file for a keyring spec (a path, or an inline armored block);

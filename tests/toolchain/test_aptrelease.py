@@ -8,9 +8,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from kiln.store.aptrelease import dearmor, good_signers, parse_release
+from kiln.store.aptrelease import clearsigned_problem, dearmor, good_signers, parse_release
 from kiln.store.aptsources import SourceEntry, list_prefix
-from kiln.store.aptverify import keyrings_for
+from kiln.store.aptverify import SuiteKeys, keys_for, named_suite, source_prefixes
 from kiln.store.errors import FormatError
 
 H1, H2 = "a" * 64, "B" * 64
@@ -44,7 +44,7 @@ def test_a_release_is_read():
     [
         (RELEASE.replace(" 12 ", " x "), "R: SHA256 line 2: expected '<64 hex digits> <size> <path>', found"),
         (RELEASE.replace(H1, "a" * 63), "R: SHA256 line 1: expected"),
-        (RELEASE + "Codename: evil\n", "R: "),  # a field twice reads two ways
+        (RELEASE + "Codename: evil\n", "R: field 'Codename' is given twice"),  # it reads two ways
         ("Origin: x\nMD5Sum:\n 00 1 main/Packages\n", "R: no SHA256 hashes"),
         (
             RELEASE.replace("Mon, 07 Dec 2026 00:22:33 UTC", "soon"),
@@ -72,11 +72,11 @@ def validsig(fpr: str = FPR, digest: str = "8") -> str:
 
 def test_a_good_signature_needs_goodsig_and_validsig_and_a_strong_digest():
     good = f"[GNUPG:] NEWSIG\n[GNUPG:] GOODSIG {FPR[-16:]} Debian\n{validsig()}\n"
-    assert good_signers(good).good == (PRIMARY,)
+    assert good_signers(good).good == ((FPR, PRIMARY),) and good_signers(good).by(()) == (PRIMARY,)
     # VALIDSIG without GOODSIG: gpgv says so for a signature by an expired or revoked key
     expired = f"[GNUPG:] NEWSIG\n[GNUPG:] EXPKEYSIG {FPR[-16:]} Debian\n{validsig()}\n"
     sigs = good_signers(expired)
-    assert sigs.good == () and any("expired key" in o for o in sigs.other)
+    assert sigs.good == () and sigs.other == (f"key {FPR[-16:]}: expired key",)  # (said once)
     weak = f"[GNUPG:] NEWSIG\n[GNUPG:] GOODSIG {FPR[-16:]} Debian\n{validsig(digest='2')}\n"
     assert good_signers(weak).good == () and "weak digest SHA1" in good_signers(weak).other[0]
     # a GOODSIG of one signature does not carry over to the next
@@ -84,8 +84,36 @@ def test_a_good_signature_needs_goodsig_and_validsig_and_a_strong_digest():
     assert good_signers(carried).good == ()
     unknown = "[GNUPG:] NEWSIG\n[GNUPG:] ERRSIG 6ED0E7B82643E131 1 8 01 1783765031 9 4CB5\n"
     unknown += "[GNUPG:] NO_PUBKEY 6ED0E7B82643E131\n"
-    assert good_signers(unknown + good).good == (PRIMARY,)  # one good one is enough, as apt
+    assert good_signers(unknown + good).by(()) == (PRIMARY,)  # one good one is enough, as apt
     assert good_signers(unknown).other == ("key 6ED0E7B82643E131: not in the trusted keyrings",)
+
+
+def test_signed_by_fingerprints_choose_among_good_signatures():
+    sigs = good_signers(f"[GNUPG:] NEWSIG\n[GNUPG:] GOODSIG {FPR[-16:]} Debian\n{validsig()}\n")
+    assert sigs.by((PRIMARY,)) == (PRIMARY,)  # a primary key's fingerprint covers its subkeys
+    assert sigs.by((FPR,)) == (PRIMARY,)  # the signing subkey itself
+    assert sigs.by((FPR + "!",)) == (PRIMARY,)
+    assert sigs.by((PRIMARY + "!",)) == ()  # "!": that exact key only, not its subkeys
+    assert sigs.by(("0" * 40,)) == ()
+
+
+def test_gpgv_errors_refuse_the_file():
+    good = f"[GNUPG:] NEWSIG\n[GNUPG:] GOODSIG {FPR[-16:]} Debian\n{validsig()}\n"
+    with pytest.raises(FormatError, match="gpgv: ERROR proc_pkt.plaintext 89_BAD_DATA"):
+        good_signers(good + "[GNUPG:] ERROR proc_pkt.plaintext 89_BAD_DATA\n")
+    with pytest.raises(FormatError, match="gpgv: NODATA 1"):
+        good_signers("[GNUPG:] NODATA 1\n")
+
+
+def test_an_inrelease_is_exactly_one_clearsigned_text():
+    one = (
+        b"-----BEGIN PGP SIGNED MESSAGE-----\nHash: SHA256\n\nOrigin: x\n- -----BEGIN dash-escaped\n"
+        b"-----BEGIN PGP SIGNATURE-----\n\nAAAA\n=AAAA\n-----END PGP SIGNATURE-----\n"
+    )
+    assert clearsigned_problem(one) is None
+    assert clearsigned_problem(b"\n\n" + one + b"\n") is None  # blank lines around: as apt
+    for bad in (b"x\n" + one, one + b"x\n", one + one, one.replace(b"SIGNED MESSAGE", b"MESSAGE"), b""):
+        assert clearsigned_problem(bad) is not None, bad
 
 
 def test_any_bad_signature_refuses_the_file():
@@ -131,6 +159,11 @@ def test_dearmor():
         ("file:///srv/repo", "s", "_srv_repo_dists_s_"),
         ("http://host/flat", "./", "host_flat_._"),
         ("http://host/x~y", "s", "host_x%7ey_dists_s_"),
+        # apt's URI parsing: brackets of an IPv6 host dropped, credentials up to the last
+        # "@" of the host part, non-ASCII quoted as its UTF-8 bytes
+        ("http://[2001:db8::1]/debian", "s", "2001:db8::1_debian_dists_s_"),
+        ("http://u:p@ss@host/x", "s", "host_x_dists_s_"),
+        ("http://h\u00f4st/x", "s", "h%c3%b4st_x_dists_s_"),
     ],
 )  # fmt: skip
 def test_list_prefix_is_apts_file_name(uri, suite, prefix):
@@ -140,17 +173,26 @@ def test_list_prefix_is_apts_file_name(uri, suite, prefix):
 def test_keys_for_an_archive():
     a = SourceEntry(("deb",), ("http://h/debian",), ("s", "t"), ("/a.gpg",))
     b = SourceEntry(("deb", "deb-src"), ("http://h/debian",), ("s",), ())
-    c = SourceEntry(("deb",), ("http://o/x",), ("s",), ("/c.gpg", "/d.gpg"))
+    c = SourceEntry(("deb",), ("http://o/x",), ("s",), ("/c.gpg", "/d.gpg", "ab12cd!"))
     src_only = SourceEntry(("deb-src",), ("http://s/x",), ("s",), ("/e.gpg",))
+    prefixes = source_prefixes([a, b, c, src_only])
+    assert sorted(prefixes) == ["h_debian_dists_s_", "h_debian_dists_t_", "o_x_dists_s_"]
     trust = ["/etc/apt/trusted.gpg"]
-    assert keyrings_for("h_debian_dists_t_", [a, b, c], trust) == ["/a.gpg"]
-    # an entry naming no Signed-By adds apt's global keyrings (apt trusts them for it)
-    assert keyrings_for("h_debian_dists_s_", [a, b, c], trust) == ["/a.gpg", "/etc/apt/trusted.gpg"]
-    assert keyrings_for("o_x_dists_s_", [a, b, c], trust) == ["/c.gpg", "/d.gpg"]
-    # lists no deb entry names: every key the machine's apt trusts
-    assert keyrings_for("s_x_dists_s_", [a, c, src_only], trust) == [
-        "/etc/apt/trusted.gpg", "/a.gpg", "/c.gpg", "/d.gpg", "/e.gpg",
-    ]  # fmt: skip
+    assert keys_for(prefixes["h_debian_dists_t_"], trust) == SuiteKeys(("/a.gpg",))
+    # an entry naming no Signed-By file adds apt's global keyrings (apt trusts them for it)
+    assert keys_for(prefixes["h_debian_dists_s_"], trust) == SuiteKeys(("/a.gpg", "/etc/apt/trusted.gpg"))
+    # an item not an absolute path is a fingerprint (apt), never a file
+    assert keys_for(prefixes["o_x_dists_s_"], trust) == SuiteKeys(("/c.gpg", "/d.gpg"), ("AB12CD!",))
+    only_fpr = SourceEntry(("deb",), ("http://f/x",), ("s",), ("0123abcd",))
+    assert keys_for([only_fpr], trust) == SuiteKeys(("/etc/apt/trusted.gpg",), ("0123ABCD",))
+
+
+def test_the_suite_a_release_file_is_named_for():
+    assert named_suite("deb.debian.org_debian_dists_bookworm-security_InRelease") == "bookworm-security"
+    assert named_suite("h_debian_dists_s_Release") == "s"
+    assert named_suite("h_debian_dists_s_main_InRelease") == "s/main"
+    assert named_suite("h_x_dists_a_dists_b_InRelease") == "b"
+    assert named_suite("host_flat_._InRelease") is None
 
 
 def test_sources_name_their_keys_in_both_formats(tmp_path):

@@ -100,17 +100,40 @@ def test_a_release_altered_after_signing_is_a_bad_signature(tmp_path, keys):
     refused(lock(lists, out, "--keyring", str(archive.keyring)), out, "InRelease: bad signature by key")
 
 
-def test_text_outside_the_signed_block_is_not_read(tmp_path, keys):
+def test_text_around_or_after_the_signed_block_is_refused(tmp_path, keys):
     """An attacker appending a Release of their own after the signature (hashes of their
-    index, NotAutomatic) changes nothing: only the text gpgv says was signed is read."""
+    index, NotAutomatic), or a second signed block, is refused as apt refuses it: gpgv
+    alone would verify the first block and ignore the rest."""
     archive, _ = keys
     evil = PACKAGES.replace(b"Version: 2.0", b"Version: 9.0")
     lists = signed_lists(tmp_path, archive, packages=evil)
     inrelease = lists / f"{PREFIX}InRelease"
-    inrelease.write_bytes(inrelease.read_bytes() + b"\n" + release_text(evil, "NotAutomatic: yes"))
+    signed = inrelease.read_bytes()
+    out = tmp_path / "l"
+    for data in (
+        signed + b"\n" + release_text(evil, "NotAutomatic: yes"),
+        release_text(evil) + signed,
+        signed + archive.clearsign(release_text(evil)),
+    ):
+        inrelease.write_bytes(data)
+        refused(
+            lock(lists, out, "--keyring", str(archive.keyring)),
+            out,
+            "InRelease: not exactly one clear-signed text",
+        )
+
+
+def test_a_release_of_another_suite_under_this_ones_name_is_refused(tmp_path, keys):
+    """A genuine signed Release of another suite (sid's, say) renamed to this suite's
+    file: its Suite/Codename says which it is."""
+    archive, _ = keys
+    release = release_text(PACKAGES).replace(b"Codename: s", b"Suite: unstable\nCodename: sid")
+    lists = signed_lists(tmp_path, archive, release)
     out = tmp_path / "l"
     refused(
-        lock(lists, out, "--keyring", str(archive.keyring)), out, "the index is not what the archive signed"
+        lock(lists, out, "--keyring", str(archive.keyring)),
+        out,
+        "InRelease: expected the Release of suite s (its name says so), found one of unstable / sid",
     )
 
 
@@ -134,7 +157,14 @@ def test_no_release_file_is_refused_unless_the_lists_are_trusted(tmp_path, keys)
     lists.mkdir()
     (lists / INDEX).write_bytes(PACKAGES)
     out = tmp_path / "l"
-    refused(lock(lists, out), out, f"{lists / INDEX}: no InRelease or Release file", "--trust-lists")
+    refused(
+        lock(lists, out, "--keyring", str(archive.keyring)),
+        out,
+        f"{lists / INDEX}: no InRelease or Release file",
+        "--trust-lists",
+    )
+    # (and without --keyring: lists no apt source names, see below)
+    refused(lock(lists, out), out, "no deb entry of the machine's apt sources", "--keyring FILE")
     refused(lock(lists, out, "--trust-lists", "--keyring", str(archive.keyring)), out, "choose one")
     proc = lock(lists, out, "--trust-lists")
     assert proc.returncode == 0, proc.stderr
@@ -237,3 +267,66 @@ def test_the_verifier_uses_its_clock_for_valid_until(tmp_path, keys):
     with ListsVerifier([archive.keyring], sources=[], global_trust=[], now=then) as v:
         AptIndex.load(lists, "amd64", v)
         assert v.warnings == []
+
+
+def test_an_index_is_checked_against_its_configured_suite_not_a_longer_named_release(tmp_path, keys):
+    """A Release file named to prefix the index more closely
+    (``h_debian_dists_s_main_InRelease``), signed by a key trusted for another archive,
+    does not take over this archive's index: the suite and its keys come from the
+    machine's sources."""
+    from kiln.store.aptsources import SourceEntry
+
+    archive, stranger = keys
+    evil = PACKAGES.replace(b"Version: 2.0", b"Version: 9.0")
+    lists = signed_lists(tmp_path, archive, packages=evil)  # (the real InRelease lists PACKAGES)
+    (lists / f"{PREFIX}main_InRelease").write_bytes(
+        stranger.clearsign(
+            release_text(evil, path="binary-amd64/Packages").replace(b"Codename: s", b"Codename: s/main")
+        )
+    )
+    sources = [
+        SourceEntry(("deb",), ("http://h/debian",), ("s",), (str(archive.keyring),)),
+        SourceEntry(("deb",), ("http://other.invalid/x",), ("s",), (str(stranger.keyring),)),
+    ]
+    verifier = ListsVerifier(None, sources, global_trust=[str(stranger.keyring)])
+    with (
+        verifier as v,
+        pytest.raises(AptError, match=f"{PREFIX}InRelease lists, found .* the index is not what"),
+    ):
+        AptIndex.load(lists, "amd64", v)
+
+
+def test_an_index_no_source_names_needs_chosen_keys(tmp_path, keys):
+    """Lists no deb entry of the machine names (a stray file, another machine's lists) are
+    checked only with --keyring keys, never with every key the machine trusts."""
+    from kiln.store.aptsources import SourceEntry
+
+    archive, _ = keys
+    lists = signed_lists(tmp_path, archive)
+    other = [SourceEntry(("deb",), ("http://elsewhere.invalid/debian",), ("s",), (str(archive.keyring),))]
+    with (
+        ListsVerifier(None, other, global_trust=[str(archive.keyring)]) as v,
+        pytest.raises(AptError, match="no deb entry of the machine's apt sources has lists of this name"),
+    ):
+        AptIndex.load(lists, "amd64", v)
+    with ListsVerifier([archive.keyring], other, global_trust=[]) as v:
+        assert "b" in AptIndex.load(lists, "amd64", v)
+
+
+def test_signed_by_fingerprints_narrow_the_keys(tmp_path, keys):
+    """A Signed-By fingerprint (apt: any item not an absolute path) limits the good
+    signatures to that key, taken from apt's global keyrings; it is never read as a file
+    name (a file so named in the working directory is not a keyring)."""
+    from kiln.store.aptsources import SourceEntry
+
+    archive, stranger = keys
+    trust = [str(archive.keyring), str(stranger.keyring)]
+    by_stranger = [SourceEntry(("deb",), ("http://h/debian",), ("s",), (stranger.fingerprint.lower(),))]
+    lists = signed_lists(tmp_path, archive)
+    verifier = ListsVerifier(None, by_stranger, global_trust=trust)
+    with verifier as v, pytest.raises(AptError, match="good signatures only by keys Signed-By does not name"):
+        AptIndex.load(lists, "amd64", v)
+    lists = signed_lists(tmp_path, stranger)
+    with ListsVerifier(None, by_stranger, global_trust=trust) as v:
+        AptIndex.load(lists, "amd64", v)
+        assert v.suites[0].signers == (stranger.fingerprint,)
