@@ -330,3 +330,39 @@ def test_signed_by_fingerprints_narrow_the_keys(tmp_path, keys):
     with ListsVerifier(None, by_stranger, global_trust=trust) as v:
         AptIndex.load(lists, "amd64", v)
         assert v.suites[0].signers == (stranger.fingerprint,)
+
+
+def test_apts_global_keyrings_armored_or_not(tmp_path, keys):
+    """apt's global trust: trusted.gpg and trusted.gpg.d's *.gpg and *.asc (armored keys
+    are dearmored for gpgv), used for an entry with no Signed-By."""
+    from kiln.store.aptsources import SourceEntry
+    from kiln.store.aptverify import global_keyrings
+
+    archive, stranger = keys
+    d = tmp_path / "trusted.gpg.d"
+    d.mkdir()
+    (d / "archive.asc").write_bytes(archive.armored.read_bytes())
+    (d / "notes.txt").write_text("not a keyring")
+    trust = global_keyrings(tmp_path / "trusted.gpg", d)
+    assert trust == [str(d / "archive.asc")]  # (no trusted.gpg here; other suffixes skipped)
+    (tmp_path / "trusted.gpg").write_bytes(stranger.keyring.read_bytes())
+    trust = global_keyrings(tmp_path / "trusted.gpg", d)
+    assert trust == [str(tmp_path / "trusted.gpg"), str(d / "archive.asc")]
+    plain = [SourceEntry(("deb",), ("http://h/debian",), ("s",), ())]
+    with ListsVerifier(None, plain, global_trust=trust) as v:
+        assert "b" in AptIndex.load(signed_lists(tmp_path, archive), "amd64", v)
+        assert v.suites[0].signers == (archive.fingerprint,)
+
+
+def test_inrelease_is_preferred_to_release(tmp_path, keys):
+    """With both beside the index, the InRelease is the one checked (as apt prefers it): a
+    stale unsigned Release next to it changes nothing."""
+    archive, _ = keys
+    lists = signed_lists(tmp_path, archive)
+    (lists / f"{PREFIX}Release").write_bytes(release_text(b"old"))
+    out = tmp_path / "l"
+    proc = lock(lists, out, "--keyring", str(archive.keyring))
+    assert proc.returncode == 0, proc.stderr
+    with ListsVerifier([archive.keyring], sources=[], global_trust=[]) as v:
+        AptIndex.load(lists, "amd64", v)
+        assert [s.path.name for s in v.suites] == [f"{PREFIX}InRelease"]
