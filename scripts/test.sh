@@ -20,4 +20,5 @@ PYTHON="$PY" bash scripts/typecheck.sh
 echo "== pytest"
 # -rs: every skip is listed with its reason (CI installs what the tests need: a skip there
 # means a check did not run)
-exec "$PY" -m pytest -q -rs -p no:cacheprovider "$@"
+# --durations: the slowest tests, to keep the suite inside CI's 30 minutes
+exec "$PY" -m pytest -q -rs -p no:cacheprovider --durations=25 "$@"
