@@ -72,12 +72,21 @@ def main(argv: list[str]) -> int:
         index = apt.AptIndex.load(lists, args.arch)
         checked = f"Indexes NOT verified (--trust-lists): read as found in {lists}."
     else:
+        from kiln.store import aptseen
         from kiln.store.aptverify import ListsVerifier
 
-        with ListsVerifier(args.keyring) as verifier:
+        from .common import default_home
+
+        seen_file = default_home() / aptseen.FILE_NAME
+        seen, problem = aptseen.load(seen_file)
+        with ListsVerifier(args.keyring, seen=seen) as verifier:
             index = apt.AptIndex.load(lists, args.arch, verifier)
-        for warning in verifier.warnings:
+        for warning in [*([problem] if problem else []), *verifier.warnings]:
             print(f"warning: {warning}", file=sys.stderr)
+        try:  # (a read-only KILN_HOME loses the rollback check, not the lock)
+            aptseen.save(seen_file, seen, verifier.dates)
+        except OSError as e:
+            print(f"warning: cannot record the Release dates in {seen_file}: {e}", file=sys.stderr)
         checked = "Indexes verified against their suites' signed Release files:" + "".join(
             f"\n  {v.release.suite or v.path.name}: key {', '.join(v.signers)}" for v in verifier.suites
         )

@@ -47,6 +47,8 @@ class Release:
     but_automatic_upgrades: bool = False
     #: its ``Suite`` and ``Codename`` (a source names the suite by either)
     names: tuple[str, ...] = ()
+    #: its ``Date`` (when the archive made it), None if it has none
+    date: datetime | None = None
 
 
 _HASH_LINE = re.compile(r"^([0-9a-fA-F]{64})\s+(\d+)\s+(\S+)$")
@@ -70,23 +72,30 @@ def parse_release(text: str, where: str) -> Release:
         sha256[m.group(3)] = (m.group(1).lower(), int(m.group(2)))
     if not sha256:
         raise FormatError(f"{where}: no SHA256 hashes (apt refuses a Release without them too)")
-    valid_until = None
-    if "valid-until" in fields:
-        value = fields["valid-until"].strip()
-        try:
-            valid_until = parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            raise FormatError(f"{where}: Valid-Until: expected an RFC 2822 date, found {value!r}") from None
-        if valid_until.tzinfo is None:
-            raise FormatError(f"{where}: Valid-Until: expected a date with a time zone, found {value!r}")
-        valid_until = valid_until.astimezone(UTC)
+    valid_until = _date(fields, "valid-until", where)
     suite = (fields.get("codename") or fields.get("suite") or "").strip()
     suites = tuple(v for v in (fields.get("suite", "").strip(), fields.get("codename", "").strip()) if v)
 
     def yes(name: str) -> bool:
         return fields.get(name, "").strip().lower() == "yes"
 
-    return Release(suite, sha256, valid_until, yes("notautomatic"), yes("butautomaticupgrades"), suites)
+    flags = yes("notautomatic"), yes("butautomaticupgrades")
+    return Release(suite, sha256, valid_until, *flags, suites, _date(fields, "date", where))
+
+
+def _date(fields: dict[str, str], name: str, where: str) -> datetime | None:
+    """The RFC 2822 date of field ``name`` in UTC, None if absent."""
+    if name not in fields:
+        return None
+    value = fields[name].strip()
+    label = {"date": "Date", "valid-until": "Valid-Until"}[name]
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        raise FormatError(f"{where}: {label}: expected an RFC 2822 date, found {value!r}") from None
+    if when.tzinfo is None:
+        raise FormatError(f"{where}: {label}: expected a date with a time zone, found {value!r}")
+    return when.astimezone(UTC)
 
 
 #: OpenPGP hash algorithm ids apt counts as weak for signing Release files

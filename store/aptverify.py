@@ -31,11 +31,12 @@ For each suite, once (``ListsVerifier``):
    downloaded (``Packages.xz``) may match the compressed entry instead: then those very
    bytes are decompressed again and must be what was read.
 
-A Release whose ``Valid-Until`` has passed is a warning, not an error: apt refuses it at
-``apt-get update`` but installs from the lists it has, and a lock pins every ``.deb`` by
-its hash anyway. What this cannot catch: an older genuine Release of the same suite put
-back in place (Debian's main suites set no ``Valid-Until``) — apt remembers the last one
-it saw, kiln does not. Armored keyrings (``*.asc``, inline ``Signed-By``) are dearmored
+A Release dated before the one of the same file name a previous lock verified (``seen``,
+kept by the command in ``aptseen``'s file) is refused, as apt refuses one older than the
+last it saw: an old genuine Release put back (Debian's main suites set no
+``Valid-Until``). A Release whose ``Valid-Until`` has passed is a warning, not an error:
+apt refuses it at ``apt-get update`` but installs from the lists it has, and a lock pins
+every ``.deb`` by its hash anyway. Armored keyrings (``*.asc``, inline ``Signed-By``) are dearmored
 into a private temporary directory, which is also gpgv's home (so no user's
 ``~/.gnupg`` keys take part).
 """
@@ -51,6 +52,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import unquote
 
+from . import aptseen
 from .apt import INDEX_SUFFIXES, AptError, pin_priority, release_file
 from .aptrelease import Release, clearsigned_problem, dearmor, good_signers, parse_release
 from .aptsources import SourceEntry, list_prefix, read_sources, signed_by_parts
@@ -129,11 +131,13 @@ class ListsVerifier:
         sources: list[SourceEntry] | None = None,
         global_trust: list[str] | None = None,
         now: datetime | None = None,
+        seen: dict[str, datetime] | None = None,
     ) -> None:
         self._explicit = SuiteKeys(tuple(str(k) for k in keyrings)) if keyrings else None
         self._prefixes = source_prefixes(read_sources() if sources is None else sources)
         self._global = global_keyrings() if global_trust is None else global_trust
         self._now = now or datetime.now(UTC)
+        self._seen = seen or {}
         self._keyfiles: dict[str, Path | None] = {}
         self._suites: dict[Path, VerifiedSuite] = {}
         self.warnings: list[str] = []
@@ -157,6 +161,11 @@ class ListsVerifier:
     @property
     def suites(self) -> list[VerifiedSuite]:
         return sorted(self._suites.values(), key=lambda v: v.path.name)
+
+    @property
+    def dates(self) -> dict[str, datetime]:
+        """The ``Date`` of each Release verified, by file name (for ``aptseen.save``)."""
+        return {v.path.name: v.release.date for v in self.suites if v.release.date is not None}
 
     # --- AptIndex.load's verifier ------------------------------------------------------
 
@@ -285,6 +294,14 @@ class ListsVerifier:
             raise AptError(
                 f"{path}: expected the Release of suite {expected} (its name says so), found one of "
                 f"{' / '.join(release.names) or 'no named suite'}: a Release of another suite under this one's name"
+            )
+        before = self._seen.get(path.name)
+        if release.date is not None and before is not None and release.date < before:
+            raise AptError(
+                f"{path}: dated {release.date:%Y-%m-%d %H:%M} UTC, older than the Release of this suite an "
+                f"earlier kiln lock verified ({before:%Y-%m-%d %H:%M} UTC): an old Release put back "
+                "(a rollback)? Run 'apt-get update'; if the archive itself went back, remove its "
+                f"line from {aptseen.FILE_NAME} in KILN_HOME"
             )
         if release.valid_until is not None and release.valid_until < self._now:
             self.warnings.append(

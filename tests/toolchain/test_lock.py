@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import re
 import subprocess
 import sys
@@ -236,6 +237,7 @@ def test_cli_writes_lock(tmp_path):
         [sys.executable, "-m", "kiln", "lock", "debian", "bash", "--exclude", "base-files", "-o", str(out)],
         capture_output=True,
         text=True,
+        env={**os.environ, "KILN_HOME": str(tmp_path / "home")},  # (the Release dates seen go there)
     )
     assert proc.returncode == 0, proc.stderr
     entries = parse_lock(out.read_text())

@@ -7,6 +7,8 @@ what was expected and found, and leaves no lock behind.
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -41,8 +43,11 @@ def signed_lists(tmp_path: Path, key: Key, release: bytes | None = None, package
 
 
 def lock(lists: Path, out: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``kiln lock debian b`` from ``lists``, with a KILN_HOME of its own beside them (the
+    Release dates seen are kept there)."""
     cmd = [sys.executable, "-m", "kiln", "lock", "debian", "b", "--lists", str(lists), *args, "-o", str(out)]
-    return subprocess.run(cmd, capture_output=True, text=True)
+    env = {**os.environ, "KILN_HOME": str(lists.parent / "home")}
+    return subprocess.run(cmd, capture_output=True, text=True, env=env)
 
 
 def refused(proc: subprocess.CompletedProcess[str], out: Path, *words: str) -> None:
@@ -366,3 +371,37 @@ def test_inrelease_is_preferred_to_release(tmp_path, keys):
     with ListsVerifier([archive.keyring], sources=[], global_trust=[]) as v:
         AptIndex.load(lists, "amd64", v)
         assert [s.path.name for s in v.suites] == [f"{PREFIX}InRelease"]
+
+
+def test_an_older_release_than_one_verified_before_is_refused(tmp_path, keys):
+    """A genuine signed Release put back after a newer one was verified (a rollback: no
+    Valid-Until to catch it) is refused, as apt refuses it; the dates are kept in
+    KILN_HOME, newest first, and a newer Release moves them on."""
+    archive, _ = keys
+    out = tmp_path / "l"
+
+    def dated(day: int) -> bytes:
+        return release_text(PACKAGES, f"Date: {day:02d} Mar 2026 10:00:00 UTC")
+
+    lists = signed_lists(tmp_path, archive, dated(10))
+    assert lock(lists, out, "--keyring", str(archive.keyring)).returncode == 0
+    seen = tmp_path / "home" / "apt-releases.json"
+    assert json.loads(seen.read_text()) == {f"{PREFIX}InRelease": "2026-03-10T10:00:00+00:00"}
+    out.unlink()
+    (lists / f"{PREFIX}InRelease").write_bytes(archive.clearsign(dated(9)))
+    refused(
+        lock(lists, out, "--keyring", str(archive.keyring)),
+        out,
+        "InRelease: dated 2026-03-09 10:00 UTC, older than the Release of this suite an earlier kiln lock "
+        "verified (2026-03-10 10:00 UTC): an old Release put back (a rollback)?",
+        "apt-releases.json",
+    )
+    (lists / f"{PREFIX}InRelease").write_bytes(archive.clearsign(dated(11)))
+    assert lock(lists, out, "--keyring", str(archive.keyring)).returncode == 0
+    assert "2026-03-11" in seen.read_text()
+    # a damaged record is said, and replaced: the lock is not refused for it
+    seen.write_text("{not json")
+    out.unlink()
+    proc = lock(lists, out, "--keyring", str(archive.keyring))
+    assert proc.returncode == 0 and "cannot read the Release dates seen before" in proc.stderr, proc.stderr
+    assert "2026-03-11" in seen.read_text()

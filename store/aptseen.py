@@ -1,0 +1,63 @@
+"""The newest signed Release of each suite ``kiln lock debian`` has verified on this machine.
+
+Theory of operation
+-------------------
+A genuine but older Release of a suite, put back with its indexes, verifies: it is
+signed, and Debian's main suites set no ``Valid-Until``. apt notices because it keeps
+the last Release it saw and refuses one dated earlier; so does kiln, in one small JSON
+file (``$KILN_HOME/apt-releases.json``): ``{"<Release file name>": "<its Date, ISO
+8601>"}``. The file name encodes the archive URL and the suite, so switching sources to
+another archive (a dated snapshot, say) is no conflict.
+
+``load`` reads it (missing: empty; unreadable or malformed: empty, and the caller says
+so: the check is lost, not the lock); ``save`` merges the dates just verified, keeping
+the newer of each, and replaces the file atomically (temporary file, fsync, rename), so
+a crash leaves the old or the new file, never half of one. Two concurrent locks may each
+miss the other's update: the dates only move forward, so that costs at most one check.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from datetime import datetime
+from pathlib import Path
+
+FILE_NAME = "apt-releases.json"
+
+
+def load(path: Path) -> tuple[dict[str, datetime], str | None]:
+    """The dates recorded in ``path``, and why they could not be read (None if fine)."""
+    try:
+        data = json.loads(path.read_bytes())
+        if not isinstance(data, dict):
+            raise ValueError("expected a JSON object")
+        out = {str(k): datetime.fromisoformat(v) for k, v in data.items()}
+        if any(v.tzinfo is None for v in out.values()):
+            raise ValueError("a date without a time zone")
+        return out, None
+    except FileNotFoundError:
+        return {}, None
+    except (OSError, ValueError, TypeError) as e:
+        return {}, f"{path}: cannot read the Release dates seen before ({e}); starting afresh"
+
+
+def save(path: Path, seen: dict[str, datetime], verified: dict[str, datetime]) -> None:
+    """Record ``verified`` over ``seen`` (the newer date of each name wins), atomically."""
+    merged = dict(seen)
+    for name, when in verified.items():
+        if name not in merged or when > merged[name]:
+            merged[name] = when
+    text = json.dumps({k: v.isoformat() for k, v in sorted(merged.items())}, indent=1) + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
