@@ -17,10 +17,15 @@ left open: ``httperrors.stalled``) is asked again as ``httpretry.Cuts`` allows
   whose ``restart()`` discards what it took; with a plain ``write`` the download fails,
   naming the cut, as it did before it was ever asked again.
 
+An answer whose framing broke mid-body (a malformed chunk header: a byte flipped on the
+way) is asked again *whole*, where ``write`` is a ``Sink``, as often as a cut one: the
+bytes before the break may be wrong too, so they are never resumed from.
+
 Not asked again: an error raised by ``write`` (too many bytes, a bad NAR: the caller's
 verdict), a trickle (``pace``: a server that sends, but too slowly, would be as slow
-again), a malformed answer, and any answer but 200/206 to a retry (``_request`` has
-already waited out those worth it; a 404 then is an error, not a miss).
+again), a malformed answer to a plain ``write``, and any answer but 200/206 to a retry
+(``_request`` has already waited out those worth it; a 404 then is an error, not a
+miss).
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from .client import CHUNK, RegistryError
 from .downloadsink import Sink
-from .httperrors import Broken, body_error, cut, cut_how, stalled
+from .httperrors import Broken, body_error, cut, cut_how, framing_broken, stalled
 from .httpretry import CUT_RETRIES, Cuts
 from .pace import Link, Pace
 
@@ -128,15 +133,22 @@ class ObjectDownloads:
                     err = body_error(e, what)
                     if err is None:
                         raise
-                    resumable = done == 0 or tag is not None or restart is not None
-                    broke = cut(e) or stalled(e)
-                    if not (broke and resumable and self._cuts.again(cuts)):
-                        if broke and cuts:  # (the bytes of all the answers, not the last's)
-                            of = f" of {tag.length}" if tag is not None else ""
-                            err = Broken(
-                                f"{what}: answer broken off: {cut_how(e)} after {done}{of} bytes "
-                                f"(asked {cuts + 1} times)"
-                            )
-                        raise err from None
+                    if framing_broken(e) and restart is not None and self._cuts.again(cuts):
+                        # framing broken mid-body: the bytes before the break may be wrong
+                        # too (a flipped chunk size passes data off as framing and back),
+                        # so they are dropped and the object asked for whole, never resumed
+                        restart()
+                        done, tag = 0, None
+                    else:
+                        resumable = done == 0 or tag is not None or restart is not None
+                        broke = cut(e) or stalled(e)
+                        if not (broke and resumable and self._cuts.again(cuts)):
+                            if broke and cuts:  # (the bytes of all the answers, not the last's)
+                                of = f" of {tag.length}" if tag is not None else ""
+                                err = Broken(
+                                    f"{what}: answer broken off: {cut_how(e)} after {done}{of} bytes "
+                                    f"(asked {cuts + 1} times)"
+                                )
+                            raise err from None
             cuts += 1
             await asyncio.sleep(Cuts.wait(cuts))

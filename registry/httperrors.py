@@ -135,6 +135,18 @@ def _received(e: BaseException) -> str:
     return " after " + text[at + 10 : text.index(")", at)] if at >= 0 and ")" in text[at:] else ""
 
 
+def framing_broken(e: BaseException) -> bool:
+    """Whether ``e``, met reading a body, is aiohttp's parser refusing its framing (a
+    chunk header broken), raised as is or as a ``ClientPayloadError`` over it."""
+    if isinstance(e, aiohttp.http_exceptions.HttpProcessingError):
+        return True
+    return (
+        isinstance(e, aiohttp.ClientPayloadError)
+        and not cut(e)
+        and isinstance(e.__cause__, aiohttp.http_exceptions.HttpProcessingError)
+    )
+
+
 def body_error(e: BaseException, what: str, write: bool = False) -> Broken | None:
     """The error for ``e``, met while reading the body of the answer to ``what``; None if
     ``e`` is not a transport or parser error (the caller's own, raised as is)."""

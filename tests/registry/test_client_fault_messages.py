@@ -134,3 +134,49 @@ def test_a_framing_error_later_in_a_body_fails_the_read(call: str) -> None:
 
     e = asyncio.run(go())
     assert "GET http://127.0.0.1:" in str(e) and "/x: malformed answer (" in str(e), str(e)
+
+
+def test_a_download_whose_framing_broke_is_asked_again_whole() -> None:
+    """A flipped chunk size can pass framing off as data before the parser notices, so a
+    download whose framing broke mid-body is started over (a ``Sink``), never resumed
+    from the bytes it took; a plain ``write`` cannot drop them, so it fails as before."""
+    from kiln.registry.downloadsink import Sink
+
+    body = b"the object's bytes\n" * 50
+
+    async def go(sink: bool) -> tuple[bytes, list[str], RegistryError | None]:
+        requests: list[str] = []
+
+        async def serve(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            head = b""
+            while (line := await r.readline()) not in (b"\r\n", b""):
+                head += line
+            requests.append(head.decode())
+            if len(requests) == 1:  # a first piece, then (later, as the body) broken framing
+                w.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+                await w.drain()
+                await asyncio.sleep(0.3)
+                w.write(b"5\r\nhello\r\x0b0\r\n\r\n")
+            else:
+                w.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+            await w.drain()
+            w.close()
+
+        srv = await asyncio.start_server(serve, "127.0.0.1", 0)
+        c = HttpClient(f"http://127.0.0.1:{srv.sockets[0].getsockname()[1]}")
+        got = bytearray()
+        write = Sink(got.extend, got.clear) if sink else got.extend
+        try:
+            assert await asyncio.wait_for(c.download("x", write), 20)
+        except RegistryError as e:
+            return bytes(got), requests, e
+        finally:
+            await c.close()
+            srv.close()
+        return bytes(got), requests, None
+
+    got, requests, err = asyncio.run(go(sink=True))
+    assert err is None and got == body and len(requests) == 2
+    assert "range:" not in requests[1].lower()  # asked whole, not resumed
+    _, requests, err = asyncio.run(go(sink=False))
+    assert err is not None and "/x: malformed answer (" in str(err) and len(requests) == 1
