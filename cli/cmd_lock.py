@@ -84,7 +84,7 @@ def main(argv: list[str]) -> int:
         for warning in [*([problem] if problem else []), *verifier.warnings]:
             print(f"warning: {warning}", file=sys.stderr)
         try:  # (a read-only KILN_HOME loses the rollback check, not the lock)
-            aptseen.save(seen_file, seen, verifier.dates)
+            aptseen.save(seen_file, verifier.dates)
         except OSError as e:
             print(f"warning: cannot record the Release dates in {seen_file}: {e}", file=sys.stderr)
         checked = "Indexes verified against their suites' signed Release files:" + "".join(

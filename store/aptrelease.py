@@ -11,7 +11,9 @@ its size. apt checks the signature, then each downloaded index against that list
 - ``parse_release`` reads the signed text (never the file around a clear-signed block:
   text outside the signature is not signed) into a ``Release``;
 - ``clearsigned_problem`` refuses an ``InRelease`` that is not exactly one clear-signed
-  text, as apt's own split of the file does (gpgv would verify the first of two blocks);
+  text (gpgv would verify the first of two blocks; apt splits the file itself, more
+  strictly still: kiln allows blank lines around the block, and reads only what gpgv
+  says was signed);
 - ``good_signers`` reads ``gpgv --status-fd`` output as apt does: a signature counts when
   gpgv reports both ``GOODSIG`` and ``VALIDSIG`` for it, with a digest apt does not call
   weak (MD5, SHA-1, RIPEMD-160); any ``BADSIG``, ``ERROR`` or ``NODATA`` refuses the
@@ -173,8 +175,8 @@ _CLEARSIGNED = re.compile(
 
 
 def clearsigned_problem(data: bytes) -> str | None:
-    """Why ``data`` is not exactly one clear-signed text (as apt splits an InRelease:
-    nothing but blank lines before it or after its signature, no second block, no
+    """Why ``data`` is not exactly one clear-signed text (nothing but blank lines before
+    it or after its signature, no second block, no
     armored message instead), or None."""
     if _CLEARSIGNED.match(data) is None:
         return "not exactly one clear-signed text (apt refuses other data around or inside it)"
@@ -182,7 +184,9 @@ def clearsigned_problem(data: bytes) -> str | None:
 
 
 _ARMOR_RE = re.compile(
-    r"-----BEGIN PGP PUBLIC KEY BLOCK-----\r?\n(?:[^\n]*:[^\n]*\r?\n)*\s*\r?\n(.*?)-----END PGP PUBLIC KEY BLOCK-----",
+    # (a header line has one way to match: its name holds no ':' — else a failed match
+    # would retry every split of every header, exponentially)
+    r"-----BEGIN PGP PUBLIC KEY BLOCK-----\r?\n(?:[^\n:]*:[^\n]*\n)*[ \t]*\r?\n(.*?)-----END PGP PUBLIC KEY BLOCK-----",
     re.S,
 )
 

@@ -48,7 +48,7 @@ import os
 import subprocess
 import tempfile
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -69,6 +69,8 @@ class VerifiedSuite:
     path: Path
     release: Release
     signers: tuple[str, ...]
+    #: verified with the machine's keys: its Date goes into the dates seen
+    dated: bool = False
 
 
 def global_keyrings(trusted: Path = APT_TRUSTED, trusted_dir: Path = APT_TRUSTED_DIR) -> list[str]:
@@ -88,27 +90,29 @@ class SuiteKeys:
     fingerprints: tuple[str, ...] = ()
 
 
-def source_prefixes(sources: list[SourceEntry]) -> dict[str, list[SourceEntry]]:
-    """The ``deb`` entries by the list prefix of each of their (URI, suite) pairs."""
-    out: dict[str, list[SourceEntry]] = {}
+def source_prefixes(sources: list[SourceEntry]) -> dict[str, tuple[str, list[SourceEntry]]]:
+    """The suite and ``deb`` entries of each list prefix their (URI, suite) pairs give."""
+    out: dict[str, tuple[str, list[SourceEntry]]] = {}
     for e in sources:
         if "deb" in e.types:
             for u in e.uris:
                 for suite in e.suites:
-                    out.setdefault(list_prefix(u, suite), []).append(e)
+                    out.setdefault(list_prefix(u, suite), (suite, []))[1].append(e)
     return out
 
 
-def keys_for(entries: list[SourceEntry], global_trust: list[str]) -> SuiteKeys:
+def keys_for(entries: list[SourceEntry], global_trust: list[str], where: str = "") -> SuiteKeys:
     """The keys apt would check the Release of a suite these entries name with: their
-    ``Signed-By`` files (apt's global keyrings where one names no file) and fingerprints."""
-    keyrings: list[str] = []
-    fingerprints: list[str] = []
-    for e in entries:
-        files, fprs = signed_by_parts(e.signed_by)
-        keyrings += files or global_trust
-        fingerprints += fprs
-    return SuiteKeys(tuple(dict.fromkeys(keyrings)), tuple(dict.fromkeys(fingerprints)))
+    ``Signed-By`` files (apt's global keyrings where it names no file) and fingerprints.
+    ``AptError`` if the entries name different ``Signed-By`` (apt refuses that too: one
+    would widen what the other pinned)."""
+    if len({e.signed_by for e in entries}) > 1:
+        raise AptError(
+            f"{where}: the machine's apt sources give this suite conflicting Signed-By values "
+            f"({' / '.join(' '.join(e.signed_by) or '(none)' for e in entries)}); apt refuses that too"
+        )
+    files, fingerprints = signed_by_parts(entries[0].signed_by) if entries else ((), ())
+    return SuiteKeys(tuple(files) or tuple(global_trust), fingerprints)
 
 
 def named_suite(release_name: str) -> str | None:
@@ -118,6 +122,24 @@ def named_suite(release_name: str) -> str | None:
     if "_dists_" not in stem:
         return None
     return "/".join(unquote(p) for p in stem.rsplit("_dists_", 1)[1].split("_"))
+
+
+#: how far ahead of this machine's clock a Release's Date may be (clock skew), as apt's
+#: ``Acquire::Max-FutureTime`` allows some
+MAX_FUTURE = timedelta(minutes=10)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """How one suite is verified: its Release file, the keys, the suite it must name
+    (None: a flat repository's) and whether its Date is checked against and recorded in
+    the dates seen (only with the machine's own keys: chosen keys could record a date
+    that refuses every genuine Release after it)."""
+
+    path: Path
+    keys: SuiteKeys
+    suite: str | None
+    dated: bool
 
 
 class ListsVerifier:
@@ -164,8 +186,9 @@ class ListsVerifier:
 
     @property
     def dates(self) -> dict[str, datetime]:
-        """The ``Date`` of each Release verified, by file name (for ``aptseen.save``)."""
-        return {v.path.name: v.release.date for v in self.suites if v.release.date is not None}
+        """The ``Date`` of each Release verified with the machine's keys, by its suite's
+        list prefix (for ``aptseen.save``)."""
+        return {_seen_key(v.path): v.release.date for v in self.suites if v.dated and v.release.date}
 
     # --- AptIndex.load's verifier ------------------------------------------------------
 
@@ -204,14 +227,13 @@ class ListsVerifier:
     # --- one suite -----------------------------------------------------------------------
 
     def _suite(self, index: Path) -> VerifiedSuite:
-        path, keys = self._release_and_keys(index)
-        if path not in self._suites:
-            self._suites[path] = self._verify(path, keys)
-        return self._suites[path]
+        plan = self._plan(index)
+        if plan.path not in self._suites:
+            self._suites[plan.path] = self._verify(plan)
+        return self._suites[plan.path]
 
-    def _release_and_keys(self, index: Path) -> tuple[Path, SuiteKeys]:
-        """The Release file ``index`` is checked against, and with which keys (module
-        docstring)."""
+    def _plan(self, index: Path) -> _Plan:
+        """How ``index``'s suite is verified (module docstring)."""
         if self._explicit is not None:
             path = release_file(index)
             if path is None:
@@ -219,7 +241,7 @@ class ListsVerifier:
                     f"{index}: no InRelease or Release file beside it to verify it against "
                     "(apt keeps one per suite; --trust-lists reads indexes unverified)"
                 )
-            return path, self._explicit
+            return _Plan(path, self._explicit, named_suite(path.name), dated=False)
         prefix = max((p for p in self._prefixes if index.name.startswith(p)), key=len, default=None)
         if prefix is None:
             raise AptError(
@@ -227,15 +249,20 @@ class ListsVerifier:
                 "key is trusted for it (apt would not read it either): pass --keyring FILE to verify "
                 "it with chosen keys, or --trust-lists"
             )
+        suite, entries = self._prefixes[prefix]
         for name in ("InRelease", "Release"):
             if (index.parent / f"{prefix}{name}").is_file():
-                return index.parent / f"{prefix}{name}", keys_for(self._prefixes[prefix], self._global)
+                keys = keys_for(entries, self._global, str(index.parent / f"{prefix}{name}"))
+                return _Plan(
+                    index.parent / f"{prefix}{name}", keys, None if suite.endswith("/") else suite, True
+                )
         raise AptError(
             f"{index}: no {prefix}InRelease or {prefix}Release beside it to verify it against "
             "(run 'apt-get update'; --trust-lists reads indexes unverified)"
         )
 
-    def _verify(self, path: Path, keys: SuiteKeys) -> VerifiedSuite:
+    def _verify(self, plan: _Plan) -> VerifiedSuite:
+        path, keys = plan.path, plan.keys
         keyfiles = [f for f in (self._keyfile(k) for k in keys.keyrings) if f is not None]
         named = ", ".join("inline Signed-By key" if "\n" in k else k for k in keys.keyrings)
         if not keyfiles:
@@ -288,27 +315,45 @@ class ListsVerifier:
             release = parse_release(_read(signed).decode("utf-8", errors="replace"), str(path))
         except FormatError as e:
             raise AptError(str(e)) from None
-        expected = named_suite(path.name)
-        # (a "<codename>/updates" suite, as old security archives named theirs, is its codename's)
-        if expected is not None and not {expected, expected.split("/")[0]} & set(release.names):
-            raise AptError(
-                f"{path}: expected the Release of suite {expected} (its name says so), found one of "
-                f"{' / '.join(release.names) or 'no named suite'}: a Release of another suite under this one's name"
-            )
-        before = self._seen.get(path.name)
-        if release.date is not None and before is not None and release.date < before:
-            raise AptError(
-                f"{path}: dated {release.date:%Y-%m-%d %H:%M} UTC, older than the Release of this suite an "
-                f"earlier kiln lock verified ({before:%Y-%m-%d %H:%M} UTC): an old Release put back "
-                "(a rollback)? Run 'apt-get update'; if the archive itself went back, remove its "
-                f"line from {aptseen.FILE_NAME} in KILN_HOME"
-            )
+        self._check_suite(plan, release)
+        self._check_date(plan, release)
         if release.valid_until is not None and release.valid_until < self._now:
             self.warnings.append(
                 f"{path}: expired on {release.valid_until:%Y-%m-%d %H:%M} UTC (Valid-Until): its indexes "
                 "may be old; run 'apt-get update' for current ones"
             )
-        return VerifiedSuite(path, release, signers)
+        return VerifiedSuite(path, release, signers, plan.dated)
+
+    def _check_suite(self, plan: _Plan, release: Release) -> None:
+        """``AptError`` unless the Release names the suite it is verified for."""
+        want = plan.suite
+        # (a "<codename>/updates" suite, as old security archives named theirs, is its
+        # codename's: apt drops the last component)
+        if want is None or {want, want.rsplit("/", 1)[0]} & set(release.names):
+            return
+        raise AptError(
+            f"{plan.path}: expected the Release of suite {want}, found one of "
+            f"{' / '.join(release.names) or 'no named suite'}: a Release of another suite under this one's name"
+        )
+
+    def _check_date(self, plan: _Plan, release: Release) -> None:
+        """``AptError`` for a Release dated in the future (apt: "not valid yet"), or, with
+        the machine's keys, older than the one of its suite verified before (a rollback)."""
+        if release.date is None:
+            return
+        if release.date > self._now + MAX_FUTURE:
+            raise AptError(
+                f"{plan.path}: dated {release.date:%Y-%m-%d %H:%M} UTC, after this machine's clock "
+                f"({self._now:%Y-%m-%d %H:%M} UTC): not valid yet (check the clock)"
+            )
+        before = self._seen.get(_seen_key(plan.path))
+        if plan.dated and before is not None and release.date < before:
+            raise AptError(
+                f"{plan.path}: dated {release.date:%Y-%m-%d %H:%M} UTC, older than the Release of this suite "
+                f"an earlier kiln lock verified ({before:%Y-%m-%d %H:%M} UTC): an old Release put back "
+                "(a rollback)? Run 'apt-get update'; if the archive itself went back, remove its "
+                f"line from {aptseen.FILE_NAME} in KILN_HOME"
+            )
 
     def _decompressed(self, raw: bytes, name: str) -> bytes:
         """``raw`` decompressed as an index file called ``name`` is."""
@@ -335,6 +380,11 @@ class ListsVerifier:
                 return None
             data = _read(path)
             if not data.lstrip().startswith(b"-----BEGIN PGP"):
+                # (apt's test: a binary keyring starts with a public key packet)
+                if data[:1] not in (b"\x98", b"\x99", b"\xc6"):
+                    raise AptError(
+                        f"{spec}: not an OpenPGP keyring (neither armored nor a public key packet)"
+                    )
                 return path.resolve()
             text, where = data.decode("ascii", errors="replace"), spec
         try:
@@ -345,6 +395,12 @@ class ListsVerifier:
         with os.fdopen(fd, "wb") as f:
             f.write(binary)
         return Path(name)
+
+
+def _seen_key(release: Path) -> str:
+    """A suite's key in the dates seen: its list prefix, the same for its InRelease and
+    its Release (either may be put back)."""
+    return release.name.removesuffix("InRelease").removesuffix("Release")
 
 
 def _read(path: Path) -> bytes:

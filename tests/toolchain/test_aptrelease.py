@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from kiln.store.apt import AptError
 from kiln.store.aptrelease import clearsigned_problem, dearmor, good_signers, parse_release
 from kiln.store.aptsources import SourceEntry, list_prefix
 from kiln.store.aptverify import SuiteKeys, keys_for, named_suite, source_prefixes
@@ -174,15 +175,22 @@ def test_keys_for_an_archive():
     a = SourceEntry(("deb",), ("http://h/debian",), ("s", "t"), ("/a.gpg",))
     b = SourceEntry(("deb", "deb-src"), ("http://h/debian",), ("s",), ())
     c = SourceEntry(("deb",), ("http://o/x",), ("s",), ("/c.gpg", "/d.gpg", "ab12cd!"))
+    flat = SourceEntry(("deb",), ("http://f/repo",), ("./",), ())
     src_only = SourceEntry(("deb-src",), ("http://s/x",), ("s",), ("/e.gpg",))
-    prefixes = source_prefixes([a, b, c, src_only])
-    assert sorted(prefixes) == ["h_debian_dists_s_", "h_debian_dists_t_", "o_x_dists_s_"]
+    prefixes = source_prefixes([a, b, c, flat, src_only])
+    assert {p: (suite, len(es)) for p, (suite, es) in prefixes.items()} == {
+        "h_debian_dists_s_": ("s", 2), "h_debian_dists_t_": ("t", 1), "o_x_dists_s_": ("s", 1),
+        "f_repo_._": ("./", 1),
+    }  # fmt: skip
     trust = ["/etc/apt/trusted.gpg"]
-    assert keys_for(prefixes["h_debian_dists_t_"], trust) == SuiteKeys(("/a.gpg",))
-    # an entry naming no Signed-By file adds apt's global keyrings (apt trusts them for it)
-    assert keys_for(prefixes["h_debian_dists_s_"], trust) == SuiteKeys(("/a.gpg", "/etc/apt/trusted.gpg"))
+    assert keys_for(prefixes["h_debian_dists_t_"][1], trust) == SuiteKeys(("/a.gpg",))
+    # an entry naming no Signed-By: apt's global keyrings
+    assert keys_for([b], trust) == SuiteKeys(("/etc/apt/trusted.gpg",))
+    # two entries of one suite that disagree: refused (as apt), not merged into wider trust
+    with pytest.raises(AptError, match=r"R: the machine's apt sources give this suite conflicting Signed-By"):
+        keys_for(prefixes["h_debian_dists_s_"][1], trust, "R")
     # an item not an absolute path is a fingerprint (apt), never a file
-    assert keys_for(prefixes["o_x_dists_s_"], trust) == SuiteKeys(("/c.gpg", "/d.gpg"), ("AB12CD!",))
+    assert keys_for([c], trust) == SuiteKeys(("/c.gpg", "/d.gpg"), ("AB12CD!",))
     only_fpr = SourceEntry(("deb",), ("http://f/x",), ("s",), ("0123abcd",))
     assert keys_for([only_fpr], trust) == SuiteKeys(("/etc/apt/trusted.gpg",), ("0123ABCD",))
 

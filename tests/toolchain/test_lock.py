@@ -243,8 +243,10 @@ def test_cli_writes_lock(tmp_path):
     entries = parse_lock(out.read_text())
     assert "bash" in names(entries) and "base-files" not in names(entries)
     assert "--exclude base-files" in out.read_text()
-    # the machine's lists were verified against their signed Release files
+    # the machine's lists were verified against their signed Release files, and the
+    # Releases' dates recorded for the rollback check
     assert "# Indexes verified against their suites' signed Release files:" in out.read_text()
+    assert "_dists_" in (tmp_path / "home" / "apt-releases.json").read_text()
 
 
 @machine

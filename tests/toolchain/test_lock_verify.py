@@ -138,7 +138,7 @@ def test_a_release_of_another_suite_under_this_ones_name_is_refused(tmp_path, ke
     refused(
         lock(lists, out, "--keyring", str(archive.keyring)),
         out,
-        "InRelease: expected the Release of suite s (its name says so), found one of unstable / sid",
+        "InRelease: expected the Release of suite s, found one of unstable / sid",
     )
 
 
@@ -375,33 +375,93 @@ def test_inrelease_is_preferred_to_release(tmp_path, keys):
 
 def test_an_older_release_than_one_verified_before_is_refused(tmp_path, keys):
     """A genuine signed Release put back after a newer one was verified (a rollback: no
-    Valid-Until to catch it) is refused, as apt refuses it; the dates are kept in
-    KILN_HOME, newest first, and a newer Release moves them on."""
+    Valid-Until to catch it), as an InRelease or as a Release, is refused as apt refuses
+    it; one dated in the future too. The dates are kept by suite, newest first; only
+    Releases verified with the machine's keys are recorded (a --keyring run could record
+    a far-future date that refuses every genuine Release after it)."""
+    from kiln.store import aptseen
+    from kiln.store.aptsources import SourceEntry
+
     archive, _ = keys
-    out = tmp_path / "l"
+    sources = [SourceEntry(("deb",), ("http://h/debian",), ("s",), (str(archive.keyring),))]
+    seen_file = tmp_path / "home" / aptseen.FILE_NAME
+    now = datetime(2026, 3, 20, tzinfo=UTC)
 
     def dated(day: int) -> bytes:
         return release_text(PACKAGES, f"Date: {day:02d} Mar 2026 10:00:00 UTC")
 
+    def verify(lists: Path, keyring: list[Path] | None = None) -> ListsVerifier:
+        with ListsVerifier(keyring, sources, global_trust=[], now=now, seen=aptseen.load(seen_file)[0]) as v:
+            AptIndex.load(lists, "amd64", v)
+        aptseen.save(seen_file, v.dates)
+        return v
+
     lists = signed_lists(tmp_path, archive, dated(10))
-    assert lock(lists, out, "--keyring", str(archive.keyring)).returncode == 0
-    seen = tmp_path / "home" / "apt-releases.json"
-    assert json.loads(seen.read_text()) == {f"{PREFIX}InRelease": "2026-03-10T10:00:00+00:00"}
-    out.unlink()
+    verify(lists)
+    assert json.loads(seen_file.read_text()) == {PREFIX: "2026-03-10T10:00:00+00:00"}
     (lists / f"{PREFIX}InRelease").write_bytes(archive.clearsign(dated(9)))
-    refused(
-        lock(lists, out, "--keyring", str(archive.keyring)),
-        out,
-        "InRelease: dated 2026-03-09 10:00 UTC, older than the Release of this suite an earlier kiln lock "
-        "verified (2026-03-10 10:00 UTC): an old Release put back (a rollback)?",
-        "apt-releases.json",
-    )
-    (lists / f"{PREFIX}InRelease").write_bytes(archive.clearsign(dated(11)))
-    assert lock(lists, out, "--keyring", str(archive.keyring)).returncode == 0
-    assert "2026-03-11" in seen.read_text()
-    # a damaged record is said, and replaced: the lock is not refused for it
-    seen.write_text("{not json")
-    out.unlink()
+    with pytest.raises(AptError) as e:
+        verify(lists)
+    assert str(e.value).startswith(
+        f"{lists / PREFIX}InRelease: dated 2026-03-09 10:00 UTC, older than the Release of this suite "
+        "an earlier kiln lock verified (2026-03-10 10:00 UTC): an old Release put back (a rollback)?"
+    ), e.value
+    # the same old Release put back as Release + Release.gpg: the same suite, refused
+    (lists / f"{PREFIX}InRelease").unlink()
+    (lists / f"{PREFIX}Release").write_bytes(dated(9))
+    (lists / f"{PREFIX}Release.gpg").write_bytes(archive.detach_sign(dated(9)))
+    with pytest.raises(AptError, match="Release: dated 2026-03-09 10:00 UTC, older than"):
+        verify(lists)
+    # chosen keys: neither checked against nor recorded
+    verify(lists, [archive.keyring])
+    (lists / f"{PREFIX}Release").write_bytes(dated(30))
+    (lists / f"{PREFIX}Release.gpg").write_bytes(archive.detach_sign(dated(30)))
+    with pytest.raises(
+        AptError, match=r"dated 2026-03-30 10:00 UTC, after this machine's clock .*not valid yet"
+    ):
+        verify(lists, [archive.keyring])
+    assert json.loads(seen_file.read_text()) == {PREFIX: "2026-03-10T10:00:00+00:00"}
+    (lists / f"{PREFIX}Release").write_bytes(dated(11))
+    (lists / f"{PREFIX}Release.gpg").write_bytes(archive.detach_sign(dated(11)))
+    verify(lists)
+    assert json.loads(seen_file.read_text()) == {PREFIX: "2026-03-11T10:00:00+00:00"}
+
+
+def test_the_dates_seen_file_damaged_or_unwritable_is_a_warning(tmp_path, keys):
+    """A damaged record is said and replaced, one that cannot be written is said: the
+    rollback check is lost, never the lock."""
+    archive, _ = keys
+    lists = signed_lists(tmp_path, archive)
+    out = tmp_path / "l"
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "apt-releases.json").write_text("{not json")
     proc = lock(lists, out, "--keyring", str(archive.keyring))
     assert proc.returncode == 0 and "cannot read the Release dates seen before" in proc.stderr, proc.stderr
-    assert "2026-03-11" in seen.read_text()
+    assert json.loads((home / "apt-releases.json").read_text()) == {}  # (chosen keys: nothing recorded)
+    (home / "apt-releases.json").unlink()
+    (home / "apt-releases.json").mkdir()  # (cannot be replaced by a file)
+    out.unlink()
+    proc = lock(lists, out, "--keyring", str(archive.keyring))
+    assert proc.returncode == 0 and "warning: cannot record the Release dates in" in proc.stderr, proc.stderr
+
+
+def test_an_updates_suite_is_its_codenames_and_a_bad_keyring_is_named(tmp_path, keys):
+    """A ``<codename>/updates`` suite (old security archives) is verified against a
+    Release naming the codename (apt drops the last component); a keyring file that is
+    neither armored nor starts with a public key packet is an error naming it."""
+    from kiln.store.aptsources import SourceEntry
+
+    archive, _ = keys
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    prefix = "h_debian_dists_s_updates_"
+    (lists / (prefix + "main_binary-amd64_Packages")).write_bytes(PACKAGES)
+    (lists / (prefix + "InRelease")).write_bytes(archive.clearsign(release_text(PACKAGES)))
+    sources = [SourceEntry(("deb",), ("http://h/debian",), ("s/updates",), (str(archive.keyring),))]
+    with ListsVerifier(None, sources, global_trust=[]) as v:
+        assert "b" in AptIndex.load(lists, "amd64", v)
+    junk = tmp_path / "junk.gpg"
+    junk.write_bytes(b"\x00not a key")
+    with pytest.raises(AptError, match=f"{junk}: not an OpenPGP keyring"):
+        ListsVerifier([junk], sources=[], global_trust=[])
