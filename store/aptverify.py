@@ -22,23 +22,27 @@ For each suite, once (``ListsVerifier``):
    the text kiln then reads is the one gpgv says was signed (``--output``);
 2. gpgv's status lines decide (``aptrelease.good_signers``): at least one good signature
    with a strong digest by an allowed key, and no bad one, no error — else ``AptError``;
-3. the signed ``Suite`` or ``Codename`` must be the suite the file is named for (the
-   part after ``_dists_``): a Release of another suite (sid's, under bookworm's name)
-   is refused;
+3. the signed ``Suite`` or ``Codename`` must be the sources entry's suite (with
+   ``--keyring``: the one the file is named for, after ``_dists_``; a
+   ``<codename>/updates`` suite may name its codename): a Release of another suite
+   (sid's, under bookworm's name) is refused;
 4. each index's decompressed bytes must have the SHA-256 and size the signed Release
    lists for its path (``main/binary-amd64/Packages``; apt keeps indexes recompressed,
    and Debian's Release lists every index uncompressed too). An index stored exactly as
    downloaded (``Packages.xz``) may match the compressed entry instead: then those very
    bytes are decompressed again and must be what was read.
 
-A Release dated before the one of the same file name a previous lock verified (``seen``,
-kept by the command in ``aptseen``'s file) is refused, as apt refuses one older than the
-last it saw: an old genuine Release put back (Debian's main suites set no
-``Valid-Until``). A Release whose ``Valid-Until`` has passed is a warning, not an error:
-apt refuses it at ``apt-get update`` but installs from the lists it has, and a lock pins
-every ``.deb`` by its hash anyway. Armored keyrings (``*.asc``, inline ``Signed-By``) are dearmored
-into a private temporary directory, which is also gpgv's home (so no user's
-``~/.gnupg`` keys take part).
+Dates (``_check_date``): a Release dated more than ``MAX_FUTURE`` after this machine's
+clock is refused (apt: "not valid yet"). With the machine's keys, one dated before the
+Release of the same suite a previous lock verified (``seen``, kept by the command in
+``aptseen``'s file, by list prefix) is refused, as apt refuses one older than the last
+it saw: an old genuine Release put back (Debian's main suites set no ``Valid-Until``).
+With ``--keyring`` the dates seen are neither checked nor recorded. A Release whose
+``Valid-Until`` has passed is a warning, not an error: apt refuses it at ``apt-get
+update`` but installs from the lists it has, and a lock pins every ``.deb`` by its hash
+anyway. Armored keyrings (``*.asc``, inline ``Signed-By``) are dearmored into a private
+temporary directory, which is also gpgv's home (so no user's ``~/.gnupg`` keys take
+part); a binary one must start with a public key packet, as apt requires.
 """
 
 from __future__ import annotations
