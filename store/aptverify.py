@@ -6,10 +6,10 @@ Which suite an index belongs to, and which keys may sign that suite, come from t
 machine's apt sources, as for apt: an index (``<prefix>main_binary-amd64_Packages.lz4``)
 belongs to the ``deb`` entry whose list prefix (``aptsources.list_prefix``, apt's
 ``URItoFileName``) is the longest that starts its name, and is checked against
-``<prefix>InRelease`` (or ``<prefix>Release`` with ``<prefix>Release.gpg``) with that
-entry's ``Signed-By`` keyrings, or apt's global ``/etc/apt/trusted.gpg`` and
-``trusted.gpg.d/`` when it names none; ``Signed-By`` fingerprints narrow which keys'
-signatures count. An index no ``deb`` entry names (a stray file; another machine's
+``<prefix>InRelease`` (or ``<prefix>Release`` with ``<prefix>Release.gpg``) with the
+keys apt trusts for that entry (``aptkeys``: its ``Signed-By`` keyrings, or apt's global
+ones when it names none; ``Signed-By`` fingerprints narrow which keys' signatures
+count). An index no ``deb`` entry names (a stray file; another machine's
 ``--lists DIR``) is refused — apt would not read it either — unless ``--keyring`` files
 are given: then those keys alone, and the Release file beside the index with the longest
 name that prefixes it (``apt.release_file``). No Release is ever checked with keys that
@@ -58,12 +58,10 @@ from urllib.parse import unquote
 
 from . import aptseen
 from .apt import INDEX_SUFFIXES, AptError, pin_priority, release_file
-from .aptrelease import Release, clearsigned_problem, dearmor, good_signers, parse_release
-from .aptsources import SourceEntry, list_prefix, read_sources, signed_by_parts
+from .aptkeys import SuiteKeys, global_keyrings, keyring_file, keys_for, read_bytes, source_prefixes
+from .aptrelease import Release, clearsigned_problem, good_signers, parse_release
+from .aptsources import SourceEntry, read_sources
 from .errors import FormatError
-
-APT_TRUSTED = Path("/etc/apt/trusted.gpg")
-APT_TRUSTED_DIR = Path("/etc/apt/trusted.gpg.d")
 
 
 @dataclass(frozen=True)
@@ -75,48 +73,6 @@ class VerifiedSuite:
     signers: tuple[str, ...]
     #: verified with the machine's keys: its Date goes into the dates seen
     dated: bool = False
-
-
-def global_keyrings(trusted: Path = APT_TRUSTED, trusted_dir: Path = APT_TRUSTED_DIR) -> list[str]:
-    """apt's global trust: ``trusted.gpg`` and ``trusted.gpg.d/*.gpg``/``*.asc`` that exist."""
-    out = [str(trusted)] if trusted.is_file() else []
-    if trusted_dir.is_dir():
-        out += [str(p) for p in sorted(trusted_dir.iterdir()) if p.suffix in (".gpg", ".asc") and p.is_file()]
-    return out
-
-
-@dataclass(frozen=True)
-class SuiteKeys:
-    """The keys a suite's Release is checked with: keyring files or inline key blocks, and
-    the fingerprints whose signatures count (all, if none)."""
-
-    keyrings: tuple[str, ...]
-    fingerprints: tuple[str, ...] = ()
-
-
-def source_prefixes(sources: list[SourceEntry]) -> dict[str, tuple[str, list[SourceEntry]]]:
-    """The suite and ``deb`` entries of each list prefix their (URI, suite) pairs give."""
-    out: dict[str, tuple[str, list[SourceEntry]]] = {}
-    for e in sources:
-        if "deb" in e.types:
-            for u in e.uris:
-                for suite in e.suites:
-                    out.setdefault(list_prefix(u, suite), (suite, []))[1].append(e)
-    return out
-
-
-def keys_for(entries: list[SourceEntry], global_trust: list[str], where: str = "") -> SuiteKeys:
-    """The keys apt would check the Release of a suite these entries name with: their
-    ``Signed-By`` files (apt's global keyrings where it names no file) and fingerprints.
-    ``AptError`` if the entries name different ``Signed-By`` (apt refuses that too: one
-    would widen what the other pinned)."""
-    if len({e.signed_by for e in entries}) > 1:
-        raise AptError(
-            f"{where}: the machine's apt sources give this suite conflicting Signed-By values "
-            f"({' / '.join(' '.join(e.signed_by) or '(none)' for e in entries)}); apt refuses that too"
-        )
-    files, fingerprints = signed_by_parts(entries[0].signed_by) if entries else ((), ())
-    return SuiteKeys(tuple(files) or tuple(global_trust), fingerprints)
 
 
 def named_suite(release_name: str) -> str | None:
@@ -208,7 +164,7 @@ class ListsVerifier:
         if rel in listed:
             got, what = data, rel
         elif suffix and rel + suffix in listed:  # kept as downloaded: compare the file itself
-            got, what = _read(index), rel + suffix
+            got, what = read_bytes(index), rel + suffix
         else:
             raise AptError(f"{index}: {suite.path.name} lists no SHA256 for {rel} (cannot verify the index)")
         digest, size = hashlib.sha256(got).hexdigest(), len(got)
@@ -273,7 +229,7 @@ class ListsVerifier:
             raise AptError(f"{path}: no keyring to verify it with (looked for: {named or 'none'})")
         work = Path(tempfile.mkdtemp(dir=self._tmp.name))
         copy = work / "Release"
-        data = _read(path)
+        data = read_bytes(path)
         copy.write_bytes(data)
         if path.name.endswith("InRelease"):
             problem = clearsigned_problem(data)
@@ -287,7 +243,7 @@ class ListsVerifier:
                 raise AptError(
                     f"{path}: unsigned (no {sig.name} beside it; --trust-lists reads it unverified)"
                 )
-            (work / "Release.gpg").write_bytes(_read(sig))
+            (work / "Release.gpg").write_bytes(read_bytes(sig))
             signed, args = copy, [str(work / "Release.gpg"), str(copy)]
         cmd = ["gpgv", "--status-fd", "1", *[a for f in keyfiles for a in ("--keyring", str(f))], *args]
         try:
@@ -316,7 +272,7 @@ class ListsVerifier:
                 f"{path}: no good signature by a trusted key ({'; '.join(why)}); keyrings: {named}"
             )
         try:
-            release = parse_release(_read(signed).decode("utf-8", errors="replace"), str(path))
+            release = parse_release(read_bytes(signed).decode("utf-8", errors="replace"), str(path))
         except FormatError as e:
             raise AptError(str(e)) from None
         self._check_suite(plan, release)
@@ -372,43 +328,11 @@ class ListsVerifier:
         """A binary keyring file for a keyring spec (a path, or an inline armored block);
         None if the path does not exist."""
         if spec not in self._keyfiles:
-            self._keyfiles[spec] = self._load_key(spec)
+            self._keyfiles[spec] = keyring_file(spec, Path(self._tmp.name))
         return self._keyfiles[spec]
-
-    def _load_key(self, spec: str) -> Path | None:
-        if "-----BEGIN PGP PUBLIC KEY BLOCK-----" in spec:
-            text, where = spec, "inline Signed-By key"
-        else:
-            path = Path(spec)
-            if not path.is_file():
-                return None
-            data = _read(path)
-            if not data.lstrip().startswith(b"-----BEGIN PGP"):
-                # (apt's test: a binary keyring starts with a public key packet)
-                if data[:1] not in (b"\x98", b"\x99", b"\xc6"):
-                    raise AptError(
-                        f"{spec}: not an OpenPGP keyring (neither armored nor a public key packet)"
-                    )
-                return path.resolve()
-            text, where = data.decode("ascii", errors="replace"), spec
-        try:
-            binary = dearmor(text, where)
-        except FormatError as e:
-            raise AptError(str(e)) from None
-        fd, name = tempfile.mkstemp(dir=self._tmp.name, suffix=".gpg")
-        with os.fdopen(fd, "wb") as f:
-            f.write(binary)
-        return Path(name)
 
 
 def _seen_key(release: Path) -> str:
     """A suite's key in the dates seen: its list prefix, the same for its InRelease and
     its Release (either may be put back)."""
     return release.name.removesuffix("InRelease").removesuffix("Release")
-
-
-def _read(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as e:
-        raise AptError(f"cannot read {path}: {e.strerror or e}") from None

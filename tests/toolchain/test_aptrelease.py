@@ -9,9 +9,10 @@ from datetime import UTC, datetime
 import pytest
 
 from kiln.store.apt import AptError
+from kiln.store.aptkeys import SuiteKeys, keys_for, source_prefixes
 from kiln.store.aptrelease import clearsigned_problem, dearmor, good_signers, parse_release
 from kiln.store.aptsources import SourceEntry, list_prefix
-from kiln.store.aptverify import SuiteKeys, keys_for, named_suite, source_prefixes
+from kiln.store.aptverify import named_suite
 from kiln.store.errors import FormatError
 
 H1, H2 = "a" * 64, "B" * 64

@@ -340,8 +340,8 @@ def test_signed_by_fingerprints_narrow_the_keys(tmp_path, keys):
 def test_apts_global_keyrings_armored_or_not(tmp_path, keys):
     """apt's global trust: trusted.gpg and trusted.gpg.d's *.gpg and *.asc (armored keys
     are dearmored for gpgv), used for an entry with no Signed-By."""
+    from kiln.store.aptkeys import global_keyrings
     from kiln.store.aptsources import SourceEntry
-    from kiln.store.aptverify import global_keyrings
 
     archive, stranger = keys
     d = tmp_path / "trusted.gpg.d"
