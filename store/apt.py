@@ -54,8 +54,6 @@ from .aptlock import (
     read_lock,
     render_lock,
 )
-from .aptsources import APT_SOURCES_DIR as APT_SOURCES_DIR
-from .aptsources import APT_SOURCES_LIST as APT_SOURCES_LIST
 from .aptsources import archive_bases as archive_bases  # re-exported: fetch and tests use it here
 from .errors import FormatError, KilnError
 
@@ -140,13 +138,19 @@ _PACKAGE_RE = re.compile(r"^package[ \t]*:[ \t]*(\S+)", re.I | re.M)
 _PROVIDE_RE = re.compile(r"^\s*([^\s(]+)\s*(?:\(\s*=\s*([^)\s]+)\s*\))?\s*\Z")
 
 
+def release_stem(release: Path) -> str:
+    """The list prefix a Release file shares with its suite's indexes (its name without
+    ``InRelease``/``Release``): the same for both forms."""
+    return release.name.removesuffix("InRelease").removesuffix("Release")
+
+
 def release_file(index: Path) -> Path | None:
     """apt's Release file of the suite an index belongs to: the ``*_InRelease`` or
     ``*_Release`` beside it with the longest name whose stem prefixes the index's name
     (so ``InRelease`` over ``Release``, as apt prefers it); None if there is none."""
     best: Path | None = None
     for rel in index.parent.glob("*Release"):
-        stem = rel.name.removesuffix("InRelease").removesuffix("Release")
+        stem = release_stem(rel)
         if (
             stem.endswith("_")
             and index.name.startswith(stem)
@@ -362,6 +366,7 @@ __all__ = [
     "read_index_bytes",
     "read_lock",
     "release_file",
+    "release_stem",
     "release_priority",
     "render_lock",
 ]

@@ -57,7 +57,7 @@ from pathlib import Path
 from urllib.parse import unquote
 
 from . import aptseen
-from .apt import INDEX_SUFFIXES, AptError, pin_priority, release_file
+from .apt import INDEX_SUFFIXES, AptError, pin_priority, release_file, release_stem
 from .aptkeys import SuiteKeys, global_keyrings, keyring_file, keys_for, read_bytes, source_prefixes
 from .aptrelease import Release, clearsigned_problem, good_signers, parse_release
 from .aptsources import SourceEntry, read_sources
@@ -78,7 +78,7 @@ class VerifiedSuite:
 def named_suite(release_name: str) -> str | None:
     """The suite a Release file is named for (``host_debian_dists_bookworm_InRelease`` →
     ``bookworm``); None for a flat repository's (no ``_dists_``)."""
-    stem = release_name.removesuffix("InRelease").removesuffix("Release").removesuffix("_")
+    stem = release_stem(Path(release_name)).removesuffix("_")
     if "_dists_" not in stem:
         return None
     return "/".join(unquote(p) for p in stem.rsplit("_dists_", 1)[1].split("_"))
@@ -148,7 +148,7 @@ class ListsVerifier:
     def dates(self) -> dict[str, datetime]:
         """The ``Date`` of each Release verified with the machine's keys, by its suite's
         list prefix (for ``aptseen.save``)."""
-        return {_seen_key(v.path): v.release.date for v in self.suites if v.dated and v.release.date}
+        return {release_stem(v.path): v.release.date for v in self.suites if v.dated and v.release.date}
 
     # --- AptIndex.load's verifier ------------------------------------------------------
 
@@ -156,8 +156,7 @@ class ListsVerifier:
         """``AptError`` unless ``data`` (``index`` decompressed) is what its suite's signed
         Release lists for it."""
         suite = self._suite(index)
-        stem = suite.path.name.removesuffix("InRelease").removesuffix("Release")
-        rest = index.name[len(stem) :]
+        rest = index.name[len(release_stem(suite.path)) :]
         suffix = next((x for x in INDEX_SUFFIXES[1:] if rest.endswith(x)), "")
         rel = "/".join(unquote(part) for part in rest.removesuffix(suffix).split("_"))
         listed = suite.release.sha256
@@ -306,7 +305,7 @@ class ListsVerifier:
                 f"{plan.path}: dated {release.date:%Y-%m-%d %H:%M} UTC, after this machine's clock "
                 f"({self._now:%Y-%m-%d %H:%M} UTC): not valid yet (check the clock)"
             )
-        before = self._seen.get(_seen_key(plan.path))
+        before = self._seen.get(release_stem(plan.path))
         if plan.dated and before is not None and release.date < before:
             raise AptError(
                 f"{plan.path}: dated {release.date:%Y-%m-%d %H:%M} UTC, older than the Release of this suite "
@@ -330,9 +329,3 @@ class ListsVerifier:
         if spec not in self._keyfiles:
             self._keyfiles[spec] = keyring_file(spec, Path(self._tmp.name))
         return self._keyfiles[spec]
-
-
-def _seen_key(release: Path) -> str:
-    """A suite's key in the dates seen: its list prefix, the same for its InRelease and
-    its Release (either may be put back)."""
-    return release.name.removesuffix("InRelease").removesuffix("Release")
