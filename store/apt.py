@@ -6,9 +6,10 @@ The machine's apt sources (archive URLs for ``debian:`` sources, ``archive_bases
 the keys each archive is signed by) are read by ``aptsources``.
 
 ``kiln lock debian`` resolves a closure against the indexes apt has already downloaded
-(``/var/lib/apt/lists/*_Packages``, possibly compressed: apt's own ``apt-helper cat-file``
-for lz4, ``gzip`` and ``debstreams.Streams`` for the rest, so a cut or corrupt file is an
-``AptError`` naming it, never a silently shorter index). ``AptIndex.load`` hands each
+(``/var/lib/apt/lists/*_Packages``, possibly compressed, read by ``aptfile``: apt's own
+``apt-helper cat-file`` for lz4, ``gzip`` and ``debstreams.Streams`` for the rest, so a
+cut or corrupt file is an ``AptError`` naming it, never a silently shorter index, and
+none is decompressed past ``aptfile.MAX_INDEX_BYTES``). ``AptIndex.load`` hands each
 index's bytes to a ``check`` before reading them: the command's is ``aptverify``'s, which
 verifies them against their suite's signed ``Release`` file as ``apt-get update`` did.
 
@@ -32,18 +33,15 @@ its result (``LockEntry`` records) is in ``aptlock``, whose names are re-exporte
 
 from __future__ import annotations
 
-import gzip
-import lzma
-import os
 import re
-import subprocess
-import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from .aptfields import fields as fields_of
 from .aptfields import valid_version as valid_version  # re-exported: aptresolve and tests import it here
+from .aptfile import AptError as AptError
+from .aptfile import read_index_bytes as read_index_bytes
 from .aptlock import (
     LOCK_FIELDS,
     LockEntry,
@@ -55,16 +53,12 @@ from .aptlock import (
     render_lock,
 )
 from .aptsources import archive_bases as archive_bases  # re-exported: fetch and tests use it here
-from .errors import FormatError, KilnError
+from .errors import FormatError
 
 if TYPE_CHECKING:
     from debian.deb822 import Packages
 
 APT_LISTS = Path("/var/lib/apt/lists")
-
-
-class AptError(KilnError):
-    """The apt metadata is missing or cannot satisfy a request."""
 
 
 class IndexVerifier(Protocol):
@@ -88,41 +82,6 @@ def index_files(lists_dir: Path = APT_LISTS) -> list[Path]:
         if suffix in INDEX_SUFFIXES and p.is_file():
             out.append(p)
     return out
-
-
-def read_index_bytes(path: Path) -> bytes:
-    """The (decompressed) bytes of one (possibly compressed) index file. ``AptError`` naming the file if it
-    cannot be read or decompressed: corrupt data, data cut inside a compressed stream (a
-    torn download; zstandard's ``stream_reader`` would end quietly inside a cut frame,
-    losing the packages after it), or data after the last stream that is not padding
-    (xz, bzip2 and zstd are decoded as ``.deb`` members are, by ``debstreams.Streams``)."""
-    name = path.name
-    if name.endswith(".lz4"):
-        # apt's own helper knows every compressor apt uses; no lz4 binding needed
-        proc = subprocess.run(["/usr/lib/apt/apt-helper", "cat-file", str(path)], capture_output=True)
-        if proc.returncode != 0:
-            raise AptError(f"cannot decompress {path}: {proc.stderr.decode(errors='replace').strip()}")
-        return proc.stdout
-    import zstandard
-
-    from .debarchive import Window
-    from .debstreams import BZIP2, XZ, ZSTD, Streams
-
-    codec = {".xz": XZ, ".bz2": BZIP2, ".zst": ZSTD}.get(path.suffix)
-    try:
-        with open(path, "rb") as f:
-            if name.endswith(".gz"):  # (GzipFile refuses a cut stream and trailing bytes itself)
-                data = gzip.GzipFile(fileobj=f).read()
-            elif codec is not None:
-                data = Streams(Window(f, 0, os.fstat(f.fileno()).st_size), codec, f"{codec.name} data").read()
-            else:
-                data = f.read()
-    # FormatError: Streams' (cut, garbage after); OSError: BadGzipFile, bz2's "Invalid data
-    # stream", reading the file; ValueError: bz2.decompress's "ended before the end-of-stream"
-    except (FormatError, EOFError, ValueError, lzma.LZMAError, zlib.error, zstandard.ZstdError, OSError) as e:
-        # a torn download or a stray file in the lists dir: name it
-        raise AptError(f"cannot read apt index {path}: {e}") from None
-    return data
 
 
 def read_index(path: Path) -> str:
