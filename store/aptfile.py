@@ -16,7 +16,7 @@ import os
 import subprocess
 import zlib
 from pathlib import Path
-from typing import BinaryIO
+from typing import Protocol
 
 from .errors import FormatError, KilnError
 
@@ -77,7 +77,11 @@ def read_index_bytes(path: Path, limit: int | None = None) -> bytes:
     return _within(data, limit, path)
 
 
-def _capped(stream: BinaryIO, limit: int) -> bytes:
+class _Reader(Protocol):
+    def read(self, n: int, /) -> bytes: ...
+
+
+def _capped(stream: _Reader, limit: int) -> bytes:
     """What ``stream`` reads to its end, or its first ``limit + 1`` bytes if it is longer."""
     chunks: list[bytes] = []
     got = 0

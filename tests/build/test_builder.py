@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -554,7 +555,10 @@ def test_two_processes_build_each_derivation_once(store, graph):
 
 
 def test_kill_leaves_no_half_path_and_no_stray_process(store, graph):
-    a, ad = graph.drv("killed", "mkdir $out; echo partial > $out/f; exec sleep 300")
+    # a number no other test's process has on its command line (another pytest worker may
+    # be running builds): matches the sandbox's script and the sleep it becomes
+    secs = random.randrange(10**6, 10**7)
+    a, ad = graph.drv("killed", f"mkdir $out; echo partial > $out/f; exec sleep {secs}")
     p = _kiln(store, "build", a, start_new_session=True)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline and not list((store.root / "tmp").glob("build-killed-*")):
@@ -565,7 +569,7 @@ def test_kill_leaves_no_half_path_and_no_stray_process(store, graph):
     time.sleep(0.5)
     assert not store.is_valid(ad.output_path())
     assert not store.real_path(ad.output_path()).exists()
-    leftovers = subprocess.run(["pgrep", "-f", "exec sleep 300"], capture_output=True, text=True).stdout
+    leftovers = subprocess.run(["pgrep", "-af", f"sleep {secs}"], capture_output=True, text=True).stdout
     assert leftovers.strip() == ""
     report = store.verify()
     assert report.ok, report

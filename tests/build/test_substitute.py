@@ -10,12 +10,12 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from attestkit import signed_provenance
 from buildkit import APPLETS, BUSYBOX, Graph
+from clikit import line_within
 
 from kiln.sandbox.bwrap import BwrapExecutor
 from kiln.store.build import Builder, BuildOptions
@@ -46,21 +46,18 @@ def _store_with_busybox(root: Path, tmp: Path) -> tuple[LocalStore, str]:
 
 
 def _serve(*args: str) -> tuple[subprocess.Popen, str]:
-    """``kiln serve ARGS`` on a free local port, once it answers: (process, URL)."""
-    port = _port()
+    """``kiln serve ARGS`` on a free local port, once it listens: (process, URL). Port 0:
+    the server binds one itself and says which (a port picked here could be taken by
+    another test's process before the server binds it)."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "kiln", "serve", *args, "--listen", f"127.0.0.1:{port}"],
-        stdout=subprocess.DEVNULL,
+        [sys.executable, "-m", "kiln", "serve", *args, "--listen", "127.0.0.1:0"],
+        stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
+        text=True,
     )
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(200):
-        try:
-            urllib.request.urlopen(url + "/nix-cache-info", timeout=1).read()
-            break
-        except OSError:
-            time.sleep(0.05)
-    return proc, url
+    line = line_within(proc.stdout, 60)
+    assert "listening on http://127.0.0.1:" in line, line
+    return proc, line.split("listening on ", 1)[1].strip()
 
 
 @pytest.fixture

@@ -133,8 +133,24 @@ http {{
 
 
 def start_nginx(root: Path, tmp: Path, workers: int = 1) -> Server:
+    """Debian's nginx serving ``root`` on a free port. nginx cannot be told port 0 and say
+    which it took: a port picked here that another process (another pytest worker) takes
+    before nginx binds it is given up for a new one, up to three times."""
+    for attempt in range(3):
+        try:
+            return _start_nginx(root, tmp, workers, free_port())
+        except _PortTaken:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+class _PortTaken(RuntimeError):
+    pass
+
+
+def _start_nginx(root: Path, tmp: Path, workers: int, port: int) -> Server:
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-    port = free_port()
     tmp.mkdir(parents=True, exist_ok=True)
     conf = tmp / "nginx.conf"
     # as root, workers would drop to 'nobody' and could not read 0700 pytest temp dirs
@@ -152,7 +168,10 @@ def start_nginx(root: Path, tmp: Path, workers: int = 1) -> Server:
             return Server(proc, url)
         except OSError:
             if proc.poll() is not None:
-                raise RuntimeError(f"nginx failed: {proc.stderr.read()}") from None  # type: ignore[union-attr]
+                err = proc.stderr.read()  # type: ignore[union-attr]
+                if "Address already in use" in err:
+                    raise _PortTaken(err) from None
+                raise RuntimeError(f"nginx failed: {err}") from None
             time.sleep(0.05)
     raise RuntimeError("nginx did not come up")
 
