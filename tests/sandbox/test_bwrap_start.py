@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import gc
 import io
 import os
 import shutil
@@ -41,6 +42,14 @@ def _fds() -> dict[int, str]:
         except OSError:
             continue  # the listing's fd, closed by now
     return out
+
+
+def _fds_before() -> dict[int, str]:
+    """``_fds()`` once the garbage of earlier tests in this process is collected: an
+    object left in a reference cycle (a store another test did not close) would close
+    its fds at a collection during the test, and they would look released by it."""
+    gc.collect()
+    return _fds()
 
 
 def _start(command: list[str], extra: list[str] | None = None, fds: list[tuple[int, int]] | None = None):
@@ -282,7 +291,7 @@ def test_every_fd_and_process_is_released_whatever_step_fails(monkeypatch, spawn
         for at in range(1, len(complete) + 1):
             calls.clear()
             fail.update(at=at, exc=exc)
-            before = _fds()
+            before = _fds_before()
             with pytest.raises(type(exc)):
                 S.start(BWRAP, options, ["--", "/bin/true"], [], 0o022)
             where = f"{type(exc).__name__} at {complete[at - 1]} (step {at})"
@@ -322,7 +331,7 @@ def test_interrupt_once_bwrap_is_started_reaps_it(monkeypatch, spawned) -> None:
         raise KeyboardInterrupt
 
     _interrupting_done(monkeypatch, first_wait)
-    before = _fds()
+    before = _fds_before()
     with pytest.raises(KeyboardInterrupt):
         _start(["/bin/true"])
     assert len(spawned) == 1
@@ -367,7 +376,7 @@ def test_interrupt_while_the_launcher_spawns_keeps_its_fds_open(monkeypatch, spa
 
     _interrupting_done(monkeypatch, first_wait)
     monkeypatch.setattr(threading.Event, "wait", later_wait)
-    before = _fds()
+    before = _fds_before()
     try:
         with pytest.raises(KeyboardInterrupt):
             _start(["/bin/true"])
@@ -383,7 +392,7 @@ def test_interrupt_after_waitpid_reaped_bwrap(monkeypatch) -> None:
     """Ctrl-C landing after ``waitpid`` returned: the interrupt comes out (not a
     ``ChildProcessError`` from ``__exit__`` reaping again), the pidfd is closed, and a
     later wait says the status is lost."""
-    before = _fds()
+    before = _fds_before()
     proc = _start(["/bin/true"])
     real = os.waitpid
 
