@@ -19,15 +19,20 @@ echo "== mypy"
 PYTHON="$PY" bash scripts/typecheck.sh
 echo "== pytest"
 # The tests start thousands of `python -m kiln` processes. Where PYTHONDONTWRITEBYTECODE is
-# set (it is on CI's image) none of them keeps the byte code it compiles, so each would
+# set (it is on the machine this was measured on) none keeps the byte code it compiles, so each would
 # compile kiln's modules again (~0.13 s of a ~0.33 s start): compile them once here.
 # (compileall writes whatever that variable says; a stale .pyc is ignored by its mtime.)
 "$PY" -m compileall -q -j 0 cli store lang sandbox registry
-# -n: one pytest worker per CPU (at least 2: most tests wait on the processes they
-# start), whole files to a worker (--dist loadfile) so a module's fixture (a built
-# package, a served registry) is made once; `-n 0` after it runs in one process.
-workers=${KILN_TEST_WORKERS:-$(nproc)}
-[ "$workers" -ge 2 ] || workers=2
+# -n: one pytest worker per CPU, 2 to 8 (at least 2: most tests wait on the processes
+# they start; at most 8: each builds packages and holds a few hundred MB), whole files to
+# a worker (--dist loadfile) so a module's fixture (a built package, a served registry)
+# is made once; KILN_TEST_WORKERS=N chooses, `-n 0` after the command runs in one process.
+workers=${KILN_TEST_WORKERS:-}
+if [ -z "$workers" ]; then
+  workers=$(nproc)
+  [ "$workers" -ge 2 ] || workers=2
+  [ "$workers" -le 8 ] || workers=8
+fi
 # -rs: every skip is listed with its reason (CI installs what the tests need: a skip there
 # means a check did not run)
 # --durations: the slowest tests, to keep the suite inside CI's 30 minutes
