@@ -173,7 +173,8 @@ def _start_nginx(root: Path, tmp: Path, workers: int, port: int) -> Server:
                     raise _PortTaken(err) from None
                 raise RuntimeError(f"nginx failed: {err}") from None
             time.sleep(0.05)
-    raise RuntimeError("nginx did not come up")
+    Server(proc, url).stop()  # (SIGTERM: the master takes its workers with it)
+    raise RuntimeError(f"nginx did not come up on {url} (no /nix-cache-info in {root}?)")
 
 
 def request(
