@@ -19,8 +19,8 @@ echo "== mypy"
 PYTHON="$PY" bash scripts/typecheck.sh
 echo "== pytest"
 # The tests start thousands of `python -m kiln` processes. Where PYTHONDONTWRITEBYTECODE is
-# set (it is on the machine this was measured on) none keeps the byte code it compiles, so each would
-# compile kiln's modules again (~0.13 s of a ~0.33 s start): compile them once here.
+# set (as on the machine this was measured on), none keeps the byte code it compiles, so
+# each compiled kiln's modules again (~0.13 s of a ~0.33 s start): compile them once here.
 # (compileall writes whatever that variable says; a stale .pyc is ignored by its mtime.)
 "$PY" -m compileall -q -j 0 cli store lang sandbox registry
 # -n: one pytest worker per CPU, 2 to 8 (at least 2: most tests wait on the processes

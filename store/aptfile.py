@@ -47,13 +47,15 @@ def read_index_bytes(path: Path, limit: int | None = None) -> bytes:
         helper = ["/usr/lib/apt/apt-helper", "cat-file", str(path)]
         with subprocess.Popen(helper, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
             assert proc.stdout is not None and proc.stderr is not None
-            data = _capped(proc.stdout, limit)
-            if len(data) > limit:
+            try:
+                data = _capped(proc.stdout, limit, path)
+            except AptError:
                 proc.kill()  # (it would wait on a full pipe for ever: the with block waits for it)
+                raise
             err = proc.stderr.read()
-        if len(data) <= limit and proc.returncode != 0:
+        if proc.returncode != 0:
             raise AptError(f"cannot decompress {path}: {err.decode(errors='replace').strip()}")
-        return _within(data, limit, path)
+        return data
     import zstandard
 
     from .debarchive import Window
@@ -63,38 +65,35 @@ def read_index_bytes(path: Path, limit: int | None = None) -> bytes:
     try:
         with open(path, "rb") as f:
             if path.name.endswith(".gz"):  # (GzipFile refuses a cut stream and trailing bytes itself)
-                data = _capped(gzip.GzipFile(fileobj=f), limit)
+                data = _capped(gzip.GzipFile(fileobj=f), limit, path)
             elif codec is not None:
                 raw = Window(f, 0, os.fstat(f.fileno()).st_size)
-                data = _capped(Streams(raw, codec, f"{codec.name} data"), limit)
+                data = _capped(Streams(raw, codec, f"{codec.name} data"), limit, path)
             else:
-                data = _capped(f, limit)
+                data = _capped(f, limit, path)
     # FormatError: Streams' (cut, garbage after); OSError: BadGzipFile, bz2's "Invalid data
     # stream", reading the file; ValueError: bz2.decompress's "ended before the end-of-stream"
     except (FormatError, EOFError, ValueError, lzma.LZMAError, zlib.error, zstandard.ZstdError, OSError) as e:
         # a torn download or a stray file in the lists dir: name it
         raise AptError(f"cannot read apt index {path}: {e}") from None
-    return _within(data, limit, path)
+    return data
 
 
 class _Reader(Protocol):
     def read(self, n: int, /) -> bytes: ...
 
 
-def _capped(stream: _Reader, limit: int) -> bytes:
-    """What ``stream`` reads to its end, or its first ``limit + 1`` bytes if it is longer."""
+def _capped(stream: _Reader, limit: int, path: Path) -> bytes:
+    """What ``stream`` reads to its end; ``AptError`` once it gives more than ``limit``
+    bytes (reading stops at ``limit + 1``)."""
     chunks: list[bytes] = []
     got = 0
-    while got <= limit and (chunk := stream.read(min(1 << 20, limit + 1 - got))):
-        chunks.append(chunk)
+    while chunk := stream.read(min(1 << 20, limit + 1 - got)):
         got += len(chunk)
+        if got > limit:
+            raise AptError(
+                f"apt index {path} decompresses to more than {limit} bytes (a Debian index is tens of "
+                "MB): not read (a stray or hostile file in the lists directory?)"
+            )
+        chunks.append(chunk)
     return b"".join(chunks)
-
-
-def _within(data: bytes, limit: int, path: Path) -> bytes:
-    if len(data) > limit:
-        raise AptError(
-            f"apt index {path} decompresses to more than {limit} bytes (a Debian index is tens of MB): "
-            "not read (a stray or hostile file in the lists directory?)"
-        )
-    return data

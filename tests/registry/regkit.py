@@ -136,13 +136,10 @@ def start_nginx(root: Path, tmp: Path, workers: int = 1) -> Server:
     """Debian's nginx serving ``root`` on a free port. nginx cannot be told port 0 and say
     which it took: a port picked here that another process (another pytest worker) takes
     before nginx binds it is given up for a new one, up to three times."""
-    for attempt in range(3):
-        try:
+    for _ in range(2):
+        with contextlib.suppress(_PortTaken):
             return _start_nginx(root, tmp, workers, free_port())
-        except _PortTaken:
-            if attempt == 2:
-                raise
-    raise AssertionError("unreachable")
+    return _start_nginx(root, tmp, workers, free_port())
 
 
 class _PortTaken(RuntimeError):

@@ -23,13 +23,6 @@ from .test_lock_index_input import CODECS, INDEX, PACKAGES, lists
 TEXT = ("\n\n".join(PACKAGES) + "\n").encode()
 
 
-def _lz4(d: Path) -> Path:
-    path = d / (INDEX + ".lz4")
-    subprocess.run(["lz4", "-z", "-q", "-f", str(d / INDEX), str(path)], check=True)
-    (d / INDEX).unlink()
-    return path
-
-
 SUFFIXES = [*sorted(CODECS), "", ".lz4"]
 
 
@@ -37,7 +30,9 @@ def _index(tmp_path: Path, suffix: str) -> Path:
     if suffix == ".lz4":
         if shutil.which("lz4") is None:
             pytest.skip("needs lz4")
-        return _lz4(lists(tmp_path, *PACKAGES))
+        plain = lists(tmp_path, *PACKAGES) / INDEX
+        subprocess.run(["lz4", "-z", "-q", "--rm", str(plain), f"{plain}.lz4"], check=True)
+        return Path(f"{plain}.lz4")
     return lists(tmp_path, *PACKAGES, suffix=suffix, compress=CODECS.get(suffix, lambda b: b)) / (
         INDEX + suffix
     )
