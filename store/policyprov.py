@@ -129,9 +129,10 @@ def _age(st: Statement, policy: Policy, now: datetime) -> Check:
 
 
 def _said(v: Any) -> str:
-    """A value from the statement, quoted and cut short (it is outside input)."""
+    """A value from the statement, quoted and cut short (it is outside input): past 160
+    characters its middle is left out, so a long path keeps its file name."""
     text = repr(v)
-    return text if len(text) <= 90 else text[:87] + "..."
+    return text if len(text) <= 160 else text[:80] + "..." + text[-77:]
 
 
 def source_check(st: Statement) -> Check:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pygit2
 import pytest
-from clikit import kiln
+from clikit import kiln, kiln_at
 
 from kiln.store import attestations, dsse, intoto
 from kiln.store.localstore import LocalStore
@@ -43,7 +43,9 @@ class Builds:
         self.env = {"KILN_HOME": str(self.home)}
 
     def build(self, recipe: Path, *flags: str) -> str:
-        r = kiln("build", *flags, str(recipe), "src", env=self.env)
+        """Run in ``tmp``: the recipe file recorded (relative to the working directory)
+        is short and the same wherever the checkout is."""
+        r = kiln_at(self.tmp, "build", *flags, str(recipe), "src", cwd=self.tmp)
         assert r.returncode == 0, r.stderr
         return r.stdout.strip()
 
@@ -82,6 +84,7 @@ def test_a_clean_build_passes_clean_source_and_shows_its_provenance(builds, tmp_
     r = builds.verify(out, "--policy", str(pol))
     assert r.returncode == 0, r.stdout + r.stderr
     recipe = builds.recipe_file(out)
+    assert recipe == "repo/x.recipe"  # (relative to where kiln build ran)
     assert f"  pass source: recipe '{recipe}' built from git commit {commit}, clean tree" in r.stdout
     first, second = _info(r.stdout)  # (two lines by default)
     key = pol.read_text().split('"')[1].split(":")[0]
@@ -158,6 +161,21 @@ def test_a_recipe_outside_git_fails_clean_source(builds, tmp_path: Path) -> None
     other = kiln("store", "add", str(tmp_path / "blob"), env=builds.env).stdout.strip()
     r = builds.verify(other, "--policy", str(builds.policy()))
     assert r.returncode == 1 and "FAIL provenance: required, but no provenance attestation" in r.stdout
+
+
+def test_a_long_recipe_name_is_cut_in_its_middle_keeping_the_file_name(builds, tmp_path: Path) -> None:
+    deep = tmp_path.joinpath(*[f"level-{i:02}-of-a-deep-tree" for i in range(8)])
+    deep.mkdir(parents=True)
+    (tmp_path / "blob").write_text("deep\n")
+    out = builds.build(_recipe(deep, tmp_path / "blob"))
+    recipe = builds.recipe_file(out)
+    assert len(recipe) > 180, recipe
+    r = builds.verify(out, "--policy", str(builds.policy()))
+    assert r.returncode == 1, r.stdout + r.stderr
+    (fail,) = [x for x in r.stdout.splitlines() if x.startswith("  FAIL source: ")]
+    said = f"'{recipe[:79]}...{recipe[-76:]}'"  # (the quoted name: 80 + ... + 77 characters)
+    assert fail.endswith(f"recipe {said} was not in a git repository when it was built"), fail
+    assert said.endswith("level-07-of-a-deep-tree/x.recipe'")
 
 
 def test_clean_source_in_the_policy_file(builds, tmp_path: Path) -> None:
