@@ -25,7 +25,11 @@ def git_info(path: str | Path) -> tuple[str | None, bool]:
     try:
         repo = pygit2.Repository(found)
     except pygit2.GitError as e:
-        raise KilnError(f"cannot open git repository {found}: {e}") from None
+        hint = ""
+        if "not owned by current user" in str(e):  # (libgit2's check, as git's "dubious ownership")
+            top = str(e).split("'")[1] if str(e).count("'") >= 2 else found
+            hint = f"; if you trust it, let git (and kiln) read it: git config --global --add safe.directory {top}"
+        raise KilnError(f"cannot open git repository {found}: {e}{hint}") from None
     commit = None if repo.head_is_unborn else str(repo.head.target)
     ignored = pygit2.enums.FileStatus.IGNORED if hasattr(pygit2, "enums") else pygit2.GIT_STATUS_IGNORED
     dirty = any(flags != ignored for flags in repo.status().values())

@@ -1,5 +1,6 @@
 """Shared by every test directory: ``tests/`` on ``sys.path`` for ``import clikit``, a
-private cache home for the tools the tests run, and (in CI) no skipped tests."""
+terminal environment of known kind, a private cache home for the tools the tests run,
+and (in CI) no skipped tests."""
 
 from __future__ import annotations
 
@@ -10,6 +11,12 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+# The tests that put kiln on a pseudo-terminal expect its progress meters; a runner's
+# TERM=dumb (common in CI) or KILN_PROGRESS=0 would silence them. Tests of those settings
+# set them themselves.
+os.environ["TERM"] = "xterm"
+os.environ.pop("KILN_PROGRESS", None)
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -121,7 +121,7 @@ def test_an_attestation_not_sent_is_temporary_and_names_the_command_that_fetches
         assert r.stderr.count("building") == 1, r.stderr  # lib substituted, app built
         assert "refused" not in r.stderr and "Traceback" not in r.stderr, r.stderr
         assert f"substituted path(s) could not be fetched from {proxy.url} (temporary: " in r.stderr, r.stderr
-        assert "500" in r.stderr.split("(temporary: ", 1)[1].split("\n", 1)[0], r.stderr
+        assert "HTTP 500" in r.stderr.split("(temporary: ", 1)[1].split("\n", 1)[0], r.stderr
         with LocalStore.open(home) as st:
             assert st.is_valid(s.lib) and attestations.list(st, s.lib) == []
         line = r.stderr.split("fetch them later with\n  ", 1)[1].split("\n", 1)[0]

@@ -64,7 +64,7 @@ def test_prefetch_unpack_agrees_with_nix(server, capsys):
 def test_prefetch_failure_is_a_clean_error(server, capsys):
     assert main(["prefetch", server.url("file/missing")]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("error: cannot fetch") and "404" in err and "Traceback" not in err
+    assert err.startswith("error: cannot fetch") and "HTTP 404" in err and "Traceback" not in err
 
 
 def test_mirror_sources(server, capsys, tmp_path):

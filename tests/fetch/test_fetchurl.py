@@ -115,7 +115,7 @@ def test_a_server_that_never_finishes_is_given_up(server, tmp_path, monkeypatch,
 def test_not_found_is_a_fetch_error(server, tmp_path):
     with pytest.raises(FetchError) as e:
         fetch_url([server.url("file/nope")], h(DATA), tmp_path / "n", mirrors=[], progress=False)
-    assert "404" in str(e.value)
+    assert "HTTP 404" in str(e.value)
 
 
 def test_directory_mirror_hit_makes_no_request(server, tmp_path):
@@ -289,6 +289,9 @@ def test_progress_only_on_a_terminal(server, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr("sys.stderr", term)
     fetch_url([server.url("file/p")], h(DATA), tmp_path / "p", mirrors=[], progress=True)
     term.flush()
+    import select
+
+    assert select.select([master], [], [], 10)[0], "no progress meter on the terminal"
     shown = os.read(master, 65536).decode()
     term.close()
     os.close(master)

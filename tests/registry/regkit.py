@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -133,26 +133,36 @@ http {{
 
 
 def start_nginx(root: Path, tmp: Path, workers: int = 1) -> Server:
-    """Debian's nginx serving ``root`` on a free port. nginx cannot be told port 0 and say
-    which it took: a port picked here that another process (another pytest worker) takes
-    before nginx binds it is given up for a new one, up to three times."""
+    """Debian's nginx serving ``root`` on a free port (``run_nginx``)."""
+    # as root, workers would drop to 'nobody' and could not read 0700 pytest temp dirs
+    user = "user root;" if os.geteuid() == 0 else ""
+    return run_nginx(
+        tmp,
+        lambda port: NGINX_CONF.format(user=user, tmp=tmp, port=port, root=root, workers=workers),
+        f"no /nix-cache-info in {root}?",
+    )
+
+
+def run_nginx(tmp: Path, conf_for: Callable[[int], str], hint: str) -> Server:
+    """Debian's nginx with the configuration ``conf_for(port)`` (written into ``tmp``),
+    once it answers ``/nix-cache-info``. nginx cannot be told port 0 and say which it
+    took: a port picked here that another process (another pytest worker) takes before
+    nginx binds it is given up for a new one, up to three times."""
     for _ in range(2):
         with contextlib.suppress(_PortTaken):
-            return _start_nginx(root, tmp, workers, free_port())
-    return _start_nginx(root, tmp, workers, free_port())
+            return _run_nginx(tmp, conf_for, hint, free_port())
+    return _run_nginx(tmp, conf_for, hint, free_port())
 
 
 class _PortTaken(RuntimeError):
     pass
 
 
-def _start_nginx(root: Path, tmp: Path, workers: int, port: int) -> Server:
+def _run_nginx(tmp: Path, conf_for: Callable[[int], str], hint: str, port: int) -> Server:
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     tmp.mkdir(parents=True, exist_ok=True)
     conf = tmp / "nginx.conf"
-    # as root, workers would drop to 'nobody' and could not read 0700 pytest temp dirs
-    user = "user root;" if os.geteuid() == 0 else ""
-    conf.write_text(NGINX_CONF.format(user=user, tmp=tmp, port=port, root=root, workers=workers))
+    conf.write_text(conf_for(port))
     proc = subprocess.Popen(
         [nginx, "-c", str(conf), "-p", str(tmp), "-e", str(tmp / "error.log")],
         stderr=subprocess.PIPE,
@@ -171,7 +181,7 @@ def _start_nginx(root: Path, tmp: Path, workers: int, port: int) -> Server:
                 raise RuntimeError(f"nginx failed: {err}") from None
             time.sleep(0.05)
     Server(proc, url).stop()  # (SIGTERM: the master takes its workers with it)
-    raise RuntimeError(f"nginx did not come up on {url} (no /nix-cache-info in {root}?)")
+    raise RuntimeError(f"nginx did not come up on {url} ({hint})")
 
 
 def request(

@@ -20,6 +20,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from clikit import line_within
 from test_copy_index_root import Media
 
 from kiln.registry import index as ix
@@ -158,22 +159,22 @@ def _health(url: str) -> tuple[int, dict]:
 def test_kiln_serve_in_1970_keeps_the_good_timestamp_and_says_so(tmp_path: Path) -> None:
     m = Media(tmp_path)
     good = (m.reg / "index/timestamp.json").read_bytes()
-    port = 20017
     # libfaketime preloaded into the server itself (the faketime script would be the
     # process signalled): its clock starts at 1970-01-02 and runs on
     env = {**os.environ, "LD_PRELOAD": LIBFAKETIME, "FAKETIME": "@1970-01-02 00:00:00"}
     args = ["--dir", str(m.reg), "--index-key", str(m.idx.sk_file), "--index-refresh", "0.0005"]
     p = subprocess.Popen(
-        [*KILN, "serve", *args, "--listen", f"127.0.0.1:{port}"],
+        [*KILN, "serve", *args, "--listen", "127.0.0.1:0"],  # (a free port: the line names it)
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=env,
     )
     try:
-        assert "listening on" in p.stdout.readline()  # type: ignore[union-attr]
+        line = line_within(p.stdout, 60)
+        assert "listening on http://127.0.0.1:" in line, line
         time.sleep(4)  # several refresh wake-ups (every 1 s)
-        st, doc = _health(f"http://127.0.0.1:{port}")
+        st, doc = _health(line.split("listening on ", 1)[1].strip())
         assert st == 503 and doc["status"] == "unavailable" and doc["clock"] == "wrong", doc
         assert "does not re-sign the index: this machine's clock reads 1970" in doc["problems"][0], doc
     finally:

@@ -14,12 +14,10 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
-from regkit import Server, add_chain, add_tree, free_port, kiln, make_store
+from regkit import add_chain, add_tree, kiln, make_store, run_nginx
 
 from kiln.registry import layout
 from kiln.store.hashes import Hash
@@ -152,25 +150,9 @@ def dav_server(tmp_path: Path):
     root.mkdir()
     tmp.mkdir()
     (root / "nix-cache-info").write_text("StoreDir: /kiln/store\nWantMassQuery: 1\nPriority: 40\n")
-    port = free_port()
     user = "user root;" if os.geteuid() == 0 else ""
-    (tmp / "nginx.conf").write_text(DAV_CONF.format(user=user, tmp=tmp, port=port, root=root))
-    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-    proc = subprocess.Popen(
-        [nginx, "-c", str(tmp / "nginx.conf"), "-p", str(tmp), "-e", str(tmp / "error.log")],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    srv = Server(proc, f"http://127.0.0.1:{port}")
+    srv = run_nginx(tmp, lambda port: DAV_CONF.format(user=user, tmp=tmp, port=port, root=root), "DAV")
     try:
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(srv.url + "/nix-cache-info", timeout=1).read()
-                break
-            except OSError:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"nginx failed: {proc.stderr.read()}") from None  # type: ignore[union-attr]
-                time.sleep(0.05)
         yield srv, root
     finally:
         srv.stop()

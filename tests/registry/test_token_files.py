@@ -172,7 +172,7 @@ def test_copy_reads_both_tokens_from_files(tmp_path, keys, private) -> None:
         *trust,
         paths[-1],
     )
-    assert r.returncode == 1 and "401" in r.stderr, r.stderr
+    assert r.returncode == 1 and "HTTP 401" in r.stderr, r.stderr
 
 
 def test_mirror_sync_and_verify_read_the_token_from_a_file(tmp_path, private) -> None:

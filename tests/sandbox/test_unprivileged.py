@@ -71,7 +71,12 @@ def as_nobody(tmp_path_factory: pytest.TempPathFactory):
         top.chmod(0o755)
         (top / "kiln").mkdir()
         (top / "kiln" / "__init__.py").write_text("")
-        (top / "kiln" / "sandbox").symlink_to(Path(kiln.sandbox.__file__).parent)
+        # a copy, not a link: the checkout may be where nobody cannot read (under /root)
+        shutil.copytree(
+            Path(kiln.sandbox.__file__).parent,
+            top / "kiln" / "sandbox",
+            ignore=shutil.ignore_patterns("__pycache__"),
+        )
         ubin = top / "rootfs" / "usr" / "bin"
         ubin.mkdir(parents=True)
         shutil.copy2("/bin/busybox", ubin / "busybox")
@@ -83,6 +88,11 @@ def as_nobody(tmp_path_factory: pytest.TempPathFactory):
         (top / "build").mkdir()
         os.chown(top / "build", NOBODY, NOBODY)
         (top / "helper.py").write_text(HELPER)
+        for d, _dirs, files in os.walk(top / "kiln"):  # (readable by nobody whatever the umask)
+            os.chmod(d, 0o755)
+            for f in files:
+                os.chmod(os.path.join(d, f), 0o644)
+        (top / "helper.py").chmod(0o644)
         yield top
     finally:
         shutil.rmtree(top)
