@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pygit2
 import pytest
+from clikit import line_within
 
 from kiln.store import attestations, dsse
 from kiln.store.keyfiles import write_secret_key
@@ -202,9 +203,15 @@ def test_sighup_during_a_build_unwinds_like_ctrl_c(store, graph):
         # as from a terminal: the runner may have SIGHUP ignored, which kiln respects (nohup)
         preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL),
     )
-    time.sleep(3)  # well inside the 20 s sandbox
+    said = ""
+    while "building" not in said:  # (its handlers are in place once it builds)
+        line = line_within(proc.stderr, 60)
+        assert line, said
+        said += line
+    time.sleep(1)  # inside the 20 s sandbox
     proc.send_signal(signal.SIGHUP)
     _, err = proc.communicate(timeout=60)
+    err = said + err
     assert proc.returncode == 129 and "terminated" in err, err
     assert not list((store.root / "tmp").glob("build-*"))
 

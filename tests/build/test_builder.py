@@ -135,7 +135,7 @@ def test_parallel_jobs_build_a_fan_in(store, graph):
     """With -j 4 the four leaves run at the same time: each notes the host's uptime when
     it starts and ends, and every start comes before every end (one at a time, none
     would). A wall-clock bound did not tell: four sandboxes one after another fit in it."""
-    script = "read a _ < /proc/uptime; sleep 0.5; read b _ < /proc/uptime; echo {i} $a $b > $out"
+    script = "read a _ < /proc/uptime; sleep 2; read b _ < /proc/uptime; echo {i} $a $b > $out"
     leaves = [graph.drv(f"leaf{i}", script.format(i=i))[0] for i in range(4)]
     top, td = graph.drv("top", "cat $in0 $in1 $in2 $in3 > $out", inputs=leaves)
     builder(store, jobs=4).realise([top])
@@ -535,7 +535,12 @@ def _kiln(store, *args, **kw):
 def test_two_processes_build_each_derivation_once(store, graph):
     from clikit import line_within
 
-    a, ad = graph.drv("slow", "sleep 1.5; echo done > $out")
+    # the build lasts until the test lets it end (touches /build/go): the second process
+    # is sure to find it running however slowly it starts on a loaded machine
+    script = (
+        "i=0; while [ ! -e /build/go ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done; echo done > $out"
+    )
+    a, ad = graph.drv("slow", script)
     p1 = _kiln(store, "build", a)
     first = ""
     while "building" not in first:  # it holds the build lock once it says so
@@ -543,8 +548,15 @@ def test_two_processes_build_each_derivation_once(store, graph):
         assert line, first  # (not at the end of its output)
         first += line
     p2 = _kiln(store, "build", a)
+    second = ""
+    while "waiting for another kiln process" not in second:
+        line = line_within(p2.stderr, 60)
+        assert line, second
+        second += line
+    for d in (store.root / "tmp").glob("build-*/build"):
+        (d / "go").touch()
     outs = [p.communicate(timeout=60) for p in (p1, p2)]
-    outs[0] = (outs[0][0], first + outs[0][1])
+    outs = [(outs[0][0], first + outs[0][1]), (outs[1][0], second + outs[1][1])]
     assert [p.returncode for p in (p1, p2)] == [0, 0], outs
     assert sum("building" in err for _, err in outs) == 1, outs
     # the one that waited said so (a stopped builder would otherwise hold it in silence)
@@ -560,17 +572,23 @@ def test_kill_leaves_no_half_path_and_no_stray_process(store, graph):
     secs = random.randrange(10**6, 10**7)
     a, ad = graph.drv("killed", f"mkdir $out; echo partial > $out/f; exec sleep {secs}")
     p = _kiln(store, "build", a, start_new_session=True)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and not list((store.root / "tmp").glob("build-killed-*")):
+    deadline = time.monotonic() + 30
+
+    def running() -> bool:  # (the build's sleep, inside the sandbox)
+        return subprocess.run(["pgrep", "-f", f"^sleep {secs}$"], capture_output=True).returncode == 0
+
+    while not running():
+        assert time.monotonic() < deadline, "the build's sleep never started"
         time.sleep(0.05)
-    time.sleep(0.5)
     os.kill(p.pid, signal.SIGKILL)
     p.wait()
-    time.sleep(0.5)
-    assert not store.is_valid(ad.output_path())
-    assert not store.real_path(ad.output_path()).exists()
+    gone = time.monotonic() + 10  # (the sandbox dies with kiln: promptly, if not at once when loaded)
+    while running() and time.monotonic() < gone:
+        time.sleep(0.05)
     leftovers = subprocess.run(["pgrep", "-af", f"sleep {secs}"], capture_output=True, text=True).stdout
     assert leftovers.strip() == ""
+    assert not store.is_valid(ad.output_path())
+    assert not store.real_path(ad.output_path()).exists()
     report = store.verify()
     assert report.ok, report
 

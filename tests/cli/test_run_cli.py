@@ -377,11 +377,11 @@ def test_a_sigterm_while_bwrap_is_starting_is_held_for_the_program(world: World,
         os.killpg(p.pid, signal.SIGKILL)
         out, err = p.communicate()
         raise AssertionError(f"the program never got the SIGTERM: {out!r} {err!r}") from None
-    assert "ready" in out and "got 1" in out and "cleaned up" in out and p.returncode == 7, (
-        out,
-        err,
-        p.returncode,
-    )
+    # the program got it: before its trap (ended by it: 128 + 15, from kiln) or after
+    # (cleaned up: 7); never lost, so that the program ran on
+    assert p.returncode in (7, 143), (out, err, p.returncode)
+    if p.returncode == 7:
+        assert "ready" in out and "got 1" in out and "cleaned up" in out, (out, err)
 
 
 def test_a_terminal_s_ctrl_c_while_bwrap_is_starting_is_not_lost(world: World, tmp_path: Path) -> None:

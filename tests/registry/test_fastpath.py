@@ -46,10 +46,12 @@ def _normalise(resp: bytes) -> tuple[bytes, list[bytes], bytes]:
     return status, [f for f in fields if not f.lower().startswith(b"date:")], body
 
 
-def _talk(url: str, writes: list[bytes], answers: list[bool], pause: float = 0.0) -> tuple[list[bytes], bool]:
+def _talk(
+    url: str, writes: list[bytes], answers: list[bool], pause: float = 0.0, linger: float = 0.2
+) -> tuple[list[bytes], bool]:
     """Send ``writes`` on one connection (``pause`` seconds apart), then read one
     response per entry of ``answers`` (True: the answer to a HEAD, no body); return
-    them and whether the server closed the connection afterwards."""
+    them and whether the server closed the connection afterwards (within ``linger`` s)."""
     u = urlsplit(url)
     with socket.create_connection((u.hostname, u.port), timeout=30) as s:
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -59,7 +61,7 @@ def _talk(url: str, writes: list[bytes], answers: list[bool], pause: float = 0.0
                 time.sleep(pause)
         f = s.makefile("rb")
         got = [_read_response(f, head) for head in answers]
-        s.settimeout(0.2)
+        s.settimeout(linger)
         try:
             closed = f.read(1) == b""
         except (TimeoutError, OSError):
@@ -112,6 +114,9 @@ def _both(served, writes: list[bytes], answers: list[bool], pause: float = 0.0) 
     got, got_closed = _talk(served["fast"], writes, answers, pause)
     want, want_closed = _talk(served["plain"], writes, answers, pause)
     assert [_normalise(r) for r in got] == [_normalise(r) for r in want]
+    if got_closed != want_closed:  # (a close that came later than 0.2 s on a loaded machine?)
+        got_closed = _talk(served["fast"], writes, answers, pause, linger=3.0)[1]
+        want_closed = _talk(served["plain"], writes, answers, pause, linger=3.0)[1]
     assert got_closed == want_closed, f"fast path closed: {got_closed}, aiohttp closed: {want_closed}"
     return got
 

@@ -260,11 +260,13 @@ class SlowProxy:
 
 @pytest.fixture
 def slow(tmp_path, keys, kiln_server, monkeypatch):  # noqa: ANN201
-    """A served registry behind a 0.5 s ``SlowProxy``, and a connect timeout of 0.2 s."""
-    monkeypatch.setattr(httpsession, "CONNECT_TIMEOUT", 0.2)
+    """A served registry behind a 1.5 s ``SlowProxy``, and a connect timeout of 1.0 s: a
+    wait for a pooled connection (at least 1.5 s) counted as connecting fails, a real
+    loopback connect on a loaded machine does not."""
+    monkeypatch.setattr(httpsession, "CONNECT_TIMEOUT", 1.0)
     reg, tok = _registry(tmp_path, "reg")
     srv = kiln_server("--dir", str(reg), "--trusted-key", str(keys.pk_file))
-    proxy = SlowProxy(srv.url, 0.5)
+    proxy = SlowProxy(srv.url, 1.5)
     yield proxy, reg, tok
     proxy.close()
 

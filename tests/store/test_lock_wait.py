@@ -67,7 +67,8 @@ def test_a_blocked_command_says_what_it_waits_for_and_who_holds_it(tmp_path):
     assert "waiting for" not in err  # said once
 
 
-def test_a_short_wait_says_nothing(tmp_path, capfd):
+def test_a_short_wait_says_nothing(tmp_path, capfd, monkeypatch):
+    monkeypatch.setattr(lockwait, "LOCK_NOTICE_S", 5.0)  # (a 0.3 s hold, however slow its exit)
     root = _store(tmp_path)
     holder = _hold(root / "gc.lock", 0.3)
     try:
