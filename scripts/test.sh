@@ -36,6 +36,4 @@ fi
 # -rs: every skip is listed with its reason (CI installs what the tests need: a skip there
 # means a check did not run)
 # --durations: the slowest tests, to keep the suite inside CI's 30 minutes
-# --no-loadscope-reorder: files in the order tests/conftest.py gives (the long ones first)
-exec "$PY" -m pytest -q -rs -p no:cacheprovider --durations=25 -n "$workers" --dist loadfile \
-  --no-loadscope-reorder "$@"
+exec "$PY" -m pytest -q -rs -p no:cacheprovider --durations=25 -n "$workers" --dist loadfile "$@"

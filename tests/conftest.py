@@ -52,24 +52,3 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     n = terminalreporter.config.stash.get(_SKIPPED_IN_CI, 0)
     if n:
         terminalreporter.write_sep("=", f"CI: {n} test(s) skipped; in CI every test must run", red=True)
-
-
-#: Files that take a minute or more of one worker (``--durations`` in CI), besides those
-#: with a ``slow`` test: started first, so that no worker begins one while the others
-#: are running out of work (one of them last added minutes to the suite's wall time).
-LONG_FILES = (
-    "tests/registry/test_wide_batch.py",
-    "tests/registry/test_wide_narinfo.py",
-    "tests/store/test_narsink_signals.py",
-    "tests/lang/test_lang_edge_input.py",
-)
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Long files first, each kept whole and otherwise in collection order (a stable
-    sort); ``scripts/test.sh`` tells xdist to keep this order (``--no-loadscope-reorder``:
-    its own puts the files with most tests first)."""
-    root = config.rootpath
-    long = {str(root / f) for f in LONG_FILES}
-    long |= {str(i.path) for i in items if i.get_closest_marker("slow") is not None}
-    items.sort(key=lambda i: str(i.path) not in long)
