@@ -43,9 +43,7 @@ PY=${PYTHON:-python3}
 # editable install elsewhere would make the tests run that code), or on request.
 here=$(pwd -P)
 installed=$("$PY" -c 'import kiln, os; print(os.path.dirname(os.path.dirname(os.path.realpath(kiln.__file__))))' 2>/dev/null || true)
-# (xdist 3.8 is the first with --no-loadscope-reorder, which scripts/test.sh passes)
-deps='import kiln.store, lark, nacl, zstandard, pytest, xdist; assert tuple(map(int, xdist.__version__.split(".")[:2])) >= (3, 8)'
-if [ "$installed" != "$here" ] || ! "$PY" -c "$deps" >/dev/null 2>&1 \
+if [ "$installed" != "$here" ] || ! "$PY" -c 'import kiln.store, lark, nacl, zstandard, pytest, xdist' >/dev/null 2>&1 \
    || [ "${KILN_REINSTALL:-}" = 1 ]; then
   echo "setup: pip install -e '.[test]'"
   "$PY" -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v 'Running pip as the' || true
