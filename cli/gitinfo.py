@@ -27,7 +27,8 @@ def git_info(path: str | Path) -> tuple[str | None, bool]:
     except pygit2.GitError as e:
         hint = ""
         if "not owned by current user" in str(e):  # (libgit2's check, as git's "dubious ownership")
-            top = str(e).split("'")[1] if str(e).count("'") >= 2 else found
+            top = Path(found)  # (the work tree, which safe.directory names, holds .git)
+            top = top.parent if top.name == ".git" else top
             hint = f"; if you trust it, let git (and kiln) read it: git config --global --add safe.directory {top}"
         raise KilnError(f"cannot open git repository {found}: {e}{hint}") from None
     commit = None if repo.head_is_unborn else str(repo.head.target)

@@ -51,6 +51,17 @@ def line_within(stream, seconds: float) -> str:  # noqa: ANN001 - a text stream 
     return got[0]
 
 
+def said_until(stream, text: str, seconds: float) -> str:  # noqa: ANN001 - a text stream
+    """The lines ``stream`` gives up to and including the first that contains ``text``
+    (each within ``seconds``, ``line_within``); an AssertionError if it ends before."""
+    said = ""
+    while text not in said:
+        line = line_within(stream, seconds)
+        assert line, f"it ended without saying {text!r}: {said!r}"
+        said += line
+    return said
+
+
 def outcome_within(seconds: float, fn: Callable[[], object], what: str) -> object:
     """``fn()``'s result, or the exception it raised (returned, not raised), run on a
     thread: the test fails saying ``what`` hung instead of hanging itself."""

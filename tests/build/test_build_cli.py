@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pygit2
 import pytest
-from clikit import line_within
+from clikit import said_until
 
 from kiln.store import attestations, dsse
 from kiln.store.keyfiles import write_secret_key
@@ -203,11 +203,7 @@ def test_sighup_during_a_build_unwinds_like_ctrl_c(store, graph):
         # as from a terminal: the runner may have SIGHUP ignored, which kiln respects (nohup)
         preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL),
     )
-    said = ""
-    while "building" not in said:  # (its handlers are in place once it builds)
-        line = line_within(proc.stderr, 60)
-        assert line, said
-        said += line
+    said = said_until(proc.stderr, "building", 60)  # (its handlers are in place once it builds)
     time.sleep(1)  # inside the 20 s sandbox
     proc.send_signal(signal.SIGHUP)
     _, err = proc.communicate(timeout=60)

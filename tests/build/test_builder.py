@@ -533,7 +533,7 @@ def _kiln(store, *args, **kw):
 
 
 def test_two_processes_build_each_derivation_once(store, graph):
-    from clikit import line_within
+    from clikit import said_until
 
     # the build lasts until the test lets it end (touches /build/go): the second process
     # is sure to find it running however slowly it starts on a loaded machine
@@ -542,17 +542,9 @@ def test_two_processes_build_each_derivation_once(store, graph):
     )
     a, ad = graph.drv("slow", script)
     p1 = _kiln(store, "build", a)
-    first = ""
-    while "building" not in first:  # it holds the build lock once it says so
-        line = line_within(p1.stderr, 30)
-        assert line, first  # (not at the end of its output)
-        first += line
+    first = said_until(p1.stderr, "building", 30)  # it holds the build lock once it says so
     p2 = _kiln(store, "build", a)
-    second = ""
-    while "waiting for another kiln process" not in second:
-        line = line_within(p2.stderr, 60)
-        assert line, second
-        second += line
+    second = said_until(p2.stderr, "waiting for another kiln process", 60)
     for d in (store.root / "tmp").glob("build-*/build"):
         (d / "go").touch()
     outs = [p.communicate(timeout=60) for p in (p1, p2)]

@@ -228,7 +228,7 @@ def verify_waiting_for_a_sync(reg: Path, *flags: str) -> Iterator[subprocess.Pop
     released when the block ends: collect the process's output after it."""
     import fcntl
 
-    from clikit import line_within
+    from clikit import said_until
 
     from kiln.registry.dirlock import MIRROR_LOCK
 
@@ -243,8 +243,7 @@ def verify_waiting_for_a_sync(reg: Path, *flags: str) -> Iterator[subprocess.Pop
             stderr=subprocess.PIPE,
             text=True,
         )
-        while "waiting for a kiln mirror sync" not in (line := line_within(p.stderr, 60)):
-            assert line, "verify ended without waiting for the sync"
+        said_until(p.stderr, "waiting for a kiln mirror sync", 60)
         yield p
     finally:
         os.close(fd)

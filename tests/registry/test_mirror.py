@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from clikit import line_within
+from clikit import said_until
 from regkit import add_chain, add_tree, make_store
 
 from kiln.registry import index as ix
@@ -204,17 +204,15 @@ def test_a_second_sync_into_the_same_mirror_waits_for_the_first(source, keys, tm
         stderr=subprocess.PIPE,
         text=True,
     )
-    said = []  # (what it says up to its waiting line: a loaded machine may start it late)
-    while not said or "waiting for another mirror sync" not in said[-1]:
-        said.append(line_within(p.stderr, 60))
-        assert said[-1], said  # (it ended without saying it waits)
-    assert said[-1].strip() == f"waiting for another mirror sync into {dst} to finish", said
+    # (what it says up to its waiting line: a loaded machine may start it late)
+    said = said_until(p.stderr, "waiting for another mirror sync", 60)
+    assert said.splitlines()[-1] == f"waiting for another mirror sync into {dst} to finish", said
     time.sleep(0.5)
     assert p.poll() is None  # still waiting
     release.set()
     t.join()
     _out, err = p.communicate(timeout=60)
-    assert p.returncode == 0, "".join(said) + err
+    assert p.returncode == 0, said + err
 
 
 def test_registry_admin_cli(tmp_path, keys) -> None:
