@@ -1,11 +1,13 @@
 """A small real file system to fill: an ext4 image loop-mounted for a test (root only),
-and a way to take its free space, for tests of what kiln does on a full disk."""
+and a way to take its free space, for tests of what kiln does on a full disk; and a
+socket bound at a path of any length."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import shutil
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,3 +49,14 @@ def fill(mnt: Path, leave: int = 0) -> None:
                 os.posix_fallocate(f.fileno(), 0, want)
             os.sync()
             return
+
+
+def bind_socket(sock: socket.socket, path: Path) -> None:
+    """Bind the AF_UNIX ``sock`` at ``path`` whatever its length. A socket address holds
+    at most 107 bytes and a test's ``tmp_path`` under a deep ``TMPDIR`` or basetemp can
+    be longer, so the bind goes through ``/proc/self/fd/N/NAME`` of the directory."""
+    fd = os.open(path.parent, os.O_PATH | os.O_DIRECTORY)
+    try:
+        sock.bind(f"/proc/self/fd/{fd}/{path.name}")
+    finally:
+        os.close(fd)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from fmtkit import assert_nothing_left, nar, nar_dir, nar_file, nar_link, rmtree, s, tree_signature
+from fskit import bind_socket
 
 from kiln.store import nar as narmod
 from kiln.store.errors import FormatError
@@ -151,7 +152,7 @@ def test_dump_rejects_fifo_and_socket(tmp_path: Path) -> None:
     os.unlink(d / "pipe")
     sock = socket.socket(socket.AF_UNIX)
     try:
-        sock.bind(str(d / "sock"))
+        bind_socket(sock, d / "sock")
         with pytest.raises(FormatError, match=r"d/sock: is a socket; a store path may contain only"):
             narmod.dump_bytes(d)
     finally:

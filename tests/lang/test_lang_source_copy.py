@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from clikit import outcome_within
+from fskit import bind_socket
 
 from kiln.lang import evaluate_file
 from kiln.lang.errors import BadValue
@@ -58,7 +59,7 @@ def _special(kind: str, at: Path) -> str:
         os.mkfifo(at)
     else:
         s = socket.socket(socket.AF_UNIX)
-        s.bind(str(at))
+        bind_socket(s, at)
         s.close()
     return kind
 

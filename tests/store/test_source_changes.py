@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from fskit import bind_socket
 from storekit import make_tree
 
 from kiln.store import db
@@ -162,7 +163,7 @@ def test_a_file_swapped_for_a_socket_is_named(store: LocalStore, src: Path) -> N
 
     def swap() -> None:
         (src / "z").unlink()
-        sock.bind(str(src / "z"))
+        bind_socket(sock, src / "z")
 
     try:
         msg = _refused(store, src, _when_listed(src / "z", swap), src / "z")

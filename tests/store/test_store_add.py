@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from fskit import bind_socket
 from storekit import make_tree, tmp_leftovers
 
 from kiln.store import nar
@@ -100,7 +101,7 @@ def test_rejects_fifo_and_socket(store, tmp_path):
         store.add_path(src)
     os.unlink(src / "pipe")
     sock = socket.socket(socket.AF_UNIX)
-    sock.bind(str(src / "sock"))
+    bind_socket(sock, src / "sock")
     try:
         with pytest.raises(StoreError, match="socket"):
             store.add_path(src)
