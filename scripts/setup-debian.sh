@@ -45,6 +45,13 @@ here=$(pwd -P)
 installed=$("$PY" -c 'import kiln, os; print(os.path.dirname(os.path.dirname(os.path.realpath(kiln.__file__))))' 2>/dev/null || true)
 if [ "$installed" != "$here" ] || ! "$PY" -c 'import kiln.store, lark, nacl, zstandard, pytest, xdist' >/dev/null 2>&1 \
    || [ "${KILN_REINSTALL:-}" = 1 ]; then
-  echo "setup: pip install -e '.[test]'"
-  "$PY" -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v 'Running pip as the' || true
+  # (-c: the versions the tests last passed with, scripts/constraints.txt)
+  echo "setup: pip install -c scripts/constraints.txt -e '.[test]'"
+  rc=0
+  "$PY" -m pip install -q --disable-pip-version-check -c scripts/constraints.txt -e '.[test]' 2>&1 \
+    | { grep -v 'Running pip as the' || true; } || rc=$?
+  if [ "$rc" != 0 ]; then
+    echo "setup: pip install failed (exit $rc): see its messages above" >&2
+    exit 1
+  fi
 fi
