@@ -62,7 +62,9 @@ def test_trickled_headers_fall_under_the_pace_rule(server, tmp_path, monkeypatch
             timeout=2,
             retries=1,
         )
-    assert time.monotonic() - t0 < 4
+    # two 1 s graces take ~2.2 s; the head never ends, so any bound shows the rule ended
+    # them (a loaded machine had used 2.2 of the 4 s this said before)
+    assert time.monotonic() - t0 < 10
     assert "gave up after 2 attempts" in str(e.value)
     assert leftovers(tmp_path) == []
 
