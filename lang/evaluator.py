@@ -245,10 +245,13 @@ class Evaluator:
         return v
 
     def _list(self, node: ast.ListExpr, env: Env) -> tuple[object, ...]:
-        return tuple(self.eval(x, env) for x in node.items)
+        # (a list, not a generator: from Python 3.12 each resumption of a generator is a C
+        # call, counted against a C recursion limit that ``deep`` cannot raise; a chain of
+        # packages each in the last one's list stopped evaluating at ~800 on 3.12.1)
+        return tuple([self.eval(x, env) for x in node.items])
 
     def _record(self, node: ast.RecordExpr, env: Env) -> Record:
-        return Record((f.name, self.eval(f.expr, env)) for f in node.fields)
+        return Record([(f.name, self.eval(f.expr, env)) for f in node.fields])  # (as ``_list``)
 
     def _select(self, node: ast.Select, env: Env) -> object:
         v = self.eval(node.expr, env)
