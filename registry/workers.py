@@ -103,9 +103,10 @@ async def _run(make: App, sock: socket.socket, background: bool, mask: Iterable[
     # (5-10 % more narinfo requests per second in A/B runs here).
     gc.freeze()
     gc.set_threshold(100_000, 50, 100)
-    runner = web.ServerRunner(app, handle_signals=False)
+    # (the shutdown timeout is the runner's since aiohttp 3.9: a site's is deprecated)
+    runner = web.ServerRunner(app, handle_signals=False, shutdown_timeout=1.0)
     await runner.setup()
-    site = web.SockSite(runner, sock, shutdown_timeout=1.0)
+    site = web.SockSite(runner, sock)
     await site.start()
     tasks = [asyncio.create_task(t()) for t in getattr(app, "kiln_background", ())] if background else []
     stop = asyncio.Event()

@@ -87,6 +87,9 @@ def produce(fire_at):
     sys.unraisablehook = unraisable
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     sink = NarSink(fd, threads=2)
+    # (set here too: on Python 3.12.0-3.12.1, setting it only inside the trace function
+    # gave no opcode events at all, CPython gh-114480)
+    sys._getframe().f_trace_opcodes = True
     sys.settrace(trace)
     try:
         for k in range(len(DATA) * 3):
