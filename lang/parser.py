@@ -290,14 +290,15 @@ def _lark_parse(parser: Lark, text: Span, start: str) -> object:
     """``parser.parse(text, start=start)``, minus lark's front end, which calls its
     parser with ``**kw``. From Python 3.12 a call through ``*``/``**`` arguments is a
     C call, counted against a C recursion limit that ``sys.setrecursionlimit`` does not
-    raise, and every level of ``${...}`` parses through here: strings read ~40,000
-    levels deep on 3.11 but 371 on 3.12.1 and 2,470 on 3.13.0 (20,000 and more
-    without such calls). The front end's parts are lark internals (lark is pinned in
-    ``scripts/constraints.txt``); a lark without them gets the public call."""
+    raise, and every level of ``${...}`` parses through here: strings read ~50,000
+    levels deep on 3.11 but 371 on 3.12.1 and 2,470 on 3.13.0 (~50,000 on each without
+    such calls). The front end's parts are lark internals (lark is pinned in
+    ``scripts/constraints.txt``); a lark without them gets the public call. ``start``
+    is one of the grammar's start rules (``_lark``), which the front end would check."""
     frontend = parser.parser
     make_stream = getattr(frontend, "_make_lexer_thread", None)
     lalr = getattr(frontend, "parser", None)
-    if make_stream is None or lalr is None or start not in parser.options.start:
+    if make_stream is None or lalr is None:
         return parser.parse(text, start=start)
     return lalr.parse(make_stream(text), start)
 
