@@ -90,12 +90,14 @@ def owned_tmpdir(parent: Path, prefix: str, gc_lock: Path | None) -> tuple[Path,
 
 
 def release_tmpdir(d: Path, fd: int) -> None:
-    """Remove an ``owned_tmpdir``, then drop its lock."""
+    """Remove an ``owned_tmpdir`` (to the end even if a signal comes meanwhile, then its
+    exception is raised: ``sigshield.finish``), then drop its lock."""
+    from .sigshield import finish
     from .trees import remove_tree  # read-only trees (a rebuilt output) included
 
     try:
         with contextlib.suppress(OSError, StoreError):
-            remove_tree(d)
+            finish(lambda: remove_tree(d))
     finally:
         os.close(fd)
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .errors import StoreError
 from .locks import FileLock
+from .sigshield import finish
 from .trees import remove_tree
 
 
@@ -48,7 +49,8 @@ class Scratch:
 @contextlib.contextmanager
 def writing(gc_lock_path: Path, scratch_dir: Path) -> Iterator[Scratch]:
     """Shared GC lock + private temp names ``tmp/<pid>-<rand>/<rand>.<what>`` (in the store
-    object's ``scratch_dir``), removed on exit (on an interrupt, as far as can be)."""
+    object's ``scratch_dir``), removed on exit, to the end even if a signal comes meanwhile
+    (``sigshield.finish``: the signal's exception is raised after the removal)."""
     with FileLock(gc_lock_path, shared=True):
         # GC (which excludes us now) deletes writers' scratch dirs: recreate if needed
         with contextlib.suppress(FileExistsError):
@@ -58,6 +60,6 @@ def writing(gc_lock_path: Path, scratch_dir: Path) -> Iterator[Scratch]:
             yield scratch
         except BaseException:  # (a failure to remove must not replace it: GC removes the rest)
             with contextlib.suppress(OSError, StoreError):
-                scratch.remove()
+                finish(scratch.remove)
             raise
-        scratch.remove()
+        finish(scratch.remove)

@@ -99,3 +99,28 @@ def join(thread: threading.Thread, timeout: float | None = None) -> None:
         if left <= 0:
             return
         thread.join(left)
+
+
+def finish(cleanup: Callable[[], object]) -> None:
+    """Run ``cleanup`` (a removal of temp files: safe to repeat) to its end although a
+    signal comes meanwhile, then raise the signal's exception.
+
+    Under kiln's handlers the exception waits for the end of the region ``cleanup`` runs
+    in. One that lands before the region is entered, or is raised inside it by another
+    handler (Python's own ^C handler, in a library caller), is caught and ``cleanup`` runs
+    again from the start. A cleanup cut half-way used to leave part of a temp dir behind
+    (a command interrupted while it removed its scratch names: exit 130, but not
+    everything removed, until the next GC). Only the few bytecodes between the caller's
+    code and this function's ``try`` remain open to a signal. An exception of
+    ``cleanup``'s own propagates (a signal's, if one came, instead)."""
+    caught: BaseException | None = None
+    done = False
+    while not done:
+        try:
+            with shielded:
+                cleanup()
+                done = True
+        except KeyboardInterrupt as e:  # (kiln's handlers raise only KeyboardInterrupts)
+            caught = caught or e
+    if caught is not None:
+        raise caught
