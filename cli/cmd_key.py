@@ -35,6 +35,7 @@ from pathlib import Path
 from kiln.store.errors import KilnError
 from kiln.store.keyfiles import public_key_of, write_public_key, write_secret_key
 from kiln.store.signing import SecretKey
+from kiln.store.sigshield import shielded
 
 from .common import add_store_arg, private_keys_dir, store_root
 
@@ -88,7 +89,21 @@ def _generate(args: argparse.Namespace) -> int:
     pub = _pub_path(sec)
     for p in (sec, pub):  # checked before writing either: no run may leave a pair half-replaced
         _check_target(p)
-    if args.force:
+    # a ^C or SIGTERM between the two halves waits for both (milliseconds): one landing
+    # there left a new .pub beside the old .sec, a pair that verified nothing
+    with shielded:
+        _write_pair(sec, pub, key, args.force)
+    # stdout is the public key alone, for PUB=$(kiln key generate NAME); where the
+    # secret half went is for the person reading the terminal
+    print(key.public().to_text())
+    print(f"secret key: {sec}", file=sys.stderr)
+    return 0
+
+
+def _write_pair(sec: Path, pub: Path, key: SecretKey, force: bool) -> None:
+    """Write ``key`` to ``sec`` and its public half to ``pub`` (see ``cmd_generate``):
+    a matching pair, or the pair there was, or (without ``force``) nothing."""
+    if force:
         # the public half first: if it cannot be written, the old secret key is still there
         write_public_key(pub, key.public(), overwrite=True)
         try:
@@ -124,11 +139,6 @@ def _generate(args: argparse.Namespace) -> int:
             raise KilnError(
                 f"cannot write the public key {pub}: {why}; no key was made (its secret half is removed)"
             ) from e
-    # stdout is the public key alone, for PUB=$(kiln key generate NAME); where the
-    # secret half went is for the person reading the terminal
-    print(key.public().to_text())
-    print(f"secret key: {sec}", file=sys.stderr)
-    return 0
 
 
 def _check_target(p: Path) -> None:

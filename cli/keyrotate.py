@@ -76,6 +76,7 @@ def rotate(home: Path, old_file: Path, resign: bool) -> Rotation:
     module docstring says. Everything is checked before the first write."""
     from kiln.store.keyfiles import load_secret_key, write_public_key, write_secret_key
     from kiln.store.signing import SecretKey
+    from kiln.store.sigshield import shielded
 
     from .cmd_key import check_key_name
 
@@ -99,14 +100,18 @@ def rotate(home: Path, old_file: Path, resign: bool) -> Rotation:
     store = _store_to_resign(home) if resign else None
     try:
         new = SecretKey.generate(name)
-        if kept is not None:  # rotating "default" itself: its old key stays, under its name
-            write_secret_key(kept, old)
-            write_public_key(kept.with_suffix(".pub"), old.public(), overwrite=True)
-        write_secret_key(new_file, new)
-        write_public_key(new_file.with_suffix(".pub"), new.public(), overwrite=True)
-        if was_default:
-            write_secret_key(default, new, overwrite=True)
-            write_public_key(default.with_suffix(".pub"), new.public(), overwrite=True)
+        # a ^C or SIGTERM meanwhile waits for every key file (milliseconds): one landing
+        # between two left a default.sec beside the old default.pub, and a rerun rotated
+        # again
+        with shielded:
+            if kept is not None:  # rotating "default" itself: its old key stays, under its name
+                write_secret_key(kept, old)
+                write_public_key(kept.with_suffix(".pub"), old.public(), overwrite=True)
+            write_secret_key(new_file, new)
+            write_public_key(new_file.with_suffix(".pub"), new.public(), overwrite=True)
+            if was_default:
+                write_secret_key(default, new, overwrite=True)
+                write_public_key(default.with_suffix(".pub"), new.public(), overwrite=True)
         if store is None:
             return Rotation(new_file, new, old.name)
         return _resign(store, old, new, new_file)

@@ -181,8 +181,8 @@ def _write_atomic(path: str | os.PathLike, text: str, mode: int, overwrite: bool
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
             data = data[n:]
         os.fsync(fd)
-        os.close(fd)
-        fd = -1
+        closing, fd = fd, -1  # (cleared first: a signal between the two must not close it twice)
+        os.close(closing)
         if overwrite:
             os.replace(tmp, path)
         else:
