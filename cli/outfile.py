@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 from kiln.store.errors import KilnError
+from kiln.store.sigshield import shielded
 
 
 def write_output(path: str | os.PathLike[str], text: str, mode: int | None = 0o644) -> None:
@@ -36,8 +37,10 @@ def write_output(path: str | os.PathLike[str], text: str, mode: int | None = 0o6
         return
     if mode is None:
         mode = stat.S_IMODE(st.st_mode) if st is not None else 0o644
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    tmp = ""
     try:
+        with shielded:  # (a signal waits for the name: the finally below removes the file)
+            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
         os.fchmod(fd, mode)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
@@ -45,4 +48,5 @@ def write_output(path: str | os.PathLike[str], text: str, mode: int | None = 0o6
             os.fsync(f.fileno())
         os.replace(tmp, target)
     finally:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp:
+            Path(tmp).unlink(missing_ok=True)

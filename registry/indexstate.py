@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from kiln.store.errors import KilnError, redact_urls
-from kiln.store.nar_restore import fsync_dir
+from kiln.store.nar_restore import fsync_dir, write_all
 from kiln.store.perms import FILE_MODE, PRIVATE_FILE_MODE, give_to_owner_of, make_dir
 
 from . import index as ix
@@ -69,14 +69,19 @@ def _locked(path: Path) -> Iterator[None]:
 
 def _write(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
     try:
-        give_to_owner_of(fd, path.parent)
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
+        try:
+            give_to_owner_of(fd, path.parent)
+            write_all(fd, data)  # (one os.write may write less: a file size limit, a signal)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, a signal: no temp file left (GC does not look here)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
     fsync_dir(path.parent)
 
 

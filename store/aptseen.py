@@ -24,6 +24,7 @@ costs at most one check.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -65,6 +66,7 @@ def save(path: Path, verified: dict[str, datetime]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
+    except BaseException:  # (a signal may land after the replace: nothing to remove then)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
         raise

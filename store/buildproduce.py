@@ -21,7 +21,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -320,8 +320,9 @@ def _unshare_inode(tree: Path, stopped: Callable[[], bool]) -> None:
                 _copy_data(src.fileno(), dst.fileno(), st.st_size, stopped)
             shutil.copystat(tree, tmp)
             os.replace(tmp, tree)
-        except BaseException:
-            os.unlink(tmp)
+        except BaseException:  # (a signal may land after the replace: nothing to remove then)
+            with suppress(FileNotFoundError):
+                os.unlink(tmp)
             raise
 
 

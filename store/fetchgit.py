@@ -222,12 +222,12 @@ def _fetch_in_child(repo_path: Path, url: str, rev: str) -> str:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
-    out = proc.stdout
-    assert out is not None  # (stdout=PIPE)
-    watch = _Watch(url, network="://" in url and not url.startswith("file:"))
     other: list[str] = []  # anything else the child said (a traceback), kept short
-    buf = b""
-    try:
+    try:  # (at once: a SIGTERM landing before it left the child fetching into a removed dir)
+        out = proc.stdout
+        assert out is not None  # (stdout=PIPE)
+        watch = _Watch(url, network="://" in url and not url.startswith("file:"))
+        buf = b""
         while True:
             wait = watch.deadline() - time.monotonic()
             if wait <= 0:
@@ -256,7 +256,8 @@ def _fetch_in_child(repo_path: Path, url: str, rev: str) -> str:
         if proc.poll() is None:
             proc.kill()
         proc.wait()
-        out.close()
+        if proc.stdout is not None:
+            proc.stdout.close()
     raise GitFetchError(
         f"cannot fetch {url}: the git fetch process ended with status {proc.returncode}"
         + (":\n" + "\n".join(other[-5:]) if other else "")

@@ -26,6 +26,7 @@ from .objects import object_rel_path, publish_object
 from .objread import read_object
 from .pathinfo import PathInfo
 from .quarantine import info_text
+from .sigshield import finish
 from .trees import canonicalise, exchange, remove_tree
 from .verify import Problem, check_object
 
@@ -102,8 +103,9 @@ def _rematerialise(store: LocalStore, info: PathInfo, tmp: Path) -> None:
         else:
             os.rename(new, real)
     finally:
-        if os.path.lexists(new):
-            remove_tree(new)
+        # (to the end although a signal comes meanwhile: a cut removal left part of the
+        # old tree in the store dir, a stray until verify or GC)
+        finish(lambda: remove_tree(new))
 
 
 def _rebuild_object(store: LocalStore, info: PathInfo, tmp: Path) -> str:

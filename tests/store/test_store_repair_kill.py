@@ -24,8 +24,9 @@ LocalStore.open(sys.argv[1]).verify(repair=True)
 """
 
 
-def test_a_repair_killed_after_the_exchange_leaves_the_path_sealed(tmp_path):
-    root = tmp_path / "st"
+def _tamper(root, tmp_path) -> str:
+    """A store at ``root`` with one path whose file was changed: verify repairs it from
+    its object. Returns the path."""
     with LocalStore.open(root) as s:
         p = s.add_path(make_tree(tmp_path / "src", {"f": "original\n", "d/g": "g\n"})).path
         real = s.real_path(p)
@@ -36,6 +37,12 @@ def test_a_repair_killed_after_the_exchange_leaves_the_path_sealed(tmp_path):
         os.utime(real / "f", (1, 1))
         os.chmod(real, 0o555)
         os.utime(real, (1, 1))
+    return p
+
+
+def test_a_repair_killed_after_the_exchange_leaves_the_path_sealed(tmp_path):
+    root = tmp_path / "st"
+    p = _tamper(root, tmp_path)
     r = subprocess.run([sys.executable, "-c", _KILLED_REPAIR, str(root)], capture_output=True)
     assert r.returncode == -9, r.stderr
     with LocalStore.open(root) as s:
@@ -44,6 +51,38 @@ def test_a_repair_killed_after_the_exchange_leaves_the_path_sealed(tmp_path):
         assert v.problems == () and len(v.stray_trees) == 1 and "-repair-" in v.stray_trees[0]
         assert len(s.gc().stray_trees) == 1
         assert s.verify().stray_trees == () and s.verify().ok
+
+
+_INTERRUPTED_REMOVING = """
+import os, signal, sys
+from kiln.store import repair
+from kiln.store.localstore import LocalStore
+real, sent = repair.remove_tree, []
+def remove_tree(p):
+    name = os.path.basename(p)  # (the old tree's, not the scratch dir <pid>-repair-<hash>)
+    if "-repair-" in name and not name.startswith(f"{os.getpid()}-") and not sent:
+        sent.append(p)
+        os.kill(os.getpid(), signal.SIGINT)  # (Python's handler: raised before the removal)
+    real(p)
+repair.remove_tree = remove_tree
+try:
+    LocalStore.open(sys.argv[1]).verify(repair=True)
+except KeyboardInterrupt:
+    sys.exit(130 if sent else 1)
+"""
+
+
+def test_a_repair_interrupted_as_it_removes_the_old_tree_removes_all_of_it(tmp_path):
+    """The replaced tree is removed to the end although ^C lands meanwhile
+    (``sigshield.finish``), then the interrupt is raised: no stray left in the store dir."""
+    root = tmp_path / "st"
+    p = _tamper(root, tmp_path)
+    r = subprocess.run([sys.executable, "-c", _INTERRUPTED_REMOVING, str(root)], capture_output=True)
+    assert r.returncode == 130, r.stderr
+    with LocalStore.open(root) as s:
+        assert (s.real_path(p) / "f").read_text() == "original\n"
+        v = s.verify()
+        assert v.problems == () and v.stray_trees == (), v
 
 
 _KILLED_IN_RESTORE = """
