@@ -58,7 +58,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import db, nar
+from . import db, nar, sigshield
 from .errors import KilnError
 from .hashes import Hash
 from .locks import FileLock
@@ -246,11 +246,16 @@ def verify(
     with FileLock(store.gc_lock_path, shared=True):
         infos = db.all_infos(store.conn)
         valid = {i.path for i in infos}
-        with ThreadPoolExecutor(2) as pool:
-            # each worker only reads files; the database stays on this thread
+        # each worker only reads files; the database stays on this thread. The hand-over
+        # runs in a sigshield region (a signal's exception cut into the futures' Condition
+        # code could leave its lock held: the pool's shutdown then waited for ever); a
+        # signal ends the loop once the path being waited for is checked
+        with sigshield.shielded, ThreadPoolExecutor(2) as pool:
             results = []
             for checked in pool.map(lambda i: _check_path(store, i), infos):
                 results.append(checked)
+                if sigshield.pending():
+                    break  # (the rest is cancelled; the region's end raises the signal)
                 if progress is not None:
                     progress(len(results), len(infos))
         per_path: list[tuple[PathInfo, list[Problem]]] = []
