@@ -41,6 +41,7 @@ from typing import BinaryIO, Protocol, Self
 
 from .debstreams import open_data as open_data  # re-exported: debunpack reads the member through it
 from .errors import FormatError
+from .sigshield import shielded
 
 #: a .deb has three ar members; a few more are tolerated, an endless list is not
 _MAX_AR_MEMBERS = 64
@@ -162,7 +163,8 @@ class ReadAhead:
                     break
                 if self._error is not None:
                     raise self._error
-                item = self._q.get()
+                with shielded:  # (a signal's exception cut into Queue.get could leave its lock held)
+                    item = self._q.get()
                 if isinstance(item, BaseException):
                     self._error = item
                     raise item

@@ -62,6 +62,7 @@ from .nar_read import TOK_CLOSE as _CLOSE
 from .nar_read import nar_str as _str
 from .nar_restore import restore
 from .shownname import shown_name
+from .sigshield import shielded
 
 __all__ = [
     "MAGIC",
@@ -333,7 +334,6 @@ _LONG = {"b": "\\u0008", "f": "\\u000c"}
 
 # ---------------------------------------------------------------------------- hashing
 
-
 _STOP = object()
 
 
@@ -385,7 +385,8 @@ def hash_path(path: str | os.PathLike, chunk_size: int = 1 << 20) -> tuple[Hash,
     t.start()
     try:
         while True:
-            item = q.get()
+            with shielded:  # (a signal's exception cut into Queue.get could leave its lock held)
+                item = q.get()
             if item is _STOP:
                 break
             if isinstance(item, BaseException):
