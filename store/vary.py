@@ -74,6 +74,7 @@ from typing import Any
 from .buildtmp import owned_tmpdir, release_tmpdir
 from .errors import StoreError
 from .mounts import fuse_unmount, mounts_below
+from .sigshield import finish
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,7 +257,7 @@ def mount_problem(top: Path) -> str | None:
         try:
             return _try_mount(src, point, "ro")
         finally:
-            _unmount(point)
+            finish(lambda: _unmount(point))  # (a signal meanwhile: raised once it is down)
     except OSError as e:
         return f"{e.strerror or e}: {e.filename}"
     finally:
@@ -336,18 +337,25 @@ def reordered(dirs: list[Path], view: tuple[Path, Path] | None = None) -> Iterat
             _mount(source, point, _VIEW_OPTIONS)
         yield
     finally:
-        stuck = []
-        for point in reversed(mounted):  # (all of them, whatever one of them does)
-            _unmount(point)
-            try:
-                point.rmdir()
-            except FileNotFoundError:
-                pass
-            except OSError as e:
-                stuck.append(f"{point}: {e.strerror}")
-        for d, real in reversed(moved):
-            if not os.path.lexists(d):
-                real.rename(d)
+        stuck: list[str] = []
+
+        def take_down() -> None:  # (repeatable: each step looks first)
+            stuck.clear()
+            for point in reversed(mounted):  # (all of them, whatever one of them does)
+                _unmount(point)
+                try:
+                    point.rmdir()
+                except FileNotFoundError:
+                    pass
+                except OSError as e:
+                    stuck.append(f"{point}: {e.strerror}")
+            for d, real in reversed(moved):
+                if not os.path.lexists(d):
+                    real.rename(d)
+
+        # to the end although a signal comes meanwhile: one cutting it left disorderfs
+        # daemons running and the scratch dir unremovable until the next GC
+        finish(take_down)
         if stuck:
             raise StoreError(f"could not take down the disorderfs mounts: {'; '.join(stuck)}")
 

@@ -76,3 +76,47 @@ def test_gc_takes_down_the_mounts_of_a_killed_vary_check(store, graph):
     finally:
         for point, _ in mounts_below(tmp):  # never leave a mount behind a failed test
             subprocess.run(["fusermount", "-u", "-z", point], capture_output=True)
+
+
+#: ``kiln ARGS...`` whose first unmount of a disorderfs view (argv[1]: the trial mount's,
+#: or one of the rebuild's) sends the process SIGINT
+_INTERRUPTED_UNMOUNT = """
+import os, signal, sys
+from kiln.store import vary
+real, sent, which = vary._unmount, [], sys.argv.pop(1)
+def unmount(point):
+    if not sent and (point.name == ".probe-view") == (which == "trial"):
+        sent.append(point)
+        os.kill(os.getpid(), signal.SIGINT)
+    real(point)
+vary._unmount = unmount
+sys.argv = ["kiln", *sys.argv[1:]]
+from kiln.main import cli
+cli()
+"""
+
+
+@pytest.mark.parametrize("which", ["trial", "rebuild"])
+def test_a_signal_as_the_mounts_are_taken_down_takes_them_all_down(store, graph, which):
+    """^C as the trial mount or the varied rebuild's first mount is taken down: every
+    mount is still taken down and the scratch dir removed (``sigshield.finish``), then
+    the command ends 130. Before, the rest were left mounted (their daemons running)
+    until the next GC."""
+    a, _ = graph.drv("varied-ok", "echo a > $out")
+    Builder(store, BwrapExecutor(), BuildOptions(), say=lambda m: None).realise([a])
+    env = dict(os.environ, KILN_HOME=str(store.root))
+    tmp = store.root / "tmp"
+    try:
+        r = subprocess.run(
+            [sys.executable, "-c", _INTERRUPTED_UNMOUNT, which, "build", "--check", "--vary", a],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert (r.returncode, r.stderr.strip().splitlines()[-1:]) == (130, ["kiln: interrupted"]), r.stderr
+        assert mounts_below(tmp) == []
+        assert not [e.name for e in tmp.iterdir() if e.name.startswith("vary-")]
+    finally:
+        for point, _ in mounts_below(tmp):  # never leave a mount behind a failed test
+            subprocess.run(["fusermount", "-u", "-z", point], capture_output=True)
