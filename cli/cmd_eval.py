@@ -164,7 +164,7 @@ class _Sources:
         return self.store
 
     def __call__(self, src: Path, name: str) -> str:
-        if self.store is None and not self.create and (self.foreign or not _has_store(self.root)):
+        if self.store is None and not self.create and (self.foreign or not _writable_store(self.root)):
             from pathlib import Path
 
             from kiln.buildglue import check_recipe_source
@@ -198,6 +198,20 @@ class _Sources:
 def _has_store(root: str) -> bool:
     """Whether ``root`` holds a store (its ``config.json``, as ``LocalStore.open`` decides)."""
     return os.path.isfile(os.path.join(root, "config.json"))
+
+
+def _writable_store(root: str) -> bool:
+    """Whether ``root`` holds a store a path source can be added to: not one on a
+    read-only file system (a source is then hashed only, as without a store: the same
+    path, nothing written; adding it failed, even when it was in the store already)."""
+    if not _has_store(root):
+        return False
+    from pathlib import Path
+
+    from kiln.store.fsstate import state_of
+
+    state = state_of(Path(root))
+    return state is None or not state.read_only
 
 
 def _cache_dir(args: EvalArgs, root: str) -> str | None:

@@ -43,13 +43,29 @@ def state_of(path: str | os.PathLike[str]) -> FsState | None:
 def why_refused(path: Path, state: FsState | None) -> str:
     """Why the file system holding ``path`` (in ``state``) may refuse SQLite's files (its
     ``-wal`` and ``-shm`` are made at every open): ``" (the file system ... is
-    read-only)"``, ``" (... is full: N bytes free ...)"``, or ``""``. When the store holds
+    read-only)"``, ``" (... is full: N bytes free ...)"``, ``" (this user ... cannot write in
+    ...)"`` (another user's store, an immutable directory: SQLite's "attempt to write a
+    readonly database" said nothing of that), or ``""``. When the store holds
     reserved space (``reserve``), it says that ``kiln store gc`` can run: it deletes that
     first."""
     if state is None:
         return ""
     if state.read_only:
         return f" (the file system holding {path.parent} is read-only)"
+    if not os.access(path.parent, os.W_OK):
+        try:
+            owner = os.stat(path.parent).st_uid
+        except OSError:
+            owner = os.geteuid()
+        whose = (
+            f"it belongs to uid {owner}; open the store as its owner"
+            if owner != os.geteuid()
+            else "its mode or attributes (chattr +i) forbid it"
+        )
+        return (
+            f" (this user, uid {os.geteuid()}, cannot write in {path.parent}, where SQLite makes the "
+            f"database's -wal and -shm at every open: {whose})"
+        )
     if state.full():
         from .reserve import held
 

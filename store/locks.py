@@ -61,9 +61,22 @@ def path_lock_file(root: Path, hash_part: str) -> Path:
     return root / "locks" / f"reg-{hash_part[0]}.lock"
 
 
+#: ``FileLock.fd`` of a shared lock taken without its file (see ``acquire``)
+NOT_HELD = -1
+
+
+def _on_read_only_fs(path: Path) -> bool:
+    from .fsstate import state_of
+
+    state = state_of(path.parent)
+    return state is not None and state.read_only
+
+
 class FileLock:
     """An ``flock`` on ``path`` (created if missing). Use as a context manager or call
-    ``acquire``/``release``. ``shared`` selects LOCK_SH instead of LOCK_EX."""
+    ``acquire``/``release``. ``shared`` selects LOCK_SH instead of LOCK_EX. A shared lock
+    whose file this user may not open, on a read-only file system, is taken as held
+    (``NOT_HELD``): another user reading a store on read-only media."""
 
     __slots__ = ("path", "shared", "fd", "depth")
 
@@ -88,7 +101,16 @@ class FileLock:
             except OSError as e:  # root's (an older kiln's), or a read-only file system
                 if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
                     raise  # (flock needs no write access: opened for reading below)
-                fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+                except PermissionError:
+                    if not (self.shared and _on_read_only_fs(self.path)):
+                        raise
+                    # another user's store on a read-only file system (root's, on read-only
+                    # media): nothing changes it through this mount, and the owner's lock is
+                    # 0600 so that others cannot hold GC off: read without it (docs/store.md)
+                    self.fd, self.depth = NOT_HELD, 1
+                    return True
             give_to_owner_of(fd, self.path.parent)
             try:
                 if blocking and notice:  # (says who holds it if it is not had within a second)
@@ -117,7 +139,8 @@ class FileLock:
             # closing the last descriptor drops the flock; cleared first, as in
             # ``gcremove.Trash.close``: never closed twice, whatever interrupts
             fd, self.fd = self.fd, None
-            os.close(fd)
+            if fd != NOT_HELD:
+                os.close(fd)
 
     def __enter__(self) -> FileLock:
         self.acquire()

@@ -48,10 +48,12 @@ class ReadOnlyRoots(RootHolder):
 
     def _lock(self) -> int | None:
         """A read-only descriptor of ``gc.lock`` holding it shared; None when there is no
-        ``gc.lock`` (a store that never ran a writer: no GC can be running either)."""
+        ``gc.lock`` (a store that never ran a writer: no GC can be running either) or this
+        user may not open it (another user's store: the lock is 0600 so that others cannot
+        hold GC off; they read without that promise, see docs/store.md)."""
         try:
             fd = os.open(self.gc_lock_path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
+        except (FileNotFoundError, PermissionError):
             return None
         try:
             flock_with_notice(fd, fcntl.LOCK_SH, self.gc_lock_path)

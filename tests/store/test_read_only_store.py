@@ -187,3 +187,22 @@ def test_what_would_write_fails_saying_the_store_is_read_only(tmp_path, ro, rw, 
     r = kiln(ro, *(a.format(**names) for a in cmd))
     assert r.returncode == 1, r.stderr
     assert "is on a read-only file system" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_a_recipe_s_path_source_is_hashed_not_added(tmp_path, ro):
+    """``kiln path``/``eval`` of a recipe with a local ``path`` source: the source is
+    hashed as with no store (the same path), not added (which failed: "cannot add path
+    './src' to the store: Read-only file system")."""
+    proj = tmp_path / "proj"
+    (proj / "src").mkdir(parents=True)
+    (proj / "src" / "a.txt").write_text("a\n")
+    (proj / "r.recipe").write_text(
+        'package p {\n  version = "1.0"\n  src = path "./src"\n  build = "cp -r ${src} $out"\n}\n'
+    )
+    recipe = str(proj / "r.recipe")
+    want = kiln(tmp_path / "no-store", "path", "--no-cache", recipe, "p")
+    assert want.returncode == 0 and want.stdout.startswith("/kiln/store/"), want.stderr
+    for args in (["path", "--no-cache", recipe, "p"], ["eval", "--no-cache", recipe]):
+        r = kiln(ro, *args)
+        assert r.returncode == 0, (args, r.stderr)
+        assert want.stdout.strip() in r.stdout, (args, r.stdout)
