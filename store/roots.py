@@ -242,7 +242,10 @@ def remove_root(store: LocalStore, name: str) -> Root:
         if st is None or not (stat.S_ISLNK(st.st_mode) or stat.S_ISREG(st.st_mode)):
             raise StoreError(f"no GC root named {name!r} in {store.root / 'gcroots'}")
         root = named_path(store, str(store.root / "gcroots" / name))  # (what it named: to say)
-        os.unlink(parts[-1], dir_fd=fd)  # (the entry just checked, in the directory opened)
+        try:
+            os.unlink(parts[-1], dir_fd=fd)  # (the entry just checked, in the directory opened)
+        except OSError as e:  # (named by its path, not the bare name given)
+            raise OSError(e.errno, e.strerror, str(store.root / "gcroots" / name)) from None
     finally:
         os.close(fd)
     return Root(name, root.target, root.path)

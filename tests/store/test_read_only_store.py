@@ -187,6 +187,8 @@ def test_what_would_write_fails_saying_the_store_is_read_only(tmp_path, ro, rw, 
     r = kiln(ro, *(a.format(**names) for a in cmd))
     assert r.returncode == 1, r.stderr
     assert "is on a read-only file system" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    if cmd[1] == "remove-root":  # (the file named by its path, not the root's bare name)
+        assert f"{ro / 'gcroots' / 'main'}" in r.stderr, r.stderr
 
 
 def test_a_recipe_s_path_source_is_hashed_not_added(tmp_path, ro):
