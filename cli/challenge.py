@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from kiln.registry.looprun import run as run_async
 from kiln.store.buildlogs import shown_output
 from kiln.store.errors import KilnError, redact_urls
 from kiln.store.hashes import Hash
@@ -239,7 +240,7 @@ def challenge(store_dir: str, locals_: dict[str, tuple[str, str]], urls: list[st
             file=sys.stderr,
         )
     urls = distinct_registries(urls)
-    per_registry = asyncio.run(_ask_all(urls, store_dir, paths))
+    per_registry = run_async(_ask_all(urls, store_dir, paths))
     out = []
     for p in paths:
         local, source = locals_[p]

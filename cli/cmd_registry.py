@@ -26,11 +26,11 @@ as ``kiln mirror sync --root`` checks it, and only what it lists is taken
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from kiln.registry.looprun import run as run_async
 from kiln.store.keyfiles import load_secret_key
 
 from .common import (
@@ -256,7 +256,7 @@ def cmd_copy(argv: list[str]) -> int:
             ) from None
         print(f"copied {n} paths into {store.root}")
         return 0
-    rep = asyncio.run(
+    rep = run_async(
         rcopy.between(
             args.src,
             lambda: open_client(args.dst, args.token, args.jobs),

@@ -44,7 +44,6 @@ reason (``unjudged``: ``allowed`` false, status 500), never judged by an older p
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -59,6 +58,7 @@ from kiln.store.policy import TRANSIENT, UNAVAILABLE, Check, Policy, PolicyError
 from .backends import DirSource, Source
 from .client import RegistryError
 from .downloadsink import Sink
+from .looprun import run as run_async
 from .policywatch import PolicyWatch
 from .storesource import StoreSource
 from .verify import NarVerifier, check_narinfo
@@ -304,7 +304,7 @@ def verify_remote(
 
     # (owned: a server worker killed mid-review must not leave the closure's copy behind)
     with owned_tmpdir("verify", Path(tmp_dir) if tmp_dir is not None else None) as d:
-        return asyncio.run(_verify_remote(url, target, policy, token, d))
+        return run_async(_verify_remote(url, target, policy, token, d))
 
 
 async def _verify_remote(url: str, target: str, policy: Policy, token: str | None, tmp: Path) -> Report:

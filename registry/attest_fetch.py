@@ -35,7 +35,6 @@ Invariants (``docs/security.md``, "Attestations in transit"):
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import suppress
@@ -58,6 +57,7 @@ from .attest_transfer import (
     sha256_hex,
 )
 from .attest_wire import fetch_many
+from .looprun import run as run_async
 
 
 class Refused(AttestationError):
@@ -350,4 +350,4 @@ def fetch_attestations_sync(
                 client, store, list(paths), trusted=trusted or [], attesters=attesters
             )
 
-    return asyncio.run(run())
+    return run_async(run())

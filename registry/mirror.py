@@ -88,6 +88,7 @@ from .attest_wire import fetch_indexed
 from .backends import DirSource
 from .client import Client, open_client
 from .dirlock import MIRROR_LOCK, dir_lock
+from .looprun import run as run_async
 from .mirrorchecks import false_cas, held_and_fetched
 from .mirrorfetch import fetch_objects
 from .mirrorobjects import judge_all
@@ -384,4 +385,4 @@ def _hp(path: str) -> str:
 
 
 def sync(src_url: str, dst_dir: Path, **kw: Any) -> SyncReport:  # the keywords of sync_async
-    return asyncio.run(sync_async(src_url, dst_dir, **kw))
+    return run_async(sync_async(src_url, dst_dir, **kw))

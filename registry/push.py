@@ -37,9 +37,8 @@ narinfo without its NAR or its references):
    lists each path's attestation digests. Always, even when nothing was uploaded: a
    push cut off after its uploads publishes on the re-run.
 
-A re-run skips everything already published (step 2), so resuming costs one round trip
-and the publication. A narinfo over ``narinfo.MAX_SIZE`` (which no registry takes) stops
-the push before anything is uploaded.
+A re-run skips everything already published (step 2): resuming costs one round trip and
+the publication. A narinfo over ``narinfo.MAX_SIZE`` stops the push before any upload.
 """
 
 from __future__ import annotations
@@ -61,6 +60,7 @@ from kiln.store.signing import SecretKey, sign_info
 
 from . import layout, uploadplan
 from .client import Client, RegistryError
+from .looprun import run as run_async
 from .progress import Progress
 from .pushcheck import ObjectCheck
 from .tokentext import scrub, sent_by
@@ -397,4 +397,4 @@ def push(
                 items, client, jobs, progress, store, sign_key.name if sign_key else None
             )
 
-    return asyncio.run(run())
+    return run_async(run())

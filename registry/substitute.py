@@ -49,6 +49,7 @@ from kiln.store.pathinfo import PathInfo
 from kiln.store.signing import PublicKey
 
 from .client import Client, Unreachable, open_client
+from .looprun import run_until_complete
 from .progress import Progress
 from .push import levels
 from .substitute_downloads import Downloads
@@ -136,8 +137,9 @@ class Substituter(Downloads):
         self.close()
 
     def run(self, coro: Any) -> Any:
-        """Run ``coro`` on this substituter's event loop (with its open clients)."""
-        return self._loop.run_until_complete(coro)
+        """Run ``coro`` on this substituter's event loop (with its open clients); a signal
+        cancels it (``looprun``)."""
+        return run_until_complete(self._loop, self._loop.create_task(coro))
 
     def client(self, url: str) -> Client:
         """What this substituter reads registry ``url`` through: its view if one is set
@@ -202,7 +204,7 @@ class Substituter(Downloads):
 
     def query_many(self, paths: list[str]) -> dict[str, ni.NarInfo]:
         """Trusted narinfos for those ``paths`` some registry has (see module docstring)."""
-        return self._loop.run_until_complete(self._query(list(paths)))
+        return run_until_complete(self._loop, self._loop.create_task(self._query(list(paths))))
 
     # ------------------------------------------------------------ fetching
 
@@ -272,14 +274,17 @@ class Substituter(Downloads):
         """Download in parallel, import dependencies first."""
         task = self._loop.create_task(self._fetch_many(store, infos))
         try:
-            return self._loop.run_until_complete(task)
+            # (under kiln's handlers a signal cancels the task, whose cleanup releases the
+            # importer thread, and is raised once it has ended: ``looprun``)
+            return run_until_complete(self._loop, task)
         except BaseException:
-            # Interrupted (Ctrl-C stops the loop with the task still suspended): cancel it
-            # and let its cleanup run, which releases the importer thread; otherwise that
-            # thread waits forever for downloads nobody will finish, and so does close().
-            # Not when the interrupt landed while the task ran: it then ended with it, and
-            # the loop never stops for a task that ended in KeyboardInterrupt or
-            # SystemExit (bpo-22429): running it again would wait for ever.
+            # A library caller's Ctrl-C stops the loop with the task still suspended:
+            # cancel it and let its cleanup run, which releases the importer thread;
+            # otherwise that thread waits forever for downloads nobody will finish, and so
+            # does close(). Not when the interrupt landed while the task ran: it then
+            # ended with it, and the loop never stops for a task that ended in
+            # KeyboardInterrupt or SystemExit (bpo-22429): running it again would wait for
+            # ever.
             if not task.done():
                 task.cancel()
                 with contextlib.suppress(BaseException):
