@@ -188,6 +188,9 @@ class Builder(Producing, Checking, Scheduling, Committing):
             self._forget_failures()
             try:
                 built = set(self._run_all(graph, todo, failed))
+                # (in the try: a ^C while the bookkeeping thread still removes a build's
+                # dir must wait for it, or the process ends with that dir half removed)
+                errors = self._wait_hooks(raise_errors=False)
             except BaseException as e:
                 self._wait_hooks(raise_errors=False)  # the build's own error is the one to report
                 # after ^C under -jN: the dirs of builds that did not unwind (``buildsched``)
@@ -196,7 +199,6 @@ class Builder(Producing, Checking, Scheduling, Committing):
                 if late and isinstance(e, KilnError) and not self.opts.keep_going:
                     raise next(iter(late.values())) from None  # (it stopped the builds that failed after it)
                 raise
-            errors = self._wait_hooks(raise_errors=False)
             late = self._late_failures()  # archiving or registering failed (``buildcommit``)
             if late and not self.opts.keep_going:
                 raise next(iter(late.values()))
