@@ -16,20 +16,16 @@ import sys
 from pathlib import Path
 
 import pytest
+from sigkit import sigint_after_condition_lock
 
-RUNNER = """
-import io, os, signal, sys, threading
+RUNNER = (
+    """
+import io, os, signal, sys
 from kiln.store import sigshield
 signal.signal(signal.SIGINT, lambda *a: sigshield.deliver(KeyboardInterrupt()))
-main, armed, enter = threading.get_ident(), [True], threading.Condition.__enter__
-def patched(self):
-    hit = armed[0] and threading.get_ident() == main and sys._getframe(1).f_code.co_name == "get"
-    r = enter(self)
-    if hit:
-        armed[0] = False
-        os.kill(os.getpid(), signal.SIGINT)  # (handled at the next bytecode: lock held)
-    return r
-threading.Condition.__enter__ = patched
+"""
+    + sigint_after_condition_lock("get")
+    + """
 try:
     if sys.argv[1] == "hash":
         from kiln.store import nar
@@ -44,8 +40,9 @@ try:
             r.close()
 except KeyboardInterrupt:
     sys.exit(130)
-sys.exit(0 if not armed[0] else 3)
+sys.exit(0 if not _armed[0] else 3)
 """
+)
 
 
 @pytest.mark.parametrize("what", ["hash", "readahead"])

@@ -14,29 +14,25 @@ import sys
 from pathlib import Path
 
 from clikit import kiln
+from sigkit import sigint_after_condition_lock
 
-RUNNER = """
-import os, signal, sys, threading, time
+RUNNER = (
+    """
+import sys, time
 from kiln.store import verify
 real_check = verify._check_path
 def slow_check(store, info):
     time.sleep(0.3)  # (the first future is still running when the main thread waits on it)
     return real_check(store, info)
 verify._check_path = slow_check
-main, armed, enter = threading.get_ident(), [True], threading.Condition.__enter__
-def patched(self):
-    f = sys._getframe(1)
-    hit = armed[0] and threading.get_ident() == main and f.f_code.co_name == "result"
-    r = enter(self)
-    if hit:
-        armed[0] = False
-        os.kill(os.getpid(), signal.SIGINT)  # (handled at the next bytecode: lock held)
-    return r
-threading.Condition.__enter__ = patched
+"""
+    + sigint_after_condition_lock("result")
+    + """
 sys.argv = ["kiln", *sys.argv[1:]]
 from kiln.main import cli
 cli()
 """
+)
 
 
 def test_a_signal_while_verify_waits_for_a_check_ends_it(tmp_path: Path) -> None:
