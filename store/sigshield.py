@@ -114,13 +114,19 @@ def finish(cleanup: Callable[[], object]) -> None:
     code and this function's ``try`` remain open to a signal. An exception of
     ``cleanup``'s own propagates (a signal's, if one came, instead)."""
     caught: BaseException | None = None
+    failure: Exception | None = None
     done = False
     while not done:
         try:
             with shielded:
-                cleanup()
+                try:
+                    cleanup()
+                except Exception as e:  # (raised below, unless a signal came: not run again)
+                    failure = e
                 done = True
         except KeyboardInterrupt as e:  # (kiln's handlers raise only KeyboardInterrupts)
             caught = caught or e
     if caught is not None:
         raise caught
+    if failure is not None:
+        raise failure

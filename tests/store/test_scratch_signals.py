@@ -115,3 +115,21 @@ def test_finish_passes_a_cleanup_s_own_error_on() -> None:
     calls: list[int] = []
     sigshield.finish(lambda: calls.append(1))
     assert calls == [1]
+
+
+def test_a_cleanup_failing_as_a_signal_comes_runs_once_and_the_signal_wins() -> None:
+    old = signal.getsignal(signal.SIGINT)
+    _kiln_like_handler()
+    calls: list[int] = []
+
+    def cleanup() -> None:
+        calls.append(1)
+        os.kill(os.getpid(), signal.SIGINT)
+        raise OSError("cannot remove")
+
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            sigshield.finish(cleanup)
+    finally:
+        signal.signal(signal.SIGINT, old)
+    assert calls == [1]
