@@ -17,6 +17,7 @@ from kiln.store.errors import hide_keys, redact_urls
 
 from .interrupts import Terminated as Terminated  # re-exported: the commands import them from here
 from .interrupts import terminate_as_interrupt as terminate_as_interrupt
+from .interrupts import wrapped_interrupt
 
 # No argparse or pathlib at import time: every command imports this module, and a
 # cached ``kiln eval FILE`` uses neither (see cmd_eval.main).
@@ -255,10 +256,14 @@ def run_command(fn: Callable[[list[str]], int], argv: list[str], debug: bool = F
     try:
         # every command unwinds on SIGTERM/SIGHUP as on ^C: its temp files and dirs go
         with terminate_as_interrupt():
-            return fn(argv) or 0
+            try:
+                return fn(argv) or 0
+            except Exception as e:  # (a signal's exception Python wrapped: ``wrapped_interrupt``)
+                if (signal_exc := wrapped_interrupt(e)) is not None:
+                    raise signal_exc from None
+                raise
     except KeyboardInterrupt as e:
-        terminated = isinstance(e, Terminated)
-        print(f"kiln: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        print(f"kiln: {'terminated' if isinstance(e, Terminated) else 'interrupted'}", file=sys.stderr)
         return 128 + e.signum if isinstance(e, Terminated) else 130
     except BrokenPipeError:
         return 0

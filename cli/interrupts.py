@@ -104,3 +104,18 @@ def terminate_as_interrupt() -> Iterator[None]:
         for sig, handler in old.items():
             signal.signal(sig, handler)
         sys.unraisablehook = old_hook
+
+
+def wrapped_interrupt(e: BaseException) -> KeyboardInterrupt | None:
+    """The KeyboardInterrupt (a signal's) that ``e`` was raised from or during, if any:
+    Python wraps an exception in another in places (raised in a class body's
+    ``__set_name__``, as during a lazy import: RuntimeError "Error calling __set_name__").
+    The command was interrupted then, not failing on its own (``run_command``)."""
+    seen: set[int] = set()
+    under = e.__cause__ or e.__context__
+    while under is not None and id(under) not in seen:
+        if isinstance(under, KeyboardInterrupt):
+            return under
+        seen.add(id(under))
+        under = under.__cause__ or under.__context__
+    return None
