@@ -7,7 +7,7 @@ skips it, and so does a store root holding no store: evaluating never creates on
 name, a variant such as ``'zlib(static = true)'`` or any expression in the file's scope.
 Local ``path "..."`` sources are added to the local store when there is one (they have
 to be hashed anyway); with none, their paths are computed without writing anything
-(``_Sources``), and ``kiln eval --write`` creates the store it writes into.
+(``evalsources.Sources``), and ``kiln eval --write`` creates the store it writes into.
 The logical store dir is the store's own (its ``config.json``), else ``/kiln/store``,
 unless ``--store-dir`` says otherwise. ``kiln eval --write`` also writes the ``.drv``
 closure into the local store (what ``nix-instantiate`` does by default).
@@ -26,17 +26,16 @@ import os
 import sys
 
 from .common import add_store_arg, nonempty, store_root_dir
+from .evalsources import Sources, has_store
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing
 if TYPE_CHECKING:
     import argparse
     from collections.abc import Mapping
-    from pathlib import Path
     from types import SimpleNamespace
 
     from kiln.lang import Evaluation
     from kiln.store.derivation import Derivation
-    from kiln.store.localstore import LocalStore
 
     #: parsed arguments: argparse's, or ``_plain_eval_args``' (made without importing it)
     EvalArgs = argparse.Namespace | SimpleNamespace
@@ -132,100 +131,18 @@ def _own_store_dir(args: EvalArgs) -> str:
     return config_store_dir(Path(cfg), data)  # the store's own checks and messages
 
 
-class _Sources:
-    """The ``add_source`` callback: adds local sources to the local store (opened lazily)
-    when the store exists (``_has_store``) or ``create`` (``eval --write``, whose
-    derivations name them); otherwise computes the path a source would get without
-    writing anything (``kiln.lang.sources.hash_only``: the NAR hash of the files the store
-    would keep), once the source passed the same key check (``buildglue.check_recipe_source``):
-    evaluating never creates a store. Likewise for ``--store-dir`` naming another store dir
-    than the existing store's (``foreign``)."""
-
-    def __init__(self, root: str, store_dir: str, create: bool = False, foreign: bool = False) -> None:
-        self.root = root
-        self.store_dir = store_dir
-        self.create = create
-        self.foreign = foreign  # the store at root uses another store dir: computed only
-        self.store: LocalStore | None = None
-
-    def _open(self) -> LocalStore:
-        if self.store is None:
-            try:
-                from kiln.store.localstore import LocalStore
-            except ImportError as e:
-                from kiln.store.errors import KilnError
-
-                raise KilnError(
-                    f"local path sources need the local store, which is unavailable here ({e})"
-                ) from None
-            from pathlib import Path
-
-            self.store = LocalStore.open(Path(self.root), self.store_dir)
-        return self.store
-
-    def __call__(self, src: Path, name: str) -> str:
-        if self.store is None and not self.create and (self.foreign or not _writable_store(self.root)):
-            from pathlib import Path
-
-            from kiln.buildglue import check_recipe_source
-            from kiln.lang.sources import hash_only
-
-            # (the check reads only the store root, for its ``keys/``)
-            check_recipe_source(Path(self.root), src)
-            return hash_only(self.store_dir)(src, name)
-        from kiln.buildglue import add_recipe_source
-
-        return add_recipe_source(self._open(), src, name)
-
-    def ensure(self, sources: dict[str, str]) -> bool:
-        """After a cache hit: re-add any cached source that is no longer in the store;
-        False if the cached evaluation must not be used (see ``buildglue.readd_sources``)."""
-        if not sources:
-            return True
-        from kiln.buildglue import check_recipe_source, readd_sources
-
-        store = self._open()
-        store.keep(sorted(sources))  # rooted, then checked (see buildglue.evaluate)
-        return readd_sources(
-            self.store_dir,
-            sources,
-            lambda sp: store.query(sp) is not None,
-            self,
-            lambda src: check_recipe_source(store.root, src),
-        )
-
-
-def _has_store(root: str) -> bool:
-    """Whether ``root`` holds a store (its ``config.json``, as ``LocalStore.open`` decides)."""
-    return os.path.isfile(os.path.join(root, "config.json"))
-
-
-def _writable_store(root: str) -> bool:
-    """Whether ``root`` holds a store a path source can be added to: not one on a
-    read-only file system (a source is then hashed only, as without a store: the same
-    path, nothing written; adding it failed, even when it was in the store already)."""
-    if not _has_store(root):
-        return False
-    from pathlib import Path
-
-    from kiln.store.fsstate import state_of
-
-    state = state_of(Path(root))
-    return state is None or not state.read_only
-
-
 def _cache_dir(args: EvalArgs, root: str) -> str | None:
     """The evaluation cache to use: ``<root>/eval-cache`` of an existing store (its
     ``config.json``, as ``LocalStore.open`` decides), else None. Evaluating only reads:
     it never creates a store, nor the directories of one (``HOME=/nonexistent kiln path``
     made ``/nonexistent/.local/share/kiln/eval-cache``, a store ``kiln store roots``
     then said was not there)."""
-    if args.no_cache or not _has_store(root):
+    if args.no_cache or not has_store(root):
         return None
     return os.path.join(root, "eval-cache")
 
 
-def _evaluate(args: EvalArgs) -> tuple[Evaluation, _Sources]:
+def _evaluate(args: EvalArgs) -> tuple[Evaluation, Sources]:
     from kiln.lang import evaluate_file
 
     root = store_root_dir(args)
@@ -233,8 +150,8 @@ def _evaluate(args: EvalArgs) -> tuple[Evaluation, _Sources]:
     write = getattr(args, "write", False)
     # paths for another store dir than the store's (``--store-dir``): computed as with no
     # store, without its sources or its cache (``--write`` still opens it, and refuses)
-    foreign = bool(args.store_dir) and not write and _has_store(root) and _own_store_dir(args) != store_dir
-    sources = _Sources(root, store_dir, create=write, foreign=foreign)
+    foreign = bool(args.store_dir) and not write and has_store(root) and _own_store_dir(args) != store_dir
+    sources = Sources(root, store_dir, create=write, foreign=foreign)
     cache = None if foreign else _cache_dir(args, root)
     ev = evaluate_file(args.file, store_dir=store_dir, add_source=sources, cache_dir=cache)
     if ev.from_cache and not sources.ensure(ev.sources):

@@ -101,7 +101,7 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _write_pair(sec: Path, pub: Path, key: SecretKey, force: bool) -> None:
-    """Write ``key`` to ``sec`` and its public half to ``pub`` (see ``cmd_generate``):
+    """Write ``key`` to ``sec`` and its public half to ``pub`` (see ``_generate``):
     a matching pair, or the pair there was, or (without ``force``) nothing."""
     if force:
         # the public half first: if it cannot be written, the old secret key is still there

@@ -58,7 +58,7 @@ from .dbschema import has_ultimate as _has_ultimate
 from .dbschema import upgrade as _upgrade
 from .dbtx import transaction as _transaction
 from .errors import StoreError
-from .fsstate import state_of, why_refused
+from .fsstate import on_read_only_fs, state_of, why_refused
 from .hashes import Hash
 from .pathinfo import PathInfo
 
@@ -93,7 +93,7 @@ def connect(path: Path, full_disk_read: bool = False) -> Connection:
     reading only (``dbreadonly.open_read_only``), its connection marked ``read_only``:
     nothing can write there anyway. Told by ``statvfs`` first: where a ``-wal`` and
     ``-shm`` are left in place SQLite would open it read-only unasked, unmarked."""
-    if (state := state_of(path.parent)) is not None and state.read_only:
+    if on_read_only_fs(path.parent):
         return _read_only(path)
     try:
         return _connect(path, exclusive=False)

@@ -40,6 +40,13 @@ def state_of(path: str | os.PathLike[str]) -> FsState | None:
     return FsState(read_only, 0 if read_only else st.f_bavail * st.f_frsize)
 
 
+def on_read_only_fs(path: str | os.PathLike[str]) -> bool:
+    """Whether the file system holding ``path`` is mounted read-only (False if it cannot
+    be told)."""
+    state = state_of(path)
+    return state is not None and state.read_only
+
+
 def why_refused(path: Path, state: FsState | None) -> str:
     """Why the file system holding ``path`` (in ``state``) may refuse SQLite's files (its
     ``-wal`` and ``-shm`` are made at every open): ``" (the file system ... is

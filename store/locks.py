@@ -65,13 +65,6 @@ def path_lock_file(root: Path, hash_part: str) -> Path:
 NOT_HELD = -1
 
 
-def _on_read_only_fs(path: Path) -> bool:
-    from .fsstate import state_of
-
-    state = state_of(path.parent)
-    return state is not None and state.read_only
-
-
 class FileLock:
     """An ``flock`` on ``path`` (created if missing). Use as a context manager or call
     ``acquire``/``release``. ``shared`` selects LOCK_SH instead of LOCK_EX. A shared lock
@@ -104,7 +97,9 @@ class FileLock:
                 try:
                     fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
                 except PermissionError:
-                    if not (self.shared and _on_read_only_fs(self.path)):
+                    from .fsstate import on_read_only_fs
+
+                    if not (self.shared and on_read_only_fs(self.path.parent)):
                         raise
                     # another user's store on a read-only file system (root's, on read-only
                     # media): nothing changes it through this mount, and the owner's lock is

@@ -1,5 +1,5 @@
 """``kiln path``/``eval``/``show-derivation``/``graph`` of a recipe with local ``path``
-sources create no store (``cmd_eval._Sources``).
+sources create no store (``evalsources.Sources``).
 
 Before, such a source was added to the store, which was created for it: ``KILN_HOME``
 naming a directory that did not exist came out of ``kiln path`` as a new store. With no
