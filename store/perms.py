@@ -42,7 +42,7 @@ import stat
 from pathlib import Path
 
 from .errors import StoreError
-from .fsstate import state_of
+from .fsstate import on_read_only_fs, state_of
 from .paths import STORE_ROOT_ENTRIES
 
 #: a directory others may read (the store's trees are meant to be readable)
@@ -191,9 +191,13 @@ def refuse(
                 " then check what it holds: kiln store verify)"
             )
     if foreign:
+        chown = f"chown -R {euid} {' '.join(shlex.quote(str(p)) for p in foreign)}"
+        if any(on_read_only_fs(p) for p in foreign):
+            # chown cannot run on read-only media: it is done where the store is written
+            chown = f"{chown} where it is writable, before it is mounted read-only"
         fixes.append(
             "  a directory another user owns is theirs to change: use another KILN_HOME or --store, or "
-            f"have root give it to you: chown -R {euid} {' '.join(shlex.quote(str(p)) for p in foreign)}"
+            f"have root give it to you: {chown}"
         )
     return UnsafeStore(
         f"refusing to use {what}: another user could change {harm}:\n"

@@ -96,3 +96,27 @@ def test_root_s_writable_store_refuses_another_user_saying_why(top: Path) -> Non
     with pytest.raises(AssertionError, match="opened"):
         open_it()  # (as root: it opens; every lazy import done)
     assert _as_nobody(open_it) == 0
+
+
+def test_another_user_s_store_on_read_only_media_is_refused_with_advice_that_can_be_followed(
+    top: Path,
+) -> None:
+    """A store a non-root user owns is refused to nobody even read-only (its owner could
+    have changed it); the advice to chown it says where that can be done, not on the
+    read-only mount where chown fails."""
+    for dirpath, dirnames, filenames in os.walk(top / "rw"):
+        for n in [dirpath, *(os.path.join(dirpath, x) for x in dirnames + filenames)]:
+            os.lchown(n, 1234, 1234)
+
+    def open_it(root: Path = top / "ro") -> None:
+        try:
+            LocalStore.open(root).close()
+        except StoreError as e:
+            msg = str(e)
+            assert f"{root}: owned by uid 1234" in msg, msg
+            assert "where it is writable, before it is mounted read-only" in msg, msg
+            return
+        raise AssertionError("opened")
+
+    with read_only_view(top / "rw", top / "ro"):
+        assert _as_nobody(open_it) == 0
