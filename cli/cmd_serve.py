@@ -103,7 +103,8 @@ def _listen(text: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-def cmd_serve(argv: list[str]) -> int:
+def _parser() -> argparse.ArgumentParser:
+    """``kiln serve``'s arguments (each option's help says its contract)."""
     p = argparse.ArgumentParser(
         prog="kiln serve", description="serve a kiln store or a registry directory over HTTP"
     )
@@ -245,6 +246,14 @@ def cmd_serve(argv: list[str]) -> int:
         action="store_true",
         help="send narinfo GETs through aiohttp too (for comparison; see docs/registry.md)",
     )
+    return p
+
+
+def cmd_serve(argv: list[str]) -> int:
+    """Serve a store (read-only) or a registry directory until a signal: configuration
+    errors (keys, policy, access log, the listening socket) are reported before any
+    worker is forked."""
+    p = _parser()
     args = p.parse_args(argv)
     if args.private and args.store:
         p.error("--private needs --dir (tokens are kept in the registry directory)")
@@ -257,6 +266,7 @@ def cmd_serve(argv: list[str]) -> int:
         index_refresh = _refresh_hours(args.index_refresh, timestamp_hours)
     except ValueError as e:
         p.error(f"argument --index-refresh: {e}")
+    host, port = _listen(args.listen)  # (before a --dir registry is made)
     from kiln.registry import server, workers
     from kiln.registry.guard import Timeouts
 
@@ -296,6 +306,11 @@ def cmd_serve(argv: list[str]) -> int:
         access_log=args.access_log,
     )
     sign_key = load_secret_key(args.sign_key) if args.sign_key else None
+    # (bound before a --dir registry is made: a port in use leaves nothing behind)
+    try:
+        sock = workers.bind(host, port)
+    except OSError as e:
+        raise KilnError(f"cannot listen on {args.listen}: {e.strerror or e}") from None
     # Open once in the parent so configuration errors are reported before forking.
     src = server.open_source(
         store=args.store, directory=args.dir, sign_key=sign_key, store_dir=args.store_dir
@@ -305,11 +320,6 @@ def cmd_serve(argv: list[str]) -> int:
     note = unserved_note(src)  # (a cache Nix wrote with xz: said once, not per request)
     if note is not None:
         print(note, file=sys.stderr, flush=True)
-    host, port = _listen(args.listen)
-    try:
-        sock = workers.bind(host, port)
-    except OSError as e:
-        raise KilnError(f"cannot listen on {args.listen}: {e.strerror or e}") from None
 
     def make() -> web.Server:  # each worker opens its own source (own DB connection)
         src = server.open_source(

@@ -57,8 +57,11 @@ def test_serve_on_a_port_in_use_or_out_of_range(tmp_path: Path) -> None:
         port = taken.getsockname()[1]
         r = kiln("serve", "--dir", str(tmp_path / "reg"), "--listen", f"127.0.0.1:{port}")
         assert r.returncode == 1 and f"cannot listen on 127.0.0.1:{port}" in r.stderr, r.stderr
-    r = kiln("serve", "--dir", str(tmp_path / "reg"), "--listen", "127.0.0.1:99999")
-    assert r.returncode == 1 and "port from 0 to 65535" in r.stderr, r.stderr
+    for bad in ("127.0.0.1:99999", "5000", "host:port"):
+        r = kiln("serve", "--dir", str(tmp_path / "reg"), "--listen", bad)
+        assert r.returncode == 1 and "port from 0 to 65535" in r.stderr, r.stderr
+    # neither left a new registry directory behind (it was made before the port was tried)
+    assert not (tmp_path / "reg").exists()
 
 
 def test_signer_key_without_signer_cmd_is_refused(tmp_path: Path) -> None:
