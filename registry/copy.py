@@ -9,8 +9,10 @@ narinfo must pass ``verify.check_narinfo`` (trusted signatures) before anything 
 NAR is verified while it streams (file hash, and the NAR hash — by the store on import,
 or by ``NarVerifier`` when relaying to another registry). Into a store, the paths are
 registered by ``LocalStore.import_objects`` (group commit, see ``store.importbatch``) and
-then the registry's attestations of the copied and requested paths are fetched
-(``attest_transfer.fetch_attestations``: each checked against the local path's NAR hash);
+then the registry's attestations of the requested closures are fetched, of paths the store
+held already too (``attest_transfer.fetch_attestations``: each checked against the local
+path's NAR hash; only kinds the store lacks or holds in another version are downloaded,
+so a publisher's re-signed SBOM reaches a store that copied the path before);
 into another registry, they are relayed once the paths are published
 (``attest_transfer.relay_attestations``), before the destination's index.
 
@@ -119,9 +121,11 @@ def to_store(
             frontier = [r for r in refs if not store.is_valid(r)]
         if wanted:
             sub.fetch_many(store, list(wanted.values()))
-        _add_signatures(sub, store, src, [p for p in store.closure(paths) if p not in wanted], trusted)
-        # attestations (provenance, SBOMs, VSAs) travel with the paths, checked against them
-        done = sorted(set(wanted) | set(paths))
+        closure = store.closure(paths)
+        _add_signatures(sub, store, src, [p for p in closure if p not in wanted], trusted)
+        # attestations (provenance, SBOMs, VSAs) travel with the paths, checked against
+        # them: of the whole closures, held ones too (re-signed since, after a rotation)
+        done = sorted(set(wanted) | set(closure))
         raw = view.inner if view is not None else sub.client(src)  # (batched where it can be)
         listed = attestation_listings(view.paths) if view is not None else None
         sub.run(fetch_attestations(raw, store, done, attesters=attesters, listed=listed))
