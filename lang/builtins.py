@@ -12,7 +12,7 @@ Fixed-output derivations (see docs/recipe-language.md):
 - ``fetchgit``: builder ``builtin:fetchgit``, env ``url``, ``rev``, ``name``; output
   ``r:sha256`` (NAR hash of the tree at ``rev`` without ``.git``).
 - ``debian_rootfs``: one ``builtin:fetchurl`` FOD per lock entry (``url`` =
-  ``debian:<filename>``) and a ``builtin:unpack-debs`` derivation with env ``debs`` (the
+  ``debian:<filename>``, ``version`` = the entry's, epoch included) and a ``builtin:unpack-debs`` derivation with env ``debs`` (the
   .deb paths in lock order) and ``kilnRootfs = "1"``.
 
 Sizes (``limits``): a joined list (``urls``, ``debs``) is measured before it is joined,
@@ -325,7 +325,9 @@ def _lock_entry(ev: Evaluator, i: int, entry: object, lock_node: ast.Node) -> Dr
     filename = _string(ev, entry["filename"], lock_node, f"{where} 'filename'")
     h = _sha256(entry["sha256"], lock_node, f"{where} ({filename}) 'sha256'")
     url = f"debian:{filename}"
-    fetch_env = {"url": url, "urls": url}
+    # the lock's version, epoch included: the pool file name drops the epoch, and the SBOM
+    # reports this (a purl without the epoch names another version: gcc 4:12.2.0-3)
+    fetch_env = {"url": url, "urls": url, "version": str(entry["version"])}
     if "size" in entry:  # the fetcher stops a source at the exact size
         fetch_env["size"] = str(entry["size"])
     return _fod(

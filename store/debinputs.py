@@ -19,9 +19,10 @@ into a signed store path. Each entry must therefore be:
 A refusal is a ``StoreError`` naming the derivation, the entry and what was expected.
 
 Each ``.deb`` fetched from ``debian:<pool path>`` URLs is pinned by that pool file's name
-(``debpin.DebPin.of_pool_name``), the only part of its lock entry the derivations carry,
-and the name the SBOM reports it by; ``debunpack`` checks the package's control file
-against it. An input source, or a fetch from other URLs, has no lock entry: only its
+(``debpin.DebPin.of_pool_name``) and by the fetch's ``version``, the lock entry's full
+version, which must be the file name's with or without an epoch (Debian's pool names
+drop it; fetches evaluated before kiln wrote ``version`` are pinned by the name alone,
+the epoch unchecked); ``debunpack`` checks the package's control file against it. An input source, or a fetch from other URLs, has no lock entry: only its
 control file's presence is checked.
 """
 
@@ -67,7 +68,18 @@ def _fetch_pin(fetch: Derivation, what: str) -> DebPin | None:
                 raise StoreError(f"{what}: its fetch URL {url!r}: {e}") from None
     if len({(p.package, p.version, p.arch) for p in pins}) > 1:
         raise StoreError(f"{what}: its fetch URLs name different packages: {', '.join(urls)}")
-    return pins[0] if pins else None
+    if not pins:
+        return None
+    pin, full = pins[0], env.get("version")
+    if full is None or full == pin.version:  # (a fetch made before kiln wrote the version)
+        return pin
+    if pin.epoch_known or full.partition(":")[2] != pin.version:
+        raise StoreError(
+            f"{what}: its version {full!r} is not the version of its pool file name "
+            f"({pin.version!r}, with an epoch or without)"
+        )
+    # the lock's full version: the control file's epoch is checked too
+    return DebPin(pin.package, full, pin.arch, f"{pin.source} and version {full!r}")
 
 
 def deb_inputs(

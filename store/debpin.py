@@ -11,9 +11,10 @@ A pin comes from a whole lock entry (``DebPin.of_entry``: the full version, epoc
 included) or from a pool file name alone (``DebPin.of_pool_name``): Debian names pool
 files ``<package>_<version>_<arch>.deb`` with the epoch dropped (``apt-get download``
 writes it as ``%3a``), so such a pin checks the version without its epoch unless the name
-carries one. The name is all the build has: a ``debian_rootfs`` toolchain's derivations
-carry each entry's ``filename`` (in the fetch's ``debian:`` URL) and sha256, not its
-``name``, ``version`` or ``arch``; and it is what the SBOM reports (``sbom.deb_package``).
+carries one. A ``debian_rootfs`` toolchain's fetch derivations carry each entry's
+``filename`` (in the fetch's ``debian:`` URL), sha256 and ``version`` (the full one,
+since the SBOM needs the epoch: ``sbom.deb_package``), not its ``name`` or ``arch``; the
+build's pin is the name's, with that version's epoch (``debinputs``).
 ``aptlock`` checks that a lock's fields agree with its file name, so both pins say the
 same. Pure text: no I/O.
 """

@@ -92,15 +92,21 @@ def split_name(name: str) -> tuple[str, str]:
     return (name[: m.start()], name[m.end() :]) if m else (name, "")
 
 
-def deb_package(url: str) -> tuple[str, str, str] | None:
+def deb_package(url: str, full_version: str = "") -> tuple[str, str, str] | None:
     """``(name, version, purl)`` of a Debian ``.deb`` fetched from ``debian:<pool path>``
-    (the lock's ``filename``: ``<name>_<version>_<arch>.deb``, epoch as ``%3a``)."""
+    (the lock's ``filename``: ``<name>_<version>_<arch>.deb``, epoch as ``%3a``).
+    Debian's pool file names drop the epoch: ``full_version``, the lock's version that
+    the fetch's derivation carries (``version``), is the version when it is the file
+    name's with an epoch (gcc's ``4:12.2.0-3``; a purl without it names another
+    version); anything else in it is ignored: the file name is what the fetch pinned."""
     if not url.startswith("debian:") or not url.endswith(".deb"):
         return None
     parts = url.rsplit("/", 1)[-1].removesuffix(".deb").split("_")
     if len(parts) != 3 or not all(parts):
         return None
     name, version, arch = parts[0], unquote(parts[1]), parts[2]
+    if ":" not in version and full_version.partition(":")[2] == version:
+        version = full_version
     return name, version, package_url(name, version, arch)
 
 
@@ -147,7 +153,7 @@ def _node_for(
         lic = env.get("license") or env.get("meta.license") or None
     urls += [u for u in extra_urls if u not in urls]
     deb = (
-        next((d for d in map(deb_package, urls) if d), None)
+        next((d for u in urls if (d := deb_package(u, drv.env_map.get("version", "")))), None)
         if drv is not None and drv.is_fixed_output
         else None
     )

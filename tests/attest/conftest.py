@@ -86,7 +86,8 @@ def built(tmp_path: Path) -> Built:
             "zlib1g_1.2.13.dfsg-1_amd64.deb",
             outputs={"out": Output("", "sha256", hashlib.sha256(debfile).hexdigest())},
             builder="builtin:fetchurl",
-            env={"url": DEB_URL, "urls": DEB_URL},
+            # (the lock's version, epoch included, as kiln.lang writes a debian_rootfs fetch)
+            env={"url": DEB_URL, "urls": DEB_URL, "version": "1:1.2.13.dfsg-1"},
         ),
         resolve,
         memo,

@@ -90,8 +90,10 @@ def test_build_closure(built, tmp_path: Path) -> None:
     assert set(g.node(built.hello).deps) == {built.zlib, built.src}
     assert g.node(built.src).urls == ("https://ftp.example.org/gnu/hello/hello-2.12.tar.gz",)
     deb = g.node(built.deb)
-    assert (deb.name, deb.version) == ("zlib1g", "1.2.13.dfsg-1")
-    assert sbom.purl(deb) == "pkg:deb/debian/zlib1g@1.2.13.dfsg-1?arch=amd64"
+    # the epoch the pool file name drops, from the fetch's derivation: the same version
+    # and purl as the component nested in zlib's (before: 1.2.13.dfsg-1, another version)
+    assert (deb.name, deb.version) == ("zlib1g", "1:1.2.13.dfsg-1")
+    assert sbom.purl(deb) == "pkg:deb/debian/zlib1g@1%3A1.2.13.dfsg-1?arch=amd64"
     assert g.node(built.zlib).deps == (built.deb,)
     doc = sbom.cyclonedx(g)
     assert _cdx_errors(doc) == []
@@ -135,6 +137,21 @@ def test_deb_package() -> None:
     )
     assert sbom.deb_package("https://example.org/x_1_amd64.deb") is None
     assert sbom.deb_package("debian:pool/main/x/x.deb") is None
+
+
+def test_deb_package_takes_the_epoch_the_pool_file_name_drops() -> None:
+    """gcc is 4:12.2.0-3 in the lock and Debian's index; its pool file gcc_12.2.0-3_amd64.deb.
+    The SBOM listed 12.2.0-3 (another version, for a scanner matching purls)."""
+    url = "debian:pool/main/g/gcc-defaults/gcc_12.2.0-3_amd64.deb"
+    assert sbom.deb_package(url, "4:12.2.0-3") == (
+        "gcc",
+        "4:12.2.0-3",
+        "pkg:deb/debian/gcc@4%3A12.2.0-3?arch=amd64",
+    )
+    # a version that is not the file name's (with or without an epoch) is not taken
+    assert sbom.deb_package(url, "4:12.2.0-4")[1] == "12.2.0-3"
+    assert sbom.deb_package(url, "12.2.0-3")[1] == "12.2.0-3"
+    assert sbom.deb_package("debian:pool/main/x/x_1%3a2.0_all.deb", "3:2.0")[1] == "1:2.0"
 
 
 def test_deb_purl() -> None:

@@ -37,8 +37,10 @@ class World:
         self.drvs[p] = d
         return p
 
-    def fetch(self, deb: Path, filename: str) -> str:
-        """A lock entry's fetch, as ``debian_rootfs`` writes it; ``deb`` goes to the mirror."""
+    def fetch(self, deb: Path, filename: str, version: str | None = None) -> str:
+        """A lock entry's fetch, as ``debian_rootfs`` writes it (``version``: the entry's,
+        which it writes since the SBOM needs the epoch; None: as before); ``deb`` goes to
+        the mirror."""
         data = deb.read_bytes()
         digest = hashlib.sha256(data).hexdigest()
         (self.mirror / "sha256" / digest).write_bytes(data)
@@ -49,7 +51,8 @@ class World:
                 name,
                 outputs={"out": Output("", "sha256", digest)},
                 builder="builtin:fetchurl",
-                env={"url": url, "urls": url, "size": str(len(data)), "name": name, "out": ""},
+                env={"url": url, "urls": url, "size": str(len(data)), "name": name, "out": ""}
+                | ({"version": version} if version is not None else {}),
                 store_dir=self.store.store_dir,
             )
         )
@@ -189,4 +192,32 @@ def test_a_fetch_url_that_names_no_package_is_refused(world, tmp_path):
         world.unpack([world.out(fetch)], [fetch]),
         "its fetch URL 'debian:pool/main/t/tool/tool.deb': expected a .deb file name "
         "<package>_<version>_<arch>.deb, found 'tool.deb'",
+    )
+
+
+def _epoch_deb(tmp_path: Path, data: bytes = b"x") -> Path:
+    """tool 2:1.0-1 (``data``: another .deb, so another fetch and toolchain output)."""
+    entries = [Entry("./usr/", "d"), Entry("./usr/x", data=data)]
+    return make_deb(tmp_path / "t.deb", entries, name="tool", version="2:1.0-1")
+
+
+def test_the_lock_s_epoch_in_the_fetch_is_checked_against_the_package(world, tmp_path):
+    """The pool file name drops the epoch; the fetch's ``version`` (the lock's) has it, so
+    the control file's epoch is checked too (it was "any epoch")."""
+    ok = world.fetch(_epoch_deb(tmp_path), "pool/main/t/tool/tool_1.0-1_amd64.deb", "2:1.0-1")
+    assert (world.build(world.unpack([world.out(ok)], [ok])) / "usr").is_dir()
+    other = world.fetch(_epoch_deb(tmp_path, b"y"), "pool/main/t/tool/tool_1.0-1_amd64.deb", "3:1.0-1")
+    refused(
+        world,
+        world.unpack([world.out(other)], [other]),
+        "pins: expected Version '3:1.0-1', found '2:1.0-1'",
+    )
+
+
+def test_a_fetch_version_that_is_not_its_file_name_s_is_refused(world, tmp_path):
+    fetch = world.fetch(_epoch_deb(tmp_path), "pool/main/t/tool/tool_1.0-1_amd64.deb", "2:1.0-2")
+    refused(
+        world,
+        world.unpack([world.out(fetch)], [fetch]),
+        "its version '2:1.0-2' is not the version of its pool file name ('1.0-1', with an epoch or without)",
     )
