@@ -4,8 +4,9 @@ Trust: the mirror pins the source's root metadata (``--root FILE`` on the first 
 then ``DST/.kiln/mirror-state.json``, which also remembers the highest timestamp and
 snapshot versions seen, and the source and time of the last good sync: ``state_record``).
 A later ``--root`` is checked against the root DST trusts (``_given_root``): the same
-root, or an older version (the one pinned first, as a cron line passes it every time), is
-fine; another root of the same version is refused, naming both, and so is a newer one
+root, or an older version (the one pinned first, as a cron line passes it every time) that
+is the one DST holds of that version (or that DST does not hold), is fine; another root of
+the same version, or another of an older version DST holds, is refused, naming both, and so is a newer one
 unless the source's signed rotations reach it, the same, in this sync. ``repin_root`` trusts ``--root`` instead, forgetting the versions
 seen: for a source whose keys were replaced out of band, without a signed rotation.
 Every sync runs the ``index.update`` checks (root chain, signatures, rollback, freeze,
@@ -184,9 +185,19 @@ async def sync_async(
 
 
 async def _first_sync_allowed(client: Client, src_url: str, dst_dir: Path, root: bytes | None) -> None:
-    """A first sync: refused, before DST is made, when the source publishes no signed index
-    (``_no_index``: a plain binary cache, as ``nix copy`` writes), without ``--root``
-    (``MirrorUsageError``) or with one that is no self-signed root."""
+    """A first sync: refused, before DST is made, when DST is a registry publishing its own
+    signed index, when the source publishes none (``_no_index``: a plain binary cache, as
+    ``nix copy`` writes), without ``--root`` (``MirrorUsageError``) or with one that is no
+    self-signed root."""
+    own = Path(dst_dir) / "index" / "root.json"
+    if own.exists():
+        # a publishing registry's root is what its clients pin: a sync would replace it
+        # (a swapped SRC and DST on a live registry destroyed its trust anchor)
+        raise MirrorUsageError(
+            f"{dst_dir} is a registry with its own signed index ({own}) and was never synced as a "
+            "mirror: a sync would replace its root and index, which its clients pin (are SRC and DST "
+            "swapped?); mirror into another directory"
+        )
     if await client.get("index/timestamp.json") is None:
         raise _no_index(client, src_url)
     if root is None:
@@ -221,17 +232,29 @@ def _given_root(state: ix.TrustState, given: ix.TrustState, dst_dir: Path, walke
     reach: another root of the root's version, or (``walked``: after the chain walk) a
     newer one than the source's rotations reach."""
     have, want = state.root["version"], given.root["version"]
-    if want < have or (want > have and not walked) or given.root_bytes == state.root_bytes:
-        return
 
     def sha(b: bytes) -> str:
         return hashlib.sha256(b).hexdigest()[:16] + "..."
 
-    which = (
-        f"another root of version {have} (sha256 {sha(state.root_bytes)}, given {sha(given.root_bytes)})"
-        if want == have
-        else f"root version {have}, the newest the source's signed rotations reach (given version {want})"
-    )
+    if want < have:
+        # an older root: the one pinned first (a cron line passes it every time), unless
+        # DST holds that version's root (mirrored from the source) and it is another
+        try:
+            held = (dst_dir / "index" / f"{want}.root.json").read_bytes()
+            same = ix.TrustState.pin(held).root == given.root  # (what is signed, not the spacing)
+        except (OSError, ix.IndexError_):
+            return
+        if same:
+            return
+        which = f"another root of version {want} (sha256 {sha(held)}, given {sha(given.root_bytes)})"
+    elif (want > have and not walked) or given.root_bytes == state.root_bytes:
+        return
+    else:
+        which = (
+            f"another root of version {have} (sha256 {sha(state.root_bytes)}, given {sha(given.root_bytes)})"
+            if want == have
+            else f"root version {have}, the newest the source's signed rotations reach (given version {want})"
+        )
     raise MirrorUsageError(
         f"--root: {dst_dir} trusts {which}: a mirror keeps the root it pinned and follows the "
         "source's signed rotations; if the source's keys were replaced out of band, pass "

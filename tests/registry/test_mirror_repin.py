@@ -44,6 +44,15 @@ def test_the_root_given_again_is_checked_and_a_new_one_needs_repin(tmp_path: Pat
     sync(url, dst, root=first.read_bytes())
     second = (reg / "index/2.root.json").read_bytes()
     sync(url, dst, root=second)  # the rotated root itself: fine
+    # a root of the older version that is not the source's (DST holds the source's
+    # index/1.root.json): refused, as a same-version one is (it was accepted silently)
+    foreign_reg = tmp_path / "foreign"
+    foreign_reg.mkdir()
+    publish_index(open_storage(foreign_reg), Keys(tmp_path, "kiln-test-4").sk)
+    with pytest.raises(MirrorUsageError, match=r"trusts another root of version 1 \(sha256 .* given "):
+        sync(url, dst, root=(foreign_reg / "index/root.json").read_bytes())
+    # the source's own first root, spaced otherwise (what is signed counts): fine
+    sync(url, dst, root=first.read_bytes().replace(b'{"', b'{ "', 1))
 
     # the source's index is made again with other keys, no signed rotation: version 1 again
     shutil.rmtree(reg / "index")
@@ -91,3 +100,21 @@ def test_a_root_newer_than_the_rotations_reach_is_refused(tmp_path: Path, keys, 
 def test_repin_needs_a_root() -> None:
     with pytest.raises(MirrorUsageError, match="--repin-root needs the root to trust"):
         sync("http://127.0.0.1:9", Path("/nonexistent"), repin_root=True)
+
+
+def test_a_first_sync_into_a_registry_with_its_own_index_is_refused(tmp_path: Path, keys) -> None:
+    """SRC and DST swapped on a live registry: the sync replaced DST's root (what its
+    clients pin) and index with the source's, exit 0. Now a usage error, DST untouched."""
+    src = _source(tmp_path, keys)
+    other = Keys(tmp_path, "kiln-test-5")
+    store = make_store(tmp_path / "store2")
+    live = tmp_path / "live"
+    push(store, add_chain(store, tmp_path / "x", 1), lambda: open_client(f"file://{live}", store_dir=store.store_dir), sign_key=other.sk)  # fmt: skip
+    publish_index(open_storage(live), other.sk)
+    before = {p: p.read_bytes() for p in (live / "index").iterdir() if p.is_file()}
+    cmd = [sys.executable, "-m", "kiln", "mirror", "sync", f"file://{src}", str(live)]
+    proc = subprocess.run([*cmd, "--root", str(src / "index/root.json")], capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stderr
+    assert "is a registry with its own signed index" in proc.stderr and "swapped" in proc.stderr, proc.stderr
+    assert {p: p.read_bytes() for p in (live / "index").iterdir() if p.is_file()} == before
+    assert not (live / ".kiln/mirror-state.json").exists()
