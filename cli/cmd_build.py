@@ -163,6 +163,9 @@ def _realise(
             _root(store, [t for t in targets if t.drv_path in done], args)
             raise
     _root(store, targets, args)
+    from .buildvalid import say_valid_before
+
+    say_valid_before(store, [p for p in outputs if p not in missing], args)
     if refused is not None:  # attestations refused (``buildglue``): the outputs stand, the command fails
         refused.targets = targets
         raise refused

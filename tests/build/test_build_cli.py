@@ -302,6 +302,38 @@ def test_a_build_of_a_valid_root_runs_the_hook_its_builder_left(store, graph, tm
     assert attestations.list(store, out) == ["provenance"] and not marker.exists()
 
 
+def test_a_sign_key_given_for_outputs_valid_already_is_said_not_silently_unused(store, graph, tmp_path):
+    """A release build with ``--sign-key`` of outputs built before (by the store's own key)
+    built nothing and signed nothing, exit 0 and not a word: the release shipped unsigned
+    by its key. The exit status stays 0; a warning names the outputs and the fix."""
+    a, ad = graph.drv("before", "echo before > $out")
+    out = ad.output_path()
+    assert kiln(store.root, "build", a).returncode == 0  # (the store's default key)
+    key = SecretKey.generate("release-1")
+    kf = tmp_path / "release.sec"
+    write_secret_key(kf, key)
+    r = kiln(store.root, "build", a, "--sign-key", str(kf))
+    assert r.returncode == 0 and r.stdout.strip() == out, r.stderr
+    assert f"did not sign them with release-1: {out}" in r.stderr and "kiln store sign" in r.stderr, r.stderr
+    assert not valid_signers(store.query(out), [key.public()])
+    # signed by that key already: nothing to say
+    assert kiln(store.root, "store", "sign", "--key", str(kf), out).returncode == 0
+    r = kiln(store.root, "build", a, "--sign-key", str(kf))
+    assert r.returncode == 0 and "warning" not in r.stderr, r.stderr
+
+
+def test_require_clean_on_outputs_valid_already_says_their_provenance_is_older(store, tmp_path):
+    """--require-clean vouches for this commit's provenance; outputs built before are not
+    built again, so their provenance may name another commit: said, not silent."""
+    repo = _recipe_repo(tmp_path)
+    out = kiln(store.root, "path", str(repo / "x.recipe"), "x").stdout.strip()
+    (tmp_path / "built-before").write_text("\n")  # (as an earlier build of x made it)
+    store.register_built(out, tmp_path / "built-before", [], None)
+    r = kiln(store.root, "build", "--require-clean", str(repo / "x.recipe"), "x")
+    assert r.returncode == 0 and r.stdout.strip() == out, r.stderr
+    assert "--require-clean: 1 output(s) were valid already" in r.stderr, r.stderr
+
+
 def test_a_relative_physical_drv_path_builds(store, graph):
     a, ad = graph.drv("rel", "echo rel > $out")
     # (from inside the store dir: ``python -m`` would take the root's kiln/ for the package)
