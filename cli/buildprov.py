@@ -56,6 +56,7 @@ class ProvenanceHook:
         check_recordable(self.recipe_file)
         self.invocation_id = self.invocation_id or str(uuid.uuid4())
         self._cache: DependencyCache | None = None  # (``_cache_of``)
+        self._dep_attrs: dict[str, str] | None = None  # (``_attribute_of``)
         self.key_name: str
         self.signer: Signer
         if isinstance(self.key, tuple):
@@ -98,7 +99,7 @@ class ProvenanceHook:
                 [self.signer],
                 info=info,
                 recipe_file=self.recipe_file,
-                attribute=self.attrs_by_drv.get(drv_path, drv.name),
+                attribute=self._attribute_of(drv_path, get),
                 parameters={"output": name, "drv": drv_path},
                 git_commit=self.git_commit,
                 git_dirty=self.git_dirty,
@@ -110,6 +111,28 @@ class ProvenanceHook:
                 started_on=started,
                 finished_on=finished,
             )
+
+    def _attribute_of(self, drv_path: str, get: Callable[[str], Derivation]) -> str:
+        """The attribute whose evaluation gave ``drv_path``: the requested one itself, or
+        for a dependency built on the way, the first requested attribute (in the order
+        given) whose derivation closure holds it; ``parameters.drv`` says which. Before, a
+        dependency recorded its derivation's name (``glibc-runtime``), which evaluates to
+        nothing: an auditor re-deriving the path from ``recipeFile`` and ``attribute``
+        could not."""
+        if drv_path in self.attrs_by_drv:
+            return self.attrs_by_drv[drv_path]
+        if self._dep_attrs is None:
+            self._dep_attrs = {}
+            for target, attr in self.attrs_by_drv.items():
+                todo = [target]
+                while todo:
+                    d = todo.pop()
+                    for dep, _outs in get(d).input_drvs:
+                        if dep not in self._dep_attrs and dep not in self.attrs_by_drv:
+                            self._dep_attrs[dep] = attr
+                            todo.append(dep)
+        # (not below any target: a .drv built directly, as given)
+        return self._dep_attrs.get(drv_path, "")
 
     def _cache_of(self, store: LocalStore, get: Callable[[str], Derivation]) -> DependencyCache:
         """The ``depscache.DependencyCache`` this hook keeps across builds for ``store`` (a

@@ -119,6 +119,24 @@ def test_provenance_lists_the_inputs_with_digests(store, graph):
     )
 
 
+def test_a_dependency_s_provenance_names_the_attribute_built_and_its_own_drv(store, graph):
+    """A dependency built on the way recorded its derivation's name as the attribute
+    (``glibc-runtime``, which the recipe does not define): an auditor re-deriving it from
+    ``recipeFile`` and ``attribute`` could not. It names the requested attribute whose
+    closure holds it; ``parameters.drv`` says which derivation."""
+    dep, dd = graph.drv("dep-part", "echo dep > $out")
+    top, td = graph.drv("top", "cat $in0 > $out", [dep])
+    r = kiln(store.root, "build", top)
+    assert r.returncode == 0, r.stderr
+
+    def ext(d) -> dict:  # noqa: ANN001
+        st = json.loads(attestations.read(store, d.output_path(), "provenance").payload)
+        return st["predicate"]["buildDefinition"]["externalParameters"]
+
+    assert ext(td)["attribute"] == "top" and ext(td)["parameters"]["drv"] == top
+    assert ext(dd)["attribute"] == "top" and ext(dd)["parameters"]["drv"] == dep
+
+
 def test_check_rounds_makes_every_round(store, graph):
     """``--check --rounds N`` compared once, silently ignoring N."""
     a, _ = graph.drv("same", "echo same > $out")
