@@ -39,6 +39,7 @@ class DirClient(Client):
         self.src = DirSource(path, store_dir=store_dir, create=create)
         self.url = self.src.storage.url
         self.store_dir = self.src.store_dir
+        self.changed = False  # a narinfo or attestation published or changed (``publish_index``)
         storage = self.src.storage
         # a writer (push, copy): what killed writers left goes, as a server's start does
         # (only a directory has temp files to sweep: ``FileStorage.sweep_temp``)
@@ -105,6 +106,7 @@ class DirClient(Client):
             status, msg = admit(self.src.storage, self.store_dir, arg, att_kind, data, None)
             if status >= 400:
                 raise RegistryError(msg, status)
+            self.changed = self.changed or status == 201
             return status
         if kind != "narinfo":
             self.src.storage.put_bytes(key, data)
@@ -129,7 +131,27 @@ class DirClient(Client):
         status, msg = self.src.publish_narinfo(arg, info, data)
         if status >= 400:
             raise RegistryError(msg, status)
+        self.changed = self.changed or msg != "already published"
         return status
+
+    async def publish_index(self) -> str | None:
+        """A directory's index is signed by ``kiln registry publish-index --key``: there is
+        no index key here. When the directory publishes a signed index and this client
+        changed a narinfo or attestation, that index no longer matches them (mirrors and
+        ``--index-root`` copies refuse the changed ones): said on stderr, with the command.
+        Returns None (nothing published)."""
+        if self.changed and self.src.storage.read("index/timestamp.json") is not None:
+            import shlex
+            import sys
+
+            where = shlex.quote(str(getattr(self.src.storage, "root", self.url)))
+            print(
+                f"warning: {self.url} publishes a signed index, which does not list what this command "
+                f"changed there (mirrors and --index-root copies refuse it until it does): run kiln "
+                f"registry publish-index --dir {where} --key INDEX-KEY",
+                file=sys.stderr,
+            )
+        return None
 
     async def upload_batch(self, frames: list[tuple[str, bytes, Path | None]]) -> list[dict[str, Any]] | None:
         """Publish (hash part, narinfo, optional NAR file) frames together; the per-path
@@ -163,6 +185,7 @@ class DirClient(Client):
                 return check_narinfo(text, self.store_dir, [], 0, hash_part)
 
             results = self.src.commit_batch(entries, admit)
+        self.changed = self.changed or any(st < 400 and msg != "already published" for st, msg in results)
         return [
             {"hash": e.hash_part, "status": st, "message": msg}
             for e, (st, msg) in zip(entries, results, strict=True)
