@@ -169,6 +169,30 @@ def staged_many(storage: Storage, files: Sequence[tuple[str, str, bytes]]) -> It
         yield lambda: _rename(storage, placed)
 
 
+@contextlib.contextmanager
+def staged_files(storage: Storage, files: Sequence[tuple[str, bytes]]) -> Iterator[Callable[[], None]]:
+    """``(key, data)`` files staged on entry (each in a temp file; an error, such as a full
+    file system, while staging leaves nothing placed); the ``place()`` yielded renames them
+    over their keys, to be called only after a barrier that began after entry. What is
+    not placed by exit is removed. Other storage: written at ``place()``."""
+    if not isinstance(storage, FileStorage):
+
+        def put() -> None:
+            for key, data in files:
+                storage.put_bytes(key, data, durable=False)
+
+        yield put
+        return
+    with contextlib.ExitStack() as stack:
+        placed = []
+        for key, data in files:
+            f, _ = stack.enter_context(storage.staged())
+            f.write(data)
+            f.close()  # flushed; made durable by the caller's barrier
+            placed.append((f, key))
+        yield lambda: _rename(storage, placed)
+
+
 def _put_each(storage: Storage, files: Sequence[tuple[str, str, bytes]]) -> None:
     for h, kind, data in files:
         storage.put_bytes(layout.att_key(h, kind), data)

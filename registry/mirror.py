@@ -3,7 +3,7 @@
 Trust: the mirror pins the source's root metadata (``--root FILE`` on the first sync,
 then ``DST/.kiln/mirror-state.json``, which also remembers the highest timestamp and
 snapshot versions seen, and the source and time of the last good sync: ``state_record``).
-A later ``--root`` is checked against the root DST trusts (``_given_root``): the same
+A later ``--root`` is checked against the root DST trusts (``mirrorroots.given_root``): the same
 root, or an older version (the one pinned first, as a cron line passes it every time) that
 is the one DST holds of that version (or that DST does not hold), is fine; another root of
 the same version, or another of an older version DST holds, is refused, naming both, and so is a newer one
@@ -70,7 +70,6 @@ source prunes them (``indexprune``); paths the source no longer lists are counte
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import os
 import sys
@@ -79,12 +78,12 @@ from pathlib import Path
 from typing import Any
 
 from kiln.store import narinfo as ni
-from kiln.store.errors import KilnError, redact_urls
+from kiln.store.errors import redact_urls
 from kiln.store.signing import PublicKey
 
 from . import index as ix
 from . import indexprune, layout, mirrorplan, mirrorprune
-from .attest_batch import staged_many
+from .attest_batch import staged_files, staged_many
 from .attest_wire import fetch_indexed
 from .backends import DirSource
 from .client import Client, open_client
@@ -94,25 +93,19 @@ from .mirrorchecks import false_cas, held_and_fetched
 from .mirrorfetch import fetch_objects
 from .mirrorobjects import judge_all
 from .mirrorprune import PruneReport
+from .mirrorroots import (
+    MirrorError,
+    MirrorUsageError,
+    first_sync_allowed,
+    given_root,
+    no_index,
+    trusted_state,
+)
 from .retryable import retryable
 from .storage import FileStorage
 from .verify import nar_file_hash
 
 STATE_KEY = ".kiln/mirror-state.json"
-
-
-class MirrorError(KilnError):
-    """A sync could not complete; the mirror kept its previous state. ``transient``:
-    every path that failed did so for a temporary reason (``retryable``: the source
-    unreachable, 5xx, timeouts), so a later sync may well succeed."""
-
-    def __init__(self, msg: str, transient: bool = False) -> None:
-        super().__init__(msg)
-        self.transient = transient
-
-
-class MirrorUsageError(MirrorError):
-    """The sync was not given what it needs to start (a first sync without ``--root``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,7 +164,7 @@ async def sync_async(
     async with open_client(src_url, token, jobs=jobs, create=False) as client:  # token: a --private source
         info = await client.cache_info()
         if not (Path(dst_dir) / STATE_KEY).is_file():  # a first sync: refused before DST is made
-            await _first_sync_allowed(client, src_url, dst_dir, o.root)
+            await first_sync_allowed(client, src_url, dst_dir, o.root)
         dst = DirSource(dst_dir, store_dir=info.get("StoreDir") or None)
 
         def waiting() -> None:
@@ -184,113 +177,20 @@ async def sync_async(
             return await _sync_locked(client, src_url, dst, dst_dir, o)
 
 
-async def _first_sync_allowed(client: Client, src_url: str, dst_dir: Path, root: bytes | None) -> None:
-    """A first sync: refused, before DST is made, when DST is a registry publishing its own
-    signed index, when the source publishes none (``_no_index``: a plain binary cache, as
-    ``nix copy`` writes), without ``--root`` (``MirrorUsageError``) or with one that is no
-    self-signed root."""
-    own = Path(dst_dir) / "index" / "root.json"
-    if own.exists():
-        # a publishing registry's root is what its clients pin: a sync would replace it
-        # (a swapped SRC and DST on a live registry destroyed its trust anchor)
-        raise MirrorUsageError(
-            f"{dst_dir} is a registry with its own signed index ({own}) and was never synced as a "
-            "mirror: a sync would replace its root and index, which its clients pin (are SRC and DST "
-            "swapped?); mirror into another directory"
-        )
-    if await client.get("index/timestamp.json") is None:
-        raise _no_index(client, src_url)
-    if root is None:
-        raise MirrorUsageError(
-            f"first sync into {dst_dir}: pass the source's pinned root metadata with --root FILE"
-        )
-    ix.TrustState.pin(root)
-
-
-def _trusted_state(prev: bytes | None, o: _Options, dst_dir: Path) -> ix.TrustState:
-    """The trust state this sync starts from: DST's (``prev``), with a ``--root`` given
-    again checked against it (``_given_root``), or ``o.root`` pinned afresh on a first
-    sync or a re-pin."""
-    if o.root is None:
-        if prev is None:
-            raise MirrorUsageError(
-                f"first sync into {dst_dir}: pass the source's pinned root metadata with --root FILE"
-            )
-        return ix.TrustState.from_json(prev)
-    given = ix.TrustState.pin(o.root)
-    if prev is None or o.repin_root:
-        if prev is not None:
-            print(f"note: {dst_dir} re-pinned to the given root; versions seen forgotten", file=sys.stderr)
-        return given
-    state = ix.TrustState.from_json(prev)
-    _given_root(state, given, dst_dir, walked=False)
-    return state
-
-
-def _given_root(state: ix.TrustState, given: ix.TrustState, dst_dir: Path, walked: bool) -> None:
-    """``MirrorUsageError`` if ``--root`` (``given``) is not a root DST trusts or may
-    reach: another root of the root's version, or (``walked``: after the chain walk) a
-    newer one than the source's rotations reach."""
-    have, want = state.root["version"], given.root["version"]
-
-    def sha(b: bytes) -> str:
-        return hashlib.sha256(b).hexdigest()[:16] + "..."
-
-    if want < have:
-        # an older root: the one pinned first (a cron line passes it every time), unless
-        # DST holds that version's root (mirrored from the source) and it is another
-        try:
-            held = (dst_dir / "index" / f"{want}.root.json").read_bytes()
-            same = ix.TrustState.pin(held).root == given.root  # (what is signed, not the spacing)
-        except (OSError, ix.IndexError_):
-            return
-        if same:
-            return
-        which = f"another root of version {want} (sha256 {sha(held)}, given {sha(given.root_bytes)})"
-    elif (want > have and not walked) or given.root_bytes == state.root_bytes:
-        return
-    else:
-        which = (
-            f"another root of version {have} (sha256 {sha(state.root_bytes)}, given {sha(given.root_bytes)})"
-            if want == have
-            else f"root version {have}, the newest the source's signed rotations reach (given version {want})"
-        )
-    raise MirrorUsageError(
-        f"--root: {dst_dir} trusts {which}: a mirror keeps the root it pinned and follows the "
-        "source's signed rotations; if the source's keys were replaced out of band, pass "
-        "--repin-root to trust the given root instead"
-    )
-
-
-def _no_index(client: Client, src_url: str) -> ix.NoIndex:
-    """Why a source without a signed index cannot be mirrored, and what to use instead."""
-    elsewhere = getattr(client, "missed_at", {}).get("index/timestamp.json")
-    if elsewhere is not None:
-        return ix.NoIndex(
-            f"the source redirects index/timestamp.json to {elsewhere}, which answers that it has "
-            "no such file (is the redirect target a copy of the registry?)"
-        )
-    return ix.NoIndex(
-        f"the source publishes no index (no signed index/timestamp.json at {src_url}): it is a plain binary "
-        "cache (one written by nix copy, say), which kiln mirror sync cannot verify; copy paths from it "
-        f"with kiln copy --from {src_url} --to DST --trusted-key KEY PATH... (DST a registry or 'store')"
-    )
-
-
 async def _sync_locked(
     client: Client, src_url: str, dst: DirSource, dst_dir: Path, o: _Options
 ) -> SyncReport:
     """The sync proper (see the module docstring), run holding DST's mirror lock."""
     if isinstance(dst.storage, FileStorage):
         dst.storage.sweep_temp()  # blobs a killed sync (or server) was writing
-    state = _trusted_state(dst.storage.read(STATE_KEY), o, dst_dir)
+    state = trusted_state(dst.storage.read(STATE_KEY), o.root, o.repin_root, dst_dir)
     rec = None if o.full else mirrorplan.load_record(dst.storage)
     try:
         meta = await mirrorplan.update(client.get, state, dst.storage, rec, o.full)
     except ix.NoIndex as e:
-        raise _no_index(client, src_url) from e
+        raise no_index(client, src_url) from e
     if o.root is not None and not o.repin_root:
-        _given_root(state, ix.TrustState.pin(o.root), dst_dir, walked=True)
+        given_root(state, ix.TrustState.pin(o.root), dst_dir, walked=True)
     # (a key dropped since the last sync: every narinfo DST holds is checked again)
     recheck = mirrorplan.must_recheck(rec, o.trusted)
     plan = mirrorplan.plan(dst.storage, meta, rec, o.full or recheck)
@@ -346,21 +246,27 @@ async def _sync_locked(
             f"index:\n{lines}{more}",
             transient=failed.keys() <= flaky,
         )
-    # Durability in three barriers instead of an fsync per file: blobs, then the
-    # narinfos that point at them, then the index that lists them.
-    # (the attestations and their new listings are staged first, so the first barrier
-    # makes them durable too; renamed into place after it: ``attest_batch.staged_many``)
+    # Everything to publish is staged before anything is placed: a file system that fills
+    # up (or any error) while it is written then publishes nothing, where before the
+    # narinfos written by then stayed published without the index that lists them.
+    # Then renames, with barriers instead of an fsync per file: the staged bytes (and
+    # blobs), then the narinfos that point at the blobs, then the index that lists them.
+    # (The attestations and their new listings: ``attest_batch.staged_many``.)
     files = [(h, kind, data) for h, kinds in atts.items() for kind, data in kinds.items()]
-    with staged_many(dst.storage, files) as place_attestations:
+    narinfos = [(layout.narinfo_key(h), texts[h].encode()) for h in fetched]
+    index_files = [(key, data) for key, data in meta.files if dst.storage.read(key) != data]
+    index_files.append((STATE_KEY, state_record(state, src_url)))  # (timestamp.json, then this: last)
+    with (
+        staged_many(dst.storage, files) as place_attestations,
+        staged_files(dst.storage, narinfos) as place_narinfos,
+        staged_files(dst.storage, index_files) as place_index,
+    ):
         await loop.run_in_executor(None, dst.storage.barrier)
-        for h in fetched:
-            dst.storage.put_bytes(layout.narinfo_key(h), texts[h].encode(), durable=False)
+        place_narinfos()
         place_attestations()
-    await loop.run_in_executor(None, dst.storage.barrier)
-    for key, data in meta.files:
-        if dst.storage.read(key) != data:
-            dst.storage.put_bytes(key, data, durable=key == "index/timestamp.json")
-    dst.storage.put_bytes(STATE_KEY, state_record(state, src_url))
+        await loop.run_in_executor(None, dst.storage.barrier)
+        place_index()
+        await loop.run_in_executor(None, dst.storage.barrier)
 
     def listed() -> dict[str, Any]:  # the new index's path table
         if plan.paths is not None:
