@@ -315,6 +315,19 @@ def cmd_serve(argv: list[str]) -> int:
     src = server.open_source(
         store=args.store, directory=args.dir, sign_key=sign_key, store_dir=args.store_dir
     )
+    from kiln.registry.backends import DirSource
+
+    if index_key is not None and isinstance(src, DirSource):
+        from kiln.registry.publish import index_key_problem
+
+        # (it started, served, and refused every push's publish only then, 400 to the
+        # pusher, the paths published but unlisted: after a rotate-root, say)
+        problem = index_key_problem(src.storage, index_key)
+        if problem is not None:
+            raise KilnError(
+                f"--index-key: {problem}: it cannot sign this registry's index (after kiln registry "
+                "rotate-root, start the server with the new key)"
+            )
     from kiln.registry.foreigncache import unserved_note
 
     note = unserved_note(src)  # (a cache Nix wrote with xz: said once, not per request)

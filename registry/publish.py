@@ -205,6 +205,20 @@ def renew_root(storage: Storage, root: dict[str, Any], key: SecretKey, now: dt.d
     return new
 
 
+def index_key_problem(storage: Storage, key: SecretKey) -> str | None:
+    """Why ``key`` cannot sign this registry's index (its current root does not name it for
+    every role: the root was rotated to another key by ``kiln registry rotate-root``), or
+    None (it can, or the registry has no root yet: the first publish makes one with it)."""
+    root = load_signed(storage, "index/root.json")
+    if root is None:
+        return None
+    kid = ix.key_id(key.public())
+    roles = [r for r in ("timestamp", "snapshot", "index") if kid not in root["roles"][r]["keyids"]]
+    if not roles:
+        return None
+    return f"key {key.name} is not a {'/'.join(roles)} key of this registry's root v{root['version']}"
+
+
 def _publish_index(
     storage: Storage,
     key: SecretKey,
@@ -228,10 +242,9 @@ def _publish_index(
     # first: a directory that cannot be indexed gets no root
     col = indexscan.collect(storage, prev_paths, prev_sha, full=full)
     root = renew_root(storage, init_root(storage, key, now), key, now)
-    kid = ix.key_id(key.public())
-    for role in ("timestamp", "snapshot", "index"):
-        if kid not in root["roles"][role]["keyids"]:
-            raise KilnError(f"key {key.name} is not a {role} key of this registry's root v{root['version']}")
+    problem = index_key_problem(storage, key)
+    if problem is not None:
+        raise KilnError(problem)
     info = storage.read(CACHE_INFO)
     store_dir = cache_info_of(info, "the registry").get("StoreDir", "") if info else ""
     pub = indexbuild.build_metadata(

@@ -184,3 +184,20 @@ def test_registry_init_checks_its_arguments(tmp_path: Path) -> None:
     assert not (tmp_path / "reg" / "nix-cache-info").exists()
     r = kiln("registry", "init", "--dir", "")
     assert r.returncode == 2 and "expected a value" in r.stderr, r.stderr
+
+
+def test_serve_with_an_index_key_the_root_no_longer_names_is_refused(tmp_path: Path) -> None:
+    """After kiln registry rotate-root, a server restarted with the old --index-key started
+    and said nothing; each push then failed to publish (HTTP 400 to the pusher) with its
+    paths published but not in the index, and healthz said ok."""
+    reg, old, new = tmp_path / "reg", tmp_path / "idx-1", tmp_path / "idx-2"
+    for name, f in (("idx-1", old), ("idx-2", new)):
+        assert kiln("key", "generate", name, "--out", str(f)).returncode == 0
+    assert kiln("registry", "init", "--dir", str(reg)).returncode == 0
+    assert kiln("registry", "publish-index", "--dir", str(reg), "--key", str(old)).returncode == 0
+    r = kiln("registry", "rotate-root", "--dir", str(reg), "--old-key", str(old), "--new-key", str(new))
+    assert r.returncode == 0, r.stderr
+    r = kiln("serve", "--dir", str(reg), "--index-key", str(old), "--listen", "127.0.0.1:0")
+    assert r.returncode == 1, r.stderr
+    assert "--index-key: key idx-1 is not a timestamp/snapshot/index key of this registry's root v2" in r.stderr
+    assert "start the server with the new key" in r.stderr
