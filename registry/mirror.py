@@ -70,6 +70,7 @@ source prunes them (``indexprune``); paths the source no longer lists are counte
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 import sys
@@ -218,12 +219,15 @@ async def _sync_locked(
             if v.replace or _hp(i.path) in held:
                 repairs.add(hx)
     outcome = await fetch_objects(client, dst, need, replace, o.jobs, o.progress) if need else {}
+    full: set[str] = set()  # of ``failed``: the object could not be written, DST's disk full
     for i in infos:
         r = outcome.get(nar_file_hash(i).hex)
         if r is None or i.path in failed:
             continue
         if isinstance(r, BaseException):
             failed[i.path] = str(r)
+            if isinstance(r, OSError) and r.errno == errno.ENOSPC:
+                full.add(i.path)
             if retryable(r):
                 flaky.add(i.path)
         elif r != i.file_size:  # (another narinfo naming the same object fetched it)
@@ -241,9 +245,10 @@ async def _sync_locked(
     if failed:
         lines = "\n".join(f"  {p}: {why}" for p, why in sorted(failed.items())[:20])
         more = f"\n  ... and {len(failed) - 20} more" if len(failed) > 20 else ""
+        head = _disk_full(dst_dir, len(full)) + "\n" if full else ""
         raise MirrorError(
             f"mirror sync from {src_url} failed for {len(failed)} path(s); the mirror keeps its previous "
-            f"index:\n{lines}{more}",
+            f"index:\n{head}{lines}{more}",
             transient=failed.keys() <= flaky,
         )
     # Everything to publish is staged before anything is placed: a file system that fills
@@ -256,17 +261,14 @@ async def _sync_locked(
     narinfos = [(layout.narinfo_key(h), texts[h].encode()) for h in fetched]
     index_files = [(key, data) for key, data in meta.files if dst.storage.read(key) != data]
     index_files.append((STATE_KEY, state_record(state, src_url)))  # (timestamp.json, then this: last)
-    with (
-        staged_many(dst.storage, files) as place_attestations,
-        staged_files(dst.storage, narinfos) as place_narinfos,
-        staged_files(dst.storage, index_files) as place_index,
-    ):
-        await loop.run_in_executor(None, dst.storage.barrier)
-        place_narinfos()
-        place_attestations()
-        await loop.run_in_executor(None, dst.storage.barrier)
-        place_index()
-        await loop.run_in_executor(None, dst.storage.barrier)
+    try:
+        await _publish(dst, files, narinfos, index_files)
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        raise MirrorError(
+            f"mirror sync from {src_url}: the mirror keeps its previous index; {_disk_full(dst_dir, 0)}"
+        ) from None
 
     def listed() -> dict[str, Any]:  # the new index's path table
         if plan.paths is not None:
@@ -282,7 +284,16 @@ async def _sync_locked(
     else:  # (counted in the scan of DST a plan made, or remembered, or by a listing)
         stale = plan.stale if plan.stale is not None else mirrorprune.stale(dst.storage, listed().keys())
     written = set(fetched) | set(atts)
-    mirrorplan.finish(dst.storage, meta, plan, written, state.root["version"], stale, o.trusted)
+    try:
+        mirrorplan.finish(dst.storage, meta, plan, written, state.root["version"], stale, o.trusted)
+    except OSError as e:  # (published: what is lost is a cache, keyed by the index it describes)
+        if e.errno != errno.ENOSPC:
+            raise
+        print(
+            f"warning: the file system holding {dst_dir} is full: the sync published, but its plan "
+            "records were not saved (the next sync reads every narinfo again)",
+            file=sys.stderr,
+        )
     indexprune.prune(dst.storage, state.snapshot_version)
     got = [r for r in outcome.values() if isinstance(r, int)]
     return SyncReport(
@@ -296,6 +307,43 @@ async def _sync_locked(
         len([hx for hx in repairs if isinstance(outcome.get(hx), int)]),
         stale,
         pruned,
+    )
+
+
+async def _publish(
+    dst: DirSource,
+    files: list[tuple[str, str, bytes]],
+    narinfos: list[tuple[str, bytes]],
+    index_files: list[tuple[str, bytes]],
+) -> None:
+    """Stage the attestations ``files``, the ``narinfos`` and the ``index_files`` (``(key,
+    data)``), then rename them into place in that order, with barriers between."""
+    loop = asyncio.get_running_loop()
+    with (
+        staged_many(dst.storage, files) as place_attestations,
+        staged_files(dst.storage, narinfos) as place_narinfos,
+        staged_files(dst.storage, index_files) as place_index,
+    ):
+        await loop.run_in_executor(None, dst.storage.barrier)
+        place_narinfos()
+        place_attestations()
+        await loop.run_in_executor(None, dst.storage.barrier)
+        place_index()
+        await loop.run_in_executor(None, dst.storage.barrier)
+
+
+def _disk_full(dst_dir: Path, objects: int) -> str:
+    """What to say when the file system holding DST filled up (``objects``: how many
+    objects could not be written, each named below by its path)."""
+    try:
+        st = os.statvfs(dst_dir)
+        free = f"{st.f_bavail * st.f_frsize} bytes free"
+    except OSError:
+        free = "free space unknown"
+    what = f"{objects} object(s) could not be written there: " if objects else ""
+    return (
+        f"the file system holding {dst_dir} is full ({free}); {what}make room and sync again (what was "
+        "fetched and verified stays, so the sync resumes)"
     )
 
 
