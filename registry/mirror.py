@@ -194,6 +194,8 @@ async def _sync_locked(
         given_root(state, ix.TrustState.pin(o.root), dst_dir, walked=True)
     # (a key dropped since the last sync: every narinfo DST holds is checked again)
     recheck = mirrorplan.must_recheck(rec, o.trusted)
+    if (note := mirrorplan.fewer_keys(rec, o.trusted)) is not None:
+        print(f"note: {dst_dir}: {note}", file=sys.stderr)
     plan = mirrorplan.plan(dst.storage, meta, rec, o.full or recheck)
     paths: dict[str, dict] = plan.paths or {}
     failed: dict[str, str] = {}

@@ -105,6 +105,20 @@ def must_recheck(rec: dict[str, Any] | None, trusted: Iterable[PublicKey]) -> bo
     return not isinstance(was, list) or not was or not set(was) <= now
 
 
+def fewer_keys(rec: dict[str, Any] | None, trusted: Iterable[PublicKey]) -> str | None:
+    """What to say when this sync trusts none of the keys the last successful sync
+    (``rec``) required signatures by: a cron line that lost its ``--trusted-key`` then
+    published unsigned paths without a word (documented, but silent). None otherwise."""
+    was = rec.get("trusted") if rec is not None else None
+    if not isinstance(was, list) or not was or trusted:
+        return None
+    names = ", ".join(sorted(str(k).split(":", 1)[0] for k in was))
+    return (
+        f"this sync requires no signature (no --trusted-key), where the last one required one by "
+        f"{names}: narinfos are published unsigned if the source serves them so"
+    )
+
+
 async def update(
     fetch: Any, state: ix.TrustState, storage: Storage, rec: dict[str, Any] | None, full: bool = False
 ) -> Metadata:

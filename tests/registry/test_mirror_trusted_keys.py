@@ -117,3 +117,20 @@ def test_a_held_narinfo_signed_by_the_new_key_is_kept(source, keys, other_keys, 
     assert rep.narinfos_fetched == 2 and rep.blobs_fetched == 0
     rep = sync(url, dst, trusted=[new.pk])  # checked under the new key: nothing to do
     assert (rep.narinfos_fetched, rep.blobs_fetched) == (0, 0)
+
+
+def test_a_sync_that_lost_its_trusted_keys_says_so(source, keys, tmp_path) -> None:
+    """A cron line that lost ``--trusted-key`` published unsigned paths with not a word."""
+    _store, _paths, reg, url = source
+    dst = tmp_path / "mirror"
+    root = str(reg / "index/root.json")
+    r = _cli(url, str(dst), "--root", root, "--trusted-key", str(keys.pk_file))
+    assert r.returncode == 0 and "note:" not in r.stderr, r.stderr
+    r = _cli(url, str(dst), "--root", root)
+    assert r.returncode == 0, r.stderr
+    assert (
+        f"this sync requires no signature (no --trusted-key), where the last one required one by {keys.sk.name}"
+        in r.stderr
+    )
+    r = _cli(url, str(dst), "--root", root)  # said once: the last sync required none
+    assert r.returncode == 0 and "note:" not in r.stderr, r.stderr
