@@ -8,7 +8,8 @@ keeps it cheap). This is the operator's check, like ``kiln store verify`` for a 
 For every published narinfo (``<hash>.narinfo``): it must parse for this registry's
 StoreDir and name its own hash part (and, with ``trusted`` keys, carry ``sigs_needed``
 valid signatures); its compressed NAR (``blobs/sha256:<hex>`` and/or
-``nar/<nix32>.nar.zst``; at least one must exist) must hash to FileHash at FileSize and
+``nar/<nix32>.nar.zst``, the URL: without it a static server answers 404, a problem
+reported but not deleted; at least one must exist) must hash to FileHash at FileSize and
 decompress to NarHash at NarSize, reading no further than the largest sizes claimed.
 An object is read once however many narinfos name it (``blobs/`` and ``nar/`` are hard
 links when kiln wrote them) and its digests are compared with *each* narinfo's claims.
@@ -281,6 +282,18 @@ def _verify(
         if not present:
             for key, info in named:
                 problems.setdefault(key, []).append(Problem(info.path, f"its compressed NAR {fh} is missing"))
+        elif layout.nar_key(fh) not in present:
+            # kiln serve answers the URL from blobs/, but a static server (nginx, a file://
+            # copy) and Nix clients fetch the URL itself: a 404 there (reported, not deleted)
+            for key, info in named:
+                problems.setdefault(key, []).append(
+                    Problem(
+                        info.path,
+                        f"its URL {layout.nar_key(fh)} is missing (only {present[0]} is there: a static "
+                        f"server answers 404); link it again, in the registry directory: ln {present[0]} {layout.nar_key(fh)}",
+                        False,
+                    )
+                )
         checks += [(group, named) for group in _same_file(src, present)]
     bar = Progress("verify", len(checks), enabled=progress)
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=jobs or os.cpu_count() or 1)

@@ -196,3 +196,20 @@ def test_an_object_cut_at_a_block_boundary_is_a_problem(pushed) -> None:
     rc, doc = _verify(reg)
     assert rc == 1 and {p["path"] for p in doc["problems"]} == {leaf}, doc
     assert all("truncated" in p["problem"] for p in doc["problems"]), doc
+
+
+def test_a_missing_url_is_reported_not_deleted(pushed) -> None:
+    """kiln serve answers a narinfo's URL from blobs/, but nginx (or Nix reading the
+    directory) fetches nar/<nix32>.nar.zst itself: with only the blobs/ link left, verify
+    said 0 problems while a static server answered 404."""
+    store, chain, leaf, reg, tok, srv = pushed
+    info = ni.parse((reg / layout.narinfo_key(leaf.rsplit("/", 1)[1][:32])).read_text(), store.store_dir)
+    (reg / info.url).unlink()
+    rc, doc = _verify(reg, "--delete-bad")
+    assert rc == 1 and [p["path"] for p in doc["problems"]] == [leaf], doc
+    assert f"its URL {info.url} is missing" in doc["problems"][0]["problem"]
+    assert doc["removed"] == []  # (the content is sound: relinking fixes it)
+    blob = layout.blob_key(info.file_hash)
+    assert f"ln {blob} {info.url}" in doc["problems"][0]["problem"]
+    (reg / info.url).hardlink_to(reg / blob)
+    assert _verify(reg)[0] == 0
