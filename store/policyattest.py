@@ -60,7 +60,19 @@ def verify_envelope(
     cands = {dsse.keyid(k.key): k for k in unique_keys([*keys, *(r.key for r in policy.revoked)])}
     signed = [cands[kid] for kid in dsse.signers(env, {kid: k.key for kid, k in cands.items()})]
     if not signed:
-        return f"no valid signature by a trusted key ({len(env.signatures)} signature(s) present)", None, []
+        found = [
+            f"{cands[sg.keyid].name} (a trusted key's keyid, but the signature does not verify: changed "
+            "after signing, or forged)"
+            if sg.keyid in cands
+            else f"keyid {sg.keyid[:16] or '(none)'} (not a trusted key)"
+            for sg in env.signatures
+        ]
+        return (
+            f"no valid signature by a trusted key ({len(env.signatures)} signature(s) present: "
+            f"{', '.join(found) or 'none'})",
+            None,
+            [],
+        )
     for k in signed:
         r = policy.revocation(k.key)
         if r is not None and r.compromised:

@@ -32,7 +32,7 @@ from .policyalarm import compromised_path_signer, compromised_signer
 from .policyattest import CLOCK_SKEW, one_line, unique_keys, verify_envelope
 from .policyprov import provenance_checks
 from .provsummary import ProvenanceSummary
-from .signing import PublicKey, valid_signers
+from .signing import PublicKey, present_signers, valid_signers
 from .vsainputs import compare, digests
 
 __all__ = ["CLOCK_SKEW", "run_checks"]  # (CLOCK_SKEW: what registry.attest_rules imports from here)
@@ -130,7 +130,7 @@ def _path_signatures(info: PathInfo, policy: Policy) -> Check:
         "signatures",
         False,
         f"{len(good)} valid signature(s) by distinct trusted keys ({names}), need {need}; "
-        f"{present} signature(s) present{extra}",
+        f"{present} signature(s) present: {present_signers(info, policy.signing)}{extra}",
     )
 
 

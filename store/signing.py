@@ -221,3 +221,24 @@ def key_text_hint(text: object) -> str:
             return "a secret key or part of one (not shown; give its public half, see 'kiln key public')"
         return repr(text) if len(text) <= 80 else repr(text[:40] + "...")
     return repr(text)
+
+
+def present_signers(info: PathInfo, trusted: Iterable[PublicKey]) -> str:
+    """The signatures ``info`` carries, by key name, each with why it counts or not for
+    ``trusted``: ``"rel-1 (valid), dev-1 (not a trusted key)"``; a signature under a
+    trusted key's name that does not verify says so (the narinfo changed after it was
+    signed, or the signature is forged); ``"none"`` without signatures. For failure
+    messages: "1 signature present" did not say whose."""
+    trusted = list(trusted)
+    good, names = valid_signers(info, trusted), {k.name for k in trusted}
+    parts = []
+    for n in dict.fromkeys(s.partition(":")[0] for s in info.sigs):
+        if n in good:
+            parts.append(f"{n} (valid)")
+        elif n in names:
+            parts.append(
+                f"{n} (a trusted key's name, but the signature does not verify: changed after signing, or forged)"
+            )
+        else:
+            parts.append(f"{n} (not a trusted key)")
+    return ", ".join(parts) or "none"

@@ -238,7 +238,7 @@ def verify(
     progress: Callable[[int, int], None] | None = None,
 ) -> VerifyReport:
     """See the module docstring; ``progress(checked, total)`` is told as paths are read."""
-    from .signing import valid_signers
+    from .signing import present_signers, valid_signers
 
     problems: list[Problem] = []
     quarantined: list[str] = []
@@ -270,7 +270,10 @@ def verify(
                 if n < sigs_needed:
                     found.append(
                         Problem(
-                            info.path, "signatures", f"{n} valid trusted signature(s), {sigs_needed} needed"
+                            info.path,
+                            "signatures",
+                            f"{n} valid trusted signature(s), {sigs_needed} needed; present: "
+                            f"{present_signers(info, trusted or [])}",
                         )
                     )
             per_path.append((info, found))

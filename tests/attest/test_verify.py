@@ -166,6 +166,11 @@ def test_tampered_provenance(built, keys) -> None:
     fails = _fails(policy.verify_path(built.store, built.hello, _policy(keys), now=NOW))
     assert set(fails) == {"provenance"}
     assert "no valid signature by a trusted key" in fails["provenance"]
+    # whose it was, and why it did not count (it said only "1 signature(s) present")
+    assert (
+        "(1 signature(s) present: builder (a trusted key's keyid, but the signature does not verify"
+        in fails["provenance"]
+    ), fails
 
 
 def test_provenance_by_untrusted_key(built, keys) -> None:
@@ -250,6 +255,7 @@ def test_below_threshold_signatures(built, keys) -> None:
     built.store.add_signatures(built.hello, [sign_info(info, keys["cache"]), sign_info(info, keys["evil"])])
     fails = _fails(policy.verify_path(built.store, built.hello, _policy(keys, signatures=2), now=NOW))
     assert set(fails) == {"signatures"} and "need 2" in fails["signatures"]
+    assert "(not a trusted key)" in fails["signatures"] and "(valid)" in fails["signatures"], fails
     built.store.add_signatures(built.hello, [sign_info(info, keys["cache2"])])
     assert policy.verify_path(built.store, built.hello, _policy(keys, signatures=2), now=NOW).ok
 

@@ -39,7 +39,10 @@ def test_an_explicit_trusted_key_ignores_the_environment(tmp_path: Path) -> None
     # the key asked for did not sign: a problem, although the environment trusts the signer
     r = _kiln(root, "--trusted-key", str(other.public()), trusted_env=env)
     assert r.returncode == 1, r.stdout + r.stderr
-    assert "signatures: 0 valid trusted signature(s), 1 needed" in r.stderr
+    assert (
+        "signatures: 0 valid trusted signature(s), 1 needed; present: env-trusted-1 (not a trusted key)"
+        in r.stderr
+    )
     assert _kiln(root, "--trusted-key", str(signer.public()), trusted_env=str(other.public())).returncode == 0
     # without --trusted-key the environment's keys are the trusted ones (as before)
     assert _kiln(root, "--sigs-needed", "1", trusted_env=env).returncode == 0
