@@ -366,7 +366,12 @@ async def _verify_remote(url: str, target: str, policy: Policy, token: str | Non
                 # every member's, since every member is judged
                 await fetch_attestations(client, store, list(infos), any_signer=True)
             except KilnError as e:
-                return _failed(top.path, policy, "attestations", str(e), _cause(e))
+                # the closure is judged all the same, with what was fetched (a refused
+                # attestation is left out): the report said only this, hiding the path's
+                # own failures, e.g. a signature that no longer verifies
+                judged = judge_closure(store, top.path, infos, policy)
+                refused = Check("attestations", False, str(e), unchecked=_cause(e))
+                return replace(judged, checks=(refused, *judged.checks))
             return judge_closure(store, top.path, infos, policy)
         finally:
             store.close()
