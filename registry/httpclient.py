@@ -203,7 +203,8 @@ class HttpClient(AttestationBatches, BlobBatches, ObjectDownloads, Client):
         except (TimeoutError, aiohttp.ClientError):
             head = b""
         text = scrub(head.decode(errors="replace"), self.sent_secrets)[:500].strip()
-        return RegistryError(f"{what}: HTTP {resp.status}: {text}", resp.status)
+        # (a kiln server's answers start "error: ", which the message has said already)
+        return RegistryError(f"{what}: HTTP {resp.status}: {text.removeprefix('error: ')}", resp.status)
 
     async def _read(self, resp: aiohttp.ClientResponse, what: str, write: bool = False) -> bytes:
         """The whole body, at most ``MAX_BODY`` bytes; a longer or too slow body is a

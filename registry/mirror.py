@@ -245,7 +245,8 @@ async def _sync_locked(
         why = await loop.run_in_executor(None, mirrorprune.refuse_held, dst, refused, o.prune)
         failed.update({paths[h]["path"]: f"{failed[paths[h]['path']]}; {w}" for h, w in why.items()})
     if failed:
-        lines = "\n".join(f"  {p}: {why}" for p, why in sorted(failed.items())[:20])
+        # (a reason that names its path already is not prefixed with it again)
+        lines = "\n".join(f"  {p}: {why.removeprefix(f'{p}: ')}" for p, why in sorted(failed.items())[:20])
         more = f"\n  ... and {len(failed) - 20} more" if len(failed) > 20 else ""
         head = _disk_full(dst_dir, len(full)) + "\n" if full else ""
         raise MirrorError(

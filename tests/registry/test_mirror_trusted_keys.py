@@ -72,6 +72,7 @@ def test_held_narinfos_are_checked_against_the_keys_trusted_now(source, keys, ot
     r = _cli(url, str(dst), "--trusted-key", str(new.pk_file), "--full")
     assert r.returncode == 1 and all(p in r.stderr for p in paths), r.stderr
     assert "intruder-1" in r.stderr and "signatures by: kiln-test-1" in r.stderr, r.stderr
+    assert not any(f"{p}: {p}:" in r.stderr for p in paths), r.stderr  # (each path named once a line)
     # the mirror keeps its previous state (no --prune: the paths stay published)
     assert (dst / "index/timestamp.json").read_bytes() == good_ts
     assert {p: (dst / layout.narinfo_key(_hp(p))).read_bytes() for p in paths} == held
