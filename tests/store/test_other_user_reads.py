@@ -82,17 +82,28 @@ def test_root_s_store_on_read_only_media_is_read_by_another_user(top: Path) -> N
         assert _as_nobody(read) == 0
 
 
-def test_root_s_writable_store_refuses_another_user_saying_why(top: Path) -> None:
+def _refused_saying(root: Path, *says: str) -> Callable[[], None]:
+    """What a child runs: opening the store at ``root`` must fail saying each of ``says``
+    (``AssertionError("opened")`` if it opens)."""
+
     def open_it() -> None:
         try:
-            LocalStore.open(top / "rw").close()
+            LocalStore.open(root).close()
         except StoreError as e:
             msg = str(e)
-            assert f"this user, uid {NOBODY}, cannot write in {top / 'rw'}" in msg, msg
-            assert "it belongs to uid 0; open the store as its owner" in msg, msg
+            assert all(x in msg for x in says), msg
             return
         raise AssertionError("opened")
 
+    return open_it
+
+
+def test_root_s_writable_store_refuses_another_user_saying_why(top: Path) -> None:
+    open_it = _refused_saying(
+        top / "rw",
+        f"this user, uid {NOBODY}, cannot write in {top / 'rw'}",
+        "it belongs to uid 0; open the store as its owner",
+    )
     with pytest.raises(AssertionError, match="opened"):
         open_it()  # (as root: it opens; every lazy import done)
     assert _as_nobody(open_it) == 0
@@ -108,15 +119,8 @@ def test_another_user_s_store_on_read_only_media_is_refused_with_advice_that_can
         for n in [dirpath, *(os.path.join(dirpath, x) for x in dirnames + filenames)]:
             os.lchown(n, 1234, 1234)
 
-    def open_it(root: Path = top / "ro") -> None:
-        try:
-            LocalStore.open(root).close()
-        except StoreError as e:
-            msg = str(e)
-            assert f"{root}: owned by uid 1234" in msg, msg
-            assert "where it is writable, before it is mounted read-only" in msg, msg
-            return
-        raise AssertionError("opened")
-
+    open_it = _refused_saying(
+        top / "ro", f"{top / 'ro'}: owned by uid 1234", "where it is writable, before it is mounted read-only"
+    )
     with read_only_view(top / "rw", top / "ro"):
         assert _as_nobody(open_it) == 0
