@@ -2,7 +2,8 @@
 
 PKG is a path (anything with a ``/``: a logical or physical store path, or ``./result``
 pointing into the store), a GC-root name that ``kiln build`` created (the attribute
-name, e.g. ``hello``), or ``-f FILE ATTR`` (evaluated and built first, as ``kiln
+name, e.g. ``hello``), a valid path's base name or hash part (as other commands take
+them; a root of that name comes first), or ``-f FILE ATTR`` (evaluated and built first, as ``kiln
 build`` would). The package is a temp root of this process until the command ends, so a
 GC meanwhile keeps its closure. The closure is mounted at its logical store path
 (``hostrun``); its ``bin`` is put first on PATH. Without a command, ``run`` runs
@@ -66,6 +67,13 @@ def resolve_package(store: LocalStore, spec: str, recipe_file: str | None) -> st
     for name in dict.fromkeys((spec, root_name(spec))):
         if (rooted := root_path(store, name, keep=True)) is not None:
             return rooted
+    if len(spec) >= 32 and (info := store.query_by_hash_part(spec[:32])) is not None:
+        from kiln.store.paths import StorePath
+
+        if len(spec) == 32 or StorePath.parse(info.path).base == spec:  # a hash part, a base name
+            store.keep([info.path])
+            if store.is_valid(info.path):  # (still: kept first, then checked)
+                return info.path
     raise KilnError(
         f"no package named {spec!r} (no GC root {name}): build it first (kiln build FILE {spec!r}), "
         "or give a store path or -f FILE"

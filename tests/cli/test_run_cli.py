@@ -147,6 +147,18 @@ def test_a_root_made_with_add_root_is_found_by_its_name(world: World, tmp_path: 
     assert r.returncode == 0 and r.stdout == "hi there\n", r.stderr
 
 
+def test_a_hash_part_or_base_name_names_a_valid_path(world: World) -> None:
+    """As every other command takes them (it said "no package named ...: build it first")."""
+    r = world.kiln("build", str(world.recipe), "hello", "--no-root")
+    assert r.returncode == 0, r.stderr
+    base = r.stdout.split()[0].rsplit("/", 1)[1]
+    for spec in (base[:32], base):
+        r = world.kiln("run", spec, "--", "hello", "x")
+        assert r.returncode == 0 and r.stdout == "hello x\n", (spec, r.stderr)
+    r = world.kiln("run", base[:32] + "-other", "--", "hello")  # (the hash part, another name)
+    assert r.returncode == 1 and "no package named" in r.stderr, r.stderr
+
+
 def test_kiln_run_uses_kiln_bwrap(world: World) -> None:
     assert world.kiln("build", str(world.recipe), "hello").returncode == 0
     env = dict(world.env, KILN_BWRAP="/nonexistent/bwrap")
