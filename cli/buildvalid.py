@@ -37,23 +37,9 @@ def say_valid_before(store: LocalStore, valid_before: list[str], args: argparse.
     them (their provenance is older than this commit)."""
     if not valid_before or args.check or args.rounds > 1:
         return
-    from kiln.store.signing import valid_signers
-
     key = _build_key(args)
-    unsigned = []
     if key is not None:
-        for p in valid_before:
-            info = store.query(p)
-            if info is not None and not valid_signers(info, [key]):
-                unsigned.append(p)
-    if unsigned:
-        shown = " ".join(unsigned[:3]) + (f" (and {len(unsigned) - 3} more)" if len(unsigned) > 3 else "")
-        print(
-            f"warning: {len(unsigned)} output(s) were valid already, so this build made none of them and "
-            f"did not sign them with {key.name}: {shown}; sign them with kiln store sign --key FILE PATH..., "
-            "or build in a fresh store for provenance made by this key",
-            file=sys.stderr,
-        )
+        _say_unsigned(store, valid_before, key)
     if args.require_clean:
         print(
             f"warning: --require-clean: {len(valid_before)} output(s) were valid already: their "
@@ -61,3 +47,23 @@ def say_valid_before(store: LocalStore, valid_before: list[str], args: argparse.
             "(kiln verify PATH shows it)",
             file=sys.stderr,
         )
+
+
+def _say_unsigned(store: LocalStore, valid_before: list[str], key: PublicKey) -> None:
+    """Warn about the outputs of ``valid_before`` that ``key`` did not sign."""
+    from kiln.store.signing import valid_signers
+
+    unsigned = []
+    for p in valid_before:
+        info = store.query(p)
+        if info is not None and not valid_signers(info, [key]):
+            unsigned.append(p)
+    if not unsigned:
+        return
+    shown = " ".join(unsigned[:3]) + (f" (and {len(unsigned) - 3} more)" if len(unsigned) > 3 else "")
+    print(
+        f"warning: {len(unsigned)} output(s) were valid already, so this build made none of them and "
+        f"did not sign them with {key.name}: {shown}; sign them with kiln store sign --key FILE PATH..., "
+        "or build in a fresh store for provenance made by this key",
+        file=sys.stderr,
+    )
