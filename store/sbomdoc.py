@@ -8,7 +8,10 @@ re-exports everything public here, so callers import that one module.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import hashlib
+import json
 import os
 import re
 import uuid
@@ -96,7 +99,14 @@ def purl(n: Node) -> str:
 
 
 def serial_number(g: Graph) -> str:
-    return f"urn:uuid:{uuid.uuid5(SBOM_NAMESPACE, f'{g.kind}:{g.root}')}"
+    """``urn:uuid:`` + uuid5 of the closure kind, the subject and a digest of what the
+    graph says of every component: the same content, the same serial (reproducible), and
+    another content another serial (it was the kind and subject alone: an SBOM made
+    where the deriver is missing, with no versions or licences, shared the serial of the
+    full one, and CycloneDX names a BOM by its serial and version)."""
+    content = json.dumps(sorted(dataclasses.astuple(n) for n in g.nodes), separators=(",", ":"))
+    digest = hashlib.sha256(content.encode()).hexdigest()
+    return f"urn:uuid:{uuid.uuid5(SBOM_NAMESPACE, f'{g.kind}:{g.root}:{digest}')}"
 
 
 def _cdx_component(n: Node, type_: str) -> dict[str, Any]:

@@ -102,6 +102,19 @@ def test_build_closure(built, tmp_path: Path) -> None:
     assert sbom.serial_number(g) != sbom.serial_number(sbom.collect(built.store, built.hello))
 
 
+def test_the_serial_number_follows_the_content(built) -> None:
+    """Same content, same serial (reproducible); other content (here: the deriver's facts
+    missing, as on a machine without the .drv) another serial: it was the subject's alone."""
+    import dataclasses
+
+    g = sbom.collect(built.store, built.hello)
+    assert sbom.serial_number(g) == sbom.serial_number(sbom.collect(built.store, built.hello))
+    bare = dataclasses.replace(
+        g, nodes=tuple(dataclasses.replace(n, license=None, deriver=None) for n in g.nodes)
+    )
+    assert sbom.serial_number(bare) != sbom.serial_number(g)
+
+
 def test_spdx(built, tmp_path: Path) -> None:
     doc = sbom.spdx(sbom.collect(built.store, built.hello), tool_version="0.1.0")
     assert _spdx_errors(doc, tmp_path) == []
