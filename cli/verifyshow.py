@@ -28,7 +28,7 @@ from __future__ import annotations
 from typing import Any
 
 from kiln.store.buildlogs import shown_output
-from kiln.store.policy import PASSED, REJECTED, TEMPFAIL, UNCHECKED, Check, Report, combined
+from kiln.store.policy import DEFAULT_SOURCE, PASSED, REJECTED, TEMPFAIL, UNCHECKED, Check, Report, combined
 from kiln.store.provsummary import ProvenanceSummary
 
 #: ``kiln verify``'s exit status for each verdict
@@ -69,6 +69,14 @@ def _n(k: int, what: str) -> str:
 
 
 def _result(reports: list[Report], closure: bool) -> str:
+    line = _verdict_line(reports, closure)
+    if verdict(reports) == PASSED and all(r.policy == DEFAULT_SOURCE for r in reports):
+        # (a bare PASS read as "trusted": content signed by anyone, or no one, passes)
+        line += " (content only: no --policy, so no signature or attestation was required)"
+    return line
+
+
+def _verdict_line(reports: list[Report], closure: bool) -> str:
     v = verdict(reports)
     if closure:
         total = len(reports)

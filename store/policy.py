@@ -70,6 +70,10 @@ from .errors import KilnError
 from .provsummary import ProvenanceSummary
 from .signing import PublicKey
 
+#: what a report names as its policy when none was given (``kiln verify`` without
+#: ``--policy``: content only, no signature required)
+DEFAULT_SOURCE = "(built-in default: nothing required)"
+
 
 class PolicyError(KilnError):
     """The policy file is unreadable or invalid (a usage error: exit status 2)."""
@@ -112,7 +116,7 @@ class Policy:
     reproduced_same_inputs: bool = False
     #: the provenance must record a git commit of the recipe's repository, and a clean tree
     clean_source: bool = False
-    source: str = "(built-in default: nothing required)"
+    source: str = DEFAULT_SOURCE
     digest: str = field(default="", compare=False)
 
     def revocation(self, key: bytes) -> Revocation | None:
