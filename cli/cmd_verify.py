@@ -85,6 +85,15 @@ from .version import full_version
 # ---------------------------------------------------------------------------- sbom
 
 
+def _stored_sbom(store: Any, path: str) -> object:
+    """The predicate of ``path``'s stored SBOM attestation (None: none, or unreadable)."""
+    try:
+        env = attestations.read(store, path, "sbom")
+        return intoto.parse_statement(env.payload).predicate if env is not None else None
+    except KilnError:
+        return None
+
+
 def _sbom(args: argparse.Namespace) -> int:
     store = open_store(args)
     try:
@@ -102,8 +111,16 @@ def _sbom(args: argparse.Namespace) -> int:
             assert info is not None
             ptype = intoto.CYCLONEDX_TYPE if args.format == "cyclonedx" else intoto.SPDX_TYPE
             st = intoto.statement([intoto.subject(StorePath.parse(path).base, info.nar_hash.hex)], ptype, doc)
+            old = _stored_sbom(store, path)
             written = attestations.write(store, path, "sbom", attestations.sign(st, [signer]))
             print(f"stored signed SBOM attestation {written}", file=sys.stderr)
+            if old is not None and old != doc:  # (it was replaced without a word)
+                print(
+                    f"note: it replaced {path}'s SBOM attestation, which described other content (a path "
+                    "keeps one: of its runtime closure, or of its build closure with --build, whichever "
+                    "was attested last)",
+                    file=sys.stderr,
+                )
         if args.output:
             from .outfile import write_output
 

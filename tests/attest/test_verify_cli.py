@@ -100,6 +100,13 @@ def test_sbom_attest_and_verify(built, tmp_path: Path) -> None:
     )
     r = kiln("verify", built.hello, "--store", root, "--policy", str(pol))
     assert r.returncode == 0, r.stdout
+    # the same again: nothing to say; the build closure's: it replaces the runtime one, said
+    r = kiln("sbom", built.hello, "--store", root, "--attest", "--key", str(keyfile), "-o", str(out))
+    assert r.returncode == 0 and "note:" not in r.stderr, r.stderr
+    r = kiln(
+        "sbom", built.hello, "--store", root, "--attest", "--key", str(keyfile), "--build", "-o", str(out)
+    )
+    assert r.returncode == 0 and "note: it replaced" in r.stderr and "--build" in r.stderr, r.stderr
     # A world-readable secret key is refused.
     os.chmod(keyfile, 0o644)
     r = kiln("sbom", built.hello, "--store", root, "--attest", "--key", str(keyfile))
