@@ -83,6 +83,10 @@ def run(args: argparse.Namespace) -> int:
             else f"version {st.timestamp_version}, expires {st.timestamp_expires}{_ago(st.timestamp_expires)}",
         ),
     ]
+    if st.last_failure is not None:
+        f = st.last_failure
+        later = ", a later attempt may succeed" if f.get("transient") else ""
+        rows.append(("last try", f"FAILED at {f['at']}{_ago(f['at'])}{later}: {f['error']}"))
     print(f"mirror {st.directory}")
     for k, v in rows:
         print(f"  {k:<10} {v}")

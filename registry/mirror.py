@@ -79,11 +79,11 @@ from pathlib import Path
 from typing import Any
 
 from kiln.store import narinfo as ni
-from kiln.store.errors import redact_urls
+from kiln.store.errors import KilnError, redact_urls
 from kiln.store.signing import PublicKey
 
 from . import index as ix
-from . import indexprune, layout, mirrorplan, mirrorprune
+from . import indexprune, layout, mirrorfailure, mirrorplan, mirrorprune
 from .attest_batch import staged_files, staged_many
 from .attest_wire import fetch_indexed
 from .backends import DirSource
@@ -91,6 +91,7 @@ from .client import Client, open_client
 from .dirlock import MIRROR_LOCK, dir_lock
 from .looprun import run as run_async
 from .mirrorchecks import false_cas, held_and_fetched
+from .mirrorfailure import STATE_KEY
 from .mirrorfetch import fetch_objects
 from .mirrorobjects import judge_all
 from .mirrorprune import PruneReport
@@ -105,8 +106,6 @@ from .mirrorroots import (
 from .retryable import retryable
 from .storage import FileStorage
 from .verify import nar_file_hash
-
-STATE_KEY = ".kiln/mirror-state.json"
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,7 +161,17 @@ async def sync_async(
     if repin_root and root is None:
         raise MirrorUsageError("--repin-root needs the root to trust: pass it with --root FILE")
     o = _Options(root, trusted or [], jobs, progress, full or rehash, rehash, prune, repin_root)
-    async with open_client(src_url, token, jobs=jobs, create=False) as client:  # token: a --private source
+    try:
+        report = await _sync(src_url, Path(dst_dir), o, token)
+    except (KilnError, OSError) as e:  # (what ``kiln mirror status`` shows: ``mirrorfailure``)
+        mirrorfailure.record(Path(dst_dir), e, getattr(e, "transient", False) or retryable(e))
+        raise
+    mirrorfailure.clear(Path(dst_dir))
+    return report
+
+
+async def _sync(src_url: str, dst_dir: Path, o: _Options, token: str | None) -> SyncReport:
+    async with open_client(src_url, token, jobs=o.jobs, create=False) as client:  # token: a --private source
         info = await client.cache_info()
         if not (Path(dst_dir) / STATE_KEY).is_file():  # a first sync: refused before DST is made
             await first_sync_allowed(client, src_url, dst_dir, o.root)

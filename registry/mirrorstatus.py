@@ -11,6 +11,9 @@ Sources, all written by ``kiln mirror sync`` (``mirror``):
 - ``.kiln/mirror-index.json`` (``mirrorplan.finish``): how many paths the index lists
   and how many narinfos the mirror holds that it does not (``stale``);
 - ``index/timestamp.json``: the source's signed timestamp as the mirror republishes it;
+- ``.kiln/mirror-failure.json`` (``mirrorfailure``): when and why the last sync failed,
+  shown while no sync has succeeded since (a mirror whose cron syncs fail is still
+  "fresh" until its timestamp expires, but no longer looks synced);
 - the directory: narinfos and object files (``nar/``) counted by listing.
 
 A mirror is **frozen** when its timestamp (or its trusted root) has expired: its
@@ -31,8 +34,8 @@ from typing import Any
 from kiln.store.errors import KilnError
 
 from . import index as ix
-from . import layout, mirrorplan
-from .mirror import STATE_KEY
+from . import layout, mirrorfailure, mirrorplan
+from .mirrorfailure import STATE_KEY
 from .storage import FileStorage, open_storage
 
 
@@ -63,6 +66,9 @@ class MirrorStatus:
     timestamp_expires: str | None
     #: why the mirror is frozen, or None when it is fresh
     frozen: str | None
+    #: the last sync that failed after the last that succeeded: ``at``, ``error``,
+    #: ``transient`` (``mirrorfailure``); None when the last attempt succeeded
+    last_failure: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "fresh": self.frozen is None}
@@ -133,4 +139,13 @@ def status(directory: Path, now: dt.datetime | None = None) -> MirrorStatus:
         timestamp_version=ts.get("version") if ts else None,
         timestamp_expires=ts.get("expires") if ts else None,
         frozen=frozen,
+        last_failure=_failure_since(directory, doc.get("synced_at")),
     )
+
+
+def _failure_since(directory: Path, synced_at: Any) -> dict[str, Any] | None:
+    """The recorded failure, if it is not older than the last successful sync."""
+    fail = mirrorfailure.load(directory)
+    if fail is None or (isinstance(synced_at, str) and fail["at"] < synced_at):
+        return None
+    return fail

@@ -91,3 +91,27 @@ def test_a_source_url_with_credentials_is_recorded_without_them() -> None:
     state = TrustState({"version": 1}, b"{}", 3, 2)
     doc = json.loads(state_record(state, "https://user:secret@cache.example/x"))
     assert "secret" not in doc["source"] and doc["timestamp"] == 3 and doc["snapshot"] == 2
+
+
+def test_a_failed_sync_shows_until_one_succeeds(pushed, tmp_path) -> None:
+    """A mirror whose cron syncs had failed for days showed as synced and "fresh" (only
+    successful syncs left records): the last failure is shown while none succeeded since."""
+    from regkit import free_port
+
+    _store, _chain, _leaf, reg, _tok, srv = pushed
+    dst = tmp_path / "mirror"
+    root = reg / "index/1.root.json"
+    _sync(srv.url, dst, root)
+    assert _status(dst)[1]["last_failure"] is None
+    down = f"http://127.0.0.1:{free_port()}"  # (the source unreachable)
+    r = kiln("mirror", "sync", down, str(dst))
+    assert r.returncode == 75, r.stderr
+    rc, doc = _status(dst)
+    assert rc == 0 and doc["fresh"] is True  # (its timestamp still holds)
+    fail = doc["last_failure"]
+    assert fail["transient"] is True and down in fail["error"] and fail["at"] >= doc["synced_at"], doc
+    r = kiln("mirror", "status", str(dst))
+    assert "last try   FAILED at " in r.stdout and "a later attempt may succeed" in r.stdout, r.stdout
+    _sync(srv.url, dst, root)
+    assert _status(dst)[1]["last_failure"] is None
+    assert "last try" not in kiln("mirror", "status", str(dst)).stdout
