@@ -199,5 +199,7 @@ def test_serve_with_an_index_key_the_root_no_longer_names_is_refused(tmp_path: P
     assert r.returncode == 0, r.stderr
     r = kiln("serve", "--dir", str(reg), "--index-key", str(old), "--listen", "127.0.0.1:0")
     assert r.returncode == 1, r.stderr
-    assert "--index-key: key idx-1 is not a timestamp/snapshot/index key of this registry's root v2" in r.stderr
+    assert (
+        "--index-key: key idx-1 is not a timestamp/snapshot/index key of this registry's root v2" in r.stderr
+    )
     assert "start the server with the new key" in r.stderr

@@ -554,9 +554,7 @@ def test_a_full_registry_disk_is_a_507_naming_it(keys, tmp_path) -> None:
     args = ["--dir", str(reg), "--trusted-key", str(keys.pk_file)]
     srv = start_kiln(args, max_file_bytes=64 << 10)
     try:
-        with pytest.raises(
-            KilnError, match="HTTP 507: the registry cannot store this: File too large"
-        ):
+        with pytest.raises(KilnError, match="HTTP 507: the registry cannot store this: File too large"):
             push(store, [big], lambda: open_client(srv.url, tok), sign_key=keys.sk)
     finally:
         srv.stop()
