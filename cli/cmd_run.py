@@ -67,13 +67,12 @@ def resolve_package(store: LocalStore, spec: str, recipe_file: str | None) -> st
     for name in dict.fromkeys((spec, root_name(spec))):
         if (rooted := root_path(store, name, keep=True)) is not None:
             return rooted
-    if len(spec) >= 32 and (info := store.query_by_hash_part(spec[:32])) is not None:
-        from kiln.store.paths import StorePath
+    from .targets import by_base_name
 
-        if len(spec) == 32 or StorePath.parse(info.path).base == spec:  # a hash part, a base name
-            store.keep([info.path])
-            if store.is_valid(info.path):  # (still: kept first, then checked)
-                return info.path
+    if (found := by_base_name(store, spec)) is not None:  # a hash part, a base name
+        store.keep([found])
+        if store.is_valid(found):  # (still: kept first, then checked)
+            return found
     raise KilnError(
         f"no package named {spec!r} (no GC root {name}): build it first (kiln build FILE {spec!r}), "
         "or give a store path or -f FILE"

@@ -43,6 +43,15 @@ def by_digest(store: LocalStore, arg: str) -> str:
     return found[0]
 
 
+def by_base_name(store: LocalStore, base: str) -> str | None:
+    """The valid store path whose hash part (32 characters) or base name ``base`` is, or
+    None."""
+    info = store.query_by_hash_part(base[:32]) if len(base) >= 32 else None
+    if info is None or (len(base) > 32 and StorePath.parse(info.path).base != base):
+        return None
+    return info.path
+
+
 def resolve_target(store: LocalStore, arg: str) -> str:
     """A store path from a logical or physical path, a base name, a hash part, the NAR
     digest of its content (``sha256:...``), or a GC root name."""
@@ -61,11 +70,10 @@ def resolve_target(store: LocalStore, arg: str) -> str:
                 f"{arg!r} is not a path in the store at {store.root} (to verify what a registry "
                 "directory holds: DIR#PATH, file:///DIR#PATH or --registry DIR PATH)"
             ) from None
-        base = arg.rstrip("/")
-        info = store.query_by_hash_part(base[:32]) if len(base) >= 32 else None
-        if info is None or (len(base) > 32 and StorePath.parse(info.path).base != base):
+        found = by_base_name(store, arg.rstrip("/"))
+        if found is None:
             raise KilnError(f"{arg!r} is not a path in the store at {store.root}") from None
-        return info.path
+        return found
     if sub:
         raise KilnError(f"{arg!r} is inside {path}; give the store path itself")
     return path

@@ -7,10 +7,9 @@ temporary store: narinfos are fetched (no signature required at this stage — t
 ``signatures`` check judges them against the policy), every NAR is verified against its
 narinfo while it streams in and imported, and the path's attestations are copied with
 ``attest_transfer.fetch_attestations``. A store-backed server checks its own store
-directly. Failures to fetch (no such path, a NAR that does not match its narinfo, a
-misfiled attestation) become failed checks, never exceptions, so a tampered artifact is
-*denied with the reason*; a failure to *ask* (no answer, an error status, a path or
-object not served) is no verdict: its check is ``unchecked`` (``_cause``).
+directly. What fails to fetch (a NAR unlike its narinfo, a misfiled attestation: a check
+beside the closure's) fails a check, never raises: a tampered artifact is *denied with
+the reason*; a failure to *ask* is no verdict: its check is ``unchecked`` (``_cause``).
 
 Webhook shape (a Kubernetes ``AdmissionReview``, ``admission.k8s.io/v1``)::
 
@@ -361,18 +360,15 @@ async def _verify_remote(url: str, target: str, policy: Policy, token: str | Non
                     except KilnError as e:
                         why = f"{p} as served does not verify: {e}"
                         return _failed(top.path, policy, "content", why, _cause(e))
+            refused: tuple[Check, ...] = ()
             try:
                 # a fresh temporary store: the policy judges the signers, not the fetch;
                 # every member's, since every member is judged
                 await fetch_attestations(client, store, list(infos), any_signer=True)
-            except KilnError as e:
-                # the closure is judged all the same, with what was fetched (a refused
-                # attestation is left out): the report said only this, hiding the path's
-                # own failures, e.g. a signature that no longer verifies
-                judged = judge_closure(store, top.path, infos, policy)
-                refused = Check("attestations", False, str(e), unchecked=_cause(e))
-                return replace(judged, checks=(refused, *judged.checks))
-            return judge_closure(store, top.path, infos, policy)
+            except KilnError as e:  # a check of its own: the closure is judged all the same
+                refused = (Check("attestations", False, str(e), unchecked=_cause(e)),)
+            judged = judge_closure(store, top.path, infos, policy)
+            return replace(judged, checks=(*refused, *judged.checks))
         finally:
             store.close()
 

@@ -184,12 +184,7 @@ def staged_files(storage: Storage, files: Sequence[tuple[str, bytes]]) -> Iterat
         yield put
         return
     with contextlib.ExitStack() as stack:
-        placed = []
-        for key, data in files:
-            f, _ = stack.enter_context(storage.staged())
-            f.write(data)
-            f.close()  # flushed; made durable by the caller's barrier
-            placed.append((f, key))
+        placed = [(_staged_file(storage, data, stack), key) for key, data in files]
         yield lambda: _rename(storage, placed)
 
 
@@ -220,20 +215,25 @@ def _stage(
     """Temp files (removed by ``stack``) holding ``files`` and then the new listing of
     each of their paths, with the keys they go to; nothing is fsynced."""
 
-    def stage(data: bytes) -> BinaryIO:
-        f, _ = stack.enter_context(storage.staged())
-        f.write(data)
-        f.close()  # flushed; made durable by the caller's barrier
-        return f
-
     placed: list[tuple[BinaryIO, str]] = []
     kinds: dict[str, dict[str, str]] = {}
     for h, kind, data in files:
-        placed.append((stage(data), layout.att_key(h, kind)))
+        placed.append((_staged_file(storage, data, stack), layout.att_key(h, kind)))
         if h not in kinds:
             kinds[h] = stored_kinds(storage, h)
         kinds[h][kind] = sha256_hex(data)
-    return placed + [(stage(listing_body(k)), layout.att_listing_key(h)) for h, k in kinds.items()]
+    return placed + [
+        (_staged_file(storage, listing_body(k), stack), layout.att_listing_key(h)) for h, k in kinds.items()
+    ]
+
+
+def _staged_file(storage: FileStorage, data: bytes, stack: contextlib.ExitStack) -> BinaryIO:
+    """A temp file holding ``data`` (removed by ``stack`` unless renamed away); flushed,
+    made durable by the caller's barrier."""
+    f, _ = stack.enter_context(storage.staged())
+    f.write(data)
+    f.close()
+    return f
 
 
 def _rename(storage: FileStorage, placed: list[tuple[BinaryIO, str]]) -> None:

@@ -14,11 +14,9 @@ next substituter; ``foreigncache``); the verdict is cached with the bytes (``b""
 the file's stamp), and a zstd upload replaces such a narinfo. Readers see every
 narinfo, so a client can say why it cannot use one (``verify.check_narinfo``).
 
-What an upload batch stores is kept only for a narinfo admitted: a batch links in only
-the NARs its admitted narinfos name (``batchcommit``). A NAR ``PUT`` on its own stays
-until ``kiln registry verify --delete-unnamed`` (or a mirror prune) finds no narinfo
-naming it an hour later (``unnamedobjects``).
-"""
+A batch links in only the NARs its admitted narinfos name (``batchcommit``); a NAR
+``PUT`` on its own stays until ``kiln registry verify --delete-unnamed`` (or a mirror
+prune) finds no narinfo naming it an hour later (``unnamedobjects``)."""
 
 from __future__ import annotations
 
@@ -51,6 +49,8 @@ CACHE_BYTES = 256 << 20
 CACHE_ONE_MAX = 1 << 20
 #: objects at least this large get an on-disk digest record (re-hashing them is costly)
 RECORD_MIN = 1 << 20
+#: ``publish_narinfo``'s message for a narinfo that changed nothing (a 200 may also merge)
+UNCHANGED = "already published"
 
 
 @dataclasses.dataclass(slots=True)
@@ -365,7 +365,7 @@ class DirSource(Source):
         with self._lock, dir_lock(self.storage, NARINFO_LOCK):
             old_body = self.storage.read(key) or b""
             if old_body == body:
-                return 200, "already published"
+                return 200, UNCHANGED
             # junk: a 400; an unparseable CA is read as a false one (repaired below)
             old = published(old_body, self.store_dir)
             if self.zstd_only and not layout.served_narinfo(old_body):
@@ -393,7 +393,7 @@ class DirSource(Source):
             got = self.object_digests(nar_file_hash(info))  # (admitted)
             ca, repaired = merged_ca(self.storage, old, info, got) if got is not None else (old.ca, "")
             if sigs == old.sigs and not repaired:
-                return 200, "already published"
+                return 200, UNCHANGED
             merged = dataclasses.replace(old, sigs=sigs, ca=ca)
             self.storage.put_bytes(key, merged.render().encode())
             self._cache.drop(hash_part)

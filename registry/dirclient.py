@@ -26,7 +26,7 @@ from kiln.store.errors import KilnError
 from kiln.store.hashes import Hash
 
 from . import layout
-from .backends import BatchEntry, DirSource
+from .backends import UNCHANGED, BatchEntry, DirSource
 from .client import CHUNK, Client, RegistryError, utf8
 from .storage import FileStorage
 
@@ -131,7 +131,7 @@ class DirClient(Client):
         status, msg = self.src.publish_narinfo(arg, info, data)
         if status >= 400:
             raise RegistryError(msg, status)
-        self.changed = self.changed or msg != "already published"
+        self.changed = self.changed or msg != UNCHANGED
         return status
 
     async def publish_index(self) -> str | None:
@@ -185,7 +185,7 @@ class DirClient(Client):
                 return check_narinfo(text, self.store_dir, [], 0, hash_part)
 
             results = self.src.commit_batch(entries, admit)
-        self.changed = self.changed or any(st < 400 and msg != "already published" for st, msg in results)
+        self.changed = self.changed or any(st < 400 and msg != UNCHANGED for st, msg in results)
         return [
             {"hash": e.hash_part, "status": st, "message": msg}
             for e, (st, msg) in zip(entries, results, strict=True)

@@ -282,18 +282,15 @@ def _verify(
         if not present:
             for key, info in named:
                 problems.setdefault(key, []).append(Problem(info.path, f"its compressed NAR {fh} is missing"))
-        elif layout.nar_key(fh) not in present:
+        elif (url := layout.nar_key(fh)) not in present:
             # kiln serve answers the URL from blobs/, but a static server (nginx, a file://
             # copy) and Nix clients fetch the URL itself: a 404 there (reported, not deleted)
+            why = (
+                f"its URL {url} is missing (only {present[0]} is there: a static server answers "
+                f"404); link it again, in the registry directory: ln {present[0]} {url}"
+            )
             for key, info in named:
-                problems.setdefault(key, []).append(
-                    Problem(
-                        info.path,
-                        f"its URL {layout.nar_key(fh)} is missing (only {present[0]} is there: a static "
-                        f"server answers 404); link it again, in the registry directory: ln {present[0]} {layout.nar_key(fh)}",
-                        False,
-                    )
-                )
+                problems.setdefault(key, []).append(Problem(info.path, why, False))
         checks += [(group, named) for group in _same_file(src, present)]
     bar = Progress("verify", len(checks), enabled=progress)
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=jobs or os.cpu_count() or 1)

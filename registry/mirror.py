@@ -161,19 +161,20 @@ async def sync_async(
     if repin_root and root is None:
         raise MirrorUsageError("--repin-root needs the root to trust: pass it with --root FILE")
     o = _Options(root, trusted or [], jobs, progress, full or rehash, rehash, prune, repin_root)
+    dst_dir = Path(dst_dir)
     try:
-        report = await _sync(src_url, Path(dst_dir), o, token)
+        report = await _sync(src_url, dst_dir, o, token)
     except (KilnError, OSError) as e:  # (what ``kiln mirror status`` shows: ``mirrorfailure``)
-        mirrorfailure.record(Path(dst_dir), e, getattr(e, "transient", False) or retryable(e))
+        mirrorfailure.record(dst_dir, e, getattr(e, "transient", False) or retryable(e))
         raise
-    mirrorfailure.clear(Path(dst_dir))
+    mirrorfailure.clear(dst_dir)
     return report
 
 
 async def _sync(src_url: str, dst_dir: Path, o: _Options, token: str | None) -> SyncReport:
     async with open_client(src_url, token, jobs=o.jobs, create=False) as client:  # token: a --private source
         info = await client.cache_info()
-        if not (Path(dst_dir) / STATE_KEY).is_file():  # a first sync: refused before DST is made
+        if not (dst_dir / STATE_KEY).is_file():  # a first sync: refused before DST is made
             await first_sync_allowed(client, src_url, dst_dir, o.root)
         dst = DirSource(dst_dir, store_dir=info.get("StoreDir") or None)
 

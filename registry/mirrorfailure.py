@@ -12,12 +12,14 @@ is what the sync reports."""
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import json
 from pathlib import Path
 from typing import Any
 
-from kiln.store.errors import redact_urls
+from kiln.store.errors import KilnError, redact_urls
+
+from . import index as ix
+from .storage import FileStorage
 
 FAILURE_KEY = ".kiln/mirror-failure.json"
 STATE_KEY = ".kiln/mirror-state.json"
@@ -28,15 +30,10 @@ def record(dst_dir: Path, error: BaseException, transient: bool) -> None:
     if not (dst_dir / STATE_KEY).is_file():
         return  # (not a mirror yet: nothing claims it is synced)
     first = (str(error).splitlines() or [type(error).__name__])[0][:500]
-    doc = {
-        "at": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "error": redact_urls(first),
-        "transient": transient,
-    }
-    tmp = dst_dir / f"{FAILURE_KEY}.tmp"
-    with contextlib.suppress(OSError):
-        tmp.write_text(json.dumps(doc, sort_keys=True) + "\n")
-        tmp.replace(dst_dir / FAILURE_KEY)
+    # (the format of ``synced_at``, which ``mirrorstatus`` compares it with)
+    doc = {"at": ix.utcnow().strftime(ix.EXPIRY_FORMAT), "error": redact_urls(first), "transient": transient}
+    with contextlib.suppress(OSError, KilnError):
+        FileStorage(dst_dir, create=False).put_bytes(FAILURE_KEY, json.dumps(doc, sort_keys=True).encode())
 
 
 def clear(dst_dir: Path) -> None:

@@ -206,12 +206,16 @@ def renew_root(storage: Storage, root: dict[str, Any], key: SecretKey, now: dt.d
 
 
 def index_key_problem(storage: Storage, key: SecretKey) -> str | None:
-    """Why ``key`` cannot sign this registry's index (its current root does not name it for
-    every role: the root was rotated to another key by ``kiln registry rotate-root``), or
-    None (it can, or the registry has no root yet: the first publish makes one with it)."""
+    """Why ``key`` cannot sign this registry's index (``root_key_problem`` of its current
+    root), or None (it can, or the registry has no root yet: the first publish makes one
+    with it)."""
     root = load_signed(storage, "index/root.json")
-    if root is None:
-        return None
+    return None if root is None else root_key_problem(root, key)
+
+
+def root_key_problem(root: dict[str, Any], key: SecretKey) -> str | None:
+    """Why ``key`` cannot sign an index under ``root`` (it does not name it for every role:
+    the root was rotated to another key by ``kiln registry rotate-root``), or None."""
     kid = ix.key_id(key.public())
     roles = [r for r in ("timestamp", "snapshot", "index") if kid not in root["roles"][r]["keyids"]]
     if not roles:
@@ -242,7 +246,7 @@ def _publish_index(
     # first: a directory that cannot be indexed gets no root
     col = indexscan.collect(storage, prev_paths, prev_sha, full=full)
     root = renew_root(storage, init_root(storage, key, now), key, now)
-    problem = index_key_problem(storage, key)
+    problem = root_key_problem(root, key)
     if problem is not None:
         raise KilnError(problem)
     info = storage.read(CACHE_INFO)

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .debpin import DebPin
+from .debpin import DebPin, adds_epoch
 from .derivation import Derivation
 from .errors import FormatError, StoreError
 from .paths import StorePath
@@ -73,7 +73,7 @@ def _fetch_pin(fetch: Derivation, what: str) -> DebPin | None:
     pin, full = pins[0], env.get("version")
     if full is None or full == pin.version:  # (a fetch made before kiln wrote the version)
         return pin
-    if pin.epoch_known or full.partition(":")[2] != pin.version:
+    if not adds_epoch(pin.version, full):
         raise StoreError(
             f"{what}: its version {full!r} is not the version of its pool file name "
             f"({pin.version!r}, with an epoch or without)"

@@ -47,6 +47,12 @@ def _without_epoch(version: str) -> str:
     return version.partition(":")[2] if ":" in version else version
 
 
+def adds_epoch(pool_version: str, full: str) -> bool:
+    """Whether ``full`` (a lock's version) is ``pool_version`` (a pool file name's, which
+    Debian writes without the epoch) with an epoch: ``4:12.2.0-3`` for ``12.2.0-3``."""
+    return ":" not in pool_version and ":" in full and _without_epoch(full) == pool_version
+
+
 @dataclass(frozen=True, slots=True)
 class DebPin:
     """What a ``.deb`` must say it is. ``source`` says where the pin came from (for

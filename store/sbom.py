@@ -44,6 +44,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from .aptlock import package_url
+from .debpin import adds_epoch
 from .derivation import Derivation
 from .derivers import Derivers
 from .errors import FormatError, StoreError
@@ -105,7 +106,7 @@ def deb_package(url: str, full_version: str = "") -> tuple[str, str, str] | None
     if len(parts) != 3 or not all(parts):
         return None
     name, version, arch = parts[0], unquote(parts[1]), parts[2]
-    if ":" not in version and full_version.partition(":")[2] == version:
+    if adds_epoch(version, full_version):
         version = full_version
     return name, version, package_url(name, version, arch)
 
