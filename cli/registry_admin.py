@@ -120,8 +120,16 @@ def cmd_registry(argv: list[str]) -> int:
             for r in ts.records():
                 created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(r.created))  # ISO 8601, UTC
                 print(f"{r.token_id}\t{','.join(r.scopes)}\t{created}\t{r.comment}")
-        elif not ts.revoke(args.token_id):
-            raise KilnError(f"no token with id {args.token_id}")
+        else:
+            gone = ts.revoke(args.token_id)
+            if gone is None:
+                raise KilnError(f"no token with id {args.token_id} (see kiln registry token list)")
+            # a running server re-reads the token file on its next request (TokenStore.check)
+            about = f" ({gone.comment})" if gone.comment else ""
+            print(
+                f"revoked token {gone.token_id}{about}, scopes {','.join(gone.scopes)}; "
+                "a running server refuses it from its next request"
+            )
         return 0
     if args.cmd == "verify":
         return _verify_registry(src, args)

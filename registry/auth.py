@@ -188,12 +188,13 @@ class TokenStore:
         self._save()
         return f"kiln_{token_id}_{secret}"
 
-    def revoke(self, token_id: str) -> bool:
+    def revoke(self, token_id: str) -> TokenRecord | None:
+        """Remove ``token_id``; return its record, or None if there was none."""
         self.reload()
-        if self._records.pop(token_id, None) is None:
-            return False
-        self._save()
-        return True
+        rec = self._records.pop(token_id, None)
+        if rec is not None:
+            self._save()
+        return rec
 
     def records(self) -> list[TokenRecord]:
         return list(self._records.values())

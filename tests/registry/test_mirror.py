@@ -227,8 +227,11 @@ def test_registry_admin_cli(tmp_path, keys) -> None:
     listed = kiln("registry", "token", "list", "--dir", str(reg)).stdout
     tid = tok.split("_")[1]
     assert tid in listed and "read" in listed
-    assert kiln("registry", "token", "revoke", "--dir", str(reg), tid).returncode == 0
-    assert kiln("registry", "token", "revoke", "--dir", str(reg), tid).returncode == 1
+    r = kiln("registry", "token", "revoke", "--dir", str(reg), tid)
+    assert r.returncode == 0 and f"revoked token {tid}" in r.stdout and "scopes read" in r.stdout, r
+    assert tid not in kiln("registry", "token", "list", "--dir", str(reg)).stdout
+    r = kiln("registry", "token", "revoke", "--dir", str(reg), tid)
+    assert r.returncode == 1 and f"no token with id {tid}" in r.stderr, r
     # a file that is not a narinfo is named, not an internal error (and nothing published)
     junk = reg / ("a" * 32 + ".narinfo")
     for body in (b"hello\n", b"StorePath: \xff\n"):
