@@ -20,7 +20,10 @@ The answer is JSON, ``Cache-Control: no-store``; 200 when ``problems`` is empty,
   timestamp's signing time, or the timestamp expires further ahead than any publisher
   signs); it then keeps the timestamp it has rather than sign one already expired;
 - ``writable`` and ``free_bytes`` (directory registries): whether uploads can be written
-  (``os.access``, which sees a read-only mount; a full disk is in ``free_bytes``).
+  (``os.access``, which sees a read-only mount; a full disk is in ``free_bytes``);
+- ``warnings``: what does not stop reads but will fail uploads and pushes, one line each
+  (not writable; less than ``LOW_SPACE`` bytes free), so a monitor need not know the
+  thresholds; empty when there is nothing to say.
 
 What makes it 503: the registry directory's ``nix-cache-info`` cannot be read now (the
 directory removed, its disk unmounted or unreadable: every read would fail), the store
@@ -52,6 +55,9 @@ from .storage import FileStorage
 from .workers import live_workers
 
 PATH = "healthz"
+LOW_SPACE = 64 << 20
+"""Free bytes under which ``warnings`` says uploads will fail (a NAR of a toolchain is
+larger; a registry this full fills on the next push)."""
 
 
 def _timestamp(source: DirSource, now: dt.datetime) -> tuple[dict[str, Any] | None, str | None]:
@@ -124,6 +130,15 @@ def check(source: Source, index_key: bool, now: dt.datetime | None = None) -> tu
                 doc["free_bytes"] = st.f_bavail * st.f_frsize
             except OSError:
                 doc["free_bytes"] = None
+            warnings = doc["warnings"] = []
+            if not doc["writable"]:
+                warnings.append(f"uploads fail: {root} is not writable (a read-only mount?)")
+            free = doc["free_bytes"]
+            if free is not None and free < LOW_SPACE:
+                warnings.append(
+                    f"uploads will fail: {free} bytes free on the file system of {root} "
+                    f"(under {LOW_SPACE >> 20} MiB)"
+                )
     else:
         try:
             source.narinfo("0" * 32)  # one query of the store database

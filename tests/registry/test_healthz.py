@@ -7,9 +7,11 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
+import pytest
 from regkit import kiln, request, start_kiln
 from test_serve_workers import workers_of
 
@@ -32,7 +34,7 @@ def test_a_healthy_signing_server(pushed) -> None:
         "version": signed["version"],
         "signed_here": True,
     }
-    assert doc["writable"] is True and doc["free_bytes"] > 0
+    assert doc["writable"] is True and doc["free_bytes"] > 0 and doc["warnings"] == []
     st, _h, body = request(srv.url + "/healthz", "HEAD")
     assert st == 200 and body == b""
     st, h, _b = request(srv.url + "/healthz", "PUT", b"{}")
@@ -84,6 +86,30 @@ def test_private_servers_ask_a_read_token(tmp_path, kiln_server) -> None:
     assert _health(srv.url)[0] == 401
     st, _h, doc = _health(srv.url, Authorization=f"Bearer {tok}")
     assert st == 200 and doc["status"] == "ok" and doc["index"] is None
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (mounts a small tmpfs)")
+def test_a_full_or_read_only_disk_is_a_warning_and_reads_go_on(tmp_path, kiln_server) -> None:
+    """A registry that cannot take a push answers 200 (reads work) but says why uploads
+    will fail, so a monitor need not know kiln's thresholds; it said "ok" with 0 free."""
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(small)], check=True)
+    try:
+        reg = small / "reg"
+        assert kiln("registry", "init", "--dir", str(reg)).returncode == 0
+        srv = kiln_server("--dir", str(reg))
+        st, _h, doc = _health(srv.url)
+        assert st == 200 and doc["status"] == "ok" and doc["writable"] is True, doc
+        assert len(doc["warnings"]) == 1 and doc["warnings"][0].startswith("uploads will fail: "), doc
+        assert f"{doc['free_bytes']} bytes free on the file system of {reg}" in doc["warnings"][0]
+        subprocess.run(["mount", "-o", "remount,ro", str(small)], check=True)
+        st, _h, doc = _health(srv.url)
+        assert st == 200 and doc["writable"] is False, doc
+        assert doc["warnings"][0] == f"uploads fail: {reg} is not writable (a read-only mount?)", doc
+        srv.stop()
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)
 
 
 def test_a_store_server(tmp_path, kiln_server) -> None:
