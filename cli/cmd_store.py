@@ -293,6 +293,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
         doc = {
             "checked": r.checked,
+            "contentProved": r.ca_proved,
             "problems": [
                 {"path": p.path, "kind": p.kind, "detail": p.detail, "repaired": p.repaired}
                 for p in r.problems
@@ -317,6 +318,11 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         bad = sum(1 for p in r.problems if not p.repaired)
         gone = set(r.quarantined)
         summary = f"checked {r.checked} paths: {bad} problem(s)"
+        if needed and r.ca_proved:
+            # the keys vouch for fewer paths than were checked: say which proved themselves
+            summary += (
+                f" ({r.ca_proved} content-addressed: their content proves the path, no signature needed)"
+            )
         if args.repair:
             summary += f", {sum(1 for p in r.problems if p.repaired and p.path not in gone)} repaired"
         if r.quarantined:

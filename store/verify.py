@@ -94,6 +94,10 @@ class VerifyReport:
     #: valid paths that reference a path this run quarantined (each has an unrepaired
     #: ``dangling-reference`` problem, so ``ok`` is false)
     incomplete: tuple[str, ...] = ()
+    #: with ``sigs_needed`` > 0, the paths that needed no signature because verify
+    #: recomputed their path from their content (a summary that counted them as signed
+    #: would overstate what the keys vouch for)
+    ca_proved: int = 0
 
     @property
     def ok(self) -> bool:
@@ -259,13 +263,16 @@ def verify(
                 if progress is not None:
                     progress(len(results), len(infos))
         per_path: list[tuple[PathInfo, list[Problem]]] = []
+        ca_proved = 0
         for info, found in zip(infos, results, strict=True):
             for r in info.references:
                 if r != info.path and r not in valid:
                     found.append(
                         Problem(info.path, "dangling-reference", f"references {r}, which is not valid")
                     )
-            if sigs_needed > 0 and not _ca_proves_path(info, found):
+            if sigs_needed > 0 and _ca_proves_path(info, found):
+                ca_proved += 1
+            elif sigs_needed > 0:
                 n = len(valid_signers(info, trusted or []))
                 if n < sigs_needed:
                     found.append(
@@ -316,6 +323,7 @@ def verify(
         tuple(stray_trees),
         tuple(stray_objects),
         tuple(incomplete),
+        ca_proved,
     )
 
 

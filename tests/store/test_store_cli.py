@@ -53,6 +53,10 @@ def test_cli_round_trip(tmp_path):
     assert len(info["signatures"]) == 1 and info["signatures"][0].startswith("cli-test-1:")
     r = kiln("store", "verify", "--store", st, "--trusted-key", str(tmp_path / "pk"), "--sigs-needed", "1")
     assert b"0 problem(s)" in r.stdout
+    # (an added path proves itself: the summary does not let it read as vouched for by the key)
+    assert b"(1 content-addressed: their content proves the path, no signature needed)" in r.stdout
+    r = kiln("store", "verify", "--store", st, "--json", "--trusted-key", str(tmp_path / "pk"))
+    assert json.loads(r.stdout)["contentProved"] == 1
 
     # corrupt the tree: verify exits 1 and names the path; --repair fixes it
     os.chmod(real, 0o755)

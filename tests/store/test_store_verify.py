@@ -138,6 +138,8 @@ def test_signatures(store, two):
     # content-addressed paths need no signature; input-addressed ones do
     r = store.verify(trusted=[key.public()], sigs_needed=1)
     assert [(p.path, p.kind) for p in r.problems] == [(built, "signatures")]
+    assert (r.checked, r.ca_proved) == (3, 2)  # (counted, so no summary claims them signed)
+    assert store.verify().ca_proved == 0  # (signatures not asked: nothing exempted)
     store.add_signatures(built, [sign_info(store.query(built), other)])
     assert not store.verify(trusted=[key.public()], sigs_needed=1).ok
     store.add_signatures(built, [sign_info(store.query(built), key)])
