@@ -288,52 +288,9 @@ def _cmd_verify(args: argparse.Namespace) -> int:
             sigs_needed=needed,
             progress=_meter("verifying (a GC waits until this is done)"),
         )
-    if args.json:
-        from .jsonout import emit
+    from .storeverifyshow import show
 
-        doc = {
-            "checked": r.checked,
-            "contentProved": r.ca_proved,
-            "problems": [
-                {"path": p.path, "kind": p.kind, "detail": p.detail, "repaired": p.repaired}
-                for p in r.problems
-            ],
-            "quarantined": list(r.quarantined),
-            "incomplete": list(r.incomplete),
-            "strayTrees": list(r.stray_trees),
-            "strayObjects": list(r.stray_objects),
-        }
-        emit(r.ok, doc, sort_keys=False)
-    else:
-        for p in r.problems:
-            print(f"{p.path}: {p.kind}: {p.detail}", file=sys.stderr)
-            if p.repaired:
-                print(f"  repaired: {p.repaired}", file=sys.stderr)
-        if r.stray_trees or r.stray_objects:
-            print(
-                f"note: {len(r.stray_trees)} unregistered tree(s) and {len(r.stray_objects)} unused object(s) "
-                "(removed by 'kiln store gc')",
-                file=sys.stderr,
-            )
-        bad = sum(1 for p in r.problems if not p.repaired)
-        gone = set(r.quarantined)
-        summary = f"checked {r.checked} paths: {bad} problem(s)"
-        if needed and r.ca_proved:
-            # the keys vouch for fewer paths than were checked: say which proved themselves
-            summary += (
-                f" ({r.ca_proved} content-addressed: their content proves the path, no signature needed)"
-            )
-        if args.repair:
-            summary += f", {sum(1 for p in r.problems if p.repaired and p.path not in gone)} repaired"
-        if r.quarantined:
-            # a quarantine is no clean repair: the path is gone, and its referrers broken
-            summary += (
-                f"; {len(r.quarantined)} path(s) quarantined (with their "
-                f"{sum(1 for p in r.problems if p.path in gone)} problem(s)), "
-                f"{len(r.incomplete)} referrer(s) now incomplete"
-            )
-        print(summary)
-    return 0 if r.ok else 1
+    return show(r, sigs_checked=needed > 0, repair=args.repair, as_json=args.json)
 
 
 def _meter(what: str) -> Callable[[int, int], None] | None:
