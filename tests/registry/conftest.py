@@ -35,7 +35,7 @@ def kiln_server() -> Iterator:
 
     yield start
     for s in started:
-        s.stop()
+        s.close()
 
 
 @pytest.fixture
@@ -49,7 +49,7 @@ def nginx_server(tmp_path: Path) -> Iterator:
 
     yield start
     for s in started:
-        s.stop()
+        s.close()
 
 
 @pytest.fixture

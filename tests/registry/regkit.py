@@ -74,6 +74,22 @@ class Server:
                 os.kill(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
 
+    def close(self) -> None:
+        """``stop``, then close the pipes to it (a test that read them is done: teardown)."""
+        self.stop()
+        self._close_pipes()
+
+    def _close_pipes(self) -> None:
+        for pipe in (self.proc.stdout, self.proc.stderr):
+            if pipe is not None:
+                pipe.close()
+
+    def __del__(self) -> None:
+        # A test that stopped its server (and maybe read its stderr) drops it: close the
+        # pipes then, else each is an "unclosed file" ResourceWarning at the test's end.
+        if self.proc.returncode is not None:
+            self._close_pipes()
+
 
 def start_kiln(
     args: list[str], max_file_bytes: int | None = None, nofile: tuple[int, int] | None = None
