@@ -202,11 +202,19 @@ def _verify(args: argparse.Namespace) -> int:
         reports = [_verify_remote(remote[0], remote[1], policy, args.token)]
     else:
         _check_digest(args.target)
-        store = open_store(args)
+        try:
+            store = open_store(args)
+        except KilnError as e:  # (there, but unusable: its database damaged)
+            return _show([_unchecked(args.target, policy, "valid", str(e))], args)
         try:
             reports = _verify_local(store, args.target, policy, args.closure)
         finally:
             store.close()
+    return _show(reports, args)
+
+
+def _show(reports: list[Report], args: argparse.Namespace) -> int:
+    """Print ``reports`` (``verifyshow``); return the exit status."""
     if args.json:  # (JSON escapes every control character itself)
         doc = document(reports, args.closure)
         emit(doc["ok"], doc)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from kiln.store.errors import FormatError, KilnError, StoreError
+from kiln.store.errors import FormatError, KilnError, NoStoreError
 from kiln.store.hashes import Hash
 from kiln.store.localstore import LocalStore
 from kiln.store.paths import StorePath
@@ -18,10 +18,12 @@ EXIT_USAGE = 2
 
 
 def open_store(args: argparse.Namespace) -> LocalStore:
-    """The store ``--store`` names, which must exist (else a ``UsageError``)."""
+    """The store ``--store`` names, which must exist (else a ``UsageError``); a store that
+    is there but cannot be opened (a damaged database) raises its ``StoreError``: no
+    usage error, the command could not run (``kiln verify``: exit 3)."""
     try:
         return LocalStore.open(store_root(args), create=False)
-    except StoreError as e:
+    except NoStoreError as e:
         raise UsageError(str(e)) from None
 
 

@@ -306,3 +306,8 @@ class HashMismatch(KilnError):
 
 class StoreError(KilnError):
     """An operation on the local store failed (missing path, corrupt object, lock...)."""
+
+
+class NoStoreError(StoreError):
+    """There is no store where one was to be opened (no ``config.json``): a caller's
+    mistake, unlike a store that is there but unusable (a damaged database)."""

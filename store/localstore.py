@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import db, reserve
-from .errors import StoreError
+from .errors import NoStoreError, StoreError
 from .locks import RootHolder, TempRoots
 from .objects import fsync_dir, object_rel_path
 from .objread import read_object
@@ -163,7 +163,7 @@ class LocalStore(Registering):
             data = json.loads(cfg.read_text())
         except FileNotFoundError:
             if not create:
-                raise StoreError(f"no kiln store at {root} (create one with 'kiln store init')") from None
+                raise NoStoreError(f"no kiln store at {root} (create one with 'kiln store init')") from None
             wanted = check_store_dir(DEFAULT_STORE_DIR if store_dir is None else store_dir, local=True)
             if problem := new_store_dir_problem(wanted):
                 raise StoreError(f"cannot make a store with store dir {wanted!r}: {problem}") from None

@@ -151,3 +151,17 @@ def test_closure_one_path_rejected_one_unchecked_is_1(built) -> None:
     doc = _doc(built, built.hello, "--closure")
     assert doc["verdict"] == "rejected" and doc["ok"] is False
     assert [p["verdict"] for p in doc["paths"]] == ["unchecked", "rejected"]
+
+
+def test_a_store_whose_database_is_damaged_is_3_not_a_usage_error(tmp_path: Path) -> None:
+    """The store is there but cannot be opened: a check that could not run (3), named in
+    the report, not "usage error" (2: it was so, a script took it for bad arguments)."""
+    st = tmp_path / "st"
+    (tmp_path / "f").write_text("x\n")
+    path = kiln("store", "add", str(tmp_path / "f"), "--store", str(st)).stdout.strip()
+    (st / "db.sqlite").write_bytes(b"garbage" * 1000)
+    r = kiln("verify", path, "--store", str(st))
+    assert r.returncode == 3, r.stdout + r.stderr
+    assert f"  ERR  valid: the store database {st / 'db.sqlite'} is damaged" in r.stdout, r.stdout
+    doc = json.loads(kiln("verify", path, "--store", str(st), "--json").stdout)
+    assert doc["verdict"] == "unchecked" and doc["exit_status"] == 3
