@@ -43,7 +43,6 @@ verifier's policy (``kiln verify``).
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 from collections.abc import Iterable, Sequence
@@ -282,14 +281,6 @@ async def push_attestations(
     answers = await upload_many(client, [(_hp(p), kind, data) for p, kind, data in todo], jobs)
     refused = [f"{p} {kind}: {e}" for (p, kind, _), e in zip(todo, answers, strict=True) if e is not None]
     return len(todo) - len(refused), sorted(refused)
-
-
-async def _get_listed(client: Any, path: str, kind: str, want: str, sem: asyncio.Semaphore) -> bytes:
-    """The ``kind`` attestation of ``path`` at ``client``, which its listing says hashes to
-    ``want`` (sha256 hex); ``KilnError`` if it is missing or hashes otherwise."""
-    async with sem:
-        data = await client.get(layout.att_key(_hp(path), kind))
-    return listed_bytes(client, kind, want, data)
 
 
 def listed_bytes(client: Any, kind: str, want: str, data: bytes | None | KilnError) -> bytes:

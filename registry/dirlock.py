@@ -5,8 +5,11 @@ that writes the directory: ``kiln serve --workers N``'s workers, and ``kiln regi
 ...`` commands run beside a server. An ``asyncio.Lock`` or ``threading.Lock`` covers one
 process only.
 
-Storages without a local path (object stores) get no lock here: they need a conditional
-write of their own, which is recorded as a limitation in docs/registry.md.
+Storages without a local path (object stores) cannot be locked here, and ``dir_lock``
+refuses them (``StorageError``) rather than run the step unserialised (two mirror syncs
+could then roll the mirror back): such a backend needs a conditional write of its own
+(S3's ``If-Match`` on the ETag) before it can take these steps (docs/registry.md,
+"Storage backends").
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from collections.abc import Callable, Iterator
 
 from kiln.store.perms import make_dir
 
-from .storage import Storage
+from .storage import Storage, StorageError
 
 #: the signed index (publish-index, root rotation)
 INDEX_LOCK = ".kiln/index.lock"
@@ -34,8 +37,10 @@ def dir_lock(storage: Storage, key: str, on_wait: Callable[[], None] | None = No
     ``on_wait()`` is called first if another process holds it."""
     path = storage.local_path(key)
     if path is None:
-        yield
-        return
+        raise StorageError(
+            f"{storage.url} cannot be locked for {key} (no local file system): this step needs a "
+            "backend with a conditional write, which kiln does not have yet"
+        )
     make_dir(path.parent, exact=True)  # (0755 whatever the umask: ``.kiln/`` is not for others to write)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:

@@ -51,12 +51,13 @@ NARINFO = ".narinfo"
 @dataclass(frozen=True, slots=True)
 class ObjectFile:
     """A file named like an object: its key, and (device, inode), size and mtime when
-    it could be ``stat``-ed (None, 0, 0.0 when it vanished)."""
+    it could be ``stat``-ed (None, 0, None when the storage has no local file: its age
+    is then unknown, and ``sweep`` keeps it)."""
 
     key: str
     ident: tuple[int, int] | None
     size: int
-    mtime: float
+    mtime: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,14 +117,14 @@ def object_files(storage: Storage) -> list[ObjectFile]:
             if layout.parse_key(key)[0] not in ("blob", "nar"):
                 continue
             p = storage.local_path(key)
+            if p is None:
+                out.append(ObjectFile(key, None, 0, None))
+                continue
             try:
-                st = os.stat(p) if p is not None else None
+                st = os.stat(p)
             except OSError:
-                st = None
-            if st is None:
-                out.append(ObjectFile(key, None, 0, 0.0))
-            else:
-                out.append(ObjectFile(key, (st.st_dev, st.st_ino), st.st_size, st.st_mtime))
+                continue  # (gone since the listing: nothing to count or delete)
+            out.append(ObjectFile(key, (st.st_dev, st.st_ino), st.st_size, st.st_mtime))
     return out
 
 
@@ -157,8 +158,10 @@ def sweep(storage: Storage, young: float = YOUNG) -> Sweep:
     doomed: list[ObjectFile] = []
     spared = 0
     for f in unnamed(storage, named):
-        if f.mtime > cutoff:
-            spared += 1  # (an upload in flight: its narinfo may come next)
+        # (an upload in flight: its narinfo may come next. Of an unknown age (a storage
+        # without local files), every object might be one: none goes)
+        if f.mtime is None or f.mtime > cutoff:
+            spared += 1
         else:
             doomed.append(f)
     if doomed and root is not None:  # narinfos published since the first read name what they name
