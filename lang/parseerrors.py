@@ -77,6 +77,40 @@ def _describe_token(tok: Token, end: str) -> str:
     return f"'{tok}'"
 
 
+def _open_string_note(parser: Lark, src: SourceText, begin: int, pos: int) -> str:
+    """A note when a ``"..."`` string that runs over a line end closes on the line of
+    ``pos``, before it: a missing closing quote makes the next line's opening quote close
+    the string, and the parse fails a line late, at what follows (``version = "1.0``
+    then ``build = "make install"`` fails at ``install``). "" otherwise. Lexes
+    ``begin..pos`` again: only an error pays for it."""
+    from lark.lexer import LexerState
+
+    from .lexer import LexError, Span
+
+    lexer = getattr(parser.parser, "lexer", None)  # (lark's front end; lark is pinned)
+    if lexer is None:
+        return ""
+    text = src.text
+    line_start = text.rfind("\n", begin, pos) + 1
+    found = None
+    try:
+        for tok in lexer.lex(LexerState(Span(text, begin, pos, {})), None):
+            end = tok.end_pos
+            if (
+                tok.type == "STRING"
+                and end is not None
+                and end > line_start
+                and "\n" in text[tok.start_pos : end]
+            ):
+                found = tok
+    except LexError:
+        return ""
+    if found is None:
+        return ""
+    line, col = src.line_col(found.start_pos)
+    return f" (the string opened at {line}:{col} runs over a line end to this line: is its closing '\"' missing?)"
+
+
 def lex_error(text: str, src: SourceText, base: int, pos: int, interp: bool) -> RecipeSyntaxError:
     """The error for ``text[pos]``, where no token starts (``interp``: ``text`` is the
     code of an interpolation)."""
@@ -111,7 +145,8 @@ def syntax_error(
             return RecipeSyntaxError(
                 "an 'if' must be in parentheses here: (if ... then ... else ...)", src, pos
             )
-        return RecipeSyntaxError(msg + (f"; expected {expected}" if expected else ""), src, pos)
+        msg += f"; expected {expected}" if expected else ""
+        return RecipeSyntaxError(msg + _open_string_note(parser, src, begin, pos), src, pos)
     if isinstance(e, UnexpectedCharacters):  # (lark's own lexers: FastLexer raises LexError)
         # (lark declares pos_in_stream as the base class's `= None`, unannotated; the
         # lexer's error sets it to where no token starts)
