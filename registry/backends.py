@@ -143,7 +143,7 @@ class DirSource(Source):
                     f"'kiln copy --from URL --to store --store {where} PATH...' (from another local "
                     "store, through a registry: push the paths to one first, or 'kiln serve --store' it)"
                 )
-        self.storage = open_storage(directory, durable=durable)
+        self.storage = open_storage(directory, durable=durable, create=create)  # (a reader makes nothing)
         info = self.storage.read(layout.CACHE_INFO)
         if info is None:
             if not create:

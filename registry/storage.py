@@ -22,6 +22,7 @@ a dead writer left: ``tempwriters``.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import threading
 from abc import ABC, abstractmethod
@@ -137,8 +138,14 @@ class FileStorage(Storage):
             # exact modes (``kiln.store.perms``), whatever the umask: under 000 these, and
             # the private ``.kiln/``, were world-writable; under 077 no other user (a
             # static server's) could read what is published here
-            for d in (self._tmp, self.root / "nar", self.root / "blobs", self.root / "index"):
-                make_dir(d, exact=True)
+            try:
+                for d in (self._tmp, self.root / "nar", self.root / "blobs", self.root / "index"):
+                    make_dir(d, exact=True)
+            except OSError as e:
+                # a directory on a read-only mount (a Nix cache without kiln's directories)
+                # is still served and read; a write fails when it is tried, saying so
+                if e.errno != errno.EROFS or not self.root.is_dir():
+                    raise
         elif not self.root.is_dir():
             raise StorageError(f"registry directory {self.root} does not exist")
 

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -123,3 +124,52 @@ def test_kiln_reads_a_cache_written_by_nix(nix_registry, keys, kiln_server, tmp_
     dest = make_store(tmp_path / "dest", "/nix/store")
     assert to_store(srv2.url, dest, [top], [keys.pk]) == 2
     assert (dest.real_path(top) / "data").read_text().startswith("top ")
+
+
+def _listing(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+@pytest.mark.nix
+@pytest.mark.skipif(not HAVE_NIX, reason="needs Debian nix-bin")
+def test_reading_a_nix_cache_writes_nothing_into_it(nix_registry, keys, kiln_server, tmp_path) -> None:
+    """``kiln copy --from file://``, ``kiln verify file://…#PATH``: readers, so a cache
+    written by ``nix copy`` is left exactly as it was, and one on a read-only mount can be
+    read. They made kiln's directories (``.kiln/tmp``, ``blobs/``, ``index/``) in it, and
+    on a read-only mount failed with "Read-only file system"."""
+    from regkit import kiln
+
+    _store, _dep, top, reg = nix_registry
+    srv = kiln_server("--dir", str(reg))
+    nixroot = tmp_path / "nixroot"
+    assert nix_copy(srv.url, top, keys.pk.to_text(), nixroot).returncode == 0
+    cache = tmp_path / "nixcache"
+    cmd = [
+        "nix", "copy", "--extra-experimental-features", "nix-command", "--from", f"local?root={nixroot}",
+        "--to", f"file://{cache}?compression=zstd&secret-key={keys.sk_file}", top,
+    ]  # fmt: skip
+    assert subprocess.run(cmd, capture_output=True, text=True, timeout=120).returncode == 0
+    before = _listing(cache)
+    home = tmp_path / "home"
+    kiln("store", "init", "--store", str(home), "--store-dir", "/nix/store")
+    trust = ("--trusted-key", str(keys.pk_file))
+    r = kiln("copy", "--from", f"file://{cache}", "--to", "store", "--store", str(home), *trust, top)
+    assert r.returncode == 0, r.stderr
+    r = kiln("verify", f"file://{cache}#{top}", "--store", str(home))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert _listing(cache) == before
+    if os.geteuid() != 0:
+        return
+    subprocess.run(["mount", "--bind", str(cache), str(cache)], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(cache)], check=True)
+        home2 = tmp_path / "home2"
+        kiln("store", "init", "--store", str(home2), "--store-dir", "/nix/store")
+        r = kiln("copy", "--from", f"file://{cache}", "--to", "store", "--store", str(home2), *trust, top)
+        assert r.returncode == 0 and "Read-only" not in r.stderr, r.stderr
+        srv2 = kiln_server("--dir", str(cache))  # (serves it: reads work, uploads fail)
+        assert to_store(srv2.url, make_store(tmp_path / "dest", "/nix/store"), [top], [keys.pk]) == 2
+        srv2.close()
+    finally:
+        subprocess.run(["umount", "-l", str(cache)], check=False)
+    assert _listing(cache) == before
