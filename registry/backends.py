@@ -11,7 +11,7 @@ narinfo does not re-read a large NAR; one that arrived otherwise is re-hashed on
 A server's ``DirSource`` (``zstd_only``) serves only zstd narinfos (a 200 narinfo whose
 NAR, xz as ``nix copy`` writes by default, is a 404 makes Nix fail instead of trying its
 next substituter; ``foreigncache``); the verdict is cached with the bytes (``b""`` under
-the file's stamp), and a zstd upload replaces such a narinfo. Readers see every
+the file's stamp). A zstd narinfo published replaces such a narinfo, on a server or not. Readers see every
 narinfo, so a client can say why it cannot use one (``verify.check_narinfo``).
 
 A batch links in only the NARs its admitted narinfos name (``batchcommit``); a NAR
@@ -368,9 +368,9 @@ class DirSource(Source):
                 return 200, UNCHANGED
             # junk: a 400; an unparseable CA is read as a false one (repaired below)
             old = published(old_body, self.store_dir)
-            if self.zstd_only and not layout.served_narinfo(old_body):
-                # a narinfo (parsed: not junk) this server does not serve (xz, nix copy's default):
-                # the zstd upload takes its place, or the path stayed a 404 for ever
+            if not layout.served_narinfo(old_body):
+                # a narinfo (parsed: not junk) kiln does not serve or read (xz, nix copy's default):
+                # the zstd upload takes its place, or the path stayed unreadable by kiln for ever
                 self.storage.put_bytes(key, body)
                 self._cache.drop(hash_part)
                 self.by_nar.learn(info.nar_hash.hex, hash_part)

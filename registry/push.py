@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +62,7 @@ from .client import Client, RegistryError
 from .looprun import run as run_async
 from .progress import Progress
 from .pushcheck import ObjectCheck
+from .pushresend import new_sigs, other_ca
 from .tokentext import scrub, sent_by
 from .verify import nar_file_hash
 
@@ -219,7 +219,12 @@ async def push_prepared(
     for i in info_map.values():
         if i.path.rpartition("/")[0] != sd:
             raise KilnError(f"{i.path} is not in the registry's store dir {sd!r}")
-    have = await client.narinfos([_hp(p) for p in info_map])
+    # (an xz narinfo, nix copy's, counts as missing: ours replaces it, as through a server)
+    have = {
+        h: t
+        for h, t in (await client.narinfos([_hp(p) for p in info_map])).items()
+        if layout.served_narinfo(t.encode())
+    }
     missing = {p: i for p, i in info_map.items() if _hp(p) not in have}
     # published, but without a signature of ours the registry may want: this push's key's,
     # or a rotated key's of a signer whose older key's signature is there (NAME-2 beside
@@ -228,7 +233,7 @@ async def push_prepared(
     resign = [
         p
         for p, i in info_map.items()
-        if p not in missing and (_new_sigs(have[_hp(p)], i.sigs, signer) or _other_ca(have[_hp(p)], i.ca))
+        if p not in missing and (new_sigs(have[_hp(p)], i.sigs, signer) or other_ca(have[_hp(p)], i.ca))
     ]
     # Blobs are checked for the whole closure, not only for missing narinfos: a published
     # narinfo whose NAR was lost (registry GC, disk trouble) gets its NAR back (repair).
@@ -306,7 +311,7 @@ async def push_prepared(
         except RegistryError as e:  # not trusted there: the path stays as published
             if e.status not in (400, 403, 409):
                 raise
-            signed = _new_sigs(have[_hp(p)], info_map[p].sigs, signer)  # else sent for its CA alone
+            signed = new_sigs(have[_hp(p)], info_map[p].sigs, signer)  # else sent for its CA alone
             (refused if signed else ca_refused).append(f"{p}: {e}")
 
     await asyncio.gather(*(up_sigs(p) for p in resign))
@@ -316,7 +321,7 @@ async def push_prepared(
         refused += [
             f"{p}: not kept (the registry does not trust the key)"
             for p in sent
-            if _new_sigs(now.get(_hp(p), ""), info_map[p].sigs, signer)
+            if new_sigs(now.get(_hp(p), ""), info_map[p].sigs, signer)
         ]
     atts = 0
     atts_refused: list[str] = []
@@ -344,39 +349,6 @@ async def push_prepared(
 
 def _hp(path: str) -> str:
     return path.rsplit("/", 1)[1][:32]
-
-
-def _new_sigs(text: str, sigs: tuple[str, ...], signer: str | None) -> bool:
-    """Whether one of ``sigs`` is missing from the published narinfo ``text`` and is
-    worth sending: by ``signer`` (this push's key), or by a key of the same family as a
-    signature already there (``NAME-2`` where ``NAME-1`` signed: ``kiln key rotate``).
-    Others (a local build key, a signature the registry never had) would be sent on
-    every push and never merged. Unparsable text: nothing is sent."""
-    published = {line[5:].strip() for line in text.splitlines() if line.startswith("Sig: ")}
-    families = {_family(s.partition(":")[0]) for s in published}
-    for s in sigs:
-        name = s.partition(":")[0]
-        if s not in published and (name == signer or _family(name) in families):
-            return True
-    return False
-
-
-def _other_ca(text: str, ca: str | None) -> bool:
-    """Whether the published narinfo ``text`` states another ``CA:`` than ``ca`` (the
-    store's, checked when it came in): the narinfo is sent again and the registry
-    replaces a false one (``admitca``). A store without a CA has nothing to correct
-    with (the registry keeps a true one: sending it again would never settle). Every
-    ``CA:`` line counts: a second one, even beside ours, makes the narinfo unparseable,
-    which the registry repairs the same way."""
-    if not ca:
-        return False
-    published = [line[4:].strip() for line in text.splitlines() if line.startswith("CA: ")]
-    return published != [ca]
-
-
-def _family(key_name: str) -> str:
-    """A key name without its rotation number (``cache-2`` -> ``cache``)."""
-    return re.sub(r"-\d+\Z", "", key_name)
 
 
 def push(

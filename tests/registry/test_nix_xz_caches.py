@@ -8,7 +8,8 @@ says about them instead of failing obscurely:
 - ``kiln copy --from`` such a cache blames the source's compression, not "this registry";
 - an upload of an xz NAR or a ``.ls`` listing is a 415 / 400 saying what kiln stores;
 - ``kiln mirror sync`` from a plain cache (no signed index) says so and points to
-  ``kiln copy``, and a refused first sync leaves no destination behind.
+  ``kiln copy``, and a refused first sync leaves no destination behind;
+- a zstd push (through ``kiln serve`` or into the directory) replaces such a narinfo.
 """
 
 from __future__ import annotations
@@ -191,3 +192,25 @@ def test_a_zstd_push_replaces_a_narinfo_not_served(tmp_path, keys, kiln_server) 
         path,
     )
     assert r.returncode == 0 and dest.is_valid(path), r.stderr
+
+
+def test_a_push_into_an_xz_cache_directory_replaces_its_narinfo(tmp_path, keys) -> None:
+    """``kiln push --to file://`` of a path an xz cache holds publishes kiln's zstd
+    narinfo in place of the one kiln cannot read, as a push through ``kiln serve`` does.
+    Before, it said "pushed 0 of 1", left the xz narinfo (kiln copy from it then failed
+    "is xz-compressed") and the zstd NAR it had written unnamed."""
+    cache = tmp_path / "cache"
+    path = _nix_cache(tmp_path, cache, "xz", keys, "pushed-again")
+    st = str(tmp_path / "kstore")
+    kiln("store", "init", "--store", st, "--store-dir", "/nix/store")
+    r = kiln("store", "add", "--store", st, str(tmp_path / "src" / "pushed-again"))
+    assert r.stdout.strip() == path, (r.stdout, r.stderr)  # (the same content-addressed path)
+    r = kiln("push", "--store", st, "--to", f"file://{cache}", "--sign-key", str(keys.sk_file), path)
+    assert r.returncode == 0 and "pushed 1 of 1" in r.stdout, r.stdout + r.stderr
+    body = (cache / f"{_h(path)}.narinfo").read_text()
+    assert "Compression: zstd" in body and f"Sig: {keys.pk.name}:" in body, body
+    dest = str(tmp_path / "dest")
+    kiln("store", "init", "--store", dest, "--store-dir", "/nix/store")
+    trust = ("--trusted-key", str(keys.pk_file))
+    r = kiln("copy", "--from", f"file://{cache}", "--to", "store", "--store", dest, *trust, path)
+    assert r.returncode == 0, r.stderr
