@@ -179,7 +179,11 @@ def cmd_copy(argv: list[str]) -> int:
     )
     p.add_argument("--sigs-needed", type=whole_number(0), default=1)
     p.add_argument("-j", "--jobs", type=whole_number(1), default=16)
-    p.add_argument("--store-dir", default=None, help="logical store dir when --to store creates a new store")
+    p.add_argument(
+        "--store-dir",
+        default=None,
+        help="logical store dir when --to store creates a new store (default: the source's)",
+    )
     p.add_argument(
         "--add-root",
         metavar="NAME",
@@ -228,7 +232,12 @@ def cmd_copy(argv: list[str]) -> int:
 
         attesters = [load_trusted_key(k) for k in args.attester_key or []]
         index_root = args.index_root.read_bytes() if args.index_root is not None else None
-        with _open_store(args, args.store_dir, create=True) as store:
+        store_dir = args.store_dir
+        if store_dir is None and not (store_root(args) / "config.json").exists():
+            # a store this copy makes takes the source's store dir (a /nix/store cache's
+            # paths cannot go into a new /kiln/store one, which was left behind)
+            store_dir = run_async(_store_dir_of(args.src, args.from_token or args.token))
+        with _open_store(args, store_dir, create=True) as store:
             refused: AttestationError | None = None
             try:
                 n = rcopy.to_store(
@@ -259,7 +268,7 @@ def cmd_copy(argv: list[str]) -> int:
     rep = run_async(
         rcopy.between(
             args.src,
-            lambda: open_client(args.dst, args.token, args.jobs),
+            lambda store_dir: open_client(args.dst, args.token, args.jobs, store_dir),
             args.paths,
             trusted,
             args.sigs_needed,
@@ -273,6 +282,14 @@ def cmd_copy(argv: list[str]) -> int:
     if len(rep.refused) > 10:
         print(f"error: ... and {len(rep.refused) - 10} more attestations not copied", file=sys.stderr)
     return _attestations_refused(tuple(rep.refused))
+
+
+async def _store_dir_of(url: str, token: str | None) -> str | None:
+    """The StoreDir registry ``url`` says it holds paths of (None: it names none)."""
+    from kiln.registry.client import open_client
+
+    async with open_client(url, token, create=False) as src:
+        return (await src.cache_info()).get("StoreDir") or None
 
 
 def _root_names(name: str, n: int) -> list[str]:

@@ -254,7 +254,7 @@ async def _closure(
 
 async def between(
     src_url: str,
-    dst_factory: Callable[[], Client],
+    dst_factory: Callable[[str], Client],
     paths: list[str],
     trusted: list[PublicKey],
     sigs_needed: int = 1,
@@ -273,50 +273,62 @@ async def between(
     ``blob_batch`` from a kiln server), then uploaded with their narinfos
     (``upload_batch`` to a kiln server or a directory, in chunks ordered by
     ``uploadplan``; else one PUT per object and narinfo, a narinfo only after its
-    object and its references')."""
-    async with open_client(src_url, src_token, jobs=jobs, create=False) as src, dst_factory() as dst:
+    object and its references'). ``dst_factory(store_dir)`` opens the destination with
+    the source's store dir (a directory registry it makes is made with that one)."""
+    async with open_client(src_url, src_token, jobs=jobs, create=False) as src:
         await src.cache_info()
-        dinfo = await dst.cache_info()
-        if dinfo.get("StoreDir") != src.store_dir:
-            raise KilnError(f"store dirs differ: {src.store_dir} vs {dinfo.get('StoreDir')}")
-        wanted, present = await _closure(src, dst, paths, trusted, sigs_needed)
-        # no registry takes a narinfo over the limit: refused before anything is relayed
-        check_sizes({p: i.render().encode() for p, i in wanted.items()})
-        blobs = await dst.have_blobs([nar_file_hash(i) for i in wanted.values()]) if wanted else set()
-        sem = asyncio.Semaphore(jobs)
-        relay = Relay(src, dst, sem, jobs)
-        # (owned: a kill -9 must not leave the spooled objects in $TMPDIR for good)
-        with owned_tmpdir("copy") as scratch:
-            # one topological order (references first), cut into groups done one after
-            # the other: a group's references are in it or published with an earlier one
-            order = [p for level in levels(wanted) for p in level]
-            for group in batches([wanted[p] for p in order], GROUP_OBJECTS, GROUP_BYTES):
-                need = {nar_file_hash(i).hex: i for i in group if nar_file_hash(i).hex not in blobs}
-                try:
-                    files = await relay.fetch(list(need.values()), scratch)
-                except OSError as e:
-                    if e.errno not in (errno.ENOSPC, errno.EDQUOT):
-                        raise
-                    raise KilnError(scratch_full(scratch, e)) from None
-                await relay.publish(group, files)
-                blobs |= set(need)
-                for f in files.values():
-                    f.unlink()
-        subjects = {**present, **{p: i.nar_hash.hex for p, i in wanted.items()}}
-        failed: KilnError | None = None
-        try:
-            atts, refused = await relay_attestations(src, dst, subjects, jobs)
-        except KilnError as e:  # (a 5xx, an unreachable side: not one file refused)
-            atts, refused, failed = 0, [], e
-        # always, as push does: a copy cut off after its uploads publishes on the re-run,
-        # when nothing is missing any more (a server with nothing new refreshes its timestamp)
-        await dst.publish_index()
-        if failed is not None:  # the paths are there and published; the run still failed
-            raise KilnError(
-                f"copied and published {len(wanted)} paths, but their attestations could not be "
-                f"relayed (run the copy again): {failed}"
-            ) from failed
-        return Copied(len(wanted), atts, tuple(refused))
+        async with dst_factory(src.store_dir) as dst:
+            return await _between(src, dst, paths, trusted, sigs_needed, jobs)
+
+
+async def _between(
+    src: Client, dst: Client, paths: list[str], trusted: list[PublicKey], sigs_needed: int, jobs: int
+) -> Copied:
+    """``between`` once both ends are open."""
+    dinfo = await dst.cache_info()
+    if dinfo.get("StoreDir") != src.store_dir:
+        raise KilnError(
+            f"store dirs differ: {src.url} holds paths of {src.store_dir}, {dst.url} of "
+            f"{dinfo.get('StoreDir')} (a registry holds one store dir's paths)"
+        )
+    wanted, present = await _closure(src, dst, paths, trusted, sigs_needed)
+    # no registry takes a narinfo over the limit: refused before anything is relayed
+    check_sizes({p: i.render().encode() for p, i in wanted.items()})
+    blobs = await dst.have_blobs([nar_file_hash(i) for i in wanted.values()]) if wanted else set()
+    sem = asyncio.Semaphore(jobs)
+    relay = Relay(src, dst, sem, jobs)
+    # (owned: a kill -9 must not leave the spooled objects in $TMPDIR for good)
+    with owned_tmpdir("copy") as scratch:
+        # one topological order (references first), cut into groups done one after
+        # the other: a group's references are in it or published with an earlier one
+        order = [p for level in levels(wanted) for p in level]
+        for group in batches([wanted[p] for p in order], GROUP_OBJECTS, GROUP_BYTES):
+            need = {nar_file_hash(i).hex: i for i in group if nar_file_hash(i).hex not in blobs}
+            try:
+                files = await relay.fetch(list(need.values()), scratch)
+            except OSError as e:
+                if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                raise KilnError(scratch_full(scratch, e)) from None
+            await relay.publish(group, files)
+            blobs |= set(need)
+            for f in files.values():
+                f.unlink()
+    subjects = {**present, **{p: i.nar_hash.hex for p, i in wanted.items()}}
+    failed: KilnError | None = None
+    try:
+        atts, refused = await relay_attestations(src, dst, subjects, jobs)
+    except KilnError as e:  # (a 5xx, an unreachable side: not one file refused)
+        atts, refused, failed = 0, [], e
+    # always, as push does: a copy cut off after its uploads publishes on the re-run,
+    # when nothing is missing any more (a server with nothing new refreshes its timestamp)
+    await dst.publish_index()
+    if failed is not None:  # the paths are there and published; the run still failed
+        raise KilnError(
+            f"copied and published {len(wanted)} paths, but their attestations could not be "
+            f"relayed (run the copy again): {failed}"
+        ) from failed
+    return Copied(len(wanted), atts, tuple(refused))
 
 
 @dataclass(frozen=True, slots=True)

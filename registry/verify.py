@@ -13,7 +13,10 @@ and substitution: the narinfo must parse for the registry's store dir, point at
 ``nar/<nix32 FileHash>.nar.zst`` with ``Compression: zstd``, and carry at least
 ``sigs_needed`` valid signatures from distinct trusted keys. A client names the cache it
 read (``source``): a narinfo that is not zstd is then the source's (say, a cache ``nix
-copy`` wrote with its default xz), with how to re-create it. Its ``CA:`` (not covered by
+copy`` wrote with its default xz), with how to re-create it; and a path whose ``CA:``
+gives its store path needs no signature there (``caclaim``: the import checks the content
+against the claim), as Nix takes ``nix copy --derivation``'s unsigned ``.drv`` files. A
+registry admitting an upload (no ``source``) still asks signatures of every path. Its ``CA:`` (not covered by
 the signatures) is judged against the object by ``ca_refusal`` once the object's
 digests are known: ``NarVerifier`` also hashes the contents of a NAR that is one plain
 file (``Digests.flat_hash``), so a flat or text claim costs no second read.
@@ -32,6 +35,7 @@ from dataclasses import dataclass
 import zstandard
 
 from kiln.store import narinfo as ni
+from kiln.store.caclaim import claim_gives_path
 from kiln.store.errors import FormatError, HashMismatch, KilnError
 from kiln.store.hashes import Hash
 from kiln.store.pathadmit import FlatHasher, ca_problem, nar_content
@@ -281,7 +285,9 @@ def check_narinfo(
         raise FormatError(f"{info.path}: narinfo needs a sha256 FileHash and a FileSize")
     if info.url != nar_key(info.file_hash):
         raise FormatError(f"{info.path}: URL must be {nar_key(info.file_hash)}, found {info.url!r}")
-    if sigs_needed > 0:
+    # a client may take a path its content address proves instead of signatures, as Nix
+    # does (``caclaim``): importing it checks the content against the claim
+    if sigs_needed > 0 and not (source is not None and claim_gives_path(info)):
         good = valid_signers(info, trusted)
         if len(good) < sigs_needed:
             have = ", ".join(s.partition(":")[0] for s in info.sigs) or "none"

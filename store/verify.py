@@ -59,6 +59,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import db, nar, sigshield
+from .caclaim import CA_METHODS
 from .errors import KilnError
 from .hashes import Hash
 from .locks import FileLock
@@ -172,10 +173,6 @@ def _check_tree(
     return out
 
 
-#: content-address methods verify can recompute a path from (anything else proves nothing)
-_CA_METHODS = ("fixed:r:sha256:", "fixed:sha256:", "text:sha256:")
-
-
 def _ca_proves_path(info: PathInfo, problems: list[Problem]) -> bool:
     """Whether the path is *shown* to be its content's address: a ``ca`` of a method
     verify recomputes, with the tree checked clean (so ``_check_ca`` ran and passed).
@@ -183,7 +180,7 @@ def _ca_proves_path(info: PathInfo, problems: list[Problem]) -> bool:
     ``CA:`` field, a database column)."""
     return (
         info.ca is not None
-        and info.ca.startswith(_CA_METHODS)
+        and info.ca.startswith(CA_METHODS)
         # the proof is the tree's (its NAR hash, then the ca recomputation); an object or
         # reference problem says nothing about it
         and not any(p.kind.startswith("tree") or p.kind == "ca-mismatch" for p in problems)

@@ -227,7 +227,7 @@ def test_a_copy_whose_attestations_fail_still_publishes(tmp_path, keys, kiln_ser
     for _ in range(2):  # and a re-run, when nothing is missing, publishes too
         # an error (not a refusal of one file): the run fails, after publishing the paths
         with pytest.raises(KilnError, match="could not be relayed"):
-            asyncio.run(between(s.url, lambda: open_client(srv2.url, tok2), [s.app], [keys.pk]))
+            asyncio.run(between(s.url, lambda _sd: open_client(srv2.url, tok2), [s.app], [keys.pk]))
         idx = json.loads((reg2 / "index" / "1.index.json").read_bytes())["signed"]["paths"]
         assert s.hp(s.app) in idx
 

@@ -173,3 +173,67 @@ def test_reading_a_nix_cache_writes_nothing_into_it(nix_registry, keys, kiln_ser
     finally:
         subprocess.run(["umount", "-l", str(cache)], check=False)
     assert _listing(cache) == before
+
+
+def test_a_copy_to_a_new_directory_takes_the_source_store_dir(nix_registry, keys, tmp_path) -> None:
+    """``kiln copy --from`` a /nix/store cache ``--to file://NEW``: the new registry is made
+    with the source's StoreDir (it was made with /kiln/store, and the copy failed "store
+    dirs differ", leaving it behind)."""
+    from regkit import kiln
+
+    _store, _dep, top, reg = nix_registry
+    new = tmp_path / "new"
+    r = kiln(
+        "copy", "--from", f"file://{reg}", "--to", f"file://{new}", "--trusted-key", str(keys.pk_file), top
+    )
+    assert r.returncode == 0 and "copied 2 paths" in r.stdout, r.stdout + r.stderr
+    assert "StoreDir: /nix/store" in (new / "nix-cache-info").read_text()
+    other = tmp_path / "other"
+    assert kiln("registry", "init", "--dir", str(other)).returncode == 0  # (/kiln/store)
+    r = kiln(
+        "copy", "--from", f"file://{reg}", "--to", f"file://{other}", "--trusted-key", str(keys.pk_file), top
+    )
+    assert r.returncode == 1 and "has StoreDir /kiln/store, not /nix/store" in r.stderr, r.stderr
+
+
+def test_a_copy_into_a_new_store_takes_the_source_store_dir(nix_registry, keys, tmp_path) -> None:
+    """``--to store`` making a new store makes it with the source's store dir (it made a
+    /kiln/store one, refused the /nix/store paths and left it behind, where a second try
+    with --store-dir was refused too); --store-dir still chooses."""
+    import json
+
+    from regkit import kiln
+
+    _store, _dep, top, reg = nix_registry
+    trust = ("--trusted-key", str(keys.pk_file))
+    new = tmp_path / "new"
+    r = kiln("copy", "--from", f"file://{reg}", "--to", "store", "--store", str(new), *trust, top)
+    assert r.returncode == 0 and "copied 2 paths" in r.stdout, r.stdout + r.stderr
+    assert json.loads((new / "config.json").read_text())["store_dir"] == "/nix/store"
+    chosen = tmp_path / "chosen"
+    r = kiln(
+        "copy",
+        "--from",
+        f"file://{reg}",
+        "--to",
+        "store",
+        "--store",
+        str(chosen),
+        "--store-dir",
+        "/kiln/store",
+        *trust,
+        top,
+    )
+    assert r.returncode == 1 and "is not in the store '/kiln/store'" in r.stderr, r.stderr
+    r = kiln(
+        "copy",
+        "--from",
+        f"file://{tmp_path / 'nowhere'}",
+        "--to",
+        "store",
+        "--store",
+        str(tmp_path / "n2"),
+        *trust,
+        top,
+    )
+    assert r.returncode == 1 and not (tmp_path / "n2").exists(), r.stderr  # (no source: no store made)

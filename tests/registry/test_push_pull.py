@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 import pytest
-from regkit import Keys, add_chain, add_tree, free_port, kiln, make_store
+from regkit import Keys, add_built, add_chain, add_tree, free_port, kiln, make_store, push_cli
 
 from kiln.registry import layout
 from kiln.registry.client import open_client
@@ -224,7 +224,7 @@ def test_registry_to_registry_copy_is_batched_and_verified(pushed, keys, tmp_pat
     with pytest.MonkeyPatch.context() as mp:
         for name in calls:
             mp.setattr(HttpClient, name, count(name))
-        n = asyncio.run(between(srv.url, lambda: open_client(srv2.url, tok2), [chain[-1], *more], [keys.pk]))
+        n = asyncio.run(between(srv.url, lambda _sd: open_client(srv2.url, tok2), [chain[-1], *more], [keys.pk]))
     assert n.paths == 65
     assert calls["download"] == calls["put_file"] == calls["put_bytes"] == 0
     # one group (the closure in one topological order, <= 500 paths): one blob batch, and
@@ -242,7 +242,7 @@ def test_registry_to_registry_copy_is_batched_and_verified(pushed, keys, tmp_pat
     data[len(data) // 2] ^= 0x55
     blob.write_bytes(bytes(data))
     with pytest.raises(HashMismatch):
-        asyncio.run(between(srv.url, lambda: open_client(srv2.url, tok2), [extra], [keys.pk]))
+        asyncio.run(between(srv.url, lambda _sd: open_client(srv2.url, tok2), [extra], [keys.pk]))
     assert not (reg2 / f"{extra.split('/')[-1][:32]}.narinfo").exists()
 
 
@@ -312,23 +312,30 @@ def test_copy_into_a_store_can_root_what_it_copied(pushed, keys, tmp_path) -> No
         assert store.is_valid(chain[0]) and store.is_valid(chain[1])
 
 
-def test_wrong_key_rejected(pushed, other_keys, tmp_path) -> None:
-    _store, chain, _leaf, _reg, _tok, srv = pushed
+def test_wrong_key_rejected(pushed, keys, other_keys, tmp_path) -> None:
+    """An input-addressed path needs a signature by a trusted key (a content-addressed one
+    is proved by its content: ``test_unsigned_ca``)."""
+    store, chain, _leaf, _reg, tok, srv = pushed
+    built = add_built(store, tmp_path, "built", "a build's output")
+    assert push_cli(store, [built], srv.url, tok, keys.sk_file).returncode == 0
+    d = str(tmp_path / "d")
     r = kiln(
         "copy",
         "--store",
-        str(tmp_path / "d"),
+        d,
         "--from",
         srv.url,
         "--to",
         "store",
-        chain[0],
+        built,
         "--trusted-key",
         str(other_keys.pk_file),
     )
     assert r.returncode == 1 and "signature" in r.stderr
-    r = kiln("copy", "--store", str(tmp_path / "d"), "--from", srv.url, "--to", "store", chain[0])
+    r = kiln("copy", "--store", d, "--from", srv.url, "--to", "store", built)
     assert r.returncode == 1 and "0 valid signature" in r.stderr
+    r = kiln("copy", "--store", d, "--from", srv.url, "--to", "store", chain[0])
+    assert r.returncode == 0, r.stderr  # (content-addressed: no key needed)
 
 
 def test_serve_admits_uploads_by_its_own_flags_only(tmp_path, keys, kiln_server, monkeypatch) -> None:
@@ -384,12 +391,13 @@ def test_substituter_priorities_and_unreachable(pushed, keys, tmp_path) -> None:
 def test_serve_store_directly(tmp_path: Path, keys, kiln_server) -> None:
     store = make_store(tmp_path / "store")
     chain = add_chain(store, tmp_path, 3)
+    built = add_built(store, tmp_path, "built", "input-addressed", (chain[-1],))
     srv = kiln_server("--store", str(store.root), "--sign-key", str(keys.sk_file))
     dest = make_store(tmp_path / "dest")
-    assert to_store(srv.url, dest, [chain[-1]], [keys.pk]) == 3
+    assert to_store(srv.url, dest, [built], [keys.pk]) == 4
     unsigned = kiln_server("--store", str(store.root))
     with pytest.raises(KilnError, match="signature"):
-        to_store(unsigned.url, make_store(tmp_path / "dest2"), [chain[-1]], [keys.pk])
+        to_store(unsigned.url, make_store(tmp_path / "dest2"), [built], [keys.pk])
 
 
 def test_parse_registries() -> None:

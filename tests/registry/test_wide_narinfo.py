@@ -101,7 +101,7 @@ def test_push_and_copy_refuse_an_over_limit_narinfo_before_uploading(
     r = kiln("copy", "--from", "store", "--store", str(root), "--to", f"file://{src}", top)
     assert r.returncode == 0, r.stderr
     with pytest.raises(FormatError, match=f"the narinfo of {top} is"):
-        asyncio.run(between(f"file://{src}", lambda: open_client(srv.url, tok), [top], [], sigs_needed=0))
+        asyncio.run(between(f"file://{src}", lambda _sd: open_client(srv.url, tok), [top], [], sigs_needed=0))
     assert _requests(log, "upload-batch") == 0 and " PUT " not in log.read_text()
 
 
