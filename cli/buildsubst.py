@@ -90,7 +90,10 @@ def make_substituter(
     from .common import load_trusted_key
     from .common import trusted_keys as load_trusted_keys
 
-    regs = [(u, i) for i, u in enumerate(urls)] + parse_registries(env_urls, default_priority=len(urls) + 40)
+    # --substituter in the order given, before any of $KILN_SUBSTITUTERS (negative: a
+    # priority a URL or nix-cache-info gives is never under 0), which go by priority
+    regs: list[tuple[str, int | None]] = [(u, i - len(urls)) for i, u in enumerate(urls)]
+    regs += parse_registries(env_urls)
     keys = load_trusted_keys(trusted_keys)
     attesters = [load_trusted_key(k) for k in attester_keys or []]
     refused: list[str] = []  # attestation refusals that fail the command after the build

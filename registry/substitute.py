@@ -3,7 +3,9 @@
 ``Substituter(registries=[(url, priority)], trusted=[PublicKey], sigs_needed=1)``:
 
 - ``query_many(paths)`` asks the registries in priority order (lower number first, as
-  in Nix) for the narinfos of ``paths`` — one batched request per registry for all the
+  in Nix; a priority of None is the registry's own, its ``nix-cache-info`` ``Priority:``,
+  read before the first query as Nix does, else ``default_priority``; ties keep the order
+  given) for the narinfos of ``paths`` — one batched request per registry for all the
   paths still unresolved — and returns only narinfos that parse for the local store dir,
   describe exactly the requested path, point at a zstd NAR, and carry signatures from
   at least ``sigs_needed`` distinct trusted keys. Anything else is a miss (the reason is
@@ -98,14 +100,19 @@ def fits_batch(info: ni.NarInfo) -> bool:
 class Substituter(Downloads):
     def __init__(
         self,
-        registries: list[tuple[str, int]],
+        registries: list[tuple[str, int | None]],
         trusted: list[PublicKey],
         sigs_needed: int = 1,
         jobs: int = 16,
         progress: bool | None = None,
         tokens: dict[str, str] | None = None,
+        default_priority: int = 40,
     ) -> None:
-        self.registries = sorted(registries, key=lambda r: r[1])
+        self.registries = list(registries)
+        self.default_priority = default_priority
+        self._ordered = all(p is not None for _u, p in registries)
+        if self._ordered:
+            self.registries.sort(key=lambda r: r[1])
         self.trusted = list(trusted)
         self.sigs_needed = sigs_needed
         self.jobs = jobs
@@ -158,7 +165,27 @@ class Substituter(Downloads):
 
     # ------------------------------------------------------------ queries
 
+    async def _order(self) -> None:
+        """Give each registry without a priority its ``nix-cache-info`` one (else
+        ``default_priority``), then sort, once: the cache infos are read side by side."""
+
+        async def own(url: str) -> int:
+            try:
+                text = (await self.client(url).cache_info()).get("Priority", "")
+            except KilnError:  # (unreachable, not a registry: the query marks it down)
+                text = ""
+            return int(text) if text.isdigit() else self.default_priority
+
+        got = await asyncio.gather(*(own(u) for u, p in self.registries if p is None))
+        it = iter(got)
+        self.registries = sorted(
+            ((u, p if p is not None else next(it)) for u, p in self.registries), key=lambda r: r[1]
+        )
+        self._ordered = True
+
     async def _query(self, paths: list[str]) -> dict[str, ni.NarInfo]:
+        if not self._ordered:
+            await self._order()
         found: dict[str, ni.NarInfo] = {}
         want = {p.rsplit("/", 1)[1][:32]: p for p in paths}
         for url, _prio in self.registries:
@@ -292,15 +319,16 @@ class Substituter(Downloads):
             raise
 
 
-def parse_registries(text: str, default_priority: int = 40) -> list[tuple[str, int]]:
+def parse_registries(text: str) -> list[tuple[str, int | None]]:
     """``"URL[?priority=N] ..."`` (whitespace-separated, Nix-style store parameters) →
-    ``[(url, priority)]``; unknown parameters are dropped from the URL."""
+    ``[(url, priority)]``, None where no ``priority`` is given (the registry's own then:
+    ``Substituter``); unknown parameters are dropped from the URL."""
     from urllib.parse import parse_qs, urlsplit, urlunsplit
 
     out = []
     for item in text.split():
         parts = urlsplit(item)
         q = parse_qs(parts.query)
-        prio = int(q["priority"][0]) if "priority" in q and q["priority"][0].isdigit() else default_priority
+        prio = int(q["priority"][0]) if "priority" in q and q["priority"][0].isdigit() else None
         out.append((urlunsplit(parts._replace(query="")), prio))
     return out

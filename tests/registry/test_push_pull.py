@@ -224,7 +224,9 @@ def test_registry_to_registry_copy_is_batched_and_verified(pushed, keys, tmp_pat
     with pytest.MonkeyPatch.context() as mp:
         for name in calls:
             mp.setattr(HttpClient, name, count(name))
-        n = asyncio.run(between(srv.url, lambda _sd: open_client(srv2.url, tok2), [chain[-1], *more], [keys.pk]))
+        n = asyncio.run(
+            between(srv.url, lambda _sd: open_client(srv2.url, tok2), [chain[-1], *more], [keys.pk])
+        )
     assert n.paths == 65
     assert calls["download"] == calls["put_file"] == calls["put_bytes"] == 0
     # one group (the closure in one topological order, <= 500 paths): one blob batch, and
@@ -357,6 +359,29 @@ def test_serve_admits_uploads_by_its_own_flags_only(tmp_path, keys, kiln_server,
     assert r.returncode == 0 and "pushed 1 of 1" in r.stdout, r.stderr
 
 
+def test_a_registry_without_a_priority_in_its_url_has_its_nix_cache_info_one(pushed, keys, tmp_path) -> None:
+    """As Nix orders substituters: ``Priority:`` in ``nix-cache-info`` (lower first) unless
+    ``?priority=`` overrides it. It was ignored: the order given won."""
+    import shutil
+
+    _store, chain, _leaf, reg, _tok, _srv = pushed
+    low, high = tmp_path / "low", tmp_path / "high"
+    for d, prio in ((high, 90), (low, 10)):
+        shutil.copytree(reg, d, symlinks=True)
+        info = d / "nix-cache-info"
+        info.write_text(
+            "".join(
+                f"Priority: {prio}\n" if ln.startswith("Priority:") else ln
+                for ln in info.read_text().splitlines(True)
+            )
+        )
+    regs = [(f"file://{high}", None), (f"file://{low}", None)]
+    with Substituter(regs, [keys.pk]) as sub:
+        assert sub.query_many([chain[0]]) and sub.source_of(chain[0]) == f"file://{low}"
+    with Substituter([(f"file://{high}", 5), (f"file://{low}", None)], [keys.pk]) as sub:
+        assert sub.query_many([chain[0]]) and sub.source_of(chain[0]) == f"file://{high}"
+
+
 def test_tampered_blob_rejected(pushed, keys, tmp_path) -> None:
     store, _chain, leaf, reg, _tok, srv = pushed
     info = store.query(leaf)
@@ -403,7 +428,7 @@ def test_serve_store_directly(tmp_path: Path, keys, kiln_server) -> None:
 def test_parse_registries() -> None:
     from kiln.registry.substitute import parse_registries
 
-    assert parse_registries("http://a:1?priority=10 file:///x") == [("http://a:1", 10), ("file:///x", 40)]
+    assert parse_registries("http://a:1?priority=10 file:///x") == [("http://a:1", 10), ("file:///x", None)]
 
 
 def test_every_trusted_key_option_takes_a_file_or_the_key_itself(pushed, keys, tmp_path) -> None:
