@@ -8,8 +8,9 @@ Invariants (README, "In scripts: streams and exit statuses"):
   command stopped before its result (an error: ``error: ...`` on stderr, status 1 or
   70; a usage error, status 2) prints nothing on stdout, so ``kiln ... --json | jq -e
   .ok`` fails for it too (``jq -e`` exits 4 on no input).
-- Every hash a document carries as ``algo:digest`` is written as Nix prints a path's
-  ``narHash`` (``nix path-info --json``): ``sha256:`` and the nix-base32 digest
+- Every hash a document carries as ``algo:digest`` is written as a narinfo's
+  ``NarHash:`` is: ``sha256:`` and the nix-base32 digest (Nix 2.4+'s ``nix path-info
+  --json`` prints SRI instead)
   (``hash_text``), whatever command prints it, so two documents' hashes compare as
   strings. A field whose name holds the algorithm (``root_sha256`` of ``kiln mirror
   status``: a file's digest, as ``sha256sum`` prints it) and documents of a standard

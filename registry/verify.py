@@ -276,7 +276,8 @@ def check_narinfo(
     if info.compression != "zstd":
         if source is not None:  # a cache Nix wrote with its default (xz): not kiln's to fix
             raise FormatError(
-                f"{info.path}: the source cache {source} is {info.compression}-compressed "
+                f"{info.path}: the source cache {source} is "
+                f"{'uncompressed' if info.compression == 'none' else info.compression + '-compressed'} "
                 f"(Compression: {info.compression}); kiln reads only zstd binary caches: "
                 f"{layout.ZSTD_HINT}"
             )
