@@ -143,6 +143,7 @@ class Evaluator:
             shown_dir = os.path.dirname(display)
             if os.path.realpath(shown_dir or ".") != os.path.dirname(path):
                 shown_dir = os.path.dirname(path)
+            came_from: dict[str, str] = {}  # imported name -> the file it came from
             for imp in tree.imports:
                 rel = os.path.normpath(os.path.join(shown_dir, imp.path))
                 target = os.path.normpath(os.path.join(os.path.dirname(path), imp.path))
@@ -151,11 +152,19 @@ class Evaluator:
                     if env.vars.get(name) is sub.env.vars[name]:
                         continue  # the same file imported twice (by two spellings): same binding
                     if name in env.vars:
-                        where = "defined in this file" if name in own else "imported by an earlier import"
+                        where = (
+                            "defined in this file"
+                            if name in own
+                            else f"from {visible(came_from[name])}, imported earlier"
+                        )
                         raise RecipeError(
-                            f"'{name}' from {visible(rel)} clashes with '{name}' {where}", imp.src, imp.pos
+                            f"'{name}' from {visible(rel)} clashes with '{name}' {where} (an import "
+                            "brings every top-level name of its file: rename one)",
+                            imp.src,
+                            imp.pos,
                         )
                     env.vars[name] = sub.env.vars[name]
+                    came_from[name] = rel
         finally:
             self.loading.pop()
         mod = Module(path, tree, env, own)
