@@ -77,38 +77,60 @@ def _describe_token(tok: Token, end: str) -> str:
     return f"'{tok}'"
 
 
-def _open_string_note(parser: Lark, src: SourceText, begin: int, pos: int) -> str:
-    """A note when a ``"..."`` string that runs over a line end closes on the line of
-    ``pos``, before it: a missing closing quote makes the next line's opening quote close
-    the string, and the parse fails a line late, at what follows (``version = "1.0``
-    then ``build = "make install"`` fails at ``install``). "" otherwise. Lexes
-    ``begin..pos`` again: only an error pays for it."""
+def _tokens_before(parser: Lark, src: SourceText, begin: int, pos: int) -> list[Token]:
+    """The tokens of ``src.text[begin:pos]``, lexed again (only an error pays for it);
+    [] if they cannot be had."""
     from lark.lexer import LexerState
 
     from .lexer import LexError, Span
 
     lexer = getattr(parser.parser, "lexer", None)  # (lark's front end; lark is pinned)
     if lexer is None:
-        return ""
+        return []
+    try:
+        return list(lexer.lex(LexerState(Span(src.text, begin, pos, {})), None))
+    except LexError:
+        return []
+
+
+def _open_string_note(tokens: list[Token], src: SourceText, begin: int, pos: int) -> str:
+    """A note when a ``"..."`` string that runs over a line end closes on the line of
+    ``pos``, before it: a missing closing quote makes the next line's opening quote close
+    the string, and the parse fails a line late, at what follows (``version = "1.0``
+    then ``build = "make install"`` fails at ``install``). "" otherwise."""
     text = src.text
     line_start = text.rfind("\n", begin, pos) + 1
     found = None
-    try:
-        for tok in lexer.lex(LexerState(Span(text, begin, pos, {})), None):
-            end = tok.end_pos
-            if (
-                tok.type == "STRING"
-                and end is not None
-                and end > line_start
-                and "\n" in text[tok.start_pos : end]
-            ):
-                found = tok
-    except LexError:
-        return ""
+    for tok in tokens:
+        end = tok.end_pos
+        if (
+            tok.type == "STRING"
+            and end is not None
+            and end > line_start
+            and "\n" in text[tok.start_pos : end]
+        ):
+            found = tok
     if found is None:
         return ""
     line, col = src.line_col(found.start_pos)
     return f" (the string opened at {line}:{col} runs over a line end to this line: is its closing '\"' missing?)"
+
+
+def _juxtaposed_names_note(tokens: list[Token], src: SourceText, pos: int) -> str:
+    """A note when the two tokens before ``pos`` are names side by side on an earlier
+    line (``src = path srcdir``): no call (a call's argument is in parentheses, or a
+    string or record literal), so the second name began a new field and the parse fails
+    a line late, at the next. "" otherwise."""
+    if len(tokens) < 2 or tokens[-2].type != "NAME" or tokens[-1].type != "NAME":
+        return ""
+    fn, arg = tokens[-2], tokens[-1]
+    line = src.line_col(fn.start_pos)[0]
+    if src.line_col(arg.start_pos)[0] != line or line == src.line_col(pos)[0]:
+        return ""
+    return (
+        f" (`{fn} {arg}` on line {line} is no call: a function takes its argument in parentheses, "
+        f"`{fn}({arg})`, or as a string or record literal)"
+    )
 
 
 def lex_error(text: str, src: SourceText, base: int, pos: int, interp: bool) -> RecipeSyntaxError:
@@ -146,7 +168,9 @@ def syntax_error(
                 "an 'if' must be in parentheses here: (if ... then ... else ...)", src, pos
             )
         msg += f"; expected {expected}" if expected else ""
-        return RecipeSyntaxError(msg + _open_string_note(parser, src, begin, pos), src, pos)
+        tokens = _tokens_before(parser, src, begin, pos)
+        notes = _open_string_note(tokens, src, begin, pos) or _juxtaposed_names_note(tokens, src, pos)
+        return RecipeSyntaxError(msg + notes, src, pos)
     if isinstance(e, UnexpectedCharacters):  # (lark's own lexers: FastLexer raises LexError)
         # (lark declares pos_in_stream as the base class's `= None`, unannotated; the
         # lexer's error sets it to where no token starts)
