@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 
     from kiln.lang import Evaluation
     from kiln.store.derivation import Derivation
+    from kiln.store.localstore import LocalStore
+    from kiln.store.paths import StorePath
 
     #: parsed arguments: argparse's, or ``_plain_eval_args``' (made without importing it)
     EvalArgs = argparse.Namespace | SimpleNamespace
@@ -204,6 +206,27 @@ def _cmd_eval(args: EvalArgs) -> int:
     return 0
 
 
+def _drv_of(store: LocalStore, target: str) -> StorePath:
+    """The .drv path ``target`` names: itself, or (as ``nix show-derivation`` takes an
+    output) the deriver of the output a path, GC root name, base name or hash part names."""
+    from kiln.store.errors import KilnError
+    from kiln.store.paths import StorePath
+
+    from .targets import resolve_target
+
+    try:
+        sp = StorePath.parse(target, store.store_dir)
+    except (KilnError, ValueError):
+        sp = None
+    if sp is not None and sp.name.endswith(".drv"):
+        return sp
+    path = resolve_target(store, target)
+    info = store.query(path)
+    if info is None or not info.deriver:
+        raise KilnError(f"{target} is not a .drv path, and {path} has no known deriver")
+    return StorePath.parse(info.deriver, store.store_dir)
+
+
 def _cmd_show(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
@@ -233,9 +256,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
             from kiln.store.localstore import LocalStore
 
             store = LocalStore.open(Path(store_root_dir(args)), create=False)
-            sp = StorePath.parse(target, store.store_dir)
-            if not sp.name.endswith(".drv"):
-                raise KilnError(f"{target} is not a .drv path")
+            sp = _drv_of(store, target)
             read: dict[str, Derivation] = {}
             paths = []
             todo = [str(sp)]

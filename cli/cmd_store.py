@@ -122,9 +122,24 @@ def _open(args: argparse.Namespace, create: bool = False, full_disk_read: bool =
 
 
 def _path(store: LocalStore, arg: str) -> tuple[str, str]:
-    from kiln.store.errors import StoreError
+    """(store path, path inside it) ``arg`` names: a logical or physical path, or (as
+    ``kiln run`` and ``store info`` take them) a GC root name, base name or hash part,
+    optionally followed by ``/`` and a path inside (``hello/bin/hello``)."""
+    from kiln.store.errors import KilnError, StoreError
 
-    path, sub = store.resolve(arg)
+    from .targets import resolve_target
+
+    try:
+        path, sub = store.resolve(arg)
+    except (KilnError, ValueError) as e:
+        head, _, sub = arg.partition("/")
+        sub = sub.strip("/")
+        try:
+            path = resolve_target(store, head) if head else ""
+        except KilnError:
+            path = ""
+        if not path:
+            raise e from None
     store.keep([path])  # a temp root first (with its closure): a concurrent GC must not
     # delete what the command is about to read; then check, as a GC may have run before
     if not store.is_valid(path):
