@@ -171,7 +171,7 @@ def make_substituter(
         _say_substituted(sub, fetched, wanted)
         if fetched:
             later = _LaterCopy(store.root, tuple(trusted_keys or ()), tuple(attester_keys or ()), sub.tokens)
-            _fetch_attestations(sub, regs, store, fetched, attesters, refused, later)
+            _fetch_attestations(sub, store, fetched, attesters, refused, later)
         return set(fetched)
 
     def refusal() -> AttestationsRefused | None:
@@ -199,7 +199,6 @@ def _say_substituted(sub: Substituter, fetched: list[str], wanted: dict[str, Nar
 
 def _fetch_attestations(
     sub: Substituter,
-    regs: list[tuple[str, int]],
     store: LocalStore,
     paths: list[str],
     attesters: list[PublicKey],
@@ -216,7 +215,7 @@ def _fetch_attestations(
     build, module docstring) and said now in one line."""
     from kiln.registry.attest_fetch import Refused, fetch_attestations
 
-    for url, _ in sorted(regs, key=lambda r: r[1]):
+    for url, _ in sub.registries:  # (in priority order, as the paths were asked)
         try:
             sub.run(fetch_attestations(sub.client(url), store, paths, attesters=attesters))
         except Refused as e:

@@ -88,9 +88,15 @@ def _tokens_before(parser: Lark, src: SourceText, begin: int, pos: int) -> list[
     if lexer is None:
         return []
     try:
-        return list(lexer.lex(LexerState(Span(src.text, begin, pos, {})), None))
+        # (lark declares a str slice: FastLexer lexes a Span, as the parser hands it one)
+        return list(lexer.lex(LexerState(Span(src.text, begin, pos, {})), None))  # type: ignore[arg-type]
     except LexError:
         return []
+
+
+def _start(tok: Token) -> int:
+    """Where ``tok`` starts (``FastLexer`` sets it on every token; lark types it optional)."""
+    return tok.start_pos or 0
 
 
 def _open_string_note(tokens: list[Token], src: SourceText, begin: int, pos: int) -> str:
@@ -112,7 +118,7 @@ def _open_string_note(tokens: list[Token], src: SourceText, begin: int, pos: int
             found = tok
     if found is None:
         return ""
-    line, col = src.line_col(found.start_pos)
+    line, col = src.line_col(_start(found))
     return f" (the string opened at {line}:{col} runs over a line end to this line: is its closing '\"' missing?)"
 
 
@@ -124,8 +130,8 @@ def _juxtaposed_names_note(tokens: list[Token], src: SourceText, pos: int) -> st
     if len(tokens) < 2 or tokens[-2].type != "NAME" or tokens[-1].type != "NAME":
         return ""
     fn, arg = tokens[-2], tokens[-1]
-    line = src.line_col(fn.start_pos)[0]
-    if src.line_col(arg.start_pos)[0] != line or line == src.line_col(pos)[0]:
+    line = src.line_col(_start(fn))[0]
+    if src.line_col(_start(arg))[0] != line or line == src.line_col(pos)[0]:
         return ""
     return (
         f" (`{fn} {arg}` on line {line} is no call: a function takes its argument in parentheses, "

@@ -108,11 +108,13 @@ class Substituter(Downloads):
         tokens: dict[str, str] | None = None,
         default_priority: int = 40,
     ) -> None:
-        self.registries = list(registries)
+        self._given = list(registries)
         self.default_priority = default_priority
-        self._ordered = all(p is not None for _u, p in registries)
-        if self._ordered:
-            self.registries.sort(key=lambda r: r[1])
+        #: (url, priority) in the order asked: lowest priority first (``_order``)
+        self.registries: list[tuple[str, int]] = sorted(
+            ((u, p) for u, p in registries if p is not None), key=lambda r: r[1]
+        )
+        self._ordered = len(self.registries) == len(self._given)
         self.trusted = list(trusted)
         self.sigs_needed = sigs_needed
         self.jobs = jobs
@@ -176,11 +178,9 @@ class Substituter(Downloads):
                 text = ""
             return int(text) if text.isdigit() else self.default_priority
 
-        got = await asyncio.gather(*(own(u) for u, p in self.registries if p is None))
-        it = iter(got)
-        self.registries = sorted(
-            ((u, p if p is not None else next(it)) for u, p in self.registries), key=lambda r: r[1]
-        )
+        got = iter(await asyncio.gather(*(own(u) for u, p in self._given if p is None)))
+        given = [(u, p if p is not None else next(got)) for u, p in self._given]
+        self.registries = sorted(given, key=lambda r: r[1])
         self._ordered = True
 
     async def _query(self, paths: list[str]) -> dict[str, ni.NarInfo]:
