@@ -33,9 +33,20 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from kiln.lang import Evaluation
+    from kiln.sandbox.executor import Executor
     from kiln.store.localstore import LocalStore
     from kiln.store.signing import SecretKey
     from kiln.store.treeplan import PathFilter
+
+
+def make_executor() -> Executor:
+    """The executor builds run on: bubblewrap, ``$KILN_BWRAP`` naming its binary. The one
+    place kiln chooses an executor (``kiln build``, ``rebuild``, ``challenge``,
+    ``report``), so another one (a REAPI client: docs/sandbox.md) is chosen here.
+    Raises ``SandboxUnavailable`` (with the reason) if it cannot sandbox."""
+    from kiln.sandbox.bwrap import BwrapExecutor
+
+    return BwrapExecutor(os.environ.get("KILN_BWRAP") or None)
 
 
 @dataclass(frozen=True, slots=True)

@@ -221,10 +221,9 @@ def _build(
     raise once the outputs are rooted (``buildsubst.make_substituter``), or None."""
     import functools
 
-    from kiln.sandbox.bwrap import BwrapExecutor
     from kiln.store.build import Builder, BuildOptions
 
-    from .buildglue import load_sign_key, write_drvs
+    from .buildglue import load_sign_key, make_executor, write_drvs
     from .buildprov import ProvenanceHook
     from .buildsubst import make_substituter
     from .gitinfo import git_info
@@ -234,8 +233,7 @@ def _build(
     roots = [t.drv_path for t in targets]
     if ev is not None:
         write_drvs(store, ev, roots)
-    # raises SandboxUnavailable (with the reason) if bwrap is missing or cannot sandbox
-    executor = BwrapExecutor(os.environ.get("KILN_BWRAP") or None)
+    executor = make_executor()
     cores = args.cores or os.cpu_count() or 1
     key: SecretKey | tuple[str, Signer] | None
     if args.signer_cmd:

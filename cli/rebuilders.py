@@ -70,16 +70,15 @@ def make_builder(
     Whatever it builds for real (missing inputs, packages of a report) is signed and
     gets provenance exactly as ``kiln build`` would (the store's build key, see
     ``buildglue.load_sign_key``), so such paths are indistinguishable from built ones."""
-    from kiln.sandbox.bwrap import BwrapExecutor
     from kiln.store.build import Builder, BuildOptions
 
-    from .buildglue import load_sign_key
+    from .buildglue import load_sign_key, make_executor
     from .buildprov import ProvenanceHook, check_recordable
     from .gitinfo import git_info
 
     if recipe_file:  # before anything is built: its provenance must be able to name it
         check_recordable(os.path.relpath(recipe_file))
-    executor = BwrapExecutor(os.environ.get("KILN_BWRAP") or None)
+    executor = make_executor()
     cores = cores or os.cpu_count() or 1
     commit, dirty = git_info(os.path.dirname(os.path.abspath(recipe_file))) if recipe_file else (None, False)
     hooks: list[ProvenanceHook] = []

@@ -13,6 +13,8 @@ Invariants (checked in ``__post_init__``, violations raise ``ValueError``):
 * env names are non-empty, contain no ``=`` or NUL; values contain no NUL.
 * ``cores >= 1``; ``cpus`` is ``None`` (every CPU) or ``>= 1``; limits are ``None``
   (unlimited) or positive.
+* every one of ``outputs`` is a normalised sandbox path strictly under a ``rw_mounts``
+  destination.
 
 The environment a build sees is exactly ``spec.env`` overlaid with ``fixed_env(spec)``:
 the fixed variables always win, so a recipe cannot change e.g. ``SOURCE_DATE_EPOCH``
@@ -81,6 +83,14 @@ class SandboxSpec:
     (``procstate``'s table). ``--check --vary`` sets 1 to expose builds whose output
     depends on the CPU count (``make -j$(nproc)``); ``cores`` (``KILN_CORES``) is
     independent of it.
+
+    ``outputs`` are the sandbox-side paths the caller collects after the run, each under
+    a ``rw_mounts`` destination (a derivation's output paths): what an executor that
+    runs elsewhere must bring back (REAPI ``output_paths``); bubblewrap writes to the
+    host directory itself and needs nothing. ``cacheable`` is False for a run whose
+    result must neither come from an executor's cache nor go into one (a rebuild that
+    checks reproducibility: REAPI ``do_not_cache`` and ``skip_cache_lookup``), since a
+    cached result would compare a build with itself.
     """
 
     argv: tuple[str, ...]
@@ -99,6 +109,8 @@ class SandboxSpec:
     hostname: str = "localhost"
     umask: int = 0o022
     cpus: int | None = None
+    outputs: tuple[str, ...] = ()
+    cacheable: bool = True
 
     def __post_init__(self) -> None:
         put = object.__setattr__
@@ -132,6 +144,12 @@ class SandboxSpec:
             raise ValueError(f"mounts: destination(s) mounted twice: {sorted(dup)}")
         put(self, "ro_mounts", ro)
         put(self, "rw_mounts", rw)
+        outputs = tuple(self.outputs)
+        for o in outputs:
+            if not isinstance(o, str) or not any(o.startswith(d + "/") for _, d in rw):
+                raise ValueError(f"outputs: {o!r} is not a path under a rw_mounts destination")
+            _sandbox_path(o, "outputs")
+        put(self, "outputs", outputs)
         if not isinstance(self.cores, int) or self.cores < 1:
             raise ValueError(f"cores: expected an integer >= 1, found {self.cores!r}")
         if self.cpus is not None and (

@@ -84,6 +84,7 @@ class Checking:
             defer: bool = False,
             deadline: float | None = None,
             dirs_made: bool = False,
+            rerun: bool = False,
         ) -> dict[str, tuple[Path, list[str]]]: ...
 
     def rebuild(
@@ -119,7 +120,7 @@ class Checking:
             # --timeout covers hashing the rebuilt outputs too, as it does archiving a build's
             timeout = self.opts.timeout
             deadline = None if timeout is None else time.monotonic() + timeout
-            produced = self._produce(drv_path, drv, tmp, vary, deadline=deadline)
+            produced = self._produce(drv_path, drv, tmp, vary, deadline=deadline, rerun=True)
             if vary is not None and vary.faketime:
                 _clock_shift_took(drv_path, tmp / LOG_NAME)
             for name, o in drv.outputs:

@@ -13,7 +13,6 @@ too long on the host), named by its store path and output-relative paths
 
 from __future__ import annotations
 
-import errno
 import os
 import shutil
 import stat
@@ -21,7 +20,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from contextlib import nullcontext, suppress
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,8 +29,8 @@ from .buildtmp import LOG_NAME
 from .derivation import Derivation
 from .errors import KilnError
 from .logecho import LogEcho
-from .nar_restore import write_all
 from .outputerrors import output_os_error, stray_refusal
+from .outputinode import unshare_inode
 from .paths import StorePath
 from .refscan import ScanStopped, scan
 from .trees import open_up
@@ -88,12 +87,14 @@ class Producing:
         defer: bool = False,
         deadline: float | None = None,
         dirs_made: bool = False,
+        rerun: bool = False,
     ) -> dict[str, tuple[Path, list[str]]]:
         """Run the builder; return {output name: (produced tree, runtime references)}.
         ``deadline`` (``time.monotonic()``, from ``--timeout``) also bounds the reference
         scan of a sandboxed build's outputs (``BuildError`` past it). ``dirs_made``:
         ``tmp`` is a ``buildtmp.BuildDirs`` directory (its ``build/`` and ``store/``
-        are ready)."""
+        are ready). ``rerun``: a rebuild to compare with valid outputs (``--check``,
+        ``kiln rebuild``), which no executor's cache may answer (``SandboxSpec.cacheable``)."""
         if drv.builder.startswith("builtin:"):
             from .builtins import run_builtin
 
@@ -110,7 +111,7 @@ class Producing:
                 say=self.say,
             )
             return {"out": (out, [])}
-        produced = self._sandboxed(drv_path, drv, tmp, vary, defer, deadline, dirs_made)
+        produced = self._sandboxed(drv_path, drv, tmp, vary, defer, deadline, dirs_made, rerun)
         if drv.is_fixed_output:
             _check_fixed(drv_path, drv, produced["out"])
         return produced
@@ -124,6 +125,7 @@ class Producing:
         defer: bool = False,
         deadline: float | None = None,
         dirs_made: bool = False,
+        rerun: bool = False,
     ) -> dict[str, tuple[Path, list[str]]]:
         """``defer``: save the log on the bookkeeping thread (the caller deletes ``tmp``
         there too, after it); rebuilds save it synchronously."""
@@ -131,7 +133,15 @@ class Producing:
         from .vary import inputs_view, reordered
 
         spec, scratch_store, inputs = make_spec(
-            self.store, drv, tmp, self.opts, self.get_drv, vary, None if vary else self._pending, dirs_made
+            self.store,
+            drv,
+            tmp,
+            self.opts,
+            self.get_drv,
+            vary,
+            None if vary else self._pending,
+            dirs_made,
+            rerun,
         )
         log_path = tmp / LOG_NAME  # (made ahead with ``tmp`` by ``BuildDirs``: opened, not created)
         echo = LogEcho(drv.name) if self.opts.print_logs else None
@@ -209,7 +219,7 @@ class Producing:
                 step = "read"
                 open_up(tree)  # a chmod 000 directory must not stop the scan (as a non-root user)
                 step = "copy (it was hard-linked)"
-                _unshare_inode(tree, stopped)
+                unshare_inode(tree, stopped)
                 step = "scan for references"
                 res = scan(tree, by_hash, drv.store_dir, stopped, logical=o.path)
             except ScanStopped:
@@ -302,58 +312,6 @@ def _tail(path: Path, lines: int = 25) -> str:
     if kept and not kept[-1]:
         kept.pop()  # (the log's last newline)
     return "\n".join("  " + line for line in kept[-lines:]) or "  (empty log)"
-
-
-def _unshare_inode(tree: Path, stopped: Callable[[], bool]) -> None:
-    """An output that is a file hard-linked elsewhere (``ln $out $dev``) gets an inode of
-    its own: two outputs sharing one would change each other's metadata while being
-    registered, and a store path must not share an inode with anything it does not own.
-    The copy keeps holes holes (a sparse file of terabytes is quick to make: copied
-    byte for byte it filled the disk), and asks ``stopped()`` per MiB of data, raising
-    ``ScanStopped`` (a build's ``--timeout`` covers it)."""
-    st = os.lstat(tree)
-    if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
-        # beside it in the scratch store dir, under a name no store path can have
-        fd, tmp = tempfile.mkstemp(prefix=".unshare-", dir=tree.parent)
-        try:
-            with open(tree, "rb") as src, open(fd, "wb") as dst:
-                _copy_data(src.fileno(), dst.fileno(), st.st_size, stopped)
-            shutil.copystat(tree, tmp)
-            os.replace(tmp, tree)
-        except BaseException:  # (a signal may land after the replace: nothing to remove then)
-            with suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-
-
-def _copy_data(src: int, dst: int, size: int, stopped: Callable[[], bool]) -> None:
-    """Copy the ``size`` bytes of ``src`` to the empty ``dst``, writing only its data
-    extents (``SEEK_DATA``/``SEEK_HOLE``; where those are not supported the whole file
-    counts as data), then setting the length: what ``src`` has as holes reads back as
-    zeros from ``dst`` too."""
-    pos = 0
-    while pos < size:
-        try:
-            start = os.lseek(src, pos, os.SEEK_DATA)
-            end = min(os.lseek(src, start, os.SEEK_HOLE), size)
-        except OSError as e:
-            if e.errno == errno.ENXIO:  # no data past pos: the rest is a hole
-                break
-            if e.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
-                raise
-            start, end = pos, size
-        os.lseek(src, start, os.SEEK_SET)
-        os.lseek(dst, start, os.SEEK_SET)
-        while start < end:
-            chunk = os.read(src, min(1 << 20, end - start))
-            if not chunk:  # the file shrank: the rest reads as zeros
-                return os.ftruncate(dst, size)
-            write_all(dst, chunk)
-            start += len(chunk)
-            if stopped():
-                raise ScanStopped("copying the output was stopped")
-        pos = end
-    os.ftruncate(dst, size)
 
 
 def keep_dir(tmp: Path, tmp_root: Path, name: str) -> tuple[Path | None, str]:

@@ -66,6 +66,7 @@ def make_spec(
     vary: Variation | None = None,
     pending: Pending | None = None,
     dirs_made: bool = False,
+    rerun: bool = False,
 ) -> tuple[SandboxSpec, Path, list[str]]:
     """Return ``(spec, scratch_store_dir, input_closure)`` for building ``drv`` in ``tmp``
     (``vary``, a ``vary.Variation``, overrides cores, umask and CPUs for a varied rebuild;
@@ -75,7 +76,8 @@ def make_spec(
     (``vary.reordered``); ``build/`` and ``store/`` are plain 0755 directories (no ACL:
     ``buildtmp.plain_dir``), made here unless ``dirs_made`` says ``tmp`` came from
     ``buildtmp.BuildDirs``, which makes them so (the build loop's critical path then
-    does not redo it)."""
+    does not redo it). ``rerun``: a rebuild of outputs already valid, to compare with
+    them (``SandboxSpec.cacheable`` False: no executor's cache may answer it)."""
     from kiln.sandbox.spec import SandboxSpec
 
     from .stagedbuild import closure_parts
@@ -129,5 +131,7 @@ def make_spec(
         timeout=opts.timeout,
         max_silent=opts.max_silent,
         max_log_bytes=opts.max_log_bytes,
+        outputs=tuple(o.path for _, o in drv.outputs),
+        cacheable=not rerun,
     )
     return spec, scratch, closure

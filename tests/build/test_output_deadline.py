@@ -125,7 +125,7 @@ def test_a_check_stops_hashing_its_rebuild_at_the_deadline(tmp_path):
 
 
 def test_a_huge_hard_linked_output_is_unshared_keeping_its_holes_then_times_out(store, graph):
-    """A file output hard-linked to another output is copied (``_unshare_inode``): copied
+    """A file output hard-linked to another output is copied (``outputinode.unshare_inode``): copied
     byte for byte, outside the deadline, a sparse terabyte filled the disk."""
     a, ad = graph.drv(
         "sparse-linked", "busybox truncate -s 1099511627776 $out; ln $out $dev", outputs=("out", "dev")
@@ -136,7 +136,7 @@ def test_a_huge_hard_linked_output_is_unshared_keeping_its_holes_then_times_out(
 
 
 def test_unsharing_an_inode_copies_data_not_holes_and_stops_when_told(tmp_path):
-    from kiln.store.buildproduce import _unshare_inode
+    from kiln.store.outputinode import unshare_inode
     from kiln.store.refscan import ScanStopped
 
     out = tmp_path / "out"
@@ -148,9 +148,9 @@ def test_unsharing_an_inode_copies_data_not_holes_and_stops_when_told(tmp_path):
     os.chmod(out, 0o751)
     os.link(out, tmp_path / "dev")
     with pytest.raises(ScanStopped):
-        _unshare_inode(out, lambda: True)
+        unshare_inode(out, lambda: True)
     assert os.stat(out).st_nlink == 2 and sorted(os.listdir(tmp_path)) == ["dev", "out"]  # nothing left over
-    _unshare_inode(out, lambda: False)
+    unshare_inode(out, lambda: False)
     st = os.stat(out)
     assert st.st_nlink == 1 and st.st_size == 1 << 40 and st.st_blocks * 512 < 16 << 20
     assert os.stat(tmp_path / "dev").st_nlink == 1 and st.st_mode & 0o777 == 0o751

@@ -70,6 +70,10 @@ def test_probe_reports_version(executor: BwrapExecutor) -> None:
         ({"timeout": 0}, "timeout"),
         ({"max_log_bytes": -1}, "max_log_bytes"),
         ({"umask": 0o1000}, "umask"),
+        ({"outputs": ("/kiln/store/x",)}, "not a path under a rw_mounts destination"),
+        ({"rw_mounts": (("/x", "/kiln/store"),), "outputs": ("/kiln/store",)}, "not a path under"),
+        ({"rw_mounts": (("/x", "/kiln/store"),), "outputs": ("/kiln/storex/a",)}, "not a path under"),
+        ({"rw_mounts": (("/x", "/kiln/store"),), "outputs": ("/kiln/store/a/../b",)}, "normalised"),
     ],
 )
 def test_spec_validation(kw: dict, msg: str) -> None:
@@ -86,6 +90,7 @@ def test_spec_is_a_frozen_value() -> None:
     with pytest.raises(TypeError):
         s.env["B"] = "2"  # type: ignore[index]
     assert build_env(s)["A"] == "1" and build_env(s)["KILN_CORES"] == "1"
+    assert s.outputs == () and s.cacheable is True  # (bubblewrap needs neither)
 
 
 def test_missing_host_paths_are_clear_errors(executor: BwrapExecutor, tmp_path: Path) -> None:
