@@ -186,7 +186,17 @@ def _show_json(ev_drvs: Mapping[str, Derivation], paths: list[str]) -> dict[str,
 def _cmd_eval(args: EvalArgs) -> int:
     ev, sources = _evaluate(args)
     if args.attr:
-        p, _ = ev.select(args.attr)
+        got = ev.value(args.attr)
+        if not isinstance(got, tuple):  # (not a package: its value, as JSON, as nix eval --json)
+            import json
+
+            if args.write:
+                from kiln.store.errors import KilnError
+
+                raise KilnError(f"--write: {args.attr!r} is no package, so it has no derivation to write")
+            print(json.dumps(got, indent=2 if args.json else None, ensure_ascii=False))
+            return 0
+        p = got[0]
         items = [(args.attr, p)]
     else:
         items = list(ev.attributes().items())

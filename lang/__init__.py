@@ -49,6 +49,7 @@ if TYPE_CHECKING:  # not imported at run time: a cache hit needs no Derivation o
     from .evaluator import Evaluator
     from .nodes import Node
     from .scope import Module
+    from .values import DrvValue
 
 __all__ = ["Evaluation", "RecipeError", "evaluate_file", "DEFAULT_STORE_DIR"]
 
@@ -145,20 +146,53 @@ class Evaluation:
         assert live is not None, "_evaluate keeps the evaluator and module it made"
         return live
 
+    def value(self, expr: str) -> tuple[str, Derivation] | object:
+        """What ``select`` gives for a package; for any other value (a string, number,
+        boolean, list or record: a ``let`` being debugged) its data as JSON takes it
+        (``to_data``), where ``select`` raises "not a package"."""
+        from .deep import _deep, _recursion_is_recipe_error
+        from .values import DrvValue
+
+        found = self._cached(expr)
+        if found is not None:
+            return found
+        node, v = self._eval(expr)
+        if isinstance(v, DrvValue):
+            return self._package(v)
+        return _deep(_recursion_is_recipe_error(lambda: to_data(v, node)))
+
     def select(self, expr: str) -> tuple[str, Derivation]:
         """The derivation an attribute expression denotes: a top-level name, a variant
         ``name(param = value)`` or any expression in the file's scope."""
+        from .values import DrvValue, type_name
+
+        found = self._cached(expr)
+        if found is not None:
+            return found
+        node, v = self._eval(expr)
+        if not isinstance(v, DrvValue):
+            shown = expr.strip() if len(expr.strip()) <= 60 else expr.strip()[:57] + "..."
+            # (an expression over lines must not add lines to the message)
+            raise RecipeError(f"'{visible(shown)}' is {type_name(v)}, not a package", node.src, node.pos)
+        return self._package(v)
+
+    def _cached(self, expr: str) -> tuple[str, Derivation] | None:
+        """A top-level package's (path, derivation) without evaluating; a top-level
+        name whose evaluation failed raises its error; else None."""
         p = self.drv_paths.get(expr.strip())
         if p is not None:
             return p, self.drvs[p]
         if expr.strip() in self.broken:
             raise self.broken[expr.strip()]
+        return None
+
+    def _eval(self, expr: str) -> tuple[Node, object]:
+        """``expr`` parsed and evaluated in the file's scope, on the deep thread."""
         from .reading import check_utf8
 
         expr = check_utf8(expr, "<attribute>")
         ev, mod = self._evaluator()
         from .parser import parse_expr
-        from .values import DrvValue, type_name
 
         def run() -> tuple[Node, object]:
             # parsed on the deep thread too: a long ATTR expression nests as deeply as
@@ -168,11 +202,10 @@ class Evaluation:
 
         from .deep import _deep, _recursion_is_recipe_error
 
-        node, v = _deep(_recursion_is_recipe_error(run))
-        if not isinstance(v, DrvValue):
-            shown = expr.strip() if len(expr.strip()) <= 60 else expr.strip()[:57] + "..."
-            # (an expression over lines must not add lines to the message)
-            raise RecipeError(f"'{visible(shown)}' is {type_name(v)}, not a package", node.src, node.pos)
+        return _deep(_recursion_is_recipe_error(run))
+
+    def _package(self, v: DrvValue) -> tuple[str, Derivation]:
+        ev, _mod = self._evaluator()
         if isinstance(self.drvs, dict):
             self.drvs.update(ev.drvs)
         return v.path, v.drv
@@ -184,6 +217,45 @@ class Evaluation:
             return self.select(name)[1]
         args = ", ".join(f"{k} = {_literal(v)}" for k, v in params.items())
         return self.select(f"{name}({args})")[1]
+
+
+#: the most values ``to_data`` writes out (a list of lists that share parts can denote
+#: 2**40 strings in a few tuples: shown whole, it would never end)
+DATA_MAX = 1_000_000
+
+
+def to_data(v: object, node: object = None) -> object:
+    """``v`` as JSON data: strings, numbers, booleans, lists, records (objects), a package
+    as its output path and a source as its store path, as ``nix eval --json`` shows
+    them; a function, or more than ``DATA_MAX`` values, is a ``RecipeError``."""
+    from .values import CStr, DrvValue, Record, SourceValue, type_name
+
+    count = 0
+
+    def conv(x: object) -> object:
+        nonlocal count
+        count += 1
+        if count > DATA_MAX:
+            raise RecipeError(f"the value is too large to show (over {DATA_MAX:,} values)")
+        if isinstance(x, bool | int | str):
+            return x
+        if isinstance(x, CStr):
+            return x.text
+        if isinstance(x, DrvValue):
+            return x.out
+        if isinstance(x, SourceValue):
+            return x.path
+        if isinstance(x, tuple):
+            return [conv(e) for e in x]
+        if isinstance(x, Record):
+            return {k: conv(e) for k, e in sorted(x.items())}
+        raise RecipeError(f"cannot show {type_name(x)} as data")
+
+    try:
+        return conv(v)
+    except RecipeError as e:
+        src, pos = getattr(node, "src", None), getattr(node, "pos", None)
+        raise RecipeError(e.message, src, pos) from None
 
 
 def _literal(v: object) -> str:

@@ -30,6 +30,30 @@ def test_eval_text_and_json(features, tmp_path, monkeypatch):
     assert json.loads(one.stdout)["lib(static = true)"]["drvPath"] == ev.drv_paths["static_lib"]
 
 
+def test_eval_of_a_value_that_is_no_package_prints_it_as_json(tmp_path):
+    """``kiln eval FILE EXPR`` of a string, list or record (a ``let`` being debugged)
+    prints its value, as ``nix eval --json`` would: it said "is a string, not a
+    package"; a package inside is its output path. ``kiln path`` still wants a package."""
+    (tmp_path / ".kilnroot").write_text("")
+    (tmp_path / "v.recipe").write_text(
+        'let flags = "-O2"\nlet r = { x = 1, l = [true, "${flags} -g"], p = p }\n'
+        'package p {\n  build = "echo ${flags}"\n}\n'
+    )
+    out = run_kiln(["eval", "v.recipe", "p"], cwd=tmp_path, home=tmp_path).stdout.split()[-1]
+    r = run_kiln(["eval", "v.recipe", "r"], cwd=tmp_path, home=tmp_path)
+    assert r.returncode == 0 and json.loads(r.stdout) == {"l": [True, "-O2 -g"], "p": out, "x": 1}, r.stderr
+    r = run_kiln(["eval", "v.recipe", 'flags + " x"', "--json"], cwd=tmp_path, home=tmp_path)
+    assert json.loads(r.stdout) == "-O2 x", r.stderr
+    assert (
+        json.loads(run_kiln(["eval", "v.recipe", "p.build"], cwd=tmp_path, home=tmp_path).stdout)
+        == "echo -O2"
+    )
+    r = run_kiln(["path", "v.recipe", "flags"], cwd=tmp_path, home=tmp_path)
+    assert r.returncode == 1 and "'flags' is a string, not a package" in r.stderr, r.stderr
+    r = run_kiln(["eval", "v.recipe", "flags", "--write"], cwd=tmp_path, home=tmp_path)
+    assert r.returncode == 1 and "no package" in r.stderr, r.stderr
+
+
 def test_path(features, tmp_path, monkeypatch, hash_sources):
     monkeypatch.chdir(features)
     ev = evaluate_file("source.recipe", add_source=hash_sources)
