@@ -42,6 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--check", action="store_true", help="rebuild and compare with the existing output")
     p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="say what would be built and what fetched from substituters; write, build, fetch and root nothing",
+    )
+    p.add_argument(
         "--vary",
         action="store_true",
         help="with --check: rebuild under varied conditions (dirs, cores, cpus, umask, order, clock)",

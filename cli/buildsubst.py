@@ -58,6 +58,10 @@ class Substitution:
     fetch: Callable[[LocalStore, list[str]], set[str]]
     close: Callable[[], None]
     refusal: Callable[[], AttestationsRefused | None]
+    #: what ``fetch`` would fetch for those paths (each with its whole closure), asked
+    #: without downloading: ``(narinfos by path, which of them come from which URL)``
+    available: Callable[[LocalStore, list[str]], dict[str, NarInfo]]
+    source_of: Callable[[str], str | None]
 
     def __call__(self, store: LocalStore, missing: list[str]) -> set[str]:
         return self.fetch(store, missing)
@@ -136,6 +140,22 @@ def make_substituter(
             say_what_was_not_used()
 
     def fetch_from_registries(store: LocalStore, missing: list[str]) -> set[str]:
+        wanted = available(store, missing)
+        try:
+            got = sub.fetch_many(store, [wanted[p] for p in sorted(wanted)])
+        except KilnError as e:
+            print(f"warning: substitution failed, building instead: {e}", file=sys.stderr)
+            return set()
+        fetched = sorted(g.path for g in got)
+        _say_substituted(sub, fetched, wanted)
+        if fetched:
+            later = _LaterCopy(store.root, tuple(trusted_keys or ()), tuple(attester_keys or ()), sub.tokens)
+            _fetch_attestations(sub, store, fetched, attesters, refused, later)
+        return set(fetched)
+
+    def available(store: LocalStore, missing: list[str]) -> dict[str, NarInfo]:
+        """The trusted narinfos of ``missing`` and of their closures' missing paths, only
+        those whose whole closure the registries (or the store) have."""
         infos = sub.query_many(missing)
         wanted = dict(infos)
         frontier = list(infos.values())
@@ -162,17 +182,7 @@ def make_substituter(
                 f"warning: {len(wanted) - len(complete)} path(s) lack part of their closure on the registries",
                 file=sys.stderr,
             )
-        try:
-            got = sub.fetch_many(store, [wanted[p] for p in sorted(complete)])
-        except KilnError as e:
-            print(f"warning: substitution failed, building instead: {e}", file=sys.stderr)
-            return set()
-        fetched = sorted(g.path for g in got)
-        _say_substituted(sub, fetched, wanted)
-        if fetched:
-            later = _LaterCopy(store.root, tuple(trusted_keys or ()), tuple(attester_keys or ()), sub.tokens)
-            _fetch_attestations(sub, store, fetched, attesters, refused, later)
-        return set(fetched)
+        return {p: wanted[p] for p in complete}
 
     def refusal() -> AttestationsRefused | None:
         if not refused:
@@ -182,7 +192,13 @@ def make_substituter(
             "signatures) and what was built are in the store; the attestations refused above were not stored"
         )
 
-    return Substitution(substitute, sub.close, refusal)
+    def query(store: LocalStore, missing: list[str]) -> dict[str, NarInfo]:
+        try:
+            return available(store, missing)
+        finally:
+            say_what_was_not_used()
+
+    return Substitution(substitute, sub.close, refusal, query, sub.source_of)
 
 
 def _say_substituted(sub: Substituter, fetched: list[str], wanted: dict[str, NarInfo]) -> None:

@@ -54,6 +54,8 @@ def main(argv: list[str]) -> int:
         from kiln.store.localstore import check_root_name
 
         check_root_name(args.root)  # before anything is evaluated or built
+    if args.dry_run and (args.check or args.rounds > 1):
+        raise UsageError("--dry-run says what a build would do; it goes without --check and --rounds")
     if args.signer_key and not args.signer_cmd:
         # (ignored, kiln made a new key on the build machine: the opposite of the intent)
         raise UsageError("--signer-key names the public key of --signer-cmd; give both, or --sign-key FILE")
@@ -64,6 +66,11 @@ def main(argv: list[str]) -> int:
 
     with terminate_as_interrupt(), LocalStore.open(store_root(args)) as store:
         ev, targets = _targets(store, args)
+        if args.dry_run:
+            from .builddry import dry_run
+
+            dry_run(store, ev, targets, args)
+            return 0
         try:
             _realise(store, ev, targets, args)
         except BuildFailures as e:  # -k: what was built is printed (and rooted) too
