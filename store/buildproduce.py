@@ -237,6 +237,15 @@ class Producing:
                 )
             if res.host_loaders:
                 self.say(host_loader_warning(drv_path, o.path, res.host_loaders))
+            if res.programs:  # a program without a run path to a library a dependency holds
+                from .libcheck import unlinked, unlinked_warning
+
+                providers = {p: Path(self.store.real_path(p)) for p in inputs}
+                providers.update(
+                    {x.path: scratch_store / StorePath.parse(x.path).base for _, x in drv.outputs}
+                )
+                if found := unlinked(o.path, tree, res.programs, providers):
+                    self.say(unlinked_warning(drv_path, o.path, found))
             produced[name] = (tree, sorted(by_hash[h] for h in res.found))
         return produced
 

@@ -96,6 +96,16 @@ class ScanResult:
     #: (file, interpreter) of ELF programs whose loader is outside the store dir (the
     #: host's: ``elfinterp``), in scan order; not an error, the build loop warns
     host_loaders: tuple[tuple[str, str], ...] = ()
+    #: ELF programs (a ``PT_INTERP``, and not named like a shared library), by path
+    #: relative to the output, in scan order, at most ``MAX_ELF`` (``libcheck`` reads
+    #: their dynamic sections: the libraries they need; a library's own needs are met
+    #: by what the program that loads it loads)
+    programs: tuple[str, ...] = ()
+
+
+#: ELF programs ``ScanResult.programs`` lists at most (an output of 100,000 objects is
+#: looked at no further: a warning about some is as good as about all)
+MAX_ELF = 4096
 
 
 class ScanStopped(KilnError):
@@ -120,6 +130,7 @@ def scan(
     top = os.fsencode(logical if logical is not None else f"{store_dir}/{root.name}")
     sd_slash = store_dir + "/"
     host_loaders: list[tuple[str, str]] = []
+    programs: list[str] = []
 
     def scan_file(p: Path, rel: str) -> None:
         with open(p, "rb", buffering=0) as f:
@@ -129,8 +140,11 @@ def scan(
             chunk = f.read(_CHUNK)
             if chunk[:4] == b"\x7fELF":
                 interp = interpreter(chunk)
-                if interp is not None and not interp.startswith(sd_slash) and not _LIBRARY.search(rel):
-                    host_loaders.append((rel, interp))
+                if interp is not None and not _LIBRARY.search(rel):
+                    if not interp.startswith(sd_slash):
+                        host_loaders.append((rel, interp))
+                    if len(programs) < MAX_ELF:
+                        programs.append(rel)
             while chunk:
                 if stopped():
                     raise ScanStopped(f"the reference scan of {root} was stopped")
@@ -169,6 +183,7 @@ def scan(
         tuple(s.stray),
         tuple((h, n) for h, n in s.names.items()),
         tuple(host_loaders),
+        tuple(programs),
     )
 
 
