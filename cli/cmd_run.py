@@ -129,11 +129,31 @@ def _run(cmd: str, args: argparse.Namespace, store: LocalStore) -> int:
                 )
             default = f"{path}/bin/{base}"
         command = [default, *command]
+    elif "/" not in command[0]:
+        _check_command(store, path, command[0])
     wrapped, env = host_argv(store, closure, command, [f"{path}/bin"])
     if cmd == "shell":
         env["KILN_SHELL_PACKAGE"] = path
     sys.stdout.flush()
     return run_forwarding_signals(wrapped, env, through_bwrap=wrapped is not command)
+
+
+def _check_command(store: LocalStore, path: str, name: str) -> None:
+    """``KilnError`` unless ``name`` is in ``path``'s ``bin`` or on the host's PATH, as the
+    program will look for it (else the host's ``env`` said "'Bob': No such file or
+    directory", for ``kiln run greeter -- Bob`` meant as an argument)."""
+    import shutil
+
+    from kiln.store.errors import KilnError
+    from kiln.store.paths import StorePath
+
+    if os.path.lexists(os.path.join(store.real_path(path), "bin", name)) or shutil.which(name):
+        return
+    base = package_name(StorePath.parse(path).name)
+    raise KilnError(
+        f"no command {name!r} in {path}/bin or on PATH: the first word after -- is the command "
+        f"(to give {name!r} to the package's program: kiln run PKG -- {base} {name})"
+    )
 
 
 #: the signals a program run by ``kiln run`` gets, however they were sent
