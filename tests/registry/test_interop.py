@@ -103,12 +103,11 @@ def test_same_directory_served_by_nginx(nix_registry, keys, nginx_server, tmp_pa
         assert r.returncode == 0, r.stderr
 
 
-@pytest.mark.nix
-@pytest.mark.skipif(not HAVE_NIX, reason="needs Debian nix-bin")
-def test_kiln_reads_a_cache_written_by_nix(nix_registry, keys, kiln_server, tmp_path) -> None:
-    """Nix → kiln: a ``file://`` cache written by ``nix copy`` (zstd, signed by Nix with
-    a kiln-format key) is served by ``kiln serve --dir`` and fetched by kiln."""
-    _store, dep, top, reg = nix_registry
+def _cache_written_by_nix(nix_registry, keys, kiln_server, tmp_path: Path) -> tuple[str, Path]:  # noqa: ANN001
+    """``(top, cache)``: the fixture's closure fetched by Nix from ``kiln serve``, then
+    written by ``nix copy`` into the ``file://`` cache ``cache`` (zstd, signed by Nix
+    with the kiln-format key)."""
+    _store, _dep, top, reg = nix_registry
     srv = kiln_server("--dir", str(reg))
     nixroot = tmp_path / "nixroot"
     assert nix_copy(srv.url, top, keys.pk.to_text(), nixroot).returncode == 0
@@ -119,6 +118,15 @@ def test_kiln_reads_a_cache_written_by_nix(nix_registry, keys, kiln_server, tmp_
     ]  # fmt: skip
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
+    return top, cache
+
+
+@pytest.mark.nix
+@pytest.mark.skipif(not HAVE_NIX, reason="needs Debian nix-bin")
+def test_kiln_reads_a_cache_written_by_nix(nix_registry, keys, kiln_server, tmp_path) -> None:
+    """Nix → kiln: a ``file://`` cache written by ``nix copy`` (zstd, signed by Nix with
+    a kiln-format key) is served by ``kiln serve --dir`` and fetched by kiln."""
+    top, cache = _cache_written_by_nix(nix_registry, keys, kiln_server, tmp_path)
     assert not (cache / "blobs").exists()  # only nar/: kiln serves that name too
     srv2 = kiln_server("--dir", str(cache))
     dest = make_store(tmp_path / "dest", "/nix/store")
@@ -139,16 +147,7 @@ def test_reading_a_nix_cache_writes_nothing_into_it(nix_registry, keys, kiln_ser
     on a read-only mount failed with "Read-only file system"."""
     from regkit import kiln
 
-    _store, _dep, top, reg = nix_registry
-    srv = kiln_server("--dir", str(reg))
-    nixroot = tmp_path / "nixroot"
-    assert nix_copy(srv.url, top, keys.pk.to_text(), nixroot).returncode == 0
-    cache = tmp_path / "nixcache"
-    cmd = [
-        "nix", "copy", "--extra-experimental-features", "nix-command", "--from", f"local?root={nixroot}",
-        "--to", f"file://{cache}?compression=zstd&secret-key={keys.sk_file}", top,
-    ]  # fmt: skip
-    assert subprocess.run(cmd, capture_output=True, text=True, timeout=120).returncode == 0
+    top, cache = _cache_written_by_nix(nix_registry, keys, kiln_server, tmp_path)
     before = _listing(cache)
     home = tmp_path / "home"
     kiln("store", "init", "--store", str(home), "--store-dir", "/nix/store")
@@ -205,35 +204,13 @@ def test_a_copy_into_a_new_store_takes_the_source_store_dir(nix_registry, keys, 
     from regkit import kiln
 
     _store, _dep, top, reg = nix_registry
-    trust = ("--trusted-key", str(keys.pk_file))
+    copy = ("copy", "--from", f"file://{reg}", "--to", "store", "--trusted-key", str(keys.pk_file), top)
     new = tmp_path / "new"
-    r = kiln("copy", "--from", f"file://{reg}", "--to", "store", "--store", str(new), *trust, top)
+    r = kiln(*copy, "--store", str(new))
     assert r.returncode == 0 and "copied 2 paths" in r.stdout, r.stdout + r.stderr
     assert json.loads((new / "config.json").read_text())["store_dir"] == "/nix/store"
-    chosen = tmp_path / "chosen"
-    r = kiln(
-        "copy",
-        "--from",
-        f"file://{reg}",
-        "--to",
-        "store",
-        "--store",
-        str(chosen),
-        "--store-dir",
-        "/kiln/store",
-        *trust,
-        top,
-    )
+    r = kiln(*copy, "--store", str(tmp_path / "chosen"), "--store-dir", "/kiln/store")
     assert r.returncode == 1 and "is not in the store '/kiln/store'" in r.stderr, r.stderr
-    r = kiln(
-        "copy",
-        "--from",
-        f"file://{tmp_path / 'nowhere'}",
-        "--to",
-        "store",
-        "--store",
-        str(tmp_path / "n2"),
-        *trust,
-        top,
-    )
+    nowhere = (copy[0], copy[1], f"file://{tmp_path / 'nowhere'}", *copy[3:])
+    r = kiln(*nowhere, "--store", str(tmp_path / "n2"))
     assert r.returncode == 1 and not (tmp_path / "n2").exists(), r.stderr  # (no source: no store made)
