@@ -59,8 +59,9 @@ class Substitution:
     close: Callable[[], None]
     refusal: Callable[[], AttestationsRefused | None]
     #: what ``fetch`` would fetch for those paths (each with its whole closure), asked
-    #: without downloading: ``(narinfos by path, which of them come from which URL)``
+    #: without downloading: the narinfos by path (``kiln build --dry-run``)
     available: Callable[[LocalStore, list[str]], dict[str, NarInfo]]
+    #: the registry a path ``available`` found came from
     source_of: Callable[[str], str | None]
 
     def __call__(self, store: LocalStore, missing: list[str]) -> set[str]:

@@ -231,6 +231,8 @@ def _drv_of(store: LocalStore, target: str) -> StorePath:
     if sp is not None and sp.name.endswith(".drv"):
         return sp
     path = resolve_target(store, target)
+    if path.endswith(".drv"):  # (a .drv by base name, hash part or root name)
+        return StorePath.parse(path, store.store_dir)
     info = store.query(path)
     if info is None or not info.deriver:
         raise KilnError(f"{target} is not a .drv path, and {path} has no known deriver")

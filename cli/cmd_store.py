@@ -135,7 +135,8 @@ def _path(store: LocalStore, arg: str) -> tuple[str, str]:
         head, _, sub = arg.partition("/")
         sub = sub.strip("/")
         try:
-            path = resolve_target(store, head) if head else ""
+            # (a file of that name here, even a dangling ./result, is what was meant)
+            path = resolve_target(store, head) if head and not os.path.lexists(head) else ""
         except KilnError:
             path = ""
         if not path:

@@ -208,6 +208,12 @@ async def _closure(
     wanted: dict[str, ni.NarInfo] = {}
     present: dict[str, str] = {}
     asked = set(paths)
+    # an unsigned path its CA proves (``caclaim``) goes only into a directory, which checks
+    # the content against the claim as it publishes; a server asks signatures of every
+    # upload, so it is refused here, before anything is downloaded for it
+    from .dirclient import DirClient
+
+    proves = isinstance(dst, DirClient)
     frontier = sorted(asked)
     hint = await src.narinfo_closure([p.rsplit("/", 1)[1][:32] for p in frontier])
     # the destination is asked about the whole hinted closure with the first level (what
@@ -243,7 +249,9 @@ async def _closure(
         for h in ask:
             if h not in texts:
                 raise KilnError(f"{src.url} has no narinfo for {hs[h]}")
-            info = check_narinfo(texts[h], src.store_dir, trusted, sigs_needed, h, source=src.url)
+            info = check_narinfo(
+                texts[h], src.store_dir, trusted, sigs_needed, h, source=src.url, content_proves=proves
+            )
             if info.path != hs[h]:  # same hash part, another name: not the path asked for
                 raise KilnError(f"{src.url}: the narinfo for {hs[h]} is for {info.path}")
             wanted[info.path] = info

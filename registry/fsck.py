@@ -251,7 +251,8 @@ def _verify(
             problems.setdefault(key, []).append(Problem(key, f"narinfo: {e}"))
             continue
         try:  # the registry's admission rules: its own hash, zstd, signatures
-            check_narinfo(text, src.store_dir, trusted, sigs_needed, hash_part)
+            # (content_proves: a CA claim is judged against the object below, as clients do)
+            check_narinfo(text, src.store_dir, trusted, sigs_needed, hash_part, content_proves=True)
         except KilnError as e:
             # a narinfo under another path's name is wrong content; missing signatures or
             # another compression (a Nix-made xz cache) are policy, reported only

@@ -174,7 +174,8 @@ class Substituter(Downloads):
         async def own(url: str) -> int:
             try:
                 text = (await self.client(url).cache_info()).get("Priority", "")
-            except KilnError:  # (unreachable, not a registry: the query marks it down)
+            except (Unreachable, KilnError) as e:  # (unreachable, not a registry: a miss)
+                self.down[url] = str(e)  # (not asked again: a dead one costs one timeout)
                 text = ""
             return int(text) if text.isdigit() else self.default_priority
 
@@ -213,7 +214,10 @@ class Substituter(Downloads):
                 if p is None:
                     continue
                 try:
-                    info = check_narinfo(text, store_dir, self.trusted, self.sigs_needed, h, source=url)
+                    # (content_proves: the import checks the content against a CA claim)
+                    info = check_narinfo(
+                        text, store_dir, self.trusted, self.sigs_needed, h, source=url, content_proves=True
+                    )
                 except KilnError as e:  # (a narinfo that is not zstd names the source itself)
                     self.rejected[p] = str(e) if url in str(e) else f"{url}: {e}"
                     continue

@@ -13,10 +13,11 @@ and substitution: the narinfo must parse for the registry's store dir, point at
 ``nar/<nix32 FileHash>.nar.zst`` with ``Compression: zstd``, and carry at least
 ``sigs_needed`` valid signatures from distinct trusted keys. A client names the cache it
 read (``source``): a narinfo that is not zstd is then the source's (say, a cache ``nix
-copy`` wrote with its default xz), with how to re-create it; and a path whose ``CA:``
-gives its store path needs no signature there (``caclaim``: the import checks the content
-against the claim), as Nix takes ``nix copy --derivation``'s unsigned ``.drv`` files. A
-registry admitting an upload (no ``source``) still asks signatures of every path. Its ``CA:`` (not covered by
+copy`` wrote with its default xz), with how to re-create it. With ``content_proves``
+(substitution, a copy into a store or a registry directory, ``kiln registry verify``:
+callers that check the content against the claim) a path whose ``CA:`` gives its store
+path needs no signature (``caclaim``), as Nix takes ``nix copy --derivation``'s unsigned
+``.drv`` files; a registry admitting an upload still asks signatures of every path. Its ``CA:`` (not covered by
 the signatures) is judged against the object by ``ca_refusal`` once the object's
 digests are known: ``NarVerifier`` also hashes the contents of a NAR that is one plain
 file (``Digests.flat_hash``), so a flat or text claim costs no second read.
@@ -265,10 +266,13 @@ def check_narinfo(
     sigs_needed: int = 1,
     hash_part: str | None = None,
     source: str | None = None,
+    content_proves: bool = False,
 ) -> ni.NarInfo:
     """Parse and admit a narinfo (see module docstring); raise a ``KilnError`` if not.
     ``source``: the cache a client read it from (its URL), for a client's wording of a
-    narinfo that is not zstd; None: a registry admitting an upload."""
+    narinfo that is not zstd; None: a registry admitting an upload. ``content_proves``:
+    a path whose ``CA:`` gives it needs no signature, because the caller checks the
+    content against the claim before the path is used (``caclaim``)."""
     info = ni.parse(text, store_dir)
     base = info.path.rsplit("/", 1)[1]
     if hash_part is not None and base[:32] != hash_part:
@@ -286,9 +290,9 @@ def check_narinfo(
         raise FormatError(f"{info.path}: narinfo needs a sha256 FileHash and a FileSize")
     if info.url != nar_key(info.file_hash):
         raise FormatError(f"{info.path}: URL must be {nar_key(info.file_hash)}, found {info.url!r}")
-    # a client may take a path its content address proves instead of signatures, as Nix
-    # does (``caclaim``): importing it checks the content against the claim
-    if sigs_needed > 0 and not (source is not None and claim_gives_path(info)):
+    # a path its content address proves instead of signatures, as Nix takes one
+    # (``caclaim``), where the caller checks the content against the claim
+    if sigs_needed > 0 and not (content_proves and claim_gives_path(info)):
         good = valid_signers(info, trusted)
         if len(good) < sigs_needed:
             have = ", ".join(s.partition(":")[0] for s in info.sigs) or "none"

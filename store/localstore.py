@@ -161,7 +161,7 @@ class LocalStore(Registering):
         cfg = root / "config.json"
         try:
             data = json.loads(cfg.read_text())
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             if not create:
                 raise NoStoreError(f"no kiln store at {root} (create one with 'kiln store init')") from None
             wanted = check_store_dir(DEFAULT_STORE_DIR if store_dir is None else store_dir, local=True)

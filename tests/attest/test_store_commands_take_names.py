@@ -22,6 +22,10 @@ def test_names_reach_the_same_path(built) -> None:
         assert r.returncode == 0 and " hello " in r.stdout, (name, r.stdout, r.stderr)
         r = kiln("show-derivation", *st, name)
         assert r.returncode == 0 and list(json.loads(r.stdout)) == [built.hello_drv], (name, r.stderr)
+    drv_base = built.hello_drv.rsplit("/", 1)[1]
+    for name in (drv_base, drv_base[:32]):  # (a .drv named so: itself, not a deriver of it)
+        r = kiln("show-derivation", *st, name)
+        assert r.returncode == 0 and list(json.loads(r.stdout)) == [built.hello_drv], (name, r.stderr)
     r = kiln("store", "cat", *st, "nosuch/hello")
     assert r.returncode == 1 and "'nosuch/hello' is not a path in the store" in r.stderr, r.stderr
     r = kiln("show-derivation", *st, built.src)  # (a fetched source: its fetch derivation)

@@ -75,6 +75,9 @@ def test_usage_errors_stay_2(built, tmp_path: Path) -> None:
     assert r.returncode == 2 and "is not a NAR digest" in r.stderr, r.stderr
     r = kiln("verify", built.hello, "--store", str(tmp_path / "no-store"))
     assert r.returncode == 2 and "no kiln store" in r.stderr, r.stderr
+    (tmp_path / "a-file").write_text("x")  # (its config.json: "Not a directory", no store either)
+    r = kiln("verify", built.hello, "--store", str(tmp_path / "a-file"))
+    assert r.returncode == 2 and "no kiln store" in r.stderr, r.stderr
     for url, says in (("http://[::1", "not a registry URL"), ("ftp://h", "unsupported registry URL scheme")):
         r = kiln("verify", f"{url}#{built.hello}")
         assert r.returncode == 2 and says in r.stderr, r.stderr

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 
-from regkit import kiln, request
+from regkit import add_built, kiln, push_cli, request
 
 from kiln.registry import layout
 from kiln.registry.backends import DirSource
@@ -79,11 +79,15 @@ def test_corruption_is_named_per_path_and_repaired(pushed, keys) -> None:
     assert rc == 0 and doc["checked"] == 6
 
 
-def test_signatures_by_other_keys_are_problems(pushed, other_keys) -> None:
+def test_signatures_by_other_keys_are_problems(pushed, keys, other_keys, tmp_path) -> None:
+    """Of an input-addressed path; a content-addressed one is proved by its content (its
+    CA judged against the object), as clients take it (``caclaim``)."""
     store, chain, leaf, reg, tok, srv = pushed
+    built = add_built(store, tmp_path, "built", "a build's output")
+    assert push_cli(store, [built], srv.url, tok, keys.sk_file).returncode == 0
     rep = verify_dir(DirSource(reg), trusted=[other_keys.pk], sigs_needed=1, progress=False)
-    assert rep.checked == 6 and len(rep.problems) == 6
-    assert all("signature" in p.what for p in rep.problems)
+    assert rep.checked == 7 and [p.path for p in rep.problems] == [built], rep.problems
+    assert "signature" in rep.problems[0].what
 
 
 def test_a_missing_blob_is_a_problem(pushed) -> None:
@@ -152,16 +156,19 @@ def test_a_shared_blob_is_judged_against_each_narinfo(pushed) -> None:
         assert verify_dir(DirSource(reg), progress=False).problems == ()
 
 
-def test_policy_problems_are_reported_never_deleted(pushed, other_keys) -> None:
+def test_policy_problems_are_reported_never_deleted(pushed, keys, other_keys, tmp_path) -> None:
     """Signatures by other keys and a non-zstd narinfo are not corruption: --delete-bad
     must not empty a registry because of a mistyped --trusted-key."""
     store, chain, leaf, reg, tok, srv = pushed
+    built = add_built(store, tmp_path, "built", "a build's output")
+    assert push_cli(store, [built], srv.url, tok, keys.sk_file).returncode == 0
     srv.stop()
     key = reg / layout.narinfo_key(_hp(leaf))
     key.write_text(key.read_text().replace("Compression: zstd", "Compression: xz"))
     rep = verify_dir(DirSource(reg), trusted=[other_keys.pk], sigs_needed=1, delete_bad=True, progress=False)
-    assert rep.checked == 6 and len(rep.problems) >= 6 and rep.removed == ()
+    assert rep.checked == 7 and len(rep.problems) >= 2 and rep.removed == ()
     assert any("xz" in p.what for p in rep.problems if p.path == leaf)
+    assert any("signature" in p.what for p in rep.problems if p.path == built)
     assert all("signature" in p.what or "xz" in p.what for p in rep.problems)
 
 

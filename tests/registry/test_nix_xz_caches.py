@@ -93,7 +93,9 @@ def test_kiln_copy_from_an_xz_cache_blames_the_source(tmp_path, keys) -> None:
     plain = _nix_cache(tmp_path, tmp_path / "plain", "none", keys, "plain")
     r = kiln("copy", "--from", f"file://{tmp_path / 'plain'}", "--to", "store", "--store", str(store.root),
              "--trusted-key", keys.pk.to_text(), plain)  # fmt: skip
-    assert f"source cache file://{tmp_path / 'plain'} is uncompressed (Compression: none)" in r.stderr, r.stderr
+    assert f"source cache file://{tmp_path / 'plain'} is uncompressed (Compression: none)" in r.stderr, (
+        r.stderr
+    )
 
 
 def test_uploads_of_xz_nars_and_listings_say_what_kiln_stores(tmp_path, kiln_server) -> None:

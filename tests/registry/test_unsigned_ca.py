@@ -104,3 +104,77 @@ def test_kiln_copies_the_unsigned_drv_files_nix_copy_derivation_publishes(tmp_pa
     assert r.returncode == 0, r.stderr
     shown = kiln("store", "cat", "--store", str(dest), drv).stdout
     assert shown.startswith("Derive(") and "kiln-drv-interop" in shown
+
+
+def _swap_content(cache: Path, path: str, other: str) -> None:
+    """``path``'s narinfo in ``cache`` made to describe ``other``'s NAR (its hashes, sizes
+    and file), its StorePath and CA left as they were: a claim that gives the path, over
+    content that is not what it claims."""
+    f = cache / f"{path.rsplit('/', 1)[1][:32]}.narinfo"
+    theirs = {
+        ln.split(":", 1)[0]: ln
+        for ln in (cache / f"{other.rsplit('/', 1)[1][:32]}.narinfo").read_text().splitlines(True)
+    }
+    swapped = ("URL", "FileHash", "FileSize", "NarHash", "NarSize")
+    f.write_text(
+        "".join(
+            theirs[k] if (k := ln.split(":", 1)[0]) in swapped else ln
+            for ln in f.read_text().splitlines(True)
+        )
+    )
+
+
+def test_a_true_claim_over_other_content_registers_nothing(tmp_path, keys) -> None:
+    """The claim is unsigned: a text path's CA gives its path whatever the content, so the
+    content is held to the claim on the way in — into a store, and into a registry
+    directory (which checks it as it publishes)."""
+    store = make_store(tmp_path / "store")
+    a = store.add_text("a.txt", b"the real content\n", []).path
+    b = store.add_text("b.txt", b"other content\n", []).path
+    cache = tmp_path / "cache"
+    assert kiln("push", "--store", str(store.root), "--to", f"file://{cache}", a, b).returncode == 0
+    _swap_content(cache, a, b)
+    dest = tmp_path / "dest"
+    r = _copy(cache, dest, keys, a)
+    assert r.returncode == 1 and "refusing its content address" in r.stderr, r.stderr
+    assert a not in kiln("store", "info", "--store", str(dest), a).stdout
+    reg = tmp_path / "reg"
+    r = kiln(
+        "copy", "--from", f"file://{cache}", "--to", f"file://{reg}", "--trusted-key", str(keys.pk_file), a
+    )
+    assert r.returncode == 1 and "refusing its CA" in r.stderr, r.stderr
+    assert not list(reg.glob("*.narinfo"))
+
+
+def test_a_copy_between_registries_takes_them_into_a_directory_not_a_server(
+    tmp_path, keys, kiln_server
+) -> None:
+    """A server asks signatures of every upload, so the copy refuses an unsigned path
+    before downloading anything for it; a directory takes it (its content checked)."""
+    store = make_store(tmp_path / "store")
+    ca = add_tree(store, tmp_path, "added", "content\n")
+    cache = tmp_path / "cache"
+    assert kiln("push", "--store", str(store.root), "--to", f"file://{cache}", ca).returncode == 0
+    reg = tmp_path / "reg"
+    r = kiln(
+        "copy", "--from", f"file://{cache}", "--to", f"file://{reg}", "--trusted-key", str(keys.pk_file), ca
+    )
+    assert r.returncode == 0 and (reg / f"{ca.rsplit('/', 1)[1][:32]}.narinfo").exists(), r.stderr
+    served = tmp_path / "served"
+    assert kiln("registry", "init", "--dir", str(served)).returncode == 0
+    tok = kiln("registry", "token", "create", "--scope", "write", "--dir", str(served)).stdout.strip()
+    srv = kiln_server("--dir", str(served), "--trusted-key", str(keys.pk_file))
+    r = kiln(
+        "copy",
+        "--from",
+        f"file://{cache}",
+        "--to",
+        srv.url,
+        "--token",
+        tok,
+        "--trusted-key",
+        str(keys.pk_file),
+        ca,
+    )
+    assert r.returncode == 1 and "0 valid signature(s) from trusted keys" in r.stderr, r.stderr
+    assert not list(served.glob("nar/*"))  # (refused before anything was downloaded or sent)
