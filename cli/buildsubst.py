@@ -199,7 +199,7 @@ def make_substituter(
         finally:
             say_what_was_not_used()
 
-    return Substitution(substitute, sub.close, refusal, query, sub.source_of)
+    return Substitution(substitute, sub.close, refusal, query, lambda p: sub.source_of(p))
 
 
 def _say_substituted(sub: Substituter, fetched: list[str], wanted: dict[str, NarInfo]) -> None:
