@@ -134,17 +134,23 @@ def instantiate(
             )
             pos = call.name_pos.get(name, node.pos) if isinstance(call, ast.Call) else node.pos
             raise UnknownField(f"package '{pkg.name}' has no parameter '{name}'{hint}", node.src, pos)
+    # every missing parameter in one error (one at a time took a run each)
+    missing = [p.name for p in pkg.params if p.name not in args and p.default is None]
+    if missing:
+        names = ", ".join(f"'{m}'" for m in missing)
+        write = ", ".join(f"{m} = ..." for m in missing)
+        plural = "s" if len(missing) > 1 else ""
+        raise MissingField(
+            f"package '{pkg.name}' needs parameter{plural} {names}: write {pkg.name}({write})",
+            call.src,
+            call.pos,
+        )
     for p in pkg.params:
         if p.name in args:
             params[p.name] = args[p.name][0]
-        elif p.default is not None:
-            params[p.name] = ev.eval(p.default, fn.env)
         else:
-            raise MissingField(
-                f"package '{pkg.name}' needs parameter '{p.name}': write {pkg.name}({p.name} = ...)",
-                call.src,
-                call.pos,
-            )
+            assert p.default is not None  # (checked above)
+            params[p.name] = ev.eval(p.default, fn.env)
     key = (id(fn), tuple(canonical(params[p.name]) for p in pkg.params))
     done = ev.instances.get(key)
     if isinstance(done, DrvValue):
