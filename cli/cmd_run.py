@@ -29,18 +29,33 @@ if TYPE_CHECKING:
     from kiln.store.localstore import LocalStore
 
 
-def _parser(prog: str) -> argparse.ArgumentParser:
+def _parser(prog: str, command: bool = True) -> argparse.ArgumentParser:
+    """``kiln run``'s options; ``command``: with the trailing command (REMAINDER), which
+    ``_parse`` leaves out when the command line has a ``--``."""
     p = argparse.ArgumentParser(prog=f"kiln {prog}")
     add_store_arg(p)
     p.add_argument("-f", "--file", help="recipe file to evaluate and build PKG from")
     p.add_argument("package", help="store path, GC root name (from kiln build), or attribute with -f")
     default = "$SHELL, else /bin/sh" if prog == "shell" else "bin/<name without version>"
-    p.add_argument(
-        "command",
-        nargs=argparse.REMAINDER,
-        help=f"-- CMD ARGS... (default: {default}; words starting with '-' are its arguments)",
-    )
+    if command:
+        p.add_argument(
+            "command",
+            nargs=argparse.REMAINDER,
+            help=f"-- CMD ARGS... (default: {default}; words starting with '-' are its arguments)",
+        )
     return p
+
+
+def _parse(prog: str, argv: list[str]) -> argparse.Namespace:
+    """The arguments; with a ``--``, what comes before it is kiln's (``kiln run PKG --store
+    DIR -- CMD``: REMAINDER took ``--store DIR`` for the program's arguments) and what
+    follows, the command."""
+    if "--" not in argv:
+        return _parser(prog).parse_args(argv)
+    cut = argv.index("--")
+    args = _parser(prog, command=False).parse_args(argv[:cut])
+    args.command = argv[cut:]
+    return args
 
 
 def resolve_package(store: LocalStore, spec: str, recipe_file: str | None) -> str:
@@ -83,7 +98,7 @@ def main(argv: list[str]) -> int:
     from kiln.store.localstore import LocalStore
 
     cmd = argv[0]
-    args = _parser(cmd).parse_args(argv[1:])
+    args = _parse(cmd, argv[1:])
     # with -f it builds, and a build makes the store as ``kiln build`` does
     with LocalStore.open(store_root(args), create=bool(args.file)) as store:
         return _run(cmd, args, store)

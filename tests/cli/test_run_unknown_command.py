@@ -32,3 +32,8 @@ def test_an_unknown_command_is_named(tmp_path) -> None:
     assert r.returncode == 0 and r.stdout == "hello Bob\n", r.stderr
     r = kiln("run", *st, path, "--", "true")  # (a host command: on PATH)
     assert r.returncode == 0, r.stderr
+    # kiln's options between PKG and -- are kiln's (they went to the program)
+    r = kiln("run", path, *st, "--", "greeter", "Ann")
+    assert r.returncode == 0 and r.stdout == "hello Ann\n", r.stderr
+    r = kiln("run", *st, path, "--", "--", "x")  # (after the first --: all the command's)
+    assert r.returncode == 0 and r.stdout == "hello -- x\n", r.stderr
