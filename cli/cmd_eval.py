@@ -224,14 +224,8 @@ def _drv_of(store: LocalStore, target: str) -> StorePath:
 
     from .targets import resolve_target
 
-    try:
-        sp = StorePath.parse(target, store.store_dir)
-    except (KilnError, ValueError):
-        sp = None
-    if sp is not None and sp.name.endswith(".drv"):
-        return sp
     path = resolve_target(store, target)
-    if path.endswith(".drv"):  # (a .drv by base name, hash part or root name)
+    if path.endswith(".drv"):  # (by path, base name, hash part or root name)
         return StorePath.parse(path, store.store_dir)
     info = store.query(path)
     if info is None or not info.deriver:

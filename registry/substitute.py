@@ -4,7 +4,7 @@
 
 - ``query_many(paths)`` asks the registries in priority order (lower number first, as
   in Nix; a priority of None is the registry's own, its ``nix-cache-info`` ``Priority:``,
-  read before the first query as Nix does, else ``default_priority``; ties keep the order
+  read before the first query as Nix does, else ``DEFAULT_PRIORITY``; ties keep the order
   given) for the narinfos of ``paths`` — one batched request per registry for all the
   paths still unresolved — and returns only narinfos that parse for the local store dir,
   describe exactly the requested path, point at a zstd NAR, and carry signatures from
@@ -97,6 +97,10 @@ def fits_batch(info: ni.NarInfo) -> bool:
     return info.file_hash is not None and info.file_size is not None and info.file_size <= BATCH_OBJECT_MAX
 
 
+#: the priority of a registry whose ``nix-cache-info`` names none (kiln serve's is 40 too)
+DEFAULT_PRIORITY = 40
+
+
 class Substituter(Downloads):
     def __init__(
         self,
@@ -106,15 +110,11 @@ class Substituter(Downloads):
         jobs: int = 16,
         progress: bool | None = None,
         tokens: dict[str, str] | None = None,
-        default_priority: int = 40,
     ) -> None:
         self._given = list(registries)
-        self.default_priority = default_priority
-        #: (url, priority) in the order asked: lowest priority first (``_order``)
-        self.registries: list[tuple[str, int]] = sorted(
-            ((u, p) for u, p in registries if p is not None), key=lambda r: r[1]
-        )
-        self._ordered = len(self.registries) == len(self._given)
+        #: (url, priority) in the order asked, lowest priority first: ``_order`` makes it
+        #: before the first query (the priorities None stands for are read then)
+        self.registries: list[tuple[str, int]] = []
         self.trusted = list(trusted)
         self.sigs_needed = sigs_needed
         self.jobs = jobs
@@ -169,23 +169,22 @@ class Substituter(Downloads):
 
     async def _order(self) -> None:
         """Give each registry without a priority its ``nix-cache-info`` one (else
-        ``default_priority``), then sort, once: the cache infos are read side by side."""
+        ``DEFAULT_PRIORITY``), then sort: the cache infos are read side by side."""
 
         async def own(url: str) -> int:
             try:
                 text = (await self.client(url).cache_info()).get("Priority", "")
-            except (Unreachable, KilnError) as e:  # (unreachable, not a registry: a miss)
+            except KilnError as e:  # (unreachable, not a registry: a miss)
                 self.down[url] = str(e)  # (not asked again: a dead one costs one timeout)
                 text = ""
-            return int(text) if text.isdigit() else self.default_priority
+            return int(text) if text.isdigit() else DEFAULT_PRIORITY
 
         got = iter(await asyncio.gather(*(own(u) for u, p in self._given if p is None)))
         given = [(u, p if p is not None else next(got)) for u, p in self._given]
         self.registries = sorted(given, key=lambda r: r[1])
-        self._ordered = True
 
     async def _query(self, paths: list[str]) -> dict[str, ni.NarInfo]:
-        if not self._ordered:
+        if len(self.registries) != len(self._given):
             await self._order()
         found: dict[str, ni.NarInfo] = {}
         want = {p.rsplit("/", 1)[1][:32]: p for p in paths}

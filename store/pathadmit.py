@@ -92,7 +92,7 @@ def ca_problem(info: PathInfo, content: ContentHash) -> str:
     if not info.ca:
         return ""
     try:
-        return claim_problem(info, info.ca, content)
+        return _problem(info, info.ca, content)
     except FormatError as e:
         return f"ca {info.ca[:80]!r} is malformed: {e}"
 
@@ -105,8 +105,7 @@ def check_ca(info: PathInfo, content: ContentHash) -> None:
         raise ContentAddressError(f"{info.path}: refusing its content address: {why}")
 
 
-def claim_problem(info: PathInfo, ca: str, content: ContentHash) -> str:
-    """``ca_problem`` of the claim ``ca``; ``FormatError`` if it does not parse."""
+def _problem(info: PathInfo, ca: str, content: ContentHash) -> str:
     sp = StorePath.parse(info.path)
     method, _, rest = ca.partition(":")
     recursive = method == "fixed" and rest.startswith("r:")

@@ -97,7 +97,7 @@ class ScanResult:
     #: host's: ``elfinterp``), in scan order; not an error, the build loop warns
     host_loaders: tuple[tuple[str, str], ...] = ()
     #: ELF programs (a ``PT_INTERP``, and not named like a shared library), by path
-    #: relative to the output, in scan order, at most ``MAX_ELF`` (``libcheck`` reads
+    #: relative to the output, in scan order, at most ``MAX_PROGRAMS`` (``libcheck`` reads
     #: their dynamic sections: the libraries they need; a library's own needs are met
     #: by what the program that loads it loads)
     programs: tuple[str, ...] = ()
@@ -105,7 +105,7 @@ class ScanResult:
 
 #: ELF programs ``ScanResult.programs`` lists at most (an output of 100,000 objects is
 #: looked at no further: a warning about some is as good as about all)
-MAX_ELF = 4096
+MAX_PROGRAMS = 4096
 
 
 class ScanStopped(KilnError):
@@ -143,7 +143,7 @@ def scan(
                 if interp is not None and not _LIBRARY.search(rel):
                     if not interp.startswith(sd_slash):
                         host_loaders.append((rel, interp))
-                    if len(programs) < MAX_ELF:
+                    if len(programs) < MAX_PROGRAMS:
                         programs.append(rel)
             while chunk:
                 if stopped():
